@@ -1,0 +1,29 @@
+"""gr00t-client: talk to a GR00T policy server from a robot or simulator."""
+
+from .client import PolicyClient, PolicyServerError, PolicyTimeoutError
+from .codec import WireDecodeError, WireEncodeError
+from .embodiment import EMBODIMENT_TAG_TO_PROJECTOR_INDEX, EmbodimentTag
+from .modality import ActionConfig, ActionFormat, ActionRepresentation, ActionType, ModalityConfig
+from .policy import ActionError, BasePolicy, ObservationError, PolicyValidationError, PolicyWrapper
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActionConfig",
+    "ActionError",
+    "ActionFormat",
+    "ActionRepresentation",
+    "ActionType",
+    "BasePolicy",
+    "EMBODIMENT_TAG_TO_PROJECTOR_INDEX",
+    "EmbodimentTag",
+    "ModalityConfig",
+    "ObservationError",
+    "PolicyClient",
+    "PolicyServerError",
+    "PolicyTimeoutError",
+    "PolicyValidationError",
+    "PolicyWrapper",
+    "WireDecodeError",
+    "WireEncodeError",
+]

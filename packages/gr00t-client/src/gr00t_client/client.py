@@ -1,0 +1,233 @@
+"""PolicyClient: a BasePolicy that runs on a remote GR00T policy server, with timeouts that really work."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from typing import Any, Dict, List, Optional, Tuple
+
+import zmq
+
+from . import codec
+from .modality import ModalityConfig
+from .policy import BasePolicy, validate_action, validate_observation
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+ERROR_MARKER = "__gr00t_error__"
+
+
+class PolicyServerError(RuntimeError):
+    """The server answered with an error; the message is the server's."""
+
+    def __init__(self, message: str, endpoint: Optional[str] = None) -> None:
+        super().__init__(f"Server error: {message}")
+        self.server_message = message
+        self.endpoint = endpoint
+
+
+class PolicyTimeoutError(TimeoutError):
+    """The server did not answer within timeout_ms; the client's socket was replaced."""
+
+
+class PolicyClient(BasePolicy):
+    """Talks to a GR00T policy server (ours or the reference) over ZeroMQ REQ.
+
+    Every call honours `timeout_ms`. On a timeout the socket is closed with linger 0 and the next call
+    uses a fresh one (the ZeroMQ guide's Lazy Pirate pattern), so a late reply never answers a later request.
+    Not thread-safe to share across threads without care: calls are serialised by a lock.
+    """
+
+    def __init__(
+        self,
+        host: str = "localhost",
+        port: int = 5555,
+        timeout_ms: int = 15000,
+        api_token: Optional[str] = None,
+        strict: bool = False,
+        *,
+        session_id: Optional[str] = None,
+        wire: str = "auto",
+    ) -> None:
+        super().__init__(strict=strict)
+        if wire not in ("auto", "reference", "multipart"):
+            raise ValueError(f"wire must be 'auto', 'reference' or 'multipart', got {wire!r}")
+        if int(timeout_ms) <= 0:
+            raise ValueError(f"timeout_ms must be a positive number of milliseconds, got {timeout_ms!r}")
+        self.host = host
+        self.port = int(port)
+        self.timeout_ms = int(timeout_ms)
+        self.api_token = api_token
+        self.session_id = session_id or uuid.uuid4().hex
+        self._wire = wire
+        self._server_is_ours: Optional[bool] = True if wire == "multipart" else (False if wire == "reference" else None)
+        self._context: Optional[zmq.Context] = zmq.Context()
+        self._socket: Optional[zmq.Socket] = None
+        self._lock = threading.Lock()
+        self._modality_config: Optional[Dict[str, ModalityConfig]] = None
+
+    # --- transport ------------------------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        return f"tcp://{self.host}:{self.port}"
+
+    def _open_socket(self) -> zmq.Socket:
+        if self._context is None:
+            raise RuntimeError("PolicyClient is closed")
+        sock = self._context.socket(zmq.REQ)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.address)
+        return sock
+
+    def _discard_socket(self) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+
+    def _timeout(self, endpoint: str) -> PolicyTimeoutError:
+        return PolicyTimeoutError(
+            f"policy server at {self.host}:{self.port} did not answer '{endpoint}' within {self.timeout_ms} ms "
+            "(is it running and reachable?)"
+        )
+
+    def _round_trip(self, envelope: Dict[str, Any], endpoint: str, multipart: bool) -> Any:
+        frames: List[Any] = codec.encode_multipart(envelope) if multipart else [codec.encode(envelope)]
+        if self._socket is None:
+            self._socket = self._open_socket()
+        sock = self._socket
+        deadline = time.monotonic() + self.timeout_ms / 1000.0
+        try:
+            if not sock.poll(self.timeout_ms, zmq.POLLOUT):
+                raise self._timeout(endpoint)
+            sock.send_multipart(frames, copy=False)
+            remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
+            if not sock.poll(remaining_ms, zmq.POLLIN):
+                raise self._timeout(endpoint)
+            reply = sock.recv_multipart(copy=False)
+        except PolicyTimeoutError:
+            self._discard_socket()  # Lazy Pirate: a REQ socket that timed out can never send again
+            raise
+        except zmq.ZMQError as exc:
+            self._discard_socket()
+            raise ConnectionError(f"ZeroMQ error talking to {self.host}:{self.port} ('{endpoint}'): {exc}") from exc
+        if codec.is_multipart(reply):
+            return self._unwrap_multipart(codec.decode_multipart(reply), endpoint)
+        if len(reply) != 1:
+            raise codec.WireDecodeError(f"reply to '{endpoint}' has {len(reply)} frames; expected 1")
+        if reply[0].bytes == b"ERROR":
+            raise PolicyServerError("Make sure we are running the correct policy server.", endpoint)
+        return self._unwrap_reference(codec.decode(reply[0].buffer), endpoint)
+
+    def _unwrap_multipart(self, message: Any, endpoint: str) -> Any:
+        if not isinstance(message, dict) or "ok" not in message:
+            raise codec.WireDecodeError(f"multipart reply to '{endpoint}' lacks the 'ok' field")
+        if not message["ok"]:
+            raise PolicyServerError(str(message.get("error", "unknown error")), endpoint)
+        return message.get("result")
+
+    def _unwrap_reference(self, reply: Any, endpoint: str) -> Any:
+        if isinstance(reply, dict) and "error" in reply:
+            # Our server marks its errors, so a real result with an "error" key passes through intact.
+            if reply.get(ERROR_MARKER) or not self._server_is_ours:
+                raise PolicyServerError(str(reply["error"]), endpoint)
+        return reply
+
+    def _negotiate(self) -> None:
+        """Ask once whether the server is ours (multipart capable); a reference server says 'Unknown endpoint'."""
+        envelope = self._envelope("get_server_info", None, requires_input=False)
+        try:
+            info = self._round_trip(envelope, "get_server_info", multipart=False)
+        except PolicyServerError as exc:
+            if "Unauthorized" in exc.server_message:
+                raise
+            self._server_is_ours = False
+            logger.debug("server at %s is not a gr00t-server (%s); using the reference wire", self.address, exc)
+            return
+        capabilities = info.get("capabilities", []) if isinstance(info, dict) else []
+        self._server_is_ours = isinstance(info, dict) and info.get("server") == "gr00t-server"
+        if self._wire == "auto" and "multipart" not in capabilities:
+            self._wire = "reference"
+
+    def _envelope(self, endpoint: str, data: Any, requires_input: bool) -> Dict[str, Any]:
+        envelope: Dict[str, Any] = {"endpoint": endpoint}
+        if requires_input:
+            envelope["data"] = data
+        if self.api_token:
+            envelope["api_token"] = self.api_token
+        envelope["session_id"] = self.session_id
+        return envelope
+
+    def call_endpoint(self, endpoint: str, data: Optional[Dict[str, Any]] = None, requires_input: bool = True) -> Any:
+        """Call any endpoint; raises PolicyTimeoutError, PolicyServerError or ConnectionError."""
+        with self._lock:
+            if self._server_is_ours is None and endpoint not in ("ping", "kill"):
+                self._negotiate()
+            multipart = bool(self._server_is_ours) and self._wire in ("auto", "multipart")
+            envelope = self._envelope(endpoint, data, requires_input)
+            return self._round_trip(envelope, endpoint, multipart=multipart)
+
+    # --- policy API -----------------------------------------------------------------------------
+
+    def ping(self) -> bool:
+        """True when the server answers within timeout_ms; False when it is down or unreachable."""
+        try:
+            self.call_endpoint("ping", requires_input=False)
+            return True
+        except (PolicyTimeoutError, ConnectionError):
+            return False
+
+    def get_server_info(self) -> Dict[str, Any]:
+        """Server, protocol and model facts (gr00t-server only)."""
+        return self.call_endpoint("get_server_info", requires_input=False)
+
+    def kill_server(self) -> None:
+        """Ask the server to shut down (allowed from loopback or with a valid token)."""
+        self.call_endpoint("kill", requires_input=False)
+
+    def get_modality_config(self) -> Dict[str, ModalityConfig]:
+        """The server policy's modality configs (cached after the first call)."""
+        if self._modality_config is None:
+            self._modality_config = self.call_endpoint("get_modality_config", requires_input=False) or {}
+        return self._modality_config
+
+    def reset(self, options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """Reset this client's session on the server; returns the server's info dict."""
+        return self.call_endpoint("reset", {"options": options})
+
+    def check_observation(self, observation: Dict[str, Any]) -> None:
+        validate_observation(observation, self.get_modality_config())
+
+    def check_action(self, action: Dict[str, Any]) -> None:
+        validate_action(action, self.get_modality_config())
+
+    def _get_action(self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+        reply = self.call_endpoint("get_action", {"observation": observation, "options": options})
+        if not isinstance(reply, (list, tuple)) or len(reply) != 2:
+            raise codec.WireDecodeError(f"get_action reply must be [action, info]; got {type(reply).__name__}")
+        return reply[0], reply[1]
+
+    # --- lifetime -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the socket and context without waiting for undelivered messages."""
+        with self._lock:
+            self._discard_socket()
+            if self._context is not None:
+                self._context.destroy(linger=0)
+                self._context = None
+
+    def __enter__(self) -> "PolicyClient":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: never hang or raise
+            pass

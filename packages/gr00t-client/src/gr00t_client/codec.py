@@ -1,0 +1,282 @@
+"""Wire codec: the reference msgpack format, every legacy format a peer may send, and our multipart format.
+
+Reference format (one ZeroMQ frame): msgpack with msgpack-numpy array maps (bin keys `nd`, `type`, `kind`,
+`shape`, `data`) and `{"__ModalityConfig__": True, "as_json": {...}}`. Decoding also accepts the early-N1.6
+`__ndarray_class__`/`as_npy` wrapper, openpi's `__ndarray__` maps, str or bytes keys, and both ModalityConfig
+markers with `as_json` as a map, JSON string or bytes. No pickle anywhere: object and void dtypes are refused.
+
+Multipart format (ours to ours): frame 0 is MULTIPART_MAGIC, frame 1 a msgpack header in which each array
+is an ExtType pointing at a later frame that carries the raw bytes, sent and received without copies.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from enum import Enum
+from typing import Any, Dict, List, Sequence, Union
+
+import msgpack
+import numpy as np
+
+from .modality import ModalityConfig
+
+MULTIPART_MAGIC = b"\x00GR00T-MP1"
+_EXT_BUFFER = 42  # ExtType code of an array reference in a multipart header
+_COPY_BELOW_BYTES = 16 * 1024  # smaller buffers are cheaper to copy than to track as frames
+
+BufferLike = Union[bytes, bytearray, memoryview, Any]
+
+
+class WireDecodeError(ValueError):
+    """Bytes that are not a valid message in any format we accept."""
+
+
+class WireEncodeError(TypeError):
+    """A value that has no wire representation (e.g. an object-dtype array)."""
+
+
+def _refuse_dtype(dtype: np.dtype, direction: str) -> None:
+    if dtype.kind in ("O", "V"):
+        kind = "object" if dtype.kind == "O" else "void/structured"
+        message = f"arrays of {kind} dtype {dtype.str!r} cannot be {direction} (no pickle on the wire)"
+        raise (WireEncodeError if direction == "encoded" else WireDecodeError)(message)
+
+
+def _as_dtype(type_str: Any) -> np.dtype:
+    if isinstance(type_str, bytes):
+        type_str = type_str.decode("ascii", "replace")
+    if not isinstance(type_str, str):
+        raise WireDecodeError(f"array dtype must be a str like '<f4', got {type_str!r}")
+    try:
+        dtype = np.dtype(type_str)
+    except TypeError as exc:
+        raise WireDecodeError(f"unknown array dtype {type_str!r}") from exc
+    _refuse_dtype(dtype, "decoded")
+    return dtype
+
+
+def _array_from_buffer(data: Any, dtype: np.dtype, shape: Any, copy: bool) -> np.ndarray:
+    if not isinstance(shape, (list, tuple)) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise WireDecodeError(f"array shape must be a list of non-negative ints, got {shape!r}")
+    count = 1
+    for dim in shape:
+        count *= dim
+    expected = count * dtype.itemsize
+    size = memoryview(data).nbytes
+    if size != expected:
+        raise WireDecodeError(f"array of dtype {dtype.str} and shape {list(shape)} needs {expected} bytes, got {size}")
+    array = np.frombuffer(data, dtype=dtype).reshape(shape)
+    return array.copy() if copy or not array.flags.writeable else array
+
+
+def _get(obj: Dict[Any, Any], name: str) -> Any:
+    if name in obj:
+        return obj[name]
+    return obj.get(name.encode())
+
+
+def _has(obj: Dict[Any, Any], name: str) -> bool:
+    return name in obj or name.encode() in obj
+
+
+def _modality_config_from(obj: Dict[Any, Any]) -> ModalityConfig:
+    if not _has(obj, "as_json"):
+        raise WireDecodeError("Malformed ModalityConfig payload: missing 'as_json'")
+    payload = _get(obj, "as_json")
+    if isinstance(payload, (bytes, bytearray)):
+        payload = payload.decode("utf-8")
+    if isinstance(payload, str):
+        try:
+            payload = json.loads(payload)
+        except json.JSONDecodeError as exc:
+            raise WireDecodeError(f"Malformed ModalityConfig payload: as_json is not JSON ({exc})") from exc
+    if isinstance(payload, dict):
+        payload = {k.decode() if isinstance(k, bytes) else k: v for k, v in payload.items()}
+    try:
+        return ModalityConfig.from_json_dict(payload)
+    except (ValueError, TypeError) as exc:
+        raise WireDecodeError(f"Malformed ModalityConfig payload: {exc}") from exc
+
+
+def _decode_hook(obj: Dict[Any, Any]) -> Any:
+    """msgpack object_hook: turn every known special map back into its value."""
+    if _has(obj, "nd") and _has(obj, "type") and _has(obj, "data"):  # msgpack-numpy
+        dtype = _as_dtype(_get(obj, "type"))
+        kind = _get(obj, "kind")
+        if kind not in (None, b"", ""):
+            raise WireDecodeError(f"msgpack-numpy array kind {kind!r} (structured/object data) is refused")
+        data = _get(obj, "data")
+        if not isinstance(data, (bytes, bytearray)):
+            raise WireDecodeError(f"msgpack-numpy 'data' must be bytes, got {type(data).__name__}")
+        if _get(obj, "nd"):
+            return _array_from_buffer(data, dtype, _get(obj, "shape"), copy=True)
+        return _array_from_buffer(data, dtype, [], copy=True)[()]
+    if _has(obj, "__ndarray__") and _has(obj, "data"):  # openpi-style
+        dtype = _as_dtype(_get(obj, "dtype"))
+        return _array_from_buffer(_get(obj, "data"), dtype, _get(obj, "shape"), copy=True)
+    if _has(obj, "__npgeneric__"):  # openpi-style numpy scalar
+        return _as_dtype(_get(obj, "dtype")).type(_get(obj, "data"))
+    if _has(obj, "__ndarray_class__"):  # early N1.6 and N1/N1.5
+        blob = _get(obj, "as_npy")
+        if not isinstance(blob, (bytes, bytearray)):
+            raise WireDecodeError("Malformed __ndarray_class__ payload: 'as_npy' must be bytes")
+        try:
+            array = np.load(io.BytesIO(blob), allow_pickle=False)
+        except ValueError as exc:
+            raise WireDecodeError(f"Malformed __ndarray_class__ payload (pickled data is refused): {exc}") from exc
+        _refuse_dtype(array.dtype, "decoded")
+        return array
+    if _has(obj, "__ModalityConfig__") or _has(obj, "__ModalityConfig_class__"):
+        return _modality_config_from(obj)
+    if _has(obj, "complex") and _has(obj, "data") and len(obj) == 2:
+        data = _get(obj, "data")
+        return complex(data.decode() if isinstance(data, bytes) else data)
+    return obj
+
+
+def _encode_array(array: np.ndarray) -> Dict[bytes, Any]:
+    _refuse_dtype(array.dtype, "encoded")
+    data = array.data if array.flags.c_contiguous else np.ascontiguousarray(array).data
+    return {b"nd": True, b"type": array.dtype.str, b"kind": b"", b"shape": list(array.shape), b"data": data}
+
+
+def _encode_hook(obj: Any) -> Any:
+    """msgpack default: numpy arrays and scalars, ModalityConfig, enums, complex."""
+    if isinstance(obj, np.ndarray):
+        return _encode_array(obj)
+    if isinstance(obj, np.generic):
+        _refuse_dtype(obj.dtype, "encoded")
+        return {b"nd": False, b"type": obj.dtype.str, b"kind": b"", b"data": obj.tobytes()}
+    if isinstance(obj, ModalityConfig):
+        return {"__ModalityConfig__": True, "as_json": obj.to_json_dict()}
+    if isinstance(obj, Enum):
+        return obj.value
+    if isinstance(obj, complex):
+        return {b"complex": True, b"data": repr(obj)}
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    raise WireEncodeError(f"cannot encode value of type {type(obj).__name__} for the wire")
+
+
+def encode(obj: Any) -> bytes:
+    """Encode a value in the reference (single-frame msgpack-numpy) format."""
+    try:
+        return msgpack.packb(obj, default=_encode_hook, use_bin_type=True)
+    except WireEncodeError:
+        raise
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise WireEncodeError(f"cannot encode message: {exc}") from exc
+
+
+def decode(data: BufferLike) -> Any:
+    """Decode a single-frame message in any accepted format; arrays come back writable."""
+    try:
+        return msgpack.unpackb(data, object_hook=_decode_hook, raw=False, strict_map_key=False)
+    except WireDecodeError:
+        raise
+    except Exception as exc:  # msgpack raises many unrelated types on garbage
+        raise WireDecodeError(f"undecodable message ({type(exc).__name__}: {exc})") from exc
+
+
+def encode_early_n16(obj: Any) -> bytes:
+    """Encode in the early-N1.6 format (np.save wrappers); for talking to old reference servers and tests."""
+
+    def hook(value: Any) -> Any:
+        if isinstance(value, np.ndarray):
+            _refuse_dtype(value.dtype, "encoded")
+            buffer = io.BytesIO()
+            np.save(buffer, value, allow_pickle=False)
+            return {"__ndarray_class__": True, "as_npy": buffer.getvalue()}
+        if isinstance(value, ModalityConfig):
+            return {"__ModalityConfig_class__": True, "as_json": value.to_json_dict()}
+        if isinstance(value, Enum):
+            return value.value
+        raise WireEncodeError(f"cannot encode value of type {type(value).__name__} in the early-N1.6 format")
+
+    return msgpack.packb(obj, default=hook, use_bin_type=True)
+
+
+# --- multipart (zero-copy) format --------------------------------------------------------------------
+
+
+def encode_multipart(obj: Any) -> List[Any]:
+    """Encode as [MULTIPART_MAGIC, header, buffers...]; large array buffers are referenced, not copied."""
+    buffers: List[Any] = []
+
+    def hook(value: Any) -> Any:
+        if isinstance(value, np.ndarray):
+            _refuse_dtype(value.dtype, "encoded")
+            if value.nbytes < _COPY_BELOW_BYTES:
+                return _encode_array(value)
+            if not value.flags.c_contiguous:
+                value = np.ascontiguousarray(value)
+            buffers.append(value.data)
+            meta = msgpack.packb([len(buffers) + 1, value.dtype.str, list(value.shape)], use_bin_type=True)
+            return msgpack.ExtType(_EXT_BUFFER, meta)
+        return _encode_hook(value)
+
+    try:
+        header = msgpack.packb(obj, default=hook, use_bin_type=True)
+    except WireEncodeError:
+        raise
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise WireEncodeError(f"cannot encode message: {exc}") from exc
+    return [MULTIPART_MAGIC, header, *buffers]
+
+
+def is_multipart(frames: Sequence[Any]) -> bool:
+    """True when the frames are a message in our multipart format."""
+    if len(frames) < 2:
+        return False
+    first = frames[0]
+    first_bytes = first.bytes if hasattr(first, "bytes") else bytes(first)
+    return first_bytes == MULTIPART_MAGIC
+
+
+def decode_multipart(frames: Sequence[Any]) -> Any:
+    """Decode [MULTIPART_MAGIC, header, buffers...]; arrays view the frames' memory (writable, no copy)."""
+    if not is_multipart(frames):
+        raise WireDecodeError("not a multipart GR00T message (missing magic frame)")
+    views = [frame.buffer if hasattr(frame, "buffer") else memoryview(frame) for frame in frames]
+
+    def ext_hook(code: int, data: bytes) -> Any:
+        if code != _EXT_BUFFER:
+            raise WireDecodeError(f"unknown msgpack extension type {code}")
+        try:
+            index, type_str, shape = msgpack.unpackb(data, raw=False)
+        except Exception as exc:
+            raise WireDecodeError(f"malformed array reference in multipart header: {exc}") from exc
+        if not isinstance(index, int) or not 2 <= index < len(views):
+            raise WireDecodeError(f"array reference points at frame {index!r}, message has {len(views)} frames")
+        return _array_from_buffer(views[index], _as_dtype(type_str), shape, copy=False)
+
+    try:
+        return msgpack.unpackb(views[1], object_hook=_decode_hook, ext_hook=ext_hook, raw=False, strict_map_key=False)
+    except WireDecodeError:
+        raise
+    except Exception as exc:
+        raise WireDecodeError(f"undecodable multipart header ({type(exc).__name__}: {exc})") from exc
+
+
+def normalize_keys(value: Any) -> Any:
+    """Return maps with bytes keys turned into str keys, recursively (peers differ in key types)."""
+    if isinstance(value, dict):
+        return {(k.decode("utf-8", "replace") if isinstance(k, bytes) else k): normalize_keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [normalize_keys(v) for v in value]
+    return value
+
+
+__all__ = [
+    "MULTIPART_MAGIC",
+    "WireDecodeError",
+    "WireEncodeError",
+    "decode",
+    "decode_multipart",
+    "encode",
+    "encode_early_n16",
+    "encode_multipart",
+    "is_multipart",
+    "normalize_keys",
+]

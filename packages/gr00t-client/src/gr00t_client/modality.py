@@ -1,0 +1,172 @@
+"""ModalityConfig and ActionConfig: what a policy reads and writes, with the reference JSON form."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Dict, List, Mapping, Optional
+
+
+class ActionRepresentation(Enum):
+    """How an action relates to the state: relative to it, a per-step delta, or absolute."""
+
+    RELATIVE = "relative"
+    DELTA = "delta"
+    ABSOLUTE = "absolute"
+
+
+class ActionType(Enum):
+    """Whether an action group is an end-effector pose or joint-space values."""
+
+    EEF = "eef"
+    NON_EEF = "non_eef"
+
+
+class ActionFormat(Enum):
+    """Layout of an action group's values."""
+
+    DEFAULT = "default"
+    XYZ_ROT6D = "xyz+rot6d"
+    XYZ_ROTVEC = "xyz+rotvec"
+
+
+def _parse_enum(enum_cls: type, value: Any, field_name: str) -> Enum:
+    if isinstance(value, enum_cls):
+        return value
+    if isinstance(value, str):
+        for member in enum_cls:  # names as the reference writes them, values as a courtesy
+            if value == member.name or value.lower() == member.value:
+                return member
+    known = ", ".join(m.name for m in enum_cls)
+    raise ValueError(f"ActionConfig.{field_name}: unknown value {value!r}; expected one of {known}")
+
+
+@dataclass
+class ActionConfig:
+    """Representation, type and format of one action group, and the state key it is relative to."""
+
+    rep: ActionRepresentation
+    type: ActionType
+    format: ActionFormat = ActionFormat.DEFAULT
+    state_key: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        self.rep = _parse_enum(ActionRepresentation, self.rep, "rep")
+        self.type = _parse_enum(ActionType, self.type, "type")
+        self.format = _parse_enum(ActionFormat, self.format, "format")
+        if self.state_key is not None and not isinstance(self.state_key, str):
+            raise ValueError(f"ActionConfig.state_key must be a str or None, got {self.state_key!r}")
+
+    def to_json_dict(self) -> Dict[str, Any]:
+        """The reference JSON form: enums by name."""
+        return {"rep": self.rep.name, "type": self.type.name, "format": self.format.name, "state_key": self.state_key}
+
+
+_FIELD_ORDER = ("delta_indices", "modality_keys", "sin_cos_embedding_keys", "mean_std_embedding_keys", "action_configs")
+
+
+@dataclass
+class ModalityConfig:
+    """Which keys a modality has and which relative time steps (delta_indices) a policy reads or writes."""
+
+    delta_indices: List[int]
+    modality_keys: List[str]
+    sin_cos_embedding_keys: Optional[List[str]] = None
+    mean_std_embedding_keys: Optional[List[str]] = None
+    action_configs: Optional[List[ActionConfig]] = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.delta_indices is None or isinstance(self.delta_indices, (str, bytes)):
+            raise ValueError(f"delta_indices must be a non-None list, got {self.delta_indices!r}")
+        try:
+            self.delta_indices = [int(i) for i in self.delta_indices]
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"delta_indices must be a list of ints, got {self.delta_indices!r}") from exc
+        if (
+            self.modality_keys is None
+            or isinstance(self.modality_keys, (str, bytes))
+            or len(list(self.modality_keys)) == 0
+            or not all(isinstance(k, str) for k in self.modality_keys)
+        ):
+            raise ValueError(f"modality_keys must be a non-empty list, got {self.modality_keys!r}")
+        self.modality_keys = list(self.modality_keys)
+        for name in ("sin_cos_embedding_keys", "mean_std_embedding_keys"):
+            value = getattr(self, name)
+            if value is not None:
+                if isinstance(value, (str, bytes)) or not all(isinstance(k, str) for k in value):
+                    raise ValueError(f"{name} must be a list of str or None, got {value!r}")
+                setattr(self, name, list(value))
+        if self.action_configs is not None:
+            configs = [c if isinstance(c, ActionConfig) else _action_config_from(c) for c in self.action_configs]
+            if len(configs) != len(self.modality_keys):
+                raise ValueError(
+                    f"action_configs has {len(configs)} entries but modality_keys has {len(self.modality_keys)}; "
+                    "expected one action config per key"
+                )
+            self.action_configs = configs
+
+    @property
+    def horizon(self) -> int:
+        """Number of time steps (len(delta_indices))."""
+        return len(self.delta_indices)
+
+    def to_json_dict(self) -> Dict[str, Any]:
+        """The reference JSON form, fields in reference order, enums by name."""
+        return {
+            "delta_indices": list(self.delta_indices),
+            "modality_keys": list(self.modality_keys),
+            "sin_cos_embedding_keys": None if self.sin_cos_embedding_keys is None else list(self.sin_cos_embedding_keys),
+            "mean_std_embedding_keys": None if self.mean_std_embedding_keys is None else list(self.mean_std_embedding_keys),
+            "action_configs": None if self.action_configs is None else [c.to_json_dict() for c in self.action_configs],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_json_dict())
+
+    @classmethod
+    def from_json_dict(cls, data: Mapping[str, Any]) -> "ModalityConfig":
+        """Build from the JSON form; unknown fields are an error naming them."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"ModalityConfig JSON must be an object, got {type(data).__name__}")
+        unknown = sorted(set(data) - set(_FIELD_ORDER))
+        if unknown:
+            raise ValueError(f"ModalityConfig has unknown fields {unknown}; expected a subset of {list(_FIELD_ORDER)}")
+        missing = [k for k in ("delta_indices", "modality_keys") if k not in data]
+        if missing:
+            raise ValueError(f"ModalityConfig is missing required fields {missing}")
+        return cls(**dict(data))
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModalityConfig":
+        return cls.from_json_dict(json.loads(text))
+
+
+def _action_config_from(data: Any) -> ActionConfig:
+    if not isinstance(data, Mapping):
+        raise ValueError(f"action_configs entries must be objects or ActionConfig, got {data!r}")
+    unknown = sorted(set(data) - {"rep", "type", "format", "state_key"})
+    if unknown:
+        raise ValueError(f"ActionConfig has unknown fields {unknown}")
+    if "rep" not in data or "type" not in data:
+        raise ValueError(f"ActionConfig needs 'rep' and 'type', got {dict(data)!r}")
+    return ActionConfig(**dict(data))
+
+
+def modality_configs_to_json(configs: Mapping[str, ModalityConfig]) -> Dict[str, Any]:
+    """{modality: ModalityConfig} -> JSON-ready dict."""
+    return {name: cfg.to_json_dict() for name, cfg in configs.items()}
+
+
+def modality_configs_from_json(data: Mapping[str, Any]) -> Dict[str, ModalityConfig]:
+    """JSON dict {modality: fields} -> {modality: ModalityConfig}, naming the modality on error."""
+    out: Dict[str, ModalityConfig] = {}
+    for name, fields in data.items():
+        if isinstance(fields, ModalityConfig):
+            out[name] = fields
+            continue
+        try:
+            out[name] = ModalityConfig.from_json_dict(fields)
+        except ValueError as exc:
+            raise ValueError(f"modality config {name!r}: {exc}") from exc
+    return out

@@ -1,0 +1,154 @@
+"""BasePolicy: the policy API shared by local policies, servers and PolicyClient, with strict validation."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import numpy as np
+
+from .modality import ModalityConfig
+
+
+class PolicyValidationError(ValueError):
+    """An observation or action does not match the policy's modality config."""
+
+
+class ObservationError(PolicyValidationError):
+    """An observation is missing a key or has the wrong type, dtype or shape."""
+
+
+class ActionError(PolicyValidationError):
+    """A policy produced an action that is missing a key or has the wrong type, dtype or shape."""
+
+
+def _batch_size(value: Any) -> int:
+    return int(value.shape[0]) if isinstance(value, np.ndarray) and value.ndim > 0 else len(value)
+
+
+def _check_array(kind: str, key: str, value: Any, dtype: type, ndim: int, horizon: int, layout: str, err: type) -> None:
+    if not isinstance(value, np.ndarray):
+        raise err(f"{kind} key '{key}' must be a numpy array of dtype {np.dtype(dtype)} and shape {layout}; got {type(value).__name__}")
+    if value.dtype != dtype:
+        raise err(f"{kind} key '{key}' must have dtype {np.dtype(dtype)}; got {value.dtype} with shape {value.shape}")
+    if value.ndim != ndim:
+        raise err(f"{kind} key '{key}' must have shape {layout}; got shape {value.shape}")
+    if value.shape[1] != horizon:
+        raise err(f"{kind} key '{key}' must have horizon T={horizon} (shape {layout}); got T={value.shape[1]} in shape {value.shape}")
+
+
+def validate_observation(observation: Any, configs: Mapping[str, ModalityConfig]) -> int:
+    """Check a nested observation {video, state, language} against modality configs; return the batch size."""
+    if not isinstance(observation, Mapping):
+        raise ObservationError(f"observation must be a dict with keys 'video', 'state', 'language'; got {type(observation).__name__}")
+    batch: Optional[int] = None
+    first_key = ""
+
+    def check_batch(kind: str, key: str, n: int) -> None:
+        nonlocal batch, first_key
+        if batch is None:
+            batch, first_key = n, f"{kind} key '{key}'"
+        elif n != batch:
+            raise ObservationError(f"{kind} key '{key}' has batch size {n}; expected {batch} like {first_key}")
+
+    for modality in ("video", "state", "language"):
+        if modality not in configs:
+            continue
+        if modality not in observation:
+            raise ObservationError(f"observation must contain a '{modality}' key (a dict); got keys {sorted(observation)}")
+        group = observation[modality]
+        if not isinstance(group, Mapping):
+            raise ObservationError(f"observation['{modality}'] must be a dict; got {type(group).__name__}")
+        config = configs[modality]
+        for key in config.modality_keys:
+            if key not in group:
+                raise ObservationError(f"{modality.capitalize()} key '{key}' is missing from observation['{modality}']; got keys {sorted(group)}")
+            value = group[key]
+            if modality == "video":
+                _check_array("Video", key, value, np.uint8, 5, config.horizon, "(B, T, H, W, 3)", ObservationError)
+                if value.shape[-1] != 3:
+                    raise ObservationError(f"Video key '{key}' must have 3 channels (B, T, H, W, 3); got shape {value.shape}")
+                check_batch("Video", key, value.shape[0])
+            elif modality == "state":
+                _check_array("State", key, value, np.float32, 3, config.horizon, "(B, T, D)", ObservationError)
+                check_batch("State", key, value.shape[0])
+            else:
+                if not isinstance(value, (list, tuple)):
+                    raise ObservationError(f"Language key '{key}' must be a list of B lists of {config.horizon} str; got {type(value).__name__}")
+                for row, item in enumerate(value):
+                    if not isinstance(item, (list, tuple)) or len(item) != config.horizon or not all(isinstance(s, str) for s in item):
+                        raise ObservationError(
+                            f"Language key '{key}' row {row} must be a list of {config.horizon} str; got {item!r:.80}"
+                        )
+                check_batch("Language", key, len(value))
+    return batch or 0
+
+
+def validate_action(action: Any, configs: Mapping[str, ModalityConfig], batch_size: Optional[int] = None) -> None:
+    """Check an action dict {key: float32 (B, T, D)} against the 'action' modality config."""
+    if not isinstance(action, Mapping):
+        raise ActionError(f"action must be a dict of arrays; got {type(action).__name__}")
+    config = configs.get("action")
+    if config is None:
+        return
+    for key in config.modality_keys:
+        if key not in action:
+            raise ActionError(f"Action key '{key}' is missing from the action; got keys {sorted(action)}")
+        value = action[key]
+        _check_array("Action", key, value, np.float32, 3, config.horizon, "(B, T, D)", ActionError)
+        if batch_size is not None and value.shape[0] != batch_size:
+            raise ActionError(f"Action key '{key}' has batch size {value.shape[0]}; expected {batch_size} (the observation's)")
+
+
+class BasePolicy(ABC):
+    """A policy: observation -> (action, info). With `strict`, inputs and outputs are validated.
+
+    Subclasses implement `_get_action`, `reset` and `get_modality_config`; the default checks validate
+    the nested form against `get_modality_config()`, and may be overridden.
+    """
+
+    def __init__(self, *, strict: bool = True) -> None:
+        self.strict = strict
+
+    def check_observation(self, observation: Dict[str, Any]) -> None:
+        """Raise ObservationError if the observation does not fit the modality config."""
+        validate_observation(observation, self.get_modality_config())
+
+    def check_action(self, action: Dict[str, Any]) -> None:
+        """Raise ActionError if the action does not fit the modality config."""
+        validate_action(action, self.get_modality_config())
+
+    @abstractmethod
+    def _get_action(self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+        """Compute the action chunk for a validated observation."""
+
+    @abstractmethod
+    def reset(self, options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """Reset any episode state; return an info dict."""
+
+    def get_modality_config(self) -> Dict[str, ModalityConfig]:
+        """The modality configs this policy reads and writes ({} when it has none)."""
+        return {}
+
+    def get_action(self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+        """Validate (when strict), compute and validate the action; return (action, info)."""
+        if self.strict:
+            self.check_observation(observation)
+        action, info = self._get_action(observation, options)
+        if self.strict:
+            self.check_action(action)
+        return action, info
+
+
+class PolicyWrapper(BasePolicy):
+    """A policy that adapts another one; reset and modality configs are forwarded."""
+
+    def __init__(self, policy: BasePolicy, *, strict: bool = True) -> None:
+        super().__init__(strict=strict)
+        self.policy = policy
+
+    def reset(self, options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        return self.policy.reset(options)
+
+    def get_modality_config(self) -> Dict[str, ModalityConfig]:
+        return self.policy.get_modality_config()

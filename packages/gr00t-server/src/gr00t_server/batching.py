@@ -1,0 +1,110 @@
+"""Batching across clients: which get_action requests can share one policy call, and how to merge and split."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Hashable, List, Sequence, Tuple
+
+import numpy as np
+
+TIMING_OPTION = "return_server_timing"
+
+
+def is_batchable(data: Any) -> bool:
+    """A get_action request can join a batch when it has a nested observation and no per-request options."""
+    if not isinstance(data, dict) or not isinstance(data.get("observation"), dict):
+        return False
+    options = data.get("options")
+    return options is None or (isinstance(options, dict) and set(options) <= {TIMING_OPTION})
+
+
+def _signature(value: Any) -> Hashable:
+    """Keys, dtypes and per-row shapes: observations with equal signatures concatenate along axis 0."""
+    if isinstance(value, dict):
+        return ("dict", tuple(sorted((str(k), _signature(v)) for k, v in value.items())))
+    if isinstance(value, np.ndarray):
+        if value.ndim == 0:
+            return ("scalar-array",)  # cannot be split by rows
+        return ("array", value.dtype.str, value.shape[1:])
+    if isinstance(value, (list, tuple)):
+        return ("list",)
+    return ("other", type(value).__name__)
+
+
+def _row_count(observation: Dict[str, Any]) -> int:
+    for value in observation.values():
+        if isinstance(value, dict):
+            count = _row_count(value)
+            if count >= 0:
+                return count
+        elif isinstance(value, np.ndarray) and value.ndim > 0:
+            return int(value.shape[0])
+        elif isinstance(value, (list, tuple)):
+            return len(value)
+    return -1
+
+
+def group_compatible(items: Sequence[Any], max_rows: int, key: Callable[[Any], Any]) -> List[List[Any]]:
+    """Split items into groups of equal observation signature, each at most max_rows rows in total."""
+    groups: Dict[Hashable, List[List[Any]]] = {}
+    order: List[Tuple[Hashable, int]] = []
+    for item in items:
+        observation = key(item)["observation"]
+        sig = _signature(observation)
+        if sig[0] != "dict" or "scalar-array" in repr(sig) or "other" in repr(sig):
+            sig = ("alone", id(item))
+        rows = max(_row_count(observation), 1)
+        buckets = groups.setdefault(sig, [])
+        if buckets and sum(max(_row_count(key(i)["observation"]), 1) for i in buckets[-1]) + rows <= max_rows:
+            buckets[-1].append(item)
+        else:
+            buckets.append([item])
+            order.append((sig, len(buckets) - 1))
+    return [groups[sig][index] for sig, index in order]
+
+
+def _merge(values: List[Any]) -> Any:
+    first = values[0]
+    if isinstance(first, dict):
+        return {k: _merge([v[k] for v in values]) for k in first}
+    if isinstance(first, np.ndarray):
+        return np.concatenate(values, axis=0)
+    merged: List[Any] = []
+    for value in values:
+        merged.extend(value)
+    return merged
+
+
+def merge_observations(observations: List[Dict[str, Any]]) -> Tuple[Dict[str, Any], List[int]]:
+    """Concatenate compatible observations along the batch axis; return the merged one and rows per request."""
+    rows = [_row_count(obs) for obs in observations]
+    if any(r <= 0 for r in rows):
+        raise ValueError("every batched observation needs at least one row")
+    return _merge(observations), rows
+
+
+def _split(value: Any, rows: List[int], total: int) -> List[Any]:
+    if isinstance(value, dict):
+        parts = {k: _split(v, rows, total) for k, v in value.items()}
+        return [{k: parts[k][i] for k in value} for i in range(len(rows))]
+    if isinstance(value, np.ndarray) and value.ndim > 0 and value.shape[0] == total:
+        bounds = np.cumsum(rows)[:-1]
+        return list(np.split(value, bounds, axis=0))
+    if isinstance(value, list) and len(value) == total:
+        out, start = [], 0
+        for count in rows:
+            out.append(value[start : start + count])
+            start += count
+        return out
+    return [value for _ in rows]
+
+
+def split_result(action: Dict[str, Any], info: Dict[str, Any], rows: List[int]) -> List[Tuple[Dict[str, Any], Dict[str, Any]]]:
+    """Split a batched (action, info) back into one (action, info) per request."""
+    total = sum(rows)
+    for key, value in action.items():
+        if not isinstance(value, np.ndarray) or value.ndim == 0 or value.shape[0] != total:
+            shape = getattr(value, "shape", None)
+            raise ValueError(f"batched action '{key}' has shape {shape}; expected {total} rows")
+    actions = _split(action, rows, total)
+    infos = _split(info or {}, rows, total)
+    return list(zip(actions, infos))

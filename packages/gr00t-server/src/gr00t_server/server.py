@@ -1,0 +1,478 @@
+"""PolicyServer: the GR00T ZeroMQ endpoint table behind a ROUTER socket, hard to break, with sessions and batching."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import zmq
+
+from gr00t_client import codec
+from gr00t_client.client import ERROR_MARKER, PROTOCOL_VERSION
+from gr00t_client.policy import BasePolicy
+
+from . import batching
+from .stats import ServerStats
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+LOOPBACK_PREFIXES = ("127.", "::1", "::ffff:127.")
+SESSION_OPTION = "_session_id"
+TIMING_OPTION = "return_server_timing"
+
+
+class RequestError(Exception):
+    """A request that cannot be served; the message goes back to the client."""
+
+
+@dataclass
+class Endpoint:
+    """A named handler; `requires_input` handlers are called with the request's `data` as keyword arguments."""
+
+    name: str
+    handler: Callable[..., Any]
+    requires_input: bool = True
+
+
+@dataclass
+class Request:
+    """One decoded request and where its reply goes."""
+
+    routing: List[Any]
+    multipart: bool
+    endpoint: str
+    data: Any
+    session: str
+    peer: Optional[str]
+    received_at: float
+    decode_ms: float
+    timing: Dict[str, float] = field(default_factory=dict)
+
+
+def _is_loopback(peer: Optional[str]) -> bool:
+    return peer is None or peer == "localhost" or peer.startswith(LOOPBACK_PREFIXES)
+
+
+class PolicyServer:
+    """Serves a BasePolicy over ZeroMQ to any number of REQ clients, ours or the reference's.
+
+    Endpoints: ping, kill, get_action, reset, get_modality_config, get_server_info, plus registered ones.
+    Any bad request gets an error reply and the server goes on serving.
+    """
+
+    def __init__(
+        self,
+        policy: BasePolicy,
+        host: str = "127.0.0.1",
+        port: int = 5555,
+        api_token: Optional[str] = None,
+        *,
+        allow_remote_kill: bool = False,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_batch_size: int = 1,
+        batch_timeout_ms: float = 0.0,
+        embodiment_tag: Optional[str] = None,
+        poll_interval_ms: int = 100,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if batch_timeout_ms < 0:
+            raise ValueError(f"batch_timeout_ms must be >= 0, got {batch_timeout_ms}")
+        self.policy = policy
+        self.host = host
+        self.port = int(port)
+        self.api_token = api_token or None
+        self.allow_remote_kill = allow_remote_kill
+        self.max_message_bytes = int(max_message_bytes)
+        self.max_batch_size = int(max_batch_size)
+        self.batch_timeout_ms = float(batch_timeout_ms)
+        self.embodiment_tag = embodiment_tag
+        self.poll_interval_ms = poll_interval_ms
+        self.stats = ServerStats()
+        self._endpoints: Dict[str, Endpoint] = {}
+        self._context: Optional[zmq.Context] = None
+        self._socket: Optional[zmq.Socket] = None
+        self._running = False
+        self._stop_requested = threading.Event()
+        self.bound_endpoint: Optional[str] = None
+        self.register_endpoint("ping", self._ping, requires_input=False)
+        self.register_endpoint("kill", self._kill, requires_input=False)
+        self.register_endpoint("get_action", self._get_action)
+        self.register_endpoint("reset", self._reset)
+        self.register_endpoint("get_modality_config", self._get_modality_config, requires_input=False)
+        self.register_endpoint("get_server_info", self._get_server_info, requires_input=False)
+        self._current: Optional[Request] = None
+
+    # --- endpoint table -------------------------------------------------------------------------
+
+    def register_endpoint(self, name: str, handler: Callable[..., Any], requires_input: bool = True) -> None:
+        """Add or replace an endpoint; `requires_input` handlers get the request's data as keyword arguments."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"endpoint name must be a non-empty str, got {name!r}")
+        self._endpoints[name] = Endpoint(name, handler, requires_input)
+
+    @property
+    def endpoints(self) -> List[str]:
+        return sorted(self._endpoints)
+
+    @property
+    def batching_enabled(self) -> bool:
+        return self.max_batch_size > 1 and bool(getattr(self.policy, "supports_batching", False))
+
+    @property
+    def _policy_uses_sessions(self) -> bool:
+        policy: Any = self.policy
+        while policy is not None:
+            if getattr(policy, "stateful_sessions", False):
+                return True
+            policy = getattr(policy, "policy", None)
+        return False
+
+    def _with_session(self, options: Any, request: Request) -> Any:
+        if options is not None and not isinstance(options, dict):
+            raise RequestError(f"'options' must be a map or nil, got {type(options).__name__}")
+        options = dict(options) if options else {}
+        options.pop(TIMING_OPTION, None)
+        if self._policy_uses_sessions:
+            options[SESSION_OPTION] = request.session
+        return options or None
+
+    def _ping(self) -> Dict[str, str]:
+        return {"status": "ok", "message": "Server is running"}
+
+    def _kill(self) -> None:
+        request = self._current
+        authenticated = self.api_token is not None  # the token was already checked for every request
+        if not (authenticated or self.allow_remote_kill or _is_loopback(request.peer if request else None)):
+            raise RequestError(
+                "kill refused: only a loopback peer or a client with the API token may stop this server "
+                "(start it with allow_remote_kill=True to allow remote kills)"
+            )
+        logger.info("kill requested by %s; shutting down", request.peer if request else "local")
+        self._running = False
+
+    def _get_action(self, observation: Any = None, options: Any = None) -> List[Any]:
+        assert self._current is not None
+        action, info = self.policy.get_action(observation, self._with_session(options, self._current))
+        return [action, info]
+
+    def _reset(self, options: Any = None) -> Any:
+        assert self._current is not None
+        return self.policy.reset(self._with_session(options, self._current))
+
+    def _get_modality_config(self) -> Any:
+        getter = getattr(self.policy, "get_modality_config", None)
+        return getter() if getter else {}
+
+    def _get_server_info(self) -> Dict[str, Any]:
+        from . import __version__ as server_version
+        from gr00t_client import __version__ as client_version
+
+        try:
+            modality = self._get_modality_config()
+        except Exception as exc:  # info must answer even when the policy cannot
+            modality = {"error": str(exc)}
+        return {
+            "server": "gr00t-server",
+            "protocol_version": PROTOCOL_VERSION,
+            "versions": {"gr00t-server": server_version, "gr00t-client": client_version},
+            "policy_class": type(self.policy).__name__,
+            "embodiment_tag": self.embodiment_tag,
+            "modality_configs": modality,
+            "capabilities": ["multipart", "sessions", "server_timing"] + (["batching"] if self.batching_enabled else []),
+            "endpoints": self.endpoints,
+            "max_batch_size": self.max_batch_size if self.batching_enabled else 1,
+            "batch_timeout_ms": self.batch_timeout_ms,
+            "auth": self.api_token is not None,
+            "stats": self.stats.snapshot(),
+        }
+
+    # --- lifetime -------------------------------------------------------------------------------
+
+    def start(self) -> "PolicyServer":
+        """Bind the socket (port 0 picks a free port); `run()` serves."""
+        if self._socket is not None:
+            return self
+        self._context = zmq.Context()
+        sock = self._context.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 1000)  # let the last replies (e.g. kill's ack) flush
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        try:
+            if self.port == 0:
+                sock.bind_to_random_port(f"tcp://{self.host}")
+            else:
+                sock.bind(f"tcp://{self.host}:{self.port}")
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            self._context.term()
+            self._context = None
+            raise OSError(f"cannot bind tcp://{self.host}:{self.port}: {exc}") from exc
+        self._socket = sock
+        self.bound_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.port = int(self.bound_endpoint.rsplit(":", 1)[1])
+        logger.info("policy server bound to %s", self.bound_endpoint)
+        return self
+
+    def stop(self) -> None:
+        """Ask a running server to stop (thread-safe); `run()` returns within one poll interval."""
+        self._stop_requested.set()
+
+    def close(self) -> None:
+        """Close the socket and free the port."""
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+        if self._context is not None:
+            self._context.term()
+            self._context = None
+
+    def __enter__(self) -> "PolicyServer":
+        return self.start()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()
+        self.close()
+
+    def run(self) -> None:
+        """Serve until kill, stop(), SIGINT or SIGTERM; then close the socket."""
+        self.start()
+        assert self._socket is not None
+        restore = self._install_signal_handlers()
+        self._running = True
+        self._stop_requested.clear()
+        print(f"Server is ready and listening on {self.bound_endpoint}", flush=True)
+        try:
+            while self._running and not self._stop_requested.is_set():
+                if self._socket.poll(self.poll_interval_ms, zmq.POLLIN):
+                    self._serve_ready()
+        finally:
+            restore()
+            self._running = False
+            self.close()
+
+    def _install_signal_handlers(self) -> Callable[[], None]:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def on_signal(signum: int, _frame: Any) -> None:
+            logger.info("received %s; shutting down", signal.Signals(signum).name)
+            self._running = False
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return lambda: [signal.signal(sig, handler) for sig, handler in previous.items()] and None
+
+    # --- request handling -----------------------------------------------------------------------
+
+    def _receive_available(self, limit: int) -> List[Request]:
+        assert self._socket is not None
+        requests: List[Request] = []
+        while len(requests) < limit:
+            try:
+                frames = self._socket.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            request = self._parse(frames)
+            if request is not None:
+                requests.append(request)
+        return requests
+
+    def _serve_ready(self) -> None:
+        requests = self._receive_available(limit=max(64, self.max_batch_size * 4))
+        if not self.batching_enabled:
+            for request in requests:
+                self._handle(request)
+            return
+        pending = self._handle_non_batchable(requests)
+        if not pending:
+            return
+        # Gather more get_action requests until the batch is full or the oldest has waited long enough.
+        deadline = pending[0].received_at + self.batch_timeout_ms / 1000.0
+        while self._running and len(pending) < self.max_batch_size:
+            remaining_ms = (deadline - time.monotonic()) * 1000.0
+            if remaining_ms <= 0 or not self._socket.poll(max(1, int(remaining_ms)), zmq.POLLIN):
+                break
+            more = self._receive_available(limit=self.max_batch_size - len(pending))
+            pending.extend(self._handle_non_batchable(more))
+        self._run_batch(pending)
+
+    def _handle_non_batchable(self, requests: Sequence[Request]) -> List[Request]:
+        batchable: List[Request] = []
+        for request in requests:
+            if request.endpoint == "get_action" and batching.is_batchable(request.data):
+                batchable.append(request)
+            else:
+                self._handle(request)
+        return batchable
+
+    def _parse(self, frames: List[zmq.Frame]) -> Optional[Request]:
+        received_at = time.monotonic()
+        split = next((i for i, frame in enumerate(frames) if len(frame) == 0), None)
+        if split is None:  # not from a REQ socket: route back by identity alone
+            routing, payload = frames[:1], frames[1:]
+        else:
+            routing, payload = frames[: split + 1], frames[split + 1 :]
+        peer = None
+        try:
+            peer = payload[0].get("Peer-Address") if payload else None
+        except (zmq.ZMQError, AttributeError):
+            peer = None
+        identity = frames[0].bytes.hex() if frames else "unknown"
+        request = Request(routing, False, "?", None, identity, peer, received_at, 0.0)
+        self.stats.requests += 1
+        try:
+            if not payload:
+                raise RequestError("empty message: expected a msgpack request map")
+            if codec.is_multipart(payload):
+                request.multipart = True
+                envelope = codec.decode_multipart(payload)
+            elif len(payload) == 1:
+                envelope = codec.decode(payload[0].buffer)
+            else:
+                raise RequestError(f"message has {len(payload)} frames but no multipart header; expected 1 frame")
+            envelope = self._check_envelope(envelope)
+            request.decode_ms = (time.monotonic() - received_at) * 1000.0
+            request.endpoint = envelope.get("endpoint", "get_action")
+            request.data = envelope.get("data", {}) if "data" in envelope else {}
+            session = envelope.get("session_id")
+            if isinstance(session, str) and session:
+                request.session = session
+            return request
+        except Exception as exc:
+            self._reply_error(request, exc)
+            return None
+
+    def _check_envelope(self, envelope: Any) -> Dict[str, Any]:
+        if not isinstance(envelope, dict):
+            raise RequestError(f"request must be a map with 'endpoint' and 'data', got {type(envelope).__name__}")
+        envelope = {k.decode("utf-8", "replace") if isinstance(k, bytes) else k: v for k, v in envelope.items()}
+        endpoint = envelope.get("endpoint", "get_action")
+        if not isinstance(endpoint, str):
+            raise RequestError(f"'endpoint' must be a str, got {type(endpoint).__name__}")
+        if self.api_token is not None:
+            token = envelope.get("api_token")
+            if not isinstance(token, str) or not hmac.compare_digest(token.encode(), self.api_token.encode()):
+                raise RequestError("Unauthorized: Invalid API token")
+        return envelope
+
+    def _call(self, request: Request) -> Any:
+        endpoint = self._endpoints.get(request.endpoint)
+        if endpoint is None:
+            raise RequestError(f"Unknown endpoint: {request.endpoint} (known endpoints: {', '.join(self.endpoints)})")
+        self._current = request
+        try:
+            if not endpoint.requires_input:
+                return endpoint.handler()
+            data = request.data
+            if data is None:
+                data = {}
+            if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+                raise RequestError(f"'data' for '{request.endpoint}' must be a map of named arguments, got {type(data).__name__}")
+            try:
+                return endpoint.handler(**data)
+            except TypeError as exc:
+                if "argument" in str(exc) and exc.__traceback__ is not None and exc.__traceback__.tb_next is None:
+                    raise RequestError(f"bad arguments for '{request.endpoint}': {exc}") from exc
+                raise
+        finally:
+            self._current = None
+
+    def _handle(self, request: Request) -> None:
+        started = time.monotonic()
+        try:
+            result = self._call(request)
+        except Exception as exc:
+            self._reply_error(request, exc)
+            return
+        policy_ms = (time.monotonic() - started) * 1000.0
+        self._reply_result(request, result, policy_ms, batch_size=1)
+
+    def _run_batch(self, requests: List[Request]) -> None:
+        for group in batching.group_compatible(requests, self.max_batch_size, key=lambda r: r.data):
+            if len(group) == 1:
+                self._handle(group[0])
+                continue
+            self._run_group(group)
+
+    def _run_group(self, group: List[Request]) -> None:
+        valid: List[Request] = []
+        for request in group:  # validate each client alone so a bad observation fails only its sender
+            try:
+                observation = request.data.get("observation")
+                if getattr(self.policy, "strict", False):
+                    self.policy.check_observation(observation)
+                valid.append(request)
+            except Exception as exc:
+                self._reply_error(request, exc)
+        if len(valid) <= 1:
+            for request in valid:
+                self._handle(request)
+            return
+        started = time.monotonic()
+        try:
+            merged, rows = batching.merge_observations([r.data["observation"] for r in valid])
+            action, info = self.policy.get_action(merged, None)
+            parts = batching.split_result(action, info, rows)
+        except Exception as exc:
+            logger.warning("batched get_action of %d requests failed (%s); serving them one by one", len(valid), exc)
+            for request in valid:
+                self._handle(request)
+            return
+        policy_ms = (time.monotonic() - started) * 1000.0
+        self.stats.record_batch(len(valid))
+        for request, (part_action, part_info) in zip(valid, parts):
+            self._reply_result(request, [part_action, part_info], policy_ms, batch_size=len(valid))
+
+    def _reply_result(self, request: Request, result: Any, policy_ms: float, batch_size: int) -> None:
+        if request.endpoint == "get_action" and isinstance(result, list) and len(result) == 2:
+            if batch_size == 1:
+                self.stats.record_batch(1)
+            options = request.data.get("options") if isinstance(request.data, dict) else None
+            if isinstance(options, dict) and options.get(TIMING_OPTION) and isinstance(result[1], dict):
+                queue_ms = (time.monotonic() - request.received_at) * 1000.0 - policy_ms - request.decode_ms
+                result[1] = dict(result[1])
+                result[1]["server_timing"] = {
+                    "queue_wait_ms": max(0.0, queue_ms),
+                    "decode_ms": request.decode_ms,
+                    "policy_ms": policy_ms,
+                    "batch_size": batch_size,
+                }
+        started = time.monotonic()
+        try:
+            frames = self._encode_reply(request, result, ok=True)
+        except Exception as exc:
+            self._reply_error(request, RequestError(f"could not encode the result of '{request.endpoint}': {exc}"))
+            return
+        self.stats.encode_ms_total += (time.monotonic() - started) * 1000.0
+        self._send(request, frames)
+
+    def _encode_reply(self, request: Request, body: Any, ok: bool) -> List[Any]:
+        if request.multipart:
+            header = {"ok": True, "result": body} if ok else {"ok": False, "error": body, "endpoint": request.endpoint}
+            return codec.encode_multipart(header)
+        if ok:
+            return [codec.encode(body)]
+        return [codec.encode({"error": body, ERROR_MARKER: True, "endpoint": request.endpoint})]
+
+    def _reply_error(self, request: Request, exc: BaseException) -> None:
+        self.stats.errors += 1
+        message = str(exc) if isinstance(exc, RequestError) else f"{type(exc).__name__}: {exc}"
+        logger.warning("request '%s' from %s failed: %s", request.endpoint, request.peer or "local", message[:500])
+        try:
+            frames = self._encode_reply(request, message, ok=False)
+        except Exception:  # the message itself cannot fail to encode, but never let a reply path raise
+            frames = [codec.encode({"error": "internal error", ERROR_MARKER: True})]
+        self._send(request, frames)
+
+    def _send(self, request: Request, frames: List[Any]) -> None:
+        assert self._socket is not None
+        try:
+            self._socket.send_multipart(list(request.routing) + frames, copy=False)
+        except zmq.ZMQError as exc:  # the peer went away; nothing to answer
+            logger.warning("could not send reply to %s: %s", request.peer or "local", exc)
