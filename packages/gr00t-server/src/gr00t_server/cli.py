@@ -1,0 +1,237 @@
+"""`gr00t-server`: serve a GR00T policy (model checkpoint or dataset replay), export and verify backends."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, List, Optional, Sequence
+
+logger = logging.getLogger("gr00t_server")
+
+INFERENCE_MODES = ("pytorch", "torch-compile", "onnxruntime", "tensorrt")
+
+
+class CliError(Exception):
+    """A user error reported as one line and a non-zero exit, without a traceback."""
+
+
+def _flag(name: str) -> List[str]:
+    """Both spellings the reference accepts: --kebab-case and --snake_case."""
+    kebab = "--" + name.replace("_", "-")
+    snake = "--" + name.replace("-", "_")
+    return [kebab] if kebab == snake else [kebab, snake]
+
+
+def _bool_flag(parser: argparse.ArgumentParser, name: str, default: bool, help_text: str) -> None:
+    dest = name.replace("-", "_")
+    parser.add_argument(*_flag(name), dest=dest, action="store_true", default=default, help=help_text)
+    parser.add_argument(*_flag("no-" + name), dest=dest, action="store_false", help=f"disable --{name}")
+
+
+def _add_serve_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="serve a policy over ZeroMQ",
+        description="Serve a GR00T N1.7 checkpoint (--model-path) or replay a LeRobot dataset (--dataset-path).",
+    )
+    p.add_argument(*_flag("model-path"), default=None, help="checkpoint directory or Hugging Face id (repo[/subfolder])")
+    p.add_argument(*_flag("embodiment-tag"), default="new_embodiment", help="embodiment tag (name or value, case-insensitive)")
+    p.add_argument(*_flag("device"), default=None, help="torch device, e.g. cuda, cuda:0, cpu (default: cuda if available)")
+    p.add_argument(*_flag("dtype"), default=None, choices=["bfloat16", "bf16", "float16", "fp16", "float32", "fp32"],
+                   help="model dtype (default: bf16 on CUDA, fp32 on CPU)")
+    p.add_argument(*_flag("dataset-path"), default=None, help="LeRobot dataset to replay (used when --model-path is absent)")
+    p.add_argument(*_flag("modality-config-path"), default=None,
+                   help="replay: a .json file of ModalityConfig fields or a .py file that registers one")
+    p.add_argument(*_flag("execution-horizon"), type=int, default=None,
+                   help="replay: steps to advance per get_action (default: the action horizon)")
+    p.add_argument(*_flag("action-horizon"), type=int, default=16,
+                   help="replay: action chunk length when the config is derived from the dataset (default 16)")
+    p.add_argument(*_flag("host"), default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 for other machines)")
+    p.add_argument(*_flag("port"), type=int, default=5555, help="port (default 5555)")
+    _bool_flag(p, "strict", True, "validate observations and actions (default on)")
+    _bool_flag(p, "use-sim-policy-wrapper", False, "accept flat video.*/state.* keys and return action.* keys")
+    p.add_argument(*_flag("api-token"), default=os.environ.get("GR00T_API_TOKEN"),
+                   help="require this token on every request (default: $GR00T_API_TOKEN)")
+    p.add_argument(*_flag("allow-remote-kill"), action="store_true", help="let non-loopback peers without a token stop the server")
+    p.add_argument(*_flag("inference-mode"), default="pytorch", choices=INFERENCE_MODES, help="inference backend")
+    p.add_argument(*_flag("onnx-dir"), default=None, help="exported ONNX sub-models (--inference-mode onnxruntime)")
+    p.add_argument(*_flag("engine-dir"), default=None, help="TensorRT engines (--inference-mode tensorrt)")
+    p.add_argument(*_flag("max-batch-size"), type=int, default=1, help="batch get_action requests across clients (default 1: off)")
+    p.add_argument(*_flag("batch-timeout-ms"), type=float, default=2.0, help="longest wait to fill a batch (default 2 ms)")
+    p.add_argument(*_flag("max-message-mb"), type=int, default=256, help="drop messages larger than this (default 256 MiB)")
+    p.add_argument(*_flag("log-level"), default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level")
+
+
+def _add_checkpoint_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "make-test-checkpoint",
+        help="write a random-weight checkpoint in the real N1.7 layout (for tests and demos)",
+        description="Write a small random-weight GR00T N1.7 checkpoint (config, safetensors, processor, tokenizer).",
+    )
+    p.add_argument("output", help="output directory")
+    p.add_argument(*_flag("size"), default="tiny", choices=["tiny", "small"], help="model size (default tiny)")
+    p.add_argument(*_flag("seed"), type=int, default=0, help="weight seed (default 0)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gr00t-server", description="GR00T N1.7 policy server.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    _add_serve_parser(subparsers)
+    _add_checkpoint_parser(subparsers)
+    try:
+        from .backends import commands as backend_commands
+    except ImportError:  # pragma: no cover - backends are part of the package
+        backend_commands = None
+    if backend_commands is not None:
+        backend_commands.register(subparsers)
+    return parser
+
+
+def _default_device() -> str:
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+def _replay_policy(args: argparse.Namespace, tag: Any) -> Any:
+    from gr00t_eval.dataset import LeRobotDataset
+
+    from . import modality_configs as configs
+    from .policies.replay import ReplayPolicy
+
+    dataset_path = Path(args.dataset_path)
+    if not dataset_path.is_dir():
+        raise CliError(f"--dataset-path {dataset_path} is not a directory")
+    dataset = LeRobotDataset(dataset_path)
+    if args.modality_config_path:
+        modality = configs.load_modality_config_path(args.modality_config_path, tag)
+        print(f"Loaded modality config: {args.modality_config_path}")
+    elif tag.value in configs.MODALITY_CONFIGS and _fits_dataset(configs.MODALITY_CONFIGS[tag.value], dataset):
+        modality = configs.MODALITY_CONFIGS[tag.value]
+    else:
+        modality = configs.derive_from_dataset(dataset, action_horizon=args.action_horizon)
+        print(f"  Modality config: derived from {dataset_path}/meta/modality.json (action horizon {args.action_horizon})")
+    horizon = args.execution_horizon
+    if horizon is None:
+        horizon = len(modality["action"].delta_indices)
+    if horizon <= 0:
+        raise CliError(f"--execution-horizon must be > 0, got {horizon}")
+    return ReplayPolicy(dataset, modality, execution_horizon=horizon, strict=args.strict)
+
+
+def _fits_dataset(modality: Any, dataset: Any) -> bool:
+    """A built-in config is used only when the dataset has every key it names."""
+    wanted = {
+        "video": set(dataset.video_keys),
+        "state": set(dataset.state_keys),
+        "action": set(dataset.action_keys),
+    }
+    return all(set(modality[m].modality_keys) <= keys for m, keys in wanted.items() if m in modality)
+
+
+def _model_policy(args: argparse.Namespace, tag: Any) -> Any:
+    model_path = args.model_path
+    if os.path.isabs(model_path) and not os.path.exists(model_path):
+        raise CliError(f"--model-path {model_path} does not exist")
+    from .policies.gr00t_policy import Gr00tPolicy
+
+    policy = Gr00tPolicy(model_path=model_path, embodiment_tag=tag, device=args.device, strict=args.strict, dtype=args.dtype)
+    if args.inference_mode != "pytorch":
+        from .backends import apply_inference_mode
+
+        apply_inference_mode(policy, args.inference_mode, onnx_dir=args.onnx_dir, engine_dir=args.engine_dir)
+    return policy
+
+
+def serve(args: argparse.Namespace) -> int:
+    from gr00t_client import EmbodimentTag
+
+    from .server import PolicyServer
+
+    logging.basicConfig(level=getattr(logging, args.log_level), format="%(levelname)s:%(name)s:%(message)s")
+    try:
+        tag = EmbodimentTag.resolve(args.embodiment_tag)
+    except ValueError as exc:
+        known = ", ".join(member.value for member in EmbodimentTag)
+        raise CliError(f"{str(exc).splitlines()[0]}; known tags: {known}") from exc
+    if not args.model_path and not args.dataset_path:
+        raise CliError("either --model-path or --dataset-path must be provided")
+    args.device = args.device or _default_device()
+    print("Starting GR00T inference server...")
+    print(f"  Embodiment tag: {tag.name} ({tag.value})")
+    print(f"  Model path: {args.model_path}")
+    if not args.model_path:
+        print(f"  Dataset path: {args.dataset_path}")
+    print(f"  Device: {args.device if args.model_path else 'n/a (replay)'}")
+    print(f"  Inference mode: {args.inference_mode}")
+    print(f"  Host: {args.host}")
+    print(f"  Port: {args.port}")
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_token:
+        logger.warning("listening on %s without an API token: anyone who can reach this port can use the policy "
+                       "(set --api-token or GR00T_API_TOKEN)", args.host)
+    policy = _model_policy(args, tag) if args.model_path else _replay_policy(args, tag)
+    if args.use_sim_policy_wrapper:
+        from .policies.sim_wrapper import Gr00tSimPolicyWrapper
+
+        policy = Gr00tSimPolicyWrapper(policy, strict=args.strict)
+    server = PolicyServer(
+        policy,
+        host=args.host,
+        port=args.port,
+        api_token=args.api_token,
+        allow_remote_kill=args.allow_remote_kill,
+        max_message_bytes=args.max_message_mb * 1024 * 1024,
+        max_batch_size=args.max_batch_size,
+        batch_timeout_ms=args.batch_timeout_ms,
+        embodiment_tag=tag.value,
+    )
+    try:
+        server.start()
+    except OSError as exc:
+        raise CliError(str(exc)) from exc
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        print("\nShutting down server...")
+    return 0
+
+
+def make_test_checkpoint(args: argparse.Namespace) -> int:
+    from .test_checkpoint import make_test_checkpoint as write_checkpoint
+
+    path = write_checkpoint(args.output, size=args.size, seed=args.seed)
+    print(f"Wrote {args.size} test checkpoint to {path or args.output}")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "serve":
+            return serve(args)
+        if args.command == "make-test-checkpoint":
+            return make_test_checkpoint(args)
+        from .backends import commands as backend_commands
+
+        return int(backend_commands.run(args) or 0)
+    except CliError as exc:
+        print(f"gr00t-server {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, OSError, ImportError, KeyError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"gr00t-server {args.command}: error: {message}", file=sys.stderr)
+        if os.environ.get("GR00T_DEBUG"):
+            raise
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
