@@ -1,0 +1,17 @@
+"""Exceptions raised by the LeRobot dataset reader and writer."""
+
+from __future__ import annotations
+
+
+class DatasetError(ValueError):
+    """A dataset file is malformed or disagrees with the metadata; the message names the file and field."""
+
+
+class DatasetFileNotFoundError(DatasetError, FileNotFoundError):
+    """A file the dataset layout requires is missing."""
+
+
+def require_file(path, what: str) -> None:
+    """Raise DatasetFileNotFoundError naming `what` when `path` is not a file."""
+    if not path.is_file():
+        raise DatasetFileNotFoundError(f"{what} not found: {path}")

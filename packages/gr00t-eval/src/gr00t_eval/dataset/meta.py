@@ -1,0 +1,231 @@
+"""Reading a LeRobot dataset's meta/ directory (v2.x jsonl files or v3.0 parquet files) into plain records."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import pyarrow.parquet as pq
+
+from .errors import DatasetError, require_file
+from .modality import DatasetModality
+
+logger = logging.getLogger(__name__)
+
+_V3_BOOKKEEPING_PREFIXES = ("data/", "videos/", "meta/", "stats/")
+_V3_BOOKKEEPING_COLUMNS = {"episode_index", "tasks", "length", "dataset_from_index", "dataset_to_index"}
+
+
+@dataclass(frozen=True)
+class VideoSegment:
+    """Where one episode's frames of one camera live: an mp4 file and the time its first frame starts at."""
+
+    path: Path
+    from_timestamp: float = 0.0
+
+
+@dataclass(frozen=True)
+class EpisodeRecord:
+    """One episode's metadata: index, length, tasks, files, and any extra fields (e.g. a seed)."""
+
+    position: int
+    episode_index: int
+    length: int
+    tasks: Tuple[str, ...]
+    data_path: Path
+    videos: Mapping[str, VideoSegment]
+    row_range: Optional[Tuple[int, int]] = None  # v3.0: [dataset_from_index, dataset_to_index)
+    extras: Mapping[str, Any] = field(default_factory=dict)
+
+
+def read_json(path: Path, what: str) -> Any:
+    """Load a JSON file, raising DatasetError naming the file on missing file or bad JSON."""
+    require_file(path, what)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}: invalid JSON ({exc})") from exc
+
+
+def read_jsonl(path: Path, what: str) -> List[Dict[str, Any]]:
+    """Load a JSON-lines file of objects; errors name the file and line."""
+    require_file(path, what)
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{path}:{number}: invalid JSON ({exc})") from exc
+        if not isinstance(row, dict):
+            raise DatasetError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
+    return rows
+
+
+def require_field(record: Mapping[str, Any], name: str, kind: type, where: str) -> Any:
+    """Return record[name], raising DatasetError naming `where` if missing or not of `kind`."""
+    if name not in record:
+        raise DatasetError(f"{where}: missing field '{name}'")
+    value = record[name]
+    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+        raise DatasetError(f"{where}: field '{name}' must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def codebase_major(info: Mapping[str, Any], source: Path) -> int:
+    """Major version of `codebase_version` ("v2.1" -> 2); default v2.1 as GR00T does."""
+    version = info.get("codebase_version", "v2.1")
+    try:
+        return int(str(version).lstrip("vV").split(".")[0])
+    except ValueError as exc:
+        raise DatasetError(f"{source}: field 'codebase_version' must look like 'v2.1', got {version!r}") from exc
+
+
+def read_tasks(meta_dir: Path, major: int) -> Dict[int, str]:
+    """task_index -> task string, from tasks.jsonl (v2) or tasks.parquet (v3)."""
+    if major < 3:
+        path = meta_dir / "tasks.jsonl"
+        tasks = {}
+        for row in read_jsonl(path, "tasks file"):
+            index = require_field(row, "task_index", int, str(path))
+            tasks[index] = require_field(row, "task", str, str(path))
+        return tasks
+    path = meta_dir / "tasks.parquet"
+    require_file(path, "tasks file")
+    table = pq.read_table(path)
+    names = table.column_names
+    # pandas writes the task strings as the index; it is named "task" or left as __index_level_0__.
+    text_column = next((c for c in ("task", "__index_level_0__") if c in names), None)
+    if "task_index" not in names or text_column is None:
+        raise DatasetError(f"{path}: expected columns 'task_index' and 'task', got {names}")
+    indices = table.column("task_index").to_pylist()
+    texts = table.column(text_column).to_pylist()
+    return {int(i): str(t) for i, t in zip(indices, texts)}
+
+
+def read_episodes(root: Path, info: Mapping[str, Any], major: int, video_keys: List[str]) -> List[EpisodeRecord]:
+    """Episode records in file order, with data and video locations resolved."""
+    if major < 3:
+        return _read_episodes_v2(root, info, video_keys)
+    return _read_episodes_v3(root, info, video_keys)
+
+
+def _read_episodes_v2(root: Path, info: Mapping[str, Any], video_keys: List[str]) -> List[EpisodeRecord]:
+    info_path = root / "meta" / "info.json"
+    path = root / "meta" / "episodes.jsonl"
+    data_template = require_field(info, "data_path", str, str(info_path))
+    chunks_size = require_field(info, "chunks_size", int, str(info_path))
+    video_template = info.get("video_path")
+    if video_keys and not isinstance(video_template, str):
+        raise DatasetError(f"{info_path}: field 'video_path' must be a str template when the dataset has videos")
+    records = []
+    for position, row in enumerate(read_jsonl(path, "episodes file")):
+        where = f"{path} (line for position {position})"
+        index = require_field(row, "episode_index", int, where)
+        length = require_field(row, "length", int, where)
+        tasks = row.get("tasks", [])
+        if not isinstance(tasks, list):
+            raise DatasetError(f"{where}: field 'tasks' must be a list of str, got {tasks!r}")
+        chunk = index // chunks_size
+        data_path = root / _format(data_template, info_path, "data_path", episode_chunk=chunk, episode_index=index)
+        videos = {
+            key: VideoSegment(root / _format(video_template, info_path, "video_path", episode_chunk=chunk, episode_index=index, video_key=key))
+            for key in video_keys
+        }
+        extras = {k: v for k, v in row.items() if k not in ("episode_index", "length", "tasks")}
+        records.append(EpisodeRecord(position, index, length, tuple(map(str, tasks)), data_path, videos, None, extras))
+    return records
+
+
+def _read_episodes_v3(root: Path, info: Mapping[str, Any], video_keys: List[str]) -> List[EpisodeRecord]:
+    info_path = root / "meta" / "info.json"
+    data_template = require_field(info, "data_path", str, str(info_path))
+    video_template = info.get("video_path")
+    if video_keys and not isinstance(video_template, str):
+        raise DatasetError(f"{info_path}: field 'video_path' must be a str template when the dataset has videos")
+    files = sorted((root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
+    if not files:
+        raise DatasetError(f"{root / 'meta' / 'episodes'}: no chunk-*/file-*.parquet episode files found (LeRobot v3.0)")
+    rows: List[Tuple[Path, Dict[str, Any]]] = []
+    for file in files:
+        table = pq.read_table(file, columns=[c for c in pq.read_schema(file).names if not c.startswith("stats/")])
+        rows.extend((file, row) for row in table.to_pylist())
+    records = []
+    for position, (file, row) in enumerate(rows):
+        where = f"{file} (row for position {position})"
+        index = _int_field(row, "episode_index", where)
+        length = _int_field(row, "length", where)
+        data_path = root / _format(
+            data_template, info_path, "data_path",
+            chunk_index=_int_field(row, "data/chunk_index", where), file_index=_int_field(row, "data/file_index", where),
+        )
+        videos = {}
+        for key in video_keys:
+            prefix = f"videos/{key}/"
+            videos[key] = VideoSegment(
+                root / _format(
+                    video_template, info_path, "video_path", video_key=key,
+                    chunk_index=_int_field(row, prefix + "chunk_index", where), file_index=_int_field(row, prefix + "file_index", where),
+                ),
+                float(_number_field(row, prefix + "from_timestamp", where)),
+            )
+        row_range = (_int_field(row, "dataset_from_index", where), _int_field(row, "dataset_to_index", where))
+        tasks = row.get("tasks") or []
+        extras = {
+            k: v for k, v in row.items()
+            if k not in _V3_BOOKKEEPING_COLUMNS and not k.startswith(_V3_BOOKKEEPING_PREFIXES)
+        }
+        records.append(EpisodeRecord(position, index, length, tuple(map(str, tasks)), data_path, videos, row_range, extras))
+    return records
+
+
+def _int_field(row: Mapping[str, Any], name: str, where: str) -> int:
+    value = _number_field(row, name, where)
+    if int(value) != value:
+        raise DatasetError(f"{where}: field '{name}' must be an integer, got {value!r}")
+    return int(value)
+
+
+def _number_field(row: Mapping[str, Any], name: str, where: str) -> float:
+    if name not in row or row[name] is None:
+        raise DatasetError(f"{where}: missing field '{name}'")
+    value = row[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DatasetError(f"{where}: field '{name}' must be a number, got {value!r}")
+    return value
+
+
+def _format(template: str, source: Path, field_name: str, **values: Any) -> str:
+    try:
+        return template.format(**values)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise DatasetError(
+            f"{source}: template field '{field_name}'={template!r} cannot be filled with {sorted(values)} ({exc!r})"
+        ) from exc
+
+
+def read_modality(meta_dir: Path) -> DatasetModality:
+    """Parse meta/modality.json (required: GR00T's mapping from raw columns to named groups)."""
+    path = meta_dir / "modality.json"
+    return DatasetModality.from_json_dict(read_json(path, "GR00T modality file (meta/modality.json)"), path)
+
+
+def read_stats(meta_dir: Path) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
+    """(stats.json, relative_stats.json or None), each without the '__fingerprints__' cache map."""
+    stats = read_json(meta_dir / "stats.json", "statistics file (meta/stats.json)")
+    if not isinstance(stats, dict):
+        raise DatasetError(f"{meta_dir / 'stats.json'}: expected a JSON object, got {type(stats).__name__}")
+    stats.pop("__fingerprints__", None)
+    relative = None
+    relative_path = meta_dir / "relative_stats.json"
+    if relative_path.is_file():
+        relative = read_json(relative_path, "relative statistics file")
+        if not isinstance(relative, dict):
+            raise DatasetError(f"{relative_path}: expected a JSON object, got {type(relative).__name__}")
+        relative.pop("__fingerprints__", None)
+    return stats, relative

@@ -1,0 +1,341 @@
+"""LeRobotDataset: lazy, read-only access to a LeRobot v2.x / v3.0 dataset through GR00T's modality.json."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .errors import DatasetError, DatasetFileNotFoundError, require_file
+from .meta import EpisodeRecord, codebase_major, read_episodes, read_json, read_modality, read_stats, read_tasks
+from .modality import ArrayGroup, DatasetModality
+from .stats import group_stats
+from .video import decode_frames_at
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_FPS = 30
+
+
+class LeRobotDataset:
+    """A LeRobot dataset with GR00T's meta/modality.json. Reads metadata only; episodes load on demand.
+
+    `dataset.episode(pos)` indexes by position in the episode list (as GR00T does),
+    `dataset.episode_by_index(i)` by the `episode_index` field. `frames_decoded` counts every video
+    frame decoded through this object (to check that only the frames asked for are decoded).
+    """
+
+    def __init__(self, path: Union[str, Path]) -> None:
+        self.root = Path(path)
+        if not self.root.is_dir():
+            raise DatasetFileNotFoundError(f"dataset directory not found: {self.root}")
+        meta_dir = self.root / "meta"
+        info_path = meta_dir / "info.json"
+        info = read_json(info_path, "dataset info file (meta/info.json)")
+        if not isinstance(info, dict):
+            raise DatasetError(f"{info_path}: expected a JSON object, got {type(info).__name__}")
+        self.info: Dict[str, Any] = info
+        self.codebase_version = str(info.get("codebase_version", "v2.1"))
+        self._major = codebase_major(info, info_path)
+        if "fps" not in info:
+            logger.warning("%s has no 'fps' field; using %d like GR00T's loader", info_path, DEFAULT_FPS)
+        fps = info.get("fps", DEFAULT_FPS)
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or fps <= 0:
+            raise DatasetError(f"{info_path}: field 'fps' must be a positive number, got {fps!r}")
+        self._fps = fps
+        self._modality = read_modality(meta_dir)
+        features = info.get("features")
+        if isinstance(features, dict):
+            for group in self._modality.video.values():
+                if group.original_key not in features:
+                    raise DatasetError(
+                        f"{info_path}: 'features' has no entry '{group.original_key}' for video key '{group.name}' "
+                        f"(from meta/modality.json)"
+                    )
+        self.tasks: Dict[int, str] = read_tasks(meta_dir, self._major)
+        video_columns = [g.original_key for g in self._modality.video.values()]
+        self._records: List[EpisodeRecord] = read_episodes(self.root, info, self._major, video_columns)
+        self._by_index = {r.episode_index: r for r in self._records}
+        if len(self._by_index) != len(self._records):
+            raise DatasetError(f"{meta_dir}: episode list repeats an episode_index")
+        self._stats: Optional[Dict[str, Any]] = None
+        self._relative_stats: Optional[Dict[str, Any]] = None
+        self.frames_decoded = 0
+        logger.debug("opened %s: %d episodes, %s", self.root, len(self._records), self.codebase_version)
+
+    # -- metadata ---------------------------------------------------------------------------------
+    @property
+    def fps(self) -> float:
+        """Frames per second of the data and videos."""
+        return self._fps
+
+    @property
+    def num_episodes(self) -> int:
+        """Number of episodes in the episode list."""
+        return len(self._records)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    @property
+    def episode_indices(self) -> List[int]:
+        """The `episode_index` of each episode, in list (position) order."""
+        return [r.episode_index for r in self._records]
+
+    @property
+    def episode_lengths(self) -> List[int]:
+        """Length of each episode from the metadata, in position order."""
+        return [r.length for r in self._records]
+
+    @property
+    def modality(self) -> DatasetModality:
+        """The parsed meta/modality.json."""
+        return self._modality
+
+    @property
+    def video_keys(self) -> List[str]:
+        """GR00T camera names (e.g. "image"), not the raw `observation.images.*` keys."""
+        return list(self._modality.video)
+
+    @property
+    def state_keys(self) -> List[str]:
+        return list(self._modality.state)
+
+    @property
+    def action_keys(self) -> List[str]:
+        return list(self._modality.action)
+
+    @property
+    def language_keys(self) -> List[str]:
+        """Language keys with their `annotation.` prefix, e.g. "annotation.human.task_description"."""
+        return list(self._modality.language)
+
+    def state_dims(self) -> Dict[str, int]:
+        return {k: g.dim for k, g in self._modality.state.items()}
+
+    def action_dims(self) -> Dict[str, int]:
+        return {k: g.dim for k, g in self._modality.action.items()}
+
+    def _load_stats(self) -> None:
+        if self._stats is None:
+            self._stats, self._relative_stats = read_stats(self.root / "meta")
+
+    @property
+    def stats(self) -> Dict[str, Any]:
+        """meta/stats.json keyed by raw column (loaded on first use; '__fingerprints__' dropped)."""
+        self._load_stats()
+        return self._stats  # type: ignore[return-value]
+
+    @property
+    def relative_stats(self) -> Optional[Dict[str, Any]]:
+        """meta/relative_stats.json when present, else None."""
+        self._load_stats()
+        return self._relative_stats
+
+    def group_stats(self, kind: str, key: str) -> Dict[str, np.ndarray]:
+        """Statistics of one state or action group, sliced from its raw column: {mean, std, min, max, q01, q99}."""
+        groups = self._groups(kind)
+        if key not in groups:
+            raise KeyError(f"no {kind} key {key!r}; expected one of {list(groups)}")
+        return group_stats(self.stats, groups[key], str(self.root / "meta" / "stats.json"))
+
+    def _groups(self, kind: str) -> Mapping[str, ArrayGroup]:
+        if kind not in ("state", "action"):
+            raise ValueError(f"kind must be 'state' or 'action', got {kind!r}")
+        return getattr(self._modality, kind)
+
+    # -- episodes ---------------------------------------------------------------------------------
+    def episode(self, position: int) -> "Episode":
+        """The episode at `position` in the episode list (reads its parquet rows, no video)."""
+        if isinstance(position, bool) or not isinstance(position, (int, np.integer)):
+            raise TypeError(f"episode position must be an int, got {position!r}")
+        if not 0 <= position < len(self._records):
+            raise IndexError(f"episode position {position} out of range; the dataset has {len(self._records)} episodes")
+        return Episode(self, self._records[int(position)])
+
+    def episode_by_index(self, episode_index: int) -> "Episode":
+        """The episode whose `episode_index` field is `episode_index`."""
+        record = self._by_index.get(int(episode_index))
+        if record is None:
+            raise IndexError(f"no episode with episode_index {episode_index}; known: {self.episode_indices[:20]}")
+        return Episode(self, record)
+
+    def __iter__(self) -> Iterator["Episode"]:
+        for position in range(len(self._records)):
+            yield self.episode(position)
+
+    def _decode(self, path: Path, timestamps: Sequence[float]) -> np.ndarray:
+        frames, decoded = decode_frames_at(path, timestamps, self._fps)
+        self.frames_decoded += decoded
+        return frames
+
+
+class Episode:
+    """One episode: per-step arrays sliced by modality.json, language per step and on-demand video frames."""
+
+    def __init__(self, dataset: LeRobotDataset, record: EpisodeRecord) -> None:
+        self._dataset = dataset
+        self.record = record
+        self.table = _read_episode_table(record)
+        self.length = record.length
+        self._arrays: Dict[str, np.ndarray] = {}
+
+    @property
+    def episode_index(self) -> int:
+        return self.record.episode_index
+
+    @property
+    def position(self) -> int:
+        return self.record.position
+
+    @property
+    def tasks(self) -> List[str]:
+        """The episode's task strings from the episode list."""
+        return list(self.record.tasks)
+
+    @property
+    def extras(self) -> Dict[str, Any]:
+        """Episode-level fields beyond LeRobot's own (e.g. a "seed" the recorder stored)."""
+        return dict(self.record.extras)
+
+    @property
+    def columns(self) -> List[str]:
+        """Names of the per-step parquet columns."""
+        return list(self.table.column_names)
+
+    def column(self, name: str) -> np.ndarray:
+        """A raw per-step column: (T,) for scalars, (T, D) for fixed-length lists."""
+        if name not in self._arrays:
+            if name not in self.table.column_names:
+                raise KeyError(f"{self.record.data_path}: no column {name!r}; columns are {self.table.column_names}")
+            self._arrays[name] = _column_to_numpy(self.table.column(name), name, self.record.data_path)
+        return self._arrays[name]
+
+    def _group_array(self, kind: str, key: str) -> np.ndarray:
+        groups = self._dataset._groups(kind)
+        if key not in groups:
+            raise KeyError(f"no {kind} key {key!r}; expected one of {list(groups)}")
+        group = groups[key]
+        raw = self.column(group.original_key)
+        if raw.ndim == 1:
+            raw = raw[:, None]
+        if raw.shape[1] < group.end:
+            raise DatasetError(
+                f"{self.record.data_path}: column '{group.original_key}' has {raw.shape[1]} values per step; "
+                f"{kind} key '{key}' (meta/modality.json) needs [{group.start}:{group.end}]"
+            )
+        return np.ascontiguousarray(group.select(raw), dtype=np.float32)
+
+    def states(self, key: str) -> np.ndarray:
+        """float32 (T, D) of one state group."""
+        return self._group_array("state", key)
+
+    def actions(self, key: str) -> np.ndarray:
+        """float32 (T, D) of one action group."""
+        return self._group_array("action", key)
+
+    def state_array(self) -> np.ndarray:
+        """All state groups concatenated in modality.json order: float32 (T, sum D)."""
+        return np.concatenate([self.states(k) for k in self._dataset.state_keys], axis=1)
+
+    def action_array(self) -> np.ndarray:
+        """All action groups concatenated in modality.json order: float32 (T, sum D)."""
+        return np.concatenate([self.actions(k) for k in self._dataset.action_keys], axis=1)
+
+    def language(self, key: str) -> List[str]:
+        """One string per step for a language key; integer cells are task indices resolved through the task list."""
+        groups = self._dataset.modality.language
+        if key in groups:
+            column = groups[key].original_key
+        elif key == "task" and "task_index" in self.table.column_names:
+            column = "task_index"
+        else:
+            raise KeyError(f"no language key {key!r}; expected one of {list(groups)}")
+        values = self.column(column)
+        if values.dtype.kind in "iu":
+            tasks = self._dataset.tasks
+            unknown = sorted(set(int(v) for v in np.unique(values)) - set(tasks))
+            if unknown:
+                raise DatasetError(
+                    f"{self.record.data_path}: column '{column}' holds task indices {unknown} that the task list lacks"
+                )
+            return [tasks[int(v)] for v in values]
+        if values.dtype.kind in "OUS":
+            return [str(v) for v in values]
+        raise DatasetError(f"{self.record.data_path}: column '{column}' must hold task indices or strings, got {values.dtype}")
+
+    def timestamps(self) -> np.ndarray:
+        """Per-step timestamps (seconds from episode start): the `timestamp` column, else step / fps."""
+        if "timestamp" in self.table.column_names:
+            return self.column("timestamp").astype(np.float64).reshape(-1)
+        return np.arange(self.length, dtype=np.float64) / self._dataset.fps
+
+    def frames(self, video_key: str, step_indices: Union[int, Sequence[int], np.ndarray]) -> np.ndarray:
+        """uint8 (N, H, W, 3) RGB frames of camera `video_key` at the given steps; decodes only those frames."""
+        groups = self._dataset.modality.video
+        if video_key not in groups:
+            raise KeyError(f"no video key {video_key!r}; expected one of {list(groups)}")
+        steps = np.atleast_1d(np.asarray(step_indices))
+        if steps.size == 0:
+            raise ValueError("frames() needs at least one step index")
+        if steps.dtype.kind not in "iu":
+            raise TypeError(f"step indices must be integers, got dtype {steps.dtype}")
+        bad = steps[(steps < 0) | (steps >= self.length)]
+        if bad.size:
+            raise IndexError(f"step indices {bad[:5].tolist()} out of range for episode {self.episode_index} of length {self.length}")
+        segment = self.record.videos[groups[video_key].original_key]
+        times = segment.from_timestamp + self.timestamps()[steps]
+        return self._dataset._decode(segment.path, times.tolist())
+
+
+def _read_episode_table(record: EpisodeRecord) -> pa.Table:
+    path = record.data_path
+    require_file(path, f"data file of episode {record.episode_index}")
+    try:
+        if record.row_range is None:
+            table = pq.read_table(path)
+        else:
+            names = pq.read_schema(path).names
+            if "index" in names:
+                start, stop = record.row_range
+                table = pq.read_table(path, filters=[("index", ">=", start), ("index", "<", stop)])
+            elif "episode_index" in names:
+                table = pq.read_table(path, filters=[("episode_index", "=", record.episode_index)])
+            else:
+                raise DatasetError(f"{path}: a multi-episode data file needs an 'index' or 'episode_index' column")
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DatasetError(f"{path}: cannot read parquet ({exc})") from exc
+    if "episode_index" in table.column_names and table.num_rows:
+        found = pc.unique(table.column("episode_index")).to_pylist()
+        if found != [record.episode_index]:
+            raise DatasetError(f"{path}: rows for episode {record.episode_index} carry episode_index values {found}")
+    if table.num_rows < record.length:
+        raise DatasetError(
+            f"{path}: {table.num_rows} rows but the episode list says episode {record.episode_index} has length {record.length}"
+        )
+    if table.num_rows > record.length:
+        logger.warning("%s: %d rows, episode length %d; using the first %d", path, table.num_rows, record.length, record.length)
+        table = table.slice(0, record.length)
+    return table
+
+
+def _column_to_numpy(column: pa.ChunkedArray, name: str, path: Path) -> np.ndarray:
+    array = column.combine_chunks()
+    if array.null_count:
+        raise DatasetError(f"{path}: column '{name}' has {array.null_count} null cells")
+    kind = array.type
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        lengths = pc.list_value_length(array).to_numpy(zero_copy_only=False)
+        if lengths.size and (lengths != lengths[0]).any():
+            raise DatasetError(f"{path}: column '{name}' has rows of different lengths {sorted(set(lengths.tolist()))[:5]}")
+        values = pc.list_flatten(array).to_numpy(zero_copy_only=False)
+        width = int(lengths[0]) if lengths.size else 0
+        return values.reshape(len(array), width)
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return np.asarray(array.to_pylist(), dtype=object)
+    return array.to_numpy(zero_copy_only=False)

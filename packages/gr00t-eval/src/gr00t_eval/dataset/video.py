@@ -1,0 +1,163 @@
+"""MP4 access with PyAV: decode only the frames asked for (seek to a keyframe, decode forward, stop early) and encode."""
+
+from __future__ import annotations
+
+import logging
+import os
+from fractions import Fraction
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import av
+import numpy as np
+
+from .errors import DatasetError, require_file
+
+logger = logging.getLogger(__name__)
+
+ENCODERS = {"h264": "libx264", "av1": "libsvtav1"}
+
+
+def decode_frames_at(path: Path, timestamps: Sequence[float], fps: float) -> Tuple[np.ndarray, int]:
+    """Decode the frames shown at `timestamps` (seconds) as uint8 (N, H, W, 3) RGB; also return frames decoded.
+
+    Seeks to the keyframe at or before the earliest timestamp and decodes forward until the latest one,
+    so the cost is bounded by the GOP size plus the span asked for, not the video length. A timestamp
+    with no frame within half a frame interval is an error (never a black or neighbouring frame).
+    """
+    require_file(path, "video file")
+    if len(timestamps) == 0:
+        raise ValueError("decode_frames_at needs at least one timestamp")
+    tolerance = 0.5 / fps
+    wanted = sorted(set(float(t) for t in timestamps))
+    found: Dict[float, np.ndarray] = {}
+    decoded = 0
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise DatasetError(f"{path}: no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            time_base = stream.time_base
+            seek_to = wanted[0] - tolerance
+            if seek_to > 0:
+                # backward=True lands on the keyframe at or before the target, so decoding forward is exact.
+                container.seek(int(seek_to / time_base), stream=stream, backward=True, any_frame=False)
+            pending = list(wanted)
+            for frame in container.decode(stream):
+                decoded += 1
+                if frame.pts is None:
+                    raise DatasetError(f"{path}: decoded a frame without a timestamp (pts)")
+                time = float(frame.pts * time_base)
+                hits = [t for t in pending if abs(t - time) <= tolerance]
+                if hits:
+                    image = frame.to_ndarray(format="rgb24")
+                    for t in hits:
+                        found[t] = image
+                    pending = [t for t in pending if t not in hits]
+                if not pending or time > wanted[-1] + tolerance:
+                    break
+    except av.error.FFmpegError as exc:
+        raise DatasetError(f"{path}: cannot decode video ({exc})") from exc
+    missing = [t for t in wanted if t not in found]
+    if missing:
+        raise DatasetError(
+            f"{path}: no frame within {tolerance:.4f}s of timestamps {missing[:5]} "
+            f"(video shorter than the episode, or timestamps off the frame grid)"
+        )
+    return np.stack([found[float(t)] for t in timestamps]), decoded
+
+
+class Mp4Encoder:
+    """Appends uint8 (T, H, W, 3) RGB frames to one mp4 file at a fixed frame rate."""
+
+    def __init__(self, path: Path, fps: int, codec: str = "h264", gop: int = 8, crf: int = 18) -> None:
+        if codec not in ENCODERS:
+            raise ValueError(f"video codec {codec!r} is not supported; expected one of {sorted(ENCODERS)}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.fps = fps
+        self.codec = codec
+        self._gop = gop
+        self._crf = crf
+        self._container: Optional[av.container.OutputContainer] = None
+        self._stream = None
+        self.frames_written = 0
+
+    def _open(self, height: int, width: int) -> None:
+        if self.codec == "av1":
+            os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its banner to stderr unless told otherwise
+        self._container = av.open(str(self.path), "w")
+        stream = self._container.add_stream(ENCODERS[self.codec], rate=Fraction(self.fps))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.time_base = Fraction(1, self.fps)
+        stream.options = {"g": str(self._gop), "crf": str(self._crf)}
+        if self.codec == "h264":
+            stream.options["bf"] = "0"  # no B-frames: pts == frame index, easy to reason about
+        self._stream = stream
+
+    def write(self, frames: np.ndarray) -> None:
+        """Encode frames; the first call fixes the size (H and W must be even for yuv420p)."""
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"{self.path}: frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
+        if self._container is None:
+            height, width = frames.shape[1:3]
+            if height % 2 or width % 2:
+                raise ValueError(f"{self.path}: frame size {height}x{width} must be even for yuv420p")
+            self._open(height, width)
+        elif frames.shape[1:3] != (self._stream.height, self._stream.width):
+            raise ValueError(
+                f"{self.path}: frame size {frames.shape[1:3]} differs from this file's {(self._stream.height, self._stream.width)}"
+            )
+        for image in frames:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+            frame.pts = self.frames_written
+            frame.time_base = Fraction(1, self.fps)
+            for packet in self._stream.encode(frame):
+                self._container.mux(packet)
+            self.frames_written += 1
+
+    @property
+    def size(self) -> Optional[Tuple[int, int]]:
+        """(height, width) once the first frame was written."""
+        return None if self._stream is None else (self._stream.height, self._stream.width)
+
+    def close(self) -> None:
+        """Flush the encoder and finish the file."""
+        if self._container is None:
+            return
+        for packet in self._stream.encode():
+            self._container.mux(packet)
+        self._container.close()
+        self._container = None
+
+
+def video_feature_info(codec: str, fps: int, height: int, width: int) -> Mapping[str, object]:
+    """The info.json `features[...]` entry of a camera, as LeRobot writes it."""
+    return {
+        "dtype": "video",
+        "shape": [height, width, 3],
+        "names": ["height", "width", "channels"],
+        "info": {
+            "video.codec": codec,
+            "video.fps": fps,
+            "video.height": height,
+            "video.width": width,
+            "video.pix_fmt": "yuv420p",
+            "video.channels": 3,
+            "video.is_depth_map": False,
+            "has_audio": False,
+        },
+    }
+
+
+def available_codecs() -> List[str]:
+    """Codecs of ENCODERS whose encoder exists in this PyAV build."""
+    out = []
+    for name, encoder in ENCODERS.items():
+        try:
+            av.codec.Codec(encoder, "w")
+            out.append(name)
+        except (av.error.FFmpegError, ValueError):  # pragma: no cover - depends on the build
+            continue
+    return out

@@ -1,0 +1,368 @@
+"""DatasetWriter: record episodes as a LeRobot v2.1 (or v3.0) dataset with GR00T's modality.json and stats.json."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Union
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .modality import ArrayGroup, DatasetModality, LanguageGroup, VideoGroup, layout_from_dims
+from .stats import column_stats
+from .video import ENCODERS, Mp4Encoder, video_feature_info
+
+logger = logging.getLogger(__name__)
+
+V2_DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
+V2_VIDEO_PATH = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
+V3_DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+V3_VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+_INDEX_COLUMNS = ("timestamp", "frame_index", "episode_index", "index", "task_index")
+
+
+class DatasetWriter:
+    """Write episodes to `root` as a LeRobot dataset GR00T can read (and LeRobotDataset reads back).
+
+    Usage::
+
+        with DatasetWriter("out/demo", fps=10, video_codec="h264") as writer:
+            writer.add_episode(
+                frames={"image": uint8 (T, H, W, 3), "wrist": ...},   # camera -> observation.images.<camera>
+                states={"arm": float32 (T, 5), "gripper": (T, 1)},    # concatenated into observation.state
+                actions={"arm": (T, 5), "gripper": (T, 1)},           # concatenated into action
+                task="pick the cube",
+                step_columns={"next.reward": (T,)},                   # optional extra per-step columns
+                metadata={"seed": 7},                                 # optional extra episode-level fields
+            )
+
+    Leaving the `with` block (or calling `finalize()`) writes meta/info.json, episodes, tasks,
+    modality.json and stats.json (mean/std/min/max/q01/q99 per numeric column). The first episode
+    fixes cameras, group names and dims; later episodes must match. `layout="v3.0"` writes
+    LeRobot v3.0 files instead (`episodes_per_file` episodes share one parquet and one mp4 per camera).
+    The language key reads `task_index` by default; pass `language_column` to write a separate int column.
+    """
+
+    def __init__(
+        self,
+        root: Union[str, Path],
+        fps: int,
+        *,
+        video_codec: str = "h264",
+        layout: str = "v2.1",
+        robot_type: Optional[str] = None,
+        language_key: str = "annotation.human.action.task_description",
+        language_column: str = "task_index",
+        chunks_size: int = 1000,
+        episodes_per_file: Optional[int] = None,
+        gop: int = 8,
+        overwrite: bool = False,
+    ) -> None:
+        if video_codec not in ENCODERS:
+            raise ValueError(f"video_codec must be one of {sorted(ENCODERS)}, got {video_codec!r}")
+        if layout not in ("v2.1", "v3.0"):
+            raise ValueError(f"layout must be 'v2.1' or 'v3.0', got {layout!r}")
+        if not language_key.startswith("annotation."):
+            raise ValueError(f"language_key must start with 'annotation.', got {language_key!r}")
+        if not isinstance(fps, int) or fps <= 0:
+            raise ValueError(f"fps must be a positive int, got {fps!r}")
+        self.root = Path(root)
+        if self.root.exists() and any(self.root.iterdir()):
+            if not overwrite:
+                raise FileExistsError(f"dataset directory {self.root} is not empty (pass overwrite=True to replace it)")
+            shutil.rmtree(self.root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.fps = fps
+        self.video_codec = video_codec
+        self.layout = layout
+        self.robot_type = robot_type
+        self.language_key = language_key
+        self.language_column = language_column
+        self.chunks_size = chunks_size
+        self.episodes_per_file = episodes_per_file
+        self.gop = gop
+        self._cameras: Optional[List[str]] = None
+        self._state_dims: Optional[Dict[str, int]] = None
+        self._action_dims: Optional[Dict[str, int]] = None
+        self._step_columns: Optional[List[str]] = None
+        self._frame_sizes: Dict[str, tuple] = {}
+        self._tasks: Dict[str, int] = {}
+        self._episodes: List[Dict[str, Any]] = []
+        self._numeric: Dict[str, List[np.ndarray]] = {}
+        self._total_frames = 0
+        self._finalized = False
+        # v3.0: the file being filled.
+        self._file_index = 0
+        self._file_tables: List[pa.Table] = []
+        self._file_encoders: Dict[str, Mp4Encoder] = {}
+        self._file_episode_count = 0
+
+    # -- public API -------------------------------------------------------------------------------
+    def add_episode(
+        self,
+        frames: Mapping[str, np.ndarray],
+        states: Mapping[str, np.ndarray],
+        actions: Mapping[str, np.ndarray],
+        task: str,
+        *,
+        step_columns: Optional[Mapping[str, np.ndarray]] = None,
+        metadata: Optional[Mapping[str, Any]] = None,
+    ) -> int:
+        """Append one episode; return its episode_index."""
+        if self._finalized:
+            raise RuntimeError(f"{self.root}: writer already finalized")
+        if not isinstance(task, str):
+            raise TypeError(f"task must be a str, got {type(task).__name__}")
+        step_columns = dict(step_columns or {})
+        metadata = dict(metadata or {})
+        state_arrays = _float_groups(states, "states")
+        action_arrays = _float_groups(actions, "actions")
+        length = next(iter(state_arrays.values())).shape[0]
+        self._check_layout(frames, state_arrays, action_arrays, step_columns, length)
+        reserved = {"episode_index", "length", "tasks"}
+        if reserved & set(metadata):
+            raise ValueError(f"metadata keys {sorted(reserved & set(metadata))} are reserved by LeRobot")
+
+        episode_index = len(self._episodes)
+        task_index = self._tasks.setdefault(task, len(self._tasks))
+        # Concatenate in the first episode's group order, whatever order this episode's dicts use.
+        state = np.concatenate([state_arrays[k] for k in self._state_dims or {}], axis=1)
+        action = np.concatenate([action_arrays[k] for k in self._action_dims or {}], axis=1)
+        frame_index = np.arange(length, dtype=np.int64)
+        columns: Dict[str, np.ndarray] = {
+            "observation.state": state,
+            "action": action,
+            "timestamp": (frame_index / self.fps).astype(np.float32),
+            "frame_index": frame_index,
+            "episode_index": np.full(length, episode_index, np.int64),
+            "index": self._total_frames + frame_index,
+            "task_index": np.full(length, task_index, np.int64),
+        }
+        if self.language_column != "task_index":
+            columns[self.language_column] = np.full(length, task_index, np.int64)
+        for name, values in step_columns.items():
+            columns[name] = np.asarray(values)
+        table = _to_table(columns)
+        for name, values in columns.items():
+            if np.asarray(values).dtype.kind in "biuf":
+                self._numeric.setdefault(name, []).append(np.asarray(values, dtype=np.float64).reshape(length, -1))
+
+        record: Dict[str, Any] = {"episode_index": episode_index, "tasks": [task], "length": length, **metadata}
+        if self.layout == "v2.1":
+            self._write_v2_episode(episode_index, table, frames)
+        else:
+            record.update(self._append_v3_episode(table, frames, length))
+        self._episodes.append(record)
+        self._total_frames += length
+        logger.debug("wrote episode %d (%d steps) to %s", episode_index, length, self.root)
+        return episode_index
+
+    def finalize(self) -> Path:
+        """Write the metadata files; return the dataset root. Further add_episode calls are refused."""
+        if self._finalized:
+            return self.root
+        if not self._episodes:
+            raise RuntimeError(f"{self.root}: no episodes were added")
+        if self.layout == "v3.0":
+            self._flush_v3_file()
+        meta = self.root / "meta"
+        meta.mkdir(exist_ok=True)
+        _write_json(meta / "info.json", self._info())
+        _write_json(meta / "modality.json", self._modality().to_json_dict())
+        _write_json(meta / "stats.json", {name: column_stats(np.concatenate(parts)) for name, parts in self._numeric.items()})
+        if self.layout == "v2.1":
+            _write_jsonl(meta / "episodes.jsonl", self._episodes)
+            _write_jsonl(meta / "tasks.jsonl", [{"task_index": i, "task": t} for t, i in self._tasks.items()])
+        else:
+            self._write_v3_meta(meta)
+        self._finalized = True
+        logger.info("finalized %s: %d episodes, %d frames", self.root, len(self._episodes), self._total_frames)
+        return self.root
+
+    def __enter__(self) -> "DatasetWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.finalize()
+        else:
+            for encoder in self._file_encoders.values():
+                encoder.close()
+            logger.warning("not finalizing %s after an exception; the dataset is incomplete", self.root)
+
+    # -- checks -----------------------------------------------------------------------------------
+    def _check_layout(self, frames, states, actions, step_columns, length: int) -> None:
+        for kind, groups in (("states", states), ("actions", actions)):
+            for key, value in groups.items():
+                if value.shape[0] != length:
+                    raise ValueError(f"{kind}['{key}'] has {value.shape[0]} steps; expected {length} like the first state group")
+        for camera, value in frames.items():
+            if not isinstance(value, np.ndarray) or value.dtype != np.uint8 or value.ndim != 4 or value.shape[-1] != 3:
+                raise ValueError(f"frames['{camera}'] must be uint8 (T, H, W, 3), got {getattr(value, 'dtype', type(value))} {getattr(value, 'shape', '')}")
+            if value.shape[0] != length:
+                raise ValueError(f"frames['{camera}'] has {value.shape[0]} frames; expected {length} (the episode length)")
+            size = self._frame_sizes.setdefault(camera, value.shape[1:3])
+            if value.shape[1:3] != size:
+                raise ValueError(f"frames['{camera}'] has size {value.shape[1:3]}; earlier episodes had {size}")
+        for name, value in step_columns.items():
+            if name in _INDEX_COLUMNS or name in ("observation.state", "action") or name.startswith("observation.images."):
+                raise ValueError(f"step column {name!r} clashes with a LeRobot column")
+            if np.asarray(value).shape[:1] != (length,):
+                raise ValueError(f"step_columns['{name}'] must have {length} rows, got shape {np.asarray(value).shape}")
+        shape = (list(frames), {k: v.shape[1] for k, v in states.items()}, {k: v.shape[1] for k, v in actions.items()}, sorted(step_columns))
+        if self._cameras is None:
+            self._cameras, self._state_dims, self._action_dims, self._step_columns = shape
+            return
+        expected = (self._cameras, self._state_dims, self._action_dims, self._step_columns)
+        for label, got, want in zip(("cameras", "state dims", "action dims", "step columns"), shape, expected):
+            if (sorted(got) if label == "cameras" else got) != (sorted(want) if label == "cameras" else want):
+                raise ValueError(f"episode {len(self._episodes)}: {label} {got} differ from the first episode's {want}")
+
+    # -- v2.1 -------------------------------------------------------------------------------------
+    def _write_v2_episode(self, episode_index: int, table: pa.Table, frames: Mapping[str, np.ndarray]) -> None:
+        chunk = episode_index // self.chunks_size
+        data_path = self.root / V2_DATA_PATH.format(episode_chunk=chunk, episode_index=episode_index)
+        data_path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, data_path)
+        for camera, images in frames.items():
+            key = f"observation.images.{camera}"
+            encoder = Mp4Encoder(self.root / V2_VIDEO_PATH.format(episode_chunk=chunk, episode_index=episode_index, video_key=key), self.fps, self.video_codec, self.gop)
+            encoder.write(images)
+            encoder.close()
+
+    # -- v3.0 -------------------------------------------------------------------------------------
+    def _append_v3_episode(self, table: pa.Table, frames: Mapping[str, np.ndarray], length: int) -> Dict[str, Any]:
+        if self.episodes_per_file is not None and self._file_episode_count >= self.episodes_per_file:
+            self._flush_v3_file()
+        chunk, file_index = divmod(self._file_index, self.chunks_size)
+        record: Dict[str, Any] = {
+            "data/chunk_index": chunk,
+            "data/file_index": file_index,
+            "dataset_from_index": self._total_frames,
+            "dataset_to_index": self._total_frames + length,
+        }
+        for camera, images in frames.items():
+            key = f"observation.images.{camera}"
+            encoder = self._file_encoders.get(key)
+            if encoder is None:
+                path = self.root / V3_VIDEO_PATH.format(video_key=key, chunk_index=chunk, file_index=file_index)
+                encoder = self._file_encoders[key] = Mp4Encoder(path, self.fps, self.video_codec, self.gop)
+            start = encoder.frames_written
+            encoder.write(images)
+            record[f"videos/{key}/chunk_index"] = chunk
+            record[f"videos/{key}/file_index"] = file_index
+            record[f"videos/{key}/from_timestamp"] = start / self.fps
+            record[f"videos/{key}/to_timestamp"] = encoder.frames_written / self.fps
+        self._file_tables.append(table)
+        self._file_episode_count += 1
+        return record
+
+    def _flush_v3_file(self) -> None:
+        if not self._file_tables:
+            return
+        chunk, file_index = divmod(self._file_index, self.chunks_size)
+        path = self.root / V3_DATA_PATH.format(chunk_index=chunk, file_index=file_index)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.concat_tables(self._file_tables), path)
+        for encoder in self._file_encoders.values():
+            encoder.close()
+        self._file_tables, self._file_encoders, self._file_episode_count = [], {}, 0
+        self._file_index += 1
+
+    def _write_v3_meta(self, meta: Path) -> None:
+        rows = []
+        for record in self._episodes:
+            row = dict(record, **{"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
+            # LeRobot v3.0 keeps per-episode stats in the episode table; readers must skip them.
+            row["stats/action/mean"] = [0.0]
+            rows.append(row)
+        path = meta / "episodes" / "chunk-000" / "file-000.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(rows), path)
+        tasks = sorted(self._tasks.items(), key=lambda item: item[1])
+        pq.write_table(
+            pa.table({"task_index": pa.array([i for _, i in tasks], pa.int64()), "task": [t for t, _ in tasks]}),
+            meta / "tasks.parquet",
+        )
+
+    # -- metadata ---------------------------------------------------------------------------------
+    def _modality(self) -> DatasetModality:
+        sub = self.language_key[len("annotation.") :]
+        return DatasetModality(
+            state={n: ArrayGroup(n, "observation.state", s, e) for n, s, e in layout_from_dims(self._state_dims or {})},
+            action={n: ArrayGroup(n, "action", s, e) for n, s, e in layout_from_dims(self._action_dims or {})},
+            video={c: VideoGroup(c, f"observation.images.{c}") for c in self._cameras or []},
+            language={self.language_key: LanguageGroup(f"annotation.{sub}", self.language_column)},
+        )
+
+    def _info(self) -> Dict[str, Any]:
+        state_names = [f"{k}_{i}" for k, d in (self._state_dims or {}).items() for i in range(d)]
+        action_names = [f"{k}_{i}" for k, d in (self._action_dims or {}).items() for i in range(d)]
+        features: Dict[str, Any] = {
+            "observation.state": {"dtype": "float32", "shape": [len(state_names)], "names": state_names},
+            "action": {"dtype": "float32", "shape": [len(action_names)], "names": action_names},
+        }
+        for camera in self._cameras or []:
+            height, width = self._frame_sizes[camera]
+            features[f"observation.images.{camera}"] = dict(video_feature_info(self.video_codec, self.fps, height, width))
+        features["timestamp"] = {"dtype": "float32", "shape": [1], "names": None}
+        for name in ("frame_index", "episode_index", "index", "task_index"):
+            features[name] = {"dtype": "int64", "shape": [1], "names": None}
+        v3 = self.layout == "v3.0"
+        num_files = self._file_index if v3 else len(self._episodes)
+        return {
+            "codebase_version": self.layout,
+            "robot_type": self.robot_type,
+            "fps": self.fps,
+            "chunks_size": self.chunks_size,
+            "total_episodes": len(self._episodes),
+            "total_frames": self._total_frames,
+            "total_tasks": len(self._tasks),
+            "total_videos": num_files * len(self._cameras or []),
+            "total_chunks": (num_files - 1) // self.chunks_size + 1,
+            "splits": {"train": f"0:{len(self._episodes)}"},
+            "data_path": V3_DATA_PATH if v3 else V2_DATA_PATH,
+            "video_path": (V3_VIDEO_PATH if v3 else V2_VIDEO_PATH) if self._cameras else None,
+            "features": features,
+        }
+
+
+def _float_groups(groups: Mapping[str, np.ndarray], kind: str) -> Dict[str, np.ndarray]:
+    if not groups:
+        raise ValueError(f"{kind} must name at least one group")
+    out = {}
+    for key, value in groups.items():
+        array = np.asarray(value)
+        if array.dtype.kind not in "fiu":
+            raise ValueError(f"{kind}['{key}'] must be numeric (T, D), got dtype {array.dtype}")
+        if array.ndim == 1:
+            array = array[:, None]
+        if array.ndim != 2:
+            raise ValueError(f"{kind}['{key}'] must have shape (T, D), got {array.shape}")
+        out[key] = array.astype(np.float32)
+    return out
+
+
+def _to_table(columns: Mapping[str, np.ndarray]) -> pa.Table:
+    arrays = {}
+    for name, values in columns.items():
+        values = np.asarray(values)
+        if values.ndim == 2:
+            arrays[name] = pa.array(list(values), type=pa.list_(pa.from_numpy_dtype(values.dtype)))
+        elif values.dtype.kind in "OUS":
+            arrays[name] = pa.array([str(v) for v in values], type=pa.string())
+        else:
+            arrays[name] = pa.array(values)
+    return pa.table(arrays)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _write_jsonl(path: Path, rows: List[Mapping[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(dict(row)) + "\n" for row in rows))

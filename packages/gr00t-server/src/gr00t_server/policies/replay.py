@@ -1,0 +1,221 @@
+"""ReplayPolicy: serve a LeRobot dataset's recorded actions as action chunks, with a cursor per client session."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from gr00t_client.modality import ModalityConfig
+from gr00t_client.policy import BasePolicy, validate_observation
+from gr00t_eval.dataset import LeRobotDataset
+
+from ..modality_configs import derive_from_dataset
+
+logger = logging.getLogger(__name__)
+
+SESSION_OPTION = "_session_id"
+DEFAULT_SESSION = "default"
+
+
+@dataclass
+class _Cursor:
+    """Replay position of one session: an episode position and a step per batch row."""
+
+    episodes: List[int]
+    steps: List[int]
+
+
+class ReplayPolicy(BasePolicy):
+    """Replays dataset actions in chunks laid out by the action config's delta indices.
+
+    Each call returns, for every batch row, rows `step + delta` of the row's episode (clamped to the
+    episode, so past the end the last row repeats) and then advances the row by `execution_horizon`.
+    State is kept per session (`options["_session_id"]`, set by the server); a session that was never
+    reset starts at episode position 0, step 0. Episodes are addressed by position in the episode list.
+    Only actions are read from the dataset; no video is decoded.
+    """
+
+    stateful_sessions = True
+
+    def __init__(
+        self,
+        dataset: Union[LeRobotDataset, str, Path],
+        modality_configs: Optional[Mapping[str, ModalityConfig]] = None,
+        execution_horizon: Optional[int] = None,
+        *,
+        strict: bool = True,
+    ) -> None:
+        super().__init__(strict=strict)
+        self.dataset = dataset if isinstance(dataset, LeRobotDataset) else LeRobotDataset(dataset)
+        if self.dataset.num_episodes == 0:
+            raise ValueError(f"dataset {self.dataset.root} has no episodes to replay")
+        self.modality_configs: Dict[str, ModalityConfig] = dict(modality_configs or derive_from_dataset(self.dataset))
+        action_config = self.modality_configs.get("action")
+        if action_config is None:
+            raise ValueError(f"modality configs need an 'action' modality to replay; got {sorted(self.modality_configs)}")
+        missing = [k for k in action_config.modality_keys if k not in self.dataset.action_keys]
+        if missing:
+            raise ValueError(
+                f"action keys {missing} are not in {self.dataset.root}/meta/modality.json; dataset action keys: {self.dataset.action_keys}"
+            )
+        self.delta_indices = np.asarray(action_config.delta_indices, dtype=np.int64)
+        span = int(self.delta_indices.max()) + 1
+        if execution_horizon is None:
+            execution_horizon = span
+        if isinstance(execution_horizon, bool) or not isinstance(execution_horizon, int) or not 1 <= execution_horizon <= span:
+            raise ValueError(
+                f"execution_horizon must be an int in [1, {span}] (the action chunk spans steps 0..{span - 1}), got {execution_horizon!r}"
+            )
+        self.execution_horizon = execution_horizon
+        self._sessions: Dict[str, _Cursor] = {}
+        self._actions: Dict[int, Dict[str, np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    # -- BasePolicy -------------------------------------------------------------------------------
+    def get_modality_config(self) -> Dict[str, ModalityConfig]:
+        return self.modality_configs
+
+    @property
+    def num_episodes(self) -> int:
+        return self.dataset.num_episodes
+
+    def check_observation(self, observation: Any) -> None:
+        """A missing or empty observation is allowed (replay ignores it); anything else must fit the configs."""
+        if observation is None or (isinstance(observation, Mapping) and not observation):
+            return
+        validate_observation(observation, self.modality_configs)
+
+    def reset(self, options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """Move the session to options["episode_index"] (int or one per row) and options["step_index"] (default 0)."""
+        options = options or {}
+        session = _session_id(options)
+        with self._lock:
+            cursor = self._sessions.get(session) or _Cursor([0], [0])
+            episodes = cursor.episodes
+            if options.get("episode_index") is not None:
+                episodes = [self._check_episode(e) for e in _as_list(options["episode_index"], "episode_index")]
+            steps_option = options.get("step_index")
+            steps = [0] * len(episodes) if steps_option is None else _as_list(steps_option, "step_index")
+            if len(steps) == 1 and len(episodes) > 1:
+                steps = steps * len(episodes)
+            if len(steps) != len(episodes):
+                raise ValueError(f"step_index has {len(steps)} entries but episode_index has {len(episodes)}; expected one per row")
+            for episode, step in zip(episodes, steps):
+                self._check_step(episode, step)
+            self._sessions[session] = _Cursor(list(episodes), list(steps))
+            info = self._info(self._sessions[session], done=None)
+        logger.debug("session %s reset to episodes %s steps %s", session, episodes, steps)
+        return info
+
+    def _get_action(self, observation: Any, options: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+        options = options or {}
+        session = _session_id(options)
+        batch = _observation_batch_size(observation)
+        if batch is None and options.get("batch_size") is not None:
+            batch = int(options["batch_size"])
+        with self._lock:
+            cursor = self._sessions.setdefault(session, _Cursor([0], [0]))
+            if batch is not None and batch != len(cursor.episodes):
+                if len(cursor.episodes) != 1:
+                    raise ValueError(
+                        f"observation has batch size {batch} but session {session!r} replays {len(cursor.episodes)} episodes "
+                        f"{cursor.episodes}; reset with one episode_index per row"
+                    )
+                cursor.episodes, cursor.steps = cursor.episodes * batch, cursor.steps * batch
+            chunks = [self._chunk(e, s) for e, s in zip(cursor.episodes, cursor.steps)]
+            lengths = [self._length(e) for e in cursor.episodes]
+            done = [s + self.execution_horizon >= n for s, n in zip(cursor.steps, lengths)]
+            info = self._info(cursor, done)
+            cursor.steps = [s + self.execution_horizon for s in cursor.steps]
+        action = {key: np.stack([chunk[key] for chunk in chunks]) for key in self.modality_configs["action"].modality_keys}
+        return action, info
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def drop_session(self, session_id: str) -> None:
+        """Forget a session's cursor (e.g. when its client disconnects)."""
+        with self._lock:
+            self._sessions.pop(session_id, None)
+
+    def _episode_actions(self, position: int) -> Dict[str, np.ndarray]:
+        if position not in self._actions:
+            episode = self.dataset.episode(position)
+            self._actions[position] = {k: episode.actions(k) for k in self.modality_configs["action"].modality_keys}
+        return self._actions[position]
+
+    def _length(self, position: int) -> int:
+        return self.dataset.episode_lengths[position]
+
+    def _chunk(self, position: int, step: int) -> Dict[str, np.ndarray]:
+        actions = self._episode_actions(position)
+        length = self._length(position)
+        rows = np.clip(step + self.delta_indices, 0, length - 1)
+        return {key: values[rows] for key, values in actions.items()}
+
+    def _check_episode(self, episode: Any) -> int:
+        if isinstance(episode, bool) or not isinstance(episode, (int, np.integer)):
+            raise ValueError(f"episode_index must be an int, got {episode!r}")
+        if not 0 <= episode < self.num_episodes:
+            raise IndexError(f"episode_index {episode} out of range: the dataset has {self.num_episodes} episodes (0..{self.num_episodes - 1})")
+        return int(episode)
+
+    def _check_step(self, episode: int, step: Any) -> None:
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
+            raise ValueError(f"step_index must be an int, got {step!r}")
+        length = self._length(episode)
+        if not 0 <= step < length:
+            raise IndexError(f"step_index {step} out of range for episode {episode} of length {length} (0..{length - 1})")
+
+    def _info(self, cursor: _Cursor, done: Optional[List[bool]]) -> Dict[str, Any]:
+        lengths = [self._length(e) for e in cursor.episodes]
+        if done is None:
+            done = [s >= n for s, n in zip(cursor.steps, lengths)]
+        single = len(cursor.episodes) == 1
+
+        def pack(values: Sequence[Any]) -> Any:
+            return values[0] if single else list(values)
+
+        return {
+            "current_step": pack([int(s) for s in cursor.steps]),
+            "episode_length": pack([int(n) for n in lengths]),
+            "episode_index": pack([int(e) for e in cursor.episodes]),
+            "episode_done": pack([bool(d) for d in done]),
+            "num_episodes": int(self.num_episodes),
+            "execution_horizon": int(self.execution_horizon),
+        }
+
+
+def _session_id(options: Mapping[str, Any]) -> str:
+    session = options.get(SESSION_OPTION, DEFAULT_SESSION)
+    if not isinstance(session, str):
+        raise ValueError(f"options['{SESSION_OPTION}'] must be a str, got {session!r}")
+    return session
+
+
+def _as_list(value: Any, name: str) -> List[Any]:
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ValueError(f"{name} must not be an empty list")
+        return list(value)
+    return [value]
+
+
+def _observation_batch_size(observation: Any) -> Optional[int]:
+    """Batch size from the first video, state or language entry of a nested observation; None if there is none."""
+    if not isinstance(observation, Mapping):
+        return None
+    for modality in ("video", "state", "language"):
+        group = observation.get(modality)
+        if isinstance(group, Mapping):
+            for value in group.values():
+                if isinstance(value, np.ndarray) and value.ndim > 0:
+                    return int(value.shape[0])
+                if isinstance(value, (list, tuple)):
+                    return len(value)
+    return None

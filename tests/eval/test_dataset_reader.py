@@ -1,0 +1,319 @@
+"""LeRobotDataset reads back exactly what DatasetWriter wrote (v2.1 and v3.0, H.264 and AV1) and rejects bad files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from eval.dataset_factory import (
+    CAMERAS,
+    TASKS,
+    expected_actions,
+    expected_states,
+    frame_colour,
+    make_dataset,
+)
+from gr00t_eval.dataset import DatasetError, DatasetFileNotFoundError, LeRobotDataset, available_codecs
+
+LENGTHS = (6, 9, 4)
+COLOUR_TOLERANCE = 8  # yuv420p round trip of solid colours; neighbouring steps differ by >= 28
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    """One dataset per (codec, layout); the v3.0 ones put two episodes in the first file."""
+    out = {}
+    for codec in available_codecs():
+        for layout in ("v2.1", "v3.0"):
+            root = tmp_path_factory.mktemp(f"{codec}_{layout}") / "ds"
+            out[(codec, layout)] = make_dataset(root, lengths=LENGTHS, codec=codec, layout=layout, episodes_per_file=2)
+    return out
+
+
+VARIANTS = [(c, l) for c in ("h264", "av1") for l in ("v2.1", "v3.0")]
+
+
+@pytest.fixture(params=VARIANTS, ids=lambda v: f"{v[0]}-{v[1]}")
+def dataset(request, datasets):
+    if request.param not in datasets:
+        pytest.skip(f"codec {request.param[0]} cannot be encoded by this PyAV build")
+    return LeRobotDataset(datasets[request.param])
+
+
+def _copy(datasets, tmp_path, variant=("h264", "v2.1")) -> Path:
+    root = tmp_path / "copy"
+    shutil.copytree(datasets[variant], root)
+    return root
+
+
+def test_both_h264_and_av1_can_be_encoded():
+    assert {"h264", "av1"} <= set(available_codecs())
+
+
+def test_metadata_is_read_without_decoding_video(dataset):
+    assert dataset.fps == 10
+    assert dataset.num_episodes == 3
+    assert dataset.episode_indices == [0, 1, 2]
+    assert dataset.episode_lengths == list(LENGTHS)
+    assert dataset.video_keys == list(CAMERAS)
+    assert dataset.modality.video["image"].original_key == "observation.images.image"
+    assert dataset.state_keys == ["arm", "gripper"]
+    assert dataset.action_keys == ["arm", "gripper"]
+    assert dataset.language_keys == ["annotation.human.action.task_description"]
+    dataset.episode(1)
+    assert dataset.frames_decoded == 0
+
+
+def test_states_and_actions_are_exact_float32_slices(dataset):
+    for position, length in enumerate(LENGTHS):
+        episode = dataset.episode(position)
+        assert episode.length == length
+        for key, values in expected_states(position, length).items():
+            got = episode.states(key)
+            assert got.dtype == np.float32 and got.shape == values.shape
+            np.testing.assert_array_equal(got, values)
+        for key, values in expected_actions(position, length).items():
+            np.testing.assert_array_equal(episode.actions(key), values)
+        assert episode.action_array().shape == (length, 4)
+        np.testing.assert_array_equal(episode.state_array()[:, 3], expected_states(position, length)["gripper"][:, 0])
+
+
+def test_language_is_one_task_string_per_step(dataset):
+    for position, length in enumerate(LENGTHS):
+        language = dataset.episode(position).language("annotation.human.action.task_description")
+        assert language == [TASKS[position % 2]] * length
+
+
+def test_extra_step_columns_and_episode_fields_are_available(dataset):
+    episode = dataset.episode(2)
+    np.testing.assert_allclose(episode.column("next.reward"), np.arange(4) / 10, rtol=1e-6)
+    assert episode.extras["seed"] == 102
+    assert episode.tasks == [TASKS[0]]
+
+
+def test_frames_have_the_colours_that_were_encoded(dataset):
+    for position, length in enumerate(LENGTHS):
+        episode = dataset.episode(position)
+        steps = [length - 1, 0, length // 2, length // 2]  # unsorted, repeated
+        for camera_number, camera in enumerate(CAMERAS):
+            frames = episode.frames(camera, steps)
+            assert frames.dtype == np.uint8 and frames.shape == (4, 32, 32, 3)
+            for frame, step in zip(frames, steps):
+                error = np.abs(frame.astype(int) - frame_colour(position, camera_number, step).astype(int)).max()
+                assert error <= COLOUR_TOLERANCE, (position, camera, step, error)
+
+
+@pytest.mark.parametrize("codec", ["h264", "av1"])
+def test_only_the_frames_needed_are_decoded(tmp_path, codec):
+    root = make_dataset(tmp_path / "long", lengths=(40,), cameras=("image",), gop=4, codec=codec)
+    dataset = LeRobotDataset(root)
+    episode = dataset.episode(0)
+    frame = episode.frames("image", [33])
+    assert np.abs(frame[0].astype(int) - frame_colour(0, 0, 33).astype(int)).max() <= COLOUR_TOLERANCE
+    assert 1 <= dataset.frames_decoded <= 4  # from the keyframe at or before step 33, never all 40
+    before = dataset.frames_decoded
+    episode.frames("image", [2])
+    assert dataset.frames_decoded - before <= 3  # stops right after step 2
+
+
+def test_v3_episodes_in_a_shared_file_get_their_own_rows_and_frames(datasets):
+    root = datasets[("h264", "v3.0")]
+    assert len(list((root / "data").rglob("*.parquet"))) == 2
+    dataset = LeRobotDataset(root)
+    assert dataset.codebase_version == "v3.0"
+    second = dataset.episode(1)  # rows 6..14 of data/chunk-000/file-000.parquet, frames 6..14 of the mp4
+    assert second.record.videos["observation.images.image"].from_timestamp == pytest.approx(0.6)
+    np.testing.assert_array_equal(second.actions("arm"), expected_actions(1, 9)["arm"])
+    frame = second.frames("wrist_image", [0])[0]
+    assert np.abs(frame.astype(int) - frame_colour(1, 1, 0).astype(int)).max() <= COLOUR_TOLERANCE
+
+
+def test_episode_by_index_uses_the_episode_index_field(datasets, tmp_path):
+    root = _copy(datasets, tmp_path)
+    episodes = (root / "meta" / "episodes.jsonl").read_text().splitlines()
+    (root / "meta" / "episodes.jsonl").write_text("\n".join([episodes[2], episodes[0], episodes[1]]) + "\n")
+    dataset = LeRobotDataset(root)
+    assert dataset.episode_indices == [2, 0, 1]
+    assert dataset.episode(0).episode_index == 2
+    np.testing.assert_array_equal(dataset.episode_by_index(1).actions("arm"), expected_actions(1, 9)["arm"])
+
+
+def test_stats_are_sliced_per_group(dataset):
+    stats = dataset.group_stats("state", "gripper")
+    all_states = np.concatenate([expected_states(e, n)["gripper"] for e, n in enumerate(LENGTHS)])
+    np.testing.assert_allclose(stats["mean"], all_states.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(stats["q99"], np.quantile(all_states, 0.99, axis=0), rtol=1e-5)
+    assert dataset.relative_stats is None
+
+
+def test_relative_stats_are_loaded_without_fingerprints(datasets, tmp_path):
+    root = _copy(datasets, tmp_path)
+    (root / "meta" / "relative_stats.json").write_text(json.dumps({"__fingerprints__": {"arm": "sha256:0"}, "arm": {"mean": [[0.0]]}}))
+    assert LeRobotDataset(root).relative_stats == {"arm": {"mean": [[0.0]]}}
+
+
+def test_annotation_column_with_task_indices_is_resolved(tmp_path):
+    root = make_dataset(tmp_path / "annot", lengths=(3, 2), language_column="annotation.human.action.task_description")
+    dataset = LeRobotDataset(root)
+    assert dataset.modality.language["annotation.human.action.task_description"].original_key == "annotation.human.action.task_description"
+    assert dataset.episode(1).language("annotation.human.action.task_description") == [TASKS[1]] * 2
+
+
+def test_out_of_range_positions_and_steps_raise(dataset):
+    with pytest.raises(IndexError, match="position 3"):
+        dataset.episode(3)
+    with pytest.raises(IndexError, match="episode_index 7"):
+        dataset.episode_by_index(7)
+    with pytest.raises(IndexError, match=r"\[6\]"):
+        dataset.episode(0).frames("image", [6])
+    with pytest.raises(KeyError, match="nope"):
+        dataset.episode(0).states("nope")
+
+
+# -- malformed datasets -------------------------------------------------------------------------
+
+
+def test_missing_info_json_names_the_file(datasets, tmp_path):
+    root = _copy(datasets, tmp_path)
+    (root / "meta" / "info.json").unlink()
+    with pytest.raises(DatasetFileNotFoundError, match="info.json"):
+        LeRobotDataset(root)
+
+
+def test_missing_modality_json_is_an_error(datasets, tmp_path):
+    root = _copy(datasets, tmp_path)
+    (root / "meta" / "modality.json").unlink()
+    with pytest.raises(FileNotFoundError, match="modality.json"):
+        LeRobotDataset(root)
+
+
+def test_invalid_json_line_in_episodes_names_file_and_line(datasets, tmp_path):
+    root = _copy(datasets, tmp_path)
+    with open(root / "meta" / "episodes.jsonl", "a") as f:
+        f.write("{not json\n")
+    with pytest.raises(DatasetError, match=r"episodes.jsonl:4"):
+        LeRobotDataset(root)
+
+
+def test_episode_without_length_names_the_field(datasets, tmp_path):
+    root = _copy(datasets, tmp_path)
+    (root / "meta" / "episodes.jsonl").write_text('{"episode_index": 0, "tasks": []}\n')
+    with pytest.raises(DatasetError, match="'length'"):
+        LeRobotDataset(root)
+
+
+def test_info_without_data_path_names_the_field(datasets, tmp_path):
+    root = _copy(datasets, tmp_path)
+    info = json.loads((root / "meta" / "info.json").read_text())
+    del info["data_path"]
+    (root / "meta" / "info.json").write_text(json.dumps(info))
+    with pytest.raises(DatasetError, match="data_path"):
+        LeRobotDataset(root)
+
+
+def test_modality_slice_beyond_the_column_names_key_and_column(datasets, tmp_path):
+    root = _copy(datasets, tmp_path)
+    modality = json.loads((root / "meta" / "modality.json").read_text())
+    modality["state"]["gripper"] = {"start": 3, "end": 9}
+    (root / "meta" / "modality.json").write_text(json.dumps(modality))
+    with pytest.raises(DatasetError, match=r"observation.state.*'gripper'"):
+        LeRobotDataset(root).episode(0).states("gripper")
+
+
+def test_modality_entry_without_end_is_an_error(datasets, tmp_path):
+    root = _copy(datasets, tmp_path)
+    modality = json.loads((root / "meta" / "modality.json").read_text())
+    modality["action"]["arm"] = {"start": 0}
+    (root / "meta" / "modality.json").write_text(json.dumps(modality))
+    with pytest.raises(DatasetError, match=r"action.arm"):
+        LeRobotDataset(root)
+
+
+def test_video_key_missing_from_features_is_an_error(datasets, tmp_path):
+    root = _copy(datasets, tmp_path)
+    info = json.loads((root / "meta" / "info.json").read_text())
+    del info["features"]["observation.images.wrist_image"]
+    (root / "meta" / "info.json").write_text(json.dumps(info))
+    with pytest.raises(DatasetError, match="observation.images.wrist_image"):
+        LeRobotDataset(root)
+
+
+def test_missing_parquet_file_is_reported_when_the_episode_loads(datasets, tmp_path):
+    root = _copy(datasets, tmp_path)
+    (root / "data" / "chunk-000" / "episode_000001.parquet").unlink()
+    dataset = LeRobotDataset(root)
+    with pytest.raises(FileNotFoundError, match="episode_000001.parquet"):
+        dataset.episode(1)
+
+
+def test_parquet_shorter_than_the_episode_length_is_an_error(datasets, tmp_path):
+    root = _copy(datasets, tmp_path)
+    path = root / "data" / "chunk-000" / "episode_000000.parquet"
+    pq.write_table(pq.read_table(path).slice(0, 3), path)
+    with pytest.raises(DatasetError, match="3 rows.*length 6"):
+        LeRobotDataset(root).episode(0)
+
+
+def test_corrupt_parquet_is_a_dataset_error(datasets, tmp_path):
+    root = _copy(datasets, tmp_path)
+    (root / "data" / "chunk-000" / "episode_000000.parquet").write_bytes(b"not parquet")
+    with pytest.raises(DatasetError, match="episode_000000.parquet"):
+        LeRobotDataset(root).episode(0)
+
+
+def test_unknown_task_index_is_an_error(datasets, tmp_path):
+    root = _copy(datasets, tmp_path)
+    (root / "meta" / "tasks.jsonl").write_text('{"task_index": 1, "task": "only one"}\n')
+    with pytest.raises(DatasetError, match=r"task indices \[0\]"):
+        LeRobotDataset(root).episode(0).language("annotation.human.action.task_description")
+
+
+def test_missing_or_short_video_is_an_error_not_a_black_frame(datasets, tmp_path):
+    root = _copy(datasets, tmp_path)
+    (root / "videos" / "chunk-000" / "observation.images.image" / "episode_000000.mp4").unlink()
+    shutil.copy(
+        root / "videos" / "chunk-000" / "observation.images.wrist_image" / "episode_000002.mp4",  # 4 frames
+        root / "videos" / "chunk-000" / "observation.images.wrist_image" / "episode_000001.mp4",
+    )
+    dataset = LeRobotDataset(root)
+    with pytest.raises(FileNotFoundError, match="episode_000000.mp4"):
+        dataset.episode(0).frames("image", [0])
+    with pytest.raises(DatasetError, match="no frame within"):
+        dataset.episode(1).frames("wrist_image", [7])
+
+
+def test_missing_stats_json_is_reported_on_use(datasets, tmp_path):
+    root = _copy(datasets, tmp_path)
+    (root / "meta" / "stats.json").unlink()
+    dataset = LeRobotDataset(root)
+    with pytest.raises(FileNotFoundError, match="stats.json"):
+        dataset.stats
+
+
+def test_v3_episode_table_without_file_index_names_the_column(datasets, tmp_path):
+    root = _copy(datasets, tmp_path, ("h264", "v3.0"))
+    path = next((root / "meta" / "episodes").rglob("*.parquet"))
+    table = pq.read_table(path)
+    pq.write_table(table.drop(["data/file_index"]), path)
+    with pytest.raises(DatasetError, match="data/file_index"):
+        LeRobotDataset(root)
+
+
+def test_v3_tasks_parquet_is_required(datasets, tmp_path):
+    root = _copy(datasets, tmp_path, ("h264", "v3.0"))
+    (root / "meta" / "tasks.parquet").unlink()
+    with pytest.raises(FileNotFoundError, match="tasks.parquet"):
+        LeRobotDataset(root)
+
+
+def test_v3_tasks_written_by_pandas_index_are_read(datasets, tmp_path):
+    root = _copy(datasets, tmp_path, ("h264", "v3.0"))
+    table = pa.table({"task_index": pa.array([0, 1], pa.int64()), "__index_level_0__": list(TASKS)})
+    pq.write_table(table, root / "meta" / "tasks.parquet")
+    assert LeRobotDataset(root).tasks == {0: TASKS[0], 1: TASKS[1]}

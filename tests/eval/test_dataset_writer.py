@@ -1,0 +1,157 @@
+"""DatasetWriter produces LeRobot v2.1 / v3.0 files with GR00T's modality.json and stats.json."""
+
+from __future__ import annotations
+
+import json
+
+import av
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from eval.dataset_factory import TASKS, episode_frames, expected_actions, expected_states, make_dataset
+from gr00t_eval.dataset import STAT_NAMES, DatasetWriter
+
+
+def _read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def v2_root(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("w") / "ds", lengths=(5, 3), codec="h264")
+
+
+def test_v2_layout_has_one_parquet_and_one_mp4_per_camera_per_episode(v2_root):
+    assert sorted(p.name for p in (v2_root / "data" / "chunk-000").iterdir()) == ["episode_000000.parquet", "episode_000001.parquet"]
+    for camera in ("image", "wrist_image"):
+        assert (v2_root / "videos" / "chunk-000" / f"observation.images.{camera}" / "episode_000001.mp4").is_file()
+
+
+def test_info_json_describes_the_dataset(v2_root):
+    info = json.loads((v2_root / "meta" / "info.json").read_text())
+    assert info["codebase_version"] == "v2.1"
+    assert (info["fps"], info["total_episodes"], info["total_frames"], info["total_tasks"]) == (10, 2, 8, 2)
+    assert info["data_path"] == "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
+    assert info["features"]["observation.state"]["shape"] == [4]
+    assert info["features"]["observation.images.image"]["info"]["video.codec"] == "h264"
+    assert info["features"]["observation.images.image"]["shape"] == [32, 32, 3]
+
+
+def test_modality_json_maps_groups_to_slices_and_cameras(v2_root):
+    modality = json.loads((v2_root / "meta" / "modality.json").read_text())
+    assert modality["state"] == {"arm": {"start": 0, "end": 3}, "gripper": {"start": 3, "end": 4}}
+    assert modality["action"]["gripper"] == {"start": 3, "end": 4}
+    assert modality["video"]["wrist_image"] == {"original_key": "observation.images.wrist_image"}
+    assert modality["annotation"] == {"human.action.task_description": {"original_key": "task_index"}}
+
+
+def test_episodes_and_tasks_jsonl_carry_lengths_tasks_and_metadata(v2_root):
+    episodes = _read_jsonl(v2_root / "meta" / "episodes.jsonl")
+    assert episodes == [
+        {"episode_index": 0, "tasks": [TASKS[0]], "length": 5, "seed": 100},
+        {"episode_index": 1, "tasks": [TASKS[1]], "length": 3, "seed": 101},
+    ]
+    assert _read_jsonl(v2_root / "meta" / "tasks.jsonl") == [{"task_index": 0, "task": TASKS[0]}, {"task_index": 1, "task": TASKS[1]}]
+
+
+def test_parquet_rows_hold_concatenated_state_and_index_columns(v2_root):
+    table = pq.read_table(v2_root / "data" / "chunk-000" / "episode_000001.parquet")
+    state = np.array(table.column("observation.state").to_pylist(), np.float32)
+    expected = expected_states(1, 3)
+    np.testing.assert_array_equal(state, np.concatenate([expected["arm"], expected["gripper"]], axis=1))
+    assert table.column("index").to_pylist() == [5, 6, 7]
+    assert table.column("frame_index").to_pylist() == [0, 1, 2]
+    assert table.column("task_index").to_pylist() == [1, 1, 1]
+    np.testing.assert_allclose(table.column("timestamp").to_pylist(), [0.0, 0.1, 0.2], rtol=1e-6)
+
+
+def test_stats_json_has_all_statistics_per_column(v2_root):
+    stats = json.loads((v2_root / "meta" / "stats.json").read_text())
+    actions = np.concatenate([np.concatenate(list(expected_actions(e, n).values()), axis=1) for e, n in ((0, 5), (1, 3))])
+    assert set(stats["action"]) == set(STAT_NAMES)
+    np.testing.assert_allclose(stats["action"]["mean"], actions.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(stats["action"]["std"], actions.std(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(stats["action"]["min"], actions.min(axis=0))
+    np.testing.assert_allclose(stats["action"]["q01"], np.quantile(actions, 0.01, axis=0), rtol=1e-6)
+    assert "observation.state" in stats and "next.reward" in stats
+
+
+@pytest.mark.parametrize("codec, decoder_names", [("h264", {"h264"}), ("av1", {"libdav1d", "av1", "libaom-av1"})])
+def test_videos_use_the_requested_codec_and_frame_count(tmp_path, codec, decoder_names):
+    root = make_dataset(tmp_path / codec, lengths=(7,), cameras=("image",), codec=codec)
+    with av.open(str(root / "videos" / "chunk-000" / "observation.images.image" / "episode_000000.mp4")) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name in decoder_names
+        assert sum(1 for _ in container.decode(stream)) == 7
+
+
+def test_v3_layout_groups_episodes_into_files(tmp_path):
+    root = make_dataset(tmp_path / "v3", lengths=(2, 3, 4), layout="v3.0", episodes_per_file=2)
+    info = json.loads((root / "meta" / "info.json").read_text())
+    assert info["codebase_version"] == "v3.0"
+    assert info["video_path"] == "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+    episodes = pq.read_table(next((root / "meta" / "episodes").rglob("*.parquet"))).to_pylist()
+    assert [(e["dataset_from_index"], e["dataset_to_index"], e["data/file_index"]) for e in episodes] == [(0, 2, 0), (2, 5, 0), (5, 9, 1)]
+    assert [e["videos/observation.images.image/from_timestamp"] for e in episodes] == [0.0, 0.2, 0.0]
+    assert pq.read_table(root / "data" / "chunk-000" / "file-000.parquet").num_rows == 5
+    assert pq.read_table(root / "meta" / "tasks.parquet").column("task").to_pylist() == list(TASKS)
+
+
+def _episode(length=3, state_dim=2, camera="cam"):
+    return dict(
+        frames={camera: episode_frames(0, 0, length, (16, 16))},
+        states={"s": np.zeros((length, state_dim), np.float32)},
+        actions={"a": np.zeros((length, 1), np.float32)},
+        task="t",
+    )
+
+
+def test_episodes_must_match_the_first_episodes_layout(tmp_path):
+    writer = DatasetWriter(tmp_path / "ds", fps=5)
+    writer.add_episode(**_episode())
+    with pytest.raises(ValueError, match="state dims"):
+        writer.add_episode(**_episode(state_dim=3))
+    with pytest.raises(ValueError, match="cameras"):
+        writer.add_episode(**_episode(camera="other"))
+
+
+def test_frames_must_be_uint8_with_one_frame_per_step(tmp_path):
+    writer = DatasetWriter(tmp_path / "ds", fps=5)
+    bad = _episode()
+    bad["frames"] = {"cam": bad["frames"]["cam"].astype(np.float32)}
+    with pytest.raises(ValueError, match=r"frames\['cam'\] must be uint8"):
+        writer.add_episode(**bad)
+    short = _episode()
+    short["frames"] = {"cam": short["frames"]["cam"][:2]}
+    with pytest.raises(ValueError, match="2 frames; expected 3"):
+        writer.add_episode(**short)
+
+
+def test_writer_refuses_a_non_empty_directory(tmp_path):
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "keep.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="not empty"):
+        DatasetWriter(tmp_path / "ds", fps=5)
+
+
+def test_unknown_codec_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="video_codec"):
+        DatasetWriter(tmp_path / "ds", fps=5, video_codec="vp9")
+
+
+def test_an_exception_inside_the_with_block_leaves_no_metadata(tmp_path):
+    with pytest.raises(RuntimeError):
+        with DatasetWriter(tmp_path / "ds", fps=5) as writer:
+            writer.add_episode(**_episode())
+            raise RuntimeError("recorder crashed")
+    assert not (tmp_path / "ds" / "meta" / "info.json").exists()
+
+
+def test_groups_are_concatenated_in_the_first_episodes_order(tmp_path):
+    with DatasetWriter(tmp_path / "ds", fps=5) as writer:
+        for order in (("a", "b"), ("b", "a")):
+            values = {"a": np.zeros((2, 1), np.float32), "b": np.ones((2, 2), np.float32)}
+            writer.add_episode({}, {k: values[k] for k in order}, {"x": np.zeros((2, 1), np.float32)}, "t")
+    table = pq.read_table(tmp_path / "ds" / "data" / "chunk-000" / "episode_000001.parquet")
+    assert table.column("observation.state").to_pylist()[0] == [0.0, 1.0, 1.0]

@@ -1,0 +1,186 @@
+"""ReplayPolicy: dataset actions in chunks, one cursor per session, one episode per batch row."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from eval.dataset_factory import expected_actions, make_dataset
+from gr00t_client.modality import ModalityConfig
+from gr00t_client.policy import ObservationError
+from gr00t_eval.dataset import LeRobotDataset
+from gr00t_server.modality_configs import derive_from_dataset
+from gr00t_server.policies import ReplayPolicy
+
+LENGTHS = (6, 9, 4)
+
+
+@pytest.fixture(scope="module")
+def dataset_root(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("replay") / "ds", lengths=LENGTHS, cameras=("image",))
+
+
+@pytest.fixture
+def dataset(dataset_root):
+    return LeRobotDataset(dataset_root)
+
+
+@pytest.fixture
+def policy(dataset):
+    return ReplayPolicy(dataset, derive_from_dataset(dataset, action_horizon=4), execution_horizon=2)
+
+
+def rows(episode, indices, key="arm"):
+    """Expected action rows of an episode (indices already clamped by the test)."""
+    return expected_actions(episode, LENGTHS[episode])[key][list(indices)]
+
+
+def session(name, **options):
+    return {"_session_id": name, **options}
+
+
+def observation(dataset, batch):
+    return {
+        "video": {"image": np.zeros((batch, 1, 32, 32, 3), np.uint8)},
+        "state": {"arm": np.zeros((batch, 1, 3), np.float32), "gripper": np.zeros((batch, 1, 1), np.float32)},
+        "language": {"annotation.human.action.task_description": [["task"]] * batch},
+    }
+
+
+def test_first_call_without_reset_replays_episode_0_from_step_0(policy):
+    action, info = policy.get_action(None)
+    assert set(action) == {"arm", "gripper"}
+    assert action["arm"].dtype == np.float32 and action["arm"].shape == (1, 4, 3)
+    np.testing.assert_array_equal(action["arm"][0], rows(0, [0, 1, 2, 3]))
+    np.testing.assert_array_equal(action["gripper"][0], rows(0, [0, 1, 2, 3], "gripper"))
+    assert info == {
+        "current_step": 0, "episode_length": 6, "episode_index": 0, "episode_done": False,
+        "num_episodes": 3, "execution_horizon": 2,
+    }
+
+
+def test_each_call_advances_by_the_execution_horizon(policy):
+    policy.get_action({})
+    action, info = policy.get_action({})
+    assert info["current_step"] == 2
+    np.testing.assert_array_equal(action["arm"][0], rows(0, [2, 3, 4, 5]))
+
+
+def test_chunks_past_the_episode_end_repeat_the_last_row_and_flag_done(policy):
+    policy.reset(session("s", episode_index=2, step_index=1))
+    action, info = policy.get_action(None, session("s"))
+    np.testing.assert_array_equal(action["arm"][0], rows(2, [1, 2, 3, 3]))
+    assert info["episode_done"] is False
+    action, info = policy.get_action(None, session("s"))
+    np.testing.assert_array_equal(action["arm"][0], rows(2, [3, 3, 3, 3]))
+    assert (info["current_step"], info["episode_length"], info["episode_done"]) == (3, 4, True)
+
+
+def test_two_sessions_replay_different_episodes_independently(policy):
+    policy.reset(session("a", episode_index=1))
+    policy.reset(session("b", episode_index=2, step_index=2))
+    first_a, _ = policy.get_action(None, session("a"))
+    first_b, info_b = policy.get_action(None, session("b"))
+    second_a, info_a = policy.get_action(None, session("a"))
+    np.testing.assert_array_equal(first_a["arm"][0], rows(1, [0, 1, 2, 3]))
+    np.testing.assert_array_equal(first_b["arm"][0], rows(2, [2, 3, 3, 3]))
+    np.testing.assert_array_equal(second_a["arm"][0], rows(1, [2, 3, 4, 5]))
+    assert (info_a["episode_index"], info_a["current_step"]) == (1, 2)
+    assert (info_b["episode_index"], info_b["current_step"]) == (2, 2)
+    _, default_info = policy.get_action(None)  # the default session was untouched
+    assert (default_info["episode_index"], default_info["current_step"]) == (0, 0)
+
+
+def test_a_batch_of_three_rows_replays_three_episodes(policy, dataset):
+    info = policy.reset(session("batch", episode_index=[0, 1, 2], step_index=[0, 3, 2]))
+    assert info["episode_index"] == [0, 1, 2] and info["current_step"] == [0, 3, 2]
+    action, info = policy.get_action(observation(dataset, 3), session("batch"))
+    assert action["arm"].shape == (3, 4, 3)
+    np.testing.assert_array_equal(action["arm"][0], rows(0, [0, 1, 2, 3]))
+    np.testing.assert_array_equal(action["arm"][1], rows(1, [3, 4, 5, 6]))
+    np.testing.assert_array_equal(action["arm"][2], rows(2, [2, 3, 3, 3]))
+    assert info["episode_length"] == [6, 9, 4]
+    assert info["episode_done"] == [False, False, True]
+
+
+def test_a_single_episode_is_broadcast_to_the_observation_batch(policy, dataset):
+    policy.reset(session("wide", episode_index=1))
+    action, info = policy.get_action(observation(dataset, 2), session("wide"))
+    assert action["arm"].shape == (2, 4, 3)
+    np.testing.assert_array_equal(action["arm"][1], rows(1, [0, 1, 2, 3]))
+    assert info["episode_index"] == [1, 1]
+
+
+def test_batch_size_that_disagrees_with_the_episode_list_is_an_error(policy, dataset):
+    policy.reset(session("x", episode_index=[0, 1]))
+    with pytest.raises(ValueError, match="batch size 3.*2 episodes"):
+        policy.get_action(observation(dataset, 3), session("x"))
+
+
+def test_non_contiguous_delta_indices_replay_the_right_rows(dataset):
+    configs = {"action": ModalityConfig(delta_indices=[0, 2, 5], modality_keys=["arm"])}
+    policy = ReplayPolicy(dataset, configs, execution_horizon=3)
+    policy.reset({"episode_index": 1, "step_index": 2})
+    action, _ = policy.get_action(None)
+    np.testing.assert_array_equal(action["arm"][0], rows(1, [2, 4, 7]))
+    action, _ = policy.get_action(None)
+    np.testing.assert_array_equal(action["arm"][0], rows(1, [5, 7, 8]))  # 10 clamps to the last row
+
+
+@pytest.mark.parametrize(
+    "options, error, message",
+    [
+        ({"episode_index": 3}, IndexError, "episode_index 3 out of range"),
+        ({"episode_index": -1}, IndexError, "episode_index -1"),
+        ({"episode_index": [0, 7]}, IndexError, "episode_index 7"),
+        ({"episode_index": 2, "step_index": 4}, IndexError, "step_index 4 out of range for episode 2 of length 4"),
+        ({"episode_index": 0, "step_index": -1}, IndexError, "step_index -1"),
+        ({"episode_index": [0, 1], "step_index": [0, 1, 2]}, ValueError, "3 entries"),
+        ({"episode_index": "one"}, ValueError, "must be an int"),
+    ],
+)
+def test_bad_reset_indices_are_clear_errors(policy, options, error, message):
+    with pytest.raises(error, match=message):
+        policy.reset(options)
+
+
+def test_reset_without_options_rewinds_the_current_episode(policy):
+    policy.reset({"episode_index": 2, "step_index": 3})
+    info = policy.reset(None)
+    assert (info["episode_index"], info["current_step"], info["num_episodes"]) == (2, 0, 3)
+
+
+def test_no_video_is_decoded(policy, dataset):
+    policy.get_action(None)
+    policy.reset({"episode_index": 1})
+    policy.get_action(None)
+    assert dataset.frames_decoded == 0
+
+
+def test_a_malformed_observation_is_rejected_when_strict(policy, dataset):
+    bad = observation(dataset, 1)
+    bad["state"]["arm"] = bad["state"]["arm"].astype(np.float64)
+    with pytest.raises(ObservationError, match="State key 'arm'"):
+        policy.get_action(bad)
+
+
+def test_construction_checks_horizon_and_action_keys(dataset):
+    configs = derive_from_dataset(dataset, action_horizon=4)
+    with pytest.raises(ValueError, match="execution_horizon"):
+        ReplayPolicy(dataset, configs, execution_horizon=5)
+    with pytest.raises(ValueError, match=r"\['wheels'\]"):
+        ReplayPolicy(dataset, {"action": ModalityConfig(delta_indices=[0], modality_keys=["wheels"])}, 1)
+
+
+def test_defaults_from_a_path_derive_configs_and_modality_config_is_served(dataset_root):
+    policy = ReplayPolicy(dataset_root)
+    assert policy.get_modality_config()["action"].delta_indices == list(range(16))
+    assert policy.execution_horizon == 16
+    assert policy.stateful_sessions is True
+
+
+def test_dropping_a_session_restarts_it(policy):
+    policy.reset(session("gone", episode_index=2))
+    policy.drop_session("gone")
+    _, info = policy.get_action(None, session("gone"))
+    assert info["episode_index"] == 0

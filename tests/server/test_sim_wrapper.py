@@ -1,0 +1,152 @@
+"""Gr00tSimPolicyWrapper: flat sim keys to the nested form and back, strict or not."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from eval.dataset_factory import expected_actions, make_dataset
+from gr00t_client.modality import ModalityConfig
+from gr00t_client.policy import ActionError, BasePolicy, ObservationError
+from gr00t_server.policies import Gr00tSimPolicyWrapper, ReplayPolicy
+
+LANGUAGE_KEY = "annotation.human.action.task_description"
+CONFIGS = {
+    "video": ModalityConfig(delta_indices=[0], modality_keys=["image"]),
+    "state": ModalityConfig(delta_indices=[0], modality_keys=["arm"]),
+    "action": ModalityConfig(delta_indices=[0, 1], modality_keys=["arm"]),
+    "language": ModalityConfig(delta_indices=[0], modality_keys=[LANGUAGE_KEY]),
+}
+
+
+class RecordingPolicy(BasePolicy):
+    """Returns a fixed action and remembers what it was called with."""
+
+    def __init__(self, configs=CONFIGS, *, strict=True, action_dtype=np.float32):
+        super().__init__(strict=strict)
+        self.configs = configs
+        self.action_dtype = action_dtype
+        self.calls = []
+
+    def get_modality_config(self):
+        return self.configs
+
+    def reset(self, options=None):
+        return {"reset": options}
+
+    def _get_action(self, observation, options=None):
+        self.calls.append((observation, options))
+        batch = len(next(iter(observation["language"].values()))) if observation else 1
+        return {"arm": np.ones((batch, 2, 3), self.action_dtype)}, {"seen": True}
+
+
+def flat(batch=2, language=None):
+    return {
+        "video.image": np.zeros((batch, 1, 8, 8, 3), np.uint8),
+        "state.arm": np.zeros((batch, 1, 3), np.float32),
+        LANGUAGE_KEY: language if language is not None else ["pick"] * batch,
+    }
+
+
+def test_flat_observation_becomes_nested_and_actions_get_the_prefix():
+    inner = RecordingPolicy()
+    action, info = Gr00tSimPolicyWrapper(inner).get_action(flat())
+    nested, _ = inner.calls[0]
+    assert set(nested) == {"video", "state", "language"}
+    assert nested["video"]["image"].shape == (2, 1, 8, 8, 3)
+    assert nested["state"]["arm"].shape == (2, 1, 3)
+    assert nested["language"][LANGUAGE_KEY] == [["pick"], ["pick"]]
+    assert set(action) == {"action.arm"} and action["action.arm"].shape == (2, 2, 3)
+    assert info == {"seen": True}
+
+
+@pytest.mark.parametrize(
+    "language, expected",
+    [
+        (("a", "b"), [["a"], ["b"]]),
+        (["a", "b"], [["a"], ["b"]]),
+        (np.array(["a", "b"]), [["a"], ["b"]]),
+        (np.array([["a"], ["b"]]), [["a"], ["b"]]),
+        ("only", [["only"]]),
+    ],
+)
+def test_language_may_be_tuple_list_numpy_or_bare_str(language, expected):
+    inner = RecordingPolicy()
+    batch = len(expected)
+    Gr00tSimPolicyWrapper(inner).get_action(flat(batch, language))
+    assert inner.calls[0][0]["language"][LANGUAGE_KEY] == expected
+
+
+def test_options_with_the_session_id_are_forwarded_untouched():
+    inner = RecordingPolicy()
+    options = {"_session_id": "client-7", "extra": 1}
+    Gr00tSimPolicyWrapper(inner).get_action(flat(), options)
+    assert inner.calls[0][1] is options and options == {"_session_id": "client-7", "extra": 1}
+    assert Gr00tSimPolicyWrapper(inner).reset(options) == {"reset": options}
+
+
+def test_strict_wrapper_rejects_missing_and_mistyped_flat_keys():
+    wrapper = Gr00tSimPolicyWrapper(RecordingPolicy())
+    missing = flat()
+    del missing["video.image"]
+    with pytest.raises(ObservationError, match="'video.image' must be in observation"):
+        wrapper.get_action(missing)
+    wrong = flat()
+    wrong["state.arm"] = wrong["state.arm"].astype(np.float64)
+    with pytest.raises(ObservationError, match="'state.arm'.*float32"):
+        wrapper.get_action(wrong)
+    with pytest.raises(ObservationError, match="tuple, list, numpy array or str"):
+        wrapper.get_action(flat(language=3))
+    with pytest.raises(ObservationError, match="batch size 3"):
+        wrapper.get_action(flat(2, ["a", "b", "c"]))
+
+
+def test_strict_wrapper_checks_the_flat_action():
+    wrapper = Gr00tSimPolicyWrapper(RecordingPolicy(strict=False, action_dtype=np.float64))
+    with pytest.raises(ActionError, match="'action.arm'.*float32"):
+        wrapper.get_action(flat())
+
+
+def test_non_strict_wrapper_and_policy_validate_nothing():
+    inner = RecordingPolicy(strict=False, action_dtype=np.float64)
+    wrapper = Gr00tSimPolicyWrapper(inner, strict=False)
+    observation = flat()
+    observation["state.arm"] = observation["state.arm"].astype(np.float64)
+    action, _ = wrapper.get_action(observation)
+    assert action["action.arm"].dtype == np.float64
+    assert inner.calls[0][0]["state"]["arm"].dtype == np.float64
+
+
+def test_legacy_task_key_reads_the_coarse_action():
+    configs = dict(CONFIGS, language=ModalityConfig(delta_indices=[0], modality_keys=["task"]))
+    inner = RecordingPolicy(configs)
+    observation = flat()
+    del observation[LANGUAGE_KEY]
+    observation["annotation.human.coarse_action"] = ("x", "y")
+    Gr00tSimPolicyWrapper(inner).get_action(observation)
+    assert inner.calls[0][0]["language"]["task"] == [["x"], ["y"]]
+
+
+def test_modality_config_is_forwarded():
+    wrapper = Gr00tSimPolicyWrapper(RecordingPolicy())
+    assert wrapper.get_modality_config() is CONFIGS
+    assert wrapper.modality_configs is CONFIGS
+
+
+def test_wraps_replay_policy_with_flat_keys_and_sessions(tmp_path):
+    root = make_dataset(tmp_path / "ds", lengths=(5, 3), cameras=("image",))
+    replay = ReplayPolicy(root, execution_horizon=2)
+    wrapper = Gr00tSimPolicyWrapper(replay)
+    wrapper.reset({"_session_id": "s1", "episode_index": 1})
+    observation = {
+        "video.image": np.zeros((1, 1, 32, 32, 3), np.uint8),
+        "state.arm": np.zeros((1, 1, 3), np.float32),
+        "state.gripper": np.zeros((1, 1, 1), np.float32),
+        LANGUAGE_KEY: np.array(["pick the red cube"]),
+    }
+    action, info = wrapper.get_action(observation, {"_session_id": "s1"})
+    assert set(action) == {"action.arm", "action.gripper"}
+    np.testing.assert_array_equal(action["action.arm"][0, :3], expected_actions(1, 3)["arm"])
+    assert info["episode_index"] == 1
+    empty_action, _ = wrapper.get_action({}, None)  # replay needs no observation
+    assert empty_action["action.arm"].shape == (1, 16, 3)
