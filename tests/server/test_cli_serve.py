@@ -1,0 +1,162 @@
+"""`gr00t-server serve` as users start it: a real subprocess, a real port, a real dataset."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from eval.dataset_factory import ACTION_DIMS, expected_actions, make_dataset
+from gr00t_client import PolicyClient
+
+READY = "Server is ready and listening on tcp://"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _cli(*args: str) -> list:
+    return [sys.executable, "-m", "gr00t_server.cli", *args]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("cli") / "ds", lengths=(12, 9))
+
+
+def _start(args, env=None) -> subprocess.Popen:
+    return subprocess.Popen(
+        _cli(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env or os.environ.copy()
+    )
+
+
+def _wait_ready(proc: subprocess.Popen, timeout_s: float = 60.0) -> list:
+    lines, deadline = [], time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line.rstrip("\n"))
+        if line.startswith(READY):
+            return lines
+    proc.kill()
+    raise AssertionError("server never printed the ready line:\n" + "\n".join(lines))
+
+
+def test_serve_replay_answers_ping_get_action_and_kill(dataset):
+    port = _free_port()
+    proc = _start(["serve", "--dataset-path", str(dataset), "--port", str(port), "--execution-horizon", "4"])
+    try:
+        lines = _wait_ready(proc)
+        assert "Starting GR00T inference server..." in lines
+        assert any("Embodiment tag: NEW_EMBODIMENT" in line for line in lines)
+        assert lines[-1] == f"{READY}127.0.0.1:{port}"
+        with PolicyClient(port=port, timeout_ms=5000) as client:
+            assert client.ping()
+            client.reset({"episode_index": 1})
+            action, info = client.get_action({})
+            assert info["episode_index"] == 1 and info["current_step"] == 0
+            want = expected_actions(1, 9)
+            np.testing.assert_array_equal(action["arm"][0, :9], want["arm"])
+            assert action["arm"].shape == (1, 16, ACTION_DIMS["arm"])
+            client.kill_server()
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_serve_snake_case_flags_and_sim_wrapper(dataset):
+    port = _free_port()
+    proc = _start(["serve", "--dataset_path", str(dataset), "--port", str(port), "--use_sim_policy_wrapper", "--no-strict"])
+    try:
+        _wait_ready(proc)
+        with PolicyClient(port=port, timeout_ms=5000) as client:
+            action, _ = client.get_action({"annotation.human.action.task_description": ["go"]})
+            assert set(action) == {"action.arm", "action.gripper"}
+            client.kill_server()
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_sigterm_stops_the_server_cleanly_and_frees_the_port(dataset):
+    port = _free_port()
+    proc = _start(["serve", "--dataset-path", str(dataset), "--port", str(port)])
+    try:
+        _wait_ready(proc)
+        proc.terminate()
+        assert proc.wait(timeout=20) == 0
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["serve", "--dataset-path", "/nonexistent/ds"], "is not a directory"),
+        (["serve", "--embodiment-tag", "no_such_robot", "--dataset-path", "."], "Unknown embodiment tag: 'no_such_robot'"),
+        (["serve"], "either --model-path or --dataset-path"),
+        (["serve", "--port", "notaport", "--dataset-path", "."], "invalid int value"),
+        (["serve", "--model-path", "/nonexistent/checkpoint"], "does not exist"),
+    ],
+)
+def test_bad_flags_exit_nonzero_with_one_line_and_no_traceback(args, message):
+    result = subprocess.run(_cli(*args), capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_execution_horizon_must_be_positive(dataset):
+    result = subprocess.run(
+        _cli("serve", "--dataset-path", str(dataset), "--execution-horizon", "0", "--port", str(_free_port())),
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--execution-horizon must be > 0" in result.stderr
+
+
+def test_remote_bind_without_token_warns(dataset):
+    port = _free_port()
+    proc = _start(["serve", "--dataset-path", str(dataset), "--port", str(port), "--host", "0.0.0.0"])
+    try:
+        lines = _wait_ready(proc)
+        assert any("without an API token" in line for line in lines)
+        with PolicyClient(port=port, timeout_ms=5000) as client:
+            client.kill_server()
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_api_token_from_environment_is_required(dataset):
+    port = _free_port()
+    env = dict(os.environ, GR00T_API_TOKEN="s3cret")
+    proc = _start(["serve", "--dataset-path", str(dataset), "--port", str(port)], env=env)
+    try:
+        _wait_ready(proc)
+        with PolicyClient(port=port, timeout_ms=5000) as anonymous:
+            with pytest.raises(RuntimeError, match="Unauthorized"):
+                anonymous.get_modality_config()
+        with PolicyClient(port=port, timeout_ms=5000, api_token="s3cret") as client:
+            assert client.ping()
+            client.kill_server()
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
