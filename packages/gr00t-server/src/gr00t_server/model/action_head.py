@@ -1,0 +1,138 @@
+"""Flow-matching action head of GR00T N1.7: encoders, AlternateVLDiT, decoder and Euler sampling."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from gr00t_server.model.config import Gr00tN1d7Config
+from gr00t_server.model.dit import AlternateVLDiT, SelfAttentionTransformer
+from gr00t_server.model.embodiment_mlp import CategorySpecificMLP, MultiEmbodimentActionEncoder
+
+
+class Gr00tN1d7ActionHead(nn.Module):
+    """Maps backbone features, proprioceptive state and embodiment id to an action chunk.
+
+    Sub-modules (`vlln`, `vl_self_attention`, `state_encoder`, `action_encoder`, `model` (the DiT),
+    `action_decoder`, `position_embedding`) are the units a later ONNX export splits (model.md §7.1).
+    """
+
+    def __init__(self, config: Gr00tN1d7Config) -> None:
+        super().__init__()
+        dit_cfg = config.dit_config
+        self.action_horizon = config.action_horizon
+        self.action_dim = config.max_action_dim
+        self.state_dim = config.max_state_dim * config.state_history_length
+        self.num_inference_timesteps = config.num_inference_timesteps
+        self.num_timestep_buckets = config.num_timestep_buckets
+        self.add_pos_embed = config.add_pos_embed
+        dit_width = int(dit_cfg["num_attention_heads"]) * int(dit_cfg["attention_head_dim"])
+        if dit_width != config.input_embedding_dim:
+            raise ValueError(
+                f"DiT heads*head_dim = {dit_width} must equal input_embedding_dim {config.input_embedding_dim}"
+            )
+        if int(dit_cfg["output_dim"]) != config.hidden_size:
+            raise ValueError(f"diffusion_model_cfg.output_dim {dit_cfg['output_dim']} must equal hidden_size {config.hidden_size}")
+        if config.add_pos_embed and config.action_horizon > config.max_seq_len:
+            raise ValueError(f"action_horizon {config.action_horizon} exceeds max_seq_len {config.max_seq_len}")
+
+        self.model = AlternateVLDiT(
+            dit_cfg,
+            cross_attention_dim=config.backbone_embedding_dim,
+            use_alternate_vl_dit=config.use_alternate_vl_dit,
+            attend_text_every_n_blocks=config.attend_text_every_n_blocks,
+        )
+        E = config.max_num_embodiments
+        self.state_encoder = CategorySpecificMLP(E, self.state_dim, config.hidden_size, config.input_embedding_dim)
+        self.action_encoder = MultiEmbodimentActionEncoder(config.max_action_dim, config.input_embedding_dim, E)
+        self.action_decoder = CategorySpecificMLP(E, config.hidden_size, config.hidden_size, config.max_action_dim)
+        self.vlln: nn.Module = nn.LayerNorm(config.backbone_embedding_dim) if config.use_vlln else nn.Identity()
+        vl_cfg = config.vl_self_attention_config
+        self.vl_self_attention: nn.Module = (
+            SelfAttentionTransformer(vl_cfg, config.backbone_embedding_dim) if vl_cfg else nn.Identity()
+        )
+        if config.add_pos_embed:
+            self.position_embedding = nn.Embedding(config.max_seq_len, config.input_embedding_dim)
+            nn.init.normal_(self.position_embedding.weight, mean=0.0, std=0.02)
+
+    def process_backbone_features(self, backbone_features: torch.Tensor) -> torch.Tensor:
+        """VLLN then VL self-attention: `[B,S,C]` -> `[B,S,C]`."""
+        return self.vl_self_attention(self.vlln(backbone_features))
+
+    def encode_state(self, state: torch.Tensor, embodiment_id: torch.Tensor) -> torch.Tensor:
+        """state `[B, T_state, max_state_dim]` -> one state token `[B, 1, input_embedding_dim]`."""
+        flat = state.reshape(state.shape[0], 1, -1)
+        if flat.shape[-1] != self.state_dim:
+            raise ValueError(
+                f"state of shape {tuple(state.shape)} flattens to {flat.shape[-1]} values per sample; "
+                f"expected max_state_dim*state_history_length = {self.state_dim}"
+            )
+        return self.state_encoder(flat, embodiment_id)
+
+    def timestep_for_step(self, step: int) -> int:
+        """Integer timestep of Euler step `step`: `int(step / N * num_timestep_buckets)` (0, 250, 500, 750)."""
+        return int(step / float(self.num_inference_timesteps) * self.num_timestep_buckets)
+
+    def predict_velocity(
+        self,
+        actions: torch.Tensor,
+        timesteps: torch.Tensor,
+        state_features: torch.Tensor,
+        vl_embeds: torch.Tensor,
+        embodiment_id: torch.Tensor,
+        image_mask: torch.Tensor,
+        backbone_attention_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """One velocity evaluation: encode actions, add positions, run the DiT, decode the last A tokens."""
+        action_features = self.action_encoder(actions, timesteps, embodiment_id)
+        if self.add_pos_embed:
+            positions = torch.arange(action_features.shape[1], device=action_features.device)
+            action_features = action_features + self.position_embedding(positions).unsqueeze(0)
+        sa_embs = torch.cat([state_features, action_features], dim=1)
+        model_output = self.model(sa_embs, vl_embeds, timesteps, image_mask, backbone_attention_mask)
+        return self.action_decoder(model_output, embodiment_id)[:, -self.action_horizon :]
+
+    def sample_noise(
+        self,
+        batch_size: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
+        """Initial noise `[B, action_horizon, max_action_dim]` drawn from `generator` (global RNG when None)."""
+        shape = (batch_size, self.action_horizon, self.action_dim)
+        draw_device = generator.device if generator is not None else device
+        return torch.randn(shape, generator=generator, device=draw_device, dtype=dtype).to(device)
+
+    @torch.no_grad()
+    def get_action(
+        self,
+        backbone_outputs: dict[str, torch.Tensor],
+        state: torch.Tensor,
+        embodiment_id: torch.Tensor,
+        noise: Optional[torch.Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> dict[str, torch.Tensor]:
+        """Euler-integrate the flow from noise (t=0) to actions (t=1) in `num_inference_timesteps` steps."""
+        vl_embeds = self.process_backbone_features(backbone_outputs["backbone_features"])
+        image_mask = backbone_outputs["image_mask"]
+        backbone_attention_mask = backbone_outputs["backbone_attention_mask"]
+        batch_size, device, dtype = vl_embeds.shape[0], vl_embeds.device, vl_embeds.dtype
+        state_features = self.encode_state(state, embodiment_id)
+        if noise is None:
+            actions = self.sample_noise(batch_size, device, dtype, generator)
+        else:
+            expected = (batch_size, self.action_horizon, self.action_dim)
+            if tuple(noise.shape) != expected:
+                raise ValueError(f"noise must have shape {expected}, got {tuple(noise.shape)}")
+            actions = noise.to(device=device, dtype=dtype)
+        dt = 1.0 / self.num_inference_timesteps
+        for step in range(self.num_inference_timesteps):
+            timesteps = torch.full((batch_size,), self.timestep_for_step(step), device=device, dtype=torch.long)
+            velocity = self.predict_velocity(
+                actions, timesteps, state_features, vl_embeds, embodiment_id, image_mask, backbone_attention_mask
+            )
+            actions = actions + dt * velocity
+        return {"action_pred": actions, "backbone_features": vl_embeds, "state_features": state_features}

@@ -1,0 +1,277 @@
+"""Checkpoint IO: resolve a local directory or hub id, load safetensors strictly, save (optionally sharded)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterator, Optional, Union
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from gr00t_server.model.config import CONFIG_NAME, Gr00tN1d7Config
+from gr00t_server.model.modeling import Gr00tN1d7, resolve_dtype
+
+logger = logging.getLogger(__name__)
+
+SINGLE_WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+# Files a policy needs from a checkpoint directory (model.md §1.1).
+CHECKPOINT_FILES = (
+    CONFIG_NAME, SINGLE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, "model-*.safetensors",
+    "processor_config.json", "statistics.json", "embodiment_id.json",
+)
+# Keys that may be absent from, or extra in, a checkpoint without failing a strict load (model.md §2.9, §9).
+IGNORABLE_KEYS = frozenset({
+    "backbone.model.lm_head.weight",
+    "backbone.model.model.language_model.norm.weight",
+    "action_head.mask_token",
+})
+# Ignorable keys our own checkpoints leave out: lm_head is tied to embed_tokens.
+_KEYS_NOT_SAVED = frozenset({"backbone.model.lm_head.weight"})
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+(/[\w.\-]+)*$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be found, fetched or read."""
+
+
+class CheckpointKeyError(CheckpointError):
+    """The checkpoint's tensors do not match the model's state_dict (names or shapes)."""
+
+
+# ----- locating a checkpoint -----
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def split_hub_id(hub_id: str) -> tuple[str, Optional[str]]:
+    """`owner/name/sub/folder` -> (`owner/name`, `sub/folder`); `owner/name` -> (`owner/name`, None)."""
+    parts = hub_id.strip("/").split("/")
+    if len(parts) < 2:
+        raise ValueError(f"{hub_id!r} is not a hub id of the form owner/name[/subfolder]")
+    return "/".join(parts[:2]), ("/".join(parts[2:]) or None)
+
+
+def _download(repo_id: str, subfolder: Optional[str], revision: Optional[str]) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    prefix = f"{subfolder}/" if subfolder else ""
+    name = f"{repo_id!r}" + (f" (sub-folder {subfolder!r})" if subfolder else "")
+    offline = _hub_offline()
+    try:
+        root = snapshot_download(
+            repo_id,
+            repo_type="model",
+            revision=revision,
+            allow_patterns=[prefix + pattern for pattern in CHECKPOINT_FILES],
+            local_files_only=offline,
+            etag_timeout=10,
+        )
+    except LocalEntryNotFoundError as exc:
+        why = "HF_HUB_OFFLINE is set" if offline else "the hub could not be reached"
+        raise CheckpointError(
+            f"checkpoint {name} is not a local directory, is not in the local hub cache, and {why}; "
+            f"download it first or pass a local directory ({type(exc).__name__})"
+        ) from exc
+    except RepositoryNotFoundError as exc:
+        raise CheckpointError(f"hub repository {repo_id!r} does not exist or is not accessible") from exc
+    except (HfHubHTTPError, OSError) as exc:
+        raise CheckpointError(f"could not download checkpoint {name}: {type(exc).__name__}: {exc}") from exc
+    return Path(root) / subfolder if subfolder else Path(root)
+
+
+def resolve_checkpoint_dir(
+    model_dir_or_hub_id: Union[str, Path], subfolder: Optional[str] = None, revision: Optional[str] = None
+) -> Path:
+    """Local directory holding config.json + weights; hub ids (optionally with a sub-folder) are downloaded."""
+    local = Path(model_dir_or_hub_id).expanduser()
+    if local.exists():
+        directory = local / subfolder if subfolder else local
+    else:
+        text = str(model_dir_or_hub_id)
+        if not _HUB_ID.match(text):
+            raise CheckpointError(f"{text!r} is neither an existing directory nor a hub id (owner/name[/subfolder])")
+        repo_id, id_subfolder = split_hub_id(text)
+        parts = [p for p in (id_subfolder, subfolder) if p]
+        directory = _download(repo_id, "/".join(parts) or None, revision)
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint directory not found: {directory}")
+    if not (directory / CONFIG_NAME).is_file():
+        raise CheckpointError(f"{directory} has no {CONFIG_NAME}")
+    return directory
+
+
+# ----- reading weights -----
+
+def weight_files(directory: Path) -> list[Path]:
+    """Safetensors files of a checkpoint: the shards named by the index, or the single file."""
+    index_path = directory / WEIGHTS_INDEX_NAME
+    if index_path.is_file():
+        weight_map = json.loads(index_path.read_text()).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{index_path} has no 'weight_map'")
+        files = [directory / name for name in sorted(set(weight_map.values()))]
+    elif (directory / SINGLE_WEIGHTS_NAME).is_file():
+        files = [directory / SINGLE_WEIGHTS_NAME]
+    else:
+        raise CheckpointError(f"{directory} has neither {WEIGHTS_INDEX_NAME} nor {SINGLE_WEIGHTS_NAME}")
+    missing = [str(path) for path in files if not path.is_file()]
+    if missing:
+        raise CheckpointError(f"weight shards listed in {WEIGHTS_INDEX_NAME} are missing: {missing}")
+    return files
+
+
+def read_state_dict(files: list[Path], device: Union[str, torch.device], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Read every tensor of `files` onto `device`, casting floating tensors to `dtype`."""
+    device = torch.device(device)
+    state: dict[str, torch.Tensor] = {}
+    for path in files:
+        with safe_open(str(path), framework="pt", device=str(device)) as handle:
+            for key in handle.keys():
+                tensor = handle.get_tensor(key)
+                state[key] = tensor.to(dtype=dtype, copy=True) if tensor.is_floating_point() else tensor.clone()
+    return state
+
+
+def check_state_dict(model: nn.Module, state: dict[str, Any]) -> None:
+    """Raise `CheckpointKeyError` naming missing/unexpected keys and shape mismatches (ignorable keys aside)."""
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    missing = sorted(set(expected) - set(state) - IGNORABLE_KEYS)
+    unexpected = sorted(set(state) - set(expected) - IGNORABLE_KEYS)
+    mismatched = [
+        f"{key}: checkpoint {tuple(state[key].shape)} vs model {expected[key]}"
+        for key in sorted(set(expected) & set(state))
+        if tuple(state[key].shape) != expected[key]
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {_first(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {_first(unexpected)}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatch(es): {_first(mismatched)}")
+    if problems:
+        raise CheckpointKeyError("checkpoint does not match the model config: " + "; ".join(problems))
+
+
+def _first(items: list[str], limit: int = 10) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... (+{len(items) - limit} more)" if len(items) > limit else "")
+
+
+@contextlib.contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Register new parameters on the meta device (buffers stay real), so building a model costs no memory."""
+    original = nn.Module.register_parameter
+
+    def register_on_meta(module: nn.Module, name: str, param: Optional[nn.Parameter]) -> None:
+        original(module, name, param)
+        if param is not None and param.device.type != "meta":
+            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = original  # type: ignore[method-assign]
+
+
+def _fill_ignorable_parameters(model: Gr00tN1d7) -> None:
+    """Tie lm_head to embed_tokens and give an absent (unused) final norm unit weights."""
+    qwen = model.backbone.model
+    qwen.lm_head.weight = qwen.model.language_model.embed_tokens.weight
+    norm = qwen.model.language_model.norm
+    if norm.weight.device.type == "meta":
+        embed = qwen.model.language_model.embed_tokens.weight
+        norm.weight = nn.Parameter(torch.ones(norm.weight.shape, dtype=embed.dtype, device=embed.device))
+
+
+def load_model(
+    model_dir_or_hub_id: Union[str, Path],
+    device: Union[str, torch.device] = "cpu",
+    dtype: Union[str, torch.dtype, None] = None,
+    subfolder: Optional[str] = None,
+    revision: Optional[str] = None,
+) -> tuple[Gr00tN1d7, Gr00tN1d7Config]:
+    """Load a GR00T N1.7 checkpoint strictly; returns the model in eval mode on `device` in `dtype`.
+
+    `dtype=None` means bfloat16 on CUDA and float32 on CPU (see `resolve_dtype`).
+    """
+    directory = resolve_checkpoint_dir(model_dir_or_hub_id, subfolder=subfolder, revision=revision)
+    config = Gr00tN1d7Config.from_json_file(directory / CONFIG_NAME)
+    torch_dtype = resolve_dtype(device, dtype)
+    with parameters_on_meta():
+        model = Gr00tN1d7(config)
+    state = read_state_dict(weight_files(directory), device, torch_dtype)
+    check_state_dict(model, state)
+    expected = set(model.state_dict())
+    model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False, assign=True)
+    _fill_ignorable_parameters(model)
+    model.to(device=device, dtype=torch_dtype)
+    model.requires_grad_(False)
+    model.eval()
+    logger.info("loaded GR00T N1.7 checkpoint %s on %s (%s)", directory, device, torch_dtype)
+    return model, config
+
+
+# ----- writing weights -----
+
+def parse_size(size: Union[int, str]) -> int:
+    """`"50MB"`, `"2GB"`, `"500KiB"` or an int -> bytes."""
+    if isinstance(size, int):
+        return size
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*", size, flags=re.IGNORECASE)
+    if not match:
+        raise ValueError(f"cannot parse shard size {size!r}; use e.g. '500MB' or an int number of bytes")
+    units = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+    return int(float(match.group(1)) * units[(match.group(2) or "B").lower()])
+
+
+def _shards(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for key, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = tensor
+        size += nbytes
+    return shards
+
+
+def save_model(model: Gr00tN1d7, out_dir: Union[str, Path], max_shard_size: Union[int, str, None] = None) -> Path:
+    """Write `config.json` and `model.safetensors` (or index + shards when `max_shard_size` is set)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.config.save(out_dir)
+    state = {
+        key: tensor.detach().to("cpu").contiguous()
+        for key, tensor in model.state_dict().items()
+        if key not in _KEYS_NOT_SAVED
+    }
+    metadata = {"format": "pt"}
+    for stale in [out_dir / SINGLE_WEIGHTS_NAME, out_dir / WEIGHTS_INDEX_NAME, *out_dir.glob("model-*-of-*.safetensors")]:
+        stale.unlink(missing_ok=True)
+    shards = [state] if max_shard_size is None else _shards(state, parse_size(max_shard_size))
+    if len(shards) == 1 and max_shard_size is None:
+        save_file(state, str(out_dir / SINGLE_WEIGHTS_NAME), metadata=metadata)
+        return out_dir
+    weight_map = {}
+    for number, shard in enumerate(shards, start=1):
+        name = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(out_dir / name), metadata=metadata)
+        weight_map.update({key: name for key in shard})
+    total_size = sum(t.numel() * t.element_size() for t in state.values())
+    index = {"metadata": {"total_size": total_size}, "weight_map": weight_map}
+    (out_dir / WEIGHTS_INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return out_dir

@@ -1,0 +1,203 @@
+"""`Gr00tN1d7Config`: every field of a GR00T N1.7 `config.json`, with the reference code defaults."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from gr00t_server.model.backbone_config import resolve_qwen3_vl_config
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+
+# Keyword defaults of upstream `DiT.__init__`: a config.json `diffusion_model_cfg` replaces the whole
+# dataclass default, so keys it leaves out take these values (as `DiT(**cfg)` does upstream).
+DIT_CODE_DEFAULTS: dict[str, Any] = {
+    "num_attention_heads": 8,
+    "attention_head_dim": 64,
+    "output_dim": 26,
+    "num_layers": 12,
+    "dropout": 0.1,
+    "attention_bias": True,
+    "activation_fn": "gelu-approximate",
+    "norm_type": "ada_norm",
+    "norm_elementwise_affine": False,
+    "norm_eps": 1e-5,
+    "final_dropout": True,
+    "positional_embeddings": "sinusoidal",
+    "interleave_self_attention": False,
+}
+
+# Keyword defaults of upstream `SelfAttentionTransformer.__init__`, same reasoning.
+VL_SELF_ATTENTION_CODE_DEFAULTS: dict[str, Any] = {
+    "num_attention_heads": 8,
+    "attention_head_dim": 64,
+    "num_layers": 12,
+    "dropout": 0.1,
+    "attention_bias": True,
+    "activation_fn": "gelu-approximate",
+    "final_dropout": True,
+    "positional_embeddings": "sinusoidal",
+}
+
+
+@dataclass
+class Gr00tN1d7Config:
+    """Configuration of a GR00T N1.7 model as read from `config.json`.
+
+    Unknown and legacy keys are kept in `extras` and written back by `to_dict`.
+    """
+
+    model_type: str = "Gr00tN1d7"
+    architectures: list[str] = field(default_factory=lambda: ["Gr00tN1d7"])
+    model_dtype: str = "bfloat16"
+    model_name: str = "nvidia/Cosmos-Reason2-2B"
+    backbone_model_type: str = "qwen"
+    model_revision: Optional[str] = None
+    backbone_embedding_dim: int = 2048
+    select_layer: int = 12
+    reproject_vision: bool = False
+    use_flash_attention: bool = True
+    image_crop_size: Optional[list[int]] = field(default_factory=lambda: [230, 230])
+    image_target_size: Optional[list[int]] = field(default_factory=lambda: [256, 256])
+    shortest_image_edge: Optional[int] = None
+    crop_fraction: Optional[float] = None
+    formalize_language: bool = True
+    apply_sincos_state_encoding: bool = False
+    use_percentiles: bool = True
+    use_relative_action: bool = False
+    max_state_dim: int = 132
+    max_action_dim: int = 132
+    action_horizon: int = 40
+    strict_action_padding_mask: bool = False
+    hidden_size: int = 1024
+    input_embedding_dim: int = 1536
+    state_history_length: int = 1
+    add_pos_embed: bool = True
+    attn_dropout: float = 0.2
+    use_vlln: bool = True
+    max_seq_len: int = 1024
+    use_alternate_vl_dit: bool = True
+    attend_text_every_n_blocks: int = 2
+    diffusion_model_cfg: dict[str, Any] = field(
+        default_factory=lambda: {
+            "positional_embeddings": None, "num_layers": 16, "num_attention_heads": 32, "attention_head_dim": 48,
+            "norm_type": "ada_norm", "dropout": 0.2, "final_dropout": True, "output_dim": 1024,
+            "interleave_self_attention": True,
+        }
+    )
+    # Not an upstream dataclass field; present in released config.json files. None -> Identity.
+    vl_self_attention_cfg: Optional[dict[str, Any]] = None
+    num_inference_timesteps: int = 4
+    noise_beta_alpha: float = 1.5
+    noise_beta_beta: float = 1.0
+    noise_s: float = 0.999
+    num_timestep_buckets: int = 1000
+    state_dropout_prob: float = 0.8
+    exclude_state: bool = False
+    use_mean_std: bool = False
+    max_num_embodiments: int = 32
+    # Our additions: the id whose positions hold image embeddings, and an embedded Qwen3-VL config
+    # (`Qwen3VLConfig.to_dict()` layout) used instead of the built-in copy for `model_name`.
+    image_token_id: int = 151655
+    backbone_cfg: Optional[dict[str, Any]] = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in (
+            "select_layer", "max_state_dim", "max_action_dim", "action_horizon", "hidden_size",
+            "input_embedding_dim", "backbone_embedding_dim", "state_history_length", "num_inference_timesteps",
+            "num_timestep_buckets", "max_num_embodiments", "max_seq_len", "attend_text_every_n_blocks",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"config field {name!r} must be a positive integer, got {value!r}")
+        for name in ("diffusion_model_cfg", "vl_self_attention_cfg", "backbone_cfg"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, dict):
+                raise ValueError(f"config field {name!r} must be a dict or null, got {type(value).__name__}")
+
+    # ----- construction / serialisation -----
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Gr00tN1d7Config":
+        """Build a config from a `config.json` dict; unknown keys go to `extras`."""
+        if not isinstance(data, dict):
+            raise TypeError(f"config must be a dict, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)} - {"extras"}
+        kwargs = {k: copy.deepcopy(v) for k, v in data.items() if k in known}
+        extras = {k: copy.deepcopy(v) for k, v in data.items() if k not in known and k != "extras"}
+        if kwargs.get("diffusion_model_cfg") is None:
+            kwargs.pop("diffusion_model_cfg", None)
+        if extras:
+            logger.debug("config.json keys kept as extras: %s", sorted(extras))
+        return cls(**kwargs, extras=extras)
+
+    @classmethod
+    def from_json_file(cls, path: Union[str, Path]) -> "Gr00tN1d7Config":
+        """Read `config.json` (or a directory holding it)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / CONFIG_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"GR00T config file not found: {path}")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields plus extras, in the flat `config.json` layout."""
+        out = copy.deepcopy(self.extras)
+        for f in dataclasses.fields(self):
+            if f.name != "extras":
+                out[f.name] = copy.deepcopy(getattr(self, f.name))
+        return out
+
+    def to_json_string(self) -> str:
+        """`to_dict` as indented, key-sorted JSON."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def save(self, directory: Union[str, Path]) -> Path:
+        """Write `config.json` into `directory` (created if needed) and return its path."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / CONFIG_NAME
+        path.write_text(self.to_json_string())
+        return path
+
+    # ----- resolved sub-configs -----
+
+    @property
+    def dit_config(self) -> dict[str, Any]:
+        """`diffusion_model_cfg` merged over the DiT code defaults."""
+        merged = dict(DIT_CODE_DEFAULTS)
+        merged.update(self.diffusion_model_cfg or {})
+        merged.pop("cross_attention_dim", None)  # passed separately as backbone_embedding_dim
+        return merged
+
+    @property
+    def vl_self_attention_config(self) -> Optional[dict[str, Any]]:
+        """`vl_self_attention_cfg` merged over its code defaults, or None when the block is an Identity."""
+        if not self.vl_self_attention_cfg:
+            return None
+        merged = dict(VL_SELF_ATTENTION_CODE_DEFAULTS)
+        merged.update(self.vl_self_attention_cfg)
+        return merged
+
+    def qwen3_vl_config_dict(self) -> dict[str, Any]:
+        """The Qwen3-VL backbone config (embedded or built-in), truncated to `select_layer` layers."""
+        return resolve_qwen3_vl_config(
+            model_name=self.model_name,
+            backbone_cfg=self.backbone_cfg,
+            select_layer=self.select_layer,
+            image_token_id=self.image_token_id,
+            backbone_embedding_dim=self.backbone_embedding_dim,
+        )

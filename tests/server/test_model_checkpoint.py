@@ -1,0 +1,182 @@
+"""Checkpoint IO: save/load round trips, strict key checking, hub ids and offline behaviour."""
+
+import json
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from gr00t_server.model import (
+    CheckpointError,
+    CheckpointKeyError,
+    Gr00tN1d7,
+    load_model,
+    resolve_checkpoint_dir,
+    save_model,
+    tiny_config,
+)
+from gr00t_server.model import checkpoint as checkpoint_module
+from gr00t_server.model.checkpoint import split_hub_id
+
+NORM_KEY = "backbone.model.model.language_model.norm.weight"
+GRID = (1, 4, 4)
+
+
+def make_inputs(config):
+    g = torch.Generator().manual_seed(0)
+    n_patches = GRID[0] * GRID[1] * GRID[2]
+    image = [1002] + [config.image_token_id] * (n_patches // 4) + [1003]
+    input_ids = torch.tensor([[11, 12, 13, *image, 21, 22, 23]])
+    return {
+        "input_ids": input_ids,
+        "attention_mask": torch.ones_like(input_ids),
+        "pixel_values": torch.randn(n_patches, 3 * 2 * 16 * 16, generator=g),
+        "image_grid_thw": torch.tensor([GRID]),
+        "state": torch.randn(1, 1, config.max_state_dim, generator=g),
+        "embodiment_id": torch.tensor([2]),
+    }
+
+
+@pytest.fixture(scope="module")
+def config():
+    return tiny_config()
+
+
+@pytest.fixture(scope="module")
+def model(config):
+    torch.manual_seed(0)
+    return Gr00tN1d7(config).eval()
+
+
+@pytest.fixture(scope="module")
+def noise(config):
+    return torch.randn(1, config.action_horizon, config.max_action_dim, generator=torch.Generator().manual_seed(3))
+
+
+@pytest.fixture(scope="module")
+def saved_dir(model, tmp_path_factory):
+    return save_model(model, tmp_path_factory.mktemp("ckpt"))
+
+
+def actions(model, config, noise):
+    return model.get_action(make_inputs(config), noise=noise)["action_pred"]
+
+
+def test_single_file_round_trip_gives_identical_actions(model, config, noise, saved_dir):
+    assert (saved_dir / "model.safetensors").is_file()
+    loaded, loaded_config = load_model(saved_dir, device="cpu")
+    assert loaded_config == config
+    assert not loaded.training
+    assert torch.equal(actions(loaded, config, noise), actions(model, config, noise))
+
+
+def test_sharded_round_trip_gives_identical_actions(model, config, noise, tmp_path):
+    save_model(model, tmp_path, max_shard_size="2MB")
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    assert not (tmp_path / "model.safetensors").exists()
+    loaded, _ = load_model(tmp_path, device="cpu")
+    assert torch.equal(actions(loaded, config, noise), actions(model, config, noise))
+
+
+def test_load_in_bfloat16_casts_every_parameter(saved_dir):
+    loaded, _ = load_model(saved_dir, device="cpu", dtype="bfloat16")
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+
+
+def test_tied_lm_head_is_not_saved_and_is_tied_after_loading(saved_dir):
+    assert "backbone.model.lm_head.weight" not in load_file(saved_dir / "model.safetensors")
+    loaded, _ = load_model(saved_dir)
+    qwen = loaded.backbone.model
+    assert qwen.lm_head.weight is qwen.model.language_model.embed_tokens.weight
+
+
+def rewrite_weights(directory, edit):
+    state = load_file(directory / "model.safetensors")
+    edit(state)
+    save_file(state, str(directory / "model.safetensors"))
+
+
+def test_strict_load_names_a_missing_and_an_unexpected_key(model, tmp_path):
+    save_model(model, tmp_path)
+    missing_key = "action_head.position_embedding.weight"
+
+    def edit(state):
+        del state[missing_key]
+        state["action_head.extra_projection.weight"] = torch.zeros(2, 2)
+
+    rewrite_weights(tmp_path, edit)
+    with pytest.raises(CheckpointKeyError) as info:
+        load_model(tmp_path)
+    assert missing_key in str(info.value)
+    assert "action_head.extra_projection.weight" in str(info.value)
+
+
+def test_strict_load_names_a_shape_mismatch(model, tmp_path):
+    save_model(model, tmp_path)
+    rewrite_weights(tmp_path, lambda state: state.__setitem__("action_head.vlln.weight", torch.ones(3)))
+    with pytest.raises(CheckpointKeyError, match=r"action_head\.vlln\.weight: checkpoint \(3,\)"):
+        load_model(tmp_path)
+
+
+def test_known_ignorable_keys_may_be_absent_or_extra(model, config, noise, tmp_path):
+    save_model(model, tmp_path)
+
+    def edit(state):
+        del state[NORM_KEY]
+        state["action_head.mask_token"] = torch.zeros(1, 1, config.input_embedding_dim)
+
+    rewrite_weights(tmp_path, edit)
+    loaded, _ = load_model(tmp_path)
+    assert torch.equal(actions(loaded, config, noise), actions(model, config, noise))  # norm is unused
+
+
+def test_a_directory_without_weights_is_a_clear_error(model, tmp_path):
+    model.config.save(tmp_path)
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        load_model(tmp_path)
+
+
+def test_a_hub_id_with_a_sub_folder_splits_into_repo_and_sub_folder():
+    assert split_hub_id("nvidia/GR00T-N1.7-LIBERO/libero_10") == ("nvidia/GR00T-N1.7-LIBERO", "libero_10")
+    assert split_hub_id("nvidia/GR00T-N1.7-3B") == ("nvidia/GR00T-N1.7-3B", None)
+
+
+def test_a_hub_id_downloads_only_the_checkpoint_files_of_its_sub_folder(model, tmp_path, monkeypatch):
+    save_model(model, tmp_path / "libero_10")
+    calls = []
+
+    def fake_snapshot_download(repo_id, **kwargs):
+        calls.append((repo_id, kwargs))
+        return str(tmp_path)
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    directory = resolve_checkpoint_dir("nvidia/GR00T-N1.7-LIBERO/libero_10")
+    assert directory == tmp_path / "libero_10"
+    repo_id, kwargs = calls[0]
+    assert repo_id == "nvidia/GR00T-N1.7-LIBERO"
+    assert "libero_10/config.json" in kwargs["allow_patterns"]
+    assert "libero_10/model-*.safetensors" in kwargs["allow_patterns"]
+    assert all(pattern.startswith("libero_10/") for pattern in kwargs["allow_patterns"])
+
+
+def test_an_offline_hub_id_fails_fast_with_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.monotonic()
+    with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE"):
+        load_model("gr00t-tests/not-a-real-repo/libero_10")
+    assert time.monotonic() - start < 10
+
+
+def test_a_path_that_is_neither_a_directory_nor_a_hub_id_is_rejected(tmp_path):
+    with pytest.raises(CheckpointError, match="neither an existing directory nor a hub id"):
+        resolve_checkpoint_dir(str(tmp_path / "missing" / "x" / "y") + "!")
+
+
+def test_shard_sizes_parse_with_units():
+    assert checkpoint_module.parse_size("2MB") == 2_000_000
+    assert checkpoint_module.parse_size("1GiB") == 2**30
+    assert checkpoint_module.parse_size(123) == 123
