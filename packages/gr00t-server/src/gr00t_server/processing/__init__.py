@@ -1,0 +1,72 @@
+"""GR00T N1.7 observation/action processing (model.md §3) as explicit, testable steps."""
+
+from .config import (
+    ProcessorConfig,
+    find_processor_dir,
+    load_embodiment_ids,
+    load_processor_config,
+    load_statistics,
+    merge_embodiment_ids,
+    parse_modality_configs,
+    parse_statistics,
+    processor_config_from_kwargs,
+)
+from .image import (
+    eval_image_transform,
+    eval_image_transform_torchvision_style,
+    fractional_center_crop,
+    letter_box_pad,
+    resize_area,
+    smallest_max_size,
+)
+from .normalization import (
+    KeyNormParams,
+    mean_std_normalize,
+    mean_std_unnormalize,
+    minmax_normalize,
+    minmax_unnormalize,
+    sin_cos_encode,
+)
+from .processor import Gr00tN1d7Processor, ProcessedStep
+from .text import build_conversation, expand_image_tokens, formalize_language, render_prompt
+from .tokenizer import TokenizerNotFoundError, load_backbone_text_assets, load_tokenizer, resolve_tokenizer_dir
+from .vision_patches import VisionPatchConfig, num_image_tokens, patchify_image, patchify_images, smart_resize
+
+__all__ = [
+    "Gr00tN1d7Processor",
+    "KeyNormParams",
+    "ProcessedStep",
+    "ProcessorConfig",
+    "TokenizerNotFoundError",
+    "VisionPatchConfig",
+    "build_conversation",
+    "eval_image_transform",
+    "eval_image_transform_torchvision_style",
+    "expand_image_tokens",
+    "find_processor_dir",
+    "formalize_language",
+    "fractional_center_crop",
+    "letter_box_pad",
+    "load_backbone_text_assets",
+    "load_embodiment_ids",
+    "load_processor_config",
+    "load_statistics",
+    "load_tokenizer",
+    "mean_std_normalize",
+    "mean_std_unnormalize",
+    "merge_embodiment_ids",
+    "minmax_normalize",
+    "minmax_unnormalize",
+    "num_image_tokens",
+    "parse_modality_configs",
+    "parse_statistics",
+    "patchify_image",
+    "patchify_images",
+    "processor_config_from_kwargs",
+    "render_prompt",
+    "resize_area",
+    "resolve_tokenizer_dir",
+    "sin_cos_encode",
+    "smallest_max_size",
+    "smart_resize",
+]

@@ -1,0 +1,300 @@
+"""Read a checkpoint's processor files: processor_config.json, statistics.json and embodiment_id.json."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+import numpy as np
+
+from gr00t_client.embodiment import EMBODIMENT_TAG_TO_PROJECTOR_INDEX
+from gr00t_client.modality import ModalityConfig
+
+logger = logging.getLogger(__name__)
+
+PROCESSOR_CONFIG_NAME = "processor_config.json"
+STATISTICS_NAME = "statistics.json"
+EMBODIMENT_ID_NAME = "embodiment_id.json"
+PROCESSOR_SUBFOLDER = "processor"
+
+# Keys older internal checkpoints carry; they mean nothing at inference (model.md §1.4).
+_LEGACY_PROCESSOR_KEYS = frozenset(
+    {
+        "vlm_backend",
+        "vlm_model_path",
+        "random_history_crop",
+        "do_human_interpolation",
+        "interpolation_steps",
+        "human_embodiment_tags",
+        "eagle_path",
+        "state_gaussian_noise_std",
+    }
+)
+_LEGACY_MODALITY_KEYS = frozenset({"normalization_mode", "exclude_state", "normalize_rotation"})
+_MODALITY_FIELDS = frozenset(
+    {"delta_indices", "modality_keys", "sin_cos_embedding_keys", "mean_std_embedding_keys", "action_configs"}
+)
+_ACTION_CONFIG_FIELDS = frozenset({"rep", "type", "format", "state_key"})
+_CORE_MODALITIES = ("video", "state", "action", "language")
+
+PathLike = Union[str, Path]
+
+
+@dataclass(frozen=True)
+class ProcessorConfig:
+    """The inference-relevant part of `processor_kwargs` in processor_config.json (model.md §1.4)."""
+
+    modality_configs: Dict[str, Dict[str, ModalityConfig]]
+    image_crop_size: Optional[Tuple[int, int]] = (230, 230)
+    image_target_size: Optional[Tuple[int, int]] = (256, 256)
+    use_albumentations: bool = True
+    shortest_image_edge: Optional[int] = None
+    crop_fraction: Optional[float] = None
+    letter_box_transform: bool = False
+    model_name: str = "nvidia/Cosmos-Reason2-2B"
+    model_type: str = "qwen"
+    formalize_language: bool = True
+    max_state_dim: int = 132
+    max_action_dim: int = 132
+    max_action_horizon: int = 40
+    strict_action_padding_mask: bool = False
+    use_percentiles: bool = True
+    use_mean_std: bool = False
+    clip_outliers: bool = True
+    apply_sincos_state_encoding: bool = False
+    use_relative_action: bool = False
+    exclude_state: bool = False
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def embodiment_tags(self) -> List[str]:
+        """Tag values this checkpoint has modality configs for, sorted."""
+        return sorted(self.modality_configs)
+
+    @property
+    def resolved_crop_fraction(self) -> float:
+        """Center-crop fraction: `crop_fraction`, else image_crop_size[0] / image_target_size[0]."""
+        if self.crop_fraction is not None:
+            return float(self.crop_fraction)
+        if self.image_crop_size is None or self.image_target_size is None:
+            raise ValueError("processor config has neither crop_fraction nor image_crop_size/image_target_size")
+        return float(self.image_crop_size[0]) / float(self.image_target_size[0])
+
+    def to_processor_kwargs(self) -> Dict[str, Any]:
+        """The JSON form written under `processor_kwargs`."""
+        kwargs: Dict[str, Any] = {
+            "modality_configs": {
+                tag: {name: cfg.to_json_dict() for name, cfg in configs.items()}
+                for tag, configs in self.modality_configs.items()
+            }
+        }
+        for name in _SCALAR_FIELDS:
+            value = getattr(self, name)
+            kwargs[name] = list(value) if isinstance(value, tuple) else value
+        kwargs.update(self.extra)
+        return kwargs
+
+
+_SCALAR_FIELDS = (
+    "image_crop_size",
+    "image_target_size",
+    "use_albumentations",
+    "shortest_image_edge",
+    "crop_fraction",
+    "letter_box_transform",
+    "model_name",
+    "model_type",
+    "formalize_language",
+    "max_state_dim",
+    "max_action_dim",
+    "max_action_horizon",
+    "strict_action_padding_mask",
+    "use_percentiles",
+    "use_mean_std",
+    "clip_outliers",
+    "apply_sincos_state_encoding",
+    "use_relative_action",
+    "exclude_state",
+)
+
+
+def find_processor_dir(checkpoint_dir: PathLike) -> Path:
+    """The folder holding processor_config.json: the checkpoint root, else its `processor/` sub-folder."""
+    root = Path(checkpoint_dir)
+    if (root / PROCESSOR_CONFIG_NAME).is_file():
+        return root
+    if (root / PROCESSOR_SUBFOLDER / PROCESSOR_CONFIG_NAME).is_file():
+        return root / PROCESSOR_SUBFOLDER
+    raise FileNotFoundError(
+        f"No {PROCESSOR_CONFIG_NAME} in checkpoint {str(root)!r} (looked in the root and in "
+        f"{PROCESSOR_SUBFOLDER}/); a GR00T N1.7 checkpoint needs processor_config.json and statistics.json"
+    )
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        with open(path, "r", encoding="utf-8") as fh:
+            return json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def _parse_modality(tag: str, modality: str, fields: Mapping[str, Any]) -> ModalityConfig:
+    if not isinstance(fields, Mapping):
+        raise ValueError(f"modality_configs[{tag!r}][{modality!r}] must be an object, got {type(fields).__name__}")
+    cleaned = {k: v for k, v in fields.items() if k not in _LEGACY_MODALITY_KEYS}
+    unknown = sorted(set(cleaned) - _MODALITY_FIELDS)
+    if unknown:
+        logger.warning("modality_configs[%r][%r]: ignoring unknown fields %s", tag, modality, unknown)
+        cleaned = {k: v for k, v in cleaned.items() if k in _MODALITY_FIELDS}
+    if cleaned.get("action_configs") is not None:
+        cleaned["action_configs"] = [
+            {k: v for k, v in ac.items() if k in _ACTION_CONFIG_FIELDS} if isinstance(ac, Mapping) else ac
+            for ac in cleaned["action_configs"]
+        ]
+    try:
+        return ModalityConfig.from_json_dict(cleaned)
+    except ValueError as exc:
+        raise ValueError(f"modality_configs[{tag!r}][{modality!r}]: {exc}") from exc
+
+
+def parse_modality_configs(data: Mapping[str, Any]) -> Dict[str, Dict[str, ModalityConfig]]:
+    """{tag: {modality: JSON}} -> {tag: {modality: ModalityConfig}}; non-core modalities that fail are skipped."""
+    out: Dict[str, Dict[str, ModalityConfig]] = {}
+    for tag, modalities in data.items():
+        if not isinstance(modalities, Mapping):
+            raise ValueError(f"modality_configs[{tag!r}] must be an object of modalities, got {type(modalities).__name__}")
+        parsed: Dict[str, ModalityConfig] = {}
+        for modality, fields in modalities.items():
+            try:
+                parsed[modality] = _parse_modality(tag, modality, fields)
+            except ValueError:
+                if modality in _CORE_MODALITIES:
+                    raise
+                logger.warning("modality_configs[%r]: skipping unparsable extra modality %r", tag, modality)
+        out[str(tag)] = parsed
+    return out
+
+
+def _as_size(value: Any, name: str) -> Optional[Tuple[int, int]]:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return (int(value), int(value))
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return (int(value[0]), int(value[1]))
+    raise ValueError(f"processor config {name} must be [h, w] or null, got {value!r}")
+
+
+def processor_config_from_kwargs(kwargs: Mapping[str, Any]) -> ProcessorConfig:
+    """Build a ProcessorConfig from a `processor_kwargs` dict, back-filling reference defaults."""
+    if "modality_configs" not in kwargs:
+        raise ValueError("processor_kwargs has no 'modality_configs'; cannot know the embodiments of this checkpoint")
+    defaults = ProcessorConfig(modality_configs={})
+    values: Dict[str, Any] = {"modality_configs": parse_modality_configs(kwargs["modality_configs"])}
+    extra: Dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if key == "modality_configs" or key in _LEGACY_PROCESSOR_KEYS:
+            continue
+        if key in _SCALAR_FIELDS:
+            values[key] = value
+        elif key not in ("statistics", "embodiment_id_mapping"):
+            extra[key] = value
+    for key in _SCALAR_FIELDS:
+        if values.get(key) is None and key not in ("shortest_image_edge", "crop_fraction", "image_crop_size", "image_target_size"):
+            values[key] = getattr(defaults, key)
+    values["image_crop_size"] = _as_size(values.get("image_crop_size", defaults.image_crop_size), "image_crop_size")
+    values["image_target_size"] = _as_size(values.get("image_target_size", defaults.image_target_size), "image_target_size")
+    for key in ("max_state_dim", "max_action_dim", "max_action_horizon"):
+        values[key] = int(values[key])
+    for key in ("use_albumentations", "letter_box_transform", "formalize_language", "strict_action_padding_mask",
+                "use_percentiles", "use_mean_std", "clip_outliers", "apply_sincos_state_encoding",
+                "use_relative_action", "exclude_state"):
+        values[key] = bool(values[key])
+    config = ProcessorConfig(**values, extra=extra)
+    _validate_action_horizons(config)
+    return config
+
+
+def _validate_action_horizons(config: ProcessorConfig) -> None:
+    for tag, modalities in config.modality_configs.items():
+        action = modalities.get("action")
+        if action is not None and action.horizon > config.max_action_horizon:
+            raise ValueError(
+                f"embodiment {tag!r}: action horizon {action.horizon} exceeds max_action_horizon "
+                f"{config.max_action_horizon} of the processor config"
+            )
+
+
+def load_processor_config(checkpoint_dir: PathLike) -> ProcessorConfig:
+    """Read processor_config.json from a checkpoint (or its `processor/` sub-folder)."""
+    path = find_processor_dir(checkpoint_dir) / PROCESSOR_CONFIG_NAME
+    data = _read_json(path)
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{path} must hold a JSON object")
+    kwargs = data.get("processor_kwargs", data)
+    if not isinstance(kwargs, Mapping):
+        raise ValueError(f"{path}: 'processor_kwargs' must be an object")
+    return processor_config_from_kwargs(kwargs)
+
+
+# --- statistics.json ------------------------------------------------------------------------------
+
+Statistics = Dict[str, Dict[str, Dict[str, Dict[str, np.ndarray]]]]
+STAT_NAMES = ("min", "max", "mean", "std", "q01", "q99")
+
+
+def parse_statistics(data: Mapping[str, Any]) -> Statistics:
+    """{tag: {group: {key: {stat: list}}}} -> the same with float64 arrays."""
+    out: Statistics = {}
+    for tag, groups in data.items():
+        if not isinstance(groups, Mapping):
+            raise ValueError(f"statistics[{tag!r}] must be an object of groups, got {type(groups).__name__}")
+        out[tag] = {}
+        for group, keys in groups.items():
+            if not isinstance(keys, Mapping):
+                raise ValueError(f"statistics[{tag!r}][{group!r}] must be an object of keys")
+            out[tag][group] = {}
+            for key, stats in keys.items():
+                if not isinstance(stats, Mapping):
+                    raise ValueError(f"statistics[{tag!r}][{group!r}][{key!r}] must be an object of stats")
+                out[tag][group][key] = {
+                    name: np.asarray(values, dtype=np.float64) for name, values in stats.items() if name in STAT_NAMES
+                }
+    return out
+
+
+def load_statistics(checkpoint_dir: PathLike) -> Statistics:
+    """Read statistics.json next to processor_config.json."""
+    path = find_processor_dir(checkpoint_dir) / STATISTICS_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"No {STATISTICS_NAME} next to {PROCESSOR_CONFIG_NAME} in {str(path.parent)!r}")
+    data = _read_json(path)
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{path} must hold a JSON object")
+    return parse_statistics(data)
+
+
+# --- embodiment_id.json ---------------------------------------------------------------------------
+
+
+def merge_embodiment_ids(from_checkpoint: Optional[Mapping[str, int]]) -> Dict[str, int]:
+    """Checkpoint ids plus built-in ids for tags the checkpoint does not list (never overriding it)."""
+    merged: Dict[str, int] = {str(k): int(v) for k, v in (from_checkpoint or {}).items()}
+    for tag, index in EMBODIMENT_TAG_TO_PROJECTOR_INDEX.items():
+        merged.setdefault(tag, index)
+    return merged
+
+
+def load_embodiment_ids(checkpoint_dir: PathLike) -> Dict[str, int]:
+    """Read embodiment_id.json (optional) next to processor_config.json, merged with the built-in table."""
+    path = find_processor_dir(checkpoint_dir) / EMBODIMENT_ID_NAME
+    if not path.is_file():
+        path = Path(checkpoint_dir) / EMBODIMENT_ID_NAME
+    data = _read_json(path) if path.is_file() else None
+    if data is not None and not isinstance(data, Mapping):
+        raise ValueError(f"{path} must hold a JSON object {{tag: id}}")
+    return merge_embodiment_ids(data)

@@ -1,0 +1,269 @@
+"""State normalization and action unnormalization steps (model.md §3.5, §3.6), one small function each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Mapping, Optional, Sequence
+
+import numpy as np
+
+from gr00t_client.modality import ModalityConfig
+
+from .config import Statistics
+
+
+@dataclass(frozen=True)
+class KeyNormParams:
+    """Normalization parameters of one state/action key; `low`/`high` are q01/q99 or min/max."""
+
+    low: np.ndarray
+    high: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    dim: int
+
+
+def key_norm_params(stats: Mapping[str, np.ndarray], use_percentiles: bool, where: str) -> KeyNormParams:
+    """Pick the range (q01/q99 when `use_percentiles`, else min/max) from one key's statistics."""
+    low_name, high_name = ("q01", "q99") if use_percentiles else ("min", "max")
+    missing = [n for n in (low_name, high_name) if n not in stats]
+    if missing:
+        raise KeyError(f"statistics for {where} lack {missing}; have {sorted(stats)}")
+    low, high = np.asarray(stats[low_name], np.float64), np.asarray(stats[high_name], np.float64)
+    mean = np.asarray(stats.get("mean", np.zeros_like(low)), np.float64)
+    std = np.asarray(stats.get("std", np.ones_like(low)), np.float64)
+    return KeyNormParams(low=low, high=high, mean=mean, std=std, dim=int(low.shape[-1]))
+
+
+# --- elementary steps -----------------------------------------------------------------------------
+
+
+def minmax_normalize(x: np.ndarray, low: np.ndarray, high: np.ndarray, clip: bool = True) -> np.ndarray:
+    """2 * (x - low) / (high - low) - 1, 0 where high ~= low, optionally clipped to [-1, 1]."""
+    x = np.asarray(x, np.float64)
+    span = high - low
+    degenerate = np.isclose(high, low)
+    out = np.where(degenerate, 0.0, 2.0 * (x - low) / np.where(degenerate, 1.0, span) - 1.0)
+    return np.clip(out, -1.0, 1.0) if clip else out
+
+
+def minmax_unnormalize(x: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """(clip(x, -1, 1) + 1) / 2 * (high - low) + low."""
+    x = np.clip(np.asarray(x, np.float64), -1.0, 1.0)
+    return (x + 1.0) / 2.0 * (high - low) + low
+
+
+def mean_std_normalize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """(x - mean) / std where std != 0, x unchanged elsewhere; no clipping."""
+    x = np.asarray(x, np.float64)
+    nonzero = std != 0
+    return np.where(nonzero, (x - mean) / np.where(nonzero, std, 1.0), x)
+
+
+def mean_std_unnormalize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """x * std + mean where std != 0, x unchanged elsewhere."""
+    x = np.asarray(x, np.float64)
+    return np.where(std != 0, x * std + mean, x)
+
+
+def sin_cos_encode(x: np.ndarray) -> np.ndarray:
+    """[sin(x), cos(x)] along the last axis (doubles D); no normalization."""
+    x = np.asarray(x, np.float64)
+    return np.concatenate([np.sin(x), np.cos(x)], axis=-1)
+
+
+def pad_last_dim(x: np.ndarray, width: int, what: str = "state") -> np.ndarray:
+    """Zero-pad the last axis to `width`; wider inputs are an error naming both widths."""
+    if x.shape[-1] > width:
+        raise ValueError(f"{what} dimension {x.shape[-1]} exceeds max_{what}_dim {width}")
+    pad = [(0, 0)] * (x.ndim - 1) + [(0, width - x.shape[-1])]
+    return np.pad(x, pad)
+
+
+# --- state ----------------------------------------------------------------------------------------
+
+
+def normalize_state_key(
+    key: str,
+    x: np.ndarray,
+    params: KeyNormParams,
+    state_config: ModalityConfig,
+    apply_sincos: bool,
+    clip_outliers: bool,
+) -> np.ndarray:
+    """Normalize one state group (T, D) by the rule of model.md §3.5 that applies to `key`."""
+    if x.shape[-1] != params.dim and not (apply_sincos and key in (state_config.sin_cos_embedding_keys or [])):
+        raise ValueError(f"State key '{key}' has dimension {x.shape[-1]}; the checkpoint statistics expect {params.dim}")
+    if apply_sincos and key in (state_config.sin_cos_embedding_keys or []):
+        return sin_cos_encode(x)
+    if key in (state_config.mean_std_embedding_keys or []):
+        return mean_std_normalize(x, params.mean, params.std)
+    return minmax_normalize(x, params.low, params.high, clip=clip_outliers)
+
+
+# --- actions --------------------------------------------------------------------------------------
+
+
+def split_action(action: np.ndarray, keys: Sequence[str], dims: Mapping[str, int], horizon: int) -> Dict[str, np.ndarray]:
+    """Slice (B, H_max, D_max) into {key: (B, horizon, dim)} in key order; extra rows/columns are dropped."""
+    out: Dict[str, np.ndarray] = {}
+    start = 0
+    for key in keys:
+        dim = int(dims[key])
+        out[key] = action[..., :horizon, start : start + dim]
+        start += dim
+    if start > action.shape[-1]:
+        raise ValueError(f"action keys need {start} values per step but the model output has {action.shape[-1]}")
+    if horizon > action.shape[-2]:
+        raise ValueError(f"action horizon {horizon} exceeds the model's action horizon {action.shape[-2]}")
+    return out
+
+
+def relative_stats_for_horizon(stats: Mapping[str, np.ndarray], horizon: int, where: str) -> Dict[str, np.ndarray]:
+    """Relative-action min/max as (horizon, D) arrays (statistics hold one row per horizon step)."""
+    out = {}
+    for name in ("min", "max"):
+        if name not in stats:
+            raise ValueError(f"Relative action statistics for {where} lack '{name}'")
+        value = np.asarray(stats[name], np.float64)
+        if value.ndim == 2:
+            if value.shape[0] < horizon:
+                raise ValueError(
+                    f"Relative action statistics for {where} have {value.shape[0]} steps; the action horizon is {horizon}"
+                )
+            value = value[:horizon]
+        out[name] = value
+    return out
+
+
+def relative_to_absolute_joint(relative: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Joint-space relative actions (B, H, D) + last state (B, D) -> absolute (B, H, D)."""
+    return relative + reference[:, None, :]
+
+
+# --- poses for EEF relative actions ---------------------------------------------------------------
+
+
+def rot6d_to_matrix(rot6d: np.ndarray) -> np.ndarray:
+    """(..., 6) first two ROWS of a rotation matrix -> (..., 3, 3) by Gram-Schmidt."""
+    row1, row2 = rot6d[..., 0:3], rot6d[..., 3:6]
+    row1 = row1 / np.linalg.norm(row1, axis=-1, keepdims=True)
+    row2 = row2 - np.sum(row1 * row2, axis=-1, keepdims=True) * row1
+    row2 = row2 / np.linalg.norm(row2, axis=-1, keepdims=True)
+    row3 = np.cross(row1, row2)
+    return np.stack([row1, row2, row3], axis=-2)
+
+
+def matrix_to_rot6d(matrix: np.ndarray) -> np.ndarray:
+    """(..., 3, 3) -> (..., 6): the first two rows, flattened."""
+    return matrix[..., :2, :].reshape(matrix.shape[:-2] + (6,))
+
+
+def rotvec_to_matrix(rotvec: np.ndarray) -> np.ndarray:
+    """(..., 3) axis * angle -> (..., 3, 3) by Rodrigues' formula."""
+    angle = np.linalg.norm(rotvec, axis=-1, keepdims=True)
+    safe = np.where(angle < 1e-12, 1.0, angle)
+    axis = rotvec / safe
+    x, y, z = axis[..., 0], axis[..., 1], axis[..., 2]
+    zero = np.zeros_like(x)
+    skew = np.stack([zero, -z, y, z, zero, -x, -y, x, zero], axis=-1).reshape(rotvec.shape[:-1] + (3, 3))
+    a = angle[..., None]
+    eye = np.broadcast_to(np.eye(3), skew.shape)
+    out = eye + np.sin(a) * skew + (1.0 - np.cos(a)) * (skew @ skew)
+    return np.where(a < 1e-12, eye, out)
+
+
+def matrix_to_rotvec(matrix: np.ndarray) -> np.ndarray:
+    """(..., 3, 3) -> (..., 3) rotation vector with angle in [0, pi]."""
+    trace = np.trace(matrix, axis1=-2, axis2=-1)
+    cos = np.clip((trace - 1.0) / 2.0, -1.0, 1.0)
+    angle = np.arccos(cos)
+    vee = np.stack(
+        [matrix[..., 2, 1] - matrix[..., 1, 2], matrix[..., 0, 2] - matrix[..., 2, 0], matrix[..., 1, 0] - matrix[..., 0, 1]],
+        axis=-1,
+    )
+    sin = np.sin(angle)
+    small = angle < 1e-6
+    near_pi = np.pi - angle < 1e-4
+    regular = vee * (angle / np.where(small | near_pi, 1.0, 2.0 * sin))[..., None]
+    # Near pi the skew part vanishes; take the axis from the symmetric part instead.
+    sym = (matrix + np.swapaxes(matrix, -1, -2)) / 2.0 - np.eye(3) * cos[..., None, None]
+    diag = np.diagonal(sym, axis1=-2, axis2=-1)
+    column = np.argmax(diag, axis=-1)
+    axis_pi = np.take_along_axis(sym, column[..., None, None].repeat(3, axis=-1), axis=-2)[..., 0, :]
+    axis_pi = axis_pi / np.maximum(np.linalg.norm(axis_pi, axis=-1, keepdims=True), 1e-12)
+    signs = np.where(np.sum(axis_pi * vee, axis=-1, keepdims=True) < 0, -1.0, 1.0)
+    at_pi = axis_pi * signs * angle[..., None]
+    out = np.where(small[..., None], vee / 2.0, regular)
+    return np.where(near_pi[..., None], at_pi, out)
+
+
+def pose_to_matrix(values: np.ndarray, action_format: str) -> np.ndarray:
+    """(..., D) pose in `action_format` ('XYZ_ROT6D', 'XYZ_ROTVEC' or 'DEFAULT' 4x4) -> (..., 4, 4)."""
+    if action_format == "DEFAULT":
+        if values.shape[-1] != 16:
+            raise ValueError(f"DEFAULT EEF pose must be a flattened 4x4 matrix (16 values), got {values.shape[-1]}")
+        return values.reshape(values.shape[:-1] + (4, 4))
+    out = np.zeros(values.shape[:-1] + (4, 4))
+    out[..., 3, 3] = 1.0
+    out[..., :3, 3] = values[..., :3]
+    if action_format == "XYZ_ROT6D":
+        if values.shape[-1] != 9:
+            raise ValueError(f"XYZ_ROT6D pose needs 9 values, got {values.shape[-1]}")
+        out[..., :3, :3] = rot6d_to_matrix(values[..., 3:9])
+    elif action_format == "XYZ_ROTVEC":
+        if values.shape[-1] != 6:
+            raise ValueError(f"XYZ_ROTVEC pose needs 6 values, got {values.shape[-1]}")
+        out[..., :3, :3] = rotvec_to_matrix(values[..., 3:6])
+    else:
+        raise ValueError(f"unknown EEF action format {action_format!r}")
+    return out
+
+
+def matrix_to_pose(matrix: np.ndarray, action_format: str) -> np.ndarray:
+    """(..., 4, 4) -> (..., D) in `action_format`."""
+    if action_format == "DEFAULT":
+        return matrix.reshape(matrix.shape[:-2] + (16,))
+    xyz = matrix[..., :3, 3]
+    if action_format == "XYZ_ROT6D":
+        return np.concatenate([xyz, matrix_to_rot6d(matrix[..., :3, :3])], axis=-1)
+    if action_format == "XYZ_ROTVEC":
+        return np.concatenate([xyz, matrix_to_rotvec(matrix[..., :3, :3])], axis=-1)
+    raise ValueError(f"unknown EEF action format {action_format!r}")
+
+
+def relative_to_absolute_eef(relative: np.ndarray, reference: np.ndarray, action_format: str) -> np.ndarray:
+    """EEF relative poses (B, H, D) composed onto the last state pose (B, D): T_abs = T_ref @ T_rel."""
+    t_ref = pose_to_matrix(reference, action_format)[:, None]
+    t_rel = pose_to_matrix(relative, action_format)
+    return matrix_to_pose(t_ref @ t_rel, action_format)
+
+
+def unnormalize_action_key(x: np.ndarray, params: KeyNormParams, mean_std: bool) -> np.ndarray:
+    """Unnormalize one action key with its mean/std or (clipped) min/max rule."""
+    if mean_std:
+        return mean_std_unnormalize(x, params.mean, params.std)
+    return minmax_unnormalize(x, params.low, params.high)
+
+
+def decode_relative(
+    key: str,
+    absolute_or_relative: np.ndarray,
+    reference_state: Optional[np.ndarray],
+    action_type: str,
+    action_format: str,
+) -> np.ndarray:
+    """Relative action (B, H, D) -> absolute with the last time step of the raw reference state (B, T, D)."""
+    if reference_state is None:
+        raise ValueError(f"State dict required for relative->absolute conversion of key '{key}'")
+    reference = np.asarray(reference_state, np.float64)
+    if reference.ndim == 2:
+        reference = reference[None]
+    reference = reference[:, -1, :]
+    if reference.shape[-1] != absolute_or_relative.shape[-1]:
+        raise ValueError(
+            f"State dim {reference.shape[-1]} != action dim {absolute_or_relative.shape[-1]} for relative key '{key}'"
+        )
+    if action_type == "EEF":
+        return relative_to_absolute_eef(absolute_or_relative, reference, action_format)
+    return relative_to_absolute_joint(absolute_or_relative, reference)

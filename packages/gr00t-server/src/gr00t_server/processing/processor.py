@@ -1,0 +1,263 @@
+"""Gr00tN1d7Processor: one observation step -> model inputs, a batch -> collated tensors, model output -> actions."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from gr00t_client.modality import ActionRepresentation, ModalityConfig
+
+from . import normalization as norm
+from .config import ProcessorConfig, Statistics, load_embodiment_ids, load_processor_config, load_statistics
+from .image import eval_image_transform, eval_image_transform_torchvision_style
+from .text import IMAGE_PAD_TOKEN, build_conversation, expand_image_tokens, formalize_language, render_prompt
+from .tokenizer import load_backbone_text_assets
+from .vision_patches import VisionPatchConfig, num_image_tokens, patchify_images
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ProcessedStep:
+    """One processed observation: padded normalized state, transformed frames, prompt, embodiment id."""
+
+    state: np.ndarray  # (T, max_state_dim) float32
+    images: List[np.ndarray]  # uint8 (H', W', 3), time-major then view order
+    prompt: str  # chat-rendered text with one <|image_pad|> per image (expanded at collation)
+    embodiment_id: int
+
+
+@dataclass(frozen=True)
+class EmbodimentNormParams:
+    """Per-key normalization parameters of one embodiment (state, action, relative action)."""
+
+    state: Dict[str, norm.KeyNormParams]
+    action: Dict[str, norm.KeyNormParams]
+    relative_action: Dict[str, Dict[str, np.ndarray]]  # key -> {"min", "max"} as (H, D)
+
+
+class Gr00tN1d7Processor:
+    """The GR00T N1.7 processing pipeline of model.md §3, as explicit steps."""
+
+    def __init__(
+        self,
+        config: ProcessorConfig,
+        statistics: Statistics,
+        embodiment_ids: Mapping[str, int],
+        tokenizer: Any,
+        vision_config: VisionPatchConfig = VisionPatchConfig(),
+    ) -> None:
+        self.config = config
+        self.statistics = statistics
+        self.embodiment_ids = dict(embodiment_ids)
+        self.tokenizer = tokenizer
+        self.vision_config = vision_config
+        self._norm_cache: Dict[str, EmbodimentNormParams] = {}
+        if tokenizer is not None:
+            tokenizer.padding_side = "left"
+        missing_stats = [tag for tag in config.modality_configs if tag not in statistics]
+        if missing_stats:
+            logger.warning("statistics.json has no entry for embodiments %s", missing_stats)
+        extra = sorted(set(statistics) - set(config.modality_configs))
+        if extra:
+            logger.info("ignoring statistics for embodiments without modality configs: %s", extra)
+
+    @classmethod
+    def from_pretrained(cls, checkpoint_dir: Union[str, Path], local_files_only: bool = False) -> "Gr00tN1d7Processor":
+        """Load processor_config.json, statistics.json, embodiment_id.json and the backbone tokenizer."""
+        config = load_processor_config(checkpoint_dir)
+        tokenizer, vision_config = load_backbone_text_assets(checkpoint_dir, config.model_name, local_files_only)
+        return cls(config, load_statistics(checkpoint_dir), load_embodiment_ids(checkpoint_dir), tokenizer, vision_config)
+
+    # --- per-embodiment lookups -------------------------------------------------------------------
+
+    def modality_configs(self, tag: str) -> Dict[str, ModalityConfig]:
+        """All modality configs of an embodiment (including extras such as rl_info)."""
+        try:
+            return self.config.modality_configs[tag]
+        except KeyError:
+            raise KeyError(f"embodiment {tag!r} has no modality configs; supported: {self.config.embodiment_tags}") from None
+
+    def embodiment_id(self, tag: str) -> int:
+        """Projector index of an embodiment (embodiment_id.json merged with the built-in table)."""
+        try:
+            return int(self.embodiment_ids[tag])
+        except KeyError:
+            raise KeyError(f"embodiment {tag!r} has no projector index in embodiment_id.json or the built-in table") from None
+
+    def norm_params(self, tag: str) -> EmbodimentNormParams:
+        """Normalization parameters of an embodiment, computed once."""
+        if tag not in self._norm_cache:
+            self._norm_cache[tag] = self._compute_norm_params(tag)
+        return self._norm_cache[tag]
+
+    def _compute_norm_params(self, tag: str) -> EmbodimentNormParams:
+        if tag not in self.statistics:
+            raise KeyError(f"statistics.json has no statistics for embodiment {tag!r}; has {sorted(self.statistics)}")
+        stats = self.statistics[tag]
+        configs = self.modality_configs(tag)
+        pct = self.config.use_percentiles
+        state: Dict[str, norm.KeyNormParams] = {}
+        for key in configs["state"].modality_keys if "state" in configs else []:
+            if key not in stats.get("state", {}):
+                raise KeyError(f"Joint group '{key}' not found in state statistics for embodiment '{tag}'")
+            state[key] = norm.key_norm_params(stats["state"][key], pct, f"state key '{key}' of '{tag}'")
+        action: Dict[str, norm.KeyNormParams] = {}
+        relative: Dict[str, Dict[str, np.ndarray]] = {}
+        action_config = configs.get("action")
+        for index, key in enumerate(action_config.modality_keys if action_config else []):
+            if key not in stats.get("action", {}):
+                raise KeyError(f"Action key '{key}' not found in action statistics for embodiment '{tag}'")
+            params = norm.key_norm_params(stats["action"][key], pct, f"action key '{key}' of '{tag}'")
+            if "min" in stats["action"][key]:  # the output width comes from the absolute min (model.md §1.5)
+                params = norm.KeyNormParams(params.low, params.high, params.mean, params.std, int(stats["action"][key]["min"].shape[-1]))
+            action[key] = params
+            if self._is_relative(action_config, index):
+                if "relative_action" not in stats:
+                    raise ValueError(
+                        f"Relative action statistics required for embodiment '{tag}' but 'relative_action' not found in statistics"
+                    )
+                if key not in stats["relative_action"]:
+                    raise ValueError(
+                        f"Relative action statistics required for key '{key}' in embodiment '{tag}' but not found"
+                    )
+                relative[key] = norm.relative_stats_for_horizon(
+                    stats["relative_action"][key], action_config.horizon, f"key '{key}' of '{tag}'"
+                )
+        return EmbodimentNormParams(state=state, action=action, relative_action=relative)
+
+    def _is_relative(self, action_config: ModalityConfig, index: int) -> bool:
+        if not self.config.use_relative_action or action_config.action_configs is None:
+            return False
+        return action_config.action_configs[index].rep == ActionRepresentation.RELATIVE
+
+    # --- observation steps ------------------------------------------------------------------------
+
+    def normalize_state(self, tag: str, states: Mapping[str, np.ndarray]) -> np.ndarray:
+        """{key: (T, D)} raw states -> (T, max_state_dim) float32, normalized, concatenated, zero-padded."""
+        state_config = self.modality_configs(tag)["state"]
+        params = self.norm_params(tag).state
+        groups = []
+        for key in state_config.modality_keys:
+            if key not in states:
+                raise KeyError(f"Joint group '{key}' not found in state dict for embodiment '{tag}'")
+            value = np.asarray(states[key], np.float64)
+            groups.append(
+                norm.normalize_state_key(
+                    key, value, params[key], state_config, self.config.apply_sincos_state_encoding, self.config.clip_outliers
+                )
+            )
+        state = np.concatenate(groups, axis=-1)
+        if self.config.exclude_state:
+            state = np.zeros_like(state)
+        return norm.pad_last_dim(state, self.config.max_state_dim, "state").astype(np.float32)
+
+    def transform_frames(self, tag: str, video: Mapping[str, np.ndarray]) -> List[np.ndarray]:
+        """{view: (T, H, W, 3)} -> eval-transformed frames, time-major then view order."""
+        video_config = self.modality_configs(tag)["video"]
+        horizon = None
+        for key in video_config.modality_keys:
+            if key not in video:
+                raise KeyError(f"Video key '{key}' not found in observation for embodiment '{tag}'")
+            if horizon is None:
+                horizon = video[key].shape[0]
+            elif video[key].shape[0] != horizon:
+                raise ValueError(f"Video key '{key}' has {video[key].shape[0]} frames; other views have {horizon}")
+        frames = []
+        for t in range(horizon or 0):
+            for key in video_config.modality_keys:
+                frames.append(self.transform_image(np.asarray(video[key][t])))
+        return frames
+
+    def transform_image(self, image: np.ndarray) -> np.ndarray:
+        """Eval transform of one uint8 (H, W, 3) frame with this checkpoint's image settings (model.md §3.4)."""
+        cfg = self.config
+        if not cfg.use_albumentations:
+            if cfg.image_target_size is None or cfg.image_crop_size is None:
+                raise ValueError("use_albumentations=false needs image_target_size and image_crop_size")
+            return eval_image_transform_torchvision_style(
+                image, cfg.image_target_size, cfg.image_crop_size, cfg.letter_box_transform
+            )
+        return eval_image_transform(
+            image, cfg.shortest_image_edge, cfg.resolved_crop_fraction, cfg.letter_box_transform, cfg.image_target_size
+        )
+
+    def build_prompt(self, language: str, num_images: int) -> str:
+        """Formalize the instruction and render the chat template with `num_images` images before it."""
+        text = formalize_language(language) if self.config.formalize_language else language
+        return render_prompt(build_conversation(num_images, text), self.tokenizer)
+
+    def process_step(
+        self, tag: str, video: Mapping[str, np.ndarray], state: Mapping[str, np.ndarray], language: str
+    ) -> ProcessedStep:
+        """One unbatched observation -> ProcessedStep."""
+        frames = self.transform_frames(tag, video)
+        return ProcessedStep(
+            state=self.normalize_state(tag, state),
+            images=frames,
+            prompt=self.build_prompt(language, len(frames)),
+            embodiment_id=self.embodiment_id(tag),
+        )
+
+    # --- batch ------------------------------------------------------------------------------------
+
+    def collate(self, steps: Sequence[ProcessedStep]) -> Dict[str, Any]:
+        """Tokenize (left padding) and pack: input_ids, attention_mask, pixel_values, image_grid_thw, state, embodiment_id."""
+        import torch
+
+        if not steps:
+            raise ValueError("collate needs at least one processed step")
+        images = [img for step in steps for img in step.images]
+        pixel_values, grids = patchify_images(images, self.vision_config)
+        texts, cursor = [], 0
+        for step in steps:
+            counts = [num_image_tokens(g, self.vision_config.merge_size) for g in grids[cursor : cursor + len(step.images)]]
+            cursor += len(step.images)
+            texts.append(expand_image_tokens(step.prompt, counts, IMAGE_PAD_TOKEN))
+        self.tokenizer.padding_side = "left"
+        encoded = self.tokenizer(texts, padding=True, return_tensors="np")
+        return {
+            "input_ids": torch.from_numpy(np.asarray(encoded["input_ids"], dtype=np.int64)),
+            "attention_mask": torch.from_numpy(np.asarray(encoded["attention_mask"], dtype=np.int64)),
+            "pixel_values": torch.from_numpy(pixel_values),
+            "image_grid_thw": torch.from_numpy(grids),
+            "state": torch.from_numpy(np.stack([step.state for step in steps]).astype(np.float32)),
+            "embodiment_id": torch.tensor([step.embodiment_id for step in steps], dtype=torch.int64),
+        }
+
+    # --- action decoding --------------------------------------------------------------------------
+
+    def decode_action(
+        self, action: np.ndarray, tag: str, raw_states: Optional[Mapping[str, np.ndarray]] = None
+    ) -> Dict[str, np.ndarray]:
+        """(B, H_max, D_max) normalized model output -> {key: float32 (B, H_e, D_key)} absolute actions."""
+        action = np.asarray(action, np.float64)
+        if action.ndim == 2:
+            action = action[None]
+        action_config = self.modality_configs(tag)["action"]
+        params = self.norm_params(tag)
+        dims = {key: p.dim for key, p in params.action.items()}
+        parts = norm.split_action(action, action_config.modality_keys, dims, action_config.horizon)
+        mean_std_keys = set(action_config.mean_std_embedding_keys or [])
+        out: Dict[str, np.ndarray] = {}
+        for index, key in enumerate(action_config.modality_keys):
+            if key in params.relative_action:
+                rel = params.relative_action[key]
+                value = norm.minmax_unnormalize(parts[key], rel["min"], rel["max"])
+                spec = action_config.action_configs[index]
+                state_key = spec.state_key or key
+                if raw_states is None:
+                    raise ValueError(
+                        f"State dict required for relative->absolute conversion of key '{key}' in embodiment '{tag}'"
+                    )
+                if state_key not in raw_states:
+                    raise KeyError(f"Reference state key '{state_key}' not found in state dict for embodiment '{tag}'")
+                value = norm.decode_relative(key, value, raw_states[state_key], spec.type.name, spec.format.name)
+            else:
+                value = norm.unnormalize_action_key(parts[key], params.action[key], key in mean_std_keys)
+            out[key] = value.astype(np.float32)
+        return out

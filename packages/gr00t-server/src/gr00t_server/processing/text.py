@@ -1,0 +1,72 @@
+"""Prompt construction (model.md §2.3): language formalization, chat conversation, image-token expansion."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Dict, List, Optional, Sequence
+
+IMAGE_PAD_TOKEN = "<|image_pad|>"
+VISION_START_TOKEN = "<|vision_start|>"
+VISION_END_TOKEN = "<|vision_end|>"
+IM_START_TOKEN = "<|im_start|>"
+IM_END_TOKEN = "<|im_end|>"
+
+_NON_WORD = re.compile(r"[^\w\s]")
+
+
+def formalize_language(text: str) -> str:
+    """Lower-case and strip punctuation (everything that is neither a word character nor whitespace)."""
+    return _NON_WORD.sub("", text.lower())
+
+
+def build_conversation(num_images: int, text: str) -> List[Dict[str, Any]]:
+    """One user turn: `num_images` image items first (time-major, view-minor), then one text item."""
+    content: List[Dict[str, Any]] = [{"type": "image"} for _ in range(num_images)]
+    content.append({"type": "text", "text": text})
+    return [{"role": "user", "content": content}]
+
+
+def render_qwen_chat(conversation: Sequence[Dict[str, Any]], add_generation_prompt: bool = False) -> str:
+    """Fallback renderer with the Qwen3-VL-Instruct layout, used only when no chat template is available."""
+    parts: List[str] = []
+    for message in conversation:
+        parts.append(f"{IM_START_TOKEN}{message['role']}\n")
+        content = message["content"]
+        if isinstance(content, str):
+            parts.append(content)
+        else:
+            for item in content:
+                if item["type"] == "image":
+                    parts.append(f"{VISION_START_TOKEN}{IMAGE_PAD_TOKEN}{VISION_END_TOKEN}")
+                elif item["type"] == "text":
+                    parts.append(item["text"])
+                else:
+                    raise ValueError(f"unsupported content type {item['type']!r} in the conversation")
+        parts.append(f"{IM_END_TOKEN}\n")
+    if add_generation_prompt:
+        parts.append(f"{IM_START_TOKEN}assistant\n")
+    return "".join(parts)
+
+
+def render_prompt(conversation: Sequence[Dict[str, Any]], tokenizer: Any, chat_template: Optional[str] = None) -> str:
+    """Render with the checkpoint/backbone chat template (no generation prompt), else the built-in layout."""
+    template = chat_template or getattr(tokenizer, "chat_template", None)
+    if template is None:
+        return render_qwen_chat(conversation)
+    return tokenizer.apply_chat_template(
+        list(conversation), chat_template=template, tokenize=False, add_generation_prompt=False
+    )
+
+
+def expand_image_tokens(text: str, tokens_per_image: Sequence[int], image_token: str = IMAGE_PAD_TOKEN) -> str:
+    """Replace the i-th `image_token` by tokens_per_image[i] copies of it (what Qwen3VLProcessor does)."""
+    pieces = text.split(image_token)
+    if len(pieces) - 1 != len(tokens_per_image):
+        raise ValueError(
+            f"prompt has {len(pieces) - 1} {image_token} placeholders but {len(tokens_per_image)} images were given"
+        )
+    out = [pieces[0]]
+    for count, piece in zip(tokens_per_image, pieces[1:]):
+        out.append(image_token * int(count))
+        out.append(piece)
+    return "".join(out)

@@ -1,0 +1,117 @@
+"""Find and load the backbone tokenizer, chat template and image-processor settings.
+
+Order: the checkpoint folder (or its `processor/` sub-folder) when it has tokenizer files, then the
+backbone's `model_name` from the local Hugging Face cache, then from the Hub (fails offline, clearly).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Optional, Tuple, Union
+
+from .vision_patches import PREPROCESSOR_CONFIG_NAME, VisionPatchConfig
+
+logger = logging.getLogger(__name__)
+
+BACKBONE_FILE_PATTERNS = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    PREPROCESSOR_CONFIG_NAME,
+]
+
+
+class TokenizerNotFoundError(OSError):
+    """The backbone tokenizer is neither in the checkpoint nor obtainable from the Hub."""
+
+
+def has_tokenizer_files(folder: Union[str, Path]) -> bool:
+    """True when `folder` holds a tokenizer.json or tokenizer_config.json."""
+    folder = Path(folder)
+    return (folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file()
+
+
+def resolve_tokenizer_dir(checkpoint_dir: Union[str, Path], model_name: str, local_files_only: bool = False) -> Path:
+    """The local folder to load the tokenizer from (see module docstring for the order)."""
+    root = Path(checkpoint_dir)
+    for folder in (root, root / "processor"):
+        if has_tokenizer_files(folder):
+            return folder
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as exc:  # pragma: no cover - huggingface_hub is a dependency
+        raise TokenizerNotFoundError("huggingface_hub is required to fetch the backbone tokenizer") from exc
+    try:
+        return Path(snapshot_download(model_name, allow_patterns=BACKBONE_FILE_PATTERNS, local_files_only=True))
+    except Exception as cache_error:  # not cached: try the Hub unless told not to
+        if local_files_only:
+            raise TokenizerNotFoundError(
+                f"No tokenizer files in checkpoint {str(root)!r} and {model_name!r} is not in the local Hugging Face "
+                f"cache ({type(cache_error).__name__})"
+            ) from cache_error
+    try:
+        logger.info("downloading tokenizer/processor files of %s from the Hugging Face Hub", model_name)
+        return Path(snapshot_download(model_name, allow_patterns=BACKBONE_FILE_PATTERNS))
+    except Exception as exc:
+        raise TokenizerNotFoundError(
+            f"No tokenizer files in checkpoint {str(root)!r}, and the backbone tokenizer {model_name!r} could not be "
+            f"fetched from the Hugging Face Hub ({type(exc).__name__}: {exc}). Copy tokenizer.json, "
+            f"tokenizer_config.json and the chat template of {model_name} into the checkpoint folder, or pre-fill the "
+            f"Hugging Face cache with `hf download {model_name}`."
+        ) from exc
+
+
+def load_tokenizer(folder: Union[str, Path]) -> Any:
+    """AutoTokenizer from local files only, with left padding and the chat template attached."""
+    from transformers import AutoTokenizer
+
+    folder = Path(folder)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    tokenizer.padding_side = "left"
+    if getattr(tokenizer, "chat_template", None) is None:
+        template = read_chat_template(folder)
+        if template is not None:
+            tokenizer.chat_template = template
+    if tokenizer.pad_token is None:
+        for candidate in ("<|endoftext|>", tokenizer.eos_token):
+            if candidate is not None and tokenizer.convert_tokens_to_ids(candidate) is not None:
+                tokenizer.pad_token = candidate
+                break
+    return tokenizer
+
+
+def read_chat_template(folder: Union[str, Path]) -> Optional[str]:
+    """The chat template from chat_template.jinja or a processor's chat_template.json, if either exists."""
+    folder = Path(folder)
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    as_json = folder / "chat_template.json"
+    if as_json.is_file():
+        with open(as_json, "r", encoding="utf-8") as fh:
+            return json.load(fh).get("chat_template")
+    return None
+
+
+def load_vision_config(folder: Union[str, Path]) -> VisionPatchConfig:
+    """preprocessor_config.json in `folder`, else the Qwen3-VL defaults (patch 16, merge 2, temporal 2)."""
+    path = Path(folder) / PREPROCESSOR_CONFIG_NAME
+    if path.is_file():
+        return VisionPatchConfig.from_file(path)
+    logger.info("no %s in %s; using Qwen3-VL image-processor defaults", PREPROCESSOR_CONFIG_NAME, folder)
+    return VisionPatchConfig()
+
+
+def load_backbone_text_assets(
+    checkpoint_dir: Union[str, Path], model_name: str, local_files_only: bool = False
+) -> Tuple[Any, VisionPatchConfig]:
+    """(tokenizer, image-processor settings) for a checkpoint."""
+    folder = resolve_tokenizer_dir(checkpoint_dir, model_name, local_files_only=local_files_only)
+    return load_tokenizer(folder), load_vision_config(folder)

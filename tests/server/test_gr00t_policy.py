@@ -1,0 +1,185 @@
+"""Gr00tPolicy on the tiny random-weight checkpoint: loading, outputs, noise control, batching, errors."""
+
+import numpy as np
+import pytest
+import torch
+
+from gr00t_client.embodiment import EmbodimentTag
+from gr00t_client.policy import ObservationError
+from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+from gr00t_server.processing.config import load_statistics
+from gr00t_server.test_checkpoint import example_observation
+
+
+@pytest.fixture(scope="module")
+def libero(tiny_checkpoint):
+    return Gr00tPolicy(tiny_checkpoint, "libero_sim", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def new_robot(tiny_checkpoint):
+    return Gr00tPolicy(embodiment_tag=EmbodimentTag.NEW_EMBODIMENT, model_path=tiny_checkpoint, device="cpu")
+
+
+def test_modality_config_has_the_four_policy_modalities(libero):
+    configs = libero.get_modality_config()
+    assert sorted(configs) == ["action", "language", "state", "video"]
+    assert configs["video"].modality_keys == ["image", "wrist_image"]
+    assert configs["language"].modality_keys == ["annotation.human.action.task_description"]
+    assert libero.reset() == {} and Gr00tPolicy.supports_batching is True
+
+
+def test_action_shapes_dtypes_and_keys(libero, tiny_checkpoint):
+    action, info = libero.get_action(example_observation(tiny_checkpoint, "libero_sim", batch_size=2), {"seed": 1})
+    assert info == {}
+    assert list(action) == ["x", "y", "z", "roll", "pitch", "yaw", "gripper"]
+    for value in action.values():
+        assert value.dtype == np.float32 and value.shape == (2, 16, 1)
+
+
+def test_absolute_actions_are_clipped_to_q01_q99(libero, tiny_checkpoint):
+    stats = load_statistics(tiny_checkpoint)["libero_sim"]["action"]
+    huge_noise = np.full((1, 40, 132), 1e3, np.float32)
+    action, _ = libero.get_action(example_observation(tiny_checkpoint, "libero_sim"), {"noise": huge_noise})
+    for key, value in action.items():
+        low, high = stats[key]["q01"], stats[key]["q99"]
+        assert (value >= low - 1e-5).all() and (value <= high + 1e-5).all(), key
+
+
+def test_relative_joint_actions_stay_within_relative_range_of_last_state(new_robot, tiny_checkpoint):
+    stats = load_statistics(tiny_checkpoint)["new_embodiment"]["relative_action"]["joints"]
+    obs = example_observation(tiny_checkpoint, "new_embodiment")
+    action, _ = new_robot.get_action(obs, {"seed": 0})
+    delta = action["joints"][0] - obs["state"]["joints"][0, -1]
+    assert (delta >= stats["min"] - 1e-5).all() and (delta <= stats["max"] + 1e-5).all()
+    assert action["eef_9d"].shape == (1, 16, 9) and action["gripper"].shape == (1, 16, 1)
+
+
+def test_same_seed_same_action_and_different_seed_differs(libero, tiny_checkpoint):
+    obs = example_observation(tiny_checkpoint, "libero_sim")
+    a, _ = libero.get_action(obs, {"seed": 3})
+    b, _ = libero.get_action(obs, {"seed": 3, "_session_id": "abc"})
+    c, _ = libero.get_action(obs, {"seed": 4})
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    assert any(not np.array_equal(a[k], c[k]) for k in a)
+
+
+def test_seed_noise_is_per_row_generator_seeded_seed_plus_row(libero, tiny_checkpoint):
+    obs = example_observation(tiny_checkpoint, "libero_sim", batch_size=2)
+    seeded, _ = libero.get_action(obs, {"seed": 5})
+    noise = np.stack([torch.randn((40, 132), generator=torch.Generator().manual_seed(5 + r)).numpy() for r in range(2)])
+    explicit, _ = libero.get_action(obs, {"noise": noise})
+    for key in seeded:
+        np.testing.assert_array_equal(seeded[key], explicit[key])
+
+
+def test_batch_rows_equal_separate_calls(libero, tiny_checkpoint):
+    obs = example_observation(tiny_checkpoint, "libero_sim", batch_size=3, seed=7)
+    batched, _ = libero.get_action(obs, {"seed": 10})
+    for row in range(3):
+        single_obs = {
+            "video": {k: v[row : row + 1] for k, v in obs["video"].items()},
+            "state": {k: v[row : row + 1] for k, v in obs["state"].items()},
+            "language": {k: v[row : row + 1] for k, v in obs["language"].items()},
+        }
+        single, _ = libero.get_action(single_obs, {"seed": 10 + row})
+        for key in batched:
+            np.testing.assert_allclose(batched[key][row], single[key][0], atol=1e-4, err_msg=key)
+
+
+def test_noise_with_wrong_shape_is_rejected(libero, tiny_checkpoint):
+    with pytest.raises(ValueError, match=r"\(1, 40, 132\)"):
+        libero.get_action(example_observation(tiny_checkpoint, "libero_sim"), {"noise": np.zeros((1, 16, 7), np.float32)})
+
+
+def test_unsupported_tag_lists_the_checkpoint_tags(tiny_checkpoint):
+    with pytest.raises(ValueError) as excinfo:
+        Gr00tPolicy(tiny_checkpoint, "simpler_env_widowx", device="cpu")
+    message = str(excinfo.value)
+    assert "Embodiment tag 'SIMPLER_ENV_WIDOWX' (value='simpler_env_widowx') is not supported by this checkpoint." in message
+    assert "LIBERO_PANDA" in message and "(--embodiment-tag NEW_EMBODIMENT)" in message
+    assert "posttrain tag" in message
+
+
+def test_unknown_tag_is_a_value_error(tiny_checkpoint):
+    with pytest.raises(ValueError, match="Unknown embodiment tag"):
+        Gr00tPolicy(tiny_checkpoint, "no_such_robot", device="cpu")
+
+
+def test_strict_validation_names_missing_video_key(libero, tiny_checkpoint):
+    obs = example_observation(tiny_checkpoint, "libero_sim")
+    del obs["video"]["wrist_image"]
+    with pytest.raises(ObservationError, match="wrist_image"):
+        libero.get_action(obs)
+
+
+def test_strict_validation_names_state_key_with_wrong_dtype(libero, tiny_checkpoint):
+    obs = example_observation(tiny_checkpoint, "libero_sim")
+    obs["state"]["gripper"] = obs["state"]["gripper"].astype(np.float64)
+    with pytest.raises(ObservationError, match="gripper"):
+        libero.get_action(obs)
+
+
+def test_state_width_mismatch_names_the_key(libero, tiny_checkpoint):
+    obs = example_observation(tiny_checkpoint, "libero_sim")
+    obs["state"]["x"] = np.zeros((1, 1, 3), np.float32)
+    with pytest.raises(ValueError, match="State key 'x' has dimension 3"):
+        libero.get_action(obs)
+
+
+def test_bfloat16_model_returns_float32_actions(tiny_checkpoint):
+    policy = Gr00tPolicy(tiny_checkpoint, "libero_sim", device="cpu", dtype="bfloat16")
+    assert policy.model.dtype == torch.bfloat16
+    action, _ = policy.get_action(example_observation(tiny_checkpoint, "libero_sim"), {"seed": 0})
+    assert all(v.dtype == np.float32 and np.isfinite(v).all() for v in action.values())
+
+
+def test_processor_files_in_processor_subfolder_load(tiny_checkpoint, tmp_path):
+    import shutil
+
+    copy = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, copy)
+    (copy / "processor").mkdir()
+    for name in ("processor_config.json", "statistics.json", "embodiment_id.json"):
+        shutil.move(str(copy / name), str(copy / "processor" / name))
+    policy = Gr00tPolicy(EmbodimentTag.LIBERO_PANDA, copy, device="cpu")  # reference positional order
+    assert policy.embodiment_tag_value == "libero_sim"
+
+
+def _copy_checkpoint(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_rl_info_modality_is_not_exposed(tiny_checkpoint, tmp_path):
+    import json
+
+    copy = _copy_checkpoint(tiny_checkpoint, tmp_path / "ckpt")
+    data = json.loads((copy / "processor_config.json").read_text())
+    data["processor_kwargs"]["modality_configs"]["libero_sim"]["rl_info"] = {"delta_indices": [0], "modality_keys": ["reward"]}
+    (copy / "processor_config.json").write_text(json.dumps(data))
+    policy = Gr00tPolicy(copy, "libero_sim", device="cpu")
+    assert "rl_info" not in policy.get_modality_config()
+
+
+def test_tokenizer_and_config_image_token_mismatch_is_rejected(tiny_checkpoint, tmp_path):
+    import json
+
+    copy = _copy_checkpoint(tiny_checkpoint, tmp_path / "ckpt")
+    config = json.loads((copy / "config.json").read_text())
+    config["image_token_id"] = 999
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="image_token_id is 999"):
+        Gr00tPolicy(copy, "libero_sim", device="cpu")
+
+
+def test_cuda_device_without_cuda_is_a_clear_error(tiny_checkpoint):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        Gr00tPolicy(model_path=tiny_checkpoint, embodiment_tag="new_embodiment", device="cuda")

@@ -1,0 +1,83 @@
+"""Checkpoint processor files (model.md §1.4-1.6): processor_config.json, statistics.json, embodiment_id.json."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from gr00t_client.modality import ActionRepresentation
+from gr00t_server.processing.config import (
+    find_processor_dir,
+    load_embodiment_ids,
+    load_processor_config,
+    load_statistics,
+    merge_embodiment_ids,
+    processor_config_from_kwargs,
+)
+
+_MODALITIES = {
+    "video": {"delta_indices": [0], "modality_keys": ["image"], "normalization_mode": "legacy"},
+    "state": {"delta_indices": [0], "modality_keys": ["x"]},
+    "action": {
+        "delta_indices": [0, 1],
+        "modality_keys": ["x"],
+        "action_configs": [{"rep": "RELATIVE", "type": "NON_EEF", "format": "DEFAULT", "state_key": None}],
+    },
+    "language": {"delta_indices": [0], "modality_keys": ["task"]},
+}
+
+
+def test_processor_kwargs_parse_with_reference_defaults():
+    config = processor_config_from_kwargs({"modality_configs": {"libero_sim": _MODALITIES}, "vlm_backend": "old"})
+    assert config.embodiment_tags == ["libero_sim"]
+    assert config.max_state_dim == 132 and config.clip_outliers and config.model_name == "nvidia/Cosmos-Reason2-2B"
+    assert config.modality_configs["libero_sim"]["action"].action_configs[0].rep == ActionRepresentation.RELATIVE
+    # No crop_fraction: image_crop_size[0] / image_target_size[0] = 230 / 256.
+    assert config.shortest_image_edge is None and config.resolved_crop_fraction == pytest.approx(230 / 256)
+
+
+def test_action_horizon_above_max_is_rejected():
+    with pytest.raises(ValueError, match="exceeds max_action_horizon 1"):
+        processor_config_from_kwargs({"modality_configs": {"t": _MODALITIES}, "max_action_horizon": 1})
+
+
+def test_bad_modality_config_names_tag_and_modality():
+    broken = dict(_MODALITIES, state={"delta_indices": [0], "modality_keys": []})
+    with pytest.raises(ValueError, match=r"modality_configs\['t'\]\['state'\]"):
+        processor_config_from_kwargs({"modality_configs": {"t": broken}})
+
+
+def test_processor_subfolder_fallback(tiny_checkpoint, tmp_path):
+    sub = tmp_path / "processor"
+    sub.mkdir()
+    for name in ("processor_config.json", "statistics.json", "embodiment_id.json"):
+        shutil.copy(tiny_checkpoint / name, sub / name)
+    assert find_processor_dir(tmp_path) == sub
+    assert load_processor_config(tmp_path).embodiment_tags == ["libero_sim", "new_embodiment"]
+    assert "libero_sim" in load_statistics(tmp_path)
+
+
+def test_missing_processor_config_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="processor_config.json"):
+        load_processor_config(tmp_path)
+
+
+def test_statistics_are_float64_arrays_with_per_step_relative_stats(tiny_checkpoint):
+    stats = load_statistics(tiny_checkpoint)
+    assert stats["libero_sim"]["state"]["gripper"]["q01"].shape == (2,)
+    relative = stats["new_embodiment"]["relative_action"]["joints"]["min"]
+    assert relative.dtype == np.float64 and relative.shape == (16, 7)
+
+
+def test_embodiment_ids_checkpoint_wins_and_builtins_fill_in(tmp_path):
+    merged = merge_embodiment_ids({"libero_sim": 7, "my_robot": 30})
+    assert merged["libero_sim"] == 7 and merged["my_robot"] == 30 and merged["new_embodiment"] == 10
+
+
+def test_embodiment_id_file_is_optional(tiny_checkpoint, tmp_path):
+    for name in ("processor_config.json", "statistics.json"):
+        shutil.copy(tiny_checkpoint / name, tmp_path / name)
+    assert load_embodiment_ids(tmp_path)["libero_sim"] == 2
+    (tmp_path / "embodiment_id.json").write_text(json.dumps({"libero_sim": 5}))
+    assert load_embodiment_ids(tmp_path)["libero_sim"] == 5

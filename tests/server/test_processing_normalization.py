@@ -1,0 +1,213 @@
+"""State normalization and action decoding steps, checked against hand-computed numbers (model.md §3.5, §3.6)."""
+
+import numpy as np
+import pytest
+
+from gr00t_client.modality import ActionConfig, ModalityConfig
+from gr00t_server.processing import normalization as norm
+from gr00t_server.processing.config import parse_statistics, processor_config_from_kwargs
+from gr00t_server.processing.processor import Gr00tN1d7Processor
+
+
+def test_minmax_normalize_maps_range_to_minus_one_one():
+    low, high = np.array([0.0, -2.0]), np.array([4.0, 2.0])
+    out = norm.minmax_normalize(np.array([1.0, 0.0]), low, high)
+    # 2 * (1 - 0) / 4 - 1 = -0.5 ; 2 * (0 + 2) / 4 - 1 = 0
+    np.testing.assert_allclose(out, [-0.5, 0.0])
+
+
+def test_minmax_normalize_clips_outliers_only_when_asked():
+    low, high = np.array([0.0]), np.array([1.0])
+    assert norm.minmax_normalize(np.array([3.0]), low, high, clip=True)[0] == 1.0
+    assert norm.minmax_normalize(np.array([3.0]), low, high, clip=False)[0] == 5.0  # 2*3/1 - 1
+
+
+def test_minmax_normalize_degenerate_range_gives_zero():
+    out = norm.minmax_normalize(np.array([7.0, 0.5]), np.array([2.0, 0.0]), np.array([2.0, 1.0]))
+    np.testing.assert_allclose(out, [0.0, 0.0])
+
+
+def test_minmax_round_trip():
+    low, high = np.array([-1.0, 10.0, 0.0]), np.array([3.0, 20.0, 0.5])
+    x = np.array([[0.5, 12.5, 0.25], [-1.0, 20.0, 0.0]])
+    np.testing.assert_allclose(norm.minmax_unnormalize(norm.minmax_normalize(x, low, high), low, high), x)
+
+
+def test_minmax_unnormalize_clips_model_output_first():
+    # (clip(1.7) + 1) / 2 * (4 - 0) + 0 = 4 ; (clip(-3) + 1) / 2 * 4 = 0
+    np.testing.assert_allclose(norm.minmax_unnormalize(np.array([1.7, -3.0]), np.zeros(2), np.full(2, 4.0)), [4.0, 0.0])
+
+
+def test_mean_std_round_trip_and_zero_std_passthrough():
+    mean, std = np.array([1.0, 5.0]), np.array([2.0, 0.0])
+    x = np.array([5.0, 9.0])
+    z = norm.mean_std_normalize(x, mean, std)
+    np.testing.assert_allclose(z, [2.0, 9.0])  # (5 - 1) / 2 = 2 ; std 0 -> unchanged
+    np.testing.assert_allclose(norm.mean_std_unnormalize(z, mean, std), x)
+
+
+def test_sin_cos_encoding_doubles_width():
+    out = norm.sin_cos_encode(np.array([[0.0, np.pi / 2]]))
+    np.testing.assert_allclose(out, [[0.0, 1.0, 1.0, 0.0]], atol=1e-12)
+
+
+def test_key_norm_params_use_percentiles_or_min_max():
+    stats = {k: np.array(v) for k, v in {"min": [0.0], "max": [10.0], "q01": [1.0], "q99": [9.0]}.items()}
+    p = norm.key_norm_params(stats, use_percentiles=True, where="k")
+    assert (p.low[0], p.high[0]) == (1.0, 9.0)
+    p = norm.key_norm_params(stats, use_percentiles=False, where="k")
+    assert (p.low[0], p.high[0]) == (0.0, 10.0)
+
+
+def test_pad_state_rejects_too_wide_state():
+    assert norm.pad_last_dim(np.ones((1, 3)), 5).tolist() == [[1, 1, 1, 0, 0]]
+    with pytest.raises(ValueError, match="exceeds max_state_dim 2"):
+        norm.pad_last_dim(np.ones((1, 3)), 2)
+
+
+def test_relative_joint_actions_add_last_state_step():
+    relative = np.array([[[0.1, -0.2], [0.3, 0.0]]])  # (B=1, H=2, D=2)
+    state = np.array([[[9.0, 9.0], [1.0, 2.0]]])  # (B=1, T=2, D=2); only the last step counts
+    out = norm.decode_relative("j", relative, state, "NON_EEF", "DEFAULT")
+    np.testing.assert_allclose(out, [[[1.1, 1.8], [1.3, 2.0]]])
+
+
+def _rot_z(angle):
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def test_relative_eef_rot6d_composes_reference_then_relative():
+    ref_rot, rel_rot = _rot_z(np.pi / 2), _rot_z(np.pi / 4)
+    reference = np.concatenate([[1.0, 0.0, 0.0], ref_rot[:2].reshape(6)])  # xyz + first two rows
+    relative = np.concatenate([[1.0, 0.0, 0.0], rel_rot[:2].reshape(6)])
+    out = norm.decode_relative("eef", relative[None, None], reference[None, None], "EEF", "XYZ_ROT6D")[0, 0]
+    # T_ref @ T_rel: xyz = ref_xyz + R_ref @ rel_xyz = (1,0,0) + Rz(90)(1,0,0) = (1,1,0); R = Rz(135 deg).
+    np.testing.assert_allclose(out[:3], [1.0, 1.0, 0.0], atol=1e-12)
+    np.testing.assert_allclose(out[3:], _rot_z(3 * np.pi / 4)[:2].reshape(6), atol=1e-12)
+
+
+def test_relative_eef_rotvec_composition():
+    reference = np.array([0.0, 0.0, 1.0, 0.0, 0.0, np.pi / 2])
+    relative = np.array([0.0, 1.0, 0.0, 0.0, 0.0, np.pi / 4])
+    out = norm.decode_relative("eef", relative[None, None], reference[None, None], "EEF", "XYZ_ROTVEC")[0, 0]
+    # Rz(90) @ (0,1,0) = (-1,0,0); rotation Rz(135 deg) -> rotvec (0, 0, 3pi/4).
+    np.testing.assert_allclose(out, [-1.0, 0.0, 1.0, 0.0, 0.0, 3 * np.pi / 4], atol=1e-12)
+
+
+@pytest.mark.parametrize("rotvec", [[0.0, 0.0, 0.0], [0.3, -0.2, 0.1], [0.0, np.pi - 1e-6, 0.0], [1.0, 1.0, 1.0]])
+def test_rotvec_matrix_round_trip(rotvec):
+    rotvec = np.array(rotvec)
+    back = norm.matrix_to_rotvec(norm.rotvec_to_matrix(rotvec))
+    np.testing.assert_allclose(norm.rotvec_to_matrix(back), norm.rotvec_to_matrix(rotvec), atol=1e-6)
+
+
+def test_rot6d_gram_schmidt_orthonormalizes():
+    matrix = norm.rot6d_to_matrix(np.array([2.0, 0.0, 0.0, 1.0, 3.0, 0.0]))
+    np.testing.assert_allclose(matrix, np.eye(3), atol=1e-12)
+
+
+def _processor(use_relative_action=True):
+    configs = {
+        "robot": {
+            "video": {"delta_indices": [0], "modality_keys": ["cam"]},
+            "state": {"delta_indices": [-1, 0], "modality_keys": ["arm", "hand"], "mean_std_embedding_keys": ["hand"]},
+            "action": {
+                "delta_indices": [0, 1],
+                "modality_keys": ["arm", "hand"],
+                "action_configs": [
+                    {"rep": "RELATIVE", "type": "NON_EEF", "format": "DEFAULT", "state_key": None},
+                    {"rep": "ABSOLUTE", "type": "NON_EEF", "format": "DEFAULT", "state_key": None},
+                ],
+            },
+            "language": {"delta_indices": [0], "modality_keys": ["task"]},
+        }
+    }
+    config = processor_config_from_kwargs(
+        {"modality_configs": configs, "max_state_dim": 6, "max_action_dim": 5, "max_action_horizon": 4,
+         "use_relative_action": use_relative_action, "use_percentiles": True}
+    )
+    stats = parse_statistics(
+        {
+            "robot": {
+                "state": {
+                    "arm": {"min": [0, 0], "max": [10, 10], "q01": [0, 2], "q99": [4, 6], "mean": [0, 0], "std": [1, 1]},
+                    "hand": {"min": [0], "max": [1], "q01": [0], "q99": [1], "mean": [1.0], "std": [2.0]},
+                },
+                "action": {
+                    "arm": {"min": [0, 0], "max": [10, 10], "q01": [0, 2], "q99": [4, 6], "mean": [0, 0], "std": [1, 1]},
+                    "hand": {"min": [0], "max": [1], "q01": [0.2], "q99": [0.8], "mean": [0.5], "std": [1.0]},
+                },
+                "relative_action": {
+                    "arm": {"min": [[-1, -1], [-2, -2]], "max": [[1, 1], [2, 2]], "q01": [[0, 0], [0, 0]], "q99": [[0, 0], [0, 0]]}
+                },
+            }
+        }
+    )
+    return Gr00tN1d7Processor(config, stats, {"robot": 3}, tokenizer=None)
+
+
+def test_state_normalization_concatenates_in_key_order_and_pads():
+    proc = _processor()
+    state = proc.normalize_state("robot", {"arm": np.array([[9, 9], [2.0, 4.0]]), "hand": np.array([[0.0], [5.0]])})
+    # arm uses q01/q99: 2*(2-0)/4-1 = 0, 2*(4-2)/4-1 = 0 ; hand is mean/std: (5-1)/2 = 2 (not clipped).
+    assert state.dtype == np.float32 and state.shape == (2, 6)
+    np.testing.assert_allclose(state[1], [0.0, 0.0, 2.0, 0.0, 0.0, 0.0])
+    np.testing.assert_allclose(state[0, :2], [1.0, 1.0])  # 2*(9-0)/4-1 = 3.5 -> clipped; 2*(9-2)/4-1 = 2.5 -> 1
+
+
+def test_decode_relative_key_uses_relative_min_max_per_step_and_last_state():
+    proc = _processor()
+    model_out = np.zeros((1, 4, 5))
+    model_out[0, :, 0:2] = [[0.0, 1.0], [0.5, -1.0], [9, 9], [9, 9]]  # rows >= horizon 2 are dropped
+    model_out[0, :, 2] = [1.0, 0.0, 0, 0]
+    raw_state = {"arm": np.array([[[0.0, 0.0], [3.0, 4.0]]]), "hand": np.zeros((1, 2, 1))}
+    out = proc.decode_action(model_out, "robot", raw_state)
+    # step 0 relative stats [-1, 1]: 0 -> 0, 1 -> 1 ; step 1 stats [-2, 2]: 0.5 -> 1, -1 -> -2; + last state (3, 4)
+    np.testing.assert_allclose(out["arm"][0], [[3.0, 5.0], [4.0, 2.0]])
+    # hand is absolute with q01/q99 = [0.2, 0.8]: 1 -> 0.8, 0 -> 0.5
+    np.testing.assert_allclose(out["hand"][0, :, 0], [0.8, 0.5], rtol=1e-6)
+    assert all(v.dtype == np.float32 for v in out.values())
+
+
+def test_decode_without_relative_flag_treats_relative_keys_as_absolute():
+    proc = _processor(use_relative_action=False)
+    out = proc.decode_action(np.zeros((1, 2, 5)), "robot", None)
+    np.testing.assert_allclose(out["arm"][0, 0], [2.0, 4.0])  # midpoints of q01/q99 [0,4] and [2,6]
+
+
+def test_decode_relative_needs_states():
+    with pytest.raises(ValueError, match="State dict required"):
+        _processor().decode_action(np.zeros((1, 2, 5)), "robot", None)
+
+
+def test_missing_relative_statistics_is_a_clear_error():
+    proc = _processor()
+    del proc.statistics["robot"]["relative_action"]
+    with pytest.raises(ValueError, match="'relative_action' not found"):
+        proc.norm_params("robot")
+
+
+def test_modality_config_type_is_the_client_one():
+    proc = _processor()
+    action = proc.modality_configs("robot")["action"]
+    assert isinstance(action, ModalityConfig) and isinstance(action.action_configs[0], ActionConfig)
+
+
+def test_sin_cos_state_keys_are_encoded_not_normalized():
+    proc = _processor()
+    configs = proc.config.modality_configs["robot"]
+    configs["state"].sin_cos_embedding_keys = ["hand"]
+    object.__setattr__(proc.config, "apply_sincos_state_encoding", True)
+    state = proc.normalize_state("robot", {"arm": np.array([[2.0, 4.0]]), "hand": np.array([[np.pi / 2]])})
+    # arm -> (0, 0); hand -> [sin(pi/2), cos(pi/2)] = [1, 0]; padded to 6.
+    np.testing.assert_allclose(state[0], [0.0, 0.0, 1.0, 0.0, 0.0, 0.0], atol=1e-7)
+
+
+def test_relative_eef_default_format_is_a_4x4_matrix():
+    reference = np.eye(4)
+    reference[:3, 3] = [1.0, 2.0, 3.0]
+    relative = np.eye(4)
+    relative[:3, 3] = [0.5, 0.0, 0.0]
+    out = norm.decode_relative("eef", relative.reshape(1, 1, 16), reference.reshape(1, 1, 16), "EEF", "DEFAULT")
+    np.testing.assert_allclose(out.reshape(4, 4)[:3, 3], [1.5, 2.0, 3.0])
