@@ -1,0 +1,373 @@
+"""ActionChunker: execute a policy's action chunks one step per call, per env, optionally prefetching the next chunk.
+
+Alignment rule used everywhere: a chunk requested with the observation of call k has its step 0 aligned with
+call k. If it arrives when the env has executed `e` more steps since then, its steps `new[e:]` line up with the
+old chunk's steps not yet executed, `old[cursor:]`; the `n = min(len(old[cursor:]), len(new[e:]))` overlapping
+steps are merged by `merge_overlap`, and the longer of the two tails follows unchanged.
+
+    chunker = ActionChunker(PolicyClient(host, port), asynchronous=True, prefetch_steps=8, merge="weighted")
+    while running:
+        action, _ = chunker.get_action(observation)   # {key: (B, D)}: this control step, per env
+        chunker.reset(env_ids=[i])                    # when env i starts a new episode
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeoutError
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .policy import ActionError
+
+logger = logging.getLogger(__name__)
+
+MergeFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+MERGE_RULES = ("newest", "oldest", "average", "weighted")
+
+
+def merge_overlap(old: np.ndarray, new: np.ndarray, rule: Union[str, MergeFn] = "newest", new_weight: float = 0.7) -> np.ndarray:
+    """Merge the overlapping steps of the old and new chunk, both (n, ...) and aligned step by step.
+
+    newest: new; oldest: old; average: (old + new) / 2; weighted: new_weight * new + (1 - new_weight) * old
+    (LeRobot's weighted_average is new_weight=0.7). A callable gets (old, new) and returns the merged steps.
+    """
+    if old.shape != new.shape:
+        raise ValueError(f"overlapping steps must have equal shapes; got old {old.shape} and new {new.shape}")
+    if callable(rule):
+        merged = np.asarray(rule(old, new))
+        if merged.shape != old.shape:
+            raise ValueError(f"merge function returned shape {merged.shape}; expected {old.shape}")
+        return merged
+    if rule == "newest":
+        return new.copy()
+    if rule == "oldest":
+        return old.copy()
+    if rule == "average":
+        return ((old + new) / 2).astype(new.dtype, copy=False)
+    if rule == "weighted":
+        return (new_weight * new + (1.0 - new_weight) * old).astype(new.dtype, copy=False)
+    raise ValueError(f"merge rule must be one of {MERGE_RULES} or a callable; got {rule!r}")
+
+
+@dataclass
+class ChunkerStats:
+    """Counters a caller (or a test) can read to see how often the robot waited for the policy."""
+
+    calls: int = 0  # get_action calls
+    requests: int = 0  # policy.get_action calls, foreground and background
+    prefetches: int = 0  # requests started in the background
+    blocking_waits: int = 0  # get_action calls that had to wait for a policy answer
+    merged_envs: int = 0  # env buffers merged with a prefetched chunk
+    discarded_envs: int = 0  # prefetched rows dropped because their env was reset meanwhile
+
+
+@dataclass
+class _Prefetch:
+    future: "Future[Tuple[Dict[str, Any], Dict[str, Any]]]"
+    env_ids: List[int]
+    generations: List[int]
+    steps_at_observation: List[int]
+
+
+def observation_batch_size(observation: Any) -> int:
+    """The batch size B of an observation: the first array's leading axis, or the first list's length."""
+    if isinstance(observation, Mapping):
+        for value in observation.values():
+            size = observation_batch_size(value)
+            if size >= 0:
+                return size
+        return -1
+    if isinstance(observation, np.ndarray):
+        return int(observation.shape[0]) if observation.ndim > 0 else -1
+    if isinstance(observation, (list, tuple)):
+        return len(observation)
+    return -1
+
+
+def select_envs(observation: Any, env_ids: Sequence[int], batch_size: int) -> Any:
+    """The rows `env_ids` of every batched leaf (arrays and lists of length B); other leaves pass through."""
+    if isinstance(observation, Mapping):
+        return {key: select_envs(value, env_ids, batch_size) for key, value in observation.items()}
+    if isinstance(observation, np.ndarray) and observation.ndim > 0 and observation.shape[0] == batch_size:
+        return observation[list(env_ids)]
+    if isinstance(observation, (list, tuple)) and len(observation) == batch_size:
+        return [observation[i] for i in env_ids]
+    return observation
+
+
+def _copy_leaves(observation: Any) -> Any:
+    # The robot may overwrite its camera buffers while a background request still reads them.
+    if isinstance(observation, Mapping):
+        return {key: _copy_leaves(value) for key, value in observation.items()}
+    if isinstance(observation, np.ndarray):
+        return observation.copy()
+    if isinstance(observation, (list, tuple)):
+        return [_copy_leaves(v) for v in observation]
+    return observation
+
+
+class ActionChunker:
+    """Wraps a policy (local BasePolicy or PolicyClient) and hands out one action step per env per call.
+
+    Sync: refetch for all envs when a chunk runs out (or only the exhausted envs with per_env=True).
+    Async: request the next chunk in a background thread once at most `prefetch_steps` steps remain.
+    """
+
+    def __init__(
+        self,
+        policy: Any,
+        *,
+        n_action_steps: Optional[int] = None,
+        per_env: bool = False,
+        asynchronous: bool = False,
+        prefetch_steps: Optional[int] = None,
+        merge: Union[str, MergeFn] = "newest",
+        new_weight: float = 0.7,
+    ) -> None:
+        if n_action_steps is not None and n_action_steps < 1:
+            raise ValueError(f"n_action_steps must be >= 1 or None (the whole chunk), got {n_action_steps}")
+        if prefetch_steps is not None and prefetch_steps < 0:
+            raise ValueError(f"prefetch_steps must be >= 0 or None (half the chunk), got {prefetch_steps}")
+        if not callable(merge) and merge not in MERGE_RULES:
+            raise ValueError(f"merge must be one of {MERGE_RULES} or a callable, got {merge!r}")
+        if not 0.0 <= new_weight <= 1.0:
+            raise ValueError(f"new_weight must be in [0, 1], got {new_weight}")
+        self.policy = policy
+        self.n_action_steps = n_action_steps
+        self.per_env = per_env
+        self.asynchronous = asynchronous
+        self.prefetch_steps = prefetch_steps
+        self.merge = merge
+        self.new_weight = new_weight
+        self.stats = ChunkerStats()
+        self._n_envs: Optional[int] = None
+        self._keys: Optional[List[str]] = None
+        self._buffers: List[Optional[Dict[str, np.ndarray]]] = []
+        self._cursors: List[int] = []
+        self._steps_taken: List[int] = []
+        self._generations: List[int] = []
+        self._lock = threading.RLock()
+        self._executor: Optional[ThreadPoolExecutor] = None
+        self._pending: Optional[_Prefetch] = None
+        self._last_info: Dict[str, Any] = {}
+
+    # --- public API -----------------------------------------------------------------------------
+
+    @property
+    def n_envs(self) -> Optional[int]:
+        """The batch size seen so far (None before the first call)."""
+        return self._n_envs
+
+    def remaining(self) -> np.ndarray:
+        """Steps left in each env's buffer."""
+        return np.array([self._remaining(i) for i in range(self._n_envs or 0)], dtype=np.int64)
+
+    def get_action(
+        self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None
+    ) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+        """Return ({key: (B, ...)} for this step, info); fetches or merges chunks as needed."""
+        with self._lock:
+            self._ensure_envs(observation_batch_size(observation))
+            self.stats.calls += 1
+            merged = self._collect(block=False)
+            fetched: List[int] = []
+            waited = False
+            exhausted = [i for i in range(self._n_envs) if self._remaining(i) == 0]
+            if exhausted and self._pending is not None:
+                waited = True  # the prefetch is late: the robot waits here (only at a chunk boundary)
+                logger.debug("chunk exhausted for envs %s before the prefetch arrived; waiting", exhausted)
+                merged += self._collect(block=True)
+                exhausted = [i for i in range(self._n_envs) if self._remaining(i) == 0]
+            if exhausted:
+                waited = True
+                ids = exhausted if self.per_env else list(range(self._n_envs))
+                action, info = self._request(self._rows(observation, ids), options)
+                self._last_info = info if isinstance(info, dict) else {}
+                self._install(ids, action)
+                fetched = ids
+            if waited:
+                self.stats.blocking_waits += 1
+            step = self._pop_step()
+            if self.asynchronous and self._pending is None:
+                self._maybe_prefetch(observation, options)
+            return step, {
+                "fetched_env_ids": fetched,  # envs whose chunk was fetched while this call waited
+                "merged_env_ids": merged,  # envs whose buffer took in a prefetched chunk
+                "remaining": self.remaining(),
+                "policy_info": self._last_info,
+            }
+
+    def reset(self, env_ids: Optional[Sequence[int]] = None, options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """Drop the buffers of `env_ids` (all when None); a full reset also resets the wrapped policy."""
+        with self._lock:
+            if env_ids is None:
+                if self._pending is not None:  # the policy may not be called concurrently; let it finish
+                    self._pending.future.exception()
+                    self.stats.discarded_envs += len(self._pending.env_ids)
+                    self._pending = None
+                for i in range(self._n_envs or 0):
+                    self._clear(i)
+                return self.policy.reset(options) or {}
+            for i in env_ids:
+                if self._n_envs is None or not 0 <= int(i) < self._n_envs:
+                    raise IndexError(f"env id {i} is out of range for {self._n_envs} envs")
+                self._clear(int(i))
+            return {}
+
+    def wait_for_prefetch(self, timeout: Optional[float] = None) -> bool:
+        """Block until the background request (if any) has an answer; it is merged at the next get_action."""
+        pending = self._pending
+        if pending is None:
+            return True
+        try:
+            pending.future.exception(timeout=timeout)
+        except FutureTimeoutError:  # a distinct class before Python 3.11
+            return False
+        return True
+
+    def close(self) -> None:
+        """Wait for a background request to end and stop the worker thread."""
+        with self._lock:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
+            self._pending = None
+
+    def __enter__(self) -> "ActionChunker":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    # --- buffers --------------------------------------------------------------------------------
+
+    def _ensure_envs(self, batch_size: int) -> None:
+        if batch_size < 1:
+            raise ValueError("cannot tell the batch size of the observation: it holds no array or list")
+        if self._n_envs is None:
+            self._n_envs = batch_size
+            self._buffers = [None] * batch_size
+            self._cursors = [0] * batch_size
+            self._steps_taken = [0] * batch_size
+            self._generations = [0] * batch_size
+        elif batch_size != self._n_envs:
+            raise ValueError(f"observation has batch size {batch_size}; this chunker serves {self._n_envs} envs (make a new one)")
+
+    def _rows(self, observation: Any, env_ids: Sequence[int]) -> Any:
+        return observation if len(env_ids) == self._n_envs else select_envs(observation, env_ids, self._n_envs or 0)
+
+    def _remaining(self, i: int) -> int:
+        buffer = self._buffers[i]
+        if buffer is None:
+            return 0
+        return len(next(iter(buffer.values()))) - self._cursors[i]
+
+    def _clear(self, i: int) -> None:
+        self._buffers[i] = None
+        self._cursors[i] = 0
+        self._generations[i] += 1  # a prefetched row for this env is now stale
+
+    def _pop_step(self) -> Dict[str, np.ndarray]:
+        assert self._keys is not None
+        rows = []
+        for i in range(self._n_envs or 0):
+            buffer = self._buffers[i]
+            assert buffer is not None
+            rows.append({key: buffer[key][self._cursors[i]] for key in self._keys})
+            self._cursors[i] += 1
+            self._steps_taken[i] += 1
+        return {key: np.stack([row[key] for row in rows]) for key in self._keys}
+
+    def _split(self, action: Any, n_rows: int) -> List[Dict[str, np.ndarray]]:
+        """Check an action chunk {key: (n_rows, H, ...)}; return one {key: (H', ...)} per row."""
+        if not isinstance(action, Mapping) or not action:
+            raise ActionError(f"policy must return a non-empty dict of (B, H, ...) arrays; got {type(action).__name__}")
+        keys = sorted(action)
+        if self._keys is None:
+            self._keys = keys
+        elif keys != self._keys:
+            raise ActionError(f"action keys changed from {self._keys} to {keys}")
+        horizon = None
+        for key in keys:
+            value = action[key]
+            if not isinstance(value, np.ndarray) or value.ndim < 2:
+                got = getattr(value, "shape", type(value).__name__)
+                raise ActionError(f"action key '{key}' must be an array of shape (B, H, ...); got {got}")
+            if value.shape[0] != n_rows:
+                raise ActionError(f"action key '{key}' has batch size {value.shape[0]}; expected {n_rows} (the envs asked for)")
+            if horizon is not None and value.shape[1] != horizon:
+                raise ActionError(f"action key '{key}' has horizon {value.shape[1]}; other keys have {horizon}")
+            horizon = value.shape[1]
+        usable = horizon if self.n_action_steps is None else min(horizon, self.n_action_steps)
+        return [{key: np.asarray(action[key][row, :usable]) for key in keys} for row in range(n_rows)]
+
+    def _install(self, env_ids: Sequence[int], action: Any) -> None:
+        for i, chunk in zip(env_ids, self._split(action, len(env_ids))):
+            self._buffers[i] = chunk
+            self._cursors[i] = 0
+
+    # --- asynchronous prefetch ------------------------------------------------------------------
+
+    def _request(self, observation: Any, options: Optional[Dict[str, Any]]) -> Tuple[Any, Any]:
+        self.stats.requests += 1
+        return self.policy.get_action(observation, options)
+
+    def _threshold(self, i: int) -> int:
+        if self.prefetch_steps is not None:
+            return self.prefetch_steps
+        buffer = self._buffers[i]
+        length = len(next(iter(buffer.values()))) if buffer is not None else 0
+        return length // 2
+
+    def _maybe_prefetch(self, observation: Any, options: Optional[Dict[str, Any]]) -> None:
+        low = [i for i in range(self._n_envs or 0) if self._remaining(i) <= self._threshold(i)]
+        if not low:
+            return
+        ids = low if self.per_env else list(range(self._n_envs or 0))
+        request_obs = _copy_leaves(self._rows(observation, ids))
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gr00t-chunk-prefetch")
+        self.stats.prefetches += 1
+        self._pending = _Prefetch(
+            future=self._executor.submit(self._request, request_obs, dict(options) if options else None),
+            env_ids=ids,
+            generations=[self._generations[i] for i in ids],
+            steps_at_observation=[self._steps_taken[i] - 1 for i in ids],  # this call's step was already taken
+        )
+
+    def _collect(self, block: bool) -> List[int]:
+        """Merge a finished prefetch into the buffers; return the env ids merged."""
+        pending = self._pending
+        if pending is None or (not block and not pending.future.done()):
+            return []
+        self._pending = None
+        action, info = pending.future.result()  # a policy error surfaces in the robot's call
+        self._last_info = info if isinstance(info, dict) else {}
+        merged = []
+        rows = zip(pending.env_ids, pending.generations, pending.steps_at_observation, self._split(action, len(pending.env_ids)))
+        for i, generation, at_obs, new in rows:
+            if generation != self._generations[i]:
+                self.stats.discarded_envs += 1
+                continue
+            self._merge_into(i, new, elapsed=self._steps_taken[i] - at_obs)
+            merged.append(i)
+        self.stats.merged_envs += len(merged)
+        return merged
+
+    def _merge_into(self, i: int, new: Dict[str, np.ndarray], elapsed: int) -> None:
+        old = self._buffers[i]
+        cursor = self._cursors[i]
+        result = {}
+        for key, new_steps in new.items():
+            new_tail = new_steps[elapsed:]
+            old_tail = old[key][cursor:] if old is not None else new_steps[:0]
+            n = min(len(old_tail), len(new_tail))
+            longer = new_tail if len(new_tail) >= len(old_tail) else old_tail
+            result[key] = np.concatenate([merge_overlap(old_tail[:n], new_tail[:n], self.merge, self.new_weight), longer[n:]])
+        self._buffers[i] = result if len(next(iter(result.values()))) else None
+        self._cursors[i] = 0

@@ -1,0 +1,127 @@
+"""Run a rollout's shards as Ray tasks (`rollout --ray-address auto|HOST:PORT|local`), merged into one result.
+
+Each Ray task runs one shard with its own env workers and its own PolicyClient; policy servers are assigned
+to shards round-robin. Needs the optional extra: pip install 'gr00t-eval[ray]'.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from .rollout.runner import RolloutConfig
+from .shard import ShardSpec, merge_results, run_suite
+from .suites import auto_n_envs, resolve_tasks
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerAddress:
+    """One policy server a shard may talk to."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def parse_servers(hosts: str, default_port: int) -> List[ServerAddress]:
+    """'h1,h2:5556' -> [h1:default_port, h2:5556] (entries without a port use `default_port`)."""
+    servers = []
+    for item in (part.strip() for part in str(hosts).split(",")):
+        if not item:
+            continue
+        host, sep, port = item.rpartition(":")
+        if sep and port.isdigit() and host:
+            servers.append(ServerAddress(host, int(port)))
+        else:
+            servers.append(ServerAddress(item, int(default_port)))
+    if not servers:
+        raise ValueError(f"--policy-client-host must name at least one host, got {hosts!r}")
+    return servers
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError as exc:
+        raise ImportError(f"--ray-address needs Ray ({exc}); install it with: pip install 'gr00t-eval[ray]'") from exc
+    return ray
+
+
+def init_ray(address: str) -> bool:
+    """Connect to (`auto`, `HOST:PORT`, `ray://...`) or start (`local`) Ray unless it is up; True if we started it."""
+    ray = _import_ray()
+    if ray.is_initialized():
+        return False
+    if address == "local":
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    else:
+        ray.init(address=address, log_to_driver=False)
+    return True
+
+
+def run_shard_task(env_spec: str, config: Dict[str, Any], shard: Tuple[int, int], server: Tuple[str, int],
+                   api_token: Optional[str], timeout_ms: int) -> Dict[str, Any]:
+    """The body of one Ray task: connect to `server`, run shard `shard` of the plan, return its results."""
+    from gr00t_client import PolicyClient
+
+    logging.basicConfig(level=logging.INFO)
+    with PolicyClient(server[0], server[1], timeout_ms=timeout_ms, api_token=api_token) as client:
+        if not client.ping():
+            raise ConnectionError(f"policy server at {server[0]}:{server[1]} did not answer ping within {timeout_ms} ms")
+        results = run_suite(client, env_spec, RolloutConfig(**config), ShardSpec(*shard))
+    results.setdefault("config", {})["policy_server"] = f"{server[0]}:{server[1]}"
+    return results
+
+
+def default_shard_count(n_items: int, n_servers: int, cluster_cpus: int) -> int:
+    """One shard per CPU of the cluster (at least one per server), never more shards than episodes."""
+    return max(1, min(n_items, max(n_servers, cluster_cpus)))
+
+
+def run_with_ray(env_spec: str, config: RolloutConfig, servers: Sequence[ServerAddress], address: str = "local",
+                 n_shards: int = 0, api_token: Optional[str] = None, timeout_ms: int = 15000,
+                 cpus_per_shard: float = 1.0) -> Dict[str, Any]:
+    """Split the plan into shards, run them as Ray tasks against `servers` (round-robin), return the merged results."""
+    if config.seed is None:
+        raise ValueError("--ray-address needs --seed: shards must agree on every episode's seed to merge into one run")
+    ray = _import_ray()
+    started = init_ray(address)
+    try:
+        tasks, _ = resolve_tasks(env_spec)
+        n_items = len(tasks) * config.n_episodes
+        if n_shards <= 0:
+            n_shards = default_shard_count(n_items, len(servers), int(ray.cluster_resources().get("CPU", 1) // cpus_per_shard))
+        n_shards = min(n_shards, n_items)
+        payload = dataclasses.asdict(config)
+        if config.n_envs == 0:  # auto inside a shard: 70 % of the CPUs Ray reserved for it, not of the whole node
+            payload["n_envs"] = auto_n_envs(config.n_episodes, cores=max(1, int(cpus_per_shard)))
+        remote = ray.remote(num_cpus=cpus_per_shard, max_retries=0)(run_shard_task)
+        refs = []
+        for index in range(n_shards):
+            server = servers[index % len(servers)]
+            refs.append(remote.remote(env_spec, payload, (index, n_shards), (server.host, server.port), api_token, timeout_ms))
+        logger.info("running %d shards on Ray against %s", n_shards, ", ".join(map(str, servers)))
+        shard_results, failed = [], {}
+        for index, ref in enumerate(refs):
+            try:
+                shard_results.append(ray.get(ref))
+            except Exception as exc:  # noqa: BLE001 - keep the other shards' episodes; report the lost ones
+                cause = getattr(exc, "cause", None) or exc
+                failed[f"{index}/{n_shards}"] = f"{type(cause).__name__}: {cause}"
+                logger.error("shard %d/%d failed: %s", index, n_shards, failed[f"{index}/{n_shards}"])
+    finally:
+        if started:
+            ray.shutdown()
+    if not shard_results:
+        raise RuntimeError(f"every Ray shard failed: {failed}")
+    merged = merge_results(shard_results, allow_missing=bool(failed))
+    merged["config"].pop("policy_server", None)
+    merged["config"].update(ray_address=address, ray_shards=n_shards, policy_servers=[str(s) for s in servers])
+    merged["failed_shards"] = failed
+    return merged

@@ -1,0 +1,146 @@
+"""Episode sharding (`rollout --shard i/N`) and merging shard results into what one run would report.
+
+The work list is every (task, episode) pair in task order; shard i of N takes the contiguous slice
+[floor(i*M/N), floor((i+1)*M/N)) of its M items, so a shard touches few tasks (few env start-ups) and
+every episode keeps its seed `seed + episode_index` whichever shard runs it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from gr00t_client import BasePolicy
+
+from .rollout.runner import RolloutConfig
+from .suites import Task, TaskRun, outcome_from_json, resolve_tasks, run_tasks, suite_results
+
+logger = logging.getLogger(__name__)
+
+
+class MergeError(ValueError):
+    """Shard results that cannot be merged: different plans, overlapping or missing episodes."""
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """Shard `index` (0-based) of `count`."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise ValueError(f"shard must be i/N with N >= 1 and 0 <= i < N (0-based), got {self.index}/{self.count}")
+
+    @classmethod
+    def parse(cls, text: str) -> "ShardSpec":
+        """'i/N' -> ShardSpec(i, N)."""
+        try:
+            index, count = (int(part) for part in text.split("/"))
+        except ValueError:
+            raise ValueError(f"--shard must look like i/N (e.g. 0/4), got {text!r}") from None
+        return cls(index, count)
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def shard_ranges(tasks: Sequence[Task], n_episodes: int, shard: ShardSpec) -> Dict[str, range]:
+    """The episode range of each task that `shard` runs (tasks it does not touch are left out)."""
+    total = len(tasks) * n_episodes
+    start, stop = shard.index * total // shard.count, (shard.index + 1) * total // shard.count
+    ranges: Dict[str, range] = {}
+    for position, task in enumerate(tasks):
+        first, last = max(start, position * n_episodes), min(stop, (position + 1) * n_episodes)
+        if first < last:
+            ranges[task.env_name] = range(first - position * n_episodes, last - position * n_episodes)
+    return ranges
+
+
+OUTCOME_SETTINGS = ("n_action_steps", "max_episode_steps", "terminate_on_success", "env_kwargs")
+
+
+def shard_plan(tasks: Sequence[Task], config: RolloutConfig, shard: Optional[ShardSpec]) -> Dict[str, Any]:
+    """What a results file records so that merge can check its shards belong together."""
+    return {
+        "tasks": [[t.env_name, t.group] for t in tasks],
+        "n_episodes": int(config.n_episodes),
+        "seed": config.seed,
+        "settings": {name: getattr(config, name) for name in OUTCOME_SETTINGS},  # what changes an episode's outcome
+        "shard": None if shard is None else [shard.index, shard.count],
+    }
+
+
+def _plan_key(results: Mapping[str, Any]) -> Tuple[Any, ...]:
+    plan = results.get("plan")
+    if plan is None:
+        raise MergeError("results have no 'plan' (only results of `rollout --shard` or gr00t-eval suites can be merged)")
+    settings = json.dumps(plan.get("settings", {}), sort_keys=True)
+    return (tuple(tuple(t) for t in plan["tasks"]), plan["n_episodes"], plan["seed"], settings)
+
+
+def merge_results(shards: Sequence[Mapping[str, Any]], allow_missing: bool = False) -> Dict[str, Any]:
+    """Combine shard results into the results one run of the whole plan reports (timings are summed).
+
+    Raises MergeError when the shards ran different plans, repeat an episode, or (unless allow_missing)
+    leave episodes out. Per-episode `env_index` is the shard's worker row and may differ from a single run.
+    """
+    if not shards:
+        raise MergeError("nothing to merge: no results given")
+    key = _plan_key(shards[0])
+    for position, results in enumerate(shards[1:], start=1):
+        if _plan_key(results) != key:
+            raise MergeError(f"results #{position} ran a different plan (tasks, n_episodes, seed or settings) than results #0")
+    task_pairs, n_episodes, seed, _ = key
+    tasks = [Task(env_name, group) for env_name, group in task_pairs]
+    seen: Dict[Tuple[str, int], int] = {}
+    runs: List[TaskRun] = []
+    for position, results in enumerate(shards):
+        per_task = results.get("per_task", {})
+        outcomes_by_task: Dict[str, list] = {}
+        for entry in results.get("per_episode", []):
+            pair = (entry["task"], int(entry["episode_index"]))
+            if pair in seen:
+                raise MergeError(f"episode {pair[1]} of {pair[0]} is in results #{seen[pair]} and #{position}")
+            seen[pair] = position
+            outcomes_by_task.setdefault(entry["task"], []).append(outcome_from_json(entry))
+        for task in tasks:
+            entry = per_task.get(task.env_name)
+            if entry is None and task.env_name not in outcomes_by_task:
+                continue
+            outcomes = outcomes_by_task.get(task.env_name, [])
+            run = TaskRun(task, range(0), outcomes, float((entry or {}).get("eval_s") or 0.0), (entry or {}).get("error"))
+            runs.append(run)
+    missing = [f"{t.env_name}#{i}" for t in tasks for i in range(n_episodes) if (t.env_name, i) not in seen]
+    if missing and not allow_missing:
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise MergeError(f"{len(missing)} episodes are in no results file: {shown} (is a shard missing or failed?)")
+    first = shards[0]
+    config = dict(first.get("config", {}))
+    config.pop("shard", None)
+    extra = {
+        "plan": {**shards[0]["plan"], "shard": None},
+        "merged_from": [results.get("plan", {}).get("shard") for results in shards],
+        "missing_episodes": missing,
+    }
+    return suite_results(tasks, runs, config, first.get("env_name", ""), first.get("suite"), extra)
+
+
+def run_suite(policy: BasePolicy, env_spec: str, config: RolloutConfig, shard: Optional[ShardSpec] = None,
+              progress: bool = False) -> Dict[str, Any]:
+    """Run `env_spec` (env names and/or suites) with `policy`, all episodes or one shard; return results.json."""
+    tasks, suite = resolve_tasks(env_spec)
+    ranges = None
+    if shard is not None:
+        if config.seed is None:
+            raise ValueError("--shard needs --seed: every episode's seed must be fixed for shards to merge into one run")
+        ranges = shard_ranges(tasks, config.n_episodes, shard)
+        logger.info("shard %s runs %s", shard, {k: f"{r.start}..{r.stop - 1}" for k, r in ranges.items()})
+    runs = run_tasks(policy, tasks, config, ranges, progress=progress)
+    snapshot = {**dataclasses.asdict(config), "env_name": env_spec, "shard": None if shard is None else str(shard)}
+    extra = {"plan": shard_plan(tasks, config, shard)}
+    return suite_results(tasks, runs, snapshot, env_spec, suite, extra)

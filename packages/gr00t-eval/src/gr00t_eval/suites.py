@@ -1,0 +1,267 @@
+"""Task suites: named task lists, multi-task rollouts (workers per task) and per-task, per-group, overall results.
+
+`--env-name` takes one env name, a comma-separated list, or registered suite names (`metaworld/easy`,
+`metaworld-mt10`, ...). Each task runs in turn with its own vector env, created when the task starts and
+closed when it ends; episode i of every task uses seed `seed + i`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from gr00t_client import BasePolicy
+
+from .metrics import EpisodeOutcome, rollout_aggregates
+from .rollout.envs import split_env_name
+from .rollout.runner import RolloutConfig, run_rollout
+
+logger = logging.getLogger(__name__)
+
+MAX_AUTO_ENVS = 64
+AUTO_ENV_CORE_FRACTION = 0.7
+
+
+@dataclass(frozen=True)
+class Task:
+    """One env name and the group its scores are pooled into (a suite's sub-set, or the env prefix)."""
+
+    env_name: str
+    group: str
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A registered, named list of tasks."""
+
+    name: str
+    tasks: Tuple[Task, ...]
+    description: str = ""
+
+
+# Meta-World v3 tasks by difficulty (Seo et al., "Masked World Models for Visual Control", 2022).
+METAWORLD_DIFFICULTY: Dict[str, Tuple[str, ...]] = {
+    "easy": (
+        "button-press", "button-press-topdown", "button-press-topdown-wall", "button-press-wall", "coffee-button",
+        "dial-turn", "door-close", "door-lock", "door-open", "door-unlock", "drawer-close", "drawer-open",
+        "faucet-close", "faucet-open", "handle-press", "handle-press-side", "handle-pull", "handle-pull-side",
+        "lever-pull", "peg-unplug-side", "plate-slide", "plate-slide-back", "plate-slide-back-side",
+        "plate-slide-side", "reach", "reach-wall", "window-close", "window-open",
+    ),
+    "medium": (
+        "basketball", "bin-picking", "box-close", "coffee-pull", "coffee-push", "hammer", "peg-insert-side",
+        "push-wall", "soccer", "sweep", "sweep-into",
+    ),
+    "hard": ("assembly", "hand-insert", "pick-out-of-hole", "pick-place", "push", "push-back"),
+    "very_hard": ("disassemble", "pick-place-wall", "shelf-place", "stick-pull", "stick-push"),
+}
+METAWORLD_MT10 = (
+    "reach", "push", "pick-place", "door-open", "drawer-open", "drawer-close", "button-press-topdown",
+    "peg-insert-side", "window-open", "window-close",
+)
+METAWORLD_MT3 = ("reach", "push", "pick-place")
+
+_SUITES: Dict[str, Suite] = {}
+
+
+def _metaworld_group(task: str) -> str:
+    return next(level for level, names in METAWORLD_DIFFICULTY.items() if task in names)
+
+
+def _metaworld_tasks(names: Sequence[str]) -> List[Task]:
+    return [Task(f"metaworld/{name}-v3", _metaworld_group(name)) for name in names]
+
+
+def register_suite(name: str, tasks: Sequence[Union[str, Tuple[str, str], Task]], description: str = "", replace: bool = False) -> Suite:
+    """Register a suite; a task is an env name (grouped by its prefix), an (env_name, group) pair or a Task."""
+    if not name or "," in name:
+        raise ValueError(f"a suite name must be non-empty and have no ',', got {name!r}")
+    if name in _SUITES and not replace:
+        raise ValueError(f"suite {name!r} is already registered (pass replace=True to redefine it)")
+    resolved = []
+    for task in tasks:
+        if isinstance(task, Task):
+            resolved.append(task)
+        elif isinstance(task, str):
+            resolved.append(Task(task, split_env_name(task)[0]))
+        else:
+            env_name, group = task
+            resolved.append(Task(str(env_name), str(group)))
+    if not resolved:
+        raise ValueError(f"suite {name!r} has no tasks")
+    suite = Suite(name, tuple(resolved), description)
+    _SUITES[name] = suite
+    return suite
+
+
+def suite_names() -> List[str]:
+    """The registered suite names."""
+    return sorted(_SUITES)
+
+
+def get_suite(name: str) -> Suite:
+    """A registered suite by name (KeyError naming the known ones)."""
+    if name not in _SUITES:
+        raise KeyError(f"no suite {name!r}; registered suites: {', '.join(suite_names())}")
+    return _SUITES[name]
+
+
+for _level, _names in METAWORLD_DIFFICULTY.items():
+    register_suite(f"metaworld/{_level}", _metaworld_tasks(_names), f"Meta-World v3 {_level} tasks")
+register_suite("metaworld-mt50", _metaworld_tasks([n for names in METAWORLD_DIFFICULTY.values() for n in names]),
+               "all 50 Meta-World v3 tasks, grouped by difficulty")
+register_suite("metaworld-mt10", _metaworld_tasks(METAWORLD_MT10), "Meta-World MT10, grouped by difficulty")
+register_suite("metaworld-mt3", _metaworld_tasks(METAWORLD_MT3), "reach, push and pick-place: a quick smoke suite")
+
+
+def resolve_tasks(env_spec: str) -> Tuple[List[Task], Optional[str]]:
+    """`--env-name` -> (tasks in order without duplicates, suite name when the spec is exactly one suite)."""
+    items = [item.strip() for item in env_spec.split(",") if item.strip()]
+    if not items:
+        raise ValueError(f"--env-name must name at least one env or suite, got {env_spec!r}")
+    tasks: List[Task] = []
+    seen = set()
+    for item in items:
+        expanded = list(_SUITES[item].tasks) if item in _SUITES else [Task(item, split_env_name(item)[0])]
+        for task in expanded:
+            if task.env_name not in seen:
+                seen.add(task.env_name)
+                tasks.append(task)
+    suite = items[0] if len(items) == 1 and items[0] in _SUITES else None
+    return tasks, suite
+
+
+def auto_n_envs(episodes_left: int, cores: Optional[int] = None) -> int:
+    """`--n-envs 0`: floor(cores * 0.7), capped by the episodes left and by 64; at least 1."""
+    cores = cores if cores is not None else (os.cpu_count() or 1)
+    return max(1, min(int(math.floor(cores * AUTO_ENV_CORE_FRACTION)), int(episodes_left), MAX_AUTO_ENVS))
+
+
+@dataclass
+class TaskRun:
+    """The scored episodes of one task (episode indices are the task's, not the shard's), or why it failed."""
+
+    task: Task
+    episodes: range
+    outcomes: List[EpisodeOutcome] = field(default_factory=list)
+    eval_s: float = 0.0
+    error: Optional[str] = None
+
+
+def run_task(policy: BasePolicy, task: Task, config: RolloutConfig, episodes: Optional[range] = None, progress: bool = False) -> TaskRun:
+    """Run episodes `episodes` (default: all of config.n_episodes) of one task; a task that cannot run is recorded."""
+    episodes = episodes if episodes is not None else range(config.n_episodes)
+    run = TaskRun(task, episodes)
+    if len(episodes) == 0:
+        return run
+    n_envs = config.n_envs if config.n_envs > 0 else auto_n_envs(len(episodes))
+    video_dir = config.video_dir
+    if video_dir:  # one folder per task (and per slice), since the wrapper names videos by local episode index
+        video_dir = os.path.join(video_dir, task.env_name.replace("/", "__"))
+        if episodes != range(config.n_episodes):
+            video_dir = os.path.join(video_dir, f"episodes_{episodes.start:04d}-{episodes.stop - 1:04d}")
+    task_config = dataclasses.replace(
+        config, env_name=task.env_name, n_episodes=len(episodes), n_envs=n_envs, video_dir=video_dir,
+        seed=None if config.seed is None else int(config.seed) + episodes.start,  # episode i keeps seed + i
+    )
+    start = time.perf_counter()
+    try:
+        result = run_rollout(policy, task_config, progress=progress)
+    except Exception as exc:  # noqa: BLE001 - a task that cannot start (bad env, server gone) must not end the suite
+        logger.error("task %s failed: %s: %s", task.env_name, type(exc).__name__, exc)
+        run.error = f"{type(exc).__name__}: {exc}"
+        run.eval_s = time.perf_counter() - start
+        return run
+    run.eval_s = result.eval_s
+    for outcome in result.outcomes:
+        outcome.episode_index += episodes.start
+        outcome.extras = {**outcome.extras, "task": task.env_name, "group": task.group}
+        run.outcomes.append(outcome)
+    return run
+
+
+def run_tasks(policy: BasePolicy, tasks: Sequence[Task], config: RolloutConfig, episode_ranges: Optional[Mapping[str, range]] = None,
+              progress: bool = False) -> List[TaskRun]:
+    """Run each task in turn (only `episode_ranges[task]` when given; tasks missing from it are skipped)."""
+    runs = []
+    for task in tasks:
+        episodes = range(config.n_episodes) if episode_ranges is None else episode_ranges.get(task.env_name, range(0))
+        if len(episodes) == 0:
+            continue
+        logger.info("task %s: episodes %d..%d", task.env_name, episodes.start, episodes.stop - 1)
+        runs.append(run_task(policy, task, config, episodes, progress=progress))
+    return runs
+
+
+def outcome_from_json(entry: Mapping[str, Any]) -> EpisodeOutcome:
+    """Rebuild an EpisodeOutcome from a per_episode entry of results.json (for merging shards)."""
+    known = {"episode_index", "env_index", "seed", "success", "sum_reward", "max_reward", "length", "video_path", "failure_reason"}
+    return EpisodeOutcome(
+        episode_index=int(entry["episode_index"]), seed=entry.get("seed"), success=bool(entry["success"]),
+        sum_reward=float(entry["sum_reward"]), max_reward=float(entry["max_reward"]), length=int(entry["length"]),
+        env_index=int(entry.get("env_index", 0)), video_path=entry.get("video_path"), failure_reason=entry.get("failure_reason"),
+        extras={k: v for k, v in entry.items() if k not in known},
+    )
+
+
+def _config_snapshot(config: RolloutConfig) -> Dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def suite_results(tasks: Sequence[Task], runs: Sequence[TaskRun], config: Union[RolloutConfig, Mapping[str, Any]], env_spec: str,
+                  suite: Optional[str] = None, extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """results.json of a multi-task run: per_episode (with task, group), per_task, per_group and overall aggregates.
+
+    Aggregates pool episodes (episode-weighted); eval_s of a group or overall is the sum of its tasks' eval_s.
+    `overall.avg_task_pc_success` is the plain mean of the tasks' pc_success. `aggregated` repeats `overall`.
+    """
+    by_task: Dict[str, List[TaskRun]] = {}
+    for run in runs:
+        by_task.setdefault(run.task.env_name, []).append(run)
+    per_task: Dict[str, Dict[str, Any]] = {}
+    group_outcomes: Dict[str, List[EpisodeOutcome]] = {}
+    group_eval_s: Dict[str, float] = {}
+    all_outcomes: List[EpisodeOutcome] = []
+    errors: Dict[str, str] = {}
+    for task in tasks:
+        task_runs = by_task.get(task.env_name, [])
+        outcomes = sorted((o for r in task_runs for o in r.outcomes), key=lambda o: o.episode_index)
+        eval_s = sum(r.eval_s for r in task_runs)
+        entry = {"group": task.group, **rollout_aggregates(outcomes, eval_s)}
+        task_errors = [r.error for r in task_runs if r.error]
+        if task_errors:
+            entry["error"] = "; ".join(task_errors)
+            errors[task.env_name] = entry["error"]
+        per_task[task.env_name] = entry
+        group_outcomes.setdefault(task.group, []).extend(outcomes)
+        group_eval_s[task.group] = group_eval_s.get(task.group, 0.0) + eval_s
+        all_outcomes.extend(outcomes)
+    total_s = sum(group_eval_s.values())
+    overall = rollout_aggregates(all_outcomes, total_s)
+    scored = [v["pc_success"] for v in per_task.values() if v["n_episodes"]]
+    overall["avg_task_pc_success"] = sum(scored) / len(scored) if scored else float("nan")
+    overall["n_tasks"] = len(tasks)
+    overall["n_failed_tasks"] = len(errors)
+    snapshot = config if isinstance(config, Mapping) else _config_snapshot(config)
+    results: Dict[str, Any] = {
+        "kind": "rollout",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "env_name": env_spec,
+        "suite": suite,
+        "tasks": [{"env_name": t.env_name, "group": t.group} for t in tasks],
+        "config": dict(snapshot),
+        "per_episode": [o.to_json_dict() for o in all_outcomes],
+        "per_task": per_task,
+        "per_group": {group: rollout_aggregates(group_outcomes[group], group_eval_s[group]) for group in group_outcomes},
+        "overall": overall,
+        "aggregated": overall,
+        "failed_tasks": errors,
+        "video_paths": [o.video_path for o in all_outcomes if o.video_path],
+    }
+    results.update(extra or {})
+    return results

@@ -1,0 +1,233 @@
+"""ActionChunker: one step per env per call, refetch points, per-env resets, async prefetch and merge rules."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from gr00t_client import BasePolicy, PolicyClient
+from gr00t_client.chunking import ActionChunker, merge_overlap
+
+HORIZON = 6
+
+
+class StampPolicy(BasePolicy):
+    """Action step j for an env whose observation says t is 100 * t + j, so a test can read where a step came from."""
+
+    def __init__(self, horizon=HORIZON, delay_s=0.0, gate=None):
+        super().__init__(strict=False)
+        self.horizon = horizon
+        self.delay_s = delay_s
+        self.gate = gate
+        self.batches = []  # the t values of each request, one list per call
+        self.resets = 0
+
+    def _get_action(self, observation, options=None):
+        if self.gate is not None:
+            self.gate.wait(timeout=10)
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        t = np.asarray(observation["state"]["t"], dtype=np.float32)[:, 0]
+        self.batches.append([int(v) for v in t])
+        steps = np.arange(self.horizon, dtype=np.float32)
+        chunk = 100.0 * t[:, None] + steps[None, :]
+        return {"action.x": chunk[:, :, None]}, {"n": len(self.batches)}
+
+    def reset(self, options=None):
+        self.resets += 1
+        return {"reset": True}
+
+
+def obs(*t_values):
+    return {"state": {"t": np.array(t_values, dtype=np.float32)[:, None]}, "language": {"task": [["go"]] * len(t_values)}}
+
+
+def run_steps(chunker, n_steps, n_envs=1, start=0):
+    """Call the chunker with t = start..start+n_steps-1 for every env; return the action values, (n_steps, B)."""
+    return np.array([chunker.get_action(obs(*([t] * n_envs)))[0]["action.x"][:, 0] for t in range(start, start + n_steps)])
+
+
+def test_steps_come_out_in_chunk_order_one_per_env():
+    chunker = ActionChunker(StampPolicy(), n_action_steps=4)
+    action, _ = chunker.get_action(obs(0, 0))
+    assert action["action.x"].shape == (2, 1)
+    values = np.concatenate([action["action.x"][:, 0][None], run_steps(chunker, 3, n_envs=2, start=1)])
+    np.testing.assert_array_equal(values[:, 0], [0, 1, 2, 3])
+    np.testing.assert_array_equal(values[:, 1], [0, 1, 2, 3])
+
+
+def test_sync_refetches_for_all_envs_exactly_when_the_executed_part_runs_out():
+    policy = StampPolicy()
+    chunker = ActionChunker(policy, n_action_steps=4)
+    values = run_steps(chunker, 10, n_envs=2)
+    assert policy.batches == [[0, 0], [4, 4], [8, 8]]
+    np.testing.assert_array_equal(values[:, 0], [0, 1, 2, 3, 400, 401, 402, 403, 800, 801])
+    assert chunker.stats.requests == 3 and chunker.stats.blocking_waits == 3
+
+
+def test_whole_chunk_is_used_without_n_action_steps():
+    policy = StampPolicy(horizon=3)
+    chunker = ActionChunker(policy)
+    np.testing.assert_array_equal(run_steps(chunker, 4)[:, 0], [0, 1, 2, 300])
+
+
+def test_reset_of_one_env_refetches_only_that_env_with_per_env():
+    policy = StampPolicy()
+    chunker = ActionChunker(policy, per_env=True)
+    run_steps(chunker, 2, n_envs=3)
+    chunker.reset(env_ids=[1])
+    action, info = chunker.get_action(obs(2, 2, 2))
+    assert policy.batches[-1] == [2]  # only env 1's observation went to the policy
+    assert info["fetched_env_ids"] == [1]
+    np.testing.assert_array_equal(action["action.x"][:, 0], [2, 200, 2])
+    assert policy.resets == 0  # a partial reset never resets the (shared) policy
+
+
+def test_reset_of_one_env_refetches_all_envs_in_lockstep():
+    policy = StampPolicy()
+    chunker = ActionChunker(policy)
+    run_steps(chunker, 2, n_envs=2)
+    chunker.reset(env_ids=[0])
+    action, _ = chunker.get_action(obs(2, 2))
+    assert policy.batches[-1] == [2, 2]
+    np.testing.assert_array_equal(action["action.x"][:, 0], [200, 200])
+
+
+def test_full_reset_clears_buffers_and_resets_the_policy():
+    policy = StampPolicy()
+    chunker = ActionChunker(policy)
+    run_steps(chunker, 2)
+    assert chunker.reset() == {"reset": True}
+    assert policy.resets == 1
+    assert chunker.get_action(obs(7))[0]["action.x"][0, 0] == 700
+
+
+def test_per_env_buffers_run_out_at_different_steps_after_a_reset():
+    policy = StampPolicy(horizon=4)
+    chunker = ActionChunker(policy, per_env=True)
+    run_steps(chunker, 2, n_envs=2)  # both envs at cursor 2
+    chunker.reset(env_ids=[0])
+    run_steps(chunker, 2, n_envs=2, start=2)  # env 0 refetched at t=2; env 1 ends its chunk
+    chunker.get_action(obs(4, 4))  # env 1 exhausted now, env 0 still has 2 steps
+    assert policy.batches == [[0, 0], [2], [4]]
+
+
+def test_batch_size_change_is_an_error_naming_both_sizes():
+    chunker = ActionChunker(StampPolicy())
+    chunker.get_action(obs(0, 0))
+    with pytest.raises(ValueError, match="batch size 3.*2 envs"):
+        chunker.get_action(obs(0, 0, 0))
+
+
+def test_merge_rules_on_overlapping_steps():
+    old = np.array([[3.0], [4.0]], dtype=np.float32)
+    new = np.array([[201.0], [202.0]], dtype=np.float32)
+    np.testing.assert_allclose(merge_overlap(old, new, "newest"), new)
+    np.testing.assert_allclose(merge_overlap(old, new, "oldest"), old)
+    np.testing.assert_allclose(merge_overlap(old, new, "average"), [[102.0], [103.0]])
+    np.testing.assert_allclose(merge_overlap(old, new, "weighted", new_weight=0.7), [[141.6], [142.6]], rtol=1e-6)
+    np.testing.assert_allclose(merge_overlap(old, new, lambda o, n: np.maximum(o, n) - 1), new - 1)
+    with pytest.raises(ValueError, match="merge rule"):
+        merge_overlap(old, new, "median")
+
+
+@pytest.mark.parametrize(
+    "rule, expected",
+    [
+        ("newest", [201, 202, 203, 204, 205]),
+        ("average", [102, 103, 104, 204, 205]),
+        ("weighted", [141.6, 142.6, 143.6, 204, 205]),
+    ],
+)
+def test_async_merges_leftover_steps_with_the_new_chunk_aligned_by_elapsed_steps(rule, expected):
+    # H=6, prefetch at 3 steps left: the request goes out at t=2 (old steps 3,4,5 still to run) and lands
+    # before t=3, one step later, so new[1:] = 201..205 lines up with old 3,4,5 and then runs on alone.
+    policy = StampPolicy()
+    chunker = ActionChunker(policy, asynchronous=True, prefetch_steps=3, merge=rule, new_weight=0.7)
+    np.testing.assert_array_equal(run_steps(chunker, 3)[:, 0], [0, 1, 2])
+    assert chunker.wait_for_prefetch(timeout=5)
+    values = run_steps(chunker, 5, start=3)[:, 0]
+    np.testing.assert_allclose(values, expected, rtol=1e-6)
+    assert policy.batches[:2] == [[0], [2]]
+    chunker.close()
+
+
+def test_async_prefetch_that_arrives_late_is_aligned_by_steps_executed_meanwhile():
+    gate = threading.Event()
+    policy = StampPolicy(horizon=4)
+    chunker = ActionChunker(policy, asynchronous=True, prefetch_steps=2)
+    chunker.get_action(obs(0))  # sync fetch, ungated
+    policy.gate = gate
+    run_steps(chunker, 3, start=1)  # prefetch sent at t=1; old chunk runs out after t=3
+    threading.Timer(0.2, gate.set).start()  # the answer comes while the robot already waits
+    action, info = chunker.get_action(obs(4))  # waits for the prefetch: 3 steps elapsed, so new[3] = 103
+    assert action["action.x"][0, 0] == 103 and info["merged_env_ids"] == [0]
+    assert chunker.stats.blocking_waits == 2
+    chunker.close()
+
+
+def test_reset_during_a_prefetch_discards_that_envs_row():
+    gate = threading.Event()
+    policy = StampPolicy(horizon=4)
+    chunker = ActionChunker(policy, asynchronous=True, prefetch_steps=2, per_env=True)
+    chunker.get_action(obs(0, 0))
+    policy.gate = gate
+    run_steps(chunker, 1, n_envs=2, start=1)  # prefetch for both envs in flight
+    chunker.reset(env_ids=[1])
+    gate.set()
+    assert chunker.wait_for_prefetch(timeout=5)
+    action, info = chunker.get_action(obs(2, 2))
+    assert info["merged_env_ids"] == [0] and info["fetched_env_ids"] == [1]
+    assert chunker.stats.discarded_envs == 1
+    np.testing.assert_array_equal(action["action.x"][:, 0], [101, 200])
+    chunker.close()
+
+
+def test_policy_error_in_the_background_surfaces_in_the_robots_call():
+    class Failing(StampPolicy):
+        def _get_action(self, observation, options=None):
+            if self.batches:
+                raise RuntimeError("server went away")
+            return super()._get_action(observation, options)
+
+    chunker = ActionChunker(Failing(horizon=4), asynchronous=True, prefetch_steps=3)
+    chunker.get_action(obs(0))
+    chunker.wait_for_prefetch(timeout=5)
+    with pytest.raises(RuntimeError, match="server went away"):
+        chunker.get_action(obs(1))
+    chunker.close()
+
+
+@pytest.fixture
+def slow_server():
+    from gr00t_server.server import PolicyServer
+
+    server = PolicyServer(StampPolicy(horizon=20, delay_s=0.1), host="127.0.0.1", port=0).start()
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    yield server
+    server.stop()
+    thread.join(timeout=5)
+
+
+def robot_loop(chunker, n_steps, step_s):
+    for t in range(n_steps):
+        chunker.get_action(obs(t, t))
+        time.sleep(step_s)  # the robot's control period
+
+
+def test_sync_chunking_waits_for_the_slow_server_at_every_chunk_boundary(slow_server):
+    with PolicyClient("127.0.0.1", slow_server.port, timeout_ms=5000) as client:
+        chunker = ActionChunker(client)
+        robot_loop(chunker, 60, step_s=0.03)
+    assert chunker.stats.requests == 3 and chunker.stats.blocking_waits == 3
+
+
+def test_async_prefetch_hides_the_slow_server_after_the_first_chunk(slow_server):
+    # 15 steps of 30 ms left when the prefetch goes out: 450 ms of slack against a 100 ms server.
+    with PolicyClient("127.0.0.1", slow_server.port, timeout_ms=5000) as client:
+        with ActionChunker(client, asynchronous=True, prefetch_steps=15) as chunker:
+            robot_loop(chunker, 60, step_s=0.03)
+    assert chunker.stats.blocking_waits == 1  # only the very first chunk was waited for
+    assert chunker.stats.prefetches >= 2 and chunker.stats.merged_envs >= 4

@@ -1,0 +1,143 @@
+"""A tiny flat-GR00T env where a constant action succeeds in a seed-dependent number of steps, and its policy server.
+
+`walkto/<speed>`: each step with a positive action moves `speed` units; the goal lies 2 + seed % 7 units away;
+reward is the fraction of the way covered. With max_episode_steps=6, speed 1 succeeds for seeds with
+seed % 7 <= 4 and speed 2 for all of them, so pc_success and rewards differ per task and per seed.
+"""
+
+import contextlib
+import string
+import threading
+
+import gymnasium as gym
+import numpy as np
+
+from gr00t_client import BasePolicy, EmbodimentTag, ModalityConfig
+from gr00t_eval.rollout.envs import register_env_prefix
+
+LANGUAGE_KEY = "annotation.human.task_description"
+ACTION_HORIZON = 4
+
+
+class WalkToEnv(gym.Env):
+    """Walk towards a goal 2 + seed % 7 units away at `speed` units per positive action."""
+
+    def __init__(self, speed: float = 1.0):
+        self.speed = float(speed)
+        self.observation_space = gym.spaces.Dict({
+            "state.position": gym.spaces.Box(-np.inf, np.inf, (1,), np.float32),
+            LANGUAGE_KEY: gym.spaces.Text(max_length=64, charset=string.printable),
+        })
+        self.action_space = gym.spaces.Dict({"action.push": gym.spaces.Box(-1.0, 1.0, (1,), np.float32)})
+        self.goal = 2.0
+        self.position = 0.0
+
+    def _obs(self):
+        return {"state.position": np.array([self.position], np.float32), LANGUAGE_KEY: "walk to the goal"}
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.goal = 2.0 + (int(seed) % 7 if seed is not None else 0)
+        self.position = 0.0
+        return self._obs(), {}
+
+    def step(self, action):
+        if float(np.asarray(action["action.push"]).reshape(-1)[0]) > 0:
+            self.position += self.speed
+        success = self.position >= self.goal
+        return self._obs(), min(1.0, self.position / self.goal), bool(success), False, {"success": success}
+
+
+    def close(self):
+        ENV_EVENTS.append(("close", self.speed))
+
+
+ENV_EVENTS = []  # ("make" | "close", speed) in order, for envs built in this process (sync vectorisation)
+
+
+def make_walkto_env(task: str, **kwargs):
+    """Adapter: `walkto/fast` moves 2 units per step, `walkto/slow` 1."""
+    speeds = {"fast": 2.0, "slow": 1.0}
+    if task not in speeds:
+        raise ValueError(f"unknown walkto task {task!r}; expected one of {sorted(speeds)}")
+    ENV_EVENTS.append(("make", speeds[task]))
+    return WalkToEnv(speeds[task], **kwargs)
+
+
+def register():
+    """Register the `walkto` env prefix (call in every process that builds these envs)."""
+    register_env_prefix("walkto", EmbodimentTag.NEW_EMBODIMENT, make_walkto_env)
+
+
+register()
+
+
+def expected_success(task: str, seed: int, max_episode_steps: int = 6) -> bool:
+    """Whether the constant policy succeeds within the step limit."""
+    speed = {"fast": 2.0, "slow": 1.0}[task.split("/")[1]]
+    return int(np.ceil((2 + seed % 7) / speed)) <= max_episode_steps
+
+
+class ConstantPolicy(BasePolicy):
+    """Always pushes forward: action.push = 1 for every env and step of the chunk."""
+
+    def __init__(self):
+        super().__init__(strict=False)
+
+    def get_modality_config(self):
+        return {
+            "state": ModalityConfig([0], ["position"]),
+            "action": ModalityConfig(list(range(ACTION_HORIZON)), ["push"]),
+            "language": ModalityConfig([0], [LANGUAGE_KEY]),
+        }
+
+    def _get_action(self, observation, options=None):
+        batch = np.asarray(observation["state.position"]).shape[0]
+        return {"action.push": np.ones((batch, ACTION_HORIZON, 1), np.float32)}, {}
+
+    def reset(self, options=None):
+        return {}
+
+
+def run_cli(argv):
+    """`gr00t-eval ARGV` with the scale commands wired in (cli.py may not call the wiring functions yet)."""
+    import argparse
+
+    from gr00t_eval import cli
+    from gr00t_eval.scale_cli import add_scale_arguments, register_scale_commands
+
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if "batch" not in sub.choices:
+        add_scale_arguments(sub.choices["rollout"])
+        register_scale_commands(sub)
+    args = parser.parse_args(argv)
+    scale_command = getattr(args, "scale_command", None)
+    code = scale_command(args) if scale_command is not None else None
+    if code is None:
+        code = {"rollout": cli.cmd_rollout, "open-loop": cli.cmd_open_loop, "record": cli.cmd_record}[args.command](args)
+    return code
+
+
+@contextlib.contextmanager
+def policy_server(policy=None, api_token=None):
+    """A PolicyServer on a free loopback port in a background thread; yields the server."""
+    from gr00t_server.server import PolicyServer
+
+    server = PolicyServer(policy or ConstantPolicy(), host="127.0.0.1", port=0, api_token=api_token).start()
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        thread.join(timeout=5)
+
+
+def free_port():
+    """A loopback TCP port with nothing listening on it (for 'server gone' cases)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

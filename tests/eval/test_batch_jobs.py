@@ -1,0 +1,95 @@
+"""Batch jobs: parsed from JSON, run in sequence, broken jobs marked failed with a reason, one combined file."""
+
+import json
+import re
+from pathlib import Path
+
+from eval.scale_fixtures import free_port, policy_server, run_cli
+from gr00t_eval.batch import Job, JobError, PolicyServerAddress, load_jobs, run_batch
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "batch-jobs.md"
+SMALL = {"n_episodes": 3, "n_envs": 2, "seed": 0, "max_episode_steps": 6,
+         "overrides": {"n_action_steps": 2, "vectorization": "sync"}}
+
+
+def write_jobs(tmp_path, data):
+    path = tmp_path / "jobs.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_defaults_and_overrides_merge_into_each_job(tmp_path):
+    path = write_jobs(tmp_path, {"defaults": {**SMALL, "policy_server": {"port": 1}},
+                                 "jobs": [{"name": "a", "env_name": "walkto/fast", "overrides": {"n_action_steps": 3}}]})
+    [job] = load_jobs(path)
+    assert isinstance(job, Job)
+    assert job.server.host == "127.0.0.1" and job.server.port == 1
+    config = job.rollout_config()
+    assert (config.n_episodes, config.n_action_steps, config.vectorization) == (3, 3, "sync")
+
+
+def test_an_invalid_job_becomes_an_error_naming_the_field_and_the_rest_still_load(tmp_path):
+    path = write_jobs(tmp_path, [
+        {"name": "typo", "env_name": "walkto/fast", "policy_server": {"port": 1}, "n_episode": 3},
+        {"name": "bad-override", "env_name": "walkto/fast", "policy_server": {"port": 1}, "overrides": {"speed": 2}},
+        {"name": "ok", "env_name": "walkto/fast", "policy_server": {"port": 1}},
+    ])
+    typo, bad_override, ok = load_jobs(path)
+    assert isinstance(typo, JobError) and "'n_episode'" in str(typo)
+    assert isinstance(bad_override, JobError) and "override 'speed'" in str(bad_override)
+    assert isinstance(ok, Job)
+
+
+def test_api_token_can_come_from_an_environment_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEST_GR00T_TOKEN", "s3cret")
+    path = write_jobs(tmp_path, [{"env_name": "walkto/fast", "policy_server": {"port": 1, "api_token_env": "TEST_GR00T_TOKEN"}}])
+    assert load_jobs(path)[0].server.api_token == "s3cret"
+
+
+def test_batch_with_a_good_and_broken_jobs_finishes_marks_the_broken_ones_and_reports_all(tmp_path, capsys):
+    with policy_server(api_token="tok") as server:
+        good_server = {"port": server.port, "api_token": "tok", "timeout_ms": 5000}
+        path = write_jobs(tmp_path, {"defaults": SMALL, "jobs": [
+            {"name": "server-gone", "env_name": "walkto/fast", "policy_server": {"port": free_port(), "timeout_ms": 300}},
+            {"name": "good", "env_name": "walkto/fast,walkto/slow", "policy_server": good_server},
+            {"name": "bad-env", "env_name": "nosuchprefix/task", "policy_server": good_server},
+            {"name": "wrong-token", "env_name": "walkto/fast", "policy_server": {**good_server, "api_token": "nope"}},
+        ]})
+        code = run_cli(["batch", "--jobs", str(path), "--output-dir", str(tmp_path / "out")])
+    assert code == 1
+    batch = json.loads((tmp_path / "out" / "batch_results.json").read_text())
+    status = {job["name"]: job["status"] for job in batch["jobs"]}
+    assert status == {"server-gone": "failed", "good": "ok", "bad-env": "failed", "wrong-token": "failed"}
+    assert batch["n_failed"] == 3
+    reasons = {job["name"]: job["reason"] for job in batch["jobs"]}
+    assert "did not answer ping within 300 ms" in reasons["server-gone"]
+    assert "unknown prefix 'nosuchprefix'" in reasons["bad-env"]
+    assert "Unauthorized" in reasons["wrong-token"], reasons["wrong-token"]
+    good = batch["jobs"][1]["results"]
+    assert good["overall"]["n_episodes"] == 6 and set(good["per_task"]) == {"walkto/fast", "walkto/slow"}
+    table = capsys.readouterr().out
+    for name in status:
+        assert re.search(rf"^{name}\s", table, re.MULTILINE), table
+    assert re.search(r"^good\s+ok\s+2\s+6\s", table, re.MULTILINE), table
+
+
+def test_batch_rewrites_the_combined_file_after_each_job(tmp_path):
+    seen = []
+
+    def factory(server):
+        output = tmp_path / "batch.json"
+        seen.append(json.loads(output.read_text())["jobs"] if output.exists() else [])
+        raise ConnectionError("no server in this test")
+
+    jobs = [Job(f"j{i}", "walkto/fast", PolicyServerAddress("127.0.0.1", 1)) for i in range(3)]
+    batch = run_batch(jobs, tmp_path / "batch.json", policy_factory=factory)
+    assert [len(jobs_so_far) for jobs_so_far in seen] == [0, 1, 2]
+    assert [job["reason"] for job in batch["jobs"]] == ["ConnectionError: no server in this test"] * 3
+
+
+def test_the_documented_example_job_file_is_valid(tmp_path, monkeypatch):
+    monkeypatch.setenv("GR00T_API_TOKEN", "example")
+    block = re.search(r"## Job file.*?```json\n(.*?)```", DOCS.read_text(), re.DOTALL).group(1)
+    jobs = load_jobs(write_jobs(tmp_path, json.loads(block)))
+    assert [type(job) for job in jobs] == [Job, Job]
+    assert jobs[1].server.api_token == "example" and jobs[1].rollout_config().n_episodes == 50

@@ -1,0 +1,114 @@
+"""Sharding: deterministic slices with fixed seeds; merged shards report exactly what one run reports."""
+
+import json
+
+import pytest
+
+from eval.scale_fixtures import policy_server, run_cli
+from gr00t_client import PolicyClient
+from gr00t_eval.rollout.runner import RolloutConfig
+from gr00t_eval.shard import MergeError, ShardSpec, merge_results, run_suite, shard_ranges
+from gr00t_eval.suites import Task
+
+ENV_SPEC = "walkto/fast,walkto/slow"
+TIMING_KEYS = {"eval_s", "eval_ep_s"}
+RUN_SPECIFIC_KEYS = {"env_index", "video_path"}  # which worker row ran an episode depends on the layout
+
+
+def config(**overrides):
+    values = dict(env_name=ENV_SPEC, n_episodes=5, n_envs=2, n_action_steps=2, max_episode_steps=6, seed=11, vectorization="sync")
+    values.update(overrides)
+    return RolloutConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def client():
+    with policy_server() as server:
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as connected:
+            yield connected
+
+
+def comparable(results):
+    """What must not depend on sharding: episodes (without worker rows) and aggregates (without timings)."""
+    def strip(agg):
+        return {k: v for k, v in agg.items() if k not in TIMING_KEYS}
+
+    return {
+        "per_episode": [{k: v for k, v in e.items() if k not in RUN_SPECIFIC_KEYS} for e in results["per_episode"]],
+        "per_task": {k: strip(v) for k, v in results["per_task"].items()},
+        "per_group": {k: strip(v) for k, v in results["per_group"].items()},
+        "overall": strip(results["overall"]),
+        "tasks": results["tasks"],
+        "failed_tasks": results["failed_tasks"],
+    }
+
+
+def test_shard_spec_parses_i_of_n_and_rejects_out_of_range():
+    assert ShardSpec.parse("1/4") == ShardSpec(1, 4)
+    for bad in ("4/4", "-1/2", "1", "a/b", "1/0"):
+        with pytest.raises(ValueError, match="i/N"):
+            ShardSpec.parse(bad)
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 7, 12])
+def test_shards_cover_every_task_episode_exactly_once(count):
+    tasks = [Task("a/x", "a"), Task("b/y", "b")]
+    covered = []
+    for index in range(count):
+        for env_name, episodes in shard_ranges(tasks, 5, ShardSpec(index, count)).items():
+            covered += [(env_name, e) for e in episodes]
+    assert sorted(covered) == sorted((t.env_name, e) for t in tasks for e in range(5))
+
+
+def test_a_shard_is_a_contiguous_slice_of_the_task_episode_list():
+    tasks = [Task("a/x", "a"), Task("b/y", "b")]
+    assert shard_ranges(tasks, 5, ShardSpec(0, 2)) == {"a/x": range(0, 5)}
+    assert shard_ranges(tasks, 5, ShardSpec(1, 3)) == {"a/x": range(3, 5), "b/y": range(0, 1)}
+
+
+def test_two_merged_shards_equal_one_run_with_the_same_seeds(client):
+    single = run_suite(client, ENV_SPEC, config())
+    shards = [run_suite(client, ENV_SPEC, config(), ShardSpec(i, 2)) for i in range(2)]
+    assert [e["seed"] for e in shards[0]["per_episode"]] == [11, 12, 13, 14, 15]
+    merged = merge_results(shards)
+    assert comparable(merged) == comparable(single)
+    assert merged["overall"]["eval_s"] == pytest.approx(sum(s["overall"]["eval_s"] for s in shards))
+    assert merged["missing_episodes"] == [] and merged["plan"]["shard"] is None
+
+
+def test_merge_order_of_the_files_does_not_matter(client):
+    shards = [run_suite(client, ENV_SPEC, config(), ShardSpec(i, 3)) for i in range(3)]
+    assert comparable(merge_results(shards[::-1])) == comparable(merge_results(shards))
+
+
+def test_merge_refuses_overlapping_missing_or_foreign_shards(client):
+    shard0 = run_suite(client, ENV_SPEC, config(), ShardSpec(0, 2))
+    with pytest.raises(MergeError, match="is in results #0 and #1"):
+        merge_results([shard0, shard0])
+    with pytest.raises(MergeError, match="5 episodes are in no results file: walkto/slow#0"):
+        merge_results([shard0])
+    assert merge_results([shard0], allow_missing=True)["overall"]["n_episodes"] == 5
+    for other in (config(seed=12), config(max_episode_steps=5)):
+        with pytest.raises(MergeError, match="different plan"):
+            merge_results([shard0, run_suite(client, ENV_SPEC, other, ShardSpec(1, 2))])
+
+
+def test_sharding_needs_a_seed(client):
+    with pytest.raises(ValueError, match="--shard needs --seed"):
+        run_suite(client, ENV_SPEC, config(seed=None), ShardSpec(0, 2))
+
+
+def test_cli_shards_then_merge_equals_cli_single_run(tmp_path, capsys):
+    with policy_server() as server:
+        common = ["rollout", "--env-name", ENV_SPEC, "--n-episodes", "4", "--n-envs", "2", "--n-action-steps", "2",
+                  "--max-episode-steps", "6", "--seed", "5", "--policy-client-port", str(server.port), "--no-video",
+                  "--vectorization", "sync"]
+        assert run_cli(common + ["--output-dir", str(tmp_path / "single")]) == 0
+        for index in range(2):
+            assert run_cli(common + ["--shard", f"{index}/2", "--output-dir", str(tmp_path / "shards")]) == 0
+    assert sorted(p.name for p in (tmp_path / "shards").glob("*.json")) == ["results_shard0of2.json", "results_shard1of2.json"]
+    assert run_cli(["merge", str(tmp_path / "shards"), "--output", str(tmp_path / "merged.json")]) == 0
+    merged = json.loads((tmp_path / "merged.json").read_text())
+    single = json.loads((tmp_path / "single" / "results.json").read_text())
+    assert comparable(merged) == comparable(single)
+    assert "Merged 2 files" in capsys.readouterr().out

@@ -1,0 +1,173 @@
+"""Suites and task lists: name resolution, auto n_envs, per-task / per-group / overall aggregates, workers per task."""
+
+import json
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # before anything imports mujoco: headless rendering
+
+import numpy as np
+import pytest
+
+from eval import scale_fixtures
+from eval.scale_fixtures import expected_success, policy_server, run_cli
+from gr00t_client import PolicyClient
+from gr00t_eval.rollout.runner import RolloutConfig
+from gr00t_eval.shard import run_suite
+from gr00t_eval.suites import METAWORLD_DIFFICULTY, Task, auto_n_envs, get_suite, register_suite, resolve_tasks, suite_names
+
+TASKS = ("walkto/fast", "walkto/slow")
+N_EPISODES = 7
+SEED = 3
+
+register_suite("walkto-2", [("walkto/fast", "easy"), ("walkto/slow", "hard")], "two walking speeds", replace=True)
+
+
+def config(**overrides):
+    values = dict(env_name="unused", n_episodes=N_EPISODES, n_envs=2, n_action_steps=2, max_episode_steps=6, seed=SEED,
+                  vectorization="sync")
+    values.update(overrides)
+    return RolloutConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def server():
+    with policy_server() as running:
+        yield running
+
+
+@pytest.fixture
+def client(server):
+    with PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as connected:
+        yield connected
+
+
+def test_a_suite_name_expands_to_its_tasks_and_groups():
+    tasks, suite = resolve_tasks("walkto-2")
+    assert suite == "walkto-2"
+    assert tasks == [Task("walkto/fast", "easy"), Task("walkto/slow", "hard")]
+
+
+def test_a_comma_list_mixes_env_names_and_suites_without_duplicates():
+    tasks, suite = resolve_tasks("walkto/slow, walkto-2 ,metaworld/reach-v3")
+    assert suite is None
+    assert [t.env_name for t in tasks] == ["walkto/slow", "walkto/fast", "metaworld/reach-v3"]
+    assert tasks[0].group == "walkto"  # a plain env name is grouped by its prefix
+    assert tasks[2] == Task("metaworld/reach-v3", "metaworld")
+
+
+def test_metaworld_suites_cover_the_50_v3_tasks_once_by_difficulty():
+    all_tasks = get_suite("metaworld-mt50").tasks
+    assert len(all_tasks) == 50 and len({t.env_name for t in all_tasks}) == 50
+    assert {level: len(names) for level, names in METAWORLD_DIFFICULTY.items()} == {"easy": 28, "medium": 11, "hard": 6, "very_hard": 5}
+    assert [t.env_name for t in get_suite("metaworld-mt3").tasks] == ["metaworld/reach-v3", "metaworld/push-v3", "metaworld/pick-place-v3"]
+    assert {t.group for t in get_suite("metaworld/hard").tasks} == {"hard"}
+    assert {"metaworld/easy", "metaworld/medium", "metaworld/hard", "metaworld/very_hard", "metaworld-mt10"} <= set(suite_names())
+
+
+def test_metaworld_suite_tasks_exist_in_metaworld():
+    envs = pytest.importorskip("metaworld.env_dict").ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE
+    missing = [t.env_name for t in get_suite("metaworld-mt50").tasks if f"{t.env_name.split('/')[1]}-goal-observable" not in envs]
+    assert missing == []
+
+
+def test_auto_n_envs_is_70_percent_of_cores_capped_by_episodes_left_and_64():
+    assert auto_n_envs(100, cores=16) == 11
+    assert auto_n_envs(5, cores=16) == 5
+    assert auto_n_envs(1000, cores=128) == 64
+    assert auto_n_envs(10, cores=1) == 1
+
+
+def test_two_task_run_reports_per_task_per_group_and_overall_aggregates(client):
+    results = run_suite(client, "walkto-2", config())
+    seeds = list(range(SEED, SEED + N_EPISODES))
+    expected = {task: [expected_success(task, s) for s in seeds] for task in TASKS}
+    assert expected["walkto/slow"].count(False) > 0  # the test needs a task that is not solved every time
+
+    for task in TASKS:
+        episodes = [e for e in results["per_episode"] if e["task"] == task]
+        assert [e["seed"] for e in episodes] == seeds
+        assert [e["success"] for e in episodes] == expected[task]
+        agg = results["per_task"][task]
+        assert agg["n_episodes"] == N_EPISODES
+        assert agg["pc_success"] == pytest.approx(100 * np.mean(expected[task]))
+        assert agg["avg_sum_reward"] == pytest.approx(np.mean([e["sum_reward"] for e in episodes]))
+        assert agg["avg_max_reward"] == pytest.approx(np.mean([e["max_reward"] for e in episodes]))
+
+    assert results["per_group"]["easy"]["pc_success"] == results["per_task"]["walkto/fast"]["pc_success"]
+    assert results["per_group"]["hard"]["pc_success"] == results["per_task"]["walkto/slow"]["pc_success"]
+    overall = results["overall"]
+    all_successes = expected["walkto/fast"] + expected["walkto/slow"]
+    assert overall["n_episodes"] == 2 * N_EPISODES and overall["n_tasks"] == 2
+    assert overall["pc_success"] == pytest.approx(100 * np.mean(all_successes))
+    assert overall["avg_sum_reward"] == pytest.approx(np.mean([e["sum_reward"] for e in results["per_episode"]]))
+    assert overall["eval_s"] == pytest.approx(sum(t["eval_s"] for t in results["per_task"].values()))
+    assert results["aggregated"] == overall
+
+
+def test_each_tasks_workers_are_created_when_it_starts_and_closed_when_it_ends(client):
+    scale_fixtures.ENV_EVENTS.clear()
+    run_suite(client, "walkto/fast,walkto/slow", config(n_envs=3))
+    fast, slow = 2.0, 1.0
+    assert scale_fixtures.ENV_EVENTS == [("make", fast)] * 3 + [("close", fast)] * 3 + [("make", slow)] * 3 + [("close", slow)] * 3
+
+
+def test_n_envs_zero_sizes_the_workers_per_task_by_episodes_left(client, monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 100)
+    scale_fixtures.ENV_EVENTS.clear()
+    results = run_suite(client, "walkto/fast", config(n_envs=0, n_episodes=4))
+    assert scale_fixtures.ENV_EVENTS.count(("make", 2.0)) == 4  # min(floor(100 * 0.7), 4 episodes, 64)
+    assert results["overall"]["n_episodes"] == 4
+
+
+def test_a_task_that_cannot_start_is_recorded_and_the_others_still_run(client):
+    results = run_suite(client, "walkto/fast,walkto/unknown,nosuchprefix/task", config(n_episodes=2))
+    assert results["per_task"]["walkto/fast"]["n_episodes"] == 2
+    assert set(results["failed_tasks"]) == {"walkto/unknown", "nosuchprefix/task"}
+    assert "unknown walkto task" in results["failed_tasks"]["walkto/unknown"]
+    assert "unknown prefix 'nosuchprefix'" in results["failed_tasks"]["nosuchprefix/task"]
+    assert results["overall"]["n_failed_tasks"] == 2 and results["overall"]["n_episodes"] == 2
+
+
+def test_rollout_cli_with_a_suite_writes_per_task_results(server, tmp_path, capsys):
+    code = run_cli(["rollout", "--env-name", "walkto-2", "--n-episodes", "3", "--n-envs", "0", "--n-action-steps", "2",
+                    "--max-episode-steps", "6", "--seed", "0", "--policy-client-port", str(server.port), "--no-video",
+                    "--vectorization", "sync", "--output-dir", str(tmp_path)])
+    assert code == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["suite"] == "walkto-2" and set(results["per_group"]) == {"easy", "hard"}
+    assert results["overall"]["n_episodes"] == 6
+    out = capsys.readouterr().out
+    assert "walkto/slow" in out and "overall" in out and "success rate:" in out
+
+
+@pytest.mark.sim
+@pytest.mark.slow
+def test_two_metaworld_tasks_are_aggregated_per_task_group_and_overall():
+    pytest.importorskip("metaworld")
+    from gr00t_client import BasePolicy, ModalityConfig
+    from gr00t_eval.rollout.adapters.metaworld import LANGUAGE_KEY
+
+    class StandStill(BasePolicy):
+        def __init__(self):
+            super().__init__(strict=False)
+
+        def get_modality_config(self):
+            return {"state": ModalityConfig([0], ["eef_pos"]), "action": ModalityConfig([0, 1, 2, 3], ["eef_delta", "gripper"]),
+                    "language": ModalityConfig([0], [LANGUAGE_KEY])}
+
+        def _get_action(self, observation, options=None):
+            batch = len(observation[LANGUAGE_KEY])
+            return {"action.eef_delta": np.zeros((batch, 4, 3), np.float32), "action.gripper": np.zeros((batch, 4, 1), np.float32)}, {}
+
+        def reset(self, options=None):
+            return {}
+
+    results = run_suite(StandStill(), "metaworld/reach-v3,metaworld/push-v3",
+                        config(n_episodes=2, n_envs=1, n_action_steps=4, max_episode_steps=8, seed=0))
+    assert results["failed_tasks"] == {}
+    per_task = results["per_task"]
+    assert [per_task[t]["n_episodes"] for t in per_task] == [2, 2]
+    assert set(results["per_group"]) == {"metaworld"}
+    rewards = [e["sum_reward"] for e in results["per_episode"]]
+    assert results["overall"]["avg_sum_reward"] == pytest.approx(np.mean(rewards))
+    assert per_task["metaworld/reach-v3"]["avg_sum_reward"] == pytest.approx(np.mean(rewards[:2]))
