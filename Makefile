@@ -13,7 +13,7 @@ $(STAMP): constraints.txt requirements-dev.txt packages/gr00t-client/pyproject.t
 	bash scripts/install-system-deps.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) --upgrade pip setuptools wheel
-	$(PIP_INSTALL) -e packages/gr00t-client -e 'packages/gr00t-eval[sim]' -e 'packages/gr00t-server[onnx]' -r requirements-dev.txt
+	$(PIP_INSTALL) -e packages/gr00t-client -e 'packages/gr00t-eval[sim,ray]' -e 'packages/gr00t-server[onnx]' -r requirements-dev.txt
 	touch $(STAMP)
 
 test: install lint

@@ -1,5 +1,6 @@
 """gr00t-client: talk to a GR00T policy server from a robot or simulator."""
 
+from .chunking import ActionChunker, ChunkerStats, merge_overlap
 from .client import PolicyClient, PolicyServerError, PolicyTimeoutError
 from .codec import WireDecodeError, WireEncodeError
 from .embodiment import EMBODIMENT_TAG_TO_PROJECTOR_INDEX, EmbodimentTag
@@ -9,6 +10,9 @@ from .policy import ActionError, BasePolicy, ObservationError, PolicyValidationE
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActionChunker",
+    "ChunkerStats",
+    "merge_overlap",
     "ActionConfig",
     "ActionError",
     "ActionFormat",

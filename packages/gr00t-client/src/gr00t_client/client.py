@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
 ERROR_MARKER = "__gr00t_error__"
+TIMING_OPTION = "return_server_timing"
 
 
 class PolicyServerError(RuntimeError):
@@ -39,6 +40,8 @@ class PolicyClient(BasePolicy):
     Every call honours `timeout_ms`. On a timeout the socket is closed with linger 0 and the next call
     uses a fresh one (the ZeroMQ guide's Lazy Pirate pattern), so a late reply never answers a later request.
     Not thread-safe to share across threads without care: calls are serialised by a lock.
+    With `return_server_timing`, each get_action info from a gr00t-server carries `server_timing` (queue wait,
+    decode, policy and encode ms, batch size); per call, pass options={"return_server_timing": True} instead.
     """
 
     def __init__(
@@ -51,6 +54,7 @@ class PolicyClient(BasePolicy):
         *,
         session_id: Optional[str] = None,
         wire: str = "auto",
+        return_server_timing: bool = False,
     ) -> None:
         super().__init__(strict=strict)
         if wire not in ("auto", "reference", "multipart"):
@@ -63,7 +67,10 @@ class PolicyClient(BasePolicy):
         self.api_token = api_token
         self.session_id = session_id or uuid.uuid4().hex
         self._wire = wire
-        self._server_is_ours: Optional[bool] = True if wire == "multipart" else (False if wire == "reference" else None)
+        self.return_server_timing = bool(return_server_timing)
+        # Even with wire="reference" we ask once whether the server is ours, so that a result map with an
+        # "error" key from our server (which marks its errors) is not taken for an error.
+        self._server_is_ours: Optional[bool] = True if wire == "multipart" else None
         self._context: Optional[zmq.Context] = zmq.Context()
         self._socket: Optional[zmq.Socket] = None
         self._lock = threading.Lock()
@@ -205,10 +212,20 @@ class PolicyClient(BasePolicy):
         validate_action(action, self.get_modality_config())
 
     def _get_action(self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+        if self.return_server_timing and self._serves_timing():
+            options = {TIMING_OPTION: True, **(options or {})}
         reply = self.call_endpoint("get_action", {"observation": observation, "options": options})
         if not isinstance(reply, (list, tuple)) or len(reply) != 2:
             raise codec.WireDecodeError(f"get_action reply must be [action, info]; got {type(reply).__name__}")
         return reply[0], reply[1]
+
+    def _serves_timing(self) -> bool:
+        # Only our server understands the option; a reference policy would receive it as an unknown option.
+        if self._server_is_ours is None:
+            with self._lock:
+                if self._server_is_ours is None:
+                    self._negotiate()
+        return bool(self._server_is_ours)
 
     # --- lifetime -------------------------------------------------------------------------------
 

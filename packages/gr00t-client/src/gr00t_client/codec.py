@@ -91,8 +91,7 @@ def _modality_config_from(obj: Dict[Any, Any]) -> ModalityConfig:
             payload = json.loads(payload)
         except json.JSONDecodeError as exc:
             raise WireDecodeError(f"Malformed ModalityConfig payload: as_json is not JSON ({exc})") from exc
-    if isinstance(payload, dict):
-        payload = {k.decode() if isinstance(k, bytes) else k: v for k, v in payload.items()}
+    payload = normalize_keys(payload)  # nested maps (action_configs) may carry bytes keys too
     try:
         return ModalityConfig.from_json_dict(payload)
     except (ValueError, TypeError) as exc:
@@ -135,9 +134,15 @@ def _decode_hook(obj: Dict[Any, Any]) -> Any:
     return obj
 
 
+def _raw_bytes(array: np.ndarray) -> memoryview:
+    """The C-order bytes of an array without copying when possible (a flat byte view, so every dtype,
+    datetime64 included, exports a buffer)."""
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
+
+
 def _encode_array(array: np.ndarray) -> Dict[bytes, Any]:
     _refuse_dtype(array.dtype, "encoded")
-    data = array.data if array.flags.c_contiguous else np.ascontiguousarray(array).data
+    data = _raw_bytes(array)
     return {b"nd": True, b"type": array.dtype.str, b"kind": b"", b"shape": list(array.shape), b"data": data}
 
 
@@ -147,7 +152,7 @@ def _encode_hook(obj: Any) -> Any:
         return _encode_array(obj)
     if isinstance(obj, np.generic):
         _refuse_dtype(obj.dtype, "encoded")
-        return {b"nd": False, b"type": obj.dtype.str, b"kind": b"", b"data": obj.tobytes()}
+        return {b"nd": False, b"type": obj.dtype.str, b"data": obj.tobytes()}  # msgpack-numpy sends no kind here
     if isinstance(obj, ModalityConfig):
         return {"__ModalityConfig__": True, "as_json": obj.to_json_dict()}
     if isinstance(obj, Enum):
@@ -203,26 +208,43 @@ def encode_early_n16(obj: Any) -> bytes:
 def encode_multipart(obj: Any) -> List[Any]:
     """Encode as [MULTIPART_MAGIC, header, buffers...]; large array buffers are referenced, not copied."""
     buffers: List[Any] = []
+    header = pack_multipart_header(obj, buffers)
+    return [MULTIPART_MAGIC, header, *buffers]
+
+
+def pack_multipart_header(obj: Any, buffers: List[Any]) -> bytes:
+    """Pack obj as (part of) a multipart header; its large array buffers are appended to `buffers`.
+
+    Frame i + 2 of the message must carry buffers[i]; sharing one list lets parts be packed separately.
+    """
 
     def hook(value: Any) -> Any:
         if isinstance(value, np.ndarray):
             _refuse_dtype(value.dtype, "encoded")
             if value.nbytes < _COPY_BELOW_BYTES:
                 return _encode_array(value)
-            if not value.flags.c_contiguous:
-                value = np.ascontiguousarray(value)
-            buffers.append(value.data)
+            buffers.append(_raw_bytes(value))
             meta = msgpack.packb([len(buffers) + 1, value.dtype.str, list(value.shape)], use_bin_type=True)
             return msgpack.ExtType(_EXT_BUFFER, meta)
         return _encode_hook(value)
 
     try:
-        header = msgpack.packb(obj, default=hook, use_bin_type=True)
+        return msgpack.packb(obj, default=hook, use_bin_type=True)
     except WireEncodeError:
         raise
     except (TypeError, ValueError, OverflowError) as exc:
         raise WireEncodeError(f"cannot encode message: {exc}") from exc
-    return [MULTIPART_MAGIC, header, *buffers]
+
+
+def join_packed_array(items: Sequence[bytes]) -> bytes:
+    """A msgpack array made of already-packed items (so a caller can pack, and time, each part alone)."""
+    return msgpack.Packer().pack_array_header(len(items)) + b"".join(items)
+
+
+def join_packed_map(items: Dict[str, bytes]) -> bytes:
+    """A msgpack map of str keys to already-packed values."""
+    packer = msgpack.Packer(use_bin_type=True)
+    return packer.pack_map_header(len(items)) + b"".join(packer.pack(key) + value for key, value in items.items())
 
 
 def is_multipart(frames: Sequence[Any]) -> bool:
@@ -278,5 +300,8 @@ __all__ = [
     "encode_early_n16",
     "encode_multipart",
     "is_multipart",
+    "join_packed_array",
+    "join_packed_map",
     "normalize_keys",
+    "pack_multipart_header",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Hashable, List, Sequence, Tuple
+from typing import Any, Callable, Dict, Hashable, Iterable, List, Sequence, Tuple
 
 import numpy as np
 
@@ -30,35 +30,55 @@ def _signature(value: Any) -> Hashable:
     return ("other", type(value).__name__)
 
 
+def _collect_rows(value: Any, counts: set) -> None:
+    if isinstance(value, dict):
+        for item in value.values():
+            _collect_rows(item, counts)
+    elif isinstance(value, np.ndarray) and value.ndim > 0:
+        counts.add(int(value.shape[0]))
+    elif isinstance(value, (list, tuple)):
+        counts.add(len(value))
+
+
 def _row_count(observation: Dict[str, Any]) -> int:
-    for value in observation.values():
-        if isinstance(value, dict):
-            count = _row_count(value)
-            if count >= 0:
-                return count
-        elif isinstance(value, np.ndarray) and value.ndim > 0:
-            return int(value.shape[0])
-        elif isinstance(value, (list, tuple)):
-            return len(value)
-    return -1
+    """Rows shared by every array and list in the observation; -1 when they disagree or there are none."""
+    counts: set = set()
+    _collect_rows(observation, counts)
+    # Rows that disagree would be misaligned after concatenation, mixing clients' data silently.
+    return counts.pop() if len(counts) == 1 else -1
+
+
+def total_rows(requests_data: Iterable[Any]) -> int:
+    """Rows a set of batchable get_action requests would add to a batch (one for an unsplittable observation)."""
+    return sum(max(_row_count(data["observation"]), 1) for data in requests_data)
+
+
+def _splittable(sig: Hashable) -> bool:
+    """A signature made only of row-split arrays and lists (walked, so key names never matter)."""
+    if sig[0] == "dict":
+        return all(_splittable(child) for _, child in sig[1])
+    return sig[0] in ("array", "list")
 
 
 def group_compatible(items: Sequence[Any], max_rows: int, key: Callable[[Any], Any]) -> List[List[Any]]:
     """Split items into groups of equal observation signature, each at most max_rows rows in total."""
     groups: Dict[Hashable, List[List[Any]]] = {}
     order: List[Tuple[Hashable, int]] = []
+    bucket_rows: Dict[Tuple[Hashable, int], int] = {}
     for item in items:
         observation = key(item)["observation"]
         sig = _signature(observation)
-        if sig[0] != "dict" or "scalar-array" in repr(sig) or "other" in repr(sig):
-            sig = ("alone", id(item))
-        rows = max(_row_count(observation), 1)
+        rows = _row_count(observation)
+        if sig[0] != "dict" or not _splittable(sig) or rows < 1:
+            sig, rows = ("alone", id(item)), 1
         buckets = groups.setdefault(sig, [])
-        if buckets and sum(max(_row_count(key(i)["observation"]), 1) for i in buckets[-1]) + rows <= max_rows:
+        if buckets and bucket_rows[(sig, len(buckets) - 1)] + rows <= max_rows:
             buckets[-1].append(item)
+            bucket_rows[(sig, len(buckets) - 1)] += rows
         else:
             buckets.append([item])
             order.append((sig, len(buckets) - 1))
+            bucket_rows[order[-1]] = rows
     return [groups[sig][index] for sig, index in order]
 
 

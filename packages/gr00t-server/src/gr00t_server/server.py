@@ -100,6 +100,8 @@ class PolicyServer:
         self._socket: Optional[zmq.Socket] = None
         self._running = False
         self._stop_requested = threading.Event()
+        self._run_done = threading.Event()
+        self._run_done.set()
         self.bound_endpoint: Optional[str] = None
         self.register_endpoint("ping", self._ping, requires_input=False)
         self.register_endpoint("kill", self._kill, requires_input=False)
@@ -123,7 +125,9 @@ class PolicyServer:
 
     @property
     def batching_enabled(self) -> bool:
-        return self.max_batch_size > 1 and bool(getattr(self.policy, "supports_batching", False))
+        # A merged call has no single session to pass, so per-session policies are never batched.
+        supported = bool(getattr(self.policy, "supports_batching", False)) and not self._policy_uses_sessions
+        return self.max_batch_size > 1 and supported
 
     @property
     def _policy_uses_sessions(self) -> bool:
@@ -221,7 +225,10 @@ class PolicyServer:
         return self
 
     def stop(self) -> None:
-        """Ask a running server to stop (thread-safe); `run()` returns within one poll interval."""
+        """Ask a running server to stop (thread-safe); `run()` returns within one poll interval.
+
+        A stop() that arrives before `run()` has started its loop is honoured: that run returns at once.
+        """
         self._stop_requested.set()
 
     def close(self) -> None:
@@ -238,6 +245,10 @@ class PolicyServer:
 
     def __exit__(self, *exc_info: Any) -> None:
         self.stop()
+        # run() in another thread owns the socket and closes it on its way out; closing it here would race.
+        if not self._run_done.wait(timeout=30.0):
+            logger.warning("run() did not stop within 30 s; leaving the socket for it to close")
+            return
         self.close()
 
     def run(self) -> None:
@@ -246,7 +257,7 @@ class PolicyServer:
         assert self._socket is not None
         restore = self._install_signal_handlers()
         self._running = True
-        self._stop_requested.clear()
+        self._run_done.clear()
         print(f"Server is ready and listening on {self.bound_endpoint}", flush=True)
         try:
             while self._running and not self._stop_requested.is_set():
@@ -256,6 +267,8 @@ class PolicyServer:
             restore()
             self._running = False
             self.close()
+            self._stop_requested.clear()  # cleared here, not at start, so an early stop() is never lost
+            self._run_done.set()
 
     def _install_signal_handlers(self) -> Callable[[], None]:
         if threading.current_thread() is not threading.main_thread():
@@ -292,9 +305,9 @@ class PolicyServer:
         pending = self._handle_non_batchable(requests)
         if not pending:
             return
-        # Gather more get_action requests until the batch is full or the oldest has waited long enough.
+        # Gather more get_action requests until their rows fill a batch or the oldest has waited long enough.
         deadline = pending[0].received_at + self.batch_timeout_ms / 1000.0
-        while self._running and len(pending) < self.max_batch_size:
+        while self._running and batching.total_rows(r.data for r in pending) < self.max_batch_size:
             remaining_ms = (deadline - time.monotonic()) * 1000.0
             if remaining_ms <= 0 or not self._socket.poll(max(1, int(remaining_ms)), zmq.POLLIN):
                 break
@@ -391,7 +404,7 @@ class PolicyServer:
             self._reply_error(request, exc)
             return
         policy_ms = (time.monotonic() - started) * 1000.0
-        self._reply_result(request, result, policy_ms, batch_size=1)
+        self._reply_result(request, result, policy_ms, 1, policy_started=started)
 
     def _run_batch(self, requests: List[Request]) -> None:
         for group in batching.group_compatible(requests, self.max_batch_size, key=lambda r: r.data):
@@ -427,17 +440,21 @@ class PolicyServer:
         policy_ms = (time.monotonic() - started) * 1000.0
         self.stats.record_batch(len(valid))
         for request, (part_action, part_info) in zip(valid, parts):
-            self._reply_result(request, [part_action, part_info], policy_ms, batch_size=len(valid))
+            self._reply_result(request, [part_action, part_info], policy_ms, len(valid), policy_started=started)
 
-    def _reply_result(self, request: Request, result: Any, policy_ms: float, batch_size: int) -> None:
+    def _reply_result(
+        self, request: Request, result: Any, policy_ms: float, batch_size: int, policy_started: Optional[float] = None
+    ) -> None:
+        timing: Optional[Dict[str, Any]] = None
         if request.endpoint == "get_action" and isinstance(result, list) and len(result) == 2:
             if batch_size == 1:
                 self.stats.record_batch(1)
             options = request.data.get("options") if isinstance(request.data, dict) else None
             if isinstance(options, dict) and options.get(TIMING_OPTION) and isinstance(result[1], dict):
-                queue_ms = (time.monotonic() - request.received_at) * 1000.0 - policy_ms - request.decode_ms
-                result[1] = dict(result[1])
-                result[1]["server_timing"] = {
+                if policy_started is None:
+                    policy_started = time.monotonic() - policy_ms / 1000.0
+                queue_ms = (policy_started - request.received_at) * 1000.0 - request.decode_ms
+                timing = {
                     "queue_wait_ms": max(0.0, queue_ms),
                     "decode_ms": request.decode_ms,
                     "policy_ms": policy_ms,
@@ -445,12 +462,32 @@ class PolicyServer:
                 }
         started = time.monotonic()
         try:
-            frames = self._encode_reply(request, result, ok=True)
+            if timing is None:
+                frames = self._encode_reply(request, result, ok=True)
+            else:
+                frames = self._encode_timed_reply(request, result[0], result[1], timing, started)
         except Exception as exc:
             self._reply_error(request, RequestError(f"could not encode the result of '{request.endpoint}': {exc}"))
             return
         self.stats.encode_ms_total += (time.monotonic() - started) * 1000.0
         self._send(request, frames)
+
+    def _encode_timed_reply(
+        self, request: Request, action: Any, info: Dict[str, Any], timing: Dict[str, Any], started: float
+    ) -> List[Any]:
+        """Encode [action, info] with server_timing.encode_ms in info.
+
+        The action is packed first and timed; info (a few small values) is packed after, so encode_ms covers the
+        action payload but not the info map that carries it. The parts are joined without re-encoding.
+        """
+        buffers: List[Any] = []
+        action_part = codec.pack_multipart_header(action, buffers) if request.multipart else codec.encode(action)
+        info = dict(info)
+        info["server_timing"] = dict(timing, encode_ms=(time.monotonic() - started) * 1000.0)
+        if not request.multipart:
+            return [codec.join_packed_array([action_part, codec.encode(info)])]
+        result = codec.join_packed_array([action_part, codec.pack_multipart_header(info, buffers)])
+        return [codec.MULTIPART_MAGIC, codec.join_packed_map({"ok": codec.encode(True), "result": result}), *buffers]
 
     def _encode_reply(self, request: Request, body: Any, ok: bool) -> List[Any]:
         if request.multipart:
