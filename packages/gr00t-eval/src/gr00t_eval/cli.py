@@ -1,0 +1,254 @@
+"""`gr00t-eval`: open-loop evaluation, closed-loop rollout and Meta-World expert recording.
+
+Every flag is accepted in kebab (`--n-episodes`) and snake (`--n_episodes`) spelling, like the reference's tyro CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+DEFAULT_ROLLOUT_DIR = "/tmp/gr00t_rollout_eval"
+
+
+def _flag(name: str) -> List[str]:
+    spellings = [f"--{name}"]
+    if "-" in name:
+        spellings.append(f"--{name.replace('-', '_')}")
+    return spellings
+
+
+def _env_seed() -> Optional[int]:
+    value = os.environ.get("GR00T_EVAL_SEED")
+    return int(value) if value not in (None, "") else None
+
+
+def _parse_kwarg(text: str) -> tuple:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _parse_pair(text: str) -> tuple:
+    key, sep, value = text.partition("=")
+    if not sep or not key or not value:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return key, value
+
+
+def apply_env_registrations(args: argparse.Namespace) -> None:
+    """Apply --env-import, --env-prefix and --env-adapter (in that order)."""
+    import importlib
+
+    from .rollout import ENV_PREFIX_TO_EMBODIMENT_TAG, register_env_prefix
+
+    for module in args.env_import:
+        importlib.import_module(module)
+    tags = dict(args.env_prefix)
+    for prefix, tag in tags.items():
+        register_env_prefix(prefix, tag)
+    for prefix, adapter in args.env_adapter:
+        if ":" not in adapter:
+            raise SystemExit(f"error: --env-adapter {prefix}={adapter}: expected MODULE:FUNCTION")
+        register_env_prefix(prefix, tags.get(prefix, ENV_PREFIX_TO_EMBODIMENT_TAG.get(prefix, "new_embodiment")), adapter=adapter)
+
+
+def _add_connection(p: argparse.ArgumentParser, host_flag: str, port_flag: str, host_default: Optional[str]) -> None:
+    p.add_argument(*_flag(host_flag), dest="host", default=host_default, help=f"policy server host (default {host_default})")
+    p.add_argument(*_flag(port_flag), dest="port", type=int, default=5555, help="policy server port (default 5555)")
+    p.add_argument(*_flag("api-token"), default=os.environ.get("GR00T_API_TOKEN"), help="server API token (default $GR00T_API_TOKEN)")
+    p.add_argument(*_flag("timeout-ms"), type=int, default=15000, help="per-request timeout in ms (default 15000)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `gr00t-eval` argument parser (sub-commands open-loop, rollout, record, plus the scaling commands)."""
+    parser = argparse.ArgumentParser(prog="gr00t-eval", description=__doc__.splitlines()[0])
+    parser.add_argument(*_flag("log-level"), default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("open-loop", help="compare a policy's action chunks with a dataset's recorded actions")
+    p.add_argument(*_flag("dataset-path"), required=True, help="LeRobot dataset (v2.x/v3.0 with meta/modality.json)")
+    p.add_argument(*_flag("embodiment-tag"), default="new_embodiment", help="embodiment tag (name or value, case-insensitive)")
+    _add_connection(p, "host", "port", "127.0.0.1")
+    p.add_argument(*_flag("traj-ids"), type=int, nargs="+", default=[0], help="episode positions to evaluate (default 0)")
+    p.add_argument(*_flag("steps"), type=int, default=200, help="max steps per trajectory (default 200)")
+    p.add_argument(*_flag("execution-horizon"), *_flag("action-horizon"), dest="execution_horizon", type=int, default=16,
+                   help="steps of each chunk used before querying again (default 16; --action-horizon is an alias)")
+    p.add_argument(*_flag("modality-keys"), nargs="+", default=None, help="action keys to compare and plot (default: all)")
+    p.add_argument(*_flag("output-dir"), default="/tmp/open_loop_eval", help="plots traj_{id}.jpeg and results.json")
+    p.add_argument(*_flag("observation-format"), default="auto", choices=["auto", "nested", "flat"],
+                   help="nested {video,state,language} (reference server) or flat video.* keys (sim wrapper); auto asks the server")
+    p.add_argument(*_flag("no-plots"), action="store_true", help="skip the JPEG plots")
+
+    p = sub.add_parser("rollout", help="run a policy server in simulation and report the success rate")
+    p.add_argument(*_flag("env-name"), required=True, help="e.g. metaworld/reach-v3, pusht/PushT-v0, or a flat-format gym id")
+    p.add_argument(*_flag("n-episodes"), type=int, default=50, help="episodes to score, exactly (default 50)")
+    p.add_argument(*_flag("n-envs"), type=int, default=8, help="parallel envs (default 8; >1 runs subprocesses; 0 = auto)")
+    p.add_argument(*_flag("n-action-steps"), type=int, default=8, help="steps of each chunk executed (default 8)")
+    p.add_argument(*_flag("max-episode-steps"), type=int, default=720, help="env steps before an episode is cut (default 720)")
+    _add_connection(p, "policy-client-host", "policy-client-port", "127.0.0.1")
+    p.add_argument(*_flag("video-dir"), default=None, help="where episode videos go (default OUTPUT_DIR/videos)")
+    p.add_argument(*_flag("no-video"), action="store_true", help="record no videos")
+    p.add_argument(*_flag("seed"), type=int, default=None, help="episode i uses seed+i (default $GR00T_EVAL_SEED, else random)")
+    p.add_argument(*_flag("output-dir"), default=DEFAULT_ROLLOUT_DIR, help=f"results.json and videos (default {DEFAULT_ROLLOUT_DIR})")
+    p.add_argument(*_flag("env-kwarg"), dest="env_kwargs", type=_parse_kwarg, action="append", default=[],
+                   help="KEY=VALUE passed to the env adapter or gym.make (repeatable), e.g. image_size=64")
+    p.add_argument(*_flag("env-import"), action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (e.g. one that registers gym envs in the flat GR00T format); repeatable")
+    p.add_argument(*_flag("env-prefix"), type=_parse_pair, action="append", default=[], metavar="PREFIX=TAG",
+                   help="map env names PREFIX/... to an embodiment tag; repeatable")
+    p.add_argument(*_flag("env-adapter"), type=_parse_pair, action="append", default=[], metavar="PREFIX=MODULE:FUNC",
+                   help="build env names PREFIX/<task> with FUNC(task, **env_kwargs); repeatable")
+    p.add_argument(*_flag("vectorization"), default="auto", choices=["auto", "sync", "async"], help=argparse.SUPPRESS)
+
+    rollout_parser = p
+
+    p = sub.add_parser("record", help="record Meta-World's scripted expert as a LeRobot v2.1 dataset")
+    p.add_argument(*_flag("env-name"), required=True, help="metaworld/<task>, e.g. metaworld/reach-v3")
+    p.add_argument(*_flag("episodes"), *_flag("n-episodes"), dest="episodes", type=int, default=10, help="episodes (default 10)")
+    p.add_argument(*_flag("output"), required=True, help="dataset directory to create")
+    p.add_argument(*_flag("seed"), type=int, default=0, help="episode i is recorded with seed+i (default 0)")
+    p.add_argument(*_flag("max-episode-steps"), type=int, default=500, help="expert step budget per episode (default 500)")
+    p.add_argument(*_flag("image-size"), type=int, default=64, help="camera resolution, square (default 64)")
+    p.add_argument(*_flag("camera"), default=None, help="Meta-World camera name (default corner2)")
+    p.add_argument(*_flag("overwrite"), action="store_true", help="replace an existing dataset directory")
+
+    scale_cli = _scale_cli()
+    if scale_cli is not None:  # suites, --shard, --ray-address, batch and merge (gr00t_eval.scale_cli)
+        scale_cli.add_scale_arguments(rollout_parser)
+        scale_cli.register_scale_commands(sub)
+    return parser
+
+
+def _scale_cli():
+    try:
+        from . import scale_cli
+    except ImportError:  # pragma: no cover - the scaling layer is optional
+        return None
+    return scale_cli
+
+
+def _connect(args: argparse.Namespace):
+    from gr00t_client import PolicyClient
+
+    client = PolicyClient(host=args.host, port=args.port, timeout_ms=args.timeout_ms, api_token=args.api_token)
+    if not client.ping():
+        client.close()
+        raise SystemExit(f"error: no policy server answered at tcp://{args.host}:{args.port} within {args.timeout_ms} ms")
+    return client
+
+
+def _observation_format(client: Any, requested: str) -> str:
+    if requested != "auto":
+        return requested
+    try:
+        info = client.get_server_info()
+    except Exception:  # noqa: BLE001 - the reference server has no info endpoint: it speaks the nested form
+        return "nested"
+    return "flat" if "Sim" in str(info.get("policy_class", "")) else "nested"
+
+
+def cmd_open_loop(args: argparse.Namespace) -> int:
+    """`gr00t-eval open-loop`: plots, results.json and the reference's console lines; 1 if nothing was evaluated."""
+    from gr00t_client import EmbodimentTag
+    from tqdm.auto import tqdm
+
+    from .open_loop import OpenLoopConfig, evaluate_open_loop
+
+    if "--action-horizon" in sys.argv or "--action_horizon" in sys.argv:
+        logging.getLogger(__name__).warning("--action-horizon is deprecated; use --execution-horizon")
+    tag = EmbodimentTag.resolve(args.embodiment_tag)
+    with _connect(args) as client:
+        config = OpenLoopConfig(
+            dataset_path=args.dataset_path, traj_ids=args.traj_ids, steps=args.steps, execution_horizon=args.execution_horizon,
+            modality_keys=args.modality_keys, output_dir=args.output_dir, embodiment_tag=tag.value,
+            observation_format=_observation_format(client, args.observation_format), plot=not args.no_plots,
+        )
+        result = evaluate_open_loop(client, config, report=tqdm.write)
+    if result.trajectories:
+        print(f"Plots: {', '.join(str(t.plot_path) for t in result.trajectories.values() if t.plot_path) or '(none)'}")
+    print(f"Results: {result.results_path}")
+    return 0 if result.trajectories else 1
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    """`gr00t-eval rollout`: results.json, videos and the reference's closing `results:` / `success rate:` lines."""
+    import numpy as np
+
+    from .results import RESULTS_FILENAME, rollout_results, write_results
+    from .rollout import RolloutConfig, embodiment_for_env, run_rollout
+
+    apply_env_registrations(args)
+    try:
+        embodiment_for_env(args.env_name)  # a bad env name fails before any connection is made
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    seed = args.seed if args.seed is not None else _env_seed()
+    output_dir = Path(args.output_dir)
+    video_dir = None if args.no_video else (args.video_dir or str(output_dir / "videos"))
+    config = RolloutConfig(
+        env_name=args.env_name, n_episodes=args.n_episodes, n_envs=args.n_envs, n_action_steps=args.n_action_steps,
+        max_episode_steps=args.max_episode_steps, seed=seed, video_dir=video_dir, env_kwargs=dict(args.env_kwargs),
+        vectorization=args.vectorization,
+    )
+    with _connect(args) as client:
+        result = run_rollout(client, config)
+    print(f"Collecting {config.n_episodes} episodes took {result.eval_s:.2f} seconds")
+    if video_dir:
+        print("Video saved to: ", video_dir)
+    run_config = {k: v for k, v in vars(config).items()}
+    run_config.update(policy_client_host=args.host, policy_client_port=args.port, embodiment_tag=result.embodiment_tag.value)
+    path = write_results(output_dir / RESULTS_FILENAME, rollout_results(result.outcomes, result.eval_s, run_config, config.env_name))
+    failed = [o for o in result.outcomes if o.failure_reason]
+    for outcome in failed:
+        print(f"episode {outcome.episode_index} failed: {outcome.failure_reason}")
+    infos = {"episode_lengths": [o.length for o in result.outcomes], "episode_rewards": [o.sum_reward for o in result.outcomes]}
+    print("results: ", (config.env_name, result.successes, infos))
+    print("success rate: ", float(np.mean(result.successes)))
+    print(f"Results: {path}")
+    return 0
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    """`gr00t-eval record`: Meta-World expert episodes into a LeRobot v2.1 dataset."""
+    from .record import record_metaworld
+
+    try:
+        summary = record_metaworld(
+            args.env_name, args.episodes, args.output, seed=args.seed, max_episode_steps=args.max_episode_steps,
+            image_size=args.image_size, camera=args.camera, overwrite=args.overwrite,
+        )
+    except FileExistsError as exc:
+        raise SystemExit(f"error: {exc}; add --overwrite to replace it") from None
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    print(f"Recorded {summary.n_episodes} episodes of {args.env_name} to {summary.root} "
+          f"(seeds {summary.seeds[0]}..{summary.seeds[-1]}, expert success {sum(summary.successes)}/{summary.n_episodes}, "
+          f"mean length {sum(summary.lengths) / summary.n_episodes:.1f})")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console entry point; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level), format="%(levelname)s:%(name)s:%(message)s")
+    scaled = getattr(args, "scale_command", None)
+    if scaled is not None:
+        code = scaled(args)  # None: a plain rollout, run below
+        if code is not None:
+            return code
+    commands: Dict[str, Any] = {"open-loop": cmd_open_loop, "rollout": cmd_rollout, "record": cmd_record}
+    return commands[args.command](args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Error metrics for open-loop evaluation and aggregates for closed-loop rollouts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ActionErrors:
+    """MSE and MAE between ground-truth and predicted actions, overall, per action key and per dimension."""
+
+    mse: float
+    mae: float
+    per_key: Dict[str, Dict[str, float]]
+    per_dim_mse: List[float]
+    per_dim_mae: List[float]
+
+    def to_json_dict(self) -> Dict[str, Any]:
+        """The results.json form: mse, mae, per_key and per_dim."""
+        return {
+            "mse": self.mse,
+            "mae": self.mae,
+            "per_key": {k: dict(v) for k, v in self.per_key.items()},
+            "per_dim": {"mse": list(self.per_dim_mse), "mae": list(self.per_dim_mae)},
+        }
+
+
+def action_errors(ground_truth: np.ndarray, prediction: np.ndarray, key_dims: Mapping[str, int]) -> ActionErrors:
+    """Errors of (T, D) arrays whose columns are the action keys concatenated in `key_dims` order.
+
+    Overall MSE/MAE are means over every element, as in the reference (physical units, no normalisation).
+    """
+    gt = np.asarray(ground_truth, dtype=np.float64)
+    pred = np.asarray(prediction, dtype=np.float64)
+    if gt.shape != pred.shape or gt.ndim != 2:
+        raise ValueError(f"ground truth {gt.shape} and prediction {pred.shape} must be equal (T, D) shapes")
+    total = sum(int(d) for d in key_dims.values())
+    if total != gt.shape[1]:
+        raise ValueError(f"action keys {dict(key_dims)} sum to {total} dims but the arrays have {gt.shape[1]}")
+    if gt.shape[0] == 0:
+        raise ValueError("cannot compute errors over zero steps")
+    diff = gt - pred
+    per_dim_mse = np.mean(diff**2, axis=0)
+    per_dim_mae = np.mean(np.abs(diff), axis=0)
+    per_key: Dict[str, Dict[str, float]] = {}
+    start = 0
+    for key, dim in key_dims.items():
+        block = diff[:, start : start + int(dim)]
+        per_key[key] = {"mse": float(np.mean(block**2)), "mae": float(np.mean(np.abs(block)))}
+        start += int(dim)
+    return ActionErrors(
+        mse=float(np.mean(diff**2)),
+        mae=float(np.mean(np.abs(diff))),
+        per_key=per_key,
+        per_dim_mse=[float(v) for v in per_dim_mse],
+        per_dim_mae=[float(v) for v in per_dim_mae],
+    )
+
+
+@dataclass
+class EpisodeOutcome:
+    """One scored rollout episode, in the shape of lerobot-eval's `per_episode` entries."""
+
+    episode_index: int
+    seed: Optional[int]
+    success: bool
+    sum_reward: float
+    max_reward: float
+    length: int
+    env_index: int = 0
+    video_path: Optional[str] = None
+    failure_reason: Optional[str] = None
+    extras: Dict[str, Any] = field(default_factory=dict)
+
+    def to_json_dict(self) -> Dict[str, Any]:
+        """One `per_episode` entry of results.json (extras merged in)."""
+        data = {
+            "episode_index": self.episode_index,
+            "env_index": self.env_index,
+            "seed": self.seed,
+            "success": bool(self.success),
+            "sum_reward": float(self.sum_reward),
+            "max_reward": float(self.max_reward),
+            "length": int(self.length),
+            "video_path": self.video_path,
+            "failure_reason": self.failure_reason,
+        }
+        data.update(self.extras)
+        return data
+
+
+def rollout_aggregates(outcomes: Sequence[EpisodeOutcome], eval_s: float) -> Dict[str, Any]:
+    """lerobot-eval's aggregates: pc_success, avg_sum_reward, avg_max_reward, n_episodes, eval_s, eval_ep_s."""
+    n = len(outcomes)
+    if n == 0:
+        return {"pc_success": float("nan"), "avg_sum_reward": float("nan"), "avg_max_reward": float("nan"),
+                "n_episodes": 0, "n_failed": 0, "eval_s": float(eval_s), "eval_ep_s": float("nan")}
+    return {
+        "pc_success": 100.0 * float(np.mean([o.success for o in outcomes])),
+        "avg_sum_reward": float(np.mean([o.sum_reward for o in outcomes])),
+        "avg_max_reward": float(np.mean([o.max_reward for o in outcomes])),
+        "avg_length": float(np.mean([o.length for o in outcomes])),
+        "n_episodes": n,
+        "n_failed": sum(1 for o in outcomes if o.failure_reason is not None),
+        "eval_s": float(eval_s),
+        "eval_ep_s": float(eval_s) / n,
+    }

@@ -1,0 +1,255 @@
+"""Open-loop evaluation: query the policy along recorded trajectories and compare its chunks with the recorded actions.
+
+The reference algorithm (server-eval.md §4.2) with its defects fixed: history deltas before the first step
+(or past the last) repeat the first (last) frame instead of failing; every trajectory gets its own plot; the
+policy is reset to the trajectory (`episode_index`) before it is evaluated, so a replay server follows along.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from gr00t_client import BasePolicy, ModalityConfig
+
+from .dataset import LeRobotDataset
+from .metrics import ActionErrors, action_errors
+from .results import RESULTS_FILENAME, open_loop_results, write_results
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OUTPUT_DIR = "/tmp/open_loop_eval"
+
+
+@dataclass
+class OpenLoopConfig:
+    """Settings of an open-loop run (the CLI flags)."""
+
+    dataset_path: str
+    traj_ids: Sequence[int] = (0,)
+    steps: int = 200
+    execution_horizon: int = 16
+    modality_keys: Optional[Sequence[str]] = None
+    output_dir: str = DEFAULT_OUTPUT_DIR
+    embodiment_tag: str = "new_embodiment"
+    observation_format: str = "nested"  # "nested" (reference server) or "flat" (server with the sim wrapper)
+    plot: bool = True
+
+
+@dataclass
+class TrajectoryResult:
+    """One evaluated trajectory: arrays (T, D) in physical units, where the policy was queried, and its errors."""
+
+    traj_id: int
+    ground_truth: np.ndarray
+    prediction: np.ndarray
+    inference_steps: List[int]
+    errors: ActionErrors
+    trajectory_length: int
+    plot_path: Optional[str] = None
+
+
+@dataclass
+class OpenLoopResult:
+    """All evaluated trajectories, the ids skipped (out of range) and the results.json path."""
+
+    trajectories: Dict[int, TrajectoryResult] = field(default_factory=dict)
+    skipped: List[int] = field(default_factory=list)
+    results_path: Optional[Path] = None
+
+    @property
+    def avg_mse(self) -> float:
+        """Plain mean of the per-trajectory MSEs (not weighted by length, like the reference)."""
+        return float(np.mean([t.errors.mse for t in self.trajectories.values()])) if self.trajectories else math.nan
+
+    @property
+    def avg_mae(self) -> float:
+        """Plain mean of the per-trajectory MAEs."""
+        return float(np.mean([t.errors.mae for t in self.trajectories.values()])) if self.trajectories else math.nan
+
+
+def history_steps(step: int, delta_indices: Sequence[int], length: int) -> np.ndarray:
+    """Rows `step + delta`, clamped to the episode: the first frame repeats before its start, the last after its end."""
+    return np.clip(step + np.asarray(delta_indices, dtype=np.int64), 0, length - 1)
+
+
+class _KeyMap:
+    """Modality-config keys -> dataset keys (by name, or by position when the names differ but counts match)."""
+
+    def __init__(self, kind: str, wanted: Sequence[str], available: Sequence[str]) -> None:
+        if all(k in available for k in wanted):
+            self.map = {k: k for k in wanted}
+        elif len(wanted) == len(available):
+            logger.warning("policy %s keys %s are not the dataset's %s; matching by position", kind, list(wanted), list(available))
+            self.map = dict(zip(wanted, available))
+        else:
+            missing = [k for k in wanted if k not in available]
+            raise ValueError(f"the policy's {kind} keys {missing} are not in the dataset's meta/modality.json; it has {list(available)}")
+
+
+def build_observation(
+    episode: Any, step: int, configs: Mapping[str, ModalityConfig], frames: Mapping[str, np.ndarray],
+    key_maps: Mapping[str, _KeyMap], observation_format: str,
+) -> Dict[str, Any]:
+    """The batched (B=1) observation at `step`: nested {video, state, language} or flat `video.k`/`state.k`/language key."""
+    length = episode.length
+    nested: Dict[str, Dict[str, Any]] = {"video": {}, "state": {}, "language": {}}
+    if "video" in configs:
+        rows = history_steps(step, configs["video"].delta_indices, length)
+        for key, source in key_maps["video"].map.items():
+            nested["video"][key] = frames[source][rows][None]
+    if "state" in configs:
+        rows = history_steps(step, configs["state"].delta_indices, length)
+        for key, source in key_maps["state"].map.items():
+            nested["state"][key] = episode.states(source)[rows][None]
+    if "language" in configs:
+        for key, source in key_maps["language"].map.items():
+            nested["language"][key] = [[episode.language(source)[min(step, length - 1)]]]
+    if observation_format == "nested":
+        return {m: v for m, v in nested.items() if m in configs}
+    if observation_format != "flat":
+        raise ValueError(f"observation_format must be 'nested' or 'flat', got {observation_format!r}")
+    flat: Dict[str, Any] = {}
+    for key, value in nested["video"].items():
+        flat[f"video.{key}"] = value
+    for key, value in nested["state"].items():
+        flat[f"state.{key}"] = value
+    for key, value in nested["language"].items():
+        flat[key] = [value[0][0]]
+    return flat
+
+
+def _chunk(action: Mapping[str, Any], keys: Sequence[str]) -> Dict[str, np.ndarray]:
+    out = {}
+    for key in keys:
+        value = action.get(key, action.get(f"action.{key}"))
+        if value is None:
+            raise KeyError(f"the policy's action has no '{key}' (nor 'action.{key}'); got keys {sorted(action)}")
+        value = np.asarray(value, dtype=np.float64)
+        out[key] = value[0] if value.ndim == 3 else value  # strip the batch dim
+    return out
+
+
+def evaluate_trajectory(
+    policy: BasePolicy, dataset: LeRobotDataset, traj_id: int, config: OpenLoopConfig,
+    configs: Mapping[str, ModalityConfig], report: Callable[[str], None] = logger.info, on_step: Optional[Callable[[], None]] = None,
+) -> TrajectoryResult:
+    """Query the policy every `execution_horizon` steps of trajectory `traj_id` and score the stitched chunks."""
+    episode = dataset.episode(traj_id)
+    action_keys = list(config.modality_keys or configs["action"].modality_keys)
+    horizon = configs["action"].horizon
+    if not 1 <= config.execution_horizon <= horizon:
+        raise ValueError(f"execution_horizon must be in [1, {horizon}] (the policy's action horizon), got {config.execution_horizon}")
+    key_maps = {
+        "video": _KeyMap("video", configs["video"].modality_keys if "video" in configs else [], dataset.video_keys),
+        "state": _KeyMap("state", configs["state"].modality_keys if "state" in configs else [], dataset.state_keys),
+        "language": _KeyMap("language", configs["language"].modality_keys if "language" in configs else [], dataset.language_keys),
+    }
+    missing = [k for k in action_keys if k not in dataset.action_keys]
+    if missing:
+        raise ValueError(f"action keys {missing} are not in the dataset; it has {dataset.action_keys}")
+    actual_steps = min(config.steps, episode.length)
+    report(f"Running trajectory: {traj_id}")
+    report(f"Using {actual_steps} steps (requested: {config.steps}, trajectory length: {episode.length})")
+    inference_steps = list(range(0, actual_steps, config.execution_horizon))
+    frames: Dict[str, np.ndarray] = {}
+    if "video" in configs and inference_steps:
+        # Decode each needed frame once: the union of all history rows of all inference steps.
+        needed = np.unique(np.concatenate([history_steps(k, configs["video"].delta_indices, episode.length) for k in inference_steps]))
+        for source in key_maps["video"].map.values():
+            decoded = episode.frames(source, needed)
+            full = np.zeros((episode.length, *decoded.shape[1:]), dtype=np.uint8)
+            full[needed] = decoded
+            frames[source] = full
+    try:
+        # A stateful policy (ReplayPolicy) moves to this trajectory; a stateless model ignores the options.
+        policy.reset(options={"episode_index": int(traj_id), "step_index": 0})
+    except Exception as exc:  # noqa: BLE001 - a policy without per-episode reset can still be evaluated
+        logger.warning("policy reset for trajectory %d failed (%s); evaluating without it", traj_id, exc)
+    predicted: List[np.ndarray] = []
+    for step in inference_steps:
+        logger.debug("inferencing at step: %d", step)
+        observation = build_observation(episode, step, configs, frames, key_maps, config.observation_format)
+        action, info = policy.get_action(observation)
+        if isinstance(info, Mapping) and isinstance(info.get("current_step"), int) and info["current_step"] != step:
+            logger.warning("the policy reports step %s while the evaluation is at step %d (server execution horizon != %d?)",
+                           info["current_step"], step, config.execution_horizon)
+        chunk = _chunk(action, action_keys)
+        for j in range(config.execution_horizon):
+            predicted.append(np.concatenate([np.atleast_1d(np.atleast_1d(chunk[key])[j]) for key in action_keys]))
+        if on_step is not None:
+            on_step()
+    ground_truth = np.concatenate([episode.actions(key) for key in action_keys], axis=1)[:actual_steps].astype(np.float64)
+    prediction = np.asarray(predicted[:actual_steps])
+    if prediction.shape != ground_truth.shape:
+        raise ValueError(f"prediction shape {prediction.shape} differs from ground truth {ground_truth.shape} for trajectory {traj_id}")
+    key_dims = {key: episode.actions(key).shape[1] for key in action_keys}
+    errors = action_errors(ground_truth, prediction, key_dims)
+    report(f"Unnormalized Action MSE across single traj: {errors.mse}")
+    report(f"Unnormalized Action MAE across single traj: {errors.mae}")
+    result = TrajectoryResult(traj_id, ground_truth, prediction, inference_steps, errors, episode.length)
+    if config.plot:
+        from .plots import plot_trajectory
+
+        state_keys = list(configs["state"].modality_keys) if "state" in configs else []
+        state = None
+        if state_keys:
+            state = np.concatenate([episode.states(key_maps["state"].map[k]) for k in state_keys], axis=1)[:actual_steps]
+        labels = [f"{key}[{i}]" for key in action_keys for i in range(key_dims[key])]
+        path = Path(config.output_dir) / f"traj_{traj_id}.jpeg"
+        result.plot_path = str(plot_trajectory(path, traj_id, ground_truth, prediction, inference_steps, state, state_keys, action_keys, labels))
+    return result
+
+
+def evaluate_open_loop(
+    policy: BasePolicy, config: OpenLoopConfig, report: Callable[[str], None] = logger.info, progress: bool = True
+) -> OpenLoopResult:
+    """Evaluate every trajectory id (out-of-range ids are skipped with a warning); write plots and results.json."""
+    configs = policy.get_modality_config()
+    if "action" not in configs:
+        raise ValueError(f"the policy's modality config has no 'action' modality; got {sorted(configs)}")
+    report(f"Current modality config: \n{ {k: v.to_json_dict() for k, v in configs.items()} }")
+    dataset = LeRobotDataset(config.dataset_path)
+    report(f"Dataset length: {dataset.num_episodes}")
+    result = OpenLoopResult()
+    valid = []
+    for traj_id in config.traj_ids:
+        if 0 <= traj_id < dataset.num_episodes:
+            valid.append(int(traj_id))
+        else:
+            logger.warning("trajectory %d is out of range (the dataset has %d episodes); skipping it", traj_id, dataset.num_episodes)
+            result.skipped.append(int(traj_id))
+    report(f"Running evaluation on trajectories: {valid}")
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        total = sum(math.ceil(min(config.steps, dataset.episode_lengths[t]) / config.execution_horizon) for t in valid)
+        bar = tqdm(total=total, desc="Open-loop inference")
+    try:
+        for traj_id in valid:
+            traj = evaluate_trajectory(policy, dataset, traj_id, config, configs, report, on_step=(bar.update if bar else None))
+            result.trajectories[traj_id] = traj
+            report(f"MSE for trajectory {traj_id}: {traj.errors.mse}, MAE: {traj.errors.mae}")
+    finally:
+        if bar is not None:
+            bar.close()
+    if result.trajectories:
+        report(f"Average MSE across all trajs: {result.avg_mse}")
+        report(f"Average MAE across all trajs: {result.avg_mae}")
+    else:
+        report("No valid trajectories were evaluated.")
+    entries = {
+        t: {"errors": r.errors, "steps": len(r.ground_truth), "trajectory_length": r.trajectory_length,
+            "inference_steps": r.inference_steps, "plot_path": r.plot_path}
+        for t, r in result.trajectories.items()
+    }
+    run_config = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in vars(config).items()}
+    result.results_path = write_results(Path(config.output_dir) / RESULTS_FILENAME, open_loop_results(entries, run_config, result.skipped))
+    report("Done")
+    return result

@@ -1,0 +1,52 @@
+"""Open-loop plots: ground truth vs prediction per action dimension, inference points marked."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+
+def plot_trajectory(
+    path: Union[str, Path],
+    traj_id: int,
+    ground_truth: np.ndarray,
+    prediction: np.ndarray,
+    inference_steps: Sequence[int],
+    state: Optional[np.ndarray] = None,
+    state_keys: Sequence[str] = (),
+    action_keys: Sequence[str] = (),
+    dim_labels: Optional[Sequence[str]] = None,
+) -> Path:
+    """Save one figure (one subplot per action dim) for a trajectory; the reference layout, one file per id."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)  # headless: never open a window
+    import matplotlib.pyplot as plt
+
+    gt = np.asarray(ground_truth)
+    pred = np.asarray(prediction)
+    n_dims = gt.shape[1]
+    labels = list(dim_labels) if dim_labels is not None else [f"Action {i}" for i in range(n_dims)]
+    fig, axes = plt.subplots(nrows=n_dims, ncols=1, figsize=(8, max(4 * n_dims, 4)), squeeze=False)
+    title = f"Trajectory {traj_id} - State: {', '.join(state_keys)} | Action: {', '.join(action_keys)}"
+    fig.suptitle(textwrap.fill(title, 60), fontsize=16, color="blue")  # wrapped: long key lists stay on the page
+    steps = np.arange(gt.shape[0])
+    marks = [k for k in inference_steps if 0 <= k < gt.shape[0]]
+    for dim, ax in enumerate(axes[:, 0]):
+        if state is not None and np.shape(state) == gt.shape:
+            ax.plot(steps, state[:, dim], label="state joints")
+        ax.plot(steps, gt[:, dim], label="gt action")
+        ax.plot(steps, pred[:, dim], label="pred action", linestyle="--")
+        for i, k in enumerate(marks):
+            ax.plot(k, gt[k, dim], "ro", label="inference point" if i == 0 else None)
+        ax.set_title(labels[dim])
+        ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

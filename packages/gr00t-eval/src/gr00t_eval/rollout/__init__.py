@@ -1,0 +1,24 @@
+"""Closed-loop rollout: env registry and adapters, MultiStepWrapper, and the episode-accounting runner."""
+
+from .envs import ENV_PREFIX_TO_EMBODIMENT_TAG, EnvFactory, embodiment_for_env, env_factory, make_env, register_env_prefix
+from .multistep import EpisodeSummary, MultiStepWrapper, success_from_info
+from .runner import HorizonSpec, ObservationMapper, PolicyRowCursor, RolloutConfig, RolloutResult, RolloutRunner, run_rollout
+
+__all__ = [
+    "ENV_PREFIX_TO_EMBODIMENT_TAG",
+    "EnvFactory",
+    "EpisodeSummary",
+    "HorizonSpec",
+    "MultiStepWrapper",
+    "ObservationMapper",
+    "PolicyRowCursor",
+    "RolloutConfig",
+    "RolloutResult",
+    "RolloutRunner",
+    "embodiment_for_env",
+    "env_factory",
+    "make_env",
+    "register_env_prefix",
+    "run_rollout",
+    "success_from_info",
+]

@@ -1,0 +1,1 @@
+"""Built-in env adapters (Meta-World, PushT); each imports its simulator lazily."""

@@ -1,0 +1,167 @@
+"""Meta-World (v3 tasks) as a flat-GR00T env: one camera, arm/gripper/object/goal state, language, action.*.
+
+Headless MuJoCo rendering needs MUJOCO_GL=egl (set here when unset). Determinism: `reset(seed=s)` re-seeds the
+task's random goal/object placement from `s` alone, so an episode is the same whatever ran before it.
+"""
+
+from __future__ import annotations
+
+import os
+import string
+from typing import Any, Dict, Optional
+
+import gymnasium as gym
+import numpy as np
+
+LANGUAGE_KEY = "annotation.human.action.task_description"
+STATE_SLICES = {"eef_pos": (0, 3), "gripper": (3, 4), "objects": (4, 18), "goal": (36, 39)}
+ACTION_DIMS = {"eef_delta": 3, "gripper": 1}
+DEFAULT_CAMERA = "corner2"
+
+# A few task descriptions in words; other tasks get their name with dashes as spaces.
+TASK_DESCRIPTIONS = {
+    "reach-v3": "reach the red goal position",
+    "push-v3": "push the puck to the goal",
+    "pick-place-v3": "pick up the puck and place it at the goal",
+    "button-press-topdown-v3": "press the button from the top",
+    "drawer-close-v3": "close the drawer",
+    "drawer-open-v3": "open the drawer",
+    "door-open-v3": "open the door",
+    "window-open-v3": "open the window",
+}
+
+
+def task_description(task: str) -> str:
+    """The language instruction of a Meta-World task."""
+    return TASK_DESCRIPTIONS.get(task, task.removesuffix("-v3").replace("-", " "))
+
+
+def _import_metaworld():
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+    try:
+        import metaworld  # noqa: F401
+        import mujoco
+        from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE
+        from metaworld.policies import ENV_POLICY_MAP
+    except ImportError as exc:
+        raise ImportError(f"Meta-World envs need metaworld and mujoco ({exc}); install with: pip install 'gr00t-eval[sim]'") from exc
+    return mujoco, ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE, ENV_POLICY_MAP
+
+
+class MetaWorldEnv(gym.Env):
+    """A Meta-World task with goal-observable state, rendered by `camera` at `image_size` pixels."""
+
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def __init__(self, task: str, image_size: int = 64, camera: str = DEFAULT_CAMERA, seed: int = 0) -> None:
+        mujoco, envs, _ = _import_metaworld()
+        key = f"{task}-goal-observable"
+        if key not in envs:
+            known = ", ".join(sorted(k.removesuffix("-goal-observable") for k in envs))
+            raise ValueError(f"unknown Meta-World task {task!r}; expected one of: {known}")
+        self.task = task
+        self.camera = camera
+        self.image_size = int(image_size)
+        self._mujoco = mujoco
+        self._env = envs[key](seed=seed)
+        self._env.seeded_rand_vec = True  # draw placements from the env's seeded generator, not np.random
+        self._renderer = None
+        try:
+            self._renderer = mujoco.Renderer(self._env.model, self.image_size, self.image_size)
+        except Exception as exc:  # noqa: BLE001 - re-raised with the fix
+            raise RuntimeError(
+                f"MuJoCo cannot render offscreen ({exc}). Set MUJOCO_GL=egl before anything imports mujoco "
+                "(needs the system packages libegl1, libegl-mesa0 and libgl1-mesa-dri)"
+            ) from exc
+        self.instruction = task_description(task)
+        self.render_mode = "rgb_array"
+        self.observation_space = gym.spaces.Dict(
+            {
+                f"video.{camera}": gym.spaces.Box(0, 255, (self.image_size, self.image_size, 3), np.uint8),
+                **{f"state.{k}": gym.spaces.Box(-np.inf, np.inf, (b - a,), np.float32) for k, (a, b) in STATE_SLICES.items()},
+                LANGUAGE_KEY: gym.spaces.Text(max_length=256, charset=string.printable),
+            }
+        )
+        self.action_space = gym.spaces.Dict({f"action.{k}": gym.spaces.Box(-1.0, 1.0, (d,), np.float32) for k, d in ACTION_DIMS.items()})
+        self._raw_obs: Optional[np.ndarray] = None
+
+    def render(self) -> np.ndarray:
+        """The camera image, uint8 (image_size, image_size, 3)."""
+        scene_flags = self._mujoco.mjtRndFlag
+        self._renderer.update_scene(self._env.data, camera=self.camera)
+        # Shadows and reflections cost 4x on software GL and add nothing a policy needs.
+        for flag in (scene_flags.mjRND_SHADOW, scene_flags.mjRND_REFLECTION, scene_flags.mjRND_SKYBOX):
+            self._renderer.scene.flags[flag] = 0
+        # Meta-World's cameras render upside down and mirrored; turn the image 180 degrees.
+        return np.ascontiguousarray(self._renderer.render()[::-1, ::-1])
+
+    def _observation(self, raw: np.ndarray) -> Dict[str, Any]:
+        self._raw_obs = raw
+        obs: Dict[str, Any] = {f"video.{self.camera}": self.render()}
+        for key, (a, b) in STATE_SLICES.items():
+            obs[f"state.{key}"] = np.asarray(raw[a:b], dtype=np.float32)
+        obs[LANGUAGE_KEY] = self.instruction
+        return obs
+
+    @property
+    def raw_observation(self) -> Optional[np.ndarray]:
+        """Meta-World's own 39-dim observation (what its scripted policies read)."""
+        return self._raw_obs
+
+    def reset(self, *, seed: Optional[int] = None, options: Optional[Dict[str, Any]] = None):
+        super().reset(seed=seed)
+        if seed is not None:
+            self._env.seed(int(seed))
+        self._env._freeze_rand_vec = False  # a new placement on each reset, from the (re)seeded generator
+        raw, _ = self._env.reset()
+        self._env._freeze_rand_vec = True
+        return self._observation(raw), {"task": self.task}
+
+    def step(self, action: Dict[str, np.ndarray]):
+        flat = action_to_array(action)
+        raw, reward, terminated, truncated, info = self._env.step(flat)
+        out_info = {"success": bool(info.get("success", False))}
+        return self._observation(raw), float(reward), bool(terminated), bool(truncated), out_info
+
+    def close(self) -> None:
+        renderer, self._renderer = getattr(self, "_renderer", None), None
+        if renderer is not None:
+            renderer.close()  # before interpreter exit, or EGL complains while tearing down
+        env = getattr(self, "_env", None)
+        if env is not None:
+            env.close()
+
+
+def action_to_array(action: Dict[str, np.ndarray]) -> np.ndarray:
+    """GR00T `action.*` groups -> Meta-World's 4-dim float32 action, clipped to [-1, 1]."""
+    missing = [f"action.{k}" for k in ACTION_DIMS if f"action.{k}" not in action]
+    if missing:
+        raise KeyError(f"Meta-World action is missing {missing}; got keys {sorted(action)}")
+    parts = [np.asarray(action[f"action.{k}"], dtype=np.float32).reshape(-1) for k in ACTION_DIMS]
+    for (key, dim), part in zip(ACTION_DIMS.items(), parts):
+        if part.shape[0] != dim:
+            raise ValueError(f"action.{key} must have {dim} values, got shape {part.shape}")
+    return np.clip(np.concatenate(parts), -1.0, 1.0).astype(np.float32)
+
+
+def array_to_action(flat: np.ndarray) -> Dict[str, np.ndarray]:
+    """Meta-World's 4-dim action -> GR00T `action.*` groups."""
+    out, start = {}, 0
+    for key, dim in ACTION_DIMS.items():
+        out[f"action.{key}"] = np.asarray(flat[start : start + dim], dtype=np.float32)
+        start += dim
+    return out
+
+
+def scripted_policy(task: str):
+    """Meta-World's own scripted expert for `task`: raw 39-dim observation -> 4-dim action."""
+    _, _, policies = _import_metaworld()
+    if task not in policies:
+        raise ValueError(f"Meta-World has no scripted policy for task {task!r}")
+    return policies[task]()
+
+
+def make_metaworld_env(task: str, **kwargs: Any) -> MetaWorldEnv:
+    """Adapter entry point for env names `metaworld/<task>`."""
+    return MetaWorldEnv(task, **kwargs)

@@ -1,0 +1,68 @@
+"""PushT (gym-pusht) as a flat-GR00T env: `video.image`, `state.agent_pos`, language, `action.agent_pos`."""
+
+from __future__ import annotations
+
+import string
+from typing import Any, Dict, Optional
+
+import gymnasium as gym
+import numpy as np
+
+LANGUAGE_KEY = "annotation.human.action.task_description"
+INSTRUCTION = "push the T-shaped block onto the T-shaped target"
+
+
+class PushTEnv(gym.Env):
+    """gym-pusht's PushT-v0 with pixel + agent-position observations; success is info["is_success"]."""
+
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def __init__(self, task: str = "", image_size: int = 96) -> None:
+        try:
+            import gym_pusht  # noqa: F401 - registers gym_pusht/PushT-v0
+        except ImportError as exc:
+            raise ImportError(f"PushT envs need gym-pusht ({exc}); install with: pip install 'gr00t-eval[sim]'") from exc
+        env_id = f"gym_pusht/{task}" if task else "gym_pusht/PushT-v0"
+        self._env = gym.make(
+            env_id, obs_type="pixels_agent_pos", render_mode="rgb_array",
+            observation_width=image_size, observation_height=image_size,
+        )
+        self.observation_space = gym.spaces.Dict(
+            {
+                "video.image": gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8),
+                "state.agent_pos": gym.spaces.Box(0.0, 512.0, (2,), np.float32),
+                LANGUAGE_KEY: gym.spaces.Text(max_length=256, charset=string.printable),
+            }
+        )
+        self.action_space = gym.spaces.Dict({"action.agent_pos": gym.spaces.Box(0.0, 512.0, (2,), np.float32)})
+
+    @staticmethod
+    def _observation(raw: Dict[str, np.ndarray]) -> Dict[str, Any]:
+        return {
+            "video.image": np.asarray(raw["pixels"], dtype=np.uint8),
+            "state.agent_pos": np.asarray(raw["agent_pos"], dtype=np.float32),
+            LANGUAGE_KEY: INSTRUCTION,
+        }
+
+    def reset(self, *, seed: Optional[int] = None, options: Optional[Dict[str, Any]] = None):
+        super().reset(seed=seed)
+        raw, info = self._env.reset(seed=seed)
+        return self._observation(raw), {}
+
+    def step(self, action: Dict[str, np.ndarray]):
+        if "action.agent_pos" not in action:
+            raise KeyError(f"PushT action needs 'action.agent_pos'; got keys {sorted(action)}")
+        target = np.asarray(action["action.agent_pos"], dtype=np.float32).reshape(2)
+        raw, reward, terminated, truncated, info = self._env.step(target)
+        return self._observation(raw), float(reward), bool(terminated), bool(truncated), {"success": bool(info.get("is_success", False))}
+
+    def render(self) -> np.ndarray:
+        return self._env.render()
+
+    def close(self) -> None:
+        self._env.close()
+
+
+def make_pusht_env(task: str = "", **kwargs: Any) -> PushTEnv:
+    """Adapter entry point for env names `pusht/<gym-pusht id>` (e.g. `pusht/PushT-v0`)."""
+    return PushTEnv(task, **kwargs)

@@ -1,0 +1,117 @@
+"""Environment registry: env-name prefix -> embodiment tag, and prefix -> adapter that builds a flat-GR00T env.
+
+An env name is `<prefix>/<task>`. With an adapter registered for the prefix (built in: `metaworld`, `pusht`)
+the adapter builds the env; otherwise the name is a gymnasium id of an env that already speaks GR00T's flat
+sim format (`video.*`, `state.*`, `annotation.*` observations, `action.*` actions, info["success"]).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, Tuple, Union
+
+import gymnasium as gym
+
+from gr00t_client import EmbodimentTag
+
+# The reference's table (gr00t/eval/sim/env_utils.py), plus the built-in adapters.
+ENV_PREFIX_TO_EMBODIMENT_TAG: Dict[str, EmbodimentTag] = {
+    "libero_sim": EmbodimentTag.LIBERO_PANDA,
+    "simpler_env_google": EmbodimentTag.SIMPLER_ENV_GOOGLE,
+    "simpler_env_widowx": EmbodimentTag.SIMPLER_ENV_WIDOWX,
+    "robocasa_panda_omron": EmbodimentTag.ROBOCASA_PANDA_OMRON,
+    "robocasa365_panda_omron": EmbodimentTag.ROBOCASA_PANDA_OMRON,
+    "gr1_unified": EmbodimentTag.ROBOCASA_GR1_TABLETOP,
+    "gr00tlocomanip_g1": EmbodimentTag.UNITREE_G1,
+    "gr00tlocomanip_g1_sim": EmbodimentTag.UNITREE_G1,
+    "gr00tlocomanip_g1_new": EmbodimentTag.UNITREE_G1,
+    "metaworld": EmbodimentTag.NEW_EMBODIMENT,
+    "pusht": EmbodimentTag.NEW_EMBODIMENT,
+}
+
+# prefix -> "module:function" (imported lazily, so simulators stay optional) or a callable(task, **kwargs).
+EnvAdapter = Union[str, Callable[..., gym.Env]]
+_ADAPTERS: Dict[str, EnvAdapter] = {
+    "metaworld": "gr00t_eval.rollout.adapters.metaworld:make_metaworld_env",
+    "pusht": "gr00t_eval.rollout.adapters.pusht:make_pusht_env",
+}
+
+
+def register_env_prefix(prefix: str, embodiment_tag: Union[EmbodimentTag, str], adapter: Optional[EnvAdapter] = None) -> None:
+    """Map env names `<prefix>/...` to an embodiment; with `adapter`, build them with it (a callable or "module:func")."""
+    if "/" in prefix or not prefix:
+        raise ValueError(f"an env prefix is the part before the first '/', got {prefix!r}")
+    ENV_PREFIX_TO_EMBODIMENT_TAG[prefix] = EmbodimentTag.resolve(embodiment_tag)
+    if adapter is not None:
+        _ADAPTERS[prefix] = adapter
+
+
+def split_env_name(env_name: str) -> Tuple[str, str]:
+    """`prefix/task` -> (prefix, task); a name without '/' has no task."""
+    prefix, _, task = env_name.partition("/")
+    return prefix, task
+
+
+def embodiment_for_env(env_name: str) -> EmbodimentTag:
+    """The embodiment of an env name: the prefix table first, else the prefix read as an embodiment tag."""
+    prefix, _ = split_env_name(env_name)
+    if prefix in ENV_PREFIX_TO_EMBODIMENT_TAG:
+        return ENV_PREFIX_TO_EMBODIMENT_TAG[prefix]
+    try:
+        return EmbodimentTag.resolve(prefix)
+    except ValueError:
+        known = ", ".join(sorted(ENV_PREFIX_TO_EMBODIMENT_TAG))
+        raise ValueError(
+            f"env name {env_name!r}: unknown prefix {prefix!r}; expected one of the env prefixes [{known}] or an "
+            f"embodiment tag value (register new prefixes with gr00t_eval.rollout.register_env_prefix)"
+        ) from None
+
+
+def _resolve_adapter(adapter: EnvAdapter) -> Callable[..., gym.Env]:
+    if callable(adapter):
+        return adapter
+    module_name, _, attr = adapter.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ImportError(f"env adapter {adapter!r} needs a simulator that is not installed ({exc}); "
+                          "install it with: pip install 'gr00t-eval[sim]'") from exc
+    return getattr(module, attr)
+
+
+@dataclass(frozen=True)
+class EnvFactory:
+    """A picklable recipe for one raw env (sent to subprocess workers): adapter by prefix, else gym.make(id).
+
+    For a gym id the parent's registration (EnvSpec) travels along, so envs registered at run time in the
+    parent also build in spawned workers.
+    """
+
+    env_name: str
+    adapter: Optional[EnvAdapter] = None
+    kwargs: Tuple[Tuple[str, Any], ...] = ()
+    spec: Optional[Any] = None  # gymnasium EnvSpec
+
+    def __call__(self) -> gym.Env:
+        kwargs = dict(self.kwargs)
+        if self.adapter is not None:
+            _, task = split_env_name(self.env_name)
+            return _resolve_adapter(self.adapter)(task, **kwargs)
+        return gym.make(self.spec if self.spec is not None else self.env_name, **kwargs)
+
+
+def env_factory(env_name: str, **kwargs: Any) -> EnvFactory:
+    """The factory for `env_name` (validating the prefix), with adapter or gym.make keyword arguments."""
+    embodiment_for_env(env_name)
+    prefix, _ = split_env_name(env_name)
+    adapter = _ADAPTERS.get(prefix)
+    spec = None
+    if adapter is None:
+        spec = gym.envs.registry.get(env_name)  # None: the id may be registered by an import in the worker
+    return EnvFactory(env_name, adapter, tuple(sorted(kwargs.items())), spec)
+
+
+def make_env(env_name: str, **kwargs: Any) -> gym.Env:
+    """Build one raw (flat GR00T format) env by name."""
+    return env_factory(env_name, **kwargs)()

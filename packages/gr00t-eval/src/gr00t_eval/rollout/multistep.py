@@ -1,0 +1,232 @@
+"""MultiStepWrapper: run n_action_steps of each action chunk, stack observation history, own the episode's end."""
+
+from __future__ import annotations
+
+import collections
+import logging
+from dataclasses import dataclass
+from typing import Any, Deque, Dict, Mapping, Optional, Sequence, Tuple
+
+import gymnasium as gym
+import numpy as np
+
+from ..video import EpisodeVideoRecorder, frame_from_observation
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EpisodeSummary:
+    """What the wrapper reports in info["episode"] when an episode ends (one object, so vector infos stay simple)."""
+
+    episode_index: int
+    seed: Optional[int]
+    success: bool
+    sum_reward: float
+    max_reward: float
+    length: int
+    video_path: Optional[str] = None
+    failure_reason: Optional[str] = None
+
+
+def success_from_info(info: Mapping[str, Any]) -> bool:
+    """An inner step's success flag: info["success"], else info["is_success"] (gym-pusht, robomimic style)."""
+    for key in ("success", "is_success"):
+        if key in info:
+            value = info[key]
+            return bool(np.any(value)) if isinstance(value, (list, tuple, np.ndarray)) else bool(value)
+    return False
+
+
+def _check_deltas(name: str, deltas: Sequence[int]) -> Tuple[int, ...]:
+    deltas = tuple(int(d) for d in deltas)
+    if not deltas:
+        raise ValueError(f"{name} delta indices must not be empty")
+    if any(d > 0 for d in deltas):
+        raise ValueError(f"{name} delta indices must be <= 0 (history only), got {list(deltas)}")
+    return deltas
+
+
+class MultiStepWrapper(gym.Wrapper):
+    """Run `n_action_steps` rows of each action chunk in the inner env and return a history-stacked observation.
+
+    Observations: `video.*` keys become (T_v, H, W, 3) and `state.*` keys (T_s, D), taken at `video_delta_indices`
+    / `state_delta_indices` (<= 0) of the inner steps; before the episode has that much history the first
+    observation is repeated. Other keys (language) pass through. The episode ends on success (when
+    `terminate_on_success`), when the inner env ends it, or after `max_episode_steps` inner steps; then
+    info["episode"] holds an EpisodeSummary and, with a recorder, the captioned video is written.
+    An exception from the inner env ends the episode as failed with the reason, instead of killing the worker.
+    Reset options: {"episodes": [episode index per env row, -1 = idle]} with this wrapper's `env_index`.
+    """
+
+    def __init__(
+        self,
+        env: gym.Env,
+        n_action_steps: int,
+        max_episode_steps: int,
+        video_delta_indices: Sequence[int] = (0,),
+        state_delta_indices: Sequence[int] = (0,),
+        terminate_on_success: bool = True,
+        recorder: Optional[EpisodeVideoRecorder] = None,
+        env_index: int = 0,
+    ) -> None:
+        super().__init__(env)
+        if n_action_steps < 1:
+            raise ValueError(f"n_action_steps must be >= 1, got {n_action_steps}")
+        if max_episode_steps < 1:
+            raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
+        self.n_action_steps = int(n_action_steps)
+        self.max_episode_steps = int(max_episode_steps)
+        self.video_delta_indices = _check_deltas("video", video_delta_indices)
+        self.state_delta_indices = _check_deltas("state", state_delta_indices)
+        self.terminate_on_success = terminate_on_success
+        self.recorder = recorder
+        self.env_index = env_index
+        self._history_len = 1 - min(self.video_delta_indices + self.state_delta_indices)
+        self._history: Deque[Dict[str, Any]] = collections.deque(maxlen=self._history_len)
+        self.observation_space = self._stacked_space(env.observation_space)
+        self.action_space = self._chunk_space(env.action_space)
+        self._idle = True
+        self._done = True
+        self._episode_index = -1
+        self._seed: Optional[int] = None
+        self._last_obs: Optional[Dict[str, Any]] = None
+        self._rewards: list = []
+        self._success = False
+        self._steps = 0
+        self._task = ""
+
+    # -- spaces -----------------------------------------------------------------------------------
+    def _stacked_space(self, space: gym.Space) -> gym.spaces.Dict:
+        if not isinstance(space, gym.spaces.Dict):
+            raise TypeError(f"MultiStepWrapper needs a Dict observation space of flat GR00T keys, got {type(space).__name__}")
+        out = {}
+        for key, sub in space.spaces.items():
+            if isinstance(sub, gym.spaces.Box) and (key.startswith("video.") or key.startswith("state.")):
+                horizon = len(self.video_delta_indices if key.startswith("video.") else self.state_delta_indices)
+                low = np.broadcast_to(sub.low, (horizon, *sub.shape))
+                high = np.broadcast_to(sub.high, (horizon, *sub.shape))
+                out[key] = gym.spaces.Box(low=low, high=high, dtype=sub.dtype)
+            else:
+                out[key] = sub
+        return gym.spaces.Dict(out)
+
+    def _chunk_space(self, space: gym.Space) -> gym.spaces.Dict:
+        if not isinstance(space, gym.spaces.Dict):
+            raise TypeError(f"MultiStepWrapper needs a Dict action space of 'action.*' keys, got {type(space).__name__}")
+        out = {}
+        for key, sub in space.spaces.items():
+            low = np.broadcast_to(sub.low, (self.n_action_steps, *sub.shape))
+            high = np.broadcast_to(sub.high, (self.n_action_steps, *sub.shape))
+            out[key] = gym.spaces.Box(low=low, high=high, dtype=sub.dtype)
+        return gym.spaces.Dict(out)
+
+    # -- observation history ----------------------------------------------------------------------
+    def _stacked(self) -> Dict[str, Any]:
+        history = list(self._history)
+        while len(history) < self._history_len:  # pad the start of an episode with its first observation
+            history.insert(0, history[0])
+        latest = history[-1]
+        out: Dict[str, Any] = {}
+        for key, value in latest.items():
+            if key.startswith("video."):
+                out[key] = np.stack([history[len(history) - 1 + d][key] for d in self.video_delta_indices])
+            elif key.startswith("state."):
+                out[key] = np.stack([np.asarray(history[len(history) - 1 + d][key], dtype=np.float32) for d in self.state_delta_indices])
+            else:
+                out[key] = value
+        return out
+
+    def _placeholder(self) -> Dict[str, Any]:
+        out = {}
+        for key, sub in self.observation_space.spaces.items():
+            out[key] = np.zeros(sub.shape, sub.dtype) if isinstance(sub, gym.spaces.Box) else ""
+        return out
+
+    def _observe(self, raw: Mapping[str, Any]) -> None:
+        self._history.append(dict(raw))
+        if self.recorder is not None:
+            self.recorder.add(frame_from_observation(raw))
+
+    # -- gym API ----------------------------------------------------------------------------------
+    def reset(self, *, seed: Optional[int] = None, options: Optional[Dict[str, Any]] = None):
+        """Start episode options["episodes"][env_index] (or go idle when it is -1)."""
+        options = dict(options or {})
+        plan = options.pop("episodes", None)
+        episode_index = int(plan[self.env_index]) if plan is not None else self._episode_index + 1
+        self._rewards, self._success, self._steps = [], False, 0
+        if episode_index < 0:
+            self._idle, self._done = True, True
+            return (self._last_obs if self._last_obs is not None else self._placeholder()), {"idle": True}
+        self._idle, self._done = False, False
+        self._episode_index, self._seed = episode_index, seed
+        self._history.clear()
+        if self.recorder is not None:
+            self.recorder.start()
+        try:
+            raw, _ = self.env.reset(seed=seed, options=options or None)
+        except Exception as exc:  # noqa: BLE001 - isolate the episode: report and let the run go on
+            logger.exception("env %d: reset for episode %d failed", self.env_index, episode_index)
+            self._done = True
+            self._last_obs = self._placeholder()
+            return self._last_obs, {"episode": self._summary(f"reset failed: {type(exc).__name__}: {exc}")}
+        self._task = next((str(v) for k, v in raw.items() if k.startswith("annotation.")), "")
+        self._observe(raw)
+        self._last_obs = self._stacked()
+        return self._last_obs, {"idle": False}
+
+    def step(self, action: Mapping[str, np.ndarray]):
+        """Execute the first n_action_steps rows of every `action.*` array; reward is the sum over them."""
+        if self._idle or self._done:
+            obs = self._last_obs if self._last_obs is not None else self._placeholder()
+            return obs, 0.0, False, False, {"idle": True}
+        chunk_reward = 0.0
+        terminated = truncated = False
+        failure: Optional[str] = None
+        for i in range(self.n_action_steps):
+            inner_action = {key: np.asarray(value)[i] for key, value in action.items()}
+            try:
+                raw, reward, inner_term, inner_trunc, info = self.env.step(inner_action)
+            except Exception as exc:  # noqa: BLE001 - isolate the episode: report and let the run go on
+                logger.exception("env %d: step %d of episode %d failed", self.env_index, self._steps, self._episode_index)
+                failure = f"step {self._steps} failed: {type(exc).__name__}: {exc}"
+                terminated = True
+                break
+            self._steps += 1
+            self._rewards.append(float(reward))
+            chunk_reward += float(reward)
+            self._success = self._success or success_from_info(info)
+            self._observe(raw)
+            if inner_term or (self.terminate_on_success and self._success):
+                terminated = True
+            if inner_trunc or self._steps >= self.max_episode_steps:
+                truncated = True
+            if terminated or truncated:
+                break
+        if self._history:
+            self._last_obs = self._stacked()
+        out_info: Dict[str, Any] = {"success": self._success, "env_steps": self._steps, "idle": False}
+        if terminated or truncated:
+            self._done = True
+            out_info["episode"] = self._summary(failure)
+        return self._last_obs, chunk_reward, terminated, truncated, out_info
+
+    def _summary(self, failure: Optional[str]) -> EpisodeSummary:
+        success = self._success and failure is None
+        video_path = None
+        if self.recorder is not None and self.recorder.n_frames:
+            note = failure.split(":")[0] if failure else ""
+            try:
+                video_path = self.recorder.finish(f"episode_{self._episode_index:04d}_{'success' if success else 'failure'}", self._task, success, note)
+            except Exception:  # noqa: BLE001 - a broken video must not lose the episode's score
+                logger.exception("env %d: writing the video of episode %d failed", self.env_index, self._episode_index)
+        return EpisodeSummary(
+            episode_index=self._episode_index,
+            seed=self._seed,
+            success=success,
+            sum_reward=float(np.sum(self._rewards)) if self._rewards else 0.0,
+            max_reward=float(np.max(self._rewards)) if self._rewards else 0.0,
+            length=self._steps,
+            video_path=video_path,
+            failure_reason=failure,
+        )

@@ -1,0 +1,417 @@
+"""Closed-loop rollout: vectorised envs driven by a policy (usually a PolicyClient), exactly n_episodes scored.
+
+Accounting (fixes the reference's defects, server-eval.md §5.5 and §10): episode i is started at most once,
+with seed `seed + i`, on whichever env row is free; every started episode runs to its end and is scored;
+no episode beyond n_episodes is started, so short episodes are not over-represented. When a row starts an
+episode the policy is reset for that row only (per-row reset options, see `PolicyRowCursor`). An episode
+whose env or policy call fails is scored as failed with its reason and the run goes on.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set
+
+import gymnasium as gym
+import numpy as np
+
+from gr00t_client import BasePolicy, EmbodimentTag, ModalityConfig
+
+from ..metrics import EpisodeOutcome
+from ..video import EpisodeVideoRecorder
+from .envs import EnvFactory, embodiment_for_env, env_factory
+from .multistep import EpisodeSummary, MultiStepWrapper
+
+logger = logging.getLogger(__name__)
+
+IDLE = -1
+
+
+@dataclass(frozen=True)
+class HorizonSpec:
+    """What the policy reads and writes, from its modality config: history deltas, keys and the action horizon."""
+
+    video_delta_indices: Sequence[int]
+    state_delta_indices: Sequence[int]
+    action_horizon: int
+    video_keys: Sequence[str]
+    state_keys: Sequence[str]
+    action_keys: Sequence[str]
+    language_keys: Sequence[str]
+
+    @classmethod
+    def from_modality_config(cls, configs: Mapping[str, ModalityConfig]) -> "HorizonSpec":
+        """Read a policy's {modality: ModalityConfig}; video/state default to the current step only."""
+        if "action" not in configs:
+            raise ValueError(f"the policy's modality config has no 'action' modality; got {sorted(configs)}")
+        video, state, action, language = (configs.get(m) for m in ("video", "state", "action", "language"))
+        return cls(
+            video_delta_indices=list(video.delta_indices) if video else [0],
+            state_delta_indices=list(state.delta_indices) if state else [0],
+            action_horizon=len(action.delta_indices),
+            video_keys=list(video.modality_keys) if video else [],
+            state_keys=list(state.modality_keys) if state else [],
+            action_keys=list(action.modality_keys),
+            language_keys=list(language.modality_keys) if language else [],
+        )
+
+    def check_n_action_steps(self, n_action_steps: int) -> None:
+        """Refuse executing more steps of a chunk than the policy predicts."""
+        if not 1 <= n_action_steps <= self.action_horizon:
+            raise ValueError(
+                f"n_action_steps must be in [1, {self.action_horizon}] (the policy's action horizon), got {n_action_steps}"
+            )
+
+
+@dataclass
+class RolloutConfig:
+    """Settings of one rollout run (the CLI flags)."""
+
+    env_name: str
+    n_episodes: int = 50
+    n_envs: int = 8
+    n_action_steps: int = 8
+    max_episode_steps: int = 720
+    seed: Optional[int] = None
+    video_dir: Optional[str] = None
+    env_kwargs: Dict[str, Any] = field(default_factory=dict)
+    vectorization: str = "auto"  # "auto": sync for one env, async subprocesses otherwise
+    terminate_on_success: bool = True
+    steps_per_frame: int = 1
+    video_fps: int = 20
+
+    def seed_for(self, episode_index: int) -> Optional[int]:
+        """Episode i's env seed: seed + i (None without a seed: non-deterministic)."""
+        return None if self.seed is None else int(self.seed) + episode_index
+
+
+@dataclass
+class RolloutResult:
+    """The scored episodes (exactly n_episodes, ordered by episode index) and the wall time."""
+
+    env_name: str
+    embodiment_tag: EmbodimentTag
+    outcomes: List[EpisodeOutcome]
+    eval_s: float
+
+    @property
+    def successes(self) -> List[bool]:
+        """Per-episode success, in episode order."""
+        return [o.success for o in self.outcomes]
+
+    @property
+    def success_rate(self) -> float:
+        """Fraction of the n_episodes episodes that succeeded."""
+        return float(np.mean(self.successes)) if self.outcomes else float("nan")
+
+
+def _build_env(factory: EnvFactory, row: int, n_action_steps: int, max_episode_steps: int,
+               video_delta_indices: Sequence[int], state_delta_indices: Sequence[int], terminate_on_success: bool,
+               video_dir: Optional[str], steps_per_frame: int, video_fps: int) -> gym.Env:
+    # Top-level (not a closure) so spawned workers can unpickle it.
+    recorder = EpisodeVideoRecorder(video_dir, fps=video_fps, steps_per_frame=steps_per_frame) if video_dir else None
+    return MultiStepWrapper(factory(), n_action_steps, max_episode_steps, video_delta_indices, state_delta_indices,
+                            terminate_on_success=terminate_on_success, recorder=recorder, env_index=row)
+
+
+def make_vector_env(config: RolloutConfig, spec: HorizonSpec, n_envs: int) -> gym.vector.VectorEnv:
+    """n_envs MultiStepWrapper'd envs with autoreset disabled (the runner resets rows itself)."""
+    factory = env_factory(config.env_name, **config.env_kwargs)
+    fns = [
+        functools.partial(_build_env, factory, row, config.n_action_steps, config.max_episode_steps,
+                          tuple(spec.video_delta_indices), tuple(spec.state_delta_indices), config.terminate_on_success,
+                          config.video_dir, config.steps_per_frame, config.video_fps)
+        for row in range(n_envs)
+    ]
+    mode = config.vectorization
+    if mode not in ("auto", "sync", "async"):
+        raise ValueError(f"vectorization must be 'auto', 'sync' or 'async', got {mode!r}")
+    disabled = gym.vector.AutoresetMode.DISABLED
+    if mode == "sync" or (mode == "auto" and n_envs == 1):
+        return gym.vector.SyncVectorEnv(fns, autoreset_mode=disabled)
+    # spawn: workers must not inherit the parent's ZeroMQ threads or GL contexts.
+    return gym.vector.AsyncVectorEnv(fns, shared_memory=False, context="spawn", autoreset_mode=disabled)
+
+
+class ObservationMapper:
+    """Batched env observations -> the flat observation the policy's modality config asks for.
+
+    Keys are matched by name (`video.<k>`, `state.<k>`, the language key); when the names differ but the env
+    has as many cameras (or state groups, or one language key) as the config, they are matched by position.
+    """
+
+    def __init__(self, spec: HorizonSpec, env_keys: Sequence[str]) -> None:
+        self.sources: Dict[str, str] = {}
+        for prefix, keys in (("video", spec.video_keys), ("state", spec.state_keys)):
+            available = [k for k in env_keys if k.startswith(prefix + ".")]
+            wanted = [f"{prefix}.{k}" for k in keys]
+            self._match(prefix, wanted, available)
+        available = [k for k in env_keys if k.startswith("annotation.")]
+        self._match("language", list(spec.language_keys), available)
+
+    def _match(self, kind: str, wanted: List[str], available: List[str]) -> None:
+        if all(w in available for w in wanted):
+            self.sources.update({w: w for w in wanted})
+        elif len(wanted) == len(available):
+            logger.warning("env %s keys %s differ from the policy's %s; matching them by position", kind, available, wanted)
+            self.sources.update(dict(zip(wanted, available)))
+        else:
+            missing = [w for w in wanted if w not in available]
+            raise ValueError(f"the env has no {kind} keys {missing} that the policy needs; the env provides {available}")
+
+    def __call__(self, obs: Mapping[str, Any]) -> Dict[str, Any]:
+        out: Dict[str, Any] = {}
+        for target, source in self.sources.items():
+            value = obs[source]
+            if target.startswith("video."):
+                out[target] = np.ascontiguousarray(value, dtype=np.uint8)
+            elif target.startswith("state."):
+                out[target] = np.ascontiguousarray(value, dtype=np.float32)
+            else:
+                out[target] = [str(v) for v in value]
+        return out
+
+
+class PolicyRowCursor:
+    """Per-row reset options for a policy serving a batch of env rows.
+
+    A stateful policy (ReplayPolicy) takes one `episode_index` and `step_index` per row, so restarting one row
+    must repeat the other rows' current positions: they are read from the last get_action info
+    (`current_step` + `execution_horizon`, clamped to `episode_length` - 1) or counted in n_action_steps.
+    """
+
+    def __init__(self, n_rows: int, n_action_steps: int) -> None:
+        self.episodes = [0] * n_rows
+        self.next_steps = [0] * n_rows
+        self.lengths: List[Optional[int]] = [None] * n_rows
+        self.n_action_steps = n_action_steps
+        self._warned = False
+
+    def after_get_action(self, info: Mapping[str, Any]) -> None:
+        """Advance every row's expected next step from a get_action info."""
+        n = len(self.episodes)
+        current = _per_row(info.get("current_step"), n)
+        horizon = info.get("execution_horizon")
+        lengths = _per_row(info.get("episode_length"), n)
+        if isinstance(horizon, (int, np.integer)) and horizon != self.n_action_steps and not self._warned:
+            self._warned = True
+            logger.warning("the policy advances %d steps per call but the envs execute n_action_steps=%d; a replayed "
+                           "episode will drift (serve with --execution-horizon %d)", horizon, self.n_action_steps, self.n_action_steps)
+        for row in range(n):
+            if current is not None and isinstance(horizon, (int, np.integer)):
+                self.next_steps[row] = int(current[row]) + int(horizon)
+            else:
+                self.next_steps[row] += self.n_action_steps
+            if lengths is not None:
+                self.lengths[row] = int(lengths[row])
+
+    def reset_options(self, started: Mapping[int, int]) -> Dict[str, Any]:
+        """Options restarting rows `started` ({row: episode_index}) at step 0, the others where they are."""
+        episodes, steps = list(self.episodes), []
+        for row, (episode_step, length) in enumerate(zip(self.next_steps, self.lengths)):
+            if row in started:
+                episodes[row] = started[row]
+                steps.append(0)
+            else:
+                steps.append(min(episode_step, length - 1) if length else episode_step)
+        return {"episode_index": episodes, "step_index": steps}
+
+    def commit(self, started: Mapping[int, int]) -> None:
+        """Record that the policy accepted the reset of rows `started`."""
+        for row, episode in started.items():
+            self.episodes[row], self.next_steps[row], self.lengths[row] = episode, 0, None
+
+
+def _per_row(value: Any, n: int) -> Optional[List[Any]]:
+    if value is None:
+        return None
+    values = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value]
+    if len(values) == 1 and n > 1:
+        values = values * n
+    return values if len(values) == n else None
+
+
+def policy_actions(action: Mapping[str, Any], action_space: gym.spaces.Dict, n_action_steps: int) -> Dict[str, np.ndarray]:
+    """The policy's (B, H, D) `action.*` arrays cut to the first n_action_steps rows, in the env's dtypes."""
+    out = {}
+    for key, space in action_space.spaces.items():
+        if key not in action:
+            raise KeyError(f"the policy's action has no {key!r} that the env needs; got keys {sorted(action)}")
+        value = np.asarray(action[key])
+        if value.ndim != 3 or value.shape[1] < n_action_steps:
+            raise ValueError(f"{key} must be (B, H, D) with H >= n_action_steps={n_action_steps}; got shape {value.shape}")
+        out[key] = value[:, :n_action_steps].astype(space.dtype, copy=False)
+    return out
+
+
+class RolloutRunner:
+    """Runs one rollout (see the module docstring); use `run()` once."""
+
+    def __init__(self, policy: BasePolicy, config: RolloutConfig, progress: bool = True) -> None:
+        if config.n_episodes < 1:
+            raise ValueError(f"n_episodes must be >= 1, got {config.n_episodes}")
+        if config.n_envs < 1:
+            raise ValueError(f"n_envs must be >= 1, got {config.n_envs}")
+        self.policy = policy
+        self.config = config
+        self.progress = progress
+        self.embodiment_tag = embodiment_for_env(config.env_name)
+        self.outcomes: Dict[int, EpisodeOutcome] = {}
+        self.row_episode: List[int] = []
+        self.next_episode = 0
+
+    def run(self) -> RolloutResult:
+        """Create the envs, run until n_episodes are scored, close the envs."""
+        config = self.config
+        spec = HorizonSpec.from_modality_config(self.policy.get_modality_config())
+        spec.check_n_action_steps(config.n_action_steps)
+        n_envs = min(config.n_envs, config.n_episodes)
+        logger.info("Running collecting %d episodes for %s with %d vec envs", config.n_episodes, config.env_name, n_envs)
+        start = time.perf_counter()
+        vec = make_vector_env(config, spec, n_envs)
+        try:
+            self._loop(vec, spec, n_envs)
+        finally:
+            vec.close()
+        eval_s = time.perf_counter() - start
+        outcomes = [self.outcomes[i] for i in sorted(self.outcomes)]
+        return RolloutResult(config.env_name, self.embodiment_tag, outcomes, eval_s)
+
+    # -- episode bookkeeping ----------------------------------------------------------------------
+    def _score(self, row: int, summary: EpisodeSummary, bar: Any) -> None:
+        self.outcomes[summary.episode_index] = EpisodeOutcome(
+            episode_index=summary.episode_index, seed=summary.seed, success=summary.success,
+            sum_reward=summary.sum_reward, max_reward=summary.max_reward, length=summary.length,
+            env_index=row, video_path=summary.video_path, failure_reason=summary.failure_reason,
+        )
+        self.row_episode[row] = IDLE
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(success=f"{np.mean([o.success for o in self.outcomes.values()]):.2f}")
+
+    def _fail(self, row: int, reason: str, bar: Any) -> None:
+        episode = self.row_episode[row]
+        logger.error("episode %d (env %d) failed: %s", episode, row, reason)
+        self._score(row, EpisodeSummary(episode, self.config.seed_for(episode), False, 0.0, 0.0, 0, None, reason), bar)
+
+    def _start_rows(self, vec: gym.vector.VectorEnv, rows: Set[int], first: bool, bar: Any):
+        """Reset `rows` into the next episodes (or idle); rows whose reset fails are scored and retried."""
+        obs = None
+        started: Dict[int, int] = {}
+        while rows:
+            plan = list(self.row_episode)
+            for row in sorted(rows):
+                if self.next_episode < self.config.n_episodes:
+                    plan[row] = self.next_episode
+                    self.next_episode += 1
+                else:
+                    plan[row] = IDLE
+            self.row_episode = plan
+            seeds = [self.config.seed_for(plan[r]) if r in rows and plan[r] != IDLE else None for r in range(len(plan))]
+            options: Dict[str, Any] = {"episodes": list(plan)}
+            if not first:
+                options["reset_mask"] = np.array([r in rows for r in range(len(plan))], dtype=bool)
+            obs, infos = vec.reset(seed=seeds, options=options)
+            first = False
+            failed = set()
+            for row in sorted(rows):
+                if plan[row] == IDLE:
+                    continue
+                summary = _row_info(infos, "episode", row)
+                if summary is not None:
+                    self._score(row, summary, bar)
+                    failed.add(row)
+                else:
+                    started[row] = plan[row]
+            rows = failed
+        return obs, started
+
+    def _reset_policy(self, cursor: PolicyRowCursor, started: Dict[int, int], bar: Any) -> Set[int]:
+        """Reset the policy for the rows that started episodes; return the rows whose reset was refused."""
+        try:
+            self.policy.reset(options=cursor.reset_options(started))
+            cursor.commit(started)
+            return set()
+        except Exception as exc:  # noqa: BLE001 - retried row by row below, so one bad row fails alone
+            if len(started) == 1:
+                row = next(iter(started))
+                self._fail(row, f"policy reset failed: {type(exc).__name__}: {exc}", bar)
+                return {row}
+        failed = set()
+        for row, episode in started.items():
+            try:
+                self.policy.reset(options=cursor.reset_options({row: episode}))
+                cursor.commit({row: episode})
+            except Exception as exc:  # noqa: BLE001 - score the episode, keep going
+                self._fail(row, f"policy reset failed: {type(exc).__name__}: {exc}", bar)
+                failed.add(row)
+        return failed
+
+    def _loop(self, vec: gym.vector.VectorEnv, spec: HorizonSpec, n_envs: int) -> None:
+        config = self.config
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=config.n_episodes, desc="Episodes")
+        self.row_episode = [IDLE] * n_envs
+        cursor = PolicyRowCursor(n_envs, config.n_action_steps)
+        mapper: Optional[ObservationMapper] = None
+        pending: Set[int] = set(range(n_envs))
+        first = True
+        obs: Any = None
+        try:
+            while len(self.outcomes) < config.n_episodes:
+                if pending:
+                    new_obs, started = self._start_rows(vec, pending, first, bar)
+                    obs = new_obs if new_obs is not None else obs
+                    first, pending = False, set()
+                    if started:
+                        pending = self._reset_policy(cursor, started, bar)
+                        if pending:
+                            continue
+                active = [r for r, e in enumerate(self.row_episode) if e != IDLE]
+                if not active:
+                    if self.next_episode >= config.n_episodes:
+                        break
+                    pending = set(range(n_envs))
+                    continue
+                if mapper is None:
+                    mapper = ObservationMapper(spec, list(obs))
+                try:
+                    action, info = self.policy.get_action(mapper(obs))
+                    env_action = policy_actions(action, vec.single_action_space, config.n_action_steps)
+                except Exception as exc:  # noqa: BLE001 - one batch failed: score its episodes, keep going
+                    for row in active:
+                        self._fail(row, f"policy get_action failed: {type(exc).__name__}: {exc}", bar)
+                    pending = set(active)
+                    continue
+                cursor.after_get_action(info or {})
+                obs, _, terminated, truncated, infos = vec.step(env_action)
+                for row in active:
+                    if terminated[row] or truncated[row]:
+                        summary = _row_info(infos, "episode", row)
+                        if summary is None:  # an env that ended without the wrapper's summary
+                            summary = EpisodeSummary(self.row_episode[row], config.seed_for(self.row_episode[row]), False, 0.0, 0.0, 0, None, "episode ended without a summary")
+                        self._score(row, summary, bar)
+                        pending.add(row)
+        finally:
+            if bar is not None:
+                bar.close()
+
+
+def _row_info(infos: Mapping[str, Any], key: str, row: int) -> Any:
+    if key not in infos:
+        return None
+    mask = infos.get(f"_{key}")
+    if mask is not None and not mask[row]:
+        return None
+    return infos[key][row]
+
+
+def run_rollout(policy: BasePolicy, config: RolloutConfig, progress: bool = True) -> RolloutResult:
+    """Roll `policy` out in `config.env_name` for exactly `config.n_episodes` episodes."""
+    return RolloutRunner(policy, config, progress=progress).run()

@@ -1,0 +1,141 @@
+"""Rollout videos: camera views side by side, task and outcome written in a band under the frame (PyAV mp4)."""
+
+from __future__ import annotations
+
+import logging
+import textwrap
+from fractions import Fraction
+from pathlib import Path
+from typing import List, Mapping, Optional, Sequence, Union
+
+import av
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+CAPTION_HEIGHT = 48
+
+
+def tile_views(views: Sequence[np.ndarray]) -> np.ndarray:
+    """Concatenate uint8 (H, W, 3) camera views horizontally, scaling each (nearest) to the tallest height."""
+    if not views:
+        raise ValueError("tile_views needs at least one view")
+    height = max(v.shape[0] for v in views)
+    scaled = []
+    for view in views:
+        if view.ndim != 3 or view.shape[-1] != 3:
+            raise ValueError(f"a camera view must be (H, W, 3), got shape {view.shape}")
+        if view.shape[0] != height:
+            rows = (np.arange(height) * view.shape[0] // height).clip(0, view.shape[0] - 1)
+            width = max(1, round(view.shape[1] * height / view.shape[0]))
+            cols = (np.arange(width) * view.shape[1] // width).clip(0, view.shape[1] - 1)
+            view = view[rows][:, cols]
+        scaled.append(np.asarray(view, dtype=np.uint8))
+    return np.concatenate(scaled, axis=1)
+
+
+def frame_from_observation(observation: Mapping[str, object]) -> Optional[np.ndarray]:
+    """The `video.*` views of one (unbatched, unstacked) flat observation tiled into one frame, or None."""
+    views = [np.asarray(v) for k, v in sorted(observation.items()) if k.startswith("video.")]
+    views = [v[-1] if v.ndim == 4 else v for v in views]  # a stacked history: show the newest frame
+    return tile_views(views) if views else None
+
+
+def caption_band(text: str, width: int, height: int = CAPTION_HEIGHT) -> np.ndarray:
+    """A black uint8 (height, width, 3) band with white `text` (wrapped to fit), drawn with matplotlib's Agg."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    dpi = 100
+    fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi, facecolor="black")
+    canvas = FigureCanvasAgg(fig)
+    font_px = 11
+    chars_per_line = max(8, int(width / (font_px * 0.75)))
+    lines = textwrap.wrap(text, chars_per_line)[: max(1, height // (font_px + 3))]
+    fig.text(0.02, 0.5, "\n".join(lines), color="white", fontsize=font_px * 72 / dpi, va="center", ha="left", family="monospace")
+    canvas.draw()
+    band = np.asarray(canvas.buffer_rgba())[:, :, :3]
+    return np.ascontiguousarray(band[:height, :width])
+
+
+def _even(n: int) -> int:
+    return n + (n % 2)
+
+
+class EpisodeVideoRecorder:
+    """Buffers the frames of one episode and writes `<name>.mp4` with a task/outcome caption when it ends.
+
+    Frames narrower than `min_width` are upscaled by an integer factor (nearest) so the caption is readable.
+    """
+
+    def __init__(self, video_dir: Union[str, Path], fps: int = 20, steps_per_frame: int = 1, min_width: int = 256) -> None:
+        self.video_dir = Path(video_dir)
+        self.fps = fps
+        self.steps_per_frame = max(1, int(steps_per_frame))
+        self.min_width = min_width
+        self._frames: List[np.ndarray] = []
+        self._steps = 0
+
+    def start(self) -> None:
+        """Forget the frames of the previous episode."""
+        self._frames, self._steps = [], 0
+
+    def add(self, frame: Optional[np.ndarray]) -> None:
+        """Offer one env step's frame; every `steps_per_frame`-th one is kept."""
+        if frame is not None and self._steps % self.steps_per_frame == 0:
+            self._frames.append(np.asarray(frame, dtype=np.uint8))
+        self._steps += 1
+
+    @property
+    def n_frames(self) -> int:
+        """Frames buffered for the current episode."""
+        return len(self._frames)
+
+    def finish(self, name: str, task: str, success: bool, note: str = "") -> Optional[str]:
+        """Write the buffered episode as `<video_dir>/<name>.mp4`; return its path (None without frames)."""
+        if not self._frames:
+            return None
+        outcome = "success" if success else "failure"
+        text = f"{task} ({outcome}{', ' + note if note else ''})"
+        path = self.video_dir / f"{name}.mp4"
+        write_mp4(path, self._frames, text, fps=self.fps, min_width=self.min_width)
+        self.start()
+        return str(path)
+
+
+def write_mp4(path: Union[str, Path], frames: Sequence[np.ndarray], caption: str, fps: int = 20, min_width: int = 256) -> Path:
+    """Encode RGB frames as an h264 (or mpeg4) mp4 with `caption` in a black band under every frame."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    first = np.asarray(frames[0])
+    scale = max(1, -(-min_width // first.shape[1]))
+    height, width = _even(first.shape[0] * scale), _even(first.shape[1] * scale)
+    band = caption_band(caption, width)
+    canvas = np.zeros((height + band.shape[0], width, 3), dtype=np.uint8)
+    canvas[height:] = band
+    codec = "libx264" if _has_encoder("libx264") else "mpeg4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=Fraction(fps))
+        stream.width, stream.height, stream.pix_fmt = width, canvas.shape[0], "yuv420p"
+        if codec == "libx264":
+            stream.options = {"crf": "22"}
+        for image in frames:
+            image = np.asarray(image, dtype=np.uint8)
+            if scale > 1:
+                image = image.repeat(scale, axis=0).repeat(scale, axis=1)
+            canvas[:height] = 0
+            canvas[: min(height, image.shape[0]), : min(width, image.shape[1])] = image[:height, :width]
+            for packet in stream.encode(av.VideoFrame.from_ndarray(canvas, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    logger.debug("wrote %d frames to %s", len(frames), path)
+    return path
+
+
+def _has_encoder(name: str) -> bool:
+    try:
+        av.codec.Codec(name, "w")
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not available in this build"
+        return False

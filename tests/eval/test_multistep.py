@@ -1,0 +1,160 @@
+"""MultiStepWrapper: chunk execution, history stacking, episode end, failure isolation, videos."""
+
+from __future__ import annotations
+
+import string
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from gr00t_eval.rollout.multistep import MultiStepWrapper, success_from_info
+from gr00t_eval.video import EpisodeVideoRecorder
+
+
+class StepEnv(gym.Env):
+    """Observations carry the step counter; succeeds at `success_at`, raises at `raise_at`."""
+
+    def __init__(self, success_at=None, raise_at=None, terminate_at=None, success_key="success"):
+        self.success_at, self.raise_at, self.terminate_at, self.success_key = success_at, raise_at, terminate_at, success_key
+        self.observation_space = gym.spaces.Dict({
+            "video.cam": gym.spaces.Box(0, 255, (4, 4, 3), np.uint8),
+            "state.pos": gym.spaces.Box(-np.inf, np.inf, (1,), np.float32),
+            "annotation.task": gym.spaces.Text(64, charset=string.printable),
+        })
+        self.action_space = gym.spaces.Dict({"action.move": gym.spaces.Box(-10, 10, (1,), np.float32)})
+        self.actions = []
+
+    def _obs(self):
+        return {"video.cam": np.full((4, 4, 3), self.t, np.uint8), "state.pos": np.array([self.t], np.float32), "annotation.task": "count up"}
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        if self.raise_at is not None and self.t == self.raise_at:
+            raise RuntimeError("simulator exploded")
+        self.actions.append(float(action["action.move"][0]))
+        self.t += 1
+        success = self.success_at is not None and self.t >= self.success_at
+        terminated = self.terminate_at is not None and self.t >= self.terminate_at
+        return self._obs(), float(self.t), terminated, False, {self.success_key: success}
+
+
+def chunk(n, start=0.0):
+    return {"action.move": (start + np.arange(n, dtype=np.float32))[:, None]}
+
+
+def wrap(env, **kwargs):
+    defaults = dict(n_action_steps=3, max_episode_steps=100)
+    defaults.update(kwargs)
+    return MultiStepWrapper(env, **defaults)
+
+
+def test_executes_the_first_n_action_steps_of_a_chunk():
+    env = StepEnv()
+    wrapper = wrap(env, n_action_steps=3)
+    wrapper.reset(seed=0)
+    _, reward, terminated, truncated, info = wrapper.step(chunk(8))
+    assert env.actions == [0.0, 1.0, 2.0]
+    assert reward == 1.0 + 2.0 + 3.0
+    assert info["env_steps"] == 3 and not terminated and not truncated
+
+
+def test_history_is_stacked_at_the_delta_indices():
+    wrapper = wrap(StepEnv(), n_action_steps=2, state_delta_indices=[-2, -1, 0], video_delta_indices=[-1, 0])
+    wrapper.reset(seed=0)
+    obs, *_ = wrapper.step(chunk(2))
+    obs, *_ = wrapper.step(chunk(2))
+    assert obs["state.pos"][:, 0].tolist() == [2.0, 3.0, 4.0]
+    assert obs["video.cam"].shape == (2, 4, 4, 3)
+    assert obs["video.cam"][:, 0, 0, 0].tolist() == [3, 4]
+    assert obs["annotation.task"] == "count up"
+
+
+def test_history_before_the_episode_start_repeats_the_first_observation():
+    wrapper = wrap(StepEnv(), state_delta_indices=[-15, 0])
+    obs, _ = wrapper.reset(seed=0)
+    assert obs["state.pos"].shape == (2, 1)
+    assert obs["state.pos"][:, 0].tolist() == [0.0, 0.0]
+    assert wrapper.observation_space["state.pos"].shape == (2, 1)
+
+
+def test_positive_delta_indices_are_refused():
+    with pytest.raises(ValueError, match="<= 0"):
+        wrap(StepEnv(), state_delta_indices=[0, 1])
+
+
+def test_episode_terminates_on_success_mid_chunk_with_a_summary():
+    env = StepEnv(success_at=4)
+    wrapper = wrap(env, n_action_steps=3)
+    wrapper.reset(seed=7, options={"episodes": [5]})
+    wrapper.step(chunk(3))
+    _, _, terminated, truncated, info = wrapper.step(chunk(3))
+    assert terminated and not truncated
+    assert len(env.actions) == 4  # stopped at the success step, not at the end of the chunk
+    summary = info["episode"]
+    assert (summary.episode_index, summary.seed, summary.success, summary.length) == (5, 7, True, 4)
+    assert summary.sum_reward == 1 + 2 + 3 + 4 and summary.max_reward == 4.0
+
+
+def test_is_success_counts_as_success():
+    assert success_from_info({"is_success": True})
+    assert not success_from_info({"reward": 1.0})
+    wrapper = wrap(StepEnv(success_at=1, success_key="is_success"))
+    wrapper.reset(seed=0)
+    _, _, terminated, _, info = wrapper.step(chunk(3))
+    assert terminated and info["episode"].success
+
+
+def test_episode_is_truncated_at_max_episode_steps():
+    env = StepEnv()
+    wrapper = wrap(env, n_action_steps=4, max_episode_steps=6)
+    wrapper.reset(seed=0)
+    wrapper.step(chunk(4))
+    _, _, terminated, truncated, info = wrapper.step(chunk(4))
+    assert truncated and not terminated
+    assert len(env.actions) == 6 and info["episode"].length == 6 and not info["episode"].success
+
+
+def test_an_env_exception_ends_the_episode_as_failed_with_its_reason():
+    wrapper = wrap(StepEnv(raise_at=4, success_at=50))
+    wrapper.reset(seed=0)
+    wrapper.step(chunk(3))
+    _, _, terminated, _, info = wrapper.step(chunk(3))
+    assert terminated
+    assert not info["episode"].success
+    assert "simulator exploded" in info["episode"].failure_reason and info["episode"].length == 4
+
+
+def test_stepping_a_finished_or_idle_wrapper_is_a_no_op():
+    env = StepEnv(success_at=1)
+    wrapper = wrap(env)
+    wrapper.reset(seed=0)
+    wrapper.step(chunk(3))
+    _, reward, terminated, truncated, info = wrapper.step(chunk(3))
+    assert (reward, terminated, truncated, info["idle"]) == (0.0, False, False, True)
+    assert len(env.actions) == 1
+    obs, info = wrapper.reset(options={"episodes": [-1]})
+    assert info["idle"] and obs["state.pos"].shape == (1, 1)
+
+
+def test_a_recorder_writes_one_captioned_video_per_episode(tmp_path):
+    import av
+
+    recorder = EpisodeVideoRecorder(tmp_path, fps=10)
+    wrapper = wrap(StepEnv(success_at=5), recorder=recorder)
+    wrapper.reset(seed=0, options={"episodes": [3]})
+    info = {}
+    while "episode" not in info:
+        *_, info = wrapper.step(chunk(3))
+    path = info["episode"].video_path
+    assert path.endswith("episode_0003_success.mp4")
+    with av.open(path) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == 6  # the reset frame and five steps
+    height = frames[0].shape[0]
+    assert frames[0].shape[1] >= 256 and height > 256  # upscaled frame plus the caption band
+    assert frames[0][-30:].max() > 128  # white caption text under the frame

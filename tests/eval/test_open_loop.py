@@ -1,0 +1,175 @@
+"""Open-loop evaluation against an in-process policy that echoes the recorded actions (like ReplayPolicy)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from eval.dataset_factory import expected_actions, expected_states, frame_colour, make_dataset
+from gr00t_client import BasePolicy, ModalityConfig
+from gr00t_eval.cli import build_parser
+from gr00t_eval.open_loop import OpenLoopConfig, evaluate_open_loop, history_steps
+
+LANGUAGE_KEY = "annotation.human.action.task_description"
+LENGTHS = (6, 9, 4)
+
+
+class EchoPolicy(BasePolicy):
+    """Returns the dataset's actions from its cursor (plus `offset`), advancing by `execution_horizon` per call."""
+
+    def __init__(self, horizon=4, execution_horizon=3, offset=0.0, state_deltas=(0,), video_deltas=(0,)):
+        super().__init__(strict=True)
+        self.horizon, self.execution_horizon, self.offset = horizon, execution_horizon, offset
+        self.state_deltas, self.video_deltas = list(state_deltas), list(video_deltas)
+        self.episode, self.step, self.observations = 0, 0, []
+
+    def get_modality_config(self):
+        return {
+            "video": ModalityConfig(self.video_deltas, ["image", "wrist_image"]),
+            "state": ModalityConfig(self.state_deltas, ["arm", "gripper"]),
+            "action": ModalityConfig(list(range(self.horizon)), ["arm", "gripper"]),
+            "language": ModalityConfig([0], [LANGUAGE_KEY]),
+        }
+
+    def reset(self, options=None):
+        self.episode, self.step = options["episode_index"], options.get("step_index", 0)
+        return {}
+
+    def _get_action(self, observation, options=None):
+        self.observations.append(observation)
+        length = LENGTHS[self.episode]
+        rows = np.clip(self.step + np.arange(self.horizon), 0, length - 1)
+        actions = expected_actions(self.episode, length)
+        self.step += self.execution_horizon
+        return {k: (v[rows] + self.offset)[None].astype(np.float32) for k, v in actions.items()}, {}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("open_loop") / "ds", lengths=LENGTHS)
+
+
+def run(dataset, tmp_path, policy, **kwargs):
+    lines = []
+    settings = dict(traj_ids=[0, 1, 2], execution_horizon=3, output_dir=str(tmp_path / "out"))
+    settings.update(kwargs)
+    result = evaluate_open_loop(policy, OpenLoopConfig(dataset_path=str(dataset), **settings), report=lines.append, progress=False)
+    return result, lines
+
+
+def test_replaying_the_recorded_actions_gives_zero_error(dataset, tmp_path):
+    result, lines = run(dataset, tmp_path, EchoPolicy(), plot=False)
+    assert result.avg_mse == 0.0 and result.avg_mae == 0.0
+    assert [len(t.ground_truth) for t in result.trajectories.values()] == list(LENGTHS)
+
+
+def test_console_lines_keep_the_reference_wording(dataset, tmp_path):
+    _, lines = run(dataset, tmp_path, EchoPolicy(offset=1.0), traj_ids=[1], plot=False)
+    assert "MSE for trajectory 1: 1.0, MAE: 1.0" in lines
+    assert "Average MSE across all trajs: 1.0" in lines
+    assert "Average MAE across all trajs: 1.0" in lines
+    assert "Using 9 steps (requested: 200, trajectory length: 9)" in lines
+
+
+def test_an_offset_prediction_gives_exactly_that_error_overall_per_key_and_per_dim(dataset, tmp_path):
+    result, _ = run(dataset, tmp_path, EchoPolicy(offset=0.5), traj_ids=[0], plot=False)
+    errors = result.trajectories[0].errors
+    assert errors.mse == pytest.approx(0.25) and errors.mae == pytest.approx(0.5)
+    assert set(errors.per_key) == {"arm", "gripper"}
+    assert errors.per_dim_mae == pytest.approx([0.5] * 4)
+
+
+def test_the_policy_is_queried_every_execution_horizon_steps_up_to_the_step_cap(dataset, tmp_path):
+    policy = EchoPolicy(execution_horizon=2)
+    result, _ = run(dataset, tmp_path, policy, traj_ids=[1], steps=5, execution_horizon=2, plot=False)
+    trajectory = result.trajectories[1]
+    assert trajectory.inference_steps == [0, 2, 4]
+    assert trajectory.ground_truth.shape == (5, 4) and trajectory.errors.mse == 0.0
+    states = [obs["state"]["arm"][0, -1] for obs in policy.observations]
+    assert np.allclose(states, expected_states(1, 9)["arm"][[0, 2, 4]])
+
+
+def test_history_before_the_episode_start_repeats_the_first_frame(dataset, tmp_path):
+    policy = EchoPolicy(state_deltas=(-2, 0), video_deltas=(-1, 0))
+    run(dataset, tmp_path, policy, traj_ids=[0], plot=False)
+    first = policy.observations[0]
+    arm = expected_states(0, 6)["arm"]
+    assert np.allclose(first["state"]["arm"][0], arm[[0, 0]])
+    video = first["video"]["image"][0].astype(int)
+    assert video.shape == (2, 32, 32, 3)
+    assert np.abs(video[:, 16, 16] - frame_colour(0, 0, 0).astype(int)).max() <= 6
+    later = policy.observations[1]  # step 3: rows 1 and 3
+    assert np.allclose(later["state"]["arm"][0], arm[[1, 3]])
+    assert history_steps(0, [-15, 0], 6).tolist() == [0, 0]
+
+
+def test_the_language_comes_from_the_task_list(dataset, tmp_path):
+    policy = EchoPolicy()
+    run(dataset, tmp_path, policy, traj_ids=[1], plot=False)
+    assert policy.observations[0]["language"][LANGUAGE_KEY] == [["open the drawer"]]
+
+
+def test_flat_observations_for_a_sim_wrapper_server(dataset, tmp_path):
+    class FlatEcho(EchoPolicy):
+        def check_observation(self, observation):
+            assert observation["video.image"].shape == (1, 1, 32, 32, 3)
+            assert observation["state.arm"].shape == (1, 1, 3)
+            assert observation[LANGUAGE_KEY] == ["pick the red cube"]
+
+        def _get_action(self, observation, options=None):
+            action, info = super()._get_action(observation, options)
+            return {f"action.{k}": v for k, v in action.items()}, info
+
+        def check_action(self, action):
+            pass
+
+    result, _ = run(dataset, tmp_path, FlatEcho(), traj_ids=[0], observation_format="flat", plot=False)
+    assert result.avg_mse == 0.0
+
+
+def test_modality_keys_select_which_action_keys_are_compared(dataset, tmp_path):
+    result, _ = run(dataset, tmp_path, EchoPolicy(offset=2.0), traj_ids=[2], modality_keys=["gripper"], plot=False)
+    trajectory = result.trajectories[2]
+    assert trajectory.ground_truth.shape == (4, 1)
+    assert list(trajectory.errors.per_key) == ["gripper"]
+
+
+def test_out_of_range_trajectories_are_skipped(dataset, tmp_path):
+    result, lines = run(dataset, tmp_path, EchoPolicy(), traj_ids=[7, 0], plot=False)
+    assert list(result.trajectories) == [0] and result.skipped == [7]
+    result, lines = run(dataset, tmp_path, EchoPolicy(), traj_ids=[7], plot=False)
+    assert "No valid trajectories were evaluated." in lines
+
+
+def test_one_plot_per_trajectory_and_a_results_file(dataset, tmp_path):
+    result, _ = run(dataset, tmp_path, EchoPolicy(offset=0.25), traj_ids=[0, 2])
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["results.json", "traj_0.jpeg", "traj_2.jpeg"]
+    assert (out / "traj_0.jpeg").read_bytes()[:2] == b"\xff\xd8"  # JPEG magic
+    data = json.loads((out / "results.json").read_text())
+    assert set(data["trajectories"]) == {"0", "2"}
+    assert data["trajectories"]["2"]["per_dim"]["mae"] == pytest.approx([0.25] * 4)
+    assert data["trajectories"]["0"]["inference_steps"] == [0, 3]
+    assert data["aggregated"]["avg_mae"] == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("style", ["kebab", "snake"])
+def test_open_loop_flags_in_kebab_and_snake_spelling(style):
+    names = ["dataset-path", "embodiment-tag", "traj-ids", "execution-horizon", "modality-keys", "api-token", "timeout-ms", "output-dir"]
+    flag = {n: "--" + (n if style == "kebab" else n.replace("-", "_")) for n in names}
+    args = build_parser().parse_args([
+        "open-loop", flag["dataset-path"], "/d", flag["embodiment-tag"], "NEW_EMBODIMENT", "--host", "h", "--port", "7",
+        flag["traj-ids"], "1", "2", "--steps", "50", flag["execution-horizon"], "4", flag["modality-keys"], "arm",
+        flag["api-token"], "t", flag["timeout-ms"], "99", flag["output-dir"], "/o",
+    ])
+    assert (args.dataset_path, args.host, args.port, args.traj_ids, args.steps) == ("/d", "h", 7, [1, 2], 50)
+    assert (args.execution_horizon, args.modality_keys, args.api_token, args.timeout_ms, args.output_dir) == (4, ["arm"], "t", 99, "/o")
+
+
+def test_action_horizon_is_an_alias_of_execution_horizon():
+    for flag in ("--action-horizon", "--action_horizon"):
+        assert build_parser().parse_args(["open-loop", "--dataset-path", "/d", flag, "8"]).execution_horizon == 8
+    args = build_parser().parse_args(["open-loop", "--dataset-path", "/d"])
+    assert (args.execution_horizon, args.traj_ids, args.steps, args.output_dir) == (16, [0], 200, "/tmp/open_loop_eval")
