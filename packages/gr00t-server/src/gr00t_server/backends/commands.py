@@ -1,0 +1,118 @@
+"""`gr00t-server export | build-engine | verify`: argparse sub-commands for the inference backends."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from gr00t_server.backends.common import EXPORT_MODES, PRECISIONS
+
+COMMANDS = ("export", "build-engine", "verify")
+
+
+def _flag(name: str) -> list[str]:
+    """--kebab-case and --snake_case spellings of one option."""
+    kebab, snake = "--" + name.replace("_", "-"), "--" + name.replace("-", "_")
+    return [kebab] if kebab == snake else [kebab, snake]
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def register(subparsers: Any) -> None:
+    """Add the export, build-engine and verify sub-commands to an argparse subparsers object."""
+    export = subparsers.add_parser(
+        "export", help="export ONNX sub-models of a checkpoint",
+        description="Export the sub-modules of --mode to ONNX (opset 19) with shapes from one sample get_action.",
+    )
+    export.add_argument(*_flag("model-path"), required=True, help="checkpoint directory or hub id")
+    export.add_argument(*_flag("output"), *_flag("onnx-dir"), dest="output", required=True, help="output directory")
+    export.add_argument(*_flag("mode"), *_flag("export-mode"), dest="mode", default="full_pipeline", choices=EXPORT_MODES,
+                        help="dit_only: the DiT; action_head: + VL self-attention and encoders/decoder; full_pipeline: + ViT and LLM")
+    export.add_argument(*_flag("precision"), default=None, choices=PRECISIONS,
+                        help="weights/activations precision (default: bf16 on CUDA, fp32 on CPU)")
+    export.add_argument(*_flag("batch-size"), type=int, default=1, help="batch of the sample observation")
+    export.add_argument(*_flag("embodiment-tag"), default=None, help="tag of the sample observation (default: first in the checkpoint)")
+    export.add_argument(*_flag("device"), default=None, help="torch device for the export (default: cuda if available)")
+
+    build = subparsers.add_parser(
+        "build-engine", help="build TensorRT engines from an ONNX export",
+        description="Build one TensorRT engine per ONNX sub-model (strongly typed, one optimization profile each).",
+    )
+    build.add_argument(*_flag("onnx-dir"), required=True, help="directory written by `gr00t-server export`")
+    build.add_argument(*_flag("engine-dir"), required=True, help="output directory for *.engine files")
+    build.add_argument(*_flag("precision"), default=None, choices=PRECISIONS,
+                       help="builder flags on the weakly typed fallback only (default: the export precision)")
+    build.add_argument(*_flag("workspace"), type=int, default=8192, help="workspace pool in MiB")
+    build.add_argument(*_flag("max-batch-size"), type=int, default=8, help="profile max for the batch dimension")
+
+    verify = subparsers.add_parser(
+        "verify", help="compare a backend with PyTorch",
+        description="Run identical inputs and noise through PyTorch and the backend; exit 1 on FAIL.",
+    )
+    verify.add_argument(*_flag("model-path"), required=True, help="checkpoint directory or hub id")
+    source = verify.add_mutually_exclusive_group(required=True)
+    source.add_argument(*_flag("onnx-dir"), default=None, help="verify ONNX Runtime on this export")
+    source.add_argument(*_flag("engine-dir"), default=None, help="verify TensorRT on these engines")
+    verify.add_argument(*_flag("embodiment-tag"), default=None, help="default: the tag recorded at export")
+    verify.add_argument(*_flag("device"), default=None, help="default: cuda for engines, else cuda if available")
+    verify.add_argument(*_flag("batch-size"), type=int, default=1)
+    verify.add_argument(*_flag("seed"), type=int, default=0)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch on `args.command`; returns the process exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:%(name)s:%(message)s")
+    if args.command == "export":
+        return _export(args)
+    if args.command == "build-engine":
+        return _build_engine(args)
+    if args.command == "verify":
+        return _verify(args)
+    raise ValueError(f"unknown backend command {args.command!r}; expected one of {list(COMMANDS)}")
+
+
+def _export(args: argparse.Namespace) -> int:
+    from gr00t_server.backends.export import clear_export_dir, export_checkpoint
+
+    device = args.device or _default_device()
+    precision = args.precision or ("bf16" if device.startswith("cuda") else "fp32")
+    clear_export_dir(args.output)
+    metadata = export_checkpoint(
+        args.model_path, args.output, mode=args.mode, precision=precision,
+        batch_size=args.batch_size, embodiment_tag=args.embodiment_tag, device=device,
+    )
+    print(f"Exported {args.mode} ({precision}) to {args.output}:")
+    for name, info in metadata["submodules"].items():
+        shapes = ", ".join(f"{k}{v['shape']}" for k, v in info["inputs"].items())
+        print(f"  {info['file']:<28} {shapes}")
+    return 0
+
+
+def _build_engine(args: argparse.Namespace) -> int:
+    from gr00t_server.backends.tensorrt_backend import build_engines
+
+    metadata = build_engines(
+        args.onnx_dir, args.engine_dir, precision=args.precision,
+        workspace_mib=args.workspace, max_batch_size=args.max_batch_size,
+    )
+    print(f"Built {len(metadata['engines'])} engines in {args.engine_dir} "
+          f"(TensorRT {metadata['tensorrt_version']}, {metadata['gpu_name']}, sm_{metadata['compute_capability']}):")
+    for name, info in metadata["engines"].items():
+        print(f"  {info['file']:<28} {info['build_seconds']:.1f} s")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from gr00t_server.backends.verify import verify_checkpoint
+
+    report = verify_checkpoint(
+        args.model_path, onnx_dir=args.onnx_dir, engine_dir=args.engine_dir,
+        embodiment_tag=args.embodiment_tag, device=args.device, batch_size=args.batch_size, seed=args.seed,
+    )
+    print(report.format())
+    return 1 if report.status == "FAIL" else 0

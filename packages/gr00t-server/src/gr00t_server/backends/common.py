@@ -1,0 +1,128 @@
+"""What export, engine build and serving agree on: sub-module names, files, metadata and model identity."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+from torch import nn
+
+EXPORT_METADATA = "export_metadata.json"
+ENGINE_METADATA = "engine_metadata.json"
+MODEL_VERSION = "n1d7"
+OPSET_VERSION = 19
+EXPORT_MODES = ("dit_only", "action_head", "full_pipeline")
+PRECISIONS = ("bf16", "fp16", "fp32")
+
+# Sub-modules in execution order (model.md §7.1); which ones each export mode covers.
+SUBMODULES = ("vit", "llm", "vl_self_attention", "state_encoder", "action_encoder", "dit", "action_decoder")
+MODE_SUBMODULES: dict[str, tuple[str, ...]] = {
+    "dit_only": ("dit",),
+    "action_head": ("vl_self_attention", "state_encoder", "action_encoder", "dit", "action_decoder"),
+    "full_pipeline": SUBMODULES,
+}
+
+TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+PRECISION_OF_DTYPE = {dtype: name for name, dtype in TORCH_DTYPES.items()}
+
+
+class BackendError(ValueError):
+    """An inference backend cannot start: not installed, or its files do not fit this model or GPU."""
+
+
+def onnx_file_name(submodule: str, precision: str) -> str:
+    """File name used by the reference exporter (`dit_bf16.onnx`, `vit_fp32.onnx`, `state_encoder.onnx`)."""
+    if submodule in ("vit", "llm", "dit"):
+        return f"{submodule}_{precision}.onnx"
+    return f"{submodule}.onnx"
+
+
+def engine_file_name(onnx_name: str) -> str:
+    """`dit_bf16.onnx` -> `dit_bf16.engine`."""
+    return Path(onnx_name).stem + ".engine"
+
+
+def config_sha256(config: Any) -> str:
+    """Hash of the model's config.json content (architecture identity)."""
+    text = config.to_json_string() if hasattr(config, "to_json_string") else json.dumps(config, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@torch.no_grad()
+def weights_fingerprint(model: nn.Module, samples_per_tensor: int = 256) -> str:
+    """Hash of a strided sample of every parameter, rounded to bfloat16.
+
+    Rounding to bf16 makes the fingerprint the same whether the checkpoint was loaded in fp32 or bf16,
+    while a different finetune of the same architecture changes it.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if not tensor.is_floating_point():
+            continue
+        flat = tensor.detach().reshape(-1)
+        stride = max(1, flat.numel() // samples_per_tensor)
+        sample = flat[::stride][:samples_per_tensor].to(device="cpu", dtype=torch.bfloat16)
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(sample.view(torch.int16).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def model_identity(model: nn.Module) -> dict[str, str]:
+    """`{"config_sha256", "weights_fingerprint"}` recorded at export and checked at start-up."""
+    return {"config_sha256": config_sha256(model.config), "weights_fingerprint": weights_fingerprint(model)}
+
+
+def check_model_identity(recorded: dict[str, Any], model: nn.Module, source: Union[str, Path]) -> None:
+    """Raise BackendError when `source` was exported from another model or config."""
+    if not recorded:
+        raise BackendError(f"{source} records no model identity; re-export it with `gr00t-server export`")
+    current = model_identity(model)
+    if recorded.get("config_sha256") != current["config_sha256"]:
+        raise BackendError(
+            f"{source} was exported from a model with another config "
+            f"(config_sha256 {str(recorded.get('config_sha256'))[:12]} != {current['config_sha256'][:12]}); re-export it"
+        )
+    if recorded.get("weights_fingerprint") != current["weights_fingerprint"]:
+        raise BackendError(
+            f"{source} was exported from other weights of the same architecture "
+            f"(weights_fingerprint {str(recorded.get('weights_fingerprint'))[:12]} != "
+            f"{current['weights_fingerprint'][:12]}); re-export it"
+        )
+
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    """Load a metadata JSON file or raise BackendError naming it."""
+    if not path.is_file():
+        raise BackendError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise BackendError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def write_json(path: Path, data: dict[str, Any]) -> Path:
+    """Write indented, key-sorted JSON."""
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def read_export_metadata(onnx_dir: Union[str, Path]) -> dict[str, Any]:
+    """`export_metadata.json` of an export directory."""
+    return read_json(Path(onnx_dir) / EXPORT_METADATA, "ONNX export metadata")
+
+
+def model_of(policy: Any) -> nn.Module:
+    """The Gr00tN1d7 network inside a policy, a policy wrapper (`.policy`), or the network itself."""
+    if isinstance(policy, nn.Module) and hasattr(policy, "action_head"):
+        return policy
+    model = getattr(policy, "model", None)
+    if isinstance(model, nn.Module) and hasattr(model, "action_head"):
+        return model
+    inner = getattr(policy, "policy", None)
+    if inner is not None and inner is not policy:
+        return model_of(inner)
+    raise BackendError(f"{type(policy).__name__} holds no GR00T N1.7 model (expected a `.model` with an action_head)")

@@ -1,0 +1,381 @@
+"""ONNX export of GR00T N1.7 sub-modules, with shapes captured from one real `get_action` (model.md §7.1)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import torch
+from torch import nn
+
+from gr00t_server.backends.common import (
+    EXPORT_METADATA,
+    EXPORT_MODES,
+    MODE_SUBMODULES,
+    MODEL_VERSION,
+    OPSET_VERSION,
+    PRECISION_OF_DTYPE,
+    TORCH_DTYPES,
+    BackendError,
+    model_identity,
+    model_of,
+    onnx_file_name,
+    write_json,
+)
+from gr00t_server.backends.export_modules import LLMForExport, VisionForExport, sdpa_without_explicit_scale
+
+logger = logging.getLogger(__name__)
+
+# Above this many parameter bytes the weights go to one `<name>.onnx.data` file (protobuf limit is 2 GiB).
+EXTERNAL_DATA_THRESHOLD = 1 << 30
+
+
+@dataclass
+class CapturedCall:
+    """Arguments and output of the first call of a sub-module during the sample `get_action`."""
+
+    args: tuple
+    kwargs: dict
+    output: Any
+
+
+def _detach(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_detach(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _detach(v) for k, v in value.items()}
+    return value
+
+
+def hooked_submodules(model: nn.Module) -> dict[str, nn.Module]:
+    """The model's sub-modules by export name (the units of model.md §7.1)."""
+    head = model.action_head
+    return {
+        "vit": model.backbone.visual,
+        "llm": model.backbone.language_model,
+        "vl_self_attention": head.vl_self_attention,
+        "state_encoder": head.state_encoder,
+        "action_encoder": head.action_encoder,
+        "dit": head.model,
+        "action_decoder": head.action_decoder,
+    }
+
+
+def capture_calls(model: nn.Module, run_sample: Callable[[], Any]) -> dict[str, CapturedCall]:
+    """Run `run_sample()` once with forward hooks on every exportable sub-module; keep each first call."""
+    captured: dict[str, CapturedCall] = {}
+    handles = []
+
+    def make_hook(name: str) -> Callable:
+        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            if name not in captured:
+                captured[name] = CapturedCall(_detach(args), _detach(kwargs), _detach(output))
+
+        return hook
+
+    try:
+        for name, module in hooked_submodules(model).items():
+            handles.append(module.register_forward_hook(make_hook(name), with_kwargs=True))
+        run_sample()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured
+
+
+# ----- per-sub-module export specs -----
+
+
+@dataclass
+class ExportSpec:
+    """One ONNX graph: the module to trace, sample inputs, names and dynamic axes."""
+
+    module: nn.Module
+    inputs: tuple
+    input_names: list[str]
+    output_names: list[str]
+    dynamic_axes: dict[str, dict[int, str]]
+
+
+def _cast(value: Any, dtype: torch.dtype) -> Any:
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value.to(dtype)
+    return value
+
+
+def _as_dtype(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """The module in `dtype`: itself when it already is, else a copy (the served model stays untouched)."""
+    params = list(module.parameters())
+    if all(p.dtype == dtype for p in params):
+        return module
+    return copy.deepcopy(module).to(dtype)
+
+
+def _batch(names: list[str]) -> dict[str, dict[int, str]]:
+    return {name: {0: "batch_size"} for name in names}
+
+
+def _vit_spec(model: nn.Module, call: CapturedCall) -> tuple[ExportSpec, dict[str, Any]]:
+    pixel_values = call.args[0]
+    grid_thw = call.kwargs.get("grid_thw", call.args[1] if len(call.args) > 1 else None)
+    if grid_thw is None:
+        raise BackendError("the sample get_action ran the vision tower without image_grid_thw")
+    if not bool((grid_thw == grid_thw[0]).all()):
+        raise BackendError(f"ViT export needs one image size for all images; captured grids {grid_thw.tolist()}")
+    images, patches = grid_thw.shape[0], int(grid_thw[0].prod())
+    module = VisionForExport(_as_dtype(model.backbone.visual, torch.float32), grid_thw[0])
+    sample = pixel_values.to(torch.float32).reshape(images, patches, -1)
+    spec = ExportSpec(
+        module, (sample,), ["pixel_values"], ["image_embeds", "deepstack_features"],
+        {"pixel_values": {0: "num_images"}, "image_embeds": {0: "num_images"}, "deepstack_features": {1: "num_images"}},
+    )
+    info = {
+        "image_grid_thw": grid_thw[0].tolist(),
+        "num_images": images,
+        "num_patches": patches * images,
+        "num_merged_patches": patches * images // 4,
+        "num_deepstack": len(model.backbone.visual.deepstack_visual_indexes),
+    }
+    return spec, info
+
+
+def _llm_spec(model: nn.Module, call: CapturedCall, dtype: torch.dtype) -> tuple[ExportSpec, dict[str, Any]]:
+    kw = call.kwargs
+    deepstack = list(kw.get("deepstack_visual_embeds") or [])
+    inputs_embeds = kw["inputs_embeds"].to(dtype)
+    batch, length = inputs_embeds.shape[:2]
+    visual_pos_masks = kw.get("visual_pos_masks")
+    if visual_pos_masks is None:
+        visual_pos_masks = torch.zeros(batch, length, dtype=torch.bool, device=inputs_embeds.device)
+    attention_mask = kw.get("attention_mask")
+    if attention_mask is None:
+        attention_mask = torch.ones(batch, length, dtype=torch.long, device=inputs_embeds.device)
+    module = LLMForExport(_as_dtype(model.backbone.language_model, dtype), len(deepstack))
+    ds_names = [f"deepstack_{i}" for i in range(len(deepstack))]
+    inputs = (inputs_embeds, attention_mask.to(torch.long), kw["position_ids"], visual_pos_masks.bool(),
+              *(d.to(dtype) for d in deepstack))
+    axes = {
+        "inputs_embeds": {0: "batch_size", 1: "seq_len"},
+        "attention_mask": {0: "batch_size", 1: "seq_len"},
+        "position_ids": {1: "batch_size", 2: "seq_len"},
+        "visual_pos_masks": {0: "batch_size", 1: "seq_len"},
+        "embeddings": {0: "batch_size", 1: "seq_len"},
+        **{name: {0: "num_vis_tokens"} for name in ds_names},
+    }
+    spec = ExportSpec(
+        module, inputs, ["inputs_embeds", "attention_mask", "position_ids", "visual_pos_masks", *ds_names],
+        ["embeddings"], axes,
+    )
+    info = {"llm_seq_len": length, "llm_hidden_size": inputs_embeds.shape[-1], "num_vis_tokens": int(visual_pos_masks.sum())}
+    return spec, info
+
+
+def _head_spec(name: str, module: nn.Module, call: CapturedCall, dtype: torch.dtype) -> ExportSpec:
+    args = tuple(_cast(a, dtype) for a in call.args)
+    module = _as_dtype(module, dtype)
+    if name == "vl_self_attention":
+        return ExportSpec(module, args, ["hidden_states"], ["output"],
+                          {"hidden_states": {0: "batch_size", 1: "seq_len"}, "output": {0: "batch_size", 1: "seq_len"}})
+    if name == "state_encoder":
+        return ExportSpec(module, args, ["state", "embodiment_id"], ["output"], _batch(["state", "embodiment_id", "output"]))
+    if name == "action_encoder":
+        return ExportSpec(module, args, ["actions", "timesteps", "embodiment_id"], ["output"],
+                          _batch(["actions", "timesteps", "embodiment_id", "output"]))
+    if name == "action_decoder":
+        return ExportSpec(module, args, ["model_output", "embodiment_id"], ["output"],
+                          _batch(["model_output", "embodiment_id", "output"]))
+    if name == "dit":
+        sa_embs, vl_embs, timestep = args[:3]
+        image_mask = args[3].bool() if len(args) > 3 and args[3] is not None else None
+        attention = args[4].bool() if len(args) > 4 and args[4] is not None else None
+        if image_mask is None or attention is None:
+            raise BackendError("the sample DiT call had no image_mask/backbone_attention_mask; cannot export it")
+        vl_axes = {0: "batch_size", 1: "vl_seq_len"}
+        return ExportSpec(
+            module, (sa_embs, vl_embs, timestep, image_mask, attention),
+            ["sa_embs", "vl_embs", "timestep", "image_mask", "backbone_attention_mask"], ["output"],
+            {"sa_embs": {0: "batch_size"}, "vl_embs": vl_axes, "timestep": {0: "batch_size"},
+             "image_mask": vl_axes, "backbone_attention_mask": vl_axes, "output": {0: "batch_size"}},
+        )
+    raise ValueError(f"unknown action-head sub-module {name!r}")
+
+
+def _value_info(value: Any) -> dict[str, Any]:
+    return {"shape": list(value.shape), "dtype": str(value.dtype).replace("torch.", "")}
+
+
+def export_onnx(spec: ExportSpec, path: Path) -> dict[str, Any]:
+    """Trace `spec` to `path` (opset 19, legacy exporter like the reference); returns its I/O description."""
+    param_bytes = sum(p.numel() * p.element_size() for p in spec.module.parameters())
+    with tempfile.TemporaryDirectory(dir=path.parent) as scratch, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scratch_path = Path(scratch) / path.name
+        with torch.no_grad(), sdpa_without_explicit_scale():
+            torch.onnx.export(
+                spec.module.eval(), spec.inputs, str(scratch_path),
+                input_names=spec.input_names, output_names=spec.output_names,
+                dynamic_axes=spec.dynamic_axes, opset_version=OPSET_VERSION,
+                do_constant_folding=True, dynamo=False,
+            )
+        _save_consolidated(scratch_path, path, external=param_bytes > EXTERNAL_DATA_THRESHOLD)
+        with torch.no_grad():
+            outputs = spec.module(*spec.inputs)
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    return {
+        "file": path.name,
+        "inputs": {n: {**_value_info(v), "dynamic_axes": spec.dynamic_axes.get(n, {})} for n, v in zip(spec.input_names, spec.inputs)},
+        "outputs": {n: {**_value_info(v), "dynamic_axes": spec.dynamic_axes.get(n, {})} for n, v in zip(spec.output_names, outputs)},
+    }
+
+
+def _save_consolidated(source: Path, target: Path, external: bool) -> None:
+    """Re-save `source` as `target`, with all weights in one `<name>.onnx.data` file when `external`."""
+    import onnx
+
+    model = onnx.load(str(source), load_external_data=True)
+    data_name = target.name + ".data"
+    for stale in (target, target.parent / data_name):
+        stale.unlink(missing_ok=True)
+    if external:
+        onnx.save_model(model, str(target), save_as_external_data=True, all_tensors_to_one_file=True, location=data_name)
+    else:
+        onnx.save_model(model, str(target))
+
+
+def export_model(
+    model: nn.Module,
+    run_sample: Callable[[], Any],
+    output_dir: Union[str, Path],
+    mode: str = "full_pipeline",
+    precision: Optional[str] = None,
+    extra_metadata: Optional[dict[str, Any]] = None,
+) -> dict[str, Any]:
+    """Export the sub-modules of `mode` from `model` to `output_dir`; shapes come from `run_sample()`.
+
+    `precision` defaults to the model's dtype. The ViT is always exported in fp32 (model.md §7.1).
+    Returns the metadata also written to `export_metadata.json`.
+    """
+    if mode not in EXPORT_MODES:
+        raise BackendError(f"unknown export mode {mode!r}; expected one of {list(EXPORT_MODES)}")
+    precision = precision or PRECISION_OF_DTYPE.get(model.dtype, "fp32")
+    if precision not in TORCH_DTYPES:
+        raise BackendError(f"unknown precision {precision!r}; expected one of {list(TORCH_DTYPES)}")
+    dtype = TORCH_DTYPES[precision]
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    calls = capture_calls(model, run_sample)
+    wanted = MODE_SUBMODULES[mode]
+    missing = [name for name in wanted if name not in calls]
+    if missing:
+        raise BackendError(f"the sample get_action never called {missing}; cannot export mode {mode!r}")
+
+    config = model.config
+    dit_call = calls["dit"]
+    metadata: dict[str, Any] = {
+        "model_version": MODEL_VERSION,
+        "export_mode": mode,
+        "precision": precision,
+        "opset_version": OPSET_VERSION,
+        "batch_size": int(dit_call.args[0].shape[0]),
+        "sa_seq_len": int(dit_call.args[0].shape[1]),
+        "vl_seq_len": int(dit_call.args[1].shape[1]),
+        "action_horizon": config.action_horizon,
+        "max_action_dim": config.max_action_dim,
+        "max_state_dim": config.max_state_dim,
+        "state_history_length": config.state_history_length,
+        "hidden_size": config.hidden_size,
+        "input_embedding_dim": config.input_embedding_dim,
+        "backbone_embedding_dim": config.backbone_embedding_dim,
+        "num_inference_timesteps": config.num_inference_timesteps,
+        "model_identity": model_identity(model),
+        "torch_version": torch.__version__,
+        "submodules": {},
+        **(extra_metadata or {}),
+    }
+    head_modules = hooked_submodules(model)
+    for name in wanted:
+        if name == "vit":
+            spec, info = _vit_spec(model, calls[name])
+            metadata.update(info)
+            file_precision = "fp32"
+        elif name == "llm":
+            spec, info = _llm_spec(model, calls[name], dtype)
+            metadata.update(info)
+            file_precision = precision
+        else:
+            spec = _head_spec(name, head_modules[name], calls[name], dtype)
+            file_precision = precision
+        path = out / onnx_file_name(name, file_precision)
+        logger.info("exporting %s to %s", name, path)
+        metadata["submodules"][name] = export_onnx(spec, path)
+    write_json(out / EXPORT_METADATA, metadata)
+    return metadata
+
+
+def export_policy(
+    policy: Any,
+    observation: dict[str, Any],
+    output_dir: Union[str, Path],
+    mode: str = "full_pipeline",
+    precision: Optional[str] = None,
+) -> dict[str, Any]:
+    """Export from a Gr00tPolicy, capturing shapes during one `policy.get_action(observation)`."""
+    model = model_of(policy)
+    tag = getattr(policy, "embodiment_tag_value", None) or str(getattr(policy, "embodiment_tag", ""))
+    extra = {"embodiment_tag": tag, "model_path": str(getattr(policy, "checkpoint_dir", ""))}
+    return export_model(
+        model, lambda: policy.get_action(observation, {"seed": 0}), output_dir, mode, precision, extra_metadata=extra,
+    )
+
+
+def default_embodiment_tag(model_path: Union[str, Path]) -> str:
+    """The first embodiment tag a checkpoint's processor config supports."""
+    from gr00t_server.model.checkpoint import resolve_checkpoint_dir
+    from gr00t_server.processing.config import load_processor_config
+
+    tags = load_processor_config(resolve_checkpoint_dir(model_path)).embodiment_tags
+    if not tags:
+        raise BackendError(f"{model_path} supports no embodiment tags")
+    return sorted(tags)[0]
+
+
+def sample_observation(policy: Any, batch_size: int = 1, seed: int = 0) -> dict[str, Any]:
+    """A random observation built from the policy's modality configs and state statistics."""
+    from gr00t_server.test_checkpoint import example_observation
+
+    return example_observation(policy.checkpoint_dir, policy.embodiment_tag_value, batch_size=batch_size, seed=seed)
+
+
+def export_checkpoint(
+    model_path: Union[str, Path],
+    output_dir: Union[str, Path],
+    mode: str = "full_pipeline",
+    precision: Optional[str] = None,
+    batch_size: int = 1,
+    embodiment_tag: Optional[str] = None,
+    device: str = "cuda",
+) -> dict[str, Any]:
+    """Load a checkpoint as a Gr00tPolicy, run one sample observation and export `mode`."""
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+
+    tag = embodiment_tag or default_embodiment_tag(model_path)
+    dtype = TORCH_DTYPES[precision] if precision else None
+    policy = Gr00tPolicy(model_path, tag, device=device, strict=True, dtype=dtype)
+    observation = sample_observation(policy, batch_size=batch_size)
+    return export_policy(policy, observation, output_dir, mode, precision)
+
+
+def clear_export_dir(output_dir: Union[str, Path]) -> None:
+    """Remove previous ONNX files and metadata so a re-export never mixes generations."""
+    out = Path(output_dir)
+    for pattern in ("*.onnx", "*.onnx.data", EXPORT_METADATA):
+        for path in out.glob(pattern):
+            path.unlink() if path.is_file() else shutil.rmtree(path)

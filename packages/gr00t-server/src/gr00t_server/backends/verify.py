@@ -1,0 +1,216 @@
+"""Parity of a backend against PyTorch: cosine similarity and max abs error per sub-module and for actions.
+
+Thresholds follow the reference verifier (model.md §7.3): cosine > 0.999 PASS, > 0.99 WARN, else FAIL.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+import torch
+
+from gr00t_server.backends.common import TORCH_DTYPES, model_of
+from gr00t_server.backends.export import CapturedCall, capture_calls
+
+logger = logging.getLogger(__name__)
+
+PASS_COSINE = 0.999
+WARN_COSINE = 0.99
+
+
+def cosine_similarity(reference: Any, candidate: Any) -> float:
+    """Cosine of the flattened arrays in float64; 1.0 when both are all zeros."""
+    a = _as_float64(reference).ravel()
+    b = _as_float64(candidate).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"cannot compare arrays of {a.size} and {b.size} values")
+    norms = np.linalg.norm(a) * np.linalg.norm(b)
+    if norms == 0.0:
+        return 1.0 if not a.any() and not b.any() else 0.0
+    return float(np.dot(a, b) / norms)
+
+
+def max_abs_error(reference: Any, candidate: Any) -> float:
+    """Largest absolute elementwise difference."""
+    return float(np.max(np.abs(_as_float64(reference) - _as_float64(candidate)), initial=0.0))
+
+
+def _as_float64(value: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().to(device="cpu", dtype=torch.float64).numpy()
+    return np.asarray(value, dtype=np.float64)
+
+
+def status_for(cosine: float) -> str:
+    """PASS / WARN / FAIL by the reference thresholds (NaN fails)."""
+    if cosine > PASS_COSINE:
+        return "PASS"
+    if cosine > WARN_COSINE:
+        return "WARN"
+    return "FAIL"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One compared output."""
+
+    name: str
+    cosine: float
+    max_abs_error: float
+
+    @property
+    def status(self) -> str:
+        """PASS / WARN / FAIL."""
+        return status_for(self.cosine)
+
+
+def compare(name: str, reference: Any, candidate: Any) -> Comparison:
+    """Compare two arrays or tensors."""
+    return Comparison(name, cosine_similarity(reference, candidate), max_abs_error(reference, candidate))
+
+
+@dataclass
+class VerifyReport:
+    """All comparisons of one verification run."""
+
+    mode: str
+    comparisons: list[Comparison]
+
+    @property
+    def status(self) -> str:
+        """The worst status of all comparisons."""
+        statuses = {c.status for c in self.comparisons}
+        return next((s for s in ("FAIL", "WARN") if s in statuses), "PASS")
+
+    def format(self) -> str:
+        """A printable table."""
+        width = max([len(c.name) for c in self.comparisons] + [10])
+        lines = [f"{'output':<{width}}  {'cosine':>10}  {'max_abs_err':>12}  status", "-" * (width + 34)]
+        for c in self.comparisons:
+            lines.append(f"{c.name:<{width}}  {c.cosine:>10.6f}  {c.max_abs_error:>12.4e}  {c.status}")
+        lines.append(f"overall ({self.mode}): {self.status}")
+        return "\n".join(lines)
+
+
+def _primary(output: Any) -> Any:
+    if isinstance(output, dict):
+        return output.get("backbone_features", next(iter(output.values())))
+    if isinstance(output, (tuple, list)):
+        return output[0]
+    return output
+
+
+def submodule_targets(model: torch.nn.Module, swapped: list[str]) -> dict[str, torch.nn.Module]:
+    """The (possibly swapped) modules to check in isolation, by report name."""
+    head = model.action_head
+    targets: dict[str, torch.nn.Module] = {}
+    if "vit" in swapped:
+        targets["vit"] = model.backbone.visual
+    if "llm" in swapped:
+        targets["backbone"] = model.backbone
+    for name, module in (
+        ("vl_self_attention", head.vl_self_attention),
+        ("state_encoder", head.state_encoder),
+        ("action_encoder", head.action_encoder),
+        ("dit", head.model),
+        ("action_decoder", head.action_decoder),
+    ):
+        if name in swapped:
+            targets[name] = module
+    return targets
+
+
+def reference_calls(model: torch.nn.Module, run_sample: Callable[[], Any]) -> dict[str, CapturedCall]:
+    """PyTorch sub-module calls (inputs and outputs) of one sample run, keyed by report name."""
+    backbone_call: dict[str, CapturedCall] = {}
+
+    def hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        backbone_call.setdefault("backbone", CapturedCall(args, kwargs, {k: v.clone() for k, v in output.items()}))
+
+    handle = model.backbone.register_forward_hook(hook, with_kwargs=True)
+    try:
+        calls = capture_calls(model, run_sample)
+    finally:
+        handle.remove()
+    calls.update(backbone_call)
+    return calls
+
+
+@torch.no_grad()
+def verify_policy(
+    policy: Any,
+    observation: dict[str, Any],
+    apply_backend: Callable[[Any], list[str]],
+    mode: str,
+    seed: int = 0,
+) -> VerifyReport:
+    """Run PyTorch, swap the backend in with `apply_backend(policy)`, run again with the same noise.
+
+    Each swapped sub-module is also fed the PyTorch inputs in isolation, so its own error is visible.
+    """
+    model = model_of(policy)
+    options = {"seed": seed}
+    reference_actions: dict[str, Any] = {}
+
+    def run_reference() -> None:
+        reference_actions.clear()
+        reference_actions.update(policy.get_action(observation, dict(options))[0])
+
+    calls = reference_calls(model, run_reference)
+    swapped = apply_backend(policy)
+    comparisons = []
+    for name, module in submodule_targets(model_of(policy), swapped).items():
+        call = calls.get(name)
+        if call is None:
+            continue
+        comparisons.append(compare(name, _primary(call.output), _primary(module(*call.args, **call.kwargs))))
+    actions = policy.get_action(observation, dict(options))[0]
+    keys = sorted(reference_actions)
+    for key in keys:
+        comparisons.append(compare(f"action.{key}", reference_actions[key], actions[key]))
+    comparisons.append(compare(
+        "actions (all keys)",
+        np.concatenate([np.ravel(reference_actions[k]) for k in keys]),
+        np.concatenate([np.ravel(actions[k]) for k in keys]),
+    ))
+    return VerifyReport(mode, comparisons)
+
+
+def verify_checkpoint(
+    model_path: Union[str, Path],
+    onnx_dir: Optional[Union[str, Path]] = None,
+    engine_dir: Optional[Union[str, Path]] = None,
+    embodiment_tag: Optional[str] = None,
+    device: Optional[str] = None,
+    batch_size: int = 1,
+    seed: int = 0,
+) -> VerifyReport:
+    """Load the checkpoint in the export's precision and verify the ONNX Runtime or TensorRT backend."""
+    from gr00t_server.backends import apply_inference_mode
+    from gr00t_server.backends.common import ENGINE_METADATA, read_export_metadata, read_json
+    from gr00t_server.backends.export import default_embodiment_tag, sample_observation
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+
+    if (onnx_dir is None) == (engine_dir is None):
+        raise ValueError("verify needs exactly one of onnx_dir or engine_dir")
+    if engine_dir is not None:
+        metadata = read_json(Path(engine_dir) / ENGINE_METADATA, "TensorRT engine metadata")
+        mode = "tensorrt"
+        device = device or "cuda"
+    else:
+        metadata = read_export_metadata(onnx_dir)
+        mode = "onnxruntime"
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tag = embodiment_tag or metadata.get("embodiment_tag") or default_embodiment_tag(model_path)
+    dtype = TORCH_DTYPES.get(metadata.get("precision", ""), None)
+    policy = Gr00tPolicy(model_path, tag, device=device, strict=True, dtype=dtype)
+    observation = sample_observation(policy, batch_size=batch_size, seed=seed)
+    return verify_policy(
+        policy, observation,
+        lambda p: apply_inference_mode(p, mode, onnx_dir=onnx_dir, engine_dir=engine_dir),
+        mode, seed=seed,
+    )

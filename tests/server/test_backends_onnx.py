@@ -1,0 +1,325 @@
+"""Inference backends on CPU: ONNX export of the tiny checkpoint, ONNX Runtime serving, verify, errors."""
+
+import argparse
+import json
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+from reference_peer import ReferenceClient, running_server
+
+from gr00t_server.backends import BackendError, apply_inference_mode
+from gr00t_server.backends import commands
+from gr00t_server.backends.bench import time_policy
+from gr00t_server.backends.common import EXPORT_METADATA, model_of
+from gr00t_server.backends.export import export_policy
+from gr00t_server.backends.tensorrt_backend import profile_shapes
+from gr00t_server.backends.verify import compare, cosine_similarity, max_abs_error, status_for, verify_policy
+from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+from gr00t_server.test_checkpoint import example_observation
+
+pytest.importorskip("onnxruntime")
+
+TAG = "new_embodiment"
+
+
+def make_policy(checkpoint):
+    return Gr00tPolicy(checkpoint, TAG, device="cpu", dtype="fp32")
+
+
+def flat(actions):
+    return np.concatenate([np.ravel(actions[k]) for k in sorted(actions)])
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers(dest="command"))
+    return parser.parse_args(argv)
+
+
+@pytest.fixture(scope="module")
+def observation(tiny_checkpoint):
+    return example_observation(tiny_checkpoint, TAG, batch_size=1, seed=1)
+
+
+@pytest.fixture(scope="module")
+def pytorch_policy(tiny_checkpoint):
+    """A PyTorch policy that tests only read from (export, reference actions)."""
+    return make_policy(tiny_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def full_export(tiny_checkpoint, tmp_path_factory):
+    """A full_pipeline fp32 export made through the `export` command."""
+    out = tmp_path_factory.mktemp("onnx_full")
+    args = parse(["export", "--model-path", str(tiny_checkpoint), "--output", str(out), "--mode", "full_pipeline",
+                  "--precision", "fp32", "--embodiment-tag", TAG, "--device", "cpu"])
+    assert commands.run(args) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def head_export(pytorch_policy, observation, tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx_head")
+    export_policy(pytorch_policy, observation, out, mode="action_head")
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference_actions(pytorch_policy, observation):
+    return pytorch_policy.get_action(observation, {"seed": 7})[0]
+
+
+@pytest.fixture(scope="module")
+def onnx_policy(tiny_checkpoint, full_export):
+    policy = make_policy(tiny_checkpoint)
+    apply_inference_mode(policy, "onnxruntime", onnx_dir=full_export)
+    return policy
+
+
+# --- export ---------------------------------------------------------------------------------------
+
+
+def test_full_pipeline_export_writes_every_submodel_and_its_metadata(full_export):
+    metadata = json.loads((full_export / EXPORT_METADATA).read_text())
+    files = {info["file"] for info in metadata["submodules"].values()}
+    assert files == {
+        "vit_fp32.onnx", "llm_fp32.onnx", "vl_self_attention.onnx", "state_encoder.onnx",
+        "action_encoder.onnx", "dit_fp32.onnx", "action_decoder.onnx",
+    }
+    assert all((full_export / f).is_file() for f in files)
+    assert metadata["opset_version"] == 19
+    assert (metadata["export_mode"], metadata["precision"], metadata["embodiment_tag"]) == ("full_pipeline", "fp32", TAG)
+    assert metadata["sa_seq_len"] == metadata["action_horizon"] + 1
+    assert set(metadata["model_identity"]) == {"config_sha256", "weights_fingerprint"}
+    dit_inputs = metadata["submodules"]["dit"]["inputs"]
+    assert dit_inputs["vl_embs"]["dynamic_axes"] == {"0": "batch_size", "1": "vl_seq_len"}
+    assert dit_inputs["vl_embs"]["shape"][1] == metadata["vl_seq_len"]
+
+
+def test_onnx_files_use_opset_19_and_named_dynamic_axes(full_export):
+    import onnx
+
+    model = onnx.load(str(full_export / "llm_fp32.onnx"), load_external_data=False)
+    assert {o.domain or "ai.onnx": o.version for o in model.opset_import}["ai.onnx"] == 19
+    dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims[:2] == ["batch_size", "seq_len"]
+
+
+def test_dit_only_export_contains_only_the_dit(pytorch_policy, observation, tmp_path):
+    metadata = export_policy(pytorch_policy, observation, tmp_path, mode="dit_only")
+    assert list(metadata["submodules"]) == ["dit"]
+    assert sorted(p.name for p in tmp_path.glob("*.onnx")) == ["dit_fp32.onnx"]
+
+
+def test_bf16_export_traces_on_cpu_and_cpu_serving_explains_the_precision(pytorch_policy, observation, tmp_path):
+    metadata = export_policy(pytorch_policy, observation, tmp_path, mode="dit_only", precision="bf16")
+    assert metadata["submodules"]["dit"]["inputs"]["sa_embs"]["dtype"] == "bfloat16"
+    with pytest.raises(BackendError, match="--precision fp32"):
+        apply_inference_mode(pytorch_policy, "onnxruntime", onnx_dir=tmp_path)
+
+
+# --- serving with ONNX Runtime --------------------------------------------------------------------
+
+
+def test_full_pipeline_swaps_every_exported_submodule(tiny_checkpoint, full_export):
+    policy = make_policy(tiny_checkpoint)
+    swapped = apply_inference_mode(policy, "onnxruntime", onnx_dir=full_export)
+    assert swapped == ["vit", "llm", "vl_self_attention", "state_encoder", "action_encoder", "dit", "action_decoder"]
+    assert type(model_of(policy).backbone).__name__ == "ExportedBackbone"
+
+
+def test_onnxruntime_actions_match_pytorch_for_the_same_seed(onnx_policy, observation, reference_actions):
+    actions = onnx_policy.get_action(observation, {"seed": 7})[0]
+    assert cosine_similarity(flat(reference_actions), flat(actions)) >= 0.999
+    for key in reference_actions:
+        assert actions[key].shape == reference_actions[key].shape
+        assert cosine_similarity(reference_actions[key], actions[key]) >= 0.999
+
+
+def test_action_head_export_matches_pytorch_for_the_same_noise(tiny_checkpoint, pytorch_policy, head_export, observation):
+    noise = np.random.default_rng(3).standard_normal((1, 40, 132)).astype(np.float32)
+    expected = pytorch_policy.get_action(observation, {"noise": noise})[0]
+    policy = make_policy(tiny_checkpoint)
+    assert "llm" not in apply_inference_mode(policy, "onnxruntime", onnx_dir=head_export)
+    assert cosine_similarity(flat(expected), flat(policy.get_action(observation, {"noise": noise})[0])) >= 0.999
+
+
+def test_batch_with_left_padded_prompts_matches_pytorch(tiny_checkpoint, pytorch_policy, onnx_policy):
+    observation = example_observation(tiny_checkpoint, TAG, batch_size=2, seed=4)
+    observation["language"] = {k: [["Pick up the bowl."], ["pick the red bowl and place it on the big plate"]]
+                               for k in observation["language"]}
+    expected = pytorch_policy.get_action(observation, {"seed": 1})[0]
+    actions = onnx_policy.get_action(observation, {"seed": 1})[0]
+    for key in expected:
+        assert max_abs_error(expected[key], actions[key]) < 1e-4
+
+
+def test_server_in_onnxruntime_mode_answers_a_reference_client(onnx_policy, observation, reference_actions):
+    with running_server(onnx_policy) as server, ReferenceClient(server.port, timeout_ms=30000) as client:
+        action, _info = client.get_action(observation, {"seed": 7})
+    assert sorted(action) == sorted(reference_actions)
+    assert cosine_similarity(flat(reference_actions), flat(action)) >= 0.999
+
+
+# --- start-up errors ------------------------------------------------------------------------------
+
+
+def test_export_from_other_weights_is_refused_at_startup(tiny_checkpoint, full_export):
+    policy = make_policy(tiny_checkpoint)
+    with torch.no_grad():
+        model_of(policy).action_head.position_embedding.weight.add_(0.5)
+    with pytest.raises(BackendError, match="other weights") as info:
+        apply_inference_mode(policy, "onnxruntime", onnx_dir=full_export)
+    assert "\n" not in str(info.value)
+
+
+def test_export_from_another_config_is_refused_at_startup(pytorch_policy, full_export, tmp_path):
+    copy = tmp_path / "onnx"
+    shutil.copytree(full_export, copy)
+    metadata = json.loads((copy / EXPORT_METADATA).read_text())
+    metadata["model_identity"]["config_sha256"] = "0" * 64
+    (copy / EXPORT_METADATA).write_text(json.dumps(metadata))
+    with pytest.raises(BackendError, match="another config"):
+        apply_inference_mode(pytorch_policy, "onnxruntime", onnx_dir=copy)
+
+
+def test_directory_without_export_metadata_is_refused(pytorch_policy, tmp_path):
+    with pytest.raises(BackendError, match="export_metadata.json"):
+        apply_inference_mode(pytorch_policy, "onnxruntime", onnx_dir=tmp_path)
+
+
+def test_missing_onnxruntime_gives_one_line_install_hint(pytorch_policy, full_export, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(BackendError, match=r"pip install 'gr00t-server\[onnx\]'") as info:
+        apply_inference_mode(pytorch_policy, "onnxruntime", onnx_dir=full_export)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_tensorrt_gives_one_line_install_hint(pytorch_policy, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(BackendError, match="TensorRT") as info:
+        apply_inference_mode(pytorch_policy, "tensorrt", engine_dir=tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_modes_need_their_directories_and_unknown_modes_are_named(pytorch_policy):
+    policy = pytorch_policy
+    with pytest.raises(BackendError, match="--onnx-dir"):
+        apply_inference_mode(policy, "onnxruntime")
+    with pytest.raises(BackendError, match="--engine-dir"):
+        apply_inference_mode(policy, "tensorrt")
+    with pytest.raises(BackendError, match="'jax'"):
+        apply_inference_mode(policy, "jax")
+    assert apply_inference_mode(policy, "pytorch") == []
+
+
+def test_backend_error_is_a_value_error():
+    assert issubclass(BackendError, ValueError)
+
+
+# --- verify ---------------------------------------------------------------------------------------
+
+
+def test_cosine_thresholds_follow_the_reference():
+    assert (status_for(0.9995), status_for(0.995), status_for(0.98), status_for(float("nan"))) == (
+        "PASS", "WARN", "FAIL", "FAIL")
+
+
+def test_metrics_of_identical_and_opposite_arrays():
+    values = np.arange(1.0, 7.0)
+    assert cosine_similarity(values, values) == pytest.approx(1.0)
+    assert cosine_similarity(values, -values) == pytest.approx(-1.0)
+    assert max_abs_error(values, values + 0.25) == pytest.approx(0.25)
+    assert compare("x", np.zeros(3), np.zeros(3)).status == "PASS"
+
+
+def test_verify_passes_every_submodule_and_the_actions(tiny_checkpoint, full_export, observation):
+    report = verify_policy(
+        make_policy(tiny_checkpoint), observation,
+        lambda p: apply_inference_mode(p, "onnxruntime", onnx_dir=full_export), "onnxruntime",
+    )
+    names = [c.name for c in report.comparisons]
+    assert names[:7] == ["vit", "backbone", "vl_self_attention", "state_encoder", "action_encoder", "dit", "action_decoder"]
+    assert "actions (all keys)" in names
+    assert report.status == "PASS", report.format()
+
+
+def test_verify_fails_a_backend_that_changes_the_output(tiny_checkpoint, observation):
+    class Negated(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x, embodiment_id):
+            return -self.inner(x, embodiment_id)
+
+    def broken_backend(policy):
+        head = model_of(policy).action_head
+        head.action_decoder = Negated(head.action_decoder)
+        return ["action_decoder"]
+
+    report = verify_policy(make_policy(tiny_checkpoint), observation, broken_backend, "broken")
+    assert report.status == "FAIL"
+    assert "FAIL" in report.format()
+
+
+def test_verify_command_prints_the_table_and_exits_zero_on_pass(tiny_checkpoint, full_export, capsys):
+    args = parse(["verify", "--model_path", str(tiny_checkpoint), "--onnx_dir", str(full_export), "--device", "cpu"])
+    assert commands.run(args) == 0
+    out = capsys.readouterr().out
+    assert "actions (all keys)" in out and "overall (onnxruntime): PASS" in out
+
+
+def test_verify_command_exits_one_on_fail(monkeypatch, capsys):
+    import gr00t_server.backends.verify as verify_module
+
+    failing = verify_module.VerifyReport("onnxruntime", [compare("actions (all keys)", np.ones(4), -np.ones(4))])
+    monkeypatch.setattr(verify_module, "verify_checkpoint", lambda *args, **kwargs: failing)
+    assert commands.run(parse(["verify", "--model-path", "m", "--onnx-dir", "d"])) == 1
+    assert "overall (onnxruntime): FAIL" in capsys.readouterr().out
+
+
+# --- CLI, benchmark, engine profiles --------------------------------------------------------------
+
+
+def test_commands_accept_kebab_and_snake_case_flags():
+    kebab = parse(["build-engine", "--onnx-dir", "a", "--engine-dir", "b", "--max-batch-size", "4"])
+    snake = parse(["build-engine", "--onnx_dir", "a", "--engine_dir", "b", "--max_batch_size", "4"])
+    assert vars(kebab) == vars(snake)
+    export = parse(["export", "--model_path", "m", "--output", "o", "--batch_size", "2", "--embodiment_tag", "t"])
+    assert (export.model_path, export.batch_size, export.embodiment_tag, export.mode) == ("m", 2, "t", "full_pipeline")
+
+
+def test_verify_needs_exactly_one_of_onnx_dir_and_engine_dir():
+    with pytest.raises(SystemExit):
+        parse(["verify", "--model-path", "m"])
+    with pytest.raises(SystemExit):
+        parse(["verify", "--model-path", "m", "--onnx-dir", "a", "--engine-dir", "b"])
+
+
+def test_time_policy_reports_every_stage(onnx_policy, observation):
+    timing = time_policy(onnx_policy, observation, iters=2, warmup=1)
+    assert set(timing) == {"data_processing_ms", "backbone_ms", "action_head_ms", "e2e_ms", "hz"}
+    assert timing["e2e_ms"] >= timing["backbone_ms"] > 0
+    assert "get_action" not in vars(model_of(onnx_policy))
+
+
+def test_engine_profiles_keep_fixed_dims_and_bound_named_ones():
+    inputs = {
+        "sa_embs": {"shape": [1, 41, 64], "dynamic_axes": {"0": "batch_size"}},
+        "vl_embs": {"shape": [1, 100, 64], "dynamic_axes": {"0": "batch_size", "1": "vl_seq_len"}},
+        "deepstack_0": {"shape": [64, 64], "dynamic_axes": {"0": "num_vis_tokens"}},
+    }
+    shapes = profile_shapes(inputs, batch_size=1, max_batch_size=8)
+    assert shapes["sa_embs"] == ((1, 41, 64), (1, 41, 64), (8, 41, 64))
+    assert shapes["vl_embs"] == ((1, 1, 64), (1, 100, 64), (8, 200, 64))
+    assert shapes["deepstack_0"] == ((1, 64), (64, 64), (512, 64))
+
+
+def test_torch_compile_mode_compiles_only_the_dit(tiny_checkpoint):
+    policy = make_policy(tiny_checkpoint)
+    assert apply_inference_mode(policy, "torch-compile") == ["dit"]
+    assert "forward" in vars(model_of(policy).action_head.model)
