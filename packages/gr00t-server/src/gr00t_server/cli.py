@@ -211,6 +211,16 @@ def make_test_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+# Errors that describe a user's input (paths, tags, checkpoints, backends) rather than a bug in this program.
+_USER_ERROR_NAMES = {"CheckpointError", "CheckpointKeyError", "TokenizerNotFoundError", "DatasetError"}
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    if isinstance(exc, (FileNotFoundError, ValueError, OSError, ImportError, KeyError)):
+        return True
+    return any(cls.__name__ in _USER_ERROR_NAMES for cls in type(exc).__mro__)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -225,7 +235,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except CliError as exc:
         print(f"gr00t-server {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError, OSError, ImportError, KeyError) as exc:
+    except Exception as exc:
+        if not _is_user_error(exc):
+            raise
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"gr00t-server {args.command}: error: {message}", file=sys.stderr)
         if os.environ.get("GR00T_DEBUG"):

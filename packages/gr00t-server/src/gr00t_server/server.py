@@ -344,6 +344,14 @@ class PolicyServer:
                 raise RequestError("empty message: expected a msgpack request map")
             if codec.is_multipart(payload):
                 request.multipart = True
+            # ZMQ_MAXMSGSIZE bounds each frame; a multipart message must respect the cap as a whole too.
+            total_bytes = sum(len(frame) for frame in payload)
+            if total_bytes > self.max_message_bytes:
+                raise RequestError(
+                    f"message of {total_bytes} bytes exceeds this server's limit of {self.max_message_bytes} bytes "
+                    "(max_message_bytes); it was not decoded"
+                )
+            if request.multipart:
                 envelope = codec.decode_multipart(payload)
             elif len(payload) == 1:
                 envelope = codec.decode(payload[0].buffer)
@@ -510,6 +518,8 @@ class PolicyServer:
     def _send(self, request: Request, frames: List[Any]) -> None:
         assert self._socket is not None
         try:
-            self._socket.send_multipart(list(request.routing) + frames, copy=False)
+            # Copy (no copy=False): multipart frames view the policy's own arrays, and a policy that reuses its
+            # output buffer would overwrite them before ZeroMQ's I/O thread has sent them.
+            self._socket.send_multipart(list(request.routing) + frames)
         except zmq.ZMQError as exc:  # the peer went away; nothing to answer
             logger.warning("could not send reply to %s: %s", request.peer or "local", exc)

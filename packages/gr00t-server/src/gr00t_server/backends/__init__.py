@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from gr00t_server.backends.common import EXPORT_MODES, BackendError
+from gr00t_server.backends.names import EXPORT_MODES, BackendError
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import argparse
 import logging
 from typing import Any
 
-from gr00t_server.backends.common import EXPORT_MODES, PRECISIONS
+from gr00t_server.backends.names import EXPORT_MODES, PRECISIONS
 
 COMMANDS = ("export", "build-engine", "verify")
 

@@ -14,8 +14,7 @@ EXPORT_METADATA = "export_metadata.json"
 ENGINE_METADATA = "engine_metadata.json"
 MODEL_VERSION = "n1d7"
 OPSET_VERSION = 19
-EXPORT_MODES = ("dit_only", "action_head", "full_pipeline")
-PRECISIONS = ("bf16", "fp16", "fp32")
+from gr00t_server.backends.names import EXPORT_MODES, PRECISIONS, BackendError  # noqa: F401 (re-exported)
 
 # Sub-modules in execution order (model.md §7.1); which ones each export mode covers.
 SUBMODULES = ("vit", "llm", "vl_self_attention", "state_encoder", "action_encoder", "dit", "action_decoder")
@@ -27,10 +26,6 @@ MODE_SUBMODULES: dict[str, tuple[str, ...]] = {
 
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 PRECISION_OF_DTYPE = {dtype: name for name, dtype in TORCH_DTYPES.items()}
-
-
-class BackendError(ValueError):
-    """An inference backend cannot start: not installed, or its files do not fit this model or GPU."""
 
 
 def onnx_file_name(submodule: str, precision: str) -> str:

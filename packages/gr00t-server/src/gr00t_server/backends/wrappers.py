@@ -76,14 +76,10 @@ class ExportedActionEncoder(ExportedModule):
 
 
 class ExportedDiT(ExportedModule):
-    """`action_head.model` (AlternateVLDiT): sa_embs, vl_embs, timestep, masks -> `[B,1+A,hidden]`.
+    """`action_head.model` (AlternateVLDiT): sa_embs, vl_embs, timestep, masks -> `[B,1+A,hidden]`."""
 
-    Keeps the original `proj_out_2` layer because `Gr00tN1d7.dtype/.device` read its weight.
-    """
-
-    def __init__(self, runner: Runner, dtype: torch.dtype, proj_out_2: nn.Module) -> None:
+    def __init__(self, runner: Runner, dtype: torch.dtype) -> None:
         super().__init__(runner, "dit", dtype)
-        self.proj_out_2 = proj_out_2
 
     def forward(
         self,
@@ -209,7 +205,7 @@ def swap_exported_modules(policy: Any, runners: dict[str, Runner], metadata: dic
         head.action_encoder = ExportedActionEncoder(runners["action_encoder"], "action_encoder", dtype)
         swapped.append("action_encoder")
     if "dit" in runners:
-        head.model = ExportedDiT(runners["dit"], dtype, head.model.proj_out_2)
+        head.model = ExportedDiT(runners["dit"], dtype)
         swapped.append("dit")
     if "action_decoder" in runners:
         head.action_decoder = ExportedCategoryMLP(runners["action_decoder"], "action_decoder", dtype, "model_output")

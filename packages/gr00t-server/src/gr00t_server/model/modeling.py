@@ -48,13 +48,13 @@ class Gr00tN1d7(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        """dtype of the action-head parameters (the model dtype)."""
-        return self.action_head.model.proj_out_2.weight.dtype
+        """dtype of the model's parameters (whichever remain after a backend swapped sub-modules out)."""
+        return next(self.parameters()).dtype
 
     @property
     def device(self) -> torch.device:
-        """Device of the action-head parameters."""
-        return self.action_head.model.proj_out_2.weight.device
+        """Device of the model's parameters (whichever remain after a backend swapped sub-modules out)."""
+        return next(self.parameters()).device
 
     def prepare_inputs(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Move tensors to the model device; floating tensors are also cast to the model dtype."""
