@@ -160,3 +160,41 @@ def test_api_token_from_environment_is_required(dataset):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.slow
+def test_serve_model_path_answers_the_reference_client(tmp_path):
+    """make-test-checkpoint -> serve --model-path (sim wrapper) -> a reference-style REQ client gets actions."""
+    from reference_peer import ReferenceClient
+
+    checkpoint = tmp_path / "tiny"
+    made = subprocess.run(_cli("make-test-checkpoint", str(checkpoint), "--size", "tiny"), capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr
+    assert (checkpoint / "model.safetensors").exists() and (checkpoint / "processor_config.json").exists()
+    port = _free_port()
+    proc = _start(["serve", "--model-path", str(checkpoint), "--embodiment-tag", "libero_sim", "--device", "cpu",
+                   "--port", str(port), "--use-sim-policy-wrapper"])
+    try:
+        _wait_ready(proc, timeout_s=180)
+        with ReferenceClient(port=port, timeout_ms=60000) as client:
+            configs = client.call_endpoint("get_modality_config", requires_input=False)
+            video_keys = configs["video"].as_json["modality_keys"]
+            state_keys = configs["state"].as_json["modality_keys"]
+            language_key = configs["language"].as_json["modality_keys"][0]
+            observation = {f"video.{k}": np.zeros((1, 1, 64, 64, 3), np.uint8) for k in video_keys}
+            observation.update({f"state.{k}": np.zeros((1, 1, 2 if k == "gripper" else 1), np.float32) for k in state_keys})
+            observation[language_key] = ["pick up the bowl"]
+            action, info = client.get_action(observation, {"seed": 3})
+            horizon = len(configs["action"].as_json["delta_indices"])
+            assert set(action) == {f"action.{k}" for k in configs["action"].as_json["modality_keys"]}
+            for value in action.values():
+                assert value.dtype == np.float32 and value.shape[:2] == (1, horizon)
+                assert np.isfinite(value).all()
+            again, _ = client.get_action(observation, {"seed": 3})
+            for key in action:
+                np.testing.assert_array_equal(action[key], again[key])
+            client.call_endpoint("kill", requires_input=False)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
