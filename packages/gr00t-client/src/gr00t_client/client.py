@@ -101,14 +101,15 @@ class PolicyClient(BasePolicy):
             "(is it running and reachable?)"
         )
 
-    def _round_trip(self, envelope: Dict[str, Any], endpoint: str, multipart: bool) -> Any:
+    def _round_trip(self, envelope: Dict[str, Any], endpoint: str, multipart: bool, deadline: Optional[float] = None) -> Any:
         frames: List[Any] = codec.encode_multipart(envelope) if multipart else [codec.encode(envelope)]
         if self._socket is None:
             self._socket = self._open_socket()
         sock = self._socket
-        deadline = time.monotonic() + self.timeout_ms / 1000.0
+        if deadline is None:
+            deadline = time.monotonic() + self.timeout_ms / 1000.0
         try:
-            if not sock.poll(self.timeout_ms, zmq.POLLOUT):
+            if not sock.poll(max(0, int((deadline - time.monotonic()) * 1000)), zmq.POLLOUT):
                 raise self._timeout(endpoint)
             sock.send_multipart(frames, copy=False)
             remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
@@ -121,6 +122,9 @@ class PolicyClient(BasePolicy):
         except zmq.ZMQError as exc:
             self._discard_socket()
             raise ConnectionError(f"ZeroMQ error talking to {self.host}:{self.port} ('{endpoint}'): {exc}") from exc
+        except BaseException:  # e.g. Ctrl-C mid-wait: the REQ socket still awaits its reply and could never send
+            self._discard_socket()
+            raise
         if codec.is_multipart(reply):
             return self._unwrap_multipart(codec.decode_multipart(reply), endpoint)
         if len(reply) != 1:
@@ -143,11 +147,11 @@ class PolicyClient(BasePolicy):
                 raise PolicyServerError(str(reply["error"]), endpoint)
         return reply
 
-    def _negotiate(self) -> None:
+    def _negotiate(self, deadline: Optional[float] = None) -> None:
         """Ask once whether the server is ours (multipart capable); a reference server says 'Unknown endpoint'."""
         envelope = self._envelope("get_server_info", None, requires_input=False)
         try:
-            info = self._round_trip(envelope, "get_server_info", multipart=False)
+            info = self._round_trip(envelope, "get_server_info", multipart=False, deadline=deadline)
         except PolicyServerError as exc:
             if "Unauthorized" in exc.server_message:
                 raise
@@ -171,11 +175,12 @@ class PolicyClient(BasePolicy):
     def call_endpoint(self, endpoint: str, data: Optional[Dict[str, Any]] = None, requires_input: bool = True) -> Any:
         """Call any endpoint; raises PolicyTimeoutError, PolicyServerError or ConnectionError."""
         with self._lock:
+            deadline = time.monotonic() + self.timeout_ms / 1000.0  # one budget, negotiation included
             if self._server_is_ours is None and endpoint not in ("ping", "kill"):
-                self._negotiate()
+                self._negotiate(deadline)
             multipart = bool(self._server_is_ours) and self._wire in ("auto", "multipart")
             envelope = self._envelope(endpoint, data, requires_input)
-            return self._round_trip(envelope, endpoint, multipart=multipart)
+            return self._round_trip(envelope, endpoint, multipart=multipart, deadline=deadline)
 
     # --- policy API -----------------------------------------------------------------------------
 

@@ -98,8 +98,18 @@ def _modality_config_from(obj: Dict[Any, Any]) -> ModalityConfig:
         raise WireDecodeError(f"Malformed ModalityConfig payload: {exc}") from exc
 
 
+# Every special map below has one of these keys (str or bytes); other maps skip the checks (the hot path).
+_MARKER_KEYS = frozenset(
+    key
+    for name in ("nd", "__ndarray__", "__npgeneric__", "__ndarray_class__", "__ModalityConfig__", "__ModalityConfig_class__", "complex")
+    for key in (name, name.encode())
+)
+
+
 def _decode_hook(obj: Dict[Any, Any]) -> Any:
     """msgpack object_hook: turn every known special map back into its value."""
+    if _MARKER_KEYS.isdisjoint(obj):
+        return obj
     if _has(obj, "nd") and _has(obj, "type") and _has(obj, "data"):  # msgpack-numpy
         dtype = _as_dtype(_get(obj, "type"))
         kind = _get(obj, "kind")
@@ -123,7 +133,8 @@ def _decode_hook(obj: Dict[Any, Any]) -> Any:
         try:
             array = np.load(io.BytesIO(blob), allow_pickle=False)
         except ValueError as exc:
-            raise WireDecodeError(f"Malformed __ndarray_class__ payload (pickled data is refused): {exc}") from exc
+            # numpy's message says whether it was pickled data (refused) or a malformed/truncated file
+            raise WireDecodeError(f"Malformed or refused __ndarray_class__ payload (np.load, allow_pickle=False): {exc}") from exc
         _refuse_dtype(array.dtype, "decoded")
         return array
     if _has(obj, "__ModalityConfig__") or _has(obj, "__ModalityConfig_class__"):

@@ -1,0 +1,196 @@
+"""BasePolicy: get_action validates input and output when strict; messages name key, expectation and value."""
+
+import numpy as np
+import pytest
+from reference_peer import LANGUAGE_KEY, EchoPolicy, libero_like_configs, libero_like_observation
+
+from gr00t_client import ActionError, BasePolicy, ModalityConfig, ObservationError, PolicyValidationError, PolicyWrapper
+
+
+class FixedActionPolicy(BasePolicy):
+    """Returns whatever action it was given, to test output validation."""
+
+    def __init__(self, action, strict=True):
+        super().__init__(strict=strict)
+        self.action = action
+
+    def _get_action(self, observation, options=None):
+        return self.action, {"seen_options": options}
+
+    def reset(self, options=None):
+        return {}
+
+    def get_modality_config(self):
+        return libero_like_configs(action_horizon=4)
+
+
+def good_action(batch=1):
+    return {k: np.zeros((batch, 4, 1), np.float32) for k in libero_like_configs()["action"].modality_keys}
+
+
+def strict_policy():
+    return EchoPolicy(strict=True)
+
+
+def test_base_policy_is_abstract():
+    with pytest.raises(TypeError):
+        BasePolicy()  # type: ignore[abstract]
+
+
+def test_strict_defaults_to_true():
+    assert FixedActionPolicy(good_action()).strict is True
+
+
+def test_valid_observation_returns_action_and_info():
+    action, info = strict_policy().get_action(libero_like_observation(batch=2), {"tag": "t"})
+    assert action["x"].shape == (2, 16, 1) and action["x"].dtype == np.float32
+    assert info["tag"] == "t"
+
+
+def test_validation_errors_are_value_errors():
+    assert issubclass(ObservationError, PolicyValidationError) and issubclass(ActionError, PolicyValidationError)
+    assert issubclass(PolicyValidationError, ValueError)
+
+
+def test_missing_modality_is_named():
+    observation = libero_like_observation()
+    del observation["state"]
+    with pytest.raises(ObservationError, match="'state'"):
+        strict_policy().get_action(observation)
+
+
+def test_missing_video_key_is_named_with_the_keys_that_arrived():
+    observation = libero_like_observation()
+    del observation["video"]["wrist_image"]
+    with pytest.raises(ObservationError, match=r"Video key 'wrist_image' is missing.*\['image'\]"):
+        strict_policy().get_action(observation)
+
+
+def test_video_that_is_not_an_array_names_key_expectation_and_type():
+    observation = libero_like_observation()
+    observation["video"]["image"] = {"nd": True}  # what an old server sees when it cannot decode arrays
+    with pytest.raises(ObservationError, match=r"Video key 'image' must be a numpy array of dtype uint8 and shape \(B, T, H, W, 3\); got dict"):
+        strict_policy().get_action(observation)
+
+
+def test_wrong_video_dtype_names_expected_and_actual_dtype():
+    observation = libero_like_observation()
+    observation["video"]["image"] = observation["video"]["image"].astype(np.float32)
+    with pytest.raises(ObservationError, match=r"Video key 'image' must have dtype uint8; got float32 with shape \(1, 1, 256, 256, 3\)"):
+        strict_policy().get_action(observation)
+
+
+def test_wrong_video_rank_names_expected_layout_and_actual_shape():
+    observation = libero_like_observation()
+    observation["video"]["image"] = observation["video"]["image"][:, 0]
+    with pytest.raises(ObservationError, match=r"'image' must have shape \(B, T, H, W, 3\); got shape \(1, 256, 256, 3\)"):
+        strict_policy().get_action(observation)
+
+
+def test_wrong_video_horizon_names_expected_and_actual_t():
+    observation = libero_like_observation()
+    observation["video"]["image"] = np.concatenate([observation["video"]["image"]] * 2, axis=1)
+    with pytest.raises(ObservationError, match=r"'image' must have horizon T=1.*got T=2"):
+        strict_policy().get_action(observation)
+
+
+def test_wrong_channel_count_is_named():
+    observation = libero_like_observation()
+    observation["video"]["image"] = np.zeros((1, 1, 8, 8, 4), np.uint8)
+    with pytest.raises(ObservationError, match=r"'image' must have 3 channels.*\(1, 1, 8, 8, 4\)"):
+        strict_policy().get_action(observation)
+
+
+def test_wrong_state_dtype_names_key_and_dtypes():
+    observation = libero_like_observation()
+    observation["state"]["gripper"] = observation["state"]["gripper"].astype(np.float64)
+    with pytest.raises(ObservationError, match=r"State key 'gripper' must have dtype float32; got float64"):
+        strict_policy().get_action(observation)
+
+
+def test_batch_size_mismatch_names_both_keys():
+    observation = libero_like_observation(batch=2)
+    observation["state"]["yaw"] = observation["state"]["yaw"][:1]
+    with pytest.raises(ObservationError, match=r"State key 'yaw' has batch size 1; expected 2 like Video key 'image'"):
+        strict_policy().get_action(observation)
+
+
+@pytest.mark.parametrize("language", ["pick", ["pick"], [["pick", "place"]], [[3]]])
+def test_language_must_be_b_lists_of_one_string(language):
+    observation = libero_like_observation()
+    observation["language"][LANGUAGE_KEY] = language
+    with pytest.raises(ObservationError, match=f"Language key '{LANGUAGE_KEY}'"):
+        strict_policy().get_action(observation)
+
+
+def test_non_dict_observation_is_rejected():
+    with pytest.raises(ObservationError, match="observation must be a dict"):
+        strict_policy().get_action([1, 2, 3])  # type: ignore[arg-type]
+
+
+def test_not_strict_skips_input_validation():
+    policy = FixedActionPolicy({"anything": 1}, strict=False)
+    assert policy.get_action({"no": "modalities"}) == ({"anything": 1}, {"seen_options": None})
+
+
+def test_options_reach_the_policy():
+    assert FixedActionPolicy(good_action()).get_action(libero_like_observation(), {"k": 1})[1] == {"seen_options": {"k": 1}}
+
+
+def test_missing_action_key_is_named():
+    action = good_action()
+    del action["gripper"]
+    with pytest.raises(ActionError, match="Action key 'gripper' is missing"):
+        FixedActionPolicy(action).get_action(libero_like_observation())
+
+
+def test_wrong_action_dtype_is_named():
+    action = good_action()
+    action["x"] = action["x"].astype(np.float64)
+    with pytest.raises(ActionError, match=r"Action key 'x' must have dtype float32; got float64"):
+        FixedActionPolicy(action).get_action(libero_like_observation())
+
+
+def test_wrong_action_horizon_is_named():
+    action = good_action()
+    action["x"] = np.zeros((1, 16, 1), np.float32)
+    with pytest.raises(ActionError, match=r"Action key 'x' must have horizon T=4.*got T=16"):
+        FixedActionPolicy(action).get_action(libero_like_observation())
+
+
+def test_default_modality_config_is_empty_and_validates_nothing():
+    class Bare(BasePolicy):
+        def _get_action(self, observation, options=None):
+            return {}, {}
+
+        def reset(self, options=None):
+            return {}
+
+    assert Bare().get_modality_config() == {}
+    assert Bare().get_action({}) == ({}, {})
+
+
+def test_reset_returns_an_info_dict():
+    policy = strict_policy()
+    assert policy.reset() == {"resets": 1}
+
+
+def test_policy_wrapper_forwards_reset_and_modality_config():
+    inner = strict_policy()
+
+    class Wrapper(PolicyWrapper):
+        def _get_action(self, observation, options=None):
+            return self.policy.get_action(observation, options)
+
+    wrapper = Wrapper(inner)
+    assert wrapper.reset({"episode_index": 1}) == {"resets": 1}
+    assert wrapper.get_modality_config() is inner.get_modality_config()
+    with pytest.raises(ObservationError):
+        wrapper.get_action({"video": {}, "state": {}, "language": {}})
+
+
+def test_config_without_video_does_not_require_a_video_key():
+    configs = {"state": ModalityConfig(delta_indices=[0], modality_keys=["q"])}
+    policy = EchoPolicy(configs={**configs, "action": ModalityConfig(delta_indices=[0, 1], modality_keys=["q"])}, strict=True)
+    action, _ = policy.get_action({"state": {"q": np.zeros((3, 1, 7), np.float32)}})
+    assert action["q"].shape == (3, 2, 1)

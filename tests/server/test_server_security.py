@@ -1,0 +1,122 @@
+"""PolicyServer security: the API token gates every endpoint, and kill needs loopback, the token or an opt-in."""
+
+import socket
+import subprocess
+from unittest import mock
+
+import pytest
+from reference_peer import EchoPolicy, ReferenceClient, libero_like_observation, raw_round_trip, ref_packb, ref_unpackb, running_server
+
+from gr00t_client import PolicyClient, PolicyServerError
+from gr00t_server import server as server_module
+
+TOKEN = "s3cret-token"
+
+
+def local_non_loopback_address():
+    """An IPv4 address of this machine that is not loopback, or None (we only ever connect to our own)."""
+    try:
+        output = subprocess.run(["hostname", "-I"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for address in output.split():
+        if "." in address and not address.startswith("127."):
+            try:
+                with socket.socket() as probe:
+                    probe.bind((address, 0))
+                return address
+            except OSError:
+                continue
+    return None
+
+
+NON_LOOPBACK = local_non_loopback_address()
+needs_non_loopback = pytest.mark.skipif(NON_LOOPBACK is None, reason="no non-loopback local address")
+
+
+@pytest.fixture
+def guarded():
+    with running_server(EchoPolicy(), api_token=TOKEN) as server:
+        yield server
+
+
+@pytest.mark.parametrize("endpoint", ["ping", "get_action", "reset", "get_modality_config", "get_server_info", "kill"])
+@pytest.mark.parametrize("token", [None, "wrong", 12345])
+def test_missing_or_wrong_token_is_unauthorized_and_nothing_runs(guarded, endpoint, token):
+    request = {"endpoint": endpoint, "data": {"observation": libero_like_observation(height=8, width=8)}}
+    if token is not None:
+        request["api_token"] = token
+    reply = ref_unpackb(raw_round_trip(guarded.port, ref_packb(request))[0])
+    assert reply["error"] == "Unauthorized: Invalid API token"
+    assert guarded.policy.calls == 0 and guarded.policy.resets == 0
+    with ReferenceClient(guarded.port, api_token=TOKEN) as client:
+        assert client.call_endpoint("ping", requires_input=False)["status"] == "ok"  # still serving
+
+
+def test_valid_token_is_served_for_our_client_and_the_reference_client(guarded):
+    with PolicyClient(port=guarded.port, api_token=TOKEN, timeout_ms=5000) as client:
+        assert client.get_action(libero_like_observation(height=8, width=8))[0]["x"].shape == (1, 16, 1)
+    with ReferenceClient(guarded.port, api_token=TOKEN) as client:
+        assert client.get_action(libero_like_observation(height=8, width=8))[0]["x"].shape == (1, 16, 1)
+
+
+def test_our_client_without_the_token_gets_unauthorized(guarded):
+    with PolicyClient(port=guarded.port, timeout_ms=5000) as client, pytest.raises(PolicyServerError, match="Unauthorized"):
+        client.get_action({})
+
+
+def test_token_is_compared_in_constant_time(guarded):
+    with mock.patch.object(server_module.hmac, "compare_digest", wraps=server_module.hmac.compare_digest) as compare:
+        with ReferenceClient(guarded.port, api_token=TOKEN) as client:
+            client.call_endpoint("ping", requires_input=False)
+    compare.assert_called_once_with(TOKEN.encode(), TOKEN.encode())
+
+
+# --- kill -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("peer,allowed", [("127.0.0.1", True), ("127.5.5.5", True), ("::1", True), ("::ffff:127.0.0.1", True), (None, True), ("192.0.2.7", False), ("10.0.0.1", False), ("::ffff:10.0.0.1", False)])
+def test_loopback_decision(peer, allowed):
+    assert server_module._is_loopback(peer) is allowed
+
+
+def test_kill_from_loopback_stops_the_server():
+    with running_server(EchoPolicy()) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        client.kill_server()
+        assert server._run_done.wait(5)
+
+
+@needs_non_loopback
+def test_kill_from_a_remote_peer_without_a_token_is_refused_and_serving_continues():
+    with running_server(EchoPolicy(), host=NON_LOOPBACK) as server:
+        with PolicyClient(host=NON_LOOPBACK, port=server.port, timeout_ms=5000) as client:
+            with pytest.raises(PolicyServerError, match="kill refused"):
+                client.kill_server()
+            assert client.ping() is True
+        assert not server._run_done.is_set()
+
+
+@needs_non_loopback
+def test_kill_from_a_remote_peer_with_the_token_is_honoured():
+    with running_server(EchoPolicy(), host=NON_LOOPBACK, api_token=TOKEN) as server:
+        with PolicyClient(host=NON_LOOPBACK, port=server.port, api_token=TOKEN, timeout_ms=5000) as client:
+            client.kill_server()
+        assert server._run_done.wait(5)
+
+
+@needs_non_loopback
+def test_kill_from_a_remote_peer_is_honoured_with_allow_remote_kill():
+    with running_server(EchoPolicy(), host=NON_LOOPBACK, allow_remote_kill=True) as server:
+        with PolicyClient(host=NON_LOOPBACK, port=server.port, timeout_ms=5000) as client:
+            client.kill_server()
+        assert server._run_done.wait(5)
+
+
+def test_kill_decision_refuses_a_remote_peer_without_token_or_opt_in():
+    policy_server = server_module.PolicyServer(EchoPolicy())
+    policy_server._current = mock.Mock(peer="198.51.100.4")
+    with pytest.raises(server_module.RequestError, match="kill refused"):
+        policy_server._kill()
+    policy_server.allow_remote_kill = True
+    policy_server._kill()
+    assert policy_server._running is False
