@@ -1,0 +1,275 @@
+"""Throughput of one PolicyServer under K concurrent clients, with batching across clients off and on.
+
+Each client is a thread with its own PolicyClient that sends get_action back to back. The server runs in its own
+process. Two policies:
+  sleep  a batching policy whose call costs a fixed --base-ms plus --per-row-ms per row (time.sleep), standing in
+         for a GPU forward pass whose cost barely grows with the batch;
+  gr00t  the tiny random-weight Gr00tPolicy on CPU (gr00t_server.test_checkpoint), when it can be imported.
+Prints requests/s and p50/p99 latency per K, and the batching speed-up. Target: at K=8 the sleep policy serves
+>= 4x the requests/s with batching on than off. (Context: a one-request-at-a-time server stays flat from 1 to 8
+clients, vllm-omni #6567; vla-eval's batched server reported 47x on LIBERO.)
+
+    python benchmarks/throughput.py                      # both policies, 3 s per point
+    python benchmarks/throughput.py --policy sleep --duration 5 --clients 1,2,4,8,16
+    python benchmarks/throughput.py --requests 50         # a fixed number of requests per client instead
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from gr00t_client import BasePolicy, PolicyClient
+
+
+class SleepPolicy(BasePolicy):
+    """Costs base_ms + per_row_ms * rows per call (sleep); returns one action row per observation row."""
+
+    supports_batching = True
+
+    def __init__(self, base_ms: float, per_row_ms: float) -> None:
+        super().__init__(strict=False)
+        self.base_ms = base_ms
+        self.per_row_ms = per_row_ms
+
+    def _get_action(self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+        state = observation["state"]["joints"]
+        rows = state.shape[0]
+        time.sleep((self.base_ms + self.per_row_ms * rows) / 1000.0)
+        return {"joints": np.repeat(state, 16, axis=1)}, {}
+
+    def reset(self, options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        return {}
+
+
+def sleep_observation(seed: int) -> Dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    return {
+        "video": {"front": rng.integers(0, 256, size=(1, 1, 224, 224, 3), dtype=np.uint8)},
+        "state": {"joints": rng.standard_normal((1, 1, 7)).astype(np.float32)},
+        "language": {"task": [["pick up the cube"]]},
+    }
+
+
+def gr00t_available() -> Optional[str]:
+    """None when the tiny Gr00tPolicy can be built here, else why not."""
+    try:
+        from gr00t_server.policies.gr00t_policy import Gr00tPolicy  # noqa: F401
+        from gr00t_server.test_checkpoint import example_observation, make_test_checkpoint  # noqa: F401
+    except Exception as exc:  # being written by others, or torch missing
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def build_policy(spec: Dict[str, Any]) -> BasePolicy:
+    if spec["kind"] == "sleep":
+        return SleepPolicy(spec["base_ms"], spec["per_row_ms"])
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+
+    return Gr00tPolicy(spec["checkpoint"], spec["embodiment_tag"], device="cpu")
+
+
+def serve(spec: Dict[str, Any], max_batch_size: int, batch_timeout_ms: float, ready: Any) -> None:
+    """Server process: build the policy, bind a free port, report it, serve until killed."""
+    import contextlib
+    import io
+
+    from gr00t_server.server import PolicyServer
+
+    server = PolicyServer(build_policy(spec), port=0, max_batch_size=max_batch_size, batch_timeout_ms=batch_timeout_ms)
+    server.start()
+    ready.put(server.port)
+    with contextlib.redirect_stdout(io.StringIO()):
+        server.run()
+
+
+@dataclass
+class Point:
+    """One measurement: K clients against one server configuration."""
+
+    policy: str
+    clients: int
+    batching: bool
+    requests: int
+    seconds: float
+    latencies_ms: np.ndarray
+    mean_batch: float
+    errors: int
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.requests / self.seconds if self.seconds > 0 else 0.0
+
+
+def drive(
+    port: int, clients: int, observations: List[Dict[str, Any]], duration_s: float, requests: Optional[int], on_warm: Callable[[], Any]
+) -> Tuple[int, float, np.ndarray, int, Any]:
+    """K threads send get_action back to back; returns (completed, seconds, latencies ms, errors, on_warm())."""
+    warm = threading.Barrier(clients + 1)
+    barrier = threading.Barrier(clients + 1)
+    latencies: List[List[float]] = [[] for _ in range(clients)]
+    errors = [0] * clients
+    stop = threading.Event()
+
+    def one_client(index: int) -> None:
+        observation = observations[index % len(observations)]
+        with PolicyClient(port=port, timeout_ms=120000) as client:
+            client.get_action(observation)  # negotiate the wire and warm up
+            warm.wait()
+            barrier.wait()
+            while not stop.is_set() and (requests is None or len(latencies[index]) < requests):
+                started = time.perf_counter()
+                try:
+                    client.get_action(observation)
+                except Exception:
+                    errors[index] += 1
+                    continue
+                latencies[index].append((time.perf_counter() - started) * 1000.0)
+
+    threads = [threading.Thread(target=one_client, args=(i,), daemon=True) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    warm.wait()
+    warmed = on_warm()  # e.g. server counters, taken once the warm-up requests are done
+    barrier.wait()
+    started = time.perf_counter()
+    if requests is None:
+        time.sleep(duration_s)
+        stop.set()
+    for thread in threads:
+        thread.join()
+    # Requests still in flight when the clock stops are counted, so divide by the time the last one finished.
+    seconds = time.perf_counter() - started
+    flat = np.array([value for values in latencies for value in values], dtype=np.float64)
+    return len(flat), seconds, flat, sum(errors), warmed
+
+
+def measure(
+    name: str, spec: Dict[str, Any], observations: List[Dict[str, Any]], args: argparse.Namespace, clients_list: List[int], batching: bool
+) -> List[Point]:
+    ready: Any = mp.get_context("spawn").Queue()
+    max_batch = args.max_batch_size if batching else 1
+    process = mp.get_context("spawn").Process(target=serve, args=(spec, max_batch, args.batch_timeout_ms, ready), daemon=True)
+    process.start()
+    points: List[Point] = []
+    port: Optional[int] = None
+    try:
+        port = ready.get(timeout=600)
+        with PolicyClient(port=port, timeout_ms=600000) as probe:
+            probe.get_action(observations[0])  # first call pays one-off costs (lazy init, allocator warm-up)
+        for clients in clients_list:
+            completed, seconds, latencies, errors, before = drive(
+                port, clients, observations, args.duration, args.requests, on_warm=lambda: server_stats(port)
+            )
+            after = server_stats(port)
+            calls = after["policy_calls"] - before["policy_calls"]
+            rows = _rows(after) - _rows(before)
+            point = Point(name, clients, batching, completed, seconds, latencies, rows / calls if calls else 0.0, errors)
+            points.append(point)
+            print(_row(point), flush=True)
+    finally:
+        if port is not None:
+            try:
+                with PolicyClient(port=port, timeout_ms=5000) as probe:
+                    probe.kill_server()
+            except Exception:  # already gone: terminate below
+                pass
+        process.join(timeout=10)
+        if process.is_alive():
+            process.terminate()
+    return points
+
+
+def server_stats(port: int) -> Dict[str, Any]:
+    with PolicyClient(port=port) as probe:
+        return probe.get_server_info()["stats"]
+
+
+def _rows(stats: Dict[str, Any]) -> int:
+    return sum(int(size) * count for size, count in stats["batch_sizes"].items())
+
+
+HEADER = f"{'policy':<16} {'K':>3} {'batching':>8} {'req/s':>9} {'p50 ms':>9} {'p99 ms':>9} {'mean batch':>10} {'n':>6} {'errors':>6}"
+
+
+def _row(point: Point) -> str:
+    p50, p99 = (np.percentile(point.latencies_ms, [50, 99]) if len(point.latencies_ms) else (float("nan"), float("nan")))
+    return (
+        f"{point.policy:<16} {point.clients:>3} {'on' if point.batching else 'off':>8} {point.requests_per_s:>9.1f} "
+        f"{p50:>9.1f} {p99:>9.1f} {point.mean_batch:>10.2f} {point.requests:>6} {point.errors:>6}"
+    )
+
+
+def speedups(points: List[Point]) -> Dict[Tuple[str, int], float]:
+    off = {(p.policy, p.clients): p.requests_per_s for p in points if not p.batching}
+    return {
+        (p.policy, p.clients): p.requests_per_s / off[(p.policy, p.clients)]
+        for p in points
+        if p.batching and off.get((p.policy, p.clients))
+    }
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--policy", choices=["sleep", "gr00t", "all"], default="all")
+    parser.add_argument("--clients", default="1,2,4,8,16", help="comma-separated K values (sleep policy)")
+    parser.add_argument("--gr00t-clients", default="1,4,8", help="comma-separated K values (tiny Gr00tPolicy on CPU)")
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per point (ignored with --requests)")
+    parser.add_argument("--requests", type=int, default=None, help="requests per client per point instead of a duration")
+    parser.add_argument("--max-batch-size", type=int, default=16, help="rows per policy call with batching on")
+    parser.add_argument("--batch-timeout-ms", type=float, default=5.0, help="longest wait for a batch to fill")
+    parser.add_argument("--base-ms", type=float, default=20.0, help="sleep policy: fixed cost per call")
+    parser.add_argument("--per-row-ms", type=float, default=1.0, help="sleep policy: cost per row")
+    parser.add_argument("--target-k", type=int, default=8)
+    parser.add_argument("--target-speedup", type=float, default=4.0)
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    points: List[Point] = []
+    print(HEADER, flush=True)
+    if args.policy in ("sleep", "all"):
+        spec = {"kind": "sleep", "base_ms": args.base_ms, "per_row_ms": args.per_row_ms}
+        name = f"sleep {args.base_ms:g}+{args.per_row_ms:g}/row"
+        observations = [sleep_observation(seed) for seed in range(16)]
+        clients = [int(k) for k in args.clients.split(",")]
+        for batching in (False, True):
+            points += measure(name, spec, observations, args, clients, batching)
+    if args.policy in ("gr00t", "all"):
+        missing = gr00t_available()
+        if missing is not None:
+            print(f"note: skipping the tiny Gr00tPolicy ({missing})", flush=True)
+        else:
+            from gr00t_server.test_checkpoint import example_observation, make_test_checkpoint
+
+            tag = "new_embodiment"
+            with tempfile.TemporaryDirectory() as folder:
+                checkpoint = make_test_checkpoint(folder, size="tiny")
+                spec = {"kind": "gr00t", "checkpoint": str(checkpoint), "embodiment_tag": tag}
+                observations = [example_observation(checkpoint, tag, batch_size=1, seed=seed) for seed in range(8)]
+                clients = [int(k) for k in args.gr00t_clients.split(",")]
+                for batching in (False, True):
+                    points += measure("gr00t tiny cpu", spec, observations, args, clients, batching)
+
+    print("\nbatching speed-up (req/s on / off):")
+    ups = speedups(points)
+    for (policy, clients), up in sorted(ups.items()):
+        print(f"  {policy:<16} K={clients:<3} {up:5.2f}x")
+    target = next((up for (policy, clients), up in ups.items() if policy.startswith("sleep") and clients == args.target_k), None)
+    if target is not None:
+        verdict = "PASS" if target >= args.target_speedup else "FAIL"
+        print(f"target: sleep policy at K={args.target_k} >= {args.target_speedup:g}x -> {target:.2f}x {verdict}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

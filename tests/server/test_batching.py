@@ -1,0 +1,278 @@
+"""Batching across clients: concurrent get_action requests share one policy call and each client gets its rows back.
+
+Concurrency is made deterministic with a barrier (all clients send together) and a batch_timeout_ms far longer
+than the clients need to arrive, so a full batch forms; assertions are on correctness, never on timing.
+"""
+
+import contextlib
+import threading
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import pytest
+
+from gr00t_client import BasePolicy, PolicyClient, PolicyServerError
+from gr00t_server.server import PolicyServer
+
+LONG_BATCH_WAIT_MS = 10000.0  # far longer than K clients need to arrive; a full batch ends the wait early
+
+
+class RowEchoPolicy(BasePolicy):
+    """Records each call's rows and options; action row i is 10 * state[i, 0, 0] (so rows identify clients)."""
+
+    supports_batching = True
+
+    def __init__(self, fail_on_negative: bool = False) -> None:
+        super().__init__(strict=False)
+        self.fail_on_negative = fail_on_negative
+        self.calls: List[Dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def _get_action(self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None):
+        state = observation["state"]["joints"]
+        language = observation.get("language", {}).get("task", [])
+        with self._lock:
+            self.calls.append({"rows": state.shape[0], "dim": state.shape[-1], "options": options, "language": list(language)})
+        if self.fail_on_negative and (state < 0).any():
+            raise ValueError(f"state 'joints' has negative values in rows {np.nonzero(state[:, 0, 0] < 0)[0].tolist()}")
+        ids = state[:, 0, 0]
+        offset = float(options["seed"]) * 1000.0 if options and "seed" in options else 0.0
+        action = {"arm": (ids[:, None, None] * 10.0 + offset + np.zeros((1, 4, 2))).astype(np.float32)}
+        info = {
+            "row_ids": ids.copy(),
+            "row_names": [f"row-{int(i)}" for i in ids],
+            "nested": {"per_row": np.stack([ids, -ids], axis=1)},
+            "model": "row-echo",
+        }
+        return action, info
+
+    def reset(self, options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        return {}
+
+    @property
+    def row_counts(self) -> List[int]:
+        return [call["rows"] for call in self.calls]
+
+
+class NonBatchingPolicy(RowEchoPolicy):
+    """The same policy without the supports_batching declaration."""
+
+    supports_batching = False
+
+
+@contextlib.contextmanager
+def serving(policy: BasePolicy, **kwargs: Any):
+    server = PolicyServer(policy, port=0, **kwargs).start()
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        thread.join(timeout=10)
+
+
+def observation(client_id: float, rows: int = 1, dim: int = 3, dtype: Any = np.float32) -> Dict[str, Any]:
+    """An observation whose rows carry client_id + row / 100 in state[:, 0, 0], so every row is identifiable."""
+    state = np.zeros((rows, 1, dim), dtype=dtype)
+    state[:, 0, 0] = [client_id + row / 100.0 for row in range(rows)]
+    return {"state": {"joints": state}, "language": {"task": [[f"client {client_id} row {row}"] for row in range(rows)]}}
+
+
+def call_together(port: int, observations: Sequence[Dict[str, Any]], options: Sequence[Optional[Dict[str, Any]]] = ()) -> List[Any]:
+    """Each observation from its own thread and PolicyClient, all sent at once; returns (action, info) or the error."""
+    count = len(observations)
+    options = list(options) or [None] * count
+    barrier = threading.Barrier(count)
+    results: List[Any] = [None] * count
+
+    def one_client(index: int) -> None:
+        with PolicyClient(port=port, timeout_ms=15000) as client:
+            client.get_server_info()  # negotiate the wire before the barrier so the get_action calls coincide
+            barrier.wait()
+            try:
+                results[index] = client.get_action(observations[index], options[index])
+            except Exception as exc:  # the test inspects it
+                results[index] = exc
+
+    threads = [threading.Thread(target=one_client, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    return results
+
+
+def server_info(port: int) -> Dict[str, Any]:
+    with PolicyClient(port=port) as client:
+        return client.get_server_info()
+
+
+def expected_arm(client_id: float, rows: int = 1, offset: float = 0.0) -> np.ndarray:
+    ids = np.array([client_id + row / 100.0 for row in range(rows)], dtype=np.float32)
+    return (ids[:, None, None] * 10.0 + offset + np.zeros((1, 4, 2))).astype(np.float32)
+
+
+def test_concurrent_clients_each_get_their_own_rows_from_one_batch():
+    policy = RowEchoPolicy()
+    with serving(policy, max_batch_size=8, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
+        results = call_together(server.port, [observation(i) for i in range(8)])
+    for client_id, (action, _info) in enumerate(results):
+        np.testing.assert_allclose(action["arm"], expected_arm(client_id), rtol=1e-6)
+    assert policy.row_counts == [8]
+
+
+def test_clients_sending_several_rows_get_exactly_their_rows_back():
+    policy = RowEchoPolicy()
+    rows = [1, 2, 3, 1, 2, 1]
+    with serving(policy, max_batch_size=sum(rows), batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
+        results = call_together(server.port, [observation(i, rows=n) for i, n in enumerate(rows)])
+    for client_id, (action, info) in enumerate(results):
+        assert action["arm"].shape == (rows[client_id], 4, 2)
+        np.testing.assert_allclose(action["arm"], expected_arm(client_id, rows[client_id]), rtol=1e-6)
+        assert len(info["row_names"]) == rows[client_id]
+    assert policy.row_counts == [sum(rows)]
+
+
+def test_language_lists_are_joined_in_row_order():
+    policy = RowEchoPolicy()
+    with serving(policy, max_batch_size=4, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
+        call_together(server.port, [observation(i) for i in range(4)])
+    (call,) = policy.calls
+    ids = [text[0].split()[1] for text in call["language"]]
+    assert sorted(ids) == ["0", "1", "2", "3"]  # one entry per client, rows aligned with the states below
+
+
+def test_info_is_split_per_client_and_shared_values_are_copied():
+    policy = RowEchoPolicy()
+    with serving(policy, max_batch_size=6, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:  # max_batch_size counts rows
+        results = call_together(server.port, [observation(i, rows=1 + i % 2) for i in range(4)])
+    assert policy.row_counts == [6]
+    for client_id, (_action, info) in enumerate(results):
+        rows = 1 + client_id % 2
+        expected_ids = [client_id + row / 100.0 for row in range(rows)]
+        np.testing.assert_allclose(info["row_ids"], expected_ids, rtol=1e-6)
+        assert info["row_names"] == [f"row-{client_id}"] * rows
+        np.testing.assert_allclose(info["nested"]["per_row"], np.stack([expected_ids, np.negative(expected_ids)], axis=1), rtol=1e-6)
+        assert info["model"] == "row-echo"
+
+
+def test_a_failing_observation_fails_only_its_sender():
+    policy = RowEchoPolicy(fail_on_negative=True)
+    observations = [observation(i) for i in range(6)]
+    observations[3] = observation(-3)
+    with serving(policy, max_batch_size=6, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
+        results = call_together(server.port, observations)
+        info = server_info(server.port)
+    assert isinstance(results[3], PolicyServerError)
+    assert "negative values" in results[3].server_message
+    for client_id in (0, 1, 2, 4, 5):
+        action, _info = results[client_id]
+        np.testing.assert_allclose(action["arm"], expected_arm(client_id), rtol=1e-6)
+    assert policy.row_counts[0] == 6  # the batch was tried first, then each request alone
+    assert info["stats"]["errors"] == 1
+
+
+def test_an_observation_with_disagreeing_row_counts_is_served_alone():
+    policy = RowEchoPolicy()
+    observations = [observation(i) for i in range(4)]
+    observations[2]["language"]["task"] = [["two rows of language"], ["for one row of state"]]
+    with serving(policy, max_batch_size=4, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
+        results = call_together(server.port, observations)
+    for client_id, (action, _info) in enumerate(results):
+        np.testing.assert_allclose(action["arm"], expected_arm(client_id), rtol=1e-6)
+    assert sorted(policy.row_counts) == [1, 3]
+
+
+@pytest.mark.parametrize(
+    "odd_one_out",
+    [
+        pytest.param(lambda i: observation(i, dim=5), id="other-state-dim"),
+        pytest.param(lambda i: observation(i, dtype=np.float64), id="other-dtype"),
+        pytest.param(lambda i: {**observation(i), "extra": {"other_key": np.zeros((1, 2), np.float32)}}, id="other-keys"),
+    ],
+)
+def test_incompatible_observations_go_to_separate_batches(odd_one_out):
+    policy = RowEchoPolicy()
+    observations = [observation(i) if i % 2 == 0 else odd_one_out(i) for i in range(8)]
+    with serving(policy, max_batch_size=8, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
+        results = call_together(server.port, observations)
+    for client_id, (action, _info) in enumerate(results):
+        np.testing.assert_allclose(action["arm"], expected_arm(client_id), rtol=1e-6)
+    assert sorted(policy.row_counts) == [4, 4]
+
+
+def test_key_names_do_not_change_whether_observations_batch():
+    policy = RowEchoPolicy()
+    observations = [{**observation(i), "other": {"scalar-array": np.full((1, 2), i, np.float32)}} for i in range(4)]
+    with serving(policy, max_batch_size=4, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
+        call_together(server.port, observations)
+    assert policy.row_counts == [4]
+
+
+def test_requests_with_a_seed_are_not_batched():
+    policy = RowEchoPolicy()
+    observations = [observation(i) for i in range(8)]
+    options = [{"seed": i} if i % 2 else None for i in range(8)]
+    with serving(policy, max_batch_size=4, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
+        results = call_together(server.port, observations, options)
+    for client_id, (action, _info) in enumerate(results):
+        offset = 1000.0 * client_id if client_id % 2 else 0.0
+        np.testing.assert_allclose(action["arm"], expected_arm(client_id, offset=offset), rtol=1e-6)
+    seeded = [call for call in policy.calls if call["options"] and "seed" in call["options"]]
+    assert sorted(call["options"]["seed"] for call in seeded) == [1, 3, 5, 7]
+    assert all(call["rows"] == 1 for call in seeded)
+    assert [call["rows"] for call in policy.calls if call not in seeded] == [4]
+
+
+def test_batching_is_off_by_default():
+    policy = RowEchoPolicy()
+    with serving(policy) as server:
+        results = call_together(server.port, [observation(i) for i in range(4)])
+        info = server_info(server.port)
+    for client_id, (action, _info) in enumerate(results):
+        np.testing.assert_allclose(action["arm"], expected_arm(client_id), rtol=1e-6)
+    assert policy.row_counts == [1, 1, 1, 1]
+    assert info["max_batch_size"] == 1 and "batching" not in info["capabilities"]
+
+
+def test_a_policy_that_does_not_declare_batching_is_never_batched():
+    policy = NonBatchingPolicy()
+    with serving(policy, max_batch_size=8, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
+        call_together(server.port, [observation(i) for i in range(4)])
+    assert policy.row_counts == [1, 1, 1, 1]
+
+
+def test_server_info_reports_the_batch_sizes_it_ran():
+    policy = RowEchoPolicy()
+    with serving(policy, max_batch_size=4, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
+        call_together(server.port, [observation(i) for i in range(4)])
+        with PolicyClient(port=server.port) as client:
+            client.get_action(observation(9), {"seed": 0})  # not batchable: served at once, as a batch of one
+            info = client.get_server_info()
+    assert "batching" in info["capabilities"] and info["max_batch_size"] == 4
+    assert info["stats"]["batch_sizes"] == {"1": 1, "4": 1}
+    assert info["stats"]["policy_calls"] == 2
+
+
+def test_no_batch_exceeds_max_batch_size_rows():
+    policy = RowEchoPolicy()
+    with serving(policy, max_batch_size=4, batch_timeout_ms=200.0) as server:
+        results = call_together(server.port, [observation(i, rows=2) for i in range(6)])
+    for client_id, (action, _info) in enumerate(results):
+        np.testing.assert_allclose(action["arm"], expected_arm(client_id, rows=2), rtol=1e-6)
+    assert sum(policy.row_counts) == 12
+    assert max(policy.row_counts) <= 4
+
+
+def test_a_session_keeping_policy_is_never_batched_and_sees_each_clients_session():
+    class SessionPolicy(RowEchoPolicy):
+        stateful_sessions = True
+
+    policy = SessionPolicy()
+    with serving(policy, max_batch_size=4, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
+        results = call_together(server.port, [observation(i) for i in range(4)])
+    for client_id, (action, _info) in enumerate(results):
+        np.testing.assert_allclose(action["arm"], expected_arm(client_id), rtol=1e-6)
+    assert policy.row_counts == [1, 1, 1, 1]
+    assert len({call["options"]["_session_id"] for call in policy.calls}) == 4

@@ -1,0 +1,175 @@
+"""server_timing in get_action replies (on request) and the counters that get_server_info reports."""
+
+import contextlib
+import threading
+import time
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import pytest
+import zmq
+
+from gr00t_client import BasePolicy, PolicyClient, PolicyServerError, codec
+from gr00t_server.server import PolicyServer
+
+TIMING_KEYS = {"queue_wait_ms", "decode_ms", "policy_ms", "encode_ms", "batch_size"}
+POLICY_SLEEP_S = 0.02
+
+
+class SleepyPolicy(BasePolicy):
+    """Sleeps a fixed time per call, records the options it gets, and fails on a state of NaN."""
+
+    supports_batching = True
+
+    def __init__(self) -> None:
+        super().__init__(strict=False)
+        self.options_seen: List[Optional[Dict[str, Any]]] = []
+
+    def _get_action(self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None):
+        self.options_seen.append(options)
+        state = observation["state"]["joints"]
+        if np.isnan(state).any():
+            raise ValueError("state 'joints' contains NaN")
+        time.sleep(POLICY_SLEEP_S)
+        return {"arm": np.repeat(state[:, :1, :], 16, axis=1).astype(np.float32)}, {"model": "sleepy"}
+
+    def reset(self, options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        return {}
+
+
+@contextlib.contextmanager
+def serving(policy: BasePolicy, **kwargs: Any):
+    server = PolicyServer(policy, port=0, **kwargs).start()
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        thread.join(timeout=10)
+
+
+def observation(value: float = 1.0) -> Dict[str, Any]:
+    return {"state": {"joints": np.full((1, 1, 3), value, np.float32)}}
+
+
+def assert_timing(timing: Dict[str, Any], batch_size: int = 1) -> None:
+    assert set(timing) == TIMING_KEYS
+    assert timing["batch_size"] == batch_size
+    for key in TIMING_KEYS - {"batch_size"}:
+        assert isinstance(timing[key], float) and timing[key] >= 0.0, key
+    assert timing["policy_ms"] >= POLICY_SLEEP_S * 1000.0  # a lower bound the sleep guarantees
+
+
+@pytest.mark.parametrize("wire", ["multipart", "reference"])
+def test_server_timing_is_in_info_when_the_option_asks_for_it(wire):
+    with serving(SleepyPolicy()) as server, PolicyClient(port=server.port, wire=wire) as client:
+        action, info = client.get_action(observation(), {"return_server_timing": True})
+    assert_timing(info["server_timing"])
+    assert info["model"] == "sleepy"
+    assert action["arm"].shape == (1, 16, 3)
+
+
+def test_server_timing_is_absent_unless_asked():
+    with serving(SleepyPolicy()) as server, PolicyClient(port=server.port) as client:
+        _action, info = client.get_action(observation())
+    assert info == {"model": "sleepy"}
+
+
+def test_client_option_adds_server_timing_to_every_reply():
+    with serving(SleepyPolicy()) as server, PolicyClient(port=server.port, return_server_timing=True) as client:
+        infos = [client.get_action(observation())[1] for _ in range(3)]
+    for info in infos:
+        assert_timing(info["server_timing"])
+
+
+def test_a_per_call_option_overrides_the_client_default():
+    with serving(SleepyPolicy()) as server, PolicyClient(port=server.port, return_server_timing=True) as client:
+        _action, info = client.get_action(observation(), {"return_server_timing": False})
+    assert "server_timing" not in info
+
+
+def test_the_timing_option_never_reaches_the_policy():
+    policy = SleepyPolicy()
+    with serving(policy) as server, PolicyClient(port=server.port, return_server_timing=True) as client:
+        client.get_action(observation())
+        client.get_action(observation(), {"seed": 3, "return_server_timing": True})
+    assert policy.options_seen == [None, {"seed": 3}]
+
+
+def test_batched_replies_report_their_batch_size():
+    with serving(SleepyPolicy(), max_batch_size=3, batch_timeout_ms=10000.0) as server:
+        barrier = threading.Barrier(3)
+        infos: List[Dict[str, Any]] = [{} for _ in range(3)]
+
+        def one_client(index: int) -> None:
+            with PolicyClient(port=server.port, return_server_timing=True) as client:
+                client.get_server_info()
+                barrier.wait()
+                infos[index] = client.get_action(observation(index))[1]
+
+        threads = [threading.Thread(target=one_client, args=(i,)) for i in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+    for info in infos:
+        assert_timing(info["server_timing"], batch_size=3)
+    assert len({info["server_timing"]["policy_ms"] for info in infos}) == 1  # one policy call shared by all
+
+
+def test_the_client_option_is_not_sent_to_a_reference_server():
+    context = zmq.Context()
+    rep = context.socket(zmq.REP)
+    port = rep.bind_to_random_port("tcp://127.0.0.1")
+    requests: List[Dict[str, Any]] = []
+
+    def reference_server() -> None:
+        for _ in range(2):
+            request = codec.decode(rep.recv())
+            requests.append(request)
+            if request["endpoint"] == "get_action":
+                rep.send(codec.encode([{"arm": np.zeros((1, 16, 3), np.float32)}, {}]))
+            else:
+                rep.send(codec.encode({"error": f"Unknown endpoint: {request['endpoint']}"}))
+
+    thread = threading.Thread(target=reference_server, daemon=True)
+    thread.start()
+    try:
+        with PolicyClient(port=port, timeout_ms=10000, return_server_timing=True) as client:
+            _action, info = client.get_action(observation())
+        thread.join(timeout=10)
+    finally:
+        rep.close(linger=0)
+        context.term()
+    assert info == {}
+    assert requests[-1]["endpoint"] == "get_action" and requests[-1]["data"]["options"] is None
+
+
+def test_server_info_counts_requests_errors_and_batch_sizes():
+    with serving(SleepyPolicy()) as server, PolicyClient(port=server.port) as client:
+        before = client.get_server_info()["stats"]
+        client.get_action(observation())
+        client.get_action(observation())
+        with pytest.raises(PolicyServerError, match="NaN"):
+            client.get_action(observation(float("nan")))
+        after = client.get_server_info()["stats"]
+    assert after["requests"] - before["requests"] == 4  # three get_action and this get_server_info
+    assert after["errors"] - before["errors"] == 1
+    assert after["batch_sizes"] == {"1": 2}
+    assert after["policy_calls"] == 2
+
+
+@pytest.mark.parametrize("wire", ["multipart", "reference"])
+def test_timed_replies_keep_large_arrays_in_both_action_and_info(wire):
+    class LargeOutputs(SleepyPolicy):
+        def _get_action(self, observation, options=None):
+            action = {"arm": np.arange(16 * 4096, dtype=np.float32).reshape(1, 16, 4096)}
+            return action, {"attention": np.full((1, 64, 256), 7.0, np.float32), "small": np.arange(3)}
+
+    with serving(LargeOutputs()) as server, PolicyClient(port=server.port, wire=wire, return_server_timing=True) as client:
+        action, info = client.get_action(observation())
+    np.testing.assert_array_equal(action["arm"], np.arange(16 * 4096, dtype=np.float32).reshape(1, 16, 4096))
+    np.testing.assert_array_equal(info["attention"], np.full((1, 64, 256), 7.0, np.float32))
+    np.testing.assert_array_equal(info["small"], np.arange(3))
+    assert set(info["server_timing"]) == TIMING_KEYS
