@@ -276,3 +276,50 @@ def test_a_session_keeping_policy_is_never_batched_and_sees_each_clients_session
         np.testing.assert_allclose(action["arm"], expected_arm(client_id), rtol=1e-6)
     assert policy.row_counts == [1, 1, 1, 1]
     assert len({call["options"]["_session_id"] for call in policy.calls}) == 4
+
+
+FIRST_CONTACT_WAIT_MS = 3000.0  # what an unknown client's first request may wait
+HELD_WOULD_TIME_OUT_MS = 2000  # a client timeout shorter than that wait: being held would raise PolicyTimeoutError
+
+
+def test_a_lone_known_client_is_not_held_for_the_batch_timeout():
+    """After its first request, a single client's get_action is served without waiting out batch_timeout_ms."""
+    policy = RowEchoPolicy()
+    with serving(policy, max_batch_size=8, batch_timeout_ms=FIRST_CONTACT_WAIT_MS) as server:
+        with PolicyClient(port=server.port, timeout_ms=60000) as client:
+            client.get_action(observation(1.0))  # unknown client: nobody knows who else may come, so it waits
+            client.timeout_ms = HELD_WOULD_TIME_OUT_MS
+            for step in range(3):
+                action, info = client.get_action(observation(2.0 + step), {"return_server_timing": True})
+                assert action["arm"][0, 0, 0] == pytest.approx((2.0 + step) * 10.0)
+                assert info["server_timing"]["batch_size"] == 1
+
+
+def test_a_steady_group_of_clients_is_batched_without_waiting_for_the_timeout():
+    """K known clients in lock-step: each round forms one batch of K as soon as all K are waiting."""
+    clients_count, rounds = 3, 4
+    policy = RowEchoPolicy()
+    with serving(policy, max_batch_size=16, batch_timeout_ms=FIRST_CONTACT_WAIT_MS) as server:
+        barrier = threading.Barrier(clients_count)
+        errors: List[BaseException] = []
+
+        def robot(client_id: int) -> None:
+            try:
+                with PolicyClient(port=server.port, timeout_ms=60000) as client:
+                    for step in range(rounds):
+                        barrier.wait(timeout=120)
+                        value = client_id + step / 10.0
+                        action, _ = client.get_action(observation(value))
+                        assert action["arm"][0, 0, 0] == pytest.approx(value * 10.0)
+                        client.timeout_ms = HELD_WOULD_TIME_OUT_MS  # known from now on: must not be held
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=robot, args=(i + 1,)) for i in range(clients_count)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=300)
+        assert not errors, errors
+    # max_batch_size 16 never fills, so every later round ended its gather because all 3 known clients waited.
+    assert policy.row_counts[-(rounds - 1):] == [clients_count] * (rounds - 1)

@@ -8,7 +8,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 
 import zmq
 
@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 LOOPBACK_PREFIXES = ("127.", "::1", "::ffff:127.")
 SESSION_OPTION = "_session_id"
+ACTIVE_CLIENT_WINDOW_S = 1.0  # a client that sent get_action this recently is expected to send again
 TIMING_OPTION = "return_server_timing"
 
 
@@ -110,6 +111,7 @@ class PolicyServer:
         self.register_endpoint("get_modality_config", self._get_modality_config, requires_input=False)
         self.register_endpoint("get_server_info", self._get_server_info, requires_input=False)
         self._current: Optional[Request] = None
+        self._active_clients: Dict[str, float] = {}  # session -> when its last get_action was gathered
 
     # --- endpoint table -------------------------------------------------------------------------
 
@@ -305,15 +307,30 @@ class PolicyServer:
         pending = self._handle_non_batchable(requests)
         if not pending:
             return
-        # Gather more get_action requests until their rows fill a batch or the oldest has waited long enough.
+        # Gather more get_action requests until their rows fill a batch, the oldest has waited long enough, or
+        # every recently active client is already waiting (a REQ client sends nothing until it is answered).
+        # A first request from an unknown client says nothing about who else is coming, so it waits the timeout.
+        known = self._recent_clients()
         deadline = pending[0].received_at + self.batch_timeout_ms / 1000.0
-        while self._running and batching.total_rows(r.data for r in pending) < self.max_batch_size:
+        while (
+            self._running
+            and batching.total_rows(r.data for r in pending) < self.max_batch_size
+            and not (known and {r.session for r in pending} == known)
+        ):
             remaining_ms = (deadline - time.monotonic()) * 1000.0
             if remaining_ms <= 0 or not self._socket.poll(max(1, int(remaining_ms)), zmq.POLLIN):
                 break
             more = self._receive_available(limit=self.max_batch_size - len(pending))
             pending.extend(self._handle_non_batchable(more))
+        now = time.monotonic()
+        self._active_clients.update((r.session, now) for r in pending)
         self._run_batch(pending)
+
+    def _recent_clients(self) -> Set[str]:
+        """Sessions whose get_action was batched recently (and forget the ones gone quiet)."""
+        cutoff = time.monotonic() - max(ACTIVE_CLIENT_WINDOW_S, 10 * self.batch_timeout_ms / 1000.0)
+        self._active_clients = {s: t for s, t in self._active_clients.items() if t >= cutoff}
+        return set(self._active_clients)
 
     def _handle_non_batchable(self, requests: Sequence[Request]) -> List[Request]:
         batchable: List[Request] = []
