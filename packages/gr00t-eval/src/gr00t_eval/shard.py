@@ -2,7 +2,8 @@
 
 The work list is every (task, episode) pair in task order; shard i of N takes the contiguous slice
 [floor(i*M/N), floor((i+1)*M/N)) of its M items, so a shard touches few tasks (few env start-ups) and
-every episode keeps its seed `seed + episode_index` whichever shard runs it.
+every episode keeps its index, its seed `seed + episode_index` and the policy reset's `episode_index` (the
+recorded episode a ReplayPolicy plays) whichever shard runs it.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 `--env-name` takes one env name, a comma-separated list, or registered suite names (`metaworld/easy`,
 `metaworld-mt10`, ...). Each task runs in turn with its own vector env, created when the task starts and
-closed when it ends; episode i of every task uses seed `seed + i`.
+closed when it ends; episode i of every task uses seed `seed + i` and resets the policy with episode_index i
+(a ReplayPolicy serving one task's recording replays its episode i, whichever shard runs it).
 """
 
 from __future__ import annotations
@@ -161,13 +162,11 @@ def run_task(policy: BasePolicy, task: Task, config: RolloutConfig, episodes: Op
         return run
     n_envs = config.n_envs if config.n_envs > 0 else auto_n_envs(len(episodes))
     video_dir = config.video_dir
-    if video_dir:  # one folder per task (and per slice), since the wrapper names videos by local episode index
+    if video_dir:  # one folder per task, since the wrapper names videos by the task's episode index
         video_dir = os.path.join(video_dir, task.env_name.replace("/", "__"))
-        if episodes != range(config.n_episodes):
-            video_dir = os.path.join(video_dir, f"episodes_{episodes.start:04d}-{episodes.stop - 1:04d}")
-    task_config = dataclasses.replace(
+    task_config = dataclasses.replace(  # episode i of the task keeps seed + i and replay episode i in any slice
         config, env_name=task.env_name, n_episodes=len(episodes), n_envs=n_envs, video_dir=video_dir,
-        seed=None if config.seed is None else int(config.seed) + episodes.start,  # episode i keeps seed + i
+        first_episode=episodes.start,
     )
     start = time.perf_counter()
     try:
@@ -179,7 +178,6 @@ def run_task(policy: BasePolicy, task: Task, config: RolloutConfig, episodes: Op
         return run
     run.eval_s = result.eval_s
     for outcome in result.outcomes:
-        outcome.episode_index += episodes.start
         outcome.extras = {**outcome.extras, "task": task.env_name, "group": task.group}
         run.outcomes.append(outcome)
     return run

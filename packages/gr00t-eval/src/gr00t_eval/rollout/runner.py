@@ -3,8 +3,10 @@
 Accounting (fixes the reference's defects, server-eval.md §5.5 and §10): episode i is started at most once,
 with seed `seed + i`, on whichever env row is free; every started episode runs to its end and is scored;
 no episode beyond n_episodes is started, so short episodes are not over-represented. When a row starts an
-episode the policy is reset for that row only (per-row reset options, see `PolicyRowCursor`). An episode
-whose env or policy call fails is scored as failed with its reason and the run goes on.
+episode the policy is reset for that row only (per-row reset options, see `PolicyRowCursor`) with
+`episode_index` i. Indices count from `first_episode`, so a shard's episodes keep the seeds and replayed
+episodes they have in the whole run. An episode whose env or policy call fails is scored as failed with its
+reason and the run goes on.
 """
 
 from __future__ import annotations
@@ -82,15 +84,18 @@ class RolloutConfig:
     terminate_on_success: bool = True
     steps_per_frame: int = 1
     video_fps: int = 20
+    # Index of the first episode run: episodes first_episode .. first_episode + n_episodes - 1 (a shard's slice).
+    # The index sets the env seed and the policy's reset `episode_index` (the recorded episode a ReplayPolicy plays).
+    first_episode: int = 0
 
     def seed_for(self, episode_index: int) -> Optional[int]:
-        """Episode i's env seed: seed + i (None without a seed: non-deterministic)."""
+        """Episode i's env seed: seed + i, i being the run-wide index (None without a seed: non-deterministic)."""
         return None if self.seed is None else int(self.seed) + episode_index
 
 
 @dataclass
 class RolloutResult:
-    """The scored episodes (exactly n_episodes, ordered by episode index) and the wall time."""
+    """The scored episodes (exactly n_episodes, ordered by episode index from first_episode) and the wall time."""
 
     env_name: str
     embodiment_tag: EmbodimentTag
@@ -255,13 +260,16 @@ class RolloutRunner:
             raise ValueError(f"n_episodes must be >= 1, got {config.n_episodes}")
         if config.n_envs < 1:
             raise ValueError(f"n_envs must be >= 1, got {config.n_envs}")
+        if config.first_episode < 0:
+            raise ValueError(f"first_episode must be >= 0, got {config.first_episode}")
         self.policy = policy
         self.config = config
         self.progress = progress
         self.embodiment_tag = embodiment_for_env(config.env_name)
         self.outcomes: Dict[int, EpisodeOutcome] = {}
         self.row_episode: List[int] = []
-        self.next_episode = 0
+        self.next_episode = config.first_episode
+        self.end_episode = config.first_episode + config.n_episodes  # one past the last episode index to start
 
     def run(self) -> RolloutResult:
         """Create the envs, run until n_episodes are scored, close the envs."""
@@ -304,7 +312,7 @@ class RolloutRunner:
         while rows:
             plan = list(self.row_episode)
             for row in sorted(rows):
-                if self.next_episode < self.config.n_episodes:
+                if self.next_episode < self.end_episode:
                     plan[row] = self.next_episode
                     self.next_episode += 1
                 else:
@@ -375,7 +383,7 @@ class RolloutRunner:
                             continue
                 active = [r for r, e in enumerate(self.row_episode) if e != IDLE]
                 if not active:
-                    if self.next_episode >= config.n_episodes:
+                    if self.next_episode >= self.end_episode:
                         break
                     pending = set(range(n_envs))
                     continue

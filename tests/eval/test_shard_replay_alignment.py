@@ -1,0 +1,120 @@
+"""Shards replay the right recordings: episode i of a run uses seed + i and replays dataset episode i, in any shard.
+
+A ReplayPolicy (behind the sim wrapper, in a real PolicyServer) serves a dataset whose episode e always
+pushes e + 1; the probe env's reward is the pushed value, so each scored episode's reward names the
+recorded episode that was replayed for it.
+"""
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from eval.scale_fixtures import policy_server, run_cli
+from gr00t_client import EmbodimentTag, ModalityConfig, PolicyClient
+from gr00t_eval.dataset import DatasetWriter
+from gr00t_eval.rollout import RolloutConfig, register_env_prefix, run_rollout
+from gr00t_eval.shard import ShardSpec, run_suite
+
+N_RECORDED = 4
+CHUNK = 2  # action horizon, execution horizon and n_action_steps: one chunk per episode
+SEED = 100
+
+
+class ReplayProbeEnv(gym.Env):
+    """Ends after one chunk of CHUNK steps; each step's reward is the pushed action value."""
+
+    def __init__(self):
+        self.observation_space = gym.spaces.Dict({"state.position": gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)})
+        self.action_space = gym.spaces.Dict({"action.push": gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)})
+        self.t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return {"state.position": np.zeros(1, np.float32)}, {}
+
+    def step(self, action):
+        self.t += 1
+        reward = float(np.asarray(action["action.push"]).reshape(-1)[0])
+        return {"state.position": np.full(1, self.t, np.float32)}, reward, self.t >= CHUNK, False, {"success": False}
+
+
+register_env_prefix("replayprobe", EmbodimentTag.NEW_EMBODIMENT, lambda task, **kwargs: ReplayProbeEnv())
+
+
+def replayed_episode(entry):
+    """The recorded episode a scored episode replayed: its pushes summed to CHUNK * (e + 1)."""
+    return round(entry["sum_reward"] / CHUNK) - 1
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from gr00t_server.policies import Gr00tSimPolicyWrapper, ReplayPolicy
+
+    root = tmp_path_factory.mktemp("replay_alignment") / "ds"
+    with DatasetWriter(root, 10) as writer:
+        for episode in range(N_RECORDED):
+            length = 3
+            writer.add_episode(
+                frames={"image": np.zeros((length, 8, 8, 3), np.uint8)},
+                states={"position": np.zeros((length, 1), np.float32)},
+                actions={"push": np.full((length, 1), episode + 1, np.float32)},
+                task="push",
+            )
+    configs = {"state": ModalityConfig([0], ["position"]), "action": ModalityConfig(list(range(CHUNK)), ["push"])}
+    policy = Gr00tSimPolicyWrapper(ReplayPolicy(root, configs, execution_horizon=CHUNK))
+    with policy_server(policy) as running:
+        yield running
+
+
+def config(env_name="replayprobe/any", **overrides):
+    values = dict(env_name=env_name, n_episodes=N_RECORDED, n_envs=2, n_action_steps=CHUNK, max_episode_steps=10,
+                  seed=SEED, vectorization="sync")
+    values.update(overrides)
+    return RolloutConfig(**values)
+
+
+def run_shard(server, env_spec, shard, **overrides):
+    with PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client:
+        return run_suite(client, env_spec, config(**overrides), shard)
+
+
+def test_a_rollout_from_first_episode_seeds_and_replays_by_run_wide_index(server):
+    with PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client:
+        result = run_rollout(client, config(n_episodes=2, first_episode=1), progress=False)
+    assert [(o.episode_index, o.seed, round(o.sum_reward / CHUNK) - 1) for o in result.outcomes] == [(1, SEED + 1, 1), (2, SEED + 2, 2)]
+
+
+def test_a_later_shard_replays_its_own_episodes_with_their_seeds(server):
+    results = run_shard(server, "replayprobe/any", ShardSpec(1, 2))
+    episodes = results["per_episode"]
+    assert [e["episode_index"] for e in episodes] == [2, 3]
+    assert [e["seed"] for e in episodes] == [SEED + 2, SEED + 3]
+    assert [replayed_episode(e) for e in episodes] == [2, 3]
+
+
+def test_every_shard_replays_episode_i_for_episode_i(server):
+    for count in (1, 3, 4):
+        for index in range(count):
+            for entry in run_shard(server, "replayprobe/any", ShardSpec(index, count), n_envs=1)["per_episode"]:
+                assert replayed_episode(entry) == entry["episode_index"]
+                assert entry["seed"] == SEED + entry["episode_index"]
+
+
+def test_in_a_suite_each_task_replays_its_own_episode_index(server):
+    # Two tasks of 3 episodes in 3 shards: shard 1 runs task a's episode 2 and task b's episode 0.
+    results = run_shard(server, "replayprobe/a,replayprobe/b", ShardSpec(1, 3), n_episodes=3)
+    got = [(e["task"], e["episode_index"], e["seed"], replayed_episode(e)) for e in results["per_episode"]]
+    assert got == [("replayprobe/a", 2, SEED + 2, 2), ("replayprobe/b", 0, SEED, 0)]
+
+
+def test_cli_shard_replays_the_episodes_of_its_slice(server, tmp_path):
+    argv = ["rollout", "--env-name", "replayprobe/any", "--n-episodes", str(N_RECORDED), "--n-envs", "2",
+            "--n-action-steps", str(CHUNK), "--max-episode-steps", "10", "--seed", str(SEED), "--no-video",
+            "--vectorization", "sync", "--policy-client-port", str(server.port), "--shard", "1/2",
+            "--output-dir", str(tmp_path)]
+    assert run_cli(argv) == 0
+    episodes = json.loads((tmp_path / "results_shard1of2.json").read_text())["per_episode"]
+    assert [(e["episode_index"], e["seed"], replayed_episode(e)) for e in episodes] == [(2, SEED + 2, 2), (3, SEED + 3, 3)]
