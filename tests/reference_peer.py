@@ -8,10 +8,9 @@ with np.save). They deliberately share no code with gr00t_client's codec.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import threading
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Optional
 
 import msgpack
 import msgpack_numpy
@@ -19,7 +18,7 @@ import numpy as np
 import zmq
 
 from gr00t_client import BasePolicy, ModalityConfig
-from gr00t_server.server import PolicyServer
+from serving import running_server  # noqa: F401 (re-exported for the tests)
 
 # --- the reference encodings ----------------------------------------------------------------------
 
@@ -242,21 +241,6 @@ class EchoPolicy(BasePolicy):
 
     def get_modality_config(self) -> Dict[str, ModalityConfig]:
         return self.configs
-
-
-@contextlib.contextmanager
-def running_server(policy: BasePolicy, **kwargs: Any) -> Iterator[PolicyServer]:
-    """Start a PolicyServer on a random loopback port, serve it in a thread, and always stop it."""
-    server = PolicyServer(policy, **{"host": "127.0.0.1", "port": 0, **kwargs})
-    server.start()
-    thread = threading.Thread(target=server.run, name="policy-server", daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        thread.join(10)
-        assert not thread.is_alive(), "PolicyServer.run() did not return after stop()"
 
 
 def raw_round_trip(port: int, frames: Any, timeout_ms: int = 5000, host: str = "127.0.0.1") -> Optional[list]:

@@ -5,9 +5,7 @@ reward is the fraction of the way covered. With max_episode_steps=6, speed 1 suc
 seed % 7 <= 4 and speed 2 for all of them, so pc_success and rewards differ per task and per seed.
 """
 
-import contextlib
 import string
-import threading
 
 import gymnasium as gym
 import numpy as np
@@ -119,19 +117,11 @@ def run_cli(argv):
     return code
 
 
-@contextlib.contextmanager
 def policy_server(policy=None, api_token=None):
     """A PolicyServer on a free loopback port in a background thread; yields the server."""
-    from gr00t_server.server import PolicyServer
+    from serving import running_server
 
-    server = PolicyServer(policy or ConstantPolicy(), host="127.0.0.1", port=0, api_token=api_token).start()
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        thread.join(timeout=5)
+    return running_server(policy or ConstantPolicy(), api_token=api_token)
 
 
 def free_port():

@@ -4,7 +4,6 @@ Concurrency is made deterministic with a barrier (all clients send together) and
 than the clients need to arrive, so a full batch forms; assertions are on correctness, never on timing.
 """
 
-import contextlib
 import threading
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 
 from gr00t_client import BasePolicy, PolicyClient, PolicyServerError
-from gr00t_server.server import PolicyServer
+from serving import running_server
 
 LONG_BATCH_WAIT_MS = 10000.0  # far longer than K clients need to arrive; a full batch ends the wait early
 
@@ -60,16 +59,6 @@ class NonBatchingPolicy(RowEchoPolicy):
     supports_batching = False
 
 
-@contextlib.contextmanager
-def serving(policy: BasePolicy, **kwargs: Any):
-    server = PolicyServer(policy, port=0, **kwargs).start()
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        thread.join(timeout=10)
 
 
 def observation(client_id: float, rows: int = 1, dim: int = 3, dtype: Any = np.float32) -> Dict[str, Any]:
@@ -115,7 +104,7 @@ def expected_arm(client_id: float, rows: int = 1, offset: float = 0.0) -> np.nda
 
 def test_concurrent_clients_each_get_their_own_rows_from_one_batch():
     policy = RowEchoPolicy()
-    with serving(policy, max_batch_size=8, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
+    with running_server(policy, max_batch_size=8, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
         results = call_together(server.port, [observation(i) for i in range(8)])
     for client_id, (action, _info) in enumerate(results):
         np.testing.assert_allclose(action["arm"], expected_arm(client_id), rtol=1e-6)
@@ -125,7 +114,7 @@ def test_concurrent_clients_each_get_their_own_rows_from_one_batch():
 def test_clients_sending_several_rows_get_exactly_their_rows_back():
     policy = RowEchoPolicy()
     rows = [1, 2, 3, 1, 2, 1]
-    with serving(policy, max_batch_size=sum(rows), batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
+    with running_server(policy, max_batch_size=sum(rows), batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
         results = call_together(server.port, [observation(i, rows=n) for i, n in enumerate(rows)])
     for client_id, (action, info) in enumerate(results):
         assert action["arm"].shape == (rows[client_id], 4, 2)
@@ -136,7 +125,7 @@ def test_clients_sending_several_rows_get_exactly_their_rows_back():
 
 def test_language_lists_are_joined_in_row_order():
     policy = RowEchoPolicy()
-    with serving(policy, max_batch_size=4, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
+    with running_server(policy, max_batch_size=4, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
         call_together(server.port, [observation(i) for i in range(4)])
     (call,) = policy.calls
     ids = [text[0].split()[1] for text in call["language"]]
@@ -145,7 +134,7 @@ def test_language_lists_are_joined_in_row_order():
 
 def test_info_is_split_per_client_and_shared_values_are_copied():
     policy = RowEchoPolicy()
-    with serving(policy, max_batch_size=6, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:  # max_batch_size counts rows
+    with running_server(policy, max_batch_size=6, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:  # max_batch_size counts rows
         results = call_together(server.port, [observation(i, rows=1 + i % 2) for i in range(4)])
     assert policy.row_counts == [6]
     for client_id, (_action, info) in enumerate(results):
@@ -161,7 +150,7 @@ def test_a_failing_observation_fails_only_its_sender():
     policy = RowEchoPolicy(fail_on_negative=True)
     observations = [observation(i) for i in range(6)]
     observations[3] = observation(-3)
-    with serving(policy, max_batch_size=6, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
+    with running_server(policy, max_batch_size=6, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
         results = call_together(server.port, observations)
         info = server_info(server.port)
     assert isinstance(results[3], PolicyServerError)
@@ -177,7 +166,7 @@ def test_an_observation_with_disagreeing_row_counts_is_served_alone():
     policy = RowEchoPolicy()
     observations = [observation(i) for i in range(4)]
     observations[2]["language"]["task"] = [["two rows of language"], ["for one row of state"]]
-    with serving(policy, max_batch_size=4, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
+    with running_server(policy, max_batch_size=4, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
         results = call_together(server.port, observations)
     for client_id, (action, _info) in enumerate(results):
         np.testing.assert_allclose(action["arm"], expected_arm(client_id), rtol=1e-6)
@@ -195,7 +184,7 @@ def test_an_observation_with_disagreeing_row_counts_is_served_alone():
 def test_incompatible_observations_go_to_separate_batches(odd_one_out):
     policy = RowEchoPolicy()
     observations = [observation(i) if i % 2 == 0 else odd_one_out(i) for i in range(8)]
-    with serving(policy, max_batch_size=8, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
+    with running_server(policy, max_batch_size=8, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
         results = call_together(server.port, observations)
     for client_id, (action, _info) in enumerate(results):
         np.testing.assert_allclose(action["arm"], expected_arm(client_id), rtol=1e-6)
@@ -205,7 +194,7 @@ def test_incompatible_observations_go_to_separate_batches(odd_one_out):
 def test_key_names_do_not_change_whether_observations_batch():
     policy = RowEchoPolicy()
     observations = [{**observation(i), "other": {"scalar-array": np.full((1, 2), i, np.float32)}} for i in range(4)]
-    with serving(policy, max_batch_size=4, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
+    with running_server(policy, max_batch_size=4, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
         call_together(server.port, observations)
     assert policy.row_counts == [4]
 
@@ -214,7 +203,7 @@ def test_requests_with_a_seed_are_not_batched():
     policy = RowEchoPolicy()
     observations = [observation(i) for i in range(8)]
     options = [{"seed": i} if i % 2 else None for i in range(8)]
-    with serving(policy, max_batch_size=4, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
+    with running_server(policy, max_batch_size=4, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
         results = call_together(server.port, observations, options)
     for client_id, (action, _info) in enumerate(results):
         offset = 1000.0 * client_id if client_id % 2 else 0.0
@@ -227,7 +216,7 @@ def test_requests_with_a_seed_are_not_batched():
 
 def test_batching_is_off_by_default():
     policy = RowEchoPolicy()
-    with serving(policy) as server:
+    with running_server(policy) as server:
         results = call_together(server.port, [observation(i) for i in range(4)])
         info = server_info(server.port)
     for client_id, (action, _info) in enumerate(results):
@@ -238,14 +227,14 @@ def test_batching_is_off_by_default():
 
 def test_a_policy_that_does_not_declare_batching_is_never_batched():
     policy = NonBatchingPolicy()
-    with serving(policy, max_batch_size=8, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
+    with running_server(policy, max_batch_size=8, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
         call_together(server.port, [observation(i) for i in range(4)])
     assert policy.row_counts == [1, 1, 1, 1]
 
 
 def test_server_info_reports_the_batch_sizes_it_ran():
     policy = RowEchoPolicy()
-    with serving(policy, max_batch_size=4, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
+    with running_server(policy, max_batch_size=4, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
         call_together(server.port, [observation(i) for i in range(4)])
         with PolicyClient(port=server.port) as client:
             client.get_action(observation(9), {"seed": 0})  # not batchable: served at once, as a batch of one
@@ -257,7 +246,7 @@ def test_server_info_reports_the_batch_sizes_it_ran():
 
 def test_no_batch_exceeds_max_batch_size_rows():
     policy = RowEchoPolicy()
-    with serving(policy, max_batch_size=4, batch_timeout_ms=200.0) as server:
+    with running_server(policy, max_batch_size=4, batch_timeout_ms=200.0) as server:
         results = call_together(server.port, [observation(i, rows=2) for i in range(6)])
     for client_id, (action, _info) in enumerate(results):
         np.testing.assert_allclose(action["arm"], expected_arm(client_id, rows=2), rtol=1e-6)
@@ -270,7 +259,7 @@ def test_a_session_keeping_policy_is_never_batched_and_sees_each_clients_session
         stateful_sessions = True
 
     policy = SessionPolicy()
-    with serving(policy, max_batch_size=4, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
+    with running_server(policy, max_batch_size=4, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
         results = call_together(server.port, [observation(i) for i in range(4)])
     for client_id, (action, _info) in enumerate(results):
         np.testing.assert_allclose(action["arm"], expected_arm(client_id), rtol=1e-6)
@@ -285,7 +274,7 @@ HELD_WOULD_TIME_OUT_MS = 2000  # a client timeout shorter than that wait: being 
 def test_a_lone_known_client_is_not_held_for_the_batch_timeout():
     """After its first request, a single client's get_action is served without waiting out batch_timeout_ms."""
     policy = RowEchoPolicy()
-    with serving(policy, max_batch_size=8, batch_timeout_ms=FIRST_CONTACT_WAIT_MS) as server:
+    with running_server(policy, max_batch_size=8, batch_timeout_ms=FIRST_CONTACT_WAIT_MS) as server:
         with PolicyClient(port=server.port, timeout_ms=60000) as client:
             client.get_action(observation(1.0))  # unknown client: nobody knows who else may come, so it waits
             client.timeout_ms = HELD_WOULD_TIME_OUT_MS
@@ -299,7 +288,7 @@ def test_a_steady_group_of_clients_is_batched_without_waiting_for_the_timeout():
     """K known clients in lock-step: each round forms one batch of K as soon as all K are waiting."""
     clients_count, rounds = 3, 4
     policy = RowEchoPolicy()
-    with serving(policy, max_batch_size=16, batch_timeout_ms=FIRST_CONTACT_WAIT_MS) as server:
+    with running_server(policy, max_batch_size=16, batch_timeout_ms=FIRST_CONTACT_WAIT_MS) as server:
         barrier = threading.Barrier(clients_count)
         errors: List[BaseException] = []
 

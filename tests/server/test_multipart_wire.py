@@ -14,7 +14,7 @@ import pytest
 import zmq
 
 from gr00t_client import BasePolicy, PolicyClient, PolicyServerError, codec
-from gr00t_server.server import PolicyServer
+from serving import running_server
 
 ARRAY_REFERENCE_EXT = 42  # the multipart header's ExtType code for "array in frame N"
 IMAGE_SHAPE = (1, 1, 240, 320, 3)
@@ -46,16 +46,6 @@ def checksum(image: np.ndarray) -> int:
     return int(image.sum(dtype=np.uint64) % 65521)
 
 
-@contextlib.contextmanager
-def serving(policy: BasePolicy, **kwargs: Any):
-    server = PolicyServer(policy, port=0, **kwargs).start()
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        thread.join(timeout=10)
 
 
 @contextlib.contextmanager
@@ -100,7 +90,7 @@ def test_our_client_uses_multipart_and_the_reference_wire_stays_single_frame_on_
     policy = ImageEchoPolicy()
     observations = [image_observation(seed) for seed in range(4)]
     results: Dict[str, Any] = {}
-    with serving(policy) as server:
+    with running_server(policy) as server:
 
         def ask(name: str, wire: str, observation: Dict[str, Any]) -> None:
             with PolicyClient(port=server.port, wire=wire) as client:
@@ -171,7 +161,7 @@ def test_client_keeps_the_reference_format_with_a_reference_server():
 
 def test_server_receives_large_arrays_as_writable_views_of_the_frames():
     policy = ImageEchoPolicy()
-    with serving(policy) as server, PolicyClient(port=server.port, wire="multipart") as client:
+    with running_server(policy) as server, PolicyClient(port=server.port, wire="multipart") as client:
         client.get_action(image_observation(0))
     (call,) = policy.received
     image = call["image"]
@@ -182,7 +172,7 @@ def test_server_receives_large_arrays_as_writable_views_of_the_frames():
 
 def test_client_receives_large_actions_as_writable_views_of_the_frames():
     policy = ImageEchoPolicy(action_width=4096)  # 16 x 4096 float32 = 256 KiB: travels as its own frame
-    with serving(policy) as server, PolicyClient(port=server.port) as client:
+    with running_server(policy) as server, PolicyClient(port=server.port) as client:
         action, _info = client.get_action(image_observation(0))
     arm = action["arm"]
     assert arm.shape == (1, 16, 4096)
@@ -244,9 +234,9 @@ BUFFER = bytes(64 * 1024)
         pytest.param([codec.MULTIPART_MAGIC, b"\xc1\xc1\xc1", BUFFER], "undecodable multipart header", id="garbage-header"),
     ],
 )
-def test_tampered_multipart_headers_get_an_error_reply_and_the_server_keeps_serving(frames, message):
+def test_tampered_multipart_headers_get_an_error_reply_and_the_server_keeps_running_server(frames, message):
     policy = ImageEchoPolicy()
-    with serving(policy) as server:
+    with running_server(policy) as server:
         with raw_req_socket(server.port) as sock:
             sock.send_multipart(frames)
             reply = codec.decode_multipart(sock.recv_multipart(copy=False))
@@ -265,6 +255,6 @@ def test_a_multipart_error_reaches_our_client_as_a_server_error():
         def _get_action(self, observation, options=None):
             raise ValueError("camera 'front' is black")
 
-    with serving(Failing()) as server, PolicyClient(port=server.port, wire="multipart") as client:
+    with running_server(Failing()) as server, PolicyClient(port=server.port, wire="multipart") as client:
         with pytest.raises(PolicyServerError, match="camera 'front' is black"):
             client.get_action(image_observation(0))

@@ -1,6 +1,5 @@
 """server_timing in get_action replies (on request) and the counters that get_server_info reports."""
 
-import contextlib
 import threading
 import time
 from typing import Any, Dict, List, Optional
@@ -10,7 +9,7 @@ import pytest
 import zmq
 
 from gr00t_client import BasePolicy, PolicyClient, PolicyServerError, codec
-from gr00t_server.server import PolicyServer
+from serving import running_server
 
 TIMING_KEYS = {"queue_wait_ms", "decode_ms", "policy_ms", "encode_ms", "batch_size"}
 POLICY_SLEEP_S = 0.02
@@ -37,16 +36,6 @@ class SleepyPolicy(BasePolicy):
         return {}
 
 
-@contextlib.contextmanager
-def serving(policy: BasePolicy, **kwargs: Any):
-    server = PolicyServer(policy, port=0, **kwargs).start()
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        thread.join(timeout=10)
 
 
 def observation(value: float = 1.0) -> Dict[str, Any]:
@@ -63,7 +52,7 @@ def assert_timing(timing: Dict[str, Any], batch_size: int = 1) -> None:
 
 @pytest.mark.parametrize("wire", ["multipart", "reference"])
 def test_server_timing_is_in_info_when_the_option_asks_for_it(wire):
-    with serving(SleepyPolicy()) as server, PolicyClient(port=server.port, wire=wire) as client:
+    with running_server(SleepyPolicy()) as server, PolicyClient(port=server.port, wire=wire) as client:
         action, info = client.get_action(observation(), {"return_server_timing": True})
     assert_timing(info["server_timing"])
     assert info["model"] == "sleepy"
@@ -71,34 +60,34 @@ def test_server_timing_is_in_info_when_the_option_asks_for_it(wire):
 
 
 def test_server_timing_is_absent_unless_asked():
-    with serving(SleepyPolicy()) as server, PolicyClient(port=server.port) as client:
+    with running_server(SleepyPolicy()) as server, PolicyClient(port=server.port) as client:
         _action, info = client.get_action(observation())
     assert info == {"model": "sleepy"}
 
 
 def test_client_option_adds_server_timing_to_every_reply():
-    with serving(SleepyPolicy()) as server, PolicyClient(port=server.port, return_server_timing=True) as client:
+    with running_server(SleepyPolicy()) as server, PolicyClient(port=server.port, return_server_timing=True) as client:
         infos = [client.get_action(observation())[1] for _ in range(3)]
     for info in infos:
         assert_timing(info["server_timing"])
 
 
 def test_a_per_call_option_overrides_the_client_default():
-    with serving(SleepyPolicy()) as server, PolicyClient(port=server.port, return_server_timing=True) as client:
+    with running_server(SleepyPolicy()) as server, PolicyClient(port=server.port, return_server_timing=True) as client:
         _action, info = client.get_action(observation(), {"return_server_timing": False})
     assert "server_timing" not in info
 
 
 def test_the_timing_option_never_reaches_the_policy():
     policy = SleepyPolicy()
-    with serving(policy) as server, PolicyClient(port=server.port, return_server_timing=True) as client:
+    with running_server(policy) as server, PolicyClient(port=server.port, return_server_timing=True) as client:
         client.get_action(observation())
         client.get_action(observation(), {"seed": 3, "return_server_timing": True})
     assert policy.options_seen == [None, {"seed": 3}]
 
 
 def test_batched_replies_report_their_batch_size():
-    with serving(SleepyPolicy(), max_batch_size=3, batch_timeout_ms=10000.0) as server:
+    with running_server(SleepyPolicy(), max_batch_size=3, batch_timeout_ms=10000.0) as server:
         barrier = threading.Barrier(3)
         infos: List[Dict[str, Any]] = [{} for _ in range(3)]
 
@@ -147,7 +136,7 @@ def test_the_client_option_is_not_sent_to_a_reference_server():
 
 
 def test_server_info_counts_requests_errors_and_batch_sizes():
-    with serving(SleepyPolicy()) as server, PolicyClient(port=server.port) as client:
+    with running_server(SleepyPolicy()) as server, PolicyClient(port=server.port) as client:
         before = client.get_server_info()["stats"]
         client.get_action(observation())
         client.get_action(observation())
@@ -167,7 +156,7 @@ def test_timed_replies_keep_large_arrays_in_both_action_and_info(wire):
             action = {"arm": np.arange(16 * 4096, dtype=np.float32).reshape(1, 16, 4096)}
             return action, {"attention": np.full((1, 64, 256), 7.0, np.float32), "small": np.arange(3)}
 
-    with serving(LargeOutputs()) as server, PolicyClient(port=server.port, wire=wire, return_server_timing=True) as client:
+    with running_server(LargeOutputs()) as server, PolicyClient(port=server.port, wire=wire, return_server_timing=True) as client:
         action, info = client.get_action(observation())
     np.testing.assert_array_equal(action["arm"], np.arange(16 * 4096, dtype=np.float32).reshape(1, 16, 4096))
     np.testing.assert_array_equal(info["attention"], np.full((1, 64, 256), 7.0, np.float32))

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from . import scale_cli
+
 DEFAULT_ROLLOUT_DIR = "/tmp/gr00t_rollout_eval"
 
 
@@ -21,11 +23,6 @@ def _flag(name: str) -> List[str]:
     if "-" in name:
         spellings.append(f"--{name.replace('-', '_')}")
     return spellings
-
-
-def _env_seed() -> Optional[int]:
-    value = os.environ.get("GR00T_EVAL_SEED")
-    return int(value) if value not in (None, "") else None
 
 
 def _parse_kwarg(text: str) -> tuple:
@@ -122,19 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(*_flag("camera"), default=None, help="Meta-World camera name (default corner2)")
     p.add_argument(*_flag("overwrite"), action="store_true", help="replace an existing dataset directory")
 
-    scale_cli = _scale_cli()
-    if scale_cli is not None:  # suites, --shard, --ray-address, batch and merge (gr00t_eval.scale_cli)
-        scale_cli.add_scale_arguments(rollout_parser)
-        scale_cli.register_scale_commands(sub)
+    # suites, --shard, --ray-address, batch and merge (gr00t_eval.scale_cli)
+    scale_cli.add_scale_arguments(rollout_parser)
+    scale_cli.register_scale_commands(sub)
     return parser
-
-
-def _scale_cli():
-    try:
-        from . import scale_cli
-    except ImportError:  # pragma: no cover - the scaling layer is optional
-        return None
-    return scale_cli
 
 
 def _connect(args: argparse.Namespace):
@@ -185,26 +173,20 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .results import RESULTS_FILENAME, rollout_results, write_results
-    from .rollout import RolloutConfig, embodiment_for_env, run_rollout
+    from .rollout import embodiment_for_env, run_rollout
 
     apply_env_registrations(args)
     try:
         embodiment_for_env(args.env_name)  # a bad env name fails before any connection is made
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
-    seed = args.seed if args.seed is not None else _env_seed()
     output_dir = Path(args.output_dir)
-    video_dir = None if args.no_video else (args.video_dir or str(output_dir / "videos"))
-    config = RolloutConfig(
-        env_name=args.env_name, n_episodes=args.n_episodes, n_envs=args.n_envs, n_action_steps=args.n_action_steps,
-        max_episode_steps=args.max_episode_steps, seed=seed, video_dir=video_dir, env_kwargs=dict(args.env_kwargs),
-        vectorization=args.vectorization,
-    )
+    config = scale_cli.rollout_config_from_args(args, scale_cli.rollout_seed(args))
     with _connect(args) as client:
         result = run_rollout(client, config)
     print(f"Collecting {config.n_episodes} episodes took {result.eval_s:.2f} seconds")
-    if video_dir:
-        print("Video saved to: ", video_dir)
+    if config.video_dir:
+        print("Video saved to: ", config.video_dir)
     run_config = {k: v for k, v in vars(config).items()}
     run_config.update(policy_client_host=args.host, policy_client_port=args.port, embodiment_tag=result.embodiment_tag.value)
     path = write_results(output_dir / RESULTS_FILENAME, rollout_results(result.outcomes, result.eval_s, run_config, config.env_name))

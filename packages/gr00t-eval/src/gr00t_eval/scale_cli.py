@@ -69,11 +69,24 @@ def needs_scaling(args: argparse.Namespace) -> bool:
     )
 
 
-def _seed(args: argparse.Namespace) -> Optional[int]:
+def rollout_seed(args: argparse.Namespace) -> Optional[int]:
+    """--seed, else $GR00T_EVAL_SEED, else None (unseeded)."""
     if args.seed is not None:
         return args.seed
     value = os.environ.get("GR00T_EVAL_SEED")
     return int(value) if value not in (None, "") else None
+
+
+def rollout_config_from_args(args: argparse.Namespace, seed: Optional[int]) -> Any:
+    """The RolloutConfig the rollout flags describe (videos under --output-dir/videos unless --video-dir)."""
+    from .rollout import RolloutConfig
+
+    video_dir = None if args.no_video else (args.video_dir or str(Path(args.output_dir) / "videos"))
+    return RolloutConfig(
+        env_name=args.env_name, n_episodes=args.n_episodes, n_envs=args.n_envs, n_action_steps=args.n_action_steps,
+        max_episode_steps=args.max_episode_steps, seed=seed, video_dir=video_dir, env_kwargs=dict(args.env_kwargs),
+        vectorization=args.vectorization,
+    )
 
 
 def maybe_run_scaled_rollout(args: argparse.Namespace) -> Optional[int]:
@@ -81,7 +94,6 @@ def maybe_run_scaled_rollout(args: argparse.Namespace) -> Optional[int]:
     if not needs_scaling(args):
         return None
     from .results import RESULTS_FILENAME, write_results
-    from .rollout.runner import RolloutConfig
     from .shard import ShardSpec
 
     if args.n_envs < 0:
@@ -89,16 +101,11 @@ def maybe_run_scaled_rollout(args: argparse.Namespace) -> Optional[int]:
     shard = ShardSpec.parse(args.shard) if args.shard else None
     if shard is not None and args.ray_address:
         raise SystemExit("error: --shard and --ray-address do not combine (Ray makes its own shards)")
-    seed = _seed(args)
+    seed = rollout_seed(args)
     if seed is None and (shard is not None or args.ray_address):
         raise SystemExit("error: --shard and --ray-address need --seed (or $GR00T_EVAL_SEED): every episode's seed must be fixed")
     output_dir = Path(args.output_dir)
-    video_dir = None if args.no_video else (args.video_dir or str(output_dir / "videos"))
-    config = RolloutConfig(
-        env_name=args.env_name, n_episodes=args.n_episodes, n_envs=args.n_envs, n_action_steps=args.n_action_steps,
-        max_episode_steps=args.max_episode_steps, seed=seed, video_dir=video_dir, env_kwargs=dict(args.env_kwargs),
-        vectorization=args.vectorization,
-    )
+    config = rollout_config_from_args(args, seed)
     results = _run(args, config, shard)
     name = RESULTS_FILENAME if shard is None else f"results_shard{shard.index}of{shard.count}.json"
     path = write_results(output_dir / name, results)
