@@ -68,6 +68,8 @@ def _add_connection(p: argparse.ArgumentParser, host_flag: str, port_flag: str, 
 
 def build_parser() -> argparse.ArgumentParser:
     """The `gr00t-eval` argument parser (sub-commands open-loop, rollout, record, plus the scaling commands)."""
+    from gr00t_client.chunking import MERGE_RULES
+
     parser = argparse.ArgumentParser(prog="gr00t-eval", description=__doc__.splitlines()[0])
     parser.add_argument(*_flag("log-level"), default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -106,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(*_flag("env-adapter"), type=_parse_pair, action="append", default=[], metavar="PREFIX=MODULE:FUNC",
                    help="build env names PREFIX/<task> with FUNC(task, **env_kwargs); repeatable")
     p.add_argument(*_flag("vectorization"), default="auto", choices=["auto", "sync", "async"], help=argparse.SUPPRESS)
+    p.add_argument(*_flag("client-chunking"), default="off", choices=["off", "sync", "async"],
+                   help="off: each policy call runs --n-action-steps env steps (default); sync/async: step the envs one "
+                        "step at a time through gr00t_client.ActionChunker, async prefetching the next chunk meanwhile")
+    p.add_argument(*_flag("chunk-merge"), default="newest", choices=list(MERGE_RULES),
+                   help="with --client-chunking async: how a prefetched chunk merges with the steps still buffered (default newest)")
 
     rollout_parser = p
 

@@ -7,6 +7,10 @@ episode the policy is reset for that row only (per-row reset options, see `Polic
 `episode_index` i. Indices count from `first_episode`, so a shard's episodes keep the seeds and replayed
 episodes they have in the whole run. An episode whose env or policy call fails is scored as failed with its
 reason and the run goes on.
+
+Client chunking (`client_chunking` "sync" or "async", opt-in): the envs step one env step per policy call and a
+gr00t_client ActionChunker hands out the steps of its buffered chunks (async: it prefetches the next chunk in the
+background); a row that starts an episode also drops its buffered steps. The accounting above is unchanged.
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ import functools
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Set
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 import gymnasium as gym
 import numpy as np
 
-from gr00t_client import BasePolicy, EmbodimentTag, ModalityConfig
+from gr00t_client import ActionChunker, BasePolicy, EmbodimentTag, ModalityConfig
+from gr00t_client.chunking import MERGE_RULES
 
 from ..metrics import EpisodeOutcome
 from ..video import EpisodeVideoRecorder
@@ -30,6 +35,7 @@ from .multistep import EpisodeSummary, MultiStepWrapper
 logger = logging.getLogger(__name__)
 
 IDLE = -1
+CLIENT_CHUNKING_MODES = ("off", "sync", "async")
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,15 @@ class RolloutConfig:
     # Index of the first episode run: episodes first_episode .. first_episode + n_episodes - 1 (a shard's slice).
     # The index sets the env seed and the policy's reset `episode_index` (the recorded episode a ReplayPolicy plays).
     first_episode: int = 0
+    # "off": one env step runs n_action_steps rows of a fresh chunk; "sync"/"async": one env step runs one row
+    # handed out by an ActionChunker (async prefetches the next chunk while the envs run).
+    client_chunking: str = "off"
+    chunk_merge: str = "newest"  # how an async prefetched chunk merges with the buffered steps (MERGE_RULES)
+
+    @property
+    def env_steps_per_call(self) -> int:
+        """Inner env steps one vector step (one action given to the envs) executes."""
+        return self.n_action_steps if self.client_chunking == "off" else 1
 
     def seed_for(self, episode_index: int) -> Optional[int]:
         """Episode i's env seed: seed + i, i being the run-wide index (None without a seed: non-deterministic)."""
@@ -126,7 +141,7 @@ def make_vector_env(config: RolloutConfig, spec: HorizonSpec, n_envs: int) -> gy
     """n_envs MultiStepWrapper'd envs with autoreset disabled (the runner resets rows itself)."""
     factory = env_factory(config.env_name, **config.env_kwargs)
     fns = [
-        functools.partial(_build_env, factory, row, config.n_action_steps, config.max_episode_steps,
+        functools.partial(_build_env, factory, row, config.env_steps_per_call, config.max_episode_steps,
                           tuple(spec.video_delta_indices), tuple(spec.state_delta_indices), config.terminate_on_success,
                           config.video_dir, config.steps_per_frame, config.video_fps)
         for row in range(n_envs)
@@ -262,6 +277,10 @@ class RolloutRunner:
             raise ValueError(f"n_envs must be >= 1, got {config.n_envs}")
         if config.first_episode < 0:
             raise ValueError(f"first_episode must be >= 0, got {config.first_episode}")
+        if config.client_chunking not in CLIENT_CHUNKING_MODES:
+            raise ValueError(f"client_chunking must be one of {CLIENT_CHUNKING_MODES}, got {config.client_chunking!r}")
+        if config.chunk_merge not in MERGE_RULES:
+            raise ValueError(f"chunk_merge must be one of {MERGE_RULES}, got {config.chunk_merge!r}")
         self.policy = policy
         self.config = config
         self.progress = progress
@@ -270,6 +289,7 @@ class RolloutRunner:
         self.row_episode: List[int] = []
         self.next_episode = config.first_episode
         self.end_episode = config.first_episode + config.n_episodes  # one past the last episode index to start
+        self.chunker: Optional[ActionChunker] = None  # client chunking only; its `stats` remain after run()
 
     def run(self) -> RolloutResult:
         """Create the envs, run until n_episodes are scored, close the envs."""
@@ -358,6 +378,37 @@ class RolloutRunner:
                 failed.add(row)
         return failed
 
+    # -- policy calls -----------------------------------------------------------------------------
+    def _make_chunker(self) -> Optional[ActionChunker]:
+        mode = self.config.client_chunking
+        if mode == "off":
+            return None
+        # per_env=False: every request carries all rows, so a server keeping per-row state sees each row in place.
+        logger.info("client chunking %s: one env step per call, %d steps of each chunk, merge %s",
+                    mode, self.config.n_action_steps, self.config.chunk_merge)
+        return ActionChunker(self.policy, n_action_steps=self.config.n_action_steps, asynchronous=mode == "async",
+                             merge=self.config.chunk_merge)
+
+    def _restart_chunks(self, started: Mapping[int, int]) -> None:
+        """Drop the buffered steps of rows starting an episode, before the policy reset (never concurrent with a prefetch)."""
+        chunker = self.chunker
+        if chunker is None:
+            return
+        chunker.wait_for_prefetch()  # the policy must not be reset while a background request still runs
+        if chunker.n_envs is not None:  # None: no chunk fetched yet, nothing buffered
+            chunker.reset(env_ids=sorted(started))
+
+    def _act(self, observation: Dict[str, Any], action_space: gym.spaces.Dict) -> Tuple[Dict[str, np.ndarray], Mapping[str, Any]]:
+        """The env action for this vector step and the info for the row cursor."""
+        if self.chunker is None:
+            action, info = self.policy.get_action(observation)
+            return policy_actions(action, action_space, self.config.n_action_steps), info or {}
+        step, chunk_info = self.chunker.get_action(observation)
+        # The cursor counts one step per call; only the episode length (for clamping) comes from the policy.
+        lengths = chunk_info["policy_info"].get("episode_length")
+        single_step = {key: np.asarray(value)[:, None] for key, value in step.items()}  # (B, D) -> (B, 1, D)
+        return policy_actions(single_step, action_space, 1), ({} if lengths is None else {"episode_length": lengths})
+
     def _loop(self, vec: gym.vector.VectorEnv, spec: HorizonSpec, n_envs: int) -> None:
         config = self.config
         bar = None
@@ -366,7 +417,8 @@ class RolloutRunner:
 
             bar = tqdm(total=config.n_episodes, desc="Episodes")
         self.row_episode = [IDLE] * n_envs
-        cursor = PolicyRowCursor(n_envs, config.n_action_steps)
+        cursor = PolicyRowCursor(n_envs, config.env_steps_per_call)
+        self.chunker = self._make_chunker()
         mapper: Optional[ObservationMapper] = None
         pending: Set[int] = set(range(n_envs))
         first = True
@@ -378,6 +430,7 @@ class RolloutRunner:
                     obs = new_obs if new_obs is not None else obs
                     first, pending = False, set()
                     if started:
+                        self._restart_chunks(started)
                         pending = self._reset_policy(cursor, started, bar)
                         if pending:
                             continue
@@ -390,14 +443,13 @@ class RolloutRunner:
                 if mapper is None:
                     mapper = ObservationMapper(spec, list(obs))
                 try:
-                    action, info = self.policy.get_action(mapper(obs))
-                    env_action = policy_actions(action, vec.single_action_space, config.n_action_steps)
+                    env_action, info = self._act(mapper(obs), vec.single_action_space)
                 except Exception as exc:  # noqa: BLE001 - one batch failed: score its episodes, keep going
                     for row in active:
                         self._fail(row, f"policy get_action failed: {type(exc).__name__}: {exc}", bar)
                     pending = set(active)
                     continue
-                cursor.after_get_action(info or {})
+                cursor.after_get_action(info)
                 obs, _, terminated, truncated, infos = vec.step(env_action)
                 for row in active:
                     if terminated[row] or truncated[row]:
@@ -409,6 +461,11 @@ class RolloutRunner:
         finally:
             if bar is not None:
                 bar.close()
+            if self.chunker is not None:
+                self.chunker.close()
+                stats = self.chunker.stats
+                logger.info("client chunking: %d calls, %d policy requests (%d prefetched), %d blocking waits",
+                            stats.calls, stats.requests, stats.prefetches, stats.blocking_waits)
 
 
 def _row_info(infos: Mapping[str, Any], key: str, row: int) -> Any:
