@@ -109,12 +109,13 @@ def _backends(args: argparse.Namespace, checkpoint: Path, workdir: Path) -> Dict
     if "onnxruntime" in args.backends:
         def onnxruntime() -> Gr00tPolicy:
             from gr00t_server.backends import apply_inference_mode
-            from gr00t_server.backends.export import export_policy
+            from gr00t_server.backends.export import export_checkpoint
 
-            policy = pytorch()
             onnx_dir = workdir / f"onnx-{checkpoint.name}"
             if not onnx_dir.exists():
-                export_policy(policy, onnx_dir, mode="action_head", precision="fp32")
+                export_checkpoint(checkpoint, onnx_dir, mode="full_pipeline", precision="fp32", embodiment_tag=TAG,
+                                  device=args.device)
+            policy = pytorch()
             apply_inference_mode(policy, "onnxruntime", onnx_dir=onnx_dir)
             return policy
 
