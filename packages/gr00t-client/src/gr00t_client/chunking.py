@@ -304,7 +304,8 @@ class ActionChunker:
                 raise ActionError(f"action key '{key}' has horizon {value.shape[1]}; other keys have {horizon}")
             horizon = value.shape[1]
         usable = horizon if self.n_action_steps is None else min(horizon, self.n_action_steps)
-        return [{key: np.asarray(action[key][row, :usable]) for key in keys} for row in range(n_rows)]
+        # Copies: a policy may reuse its output array for the next (prefetched) chunk while these steps still run.
+        return [{key: np.array(action[key][row, :usable]) for key in keys} for row in range(n_rows)]
 
     def _install(self, env_ids: Sequence[int], action: Any) -> None:
         for i, chunk in zip(env_ids, self._split(action, len(env_ids))):

@@ -87,7 +87,11 @@ class PolicyClient(BasePolicy):
             raise RuntimeError("PolicyClient is closed")
         sock = self._context.socket(zmq.REQ)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(self.address)
+        try:
+            sock.connect(self.address)
+        except zmq.ZMQError as exc:  # e.g. a malformed host: close the socket and keep to our error types
+            sock.close(linger=0)
+            raise ConnectionError(f"cannot connect to {self.address}: {exc}") from exc
         return sock
 
     def _discard_socket(self) -> None:

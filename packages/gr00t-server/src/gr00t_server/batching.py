@@ -7,6 +7,18 @@ from typing import Any, Callable, Dict, Hashable, Iterable, List, Sequence, Tupl
 import numpy as np
 
 TIMING_OPTION = "return_server_timing"
+MAX_BATCH_NESTING = 16  # real observations nest 1-2 maps deep; the recursive helpers below must never hit the limit
+
+
+def _nesting_within(value: Dict[Any, Any], limit: int) -> bool:
+    """True when maps nest at most `limit` deep (walked with a stack, so a hostile depth cannot recurse)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return False
+        stack.extend((child, depth + 1) for child in item.values() if isinstance(child, dict))
+    return True
 
 
 def is_batchable(data: Any) -> bool:
@@ -14,7 +26,10 @@ def is_batchable(data: Any) -> bool:
     if not isinstance(data, dict) or not isinstance(data.get("observation"), dict):
         return False
     options = data.get("options")
-    return options is None or (isinstance(options, dict) and set(options) <= {TIMING_OPTION})
+    if not (options is None or (isinstance(options, dict) and set(options) <= {TIMING_OPTION})):
+        return False
+    # A deeper observation is served alone: the signature, row and merge helpers recurse per level.
+    return _nesting_within(data["observation"], MAX_BATCH_NESTING)
 
 
 def _signature(value: Any) -> Hashable:

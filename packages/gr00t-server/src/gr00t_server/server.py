@@ -281,7 +281,13 @@ class PolicyServer:
             self._running = False
 
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-        return lambda: [signal.signal(sig, handler) for sig, handler in previous.items()] and None
+
+        def restore() -> None:
+            for sig, handler in previous.items():
+                # None means a handler installed from C, which Python cannot reinstall; the default is closest.
+                signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+        return restore
 
     # --- request handling -----------------------------------------------------------------------
 
@@ -524,7 +530,10 @@ class PolicyServer:
 
     def _reply_error(self, request: Request, exc: BaseException) -> None:
         self.stats.errors += 1
-        message = str(exc) if isinstance(exc, RequestError) else f"{type(exc).__name__}: {exc}"
+        try:
+            message = str(exc) if isinstance(exc, RequestError) else f"{type(exc).__name__}: {exc}"
+        except Exception:  # a policy's exception whose __str__ raises must not stop the loop
+            message = f"{type(exc).__name__}: <its message could not be formatted>"
         logger.warning("request '%s' from %s failed: %s", request.endpoint, request.peer or "local", message[:500])
         try:
             frames = self._encode_reply(request, message, ok=False)
