@@ -134,9 +134,11 @@ class PolicyServer:
     @property
     def _policy_uses_sessions(self) -> bool:
         policy: Any = self.policy
-        while policy is not None:
+        seen = set()
+        while policy is not None and id(policy) not in seen:  # wrappers chain through `.policy`
             if getattr(policy, "stateful_sessions", False):
                 return True
+            seen.add(id(policy))
             policy = getattr(policy, "policy", None)
         return False
 
@@ -320,6 +322,7 @@ class PolicyServer:
         deadline = pending[0].received_at + self.batch_timeout_ms / 1000.0
         while (
             self._running
+            and not self._stop_requested.is_set()
             and batching.total_rows(r.data for r in pending) < self.max_batch_size
             and not (known and {r.session for r in pending} == known)
         ):
