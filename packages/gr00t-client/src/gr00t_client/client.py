@@ -87,6 +87,7 @@ class PolicyClient(BasePolicy):
             raise RuntimeError("PolicyClient is closed")
         sock = self._context.socket(zmq.REQ)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.copy_threshold = codec.ZERO_COPY_MIN_BYTES
         try:
             sock.connect(self.address)
         except zmq.ZMQError as exc:  # e.g. a malformed host: close the socket and keep to our error types
@@ -113,9 +114,12 @@ class PolicyClient(BasePolicy):
         if deadline is None:
             deadline = time.monotonic() + self.timeout_ms / 1000.0
         try:
-            if not sock.poll(max(0, int((deadline - time.monotonic()) * 1000)), zmq.POLLOUT):
-                raise self._timeout(endpoint)
-            sock.send_multipart(frames, copy=False)
+            try:  # a connected REQ socket queues at once; only a full queue makes us wait
+                sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                if not sock.poll(max(0, int((deadline - time.monotonic()) * 1000)), zmq.POLLOUT):
+                    raise self._timeout(endpoint) from None
+                sock.send_multipart(frames, copy=False)
             remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
             if not sock.poll(remaining_ms, zmq.POLLIN):
                 raise self._timeout(endpoint)
@@ -133,7 +137,7 @@ class PolicyClient(BasePolicy):
             return self._unwrap_multipart(codec.decode_multipart(reply), endpoint)
         if len(reply) != 1:
             raise codec.WireDecodeError(f"reply to '{endpoint}' has {len(reply)} frames; expected 1")
-        if reply[0].bytes == b"ERROR":
+        if len(reply[0]) == 5 and reply[0].bytes == b"ERROR":
             raise PolicyServerError("Make sure we are running the correct policy server.", endpoint)
         return self._unwrap_reference(codec.decode(reply[0].buffer), endpoint)
 

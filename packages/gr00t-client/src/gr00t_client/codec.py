@@ -24,6 +24,8 @@ from .modality import ModalityConfig
 MULTIPART_MAGIC = b"\x00GR00T-MP1"
 _EXT_BUFFER = 42  # ExtType code of an array reference in a multipart header
 _COPY_BELOW_BYTES = 16 * 1024  # smaller buffers are cheaper to copy than to track as frames
+# pyzmq sends frames below this size by copying: zero-copy tracking costs more than copying ~256 KiB.
+ZERO_COPY_MIN_BYTES = 256 * 1024
 
 BufferLike = Union[bytes, bytearray, memoryview, Any]
 
@@ -57,17 +59,36 @@ def _as_dtype(type_str: Any) -> np.dtype:
 
 
 def _array_from_buffer(data: Any, dtype: np.dtype, shape: Any, copy: bool) -> np.ndarray:
-    if not isinstance(shape, (list, tuple)) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise WireDecodeError(f"array shape must be a list of non-negative ints, got {shape!r}")
-    count = 1
-    for dim in shape:
-        count *= dim
-    expected = count * dtype.itemsize
-    size = memoryview(data).nbytes
-    if size != expected:
-        raise WireDecodeError(f"array of dtype {dtype.str} and shape {list(shape)} needs {expected} bytes, got {size}")
-    array = np.frombuffer(data, dtype=dtype).reshape(shape)
+    try:
+        if not isinstance(shape, (list, tuple)) or (shape and min(shape) < 0):  # reshape reads -1 as "infer"
+            raise TypeError("bad shape")
+        array = np.frombuffer(data, dtype=dtype).reshape(shape)
+    except (TypeError, ValueError) as exc:
+        raise _shape_error(data, dtype, shape) from exc
     return array.copy() if copy or not array.flags.writeable else array
+
+
+def _shape_error(data: Any, dtype: np.dtype, shape: Any) -> WireDecodeError:
+    """The precise reason an array's shape and data do not fit (only computed on failure)."""
+    if not isinstance(shape, (list, tuple)) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        return WireDecodeError(f"array shape must be a list of non-negative ints, got {shape!r}")
+    expected = dtype.itemsize
+    for dim in shape:
+        expected *= dim
+    size = memoryview(data).nbytes
+    return WireDecodeError(f"array of dtype {dtype.str} and shape {list(shape)} needs {expected} bytes, got {size}")
+
+
+_DTYPES: Dict[Any, np.dtype] = {}  # validated dtypes by their wire string (the hot path sees a handful)
+
+
+def _cached_dtype(type_str: Any) -> np.dtype:
+    dtype = _DTYPES.get(type_str)
+    if dtype is None:
+        dtype = _as_dtype(type_str)
+        if len(_DTYPES) < 256:
+            _DTYPES[type_str] = dtype
+    return dtype
 
 
 def _get(obj: Dict[Any, Any], name: str) -> Any:
@@ -110,6 +131,9 @@ def _decode_hook(obj: Dict[Any, Any]) -> Any:
     """msgpack object_hook: turn every known special map back into its value."""
     if _MARKER_KEYS.isdisjoint(obj):
         return obj
+    if len(obj) == 5 and obj.get(b"nd") is True and obj.get(b"kind") == b"" and type(obj.get(b"data")) is bytes:
+        # The canonical msgpack-numpy array (what we and the reference send): the hot path.
+        return _array_from_buffer(obj[b"data"], _cached_dtype(obj.get(b"type")), obj.get(b"shape"), copy=True)
     if _has(obj, "nd") and _has(obj, "type") and _has(obj, "data"):  # msgpack-numpy
         dtype = _as_dtype(_get(obj, "type"))
         kind = _get(obj, "kind")

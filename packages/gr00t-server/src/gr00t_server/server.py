@@ -211,6 +211,7 @@ class PolicyServer:
         sock = self._context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 1000)  # let the last replies (e.g. kill's ack) flush
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+        sock.copy_threshold = codec.ZERO_COPY_MIN_BYTES
         sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
         try:
             if self.port == 0:
