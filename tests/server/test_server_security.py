@@ -9,6 +9,7 @@ from reference_peer import EchoPolicy, ReferenceClient, libero_like_observation,
 
 from gr00t_client import PolicyClient, PolicyServerError
 from gr00t_server import server as server_module
+from gr00t_server import messages as messages_module
 
 TOKEN = "s3cret-token"
 
@@ -66,7 +67,7 @@ def test_our_client_without_the_token_gets_unauthorized(guarded):
 
 
 def test_token_is_compared_in_constant_time(guarded):
-    with mock.patch.object(server_module.hmac, "compare_digest", wraps=server_module.hmac.compare_digest) as compare:
+    with mock.patch.object(messages_module.hmac, "compare_digest", wraps=messages_module.hmac.compare_digest) as compare:
         with ReferenceClient(guarded.port, api_token=TOKEN) as client:
             client.call_endpoint("ping", requires_input=False)
     compare.assert_called_once_with(TOKEN.encode(), TOKEN.encode())

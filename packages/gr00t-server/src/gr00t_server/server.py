@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 
 import zmq
@@ -17,6 +16,16 @@ from gr00t_client.client import ERROR_MARKER, PROTOCOL_VERSION
 from gr00t_client.policy import BasePolicy
 
 from . import batching
+from .messages import (
+    Request,
+    RequestError,
+    check_envelope,
+    decode_payload,
+    encode_reply,
+    encode_timed_reply,
+    peer_address,
+    split_routing,
+)
 from .stats import ServerStats
 
 logger = logging.getLogger(__name__)
@@ -28,10 +37,6 @@ ACTIVE_CLIENT_WINDOW_S = 1.0  # a client that sent get_action this recently is e
 TIMING_OPTION = "return_server_timing"
 
 
-class RequestError(Exception):
-    """A request that cannot be served; the message goes back to the client."""
-
-
 @dataclass
 class Endpoint:
     """A named handler; `requires_input` handlers are called with the request's `data` as keyword arguments."""
@@ -39,21 +44,6 @@ class Endpoint:
     name: str
     handler: Callable[..., Any]
     requires_input: bool = True
-
-
-@dataclass
-class Request:
-    """One decoded request and where its reply goes."""
-
-    routing: List[Any]
-    multipart: bool
-    endpoint: str
-    data: Any
-    session: str
-    peer: Optional[str]
-    received_at: float
-    decode_ms: float
-    timing: Dict[str, float] = field(default_factory=dict)
 
 
 def _is_loopback(peer: Optional[str]) -> bool:
@@ -353,38 +343,14 @@ class PolicyServer:
 
     def _parse(self, frames: List[zmq.Frame]) -> Optional[Request]:
         received_at = time.monotonic()
-        split = next((i for i, frame in enumerate(frames) if len(frame) == 0), None)
-        if split is None:  # not from a REQ socket: route back by identity alone
-            routing, payload = frames[:1], frames[1:]
-        else:
-            routing, payload = frames[: split + 1], frames[split + 1 :]
-        peer = None
-        try:
-            peer = payload[0].get("Peer-Address") if payload else None
-        except (zmq.ZMQError, AttributeError):
-            peer = None
+        routing, payload = split_routing(frames)
         identity = frames[0].bytes.hex() if frames else "unknown"
-        request = Request(routing, False, "?", None, identity, peer, received_at, 0.0)
+        request = Request(routing, False, "?", None, identity, peer_address(payload), received_at, 0.0)
         self.stats.requests += 1
         try:
-            if not payload:
-                raise RequestError("empty message: expected a msgpack request map")
-            if codec.is_multipart(payload):
-                request.multipart = True
-            # ZMQ_MAXMSGSIZE bounds each frame; a multipart message must respect the cap as a whole too.
-            total_bytes = sum(len(frame) for frame in payload)
-            if total_bytes > self.max_message_bytes:
-                raise RequestError(
-                    f"message of {total_bytes} bytes exceeds this server's limit of {self.max_message_bytes} bytes "
-                    "(max_message_bytes); it was not decoded"
-                )
-            if request.multipart:
-                envelope = codec.decode_multipart(payload)
-            elif len(payload) == 1:
-                envelope = codec.decode(payload[0].buffer)
-            else:
-                raise RequestError(f"message has {len(payload)} frames but no multipart header; expected 1 frame")
-            envelope = self._check_envelope(envelope)
+            request.multipart = codec.is_multipart(payload)  # so that even a refused message is answered in kind
+            envelope, request.multipart = decode_payload(payload, self.max_message_bytes)
+            envelope = check_envelope(envelope, self.api_token)
             request.decode_ms = (time.monotonic() - received_at) * 1000.0
             request.endpoint = envelope.get("endpoint", "get_action")
             request.data = envelope.get("data", {}) if "data" in envelope else {}
@@ -395,19 +361,6 @@ class PolicyServer:
         except Exception as exc:
             self._reply_error(request, exc)
             return None
-
-    def _check_envelope(self, envelope: Any) -> Dict[str, Any]:
-        if not isinstance(envelope, dict):
-            raise RequestError(f"request must be a map with 'endpoint' and 'data', got {type(envelope).__name__}")
-        envelope = {k.decode("utf-8", "replace") if isinstance(k, bytes) else k: v for k, v in envelope.items()}
-        endpoint = envelope.get("endpoint", "get_action")
-        if not isinstance(endpoint, str):
-            raise RequestError(f"'endpoint' must be a str, got {type(endpoint).__name__}")
-        if self.api_token is not None:
-            token = envelope.get("api_token")
-            if not isinstance(token, str) or not hmac.compare_digest(token.encode(), self.api_token.encode()):
-                raise RequestError("Unauthorized: Invalid API token")
-        return envelope
 
     def _call(self, request: Request) -> Any:
         endpoint = self._endpoints.get(request.endpoint)
@@ -498,39 +451,14 @@ class PolicyServer:
         started = time.monotonic()
         try:
             if timing is None:
-                frames = self._encode_reply(request, result, ok=True)
+                frames = encode_reply(request, result, ok=True)
             else:
-                frames = self._encode_timed_reply(request, result[0], result[1], timing, started)
+                frames = encode_timed_reply(request, result[0], result[1], timing, started)
         except Exception as exc:
             self._reply_error(request, RequestError(f"could not encode the result of '{request.endpoint}': {exc}"))
             return
         self.stats.encode_ms_total += (time.monotonic() - started) * 1000.0
         self._send(request, frames)
-
-    def _encode_timed_reply(
-        self, request: Request, action: Any, info: Dict[str, Any], timing: Dict[str, Any], started: float
-    ) -> List[Any]:
-        """Encode [action, info] with server_timing.encode_ms in info.
-
-        The action is packed first and timed; info (a few small values) is packed after, so encode_ms covers the
-        action payload but not the info map that carries it. The parts are joined without re-encoding.
-        """
-        buffers: List[Any] = []
-        action_part = codec.pack_multipart_header(action, buffers) if request.multipart else codec.encode(action)
-        info = dict(info)
-        info["server_timing"] = dict(timing, encode_ms=(time.monotonic() - started) * 1000.0)
-        if not request.multipart:
-            return [codec.join_packed_array([action_part, codec.encode(info)])]
-        result = codec.join_packed_array([action_part, codec.pack_multipart_header(info, buffers)])
-        return [codec.MULTIPART_MAGIC, codec.join_packed_map({"ok": codec.encode(True), "result": result}), *buffers]
-
-    def _encode_reply(self, request: Request, body: Any, ok: bool) -> List[Any]:
-        if request.multipart:
-            header = {"ok": True, "result": body} if ok else {"ok": False, "error": body, "endpoint": request.endpoint}
-            return codec.encode_multipart(header)
-        if ok:
-            return [codec.encode(body)]
-        return [codec.encode({"error": body, ERROR_MARKER: True, "endpoint": request.endpoint})]
 
     def _reply_error(self, request: Request, exc: BaseException) -> None:
         self.stats.errors += 1
@@ -540,7 +468,7 @@ class PolicyServer:
             message = f"{type(exc).__name__}: <its message could not be formatted>"
         logger.warning("request '%s' from %s failed: %s", request.endpoint, request.peer or "local", message[:500])
         try:
-            frames = self._encode_reply(request, message, ok=False)
+            frames = encode_reply(request, message, ok=False)
         except Exception:  # the message itself cannot fail to encode, but never let a reply path raise
             frames = [codec.encode({"error": "internal error", ERROR_MARKER: True})]
         self._send(request, frames)
