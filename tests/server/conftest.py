@@ -9,3 +9,22 @@ def tiny_checkpoint(tmp_path_factory):
     from gr00t_server.test_checkpoint import make_test_checkpoint
 
     return make_test_checkpoint(tmp_path_factory.mktemp("tiny_checkpoint"), size="tiny", seed=0)
+
+
+@pytest.fixture(scope="module")
+def config():
+    """A tiny N1.7 config (one per test module, so a module may change it freely)."""
+    from gr00t_server.model import tiny_config
+
+    return tiny_config()
+
+
+@pytest.fixture(scope="module")
+def model(config):
+    """A tiny random-weight N1.7 network in eval mode, seeded (one per test module)."""
+    import torch
+
+    from gr00t_server.model import Gr00tN1d7
+
+    torch.manual_seed(0)
+    return Gr00tN1d7(config).eval()

@@ -10,11 +10,9 @@ from safetensors.torch import load_file, save_file
 from gr00t_server.model import (
     CheckpointError,
     CheckpointKeyError,
-    Gr00tN1d7,
     load_model,
     resolve_checkpoint_dir,
     save_model,
-    tiny_config,
 )
 from gr00t_server.model import checkpoint as checkpoint_module
 from gr00t_server.model.checkpoint import split_hub_id
@@ -36,17 +34,6 @@ def make_inputs(config):
         "state": torch.randn(1, 1, config.max_state_dim, generator=g),
         "embodiment_id": torch.tensor([2]),
     }
-
-
-@pytest.fixture(scope="module")
-def config():
-    return tiny_config()
-
-
-@pytest.fixture(scope="module")
-def model(config):
-    torch.manual_seed(0)
-    return Gr00tN1d7(config).eval()
 
 
 @pytest.fixture(scope="module")

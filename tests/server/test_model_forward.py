@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from gr00t_server.model import TEST_TOKEN_IDS, Gr00tN1d7, resolve_dtype, tiny_config
+from gr00t_server.model import TEST_TOKEN_IDS, Gr00tN1d7, resolve_dtype
 
 GRID = (1, 8, 8)  # 64 patches -> 16 image tokens after the 2x2 merge
 PATCH_DIM = 3 * 2 * 16 * 16
@@ -37,17 +37,6 @@ def make_inputs(config, batch_size=1, seed=0, text_len=6):
 
 def concat_inputs(a, b):
     return {key: torch.cat([a[key], b[key]]) for key in a}
-
-
-@pytest.fixture(scope="module")
-def config():
-    return tiny_config()
-
-
-@pytest.fixture(scope="module")
-def model(config):
-    torch.manual_seed(0)
-    return Gr00tN1d7(config).eval()
 
 
 def test_get_action_returns_an_action_chunk_per_sample(model, config):
