@@ -2,7 +2,8 @@
 
 from .envs import ENV_PREFIX_TO_EMBODIMENT_TAG, EnvFactory, embodiment_for_env, env_factory, make_env, register_env_prefix
 from .multistep import EpisodeSummary, MultiStepWrapper, success_from_info
-from .runner import HorizonSpec, ObservationMapper, PolicyRowCursor, RolloutConfig, RolloutResult, RolloutRunner, run_rollout
+from .policy_io import HorizonSpec, ObservationMapper, PolicyRowCursor
+from .runner import RolloutConfig, RolloutResult, RolloutRunner, run_rollout
 
 __all__ = [
     "ENV_PREFIX_TO_EMBODIMENT_TAG",

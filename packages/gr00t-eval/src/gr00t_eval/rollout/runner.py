@@ -24,54 +24,19 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 import gymnasium as gym
 import numpy as np
 
-from gr00t_client import ActionChunker, BasePolicy, EmbodimentTag, ModalityConfig
+from gr00t_client import ActionChunker, BasePolicy, EmbodimentTag
 from gr00t_client.chunking import MERGE_RULES
 
 from ..metrics import EpisodeOutcome
 from ..video import EpisodeVideoRecorder
 from .envs import EnvFactory, embodiment_for_env, env_factory
 from .multistep import EpisodeSummary, MultiStepWrapper
+from .policy_io import HorizonSpec, ObservationMapper, PolicyRowCursor, policy_actions
 
 logger = logging.getLogger(__name__)
 
 IDLE = -1
 CLIENT_CHUNKING_MODES = ("off", "sync", "async")
-
-
-@dataclass(frozen=True)
-class HorizonSpec:
-    """What the policy reads and writes, from its modality config: history deltas, keys and the action horizon."""
-
-    video_delta_indices: Sequence[int]
-    state_delta_indices: Sequence[int]
-    action_horizon: int
-    video_keys: Sequence[str]
-    state_keys: Sequence[str]
-    action_keys: Sequence[str]
-    language_keys: Sequence[str]
-
-    @classmethod
-    def from_modality_config(cls, configs: Mapping[str, ModalityConfig]) -> "HorizonSpec":
-        """Read a policy's {modality: ModalityConfig}; video/state default to the current step only."""
-        if "action" not in configs:
-            raise ValueError(f"the policy's modality config has no 'action' modality; got {sorted(configs)}")
-        video, state, action, language = (configs.get(m) for m in ("video", "state", "action", "language"))
-        return cls(
-            video_delta_indices=list(video.delta_indices) if video else [0],
-            state_delta_indices=list(state.delta_indices) if state else [0],
-            action_horizon=len(action.delta_indices),
-            video_keys=list(video.modality_keys) if video else [],
-            state_keys=list(state.modality_keys) if state else [],
-            action_keys=list(action.modality_keys),
-            language_keys=list(language.modality_keys) if language else [],
-        )
-
-    def check_n_action_steps(self, n_action_steps: int) -> None:
-        """Refuse executing more steps of a chunk than the policy predicts."""
-        if not 1 <= n_action_steps <= self.action_horizon:
-            raise ValueError(
-                f"n_action_steps must be in [1, {self.action_horizon}] (the policy's action horizon), got {n_action_steps}"
-            )
 
 
 @dataclass
@@ -154,117 +119,6 @@ def make_vector_env(config: RolloutConfig, spec: HorizonSpec, n_envs: int) -> gy
         return gym.vector.SyncVectorEnv(fns, autoreset_mode=disabled)
     # spawn: workers must not inherit the parent's ZeroMQ threads or GL contexts.
     return gym.vector.AsyncVectorEnv(fns, shared_memory=False, context="spawn", autoreset_mode=disabled)
-
-
-class ObservationMapper:
-    """Batched env observations -> the flat observation the policy's modality config asks for.
-
-    Keys are matched by name (`video.<k>`, `state.<k>`, the language key); when the names differ but the env
-    has as many cameras (or state groups, or one language key) as the config, they are matched by position.
-    """
-
-    def __init__(self, spec: HorizonSpec, env_keys: Sequence[str]) -> None:
-        self.sources: Dict[str, str] = {}
-        for prefix, keys in (("video", spec.video_keys), ("state", spec.state_keys)):
-            available = [k for k in env_keys if k.startswith(prefix + ".")]
-            wanted = [f"{prefix}.{k}" for k in keys]
-            self._match(prefix, wanted, available)
-        available = [k for k in env_keys if k.startswith("annotation.")]
-        self._match("language", list(spec.language_keys), available)
-
-    def _match(self, kind: str, wanted: List[str], available: List[str]) -> None:
-        if all(w in available for w in wanted):
-            self.sources.update({w: w for w in wanted})
-        elif len(wanted) == len(available):
-            logger.warning("env %s keys %s differ from the policy's %s; matching them by position", kind, available, wanted)
-            self.sources.update(dict(zip(wanted, available)))
-        else:
-            missing = [w for w in wanted if w not in available]
-            raise ValueError(f"the env has no {kind} keys {missing} that the policy needs; the env provides {available}")
-
-    def __call__(self, obs: Mapping[str, Any]) -> Dict[str, Any]:
-        out: Dict[str, Any] = {}
-        for target, source in self.sources.items():
-            value = obs[source]
-            if target.startswith("video."):
-                out[target] = np.ascontiguousarray(value, dtype=np.uint8)
-            elif target.startswith("state."):
-                out[target] = np.ascontiguousarray(value, dtype=np.float32)
-            else:
-                out[target] = [str(v) for v in value]
-        return out
-
-
-class PolicyRowCursor:
-    """Per-row reset options for a policy serving a batch of env rows.
-
-    A stateful policy (ReplayPolicy) takes one `episode_index` and `step_index` per row, so restarting one row
-    must repeat the other rows' current positions: they are read from the last get_action info
-    (`current_step` + `execution_horizon`, clamped to `episode_length` - 1) or counted in n_action_steps.
-    """
-
-    def __init__(self, n_rows: int, n_action_steps: int) -> None:
-        self.episodes = [0] * n_rows
-        self.next_steps = [0] * n_rows
-        self.lengths: List[Optional[int]] = [None] * n_rows
-        self.n_action_steps = n_action_steps
-        self._warned = False
-
-    def after_get_action(self, info: Mapping[str, Any]) -> None:
-        """Advance every row's expected next step from a get_action info."""
-        n = len(self.episodes)
-        current = _per_row(info.get("current_step"), n)
-        horizon = info.get("execution_horizon")
-        lengths = _per_row(info.get("episode_length"), n)
-        if isinstance(horizon, (int, np.integer)) and horizon != self.n_action_steps and not self._warned:
-            self._warned = True
-            logger.warning("the policy advances %d steps per call but the envs execute n_action_steps=%d; a replayed "
-                           "episode will drift (serve with --execution-horizon %d)", horizon, self.n_action_steps, self.n_action_steps)
-        for row in range(n):
-            if current is not None and isinstance(horizon, (int, np.integer)):
-                self.next_steps[row] = int(current[row]) + int(horizon)
-            else:
-                self.next_steps[row] += self.n_action_steps
-            if lengths is not None:
-                self.lengths[row] = int(lengths[row])
-
-    def reset_options(self, started: Mapping[int, int]) -> Dict[str, Any]:
-        """Options restarting rows `started` ({row: episode_index}) at step 0, the others where they are."""
-        episodes, steps = list(self.episodes), []
-        for row, (episode_step, length) in enumerate(zip(self.next_steps, self.lengths)):
-            if row in started:
-                episodes[row] = started[row]
-                steps.append(0)
-            else:
-                steps.append(min(episode_step, length - 1) if length else episode_step)
-        return {"episode_index": episodes, "step_index": steps}
-
-    def commit(self, started: Mapping[int, int]) -> None:
-        """Record that the policy accepted the reset of rows `started`."""
-        for row, episode in started.items():
-            self.episodes[row], self.next_steps[row], self.lengths[row] = episode, 0, None
-
-
-def _per_row(value: Any, n: int) -> Optional[List[Any]]:
-    if value is None:
-        return None
-    values = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value]
-    if len(values) == 1 and n > 1:
-        values = values * n
-    return values if len(values) == n else None
-
-
-def policy_actions(action: Mapping[str, Any], action_space: gym.spaces.Dict, n_action_steps: int) -> Dict[str, np.ndarray]:
-    """The policy's (B, H, D) `action.*` arrays cut to the first n_action_steps rows, in the env's dtypes."""
-    out = {}
-    for key, space in action_space.spaces.items():
-        if key not in action:
-            raise KeyError(f"the policy's action has no {key!r} that the env needs; got keys {sorted(action)}")
-        value = np.asarray(action[key])
-        if value.ndim != 3 or value.shape[1] < n_action_steps:
-            raise ValueError(f"{key} must be (B, H, D) with H >= n_action_steps={n_action_steps}; got shape {value.shape}")
-        out[key] = value[:, :n_action_steps].astype(space.dtype, copy=False)
-    return out
 
 
 class RolloutRunner:
