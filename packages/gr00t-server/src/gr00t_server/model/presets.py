@@ -104,7 +104,7 @@ def tiny_config(
     vision_end_token_id: int = TEST_TOKEN_IDS["vision_end_token_id"],
     **overrides: Any,
 ) -> Gr00tN1d7Config:
-    """A few-hundred-k-parameter model (hidden 64, 2 LLM layers, 2 ViT blocks, 4 DiT layers) for unit tests.
+    """A ~1.7M-parameter model (hidden 64, 2 kept LLM layers, 2 ViT blocks, 4 DiT layers) for unit tests.
 
     Patch 16 / temporal 2 / merge 2 like the real model; state/action width 132, horizon 40, 32 embodiments.
     """
@@ -134,7 +134,7 @@ def small_config(
     vision_end_token_id: int = TEST_TOKEN_IDS["vision_end_token_id"],
     **overrides: Any,
 ) -> Gr00tN1d7Config:
-    """A ~20M-parameter model (hidden 256, 4 LLM layers, 4 ViT blocks, 8 DiT layers) for benchmarks."""
+    """A ~28M-parameter model (hidden 256, 4 kept LLM layers, 4 ViT blocks, 8 DiT layers) for benchmarks."""
     token_ids = {
         "image_token_id": image_token_id, "video_token_id": video_token_id,
         "vision_start_token_id": vision_start_token_id, "vision_end_token_id": vision_end_token_id,
