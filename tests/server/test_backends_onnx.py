@@ -323,3 +323,26 @@ def test_torch_compile_mode_compiles_only_the_dit(tiny_checkpoint):
     policy = make_policy(tiny_checkpoint)
     assert apply_inference_mode(policy, "torch-compile") == ["dit"]
     assert "forward" in vars(model_of(policy).action_head.model)
+
+
+@pytest.mark.slow
+def test_verify_torch_compile_runs_the_compiled_dit_and_passes(tiny_checkpoint, capsys):
+    """`verify --torch-compile` on CPU: inductor compiles the DiT; the same noise gives the eager actions."""
+    args = parse(["verify", "--model-path", str(tiny_checkpoint), "--torch-compile", "--device", "cpu",
+                  "--embodiment-tag", TAG])
+    assert commands.run(args) == 0
+    out = capsys.readouterr().out
+    assert "overall (torch-compile): PASS" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line and line.split()[0] in ("dit", "actions")}
+    assert float(rows["dit"][1]) > 0.999999 and float(rows["actions"][3]) > 0.999999
+
+
+def test_verify_takes_exactly_one_backend(tiny_checkpoint, full_export):
+    from gr00t_server.backends.verify import verify_checkpoint
+
+    with pytest.raises(ValueError, match="exactly one of"):
+        verify_checkpoint(tiny_checkpoint, onnx_dir=full_export, torch_compile=True)
+    with pytest.raises(ValueError, match="exactly one of"):
+        verify_checkpoint(tiny_checkpoint)
+    with pytest.raises(SystemExit):
+        parse(["verify", "--model-path", "m", "--onnx-dir", "a", "--torch-compile"])

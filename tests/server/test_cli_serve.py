@@ -198,3 +198,45 @@ def test_serve_model_path_answers_the_reference_client(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.slow
+def test_serve_torch_compile_compiles_before_listening_and_matches_eager(tmp_path):
+    """--inference-mode torch-compile warms up (compiles) before the ready line; answers equal eager PyTorch's."""
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+    from gr00t_server.test_checkpoint import example_observation, make_test_checkpoint
+
+    checkpoint = make_test_checkpoint(tmp_path / "tiny", size="tiny", seed=0)
+    port = _free_port()
+    proc = _start(["serve", "--model-path", str(checkpoint), "--embodiment-tag", "libero_sim", "--device", "cpu",
+                   "--dtype", "fp32", "--port", str(port), "--inference-mode", "torch-compile"])
+    try:
+        lines = _wait_ready(proc, timeout_s=600)
+        warmup = [i for i, line in enumerate(lines) if line.strip().startswith("Warm-up: batch 1 in")]
+        assert warmup, "\n".join(lines)
+        assert warmup[0] < len(lines) - 1  # the ready line comes after the compile
+        observation = example_observation(checkpoint, "libero_sim", batch_size=1, seed=4)
+        with PolicyClient(port=port, timeout_ms=120000) as client:
+            served, _ = client.get_action(observation, {"seed": 3})
+        eager = Gr00tPolicy(checkpoint, "libero_sim", device="cpu", dtype="fp32")
+        expected, _ = eager.get_action(observation, {"seed": 3})
+        assert set(served) == set(expected)
+        for key in expected:
+            np.testing.assert_allclose(served[key], expected[key], rtol=1e-4, atol=1e-5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_serve_no_warmup_skips_the_sample_call(tmp_path):
+    from gr00t_server.test_checkpoint import make_test_checkpoint
+
+    checkpoint = make_test_checkpoint(tmp_path / "tiny", size="tiny", seed=0)
+    port = _free_port()
+    proc = _start(["serve", "--model-path", str(checkpoint), "--device", "cpu", "--port", str(port), "--no-warmup"])
+    try:
+        lines = _wait_ready(proc, timeout_s=180)
+        assert not any("Warm-up" in line for line in lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

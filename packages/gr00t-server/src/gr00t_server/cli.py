@@ -59,6 +59,8 @@ def _add_serve_parser(subparsers: Any) -> None:
     p.add_argument(*_flag("inference-mode"), default="pytorch", choices=INFERENCE_MODES, help="inference backend")
     p.add_argument(*_flag("onnx-dir"), default=None, help="exported ONNX sub-models (--inference-mode onnxruntime)")
     p.add_argument(*_flag("engine-dir"), default=None, help="TensorRT engines (--inference-mode tensorrt)")
+    _bool_flag(p, "warmup", True, "run a sample observation through the model before binding (default on; compiles "
+               "torch-compile mode and checks the backend at start-up)")
     p.add_argument(*_flag("max-batch-size"), type=int, default=1, help="batch get_action requests across clients (default 1: off)")
     p.add_argument(*_flag("batch-timeout-ms"), type=float, default=2.0, help="longest wait to fill a batch (default 2 ms)")
     p.add_argument(*_flag("max-message-mb"), type=int, default=256, help="drop messages larger than this (default 256 MiB)")
@@ -147,7 +149,27 @@ def _model_policy(args: argparse.Namespace, tag: Any) -> Any:
         from .backends import apply_inference_mode
 
         apply_inference_mode(policy, args.inference_mode, onnx_dir=args.onnx_dir, engine_dir=args.engine_dir)
+    if args.warmup:
+        _warm_up(policy, args)
     return policy
+
+
+def _warm_up(policy: Any, args: argparse.Namespace) -> None:
+    """One sample get_action at batch 1 (and at --max-batch-size when batching) before the port opens."""
+    from .backends.bench import warm_up
+
+    sizes = (1,) if args.max_batch_size <= 1 else (1, args.max_batch_size)
+    if args.inference_mode == "torch-compile":
+        print("  Warm-up: compiling the DiT with torch.compile (can take minutes)...", flush=True)
+    try:
+        seconds = warm_up(policy, sizes)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CliError(
+            f"warm-up failed: the {args.inference_mode} policy could not answer a sample observation "
+            f"({type(exc).__name__}: {reason}); --no-warmup skips this check"
+        ) from exc
+    print("  Warm-up: " + ", ".join(f"batch {size} in {s:.2f} s" for size, s in seconds.items()), flush=True)
 
 
 def serve(args: argparse.Namespace) -> int:

@@ -71,3 +71,22 @@ def time_policy(policy: Any, observation: dict[str, Any], iters: int = 20, warmu
         "e2e_ms": e2e,
         "hz": 1000.0 / e2e if e2e > 0 else float("nan"),
     }
+
+
+def warm_up(policy: Any, batch_sizes: tuple[int, ...] = (1,), seed: int = 0) -> dict[int, float]:
+    """Run one sample observation per batch size through `policy.get_action`; seconds per batch size.
+
+    Serving calls this before it binds: torch.compile compiles here rather than on a robot's first request,
+    and engines or exports that do not fit the model fail at start-up with their own error.
+    """
+    from gr00t_server.backends.export import sample_observation
+
+    model = model_of(policy)
+    seconds = {}
+    for batch_size in batch_sizes:
+        observation = sample_observation(policy, batch_size=batch_size, seed=seed)
+        start = time.perf_counter()
+        policy.get_action(observation, {"seed": seed})
+        _synchronize(model.device)
+        seconds[batch_size] = time.perf_counter() - start
+    return seconds

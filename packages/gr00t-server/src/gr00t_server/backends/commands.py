@@ -52,12 +52,14 @@ def register(subparsers: Any) -> None:
 
     verify = subparsers.add_parser(
         "verify", help="compare a backend with PyTorch",
-        description="Run identical inputs and noise through PyTorch and the backend; exit 1 on FAIL.",
+        description="Run identical inputs and noise through PyTorch and the backend (ONNX Runtime, TensorRT or "
+                    "torch.compile); print cosine similarity and max abs error per output; exit 1 on FAIL.",
     )
     verify.add_argument(*_flag("model-path"), required=True, help="checkpoint directory or hub id")
     source = verify.add_mutually_exclusive_group(required=True)
     source.add_argument(*_flag("onnx-dir"), default=None, help="verify ONNX Runtime on this export")
     source.add_argument(*_flag("engine-dir"), default=None, help="verify TensorRT on these engines")
+    source.add_argument(*_flag("torch-compile"), action="store_true", help="verify torch.compile of the DiT")
     verify.add_argument(*_flag("embodiment-tag"), default=None, help="default: the tag recorded at export")
     verify.add_argument(*_flag("device"), default=None, help="default: cuda for engines, else cuda if available")
     verify.add_argument(*_flag("batch-size"), type=int, default=1)
@@ -113,6 +115,7 @@ def _verify(args: argparse.Namespace) -> int:
     report = verify_checkpoint(
         args.model_path, onnx_dir=args.onnx_dir, engine_dir=args.engine_dir,
         embodiment_tag=args.embodiment_tag, device=args.device, batch_size=args.batch_size, seed=args.seed,
+        torch_compile=args.torch_compile,
     )
     print(report.format())
     return 1 if report.status == "FAIL" else 0

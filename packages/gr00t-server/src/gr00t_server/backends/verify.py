@@ -188,23 +188,28 @@ def verify_checkpoint(
     device: Optional[str] = None,
     batch_size: int = 1,
     seed: int = 0,
+    torch_compile: bool = False,
 ) -> VerifyReport:
-    """Load the checkpoint in the export's precision and verify the ONNX Runtime or TensorRT backend."""
+    """Load the checkpoint and verify one backend against PyTorch: ONNX Runtime on `onnx_dir`, TensorRT on
+    `engine_dir` (both in the export's precision), or torch.compile of the DiT when `torch_compile`."""
     from gr00t_server.backends import apply_inference_mode
     from gr00t_server.backends.common import ENGINE_METADATA, read_export_metadata, read_json
     from gr00t_server.backends.export import default_embodiment_tag, sample_observation
     from gr00t_server.policies.gr00t_policy import Gr00tPolicy
 
-    if (onnx_dir is None) == (engine_dir is None):
-        raise ValueError("verify needs exactly one of onnx_dir or engine_dir")
+    if (onnx_dir is not None) + (engine_dir is not None) + bool(torch_compile) != 1:
+        raise ValueError("verify needs exactly one of onnx_dir, engine_dir or torch_compile")
+    metadata: dict[str, Any] = {}
     if engine_dir is not None:
         metadata = read_json(Path(engine_dir) / ENGINE_METADATA, "TensorRT engine metadata")
         mode = "tensorrt"
         device = device or "cuda"
-    else:
+    elif onnx_dir is not None:
         metadata = read_export_metadata(onnx_dir)
         mode = "onnxruntime"
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        mode = "torch-compile"
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tag = embodiment_tag or metadata.get("embodiment_tag") or default_embodiment_tag(model_path)
     dtype = TORCH_DTYPES.get(metadata.get("precision", ""), None)
     policy = Gr00tPolicy(model_path, tag, device=device, strict=True, dtype=dtype)
