@@ -1,186 +1,371 @@
-"""Gr00tPolicy latency per stage (preprocess, backbone, action head, decode, total) per checkpoint size and backend.
+"""Gr00tPolicy latency per stage (preprocess, backbone, action head, decode, total) per model size and backend.
 
-CPU: the tiny and small test checkpoints. With --full on a CUDA machine: the full-size N1.7 config with random
-weights in bf16, beside the reference's published H100 figures. Prints a markdown table.
+Backends: pytorch, torch-compile (the DiT forward compiled), onnxruntime and tensorrt (a full_pipeline ONNX export
+of the very policy being measured, in the model dtype, ViT in fp32 as in model.md §7.1; engines built from it).
+Default: all four on CUDA, all but tensorrt on CPU. A backend that cannot run here gets a "skipped" row.
 
-    python benchmarks/policy_latency.py                      # tiny + small, batch 1 and 8, pytorch (+ onnxruntime)
-    python benchmarks/policy_latency.py --full --device cuda  # full-size random weights (GPU)
+CPU: the tiny and small test checkpoints. --full: the full-size N1.7 network (3.1B parameters) with seeded random
+weights in bf16 (fp32 on CPU) behind the tiny checkpoint's processing, built once per backend; each backend's row
+sits beside the reference's published H100 row (model.md §7.4). Progress (export, engine build, compile) goes to
+stderr; the markdown table goes to stdout.
+
+    python benchmarks/policy_latency.py                        # tiny + small, batch 1 and 8, CPU backends
+    python benchmarks/policy_latency.py --full --device cuda   # full size, all four backends (export+build: minutes)
+    python benchmarks/policy_latency.py --full --workdir /tmp/bench  # keep exports and engines for the next run
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import gc
+import importlib.util
+import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from gr00t_server.backends import BackendError, apply_inference_mode
+from gr00t_server.backends.common import ENGINE_METADATA, EXPORT_METADATA, PRECISION_OF_DTYPE
+from gr00t_server.model.modeling import resolve_dtype
 from gr00t_server.policies.gr00t_policy import Gr00tPolicy
 from gr00t_server.test_checkpoint import example_observation, make_test_checkpoint
 
 TAG = "new_embodiment"
-# Published end-to-end latencies of the reference on an H100 (model.md §7.4), ms.
-REFERENCE_H100_MS = {"pytorch": 85.8, "torch-compile": 48.6, "tensorrt": 27.9}
+BACKENDS = ("pytorch", "torch-compile", "onnxruntime", "tensorrt")
+# torch.compile compiles at the first call per input shape and, on CUDA (max-autotune), records a CUDA graph
+# at a later one; these calls must fall in the warmup, never in the timed iterations.
+MIN_WARMUP = {"torch-compile": 3}
+COLUMNS = ("model", "backend", "batch", "first call ms", "preprocess ms", "backbone ms", "action head ms",
+           "decode ms", "total ms", "ms/row", "Hz")
+# Published N1.7 timings on an H100 80GB HBM3 (model.md §7.4): GR00T-N1.7-LIBERO, batch 1, 4 denoising steps,
+# 1 camera. (label, data processing ms, backbone ms, action head ms, end to end ms, Hz) per backend.
+REFERENCE_H100_MS: Dict[str, Tuple[str, float, float, float, float, float]] = {
+    "pytorch": ("PyTorch Eager", 6.2, 31.3, 48.2, 85.8, 11.7),
+    "torch-compile": ("torch.compile", 6.2, 30.4, 12.0, 48.6, 20.6),
+    "tensorrt": ("TensorRT (full)", 6.2, 8.8, 12.3, 27.9, 35.9),
+}
 
 
-class StageTimer:
-    """Wall time of the backbone and action head inside one model call, via forward hooks."""
-
-    def __init__(self, policy: Gr00tPolicy) -> None:
-        self.device = policy.device
-        self.marks: Dict[str, float] = {}
-        model = policy.model
-        model.backbone.register_forward_pre_hook(lambda *_: self._mark("backbone_start"))
-        model.backbone.register_forward_hook(lambda *_: self._mark("backbone_end"))
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def _mark(self, name: str) -> None:
-        self._sync()
-        self.marks[name] = time.perf_counter()
+def progress(message: str) -> None:
+    """One progress line on stderr, flushed (exports, engine builds and compiles take minutes at full size)."""
+    print(f"[policy_latency {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def _time_call(policy: Gr00tPolicy, timer: StageTimer, observation: Dict, options: Dict) -> Dict[str, float]:
-    """One get_action split into stages: preprocess | backbone | action head | decode."""
-    original = policy.model.get_action
-    stamps: Dict[str, float] = {}
+def table_row(cells: Sequence[object]) -> str:
+    """A markdown row padded to the table's column count."""
+    cells = [str(c) for c in cells] + [""] * (len(COLUMNS) - len(cells))
+    return "| " + " | ".join(cells) + " |"
 
-    def timed_get_action(*args, **kwargs):
-        timer._sync()
-        stamps["model_start"] = time.perf_counter()
-        out = original(*args, **kwargs)
-        timer._sync()
-        stamps["model_end"] = time.perf_counter()
-        return out
 
-    policy.model.get_action = timed_get_action
+def reference_row(backend: str) -> Optional[str]:
+    """The published H100 row for `backend` in this table's columns, or None (onnxruntime has none)."""
+    if backend not in REFERENCE_H100_MS:
+        return None
+    label, data, backbone, head, e2e, hz = REFERENCE_H100_MS[backend]
+    return table_row(["H100 published §7.4", label, 1, "", f"{data} (data proc)", backbone, head, "-", e2e, e2e, hz])
+
+
+def default_backends(device: str) -> List[str]:
+    """All four backends on CUDA; on CPU all but tensorrt."""
+    if torch.device(device).type == "cuda":
+        return list(BACKENDS)
+    return [b for b in BACKENDS if b != "tensorrt"]
+
+
+def unavailable(backend: str, device: str) -> Optional[str]:
+    """Why `backend` cannot run on `device` here (not installed, no GPU), checked before any model is built."""
+    torch_device = torch.device(device)
+    if backend == "torch-compile" and not hasattr(torch, "compile"):
+        return f"torch {torch.__version__} has no torch.compile"
+    if backend in ("onnxruntime", "tensorrt") and importlib.util.find_spec("onnx") is None:
+        return "the ONNX export needs the onnx package: pip install 'gr00t-server[onnx]'"
     try:
-        start = time.perf_counter()
-        policy.get_action(observation, options)
-        end = time.perf_counter()
-    finally:
-        policy.model.get_action = original
-    marks = timer.marks
-    return {
-        "preprocess": (stamps["model_start"] - start) * 1e3,
-        "backbone": (marks["backbone_end"] - marks["backbone_start"]) * 1e3,
-        "action_head": (stamps["model_end"] - marks["backbone_end"]) * 1e3,
-        "decode": (end - stamps["model_end"]) * 1e3,
-        "total": (end - start) * 1e3,
-    }
+        if backend == "onnxruntime":
+            from gr00t_server.backends.onnxruntime_backend import providers_for
+
+            providers_for(torch_device)
+        elif backend == "tensorrt":
+            if torch_device.type != "cuda":
+                return f"TensorRT needs a CUDA device; this run is on {device}"
+            from gr00t_server.backends.tensorrt_backend import import_tensorrt
+
+            import_tensorrt()
+    except BackendError as exc:
+        return str(exc)
+    return None
 
 
-def measure(policy: Gr00tPolicy, batch_size: int, iterations: int, warmup: int, image_size) -> Dict[str, float]:
-    observation = example_observation(policy.checkpoint_dir, TAG, batch_size=batch_size, image_size=image_size)
-    timer = StageTimer(policy)
-    for _ in range(warmup):
-        _time_call(policy, timer, observation, {"seed": 0})
-    rows: List[Dict[str, float]] = [_time_call(policy, timer, observation, {"seed": 0}) for _ in range(iterations)]
-    return {stage: statistics.median(r[stage] for r in rows) for stage in rows[0]}
+# ----- models -----
 
 
-def full_size_policy(policy: Gr00tPolicy, device: str) -> Gr00tPolicy:
-    """Swap a full-size N1.7 network with random bf16 weights into a policy (processing from the tiny checkpoint)."""
-    from gr00t_server.model.modeling import Gr00tN1d7
+def full_size_config():
+    """The released N1.7 architecture, with the special-token ids of the test tokenizer."""
     from gr00t_server.model.presets import TEST_TOKEN_IDS, released_config
 
     config = released_config(image_token_id=TEST_TOKEN_IDS["image_token_id"])
     backbone = dict(config.backbone_cfg or config.qwen3_vl_config_dict())
     backbone.update({k: v for k, v in TEST_TOKEN_IDS.items() if k != "image_token_id"})
     config.backbone_cfg = backbone
+    return config
+
+
+def full_size_policy(checkpoint: Path, device: str, dtype: torch.dtype, seed: int = 0) -> Gr00tPolicy:
+    """A policy with the tiny checkpoint's processing and a full-size network with random weights from `seed`.
+
+    The same seed gives the same weights, so one ONNX export serves every rebuilt policy (the backends check
+    the weights fingerprint recorded at export).
+    """
+    from gr00t_server.model.modeling import Gr00tN1d7
+
+    policy = Gr00tPolicy(model_path=checkpoint, embodiment_tag=TAG, device=device, dtype=dtype, strict=False)
+    config = full_size_config()
+    policy.model = None  # drop the tiny network before allocating the large one
+    torch.manual_seed(seed)
     with torch.device(device):
         model = Gr00tN1d7(config)
-    policy.model = model.to(dtype=torch.bfloat16 if device.startswith("cuda") else torch.float32).eval()
+    policy.model = model.to(dtype=dtype).eval()
     policy.model_config = config
     return policy
 
 
-def _backends(args: argparse.Namespace, checkpoint: Path, workdir: Path) -> Dict[str, Callable[[], Gr00tPolicy]]:
-    def pytorch() -> Gr00tPolicy:
-        return Gr00tPolicy(model_path=checkpoint, embodiment_tag=TAG, device=args.device, dtype=args.dtype, strict=False)
-
-    makers: Dict[str, Callable[[], Gr00tPolicy]] = {"pytorch": pytorch}
-    if "onnxruntime" in args.backends:
-        def onnxruntime() -> Gr00tPolicy:
-            from gr00t_server.backends import apply_inference_mode
-            from gr00t_server.backends.export import export_checkpoint
-
-            onnx_dir = workdir / f"onnx-{checkpoint.name}"
-            if not onnx_dir.exists():
-                export_checkpoint(checkpoint, onnx_dir, mode="full_pipeline", precision="fp32", embodiment_tag=TAG,
-                                  device=args.device)
-            policy = pytorch()
-            apply_inference_mode(policy, "onnxruntime", onnx_dir=onnx_dir)
-            return policy
-
-        makers["onnxruntime"] = onnxruntime
-    if "torch-compile" in args.backends:
-        def compiled() -> Gr00tPolicy:
-            from gr00t_server.backends import apply_inference_mode
-
-            policy = pytorch()
-            apply_inference_mode(policy, "torch-compile")
-            return policy
-
-        makers["torch-compile"] = compiled
-    return makers
+def build_policy(size: str, checkpoint: Path, device: str, dtype: torch.dtype) -> Gr00tPolicy:
+    """A fresh policy for `size` ("tiny", "small" from their checkpoints, or "full")."""
+    if size == "full":
+        return full_size_policy(checkpoint, device, dtype)
+    return Gr00tPolicy(model_path=checkpoint, embodiment_tag=TAG, device=device, dtype=dtype, strict=False)
 
 
-def main() -> None:
+def release_memory(device: str) -> None:
+    """Free what the last policy left: compiled graphs (and their CUDA-graph pools), cycles, cached GPU blocks."""
+    torch._dynamo.reset()
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def apply_backend(policy: Gr00tPolicy, backend: str, export_dir: Path, engine_dir: Path, image_size: Tuple[int, int],
+                  max_batch_size: int) -> None:
+    """Switch `policy` to `backend`; exports the policy (and builds engines) first unless the work dirs hold them."""
+    if backend in ("pytorch", "torch-compile"):
+        apply_inference_mode(policy, backend)
+        return
+    from gr00t_server.backends.export import clear_export_dir, export_policy
+
+    if not (export_dir / EXPORT_METADATA).is_file():
+        precision = PRECISION_OF_DTYPE[policy.model.dtype]
+        progress(f"exporting full_pipeline ONNX ({precision}; ViT in fp32, model.md §7.1) to {export_dir}")
+        started = time.perf_counter()
+        export_dir.mkdir(parents=True, exist_ok=True)
+        clear_export_dir(export_dir)
+        observation = example_observation(policy.checkpoint_dir, TAG, batch_size=1, image_size=image_size)
+        metadata = export_policy(policy, observation, export_dir, mode="full_pipeline", precision=precision)
+        files = ", ".join(info["file"] for info in metadata["submodules"].values())
+        progress(f"exported in {time.perf_counter() - started:.0f} s: {files}")
+    if backend == "onnxruntime":
+        apply_inference_mode(policy, "onnxruntime", onnx_dir=export_dir)
+        return
+    if not (engine_dir / ENGINE_METADATA).is_file():
+        from gr00t_server.backends.tensorrt_backend import build_engines
+
+        progress(f"building TensorRT engines (max batch {max_batch_size}) in {engine_dir}; minutes at full size")
+        started = time.perf_counter()
+        build_engines(export_dir, engine_dir, max_batch_size=max_batch_size)
+        progress(f"engines built in {time.perf_counter() - started:.0f} s")
+    apply_inference_mode(policy, "tensorrt", engine_dir=engine_dir)
+
+
+# ----- timing -----
+
+
+class StageTimer:
+    """Times `policy.get_action` split into preprocess | backbone | action head | decode, via hooks on the model."""
+
+    def __init__(self, policy: Gr00tPolicy) -> None:
+        self.policy = policy
+        self.marks: Dict[str, float] = {}
+        model = policy.model
+        original = model.get_action
+
+        def timed_get_action(*args, **kwargs):
+            self._mark("model_start")
+            out = original(*args, **kwargs)
+            self._mark("model_end")
+            return out
+
+        self._handles = [
+            model.backbone.register_forward_pre_hook(lambda *_: self._mark("backbone_start")),
+            model.backbone.register_forward_hook(lambda *_: self._mark("backbone_end")),
+        ]
+        model.get_action = timed_get_action  # an instance attribute shadows the method until close()
+
+    def _mark(self, name: str) -> None:
+        if self.policy.device.type == "cuda":
+            torch.cuda.synchronize(self.policy.device)
+        self.marks[name] = time.perf_counter()
+
+    def close(self) -> None:
+        """Remove the hooks and the wrapper."""
+        for handle in self._handles:
+            handle.remove()
+        del self.policy.model.get_action
+
+    def call(self, observation: Dict) -> Dict[str, float]:
+        """One timed get_action; milliseconds per stage."""
+        self.marks.clear()
+        self._mark("start")
+        self.policy.get_action(observation, {"seed": 0})
+        self._mark("end")
+        m = self.marks
+        return {
+            "preprocess": (m["model_start"] - m["start"]) * 1e3,
+            "backbone": (m["backbone_end"] - m["backbone_start"]) * 1e3,
+            "action_head": (m["model_end"] - m["backbone_end"]) * 1e3,
+            "decode": (m["end"] - m["model_end"]) * 1e3,
+            "total": (m["end"] - m["start"]) * 1e3,
+        }
+
+
+def measure(
+    policy: Gr00tPolicy, observation: Dict, iterations: int, warmup: int
+) -> Tuple[Optional[float], Dict[str, float]]:
+    """(first warmup call in ms or None, median ms per stage over `iterations` after `warmup` calls)."""
+    timer = StageTimer(policy)
+    try:
+        warm = [timer.call(observation)["total"] for _ in range(warmup)]
+        rows = [timer.call(observation) for _ in range(max(1, iterations))]
+    finally:
+        timer.close()
+    return (warm[0] if warm else None), {stage: float(np.median([r[stage] for r in rows])) for stage in rows[0]}
+
+
+def measured_row(size: str, backend: str, batch: int, first_ms: Optional[float], stages: Dict[str, float]) -> str:
+    """A table row from `measure`'s result."""
+    total = stages["total"]
+    return table_row([
+        size, backend, batch, "-" if first_ms is None else f"{first_ms:.0f}", f"{stages['preprocess']:.1f}",
+        f"{stages['backbone']:.1f}", f"{stages['action_head']:.1f}", f"{stages['decode']:.1f}", f"{total:.1f}",
+        f"{total / batch:.1f}", f"{1000 / total:.1f}",
+    ])
+
+
+def _reason(exc: object) -> str:
+    """First line of an error (or message), short enough for a table cell."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:160].replace("|", "/")
+
+
+def prepared_policy(size: str, backend: str, args: argparse.Namespace, checkpoint: Path, workdir: Path,
+                    dtype: torch.dtype) -> Optional[Gr00tPolicy]:
+    """A fresh policy for `size` switched to `backend`, or None after printing a skipped/failed row."""
+    reason = unavailable(backend, args.device)
+    if reason:
+        print(table_row([size, backend, "-", f"skipped: {_reason(reason)}"]), flush=True)
+        return None
+    # Exports and engines are named by what shapes them, so a kept --workdir never serves a stale one.
+    shape = f"{'x'.join(map(str, args.image_size))}-{PRECISION_OF_DTYPE[dtype]}"
+    export_dir, engine_dir = workdir / f"onnx-{size}-{shape}", workdir / f"engines-{size}-{shape}"
+    try:
+        progress(f"{size}/{backend}: building the policy")
+        policy = build_policy(size, checkpoint, args.device, dtype)
+        apply_backend(policy, backend, export_dir, engine_dir, tuple(args.image_size), max(args.batch_sizes))
+        return policy
+    except Exception as exc:  # a backend that cannot run here is reported, not fatal
+        if not isinstance(exc, BackendError):
+            traceback.print_exc()
+        status = "skipped" if isinstance(exc, BackendError) else "failed"
+        print(table_row([size, backend, "-", f"{status}: {_reason(exc)}"]), flush=True)
+        return None
+
+
+def run_backend(size: str, backend: str, args: argparse.Namespace, checkpoint: Path, workdir: Path,
+                dtype: torch.dtype) -> None:
+    """Print one row per batch size for `backend`, then free its policy before the next one is built."""
+    is_cuda = torch.device(args.device).type == "cuda"
+    if is_cuda:
+        torch.cuda.reset_peak_memory_stats()
+    policy = prepared_policy(size, backend, args, checkpoint, workdir, dtype)
+    warmup = max(args.warmup, MIN_WARMUP.get(backend, 0))
+    compiling = "; torch.compile compiles in the first (minutes with max-autotune on CUDA)"
+    for batch in args.batch_sizes if policy is not None else []:
+        observation = example_observation(checkpoint, TAG, batch_size=batch, image_size=tuple(args.image_size))
+        progress(f"{size}/{backend}: batch {batch}, {warmup} warmup + {args.iterations} timed calls"
+                 f"{compiling if backend == 'torch-compile' else ''}")
+        try:
+            first_ms, stages = measure(policy, observation, args.iterations, warmup)
+        except Exception as exc:  # e.g. a batch outside the engine profile; the other rows still count
+            traceback.print_exc()
+            print(table_row([size, backend, batch, f"failed: {_reason(exc)}"]), flush=True)
+            continue
+        if backend == "torch-compile" and first_ms is not None:
+            progress(f"{size}/{backend}: batch {batch}: first call (compile) {first_ms / 1e3:.1f} s")
+        print(measured_row(size, backend, batch, first_ms, stages), flush=True)
+    if is_cuda and policy is not None:
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        progress(f"{size}/{backend}: peak GPU memory in torch's allocator {peak:.1f} GiB")
+    del policy
+    release_memory(args.device)
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=["tiny", "small"], choices=["tiny", "small"])
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
-    parser.add_argument("--backends", nargs="+", default=["pytorch", "onnxruntime"],
-                        choices=["pytorch", "onnxruntime", "torch-compile"])
+    parser.add_argument("--backends", nargs="+", default=None, choices=BACKENDS,
+                        help="default: all four on CUDA, all but tensorrt on CPU")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="default: bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--iterations", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=2,
+                        help=f"untimed calls per batch size (at least {MIN_WARMUP['torch-compile']} for torch-compile)")
     parser.add_argument("--image-size", type=int, nargs=2, default=[256, 256])
-    parser.add_argument("--full", action="store_true", help="full-size N1.7 config with random weights (needs a GPU)")
-    args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    parser.add_argument("--full", action="store_true",
+                        help="full-size N1.7 network with random weights instead of --sizes (meant for a GPU)")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="keep checkpoints, ONNX exports and engines here and reuse them (default: a temp dir)")
+    return parser.parse_args(argv)
 
-    print(f"device={args.device} threads={torch.get_num_threads()} torch={torch.__version__} image={args.image_size}")
+
+def main(argv: Optional[List[str]] = None) -> None:
+    args = parse_args(argv)
+    backends = args.backends or default_backends(args.device)
+    dtype = resolve_dtype(args.device, args.dtype)
+    sizes = ["full"] if args.full else args.sizes
+    device = torch.device(args.device)
+    gpu = f" gpu={torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
+    print(f"device={args.device}{gpu} dtype={PRECISION_OF_DTYPE[dtype]} threads={torch.get_num_threads()} "
+          f"torch={torch.__version__} image={args.image_size} backends={','.join(backends)}")
     print()
-    print("| checkpoint | backend | batch | preprocess ms | backbone ms | action head ms | decode ms | total ms | ms/row |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        sizes = ["full"] if args.full else args.sizes
+    print(table_row(COLUMNS))
+    print(table_row(["---"] * len(COLUMNS)), flush=True)
+    references = dict(REFERENCE_H100_MS)  # each printed once: beside its backend at full size, else at the end
+    with tempfile.TemporaryDirectory(prefix="policy-latency-") as tmp:
+        workdir = args.workdir or Path(tmp)
         for size in sizes:
-            checkpoint = workdir / size
-            make_test_checkpoint(checkpoint, size="tiny" if size == "full" else size)
-            makers = _backends(args, checkpoint, workdir)
-            if size == "full":
-                makers = {"pytorch": lambda: full_size_policy(makers["pytorch"](), args.device)}
-            for backend, make_policy in makers.items():
-                try:
-                    policy = make_policy()
-                except Exception as exc:  # a backend that cannot run here is reported, not fatal
-                    print(f"| {size} | {backend} | - | skipped: {str(exc).splitlines()[0][:80]} | | | | | |")
-                    continue
-                for batch in args.batch_sizes:
-                    stages = measure(policy, batch, args.iterations, args.warmup, tuple(args.image_size))
-                    print(
-                        f"| {size} | {backend} | {batch} | {stages['preprocess']:.1f} | {stages['backbone']:.1f} | "
-                        f"{stages['action_head']:.1f} | {stages['decode']:.1f} | {stages['total']:.1f} | "
-                        f"{stages['total'] / batch:.1f} |"
-                    )
-                del policy
+            checkpoint = make_test_checkpoint(workdir / f"checkpoint-{'tiny' if size == 'full' else size}",
+                                              size="tiny" if size == "full" else size)
+            for backend in backends:
+                run_backend(size, backend, args, checkpoint, workdir, dtype)
+                if size == "full" and references.pop(backend, None):
+                    print(reference_row(backend), flush=True)
+    for backend in references:
+        print(reference_row(backend))
     print()
-    print("Reference (published, H100, full-size N1.7, batch 1, end to end): "
-          + ", ".join(f"{k} {v} ms" for k, v in REFERENCE_H100_MS.items()))
-    if args.device == "cpu":
-        print("CPU numbers are for the tiny/small test configs and are not comparable with the H100 figures.")
+    print("Reference rows: model.md §7.4, GR00T-N1.7-LIBERO checkpoint on an H100 80GB HBM3, batch 1, 4 denoising "
+          "steps, 1 camera; its data proc (all processing outside the network) sits in the preprocess column. Its "
+          "torch.compile compiles only the DiT forward (max-autotune), as the torch-compile backend here does.")
+    print("first call ms: the first warmup call, not in the medians (torch-compile compiles the DiT there). "
+          "onnxruntime/tensorrt: full_pipeline export in the model dtype, ViT in fp32 (model.md §7.1).")
+    if args.full:
+        print("full: the released N1.7 architecture (3.1B parameters) with seeded random weights behind the tiny "
+              "checkpoint's processing and test tokenizer (its text tokens differ from a real checkpoint's).")
+    else:
+        print("The tiny/small test configs are not comparable with the H100 figures; use --full on a GPU.")
 
 
 if __name__ == "__main__":
-    np.set_printoptions(precision=3)
     main()

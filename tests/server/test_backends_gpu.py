@@ -100,3 +100,21 @@ def test_tensorrt_engines_serve_a_batch_of_two(tiny_checkpoint, engines):
     apply_inference_mode(policy, "tensorrt", engine_dir=engines)
     actions, _ = policy.get_action(example_observation(tiny_checkpoint, TAG, batch_size=2), {"seed": 0})
     assert all(value.shape[0] == 2 and torch.isfinite(torch.from_numpy(value)).all() for value in actions.values())
+
+
+def test_torch_compile_max_autotune_on_cuda_matches_eager_bf16(tiny_checkpoint):
+    report = verify_checkpoint(tiny_checkpoint, torch_compile=True, embodiment_tag=TAG, device="cuda")
+    print(report.format())
+    assert report.status != "FAIL", report.format()
+    assert action_comparison(report).cosine > 0.99
+
+
+def test_onnxruntime_gpu_keeps_tensors_on_the_gpu_through_a_batch_of_two(tiny_checkpoint, bf16_export):
+    require_onnxruntime_gpu()
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+    from gr00t_server.test_checkpoint import example_observation
+
+    policy = Gr00tPolicy(tiny_checkpoint, TAG, device="cuda", dtype="bf16")
+    apply_inference_mode(policy, "onnxruntime", onnx_dir=bf16_export)
+    actions, _ = policy.get_action(example_observation(tiny_checkpoint, TAG, batch_size=2), {"seed": 0})
+    assert all(value.shape[0] == 2 and torch.isfinite(torch.from_numpy(value)).all() for value in actions.values())
