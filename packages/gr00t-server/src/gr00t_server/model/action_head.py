@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from numbers import Integral, Real
 from typing import Optional
 
 import torch
@@ -10,6 +12,46 @@ from torch import nn
 from gr00t_server.model.config import Gr00tN1d7Config
 from gr00t_server.model.dit import AlternateVLDiT, SelfAttentionTransformer
 from gr00t_server.model.embodiment_mlp import CategorySpecificMLP, MultiEmbodimentActionEncoder
+
+
+DEFAULT_RTC_RAMP_RATE = 6.0
+
+
+def _check_int(name: str, value: object, low: int, high: int, bounds: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise ValueError(f"{name} must be an int in {bounds}, got {value!r}")
+    if not low <= int(value) <= high:
+        raise ValueError(f"{name} must be in {bounds} = [{low}, {high}], got {value}")
+
+
+def check_rtc_arguments(
+    model_horizon: int, action_horizon: int, overlap_steps: int, frozen_steps: int, ramp_rate: float
+) -> None:
+    """Raise ValueError unless 1 <= action_horizon <= model_horizon, 0 <= frozen <= overlap <= action_horizon,
+    and ramp_rate is finite and > 0."""
+    _check_int("action_horizon", action_horizon, 1, model_horizon, "[1, model action_horizon]")
+    _check_int("rtc_overlap_steps", overlap_steps, 0, action_horizon, "[0, action_horizon]")
+    _check_int("rtc_frozen_steps", frozen_steps, 0, overlap_steps, "[0, rtc_overlap_steps]")
+    if isinstance(ramp_rate, bool) or not isinstance(ramp_rate, Real) or not (0 < ramp_rate < math.inf):
+        raise ValueError(f"rtc_ramp_rate must be a finite number > 0, got {ramp_rate!r}")
+
+
+def rtc_velocity_strength(
+    horizon: int, overlap_steps: int, frozen_steps: int, ramp_rate: float, device: Optional[torch.device] = None
+) -> torch.Tensor:
+    """Per-row velocity scale `[horizon]` (float32) of real-time chunking, as in the reference (model.md §2.7).
+
+    Rows [0, frozen) get 0, rows [frozen, overlap) an exponential ramp 1 - exp(-rate * t) normalized to end
+    at 1 with both end points dropped, and the rest 1.
+    """
+    strength = torch.ones(horizon, dtype=torch.float32, device=device)
+    strength[:frozen_steps] = 0.0
+    ramp_steps = overlap_steps - frozen_steps
+    t = torch.linspace(0.0, 1.0, ramp_steps + 2, device=device)
+    ramp = 1 - torch.exp(-ramp_rate * t)
+    ramp = ramp / ramp[-1].clamp_min(1e-8)
+    strength[frozen_steps:overlap_steps] = ramp[1:-1]
+    return strength
 
 
 class Gr00tN1d7ActionHead(nn.Module):
@@ -114,8 +156,20 @@ class Gr00tN1d7ActionHead(nn.Module):
         embodiment_id: torch.Tensor,
         noise: Optional[torch.Tensor] = None,
         generator: Optional[torch.Generator] = None,
+        *,
+        previous: Optional[torch.Tensor] = None,
+        action_horizon: Optional[int] = None,
+        rtc_overlap_steps: int = 0,
+        rtc_frozen_steps: int = 0,
+        rtc_ramp_rate: float = DEFAULT_RTC_RAMP_RATE,
     ) -> dict[str, torch.Tensor]:
-        """Euler-integrate the flow from noise (t=0) to actions (t=1) in `num_inference_timesteps` steps."""
+        """Euler-integrate the flow from noise (t=0) to actions (t=1) in `num_inference_timesteps` steps.
+
+        Real-time chunking (RTC) when `previous [B, action_horizon_model, max_action_dim]` (a normalized,
+        padded earlier chunk) is given: rows [0, overlap) start from `previous[:, T_in-overlap:T_in]` with
+        `T_in = action_horizon` (default: the model's), and each row's velocity is scaled by
+        `rtc_velocity_strength` (frozen rows never move). Without it (or with overlap 0) nothing changes.
+        """
         vl_embeds = self.process_backbone_features(backbone_outputs["backbone_features"])
         image_mask = backbone_outputs["image_mask"]
         backbone_attention_mask = backbone_outputs["backbone_attention_mask"]
@@ -128,11 +182,50 @@ class Gr00tN1d7ActionHead(nn.Module):
             if tuple(noise.shape) != expected:
                 raise ValueError(f"noise must have shape {expected}, got {tuple(noise.shape)}")
             actions = noise.to(device=device, dtype=dtype)
+        actions, vel_strength = self._apply_rtc(
+            actions, previous, action_horizon, rtc_overlap_steps, rtc_frozen_steps, rtc_ramp_rate
+        )
         dt = 1.0 / self.num_inference_timesteps
         for step in range(self.num_inference_timesteps):
             timesteps = torch.full((batch_size,), self.timestep_for_step(step), device=device, dtype=torch.long)
             velocity = self.predict_velocity(
                 actions, timesteps, state_features, vl_embeds, embodiment_id, image_mask, backbone_attention_mask
             )
-            actions = actions + dt * velocity
+            if vel_strength is None:
+                actions = actions + dt * velocity
+            else:
+                actions = actions + dt * velocity * vel_strength
         return {"action_pred": actions, "backbone_features": vl_embeds, "state_features": state_features}
+
+    def _apply_rtc(
+        self,
+        actions: torch.Tensor,
+        previous: Optional[torch.Tensor],
+        action_horizon: Optional[int],
+        overlap_steps: int,
+        frozen_steps: int,
+        ramp_rate: float,
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Inpaint the initial Euler state from `previous`; (actions, None) when RTC does not apply."""
+        horizon = self.action_horizon if action_horizon is None else action_horizon
+        check_rtc_arguments(self.action_horizon, horizon, overlap_steps, frozen_steps, ramp_rate)
+        horizon, overlap_steps, frozen_steps = int(horizon), int(overlap_steps), int(frozen_steps)
+        if previous is None:
+            if overlap_steps or action_horizon is not None:
+                raise ValueError("rtc_overlap_steps/action_horizon need `previous`, the earlier action chunk")
+            return actions, None
+        expected = tuple(actions.shape)
+        if tuple(previous.shape) != expected:
+            raise ValueError(
+                f"previous must have shape {expected} (B, action_horizon, max_action_dim), got {tuple(previous.shape)}"
+            )
+        if not torch.isfinite(previous).all():
+            raise ValueError("previous contains NaN or infinite values")
+        if overlap_steps == 0:  # nothing to inpaint: keep the plain Euler update bit for bit
+            return actions, None
+        actions = actions.clone()  # never write into the caller's noise tensor
+        actions[:, :overlap_steps] = previous[:, horizon - overlap_steps : horizon].to(actions.device, actions.dtype)
+        strength = rtc_velocity_strength(
+            self.action_horizon, overlap_steps, frozen_steps, float(ramp_rate), actions.device
+        )
+        return actions, strength.to(actions.dtype)[None, :, None]

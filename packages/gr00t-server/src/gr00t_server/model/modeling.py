@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from torch import nn
 
-from gr00t_server.model.action_head import Gr00tN1d7ActionHead
+from gr00t_server.model.action_head import DEFAULT_RTC_RAMP_RATE, Gr00tN1d7ActionHead
 from gr00t_server.model.backbone import Qwen3Backbone
 from gr00t_server.model.config import Gr00tN1d7Config
 
@@ -76,9 +76,10 @@ class Gr00tN1d7(nn.Module):
         inputs: dict[str, torch.Tensor],
         noise: Optional[torch.Tensor] = None,
         generator: Optional[torch.Generator] = None,
+        **rtc: Any,
     ) -> dict[str, torch.Tensor]:
         """Same as `get_action`."""
-        return self.get_action(inputs, noise=noise, generator=generator)
+        return self.get_action(inputs, noise=noise, generator=generator, **rtc)
 
     @torch.no_grad()
     def get_action(
@@ -86,12 +87,20 @@ class Gr00tN1d7(nn.Module):
         inputs: dict[str, torch.Tensor],
         noise: Optional[torch.Tensor] = None,
         generator: Optional[torch.Generator] = None,
+        *,
+        previous: Optional[torch.Tensor] = None,
+        action_horizon: Optional[int] = None,
+        rtc_overlap_steps: int = 0,
+        rtc_frozen_steps: int = 0,
+        rtc_ramp_rate: float = DEFAULT_RTC_RAMP_RATE,
     ) -> dict[str, torch.Tensor]:
         """Predict an action chunk `action_pred [B, action_horizon, max_action_dim]` from collated inputs.
 
         `inputs`: `input_ids [B,S]`, `attention_mask [B,S]`, `pixel_values [N_patches, C*T*P*P]`,
         `image_grid_thw [N_img,3]`, `state [B,T_state,max_state_dim]`, `embodiment_id [B]`.
         `noise` is the initial Euler state when given; otherwise it is drawn with `generator`.
+        `previous` and the `action_horizon`/`rtc_*` arguments turn on real-time chunking (model.md §2.7; see
+        `Gr00tN1d7ActionHead.get_action`): `previous [B, action_horizon_model, max_action_dim]` is normalized.
         Also returns `backbone_features` (after VLLN + VL self-attention) and `state_features`.
         """
         prepared = self.prepare_inputs(inputs)
@@ -102,4 +111,9 @@ class Gr00tN1d7(nn.Module):
             embodiment_id=prepared["embodiment_id"],
             noise=noise,
             generator=generator,
+            previous=previous,
+            action_horizon=action_horizon,
+            rtc_overlap_steps=rtc_overlap_steps,
+            rtc_frozen_steps=rtc_frozen_steps,
+            rtc_ramp_rate=rtc_ramp_rate,
         )

@@ -1,12 +1,19 @@
 """Gr00tPolicy: a GR00T N1.7 checkpoint behind the BasePolicy API (model.md §1.2, §3, §4.3).
 
-Sampling noise, so that a batch gives the same rows as separate calls:
-- options={"seed": s}: row i of the batch starts from `torch.randn((H, D_max), generator=Generator("cpu").
+Options of `get_action` (all optional; keys starting with "_", e.g. "_session_id" added by servers, are ignored):
+- "seed": int. Row i of the batch starts from `torch.randn((H, D_max), generator=Generator("cpu").
   manual_seed(s + i))` in float32, then cast to the model dtype/device. A batch with seed s therefore equals
   B single calls with seeds s, s+1, ..., s+B-1 (and a single call with seed s equals row 0).
-- options={"noise": array (B, H, D_max) or (H, D_max)}: the initial noise, used as given.
+- "noise": float array (B, H, D_max) or (H, D_max), the initial flow noise used as given (not with "seed").
 - neither: noise from torch's global RNG (like the reference).
-Keys starting with "_" (e.g. "_session_id", added by servers) are ignored.
+- "rtc": real-time chunking (model.md §2.7), inpainting from the previous chunk; composes with the above:
+  {"previous_action": {action_key: float array (B, T, D_key)} in the units and layout get_action returns,
+  "overlap_steps": int, "frozen_steps": int, "ramp_rate": float > 0 (default 6.0)}, every action key, one B
+  (the observation's) and T (1 <= T <= the action horizon), 0 <= frozen_steps <= overlap_steps <= T.
+  Rows previous_action[:, T-overlap:T] become rows [0, overlap) of the new chunk's initial state, encoded with
+  the inverse of decode_action (relative keys against the current observation's state, normalized with those
+  rows' statistics); rows [0, frozen) are returned unchanged (up to clipping to the statistics range), rows
+  [frozen, overlap) are denoised with a ramped velocity, the rest as usual. overlap_steps=0 changes nothing.
 Caveat inherited from the reference: the VL self-attention has no padding mask, so rows whose prompts need
 left padding (different token counts in one batch) can differ slightly from their single-call result.
 """
@@ -14,6 +21,9 @@ left padding (different token counts in one batch) can differ slightly from thei
 from __future__ import annotations
 
 import logging
+import math
+from dataclasses import dataclass
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
@@ -23,6 +33,7 @@ import torch
 from gr00t_client.embodiment import FINETUNE_ONLY_TAGS, POSTTRAIN_TAGS, EmbodimentTag
 from gr00t_client.modality import ModalityConfig
 from gr00t_client.policy import BasePolicy
+from gr00t_server.model.action_head import DEFAULT_RTC_RAMP_RATE
 from gr00t_server.model.checkpoint import load_model, resolve_checkpoint_dir
 from gr00t_server.processing.config import load_processor_config
 from gr00t_server.processing.processor import Gr00tN1d7Processor
@@ -31,6 +42,34 @@ from gr00t_server.processing.text import IMAGE_PAD_TOKEN
 logger = logging.getLogger(__name__)
 
 _POLICY_MODALITIES = ("video", "state", "action", "language")
+_KNOWN_OPTIONS = {"seed", "noise", "rtc"}
+_RTC_KEYS = {"previous_action", "overlap_steps", "frozen_steps", "ramp_rate"}
+
+
+@dataclass(frozen=True)
+class RtcRequest:
+    """A validated options["rtc"]: the previous chunk {key: (B, T, D_key)} and the inpainting settings."""
+
+    previous_action: Dict[str, np.ndarray]
+    overlap_steps: int
+    frozen_steps: int
+    ramp_rate: float
+
+    @property
+    def horizon(self) -> int:
+        """T, the length of the previous chunk."""
+        return next(iter(self.previous_action.values())).shape[1]
+
+    def overlap_rows(self) -> Dict[str, np.ndarray]:
+        """previous_action[:, T-overlap:T] per key: the rows that start the new chunk."""
+        start = self.horizon - self.overlap_steps
+        return {key: value[:, start:] for key, value in self.previous_action.items()}
+
+
+def _rtc_int(name: str, value: Any, high: int, bounds: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral) or not 0 <= int(value) <= high:
+        raise ValueError(f"options['rtc']['{name}'] must be an int in {bounds} = [0, {high}], got {value!r}")
+    return int(value)
 
 
 def unsupported_tag_message(tag: Union[EmbodimentTag, str], supported: List[str]) -> str:
@@ -85,6 +124,7 @@ class Gr00tPolicy(BasePolicy):
     """
 
     supports_batching = True
+    per_row_info_keys: frozenset[str] = frozenset()  # its info is {}: a batched call has nothing to split per row
 
     def __init__(
         self,
@@ -173,6 +213,7 @@ class Gr00tPolicy(BasePolicy):
         self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None
     ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         batch_size = self._batch_size(observation)
+        rtc = self._parse_rtc((options or {}).get("rtc"), batch_size)
         steps = []
         raw_states: Dict[str, List[np.ndarray]] = {k: [] for k in self.modality_configs["state"].modality_keys}
         for row in range(batch_size):
@@ -184,11 +225,12 @@ class Gr00tPolicy(BasePolicy):
             text = language[0] if isinstance(language, (list, tuple)) else str(language)
             steps.append(self.processor.process_step(self.embodiment_tag_value, video, state, text))
         inputs = self.processor.collate(steps)
-        noise, generator = self._initial_noise(options, batch_size)
-        with torch.inference_mode():
-            output = self.model.get_action(inputs, noise=noise, generator=generator)
-        action_pred = output["action_pred"].float().cpu().numpy()
         batched_states = {k: np.stack(v) for k, v in raw_states.items()}
+        noise, generator = self._initial_noise(options, batch_size)
+        rtc_arguments = self._rtc_model_arguments(rtc, batched_states) if rtc is not None else {}
+        with torch.inference_mode():
+            output = self.model.get_action(inputs, noise=noise, generator=generator, **rtc_arguments)
+        action_pred = output["action_pred"].float().cpu().numpy()
         action = self.processor.decode_action(action_pred, self.embodiment_tag_value, batched_states)
         return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in action.items()}, {}
 
@@ -206,7 +248,7 @@ class Gr00tPolicy(BasePolicy):
     ) -> Tuple[Optional[torch.Tensor], Optional[torch.Generator]]:
         """Initial flow noise from options (see module docstring); (None, None) means the global RNG."""
         options = {k: v for k, v in (options or {}).items() if not str(k).startswith("_")}
-        unknown = sorted(set(options) - {"seed", "noise"})
+        unknown = sorted(set(options) - _KNOWN_OPTIONS)
         if unknown:
             logger.debug("Gr00tPolicy ignores unknown options %s", unknown)
         seed, noise = options.get("seed"), options.get("noise")
@@ -232,3 +274,75 @@ class Gr00tPolicy(BasePolicy):
             ]
             return torch.stack(rows), None
         return None, None
+
+    def _parse_rtc(self, value: Any, batch_size: int) -> Optional[RtcRequest]:
+        """Validate options["rtc"] (see module docstring) against the action config and the batch size."""
+        if value is None:
+            return None
+        usage = "{'previous_action': {key: (B, T, D)}, 'overlap_steps': int, 'frozen_steps': int[, 'ramp_rate': float]}"
+        if not isinstance(value, Mapping):
+            raise ValueError(f"options['rtc'] must be a map {usage}; got {type(value).__name__}")
+        unknown, missing = sorted(set(value) - _RTC_KEYS, key=str), sorted(_RTC_KEYS - {"ramp_rate"} - set(value))
+        if unknown or missing:
+            raise ValueError(f"options['rtc'] must be a map {usage}; unknown keys {unknown}, missing keys {missing}")
+        previous = self._parse_previous_action(value["previous_action"], batch_size)
+        horizon = next(iter(previous.values())).shape[1]
+        overlap = _rtc_int("overlap_steps", value["overlap_steps"], horizon, "[0, T of previous_action]")
+        frozen = _rtc_int("frozen_steps", value["frozen_steps"], overlap, "[0, overlap_steps]")
+        ramp_rate = value.get("ramp_rate", DEFAULT_RTC_RAMP_RATE)
+        if isinstance(ramp_rate, bool) or not isinstance(ramp_rate, Real) or not (0 < ramp_rate < math.inf):
+            raise ValueError(f"options['rtc']['ramp_rate'] must be a finite number > 0, got {ramp_rate!r}")
+        return RtcRequest(previous, overlap, frozen, float(ramp_rate))
+
+    def _parse_previous_action(self, previous: Any, batch_size: int) -> Dict[str, np.ndarray]:
+        """{key: float array (B, T, D_key)} for exactly the action keys, one T for all, finite values."""
+        action_config = self.modality_configs["action"]
+        keys = list(action_config.modality_keys)
+        where = "options['rtc']['previous_action']"
+        if not isinstance(previous, Mapping):
+            raise ValueError(f"{where} must be a map with keys {keys}; got {type(previous).__name__}")
+        missing, extra = [k for k in keys if k not in previous], sorted(set(previous) - set(keys), key=str)
+        if missing or extra:
+            raise ValueError(f"{where} must have exactly the action keys {keys}; missing {missing}, extra {extra}")
+        norm_params = self.processor.norm_params(self.embodiment_tag_value).action
+        dims = {key: params.dim for key, params in norm_params.items()}
+        out: Dict[str, np.ndarray] = {}
+        horizon: Optional[int] = None
+        for key in keys:
+            array = np.asarray(previous[key])
+            t_bound = f"T = {horizon}" if horizon is not None else f"1 <= T <= {action_config.horizon}"
+            expected = f"a float array of shape (B={batch_size}, T, {dims[key]}) with {t_bound}"
+            if (
+                array.dtype.kind != "f"
+                or array.ndim != 3
+                or array.shape[0] != batch_size
+                or array.shape[2] != dims[key]
+                or not 1 <= array.shape[1] <= action_config.horizon
+                or (horizon is not None and array.shape[1] != horizon)
+            ):
+                raise ValueError(f"{where}['{key}'] must be {expected}; got dtype {array.dtype} shape {array.shape}")
+            if not np.isfinite(array).all():
+                raise ValueError(f"{where}['{key}'] contains NaN or infinite values")
+            horizon = array.shape[1]
+            out[key] = array.astype(np.float64)
+        return out
+
+    def _rtc_model_arguments(self, rtc: RtcRequest, raw_states: Mapping[str, np.ndarray]) -> Dict[str, Any]:
+        """Model-level RTC arguments: the overlap rows encoded as rows [0, overlap) of a padded normalized chunk.
+
+        They are normalized with the statistics of the rows they land on (and relative to the current state),
+        so the frozen rows decode back to the given values; hence `action_horizon` = overlap at model level.
+        """
+        if rtc.overlap_steps == 0:  # nothing to inpaint: exactly the call without RTC
+            return {}
+        encoded = self.processor.encode_action(rtc.overlap_rows(), self.embodiment_tag_value, raw_states)
+        model_shape = (encoded.shape[0], self.model_config.action_horizon, self.model_config.max_action_dim)
+        previous = np.zeros(model_shape, np.float32)
+        previous[:, : rtc.overlap_steps] = encoded
+        return {
+            "previous": torch.from_numpy(previous),
+            "action_horizon": rtc.overlap_steps,
+            "rtc_overlap_steps": rtc.overlap_steps,
+            "rtc_frozen_steps": rtc.frozen_steps,
+            "rtc_ramp_rate": rtc.ramp_rate,
+        }

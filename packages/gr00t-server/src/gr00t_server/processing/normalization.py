@@ -1,4 +1,4 @@
-"""State normalization and action unnormalization steps (model.md §3.5, §3.6), one small function each."""
+"""State normalization, action unnormalization and its inverse (model.md §3.5, §3.6), one small function each."""
 
 from __future__ import annotations
 
@@ -141,6 +141,11 @@ def relative_to_absolute_joint(relative: np.ndarray, reference: np.ndarray) -> n
     return relative + reference[:, None, :]
 
 
+def absolute_to_relative_joint(absolute: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Inverse of `relative_to_absolute_joint`: absolute (B, H, D) - last state (B, D)."""
+    return absolute - reference[:, None, :]
+
+
 # --- poses for EEF relative actions ---------------------------------------------------------------
 
 
@@ -239,11 +244,42 @@ def relative_to_absolute_eef(relative: np.ndarray, reference: np.ndarray, action
     return matrix_to_pose(t_ref @ t_rel, action_format)
 
 
+def absolute_to_relative_eef(
+    absolute: np.ndarray, reference: np.ndarray, action_format: str, key: str = "eef"
+) -> np.ndarray:
+    """Inverse of `relative_to_absolute_eef`: T_rel = inv(T_ref) @ T_abs, in `action_format`."""
+    try:
+        t_ref_inv = np.linalg.inv(pose_to_matrix(reference, action_format))[:, None]
+    except np.linalg.LinAlgError:
+        raise ValueError(f"the reference state pose of relative key '{key}' is singular (not invertible)") from None
+    return matrix_to_pose(t_ref_inv @ pose_to_matrix(absolute, action_format), action_format)
+
+
+def normalize_action_key(x: np.ndarray, params: KeyNormParams, mean_std: bool) -> np.ndarray:
+    """Inverse of `unnormalize_action_key`: mean/std, or min/max clipped to [-1, 1] like training targets."""
+    if mean_std:
+        return mean_std_normalize(x, params.mean, params.std)
+    return minmax_normalize(x, params.low, params.high, clip=True)
+
+
 def unnormalize_action_key(x: np.ndarray, params: KeyNormParams, mean_std: bool) -> np.ndarray:
     """Unnormalize one action key with its mean/std or (clipped) min/max rule."""
     if mean_std:
         return mean_std_unnormalize(x, params.mean, params.std)
     return minmax_unnormalize(x, params.low, params.high)
+
+
+def _last_reference_step(key: str, reference_state: Optional[np.ndarray], action_dim: int, conversion: str) -> np.ndarray:
+    """The last time step (B, D) of a raw reference state (B, T, D) or (T, D), checked against the action dim."""
+    if reference_state is None:
+        raise ValueError(f"State dict required for {conversion} conversion of key '{key}'")
+    reference = np.asarray(reference_state, np.float64)
+    if reference.ndim == 2:
+        reference = reference[None]
+    reference = reference[:, -1, :]
+    if reference.shape[-1] != action_dim:
+        raise ValueError(f"State dim {reference.shape[-1]} != action dim {action_dim} for relative key '{key}'")
+    return reference
 
 
 def decode_relative(
@@ -254,16 +290,22 @@ def decode_relative(
     action_format: str,
 ) -> np.ndarray:
     """Relative action (B, H, D) -> absolute with the last time step of the raw reference state (B, T, D)."""
-    if reference_state is None:
-        raise ValueError(f"State dict required for relative->absolute conversion of key '{key}'")
-    reference = np.asarray(reference_state, np.float64)
-    if reference.ndim == 2:
-        reference = reference[None]
-    reference = reference[:, -1, :]
-    if reference.shape[-1] != absolute_or_relative.shape[-1]:
-        raise ValueError(
-            f"State dim {reference.shape[-1]} != action dim {absolute_or_relative.shape[-1]} for relative key '{key}'"
-        )
+    reference = _last_reference_step(key, reference_state, absolute_or_relative.shape[-1], "relative->absolute")
     if action_type == "EEF":
         return relative_to_absolute_eef(absolute_or_relative, reference, action_format)
     return relative_to_absolute_joint(absolute_or_relative, reference)
+
+
+def encode_relative(
+    key: str,
+    absolute: np.ndarray,
+    reference_state: Optional[np.ndarray],
+    action_type: str,
+    action_format: str,
+) -> np.ndarray:
+    """Inverse of `decode_relative`: absolute action (B, H, D) -> relative to the last reference state step."""
+    absolute = np.asarray(absolute, np.float64)
+    reference = _last_reference_step(key, reference_state, absolute.shape[-1], "absolute->relative")
+    if action_type == "EEF":
+        return absolute_to_relative_eef(absolute, reference, action_format, key)
+    return absolute_to_relative_joint(absolute, reference)

@@ -1,4 +1,5 @@
-"""Gr00tN1d7Processor: one observation step -> model inputs, a batch -> collated tensors, model output -> actions."""
+"""Gr00tN1d7Processor: one observation step -> model inputs, a batch -> collated tensors, model output -> actions
+(and back: actions -> the model's normalized action space, for real-time chunking)."""
 
 from __future__ import annotations
 
@@ -261,3 +262,55 @@ class Gr00tN1d7Processor:
                 value = norm.unnormalize_action_key(parts[key], params.action[key], key in mean_std_keys)
             out[key] = value.astype(np.float32)
         return out
+
+    def encode_action(
+        self, action: Mapping[str, np.ndarray], tag: str, raw_states: Optional[Mapping[str, np.ndarray]] = None
+    ) -> np.ndarray:
+        """Inverse of `decode_action`: {key: (B, T, D_key)} absolute actions -> (B, T, max_action_dim) float32.
+
+        Row t is normalized with step t's statistics; relative keys are first expressed relative to the last
+        step of their raw reference state. Min/max values outside the statistics range are clipped to [-1, 1],
+        so they decode to the range's edge.
+        """
+        action_config = self.modality_configs(tag)["action"]
+        params = self.norm_params(tag)
+        missing = [key for key in action_config.modality_keys if key not in action]
+        if missing:
+            raise KeyError(f"Action keys {missing} not found in actions to encode for embodiment '{tag}'")
+        mean_std_keys = set(action_config.mean_std_embedding_keys or [])
+        parts: List[np.ndarray] = []
+        batch_rows: Optional[tuple] = None
+        for index, key in enumerate(action_config.modality_keys):
+            value = np.asarray(action[key], np.float64)
+            dim = params.action[key].dim
+            if value.ndim != 3 or value.shape[-1] != dim or value.shape[1] > action_config.horizon:
+                raise ValueError(
+                    f"Action key '{key}' must have shape (B, T, {dim}) with T <= action horizon "
+                    f"{action_config.horizon}; got {value.shape}"
+                )
+            if batch_rows is not None and value.shape[:2] != batch_rows:
+                raise ValueError(f"Action key '{key}' has (B, T) = {value.shape[:2]}; earlier keys have {batch_rows}")
+            batch_rows = value.shape[:2]
+            if key in params.relative_action:
+                parts.append(self._encode_relative_key(tag, index, key, value, raw_states))
+            else:
+                parts.append(norm.normalize_action_key(value, params.action[key], key in mean_std_keys))
+        encoded = np.concatenate(parts, axis=-1)
+        return norm.pad_last_dim(encoded, self.config.max_action_dim, "action").astype(np.float32)
+
+    def _encode_relative_key(
+        self, tag: str, index: int, key: str, value: np.ndarray, raw_states: Optional[Mapping[str, np.ndarray]]
+    ) -> np.ndarray:
+        """Absolute (B, T, D) -> relative to the reference state, normalized with the first T relative-stat rows."""
+        spec = self.modality_configs(tag)["action"].action_configs[index]
+        state_key = spec.state_key or key
+        if raw_states is None:
+            raise ValueError(
+                f"State dict required for absolute->relative conversion of key '{key}' in embodiment '{tag}'"
+            )
+        if state_key not in raw_states:
+            raise KeyError(f"Reference state key '{state_key}' not found in state dict for embodiment '{tag}'")
+        relative = norm.encode_relative(key, value, raw_states[state_key], spec.type.name, spec.format.name)
+        stats = self.norm_params(tag).relative_action[key]
+        low, high = (stats[name][: value.shape[1]] if stats[name].ndim == 2 else stats[name] for name in ("min", "max"))
+        return norm.minmax_normalize(relative, low, high)
