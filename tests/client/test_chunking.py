@@ -231,3 +231,55 @@ def test_async_prefetch_hides_the_slow_server_after_the_first_chunk(slow_server)
             robot_loop(chunker, 60, step_s=0.03)
     assert chunker.stats.blocking_waits == 1  # only the very first chunk was waited for
     assert chunker.stats.prefetches >= 2 and chunker.stats.merged_envs >= 4
+
+
+class OptionsStampPolicy(StampPolicy):
+    """StampPolicy that also records the options of every request."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.options = []
+
+    def _get_action(self, observation, options=None):
+        self.options.append(options)
+        return super()._get_action(observation, options)
+
+
+def test_rtc_prefetch_sends_the_old_steps_from_this_call_on_as_the_previous_chunk():
+    # H=6, prefetch at 3 steps left: at t=2 steps 0..2 ran, so old steps 2..5 line up with new steps 0..3.
+    policy = OptionsStampPolicy()
+    chunker = ActionChunker(policy, asynchronous=True, prefetch_steps=3, rtc_frozen_steps=2, rtc_ramp_rate=4.0)
+    for t in range(3):
+        chunker.get_action(obs(t, 10 + t), {"seed": 7})
+    assert chunker.wait_for_prefetch(timeout=5)
+    first, prefetch = policy.options
+    assert first == {"seed": 7}  # the first (blocking) fetch has nothing to continue
+    rtc = prefetch["rtc"]
+    assert prefetch["seed"] == 7 and (rtc["overlap_steps"], rtc["frozen_steps"], rtc["ramp_rate"]) == (4, 2, 4.0)
+    np.testing.assert_array_equal(rtc["previous_action"]["action.x"][:, :, 0], [[2, 3, 4, 5], [1002, 1003, 1004, 1005]])
+    chunker.close()
+
+
+def test_rtc_overlap_is_what_every_env_still_has_and_frozen_never_exceeds_it():
+    policy = OptionsStampPolicy(horizon=4)
+    chunker = ActionChunker(policy, asynchronous=True, prefetch_steps=1, rtc_frozen_steps=5)
+    run_steps(chunker, 3)  # prefetch at t=2 with one old step left: overlap = that step + this call's
+    assert chunker.wait_for_prefetch(timeout=5)
+    rtc = policy.options[1]["rtc"]
+    assert (rtc["overlap_steps"], rtc["frozen_steps"]) == (2, 2)
+    np.testing.assert_array_equal(rtc["previous_action"]["action.x"][0, :, 0], [2, 3])
+    chunker.close()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"rtc_frozen_steps": 2}, "needs asynchronous=True"),
+        ({"asynchronous": True, "rtc_frozen_steps": 0}, "must be an int >= 1"),
+        ({"asynchronous": True, "rtc_frozen_steps": True}, "must be an int >= 1"),
+        ({"asynchronous": True, "rtc_frozen_steps": 1, "rtc_ramp_rate": 0.0}, "rtc_ramp_rate must be a finite number > 0"),
+    ],
+)
+def test_rtc_settings_are_checked(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ActionChunker(StampPolicy(), **kwargs)

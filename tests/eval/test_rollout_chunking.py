@@ -223,3 +223,16 @@ def test_the_rollout_command_runs_with_client_chunking(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["config"]["client_chunking"] == "async" and results["config"]["chunk_merge"] == "average"
     assert [e["success"] for e in results["per_episode"]] == [expected_outcome(s)[0] for s in range(4)]
+
+
+def test_rtc_with_async_chunking_sends_the_buffered_steps_and_scores_the_same(served):
+    policy, client = served
+    default, _ = rollout(client)
+    chunked, runner = rollout(client, client_chunking="async", rtc_frozen_steps=1)
+    assert scored(chunked) == scored(default)  # this policy ignores options["rtc"]; the episodes must not change
+    assert runner.chunker.rtc_frozen_steps == 1 and runner.chunker.stats.prefetches > 0
+
+
+def test_rtc_needs_async_chunking():
+    with pytest.raises(ValueError, match="rtc_frozen_steps needs client_chunking='async'"):
+        RolloutRunner(TrackingPolicy(), RolloutConfig(env_name=ENV_NAME, client_chunking="sync", rtc_frozen_steps=2))

@@ -456,3 +456,40 @@ def test_rtc_frozen_rows_hold_with_the_onnxruntime_action_head(onnx_head_policy,
     for key in action:
         np.testing.assert_allclose(action[key][:, :3], previous[key][:, 10:13], atol=1e-5, err_msg=key)
         np.testing.assert_allclose(action[key], expected[key], atol=1e-4, err_msg=key)
+
+
+# --- client chunking ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["nested", "sim-wrapper"])
+def test_async_chunker_with_rtc_continues_the_old_chunk_through_a_server(libero, wrapped):
+    """ActionChunker(rtc_frozen_steps=2) over the wire: the prefetched chunk keeps the step the old chunk had
+    planned for the next call, where a plain prefetch jumps to the new prediction."""
+    from gr00t_client import ActionChunker
+    from gr00t_server.policies.sim_wrapper import Gr00tSimPolicyWrapper
+
+    policy = Gr00tSimPolicyWrapper(libero) if wrapped else libero
+    observations = [example_observation(libero.checkpoint_dir, "libero_sim", batch_size=1, seed=20 + t) for t in range(4)]
+    if wrapped:
+        observations = [
+            {**{f"{m}.{k}": v for m in ("video", "state") for k, v in o[m].items()},
+             **{k: [row[0] for row in v] for k, v in o["language"].items()}}
+            for o in observations
+        ]
+    first_chunk, _ = policy.get_action(observations[0], {"seed": 0})
+    executed = {}
+    with running_server(policy) as server:
+        for rtc_frozen_steps in (None, 2):
+            with PolicyClient(port=server.port, timeout_ms=60000) as client, ActionChunker(
+                client, asynchronous=True, prefetch_steps=13, rtc_frozen_steps=rtc_frozen_steps
+            ) as chunker:
+                for t in range(3):  # prefetch at t=2 (13 of 16 steps left)
+                    chunker.get_action(observations[t], {"seed": t})
+                assert chunker.wait_for_prefetch(timeout=60)
+                step, info = chunker.get_action(observations[3], {"seed": 3})  # merges: new[1] lines up with old[3]
+                assert info["merged_env_ids"] == [0]
+                executed[rtc_frozen_steps] = step
+    for key, chunk in first_chunk.items():
+        np.testing.assert_allclose(executed[2][key], chunk[:, 3], atol=1e-5)  # frozen: the old plan holds
+    # without RTC the step jumps to the new prediction
+    assert any(not np.allclose(executed[None][key], chunk[:, 3], atol=1e-3) for key, chunk in first_chunk.items())

@@ -9,6 +9,11 @@ steps are merged by `merge_overlap`, and the longer of the two tails follows unc
     while running:
         action, _ = chunker.get_action(observation)   # {key: (B, D)}: this control step, per env
         chunker.reset(env_ids=[i])                    # when env i starts a new episode
+
+Real-time chunking (async only, `rtc_frozen_steps=k`): each prefetch also sends the old chunk's steps that the
+new chunk will cover, from this call's step on, as options["rtc"] (the Gr00tPolicy option). The server pins
+the new chunk's first k steps to them (this step plus the k - 1 steps the robot executes while the policy
+runs) and blends the rest of the overlap in, so the new chunk continues the motion instead of jumping.
 """
 
 from __future__ import annotations
@@ -128,6 +133,8 @@ class ActionChunker:
         prefetch_steps: Optional[int] = None,
         merge: Union[str, MergeFn] = "newest",
         new_weight: float = 0.7,
+        rtc_frozen_steps: Optional[int] = None,
+        rtc_ramp_rate: float = 6.0,
     ) -> None:
         if n_action_steps is not None and n_action_steps < 1:
             raise ValueError(f"n_action_steps must be >= 1 or None (the whole chunk), got {n_action_steps}")
@@ -137,6 +144,16 @@ class ActionChunker:
             raise ValueError(f"merge must be one of {MERGE_RULES} or a callable, got {merge!r}")
         if not 0.0 <= new_weight <= 1.0:
             raise ValueError(f"new_weight must be in [0, 1], got {new_weight}")
+        if rtc_frozen_steps is not None:
+            if not asynchronous:
+                raise ValueError("rtc_frozen_steps needs asynchronous=True: only a prefetch overlaps a chunk still running")
+            if isinstance(rtc_frozen_steps, bool) or not isinstance(rtc_frozen_steps, int) or rtc_frozen_steps < 1:
+                raise ValueError(
+                    f"rtc_frozen_steps must be an int >= 1 (this step + the steps executed while the policy runs), "
+                    f"got {rtc_frozen_steps!r}"
+                )
+        if not 0.0 < rtc_ramp_rate < float("inf"):
+            raise ValueError(f"rtc_ramp_rate must be a finite number > 0, got {rtc_ramp_rate}")
         self.policy = policy
         self.n_action_steps = n_action_steps
         self.per_env = per_env
@@ -144,6 +161,8 @@ class ActionChunker:
         self.prefetch_steps = prefetch_steps
         self.merge = merge
         self.new_weight = new_weight
+        self.rtc_frozen_steps = rtc_frozen_steps
+        self.rtc_ramp_rate = rtc_ramp_rate
         self.stats = ChunkerStats()
         self._n_envs: Optional[int] = None
         self._keys: Optional[List[str]] = None
@@ -331,15 +350,42 @@ class ActionChunker:
             return
         ids = low if self.per_env else list(range(self._n_envs or 0))
         request_obs = _copy_leaves(self._rows(observation, ids))
+        request_options = dict(options) if options else None
+        rtc = self._rtc_options(ids)
+        if rtc is not None:
+            request_options = {**(request_options or {}), "rtc": rtc}
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gr00t-chunk-prefetch")
         self.stats.prefetches += 1
         self._pending = _Prefetch(
-            future=self._executor.submit(self._request, request_obs, dict(options) if options else None),
+            future=self._executor.submit(self._request, request_obs, request_options),
             env_ids=ids,
             generations=[self._generations[i] for i in ids],
             steps_at_observation=[self._steps_taken[i] - 1 for i in ids],  # this call's step was already taken
         )
+
+    def _rtc_options(self, env_ids: Sequence[int]) -> Optional[Dict[str, Any]]:
+        """options["rtc"] for a prefetch: the old steps from this call's on, as many as every env still has.
+
+        The new chunk's step 0 is this call's step (already popped, at cursor - 1), so the old chunk's steps
+        cursor-1, cursor, ... line up with the new chunk's 0, 1, ...; all of them overlap.
+        """
+        if self.rtc_frozen_steps is None or self._keys is None:
+            return None
+        buffers = [self._buffers[i] for i in env_ids]
+        if any(buffer is None for buffer in buffers) or any(self._cursors[i] < 1 for i in env_ids):
+            return None  # an env without a running chunk has nothing to continue
+        overlap = min(self._remaining(i) + 1 for i in env_ids)
+        previous = {
+            key: np.stack([buffer[key][self._cursors[i] - 1 : self._cursors[i] - 1 + overlap] for i, buffer in zip(env_ids, buffers)])
+            for key in self._keys
+        }
+        return {
+            "previous_action": previous,
+            "overlap_steps": overlap,
+            "frozen_steps": min(self.rtc_frozen_steps, overlap),
+            "ramp_rate": self.rtc_ramp_rate,
+        }
 
     def _collect(self, block: bool) -> List[int]:
         """Merge a finished prefetch into the buffers; return the env ids merged."""

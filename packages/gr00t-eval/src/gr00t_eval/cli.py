@@ -113,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "step at a time through gr00t_client.ActionChunker, async prefetching the next chunk meanwhile")
     p.add_argument(*_flag("chunk-merge"), default="newest", choices=list(MERGE_RULES),
                    help="with --client-chunking async: how a prefetched chunk merges with the steps still buffered (default newest)")
+    p.add_argument(*_flag("rtc-frozen-steps"), type=int, default=None, metavar="K",
+                   help="with --client-chunking async: real-time chunking; each prefetch sends the buffered steps and the "
+                        "server pins the new chunk's first K steps to them (K = 1 + the policy latency in env steps; "
+                        "needs a Gr00tPolicy server)")
 
     rollout_parser = p
 

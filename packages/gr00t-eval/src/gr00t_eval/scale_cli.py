@@ -86,6 +86,7 @@ def rollout_config_from_args(args: argparse.Namespace, seed: Optional[int]) -> A
         env_name=args.env_name, n_episodes=args.n_episodes, n_envs=args.n_envs, n_action_steps=args.n_action_steps,
         max_episode_steps=args.max_episode_steps, seed=seed, video_dir=video_dir, env_kwargs=dict(args.env_kwargs),
         vectorization=args.vectorization, client_chunking=args.client_chunking, chunk_merge=args.chunk_merge,
+        rtc_frozen_steps=args.rtc_frozen_steps,
     )
 
 

@@ -62,6 +62,8 @@ class RolloutConfig:
     # handed out by an ActionChunker (async prefetches the next chunk while the envs run).
     client_chunking: str = "off"
     chunk_merge: str = "newest"  # how an async prefetched chunk merges with the buffered steps (MERGE_RULES)
+    # async only: send the buffered steps as options["rtc"] so the server pins the new chunk's first k steps to them
+    rtc_frozen_steps: Optional[int] = None
 
     @property
     def env_steps_per_call(self) -> int:
@@ -135,6 +137,8 @@ class RolloutRunner:
             raise ValueError(f"client_chunking must be one of {CLIENT_CHUNKING_MODES}, got {config.client_chunking!r}")
         if config.chunk_merge not in MERGE_RULES:
             raise ValueError(f"chunk_merge must be one of {MERGE_RULES}, got {config.chunk_merge!r}")
+        if config.rtc_frozen_steps is not None and config.client_chunking != "async":
+            raise ValueError(f"rtc_frozen_steps needs client_chunking='async', got {config.client_chunking!r}")
         self.policy = policy
         self.config = config
         self.progress = progress
@@ -238,10 +242,10 @@ class RolloutRunner:
         if mode == "off":
             return None
         # per_env=False: every request carries all rows, so a server keeping per-row state sees each row in place.
-        logger.info("client chunking %s: one env step per call, %d steps of each chunk, merge %s",
-                    mode, self.config.n_action_steps, self.config.chunk_merge)
+        logger.info("client chunking %s: one env step per call, %d steps of each chunk, merge %s, rtc frozen steps %s",
+                    mode, self.config.n_action_steps, self.config.chunk_merge, self.config.rtc_frozen_steps)
         return ActionChunker(self.policy, n_action_steps=self.config.n_action_steps, asynchronous=mode == "async",
-                             merge=self.config.chunk_merge)
+                             merge=self.config.chunk_merge, rtc_frozen_steps=self.config.rtc_frozen_steps)
 
     def _restart_chunks(self, started: Mapping[int, int]) -> None:
         """Drop the buffered steps of rows starting an episode, before the policy reset (never concurrent with a prefetch)."""

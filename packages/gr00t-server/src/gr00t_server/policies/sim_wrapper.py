@@ -89,7 +89,7 @@ class Gr00tSimPolicyWrapper(PolicyWrapper):
 
     def _get_action(self, observation: Any, options: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         nested = self._to_nested(observation or {})
-        action, info = self.policy.get_action(nested, options)
+        action, info = self.policy.get_action(nested, _inner_options(options))
         return {f"action.{key}": value for key, value in action.items()}, info
 
     def _to_nested(self, observation: Mapping[str, Any]) -> Dict[str, Any]:
@@ -109,6 +109,19 @@ class Gr00tSimPolicyWrapper(PolicyWrapper):
             if source in observation:
                 nested["language"][key] = [[text] for text in _language_batch(observation[source], source)]
         return nested
+
+
+def _inner_options(options: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """Options for the wrapped policy: an RTC previous chunk keyed `action.<k>` (as this wrapper returns
+    actions) is re-keyed `<k>`, as the wrapped policy returns them; everything else passes unchanged."""
+    rtc = (options or {}).get("rtc")
+    if not isinstance(rtc, Mapping) or not isinstance(rtc.get("previous_action"), Mapping):
+        return options
+    previous = {
+        key[len("action."):] if isinstance(key, str) and key.startswith("action.") else key: value
+        for key, value in rtc["previous_action"].items()
+    }
+    return {**options, "rtc": {**rtc, "previous_action": previous}}
 
 
 def _check_array(kind: str, key: str, value: Any, dtype: type, ndim: int, horizon: int, layout: str, error: type) -> None:
