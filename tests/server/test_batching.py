@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from gr00t_client import BasePolicy, PolicyClient, PolicyServerError
+from gr00t_server import batching
+from gr00t_server.policies import Gr00tSimPolicyWrapper
 from serving import running_server
 
 LONG_BATCH_WAIT_MS = 10000.0  # far longer than K clients need to arrive; a full batch ends the wait early
@@ -59,6 +61,33 @@ class NonBatchingPolicy(RowEchoPolicy):
     supports_batching = False
 
 
+class GainsPolicy(RowEchoPolicy):
+    """RowEchoPolicy whose info also holds fixed two-entry gains and settings, whatever the batch size."""
+
+    def _get_action(self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None):
+        action, info = super()._get_action(observation, options)
+        info.update(
+            gains=np.array([0.5, 2.0]),
+            gain_names=["kp", "kd"],
+            settings={"limits": np.array([-1.0, 1.0]), "mode": "fast"},
+            step_ms=12.5,
+            version=np.array(3),
+            note=None,
+        )
+        return action, info
+
+
+class DeclaredGainsPolicy(GainsPolicy):
+    """GainsPolicy that declares which info keys hold one entry per row."""
+
+    per_row_info_keys = frozenset({"row_ids", "row_names", "nested"})
+
+
+def batched_call(policy: BasePolicy, observations: Sequence[Dict[str, Any]]) -> List[Any]:
+    """What the server does with one batch: merge, one policy call, split by the policy's declaration."""
+    merged, rows = batching.merge_observations(list(observations))
+    action, info = policy.get_action(merged, None)
+    return batching.split_result(action, info, rows, batching.declared_per_row_info_keys(policy))
 
 
 def observation(client_id: float, rows: int = 1, dim: int = 3, dtype: Any = np.float32) -> Dict[str, Any]:
@@ -144,6 +173,81 @@ def test_info_is_split_per_client_and_shared_values_are_copied():
         assert info["row_names"] == [f"row-{client_id}"] * rows
         np.testing.assert_allclose(info["nested"]["per_row"], np.stack([expected_ids, np.negative(expected_ids)], axis=1), rtol=1e-6)
         assert info["model"] == "row-echo"
+
+
+def test_declared_per_row_info_is_split_into_each_clients_rows():
+    rows = [1, 2, 1]
+    results = batched_call(DeclaredGainsPolicy(), [observation(i, rows=n) for i, n in enumerate(rows)])
+    for client_id, (_action, info) in enumerate(results):
+        expected_ids = [client_id + row / 100.0 for row in range(rows[client_id])]
+        np.testing.assert_allclose(info["row_ids"], expected_ids, rtol=1e-6)
+        assert info["row_names"] == [f"row-{client_id}"] * rows[client_id]
+        np.testing.assert_allclose(info["nested"]["per_row"], np.stack([expected_ids, np.negative(expected_ids)], axis=1), rtol=1e-6)
+
+
+def test_an_info_vector_as_long_as_the_batch_is_copied_whole_when_not_declared_per_row():
+    """Two clients of one row each: the two-entry gains match the batch's 2 rows by coincidence only."""
+    results = batched_call(DeclaredGainsPolicy(), [observation(0), observation(1)])
+    for client_id, (action, info) in enumerate(results):
+        np.testing.assert_allclose(action["arm"], expected_arm(client_id), rtol=1e-6)
+        np.testing.assert_array_equal(info["gains"], [0.5, 2.0])
+        assert info["gain_names"] == ["kp", "kd"]
+        np.testing.assert_array_equal(info["settings"]["limits"], [-1.0, 1.0])
+        np.testing.assert_allclose(info["row_ids"], [client_id], rtol=1e-6)
+
+
+def test_scalars_strings_and_maps_not_declared_per_row_are_copied_to_every_request():
+    results = batched_call(DeclaredGainsPolicy(), [observation(i) for i in range(3)])
+    for _action, info in results:
+        assert info["model"] == "row-echo" and info["step_ms"] == 12.5 and info["note"] is None
+        assert info["settings"]["mode"] == "fast" and int(info["version"]) == 3
+
+
+def test_a_declared_per_row_key_without_one_entry_per_row_fails_the_batch():
+    class MisdeclaredPolicy(GainsPolicy):
+        per_row_info_keys = frozenset({"row_ids", "gains"})
+
+    with pytest.raises(ValueError, match=r"'info\.gains' is declared per-row but has shape \(2,\); expected 3 rows"):
+        batched_call(MisdeclaredPolicy(), [observation(i) for i in range(3)])
+
+
+def test_without_a_declaration_values_with_one_entry_per_row_are_split_and_others_copied():
+    results = batched_call(GainsPolicy(), [observation(i, rows=2) for i in range(3)])
+    for client_id, (_action, info) in enumerate(results):
+        np.testing.assert_allclose(info["row_ids"], [client_id, client_id + 0.01], rtol=1e-6)
+        assert info["row_names"] == [f"row-{client_id}"] * 2
+        np.testing.assert_array_equal(info["gains"], [0.5, 2.0])
+        assert info["model"] == "row-echo"
+
+
+def test_the_declaration_is_found_through_a_wrapping_policy():
+    wrapped = Gr00tSimPolicyWrapper(DeclaredGainsPolicy(), strict=False)
+    assert batching.declared_per_row_info_keys(wrapped) == {"row_ids", "row_names", "nested"}
+    assert batching.declared_per_row_info_keys(GainsPolicy()) is None
+
+
+def test_gr00t_policy_declares_that_its_info_has_no_per_row_values():
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy  # imports torch
+
+    assert batching.declared_per_row_info_keys(Gr00tPolicy) == frozenset()
+
+
+def test_a_declaration_must_be_a_collection_of_key_names():
+    class OneStringPolicy(GainsPolicy):
+        per_row_info_keys = "row_ids"
+
+    with pytest.raises(TypeError, match="OneStringPolicy.per_row_info_keys must be a collection of info key names"):
+        batching.declared_per_row_info_keys(OneStringPolicy())
+
+
+def test_served_clients_of_a_declaring_policy_get_a_fixed_info_vector_whole():
+    policy = DeclaredGainsPolicy()
+    with running_server(policy, max_batch_size=2, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
+        results = call_together(server.port, [observation(0), observation(1)])
+    assert policy.row_counts == [2]
+    for client_id, (_action, info) in enumerate(results):
+        np.testing.assert_array_equal(info["gains"], [0.5, 2.0])
+        np.testing.assert_allclose(info["row_ids"], [client_id], rtol=1e-6)
 
 
 def test_a_failing_observation_fails_only_its_sender():

@@ -113,3 +113,117 @@ def test_stop_returns_run_within_a_poll_interval():
     with running_server(EchoPolicy(), poll_interval_ms=50) as server:
         port = server.port
     assert_port_is_free(port)
+
+
+# --- close() at any moment --------------------------------------------------------------------------
+
+
+def run_in_thread(server, go=None):
+    """Call server.run() in a thread (once `go` is set, if given); the thread, and a list of what run() raised."""
+    errors = []
+
+    def serve():
+        if go is not None:
+            go.wait()
+        try:
+            server.run()
+        except BaseException as exc:  # any failure of run() fails the test
+            errors.append(exc)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread, errors
+
+
+def wait_until_serving(server):
+    with PolicyClient(port=server.port, timeout_ms=5000) as client:
+        assert client.ping()
+
+
+def test_close_before_start_is_safe_and_a_later_run_returns_without_binding():
+    server = PolicyServer(EchoPolicy(), port=0)
+    server.close()
+    server.run()
+    assert server.bound_endpoint is None
+
+
+def test_start_after_close_raises_a_clear_error():
+    server = PolicyServer(EchoPolicy(), port=0)
+    server.close()
+    with pytest.raises(RuntimeError, match="closed; create a new one"):
+        server.start()
+
+
+def test_close_after_start_frees_the_port_and_a_later_run_never_binds_again():
+    server = PolicyServer(EchoPolicy(), port=0).start()
+    port = server.port
+    server.close()
+    with PolicyServer(EchoPolicy(), port=port):  # another server takes the port
+        server.run()  # binding again would raise OSError: the port is taken
+    assert_port_is_free(port)
+
+
+def test_context_exit_before_the_run_thread_calls_run_frees_the_port_for_good():
+    go = threading.Event()
+    with PolicyServer(EchoPolicy(), port=0) as server:
+        thread, errors = run_in_thread(server, go)
+    with PolicyServer(EchoPolicy(), port=server.port):  # the port is free at exit
+        go.set()
+        thread.join(5)  # run() returns at once; binding again would raise OSError: the port is taken
+    assert not thread.is_alive() and errors == []
+
+
+def test_close_during_run_in_another_thread_stops_it_and_frees_the_port():
+    server = PolicyServer(EchoPolicy(), port=0).start()
+    thread, errors = run_in_thread(server)
+    wait_until_serving(server)
+    server.close()
+    thread.join(5)
+    assert not thread.is_alive() and errors == []
+    assert_port_is_free(server.port)
+
+
+def test_run_after_a_close_that_stopped_it_returns_without_serving():
+    server = PolicyServer(EchoPolicy(), port=0).start()
+    thread, _ = run_in_thread(server)
+    wait_until_serving(server)
+    server.close()
+    thread.join(5)
+    with PolicyServer(EchoPolicy(), port=server.port):  # another server takes the port
+        server.run()
+
+
+def test_close_twice_and_context_exit_after_close_are_safe():
+    with PolicyServer(EchoPolicy(), port=0) as server:
+        thread, errors = run_in_thread(server)
+        wait_until_serving(server)
+        server.close()
+        server.close()
+    thread.join(5)
+    assert not thread.is_alive() and errors == []
+    assert_port_is_free(server.port)
+
+
+def test_close_from_a_handler_inside_run_answers_and_then_stops_serving():
+    server = PolicyServer(EchoPolicy(), port=0).start()
+    server.register_endpoint("shutdown", server.close, requires_input=False)
+    thread, errors = run_in_thread(server)
+    with PolicyClient(port=server.port, timeout_ms=5000) as client:
+        assert client.call_endpoint("shutdown", requires_input=False) is None
+    thread.join(5)
+    assert not thread.is_alive() and errors == []
+    assert_port_is_free(server.port)
+
+
+def test_a_second_run_while_one_is_serving_raises_and_leaves_the_first_serving():
+    server = PolicyServer(EchoPolicy(), port=0).start()
+    thread, errors = run_in_thread(server)
+    try:
+        wait_until_serving(server)
+        with pytest.raises(RuntimeError, match="already serving"):
+            server.run()
+        wait_until_serving(server)
+    finally:
+        server.close()
+        thread.join(5)
+    assert errors == []

@@ -1,7 +1,7 @@
 """gr00t-client: talk to a GR00T policy server from a robot or simulator."""
 
 from .chunking import ActionChunker, ChunkerStats, merge_overlap
-from .client import PolicyClient, PolicyServerError, PolicyTimeoutError
+from .client import MessageTooLargeError, PolicyClient, PolicyServerError, PolicyTimeoutError
 from .codec import WireDecodeError, WireEncodeError
 from .embodiment import EMBODIMENT_TAG_TO_PROJECTOR_INDEX, EmbodimentTag
 from .modality import ActionConfig, ActionFormat, ActionRepresentation, ActionType, ModalityConfig
@@ -24,6 +24,7 @@ __all__ = [
     "ModalityConfig",
     "ObservationError",
     "PolicyClient",
+    "MessageTooLargeError",
     "PolicyServerError",
     "PolicyTimeoutError",
     "PolicyValidationError",

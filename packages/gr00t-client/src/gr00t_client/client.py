@@ -30,8 +30,48 @@ class PolicyServerError(RuntimeError):
         self.endpoint = endpoint
 
 
+class MessageTooLargeError(PolicyServerError):
+    """A request larger than the server's `max_message_bytes`; it was not sent, and the client stays usable.
+
+    A PolicyServerError because the server would refuse it as well (a frame over the limit is dropped there
+    unanswered, so without this check the caller would only see a timeout).
+    """
+
+    def __init__(self, endpoint: str, size: int, limit: int) -> None:
+        message = (
+            f"request '{endpoint}' of {size} bytes exceeds this server's limit of {limit} bytes (max_message_bytes), "
+            "so it was not sent; send smaller or fewer images, or start the server with a larger --max-message-mb"
+        )
+        super().__init__(message, endpoint)
+        self.args = (message,)  # the client's words, not the server's: no "Server error:" prefix
+        self.size = size
+        self.limit = limit
+
+
 class PolicyTimeoutError(TimeoutError):
     """The server did not answer within timeout_ms; the client's socket was replaced."""
+
+
+def normalize_host(host: str) -> str:
+    """The host without the brackets an IPv6 literal may be written in: '[::1]' -> '::1'."""
+    if isinstance(host, str) and host.startswith("[") and host.endswith("]"):
+        return host[1:-1]
+    return host
+
+
+def is_ipv6_literal(host: str) -> bool:
+    """True for an IPv6 address such as '::1' or '[::1]' (host names and IPv4 addresses have no colon)."""
+    return ":" in str(normalize_host(host))
+
+
+def endpoint_host(host: str) -> str:
+    """The host as a tcp:// endpoint spells it: IPv6 literals in brackets ('[::1]'), others unchanged."""
+    bare = normalize_host(host)
+    return f"[{bare}]" if is_ipv6_literal(bare) else bare
+
+
+def _nbytes(frames: List[Any]) -> int:
+    return sum(memoryview(frame).nbytes for frame in frames)
 
 
 class PolicyClient(BasePolicy):
@@ -42,6 +82,9 @@ class PolicyClient(BasePolicy):
     Not thread-safe to share across threads without care: calls are serialised by a lock.
     With `return_server_timing`, each get_action info from a gr00t-server carries `server_timing` (queue wait,
     decode, policy and encode ms, batch size); per call, pass options={"return_server_timing": True} instead.
+    `host` may be an IPv6 literal, with or without brackets ("::1", "[::1]").
+    Once a gr00t-server has reported its `max_message_bytes` (`server_max_message_bytes`), a larger request raises
+    MessageTooLargeError without being sent, instead of being dropped by the server and timing out.
     """
 
     def __init__(
@@ -61,7 +104,7 @@ class PolicyClient(BasePolicy):
             raise ValueError(f"wire must be 'auto', 'reference' or 'multipart', got {wire!r}")
         if int(timeout_ms) <= 0:
             raise ValueError(f"timeout_ms must be a positive number of milliseconds, got {timeout_ms!r}")
-        self.host = host
+        self.host = normalize_host(host)
         self.port = int(port)
         self.timeout_ms = int(timeout_ms)
         self.api_token = api_token
@@ -71,6 +114,8 @@ class PolicyClient(BasePolicy):
         # Even with wire="reference" we ask once whether the server is ours, so that a result map with an
         # "error" key from our server (which marks its errors) is not taken for an error.
         self._server_is_ours: Optional[bool] = True if wire == "multipart" else None
+        # The server's max_message_bytes from get_server_info; None when unknown (reference, older or unasked server).
+        self.server_max_message_bytes: Optional[int] = None
         self._context: Optional[zmq.Context] = zmq.Context()
         self._socket: Optional[zmq.Socket] = None
         self._lock = threading.Lock()
@@ -80,13 +125,16 @@ class PolicyClient(BasePolicy):
 
     @property
     def address(self) -> str:
-        return f"tcp://{self.host}:{self.port}"
+        """The ZeroMQ endpoint, e.g. tcp://127.0.0.1:5555 or tcp://[::1]:5555."""
+        return f"tcp://{endpoint_host(self.host)}:{self.port}"
 
     def _open_socket(self) -> zmq.Socket:
         if self._context is None:
             raise RuntimeError("PolicyClient is closed")
         sock = self._context.socket(zmq.REQ)
         sock.setsockopt(zmq.LINGER, 0)
+        # Only for literals: with IPV6 on, a name like "localhost" could resolve to ::1 while the server is on 127.0.0.1.
+        sock.setsockopt(zmq.IPV6, int(is_ipv6_literal(self.host)))
         sock.copy_threshold = codec.ZERO_COPY_MIN_BYTES
         try:
             sock.connect(self.address)
@@ -102,12 +150,13 @@ class PolicyClient(BasePolicy):
 
     def _timeout(self, endpoint: str) -> PolicyTimeoutError:
         return PolicyTimeoutError(
-            f"policy server at {self.host}:{self.port} did not answer '{endpoint}' within {self.timeout_ms} ms "
-            "(is it running and reachable?)"
+            f"policy server at {endpoint_host(self.host)}:{self.port} did not answer '{endpoint}' within "
+            f"{self.timeout_ms} ms (is it running and reachable?)"
         )
 
     def _round_trip(self, envelope: Dict[str, Any], endpoint: str, multipart: bool, deadline: Optional[float] = None) -> Any:
         frames: List[Any] = codec.encode_multipart(envelope) if multipart else [codec.encode(envelope)]
+        self._check_size(frames, endpoint)
         if self._socket is None:
             self._socket = self._open_socket()
         sock = self._socket
@@ -129,7 +178,7 @@ class PolicyClient(BasePolicy):
             raise
         except zmq.ZMQError as exc:
             self._discard_socket()
-            raise ConnectionError(f"ZeroMQ error talking to {self.host}:{self.port} ('{endpoint}'): {exc}") from exc
+            raise ConnectionError(f"ZeroMQ error talking to {self.address} ('{endpoint}'): {exc}") from exc
         except BaseException:  # e.g. Ctrl-C mid-wait: the REQ socket still awaits its reply and could never send
             self._discard_socket()
             raise
@@ -140,6 +189,14 @@ class PolicyClient(BasePolicy):
         if len(reply[0]) == 5 and reply[0].bytes == b"ERROR":
             raise PolicyServerError("Make sure we are running the correct policy server.", endpoint)
         return self._unwrap_reference(codec.decode(reply[0].buffer), endpoint)
+
+    def _check_size(self, frames: List[Any], endpoint: str) -> None:
+        """Refuse, before sending, a request over the server's limit (a frame over it would get no reply at all)."""
+        limit = self.server_max_message_bytes
+        if limit is not None:
+            size = _nbytes(frames)
+            if size > limit:
+                raise MessageTooLargeError(endpoint, size, limit)
 
     def _unwrap_multipart(self, message: Any, endpoint: str) -> Any:
         if not isinstance(message, dict) or "ok" not in message:
@@ -170,6 +227,10 @@ class PolicyClient(BasePolicy):
         self._server_is_ours = isinstance(info, dict) and info.get("server") == "gr00t-server"
         if self._wire == "auto" and "multipart" not in capabilities:
             self._wire = "reference"
+        limit = info.get("max_message_bytes") if self._server_is_ours else None
+        # Older gr00t-servers do not report it; then, as with a reference server, nothing is checked here.
+        if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+            self.server_max_message_bytes = limit
 
     def _envelope(self, endpoint: str, data: Any, requires_input: bool) -> Dict[str, Any]:
         envelope: Dict[str, Any] = {"endpoint": endpoint}

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Hashable, Iterable, List, Sequence, Tuple
+from typing import Any, Callable, Collection, Dict, FrozenSet, Hashable, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 TIMING_OPTION = "return_server_timing"
+PER_ROW_INFO_ATTRIBUTE = "per_row_info_keys"  # policy attribute: info keys holding one entry per row
 MAX_BATCH_NESTING = 16  # real observations nest 1-2 maps deep; the recursive helpers below must never hit the limit
 
 
@@ -117,29 +118,82 @@ def merge_observations(observations: List[Dict[str, Any]]) -> Tuple[Dict[str, An
     return _merge(observations), rows
 
 
-def _split(value: Any, rows: List[int], total: int) -> List[Any]:
+def declared_per_row_info_keys(policy: Any) -> Optional[FrozenSet[str]]:
+    """The info keys a policy (or the first policy it wraps) declares per-row; None when none declares any."""
+    seen = set()
+    while policy is not None and id(policy) not in seen:  # wrappers chain through `.policy`, as for sessions
+        keys = getattr(policy, PER_ROW_INFO_ATTRIBUTE, None)
+        if keys is not None:
+            if isinstance(keys, (str, bytes)) or not all(isinstance(key, str) for key in keys):
+                raise TypeError(f"{type(policy).__name__}.{PER_ROW_INFO_ATTRIBUTE} must be a collection of info key names; got {keys!r}")
+            return frozenset(keys)
+        seen.add(id(policy))
+        policy = getattr(policy, "policy", None)
+    return None
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        return f"shape {value.shape}"
+    if isinstance(value, (list, tuple)):
+        return f"a {type(value).__name__} of {len(value)}"
+    return f"a {type(value).__name__}"
+
+
+def _split_rows(value: Any, rows: List[int], total: int, name: str) -> List[Any]:
+    """Split a value that must hold one row per batch row (maps: every leaf); raise naming it otherwise."""
     if isinstance(value, dict):
-        parts = {k: _split(v, rows, total) for k, v in value.items()}
+        parts = {k: _split_rows(v, rows, total, f"{name}.{k}") for k, v in value.items()}
         return [{k: parts[k][i] for k in value} for i in range(len(rows))]
+    bounds = [int(b) for b in np.cumsum(rows)[:-1]]
     if isinstance(value, np.ndarray) and value.ndim > 0 and value.shape[0] == total:
-        bounds = np.cumsum(rows)[:-1]
         return list(np.split(value, bounds, axis=0))
-    if isinstance(value, list) and len(value) == total:
-        out, start = [], 0
-        for count in rows:
-            out.append(value[start : start + count])
-            start += count
-        return out
+    if isinstance(value, (list, tuple)) and len(value) == total:
+        return [value[start:end] for start, end in zip([0, *bounds], [*bounds, total])]
+    raise ValueError(f"'{name}' is declared per-row but has {_describe(value)}; expected {total} rows, one per batch row")
+
+
+def _split_guessing(value: Any, rows: List[int], total: int) -> List[Any]:
+    """Split every array or list with `total` rows and copy the rest: right unless a value has that length by chance."""
+    if isinstance(value, dict):
+        parts = {k: _split_guessing(v, rows, total) for k, v in value.items()}
+        return [{k: parts[k][i] for k in value} for i in range(len(rows))]
+    if (isinstance(value, np.ndarray) and value.ndim > 0 and value.shape[0] == total) or (
+        isinstance(value, (list, tuple)) and len(value) == total
+    ):
+        return _split_rows(value, rows, total, "info")
     return [value for _ in rows]
 
 
-def split_result(action: Dict[str, Any], info: Dict[str, Any], rows: List[int]) -> List[Tuple[Dict[str, Any], Dict[str, Any]]]:
-    """Split a batched (action, info) back into one (action, info) per request."""
+def _split_declared(info: Dict[str, Any], rows: List[int], total: int, per_row_keys: Collection[str]) -> List[Dict[str, Any]]:
+    """Split the declared per-row keys (which must have `total` rows) and copy every other value whole."""
+    parts: List[Dict[str, Any]] = [{} for _ in rows]
+    for key, value in info.items():
+        pieces = _split_rows(value, rows, total, f"info.{key}") if key in per_row_keys else [value for _ in rows]
+        for part, piece in zip(parts, pieces):
+            part[key] = piece
+    return parts
+
+
+def split_result(
+    action: Dict[str, Any], info: Dict[str, Any], rows: List[int], per_row_keys: Optional[Collection[str]] = None
+) -> List[Tuple[Dict[str, Any], Dict[str, Any]]]:
+    """Split a batched (action, info) back into one (action, info) per request.
+
+    Actions are always per-row. Info keys in `per_row_keys` (see `declared_per_row_info_keys`) are split and the
+    rest copied to every request; with no declaration (None), every array or list with `sum(rows)` rows is split.
+    """
     total = sum(rows)
     for key, value in action.items():
         if not isinstance(value, np.ndarray) or value.ndim == 0 or value.shape[0] != total:
             shape = getattr(value, "shape", None)
             raise ValueError(f"batched action '{key}' has shape {shape}; expected {total} rows")
-    actions = _split(action, rows, total)
-    infos = _split(info or {}, rows, total)
+    actions = _split_rows(action, rows, total, "action")
+    info = info or {}
+    if per_row_keys is None:
+        infos = _split_guessing(info, rows, total)
+    elif isinstance(info, dict):
+        infos = _split_declared(info, rows, total, per_row_keys)
+    else:
+        raise ValueError(f"batched info must be a map to split its per-row keys; got {type(info).__name__}")
     return list(zip(actions, infos))

@@ -175,7 +175,7 @@ def _warm_up(policy: Any, args: argparse.Namespace) -> None:
 def serve(args: argparse.Namespace) -> int:
     from gr00t_client import EmbodimentTag
 
-    from .server import PolicyServer
+    from .server import PolicyServer, is_loopback_host
 
     logging.basicConfig(level=getattr(logging, args.log_level), format="%(levelname)s:%(name)s:%(message)s")
     try:
@@ -195,7 +195,7 @@ def serve(args: argparse.Namespace) -> int:
     print(f"  Inference mode: {args.inference_mode}")
     print(f"  Host: {args.host}")
     print(f"  Port: {args.port}")
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_token:
+    if not is_loopback_host(args.host) and not args.api_token:
         logger.warning("listening on %s without an API token: anyone who can reach this port can use the policy "
                        "(set --api-token or GR00T_API_TOKEN)", args.host)
     policy = _model_policy(args, tag) if args.model_path else _replay_policy(args, tag)

@@ -52,12 +52,14 @@ def decode_payload(payload: List[Any], max_message_bytes: int) -> Tuple[Any, boo
     """Payload frames -> (envelope, is_multipart); RequestError or WireDecodeError on anything malformed."""
     if not payload:
         raise RequestError("empty message: expected a msgpack request map")
-    # ZMQ_MAXMSGSIZE bounds each frame; a multipart message must respect the cap as a whole too.
+    # ZMQ_MAXMSGSIZE bounds each frame (a frame over it is dropped with its connection, unanswered); a multipart
+    # message must respect the cap as a whole too, and that we can answer.
     total_bytes = sum(len(frame) for frame in payload)
     if total_bytes > max_message_bytes:
         raise RequestError(
             f"message of {total_bytes} bytes exceeds this server's limit of {max_message_bytes} bytes "
-            "(max_message_bytes); it was not decoded"
+            "(max_message_bytes); it was not decoded. Send smaller or fewer images, or start the server with a "
+            "larger --max-message-mb"
         )
     if codec.is_multipart(payload):
         return codec.decode_multipart(payload), True

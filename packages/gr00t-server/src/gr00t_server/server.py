@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import signal
 import threading
@@ -12,7 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 import zmq
 
 from gr00t_client import codec
-from gr00t_client.client import ERROR_MARKER, PROTOCOL_VERSION
+from gr00t_client.client import ERROR_MARKER, PROTOCOL_VERSION, endpoint_host, is_ipv6_literal, normalize_host
 from gr00t_client.policy import BasePolicy
 
 from . import batching
@@ -31,7 +32,7 @@ from .stats import ServerStats
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
-LOOPBACK_PREFIXES = ("127.", "::1", "::ffff:127.")
+CLOSE_WAIT_S = 30.0  # how long close() waits for a run() in another thread to stop and close the socket
 SESSION_OPTION = "_session_id"
 ACTIVE_CLIENT_WINDOW_S = 1.0  # a client that sent get_action this recently is expected to send again
 TIMING_OPTION = "return_server_timing"
@@ -46,15 +47,29 @@ class Endpoint:
     requires_input: bool = True
 
 
+def is_loopback_host(host: str) -> bool:
+    """True for 'localhost' and loopback addresses: 127.0.0.0/8, ::1 (bracketed or not), ::ffff:127.x.x.x."""
+    host = normalize_host(host)
+    if host.lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])  # drop an IPv6 zone such as "%eth0"
+    except ValueError:  # another host name: we cannot know without resolving it
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
 def _is_loopback(peer: Optional[str]) -> bool:
-    return peer is None or peer == "localhost" or peer.startswith(LOOPBACK_PREFIXES)
+    return peer is None or is_loopback_host(peer)
 
 
 class PolicyServer:
     """Serves a BasePolicy over ZeroMQ to any number of REQ clients, ours or the reference's.
 
     Endpoints: ping, kill, get_action, reset, get_modality_config, get_server_info, plus registered ones.
-    Any bad request gets an error reply and the server goes on serving.
+    Any bad request gets an error reply and the server goes on serving. `host` may be an IPv6 literal ("::1",
+    "[::1]"). close() is safe at any moment and from any thread; a closed server never binds again.
     """
 
     def __init__(
@@ -76,7 +91,7 @@ class PolicyServer:
         if batch_timeout_ms < 0:
             raise ValueError(f"batch_timeout_ms must be >= 0, got {batch_timeout_ms}")
         self.policy = policy
-        self.host = host
+        self.host = normalize_host(host)
         self.port = int(port)
         self.api_token = api_token or None
         self.allow_remote_kill = allow_remote_kill
@@ -93,6 +108,10 @@ class PolicyServer:
         self._stop_requested = threading.Event()
         self._run_done = threading.Event()
         self._run_done.set()
+        # start(), run()'s entry and exit, and close() change who owns the socket only under this lock.
+        self._lifecycle = threading.Lock()
+        self._closed = False
+        self._serving_thread: Optional[int] = None  # ident of the thread inside run(); it alone uses the socket
         self.bound_endpoint: Optional[str] = None
         self.register_endpoint("ping", self._ping, requires_input=False)
         self.register_endpoint("kill", self._kill, requires_input=False)
@@ -186,6 +205,7 @@ class PolicyServer:
             "capabilities": ["multipart", "sessions", "server_timing"] + (["batching"] if self.batching_enabled else []),
             "endpoints": self.endpoints,
             "max_batch_size": self.max_batch_size if self.batching_enabled else 1,
+            "max_message_bytes": self.max_message_bytes,
             "batch_timeout_ms": self.batch_timeout_ms,
             "auth": self.api_token is not None,
             "stats": self.stats.snapshot(),
@@ -194,30 +214,49 @@ class PolicyServer:
     # --- lifetime -------------------------------------------------------------------------------
 
     def start(self) -> "PolicyServer":
-        """Bind the socket (port 0 picks a free port); `run()` serves."""
+        """Bind the socket (port 0 picks a free port); `run()` serves. RuntimeError once the server is closed."""
+        with self._lifecycle:
+            if self._closed:
+                raise RuntimeError("this PolicyServer is closed; create a new one to serve again")
+            self._bind()
+        return self
+
+    def _bind(self) -> None:
         if self._socket is not None:
-            return self
+            return
         self._context = zmq.Context()
         sock = self._context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 1000)  # let the last replies (e.g. kill's ack) flush
+        # A frame over the cap makes ZeroMQ close that peer's connection without a reply or any event that tells it
+        # from an ordinary disconnect, so it cannot be logged here; our client checks the size before sending.
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+        sock.setsockopt(zmq.IPV6, int(is_ipv6_literal(self.host)))
         sock.copy_threshold = codec.ZERO_COPY_MIN_BYTES
         sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        address = f"tcp://{endpoint_host(self.host)}"
         try:
             if self.port == 0:
-                sock.bind_to_random_port(f"tcp://{self.host}")
+                sock.bind_to_random_port(address)
             else:
-                sock.bind(f"tcp://{self.host}:{self.port}")
+                sock.bind(f"{address}:{self.port}")
         except zmq.ZMQError as exc:
             sock.close(linger=0)
             self._context.term()
             self._context = None
-            raise OSError(f"cannot bind tcp://{self.host}:{self.port}: {exc}") from exc
+            raise OSError(f"cannot bind {address}:{self.port}: {exc}") from exc
         self._socket = sock
         self.bound_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.port = int(self.bound_endpoint.rsplit(":", 1)[1])
-        logger.info("policy server bound to %s", self.bound_endpoint)
-        return self
+        logger.info("policy server bound to %s (messages up to %d bytes)", self.bound_endpoint, self.max_message_bytes)
+
+    def _release(self) -> None:
+        """Close the socket and context (the caller holds the lock and no run() is using them)."""
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+        if self._context is not None:
+            self._context.term()
+            self._context = None
 
     def stop(self) -> None:
         """Ask a running server to stop (thread-safe); `run()` returns within one poll interval.
@@ -227,43 +266,62 @@ class PolicyServer:
         self._stop_requested.set()
 
     def close(self) -> None:
-        """Close the socket and free the port."""
-        if self._socket is not None:
-            self._socket.close()
-            self._socket = None
-        if self._context is not None:
-            self._context.term()
-            self._context = None
+        """Stop serving for good and free the port; safe at any moment, from any thread, any number of times.
+
+        A run() in another thread owns the socket, so close() stops it and waits (up to CLOSE_WAIT_S) for it to
+        close the socket; a run() that has not started yet returns at once without binding.
+        """
+        with self._lifecycle:
+            self._closed = True
+            serving = self._serving_thread
+            if serving is None:
+                self._release()
+                return
+            self._stop_requested.set()
+        if serving == threading.get_ident():  # called from inside run() (e.g. by a handler): it closes on its way out
+            return
+        if not self._run_done.wait(timeout=CLOSE_WAIT_S):
+            logger.warning("run() did not stop within %.0f s; it will close the socket when it does", CLOSE_WAIT_S)
 
     def __enter__(self) -> "PolicyServer":
         return self.start()
 
     def __exit__(self, *exc_info: Any) -> None:
-        self.stop()
-        # run() in another thread owns the socket and closes it on its way out; closing it here would race.
-        if not self._run_done.wait(timeout=30.0):
-            logger.warning("run() did not stop within 30 s; leaving the socket for it to close")
-            return
         self.close()
 
     def run(self) -> None:
-        """Serve until kill, stop(), SIGINT or SIGTERM; then close the socket."""
-        self.start()
-        assert self._socket is not None
-        restore = self._install_signal_handlers()
-        self._running = True
-        self._run_done.clear()
-        print(f"Server is ready and listening on {self.bound_endpoint}", flush=True)
+        """Serve until kill, stop(), close(), SIGINT or SIGTERM; then close the socket.
+
+        Binds first if start() was not called. After close() it returns at once without binding; while another
+        thread is serving it raises RuntimeError.
+        """
+        with self._lifecycle:
+            if self._closed:
+                logger.info("run() called on a closed PolicyServer; not serving")
+                return
+            if self._serving_thread is not None:
+                raise RuntimeError("this PolicyServer is already serving in another thread")
+            self._bind()
+            assert self._socket is not None
+            sock = self._socket
+            self._serving_thread = threading.get_ident()
+            self._running = True
+            self._run_done.clear()
+        restore: Callable[[], None] = lambda: None
         try:
+            restore = self._install_signal_handlers()
+            print(f"Server is ready and listening on {self.bound_endpoint}", flush=True)
             while self._running and not self._stop_requested.is_set():
-                if self._socket.poll(self.poll_interval_ms, zmq.POLLIN):
+                if sock.poll(self.poll_interval_ms, zmq.POLLIN):
                     self._serve_ready()
         finally:
             restore()
-            self._running = False
-            self.close()
-            self._stop_requested.clear()  # cleared here, not at start, so an early stop() is never lost
-            self._run_done.set()
+            with self._lifecycle:
+                self._running = False
+                self._release()
+                self._serving_thread = None
+                self._stop_requested.clear()  # cleared here, not at start, so an early stop() is never lost
+                self._run_done.set()
 
     def _install_signal_handlers(self) -> Callable[[], None]:
         if threading.current_thread() is not threading.main_thread():
@@ -419,7 +477,7 @@ class PolicyServer:
         try:
             merged, rows = batching.merge_observations([r.data["observation"] for r in valid])
             action, info = self.policy.get_action(merged, None)
-            parts = batching.split_result(action, info, rows)
+            parts = batching.split_result(action, info, rows, batching.declared_per_row_info_keys(self.policy))
         except Exception as exc:
             logger.warning("batched get_action of %d requests failed (%s); serving them one by one", len(valid), exc)
             for request in valid:

@@ -1,0 +1,153 @@
+"""PolicyClient limits: requests over the server's size cap are refused before sending; IPv6 hosts work."""
+
+import socket
+
+import numpy as np
+import pytest
+from reference_peer import EchoPolicy, ReferenceServer, libero_like_observation, running_server
+
+from gr00t_client import PolicyClient, PolicyServerError
+from gr00t_client.client import MessageTooLargeError
+
+CAP = 64 * 1024
+
+
+def has_ipv6_loopback() -> bool:
+    """True when this machine can bind ::1 (containers often have IPv6 switched off)."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except (OSError, AttributeError):
+        return False
+
+
+needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback (::1) on this machine")
+
+
+def small_observation():
+    return libero_like_observation(height=8, width=8)
+
+
+def big_observation():
+    """One 196 KB camera frame: a single array frame over CAP, which the server's ZeroMQ would drop unanswered."""
+    return libero_like_observation(height=256, width=256, cameras=["image"])
+
+
+@pytest.fixture
+def capped_server():
+    with running_server(EchoPolicy(), max_message_bytes=CAP) as server:
+        yield server
+
+
+def test_the_client_learns_the_servers_limit_when_it_negotiates(capped_server):
+    with PolicyClient(port=capped_server.port, timeout_ms=5000) as client:
+        assert client.server_max_message_bytes is None  # nothing asked yet
+        client.get_modality_config()
+        assert client.server_max_message_bytes == CAP
+
+
+@pytest.mark.parametrize("wire", ["auto", "reference"])
+def test_an_oversize_request_is_refused_before_sending_with_size_limit_and_remedy(capped_server, wire):
+    with PolicyClient(port=capped_server.port, timeout_ms=5000, wire=wire) as client:
+        client.get_modality_config()
+        received = capped_server.stats.requests
+        with pytest.raises(MessageTooLargeError) as caught:
+            client.get_action(big_observation())
+        error = caught.value
+        assert error.limit == CAP and error.size > CAP and error.endpoint == "get_action"
+        message = str(error)
+        assert f"of {error.size} bytes" in message and f"limit of {CAP} bytes" in message
+        assert "--max-message-mb" in message and "smaller" in message
+        assert capped_server.stats.requests == received  # nothing was sent
+        assert capped_server.policy.calls == 0
+
+
+def test_the_refusal_is_a_policy_server_error(capped_server):
+    with PolicyClient(port=capped_server.port, timeout_ms=5000) as client:
+        with pytest.raises(PolicyServerError, match=f"exceeds this server's limit of {CAP} bytes"):
+            client.get_action(big_observation())  # the first call negotiates, then refuses
+
+
+def test_the_client_stays_usable_after_a_refused_request(capped_server):
+    with PolicyClient(port=capped_server.port, timeout_ms=5000) as client:
+        with pytest.raises(MessageTooLargeError):
+            client.get_action(big_observation())
+        action, _ = client.get_action(small_observation())
+        assert action["x"].shape == (1, 16, 1)
+        assert client.ping()
+
+
+def test_requests_within_the_limit_are_sent_in_both_wire_formats(capped_server):
+    for wire in ("auto", "reference"):
+        with PolicyClient(port=capped_server.port, timeout_ms=5000, wire=wire) as client:
+            observation = libero_like_observation(height=64, width=64)  # 2 x 12 KB of images
+            assert client.get_action(observation)[0]["x"].shape == (1, 16, 1)
+
+
+def test_a_server_that_does_not_report_a_limit_is_sent_everything():
+    with running_server(EchoPolicy(), max_message_bytes=CAP) as server:
+        with PolicyClient(port=server.port, timeout_ms=5000) as probe:
+            info = probe.get_server_info()
+        del info["max_message_bytes"]  # as an older gr00t-server answers
+        server.register_endpoint("get_server_info", lambda: info, requires_input=False)
+        with PolicyClient(port=server.port, timeout_ms=5000) as client:
+            observation = libero_like_observation(height=120, width=120)  # frames fit, their total does not
+            with pytest.raises(PolicyServerError, match=f"limit of {CAP} bytes") as caught:
+                client.get_action(observation)
+            assert not isinstance(caught.value, MessageTooLargeError)  # the server's refusal, not ours
+            assert client.server_max_message_bytes is None
+
+
+def test_a_reference_server_has_no_limit_and_gets_large_requests():
+    def get_action(observation, options=None):
+        return {"x": np.zeros((1, 16, 1), np.float32)}, {"pixels": int(observation["video"]["image"].size)}
+
+    with ReferenceServer({"get_action": get_action}) as server:
+        with PolicyClient(port=server.port, timeout_ms=5000) as client:
+            _, info = client.get_action(libero_like_observation(height=512, width=512))
+            assert info["pixels"] == 512 * 512 * 3
+            assert client.server_max_message_bytes is None
+
+
+# --- IPv6 hosts -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["::1", "[::1]"])
+def test_an_ipv6_host_is_bracketed_in_the_address(host):
+    client = PolicyClient(host=host, port=5555)
+    try:
+        assert client.host == "::1"
+        assert client.address == "tcp://[::1]:5555"
+    finally:
+        client.close()
+
+
+def test_ipv4_hosts_and_names_are_left_as_they_are():
+    for host in ("127.0.0.1", "localhost", "robot.local"):
+        client = PolicyClient(host=host, port=5555)
+        try:
+            assert client.address == f"tcp://{host}:5555"
+        finally:
+            client.close()
+
+
+@needs_ipv6
+@pytest.mark.parametrize("host", ["::1", "[::1]"])
+def test_a_round_trip_over_ipv6_loopback(host):
+    with running_server(EchoPolicy(), host="::1") as server:
+        with PolicyClient(host=host, port=server.port, timeout_ms=5000) as client:
+            assert client.ping()
+            action, info = client.get_action(small_observation(), {"tag": "v6"})
+            assert action["x"].shape == (1, 16, 1) and info["tag"] == "v6"
+            assert client.get_server_info()["server"] == "gr00t-server"
+
+
+@needs_ipv6
+def test_a_timeout_on_an_ipv6_host_names_the_bracketed_address():
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+        probe.bind(("::1", 0))
+        port = probe.getsockname()[1]  # bound but not listening: nothing answers
+        with PolicyClient(host="::1", port=port, timeout_ms=200) as client:
+            with pytest.raises(TimeoutError, match=rf"\[::1\]:{port}"):
+                client.get_action(small_observation())
