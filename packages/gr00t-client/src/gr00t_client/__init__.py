@@ -3,6 +3,7 @@
 from .chunking import ActionChunker, ChunkerStats, merge_overlap
 from .client import MessageTooLargeError, PolicyClient, PolicyServerError, PolicyTimeoutError
 from .codec import WireDecodeError, WireEncodeError
+from .curve import HandshakeError
 from .embodiment import EMBODIMENT_TAG_TO_PROJECTOR_INDEX, EmbodimentTag
 from .modality import ActionConfig, ActionFormat, ActionRepresentation, ActionType, ModalityConfig
 from .policy import ActionError, BasePolicy, ObservationError, PolicyValidationError, PolicyWrapper
@@ -21,6 +22,7 @@ __all__ = [
     "BasePolicy",
     "EMBODIMENT_TAG_TO_PROJECTOR_INDEX",
     "EmbodimentTag",
+    "HandshakeError",
     "ModalityConfig",
     "ObservationError",
     "PolicyClient",

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import zmq
 
-from . import codec
+from . import codec, curve
 from .modality import ModalityConfig
 from .policy import BasePolicy, validate_action, validate_observation
 
@@ -85,6 +85,8 @@ class PolicyClient(BasePolicy):
     `host` may be an IPv6 literal, with or without brackets ("::1", "[::1]").
     Once a gr00t-server has reported its `max_message_bytes` (`server_max_message_bytes`), a larger request raises
     MessageTooLargeError without being sent, instead of being dropped by the server and timing out.
+    With `server_public_key` (and `client_secret_key`; paths of zmq.auth certificate files or z85 strings) the
+    connection is CURVE-encrypted; a failed handshake raises HandshakeError (a ConnectionError) instead of timing out.
     """
 
     def __init__(
@@ -98,6 +100,8 @@ class PolicyClient(BasePolicy):
         session_id: Optional[str] = None,
         wire: str = "auto",
         return_server_timing: bool = False,
+        server_public_key: Optional[curve.KeySource] = None,
+        client_secret_key: Optional[curve.KeySource] = None,
     ) -> None:
         super().__init__(strict=strict)
         if wire not in ("auto", "reference", "multipart"):
@@ -116,8 +120,11 @@ class PolicyClient(BasePolicy):
         self._server_is_ours: Optional[bool] = True if wire == "multipart" else None
         # The server's max_message_bytes from get_server_info; None when unknown (reference, older or unasked server).
         self.server_max_message_bytes: Optional[int] = None
+        # CURVE encryption (gr00t_client.curve): None for plaintext; an ephemeral key pair when no client key is given.
+        self._curve = curve.client_keys(server_public_key, client_secret_key)
         self._context: Optional[zmq.Context] = zmq.Context()
         self._socket: Optional[zmq.Socket] = None
+        self._handshake: Optional[curve.HandshakeMonitor] = None  # watches the current socket's handshakes
         self._lock = threading.Lock()
         self._modality_config: Optional[Dict[str, ModalityConfig]] = None
 
@@ -136,14 +143,21 @@ class PolicyClient(BasePolicy):
         # Only for literals: with IPV6 on, a name like "localhost" could resolve to ::1 while the server is on 127.0.0.1.
         sock.setsockopt(zmq.IPV6, int(is_ipv6_literal(self.host)))
         sock.copy_threshold = codec.ZERO_COPY_MIN_BYTES
+        curve.apply_client_keys(sock, self._curve)
+        self._handshake = curve.HandshakeMonitor(sock, self.address, self._curve)
         try:
             sock.connect(self.address)
         except zmq.ZMQError as exc:  # e.g. a malformed host: close the socket and keep to our error types
+            self._handshake.close()
+            self._handshake = None
             sock.close(linger=0)
             raise ConnectionError(f"cannot connect to {self.address}: {exc}") from exc
         return sock
 
     def _discard_socket(self) -> None:
+        if self._handshake is not None:
+            self._handshake.close()
+            self._handshake = None
         if self._socket is not None:
             self._socket.close(linger=0)
             self._socket = None
@@ -170,8 +184,7 @@ class PolicyClient(BasePolicy):
                     raise self._timeout(endpoint) from None
                 sock.send_multipart(frames, copy=False)
             remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
-            if not sock.poll(remaining_ms, zmq.POLLIN):
-                raise self._timeout(endpoint)
+            self._wait_for_reply(remaining_ms, endpoint)
             reply = sock.recv_multipart(copy=False)
         except PolicyTimeoutError:
             self._discard_socket()  # Lazy Pirate: a REQ socket that timed out can never send again
@@ -189,6 +202,12 @@ class PolicyClient(BasePolicy):
         if len(reply[0]) == 5 and reply[0].bytes == b"ERROR":
             raise PolicyServerError("Make sure we are running the correct policy server.", endpoint)
         return self._unwrap_reference(codec.decode(reply[0].buffer), endpoint)
+
+    def _wait_for_reply(self, timeout_ms: int, endpoint: str) -> None:
+        """Wait for the reply; a failed handshake (keys, or encryption on one side only) raises HandshakeError, not a timeout."""
+        assert self._handshake is not None
+        if not self._handshake.wait_for_reply(timeout_ms):
+            raise self._handshake.failure() or self._timeout(endpoint)
 
     def _check_size(self, frames: List[Any], endpoint: str) -> None:
         """Refuse, before sending, a request over the server's limit (a frame over it would get no reply at all)."""

@@ -1,0 +1,242 @@
+"""CURVE encryption for PolicyClient: key loading, socket setup, and telling a failed handshake from a timeout.
+
+Keys are ZeroMQ CURVE keys, given either as 40-character z85 strings or as certificate files in the format
+`zmq.auth` reads and `gr00t-server keygen` writes (NAME.key holds the public key, NAME.key_secret both).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Optional, Tuple, Union
+
+import zmq
+import zmq.auth
+from zmq.utils import z85
+from zmq.utils.monitor import recv_monitor_message
+
+logger = logging.getLogger(__name__)
+
+KeySource = Union[str, bytes, "os.PathLike[str]"]
+"""A CURVE key as a z85 string (str or bytes) or the path of a zmq.auth certificate file."""
+
+Z85_KEY_LENGTH = 40
+_Z85_ALPHABET = frozenset(z85.Z85CHARS)
+_NO_DETAIL_FAILURES_TO_GIVE_UP = 2  # a connection dropped mid-handshake once may be chance; twice in a row is not
+
+
+class HandshakeError(ConnectionError):
+    """The ZeroMQ security handshake with the server failed (wrong keys, or encryption on one side only).
+
+    Retrying with the same keys cannot succeed; the message says which side to fix.
+    """
+
+
+def _is_z85_key(text: bytes) -> bool:
+    return len(text) == Z85_KEY_LENGTH and all(byte in _Z85_ALPHABET for byte in text)
+
+
+def _as_text(value: KeySource, what: str) -> str:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("ascii")
+        except UnicodeDecodeError:
+            raise ValueError(f"{what} must be a 40-character z85 key or a certificate path; got {len(value)} non-ASCII bytes") from None
+    if isinstance(value, (str, os.PathLike)):
+        return os.fspath(value)
+    raise TypeError(f"{what} must be a z85 key string or a certificate path, got {type(value).__name__}")
+
+
+def _read_certificate(path: str, what: str) -> Tuple[bytes, Optional[bytes]]:
+    try:
+        public, secret = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{what}: {path} is not a readable zmq.auth certificate file ({exc})") from exc
+    if not public or not _is_z85_key(public):
+        raise ValueError(f"{what}: {path} holds no valid 40-character z85 public-key")
+    if secret is not None and not _is_z85_key(secret):
+        raise ValueError(f"{what}: {path} holds a malformed secret-key (expected 40 z85 characters)")
+    return public, secret
+
+
+def load_public_key(value: KeySource, what: str = "server_public_key") -> bytes:
+    """The z85 public key in `value`: a z85 string, or a certificate file (NAME.key, or NAME.key_secret)."""
+    text = _as_text(value, what)
+    if os.path.isfile(text):
+        public, secret = _read_certificate(text, what)
+        if secret is not None:
+            logger.warning("%s: %s is a secret certificate; only its public key is used, and the secret file "
+                           "should not be copied to clients (give them the .key file)", what, text)
+        return public
+    if _is_z85_key(text.encode("ascii", "replace")):
+        return text.encode("ascii")
+    raise ValueError(f"{what}: {text!r} is neither an existing certificate file nor a 40-character z85 key")
+
+
+def load_key_pair(value: KeySource, what: str = "client_secret_key") -> Tuple[bytes, bytes]:
+    """(public, secret) z85 keys from a secret certificate file (NAME.key_secret) or a z85 secret key."""
+    text = _as_text(value, what)
+    if os.path.isfile(text):
+        public, secret = _read_certificate(text, what)
+        if secret is None:
+            raise ValueError(f"{what}: {text} holds only a public key; pass the secret certificate (NAME.key_secret)")
+        return public, secret
+    raw = text.encode("ascii", "replace")
+    if _is_z85_key(raw):
+        return zmq.curve_public(raw), raw
+    raise ValueError(f"{what}: {text!r} is neither an existing certificate file nor a 40-character z85 secret key")
+
+
+def key_fingerprint(public_key: bytes) -> str:
+    """A short, SSH-style fingerprint of a z85 public key: 'SHA256:' and the base64 of its digest."""
+    digest = hashlib.sha256(z85.decode(public_key)).digest()
+    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+
+
+@dataclass(frozen=True)
+class ClientCurveKeys:
+    """The keys a CURVE client socket needs; `ephemeral` when no client key pair was given (one made per client)."""
+
+    server_public: bytes
+    client_public: bytes
+    client_secret: bytes
+    ephemeral: bool
+
+    def __repr__(self) -> str:  # never print a secret key
+        return f"ClientCurveKeys(server={key_fingerprint(self.server_public)}, client={key_fingerprint(self.client_public)}, ephemeral={self.ephemeral})"
+
+
+def client_keys(server_public_key: Optional[KeySource], client_secret_key: Optional[KeySource]) -> Optional[ClientCurveKeys]:
+    """The client's CURVE keys, or None for a plaintext client.
+
+    Without `client_secret_key` a fresh (ephemeral) key pair is made: the traffic is still encrypted, but a server
+    that checks authorized keys will refuse it.
+    """
+    if server_public_key is None:
+        if client_secret_key is not None:
+            raise ValueError("client_secret_key was given without server_public_key; CURVE needs the server's public key")
+        return None
+    if not zmq.has("curve"):  # pragma: no cover - the pyzmq wheels ship libsodium-free CURVE
+        raise RuntimeError("this libzmq was built without CURVE support (zmq.has('curve') is False)")
+    server_public = load_public_key(server_public_key, "server_public_key")
+    if client_secret_key is None:
+        public, secret = zmq.curve_keypair()
+        return ClientCurveKeys(server_public, public, secret, ephemeral=True)
+    public, secret = load_key_pair(client_secret_key, "client_secret_key")
+    return ClientCurveKeys(server_public, public, secret, ephemeral=False)
+
+
+def apply_client_keys(sock: zmq.Socket, keys: Optional[ClientCurveKeys]) -> None:
+    """Make `sock` a CURVE client (before it connects); a no-op for a plaintext client."""
+    if keys is None:
+        return
+    sock.setsockopt(zmq.CURVE_SERVERKEY, keys.server_public)
+    sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.client_public)
+    sock.setsockopt(zmq.CURVE_SECRETKEY, keys.client_secret)
+
+
+_HANDSHAKE_EVENTS = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+
+
+class HandshakeMonitor:
+    """Watches one client socket's handshake events (a ZeroMQ socket monitor) while the client waits for a reply.
+
+    An explicit refusal (auth, or encryption on one side only) fails at once; a connection the server drops
+    mid-handshake (a wrong server key) fails once it has happened twice in a row or when the wait times out.
+    """
+
+    def __init__(self, sock: zmq.Socket, address: str, keys: Optional[ClientCurveKeys]) -> None:
+        self.address = address
+        self._keys = keys
+        self._monitor = sock.get_monitor_socket(_HANDSHAKE_EVENTS)
+        self._sock = sock
+        self._poller = zmq.Poller()
+        self._poller.register(sock, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
+        self._failure: Optional[HandshakeError] = None  # since the last successful handshake
+        self._dropped_in_a_row = 0
+
+    def wait_for_reply(self, timeout_ms: int) -> bool:
+        """True once `sock` has a reply; False after `timeout_ms`; HandshakeError as soon as the keys are known wrong."""
+        deadline = time.monotonic() + max(0, timeout_ms) / 1000.0
+        while True:
+            remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
+            ready = dict(self._poller.poll(remaining_ms))
+            if self._sock in ready:
+                return True
+            if self._monitor in ready:
+                self._drain()
+                if self._failure is not None and self._is_definitive():
+                    raise self._failure
+            if remaining_ms == 0 or time.monotonic() >= deadline:
+                return False
+
+    def failure(self) -> Optional[HandshakeError]:
+        """The handshake failure seen since the last successful handshake, if any (read after a timeout)."""
+        self._drain()
+        return self._failure
+
+    def close(self) -> None:
+        """Stop monitoring; call before the socket is closed."""
+        try:
+            self._sock.disable_monitor()
+        except zmq.ZMQError:  # the socket or context is already gone
+            pass
+        self._monitor.close(linger=0)
+
+    def _is_definitive(self) -> bool:
+        return self._dropped_in_a_row == 0 or self._dropped_in_a_row >= _NO_DETAIL_FAILURES_TO_GIVE_UP
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                event = recv_monitor_message(self._monitor, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError:  # closed underneath us
+                return
+            self._record(int(event["event"]), int(event["value"]))
+
+    def _record(self, event: int, value: int) -> None:
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self._failure, self._dropped_in_a_row = None, 0
+            return
+        self._dropped_in_a_row = self._dropped_in_a_row + 1 if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL else 0
+        self._failure = HandshakeError(f"handshake with the policy server at {self.address} failed: {self._reason(event, value)}")
+        logger.debug("%s", self._failure)
+
+    def _reason(self, event: int, value: int) -> str:
+        curve = self._keys is not None
+        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            who = f"this client's public key ({key_fingerprint(self._keys.client_public)})" if curve else "this client"
+            hint = (" - no client_secret_key was given, so an ephemeral key was used; pass a key pair the server has in "
+                    "its authorized keys" if curve and self._keys.ephemeral else
+                    " - add its .key file to the server's authorized-keys directory")
+            return f"the server refused {who} (ZAP status {value}){hint}"
+        if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+            if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+                if curve:
+                    return "the server does not use CURVE encryption, but this client was given server_public_key"
+                return "the server requires CURVE encryption; pass server_public_key (the server's .key file or z85 key)"
+            return f"protocol error {_protocol_error_name(value)}"
+        if curve:  # a wrong key and a plaintext server both look like this (which one closes first is a race)
+            return ("the server closed the connection during the CURVE handshake: server_public_key is not this "
+                    "server's key, or the server does not use CURVE encryption")
+        return "the server closed the connection during the handshake (if it requires CURVE, pass server_public_key)"
+
+
+def _protocol_error_name(value: int) -> str:
+    for name in dir(zmq):
+        if name.startswith("PROTOCOL_ERROR_") and getattr(zmq, name) == value:
+            return name
+    return hex(value)
+

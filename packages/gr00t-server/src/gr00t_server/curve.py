@@ -1,0 +1,200 @@
+"""CURVE encryption for the server: key generation, the ROUTER socket's server keys, and ZAP client authorisation.
+
+Certificates are the files `zmq.auth` reads: NAME.key (public key; give it to peers) and NAME.key_secret
+(public and secret key, mode 0600; never leaves its machine). An authorized-keys directory holds the clients'
+NAME.key files; it is re-read when its contents change, so adding or removing a client needs no restart.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, FrozenSet, Optional, Tuple, Union
+
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+
+from gr00t_client.curve import KeySource, key_fingerprint, load_key_pair
+
+logger = logging.getLogger(__name__)
+
+PUBLIC_SUFFIX = ".key"
+SECRET_SUFFIX = ".key_secret"
+_BANNER = """#   ****  Generated on {now} by gr00t-server keygen  ****
+#   ZeroMQ CURVE {kind} Certificate
+#   {advice}
+
+"""
+
+
+def _write_certificate(path: Path, public_key: bytes, secret_key: Optional[bytes]) -> None:
+    """Write one zmq.auth certificate file; a secret one is created with mode 0600 from the start (no readable window)."""
+    kind, advice = ("**Secret**", "DO NOT PROVIDE THIS FILE TO OTHER USERS nor change its permissions.") if secret_key \
+        else ("Public", "Exchange securely, or use a secure mechanism to verify the contents of this file after exchange.")
+    text = _BANNER.format(now=datetime.datetime.now().isoformat(timespec="seconds"), kind=kind, advice=advice)
+    text += "metadata\ncurve\n"
+    text += f'    public-key = "{public_key.decode("ascii")}"\n'
+    if secret_key:
+        text += f'    secret-key = "{secret_key.decode("ascii")}"\n'
+    mode = 0o600 if secret_key else 0o644
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.fchmod(fd, mode)  # the umask may only have narrowed it; make it exactly this
+        os.write(fd, text.encode("ascii"))
+    finally:
+        os.close(fd)
+
+
+def generate_certificates(directory: Union[str, os.PathLike], name: str = "server", overwrite: bool = False) -> Tuple[Path, Path]:
+    """Write a new CURVE key pair as DIR/NAME.key and DIR/NAME.key_secret (0600); returns (public, secret) paths.
+
+    Refuses to replace existing files unless `overwrite`: a replaced server key locks every client out.
+    """
+    if not name or os.sep in name or name.startswith("."):
+        raise ValueError(f"key name must be a plain file name without '{os.sep}' or a leading dot, got {name!r}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    public_path, secret_path = directory / f"{name}{PUBLIC_SUFFIX}", directory / f"{name}{SECRET_SUFFIX}"
+    existing = [str(p) for p in (public_path, secret_path) if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{', '.join(existing)} already exists; choose another --name or pass --force to replace it")
+    for path in existing:
+        os.remove(path)
+    public, secret = zmq.curve_keypair()
+    _write_certificate(public_path, public, None)
+    _write_certificate(secret_path, public, secret)
+    return public_path, secret_path
+
+
+@dataclass(frozen=True)
+class CurveServerConfig:
+    """The server's CURVE key pair and, optionally, the directory of client public keys allowed to connect."""
+
+    public_key: bytes
+    secret_key: bytes
+    authorized_keys: Optional[Path] = None
+
+    @classmethod
+    def load(cls, secret_key: KeySource, authorized_keys: Optional[Union[str, os.PathLike]] = None) -> "CurveServerConfig":
+        """From a secret certificate (NAME.key_secret) or z85 secret key, and an authorized-keys directory."""
+        if not zmq.has("curve"):  # pragma: no cover - the pyzmq wheels have CURVE
+            raise RuntimeError("this libzmq was built without CURVE support (zmq.has('curve') is False)")
+        public, secret = load_key_pair(secret_key, "curve_secret_key")
+        directory = None
+        if authorized_keys is not None:
+            directory = Path(authorized_keys)
+            if not directory.is_dir():
+                raise NotADirectoryError(f"authorized_keys: {directory} is not a directory of client .key files")
+        return cls(public, secret, directory)
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA256 fingerprint of the server's public key, as the ready banner prints it."""
+        return key_fingerprint(self.public_key)
+
+    def __repr__(self) -> str:  # never print the secret key
+        return f"CurveServerConfig(public={self.fingerprint}, authorized_keys={self.authorized_keys})"
+
+
+class AuthorizedKeys:
+    """ZAP credentials provider: allows the client public keys in a directory of NAME.key files.
+
+    The directory is re-read at the next handshake after any file in it is added, removed or changed.
+    """
+
+    def __init__(self, directory: Union[str, os.PathLike]) -> None:
+        self.directory = Path(directory)
+        self._lock = threading.Lock()
+        self._signature: Optional[Tuple[Tuple[str, int, int], ...]] = None
+        self._keys: FrozenSet[bytes] = frozenset()
+        self.reload_if_changed()
+
+    @property
+    def keys(self) -> FrozenSet[bytes]:
+        """The z85 public keys allowed now."""
+        return self._keys
+
+    def _current_signature(self) -> Tuple[Tuple[str, int, int], ...]:
+        try:
+            entries = sorted(p for p in self.directory.iterdir() if p.name.endswith(PUBLIC_SUFFIX))
+        except OSError as exc:
+            logger.warning("authorized keys: cannot read %s (%s); no client is allowed until it is readable", self.directory, exc)
+            return ()
+        signature = []
+        for path in entries:
+            try:
+                stat = path.stat()
+            except OSError:  # removed between listing and stat
+                continue
+            signature.append((path.name, stat.st_mtime_ns, stat.st_size))
+        return tuple(signature)
+
+    def reload_if_changed(self) -> bool:
+        """Re-read the directory when its files changed since the last read; True when it was re-read."""
+        with self._lock:
+            signature = self._current_signature()
+            if signature == self._signature:
+                return False
+            keys: Dict[bytes, str] = {}
+            for name, _, _ in signature:
+                path = self.directory / name
+                try:
+                    public, _secret = zmq.auth.load_certificate(str(path))
+                except (OSError, ValueError) as exc:
+                    logger.warning("authorized keys: skipping %s (%s)", path, exc)
+                    continue
+                if public:
+                    keys[public] = name
+            self._keys = frozenset(keys)
+            first = self._signature is None
+            self._signature = signature
+        if not keys:
+            logger.warning("authorized keys: %s holds no client .key files; every CURVE client is refused", self.directory)
+        elif not first:
+            logger.info("authorized keys: reloaded %s: %d client key(s)", self.directory, len(keys))
+        return True
+
+    def callback(self, domain: str, client_key: bytes) -> bool:
+        """pyzmq's credentials-provider hook: is this z85 client key allowed? (runs in the authenticator thread)"""
+        self.reload_if_changed()
+        allowed = client_key in self._keys
+        if not allowed:
+            logger.warning("refused a CURVE client with key %s: not in %s", key_fingerprint(client_key), self.directory)
+        return allowed
+
+
+class ServerCurve:
+    """CURVE on one ROUTER socket, plus the ZAP authenticator thread when client keys are checked.
+
+    Create it after the context and before bind; stop() it before the context is terminated.
+    """
+
+    def __init__(self, config: CurveServerConfig, context: zmq.Context, sock: zmq.Socket) -> None:
+        self.config = config
+        self.authorized: Optional[AuthorizedKeys] = None
+        self._authenticator: Optional[ThreadAuthenticator] = None
+        if config.authorized_keys is not None:
+            self.authorized = AuthorizedKeys(config.authorized_keys)
+            self._authenticator = ThreadAuthenticator(context, log=logging.getLogger(__name__ + ".zap"))
+            self._authenticator.start()
+            self._authenticator.configure_curve_callback(domain="*", credentials_provider=self.authorized)
+        sock.setsockopt(zmq.CURVE_SERVER, 1)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, config.secret_key)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, config.public_key)
+
+    def banner(self) -> str:
+        """What the ready line adds: encryption on, the key fingerprint, and who may connect."""
+        who = (f"clients in {self.config.authorized_keys}" if self.authorized is not None
+               else "any client with the server's public key")
+        return f"CURVE encryption on, server key {self.config.fingerprint}, {who}"
+
+    def stop(self) -> None:
+        """Stop the ZAP thread (idempotent); the context cannot terminate while it runs."""
+        if self._authenticator is not None:
+            self._authenticator.stop()
+            self._authenticator = None
