@@ -1,14 +1,24 @@
 """A reference-style peer written from server-eval.md §2, plus the small policies the wire tests share.
 
-`ReferenceServer` is a REP server and `ReferenceClient` a REQ client that speak what NVIDIA's
-`server_client.py` speaks: the current format (msgpack-numpy hooks, `__ModalityConfig__`, `{"error": ...}`
-replies, get_action replies `[action, info]`) or the early-N1.6 format (`__ndarray_class__` wrappers made
-with np.save). They deliberately share no code with gr00t_client's codec.
+`ReferenceServer` is a REP server and `ReferenceClient` a REQ client that speak what NVIDIA's peers speak,
+one wire generation each (`generation=`):
+
+- "current": the newest `server_client.py` (msgpack-numpy hooks, `__ModalityConfig__`, `{"error": ...}` replies,
+  get_action replies `[action, info]`);
+- "npsave": the np.save-era `server_client.py` of early N1.6 and early N1.7 commits (`__ndarray_class__` wrappers
+  made with np.save, `__ModalityConfig_class__` with `as_json` a map, str keys only, no msgpack-numpy decoder,
+  handlers called `handler(**data)`); `early=True` is the old spelling of this one;
+- "n15": N1/N1.5 `gr00t/eval/service.py` (the np.save arrays, `__ModalityConfig_class__` with `as_json` a JSON
+  *string*, handlers called positionally `handler(data)`, get_action's data the flat observation itself and its
+  reply the action dict alone, no `reset` endpoint).
+
+They deliberately share no code with gr00t_client's codec.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import threading
 from typing import Any, Callable, Dict, Optional
 
@@ -60,21 +70,49 @@ def _early_default(obj: Any) -> Any:
 
 
 def _early_hook(obj: Dict[Any, Any]) -> Any:
+    # As the np.save-era MsgSerializer.decode_custom_classes: str keys only, ModalityConfig(**as_json).
+    if "__ModalityConfig_class__" in obj:
+        return RefModalityConfig(dict(obj["as_json"]))
     if "__ndarray_class__" in obj:
         return np.load(io.BytesIO(obj["as_npy"]), allow_pickle=False)
-    if "__ModalityConfig_class__" in obj:
-        return RefModalityConfig(obj["as_json"])
     return obj
 
 
-def ref_packb(obj: Any, early: bool = False) -> bytes:
-    """Serialise as the reference does (current: msgpack-numpy; early: np.save wrappers)."""
-    return msgpack.packb(obj, default=_early_default if early else _current_default)
+def _n15_default(obj: Any) -> Any:
+    if isinstance(obj, RefModalityConfig):  # pydantic's model_dump_json(): a JSON string, not a map
+        return {"__ModalityConfig_class__": True, "as_json": json.dumps(obj.as_json)}
+    return _early_default(obj)
 
 
-def ref_unpackb(data: bytes, early: bool = False) -> Any:
+def _n15_hook(obj: Dict[Any, Any]) -> Any:
+    # As service.py: json.loads(as_json), which raises TypeError when as_json is a map.
+    if "__ModalityConfig_class__" in obj:
+        return RefModalityConfig(json.loads(obj["as_json"]))
+    if "__ndarray_class__" in obj:
+        return np.load(io.BytesIO(obj["as_npy"]), allow_pickle=False)
+    return obj
+
+
+GENERATIONS = ("current", "npsave", "n15")
+_DEFAULTS = {"current": _current_default, "npsave": _early_default, "n15": _n15_default}
+_HOOKS = {"current": _current_hook, "npsave": _early_hook, "n15": _n15_hook}
+
+
+def _generation(early: bool, generation: Optional[str]) -> str:
+    chosen = generation or ("npsave" if early else "current")
+    if chosen not in GENERATIONS:
+        raise ValueError(f"generation must be one of {GENERATIONS}, got {chosen!r}")
+    return chosen
+
+
+def ref_packb(obj: Any, early: bool = False, generation: Optional[str] = None) -> bytes:
+    """Serialise as the reference does (current: msgpack-numpy; npsave/early and n15: np.save wrappers)."""
+    return msgpack.packb(obj, default=_DEFAULTS[_generation(early, generation)])
+
+
+def ref_unpackb(data: bytes, early: bool = False, generation: Optional[str] = None) -> Any:
     """Deserialise as the reference does; the current format's arrays come back read-only."""
-    return msgpack.unpackb(data, object_hook=_early_hook if early else _current_hook, raw=False)
+    return msgpack.unpackb(data, object_hook=_HOOKS[_generation(early, generation)], raw=False)
 
 
 # --- the reference server (REP, one thread, one request at a time) ------------------------------
@@ -84,9 +122,14 @@ class ReferenceServer:
     """A REP server with the reference endpoint table; handlers are plain callables."""
 
     def __init__(
-        self, handlers: Dict[str, Callable[..., Any]], early: bool = False, api_token: Optional[str] = None, port: int = 0
+        self,
+        handlers: Dict[str, Callable[..., Any]],
+        early: bool = False,
+        api_token: Optional[str] = None,
+        port: int = 0,
+        generation: Optional[str] = None,
     ) -> None:
-        self.early = early
+        self.generation = _generation(early, generation)
         self.api_token = api_token
         self.requests: list = []  # decoded requests, for tests to inspect
         self._endpoints: Dict[str, tuple] = {
@@ -96,6 +139,10 @@ class ReferenceServer:
             "reset": (handlers.get("reset", lambda options=None: {}), True),
             "get_modality_config": (handlers.get("get_modality_config", lambda: {}), False),
         }
+        for name, handler in handlers.items():  # register_endpoint(name, handler, requires_input=True)
+            self._endpoints.setdefault(name, (handler, True))
+        if self.generation == "n15":  # service.py registers no reset endpoint
+            del self._endpoints["reset"]
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.REP)
         self._socket.setsockopt(zmq.LINGER, 0)
@@ -116,7 +163,7 @@ class ReferenceServer:
                 continue
             message = self._socket.recv()
             try:
-                request = ref_unpackb(message, self.early)
+                request = ref_unpackb(message, generation=self.generation)
                 self.requests.append(request)
                 if self.api_token and request.get("api_token") != self.api_token:
                     reply: Any = {"error": "Unauthorized: Invalid API token"}
@@ -125,10 +172,15 @@ class ReferenceServer:
                     if endpoint not in self._endpoints:
                         raise ValueError(f"Unknown endpoint: {endpoint}")
                     handler, requires_input = self._endpoints[endpoint]
-                    reply = handler(**request.get("data", {})) if requires_input else handler()
-                payload = ref_packb(reply, self.early)
+                    if not requires_input:
+                        reply = handler()
+                    elif self.generation == "n15":  # service.py: handler(data), data the flat observation
+                        reply = handler(request.get("data", {}))
+                    else:
+                        reply = handler(**request.get("data", {}))
+                payload = ref_packb(reply, generation=self.generation)
             except Exception as exc:  # the reference answers every failure with {"error": str(e)}
-                payload = ref_packb({"error": str(exc)}, self.early)
+                payload = ref_packb({"error": str(exc)}, generation=self.generation)
             self._socket.send(payload)
 
     def __enter__(self) -> "ReferenceServer":
@@ -148,8 +200,16 @@ class ReferenceServer:
 class ReferenceClient:
     """A REQ client that builds requests and reads replies exactly like the reference PolicyClient."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1", timeout_ms: int = 5000, api_token: Optional[str] = None, early: bool = False) -> None:
-        self.early = early
+    def __init__(
+        self,
+        port: int,
+        host: str = "127.0.0.1",
+        timeout_ms: int = 5000,
+        api_token: Optional[str] = None,
+        early: bool = False,
+        generation: Optional[str] = None,
+    ) -> None:
+        self.generation = _generation(early, generation)
         self.api_token = api_token
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.REQ)
@@ -164,14 +224,23 @@ class ReferenceClient:
             request["data"] = data
         if self.api_token:
             request["api_token"] = self.api_token
-        self._socket.send(ref_packb(request, self.early))
-        reply = ref_unpackb(self._socket.recv(), self.early)
+        self._socket.send(ref_packb(request, generation=self.generation))
+        reply = ref_unpackb(self._socket.recv(), generation=self.generation)
         if isinstance(reply, dict) and "error" in reply:
             raise RuntimeError(f"Server error: {reply['error']}")
         return reply
 
-    def get_action(self, observation: Dict[str, Any], options: Any = None) -> tuple:
+    def get_action(self, observation: Dict[str, Any], options: Any = None) -> Any:
+        """(action, info) like PolicyClient; for "n15", ExternalRobotInferenceClient's flat obs -> action dict."""
+        if self.generation == "n15":
+            return self.call_endpoint("get_action", observation)
         return tuple(self.call_endpoint("get_action", {"observation": observation, "options": options}))
+
+    def get_modality_config(self) -> Any:
+        return self.call_endpoint("get_modality_config", requires_input=False)
+
+    def kill_server(self) -> None:
+        self.call_endpoint("kill", requires_input=False)
 
     def close(self) -> None:
         self._socket.close(linger=0)

@@ -1,4 +1,7 @@
-"""Interop both ways with a reference-style peer (server-eval.md §2): current and early-N1.6 formats."""
+"""Interop both ways with a reference-style peer (server-eval.md §2), mostly the current format.
+
+The np.save-era and N1.5 peers have their own file, test_interop_npsave.py.
+"""
 
 import time
 
@@ -97,28 +100,14 @@ def test_current_reference_server_receives_real_arrays_from_our_client(current_r
     assert received["language"] == observation["language"]
 
 
-def test_early_reference_server_cannot_decode_our_arrays_and_says_so():
-    """Documented limitation: an early-N1.6 server leaves msgpack-numpy maps as dicts (Arena PR 711)."""
-
-    def validating_get_action(observation, options=None):
-        video = observation["video"]["image"]
-        if not isinstance(video, np.ndarray):
-            raise TypeError(f"Video key 'image' must be a numpy array. Got {type(video)}")
-        return {}, {}
-
-    with ReferenceServer({"get_action": validating_get_action}, early=True) as server:
-        with PolicyClient(host="127.0.0.1", port=server.port, timeout_ms=5000) as client:
-            with pytest.raises(PolicyServerError, match="must be a numpy array. Got <class 'dict'>"):
-                client.get_action(small_observation())
-            assert client.ping() is True  # the connection is still usable
-
-
-def test_our_client_asks_for_server_info_once_then_uses_the_reference_wire(current_ref_server):
+def test_our_client_asks_for_server_info_and_probes_the_wire_once_then_uses_the_reference_wire(current_ref_server):
     with PolicyClient(host="127.0.0.1", port=current_ref_server.port, timeout_ms=5000) as client:
         for _ in range(3):
             client.get_action(small_observation())
+        client.get_modality_config()  # the probe's answer was kept
+        assert client.speaks_npsave is False
     endpoints = [request.get("endpoint") for request in current_ref_server.requests]
-    assert endpoints == ["get_server_info", "get_action", "get_action", "get_action"]
+    assert endpoints == ["get_server_info", "get_modality_config", "get_action", "get_action", "get_action"]
 
 
 def test_reference_error_replies_raise_policy_server_error(current_ref_server):
@@ -202,15 +191,3 @@ def test_reference_client_without_endpoint_field_gets_an_action(our_server):
         client._socket.send(ref_packb({"data": {"observation": small_observation(), "options": None}}))
         action, info = ref_unpackb(client._socket.recv())
     assert action["x"].shape == (1, 16, 1)
-
-
-def test_early_n16_client_requests_are_understood_by_our_server(our_server):
-    """Our server decodes __ndarray_class__ requests; it answers in the current format, which an early client
-    leaves as raw msgpack-numpy maps (it has no decoder for them), exactly as an upgraded reference server would."""
-    observation = small_observation()
-    observation["state"]["x"][:] = 7.0
-    with ReferenceClient(our_server.port, early=True) as client:
-        action, info = client.get_action(observation, {"tag": "early"})
-        assert client.call_endpoint("ping", requires_input=False)["status"] == "ok"
-    assert info == {"tag": "early", "first_state": 7.0}
-    assert isinstance(action["x"], dict) and action["x"][b"shape"] == [1, 16, 1]

@@ -219,6 +219,36 @@ def decode(data: BufferLike) -> Any:
         raise WireDecodeError(f"undecodable message ({type(exc).__name__}: {exc})") from exc
 
 
+def _is_npsave_marker_map(obj: Dict[Any, Any]) -> bool:
+    """True for a map only an np.save-era peer writes: an `__ndarray_class__` array, or a ModalityConfig with
+    the legacy marker alone (our np.save replies carry both markers, the newest upstream only the new one)."""
+    if _has(obj, "__ndarray_class__"):
+        return True
+    return _has(obj, "__ModalityConfig_class__") and not _has(obj, "__ModalityConfig__")
+
+
+def decode_noting_npsave(data: BufferLike) -> tuple[Any, bool]:
+    """Decode like `decode`, and say whether the message was written by an np.save-era peer.
+
+    The client uses this on replies to recognise an early-N1.6/early-N1.7 (or N1.5) server, which cannot read
+    msgpack-numpy arrays and must be sent the np.save format (`encode_early_n16`) instead.
+    """
+    seen = []
+
+    def hook(obj: Dict[Any, Any]) -> Any:
+        if not seen and not _MARKER_KEYS.isdisjoint(obj) and _is_npsave_marker_map(obj):
+            seen.append(True)
+        return _decode_hook(obj)
+
+    try:
+        value = msgpack.unpackb(data, object_hook=hook, raw=False, strict_map_key=False)
+    except WireDecodeError:
+        raise
+    except Exception as exc:  # msgpack raises many unrelated types on garbage
+        raise WireDecodeError(f"undecodable message ({type(exc).__name__}: {exc})") from exc
+    return value, bool(seen)
+
+
 def encode_early_n16(obj: Any) -> bytes:
     """Encode in the early-N1.6 format (np.save wrappers); for talking to old reference servers and tests."""
 
@@ -331,6 +361,7 @@ __all__ = [
     "WireEncodeError",
     "decode",
     "decode_multipart",
+    "decode_noting_npsave",
     "encode",
     "encode_early_n16",
     "encode_multipart",
