@@ -67,4 +67,5 @@ class MultiEmbodimentActionEncoder(nn.Module):
         per_token_t = timesteps.unsqueeze(1).expand(-1, actions.shape[1])
         time_embedding = action_timestep_encoding(per_token_t, self.hidden_size).to(action_embedding.dtype)
         x = self.W2(torch.cat([action_embedding, time_embedding], dim=-1), embodiment_id)
-        return self.W3(F.silu(x), embodiment_id)
+        # swish as the reference writes it, x * sigmoid(x): two roundings in bf16, where F.silu fuses them into one
+        return self.W3(x * torch.sigmoid(x), embodiment_id)
