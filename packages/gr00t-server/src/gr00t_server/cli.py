@@ -78,12 +78,25 @@ def _add_checkpoint_parser(subparsers: Any) -> None:
     p.add_argument(*_flag("seed"), type=int, default=0, help="weight seed (default 0)")
 
 
+def _add_keygen_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "keygen",
+        help="write a CURVE key pair (NAME.key public, NAME.key_secret secret, mode 0600)",
+        description="Write a ZeroMQ CURVE key pair in the zmq.auth certificate format: DIR/NAME.key (public: give it "
+                    "to peers) and DIR/NAME.key_secret (secret, mode 0600: keep it on this machine).",
+    )
+    p.add_argument("directory", metavar="DIR", help="directory to write the two files into (created if missing)")
+    p.add_argument(*_flag("name"), default="server", help="file name stem (default server; e.g. robot-07 for a client)")
+    p.add_argument(*_flag("force"), action="store_true", help="replace existing files of that name")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gr00t-server", description="GR00T N1.7 policy server.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     _add_serve_parser(subparsers)
     _add_checkpoint_parser(subparsers)
+    _add_keygen_parser(subparsers)
     try:
         from .backends import commands as backend_commands
     except ImportError:  # pragma: no cover - backends are part of the package
@@ -225,6 +238,33 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def keygen(args: argparse.Namespace) -> int:
+    from gr00t_client.curve import key_fingerprint, load_public_key
+
+    from .curve import generate_certificates
+
+    public_path, secret_path = generate_certificates(args.directory, args.name, overwrite=args.force)
+    print(f"Public key:  {public_path}  (copy to peers: clients pass it as --server-public-key, servers keep "
+          f"client keys in their --authorized-keys directory)")
+    print(f"Secret key:  {secret_path}  (mode 0600; keep it on this machine)")
+    print(f"Fingerprint: {key_fingerprint(load_public_key(str(public_path)))}")
+    return 0
+
+
+def _curve_settings(args: argparse.Namespace) -> Any:
+    """The serve command's CURVE config (checked before the model loads), or None for plaintext."""
+    if not args.curve_secret_key:
+        if args.authorized_keys:
+            raise CliError("--authorized-keys needs --curve-secret-key (client keys are checked in the CURVE handshake)")
+        return None
+    from .curve import CurveServerConfig
+
+    try:
+        return CurveServerConfig.load(args.curve_secret_key, args.authorized_keys)
+    except (ValueError, OSError) as exc:
+        raise CliError(str(exc)) from exc
+
+
 def make_test_checkpoint(args: argparse.Namespace) -> int:
     from .test_checkpoint import make_test_checkpoint as write_checkpoint
 
@@ -251,6 +291,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return serve(args)
         if args.command == "make-test-checkpoint":
             return make_test_checkpoint(args)
+        if args.command == "keygen":
+            return keygen(args)
         from .backends import commands as backend_commands
 
         return int(backend_commands.run(args) or 0)

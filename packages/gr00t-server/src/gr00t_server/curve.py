@@ -62,7 +62,7 @@ def generate_certificates(directory: Union[str, os.PathLike], name: str = "serve
     public_path, secret_path = directory / f"{name}{PUBLIC_SUFFIX}", directory / f"{name}{SECRET_SUFFIX}"
     existing = [str(p) for p in (public_path, secret_path) if p.exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"{', '.join(existing)} already exists; choose another --name or pass --force to replace it")
+        raise FileExistsError(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; choose another --name or pass --force to replace it")
     for path in existing:
         os.remove(path)
     public, secret = zmq.curve_keypair()

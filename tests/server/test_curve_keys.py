@@ -1,0 +1,118 @@
+"""CURVE keys on the server: `gr00t-server keygen`, loading the server key, and the reloadable authorized-keys ZAP check."""
+
+import contextlib
+import os
+import shutil
+import stat
+import threading
+
+import pytest
+import zmq
+import zmq.auth
+
+from gr00t_client import HandshakeError, PolicyClient, codec
+from gr00t_server.cli import main
+from gr00t_server.curve import AuthorizedKeys, CurveServerConfig, ServerCurve, generate_certificates
+
+
+@contextlib.contextmanager
+def curve_ping_server(config):
+    """A raw ROUTER made a CURVE server by ServerCurve, answering every request with a ping reply."""
+    context = zmq.Context()
+    sock = context.socket(zmq.ROUTER)
+    security = ServerCurve(config, context, sock)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            if sock.poll(20):
+                frames = sock.recv_multipart()
+                sock.send_multipart([frames[0], b"", codec.encode({"status": "ok"})])
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield port, security
+    finally:
+        stop.set()
+        thread.join(5)
+        sock.close(linger=0)
+        security.stop()
+        context.term()
+
+
+def ping(port, **keys):
+    with PolicyClient("127.0.0.1", port, timeout_ms=2000, **keys) as client:
+        return client.call_endpoint("ping", requires_input=False)
+
+
+def test_keygen_writes_a_zmq_auth_key_pair_with_a_0600_secret_file(tmp_path, capsys):
+    assert main(["keygen", str(tmp_path / "keys"), "--name", "robot-07"]) == 0
+    public_path, secret_path = tmp_path / "keys" / "robot-07.key", tmp_path / "keys" / "robot-07.key_secret"
+    public, no_secret = zmq.auth.load_certificate(str(public_path))
+    same_public, secret = zmq.auth.load_certificate(str(secret_path))
+    assert no_secret is None and public == same_public and zmq.curve_public(secret) == public
+    assert stat.S_IMODE(os.stat(secret_path).st_mode) == 0o600
+    assert public in zmq.auth.load_certificates(str(tmp_path / "keys"))  # what a plain zmq.auth server reads
+    out = capsys.readouterr().out
+    assert "Fingerprint: SHA256:" in out and secret.decode() not in out
+
+
+def test_keygen_refuses_to_replace_a_key_pair_unless_forced(tmp_path, capsys):
+    assert main(["keygen", str(tmp_path)]) == 0
+    first = zmq.auth.load_certificate(str(tmp_path / "server.key"))[0]
+    assert main(["keygen", str(tmp_path)]) == 2
+    assert "already exist" in capsys.readouterr().err
+    assert zmq.auth.load_certificate(str(tmp_path / "server.key"))[0] == first
+    assert main(["keygen", str(tmp_path), "--force"]) == 0
+    assert zmq.auth.load_certificate(str(tmp_path / "server.key"))[0] != first
+
+
+def test_server_key_must_be_the_secret_certificate(tmp_path):
+    public_path, secret_path = generate_certificates(tmp_path, "server")
+    with pytest.raises(ValueError, match=r"only a public key; pass the secret certificate"):
+        CurveServerConfig.load(public_path)
+    with pytest.raises(NotADirectoryError, match="authorized_keys"):
+        CurveServerConfig.load(secret_path, tmp_path / "missing")
+    config = CurveServerConfig.load(secret_path)
+    assert config.public_key == zmq.auth.load_certificate(str(public_path))[0]
+    assert config.secret_key.decode() not in repr(config)
+
+
+def test_z85_secret_key_string_is_accepted(tmp_path):
+    public, secret = zmq.curve_keypair()
+    assert CurveServerConfig.load(secret.decode()).public_key == public
+
+
+def test_authorized_keys_are_reloaded_without_a_restart(tmp_path):
+    _, server_secret = generate_certificates(tmp_path, "server")
+    client_public, client_secret = generate_certificates(tmp_path / "clients", "robot")
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    config = CurveServerConfig.load(server_secret, allowed)
+    keys = dict(server_public_key=str(tmp_path / "server.key"), client_secret_key=str(client_secret))
+    with curve_ping_server(config) as (port, security):
+        with pytest.raises(HandshakeError, match="refused this client's public key"):
+            ping(port, **keys)
+        shutil.copy(client_public, allowed / "robot.key")
+        assert ping(port, **keys) == {"status": "ok"}
+        assert len(security.authorized.keys) == 1
+        os.remove(allowed / "robot.key")
+        with pytest.raises(HandshakeError, match="refused"):
+            ping(port, **keys)
+
+
+def test_unreadable_files_in_the_authorized_keys_directory_are_skipped(tmp_path):
+    client_public, _ = generate_certificates(tmp_path / "allowed", "robot")
+    (tmp_path / "allowed" / "junk.key").write_text("not a certificate\n")
+    authorized = AuthorizedKeys(tmp_path / "allowed")
+    assert authorized.keys == {zmq.auth.load_certificate(str(client_public))[0]}
+
+
+def test_open_curve_server_admits_any_client_key_but_still_encrypts(tmp_path):
+    public_path, secret_path = generate_certificates(tmp_path, "server")
+    with curve_ping_server(CurveServerConfig.load(secret_path)) as (port, security):
+        assert security.authorized is None
+        assert ping(port, server_public_key=str(public_path)) == {"status": "ok"}  # an ephemeral client key
+        assert "any client" in security.banner() and CurveServerConfig.load(secret_path).fingerprint in security.banner()
