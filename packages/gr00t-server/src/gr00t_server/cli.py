@@ -56,6 +56,12 @@ def _add_serve_parser(subparsers: Any) -> None:
     p.add_argument(*_flag("api-token"), default=os.environ.get("GR00T_API_TOKEN"),
                    help="require this token on every request (default: $GR00T_API_TOKEN)")
     p.add_argument(*_flag("allow-remote-kill"), action="store_true", help="let non-loopback peers without a token stop the server")
+    p.add_argument(*_flag("curve-secret-key"), default=os.environ.get("GR00T_CURVE_SECRET_KEY"), metavar="FILE",
+                   help="encrypt the connection with CURVE using this secret certificate (NAME.key_secret from "
+                        "`gr00t-server keygen`; default: $GR00T_CURVE_SECRET_KEY); clients need NAME.key")
+    p.add_argument(*_flag("authorized-keys"), default=os.environ.get("GR00T_AUTHORIZED_KEYS"), metavar="DIR",
+                   help="with --curve-secret-key: admit only clients whose public .key files are in DIR (re-read when "
+                        "it changes, no restart; default: $GR00T_AUTHORIZED_KEYS)")
     p.add_argument(*_flag("inference-mode"), default="pytorch", choices=INFERENCE_MODES, help="inference backend")
     p.add_argument(*_flag("onnx-dir"), default=None, help="exported ONNX sub-models (--inference-mode onnxruntime)")
     p.add_argument(*_flag("engine-dir"), default=None, help="TensorRT engines (--inference-mode tensorrt)")
@@ -116,15 +122,14 @@ def _default_device() -> str:
 
 
 def _replay_policy(args: argparse.Namespace, tag: Any) -> Any:
-    from gr00t_eval.dataset import LeRobotDataset
-
     from . import modality_configs as configs
+    from .extras import require_lerobot_dataset
     from .policies.replay import ReplayPolicy
 
     dataset_path = Path(args.dataset_path)
     if not dataset_path.is_dir():
         raise CliError(f"--dataset-path {dataset_path} is not a directory")
-    dataset = LeRobotDataset(dataset_path)
+    dataset = require_lerobot_dataset()(dataset_path)
     if args.modality_config_path:
         modality = configs.load_modality_config_path(args.modality_config_path, tag)
         print(f"Loaded modality config: {args.modality_config_path}")
@@ -198,7 +203,8 @@ def serve(args: argparse.Namespace) -> int:
         raise CliError(f"{str(exc).splitlines()[0]}; known tags: {known}") from exc
     if not args.model_path and not args.dataset_path:
         raise CliError("either --model-path or --dataset-path must be provided")
-    args.device = args.device or _default_device()
+    if args.model_path:  # replay never touches torch: resolving a default device would import it
+        args.device = args.device or _default_device()
     print("Starting GR00T inference server...")
     print(f"  Embodiment tag: {tag.name} ({tag.value})")
     print(f"  Model path: {args.model_path}")

@@ -8,11 +8,13 @@ import logging
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Union
 
 from gr00t_client.embodiment import EmbodimentTag
 from gr00t_client.modality import ActionConfig, ModalityConfig, modality_configs_from_json
-from gr00t_eval.dataset import LeRobotDataset
+
+if TYPE_CHECKING:  # gr00t-eval is the optional `replay` extra; only replay passes a dataset here
+    from gr00t_eval.dataset import LeRobotDataset
 
 logger = logging.getLogger(__name__)
 

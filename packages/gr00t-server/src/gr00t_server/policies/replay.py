@@ -6,15 +6,18 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from gr00t_client.modality import ModalityConfig
 from gr00t_client.policy import BasePolicy, validate_observation
-from gr00t_eval.dataset import LeRobotDataset
 
+from ..extras import require_lerobot_dataset
 from ..modality_configs import derive_from_dataset
+
+if TYPE_CHECKING:  # gr00t-eval comes with the `replay` extra, imported when a ReplayPolicy is made
+    from gr00t_eval.dataset import LeRobotDataset
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +54,8 @@ class ReplayPolicy(BasePolicy):
         strict: bool = True,
     ) -> None:
         super().__init__(strict=strict)
-        self.dataset = dataset if isinstance(dataset, LeRobotDataset) else LeRobotDataset(dataset)
+        dataset_class = require_lerobot_dataset()
+        self.dataset = dataset if isinstance(dataset, dataset_class) else dataset_class(dataset)
         if self.dataset.num_episodes == 0:
             raise ValueError(f"dataset {self.dataset.root} has no episodes to replay")
         self.modality_configs: Dict[str, ModalityConfig] = dict(modality_configs or derive_from_dataset(self.dataset))

@@ -1,0 +1,74 @@
+"""Replay serving is torch-free, and without gr00t-eval it fails with one line naming `gr00t-server[replay]`.
+
+The torch check runs inside the server process: a wrapper runs the real CLI and, when it exits, reports
+whether anything imported torch along the way (start-up, requests, kill, shutdown).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from eval.dataset_factory import make_dataset
+from gr00t_client import PolicyClient
+
+READY = "Server is ready and listening on tcp://"
+
+_RUN_CLI_AND_REPORT = textwrap.dedent(
+    """
+    import atexit, sys
+    if sys.argv[1] == "--hide-gr00t-eval":  # as if gr00t-eval were not installed
+        sys.modules["gr00t_eval"] = None
+    atexit.register(lambda: print("torch imported:", "torch" in sys.modules, flush=True))
+    from gr00t_server.cli import main
+    sys.exit(main(sys.argv[2:]))
+    """
+)
+
+
+def _cli_process(*args: str, hide_gr00t_eval: bool = False) -> subprocess.Popen:
+    flag = "--hide-gr00t-eval" if hide_gr00t_eval else "--as-installed"
+    return subprocess.Popen([sys.executable, "-c", _RUN_CLI_AND_REPORT, flag, *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("replay-no-torch") / "ds", lengths=(6,))
+
+
+def test_replay_server_never_imports_torch_from_start_to_exit(dataset):
+    proc = _cli_process("serve", "--dataset-path", str(dataset), "--port", "0")
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            if line.startswith(READY):
+                break
+        assert lines and lines[-1].startswith(READY), "\n".join(lines)
+        port = int(lines[-1].rsplit(":", 1)[1])
+        with PolicyClient(port=port, timeout_ms=5000) as client:
+            assert client.ping()
+            action, _ = client.get_action({})
+            assert action
+            client.kill_server()
+        rest, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, rest
+    assert "Device: n/a (replay)" in "\n".join(lines)
+    assert "torch imported: False" in rest, rest
+
+
+def test_replay_without_gr00t_eval_fails_with_one_line_naming_the_extra(dataset):
+    proc = _cli_process("serve", "--dataset-path", str(dataset), "--port", "0", hide_gr00t_eval=True)
+    output, _ = proc.communicate(timeout=60)
+    errors = [line for line in output.splitlines() if "error" in line]
+    assert proc.returncode == 2, output
+    assert len(errors) == 1 and "pip install 'gr00t-server[replay]'" in errors[0], output
+    assert "Traceback" not in output
