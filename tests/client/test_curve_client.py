@@ -1,0 +1,195 @@
+"""PolicyClient with CURVE: keys from files or z85 strings, and a failed handshake told apart from a timeout.
+
+The servers here are raw ZeroMQ ROUTER sockets configured with pyzmq alone, so the client is tested on its own.
+"""
+
+import contextlib
+import logging
+import threading
+import time
+
+import pytest
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+
+from gr00t_client import HandshakeError, PolicyClient, PolicyTimeoutError, codec
+from gr00t_client.curve import client_keys, load_key_pair, load_public_key
+
+TIMEOUT_MS = 3000
+
+
+@contextlib.contextmanager
+def raw_server(secret_key=None, public_key=None, authorized_dir=None, answer=True):
+    """A ROUTER answering pings (or, with answer=False, never answering); CURVE when given a key pair."""
+    context = zmq.Context()
+    authenticator = None
+    if authorized_dir is not None:
+        authenticator = ThreadAuthenticator(context)
+        authenticator.start()
+        authenticator.configure_curve(domain="*", location=str(authorized_dir))
+    sock = context.socket(zmq.ROUTER)
+    if secret_key is not None:
+        sock.curve_server = True
+        sock.curve_secretkey = secret_key
+        sock.curve_publickey = public_key
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            if sock.poll(20):
+                frames = sock.recv_multipart()
+                if answer:
+                    sock.send_multipart([frames[0], b"", codec.encode({"status": "ok"})])
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield port
+    finally:
+        stop.set()
+        thread.join(5)
+        sock.close(linger=0)
+        if authenticator is not None:
+            authenticator.stop()
+        context.term()
+
+
+@pytest.fixture
+def keys(tmp_path):
+    """Server and client certificate files in the zmq.auth format."""
+    server_public, server_secret = zmq.auth.create_certificates(str(tmp_path), "server")
+    client_public, client_secret = zmq.auth.create_certificates(str(tmp_path), "robot")
+    return {"server.key": server_public, "server.key_secret": server_secret,
+            "robot.key": client_public, "robot.key_secret": client_secret, "dir": tmp_path}
+
+
+def server_pair(keys):
+    return zmq.auth.load_certificate(keys["server.key_secret"])[::-1]  # (secret, public)
+
+
+def call_ping(port, **kwargs):
+    with PolicyClient("127.0.0.1", port, timeout_ms=TIMEOUT_MS, **kwargs) as client:
+        started = time.monotonic()
+        try:
+            return client.call_endpoint("ping", requires_input=False)
+        finally:
+            call_ping.elapsed = time.monotonic() - started
+
+
+# --- keys -----------------------------------------------------------------------------------------
+
+
+def test_public_key_from_file_or_z85_string_or_bytes(keys):
+    public = zmq.auth.load_certificate(keys["server.key"])[0]
+    assert load_public_key(keys["server.key"]) == public
+    assert load_public_key(public.decode()) == public
+    assert load_public_key(public) == public
+
+
+def test_secret_certificate_given_as_server_key_is_used_for_its_public_half_with_a_warning(keys, caplog):
+    with caplog.at_level(logging.WARNING):
+        assert load_public_key(keys["server.key_secret"]) == zmq.auth.load_certificate(keys["server.key"])[0]
+    assert "should not be copied to clients" in caplog.text
+
+
+def test_key_pair_from_secret_file_or_z85_secret(keys):
+    public, secret = zmq.auth.load_certificate(keys["robot.key_secret"])
+    assert load_key_pair(keys["robot.key_secret"]) == (public, secret)
+    assert load_key_pair(secret.decode()) == (public, secret)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("not-a-key", "neither an existing certificate file nor a 40-character z85 key"),
+    ("x" * 39 + "~", "neither an existing certificate file"),
+    ("/no/such/server.key", "neither an existing certificate file"),
+])
+def test_bad_server_key_is_a_one_line_error_naming_the_argument(value, message):
+    with pytest.raises(ValueError, match=message) as info:
+        PolicyClient(server_public_key=value)
+    assert str(info.value).startswith("server_public_key") and "\n" not in str(info.value)
+
+
+def test_public_certificate_is_not_a_client_secret_key(keys):
+    with pytest.raises(ValueError, match=r"client_secret_key: .* holds only a public key"):
+        PolicyClient(server_public_key=keys["server.key"], client_secret_key=keys["robot.key"])
+
+
+def test_a_file_that_is_not_a_certificate_is_named(tmp_path):
+    junk = tmp_path / "server.key"
+    junk.write_text("hello\n")
+    with pytest.raises(ValueError, match="not a readable zmq.auth certificate"):
+        PolicyClient(server_public_key=str(junk))
+
+
+def test_client_key_without_server_key_is_refused(keys):
+    with pytest.raises(ValueError, match="without server_public_key"):
+        PolicyClient(client_secret_key=keys["robot.key_secret"])
+
+
+def test_without_a_client_key_an_ephemeral_pair_is_made_and_never_printed(keys):
+    first, second = client_keys(keys["server.key"], None), client_keys(keys["server.key"], None)
+    assert first.ephemeral and first.client_public != second.client_public
+    assert zmq.curve_public(first.client_secret) == first.client_public
+    assert first.client_secret.decode() not in repr(first)
+
+
+# --- handshakes -----------------------------------------------------------------------------------
+
+
+def test_curve_round_trip_with_the_right_keys(keys):
+    secret, public = server_pair(keys)
+    with raw_server(secret, public) as port:
+        assert call_ping(port, server_public_key=keys["server.key"], client_secret_key=keys["robot.key_secret"]) == {"status": "ok"}
+
+
+def test_wrong_server_key_fails_fast_as_a_handshake_error(keys, tmp_path):
+    other_public, _ = zmq.auth.create_certificates(str(tmp_path), "impostor")
+    secret, public = server_pair(keys)
+    with raw_server(secret, public) as port:
+        with pytest.raises(HandshakeError, match=r"handshake with the policy server at tcp://127.0.0.1:\d+ failed: .*server_public_key"):
+            call_ping(port, server_public_key=other_public)
+    assert call_ping.elapsed < TIMEOUT_MS / 1000.0
+
+
+def test_plaintext_client_against_curve_server_is_told_to_pass_the_server_key(keys):
+    secret, public = server_pair(keys)
+    with raw_server(secret, public) as port:
+        with pytest.raises(HandshakeError, match="requires CURVE encryption; pass server_public_key"):
+            call_ping(port)
+    assert call_ping.elapsed < TIMEOUT_MS / 1000.0
+
+
+def test_curve_client_against_plaintext_server_is_a_handshake_error(keys):
+    with raw_server() as port:
+        with pytest.raises(HandshakeError, match="does not use CURVE encryption"):
+            call_ping(port, server_public_key=keys["server.key"])
+    assert call_ping.elapsed < TIMEOUT_MS / 1000.0
+
+
+def test_unauthorised_client_key_is_refused_by_name(keys, tmp_path):
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()  # nobody is authorised
+    secret, public = server_pair(keys)
+    with raw_server(secret, public, authorized_dir=allowed) as port:
+        with pytest.raises(HandshakeError, match=r"the server refused this client's public key \(SHA256:"):
+            call_ping(port, server_public_key=keys["server.key"], client_secret_key=keys["robot.key_secret"])
+        with pytest.raises(HandshakeError, match="ephemeral key"):
+            call_ping(port, server_public_key=keys["server.key"])
+
+
+def test_ping_is_false_on_a_failed_handshake(keys):
+    secret, public = server_pair(keys)
+    with raw_server(secret, public) as port:
+        with PolicyClient("127.0.0.1", port, timeout_ms=TIMEOUT_MS) as client:
+            assert client.ping() is False
+
+
+def test_a_silent_curve_server_is_still_a_timeout_not_a_handshake_error(keys):
+    secret, public = server_pair(keys)
+    with raw_server(secret, public, answer=False) as port:
+        with PolicyClient("127.0.0.1", port, timeout_ms=300, server_public_key=keys["server.key"]) as client:
+            with pytest.raises(PolicyTimeoutError) as info:
+                client.call_endpoint("ping", requires_input=False)
+    assert not isinstance(info.value, HandshakeError)
