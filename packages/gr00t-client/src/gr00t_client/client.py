@@ -104,8 +104,11 @@ class PolicyClient(BasePolicy):
         client_secret_key: Optional[curve.KeySource] = None,
     ) -> None:
         super().__init__(strict=strict)
-        if wire not in ("auto", "reference", "multipart"):
-            raise ValueError(f"wire must be 'auto', 'reference' or 'multipart', got {wire!r}")
+        if wire not in ("auto", "reference", "multipart", "npsave"):
+            raise ValueError(f"wire must be 'auto', 'reference', 'multipart' or 'npsave', got {wire!r}")
+        # True once the server is known to be np.save-era (its replies carry __ndarray_class__ arrays or only the
+        # legacy __ModalityConfig_class__ marker): from then on requests use that format, which it can read.
+        self.speaks_npsave = wire == "npsave"
         if int(timeout_ms) <= 0:
             raise ValueError(f"timeout_ms must be a positive number of milliseconds, got {timeout_ms!r}")
         self.host = normalize_host(host)
@@ -169,7 +172,10 @@ class PolicyClient(BasePolicy):
         )
 
     def _round_trip(self, envelope: Dict[str, Any], endpoint: str, multipart: bool, deadline: Optional[float] = None) -> Any:
-        frames: List[Any] = codec.encode_multipart(envelope) if multipart else [codec.encode(envelope)]
+        if multipart:
+            frames: List[Any] = codec.encode_multipart(envelope)
+        else:
+            frames = [codec.encode_early_n16(envelope) if self.speaks_npsave else codec.encode(envelope)]
         self._check_size(frames, endpoint)
         if self._socket is None:
             self._socket = self._open_socket()
@@ -201,7 +207,13 @@ class PolicyClient(BasePolicy):
             raise codec.WireDecodeError(f"reply to '{endpoint}' has {len(reply)} frames; expected 1")
         if len(reply[0]) == 5 and reply[0].bytes == b"ERROR":
             raise PolicyServerError("Make sure we are running the correct policy server.", endpoint)
-        return self._unwrap_reference(codec.decode(reply[0].buffer), endpoint)
+        if self._server_is_ours:  # ours answers in the format it is asked in: nothing to learn
+            return self._unwrap_reference(codec.decode(reply[0].buffer), endpoint)
+        message, written_npsave = codec.decode_noting_npsave(reply[0].buffer)
+        if written_npsave and not self.speaks_npsave:
+            self.speaks_npsave = True
+            logger.info("server at %s speaks the np.save-era wire; sending that format from now on", self.address)
+        return self._unwrap_reference(message, endpoint)
 
     def _wait_for_reply(self, timeout_ms: int, endpoint: str) -> None:
         """Wait for the reply; a failed handshake (keys, or encryption on one side only) raises HandshakeError, not a timeout."""
@@ -241,15 +253,36 @@ class PolicyClient(BasePolicy):
                 raise
             self._server_is_ours = False
             logger.debug("server at %s is not a gr00t-server (%s); using the reference wire", self.address, exc)
+            self._probe_wire_generation(deadline)
             return
         capabilities = info.get("capabilities", []) if isinstance(info, dict) else []
         self._server_is_ours = isinstance(info, dict) and info.get("server") == "gr00t-server"
+        if not self._server_is_ours:
+            self._probe_wire_generation(deadline)
         if self._wire == "auto" and "multipart" not in capabilities:
             self._wire = "reference"
         limit = info.get("max_message_bytes") if self._server_is_ours else None
         # Older gr00t-servers do not report it; then, as with a reference server, nothing is checked here.
         if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
             self.server_max_message_bytes = limit
+
+    def _probe_wire_generation(self, deadline: Optional[float]) -> None:
+        """Learn a reference server's wire generation before any array is sent to it.
+
+        Its get_modality_config reply says it: an np.save-era server writes only `__ModalityConfig_class__`
+        (seen in _round_trip). Without this, the first get_action would hand such a server's policy
+        msgpack-numpy maps instead of arrays. The configs are kept, so get_modality_config() costs nothing later.
+        """
+        if self.speaks_npsave:
+            return
+        envelope = self._envelope("get_modality_config", None, requires_input=False)
+        try:
+            configs = self._round_trip(envelope, "get_modality_config", multipart=False, deadline=deadline)
+        except PolicyServerError as exc:  # a policy without configs: nothing to learn, the current format it is
+            logger.debug("server at %s gave no modality config to probe its wire (%s)", self.address, exc)
+            return
+        if isinstance(configs, dict) and configs:
+            self._modality_config = configs
 
     def _envelope(self, endpoint: str, data: Any, requires_input: bool) -> Dict[str, Any]:
         envelope: Dict[str, Any] = {"endpoint": endpoint}
