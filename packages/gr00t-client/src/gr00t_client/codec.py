@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Dict, List, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import msgpack
 import numpy as np
@@ -36,6 +37,34 @@ class WireDecodeError(ValueError):
 
 class WireEncodeError(TypeError):
     """A value that has no wire representation (e.g. an object-dtype array)."""
+
+
+class DecodeLimitError(WireDecodeError):
+    """A message that would cost far more to decode than its size: too many items, too deep, a lying header."""
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Bounds on one decode, so that decoding costs at most a small constant times the message size.
+
+    Maps, arrays and their entries count as items; a message may hold `base_items` plus one item per
+    `bytes_per_item` bytes of it (a Python object costs ~60 bytes, a msgpack item as little as 1). Lengths are
+    checked on the msgpack header, before anything is allocated. Nesting deeper than `max_depth` is refused.
+    """
+
+    max_message_bytes: int
+    max_depth: int = 32
+    base_items: int = 16384
+    bytes_per_item: int = 64
+
+    @classmethod
+    def for_message_bytes(cls, max_message_bytes: int) -> "DecodeLimits":
+        """The limits a server that accepts messages up to `max_message_bytes` decodes with."""
+        return cls(max_message_bytes=int(max_message_bytes))
+
+    def item_budget(self, message_bytes: int) -> int:
+        """Items (maps, arrays and their entries) a message of this many bytes may hold."""
+        return self.base_items + int(message_bytes) // self.bytes_per_item
 
 
 def _refuse_dtype(dtype: np.dtype, direction: str) -> None:
@@ -154,19 +183,97 @@ def _decode_hook(obj: Dict[Any, Any]) -> Any:
         blob = _get(obj, "as_npy")
         if not isinstance(blob, (bytes, bytearray)):
             raise WireDecodeError("Malformed __ndarray_class__ payload: 'as_npy' must be bytes")
-        try:
-            array = np.load(io.BytesIO(blob), allow_pickle=False)
-        except ValueError as exc:
-            # numpy's message says whether it was pickled data (refused) or a malformed/truncated file
-            raise WireDecodeError(f"Malformed or refused __ndarray_class__ payload (np.load, allow_pickle=False): {exc}") from exc
-        _refuse_dtype(array.dtype, "decoded")
-        return array
+        return _load_npy(blob)
     if _has(obj, "__ModalityConfig__") or _has(obj, "__ModalityConfig_class__"):
         return _modality_config_from(obj)
     if _has(obj, "complex") and _has(obj, "data") and len(obj) == 2:
         data = _get(obj, "data")
         return complex(data.decode() if isinstance(data, bytes) else data)
     return obj
+
+
+def _load_npy(blob: Union[bytes, bytearray]) -> np.ndarray:
+    """An np.save blob -> array, its header checked against the bytes present before anything is allocated.
+
+    (np.load on a file-like object allocates what the header claims first, so a 100-byte blob could ask for
+    terabytes.) Object and structured dtypes are refused, as everywhere on the wire.
+    """
+    stream = io.BytesIO(blob)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f"npy format version {version} is not accepted (1.0 and 2.0 are)")
+    except ValueError as exc:
+        raise WireDecodeError(f"Malformed __ndarray_class__ payload (np.save header): {exc}") from exc
+    _refuse_dtype(dtype, "decoded")
+    count = 1
+    for dim in shape:
+        count *= int(dim)
+    offset = stream.tell()
+    present = len(blob) - offset
+    if count * dtype.itemsize != present:
+        raise WireDecodeError(
+            f"Malformed __ndarray_class__ payload: header says dtype {dtype.str} and shape {list(shape)} "
+            f"({count * dtype.itemsize} bytes), the blob carries {present} bytes"
+        )
+    array = np.frombuffer(blob, dtype=dtype, count=count, offset=offset)
+    return array.reshape(shape, order="F" if fortran_order else "C").copy(order="C")
+
+
+def _check_depth(value: Any, max_depth: int) -> None:
+    """Refuse maps/arrays nested deeper than max_depth (walked with a stack: a hostile depth cannot recurse)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if depth > max_depth:
+            raise DecodeLimitError(f"message nests maps and arrays more than {max_depth} levels deep; the limit is {max_depth}")
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+
+
+def _unpack(data: BufferLike, object_hook: Callable[[Dict[Any, Any]], Any], limits: Optional[DecodeLimits],
+            ext_hook: Optional[Callable[[int, bytes], Any]] = None) -> Any:
+    """msgpack.unpackb with our hooks; with `limits`, within the item budget and depth of the message's size."""
+    extra: Dict[str, Any] = {} if ext_hook is None else {"ext_hook": ext_hook}
+    if limits is None:
+        return msgpack.unpackb(data, object_hook=object_hook, raw=False, strict_map_key=False, **extra)
+    size = memoryview(data).nbytes
+    budget = limits.item_budget(size)
+    used = [0]
+
+    def spend(count: int) -> None:
+        used[0] += count + 1
+        if used[0] > budget:
+            raise DecodeLimitError(
+                f"message of {size} bytes holds more than {budget} maps, arrays and entries (the decode limit for "
+                f"its size); send arrays as numpy arrays, not lists"
+            )
+
+    def counted_map(obj: Dict[Any, Any]) -> Any:
+        spend(len(obj))
+        return object_hook(obj)
+
+    def counted_list(obj: List[Any]) -> List[Any]:
+        spend(len(obj))
+        return obj
+
+    try:
+        value = msgpack.unpackb(
+            data, object_hook=counted_map, list_hook=counted_list, raw=False, strict_map_key=False,
+            max_str_len=limits.max_message_bytes, max_bin_len=limits.max_message_bytes,
+            max_array_len=budget, max_map_len=budget, max_ext_len=4096, **extra,
+        )
+    except ValueError as exc:
+        if "exceeds max_" in str(exc):  # a length header over the budget, refused before allocating
+            raise DecodeLimitError(f"message of {size} bytes exceeds a decode limit: {exc}") from exc
+        raise
+    if isinstance(value, (dict, list)):
+        _check_depth(value, limits.max_depth)
+    return value
 
 
 def _raw_bytes(array: np.ndarray) -> memoryview:
@@ -209,10 +316,14 @@ def encode(obj: Any) -> bytes:
         raise WireEncodeError(f"cannot encode message: {exc}") from exc
 
 
-def decode(data: BufferLike) -> Any:
-    """Decode a single-frame message in any accepted format; arrays come back writable."""
+def decode(data: BufferLike, limits: Optional[DecodeLimits] = None) -> Any:
+    """Decode a single-frame message in any accepted format; arrays come back writable.
+
+    With `limits` (servers: `DecodeLimits.for_message_bytes(max_message_bytes)`), a message that would cost more
+    than its size allows raises DecodeLimitError before the cost is paid.
+    """
     try:
-        return msgpack.unpackb(data, object_hook=_decode_hook, raw=False, strict_map_key=False)
+        return _unpack(data, _decode_hook, limits)
     except WireDecodeError:
         raise
     except Exception as exc:  # msgpack raises many unrelated types on garbage
@@ -227,7 +338,7 @@ def _is_npsave_marker_map(obj: Dict[Any, Any]) -> bool:
     return _has(obj, "__ModalityConfig_class__") and not _has(obj, "__ModalityConfig__")
 
 
-def decode_noting_npsave(data: BufferLike) -> tuple[Any, bool]:
+def decode_noting_npsave(data: BufferLike, limits: Optional[DecodeLimits] = None) -> tuple[Any, bool]:
     """Decode like `decode`, and say whether the message was written by an np.save-era peer.
 
     The client uses this on replies to recognise an early-N1.6/early-N1.7 (or N1.5) server, which cannot read
@@ -241,7 +352,7 @@ def decode_noting_npsave(data: BufferLike) -> tuple[Any, bool]:
         return _decode_hook(obj)
 
     try:
-        value = msgpack.unpackb(data, object_hook=hook, raw=False, strict_map_key=False)
+        value = _unpack(data, hook, limits)
     except WireDecodeError:
         raise
     except Exception as exc:  # msgpack raises many unrelated types on garbage
@@ -259,9 +370,15 @@ def encode_early_n16(obj: Any) -> bytes:
             np.save(buffer, value, allow_pickle=False)
             return {"__ndarray_class__": True, "as_npy": buffer.getvalue()}
         if isinstance(value, ModalityConfig):
-            return {"__ModalityConfig_class__": True, "as_json": value.to_json_dict()}
+            # Both markers: np.save-era decoders look for the legacy one, the newest upstream for the other.
+            return {"__ModalityConfig__": True, "__ModalityConfig_class__": True, "as_json": value.to_json_dict()}
+        if isinstance(value, np.generic):  # np.save-era peers cannot read numpy scalars: send the Python value
+            _refuse_dtype(value.dtype, "encoded")
+            return value.item()
         if isinstance(value, Enum):
             return value.value
+        if isinstance(value, (set, frozenset)):
+            return sorted(value)
         raise WireEncodeError(f"cannot encode value of type {type(value).__name__} in the early-N1.6 format")
 
     return msgpack.packb(obj, default=hook, use_bin_type=True)
@@ -321,8 +438,11 @@ def is_multipart(frames: Sequence[Any]) -> bool:
     return first_bytes == MULTIPART_MAGIC
 
 
-def decode_multipart(frames: Sequence[Any]) -> Any:
-    """Decode [MULTIPART_MAGIC, header, buffers...]; arrays view the frames' memory (writable, no copy)."""
+def decode_multipart(frames: Sequence[Any], limits: Optional[DecodeLimits] = None) -> Any:
+    """Decode [MULTIPART_MAGIC, header, buffers...]; arrays view the frames' memory (writable, no copy).
+
+    `limits` bound the header's decode as for `decode` (the array frames are viewed, never copied).
+    """
     if not is_multipart(frames):
         raise WireDecodeError("not a multipart GR00T message (missing magic frame)")
     views = [frame.buffer if hasattr(frame, "buffer") else memoryview(frame) for frame in frames]
@@ -339,7 +459,7 @@ def decode_multipart(frames: Sequence[Any]) -> Any:
         return _array_from_buffer(views[index], _as_dtype(type_str), shape, copy=False)
 
     try:
-        return msgpack.unpackb(views[1], object_hook=_decode_hook, ext_hook=ext_hook, raw=False, strict_map_key=False)
+        return _unpack(views[1], _decode_hook, limits, ext_hook=ext_hook)
     except WireDecodeError:
         raise
     except Exception as exc:
@@ -357,6 +477,8 @@ def normalize_keys(value: Any) -> Any:
 
 __all__ = [
     "MULTIPART_MAGIC",
+    "DecodeLimitError",
+    "DecodeLimits",
     "WireDecodeError",
     "WireEncodeError",
     "decode",
