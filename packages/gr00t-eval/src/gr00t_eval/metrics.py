@@ -62,7 +62,11 @@ def action_errors(ground_truth: np.ndarray, prediction: np.ndarray, key_dims: Ma
 
 @dataclass
 class EpisodeOutcome:
-    """One scored rollout episode, in the shape of lerobot-eval's `per_episode` entries."""
+    """One rollout episode, in the shape of lerobot-eval's `per_episode` entries.
+
+    An episode whose env or policy raised carries `error`: it is neither a success nor a failure, and the
+    aggregates leave it out (they count it in `n_errors`).
+    """
 
     episode_index: int
     seed: Optional[int]
@@ -72,8 +76,18 @@ class EpisodeOutcome:
     length: int
     env_index: int = 0
     video_path: Optional[str] = None
-    failure_reason: Optional[str] = None
+    error: Optional[str] = None
     extras: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failure_reason(self) -> Optional[str]:
+        """Former name of `error` (kept for callers written against it)."""
+        return self.error
+
+    @property
+    def finished(self) -> bool:
+        """True when the episode ran to its end without an error (it counts in the metrics)."""
+        return self.error is None
 
     def to_json_dict(self) -> Dict[str, Any]:
         """One `per_episode` entry of results.json (extras merged in)."""
@@ -81,30 +95,46 @@ class EpisodeOutcome:
             "episode_index": self.episode_index,
             "env_index": self.env_index,
             "seed": self.seed,
-            "success": bool(self.success),
+            "success": bool(self.success) if self.error is None else None,
             "sum_reward": float(self.sum_reward),
             "max_reward": float(self.max_reward),
             "length": int(self.length),
             "video_path": self.video_path,
-            "failure_reason": self.failure_reason,
+            "error": self.error,
         }
         data.update(self.extras)
         return data
 
+    @classmethod
+    def from_json_dict(cls, entry: Mapping[str, Any]) -> "EpisodeOutcome":
+        """Rebuild an outcome from a `per_episode` entry or an episodes.jsonl line (`failure_reason` read as `error`)."""
+        known = {"episode_index", "env_index", "seed", "success", "sum_reward", "max_reward", "length", "video_path",
+                 "error", "failure_reason"}
+        error = entry.get("error", entry.get("failure_reason"))
+        return cls(
+            episode_index=int(entry["episode_index"]), seed=entry.get("seed"), success=bool(entry.get("success")) and error is None,
+            sum_reward=float(entry.get("sum_reward") or 0.0), max_reward=float(entry.get("max_reward") or 0.0),
+            length=int(entry.get("length") or 0), env_index=int(entry.get("env_index") or 0),
+            video_path=entry.get("video_path"), error=error, extras={k: v for k, v in entry.items() if k not in known},
+        )
+
 
 def rollout_aggregates(outcomes: Sequence[EpisodeOutcome], eval_s: float) -> Dict[str, Any]:
-    """lerobot-eval's aggregates: pc_success, avg_sum_reward, avg_max_reward, n_episodes, eval_s, eval_ep_s."""
-    n = len(outcomes)
-    if n == 0:
-        return {"pc_success": float("nan"), "avg_sum_reward": float("nan"), "avg_max_reward": float("nan"),
-                "n_episodes": 0, "n_failed": 0, "eval_s": float(eval_s), "eval_ep_s": float("nan")}
+    """lerobot-eval's aggregates over the episodes that finished without an error, plus `n_errors`.
+
+    pc_success, avg_sum_reward, avg_max_reward and avg_length are over the `n_episodes` finished episodes;
+    `n_errors` episodes raised and are in no metric; eval_ep_s is eval_s over every episode run.
+    """
+    finished = [o for o in outcomes if o.error is None]
+    n_run = len(outcomes)
+    nan = float("nan")
     return {
-        "pc_success": 100.0 * float(np.mean([o.success for o in outcomes])),
-        "avg_sum_reward": float(np.mean([o.sum_reward for o in outcomes])),
-        "avg_max_reward": float(np.mean([o.max_reward for o in outcomes])),
-        "avg_length": float(np.mean([o.length for o in outcomes])),
-        "n_episodes": n,
-        "n_failed": sum(1 for o in outcomes if o.failure_reason is not None),
+        "pc_success": 100.0 * float(np.mean([o.success for o in finished])) if finished else nan,
+        "avg_sum_reward": float(np.mean([o.sum_reward for o in finished])) if finished else nan,
+        "avg_max_reward": float(np.mean([o.max_reward for o in finished])) if finished else nan,
+        "avg_length": float(np.mean([o.length for o in finished])) if finished else nan,
+        "n_episodes": len(finished),
+        "n_errors": n_run - len(finished),
         "eval_s": float(eval_s),
-        "eval_ep_s": float(eval_s) / n,
+        "eval_ep_s": float(eval_s) / n_run if n_run else nan,
     }

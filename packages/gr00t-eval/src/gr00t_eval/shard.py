@@ -12,11 +12,12 @@ import dataclasses
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from gr00t_client import BasePolicy
 
-from .rollout.runner import RolloutConfig
+from .metrics import EpisodeOutcome
+from .rollout.runner import RolloutConfig, draw_base_seed
 from .suites import Task, TaskRun, outcome_from_json, resolve_tasks, run_tasks, suite_results
 
 logger = logging.getLogger(__name__)
@@ -132,8 +133,14 @@ def merge_results(shards: Sequence[Mapping[str, Any]], allow_missing: bool = Fal
 
 
 def run_suite(policy: BasePolicy, env_spec: str, config: RolloutConfig, shard: Optional[ShardSpec] = None,
-              progress: bool = False) -> Dict[str, Any]:
-    """Run `env_spec` (env names and/or suites) with `policy`, all episodes or one shard; return results.json."""
+              progress: bool = False, on_episode: Optional[Callable[[EpisodeOutcome], None]] = None,
+              done: Sequence[EpisodeOutcome] = ()) -> Dict[str, Any]:
+    """Run `env_spec` (env names and/or suites) with `policy`, all episodes or one shard; return results.json.
+
+    Without a seed a random base seed is drawn once and recorded. `done` holds the outcomes of an earlier,
+    interrupted run (episodes.jsonl): they are kept and not run again. Each new outcome goes to `on_episode`
+    as it finishes. `status` is "complete", "interrupted" (Ctrl-C/SIGTERM) or "aborted" (server gone).
+    """
     tasks, suite = resolve_tasks(env_spec)
     ranges = None
     if shard is not None:
@@ -141,7 +148,12 @@ def run_suite(policy: BasePolicy, env_spec: str, config: RolloutConfig, shard: O
             raise ValueError("--shard needs --seed: every episode's seed must be fixed for shards to merge into one run")
         ranges = shard_ranges(tasks, config.n_episodes, shard)
         logger.info("shard %s runs %s", shard, {k: f"{r.start}..{r.stop - 1}" for k, r in ranges.items()})
-    runs = run_tasks(policy, tasks, config, ranges, progress=progress)
+    if config.seed is None:
+        config = dataclasses.replace(config, seed=draw_base_seed())
+        logger.info("no --seed given: drew base seed %d (episode i uses seed %d + i)", config.seed, config.seed)
+    suite_run = run_tasks(policy, tasks, config, ranges, progress=progress, on_episode=on_episode, done=done)
     snapshot = {**dataclasses.asdict(config), "env_name": env_spec, "shard": None if shard is None else str(shard)}
-    extra = {"plan": shard_plan(tasks, config, shard)}
-    return suite_results(tasks, runs, snapshot, env_spec, suite, extra)
+    planned = sum(len(r) for r in ranges.values()) if ranges is not None else len(tasks) * config.n_episodes
+    extra = {"plan": shard_plan(tasks, config, shard),
+             "n_not_run": planned - sum(len(r.outcomes) for r in suite_run.runs)}
+    return suite_results(tasks, suite_run.runs, snapshot, env_spec, suite, extra, suite_run.status, suite_run.stop_reason)

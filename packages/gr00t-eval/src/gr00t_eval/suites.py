@@ -14,12 +14,13 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from gr00t_client import BasePolicy
 
 from .metrics import EpisodeOutcome, rollout_aggregates
 from .rollout.envs import split_env_name
+from .rollout.liveness import PolicyServerUnreachableError, ping_quickly
 from .rollout.runner import RolloutConfig, run_rollout
 
 logger = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ def auto_n_envs(episodes_left: int, cores: Optional[int] = None) -> int:
 
 @dataclass
 class TaskRun:
-    """The scored episodes of one task (episode indices are the task's, not the shard's), or why it failed."""
+    """The episodes of one task (episode indices are the task's, not the shard's), or why it could not run."""
 
     task: Task
     episodes: range
@@ -154,57 +155,103 @@ class TaskRun:
     error: Optional[str] = None
 
 
-def run_task(policy: BasePolicy, task: Task, config: RolloutConfig, episodes: Optional[range] = None, progress: bool = False) -> TaskRun:
-    """Run episodes `episodes` (default: all of config.n_episodes) of one task; a task that cannot run is recorded."""
+# How a run ended: every planned episode ran, Ctrl-C/SIGTERM stopped it, or the policy server was gone.
+COMPLETE, INTERRUPTED, ABORTED = "complete", "interrupted", "aborted"
+
+
+@dataclass
+class SuiteRun:
+    """The task runs of a suite and how the run ended (`status`, with `stop_reason` unless complete)."""
+
+    runs: List[TaskRun] = field(default_factory=list)
+    status: str = COMPLETE
+    stop_reason: Optional[str] = None
+
+
+def run_task(policy: BasePolicy, task: Task, config: RolloutConfig, episodes: Optional[range] = None, progress: bool = False,
+             on_episode: Optional[Callable[[EpisodeOutcome], None]] = None, done: Sequence[EpisodeOutcome] = (),
+             run: Optional[TaskRun] = None, video_subdir: bool = True) -> TaskRun:
+    """Run episodes `episodes` (default: all of config.n_episodes) of one task; a task that cannot run is recorded.
+
+    `done` holds outcomes from an earlier, interrupted run: those episodes are kept and not run again.
+    PolicyServerUnreachableError and KeyboardInterrupt propagate; the episodes finished by then are in `run`.
+    """
     episodes = episodes if episodes is not None else range(config.n_episodes)
-    run = TaskRun(task, episodes)
-    if len(episodes) == 0:
+    run = run if run is not None else TaskRun(task, episodes)
+    kept = [o for o in done if o.episode_index in episodes and o.error is None]
+    run.outcomes.extend(kept)
+    todo = [i for i in episodes if i not in {o.episode_index for o in kept}]
+    if not todo:
         return run
-    n_envs = config.n_envs if config.n_envs > 0 else auto_n_envs(len(episodes))
+    n_envs = config.n_envs if config.n_envs > 0 else auto_n_envs(len(todo))
     video_dir = config.video_dir
-    if video_dir:  # one folder per task, since the wrapper names videos by the task's episode index
+    if video_dir and video_subdir:  # one folder per task, since the wrapper names videos by the task's episode index
         video_dir = os.path.join(video_dir, task.env_name.replace("/", "__"))
     task_config = dataclasses.replace(  # episode i of the task keeps seed + i and replay episode i in any slice
         config, env_name=task.env_name, n_episodes=len(episodes), n_envs=n_envs, video_dir=video_dir,
         first_episode=episodes.start,
     )
-    start = time.perf_counter()
-    try:
-        result = run_rollout(policy, task_config, progress=progress)
-    except Exception as exc:  # noqa: BLE001 - a task that cannot start (bad env, server gone) must not end the suite
-        logger.error("task %s failed: %s: %s", task.env_name, type(exc).__name__, exc)
-        run.error = f"{type(exc).__name__}: {exc}"
-        run.eval_s = time.perf_counter() - start
-        return run
-    run.eval_s = result.eval_s
-    for outcome in result.outcomes:
+
+    def scored(outcome: EpisodeOutcome) -> None:
         outcome.extras = {**outcome.extras, "task": task.env_name, "group": task.group}
         run.outcomes.append(outcome)
+        if on_episode is not None:
+            on_episode(outcome)
+
+    start = time.perf_counter()
+    try:
+        run_rollout(policy, task_config, progress=progress, on_episode=scored, episodes=todo)
+    except (PolicyServerUnreachableError, KeyboardInterrupt):
+        run.eval_s += time.perf_counter() - start
+        raise
+    except Exception as exc:  # noqa: BLE001 - a task that cannot start (bad env) must not end the suite
+        logger.error("task %s failed: %s: %s", task.env_name, type(exc).__name__, exc)
+        run.error = f"{type(exc).__name__}: {exc}"
+    run.eval_s += time.perf_counter() - start
+    run.outcomes.sort(key=lambda o: o.episode_index)
     return run
 
 
 def run_tasks(policy: BasePolicy, tasks: Sequence[Task], config: RolloutConfig, episode_ranges: Optional[Mapping[str, range]] = None,
-              progress: bool = False) -> List[TaskRun]:
-    """Run each task in turn (only `episode_ranges[task]` when given; tasks missing from it are skipped)."""
-    runs = []
-    for task in tasks:
+              progress: bool = False, on_episode: Optional[Callable[[EpisodeOutcome], None]] = None,
+              done: Sequence[EpisodeOutcome] = ()) -> SuiteRun:
+    """Run each task in turn (only `episode_ranges[task]` when given; tasks missing from it are skipped).
+
+    The policy server is pinged before each task; a server that is gone, or Ctrl-C/SIGTERM, ends the run
+    early with status "aborted"/"interrupted" and keeps every episode finished by then.
+    """
+    suite_run = SuiteRun()
+    done_by_task: Dict[str, List[EpisodeOutcome]] = {}
+    for outcome in done:
+        done_by_task.setdefault(str(outcome.extras.get("task")), []).append(outcome)
+    for position, task in enumerate(tasks):
         episodes = range(config.n_episodes) if episode_ranges is None else episode_ranges.get(task.env_name, range(0))
         if len(episodes) == 0:
             continue
-        logger.info("task %s: episodes %d..%d", task.env_name, episodes.start, episodes.stop - 1)
-        runs.append(run_task(policy, task, config, episodes, progress=progress))
-    return runs
+        run = TaskRun(task, episodes)
+        suite_run.runs.append(run)
+        try:
+            if position and ping_quickly(policy) is False:
+                raise PolicyServerUnreachableError(f"{getattr(policy, 'address', 'the policy server')} did not answer a ping "
+                                                   f"before task {task.env_name}; stopping the run (finished episodes are kept)")
+            logger.info("task %s: episodes %d..%d", task.env_name, episodes.start, episodes.stop - 1)
+            run_task(policy, task, config, episodes, progress=progress, on_episode=on_episode,
+                     done=done_by_task.get(task.env_name, ()), run=run, video_subdir=len(tasks) > 1)
+        except PolicyServerUnreachableError as exc:
+            logger.error("%s", exc)
+            suite_run.status, suite_run.stop_reason = ABORTED, str(exc)
+            break
+        except KeyboardInterrupt:
+            logger.warning("interrupted during task %s; keeping the %d finished episodes", task.env_name,
+                           sum(len(r.outcomes) for r in suite_run.runs))
+            suite_run.status, suite_run.stop_reason = INTERRUPTED, "interrupted (SIGINT/SIGTERM)"
+            break
+    return suite_run
 
 
 def outcome_from_json(entry: Mapping[str, Any]) -> EpisodeOutcome:
-    """Rebuild an EpisodeOutcome from a per_episode entry of results.json (for merging shards)."""
-    known = {"episode_index", "env_index", "seed", "success", "sum_reward", "max_reward", "length", "video_path", "failure_reason"}
-    return EpisodeOutcome(
-        episode_index=int(entry["episode_index"]), seed=entry.get("seed"), success=bool(entry["success"]),
-        sum_reward=float(entry["sum_reward"]), max_reward=float(entry["max_reward"]), length=int(entry["length"]),
-        env_index=int(entry.get("env_index", 0)), video_path=entry.get("video_path"), failure_reason=entry.get("failure_reason"),
-        extras={k: v for k, v in entry.items() if k not in known},
-    )
+    """Rebuild an EpisodeOutcome from a per_episode entry of results.json (for merging shards and resuming)."""
+    return EpisodeOutcome.from_json_dict(entry)
 
 
 def _config_snapshot(config: RolloutConfig) -> Dict[str, Any]:
@@ -212,10 +259,12 @@ def _config_snapshot(config: RolloutConfig) -> Dict[str, Any]:
 
 
 def suite_results(tasks: Sequence[Task], runs: Sequence[TaskRun], config: Union[RolloutConfig, Mapping[str, Any]], env_spec: str,
-                  suite: Optional[str] = None, extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+                  suite: Optional[str] = None, extra: Optional[Mapping[str, Any]] = None, status: str = COMPLETE,
+                  stop_reason: Optional[str] = None) -> Dict[str, Any]:
     """results.json of a multi-task run: per_episode (with task, group), per_task, per_group and overall aggregates.
 
-    Aggregates pool episodes (episode-weighted); eval_s of a group or overall is the sum of its tasks' eval_s.
+    Aggregates pool the episodes that finished without an error (episode-weighted; errored episodes are
+    counted in `n_errors` only); eval_s of a group or overall is the sum of its tasks' eval_s.
     `overall.avg_task_pc_success` is the plain mean of the tasks' pc_success. `aggregated` repeats `overall`.
     """
     by_task: Dict[str, List[TaskRun]] = {}
@@ -249,6 +298,9 @@ def suite_results(tasks: Sequence[Task], runs: Sequence[TaskRun], config: Union[
     results: Dict[str, Any] = {
         "kind": "rollout",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "status": status,
+        "stop_reason": stop_reason,
+        "metrics_over": "the episodes that finished without an error (n_episodes); errored ones are counted in n_errors",
         "env_name": env_spec,
         "suite": suite,
         "tasks": [{"env_name": t.env_name, "group": t.group} for t in tasks],

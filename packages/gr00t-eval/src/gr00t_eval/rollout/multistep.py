@@ -69,6 +69,7 @@ class MultiStepWrapper(gym.Wrapper):
         terminate_on_success: bool = True,
         recorder: Optional[EpisodeVideoRecorder] = None,
         env_index: int = 0,
+        render_below: Optional[int] = None,
     ) -> None:
         super().__init__(env)
         if n_action_steps < 1:
@@ -81,6 +82,8 @@ class MultiStepWrapper(gym.Wrapper):
         self.state_delta_indices = _check_deltas("state", state_delta_indices)
         self.terminate_on_success = terminate_on_success
         self.recorder = recorder
+        self.render_below = render_below  # record videos only of episodes with a smaller index (None: all)
+        self._recording = False
         self.env_index = env_index
         self._history_len = 1 - min(self.video_delta_indices + self.state_delta_indices)
         self._history: Deque[Dict[str, Any]] = collections.deque(maxlen=self._history_len)
@@ -145,7 +148,7 @@ class MultiStepWrapper(gym.Wrapper):
 
     def _observe(self, raw: Mapping[str, Any]) -> None:
         self._history.append(dict(raw))
-        if self.recorder is not None:
+        if self._recording:
             self.recorder.add(frame_from_observation(raw))
 
     # -- gym API ----------------------------------------------------------------------------------
@@ -161,7 +164,8 @@ class MultiStepWrapper(gym.Wrapper):
         self._idle, self._done = False, False
         self._episode_index, self._seed = episode_index, seed
         self._history.clear()
-        if self.recorder is not None:
+        self._recording = self.recorder is not None and (self.render_below is None or episode_index < self.render_below)
+        if self._recording:
             self.recorder.start()
         try:
             raw, _ = self.env.reset(seed=seed, options=options or None)
@@ -214,7 +218,7 @@ class MultiStepWrapper(gym.Wrapper):
     def _summary(self, failure: Optional[str]) -> EpisodeSummary:
         success = self._success and failure is None
         video_path = None
-        if self.recorder is not None and self.recorder.n_frames:
+        if self._recording and self.recorder.n_frames:
             note = failure.split(":")[0] if failure else ""
             try:
                 video_path = self.recorder.finish(f"episode_{self._episode_index:04d}_{'success' if success else 'failure'}", self._task, success, note)

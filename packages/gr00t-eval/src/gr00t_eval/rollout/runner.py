@@ -15,11 +15,14 @@ background); a row that starts an episode also drops its buffered steps. The acc
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import functools
 import logging
+import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 import gymnasium as gym
 import numpy as np
@@ -29,6 +32,7 @@ from gr00t_client.chunking import MERGE_RULES
 
 from ..metrics import EpisodeOutcome
 from ..video import EpisodeVideoRecorder
+from .liveness import PolicyServerUnreachableError, ServerWatch
 from .envs import EnvFactory, embodiment_for_env, env_factory
 from .multistep import EpisodeSummary, MultiStepWrapper
 from .policy_io import HorizonSpec, ObservationMapper, PolicyRowCursor, policy_actions
@@ -64,6 +68,8 @@ class RolloutConfig:
     chunk_merge: str = "newest"  # how an async prefetched chunk merges with the buffered steps (MERGE_RULES)
     # async only: send the buffered steps as options["rtc"] so the server pins the new chunk's first k steps to them
     rtc_frozen_steps: Optional[int] = None
+    # Videos only of episodes first_episode .. first_episode + max_episodes_rendered - 1 (None: all), like lerobot-eval.
+    max_episodes_rendered: Optional[int] = None
 
     @property
     def env_steps_per_call(self) -> int:
@@ -71,7 +77,7 @@ class RolloutConfig:
         return self.n_action_steps if self.client_chunking == "off" else 1
 
     def seed_for(self, episode_index: int) -> Optional[int]:
-        """Episode i's env seed: seed + i, i being the run-wide index (None without a seed: non-deterministic)."""
+        """Episode i's env seed: seed + i, i being the run-wide index (None without a seed; the runner then draws one)."""
         return None if self.seed is None else int(self.seed) + episode_index
 
 
@@ -97,20 +103,22 @@ class RolloutResult:
 
 def _build_env(factory: EnvFactory, row: int, n_action_steps: int, max_episode_steps: int,
                video_delta_indices: Sequence[int], state_delta_indices: Sequence[int], terminate_on_success: bool,
-               video_dir: Optional[str], steps_per_frame: int, video_fps: int) -> gym.Env:
+               video_dir: Optional[str], steps_per_frame: int, video_fps: int, render_below: Optional[int] = None) -> gym.Env:
     # Top-level (not a closure) so spawned workers can unpickle it.
     recorder = EpisodeVideoRecorder(video_dir, fps=video_fps, steps_per_frame=steps_per_frame) if video_dir else None
     return MultiStepWrapper(factory(), n_action_steps, max_episode_steps, video_delta_indices, state_delta_indices,
-                            terminate_on_success=terminate_on_success, recorder=recorder, env_index=row)
+                            terminate_on_success=terminate_on_success, recorder=recorder, env_index=row,
+                            render_below=render_below)
 
 
 def make_vector_env(config: RolloutConfig, spec: HorizonSpec, n_envs: int) -> gym.vector.VectorEnv:
     """n_envs MultiStepWrapper'd envs with autoreset disabled (the runner resets rows itself)."""
     factory = env_factory(config.env_name, **config.env_kwargs)
+    render_below = None if config.max_episodes_rendered is None else config.first_episode + config.max_episodes_rendered
     fns = [
         functools.partial(_build_env, factory, row, config.env_steps_per_call, config.max_episode_steps,
                           tuple(spec.video_delta_indices), tuple(spec.state_delta_indices), config.terminate_on_success,
-                          config.video_dir, config.steps_per_frame, config.video_fps)
+                          config.video_dir, config.steps_per_frame, config.video_fps, render_below)
         for row in range(n_envs)
     ]
     mode = config.vectorization
@@ -124,9 +132,14 @@ def make_vector_env(config: RolloutConfig, spec: HorizonSpec, n_envs: int) -> gy
 
 
 class RolloutRunner:
-    """Runs one rollout (see the module docstring); use `run()` once."""
+    """Runs one rollout (see the module docstring); use `run()` once.
 
-    def __init__(self, policy: BasePolicy, config: RolloutConfig, progress: bool = True) -> None:
+    `episodes` (default: first_episode .. first_episode + n_episodes - 1) lists the episode indices to run, e.g.
+    the ones a resumed run still lacks. `on_episode` is called with each EpisodeOutcome as soon as it is scored.
+    """
+
+    def __init__(self, policy: BasePolicy, config: RolloutConfig, progress: bool = True,
+                 on_episode: Optional[Callable[[EpisodeOutcome], None]] = None, episodes: Optional[Sequence[int]] = None) -> None:
         if config.n_episodes < 1:
             raise ValueError(f"n_episodes must be >= 1, got {config.n_episodes}")
         if config.n_envs < 1:
@@ -139,100 +152,158 @@ class RolloutRunner:
             raise ValueError(f"chunk_merge must be one of {MERGE_RULES}, got {config.chunk_merge!r}")
         if config.rtc_frozen_steps is not None and config.client_chunking != "async":
             raise ValueError(f"rtc_frozen_steps needs client_chunking='async', got {config.client_chunking!r}")
+        if config.max_episodes_rendered is not None and config.max_episodes_rendered < 0:
+            raise ValueError(f"max_episodes_rendered must be >= 0, got {config.max_episodes_rendered}")
         self.policy = policy
-        self.config = config
+        self.config = config if config.seed is not None else dataclasses.replace(config, seed=draw_base_seed())
         self.progress = progress
+        self.on_episode = on_episode
         self.embodiment_tag = embodiment_for_env(config.env_name)
+        self.episodes = list(range(config.first_episode, config.first_episode + config.n_episodes) if episodes is None else episodes)
+        if len(set(self.episodes)) != len(self.episodes) or any(e < 0 for e in self.episodes):
+            raise ValueError(f"episodes must be distinct indices >= 0, got {self.episodes}")
+        self.todo: Deque[int] = collections.deque(self.episodes)
         self.outcomes: Dict[int, EpisodeOutcome] = {}
         self.row_episode: List[int] = []
-        self.next_episode = config.first_episode
-        self.end_episode = config.first_episode + config.n_episodes  # one past the last episode index to start
+        self.recorded_seeds: Dict[int, int] = {}  # episode -> seed a replay server reports it was recorded with
+        self.watch = ServerWatch(policy)
         self.chunker: Optional[ActionChunker] = None  # client chunking only; its `stats` remain after run()
 
     def run(self) -> RolloutResult:
-        """Create the envs, run until n_episodes are scored, close the envs."""
+        """Create the envs, run until every episode is scored, close the envs.
+
+        Raises PolicyServerUnreachableError when the server stops answering (the episodes scored so far
+        have been passed to `on_episode`), and lets KeyboardInterrupt through after closing the envs.
+        """
         config = self.config
+        start = time.perf_counter()
+        if not self.episodes:
+            return RolloutResult(config.env_name, self.embodiment_tag, [], 0.0)
         spec = HorizonSpec.from_modality_config(self.policy.get_modality_config())
         spec.check_n_action_steps(config.n_action_steps)
-        n_envs = min(config.n_envs, config.n_episodes)
-        logger.info("Running collecting %d episodes for %s with %d vec envs", config.n_episodes, config.env_name, n_envs)
-        start = time.perf_counter()
+        n_envs = min(config.n_envs, len(self.episodes))
+        logger.info("Running collecting %d episodes for %s with %d vec envs (base seed %d)", len(self.episodes),
+                    config.env_name, n_envs, config.seed)
         vec = make_vector_env(config, spec, n_envs)
+        clean = False
         try:
             self._loop(vec, spec, n_envs)
+            clean = True
         finally:
-            vec.close()
+            _close_envs(vec, clean)
         eval_s = time.perf_counter() - start
         outcomes = [self.outcomes[i] for i in sorted(self.outcomes)]
         return RolloutResult(config.env_name, self.embodiment_tag, outcomes, eval_s)
 
     # -- episode bookkeeping ----------------------------------------------------------------------
+    def seed_for(self, episode: int) -> int:
+        """The env seed of `episode`: the one a replay server reports it was recorded with, else base seed + index."""
+        recorded = self.recorded_seeds.get(episode)
+        return int(recorded) if recorded is not None else int(self.config.seed_for(episode))
+
     def _score(self, row: int, summary: EpisodeSummary, bar: Any) -> None:
-        self.outcomes[summary.episode_index] = EpisodeOutcome(
-            episode_index=summary.episode_index, seed=summary.seed, success=summary.success,
-            sum_reward=summary.sum_reward, max_reward=summary.max_reward, length=summary.length,
-            env_index=row, video_path=summary.video_path, failure_reason=summary.failure_reason,
+        outcome = EpisodeOutcome(
+            episode_index=summary.episode_index, seed=summary.seed if summary.seed is not None else self.seed_for(summary.episode_index),
+            success=summary.success and summary.failure_reason is None, sum_reward=summary.sum_reward,
+            max_reward=summary.max_reward, length=summary.length, env_index=row, video_path=summary.video_path,
+            error=summary.failure_reason,
         )
+        self.outcomes[summary.episode_index] = outcome
         self.row_episode[row] = IDLE
+        if self.on_episode is not None:
+            self.on_episode(outcome)
         if bar is not None:
+            finished = [o.success for o in self.outcomes.values() if o.error is None]
+            errors = len(self.outcomes) - len(finished)
             bar.update(1)
-            bar.set_postfix(success=f"{np.mean([o.success for o in self.outcomes.values()]):.2f}")
+            bar.set_postfix(success=f"{np.mean(finished):.2f}" if finished else "-", errors=errors)
 
     def _fail(self, row: int, reason: str, bar: Any) -> None:
         episode = self.row_episode[row]
-        logger.error("episode %d (env %d) failed: %s", episode, row, reason)
-        self._score(row, EpisodeSummary(episode, self.config.seed_for(episode), False, 0.0, 0.0, 0, None, reason), bar)
+        logger.error("episode %d (env %d) errored: %s", episode, row, reason)
+        self._score(row, EpisodeSummary(episode, self.seed_for(episode), False, 0.0, 0.0, 0, None, reason), bar)
 
-    def _start_rows(self, vec: gym.vector.VectorEnv, rows: Set[int], first: bool, bar: Any):
-        """Reset `rows` into the next episodes (or idle); rows whose reset fails are scored and retried."""
+    def _policy_failed(self, rows: Sequence[int], what: str, exc: BaseException, bar: Any) -> None:
+        """Score `rows` as errored by a failed policy request; stop the run if the server is gone."""
+        gone = self.watch.unreachable_reason(exc)
+        for row in rows:
+            self._fail(row, f"policy {what} failed: {type(exc).__name__}: {exc}", bar)
+        if gone is not None:
+            raise PolicyServerUnreachableError(f"{gone}; stopping the run (finished episodes are kept)") from exc
+
+    def _start_rows(self, vec: gym.vector.VectorEnv, rows: Set[int], first: bool, cursor: PolicyRowCursor, bar: Any) -> Any:
+        """Start the next episodes on `rows` (or idle them); rows whose reset fails are scored as errors and retried.
+
+        The policy is reset first, so a replay server can report the seed each recorded episode was made with,
+        then the envs are reset with those seeds.
+        """
         obs = None
-        started: Dict[int, int] = {}
         while rows:
             plan = list(self.row_episode)
             for row in sorted(rows):
-                if self.next_episode < self.end_episode:
-                    plan[row] = self.next_episode
-                    self.next_episode += 1
-                else:
-                    plan[row] = IDLE
+                plan[row] = self.todo.popleft() if self.todo else IDLE
             self.row_episode = plan
-            seeds = [self.config.seed_for(plan[r]) if r in rows and plan[r] != IDLE else None for r in range(len(plan))]
-            options: Dict[str, Any] = {"episodes": list(plan)}
+            starting = {row: plan[row] for row in sorted(rows) if plan[row] != IDLE}
+            refused: Set[int] = set()
+            if starting:
+                self._restart_chunks(starting)
+                refused = self._reset_policy(cursor, starting, bar)
+            env_rows = set(range(len(plan))) if first else rows - refused
+            if not env_rows:
+                rows = refused
+                continue
+            episodes = [IDLE if r in refused else plan[r] for r in range(len(plan))]
+            seeds = [self.seed_for(episodes[r]) if r in env_rows and episodes[r] != IDLE else None for r in range(len(plan))]
+            options: Dict[str, Any] = {"episodes": episodes}
             if not first:
-                options["reset_mask"] = np.array([r in rows for r in range(len(plan))], dtype=bool)
+                options["reset_mask"] = np.array([r in env_rows for r in range(len(plan))], dtype=bool)
             obs, infos = vec.reset(seed=seeds, options=options)
             first = False
             failed = set()
-            for row in sorted(rows):
-                if plan[row] == IDLE:
+            for row in sorted(env_rows):
+                if episodes[row] == IDLE:
                     continue
                 summary = _row_info(infos, "episode", row)
                 if summary is not None:
                     self._score(row, summary, bar)
                     failed.add(row)
-                else:
-                    started[row] = plan[row]
-            rows = failed
-        return obs, started
+            rows = refused | failed
+        return obs
+
+    def _note_recorded_seeds(self, info: Any, started: Mapping[int, int]) -> None:
+        """Keep the per-row seeds a replay server reports in its reset info (key "seed")."""
+        if not isinstance(info, Mapping) or info.get("seed") is None:
+            return
+        seeds = info["seed"]
+        seeds = list(seeds) if isinstance(seeds, (list, tuple, np.ndarray)) else [seeds]
+        n_rows = len(self.row_episode)
+        for row, episode in started.items():
+            seed = seeds[row] if len(seeds) == n_rows else (seeds[0] if len(seeds) == 1 else None)
+            if seed is not None:
+                if self.config.seed_for(episode) != int(seed) and not self.recorded_seeds:
+                    logger.info("the policy reports recorded seeds (a replay server): episode %d runs with seed %d", episode, int(seed))
+                self.recorded_seeds[episode] = int(seed)
 
     def _reset_policy(self, cursor: PolicyRowCursor, started: Dict[int, int], bar: Any) -> Set[int]:
-        """Reset the policy for the rows that started episodes; return the rows whose reset was refused."""
+        """Reset the policy for the rows that start episodes; return the rows whose reset was refused (scored)."""
         try:
-            self.policy.reset(options=cursor.reset_options(started))
+            info = self.policy.reset(options=cursor.reset_options(started))
+            self.watch.request_succeeded()
             cursor.commit(started)
+            self._note_recorded_seeds(info, started)
             return set()
         except Exception as exc:  # noqa: BLE001 - retried row by row below, so one bad row fails alone
-            if len(started) == 1:
-                row = next(iter(started))
-                self._fail(row, f"policy reset failed: {type(exc).__name__}: {exc}", bar)
-                return {row}
+            if len(started) == 1 or self.watch.unreachable_reason(exc) is not None:
+                self._policy_failed(list(started), "reset", exc, bar)
+                return set(started)
         failed = set()
         for row, episode in started.items():
             try:
-                self.policy.reset(options=cursor.reset_options({row: episode}))
+                info = self.policy.reset(options=cursor.reset_options({row: episode}))
                 cursor.commit({row: episode})
+                self._note_recorded_seeds(info, {row: episode})
             except Exception as exc:  # noqa: BLE001 - score the episode, keep going
-                self._fail(row, f"policy reset failed: {type(exc).__name__}: {exc}", bar)
+                self._policy_failed([row], "reset", exc, bar)
                 failed.add(row)
         return failed
 
@@ -268,33 +339,27 @@ class RolloutRunner:
         return policy_actions(single_step, action_space, 1), ({} if lengths is None else {"episode_length": lengths})
 
     def _loop(self, vec: gym.vector.VectorEnv, spec: HorizonSpec, n_envs: int) -> None:
-        config = self.config
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=config.n_episodes, desc="Episodes")
+            bar = tqdm(total=len(self.episodes), desc="Episodes")
         self.row_episode = [IDLE] * n_envs
-        cursor = PolicyRowCursor(n_envs, config.env_steps_per_call)
+        cursor = PolicyRowCursor(n_envs, self.config.env_steps_per_call)
         self.chunker = self._make_chunker()
         mapper: Optional[ObservationMapper] = None
         pending: Set[int] = set(range(n_envs))
         first = True
         obs: Any = None
         try:
-            while len(self.outcomes) < config.n_episodes:
+            while len(self.outcomes) < len(self.episodes):
                 if pending:
-                    new_obs, started = self._start_rows(vec, pending, first, bar)
+                    new_obs = self._start_rows(vec, pending, first, cursor, bar)
                     obs = new_obs if new_obs is not None else obs
                     first, pending = False, set()
-                    if started:
-                        self._restart_chunks(started)
-                        pending = self._reset_policy(cursor, started, bar)
-                        if pending:
-                            continue
                 active = [r for r, e in enumerate(self.row_episode) if e != IDLE]
                 if not active:
-                    if self.next_episode >= self.end_episode:
+                    if not self.todo:
                         break
                     pending = set(range(n_envs))
                     continue
@@ -302,10 +367,10 @@ class RolloutRunner:
                     mapper = ObservationMapper(spec, list(obs))
                 try:
                     env_action, info = self._act(mapper(obs), vec.single_action_space)
+                    self.watch.request_succeeded()
                 except Exception as exc:  # noqa: BLE001 - one batch failed: score its episodes, keep going
-                    for row in active:
-                        self._fail(row, f"policy get_action failed: {type(exc).__name__}: {exc}", bar)
                     pending = set(active)
+                    self._policy_failed(active, "get_action", exc, bar)
                     continue
                 cursor.after_get_action(info)
                 obs, _, terminated, truncated, infos = vec.step(env_action)
@@ -313,7 +378,8 @@ class RolloutRunner:
                     if terminated[row] or truncated[row]:
                         summary = _row_info(infos, "episode", row)
                         if summary is None:  # an env that ended without the wrapper's summary
-                            summary = EpisodeSummary(self.row_episode[row], config.seed_for(self.row_episode[row]), False, 0.0, 0.0, 0, None, "episode ended without a summary")
+                            episode = self.row_episode[row]
+                            summary = EpisodeSummary(episode, self.seed_for(episode), False, 0.0, 0.0, 0, None, "episode ended without a summary")
                         self._score(row, summary, bar)
                         pending.add(row)
         finally:
@@ -326,6 +392,22 @@ class RolloutRunner:
                             stats.calls, stats.requests, stats.prefetches, stats.blocking_waits)
 
 
+def draw_base_seed() -> int:
+    """A random base seed (drawn once per run and saved, so every episode's seed is known)."""
+    return secrets.randbelow(2**31 - 1)
+
+
+def _close_envs(vec: gym.vector.VectorEnv, clean: bool) -> None:
+    """Close the envs; after an interrupt or error, terminate async workers instead of waiting on them."""
+    try:
+        if clean or not isinstance(vec, gym.vector.AsyncVectorEnv):
+            vec.close()
+        else:
+            vec.close(terminate=True)
+    except Exception as exc:  # noqa: BLE001 - closing must not hide the reason the run ended
+        logger.warning("closing the envs failed: %s: %s", type(exc).__name__, exc)
+
+
 def _row_info(infos: Mapping[str, Any], key: str, row: int) -> Any:
     if key not in infos:
         return None
@@ -335,6 +417,7 @@ def _row_info(infos: Mapping[str, Any], key: str, row: int) -> Any:
     return infos[key][row]
 
 
-def run_rollout(policy: BasePolicy, config: RolloutConfig, progress: bool = True) -> RolloutResult:
-    """Roll `policy` out in `config.env_name` for exactly `config.n_episodes` episodes."""
-    return RolloutRunner(policy, config, progress=progress).run()
+def run_rollout(policy: BasePolicy, config: RolloutConfig, progress: bool = True,
+                on_episode: Optional[Callable[[EpisodeOutcome], None]] = None, episodes: Optional[Sequence[int]] = None) -> RolloutResult:
+    """Roll `policy` out in `config.env_name` for exactly `config.n_episodes` episodes (or the listed `episodes`)."""
+    return RolloutRunner(policy, config, progress=progress, on_episode=on_episode, episodes=episodes).run()

@@ -1,0 +1,65 @@
+"""Is the policy server still there? A quick ping after a timeout, and a cap on consecutive timeouts.
+
+A dead server makes every later request wait its full timeout; without this check a long evaluation would
+spend hours in timeouts and end with a plausible-looking number. After a request times out (or the
+connection fails) the server is pinged with a short timeout; no answer, or too many timeouts in a row,
+stops the run with `PolicyServerUnreachableError`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional
+
+logger = logging.getLogger(__name__)
+
+QUICK_PING_MS = 2000
+MAX_CONSECUTIVE_TIMEOUTS = 3
+
+
+class PolicyServerUnreachableError(ConnectionError):
+    """The policy server stopped answering; the run stops and keeps the episodes that finished."""
+
+
+def ping_quickly(policy: Any, timeout_ms: int = QUICK_PING_MS) -> Optional[bool]:
+    """Ping a PolicyClient-like policy with a short timeout; None for policies without `ping` (in-process)."""
+    ping = getattr(policy, "ping", None)
+    if ping is None:
+        return None
+    original = getattr(policy, "timeout_ms", None)
+    if isinstance(original, int):
+        policy.timeout_ms = min(original, timeout_ms)
+    try:
+        return bool(ping())
+    except Exception:  # noqa: BLE001 - a ping that raises is a ping that failed
+        return False
+    finally:
+        if isinstance(original, int):
+            policy.timeout_ms = original
+
+
+class ServerWatch:
+    """Counts consecutive request timeouts and pings after each one; raises when the server is gone."""
+
+    def __init__(self, policy: Any, max_consecutive_timeouts: int = MAX_CONSECUTIVE_TIMEOUTS) -> None:
+        self.policy = policy
+        self.max_consecutive_timeouts = max_consecutive_timeouts
+        self.consecutive_timeouts = 0
+
+    def request_succeeded(self) -> None:
+        """A request got its answer: the count of timeouts in a row starts again."""
+        self.consecutive_timeouts = 0
+
+    def unreachable_reason(self, exc: BaseException) -> Optional[str]:
+        """After a failed request: why the server counts as gone (None when it still answers or `exc` is no timeout)."""
+        if not isinstance(exc, (TimeoutError, ConnectionError)):
+            return None
+        self.consecutive_timeouts += 1
+        alive = ping_quickly(self.policy)
+        address = getattr(self.policy, "address", "the policy server")
+        if alive is False:
+            return f"{address} stopped answering ({type(exc).__name__}: {exc}) and did not answer a ping either"
+        if self.consecutive_timeouts >= self.max_consecutive_timeouts:
+            return f"{address} answers pings but {self.consecutive_timeouts} requests in a row failed (last: {type(exc).__name__}: {exc})"
+        logger.warning("policy request failed (%s) but the server answers pings; going on", exc)
+        return None
