@@ -209,6 +209,8 @@ def _load_npy(blob: Union[bytes, bytearray]) -> np.ndarray:
             raise ValueError(f"npy format version {version} is not accepted (1.0 and 2.0 are)")
     except ValueError as exc:
         raise WireDecodeError(f"Malformed __ndarray_class__ payload (np.save header): {exc}") from exc
+    if dtype.hasobject:  # np.load's own words, which peers know
+        raise WireDecodeError("Refused __ndarray_class__ payload: Object arrays cannot be loaded when allow_pickle=False")
     _refuse_dtype(dtype, "decoded")
     count = 1
     for dim in shape:
