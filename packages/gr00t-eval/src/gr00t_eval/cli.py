@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from . import scale_cli
+from . import connection, scale_cli
 
 DEFAULT_ROLLOUT_DIR = "/tmp/gr00t_rollout_eval"
 
@@ -63,6 +63,7 @@ def _add_connection(p: argparse.ArgumentParser, host_flag: str, port_flag: str, 
     p.add_argument(*_flag(host_flag), dest="host", default=host_default, help=f"policy server host (default {host_default})")
     p.add_argument(*_flag(port_flag), dest="port", type=int, default=5555, help="policy server port (default 5555)")
     p.add_argument(*_flag("api-token"), default=os.environ.get("GR00T_API_TOKEN"), help="server API token (default $GR00T_API_TOKEN)")
+    connection.add_security_arguments(p, _flag)
     p.add_argument(*_flag("timeout-ms"), type=int, default=15000, help="per-request timeout in ms (default 15000)")
 
 
@@ -137,13 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _connect(args: argparse.Namespace):
-    from gr00t_client import PolicyClient
-
-    client = PolicyClient(host=args.host, port=args.port, timeout_ms=args.timeout_ms, api_token=args.api_token)
-    if not client.ping():
-        client.close()
-        raise SystemExit(f"error: no policy server answered at tcp://{args.host}:{args.port} within {args.timeout_ms} ms")
-    return client
+    return connection.open_client(args.host, args.port, args)
 
 
 def _observation_format(client: Any, requested: str) -> str:
@@ -154,6 +149,18 @@ def _observation_format(client: Any, requested: str) -> str:
     except Exception:  # noqa: BLE001 - the reference server has no info endpoint: it speaks the nested form
         return "nested"
     return "flat" if "Sim" in str(info.get("policy_class", "")) else "nested"
+
+
+def _plots_wanted(args: argparse.Namespace) -> bool:
+    """Plots unless --no-plots; without matplotlib (a plain `pip install gr00t-eval`) open-loop runs without them."""
+    from .extras import is_installed
+
+    if args.no_plots:
+        return False
+    if not is_installed("matplotlib"):
+        print("note: matplotlib is not installed, skipping plots (pip install 'gr00t-eval[plots]')", file=sys.stderr)
+        return False
+    return True
 
 
 def cmd_open_loop(args: argparse.Namespace) -> int:
@@ -170,7 +177,7 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
         config = OpenLoopConfig(
             dataset_path=args.dataset_path, traj_ids=args.traj_ids, steps=args.steps, execution_horizon=args.execution_horizon,
             modality_keys=args.modality_keys, output_dir=args.output_dir, embodiment_tag=tag.value,
-            observation_format=_observation_format(client, args.observation_format), plot=not args.no_plots,
+            observation_format=_observation_format(client, args.observation_format), plot=_plots_wanted(args),
         )
         result = evaluate_open_loop(client, config, report=tqdm.write)
     if result.trajectories:
@@ -232,8 +239,19 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console entry point; returns the exit code."""
+    from .extras import MissingExtraError
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level), format="%(levelname)s:%(name)s:%(message)s")
+    try:
+        return _run_command(args)
+    except MissingExtraError as exc:  # one line naming the pip extra, not a traceback
+        print(f"gr00t-eval {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """Dispatch a parsed command line to its command function."""
     scaled = getattr(args, "scale_command", None)
     if scaled is not None:
         code = scaled(args)  # None: a plain rollout, run below

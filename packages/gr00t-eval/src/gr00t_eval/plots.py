@@ -8,6 +8,8 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from .extras import require
+
 
 def plot_trajectory(
     path: Union[str, Path],
@@ -21,8 +23,7 @@ def plot_trajectory(
     dim_labels: Optional[Sequence[str]] = None,
 ) -> Path:
     """Save one figure (one subplot per action dim) for a trajectory; the reference layout, one file per id."""
-    import matplotlib
-
+    matplotlib = require("matplotlib", "plots", "plotting open-loop results")
     matplotlib.use("Agg", force=False)  # headless: never open a window
     import matplotlib.pyplot as plt
 

@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from .extras import MissingExtraError
 from .rollout.runner import RolloutConfig
 from .shard import ShardSpec, merge_results, run_suite
 from .suites import auto_n_envs, resolve_tasks
@@ -49,7 +50,7 @@ def _import_ray():
     try:
         import ray
     except ImportError as exc:
-        raise ImportError(f"--ray-address needs Ray ({exc}); install it with: pip install 'gr00t-eval[ray]'") from exc
+        raise MissingExtraError(f"--ray-address needs Ray ({exc}); install it with: pip install 'gr00t-eval[ray]'") from exc
     return ray
 
 
@@ -66,12 +67,18 @@ def init_ray(address: str) -> bool:
 
 
 def run_shard_task(env_spec: str, config: Dict[str, Any], shard: Tuple[int, int], server: Tuple[str, int],
-                   api_token: Optional[str], timeout_ms: int) -> Dict[str, Any]:
-    """The body of one Ray task: connect to `server`, run shard `shard` of the plan, return its results."""
+                   api_token: Optional[str], timeout_ms: int,
+                   curve_keys: Optional[Tuple[str, Optional[str]]] = None) -> Dict[str, Any]:
+    """The body of one Ray task: connect to `server`, run shard `shard` of the plan, return its results.
+
+    `curve_keys`: (server public, client secret or None) z85 strings for a CURVE server, read by the driver.
+    """
     from gr00t_client import PolicyClient
 
     logging.basicConfig(level=logging.INFO)
-    with PolicyClient(server[0], server[1], timeout_ms=timeout_ms, api_token=api_token) as client:
+    server_key, client_key = curve_keys or (None, None)
+    with PolicyClient(server[0], server[1], timeout_ms=timeout_ms, api_token=api_token,
+                      server_public_key=server_key, client_secret_key=client_key) as client:
         if not client.ping():
             raise ConnectionError(f"policy server at {server[0]}:{server[1]} did not answer ping within {timeout_ms} ms")
         results = run_suite(client, env_spec, RolloutConfig(**config), ShardSpec(*shard))
@@ -86,7 +93,7 @@ def default_shard_count(n_items: int, n_servers: int, cluster_cpus: int) -> int:
 
 def run_with_ray(env_spec: str, config: RolloutConfig, servers: Sequence[ServerAddress], address: str = "local",
                  n_shards: int = 0, api_token: Optional[str] = None, timeout_ms: int = 15000,
-                 cpus_per_shard: float = 1.0) -> Dict[str, Any]:
+                 cpus_per_shard: float = 1.0, curve_keys: Optional[Tuple[str, Optional[str]]] = None) -> Dict[str, Any]:
     """Split the plan into shards, run them as Ray tasks against `servers` (round-robin), return the merged results."""
     if config.seed is None:
         raise ValueError("--ray-address needs --seed: shards must agree on every episode's seed to merge into one run")
@@ -105,7 +112,8 @@ def run_with_ray(env_spec: str, config: RolloutConfig, servers: Sequence[ServerA
         refs = []
         for index in range(n_shards):
             server = servers[index % len(servers)]
-            refs.append(remote.remote(env_spec, payload, (index, n_shards), (server.host, server.port), api_token, timeout_ms))
+            refs.append(remote.remote(env_spec, payload, (index, n_shards), (server.host, server.port), api_token, timeout_ms,
+                                      curve_keys))
         logger.info("running %d shards on Ray against %s", n_shards, ", ".join(map(str, servers)))
         shard_results, failed = [], {}
         for index, ref in enumerate(refs):

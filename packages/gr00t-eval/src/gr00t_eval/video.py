@@ -43,6 +43,9 @@ def frame_from_observation(observation: Mapping[str, object]) -> Optional[np.nda
 
 def caption_band(text: str, width: int, height: int = CAPTION_HEIGHT) -> np.ndarray:
     """A black uint8 (height, width, 3) band with white `text` (wrapped to fit), drawn with matplotlib's Agg."""
+    from .extras import require
+
+    require("matplotlib", "plots", "captioning rollout videos")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

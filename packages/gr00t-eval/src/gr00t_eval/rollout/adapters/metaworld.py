@@ -13,6 +13,8 @@ from typing import Any, Dict, Optional
 import gymnasium as gym
 import numpy as np
 
+from ...extras import MissingExtraError
+
 LANGUAGE_KEY = "annotation.human.action.task_description"
 STATE_SLICES = {"eef_pos": (0, 3), "gripper": (3, 4), "objects": (4, 18), "goal": (36, 39)}
 ACTION_DIMS = {"eef_delta": 3, "gripper": 1}
@@ -45,7 +47,7 @@ def _import_metaworld():
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE
         from metaworld.policies import ENV_POLICY_MAP
     except ImportError as exc:
-        raise ImportError(f"Meta-World envs need metaworld and mujoco ({exc}); install with: pip install 'gr00t-eval[sim]'") from exc
+        raise MissingExtraError(f"Meta-World envs need metaworld and mujoco ({exc}); install with: pip install 'gr00t-eval[sim]'") from exc
     return mujoco, ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE, ENV_POLICY_MAP
 
 

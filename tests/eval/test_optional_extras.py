@@ -1,0 +1,79 @@
+"""A plain `pip install gr00t-eval` (no matplotlib, no gymnasium): open-loop works, the rest names its extra.
+
+Each check runs the real `gr00t-eval` CLI in a subprocess where the optional modules are hidden
+(`sys.modules[name] = None` makes `import name` fail exactly as if it were not installed).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from eval.dataset_factory import make_dataset
+from gr00t_server.policies.replay import ReplayPolicy
+from serving import running_server
+
+_EVAL_WITHOUT = textwrap.dedent(
+    """
+    import atexit, sys
+    hidden = sys.argv[1].split(",")
+    for name in hidden:
+        sys.modules[name] = None
+    atexit.register(lambda: print("torch imported:", "torch" in sys.modules, flush=True))
+    from gr00t_eval.cli import main
+    sys.exit(main(sys.argv[2:]))
+    """
+)
+OPTIONAL = "matplotlib,gymnasium,metaworld,mujoco,gym_pusht,ray"
+
+
+def _eval_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", _EVAL_WITHOUT, OPTIONAL, *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("extras") / "ds", lengths=(6,))
+
+
+def test_open_loop_runs_without_plot_and_sim_extras_and_skips_plots_with_a_note(dataset, tmp_path):
+    with running_server(ReplayPolicy(dataset, execution_horizon=4)) as server:
+        result = _eval_cli("open-loop", "--dataset-path", str(dataset), "--port", str(server.port),
+                           "--traj-ids", "0", "--output-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "skipping plots (pip install 'gr00t-eval[plots]')" in result.stderr
+    assert "torch imported: False" in result.stdout
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results and not list(tmp_path.glob("*.jpeg"))
+
+
+def test_rollout_without_sim_extra_fails_with_one_line_naming_it():
+    result = _eval_cli("rollout", "--env-name", "metaworld/reach-v3", "--n-episodes", "1")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("gr00t-eval rollout: error: closed-loop rollout needs gymnasium (")
+    assert lines[0].endswith("): pip install 'gr00t-eval[sim]'")
+
+
+def test_plotting_without_matplotlib_raises_missing_extra_error_naming_plots():
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["matplotlib"] = None
+        import numpy as np
+        from gr00t_eval.extras import MissingExtraError
+        from gr00t_eval.plots import plot_trajectory
+        try:
+            plot_trajectory("/nonexistent/x.jpeg", 0, np.zeros((3, 1)), np.zeros((3, 1)), [0])
+        except MissingExtraError as exc:
+            print(exc)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip().endswith("pip install 'gr00t-eval[plots]'"), result.stdout + result.stderr
