@@ -117,21 +117,18 @@ def maybe_run_scaled_rollout(args: argparse.Namespace) -> Optional[int]:
 
 
 def _run(args: argparse.Namespace, config: Any, shard: Any) -> Dict[str, Any]:
-    from gr00t_client import PolicyClient
-
+    from .connection import open_client, portable_keys
     from .ray_runner import parse_servers, run_with_ray
     from .shard import run_suite
 
     servers = parse_servers(args.host, args.port)
     if args.ray_address:
         return run_with_ray(args.env_name, config, servers, args.ray_address, args.ray_shards, args.api_token,
-                            args.timeout_ms, args.ray_cpus_per_shard)
+                            args.timeout_ms, args.ray_cpus_per_shard, curve_keys=portable_keys(args))
     if len(servers) > 1:
         raise SystemExit("error: several --policy-client-host entries need --ray-address (one server per shard)")
     server = servers[0]
-    with PolicyClient(server.host, server.port, timeout_ms=args.timeout_ms, api_token=args.api_token) as client:
-        if not client.ping():
-            raise SystemExit(f"error: no policy server answered at tcp://{server} within {args.timeout_ms} ms")
+    with open_client(server.host, server.port, args) as client:
         results = run_suite(client, args.env_name, config, shard, progress=True)
     results["config"].update(policy_client_host=server.host, policy_client_port=server.port)
     return results

@@ -1,0 +1,68 @@
+"""How gr00t-eval commands connect to a policy server: the connection flags, client options and a reachability check."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+
+def add_security_arguments(parser: argparse.ArgumentParser, flag: Callable[[str], List[str]]) -> None:
+    """--server-public-key and --client-key (CURVE encryption), read from GR00T_* variables like the token."""
+    parser.add_argument(*flag("server-public-key"), default=os.environ.get("GR00T_SERVER_PUBLIC_KEY"), metavar="KEY",
+                        help="encrypt with CURVE: the server's public key, its .key file or z85 string "
+                             "(default $GR00T_SERVER_PUBLIC_KEY)")
+    parser.add_argument(*flag("client-key"), default=os.environ.get("GR00T_CLIENT_KEY"), metavar="KEY",
+                        help="with --server-public-key: this client's secret key, a .key_secret file or z85 string "
+                             "(default $GR00T_CLIENT_KEY; without it a throwaway key is used, which servers with "
+                             "--authorized-keys refuse)")
+
+
+def client_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """PolicyClient keyword arguments from the parsed connection flags (timeout, token, CURVE keys)."""
+    return {
+        "timeout_ms": args.timeout_ms,
+        "api_token": args.api_token,
+        "server_public_key": getattr(args, "server_public_key", None) or None,
+        "client_secret_key": getattr(args, "client_key", None) or None,
+    }
+
+
+def open_client(host: str, port: int, args: argparse.Namespace) -> Any:
+    """A PolicyClient that has answered a ping; otherwise SystemExit with one line saying why (keys, or no answer)."""
+    from gr00t_client import HandshakeError, PolicyClient, PolicyTimeoutError
+
+    try:
+        client = PolicyClient(host=host, port=port, **client_options(args))
+    except ValueError as exc:  # a malformed key or key file
+        raise SystemExit(f"error: {exc}") from None
+    try:
+        client.call_endpoint("ping", requires_input=False)
+    except HandshakeError as exc:
+        client.close()
+        raise SystemExit(f"error: {exc}") from None
+    except (PolicyTimeoutError, ConnectionError):
+        client.close()
+        raise SystemExit(f"error: no policy server answered at tcp://{host}:{port} within {args.timeout_ms} ms") from None
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def portable_keys(args: argparse.Namespace) -> Optional[Tuple[str, Optional[str]]]:
+    """The CURVE keys as z85 strings (server public, client secret or None), read here so remote workers need no files."""
+    from gr00t_client.curve import load_key_pair, load_public_key
+
+    options = client_options(args)
+    if options["server_public_key"] is None:
+        if options["client_secret_key"] is not None:
+            raise SystemExit("error: --client-key needs --server-public-key")
+        return None
+    try:
+        server_public = load_public_key(options["server_public_key"], "--server-public-key").decode("ascii")
+        secret = options["client_secret_key"]
+        client_secret = load_key_pair(secret, "--client-key")[1].decode("ascii") if secret is not None else None
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    return server_public, client_secret
