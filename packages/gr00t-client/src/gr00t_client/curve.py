@@ -47,7 +47,7 @@ def _as_text(value: KeySource, what: str) -> str:
         except UnicodeDecodeError:
             raise ValueError(f"{what} must be a 40-character z85 key or a certificate path; got {len(value)} non-ASCII bytes") from None
     if isinstance(value, (str, os.PathLike)):
-        return os.fspath(value)
+        return os.path.expanduser(os.fspath(value))  # '~' is not a z85 character: a z85 key passes unchanged
     raise TypeError(f"{what} must be a z85 key string or a certificate path, got {type(value).__name__}")
 
 
