@@ -82,6 +82,13 @@ def _add_checkpoint_parser(subparsers: Any) -> None:
     p.add_argument("output", help="output directory")
     p.add_argument(*_flag("size"), default="tiny", choices=["tiny", "small"], help="model size (default tiny)")
     p.add_argument(*_flag("seed"), type=int, default=0, help="weight seed (default 0)")
+    p.add_argument(*_flag("embodiment"), default=None, choices=["libero", "metaworld", "new_embodiment", "pusht"],
+                   help="write one tag with the key set of this gr00t-eval env (default: the new_embodiment and "
+                   "libero_sim key sets)")
+    p.add_argument(*_flag("dataset-path"), default=None,
+                   help="write one tag with this recorded LeRobot dataset's keys, modality configs and statistics")
+    p.add_argument(*_flag("embodiment-tag"), default="new_embodiment",
+                   help="the tag to write with --embodiment/--dataset-path (default new_embodiment)")
 
 
 def _add_keygen_parser(subparsers: Any) -> None:
@@ -274,8 +281,14 @@ def _curve_settings(args: argparse.Namespace) -> Any:
 def make_test_checkpoint(args: argparse.Namespace) -> int:
     from .test_checkpoint import make_test_checkpoint as write_checkpoint
 
-    path = write_checkpoint(args.output, size=args.size, seed=args.seed)
-    print(f"Wrote {args.size} test checkpoint to {path or args.output}")
+    if args.embodiment is None and args.dataset_path is None:
+        path = write_checkpoint(args.output, size=args.size, seed=args.seed)
+        print(f"Wrote {args.size} test checkpoint to {path or args.output}")
+        return 0
+    path = write_checkpoint(args.output, size=args.size, seed=args.seed, embodiment_tags=[args.embodiment_tag],
+                            embodiment=args.embodiment, dataset_path=args.dataset_path)
+    source = f"dataset {args.dataset_path}" if args.dataset_path else f"the {args.embodiment} env"
+    print(f"Wrote {args.size} test checkpoint to {path} (tag {args.embodiment_tag}, keys of {source})")
     return 0
 
 

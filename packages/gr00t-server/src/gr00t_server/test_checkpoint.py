@@ -4,6 +4,10 @@ Files: config.json, model.safetensors, processor_config.json, statistics.json, e
 tokenizer.json, tokenizer_config.json, vocab.json, merges.txt, added_tokens.json, special_tokens_map.json,
 chat_template.jinja, preprocessor_config.json.
 `Gr00tPolicy` loads it through the same code path as a user's checkpoint.
+
+By default it holds the `new_embodiment` and `libero_sim` key sets. With `embodiment=` ("metaworld", "pusht", ...)
+it holds one tag with the key set of that gr00t-eval env adapter, and with `dataset_path=` one tag with a recorded
+LeRobot dataset's keys and statistics, so `serve --model-path` + `open-loop` + `rollout` run offline end to end.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -47,6 +51,34 @@ _SPECS: Dict[str, Dict[str, Any]] = {
         "mean_std_state": ["joints"],
     },
 }
+_ABSOLUTE = ("ABSOLUTE", "NON_EEF", "DEFAULT", None)
+_EVAL_LANGUAGE = "annotation.human.action.task_description"  # what gr00t-eval's adapters and recorder write
+
+# The key sets of gr00t-eval's env adapters (gr00t_eval/rollout/adapters/), by --embodiment name; "ranges" pins a
+# key's statistics to its physical range, so a random model's actions land where the env accepts them.
+EMBODIMENT_SPECS: Dict[str, Dict[str, Any]] = {
+    "metaworld": {
+        "video": ["corner2"],
+        "state": [("eef_pos", 3), ("gripper", 1), ("objects", 14), ("goal", 3)],
+        "action": [("eef_delta", 3), ("gripper", 1)],
+        "action_configs": [_ABSOLUTE] * 2,
+        "horizon": 16,
+        "language": _EVAL_LANGUAGE,
+        "ranges": {"action": {"eef_delta": (-1.0, 1.0), "gripper": (-1.0, 1.0)}},
+    },
+    "pusht": {
+        "video": ["image"],
+        "state": [("agent_pos", 2)],
+        "action": [("agent_pos", 2)],
+        "action_configs": [_ABSOLUTE],
+        "horizon": 16,
+        "language": _EVAL_LANGUAGE,
+        "ranges": {"state": {"agent_pos": (0.0, 512.0)}, "action": {"agent_pos": (0.0, 512.0)}},
+    },
+    "libero": _SPECS["libero_sim"],
+    "new_embodiment": _SPECS["new_embodiment"],
+}
+
 _GENERIC_SPEC: Dict[str, Any] = {
     "video": ["image"],
     "state": [("state", 8)],
@@ -61,9 +93,44 @@ def _spec(tag: str) -> Dict[str, Any]:
     return _SPECS.get(tag, _GENERIC_SPEC)
 
 
-def modality_configs_for(tag: str) -> Dict[str, ModalityConfig]:
-    """The modality configs a test checkpoint writes for `tag` (LIBERO-like, new_embodiment, or generic)."""
-    spec = _spec(tag)
+def spec_from_dataset(dataset_path: Union[str, Path], horizon: int = 16) -> Dict[str, Any]:
+    """A key set with the dataset's cameras, state/action groups and first language key, and its statistics."""
+    from gr00t_eval.dataset import LeRobotDataset
+
+    dataset = LeRobotDataset(dataset_path)
+    if not dataset.action_keys or not dataset.state_keys:
+        raise ValueError(f"dataset {dataset_path} needs state and action groups in meta/modality.json for a checkpoint")
+    stats = {
+        kind: {key: {name: values.tolist() for name, values in dataset.group_stats(kind, key).items()} for key in keys}
+        for kind, keys in (("state", dataset.state_keys), ("action", dataset.action_keys))
+    }
+    return {
+        "video": list(dataset.video_keys),
+        "state": list(dataset.state_dims().items()),
+        "action": list(dataset.action_dims().items()),
+        "action_configs": [_ABSOLUTE] * len(dataset.action_keys),
+        "horizon": horizon,
+        "language": dataset.language_keys[0] if dataset.language_keys else _EVAL_LANGUAGE,
+        "stats": stats,
+    }
+
+
+def _check_dataset_matches(embodiment: str, spec: Dict[str, Any], dataset_path: Union[str, Path]) -> None:
+    expected = EMBODIMENT_SPECS[embodiment]
+    for group in ("video", "state", "action"):
+        want = [k if isinstance(k, str) else k[0] for k in expected[group]]
+        got = [k if isinstance(k, str) else k[0] for k in spec[group]]
+        if sorted(want) != sorted(got):
+            raise ValueError(
+                f"dataset {dataset_path} has {group} keys {got}, but embodiment {embodiment!r} uses {want}; "
+                "record it with that env, or leave out --embodiment to take the dataset's keys"
+            )
+
+
+def modality_configs_for(tag: str, spec: Optional[Dict[str, Any]] = None) -> Dict[str, ModalityConfig]:
+    """The modality configs a test checkpoint writes for `tag` (LIBERO-like, new_embodiment, or generic),
+    or for an explicit key set `spec` (EMBODIMENT_SPECS, spec_from_dataset)."""
+    spec = spec or _spec(tag)
     return {
         "video": ModalityConfig(delta_indices=[0], modality_keys=list(spec["video"])),
         "state": ModalityConfig(
@@ -94,13 +161,26 @@ def _key_stats(rng: np.random.Generator, shape: Tuple[int, ...], spread: float =
     }
 
 
-def statistics_for(tag: str, seed: int = 0) -> Dict[str, Any]:
-    """Synthetic statistics.json entry: per-dim state/action stats, per-step [T][D] relative stats."""
-    spec = _spec(tag)
+def _range_stats(lo: float, hi: float, dim: int) -> Dict[str, List]:
+    def row(value: float) -> List[float]:
+        return [float(value)] * dim
+
+    return {"min": row(lo), "max": row(hi), "mean": row((lo + hi) / 2), "std": row((hi - lo) / 4), "q01": row(lo), "q99": row(hi)}
+
+
+def statistics_for(tag: str, seed: int = 0, spec: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """statistics.json entry: per-dim state/action stats (a dataset's own, a key's physical range, or synthetic),
+    per-step [T][D] relative stats for RELATIVE actions."""
+    spec = spec or _spec(tag)
+    if "stats" in spec:
+        return {kind: dict(spec["stats"][kind]) for kind in ("state", "action")}
     rng = np.random.default_rng(seed)
+    ranges = spec.get("ranges", {})
     out: Dict[str, Any] = {
-        "state": {k: _key_stats(rng, (d,)) for k, d in spec["state"]},
-        "action": {k: _key_stats(rng, (d,)) for k, d in spec["action"]},
+        kind: {
+            k: _range_stats(*ranges[kind][k], d) if k in ranges.get(kind, {}) else _key_stats(rng, (d,)) for k, d in spec[kind]
+        }
+        for kind in ("state", "action")
     }
     relative = {
         key: _key_stats(rng, (spec["horizon"], dim), spread=0.1)
@@ -121,10 +201,25 @@ def _embodiment_ids(tags: Sequence[str]) -> Dict[str, int]:
     return ids
 
 
-def processor_kwargs_for(tags: Sequence[str], model_name: str, max_state_dim: int, max_action_dim: int, max_action_horizon: int) -> Dict[str, Any]:
-    """processor_kwargs with the released checkpoints' values (model.md §1.4) and the tags' modality configs."""
-    return {
-        "modality_configs": {tag: {m: c.to_json_dict() for m, c in modality_configs_for(tag).items()} for tag in tags},
+def processor_kwargs_for(
+    tags: Sequence[str],
+    model_name: str,
+    max_state_dim: int,
+    max_action_dim: int,
+    max_action_horizon: int,
+    specs: Optional[Mapping[str, Dict[str, Any]]] = None,
+    strict_action_padding_mask: bool = False,
+) -> Dict[str, Any]:
+    """processor_kwargs with the released checkpoints' values (model.md §1.4) and the tags' modality configs.
+
+    `strict_action_padding_mask` is written only when true: the released upstream processor (626af89) has no
+    such argument and refuses a processor_config.json that carries it.
+    """
+    specs = specs or {}
+    kwargs: Dict[str, Any] = {
+        "modality_configs": {
+            tag: {m: c.to_json_dict() for m, c in modality_configs_for(tag, specs.get(tag)).items()} for tag in tags
+        },
         "image_crop_size": [230, 230],
         "image_target_size": [256, 256],
         "use_albumentations": True,
@@ -139,7 +234,6 @@ def processor_kwargs_for(tags: Sequence[str], model_name: str, max_state_dim: in
         "max_state_dim": max_state_dim,
         "max_action_dim": max_action_dim,
         "max_action_horizon": max_action_horizon,
-        "strict_action_padding_mask": False,
         "use_percentiles": True,
         "use_mean_std": False,
         "clip_outliers": True,
@@ -148,6 +242,9 @@ def processor_kwargs_for(tags: Sequence[str], model_name: str, max_state_dim: in
         "exclude_state": False,
         "state_dropout_prob": 0.0,
     }
+    if strict_action_padding_mask:
+        kwargs["strict_action_padding_mask"] = True
+    return kwargs
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -159,8 +256,24 @@ def make_test_checkpoint(
     size: str = "tiny",
     embodiment_tags: Sequence[str] = ("new_embodiment", "libero_sim"),
     seed: int = 0,
+    *,
+    embodiment: Optional[str] = None,
+    dataset_path: Optional[Union[str, Path]] = None,
 ) -> Path:
-    """Write a random-weight checkpoint (`size` "tiny" or "small") for `embodiment_tags`; return its folder."""
+    """Write a random-weight checkpoint (`size` "tiny" or "small") for `embodiment_tags`; return its folder.
+
+    With `embodiment` (a name in EMBODIMENT_SPECS) and/or `dataset_path` (a recorded LeRobot dataset, whose keys and
+    statistics are used), the checkpoint holds one tag, the first of `embodiment_tags`, with that key set.
+    """
+    if size not in ("tiny", "small"):
+        raise ValueError(f"unknown test checkpoint size {size!r}; expected one of ['small', 'tiny']")
+    tags = [str(getattr(t, "value", t)) for t in embodiment_tags]
+    if not tags:
+        raise ValueError("make_test_checkpoint needs at least one embodiment tag")
+    specs = _key_set_specs(tags[0], embodiment, dataset_path)  # before torch: a wrong name fails at once
+    if specs:
+        tags = tags[:1]
+
     import torch
 
     from gr00t_server.model.checkpoint import save_model
@@ -169,13 +282,7 @@ def make_test_checkpoint(
     from gr00t_server.processing.test_assets import DEFAULT_SPECIAL_TOKEN_IDS, build_test_tokenizer
     from gr00t_server.processing.vision_patches import VisionPatchConfig
 
-    presets = {"tiny": tiny_config, "small": small_config}
-    if size not in presets:
-        raise ValueError(f"unknown test checkpoint size {size!r}; expected one of {sorted(presets)}")
-    tags = [str(getattr(t, "value", t)) for t in embodiment_tags]
-    if not tags:
-        raise ValueError("make_test_checkpoint needs at least one embodiment tag")
-    config = presets[size]()
+    config = {"tiny": tiny_config, "small": small_config}[size]()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -195,12 +302,29 @@ def make_test_checkpoint(
     )
     build_test_tokenizer(out, special_token_ids=special_ids)
     _write_json(out / "preprocessor_config.json", VisionPatchConfig().to_dict())
-    kwargs = processor_kwargs_for(tags, config.model_name, config.max_state_dim, config.max_action_dim, config.action_horizon)
+    kwargs = processor_kwargs_for(
+        tags, config.model_name, config.max_state_dim, config.max_action_dim, config.action_horizon, specs,
+        strict_action_padding_mask=bool(getattr(config, "strict_action_padding_mask", False)),
+    )
     _write_json(out / "processor_config.json", {"processor_class": "Gr00tN1d7Processor", "processor_kwargs": kwargs})
-    _write_json(out / "statistics.json", {tag: statistics_for(tag, seed + i) for i, tag in enumerate(tags)})
+    _write_json(out / "statistics.json", {tag: statistics_for(tag, seed + i, specs.get(tag)) for i, tag in enumerate(tags)})
     _write_json(out / "embodiment_id.json", _embodiment_ids(tags))
     logger.info("wrote %s test checkpoint for %s to %s", size, tags, out)
     return out
+
+
+def _key_set_specs(tag: str, embodiment: Optional[str], dataset_path: Optional[Union[str, Path]]) -> Dict[str, Dict[str, Any]]:
+    """{tag: key set} for an --embodiment / --dataset-path checkpoint; {} for the default key sets."""
+    if embodiment is not None and embodiment not in EMBODIMENT_SPECS:
+        raise ValueError(f"unknown embodiment {embodiment!r}; expected one of {sorted(EMBODIMENT_SPECS)}")
+    if dataset_path is not None:
+        spec = spec_from_dataset(dataset_path)
+        if embodiment is not None:
+            _check_dataset_matches(embodiment, spec, dataset_path)
+        return {tag: spec}
+    if embodiment is not None:
+        return {tag: EMBODIMENT_SPECS[embodiment]}
+    return {}
 
 
 def example_observation(
