@@ -59,7 +59,7 @@ def test_batch_with_a_good_and_broken_jobs_finishes_marks_the_broken_ones_and_re
     assert code == 1
     batch = json.loads((tmp_path / "out" / "batch_results.json").read_text())
     status = {job["name"]: job["status"] for job in batch["jobs"]}
-    assert status == {"server-gone": "failed", "good": "ok", "bad-env": "failed", "wrong-token": "failed"}
+    assert status == {"server-gone": "failed", "good": "done", "bad-env": "failed", "wrong-token": "failed"}
     assert batch["n_failed"] == 3
     reasons = {job["name"]: job["reason"] for job in batch["jobs"]}
     assert "did not answer ping within 300 ms" in reasons["server-gone"]
@@ -70,7 +70,8 @@ def test_batch_with_a_good_and_broken_jobs_finishes_marks_the_broken_ones_and_re
     table = capsys.readouterr().out
     for name in status:
         assert re.search(rf"^{name}\s", table, re.MULTILINE), table
-    assert re.search(r"^good\s+ok\s+2\s+6\s", table, re.MULTILINE), table
+    assert re.search(r"^good\s+done\s+2\s+6\s+0\s", table, re.MULTILINE), table  # 6 episodes, 0 errors
+    assert reasons["bad-env"] in table  # reasons are printed whole, never cut
 
 
 def test_batch_rewrites_the_combined_file_after_each_job(tmp_path):
@@ -78,12 +79,13 @@ def test_batch_rewrites_the_combined_file_after_each_job(tmp_path):
 
     def factory(server):
         output = tmp_path / "batch.json"
-        seen.append(json.loads(output.read_text())["jobs"] if output.exists() else [])
+        seen.append([job["status"] for job in json.loads(output.read_text())["jobs"]])
         raise ConnectionError("no server in this test")
 
     jobs = [Job(f"j{i}", "walkto/fast", PolicyServerAddress("127.0.0.1", 1)) for i in range(3)]
     batch = run_batch(jobs, tmp_path / "batch.json", policy_factory=factory)
-    assert [len(jobs_so_far) for jobs_so_far in seen] == [0, 1, 2]
+    # Every job is listed from the start (pending) and each finished one is saved before the next starts.
+    assert seen == [["pending"] * 3, ["failed", "pending", "pending"], ["failed", "failed", "pending"]]
     assert [job["reason"] for job in batch["jobs"]] == ["ConnectionError: no server in this test"] * 3
 
 
@@ -93,3 +95,72 @@ def test_the_documented_example_job_file_is_valid(tmp_path, monkeypatch):
     jobs = load_jobs(write_jobs(tmp_path, json.loads(block)))
     assert [type(job) for job in jobs] == [Job, Job]
     assert jobs[1].server.api_token == "example" and jobs[1].rollout_config().n_episodes == 50
+
+
+def test_arena_job_field_names_are_accepted_as_aliases(tmp_path):
+    path = write_jobs(tmp_path, [{
+        "name": "arena", "num_episodes": 4, "num_envs": 2, "num_steps": 9, "policy_type": "gr00t_remote",
+        "policy_config_dict": {"remote_host": "gpu-box", "remote_port": 5556, "timeout_ms": 1234},
+        "arena_env_args": {"environment": "walkto/fast", "speed_bonus": 1},
+    }])
+    [job] = load_jobs(path)
+    assert isinstance(job, Job), job
+    config = job.rollout_config()
+    assert (job.env_name, config.n_episodes, config.n_envs, config.max_episode_steps) == ("walkto/fast", 4, 2, 9)
+    assert (job.server.host, job.server.port, job.server.timeout_ms) == ("gpu-box", 5556, 1234)
+    assert config.env_kwargs == {"speed_bonus": 1}
+
+
+def test_a_model_setting_in_policy_config_dict_is_refused_with_a_hint(tmp_path):
+    path = write_jobs(tmp_path, [{"name": "m", "env_name": "walkto/fast", "policy_config_dict": {"model_path": "/ckpt", "port": 1}}])
+    [error] = load_jobs(path)
+    assert isinstance(error, JobError) and "'model_path'" in str(error) and "gr00t-server serve" in str(error)
+
+
+def test_invalid_jobs_keep_their_names_and_duplicate_names_are_refused(tmp_path):
+    path = write_jobs(tmp_path, [
+        {"name": "typo", "env_name": "walkto/fast", "policy_server": {"port": 1}, "n_episode": 3},
+        {"name": "same", "env_name": "walkto/fast", "policy_server": {"port": 1}},
+        {"name": "same", "env_name": "walkto/slow", "policy_server": {"port": 1}},
+    ])
+    typo, first, duplicate = load_jobs(path)
+    assert isinstance(typo, JobError) and typo.job_name == "typo"
+    assert isinstance(first, Job)
+    assert isinstance(duplicate, JobError) and "duplicate job name" in str(duplicate)
+    batch = run_batch([typo, first, duplicate], policy_factory=lambda server: (_ for _ in ()).throw(ConnectionError("x")))
+    assert [job["name"] for job in batch["jobs"]] == ["typo", "same", "same#2"]
+    assert batch["jobs"][0]["reason"].startswith("invalid job: job 'typo'")
+
+
+def test_batch_resume_keeps_done_jobs_and_runs_the_others_again(tmp_path):
+    with policy_server() as server:
+        good = {"port": server.port, "timeout_ms": 5000}
+        path = write_jobs(tmp_path, {"defaults": SMALL, "jobs": [
+            {"name": "good", "env_name": "walkto/fast", "policy_server": good},
+            {"name": "later", "env_name": "walkto/slow", "policy_server": {"port": free_port(), "timeout_ms": 300}},
+        ]})
+        out = tmp_path / "out"
+        assert run_cli(["batch", "--jobs", str(path), "--output-dir", str(out)]) == 1
+        first = json.loads((out / "batch_results.json").read_text())
+        assert [j["status"] for j in first["jobs"]] == ["done", "failed"] and first["status"] == "complete"
+        # The second job's server comes up: point the saved job file at it and resume.
+        saved = json.loads((out / "jobs.json").read_text())
+        saved["jobs"][1]["policy_server"] = good
+        (out / "jobs.json").write_text(json.dumps(saved))
+        assert run_cli(["batch", "--resume", str(out)]) == 0
+    resumed = json.loads((out / "batch_results.json").read_text())
+    assert [j["status"] for j in resumed["jobs"]] == ["done", "done"]
+    assert resumed["jobs"][0] == first["jobs"][0]  # kept as it was, not run again
+    assert resumed["jobs"][1]["results"]["overall"]["n_episodes"] == 3
+
+
+def test_batch_refuses_a_non_empty_output_dir(tmp_path):
+    path = write_jobs(tmp_path, [{"name": "a", "env_name": "walkto/fast", "policy_server": {"port": 1}}])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("x")
+    from gr00t_eval.run_dir import OutputDirError
+    import pytest
+
+    with pytest.raises(OutputDirError, match="--overwrite"):
+        run_cli(["batch", "--jobs", str(path), "--output-dir", str(out)])

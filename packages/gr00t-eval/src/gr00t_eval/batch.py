@@ -1,7 +1,9 @@
 """`gr00t-eval batch --jobs jobs.json`: run rollout jobs in sequence, isolate failures, write one combined file.
 
 The job file format is documented in docs/batch-jobs.md. A job that cannot run (bad env, unknown field,
-policy server gone) is marked failed with its reason and the next job runs.
+policy server gone) or whose episodes errored is marked failed with its reason and the next job runs. Every
+job has a status, pending, done or failed, in batch_results.json, rewritten after each job; `--resume DIR`
+runs the jobs that are not done. IsaacLab-Arena's job field names are accepted as aliases (ARENA_ALIASES).
 """
 
 from __future__ import annotations
@@ -24,14 +26,24 @@ from .shard import run_suite
 logger = logging.getLogger(__name__)
 
 BATCH_RESULTS_FILENAME = "batch_results.json"
-JOB_KEYS = {"name", "env_name", "policy_server", "n_episodes", "max_episode_steps", "n_envs", "seed", "overrides"}
+JOB_KEYS = {"name", "env_name", "policy_server", "n_episodes", "max_episode_steps", "n_envs", "seed", "overrides", "policy_type"}
+# IsaacLab-Arena job fields -> ours (policy_config_dict and arena_env_args are translated in _arena_fields).
+ARENA_ALIASES = {"num_episodes": "n_episodes", "num_envs": "n_envs", "num_steps": "max_episode_steps"}
+ARENA_SERVER_KEYS = {"host": "host", "remote_host": "host", "port": "port", "remote_port": "port",
+                     "api_token": "api_token", "api_token_env": "api_token_env", "timeout_ms": "timeout_ms"}
+ARENA_ENV_NAME_KEYS = ("env_name", "environment", "task")
+PENDING, DONE, FAILED = "pending", "done", "failed"
 SERVER_KEYS = {"host", "port", "api_token", "api_token_env", "timeout_ms"}
 CONFIG_FIELDS = {f.name for f in dataclasses.fields(RolloutConfig)} - {"env_name"}
 DEFAULT_TIMEOUT_MS = 15000
 
 
 class JobError(ValueError):
-    """A job's description is invalid (the message names the job and the field)."""
+    """A job's description is invalid (the message names the job and the field); `job_name` when it has one."""
+
+    def __init__(self, message: str, job_name: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.job_name = job_name
 
 
 @dataclass(frozen=True)
@@ -76,6 +88,39 @@ def _server(name: str, raw: Any) -> PolicyServerAddress:
     return PolicyServerAddress(str(raw.get("host", "127.0.0.1")), int(raw["port"]), token, int(raw.get("timeout_ms", DEFAULT_TIMEOUT_MS)))
 
 
+def _arena_fields(name: str, merged: Dict[str, Any]) -> None:
+    """Translate IsaacLab-Arena's job fields in place: num_* counts, policy_config_dict, arena_env_args."""
+    for arena, ours in ARENA_ALIASES.items():
+        if arena in merged:
+            if ours in merged and merged[ours] != merged[arena]:
+                raise JobError(f"job {name!r}: {arena!r} and {ours!r} both given with different values", name)
+            merged[ours] = merged.pop(arena)
+    config = merged.pop("policy_config_dict", None)
+    if config is not None:
+        if not isinstance(config, Mapping):
+            raise JobError(f"job {name!r}: 'policy_config_dict' must be an object, got {config!r}", name)
+        server = dict(merged.get("policy_server") or {})
+        for key, value in config.items():
+            if key not in ARENA_SERVER_KEYS:
+                raise JobError(f"job {name!r}: policy_config_dict key {key!r} has no meaning for a remote policy server; "
+                               f"allowed: {sorted(ARENA_SERVER_KEYS)} (model settings belong to `gr00t-server serve`)", name)
+            server[ARENA_SERVER_KEYS[key]] = value
+        merged["policy_server"] = server
+    env_args = merged.pop("arena_env_args", None)
+    if env_args is not None:
+        if not isinstance(env_args, Mapping):
+            raise JobError(f"job {name!r}: 'arena_env_args' must be an object, got {env_args!r}", name)
+        env_args = dict(env_args)
+        for key in ARENA_ENV_NAME_KEYS:
+            if key in env_args:
+                merged.setdefault("env_name", env_args.pop(key))
+                break
+        if env_args:
+            overrides = dict(merged.get("overrides") or {})
+            overrides["env_kwargs"] = {**dict(overrides.get("env_kwargs") or {}), **env_args}
+            merged["overrides"] = overrides
+
+
 def parse_job(raw: Any, index: int, defaults: Optional[Mapping[str, Any]] = None) -> Job:
     """One job object (merged over `defaults`) -> Job; raises JobError naming the job and the bad field."""
     if not isinstance(raw, Mapping):
@@ -83,24 +128,35 @@ def parse_job(raw: Any, index: int, defaults: Optional[Mapping[str, Any]] = None
     merged = {**(defaults or {}), **raw}
     merged["overrides"] = {**((defaults or {}).get("overrides") or {}), **(raw.get("overrides") or {})}
     name = str(merged.get("name") or f"job-{index}")
+    _arena_fields(name, merged)
     unknown = set(merged) - JOB_KEYS
     if unknown:
-        raise JobError(f"job {name!r}: unknown fields {sorted(unknown)}; allowed: {sorted(JOB_KEYS)}")
+        raise JobError(f"job {name!r}: unknown fields {sorted(unknown)}; allowed: {sorted(JOB_KEYS | set(ARENA_ALIASES) | {'policy_config_dict', 'arena_env_args'})}", name)
     if not merged.get("env_name"):
-        raise JobError(f"job {name!r}: 'env_name' (env names or suites, comma-separated) is required")
+        raise JobError(f"job {name!r}: 'env_name' (env names or suites, comma-separated) is required", name)
     if "policy_server" not in merged:
-        raise JobError(f"job {name!r}: 'policy_server' ({{'host': ..., 'port': ...}}) is required")
+        raise JobError(f"job {name!r}: 'policy_server' ({{'host': ..., 'port': ...}}) is required", name)
     config = {k: merged[k] for k in ("n_episodes", "max_episode_steps", "n_envs", "seed") if k in merged}
     for key, value in merged["overrides"].items():
         if key not in CONFIG_FIELDS:
-            raise JobError(f"job {name!r}: override {key!r} is not a rollout setting; allowed: {sorted(CONFIG_FIELDS)}")
+            raise JobError(f"job {name!r}: override {key!r} is not a rollout setting; allowed: {sorted(CONFIG_FIELDS)}", name)
         config[key] = value
-    return Job(name, str(merged["env_name"]), _server(name, merged["policy_server"]), config)
+    try:
+        return Job(name, str(merged["env_name"]), _server(name, merged["policy_server"]), config)
+    except JobError as exc:
+        exc.job_name = name
+        raise
 
 
 def load_jobs(path: Union[str, Path]) -> List[Union[Job, JobError]]:
-    """Read a job file: {"defaults": {...}, "jobs": [...]} or a bare list; invalid jobs come back as JobError."""
-    data = json.loads(Path(path).read_text())
+    """Read a job file: {"defaults": {...}, "jobs": [...]} or a bare list; invalid jobs come back as JobError.
+
+    Job names must be unique (they name the rows of the table and the jobs a resumed batch skips).
+    """
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise JobError(f"{path}: not valid JSON ({exc})") from None
     defaults: Mapping[str, Any] = {}
     if isinstance(data, Mapping):
         unknown = set(data) - {"defaults", "jobs"}
@@ -110,11 +166,21 @@ def load_jobs(path: Union[str, Path]) -> List[Union[Job, JobError]]:
     if not isinstance(data, list):
         raise JobError(f"{path}: 'jobs' must be a list, got {type(data).__name__}")
     jobs: List[Union[Job, JobError]] = []
+    seen: Dict[str, int] = {}
     for index, raw in enumerate(data):
+        raw_name = raw.get("name") if isinstance(raw, Mapping) else None
         try:
-            jobs.append(parse_job(raw, index, defaults))
+            job: Union[Job, JobError] = parse_job(raw, index, defaults)
         except (JobError, TypeError, ValueError) as exc:
-            jobs.append(exc if isinstance(exc, JobError) else JobError(f"job #{index}: {exc}"))
+            name = getattr(exc, "job_name", None) or (str(raw_name) if raw_name else None)
+            job = exc if isinstance(exc, JobError) else JobError(f"job {name or '#' + str(index)!s}: {exc}", name)
+            job.job_name = name
+        name = job.name if isinstance(job, Job) else job.job_name
+        if name is not None and name in seen:
+            job = JobError(f"job {name!r}: duplicate job name (job #{seen[name]} has it too); names must be unique", f"{name}#{index}")
+        elif name is not None:
+            seen[name] = index
+        jobs.append(job)
     return jobs
 
 
@@ -127,26 +193,41 @@ def connect(server: PolicyServerAddress) -> PolicyClient:
     return client
 
 
+def _episode_errors(results: Mapping[str, Any]) -> Optional[str]:
+    errored = [e for e in results["per_episode"] if e.get("error")]
+    if not errored:
+        return None
+    return f"{len(errored)} of {len(results['per_episode'])} episodes errored, e.g. {errored[0]['error']}"
+
+
 def run_job(job: Job, policy_factory: Callable[[PolicyServerAddress], BasePolicy] = connect, progress: bool = False) -> Dict[str, Any]:
-    """Run one job; returns its record {name, status ok|failed, reason, wall_s, results}."""
+    """Run one job; returns its record {name, status done|failed, reason, n_errors, wall_s, results}.
+
+    KeyboardInterrupt propagates (the batch marks the job pending again).
+    """
     start = time.perf_counter()
     record: Dict[str, Any] = {"name": job.name, "env_name": job.env_name, "policy_server": str(job.server),
-                              "status": "ok", "reason": None, "results": None}
+                              "status": DONE, "reason": None, "n_errors": 0, "results": None}
     policy = None
     try:
         config = job.rollout_config()
         policy = policy_factory(job.server)
         results = run_suite(policy, job.env_name, config, progress=progress)
         record["results"] = results
+        record["n_errors"] = results["overall"].get("n_errors", 0)
+        if results.get("status") == "interrupted":
+            raise KeyboardInterrupt
         reasons = [f"{task}: {error}" for task, error in results["failed_tasks"].items()]
-        failed_episodes = [e for e in results["per_episode"] if e.get("failure_reason")]
-        if not reasons and failed_episodes and len(failed_episodes) == len(results["per_episode"]):
-            reasons.append(f"every episode failed, e.g. {failed_episodes[0]['failure_reason']}")
+        if results.get("status") == "aborted":
+            reasons.append(str(results.get("stop_reason")))
+        episode_errors = _episode_errors(results)
+        if episode_errors:
+            reasons.append(episode_errors)
         if reasons:
-            record["status"], record["reason"] = "failed", "; ".join(reasons)
+            record["status"], record["reason"] = FAILED, "; ".join(reasons)
     except Exception as exc:  # noqa: BLE001 - one broken job must not stop the batch
         logger.error("job %s failed: %s: %s", job.name, type(exc).__name__, exc)
-        record["status"], record["reason"] = "failed", f"{type(exc).__name__}: {exc}"
+        record["status"], record["reason"] = FAILED, f"{type(exc).__name__}: {exc}"
     finally:
         close = getattr(policy, "close", None)
         if close is not None:
@@ -155,28 +236,67 @@ def run_job(job: Job, policy_factory: Callable[[PolicyServerAddress], BasePolicy
     return record
 
 
+def _invalid_record(job: JobError, index: int) -> Dict[str, Any]:
+    return {"name": job.job_name or f"job-{index}", "env_name": None, "policy_server": None, "status": FAILED,
+            "reason": f"invalid job: {job}", "n_errors": 0, "results": None, "wall_s": 0.0}
+
+
+def _pending_record(job: Union[Job, JobError], index: int) -> Dict[str, Any]:
+    if isinstance(job, JobError):
+        return _invalid_record(job, index)
+    return {"name": job.name, "env_name": job.env_name, "policy_server": str(job.server), "status": PENDING,
+            "reason": None, "n_errors": 0, "results": None, "wall_s": 0.0}
+
+
+def _count(batch: Dict[str, Any]) -> None:
+    batch["n_failed"] = sum(1 for r in batch["jobs"] if r["status"] == FAILED)
+    batch["n_pending"] = sum(1 for r in batch["jobs"] if r["status"] == PENDING)
+    batch["n_done"] = sum(1 for r in batch["jobs"] if r["status"] == DONE)
+
+
 def run_batch(jobs: Sequence[Union[Job, JobError]], output_path: Optional[Union[str, Path]] = None,
-              policy_factory: Callable[[PolicyServerAddress], BasePolicy] = connect, progress: bool = False) -> Dict[str, Any]:
-    """Run jobs in order; the combined file is rewritten after each job so a crash keeps the finished ones."""
-    batch: Dict[str, Any] = {"kind": "batch", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "jobs": []}
+              policy_factory: Callable[[PolicyServerAddress], BasePolicy] = connect, progress: bool = False,
+              previous: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """Run jobs in order; the combined file is rewritten after each job so a crash keeps the finished ones.
+
+    `previous` (an earlier batch_results.json of the same jobs) resumes: jobs it marks done are kept, not rerun.
+    On Ctrl-C/SIGTERM the running job goes back to pending, the file says "status": "interrupted", and
+    KeyboardInterrupt propagates.
+    """
+    batch: Dict[str, Any] = {"kind": "batch", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                             "status": "running", "jobs": [_pending_record(job, i) for i, job in enumerate(jobs)]}
+    kept = {r["name"]: r for r in (previous or {}).get("jobs", []) if r.get("status") == DONE}
     for index, job in enumerate(jobs):
-        if isinstance(job, JobError):
-            record = {"name": f"job-{index}", "env_name": None, "policy_server": None, "status": "failed",
-                      "reason": f"invalid job: {job}", "results": None, "wall_s": 0.0}
-        else:
-            logger.info("job %d/%d: %s (%s on %s)", index + 1, len(jobs), job.name, job.env_name, job.server)
-            record = run_job(job, policy_factory, progress)
-        batch["jobs"].append(record)
-        batch["n_failed"] = sum(1 for r in batch["jobs"] if r["status"] != "ok")
+        if isinstance(job, Job) and job.name in kept:
+            batch["jobs"][index] = kept[job.name]
+    _count(batch)
+
+    def save() -> None:
         if output_path is not None:
             write_results(output_path, batch)
-    batch["n_failed"] = sum(1 for r in batch["jobs"] if r["status"] != "ok")
+
+    save()
+    for index, job in enumerate(jobs):
+        if isinstance(job, JobError) or batch["jobs"][index]["status"] == DONE:
+            continue
+        logger.info("job %d/%d: %s (%s on %s)", index + 1, len(jobs), job.name, job.env_name, job.server)
+        try:
+            batch["jobs"][index] = run_job(job, policy_factory, progress)
+        except KeyboardInterrupt:
+            batch["status"] = "interrupted"
+            _count(batch)
+            save()
+            raise
+        _count(batch)
+        save()
+    batch["status"] = "complete"
+    save()
     return batch
 
 
 def format_table(batch: Mapping[str, Any]) -> str:
-    """A plain-text table: one row per job with status, episodes, success and reason."""
-    header = ("job", "status", "tasks", "episodes", "success %", "avg_sum_reward", "eval_s", "reason")
+    """A plain-text table: one row per job with status, episodes, errors, success and the full reason."""
+    header = ("job", "status", "tasks", "episodes", "errors", "success %", "avg_sum_reward", "eval_s", "reason")
     rows = [header]
     for record in batch["jobs"]:
         overall = (record.get("results") or {}).get("overall") or {}
@@ -186,11 +306,10 @@ def format_table(batch: Mapping[str, Any]) -> str:
             value = overall.get(key)
             return fmt.format(value) if isinstance(value, (int, float)) and value == value else "-"
 
-        reason = record.get("reason") or ""
         rows.append((record["name"], record["status"], str(n_tasks or "-"), number("n_episodes", "{:d}"),
-                     number("pc_success", "{:.1f}"), number("avg_sum_reward", "{:.3f}"), number("eval_s", "{:.1f}"),
-                     reason if len(reason) <= 80 else reason[:77] + "..."))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * width for width in widths))
+                     number("n_errors", "{:d}"), number("pc_success", "{:.1f}"), number("avg_sum_reward", "{:.3f}"),
+                     number("eval_s", "{:.1f}"), record.get("reason") or ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    lines = ["  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[-1]]).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths) + "  ------")
     return "\n".join(lines)

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from . import connection, scale_cli
+from .cli_errors import USAGE_EXIT_CODE, UsageError
+from .extras import MissingExtraError
 
 DEFAULT_ROLLOUT_DIR = "/tmp/gr00t_rollout_eval"
 
@@ -71,9 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     """The `gr00t-eval` argument parser (sub-commands open-loop, rollout, record, plus the scaling commands)."""
     from gr00t_client.chunking import MERGE_RULES
 
-    parser = argparse.ArgumentParser(prog="gr00t-eval", description=__doc__.splitlines()[0])
-    parser.add_argument(*_flag("log-level"), default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser = argparse.ArgumentParser(prog="gr00t-eval", description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser.add_argument(*_flag("log-level"), default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="logging level (default INFO); DEBUG also prints tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True)
+    _no_abbreviations(sub)
 
     p = sub.add_parser("open-loop", help="compare a policy's action chunks with a dataset's recorded actions")
     p.add_argument(*_flag("dataset-path"), required=True, help="LeRobot dataset (v2.x/v3.0 with meta/modality.json)")
@@ -88,18 +92,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(*_flag("observation-format"), default="auto", choices=["auto", "nested", "flat"],
                    help="nested {video,state,language} (reference server) or flat video.* keys (sim wrapper); auto asks the server")
     p.add_argument(*_flag("no-plots"), action="store_true", help="skip the JPEG plots")
+    p.add_argument(*_flag("save-plot-path"), default=None, metavar="PATH",
+                   help="the reference's flag: write the plot of a single trajectory to PATH (default OUTPUT_DIR/traj_{id}.jpeg)")
+    p.add_argument(*_flag("denoising-steps"), type=int, default=None, metavar="N",
+                   help="flow-matching denoising steps, sent to the server as options['denoising_steps'] (server default if unset)")
+    _add_refused_model_path(p)
 
     p = sub.add_parser("rollout", help="run a policy server in simulation and report the success rate")
-    p.add_argument(*_flag("env-name"), required=True, help="e.g. metaworld/reach-v3, pusht/PushT-v0, or a flat-format gym id")
-    p.add_argument(*_flag("n-episodes"), type=int, default=50, help="episodes to score, exactly (default 50)")
+    p.add_argument(*_flag("env-name"), default=None, help="e.g. metaworld/reach-v3, pusht/PushT-v0, or a flat-format gym id (required unless --resume)")
+    p.add_argument(*_flag("n-episodes"), type=int, default=50, help="episodes to run, exactly (default 50)")
     p.add_argument(*_flag("n-envs"), type=int, default=8, help="parallel envs (default 8; >1 runs subprocesses; 0 = auto)")
     p.add_argument(*_flag("n-action-steps"), type=int, default=8, help="steps of each chunk executed (default 8)")
     p.add_argument(*_flag("max-episode-steps"), type=int, default=720, help="env steps before an episode is cut (default 720)")
     _add_connection(p, "policy-client-host", "policy-client-port", "127.0.0.1")
     p.add_argument(*_flag("video-dir"), default=None, help="where episode videos go (default OUTPUT_DIR/videos)")
     p.add_argument(*_flag("no-video"), action="store_true", help="record no videos")
-    p.add_argument(*_flag("seed"), type=int, default=None, help="episode i uses seed+i (default $GR00T_EVAL_SEED, else random)")
-    p.add_argument(*_flag("output-dir"), default=DEFAULT_ROLLOUT_DIR, help=f"results.json and videos (default {DEFAULT_ROLLOUT_DIR})")
+    p.add_argument(*_flag("seed"), type=int, default=None,
+                   help="episode i uses seed+i (default $GR00T_EVAL_SEED, else a random base seed, drawn once and saved); "
+                        "against a replay server each episode uses the seed it was recorded with")
+    p.add_argument(*_flag("output-dir"), default=None,
+                   help=f"run.json, episodes.jsonl, results.json, eval_info.json and videos; must be empty or new "
+                        f"(default: a new dated directory {DEFAULT_ROLLOUT_DIR}/YYYY-MM-DD/HH-MM-SS_<env>)")
+    p.add_argument(*_flag("overwrite"), action="store_true", help="empty a non-empty --output-dir first")
+    p.add_argument(*_flag("resume"), default=None, metavar="DIR",
+                   help="continue the interrupted rollout in DIR with its saved settings: only the episodes missing "
+                        "from DIR/episodes.jsonl (or errored) run; connection flags come from this command line")
+    p.add_argument(*_flag("allow-errors"), action="store_true",
+                   help="exit 0 even when episodes errored (they are still reported and left out of the metrics)")
+    p.add_argument(*_flag("max-episodes-rendered"), type=int, default=None, metavar="N",
+                   help="write videos of the first N episodes (of each task) only (default: all)")
+    p.add_argument(*_flag("transition-host"), *_flag("transition-port"), dest="transition_flag", default=None,
+                   help=argparse.SUPPRESS)
+    _add_refused_model_path(p)
     p.add_argument(*_flag("env-kwarg"), dest="env_kwargs", type=_parse_kwarg, action="append", default=[],
                    help="KEY=VALUE passed to the env adapter or gym.make (repeatable), e.g. image_size=64")
     p.add_argument(*_flag("env-import"), action="append", default=[], metavar="MODULE",
@@ -135,6 +159,31 @@ def build_parser() -> argparse.ArgumentParser:
     scale_cli.add_scale_arguments(rollout_parser)
     scale_cli.register_scale_commands(sub)
     return parser
+
+
+def _no_abbreviations(subparsers: Any) -> None:
+    """Every sub-command parser refuses abbreviated flags (`--n-ep 3` is an error, not --n-episodes)."""
+    original = subparsers.add_parser
+
+    def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        kwargs.setdefault("allow_abbrev", False)
+        return original(name, **kwargs)
+
+    subparsers.add_parser = add_parser
+
+
+def _add_refused_model_path(p: argparse.ArgumentParser) -> None:
+    p.add_argument(*_flag("model-path"), dest="model_path_flag", default=None, help=argparse.SUPPRESS)
+
+
+def _refuse_reference_flags(args: argparse.Namespace) -> None:
+    """Reference flags with no meaning here: one line saying what to do instead."""
+    if getattr(args, "model_path_flag", None):
+        raise UsageError("gr00t-eval does not load models: start `gr00t-server serve --model-path "
+                         f"{args.model_path_flag} ...` and pass its --host/--port here")
+    if getattr(args, "transition_flag", None):
+        raise UsageError("--transition-host/--transition-port (the reference's transition server) are not supported: "
+                         "run the policy with `gr00t-server serve` and pass --policy-client-host/--policy-client-port")
 
 
 def _connect(args: argparse.Namespace):
@@ -187,35 +236,9 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:
-    """`gr00t-eval rollout`: results.json, videos and the reference's closing `results:` / `success rate:` lines."""
-    import numpy as np
-
-    from .results import RESULTS_FILENAME, rollout_results, write_results
-    from .rollout import embodiment_for_env, run_rollout
-
+    """`gr00t-eval rollout`: run.json, episodes.jsonl, results.json, eval_info.json, videos and the reference's lines."""
     apply_env_registrations(args)
-    try:
-        embodiment_for_env(args.env_name)  # a bad env name fails before any connection is made
-    except ValueError as exc:
-        raise SystemExit(f"error: {exc}") from None
-    output_dir = Path(args.output_dir)
-    config = scale_cli.rollout_config_from_args(args, scale_cli.rollout_seed(args))
-    with _connect(args) as client:
-        result = run_rollout(client, config)
-    print(f"Collecting {config.n_episodes} episodes took {result.eval_s:.2f} seconds")
-    if config.video_dir:
-        print("Video saved to: ", config.video_dir)
-    run_config = {k: v for k, v in vars(config).items()}
-    run_config.update(policy_client_host=args.host, policy_client_port=args.port, embodiment_tag=result.embodiment_tag.value)
-    path = write_results(output_dir / RESULTS_FILENAME, rollout_results(result.outcomes, result.eval_s, run_config, config.env_name))
-    failed = [o for o in result.outcomes if o.failure_reason]
-    for outcome in failed:
-        print(f"episode {outcome.episode_index} failed: {outcome.failure_reason}")
-    infos = {"episode_lengths": [o.length for o in result.outcomes], "episode_rewards": [o.sum_reward for o in result.outcomes]}
-    print("results: ", (config.env_name, result.successes, infos))
-    print("success rate: ", float(np.mean(result.successes)))
-    print(f"Results: {path}")
-    return 0
+    return scale_cli.run_rollout_command(args)
 
 
 def cmd_record(args: argparse.Namespace) -> int:
@@ -238,23 +261,40 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Console entry point; returns the exit code."""
-    from .extras import MissingExtraError
+    """Console entry point; returns the exit code (2 and one line on stderr for a mistake, 130 when interrupted)."""
+    from .run_dir import INTERRUPTED_EXIT_CODE
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level), format="%(levelname)s:%(name)s:%(message)s")
     try:
         return _run_command(args)
-    except MissingExtraError as exc:  # one line naming the pip extra, not a traceback
-        print(f"gr00t-eval {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"gr00t-eval {args.command}: interrupted", file=sys.stderr)
+        return INTERRUPTED_EXIT_CODE
+    except SystemExit as exc:  # `raise SystemExit("error: ...")` in a command: the same one line and exit 2
+        if not isinstance(exc.code, str):
+            raise
+        message = exc.code[len("error: "):] if exc.code.startswith("error: ") else exc.code
+        print(f"gr00t-eval {args.command}: error: {message}", file=sys.stderr)
+        return USAGE_EXIT_CODE
+    except Exception as exc:  # noqa: BLE001 - one line for the user; the traceback only at DEBUG
+        if args.log_level == "DEBUG":
+            raise
+        message = str(exc).strip("\"'") or type(exc).__name__
+        known = (UsageError, ConnectionError, TimeoutError, FileNotFoundError, FileExistsError, MissingExtraError)
+        shown = message if isinstance(exc, known) else f"{type(exc).__name__}: {message} (--log-level DEBUG shows the traceback)"
+        print(f"gr00t-eval {args.command}: error: {shown}", file=sys.stderr)
+        return USAGE_EXIT_CODE
 
 
 def _run_command(args: argparse.Namespace) -> int:
     """Dispatch a parsed command line to its command function."""
+    _refuse_reference_flags(args)
+    if args.command == "rollout" and not args.resume and not args.env_name:
+        raise UsageError("rollout needs --env-name (or --resume DIR to continue a run)")
     scaled = getattr(args, "scale_command", None)
     if scaled is not None:
-        code = scaled(args)  # None: a plain rollout, run below
+        code = scaled(args)  # None: not a scaled command, run below
         if code is not None:
             return code
     commands: Dict[str, Any] = {"open-loop": cmd_open_loop, "rollout": cmd_rollout, "record": cmd_record}

@@ -1,12 +1,14 @@
 """CLI for scaled evaluation: suites and task lists, `--n-envs 0`, `--shard`, `--ray-address`, `batch` and `merge`.
 
 Wiring in cli.py: `add_scale_arguments(rollout_parser)`, `register_scale_commands(subparsers)`, and in main()
-run `args.scale_command(args)` when set; it returns None when a rollout needs none of this (the plain path runs).
+run `args.scale_command(args)` when set (batch, merge, suites). `run_rollout_command` runs every rollout, from
+one env to a suite on Ray: output directory, episode log, resume, interrupt and the exit status.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_DIR = "/tmp/gr00t_batch_eval"
+DEFAULT_ROLLOUT_BASE = "/tmp/gr00t_rollout_eval"
 
 
 def _flag(name: str) -> List[str]:
@@ -35,14 +38,18 @@ def add_scale_arguments(rollout_parser: argparse.ArgumentParser) -> None:
                        help="run the shards as Ray tasks on this cluster (local: start one here) and merge them")
     group.add_argument(*_flag("ray-shards"), type=int, default=0, help="shards for --ray-address (default 0: one per cluster CPU)")
     group.add_argument(*_flag("ray-cpus-per-shard"), type=float, default=1.0, help="CPUs Ray reserves per shard (default 1)")
-    rollout_parser.set_defaults(scale_command=maybe_run_scaled_rollout)
 
 
 def register_scale_commands(subparsers: Any) -> None:
     """Add the `batch`, `merge` and `suites` sub-commands."""
     p = subparsers.add_parser("batch", help="run rollout jobs from a JSON file in sequence (docs/batch-jobs.md)")
-    p.add_argument(*_flag("jobs"), required=True, help="job file (JSON)")
-    p.add_argument(*_flag("output-dir"), default=DEFAULT_BATCH_DIR, help=f"where batch_results.json goes (default {DEFAULT_BATCH_DIR})")
+    p.add_argument(*_flag("jobs"), default=None, help="job file (JSON); required unless --resume")
+    p.add_argument(*_flag("output-dir"), default=None,
+                   help=f"where jobs.json and batch_results.json go; must be empty or new (default: a new dated "
+                        f"directory {DEFAULT_BATCH_DIR}/YYYY-MM-DD/HH-MM-SS_batch)")
+    p.add_argument(*_flag("overwrite"), action="store_true", help="empty a non-empty --output-dir first")
+    p.add_argument(*_flag("resume"), default=None, metavar="DIR",
+                   help="continue the batch in DIR: jobs marked done are kept, pending and failed ones run again")
     p.set_defaults(scale_command=cmd_batch)
 
     p = subparsers.add_parser("merge", help="merge `rollout --shard` results into the results of one run")
@@ -58,17 +65,6 @@ def register_scale_commands(subparsers: Any) -> None:
 # --- rollout ------------------------------------------------------------------------------------
 
 
-def needs_scaling(args: argparse.Namespace) -> bool:
-    """Whether a rollout uses suites, lists, --n-envs 0, several hosts, --shard or --ray-address."""
-    from .suites import suite_names
-
-    env_spec = str(args.env_name)
-    return bool(
-        args.shard or args.ray_address or args.n_envs == 0
-        or "," in env_spec or env_spec.strip() in suite_names() or "," in str(args.host)
-    )
-
-
 def rollout_seed(args: argparse.Namespace) -> Optional[int]:
     """--seed, else $GR00T_EVAL_SEED, else None (unseeded)."""
     if args.seed is not None:
@@ -77,60 +73,153 @@ def rollout_seed(args: argparse.Namespace) -> Optional[int]:
     return int(value) if value not in (None, "") else None
 
 
-def rollout_config_from_args(args: argparse.Namespace, seed: Optional[int]) -> Any:
-    """The RolloutConfig the rollout flags describe (videos under --output-dir/videos unless --video-dir)."""
+def rollout_config_from_args(args: argparse.Namespace, seed: Optional[int], output_dir: Optional[Path] = None) -> Any:
+    """The RolloutConfig the rollout flags describe (videos under OUTPUT_DIR/videos unless --video-dir)."""
     from .rollout import RolloutConfig
 
-    video_dir = None if args.no_video else (args.video_dir or str(Path(args.output_dir) / "videos"))
+    output_dir = output_dir if output_dir is not None else Path(args.output_dir or DEFAULT_ROLLOUT_BASE)
+    video_dir = None if args.no_video else (args.video_dir or str(output_dir / "videos"))
     return RolloutConfig(
         env_name=args.env_name, n_episodes=args.n_episodes, n_envs=args.n_envs, n_action_steps=args.n_action_steps,
         max_episode_steps=args.max_episode_steps, seed=seed, video_dir=video_dir, env_kwargs=dict(args.env_kwargs),
         vectorization=args.vectorization, client_chunking=args.client_chunking, chunk_merge=args.chunk_merge,
-        rtc_frozen_steps=args.rtc_frozen_steps,
+        rtc_frozen_steps=args.rtc_frozen_steps, max_episodes_rendered=args.max_episodes_rendered,
     )
 
 
-def maybe_run_scaled_rollout(args: argparse.Namespace) -> Optional[int]:
-    """Run the rollout here when it needs scaling; None lets the plain rollout command run."""
-    if not needs_scaling(args):
-        return None
-    from .results import RESULTS_FILENAME, write_results
+def _rollout_output_dir(args: argparse.Namespace, label: str) -> Path:
+    """--output-dir (refused when not empty, unless --overwrite), or a new dated directory under the default base."""
+    from .run_dir import dated_output_dir, prepare_output_dir
+
+    path = Path(args.output_dir) if args.output_dir else dated_output_dir(DEFAULT_ROLLOUT_BASE, label)
+    return prepare_output_dir(path, overwrite=args.overwrite)
+
+
+def _check_rollout_args(args: argparse.Namespace) -> None:
+    from .cli_errors import UsageError
+    from .rollout import embodiment_for_env
+    from .suites import resolve_tasks
+
+    if args.n_episodes < 1:
+        raise UsageError(f"--n-episodes must be >= 1, got {args.n_episodes}")
+    if args.n_envs < 0:
+        raise UsageError(f"--n-envs must be >= 0 (0 = auto), got {args.n_envs}")
+    if args.n_action_steps < 1:
+        raise UsageError(f"--n-action-steps must be >= 1, got {args.n_action_steps}")
+    if args.max_episodes_rendered is not None and args.max_episodes_rendered < 0:
+        raise UsageError(f"--max-episodes-rendered must be >= 0, got {args.max_episodes_rendered}")
+    try:
+        for task in resolve_tasks(args.env_name)[0]:  # a bad env name fails before any connection is made
+            embodiment_for_env(task.env_name)
+    except (ValueError, KeyError) as exc:
+        raise UsageError(str(exc).strip("\"'")) from None
+
+
+def run_rollout_command(args: argparse.Namespace) -> int:
+    """Run a rollout (or resume one) into its output directory; exit 0, 1 (errors), 130 (interrupted)."""
+    from .cli_errors import UsageError
+    from .metrics import EpisodeOutcome
+    from .rollout import RolloutConfig
+    from .rollout.runner import draw_base_seed
+    from .run_dir import EPISODE_LOG_FILENAME, EpisodeLog, read_run_file, write_run_file
     from .shard import ShardSpec
 
-    if args.n_envs < 0:
-        raise SystemExit(f"error: --n-envs must be >= 0 (0 = auto), got {args.n_envs}")
     shard = ShardSpec.parse(args.shard) if args.shard else None
     if shard is not None and args.ray_address:
-        raise SystemExit("error: --shard and --ray-address do not combine (Ray makes its own shards)")
-    seed = rollout_seed(args)
-    if seed is None and (shard is not None or args.ray_address):
-        raise SystemExit("error: --shard and --ray-address need --seed (or $GR00T_EVAL_SEED): every episode's seed must be fixed")
-    output_dir = Path(args.output_dir)
-    config = rollout_config_from_args(args, seed)
-    results = _run(args, config, shard)
+        raise UsageError("--shard and --ray-address do not combine (Ray makes its own shards)")
+    done: List[EpisodeOutcome] = []
+    if args.resume:
+        if args.ray_address:
+            raise UsageError("--resume does not combine with --ray-address; resume each shard with --shard instead")
+        output_dir = Path(args.resume)
+        saved = read_run_file(output_dir)
+        env_spec = saved["env_name"]
+        config = RolloutConfig(**saved["config"])
+        shard = ShardSpec.parse(saved["shard"]) if saved.get("shard") else None
+        done = [EpisodeOutcome.from_json_dict(e) for e in EpisodeLog(output_dir / EPISODE_LOG_FILENAME).read()]
+        finished = sum(1 for o in done if o.error is None)
+        print(f"Resuming {output_dir}: {finished} episodes finished, the rest of {env_spec} runs now (base seed {config.seed})")
+    else:
+        _check_rollout_args(args)
+        seed = rollout_seed(args)
+        if seed is None and shard is not None:
+            raise UsageError("--shard needs --seed (or $GR00T_EVAL_SEED): every shard must use the same episode seeds")
+        seed = seed if seed is not None else draw_base_seed()
+        env_spec = args.env_name
+        output_dir = _rollout_output_dir(args, env_spec)
+        config = rollout_config_from_args(args, seed, output_dir)
+        write_run_file(output_dir, {"env_name": env_spec, "config": dataclasses.asdict(config),
+                                    "shard": None if shard is None else str(shard)})
+    print(f"Output directory: {output_dir} (base seed {config.seed})")
+    results = _run(args, env_spec, config, shard, done, output_dir)
+    return _report_rollout(args, results, output_dir, shard)
+
+
+def _report_rollout(args: argparse.Namespace, results: Dict[str, Any], output_dir: Path, shard: Any) -> int:
+    """Write results.json and eval_info.json, print the summary and the reference's lines; return the exit code."""
+    import numpy as np
+
+    from .eval_info import EVAL_INFO_FILENAME, write_eval_info
+    from .results import RESULTS_FILENAME, write_results
+    from .run_dir import INTERRUPTED_EXIT_CODE
+
     name = RESULTS_FILENAME if shard is None else f"results_shard{shard.index}of{shard.count}.json"
     path = write_results(output_dir / name, results)
+    if shard is None:
+        write_eval_info(output_dir / EVAL_INFO_FILENAME, results)
+    overall = results["overall"]
+    episodes = results["per_episode"]
+    print(f"Collecting {len(episodes)} episodes took {overall['eval_s']:.2f} seconds")
+    if results["config"].get("video_dir"):
+        print("Video saved to: ", results["config"]["video_dir"])
     print(format_summary(results))
-    print("success rate: ", results["overall"]["pc_success"] / 100.0 if results["overall"]["n_episodes"] else float("nan"))
+    for entry in episodes:
+        if entry.get("error"):
+            print(f"episode {entry['episode_index']}{' of ' + entry['task'] if entry.get('task') else ''} errored: {entry['error']}")
+    finished = [e for e in episodes if not e.get("error")]
+    infos = {"episode_lengths": [e["length"] for e in finished], "episode_rewards": [e["sum_reward"] for e in finished]}
+    print("results: ", (results["env_name"], [bool(e["success"]) for e in finished], infos))
+    print("success rate: ", float(np.mean([e["success"] for e in finished])) if finished else float("nan"))
+    n_errors, n_run = overall["n_errors"], len(episodes)
+    if n_errors:
+        print(f"INCOMPLETE: {n_errors} of {n_run} episodes errored; the metrics above are over the {n_run - n_errors} that finished")
+    status = results.get("status", "complete")
+    not_run = results.get("n_not_run", 0)
+    if status != "complete":
+        print(f"{status.upper()}: {results.get('stop_reason')}; {not_run} episodes did not run "
+              f"(continue with: gr00t-eval rollout --resume {output_dir})")
     print(f"Results: {path}")
-    return 1 if results["failed_tasks"] or results.get("failed_shards") else 0
+    if status == "interrupted":
+        return INTERRUPTED_EXIT_CODE
+    if status != "complete" or results["failed_tasks"] or results.get("failed_shards"):
+        return 1
+    if n_errors and not args.allow_errors:
+        print("exit status 1 because episodes errored (pass --allow-errors to exit 0 anyway)")
+        return 1
+    return 0
 
 
-def _run(args: argparse.Namespace, config: Any, shard: Any) -> Dict[str, Any]:
-    from .connection import open_client, portable_keys
+def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done: Any, output_dir: Path) -> Dict[str, Any]:
+    from . import connection
+    from .cli_errors import UsageError
     from .ray_runner import parse_servers, run_with_ray
+    from .run_dir import EPISODE_LOG_FILENAME, EpisodeLog, sigterm_as_interrupt
     from .shard import run_suite
 
     servers = parse_servers(args.host, args.port)
     if args.ray_address:
-        return run_with_ray(args.env_name, config, servers, args.ray_address, args.ray_shards, args.api_token,
-                            args.timeout_ms, args.ray_cpus_per_shard, curve_keys=portable_keys(args))
+        return run_with_ray(env_spec, config, servers, args.ray_address, args.ray_shards, args.api_token,
+                            args.timeout_ms, args.ray_cpus_per_shard, curve_keys=connection.portable_keys(args))
     if len(servers) > 1:
-        raise SystemExit("error: several --policy-client-host entries need --ray-address (one server per shard)")
+        raise UsageError("several --policy-client-host entries need --ray-address (one server per shard)")
     server = servers[0]
-    with open_client(server.host, server.port, args) as client:
-        results = run_suite(client, args.env_name, config, shard, progress=True)
+    log = EpisodeLog(output_dir / EPISODE_LOG_FILENAME)
+    with connection.open_client(server.host, server.port, args) as client:
+        with sigterm_as_interrupt():
+            results = run_suite(client, env_spec, config, shard, progress=True,
+                                on_episode=lambda outcome: log.append(outcome.to_json_dict()), done=done)
     results["config"].update(policy_client_host=server.host, policy_client_port=server.port)
+    results["episode_log"] = str(log.path)
     return results
 
 
@@ -138,37 +227,86 @@ def _run(args: argparse.Namespace, config: Any, shard: Any) -> Dict[str, Any]:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    """`gr00t-eval batch`: run the jobs, print the table; exit 1 when a job failed."""
-    from .batch import BATCH_RESULTS_FILENAME, format_table, load_jobs, run_batch
+    """`gr00t-eval batch`: run the jobs, print the table; exit 1 when a job failed, 130 when interrupted."""
+    import json
+    import shutil
 
-    jobs = load_jobs(args.jobs)
-    path = Path(args.output_dir) / BATCH_RESULTS_FILENAME
-    batch = run_batch(jobs, path)
+    from .batch import BATCH_RESULTS_FILENAME, format_table, load_jobs, run_batch
+    from .cli_errors import UsageError
+    from .run_dir import INTERRUPTED_EXIT_CODE, dated_output_dir, prepare_output_dir, sigterm_as_interrupt
+
+    previous = None
+    if args.resume:
+        output_dir = Path(args.resume)
+        jobs_path = output_dir / "jobs.json"
+        if not (output_dir / BATCH_RESULTS_FILENAME).is_file() or not jobs_path.is_file():
+            raise UsageError(f"--resume {output_dir}: no {BATCH_RESULTS_FILENAME} and jobs.json there (is it a batch --output-dir?)")
+        previous = json.loads((output_dir / BATCH_RESULTS_FILENAME).read_text())
+    else:
+        if not args.jobs:
+            raise UsageError("batch needs --jobs FILE (or --resume DIR to continue a batch)")
+        if not Path(args.jobs).is_file():
+            raise UsageError(f"--jobs {args.jobs}: no such file")
+        output_dir = prepare_output_dir(Path(args.output_dir) if args.output_dir else dated_output_dir(DEFAULT_BATCH_DIR, "batch"),
+                                        overwrite=args.overwrite)
+        jobs_path = output_dir / "jobs.json"
+        shutil.copyfile(args.jobs, jobs_path)
+    jobs = load_jobs(jobs_path)
+    path = output_dir / BATCH_RESULTS_FILENAME
+    try:
+        with sigterm_as_interrupt():
+            batch = run_batch(jobs, path, previous=previous)
+    except KeyboardInterrupt:
+        batch = json.loads(path.read_text())
+        print(format_table(batch))
+        print(f"INTERRUPTED: {batch['n_pending']} jobs pending (continue with: gr00t-eval batch --resume {output_dir})")
+        print(f"Results: {path}")
+        return INTERRUPTED_EXIT_CODE
     print(format_table(batch))
     print(f"Results: {path}")
     return 1 if batch["n_failed"] else 0
 
 
-def _results_files(paths: List[str]) -> List[Path]:
+def _results_files(paths: List[str], output: Path) -> List[Path]:
+    """The shard results to merge: files given, or results*.json in directories, never the merge's own output."""
+    from .cli_errors import UsageError
+    from .results import load_results
+
     files: List[Path] = []
     for item in map(Path, paths):
-        files.extend(sorted(item.glob("results*.json")) if item.is_dir() else [item])
+        if item.is_dir():
+            for candidate in sorted(item.glob("results*.json")):
+                if candidate.resolve() == output.resolve() or "merged_from" in load_results(candidate):
+                    logger.info("skipping %s: it is the output of a merge", candidate)
+                    continue
+                files.append(candidate)
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise UsageError(f"{item}: no such results file or directory")
+    if not files:
+        raise UsageError(f"no shard results (results*.json) in {', '.join(paths)}")
     return files
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
     """`gr00t-eval merge`: combine shard results files into one."""
+    from .cli_errors import UsageError
+    from .eval_info import EVAL_INFO_FILENAME, write_eval_info
     from .results import RESULTS_FILENAME, load_results, write_results
     from .shard import MergeError, merge_results
 
-    files = _results_files(args.results)
-    try:
-        merged = merge_results([load_results(f) for f in files], allow_missing=args.allow_missing)
-    except MergeError as exc:
-        raise SystemExit(f"error: {exc}") from None
-    merged["merged_files"] = [str(f) for f in files]
     output = Path(args.output)
-    path = write_results(output / RESULTS_FILENAME if output.is_dir() or args.output.endswith("/") else output, merged)
+    if output.is_dir() or args.output.endswith("/"):
+        output = output / RESULTS_FILENAME
+    files = _results_files(args.results, output)
+    try:
+        merged = merge_results([load_results(f) for f in files], allow_missing=args.allow_missing, names=[str(f) for f in files])
+    except MergeError as exc:
+        raise UsageError(str(exc)) from None
+    merged["merged_files"] = [str(f) for f in files]
+    path = write_results(output, merged)
+    write_eval_info(path.parent / EVAL_INFO_FILENAME, merged)
     print(format_summary(merged))
     print(f"Merged {len(files)} files into {path}")
     return 0

@@ -85,18 +85,28 @@ def _plan_key(results: Mapping[str, Any]) -> Tuple[Any, ...]:
     return (tuple(tuple(t) for t in plan["tasks"]), plan["n_episodes"], plan["seed"], settings)
 
 
-def merge_results(shards: Sequence[Mapping[str, Any]], allow_missing: bool = False) -> Dict[str, Any]:
+def merge_results(shards: Sequence[Mapping[str, Any]], allow_missing: bool = False,
+                  names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Combine shard results into the results one run of the whole plan reports (timings are summed).
 
     Raises MergeError when the shards ran different plans, repeat an episode, or (unless allow_missing)
-    leave episodes out. Per-episode `env_index` is the shard's worker row and may differ from a single run.
+    leave episodes out; `names` (e.g. the file names) label the shards in those messages. Per-episode
+    `env_index` is the shard's worker row and may differ from a single run.
     """
     if not shards:
         raise MergeError("nothing to merge: no results given")
-    key = _plan_key(shards[0])
+    label = list(names) if names is not None else [f"results #{i}" for i in range(len(shards))]
+    try:
+        key = _plan_key(shards[0])
+    except MergeError as exc:
+        raise MergeError(f"{label[0]}: {exc}") from None
     for position, results in enumerate(shards[1:], start=1):
-        if _plan_key(results) != key:
-            raise MergeError(f"results #{position} ran a different plan (tasks, n_episodes, seed or settings) than results #0")
+        try:
+            other = _plan_key(results)
+        except MergeError as exc:
+            raise MergeError(f"{label[position]}: {exc}") from None
+        if other != key:
+            raise MergeError(f"{label[position]} ran a different plan (tasks, n_episodes, seed or settings) than {label[0]}")
     task_pairs, n_episodes, seed, _ = key
     tasks = [Task(env_name, group) for env_name, group in task_pairs]
     seen: Dict[Tuple[str, int], int] = {}
@@ -107,7 +117,7 @@ def merge_results(shards: Sequence[Mapping[str, Any]], allow_missing: bool = Fal
         for entry in results.get("per_episode", []):
             pair = (entry["task"], int(entry["episode_index"]))
             if pair in seen:
-                raise MergeError(f"episode {pair[1]} of {pair[0]} is in results #{seen[pair]} and #{position}")
+                raise MergeError(f"episode {pair[1]} of {pair[0]} is in both {label[seen[pair]]} and {label[position]}")
             seen[pair] = position
             outcomes_by_task.setdefault(entry["task"], []).append(outcome_from_json(entry))
         for task in tasks:
@@ -129,7 +139,11 @@ def merge_results(shards: Sequence[Mapping[str, Any]], allow_missing: bool = Fal
         "merged_from": [results.get("plan", {}).get("shard") for results in shards],
         "missing_episodes": missing,
     }
-    return suite_results(tasks, runs, config, first.get("env_name", ""), first.get("suite"), extra)
+    statuses = [results.get("status", "complete") for results in shards]
+    status = next((s for s in ("interrupted", "aborted") if s in statuses), "complete")
+    reasons = [f"{label[i]}: {r.get('stop_reason')}" for i, r in enumerate(shards) if r.get("status", "complete") != "complete"]
+    return suite_results(tasks, runs, config, first.get("env_name", ""), first.get("suite"), extra, status,
+                         "; ".join(reasons) or None)
 
 
 def run_suite(policy: BasePolicy, env_spec: str, config: RolloutConfig, shard: Optional[ShardSpec] = None,

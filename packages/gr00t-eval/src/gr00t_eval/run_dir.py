@@ -1,0 +1,121 @@
+"""A run's output directory: dated by default, never silently reused, with a per-episode log that survives a crash.
+
+Layout of a rollout directory:
+    run.json         the run's settings (base seed included), written before the first episode
+    episodes.jsonl   one line per episode, appended (and flushed to disk) the moment it is scored
+    results.json     the full results, written at the end or on Ctrl-C/SIGTERM ("status": "interrupted")
+    eval_info.json   the same numbers in lerobot-eval's field names
+    videos/          episode videos
+`--resume DIR` reads run.json and episodes.jsonl and runs only the episodes still missing (or errored).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Union
+
+logger = logging.getLogger(__name__)
+
+RUN_FILENAME = "run.json"
+EPISODE_LOG_FILENAME = "episodes.jsonl"
+INTERRUPTED_EXIT_CODE = 130
+
+
+class OutputDirError(ValueError):
+    """An output directory that cannot be used as asked (not empty, nothing to resume, ...)."""
+
+
+def dated_output_dir(base: Union[str, Path], label: str, now: Optional[float] = None) -> Path:
+    """BASE/YYYY-MM-DD/HH-MM-SS_<label> (like lerobot-eval's outputs/eval/<date>/<time>_<env>)."""
+    stamp = time.localtime(now if now is not None else time.time())
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-")[:80] or "run"
+    return Path(base) / time.strftime("%Y-%m-%d", stamp) / f"{time.strftime('%H-%M-%S', stamp)}_{slug}"
+
+
+def prepare_output_dir(path: Union[str, Path], overwrite: bool = False) -> Path:
+    """Create `path`; an existing non-empty directory is refused unless `overwrite` (which empties it)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputDirError(f"--output-dir {path} exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise OutputDirError(f"--output-dir {path} is not empty; pass --overwrite to empty it or --resume {path} to continue that run")
+        logger.warning("emptying %s (--overwrite)", path)
+        for child in path.iterdir():
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_run_file(directory: Union[str, Path], settings: Mapping[str, Any]) -> Path:
+    """Save the run's settings (run.json) so `--resume` continues with the same plan and seeds."""
+    from .results import write_results
+
+    return write_results(Path(directory) / RUN_FILENAME, {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **settings})
+
+
+def read_run_file(directory: Union[str, Path]) -> Dict[str, Any]:
+    """run.json of a directory to resume (OutputDirError when there is none)."""
+    path = Path(directory) / RUN_FILENAME
+    if not path.is_file():
+        raise OutputDirError(f"--resume {directory}: no {RUN_FILENAME} there (is it the --output-dir of a gr00t-eval rollout?)")
+    return json.loads(path.read_text())
+
+
+class EpisodeLog:
+    """episodes.jsonl: one JSON object per scored episode, appended and flushed at once so a crash keeps it."""
+
+    def __init__(self, path: Union[str, Path]) -> None:
+        self.path = Path(path)
+
+    def append(self, entry: Mapping[str, Any]) -> None:
+        """Append one episode entry (numpy values converted) and flush it to disk."""
+        from .results import _jsonable
+
+        line = json.dumps(_jsonable(entry)) + "\n"
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def read(self) -> List[Dict[str, Any]]:
+        """Every complete entry, later entries of the same (task, episode) replacing earlier ones (resumed runs)."""
+        if not self.path.is_file():
+            return []
+        latest: Dict[Any, Dict[str, Any]] = {}
+        for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a crash: everything before it is intact
+                logger.warning("%s:%d is not complete JSON; ignoring it", self.path, number)
+                continue
+            latest[(entry.get("task"), entry.get("episode_index"))] = entry
+        return list(latest.values())
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt while the block runs, so `kill` ends a run like Ctrl-C does."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: signals cannot be handled here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
