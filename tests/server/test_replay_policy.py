@@ -55,7 +55,7 @@ def test_first_call_without_reset_replays_episode_0_from_step_0(policy):
     np.testing.assert_array_equal(action["gripper"][0], rows(0, [0, 1, 2, 3], "gripper"))
     assert info == {
         "current_step": 0, "episode_length": 6, "episode_index": 0, "episode_done": False,
-        "num_episodes": 3, "execution_horizon": 2,
+        "num_episodes": 3, "execution_horizon": 2, "seed": 100,  # the seed the dataset stores for episode 0
     }
 
 

@@ -250,6 +250,11 @@ def cmd_record(args: argparse.Namespace) -> int:
             args.env_name, args.episodes, args.output, seed=args.seed, max_episode_steps=args.max_episode_steps,
             image_size=args.image_size, camera=args.camera, overwrite=args.overwrite,
         )
+    except KeyboardInterrupt:
+        info = Path(args.output) / "meta" / "info.json"
+        kept = json.loads(info.read_text())["total_episodes"] if info.is_file() else 0
+        print(f"INTERRUPTED: {args.output} holds the {kept} episodes finished before the interrupt (a loadable dataset)")
+        raise
     except FileExistsError as exc:
         raise SystemExit(f"error: {exc}; add --overwrite to replace it") from None
     except ValueError as exc:

@@ -1,7 +1,9 @@
 """Record Meta-World's scripted expert into a LeRobot v2.1 dataset that ReplayPolicy can serve.
 
-Episode i is recorded with env seed `seed + i` and stores that seed in meta/episodes.jsonl, so a rollout with
-the same `--seed` replays episode i in the very same scene (Meta-World is deterministic under a seed).
+Episode i is recorded with env seed `seed + i` and stores that seed in meta/episodes.jsonl (an extra episode
+field, which LeRobot keeps and ignores); a replay server reports it in its reset/get_action info, so a rollout
+against it replays episode i in the very same scene without `--seed` (Meta-World is deterministic under a seed).
+meta/ is rewritten after every episode, so an interrupted recording loads with the episodes it finished.
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ def record_metaworld(
                                   "next.success": np.asarray(record["success_flags"], bool)},
                     metadata={"seed": episode_seed, "success": record["success"], "env_name": env_name},
                 )
+                writer.write_meta()  # loadable after every episode: an interrupted recording keeps what it finished
                 summary.seeds.append(episode_seed)
                 summary.lengths.append(len(record["rewards"]))
                 summary.successes.append(record["success"])

@@ -158,6 +158,12 @@ class LeRobotDataset:
             raise IndexError(f"episode position {position} out of range; the dataset has {len(self._records)} episodes")
         return Episode(self, self._records[int(position)])
 
+    def episode_extras(self, position: int) -> Dict[str, Any]:
+        """Episode-level fields beyond LeRobot's own (e.g. "seed") of the episode at `position`, without reading its rows."""
+        if not 0 <= int(position) < len(self._records):
+            raise IndexError(f"episode position {position} out of range; the dataset has {len(self._records)} episodes")
+        return dict(self._records[int(position)].extras)
+
     def episode_by_index(self, episode_index: int) -> "Episode":
         """The episode whose `episode_index` field is `episode_index`."""
         record = self._by_index.get(int(episode_index))

@@ -161,6 +161,18 @@ class DatasetWriter:
         logger.debug("wrote episode %d (%d steps) to %s", episode_index, length, self.root)
         return episode_index
 
+    def write_meta(self) -> Path:
+        """Write meta/ for the episodes added so far (v2.1), so the dataset loads even if the run stops now.
+
+        Each file is replaced atomically; calling it after every episode keeps an interrupted recording loadable.
+        """
+        if self.layout != "v2.1":
+            raise RuntimeError("write_meta() before finalize() needs layout 'v2.1' (v3.0 files are written when full)")
+        if not self._episodes:
+            raise RuntimeError(f"{self.root}: no episodes were added")
+        self._write_meta_files()
+        return self.root
+
     def finalize(self) -> Path:
         """Write the metadata files; return the dataset root. Further add_episode calls are refused."""
         if self._finalized:
@@ -169,6 +181,12 @@ class DatasetWriter:
             raise RuntimeError(f"{self.root}: no episodes were added")
         if self.layout == "v3.0":
             self._flush_v3_file()
+        self._write_meta_files()
+        self._finalized = True
+        logger.info("finalized %s: %d episodes, %d frames", self.root, len(self._episodes), self._total_frames)
+        return self.root
+
+    def _write_meta_files(self) -> None:
         meta = self.root / "meta"
         meta.mkdir(exist_ok=True)
         _write_json(meta / "info.json", self._info())
@@ -179,9 +197,6 @@ class DatasetWriter:
             _write_jsonl(meta / "tasks.jsonl", [{"task_index": i, "task": t} for t, i in self._tasks.items()])
         else:
             self._write_v3_meta(meta)
-        self._finalized = True
-        logger.info("finalized %s: %d episodes, %d frames", self.root, len(self._episodes), self._total_frames)
-        return self.root
 
     def __enter__(self) -> "DatasetWriter":
         return self
@@ -192,7 +207,7 @@ class DatasetWriter:
         else:
             for encoder in self._file_encoders.values():
                 encoder.close()
-            logger.warning("not finalizing %s after an exception; the dataset is incomplete", self.root)
+            logger.warning("not finalizing %s after %s; meta/ lists the episodes whose write_meta() ran", self.root, exc_type.__name__)
 
     # -- checks -----------------------------------------------------------------------------------
     def _check_layout(self, frames, states, actions, step_columns, length: int) -> None:
@@ -360,9 +375,15 @@ def _to_table(columns: Mapping[str, np.ndarray]) -> pa.Table:
     return pa.table(arrays)
 
 
+def _replace_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)  # a reader (or a crash) never sees half a file
+
+
 def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    _replace_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def _write_jsonl(path: Path, rows: List[Mapping[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(dict(row)) + "\n" for row in rows))
+    _replace_text(path, "".join(json.dumps(dict(row)) + "\n" for row in rows))

@@ -183,7 +183,7 @@ class ReplayPolicy(BasePolicy):
         def pack(values: Sequence[Any]) -> Any:
             return values[0] if single else list(values)
 
-        return {
+        info: Dict[str, Any] = {
             "current_step": pack([int(s) for s in cursor.steps]),
             "episode_length": pack([int(n) for n in lengths]),
             "episode_index": pack([int(e) for e in cursor.episodes]),
@@ -191,6 +191,16 @@ class ReplayPolicy(BasePolicy):
             "num_episodes": int(self.num_episodes),
             "execution_horizon": int(self.execution_horizon),
         }
+        # The env seed each episode was recorded with (`gr00t-eval record` stores it), so a rollout replays the
+        # recorded scene without --seed; only for datasets that store seeds.
+        seeds = [self._recorded_seed(e) for e in cursor.episodes]
+        if any(seed is not None for seed in seeds):
+            info["seed"] = pack(seeds)
+        return info
+
+    def _recorded_seed(self, position: int) -> Optional[int]:
+        seed = self.dataset.episode_extras(position).get("seed")
+        return int(seed) if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) else None
 
 
 def _session_id(options: Mapping[str, Any]) -> str:
