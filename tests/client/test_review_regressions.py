@@ -49,7 +49,9 @@ def deeply_nested_observation(depth: int) -> Dict[str, Any]:
 def test_deeply_nested_observation_on_a_batching_server_gets_a_reply_and_the_server_keeps_serving():
     with running_server(ConstantPolicy(), max_batch_size=4, batch_timeout_ms=5.0) as server:
         with PolicyClient(port=server.port, timeout_ms=5000) as client:
-            action, _ = client.get_action({"state": deeply_nested_observation(400)})
+            with pytest.raises(PolicyServerError, match="more than 32 levels deep"):  # refused by the decoder
+                client.get_action({"state": deeply_nested_observation(400)})
+            action, _ = client.get_action({"state": deeply_nested_observation(20)})
             assert action["arm"].shape == (1, 2, 2)
             assert client.ping()
 

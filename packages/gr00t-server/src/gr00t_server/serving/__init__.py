@@ -1,0 +1,11 @@
+"""The serving package: PolicyServer and its parts.
+
+server (lifecycle, public API), transport (the ROUTER socket loop's I/O), endpoints (the endpoint table's
+parts, error replies), worker (the policy thread), sessions (session table, eviction), batching, limits
+(per-request work limits, finite in and out), messages (frames <-> requests), stats.
+"""
+
+from .limits import ServerLimits
+from .server import DEFAULT_MAX_MESSAGE_BYTES, PolicyServer, RequestError, is_loopback_host
+
+__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "PolicyServer", "RequestError", "ServerLimits", "is_loopback_host"]

@@ -1,0 +1,199 @@
+"""Batching across clients: which get_action requests can share one policy call, and how to merge and split."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Collection, Dict, FrozenSet, Hashable, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+TIMING_OPTION = "return_server_timing"
+PER_ROW_INFO_ATTRIBUTE = "per_row_info_keys"  # policy attribute: info keys holding one entry per row
+MAX_BATCH_NESTING = 16  # real observations nest 1-2 maps deep; the recursive helpers below must never hit the limit
+
+
+def _nesting_within(value: Dict[Any, Any], limit: int) -> bool:
+    """True when maps nest at most `limit` deep (walked with a stack, so a hostile depth cannot recurse)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return False
+        stack.extend((child, depth + 1) for child in item.values() if isinstance(child, dict))
+    return True
+
+
+def is_batchable(data: Any) -> bool:
+    """A get_action request can join a batch when it has a nested observation and no per-request options."""
+    if not isinstance(data, dict) or not isinstance(data.get("observation"), dict):
+        return False
+    options = data.get("options")
+    if not (options is None or (isinstance(options, dict) and set(options) <= {TIMING_OPTION})):
+        return False
+    # A deeper observation is served alone: the signature, row and merge helpers recurse per level.
+    return _nesting_within(data["observation"], MAX_BATCH_NESTING)
+
+
+def _signature(value: Any) -> Hashable:
+    """Keys, dtypes and per-row shapes: observations with equal signatures concatenate along axis 0."""
+    if isinstance(value, dict):
+        return ("dict", tuple(sorted((str(k), _signature(v)) for k, v in value.items())))
+    if isinstance(value, np.ndarray):
+        if value.ndim == 0:
+            return ("scalar-array",)  # cannot be split by rows
+        return ("array", value.dtype.str, value.shape[1:])
+    if isinstance(value, (list, tuple)):
+        return ("list",)
+    return ("other", type(value).__name__)
+
+
+def _collect_rows(value: Any, counts: set) -> None:
+    if isinstance(value, dict):
+        for item in value.values():
+            _collect_rows(item, counts)
+    elif isinstance(value, np.ndarray) and value.ndim > 0:
+        counts.add(int(value.shape[0]))
+    elif isinstance(value, (list, tuple)):
+        counts.add(len(value))
+
+
+def _row_count(observation: Dict[str, Any]) -> int:
+    """Rows shared by every array and list in the observation; -1 when they disagree or there are none."""
+    counts: set = set()
+    _collect_rows(observation, counts)
+    # Rows that disagree would be misaligned after concatenation, mixing clients' data silently.
+    return counts.pop() if len(counts) == 1 else -1
+
+
+def total_rows(requests_data: Iterable[Any]) -> int:
+    """Rows a set of batchable get_action requests would add to a batch (one for an unsplittable observation)."""
+    return sum(max(_row_count(data["observation"]), 1) for data in requests_data)
+
+
+def _splittable(sig: Hashable) -> bool:
+    """A signature made only of row-split arrays and lists (walked, so key names never matter)."""
+    if sig[0] == "dict":
+        return all(_splittable(child) for _, child in sig[1])
+    return sig[0] in ("array", "list")
+
+
+def group_compatible(items: Sequence[Any], max_rows: int, key: Callable[[Any], Any]) -> List[List[Any]]:
+    """Split items into groups of equal observation signature, each at most max_rows rows in total."""
+    groups: Dict[Hashable, List[List[Any]]] = {}
+    order: List[Tuple[Hashable, int]] = []
+    bucket_rows: Dict[Tuple[Hashable, int], int] = {}
+    for item in items:
+        observation = key(item)["observation"]
+        sig = _signature(observation)
+        rows = _row_count(observation)
+        if sig[0] != "dict" or not _splittable(sig) or rows < 1:
+            sig, rows = ("alone", id(item)), 1
+        buckets = groups.setdefault(sig, [])
+        if buckets and bucket_rows[(sig, len(buckets) - 1)] + rows <= max_rows:
+            buckets[-1].append(item)
+            bucket_rows[(sig, len(buckets) - 1)] += rows
+        else:
+            buckets.append([item])
+            order.append((sig, len(buckets) - 1))
+            bucket_rows[order[-1]] = rows
+    return [groups[sig][index] for sig, index in order]
+
+
+def _merge(values: List[Any]) -> Any:
+    first = values[0]
+    if isinstance(first, dict):
+        return {k: _merge([v[k] for v in values]) for k in first}
+    if isinstance(first, np.ndarray):
+        return np.concatenate(values, axis=0)
+    merged: List[Any] = []
+    for value in values:
+        merged.extend(value)
+    return merged
+
+
+def merge_observations(observations: List[Dict[str, Any]]) -> Tuple[Dict[str, Any], List[int]]:
+    """Concatenate compatible observations along the batch axis; return the merged one and rows per request."""
+    rows = [_row_count(obs) for obs in observations]
+    if any(r <= 0 for r in rows):
+        raise ValueError("every batched observation needs at least one row")
+    return _merge(observations), rows
+
+
+def declared_per_row_info_keys(policy: Any) -> Optional[FrozenSet[str]]:
+    """The info keys a policy (or the first policy it wraps) declares per-row; None when none declares any."""
+    seen = set()
+    while policy is not None and id(policy) not in seen:  # wrappers chain through `.policy`, as for sessions
+        keys = getattr(policy, PER_ROW_INFO_ATTRIBUTE, None)
+        if keys is not None:
+            if isinstance(keys, (str, bytes)) or not all(isinstance(key, str) for key in keys):
+                raise TypeError(f"{type(policy).__name__}.{PER_ROW_INFO_ATTRIBUTE} must be a collection of info key names; got {keys!r}")
+            return frozenset(keys)
+        seen.add(id(policy))
+        policy = getattr(policy, "policy", None)
+    return None
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        return f"shape {value.shape}"
+    if isinstance(value, (list, tuple)):
+        return f"a {type(value).__name__} of {len(value)}"
+    return f"a {type(value).__name__}"
+
+
+def _split_rows(value: Any, rows: List[int], total: int, name: str) -> List[Any]:
+    """Split a value that must hold one row per batch row (maps: every leaf); raise naming it otherwise."""
+    if isinstance(value, dict):
+        parts = {k: _split_rows(v, rows, total, f"{name}.{k}") for k, v in value.items()}
+        return [{k: parts[k][i] for k in value} for i in range(len(rows))]
+    bounds = [int(b) for b in np.cumsum(rows)[:-1]]
+    if isinstance(value, np.ndarray) and value.ndim > 0 and value.shape[0] == total:
+        return list(np.split(value, bounds, axis=0))
+    if isinstance(value, (list, tuple)) and len(value) == total:
+        return [value[start:end] for start, end in zip([0, *bounds], [*bounds, total])]
+    raise ValueError(f"'{name}' is declared per-row but has {_describe(value)}; expected {total} rows, one per batch row")
+
+
+def _split_guessing(value: Any, rows: List[int], total: int) -> List[Any]:
+    """Split every array or list with `total` rows and copy the rest: right unless a value has that length by chance."""
+    if isinstance(value, dict):
+        parts = {k: _split_guessing(v, rows, total) for k, v in value.items()}
+        return [{k: parts[k][i] for k in value} for i in range(len(rows))]
+    if (isinstance(value, np.ndarray) and value.ndim > 0 and value.shape[0] == total) or (
+        isinstance(value, (list, tuple)) and len(value) == total
+    ):
+        return _split_rows(value, rows, total, "info")
+    return [value for _ in rows]
+
+
+def _split_declared(info: Dict[str, Any], rows: List[int], total: int, per_row_keys: Collection[str]) -> List[Dict[str, Any]]:
+    """Split the declared per-row keys (which must have `total` rows) and copy every other value whole."""
+    parts: List[Dict[str, Any]] = [{} for _ in rows]
+    for key, value in info.items():
+        pieces = _split_rows(value, rows, total, f"info.{key}") if key in per_row_keys else [value for _ in rows]
+        for part, piece in zip(parts, pieces):
+            part[key] = piece
+    return parts
+
+
+def split_result(
+    action: Dict[str, Any], info: Dict[str, Any], rows: List[int], per_row_keys: Optional[Collection[str]] = None
+) -> List[Tuple[Dict[str, Any], Dict[str, Any]]]:
+    """Split a batched (action, info) back into one (action, info) per request.
+
+    Actions are always per-row. Info keys in `per_row_keys` (see `declared_per_row_info_keys`) are split and the
+    rest copied to every request; with no declaration (None), every array or list with `sum(rows)` rows is split.
+    """
+    total = sum(rows)
+    for key, value in action.items():
+        if not isinstance(value, np.ndarray) or value.ndim == 0 or value.shape[0] != total:
+            shape = getattr(value, "shape", None)
+            raise ValueError(f"batched action '{key}' has shape {shape}; expected {total} rows")
+    actions = _split_rows(action, rows, total, "action")
+    info = info or {}
+    if per_row_keys is None:
+        infos = _split_guessing(info, rows, total)
+    elif isinstance(info, dict):
+        infos = _split_declared(info, rows, total, per_row_keys)
+    else:
+        raise ValueError(f"batched info must be a map to split its per-row keys; got {type(info).__name__}")
+    return list(zip(actions, infos))

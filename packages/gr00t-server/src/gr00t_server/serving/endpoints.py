@@ -1,0 +1,87 @@
+"""The endpoint table's parts: endpoints, who may kill, and how a failure becomes a bounded error reply."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Tuple
+
+from gr00t_client.client import normalize_host
+
+from .messages import RequestError, bounded
+
+logger = logging.getLogger("gr00t_server.serving")
+
+# Answered on the socket thread at once, even while the policy runs; everything else goes to the policy worker.
+INLINE_ENDPOINTS = frozenset({"ping", "kill", "get_server_info", "get_modality_config"})
+# Exceptions whose message describes the request (bad input, bad options) and goes back to the client as is;
+# any other exception is a bug: logged with its traceback, answered as "internal error in <endpoint>: <type>".
+VALIDATION_ERRORS: Tuple[type, ...] = (RequestError, ValueError, LookupError)
+
+
+@dataclass
+class Endpoint:
+    """A named handler; `requires_input` handlers are called with the request's `data` as keyword arguments."""
+
+    name: str
+    handler: Callable[..., Any]
+    requires_input: bool = True
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for 'localhost' and loopback addresses: 127.0.0.0/8, ::1 (bracketed or not), ::ffff:127.x.x.x."""
+    host = normalize_host(host)
+    if host.lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])  # drop an IPv6 zone such as "%eth0"
+    except ValueError:  # another host name: we cannot know without resolving it
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
+def is_loopback_peer(peer: Optional[str]) -> bool:
+    """A peer with no TCP address (inproc, ipc) or a loopback one."""
+    return peer is None or is_loopback_host(peer)
+
+
+def error_text(endpoint: str, exc: BaseException) -> Tuple[str, bool]:
+    """(bounded reply text, is_internal) for an exception raised while serving `endpoint`."""
+    if isinstance(exc, VALIDATION_ERRORS):
+        try:
+            text = str(exc) if isinstance(exc, RequestError) else f"{type(exc).__name__}: {exc}"
+            return bounded(text), False
+        except Exception:  # an exception whose __str__ raises must not stop the loop
+            return f"{type(exc).__name__}: <its message could not be formatted>", False
+    return f"internal error in {endpoint}: {type(exc).__name__}", True
+
+
+class RateLimitedLog:
+    """Logs at most `per_window` warnings per `window_s`; the rest are counted and reported once."""
+
+    def __init__(self, log: logging.Logger, per_window: int = 20, window_s: float = 10.0) -> None:
+        self._log = log
+        self.per_window = per_window
+        self.window_s = window_s
+        self._window_start = 0.0
+        self._logged = 0
+        self._suppressed = 0
+        self._lock = threading.Lock()
+
+    def warning(self, message: str, *args: Any, exc_info: Any = None) -> None:
+        """A warning, unless this window's share is spent."""
+        with self._lock:
+            now = time.monotonic()
+            if now - self._window_start >= self.window_s:
+                if self._suppressed:
+                    self._log.warning("%d similar messages were suppressed in the last %.0f s", self._suppressed, self.window_s)
+                self._window_start, self._logged, self._suppressed = now, 0, 0
+            if self._logged >= self.per_window:
+                self._suppressed += 1
+                return
+            self._logged += 1
+        self._log.warning(message, *args, exc_info=exc_info)

@@ -1,0 +1,188 @@
+"""Per-request work limits, finite inputs and outputs: checked before a request reaches the policy and before
+an action reaches a robot."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .messages import RequestError
+
+# A lower bound on a tokenizer's count (every word and punctuation mark is at least one token), cheap to compute.
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+_LISTED_ROWS = 8  # rows named in an error message
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one request may ask of the server; every field has a `gr00t-server serve` flag."""
+
+    max_rows: int = 128  # batch rows per request (arrays' first axis, language lists, replay batch_size)
+    max_language_chars: int = 2048  # per language string
+    max_language_tokens: int = 512  # per language string, words and punctuation marks
+    max_cameras: int = 16  # video keys per observation
+    max_image_pixels: int = 4096 * 4096  # height x width of one image
+    max_session_id_chars: int = 128
+    max_sessions: int = 1024  # sessions a stateful policy keeps (least recently used evicted first)
+    session_idle_s: float = 3600.0  # a session unused this long is evicted
+    max_client_queued_bytes: Optional[int] = None  # request bytes one connection may have waiting; None: max_message_bytes
+    max_queued_requests: int = 1024  # requests waiting for the policy, all clients together
+
+    def __post_init__(self) -> None:
+        for name in ("max_rows", "max_language_chars", "max_language_tokens", "max_cameras", "max_image_pixels",
+                     "max_session_id_chars", "max_sessions", "max_queued_requests"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if not self.session_idle_s > 0:
+            raise ValueError(f"session_idle_s must be > 0, got {self.session_idle_s!r}")
+        if self.max_client_queued_bytes is not None and self.max_client_queued_bytes < 1:
+            raise ValueError(f"max_client_queued_bytes must be >= 1 or None, got {self.max_client_queued_bytes!r}")
+
+
+def _rows_text(rows: Sequence[int]) -> str:
+    shown = ", ".join(str(r) for r in rows[:_LISTED_ROWS])
+    return f"[{shown}{', ...' if len(rows) > _LISTED_ROWS else ''}]"
+
+
+def _bad_rows(mask: np.ndarray) -> List[int]:
+    """Rows (first axis) where `mask` is true anywhere; [0] for a 0-d mask."""
+    if mask.ndim == 0:
+        return [0] if bool(mask) else []
+    return [int(r) for r in np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))]
+
+
+def _check_text(text: str, where: str, limits: ServerLimits) -> None:
+    if len(text) > limits.max_language_chars:
+        raise RequestError(
+            f"language '{where}' has {len(text)} characters; this server accepts at most {limits.max_language_chars} "
+            "(--max-language-chars)"
+        )
+    tokens = sum(1 for _ in _TOKEN.finditer(text))
+    if tokens > limits.max_language_tokens:
+        raise RequestError(
+            f"language '{where}' has {tokens} words and punctuation marks; this server accepts at most "
+            f"{limits.max_language_tokens} (--max-language-tokens)"
+        )
+
+
+def _check_array(value: np.ndarray, where: str, limits: ServerLimits, cameras: set) -> None:
+    if value.ndim > 0 and value.shape[0] > limits.max_rows:
+        raise RequestError(
+            f"observation key '{where}' has {value.shape[0]} rows; this server accepts at most {limits.max_rows} rows "
+            "per request (--max-rows)"
+        )
+    kind = value.dtype.kind
+    if kind in "fc" and value.size and not np.isfinite(value).all():
+        rows = _bad_rows(~np.isfinite(value))
+        raise RequestError(
+            f"observation key '{where}' has non-finite values (NaN or inf) in rows {_rows_text(rows)}; "
+            "send finite numbers (a NaN state makes NaN actions)"
+        )
+    if kind in "US":
+        for text in value.reshape(-1)[: limits.max_rows * 4].tolist():
+            _check_text(text if isinstance(text, str) else text.decode("utf-8", "replace"), where, limits)
+    if kind == "u" and value.ndim >= 4 and value.shape[-1] in (1, 3, 4):  # (..., H, W, C) images
+        cameras.add(where)
+        height, width = value.shape[-3], value.shape[-2]
+        if height * width > limits.max_image_pixels:
+            raise RequestError(
+                f"video key '{where}' has {height}x{width} images; this server accepts at most "
+                f"{limits.max_image_pixels} pixels per image (--max-image-pixels)"
+            )
+
+
+def check_observation(observation: Any, limits: ServerLimits) -> None:
+    """Refuse an observation over the work limits, with non-str keys, or with a non-finite float (key named)."""
+    if not isinstance(observation, dict):
+        return  # the policy's own validation says what it expects
+    cameras: set = set()
+    stack: List[Tuple[Any, str]] = [(observation, "")]
+    while stack:  # iterative: nesting is bounded by the decoder, but never recurse on client data
+        value, where = stack.pop()
+        if isinstance(value, dict):
+            for key, child in value.items():
+                if not isinstance(key, str):
+                    raise RequestError(
+                        f"observation keys must be str; got {type(key).__name__} key {str(key)[:40]!r} in "
+                        f"'{where or 'observation'}'"
+                    )
+                stack.append((child, f"{where}.{key}" if where else key))
+        elif isinstance(value, (list, tuple)):
+            if len(value) > limits.max_rows:
+                raise RequestError(
+                    f"observation key '{where}' has {len(value)} entries; this server accepts at most {limits.max_rows} "
+                    "rows per request (--max-rows)"
+                )
+            stack.extend((child, where) for child in value if isinstance(child, (dict, list, tuple, str, np.ndarray)))
+        elif isinstance(value, str):
+            _check_text(value, where, limits)
+        elif isinstance(value, np.ndarray):
+            _check_array(value, where, limits, cameras)
+    if len(cameras) > limits.max_cameras:
+        raise RequestError(
+            f"observation has {len(cameras)} video keys; this server accepts at most {limits.max_cameras} cameras "
+            "(--max-cameras)"
+        )
+
+
+def _float_arrays(observation: Any) -> List[Tuple[str, np.ndarray]]:
+    """(key, array) for every float array in a (nested or flat) observation."""
+    found: List[Tuple[str, np.ndarray]] = []
+    stack: List[Tuple[Any, str]] = [(observation, "")]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, Mapping):
+            stack.extend((child, f"{where}.{key}" if where else str(key)) for key, child in value.items())
+        elif isinstance(value, np.ndarray) and value.dtype.kind == "f" and value.ndim > 0:
+            found.append((where, value))
+    return sorted(found)
+
+
+def _likely_cause(observation: Any, rows: List[int]) -> str:
+    """Name the state keys that are all zeros (or non-finite) in the bad rows: degenerate rotations, mostly."""
+    suspects = []
+    for where, array in _float_arrays(observation):
+        if rows and max(rows) < array.shape[0]:
+            picked = array[rows].reshape(len(rows), -1)
+            if picked.size and (not np.isfinite(picked).all() or not picked.any(axis=1).all()):
+                suspects.append(where)
+    if suspects:
+        named = ", ".join(f"'{key}'" for key in suspects[:4])
+        return (
+            f" Likely cause: {named} is all zeros in those rows; a degenerate rotation (an all-zero rotation matrix "
+            "or quaternion, e.g. an eef_9d state of zeros) cannot be normalised."
+        )
+    return " Check the observation for degenerate values (all-zero rotations, constant inputs) and the checkpoint's statistics."
+
+
+def check_finite_action(action: Any, observation: Any) -> None:
+    """Refuse to send an action with NaN/inf: raise naming the action key, the rows and the likely cause."""
+    if not isinstance(action, dict):
+        return
+    for key, value in action.items():
+        if isinstance(value, np.ndarray) and value.dtype.kind in "fc" and value.size:
+            bad = ~np.isfinite(value)
+            if bad.any():
+                rows = _bad_rows(bad)
+                raise RequestError(
+                    f"the policy produced non-finite values (NaN or inf) in action key '{key}' rows {_rows_text(rows)}; "
+                    f"the action was not sent.{_likely_cause(observation, rows)}"
+                )
+
+
+def per_row_summary(limits: ServerLimits) -> Dict[str, Any]:
+    """The limits as get_server_info reports them."""
+    return {
+        "max_rows": limits.max_rows,
+        "max_language_chars": limits.max_language_chars,
+        "max_language_tokens": limits.max_language_tokens,
+        "max_cameras": limits.max_cameras,
+        "max_image_pixels": limits.max_image_pixels,
+        "max_session_id_chars": limits.max_session_id_chars,
+        "max_sessions": limits.max_sessions,
+        "session_idle_s": limits.session_idle_s,
+    }

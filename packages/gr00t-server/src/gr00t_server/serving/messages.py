@@ -1,0 +1,161 @@
+"""Server-side messages: frames -> Request (routing, envelope, auth, deadline) and replies -> frames, in the wire
+format each request came in (multipart, msgpack-numpy, or the np.save era's)."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import zmq
+
+from gr00t_client import codec
+from gr00t_client.client import ERROR_MARKER
+
+MAX_ERROR_CHARS = 1000  # an error reply never grows with the request that caused it
+TIMEOUT_FIELD = "timeout_ms"  # the client's remaining budget, sent in the envelope (reference servers ignore it)
+
+# Request.wire_format values
+WIRE_MULTIPART = "multipart"
+WIRE_MSGPACK = "msgpack"  # the current reference format (msgpack-numpy arrays)
+WIRE_NPSAVE = "npsave"  # the np.save era: `__ndarray_class__`/`as_npy` arrays, `__ModalityConfig_class__`
+
+
+class RequestError(Exception):
+    """A request that cannot be served; the message goes back to the client."""
+
+
+@dataclass
+class Request:
+    """One decoded request and where its reply goes."""
+
+    routing: List[Any]
+    multipart: bool
+    endpoint: str
+    data: Any
+    session: str
+    peer: Optional[str]
+    received_at: float
+    decode_ms: float
+    timing: Dict[str, float] = field(default_factory=dict)
+    wire_format: str = WIRE_MSGPACK
+    deadline: Optional[float] = None  # time.monotonic() after which the client has given up
+    nbytes: int = 0  # size on the wire, counted against the sender's queue budget
+    identity: bytes = b""  # the ROUTER identity of the connection
+    admitted: bool = False  # counted against the queue budgets until its reply is sent
+
+    def expired(self, now: Optional[float] = None) -> bool:
+        """True once the client's deadline has passed (it no longer waits for the reply)."""
+        return self.deadline is not None and (time.monotonic() if now is None else now) > self.deadline
+
+
+def split_routing(frames: List[Any]) -> Tuple[List[Any], List[Any]]:
+    """ROUTER frames -> (routing frames for the reply, payload frames); REQ peers put an empty delimiter between."""
+    split = next((i for i, frame in enumerate(frames) if len(frame) == 0), None)
+    if split is None:  # not from a REQ socket: route back by identity alone
+        return frames[:1], frames[1:]
+    return frames[: split + 1], frames[split + 1 :]
+
+
+def peer_address(payload: List[Any]) -> Optional[str]:
+    """The sender's IP address as ZeroMQ reports it (None for non-TCP transports)."""
+    try:
+        return payload[0].get("Peer-Address") if payload else None
+    except (zmq.ZMQError, AttributeError):
+        return None
+
+
+def bounded(message: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """The message cut to `limit` characters, saying how much was cut."""
+    if len(message) <= limit:
+        return message
+    return f"{message[:limit]}... ({len(message) - limit} more characters)"
+
+
+def decode_payload(payload: List[Any], max_message_bytes: int) -> Tuple[Any, str]:
+    """Payload frames -> (envelope, wire format), decoded within limits derived from max_message_bytes.
+
+    RequestError or WireDecodeError on anything malformed or over a limit.
+    """
+    if not payload:
+        raise RequestError("empty message: expected a msgpack request map")
+    # ZMQ_MAXMSGSIZE bounds each frame (a frame over it is dropped with its connection, unanswered); a multipart
+    # message must respect the cap as a whole too, and that we can answer.
+    total_bytes = sum(len(frame) for frame in payload)
+    if total_bytes > max_message_bytes:
+        raise RequestError(
+            f"message of {total_bytes} bytes exceeds this server's limit of {max_message_bytes} bytes "
+            "(max_message_bytes); it was not decoded. Send smaller or fewer images, or start the server with a "
+            "larger --max-message-mb"
+        )
+    limits = codec.DecodeLimits.for_message_bytes(max_message_bytes)
+    if codec.is_multipart(payload):
+        return codec.decode_multipart(payload, limits), WIRE_MULTIPART
+    if len(payload) == 1:
+        envelope, npsave = codec.decode_noting_npsave(payload[0].buffer, limits)
+        return envelope, WIRE_NPSAVE if npsave else WIRE_MSGPACK
+    raise RequestError(f"message has {len(payload)} frames but no multipart header; expected 1 frame")
+
+
+def check_envelope(envelope: Any, api_token: Optional[str]) -> Dict[str, Any]:
+    """Validate the request map (str keys, str endpoint) and the API token, compared in constant time."""
+    if not isinstance(envelope, dict):
+        raise RequestError(f"request must be a map with 'endpoint' and 'data', got {type(envelope).__name__}")
+    envelope = {k.decode("utf-8", "replace") if isinstance(k, bytes) else k: v for k, v in envelope.items()}
+    endpoint = envelope.get("endpoint", "get_action")
+    if not isinstance(endpoint, str):
+        raise RequestError(f"'endpoint' must be a str, got {type(endpoint).__name__}")
+    if api_token is not None:
+        token = envelope.get("api_token")
+        if not isinstance(token, str) or not hmac.compare_digest(token.encode(), api_token.encode()):
+            raise RequestError("Unauthorized: Invalid API token")
+    return envelope
+
+
+def session_of(envelope: Dict[str, Any], max_chars: int) -> Optional[str]:
+    """The envelope's session_id (None when absent or not a non-empty str); RequestError when too long."""
+    session = envelope.get("session_id")
+    if not isinstance(session, str) or not session:
+        return None
+    if len(session) > max_chars:
+        raise RequestError(f"session_id has {len(session)} characters; this server accepts at most {max_chars}")
+    return session
+
+
+def deadline_of(envelope: Dict[str, Any], received_at: float) -> Optional[float]:
+    """When the client gives up: received_at + the envelope's timeout_ms (None when the client sent none)."""
+    timeout_ms = envelope.get(TIMEOUT_FIELD)
+    if timeout_ms is None:
+        return None
+    if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, (int, float)) or not timeout_ms > 0:
+        raise RequestError(f"'{TIMEOUT_FIELD}' must be a positive number of milliseconds, got {str(timeout_ms)[:40]!r}")
+    return received_at + min(float(timeout_ms), 1e9) / 1000.0
+
+
+def encode_reply(request: Request, body: Any, ok: bool) -> List[Any]:
+    """A result or error in the format the request came in (our errors carry ERROR_MARKER in the reference format)."""
+    if request.wire_format == WIRE_NPSAVE:
+        return [codec.encode_early_n16(body if ok else {"error": body, ERROR_MARKER: True, "endpoint": request.endpoint})]
+    if request.multipart:
+        header = {"ok": True, "result": body} if ok else {"ok": False, "error": body, "endpoint": request.endpoint}
+        return codec.encode_multipart(header)
+    if ok:
+        return [codec.encode(body)]
+    return [codec.encode({"error": body, ERROR_MARKER: True, "endpoint": request.endpoint})]
+
+
+def encode_timed_reply(request: Request, action: Any, info: Dict[str, Any], timing: Dict[str, Any], started: float) -> List[Any]:
+    """Encode [action, info] with server_timing.encode_ms in info.
+
+    The action is packed first and timed; info (a few small values) is packed after, so encode_ms covers the
+    action payload but not the info map that carries it. The parts are joined without re-encoding.
+    """
+    buffers: List[Any] = []
+    action_part = codec.pack_multipart_header(action, buffers) if request.multipart else codec.encode(action)
+    info = dict(info)
+    info["server_timing"] = dict(timing, encode_ms=(time.monotonic() - started) * 1000.0)
+    if not request.multipart:
+        return [codec.join_packed_array([action_part, codec.encode(info)])]
+    result = codec.join_packed_array([action_part, codec.pack_multipart_header(info, buffers)])
+    return [codec.MULTIPART_MAGIC, codec.join_packed_map({"ok": codec.encode(True), "result": result}), *buffers]

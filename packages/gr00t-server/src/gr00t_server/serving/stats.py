@@ -1,0 +1,51 @@
+"""Server counters reported by get_server_info; updated from the socket thread and the policy worker."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Dict
+
+
+@dataclass
+class ServerStats:
+    """Requests, errors, refusals, expired requests, evicted sessions and the sizes of the policy batches run."""
+
+    requests: int = 0
+    errors: int = 0
+    refused: int = 0  # over a work, queue or session limit (also counted in errors)
+    expired: int = 0  # dropped before the policy because the client's deadline had passed
+    internal_errors: int = 0
+    sessions_evicted: int = 0
+    policy_calls: int = 0
+    encode_ms_total: float = 0.0
+    batch_sizes: Counter = field(default_factory=Counter)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, name: str, amount: float = 1) -> None:
+        """Add to a counter (thread-safe: both serving threads count)."""
+        with self._lock:
+            setattr(self, name, getattr(self, name) + amount)
+
+    def record_batch(self, size: int) -> None:
+        """One policy call that served `size` requests."""
+        with self._lock:
+            self.policy_calls += 1
+            self.batch_sizes[size] += 1
+
+    def snapshot(self) -> Dict[str, Any]:
+        """The counters as plain values for get_server_info."""
+        with self._lock:
+            rows = sum(size * count for size, count in self.batch_sizes.items())
+            return {
+                "requests": self.requests,
+                "errors": self.errors,
+                "refused": self.refused,
+                "expired": self.expired,
+                "internal_errors": self.internal_errors,
+                "sessions_evicted": self.sessions_evicted,
+                "policy_calls": self.policy_calls,
+                "batch_sizes": {str(size): count for size, count in sorted(self.batch_sizes.items())},
+                "mean_batch_rows": rows / self.policy_calls if self.policy_calls else 0.0,
+            }

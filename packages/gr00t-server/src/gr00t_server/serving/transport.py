@@ -1,0 +1,107 @@
+"""The ROUTER socket and the worker's wake-up pipe: bind, poll, receive and send (socket thread only)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any, List, Optional, Tuple
+
+import zmq
+
+from gr00t_client import codec
+from gr00t_client.client import endpoint_host, is_ipv6_literal
+
+logger = logging.getLogger("gr00t_server.serving")
+
+# Messages ZeroMQ may hold per connection before it stops reading that peer (back-pressure). A REQ client has
+# one request outstanding; the default of 1000 let one connection park 1000 x max_message_bytes in the server.
+RECEIVE_HWM = 4
+
+
+class Transport:
+    """A bound ROUTER socket plus a pipe any thread may write to wake the poll (the worker's "reply ready")."""
+
+    def __init__(self, host: str, port: int, max_message_bytes: int) -> None:
+        self.context = zmq.Context()
+        sock = self.context.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 1000)  # let the last replies (e.g. kill's ack) flush
+        # A frame over the cap makes ZeroMQ close that peer's connection without a reply or any event that tells it
+        # from an ordinary disconnect, so it cannot be logged here; our client checks the size before sending.
+        sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        sock.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
+        sock.setsockopt(zmq.IPV6, int(is_ipv6_literal(host)))
+        sock.copy_threshold = codec.ZERO_COPY_MIN_BYTES
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        address = f"tcp://{endpoint_host(host)}"
+        try:
+            if port == 0:
+                sock.bind_to_random_port(address)
+            else:
+                sock.bind(f"{address}:{port}")
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            self.context.term()
+            raise OSError(f"cannot bind {address}:{port}: {exc}") from exc
+        self.socket: Optional[zmq.Socket] = sock
+        self.endpoint: str = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.port = int(self.endpoint.rsplit(":", 1)[1])
+        self._wake_lock = threading.Lock()  # a closed pipe's fd numbers may be reused: never write after close
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
+        self._poller = zmq.Poller()
+        self._poller.register(sock, zmq.POLLIN)
+        self._poller.register(self._wake_read, zmq.POLLIN)
+
+    def wake(self) -> None:
+        """Make the next (or current) poll return; safe from any thread, never blocks."""
+        with self._wake_lock:
+            if self._wake_write < 0:
+                return
+            try:
+                os.write(self._wake_write, b"!")
+            except OSError:  # the pipe is full: a wake-up is pending anyway
+                pass
+
+    def poll(self, timeout_ms: int) -> Tuple[bool, bool]:
+        """Wait up to timeout_ms; (a message is waiting, a wake-up came). Wake-ups are drained."""
+        events = dict(self._poller.poll(max(0, int(timeout_ms))))
+        woken = self._wake_read in events
+        if woken:
+            try:
+                while os.read(self._wake_read, 4096):
+                    pass
+            except (BlockingIOError, OSError):
+                pass
+        return self.socket in events, woken
+
+    def receive(self) -> Optional[List[zmq.Frame]]:
+        """One waiting message's frames, or None when none is waiting."""
+        assert self.socket is not None
+        try:
+            return self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return None
+
+    def send(self, routing: List[Any], frames: List[Any], peer: Optional[str]) -> None:
+        """Send a reply; a peer that went away is logged, not raised."""
+        assert self.socket is not None
+        try:
+            # Frames are owned, immutable bytes (the server copies policy buffers when it encodes), so ZeroMQ may
+            # send large ones without another copy.
+            self.socket.send_multipart(list(routing) + list(frames), copy=False)
+        except zmq.ZMQError as exc:  # the peer went away; nothing to answer
+            logger.warning("could not send reply to %s: %s", peer or "local", exc)
+
+    def close(self) -> None:
+        """Close the socket, the context and the pipe (a late wake() from an abandoned worker is ignored)."""
+        if self.socket is not None:
+            self.socket.close()
+            self.socket = None
+        self.context.term()
+        with self._wake_lock:
+            for fd in (self._wake_read, self._wake_write):
+                if fd >= 0:
+                    os.close(fd)
+            self._wake_read = self._wake_write = -1

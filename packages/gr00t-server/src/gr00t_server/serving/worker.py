@@ -1,0 +1,88 @@
+"""The policy worker: one thread that runs policy calls in arrival order, so the socket thread never waits."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import threading
+from typing import Any, Callable, Deque, List, Optional, Tuple
+
+from .messages import Request
+
+logger = logging.getLogger("gr00t_server.serving")
+
+Job = List[Request]  # one request, or several get_action requests to run as one batch
+Reply = Tuple[Request, List[Any]]  # a request and its encoded reply frames
+
+
+class PolicyWorker:
+    """Runs jobs one at a time on its own thread (the ZeroMQ guide's ROUTER-to-worker pattern).
+
+    `execute(job)` returns the encoded replies; they are put in `outbox` and `notify()` wakes the socket
+    thread, which alone sends. Jobs run in submission order, so stateful endpoints of one session stay ordered.
+    """
+
+    def __init__(self, execute: Callable[[Job], List[Reply]], notify: Callable[[], None]) -> None:
+        self._execute = execute
+        self._notify = notify
+        self._jobs: "queue.Queue[Optional[Job]]" = queue.Queue()
+        self.outbox: Deque[Reply] = collections.deque()
+        self._pending = 0  # jobs submitted and not finished (the socket thread reads it)
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name="gr00t-policy-worker", daemon=True)
+
+    def start(self) -> None:
+        """Start the thread."""
+        self._thread.start()
+
+    def is_current_thread(self) -> bool:
+        """True when called from this worker's thread (e.g. by a handler)."""
+        return threading.current_thread() is self._thread
+
+    @property
+    def busy(self) -> bool:
+        """True while a job is queued or running."""
+        with self._lock:
+            return self._pending > 0
+
+    def submit(self, job: Job) -> None:
+        """Queue a job behind the ones already submitted."""
+        with self._lock:
+            self._pending += 1
+        self._jobs.put(job)
+
+    def take_queued(self) -> List[Job]:
+        """Remove and return the jobs not yet started (at shutdown, to answer them instead)."""
+        taken: List[Job] = []
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                taken.append(job)
+        with self._lock:
+            self._pending -= len(taken)
+        return taken
+
+    def stop(self, timeout_s: float) -> bool:
+        """Let the running job finish (up to timeout_s) and end the thread; False when it is still running."""
+        self._jobs.put(None)
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+    def _loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                replies = self._execute(job)
+            except BaseException:  # execute answers every failure itself; this is the last line of defence
+                logger.exception("policy worker failed on a job of %d request(s)", len(job))
+                replies = []
+            self.outbox.extend(replies)
+            with self._lock:
+                self._pending -= 1
+            self._notify()
