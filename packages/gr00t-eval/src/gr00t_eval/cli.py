@@ -191,13 +191,9 @@ def _connect(args: argparse.Namespace):
 
 
 def _observation_format(client: Any, requested: str) -> str:
-    if requested != "auto":
-        return requested
-    try:
-        info = client.get_server_info()
-    except Exception:  # noqa: BLE001 - the reference server has no info endpoint: it speaks the nested form
-        return "nested"
-    return "flat" if "Sim" in str(info.get("policy_class", "")) else "nested"
+    from .open_loop import resolve_observation_format
+
+    return resolve_observation_format(client, requested)
 
 
 def _plots_wanted(args: argparse.Namespace) -> bool:
@@ -222,12 +218,18 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
     if "--action-horizon" in sys.argv or "--action_horizon" in sys.argv:
         logging.getLogger(__name__).warning("--action-horizon is deprecated; use --execution-horizon")
     tag = EmbodimentTag.resolve(args.embodiment_tag)
-    with _connect(args) as client:
+    if not (Path(args.dataset_path) / "meta").is_dir():
+        raise UsageError(f"--dataset-path {args.dataset_path}: not a LeRobot dataset (no meta/ directory there)")
+    try:  # mistakes in the flags fail before any connection is made
         config = OpenLoopConfig(
             dataset_path=args.dataset_path, traj_ids=args.traj_ids, steps=args.steps, execution_horizon=args.execution_horizon,
             modality_keys=args.modality_keys, output_dir=args.output_dir, embodiment_tag=tag.value,
-            observation_format=_observation_format(client, args.observation_format), plot=_plots_wanted(args),
+            observation_format=args.observation_format, plot=_plots_wanted(args),
+            plot_path=args.save_plot_path, denoising_steps=args.denoising_steps,
         )
+    except ValueError as exc:
+        raise UsageError(f"{exc} (check --steps, --execution-horizon, --traj-ids, --denoising-steps)") from None
+    with _connect(args) as client:
         result = evaluate_open_loop(client, config, report=tqdm.write)
     if result.trajectories:
         print(f"Plots: {', '.join(str(t.plot_path) for t in result.trajectories.values() if t.plot_path) or '(none)'}")

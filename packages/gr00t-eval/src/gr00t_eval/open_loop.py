@@ -7,6 +7,7 @@ policy is reset to the trajectory (`episode_index`) before it is evaluated, so a
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -37,8 +38,49 @@ class OpenLoopConfig:
     modality_keys: Optional[Sequence[str]] = None
     output_dir: str = DEFAULT_OUTPUT_DIR
     embodiment_tag: str = "new_embodiment"
-    observation_format: str = "nested"  # "nested" (reference server) or "flat" (server with the sim wrapper)
+    # "nested" (reference server), "flat" (server with the sim wrapper) or "auto" (ask the server, like the CLI)
+    observation_format: str = "nested"
     plot: bool = True
+    # The reference's --save-plot-path: the plot file of a single trajectory; with several, PATH_traj{id}.SUFFIX.
+    plot_path: Optional[str] = None
+    # Flow-matching denoising steps sent with every request as options["denoising_steps"] (None: the server's).
+    denoising_steps: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps must be an int >= 1 (steps evaluated per trajectory), got {self.steps!r}")
+        if isinstance(self.execution_horizon, bool) or not isinstance(self.execution_horizon, int) or self.execution_horizon < 1:
+            raise ValueError(f"execution_horizon must be an int >= 1, got {self.execution_horizon!r}")
+        if not list(self.traj_ids):
+            raise ValueError("traj_ids must name at least one trajectory")
+        if self.observation_format not in OBSERVATION_FORMATS:
+            raise ValueError(f"observation_format must be one of {OBSERVATION_FORMATS}, got {self.observation_format!r}")
+        if self.denoising_steps is not None and self.denoising_steps < 1:
+            raise ValueError(f"denoising_steps must be >= 1, got {self.denoising_steps}")
+
+    def plot_file(self, traj_id: int, n_trajectories: int) -> Path:
+        """Where the plot of `traj_id` goes: plot_path (suffixed per trajectory when several), else OUTPUT_DIR/traj_{id}.jpeg."""
+        if self.plot_path is None:
+            return Path(self.output_dir) / f"traj_{traj_id}.jpeg"
+        path = Path(self.plot_path)
+        return path if n_trajectories == 1 else path.with_name(f"{path.stem}_traj{traj_id}{path.suffix or '.jpeg'}")
+
+
+OBSERVATION_FORMATS = ("nested", "flat", "auto")
+
+
+def resolve_observation_format(policy: BasePolicy, requested: str) -> str:
+    """"auto": "flat" for a server whose policy is the sim wrapper, else "nested" (the reference server's form)."""
+    if requested != "auto":
+        return requested
+    get_info = getattr(policy, "get_server_info", None)
+    if get_info is None:
+        return "nested"
+    try:
+        info = get_info()
+    except Exception:  # noqa: BLE001 - the reference server has no info endpoint: it speaks the nested form
+        return "nested"
+    return "flat" if "Sim" in str(info.get("policy_class", "")) else "nested"
 
 
 @dataclass
@@ -175,7 +217,8 @@ def evaluate_trajectory(
     for step in inference_steps:
         logger.debug("inferencing at step: %d", step)
         observation = build_observation(episode, step, configs, frames, key_maps, config.observation_format)
-        action, info = policy.get_action(observation)
+        options = None if config.denoising_steps is None else {"denoising_steps": int(config.denoising_steps)}
+        action, info = policy.get_action(observation, options=options)
         if isinstance(info, Mapping) and isinstance(info.get("current_step"), int) and info["current_step"] != step:
             logger.warning("the policy reports step %s while the evaluation is at step %d (server execution horizon != %d?)",
                            info["current_step"], step, config.execution_horizon)
@@ -201,7 +244,7 @@ def evaluate_trajectory(
         if state_keys:
             state = np.concatenate([episode.states(key_maps["state"].map[k]) for k in state_keys], axis=1)[:actual_steps]
         labels = [f"{key}[{i}]" for key in action_keys for i in range(key_dims[key])]
-        path = Path(config.output_dir) / f"traj_{traj_id}.jpeg"
+        path = config.plot_file(traj_id, len(config.traj_ids))
         result.plot_path = str(plot_trajectory(path, traj_id, ground_truth, prediction, inference_steps, state, state_keys, action_keys, labels))
     return result
 
@@ -210,6 +253,8 @@ def evaluate_open_loop(
     policy: BasePolicy, config: OpenLoopConfig, report: Callable[[str], None] = logger.info, progress: bool = True
 ) -> OpenLoopResult:
     """Evaluate every trajectory id (out-of-range ids are skipped with a warning); write plots and results.json."""
+    if config.observation_format == "auto":
+        config = dataclasses.replace(config, observation_format=resolve_observation_format(policy, "auto"))
     configs = policy.get_modality_config()
     if "action" not in configs:
         raise ValueError(f"the policy's modality config has no 'action' modality; got {sorted(configs)}")
