@@ -19,6 +19,8 @@ logger = logging.getLogger(__name__)
 PROTOCOL_VERSION = 1
 ERROR_MARKER = "__gr00t_error__"
 TIMING_OPTION = "return_server_timing"
+TIMEOUT_FIELD = "timeout_ms"  # envelope field: the client's remaining budget; gr00t-server drops the request after it
+CLOSE_POLL_MS = 50  # an in-flight call notices close() from another thread within this long
 
 
 class PolicyServerError(RuntimeError):
@@ -129,6 +131,7 @@ class PolicyClient(BasePolicy):
         self._socket: Optional[zmq.Socket] = None
         self._handshake: Optional[curve.HandshakeMonitor] = None  # watches the current socket's handshakes
         self._lock = threading.Lock()
+        self._closing = threading.Event()  # set by close(); an in-flight call gives up its wait at once
         self._modality_config: Optional[Dict[str, ModalityConfig]] = None
 
     # --- transport ------------------------------------------------------------------------------
@@ -172,6 +175,10 @@ class PolicyClient(BasePolicy):
         )
 
     def _round_trip(self, envelope: Dict[str, Any], endpoint: str, multipart: bool, deadline: Optional[float] = None) -> Any:
+        if deadline is None:
+            deadline = time.monotonic() + self.timeout_ms / 1000.0
+        # Our server drops a request whose client has given up instead of running it; other servers ignore the field.
+        envelope = {**envelope, TIMEOUT_FIELD: max(1, int((deadline - time.monotonic()) * 1000))}
         if multipart:
             frames: List[Any] = codec.encode_multipart(envelope)
         else:
@@ -180,8 +187,6 @@ class PolicyClient(BasePolicy):
         if self._socket is None:
             self._socket = self._open_socket()
         sock = self._socket
-        if deadline is None:
-            deadline = time.monotonic() + self.timeout_ms / 1000.0
         try:
             try:  # a connected REQ socket queues at once; only a full queue makes us wait
                 sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
@@ -218,8 +223,15 @@ class PolicyClient(BasePolicy):
     def _wait_for_reply(self, timeout_ms: int, endpoint: str) -> None:
         """Wait for the reply; a failed handshake (keys, or encryption on one side only) raises HandshakeError, not a timeout."""
         assert self._handshake is not None
-        if not self._handshake.wait_for_reply(timeout_ms):
-            raise self._handshake.failure() or self._timeout(endpoint)
+        deadline = time.monotonic() + max(0, timeout_ms) / 1000.0
+        while True:  # in slices, so that close() from another thread is noticed within CLOSE_POLL_MS
+            if self._closing.is_set():
+                raise ConnectionError(f"PolicyClient for {self.address} was closed while waiting for '{endpoint}'")
+            remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
+            if self._handshake.wait_for_reply(min(remaining_ms, CLOSE_POLL_MS)):
+                return
+            if remaining_ms <= CLOSE_POLL_MS:
+                raise self._handshake.failure() or self._timeout(endpoint)
 
     def _check_size(self, frames: List[Any], endpoint: str) -> None:
         """Refuse, before sending, a request over the server's limit (a frame over it would get no reply at all)."""
@@ -356,7 +368,11 @@ class PolicyClient(BasePolicy):
     # --- lifetime -------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the socket and context without waiting for undelivered messages."""
+        """Close the socket and context without waiting for undelivered messages; safe from any thread, at any
+        moment: a call in flight in another thread stops waiting (ConnectionError) within CLOSE_POLL_MS."""
+        closing = getattr(self, "_closing", None)
+        if closing is not None:
+            closing.set()
         with self._lock:
             self._discard_socket()
             if self._context is not None:
