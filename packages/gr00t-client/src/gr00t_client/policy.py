@@ -37,6 +37,14 @@ def _check_array(kind: str, key: str, value: Any, dtype: type, ndim: int, horizo
         raise err(f"{kind} key '{key}' must have horizon T={horizon} (shape {layout}); got T={value.shape[1]} in shape {value.shape}")
 
 
+def _check_finite(key: str, value: np.ndarray) -> None:
+    """A NaN or inf state makes NaN actions that a robot would execute: refuse it, naming the key and rows."""
+    if value.size and not np.isfinite(value).all():
+        bad = ~np.isfinite(value.reshape(value.shape[0], -1))
+        rows = [int(r) for r in np.flatnonzero(bad.any(axis=1))]
+        raise ObservationError(f"State key '{key}' has non-finite values (NaN or inf) in rows {rows[:8]}; expected finite numbers")
+
+
 def validate_observation(observation: Any, configs: Mapping[str, ModalityConfig]) -> int:
     """Check a nested observation {video, state, language} against modality configs; return the batch size."""
     if not isinstance(observation, Mapping):
@@ -71,6 +79,7 @@ def validate_observation(observation: Any, configs: Mapping[str, ModalityConfig]
                 check_batch("Video", key, value.shape[0])
             elif modality == "state":
                 _check_array("State", key, value, np.float32, 3, config.horizon, "(B, T, D)", ObservationError)
+                _check_finite(key, value)
                 check_batch("State", key, value.shape[0])
             else:
                 if not isinstance(value, (list, tuple)):
