@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -23,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 SESSION_OPTION = "_session_id"
 DEFAULT_SESSION = "default"
+DEFAULT_MAX_ROWS = 128  # rows one session may replay at once (options["batch_size"], episode_index lists)
+DEFAULT_MAX_SESSIONS = 1024  # cursors kept; the least recently used is forgotten first
 
 
 @dataclass
@@ -40,7 +43,8 @@ class ReplayPolicy(BasePolicy):
     episode, so past the end the last row repeats) and then advances the row by `execution_horizon`.
     State is kept per session (`options["_session_id"]`, set by the server); a session that was never
     reset starts at episode position 0, step 0. Episodes are addressed by position in the episode list.
-    Only actions are read from the dataset; no video is decoded.
+    Only actions are read from the dataset; no video is decoded. A session replays at most `max_rows` rows and
+    at most `max_sessions` sessions are kept (least recently used forgotten first), so memory stays bounded.
     """
 
     stateful_sessions = True
@@ -52,8 +56,15 @@ class ReplayPolicy(BasePolicy):
         execution_horizon: Optional[int] = None,
         *,
         strict: bool = True,
+        max_rows: int = DEFAULT_MAX_ROWS,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
     ) -> None:
         super().__init__(strict=strict)
+        for name, value in (("max_rows", max_rows), ("max_sessions", max_sessions)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        self.max_rows = max_rows
+        self.max_sessions = max_sessions
         dataset_class = require_lerobot_dataset()
         self.dataset = dataset if isinstance(dataset, dataset_class) else dataset_class(dataset)
         if self.dataset.num_episodes == 0:
@@ -76,7 +87,7 @@ class ReplayPolicy(BasePolicy):
                 f"execution_horizon must be an int in [1, {span}] (the action chunk spans steps 0..{span - 1}), got {execution_horizon!r}"
             )
         self.execution_horizon = execution_horizon
-        self._sessions: Dict[str, _Cursor] = {}
+        self._sessions: "OrderedDict[str, _Cursor]" = OrderedDict()
         self._actions: Dict[int, Dict[str, np.ndarray]] = {}
         self._lock = threading.Lock()
 
@@ -102,7 +113,10 @@ class ReplayPolicy(BasePolicy):
             cursor = self._sessions.get(session) or _Cursor([0], [0])
             episodes = cursor.episodes
             if options.get("episode_index") is not None:
-                episodes = [self._check_episode(e) for e in _as_list(options["episode_index"], "episode_index")]
+                listed = _as_list(options["episode_index"], "episode_index")
+                if len(listed) > self.max_rows:
+                    raise ValueError(f"episode_index lists {len(listed)} rows; this policy replays at most {self.max_rows} rows per session")
+                episodes = [self._check_episode(e) for e in listed]
             steps_option = options.get("step_index")
             steps = [0] * len(episodes) if steps_option is None else _as_list(steps_option, "step_index")
             if len(steps) == 1 and len(episodes) > 1:
@@ -111,7 +125,7 @@ class ReplayPolicy(BasePolicy):
                 raise ValueError(f"step_index has {len(steps)} entries but episode_index has {len(episodes)}; expected one per row")
             for episode, step in zip(episodes, steps):
                 self._check_step(episode, step)
-            self._sessions[session] = _Cursor(list(episodes), list(steps))
+            self._keep(session, _Cursor(list(episodes), list(steps)))
             info = self._info(self._sessions[session], done=None)
         logger.debug("session %s reset to episodes %s steps %s", session, episodes, steps)
         return info
@@ -121,9 +135,12 @@ class ReplayPolicy(BasePolicy):
         session = _session_id(options)
         batch = _observation_batch_size(observation)
         if batch is None and options.get("batch_size") is not None:
-            batch = int(options["batch_size"])
+            batch = options["batch_size"]
+        if batch is not None:  # checked before the session is touched: a bad request never breaks it
+            batch = self._check_batch_size(batch)
         with self._lock:
-            cursor = self._sessions.setdefault(session, _Cursor([0], [0]))
+            cursor = self._sessions.get(session) or _Cursor([0], [0])
+            self._keep(session, cursor)
             if batch is not None and batch != len(cursor.episodes):
                 if len(cursor.episodes) != 1:
                     raise ValueError(
@@ -140,6 +157,22 @@ class ReplayPolicy(BasePolicy):
         return action, info
 
     # -- helpers ----------------------------------------------------------------------------------
+    def _keep(self, session: str, cursor: _Cursor) -> None:
+        """Store a session's cursor as the most recently used; forget the least recently used over max_sessions."""
+        self._sessions[session] = cursor
+        self._sessions.move_to_end(session)
+        while len(self._sessions) > self.max_sessions:
+            forgotten, _ = self._sessions.popitem(last=False)
+            logger.info("replay session %s forgotten (more than %d sessions)", forgotten[:40], self.max_sessions)
+
+    def _check_batch_size(self, batch: Any) -> int:
+        """Rows requested (options['batch_size'] or the observation's): an int in [1, max_rows]."""
+        if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)):
+            raise ValueError(f"batch_size must be an int in [1, {self.max_rows}], got {str(batch)[:40]!r} ({type(batch).__name__})")
+        if not 1 <= batch <= self.max_rows:
+            raise ValueError(f"batch_size must be an int in [1, {self.max_rows}], got {batch}")
+        return int(batch)
+
     def drop_session(self, session_id: str) -> None:
         """Forget a session's cursor (e.g. when its client disconnects)."""
         with self._lock:
