@@ -1,0 +1,321 @@
+"""Results users can trust: errors counted apart, dead servers stop the run, interrupts keep everything, --resume,
+output directories, eval_info.json in lerobot's field names, merge, and one-line errors. Real servers, real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from eval.scale_fixtures import ConstantPolicy, free_port, policy_server
+from gr00t_eval.cli import main
+
+TESTS_DIR = Path(__file__).resolve().parents[1]
+SMALL = ["--n-envs", "1", "--n-action-steps", "2", "--max-episode-steps", "6", "--no-video", "--vectorization", "sync"]
+LEROBOT_EPISODE_FIELDS = {"episode_ix", "sum_reward", "max_reward", "success", "seed"}
+LEROBOT_OVERALL_FIELDS = {"pc_success", "avg_sum_reward", "avg_max_reward", "n_episodes", "eval_s", "eval_ep_s"}
+
+
+class SlowPolicy(ConstantPolicy):
+    """ConstantPolicy that takes `delay` seconds per call, so a run lasts long enough to be interrupted."""
+
+    def __init__(self, delay: float = 0.05):
+        super().__init__()
+        self.delay = delay
+
+    def _get_action(self, observation, options=None):
+        time.sleep(self.delay)
+        return super()._get_action(observation, options)
+
+
+class FlakyPolicy(ConstantPolicy):
+    """Raises on calls number `fail_calls` (1-based): the episodes running then error, the others finish."""
+
+    def __init__(self, fail_calls):
+        super().__init__()
+        self.fail_calls, self.calls = set(fail_calls), 0
+
+    def _get_action(self, observation, options=None):
+        self.calls += 1
+        if self.calls in self.fail_calls:
+            raise RuntimeError("policy blew up")
+        return super()._get_action(observation, options)
+
+
+def rollout_args(port, out, *extra):
+    return ["rollout", "--env-name", "walkto/slow", "--policy-client-port", str(port), "--output-dir", str(out),
+            "--timeout-ms", "3000", *SMALL, *extra]
+
+
+def read(path):
+    return json.loads(Path(path).read_text())
+
+
+def outcomes(results):
+    keep = ("task", "episode_index", "seed", "success", "sum_reward", "max_reward", "length", "error")
+    return [{k: e.get(k) for k in keep} for e in results["per_episode"]]
+
+
+# --- failure accounting ---------------------------------------------------------------------------
+
+
+def test_errored_episodes_are_counted_apart_reported_incomplete_and_fail_the_exit_status(tmp_path, capsys):
+    with policy_server(FlakyPolicy(fail_calls={2})) as server:
+        code = main(rollout_args(server.port, tmp_path / "out", "--n-episodes", "4", "--seed", "0"))
+    printed = capsys.readouterr().out
+    results = read(tmp_path / "out" / "results.json")
+    errored = [e for e in results["per_episode"] if e["error"]]
+    assert code == 1
+    assert len(errored) == 1 and "get_action failed" in errored[0]["error"] and errored[0]["success"] is None
+    assert results["overall"]["n_errors"] == 1 and results["overall"]["n_episodes"] == 3  # metrics over the 3 finished
+    assert "INCOMPLETE: 1 of 4 episodes errored" in printed
+    with policy_server(FlakyPolicy(fail_calls={2})) as server:
+        assert main(rollout_args(server.port, tmp_path / "again", "--n-episodes", "4", "--seed", "0", "--allow-errors")) == 0
+
+
+def test_a_broken_env_kwarg_gives_no_plausible_score_and_a_non_zero_exit(tmp_path, capsys):
+    with policy_server() as server:
+        code = main(rollout_args(server.port, tmp_path / "out", "--n-episodes", "2", "--env-kwarg", "camera=corner9"))
+    results = read(tmp_path / "out" / "results.json")
+    assert code == 1
+    assert results["overall"]["n_episodes"] == 0 and results["overall"]["pc_success"] is None
+    assert "camera" in results["failed_tasks"]["walkto/slow"]
+
+
+def test_every_episode_seed_is_recorded_from_a_random_base_seed_saved_in_run_json(tmp_path):
+    with policy_server() as server:
+        assert main(rollout_args(server.port, tmp_path / "out", "--n-episodes", "3")) == 0
+    base = read(tmp_path / "out" / "run.json")["config"]["seed"]
+    assert isinstance(base, int)
+    assert [e["seed"] for e in read(tmp_path / "out" / "results.json")["per_episode"]] == [base, base + 1, base + 2]
+
+
+# --- dead server ------------------------------------------------------------------------------------
+
+SERVER_SCRIPT = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from eval.scale_fixtures import ConstantPolicy
+from serving import running_server
+
+class Slow(ConstantPolicy):
+    def _get_action(self, observation, options=None):
+        time.sleep(0.05)
+        return super()._get_action(observation, options)
+
+with running_server(Slow()) as server:
+    print(server.port, flush=True)
+    time.sleep(600)
+"""
+
+
+def _eval_process(args, **kwargs):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-c", "import sys; from gr00t_eval.cli import main; sys.exit(main())",
+               "--log-level", "WARNING", *args]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def _wait_for_episodes(log: Path, count: int, process, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.is_file() and len(log.read_text().splitlines()) >= count:
+            return
+        if process.poll() is not None:
+            pytest.fail(f"rollout ended early:\n{process.stdout.read()}")
+        time.sleep(0.05)
+    pytest.fail(f"{log} did not reach {count} episodes")
+
+
+@pytest.mark.slow
+def test_a_server_killed_mid_rollout_stops_the_run_within_the_timeout_keeping_finished_episodes(tmp_path):
+    server = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT.format(tests=str(TESTS_DIR))], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(server.stdout.readline())
+        out = tmp_path / "out"
+        rollout = _eval_process(["rollout", "--env-name", "walkto/slow", "--policy-client-port", str(port), "--output-dir",
+                                 str(out), "--timeout-ms", "2000", "--n-episodes", "500", "--env-import", "eval.scale_fixtures",
+                                 *SMALL])
+        _wait_for_episodes(out / "episodes.jsonl", 3, rollout)
+        server.kill()
+        killed = time.monotonic()
+        output, _ = rollout.communicate(timeout=30)
+        took = time.monotonic() - killed
+    finally:
+        server.kill()
+        server.wait()
+    assert rollout.returncode == 1, output
+    assert took < 2.0 + 5.0, f"the rollout took {took:.1f} s to stop after the server died"
+    results = read(out / "results.json")
+    assert results["status"] == "aborted" and "did not answer a ping" in results["stop_reason"]
+    assert results["overall"]["n_episodes"] >= 3 and results["overall"]["n_errors"] >= 1
+    assert results["n_not_run"] > 400
+    assert "ABORTED" in output
+
+
+# --- interrupt and resume -----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sigint_writes_interrupted_results_and_resume_completes_to_the_uninterrupted_result(tmp_path):
+    n_episodes = "12"
+    with policy_server(SlowPolicy()) as server:
+        out = tmp_path / "interrupted"
+        rollout = _eval_process(rollout_args(server.port, out, "--n-episodes", n_episodes, "--seed", "5",
+                                             "--env-import", "eval.scale_fixtures"))
+        _wait_for_episodes(out / "episodes.jsonl", 3, rollout)
+        rollout.send_signal(signal.SIGINT)
+        output, _ = rollout.communicate(timeout=30)
+        assert rollout.returncode == 130, output
+        interrupted = read(out / "results.json")
+        assert interrupted["status"] == "interrupted" and 3 <= len(interrupted["per_episode"]) < 12
+        assert "--resume" in output
+
+        assert main(["rollout", "--resume", str(out), "--policy-client-port", str(server.port), "--timeout-ms", "3000"]) == 0
+        assert main(rollout_args(server.port, tmp_path / "whole", "--n-episodes", n_episodes, "--seed", "5")) == 0
+    resumed, whole = read(out / "results.json"), read(tmp_path / "whole" / "results.json")
+    assert resumed["status"] == "complete"
+    assert outcomes(resumed) == outcomes(whole)
+    for key in ("pc_success", "avg_sum_reward", "avg_max_reward", "n_episodes", "n_errors"):
+        assert resumed["overall"][key] == whole["overall"][key]
+
+
+def test_sigterm_ends_a_run_like_ctrl_c(tmp_path):
+    with policy_server(SlowPolicy()) as server:
+        out = tmp_path / "out"
+        rollout = _eval_process(rollout_args(server.port, out, "--n-episodes", "200", "--env-import", "eval.scale_fixtures"))
+        _wait_for_episodes(out / "episodes.jsonl", 1, rollout)
+        rollout.terminate()
+        output, _ = rollout.communicate(timeout=30)
+    assert rollout.returncode == 130, output
+    assert read(out / "results.json")["status"] == "interrupted"
+
+
+# --- output directories ----------------------------------------------------------------------------------
+
+
+def test_a_non_empty_output_dir_is_refused_unless_overwrite_which_empties_it(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "episode_0000_failure.mp4").write_text("old")
+    with policy_server() as server:
+        assert main(rollout_args(server.port, out, "--n-episodes", "1")) == 2
+        assert "--overwrite" in capsys.readouterr().err
+        assert main(rollout_args(server.port, out, "--n-episodes", "1", "--overwrite")) == 0
+    assert not (out / "episode_0000_failure.mp4").exists() and (out / "results.json").is_file()
+
+
+def test_the_default_output_dir_is_a_new_dated_directory(tmp_path, monkeypatch, capsys):
+    from gr00t_eval import scale_cli
+
+    monkeypatch.setattr(scale_cli, "DEFAULT_ROLLOUT_BASE", str(tmp_path / "base"))
+    args = ["rollout", "--env-name", "walkto/slow", "--n-episodes", "1", *SMALL]
+    with policy_server() as server:
+        assert main([*args, "--policy-client-port", str(server.port)]) == 0
+        time.sleep(1.1)
+        assert main([*args, "--policy-client-port", str(server.port)]) == 0
+    runs = sorted((tmp_path / "base").glob("*/*_walkto-slow"))
+    assert len(runs) == 2 and runs[0].parent.name == time.strftime("%Y-%m-%d")
+    assert all((run / "results.json").is_file() and (run / "eval_info.json").is_file() for run in runs)
+
+
+# --- eval_info.json and merge --------------------------------------------------------------------------------
+
+
+def test_eval_info_json_has_lerobot_eval_field_names(tmp_path):
+    with policy_server(FlakyPolicy(fail_calls={3})) as server:
+        main(rollout_args(server.port, tmp_path / "out", "--n-episodes", "4", "--seed", "1", "--env-name", "walkto/slow,walkto/fast"))
+    info = read(tmp_path / "out" / "eval_info.json")
+    assert set(info) >= {"per_episode", "per_task", "per_group", "overall"}
+    assert all(LEROBOT_EPISODE_FIELDS <= set(e) and isinstance(e["success"], bool) for e in info["per_episode"])
+    assert LEROBOT_OVERALL_FIELDS <= set(info["overall"])
+    assert isinstance(info["per_task"], list) and {"task_group", "task_id", "metrics"} <= set(info["per_task"][0])
+    assert set(info["per_task"][0]["metrics"]) >= {"sum_rewards", "max_rewards", "successes"}
+    for group in info["per_group"].values():
+        assert {"pc_success", "avg_sum_reward", "avg_max_reward", "n_episodes"} <= set(group)
+    # Only finished episodes are listed and counted; the errored one is reported beside them.
+    assert len(info["per_episode"]) == info["overall"]["n_episodes"] == 7
+    assert info["n_errors"] == 1 and info["errored_episodes"][0]["error"]
+
+
+def test_merge_run_twice_into_a_shard_directory_gives_the_same_result_and_names_files(tmp_path, capsys):
+    with policy_server() as server:
+        for index in range(2):
+            assert main(rollout_args(server.port, tmp_path / f"shard{index}", "--n-episodes", "4", "--seed", "0",
+                                     "--shard", f"{index}/2")) == 0
+    shard0, shard1 = tmp_path / "shard0", tmp_path / "shard1"
+    assert (shard0 / "results_shard0of2.json").is_file() and (shard1 / "results_shard1of2.json").is_file()
+    assert main(["merge", str(shard0), str(shard1), "--output", f"{shard0}/"]) == 0
+    first = read(shard0 / "results.json")
+    assert main(["merge", str(shard0), str(shard1), "--output", f"{shard0}/"]) == 0  # its own output is not read back
+    second = read(shard0 / "results.json")
+    assert outcomes(first) == outcomes(second) and first["overall"]["n_episodes"] == 4
+    assert (shard0 / "eval_info.json").is_file()
+    (shard1 / "results_copy.json").write_text((shard0 / "results_shard0of2.json").read_text())
+    capsys.readouterr()
+    assert main(["merge", str(shard0), str(shard1), "--output", str(tmp_path / "merged.json")]) == 2
+    err = capsys.readouterr().err
+    assert "results_copy.json" in err and "results_shard0of2.json" in err
+
+
+# --- one-line errors -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["rollout", "--env-name", "nosuch/reach-v3"], "unknown prefix 'nosuch'"),
+    (["rollout", "--env-name", "walkto/slow", "--n-episodes", "0"], "--n-episodes must be >= 1"),
+    (["rollout", "--env-name", "walkto/slow", "--model-path", "/ckpt"], "gr00t-server serve --model-path"),
+    (["rollout", "--env-name", "walkto/slow", "--transition_host", "h"], "--policy-client-host"),
+    (["rollout", "--env-name", "walkto/slow", "--policy-client-port", str(free_port()), "--timeout-ms", "200"],
+     "no policy server answered"),
+    (["rollout", "--resume", "/nonexistent/run"], "no run.json"),
+    (["open-loop", "--dataset-path", "/nope"], "not a LeRobot dataset"),
+    (["open-loop", "--dataset-path", str(TESTS_DIR), "--steps", "0"], None),
+    (["batch"], "--jobs"),
+    (["merge", "/nope/results.json", "--output", "/tmp/x.json"], "no such results file"),
+])
+def test_user_mistakes_are_one_line_with_exit_2(argv, expected, tmp_path, capsys):
+    if argv[0] == "open-loop" and "--steps" in argv:
+        (tmp_path / "meta").mkdir()
+        argv = ["open-loop", "--dataset-path", str(tmp_path), "--steps", "0"]
+        expected = "steps must be an int >= 1"
+    if argv[0] == "rollout" and "--output-dir" not in argv and "--resume" not in argv:
+        argv = [*argv, "--output-dir", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert expected in err, err
+
+
+def test_abbreviated_flags_are_refused():
+    with pytest.raises(SystemExit) as exc:
+        main(["rollout", "--env-name", "walkto/slow", "--n-ep", "3"])
+    assert exc.value.code == 2
+
+
+def test_open_loop_config_accepts_auto_like_the_cli_and_refuses_zero_steps():
+    from gr00t_eval.open_loop import OpenLoopConfig
+
+    assert OpenLoopConfig(dataset_path="x", observation_format="auto").observation_format == "auto"
+    with pytest.raises(ValueError, match="steps must be an int >= 1"):
+        OpenLoopConfig(dataset_path="x", steps=0)
+
+
+def test_recorded_seeds_reported_by_the_policy_override_the_base_seed():
+    from gr00t_eval.rollout import RolloutConfig, run_rollout
+
+    class SeedReporting(ConstantPolicy):
+        def reset(self, options=None):
+            return {"seed": [1000 + e for e in options["episode_index"]]}
+
+    result = run_rollout(SeedReporting(), RolloutConfig(env_name="walkto/slow", n_episodes=3, n_envs=2, n_action_steps=2,
+                                                        max_episode_steps=6, seed=0, vectorization="sync"), progress=False)
+    assert [o.seed for o in result.outcomes] == [1000, 1001, 1002]
+    assert np.all([o.error is None for o in result.outcomes])
