@@ -111,7 +111,7 @@ class Slow(ConstantPolicy):
         return super()._get_action(observation, options)
 
 with running_server(Slow()) as server:
-    print(server.port, flush=True)
+    print("PORT", server.port, flush=True)
     time.sleep(600)
 """
 
@@ -138,7 +138,7 @@ def _wait_for_episodes(log: Path, count: int, process, timeout: float = 60.0) ->
 def test_a_server_killed_mid_rollout_stops_the_run_within_the_timeout_keeping_finished_episodes(tmp_path):
     server = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT.format(tests=str(TESTS_DIR))], stdout=subprocess.PIPE, text=True)
     try:
-        port = int(server.stdout.readline())
+        port = int(next(line for line in server.stdout if line.startswith("PORT")).split()[1])
         out = tmp_path / "out"
         rollout = _eval_process(["rollout", "--env-name", "walkto/slow", "--policy-client-port", str(port), "--output-dir",
                                  str(out), "--timeout-ms", "2000", "--n-episodes", "500", "--env-import", "eval.scale_fixtures",
