@@ -1,16 +1,23 @@
 """Eval image transform (model.md §3.4): INTER_AREA resize, fractional center crop, letter-box, shapes."""
 
+import cv2
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
 from gr00t_server.processing.image import (
     eval_image_transform,
+    eval_image_transform_batch,
     eval_image_transform_torchvision_style,
+    eval_image_transform_torchvision_style_batch,
     fractional_center_crop,
     letter_box_pad,
     resize_area,
     smallest_max_size_shape,
 )
+from gr00t_server.processing.torch_resize import native_uint8_resize, resize_uint8
+from inter_area_reference import reference_resize_area
 
 
 def test_integer_shrink_is_block_mean_rounded_half_up():
@@ -34,13 +41,17 @@ def test_same_size_resize_is_identity():
 @pytest.mark.parametrize(
     "src,dst", [((243, 243), (256, 256)), ((243, 323), (256, 340)), ((256, 256), (128, 128)), ((100, 77), (33, 50)), ((64, 48), (90, 30))]
 )
-def test_resize_area_matches_opencv_inter_area(src, dst):
-    cv2 = pytest.importorskip("cv2")
+def test_resize_area_follows_the_inter_area_formulas(src, dst):
     image = np.random.default_rng(1).integers(0, 256, src + (3,), dtype=np.uint8)
     ours = resize_area(image, *dst)
-    theirs = cv2.resize(image, (dst[1], dst[0]), interpolation=cv2.INTER_AREA)
-    diff = np.abs(ours.astype(int) - theirs.astype(int))
+    formulas = reference_resize_area(image, *dst)
+    diff = np.abs(ours.astype(int) - formulas.astype(int))
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-3  # documented: rare float ties may differ by one level
+
+
+def test_resize_area_is_opencv_inter_area_itself():
+    image = np.random.default_rng(4).integers(0, 256, (243, 323, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(resize_area(image, 256, 340), cv2.resize(image, (340, 256), interpolation=cv2.INTER_AREA))
 
 
 def test_smallest_max_size_uses_python_round():
@@ -85,3 +96,71 @@ def test_without_shortest_edge_resizes_to_target_size():
 def test_torchvision_style_transform_output_size():
     image = np.random.default_rng(3).integers(0, 256, (480, 640, 3), dtype=np.uint8)
     assert eval_image_transform_torchvision_style(image, (256, 256), (230, 230)).shape == (256, 256, 3)
+
+
+def reference_albumentations_transform(image, shortest_edge=256, fraction=0.95):
+    """SmallestMaxSize(INTER_AREA) -> fractional center crop -> SmallestMaxSize, one frame, with cv2 directly."""
+
+    def smallest_max_size(img):
+        h, w = img.shape[:2]
+        scale = shortest_edge / min(h, w)
+        new_h, new_w = int(round(h * scale)), int(round(w * scale))
+        return img if (new_h, new_w) == (h, w) else cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_AREA)
+
+    img = smallest_max_size(image)
+    h, w = img.shape[:2]
+    ch, cw = int(h * fraction), int(w * fraction)
+    img = img[(h - ch) // 2 : (h - ch) // 2 + ch, (w - cw) // 2 : (w - cw) // 2 + cw]
+    return smallest_max_size(img)
+
+
+@pytest.mark.parametrize("shape", [(256, 256), (480, 640), (200, 150)])
+def test_batched_transform_equals_the_reference_transform_frame_by_frame(shape):
+    frames = np.random.default_rng(5).integers(0, 256, (5,) + shape + (3,), dtype=np.uint8)
+    batch = eval_image_transform_batch(frames, 256, 0.95)
+    for frame, transformed in zip(frames, batch):
+        np.testing.assert_array_equal(transformed, reference_albumentations_transform(frame))
+
+
+def test_batched_letter_box_transform_equals_single_frames():
+    frames = np.random.default_rng(6).integers(0, 256, (3, 120, 160, 3), dtype=np.uint8)
+    batch = eval_image_transform_batch(frames, 256, 0.95, letter_box=True)
+    for frame, transformed in zip(frames, batch):
+        np.testing.assert_array_equal(transformed, eval_image_transform(frame, 256, 0.95, letter_box=True))
+
+
+def reference_torchvision_resize(images, size, mode):
+    """torchvision v2 resize of a uint8 NCHW batch: native uint8 where it would be, else float, clamp, round."""
+    if native_uint8_resize(images.device):
+        return F.interpolate(images, size=list(size), mode=mode, align_corners=False, antialias=True)
+    out = F.interpolate(images.float(), size=list(size), mode=mode, align_corners=False, antialias=True)
+    return (out.clamp(0, 255) if mode == "bicubic" else out).round().to(torch.uint8)
+
+
+def test_torchvision_style_batch_is_resize_center_crop_resize():
+    frames = np.random.default_rng(7).integers(0, 256, (2, 480, 640, 3), dtype=np.uint8)
+    ours = eval_image_transform_torchvision_style_batch(frames, (256, 256), (230, 230))
+    images = torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()
+    resized = reference_torchvision_resize(images, (256, 256), "bilinear")
+    expected = reference_torchvision_resize(resized[:, :, 13:243, 13:243].contiguous(), (256, 256), "bilinear")
+    np.testing.assert_array_equal(ours, expected.permute(0, 2, 3, 1).numpy())
+    np.testing.assert_array_equal(ours[1], eval_image_transform_torchvision_style(frames[1], (256, 256), (230, 230)))
+
+
+def test_the_float_resize_path_rounds_and_clamps_like_torchvision():
+    images = torch.from_numpy(np.random.default_rng(8).integers(0, 256, (2, 3, 50, 70), dtype=np.uint8))
+    out = F.interpolate(images.float(), size=[64, 64], mode="bicubic", align_corners=False, antialias=True)
+    expected = out.clamp(0, 255).round().to(torch.uint8)  # the path torchvision takes on GPUs and non-AVX2 CPUs
+    assert torch.equal(resize_uint8(images, (64, 64), "bicubic", native=False), expected)
+
+
+def test_torchvision_style_matches_torchvision_where_installed():
+    tv = pytest.importorskip("torchvision.transforms.v2.functional")
+    frames = np.random.default_rng(9).integers(0, 256, (2, 480, 640, 3), dtype=np.uint8)
+    ours = eval_image_transform_torchvision_style_batch(frames, (256, 256), (230, 230))
+    for frame, transformed in zip(frames, ours):
+        image = torch.from_numpy(frame).permute(2, 0, 1)
+        image = tv.resize(image, [256, 256], antialias=True)
+        image = tv.center_crop(image, [230, 230])
+        image = tv.resize(image, [256, 256], antialias=True)
+        np.testing.assert_array_equal(transformed, image.permute(1, 2, 0).numpy())

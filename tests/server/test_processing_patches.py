@@ -2,14 +2,17 @@
 
 import numpy as np
 import pytest
+import torch
 
 from gr00t_server.processing.vision_patches import (
     VisionPatchConfig,
     num_image_tokens,
+    patchify_batch,
     patchify_image,
     patchify_images,
     smart_resize,
 )
+from gr00t_server.processing.torch_resize import native_uint8_resize
 
 SMALL = VisionPatchConfig(min_pixels=32 * 32)  # lets tiny test images keep their size
 
@@ -70,12 +73,11 @@ def test_patchify_images_concatenates_in_order():
     a = np.zeros((32, 32, 3), np.uint8)
     b = np.full((32, 64, 3), 255, np.uint8)
     rows, grids = patchify_images([a, b], SMALL)
-    assert grids.tolist() == [[1, 2, 2], [1, 2, 4]] and rows.shape == (12, 1536)
+    assert grids.tolist() == [[1, 2, 2], [1, 2, 4]] and tuple(rows.shape) == (12, 1536)
     assert rows[:4].max() == -1.0 and rows[4:].min() == 1.0
 
 
-def test_matches_transformers_slow_qwen2vl_image_processor():
-    pytest.importorskip("transformers")
+def test_matches_transformers_slow_qwen2vl_image_processor_where_no_resize_is_needed():
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
 
     hf = Qwen2VLImageProcessor(
@@ -83,12 +85,79 @@ def test_matches_transformers_slow_qwen2vl_image_processor():
         min_pixels=65536, max_pixels=16777216,
     )
     rng = np.random.default_rng(0)
-    for shape in [(256, 256), (256, 340), (100, 120)]:
+    for shape in [(256, 256), (256, 352)]:
         image = rng.integers(0, 256, shape + (3,), dtype=np.uint8)
         expected = hf(images=[image], return_tensors="np")
         rows, grid = patchify_image(image)
         assert grid.tolist() == expected["image_grid_thw"][0].tolist()
-        np.testing.assert_allclose(rows, expected["pixel_values"], atol=1e-6)
+        np.testing.assert_allclose(rows, expected["pixel_values"], atol=1e-6)  # slow: rescale then normalize
+
+
+def reference_fast_patchify(image, size):
+    """The fast processor's steps for one frame, written out: bicubic antialiased resize (float path), fused
+    (x - 255 mean) / (255 std) in float32, temporal repeat, 10-d view and permute."""
+    pixels = torch.from_numpy(image).permute(2, 0, 1)[None]
+    if size != image.shape[:2]:
+        out = torch.nn.functional.interpolate(pixels.float(), size=list(size), mode="bicubic", align_corners=False, antialias=True)
+        pixels = out.clamp(0, 255).round().to(torch.uint8)
+    mean = (torch.tensor([0.5] * 3) * (1.0 / (1.0 / 255.0))).view(-1, 1, 1)
+    std = (torch.tensor([0.5] * 3) * (1.0 / (1.0 / 255.0))).view(-1, 1, 1)
+    patches = pixels.to(torch.float32).sub(mean).div_(std).unsqueeze(1).repeat(1, 2, 1, 1, 1)
+    gh, gw = size[0] // 16, size[1] // 16
+    patches = patches.view(1, 1, 2, 3, gh // 2, 2, 16, gw // 2, 2, 16).permute(0, 1, 4, 7, 5, 8, 3, 2, 6, 9)
+    return patches.reshape(gh * gw, 1536)
+
+
+@pytest.mark.parametrize("shape", [(256, 256), (100, 120)])
+def test_patchify_batch_equals_the_fast_processor_formulas_bit_for_bit(shape):
+    frames = np.random.default_rng(1).integers(0, 256, (3,) + shape + (3,), dtype=np.uint8)
+    size = smart_resize(*shape)
+    rows, grids = patchify_batch(frames)
+    per_frame = rows.shape[0] // 3
+    assert grids.tolist() == [[1, size[0] // 16, size[1] // 16]] * 3
+    for index, frame in enumerate(frames):
+        if size != shape and native_uint8_resize(torch.device("cpu")):
+            continue  # this CPU resizes uint8 natively (as torchvision does here); compared against torchvision below
+        assert torch.equal(rows[index * per_frame : (index + 1) * per_frame], reference_fast_patchify(frame, size))
+
+
+def test_patchify_batch_rows_are_each_frame_patchified_alone():
+    frames = np.random.default_rng(2).integers(0, 256, (4, 100, 120, 3), dtype=np.uint8)
+    rows, _ = patchify_batch(frames)
+    singles = torch.cat([torch.from_numpy(patchify_image(frame)[0]) for frame in frames])
+    assert torch.equal(rows, singles)
+
+
+def test_mixed_sizes_keep_list_order():
+    a = np.random.default_rng(3).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    b = np.random.default_rng(4).integers(0, 256, (256, 352, 3), dtype=np.uint8)
+    rows, grids = patchify_images([a, b, a])
+    assert grids.tolist() == [[1, 16, 16], [1, 16, 22], [1, 16, 16]]
+    assert torch.equal(rows[:256], rows[256 + 352 :]) and torch.equal(rows[256 : 256 + 352], torch.from_numpy(patchify_image(b)[0]))
+
+
+def test_smart_resize_is_transformers_own():
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize as hf_smart_resize
+
+    for height, width in [(256, 256), (480, 640), (100, 120), (37, 5000), (3000, 4000)]:
+        assert smart_resize(height, width) == tuple(hf_smart_resize(height, width, 32, 65536, 16777216))
+
+
+def test_matches_transformers_fast_processor_where_torchvision_is_installed():
+    pytest.importorskip("torchvision")
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl_fast import Qwen2VLImageProcessorFast
+
+    hf = Qwen2VLImageProcessorFast(
+        patch_size=16, temporal_patch_size=2, merge_size=2, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+        min_pixels=65536, max_pixels=16777216,
+    )
+    rng = np.random.default_rng(0)
+    for shape in [(256, 256), (256, 340), (100, 120)]:
+        images = [rng.integers(0, 256, shape + (3,), dtype=np.uint8) for _ in range(2)]
+        expected = hf(images=images, return_tensors="pt")
+        rows, grids = patchify_images(np.stack(images))
+        assert torch.equal(grids, expected["image_grid_thw"])
+        assert torch.equal(rows, expected["pixel_values"])
 
 
 def test_preprocessor_config_round_trip():

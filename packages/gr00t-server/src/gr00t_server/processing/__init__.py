@@ -13,7 +13,9 @@ from .config import (
 )
 from .image import (
     eval_image_transform,
+    eval_image_transform_batch,
     eval_image_transform_torchvision_style,
+    eval_image_transform_torchvision_style_batch,
     fractional_center_crop,
     letter_box_pad,
     resize_area,
@@ -30,7 +32,7 @@ from .normalization import (
 from .processor import Gr00tN1d7Processor, ProcessedStep
 from .text import build_conversation, expand_image_tokens, formalize_language, render_prompt
 from .tokenizer import TokenizerNotFoundError, load_backbone_text_assets, load_tokenizer, resolve_tokenizer_dir
-from .vision_patches import VisionPatchConfig, num_image_tokens, patchify_image, patchify_images, smart_resize
+from .vision_patches import VisionPatchConfig, num_image_tokens, patchify_batch, patchify_image, patchify_images, smart_resize
 
 __all__ = [
     "Gr00tN1d7Processor",
@@ -41,7 +43,9 @@ __all__ = [
     "VisionPatchConfig",
     "build_conversation",
     "eval_image_transform",
+    "eval_image_transform_batch",
     "eval_image_transform_torchvision_style",
+    "eval_image_transform_torchvision_style_batch",
     "expand_image_tokens",
     "find_processor_dir",
     "formalize_language",
@@ -60,6 +64,7 @@ __all__ = [
     "num_image_tokens",
     "parse_modality_configs",
     "parse_statistics",
+    "patchify_batch",
     "patchify_image",
     "patchify_images",
     "processor_config_from_kwargs",

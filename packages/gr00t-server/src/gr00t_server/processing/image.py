@@ -1,122 +1,49 @@
-"""Eval image transform of model.md §3.4 in numpy: letter-box, INTER_AREA resize, fractional center crop.
+"""Eval image transform of model.md §3.4: letter-box, INTER_AREA resize, fractional center crop.
 
-`resize_area` re-implements OpenCV's `cv2.resize(..., interpolation=cv2.INTER_AREA)` for uint8 HWC images:
-- shrinking on both axes by integer factors: block mean rounded half up (OpenCV's fast path);
-- shrinking by other factors: area averaging with OpenCV's area table (1e-3 edge threshold), rounded half
-  to even; OpenCV accumulates in float32, we use float64, so rare near-ties may differ by one level;
-- enlarging on any axis: OpenCV's two-tap "area-mode linear" coefficients in 11-bit fixed point, with the
-  vertical pass of its SIMD kernel. OpenCV finishes the last (W*C mod vector-width) values of a row with
-  its exact scalar formula, so those few values may differ by one level (platform dependent).
+The albumentations path runs OpenCV's `cv2.resize(..., INTER_AREA)` itself, as the reference does, so it is
+bit-for-bit the reference's transform. The torchvision-style path (`use_albumentations=false`) runs torch's
+antialiased bilinear resize exactly as torchvision does (see `torch_resize`). Batch variants take all frames
+of one camera, (N, H, W, 3), and transform them together; OpenCV releases the GIL, so large frames are
+resized on a small thread pool.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Optional, Tuple
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Optional, Tuple
 
+import cv2
 import numpy as np
-from PIL import Image
+import torch
 
-_COEF_BITS = 11
-_COEF_SCALE = 1 << _COEF_BITS
+from .torch_resize import resize_uint8
 
-
-def _area_weights(src: int, dst: int) -> np.ndarray:
-    """(dst, src) averaging weights for shrinking one axis (OpenCV computeResizeAreaTab)."""
-    scale = src / dst
-    weights = np.zeros((dst, src), dtype=np.float64)
-    for d in range(dst):
-        fs1 = d * scale
-        fs2 = fs1 + scale
-        cell = min(scale, src - fs1)
-        s1 = min(int(math.ceil(fs1)), src - 1)
-        s2 = min(int(math.floor(fs2)), src - 1)
-        s1 = min(s1, s2)
-        if s1 - fs1 > 1e-3:
-            weights[d, s1 - 1] += (s1 - fs1) / cell
-        for s in range(s1, s2):
-            weights[d, s] += 1.0 / cell
-        if fs2 - s2 > 1e-3:
-            weights[d, s2] += min(min(fs2 - s2, 1.0), cell) / cell
-    return weights
+# Below this many source pixels per frame a thread hand-off costs more than the resize it saves.
+_POOL_MIN_PIXELS = 200_000
+_pool: Optional[ThreadPoolExecutor] = None
+_pool_lock = threading.Lock()
 
 
-def _linear_area_taps(src: int, dst: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Source index and fixed-point (1-f, f) coefficients of OpenCV's INTER_AREA enlarging path."""
-    scale = src / dst
-    inv_scale = dst / src
-    index = np.zeros(dst, dtype=np.int64)
-    coef = np.zeros((dst, 2), dtype=np.int64)
-    for d in range(dst):
-        s = int(math.floor(d * scale))
-        f = np.float32((d + 1) - (s + 1) * inv_scale)
-        f = np.float32(0.0) if f <= 0 else np.float32(f - math.floor(f))
-        if s < 0:
-            s, f = 0, np.float32(0.0)
-        if s >= src - 1:
-            s, f = src - 1, np.float32(0.0)
-        index[d] = s
-        coef[d, 0] = int(np.rint(np.float32(1.0 - f) * _COEF_SCALE))
-        coef[d, 1] = int(np.rint(f * _COEF_SCALE))
-    return index, coef
+def _frame_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="gr00t-frames")
+        return _pool
 
 
 def resize_area(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize a uint8 (H, W, C) image to (height, width) like cv2.INTER_AREA (see module docstring)."""
+    """Resize a uint8 (H, W, C) image to (height, width) with `cv2.resize(..., interpolation=cv2.INTER_AREA)`."""
     if image.dtype != np.uint8 or image.ndim != 3:
         raise ValueError(f"resize_area expects a uint8 (H, W, C) image, got dtype {image.dtype} shape {image.shape}")
     if height < 1 or width < 1:
         raise ValueError(f"resize_area target size must be positive, got {(height, width)}")
-    src_h, src_w = image.shape[:2]
-    if (src_h, src_w) == (height, width):
+    if image.shape[:2] == (height, width):
         return image.copy()
-    if src_h >= height and src_w >= width:
-        return _shrink_area(image, height, width)
-    iy, cy = _linear_area_taps(src_h, height)
-    ix, cx = _linear_area_taps(src_w, width)
-    img = image.astype(np.int64)
-    ix1 = np.minimum(ix + 1, src_w - 1)
-    horizontal = img[:, ix, :] * cx[None, :, 0, None] + img[:, ix1, :] * cx[None, :, 1, None]
-    iy1 = np.minimum(iy + 1, src_h - 1)
-    # OpenCV's vectorised vertical pass: (((S0 >> 4) * b0) >> 16) + (((S1 >> 4) * b1) >> 16), then (+2) >> 2.
-    top = ((horizontal[iy] >> 4) * cy[:, 0, None, None]) >> 16
-    bottom = ((horizontal[iy1] >> 4) * cy[:, 1, None, None]) >> 16
-    out = (top + bottom + 2) >> 2
-    return np.clip(out, 0, 255).astype(np.uint8)
-
-
-def _shrink_area(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    src_h, src_w = image.shape[:2]
-    if src_h % height == 0 and src_w % width == 0:
-        # OpenCV's integer-factor fast path: block mean rounded half up.
-        fy, fx = src_h // height, src_w // width
-        blocks = image.reshape(height, fy, width, fx, -1).astype(np.int64).sum(axis=(1, 3))
-        area = fy * fx
-        return np.clip((2 * blocks + area) // (2 * area), 0, 255).astype(np.uint8)
-    out = _apply_taps(image.astype(np.float64), *_dense_to_taps(_area_weights(src_h, height)), axis=0)
-    out = _apply_taps(out, *_dense_to_taps(_area_weights(src_w, width)), axis=1)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-
-def _dense_to_taps(weights: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """(dst, src) weights -> (dst, K) source indices and weights of the non-zero band (K taps)."""
-    nonzero = weights > 0
-    taps = int(nonzero.sum(axis=1).max())
-    first = nonzero.argmax(axis=1)
-    index = np.minimum(first[:, None] + np.arange(taps)[None, :], weights.shape[1] - 1)
-    tap_weights = np.take_along_axis(weights, index, axis=1)
-    tap_weights[first[:, None] + np.arange(taps)[None, :] >= weights.shape[1]] = 0.0
-    return index, tap_weights
-
-
-def _apply_taps(image: np.ndarray, index: np.ndarray, weights: np.ndarray, axis: int) -> np.ndarray:
-    out = 0.0
-    for k in range(index.shape[1]):
-        gathered = np.take(image, index[:, k], axis=axis)
-        shape = [1] * image.ndim
-        shape[axis] = -1
-        out = out + gathered * weights[:, k].reshape(shape)
-    return out
+    out = cv2.resize(image, (int(width), int(height)), interpolation=cv2.INTER_AREA)
+    return out.reshape(height, width, image.shape[2])  # cv2 drops a single channel axis
 
 
 def letter_box_pad(image: np.ndarray) -> np.ndarray:
@@ -128,6 +55,18 @@ def letter_box_pad(image: np.ndarray) -> np.ndarray:
     top, left = (side - h) // 2, (side - w) // 2
     out = np.zeros((side, side) + image.shape[2:], dtype=image.dtype)
     out[top : top + h, left : left + w] = image
+    return out
+
+
+def letter_box_pad_batch(frames: np.ndarray) -> np.ndarray:
+    """`letter_box_pad` of every frame of (N, H, W, C) at once; the input itself when already square."""
+    n, h, w = frames.shape[:3]
+    if h == w:
+        return frames
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    out = np.zeros((n, side, side) + frames.shape[3:], dtype=frames.dtype)
+    out[:, top : top + h, left : left + w] = frames
     return out
 
 
@@ -146,12 +85,25 @@ def smallest_max_size(image: np.ndarray, max_size: int) -> np.ndarray:
     return resize_area(image, new_h, new_w)
 
 
+def crop_box(height: int, width: int, fraction: float) -> Tuple[int, int, int, int]:
+    """(top, left, crop_h, crop_w) of the fractional center crop: int(H * fraction), offsets floor((H - ch) / 2)."""
+    ch, cw = max(1, int(height * fraction)), max(1, int(width * fraction))
+    return (height - ch) // 2, (width - cw) // 2, ch, cw
+
+
 def fractional_center_crop(image: np.ndarray, fraction: float) -> np.ndarray:
     """Center crop to (int(H * fraction), int(W * fraction)), offsets floor((H - ch) / 2)."""
-    h, w = image.shape[:2]
-    ch, cw = max(1, int(h * fraction)), max(1, int(w * fraction))
-    y0, x0 = (h - ch) // 2, (w - cw) // 2
+    y0, x0, ch, cw = crop_box(image.shape[0], image.shape[1], fraction)
     return image[y0 : y0 + ch, x0 : x0 + cw]
+
+
+def _albumentations_resize(shortest_edge: Optional[int], target_size: Optional[Tuple[int, int]]) -> Callable:
+    def resize(img: np.ndarray) -> np.ndarray:
+        if shortest_edge is not None:
+            return smallest_max_size(img, shortest_edge)
+        return resize_area(img, int(target_size[0]), int(target_size[1]))
+
+    return resize
 
 
 def eval_image_transform(
@@ -167,20 +119,41 @@ def eval_image_transform(
     plain INTER_AREA resize to `target_size` (h, w), as in the newer reference code.
     """
     _check_frame(image)
+    return eval_image_transform_batch(image[None], shortest_edge, crop_fraction, letter_box, target_size)[0]
+
+
+def eval_image_transform_batch(
+    frames: np.ndarray,
+    shortest_edge: Optional[int],
+    crop_fraction: float,
+    letter_box: bool = False,
+    target_size: Optional[Tuple[int, int]] = None,
+) -> np.ndarray:
+    """`eval_image_transform` of every frame of a uint8 (N, H, W, 3) batch -> (N, h, w, 3), one output array."""
+    _check_frames(frames)
     if shortest_edge is None and target_size is None:
         raise ValueError("eval_image_transform needs shortest_edge or target_size")
     if letter_box:
-        image = letter_box_pad(image)
+        frames = letter_box_pad_batch(frames)
+    resize = _albumentations_resize(shortest_edge, target_size)
 
-    def resize(img: np.ndarray) -> np.ndarray:
-        if shortest_edge is not None:
-            return smallest_max_size(img, shortest_edge)
-        return resize_area(img, int(target_size[0]), int(target_size[1]))
+    def transform(frame: np.ndarray) -> np.ndarray:
+        return resize(fractional_center_crop(resize(frame), crop_fraction))
 
-    image = resize(image)
-    image = fractional_center_crop(image, crop_fraction)
-    image = resize(image)
-    return np.ascontiguousarray(image)
+    if len(frames) == 0:
+        raise ValueError("eval_image_transform_batch needs at least one frame")
+    first = transform(frames[0])
+    out = np.empty((len(frames),) + first.shape, dtype=np.uint8)
+    out[0] = first
+    if len(frames) > 1:
+        rest = frames[1:]
+        if frames.shape[1] * frames.shape[2] >= _POOL_MIN_PIXELS:
+            results = _frame_pool().map(transform, rest)
+        else:
+            results = map(transform, rest)
+        for index, result in enumerate(results, start=1):
+            out[index] = result
+    return out
 
 
 def eval_image_transform_torchvision_style(
@@ -188,23 +161,35 @@ def eval_image_transform_torchvision_style(
 ) -> np.ndarray:
     """The `use_albumentations=false` eval transform: [letter-box] -> resize -> center crop -> resize.
 
-    Deviation: the reference uses torchvision's antialiased bilinear resize on tensors; we use PIL's
-    bilinear resize (also antialiased when shrinking), so values can differ by a few levels.
+    Resizes are torchvision's antialiased bilinear resize on uint8 tensors (bit-for-bit, see `torch_resize`).
     """
     _check_frame(image)
+    return eval_image_transform_torchvision_style_batch(image[None], target_size, crop_size, letter_box)[0]
+
+
+def eval_image_transform_torchvision_style_batch(
+    frames: np.ndarray, target_size: Tuple[int, int], crop_size: Tuple[int, int], letter_box: bool = False
+) -> np.ndarray:
+    """`eval_image_transform_torchvision_style` of a uint8 (N, H, W, 3) batch in two batched torch resizes."""
+    _check_frames(frames)
     if letter_box:
-        image = letter_box_pad(image)
+        frames = letter_box_pad_batch(frames)
     th, tw = int(target_size[0]), int(target_size[1])
-    image = np.asarray(Image.fromarray(image).resize((tw, th), resample=Image.BILINEAR))
     ch, cw = int(crop_size[0]), int(crop_size[1])
-    top, left = int(round((th - ch) / 2.0)), int(round((tw - cw) / 2.0))
     if ch > th or cw > tw:
         raise ValueError(f"crop size {crop_size} is larger than the resized image {(th, tw)}")
-    image = image[top : top + ch, left : left + cw]
-    image = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((tw, th), resample=Image.BILINEAR))
-    return np.ascontiguousarray(image)
+    images = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # NCHW view, channels-last memory
+    images = resize_uint8(images, (th, tw), "bilinear")
+    top, left = int(round((th - ch) / 2.0)), int(round((tw - cw) / 2.0))
+    images = resize_uint8(images[:, :, top : top + ch, left : left + cw], (th, tw), "bilinear")
+    return np.ascontiguousarray(images.permute(0, 2, 3, 1).numpy())
 
 
 def _check_frame(image: np.ndarray) -> None:
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"image frames must be uint8 (H, W, 3), got dtype {image.dtype} shape {image.shape}")
+
+
+def _check_frames(frames: np.ndarray) -> None:
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"image frames must be uint8 (N, H, W, 3), got dtype {frames.dtype} shape {frames.shape}")

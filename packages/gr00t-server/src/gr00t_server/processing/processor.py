@@ -14,12 +14,14 @@ from gr00t_client.modality import ActionRepresentation, ModalityConfig
 
 from . import normalization as norm
 from .config import ProcessorConfig, Statistics, load_embodiment_ids, load_processor_config, load_statistics
-from .image import eval_image_transform, eval_image_transform_torchvision_style
+from .image import eval_image_transform_batch, eval_image_transform_torchvision_style_batch
 from .text import IMAGE_PAD_TOKEN, build_conversation, expand_image_tokens, formalize_language, render_prompt
 from .tokenizer import load_backbone_text_assets
-from .vision_patches import VisionPatchConfig, num_image_tokens, patchify_images
+from .vision_patches import VisionPatchConfig, num_image_tokens, patchify_batch, patchify_images
 
 logger = logging.getLogger(__name__)
+
+_PROMPT_CACHE_SIZE = 256  # rendered chat prompts kept per processor (instructions repeat across a rollout)
 
 
 @dataclass
@@ -58,6 +60,7 @@ class Gr00tN1d7Processor:
         self.tokenizer = tokenizer
         self.vision_config = vision_config
         self._norm_cache: Dict[str, EmbodimentNormParams] = {}
+        self._prompt_cache: Dict[tuple, str] = {}
         if tokenizer is not None:
             tokenizer.padding_side = "left"
         missing_stats = [tag for tag in config.modality_configs if tag not in statistics]
@@ -159,38 +162,64 @@ class Gr00tN1d7Processor:
 
     def transform_frames(self, tag: str, video: Mapping[str, np.ndarray]) -> List[np.ndarray]:
         """{view: (T, H, W, 3)} -> eval-transformed frames, time-major then view order."""
+        per_view = self.transform_video_batch(tag, {key: np.asarray(value)[None] for key, value in video.items()})
+        horizon = next(iter(per_view)).shape[1] if per_view else 0
+        return [view[0, t] for t in range(horizon) for view in per_view]
+
+    def transform_video_batch(self, tag: str, video: Mapping[str, np.ndarray]) -> List[np.ndarray]:
+        """{view: uint8 (B, T, H, W, 3)} -> per view, in modality-key order, the transformed (B, T, h, w, 3) frames.
+
+        All B * T frames of a view go through one batched transform.
+        """
         video_config = self.modality_configs(tag)["video"]
         horizon = None
         for key in video_config.modality_keys:
             if key not in video:
                 raise KeyError(f"Video key '{key}' not found in observation for embodiment '{tag}'")
+            frames = np.asarray(video[key])
+            if frames.ndim != 5:
+                raise ValueError(f"Video key '{key}' must be (B, T, H, W, 3) here, got shape {frames.shape}")
             if horizon is None:
-                horizon = video[key].shape[0]
-            elif video[key].shape[0] != horizon:
-                raise ValueError(f"Video key '{key}' has {video[key].shape[0]} frames; other views have {horizon}")
-        frames = []
-        for t in range(horizon or 0):
-            for key in video_config.modality_keys:
-                frames.append(self.transform_image(np.asarray(video[key][t])))
-        return frames
+                horizon = frames.shape[:2]
+            elif frames.shape[:2] != horizon:
+                raise ValueError(f"Video key '{key}' has (B, T) = {frames.shape[:2]}; other views have {horizon}")
+        out = []
+        for key in video_config.modality_keys:
+            frames = np.asarray(video[key])
+            flat = self.transform_image_batch(frames.reshape((-1,) + frames.shape[2:]))
+            out.append(flat.reshape(frames.shape[:2] + flat.shape[1:]))
+        return out
 
     def transform_image(self, image: np.ndarray) -> np.ndarray:
         """Eval transform of one uint8 (H, W, 3) frame with this checkpoint's image settings (model.md §3.4)."""
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+            raise ValueError(f"image frames must be uint8 (H, W, 3), got dtype {image.dtype} shape {image.shape}")
+        return self.transform_image_batch(image[None])[0]
+
+    def transform_image_batch(self, frames: np.ndarray) -> np.ndarray:
+        """Eval transform of uint8 (N, H, W, 3) frames of one camera, together (model.md §3.4)."""
         cfg = self.config
         if not cfg.use_albumentations:
             if cfg.image_target_size is None or cfg.image_crop_size is None:
                 raise ValueError("use_albumentations=false needs image_target_size and image_crop_size")
-            return eval_image_transform_torchvision_style(
-                image, cfg.image_target_size, cfg.image_crop_size, cfg.letter_box_transform
+            return eval_image_transform_torchvision_style_batch(
+                frames, cfg.image_target_size, cfg.image_crop_size, cfg.letter_box_transform
             )
-        return eval_image_transform(
-            image, cfg.shortest_image_edge, cfg.resolved_crop_fraction, cfg.letter_box_transform, cfg.image_target_size
+        return eval_image_transform_batch(
+            frames, cfg.shortest_image_edge, cfg.resolved_crop_fraction, cfg.letter_box_transform, cfg.image_target_size
         )
 
     def build_prompt(self, language: str, num_images: int) -> str:
-        """Formalize the instruction and render the chat template with `num_images` images before it."""
-        text = formalize_language(language) if self.config.formalize_language else language
-        return render_prompt(build_conversation(num_images, text), self.tokenizer)
+        """Formalize the instruction and render the chat template with `num_images` images before it (cached)."""
+        cache_key = (language, num_images)
+        prompt = self._prompt_cache.get(cache_key)
+        if prompt is None:
+            text = formalize_language(language) if self.config.formalize_language else language
+            prompt = render_prompt(build_conversation(num_images, text), self.tokenizer)
+            if len(self._prompt_cache) >= _PROMPT_CACHE_SIZE:
+                self._prompt_cache.clear()
+            self._prompt_cache[cache_key] = prompt
+        return prompt
 
     def process_step(
         self, tag: str, video: Mapping[str, np.ndarray], state: Mapping[str, np.ndarray], language: str
@@ -214,20 +243,67 @@ class Gr00tN1d7Processor:
             raise ValueError("collate needs at least one processed step")
         images = [img for step in steps for img in step.images]
         pixel_values, grids = patchify_images(images, self.vision_config)
+        counts = [len(step.images) for step in steps]
+        return {
+            **self._tokenize([step.prompt for step in steps], counts, grids),
+            "pixel_values": pixel_values,
+            "image_grid_thw": grids,
+            "state": torch.from_numpy(np.stack([step.state for step in steps]).astype(np.float32)),
+            "embodiment_id": torch.tensor([step.embodiment_id for step in steps], dtype=torch.int64),
+        }
+
+    def process_batch(
+        self,
+        tag: str,
+        video: Mapping[str, np.ndarray],
+        state: Mapping[str, np.ndarray],
+        languages: Sequence[str],
+        device: Any = None,
+    ) -> Dict[str, Any]:
+        """A batched observation -> model inputs, equal to `collate` of B `process_step`s, without a per-row loop.
+
+        `video` {view: uint8 (B, T, H, W, 3)}, `state` {key: (B, T, D)}, one instruction per row. Frames are
+        transformed per view in one call and patchified in one call (on `device`: e.g. the model's GPU).
+        """
+        import torch
+
+        per_view = self.transform_video_batch(tag, video)
+        batch_size, horizon = per_view[0].shape[:2] if per_view else (len(languages), 0)
+        if len(languages) != batch_size:
+            raise ValueError(f"got {len(languages)} language instructions for a batch of {batch_size} observations")
+        images_per_row = horizon * len(per_view)
+        if len({view.shape[2:] for view in per_view}) <= 1 and per_view:
+            # (B, T, V, h, w, 3): rows, then time-major, then view order, as process_step orders them.
+            frames = np.stack(per_view, axis=2).reshape((-1,) + per_view[0].shape[2:])
+            pixel_values, grids = patchify_batch(frames, self.vision_config, device)
+        else:
+            frames_list = [per_view[v][b, t] for b in range(batch_size) for t in range(horizon) for v in range(len(per_view))]
+            pixel_values, grids = patchify_images(frames_list, self.vision_config, device)
+        prompts = [self.build_prompt(language, images_per_row) for language in languages]
+        states = self.normalize_state(tag, state)
+        return {
+            **self._tokenize(prompts, [images_per_row] * batch_size, grids),
+            "pixel_values": pixel_values,
+            "image_grid_thw": grids,
+            "state": torch.from_numpy(np.ascontiguousarray(states, dtype=np.float32)),
+            "embodiment_id": torch.full((batch_size,), self.embodiment_id(tag), dtype=torch.int64),
+        }
+
+    def _tokenize(self, prompts: Sequence[str], image_counts: Sequence[int], grids: Any) -> Dict[str, Any]:
+        """Expand each prompt's image tokens from its images' grids, then tokenize with left padding."""
+        import torch
+
+        grid_rows = np.asarray(grids.cpu() if hasattr(grids, "cpu") else grids)
         texts, cursor = [], 0
-        for step in steps:
-            counts = [num_image_tokens(g, self.vision_config.merge_size) for g in grids[cursor : cursor + len(step.images)]]
-            cursor += len(step.images)
-            texts.append(expand_image_tokens(step.prompt, counts, IMAGE_PAD_TOKEN))
+        for prompt, count in zip(prompts, image_counts):
+            tokens = [num_image_tokens(g, self.vision_config.merge_size) for g in grid_rows[cursor : cursor + count]]
+            cursor += count
+            texts.append(expand_image_tokens(prompt, tokens, IMAGE_PAD_TOKEN))
         self.tokenizer.padding_side = "left"
         encoded = self.tokenizer(texts, padding=True, return_tensors="np")
         return {
             "input_ids": torch.from_numpy(np.asarray(encoded["input_ids"], dtype=np.int64)),
             "attention_mask": torch.from_numpy(np.asarray(encoded["attention_mask"], dtype=np.int64)),
-            "pixel_values": torch.from_numpy(pixel_values),
-            "image_grid_thw": torch.from_numpy(grids),
-            "state": torch.from_numpy(np.stack([step.state for step in steps]).astype(np.float32)),
-            "embodiment_id": torch.tensor([step.embodiment_id for step in steps], dtype=torch.int64),
         }
 
     # --- action decoding --------------------------------------------------------------------------

@@ -1,20 +1,23 @@
-"""Qwen3-VL image processor in numpy: smart resize, rescale + normalize, temporal repeat, patchify (model.md §2.3).
+"""Qwen3-VL image processor in torch: smart resize, rescale + normalize, temporal repeat, patchify (model.md §2.3).
 
-Matches transformers' slow Qwen2VLImageProcessor (PIL bicubic when a resize is needed). The reference runs the
-fast (torchvision) processor, whose fused rescale/normalize differs by float rounding (~1e-7) and whose
-antialiased bicubic resize differs slightly, only for frames whose size is not already a multiple of 32.
+Bit-for-bit the fast Qwen2VLImageProcessorFast the reference runs: transformers' own `smart_resize`, an
+antialiased bicubic resize done as torchvision does it (`torch_resize`), the fused `(x - 255 mean) / (255 std)`
+normalization in float32, and the same patch order. A batch of same-size frames is one gather: the uint8
+frames are viewed as patches (temporal repeat as a broadcast) and copied once into the float32 output,
+normalized in place, on whichever device the frames are sent to.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
 
 import numpy as np
-from PIL import Image
+import torch
+
+from .torch_resize import resize_uint8
 
 PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
 
@@ -85,45 +88,60 @@ class VisionPatchConfig:
 
 
 def smart_resize(height: int, width: int, factor: int = 32, min_pixels: int = 65536, max_pixels: int = 16777216) -> Tuple[int, int]:
-    """Qwen2-VL smart resize: sides to multiples of `factor`, area kept within [min_pixels, max_pixels]."""
+    """Qwen2-VL smart resize (transformers' own): sides to multiples of `factor`, area within [min_pixels, max_pixels]."""
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize as qwen2_vl_smart_resize
+
     if min(height, width) < 1:
         raise ValueError(f"image size must be positive, got {(height, width)}")
-    if max(height, width) / min(height, width) > 200:
-        raise ValueError(f"absolute aspect ratio must be at most 200, got {max(height, width) / min(height, width)}")
-    h_bar = round(height / factor) * factor
-    w_bar = round(width / factor) * factor
-    if h_bar * w_bar > max_pixels:
-        beta = math.sqrt((height * width) / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
+    h_bar, w_bar = qwen2_vl_smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
     return int(h_bar), int(w_bar)
 
 
-def patchify_image(image: np.ndarray, config: VisionPatchConfig = VisionPatchConfig()) -> Tuple[np.ndarray, np.ndarray]:
-    """uint8 (H, W, 3) -> (pixel rows (N, 1536) float32, grid_thw (3,) int64), Qwen2-VL patch order.
+def _normalization(config: VisionPatchConfig, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The fast processor's fused rescale + normalize constants: mean / rescale_factor, std / rescale_factor."""
+    mean = torch.tensor(config.image_mean, device=device) * (1.0 / config.rescale_factor)
+    std = torch.tensor(config.image_std, device=device) * (1.0 / config.rescale_factor)
+    return mean, std
 
-    Rows run over (grid_t, h/2 blocks, w/2 blocks, 2, 2); each row is laid out (C, T, 16, 16).
-    Resizing (only when smart_resize changes the size) uses PIL bicubic, like transformers' slow processor.
+
+def patchify_batch(
+    frames: Union[np.ndarray, torch.Tensor],
+    config: VisionPatchConfig = VisionPatchConfig(),
+    device: Union[str, torch.device, None] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """uint8 (N, H, W, 3) frames of one size -> (pixel rows (N * n, 1536) float32, grid_thw (N, 3) int64) tensors.
+
+    Rows of frame i are rows [i * n, (i + 1) * n), in Qwen2-VL patch order: (grid_t, h/2 blocks, w/2 blocks, 2, 2),
+    each laid out (C, T, 16, 16). Runs on `device` (default: where `frames` are; numpy frames: CPU).
     """
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"expected a uint8 (H, W, 3) image, got dtype {image.dtype} shape {image.shape}")
-    height, width = image.shape[:2]
+    images = torch.from_numpy(np.ascontiguousarray(frames)) if isinstance(frames, np.ndarray) else frames
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"expected uint8 (N, H, W, 3) frames, got dtype {images.dtype} shape {tuple(images.shape)}")
+    if device is not None:
+        images = images.to(device, non_blocking=True)
+    count, height, width = (int(v) for v in images.shape[:3])
     new_h, new_w = smart_resize(height, width, config.factor, config.min_pixels, config.max_pixels)
     if (new_h, new_w) != (height, width):
-        image = np.asarray(Image.fromarray(image).resize((new_w, new_h), resample=Image.BICUBIC))
-    pixels = image.astype(np.float32) * np.float32(config.rescale_factor)
-    pixels = (pixels - np.asarray(config.image_mean, np.float32)) / np.asarray(config.image_std, np.float32)
-    frames = np.repeat(pixels.transpose(2, 0, 1)[None], config.temporal_patch_size, axis=0)  # (T, C, H, W)
+        images = resize_uint8(images.permute(0, 3, 1, 2), (new_h, new_w), "bicubic").permute(0, 2, 3, 1)
     p, m, tp = config.patch_size, config.merge_size, config.temporal_patch_size
-    grid_t, grid_h, grid_w = 1, new_h // p, new_w // p
-    patches = frames.reshape(grid_t, tp, 3, grid_h // m, m, p, grid_w // m, m, p)
-    patches = patches.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
-    rows = patches.reshape(grid_t * grid_h * grid_w, 3 * tp * p * p)
-    return np.ascontiguousarray(rows, dtype=np.float32), np.array([grid_t, grid_h, grid_w], dtype=np.int64)
+    grid_h, grid_w = new_h // p, new_w // p
+    # (N, H, W, C) -> (N, h/2m, m, p, w/2m, m, p, C, T) with T a broadcast, then patch order.
+    patches = images.reshape(count, grid_h // m, m, p, grid_w // m, m, p, 3, 1).expand(-1, -1, -1, -1, -1, -1, -1, -1, tp)
+    patches = patches.permute(0, 1, 4, 2, 5, 7, 8, 3, 6)
+    rows = torch.empty(patches.shape, dtype=torch.float32, device=images.device)
+    rows.copy_(patches)  # the one full-size copy: uint8 -> float32 straight into the output layout
+    mean, std = _normalization(config, images.device)
+    rows.sub_(mean.view(3, 1, 1, 1)).div_(std.view(3, 1, 1, 1))
+    grids = torch.tensor([[1, grid_h, grid_w]], dtype=torch.int64).expand(count, 3).contiguous()
+    return rows.view(count * grid_h * grid_w, config.patch_dim), grids
+
+
+def patchify_image(image: np.ndarray, config: VisionPatchConfig = VisionPatchConfig()) -> Tuple[np.ndarray, np.ndarray]:
+    """uint8 (H, W, 3) -> (pixel rows (N, 1536) float32, grid_thw (3,) int64) numpy arrays; see `patchify_batch`."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"expected a uint8 (H, W, 3) image, got dtype {image.dtype} shape {image.shape}")
+    rows, grids = patchify_batch(image[None], config)
+    return rows.numpy(), grids[0].numpy()
 
 
 def num_image_tokens(grid_thw: Sequence[int], merge_size: int = 2) -> int:
@@ -132,9 +150,33 @@ def num_image_tokens(grid_thw: Sequence[int], merge_size: int = 2) -> int:
     return t * h * w // (merge_size * merge_size)
 
 
-def patchify_images(images: List[np.ndarray], config: VisionPatchConfig = VisionPatchConfig()) -> Tuple[np.ndarray, np.ndarray]:
-    """Patchify images in order and concatenate: (sum N_i, 1536) float32 and (n_images, 3) int64."""
-    if not images:
-        return np.zeros((0, config.patch_dim), np.float32), np.zeros((0, 3), np.int64)
-    rows, grids = zip(*(patchify_image(img, config) for img in images))
-    return np.concatenate(rows, axis=0), np.stack(grids, axis=0)
+def patchify_images(
+    images: Union[Sequence[np.ndarray], np.ndarray],
+    config: VisionPatchConfig = VisionPatchConfig(),
+    device: Union[str, torch.device, None] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Patchify images in order: (sum N_i, 1536) float32 and (n_images, 3) int64 tensors.
+
+    A (N, H, W, 3) array is one batch; a list is grouped by size (one `patchify_batch` per size, like the
+    fast processor) and its rows are put back in list order.
+    """
+    target = torch.device(device) if device is not None else torch.device("cpu")
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        return patchify_batch(images, config, target)
+    if len(images) == 0:
+        return torch.zeros((0, config.patch_dim), dtype=torch.float32, device=target), torch.zeros((0, 3), dtype=torch.int64)
+    by_size: Dict[Tuple[int, ...], List[int]] = {}
+    for index, image in enumerate(images):
+        by_size.setdefault(tuple(np.shape(image)), []).append(index)
+    if len(by_size) == 1:
+        return patchify_batch(np.stack(images), config, target)
+    batches = {size: patchify_batch(np.stack([images[i] for i in indices]), config, target) for size, indices in by_size.items()}
+    grids = torch.empty((len(images), 3), dtype=torch.int64)
+    parts: List[torch.Tensor] = [None] * len(images)  # type: ignore[list-item]
+    for size, indices in by_size.items():
+        rows, size_grids = batches[size]
+        per_image = rows.shape[0] // len(indices)
+        for position, index in enumerate(indices):
+            parts[index] = rows[position * per_image : (position + 1) * per_image]
+            grids[index] = size_grids[position]
+    return torch.cat(parts, dim=0), grids
