@@ -221,9 +221,14 @@ def serve(args: argparse.Namespace) -> int:
     print(f"  Inference mode: {args.inference_mode}")
     print(f"  Host: {args.host}")
     print(f"  Port: {args.port}")
-    if not is_loopback_host(args.host) and not args.api_token:
-        logger.warning("listening on %s without an API token: anyone who can reach this port can use the policy "
-                       "(set --api-token or GR00T_API_TOKEN)", args.host)
+    curve = _curve_settings(args)
+    if curve is not None:
+        print(f"  Encryption: CURVE, server public key {curve.public_key.decode()} ({curve.fingerprint})")
+        print(f"  Client keys: {'only those in ' + str(curve.authorized_keys) if curve.authorized_keys else 'any'}")
+    if not is_loopback_host(args.host) and not args.api_token and (curve is None or curve.authorized_keys is None):
+        logger.warning("listening on %s without an API token%s: anyone who can reach this port can use the policy "
+                       "(set --api-token or GR00T_API_TOKEN, or --curve-secret-key with --authorized-keys)", args.host,
+                       " or authorized client keys" if curve is not None else "")
     policy = _model_policy(args, tag) if args.model_path else _replay_policy(args, tag)
     if args.use_sim_policy_wrapper:
         from .policies.sim_wrapper import Gr00tSimPolicyWrapper
@@ -234,6 +239,8 @@ def serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         api_token=args.api_token,
+        curve_secret_key=args.curve_secret_key,
+        authorized_keys=args.authorized_keys,
         allow_remote_kill=args.allow_remote_kill,
         max_message_bytes=args.max_message_mb * 1024 * 1024,
         max_batch_size=args.max_batch_size,

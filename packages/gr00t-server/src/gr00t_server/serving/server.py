@@ -39,6 +39,7 @@ from .messages import (
 )
 from .sessions import SessionTable, session_dropper
 from .stats import ServerStats
+from ..curve import CurveServerConfig
 from .transport import Transport
 from .worker import Job, PolicyWorker, Reply
 
@@ -64,6 +65,8 @@ class PolicyServer:
     socket thread (run()) only moves messages and answers ping, kill, get_server_info and get_modality_config
     itself; the policy runs on a worker thread. Any bad request gets a bounded error reply and the server goes on
     serving. `limits` bound the work one request may ask for. close() is safe at any moment and from any thread.
+    With `curve_secret_key` (and `authorized_keys`) the socket is a CURVE server (gr00t_server.curve); the token,
+    if set, is checked on top.
     """
 
     def __init__(
@@ -81,6 +84,8 @@ class PolicyServer:
         poll_interval_ms: int = 100,
         limits: Optional[ServerLimits] = None,
         shutdown_timeout_s: float = 30.0,
+        curve_secret_key: Optional[Any] = None,
+        authorized_keys: Optional[Any] = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -90,6 +95,13 @@ class PolicyServer:
         self.host = normalize_host(host)
         self.port = int(port)
         self.api_token = api_token or None
+        if authorized_keys is not None and curve_secret_key is None:
+            raise ValueError("authorized_keys needs curve_secret_key: client keys are checked in the CURVE handshake")
+        # CURVE (gr00t_server.curve): the server's key pair from a NAME.key_secret file or z85 secret, and optionally
+        # a directory of client NAME.key files allowed to connect; None serves plaintext.
+        self.curve: Optional[CurveServerConfig] = (
+            CurveServerConfig.load(curve_secret_key, authorized_keys) if curve_secret_key is not None else None
+        )
         self.allow_remote_kill = allow_remote_kill
         self.max_message_bytes = int(max_message_bytes)
         self.max_batch_size = int(max_batch_size)
@@ -247,6 +259,7 @@ class PolicyServer:
             "batch_timeout_ms": self.batch_timeout_ms,
             "limits": work_limits.per_row_summary(self.limits),
             "auth": self.api_token is not None,
+            "encryption": "curve" if self.curve is not None else None,
             "policy_busy": bool(self._worker is not None and self._worker.busy),
             "stats": self.stats.snapshot(),
         }
@@ -264,7 +277,7 @@ class PolicyServer:
     def _bind(self) -> None:
         if self._transport is not None:
             return
-        self._transport = Transport(self.host, self.port, self.max_message_bytes)
+        self._transport = Transport(self.host, self.port, self.max_message_bytes, self.curve)
         self.bound_endpoint = self._transport.endpoint
         self.port = self._transport.port
         logger.info("policy server bound to %s (messages up to %d bytes)", self.bound_endpoint, self.max_message_bytes)
@@ -334,7 +347,9 @@ class PolicyServer:
         try:
             worker.start()
             restore = self._install_signal_handlers()
-            print(f"Server is ready and listening on {self.bound_endpoint}", flush=True)
+            security = transport.security
+            suffix = f" ({security.banner()})" if security is not None else ""
+            print(f"Server is ready and listening on {self.bound_endpoint}{suffix}", flush=True)
             while self._running and not self._stop_requested.is_set():
                 inbound, woken = transport.poll(self._poll_timeout_ms())
                 if woken:

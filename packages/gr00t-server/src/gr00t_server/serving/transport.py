@@ -12,6 +12,8 @@ import zmq
 from gr00t_client import codec
 from gr00t_client.client import endpoint_host, is_ipv6_literal
 
+from ..curve import CurveServerConfig, ServerCurve
+
 logger = logging.getLogger("gr00t_server.serving")
 
 # Messages ZeroMQ may hold per connection before it stops reading that peer (back-pressure). A REQ client has
@@ -22,9 +24,11 @@ RECEIVE_HWM = 4
 class Transport:
     """A bound ROUTER socket plus a pipe any thread may write to wake the poll (the worker's "reply ready")."""
 
-    def __init__(self, host: str, port: int, max_message_bytes: int) -> None:
+    def __init__(self, host: str, port: int, max_message_bytes: int, curve: Optional[CurveServerConfig] = None) -> None:
         self.context = zmq.Context()
         sock = self.context.socket(zmq.ROUTER)
+        # CURVE keys (and the ZAP authenticator, in this context) must be in place before bind
+        self.security: Optional[ServerCurve] = ServerCurve(curve, self.context, sock) if curve is not None else None
         sock.setsockopt(zmq.LINGER, 1000)  # let the last replies (e.g. kill's ack) flush
         # A frame over the cap makes ZeroMQ close that peer's connection without a reply or any event that tells it
         # from an ordinary disconnect, so it cannot be logged here; our client checks the size before sending.
@@ -41,6 +45,7 @@ class Transport:
                 sock.bind(f"{address}:{port}")
         except zmq.ZMQError as exc:
             sock.close(linger=0)
+            self._stop_security()
             self.context.term()
             raise OSError(f"cannot bind {address}:{port}: {exc}") from exc
         self.socket: Optional[zmq.Socket] = sock
@@ -94,11 +99,17 @@ class Transport:
         except zmq.ZMQError as exc:  # the peer went away; nothing to answer
             logger.warning("could not send reply to %s: %s", peer or "local", exc)
 
+    def _stop_security(self) -> None:
+        """Stop the ZAP authenticator: its sockets would keep the context from terminating."""
+        if self.security is not None:
+            self.security.stop()
+
     def close(self) -> None:
         """Close the socket, the context and the pipe (a late wake() from an abandoned worker is ignored)."""
         if self.socket is not None:
             self.socket.close()
             self.socket = None
+        self._stop_security()
         self.context.term()
         with self._wake_lock:
             for fd in (self._wake_read, self._wake_write):

@@ -1,0 +1,93 @@
+"""`gr00t-server serve --curve-secret-key/--authorized-keys` as users start it: a subprocess, a real port, a replay dataset."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from eval.dataset_factory import make_dataset
+from gr00t_client import HandshakeError, PolicyClient
+from gr00t_client.curve import key_fingerprint, load_public_key
+from gr00t_server.cli import main
+
+READY = "Server is ready and listening on tcp://"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("curve-cli") / "ds", lengths=(6,))
+
+
+@pytest.fixture
+def keys(tmp_path):
+    assert main(["keygen", str(tmp_path / "server")]) == 0
+    assert main(["keygen", str(tmp_path / "authorized"), "--name", "robot"]) == 0
+    os.rename(tmp_path / "authorized" / "robot.key_secret", tmp_path / "robot.key_secret")  # the robot keeps its secret
+    return tmp_path
+
+
+def _serve(dataset: Path, port: int, *extra: str, env=None) -> subprocess.Popen:
+    command = [sys.executable, "-m", "gr00t_server.cli", "serve", "--dataset-path", str(dataset), "--port", str(port), *extra]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env or os.environ.copy())
+
+
+def _ready_line(proc: subprocess.Popen, timeout_s: float = 60.0) -> str:
+    deadline, lines = time.monotonic() + timeout_s, []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line.rstrip("\n"))
+        if line.startswith(READY):
+            return line.rstrip("\n")
+    proc.kill()
+    raise AssertionError("no ready line:\n" + "\n".join(lines))
+
+
+def test_serve_with_curve_prints_the_fingerprint_and_admits_only_authorized_clients(dataset, keys):
+    port = _free_port()
+    env = dict(os.environ, GR00T_CURVE_SECRET_KEY=str(keys / "server" / "server.key_secret"))  # flag from the environment
+    proc = _serve(dataset, port, "--authorized-keys", str(keys / "authorized"), env=env)
+    try:
+        ready = _ready_line(proc)
+        fingerprint = key_fingerprint(load_public_key(str(keys / "server" / "server.key")))
+        assert ready.startswith(f"{READY}127.0.0.1:{port} (CURVE encryption on")
+        assert fingerprint in ready
+        server_key = str(keys / "server" / "server.key")
+        with PolicyClient(port=port, timeout_ms=5000, server_public_key=server_key) as stranger:
+            with pytest.raises(HandshakeError, match="refused"):
+                stranger.get_modality_config()
+        with PolicyClient(port=port, timeout_ms=5000, server_public_key=server_key,
+                          client_secret_key=str(keys / "robot.key_secret")) as robot:
+            assert robot.ping()
+            _, info = robot.get_action({})
+            assert info["current_step"] == 0
+            robot.kill_server()
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--authorized-keys", "."], "--authorized-keys needs --curve-secret-key"),
+    (["--curve-secret-key", "{keys}/server/server.key"], "holds only a public key; pass the secret certificate"),
+    (["--curve-secret-key", "{keys}/server/server.key_secret", "--authorized-keys", "{keys}/nowhere"], "is not a directory"),
+])
+def test_bad_curve_flags_are_one_line_errors_before_anything_loads(dataset, keys, flags, message, capsys):
+    flags = [flag.format(keys=keys) for flag in flags]
+    assert main(["serve", "--dataset-path", str(dataset), "--port", str(_free_port()), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
