@@ -135,7 +135,9 @@ def deadline_of(envelope: Dict[str, Any], received_at: float) -> Optional[float]
 
 def encode_reply(request: Request, body: Any, ok: bool) -> List[Any]:
     """A result or error in the format the request came in (our errors carry ERROR_MARKER in the reference format)."""
-    if request.wire_format == WIRE_NPSAVE:
+    # A get_modality_config request carries no array to tell an np.save-era client by, and its reply no array to
+    # encode: the np.save-era encoder writes ModalityConfig with both markers, which every upstream decoder reads.
+    if request.wire_format == WIRE_NPSAVE or (not request.multipart and request.endpoint == "get_modality_config"):
         return [codec.encode_early_n16(body if ok else {"error": body, ERROR_MARKER: True, "endpoint": request.endpoint})]
     if request.multipart:
         header = {"ok": True, "result": body} if ok else {"ok": False, "error": body, "endpoint": request.endpoint}

@@ -1,0 +1,85 @@
+"""Decoding costs at most a small constant times the message size: the server refuses amplifying messages fast."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import msgpack
+import numpy as np
+import zmq
+from reference_peer import EchoPolicy, raw_round_trip
+from serving import running_server
+
+from gr00t_client import PolicyClient, PolicyServerError, codec
+from gr00t_server.serving import ServerLimits
+
+
+def error_of(reply: list) -> str:
+    message = codec.decode(reply[0])
+    assert isinstance(message, dict) and "error" in message, message
+    return message["error"]
+
+
+def test_a_huge_array_of_empty_arrays_is_refused_at_its_header_in_milliseconds():
+    count = 2_000_000
+    probe = b"\xdd" + count.to_bytes(4, "big") + b"\x90" * count
+    with running_server(EchoPolicy()) as server:
+        started = time.monotonic()
+        reply = raw_round_trip(server.port, probe)
+        elapsed = time.monotonic() - started
+        assert "exceeds a decode limit" in error_of(reply)
+        assert elapsed < 0.5
+        with PolicyClient(port=server.port, timeout_ms=5000) as client:
+            assert client.ping()
+
+
+def test_many_small_arrays_within_each_length_limit_are_refused_by_the_item_budget():
+    probe = msgpack.packb([[[]] * 1000] * 300)  # 300k items in ~300 KB
+    with running_server(EchoPolicy()) as server:
+        assert "maps, arrays and entries" in error_of(raw_round_trip(server.port, probe))
+
+
+def test_a_deeply_nested_language_row_gets_a_depth_error_not_a_recursion_error():
+    row: list = ["pick"]
+    for _ in range(1000):
+        row = [row]
+    request = {"endpoint": "get_action", "data": {"observation": {"language": {"task": [row]}}}}
+    with running_server(EchoPolicy()) as server:
+        message = error_of(raw_round_trip(server.port, msgpack.packb(request)))
+        assert "levels deep" in message and "Recursion" not in message
+
+
+def test_an_npsave_header_that_claims_more_than_the_blob_holds_is_refused_before_allocating():
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros((2, 3), np.float32), allow_pickle=False)
+    lying = buffer.getvalue().replace(b"(2, 3)", b"(4000000000, 3)")
+    request = {"endpoint": "get_action", "data": {"observation": {"state": {"x": {"__ndarray_class__": True, "as_npy": lying}}}}}
+    with running_server(EchoPolicy()) as server:
+        message = error_of(raw_round_trip(server.port, msgpack.packb(request)))
+    assert "header says dtype <f4 and shape [4000000000, 3]" in message
+
+
+def test_the_router_socket_holds_few_messages_per_connection():
+    with running_server(EchoPolicy()) as server:
+        assert server._socket.getsockopt(zmq.RCVHWM) == 4
+
+
+def test_a_connection_over_its_queued_byte_budget_is_refused_while_the_policy_is_busy():
+    payload = codec.encode({"endpoint": "get_action", "data": {"observation": {"state": {"x": np.zeros((1, 1, 4000), np.float32)}}}})
+    limits = ServerLimits(max_client_queued_bytes=len(payload) * 2)
+    with running_server(EchoPolicy(delay_s=0.5), limits=limits) as server:
+        dealer = zmq.Context.instance().socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        try:
+            dealer.connect(f"tcp://127.0.0.1:{server.port}")
+            for _ in range(4):
+                dealer.send_multipart([b"", payload])
+            replies = []
+            while len(replies) < 4 and dealer.poll(5000):
+                replies.append(codec.decode(dealer.recv_multipart()[1]))
+        finally:
+            dealer.close(linger=0)
+        refusals = [r for r in replies if isinstance(r, dict) and "budget" in str(r.get("error"))]
+        assert len(replies) == 4 and len(refusals) == 2
+        assert server.stats.refused == 2

@@ -1,0 +1,90 @@
+"""Finite in, finite out: NaN/inf inputs are refused naming the key; a NaN action is never sent to a robot."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from reference_peer import EchoPolicy, libero_like_configs, libero_like_observation
+from serving import running_server
+
+from gr00t_client import BasePolicy, ObservationError, PolicyClient, PolicyServerError
+
+
+class RotationPolicy(BasePolicy):
+    """Normalises the eef_9d state as a rotation would be: an all-zero row divides by zero and gives NaN."""
+
+    supports_batching = True
+
+    def __init__(self):
+        super().__init__(strict=False)
+        self.calls = 0
+
+    def _get_action(self, observation, options=None):
+        self.calls += 1
+        eef = observation["state"]["eef_9d"]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            normalised = eef / np.linalg.norm(eef, axis=-1, keepdims=True)
+        return {"eef_9d": normalised.astype(np.float32), "gripper": np.zeros((eef.shape[0], 1, 1), np.float32)}, {}
+
+    def reset(self, options=None):
+        return {}
+
+
+def rotation_observation(rows_of_zeros=(), rows=3):
+    eef = np.ones((rows, 1, 9), np.float32)
+    eef[list(rows_of_zeros)] = 0.0
+    return {"state": {"eef_9d": eef}}
+
+
+def test_a_nan_state_is_refused_by_the_server_naming_the_key_and_rows():
+    policy = EchoPolicy()
+    observation = libero_like_observation(batch=3, height=8, width=8)
+    key = next(iter(observation["state"]))
+    observation["state"][key][2, 0, 0] = np.inf
+    with running_server(policy) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        with pytest.raises(PolicyServerError, match=rf"'state.{key}' has non-finite values \(NaN or inf\) in rows \[2\]"):
+            client.get_action(observation)
+    assert policy.calls == 0
+
+
+def test_strict_validation_refuses_a_nan_state_without_a_server():
+    policy = EchoPolicy(strict=True)
+    observation = libero_like_observation(height=8, width=8)
+    key = next(iter(observation["state"]))
+    observation["state"][key][0, 0, 0] = np.nan
+    with pytest.raises(ObservationError, match=f"State key '{key}' has non-finite values"):
+        policy.get_action(observation)
+
+
+def test_a_nan_action_is_never_sent_and_the_error_names_key_rows_and_the_degenerate_rotation():
+    with running_server(RotationPolicy()) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        with pytest.raises(PolicyServerError) as caught:
+            client.get_action(rotation_observation(rows_of_zeros=(1,)))
+        action, _ = client.get_action(rotation_observation())
+    message = caught.value.server_message
+    assert "non-finite values (NaN or inf) in action key 'eef_9d' rows [1]" in message
+    assert "'state.eef_9d' is all zeros" in message and "degenerate rotation" in message
+    assert np.isfinite(action["eef_9d"]).all()
+
+
+def test_in_a_batch_only_the_client_whose_rotation_is_degenerate_gets_the_error():
+    import threading
+
+    results = {}
+    with running_server(RotationPolicy(), max_batch_size=4, batch_timeout_ms=500) as server:
+
+        def call(name, observation):
+            with PolicyClient(port=server.port, timeout_ms=10000) as client:
+                try:
+                    results[name] = client.get_action(observation)
+                except PolicyServerError as exc:
+                    results[name] = exc
+
+        threads = [threading.Thread(target=call, args=("good", rotation_observation(rows=1))),
+                   threading.Thread(target=call, args=("bad", rotation_observation(rows_of_zeros=(0,), rows=1)))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(20)
+    assert isinstance(results["bad"], PolicyServerError) and "'eef_9d' rows [0]" in results["bad"].server_message
+    assert np.isfinite(results["good"][0]["eef_9d"]).all()

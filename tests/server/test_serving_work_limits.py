@@ -1,0 +1,106 @@
+"""Per-request work limits and session bounds: clear errors through a real server, and the session survives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from eval.dataset_factory import make_dataset
+from reference_peer import EchoPolicy, libero_like_observation
+from serving import running_server
+
+from gr00t_client import PolicyClient, PolicyServerError
+from gr00t_eval.dataset import LeRobotDataset
+from gr00t_server.modality_configs import derive_from_dataset
+from gr00t_server.policies import ReplayPolicy
+from gr00t_server.serving import ServerLimits
+
+
+def state_observation(rows: int = 1, text: str = "pick up the cube") -> dict:
+    return {"state": {"x": np.zeros((rows, 1, 1), np.float32)}, "language": {"task": [[text]] * rows}}
+
+
+def refusal(server, observation, **client_kwargs) -> str:
+    with PolicyClient(port=server.port, timeout_ms=5000, **client_kwargs) as client:
+        with pytest.raises(PolicyServerError) as caught:
+            client.get_action(observation)
+        assert client.ping()
+    return caught.value.server_message
+
+
+def test_rows_over_the_limit_are_refused_naming_the_key_and_the_flag():
+    policy = EchoPolicy()
+    with running_server(policy, limits=ServerLimits(max_rows=8)) as server:
+        message = refusal(server, state_observation(rows=9))
+    assert "has 9 " in message and "at most 8 rows per request" in message and "--max-rows" in message
+    assert policy.calls == 0
+
+
+def test_a_long_language_string_is_refused_by_characters_and_by_tokens():
+    limits = ServerLimits(max_language_chars=100, max_language_tokens=10)
+    with running_server(EchoPolicy(), limits=limits) as server:
+        assert "101 characters" in refusal(server, state_observation(text="a" * 101))
+        assert "11 words and punctuation marks" in refusal(server, state_observation(text="go " * 11))
+
+
+def test_too_many_cameras_and_too_large_images_are_refused():
+    limits = ServerLimits(max_cameras=2, max_image_pixels=64 * 64)
+    with running_server(EchoPolicy(), limits=limits) as server:
+        three = libero_like_observation(height=8, width=8, cameras=["a", "b", "c"])
+        assert "3 video keys" in refusal(server, three) and "--max-cameras" in refusal(server, three)
+        large = libero_like_observation(height=65, width=64, cameras=["a"])
+        assert "65x64 images" in refusal(server, large)
+
+
+def test_mixed_type_observation_keys_get_a_validation_message_not_a_comparison_error():
+    observation = {"state": {"x": np.zeros((1, 1, 1), np.float32), 3: np.zeros((1, 1, 1), np.float32)}}
+    with running_server(EchoPolicy(strict=True)) as server:
+        message = refusal(server, observation)
+    assert "observation keys must be str; got int key '3' in 'state'" in message
+
+
+def test_a_long_session_id_is_refused():
+    with running_server(EchoPolicy(), limits=ServerLimits(max_session_id_chars=64)) as server:
+        with PolicyClient(port=server.port, timeout_ms=5000, session_id="s" * 65) as client:
+            with pytest.raises(PolicyServerError, match="session_id has 65 characters; this server accepts at most 64"):
+                client.get_server_info()
+        with PolicyClient(port=server.port, timeout_ms=5000, session_id="s" * 64) as client:
+            assert client.get_action(state_observation())[0]
+
+
+@pytest.fixture(scope="module")
+def replay_dataset(tmp_path_factory):
+    return LeRobotDataset(make_dataset(tmp_path_factory.mktemp("limits") / "ds", lengths=(6, 9), cameras=("image",)))
+
+
+def replay(dataset, **kwargs) -> ReplayPolicy:
+    return ReplayPolicy(dataset, derive_from_dataset(dataset, action_horizon=4), execution_horizon=2, strict=False, **kwargs)
+
+
+@pytest.mark.parametrize("batch_size", [10**7, 0, -1, True, 1.5, float("inf"), [1], 2**63, "2"])
+def test_a_bad_replay_batch_size_is_refused_and_the_session_keeps_working(replay_dataset, batch_size):
+    with running_server(replay(replay_dataset, max_rows=16)) as server:
+        with PolicyClient(port=server.port, timeout_ms=5000) as client:
+            with pytest.raises(PolicyServerError, match=r"batch_size must be an int in \[1, 16\]"):
+                client.get_action({}, {"batch_size": batch_size})
+            action, info = client.get_action({}, {"batch_size": 2})
+    assert next(iter(action.values())).shape[0] == 2 and info["current_step"] == [0, 0]
+
+
+def test_replay_sessions_are_evicted_least_recently_used_first(replay_dataset):
+    policy = replay(replay_dataset)
+    with running_server(policy, limits=ServerLimits(max_sessions=2)) as server:
+        for session in ("first", "second", "third"):
+            with PolicyClient(port=server.port, timeout_ms=5000, session_id=session) as client:
+                client.reset({"episode_index": 1})
+        assert server.stats.sessions_evicted == 1
+        with PolicyClient(port=server.port, timeout_ms=5000, session_id="first") as client:
+            _action, info = client.get_action({})
+    assert info["episode_index"] == 0  # its cursor was forgotten: a fresh session starts at episode 0
+    assert "first" in policy._sessions and len(policy._sessions) <= 3
+
+
+def test_replay_policy_alone_keeps_at_most_max_sessions(replay_dataset):
+    policy = replay(replay_dataset, max_sessions=3)
+    for index in range(10):
+        policy.get_action({}, {"_session_id": f"client-{index}"})
+    assert list(policy._sessions) == ["client-7", "client-8", "client-9"]
