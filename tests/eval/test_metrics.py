@@ -46,17 +46,23 @@ def test_mismatched_shapes_or_key_dims_are_rejected():
 
 def _outcome(i, success, rewards=(1.0,), failure=None):
     return EpisodeOutcome(i, seed=10 + i, success=success, sum_reward=float(sum(rewards)), max_reward=float(max(rewards)),
-                          length=len(rewards), video_path=f"/v/{i}.mp4", failure_reason=failure)
+                          length=len(rewards), video_path=f"/v/{i}.mp4", error=failure)
 
 
-def test_rollout_aggregates_follow_lerobot_eval():
+def test_rollout_aggregates_follow_lerobot_eval_over_the_episodes_without_an_error():
     outcomes = [_outcome(0, True, (1.0, 2.0)), _outcome(1, False, (0.0, 4.0)), _outcome(2, False, (0.5,), "boom")]
     agg = rollout_aggregates(outcomes, eval_s=6.0)
-    assert agg["pc_success"] == pytest.approx(100 / 3)
-    assert agg["avg_sum_reward"] == pytest.approx((3.0 + 4.0 + 0.5) / 3)
-    assert agg["avg_max_reward"] == pytest.approx((2.0 + 4.0 + 0.5) / 3)
-    assert agg["n_episodes"] == 3 and agg["n_failed"] == 1
+    # The errored episode is neither a success nor a failure: it is in no metric, only in n_errors.
+    assert agg["pc_success"] == pytest.approx(50.0)
+    assert agg["avg_sum_reward"] == pytest.approx((3.0 + 4.0) / 2)
+    assert agg["avg_max_reward"] == pytest.approx((2.0 + 4.0) / 2)
+    assert agg["n_episodes"] == 2 and agg["n_errors"] == 1
     assert agg["eval_s"] == 6.0 and agg["eval_ep_s"] == 2.0
+
+
+def test_only_errored_episodes_give_no_success_rate_rather_than_zero():
+    agg = rollout_aggregates([_outcome(0, False, failure="camera 'corner9' does not exist")], eval_s=1.0)
+    assert agg["n_episodes"] == 0 and agg["n_errors"] == 1 and agg["pc_success"] != agg["pc_success"]  # NaN
 
 
 def test_rollout_results_json_has_per_episode_entries_and_aggregates(tmp_path):
@@ -67,10 +73,10 @@ def test_rollout_results_json_has_per_episode_entries_and_aggregates(tmp_path):
     first = data["per_episode"][0]
     for key in ("seed", "success", "sum_reward", "max_reward", "length", "video_path"):
         assert key in first
-    assert data["per_episode"][1]["failure_reason"] == "env step raised"
+    assert data["per_episode"][1]["error"] == "env step raised" and data["per_episode"][1]["success"] is None
     for key in ("pc_success", "avg_sum_reward", "avg_max_reward", "n_episodes", "eval_s", "eval_ep_s"):
         assert key in data["aggregated"]
-    assert data["aggregated"]["pc_success"] == 50.0
+    assert data["aggregated"]["pc_success"] == 100.0 and data["aggregated"]["n_errors"] == 1
     assert data["video_paths"] == ["/v/0.mp4", "/v/1.mp4"]
     assert data["config"] == {"n_envs": 2} and data["env_name"] == "metaworld/reach-v3"
 

@@ -83,7 +83,7 @@ def test_merge_order_of_the_files_does_not_matter(client):
 
 def test_merge_refuses_overlapping_missing_or_foreign_shards(client):
     shard0 = run_suite(client, ENV_SPEC, config(), ShardSpec(0, 2))
-    with pytest.raises(MergeError, match="is in results #0 and #1"):
+    with pytest.raises(MergeError, match="is in both results #0 and results #1"):
         merge_results([shard0, shard0])
     with pytest.raises(MergeError, match="5 episodes are in no results file: walkto/slow#0"):
         merge_results([shard0])
@@ -106,7 +106,7 @@ def test_cli_shards_then_merge_equals_cli_single_run(tmp_path, capsys):
         assert run_cli(common + ["--output-dir", str(tmp_path / "single")]) == 0
         for index in range(2):
             assert run_cli(common + ["--shard", f"{index}/2", "--output-dir", str(tmp_path / "shards")]) == 0
-    assert sorted(p.name for p in (tmp_path / "shards").glob("*.json")) == ["results_shard0of2.json", "results_shard1of2.json"]
+    assert sorted(p.name for p in (tmp_path / "shards").glob("results*.json")) == ["results_shard0of2.json", "results_shard1of2.json"]
     assert run_cli(["merge", str(tmp_path / "shards"), "--output", str(tmp_path / "merged.json")]) == 0
     merged = json.loads((tmp_path / "merged.json").read_text())
     single = json.loads((tmp_path / "single" / "results.json").read_text())

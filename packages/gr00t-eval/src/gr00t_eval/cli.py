@@ -287,7 +287,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as exc:  # noqa: BLE001 - one line for the user; the traceback only at DEBUG
         if args.log_level == "DEBUG":
             raise
-        message = str(exc).strip("\"'") or type(exc).__name__
+        message = (str(exc).strip("\"'") if isinstance(exc, KeyError) else str(exc)) or type(exc).__name__
         known = (UsageError, ConnectionError, TimeoutError, FileNotFoundError, FileExistsError, MissingExtraError)
         shown = message if isinstance(exc, known) else f"{type(exc).__name__}: {message} (--log-level DEBUG shows the traceback)"
         print(f"gr00t-eval {args.command}: error: {shown}", file=sys.stderr)

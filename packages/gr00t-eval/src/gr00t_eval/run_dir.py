@@ -40,11 +40,27 @@ def dated_output_dir(base: Union[str, Path], label: str, now: Optional[float] = 
     return Path(base) / time.strftime("%Y-%m-%d", stamp) / f"{time.strftime('%H-%M-%S', stamp)}_{slug}"
 
 
-def prepare_output_dir(path: Union[str, Path], overwrite: bool = False) -> Path:
-    """Create `path`; an existing non-empty directory is refused unless `overwrite` (which empties it)."""
+def shard_suffix(shard: Any) -> str:
+    """'' for a whole run, '_shard{i}of{N}' for one shard (shards of a plan may share one directory)."""
+    return "" if shard is None else f"_shard{shard.index}of{shard.count}"
+
+
+def prepare_output_dir(path: Union[str, Path], overwrite: bool = False, own_files: Optional[List[str]] = None) -> Path:
+    """Create `path`; an existing non-empty directory is refused unless `overwrite` (which empties it).
+
+    With `own_files` (a shard's file names) the directory may hold other files (other shards' output); only
+    those names must not exist yet.
+    """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputDirError(f"--output-dir {path} exists and is not a directory")
+    if own_files is not None and not overwrite:
+        taken = [name for name in own_files if (path / name).exists()]
+        if taken:
+            raise OutputDirError(f"--output-dir {path} already holds {', '.join(taken)}; pass --resume {path} (with the "
+                                 "same --shard) to continue that shard, or another directory")
+        path.mkdir(parents=True, exist_ok=True)
+        return path
     if path.is_dir() and any(path.iterdir()):
         if not overwrite:
             raise OutputDirError(f"--output-dir {path} is not empty; pass --overwrite to empty it or --resume {path} to continue that run")
@@ -55,18 +71,30 @@ def prepare_output_dir(path: Union[str, Path], overwrite: bool = False) -> Path:
     return path
 
 
-def write_run_file(directory: Union[str, Path], settings: Mapping[str, Any]) -> Path:
+def run_file_name(shard: Any = None) -> str:
+    """run.json, or run_shard{i}of{N}.json for a shard."""
+    return f"run{shard_suffix(shard)}.json"
+
+
+def episode_log_name(shard: Any = None) -> str:
+    """episodes.jsonl, or episodes_shard{i}of{N}.jsonl for a shard."""
+    return f"episodes{shard_suffix(shard)}.jsonl"
+
+
+def write_run_file(directory: Union[str, Path], settings: Mapping[str, Any], shard: Any = None) -> Path:
     """Save the run's settings (run.json) so `--resume` continues with the same plan and seeds."""
     from .results import write_results
 
-    return write_results(Path(directory) / RUN_FILENAME, {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **settings})
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return write_results(Path(directory) / run_file_name(shard), {"created": created, **settings})
 
 
-def read_run_file(directory: Union[str, Path]) -> Dict[str, Any]:
-    """run.json of a directory to resume (OutputDirError when there is none)."""
-    path = Path(directory) / RUN_FILENAME
+def read_run_file(directory: Union[str, Path], shard: Any = None) -> Dict[str, Any]:
+    """run.json (or a shard's run file) of a directory to resume (OutputDirError when there is none)."""
+    path = Path(directory) / run_file_name(shard)
     if not path.is_file():
-        raise OutputDirError(f"--resume {directory}: no {RUN_FILENAME} there (is it the --output-dir of a gr00t-eval rollout?)")
+        raise OutputDirError(f"--resume {directory}: no {path.name} there (is it the --output-dir of a gr00t-eval rollout"
+                             f"{'' if shard is None else ' with this --shard'}?)")
     return json.loads(path.read_text())
 
 

@@ -87,12 +87,16 @@ def rollout_config_from_args(args: argparse.Namespace, seed: Optional[int], outp
     )
 
 
-def _rollout_output_dir(args: argparse.Namespace, label: str) -> Path:
-    """--output-dir (refused when not empty, unless --overwrite), or a new dated directory under the default base."""
-    from .run_dir import dated_output_dir, prepare_output_dir
+def _rollout_output_dir(args: argparse.Namespace, label: str, shard: Any) -> Path:
+    """--output-dir (refused when not empty, unless --overwrite), or a new dated directory under the default base.
+
+    Shards of one plan may share a directory: a shard only needs its own file names to be free.
+    """
+    from .run_dir import dated_output_dir, episode_log_name, prepare_output_dir, run_file_name
 
     path = Path(args.output_dir) if args.output_dir else dated_output_dir(DEFAULT_ROLLOUT_BASE, label)
-    return prepare_output_dir(path, overwrite=args.overwrite)
+    own = None if shard is None else [run_file_name(shard), episode_log_name(shard), f"results_shard{shard.index}of{shard.count}.json"]
+    return prepare_output_dir(path, overwrite=args.overwrite, own_files=own)
 
 
 def _check_rollout_args(args: argparse.Namespace) -> None:
@@ -112,7 +116,7 @@ def _check_rollout_args(args: argparse.Namespace) -> None:
         for task in resolve_tasks(args.env_name)[0]:  # a bad env name fails before any connection is made
             embodiment_for_env(task.env_name)
     except (ValueError, KeyError) as exc:
-        raise UsageError(str(exc).strip("\"'")) from None
+        raise UsageError(str(exc).strip("\"'") if isinstance(exc, KeyError) else str(exc)) from None
 
 
 def run_rollout_command(args: argparse.Namespace) -> int:
@@ -121,7 +125,7 @@ def run_rollout_command(args: argparse.Namespace) -> int:
     from .metrics import EpisodeOutcome
     from .rollout import RolloutConfig
     from .rollout.runner import draw_base_seed
-    from .run_dir import EPISODE_LOG_FILENAME, EpisodeLog, read_run_file, write_run_file
+    from .run_dir import EpisodeLog, episode_log_name, read_run_file, write_run_file
     from .shard import ShardSpec
 
     shard = ShardSpec.parse(args.shard) if args.shard else None
@@ -132,11 +136,10 @@ def run_rollout_command(args: argparse.Namespace) -> int:
         if args.ray_address:
             raise UsageError("--resume does not combine with --ray-address; resume each shard with --shard instead")
         output_dir = Path(args.resume)
-        saved = read_run_file(output_dir)
+        saved = read_run_file(output_dir, shard)
         env_spec = saved["env_name"]
         config = RolloutConfig(**saved["config"])
-        shard = ShardSpec.parse(saved["shard"]) if saved.get("shard") else None
-        done = [EpisodeOutcome.from_json_dict(e) for e in EpisodeLog(output_dir / EPISODE_LOG_FILENAME).read()]
+        done = [EpisodeOutcome.from_json_dict(e) for e in EpisodeLog(output_dir / episode_log_name(shard)).read()]
         finished = sum(1 for o in done if o.error is None)
         print(f"Resuming {output_dir}: {finished} episodes finished, the rest of {env_spec} runs now (base seed {config.seed})")
     else:
@@ -146,10 +149,10 @@ def run_rollout_command(args: argparse.Namespace) -> int:
             raise UsageError("--shard needs --seed (or $GR00T_EVAL_SEED): every shard must use the same episode seeds")
         seed = seed if seed is not None else draw_base_seed()
         env_spec = args.env_name
-        output_dir = _rollout_output_dir(args, env_spec)
+        output_dir = _rollout_output_dir(args, env_spec, shard)
         config = rollout_config_from_args(args, seed, output_dir)
         write_run_file(output_dir, {"env_name": env_spec, "config": dataclasses.asdict(config),
-                                    "shard": None if shard is None else str(shard)})
+                                    "shard": None if shard is None else str(shard)}, shard)
     print(f"Output directory: {output_dir} (base seed {config.seed})")
     results = _run(args, env_spec, config, shard, done, output_dir)
     return _report_rollout(args, results, output_dir, shard)
@@ -187,7 +190,7 @@ def _report_rollout(args: argparse.Namespace, results: Dict[str, Any], output_di
     not_run = results.get("n_not_run", 0)
     if status != "complete":
         print(f"{status.upper()}: {results.get('stop_reason')}; {not_run} episodes did not run "
-              f"(continue with: gr00t-eval rollout --resume {output_dir})")
+              f"(continue with: gr00t-eval rollout --resume {output_dir}{'' if shard is None else f' --shard {shard}'})")
     print(f"Results: {path}")
     if status == "interrupted":
         return INTERRUPTED_EXIT_CODE
@@ -203,7 +206,7 @@ def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done:
     from . import connection
     from .cli_errors import UsageError
     from .ray_runner import parse_servers, run_with_ray
-    from .run_dir import EPISODE_LOG_FILENAME, EpisodeLog, sigterm_as_interrupt
+    from .run_dir import EpisodeLog, episode_log_name, sigterm_as_interrupt
     from .shard import run_suite
 
     servers = parse_servers(args.host, args.port)
@@ -213,7 +216,7 @@ def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done:
     if len(servers) > 1:
         raise UsageError("several --policy-client-host entries need --ray-address (one server per shard)")
     server = servers[0]
-    log = EpisodeLog(output_dir / EPISODE_LOG_FILENAME)
+    log = EpisodeLog(output_dir / episode_log_name(shard))
     with connection.open_client(server.host, server.port, args) as client:
         with sigterm_as_interrupt():
             results = run_suite(client, env_spec, config, shard, progress=True,
