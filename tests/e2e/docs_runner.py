@@ -205,6 +205,7 @@ class DocSession:
     port: int = field(default_factory=_free_port)
     servers: List[Tuple[subprocess.Popen, Path]] = field(default_factory=list)
     failed: List[str] = field(default_factory=list)
+    done: List[str] = field(default_factory=list)  # names of the blocks already run (passed or failed)
     counter: int = 0
 
     def __post_init__(self) -> None:
@@ -235,6 +236,26 @@ class DocSession:
         return env
 
     # --- running --------------------------------------------------------------------------------
+
+    def run_through(self, block: DocBlock) -> None:
+        """Run the document's earlier blocks not run yet (a test selected alone still gets its servers and files),
+        then `block`; DocsTestError naming the failing block."""
+        for earlier in ordered_blocks(self.doc):
+            if earlier.name == block.name:
+                break
+            if earlier.name not in self.done and not earlier.skip_reason:
+                self.done.append(earlier.name)
+                try:
+                    self.run(earlier)
+                except DocsTestError as exc:
+                    self.failed.append(earlier.name)
+                    raise DocsTestError(f"{block.name}: not run, because an earlier block failed:\n{exc}") from None
+        self.done.append(block.name)
+        try:
+            self.run(block)
+        except DocsTestError:
+            self.failed.append(block.name)
+            raise
 
     def run(self, block: DocBlock) -> None:
         """Run one block; DocsTestError (naming the block) when it fails."""

@@ -44,9 +44,9 @@ def test_docs_block_runs_as_written(block: DocBlock, sessions: Dict[Path, DocSes
     session = sessions.get(block.doc)
     if session is None:
         session = sessions[block.doc] = DocSession(block.doc, tmp_path_factory.mktemp(block.doc.stem))
+    earlier_failures = list(session.failed)
     try:
-        session.run(block)
+        session.run_through(block)
     except DocsTestError as exc:
-        earlier = f"\n(earlier failed blocks of this document: {', '.join(session.failed)})" if session.failed else ""
-        session.failed.append(block.name)
+        earlier = f"\n(earlier failed blocks of this document: {', '.join(earlier_failures)})" if earlier_failures else ""
         pytest.fail(f"{exc}{earlier}", pytrace=False)
