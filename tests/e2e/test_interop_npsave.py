@@ -22,7 +22,7 @@ from reference_peer import (
 )
 
 from gr00t_client import BasePolicy, ModalityConfig, PolicyClient, PolicyServerError
-from gr00t_server.server import PolicyServer
+from gr00t_server import PolicyServer
 
 ACTION_JSON = {
     "delta_indices": [0, 1, 2, 3],
