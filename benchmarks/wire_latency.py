@@ -2,7 +2,8 @@
 
 Rows: our client and server (wire="auto", i.e. multipart), our client forced to wire="reference", the
 reference-style client (tests/reference_peer.py) against our server, and a raw REQ/REP pair that carries the
-same request and reply bytes with no encoding at all. Everything runs on loopback in one process.
+same request and reply bytes with no encoding at all. Each is timed with CURVE encryption off and on (the
+reference-style client speaks plaintext only). Everything runs on loopback in one process.
 
     python benchmarks/wire_latency.py --iterations 300
 """
@@ -11,14 +12,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import threading
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import zmq
+import zmq.auth
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 
@@ -69,10 +73,13 @@ def measure(call: Callable[[], object], iterations: int, warmup: int) -> List[fl
 class RawFloor:
     """A REP thread that answers every request with fixed reply bytes: ZeroMQ plus copying, nothing else."""
 
-    def __init__(self, reply: bytes) -> None:
+    def __init__(self, reply: bytes, curve_keys: Optional[Tuple[bytes, bytes]] = None) -> None:
         self._context = zmq.Context()
         self._rep = self._context.socket(zmq.REP)
         self._rep.setsockopt(zmq.LINGER, 0)
+        if curve_keys is not None:  # the same CURVE server setup as PolicyServer's, without ZAP
+            self._rep.curve_server = True
+            self._rep.curve_publickey, self._rep.curve_secretkey = curve_keys
         self.port = self._rep.bind_to_random_port("tcp://127.0.0.1")
         self._reply = reply
         self._running = True
@@ -96,56 +103,90 @@ def percentile(samples: List[float], q: float) -> float:
     return float(np.percentile(np.asarray(samples), q))
 
 
+def raw_client(context: zmq.Context, port: int, server_public: Optional[bytes]) -> zmq.Socket:
+    req = context.socket(zmq.REQ)
+    req.setsockopt(zmq.LINGER, 0)
+    if server_public is not None:
+        req.curve_serverkey = server_public
+        req.curve_publickey, req.curve_secretkey = zmq.curve_keypair()
+    req.connect(f"tcp://127.0.0.1:{port}")
+    return req
+
+
 def run_case(name: str, observation, iterations: int, warmup: int, rounds: int) -> List[tuple]:
-    """Time every path on one observation; paths take turns in `rounds` slices so load drift hits all alike."""
+    """Time every path on one observation, CURVE off and on; paths take turns in `rounds` slices so load drift hits all alike."""
     request_bytes = codec.encode({"endpoint": "get_action", "data": {"observation": observation, "options": None}})
     reply_bytes = codec.encode(list(NullPolicy().get_action(observation)))
     payload_mib = len(request_bytes) / 2**20
-    server = PolicyServer(NullPolicy(), host="127.0.0.1", port=0).start()
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    floor = RawFloor(reply_bytes)
-    context = zmq.Context()
-    req = context.socket(zmq.REQ)
-    req.setsockopt(zmq.LINGER, 0)
-    req.connect(f"tcp://127.0.0.1:{floor.port}")
-    ours = PolicyClient(host="127.0.0.1", port=server.port, timeout_ms=30000, wire="auto")
-    ours_reference = PolicyClient(host="127.0.0.1", port=server.port, timeout_ms=30000, wire="reference")
-    reference = ReferenceClient(server.port, timeout_ms=30000)
-
-    def raw_round_trip() -> bytes:
-        req.send(request_bytes)
-        return req.recv()
-
-    paths: Dict[str, Callable[[], object]] = {
-        "ours (auto=multipart)": lambda: ours.get_action(observation),
-        'ours (wire="reference")': lambda: ours_reference.get_action(observation),
-        "reference-style client": lambda: reference.get_action(observation),
-        "raw ZeroMQ REQ/REP floor": raw_round_trip,
+    server_public, server_secret = zmq.curve_keypair()
+    client_dir = tempfile.mkdtemp(prefix="wire-latency-keys-")
+    client_public_path, client_secret_path = zmq.auth.create_certificates(client_dir, "bench-client")
+    servers = {
+        "off": PolicyServer(NullPolicy(), host="127.0.0.1", port=0).start(),
+        # CURVE with the ZAP authorizer on: it only runs at connection time, so the per-request cost is the cipher's
+        "on": PolicyServer(NullPolicy(), host="127.0.0.1", port=0, curve_secret_key=server_secret.decode(),
+                           authorized_keys=client_dir).start(),
     }
-    samples: Dict[str, List[float]] = {label: [] for label in paths}
+    threads = [threading.Thread(target=server.run, daemon=True) for server in servers.values()]
+    for thread in threads:
+        thread.start()
+    floors = {"off": RawFloor(reply_bytes), "on": RawFloor(reply_bytes, (server_public, server_secret))}
+    context = zmq.Context()
+    reqs = {"off": raw_client(context, floors["off"].port, None), "on": raw_client(context, floors["on"].port, server_public)}
+    curve = {"server_public_key": server_public.decode(), "client_secret_key": client_secret_path}
+    clients = {
+        ("ours (auto=multipart)", "off"): PolicyClient(host="127.0.0.1", port=servers["off"].port, timeout_ms=30000, wire="auto"),
+        ("ours (auto=multipart)", "on"): PolicyClient(host="127.0.0.1", port=servers["on"].port, timeout_ms=30000, wire="auto", **curve),
+        ('ours (wire="reference")', "off"): PolicyClient(host="127.0.0.1", port=servers["off"].port, timeout_ms=30000, wire="reference"),
+        ('ours (wire="reference")', "on"): PolicyClient(host="127.0.0.1", port=servers["on"].port, timeout_ms=30000, wire="reference", **curve),
+    }
+    reference = ReferenceClient(servers["off"].port, timeout_ms=30000)
+
+    def raw_round_trip(req: zmq.Socket) -> Callable[[], bytes]:
+        def call() -> bytes:
+            req.send(request_bytes)
+            return req.recv()
+        return call
+
+    paths: Dict[Tuple[str, str], Callable[[], object]] = {
+        key: (lambda client=client: client.get_action(observation)) for key, client in clients.items()
+    }
+    paths[("reference-style client (no CURVE)", "off")] = lambda: reference.get_action(observation)
+    paths[("raw ZeroMQ REQ/REP floor", "off")] = raw_round_trip(reqs["off"])
+    paths[("raw ZeroMQ REQ/REP floor", "on")] = raw_round_trip(reqs["on"])
+    samples: Dict[Tuple[str, str], List[float]] = {key: [] for key in paths}
     try:
-        for label, call in paths.items():
+        for key, call in paths.items():
             measure(call, warmup, 0)
         per_round = max(1, iterations // rounds)
         for _ in range(rounds):
-            for label, call in paths.items():
-                samples[label].extend(measure(call, per_round, 0))
+            for key, call in paths.items():
+                samples[key].extend(measure(call, per_round, 0))
     finally:
-        ours.close()
-        ours_reference.close()
+        for client in clients.values():
+            client.close()
         reference.close()
-        req.close(linger=0)
+        for req in reqs.values():
+            req.close(linger=0)
         context.term()
-        floor.close()
-        server.stop()
-        thread.join(5)
-    return [(name, label, payload_mib, values) for label, values in samples.items()]
+        for floor in floors.values():
+            floor.close()
+        for server in servers.values():
+            server.stop()
+        for thread in threads:
+            thread.join(5)
+        shutil.rmtree(client_dir, ignore_errors=True)
+    labels = list(dict.fromkeys(label for label, _ in paths))
+    return [(name, label, payload_mib, samples.get((label, "off")), samples.get((label, "on"))) for label in labels]
+
+
+def _cells(samples: Optional[List[float]], stat: Callable[[List[float]], float]) -> str:
+    return f"{stat(samples):8.3f}" if samples else f"{'-':>8s}"
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=200, help="timed round trips per row (default 200)")
+    parser.add_argument("--iterations", type=int, default=200, help="timed round trips per row and column (default 200)")
     parser.add_argument("--warmup", type=int, default=20, help="untimed round trips per path first (default 20)")
     parser.add_argument("--rounds", type=int, default=10, help="paths take turns in this many slices (default 10)")
     args = parser.parse_args(argv)
@@ -156,15 +197,16 @@ def main(argv: Optional[List[str]] = None) -> None:
     rows = []
     for name, observation in cases:
         rows.extend(run_case(name, observation, args.iterations, args.warmup, args.rounds))
-    header = f"{'observation':40s} {'request MiB':>11s}  {'path':28s} {'p50 ms':>8s} {'p99 ms':>8s} {'mean ms':>8s}"
-    print(f"get_action round trip, null policy, loopback, {args.iterations} iterations per row, interleaved")
+    p50, p99 = (lambda s: percentile(s, 50)), (lambda s: percentile(s, 99))
+    header = (f"{'observation':40s} {'request MiB':>11s}  {'path':34s} {'p50 off':>8s} {'p50 CURVE':>9s} "
+              f"{'p99 off':>8s} {'p99 CURVE':>9s} {'mean off':>8s} {'mean CURVE':>10s}")
+    print(f"get_action round trip in ms, null policy, loopback, {args.iterations} iterations per cell, interleaved; "
+          "CURVE = encrypted, client key checked by ZAP")
     print(header)
     print("-" * len(header))
-    for case, label, payload_mib, samples in rows:
-        print(
-            f"{case:40s} {payload_mib:11.2f}  {label:28s} {percentile(samples, 50):8.3f} {percentile(samples, 99):8.3f} "
-            f"{statistics.fmean(samples):8.3f}"
-        )
+    for case, label, payload_mib, off, on in rows:
+        print(f"{case:40s} {payload_mib:11.2f}  {label:34s} {_cells(off, p50)} {_cells(on, p50)} "
+              f"{_cells(off, p99)} {_cells(on, p99)} {_cells(off, statistics.fmean)} {_cells(on, statistics.fmean):>10s}")
 
 
 if __name__ == "__main__":
