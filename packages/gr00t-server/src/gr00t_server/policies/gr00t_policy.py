@@ -14,14 +14,19 @@ Options of `get_action` (all optional; keys starting with "_", e.g. "_session_id
   the inverse of decode_action (relative keys against the current observation's state, normalized with those
   rows' statistics); rows [0, frozen) are returned unchanged (up to clipping to the statistics range), rows
   [frozen, overlap) are denoised with a ramped velocity, the rest as usual. overlap_steps=0 changes nothing.
+Stage timing: after each get_action, `policy.last_timing` (per calling thread) holds {"preprocess_ms",
+"model_ms", "postprocess_ms"} of that call; servers add it to `server_timing`.
 Caveat inherited from the reference: the VL self-attention has no padding mask, so rows whose prompts need
 left padding (different token counts in one batch) can differ slightly from their single-call result.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import threading
+import time
 from dataclasses import dataclass
 from numbers import Integral, Real
 from pathlib import Path
@@ -110,6 +115,11 @@ def _resolve_tag(tag: Union[EmbodimentTag, str], supported: List[str]) -> Tuple[
     return resolved, resolved.value
 
 
+def _instruction(language: Any) -> str:
+    """One row's instruction: a string, or the first of a list of them."""
+    return language[0] if isinstance(language, (list, tuple)) else str(language)
+
+
 def _resolve_device(device: Union[str, torch.device]) -> torch.device:
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -121,6 +131,9 @@ class Gr00tPolicy(BasePolicy):
     """A GR00T N1.7 checkpoint (local folder or hub id) serving one embodiment.
 
     `Gr00tPolicy(model_path, embodiment_tag, device="cuda", strict=True, dtype=None)`; keywords in any order.
+    `clip_outliers`: None keeps the checkpoint's processor setting; True clips normalized states to [-1, 1] and
+    every decoded action key to its statistics range; False leaves states unclipped (actions decode as the
+    reference does). `preprocess_device`: where frames are patchified (default: the model's device if a GPU).
     """
 
     supports_batching = True
@@ -136,8 +149,11 @@ class Gr00tPolicy(BasePolicy):
         *,
         subfolder: Optional[str] = None,
         local_files_only: bool = False,
+        clip_outliers: Optional[bool] = None,
+        preprocess_device: Union[str, torch.device, None] = None,
     ) -> None:
         super().__init__(strict=strict)
+        self._timing = threading.local()
         if isinstance(model_path, EmbodimentTag):  # positional (embodiment_tag, model_path) like the reference
             model_path, embodiment_tag = embodiment_tag, model_path
         if model_path is None or embodiment_tag is None:
@@ -152,7 +168,13 @@ class Gr00tPolicy(BasePolicy):
         self.embodiment_tag_value = tag_value
         self.device = _resolve_device(device)
 
+        self.preprocess_device = _resolve_device(preprocess_device) if preprocess_device is not None else (
+            self.device if self.device.type == "cuda" else torch.device("cpu")
+        )
         self.processor = Gr00tN1d7Processor.from_pretrained(self.checkpoint_dir, local_files_only=local_files_only)
+        if clip_outliers is not None:
+            self.processor.config = dataclasses.replace(self.processor.config, clip_outliers=bool(clip_outliers))
+        self.clip_actions_to_statistics = bool(clip_outliers)
         all_configs = self.processor.modality_configs(tag_value)
         self.modality_configs: Dict[str, ModalityConfig] = {k: v for k, v in all_configs.items() if k != "rl_info"}
         missing = [m for m in _POLICY_MODALITIES if m not in self.modality_configs]
@@ -209,30 +231,41 @@ class Gr00tPolicy(BasePolicy):
         """Stateless policy: nothing to reset."""
         return {}
 
+    @property
+    def last_timing(self) -> Dict[str, float]:
+        """{"preprocess_ms", "model_ms", "postprocess_ms"} of this thread's last get_action ({} before one)."""
+        return dict(getattr(self._timing, "stages", {}))
+
     def _get_action(
         self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None
     ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+        started = time.perf_counter()
         batch_size = self._batch_size(observation)
         rtc = self._parse_rtc((options or {}).get("rtc"), batch_size)
-        steps = []
-        raw_states: Dict[str, List[np.ndarray]] = {k: [] for k in self.modality_configs["state"].modality_keys}
-        for row in range(batch_size):
-            video = {k: np.asarray(observation["video"][k][row]) for k in self.modality_configs["video"].modality_keys}
-            state = {k: np.asarray(observation["state"][k][row]) for k in self.modality_configs["state"].modality_keys}
-            for key, value in state.items():
-                raw_states[key].append(value)
-            language = observation["language"][self.language_key][row]
-            text = language[0] if isinstance(language, (list, tuple)) else str(language)
-            steps.append(self.processor.process_step(self.embodiment_tag_value, video, state, text))
-        inputs = self.processor.collate(steps)
-        batched_states = {k: np.stack(v) for k, v in raw_states.items()}
+        video = {k: np.asarray(observation["video"][k]) for k in self.modality_configs["video"].modality_keys}
+        raw_states = {k: np.asarray(observation["state"][k]) for k in self.modality_configs["state"].modality_keys}
+        languages = [_instruction(text) for text in observation["language"][self.language_key]]
+        inputs = self.processor.process_batch(
+            self.embodiment_tag_value, video, raw_states, languages, device=self.preprocess_device
+        )
         noise, generator = self._initial_noise(options, batch_size)
-        rtc_arguments = self._rtc_model_arguments(rtc, batched_states) if rtc is not None else {}
+        rtc_arguments = self._rtc_model_arguments(rtc, raw_states) if rtc is not None else {}
+        model_started = time.perf_counter()
         with torch.inference_mode():
             output = self.model.get_action(inputs, noise=noise, generator=generator, **rtc_arguments)
-        action_pred = output["action_pred"].float().cpu().numpy()
-        action = self.processor.decode_action(action_pred, self.embodiment_tag_value, batched_states)
-        return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in action.items()}, {}
+        action_pred = output["action_pred"].float().cpu().numpy()  # waits for the GPU: model_ms is its real time
+        post_started = time.perf_counter()
+        action = self.processor.decode_action(
+            action_pred, self.embodiment_tag_value, raw_states, clip_to_statistics=self.clip_actions_to_statistics
+        )
+        result = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in action.items()}
+        finished = time.perf_counter()
+        self._timing.stages = {
+            "preprocess_ms": (model_started - started) * 1000.0,
+            "model_ms": (post_started - model_started) * 1000.0,
+            "postprocess_ms": (finished - post_started) * 1000.0,
+        }
+        return result, {}
 
     # --- helpers ----------------------------------------------------------------------------------
 

@@ -309,9 +309,17 @@ class Gr00tN1d7Processor:
     # --- action decoding --------------------------------------------------------------------------
 
     def decode_action(
-        self, action: np.ndarray, tag: str, raw_states: Optional[Mapping[str, np.ndarray]] = None
+        self,
+        action: np.ndarray,
+        tag: str,
+        raw_states: Optional[Mapping[str, np.ndarray]] = None,
+        clip_to_statistics: bool = False,
     ) -> Dict[str, np.ndarray]:
-        """(B, H_max, D_max) normalized model output -> {key: float32 (B, H_e, D_key)} absolute actions."""
+        """(B, H_max, D_max) normalized model output -> {key: float32 (B, H_e, D_key)} absolute actions.
+
+        Min/max keys always land inside their statistics range (the reference clips to [-1, 1] first);
+        `clip_to_statistics` also clips mean/std keys to [low, high] (q01/q99 or min/max, as normalization uses).
+        """
         action = np.asarray(action, np.float64)
         if action.ndim == 2:
             action = action[None]
@@ -336,6 +344,8 @@ class Gr00tN1d7Processor:
                 value = norm.decode_relative(key, value, raw_states[state_key], spec.type.name, spec.format.name)
             else:
                 value = norm.unnormalize_action_key(parts[key], params.action[key], key in mean_std_keys)
+                if clip_to_statistics and key in mean_std_keys:
+                    value = np.clip(value, params.action[key].low, params.action[key].high)
             out[key] = value.astype(np.float32)
         return out
 
