@@ -104,3 +104,15 @@ def test_replay_policy_alone_keeps_at_most_max_sessions(replay_dataset):
     for index in range(10):
         policy.get_action({}, {"_session_id": f"client-{index}"})
     assert list(policy._sessions) == ["client-7", "client-8", "client-9"]
+
+
+def test_serve_flags_set_the_limits_and_a_bad_one_is_a_one_line_error():
+    from gr00t_server.cli import CliError, _server_limits, build_parser
+
+    args = build_parser().parse_args(["serve", "--dataset-path", "d", "--max-rows", "4", "--max-language-tokens", "7",
+                                      "--max-sessions", "3", "--max-client-queued-mb", "1"])
+    limits = _server_limits(args)
+    assert (limits.max_rows, limits.max_language_tokens, limits.max_sessions) == (4, 7, 3)
+    assert limits.max_client_queued_bytes == 1024 * 1024
+    with pytest.raises(CliError, match="--max-cameras must be an int >= 1, got 0"):
+        _server_limits(build_parser().parse_args(["serve", "--dataset-path", "d", "--max-cameras", "0"]))
