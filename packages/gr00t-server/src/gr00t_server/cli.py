@@ -77,7 +77,44 @@ def _add_serve_parser(subparsers: Any) -> None:
     p.add_argument(*_flag("max-batch-size"), type=int, default=1, help="batch get_action requests across clients (default 1: off)")
     p.add_argument(*_flag("batch-timeout-ms"), type=float, default=2.0, help="longest wait to fill a batch (default 2 ms)")
     p.add_argument(*_flag("max-message-mb"), type=int, default=256, help="drop messages larger than this (default 256 MiB)")
+    _add_limit_flags(p)
     p.add_argument(*_flag("log-level"), default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level")
+
+
+def _add_limit_flags(p: argparse.ArgumentParser) -> None:
+    """Per-request work limits (gr00t_server.serving.ServerLimits): a request over one gets a one-line error."""
+    from .serving.limits import ServerLimits
+
+    d = ServerLimits()
+    p.add_argument(*_flag("max-rows"), type=int, default=d.max_rows,
+                   help=f"batch rows one request may carry (arrays' first axis, language lists, replay batch_size; default {d.max_rows})")
+    p.add_argument(*_flag("max-language-chars"), type=int, default=d.max_language_chars,
+                   help=f"characters per language string (default {d.max_language_chars})")
+    p.add_argument(*_flag("max-language-tokens"), type=int, default=d.max_language_tokens,
+                   help=f"words and punctuation marks per language string (default {d.max_language_tokens})")
+    p.add_argument(*_flag("max-cameras"), type=int, default=d.max_cameras, help=f"video keys per observation (default {d.max_cameras})")
+    p.add_argument(*_flag("max-image-pixels"), type=int, default=d.max_image_pixels,
+                   help=f"height x width of one image (default {d.max_image_pixels})")
+    p.add_argument(*_flag("max-sessions"), type=int, default=d.max_sessions,
+                   help=f"client sessions a stateful policy keeps, least recently used evicted first (default {d.max_sessions})")
+    p.add_argument(*_flag("session-idle-s"), type=float, default=d.session_idle_s,
+                   help=f"evict a session unused this many seconds (default {d.session_idle_s:.0f})")
+    p.add_argument(*_flag("max-client-queued-mb"), type=float, default=None,
+                   help="request bytes one connection may have waiting for the policy (default: --max-message-mb)")
+
+
+def _server_limits(args: argparse.Namespace) -> Any:
+    from .serving.limits import ServerLimits
+
+    queued = None if args.max_client_queued_mb is None else max(1, int(args.max_client_queued_mb * 1024 * 1024))
+    try:
+        return ServerLimits(
+            max_rows=args.max_rows, max_language_chars=args.max_language_chars, max_language_tokens=args.max_language_tokens,
+            max_cameras=args.max_cameras, max_image_pixels=args.max_image_pixels, max_sessions=args.max_sessions,
+            session_idle_s=args.session_idle_s, max_client_queued_bytes=queued,
+        )
+    except ValueError as exc:
+        raise CliError(f"--{str(exc).replace('_', '-')}") from exc
 
 
 def _add_checkpoint_parser(subparsers: Any) -> None:
@@ -157,7 +194,8 @@ def _replay_policy(args: argparse.Namespace, tag: Any) -> Any:
         horizon = len(modality["action"].delta_indices)
     if horizon <= 0:
         raise CliError(f"--execution-horizon must be > 0, got {horizon}")
-    return ReplayPolicy(dataset, modality, execution_horizon=horizon, strict=args.strict)
+    return ReplayPolicy(dataset, modality, execution_horizon=horizon, strict=args.strict, max_rows=args.max_rows,
+                        max_sessions=args.max_sessions)
 
 
 def _fits_dataset(modality: Any, dataset: Any) -> bool:
@@ -239,6 +277,7 @@ def serve(args: argparse.Namespace) -> int:
         logger.warning("listening on %s without an API token%s: anyone who can reach this port can use the policy "
                        "(set --api-token or GR00T_API_TOKEN, or --curve-secret-key with --authorized-keys)", args.host,
                        " or authorized client keys" if curve is not None else "")
+    limits = _server_limits(args)  # before the model loads: a bad flag fails at once
     policy = _model_policy(args, tag) if args.model_path else _replay_policy(args, tag)
     if args.use_sim_policy_wrapper:
         from .policies.sim_wrapper import Gr00tSimPolicyWrapper
@@ -256,6 +295,7 @@ def serve(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size,
         batch_timeout_ms=args.batch_timeout_ms,
         embodiment_tag=tag.value,
+        limits=limits,
     )
     try:
         server.start()
