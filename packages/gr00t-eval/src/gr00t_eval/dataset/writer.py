@@ -189,14 +189,14 @@ class DatasetWriter:
     def _write_meta_files(self) -> None:
         meta = self.root / "meta"
         meta.mkdir(exist_ok=True)
-        _write_json(meta / "info.json", self._info())
         _write_json(meta / "modality.json", self._modality().to_json_dict())
         _write_json(meta / "stats.json", {name: column_stats(np.concatenate(parts)) for name, parts in self._numeric.items()})
         if self.layout == "v2.1":
-            _write_jsonl(meta / "episodes.jsonl", self._episodes)
             _write_jsonl(meta / "tasks.jsonl", [{"task_index": i, "task": t} for t, i in self._tasks.items()])
+            _write_jsonl(meta / "episodes.jsonl", self._episodes)
         else:
             self._write_v3_meta(meta)
+        _write_json(meta / "info.json", self._info())  # last: its total_episodes never counts an episode not yet listed
 
     def __enter__(self) -> "DatasetWriter":
         return self
