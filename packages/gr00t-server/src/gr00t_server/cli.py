@@ -100,7 +100,7 @@ def _add_limit_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(*_flag("session-idle-s"), type=float, default=d.session_idle_s,
                    help=f"evict a session unused this many seconds (default {d.session_idle_s:.0f})")
     p.add_argument(*_flag("max-client-queued-mb"), type=float, default=None,
-                   help="request bytes one connection may have waiting for the policy (default: --max-message-mb)")
+                   help="request bytes one connection may have waiting for the policy beyond its first request (default 16)")
 
 
 def _server_limits(args: argparse.Namespace) -> Any:

@@ -28,7 +28,7 @@ class ServerLimits:
     max_session_id_chars: int = 128
     max_sessions: int = 1024  # sessions a stateful policy keeps (least recently used evicted first)
     session_idle_s: float = 3600.0  # a session unused this long is evicted
-    max_client_queued_bytes: Optional[int] = None  # request bytes one connection may have waiting; None: max_message_bytes
+    max_client_queued_bytes: Optional[int] = None  # request bytes one connection may have waiting; None: 16 MiB
     max_queued_requests: int = 1024  # requests waiting for the policy, all clients together
 
     def __post_init__(self) -> None:

@@ -47,6 +47,9 @@ logger = logging.getLogger(__name__)
 _refusals = RateLimitedLog(logger)
 
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+# Bytes one connection may have waiting for the policy beyond its first request (which is always admitted): a REQ
+# client has one request outstanding, so only pipelining (DEALER) peers ever meet this.
+DEFAULT_CLIENT_QUEUED_BYTES = 16 * 1024 * 1024
 CLOSE_WAIT_S = 30.0  # how long close() waits for a run() in another thread to stop and close the socket
 SESSION_OPTION = "_session_id"
 ACTIVE_CLIENT_WINDOW_S = 1.0  # a client that sent get_action this recently is expected to send again
@@ -461,7 +464,7 @@ class PolicyServer:
 
     def _admit(self, request: Request) -> None:
         """Count the request against its connection's byte budget and the queue; refuse it when over."""
-        budget = self.limits.max_client_queued_bytes or self.max_message_bytes
+        budget = self.limits.max_client_queued_bytes or min(self.max_message_bytes, DEFAULT_CLIENT_QUEUED_BYTES)
         queued = self._queued_bytes.get(request.identity, 0)
         if queued and queued + request.nbytes > budget:
             self.stats.add("refused")
