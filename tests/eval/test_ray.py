@@ -86,3 +86,38 @@ def test_rollout_cli_runs_on_ray_with_several_hosts_and_writes_one_results_file(
     assert code == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["overall"]["n_episodes"] == 4 and results["config"]["ray_shards"] == 2
+
+
+@pytest.mark.slow
+def test_a_two_node_cluster_spreads_the_shards_over_both_nodes_with_the_numbers_of_one_run():
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    # Two raylets on this machine, one CPU each: one shard per node, each reserving the node's only CPU.
+    env = {"env_vars": {"PYTHONPATH": os.pathsep.join([TESTS_DIR, os.environ.get("PYTHONPATH", "")])},
+           "worker_process_setup_hook": "eval.scale_fixtures.register"}
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    try:
+        ray.init(address=cluster.address, runtime_env=env, log_to_driver=False)
+        cluster.wait_for_nodes()
+        config = RolloutConfig(env_name=ENV_SPEC, n_episodes=2, n_envs=1, n_action_steps=2, max_episode_steps=6, seed=3,
+                               vectorization="sync")
+        with policy_server() as server:
+            merged = run_with_ray(ENV_SPEC, config, [ServerAddress("127.0.0.1", server.port)], address=cluster.address,
+                                  n_shards=2, timeout_ms=5000)
+            with PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client:
+                single = run_suite(client, ENV_SPEC, config)
+        alive = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert len(alive) == 2
+    assert merged["failed_shards"] == {} and set(merged["shard_nodes"].values()) == alive  # one shard on each node
+
+    def episodes(results):
+        return [{k: v for k, v in e.items() if k not in ("env_index", "video_path")} for e in results["per_episode"]]
+
+    assert episodes(merged) == episodes(single)
+    assert merged["overall"]["pc_success"] == single["overall"]["pc_success"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -54,11 +55,18 @@ def _import_ray():
     return ray
 
 
+def _progress(line: str) -> None:
+    """One progress line on stderr (Ray runs take minutes; the user sees them move) and in the log."""
+    print(line, file=sys.stderr, flush=True)
+    logger.info("%s", line)
+
+
 def init_ray(address: str) -> bool:
     """Connect to (`auto`, `HOST:PORT`, `ray://...`) or start (`local`) Ray unless it is up; True if we started it."""
     ray = _import_ray()
     if ray.is_initialized():
         return False
+    _progress(f"Ray: {'starting a local runtime' if address == 'local' else 'connecting to ' + address} ...")
     if address == "local":
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
     else:
@@ -83,6 +91,9 @@ def run_shard_task(env_spec: str, config: Dict[str, Any], shard: Tuple[int, int]
             raise ConnectionError(f"policy server at {server[0]}:{server[1]} did not answer ping within {timeout_ms} ms")
         results = run_suite(client, env_spec, RolloutConfig(**config), ShardSpec(*shard))
     results.setdefault("config", {})["policy_server"] = f"{server[0]}:{server[1]}"
+    import ray
+
+    results["ray_node_id"] = ray.get_runtime_context().get_node_id()  # which node of the cluster ran this shard
     return results
 
 
@@ -114,15 +125,23 @@ def run_with_ray(env_spec: str, config: RolloutConfig, servers: Sequence[ServerA
             server = servers[index % len(servers)]
             refs.append(remote.remote(env_spec, payload, (index, n_shards), (server.host, server.port), api_token, timeout_ms,
                                       curve_keys))
-        logger.info("running %d shards on Ray against %s", n_shards, ", ".join(map(str, servers)))
+        _progress(f"Ray: running {n_shards} shards ({n_items} episodes) against {', '.join(map(str, servers))}")
         shard_results, failed = [], {}
-        for index, ref in enumerate(refs):
+        index_of = {ref: index for index, ref in enumerate(refs)}
+        waiting, episodes_done = list(refs), 0
+        while waiting:  # report each shard as it finishes, in whatever order they finish
+            ready, waiting = ray.wait(waiting, num_returns=1)
+            index = index_of[ready[0]]
             try:
-                shard_results.append(ray.get(ref))
+                results = ray.get(ready[0])
+                shard_results.append(results)
+                episodes_done += len(results.get("per_episode", []))
+                _progress(f"Ray: shard {index}/{n_shards} done ({n_shards - len(waiting)}/{n_shards} shards, "
+                          f"{episodes_done}/{n_items} episodes)")
             except Exception as exc:  # noqa: BLE001 - keep the other shards' episodes; report the lost ones
                 cause = getattr(exc, "cause", None) or exc
                 failed[f"{index}/{n_shards}"] = f"{type(cause).__name__}: {cause}"
-                logger.error("shard %d/%d failed: %s", index, n_shards, failed[f"{index}/{n_shards}"])
+                _progress(f"Ray: shard {index}/{n_shards} FAILED: {failed[f'{index}/{n_shards}']}")
     finally:
         if started:
             ray.shutdown()
@@ -132,4 +151,5 @@ def run_with_ray(env_spec: str, config: RolloutConfig, servers: Sequence[ServerA
     merged["config"].pop("policy_server", None)
     merged["config"].update(ray_address=address, ray_shards=n_shards, policy_servers=[str(s) for s in servers])
     merged["failed_shards"] = failed
+    merged["shard_nodes"] = {f"{r['plan']['shard'][0]}/{n_shards}": r.get("ray_node_id") for r in shard_results}
     return merged
