@@ -119,7 +119,12 @@ def eval_image_transform(
     plain INTER_AREA resize to `target_size` (h, w), as in the newer reference code.
     """
     _check_frame(image)
-    return eval_image_transform_batch(image[None], shortest_edge, crop_fraction, letter_box, target_size)[0]
+    if shortest_edge is None and target_size is None:
+        raise ValueError("eval_image_transform needs shortest_edge or target_size")
+    if letter_box:
+        image = letter_box_pad(image)
+    resize = _albumentations_resize(shortest_edge, target_size)
+    return np.ascontiguousarray(resize(fractional_center_crop(resize(image), crop_fraction)))
 
 
 def eval_image_transform_batch(
