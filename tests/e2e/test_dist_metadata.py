@@ -1,0 +1,128 @@
+"""Packaging metadata that must hold for the wheels to install anywhere (read from the sources, no build).
+
+One version per release (each package's `__version__`, which setuptools reads), siblings pinned to it,
+LICENSE and py.typed shipped, lower bounds that the code and transformers really need, extras that do not
+pull what nothing imports.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as metadata
+import re
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+from packaging.requirements import Requirement
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - the dev venv runs 3.11
+    tomllib = pytest.importorskip("tomli")
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGES = {"gr00t-client": "gr00t_client", "gr00t-eval": "gr00t_eval", "gr00t-server": "gr00t_server"}
+
+
+def _pyproject(name: str) -> dict:
+    return tomllib.loads((REPO / "packages" / name / "pyproject.toml").read_text())
+
+
+def _version(name: str) -> str:
+    init = (REPO / "packages" / name / "src" / PACKAGES[name] / "__init__.py").read_text()
+    match = re.search(r'^__version__ = "([^"]+)"$', init, re.MULTILINE)
+    assert match, f"{name}: no literal __version__ in __init__.py (setuptools reads it statically)"
+    return match.group(1)
+
+
+def _requirements(name: str) -> List[Requirement]:
+    project = _pyproject(name)["project"]
+    extras = [r for group in project.get("optional-dependencies", {}).values() for r in group]
+    return [Requirement(r) for r in project["dependencies"] + extras]
+
+
+def _by_name(name: str) -> Dict[str, List[Requirement]]:
+    out: Dict[str, List[Requirement]] = {}
+    for requirement in _requirements(name):
+        out.setdefault(requirement.name.lower().replace("_", "-"), []).append(requirement)
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(PACKAGES))
+def test_version_is_read_from_the_package_and_matches_the_release(name):
+    project = _pyproject(name)
+    assert project["project"].get("dynamic") == ["version"] and "version" not in project["project"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": f"{PACKAGES[name]}.__version__"}
+    assert _version(name) == _version("gr00t-client")
+
+
+@pytest.mark.parametrize("name", ["gr00t-eval", "gr00t-server"])
+def test_siblings_are_pinned_to_the_same_release(name):
+    release = _version(name)
+    siblings = [r for r in _requirements(name) if r.name.startswith("gr00t-")]
+    assert siblings, f"{name} declares no sibling"
+    for requirement in siblings:
+        assert str(requirement.specifier) == f"=={release}", f"{name}: {requirement} is not pinned to {release}"
+
+
+@pytest.mark.parametrize("name", sorted(PACKAGES))
+def test_license_and_py_typed_ship_in_every_package(name):
+    project = _pyproject(name)
+    assert project["project"]["license"] == "Apache-2.0"
+    assert project["project"]["license-files"] == ["LICENSE"]
+    assert (REPO / "packages" / name / "LICENSE").read_text() == (REPO / "LICENSE").read_text()
+    assert "Apache License" in (REPO / "LICENSE").read_text() and "Version 2.0" in (REPO / "LICENSE").read_text()
+    assert (REPO / "packages" / name / "src" / PACKAGES[name] / "py.typed").exists()
+    assert project["tool"]["setuptools"]["package-data"][PACKAGES[name]] == ["py.typed"]
+    assert "Typing :: Typed" in project["project"]["classifiers"] and project["project"]["urls"]
+
+
+def test_replay_is_an_extra_of_the_server_not_a_dependency():
+    project = _pyproject("gr00t-server")["project"]
+    assert not any(Requirement(r).name == "gr00t-eval" for r in project["dependencies"])
+    assert [Requirement(r).name for r in project["optional-dependencies"]["replay"]] == ["gr00t-eval"]
+
+
+def test_plain_gr00t_eval_has_no_plotting_or_simulator_dependencies():
+    names = {Requirement(r).name for r in _pyproject("gr00t-eval")["project"]["dependencies"]}
+    assert not names & {"matplotlib", "gymnasium", "metaworld", "mujoco", "gym-pusht", "torch"}, names
+
+
+def test_gymnasium_lower_bound_has_autoreset_mode():
+    for requirement in _by_name("gr00t-eval")["gymnasium"]:
+        assert not requirement.specifier.contains("1.0.0") and requirement.specifier.contains("1.1.0"), requirement
+
+
+def test_server_lower_bounds_satisfy_what_transformers_requires():
+    """Our minimum of each shared dependency must be allowed by the installed transformers' own requirement."""
+    ours = _by_name("gr00t-server")
+    theirs = {Requirement(r).name.lower().replace("_", "-"): Requirement(r)
+              for r in metadata.requires("transformers") or [] if "extra ==" not in r}
+    checked = 0
+    for name in ("huggingface-hub", "tokenizers", "safetensors"):
+        lower = [s.version for r in ours[name] for s in r.specifier if s.operator in (">=", "==")]
+        assert lower, f"{name} has no lower bound"
+        assert theirs[name].specifier.contains(lower[0], prereleases=True), (
+            f"gr00t-server allows {name}=={lower[0]}, but transformers requires {theirs[name]}")
+        checked += 1
+    assert checked == 3
+
+
+def test_no_extra_pulls_packages_that_nothing_imports():
+    requirements = {r.name for name in PACKAGES for r in _requirements(name)}
+    assert "onnxscript" not in requirements and "dm-control" not in requirements
+    assert not any(r.specifier and str(r.specifier).startswith("==") and not r.name.startswith("gr00t-")
+                   for name in PACKAGES for r in _requirements(name)), "exact pins belong in constraints.txt"
+
+
+def test_tensorrt_extras_use_cuda_specific_wheels_below_11_and_onnx_extras_are_distinct():
+    extras = _pyproject("gr00t-server")["project"]["optional-dependencies"]
+    assert "tensorrt" not in extras
+    for cuda in ("cu12", "cu13"):
+        trt = [Requirement(r) for r in extras[f"tensorrt-{cuda}"] if r.startswith("tensorrt")]
+        assert [r.name for r in trt] == [f"tensorrt-{cuda}"]
+        assert not trt[0].specifier.contains("11.0.0") and trt[0].specifier.contains("10.13.3.9")
+    runtimes = {extra: {Requirement(r).name for r in extras[extra]} & {"onnxruntime", "onnxruntime-gpu"}
+                for extra in ("onnx", "onnx-gpu")}
+    assert runtimes == {"onnx": {"onnxruntime"}, "onnx-gpu": {"onnxruntime-gpu"}}
