@@ -37,7 +37,7 @@ def import_tensorrt() -> Any:
         import tensorrt as trt
     except ImportError as exc:
         raise BackendError(
-            "inference mode 'tensorrt' needs TensorRT 10 (pip install 'gr00t-server[tensorrt]') and a CUDA GPU"
+            "inference mode 'tensorrt' needs TensorRT 10 (pip install 'gr00t-server[tensorrt-cu12]' or [tensorrt-cu13], matching torch's CUDA) and a CUDA GPU"
         ) from exc
     major = int(str(trt.__version__).split(".")[0])
     if major < 10:

@@ -23,7 +23,7 @@ class PushTEnv(gym.Env):
         try:
             import gym_pusht  # noqa: F401 - registers gym_pusht/PushT-v0
         except ImportError as exc:
-            raise MissingExtraError(f"PushT envs need gym-pusht ({exc}); install with: pip install 'gr00t-eval[sim]'") from exc
+            raise MissingExtraError(f"PushT envs need gym-pusht ({exc}); install with: pip install 'gr00t-eval[pusht]'") from exc
         env_id = f"gym_pusht/{task}" if task else "gym_pusht/PushT-v0"
         self._env = gym.make(
             env_id, obs_type="pixels_agent_pos", render_mode="rgb_array",
