@@ -114,7 +114,7 @@ def test_the_client_option_is_not_sent_to_a_reference_server():
     requests: List[Dict[str, Any]] = []
 
     def reference_server() -> None:
-        for _ in range(2):
+        for _ in range(3):  # get_server_info, the np.save probe (get_modality_config), get_action
             request = codec.decode(rep.recv())
             requests.append(request)
             if request["endpoint"] == "get_action":
