@@ -83,7 +83,7 @@ def test_authorised_client_round_trip_is_exact(keys):
     ({"server_public_key": "stranger-as-server", "client_secret_key": "robot"}, "server_public_key is not this server's key"),
     ({"server_public_key": "server", "client_secret_key": "stranger"}, "refused this client's public key"),
     ({"server_public_key": "server"}, "ephemeral key"),
-    ({}, "requires CURVE encryption"),
+    ({}, "pass server_public_key"),
 ])
 def test_refused_clients_get_a_one_line_handshake_error_within_the_timeout(keys, client_keys, message):
     timeout_ms = 4000
@@ -235,3 +235,37 @@ def test_a_wire_tap_sees_none_of_them_with_curve(keys):
         captured = capture_one_session(server.port, server_public_key=keys["server"], client_secret_key=keys["robot"])
     assert len(captured) > 64 * 64 * 3 * 2  # the images did go through the relay
     assert secrets_seen(captured) == {"token": False, "task": False, "image": False}
+
+
+# --- gr00t-eval connects with the same keys -------------------------------------------------------
+
+
+def test_gr00t_eval_flags_and_environment_connect_to_a_curve_server(keys, monkeypatch):
+    from gr00t_eval.cli import build_parser
+    from gr00t_eval.connection import open_client
+
+    monkeypatch.setenv("GR00T_SERVER_PUBLIC_KEY", keys["server"])
+    with curve_server(keys, api_token=TOKEN) as server:
+        args = build_parser().parse_args(["open-loop", "--dataset-path", "unused", "--port", str(server.port),
+                                          "--api-token", TOKEN, "--client-key", keys["robot"]])
+        assert args.server_public_key == keys["server"]
+        with open_client("127.0.0.1", server.port, args) as client:
+            assert client.get_action(patterned_observation())[1] == {"task": TASK}
+        stranger = build_parser().parse_args(["rollout", "--env-name", "x", "--policy-client-port", str(server.port),
+                                              "--client-key", keys["stranger"], "--timeout-ms", "3000"])
+        with pytest.raises(SystemExit, match=r"^error: handshake with the policy server .* refused this client's public key"):
+            open_client("127.0.0.1", server.port, stranger)
+
+
+def test_batch_jobs_take_curve_keys_in_policy_server(keys):
+    from gr00t_eval.batch import JobError, _server, connect
+
+    with curve_server(keys) as server:
+        address = _server("job", {"port": server.port, "server_public_key": keys["server"], "client_key": keys["robot"]})
+        client = connect(address)
+        try:
+            assert client.get_action(patterned_observation())[1] == {"task": TASK}
+        finally:
+            client.close()
+    with pytest.raises(JobError, match="'client_key' needs 'server_public_key'"):
+        _server("job", {"port": 1, "client_key": keys["robot"]})

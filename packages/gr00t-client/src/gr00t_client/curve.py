@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Optional, Tuple, Union
 
@@ -139,8 +140,12 @@ def apply_client_keys(sock: zmq.Socket, keys: Optional[ClientCurveKeys]) -> None
     sock.setsockopt(zmq.CURVE_SECRETKEY, keys.client_secret)
 
 
+# CONNECTED and DISCONNECTED too: a connection dropped before its handshake succeeded is a failed handshake even if
+# its failure event was lost (seen with libzmq 4.3.5 when a handshake event was the monitor's first: ~1 in 100).
 _HANDSHAKE_EVENTS = (
-    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    zmq.EVENT_CONNECTED
+    | zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_HANDSHAKE_SUCCEEDED
     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
@@ -157,13 +162,16 @@ class HandshakeMonitor:
     def __init__(self, sock: zmq.Socket, address: str, keys: Optional[ClientCurveKeys]) -> None:
         self.address = address
         self._keys = keys
-        self._monitor = sock.get_monitor_socket(_HANDSHAKE_EVENTS)
+        # A unique address: pyzmq's default names it after the socket's fd, which a later socket can reuse while the
+        # old monitor endpoint still exists, and then the new monitor hears nothing.
+        self._monitor = sock.get_monitor_socket(_HANDSHAKE_EVENTS, addr=f"inproc://gr00t-handshake-{uuid.uuid4().hex}")
         self._sock = sock
         self._poller = zmq.Poller()
         self._poller.register(sock, zmq.POLLIN)
         self._poller.register(self._monitor, zmq.POLLIN)
         self._failure: Optional[HandshakeError] = None  # since the last successful handshake
         self._dropped_in_a_row = 0
+        self._handshake_settled = True  # False between a connection and the outcome of its handshake
 
     def wait_for_reply(self, timeout_ms: int) -> bool:
         """True once `sock` has a reply; False after `timeout_ms`; HandshakeError as soon as the keys are known wrong."""
@@ -207,6 +215,14 @@ class HandshakeMonitor:
             self._record(int(event["event"]), int(event["value"]))
 
     def _record(self, event: int, value: int) -> None:
+        if event == zmq.EVENT_CONNECTED:
+            self._handshake_settled = False
+            return
+        if event == zmq.EVENT_DISCONNECTED:
+            if self._handshake_settled:  # an ordinary disconnect, or one whose failure is already recorded
+                return
+            event = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL  # dropped mid-handshake; its own event never came
+        self._handshake_settled = True
         if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self._failure, self._dropped_in_a_row = None, 0
             return

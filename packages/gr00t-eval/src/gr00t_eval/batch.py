@@ -33,7 +33,7 @@ ARENA_SERVER_KEYS = {"host": "host", "remote_host": "host", "port": "port", "rem
                      "api_token": "api_token", "api_token_env": "api_token_env", "timeout_ms": "timeout_ms"}
 ARENA_ENV_NAME_KEYS = ("env_name", "environment", "task")
 PENDING, DONE, FAILED = "pending", "done", "failed"
-SERVER_KEYS = {"host", "port", "api_token", "api_token_env", "timeout_ms"}
+SERVER_KEYS = {"host", "port", "api_token", "api_token_env", "timeout_ms", "server_public_key", "client_key"}
 CONFIG_FIELDS = {f.name for f in dataclasses.fields(RolloutConfig)} - {"env_name"}
 DEFAULT_TIMEOUT_MS = 15000
 
@@ -54,6 +54,8 @@ class PolicyServerAddress:
     port: int
     api_token: Optional[str] = None
     timeout_ms: int = DEFAULT_TIMEOUT_MS
+    server_public_key: Optional[str] = None  # CURVE: the server's .key file or z85 key
+    client_key: Optional[str] = None  # CURVE: this client's .key_secret file or z85 secret key
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"
@@ -85,7 +87,10 @@ def _server(name: str, raw: Any) -> PolicyServerAddress:
         token = os.environ.get(str(raw["api_token_env"]))
         if token is None:
             raise JobError(f"job {name!r}: environment variable {raw['api_token_env']!r} (api_token_env) is not set")
-    return PolicyServerAddress(str(raw.get("host", "127.0.0.1")), int(raw["port"]), token, int(raw.get("timeout_ms", DEFAULT_TIMEOUT_MS)))
+    if raw.get("client_key") and not raw.get("server_public_key"):
+        raise JobError(f"job {name!r}: policy_server 'client_key' needs 'server_public_key'")
+    return PolicyServerAddress(str(raw.get("host", "127.0.0.1")), int(raw["port"]), token, int(raw.get("timeout_ms", DEFAULT_TIMEOUT_MS)),
+                               raw.get("server_public_key"), raw.get("client_key"))
 
 
 def _arena_fields(name: str, merged: Dict[str, Any]) -> None:
@@ -186,7 +191,8 @@ def load_jobs(path: Union[str, Path]) -> List[Union[Job, JobError]]:
 
 def connect(server: PolicyServerAddress) -> PolicyClient:
     """A PolicyClient for `server` that has answered a ping (ConnectionError otherwise)."""
-    client = PolicyClient(server.host, server.port, timeout_ms=server.timeout_ms, api_token=server.api_token)
+    client = PolicyClient(server.host, server.port, timeout_ms=server.timeout_ms, api_token=server.api_token,
+                          server_public_key=server.server_public_key, client_secret_key=server.client_key)
     if not client.ping():
         client.close()
         raise ConnectionError(f"policy server at {server} did not answer ping within {server.timeout_ms} ms")
