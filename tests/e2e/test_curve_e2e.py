@@ -72,6 +72,7 @@ def test_authorised_client_round_trip_is_exact(keys):
                           client_secret_key=keys["robot"]) as client:
             action, info = client.get_action(observation)
             again, _ = client.get_action(observation)  # a second request on the same encrypted connection
+            assert client.get_server_info()["encryption"] == "curve"
     np.testing.assert_array_equal(action["image"], observation["video"]["image"])
     assert action["image"].dtype == np.uint8
     np.testing.assert_array_equal(action["scaled"], observation["video"]["image"].astype(np.float32) / 255.0)
@@ -123,6 +124,7 @@ def test_reference_clients_still_work_against_a_server_without_curve():
         reference = ReferenceClient(server.port, timeout_ms=5000)
         try:
             action, info = reference.get_action(patterned_observation())
+            assert reference.call_endpoint("get_server_info", requires_input=False)["encryption"] is None
         finally:
             reference.close()
     assert info == {"task": TASK} and action["image"].shape == (1, 1, 64, 64, 3)
