@@ -126,3 +126,26 @@ def test_tensorrt_extras_use_cuda_specific_wheels_below_11_and_onnx_extras_are_d
     runtimes = {extra: {Requirement(r).name for r in extras[extra]} & {"onnxruntime", "onnxruntime-gpu"}
                 for extra in ("onnx", "onnx-gpu")}
     assert runtimes == {"onnx": {"onnxruntime"}, "onnx-gpu": {"onnxruntime-gpu"}}
+
+
+def test_set_version_rewrites_every_version_and_sibling_pin_in_one_go(tmp_path):
+    """scripts/set_version.py on a copy of the version-bearing files: all three packages move together."""
+    import shutil
+    import subprocess
+
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(REPO / "scripts" / "set_version.py", tmp_path / "scripts")
+    for name, module in PACKAGES.items():
+        (tmp_path / "packages" / name / "src" / module).mkdir(parents=True)
+        shutil.copy(REPO / "packages" / name / "pyproject.toml", tmp_path / "packages" / name)
+        shutil.copy(REPO / "packages" / name / "src" / module / "__init__.py", tmp_path / "packages" / name / "src" / module)
+    result = subprocess.run([sys.executable, str(tmp_path / "scripts" / "set_version.py"), "7.8.9rc1"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    for name, module in PACKAGES.items():
+        init = (tmp_path / "packages" / name / "src" / module / "__init__.py").read_text()
+        assert '__version__ = "7.8.9rc1"' in init
+        project = tomllib.loads((tmp_path / "packages" / name / "pyproject.toml").read_text())["project"]
+        pins = [Requirement(r) for r in project["dependencies"] + sum(project.get("optional-dependencies", {}).values(), [])
+                if r.startswith("gr00t-")]
+        assert all(str(pin.specifier) == "==7.8.9rc1" for pin in pins), pins
