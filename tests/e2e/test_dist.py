@@ -30,12 +30,25 @@ def dist(tmp_path_factory) -> Path:
     for name in PACKAGES:
         shutil.copytree(REPO / "packages" / name, root / name,
                         ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+        # A module deleted from the sources but left in a stale build/ folder must not ship (it once did).
+        stale = root / name / "build" / "lib" / name.replace("-", "_") / "deleted_module.py"
+        stale.parent.mkdir(parents=True)
+        stale.write_text("raise ImportError('stale')\n")
         result = subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(root / name)],
                                 capture_output=True, text=True, timeout=600)
         if result.returncode != 0 and any(hint in result.stdout + result.stderr for hint in _OFFLINE_HINTS):
             pytest.skip(f"isolated build of {name} cannot fetch setuptools (offline?)")
         assert result.returncode == 0, f"building {name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return out
+
+
+@pytest.mark.slow
+def test_a_stale_build_folder_does_not_leak_into_the_wheels(dist):
+    import zipfile
+
+    for wheel in dist.glob("*.whl"):
+        names = zipfile.ZipFile(wheel).namelist()
+        assert not [n for n in names if n.endswith("deleted_module.py")], wheel.name
 
 
 @pytest.mark.slow
