@@ -162,3 +162,88 @@ def test_timed_replies_keep_large_arrays_in_both_action_and_info(wire):
     np.testing.assert_array_equal(info["attention"], np.full((1, 64, 256), 7.0, np.float32))
     np.testing.assert_array_equal(info["small"], np.arange(3))
     assert set(info["server_timing"]) == TIMING_KEYS
+
+
+POLICY_STAGES = {"preprocess_ms", "model_ms", "postprocess_ms"}
+
+
+class StagedPolicy(SleepyPolicy):
+    """Reports per-thread stage timings as Gr00tPolicy does (`last_timing`), distinct per call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._timing = threading.local()
+        self.calls = 0
+
+    @property
+    def last_timing(self) -> Dict[str, float]:
+        return dict(getattr(self._timing, "stages", {}))
+
+    def _get_action(self, observation, options=None):
+        result = super()._get_action(observation, options)
+        self.calls += 1
+        self._timing.stages = {"preprocess_ms": 1.0 * self.calls, "model_ms": 2.0 * self.calls, "postprocess_ms": 0.5}
+        return result
+
+
+class Wrapper(BasePolicy):
+    """A wrapper in the sim wrapper's shape: the inner policy under `.policy`."""
+
+    def __init__(self, policy: BasePolicy) -> None:
+        super().__init__(strict=False)
+        self.policy = policy
+
+    def _get_action(self, observation, options=None):
+        return self.policy.get_action(observation, options)
+
+    def reset(self, options=None):
+        return {}
+
+
+@pytest.mark.parametrize("wire", ["multipart", "reference"])
+def test_server_timing_carries_the_policy_stages_of_its_own_call(wire):
+    with running_server(StagedPolicy()) as server, PolicyClient(port=server.port, wire=wire, return_server_timing=True) as client:
+        first = client.get_action(observation())[1]["server_timing"]
+        second = client.get_action(observation())[1]["server_timing"]
+    assert set(first) == TIMING_KEYS | POLICY_STAGES
+    assert (first["preprocess_ms"], first["model_ms"], first["postprocess_ms"]) == (1.0, 2.0, 0.5)
+    assert (second["preprocess_ms"], second["model_ms"]) == (2.0, 4.0)
+
+
+def test_policy_stages_are_read_through_a_wrapper():
+    with running_server(Wrapper(StagedPolicy())) as server, PolicyClient(port=server.port, return_server_timing=True) as client:
+        timing = client.get_action(observation())[1]["server_timing"]
+    assert timing["model_ms"] == 2.0
+
+
+def test_a_batched_call_reports_its_stages_to_every_request():
+    with running_server(StagedPolicy(), max_batch_size=2, batch_timeout_ms=10000.0) as server:
+        barrier = threading.Barrier(2)
+        timings: List[Dict[str, Any]] = [{} for _ in range(2)]
+
+        def one_client(index: int) -> None:
+            with PolicyClient(port=server.port, return_server_timing=True) as client:
+                client.get_server_info()
+                barrier.wait()
+                timings[index] = client.get_action(observation(index))[1]["server_timing"]
+
+        threads = [threading.Thread(target=one_client, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert [t["batch_size"] for t in timings] == [2, 2]
+    assert [t["model_ms"] for t in timings] == [2.0, 2.0]  # the one shared call
+
+
+def test_gr00t_policy_stages_reach_the_client(tiny_checkpoint):
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+    from gr00t_server.test_checkpoint import example_observation
+
+    policy = Gr00tPolicy(tiny_checkpoint, "libero_sim", device="cpu")
+    with running_server(policy) as server, PolicyClient(port=server.port, return_server_timing=True) as client:
+        _action, info = client.get_action(example_observation(tiny_checkpoint, "libero_sim", batch_size=1))
+    timing = info["server_timing"]
+    assert set(timing) == TIMING_KEYS | POLICY_STAGES
+    assert timing["model_ms"] > 0.0
+    assert timing["preprocess_ms"] + timing["model_ms"] + timing["postprocess_ms"] <= timing["policy_ms"]

@@ -38,12 +38,13 @@ class Request:
     peer: Optional[str]
     received_at: float
     decode_ms: float
-    timing: Dict[str, float] = field(default_factory=dict)
+    timing: Dict[str, float] = field(default_factory=dict)  # the policy's own stages (preprocess_ms, ...) of its call
     wire_format: str = WIRE_MSGPACK
     deadline: Optional[float] = None  # time.monotonic() after which the client has given up
     nbytes: int = 0  # size on the wire, counted against the sender's queue budget
     identity: bytes = b""  # the ROUTER identity of the connection
     admitted: bool = False  # counted against the queue budgets until its reply is sent
+    outcome: str = "ok"  # how it was answered, for metrics: ok, error, refused, expired, internal_error
 
     def expired(self, now: Optional[float] = None) -> bool:
         """True once the client's deadline has passed (it no longer waits for the reply)."""

@@ -23,6 +23,7 @@ from .endpoints import (
     is_loopback_peer,
 )
 from .limits import ServerLimits
+from .metrics import NullMetrics, ServerMetrics
 from .messages import (
     WIRE_MULTIPART,
     WIRE_NPSAVE,
@@ -54,6 +55,7 @@ CLOSE_WAIT_S = 30.0  # how long close() waits for a run() in another thread to s
 SESSION_OPTION = "_session_id"
 ACTIVE_CLIENT_WINDOW_S = 1.0  # a client that sent get_action this recently is expected to send again
 TIMING_OPTION = "return_server_timing"
+POLICY_STAGE_KEYS = ("preprocess_ms", "model_ms", "postprocess_ms")  # a policy's last_timing keys server_timing carries
 RECEIVE_BURST = 64  # messages taken off the socket per loop turn before replies and dispatch get a turn
 
 _is_loopback = is_loopback_peer  # kept for callers of the pre-split module
@@ -89,6 +91,7 @@ class PolicyServer:
         shutdown_timeout_s: float = 30.0,
         curve_secret_key: Optional[Any] = None,
         authorized_keys: Optional[Any] = None,
+        metrics_port: Optional[int] = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -114,6 +117,9 @@ class PolicyServer:
         self.limits = limits or ServerLimits()
         self.shutdown_timeout_s = float(shutdown_timeout_s)
         self.stats = ServerStats()
+        # Prometheus /metrics on metrics_port (0: a free port, see metrics_port after start()), bound to `host`.
+        self.metrics_port = None if metrics_port is None else int(metrics_port)
+        self._metrics: NullMetrics = NullMetrics()
         self.sessions = SessionTable(self.limits.max_sessions, self.limits.session_idle_s)
         self._endpoints: Dict[str, Endpoint] = {}
         self._transport: Optional[Transport] = None
@@ -227,8 +233,22 @@ class PolicyServer:
         request = self._current
         assert request is not None
         action, info = self.policy.get_action(observation, self._with_session(options, request))
+        request.timing = self._policy_stages()
         work_limits.check_finite_action(action, observation)
         return [action, info]
+
+    def _policy_stages(self) -> Dict[str, float]:
+        """The policy's own stage times of the call this thread just made (Gr00tPolicy's `last_timing`, read
+        through wrappers' `.policy`); {} for a policy that reports none."""
+        policy: Any = self.policy
+        seen = set()
+        while policy is not None and id(policy) not in seen:
+            stages = getattr(policy, "last_timing", None)
+            if isinstance(stages, dict):
+                return {k: float(v) for k, v in stages.items() if k in POLICY_STAGE_KEYS and isinstance(v, (int, float))}
+            seen.add(id(policy))
+            policy = getattr(policy, "policy", None)
+        return {}
 
     def _reset(self, options: Any = None) -> Any:
         request = self._current
@@ -283,10 +303,33 @@ class PolicyServer:
         self._transport = Transport(self.host, self.port, self.max_message_bytes, self.curve)
         self.bound_endpoint = self._transport.endpoint
         self.port = self._transport.port
+        if self.metrics_port is not None:
+            try:
+                self._metrics = self._start_metrics(self.metrics_port)
+            except BaseException:
+                self._release()
+                raise
+            self.metrics_port = self._metrics.port
         logger.info("policy server bound to %s (messages up to %d bytes)", self.bound_endpoint, self.max_message_bytes)
+
+    def _start_metrics(self, port: int) -> ServerMetrics:
+        """This server's Prometheus endpoint on its host (ImportError naming the extra without prometheus_client)."""
+        metrics = ServerMetrics(
+            endpoints=lambda: self._endpoints,
+            queue_depth=lambda: self._queued_requests,
+            sessions=lambda: len(self.sessions),
+            active_clients=lambda: len(self._active_clients),
+        )
+        try:
+            metrics.serve(self.host, port)
+        except OSError as exc:
+            raise OSError(f"cannot serve metrics on {self.host}:{port}: {exc}") from exc
+        return metrics
 
     def _release(self) -> None:
         """Close the socket and context (the caller holds the lock and no run() is using them)."""
+        self._metrics.close()
+        self._metrics = NullMetrics()
         if self._transport is not None:
             self._transport.close()
             self._transport = None
@@ -468,12 +511,14 @@ class PolicyServer:
         queued = self._queued_bytes.get(request.identity, 0)
         if queued and queued + request.nbytes > budget:
             self.stats.add("refused")
+            request.outcome = "refused"
             raise RequestError(
                 f"this connection already has {queued} bytes of requests waiting; a further {request.nbytes} bytes "
                 f"would exceed its budget of {budget} bytes (wait for the replies)"
             )
         if self._queued_requests >= self.limits.max_queued_requests:
             self.stats.add("refused")
+            request.outcome = "refused"
             raise RequestError(f"server busy: {self._queued_requests} requests are waiting for the policy; try again")
         self._queued_bytes[request.identity] = queued + request.nbytes
         self._queued_requests += 1
@@ -534,6 +579,7 @@ class PolicyServer:
 
     def _send(self, request: Request, frames: List[Any]) -> None:
         self._release_admission(request)
+        self._metrics.request_done(request.endpoint, request.outcome)
         if self._transport is not None:
             self._transport.send(request.routing, frames, request.peer)
 
@@ -550,6 +596,7 @@ class PolicyServer:
         for request in job:
             if request.expired(now):
                 self.stats.add("expired")
+                request.outcome = "expired"
                 logger.debug("dropped '%s' from %s: its client's deadline passed before it ran", request.endpoint, request.peer)
                 replies.append((request, self._error_frames(request, RequestError(
                     f"'{request.endpoint}' was not run: the client's deadline passed while it waited"), log=False)))
@@ -624,13 +671,16 @@ class PolicyServer:
         try:
             merged, rows = batching.merge_observations([r.data["observation"] for r in valid])
             action, info = self.policy.get_action(merged, None)
+            stages = self._policy_stages()
             parts = batching.split_result(action, info, rows, batching.declared_per_row_info_keys(self.policy))
         except Exception as exc:
             logger.warning("batched get_action of %d requests failed (%s); serving them one by one", len(valid), type(exc).__name__)
             return replies + [reply for reply in map(self._serve_one, valid) if reply is not None]
         policy_ms = (time.monotonic() - started) * 1000.0
         self.stats.record_batch(len(valid))
+        self._metrics.observe_batch(len(valid))
         for request, (part_action, part_info) in zip(valid, parts):
+            request.timing = stages
             try:
                 work_limits.check_finite_action(part_action, request.data.get("observation"))
             except RequestError as exc:
@@ -644,41 +694,49 @@ class PolicyServer:
     def _result_frames(
         self, request: Request, result: Any, policy_ms: float, batch_size: int, policy_started: Optional[float] = None
     ) -> Reply:
-        timing: Optional[Dict[str, Any]] = None
+        timing: Optional[Dict[str, Any]] = None  # every get_action's stages (metrics); in the reply when asked for
+        wants_timing = False
         if request.endpoint == "get_action" and isinstance(result, list) and len(result) == 2:
             if batch_size == 1:
                 self.stats.record_batch(1)
+                self._metrics.observe_batch(1)
+            if policy_started is None:
+                policy_started = time.monotonic() - policy_ms / 1000.0
+            queue_ms = (policy_started - request.received_at) * 1000.0 - request.decode_ms
+            timing = {
+                "queue_wait_ms": max(0.0, queue_ms),
+                "decode_ms": request.decode_ms,
+                "policy_ms": policy_ms,
+                "batch_size": batch_size,
+                **request.timing,
+            }
             options = request.data.get("options") if isinstance(request.data, dict) else None
-            if isinstance(options, dict) and options.get(TIMING_OPTION) and isinstance(result[1], dict):
-                if policy_started is None:
-                    policy_started = time.monotonic() - policy_ms / 1000.0
-                queue_ms = (policy_started - request.received_at) * 1000.0 - request.decode_ms
-                timing = {
-                    "queue_wait_ms": max(0.0, queue_ms),
-                    "decode_ms": request.decode_ms,
-                    "policy_ms": policy_ms,
-                    "batch_size": batch_size,
-                }
+            wants_timing = isinstance(options, dict) and bool(options.get(TIMING_OPTION)) and isinstance(result[1], dict)
         started = time.monotonic()
         try:
-            if timing is None:
+            if not wants_timing:
                 frames = encode_reply(request, result, ok=True)
             elif request.wire_format == WIRE_NPSAVE:  # np.save-era peers get the timing in info, packed plainly
-                info = dict(result[1], server_timing=dict(timing, encode_ms=0.0))
+                info = dict(result[1], server_timing=dict(timing or {}, encode_ms=0.0))
                 frames = encode_reply(request, [result[0], info], ok=True)
             else:
-                frames = encode_timed_reply(request, result[0], result[1], timing, started)
+                frames = encode_timed_reply(request, result[0], result[1], timing or {}, started)
         except Exception as exc:
             return request, self._error_frames(request, RequestError(f"could not encode the result of '{request.endpoint}': {exc}"))
         # Multipart frames view the policy's own arrays; the socket thread sends them later, by when a policy that
         # reuses its output buffer (ONNX/TensorRT bindings) may have overwritten them. Own the bytes now.
         frames = [bytes(frame) if isinstance(frame, memoryview) else frame for frame in frames]
-        self.stats.add("encode_ms_total", (time.monotonic() - started) * 1000.0)
+        encode_ms = (time.monotonic() - started) * 1000.0
+        self.stats.add("encode_ms_total", encode_ms)
+        if timing is not None:
+            self._metrics.observe_stages(dict(timing, encode_ms=encode_ms))
         return request, frames
 
     def _error_frames(self, request: Request, exc: BaseException, log: bool = True) -> List[Any]:
         self.stats.add("errors")
         message, internal = error_text(request.endpoint, exc)
+        if request.outcome == "ok":
+            request.outcome = "internal_error" if internal else "error"
         if internal:
             self.stats.add("internal_errors")
             logger.error("internal error in '%s' from %s", request.endpoint, request.peer or "local", exc_info=exc)

@@ -1,0 +1,117 @@
+"""Prometheus metrics of one PolicyServer (the optional `metrics` extra: prometheus_client).
+
+Each server has its own CollectorRegistry and HTTP endpoint, so several servers in one process never share or
+clash. Without a metrics port the server uses NullMetrics, whose methods do nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Collection, Dict, Optional
+
+logger = logging.getLogger("gr00t_server.serving")
+
+# Stages of a request that server_timing reports (ms); the histograms take them in seconds.
+STAGES = ("decode", "queue_wait", "policy", "preprocess", "model", "postprocess", "encode")
+OUTCOMES = ("ok", "error", "refused", "expired", "internal_error")
+OTHER_ENDPOINT = "other"  # label of endpoints the server does not know (their names come from clients)
+_STAGE_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class NullMetrics:
+    """The metrics of a server started without a metrics port: every call does nothing."""
+
+    port: Optional[int] = None
+
+    def request_done(self, endpoint: str, outcome: str) -> None:
+        """A request was answered with `outcome` (one of OUTCOMES)."""
+
+    def observe_stages(self, timing: Dict[str, Any]) -> None:
+        """One get_action's stage times, as server_timing names them ({stage}_ms)."""
+
+    def observe_batch(self, size: int) -> None:
+        """One policy call that served `size` requests."""
+
+    def close(self) -> None:
+        """Stop serving the metrics endpoint."""
+
+
+def _prometheus() -> Any:
+    try:
+        import prometheus_client
+    except ImportError as exc:
+        raise ImportError(
+            "the metrics endpoint needs prometheus_client: pip install 'gr00t-server[metrics]'"
+        ) from exc
+    return prometheus_client
+
+
+class ServerMetrics(NullMetrics):
+    """Counters, gauges and histograms of one server in its own registry, served over HTTP at /metrics.
+
+    `endpoints` are the endpoint names used as labels (any other name counts as "other", so clients cannot
+    grow the label set); `queue_depth`, `sessions` and `active_clients` are read when scraped.
+    """
+
+    def __init__(
+        self,
+        endpoints: Callable[[], Collection[str]],
+        queue_depth: Callable[[], float],
+        sessions: Callable[[], float],
+        active_clients: Callable[[], float],
+    ) -> None:
+        prometheus = _prometheus()
+        self.registry = prometheus.CollectorRegistry()
+        self._endpoints = endpoints
+        self._requests = prometheus.Counter(
+            "gr00t_requests", "Requests answered, by endpoint and outcome (ok, error, refused, expired, internal_error)",
+            ["endpoint", "outcome"], registry=self.registry,
+        )
+        self._stages = prometheus.Histogram(
+            "gr00t_request_stage_seconds",
+            "Time a get_action request spent in each stage (decode, queue_wait, policy, the policy's own preprocess, "
+            "model and postprocess when it reports them, encode)",
+            ["stage"], buckets=_STAGE_BUCKETS_S, registry=self.registry,
+        )
+        self._batches = prometheus.Histogram(
+            "gr00t_batch_size", "Requests served per policy call", buckets=_BATCH_BUCKETS, registry=self.registry
+        )
+        for name, documentation, read in (
+            ("gr00t_queue_depth", "Requests received and not yet answered (waiting for or in the policy)", queue_depth),
+            ("gr00t_sessions", "Client sessions a stateful policy holds", sessions),
+            ("gr00t_active_clients", "Clients that sent get_action within the last second", active_clients),
+        ):
+            prometheus.Gauge(name, documentation, registry=self.registry).set_function(read)
+        self._http: Any = None
+        self._thread: Any = None
+        self.port: Optional[int] = None
+
+    def serve(self, host: str, port: int) -> int:
+        """Serve /metrics on host:port (0 picks a free port); returns the port. OSError when it cannot bind."""
+        prometheus = _prometheus()
+        self._http, self._thread = prometheus.start_http_server(port, addr=host, registry=self.registry)
+        self.port = int(self._http.server_address[1])
+        logger.info("metrics at http://%s:%d/metrics", host, self.port)
+        return self.port
+
+    def request_done(self, endpoint: str, outcome: str) -> None:
+        label = endpoint if endpoint in self._endpoints() else OTHER_ENDPOINT
+        self._requests.labels(endpoint=label, outcome=outcome).inc()
+
+    def observe_stages(self, timing: Dict[str, Any]) -> None:
+        for stage in STAGES:
+            value = timing.get(f"{stage}_ms")
+            if isinstance(value, (int, float)):
+                self._stages.labels(stage=stage).observe(max(0.0, float(value)) / 1000.0)
+
+    def observe_batch(self, size: int) -> None:
+        self._batches.observe(size)
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+            if self._thread is not None:
+                self._thread.join(5)

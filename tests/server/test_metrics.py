@@ -1,0 +1,154 @@
+"""The Prometheus endpoint of PolicyServer (metrics_port), scraped over real HTTP on loopback."""
+
+import sys
+import threading
+import time
+import urllib.request
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+import pytest
+
+from gr00t_client import BasePolicy, PolicyClient, PolicyServerError, PolicyTimeoutError
+from gr00t_server.server import PolicyServer, ServerLimits
+from serving import running_server
+
+prometheus_parser = pytest.importorskip("prometheus_client.parser")
+
+Samples = Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]
+
+
+class NapPolicy(BasePolicy):
+    """Sleeps `nap_s` per call (0 by default) and fails on NaN, like a policy refusing bad input."""
+
+    supports_batching = True
+
+    def __init__(self, nap_s: float = 0.0) -> None:
+        super().__init__(strict=False)
+        self.nap_s = nap_s
+
+    def _get_action(self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None):
+        state = observation["state"]["joints"]
+        if np.isnan(state).any():
+            raise ValueError("state 'joints' contains NaN")
+        time.sleep(self.nap_s)
+        return {"arm": np.zeros((state.shape[0], 16, 3), np.float32)}, {}
+
+    def reset(self, options=None):
+        return {}
+
+
+def observation(value: float = 1.0) -> Dict[str, Any]:
+    return {"state": {"joints": np.full((1, 1, 3), value, np.float32)}}
+
+
+def scrape(server: PolicyServer) -> Samples:
+    """Every sample of the server's /metrics page, keyed by (name, sorted labels)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in prometheus_parser.text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def requests_count(samples: Samples, endpoint: str, outcome: str) -> float:
+    return samples.get(("gr00t_requests_total", (("endpoint", endpoint), ("outcome", outcome))), 0.0)
+
+
+def stage_count(samples: Samples, stage: str) -> float:
+    return samples.get(("gr00t_request_stage_seconds_count", (("stage", stage),)), 0.0)
+
+
+def test_requests_are_counted_by_endpoint_and_outcome():
+    with running_server(NapPolicy(), metrics_port=0) as server, PolicyClient(port=server.port) as client:
+        client.get_action(observation())
+        client.get_action(observation())
+        with pytest.raises(PolicyServerError, match="NaN"):
+            client.get_action(observation(float("nan")))
+        with pytest.raises(PolicyServerError, match="Unknown endpoint"):
+            client.call_endpoint("no_such_endpoint", requires_input=False)
+        samples = scrape(server)
+    assert requests_count(samples, "get_action", "ok") == 2
+    assert requests_count(samples, "get_action", "error") == 1
+    assert requests_count(samples, "other", "error") == 1  # client-chosen names never become labels
+
+
+def test_stage_histograms_and_batch_sizes_are_exported():
+    with running_server(NapPolicy(nap_s=0.01), metrics_port=0) as server, PolicyClient(port=server.port) as client:
+        for _ in range(3):
+            client.get_action(observation())
+        samples = scrape(server)
+    for stage in ("decode", "queue_wait", "policy", "encode"):
+        assert stage_count(samples, stage) == 3, stage
+    assert samples[("gr00t_request_stage_seconds_sum", (("stage", "policy"),))] >= 0.03
+    assert stage_count(samples, "model") == 0  # this policy reports no stages of its own
+    assert samples[("gr00t_batch_size_count", ())] == 3
+    assert samples[("gr00t_batch_size_bucket", (("le", "1.0"),))] == 3
+
+
+def test_queue_depth_is_read_while_the_policy_is_busy():
+    with running_server(NapPolicy(nap_s=0.5), metrics_port=0) as server:
+        caller = threading.Thread(target=lambda: PolicyClient(port=server.port).get_action(observation()))
+        caller.start()
+        time.sleep(0.2)
+        busy = scrape(server)
+        caller.join(10)
+        idle = scrape(server)
+    assert busy[("gr00t_queue_depth", ())] == 1
+    assert idle[("gr00t_queue_depth", ())] == 0
+    assert idle[("gr00t_sessions", ())] == 0
+
+
+def test_refused_and_expired_requests_have_their_own_outcomes():
+    limits = ServerLimits(max_queued_requests=2)
+    with running_server(NapPolicy(nap_s=0.6), metrics_port=0, limits=limits) as server:
+        first = threading.Thread(target=lambda: PolicyClient(port=server.port).get_action(observation()))
+        first.start()
+        time.sleep(0.2)
+        with PolicyClient(port=server.port, timeout_ms=100) as hasty:  # waits behind the first; gives up
+            with pytest.raises(PolicyTimeoutError):
+                hasty.get_action(observation())
+        with PolicyClient(port=server.port) as third:  # the queue holds two: refused
+            with pytest.raises(PolicyServerError, match="server busy"):
+                third.get_action(observation())
+        first.join(10)
+        deadline = time.monotonic() + 5
+        while requests_count(scrape(server), "get_action", "expired") < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        samples = scrape(server)
+    assert requests_count(samples, "get_action", "expired") == 1
+    assert requests_count(samples, "get_action", "refused") == 1
+    assert requests_count(samples, "get_action", "ok") == 1
+
+
+def test_two_servers_in_one_process_keep_separate_metrics():
+    with running_server(NapPolicy(), metrics_port=0) as one, running_server(NapPolicy(), metrics_port=0) as two:
+        with PolicyClient(port=one.port) as client:
+            client.get_action(observation())
+        assert one.metrics_port != two.metrics_port
+        assert requests_count(scrape(one), "get_action", "ok") == 1
+        assert requests_count(scrape(two), "get_action", "ok") == 0
+
+
+def test_the_metrics_endpoint_closes_with_the_server():
+    with running_server(NapPolicy(), metrics_port=0) as server:
+        port = server.metrics_port
+        scrape(server)
+    server.close()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
+
+
+def test_no_metrics_port_serves_no_metrics():
+    with running_server(NapPolicy()) as server:
+        assert server.metrics_port is None
+
+
+def test_without_prometheus_client_the_error_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    server = PolicyServer(NapPolicy(), host="127.0.0.1", port=0, metrics_port=0)
+    with pytest.raises(ImportError, match=r"gr00t-server\[metrics\]"):
+        server.start()
+    server.close()
