@@ -416,3 +416,71 @@ def test_a_steady_group_of_clients_is_batched_without_waiting_for_the_timeout():
         assert not errors, errors
     # max_batch_size 16 never fills, so every later round ended its gather because all 3 known clients waited.
     assert policy.row_counts[-(rounds - 1):] == [clients_count] * (rounds - 1)
+
+
+def test_the_gather_window_starts_at_the_cap_and_follows_the_arrival_spread():
+    window = batching.GatherWindow(cap_ms=50.0)
+    assert window.seconds() == pytest.approx(0.050)  # nothing observed yet: wait as long as allowed
+    window.observe_spread(0.004)
+    assert window.seconds() == pytest.approx(batching.SPREAD_MARGIN * 0.004 + batching.SPREAD_SLACK_S)
+    window.observe_spread(0.001)
+    assert window.seconds() == pytest.approx(batching.SPREAD_MARGIN * 0.004 + batching.SPREAD_SLACK_S)  # the widest
+
+
+def test_the_gather_window_never_exceeds_the_cap_or_the_policy_call_time():
+    window = batching.GatherWindow(cap_ms=50.0)
+    window.observe_spread(0.200)
+    assert window.seconds() == pytest.approx(0.050)
+    window.observe_call(0.010)
+    assert window.seconds() == pytest.approx(0.010)  # a straggler left out waits about one call at most
+
+
+def test_old_spreads_are_forgotten():
+    window = batching.GatherWindow(cap_ms=50.0)
+    window.observe_spread(0.020)
+    for _ in range(batching.SPREAD_HISTORY):
+        window.observe_spread(0.001)
+    assert window.seconds() == pytest.approx(batching.SPREAD_MARGIN * 0.001 + batching.SPREAD_SLACK_S)
+
+
+def test_the_default_gather_cap_is_the_same_in_the_server_and_the_cli():
+    from gr00t_server.cli import build_parser
+    from gr00t_server.server import PolicyServer
+
+    server = PolicyServer(RowEchoPolicy(), host="127.0.0.1", port=0)
+    args = build_parser().parse_args(["serve"])
+    assert server.batch_timeout_ms == args.batch_timeout_ms == batching.DEFAULT_BATCH_TIMEOUT_MS
+
+
+def test_a_client_that_stopped_sending_holds_the_others_only_for_the_observed_spread():
+    """Three clients in lock-step, then one goes quiet: the other two are not held for the whole cap."""
+    cap_ms = 3000.0
+    policy = RowEchoPolicy()
+    with running_server(policy, max_batch_size=16, batch_timeout_ms=cap_ms) as server:
+        barrier = threading.Barrier(3)
+        pair_barrier = threading.Barrier(2)
+        latencies: List[float] = []
+        errors: List[BaseException] = []
+
+        def robot(client_id: int, rounds: int, later_rounds: int) -> None:
+            try:
+                with PolicyClient(port=server.port, timeout_ms=60000) as client:
+                    for step in range(rounds):
+                        barrier.wait(timeout=120)
+                        client.get_action(observation(client_id + step / 10.0))
+                    for step in range(later_rounds):
+                        pair_barrier.wait(timeout=120)
+                        _action, info = client.get_action(observation(client_id), {"return_server_timing": True})
+                        latencies.append(info["server_timing"]["queue_wait_ms"])
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=robot, args=(1, 3, 2)), threading.Thread(target=robot, args=(2, 3, 2)),
+                   threading.Thread(target=robot, args=(3, 3, 0))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=300)
+        assert not errors, errors
+    # The quiet client is still "active" for a second; a fixed wait would hold each later round for cap_ms.
+    assert max(latencies) < cap_ms / 3, latencies

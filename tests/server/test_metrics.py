@@ -152,3 +152,40 @@ def test_without_prometheus_client_the_error_names_the_extra(monkeypatch):
     with pytest.raises(ImportError, match=r"gr00t-server\[metrics\]"):
         server.start()
     server.close()
+
+
+def test_serve_metrics_port_flag_exposes_the_endpoint(tmp_path):
+    import os
+    import socket
+    import subprocess
+
+    from eval.dataset_factory import make_dataset
+
+    dataset = make_dataset(tmp_path / "ds", lengths=(6,))
+    ports = []
+    for _ in range(2):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+    port, metrics_port = ports
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gr00t_server.cli", "serve", "--dataset-path", str(dataset), "--port", str(port),
+         "--metrics-port", str(metrics_port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy(),
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line or line.startswith("Server is ready"):
+                break
+        with PolicyClient(port=port, timeout_ms=5000) as client:
+            client.get_action({})
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+                text = response.read().decode()
+            client.kill_server()
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert 'gr00t_requests_total{endpoint="get_action",outcome="ok"} 1.0' in text

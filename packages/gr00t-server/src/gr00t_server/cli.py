@@ -75,7 +75,13 @@ def _add_serve_parser(subparsers: Any) -> None:
     _bool_flag(p, "warmup", True, "run a sample observation through the model before binding (default on; compiles "
                "torch-compile mode and checks the backend at start-up)")
     p.add_argument(*_flag("max-batch-size"), type=int, default=1, help="batch get_action requests across clients (default 1: off)")
-    p.add_argument(*_flag("batch-timeout-ms"), type=float, default=2.0, help="longest wait to fill a batch (default 2 ms)")
+    from .serving.batching import DEFAULT_BATCH_TIMEOUT_MS
+
+    p.add_argument(*_flag("batch-timeout-ms"), type=float, default=DEFAULT_BATCH_TIMEOUT_MS,
+                   help="longest a partial batch waits for the clients still expected; the wait adapts below it to "
+                        f"their observed arrival spread and the policy's call time (default {DEFAULT_BATCH_TIMEOUT_MS:g} ms)")
+    p.add_argument(*_flag("metrics-port"), type=int, default=None, metavar="PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (needs gr00t-server[metrics]; default off)")
     p.add_argument(*_flag("max-message-mb"), type=int, default=256, help="drop messages larger than this (default 256 MiB)")
     _add_limit_flags(p)
     p.add_argument(*_flag("log-level"), default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level")
@@ -278,6 +284,13 @@ def serve(args: argparse.Namespace) -> int:
                        "(set --api-token or GR00T_API_TOKEN, or --curve-secret-key with --authorized-keys)", args.host,
                        " or authorized client keys" if curve is not None else "")
     limits = _server_limits(args)  # before the model loads: a bad flag fails at once
+    if args.metrics_port is not None:
+        from .serving.metrics import require_prometheus
+
+        try:
+            require_prometheus()
+        except ImportError as exc:
+            raise CliError(str(exc)) from exc
     policy = _model_policy(args, tag) if args.model_path else _replay_policy(args, tag)
     if args.use_sim_policy_wrapper:
         from .policies.sim_wrapper import Gr00tSimPolicyWrapper
@@ -296,10 +309,11 @@ def serve(args: argparse.Namespace) -> int:
         batch_timeout_ms=args.batch_timeout_ms,
         embodiment_tag=tag.value,
         limits=limits,
+        metrics_port=args.metrics_port,
     )
     try:
         server.start()
-    except OSError as exc:
+    except (OSError, ImportError) as exc:
         raise CliError(str(exc)) from exc
     try:
         server.run()

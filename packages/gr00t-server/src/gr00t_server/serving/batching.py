@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Collection, Dict, FrozenSet, Hashable, Iterable, List, Optional, Sequence, Tuple
+import collections
+from typing import Any, Callable, Collection, Deque, Dict, FrozenSet, Hashable, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 TIMING_OPTION = "return_server_timing"
+# The longest a partial batch is held for clients still expected (PolicyServer and `serve` default): the adaptive
+# window stays below it. Chosen with benchmarks/throughput.py (sleep 20+1/row, 16 clients; see docs/serving.md).
+DEFAULT_BATCH_TIMEOUT_MS = 20.0
+SPREAD_MARGIN = 1.5  # the window is this many times the widest recent arrival spread ...
+SPREAD_SLACK_S = 0.0005  # ... plus this (scheduling jitter)
+SPREAD_HISTORY = 32  # rounds of arrival spread remembered
 PER_ROW_INFO_ATTRIBUTE = "per_row_info_keys"  # policy attribute: info keys holding one entry per row
 MAX_BATCH_NESTING = 16  # real observations nest 1-2 maps deep; the recursive helpers below must never hit the limit
 
@@ -197,3 +204,38 @@ def split_result(
     else:
         raise ValueError(f"batched info must be a map to split its per-row keys; got {type(info).__name__}")
     return list(zip(actions, infos))
+
+
+class GatherWindow:
+    """How long gathered get_action requests wait for the active clients that have not sent theirs yet.
+
+    Closed-loop clients answered by one batch send their next requests spread over a few ms; cutting the gather
+    at a fixed time after the first arrival splits the round into a partial batch and a straggler batch. The
+    window follows the observed spread instead: SPREAD_MARGIN x the widest spread of the last SPREAD_HISTORY
+    rounds (a straggler that arrives after a cut round counts with its lateness), never more than the policy's
+    own call time (a straggler left out waits at most about one call) nor than `cap_ms`. With no history yet
+    it is `cap_ms`. Spreads are fed by the socket thread, call times by the worker.
+    """
+
+    def __init__(self, cap_ms: float) -> None:
+        self.cap_s = max(0.0, float(cap_ms)) / 1000.0
+        self._spreads: Deque[float] = collections.deque(maxlen=SPREAD_HISTORY)
+        self._call_s: Optional[float] = None
+
+    def observe_spread(self, seconds: float) -> None:
+        """One round's time from its first to its last arrival."""
+        self._spreads.append(max(0.0, float(seconds)))
+
+    def observe_call(self, seconds: float) -> None:
+        """One policy call's duration (a moving average is kept)."""
+        seconds = max(0.0, float(seconds))
+        self._call_s = seconds if self._call_s is None else 0.8 * self._call_s + 0.2 * seconds
+
+    def seconds(self) -> float:
+        """The current window: how long after its first arrival a round is dispatched without its stragglers."""
+        if not self._spreads:
+            return self.cap_s
+        window = SPREAD_MARGIN * max(self._spreads) + SPREAD_SLACK_S
+        if self._call_s is not None:
+            window = min(window, self._call_s)
+        return min(self.cap_s, window)

@@ -37,7 +37,8 @@ class NullMetrics:
         """Stop serving the metrics endpoint."""
 
 
-def _prometheus() -> Any:
+def require_prometheus() -> Any:
+    """The prometheus_client module; ImportError naming the `metrics` extra when it is not installed."""
     try:
         import prometheus_client
     except ImportError as exc:
@@ -61,7 +62,7 @@ class ServerMetrics(NullMetrics):
         sessions: Callable[[], float],
         active_clients: Callable[[], float],
     ) -> None:
-        prometheus = _prometheus()
+        prometheus = require_prometheus()
         self.registry = prometheus.CollectorRegistry()
         self._endpoints = endpoints
         self._requests = prometheus.Counter(
@@ -89,7 +90,7 @@ class ServerMetrics(NullMetrics):
 
     def serve(self, host: str, port: int) -> int:
         """Serve /metrics on host:port (0 picks a free port); returns the port. OSError when it cannot bind."""
-        prometheus = _prometheus()
+        prometheus = require_prometheus()
         self._http, self._thread = prometheus.start_http_server(port, addr=host, registry=self.registry)
         self.port = int(self._http.server_address[1])
         logger.info("metrics at http://%s:%d/metrics", host, self.port)

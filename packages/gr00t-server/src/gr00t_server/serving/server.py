@@ -7,7 +7,7 @@ import logging
 import signal
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from gr00t_client import codec
 from gr00t_client.client import ERROR_MARKER, PROTOCOL_VERSION, normalize_host
@@ -84,7 +84,7 @@ class PolicyServer:
         allow_remote_kill: bool = False,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         max_batch_size: int = 1,
-        batch_timeout_ms: float = 0.0,
+        batch_timeout_ms: float = batching.DEFAULT_BATCH_TIMEOUT_MS,
         embodiment_tag: Optional[str] = None,
         poll_interval_ms: int = 100,
         limits: Optional[ServerLimits] = None,
@@ -112,6 +112,9 @@ class PolicyServer:
         self.max_message_bytes = int(max_message_bytes)
         self.max_batch_size = int(max_batch_size)
         self.batch_timeout_ms = float(batch_timeout_ms)
+        # Gathering waits for expected clients at most batch_timeout_ms, less as arrivals show (batching.GatherWindow)
+        self._window = batching.GatherWindow(self.batch_timeout_ms)
+        self._cut_round: Optional[Tuple[float, Set[str]]] = None  # (first arrival, clients missing) of a round cut short
         self.embodiment_tag = embodiment_tag
         self.poll_interval_ms = poll_interval_ms
         self.limits = limits or ServerLimits()
@@ -446,7 +449,7 @@ class PolicyServer:
     def _poll_timeout_ms(self) -> int:
         if not self._pending:
             return self.poll_interval_ms
-        wait_s = self._pending[0].received_at + self.batch_timeout_ms / 1000.0 - time.monotonic()
+        wait_s = self._pending[0].received_at + self._window.seconds() - time.monotonic()
         return max(1, min(self.poll_interval_ms, int(wait_s * 1000.0) + 1))
 
     def _receive_burst(self) -> None:
@@ -499,6 +502,7 @@ class PolicyServer:
             self._reply_error(request, exc)
             return
         if request.endpoint == "get_action" and self.batching_enabled and batching.is_batchable(request.data):
+            self._note_straggler(request)
             self._pending.append(request)
             return
         if any(pending.session == request.session for pending in self._pending):
@@ -540,24 +544,41 @@ class PolicyServer:
         self._worker.submit(job)
 
     def _dispatch_pending(self, force: bool = False) -> None:
-        """Hand gathered get_action requests to the worker once a batch is full, or the worker is free and the
-        oldest has waited batch_timeout_ms or every recently active client is already waiting."""
+        """Hand gathered get_action requests to the worker once a batch is full, or the worker is free and every
+        recently active client is already waiting or the oldest has waited the gather window."""
         if not self._pending:
             return
         full = batching.total_rows(r.data for r in self._pending) >= self.max_batch_size
+        everyone_waiting = False
         if not (force or full or self._stop_requested.is_set()):
             if self._worker is not None and self._worker.busy:
                 return  # the worker is busy: gather more for free
             known = self._recent_clients()
             everyone_waiting = bool(known) and {r.session for r in self._pending} >= known
-            waited = time.monotonic() >= self._pending[0].received_at + self.batch_timeout_ms / 1000.0
+            waited = time.monotonic() >= self._pending[0].received_at + self._window.seconds()
             if not (everyone_waiting or waited):
                 return
+            if not everyone_waiting:  # cut short: whoever of `known` comes late tells how wide rounds really are
+                self._cut_round = (self._pending[0].received_at, known - {r.session for r in self._pending})
         pending, self._pending = self._pending, []
+        if everyone_waiting:  # a whole round: its arrival spread is what the window must cover
+            self._window.observe_spread(pending[-1].received_at - pending[0].received_at)
         now = time.monotonic()
         self._active_clients.update((r.session, now) for r in pending)
         for group in batching.group_compatible(pending, self.max_batch_size, key=lambda r: r.data):
             self._submit(group)
+
+    def _note_straggler(self, request: Request) -> None:
+        """A request from a client missing from a round cut short: that round's spread reached its arrival."""
+        if self._cut_round is None:
+            return
+        first_arrival, missing = self._cut_round
+        if request.session in missing:
+            missing.discard(request.session)
+            if request.received_at - first_arrival <= self._window.cap_s:
+                self._window.observe_spread(request.received_at - first_arrival)
+        if not missing or request.received_at - first_arrival > self._window.cap_s:
+            self._cut_round = None
 
     def _recent_clients(self) -> Set[str]:
         """Sessions whose get_action was batched recently (and forget the ones gone quiet)."""
@@ -652,6 +673,8 @@ class PolicyServer:
         except Exception as exc:
             return request, self._error_frames(request, exc)
         policy_ms = (time.monotonic() - started) * 1000.0
+        if request.endpoint == "get_action":
+            self._window.observe_call(policy_ms / 1000.0)
         return self._result_frames(request, result, policy_ms, 1, policy_started=started)
 
     def _run_group(self, group: List[Request]) -> List[Reply]:
@@ -677,6 +700,7 @@ class PolicyServer:
             logger.warning("batched get_action of %d requests failed (%s); serving them one by one", len(valid), type(exc).__name__)
             return replies + [reply for reply in map(self._serve_one, valid) if reply is not None]
         policy_ms = (time.monotonic() - started) * 1000.0
+        self._window.observe_call(policy_ms / 1000.0)
         self.stats.record_batch(len(valid))
         self._metrics.observe_batch(len(valid))
         for request, (part_action, part_info) in zip(valid, parts):
