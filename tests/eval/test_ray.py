@@ -1,12 +1,17 @@
 """Ray runner: shards as Ray tasks on a local runtime, two policy servers round-robin, same numbers as one run."""
 
+import _thread
+import json
 import os
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
 ray = pytest.importorskip("ray")
 
-from eval.scale_fixtures import policy_server  # noqa: E402
+from eval.scale_fixtures import ConstantPolicy, policy_server  # noqa: E402
 from gr00t_client import PolicyClient  # noqa: E402
 from gr00t_eval.ray_runner import ServerAddress, default_shard_count, parse_servers, run_with_ray  # noqa: E402
 from gr00t_eval.rollout.runner import RolloutConfig  # noqa: E402
@@ -86,6 +91,125 @@ def test_rollout_cli_runs_on_ray_with_several_hosts_and_writes_one_results_file(
     assert code == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["overall"]["n_episodes"] == 4 and results["config"]["ray_shards"] == 2
+
+
+# --- resume -----------------------------------------------------------------------------------------
+
+
+SMALL = ["--n-envs", "1", "--n-action-steps", "2", "--max-episode-steps", "6", "--no-video", "--vectorization", "sync"]
+
+
+class SlowPolicy(ConstantPolicy):
+    """ConstantPolicy taking `delay` s per call, so a Ray run lasts long enough to be interrupted."""
+
+    def __init__(self, delay):
+        super().__init__()
+        self.delay = delay
+
+    def _get_action(self, observation, options=None):
+        time.sleep(self.delay)
+        return super()._get_action(observation, options)
+
+
+class FailSecondCall(ConstantPolicy):
+    """Raises on its second call only: the episode(s) in that batch error, the rest finish."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def _get_action(self, observation, options=None):
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError("policy blew up")
+        return super()._get_action(observation, options)
+
+
+def _log_entries(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def _outcomes(results):
+    keep = ("task", "episode_index", "seed", "success", "sum_reward", "max_reward", "length", "error")
+    return [{k: e.get(k) for k in keep} for e in results["per_episode"]]
+
+
+def _assert_same_result_as_one_uninterrupted_run(out, port):
+    """results.json of `out` equals a fresh single-process run of the plan saved in its run.json."""
+    resumed = json.loads((out / "results.json").read_text())
+    config = RolloutConfig(**json.loads((out / "run.json").read_text())["config"])
+    with PolicyClient("127.0.0.1", port, timeout_ms=5000) as client:
+        whole = run_suite(client, ENV_SPEC, config)
+    assert resumed["status"] == "complete" and resumed["missing_episodes"] == []
+    assert _outcomes(resumed) == _outcomes(whole)
+    for key in ("pc_success", "avg_sum_reward", "avg_max_reward", "n_episodes", "n_errors"):
+        assert resumed["overall"][key] == whole["overall"][key]
+        for task in ("walkto/fast", "walkto/slow"):
+            assert resumed["per_task"][task][key] == whole["per_task"][task][key]
+    return resumed
+
+
+@pytest.mark.slow
+def test_an_interrupted_ray_run_resumes_to_the_result_of_an_uninterrupted_run(local_ray, tmp_path):
+    from gr00t_eval.cli import main
+
+    out, n_planned = tmp_path / "run", 20
+    returned = threading.Event()
+
+    def interrupt_after_three_episodes():  # Ctrl-C in the driver once three episodes are in its log
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not returned.is_set():
+            log = out / "episodes.jsonl"
+            if log.is_file() and len(log.read_text().splitlines()) >= 3:
+                _thread.interrupt_main()
+                return
+            time.sleep(0.05)
+
+    with policy_server(SlowPolicy(0.1)) as slow:
+        watcher = threading.Thread(target=interrupt_after_three_episodes, daemon=True)
+        watcher.start()
+        try:
+            code = main(["rollout", "--env-name", ENV_SPEC, "--n-episodes", "10", "--seed", "4", *SMALL,
+                         "--policy-client-port", str(slow.port), "--ray-address", "local", "--ray-shards", "2",
+                         "--output-dir", str(out)])
+        finally:
+            returned.set()
+        watcher.join()
+    interrupted = json.loads((out / "results.json").read_text())
+    assert code == 130 and interrupted["status"] == "interrupted"
+    kept = _log_entries(out / "episodes.jsonl")
+    assert 3 <= len(kept) < n_planned and len(interrupted["per_episode"]) == len(kept)
+
+    with policy_server() as fast:  # connection flags come from the resuming command line
+        assert main(["rollout", "--resume", str(out), "--policy-client-port", str(fast.port), "--ray-address", "local",
+                     "--ray-shards", "2", "--timeout-ms", "5000"]) == 0
+        _assert_same_result_as_one_uninterrupted_run(out, fast.port)
+    logged = [(e["task"], e["episode_index"]) for e in _log_entries(out / "episodes.jsonl")]
+    assert len(logged) == len(set(logged)) == n_planned  # no finished episode ran twice
+
+
+@pytest.mark.slow
+def test_a_ray_run_resume_reruns_the_errored_episodes_and_the_failed_shard_only(local_ray, tmp_path, capsys):
+    from eval.scale_fixtures import free_port
+    from gr00t_eval.cli import main
+
+    out = tmp_path / "run"
+    with policy_server(FailSecondCall()) as flaky:
+        hosts = f"127.0.0.1:{flaky.port},127.0.0.1:{free_port()}"  # shard 1's server is not there
+        code = main(["rollout", "--env-name", ENV_SPEC, "--n-episodes", "2", "--seed", "0", *SMALL, "--timeout-ms", "500",
+                     "--policy-client-host", hosts, "--ray-address", "local", "--ray-shards", "2", "--output-dir", str(out)])
+    first = json.loads((out / "results.json").read_text())
+    assert code == 1 and first["status"] == "aborted" and list(first["failed_shards"]) == ["1/2"]
+    assert first["overall"]["n_errors"] == 1 and len(first["missing_episodes"]) == 2
+    assert "--resume" in capsys.readouterr().out
+    finished_before = {(e["task"], e["episode_index"]) for e in _log_entries(out / "episodes.jsonl") if not e["error"]}
+
+    with policy_server() as healthy:
+        assert main(["rollout", "--resume", str(out), "--policy-client-port", str(healthy.port), "--ray-address", "local",
+                     "--ray-shards", "2", "--timeout-ms", "5000"]) == 0
+        _assert_same_result_as_one_uninterrupted_run(out, healthy.port)
+    rerun = [(e["task"], e["episode_index"]) for e in _log_entries(out / "episodes.jsonl")][len(first["per_episode"]):]
+    assert len(rerun) == 3 and not finished_before & set(rerun)  # the errored one and shard 1's two, nothing else
 
 
 @pytest.mark.slow

@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(*_flag("overwrite"), action="store_true", help="empty a non-empty --output-dir first")
     p.add_argument(*_flag("resume"), default=None, metavar="DIR",
                    help="continue the interrupted rollout in DIR with its saved settings: only the episodes missing "
-                        "from DIR/episodes.jsonl (or errored) run; connection flags come from this command line")
+                        "from DIR/episodes.jsonl (or errored) run; connection flags and --ray-address come from this "
+                        "command line (a Ray run may resume without Ray and the other way round)")
     p.add_argument(*_flag("allow-errors"), action="store_true",
                    help="exit 0 even when episodes errored (they are still reported and left out of the metrics)")
     p.add_argument(*_flag("max-episodes-rendered"), type=int, default=None, metavar="N",

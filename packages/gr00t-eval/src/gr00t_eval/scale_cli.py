@@ -132,9 +132,7 @@ def run_rollout_command(args: argparse.Namespace) -> int:
     if shard is not None and args.ray_address:
         raise UsageError("--shard and --ray-address do not combine (Ray makes its own shards)")
     done: List[EpisodeOutcome] = []
-    if args.resume:
-        if args.ray_address:
-            raise UsageError("--resume does not combine with --ray-address; resume each shard with --shard instead")
+    if args.resume:  # a Ray run resumes like any other: its driver logged every episode in episodes.jsonl
         output_dir = Path(args.resume)
         saved = read_run_file(output_dir, shard)
         env_spec = saved["env_name"]
@@ -190,7 +188,8 @@ def _report_rollout(args: argparse.Namespace, results: Dict[str, Any], output_di
     not_run = results.get("n_not_run", 0)
     if status != "complete":
         print(f"{status.upper()}: {results.get('stop_reason')}; {not_run} episodes did not run "
-              f"(continue with: gr00t-eval rollout --resume {output_dir}{'' if shard is None else f' --shard {shard}'})")
+              f"(continue with: gr00t-eval rollout --resume {output_dir}{'' if shard is None else f' --shard {shard}'}"
+              f"{' --ray-address ' + args.ray_address if args.ray_address else ''} and the same server flags)")
     print(f"Results: {path}")
     if status == "interrupted":
         return INTERRUPTED_EXIT_CODE
@@ -210,13 +209,17 @@ def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done:
     from .shard import run_suite
 
     servers = parse_servers(args.host, args.port)
+    log = EpisodeLog(output_dir / episode_log_name(shard))
     if args.ray_address:
-        return run_with_ray(env_spec, config, servers, args.ray_address, args.ray_shards, args.api_token,
-                            args.timeout_ms, args.ray_cpus_per_shard, curve_keys=connection.portable_keys(args))
+        with sigterm_as_interrupt():
+            results = run_with_ray(env_spec, config, servers, args.ray_address, args.ray_shards, args.api_token,
+                                   args.timeout_ms, args.ray_cpus_per_shard, curve_keys=connection.portable_keys(args),
+                                   done=done, on_episode=lambda outcome: log.append(outcome.to_json_dict()))
+        results["episode_log"] = str(log.path)
+        return results
     if len(servers) > 1:
         raise UsageError("several --policy-client-host entries need --ray-address (one server per shard)")
     server = servers[0]
-    log = EpisodeLog(output_dir / episode_log_name(shard))
     with connection.open_client(server.host, server.port, args) as client:
         with sigterm_as_interrupt():
             results = run_suite(client, env_spec, config, shard, progress=True,

@@ -146,6 +146,33 @@ def merge_results(shards: Sequence[Mapping[str, Any]], allow_missing: bool = Fal
                          "; ".join(reasons) or None)
 
 
+def results_from_outcomes(env_spec: str, config: RolloutConfig, shard: Optional[ShardSpec],
+                          outcomes: Sequence[EpisodeOutcome], status: str = "complete",
+                          stop_reason: Optional[str] = None) -> Dict[str, Any]:
+    """The results a run (or shard) that produced `outcomes` reports, built without running anything.
+
+    For shards a Ray run did not need to start (every episode finished earlier) or that it lost part-way;
+    episodes of the plan that are not in `outcomes` are counted in `n_not_run`.
+    """
+    tasks, suite = resolve_tasks(env_spec)
+    ranges = (shard_ranges(tasks, config.n_episodes, shard) if shard is not None
+              else {t.env_name: range(config.n_episodes) for t in tasks})
+    by_task: Dict[str, List[EpisodeOutcome]] = {}
+    for outcome in outcomes:
+        by_task.setdefault(str(outcome.extras.get("task")), []).append(outcome)
+    runs = []
+    for task in tasks:
+        episodes = ranges.get(task.env_name)
+        if episodes is None:
+            continue
+        kept = sorted((o for o in by_task.get(task.env_name, []) if o.episode_index in episodes), key=lambda o: o.episode_index)
+        runs.append(TaskRun(task, episodes, kept))
+    snapshot = {**dataclasses.asdict(config), "env_name": env_spec, "shard": None if shard is None else str(shard)}
+    extra = {"plan": shard_plan(tasks, config, shard),
+             "n_not_run": sum(len(r) for r in ranges.values()) - sum(len(run.outcomes) for run in runs)}
+    return suite_results(tasks, runs, snapshot, env_spec, suite, extra, status, stop_reason)
+
+
 def run_suite(policy: BasePolicy, env_spec: str, config: RolloutConfig, shard: Optional[ShardSpec] = None,
               progress: bool = False, on_episode: Optional[Callable[[EpisodeOutcome], None]] = None,
               done: Sequence[EpisodeOutcome] = ()) -> Dict[str, Any]:
