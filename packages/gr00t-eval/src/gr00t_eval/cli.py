@@ -16,8 +16,10 @@ from typing import Any, Dict, List, Optional, Sequence
 from . import connection, scale_cli
 from .cli_errors import USAGE_EXIT_CODE, UsageError
 from .extras import MissingExtraError
+from .run_dir import OutputDirError, prepare_output_dir
 
 DEFAULT_ROLLOUT_DIR = "/tmp/gr00t_rollout_eval"
+DEFAULT_OPEN_LOOP_BASE = "/tmp/open_loop_eval"
 
 
 def _flag(name: str) -> List[str]:
@@ -88,7 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(*_flag("execution-horizon"), *_flag("action-horizon"), dest="execution_horizon", type=int, default=16,
                    help="steps of each chunk used before querying again (default 16; --action-horizon is an alias)")
     p.add_argument(*_flag("modality-keys"), nargs="+", default=None, help="action keys to compare and plot (default: all)")
-    p.add_argument(*_flag("output-dir"), default="/tmp/open_loop_eval", help="plots traj_{id}.jpeg and results.json")
+    p.add_argument(*_flag("output-dir"), default=None,
+                   help=f"plots traj_{{id}}.jpeg and results.json; must be empty or new (default: a new dated directory "
+                        f"{DEFAULT_OPEN_LOOP_BASE}/YYYY-MM-DD/HH-MM-SS_<dataset>). Open-loop runs do not resume: run again")
+    p.add_argument(*_flag("overwrite"), action="store_true", help="empty a non-empty --output-dir first")
     p.add_argument(*_flag("observation-format"), default="auto", choices=["auto", "nested", "flat"],
                    help="nested {video,state,language} (reference server) or flat video.* keys (sim wrapper); auto asks the server")
     p.add_argument(*_flag("no-plots"), action="store_true", help="skip the JPEG plots")
@@ -209,6 +214,15 @@ def _plots_wanted(args: argparse.Namespace) -> bool:
     return True
 
 
+def _open_loop_output_dir(args: argparse.Namespace) -> Path:
+    """--output-dir, or a new dated directory named after the dataset (like rollout's, see run_dir)."""
+    from .run_dir import fresh_dated_output_dir
+
+    if args.output_dir:
+        return Path(args.output_dir)
+    return fresh_dated_output_dir(DEFAULT_OPEN_LOOP_BASE, Path(args.dataset_path).resolve().name or "dataset")
+
+
 def cmd_open_loop(args: argparse.Namespace) -> int:
     """`gr00t-eval open-loop`: plots, results.json and the reference's console lines; 1 if nothing was evaluated."""
     from gr00t_client import EmbodimentTag
@@ -221,15 +235,24 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
     tag = EmbodimentTag.resolve(args.embodiment_tag)
     if not (Path(args.dataset_path) / "meta").is_dir():
         raise UsageError(f"--dataset-path {args.dataset_path}: not a LeRobot dataset (no meta/ directory there)")
+    output_dir = _open_loop_output_dir(args)
     try:  # mistakes in the flags fail before any connection is made
         config = OpenLoopConfig(
             dataset_path=args.dataset_path, traj_ids=args.traj_ids, steps=args.steps, execution_horizon=args.execution_horizon,
-            modality_keys=args.modality_keys, output_dir=args.output_dir, embodiment_tag=tag.value,
+            modality_keys=args.modality_keys, output_dir=str(output_dir), embodiment_tag=tag.value,
             observation_format=args.observation_format, plot=_plots_wanted(args),
             plot_path=args.save_plot_path, denoising_steps=args.denoising_steps,
         )
     except ValueError as exc:
         raise UsageError(f"{exc} (check --steps, --execution-horizon, --traj-ids, --denoising-steps)") from None
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not args.overwrite:
+        raise UsageError(f"--output-dir {output_dir} is not empty; pass --overwrite to empty it or name a new directory "
+                         "(open-loop runs do not resume: run them again)")
+    try:
+        prepare_output_dir(output_dir, overwrite=args.overwrite)
+    except OutputDirError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"Output directory: {output_dir}")
     with _connect(args) as client:
         result = evaluate_open_loop(client, config, report=tqdm.write)
     if result.trajectories:

@@ -40,6 +40,16 @@ def dated_output_dir(base: Union[str, Path], label: str, now: Optional[float] = 
     return Path(base) / time.strftime("%Y-%m-%d", stamp) / f"{time.strftime('%H-%M-%S', stamp)}_{slug}"
 
 
+def fresh_dated_output_dir(base: Union[str, Path], label: str, now: Optional[float] = None) -> Path:
+    """dated_output_dir, with -2, -3, ... appended while that name exists (two runs started in the same second)."""
+    path = dated_output_dir(base, label, now)
+    candidate, number = path, 1
+    while candidate.exists():
+        number += 1
+        candidate = path.with_name(f"{path.name}-{number}")
+    return candidate
+
+
 def shard_suffix(shard: Any) -> str:
     """'' for a whole run, '_shard{i}of{N}' for one shard (shards of a plan may share one directory)."""
     return "" if shard is None else f"_shard{shard.index}of{shard.count}"

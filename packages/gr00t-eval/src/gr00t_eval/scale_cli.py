@@ -92,9 +92,9 @@ def _rollout_output_dir(args: argparse.Namespace, label: str, shard: Any) -> Pat
 
     Shards of one plan may share a directory: a shard only needs its own file names to be free.
     """
-    from .run_dir import dated_output_dir, episode_log_name, prepare_output_dir, run_file_name
+    from .run_dir import episode_log_name, fresh_dated_output_dir, prepare_output_dir, run_file_name
 
-    path = Path(args.output_dir) if args.output_dir else dated_output_dir(DEFAULT_ROLLOUT_BASE, label)
+    path = Path(args.output_dir) if args.output_dir else fresh_dated_output_dir(DEFAULT_ROLLOUT_BASE, label)
     own = None if shard is None else [run_file_name(shard), episode_log_name(shard), f"results_shard{shard.index}of{shard.count}.json"]
     return prepare_output_dir(path, overwrite=args.overwrite, own_files=own)
 
@@ -239,7 +239,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     from .batch import BATCH_RESULTS_FILENAME, format_table, load_jobs, run_batch
     from .cli_errors import UsageError
-    from .run_dir import INTERRUPTED_EXIT_CODE, dated_output_dir, prepare_output_dir, sigterm_as_interrupt
+    from .run_dir import INTERRUPTED_EXIT_CODE, fresh_dated_output_dir, prepare_output_dir, sigterm_as_interrupt
 
     previous = None
     if args.resume:
@@ -253,7 +253,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
             raise UsageError("batch needs --jobs FILE (or --resume DIR to continue a batch)")
         if not Path(args.jobs).is_file():
             raise UsageError(f"--jobs {args.jobs}: no such file")
-        output_dir = prepare_output_dir(Path(args.output_dir) if args.output_dir else dated_output_dir(DEFAULT_BATCH_DIR, "batch"),
+        output_dir = prepare_output_dir(Path(args.output_dir) if args.output_dir else fresh_dated_output_dir(DEFAULT_BATCH_DIR, "batch"),
                                         overwrite=args.overwrite)
         jobs_path = output_dir / "jobs.json"
         shutil.copyfile(args.jobs, jobs_path)

@@ -1,0 +1,71 @@
+"""open-loop's output directory follows rollout's policy: a new dated directory by default, a non-empty
+--output-dir refused unless --overwrite (open-loop runs do not resume). Real replay server, real CLI."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from eval.dataset_factory import make_dataset
+from gr00t_eval import cli
+from gr00t_server.policies.replay import ReplayPolicy
+from serving import running_server
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("open_loop_outputs") / "my_robot", lengths=(6,))
+
+
+@pytest.fixture(scope="module")
+def server(dataset):
+    with running_server(ReplayPolicy(dataset, execution_horizon=4)) as running:
+        yield running
+
+
+def open_loop(dataset, server, *extra):
+    return cli.main(["open-loop", "--dataset-path", str(dataset), "--port", str(server.port), "--traj-ids", "0",
+                     "--no-plots", *extra])
+
+
+def test_the_default_output_dir_is_a_new_dated_directory_per_run(dataset, server, tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "DEFAULT_OPEN_LOOP_BASE", str(tmp_path / "base"))
+    assert open_loop(dataset, server) == 0
+    assert open_loop(dataset, server) == 0  # within the same second: a second directory, not a refusal
+    runs = sorted((tmp_path / "base").glob("*/*_my_robot*"))
+    assert len(runs) == 2 and runs[0].parent.name == time.strftime("%Y-%m-%d")
+    assert all(json.loads((run / "results.json").read_text())["aggregated"]["n_trajectories"] == 1 for run in runs)
+
+
+def test_a_non_empty_output_dir_is_refused_in_one_line_unless_overwrite_which_empties_it(dataset, server, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "traj_7.jpeg").write_text("an old plot")
+    assert open_loop(dataset, server, "--output-dir", str(out)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--overwrite" in err and "do not resume" in err, err
+    assert (out / "traj_7.jpeg").is_file() and not (out / "results.json").exists()
+
+    assert open_loop(dataset, server, "--output-dir", str(out), "--overwrite") == 0
+    assert not (out / "traj_7.jpeg").exists() and (out / "results.json").is_file()
+
+
+def test_a_new_or_empty_output_dir_is_used_as_given(dataset, server, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert open_loop(dataset, server, "--output-dir", str(empty)) == 0
+    assert open_loop(dataset, server, "--output-dir", str(tmp_path / "new" / "nested")) == 0
+    assert (empty / "results.json").is_file() and (tmp_path / "new" / "nested" / "results.json").is_file()
+
+
+def test_a_dated_directory_taken_in_the_same_second_gets_a_numbered_sibling(tmp_path):
+    from gr00t_eval.run_dir import fresh_dated_output_dir
+
+    now = time.time()
+    first = fresh_dated_output_dir(tmp_path, "reach/v3", now=now)
+    first.mkdir(parents=True)
+    second = fresh_dated_output_dir(tmp_path, "reach/v3", now=now)
+    assert second.parent == first.parent and second.name == f"{first.name}-2" and not second.exists()
