@@ -209,3 +209,109 @@ def test_any_plain_array_round_trips_in_both_formats(array):
     for decoded in (codec.decode(codec.encode(array)), codec.decode_multipart(codec.encode_multipart(array))):
         assert decoded.dtype == array.dtype and decoded.shape == array.shape
         assert np.array_equal(decoded, array, equal_nan=array.dtype.kind == "f")
+
+
+# --- decoding with share_buffer: large arrays view the message ---------------------------------------
+
+FRAME = np.arange(256 * 256 * 3, dtype=np.uint8).reshape(1, 256, 256, 3)  # a LIBERO camera frame, 196 KB
+
+
+def request_with_frame() -> dict:
+    return {
+        "endpoint": "get_action",
+        "data": {
+            "observation": {
+                "video": {"agentview": FRAME, "wrist": FRAME[:, ::-1]},
+                "state": {"x": np.ones((1, 1, 1), np.float32)},
+                "language": {"task": [["put the bowl on the plate"]]},
+            },
+            "options": None,
+        },
+    }
+
+
+def test_shared_decode_views_large_arrays_in_the_buffer_writably():
+    buffer = bytearray(codec.encode(request_with_frame()))
+    video = codec.decode(memoryview(buffer), share_buffer=True)["data"]["observation"]["video"]
+    assert np.shares_memory(video["agentview"], np.frombuffer(buffer, np.uint8))
+    assert video["agentview"].flags.writeable
+    np.testing.assert_array_equal(video["agentview"], FRAME)
+    np.testing.assert_array_equal(video["wrist"], FRAME[:, ::-1])
+    video["agentview"][0, 0, 0, 0] = 99  # the policy may write: the buffer was handed over
+    assert video["agentview"][0, 0, 0, 0] == 99
+
+
+def test_shared_decode_copies_small_arrays_and_equals_the_copying_decode():
+    buffer = bytearray(codec.encode(request_with_frame()))
+    shared = codec.decode(memoryview(buffer), share_buffer=True)
+    copied = codec.decode(bytes(buffer))
+    state = shared["data"]["observation"]["state"]["x"]
+    assert not np.shares_memory(state, np.frombuffer(buffer, np.uint8))
+    assert shared["data"]["observation"]["language"] == copied["data"]["observation"]["language"]
+    assert shared["endpoint"] == copied["endpoint"] and shared["data"]["options"] is None
+    for key in ("agentview", "wrist"):
+        np.testing.assert_array_equal(shared["data"]["observation"]["video"][key], copied["data"]["observation"]["video"][key])
+
+
+def test_without_share_buffer_or_with_a_read_only_buffer_arrays_are_copies():
+    message = codec.encode(request_with_frame())
+    buffer = bytearray(message)
+    for decoded in (codec.decode(memoryview(buffer)), codec.decode(message, share_buffer=True)):
+        array = decoded["data"]["observation"]["video"]["agentview"]
+        assert array.flags.writeable and not np.shares_memory(array, np.frombuffer(buffer, np.uint8))
+
+
+def test_shared_decode_of_a_received_zmq_frame_keeps_the_frame_alive():
+    import gc
+
+    import zmq
+
+    context = zmq.Context()
+    sender, receiver = context.socket(zmq.PAIR), context.socket(zmq.PAIR)
+    try:
+        receiver.bind("inproc://shared-decode")
+        sender.connect("inproc://shared-decode")
+        sender.send(codec.encode(request_with_frame()))
+        frame = receiver.recv(copy=False)
+        video = codec.decode(frame.buffer, share_buffer=True)["data"]["observation"]["video"]
+        del frame
+        gc.collect()
+        np.testing.assert_array_equal(video["agentview"], FRAME)
+    finally:
+        sender.close(linger=0)
+        receiver.close(linger=0)
+        context.term()
+
+
+DEEP: list = [1]
+for _ in range(40):
+    DEEP = [DEEP]
+
+
+@pytest.mark.parametrize("message", [
+    {"deep": DEEP, "pad": b"x" * 70000},
+    {"many": list(range(5000)), "pad": b"x" * 70000},
+    {"ext": msgpack.ExtType(5, b"abc"), "pad": b"x" * 70000},
+    {"bytes": b"y" * 70000, "array": FRAME},
+])
+def test_messages_outside_the_viewing_reader_decode_as_without_sharing(message):
+    packed = codec.encode(message)
+    limits = codec.DecodeLimits.for_message_bytes(1 << 20)
+    outcomes = []
+    for data, share in ((packed, False), (bytearray(packed), True)):
+        try:
+            outcomes.append(repr(codec.decode(memoryview(data), limits, share_buffer=share)))
+        except codec.WireDecodeError as exc:
+            outcomes.append(f"{type(exc).__name__}: {exc}")
+    assert outcomes[0] == outcomes[1]
+
+
+@pytest.mark.parametrize("cut", [1, 100, 1000, 150000])
+def test_a_truncated_message_fails_the_same_with_sharing(cut):
+    packed = codec.encode(request_with_frame())[:-cut]
+    errors = []
+    for data, share in ((packed, False), (bytearray(packed), True)):
+        with pytest.raises(WireDecodeError) as info:
+            codec.decode(memoryview(data), share_buffer=share)
+        errors.append(str(info.value))
+    assert errors[0] == errors[1]

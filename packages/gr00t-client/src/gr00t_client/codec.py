@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 import msgpack
 import numpy as np
 
+from .frame_views import NeedsFullUnpacker, unpack_viewing
 from .modality import ModalityConfig
 
 MULTIPART_MAGIC = b"\x00GR00T-MP1"
@@ -27,6 +28,11 @@ _EXT_BUFFER = 42  # ExtType code of an array reference in a multipart header
 _COPY_BELOW_BYTES = 16 * 1024  # smaller buffers are cheaper to copy than to track as frames
 # pyzmq sends frames below this size by copying: zero-copy tracking costs more than copying ~256 KiB.
 ZERO_COPY_MIN_BYTES = 256 * 1024
+# Decoding with share_buffer: messages from this size are read with frame_views, and arrays from
+# SHARED_ARRAY_MIN_BYTES view the message instead of being copied twice (smaller ones are cheaper to copy).
+SHARED_DECODE_MIN_BYTES = 64 * 1024
+SHARED_ARRAY_MIN_BYTES = 16 * 1024
+VIEWING_MAX_ITEMS = 4096  # the Python reader gives way to msgpack's C unpacker on messages of many small items
 
 BufferLike = Union[bytes, bytearray, memoryview, Any]
 
@@ -237,9 +243,43 @@ def _check_depth(value: Any, max_depth: int) -> None:
         stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
 
 
+def _viewing_map_hook(object_hook: Callable[[Dict[Any, Any]], Any]) -> Callable[[Dict[Any, Any], bool], Any]:
+    """The map hook of the viewing reader: canonical msgpack-numpy arrays over a view become arrays over the
+    buffer; any other map gets its views copied to bytes and goes through `object_hook` as usual."""
+
+    def on_map(obj: Dict[Any, Any], has_views: bool) -> Any:
+        if not has_views:
+            return object_hook(obj)
+        if len(obj) == 5 and obj.get(b"nd") is True and obj.get(b"kind") == b"" and type(obj.get(b"data")) is memoryview:
+            return _array_from_buffer(obj[b"data"], _cached_dtype(obj.get(b"type")), obj.get(b"shape"), copy=False)
+        return object_hook({key: bytes(value) if type(value) is memoryview else value for key, value in obj.items()})
+
+    return on_map
+
+
+def _shareable_view(data: BufferLike) -> Optional[memoryview]:
+    """`data` as a memoryview when arrays may view it: writable, and big enough that copies would cost."""
+    try:
+        view = memoryview(data)
+    except TypeError:
+        return None
+    return view if not view.readonly and view.nbytes >= SHARED_DECODE_MIN_BYTES else None
+
+
 def _unpack(data: BufferLike, object_hook: Callable[[Dict[Any, Any]], Any], limits: Optional[DecodeLimits],
-            ext_hook: Optional[Callable[[int, bytes], Any]] = None) -> Any:
-    """msgpack.unpackb with our hooks; with `limits`, within the item budget and depth of the message's size."""
+            ext_hook: Optional[Callable[[int, bytes], Any]] = None, share_buffer: bool = False) -> Any:
+    """msgpack.unpackb with our hooks; with `limits`, within the item budget and depth of the message's size.
+
+    With `share_buffer` and a writable buffer, msgpack-numpy arrays view the buffer (frame_views) unless the
+    message needs msgpack's own unpacker, which then decodes it as without.
+    """
+    view = _shareable_view(data) if share_buffer and ext_hook is None else None
+    if view is not None:
+        max_depth = limits.max_depth if limits is not None else DecodeLimits.max_depth
+        try:
+            return unpack_viewing(view, _viewing_map_hook(object_hook), SHARED_ARRAY_MIN_BYTES, VIEWING_MAX_ITEMS, max_depth)
+        except NeedsFullUnpacker:
+            pass
     extra: Dict[str, Any] = {} if ext_hook is None else {"ext_hook": ext_hook}
     if limits is None:
         return msgpack.unpackb(data, object_hook=object_hook, raw=False, strict_map_key=False, **extra)
@@ -318,14 +358,16 @@ def encode(obj: Any) -> bytes:
         raise WireEncodeError(f"cannot encode message: {exc}") from exc
 
 
-def decode(data: BufferLike, limits: Optional[DecodeLimits] = None) -> Any:
+def decode(data: BufferLike, limits: Optional[DecodeLimits] = None, share_buffer: bool = False) -> Any:
     """Decode a single-frame message in any accepted format; arrays come back writable.
 
     With `limits` (servers: `DecodeLimits.for_message_bytes(max_message_bytes)`), a message that would cost more
-    than its size allows raises DecodeLimitError before the cost is paid.
+    than its size allows raises DecodeLimitError before the cost is paid. With `share_buffer`, large arrays may
+    be writable views of `data` (no copy) when it is a writable buffer the caller hands over for good, such as a
+    received ZeroMQ frame's `.buffer`; they keep it alive, and writing to them writes to it.
     """
     try:
-        return _unpack(data, _decode_hook, limits)
+        return _unpack(data, _decode_hook, limits, share_buffer=share_buffer)
     except WireDecodeError:
         raise
     except Exception as exc:  # msgpack raises many unrelated types on garbage
@@ -340,8 +382,10 @@ def _is_npsave_marker_map(obj: Dict[Any, Any]) -> bool:
     return _has(obj, "__ModalityConfig_class__") and not _has(obj, "__ModalityConfig__")
 
 
-def decode_noting_npsave(data: BufferLike, limits: Optional[DecodeLimits] = None) -> tuple[Any, bool]:
-    """Decode like `decode`, and say whether the message was written by an np.save-era peer.
+def decode_noting_npsave(
+    data: BufferLike, limits: Optional[DecodeLimits] = None, share_buffer: bool = False
+) -> tuple[Any, bool]:
+    """Decode like `decode` (`share_buffer` as there), and say whether the message was written by an np.save-era peer.
 
     The client uses this on replies to recognise an early-N1.6/early-N1.7 (or N1.5) server, which cannot read
     msgpack-numpy arrays and must be sent the np.save format (`encode_early_n16`) instead.
@@ -354,7 +398,7 @@ def decode_noting_npsave(data: BufferLike, limits: Optional[DecodeLimits] = None
         return _decode_hook(obj)
 
     try:
-        value = _unpack(data, hook, limits)
+        value = _unpack(data, hook, limits, share_buffer=share_buffer)
     except WireDecodeError:
         raise
     except Exception as exc:  # msgpack raises many unrelated types on garbage

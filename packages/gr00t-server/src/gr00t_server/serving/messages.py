@@ -94,7 +94,8 @@ def decode_payload(payload: List[Any], max_message_bytes: int) -> Tuple[Any, str
     if codec.is_multipart(payload):
         return codec.decode_multipart(payload, limits), WIRE_MULTIPART
     if len(payload) == 1:
-        envelope, npsave = codec.decode_noting_npsave(payload[0].buffer, limits)
+        # The received frame is ours alone: large arrays may view it (writable, no copy) instead of being copied.
+        envelope, npsave = codec.decode_noting_npsave(payload[0].buffer, limits, share_buffer=True)
         return envelope, WIRE_NPSAVE if npsave else WIRE_MSGPACK
     raise RequestError(f"message has {len(payload)} frames but no multipart header; expected 1 frame")
 

@@ -1,0 +1,163 @@
+"""A msgpack reader that returns large bin payloads as views of the message buffer instead of copies.
+
+msgpack's C unpacker copies every bin into a fresh bytes object, and a writable array then needs a second copy:
+two allocations and two copies (and their page faults) per camera frame. For a message in a buffer we own (a
+received ZeroMQ frame), the bin payloads can be viewed in place. This reader handles the plain msgpack types
+only and raises `NeedsFullUnpacker` on anything else (ext types, deep nesting, many items, malformed bytes), so
+callers fall back to msgpack's own unpacker, which then gives the canonical value or error.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Callable, Dict, List
+
+MapHook = Callable[[Dict[Any, Any], bool], Any]  # (the map, whether any of its values is a view) -> value
+
+_U16 = struct.Struct(">H").unpack_from
+_U32 = struct.Struct(">I").unpack_from
+_U64 = struct.Struct(">Q").unpack_from
+_I8 = struct.Struct(">b").unpack_from
+_I16 = struct.Struct(">h").unpack_from
+_I32 = struct.Struct(">i").unpack_from
+_I64 = struct.Struct(">q").unpack_from
+_F32 = struct.Struct(">f").unpack_from
+_F64 = struct.Struct(">d").unpack_from
+
+
+class NeedsFullUnpacker(Exception):
+    """This message is outside what the viewing reader handles; unpack it with msgpack instead."""
+
+
+def unpack_viewing(buffer: memoryview, on_map: MapHook, min_view_bytes: int, max_items: int, max_depth: int) -> Any:
+    """Unpack one msgpack value from `buffer`; bins of `min_view_bytes` or more come back as memoryview slices.
+
+    `on_map(mapping, has_views)` is called on every completed map; with has_views, some values are memoryviews.
+    Lists hold no views: their bins are copied to bytes. Raises NeedsFullUnpacker past `max_items` values or
+    `max_depth` nested maps/arrays, on ext types, trailing bytes, or anything malformed.
+    """
+    data = buffer.cast("B") if buffer.format != "B" or buffer.ndim != 1 else buffer
+    end = data.nbytes
+    position = 0
+    items = 0
+
+    def take(size: int) -> int:
+        nonlocal position
+        start = position
+        position = start + size
+        if position > end:
+            raise NeedsFullUnpacker("truncated")
+        return start
+
+    def binary(size: int) -> Any:
+        start = take(size)
+        view = data[start : start + size]
+        return view if size >= min_view_bytes else bytes(view)
+
+    def text(size: int) -> str:
+        start = take(size)
+        return str(data[start : start + size], "utf-8")
+
+    def container(count: int, is_map: bool, depth: int) -> Any:
+        nonlocal items, position
+        if depth > max_depth:
+            raise NeedsFullUnpacker("deep")
+        items += count
+        if items > max_items:
+            raise NeedsFullUnpacker("many items")
+        if not is_map:
+            values: List[Any] = [read(depth + 1) for _ in range(count)]
+            return [bytes(v) if type(v) is memoryview else v for v in values]
+        mapping: Dict[Any, Any] = {}
+        has_views = False
+        for _ in range(count):
+            code = data[position] if position < end else -1
+            if 0xA0 <= code <= 0xBF or code == 0xC4:  # str or bin keys up to 255 bytes: read here (the common case)
+                size = code & 0x1F if code != 0xC4 else data[position + 1]
+                start = position + (1 if code != 0xC4 else 2)
+                position = start + size
+                if position > end:
+                    raise NeedsFullUnpacker("truncated")
+                key = str(data[start:position], "utf-8") if code != 0xC4 else bytes(data[start:position])
+            else:
+                key = read(depth + 1)
+                if type(key) is memoryview:
+                    key = bytes(key)
+            value = mapping[key] = read(depth + 1)
+            if type(value) is memoryview:
+                has_views = True
+        return on_map(mapping, has_views)
+
+    def read(depth: int) -> Any:
+        nonlocal position
+        if position >= end:
+            raise NeedsFullUnpacker("truncated")
+        code = data[position]
+        position += 1
+        if code <= 0x7F:
+            return code
+        if code >= 0xE0:
+            return code - 0x100
+        if code <= 0x8F:
+            return container(code & 0x0F, True, depth)
+        if code <= 0x9F:
+            return container(code & 0x0F, False, depth)
+        if code <= 0xBF:
+            return text(code & 0x1F)
+        if code == 0xC0:
+            return None
+        if code == 0xC2:
+            return False
+        if code == 0xC3:
+            return True
+        if code == 0xC4:
+            return binary(data[take(1)])
+        if code == 0xC5:
+            return binary(_U16(data, take(2))[0])
+        if code == 0xC6:
+            return binary(_U32(data, take(4))[0])
+        if code == 0xCA:
+            return _F32(data, take(4))[0]
+        if code == 0xCB:
+            return _F64(data, take(8))[0]
+        if code == 0xCC:
+            return data[take(1)]
+        if code == 0xCD:
+            return _U16(data, take(2))[0]
+        if code == 0xCE:
+            return _U32(data, take(4))[0]
+        if code == 0xCF:
+            return _U64(data, take(8))[0]
+        if code == 0xD0:
+            return _I8(data, take(1))[0]
+        if code == 0xD1:
+            return _I16(data, take(2))[0]
+        if code == 0xD2:
+            return _I32(data, take(4))[0]
+        if code == 0xD3:
+            return _I64(data, take(8))[0]
+        if code == 0xD9:
+            return text(data[take(1)])
+        if code == 0xDA:
+            return text(_U16(data, take(2))[0])
+        if code == 0xDB:
+            return text(_U32(data, take(4))[0])
+        if code == 0xDC:
+            return container(_U16(data, take(2))[0], False, depth)
+        if code == 0xDD:
+            return container(_U32(data, take(4))[0], False, depth)
+        if code == 0xDE:
+            return container(_U16(data, take(2))[0], True, depth)
+        if code == 0xDF:
+            return container(_U32(data, take(4))[0], True, depth)
+        raise NeedsFullUnpacker(f"type byte {code:#04x}")  # ext types and the never-used 0xc1
+
+    try:
+        value = read(0)
+    except NeedsFullUnpacker:
+        raise
+    except Exception as exc:  # bad UTF-8, unhashable keys, errors from on_map: msgpack gives the canonical answer
+        raise NeedsFullUnpacker(f"{type(exc).__name__}: {exc}") from exc
+    if position != end:
+        raise NeedsFullUnpacker("trailing bytes")
+    return bytes(value) if type(value) is memoryview else value
