@@ -4,6 +4,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from eval.scale_fixtures import free_port, policy_server, run_cli
 from gr00t_eval.batch import Job, JobError, PolicyServerAddress, load_jobs, run_batch
 
@@ -99,7 +101,7 @@ def test_the_documented_example_job_file_is_valid(tmp_path, monkeypatch):
 
 def test_arena_job_field_names_are_accepted_as_aliases(tmp_path):
     path = write_jobs(tmp_path, [{
-        "name": "arena", "num_episodes": 4, "num_envs": 2, "num_steps": 9, "policy_type": "gr00t_remote",
+        "name": "arena", "num_episodes": 4, "num_envs": 2, "num_steps": 9, "policy_type": "gr00t_remote_closedloop",
         "policy_config_dict": {"remote_host": "gpu-box", "remote_port": 5556, "timeout_ms": 1234},
         "arena_env_args": {"environment": "walkto/fast", "speed_bonus": 1},
     }])
@@ -109,6 +111,33 @@ def test_arena_job_field_names_are_accepted_as_aliases(tmp_path):
     assert (job.env_name, config.n_episodes, config.n_envs, config.max_episode_steps) == ("walkto/fast", 4, 2, 9)
     assert (job.server.host, job.server.port, job.server.timeout_ms) == ("gpu-box", 5556, 1234)
     assert config.env_kwargs == {"speed_bonus": 1}
+
+
+@pytest.mark.parametrize("policy_type", [
+    "gr00t_remote_closedloop", "gr00t_closedloop",
+    "isaaclab_arena_gr00t.policy.gr00t_closedloop_policy.Gr00tClosedloopPolicy",
+    "isaaclab_arena.policy.action_chunking_client.ActionChunkingClientSidePolicy",
+])
+def test_arena_policy_types_of_a_gr00t_policy_server_client_are_accepted(tmp_path, policy_type):
+    path = write_jobs(tmp_path, [{"name": "g", "env_name": "walkto/fast", "policy_server": {"port": 1}, "policy_type": policy_type}])
+    [job] = load_jobs(path)
+    assert isinstance(job, Job), job
+
+
+@pytest.mark.parametrize("policy_type, hint", [
+    ("zero_action", "leave policy_type out"),
+    ("replay", "gr00t-server serve --dataset-path"),
+    ("isaaclab_arena.policy.rsl_rl_action_policy.RslRlActionPolicy", "leave policy_type out"),
+    ("Gr00tClosedloopPolicy", "leave policy_type out"),  # a bare class name is no Arena value
+    (7, "leave policy_type out"),
+])
+def test_other_arena_policy_types_fail_the_job_in_one_line_listing_the_accepted_ones(tmp_path, policy_type, hint):
+    path = write_jobs(tmp_path, [{"name": "z", "env_name": "walkto/fast", "policy_server": {"port": 1}, "policy_type": policy_type}])
+    [error] = load_jobs(path)
+    assert isinstance(error, JobError) and error.job_name == "z"
+    message = str(error)
+    assert "\n" not in message and f"policy_type {policy_type!r}" in message and hint in message
+    assert "gr00t_remote_closedloop" in message and "<module>.ActionChunkingClientSidePolicy" in message
 
 
 def test_a_model_setting_in_policy_config_dict_is_refused_with_a_hint(tmp_path):

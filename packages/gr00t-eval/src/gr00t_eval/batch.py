@@ -32,6 +32,12 @@ ARENA_ALIASES = {"num_episodes": "n_episodes", "num_envs": "n_envs", "num_steps"
 ARENA_SERVER_KEYS = {"host": "host", "remote_host": "host", "port": "port", "remote_port": "port",
                      "api_token": "api_token", "api_token_env": "api_token_env", "timeout_ms": "timeout_ms"}
 ARENA_ENV_NAME_KEYS = ("env_name", "environment", "task")
+# Arena's policy_type values for a GR00T policy, which here is always the server in policy_server: the
+# registered names of its GR00T client of a GR00T policy server and of its in-process GR00T policy, and the
+# classes (dotted module.Class paths, any module) of those and of its remote chunking client. Arena's other
+# policies (zero_action, replay, rsl_rl, ...) run inside the simulator, not against a policy server.
+ARENA_GR00T_POLICY_NAMES = ("gr00t_remote_closedloop", "gr00t_closedloop")
+ARENA_GR00T_POLICY_CLASSES = ("Gr00tRemoteClosedloopPolicy", "Gr00tClosedloopPolicy", "ActionChunkingClientSidePolicy")
 PENDING, DONE, FAILED = "pending", "done", "failed"
 SERVER_KEYS = {"host", "port", "api_token", "api_token_env", "timeout_ms", "server_public_key", "client_key"}
 CONFIG_FIELDS = {f.name for f in dataclasses.fields(RolloutConfig)} - {"env_name"}
@@ -126,6 +132,19 @@ def _arena_fields(name: str, merged: Dict[str, Any]) -> None:
             merged["overrides"] = overrides
 
 
+def check_policy_type(name: str, policy_type: Any) -> None:
+    """Arena's `policy_type`: accept the values that mean a GR00T policy (served by policy_server); refuse the rest."""
+    text = str(policy_type) if isinstance(policy_type, str) else None
+    if text is not None and (text in ARENA_GR00T_POLICY_NAMES
+                             or ("." in text and text.rsplit(".", 1)[1] in ARENA_GR00T_POLICY_CLASSES)):
+        return
+    accepted = ", ".join([*ARENA_GR00T_POLICY_NAMES, *(f"<module>.{cls}" for cls in ARENA_GR00T_POLICY_CLASSES)])
+    hint = ("serve the dataset with `gr00t-server serve --dataset-path` and evaluate that server" if text == "replay"
+            else "gr00t-eval batch always evaluates the GR00T policy server in policy_server; leave policy_type out")
+    raise JobError(f"job {name!r}: policy_type {policy_type!r} is not a GR00T policy server client; accepted: {accepted} "
+                   f"({hint})", name)
+
+
 def parse_job(raw: Any, index: int, defaults: Optional[Mapping[str, Any]] = None) -> Job:
     """One job object (merged over `defaults`) -> Job; raises JobError naming the job and the bad field."""
     if not isinstance(raw, Mapping):
@@ -137,6 +156,8 @@ def parse_job(raw: Any, index: int, defaults: Optional[Mapping[str, Any]] = None
     unknown = set(merged) - JOB_KEYS
     if unknown:
         raise JobError(f"job {name!r}: unknown fields {sorted(unknown)}; allowed: {sorted(JOB_KEYS | set(ARENA_ALIASES) | {'policy_config_dict', 'arena_env_args'})}", name)
+    if "policy_type" in merged:
+        check_policy_type(name, merged["policy_type"])
     if not merged.get("env_name"):
         raise JobError(f"job {name!r}: 'env_name' (env names or suites, comma-separated) is required", name)
     if "policy_server" not in merged:
