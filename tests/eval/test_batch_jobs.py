@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from eval.scale_fixtures import free_port, policy_server, run_cli
+from eval.scale_fixtures import ConstantPolicy, free_port, policy_server, run_cli
 from gr00t_eval.batch import Job, JobError, PolicyServerAddress, load_jobs, run_batch
+from gr00t_eval.rollout.runner import RolloutConfig
+from gr00t_eval.shard import run_suite
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "batch-jobs.md"
 SMALL = {"n_episodes": 3, "n_envs": 2, "seed": 0, "max_episode_steps": 6,
@@ -193,3 +195,75 @@ def test_batch_refuses_a_non_empty_output_dir(tmp_path):
 
     with pytest.raises(OutputDirError, match="--overwrite"):
         run_cli(["batch", "--jobs", str(path), "--output-dir", str(out)])
+
+
+# --- a job interrupted part-way resumes from its own episode log --------------------------------------------
+
+
+class InterruptOnCall(ConstantPolicy):
+    """Ctrl-C arriving during policy call number `call` (1-based)."""
+
+    def __init__(self, call):
+        super().__init__()
+        self.call, self.calls = call, 0
+
+    def _get_action(self, observation, options=None):
+        self.calls += 1
+        if self.calls == self.call:
+            raise KeyboardInterrupt
+        return super()._get_action(observation, options)
+
+
+WALK = {"n_episodes": 3, "n_envs": 1, "max_episode_steps": 6, "n_action_steps": 2, "vectorization": "sync"}  # no seed
+
+
+def _entries(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def _outcomes(results):
+    keep = ("task", "episode_index", "seed", "success", "sum_reward", "max_reward", "length", "error")
+    return [{k: e.get(k) for k in keep} for e in results["per_episode"]]
+
+
+def test_a_job_interrupted_part_way_resumes_its_finished_episodes_and_drawn_seed(tmp_path):
+    job = Job("walk", "walkto/fast,walkto/slow", PolicyServerAddress("127.0.0.1", 1), dict(WALK))
+    path = tmp_path / "batch_results.json"
+    with pytest.raises(KeyboardInterrupt):
+        run_batch([job], path, policy_factory=lambda server: InterruptOnCall(call=5))
+    interrupted = json.loads(path.read_text())
+    assert interrupted["status"] == "interrupted" and interrupted["jobs"][0]["status"] == "pending"
+    job_dir = tmp_path / "jobs" / "walk"
+    kept = _entries(job_dir / "episodes.jsonl")
+    assert 1 <= len(kept) < 6
+
+    policies = []
+    batch = run_batch([job], path, policy_factory=lambda server: policies.append(ConstantPolicy()) or policies[-1],
+                      previous=interrupted)
+    record = batch["jobs"][0]
+    assert record["status"] == "done" and record["resumed_episodes"] == len(kept)
+    logged = [(e["task"], e["episode_index"]) for e in _entries(job_dir / "episodes.jsonl")]
+    assert len(logged) == len(set(logged)) == 6  # the kept episodes did not run again
+    seed = json.loads((job_dir / "run.json").read_text())["config"]["seed"]
+    assert {e["seed"] - e["episode_index"] for e in record["results"]["per_episode"]} == {seed}
+    whole = run_suite(ConstantPolicy(), job.env_name, RolloutConfig(env_name=job.env_name, seed=seed, **WALK))
+    assert _outcomes(record["results"]) == _outcomes(whole)
+
+
+def test_a_job_whose_settings_changed_starts_over_keeping_the_old_log_aside(tmp_path):
+    path = tmp_path / "batch_results.json"
+    first = Job("walk", "walkto/fast", PolicyServerAddress("127.0.0.1", 1), {**WALK, "seed": 0})
+    with pytest.raises(KeyboardInterrupt):
+        run_batch([first], path, policy_factory=lambda server: InterruptOnCall(call=3))
+    edited = Job("walk", "walkto/fast", PolicyServerAddress("127.0.0.1", 1), {**WALK, "seed": 0, "n_episodes": 2})
+    batch = run_batch([edited], path, policy_factory=lambda server: ConstantPolicy(), previous=json.loads(path.read_text()))
+    assert batch["jobs"][0]["resumed_episodes"] == 0 and batch["jobs"][0]["results"]["overall"]["n_episodes"] == 2
+    assert (tmp_path / "jobs" / "walk" / "episodes.replaced.jsonl").is_file()
+
+
+def test_job_folders_are_safe_file_names_and_distinct(tmp_path):
+    from gr00t_eval.batch import job_dir_name
+
+    assert job_dir_name("mt3-smoke") == "mt3-smoke"
+    assert job_dir_name("a/b") != job_dir_name("a b") and "/" not in job_dir_name("a/b")
+    assert job_dir_name("../x").startswith("x-")

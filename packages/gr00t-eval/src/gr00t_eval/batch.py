@@ -9,23 +9,28 @@ runs the jobs that are not done. IsaacLab-Arena's job field names are accepted a
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from gr00t_client import BasePolicy, PolicyClient
 
+from .metrics import EpisodeOutcome
 from .results import write_results
-from .rollout.runner import RolloutConfig
+from .rollout.runner import RolloutConfig, draw_base_seed
+from .run_dir import EPISODE_LOG_FILENAME, RUN_FILENAME, EpisodeLog
 from .shard import run_suite
 
 logger = logging.getLogger(__name__)
 
 BATCH_RESULTS_FILENAME = "batch_results.json"
+JOBS_DIRNAME = "jobs"  # OUTPUT_DIR/jobs/<job>/: each job's run.json and episodes.jsonl
 JOB_KEYS = {"name", "env_name", "policy_server", "n_episodes", "max_episode_steps", "n_envs", "seed", "overrides", "policy_type"}
 # IsaacLab-Arena job fields -> ours (policy_config_dict and arena_env_args are translated in _arena_fields).
 ARENA_ALIASES = {"num_episodes": "n_episodes", "num_envs": "n_envs", "num_steps": "max_episode_steps"}
@@ -227,19 +232,57 @@ def _episode_errors(results: Mapping[str, Any]) -> Optional[str]:
     return f"{len(errored)} of {len(results['per_episode'])} episodes errored, e.g. {errored[0]['error']}"
 
 
-def run_job(job: Job, policy_factory: Callable[[PolicyServerAddress], BasePolicy] = connect, progress: bool = False) -> Dict[str, Any]:
+def job_dir_name(name: str) -> str:
+    """The folder of a job's run files: its name when that is a safe file name, else a slug plus a short hash."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")[:80]
+    return slug if slug == name else f"{slug or 'job'}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+
+
+def prepare_job_dir(job_dir: Path, config: RolloutConfig) -> Tuple[RolloutConfig, List[EpisodeOutcome]]:
+    """A job's run.json and episodes.jsonl, like a rollout's: resume what they hold when the job is unchanged.
+
+    Returns the config to run (with the base seed saved at the job's first start) and the episodes logged
+    by an earlier, unfinished attempt. A job whose settings changed since starts over; its old log is kept
+    as episodes.replaced.jsonl.
+    """
+    job_dir.mkdir(parents=True, exist_ok=True)
+    planned = dataclasses.asdict(config)
+    run_file, log = job_dir / RUN_FILENAME, job_dir / EPISODE_LOG_FILENAME
+    saved = json.loads(run_file.read_text()) if run_file.is_file() else None
+    if saved is not None and saved.get("job_config") == json.loads(json.dumps(planned)):
+        return RolloutConfig(**saved["config"]), [EpisodeOutcome.from_json_dict(e) for e in EpisodeLog(log).read()]
+    if saved is not None and log.is_file():
+        logger.warning("job settings changed since %s was written; running the job from the start", log)
+        log.replace(job_dir / "episodes.replaced.jsonl")
+    if config.seed is None:  # drawn once and saved, so a resumed job keeps every episode's seed
+        config = dataclasses.replace(config, seed=draw_base_seed())
+    write_results(run_file, {"job_config": planned, "config": dataclasses.asdict(config)})
+    return config, []
+
+
+def run_job(job: Job, policy_factory: Callable[[PolicyServerAddress], BasePolicy] = connect, progress: bool = False,
+            job_dir: Optional[Path] = None) -> Dict[str, Any]:
     """Run one job; returns its record {name, status done|failed, reason, n_errors, wall_s, results}.
 
-    KeyboardInterrupt propagates (the batch marks the job pending again).
+    With `job_dir` every episode is logged there the moment it ends, and a job run again (batch --resume)
+    keeps the episodes that finished and runs only the missing and errored ones. KeyboardInterrupt
+    propagates (the batch marks the job pending again).
     """
     start = time.perf_counter()
     record: Dict[str, Any] = {"name": job.name, "env_name": job.env_name, "policy_server": str(job.server),
                               "status": DONE, "reason": None, "n_errors": 0, "results": None}
     policy = None
     try:
-        config = job.rollout_config()
+        config, done = job.rollout_config(), []
+        on_episode = None
+        if job_dir is not None:
+            config, done = prepare_job_dir(job_dir, config)
+            log = EpisodeLog(job_dir / EPISODE_LOG_FILENAME)
+            on_episode = lambda outcome: log.append(outcome.to_json_dict())  # noqa: E731
+            record["episode_log"] = str(log.path)
+            record["resumed_episodes"] = sum(1 for outcome in done if outcome.error is None)
         policy = policy_factory(job.server)
-        results = run_suite(policy, job.env_name, config, progress=progress)
+        results = run_suite(policy, job.env_name, config, progress=progress, on_episode=on_episode, done=done)
         record["results"] = results
         record["n_errors"] = results["overall"].get("n_errors", 0)
         if results.get("status") == "interrupted":
@@ -286,7 +329,8 @@ def run_batch(jobs: Sequence[Union[Job, JobError]], output_path: Optional[Union[
               previous: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """Run jobs in order; the combined file is rewritten after each job so a crash keeps the finished ones.
 
-    `previous` (an earlier batch_results.json of the same jobs) resumes: jobs it marks done are kept, not rerun.
+    `previous` (an earlier batch_results.json of the same jobs) resumes: jobs it marks done are kept, not rerun,
+    and the others keep the episodes logged in their run folder (OUTPUT_DIR/jobs/<name>/, with `output_path`).
     On Ctrl-C/SIGTERM the running job goes back to pending, the file says "status": "interrupted", and
     KeyboardInterrupt propagates.
     """
@@ -303,12 +347,14 @@ def run_batch(jobs: Sequence[Union[Job, JobError]], output_path: Optional[Union[
             write_results(output_path, batch)
 
     save()
+    jobs_dir = None if output_path is None else Path(output_path).parent / JOBS_DIRNAME
     for index, job in enumerate(jobs):
         if isinstance(job, JobError) or batch["jobs"][index]["status"] == DONE:
             continue
         logger.info("job %d/%d: %s (%s on %s)", index + 1, len(jobs), job.name, job.env_name, job.server)
         try:
-            batch["jobs"][index] = run_job(job, policy_factory, progress)
+            batch["jobs"][index] = run_job(job, policy_factory, progress,
+                                           None if jobs_dir is None else jobs_dir / job_dir_name(job.name))
         except KeyboardInterrupt:
             batch["status"] = "interrupted"
             _count(batch)
