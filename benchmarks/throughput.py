@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from gr00t_client import BasePolicy, PolicyClient
+from gr00t_server.serving.batching import DEFAULT_BATCH_TIMEOUT_MS
 
 
 class SleepPolicy(BasePolicy):
@@ -225,11 +226,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per point (ignored with --requests)")
     parser.add_argument("--requests", type=int, default=None, help="requests per client per point instead of a duration")
     parser.add_argument("--max-batch-size", type=int, default=16, help="rows per policy call with batching on")
-    parser.add_argument("--batch-timeout-ms", type=float, default=5.0, help="longest wait for a batch to fill")
+    parser.add_argument("--batch-timeout-ms", type=float, default=DEFAULT_BATCH_TIMEOUT_MS,
+                        help=f"cap of the adaptive gather window (default {DEFAULT_BATCH_TIMEOUT_MS:g}, the server's)")
     parser.add_argument("--base-ms", type=float, default=20.0, help="sleep policy: fixed cost per call")
     parser.add_argument("--per-row-ms", type=float, default=1.0, help="sleep policy: cost per row")
     parser.add_argument("--target-k", type=int, default=8)
     parser.add_argument("--target-speedup", type=float, default=4.0)
+    parser.add_argument("--target-ideal-fraction", type=float, default=0.85,
+                        help="sleep policy, batching on, K=16: req/s at least this fraction of the ideal")
     return parser.parse_args(argv)
 
 
@@ -264,6 +268,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     ups = speedups(points)
     for (policy, clients), up in sorted(ups.items()):
         print(f"  {policy:<16} K={clients:<3} {up:5.2f}x")
+    sleep_points = [p for p in points if p.policy.startswith("sleep")]
+    if sleep_points:
+        print("\nsleep policy vs ideal (every call a full batch of min(K, max batch) rows, back to back):")
+        for point in sleep_points:
+            rows = min(point.clients, args.max_batch_size) if point.batching else 1
+            ideal = rows / ((args.base_ms + args.per_row_ms * rows) / 1000.0)
+            p99 = float(np.percentile(point.latencies_ms, 99)) if len(point.latencies_ms) else float("nan")
+            fraction = point.requests_per_s / ideal
+            verdict = ""
+            if point.batching and point.clients == 16:
+                verdict = " PASS" if fraction >= args.target_ideal_fraction else " FAIL"
+            print(f"  K={point.clients:<3} batching {'on ' if point.batching else 'off'} {point.requests_per_s:8.1f} / "
+                  f"{ideal:8.1f} req/s = {fraction:6.1%} of ideal, p99 {p99:7.1f} ms{verdict}")
     target = next((up for (policy, clients), up in ups.items() if policy.startswith("sleep") and clients == args.target_k), None)
     if target is not None:
         verdict = "PASS" if target >= args.target_speedup else "FAIL"

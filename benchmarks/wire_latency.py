@@ -207,6 +207,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     for case, label, payload_mib, off, on in rows:
         print(f"{case:40s} {payload_mib:11.2f}  {label:34s} {_cells(off, p50)} {_cells(on, p50)} "
               f"{_cells(off, p99)} {_cells(on, p99)} {_cells(off, statistics.fmean)} {_cells(on, statistics.fmean):>10s}")
+    print("\np50 / raw ZeroMQ floor p50 (same run, CURVE off; target <= 1.5x for both of our wire formats):")
+    floors = {case: p50(off) for case, label, _mib, off, _on in rows if label.startswith("raw ZeroMQ") and off}
+    for case, label, _mib, off, _on in rows:
+        if off and case in floors and not label.startswith("raw ZeroMQ"):
+            print(f"  {case:40s} {label:34s} {p50(off) / floors[case]:5.2f}x")
 
 
 if __name__ == "__main__":
