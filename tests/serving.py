@@ -1,10 +1,15 @@
-"""A PolicyServer on a random loopback port, served in a thread and always stopped: shared by the tests."""
+"""Servers for the tests: a PolicyServer in a thread (running_server) and `gr00t-server` subprocesses (served)."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
+import subprocess
+import sys
 import threading
-from typing import Any, Iterator
+import time
+from typing import Any, Dict, Iterator, List, Optional
 
 from gr00t_client import BasePolicy
 from gr00t_server.server import PolicyServer
@@ -23,3 +28,52 @@ def running_server(policy: BasePolicy, **kwargs: Any) -> Iterator[PolicyServer]:
         server.stop()
         thread.join(10)
         assert not thread.is_alive(), "PolicyServer.run() did not return after stop()"
+
+
+READY = "Server is ready and listening on tcp://"
+SERVER_CLI = [sys.executable, "-c", "import sys; from gr00t_server.cli import main; sys.exit(main())"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_serve(*args: str, env: Optional[Dict[str, str]] = None) -> subprocess.Popen:
+    """`gr00t-server ARGS...` in a subprocess, stdout and stderr merged into one text pipe."""
+    return subprocess.Popen([*SERVER_CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env or os.environ.copy())
+
+
+def wait_ready(proc: subprocess.Popen, timeout_s: float = 60.0) -> List[str]:
+    """The lines a server printed up to and including its ready line; kills it and fails if that never comes."""
+    lines: List[str] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line.rstrip("\n"))
+        if line.startswith(READY):
+            return lines
+    proc.kill()
+    raise AssertionError("server never printed the ready line:\n" + "\n".join(lines))
+
+
+@contextlib.contextmanager
+def served(*args: str, timeout_s: float = 120.0) -> Iterator[subprocess.Popen]:
+    """A `gr00t-server` subprocess that is ready on entry and terminated (then killed) on exit; its further
+    output is drained in a thread so a chatty server never blocks on a full pipe."""
+    proc = start_serve(*args)
+    wait_ready(proc, timeout_s)
+    threading.Thread(target=proc.stdout.read, daemon=True).start()
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()

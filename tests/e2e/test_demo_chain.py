@@ -5,11 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -17,18 +12,13 @@ import pytest
 os.environ.setdefault("MUJOCO_GL", "egl")  # before anything imports mujoco; inherited by env workers
 
 from gr00t_eval.cli import main as eval_main  # noqa: E402
+from serving import free_port, served  # noqa: E402
 
 pytest.importorskip("metaworld")
 pytestmark = [pytest.mark.sim, pytest.mark.slow]
 
 N_EPISODES = 4
 EXECUTION_HORIZON = 8
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -41,33 +31,11 @@ def dataset(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def replay_server(dataset):
-    port = _free_port()
-    command = [sys.executable, "-c", "import sys; from gr00t_server.cli import main; sys.exit(main())", "serve",
-               "--dataset-path", str(dataset), "--embodiment-tag", "new_embodiment",
-               "--execution-horizon", str(EXECUTION_HORIZON), "--use-sim-policy-wrapper", "--port", str(port)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    ready = threading.Event()
-    output = []
-
-    def pump():
-        for line in process.stdout:
-            output.append(line)
-            if "Server is ready and listening on" in line:
-                ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    deadline = time.monotonic() + 90
-    while not ready.is_set() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if not ready.is_set():
-        process.kill()
-        pytest.fail("replay server did not start:\n" + "".join(output))
-    yield port, dataset
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    port = free_port()
+    with served("serve", "--dataset-path", str(dataset), "--embodiment-tag", "new_embodiment",
+                "--execution-horizon", str(EXECUTION_HORIZON), "--use-sim-policy-wrapper", "--port", str(port),
+                timeout_s=90):
+        yield port, dataset
 
 
 def test_open_loop_against_the_replay_server_has_zero_error(replay_server, tmp_path, capsys):

@@ -6,11 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 from typing import Iterator, Tuple
 
@@ -19,6 +15,7 @@ import pytest
 os.environ.setdefault("MUJOCO_GL", "egl")  # before anything imports mujoco; inherited by env workers
 
 from gr00t_eval.cli import main as eval_main  # noqa: E402
+from serving import SERVER_CLI, free_port, served  # noqa: E402
 
 pytest.importorskip("metaworld")
 pytest.importorskip("torch")
@@ -27,15 +24,8 @@ pytestmark = [pytest.mark.sim, pytest.mark.slow]
 HORIZON = 8
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _run_server_cli(*args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-c", "import sys; from gr00t_server.cli import main; sys.exit(main())", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=180)
+    return subprocess.run([*SERVER_CLI, *args], capture_output=True, text=True, timeout=180)
 
 
 @pytest.fixture(scope="module")
@@ -52,33 +42,10 @@ def checkpoint(tmp_path_factory) -> Tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def model_server(checkpoint) -> Iterator[Tuple[int, Path]]:
     ckpt, dataset = checkpoint
-    port = _free_port()
-    command = [sys.executable, "-c", "import sys; from gr00t_server.cli import main; sys.exit(main())", "serve",
-               "--model-path", str(ckpt), "--embodiment-tag", "new_embodiment", "--use-sim-policy-wrapper",
-               "--device", "cpu", "--port", str(port)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    ready = threading.Event()
-    output = []
-
-    def pump() -> None:
-        for line in process.stdout:
-            output.append(line)
-            if "Server is ready and listening on" in line:
-                ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    deadline = time.monotonic() + 120
-    while not ready.is_set() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if not ready.is_set():
-        process.kill()
-        pytest.fail("model server did not start:\n" + "".join(output))
-    yield port, dataset
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    port = free_port()
+    with served("serve", "--model-path", str(ckpt), "--embodiment-tag", "new_embodiment", "--use-sim-policy-wrapper",
+                "--device", "cpu", "--port", str(port)):
+        yield port, dataset
 
 
 def test_checkpoint_carries_the_dataset_keys_and_statistics(checkpoint):

@@ -6,7 +6,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +14,7 @@ import pytest
 from eval.dataset_factory import ACTION_DIMS, expected_actions, make_dataset
 from gr00t_client import PolicyClient
 
-READY = "Server is ready and listening on tcp://"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from serving import READY, free_port as _free_port, wait_ready as _wait_ready
 
 
 def _cli(*args: str) -> list:
@@ -37,19 +30,6 @@ def _start(args, env=None) -> subprocess.Popen:
     return subprocess.Popen(
         _cli(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env or os.environ.copy()
     )
-
-
-def _wait_ready(proc: subprocess.Popen, timeout_s: float = 60.0) -> list:
-    lines, deadline = [], time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line.rstrip("\n"))
-        if line.startswith(READY):
-            return lines
-    proc.kill()
-    raise AssertionError("server never printed the ready line:\n" + "\n".join(lines))
 
 
 def test_serve_replay_answers_ping_get_action_and_kill(dataset):

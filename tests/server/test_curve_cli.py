@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,13 +14,7 @@ from gr00t_client import HandshakeError, PolicyClient
 from gr00t_client.curve import key_fingerprint, load_public_key
 from gr00t_server.cli import main
 
-READY = "Server is ready and listening on tcp://"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from serving import READY, free_port as _free_port, wait_ready
 
 
 @pytest.fixture(scope="module")
@@ -44,16 +36,7 @@ def _serve(dataset: Path, port: int, *extra: str, env=None) -> subprocess.Popen:
 
 
 def _ready_line(proc: subprocess.Popen, timeout_s: float = 60.0) -> str:
-    deadline, lines = time.monotonic() + timeout_s, []
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line.rstrip("\n"))
-        if line.startswith(READY):
-            return line.rstrip("\n")
-    proc.kill()
-    raise AssertionError("no ready line:\n" + "\n".join(lines))
+    return wait_ready(proc, timeout_s)[-1]
 
 
 def test_serve_with_curve_prints_the_fingerprint_and_admits_only_authorized_clients(dataset, keys):
