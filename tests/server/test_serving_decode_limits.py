@@ -11,7 +11,7 @@ import zmq
 from reference_peer import EchoPolicy, raw_round_trip
 from serving import running_server
 
-from gr00t_client import PolicyClient, PolicyServerError, codec
+from gr00t_client import PolicyClient, codec
 from gr00t_server.serving import ServerLimits
 
 

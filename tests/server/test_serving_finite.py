@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from reference_peer import EchoPolicy, libero_like_configs, libero_like_observation
+from reference_peer import EchoPolicy, libero_like_observation
 from serving import running_server
 
 from gr00t_client import BasePolicy, ObservationError, PolicyClient, PolicyServerError

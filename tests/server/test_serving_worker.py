@@ -4,7 +4,6 @@ dropped before the policy, errors are bounded, internal ones hidden and logged, 
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import subprocess
 import sys
