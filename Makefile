@@ -59,6 +59,8 @@ bench: install
 	$(PY) benchmarks/wire_latency.py
 	$(PY) benchmarks/throughput.py
 	$(PY) benchmarks/policy_latency.py
+	$(PY) benchmarks/preprocessing.py
+	$(PY) benchmarks/amplification_probes.py
 
 lint: install
 	$(VENV)/bin/vermin --target=3.9- --violations --no-tips --eval-annotations packages/gr00t-client/src
