@@ -19,6 +19,11 @@ logger = logging.getLogger("gr00t_server.serving")
 # Messages ZeroMQ may hold per connection before it stops reading that peer (back-pressure). A REQ client has
 # one request outstanding; the default of 1000 let one connection park 1000 x max_message_bytes in the server.
 RECEIVE_HWM = 4
+# pyzmq's flags are enum.Flag members: every `|` and every call converts them in Python (~7 enum calls per request
+# on the hot path), so the socket thread uses their plain int values.
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE = int(zmq.SNDMORE)
+_POLLIN = int(zmq.POLLIN)
 
 
 class Transport:
@@ -83,11 +88,20 @@ class Transport:
 
     def receive(self) -> Optional[List[zmq.Frame]]:
         """One waiting message's frames, or None when none is waiting."""
-        assert self.socket is not None
+        sock = self.socket
+        assert sock is not None
+        # Asking for EVENTS costs less than the zmq.Again a receive burst would otherwise end on.
+        if not sock.getsockopt(zmq.EVENTS) & _POLLIN:
+            return None
         try:
-            return self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+            frame = sock.recv(_NOBLOCK, copy=False)
         except zmq.Again:
             return None
+        frames = [frame]
+        while frame.more:  # a message's frames arrive together; Frame.more saves a getsockopt per frame
+            frame = sock.recv(_NOBLOCK, copy=False)
+            frames.append(frame)
+        return frames
 
     def send(self, routing: List[Any], frames: List[Any], peer: Optional[str]) -> None:
         """Send a reply; a peer that went away is logged, not raised."""
@@ -95,7 +109,10 @@ class Transport:
         try:
             # Frames are owned, immutable bytes (the server copies policy buffers when it encodes), so ZeroMQ may
             # send large ones without another copy.
-            self.socket.send_multipart(list(routing) + list(frames), copy=False)
+            parts = [*routing, *frames]
+            last = len(parts) - 1
+            for index, part in enumerate(parts):
+                self.socket.send(part, _SNDMORE if index < last else 0, copy=False)
         except zmq.ZMQError as exc:  # the peer went away; nothing to answer
             logger.warning("could not send reply to %s: %s", peer or "local", exc)
 
