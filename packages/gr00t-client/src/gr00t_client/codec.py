@@ -285,10 +285,11 @@ def _unpack(data: BufferLike, object_hook: Callable[[Dict[Any, Any]], Any], limi
         return msgpack.unpackb(data, object_hook=object_hook, raw=False, strict_map_key=False, **extra)
     size = memoryview(data).nbytes
     budget = limits.item_budget(size)
-    used = [0]
+    used = [0, 0]  # items spent, containers seen
 
     def spend(count: int) -> None:
         used[0] += count + 1
+        used[1] += 1
         if used[0] > budget:
             raise DecodeLimitError(
                 f"message of {size} bytes holds more than {budget} maps, arrays and entries (the decode limit for "
@@ -313,7 +314,9 @@ def _unpack(data: BufferLike, object_hook: Callable[[Dict[Any, Any]], Any], limi
         if "exceeds max_" in str(exc):  # a length header over the budget, refused before allocating
             raise DecodeLimitError(f"message of {size} bytes exceeds a decode limit: {exc}") from exc
         raise
-    if isinstance(value, (dict, list)):
+    # Every level of nesting is a container the hooks counted, so a message of few containers cannot be too deep:
+    # the second walk is only needed for messages with more containers than levels allowed.
+    if used[1] > limits.max_depth and isinstance(value, (dict, list)):
         _check_depth(value, limits.max_depth)
     return value
 
