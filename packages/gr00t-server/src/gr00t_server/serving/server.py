@@ -98,6 +98,7 @@ class PolicyServer:
         if batch_timeout_ms < 0:
             raise ValueError(f"batch_timeout_ms must be >= 0, got {batch_timeout_ms}")
         self.policy = policy
+        self._sessions_of: Optional[Tuple[Any, bool]] = None  # (policy, whether its chain keeps sessions)
         self.host = normalize_host(host)
         self.port = int(port)
         self.api_token = api_token or None
@@ -198,6 +199,15 @@ class PolicyServer:
 
     @property
     def _policy_uses_sessions(self) -> bool:
+        # Asked 2-3 times per request: the wrapper chain is walked once per policy object (re-walked if replaced).
+        cached = self._sessions_of
+        if cached is not None and cached[0] is self.policy:
+            return cached[1]
+        uses = self._walk_for_sessions()
+        self._sessions_of = (self.policy, uses)
+        return uses
+
+    def _walk_for_sessions(self) -> bool:
         policy: Any = self.policy
         seen = set()
         while policy is not None and id(policy) not in seen:  # wrappers chain through `.policy`
