@@ -262,3 +262,56 @@ def test_npsave_server_error_replies_raise_policy_server_error(npsave_server):
         client.get_modality_config()
         with pytest.raises(PolicyServerError, match="Unknown endpoint: nope"):
             client.call_endpoint("nope")
+
+
+# --- N1/N1.5 clients (gr00t/eval/service.py) against our server ---------------------------------------
+
+
+class FlatKeysPolicy(BasePolicy):
+    """A policy that takes the flat N1.5 observation keys (as Gr00tSimPolicyWrapper does) and returns flat actions."""
+
+    def __init__(self) -> None:
+        super().__init__(strict=False)
+        self.observations: list = []
+
+    def _get_action(self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None) -> tuple:
+        self.observations.append(observation)
+        state = observation["state.x"]
+        return {"action.x": (state * np.float32(2.0)).astype(np.float32)}, {"options": options}
+
+    def reset(self, options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        return {}
+
+
+def n15_observation() -> Dict[str, Any]:
+    return {
+        "video.image": np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3),
+        "state.x": np.array([[0.5, -1.25]], np.float32),
+        "annotation.human.task_description": ["pick up the cube"],
+    }
+
+
+def test_an_n15_client_gets_the_action_dict_alone_from_our_server():
+    with running_server(FlatKeysPolicy()) as server, ReferenceClient(server.port, generation="n15") as client:
+        sent = n15_observation()
+        action = client.get_action(sent)
+        received = server.policy.observations[-1]
+    assert sorted(received) == sorted(sent)
+    assert np.array_equal(received["video.image"], sent["video.image"])
+    assert received["annotation.human.task_description"] == ["pick up the cube"]
+    assert list(action) == ["action.x"]
+    assert isinstance(action["action.x"], np.ndarray) and action["action.x"].dtype == np.float32
+    assert np.array_equal(action["action.x"], sent["state.x"] * 2)
+
+
+def test_an_n15_client_error_comes_back_as_an_error_map():
+    with running_server(FlatKeysPolicy()) as server, ReferenceClient(server.port, generation="n15") as client:
+        with pytest.raises(RuntimeError, match="state.x"):
+            client.get_action({"video.image": np.zeros((1, 2, 2, 3), np.uint8)})
+        assert client.call_endpoint("ping", requires_input=False)["status"] == "ok"
+
+
+def test_an_npsave_request_with_an_observation_map_is_not_taken_for_n15(our_server):
+    with ReferenceClient(our_server.port, generation="npsave") as client:
+        action, info = client.get_action(observation(seed=2), None)
+    assert isinstance(action, dict) and info == {"options": None}

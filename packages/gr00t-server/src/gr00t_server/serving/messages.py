@@ -20,6 +20,7 @@ TIMEOUT_FIELD = "timeout_ms"  # the client's remaining budget, sent in the envel
 WIRE_MULTIPART = "multipart"
 WIRE_MSGPACK = "msgpack"  # the current reference format (msgpack-numpy arrays)
 WIRE_NPSAVE = "npsave"  # the np.save era: `__ndarray_class__`/`as_npy` arrays, `__ModalityConfig_class__`
+WIRE_N15 = "n15"  # N1/N1.5 service.py: np.save arrays, get_action's data the flat observation, the action alone back
 
 
 class RequestError(Exception):
@@ -135,8 +136,26 @@ def deadline_of(envelope: Dict[str, Any], received_at: float) -> Optional[float]
     return received_at + min(float(timeout_ms), 1e9) / 1000.0
 
 
+def adopt_n15_get_action(request: Request) -> None:
+    """An N1/N1.5 get_action (np.save arrays, `data` the flat observation itself, no observation/options map) is
+    served as {"observation": data} and answered with the action dict alone (WIRE_N15)."""
+    data = request.data
+    if (
+        request.endpoint == "get_action"
+        and request.wire_format == WIRE_NPSAVE
+        and isinstance(data, dict)
+        and data
+        and "observation" not in data
+        and "options" not in data
+    ):
+        request.data = {"observation": data, "options": None}
+        request.wire_format = WIRE_N15
+
+
 def encode_reply(request: Request, body: Any, ok: bool) -> List[Any]:
     """A result or error in the format the request came in (our errors carry ERROR_MARKER in the reference format)."""
+    if request.wire_format == WIRE_N15:  # service.py's client reads the action dict alone
+        return [codec.encode_early_n16(body[0] if ok else {"error": body, ERROR_MARKER: True, "endpoint": request.endpoint})]
     # A get_modality_config request carries no array to tell an np.save-era client by, and its reply no array to
     # encode: the np.save-era encoder writes ModalityConfig with both markers, which every upstream decoder reads.
     if request.wire_format == WIRE_NPSAVE or (not request.multipart and request.endpoint == "get_modality_config"):

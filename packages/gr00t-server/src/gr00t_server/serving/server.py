@@ -28,6 +28,7 @@ from .messages import (
     WIRE_MULTIPART,
     WIRE_NPSAVE,
     Request,
+    adopt_n15_get_action,
     RequestError,
     check_envelope,
     deadline_of,
@@ -490,6 +491,7 @@ class PolicyServer:
             request.decode_ms = (time.monotonic() - received_at) * 1000.0
             request.endpoint = envelope.get("endpoint", "get_action")
             request.data = envelope.get("data", {}) if "data" in envelope else {}
+            adopt_n15_get_action(request)
             request.session = session_of(envelope, self.limits.max_session_id_chars) or request.session
             request.deadline = deadline_of(envelope, received_at)
             return request
