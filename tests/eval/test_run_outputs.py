@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -99,6 +100,7 @@ def test_every_episode_seed_is_recorded_from_a_random_base_seed_saved_in_run_jso
 
 # --- dead server ------------------------------------------------------------------------------------
 
+PORT_LINE = re.compile(r"PORT (\d+)")
 SERVER_SCRIPT = """
 import sys, time
 sys.path.insert(0, {tests!r})
@@ -111,7 +113,9 @@ class Slow(ConstantPolicy):
         return super()._get_action(observation, options)
 
 with running_server(Slow()) as server:
-    print("PORT", server.port, flush=True)
+    # one write, read back with a search: the server thread's ready line may interleave with this one
+    sys.stdout.write("PORT %d\\n" % server.port)
+    sys.stdout.flush()
     time.sleep(600)
 """
 
@@ -138,7 +142,7 @@ def _wait_for_episodes(log: Path, count: int, process, timeout: float = 60.0) ->
 def test_a_server_killed_mid_rollout_stops_the_run_within_the_timeout_keeping_finished_episodes(tmp_path):
     server = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT.format(tests=str(TESTS_DIR))], stdout=subprocess.PIPE, text=True)
     try:
-        port = int(next(line for line in server.stdout if line.startswith("PORT")).split()[1])
+        port = int(next(match for match in map(PORT_LINE.search, server.stdout) if match).group(1))
         out = tmp_path / "out"
         rollout = _eval_process(["rollout", "--env-name", "walkto/slow", "--policy-client-port", str(port), "--output-dir",
                                  str(out), "--timeout-ms", "2000", "--n-episodes", "500", "--env-import", "eval.scale_fixtures",
