@@ -86,3 +86,13 @@ def test_an_interrupted_record_leaves_a_dataset_that_loads_with_the_finished_epi
     assert [dataset.episode(i).extras["seed"] for i in range(dataset.num_episodes)] == list(range(dataset.num_episodes))
     assert dataset.episode(dataset.num_episodes - 1).actions("eef_delta").shape[0] == dataset.episode_lengths[-1]
     assert "INTERRUPTED" in output
+
+
+def test_a_misspelt_metaworld_task_is_one_line_exit_2_before_connecting_or_writing(tmp_path, capsys):
+    out = tmp_path / "never"
+    code = main(["rollout", "--env-name", "metaworld/reech-v3", "--n-episodes", "1", "--policy-client-port", "1",
+                 "--timeout-ms", "60000", "--output-dir", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and "unknown Meta-World task 'reech-v3'" in err[0] and "reach-v3" in err[0]
+    assert not out.exists()

@@ -101,7 +101,7 @@ def _rollout_output_dir(args: argparse.Namespace, label: str, shard: Any) -> Pat
 
 def _check_rollout_args(args: argparse.Namespace) -> None:
     from .cli_errors import UsageError
-    from .rollout import embodiment_for_env
+    from .rollout.envs import check_env_name
     from .suites import resolve_tasks
 
     if args.n_episodes < 1:
@@ -114,7 +114,7 @@ def _check_rollout_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--max-episodes-rendered must be >= 0, got {args.max_episodes_rendered}")
     try:
         for task in resolve_tasks(args.env_name)[0]:  # a bad env name fails before any connection is made
-            embodiment_for_env(task.env_name)
+            check_env_name(task.env_name)
     except (ValueError, KeyError) as exc:
         raise UsageError(str(exc).strip("\"'") if isinstance(exc, KeyError) else str(exc)) from None
 

@@ -112,6 +112,24 @@ def env_factory(env_name: str, **kwargs: Any) -> EnvFactory:
     return EnvFactory(env_name, adapter, tuple(sorted(kwargs.items())), spec)
 
 
+def check_env_name(env_name: str) -> None:
+    """Refuse an env name that cannot be built, before a run starts: an unknown prefix, or a task its adapter's module
+    says it does not have (an adapter module may define `check_task(task)`, which raises ValueError)."""
+    embodiment_for_env(env_name)
+    prefix, task = split_env_name(env_name)
+    adapter = _ADAPTERS.get(prefix)
+    if not isinstance(adapter, str):
+        return
+    module_name, _, _ = adapter.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:  # the simulator is missing: building the env says so, naming the extra
+        return
+    check_task = getattr(module, "check_task", None)
+    if check_task is not None:
+        check_task(task)
+
+
 def make_env(env_name: str, **kwargs: Any) -> gym.Env:
     """Build one raw (flat GR00T format) env by name."""
     return env_factory(env_name, **kwargs)()

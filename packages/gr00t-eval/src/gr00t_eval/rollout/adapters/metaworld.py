@@ -51,6 +51,14 @@ def _import_metaworld():
     return mujoco, ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE, ENV_POLICY_MAP
 
 
+def check_task(task: str) -> None:
+    """ValueError naming the known tasks when Meta-World has no task `task` (used before a run starts)."""
+    _, envs, _ = _import_metaworld()
+    if f"{task}-goal-observable" not in envs:
+        known = ", ".join(sorted(k.removesuffix("-goal-observable") for k in envs))
+        raise ValueError(f"unknown Meta-World task {task!r}; expected one of: {known}")
+
+
 class MetaWorldEnv(gym.Env):
     """A Meta-World task with goal-observable state, rendered by `camera` at `image_size` pixels."""
 
@@ -58,10 +66,8 @@ class MetaWorldEnv(gym.Env):
 
     def __init__(self, task: str, image_size: int = 64, camera: str = DEFAULT_CAMERA, seed: int = 0) -> None:
         mujoco, envs, _ = _import_metaworld()
+        check_task(task)
         key = f"{task}-goal-observable"
-        if key not in envs:
-            known = ", ".join(sorted(k.removesuffix("-goal-observable") for k in envs))
-            raise ValueError(f"unknown Meta-World task {task!r}; expected one of: {known}")
         self.task = task
         self.camera = camera
         self.image_size = int(image_size)
