@@ -88,3 +88,23 @@ def test_in_a_batch_only_the_client_whose_rotation_is_degenerate_gets_the_error(
             thread.join(20)
     assert isinstance(results["bad"], PolicyServerError) and "'eef_9d' rows [0]" in results["bad"].server_message
     assert np.isfinite(results["good"][0]["eef_9d"]).all()
+
+
+def test_the_real_checkpoint_with_an_all_zero_eef_9d_row_gets_an_error_naming_that_state_only(tiny_checkpoint):
+    pytest.importorskip("torch")
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+    from gr00t_server.test_checkpoint import example_observation
+
+    policy = Gr00tPolicy(tiny_checkpoint, "new_embodiment", device="cpu")
+    observation = example_observation(tiny_checkpoint, "new_embodiment", batch_size=2, image_size=(32, 32))
+    observation["state"]["eef_9d"][1] = 0.0  # row 1: a degenerate rotation
+    observation["state"]["gripper"][:] = 0.0  # zero grippers are normal and must not be blamed
+    with running_server(policy) as server, PolicyClient(port=server.port, timeout_ms=60000) as client:
+        with pytest.raises(PolicyServerError) as refused:
+            client.get_action(observation)
+        observation["state"]["eef_9d"][1] = observation["state"]["eef_9d"][0]
+        action, _ = client.get_action(observation)
+    message = str(refused.value)
+    assert "action key 'eef_9d' rows [1]" in message and "the action was not sent" in message
+    assert "'state.eef_9d' is all zeros" in message and "gripper" not in message
+    assert all(np.isfinite(value).all() for value in action.values())

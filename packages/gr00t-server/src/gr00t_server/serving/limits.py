@@ -142,20 +142,31 @@ def _float_arrays(observation: Any) -> List[Tuple[str, np.ndarray]]:
     return sorted(found)
 
 
-def _likely_cause(observation: Any, rows: List[int]) -> str:
-    """Name the state keys that are all zeros (or non-finite) in the bad rows: degenerate rotations, mostly."""
+_ROTATION_HINTS = ("rot", "quat", "6d", "9d", "orient", "eef", "pose")
+
+
+def _likely_cause(observation: Any, rows: List[int], action_key: str = "") -> str:
+    """Name the state keys most likely behind a non-finite action: all zeros (or non-finite) in the bad rows, the
+    state of the action's own name first, then rotation-like names; zero grippers or joints are normal, not causes."""
     suspects = []
     for where, array in _float_arrays(observation):
         if rows and max(rows) < array.shape[0]:
             picked = array[rows].reshape(len(rows), -1)
             if picked.size and (not np.isfinite(picked).all() or not picked.any(axis=1).all()):
                 suspects.append(where)
-    if suspects:
-        named = ", ".join(f"'{key}'" for key in suspects[:4])
+    leaf = lambda where: where.rsplit(".", 1)[-1].lower()  # noqa: E731 - 'state.eef_9d' -> 'eef_9d'
+    same_name = [where for where in suspects if action_key and leaf(where) == action_key.lower()]
+    rotation_like = [where for where in suspects if any(hint in leaf(where) for hint in _ROTATION_HINTS)]
+    named = same_name or rotation_like
+    if named:
+        keys = ", ".join(f"'{key}'" for key in named[:4])
         return (
-            f" Likely cause: {named} is all zeros in those rows; a degenerate rotation (an all-zero rotation matrix "
-            "or quaternion, e.g. an eef_9d state of zeros) cannot be normalised."
+            f" Likely cause: {keys} {'is' if len(named) == 1 else 'are'} all zeros in those rows; a degenerate rotation "
+            "(an all-zero rotation matrix or quaternion, e.g. an eef_9d state of zeros) cannot be normalised."
         )
+    if suspects:
+        keys = ", ".join(f"'{key}'" for key in suspects[:4])
+        return f" All zeros in those rows: {keys}; check them for degenerate values and the checkpoint's statistics."
     return " Check the observation for degenerate values (all-zero rotations, constant inputs) and the checkpoint's statistics."
 
 
@@ -169,7 +180,7 @@ def check_finite_action(action: Any, observation: Any) -> None:
             rows = _bad_rows(~np.isfinite(value))
             raise RequestError(
                 f"the policy produced non-finite values (NaN or inf) in action key '{key}' rows {_rows_text(rows)}; "
-                f"the action was not sent.{_likely_cause(observation, rows)}"
+                f"the action was not sent.{_likely_cause(observation, rows, str(key))}"
             )
 
 
