@@ -116,3 +116,23 @@ def test_serve_flags_set_the_limits_and_a_bad_one_is_a_one_line_error():
     assert limits.max_client_queued_bytes == 1024 * 1024
     with pytest.raises(CliError, match="--max-cameras must be an int >= 1, got 0"):
         _server_limits(build_parser().parse_args(["serve", "--dataset-path", "d", "--max-cameras", "0"]))
+
+
+def test_small_float_states_whose_python_sum_overflows_are_still_accepted():
+    # float16 65504 twice sums past float16's range in numpy, and 1e308 twice past float64's in Python:
+    # both arrays are finite, so the fast summed check must fall through to the exact one, not refuse them.
+    from gr00t_server.serving.limits import ServerLimits, check_observation
+
+    check_observation({"state": {"a": np.full((1, 2), 65504, np.float16), "b": np.full((1, 3), 1e308)}}, ServerLimits())
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.complex64, np.complex128])
+def test_one_nan_or_inf_in_a_small_state_is_refused_naming_key_and_row(dtype):
+    from gr00t_server.serving.limits import ServerLimits, check_observation
+    from gr00t_server.serving.messages import RequestError
+
+    for bad in (np.nan, np.inf, -np.inf):
+        state = np.zeros((3, 1, 7), dtype)
+        state[2, 0, 5] = bad
+        with pytest.raises(RequestError, match=r"'state.arm' has non-finite values \(NaN or inf\) in rows \[2\]"):
+            check_observation({"state": {"arm": state}}, ServerLimits())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
@@ -97,6 +98,8 @@ def _array_from_buffer(data: Any, dtype: np.dtype, shape: Any, copy: bool) -> np
     try:
         if not isinstance(shape, (list, tuple)) or (shape and min(shape) < 0):  # reshape reads -1 as "infer"
             raise TypeError("bad shape")
+        if copy and type(data) is bytes:  # a writable copy in one step (frombuffer + .copy() makes two arrays)
+            return np.frombuffer(bytearray(data), dtype=dtype).reshape(shape)
         array = np.frombuffer(data, dtype=dtype).reshape(shape)
     except (TypeError, ValueError) as exc:
         raise _shape_error(data, dtype, shape) from exc
@@ -285,23 +288,30 @@ def _unpack(data: BufferLike, object_hook: Callable[[Dict[Any, Any]], Any], limi
         return msgpack.unpackb(data, object_hook=object_hook, raw=False, strict_map_key=False, **extra)
     size = memoryview(data).nbytes
     budget = limits.item_budget(size)
-    used = [0, 0]  # items spent, containers seen
+    used = 0  # items spent
+    containers = 0  # maps and arrays seen
 
-    def spend(count: int) -> None:
-        used[0] += count + 1
-        used[1] += 1
-        if used[0] > budget:
-            raise DecodeLimitError(
-                f"message of {size} bytes holds more than {budget} maps, arrays and entries (the decode limit for "
-                f"its size); send arrays as numpy arrays, not lists"
-            )
+    def over_budget() -> DecodeLimitError:
+        return DecodeLimitError(
+            f"message of {size} bytes holds more than {budget} maps, arrays and entries (the decode limit for "
+            f"its size); send arrays as numpy arrays, not lists"
+        )
 
+    # The counting is inlined in both hooks: they run once per map and array of every request.
     def counted_map(obj: Dict[Any, Any]) -> Any:
-        spend(len(obj))
+        nonlocal used, containers
+        used += len(obj) + 1
+        containers += 1
+        if used > budget:
+            raise over_budget()
         return object_hook(obj)
 
     def counted_list(obj: List[Any]) -> List[Any]:
-        spend(len(obj))
+        nonlocal used, containers
+        used += len(obj) + 1
+        containers += 1
+        if used > budget:
+            raise over_budget()
         return obj
 
     try:
@@ -316,7 +326,7 @@ def _unpack(data: BufferLike, object_hook: Callable[[Dict[Any, Any]], Any], limi
         raise
     # Every level of nesting is a container the hooks counted, so a message of few containers cannot be too deep:
     # the second walk is only needed for messages with more containers than levels allowed.
-    if used[1] > limits.max_depth and isinstance(value, (dict, list)):
+    if containers > limits.max_depth and isinstance(value, (dict, list)):
         _check_depth(value, limits.max_depth)
     return value
 
@@ -327,10 +337,25 @@ def _raw_bytes(array: np.ndarray) -> memoryview:
     return np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
 
 
+_DTYPE_STRS: Dict[np.dtype, str] = {}  # the wire string of each dtype already accepted for encoding
+
+
+def _dtype_str(dtype: np.dtype) -> str:
+    """dtype.str (built anew on every access) from a cache; object and void dtypes refused."""
+    type_str = _DTYPE_STRS.get(dtype)
+    if type_str is None:
+        _refuse_dtype(dtype, "encoded")
+        type_str = dtype.str
+        if len(_DTYPE_STRS) < 256:
+            _DTYPE_STRS[dtype] = type_str
+    return type_str
+
+
 def _encode_array(array: np.ndarray) -> Dict[bytes, Any]:
-    _refuse_dtype(array.dtype, "encoded")
-    data = _raw_bytes(array)
-    return {b"nd": True, b"type": array.dtype.str, b"kind": b"", b"shape": list(array.shape), b"data": data}
+    type_str = _dtype_str(array.dtype)
+    # Small arrays: one tobytes() copy is cheaper than building a view; large ones are viewed, msgpack copies once.
+    data = array.tobytes() if array.nbytes < _COPY_BELOW_BYTES else _raw_bytes(array)
+    return {b"nd": True, b"type": type_str, b"kind": b"", b"shape": list(array.shape), b"data": data}
 
 
 def _encode_hook(obj: Any) -> Any:
@@ -351,10 +376,45 @@ def _encode_hook(obj: Any) -> Any:
     raise WireEncodeError(f"cannot encode value of type {type(obj).__name__} for the wire")
 
 
+class _Packers(threading.local):
+    """This thread's reusable msgpack Packers.
+
+    msgpack.packb builds a new Packer, and with it a 256 KiB buffer (an mmap, its page faults and a munmap), on
+    every call: 20-30 us each, several times per request. A Packer keeps its buffer between packs, so each thread
+    keeps one per hook; one busy in an outer pack (a hook that encodes) makes way for a fresh one.
+    """
+
+    def __init__(self) -> None:
+        self.reference = msgpack.Packer(default=_encode_hook, use_bin_type=True)
+        self.plain = msgpack.Packer(use_bin_type=True)
+        self.multipart = msgpack.Packer(default=_multipart_hook, use_bin_type=True)
+        self.npsave = msgpack.Packer(default=_npsave_hook, use_bin_type=True)
+        self.buffers: Optional[List[Any]] = None  # the multipart pack in progress appends its array buffers here
+        self.busy: set = set()
+
+
+_KEEP_PACKER_BELOW_BYTES = 1 << 20  # a packer whose buffer grew past this is replaced, so no thread holds a big one
+
+
+def _pack(kind: str, obj: Any) -> bytes:
+    """msgpack.packb(obj) with this thread's `kind` Packer (a key of _HOOKS) and its hook."""
+    packers = _PACKERS
+    if kind in packers.busy:  # re-entered from a hook on this thread: a fresh packer, as packb would use
+        return msgpack.Packer(default=_HOOKS[kind], use_bin_type=True).pack(obj)
+    packers.busy.add(kind)
+    try:
+        packed = getattr(packers, kind).pack(obj)
+    finally:
+        packers.busy.discard(kind)
+    if len(packed) >= _KEEP_PACKER_BELOW_BYTES:
+        setattr(packers, kind, msgpack.Packer(default=_HOOKS[kind], use_bin_type=True))
+    return packed
+
+
 def encode(obj: Any) -> bytes:
     """Encode a value in the reference (single-frame msgpack-numpy) format."""
     try:
-        return msgpack.packb(obj, default=_encode_hook, use_bin_type=True)
+        return _pack("reference", obj)
     except WireEncodeError:
         raise
     except (TypeError, ValueError, OverflowError) as exc:
@@ -409,28 +469,29 @@ def decode_noting_npsave(
     return value, bool(seen)
 
 
+def _npsave_hook(value: Any) -> Any:
+    """msgpack default of the early-N1.6 format: np.save arrays, both ModalityConfig markers, Python scalars."""
+    if isinstance(value, np.ndarray):
+        _refuse_dtype(value.dtype, "encoded")
+        buffer = io.BytesIO()
+        np.save(buffer, value, allow_pickle=False)
+        return {"__ndarray_class__": True, "as_npy": buffer.getvalue()}
+    if isinstance(value, ModalityConfig):
+        # Both markers: np.save-era decoders look for the legacy one, the newest upstream for the other.
+        return {"__ModalityConfig__": True, "__ModalityConfig_class__": True, "as_json": value.to_json_dict()}
+    if isinstance(value, np.generic):  # np.save-era peers cannot read numpy scalars: send the Python value
+        _refuse_dtype(value.dtype, "encoded")
+        return value.item()
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    raise WireEncodeError(f"cannot encode value of type {type(value).__name__} in the early-N1.6 format")
+
+
 def encode_early_n16(obj: Any) -> bytes:
     """Encode in the early-N1.6 format (np.save wrappers); for talking to old reference servers and tests."""
-
-    def hook(value: Any) -> Any:
-        if isinstance(value, np.ndarray):
-            _refuse_dtype(value.dtype, "encoded")
-            buffer = io.BytesIO()
-            np.save(buffer, value, allow_pickle=False)
-            return {"__ndarray_class__": True, "as_npy": buffer.getvalue()}
-        if isinstance(value, ModalityConfig):
-            # Both markers: np.save-era decoders look for the legacy one, the newest upstream for the other.
-            return {"__ModalityConfig__": True, "__ModalityConfig_class__": True, "as_json": value.to_json_dict()}
-        if isinstance(value, np.generic):  # np.save-era peers cannot read numpy scalars: send the Python value
-            _refuse_dtype(value.dtype, "encoded")
-            return value.item()
-        if isinstance(value, Enum):
-            return value.value
-        if isinstance(value, (set, frozenset)):
-            return sorted(value)
-        raise WireEncodeError(f"cannot encode value of type {type(value).__name__} in the early-N1.6 format")
-
-    return msgpack.packb(obj, default=hook, use_bin_type=True)
+    return _pack("npsave", obj)
 
 
 # --- multipart (zero-copy) format --------------------------------------------------------------------
@@ -443,39 +504,53 @@ def encode_multipart(obj: Any) -> List[Any]:
     return [MULTIPART_MAGIC, header, *buffers]
 
 
+def _multipart_hook(value: Any) -> Any:
+    """msgpack default of a multipart header: large arrays become references to frames appended to the buffers
+    of the pack in progress (_PACKERS.buffers); everything else as in the reference format."""
+    if isinstance(value, np.ndarray):
+        if value.nbytes < _COPY_BELOW_BYTES:
+            return _encode_array(value)
+        type_str = _dtype_str(value.dtype)
+        buffers = _PACKERS.buffers
+        buffers.append(_raw_bytes(value))
+        meta = _pack("plain", [len(buffers) + 1, type_str, list(value.shape)])
+        return msgpack.ExtType(_EXT_BUFFER, meta)
+    return _encode_hook(value)
+
+
+_HOOKS: Dict[str, Optional[Callable[[Any], Any]]] = {
+    "reference": _encode_hook, "plain": None, "multipart": _multipart_hook, "npsave": _npsave_hook,
+}
+_PACKERS = _Packers()
+
+
 def pack_multipart_header(obj: Any, buffers: List[Any]) -> bytes:
     """Pack obj as (part of) a multipart header; its large array buffers are appended to `buffers`.
 
     Frame i + 2 of the message must carry buffers[i]; sharing one list lets parts be packed separately.
     """
-
-    def hook(value: Any) -> Any:
-        if isinstance(value, np.ndarray):
-            _refuse_dtype(value.dtype, "encoded")
-            if value.nbytes < _COPY_BELOW_BYTES:
-                return _encode_array(value)
-            buffers.append(_raw_bytes(value))
-            meta = msgpack.packb([len(buffers) + 1, value.dtype.str, list(value.shape)], use_bin_type=True)
-            return msgpack.ExtType(_EXT_BUFFER, meta)
-        return _encode_hook(value)
-
+    packers = _PACKERS
+    outer = packers.buffers
+    packers.buffers = buffers
     try:
-        return msgpack.packb(obj, default=hook, use_bin_type=True)
+        return _pack("multipart", obj)
     except WireEncodeError:
         raise
     except (TypeError, ValueError, OverflowError) as exc:
         raise WireEncodeError(f"cannot encode message: {exc}") from exc
+    finally:
+        packers.buffers = outer
 
 
 def join_packed_array(items: Sequence[bytes]) -> bytes:
     """A msgpack array made of already-packed items (so a caller can pack, and time, each part alone)."""
-    return msgpack.Packer().pack_array_header(len(items)) + b"".join(items)
+    return _PACKERS.plain.pack_array_header(len(items)) + b"".join(items)
 
 
 def join_packed_map(items: Dict[str, bytes]) -> bytes:
     """A msgpack map of str keys to already-packed values."""
-    packer = msgpack.Packer(use_bin_type=True)
-    return packer.pack_map_header(len(items)) + b"".join(packer.pack(key) + value for key, value in items.items())
+    packer = _PACKERS.plain
+    return packer.pack_map_header(len(items)) + b"".join(_pack("plain", key) + value for key, value in items.items())
 
 
 def is_multipart(frames: Sequence[Any]) -> bool:
@@ -505,7 +580,7 @@ def decode_multipart(frames: Sequence[Any], limits: Optional[DecodeLimits] = Non
             raise WireDecodeError(f"malformed array reference in multipart header: {exc}") from exc
         if not isinstance(index, int) or not 2 <= index < len(views):
             raise WireDecodeError(f"array reference points at frame {index!r}, message has {len(views)} frames")
-        return _array_from_buffer(views[index], _as_dtype(type_str), shape, copy=False)
+        return _array_from_buffer(views[index], _cached_dtype(type_str), shape, copy=False)
 
     try:
         return _unpack(views[1], _decode_hook, limits, ext_hook=ext_hook)

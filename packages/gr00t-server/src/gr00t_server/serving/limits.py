@@ -3,6 +3,8 @@ an action reaches a robot."""
 
 from __future__ import annotations
 
+import cmath
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -14,6 +16,7 @@ from .messages import RequestError
 # A lower bound on a tokenizer's count (every word and punctuation mark is at least one token), cheap to compute.
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 _LISTED_ROWS = 8  # rows named in an error message
+_SUMMED_MAX_ITEMS = 64  # float arrays up to this size are checked finite by a Python sum (states: a few values)
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,20 @@ def _check_text(text: str, where: str, limits: ServerLimits) -> None:
         )
 
 
+def _all_finite(value: np.ndarray) -> bool:
+    """True when no element is NaN or inf (a float or complex array).
+
+    A small array of the common float types is summed in Python: one tolist() instead of two numpy calls and a
+    temporary. A sum is finite only when every term is; a sum that overflows falls through to the exact check.
+    """
+    char = value.dtype.char
+    if value.size <= _SUMMED_MAX_ITEMS and char in "efdFD":
+        total = sum(value.reshape(-1).tolist())
+        if math.isfinite(total) if char in "efd" else cmath.isfinite(total):
+            return True
+    return bool(np.isfinite(value).all())
+
+
 def _check_array(value: np.ndarray, where: str, limits: ServerLimits, cameras: set) -> None:
     if value.ndim > 0 and value.shape[0] > limits.max_rows:
         raise RequestError(
@@ -76,12 +93,14 @@ def _check_array(value: np.ndarray, where: str, limits: ServerLimits, cameras: s
             "per request (--max-rows)"
         )
     kind = value.dtype.kind
-    if kind in "fc" and value.size and not np.isfinite(value).all():
-        rows = _bad_rows(~np.isfinite(value))
-        raise RequestError(
-            f"observation key '{where}' has non-finite values (NaN or inf) in rows {_rows_text(rows)}; "
-            "send finite numbers (a NaN state makes NaN actions)"
-        )
+    if kind in "fc":  # states: the common case, and neither text nor an image
+        if value.size and not _all_finite(value):
+            rows = _bad_rows(~np.isfinite(value))
+            raise RequestError(
+                f"observation key '{where}' has non-finite values (NaN or inf) in rows {_rows_text(rows)}; "
+                "send finite numbers (a NaN state makes NaN actions)"
+            )
+        return
     if kind in "US":
         for text in value.reshape(-1)[: limits.max_rows * 4].tolist():
             _check_text(text if isinstance(text, str) else text.decode("utf-8", "replace"), where, limits)
@@ -103,7 +122,9 @@ def check_observation(observation: Any, limits: ServerLimits) -> None:
     stack: List[Tuple[Any, str]] = [(observation, "")]
     while stack:  # iterative: nesting is bounded by the decoder, but never recurse on client data
         value, where = stack.pop()
-        if isinstance(value, dict):
+        if isinstance(value, np.ndarray):  # the most common entry first
+            _check_array(value, where, limits, cameras)
+        elif isinstance(value, dict):
             for key, child in value.items():
                 if not isinstance(key, str):
                     raise RequestError(
@@ -120,8 +141,6 @@ def check_observation(observation: Any, limits: ServerLimits) -> None:
             stack.extend((child, where) for child in value if isinstance(child, (dict, list, tuple, str, np.ndarray)))
         elif isinstance(value, str):
             _check_text(value, where, limits)
-        elif isinstance(value, np.ndarray):
-            _check_array(value, where, limits, cameras)
     if len(cameras) > limits.max_cameras:
         raise RequestError(
             f"observation has {len(cameras)} video keys; this server accepts at most {limits.max_cameras} cameras "

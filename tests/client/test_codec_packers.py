@@ -1,0 +1,88 @@
+"""The codec's reused per-thread msgpack Packers: same bytes as a fresh msgpack.packb, from any thread, at any size."""
+
+from __future__ import annotations
+
+import threading
+
+import msgpack
+import numpy as np
+import pytest
+
+from gr00t_client import codec
+
+
+def _observation(seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    return {
+        "video": {"cam": rng.integers(0, 255, (1, 1, 96, 96, 3), dtype=np.uint8)},  # 27 KiB: a multipart frame
+        "state": {"x": rng.standard_normal((1, 1, 7)).astype(np.float32), "g": np.float64(seed)},
+        "language": {"task": [["pick the cube"]]},
+    }
+
+
+def test_encode_gives_the_bytes_a_fresh_packb_gives():
+    observation = _observation(0)
+    fresh = msgpack.packb(observation, default=codec._encode_hook, use_bin_type=True)
+    assert codec.encode(observation) == fresh
+    assert codec.encode(observation) == fresh  # and again, from the reused packer
+
+
+def test_threads_encoding_at_once_each_get_their_own_message():
+    errors: list = []
+
+    def worker(seed: int) -> None:
+        observation = _observation(seed)
+        for _ in range(200):
+            frames = codec.encode_multipart(observation)
+            decoded = codec.decode_multipart([bytes(frame) for frame in frames])
+            reference = codec.decode(codec.encode(observation))
+            for message in (decoded, reference):
+                if not np.array_equal(message["state"]["x"], observation["state"]["x"]) or not np.array_equal(
+                    message["video"]["cam"], observation["video"]["cam"]
+                ):
+                    errors.append(seed)
+                    return
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+
+
+def test_a_failed_encode_leaves_the_next_one_intact():
+    with pytest.raises(codec.WireEncodeError, match="object dtype"):
+        codec.encode({"a": np.array([1, "x"], dtype=object), "b": "x" * 1000})
+    with pytest.raises(codec.WireEncodeError):
+        codec.encode_multipart({"a": np.zeros(100000), "b": object()})
+    assert codec.decode(codec.encode({"ok": [1, 2]})) == {"ok": [1, 2]}
+    frames = codec.encode_multipart({"big": np.ones(100000)})
+    assert len(frames) == 3  # magic, header, one buffer: the failed encode's buffer is not carried over
+    assert codec.decode_multipart([bytes(frame) for frame in frames])["big"].sum() == 100000
+
+
+def test_a_large_message_does_not_leave_a_large_packer_behind():
+    codec.encode({"x": 1})
+    reused = codec._PACKERS.reference
+    codec.encode({"x": 2})
+    assert codec._PACKERS.reference is reused  # small messages: one packer, kept
+    big = {"image": np.ones((4, 512, 512, 3), dtype=np.uint8)}  # 3 MiB
+    assert codec.decode(codec.encode(big))["image"].shape == (4, 512, 512, 3)
+    assert codec._PACKERS.reference is not reused  # its buffer grew to 3 MiB: replaced by a fresh one
+    assert codec.decode(codec.encode({"x": 3})) == {"x": 3}
+
+
+def test_small_decoded_arrays_are_writable_and_do_not_alias_the_message():
+    message = codec.encode({"state": np.arange(7, dtype=np.float32)})
+    state = codec.decode(message)["state"]
+    state[0] = 42.0
+    assert codec.decode(message)["state"][0] == 0.0
+    assert state.flags.writeable and state.dtype == np.float32 and state.shape == (7,)
+
+
+def test_small_arrays_encode_non_contiguous_inputs_in_c_order():
+    array = np.arange(12, dtype=np.int16).reshape(3, 4)[:, ::2]
+    assert np.array_equal(codec.decode(codec.encode(array)), array)
+    frames = codec.encode_multipart({"a": array})
+    assert np.array_equal(codec.decode_multipart([bytes(frame) for frame in frames])["a"], array)
