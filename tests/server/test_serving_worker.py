@@ -121,9 +121,9 @@ def test_an_error_reply_is_bounded_whatever_the_policy_says():
 
 
 def test_refusal_logs_are_rate_limited(caplog, monkeypatch):
-    from gr00t_server.serving import endpoints, server as server_module
+    from gr00t_server.serving import endpoints, execution
 
-    monkeypatch.setattr(server_module, "_refusals", endpoints.RateLimitedLog(server_module.logger))  # a fresh window
+    monkeypatch.setattr(execution, "_refusals", endpoints.RateLimitedLog(execution.logger))  # a fresh window
     with running_server(EchoPolicy()) as server, caplog.at_level(logging.WARNING, logger="gr00t_server"):
         for _ in range(60):
             raw_round_trip(server.port, b"\xc1")  # never valid msgpack

@@ -1,7 +1,9 @@
 """The serving package: PolicyServer and its parts.
 
-server (lifecycle, public API), transport (the ROUTER socket loop's I/O), endpoints (the endpoint table's
-parts, error replies), worker (the policy thread), sessions (session table, eviction), batching, limits
+server (lifecycle, public API, built-in endpoints), loop (the socket thread's turn: receive, parse, route, admit,
+gather, send), transport (the ROUTER socket's I/O), execution (running jobs: policy calls, batches, reply and
+error frames), endpoints (the endpoint table's parts, error replies), worker (the policy thread), sessions (session
+table, eviction), batching, limits
 (per-request work limits, finite in and out), messages (frames <-> requests), stats.
 """
 

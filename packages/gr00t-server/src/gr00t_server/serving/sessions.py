@@ -56,3 +56,14 @@ def session_dropper(policy: Any) -> Optional[Callable[[str], None]]:
         seen.add(id(policy))
         policy = getattr(policy, "policy", None)
     return None
+
+
+def keeps_sessions(policy: Any) -> bool:
+    """True when the policy or any policy it wraps (through `.policy`) keeps per-session state."""
+    seen = set()
+    while policy is not None and id(policy) not in seen:
+        if getattr(policy, "stateful_sessions", False):
+            return True
+        seen.add(id(policy))
+        policy = getattr(policy, "policy", None)
+    return False

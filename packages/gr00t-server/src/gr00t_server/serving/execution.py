@@ -1,0 +1,226 @@
+"""Job execution for PolicyServer: what the policy worker does with a job (and the socket thread with a built-in
+endpoint): drop expired requests, evict idle sessions, call endpoints alone or as one batch, encode the replies."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
+
+from gr00t_client import codec
+from gr00t_client.client import ERROR_MARKER
+
+from . import batching, limits as work_limits
+from .batching import TIMING_OPTION, GatherWindow
+from .endpoints import RateLimitedLog, error_text
+from .messages import WIRE_NPSAVE, Request, RequestError, encode_reply, encode_timed_reply
+from .sessions import session_dropper
+from .worker import Job, Reply
+
+if TYPE_CHECKING:
+    from .server import PolicyServer
+
+logger = logging.getLogger("gr00t_server.serving.server")  # PolicyServer's log: the split renamed no logger
+_refusals = RateLimitedLog(logger)
+
+POLICY_STAGE_KEYS = ("preprocess_ms", "model_ms", "postprocess_ms")  # a policy's last_timing keys server_timing carries
+
+
+def policy_stages(policy: Any) -> Dict[str, float]:
+    """The policy's own stage times of the call this thread just made (Gr00tPolicy's `last_timing`, read through
+    wrappers' `.policy`); {} for a policy that reports none."""
+    seen = set()
+    while policy is not None and id(policy) not in seen:
+        stages = getattr(policy, "last_timing", None)
+        if isinstance(stages, dict):
+            return {k: float(v) for k, v in stages.items() if k in POLICY_STAGE_KEYS and isinstance(v, (int, float))}
+        seen.add(id(policy))
+        policy = getattr(policy, "policy", None)
+    return {}
+
+
+class JobRunner:
+    """Runs a PolicyServer's jobs: calls each request's endpoint (get_action batches as one merged call) and turns
+    the result, or the failure, into reply frames. It reads the server's policy, endpoints and counters live."""
+
+    def __init__(self, server: "PolicyServer", window: GatherWindow) -> None:
+        self._server = server
+        self._window = window  # batching's gather window learns how long policy calls take
+        self._local = threading.local()  # the request each thread is serving (socket thread, worker)
+
+    @property
+    def current(self) -> Optional[Request]:
+        """The request this thread is serving (handlers read the peer and session from it)."""
+        return getattr(self._local, "request", None)
+
+    @current.setter
+    def current(self, request: Optional[Request]) -> None:
+        self._local.request = request
+
+    def execute(self, job: Job) -> List[Reply]:
+        """Run one job on the worker: drop expired requests, evict idle sessions, call the policy, encode."""
+        replies: List[Reply] = []
+        live: List[Request] = []
+        now = time.monotonic()
+        for request in job:
+            if request.expired(now):
+                self._server.stats.add("expired")
+                request.outcome = "expired"
+                logger.debug("dropped '%s' from %s: its client's deadline passed before it ran", request.endpoint, request.peer)
+                replies.append((request, self.error_frames(request, RequestError(
+                    f"'{request.endpoint}' was not run: the client's deadline passed while it waited"), log=False)))
+            else:
+                live.append(request)
+        if self._server._policy_uses_sessions:
+            for request in live:
+                self._evict_sessions(self._server.sessions.touch(request.session))
+        if len(live) == 1:
+            reply = self.serve_one(live[0])
+            replies.extend([reply] if reply is not None else [])
+        elif live:
+            replies.extend(self._run_group(live))
+        return replies
+
+    def _evict_sessions(self, evicted: List[str]) -> None:
+        drop = session_dropper(self._server.policy)
+        for session in evicted:
+            self._server.stats.add("sessions_evicted")
+            if drop is not None:
+                try:
+                    drop(session)
+                except Exception:
+                    logger.exception("could not drop evicted session %s", session[:40])
+
+    def _call(self, request: Request) -> Any:
+        endpoint = self._server._endpoints.get(request.endpoint)
+        if endpoint is None:
+            raise RequestError(f"Unknown endpoint: {request.endpoint} (known endpoints: {', '.join(self._server.endpoints)})")
+        self.current = request
+        try:
+            if not endpoint.requires_input:
+                return endpoint.handler()
+            data = request.data
+            if data is None:
+                data = {}
+            if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+                raise RequestError(f"'data' for '{request.endpoint}' must be a map of named arguments, got {type(data).__name__}")
+            try:
+                return endpoint.handler(**data)
+            except TypeError as exc:
+                if "argument" in str(exc) and exc.__traceback__ is not None and exc.__traceback__.tb_next is None:
+                    raise RequestError(f"bad arguments for '{request.endpoint}': {exc}") from exc
+                raise
+        finally:
+            self.current = None
+
+    def serve_one(self, request: Request) -> Optional[Reply]:
+        """Call the request's endpoint and encode its reply (or its error)."""
+        started = time.monotonic()
+        try:
+            result = self._call(request)
+        except Exception as exc:
+            return request, self.error_frames(request, exc)
+        policy_ms = (time.monotonic() - started) * 1000.0
+        if request.endpoint == "get_action":
+            self._window.observe_call(policy_ms / 1000.0)
+        return self.result_frames(request, result, policy_ms, 1, policy_started=started)
+
+    def _run_group(self, group: List[Request]) -> List[Reply]:
+        policy = self._server.policy
+        replies: List[Reply] = []
+        valid: List[Request] = []
+        for request in group:  # validate each client alone so a bad observation fails only its sender
+            try:
+                observation = request.data.get("observation")
+                if getattr(policy, "strict", False):
+                    policy.check_observation(observation)
+                valid.append(request)
+            except Exception as exc:
+                replies.append((request, self.error_frames(request, exc)))
+        if len(valid) <= 1:
+            return replies + [reply for reply in map(self.serve_one, valid) if reply is not None]
+        started = time.monotonic()
+        try:
+            merged, rows = batching.merge_observations([r.data["observation"] for r in valid])
+            action, info = policy.get_action(merged, None)
+            stages = policy_stages(policy)
+            parts = batching.split_result(action, info, rows, batching.declared_per_row_info_keys(policy))
+        except Exception as exc:
+            logger.warning("batched get_action of %d requests failed (%s); serving them one by one", len(valid), type(exc).__name__)
+            return replies + [reply for reply in map(self.serve_one, valid) if reply is not None]
+        policy_ms = (time.monotonic() - started) * 1000.0
+        self._window.observe_call(policy_ms / 1000.0)
+        self._server.stats.record_batch(len(valid))
+        self._server._metrics.observe_batch(len(valid))
+        for request, (part_action, part_info) in zip(valid, parts):
+            request.timing = stages
+            try:
+                work_limits.check_finite_action(part_action, request.data.get("observation"))
+            except RequestError as exc:
+                replies.append((request, self.error_frames(request, exc)))
+                continue
+            replies.append(self.result_frames(request, [part_action, part_info], policy_ms, len(valid), policy_started=started))
+        return replies
+
+    # --- replies (either thread) -------------------------------------------------------------------
+
+    def result_frames(
+        self, request: Request, result: Any, policy_ms: float, batch_size: int, policy_started: Optional[float] = None
+    ) -> Reply:
+        """Encode an endpoint's result (get_action: counted, timed, with server_timing when asked for)."""
+        stats, metrics = self._server.stats, self._server._metrics
+        timing: Optional[Dict[str, Any]] = None  # every get_action's stages (metrics); in the reply when asked for
+        wants_timing = False
+        if request.endpoint == "get_action" and isinstance(result, list) and len(result) == 2:
+            if batch_size == 1:
+                stats.record_batch(1)
+                metrics.observe_batch(1)
+            if policy_started is None:
+                policy_started = time.monotonic() - policy_ms / 1000.0
+            queue_ms = (policy_started - request.received_at) * 1000.0 - request.decode_ms
+            timing = {
+                "queue_wait_ms": max(0.0, queue_ms),
+                "decode_ms": request.decode_ms,
+                "policy_ms": policy_ms,
+                "batch_size": batch_size,
+                **request.timing,
+            }
+            options = request.data.get("options") if isinstance(request.data, dict) else None
+            wants_timing = isinstance(options, dict) and bool(options.get(TIMING_OPTION)) and isinstance(result[1], dict)
+        started = time.monotonic()
+        try:
+            if not wants_timing:
+                frames = encode_reply(request, result, ok=True)
+            elif request.wire_format == WIRE_NPSAVE:  # np.save-era peers get the timing in info, packed plainly
+                info = dict(result[1], server_timing=dict(timing or {}, encode_ms=0.0))
+                frames = encode_reply(request, [result[0], info], ok=True)
+            else:
+                frames = encode_timed_reply(request, result[0], result[1], timing or {}, started)
+        except Exception as exc:
+            return request, self.error_frames(request, RequestError(f"could not encode the result of '{request.endpoint}': {exc}"))
+        # Multipart frames view the policy's own arrays; the socket thread sends them later, by when a policy that
+        # reuses its output buffer (ONNX/TensorRT bindings) may have overwritten them. Own the bytes now.
+        frames = [bytes(frame) if isinstance(frame, memoryview) else frame for frame in frames]
+        encode_ms = (time.monotonic() - started) * 1000.0
+        stats.add("encode_ms_total", encode_ms)
+        if timing is not None:
+            metrics.observe_stages(dict(timing, encode_ms=encode_ms))
+        return request, frames
+
+    def error_frames(self, request: Request, exc: BaseException, log: bool = True) -> List[Any]:
+        """A bounded error reply for `exc`; internal errors are logged with their traceback, refusals rate-limited."""
+        stats = self._server.stats
+        stats.add("errors")
+        message, internal = error_text(request.endpoint, exc)
+        if request.outcome == "ok":
+            request.outcome = "internal_error" if internal else "error"
+        if internal:
+            stats.add("internal_errors")
+            logger.error("internal error in '%s' from %s", request.endpoint, request.peer or "local", exc_info=exc)
+        elif log:
+            _refusals.warning("request '%s' from %s refused: %s", request.endpoint, request.peer or "local", message[:300])
+        try:
+            return encode_reply(request, message, ok=False)
+        except Exception:  # the message itself cannot fail to encode, but never let a reply path raise
+            return [codec.encode({"error": "internal error", ERROR_MARKER: True})]

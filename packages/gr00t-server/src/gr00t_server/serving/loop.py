@@ -1,0 +1,249 @@
+"""The socket thread's request loop for PolicyServer: receive a burst, parse within limits, route, admit against
+queue budgets, gather get_action batches for the worker, and send the replies it finishes."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set, Tuple
+
+from gr00t_client import codec
+
+from . import batching, limits as work_limits
+from .batching import GatherWindow
+from .endpoints import INLINE_ENDPOINTS
+from .execution import JobRunner
+from .messages import (
+    WIRE_MULTIPART,
+    Request,
+    RequestError,
+    adopt_n15_get_action,
+    check_envelope,
+    deadline_of,
+    decode_payload,
+    peer_address,
+    session_of,
+    split_routing,
+)
+from .worker import Job, PolicyWorker
+
+if TYPE_CHECKING:
+    from .server import PolicyServer
+
+logger = logging.getLogger("gr00t_server.serving.server")  # PolicyServer's log: the split renamed no logger
+
+# Bytes one connection may have waiting for the policy beyond its first request (which is always admitted): a REQ
+# client has one request outstanding, so only pipelining (DEALER) peers ever meet this.
+DEFAULT_CLIENT_QUEUED_BYTES = 16 * 1024 * 1024
+ACTIVE_CLIENT_WINDOW_S = 1.0  # a client that sent get_action this recently is expected to send again
+RECEIVE_BURST = 64  # messages taken off the socket per loop turn before replies and dispatch get a turn
+
+
+class RequestLoop:
+    """What PolicyServer's socket thread does each turn (the ZeroMQ guide's ROUTER-to-worker pattern): move messages,
+    answer built-in endpoints inline, hand policy work to the worker; it never waits for the policy."""
+
+    def __init__(self, server: "PolicyServer", runner: JobRunner, window: GatherWindow) -> None:
+        self._server = server  # its settings, endpoints, counters, transport and worker are read live
+        self._runner = runner
+        self._window = window  # gathering waits for expected clients at most batch_timeout_ms, less as arrivals show
+        self.pending: List[Request] = []  # batchable get_action requests gathered, not yet handed to the worker
+        self.queued_bytes: Dict[bytes, int] = {}  # per connection: bytes of requests not yet answered
+        self.queued_requests = 0
+        self.active_clients: Dict[str, float] = {}  # session -> when its last get_action was gathered
+        self._cut_round: Optional[Tuple[float, Set[str]]] = None  # (first arrival, clients missing) of a round cut short
+
+    def turn(self) -> None:
+        """Wait for a message or a finished job (at most until the gather window closes), then serve what came."""
+        transport = self._server._transport
+        assert transport is not None
+        inbound, woken = transport.poll(self._poll_timeout_ms())
+        if woken:
+            self.send_replies()
+        if inbound:
+            self._receive_burst()
+        self.dispatch_pending()
+
+    def _poll_timeout_ms(self) -> int:
+        poll_interval_ms = self._server.poll_interval_ms
+        if not self.pending:
+            return poll_interval_ms
+        wait_s = self.pending[0].received_at + self._window.seconds() - time.monotonic()
+        return max(1, min(poll_interval_ms, int(wait_s * 1000.0) + 1))
+
+    def _receive_burst(self) -> None:
+        transport = self._server._transport
+        assert transport is not None
+        for _ in range(RECEIVE_BURST):
+            if not self._server._running:  # a kill in this burst
+                return
+            frames = transport.receive()
+            if frames is None:
+                return
+            request = self._parse(frames)
+            if request is not None:
+                self._route(request)
+
+    def _parse(self, frames: List[Any]) -> Optional[Request]:
+        server = self._server
+        received_at = time.monotonic()
+        routing, payload = split_routing(frames)
+        identity = frames[0].bytes if frames else b""
+        request = Request(routing, False, "?", None, identity.hex() or "unknown", peer_address(payload), received_at, 0.0)
+        request.identity = identity
+        server.stats.add("requests")
+        try:
+            request.nbytes = sum(len(frame) for frame in payload)
+            request.multipart = codec.is_multipart(payload)  # so that even a refused message is answered in kind
+            envelope, request.wire_format = decode_payload(payload, server.max_message_bytes)
+            request.multipart = request.wire_format == WIRE_MULTIPART
+            envelope = check_envelope(envelope, server.api_token)
+            request.decode_ms = (time.monotonic() - received_at) * 1000.0
+            request.endpoint = envelope.get("endpoint", "get_action")
+            request.data = envelope.get("data", {}) if "data" in envelope else {}
+            adopt_n15_get_action(request)
+            request.session = session_of(envelope, server.limits.max_session_id_chars) or request.session
+            request.deadline = deadline_of(envelope, received_at)
+            return request
+        except Exception as exc:
+            self.reply_error(request, exc)
+            return None
+
+    def _route(self, request: Request) -> None:
+        """Answer a built-in endpoint now, or queue the request for the worker (gathering batches)."""
+        server = self._server
+        if request.endpoint in INLINE_ENDPOINTS and request.endpoint in server._endpoints:
+            self._reply_now(request)
+            return
+        try:
+            if request.endpoint not in server._endpoints:
+                raise RequestError(f"Unknown endpoint: {request.endpoint} (known endpoints: {', '.join(server.endpoints)})")
+            if request.endpoint == "get_action" and isinstance(request.data, dict):
+                work_limits.check_observation(request.data.get("observation"), server.limits)
+            self._admit(request)
+        except Exception as exc:
+            self.reply_error(request, exc)
+            return
+        if request.endpoint == "get_action" and server.batching_enabled and batching.is_batchable(request.data):
+            self._note_straggler(request)
+            self.pending.append(request)
+            return
+        if any(pending.session == request.session for pending in self.pending):
+            self.dispatch_pending(force=True)  # keep one session's requests in arrival order
+        self._submit([request])
+
+    def _admit(self, request: Request) -> None:
+        """Count the request against its connection's byte budget and the queue; refuse it when over."""
+        server = self._server
+        budget = server.limits.max_client_queued_bytes or min(server.max_message_bytes, DEFAULT_CLIENT_QUEUED_BYTES)
+        queued = self.queued_bytes.get(request.identity, 0)
+        if queued and queued + request.nbytes > budget:
+            server.stats.add("refused")
+            request.outcome = "refused"
+            raise RequestError(
+                f"this connection already has {queued} bytes of requests waiting; a further {request.nbytes} bytes "
+                f"would exceed its budget of {budget} bytes (wait for the replies)"
+            )
+        if self.queued_requests >= server.limits.max_queued_requests:
+            server.stats.add("refused")
+            request.outcome = "refused"
+            raise RequestError(f"server busy: {self.queued_requests} requests are waiting for the policy; try again")
+        self.queued_bytes[request.identity] = queued + request.nbytes
+        self.queued_requests += 1
+        request.admitted = True
+
+    def _release_admission(self, request: Request) -> None:
+        if not request.admitted:
+            return
+        request.admitted = False
+        self.queued_requests -= 1
+        left = self.queued_bytes.get(request.identity, 0) - request.nbytes
+        if left > 0:
+            self.queued_bytes[request.identity] = left
+        else:
+            self.queued_bytes.pop(request.identity, None)
+
+    def _submit(self, job: Job) -> None:
+        worker = self._server._worker
+        assert worker is not None
+        worker.submit(job)
+
+    def dispatch_pending(self, force: bool = False) -> None:
+        """Hand gathered get_action requests to the worker once a batch is full, or the worker is free and every
+        recently active client is already waiting or the oldest has waited the gather window."""
+        if not self.pending:
+            return
+        server = self._server
+        full = batching.total_rows(r.data for r in self.pending) >= server.max_batch_size
+        everyone_waiting = False
+        if not (force or full or server._stop_requested.is_set()):
+            if server._worker is not None and server._worker.busy:
+                return  # the worker is busy: gather more for free
+            known = self._recent_clients()
+            everyone_waiting = bool(known) and {r.session for r in self.pending} >= known
+            waited = time.monotonic() >= self.pending[0].received_at + self._window.seconds()
+            if not (everyone_waiting or waited):
+                return
+            if not everyone_waiting:  # cut short: whoever of `known` comes late tells how wide rounds really are
+                self._cut_round = (self.pending[0].received_at, known - {r.session for r in self.pending})
+        pending, self.pending = self.pending, []
+        if everyone_waiting:  # a whole round: its arrival spread is what the window must cover
+            self._window.observe_spread(pending[-1].received_at - pending[0].received_at)
+        now = time.monotonic()
+        self.active_clients.update((r.session, now) for r in pending)
+        for group in batching.group_compatible(pending, server.max_batch_size, key=lambda r: r.data):
+            self._submit(group)
+
+    def _note_straggler(self, request: Request) -> None:
+        """A request from a client missing from a round cut short: that round's spread reached its arrival."""
+        if self._cut_round is None:
+            return
+        first_arrival, missing = self._cut_round
+        if request.session in missing:
+            missing.discard(request.session)
+            if request.received_at - first_arrival <= self._window.cap_s:
+                self._window.observe_spread(request.received_at - first_arrival)
+        if not missing or request.received_at - first_arrival > self._window.cap_s:
+            self._cut_round = None
+
+    def _recent_clients(self) -> Set[str]:
+        """Sessions whose get_action was batched recently (and forget the ones gone quiet)."""
+        cutoff = time.monotonic() - max(ACTIVE_CLIENT_WINDOW_S, 10 * self._server.batch_timeout_ms / 1000.0)
+        self.active_clients = {s: t for s, t in self.active_clients.items() if t >= cutoff}
+        return set(self.active_clients)
+
+    def _reply_now(self, request: Request) -> None:
+        """Serve a built-in endpoint on the socket thread (never touches the policy's compute)."""
+        reply = self._runner.serve_one(request)
+        if reply is not None:
+            self._send(*reply)
+
+    def send_replies(self) -> None:
+        """Send every reply the worker has finished."""
+        worker = self._server._worker
+        assert worker is not None
+        while worker.outbox:
+            request, frames = worker.outbox.popleft()
+            self._send(request, frames)
+
+    def _send(self, request: Request, frames: List[Any]) -> None:
+        self._release_admission(request)
+        self._server._metrics.request_done(request.endpoint, request.outcome)
+        transport = self._server._transport
+        if transport is not None:
+            transport.send(request.routing, frames, request.peer)
+
+    def reply_error(self, request: Request, exc: BaseException) -> None:
+        """Answer `request` with a bounded error for `exc`."""
+        self._send(request, self._runner.error_frames(request, exc))
+
+    def shut_down(self, worker: PolicyWorker) -> None:
+        """Answer the requests that never reached the policy, let a running call finish, send what is done."""
+        waiting = [request for job in worker.take_queued() for request in job] + self.pending
+        self.pending = []
+        for request in waiting:
+            self.reply_error(request, RequestError(f"server is shutting down; '{request.endpoint}' was not run"))
+        timeout_s = self._server.shutdown_timeout_s
+        if not worker.stop(timeout_s):
+            logger.warning("a policy call is still running after %.0f s; shutting down without it", timeout_s)
+        self.send_replies()
