@@ -76,6 +76,28 @@ def _nbytes(frames: List[Any]) -> int:
     return sum(memoryview(frame).nbytes for frame in frames)
 
 
+_SNDMORE = int(zmq.SNDMORE)  # plain ints: pyzmq's send_multipart does enum.Flag arithmetic per frame
+_NOBLOCK = int(zmq.NOBLOCK)
+
+
+def _send_frames(sock: zmq.Socket, frames: List[Any], flags: int) -> None:
+    """send_multipart(frames, flags, copy=False) without its per-frame overhead (a message is queued whole or not
+    at all, so only the first frame can raise zmq.Again)."""
+    last = len(frames) - 1
+    for index, frame in enumerate(frames):
+        sock.send(frame, flags | _SNDMORE if index < last else flags, copy=False)
+
+
+def _recv_frames(sock: zmq.Socket) -> List[Any]:
+    """recv_multipart(copy=False), reading Frame.more instead of a RCVMORE getsockopt per frame."""
+    frame = sock.recv(copy=False)
+    frames = [frame]
+    while frame.more:
+        frame = sock.recv(copy=False)
+        frames.append(frame)
+    return frames
+
+
 class PolicyClient(BasePolicy):
     """Talks to a GR00T policy server (ours or the reference) over ZeroMQ REQ.
 
@@ -189,14 +211,14 @@ class PolicyClient(BasePolicy):
         sock = self._socket
         try:
             try:  # a connected REQ socket queues at once; only a full queue makes us wait
-                sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                _send_frames(sock, frames, _NOBLOCK)
             except zmq.Again:
                 if not sock.poll(max(0, int((deadline - time.monotonic()) * 1000)), zmq.POLLOUT):
                     raise self._timeout(endpoint) from None
-                sock.send_multipart(frames, copy=False)
+                _send_frames(sock, frames, 0)
             remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
             self._wait_for_reply(remaining_ms, endpoint)
-            reply = sock.recv_multipart(copy=False)
+            reply = _recv_frames(sock)
         except PolicyTimeoutError:
             self._discard_socket()  # Lazy Pirate: a REQ socket that timed out can never send again
             raise
