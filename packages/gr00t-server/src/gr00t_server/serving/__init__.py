@@ -3,8 +3,8 @@
 server (lifecycle, public API, built-in endpoints), loop (the socket thread's turn: receive, parse, route, admit,
 gather, send), transport (the ROUTER socket's I/O), execution (running jobs: policy calls, batches, reply and
 error frames), endpoints (the endpoint table's parts, error replies), worker (the policy thread), sessions (session
-table, eviction), batching, limits
-(per-request work limits, finite in and out), messages (frames <-> requests), stats.
+table, eviction), wrappers (the chain of wrapped policies), batching, limits (per-request work limits, finite in
+and out), messages (frames <-> requests), stats.
 """
 
 from .limits import ServerLimits

@@ -7,6 +7,8 @@ from typing import Any, Callable, Collection, Deque, Dict, FrozenSet, Hashable, 
 
 import numpy as np
 
+from .wrappers import policy_chain
+
 TIMING_OPTION = "return_server_timing"
 # The longest a partial batch is held for clients still expected (PolicyServer and `serve` default): the adaptive
 # window stays below it. Chosen with benchmarks/throughput.py (sleep 20+1/row, 16 clients; see docs/serving.md).
@@ -127,15 +129,12 @@ def merge_observations(observations: List[Dict[str, Any]]) -> Tuple[Dict[str, An
 
 def declared_per_row_info_keys(policy: Any) -> Optional[FrozenSet[str]]:
     """The info keys a policy (or the first policy it wraps) declares per-row; None when none declares any."""
-    seen = set()
-    while policy is not None and id(policy) not in seen:  # wrappers chain through `.policy`, as for sessions
-        keys = getattr(policy, PER_ROW_INFO_ATTRIBUTE, None)
+    for link in policy_chain(policy):
+        keys = getattr(link, PER_ROW_INFO_ATTRIBUTE, None)
         if keys is not None:
             if isinstance(keys, (str, bytes)) or not all(isinstance(key, str) for key in keys):
-                raise TypeError(f"{type(policy).__name__}.{PER_ROW_INFO_ATTRIBUTE} must be a collection of info key names; got {keys!r}")
+                raise TypeError(f"{type(link).__name__}.{PER_ROW_INFO_ATTRIBUTE} must be a collection of info key names; got {keys!r}")
             return frozenset(keys)
-        seen.add(id(policy))
-        policy = getattr(policy, "policy", None)
     return None
 
 

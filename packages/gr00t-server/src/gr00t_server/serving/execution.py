@@ -17,6 +17,7 @@ from .endpoints import RateLimitedLog, error_text
 from .messages import WIRE_NPSAVE, Request, RequestError, encode_reply, encode_timed_reply
 from .sessions import session_dropper
 from .worker import Job, Reply
+from .wrappers import policy_chain
 
 if TYPE_CHECKING:
     from .server import PolicyServer
@@ -30,13 +31,10 @@ POLICY_STAGE_KEYS = ("preprocess_ms", "model_ms", "postprocess_ms")  # a policy'
 def policy_stages(policy: Any) -> Dict[str, float]:
     """The policy's own stage times of the call this thread just made (Gr00tPolicy's `last_timing`, read through
     wrappers' `.policy`); {} for a policy that reports none."""
-    seen = set()
-    while policy is not None and id(policy) not in seen:
-        stages = getattr(policy, "last_timing", None)
+    for link in policy_chain(policy):
+        stages = getattr(link, "last_timing", None)
         if isinstance(stages, dict):
             return {k: float(v) for k, v in stages.items() if k in POLICY_STAGE_KEYS and isinstance(v, (int, float))}
-        seen.add(id(policy))
-        policy = getattr(policy, "policy", None)
     return {}
 
 

@@ -6,6 +6,8 @@ import time
 from collections import OrderedDict
 from typing import Any, Callable, List, Optional
 
+from .wrappers import policy_chain
+
 
 class SessionTable:
     """Remembers when each session was last used; `touch` returns the sessions to forget.
@@ -48,22 +50,13 @@ class SessionTable:
 
 def session_dropper(policy: Any) -> Optional[Callable[[str], None]]:
     """The `drop_session` of the policy or of the first policy it wraps (wrappers chain through `.policy`)."""
-    seen = set()
-    while policy is not None and id(policy) not in seen:
-        drop = getattr(policy, "drop_session", None)
+    for link in policy_chain(policy):
+        drop = getattr(link, "drop_session", None)
         if callable(drop):
             return drop
-        seen.add(id(policy))
-        policy = getattr(policy, "policy", None)
     return None
 
 
 def keeps_sessions(policy: Any) -> bool:
     """True when the policy or any policy it wraps (through `.policy`) keeps per-session state."""
-    seen = set()
-    while policy is not None and id(policy) not in seen:
-        if getattr(policy, "stateful_sessions", False):
-            return True
-        seen.add(id(policy))
-        policy = getattr(policy, "policy", None)
-    return False
+    return any(getattr(link, "stateful_sessions", False) for link in policy_chain(policy))
