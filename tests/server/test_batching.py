@@ -5,6 +5,7 @@ than the clients need to arrive, so a full batch forms; assertions are on correc
 """
 
 import threading
+import time
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -23,9 +24,10 @@ class RowEchoPolicy(BasePolicy):
 
     supports_batching = True
 
-    def __init__(self, fail_on_negative: bool = False) -> None:
+    def __init__(self, fail_on_negative: bool = False, call_s: float = 0.0) -> None:
         super().__init__(strict=False)
         self.fail_on_negative = fail_on_negative
+        self.call_s = call_s  # how long a call takes, as a real model's would
         self.calls: List[Dict[str, Any]] = []
         self._lock = threading.Lock()
 
@@ -36,6 +38,8 @@ class RowEchoPolicy(BasePolicy):
             self.calls.append({"rows": state.shape[0], "dim": state.shape[-1], "options": options, "language": list(language)})
         if self.fail_on_negative and (state < 0).any():
             raise ValueError(f"state 'joints' has negative values in rows {np.nonzero(state[:, 0, 0] < 0)[0].tolist()}")
+        if self.call_s:
+            time.sleep(self.call_s)
         ids = state[:, 0, 0]
         offset = float(options["seed"]) * 1000.0 if options and "seed" in options else 0.0
         action = {"arm": (ids[:, None, None] * 10.0 + offset + np.zeros((1, 4, 2))).astype(np.float32)}
@@ -391,7 +395,9 @@ def test_a_lone_known_client_is_not_held_for_the_batch_timeout():
 def test_a_steady_group_of_clients_is_batched_without_waiting_for_the_timeout():
     """K known clients in lock-step: each round forms one batch of K as soon as all K are waiting."""
     clients_count, rounds = 3, 4
-    policy = RowEchoPolicy()
+    # The gather window never exceeds the policy's own call time (a straggler waits at most about one call), so an
+    # instant policy would cut a round whose clients arrive a scheduler tick apart; a model takes tens of ms.
+    policy = RowEchoPolicy(call_s=0.02)
     with running_server(policy, max_batch_size=16, batch_timeout_ms=FIRST_CONTACT_WAIT_MS) as server:
         barrier = threading.Barrier(clients_count)
         errors: List[BaseException] = []
