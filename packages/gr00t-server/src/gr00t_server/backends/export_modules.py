@@ -86,6 +86,17 @@ def additive_causal_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> tu
     return torch.where(allowed, zero, torch.finfo(dtype).min), row_has_keys.to(dtype)
 
 
+def _repeat_kv_heads(states: torch.Tensor, heads: int) -> torch.Tensor:
+    """`[B, kv, S, D]` -> `[B, heads, S, D]`, each kv head repeated heads/kv times in place (grouped-query attention).
+
+    expand + reshape, not repeat_interleave: traced on CUDA, repeat_interleave's index tensor stays on the CPU
+    (torch 2.11: "index is on cpu, different from other tensors on cuda:0").
+    """
+    batch, kv_heads, length, dim = states.shape
+    groups = heads // kv_heads
+    return states[:, :, None].expand(batch, kv_heads, groups, length, dim).reshape(batch, heads, length, dim)
+
+
 class LLMForExport(nn.Module):
     """The truncated Qwen3-VL text decoder from `inputs_embeds` to the PRE-norm last-layer output.
 
@@ -111,9 +122,7 @@ class LLMForExport(nn.Module):
         value = attn.v_proj(hidden).view(shape).transpose(1, 2)
         query = query * cos + _rotate_half(query) * sin
         key = key * cos + _rotate_half(key) * sin
-        groups = query.shape[1] // key.shape[1]
-        key = key.repeat_interleave(groups, dim=1)
-        value = value.repeat_interleave(groups, dim=1)
+        key, value = _repeat_kv_heads(key, query.shape[1]), _repeat_kv_heads(value, query.shape[1])
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=attn.scaling) * row_has_keys
         return attn.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
 
