@@ -143,10 +143,13 @@ class AlternateVLDiT(nn.Module):
             image_mask = image_mask.to(torch.bool)
         if backbone_attention_mask is not None:
             backbone_attention_mask = backbone_attention_mask.to(torch.bool)
+        masks: dict[bool, Optional[torch.Tensor]] = {}  # two distinct cross masks: built once, not per block
         for idx, block in enumerate(self.transformer_blocks):
             if self.is_cross_attention_block(idx):
-                mask = self._cross_attention_mask(idx, image_mask, backbone_attention_mask)
-                hidden_states = block(hidden_states, temb, encoder_hidden_states, mask)
+                text_block = idx % (2 * self.attend_text_every_n_blocks) == 0
+                if text_block not in masks:
+                    masks[text_block] = self._cross_attention_mask(idx, image_mask, backbone_attention_mask)
+                hidden_states = block(hidden_states, temb, encoder_hidden_states, masks[text_block])
             else:
                 hidden_states = block(hidden_states, temb)
         shift, scale = self.proj_out_1(F.silu(temb)).chunk(2, dim=1)  # (shift, scale) here, unlike blocks
