@@ -490,3 +490,30 @@ def test_a_client_that_stopped_sending_holds_the_others_only_for_the_observed_sp
         assert not errors, errors
     # The quiet client is still "active" for a second; a fixed wait would hold each later round for cap_ms.
     assert max(latencies) < cap_ms / 3, latencies
+
+
+def test_a_round_is_timed_from_when_the_last_replies_went_out_not_from_a_request_that_waited_through_the_call():
+    """Two closed-loop cohorts: A's request waited through the call that served B. When that call's replies go out,
+    B needs a moment to send again; dispatching A alone at once (its wait already exceeds the window) would make
+    A and B alternate for good, each batch part full (measured with 16 client processes: batches of 7 and 9).
+    The window counts from when the replies went out, so A waits for B, and only a B that stays away is cut."""
+    from gr00t_server.serving.messages import Request
+    from gr00t_server.server import PolicyServer
+
+    server = PolicyServer(RowEchoPolicy(), host="127.0.0.1", port=0, max_batch_size=16, batch_timeout_ms=50.0)
+    loop = server._loop
+    submitted: List[Any] = []
+    loop._submit = submitted.append  # the worker is not started: record what would be handed to it
+    server._window.observe_spread(0.004)
+    window_s = server._window.seconds()
+    now = time.monotonic()
+    loop.active_clients = {"a": now, "b": now}
+    waited_through_call = Request([b"a"], False, "get_action", {"observation": observation(1.0), "options": None}, "a",
+                                  None, now - 0.05, 0.0)
+    loop.pending = [waited_through_call]
+    loop._served_at = now  # B's reply has just been sent
+    loop.dispatch_pending()
+    assert submitted == []  # held: B is expected back within the window
+    loop._served_at = now - 2 * window_s  # B's reply went out a whole window ago and B has not come back
+    loop.dispatch_pending()
+    assert submitted == [[waited_through_call]]

@@ -51,7 +51,8 @@ class RequestLoop:
         self.queued_bytes: Dict[bytes, int] = {}  # per connection: bytes of requests not yet answered
         self.queued_requests = 0
         self.active_clients: Dict[str, float] = {}  # session -> when its last get_action was gathered
-        self._cut_round: Optional[Tuple[float, Set[str]]] = None  # (first arrival, clients missing) of a round cut short
+        self._cut_round: Optional[Tuple[float, Set[str]]] = None  # (round start, clients missing) of a round cut short
+        self._served_at = 0.0  # when the worker's last replies were sent: the clients they answer start back then
 
     def turn(self) -> None:
         """Wait for a message or a finished job (at most until the gather window closes), then serve what came."""
@@ -68,7 +69,7 @@ class RequestLoop:
         poll_interval_ms = self._server.poll_interval_ms
         if not self.pending:
             return poll_interval_ms
-        wait_s = self.pending[0].received_at + self._window.seconds() - time.monotonic()
+        wait_s = self._round_start() + self._window.seconds() - time.monotonic()
         return max(1, min(poll_interval_ms, int(wait_s * 1000.0) + 1))
 
     def _receive_burst(self) -> None:
@@ -181,29 +182,38 @@ class RequestLoop:
                 return  # the worker is busy: gather more for free
             known = self._recent_clients()
             everyone_waiting = bool(known) and {r.session for r in self.pending} >= known
-            waited = time.monotonic() >= self.pending[0].received_at + self._window.seconds()
+            start = self._round_start()
+            waited = time.monotonic() >= start + self._window.seconds()
             if not (everyone_waiting or waited):
                 return
             if not everyone_waiting:  # cut short: whoever of `known` comes late tells how wide rounds really are
-                self._cut_round = (self.pending[0].received_at, known - {r.session for r in self.pending})
+                self._cut_round = (start, known - {r.session for r in self.pending})
+        start = self._round_start()
         pending, self.pending = self.pending, []
         if everyone_waiting:  # a whole round: its arrival spread is what the window must cover
-            self._window.observe_spread(pending[-1].received_at - pending[0].received_at)
+            self._window.observe_spread(pending[-1].received_at - start)
         now = time.monotonic()
         self.active_clients.update((r.session, now) for r in pending)
         for group in batching.group_compatible(pending, server.max_batch_size, key=lambda r: r.data):
             self._submit(group)
 
+    def _round_start(self) -> float:
+        """When the gathered round began: its first arrival, or, when that came while the worker was busy, the moment
+        the worker's replies went out (the clients those replies answer could not have sent theirs sooner). Counting
+        from the first arrival would close the window the moment the worker frees and split the clients into two
+        cohorts that alternate, each batch half full (measured: batches of 7 and 9 for 16 clients)."""
+        return max(self.pending[0].received_at, self._served_at)
+
     def _note_straggler(self, request: Request) -> None:
         """A request from a client missing from a round cut short: that round's spread reached its arrival."""
         if self._cut_round is None:
             return
-        first_arrival, missing = self._cut_round
+        round_start, missing = self._cut_round
         if request.session in missing:
             missing.discard(request.session)
-            if request.received_at - first_arrival <= self._window.cap_s:
-                self._window.observe_spread(request.received_at - first_arrival)
-        if not missing or request.received_at - first_arrival > self._window.cap_s:
+            if request.received_at - round_start <= self._window.cap_s:
+                self._window.observe_spread(request.received_at - round_start)
+        if not missing or request.received_at - round_start > self._window.cap_s:
             self._cut_round = None
 
     def _recent_clients(self) -> Set[str]:
@@ -222,9 +232,13 @@ class RequestLoop:
         """Send every reply the worker has finished."""
         worker = self._server._worker
         assert worker is not None
+        sent = False
         while worker.outbox:
             request, frames = worker.outbox.popleft()
             self._send(request, frames)
+            sent = True
+        if sent:
+            self._served_at = time.monotonic()
 
     def _send(self, request: Request, frames: List[Any]) -> None:
         self._release_admission(request)
