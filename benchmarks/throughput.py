@@ -153,6 +153,50 @@ def drive(
     return len(flat), seconds, flat, sum(errors), warmed
 
 
+def _client_process(port: int, observation: Dict[str, Any], duration_s: float, requests: Optional[int], warm: Any,
+                    start: Any, results: Any) -> None:
+    """One client in its own process (as each simulator worker of an evaluation farm is): warm up, wait for the
+    others, send get_action back to back, report (latencies ms, errors)."""
+    latencies: List[float] = []
+    errors = 0
+    with PolicyClient(port=port, timeout_ms=120000) as client:
+        client.get_action(observation)
+        warm.wait()
+        start.wait()
+        stop_at = time.perf_counter() + duration_s
+        while (time.perf_counter() < stop_at) if requests is None else (len(latencies) < requests):
+            started = time.perf_counter()
+            try:
+                client.get_action(observation)
+            except Exception:
+                errors += 1
+                continue
+            latencies.append((time.perf_counter() - started) * 1000.0)
+    results.put((latencies, errors))
+
+
+def drive_processes(
+    port: int, clients: int, observations: List[Dict[str, Any]], duration_s: float, requests: Optional[int], on_warm: Callable[[], Any]
+) -> Tuple[int, float, np.ndarray, int, Any]:
+    """As `drive`, with each client a process of its own, so the clients share no interpreter lock."""
+    ctx = mp.get_context("spawn")
+    warm, start, results = ctx.Barrier(clients + 1), ctx.Barrier(clients + 1), ctx.Queue()
+    procs = [ctx.Process(target=_client_process, args=(port, observations[i % len(observations)], duration_s, requests,
+                                                        warm, start, results), daemon=True) for i in range(clients)]
+    for proc in procs:
+        proc.start()
+    warm.wait(timeout=300)
+    warmed = on_warm()
+    start.wait(timeout=60)
+    started = time.perf_counter()
+    collected = [results.get(timeout=duration_s + 600) for _ in procs]
+    seconds = time.perf_counter() - started
+    for proc in procs:
+        proc.join(timeout=10)
+    flat = np.array([value for latencies, _ in collected for value in latencies], dtype=np.float64)
+    return len(flat), seconds, flat, sum(errors for _, errors in collected), warmed
+
+
 def measure(
     name: str, spec: Dict[str, Any], observations: List[Dict[str, Any]], args: argparse.Namespace, clients_list: List[int], batching: bool
 ) -> List[Point]:
@@ -167,7 +211,7 @@ def measure(
         with PolicyClient(port=port, timeout_ms=600000) as probe:
             probe.get_action(observations[0])  # first call pays one-off costs (lazy init, allocator warm-up)
         for clients in clients_list:
-            completed, seconds, latencies, errors, before = drive(
+            completed, seconds, latencies, errors, before = (drive_processes if args.client_processes else drive)(
                 port, clients, observations, args.duration, args.requests, on_warm=lambda: server_stats(port)
             )
             after = server_stats(port)
@@ -225,6 +269,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--gr00t-clients", default="1,4,8", help="comma-separated K values (tiny Gr00tPolicy on CPU)")
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per point (ignored with --requests)")
     parser.add_argument("--requests", type=int, default=None, help="requests per client per point instead of a duration")
+    parser.add_argument("--client-processes", action="store_true",
+                        help="each client in its own process (as simulator workers are) instead of a thread of this one")
     parser.add_argument("--max-batch-size", type=int, default=16, help="rows per policy call with batching on")
     parser.add_argument("--batch-timeout-ms", type=float, default=DEFAULT_BATCH_TIMEOUT_MS,
                         help=f"cap of the adaptive gather window (default {DEFAULT_BATCH_TIMEOUT_MS:g}, the server's)")
