@@ -127,6 +127,7 @@ class RequestLoop:
             return
         if request.endpoint == "get_action" and server.batching_enabled and batching.is_batchable(request.data):
             self._note_straggler(request)
+            request.rows = batching.total_rows([request.data])  # once: every turn sums the pending rows
             self.pending.append(request)
             return
         if any(pending.session == request.session for pending in self.pending):
@@ -175,7 +176,7 @@ class RequestLoop:
         if not self.pending:
             return
         server = self._server
-        full = batching.total_rows(r.data for r in self.pending) >= server.max_batch_size
+        full = sum(r.rows for r in self.pending) >= server.max_batch_size
         everyone_waiting = False
         if not (force or full or server._stop_requested.is_set()):
             if server._worker is not None and server._worker.busy:

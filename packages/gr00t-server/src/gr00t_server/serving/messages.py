@@ -46,6 +46,7 @@ class Request:
     identity: bytes = b""  # the ROUTER identity of the connection
     admitted: bool = False  # counted against the queue budgets until its reply is sent
     outcome: str = "ok"  # how it was answered, for metrics: ok, error, refused, expired, internal_error
+    rows: int = 1  # observation rows of a gathered get_action (batching.total_rows), counted once when gathered
 
     def expired(self, now: Optional[float] = None) -> bool:
         """True once the client's deadline has passed (it no longer waits for the reply)."""
