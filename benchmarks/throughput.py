@@ -17,6 +17,7 @@ clients, vllm-omni #6567; vla-eval's batched server reported 47x on LIBERO.)
 from __future__ import annotations
 
 import argparse
+import functools
 import multiprocessing as mp
 import sys
 import tempfile
@@ -175,13 +176,49 @@ def _client_process(port: int, observation: Dict[str, Any], duration_s: float, r
     results.put((latencies, errors))
 
 
+def _raw_client_process(port: int, observation: Dict[str, Any], duration_s: float, requests: Optional[int], warm: Any,
+                        start: Any, results: Any) -> None:
+    """A client process that sends the same pre-encoded get_action frames over a plain REQ socket and only checks
+    that a reply came: it costs the shared CPU almost nothing, so the server and its batching are what is measured."""
+    import zmq
+
+    from gr00t_client import codec
+
+    frames = [bytes(frame) for frame in codec.encode_multipart({"endpoint": "get_action", "data": {"observation": observation}})]
+    context = zmq.Context()
+    sock = context.socket(zmq.REQ)
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    latencies: List[float] = []
+    errors = 0
+
+    def call() -> bool:
+        sock.send_multipart(frames)
+        reply = sock.recv_multipart()
+        return bool(codec.decode_multipart(reply).get("ok"))
+
+    call()
+    warm.wait()
+    start.wait()
+    stop_at = time.perf_counter() + duration_s
+    while (time.perf_counter() < stop_at) if requests is None else (len(latencies) < requests):
+        started = time.perf_counter()
+        if call():
+            latencies.append((time.perf_counter() - started) * 1000.0)
+        else:
+            errors += 1
+    sock.close(linger=0)
+    context.term()
+    results.put((latencies, errors))
+
+
 def drive_processes(
-    port: int, clients: int, observations: List[Dict[str, Any]], duration_s: float, requests: Optional[int], on_warm: Callable[[], Any]
+    port: int, clients: int, observations: List[Dict[str, Any]], duration_s: float, requests: Optional[int],
+    on_warm: Callable[[], Any], target: Callable[..., None] = _client_process,
 ) -> Tuple[int, float, np.ndarray, int, Any]:
     """As `drive`, with each client a process of its own, so the clients share no interpreter lock."""
     ctx = mp.get_context("spawn")
     warm, start, results = ctx.Barrier(clients + 1), ctx.Barrier(clients + 1), ctx.Queue()
-    procs = [ctx.Process(target=_client_process, args=(port, observations[i % len(observations)], duration_s, requests,
+    procs = [ctx.Process(target=target, args=(port, observations[i % len(observations)], duration_s, requests,
                                                         warm, start, results), daemon=True) for i in range(clients)]
     for proc in procs:
         proc.start()
@@ -211,7 +248,12 @@ def measure(
         with PolicyClient(port=port, timeout_ms=600000) as probe:
             probe.get_action(observations[0])  # first call pays one-off costs (lazy init, allocator warm-up)
         for clients in clients_list:
-            completed, seconds, latencies, errors, before = (drive_processes if args.client_processes else drive)(
+            driver: Callable[..., Any] = drive
+            if args.clients_as == "processes":
+                driver = drive_processes
+            elif args.clients_as == "raw-processes":
+                driver = functools.partial(drive_processes, target=_raw_client_process)
+            completed, seconds, latencies, errors, before = driver(
                 port, clients, observations, args.duration, args.requests, on_warm=lambda: server_stats(port)
             )
             after = server_stats(port)
@@ -269,8 +311,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--gr00t-clients", default="1,4,8", help="comma-separated K values (tiny Gr00tPolicy on CPU)")
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per point (ignored with --requests)")
     parser.add_argument("--requests", type=int, default=None, help="requests per client per point instead of a duration")
-    parser.add_argument("--client-processes", action="store_true",
-                        help="each client in its own process (as simulator workers are) instead of a thread of this one")
+    parser.add_argument("--clients-as", choices=["threads", "processes", "raw-processes"], default="threads",
+                        help="threads of this process (default); processes, one PolicyClient each, as simulator "
+                             "workers are; raw-processes: plain REQ sockets resending pre-encoded frames, so that "
+                             "the clients' own CPU hardly counts and the server is what is measured")
     parser.add_argument("--max-batch-size", type=int, default=16, help="rows per policy call with batching on")
     parser.add_argument("--batch-timeout-ms", type=float, default=DEFAULT_BATCH_TIMEOUT_MS,
                         help=f"cap of the adaptive gather window (default {DEFAULT_BATCH_TIMEOUT_MS:g}, the server's)")
