@@ -231,7 +231,8 @@ class GatherWindow:
         self._call_s = seconds if self._call_s is None else 0.8 * self._call_s + 0.2 * seconds
 
     def seconds(self) -> float:
-        """The current window: how long after its first arrival a round is dispatched without its stragglers."""
+        """The current window: how long after it starts (its first arrival, or the previous call's replies when that
+        arrival came during the call) a round is dispatched without its stragglers."""
         if not self._spreads:
             return self.cap_s
         window = SPREAD_MARGIN * max(self._spreads) + SPREAD_SLACK_S
