@@ -111,6 +111,29 @@ class Point:
         return self.requests / self.seconds if self.seconds > 0 else 0.0
 
 
+def _back_to_back(call: Callable[[], Any], more: Callable[[List[float]], bool]) -> Tuple[List[float], int]:
+    """Call `call` back to back while `more(latencies so far)`; (latencies ms of the calls that succeeded, failures)."""
+    latencies: List[float] = []
+    errors = 0
+    while more(latencies):
+        started = time.perf_counter()
+        try:
+            call()
+        except Exception:
+            errors += 1
+            continue
+        latencies.append((time.perf_counter() - started) * 1000.0)
+    return latencies, errors
+
+
+def _for(duration_s: float, requests: Optional[int]) -> Callable[[List[float]], bool]:
+    """`more` for _back_to_back: `requests` calls, or else calls until `duration_s` from now."""
+    stop_at = time.perf_counter() + duration_s
+    if requests is not None:
+        return lambda done: len(done) < requests
+    return lambda done: time.perf_counter() < stop_at
+
+
 def drive(
     port: int, clients: int, observations: List[Dict[str, Any]], duration_s: float, requests: Optional[int], on_warm: Callable[[], Any]
 ) -> Tuple[int, float, np.ndarray, int, Any]:
@@ -127,14 +150,10 @@ def drive(
             client.get_action(observation)  # negotiate the wire and warm up
             warm.wait()
             barrier.wait()
-            while not stop.is_set() and (requests is None or len(latencies[index]) < requests):
-                started = time.perf_counter()
-                try:
-                    client.get_action(observation)
-                except Exception:
-                    errors[index] += 1
-                    continue
-                latencies[index].append((time.perf_counter() - started) * 1000.0)
+            latencies[index], errors[index] = _back_to_back(
+                lambda: client.get_action(observation),
+                lambda done: not stop.is_set() and (requests is None or len(done) < requests),
+            )
 
     threads = [threading.Thread(target=one_client, args=(i,), daemon=True) for i in range(clients)]
     for thread in threads:
@@ -158,22 +177,11 @@ def _client_process(port: int, observation: Dict[str, Any], duration_s: float, r
                     start: Any, results: Any) -> None:
     """One client in its own process (as each simulator worker of an evaluation farm is): warm up, wait for the
     others, send get_action back to back, report (latencies ms, errors)."""
-    latencies: List[float] = []
-    errors = 0
     with PolicyClient(port=port, timeout_ms=120000) as client:
         client.get_action(observation)
         warm.wait()
         start.wait()
-        stop_at = time.perf_counter() + duration_s
-        while (time.perf_counter() < stop_at) if requests is None else (len(latencies) < requests):
-            started = time.perf_counter()
-            try:
-                client.get_action(observation)
-            except Exception:
-                errors += 1
-                continue
-            latencies.append((time.perf_counter() - started) * 1000.0)
-    results.put((latencies, errors))
+        results.put(_back_to_back(lambda: client.get_action(observation), _for(duration_s, requests)))
 
 
 def _raw_client_process(port: int, observation: Dict[str, Any], duration_s: float, requests: Optional[int], warm: Any,
@@ -188,27 +196,18 @@ def _raw_client_process(port: int, observation: Dict[str, Any], duration_s: floa
     context = zmq.Context()
     sock = context.socket(zmq.REQ)
     sock.connect(f"tcp://127.0.0.1:{port}")
-    latencies: List[float] = []
-    errors = 0
-
-    def call() -> bool:
+    def call() -> None:
         sock.send_multipart(frames)
-        reply = sock.recv_multipart()
-        return bool(codec.decode_multipart(reply).get("ok"))
+        if not codec.decode_multipart(sock.recv_multipart()).get("ok"):
+            raise RuntimeError("the server answered with an error")
 
     call()
     warm.wait()
     start.wait()
-    stop_at = time.perf_counter() + duration_s
-    while (time.perf_counter() < stop_at) if requests is None else (len(latencies) < requests):
-        started = time.perf_counter()
-        if call():
-            latencies.append((time.perf_counter() - started) * 1000.0)
-        else:
-            errors += 1
+    outcome = _back_to_back(call, _for(duration_s, requests))
     sock.close(linger=0)
     context.term()
-    results.put((latencies, errors))
+    results.put(outcome)
 
 
 def drive_processes(

@@ -177,19 +177,18 @@ class RequestLoop:
             return
         server = self._server
         full = sum(r.rows for r in self.pending) >= server.max_batch_size
+        start = self._round_start()
         everyone_waiting = False
         if not (force or full or server._stop_requested.is_set()):
             if server._worker is not None and server._worker.busy:
                 return  # the worker is busy: gather more for free
             known = self._recent_clients()
             everyone_waiting = bool(known) and {r.session for r in self.pending} >= known
-            start = self._round_start()
             waited = time.monotonic() >= start + self._window.seconds()
             if not (everyone_waiting or waited):
                 return
             if not everyone_waiting:  # cut short: whoever of `known` comes late tells how wide rounds really are
                 self._cut_round = (start, known - {r.session for r in self.pending})
-        start = self._round_start()
         pending, self.pending = self.pending, []
         if everyone_waiting:  # a whole round: its arrival spread is what the window must cover
             self._window.observe_spread(pending[-1].received_at - start)
