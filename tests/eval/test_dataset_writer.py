@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from eval.dataset_factory import TASKS, episode_frames, expected_actions, expected_states, make_dataset
-from gr00t_eval.dataset import STAT_NAMES, DatasetWriter
+from gr00t_eval.dataset import STAT_NAMES, DatasetWriter, available_codecs
+from gr00t_eval.dataset.video import ENCODERS
 
 
 def _read_jsonl(path):
@@ -84,6 +85,24 @@ def test_videos_use_the_requested_codec_and_frame_count(tmp_path, codec, decoder
         stream = container.streams.video[0]
         assert stream.codec_context.name in decoder_names
         assert sum(1 for _ in container.decode(stream)) == 7
+
+
+def test_a_codec_is_encoded_with_the_first_of_its_encoders_this_pyav_build_has(tmp_path, monkeypatch):
+    # av 12 wheels have libaom-av1 but not SVT-AV1: av1 falls back to the second encoder the same way
+    monkeypatch.setitem(ENCODERS, "h264", ("no-such-encoder", "libx264"))
+    root = make_dataset(tmp_path / "fallback", lengths=(4,), cameras=("image",), codec="h264")
+    with av.open(str(root / "videos" / "chunk-000" / "observation.images.image" / "episode_000000.mp4")) as container:
+        assert container.streams.video[0].codec_context.name == "h264"
+        assert sum(1 for _ in container.decode(container.streams.video[0])) == 4
+
+
+def test_a_codec_this_pyav_build_cannot_encode_is_refused_before_the_folder_is_made(tmp_path, monkeypatch):
+    monkeypatch.setitem(ENCODERS, "av1", ("no-such-encoder", "nor-this-one"))
+    assert available_codecs() == ["h264"]
+    with pytest.raises(ValueError, match=r"video codec 'av1' needs one of the encoders no-such-encoder, nor-this-one, "
+                                         r"and this PyAV build \(av [0-9.]+\) has none of them; use video codec 'h264'"):
+        DatasetWriter(tmp_path / "out", 10, video_codec="av1")
+    assert not (tmp_path / "out").exists()
 
 
 def test_v3_layout_groups_episodes_into_files(tmp_path):

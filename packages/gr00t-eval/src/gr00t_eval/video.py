@@ -116,7 +116,7 @@ def write_mp4(path: Union[str, Path], frames: Sequence[np.ndarray], caption: str
     band = caption_band(caption, width)
     canvas = np.zeros((height + band.shape[0], width, 3), dtype=np.uint8)
     canvas[height:] = band
-    codec = "libx264" if _has_encoder("libx264") else "mpeg4"
+    codec = "libx264" if has_encoder("libx264") else "mpeg4"
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=Fraction(fps))
         stream.width, stream.height, stream.pix_fmt = width, canvas.shape[0], "yuv420p"
@@ -136,7 +136,8 @@ def write_mp4(path: Union[str, Path], frames: Sequence[np.ndarray], caption: str
     return path
 
 
-def _has_encoder(name: str) -> bool:
+def has_encoder(name: str) -> bool:
+    """True when this PyAV build's FFmpeg has the encoder `name` (e.g. libx264, libsvtav1)."""
     try:
         av.codec.Codec(name, "w")
         return True

@@ -11,11 +11,35 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import av
 import numpy as np
 
+from ..video import has_encoder
 from .errors import DatasetError, require_file
 
 logger = logging.getLogger(__name__)
 
-ENCODERS = {"h264": "libx264", "av1": "libsvtav1"}
+# Encoders of each codec, preferred first. LeRobot encodes av1 with SVT-AV1, which older PyAV wheels (av 12) lack;
+# libaom-av1 is slower but in every PyAV wheel we know of.
+ENCODERS: Dict[str, Tuple[str, ...]] = {"h264": ("libx264",), "av1": ("libsvtav1", "libaom-av1")}
+# Per-encoder options beyond gop and crf: libaom's default effort is minutes per episode; cpu-used 8 is its fastest.
+_ENCODER_OPTIONS: Dict[str, Dict[str, str]] = {
+    "libx264": {"bf": "0"},  # no B-frames: pts == frame index, easy to reason about
+    "libaom-av1": {"cpu-used": "8", "row-mt": "1", "b": "0"},  # b=0: crf alone sets the quality
+}
+
+
+def encoder_for(codec: str) -> str:
+    """The first encoder of `codec` (a key of ENCODERS) this PyAV build has; ValueError naming them otherwise."""
+    if codec not in ENCODERS:
+        raise ValueError(f"video codec {codec!r} is not supported; expected one of {sorted(ENCODERS)}")
+    for name in ENCODERS[codec]:
+        if has_encoder(name):
+            return name
+    others = [c for c in available_codecs() if c != codec]
+    raise ValueError(
+        f"video codec {codec!r} needs one of the encoders {', '.join(ENCODERS[codec])}, and this PyAV build "
+        f"(av {av.__version__}) has none of them; "
+        + (f"use video codec {others[0]!r} instead, or " if others else "")
+        + "install a PyAV wheel whose FFmpeg has one"
+    )
 
 
 def decode_frames_at(path: Path, timestamps: Sequence[float], fps: float) -> Tuple[np.ndarray, int]:
@@ -72,8 +96,7 @@ class Mp4Encoder:
     """Appends uint8 (T, H, W, 3) RGB frames to one mp4 file at a fixed frame rate."""
 
     def __init__(self, path: Path, fps: int, codec: str = "h264", gop: int = 8, crf: int = 18) -> None:
-        if codec not in ENCODERS:
-            raise ValueError(f"video codec {codec!r} is not supported; expected one of {sorted(ENCODERS)}")
+        self.encoder = encoder_for(codec)  # before any file is made: an unknown or missing codec raises here
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.fps = fps
@@ -85,15 +108,13 @@ class Mp4Encoder:
         self.frames_written = 0
 
     def _open(self, height: int, width: int) -> None:
-        if self.codec == "av1":
+        if self.encoder == "libsvtav1":
             os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its banner to stderr unless told otherwise
         self._container = av.open(str(self.path), "w")
-        stream = self._container.add_stream(ENCODERS[self.codec], rate=Fraction(self.fps))
+        stream = self._container.add_stream(self.encoder, rate=Fraction(self.fps))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.time_base = Fraction(1, self.fps)
-        stream.options = {"g": str(self._gop), "crf": str(self._crf)}
-        if self.codec == "h264":
-            stream.options["bf"] = "0"  # no B-frames: pts == frame index, easy to reason about
+        stream.options = {"g": str(self._gop), "crf": str(self._crf), **_ENCODER_OPTIONS.get(self.encoder, {})}
         self._stream = stream
 
     def write(self, frames: np.ndarray) -> None:
@@ -152,12 +173,5 @@ def video_feature_info(codec: str, fps: int, height: int, width: int) -> Mapping
 
 
 def available_codecs() -> List[str]:
-    """Codecs of ENCODERS whose encoder exists in this PyAV build."""
-    out = []
-    for name, encoder in ENCODERS.items():
-        try:
-            av.codec.Codec(encoder, "w")
-            out.append(name)
-        except (av.error.FFmpegError, ValueError):  # pragma: no cover - depends on the build
-            continue
-    return out
+    """Codecs of ENCODERS that this PyAV build has an encoder for."""
+    return [codec for codec, encoders in ENCODERS.items() if any(map(has_encoder, encoders))]

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from .modality import ArrayGroup, DatasetModality, LanguageGroup, VideoGroup, layout_from_dims
 from .stats import column_stats
-from .video import ENCODERS, Mp4Encoder, video_feature_info
+from .video import ENCODERS, Mp4Encoder, encoder_for, video_feature_info
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ class DatasetWriter:
     ) -> None:
         if video_codec not in ENCODERS:
             raise ValueError(f"video_codec must be one of {sorted(ENCODERS)}, got {video_codec!r}")
+        encoder_for(video_codec)  # a codec this PyAV build cannot encode fails here, before the folder is touched
         if layout not in ("v2.1", "v3.0"):
             raise ValueError(f"layout must be 'v2.1' or 'v3.0', got {layout!r}")
         if not language_key.startswith("annotation."):

@@ -1,0 +1,217 @@
+"""gr00t-client and gr00t-eval at the bottom of what their pyprojects admit: the oldest `requires-python`
+interpreter with every dependency pinned to its lower bound, as on an older robot or evaluation machine.
+
+A fresh venv of that interpreter gets those pins and the package (from a copy of its sources, so no build folder
+is left in the checkout), then runs the package's own tests that need nothing else.
+
+- gr00t-client (Python 3.9, numpy 1.21.0, pyzmq 22.0.0, msgpack 1.0.0 today): the codec, modality, embodiment
+  and CURVE tests, and a smoke script (min_versions_smoke.py) against real gr00t-servers of the dev venv over
+  loopback: both wire formats, errors, a NaN refusal, CURVE, a timeout and the ActionChunker.
+- gr00t-eval (Python 3.10, numpy 1.21.2, pyarrow 12.0.0, av 12.0.0, tqdm 4.60.0; matplotlib 3.7.0 for [plots]):
+  the dataset reader and writer (h264 and av1 mp4s, parquet, both LeRobot layouts), metrics and open-loop tests.
+
+Skipped when no interpreter of the version is found (GR00T_MIN_PYTHON_3_9 / _3_10 name one) or when pip cannot
+reach an index.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+import zmq
+
+from reference_peer import EchoPolicy
+from serving import running_server
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+ (the dev venv's)
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGES = REPO / "packages"
+# Each package's tests that need nothing but the package, its dependencies and the test tools.
+CLIENT_ONLY_TESTS = [f"tests/client/{name}" for name in (
+    "test_codec.py", "test_codec_depth_limit.py", "test_codec_packers.py", "test_curve_client.py",
+    "test_embodiment.py", "test_modality.py")]
+EVAL_ONLY_TESTS = [f"tests/eval/{name}" for name in (
+    "test_dataset_reader.py", "test_dataset_writer.py", "test_metrics.py", "test_open_loop.py")]
+TEST_TOOLS = ["pytest", "pytest-timeout", "hypothesis"]
+# A lower bound with no wheel for the oldest Python is tested at the first release that has one (a source build
+# of numpy takes many minutes): numpy 1.21.0 and 1.21.1 have no wheels for Python 3.10.
+LOWEST_WITH_A_WHEEL = {("3.10", "numpy==1.21"): "numpy==1.21.2", ("3.10", "pyzmq==22"): "pyzmq==22.3.0"}
+_OFFLINE_HINTS = ("No matching distribution found", "Could not find a version", "NewConnectionError",
+                  "Temporary failure in name resolution", "Network is unreachable")
+
+
+def _project(package: str) -> dict:
+    return tomllib.loads((PACKAGES / package / "pyproject.toml").read_text())["project"]
+
+
+def _oldest_supported(package: str) -> str:
+    return re.fullmatch(r">=\s*(3\.\d+)", _project(package)["requires-python"]).group(1)
+
+
+def lower_bound_pins(dependencies: List[str]) -> Dict[str, str]:
+    """{name: "name==X"} for each `name>=X` requirement (siblings `gr00t-*==V` are skipped: installed from source);
+    a dependency without a lower bound raises."""
+    pins = {}
+    for requirement in dependencies:
+        if requirement.startswith("gr00t-"):
+            continue
+        match = re.fullmatch(r"\s*([A-Za-z0-9_.-]+)\s*>=\s*([0-9][0-9.]*)\s*(,.*)?", requirement)
+        if match is None:
+            raise ValueError(f"dependency {requirement!r} has no '>=' lower bound to test")
+        name, bound = match.group(1), match.group(2)
+        if name in pins:  # named twice (a sibling's too): the higher bound is the one both admit
+            bound = max(bound, pins[name].split("==")[1], key=lambda v: tuple(int(p) for p in v.split(".") if p))
+        pins[name] = f"{name}=={bound}"
+    return pins
+
+
+def _python_version(candidate: str) -> str:
+    """'3.9' for a working interpreter, '' for one that does not run (e.g. a pyenv shim of a version not selected)."""
+    try:
+        result = subprocess.run([candidate, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                                capture_output=True, text=True, timeout=60)
+    except OSError:
+        return ""
+    return result.stdout.strip() if result.returncode == 0 else ""
+
+
+def _python(minimum: str) -> str:
+    """An interpreter of Python `minimum`: GR00T_MIN_PYTHON_3_9 (etc.), pythonX.Y on PATH, or pyenv's."""
+    variable = f"GR00T_MIN_PYTHON_{minimum.replace('.', '_')}"
+    if os.environ.get(variable):
+        candidate = os.environ[variable]
+        found = _python_version(candidate)
+        assert found == minimum, f"{variable}={candidate} is Python {found or '(not runnable)'}, not {minimum}"
+        return candidate
+    pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    candidates = [shutil.which(f"python{minimum}"), *sorted(map(str, pyenv_root.glob(f"versions/{minimum}.*/bin/python{minimum}")))]
+    for candidate in filter(None, candidates):
+        if _python_version(candidate) == minimum:
+            return candidate
+    pytest.skip(f"no python{minimum} found (the oldest supported); set {variable} to one")
+
+
+def _pip(python: Path, *args: str) -> None:
+    result = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *args],
+                            capture_output=True, text=True, timeout=900)
+    if result.returncode != 0 and any(hint in result.stdout + result.stderr for hint in _OFFLINE_HINTS):
+        pytest.skip(f"pip cannot fetch {args} (offline?)")
+    assert result.returncode == 0, f"pip install {args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+
+
+def _pins(package: str, extras: List[str] = ()) -> List[str]:
+    """Lower-bound pins of `package`, its `extras` and its gr00t siblings' dependencies, for its oldest Python."""
+    project = _project(package)
+    requirements = list(project["dependencies"])
+    for extra in extras:
+        requirements += project["optional-dependencies"][extra]
+    for sibling in [r.split("==")[0] for r in project["dependencies"] if r.startswith("gr00t-")]:
+        requirements += _project(sibling)["dependencies"]  # a sibling's bound is met by the same lowest release
+    minimum = _oldest_supported(package)
+    return [LOWEST_WITH_A_WHEEL.get((minimum, pin), pin) for pin in lower_bound_pins(requirements).values()]
+
+
+def _min_venv(root: Path, package: str, pins: List[str], tools: List[str], sources: List[str]) -> Path:
+    """A venv of `package`'s oldest Python with `pins` and `tools` in one resolve (so no tool lifts a pin) and our
+    `sources` installed from copies without their dependencies."""
+    interpreter = _python(_oldest_supported(package))
+    subprocess.run([interpreter, "-m", "venv", str(root / "venv")], check=True, timeout=300)
+    python = root / "venv" / "bin" / "python"
+    _pip(python, *pins, *tools)
+    copies = []
+    for name in sources:
+        copy = root / name
+        shutil.copytree(PACKAGES / name, copy, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+        copies.append(str(copy))
+    _pip(python, "--no-deps", *copies)
+    return python
+
+
+def _installed(python: Path, *modules: str) -> Dict[str, str]:
+    code = "import importlib.metadata as m, sys; print(' '.join(m.version(d) for d in sys.argv[1:]))"
+    versions = subprocess.run([str(python), "-c", code, *modules], capture_output=True, text=True, check=True).stdout.split()
+    return dict(zip(modules, versions))
+
+
+def _assert_at_the_pins(python: Path, pins: List[str]) -> None:
+    """Each pinned distribution is installed at its pin (`numpy==1.21` is met by 1.21.0)."""
+    wanted = dict(pin.split("==") for pin in pins)
+    installed = _installed(python, *wanted)
+    for name, version in wanted.items():
+        assert installed[name] == version or installed[name].startswith(version + "."), (name, installed[name], version)
+
+
+def _run_tests(python: Path, tests: List[str]) -> str:
+    result = subprocess.run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", *tests],
+                            cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{result.stdout[-6000:]}\n{result.stderr[-3000:]}"
+    assert re.search(r"\d+ passed", result.stdout) and "failed" not in result.stdout, result.stdout[-2000:]
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def client_venv(tmp_path_factory) -> Path:
+    return _min_venv(tmp_path_factory.mktemp("client-min"), "gr00t-client", _pins("gr00t-client"),
+                     [*TEST_TOOLS, "msgpack-numpy"], ["gr00t-client"])
+
+
+@pytest.fixture(scope="module")
+def eval_venv(tmp_path_factory) -> Path:
+    return _min_venv(tmp_path_factory.mktemp("eval-min"), "gr00t-eval", _pins("gr00t-eval", ["plots"]), TEST_TOOLS,
+                     ["gr00t-client", "gr00t-eval"])
+
+
+def test_every_dependency_has_a_lower_bound_that_is_pinned_here():
+    assert set(lower_bound_pins(_project("gr00t-client")["dependencies"])) == {"pyzmq", "msgpack", "numpy"}
+    assert {"numpy", "pyarrow", "av", "tqdm"} <= set(lower_bound_pins(_project("gr00t-eval")["dependencies"]))
+    assert "numpy==1.21.2" in _pins("gr00t-eval") and "numpy==1.21" in _pins("gr00t-client")
+    assert lower_bound_pins(["numpy>=1.21", "gr00t-client==0.1.0", "numpy>=1.24.1", "numpy>=1.22"]) == {"numpy": "numpy==1.24.1"}
+    with pytest.raises(ValueError, match="no '>=' lower bound"):
+        lower_bound_pins(["numpy"])
+
+
+@pytest.mark.slow
+def test_the_client_only_tests_pass_at_the_lowest_admitted_versions(client_venv):
+    _assert_at_the_pins(client_venv, _pins("gr00t-client"))
+    _run_tests(client_venv, CLIENT_ONLY_TESTS)
+
+
+@pytest.mark.slow
+def test_the_client_at_the_lowest_admitted_versions_talks_to_our_server(client_venv):
+    server_public, server_secret = zmq.curve_keypair()
+    wrong_public, _ = zmq.curve_keypair()
+    with running_server(EchoPolicy()) as plain, \
+            running_server(EchoPolicy(), curve_secret_key=server_secret.decode()) as encrypted:
+        dead = zmq.Context.instance().socket(zmq.ROUTER)  # accepts connections, never answers
+        dead_port = dead.bind_to_random_port("tcp://127.0.0.1")
+        try:
+            result = subprocess.run(
+                [str(client_venv), str(Path(__file__).with_name("min_versions_smoke.py")), str(plain.port),
+                 str(encrypted.port), server_public.decode(), wrong_public.decode(), str(dead_port)],
+                capture_output=True, text=True, timeout=300,
+            )
+        finally:
+            dead.close(linger=0)
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr[-4000:]}"
+    for line in ("plain multipart: ping, modality config, get_action, reset, errors ok",
+                 "plain reference: ping, modality config, get_action, reset, errors ok",
+                 "ActionChunker (asynchronous) over the client ok",
+                 "CURVE: encrypted get_action ok, a wrong server key raises HandshakeError",
+                 "timeout against a dead port ok"):
+        assert line in result.stdout, f"missing {line!r} in:\n{result.stdout}"
+    print(next(line for line in result.stdout.splitlines() if line.startswith("versions:")))
+
+
+@pytest.mark.slow
+def test_the_eval_dataset_and_open_loop_tests_pass_at_the_lowest_admitted_versions(eval_venv):
+    _assert_at_the_pins(eval_venv, _pins("gr00t-eval", ["plots"]))
+    output = _run_tests(eval_venv, EVAL_ONLY_TESTS)
+    # av1 must be written and read here too (av 12's FFmpeg encodes it with libaom-av1, not SVT-AV1)
+    assert "cannot be encoded by this PyAV build" not in output, output[-3000:]
