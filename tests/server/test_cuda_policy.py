@@ -20,6 +20,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
 TAG = "new_embodiment"
 DEVICE = os.environ.get("GR00T_GPU_TEST_DEVICE", "cuda")
+CPU_CHECKABLE = True  # tests/conftest.py: GR00T_GPU_TEST_DEVICE=cpu runs this module without a GPU
 
 
 def policy_on(checkpoint, dtype, preprocess_device=None):
