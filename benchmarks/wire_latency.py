@@ -1,8 +1,10 @@
 """Round-trip latency of get_action over the wire with a null policy, beside a raw ZeroMQ floor.
 
 Rows: our client and server (wire="auto", i.e. multipart), our client forced to wire="reference", the
-reference-style client (tests/reference_peer.py) against our server, and a raw REQ/REP pair that carries the
-same request and reply bytes with no encoding at all. Each is timed with CURVE encryption off and on (the
+reference-style client (tests/reference_peer.py) against our server, a bare REQ/REP pair that only runs our
+multipart codec (the client encodes the request and decodes the reply, the server decodes and encodes: what
+the codec alone costs, with no validation, batching, worker thread or policy), and a raw REQ/REP pair that
+carries the same request and reply bytes with no encoding at all. Each is timed with CURVE encryption off and on (the
 reference-style client speaks plaintext only). Everything runs on loopback in one process.
 
     python benchmarks/wire_latency.py --iterations 300
@@ -99,6 +101,22 @@ class RawFloor:
         self._context.term()
 
 
+class CodecFloor(RawFloor):
+    """A REP thread that decodes each multipart request and encodes the action reply: the codec and nothing else."""
+
+    def __init__(self, curve_keys: Optional[Tuple[bytes, bytes]] = None) -> None:
+        self._policy = NullPolicy()
+        super().__init__(b"", curve_keys)
+
+    def _serve(self) -> None:
+        self._rep.copy_threshold = codec.ZERO_COPY_MIN_BYTES
+        while self._running:
+            if self._rep.poll(50):
+                request = codec.decode_multipart(self._rep.recv_multipart(copy=False))
+                action, info = self._policy.get_action(request["data"]["observation"])
+                self._rep.send_multipart(codec.encode_multipart({"ok": True, "result": [action, info]}), copy=False)
+
+
 def percentile(samples: List[float], q: float) -> float:
     return float(np.percentile(np.asarray(samples), q))
 
@@ -131,8 +149,10 @@ def run_case(name: str, observation, iterations: int, warmup: int, rounds: int) 
     for thread in threads:
         thread.start()
     floors = {"off": RawFloor(reply_bytes), "on": RawFloor(reply_bytes, (server_public, server_secret))}
+    codec_floors = {"off": CodecFloor(), "on": CodecFloor((server_public, server_secret))}
     context = zmq.Context()
     reqs = {"off": raw_client(context, floors["off"].port, None), "on": raw_client(context, floors["on"].port, server_public)}
+    codec_reqs = {key: raw_client(context, floor.port, None if key == "off" else server_public) for key, floor in codec_floors.items()}
     curve = {"server_public_key": server_public.decode(), "client_secret_key": client_secret_path}
     clients = {
         ("ours (auto=multipart)", "off"): PolicyClient(host="127.0.0.1", port=servers["off"].port, timeout_ms=30000, wire="auto"),
@@ -152,6 +172,18 @@ def run_case(name: str, observation, iterations: int, warmup: int, rounds: int) 
         key: (lambda client=client: client.get_action(observation)) for key, client in clients.items()
     }
     paths[("reference-style client (no CURVE)", "off")] = lambda: reference.get_action(observation)
+    envelope = {"endpoint": "get_action", "data": {"observation": observation, "options": None}}
+
+    def codec_round_trip(req: zmq.Socket) -> Callable[[], object]:
+        req.copy_threshold = codec.ZERO_COPY_MIN_BYTES
+
+        def call() -> object:
+            req.send_multipart(codec.encode_multipart(envelope), copy=False)
+            return codec.decode_multipart(req.recv_multipart(copy=False))
+        return call
+
+    paths[("codec only, no server (multipart)", "off")] = codec_round_trip(codec_reqs["off"])
+    paths[("codec only, no server (multipart)", "on")] = codec_round_trip(codec_reqs["on"])
     paths[("raw ZeroMQ REQ/REP floor", "off")] = raw_round_trip(reqs["off"])
     paths[("raw ZeroMQ REQ/REP floor", "on")] = raw_round_trip(reqs["on"])
     samples: Dict[Tuple[str, str], List[float]] = {key: [] for key in paths}
@@ -166,10 +198,10 @@ def run_case(name: str, observation, iterations: int, warmup: int, rounds: int) 
         for client in clients.values():
             client.close()
         reference.close()
-        for req in reqs.values():
+        for req in [*reqs.values(), *codec_reqs.values()]:
             req.close(linger=0)
         context.term()
-        for floor in floors.values():
+        for floor in [*floors.values(), *codec_floors.values()]:
             floor.close()
         for server in servers.values():
             server.stop()
