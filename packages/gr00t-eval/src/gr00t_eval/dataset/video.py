@@ -16,8 +16,8 @@ from .errors import DatasetError, require_file
 
 logger = logging.getLogger(__name__)
 
-# Encoders of each codec, preferred first. LeRobot encodes av1 with SVT-AV1, which older PyAV wheels (av 12) lack;
-# libaom-av1 is slower but in every PyAV wheel we know of.
+# Encoders of each codec, preferred first. LeRobot encodes av1 with SVT-AV1, as newer PyAV wheels can; av 12's
+# wheels lack it but have libaom-av1 (slower).
 ENCODERS: Dict[str, Tuple[str, ...]] = {"h264": ("libx264",), "av1": ("libsvtav1", "libaom-av1")}
 # Per-encoder options beyond gop and crf: libaom's default effort is minutes per episode; cpu-used 8 is its fastest.
 _ENCODER_OPTIONS: Dict[str, Dict[str, str]] = {
