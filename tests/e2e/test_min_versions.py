@@ -1,5 +1,6 @@
 """gr00t-client and gr00t-eval at the bottom of what their pyprojects admit: the oldest `requires-python`
-interpreter with every dependency pinned to its lower bound, as on an older robot or evaluation machine.
+interpreter with every dependency pinned to its lower bound, as on an older robot or evaluation machine; and the
+client at the top too: the newest Python its classifiers name, with the newest release of each dependency.
 
 A fresh venv of that interpreter gets those pins and the package (from a copy of its sources, so no build folder
 is left in the checkout), then runs the package's own tests that need nothing else.
@@ -10,8 +11,8 @@ is left in the checkout), then runs the package's own tests that need nothing el
 - gr00t-eval (Python 3.10, numpy 1.21.2, pyarrow 12.0.0, av 12.0.0, tqdm 4.60.0; matplotlib 3.7.0 for [plots]):
   the dataset reader and writer (h264 and av1 mp4s, parquet, both LeRobot layouts), metrics and open-loop tests.
 
-Skipped when no interpreter of the version is found (GR00T_MIN_PYTHON_3_9 / _3_10 name one) or when pip cannot
-reach an index.
+Skipped when no interpreter of the version is found (GR00T_PYTHON_3_9, _3_10, _3_13 name one) or when pip
+cannot reach an index.
 """
 
 from __future__ import annotations
@@ -82,20 +83,20 @@ def _python_version(candidate: str) -> str:
     return result.stdout.strip() if result.returncode == 0 else ""
 
 
-def _python(minimum: str) -> str:
-    """An interpreter of Python `minimum`: GR00T_MIN_PYTHON_3_9 (etc.), pythonX.Y on PATH, or pyenv's."""
-    variable = f"GR00T_MIN_PYTHON_{minimum.replace('.', '_')}"
+def _python(version: str) -> str:
+    """An interpreter of Python `version`: GR00T_PYTHON_3_9 (any X.Y), pythonX.Y on PATH, or pyenv's."""
+    variable = f"GR00T_PYTHON_{version.replace('.', '_')}"
     if os.environ.get(variable):
         candidate = os.environ[variable]
         found = _python_version(candidate)
-        assert found == minimum, f"{variable}={candidate} is Python {found or '(not runnable)'}, not {minimum}"
+        assert found == version, f"{variable}={candidate} is Python {found or '(not runnable)'}, not {version}"
         return candidate
     pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
-    candidates = [shutil.which(f"python{minimum}"), *sorted(map(str, pyenv_root.glob(f"versions/{minimum}.*/bin/python{minimum}")))]
+    candidates = [shutil.which(f"python{version}"), *sorted(map(str, pyenv_root.glob(f"versions/{version}.*/bin/python{version}")))]
     for candidate in filter(None, candidates):
-        if _python_version(candidate) == minimum:
+        if _python_version(candidate) == version:
             return candidate
-    pytest.skip(f"no python{minimum} found (the oldest supported); set {variable} to one")
+    pytest.skip(f"no python{version} found; set {variable} to one")
 
 
 def _pip(python: Path, *args: str) -> None:
@@ -118,10 +119,16 @@ def _pins(package: str, extras: List[str] = ()) -> List[str]:
     return [LOWEST_WITH_A_WHEEL.get((minimum, pin), pin) for pin in lower_bound_pins(requirements).values()]
 
 
-def _min_venv(root: Path, package: str, pins: List[str], tools: List[str], sources: List[str]) -> Path:
-    """A venv of `package`'s oldest Python with `pins` and `tools` in one resolve (so no tool lifts a pin) and our
+def _newest_supported(package: str) -> str:
+    """The newest 'Programming Language :: Python :: 3.X' classifier of `package`."""
+    versions = [c.rsplit(" ", 1)[1] for c in _project(package)["classifiers"] if re.fullmatch(r"Programming Language :: Python :: 3\.\d+", c)]
+    return max(versions, key=lambda v: int(v.split(".")[1]))
+
+
+def _min_venv(root: Path, python_version: str, pins: List[str], tools: List[str], sources: List[str]) -> Path:
+    """A venv of Python `python_version` with `pins` and `tools` in one resolve (so no tool lifts a pin) and our
     `sources` installed from copies without their dependencies."""
-    interpreter = _python(_oldest_supported(package))
+    interpreter = _python(python_version)
     subprocess.run([interpreter, "-m", "venv", str(root / "venv")], check=True, timeout=300)
     python = root / "venv" / "bin" / "python"
     _pip(python, *pins, *tools)
@@ -158,17 +165,26 @@ def _run_tests(python: Path, tests: List[str]) -> str:
 
 @pytest.fixture(scope="module")
 def client_venv(tmp_path_factory) -> Path:
-    return _min_venv(tmp_path_factory.mktemp("client-min"), "gr00t-client", _pins("gr00t-client"),
+    return _min_venv(tmp_path_factory.mktemp("client-min"), _oldest_supported("gr00t-client"), _pins("gr00t-client"),
+                     [*TEST_TOOLS, "msgpack-numpy"], ["gr00t-client"])
+
+
+@pytest.fixture(scope="module")
+def client_newest_venv(tmp_path_factory) -> Path:
+    """The other end of the range: the newest Python the client claims, with the newest release of each dependency."""
+    names = list(lower_bound_pins(_project("gr00t-client")["dependencies"]))
+    return _min_venv(tmp_path_factory.mktemp("client-newest"), _newest_supported("gr00t-client"), names,
                      [*TEST_TOOLS, "msgpack-numpy"], ["gr00t-client"])
 
 
 @pytest.fixture(scope="module")
 def eval_venv(tmp_path_factory) -> Path:
-    return _min_venv(tmp_path_factory.mktemp("eval-min"), "gr00t-eval", _pins("gr00t-eval", ["plots"]), TEST_TOOLS,
-                     ["gr00t-client", "gr00t-eval"])
+    return _min_venv(tmp_path_factory.mktemp("eval-min"), _oldest_supported("gr00t-eval"), _pins("gr00t-eval", ["plots"]),
+                     TEST_TOOLS, ["gr00t-client", "gr00t-eval"])
 
 
 def test_every_dependency_has_a_lower_bound_that_is_pinned_here():
+    assert _oldest_supported("gr00t-client") == "3.9" and _newest_supported("gr00t-client") == "3.13"
     assert set(lower_bound_pins(_project("gr00t-client")["dependencies"])) == {"pyzmq", "msgpack", "numpy"}
     assert {"numpy", "pyarrow", "av", "tqdm"} <= set(lower_bound_pins(_project("gr00t-eval")["dependencies"]))
     assert "numpy==1.21.2" in _pins("gr00t-eval") and "numpy==1.21" in _pins("gr00t-client")
@@ -177,14 +193,22 @@ def test_every_dependency_has_a_lower_bound_that_is_pinned_here():
         lower_bound_pins(["numpy"])
 
 
+CLIENT_ENDS = pytest.mark.parametrize("venv", ["client_venv", "client_newest_venv"], ids=["lowest", "newest"])
+
+
 @pytest.mark.slow
-def test_the_client_only_tests_pass_at_the_lowest_admitted_versions(client_venv):
-    _assert_at_the_pins(client_venv, _pins("gr00t-client"))
+@CLIENT_ENDS
+def test_the_client_only_tests_pass_at_both_ends_of_the_admitted_versions(venv, request):
+    client_venv = request.getfixturevalue(venv)
+    if venv == "client_venv":
+        _assert_at_the_pins(client_venv, _pins("gr00t-client"))
     _run_tests(client_venv, CLIENT_ONLY_TESTS)
 
 
 @pytest.mark.slow
-def test_the_client_at_the_lowest_admitted_versions_talks_to_our_server(client_venv):
+@CLIENT_ENDS
+def test_the_client_at_both_ends_of_the_admitted_versions_talks_to_our_server(venv, request):
+    client_venv = request.getfixturevalue(venv)
     server_public, server_secret = zmq.curve_keypair()
     wrong_public, _ = zmq.curve_keypair()
     with running_server(EchoPolicy()) as plain, \
