@@ -58,6 +58,7 @@ dist-check: dist
 bench: install
 	$(PY) benchmarks/wire_latency.py
 	$(PY) benchmarks/throughput.py
+	$(PY) benchmarks/batching_timeline.py
 	$(PY) benchmarks/policy_latency.py
 	$(PY) benchmarks/preprocessing.py
 	$(PY) benchmarks/amplification_probes.py

@@ -1,0 +1,212 @@
+"""Where a batched round's time goes: K clients against the batching server with the sleep policy of
+throughput.py, the server's round timeline in medians (ms).
+
+A round runs from the moment one batch's replies are sent to the moment the next batch's replies are sent:
+the clients turn around (first and last request back), the server dispatches, merges, calls the policy,
+splits and encodes, hands the replies to its socket thread and sends them. Everything but the policy call is
+overhead against throughput.py's ideal (full batches back to back). The server process is instrumented by
+wrapping its methods. Each client is a process that resends pre-encoded frames (throughput.py's raw clients)
+and stamps when its reply arrived and when it sent again, so the clients' turnaround splits into delivery
+(the server begins sending -> the client has its reply: ZeroMQ and the OS waking the process) and the client's
+own work.
+
+    python benchmarks/batching_timeline.py                       # 16 client processes, 8 s
+    python benchmarks/batching_timeline.py --clients 8 --duration 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import functools
+import multiprocessing as mp
+import statistics
+import sys
+import threading
+import time
+from typing import Any, Dict, List, Optional
+
+import throughput as T
+
+
+def _serve_instrumented(spec: Dict[str, Any], max_batch: int, timeout_ms: float, ready: Any, requests: Any,
+                        results: Any) -> None:
+    """throughput.serve with the round timeline recorded; on a message in `requests`, put (rounds, times replies
+    were sent) in `results`."""
+    from gr00t_server.serving import execution, loop
+
+    rounds: List[Dict[str, float]] = []
+    sent: List[float] = []  # when the socket thread began sending replies (a round's or a lone request's)
+
+    def wrap(cls: Any, name: str, record: Any) -> None:
+        original = getattr(cls, name)
+
+        @functools.wraps(original)
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            return record(self, lambda: original(self, *args, **kwargs), args)
+
+        setattr(cls, name, wrapper)
+
+    def on_dispatch(self: Any, call: Any, _args: Any) -> Any:
+        pending = list(self.pending)
+        result = call()
+        if pending and not self.pending:  # this turn dispatched the round
+            rounds.append({"rows": len(pending), "first": pending[0].received_at, "last": pending[-1].received_at,
+                           "dispatch": time.monotonic()})
+        return result
+
+    def timed(start: str, end: str, batch_only: bool) -> Any:
+        def record(_self: Any, call: Any, args: Any) -> Any:
+            began = time.monotonic()
+            result = call()
+            if rounds and not (batch_only and args and len(args[0]) < 2):
+                rounds[-1].update({start: began, end: time.monotonic()})
+            return result
+        return record
+
+    def on_send(self: Any, call: Any, _args: Any) -> Any:
+        waiting = len(self._server._worker.outbox)
+        began = time.monotonic()
+        result = call()
+        if waiting:
+            sent.append(began)  # a fast client can have its reply before the last one is sent
+        if waiting > 1 and rounds:
+            rounds[-1].update(send_start=began, send_end=time.monotonic())
+        return result
+
+    wrap(loop.RequestLoop, "dispatch_pending", on_dispatch)
+    wrap(execution.JobRunner, "execute", timed("exec_start", "exec_end", batch_only=True))
+    wrap(T.SleepPolicy, "_get_action", timed("policy_start", "policy_end", batch_only=False))
+    wrap(loop.RequestLoop, "send_replies", on_send)
+
+    def answer() -> None:
+        requests.get()
+        results.put((list(rounds), list(sent)))
+
+    threading.Thread(target=answer, daemon=True).start()
+    T.serve(spec, max_batch, timeout_ms, ready)
+
+
+STAGES = [
+    ("clients: replies sent -> first request back", lambda r, p: r["first"] - p["send_end"]),
+    ("clients: replies sent -> last request back", lambda r, p: r["last"] - p["send_end"]),
+    ("server: last request -> dispatched", lambda r, p: r["dispatch"] - r["last"]),
+    ("server: dispatched -> worker starts", lambda r, p: r["exec_start"] - r["dispatch"]),
+    ("server: merge (worker start -> policy)", lambda r, p: r["policy_start"] - r["exec_start"]),
+    ("policy call", lambda r, p: r["policy_end"] - r["policy_start"]),
+    ("server: split + encode replies", lambda r, p: r["exec_end"] - r["policy_end"]),
+    ("server: worker done -> socket thread sends", lambda r, p: r["send_start"] - r["exec_end"]),
+    ("server: send the replies", lambda r, p: r["send_end"] - r["send_start"]),
+    ("round (replies sent -> next replies sent)", lambda r, p: r["send_end"] - p["send_end"]),
+]
+
+
+def summarize(rounds: List[Dict[str, float]], clients: int) -> Dict[str, Optional[float]]:
+    """Median ms of each stage over consecutive full rounds (a round and the one before it both complete)."""
+    keys = ("first", "last", "dispatch", "exec_start", "exec_end", "policy_start", "policy_end", "send_start", "send_end")
+    pairs = [(r, p) for p, r in zip(rounds, rounds[1:])
+             if r["rows"] == clients and all(k in r for k in keys) and "send_end" in p]
+    return {name: (statistics.median(f(r, p) for r, p in pairs) * 1000.0 if pairs else None) for name, f in STAGES}
+
+
+def _stamping_client(port: int, observation: Dict[str, Any], duration_s: float, warm: Any, start: Any, results: Any) -> None:
+    """A raw client process (as throughput.py's) that reports (reply arrived, next request sent) monotonic stamps."""
+    import zmq
+
+    from gr00t_client import codec
+
+    frames = [bytes(frame) for frame in codec.encode_multipart({"endpoint": "get_action", "data": {"observation": observation}})]
+    context = zmq.Context()
+    sock = context.socket(zmq.REQ)
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    sock.send_multipart(frames)
+    sock.recv_multipart()
+    warm.wait()
+    start.wait()
+    stamps = []
+    stop_at = time.perf_counter() + duration_s
+    sock.send_multipart(frames)
+    while True:
+        reply = sock.recv_multipart()
+        arrived = time.monotonic()
+        if not codec.decode_multipart(reply).get("ok"):
+            raise RuntimeError("the server answered with an error")
+        if time.perf_counter() >= stop_at:
+            break
+        sock.send_multipart(frames)
+        stamps.append((arrived, time.monotonic()))
+    sock.close(linger=0)
+    context.term()
+    results.put(stamps)
+
+
+def _quantiles(values: List[float]) -> str:
+    if len(values) < 10:
+        return "-"
+    deciles = statistics.quantiles(values, n=10)
+    return f"p10 {deciles[0]:6.2f}  p50 {deciles[4]:6.2f}  p90 {deciles[8]:6.2f}"
+
+
+def client_side(stamps: List[List[tuple]], sent: List[float]) -> Dict[str, str]:
+    """Delivery (the server began sending -> a client has its reply) and client work (reply -> next request sent),
+    in ms."""
+    sent = sorted(sent)
+    delivery: List[float] = []
+    work: List[float] = []
+    for arrived, resent in (pair for client in stamps for pair in client):
+        index = bisect.bisect_right(sent, arrived) - 1
+        if index >= 0:
+            delivery.append((arrived - sent[index]) * 1000.0)
+        work.append((resent - arrived) * 1000.0)
+    return {"delivery: sending began -> a client has its reply": _quantiles(delivery),
+            "client: reply -> next request sent": _quantiles(work)}
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds of back-to-back requests")
+    parser.add_argument("--base-ms", type=float, default=20.0)
+    parser.add_argument("--per-row-ms", type=float, default=1.0)
+    parser.add_argument("--batch-timeout-ms", type=float, default=T.DEFAULT_BATCH_TIMEOUT_MS)
+    args = parser.parse_args(argv)
+    ctx = mp.get_context("spawn")
+    ready, requests, results = ctx.Queue(), ctx.Queue(), ctx.Queue()
+    spec = {"kind": "sleep", "base_ms": args.base_ms, "per_row_ms": args.per_row_ms}
+    server = ctx.Process(target=_serve_instrumented, args=(spec, args.clients, args.batch_timeout_ms, ready, requests, results),
+                         daemon=True)
+    server.start()
+    try:
+        port = ready.get(timeout=300)
+        warm, start, stamped = ctx.Barrier(args.clients + 1), ctx.Barrier(args.clients + 1), ctx.Queue()
+        clients = [ctx.Process(target=_stamping_client, args=(port, T.sleep_observation(i), args.duration, warm, start, stamped),
+                               daemon=True) for i in range(args.clients)]
+        for client in clients:
+            client.start()
+        warm.wait(timeout=300)
+        start.wait(timeout=60)
+        started = time.perf_counter()
+        stamps = [stamped.get(timeout=args.duration + 120) for _ in clients]
+        seconds = time.perf_counter() - started
+        for client in clients:
+            client.join(10)
+        requests.put("rounds")
+        rounds, sent = results.get(timeout=60)
+    finally:
+        server.terminate()
+        server.join(10)
+    completed = sum(len(client) for client in stamps)
+    ideal = args.clients / ((args.base_ms + args.per_row_ms * args.clients) / 1000.0)
+    full = sum(1 for r in rounds if r["rows"] == args.clients)
+    print(f"{args.clients} client processes, sleep {args.base_ms:g}+{args.per_row_ms:g}/row: "
+          f"{completed / seconds:.1f} req/s = {completed / seconds / ideal:.1%} of ideal; {full} of {len(rounds)} rounds full")
+    print("median ms per round:")
+    for name, value in summarize(rounds, args.clients).items():
+        print(f"  {name:50s} {'-' if value is None else f'{value:7.2f}'}")
+    print("per request, ms:")
+    for name, value in client_side(stamps, sent).items():
+        print(f"  {name:50s} {value}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
