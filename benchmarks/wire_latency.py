@@ -5,7 +5,8 @@ reference-style client (tests/reference_peer.py) against our server, a bare REQ/
 multipart codec (the client encodes the request and decodes the reply, the server decodes and encodes: what
 the codec alone costs, with no validation, batching, worker thread or policy), and a raw REQ/REP pair that
 carries the same request and reply bytes with no encoding at all. Each is timed with CURVE encryption off and on (the
-reference-style client speaks plaintext only). Everything runs on loopback in one process.
+reference-style client speaks plaintext only). The clients run in this process and every server in a process
+of its own, on loopback.
 
     python benchmarks/wire_latency.py --iterations 300
 """
@@ -13,14 +14,14 @@ reference-style client speaks plaintext only). Everything runs on loopback in on
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import os
 import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import zmq
@@ -72,49 +73,54 @@ def measure(call: Callable[[], object], iterations: int, warmup: int) -> List[fl
     return samples
 
 
-class RawFloor:
-    """A REP thread that answers every request with fixed reply bytes: ZeroMQ plus copying, nothing else."""
-
-    def __init__(self, reply: bytes, curve_keys: Optional[Tuple[bytes, bytes]] = None) -> None:
-        self._context = zmq.Context()
-        self._rep = self._context.socket(zmq.REP)
-        self._rep.setsockopt(zmq.LINGER, 0)
-        if curve_keys is not None:  # the same CURVE server setup as PolicyServer's, without ZAP
-            self._rep.curve_server = True
-            self._rep.curve_publickey, self._rep.curve_secretkey = curve_keys
-        self.port = self._rep.bind_to_random_port("tcp://127.0.0.1")
-        self._reply = reply
-        self._running = True
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while self._running:
-            if self._rep.poll(50):
-                self._rep.recv()
-                self._rep.send(self._reply)
-
-    def close(self) -> None:
-        self._running = False
-        self._thread.join(2)
-        self._rep.close(linger=0)
-        self._context.term()
+def _rep_socket(context: zmq.Context, curve_keys: Optional[Tuple[bytes, bytes]]) -> zmq.Socket:
+    rep = context.socket(zmq.REP)
+    rep.setsockopt(zmq.LINGER, 0)
+    rep.copy_threshold = codec.ZERO_COPY_MIN_BYTES
+    if curve_keys is not None:  # the same CURVE server setup as PolicyServer's, without ZAP
+        rep.curve_server = True
+        rep.curve_publickey, rep.curve_secretkey = curve_keys
+    return rep
 
 
-class CodecFloor(RawFloor):
-    """A REP thread that decodes each multipart request and encodes the action reply: the codec and nothing else."""
+def serve_raw_floor(reply: bytes, curve_keys: Optional[Tuple[bytes, bytes]], ready: Any) -> None:
+    """Process: a REP socket that answers every request with fixed reply bytes (ZeroMQ plus copying, nothing else)."""
+    rep = _rep_socket(zmq.Context(), curve_keys)
+    ready.put(rep.bind_to_random_port("tcp://127.0.0.1"))
+    while True:
+        rep.recv()
+        rep.send(reply)
 
-    def __init__(self, curve_keys: Optional[Tuple[bytes, bytes]] = None) -> None:
-        self._policy = NullPolicy()
-        super().__init__(b"", curve_keys)
 
-    def _serve(self) -> None:
-        self._rep.copy_threshold = codec.ZERO_COPY_MIN_BYTES
-        while self._running:
-            if self._rep.poll(50):
-                request = codec.decode_multipart(self._rep.recv_multipart(copy=False))
-                action, info = self._policy.get_action(request["data"]["observation"])
-                self._rep.send_multipart(codec.encode_multipart({"ok": True, "result": [action, info]}), copy=False)
+def serve_codec_floor(curve_keys: Optional[Tuple[bytes, bytes]], ready: Any) -> None:
+    """Process: a REP socket that decodes each multipart request and encodes the action reply: the codec alone."""
+    policy = NullPolicy()
+    rep = _rep_socket(zmq.Context(), curve_keys)
+    ready.put(rep.bind_to_random_port("tcp://127.0.0.1"))
+    while True:
+        request = codec.decode_multipart(rep.recv_multipart(copy=False))
+        action, info = policy.get_action(request["data"]["observation"])
+        rep.send_multipart(codec.encode_multipart({"ok": True, "result": [action, info]}), copy=False)
+
+
+def serve_policy_server(server_kwargs: Dict[str, Any], ready: Any) -> None:
+    """Process: our PolicyServer with the null policy."""
+    import contextlib
+    import io
+
+    server = PolicyServer(NullPolicy(), host="127.0.0.1", port=0, **server_kwargs).start()
+    ready.put(server.port)
+    with contextlib.redirect_stdout(io.StringIO()):
+        server.run()
+
+
+def start_process(target: Callable[..., None], *args: Any) -> Tuple[Any, int]:
+    """Start `target(*args, ready)` in a fresh process; (process, the port it bound)."""
+    context = mp.get_context("spawn")
+    ready = context.Queue()
+    process = context.Process(target=target, args=(*args, ready), daemon=True)
+    process.start()
+    return process, ready.get(timeout=120)
 
 
 def percentile(samples: List[float], q: float) -> float:
@@ -139,28 +145,30 @@ def run_case(name: str, observation, iterations: int, warmup: int, rounds: int) 
     server_public, server_secret = zmq.curve_keypair()
     client_dir = tempfile.mkdtemp(prefix="wire-latency-keys-")
     client_public_path, client_secret_path = zmq.auth.create_certificates(client_dir, "bench-client")
-    servers = {
-        "off": PolicyServer(NullPolicy(), host="127.0.0.1", port=0).start(),
+    curve_keys = (server_public, server_secret)
+    # Every server in a process of its own, as in a deployment: one interpreter for the client and the servers
+    # would make them take turns on its lock and flatten the differences between rows.
+    started = {
+        ("policy", "off"): start_process(serve_policy_server, {}),
         # CURVE with the ZAP authorizer on: it only runs at connection time, so the per-request cost is the cipher's
-        "on": PolicyServer(NullPolicy(), host="127.0.0.1", port=0, curve_secret_key=server_secret.decode(),
-                           authorized_keys=client_dir).start(),
+        ("policy", "on"): start_process(serve_policy_server, {"curve_secret_key": server_secret.decode(), "authorized_keys": client_dir}),
+        ("raw", "off"): start_process(serve_raw_floor, reply_bytes, None),
+        ("raw", "on"): start_process(serve_raw_floor, reply_bytes, curve_keys),
+        ("codec", "off"): start_process(serve_codec_floor, None),
+        ("codec", "on"): start_process(serve_codec_floor, curve_keys),
     }
-    threads = [threading.Thread(target=server.run, daemon=True) for server in servers.values()]
-    for thread in threads:
-        thread.start()
-    floors = {"off": RawFloor(reply_bytes), "on": RawFloor(reply_bytes, (server_public, server_secret))}
-    codec_floors = {"off": CodecFloor(), "on": CodecFloor((server_public, server_secret))}
+    port = {key: bound for key, (_process, bound) in started.items()}
     context = zmq.Context()
-    reqs = {"off": raw_client(context, floors["off"].port, None), "on": raw_client(context, floors["on"].port, server_public)}
-    codec_reqs = {key: raw_client(context, floor.port, None if key == "off" else server_public) for key, floor in codec_floors.items()}
+    reqs = {key: raw_client(context, port[("raw", key)], None if key == "off" else server_public) for key in ("off", "on")}
+    codec_reqs = {key: raw_client(context, port[("codec", key)], None if key == "off" else server_public) for key in ("off", "on")}
     curve = {"server_public_key": server_public.decode(), "client_secret_key": client_secret_path}
     clients = {
-        ("ours (auto=multipart)", "off"): PolicyClient(host="127.0.0.1", port=servers["off"].port, timeout_ms=30000, wire="auto"),
-        ("ours (auto=multipart)", "on"): PolicyClient(host="127.0.0.1", port=servers["on"].port, timeout_ms=30000, wire="auto", **curve),
-        ('ours (wire="reference")', "off"): PolicyClient(host="127.0.0.1", port=servers["off"].port, timeout_ms=30000, wire="reference"),
-        ('ours (wire="reference")', "on"): PolicyClient(host="127.0.0.1", port=servers["on"].port, timeout_ms=30000, wire="reference", **curve),
+        ("ours (auto=multipart)", "off"): PolicyClient(host="127.0.0.1", port=port[("policy", "off")], timeout_ms=30000, wire="auto"),
+        ("ours (auto=multipart)", "on"): PolicyClient(host="127.0.0.1", port=port[("policy", "on")], timeout_ms=30000, wire="auto", **curve),
+        ('ours (wire="reference")', "off"): PolicyClient(host="127.0.0.1", port=port[("policy", "off")], timeout_ms=30000, wire="reference"),
+        ('ours (wire="reference")', "on"): PolicyClient(host="127.0.0.1", port=port[("policy", "on")], timeout_ms=30000, wire="reference", **curve),
     }
-    reference = ReferenceClient(servers["off"].port, timeout_ms=30000)
+    reference = ReferenceClient(port[("policy", "off")], timeout_ms=30000)
 
     def raw_round_trip(req: zmq.Socket) -> Callable[[], bytes]:
         def call() -> bytes:
@@ -201,12 +209,9 @@ def run_case(name: str, observation, iterations: int, warmup: int, rounds: int) 
         for req in [*reqs.values(), *codec_reqs.values()]:
             req.close(linger=0)
         context.term()
-        for floor in [*floors.values(), *codec_floors.values()]:
-            floor.close()
-        for server in servers.values():
-            server.stop()
-        for thread in threads:
-            thread.join(5)
+        for process, _bound in started.values():
+            process.terminate()
+            process.join(10)
         shutil.rmtree(client_dir, ignore_errors=True)
     labels = list(dict.fromkeys(label for label, _ in paths))
     return [(name, label, payload_mib, samples.get((label, "off")), samples.get((label, "on"))) for label in labels]
