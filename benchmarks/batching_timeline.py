@@ -110,33 +110,21 @@ def summarize(rounds: List[Dict[str, float]], clients: int) -> Dict[str, Optiona
 
 
 def _stamping_client(port: int, observation: Dict[str, Any], duration_s: float, warm: Any, start: Any, results: Any) -> None:
-    """A raw client process (as throughput.py's) that reports (reply arrived, next request sent) monotonic stamps."""
-    import zmq
-
-    from gr00t_client import codec
-
-    frames = [bytes(frame) for frame in codec.encode_multipart({"endpoint": "get_action", "data": {"observation": observation}})]
-    context = zmq.Context()
-    sock = context.socket(zmq.REQ)
-    sock.connect(f"tcp://127.0.0.1:{port}")
-    sock.send_multipart(frames)
-    sock.recv_multipart()
+    """A client process of throughput.RawGetAction calls that reports (reply arrived, next request sent) stamps."""
+    client = T.RawGetAction(port, observation)
+    client()
     warm.wait()
     start.wait()
     stamps = []
     stop_at = time.perf_counter() + duration_s
-    sock.send_multipart(frames)
+    client.send()
     while True:
-        reply = sock.recv_multipart()
-        arrived = time.monotonic()
-        if not codec.decode_multipart(reply).get("ok"):
-            raise RuntimeError("the server answered with an error")
+        arrived = client.receive()
         if time.perf_counter() >= stop_at:
             break
-        sock.send_multipart(frames)
+        client.send()
         stamps.append((arrived, time.monotonic()))
-    sock.close(linger=0)
-    context.term()
+    client.close()
     results.put(stamps)
 
 

@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from gr00t_client import BasePolicy, PolicyClient
+from gr00t_client import BasePolicy, PolicyClient, codec
 from gr00t_server.serving.batching import DEFAULT_BATCH_TIMEOUT_MS
 
 
@@ -184,29 +184,47 @@ def _client_process(port: int, observation: Dict[str, Any], duration_s: float, r
         results.put(_back_to_back(lambda: client.get_action(observation), _for(duration_s, requests)))
 
 
+class RawGetAction:
+    """A plain REQ socket that resends the same pre-encoded get_action frames and only checks that the reply is ok:
+    it costs the shared CPU almost nothing, so the server and its batching are what is measured."""
+
+    def __init__(self, port: int, observation: Dict[str, Any]) -> None:
+        import zmq
+
+        self._frames = [bytes(frame) for frame in codec.encode_multipart({"endpoint": "get_action", "data": {"observation": observation}})]
+        self._context = zmq.Context()
+        self._sock = self._context.socket(zmq.REQ)
+        self._sock.connect(f"tcp://127.0.0.1:{port}")
+
+    def send(self) -> None:
+        self._sock.send_multipart(self._frames)
+
+    def receive(self) -> float:
+        """Wait for the reply and check it; returns time.monotonic() of its arrival (before the check)."""
+        reply = self._sock.recv_multipart()
+        arrived = time.monotonic()
+        if not codec.decode_multipart(reply).get("ok"):
+            raise RuntimeError("the server answered with an error")
+        return arrived
+
+    def __call__(self) -> None:
+        self.send()
+        self.receive()
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
+        self._context.term()
+
+
 def _raw_client_process(port: int, observation: Dict[str, Any], duration_s: float, requests: Optional[int], warm: Any,
                         start: Any, results: Any) -> None:
-    """A client process that sends the same pre-encoded get_action frames over a plain REQ socket and only checks
-    that a reply came: it costs the shared CPU almost nothing, so the server and its batching are what is measured."""
-    import zmq
-
-    from gr00t_client import codec
-
-    frames = [bytes(frame) for frame in codec.encode_multipart({"endpoint": "get_action", "data": {"observation": observation}})]
-    context = zmq.Context()
-    sock = context.socket(zmq.REQ)
-    sock.connect(f"tcp://127.0.0.1:{port}")
-    def call() -> None:
-        sock.send_multipart(frames)
-        if not codec.decode_multipart(sock.recv_multipart()).get("ok"):
-            raise RuntimeError("the server answered with an error")
-
+    """A client process of RawGetAction calls back to back."""
+    call = RawGetAction(port, observation)
     call()
     warm.wait()
     start.wait()
     outcome = _back_to_back(call, _for(duration_s, requests))
-    sock.close(linger=0)
-    context.term()
+    call.close()
     results.put(outcome)
 
 
