@@ -57,12 +57,14 @@ def test_serve_replay_answers_ping_get_action_and_kill(dataset):
 
 def test_serve_snake_case_flags_and_sim_wrapper(dataset):
     port = _free_port()
-    proc = _start(["serve", "--dataset_path", str(dataset), "--port", str(port), "--use_sim_policy_wrapper", "--no-strict"])
+    proc = _start(["serve", "--dataset_path", str(dataset), "--port", str(port), "--use_sim_policy_wrapper", "--no-strict",
+                   "--inline_below_ms", "0.5"])
     try:
         _wait_ready(proc)
         with PolicyClient(port=port, timeout_ms=5000) as client:
             action, _ = client.get_action({"annotation.human.action.task_description": ["go"]})
             assert set(action) == {"action.arm", "action.gripper"}
+            assert client.get_server_info()["inline_below_ms"] == 0.5
             client.kill_server()
         assert proc.wait(timeout=20) == 0
     finally:
@@ -92,6 +94,8 @@ def test_sigterm_stops_the_server_cleanly_and_frees_the_port(dataset):
         (["serve"], "either --model-path or --dataset-path"),
         (["serve", "--port", "notaport", "--dataset-path", "."], "invalid int value"),
         (["serve", "--model-path", "/nonexistent/checkpoint"], "does not exist"),
+        (["serve", "--dataset-path", ".", "--inline-below-ms", "-1"], "--inline-below-ms must be >= 0, got -1.0"),
+        (["serve", "--dataset-path", ".", "--batch-timeout-ms", "nan"], "--batch-timeout-ms must be >= 0, got nan"),
     ],
 )
 def test_bad_flags_exit_nonzero_with_one_line_and_no_traceback(args, message):

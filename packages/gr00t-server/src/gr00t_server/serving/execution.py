@@ -16,7 +16,7 @@ from .batching import TIMING_OPTION, GatherWindow
 from .endpoints import RateLimitedLog, error_text
 from .messages import WIRE_NPSAVE, Request, RequestError, encode_reply, encode_timed_reply
 from .sessions import session_dropper
-from .worker import Job, Reply
+from .worker import InlineGate, Job, Reply
 from .wrappers import policy_chain
 
 if TYPE_CHECKING:
@@ -42,9 +42,10 @@ class JobRunner:
     """Runs a PolicyServer's jobs: calls each request's endpoint (get_action batches as one merged call) and turns
     the result, or the failure, into reply frames. It reads the server's policy, endpoints and counters live."""
 
-    def __init__(self, server: "PolicyServer", window: GatherWindow) -> None:
+    def __init__(self, server: "PolicyServer", window: GatherWindow, gate: InlineGate) -> None:
         self._server = server
         self._window = window  # batching's gather window learns how long policy calls take
+        self._gate = gate  # learns how long get_action jobs take, to let cheap ones run on the socket thread
         self._local = threading.local()  # the request each thread is serving (socket thread, worker)
 
     @property
@@ -57,10 +58,17 @@ class JobRunner:
         self._local.request = request
 
     def execute(self, job: Job) -> List[Reply]:
-        """Run one job on the worker: drop expired requests, evict idle sessions, call the policy, encode."""
+        """Run one job (on the worker, or a cheap get_action on the socket thread): drop expired requests, evict idle
+        sessions, call the policy, encode."""
+        started = time.monotonic()
+        replies = self._execute(job, started)
+        if job and all(request.endpoint == "get_action" for request in job):
+            self._gate.observe(time.monotonic() - started)
+        return replies
+
+    def _execute(self, job: Job, now: float) -> List[Reply]:
         replies: List[Reply] = []
         live: List[Request] = []
-        now = time.monotonic()
         for request in job:
             if request.expired(now):
                 self._server.stats.add("expired")

@@ -25,7 +25,7 @@ from .messages import (
     session_of,
     split_routing,
 )
-from .worker import Job, PolicyWorker
+from .worker import InlineGate, Job, PolicyWorker
 
 if TYPE_CHECKING:
     from .server import PolicyServer
@@ -41,11 +41,13 @@ RECEIVE_BURST = 64  # messages taken off the socket per loop turn before replies
 
 class RequestLoop:
     """What PolicyServer's socket thread does each turn (the ZeroMQ guide's ROUTER-to-worker pattern): move messages,
-    answer built-in endpoints inline, hand policy work to the worker; it never waits for the policy."""
+    answer built-in endpoints inline, hand policy work to the worker; it never waits for the policy, and runs only
+    the get_action calls of a policy measured cheap itself (worker.InlineGate)."""
 
-    def __init__(self, server: "PolicyServer", runner: JobRunner, window: GatherWindow) -> None:
+    def __init__(self, server: "PolicyServer", runner: JobRunner, window: GatherWindow, gate: InlineGate) -> None:
         self._server = server  # its settings, endpoints, counters, transport and worker are read live
         self._runner = runner
+        self._gate = gate  # says when a get_action job is cheap enough to run here rather than on the worker
         self._window = window  # gathering waits for expected clients at most batch_timeout_ms, less as arrivals show
         self.pending: List[Request] = []  # batchable get_action requests gathered, not yet handed to the worker
         self.queued_bytes: Dict[bytes, int] = {}  # per connection: bytes of requests not yet answered
@@ -166,9 +168,26 @@ class RequestLoop:
             self.queued_bytes.pop(request.identity, None)
 
     def _submit(self, job: Job) -> None:
+        """Hand a job to the worker, or run it here when it is a get_action, recent ones were cheap (InlineGate) and
+        the worker is idle: then the two thread hand-offs would cost as much as the call."""
         worker = self._server._worker
         assert worker is not None
-        worker.submit(job)
+        if self._gate.open and not worker.busy and all(request.endpoint == "get_action" for request in job):
+            self._run_inline(job)
+        else:
+            worker.submit(job)
+
+    def _run_inline(self, job: Job) -> None:
+        self.send_replies()  # the worker's finished replies go first, in the order their requests came
+        self._server.stats.add("inline_jobs")
+        try:
+            replies = self._runner.execute(job)
+        except Exception as exc:  # execute answers every failure itself; never leave a request unanswered
+            logger.exception("get_action job of %d request(s) failed on the socket thread", len(job))
+            replies = [(request, self._runner.error_frames(request, exc)) for request in job]
+        for request, frames in replies:
+            self._send(request, frames)
+        self._served_at = time.monotonic()
 
     def dispatch_pending(self, force: bool = False) -> None:
         """Hand gathered get_action requests to the worker once a batch is full, or the worker is free and every

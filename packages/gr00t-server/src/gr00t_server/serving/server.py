@@ -25,7 +25,7 @@ from .sessions import SessionTable, keeps_sessions
 from .stats import ServerStats
 from ..curve import CurveServerConfig
 from .transport import Transport
-from .worker import PolicyWorker
+from .worker import DEFAULT_INLINE_BELOW_MS, InlineGate, PolicyWorker
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,9 @@ class PolicyServer:
 
     Endpoints: ping, kill, get_action, reset, get_modality_config, get_server_info, plus registered ones. The
     socket thread (run(); each turn is a loop.RequestLoop's) only moves messages and answers ping, kill,
-    get_server_info and get_modality_config itself; the policy runs on a worker thread (execution.JobRunner). Any
+    get_server_info and get_modality_config itself; the policy runs on a worker thread (execution.JobRunner), except
+    that a get_action of a policy whose recent calls all took under `inline_below_ms` runs on the socket thread when
+    the worker is idle (worker.InlineGate: the hand-off would cost as much as the call; 0 turns this off). Any
     bad request gets a bounded error reply and the server goes on serving. `limits` bound the work one request
     may ask for. close() is safe at any moment and from any thread. With `curve_secret_key` (and
     `authorized_keys`) the socket is a CURVE server (gr00t_server.curve); the token, if set, is checked on top.
@@ -67,6 +69,7 @@ class PolicyServer:
         curve_secret_key: Optional[Any] = None,
         authorized_keys: Optional[Any] = None,
         metrics_port: Optional[int] = None,
+        inline_below_ms: float = DEFAULT_INLINE_BELOW_MS,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -111,8 +114,11 @@ class PolicyServer:
         self._closed = False
         self._serving_thread: Optional[int] = None  # ident of the thread inside run(); it alone uses the socket
         self.bound_endpoint: Optional[str] = None
-        self._runner = JobRunner(self, self._window)  # runs jobs on the worker (and built-in endpoints inline)
-        self._loop = RequestLoop(self, self._runner, self._window)  # the socket thread's receive/route/send
+        # A get_action whose recent calls all took under inline_below_ms runs on the socket thread (0: never)
+        self.inline_below_ms = float(inline_below_ms)
+        self._inline = InlineGate(self.inline_below_ms)
+        self._runner = JobRunner(self, self._window, self._inline)  # runs jobs on the worker (built-in endpoints inline)
+        self._loop = RequestLoop(self, self._runner, self._window, self._inline)  # the socket thread's receive/route/send
         self.register_endpoint("ping", self._ping, requires_input=False)
         self.register_endpoint("kill", self._kill, requires_input=False)
         self.register_endpoint("get_action", self._get_action)
@@ -241,6 +247,7 @@ class PolicyServer:
             "max_batch_size": self.max_batch_size if self.batching_enabled else 1,
             "max_message_bytes": self.max_message_bytes,
             "batch_timeout_ms": self.batch_timeout_ms,
+            "inline_below_ms": self.inline_below_ms,
             "limits": work_limits.per_row_summary(self.limits),
             "auth": self.api_token is not None,
             "encryption": "curve" if self.curve is not None else None,

@@ -19,6 +19,7 @@ class ServerStats:
     internal_errors: int = 0
     sessions_evicted: int = 0
     policy_calls: int = 0
+    inline_jobs: int = 0  # get_action jobs the socket thread ran itself (cheap policies; worker.InlineGate)
     encode_ms_total: float = 0.0
     batch_sizes: Counter = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -46,6 +47,7 @@ class ServerStats:
                 "internal_errors": self.internal_errors,
                 "sessions_evicted": self.sessions_evicted,
                 "policy_calls": self.policy_calls,
+                "inline_jobs": self.inline_jobs,
                 "batch_sizes": {str(size): count for size, count in sorted(self.batch_sizes.items())},
                 "mean_batch_rows": rows / self.policy_calls if self.policy_calls else 0.0,
             }

@@ -1,0 +1,193 @@
+"""Cheap get_action calls run on the socket thread (worker.InlineGate): only after a streak of fast calls, only
+while the worker is idle, never for other endpoints, back to the worker after one slow call, and with every check
+(finite actions, errors, batching) as on the worker."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from serving import running_server
+
+from gr00t_client import BasePolicy, PolicyClient, PolicyServerError
+from gr00t_server.server import PolicyServer
+from gr00t_server.serving.worker import INLINE_STREAK, InlineGate
+
+WORKER = "gr00t-policy-worker"
+SOCKET = "policy-server"  # the thread tests/serving.running_server runs PolicyServer.run() on
+LIMIT_MS = 20.0  # far above a fast call here (~0.05 ms), so a busy CI machine does not break a streak by chance
+SLOW_S = 0.1
+
+
+class ThreadNotingPolicy(BasePolicy):
+    """Answers at once (or after `delays[i]` seconds for call i) and notes which thread ran each call."""
+
+    supports_batching = True
+
+    def __init__(self, delays=None):
+        super().__init__(strict=False)
+        self.delays = dict(delays or {})
+        self.threads = []
+        self.reset_threads = []
+        self.nan_on = set()
+
+    def _get_action(self, observation, options=None):
+        call = len(self.threads)
+        self.threads.append(threading.current_thread().name)
+        time.sleep(self.delays.get(call, 0.0))
+        rows = np.asarray(observation["state"]["x"]).reshape(-1, 1)
+        action = np.repeat(rows[:, None, :], 4, axis=1).astype(np.float32)  # each row's state, repeated
+        if call in self.nan_on:
+            action[:] = np.nan
+        return {"x": action}, {}
+
+    def reset(self, options=None):
+        self.reset_threads.append(threading.current_thread().name)
+        return {}
+
+
+def observation(value: float, rows: int = 1):
+    return {"state": {"x": np.full((rows, 1, 1), value, np.float32)}}
+
+
+def test_after_a_streak_of_fast_calls_the_socket_thread_runs_get_action_and_counts_it():
+    policy = ThreadNotingPolicy()
+    with running_server(policy, inline_below_ms=LIMIT_MS) as server, PolicyClient(port=server.port, timeout_ms=10000) as client:
+        for i in range(INLINE_STREAK + 5):
+            action, _ = client.get_action(observation(float(i)))
+            np.testing.assert_array_equal(action["x"], np.full((1, 4, 1), float(i), np.float32))
+        client.reset()  # never inline: only get_action is
+        stats = client.get_server_info()["stats"]
+    assert policy.threads[:INLINE_STREAK] == [WORKER] * INLINE_STREAK  # nothing is known about the policy yet
+    assert policy.threads[INLINE_STREAK:] == [SOCKET] * 5
+    assert policy.reset_threads == [WORKER]
+    assert stats["inline_jobs"] == 5
+    assert stats["policy_calls"] == INLINE_STREAK + 5
+
+
+def test_zero_turns_it_off():
+    policy = ThreadNotingPolicy()
+    with running_server(policy, inline_below_ms=0) as server, PolicyClient(port=server.port, timeout_ms=10000) as client:
+        for i in range(INLINE_STREAK + 5):
+            client.get_action(observation(1.0))
+        assert client.get_server_info()["stats"]["inline_jobs"] == 0
+    assert set(policy.threads) == {WORKER}
+
+
+def test_a_policy_slower_than_the_limit_always_runs_on_the_worker():
+    policy = ThreadNotingPolicy(delays={i: 1.5 * LIMIT_MS / 1000 for i in range(100)})
+    with running_server(policy, inline_below_ms=LIMIT_MS) as server, PolicyClient(port=server.port, timeout_ms=10000) as client:
+        for _ in range(INLINE_STREAK + 3):
+            client.get_action(observation(1.0))
+    assert set(policy.threads) == {WORKER}
+
+
+def test_one_slow_call_sends_the_next_ones_back_to_the_worker_until_a_new_streak():
+    slow = INLINE_STREAK + 2  # the third call after the gate opened is slow
+    policy = ThreadNotingPolicy(delays={slow: SLOW_S})
+    calls = slow + 1 + INLINE_STREAK + 2
+    with running_server(policy, inline_below_ms=LIMIT_MS) as server, PolicyClient(port=server.port, timeout_ms=10000) as client:
+        for i in range(calls):
+            client.get_action(observation(float(i)))
+    assert policy.threads[slow] == SOCKET  # it was not known to be slow: it ran inline, once
+    assert policy.threads[slow + 1 : slow + 1 + INLINE_STREAK] == [WORKER] * INLINE_STREAK
+    assert policy.threads[slow + 1 + INLINE_STREAK :] == [SOCKET] * 2
+
+
+def test_a_ping_during_a_slow_call_is_answered_once_the_streak_is_broken():
+    """The gate's promise: a slow call holds up the socket thread at most once; after it, slow calls are on the
+    worker and a ping arriving during one is answered at once."""
+    policy = ThreadNotingPolicy(delays={INLINE_STREAK: SLOW_S, INLINE_STREAK + 1: 1.0})
+    with running_server(policy, inline_below_ms=LIMIT_MS) as server, PolicyClient(port=server.port, timeout_ms=10000) as client:
+        for i in range(INLINE_STREAK + 1):
+            client.get_action(observation(1.0))
+        background = threading.Thread(target=client.get_action, args=(observation(2.0),), daemon=True)
+        background.start()
+        with PolicyClient(port=server.port, timeout_ms=5000) as pinger:
+            time.sleep(0.2)  # the 1 s call is running
+            started = time.monotonic()
+            assert pinger.ping()
+            ping_s = time.monotonic() - started
+        background.join(5)
+    assert policy.threads[INLINE_STREAK] == SOCKET and policy.threads[INLINE_STREAK + 1] == WORKER
+    assert ping_s < 0.5
+
+
+def test_a_nan_action_from_an_inline_call_is_refused_and_the_next_call_is_served():
+    policy = ThreadNotingPolicy()
+    policy.nan_on.add(INLINE_STREAK + 1)
+    with running_server(policy, inline_below_ms=LIMIT_MS) as server, PolicyClient(port=server.port, timeout_ms=10000) as client:
+        for _ in range(INLINE_STREAK + 1):
+            client.get_action(observation(1.0))
+        with pytest.raises(PolicyServerError, match=r"non-finite values \(NaN or inf\) in action key 'x'"):
+            client.get_action(observation(1.0))
+        action, _ = client.get_action(observation(3.0))
+    assert policy.threads[INLINE_STREAK + 1] == SOCKET
+    np.testing.assert_array_equal(action["x"], np.full((1, 4, 1), 3.0, np.float32))
+
+
+class RaisingPolicy(ThreadNotingPolicy):
+    def _get_action(self, observation, options=None):
+        if len(self.threads) == INLINE_STREAK + 1:
+            self.threads.append(threading.current_thread().name)
+            raise RuntimeError("boom in the policy")
+        return super()._get_action(observation, options)
+
+
+def test_a_policy_error_in_an_inline_call_is_answered_and_the_server_goes_on():
+    policy = RaisingPolicy()
+    with running_server(policy, inline_below_ms=LIMIT_MS) as server, PolicyClient(port=server.port, timeout_ms=10000) as client:
+        for _ in range(INLINE_STREAK + 1):
+            client.get_action(observation(1.0))
+        with pytest.raises(PolicyServerError, match="internal error"):
+            client.get_action(observation(1.0))
+        action, _ = client.get_action(observation(5.0))
+        assert client.ping()
+    assert policy.threads[INLINE_STREAK + 1] == SOCKET
+    np.testing.assert_array_equal(action["x"], np.full((1, 4, 1), 5.0, np.float32))
+
+
+def test_batched_rounds_run_inline_and_every_client_gets_its_own_rows():
+    policy = ThreadNotingPolicy()
+    clients = 4
+    rounds = INLINE_STREAK + 8
+    results = {c: [] for c in range(clients)}
+    with running_server(policy, max_batch_size=clients, batch_timeout_ms=20, inline_below_ms=LIMIT_MS) as server:
+        barrier = threading.Barrier(clients)
+
+        def run(c):
+            with PolicyClient(port=server.port, timeout_ms=10000) as client:
+                client.get_server_info()
+                for r in range(rounds):
+                    barrier.wait(10)
+                    action, _ = client.get_action(observation(c * 1000 + r))
+                    results[c].append(float(action["x"][0, 0, 0]))
+
+        threads = [threading.Thread(target=run, args=(c,), daemon=True) for c in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        stats = server.stats.snapshot()
+    for c in range(clients):
+        assert results[c] == [float(c * 1000 + r) for r in range(rounds)]
+    assert SOCKET in policy.threads and stats["inline_jobs"] > 0
+    assert stats["mean_batch_rows"] > 1  # gathering still batches
+
+
+def test_gate_counts_a_streak_and_refuses_a_negative_limit():
+    gate = InlineGate(1.0, streak=3)
+    for _ in range(2):
+        gate.observe(0.0001)
+    assert not gate.open
+    gate.observe(0.0001)
+    assert gate.open
+    gate.observe(0.002)
+    assert not gate.open
+    assert not InlineGate(0.0, streak=1).open
+    with pytest.raises(ValueError, match="inline_below_ms must be >= 0"):
+        PolicyServer(ThreadNotingPolicy(), port=0, inline_below_ms=-1)
+    with pytest.raises(ValueError, match="inline_below_ms must be >= 0"):
+        InlineGate(float("nan"))
