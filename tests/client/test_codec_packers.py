@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import functools
 import threading
 
 import msgpack
@@ -67,10 +69,60 @@ def test_a_large_message_does_not_leave_a_large_packer_behind():
     reused = codec._PACKERS.reference
     codec.encode({"x": 2})
     assert codec._PACKERS.reference is reused  # small messages: one packer, kept
-    big = {"image": np.ones((4, 512, 512, 3), dtype=np.uint8)}  # 3 MiB
-    assert codec.decode(codec.encode(big))["image"].shape == (4, 512, 512, 3)
+    image = {"image": np.ones((4, 512, 512, 3), dtype=np.uint8)}  # 3 MiB, spliced: never in the packer's buffer
+    assert codec.decode(codec.encode(image))["image"].shape == (4, 512, 512, 3)
+    assert codec._PACKERS.reference is reused
+    blob = {"blob": b"x" * (3 << 20)}  # 3 MiB of bytes goes through the packer
+    assert codec.decode(codec.encode(blob)) == blob
     assert codec._PACKERS.reference is not reused  # its buffer grew to 3 MiB: replaced by a fresh one
     assert codec.decode(codec.encode({"x": 3})) == {"x": 3}
+
+
+def _large(shape, dtype=np.uint8, seed=0):
+    return np.random.default_rng(seed).integers(0, 120, shape).astype(dtype)
+
+
+SPLICE = codec._SPLICE_MIN_BYTES
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        pytest.param({"image": _large((SPLICE,))}, id="exactly-the-threshold"),
+        pytest.param({"image": _large((SPLICE - 1,))}, id="one-byte-under"),
+        pytest.param(
+            {"endpoint": "get_action", "data": {"observation": {
+                "video": {"a": _large((1, 1, 480, 640, 3)), "b": _large((1, 1, 480, 640, 3), seed=1)},
+                "state": {"x": np.arange(7, dtype=np.float32).reshape(1, 1, 7), "g": np.float64(2.5)},
+                "language": {"task": [["pick up the cube"]]}}, "options": None}, "timeout_ms": 900, "session_id": "s"},
+            id="a-request",
+        ),
+        pytest.param({"t": _large((300, 400), np.float64).T, "be": _large((70000, 2), ">i2"), "b": _large((300000,), bool)},
+                     id="non-contiguous-big-endian-bool"),
+        pytest.param({"d": _large((40000,), np.int64).astype("datetime64[s]")}, id="datetime"),
+        pytest.param([(_large((SPLICE,)), None), {3: _large((SPLICE,)), b"k": 1.5}], id="tuples-int-and-bytes-keys"),
+        pytest.param(collections.OrderedDict([("z", _large((SPLICE,))), ("a", 1)]), id="dict-subclass"),
+        pytest.param({"many": [_large((SPLICE,))] + list(range(100))}, id="list-longer-than-searched"),
+        pytest.param(functools.reduce(lambda inner, _: {"n": inner}, range(30), {"deep": _large((SPLICE,))}),
+                     id="deeper-than-searched"),
+        pytest.param(_large((SPLICE * 3,)), id="bare-array"),
+    ],
+)
+def test_spliced_encoding_gives_the_bytes_a_fresh_packb_gives(message, request):
+    packed_whole = request.node.callspec.id in ("one-byte-under", "list-longer-than-searched", "deeper-than-searched")
+    assert codec._holds_spliced_array(message, 0) is not packed_whole  # each case takes the path it is named for
+    fresh = msgpack.packb(message, default=codec._encode_hook, use_bin_type=True)
+    assert codec.encode(message) == fresh
+    assert codec.encode(message) == fresh  # and again, with warm packers
+
+
+def test_spliced_arrays_decode_back_and_a_large_object_array_is_still_refused():
+    message = {"a": _large((1, 600, 600, 3)), "b": [np.float32(1), _large((SPLICE,), np.float32)]}
+    decoded = codec.decode(codec.encode(message))
+    np.testing.assert_array_equal(decoded["a"], message["a"])
+    np.testing.assert_array_equal(decoded["b"][1], message["b"][1])
+    with pytest.raises(codec.WireEncodeError, match="object dtype"):
+        codec.encode({"ok": _large((SPLICE,)), "bad": np.array([None] * SPLICE, dtype=object)})
 
 
 def test_small_decoded_arrays_are_writable_and_do_not_alias_the_message():

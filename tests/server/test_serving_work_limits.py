@@ -40,6 +40,9 @@ def test_a_long_language_string_is_refused_by_characters_and_by_tokens():
     with running_server(EchoPolicy(), limits=limits) as server:
         assert "101 characters" in refusal(server, state_observation(text="a" * 101))
         assert "11 words and punctuation marks" in refusal(server, state_observation(text="go " * 11))
+        assert "11 words and punctuation marks" in refusal(server, state_observation(text="a," * 5 + "a"))  # 11 chars
+        with PolicyClient(port=server.port, timeout_ms=5000) as client:  # 10 characters, 10 tokens: at the limit
+            client.get_action(state_observation(text="a," * 5))
 
 
 def test_too_many_cameras_and_too_large_images_are_refused():

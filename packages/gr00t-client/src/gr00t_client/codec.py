@@ -414,11 +414,78 @@ def _pack(kind: str, obj: Any) -> bytes:
 def encode(obj: Any) -> bytes:
     """Encode a value in the reference (single-frame msgpack-numpy) format."""
     try:
-        return _pack("reference", obj)
+        if not _holds_spliced_array(obj, 0):
+            return _pack("reference", obj)
+        chunks: List[Any] = []
+        _pack_spliced(obj, chunks, 0)
+        return b"".join(chunks)
     except WireEncodeError:
         raise
     except (TypeError, ValueError, OverflowError) as exc:
         raise WireEncodeError(f"cannot encode message: {exc}") from exc
+
+
+# Reference-format arrays from this size are spliced into the message: the msgpack around them is packed in pieces
+# and joined with the array bytes in one copy. Packing them whole copies each array into the packer's growing
+# buffer and that buffer into the result: a 2.6 MiB request took 417 us to encode, spliced about half.
+_SPLICE_MIN_BYTES = 256 * 1024  # below it the copies cost less than packing in pieces (measured); >= 64 KiB: bin32
+_SPLICE_MAX_BIN_BYTES = (1 << 32) - 1  # msgpack's largest bin; a larger array is left to the packer to refuse
+_SPLICE_MAX_DEPTH = 16  # containers deeper than this are packed whole (their arrays copied as before)
+_SPLICE_MAX_ITEMS = 64  # lists longer than this are packed whole instead of searched item by item
+
+
+def _is_spliced_array(value: Any) -> bool:
+    return (
+        isinstance(value, np.ndarray)
+        and _SPLICE_MIN_BYTES <= value.nbytes <= _SPLICE_MAX_BIN_BYTES
+        and value.dtype.kind not in ("O", "V")
+    )
+
+
+def _holds_spliced_array(value: Any, depth: int) -> bool:
+    """True when `value` is or holds (in maps and short lists, within _SPLICE_MAX_DEPTH levels) an array to splice."""
+    if isinstance(value, dict):
+        children: Any = dict.values(value)
+    elif isinstance(value, (list, tuple)) and len(value) <= _SPLICE_MAX_ITEMS:
+        children = value
+    else:
+        return _is_spliced_array(value)
+    if depth >= _SPLICE_MAX_DEPTH:
+        return False
+    for child in children:  # a loop, not any(): this runs before every reference-format encode
+        if isinstance(child, np.ndarray):
+            if _is_spliced_array(child):
+                return True
+        elif isinstance(child, (dict, list, tuple)) and _holds_spliced_array(child, depth + 1):
+            return True
+    return False
+
+
+def _bin32_header(size: int) -> bytes:
+    """msgpack's bin header for `size` bytes from 64 KiB up (the form a Packer writes for them)."""
+    return b"\xc6" + size.to_bytes(4, "big")
+
+
+def _pack_spliced(value: Any, chunks: List[Any], depth: int) -> None:
+    """Append to `chunks` the bytes a Packer writes for `value`, large arrays as views of their own memory."""
+    if _is_spliced_array(value):
+        fields = _encode_array(value)
+        data = fields[b"data"]  # a flat uint8 view: len() is its size in bytes
+        fields[b"data"] = b""
+        head = _pack("reference", fields)
+        chunks.append(head[:-2] + _bin32_header(len(data)))  # the empty bin (c4 00) becomes the real header
+        chunks.append(data)
+    elif isinstance(value, dict) and _holds_spliced_array(value, depth):
+        chunks.append(_PACKERS.plain.pack_map_header(len(value)))
+        for key, child in dict.items(value):  # the order (and the items) a Packer takes from a dict
+            chunks.append(_pack("reference", key))
+            _pack_spliced(child, chunks, depth + 1)
+    elif isinstance(value, (list, tuple)) and _holds_spliced_array(value, depth):
+        chunks.append(_PACKERS.plain.pack_array_header(len(value)))
+        for child in value:
+            _pack_spliced(child, chunks, depth + 1)
+    else:
+        chunks.append(_pack("reference", value))
 
 
 def decode(data: BufferLike, limits: Optional[DecodeLimits] = None, share_buffer: bool = False) -> Any:

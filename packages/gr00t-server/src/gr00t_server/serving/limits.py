@@ -64,6 +64,8 @@ def _check_text(text: str, where: str, limits: ServerLimits) -> None:
             f"language '{where}' has {len(text)} characters; this server accepts at most {limits.max_language_chars} "
             "(--max-language-chars)"
         )
+    if len(text) <= limits.max_language_tokens:  # every token is at least one character: nothing to count
+        return
     tokens = sum(1 for _ in _TOKEN.finditer(text))
     if tokens > limits.max_language_tokens:
         raise RequestError(
