@@ -66,12 +66,21 @@ class DecodeLimits:
 
     @classmethod
     def for_message_bytes(cls, max_message_bytes: int) -> "DecodeLimits":
-        """The limits a server that accepts messages up to `max_message_bytes` decodes with."""
-        return cls(max_message_bytes=int(max_message_bytes))
+        """The limits a server that accepts messages up to `max_message_bytes` decodes with (made once per size:
+        a server asks for every request)."""
+        limits = _LIMITS_BY_SIZE.get(max_message_bytes) if cls is DecodeLimits else None
+        if limits is None:
+            limits = cls(max_message_bytes=int(max_message_bytes))
+            if cls is DecodeLimits and len(_LIMITS_BY_SIZE) < 64:
+                _LIMITS_BY_SIZE[max_message_bytes] = limits
+        return limits
 
     def item_budget(self, message_bytes: int) -> int:
         """Items (maps, arrays and their entries) a message of this many bytes may hold."""
         return self.base_items + int(message_bytes) // self.bytes_per_item
+
+
+_LIMITS_BY_SIZE: Dict[Any, DecodeLimits] = {}
 
 
 def _refuse_dtype(dtype: np.dtype, direction: str) -> None:
@@ -96,10 +105,17 @@ def _as_dtype(type_str: Any) -> np.dtype:
 
 def _array_from_buffer(data: Any, dtype: np.dtype, shape: Any, copy: bool) -> np.ndarray:
     try:
-        if not isinstance(shape, (list, tuple)) or (shape and min(shape) < 0):  # reshape reads -1 as "infer"
+        if not isinstance(shape, (list, tuple)):
             raise TypeError("bad shape")
-        if copy and type(data) is bytes:  # a writable copy in one step (frombuffer + .copy() makes two arrays)
-            return np.frombuffer(bytearray(data), dtype=dtype).reshape(shape)
+        if copy and type(data) is bytes:  # small arrays, one per state key: one constructor over a writable copy
+            size = dtype.itemsize
+            for dim in shape:
+                size *= dim
+            if size != len(data):  # the constructor would accept a longer buffer
+                raise ValueError("size mismatch")
+            return np.ndarray(shape, dtype, bytearray(data))  # refuses negative and non-int dims
+        if shape and min(shape) < 0:  # reshape reads -1 as "infer"
+            raise ValueError("negative dimension")
         array = np.frombuffer(data, dtype=dtype).reshape(shape)
     except (TypeError, ValueError) as exc:
         raise _shape_error(data, dtype, shape) from exc
@@ -108,7 +124,7 @@ def _array_from_buffer(data: Any, dtype: np.dtype, shape: Any, copy: bool) -> np
 
 def _shape_error(data: Any, dtype: np.dtype, shape: Any) -> WireDecodeError:
     """The precise reason an array's shape and data do not fit (only computed on failure)."""
-    if not isinstance(shape, (list, tuple)) or not all(isinstance(d, int) and d >= 0 for d in shape):
+    if not isinstance(shape, (list, tuple)) or not all(type(d) is int and d >= 0 for d in shape):
         return WireDecodeError(f"array shape must be a list of non-negative ints, got {shape!r}")
     expected = dtype.itemsize
     for dim in shape:
