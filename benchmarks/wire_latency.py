@@ -1,6 +1,7 @@
 """Round-trip latency of get_action over the wire with a null policy, beside a raw ZeroMQ floor.
 
-Rows: our client and server (wire="auto", i.e. multipart), our client forced to wire="reference", the
+Rows: our client and server (wire="auto", i.e. multipart), the same with the server's InlineGate off
+(inline_below_ms=0: every call handed to the policy worker and back), our client forced to wire="reference", the
 reference-style client (tests/reference_peer.py) against our server, a bare REQ/REP pair that only runs our
 multipart codec (the client encodes the request and decodes the reply, the server decodes and encodes: what
 the codec alone costs, with no validation, batching, worker thread or policy), and a raw REQ/REP pair that
@@ -150,6 +151,8 @@ def run_case(name: str, observation, iterations: int, warmup: int, rounds: int) 
     # would make them take turns on its lock and flatten the differences between rows.
     started = {
         ("policy", "off"): start_process(serve_policy_server, {}),
+        # the same server with every call handed to its worker thread (no InlineGate): what the hand-offs cost
+        ("policy-worker", "off"): start_process(serve_policy_server, {"inline_below_ms": 0}),
         # CURVE with the ZAP authorizer on: it only runs at connection time, so the per-request cost is the cipher's
         ("policy", "on"): start_process(serve_policy_server, {"curve_secret_key": server_secret.decode(), "authorized_keys": client_dir}),
         ("raw", "off"): start_process(serve_raw_floor, reply_bytes, None),
@@ -168,6 +171,8 @@ def run_case(name: str, observation, iterations: int, warmup: int, rounds: int) 
         ('ours (wire="reference")', "off"): PolicyClient(host="127.0.0.1", port=port[("policy", "off")], timeout_ms=30000, wire="reference"),
         ('ours (wire="reference")', "on"): PolicyClient(host="127.0.0.1", port=port[("policy", "on")], timeout_ms=30000, wire="reference", **curve),
     }
+    clients[("ours (multipart, inline off)", "off")] = PolicyClient(
+        host="127.0.0.1", port=port[("policy-worker", "off")], timeout_ms=30000, wire="auto")
     reference = ReferenceClient(port[("policy", "off")], timeout_ms=30000)
 
     def raw_round_trip(req: zmq.Socket) -> Callable[[], bytes]:

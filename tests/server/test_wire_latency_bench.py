@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "wire_latency.py"
-PATHS = ["ours (auto=multipart)", 'ours (wire="reference")', "reference-style client (no CURVE)",
+PATHS = ["ours (auto=multipart)", "ours (multipart, inline off)", 'ours (wire="reference")', "reference-style client (no CURVE)",
          "codec only, no server (multipart)", "raw ZeroMQ REQ/REP floor"]
 
 
@@ -23,7 +23,8 @@ def test_every_path_is_timed_with_curve_off_and_on_and_compared_to_the_floor():
             row = next((line for line in result.stdout.splitlines() if line.startswith(case) and path in line), None)
             assert row is not None, f"no {path!r} row for {case}:\n{result.stdout}"
             cells = row.split(path)[1].split()
-            expected_dashes = 3 if path.startswith("reference-style") else 0  # it speaks plaintext only
+            plaintext_only = path.startswith("reference-style") or "inline off" in path  # timed without CURVE
+            expected_dashes = 3 if plaintext_only else 0
             assert cells.count("-") == expected_dashes and len(cells) == 6, row
             assert all(float(cell) > 0 for cell in cells if cell != "-"), row
         ratios = re.findall(rf"^  {re.escape(case)}.*?\s(\d+\.\d+)x$", result.stdout, re.MULTILINE)
