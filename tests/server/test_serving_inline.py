@@ -4,12 +4,17 @@ while the worker is idle, never for other endpoints, back to the worker after on
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
 import numpy as np
 import pytest
 from serving import running_server
+from serving_ports import free_port
 
 from gr00t_client import BasePolicy, PolicyClient, PolicyServerError
 from gr00t_server.server import PolicyServer
@@ -191,3 +196,66 @@ def test_gate_counts_a_streak_and_refuses_a_negative_limit():
         PolicyServer(ThreadNotingPolicy(), port=0, inline_below_ms=-1)
     with pytest.raises(ValueError, match="inline_below_ms must be >= 0"):
         InlineGate(float("nan"))
+
+
+HANGING_SERVER = textwrap.dedent(
+    """
+    import sys, time
+    import numpy as np
+    from gr00t_client import BasePolicy
+    from gr00t_server import PolicyServer
+
+    class FastThenHanging(BasePolicy):
+        calls = 0
+        def _get_action(self, observation, options=None):
+            FastThenHanging.calls += 1
+            if FastThenHanging.calls > int(sys.argv[2]):
+                print("HANG", flush=True)
+                time.sleep(1000)
+            return {"x": np.zeros((1, 1, 1), np.float32)}, {}
+        def reset(self, options=None):
+            return {}
+
+    PolicyServer(FastThenHanging(strict=False), port=int(sys.argv[1]), inline_below_ms=50, shutdown_timeout_s=1.0).run()
+    print("RUN RETURNED", flush=True)
+    """
+)
+
+
+def test_sigterm_during_a_hung_inline_call_exits_after_the_shutdown_timeout_and_answers_the_request():
+    """The worker's promise holds inline too: a stop waits shutdown_timeout_s for the running call, then the
+    server exits, and the client of the abandoned call gets an answer, not a timeout."""
+    port = free_port()
+    fast_calls = INLINE_STREAK + 2
+    process = subprocess.Popen([sys.executable, "-c", HANGING_SERVER, str(port), str(fast_calls)],
+                               stdout=subprocess.PIPE, text=True)
+    outcome = {}
+    try:
+        assert "ready" in process.stdout.readline()
+        with PolicyClient(port=port, timeout_ms=20000) as client:
+            for _ in range(fast_calls):
+                client.get_action({})
+            assert client.get_server_info()["stats"]["inline_jobs"] >= 2  # the hanging call will run inline
+
+            def hung_call():
+                try:
+                    client.get_action({})
+                except Exception as exc:  # noqa: BLE001 - the test looks at what came back
+                    outcome["error"] = exc
+
+            caller = threading.Thread(target=hung_call, daemon=True)
+            caller.start()
+            assert process.stdout.readline().strip() == "HANG"
+            stopped = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            process.wait(15)
+            exit_s = time.monotonic() - stopped
+            caller.join(10)
+        rest = process.stdout.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0 and "RUN RETURNED" in rest
+    assert 0.9 < exit_s < 5.0
+    assert isinstance(outcome.get("error"), PolicyServerError), outcome
+    assert "server is shutting down; 'get_action' did not finish within 1 s" in str(outcome["error"])

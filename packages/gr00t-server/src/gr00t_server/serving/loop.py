@@ -4,6 +4,8 @@ queue budgets, gather get_action batches for the worker, and send the replies it
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set, Tuple
 
@@ -39,6 +41,11 @@ ACTIVE_CLIENT_WINDOW_S = 1.0  # a client that sent get_action this recently is e
 RECEIVE_BURST = 64  # messages taken off the socket per loop turn before replies and dispatch get a turn
 
 
+class InlineCallAbandoned(BaseException):
+    """Raised into a policy call on the socket thread that outlived a stop by shutdown_timeout_s (a BaseException,
+    so that the policy's `except Exception` does not swallow it); run() ends on it as after any stop."""
+
+
 class RequestLoop:
     """What PolicyServer's socket thread does each turn (the ZeroMQ guide's ROUTER-to-worker pattern): move messages,
     answer built-in endpoints inline, hand policy work to the worker; it never waits for the policy, and runs only
@@ -55,6 +62,9 @@ class RequestLoop:
         self.active_clients: Dict[str, float] = {}  # session -> when its last get_action was gathered
         self._cut_round: Optional[Tuple[float, Set[str]]] = None  # (round start, clients missing) of a round cut short
         self._served_at = 0.0  # when the worker's last replies were sent: the clients they answer start back then
+        self._inline_job = 0  # number of the job now running on this thread (0: none), for abandon_inline_after
+        self._inline_jobs = 0
+        self.abandoning_inline = False  # set when a stop gave up on the inline job: the signal handler raises
 
     def turn(self) -> None:
         """Wait for a message or a finished job (at most until the gather window closes), then serve what came."""
@@ -180,14 +190,47 @@ class RequestLoop:
     def _run_inline(self, job: Job) -> None:
         self.send_replies()  # the worker's finished replies go first, in the order their requests came
         self._server.stats.add("inline_jobs")
+        self._inline_jobs += 1
+        self._inline_job = self._inline_jobs
         try:
             replies = self._runner.execute(job)
         except Exception as exc:  # execute answers every failure itself; never leave a request unanswered
             logger.exception("get_action job of %d request(s) failed on the socket thread", len(job))
             replies = [(request, self._runner.error_frames(request, exc)) for request in job]
+        except BaseException:  # abandoned at shutdown (abandon_inline_after): answer, then let run() end
+            for request in job:
+                self.reply_error(request, RequestError(
+                    f"server is shutting down; '{request.endpoint}' did not finish within {self._server.shutdown_timeout_s:g} s"))
+            raise
+        finally:
+            self._inline_job = 0
         for request, frames in replies:
             self._send(request, frames)
         self._served_at = time.monotonic()
+
+    @property
+    def inline_running(self) -> bool:
+        """True while a job runs on the socket thread."""
+        return self._inline_job != 0
+
+    def abandon_inline_after(self, timeout_s: float) -> None:
+        """At a stop signal (main thread, whose run() this is): if a job is running on this thread, give it
+        `timeout_s` to finish, as a worker's call gets, then interrupt it with SIGINT, on which the handler raises
+        InlineCallAbandoned (see `abandoning_inline`). A call stuck in C code that ignores signals stays stuck."""
+        job = self._inline_job
+        if not job:
+            return
+
+        def interrupt() -> None:
+            if self._inline_job != job:
+                return
+            logger.warning("a policy call is still running after %.0f s; shutting down without it", timeout_s)
+            self.abandoning_inline = True
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+        timer = threading.Timer(timeout_s, interrupt)
+        timer.daemon = True
+        timer.start()
 
     def dispatch_pending(self, force: bool = False) -> None:
         """Hand gathered get_action requests to the worker once a batch is full, or the worker is free and every

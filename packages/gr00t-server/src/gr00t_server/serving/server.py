@@ -18,7 +18,7 @@ from .endpoints import Endpoint, error_text, is_loopback_host, is_loopback_peer
 # importable from here, as before the split.
 from .execution import POLICY_STAGE_KEYS, JobRunner, policy_stages  # noqa: F401
 from .limits import ServerLimits
-from .loop import ACTIVE_CLIENT_WINDOW_S, DEFAULT_CLIENT_QUEUED_BYTES, RECEIVE_BURST, RequestLoop  # noqa: F401
+from .loop import ACTIVE_CLIENT_WINDOW_S, DEFAULT_CLIENT_QUEUED_BYTES, RECEIVE_BURST, InlineCallAbandoned, RequestLoop  # noqa: F401
 from .messages import Request, RequestError
 from .metrics import NullMetrics, ServerMetrics
 from .sessions import SessionTable, keeps_sessions
@@ -366,6 +366,8 @@ class PolicyServer:
             print(f"Server is ready and listening on {self.bound_endpoint}{suffix}", flush=True)
             while self._running and not self._stop_requested.is_set():
                 self._loop.turn()
+        except InlineCallAbandoned:  # its requests were answered; the stop that gave up on it ends the run
+            pass
         finally:
             restore()
             self._loop.shut_down(worker)
@@ -384,8 +386,14 @@ def _install_signal_handlers(server: PolicyServer) -> Callable[[], None]:
         return lambda: None
 
     def on_signal(signum: int, _frame: Any) -> None:
+        if server._loop.abandoning_inline:  # sent by abandon_inline_after: end the call that outlived the stop
+            server._loop.abandoning_inline = False
+            if server._loop.inline_running:  # (this thread is inside it; it may have just finished)
+                raise InlineCallAbandoned(f"a policy call outlived the stop by {server.shutdown_timeout_s:g} s")
+            return
         logger.info("received %s; shutting down", signal.Signals(signum).name)
         server._running = False
+        server._loop.abandon_inline_after(server.shutdown_timeout_s)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
 
