@@ -37,6 +37,7 @@ def _outcomes(env_device):
     return result.returncode, counts, skipped_modules, result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_cuda_available(), reason="with a GPU every gpu test runs")
 def test_without_a_gpu_every_gpu_test_is_skipped_and_the_cpu_switch_runs_only_the_checkable_module():
     code, counts, skipped, out = _outcomes(None)
