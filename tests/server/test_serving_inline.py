@@ -134,19 +134,24 @@ def test_a_nan_action_from_an_inline_call_is_refused_and_the_next_call_is_served
 
 
 class RaisingPolicy(ThreadNotingPolicy):
+    def __init__(self, error):
+        super().__init__()
+        self.error = error
+
     def _get_action(self, observation, options=None):
         if len(self.threads) == INLINE_STREAK + 1:
             self.threads.append(threading.current_thread().name)
-            raise RuntimeError("boom in the policy")
+            raise self.error
         return super()._get_action(observation, options)
 
 
-def test_a_policy_error_in_an_inline_call_is_answered_and_the_server_goes_on():
-    policy = RaisingPolicy()
+@pytest.mark.parametrize("error", [RuntimeError("boom in the policy"), SystemExit(3)], ids=["RuntimeError", "SystemExit"])
+def test_a_policy_error_in_an_inline_call_is_answered_and_the_server_goes_on(error):
+    policy = RaisingPolicy(error)
     with running_server(policy, inline_below_ms=LIMIT_MS) as server, PolicyClient(port=server.port, timeout_ms=10000) as client:
         for _ in range(INLINE_STREAK + 1):
             client.get_action(observation(1.0))
-        with pytest.raises(PolicyServerError, match="internal error"):
+        with pytest.raises(PolicyServerError, match=f"internal error in get_action: {type(error).__name__}"):
             client.get_action(observation(1.0))
         action, _ = client.get_action(observation(5.0))
         assert client.ping()

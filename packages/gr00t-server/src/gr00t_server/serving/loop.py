@@ -194,14 +194,14 @@ class RequestLoop:
         self._inline_job = self._inline_jobs
         try:
             replies = self._runner.execute(job)
-        except Exception as exc:  # execute answers every failure itself; never leave a request unanswered
-            logger.exception("get_action job of %d request(s) failed on the socket thread", len(job))
-            replies = [(request, self._runner.error_frames(request, exc)) for request in job]
-        except BaseException:  # abandoned at shutdown (abandon_inline_after): answer, then let run() end
+        except InlineCallAbandoned:  # a stop gave up on it (abandon_inline_after): answer, then let run() end
             for request in job:
-                self.reply_error(request, RequestError(
-                    f"server is shutting down; '{request.endpoint}' did not finish within {self._server.shutdown_timeout_s:g} s"))
+                self.reply_error(request, RequestError(f"server is shutting down; '{request.endpoint}' did not finish "
+                                                       f"within {self._server.shutdown_timeout_s:g} s"))
             raise
+        except BaseException as exc:  # execute answers every Exception itself; this is e.g. a policy's SystemExit,
+            # which the worker would log and survive too: answered as an internal error (and logged), never left open
+            replies = [(request, self._runner.error_frames(request, exc)) for request in job]
         finally:
             self._inline_job = 0
         for request, frames in replies:

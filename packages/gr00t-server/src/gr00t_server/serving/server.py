@@ -18,7 +18,13 @@ from .endpoints import Endpoint, error_text, is_loopback_host, is_loopback_peer
 # importable from here, as before the split.
 from .execution import POLICY_STAGE_KEYS, JobRunner, policy_stages  # noqa: F401
 from .limits import ServerLimits
-from .loop import ACTIVE_CLIENT_WINDOW_S, DEFAULT_CLIENT_QUEUED_BYTES, RECEIVE_BURST, InlineCallAbandoned, RequestLoop  # noqa: F401
+from .loop import (  # noqa: F401
+    ACTIVE_CLIENT_WINDOW_S,
+    DEFAULT_CLIENT_QUEUED_BYTES,
+    RECEIVE_BURST,
+    InlineCallAbandoned,
+    RequestLoop,
+)
 from .messages import Request, RequestError
 from .metrics import NullMetrics, ServerMetrics
 from .sessions import SessionTable, keeps_sessions
