@@ -25,6 +25,14 @@ _F32 = struct.Struct(">f").unpack_from
 _F64 = struct.Struct(">d").unpack_from
 
 
+# The fixed parts of a msgpack-numpy array map (bin keys, as msgpack-numpy and codec._encode_array write them):
+# {b"nd": True, b"type": <fixstr>, b"kind": b"", b"shape": <fixarray of fixints>, b"data": <bin>}
+_ND_TYPE = b"\xc4\x02nd\xc3\xc4\x04type"
+_KIND_SHAPE = b"\xc4\x04kind\xc4\x00\xc4\x05shape"
+_DATA = b"\xc4\x04data"
+_ND_TYPE_LEN, _KIND_SHAPE_LEN, _DATA_LEN = len(_ND_TYPE), len(_KIND_SHAPE), len(_DATA)
+
+
 class NeedsFullUnpacker(Exception):
     """This message is outside what the viewing reader handles; unpack it with msgpack instead."""
 
@@ -88,6 +96,47 @@ def unpack_viewing(buffer: memoryview, on_map: MapHook, min_view_bytes: int, max
                 has_views = True
         return on_map(mapping, has_views)
 
+    def numpy_map(depth: int) -> Any:
+        """A msgpack-numpy array map laid out as msgpack-numpy and our encoder write it (fixstr dtype, fixint dims),
+        read in one go from just after its 0x85 byte; None, with nothing consumed, for any other map."""
+        nonlocal position, items
+        type_at = position + _ND_TYPE_LEN
+        if data[position:type_at] != _ND_TYPE or depth + 1 > max_depth or type_at >= end:
+            return None
+        type_code = data[type_at]
+        type_end = type_at + 1 + (type_code & 0x1F)
+        if not 0xA0 <= type_code <= 0xBF or data[type_end : type_end + _KIND_SHAPE_LEN] != _KIND_SHAPE:
+            return None
+        shape_at = type_end + _KIND_SHAPE_LEN
+        count_code = data[shape_at] if shape_at < end else 0
+        dims_end = shape_at + 1 + (count_code & 0x0F)
+        if not 0x90 <= count_code <= 0x9F or dims_end + _DATA_LEN > end:
+            return None
+        dims = data[shape_at + 1 : dims_end].tolist()
+        if (dims and max(dims) > 0x7F) or data[dims_end : dims_end + _DATA_LEN] != _DATA:  # positive fixints only
+            return None
+        bin_at = dims_end + _DATA_LEN
+        bin_code = data[bin_at] if bin_at < end else 0
+        if bin_code == 0xC4 and bin_at + 2 <= end:
+            size, payload = data[bin_at + 1], bin_at + 2
+        elif bin_code == 0xC5 and bin_at + 3 <= end:
+            size, payload = _U16(data, bin_at + 1)[0], bin_at + 3
+        elif bin_code == 0xC6 and bin_at + 5 <= end:
+            size, payload = _U32(data, bin_at + 1)[0], bin_at + 5
+        else:
+            return None
+        if payload + size > end:
+            return None
+        items += 5 + len(dims)  # what container() would count: the map's entries and the shape's
+        if items > max_items:
+            raise NeedsFullUnpacker("many items")
+        position = payload + size
+        view = data[payload:position]
+        viewed = size >= min_view_bytes
+        mapping = {b"nd": True, b"type": str(data[type_at + 1 : type_end], "utf-8"), b"kind": b"", b"shape": dims,
+                   b"data": view if viewed else bytes(view)}
+        return on_map(mapping, viewed)
+
     def read(depth: int) -> Any:
         nonlocal position
         if position >= end:
@@ -98,6 +147,10 @@ def unpack_viewing(buffer: memoryview, on_map: MapHook, min_view_bytes: int, max
             return code
         if code >= 0xE0:
             return code - 0x100
+        if code == 0x85:
+            array = numpy_map(depth)
+            if array is not None:
+                return array
         if code <= 0x8F:
             return container(code & 0x0F, True, depth)
         if code <= 0x9F:
