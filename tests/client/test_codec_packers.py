@@ -138,3 +138,33 @@ def test_small_arrays_encode_non_contiguous_inputs_in_c_order():
     assert np.array_equal(codec.decode(codec.encode(array)), array)
     frames = codec.encode_multipart({"a": array})
     assert np.array_equal(codec.decode_multipart([bytes(frame) for frame in frames])["a"], array)
+
+
+def _random_message(rng: np.random.Generator, depth: int = 0):
+    """A random nest of dicts, lists and tuples (some deeper or longer than the splicer searches) with arrays of
+    random dtypes around the splice threshold, numpy scalars, strings, bytes and None."""
+    kind = rng.integers(0, 10) if depth < 20 else 9
+    if kind <= 2:
+        return {f"k{i}" if rng.random() < 0.8 else int(i): _random_message(rng, depth + 1) for i in range(rng.integers(0, 5))}
+    if kind <= 4:
+        items = [_random_message(rng, depth + 1) for _ in range(rng.integers(0, 4))]
+        if rng.random() < 0.1:
+            items += list(range(70))  # longer than the splicer searches
+        return tuple(items) if rng.random() < 0.3 else items
+    if kind <= 6:
+        dtype = np.dtype(rng.choice(["<f4", "<f8", "uint8", ">i2", "bool"]))
+        nbytes = int(rng.choice([12, SPLICE - 8, SPLICE, SPLICE + 40]))  # around the splice threshold
+        return rng.integers(0, 100, nbytes // dtype.itemsize).astype(dtype)
+    if kind == 7:
+        return np.float32(rng.random())
+    return rng.choice(["text", b"raw", None, 7, 2.5])
+
+
+def test_random_messages_encode_to_the_bytes_a_fresh_packb_gives():
+    rng = np.random.default_rng(1234)
+    spliced = 0
+    for _ in range(150):
+        message = {"m": _random_message(rng)}
+        spliced += codec._holds_spliced_array(message, 0)
+        assert codec.encode(message) == msgpack.packb(message, default=codec._encode_hook, use_bin_type=True)
+    assert 20 <= spliced <= 130  # both paths were taken many times
