@@ -116,3 +116,21 @@ def test_more_array_maps_than_the_reader_takes_decode_as_with_msgpack():
     message = {"pad": PAD, "rows": [np.full((1, 2), i, np.float32) for i in range(1000)]}  # 8000 items > 4096
     copied, viewed = _both(codec.encode(message))
     _assert_same(copied, viewed)
+
+
+def test_random_byte_changes_inside_array_maps_decode_or_fail_as_with_msgpack():
+    """Any byte of an array map's layout changed (a hostile or corrupt message): the one-step path either reads
+    exactly what msgpack reads or steps aside."""
+    rng = np.random.default_rng(7)
+    message = {"pad": PAD, "state": {"x": np.arange(7, dtype=np.float32).reshape(1, 1, 7), "g": np.ones((2, 3), ">i2")}}
+    packed = codec.encode(message)
+    first_map = packed.index(b"\x85\xc4\x02nd")
+    for _ in range(400):
+        mutated = bytearray(packed)
+        position = int(rng.integers(first_map, len(packed)))
+        mutated[position] = int(rng.integers(0, 256))
+        copied, viewed = _both(bytes(mutated))
+        if isinstance(copied, str) or isinstance(viewed, str):
+            assert viewed == copied, (position, copied, viewed)
+        else:
+            _assert_same(copied, viewed)
