@@ -3,6 +3,7 @@ queue budgets, gather get_action batches for the worker, and send the replies it
 
 from __future__ import annotations
 
+import _thread
 import logging
 import signal
 import threading
@@ -226,7 +227,10 @@ class RequestLoop:
                 return
             logger.warning("a policy call is still running after %.0f s; shutting down without it", timeout_s)
             self.abandoning_inline = True
-            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            if hasattr(signal, "pthread_kill"):  # a real signal also ends a blocking wait such as time.sleep
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            else:  # Windows: the handler runs at the call's next Python instruction
+                _thread.interrupt_main()
 
         timer = threading.Timer(timeout_s, interrupt)
         timer.daemon = True
