@@ -263,3 +263,85 @@ def test_sigterm_during_a_hung_inline_call_exits_after_the_shutdown_timeout_and_
     assert 0.9 < exit_s < 5.0
     assert isinstance(outcome.get("error"), PolicyServerError), outcome
     assert "server is shutting down; 'get_action' did not finish within 1 s" in str(outcome["error"])
+
+
+FAST_SERVER = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from gr00t_client import BasePolicy
+    from gr00t_server import PolicyServer
+
+    class Fast(BasePolicy):
+        def _get_action(self, observation, options=None):
+            return {"x": np.zeros((1, 1, 1), np.float32)}, {}
+        def reset(self, options=None):
+            return {}
+
+    PolicyServer(Fast(strict=False), port=int(sys.argv[1])).run()
+    print("RUN RETURNED", flush=True)
+    """
+)
+
+
+def _hammer(port: int, stop: threading.Event, served: list, sent=None) -> threading.Thread:
+    """A client sending get_action back to back until `stop` or an error; counts what it was served."""
+
+    def run():
+        with PolicyClient(port=port, timeout_ms=3000) as client:
+            while not stop.is_set():
+                try:
+                    client.get_action({} if sent is None else sent)
+                except Exception:  # noqa: BLE001 - the server is going away
+                    return
+                served.append(1)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_while_cheap_calls_run_inline_stops_the_server_at_once(how):
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-c", FAST_SERVER, str(port)], stdout=subprocess.PIPE, text=True)
+    stop, served = threading.Event(), []
+    try:
+        assert "ready" in process.stdout.readline()
+        hammer = _hammer(port, stop, served)
+        deadline = time.monotonic() + 10
+        while len(served) < 200 and time.monotonic() < deadline:  # well past the streak: calls run inline
+            time.sleep(0.01)
+        assert len(served) >= 200
+        stopped = time.monotonic()
+        process.send_signal(how)
+        process.wait(10)
+        exit_s = time.monotonic() - stopped
+        stop.set()
+        hammer.join(10)
+        rest = process.stdout.read()
+    finally:
+        stop.set()
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0 and "RUN RETURNED" in rest and exit_s < 2.0
+
+
+def test_close_from_another_thread_while_calls_run_inline_ends_run_and_frees_the_port():
+    server = PolicyServer(ThreadNotingPolicy(), host="127.0.0.1", port=0, inline_below_ms=LIMIT_MS).start()
+    port = server.port
+    runner = threading.Thread(target=server.run, name=SOCKET, daemon=True)
+    runner.start()
+    stop, served = threading.Event(), []
+    hammer = _hammer(port, stop, served, observation(1.0))
+    deadline = time.monotonic() + 10
+    while len(served) < 100 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    closed = time.monotonic()
+    server.close()
+    runner.join(5)
+    close_s = time.monotonic() - closed
+    stop.set()
+    hammer.join(10)
+    assert not runner.is_alive() and close_s < 2.0 and SOCKET in server.policy.threads
+    PolicyServer(ThreadNotingPolicy(), host="127.0.0.1", port=port).start().close()  # the port is free again
