@@ -1,4 +1,4 @@
-"""gr00t-client and gr00t-eval at the bottom of what their pyprojects admit: the oldest `requires-python`
+"""gr00t-client and gr00t-eval (and gr00t-server's transformers stack) at the bottom of what their pyprojects admit: the oldest `requires-python`
 interpreter with every dependency pinned to its lower bound, as on an older robot or evaluation machine; and the
 client at the top too: the newest Python its classifiers name, with the newest release of each dependency.
 
@@ -10,6 +10,8 @@ is left in the checkout), then runs the package's own tests that need nothing el
   loopback: both wire formats, errors, a NaN refusal, CURVE, a timeout and the ActionChunker.
 - gr00t-eval (Python 3.10, numpy 1.21.2, pyarrow 12.0.0, av 12.0.0, tqdm 4.60.0; matplotlib 3.7.0 for [plots]):
   the dataset reader and writer (h264 and av1 mp4s, parquet, both LeRobot layouts), metrics and open-loop tests.
+- gr00t-server's model code (transformers 4.57.0, tokenizers 0.22.0, safetensors 0.4.3, huggingface_hub 0.34.0
+  today) with the dev venv's Python and torch: the model, checkpoint, policy and processing tests.
 
 Skipped when no interpreter of the version is found (GR00T_PYTHON_3_9, _3_10, _3_13 name one) or when pip
 cannot reach an index.
@@ -177,6 +179,34 @@ def client_newest_venv(tmp_path_factory) -> Path:
                      [*TEST_TOOLS, "msgpack-numpy"], ["gr00t-client"])
 
 
+# The server's model code (Qwen3-VL backbone from transformers, checkpoint loading, tokenizer, processing) at the
+# lowest transformers stack gr00t-server admits, with the dev venv's Python and torch: torch's own lower bound (2.4)
+# would be another multi-GB build, so it is not tested here.
+TRANSFORMERS_STACK = ("transformers", "tokenizers", "safetensors", "huggingface_hub")
+SERVER_MODEL_TESTS = [f"tests/server/{name}" for name in (
+    "test_model_forward.py", "test_model_checkpoint.py", "test_model_keys.py", "test_gr00t_policy.py",
+    "test_gr00t_policy_stages.py", "test_processing_text.py", "test_processing_patches.py", "test_processing_image.py",
+    "test_processing_config.py")]
+
+
+def _transformers_stack_pins() -> List[str]:
+    pins = lower_bound_pins(_project("gr00t-server")["dependencies"])
+    return [pins[name] for name in TRANSFORMERS_STACK]
+
+
+@pytest.fixture(scope="module")
+def server_transformers_venv(tmp_path_factory) -> Path:
+    import importlib.metadata
+    import sys
+
+    torch_pin = f"torch=={importlib.metadata.version('torch')}"  # the build the dev venv has (make install's)
+    others = [name for name in lower_bound_pins(_project("gr00t-server")["dependencies"])  # unpinned: newest
+              if name not in TRANSFORMERS_STACK and name != "torch"]
+    return _min_venv(tmp_path_factory.mktemp("server-transformers-min"), "%d.%d" % sys.version_info[:2],
+                     [*_transformers_stack_pins(), torch_pin, *others], [*TEST_TOOLS, "msgpack", "msgpack-numpy"],
+                     ["gr00t-client", "gr00t-server"])
+
+
 @pytest.fixture(scope="module")
 def eval_venv(tmp_path_factory) -> Path:
     return _min_venv(tmp_path_factory.mktemp("eval-min"), _oldest_supported("gr00t-eval"), _pins("gr00t-eval", ["plots"]),
@@ -239,3 +269,9 @@ def test_the_eval_dataset_and_open_loop_tests_pass_at_the_lowest_admitted_versio
     output = _run_tests(eval_venv, EVAL_ONLY_TESTS)
     # av1 must be written and read here too (av 12's FFmpeg encodes it with libaom-av1, not SVT-AV1)
     assert "cannot be encoded by this PyAV build" not in output, output[-3000:]
+
+
+@pytest.mark.slow
+def test_the_server_model_code_passes_at_the_lowest_transformers_stack(server_transformers_venv):
+    _assert_at_the_pins(server_transformers_venv, _transformers_stack_pins())
+    _run_tests(server_transformers_venv, SERVER_MODEL_TESTS)
