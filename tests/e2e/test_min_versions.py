@@ -1,6 +1,7 @@
-"""gr00t-client and gr00t-eval (and gr00t-server's transformers stack) at the bottom of what their pyprojects admit: the oldest `requires-python`
-interpreter with every dependency pinned to its lower bound, as on an older robot or evaluation machine; and the
-client at the top too: the newest Python its classifiers name, with the newest release of each dependency.
+"""gr00t-client and gr00t-eval at the bottom of what their pyprojects admit: the oldest `requires-python`
+interpreter with every dependency pinned to its lower bound, as on an older robot or evaluation machine; the
+client at the top too: the newest Python its classifiers name, with the newest release of each dependency; and
+gr00t-server's transformers stack at its lower bounds.
 
 A fresh venv of that interpreter gets those pins and the package (from a copy of its sources, so no build folder
 is left in the checkout), then runs the package's own tests that need nothing else.
