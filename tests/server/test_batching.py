@@ -517,3 +517,40 @@ def test_a_round_is_timed_from_when_the_last_replies_went_out_not_from_a_request
     loop._served_at = now - 2 * window_s  # B's reply went out a whole window ago and B has not come back
     loop.dispatch_pending()
     assert submitted == [[waited_through_call]]
+
+
+def test_a_client_a_round_was_cut_without_is_not_waited_for_again_until_it_sends():
+    """One cut round is what a stalled (or departed) client costs: the next rounds go as soon as the others are
+    waiting, instead of each waiting out the window for it until it is forgotten a second later."""
+    from gr00t_server.serving.messages import Request
+    from gr00t_server.server import PolicyServer
+
+    server = PolicyServer(RowEchoPolicy(), host="127.0.0.1", port=0, max_batch_size=16, batch_timeout_ms=50.0)
+    loop = server._loop
+    submitted: List[Any] = []
+    loop._submit = submitted.append  # the worker is not started: record what would be handed to it
+    server._window.observe_spread(0.004)
+    window_s = server._window.seconds()
+
+    def request(session: str, received_at: float) -> Any:
+        return Request([session.encode()], False, "get_action", {"observation": observation(1.0), "options": None},
+                       session, None, received_at, 0.0)
+
+    now = time.monotonic()
+    loop.active_clients = {"a": now, "b": now, "c": now}
+    loop._served_at = now - 2 * window_s  # the last replies went out a whole window ago; c has not come back
+    loop.pending = [request("a", now - 2 * window_s), request("b", now - 2 * window_s)]
+    loop.dispatch_pending()
+    assert [[r.session for r in job] for job in submitted] == [["a", "b"]]  # cut without c
+
+    loop._served_at = time.monotonic()  # the next round: a and b are back at once, c is still away
+    loop.pending = [request("a", loop._served_at), request("b", loop._served_at)]
+    loop.dispatch_pending()
+    assert [[r.session for r in job] for job in submitted][-1] == ["a", "b"]  # not held for c again
+
+    late = request("c", time.monotonic())
+    loop._note_straggler(late)  # c sends again: rounds wait for it from now on
+    loop._served_at = time.monotonic()
+    loop.pending = [late, request("a", loop._served_at)]
+    loop.dispatch_pending()
+    assert len(submitted) == 2  # held: b is expected back within the window

@@ -62,6 +62,9 @@ class RequestLoop:
         self.queued_requests = 0
         self.active_clients: Dict[str, float] = {}  # session -> when its last get_action was gathered
         self._cut_round: Optional[Tuple[float, Set[str]]] = None  # (round start, clients missing) of a round cut short
+        # Clients a round was cut without and that have not sent since: the next rounds do not wait for them again
+        # (a stalled or departed client would otherwise cost every round the whole gather window until forgotten).
+        self._absent: Set[str] = set()
         self._served_at = 0.0  # when the worker's last replies were sent: the clients they answer start back then
         self._inline_job = 0  # number of the job now running on this thread (0: none), for abandon_inline_after
         self._inline_jobs = 0
@@ -248,13 +251,15 @@ class RequestLoop:
         if not (force or full or server._stop_requested.is_set()):
             if server._worker is not None and server._worker.busy:
                 return  # the worker is busy: gather more for free
-            known = self._recent_clients()
-            everyone_waiting = bool(known) and {r.session for r in self.pending} >= known
+            known = self._recent_clients() - self._absent
+            waiting = {r.session for r in self.pending}
+            everyone_waiting = bool(known) and waiting >= known
             waited = time.monotonic() >= start + self._window.seconds()
             if not (everyone_waiting or waited):
                 return
             if not everyone_waiting:  # cut short: whoever of `known` comes late tells how wide rounds really are
-                self._cut_round = (start, known - {r.session for r in self.pending})
+                self._cut_round = (start, known - waiting)
+                self._absent |= known - waiting
         pending, self.pending = self.pending, []
         if everyone_waiting:  # a whole round: its arrival spread is what the window must cover
             self._window.observe_spread(pending[-1].received_at - start)
@@ -272,6 +277,7 @@ class RequestLoop:
 
     def _note_straggler(self, request: Request) -> None:
         """A request from a client missing from a round cut short: that round's spread reached its arrival."""
+        self._absent.discard(request.session)  # back: rounds wait for it again
         if self._cut_round is None:
             return
         round_start, missing = self._cut_round
@@ -286,6 +292,7 @@ class RequestLoop:
         """Sessions whose get_action was batched recently (and forget the ones gone quiet)."""
         cutoff = time.monotonic() - max(ACTIVE_CLIENT_WINDOW_S, 10 * self._server.batch_timeout_ms / 1000.0)
         self.active_clients = {s: t for s, t in self.active_clients.items() if t >= cutoff}
+        self._absent.intersection_update(self.active_clients)  # forgotten clients need no exception
         return set(self.active_clients)
 
     def _reply_now(self, request: Request) -> None:
