@@ -6,7 +6,7 @@ than the clients need to arrive, so a full batch forms; assertions are on correc
 
 import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pytest
@@ -492,24 +492,35 @@ def test_a_client_that_stopped_sending_holds_the_others_only_for_the_observed_sp
     assert max(latencies) < cap_ms / 3, latencies
 
 
+def _loop_without_worker() -> Tuple[Any, List[Any], float]:
+    """A batching server's request loop with no worker: (loop, the jobs it would submit, its gather window in s),
+    the window set by an observed 4 ms arrival spread."""
+    from gr00t_server.server import PolicyServer
+
+    server = PolicyServer(RowEchoPolicy(), host="127.0.0.1", port=0, max_batch_size=16, batch_timeout_ms=50.0)
+    submitted: List[Any] = []
+    server._loop._submit = submitted.append  # the worker is not started: record what would be handed to it
+    server._window.observe_spread(0.004)
+    return server._loop, submitted, server._window.seconds()
+
+
+def _gathered(session: str, received_at: float) -> Any:
+    """A batchable get_action Request from `session`, as the loop gathers it."""
+    from gr00t_server.serving.messages import Request
+
+    return Request([session.encode()], False, "get_action", {"observation": observation(1.0), "options": None},
+                   session, None, received_at, 0.0)
+
+
 def test_a_round_is_timed_from_when_the_last_replies_went_out_not_from_a_request_that_waited_through_the_call():
     """Two closed-loop cohorts: A's request waited through the call that served B. When that call's replies go out,
     B needs a moment to send again; dispatching A alone at once (its wait already exceeds the window) would make
     A and B alternate for good, each batch part full (measured with 16 client processes: batches of 7 and 9).
     The window counts from when the replies went out, so A waits for B, and only a B that stays away is cut."""
-    from gr00t_server.serving.messages import Request
-    from gr00t_server.server import PolicyServer
-
-    server = PolicyServer(RowEchoPolicy(), host="127.0.0.1", port=0, max_batch_size=16, batch_timeout_ms=50.0)
-    loop = server._loop
-    submitted: List[Any] = []
-    loop._submit = submitted.append  # the worker is not started: record what would be handed to it
-    server._window.observe_spread(0.004)
-    window_s = server._window.seconds()
+    loop, submitted, window_s = _loop_without_worker()
     now = time.monotonic()
     loop.active_clients = {"a": now, "b": now}
-    waited_through_call = Request([b"a"], False, "get_action", {"observation": observation(1.0), "options": None}, "a",
-                                  None, now - 0.05, 0.0)
+    waited_through_call = _gathered("a", now - 0.05)
     loop.pending = [waited_through_call]
     loop._served_at = now  # B's reply has just been sent
     loop.dispatch_pending()
@@ -522,35 +533,22 @@ def test_a_round_is_timed_from_when_the_last_replies_went_out_not_from_a_request
 def test_a_client_a_round_was_cut_without_is_not_waited_for_again_until_it_sends():
     """One cut round is what a stalled (or departed) client costs: the next rounds go as soon as the others are
     waiting, instead of each waiting out the window for it until it is forgotten a second later."""
-    from gr00t_server.serving.messages import Request
-    from gr00t_server.server import PolicyServer
-
-    server = PolicyServer(RowEchoPolicy(), host="127.0.0.1", port=0, max_batch_size=16, batch_timeout_ms=50.0)
-    loop = server._loop
-    submitted: List[Any] = []
-    loop._submit = submitted.append  # the worker is not started: record what would be handed to it
-    server._window.observe_spread(0.004)
-    window_s = server._window.seconds()
-
-    def request(session: str, received_at: float) -> Any:
-        return Request([session.encode()], False, "get_action", {"observation": observation(1.0), "options": None},
-                       session, None, received_at, 0.0)
-
+    loop, submitted, window_s = _loop_without_worker()
     now = time.monotonic()
     loop.active_clients = {"a": now, "b": now, "c": now}
     loop._served_at = now - 2 * window_s  # the last replies went out a whole window ago; c has not come back
-    loop.pending = [request("a", now - 2 * window_s), request("b", now - 2 * window_s)]
+    loop.pending = [_gathered("a", now - 2 * window_s), _gathered("b", now - 2 * window_s)]
     loop.dispatch_pending()
     assert [[r.session for r in job] for job in submitted] == [["a", "b"]]  # cut without c
 
     loop._served_at = time.monotonic()  # the next round: a and b are back at once, c is still away
-    loop.pending = [request("a", loop._served_at), request("b", loop._served_at)]
+    loop.pending = [_gathered("a", loop._served_at), _gathered("b", loop._served_at)]
     loop.dispatch_pending()
     assert [[r.session for r in job] for job in submitted][-1] == ["a", "b"]  # not held for c again
 
-    late = request("c", time.monotonic())
+    late = _gathered("c", time.monotonic())
     loop._note_straggler(late)  # c sends again: rounds wait for it from now on
     loop._served_at = time.monotonic()
-    loop.pending = [late, request("a", loop._served_at)]
+    loop.pending = [late, _gathered("a", loop._served_at)]
     loop.dispatch_pending()
     assert len(submitted) == 2  # held: b is expected back within the window
