@@ -159,8 +159,14 @@ def _assert_at_the_pins(python: Path, pins: List[str]) -> None:
 
 
 def _run_tests(python: Path, tests: List[str]) -> str:
-    result = subprocess.run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", *tests],
-                            cwd=REPO, capture_output=True, text=True, timeout=900)
+    """Run `tests` in the venv of `python`; a run past 5 minutes (they take well under one) is a hang, reported with
+    what it printed (av 12.0 hung so, in FFmpeg's decoder teardown)."""
+    try:
+        result = subprocess.run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", *tests],
+                                cwd=REPO, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired as exc:
+        printed = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        pytest.fail(f"the tests hung for 5 minutes in {python}; they printed:\n{printed[-4000:]}")
     assert result.returncode == 0, f"{result.stdout[-6000:]}\n{result.stderr[-3000:]}"
     assert re.search(r"\d+ passed", result.stdout) and "failed" not in result.stdout, result.stdout[-2000:]
     return result.stdout
