@@ -202,7 +202,7 @@ def test_gate_counts_a_streak_and_refuses_a_negative_limit():
         InlineGate(float("nan"))
 
 
-HANGING_SERVER = textwrap.dedent(
+SERVER_SCRIPT = textwrap.dedent(
     """
     import sys, time
     import numpy as np
@@ -226,16 +226,23 @@ HANGING_SERVER = textwrap.dedent(
 )
 
 
+def _serve_in_a_process(fast_calls: int):
+    """`PolicyServer.run()` on a process's main thread, as `gr00t-server serve` runs it, with a policy that answers
+    at once `fast_calls` times and then hangs; (process, port) once it is ready."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT, str(port), str(fast_calls)],
+                               stdout=subprocess.PIPE, text=True)
+    assert "ready" in process.stdout.readline()
+    return process, port
+
+
 def test_sigterm_during_a_hung_inline_call_exits_after_the_shutdown_timeout_and_answers_the_request():
     """The worker's promise holds inline too: a stop waits shutdown_timeout_s for the running call, then the
     server exits, and the client of the abandoned call gets an answer, not a timeout."""
-    port = free_port()
     fast_calls = INLINE_STREAK + 2
-    process = subprocess.Popen([sys.executable, "-c", HANGING_SERVER, str(port), str(fast_calls)],
-                               stdout=subprocess.PIPE, text=True)
+    process, port = _serve_in_a_process(fast_calls)
     outcome = {}
     try:
-        assert "ready" in process.stdout.readline()
         with PolicyClient(port=port, timeout_ms=20000) as client:
             for _ in range(fast_calls):
                 client.get_action({})
@@ -265,25 +272,6 @@ def test_sigterm_during_a_hung_inline_call_exits_after_the_shutdown_timeout_and_
     assert "server is shutting down; 'get_action' did not finish within 1 s" in str(outcome["error"])
 
 
-FAST_SERVER = textwrap.dedent(
-    """
-    import sys
-    import numpy as np
-    from gr00t_client import BasePolicy
-    from gr00t_server import PolicyServer
-
-    class Fast(BasePolicy):
-        def _get_action(self, observation, options=None):
-            return {"x": np.zeros((1, 1, 1), np.float32)}, {}
-        def reset(self, options=None):
-            return {}
-
-    PolicyServer(Fast(strict=False), port=int(sys.argv[1])).run()
-    print("RUN RETURNED", flush=True)
-    """
-)
-
-
 def _hammer(port: int, stop: threading.Event, served: list, sent=None) -> threading.Thread:
     """A client sending get_action back to back until `stop` or an error; counts what it was served."""
 
@@ -303,11 +291,9 @@ def _hammer(port: int, stop: threading.Event, served: list, sent=None) -> thread
 
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_while_cheap_calls_run_inline_stops_the_server_at_once(how):
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-c", FAST_SERVER, str(port)], stdout=subprocess.PIPE, text=True)
+    process, port = _serve_in_a_process(fast_calls=10**9)  # never hangs
     stop, served = threading.Event(), []
     try:
-        assert "ready" in process.stdout.readline()
         hammer = _hammer(port, stop, served)
         deadline = time.monotonic() + 10
         while len(served) < 200 and time.monotonic() < deadline:  # well past the streak: calls run inline

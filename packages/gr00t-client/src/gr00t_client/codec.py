@@ -430,11 +430,9 @@ def _pack(kind: str, obj: Any) -> bytes:
 def encode(obj: Any) -> bytes:
     """Encode a value in the reference (single-frame msgpack-numpy) format."""
     try:
-        if not _holds_spliced_array(obj, 0):
-            return _pack("reference", obj)
         chunks: List[Any] = []
-        _pack_spliced(obj, chunks, 0)
-        return b"".join(chunks)
+        _pack_spliced(obj, chunks, 0)  # one chunk (packed whole) unless a large array is spliced in
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
     except WireEncodeError:
         raise
     except (TypeError, ValueError, OverflowError) as exc:

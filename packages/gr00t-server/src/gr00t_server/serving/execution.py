@@ -16,7 +16,7 @@ from .batching import TIMING_OPTION, GatherWindow
 from .endpoints import RateLimitedLog, error_text
 from .messages import WIRE_NPSAVE, Request, RequestError, encode_reply, encode_timed_reply
 from .sessions import session_dropper
-from .worker import InlineGate, Job, Reply
+from .worker import InlineGate, Job, Reply, only_get_action
 from .wrappers import policy_chain
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ class JobRunner:
         sessions, call the policy, encode."""
         started = time.monotonic()
         replies = self._execute(job, started)
-        if job and all(request.endpoint == "get_action" for request in job):
+        if only_get_action(job):
             self._gate.observe(time.monotonic() - started)
         return replies
 

@@ -28,7 +28,7 @@ from .messages import (
     session_of,
     split_routing,
 )
-from .worker import InlineGate, Job, PolicyWorker
+from .worker import InlineGate, Job, PolicyWorker, only_get_action
 
 if TYPE_CHECKING:
     from .server import PolicyServer
@@ -186,7 +186,7 @@ class RequestLoop:
         the worker is idle: then the two thread hand-offs would cost as much as the call."""
         worker = self._server._worker
         assert worker is not None
-        if self._gate.open and not worker.busy and all(request.endpoint == "get_action" for request in job):
+        if self._gate.open and not worker.busy and only_get_action(job):
             self._run_inline(job)
         else:
             worker.submit(job)
@@ -258,8 +258,9 @@ class RequestLoop:
             if not (everyone_waiting or waited):
                 return
             if not everyone_waiting:  # cut short: whoever of `known` comes late tells how wide rounds really are
-                self._cut_round = (start, known - waiting)
-                self._absent |= known - waiting
+                missing = known - waiting
+                self._cut_round = (start, missing)
+                self._absent |= missing
         pending, self.pending = self.pending, []
         if everyone_waiting:  # a whole round: its arrival spread is what the window must cover
             self._window.observe_spread(pending[-1].received_at - start)

@@ -19,6 +19,11 @@ DEFAULT_INLINE_BELOW_MS = 1.0
 INLINE_STREAK = 16  # get_action jobs in a row under the limit before the socket thread runs one itself
 
 
+def only_get_action(job: Job) -> bool:
+    """True for a job of get_action requests alone: the only jobs the InlineGate times and lets run inline."""
+    return bool(job) and all(request.endpoint == "get_action" for request in job)
+
+
 class InlineGate:
     """Whether the socket thread may run a get_action job itself instead of handing it to the worker.
 
