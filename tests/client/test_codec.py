@@ -168,6 +168,13 @@ def test_array_whose_data_does_not_match_its_shape_is_refused():
         codec.decode(msgpack.packb(message))
 
 
+@pytest.mark.parametrize("shape", [[True, 4], [-1, 4], [2.0, 2], "ab"], ids=["bool", "negative", "float", "str"])
+def test_an_array_shape_that_is_not_a_list_of_non_negative_ints_is_named_so(shape):
+    message = {b"nd": True, b"type": "<f4", b"kind": b"", b"shape": shape, b"data": b"\x00" * 16}
+    with pytest.raises(WireDecodeError, match="array shape must be a list of non-negative ints"):
+        codec.decode(msgpack.packb(message))
+
+
 @pytest.mark.parametrize("garbage", [b"", b"\xc1", b"\x92\x01", b"\xdd\xff\xff\xff\xff", b"\xa3ab\xff"])
 def test_garbage_raises_wire_decode_error(garbage):
     with pytest.raises(WireDecodeError):
