@@ -94,8 +94,17 @@ def test_sigterm_stops_the_server_cleanly_and_frees_the_port(dataset):
         (["serve"], "either --model-path or --dataset-path"),
         (["serve", "--port", "notaport", "--dataset-path", "."], "invalid int value"),
         (["serve", "--model-path", "/nonexistent/checkpoint"], "does not exist"),
-        (["serve", "--dataset-path", ".", "--inline-below-ms", "-1"], "--inline-below-ms must be >= 0, got -1.0"),
-        (["serve", "--dataset-path", ".", "--batch-timeout-ms", "nan"], "--batch-timeout-ms must be >= 0, got nan"),
+        (["serve", "--dataset-path", ".", "--inline-below-ms", "-1"], "--inline-below-ms must be a finite number of milliseconds from 0 (off) to 3600000, got -1.0"),
+        (["serve", "--dataset-path", ".", "--batch-timeout-ms", "nan"], "--batch-timeout-ms must be a finite number of milliseconds from 0 to 3600000, got nan"),
+        # an infinite gather window once killed the socket loop at the first batched request (int(inf))
+        (["serve", "--dataset-path", ".", "--batch-timeout-ms", "inf"], "--batch-timeout-ms must be a finite number"),
+        (["serve", "--dataset-path", ".", "--inline-below-ms", "inf"], "--inline-below-ms must be a finite number"),
+        # 0 made ZeroMQ drop every request unanswered; -1 lifted the cap altogether
+        (["serve", "--dataset-path", ".", "--max-message-mb", "0"], "--max-message-mb must be a whole number of MiB >= 1, got 0"),
+        (["serve", "--dataset-path", ".", "--max-message-mb", "-1"], "--max-message-mb must be a whole number of MiB >= 1, got -1"),
+        (["serve", "--dataset-path", ".", "--port", "70000"], "--port must be a port number from 0 (any free port) to 65535, got 70000"),
+        (["serve", "--dataset-path", ".", "--metrics-port", "-2"], "--metrics-port must be a port number"),
+        (["serve", "--dataset-path", ".", "--max-batch-size", "0"], "--max-batch-size must be a whole number >= 1 (1: batching off), got 0"),
     ],
 )
 def test_bad_flags_exit_nonzero_with_one_line_and_no_traceback(args, message):

@@ -196,7 +196,7 @@ def test_gate_counts_a_streak_and_refuses_a_negative_limit():
     gate.observe(0.002)
     assert not gate.open
     assert not InlineGate(0.0, streak=1).open
-    with pytest.raises(ValueError, match="inline_below_ms must be >= 0"):
+    with pytest.raises(ValueError, match="inline_below_ms must be a finite number of milliseconds from 0"):
         PolicyServer(ThreadNotingPolicy(), port=0, inline_below_ms=-1)
     with pytest.raises(ValueError, match="inline_below_ms must be >= 0"):
         InlineGate(float("nan"))

@@ -257,6 +257,23 @@ def _warm_up(policy: Any, args: argparse.Namespace) -> None:
     print("  Warm-up: " + ", ".join(f"batch {size} in {s:.2f} s" for size, s in seconds.items()), flush=True)
 
 
+def _check_server_flags(args: argparse.Namespace) -> None:
+    """Refuse a server flag out of range before the model loads (PolicyServer's own check, in flag names)."""
+    from .serving.server import check_server_settings
+
+    try:
+        check_server_settings(
+            spell=lambda name: "--" + name.replace("_", "-"), port=args.port, metrics_port=args.metrics_port,
+            max_batch_size=args.max_batch_size, batch_timeout_ms=args.batch_timeout_ms,
+            inline_below_ms=args.inline_below_ms,
+        )
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    if not 1 <= args.max_message_mb <= 2**43:
+        raise CliError(f"--max-message-mb must be a whole number of MiB >= 1, got {args.max_message_mb}")
+
+
+
 def serve(args: argparse.Namespace) -> int:
     from gr00t_client import EmbodimentTag
 
@@ -290,10 +307,7 @@ def serve(args: argparse.Namespace) -> int:
                        "(set --api-token or GR00T_API_TOKEN, or --curve-secret-key with --authorized-keys)", args.host,
                        " or authorized client keys" if curve is not None else "")
     limits = _server_limits(args)  # before the model loads: a bad flag fails at once
-    for flag in ("batch_timeout_ms", "inline_below_ms"):
-        value = getattr(args, flag)
-        if not value >= 0:  # NaN too
-            raise CliError(f"--{flag.replace('_', '-')} must be >= 0, got {value}")
+    _check_server_flags(args)
     if args.metrics_port is not None:
         from .serving.metrics import require_prometheus
 

@@ -4,6 +4,7 @@ batching, per-request limits, deadlines, and a socket loop the policy cannot blo
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -41,7 +42,44 @@ SESSION_OPTION = "_session_id"
 
 _is_loopback = is_loopback_peer  # kept for callers of the pre-split module
 
-__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "Endpoint", "PolicyServer", "RequestError", "ServerLimits", "is_loopback_host"]
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "Endpoint",
+    "PolicyServer",
+    "RequestError",
+    "ServerLimits",
+    "check_server_settings",
+    "is_loopback_host",
+]
+
+# PolicyServer's numeric settings: (whole number, lowest, highest, what a wrong value is told it must be). A NaN or
+# infinite float passes no `lowest <= v <= highest` test: an infinite gather window once crashed the socket loop
+# (int(inf)), a poll interval of 0 spins a core, a max_message_bytes of 0 or below makes ZeroMQ drop every request
+# unanswered (or, at -1, lifts the cap), an infinite shutdown timeout overflows the stop timer.
+_SETTINGS: Dict[str, Tuple[bool, float, float, str]] = {
+    "port": (True, 0, 65535, "a port number from 0 (any free port) to 65535"),
+    "metrics_port": (True, 0, 65535, "a port number from 0 (any free port) to 65535, or None"),
+    "max_message_bytes": (True, 1, 2**63 - 1, "a whole number of bytes >= 1"),
+    "max_batch_size": (True, 1, 2**31 - 1, "a whole number >= 1 (1: batching off)"),
+    "poll_interval_ms": (True, 1, 3_600_000, "a whole number of milliseconds from 1 to 3600000"),
+    "batch_timeout_ms": (False, 0, 3_600_000, "a finite number of milliseconds from 0 to 3600000"),
+    "inline_below_ms": (False, 0, 3_600_000, "a finite number of milliseconds from 0 (off) to 3600000"),
+    "shutdown_timeout_s": (False, 0, 86_400, "a finite number of seconds from 0 to 86400"),
+}
+
+
+def check_server_settings(spell: Callable[[str], str] = str, **values: Any) -> None:
+    """Refuse a PolicyServer setting outside what the server can run with: ValueError naming it (as `spell(name)`
+    gives it: the CLI passes its flag names), the value and what it must be. None is allowed for metrics_port."""
+    for name, value in values.items():
+        whole, lowest, highest, expected = _SETTINGS[name]
+        if value is None and name == "metrics_port":
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if whole:
+            number = number and (isinstance(value, int) or (math.isfinite(value) and value == int(value)))
+        if not (number and lowest <= value <= highest):
+            raise ValueError(f"{spell(name)} must be {expected}, got {value!r}")
 
 
 class PolicyServer:
@@ -77,10 +115,11 @@ class PolicyServer:
         metrics_port: Optional[int] = None,
         inline_below_ms: float = DEFAULT_INLINE_BELOW_MS,
     ) -> None:
-        if max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
-        if batch_timeout_ms < 0:
-            raise ValueError(f"batch_timeout_ms must be >= 0, got {batch_timeout_ms}")
+        check_server_settings(
+            port=port, metrics_port=metrics_port, max_message_bytes=max_message_bytes, max_batch_size=max_batch_size,
+            poll_interval_ms=poll_interval_ms, batch_timeout_ms=batch_timeout_ms, inline_below_ms=inline_below_ms,
+            shutdown_timeout_s=shutdown_timeout_s,
+        )
         self.policy = policy
         self._sessions_of: Optional[Tuple[Any, bool]] = None  # (policy, whether its chain keeps sessions)
         self.host = normalize_host(host)
@@ -100,7 +139,7 @@ class PolicyServer:
         # Gathering waits for expected clients at most batch_timeout_ms, less as arrivals show (batching.GatherWindow)
         self._window = batching.GatherWindow(self.batch_timeout_ms)
         self.embodiment_tag = embodiment_tag
-        self.poll_interval_ms = poll_interval_ms
+        self.poll_interval_ms = int(poll_interval_ms)
         self.limits = limits or ServerLimits()
         self.shutdown_timeout_s = float(shutdown_timeout_s)
         self.stats = ServerStats()

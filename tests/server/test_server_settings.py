@@ -1,0 +1,91 @@
+"""PolicyServer's numeric settings are checked when it is made: a value it cannot run with is refused naming the
+setting, the value and what it must be, instead of crashing the socket loop later (an infinite gather window did, at
+the first batched request), spinning a core (a poll interval of 0) or dropping every request unanswered (a message
+cap of 0)."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from gr00t_client import PolicyClient
+from gr00t_server import PolicyServer
+from gr00t_server.serving.server import check_server_settings
+from serving import running_server
+from test_batching import RowEchoPolicy
+
+INF, NAN = float("inf"), float("nan")
+
+
+@pytest.mark.parametrize(
+    "setting, value, expected",
+    [
+        ("batch_timeout_ms", INF, "a finite number of milliseconds from 0 to 3600000"),
+        ("batch_timeout_ms", NAN, "a finite number of milliseconds from 0 to 3600000"),
+        ("batch_timeout_ms", -1.0, "a finite number of milliseconds from 0 to 3600000"),
+        ("batch_timeout_ms", "2", "a finite number of milliseconds from 0 to 3600000"),
+        ("inline_below_ms", INF, "a finite number of milliseconds from 0 (off) to 3600000"),
+        ("inline_below_ms", -0.5, "a finite number of milliseconds from 0 (off) to 3600000"),
+        ("shutdown_timeout_s", NAN, "a finite number of seconds from 0 to 86400"),
+        ("shutdown_timeout_s", INF, "a finite number of seconds from 0 to 86400"),
+        ("shutdown_timeout_s", -1, "a finite number of seconds from 0 to 86400"),
+        ("poll_interval_ms", 0, "a whole number of milliseconds from 1 to 3600000"),
+        ("poll_interval_ms", -5, "a whole number of milliseconds from 1 to 3600000"),
+        ("poll_interval_ms", 2.5, "a whole number of milliseconds from 1 to 3600000"),
+        ("max_message_bytes", 0, "a whole number of bytes >= 1"),
+        ("max_message_bytes", -1, "a whole number of bytes >= 1"),
+        ("max_batch_size", 0, "a whole number >= 1 (1: batching off)"),
+        ("max_batch_size", True, "a whole number >= 1 (1: batching off)"),
+        ("max_batch_size", INF, "a whole number >= 1 (1: batching off)"),
+        ("port", 70000, "a port number from 0 (any free port) to 65535"),
+        ("port", -1, "a port number from 0 (any free port) to 65535"),
+        ("metrics_port", 65536, "a port number from 0 (any free port) to 65535, or None"),
+    ],
+)
+def test_a_setting_the_server_cannot_run_with_is_refused_naming_it(setting, value, expected):
+    with pytest.raises(ValueError) as refused:
+        PolicyServer(RowEchoPolicy(), **{"port": 0, setting: value})
+    assert str(refused.value) == f"{setting} must be {expected}, got {value!r}"
+
+
+def test_edge_values_are_accepted_and_kept_as_numbers():
+    server = PolicyServer(RowEchoPolicy(), port=0, batch_timeout_ms=0, inline_below_ms=0, poll_interval_ms=1,
+                          max_batch_size=4.0, shutdown_timeout_s=0, max_message_bytes=1, metrics_port=None)
+    try:
+        assert (server.batch_timeout_ms, server.inline_below_ms, server.poll_interval_ms) == (0.0, 0.0, 1)
+        assert (server.max_batch_size, server.max_message_bytes, server.shutdown_timeout_s) == (4, 1, 0.0)
+        assert type(server.max_batch_size) is int and type(server.poll_interval_ms) is int
+    finally:
+        server.close()
+
+
+def test_the_cli_spelling_names_the_flag():
+    with pytest.raises(ValueError, match=r"^--batch-timeout-ms must be a finite number .* got inf$"):
+        check_server_settings(spell=lambda name: "--" + name.replace("_", "-"), batch_timeout_ms=INF)
+
+
+def test_the_longest_gather_window_accepted_serves_a_full_batch_at_once():
+    # The window bounds the socket loop's poll timeout while requests are gathered: the largest accepted one must
+    # neither overflow it nor hold a full batch back.
+    policy = RowEchoPolicy()
+    with running_server(policy, max_batch_size=2, batch_timeout_ms=3_600_000) as server:
+        results = {}
+        barrier = threading.Barrier(2)
+
+        def call(client_id: int) -> None:
+            with PolicyClient(host="127.0.0.1", port=server.port, timeout_ms=20000) as client:
+                barrier.wait()
+                state = np.full((1, 1, 3), float(client_id), dtype=np.float32)
+                results[client_id] = client.get_action({"state": {"joints": state}})[0]["arm"]
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in (1, 2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert sorted(results) == [1, 2]
+        for client_id, arm in results.items():
+            assert arm.shape == (1, 4, 2) and np.all(arm == client_id * 10.0)
+        assert policy.row_counts == [2]  # one merged call: the batch was full, nothing waited for the window
+        with PolicyClient(host="127.0.0.1", port=server.port, timeout_ms=5000) as client:
+            assert client.ping()  # and the loop still turns
