@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 import threading
 import time
 import uuid
@@ -52,6 +53,9 @@ class MessageTooLargeError(PolicyServerError):
 
 class PolicyTimeoutError(TimeoutError):
     """The server did not answer within timeout_ms; the client's socket was replaced."""
+
+
+MAX_TIMEOUT_MS = 2**31 - 1  # ZeroMQ's poll timeout is a C int of milliseconds (about 24.8 days)
 
 
 def normalize_host(host: str) -> str:
@@ -133,8 +137,13 @@ class PolicyClient(BasePolicy):
         # True once the server is known to be np.save-era (its replies carry __ndarray_class__ arrays or only the
         # legacy __ModalityConfig_class__ marker): from then on requests use that format, which it can read.
         self.speaks_npsave = wire == "npsave"
-        if int(timeout_ms) <= 0:
-            raise ValueError(f"timeout_ms must be a positive number of milliseconds, got {timeout_ms!r}")
+        # bool is an int, NaN fails every comparison, inf has no int(): each is refused here, naming itself
+        if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, numbers.Real) or not 1 <= timeout_ms <= MAX_TIMEOUT_MS:
+            raise ValueError(f"timeout_ms must be a number of milliseconds from 1 to {MAX_TIMEOUT_MS}, got {timeout_ms!r}")
+        if isinstance(port, bool) or not isinstance(port, numbers.Integral) or not 1 <= port <= 65535:
+            raise ValueError(f"port must be an int from 1 to 65535, got {port!r}")
+        if not isinstance(host, str) or not normalize_host(host):
+            raise ValueError(f"host must be a non-empty str (a name or an IP address), got {host!r}")
         self.host = normalize_host(host)
         self.port = int(port)
         self.timeout_ms = int(timeout_ms)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from gr00t_client import BasePolicy, PolicyClient
+from gr00t_client.client import MAX_TIMEOUT_MS
 
 from .metrics import EpisodeOutcome
 from .results import write_results
@@ -100,7 +101,13 @@ def _server(name: str, raw: Any) -> PolicyServerAddress:
             raise JobError(f"job {name!r}: environment variable {raw['api_token_env']!r} (api_token_env) is not set")
     if raw.get("client_key") and not raw.get("server_public_key"):
         raise JobError(f"job {name!r}: policy_server 'client_key' needs 'server_public_key'")
-    return PolicyServerAddress(str(raw.get("host", "127.0.0.1")), int(raw["port"]), token, int(raw.get("timeout_ms", DEFAULT_TIMEOUT_MS)),
+    port, timeout_ms = raw["port"], raw.get("timeout_ms", DEFAULT_TIMEOUT_MS)
+    port, timeout_ms = (int(v) if isinstance(v, str) and v.strip().isdigit() else v for v in (port, timeout_ms))  # "5555"
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise JobError(f"job {name!r}: policy_server 'port' must be an int from 1 to 65535, got {port!r}")
+    if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int) or not 1 <= timeout_ms <= MAX_TIMEOUT_MS:
+        raise JobError(f"job {name!r}: policy_server 'timeout_ms' must be an int from 1 to {MAX_TIMEOUT_MS}, got {timeout_ms!r}")
+    return PolicyServerAddress(str(raw.get("host", "127.0.0.1")), port, token, timeout_ms,
                                raw.get("server_public_key"), raw.get("client_key"))
 
 

@@ -69,6 +69,17 @@ def _add_connection(p: argparse.ArgumentParser, host_flag: str, port_flag: str, 
     p.add_argument(*_flag("api-token"), default=os.environ.get("GR00T_API_TOKEN"), help="server API token (default $GR00T_API_TOKEN)")
     connection.add_security_arguments(p, _flag)
     p.add_argument(*_flag("timeout-ms"), type=int, default=15000, help="per-request timeout in ms (default 15000)")
+    p.set_defaults(port_flag=f"--{port_flag}")  # how a bad port is named (the flag differs between commands)
+
+
+def _check_connection_args(args: argparse.Namespace) -> None:
+    """Refuse a port or timeout the client cannot use, before any output directory is made or server asked."""
+    from gr00t_client.client import MAX_TIMEOUT_MS
+
+    if not 1 <= args.timeout_ms <= MAX_TIMEOUT_MS:
+        raise UsageError(f"--timeout-ms must be a whole number of milliseconds from 1 to {MAX_TIMEOUT_MS}, got {args.timeout_ms}")
+    if not 1 <= args.port <= 65535:
+        raise UsageError(f"{args.port_flag} must be a port number from 1 to 65535, got {args.port}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(*_flag("output"), required=True, help="dataset directory to create")
     p.add_argument(*_flag("seed"), type=int, default=0, help="episode i is recorded with seed+i (default 0)")
     p.add_argument(*_flag("max-episode-steps"), type=int, default=500, help="expert step budget per episode (default 500)")
-    p.add_argument(*_flag("image-size"), type=int, default=64, help="camera resolution, square (default 64)")
+    p.add_argument(*_flag("image-size"), type=int, default=64, help="camera resolution, square, even, up to 1024 (default 64)")
     p.add_argument(*_flag("camera"), default=None, help="Meta-World camera name (default corner2)")
     p.add_argument(*_flag("overwrite"), action="store_true", help="replace an existing dataset directory")
 
@@ -321,6 +332,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _run_command(args: argparse.Namespace) -> int:
     """Dispatch a parsed command line to its command function."""
     _refuse_reference_flags(args)
+    if hasattr(args, "timeout_ms"):
+        _check_connection_args(args)
     if args.command == "rollout" and not args.resume and not args.env_name:
         raise UsageError("rollout needs --env-name (or --resume DIR to continue a run)")
     scaled = getattr(args, "scale_command", None)

@@ -47,6 +47,8 @@ def parse_servers(hosts: str, default_port: int) -> List[ServerAddress]:
             servers.append(ServerAddress(host, int(port)))
         else:
             servers.append(ServerAddress(item, int(default_port)))
+        if not 1 <= servers[-1].port <= 65535:
+            raise ValueError(f"--policy-client-host entry {item!r}: port {servers[-1].port} is not from 1 to 65535")
     if not servers:
         raise ValueError(f"--policy-client-host must name at least one host, got {hosts!r}")
     return servers

@@ -63,6 +63,12 @@ def record_metaworld(
         raise ValueError(f"record supports env names 'metaworld/<task>' (e.g. metaworld/reach-v3), got {env_name!r}")
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
+    if max_episode_steps < 1:  # 0 recorded episodes without a frame, and failed only after the dataset was started
+        raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
+    if seed < 0:  # Meta-World's seeding refuses it, but only once the dataset directory exists
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    if isinstance(image_size, int) and image_size % 2:  # checked here, before the dataset directory is made
+        raise ValueError(f"image_size must be even (the dataset's mp4 videos are yuv420p), got {image_size}")
     camera = camera or DEFAULT_CAMERA
     env = MetaWorldEnv(task, image_size=image_size, camera=camera)
     expert = scripted_policy(task)

@@ -67,10 +67,21 @@ def register_scale_commands(subparsers: Any) -> None:
 
 def rollout_seed(args: argparse.Namespace) -> Optional[int]:
     """--seed, else $GR00T_EVAL_SEED, else None (unseeded)."""
+    from .cli_errors import UsageError
+
     if args.seed is not None:
-        return args.seed
-    value = os.environ.get("GR00T_EVAL_SEED")
-    return int(value) if value not in (None, "") else None
+        seed, where = args.seed, "--seed"
+    else:
+        value = os.environ.get("GR00T_EVAL_SEED")
+        if value in (None, ""):
+            return None
+        try:
+            seed, where = int(value), "$GR00T_EVAL_SEED"
+        except ValueError:
+            raise UsageError(f"$GR00T_EVAL_SEED must be a whole number >= 0, got {value!r}") from None
+    if seed < 0:  # env seeds are non-negative (numpy's SeedSequence): each episode would error at its reset
+        raise UsageError(f"{where} must be >= 0, got {seed}")
+    return seed
 
 
 def rollout_config_from_args(args: argparse.Namespace, seed: Optional[int], output_dir: Optional[Path] = None) -> Any:
@@ -110,6 +121,12 @@ def _check_rollout_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--n-envs must be >= 0 (0 = auto), got {args.n_envs}")
     if args.n_action_steps < 1:
         raise UsageError(f"--n-action-steps must be >= 1, got {args.n_action_steps}")
+    if args.max_episode_steps < 1:  # 0 cut every episode before its first step: a success rate of 0 from nothing
+        raise UsageError(f"--max-episode-steps must be >= 1, got {args.max_episode_steps}")
+    if args.ray_shards < 0:
+        raise UsageError(f"--ray-shards must be >= 0 (0: one per cluster CPU), got {args.ray_shards}")
+    if not 0 < args.ray_cpus_per_shard < float("inf"):  # NaN too
+        raise UsageError(f"--ray-cpus-per-shard must be a finite number > 0, got {args.ray_cpus_per_shard}")
     if args.max_episodes_rendered is not None and args.max_episodes_rendered < 0:
         raise UsageError(f"--max-episodes-rendered must be >= 0, got {args.max_episodes_rendered}")
     try:
@@ -128,6 +145,12 @@ def run_rollout_command(args: argparse.Namespace) -> int:
     from .run_dir import EpisodeLog, episode_log_name, read_run_file, write_run_file
     from .shard import ShardSpec
 
+    from .ray_runner import parse_servers
+
+    try:  # a bad host list fails before the output directory is made
+        parse_servers(args.host, args.port)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     shard = ShardSpec.parse(args.shard) if args.shard else None
     if shard is not None and args.ray_address:
         raise UsageError("--shard and --ray-address do not combine (Ray makes its own shards)")

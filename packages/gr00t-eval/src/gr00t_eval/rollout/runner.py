@@ -146,6 +146,12 @@ class RolloutRunner:
             raise ValueError(f"n_envs must be >= 1, got {config.n_envs}")
         if config.first_episode < 0:
             raise ValueError(f"first_episode must be >= 0, got {config.first_episode}")
+        if config.seed is not None and config.seed < 0:
+            raise ValueError(f"seed must be >= 0 (env seeds are non-negative), got {config.seed}")
+        # 0 steps would end every episode before its first action: a success rate of 0 measured on nothing
+        for name in ("n_action_steps", "max_episode_steps", "steps_per_frame", "video_fps"):
+            if getattr(config, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
         if config.client_chunking not in CLIENT_CHUNKING_MODES:
             raise ValueError(f"client_chunking must be one of {CLIENT_CHUNKING_MODES}, got {config.client_chunking!r}")
         if config.chunk_merge not in MERGE_RULES:

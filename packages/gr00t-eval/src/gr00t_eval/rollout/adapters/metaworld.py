@@ -6,6 +6,7 @@ task's random goal/object placement from `s` alone, so an episode is the same wh
 
 from __future__ import annotations
 
+import numbers
 import os
 import string
 from typing import Any, Dict, Optional
@@ -19,6 +20,7 @@ LANGUAGE_KEY = "annotation.human.action.task_description"
 STATE_SLICES = {"eef_pos": (0, 3), "gripper": (3, 4), "objects": (4, 18), "goal": (36, 39)}
 ACTION_DIMS = {"eef_delta": 3, "gripper": 1}
 DEFAULT_CAMERA = "corner2"
+MAX_IMAGE_SIZE = 1024  # square camera images; a recorded episode holds every frame in memory (500 x 3 MiB at 1024)
 
 # A few task descriptions in words; other tasks get their name with dashes as spaces.
 TASK_DESCRIPTIONS = {
@@ -70,12 +72,19 @@ class MetaWorldEnv(gym.Env):
         key = f"{task}-goal-observable"
         self.task = task
         self.camera = camera
+        if isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral) or not 1 <= image_size <= MAX_IMAGE_SIZE:
+            raise ValueError(f"image_size must be an int from 1 to {MAX_IMAGE_SIZE} pixels, got {image_size!r}")
         self.image_size = int(image_size)
         self._mujoco = mujoco
         self._env = envs[key](seed=seed)
         self._env.seeded_rand_vec = True  # draw placements from the env's seeded generator, not np.random
+        cameras = [self._env.model.camera(i).name for i in range(self._env.model.ncam)]
+        if camera not in cameras:  # MuJoCo would only say so at the first render, after a dataset or video was begun
+            raise ValueError(f"Meta-World has no camera {camera!r}; its cameras: {', '.join(cameras)}")
         self._renderer = None
         try:
+            visual = self._env.model.vis.global_  # the offscreen framebuffer (Meta-World's: 640x480) must hold the image
+            visual.offwidth, visual.offheight = max(visual.offwidth, self.image_size), max(visual.offheight, self.image_size)
             self._renderer = mujoco.Renderer(self._env.model, self.image_size, self.image_size)
         except Exception as exc:  # noqa: BLE001 - re-raised with the fix
             raise RuntimeError(
