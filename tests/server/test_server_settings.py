@@ -59,6 +59,14 @@ def test_edge_values_are_accepted_and_kept_as_numbers():
         server.close()
 
 
+def test_numpy_numbers_are_taken():
+    server = PolicyServer(RowEchoPolicy(), port=np.int64(0), max_batch_size=np.int32(8), batch_timeout_ms=np.float32(2.5))
+    try:
+        assert (server.max_batch_size, server.batch_timeout_ms) == (8, 2.5) and type(server.max_batch_size) is int
+    finally:
+        server.close()
+
+
 def test_the_cli_spelling_names_the_flag():
     with pytest.raises(ValueError, match=r"^--batch-timeout-ms must be a finite number .* got inf$"):
         check_server_settings(spell=lambda name: "--" + name.replace("_", "-"), batch_timeout_ms=INF)

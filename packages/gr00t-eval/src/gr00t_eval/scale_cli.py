@@ -142,10 +142,9 @@ def run_rollout_command(args: argparse.Namespace) -> int:
     from .metrics import EpisodeOutcome
     from .rollout import RolloutConfig
     from .rollout.runner import draw_base_seed
+    from .ray_runner import parse_servers
     from .run_dir import EpisodeLog, episode_log_name, read_run_file, write_run_file
     from .shard import ShardSpec
-
-    from .ray_runner import parse_servers
 
     try:  # a bad host list fails before the output directory is made
         parse_servers(args.host, args.port)

@@ -273,7 +273,6 @@ def _check_server_flags(args: argparse.Namespace) -> None:
         raise CliError(f"--max-message-mb must be a whole number of MiB >= 1, got {args.max_message_mb}")
 
 
-
 def serve(args: argparse.Namespace) -> int:
     from gr00t_client import EmbodimentTag
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import signal
 import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -75,9 +76,9 @@ def check_server_settings(spell: Callable[[str], str] = str, **values: Any) -> N
         whole, lowest, highest, expected = _SETTINGS[name]
         if value is None and name == "metrics_port":
             continue
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        number = isinstance(value, numbers.Real) and not isinstance(value, bool)  # numpy numbers too
         if whole:
-            number = number and (isinstance(value, int) or (math.isfinite(value) and value == int(value)))
+            number = number and (isinstance(value, numbers.Integral) or (math.isfinite(value) and value == int(value)))
         if not (number and lowest <= value <= highest):
             raise ValueError(f"{spell(name)} must be {expected}, got {value!r}")
 
