@@ -346,3 +346,31 @@ def test_verify_takes_exactly_one_backend(tiny_checkpoint, full_export):
         verify_checkpoint(tiny_checkpoint)
     with pytest.raises(SystemExit):
         parse(["verify", "--model-path", "m", "--onnx-dir", "a", "--torch-compile"])
+
+
+def test_a_failed_re_export_leaves_the_earlier_export_in_place(tiny_checkpoint, tmp_path):
+    out = tmp_path / "onnx"
+    base = ["export", "--model-path", str(tiny_checkpoint), "--output", str(out), "--mode", "dit_only",
+            "--precision", "fp32", "--device", "cpu"]
+    assert commands.run(parse([*base, "--embodiment-tag", TAG])) == 0
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    assert "dit_fp32.onnx" in before and EXPORT_METADATA in before
+    with pytest.raises(ValueError, match="Unknown embodiment tag: 'no_such_robot'"):
+        commands.run(parse([*base, "--embodiment-tag", "no_such_robot"]))  # fails after the checkpoint loaded
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["onnx"]  # no staging directory left behind
+    assert commands.run(parse([*base, "--embodiment-tag", TAG, "--mode", "action_head"])) == 0
+    after = json.loads((out / EXPORT_METADATA).read_text())
+    assert after["export_mode"] == "action_head" and sorted(after["submodules"]) != ["dit"]
+    assert all((out / info["file"]).is_file() for info in after["submodules"].values())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["export", "--model-path", "/nonexistent", "--output", "/nonexistent/out", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (["verify", "--model-path", "/nonexistent", "--onnx-dir", "x", "--batch-size", "-1"], "--batch-size must be >= 1, got -1"),
+    (["build-engine", "--onnx-dir", "x", "--engine-dir", "y", "--max-batch-size", "0"], "--max-batch-size must be >= 1, got 0"),
+    (["build-engine", "--onnx-dir", "x", "--engine-dir", "y", "--workspace", "0"], "--workspace must be >= 1, got 0"),
+])
+def test_counts_below_one_are_refused_before_anything_loads(argv, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        commands.run(parse(argv))

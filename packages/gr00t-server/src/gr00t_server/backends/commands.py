@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from gr00t_server.backends.names import EXPORT_MODES, PRECISIONS
@@ -66,9 +70,18 @@ def register(subparsers: Any) -> None:
     verify.add_argument(*_flag("seed"), type=int, default=0)
 
 
+def _check_counts(args: argparse.Namespace) -> None:
+    """Refuse a batch size or workspace below 1 before a checkpoint loads (batch 0 failed deep inside the export)."""
+    for name in ("batch_size", "max_batch_size", "workspace"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
 def run(args: argparse.Namespace) -> int:
     """Dispatch on `args.command`; returns the process exit code."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:%(name)s:%(message)s")
+    _check_counts(args)
     if args.command == "export":
         return _export(args)
     if args.command == "build-engine":
@@ -83,11 +96,22 @@ def _export(args: argparse.Namespace) -> int:
 
     device = args.device or _default_device()
     precision = args.precision or ("bf16" if device.startswith("cuda") else "fp32")
-    clear_export_dir(args.output)
-    metadata = export_checkpoint(
-        args.model_path, args.output, mode=args.mode, precision=precision,
-        batch_size=args.batch_size, embodiment_tag=args.embodiment_tag, device=device,
-    )
+    # Exported beside the output first: a failed export (a bad tag, out of memory, Ctrl-C) leaves an earlier export
+    # in --output as it was; only a finished one replaces its files.
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.exporting-", dir=output.parent))
+    try:
+        metadata = export_checkpoint(
+            args.model_path, staging, mode=args.mode, precision=precision,
+            batch_size=args.batch_size, embodiment_tag=args.embodiment_tag, device=device,
+        )
+        output.mkdir(exist_ok=True)
+        clear_export_dir(output)
+        for path in staging.iterdir():
+            os.replace(path, output / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     print(f"Exported {args.mode} ({precision}) to {args.output}:")
     for name, info in metadata["submodules"].items():
         shapes = ", ".join(f"{k}{v['shape']}" for k, v in info["inputs"].items())

@@ -121,10 +121,21 @@ def _instruction(language: Any) -> str:
 
 
 def _resolve_device(device: Union[str, torch.device]) -> torch.device:
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} was asked for but CUDA is not available here; use device='cpu'")
-    return device
+    """A CPU or CUDA device that exists here; ValueError naming the device and what to use instead."""
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device {str(device)!r} is not a torch device name; use 'cpu', 'cuda' or 'cuda:N'") from exc
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {str(device)!r} is not supported: GR00T policies run on 'cpu', 'cuda' or 'cuda:N'")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r} was asked for but CUDA is not available here; use device='cpu'")
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(f"device {str(device)!r} was asked for but this machine has {count} CUDA device(s) "
+                             f"(cuda:0{'' if count == 1 else f' to cuda:{count - 1}'})")
+    return resolved
 
 
 class Gr00tPolicy(BasePolicy):
