@@ -3,6 +3,7 @@
 import json
 import time
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -167,3 +168,40 @@ def test_shard_sizes_parse_with_units():
     assert checkpoint_module.parse_size("2MB") == 2_000_000
     assert checkpoint_module.parse_size("1GiB") == 2**30
     assert checkpoint_module.parse_size(123) == 123
+
+
+def test_make_test_checkpoint_never_writes_over_a_folder_it_did_not_make(tmp_path):
+    from gr00t_server.test_checkpoint import TEST_CHECKPOINT_MARKER, make_test_checkpoint
+
+    real = tmp_path / "real_checkpoint"  # e.g. a user's downloaded checkpoint, pointed at by mistake
+    real.mkdir()
+    (real / "model.safetensors").write_bytes(b"trained weights")
+    (real / "config.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="is not empty .*holds no test checkpoint written by make-test-checkpoint"):
+        make_test_checkpoint(real)
+    assert (real / "model.safetensors").read_bytes() == b"trained weights" and sorted(p.name for p in real.iterdir()) == [
+        "config.json", "model.safetensors"]
+
+    ours = make_test_checkpoint(tmp_path / "ours", seed=1)
+    written = json.loads((ours / TEST_CHECKPOINT_MARKER).read_text())
+    assert written["complete"] and "model.safetensors" in written["files"] and "config.json" in written["files"]
+    (ours / "notes.txt").write_text("mine")
+    make_test_checkpoint(ours, size="tiny", seed=2, embodiment_tags=["new_embodiment"])  # again: replaced, notes kept
+    again = json.loads((ours / TEST_CHECKPOINT_MARKER).read_text())
+    assert again["seed"] == 2 and again["tags"] == ["new_embodiment"] and "notes.txt" not in again["files"]
+    assert (ours / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in ours.iterdir()) == sorted([*again["files"], TEST_CHECKPOINT_MARKER, "notes.txt"])
+
+    make_test_checkpoint(real, overwrite=True)  # asked for: the folder is emptied first
+    assert not (real / "model.safetensors").read_bytes() == b"trained weights"
+    assert json.loads((real / TEST_CHECKPOINT_MARKER).read_text())["complete"]
+
+
+def test_a_test_checkpoint_loads_beside_its_marker(tmp_path):
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+    from gr00t_server.test_checkpoint import example_observation, make_test_checkpoint
+
+    checkpoint = make_test_checkpoint(tmp_path / "ck", embodiment_tags=["new_embodiment"])
+    policy = Gr00tPolicy(checkpoint, "new_embodiment", device="cpu", dtype="fp32")
+    action, _ = policy.get_action(example_observation(checkpoint, "new_embodiment"))
+    assert action and all(np.isfinite(v).all() for v in action.values())

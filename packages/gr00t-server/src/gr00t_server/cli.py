@@ -145,6 +145,9 @@ def _add_checkpoint_parser(subparsers: Any) -> None:
                    help="write one tag with this recorded LeRobot dataset's keys, modality configs and statistics")
     p.add_argument(*_flag("embodiment-tag"), default="new_embodiment",
                    help="the tag to write with --embodiment/--dataset-path (default new_embodiment)")
+    p.add_argument(*_flag("overwrite"), action="store_true",
+                   help="empty a non-empty output directory first (one holding an earlier test checkpoint is replaced "
+                        "without it; any other is refused)")
 
 
 def _add_keygen_parser(subparsers: Any) -> None:
@@ -377,11 +380,11 @@ def make_test_checkpoint(args: argparse.Namespace) -> int:
     from .test_checkpoint import make_test_checkpoint as write_checkpoint
 
     if args.embodiment is None and args.dataset_path is None:
-        path = write_checkpoint(args.output, size=args.size, seed=args.seed)
+        path = write_checkpoint(args.output, size=args.size, seed=args.seed, overwrite=args.overwrite)
         print(f"Wrote {args.size} test checkpoint to {path or args.output}")
         return 0
     path = write_checkpoint(args.output, size=args.size, seed=args.seed, embodiment_tags=[args.embodiment_tag],
-                            embodiment=args.embodiment, dataset_path=args.dataset_path)
+                            embodiment=args.embodiment, dataset_path=args.dataset_path, overwrite=args.overwrite)
     source = f"dataset {args.dataset_path}" if args.dataset_path else f"the {args.embodiment} env"
     print(f"Wrote {args.size} test checkpoint to {path} (tag {args.embodiment_tag}, keys of {source})")
     return 0

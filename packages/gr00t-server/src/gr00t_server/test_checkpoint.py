@@ -2,7 +2,9 @@
 
 Files: config.json, model.safetensors, processor_config.json, statistics.json, embodiment_id.json,
 tokenizer.json, tokenizer_config.json, vocab.json, merges.txt, added_tokens.json, special_tokens_map.json,
-chat_template.jinja, preprocessor_config.json.
+chat_template.jinja, preprocessor_config.json, and gr00t_test_checkpoint.json, which marks the folder as a test
+checkpoint and lists these files, so that writing one again replaces exactly them. Any other non-empty folder (a
+real checkpoint, say) is refused unless `overwrite=True` empties it.
 `Gr00tPolicy` loads it through the same code path as a user's checkpoint.
 
 By default it holds the `new_embodiment` and `libero_sim` key sets. With `embodiment=` ("metaworld", "pusht", ...)
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -251,6 +254,49 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
+TEST_CHECKPOINT_MARKER = "gr00t_test_checkpoint.json"
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _prepare_output(out: Path, overwrite: bool) -> None:
+    """Make `out` ready for a test checkpoint: new or empty; an earlier test checkpoint's files removed; any other
+    content refused (FileExistsError) unless `overwrite`, which empties the folder."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    entries = sorted(out.iterdir())
+    if not entries:
+        return
+    try:
+        marker = json.loads((out / TEST_CHECKPOINT_MARKER).read_text())
+    except (OSError, ValueError):
+        marker = None
+    if isinstance(marker, dict):
+        files = marker.get("files")
+        if marker.get("complete") and isinstance(files, list) and all(
+                isinstance(f, str) and f and "/" not in f and "\\" not in f and f not in (".", "..") for f in files):
+            for name in [*files, TEST_CHECKPOINT_MARKER]:  # exactly what the earlier run wrote; other files stay
+                _remove(out / name)
+            return
+        if marker.get("complete") is False:  # an interrupted earlier run: it began in an empty folder
+            overwrite = True
+    if not overwrite:
+        shown = ", ".join(entry.name for entry in entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise FileExistsError(
+            f"{out} is not empty ({shown}) and holds no test checkpoint written by make-test-checkpoint; writing one "
+            "would replace its files with random weights. Name a new directory, or pass --overwrite "
+            "(overwrite=True) to empty it first"
+        )
+    for entry in entries:
+        _remove(entry)
+
+
 def make_test_checkpoint(
     out_dir: Union[str, Path],
     size: str = "tiny",
@@ -259,11 +305,14 @@ def make_test_checkpoint(
     *,
     embodiment: Optional[str] = None,
     dataset_path: Optional[Union[str, Path]] = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write a random-weight checkpoint (`size` "tiny" or "small") for `embodiment_tags`; return its folder.
 
     With `embodiment` (a name in EMBODIMENT_SPECS) and/or `dataset_path` (a recorded LeRobot dataset, whose keys and
     statistics are used), the checkpoint holds one tag, the first of `embodiment_tags`, with that key set.
+    `out_dir` must be new, empty, or hold an earlier test checkpoint (whose files are replaced); anything else is
+    refused with FileExistsError unless `overwrite` empties it.
     """
     if size not in ("tiny", "small"):
         raise ValueError(f"unknown test checkpoint size {size!r}; expected one of ['small', 'tiny']")
@@ -284,7 +333,9 @@ def make_test_checkpoint(
 
     config = {"tiny": tiny_config, "small": small_config}[size]()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    _prepare_output(out, overwrite)
+    kept = {p.name for p in out.iterdir()}  # files beside an earlier test checkpoint's: not ours to list
+    _write_json(out / TEST_CHECKPOINT_MARKER, {"complete": False})  # written over once every file is there
 
     torch.manual_seed(seed)
     model = Gr00tN1d7(config)
@@ -309,6 +360,8 @@ def make_test_checkpoint(
     _write_json(out / "processor_config.json", {"processor_class": "Gr00tN1d7Processor", "processor_kwargs": kwargs})
     _write_json(out / "statistics.json", {tag: statistics_for(tag, seed + i, specs.get(tag)) for i, tag in enumerate(tags)})
     _write_json(out / "embodiment_id.json", _embodiment_ids(tags))
+    files = sorted(p.name for p in out.iterdir() if p.name != TEST_CHECKPOINT_MARKER and p.name not in kept)
+    _write_json(out / TEST_CHECKPOINT_MARKER, {"complete": True, "size": size, "seed": seed, "tags": tags, "files": files})
     logger.info("wrote %s test checkpoint for %s to %s", size, tags, out)
     return out
 
