@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -233,3 +234,24 @@ def test_serve_no_warmup_skips_the_sample_call(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_ctrl_c_while_the_model_loads_exits_130_in_one_line(tiny_checkpoint):
+    proc = _start(["serve", "--model-path", str(tiny_checkpoint), "--embodiment-tag", "new_embodiment", "--device", "cpu",
+                   "--port", str(_free_port())])
+    try:
+        lines = []
+        for line in proc.stdout:  # the banner comes before torch is imported and the checkpoint loads (seconds)
+            lines.append(line.rstrip("\n"))
+            if line.startswith("Starting GR00T inference server..."):
+                break
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    output = "\n".join(lines) + "\n" + rest
+    assert proc.returncode == 130, output
+    assert output.rstrip().endswith("gr00t-server serve: interrupted")
+    assert "Traceback" not in output and "Server is ready" not in output
+    assert "FakeTensor" not in output  # torch's INFO lines at exit are not shown

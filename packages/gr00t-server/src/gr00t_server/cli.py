@@ -282,6 +282,8 @@ def serve(args: argparse.Namespace) -> int:
     from .server import PolicyServer, is_loopback_host
 
     logging.basicConfig(level=getattr(logging, args.log_level), format="%(levelname)s:%(name)s:%(message)s")
+    if args.log_level != "DEBUG":  # torch's own INFO lines (e.g. FakeTensor cache stats at exit) are not ours to show
+        logging.getLogger("torch").setLevel(logging.WARNING)
     try:
         tag = EmbodimentTag.resolve(args.embodiment_tag)
     except ValueError as exc:
@@ -394,6 +396,9 @@ def make_test_checkpoint(args: argparse.Namespace) -> int:
 _USER_ERROR_NAMES = {"CheckpointError", "CheckpointKeyError", "TokenizerNotFoundError", "DatasetError"}
 
 
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, as shells report a Ctrl-C (and gr00t-eval does)
+
+
 def _is_user_error(exc: BaseException) -> bool:
     if isinstance(exc, (FileNotFoundError, ValueError, OSError, ImportError, KeyError)):
         return True
@@ -416,6 +421,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except CliError as exc:
         print(f"gr00t-server {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before the server was up (a running server stops cleanly and exits 0)
+        print(f"gr00t-server {args.command}: interrupted", file=sys.stderr)
+        return INTERRUPTED_EXIT_CODE
     except Exception as exc:
         if not _is_user_error(exc):
             raise
