@@ -283,3 +283,25 @@ def test_rtc_overlap_is_what_every_env_still_has_and_frozen_never_exceeds_it():
 def test_rtc_settings_are_checked(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ActionChunker(StampPolicy(), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"n_action_steps": 0}, "n_action_steps must be an int >= 1 or None (the whole chunk), got 0"),
+        ({"n_action_steps": 2.5}, "n_action_steps must be an int >= 1 or None (the whole chunk), got 2.5"),
+        ({"n_action_steps": True}, "n_action_steps must be an int >= 1 or None (the whole chunk), got True"),
+        ({"asynchronous": True, "prefetch_steps": -1}, "prefetch_steps must be an int >= 0 or None (half the chunk), got -1"),
+        ({"asynchronous": True, "prefetch_steps": float("nan")}, "prefetch_steps must be an int >= 0 or None (half the chunk), got nan"),
+    ],
+)
+def test_step_counts_must_be_ints(kwargs, message):
+    with pytest.raises(ValueError) as error:
+        ActionChunker(StampPolicy(), **kwargs)
+    assert str(error.value) == message
+
+
+def test_numpy_step_counts_are_taken():
+    chunker = ActionChunker(StampPolicy(), n_action_steps=np.int64(3), asynchronous=True, prefetch_steps=np.int32(1))
+    assert (chunker.n_action_steps, chunker.prefetch_steps) == (3, 1) and type(chunker.n_action_steps) is int
+    chunker.close()

@@ -19,6 +19,7 @@ runs) and blends the rest of the overlap in, so the new chunk continues the moti
 from __future__ import annotations
 
 import logging
+import numbers
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeoutError
@@ -116,6 +117,11 @@ def _copy_leaves(observation: Any) -> Any:
     return observation
 
 
+def _is_int(value: Any) -> bool:
+    """An int, numpy's included, and not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 class ActionChunker:
     """Wraps a policy (local BasePolicy or PolicyClient) and hands out one action step per env per call.
 
@@ -136,10 +142,11 @@ class ActionChunker:
         rtc_frozen_steps: Optional[int] = None,
         rtc_ramp_rate: float = 6.0,
     ) -> None:
-        if n_action_steps is not None and n_action_steps < 1:
-            raise ValueError(f"n_action_steps must be >= 1 or None (the whole chunk), got {n_action_steps}")
-        if prefetch_steps is not None and prefetch_steps < 0:
-            raise ValueError(f"prefetch_steps must be >= 0 or None (half the chunk), got {prefetch_steps}")
+        # Step counts index the chunk: a float (2.5) failed deep in a later step, a NaN prefetch never prefetched.
+        if n_action_steps is not None and not (_is_int(n_action_steps) and n_action_steps >= 1):
+            raise ValueError(f"n_action_steps must be an int >= 1 or None (the whole chunk), got {n_action_steps!r}")
+        if prefetch_steps is not None and not (_is_int(prefetch_steps) and prefetch_steps >= 0):
+            raise ValueError(f"prefetch_steps must be an int >= 0 or None (half the chunk), got {prefetch_steps!r}")
         if not callable(merge) and merge not in MERGE_RULES:
             raise ValueError(f"merge must be one of {MERGE_RULES} or a callable, got {merge!r}")
         if not 0.0 <= new_weight <= 1.0:
@@ -155,10 +162,10 @@ class ActionChunker:
         if not 0.0 < rtc_ramp_rate < float("inf"):
             raise ValueError(f"rtc_ramp_rate must be a finite number > 0, got {rtc_ramp_rate}")
         self.policy = policy
-        self.n_action_steps = n_action_steps
+        self.n_action_steps = None if n_action_steps is None else int(n_action_steps)
         self.per_env = per_env
         self.asynchronous = asynchronous
-        self.prefetch_steps = prefetch_steps
+        self.prefetch_steps = None if prefetch_steps is None else int(prefetch_steps)
         self.merge = merge
         self.new_weight = new_weight
         self.rtc_frozen_steps = rtc_frozen_steps
