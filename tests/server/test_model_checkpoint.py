@@ -192,6 +192,12 @@ def test_make_test_checkpoint_never_writes_over_a_folder_it_did_not_make(tmp_pat
     assert (ours / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in ours.iterdir()) == sorted([*again["files"], TEST_CHECKPOINT_MARKER, "notes.txt"])
 
+    # A run stopped half-way (Ctrl-C) left its marker unfinished: the next run removes its files, not the notes.
+    (ours / TEST_CHECKPOINT_MARKER).write_text(json.dumps({"complete": False, "kept": ["notes.txt"]}))
+    (ours / "model.safetensors").write_bytes(b"half written")
+    make_test_checkpoint(ours, seed=3)
+    assert (ours / "notes.txt").read_text() == "mine" and json.loads((ours / TEST_CHECKPOINT_MARKER).read_text())["seed"] == 3
+
     make_test_checkpoint(real, overwrite=True)  # asked for: the folder is emptied first
     assert not (real / "model.safetensors").read_bytes() == b"trained weights"
     assert json.loads((real / TEST_CHECKPOINT_MARKER).read_text())["complete"]

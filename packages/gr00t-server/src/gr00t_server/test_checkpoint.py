@@ -284,8 +284,12 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
             for name in [*files, TEST_CHECKPOINT_MARKER]:  # exactly what the earlier run wrote; other files stay
                 _remove(out / name)
             return
-        if marker.get("complete") is False:  # an interrupted earlier run: it began in an empty folder
-            overwrite = True
+        kept = marker.get("kept")
+        if marker.get("complete") is False and isinstance(kept, list):  # an interrupted earlier run: all but the
+            for entry in entries:                                       # files it found there are its own
+                if entry.name not in kept:
+                    _remove(entry)
+            return
     if not overwrite:
         shown = ", ".join(entry.name for entry in entries[:5]) + (", ..." if len(entries) > 5 else "")
         raise FileExistsError(
@@ -335,7 +339,8 @@ def make_test_checkpoint(
     out = Path(out_dir)
     _prepare_output(out, overwrite)
     kept = {p.name for p in out.iterdir()}  # files beside an earlier test checkpoint's: not ours to list
-    _write_json(out / TEST_CHECKPOINT_MARKER, {"complete": False})  # written over once every file is there
+    # Written over once every file is there; until then it names what was here before, for a run after a Ctrl-C.
+    _write_json(out / TEST_CHECKPOINT_MARKER, {"complete": False, "kept": sorted(kept)})
 
     torch.manual_seed(seed)
     model = Gr00tN1d7(config)
