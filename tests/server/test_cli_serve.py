@@ -255,3 +255,36 @@ def test_ctrl_c_while_the_model_loads_exits_130_in_one_line(tiny_checkpoint):
     assert output.rstrip().endswith("gr00t-server serve: interrupted")
     assert "Traceback" not in output and "Server is ready" not in output
     assert "FakeTensor" not in output  # torch's INFO lines at exit are not shown
+
+
+@pytest.mark.parametrize("mode", ["replay", "model"])
+def test_flags_the_chosen_policy_does_not_read_are_named_as_ignored(dataset, tiny_checkpoint, mode):
+    port = _free_port()
+    if mode == "replay":
+        args = ["--dataset-path", str(dataset), "--device", "cuda", "--no-warmup", "--execution-horizon", "4"]
+        expected = "--device, --no-warmup: ignored; they apply to --model-path, and this replays --dataset-path"
+    else:
+        args = ["--model-path", str(tiny_checkpoint), "--embodiment-tag", "new_embodiment", "--device", "cpu",
+                "--dataset-path", str(dataset), "--execution-horizon", "4"]
+        expected = ("--dataset-path, --execution-horizon: ignored; they apply to replay (--dataset-path without "
+                    "--model-path), and this serves --model-path")
+    proc = _start(["serve", *args, "--port", str(port)])
+    try:
+        lines = _wait_ready(proc)
+        assert [line for line in lines if "ignored" in line] == [f"WARNING:gr00t_server:{expected}"]
+        with PolicyClient(port=port, timeout_ms=10000) as client:
+            assert client.ping()  # a warning, not a refusal: launchers that always pass these keep working
+            client.kill_server()
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_a_plain_serve_warns_of_nothing_ignored(dataset):
+    proc = _start(["serve", "--dataset-path", str(dataset), "--port", str(_free_port())])
+    try:
+        assert not [line for line in _wait_ready(proc) if "ignored" in line]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

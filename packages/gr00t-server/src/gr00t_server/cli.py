@@ -260,6 +260,19 @@ def _warm_up(policy: Any, args: argparse.Namespace) -> None:
     print("  Warm-up: " + ", ".join(f"batch {size} in {s:.2f} s" for size, s in seconds.items()), flush=True)
 
 
+# Flags that only one kind of policy reads, with their defaults: given with the other kind they do nothing.
+_REPLAY_ONLY = {"dataset_path": None, "modality_config_path": None, "execution_horizon": None, "action_horizon": 16}
+_MODEL_ONLY = {"device": None, "dtype": None, "clip_outliers": None, "preprocess_device": None, "inference_mode": "pytorch",
+               "onnx_dir": None, "engine_dir": None, "warmup": True}
+
+
+def _ignored_flags(args: argparse.Namespace) -> List[str]:
+    """The flags given that the chosen policy (a model with --model-path, else replay) does not read."""
+    unused = _REPLAY_ONLY if args.model_path else _MODEL_ONLY
+    given = [(name, getattr(args, name)) for name, default in unused.items() if getattr(args, name) != default]
+    return [("--no-" if value is False else "--") + name.replace("_", "-") for name, value in given]
+
+
 def _check_server_flags(args: argparse.Namespace) -> None:
     """Refuse a server flag out of range before the model loads (PolicyServer's own check, in flag names)."""
     from .serving.server import check_server_settings
@@ -291,6 +304,11 @@ def serve(args: argparse.Namespace) -> int:
         raise CliError(f"{str(exc).splitlines()[0]}; known tags: {known}") from exc
     if not args.model_path and not args.dataset_path:
         raise CliError("either --model-path or --dataset-path must be provided")
+    ignored = _ignored_flags(args)
+    if ignored:
+        logger.warning("%s: ignored; %s", ", ".join(ignored), "they apply to replay (--dataset-path without --model-path), "
+                       "and this serves --model-path" if args.model_path else "they apply to --model-path, and this replays "
+                       "--dataset-path")
     if args.model_path:  # replay never touches torch: resolving a default device would import it
         args.device = args.device or _default_device()
     print("Starting GR00T inference server...")
