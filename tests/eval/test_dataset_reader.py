@@ -317,3 +317,24 @@ def test_v3_tasks_written_by_pandas_index_are_read(datasets, tmp_path):
     table = pa.table({"task_index": pa.array([0, 1], pa.int64()), "__index_level_0__": list(TASKS)})
     pq.write_table(table, root / "meta" / "tasks.parquet")
     assert LeRobotDataset(root).tasks == {0: TASKS[0], 1: TASKS[1]}
+
+
+@pytest.mark.parametrize("layout, per_file", [("v2.1", None), ("v3.0", 2)])
+def test_check_data_files_reads_every_footer_and_names_the_broken_file(tmp_path, layout, per_file):
+    root = make_dataset(tmp_path / "ds", lengths=(6, 9, 4), layout=layout, episodes_per_file=per_file)
+    dataset = LeRobotDataset(root)
+    dataset.check_data_files()  # a sound dataset passes
+    last = dataset._records[-1].data_path  # the file of the last episode (shared in v3.0)
+
+    table = pq.read_table(last)
+    pq.write_table(table.slice(0, 2), last)  # too few rows for its episodes
+    with pytest.raises(DatasetError, match=f"{last}: 2 rows, but the episode list gives its episodes .* 4"):
+        LeRobotDataset(root).check_data_files()
+
+    last.write_bytes(last.read_bytes()[:40])  # truncated: no footer
+    with pytest.raises(DatasetError, match=f"{last}: cannot read parquet \\(episode 2\\)"):
+        LeRobotDataset(root).check_data_files()
+
+    last.unlink()
+    with pytest.raises(DatasetFileNotFoundError, match=f"data file of episode 2 not found: {last}"):
+        LeRobotDataset(root).check_data_files()

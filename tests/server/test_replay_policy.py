@@ -184,3 +184,14 @@ def test_dropping_a_session_restarts_it(policy):
     policy.drop_session("gone")
     _, info = policy.get_action(None, session("gone"))
     assert info["episode_index"] == 0
+
+
+def test_a_broken_data_file_fails_the_start_not_a_later_request(tmp_path):
+    from gr00t_eval.dataset import DatasetError
+
+    root = make_dataset(tmp_path / "ds", lengths=(6, 9, 4))
+    ReplayPolicy(root)  # sound: starts
+    broken = LeRobotDataset(root)._records[2].data_path
+    broken.write_bytes(broken.read_bytes()[:100])
+    with pytest.raises(DatasetError, match=f"{broken}: cannot read parquet \\(episode 2\\)"):
+        ReplayPolicy(root)

@@ -68,6 +68,24 @@ class LeRobotDataset:
         self.frames_decoded = 0
         logger.debug("opened %s: %d episodes, %s", self.root, len(self._records), self.codebase_version)
 
+    def check_data_files(self) -> None:
+        """Read every data file's parquet footer: DatasetError naming the first file that is missing, unreadable
+        (truncated, not parquet) or has fewer rows than the episode list gives its episodes. Reads no rows, so a
+        server can run it at start-up instead of meeting a broken file at the request that needs it."""
+        rows_needed: Dict[Path, List[EpisodeRecord]] = {}
+        for record in self._records:
+            rows_needed.setdefault(record.data_path, []).append(record)
+        for path, records in rows_needed.items():
+            episodes = ", ".join(str(r.episode_index) for r in records[:5]) + (", ..." if len(records) > 5 else "")
+            require_file(path, f"data file of episode {episodes}")
+            try:
+                rows = pq.read_metadata(path).num_rows
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise DatasetError(f"{path}: cannot read parquet (episode {episodes}): {exc}") from exc
+            needed = sum(r.length for r in records)
+            if rows < needed:
+                raise DatasetError(f"{path}: {rows} rows, but the episode list gives its episodes ({episodes}) {needed}")
+
     # -- metadata ---------------------------------------------------------------------------------
     @property
     def fps(self) -> float:

@@ -69,6 +69,9 @@ class ReplayPolicy(BasePolicy):
         self.dataset = dataset if isinstance(dataset, dataset_class) else dataset_class(dataset)
         if self.dataset.num_episodes == 0:
             raise ValueError(f"dataset {self.dataset.root} has no episodes to replay")
+        # Every data file's footer now (no rows are read): a truncated or missing file fails the start, not the
+        # first request for its episode in the middle of an evaluation.
+        self.dataset.check_data_files()
         self.modality_configs: Dict[str, ModalityConfig] = dict(modality_configs or derive_from_dataset(self.dataset))
         action_config = self.modality_configs.get("action")
         if action_config is None:
