@@ -84,7 +84,7 @@ class LeRobotDataset:
                 raise DatasetError(f"{path}: cannot read parquet (episode {episodes}): {exc}") from exc
             needed = sum(r.length for r in records)
             if rows < needed:
-                raise DatasetError(f"{path}: {rows} rows, but the episode list gives its episodes ({episodes}) {needed}")
+                raise DatasetError(f"{path}: {rows} rows, fewer than the {needed} the episode list gives episode {episodes}")
 
     # -- metadata ---------------------------------------------------------------------------------
     @property
