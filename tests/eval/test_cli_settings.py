@@ -152,3 +152,13 @@ def test_metaworld_renders_images_larger_than_its_default_framebuffer():
         assert image.std() > 5  # a rendered scene, not a blank buffer
     finally:
         env.close()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gym_pusht") is None, reason="needs gr00t-eval[pusht] (gym-pusht)")
+@pytest.mark.parametrize("size", [0, -5, 5000, 2.0, True])
+def test_pusht_refuses_an_image_size_it_cannot_render(size):
+    from gr00t_eval.rollout.adapters.pusht import PushTEnv
+
+    with pytest.raises(ValueError) as error:
+        PushTEnv(image_size=size)
+    assert str(error.value) == f"image_size must be an int from 1 to 1024 pixels, got {size!r}"

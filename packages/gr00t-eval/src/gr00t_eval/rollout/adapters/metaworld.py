@@ -6,7 +6,6 @@ task's random goal/object placement from `s` alone, so an episode is the same wh
 
 from __future__ import annotations
 
-import numbers
 import os
 import string
 from typing import Any, Dict, Optional
@@ -15,12 +14,12 @@ import gymnasium as gym
 import numpy as np
 
 from ...extras import MissingExtraError
+from . import checked_image_size
 
 LANGUAGE_KEY = "annotation.human.action.task_description"
 STATE_SLICES = {"eef_pos": (0, 3), "gripper": (3, 4), "objects": (4, 18), "goal": (36, 39)}
 ACTION_DIMS = {"eef_delta": 3, "gripper": 1}
 DEFAULT_CAMERA = "corner2"
-MAX_IMAGE_SIZE = 1024  # square camera images; a recorded episode holds every frame in memory (500 x 3 MiB at 1024)
 
 # A few task descriptions in words; other tasks get their name with dashes as spaces.
 TASK_DESCRIPTIONS = {
@@ -72,9 +71,7 @@ class MetaWorldEnv(gym.Env):
         key = f"{task}-goal-observable"
         self.task = task
         self.camera = camera
-        if isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral) or not 1 <= image_size <= MAX_IMAGE_SIZE:
-            raise ValueError(f"image_size must be an int from 1 to {MAX_IMAGE_SIZE} pixels, got {image_size!r}")
-        self.image_size = int(image_size)
+        self.image_size = checked_image_size(image_size)
         self._mujoco = mujoco
         self._env = envs[key](seed=seed)
         self._env.seeded_rand_vec = True  # draw placements from the env's seeded generator, not np.random

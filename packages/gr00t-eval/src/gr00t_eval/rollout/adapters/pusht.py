@@ -9,6 +9,7 @@ import gymnasium as gym
 import numpy as np
 
 from ...extras import MissingExtraError
+from . import checked_image_size
 
 LANGUAGE_KEY = "annotation.human.action.task_description"
 INSTRUCTION = "push the T-shaped block onto the T-shaped target"
@@ -20,6 +21,7 @@ class PushTEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"]}
 
     def __init__(self, task: str = "", image_size: int = 96) -> None:
+        image_size = checked_image_size(image_size)
         try:
             import gym_pusht  # noqa: F401 - registers gym_pusht/PushT-v0
         except ImportError as exc:
