@@ -56,6 +56,7 @@ def record_metaworld(
     An episode where the expert fails is still recorded (flagged `success: false`), so that episode i
     always has seed `seed + i`.
     """
+    from .rollout.adapters import checked_image_size
     from .rollout.adapters.metaworld import DEFAULT_CAMERA, STATE_SLICES, MetaWorldEnv, array_to_action, scripted_policy
 
     prefix, task = split_env_name(env_name)
@@ -67,7 +68,8 @@ def record_metaworld(
         raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
     if seed < 0:  # Meta-World's seeding refuses it, but only once the dataset directory exists
         raise ValueError(f"seed must be >= 0, got {seed}")
-    if isinstance(image_size, int) and image_size % 2:  # checked here, before the dataset directory is made
+    image_size = checked_image_size(image_size)  # the range first, so the even check below sees a valid int
+    if image_size % 2:  # checked here, before the dataset directory is made
         raise ValueError(f"image_size must be even (the dataset's mp4 videos are yuv420p), got {image_size}")
     camera = camera or DEFAULT_CAMERA
     env = MetaWorldEnv(task, image_size=image_size, camera=camera)
