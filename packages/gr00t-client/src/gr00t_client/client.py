@@ -9,11 +9,12 @@ import time
 import uuid
 from typing import Any, Dict, List, Optional, Tuple
 
+import numpy as np
 import zmq
 
 from . import codec, curve
 from .modality import ModalityConfig
-from .policy import BasePolicy, validate_action, validate_observation
+from .policy import ActionError, BasePolicy, validate_action, validate_observation
 
 logger = logging.getLogger(__name__)
 
@@ -150,10 +151,14 @@ class PolicyClient(BasePolicy):
         self.api_token = api_token
         self.session_id = session_id or uuid.uuid4().hex
         self._wire = wire
+        self._requested_wire = wire  # what _wire returns to when the server's facts are forgotten
         self.return_server_timing = bool(return_server_timing)
         # Even with wire="reference" we ask once whether the server is ours, so that a result map with an
         # "error" key from our server (which marks its errors) is not taken for an error.
         self._server_is_ours: Optional[bool] = True if wire == "multipart" else None
+        # For a server that is not ours: whether its wire generation is known (the get_modality_config probe
+        # answered); a probe that timed out is asked again before the next call that carries arrays.
+        self._generation_known = wire in ("multipart", "npsave")
         # The server's max_message_bytes from get_server_info; None when unknown (reference, older or unasked server).
         self.server_max_message_bytes: Optional[int] = None
         # CURVE encryption (gr00t_client.curve): None for plaintext; an ephemeral key pair when no client key is given.
@@ -162,7 +167,9 @@ class PolicyClient(BasePolicy):
         self._socket: Optional[zmq.Socket] = None
         self._handshake: Optional[curve.HandshakeMonitor] = None  # watches the current socket's handshakes
         self._lock = threading.Lock()
+        self._lock_owner: Optional[int] = None  # the thread in call_endpoint: a close() from it (a signal handler) defers
         self._closing = threading.Event()  # set by close(); an in-flight call gives up its wait at once
+        self._call = threading.local()  # .deadline: one budget for a whole get_action (negotiation, configs, the call)
         self._modality_config: Optional[Dict[str, ModalityConfig]] = None
 
     # --- transport ------------------------------------------------------------------------------
@@ -176,22 +183,34 @@ class PolicyClient(BasePolicy):
         if self._context is None:
             raise RuntimeError("PolicyClient is closed")
         sock = self._context.socket(zmq.REQ)
-        sock.setsockopt(zmq.LINGER, 0)
-        # Only for literals: with IPV6 on, a name like "localhost" could resolve to ::1 while the server is on 127.0.0.1.
-        sock.setsockopt(zmq.IPV6, int(is_ipv6_literal(self.host)))
-        sock.copy_threshold = codec.ZERO_COPY_MIN_BYTES
-        curve.apply_client_keys(sock, self._curve)
-        self._handshake = curve.HandshakeMonitor(sock, self.address, self._curve)
         try:
+            sock.setsockopt(zmq.LINGER, 0)
+            # Only for literals: with IPV6 on, a name like "localhost" could resolve to ::1 while the server is on 127.0.0.1.
+            sock.setsockopt(zmq.IPV6, int(is_ipv6_literal(self.host)))
+            sock.copy_threshold = codec.ZERO_COPY_MIN_BYTES
+            curve.apply_client_keys(sock, self._curve)
+            self._handshake = curve.HandshakeMonitor(sock, self.address, self._curve)
             sock.connect(self.address)
         except zmq.ZMQError as exc:  # e.g. a malformed host: close the socket and keep to our error types
-            self._handshake.close()
-            self._handshake = None
+            if self._handshake is not None:
+                self._handshake.close()
+                self._handshake = None
             sock.close(linger=0)
             raise ConnectionError(f"cannot connect to {self.address}: {exc}") from exc
         return sock
 
+    def _forget_server(self) -> None:
+        """Forget what was learned about the server (kind, wire, message limit, configs): it may have been restarted
+        or replaced behind the same address, so the next call asks again instead of trusting stale facts."""
+        self._server_is_ours = True if self._requested_wire == "multipart" else None
+        self._generation_known = self._requested_wire in ("multipart", "npsave")
+        self._wire = self._requested_wire
+        self.speaks_npsave = self._requested_wire == "npsave"
+        self.server_max_message_bytes = None
+        self._modality_config = None
+
     def _discard_socket(self) -> None:
+        self._forget_server()  # a timed-out or broken connection: whoever answers next may be another server
         if self._handshake is not None:
             self._handshake.close()
             self._handshake = None
@@ -228,6 +247,11 @@ class PolicyClient(BasePolicy):
             remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
             self._wait_for_reply(remaining_ms, endpoint)
             reply = _recv_frames(sock)
+            if self._handshake is not None and self._handshake.reconnected():
+                # The connection was made anew (the server restarted, or another took its port): this reply is
+                # the new server's, and what was learned from the old one is forgotten.
+                logger.info("reconnected to %s; asking the server for its facts again", self.address)
+                self._forget_server()
         except PolicyTimeoutError:
             self._discard_socket()  # Lazy Pirate: a REQ socket that timed out can never send again
             raise
@@ -245,7 +269,12 @@ class PolicyClient(BasePolicy):
             raise PolicyServerError("Make sure we are running the correct policy server.", endpoint)
         if self._server_is_ours:  # ours answers in the format it is asked in: nothing to learn
             return self._unwrap_reference(codec.decode(reply[0].buffer), endpoint)
-        message, written_npsave = codec.decode_noting_npsave(reply[0].buffer)
+        try:
+            message, written_npsave = codec.decode_noting_npsave(reply[0].buffer)
+        except codec.WireDecodeError as exc:  # e.g. a ModalityConfig this client cannot read: still learn the wire
+            if getattr(exc, "written_npsave", False) and not self.speaks_npsave:
+                self.speaks_npsave = True
+            raise
         if written_npsave and not self.speaks_npsave:
             self.speaks_npsave = True
             logger.info("server at %s speaks the np.save-era wire; sending that format from now on", self.address)
@@ -300,7 +329,9 @@ class PolicyClient(BasePolicy):
             return
         capabilities = info.get("capabilities", []) if isinstance(info, dict) else []
         self._server_is_ours = isinstance(info, dict) and info.get("server") == "gr00t-server"
-        if not self._server_is_ours:
+        if self._server_is_ours:
+            self._generation_known = True
+        else:
             self._probe_wire_generation(deadline)
         if self._wire == "auto" and "multipart" not in capabilities:
             self._wire = "reference"
@@ -315,15 +346,26 @@ class PolicyClient(BasePolicy):
         Its get_modality_config reply says it: an np.save-era server writes only `__ModalityConfig_class__`
         (seen in _round_trip). Without this, the first get_action would hand such a server's policy
         msgpack-numpy maps instead of arrays. The configs are kept, so get_modality_config() costs nothing later.
+        Only an answer settles it: a probe that timed out is asked again before the next call (see call_endpoint).
         """
         if self.speaks_npsave:
+            self._generation_known = True
             return
         envelope = self._envelope("get_modality_config", None, requires_input=False)
         try:
             configs = self._round_trip(envelope, "get_modality_config", multipart=False, deadline=deadline)
         except PolicyServerError as exc:  # a policy without configs: nothing to learn, the current format it is
             logger.debug("server at %s gave no modality config to probe its wire (%s)", self.address, exc)
+            self._generation_known = True
             return
+        except codec.WireDecodeError as exc:
+            # Configs this client cannot read (a newer upstream field): the reply's markers still told the wire
+            # (_round_trip), and the caller's own request should not fail for a question it did not ask.
+            logger.warning("server at %s sent modality configs this client cannot read (%s); strict validation "
+                           "will fail, but calls go on", self.address, exc)
+            self._generation_known = True
+            return
+        self._generation_known = True
         if isinstance(configs, dict) and configs:
             self._modality_config = configs
 
@@ -336,15 +378,32 @@ class PolicyClient(BasePolicy):
         envelope["session_id"] = self.session_id
         return envelope
 
+    def _deadline(self) -> float:
+        """The end of this call's budget: the enclosing get_action's when there is one (one budget for all of it)."""
+        deadline = getattr(self._call, "deadline", None)
+        return deadline if deadline is not None else time.monotonic() + self.timeout_ms / 1000.0
+
     def call_endpoint(self, endpoint: str, data: Optional[Dict[str, Any]] = None, requires_input: bool = True) -> Any:
         """Call any endpoint; raises PolicyTimeoutError, PolicyServerError or ConnectionError."""
+        deadline = self._deadline()  # one budget, negotiation included
         with self._lock:
-            deadline = time.monotonic() + self.timeout_ms / 1000.0  # one budget, negotiation included
-            if self._server_is_ours is None and endpoint not in ("ping", "kill"):
-                self._negotiate(deadline)
-            multipart = bool(self._server_is_ours) and self._wire in ("auto", "multipart")
-            envelope = self._envelope(endpoint, data, requires_input)
-            return self._round_trip(envelope, endpoint, multipart=multipart, deadline=deadline)
+            self._lock_owner = threading.get_ident()
+            try:
+                if endpoint not in ("ping", "kill"):
+                    if self._server_is_ours is None:
+                        self._negotiate(deadline)
+                    elif not self._generation_known and endpoint != "get_modality_config":
+                        self._probe_wire_generation(deadline)  # an earlier probe got no answer: before any array goes
+                multipart = bool(self._server_is_ours) and self._wire in ("auto", "multipart")
+                envelope = self._envelope(endpoint, data, requires_input)
+                result = self._round_trip(envelope, endpoint, multipart=multipart, deadline=deadline)
+                if endpoint == "get_modality_config" and not self._server_is_ours:
+                    self._generation_known = True  # its reply's markers told the wire (_round_trip)
+                return result
+            finally:
+                self._lock_owner = None
+                if self._closing.is_set():  # close() was called from this thread mid-call and left the rest to us
+                    self._close_now()
 
     # --- policy API -----------------------------------------------------------------------------
 
@@ -378,7 +437,25 @@ class PolicyClient(BasePolicy):
         validate_observation(observation, self.get_modality_config())
 
     def check_action(self, action: Dict[str, Any]) -> None:
+        """The action fits the server policy's config, and every float in it is finite: a robot must never be
+        handed a NaN, whichever server (ours checks too; the reference does not) sent it."""
         validate_action(action, self.get_modality_config())
+        for key, value in action.items() if isinstance(action, dict) else ():
+            if isinstance(value, np.ndarray) and value.dtype.kind in "fc" and value.size and not np.isfinite(value).all():
+                rows = np.flatnonzero(~np.isfinite(value.reshape(value.shape[0], -1)).all(axis=1)) if value.ndim else [0]
+                raise ActionError(f"Action key '{key}' from the server at {self.address} has non-finite values (NaN or "
+                                  f"inf) in rows {[int(r) for r in rows[:8]]}; expected finite numbers")
+
+    def get_action(self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+        """BasePolicy.get_action within one timeout_ms budget: a first call's questions to the server (its kind, and
+        for a strict client its modality config) come out of the same budget as the call itself."""
+        if getattr(self._call, "deadline", None) is not None:  # nested (a subclass calling back in): the outer budget
+            return super().get_action(observation, options)
+        self._call.deadline = time.monotonic() + self.timeout_ms / 1000.0
+        try:
+            return super().get_action(observation, options)
+        finally:
+            self._call.deadline = None
 
     def _get_action(self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         if self.return_server_timing and self._serves_timing():
@@ -391,9 +468,10 @@ class PolicyClient(BasePolicy):
     def _serves_timing(self) -> bool:
         # Only our server understands the option; a reference policy would receive it as an unknown option.
         if self._server_is_ours is None:
+            deadline = self._deadline()
             with self._lock:
                 if self._server_is_ours is None:
-                    self._negotiate()
+                    self._negotiate(deadline)
         return bool(self._server_is_ours)
 
     # --- lifetime -------------------------------------------------------------------------------
@@ -402,13 +480,22 @@ class PolicyClient(BasePolicy):
         """Close the socket and context without waiting for undelivered messages; safe from any thread, at any
         moment: a call in flight in another thread stops waiting (ConnectionError) within CLOSE_POLL_MS."""
         closing = getattr(self, "_closing", None)
-        if closing is not None:
-            closing.set()
+        if closing is None:  # __init__ failed before the lock existed
+            return
+        closing.set()
+        if self._lock_owner == threading.get_ident():
+            # Called on the thread that is in a call (a signal handler, a __del__ run mid-call): waiting for the lock
+            # would wait for ourselves. The call sees _closing within CLOSE_POLL_MS and closes on its way out.
+            return
         with self._lock:
-            self._discard_socket()
-            if self._context is not None:
-                self._context.destroy(linger=0)
-                self._context = None
+            self._close_now()
+
+    def _close_now(self) -> None:
+        """Close the socket and the context (holding the lock)."""
+        self._discard_socket()
+        if self._context is not None:
+            self._context.destroy(linger=0)
+            self._context = None
 
     def __enter__(self) -> "PolicyClient":
         return self

@@ -10,6 +10,7 @@ import base64
 import hashlib
 import logging
 import os
+import struct
 import time
 import uuid
 from dataclasses import dataclass
@@ -38,7 +39,23 @@ class HandshakeError(ConnectionError):
 
 
 def _is_z85_key(text: bytes) -> bool:
-    return len(text) == Z85_KEY_LENGTH and all(byte in _Z85_ALPHABET for byte in text)
+    """40 z85 characters that decode to 32 bytes (each 5-character group must stay below 2**32)."""
+    if len(text) != Z85_KEY_LENGTH or not all(byte in _Z85_ALPHABET for byte in text):
+        return False
+    try:
+        z85.decode(text)
+    except (struct.error, ValueError):
+        return False
+    return True
+
+
+def _not_a_key(what: str, text: str, kind: str) -> ValueError:
+    """Why `text` is no key: 40 z85 characters that do not decode (a mistyped character) are told apart."""
+    raw = text.encode("ascii", "replace")
+    if len(raw) == Z85_KEY_LENGTH and all(byte in _Z85_ALPHABET for byte in raw):
+        return ValueError(f"{what}: {text!r} is not a valid z85 {kind}: a 5-character group decodes past 2**32 "
+                          "(a mistyped character?); copy it again from the .key file")
+    return ValueError(f"{what}: {text!r} is neither an existing certificate file nor a 40-character z85 {kind}")
 
 
 def _as_text(value: KeySource, what: str) -> str:
@@ -75,7 +92,7 @@ def load_public_key(value: KeySource, what: str = "server_public_key") -> bytes:
         return public
     if _is_z85_key(text.encode("ascii", "replace")):
         return text.encode("ascii")
-    raise ValueError(f"{what}: {text!r} is neither an existing certificate file nor a 40-character z85 key")
+    raise _not_a_key(what, text, "key")
 
 
 def load_key_pair(value: KeySource, what: str = "client_secret_key") -> Tuple[bytes, bytes]:
@@ -89,7 +106,7 @@ def load_key_pair(value: KeySource, what: str = "client_secret_key") -> Tuple[by
     raw = text.encode("ascii", "replace")
     if _is_z85_key(raw):
         return zmq.curve_public(raw), raw
-    raise ValueError(f"{what}: {text!r} is neither an existing certificate file nor a 40-character z85 secret key")
+    raise _not_a_key(what, text, "secret key")
 
 
 def key_fingerprint(public_key: bytes) -> str:
@@ -172,6 +189,8 @@ class HandshakeMonitor:
         self._failure: Optional[HandshakeError] = None  # since the last successful handshake
         self._dropped_in_a_row = 0
         self._handshake_settled = True  # False between a connection and the outcome of its handshake
+        self._connections = 0  # successful handshakes: more than one means the socket reconnected
+        self._connections_told = 0
 
     def wait_for_reply(self, timeout_ms: int) -> bool:
         """True once `sock` has a reply; False after `timeout_ms`; HandshakeError as soon as the keys are known wrong."""
@@ -187,6 +206,15 @@ class HandshakeMonitor:
                     raise self._failure
             if remaining_ms == 0 or time.monotonic() >= deadline:
                 return False
+
+    def reconnected(self) -> bool:
+        """True (once per reconnection) when the socket has made a new connection since its first: the server went
+        away and something answers at its address again, maybe another server. Cheap when nothing happened."""
+        if self._monitor.get(zmq.EVENTS) & zmq.POLLIN:
+            self._drain()
+        fresh = self._connections > 1 and self._connections != self._connections_told
+        self._connections_told = self._connections
+        return fresh
 
     def failure(self) -> Optional[HandshakeError]:
         """The handshake failure seen since the last successful handshake, if any (read after a timeout)."""
@@ -225,6 +253,7 @@ class HandshakeMonitor:
         self._handshake_settled = True
         if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self._failure, self._dropped_in_a_row = None, 0
+            self._connections += 1
             return
         self._dropped_in_a_row = self._dropped_in_a_row + 1 if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL else 0
         self._failure = HandshakeError(f"handshake with the policy server at {self.address} failed: {self._reason(event, value)}")
@@ -247,7 +276,8 @@ class HandshakeMonitor:
         if curve:  # a wrong key and a plaintext server both look like this (which one closes first is a race)
             return ("the server closed the connection during the CURVE handshake: server_public_key is not this "
                     "server's key, or the server does not use CURVE encryption")
-        return "the server closed the connection during the handshake (if it requires CURVE, pass server_public_key)"
+        return ("the server closed the connection during the handshake: is a ZeroMQ policy server listening at this "
+                "address (not another service on that port)? If it requires CURVE, pass server_public_key")
 
 
 def _protocol_error_name(value: int) -> str:

@@ -109,6 +109,37 @@ def validate_action(action: Any, configs: Mapping[str, ModalityConfig], batch_si
             raise ActionError(f"Action key '{key}' has batch size {value.shape[0]}; expected {batch_size} (the observation's)")
 
 
+def observation_batch_size(observation: Any) -> Optional[int]:
+    """The batch size of a nested observation ({video, state, language} dicts), from its first array or language
+    list; None when it has neither (a flat or empty observation)."""
+    if not isinstance(observation, Mapping):
+        return None
+    for modality in ("video", "state"):
+        group = observation.get(modality)
+        if isinstance(group, Mapping):
+            for value in group.values():
+                if isinstance(value, np.ndarray) and value.ndim > 0:
+                    return int(value.shape[0])
+    group = observation.get("language")
+    if isinstance(group, Mapping):
+        for value in group.values():
+            if isinstance(value, (list, tuple)):
+                return len(value)
+    return None
+
+
+def check_action_batch(action: Any, observation: Any) -> None:
+    """Every array of the action has one row per observation row (a policy or server that answers B=2 for B=1, or
+    drops a row, would otherwise hand a robot another row's action)."""
+    expected = observation_batch_size(observation)
+    if expected is None or not isinstance(action, Mapping):
+        return
+    for key, value in action.items():
+        if isinstance(value, np.ndarray) and value.ndim > 0 and value.shape[0] != expected:
+            raise ActionError(f"Action key '{key}' has batch size {value.shape[0]} (shape {value.shape}); expected "
+                              f"{expected}, one row per observation row")
+
+
 class BasePolicy(ABC):
     """A policy: observation -> (action, info). With `strict`, inputs and outputs are validated.
 
@@ -146,6 +177,7 @@ class BasePolicy(ABC):
         action, info = self._get_action(observation, options)
         if self.strict:
             self.check_action(action)
+            check_action_batch(action, observation)
         return action, info
 
 

@@ -1,0 +1,256 @@
+"""PolicyClient when the server or the process misbehaves: a close() from a signal handler, a server restarted with
+other facts behind the same port, a wire probe that got no answer, one budget per call, NaN or mis-batched actions
+from a server that does not check them, CURVE keys that only look like keys, and a port that is not ZeroMQ."""
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+import zmq
+from reference_peer import EchoPolicy, RefModalityConfig, ReferenceServer, libero_like_configs, libero_like_observation, running_server
+
+from gr00t_client import ActionError, HandshakeError, MessageTooLargeError, ModalityConfig, PolicyClient, PolicyTimeoutError, codec
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ScriptedServer:
+    """A REP socket in a thread that answers each decoded request with handler(request) -> reply bytes."""
+
+    def __init__(self, handler):
+        self.handler = handler
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.REP)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.port = self.socket.bind_to_random_port("tcp://127.0.0.1")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self):
+        while not self._stop.is_set():
+            if self.socket.poll(20):
+                frames = self.socket.recv_multipart(copy=False)
+                request = codec.decode_multipart(frames) if codec.is_multipart(frames) else codec.decode(frames[0].buffer)
+                self.socket.send(self.handler(request))
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stop.set()
+        self._thread.join(5)
+        self.socket.close(linger=0)
+        self.context.term()
+
+
+_SIGNAL_CLOSE_SCRIPT = textwrap.dedent(
+    """
+    import signal, sys, time
+    import numpy as np, zmq
+    from gr00t_client import PolicyClient
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)  # takes requests, never answers
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    client = PolicyClient(host="127.0.0.1", port=port, timeout_ms=20000)
+    signal.signal(signal.SIGALRM, lambda *_: client.close())  # a robot's shutdown hook
+    signal.setitimer(signal.ITIMER_REAL, 0.5)
+    started = time.monotonic()
+    try:
+        client.call_endpoint("ping", requires_input=False)
+    except ConnectionError as exc:
+        print("ended:", type(exc).__name__, round(time.monotonic() - started, 2))
+    try:
+        client.call_endpoint("ping", requires_input=False)
+    except RuntimeError as exc:
+        print("after:", exc)
+    """
+)
+
+
+def test_close_from_a_signal_handler_during_a_call_ends_the_call_instead_of_hanging():
+    # The handler runs on the thread that is in the call and holds the client's lock: close() must not wait for it.
+    result = subprocess.run([sys.executable, "-c", _SIGNAL_CLOSE_SCRIPT], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr
+    ended = [line for line in result.stdout.splitlines() if line.startswith("ended:")]
+    assert ended and ended[0].split()[1] == "ConnectionError", result.stdout
+    assert float(ended[0].split()[2]) < 10.0  # the call's own timeout is 20 s
+    assert "after: PolicyClient is closed" in result.stdout
+
+
+def test_a_server_restarted_with_other_facts_behind_the_same_port_is_asked_again():
+    port = free_port()
+    observation = libero_like_observation()
+    with PolicyClient(host="127.0.0.1", port=port, timeout_ms=5000, strict=True) as client:
+        with running_server(EchoPolicy(libero_like_configs(action_horizon=16)), port=port):
+            assert client.get_action(observation)[0]["x"].shape == (1, 16, 1)
+            assert client.server_max_message_bytes == 256 * 2**20
+        # a new model and a smaller message limit at the same address, with no timeout in between
+        with running_server(EchoPolicy(libero_like_configs(action_horizon=8)), port=port, max_message_bytes=2**20):
+            action, _info = client.get_action(observation)  # the strict check must use the new server's configs
+            assert action["x"].shape == (1, 8, 1)
+            assert client.server_max_message_bytes == 2**20
+            big = libero_like_observation(height=600, width=600)
+            with pytest.raises(MessageTooLargeError, match="limit of 1048576 bytes"):
+                client.get_action(big)
+
+
+def test_a_timeout_forgets_the_servers_limit_so_an_oversized_request_is_refused_before_it_is_sent():
+    port = free_port()
+    with PolicyClient(host="127.0.0.1", port=port, timeout_ms=1500) as client:
+        with running_server(EchoPolicy(), port=port):
+            client.get_action(libero_like_observation())
+        assert client.server_max_message_bytes == 256 * 2**20
+        with running_server(EchoPolicy(), port=port, max_message_bytes=2**20):
+            big = libero_like_observation(height=600, width=600)
+            # sent on the old facts, dropped unanswered by the new server; either a timeout or, if the reconnect was
+            # seen first, the refusal; never a hang, and from then on the refusal
+            with pytest.raises((PolicyTimeoutError, MessageTooLargeError)):
+                client.get_action(big)
+            with pytest.raises(MessageTooLargeError):
+                client.get_action(big)
+
+
+def _npsave_config_handler(calls):
+    def get_modality_config():
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            time.sleep(1.2)  # busy with another robot when the client first asks: the probe times out
+        return {k: RefModalityConfig(v.to_json_dict()) for k, v in libero_like_configs().items()}
+    return get_modality_config
+
+
+def test_a_wire_probe_that_timed_out_is_asked_again_before_arrays_are_sent():
+    calls = []
+    received = []
+
+    def get_action(observation, options=None):
+        received.append(type(observation["state"]["x"]).__name__)
+        return [{"x": np.zeros((1, 16, 1), np.float32)}, {}]
+
+    handlers = {"get_action": get_action, "get_modality_config": _npsave_config_handler(calls)}
+    with ReferenceServer(handlers, generation="npsave") as server:
+        with PolicyClient(host="127.0.0.1", port=server.port, timeout_ms=1000) as client:
+            observation = libero_like_observation()
+            with pytest.raises(PolicyTimeoutError):
+                client.get_action(observation)
+            time.sleep(0.5)  # the server finishes the slow answer
+            action, _info = client.get_action(observation)
+            assert client.speaks_npsave
+            assert action["x"].shape == (1, 16, 1)
+    assert received == ["ndarray"]  # the np.save-era policy got real arrays, never msgpack-numpy maps
+
+
+def test_a_config_this_client_cannot_read_does_not_fail_the_first_get_action():
+    def get_modality_config():
+        configs = {k: v.to_json_dict() for k, v in libero_like_configs().items()}
+        configs["action"]["action_configs"] = [{"rep": "ABSOLUTE", "type": "EEF", "format": "XYZ_QUAT_NEW"}]
+        return {k: RefModalityConfig(v) for k, v in configs.items()}
+
+    handlers = {"get_action": lambda observation, options=None: [{"x": np.zeros((1, 16, 1), np.float32)}, {}],
+                "get_modality_config": get_modality_config}
+    with ReferenceServer(handlers, generation="npsave") as server:
+        with PolicyClient(host="127.0.0.1", port=server.port, timeout_ms=3000) as client:
+            action, _info = client.get_action(libero_like_observation())
+            assert action["x"].shape == (1, 16, 1)
+            assert client.speaks_npsave  # learnt from the markers of the reply it could not fully read
+
+
+def _ours_with_delay(delay_s: float, horizon: int = 16):
+    def handler(request):
+        time.sleep(delay_s)
+        endpoint = request.get("endpoint")
+        if endpoint == "get_server_info":
+            return codec.encode({"server": "gr00t-server", "capabilities": ["sessions", "server_timing"]})
+        if endpoint == "get_modality_config":
+            return codec.encode({"state": ModalityConfig([0], ["x"]), "action": ModalityConfig(list(range(horizon)), ["x"])})
+        return codec.encode([{"x": np.zeros((1, horizon, 1), np.float32)}, {}])
+    return handler
+
+
+# wire="multipart" asks nothing first: the strict client's config question is the only one
+@pytest.mark.parametrize("settings", [{"return_server_timing": True}, {"strict": True, "wire": "multipart"}])
+def test_the_first_get_action_and_its_questions_to_the_server_share_one_budget(settings):
+    # Each answer takes 0.7 s: the question (server info, or the strict client's configs) and the call need 1.4 s,
+    # more than the 1 s budget. Before, each had a budget of its own and the call succeeded after 1.4 s.
+    with ScriptedServer(_ours_with_delay(0.7)) as server:
+        with PolicyClient(host="127.0.0.1", port=server.port, timeout_ms=1000, **settings) as client:
+            with pytest.raises(PolicyTimeoutError):
+                client.get_action({"state": {"x": np.ones((1, 1, 1), np.float32)}})
+
+
+def _reference_answering(action):
+    handlers = {
+        "get_action": lambda observation, options=None: [action, {}],
+        "get_modality_config": lambda: {k: RefModalityConfig(v.to_json_dict()) for k, v in libero_like_configs().items()},
+    }
+    return ReferenceServer(handlers)
+
+
+def _libero_action(batch: int = 1, fill: float = 0.0):
+    return {k: np.full((batch, 16, 1), fill, np.float32) for k in libero_like_configs()["action"].modality_keys}
+
+
+def test_a_strict_client_refuses_a_nan_action_from_a_server_that_does_not_check():
+    action = _libero_action()
+    action["x"][0, 3, 0] = np.nan
+    with _reference_answering(action) as server:
+        with PolicyClient(host="127.0.0.1", port=server.port, timeout_ms=3000, strict=True) as client:
+            with pytest.raises(ActionError, match=r"Action key 'x' .*non-finite values \(NaN or inf\) in rows \[0\]"):
+                client.get_action(libero_like_observation())
+
+
+def test_a_strict_client_refuses_an_action_whose_batch_is_not_the_observations():
+    with _reference_answering(_libero_action(batch=2)) as server:
+        with PolicyClient(host="127.0.0.1", port=server.port, timeout_ms=3000, strict=True) as client:
+            with pytest.raises(ActionError, match="has batch size 2 .*expected 1, one row per observation row"):
+                client.get_action(libero_like_observation())
+
+
+def test_a_curve_key_of_z85_characters_that_does_not_decode_is_refused_by_the_constructor():
+    with pytest.raises(ValueError, match=r"server_public_key: .* is not a valid z85 key: .*mistyped character"):
+        PolicyClient(port=5555, server_public_key="%" * 40)
+    _public, secret = zmq.curve_keypair()
+    with pytest.raises(ValueError, match=r"client_secret_key: .* is not a valid z85 secret key"):
+        PolicyClient(port=5555, server_public_key=_public.decode(), client_secret_key="%" * 40)
+
+
+def test_a_port_served_by_something_else_is_named_as_a_possible_cause():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def accept_and_close():  # not ZeroMQ: an HTTP-ish service that hangs up
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                continue
+            connection.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+            connection.close()
+
+    thread = threading.Thread(target=accept_and_close, daemon=True)
+    thread.start()
+    try:
+        with PolicyClient(host="127.0.0.1", port=port, timeout_ms=3000) as client:
+            with pytest.raises(HandshakeError, match="is a ZeroMQ policy server listening at this address"):
+                client.call_endpoint("get_action", {"observation": {}})
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
