@@ -203,13 +203,16 @@ def _libero_action(batch: int = 1, fill: float = 0.0):
     return {k: np.full((batch, 16, 1), fill, np.float32) for k in libero_like_configs()["action"].modality_keys}
 
 
-def test_a_strict_client_refuses_a_nan_action_from_a_server_that_does_not_check():
+@pytest.mark.parametrize("strict", [True, False])
+def test_a_nan_action_from_a_server_that_does_not_check_is_refused(strict):
     action = _libero_action()
     action["x"][0, 3, 0] = np.nan
     with _reference_answering(action) as server:
-        with PolicyClient(host="127.0.0.1", port=server.port, timeout_ms=3000, strict=True) as client:
+        with PolicyClient(host="127.0.0.1", port=server.port, timeout_ms=3000, strict=strict) as client:
             with pytest.raises(ActionError, match=r"Action key 'x' .*non-finite values \(NaN or inf\) in rows \[0\]"):
                 client.get_action(libero_like_observation())
+            action["x"][0, 3, 0] = 0.5  # the next finite answer is used
+            assert client.get_action(libero_like_observation())[0]["x"][0, 3, 0] == 0.5
 
 
 def test_a_strict_client_refuses_an_action_whose_batch_is_not_the_observations():

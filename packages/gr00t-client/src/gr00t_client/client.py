@@ -437,14 +437,16 @@ class PolicyClient(BasePolicy):
         validate_observation(observation, self.get_modality_config())
 
     def check_action(self, action: Dict[str, Any]) -> None:
-        """The action fits the server policy's config, and every float in it is finite: a robot must never be
-        handed a NaN, whichever server (ours checks too; the reference does not) sent it."""
         validate_action(action, self.get_modality_config())
+
+    def _refuse_non_finite(self, action: Any) -> None:
+        """A robot must never be handed a NaN: every float array of an action from a server that does not check
+        its policy's output (the reference; ours refuses to send one) must be finite, strict or not."""
         for key, value in action.items() if isinstance(action, dict) else ():
             if isinstance(value, np.ndarray) and value.dtype.kind in "fc" and value.size and not np.isfinite(value).all():
                 rows = np.flatnonzero(~np.isfinite(value.reshape(value.shape[0], -1)).all(axis=1)) if value.ndim else [0]
                 raise ActionError(f"Action key '{key}' from the server at {self.address} has non-finite values (NaN or "
-                                  f"inf) in rows {[int(r) for r in rows[:8]]}; expected finite numbers")
+                                  f"inf) in rows {[int(r) for r in rows[:8]]}; the action was not used")
 
     def get_action(self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         """BasePolicy.get_action within one timeout_ms budget: a first call's questions to the server (its kind, and
@@ -463,6 +465,8 @@ class PolicyClient(BasePolicy):
         reply = self.call_endpoint("get_action", {"observation": observation, "options": options})
         if not isinstance(reply, (list, tuple)) or len(reply) != 2:
             raise codec.WireDecodeError(f"get_action reply must be [action, info]; got {type(reply).__name__}")
+        if not self._server_is_ours:
+            self._refuse_non_finite(reply[0])
         return reply[0], reply[1]
 
     def _serves_timing(self) -> bool:
