@@ -39,8 +39,9 @@ MERGE_RULES = ("newest", "oldest", "average", "weighted")
 def merge_overlap(old: np.ndarray, new: np.ndarray, rule: Union[str, MergeFn] = "newest", new_weight: float = 0.7) -> np.ndarray:
     """Merge the overlapping steps of the old and new chunk, both (n, ...) and aligned step by step.
 
-    newest: new; oldest: old; average: (old + new) / 2; weighted: new_weight * new + (1 - new_weight) * old
-    (LeRobot's weighted_average is new_weight=0.7). A callable gets (old, new) and returns the merged steps.
+    newest: new; oldest: old; average: (old + new) / 2, rounded to the nearest for integers and bools (a tie
+    goes to the newer value); weighted: new_weight * new + (1 - new_weight) * old (LeRobot's weighted_average is
+    new_weight=0.7). A callable gets (old, new) and returns the merged steps.
     """
     if old.shape != new.shape:
         raise ValueError(f"overlapping steps must have equal shapes; got old {old.shape} and new {new.shape}")
@@ -54,7 +55,12 @@ def merge_overlap(old: np.ndarray, new: np.ndarray, rule: Union[str, MergeFn] = 
     if rule == "oldest":
         return old.copy()
     if rule == "average":
-        return ((old + new) / 2).astype(new.dtype, copy=False)
+        if new.dtype.kind not in "iub":
+            return ((old + new) / 2).astype(new.dtype, copy=False)
+        # old + new in an int8 gripper's own dtype wrapped (100 and 120 made -18): add in float64 and round back.
+        # Two ints (or bools) average to a whole or a half; a half goes to the newer value, as the default rule would.
+        mean = (old.astype(np.float64) + new.astype(np.float64)) / 2
+        return np.where(new >= old, np.ceil(mean), np.floor(mean)).astype(new.dtype)
     if rule == "weighted":
         return (new_weight * new + (1.0 - new_weight) * old).astype(new.dtype, copy=False)
     raise ValueError(f"merge rule must be one of {MERGE_RULES} or a callable; got {rule!r}")

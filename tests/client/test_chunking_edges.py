@@ -1,0 +1,84 @@
+"""ActionChunker edges: integer averages that do not wrap."""
+
+import numpy as np
+import pytest
+
+from gr00t_client import BasePolicy
+from gr00t_client.chunking import ActionChunker, merge_overlap
+
+
+class ScriptedPolicy(BasePolicy):
+    """Answers call k with the k-th chunk it was given (the last one again once they run out)."""
+
+    def __init__(self, *chunks):
+        super().__init__(strict=False)
+        self.chunks = list(chunks)
+        self.calls = 0
+
+    def _get_action(self, observation, options=None):
+        chunk = self.chunks[min(self.calls, len(self.chunks) - 1)]
+        self.calls += 1
+        return {"action.x": chunk.copy()}, {}
+
+    def reset(self, options=None):
+        return {}
+
+
+def steps(base, n_envs=1, horizon=4, dim=2, dtype=np.float32):
+    """A (n_envs, horizon, dim) chunk whose step j of env e holds base + 10 * e + j."""
+    values = base + 10 * np.arange(n_envs)[:, None] + np.arange(horizon)[None, :]
+    return np.repeat(values[:, :, None], dim, axis=2).astype(dtype)
+
+
+def obs(n_envs=1):
+    return {"state": {"t": np.zeros((n_envs, 1), np.float32)}}
+
+
+# --- merge_overlap("average") on integer and bool steps ------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype, old, new, expected", [
+    (np.int8, 100, 120, 110),
+    (np.int8, -100, -120, -110),
+    (np.uint8, 200, 100, 150),
+    (np.uint8, 250, 254, 252),
+    (np.int16, 30000, 32000, 31000),
+])
+def test_average_of_integer_steps_is_their_mean_not_a_wrapped_sum(dtype, old, new, expected):
+    merged = merge_overlap(np.full((2, 1), old, dtype), np.full((2, 1), new, dtype), "average")
+    assert merged.dtype == dtype
+    assert merged.tolist() == [[expected], [expected]]
+
+
+def test_an_integer_average_halfway_between_two_ints_goes_to_the_newer_value():
+    old = np.array([[1], [2], [-3], [-4]], np.int32)
+    new = np.array([[2], [1], [-4], [-3]], np.int32)
+    assert merge_overlap(old, new, "average").tolist() == [[2], [1], [-4], [-3]]
+
+
+def test_bool_average_keeps_agreeing_values_and_takes_the_newer_where_they_differ():
+    old = np.array([True, False, True, False])
+    new = np.array([True, True, False, False])
+    merged = merge_overlap(old, new, "average")
+    assert merged.dtype == np.bool_ and merged.tolist() == [True, True, False, False]
+
+
+def test_float_average_keeps_its_dtype_and_value():
+    old = np.array([[1.0], [0.1]], np.float32)
+    new = np.array([[2.0], [0.2]], np.float32)
+    merged = merge_overlap(old, new, "average")
+    assert merged.dtype == np.float32
+    np.testing.assert_array_equal(merged, (old + new) / 2)
+
+
+def test_chunker_average_of_int8_gripper_chunks_is_their_mean():
+    policy = ScriptedPolicy(np.full((1, 4, 1), 100, np.int8), np.full((1, 4, 1), 120, np.int8))
+    chunker = ActionChunker(policy, asynchronous=True, prefetch_steps=3, merge="average")
+    try:
+        first, _ = chunker.get_action(obs())  # the prefetch of the 120 chunk starts here
+        chunker.wait_for_prefetch(timeout=10)
+        second, info = chunker.get_action(obs())
+    finally:
+        chunker.close()
+    assert info["merged_env_ids"] == [0]
+    assert first["action.x"].tolist() == [[100]] and second["action.x"].tolist() == [[110]]
