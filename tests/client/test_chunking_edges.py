@@ -1,9 +1,9 @@
-"""ActionChunker edges: integer averages that do not wrap."""
+"""ActionChunker edges: integer averages that do not wrap, and empty or reshaped chunks refused before any merge."""
 
 import numpy as np
 import pytest
 
-from gr00t_client import BasePolicy
+from gr00t_client import ActionError, BasePolicy
 from gr00t_client.chunking import ActionChunker, merge_overlap
 
 
@@ -82,3 +82,80 @@ def test_chunker_average_of_int8_gripper_chunks_is_their_mean():
         chunker.close()
     assert info["merged_env_ids"] == [0]
     assert first["action.x"].tolist() == [[100]] and second["action.x"].tolist() == [[110]]
+
+
+# --- a chunk of horizon 0 ---------------------------------------------------------------------------------
+
+
+def test_a_chunk_of_horizon_zero_is_an_action_error_naming_the_key():
+    chunker = ActionChunker(ScriptedPolicy(np.zeros((1, 0, 2), np.float32)))
+    with pytest.raises(ActionError, match=r"action key 'action.x' has horizon 0 \(shape \(1, 0, 2\)\); expected .* at least 1 step"):
+        chunker.get_action(obs())
+
+
+def test_after_a_chunk_of_horizon_zero_the_next_call_fetches_again():
+    chunker = ActionChunker(ScriptedPolicy(np.zeros((1, 0, 2), np.float32), steps(5)))
+    with pytest.raises(ActionError):
+        chunker.get_action(obs())
+    assert chunker.remaining().tolist() == [0]
+    action, info = chunker.get_action(obs())
+    assert action["action.x"].tolist() == [[5.0, 5.0]] and info["fetched_env_ids"] == [0]
+    assert chunker.remaining().tolist() == [3]
+
+
+def test_a_prefetched_chunk_of_horizon_zero_is_refused_and_the_running_chunk_goes_on():
+    chunker = ActionChunker(ScriptedPolicy(steps(0), np.zeros((1, 0, 2), np.float32)), asynchronous=True, prefetch_steps=3)
+    try:
+        chunker.get_action(obs())
+        chunker.wait_for_prefetch(timeout=10)
+        with pytest.raises(ActionError, match="horizon 0"):
+            chunker.get_action(obs())
+        action, _ = chunker.get_action(obs())
+    finally:
+        chunker.close()
+    assert action["action.x"].tolist() == [[1.0, 1.0]]
+
+
+# --- a chunk whose steps change shape -----------------------------------------------------------------------
+
+
+def test_a_prefetched_chunk_with_another_action_dimension_is_an_action_error_naming_both_shapes():
+    chunker = ActionChunker(ScriptedPolicy(steps(0, dim=2), steps(50, dim=3)), asynchronous=True, prefetch_steps=3)
+    try:
+        chunker.get_action(obs())
+        chunker.wait_for_prefetch(timeout=10)
+        with pytest.raises(ActionError, match=r"action key 'action.x' has shape \(1, 4, 3\).*expected steps of shape \(2,\)"):
+            chunker.get_action(obs())
+    finally:
+        chunker.close()
+
+
+def test_a_refused_prefetch_leaves_every_env_as_it_was_and_the_next_prefetch_merges():
+    policy = ScriptedPolicy(steps(0, n_envs=2), steps(50, n_envs=2, dim=3), steps(100, n_envs=2))
+    chunker = ActionChunker(policy, asynchronous=True, prefetch_steps=2)
+    try:
+        chunker.get_action(obs(2))
+        chunker.get_action(obs(2))  # 2 steps left: the prefetch of the reshaped chunk starts
+        chunker.wait_for_prefetch(timeout=10)
+        with pytest.raises(ActionError, match="expected steps of shape"):
+            chunker.get_action(obs(2))
+        assert chunker.remaining().tolist() == [2, 2]  # no env merged, no cursor moved
+        action, _ = chunker.get_action(obs(2))  # the old chunk's step 2; a new prefetch starts
+        assert action["action.x"][:, 0].tolist() == [2.0, 12.0]
+        chunker.wait_for_prefetch(timeout=10)
+        action, info = chunker.get_action(obs(2))
+    finally:
+        chunker.close()
+    # The new chunk was asked for with the previous call's observation: its step 1 lines up with this call.
+    assert info["merged_env_ids"] == [0, 1]
+    assert action["action.x"].tolist() == [[101.0, 101.0], [111.0, 111.0]]
+
+
+def test_a_refetched_chunk_with_another_action_dimension_is_refused_and_installs_nothing():
+    chunker = ActionChunker(ScriptedPolicy(steps(0, horizon=1, dim=2), steps(50, dim=3), steps(100, dim=2)))
+    chunker.get_action(obs())
+    with pytest.raises(ActionError, match=r"steps of shape \(3,\); expected steps of shape \(2,\)"):
+        chunker.get_action(obs())
+    assert chunker.remaining().tolist() == [0]
+    action, info = chunker.get_action(obs())
+    assert action["action.x"].tolist() == [[100.0, 100.0]] and info["fetched_env_ids"] == [0]

@@ -179,6 +179,7 @@ class ActionChunker:
         self.stats = ChunkerStats()
         self._n_envs: Optional[int] = None
         self._keys: Optional[List[str]] = None
+        self._step_shapes: Dict[str, Tuple[int, ...]] = {}  # per key: a step's shape, set by the first chunk
         self._buffers: List[Optional[Dict[str, np.ndarray]]] = []
         self._cursors: List[int] = []
         self._steps_taken: List[int] = []
@@ -320,10 +321,9 @@ class ActionChunker:
         if not isinstance(action, Mapping) or not action:
             raise ActionError(f"policy must return a non-empty dict of (B, H, ...) arrays; got {type(action).__name__}")
         keys = sorted(action)
-        if self._keys is None:
-            self._keys = keys
-        elif keys != self._keys:
+        if self._keys is not None and keys != self._keys:
             raise ActionError(f"action keys changed from {self._keys} to {keys}")
+        # Every check runs before a key, shape or buffer changes: a refused chunk leaves the chunker as it was.
         horizon = None
         for key in keys:
             value = action[key]
@@ -332,9 +332,20 @@ class ActionChunker:
                 raise ActionError(f"action key '{key}' must be an array of shape (B, H, ...); got {got}")
             if value.shape[0] != n_rows:
                 raise ActionError(f"action key '{key}' has batch size {value.shape[0]}; expected {n_rows} (the envs asked for)")
+            if value.shape[1] == 0:
+                raise ActionError(f"action key '{key}' has horizon 0 (shape {value.shape}); expected a chunk of at least 1 step")
             if horizon is not None and value.shape[1] != horizon:
                 raise ActionError(f"action key '{key}' has horizon {value.shape[1]}; other keys have {horizon}")
+            step_shape = self._step_shapes.get(key)
+            if step_shape is not None and value.shape[2:] != step_shape:
+                raise ActionError(
+                    f"action key '{key}' has shape {value.shape}, steps of shape {value.shape[2:]}; "
+                    f"expected steps of shape {step_shape}, as in the earlier chunks"
+                )
             horizon = value.shape[1]
+        if self._keys is None:
+            self._keys = keys
+            self._step_shapes = {key: action[key].shape[2:] for key in keys}
         usable = horizon if self.n_action_steps is None else min(horizon, self.n_action_steps)
         # Copies: a policy may reuse its output array for the next (prefetched) chunk while these steps still run.
         return [{key: np.array(action[key][row, :usable]) for key in keys} for row in range(n_rows)]
@@ -407,9 +418,10 @@ class ActionChunker:
             return []
         self._pending = None
         action, info = pending.future.result()  # a policy error surfaces in the robot's call
+        chunks = self._split(action, len(pending.env_ids))  # a bad chunk is dropped whole; the buffers run on
         self._last_info = info if isinstance(info, dict) else {}
         merged = []
-        rows = zip(pending.env_ids, pending.generations, pending.steps_at_observation, self._split(action, len(pending.env_ids)))
+        rows = zip(pending.env_ids, pending.generations, pending.steps_at_observation, chunks)
         for i, generation, at_obs, new in rows:
             if generation != self._generations[i]:
                 self.stats.discarded_envs += 1
