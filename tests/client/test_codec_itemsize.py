@@ -1,6 +1,8 @@
-"""Wire codec: dtypes of itemsize 0 are refused in every decode path and on encode."""
+"""Wire codec: dtypes of itemsize 0 are refused in every decode path and on encode; the np.save-era encoder
+raises WireEncodeError, never msgpack's own errors."""
 
 import io
+import re
 
 import msgpack
 import numpy as np
@@ -102,3 +104,27 @@ def test_arrays_of_one_byte_strings_still_round_trip():
 def test_an_array_of_itemsize_zero_is_refused_on_encode_naming_the_dtype(encoder, type_str):
     with pytest.raises(WireEncodeError, match=rf"'{type_str}' \(itemsize 0\) cannot be encoded"):
         encoder({"observation": {"x": zero_size_array(type_str)}})
+
+
+# --- the early-N1.6 (np.save-era) encoder's errors -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [
+    np.datetime64("2024-01-01"),
+    np.timedelta64(5, "s"),
+    np.datetime64("2024-01-01T00:00:00.123456789"),  # .item() is a bare int at ns resolution
+])
+def test_early_n16_refuses_datetime_scalars_with_a_wire_encode_error_naming_the_dtype(value):
+    with pytest.raises(WireEncodeError, match=re.escape(f"numpy {value.dtype} scalar ({value!r}) has no early-N1.6")):
+        codec.encode_early_n16({"options": {"stamp": value}})
+
+
+def test_early_n16_wraps_msgpack_errors_in_a_wire_encode_error():
+    with pytest.raises(WireEncodeError, match="early-N1.6 format: can not serialize 'complex'"):
+        codec.encode_early_n16({"options": {"gain": np.complex64(1 + 2j)}})
+
+
+def test_early_n16_still_encodes_datetime_arrays_as_np_save_arrays():
+    stamps = np.array(["2024-01-01", "2024-01-02"], dtype="datetime64[D]")
+    decoded = codec.decode(codec.encode_early_n16({"stamps": stamps}))
+    np.testing.assert_array_equal(decoded["stamps"], stamps)

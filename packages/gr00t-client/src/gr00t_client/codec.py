@@ -568,6 +568,11 @@ def _npsave_hook(value: Any) -> Any:
         return {"__ModalityConfig__": True, "__ModalityConfig_class__": True, "as_json": value.to_json_dict()}
     if isinstance(value, np.generic):  # np.save-era peers cannot read numpy scalars: send the Python value
         _refuse_dtype(value.dtype, "encoded")
+        if value.dtype.kind in ("M", "m"):  # .item() gives a datetime msgpack cannot pack, or (ns) a bare int
+            raise WireEncodeError(
+                f"a numpy {value.dtype} scalar ({value!r}) has no early-N1.6 (np.save-era) form; "
+                "send it as an array (np.asarray(value)), an int or a str"
+            )
         return value.item()
     if isinstance(value, Enum):
         return value.value
@@ -578,7 +583,12 @@ def _npsave_hook(value: Any) -> Any:
 
 def encode_early_n16(obj: Any) -> bytes:
     """Encode in the early-N1.6 format (np.save wrappers); for talking to old reference servers and tests."""
-    return _pack("npsave", obj)
+    try:
+        return _pack("npsave", obj)
+    except WireEncodeError:
+        raise
+    except (TypeError, ValueError, OverflowError) as exc:  # as encode(): msgpack's own errors name no format
+        raise WireEncodeError(f"cannot encode message in the early-N1.6 format: {exc}") from exc
 
 
 # --- multipart (zero-copy) format --------------------------------------------------------------------
