@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import numbers
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Dict, List, Mapping, Optional
@@ -77,26 +78,28 @@ class ModalityConfig:
     action_configs: Optional[List[ActionConfig]] = field(default=None)
 
     def __post_init__(self) -> None:
+        # Each iterable is made a list once, before any check: a generator checked first was stored empty.
         if self.delta_indices is None or isinstance(self.delta_indices, (str, bytes)):
             raise ValueError(f"delta_indices must be a non-None list, got {self.delta_indices!r}")
-        try:
-            self.delta_indices = [int(i) for i in self.delta_indices]
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"delta_indices must be a list of ints, got {self.delta_indices!r}") from exc
-        if (
-            self.modality_keys is None
-            or isinstance(self.modality_keys, (str, bytes))
-            or len(list(self.modality_keys)) == 0
-            or not all(isinstance(k, str) for k in self.modality_keys)
-        ):
-            raise ValueError(f"modality_keys must be a non-empty list, got {self.modality_keys!r}")
-        self.modality_keys = list(self.modality_keys)
+        indices = _as_list(self.delta_indices, "delta_indices", "a list of ints")
+        self.delta_indices = [_delta_index(index, indices) for index in indices]
+        keys = self.modality_keys
+        if not isinstance(keys, (str, bytes)):
+            keys = _as_list(keys, "modality_keys", "a non-empty list of str")
+        if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
+            raise ValueError(f"modality_keys must be a non-empty list of str, got {keys!r}")
+        duplicates = sorted({k for k in keys if keys.count(k) > 1})
+        if duplicates:
+            raise ValueError(f"modality_keys must not repeat a key, got {duplicates} more than once in {keys}")
+        self.modality_keys = keys
         for name in ("sin_cos_embedding_keys", "mean_std_embedding_keys"):
             value = getattr(self, name)
             if value is not None:
-                if isinstance(value, (str, bytes)) or not all(isinstance(k, str) for k in value):
+                if not isinstance(value, (str, bytes)):
+                    value = _as_list(value, name, "a list of str or None")
+                if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
                     raise ValueError(f"{name} must be a list of str or None, got {value!r}")
-                setattr(self, name, list(value))
+                setattr(self, name, value)
         if self.action_configs is not None:
             configs = [c if isinstance(c, ActionConfig) else _action_config_from(c) for c in self.action_configs]
             if len(configs) != len(self.modality_keys):
@@ -140,6 +143,24 @@ class ModalityConfig:
     @classmethod
     def from_json(cls, text: str) -> "ModalityConfig":
         return cls.from_json_dict(json.loads(text))
+
+
+def _as_list(value: Any, field_name: str, expected: str) -> List[Any]:
+    """`value` as a list, or a ValueError naming the field."""
+    try:
+        return list(value)
+    except TypeError as exc:
+        raise ValueError(f"{field_name} must be {expected}, got {value!r}") from exc
+
+
+def _delta_index(index: Any, indices: List[Any]) -> int:
+    """One delta index as an int: ints (numpy's too) and integral numbers (2.0); bools, strings and 0.9 refused."""
+    if not isinstance(index, bool) and isinstance(index, numbers.Real):
+        if isinstance(index, numbers.Integral):
+            return int(index)
+        if float(index).is_integer():  # False for NaN and inf too
+            return int(index)
+    raise ValueError(f"delta_indices must be a list of ints, got {index!r} in {indices!r}")
 
 
 def _action_config_from(data: Any) -> ActionConfig:
