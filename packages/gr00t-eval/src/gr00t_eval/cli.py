@@ -6,6 +6,7 @@ Every flag is accepted in kebab (`--n-episodes`) and snake (`--n_episodes`) spel
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ from .run_dir import OutputDirError, prepare_output_dir
 
 DEFAULT_ROLLOUT_DIR = "/tmp/gr00t_rollout_eval"
 DEFAULT_OPEN_LOOP_BASE = "/tmp/open_loop_eval"
+OPEN_LOOP_RUN_FILENAME = "open_loop_run.json"  # an open-loop run's settings; creating it claims the output directory
 
 
 def _flag(name: str) -> List[str]:
@@ -102,8 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="steps of each chunk used before querying again (default 16; --action-horizon is an alias)")
     p.add_argument(*_flag("modality-keys"), nargs="+", default=None, help="action keys to compare and plot (default: all)")
     p.add_argument(*_flag("output-dir"), default=None,
-                   help=f"plots traj_{{id}}.jpeg and results.json; must be empty or new (default: a new dated directory "
-                        f"{DEFAULT_OPEN_LOOP_BASE}/YYYY-MM-DD/HH-MM-SS_<dataset>). Open-loop runs do not resume: run again")
+                   help=f"plots traj_{{id}}.jpeg, {OPEN_LOOP_RUN_FILENAME} and results.json; must be empty or new "
+                        f"(default: a new dated directory {DEFAULT_OPEN_LOOP_BASE}/YYYY-MM-DD/HH-MM-SS_<dataset>). "
+                        "Open-loop runs do not resume: run again")
     p.add_argument(*_flag("overwrite"), action="store_true", help="empty a non-empty --output-dir first")
     p.add_argument(*_flag("observation-format"), default="auto", choices=["auto", "nested", "flat"],
                    help="nested {video,state,language} (reference server) or flat video.* keys (sim wrapper); auto asks the server")
@@ -112,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the reference's flag: write the plot of a single trajectory to PATH (default OUTPUT_DIR/traj_{id}.jpeg)")
     p.add_argument(*_flag("denoising-steps"), type=int, default=None, metavar="N",
                    help="flow-matching denoising steps, sent to the server as options['denoising_steps'] (server default if unset)")
+    p.add_argument(*_flag("allow-errors"), action="store_true",
+                   help="exit 0 even when trajectories errored (the policy did not follow them; they are reported and left "
+                        "out of the averages)")
     _add_refused_model_path(p)
 
     p = sub.add_parser("rollout", help="run a policy server in simulation and report the success rate")
@@ -235,7 +241,8 @@ def _open_loop_output_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_open_loop(args: argparse.Namespace) -> int:
-    """`gr00t-eval open-loop`: plots, results.json and the reference's console lines; 1 if nothing was evaluated."""
+    """`gr00t-eval open-loop`: plots, results.json and the reference's console lines; 1 if nothing was evaluated
+    or a trajectory errored (0 then with --allow-errors)."""
     from gr00t_client import EmbodimentTag
     from tqdm.auto import tqdm
 
@@ -255,21 +262,51 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
             plot_path=args.save_plot_path, denoising_steps=args.denoising_steps,
         )
     except ValueError as exc:
-        raise UsageError(f"{exc} (check --steps, --execution-horizon, --traj-ids, --denoising-steps)") from None
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not args.overwrite:
-        raise UsageError(f"--output-dir {output_dir} is not empty; pass --overwrite to empty it or name a new directory "
-                         "(open-loop runs do not resume: run them again)")
-    try:
-        prepare_output_dir(output_dir, overwrite=args.overwrite)
-    except OutputDirError as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(f"{exc} (check --steps, --execution-horizon, --traj-ids, --modality-keys, --denoising-steps)") from None
+    output_dir = _claim_open_loop_output_dir(args, output_dir, config)
+    config = dataclasses.replace(config, output_dir=str(output_dir))
     print(f"Output directory: {output_dir}")
     with _connect(args) as client:
         result = evaluate_open_loop(client, config, report=tqdm.write)
     if result.trajectories:
         print(f"Plots: {', '.join(str(t.plot_path) for t in result.trajectories.values() if t.plot_path) or '(none)'}")
+    n_errors = len(result.errored)
+    if n_errors:
+        print(f"INCOMPLETE: {n_errors} of {n_errors + len(result.trajectories)} trajectories errored; the averages above are "
+              f"over the {len(result.trajectories)} that were evaluated")
     print(f"Results: {result.results_path}")
-    return 0 if result.trajectories else 1
+    if not result.trajectories:
+        return 1
+    if n_errors and not args.allow_errors:
+        print("exit status 1 because trajectories errored (pass --allow-errors to exit 0 anyway)")
+        return 1
+    return 0
+
+
+def _claim_open_loop_output_dir(args: argparse.Namespace, output_dir: Path, config: Any) -> Path:
+    """Check, make and claim (OPEN_LOOP_RUN_FILENAME, O_EXCL) the output directory before anything else runs.
+
+    Open-loop writes its results only at the end, so without the claim two runs started into one empty
+    directory would both pass the emptiness check and mix their files. A default dated directory taken by a
+    run started in the same instant is replaced by the next free name.
+    """
+    from .run_dir import claim_output_dir
+
+    for _ in range(100):
+        if output_dir.is_dir() and any(output_dir.iterdir()) and not args.overwrite:
+            raise UsageError(f"--output-dir {output_dir} is not empty; pass --overwrite to empty it or name a new directory "
+                             "(open-loop runs do not resume: run them again)")
+        try:
+            prepare_output_dir(output_dir, overwrite=args.overwrite)
+            settings = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in vars(config).items()}
+            claim_output_dir(output_dir, OPEN_LOOP_RUN_FILENAME, {
+                "kind": "open_loop", "config": {**settings, "output_dir": str(output_dir)}, "host": args.host, "port": args.port})
+            return output_dir
+        except OutputDirError as exc:
+            if args.output_dir:
+                raise UsageError(str(exc)) from None
+            output_dir = _open_loop_output_dir(args)
+    raise UsageError(f"no free output directory under {DEFAULT_OPEN_LOOP_BASE}; pass --output-dir")
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:

@@ -3,6 +3,8 @@
 The reference algorithm (server-eval.md §4.2) with its defects fixed: history deltas before the first step
 (or past the last) repeat the first (last) frame instead of failing; every trajectory gets its own plot; the
 policy is reset to the trajectory (`episode_index`) before it is evaluated, so a replay server follows along.
+A trajectory the policy does not follow (its reset fails, or it reports another episode or step) is errored,
+not scored: comparing a replay of the wrong episode or step with the recording gives a meaningless error.
 """
 
 from __future__ import annotations
@@ -57,6 +59,12 @@ class OpenLoopConfig:
             raise ValueError(f"observation_format must be one of {OBSERVATION_FORMATS}, got {self.observation_format!r}")
         if self.denoising_steps is not None and self.denoising_steps < 1:
             raise ValueError(f"denoising_steps must be >= 1, got {self.denoising_steps}")
+        if self.modality_keys is not None:
+            keys = list(self.modality_keys)
+            repeated = sorted({key for key in keys if keys.count(key) > 1})
+            if repeated:  # the per-key dims are a dict: a repeat would silently double the arrays, not the dims
+                raise ValueError(f"modality_keys names {', '.join(map(repr, repeated))} more than once; "
+                                 "name each action key once")
 
     def plot_file(self, traj_id: int, n_trajectories: int) -> Path:
         """Where the plot of `traj_id` goes: plot_path (suffixed per trajectory when several), else OUTPUT_DIR/traj_{id}.jpeg."""
@@ -67,6 +75,10 @@ class OpenLoopConfig:
 
 
 OBSERVATION_FORMATS = ("nested", "flat", "auto")
+
+
+class TrajectoryError(RuntimeError):
+    """A trajectory that cannot be scored soundly (the policy is not at its episode or step); the run goes on without it."""
 
 
 def resolve_observation_format(policy: BasePolicy, requested: str) -> str:
@@ -98,10 +110,12 @@ class TrajectoryResult:
 
 @dataclass
 class OpenLoopResult:
-    """All evaluated trajectories, the ids skipped (out of range) and the results.json path."""
+    """Evaluated trajectories, the ids skipped (out of range, empty) and errored (with why), and the results.json path."""
 
     trajectories: Dict[int, TrajectoryResult] = field(default_factory=dict)
     skipped: List[int] = field(default_factory=list)
+    skip_reasons: Dict[int, str] = field(default_factory=dict)
+    errored: Dict[int, str] = field(default_factory=dict)
     results_path: Optional[Path] = None
 
     @property
@@ -166,6 +180,41 @@ def build_observation(
     return flat
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def check_policy_position(info: Any, traj_id: int, step: int, execution_horizon: int) -> None:
+    """TrajectoryError when the policy's info reports an `episode_index` or `current_step` other than traj_id, step."""
+    if not isinstance(info, Mapping):
+        return
+    episode, current = info.get("episode_index"), info.get("current_step")
+    if _is_int(episode) and episode != traj_id:
+        raise TrajectoryError(f"the policy reports episode {episode} while the evaluation is at trajectory {traj_id} "
+                              "(does the server replay another copy of the dataset?)")
+    if _is_int(current) and current != step:
+        raise TrajectoryError(f"the policy reports step {current} while the evaluation is at step {step} (start the server "
+                              f"with --execution-horizon {execution_horizon}, or pass the server's here)")
+
+
+def reset_policy(policy: BasePolicy, traj_id: int, execution_horizon: int) -> None:
+    """Reset the policy to trajectory `traj_id`, step 0; TrajectoryError when it refuses or lands elsewhere.
+
+    A stateless model ignores the options; a server without a reset endpoint is evaluated without one. A
+    server that is gone (ConnectionError, TimeoutError) ends the run.
+    """
+    try:
+        info = policy.reset(options={"episode_index": int(traj_id), "step_index": 0})
+    except (ConnectionError, TimeoutError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a refused reset errors this trajectory only
+        if "Unknown endpoint: reset" in str(exc):
+            logger.warning("the policy server has no reset endpoint; evaluating trajectory %d without a reset", traj_id)
+            return
+        raise TrajectoryError(f"policy reset failed: {exc}") from exc
+    check_policy_position(info, traj_id, 0, execution_horizon)
+
+
 def _chunk(action: Mapping[str, Any], keys: Sequence[str]) -> Dict[str, np.ndarray]:
     out = {}
     for key in keys:
@@ -181,7 +230,10 @@ def evaluate_trajectory(
     policy: BasePolicy, dataset: LeRobotDataset, traj_id: int, config: OpenLoopConfig,
     configs: Mapping[str, ModalityConfig], report: Callable[[str], None] = logger.info, on_step: Optional[Callable[[], None]] = None,
 ) -> TrajectoryResult:
-    """Query the policy every `execution_horizon` steps of trajectory `traj_id` and score the stitched chunks."""
+    """Query the policy every `execution_horizon` steps of trajectory `traj_id` and score the stitched chunks.
+
+    Raises TrajectoryError when the policy does not follow the trajectory (see reset_policy, check_policy_position).
+    """
     episode = dataset.episode(traj_id)
     action_keys = list(config.modality_keys or configs["action"].modality_keys)
     horizon = configs["action"].horizon
@@ -208,20 +260,15 @@ def evaluate_trajectory(
             full = np.zeros((episode.length, *decoded.shape[1:]), dtype=np.uint8)
             full[needed] = decoded
             frames[source] = full
-    try:
-        # A stateful policy (ReplayPolicy) moves to this trajectory; a stateless model ignores the options.
-        policy.reset(options={"episode_index": int(traj_id), "step_index": 0})
-    except Exception as exc:  # noqa: BLE001 - a policy without per-episode reset can still be evaluated
-        logger.warning("policy reset for trajectory %d failed (%s); evaluating without it", traj_id, exc)
+    # A stateful policy (ReplayPolicy) moves to this trajectory; a stateless model ignores the options.
+    reset_policy(policy, traj_id, config.execution_horizon)
     predicted: List[np.ndarray] = []
     for step in inference_steps:
         logger.debug("inferencing at step: %d", step)
         observation = build_observation(episode, step, configs, frames, key_maps, config.observation_format)
         options = None if config.denoising_steps is None else {"denoising_steps": int(config.denoising_steps)}
         action, info = policy.get_action(observation, options=options)
-        if isinstance(info, Mapping) and isinstance(info.get("current_step"), int) and info["current_step"] != step:
-            logger.warning("the policy reports step %s while the evaluation is at step %d (server execution horizon != %d?)",
-                           info["current_step"], step, config.execution_horizon)
+        check_policy_position(info, traj_id, step, config.execution_horizon)
         chunk = _chunk(action, action_keys)
         for j in range(config.execution_horizon):
             predicted.append(np.concatenate([np.atleast_1d(np.atleast_1d(chunk[key])[j]) for key in action_keys]))
@@ -252,7 +299,11 @@ def evaluate_trajectory(
 def evaluate_open_loop(
     policy: BasePolicy, config: OpenLoopConfig, report: Callable[[str], None] = logger.info, progress: bool = True
 ) -> OpenLoopResult:
-    """Evaluate every trajectory id (out-of-range ids are skipped with a warning); write plots and results.json."""
+    """Evaluate every trajectory id; write plots and results.json.
+
+    Out-of-range ids and empty episodes are skipped with a warning; a trajectory the policy does not follow
+    (TrajectoryError) is errored with its reason. Neither counts in the averages; both are in results.json.
+    """
     if config.observation_format == "auto":
         config = dataclasses.replace(config, observation_format=resolve_observation_format(policy, "auto"))
     configs = policy.get_modality_config()
@@ -264,11 +315,16 @@ def evaluate_open_loop(
     result = OpenLoopResult()
     valid = []
     for traj_id in config.traj_ids:
-        if 0 <= traj_id < dataset.num_episodes:
-            valid.append(int(traj_id))
+        if not 0 <= traj_id < dataset.num_episodes:
+            reason = f"out of range (the dataset has {dataset.num_episodes} episodes)"
+        elif dataset.episode_lengths[traj_id] == 0:
+            reason = f"empty: episode {dataset.episode_indices[traj_id]} of {dataset.root} has 0 steps"
         else:
-            logger.warning("trajectory %d is out of range (the dataset has %d episodes); skipping it", traj_id, dataset.num_episodes)
-            result.skipped.append(int(traj_id))
+            valid.append(int(traj_id))
+            continue
+        logger.warning("trajectory %d is %s; skipping it", traj_id, reason)
+        result.skipped.append(int(traj_id))
+        result.skip_reasons[int(traj_id)] = reason
     report(f"Running evaluation on trajectories: {valid}")
     bar = None
     if progress:
@@ -278,7 +334,13 @@ def evaluate_open_loop(
         bar = tqdm(total=total, desc="Open-loop inference")
     try:
         for traj_id in valid:
-            traj = evaluate_trajectory(policy, dataset, traj_id, config, configs, report, on_step=(bar.update if bar else None))
+            try:
+                traj = evaluate_trajectory(policy, dataset, traj_id, config, configs, report,
+                                           on_step=(bar.update if bar else None))
+            except TrajectoryError as exc:
+                result.errored[traj_id] = str(exc)
+                report(f"trajectory {traj_id} errored: {exc}")
+                continue
             result.trajectories[traj_id] = traj
             report(f"MSE for trajectory {traj_id}: {traj.errors.mse}, MAE: {traj.errors.mae}")
     finally:
@@ -295,6 +357,7 @@ def evaluate_open_loop(
         for t, r in result.trajectories.items()
     }
     run_config = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in vars(config).items()}
-    result.results_path = write_results(Path(config.output_dir) / RESULTS_FILENAME, open_loop_results(entries, run_config, result.skipped))
+    result.results_path = write_results(Path(config.output_dir) / RESULTS_FILENAME, open_loop_results(
+        entries, run_config, result.skipped, errored=result.errored, skip_reasons=result.skip_reasons))
     report("Done")
     return result

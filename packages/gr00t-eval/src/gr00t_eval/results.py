@@ -6,7 +6,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict, Mapping, Sequence, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -45,8 +45,14 @@ def open_loop_results(
     trajectories: Mapping[int, Dict[str, Any]],
     config: Mapping[str, Any],
     skipped: Sequence[int] = (),
+    errored: Optional[Mapping[int, str]] = None,
+    skip_reasons: Optional[Mapping[int, str]] = None,
 ) -> Dict[str, Any]:
-    """Per-trajectory errors (each holding an ActionErrors under "errors") plus plain averages over trajectories."""
+    """Per-trajectory errors (each holding an ActionErrors under "errors") plus plain averages over trajectories.
+
+    `errored` (id -> why) lists trajectories the policy did not follow and `skipped` those not evaluated
+    (`skip_reasons` says why); neither is in the averages.
+    """
     per_traj = {}
     for traj_id, entry in trajectories.items():
         errors: ActionErrors = entry["errors"]
@@ -59,10 +65,13 @@ def open_loop_results(
         "config": dict(config),
         "trajectories": per_traj,
         "skipped_trajectories": list(skipped),
+        "skip_reasons": {str(k): v for k, v in (skip_reasons or {}).items()},
+        "errored_trajectories": [{"traj_id": int(k), "error": v} for k, v in (errored or {}).items()],
         "aggregated": {
             "avg_mse": float(np.mean(mses)) if mses else None,
             "avg_mae": float(np.mean(maes)) if maes else None,
             "n_trajectories": len(mses),
+            "n_errors": len(errored or {}),
         },
     }
 

@@ -81,6 +81,26 @@ def prepare_output_dir(path: Union[str, Path], overwrite: bool = False, own_file
     return path
 
 
+def claim_output_dir(path: Union[str, Path], filename: str, settings: Mapping[str, Any]) -> Path:
+    """Create PATH/FILENAME with `settings` atomically (O_EXCL): a second run into the same directory is refused.
+
+    The emptiness check and a run's first file are otherwise a window in which two runs both find the
+    directory empty; OutputDirError when the file exists already.
+    """
+    from .results import _jsonable
+
+    claim = Path(path) / filename
+    try:
+        handle = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        raise OutputDirError(f"--output-dir {path} is taken by another run (it holds {filename}); wait for that run "
+                             "or name a new directory") from None
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    with os.fdopen(handle, "w", encoding="utf-8") as stream:
+        stream.write(json.dumps(_jsonable({"created": created, "pid": os.getpid(), **settings}), indent=2) + "\n")
+    return claim
+
+
 def run_file_name(shard: Any = None) -> str:
     """run.json, or run_shard{i}of{N}.json for a shard."""
     return f"run{shard_suffix(shard)}.json"

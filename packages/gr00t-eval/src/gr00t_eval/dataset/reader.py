@@ -246,6 +246,8 @@ class Episode:
             raise KeyError(f"no {kind} key {key!r}; expected one of {list(groups)}")
         group = groups[key]
         raw = self.column(group.original_key)
+        if raw.shape[0] == 0:  # an empty episode: its list columns have no rows to tell their width
+            return np.zeros((0, group.dim), dtype=np.float32)
         if raw.ndim == 1:
             raw = raw[:, None]
         if raw.shape[1] < group.end:

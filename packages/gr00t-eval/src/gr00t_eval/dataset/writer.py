@@ -123,6 +123,8 @@ class DatasetWriter:
         state_arrays = _float_groups(states, "states")
         action_arrays = _float_groups(actions, "actions")
         length = next(iter(state_arrays.values())).shape[0]
+        if length == 0:  # LeRobot has no empty episodes: readers and replay servers index their first step
+            raise ValueError(f"episode {len(self._episodes)} has 0 steps; an episode needs at least one step")
         self._check_layout(frames, state_arrays, action_arrays, step_columns, length)
         reserved = {"episode_index", "length", "tasks"}
         if reserved & set(metadata):
