@@ -159,3 +159,19 @@ def test_a_refetched_chunk_with_another_action_dimension_is_refused_and_installs
     assert chunker.remaining().tolist() == [0]
     action, info = chunker.get_action(obs())
     assert action["action.x"].tolist() == [[100.0, 100.0]] and info["fetched_env_ids"] == [0]
+
+
+# --- a chunk with NaN or inf --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_chunk_with_a_non_finite_step_is_refused_naming_key_and_rows_and_the_next_call_fetches_again(bad):
+    # A local policy checks nothing: the chunker is the last layer before the robot.
+    chunk = steps(0, n_envs=2)
+    chunk[1, 2, 0] = bad
+    chunker = ActionChunker(ScriptedPolicy(chunk, steps(5, n_envs=2)))
+    with pytest.raises(ActionError, match=r"action key 'action.x' has non-finite values \(NaN or inf\) in rows \[1\]"):
+        chunker.get_action(obs(2))
+    assert chunker.remaining().tolist() == [0, 0]
+    action, _ = chunker.get_action(obs(2))
+    assert action["action.x"][:, 0].tolist() == [5.0, 15.0]

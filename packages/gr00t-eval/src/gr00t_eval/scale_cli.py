@@ -55,7 +55,10 @@ def register_scale_commands(subparsers: Any) -> None:
     p = subparsers.add_parser("merge", help="merge `rollout --shard` results into the results of one run")
     p.add_argument("results", nargs="+", help="results files (or directories holding results*.json)")
     p.add_argument(*_flag("output"), required=True, help="merged results file (a directory gets results.json)")
-    p.add_argument(*_flag("allow-missing"), action="store_true", help="merge even if some episodes are in no file")
+    p.add_argument(*_flag("allow-missing"), action="store_true",
+                   help="merge even if some episodes are in no file (the merged status is then 'incomplete', exit status 1)")
+    p.add_argument(*_flag("allow-errors"), action="store_true",
+                   help="exit 0 even when episodes errored (they are still reported and left out of the metrics)")
     p.set_defaults(scale_command=cmd_merge)
 
     p = subparsers.add_parser("suites", help="list the registered task suites")
@@ -196,16 +199,12 @@ def _report_rollout(args: argparse.Namespace, results: Dict[str, Any], output_di
     if results["config"].get("video_dir"):
         print("Video saved to: ", results["config"]["video_dir"])
     print(format_summary(results))
-    for entry in episodes:
-        if entry.get("error"):
-            print(f"episode {entry['episode_index']}{' of ' + entry['task'] if entry.get('task') else ''} errored: {entry['error']}")
+    print_errored_episodes(results)
     finished = [e for e in episodes if not e.get("error")]
     infos = {"episode_lengths": [e["length"] for e in finished], "episode_rewards": [e["sum_reward"] for e in finished]}
     print("results: ", (results["env_name"], [bool(e["success"]) for e in finished], infos))
     print("success rate: ", float(np.mean([e["success"] for e in finished])) if finished else float("nan"))
-    n_errors, n_run = overall["n_errors"], len(episodes)
-    if n_errors:
-        print(f"INCOMPLETE: {n_errors} of {n_run} episodes errored; the metrics above are over the {n_run - n_errors} that finished")
+    n_errors = print_incomplete(results)
     status = results.get("status", "complete")
     not_run = results.get("n_not_run", 0)
     if status != "complete":
@@ -221,6 +220,21 @@ def _report_rollout(args: argparse.Namespace, results: Dict[str, Any], output_di
         print("exit status 1 because episodes errored (pass --allow-errors to exit 0 anyway)")
         return 1
     return 0
+
+
+def print_errored_episodes(results: Mapping[str, Any]) -> None:
+    """One `episode <i> [of <task>] errored: <reason>` line per errored episode."""
+    for entry in results["per_episode"]:
+        if entry.get("error"):
+            print(f"episode {entry['episode_index']}{' of ' + entry['task'] if entry.get('task') else ''} errored: {entry['error']}")
+
+
+def print_incomplete(results: Mapping[str, Any]) -> int:
+    """The `INCOMPLETE: k of n episodes errored` line when episodes errored; returns k."""
+    n_errors, n_run = results["overall"]["n_errors"], len(results["per_episode"])
+    if n_errors:
+        print(f"INCOMPLETE: {n_errors} of {n_run} episodes errored; the metrics above are over the {n_run - n_errors} that finished")
+    return n_errors
 
 
 def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done: Any, output_dir: Path) -> Dict[str, Any]:
@@ -318,7 +332,8 @@ def _results_files(paths: List[str], output: Path) -> List[Path]:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    """`gr00t-eval merge`: combine shard results files into one."""
+    """`gr00t-eval merge`: combine shard results files into one; exit 1 (like the run it stands for) when
+    episodes errored (0 then with --allow-errors), are missing (--allow-missing) or a task or shard failed."""
     from .cli_errors import UsageError
     from .eval_info import EVAL_INFO_FILENAME, write_eval_info
     from .results import RESULTS_FILENAME, load_results, write_results
@@ -336,7 +351,20 @@ def cmd_merge(args: argparse.Namespace) -> int:
     path = write_results(output, merged)
     write_eval_info(path.parent / EVAL_INFO_FILENAME, merged)
     print(format_summary(merged))
+    print_errored_episodes(merged)
+    n_errors = print_incomplete(merged)
+    status = merged.get("status", "complete")
+    if status != "complete":
+        missing = merged.get("missing_episodes", [])
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        print(f"{status.upper()}: {merged.get('stop_reason')}; {merged.get('n_not_run', len(missing))} episodes did not run"
+              f"{': ' + shown if shown else ''} (run the missing shards, or resume them, and merge again)")
     print(f"Merged {len(files)} files into {path}")
+    if status != "complete" or merged["failed_tasks"]:
+        return 1
+    if n_errors and not args.allow_errors:
+        print("exit status 1 because episodes errored (pass --allow-errors to exit 0 anyway)")
+        return 1
     return 0
 
 

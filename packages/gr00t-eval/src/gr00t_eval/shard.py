@@ -23,6 +23,9 @@ from .suites import Task, TaskRun, outcome_from_json, resolve_tasks, run_tasks, 
 logger = logging.getLogger(__name__)
 
 
+INCOMPLETE = "incomplete"  # the status of a merge that lacks episodes (merge --allow-missing)
+
+
 class MergeError(ValueError):
     """Shard results that cannot be merged: different plans, overlapping or missing episodes."""
 
@@ -63,7 +66,9 @@ def shard_ranges(tasks: Sequence[Task], n_episodes: int, shard: ShardSpec) -> Di
     return ranges
 
 
-OUTCOME_SETTINGS = ("n_action_steps", "max_episode_steps", "terminate_on_success", "env_kwargs")
+# The RolloutConfig fields that change what an episode does (the control loop included), beside tasks, counts and seed.
+OUTCOME_SETTINGS = ("n_action_steps", "max_episode_steps", "terminate_on_success", "env_kwargs", "client_chunking",
+                    "chunk_merge", "rtc_frozen_steps")
 
 
 def shard_plan(tasks: Sequence[Task], config: RolloutConfig, shard: Optional[ShardSpec]) -> Dict[str, Any]:
@@ -85,13 +90,34 @@ def _plan_key(results: Mapping[str, Any]) -> Tuple[Any, ...]:
     return (tuple(tuple(t) for t in plan["tasks"]), plan["n_episodes"], plan["seed"], settings)
 
 
+_MISSING = object()
+
+
+def plan_difference(first: Mapping[str, Any], other: Mapping[str, Any]) -> str:
+    """What differs between two results' plans, e.g. "client_chunking 'async' (theirs 'off')", for MergeError messages."""
+    a, b = first["plan"], other["plan"]
+    for name in ("tasks", "n_episodes", "seed"):
+        if a.get(name) != b.get(name):
+            return f"{name} {b.get(name)!r} ({a.get(name)!r} in the first)"
+    settings_a, settings_b = a.get("settings", {}), b.get("settings", {})
+    for name in sorted(set(settings_a) | set(settings_b)):
+        value_a, value_b = settings_a.get(name, _MISSING), settings_b.get(name, _MISSING)
+        if value_a != value_b:
+            shown_a = "not recorded" if value_a is _MISSING else repr(value_a)
+            shown_b = "not recorded" if value_b is _MISSING else repr(value_b)
+            return f"setting {name} {shown_b} ({shown_a} in the first)"
+    return "the plan"
+
+
 def merge_results(shards: Sequence[Mapping[str, Any]], allow_missing: bool = False,
                   names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Combine shard results into the results one run of the whole plan reports (timings are summed).
 
     Raises MergeError when the shards ran different plans, repeat an episode, or (unless allow_missing)
-    leave episodes out; `names` (e.g. the file names) label the shards in those messages. Per-episode
-    `env_index` is the shard's worker row and may differ from a single run.
+    leave episodes out; `names` (e.g. the file names) label the shards in those messages. Episodes in no
+    file are listed in `missing_episodes` and counted in `n_not_run`, and make the status "incomplete" (or
+    a shard's "interrupted"/"aborted"). Per-episode `env_index` is the shard's worker row and may differ from
+    a single run.
     """
     if not shards:
         raise MergeError("nothing to merge: no results given")
@@ -106,7 +132,8 @@ def merge_results(shards: Sequence[Mapping[str, Any]], allow_missing: bool = Fal
         except MergeError as exc:
             raise MergeError(f"{label[position]}: {exc}") from None
         if other != key:
-            raise MergeError(f"{label[position]} ran a different plan (tasks, n_episodes, seed or settings) than {label[0]}")
+            raise MergeError(f"{label[position]} ran a different plan than {label[0]}: "
+                             f"{plan_difference(shards[0], results)}; only shards of one plan merge")
     task_pairs, n_episodes, seed, _ = key
     tasks = [Task(env_name, group) for env_name, group in task_pairs]
     seen: Dict[Tuple[str, int], int] = {}
@@ -138,10 +165,14 @@ def merge_results(shards: Sequence[Mapping[str, Any]], allow_missing: bool = Fal
         "plan": {**shards[0]["plan"], "shard": None},
         "merged_from": [results.get("plan", {}).get("shard") for results in shards],
         "missing_episodes": missing,
+        "n_not_run": len(missing),  # as a single run counts the episodes it never ran
     }
     statuses = [results.get("status", "complete") for results in shards]
-    status = next((s for s in ("interrupted", "aborted") if s in statuses), "complete")
+    # A merge with episodes in no file is no complete run, even when every shard given completed.
+    status = next((s for s in ("interrupted", "aborted") if s in statuses), INCOMPLETE if missing else "complete")
     reasons = [f"{label[i]}: {r.get('stop_reason')}" for i, r in enumerate(shards) if r.get("status", "complete") != "complete"]
+    if missing:
+        reasons.append(f"{len(missing)} episodes are in no results file (merged with --allow-missing)")
     return suite_results(tasks, runs, config, first.get("env_name", ""), first.get("suite"), extra, status,
                          "; ".join(reasons) or None)
 

@@ -1,0 +1,95 @@
+"""`gr00t-eval merge` is as honest as a single run: shards of different control loops are refused, and errored or
+missing episodes show on the console, in the exit status and in the merged status. Real shards on a loopback
+PolicyServer, the real CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from eval.scale_fixtures import ConstantPolicy
+from gr00t_eval import cli
+from serving import running_server
+
+
+class RefusingResetPolicy(ConstantPolicy):
+    """ConstantPolicy whose reset refuses episode 1 (as a replay server of a stale dataset copy would)."""
+
+    def reset(self, options=None):
+        episodes = (options or {}).get("episode_index")
+        if 1 in (episodes if isinstance(episodes, list) else [episodes]):
+            raise IndexError("episode_index 1 out of range")
+        return {}
+
+
+@pytest.fixture(scope="module")
+def server():
+    with running_server(ConstantPolicy()) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def refusing_server():
+    with running_server(RefusingResetPolicy()) as running:
+        yield running
+
+
+def shard(port, out, index, *extra):
+    return cli.main(["rollout", "--env-name", "walkto/fast", "--n-episodes", "4", "--n-envs", "1", "--vectorization", "sync",
+                     "--n-action-steps", "2", "--max-episode-steps", "6", "--seed", "0", "--no-video",
+                     "--policy-client-port", str(port), "--shard", f"{index}/2", "--output-dir", str(out), *extra])
+
+
+def merge(out, *extra):
+    return cli.main(["merge", str(out), "--output", str(out / "merged.json"), *extra])
+
+
+def test_shards_run_with_different_client_chunking_are_refused_naming_the_setting(server, tmp_path, capsys):
+    out = tmp_path / "shards"
+    assert shard(server.port, out, 0) == 0
+    assert shard(server.port, out, 1, "--client-chunking", "sync") == 0
+    capsys.readouterr()
+    assert merge(out) == 2
+    err = capsys.readouterr().err
+    assert "setting client_chunking 'sync' ('off' in the first)" in err
+    assert not (out / "merged.json").exists()
+    settings = json.loads((out / "results_shard0of2.json").read_text())["plan"]["settings"]
+    assert (settings["client_chunking"], settings["chunk_merge"], settings["rtc_frozen_steps"]) == ("off", "newest", None)
+
+
+def test_an_errored_episode_in_a_merged_shard_is_reported_and_fails_the_merge(refusing_server, server, tmp_path, capsys):
+    out = tmp_path / "shards"
+    assert shard(refusing_server.port, out, 0) == 1  # episodes 0 and 1: episode 1's reset is refused
+    assert shard(server.port, out, 1) == 0
+    capsys.readouterr()
+    assert merge(out) == 1
+    console = capsys.readouterr().out
+    assert "episode 1 of walkto/fast errored: " in console
+    assert "INCOMPLETE: 1 of 4 episodes errored; the metrics above are over the 3 that finished" in console
+    assert "exit status 1 because episodes errored (pass --allow-errors" in console
+    merged = json.loads((out / "merged.json").read_text())
+    assert merged["overall"]["n_errors"] == 1 and merged["status"] == "complete"  # all ran, as a single run reports
+    assert merge(out, "--allow-errors") == 0
+
+
+def test_a_merge_with_missing_episodes_is_incomplete_in_its_files_console_and_exit_status(server, tmp_path, capsys):
+    out = tmp_path / "shards"
+    assert shard(server.port, out, 0) == 0
+    capsys.readouterr()
+    assert merge(out, "--allow-missing") == 1
+    console = capsys.readouterr().out
+    assert "INCOMPLETE: 2 episodes are in no results file (merged with --allow-missing); 2 episodes did not run: " \
+           "walkto/fast#2, walkto/fast#3" in console
+    merged = json.loads((out / "merged.json").read_text())
+    assert merged["status"] == "incomplete" and merged["n_not_run"] == 2
+    assert merged["missing_episodes"] == ["walkto/fast#2", "walkto/fast#3"]
+    assert json.loads((out / "eval_info.json").read_text())["status"] == "incomplete"
+
+
+def test_a_merge_of_every_shard_without_errors_is_complete_and_exits_0(server, tmp_path):
+    out = tmp_path / "shards"
+    assert shard(server.port, out, 0) == 0 and shard(server.port, out, 1) == 0
+    assert merge(out) == 0
+    merged = json.loads((out / "merged.json").read_text())
+    assert merged["status"] == "complete" and merged["n_not_run"] == 0 and merged["overall"]["n_episodes"] == 4
