@@ -91,14 +91,30 @@ class RolloutResult:
     eval_s: float
 
     @property
-    def successes(self) -> List[bool]:
-        """Per-episode success, in episode order."""
-        return [o.success for o in self.outcomes]
+    def finished(self) -> List[EpisodeOutcome]:
+        """The episodes that ran to their end without an error, in episode order: the ones the metrics count."""
+        return [o for o in self.outcomes if o.error is None]
 
     @property
-    def success_rate(self) -> float:
-        """Fraction of the n_episodes episodes that succeeded."""
-        return float(np.mean(self.successes)) if self.outcomes else float("nan")
+    def errored_episodes(self) -> List[int]:
+        """Indices of the episodes that errored: neither successes nor failures, left out of every metric."""
+        return [o.episode_index for o in self.outcomes if o.error is not None]
+
+    @property
+    def n_errors(self) -> int:
+        """How many episodes errored (results.json's `n_errors`)."""
+        return len(self.errored_episodes)
+
+    @property
+    def successes(self) -> List[bool]:
+        """Success of each finished episode, in episode order (errored episodes are left out)."""
+        return [o.success for o in self.finished]
+
+    @property
+    def success_rate(self) -> Optional[float]:
+        """Fraction of the finished episodes that succeeded; None when none finished (results.json's null pc_success)."""
+        successes = self.successes
+        return float(np.mean(successes)) if successes else None
 
 
 def _build_env(factory: EnvFactory, row: int, n_action_steps: int, max_episode_steps: int,
