@@ -1,4 +1,5 @@
-"""Rollouts while the policy side goes wrong: errored episodes in the Python API's numbers.
+"""Rollouts while the policy side goes wrong: errored episodes in the Python API's numbers, a server
+answering with the wrong batch size.
 
 The replay tests serve a dataset_factory dataset (no cameras) with a real ReplayPolicy behind the sim wrapper in a
 real PolicyServer. The probe env knows the recording it must receive (from the seed the server reports): an episode
@@ -165,3 +166,16 @@ def test_the_api_success_rate_leaves_errored_episodes_out_like_results_json(repl
 def test_the_api_success_rate_is_none_when_every_episode_errored(replay_server):
     result = replay(replay_server, n_episodes=2, first_episode=len(LENGTHS))
     assert result.success_rate is None and result.successes == [] and result.n_errors == 2
+
+
+# -- a server answering with the wrong batch size -----------------------------------------------------------
+
+def test_a_chunk_with_the_wrong_batch_size_errors_the_episodes_naming_key_and_shapes():
+    server = RestartableServer(lambda: ConstantPushPolicy(rows=1))
+    try:
+        result = replay(server, n_episodes=2, n_envs=2)
+    finally:
+        server.stop()
+    assert result.n_errors == 2
+    for outcome in result.outcomes:
+        assert "action.arm has shape (1, 4, 3); expected (2, 4, 3), one row per env" in outcome.error

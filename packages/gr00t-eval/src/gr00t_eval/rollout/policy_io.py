@@ -149,8 +149,10 @@ def _per_row(value: Any, n: int) -> Optional[List[Any]]:
     return values if len(values) == n else None
 
 
-def policy_actions(action: Mapping[str, Any], action_space: gym.spaces.Dict, n_action_steps: int) -> Dict[str, np.ndarray]:
-    """The policy's (B, H, D) `action.*` arrays cut to the first n_action_steps rows, in the env's dtypes."""
+def policy_actions(action: Mapping[str, Any], action_space: gym.spaces.Dict, n_action_steps: int,
+                   n_rows: int) -> Dict[str, np.ndarray]:
+    """The policy's (B, H, D) `action.*` arrays, one row per env (B = n_rows), cut to the first n_action_steps
+    steps, in the env's dtypes."""
     out = {}
     for key, space in action_space.spaces.items():
         if key not in action:
@@ -158,5 +160,7 @@ def policy_actions(action: Mapping[str, Any], action_space: gym.spaces.Dict, n_a
         value = np.asarray(action[key])
         if value.ndim != 3 or value.shape[1] < n_action_steps:
             raise ValueError(f"{key} must be (B, H, D) with H >= n_action_steps={n_action_steps}; got shape {value.shape}")
+        if value.shape[0] != n_rows:  # else the vector env fails deep inside gymnasium (a zip() of unequal lengths)
+            raise ValueError(f"{key} has shape {value.shape}; expected {(n_rows, *value.shape[1:])}, one row per env")
         out[key] = value[:, :n_action_steps].astype(space.dtype, copy=False)
     return out

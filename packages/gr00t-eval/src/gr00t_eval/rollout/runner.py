@@ -353,12 +353,12 @@ class RolloutRunner:
         """The env action for this vector step and the info for the row cursor."""
         if self.chunker is None:
             action, info = self.policy.get_action(observation)
-            return policy_actions(action, action_space, self.config.n_action_steps), info or {}
+            return policy_actions(action, action_space, self.config.n_action_steps, len(self.row_episode)), info or {}
         step, chunk_info = self.chunker.get_action(observation)
         # The cursor counts one step per call; only the episode length (for clamping) comes from the policy.
         lengths = chunk_info["policy_info"].get("episode_length")
         single_step = {key: np.asarray(value)[:, None] for key, value in step.items()}  # (B, D) -> (B, 1, D)
-        return policy_actions(single_step, action_space, 1), ({} if lengths is None else {"episode_length": lengths})
+        return policy_actions(single_step, action_space, 1, len(self.row_episode)), ({} if lengths is None else {"episode_length": lengths})
 
     def _loop(self, vec: gym.vector.VectorEnv, spec: HorizonSpec, n_envs: int) -> None:
         bar = None
