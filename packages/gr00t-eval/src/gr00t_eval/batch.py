@@ -3,7 +3,8 @@
 The job file format is documented in docs/batch-jobs.md. A job that cannot run (bad env, unknown field,
 policy server gone) or whose episodes errored is marked failed with its reason and the next job runs. Every
 job has a status, pending, done or failed, in batch_results.json, rewritten after each job; `--resume DIR`
-runs the jobs that are not done. IsaacLab-Arena's job field names are accepted as aliases (ARENA_ALIASES).
+runs the jobs that are not done, and done jobs whose settings changed since. IsaacLab-Arena's job field
+names are accepted as aliases (ARENA_ALIASES).
 """
 
 from __future__ import annotations
@@ -157,6 +158,25 @@ def check_policy_type(name: str, policy_type: Any) -> None:
                    f"({hint})", name)
 
 
+# Whole-number settings and their least value, checked as `gr00t-eval rollout` checks its flags (a typo such as
+# n_episodes 0 would otherwise run nothing and mark the job done). seed and max_episodes_rendered may also be null.
+COUNT_MINIMUMS = {"n_episodes": 1, "max_episode_steps": 1, "n_envs": 0, "n_action_steps": 1, "seed": 0,
+                  "max_episodes_rendered": 0, "steps_per_frame": 1, "video_fps": 1}
+NULLABLE_COUNTS = ("seed", "max_episodes_rendered")
+
+
+def check_counts(name: str, config: Mapping[str, Any]) -> None:
+    """JobError naming the job and the field when a count setting is not a whole number at least its minimum."""
+    for key, least in COUNT_MINIMUMS.items():
+        if key not in config or (config[key] is None and key in NULLABLE_COUNTS):
+            continue
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            where = key if key in JOB_KEYS else f"override {key}"
+            raise JobError(f"job {name!r}: {where} must be a whole number >= {least}"
+                           f"{' (0 = auto)' if key == 'n_envs' else ''}, got {value!r}", name)
+
+
 def parse_job(raw: Any, index: int, defaults: Optional[Mapping[str, Any]] = None) -> Job:
     """One job object (merged over `defaults`) -> Job; raises JobError naming the job and the bad field."""
     if not isinstance(raw, Mapping):
@@ -179,6 +199,7 @@ def parse_job(raw: Any, index: int, defaults: Optional[Mapping[str, Any]] = None
         if key not in CONFIG_FIELDS:
             raise JobError(f"job {name!r}: override {key!r} is not a rollout setting; allowed: {sorted(CONFIG_FIELDS)}", name)
         config[key] = value
+    check_counts(name, config)
     try:
         return Job(name, str(merged["env_name"]), _server(name, merged["policy_server"]), config)
     except JobError as exc:
@@ -267,6 +288,31 @@ def prepare_job_dir(job_dir: Path, config: RolloutConfig) -> Tuple[RolloutConfig
     return config, []
 
 
+def planned_config(job: Job) -> Dict[str, Any]:
+    """The job's RolloutConfig as JSON values (before a base seed is drawn): what its done record is compared with."""
+    return json.loads(json.dumps(dataclasses.asdict(job.rollout_config())))
+
+
+def changed_settings(job: Job, record: Mapping[str, Any], job_dir: Optional[Path] = None) -> Optional[str]:
+    """How a done job's settings in the job file differ from those its record ran with ('' or None: unchanged).
+
+    The record's `job_config`, else the job folder's run.json; a record with neither (an older batch) is kept.
+    The policy server is not compared: it may change between attempts.
+    """
+    saved = record.get("job_config")
+    if saved is None and job_dir is not None and (job_dir / RUN_FILENAME).is_file():
+        saved = json.loads((job_dir / RUN_FILENAME).read_text()).get("job_config")
+    if saved is None:
+        return None
+    try:
+        planned = planned_config(job)
+    except (TypeError, ValueError) as exc:
+        return f"the settings ({exc})"
+    diffs = [f"{key} {saved.get(key)!r} -> {planned.get(key)!r}" for key in sorted(set(saved) | set(planned))
+             if saved.get(key) != planned.get(key)]
+    return ", ".join(diffs)
+
+
 def run_job(job: Job, policy_factory: Callable[[PolicyServerAddress], BasePolicy] = connect, progress: bool = False,
             job_dir: Optional[Path] = None) -> Dict[str, Any]:
     """Run one job; returns its record {name, status done|failed, reason, n_errors, wall_s, results}.
@@ -281,6 +327,7 @@ def run_job(job: Job, policy_factory: Callable[[PolicyServerAddress], BasePolicy
     policy = None
     try:
         config, done = job.rollout_config(), []
+        record["job_config"] = planned_config(job)
         on_episode = None
         if job_dir is not None:
             config, done = prepare_job_dir(job_dir, config)
@@ -337,16 +384,23 @@ def run_batch(jobs: Sequence[Union[Job, JobError]], output_path: Optional[Union[
     """Run jobs in order; the combined file is rewritten after each job so a crash keeps the finished ones.
 
     `previous` (an earlier batch_results.json of the same jobs) resumes: jobs it marks done are kept, not rerun,
-    and the others keep the episodes logged in their run folder (OUTPUT_DIR/jobs/<name>/, with `output_path`).
+    unless their settings changed since (changed_settings; they run again, with `rerun_reason`), and the others
+    keep the episodes logged in their run folder (OUTPUT_DIR/jobs/<name>/, with `output_path`).
     On Ctrl-C/SIGTERM the running job goes back to pending, the file says "status": "interrupted", and
     KeyboardInterrupt propagates.
     """
     batch: Dict[str, Any] = {"kind": "batch", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                              "status": "running", "jobs": [_pending_record(job, i) for i, job in enumerate(jobs)]}
+    jobs_dir = None if output_path is None else Path(output_path).parent / JOBS_DIRNAME
     kept = {r["name"]: r for r in (previous or {}).get("jobs", []) if r.get("status") == DONE}
     for index, job in enumerate(jobs):
         if isinstance(job, Job) and job.name in kept:
-            batch["jobs"][index] = kept[job.name]
+            changed = changed_settings(job, kept[job.name], None if jobs_dir is None else jobs_dir / job_dir_name(job.name))
+            if changed:  # its result no longer describes the job in the job file: run it again
+                logger.warning("job %s: %s changed since it was done; running it again", job.name, changed)
+                batch["jobs"][index]["rerun_reason"] = f"settings changed since it was done: {changed}"
+            else:
+                batch["jobs"][index] = kept[job.name]
     _count(batch)
 
     def save() -> None:
@@ -354,14 +408,16 @@ def run_batch(jobs: Sequence[Union[Job, JobError]], output_path: Optional[Union[
             write_results(output_path, batch)
 
     save()
-    jobs_dir = None if output_path is None else Path(output_path).parent / JOBS_DIRNAME
     for index, job in enumerate(jobs):
         if isinstance(job, JobError) or batch["jobs"][index]["status"] == DONE:
             continue
         logger.info("job %d/%d: %s (%s on %s)", index + 1, len(jobs), job.name, job.env_name, job.server)
         try:
+            rerun_reason = batch["jobs"][index].get("rerun_reason")
             batch["jobs"][index] = run_job(job, policy_factory, progress,
                                            None if jobs_dir is None else jobs_dir / job_dir_name(job.name))
+            if rerun_reason:
+                batch["jobs"][index]["rerun_reason"] = rerun_reason
         except KeyboardInterrupt:
             batch["status"] = "interrupted"
             _count(batch)

@@ -1,0 +1,97 @@
+"""`gr00t-eval batch` checks job counts as `rollout` checks its flags, and `--resume` reruns a done job whose
+settings in DIR/jobs.json changed. Real PolicyServer on loopback, the real CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from eval.scale_fixtures import policy_server
+from gr00t_eval import cli
+from gr00t_eval.batch import JobError, load_jobs
+
+SMALL = {"n_episodes": 2, "n_envs": 1, "seed": 0, "max_episode_steps": 6,
+         "overrides": {"n_action_steps": 2, "vectorization": "sync", "video_dir": None}}
+
+
+@pytest.fixture(scope="module")
+def server():
+    with policy_server() as running:
+        yield running
+
+
+def write_jobs(path, port, jobs):
+    path.write_text(json.dumps({"defaults": {**SMALL, "policy_server": {"port": port, "timeout_ms": 5000}}, "jobs": jobs}))
+    return path
+
+
+def batch_results(out):
+    return {job["name"]: job for job in json.loads((out / "batch_results.json").read_text())["jobs"]}
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("n_episodes", 0, "n_episodes must be a whole number >= 1, got 0"),
+    ("n_episodes", -3, "n_episodes must be a whole number >= 1, got -3"),
+    ("max_episode_steps", 0, "max_episode_steps must be a whole number >= 1, got 0"),
+    ("n_envs", -1, "n_envs must be a whole number >= 0 (0 = auto), got -1"),
+    ("seed", -5, "seed must be a whole number >= 0, got -5"),
+    ("n_episodes", 2.5, "n_episodes must be a whole number >= 1, got 2.5"),
+])
+def test_a_job_with_an_impossible_count_is_invalid_naming_the_field(tmp_path, field, value, expected):
+    [job] = load_jobs(write_jobs(tmp_path / "jobs.json", 1, [{"name": "typo", "env_name": "walkto/fast", field: value}]))
+    assert isinstance(job, JobError) and str(job) == f"job 'typo': {expected}"
+
+
+def test_an_override_count_is_checked_too(tmp_path):
+    [job] = load_jobs(write_jobs(tmp_path / "jobs.json", 1, [
+        {"name": "typo", "env_name": "walkto/fast", "overrides": {"n_action_steps": 0}}]))
+    assert isinstance(job, JobError) and "override n_action_steps must be a whole number >= 1, got 0" in str(job)
+
+
+def test_jobs_of_zero_or_negative_episodes_fail_as_invalid_and_the_batch_exits_1(server, tmp_path, capsys):
+    jobs = write_jobs(tmp_path / "jobs.json", server.port, [
+        {"name": "good", "env_name": "walkto/fast"},
+        {"name": "zero", "env_name": "walkto/fast", "n_episodes": 0},
+        {"name": "negative", "env_name": "walkto/fast", "n_episodes": -3},
+    ])
+    assert cli.main(["batch", "--jobs", str(jobs), "--output-dir", str(tmp_path / "out")]) == 1
+    records = batch_results(tmp_path / "out")
+    assert {name: r["status"] for name, r in records.items()} == {"good": "done", "zero": "failed", "negative": "failed"}
+    assert records["zero"]["reason"] == "invalid job: job 'zero': n_episodes must be a whole number >= 1, got 0"
+    assert "n_episodes must be a whole number >= 1, got -3" in records["negative"]["reason"]
+    assert records["zero"]["results"] is None
+
+
+def test_resume_reruns_a_done_job_whose_settings_changed_and_keeps_the_unchanged_one(server, tmp_path, caplog):
+    out = tmp_path / "out"
+    jobs = write_jobs(tmp_path / "jobs.json", server.port, [
+        {"name": "edited", "env_name": "walkto/slow", "max_episode_steps": 1},
+        {"name": "same", "env_name": "walkto/fast"},
+    ])
+    assert cli.main(["batch", "--jobs", str(jobs), "--output-dir", str(out)]) == 0
+    before = batch_results(out)
+    assert before["edited"]["results"]["config"]["max_episode_steps"] == 1
+
+    write_jobs(out / "jobs.json", server.port, [
+        {"name": "edited", "env_name": "walkto/slow", "max_episode_steps": 6},
+        {"name": "same", "env_name": "walkto/fast"},
+    ])
+    assert cli.main(["batch", "--resume", str(out)]) == 0
+    after = batch_results(out)
+    assert after["edited"]["status"] == "done" and after["edited"]["results"]["config"]["max_episode_steps"] == 6
+    assert after["edited"]["rerun_reason"] == "settings changed since it was done: max_episode_steps 1 -> 6"
+    assert after["edited"]["results"]["overall"]["pc_success"] > before["edited"]["results"]["overall"]["pc_success"]
+    assert after["same"] == before["same"]  # not run again
+    assert any("job edited: max_episode_steps 1 -> 6 changed since it was done" in r.getMessage() for r in caplog.records)
+    assert (out / "jobs" / "edited" / "episodes.replaced.jsonl").is_file()  # the old attempt's log is kept aside
+
+
+def test_resume_keeps_a_done_job_whose_only_change_is_its_policy_server(server, tmp_path):
+    out = tmp_path / "out"
+    jobs = write_jobs(tmp_path / "jobs.json", server.port, [{"name": "moved", "env_name": "walkto/fast"}])
+    assert cli.main(["batch", "--jobs", str(jobs), "--output-dir", str(out)]) == 0
+    before = batch_results(out)
+    write_jobs(out / "jobs.json", 1, [{"name": "moved", "env_name": "walkto/fast"}])  # nothing listens on port 1
+    assert cli.main(["batch", "--resume", str(out)]) == 0
+    assert batch_results(out) == before
