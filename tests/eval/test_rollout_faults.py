@@ -1,5 +1,5 @@
-"""Rollouts while the policy side goes wrong: errored episodes in the Python API's numbers, a server
-answering with the wrong batch size.
+"""Rollouts while the policy side goes wrong: a replay server restarted mid-episode, errored episodes in the Python
+API's numbers, a server answering with the wrong batch size.
 
 The replay tests serve a dataset_factory dataset (no cameras) with a real ReplayPolicy behind the sim wrapper in a
 real PolicyServer. The probe env knows the recording it must receive (from the seed the server reports): an episode
@@ -17,7 +17,7 @@ import pytest
 from dataset_factory import expected_actions, make_dataset
 from gr00t_client import BasePolicy, EmbodimentTag, ModalityConfig, PolicyClient
 from gr00t_eval.metrics import rollout_aggregates
-from gr00t_eval.rollout import RolloutConfig, register_env_prefix, run_rollout
+from gr00t_eval.rollout import PolicyRowCursor, RolloutConfig, register_env_prefix, run_rollout
 from gr00t_server.server import PolicyServer
 
 LENGTHS = (5, 8, 3, 6)  # recorded episode lengths; recorded seeds are 100 + episode (dataset_factory)
@@ -151,6 +151,82 @@ class ConstantPushPolicy(BasePolicy):
     def _get_action(self, observation, options=None):
         rows = self.rows or len(observation["state.arm"])
         return {"action.arm": np.zeros((rows, HORIZON, 3), np.float32), "action.gripper": np.zeros((rows, HORIZON, 1), np.float32)}, {}
+
+
+# -- a replay server restarted mid-rollout ------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["off", "sync"])
+def test_an_undisturbed_replay_succeeds_everywhere_even_past_its_recordings_end(replay_server, mode):
+    # Two rows: a row past its recording's end is held at its last step when the other row restarts; that clamped
+    # position is where the policy should be, not a lost one.
+    result = replay(replay_server, n_envs=2, client_chunking=mode)
+    assert [(o.error, o.success) for o in result.outcomes] == [(None, True)] * len(LENGTHS)
+
+
+@pytest.mark.parametrize("mode", ["off", "sync"])
+def test_a_replay_server_restarted_mid_episode_errors_that_episode_instead_of_failing_it(replay_server, mode):
+    # Episode 0 takes 7 steps; the server restarts after episode 1's 4th step and would replay episode 0 from step 0.
+    restart_after(replay_server, LENGTHS[0] + PAST_END + 4)
+    result = replay(replay_server, client_chunking=mode)
+    assert replay_server.restarts == 1
+    assert [o.success for o in result.outcomes if o.episode_index != 1] == [True] * (len(LENGTHS) - 1)
+    error = result.outcomes[1].error
+    assert error is not None and "policy position lost" in error
+    assert "reports episode 0 step 0" in error and "expected episode 1 step 4" in error and "restarted" in error
+    assert result.success_rate == 1.0 and result.n_errors == 1
+
+
+def test_every_row_of_a_batch_the_restarted_server_no_longer_replays_errors(replay_server):
+    # Rows 0 and 1 run episodes 0 and 1; after 3 requests (12 steps in all) both are at step 6 when the server restarts.
+    restart_after(replay_server, 12)
+    result = replay(replay_server, n_envs=2)
+    assert [o.error is not None for o in result.outcomes] == [True, True, False, False]
+    assert "env row 0, expected episode 0 step 6" in result.outcomes[0].error
+    assert "reports episode 0 step 0 for env row 1, expected episode 1 step 6" in result.outcomes[1].error
+    assert [o.success for o in result.outcomes[2:]] == [True, True]  # the reset after the restart set the new server right
+
+
+def test_async_chunking_with_a_replay_server_is_not_mistaken_for_a_lost_session(replay_server):
+    # Prefetched chunks make a fixed-advance replay drift (the docs say to replay with the default mode), so episodes
+    # fail; but the server holds every row where it was put, so none is an error.
+    result = replay(replay_server, n_envs=2, client_chunking="async")
+    assert result.n_errors == 0 and len(result.outcomes) == len(LENGTHS)
+
+
+def test_a_replay_server_advancing_other_than_n_action_steps_drifts_with_a_warning_not_errors(dataset, caplog):
+    # The misconfiguration the docs warn about (--execution-horizon other than --n-action-steps): the server holds every
+    # row where it was put, advanced by its own execution horizon, so nothing was lost; the replay drifts and fails.
+    server = RestartableServer(lambda: replay_policy(dataset, execution_horizon=HORIZON))
+    try:
+        result = replay(server, n_envs=2)
+    finally:
+        server.stop()
+    assert result.n_errors == 0 and result.success_rate < 0.5
+    assert "will drift (serve with --execution-horizon 2)" in caplog.text
+
+
+def test_a_lost_position_noted_by_a_prefetch_is_forgotten_only_for_rows_that_restart():
+    # An async prefetch's reply can be checked while the envs step; rows restarted before the runner looks have left
+    # the episode it was about, the others still have that chunk to execute.
+    cursor = PolicyRowCursor(3, n_action_steps=1)
+    cursor.commit({0: 4, 1: 5, 2: 6})
+    cursor.check_reply({"episode_index": [0, 0, 6], "current_step": [0, 0, 0], "execution_horizon": 8})
+    cursor.commit({0: 7})
+    assert list(cursor.take_position_errors([0, 1, 2])) == [1]
+    assert cursor.take_position_errors([0, 1, 2]) == {}
+
+
+def test_a_restarted_server_of_a_policy_that_reports_no_position_changes_nothing():
+    server = RestartableServer(ConstantPushPolicy)
+    ReplayProbeEnv.steps_taken = 0
+    restart_after(server, 4)
+    try:
+        result = replay(server, n_episodes=2)
+    finally:
+        ReplayProbeEnv.on_step = None
+        server.stop()
+    assert server.restarts == 1
+    assert [(o.error, o.success) for o in result.outcomes] == [(None, False), (None, False)]
 
 
 # -- the Python API's numbers -------------------------------------------------------------------------------

@@ -1,11 +1,13 @@
 """What crosses between envs and the policy: horizons from the modality config, env observation keys to the
-policy's, policy action chunks to env actions, and each row's position in the policy's replay (for resets)."""
+policy's, policy action chunks to env actions, and each row's position in the policy's replay (for resets, and
+to notice a policy that lost it)."""
 
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import gymnasium as gym
 import numpy as np
@@ -91,11 +93,17 @@ class ObservationMapper:
 
 
 class PolicyRowCursor:
-    """Per-row reset options for a policy serving a batch of env rows.
+    """Where a policy serving a batch of env rows holds each row: per-row reset options, and a check of its replies.
 
     A stateful policy (ReplayPolicy) takes one `episode_index` and `step_index` per row, so restarting one row
     must repeat the other rows' current positions: they are read from the last get_action info
     (`current_step` + `execution_horizon`, clamped to `episode_length` - 1) or counted in n_action_steps.
+
+    A policy that reports its position in each get_action info (`episode_index`, and `current_step` before the
+    call with the `execution_horizon` it then advances) must report, per row, the episode it was last reset to
+    and the step it was reset to plus one execution horizon per request since. Anything else means it lost this
+    client's session (a restarted server, an evicted session) and replays another episode: `check_reply` notes
+    such rows and `take_position_errors` hands them to the runner. Policies that report no position pass.
     """
 
     def __init__(self, n_rows: int, n_action_steps: int) -> None:
@@ -104,6 +112,10 @@ class PolicyRowCursor:
         self.lengths: List[Optional[int]] = [None] * n_rows
         self.n_action_steps = n_action_steps
         self._warned = False
+        # The step the policy must report at its next request, per row (None: unknown); set by each reset.
+        self._expected_steps: List[Optional[int]] = [None] * n_rows
+        self._position_errors: Dict[int, str] = {}
+        self._lock = threading.Lock()  # replies may come from an ActionChunker's prefetch thread
 
     def after_get_action(self, info: Mapping[str, Any]) -> None:
         """Advance every row's expected next step from a get_action info."""
@@ -125,19 +137,85 @@ class PolicyRowCursor:
 
     def reset_options(self, started: Mapping[int, int]) -> Dict[str, Any]:
         """Options restarting rows `started` ({row: episode_index}) at step 0, the others where they are."""
-        episodes, steps = list(self.episodes), []
-        for row, (episode_step, length) in enumerate(zip(self.next_steps, self.lengths)):
-            if row in started:
-                episodes[row] = started[row]
-                steps.append(0)
-            else:
-                steps.append(min(episode_step, length - 1) if length else episode_step)
+        episodes = [started.get(row, episode) for row, episode in enumerate(self.episodes)]
+        steps = [0 if row in started else self._held_step(row) for row in range(len(self.episodes))]
         return {"episode_index": episodes, "step_index": steps}
 
     def commit(self, started: Mapping[int, int]) -> None:
-        """Record that the policy accepted the reset of rows `started`."""
-        for row, episode in started.items():
-            self.episodes[row], self.next_steps[row], self.lengths[row] = episode, 0, None
+        """Record that the policy accepted the reset of rows `started` (and so holds every row where it was told)."""
+        with self._lock:
+            self._expected_steps = [0 if row in started else self._held_step(row) for row in range(len(self.episodes))]
+            for row, episode in started.items():
+                self.episodes[row], self.next_steps[row], self.lengths[row] = episode, 0, None
+                self._position_errors.pop(row, None)  # about the episode the row has just left
+
+    def _held_step(self, row: int) -> int:
+        """The step_index a reset repeats for a row it does not restart: where it is, clamped to its episode."""
+        length = self.lengths[row]
+        return min(self.next_steps[row], length - 1) if length else self.next_steps[row]
+
+    def check_reply(self, info: Any) -> None:
+        """Compare the position a get_action reply reports with the expected one, per row, then advance it."""
+        if not isinstance(info, Mapping):
+            return
+        n = len(self.episodes)
+        reported_episodes = _per_row(info.get("episode_index"), n)
+        reported_steps = _per_row(info.get("current_step"), n)
+        horizon = info.get("execution_horizon")
+        advance = int(horizon) if _is_int(horizon) else None
+        with self._lock:
+            for row in range(n):
+                episode = reported_episodes[row] if reported_episodes is not None else None
+                step = reported_steps[row] if reported_steps is not None else None
+                expected_step = self._expected_steps[row]
+                episode_differs = _is_int(episode) and episode != self.episodes[row]
+                step_differs = _is_int(step) and expected_step is not None and step != expected_step
+                if (episode_differs or step_differs) and row not in self._position_errors:
+                    self._position_errors[row] = _position_error(row, episode, step, self.episodes[row], expected_step)
+                # Without its execution horizon the policy's next position is unknown: no step check until a reset.
+                self._expected_steps[row] = int(step) + advance if _is_int(step) and advance is not None else None
+
+    def take_position_errors(self, rows: Sequence[int]) -> Dict[int, str]:
+        """{row: reason} for `rows` whose policy position was lost since the last call; forgets every noted row."""
+        with self._lock:
+            errors = {row: reason for row, reason in self._position_errors.items() if row in rows}
+            self._position_errors.clear()
+        return errors
+
+
+class PositionCheckedPolicy:
+    """The policy as the rollout asks it for actions: each get_action reply's info goes to `cursor.check_reply`.
+
+    It also wraps what an ActionChunker calls, so prefetched replies are checked in the order they arrive.
+    """
+
+    def __init__(self, policy: Any, cursor: PolicyRowCursor) -> None:
+        self.policy = policy
+        self.cursor = cursor
+
+    def get_action(self, observation: Any, options: Optional[Dict[str, Any]] = None) -> Tuple[Any, Any]:
+        """The policy's (action, info), after the info's positions were checked."""
+        # Options only when there are some: the rollout has always called get_action(observation) alone.
+        action, info = self.policy.get_action(observation) if options is None else self.policy.get_action(observation, options)
+        self.cursor.check_reply(info)
+        return action, info
+
+    def reset(self, options: Optional[Dict[str, Any]] = None) -> Any:
+        """The policy's reset, unchanged."""
+        return self.policy.reset(options)
+
+
+def _position_error(row: int, episode: Any, step: Any, expected_episode: int, expected_step: Optional[int]) -> str:
+    reported = " ".join(part for part in (
+        f"episode {episode}" if _is_int(episode) else "", f"step {step}" if _is_int(step) else "") if part)
+    expected = f"episode {expected_episode}" + ("" if expected_step is None else f" step {expected_step}")
+    return (f"policy position lost: the policy reports {reported} for env row {row}, expected {expected} "
+            f"(the policy server was probably restarted or dropped this client's session, so it no longer replays "
+            f"this episode)")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _per_row(value: Any, n: int) -> Optional[List[Any]]:

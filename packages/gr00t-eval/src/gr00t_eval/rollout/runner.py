@@ -5,8 +5,10 @@ with seed `seed + i`, on whichever env row is free; every started episode runs t
 no episode beyond n_episodes is started, so short episodes are not over-represented. When a row starts an
 episode the policy is reset for that row only (per-row reset options, see `PolicyRowCursor`) with
 `episode_index` i. Indices count from `first_episode`, so a shard's episodes keep the seeds and replayed
-episodes they have in the whole run. An episode whose env or policy call fails is scored as failed with its
-reason and the run goes on.
+episodes they have in the whole run. An episode whose env or policy call fails is scored as errored with its
+reason and the run goes on. So is an episode whose policy reports a position (episode, step) other than the one
+the rollout put it at (`PolicyRowCursor.check_reply`): a replay server that was restarted, or that dropped the
+session, replays another recording from there on.
 
 Client chunking (`client_chunking` "sync" or "async", opt-in): the envs step one env step per policy call and a
 gr00t_client ActionChunker hands out the steps of its buffered chunks (async: it prefetches the next chunk in the
@@ -35,7 +37,7 @@ from ..video import EpisodeVideoRecorder
 from .liveness import PolicyServerUnreachableError, ServerWatch
 from .envs import EnvFactory, embodiment_for_env, env_factory
 from .multistep import EpisodeSummary, MultiStepWrapper
-from .policy_io import HorizonSpec, ObservationMapper, PolicyRowCursor, policy_actions
+from .policy_io import HorizonSpec, ObservationMapper, PolicyRowCursor, PositionCheckedPolicy, policy_actions
 
 logger = logging.getLogger(__name__)
 
@@ -330,14 +332,14 @@ class RolloutRunner:
         return failed
 
     # -- policy calls -----------------------------------------------------------------------------
-    def _make_chunker(self) -> Optional[ActionChunker]:
+    def _make_chunker(self, policy: PositionCheckedPolicy) -> Optional[ActionChunker]:
         mode = self.config.client_chunking
         if mode == "off":
             return None
         # per_env=False: every request carries all rows, so a server keeping per-row state sees each row in place.
         logger.info("client chunking %s: one env step per call, %d steps of each chunk, merge %s, rtc frozen steps %s",
                     mode, self.config.n_action_steps, self.config.chunk_merge, self.config.rtc_frozen_steps)
-        return ActionChunker(self.policy, n_action_steps=self.config.n_action_steps, asynchronous=mode == "async",
+        return ActionChunker(policy, n_action_steps=self.config.n_action_steps, asynchronous=mode == "async",
                              merge=self.config.chunk_merge, rtc_frozen_steps=self.config.rtc_frozen_steps)
 
     def _restart_chunks(self, started: Mapping[int, int]) -> None:
@@ -349,16 +351,18 @@ class RolloutRunner:
         if chunker.n_envs is not None:  # None: no chunk fetched yet, nothing buffered
             chunker.reset(env_ids=sorted(started))
 
-    def _act(self, observation: Dict[str, Any], action_space: gym.spaces.Dict) -> Tuple[Dict[str, np.ndarray], Mapping[str, Any]]:
+    def _act(self, policy: PositionCheckedPolicy, observation: Dict[str, Any],
+             action_space: gym.spaces.Dict) -> Tuple[Dict[str, np.ndarray], Mapping[str, Any]]:
         """The env action for this vector step and the info for the row cursor."""
+        n_rows = len(self.row_episode)
         if self.chunker is None:
-            action, info = self.policy.get_action(observation)
-            return policy_actions(action, action_space, self.config.n_action_steps, len(self.row_episode)), info or {}
+            action, info = policy.get_action(observation)
+            return policy_actions(action, action_space, self.config.n_action_steps, n_rows), info or {}
         step, chunk_info = self.chunker.get_action(observation)
         # The cursor counts one step per call; only the episode length (for clamping) comes from the policy.
         lengths = chunk_info["policy_info"].get("episode_length")
         single_step = {key: np.asarray(value)[:, None] for key, value in step.items()}  # (B, D) -> (B, 1, D)
-        return policy_actions(single_step, action_space, 1, len(self.row_episode)), ({} if lengths is None else {"episode_length": lengths})
+        return policy_actions(single_step, action_space, 1, n_rows), ({} if lengths is None else {"episode_length": lengths})
 
     def _loop(self, vec: gym.vector.VectorEnv, spec: HorizonSpec, n_envs: int) -> None:
         bar = None
@@ -368,7 +372,8 @@ class RolloutRunner:
             bar = tqdm(total=len(self.episodes), desc="Episodes")
         self.row_episode = [IDLE] * n_envs
         cursor = PolicyRowCursor(n_envs, self.config.env_steps_per_call)
-        self.chunker = self._make_chunker()
+        checked = PositionCheckedPolicy(self.policy, cursor)
+        self.chunker = self._make_chunker(checked)
         mapper: Optional[ObservationMapper] = None
         pending: Set[int] = set(range(n_envs))
         first = True
@@ -388,13 +393,20 @@ class RolloutRunner:
                 if mapper is None:
                     mapper = ObservationMapper(spec, list(obs))
                 try:
-                    env_action, info = self._act(mapper(obs), vec.single_action_space)
+                    env_action, info = self._act(checked, mapper(obs), vec.single_action_space)
                     self.watch.request_succeeded()
                 except Exception as exc:  # noqa: BLE001 - one batch failed: score its episodes, keep going
                     pending = set(active)
                     self._policy_failed(active, "get_action", exc, bar)
                     continue
                 cursor.after_get_action(info)
+                lost = cursor.take_position_errors(active)
+                for row, reason in sorted(lost.items()):  # the policy replays something else for these rows now
+                    self._fail(row, reason, bar)
+                    pending.add(row)
+                active = [row for row in active if row not in lost]
+                if not active:
+                    continue
                 obs, _, terminated, truncated, infos = vec.step(env_action)
                 for row in active:
                     if terminated[row] or truncated[row]:
