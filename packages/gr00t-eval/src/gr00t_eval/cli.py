@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Set
 
 from . import connection, scale_cli
 from .cli_errors import USAGE_EXIT_CODE, UsageError
@@ -195,6 +195,23 @@ def _no_abbreviations(subparsers: Any) -> None:
     subparsers.add_parser = add_parser
 
 
+def subcommand_parsers(parser: argparse.ArgumentParser) -> Dict[str, argparse.ArgumentParser]:
+    """The sub-command parsers of `parser` by name."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def given_flags(argv: Sequence[str]) -> Set[str]:
+    """The argument dests that `argv` itself sets (not left at their defaults): parsed again with no defaults."""
+    parser = build_parser()
+    for each in [parser, *subcommand_parsers(parser).values()]:
+        for action in each._actions:
+            action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(list(argv))))
+
+
 def _add_refused_model_path(p: argparse.ArgumentParser) -> None:
     p.add_argument(*_flag("model-path"), dest="model_path_flag", default=None, help=argparse.SUPPRESS)
 
@@ -344,6 +361,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .run_dir import INTERRUPTED_EXIT_CODE
 
     args = build_parser().parse_args(argv)
+    if args.command == "rollout" and args.resume:  # which run settings a resume was given (it refuses changes)
+        args.given_flags = given_flags(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=getattr(logging, args.log_level), format="%(levelname)s:%(name)s:%(message)s")
     try:
         return _run_command(args)

@@ -109,8 +109,31 @@ def _rollout_output_dir(args: argparse.Namespace, label: str, shard: Any) -> Pat
     from .run_dir import episode_log_name, fresh_dated_output_dir, prepare_output_dir, run_file_name
 
     path = Path(args.output_dir) if args.output_dir else fresh_dated_output_dir(DEFAULT_ROLLOUT_BASE, label)
+    if shard is None and args.video_dir and not args.no_video:
+        _prepare_video_dir(Path(args.video_dir), path, args.overwrite)
     own = None if shard is None else [run_file_name(shard), episode_log_name(shard), f"results_shard{shard.index}of{shard.count}.json"]
     return prepare_output_dir(path, overwrite=args.overwrite, own_files=own)
+
+
+def _prepare_video_dir(video_dir: Path, output_dir: Path, overwrite: bool) -> None:
+    """A --video-dir outside the output directory follows its rule: refused when not empty, unless --overwrite
+    (which empties it), so videos of an earlier run never sit beside this run's under the same names.
+
+    Shards of one plan share their videos folder (each writes its own episodes), so they skip this check.
+    """
+    from .cli_errors import UsageError
+    from .run_dir import prepare_output_dir
+
+    inside = video_dir.resolve() == output_dir.resolve() or output_dir.resolve() in video_dir.resolve().parents
+    if inside:  # covered by the output directory's own check
+        return
+    if video_dir.exists() and not video_dir.is_dir():
+        raise UsageError(f"--video-dir {video_dir} exists and is not a directory")
+    if video_dir.is_dir() and any(video_dir.iterdir()):
+        if not overwrite:
+            raise UsageError(f"--video-dir {video_dir} is not empty; pass --overwrite to empty it (and --output-dir) or "
+                             "name a new directory, so videos of an earlier run never mix with this run's")
+        prepare_output_dir(video_dir, overwrite=True)
 
 
 def _check_rollout_args(args: argparse.Namespace) -> None:
@@ -146,7 +169,8 @@ def run_rollout_command(args: argparse.Namespace) -> int:
     from .rollout import RolloutConfig
     from .rollout.runner import draw_base_seed
     from .ray_runner import parse_servers
-    from .run_dir import EpisodeLog, episode_log_name, read_run_file, write_run_file
+    from .run_dir import (EpisodeLog, add_earlier_eval_s, earlier_results, episode_log_name, read_run_file,
+                          refuse_changed_settings, write_run_file)
     from .shard import ShardSpec
 
     try:  # a bad host list fails before the output directory is made
@@ -157,11 +181,14 @@ def run_rollout_command(args: argparse.Namespace) -> int:
     if shard is not None and args.ray_address:
         raise UsageError("--shard and --ray-address do not combine (Ray makes its own shards)")
     done: List[EpisodeOutcome] = []
+    earlier = None
     if args.resume:  # a Ray run resumes like any other: its driver logged every episode in episodes.jsonl
         output_dir = Path(args.resume)
         saved = read_run_file(output_dir, shard)
+        refuse_changed_settings(args, saved)
         env_spec = saved["env_name"]
         config = RolloutConfig(**saved["config"])
+        earlier = earlier_results(output_dir, shard)
         done = [EpisodeOutcome.from_json_dict(e) for e in EpisodeLog(output_dir / episode_log_name(shard)).read()]
         finished = sum(1 for o in done if o.error is None)
         print(f"Resuming {output_dir}: {finished} episodes finished, the rest of {env_spec} runs now (base seed {config.seed})")
@@ -178,6 +205,8 @@ def run_rollout_command(args: argparse.Namespace) -> int:
                                     "shard": None if shard is None else str(shard)}, shard)
     print(f"Output directory: {output_dir} (base seed {config.seed})")
     results = _run(args, env_spec, config, shard, done, output_dir)
+    if earlier is not None:
+        add_earlier_eval_s(results, earlier)
     return _report_rollout(args, results, output_dir, shard)
 
 

@@ -1,0 +1,133 @@
+"""`rollout --resume DIR` runs with DIR's saved settings: other settings on its command line are refused, not
+dropped, and the resumed run's eval_s covers every attempt. A shared --video-dir is refused like --output-dir.
+Real PolicyServer on loopback, the real CLI."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from eval.scale_fixtures import ConstantPolicy, policy_server, run_cli
+from gr00t_eval import cli
+from serving import running_server
+
+SMALL = ["--n-envs", "1", "--n-action-steps", "2", "--max-episode-steps", "6", "--no-video", "--vectorization", "sync"]
+
+
+@pytest.fixture(scope="module")
+def server():
+    with policy_server() as running:
+        yield running
+
+
+def rollout(port, *extra):
+    return cli.main(["rollout", "--policy-client-port", str(port), *extra])
+
+
+@pytest.fixture
+def finished_run(server, tmp_path):
+    out = tmp_path / "run"
+    assert rollout(server.port, "--env-name", "walkto/fast", "--n-episodes", "2", "--seed", "0", *SMALL,
+                   "--output-dir", str(out)) == 0
+    return out
+
+
+def test_resume_refuses_settings_that_differ_from_the_saved_run_naming_each(server, finished_run, capsys):
+    before = (finished_run / "results.json").read_text()
+    capsys.readouterr()
+    code = rollout(server.port, "--resume", str(finished_run), "--env-name", "walkto/slow", "--n-episodes", "10",
+                   "--max-episode-steps", "5")
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "--env-name walkto/slow (saved: walkto/fast)" in err
+    assert "--n-episodes 10 (saved: 2)" in err and "--max-episode-steps 5 (saved: 6)" in err
+    assert "Drop those flags to resume" in err
+    assert (finished_run / "results.json").read_text() == before
+
+
+def test_resume_refuses_a_setting_given_at_its_default_value_when_the_run_saved_another(server, finished_run, capsys):
+    assert rollout(server.port, "--resume", str(finished_run), "--n-episodes", "50") == 2  # 50 is the flag's default
+    assert "--n-episodes 50 (saved: 2)" in capsys.readouterr().err
+
+
+def test_resume_accepts_the_saved_settings_repeated_and_connection_flags(server, finished_run):
+    assert rollout(server.port, "--resume", str(finished_run), "--env-name", "walkto/fast", "--n-episodes", "2",
+                   "--timeout-ms", "5000", "--allow-errors") == 0
+
+
+def test_resume_through_the_parsed_arguments_alone_refuses_non_default_settings(server, finished_run):
+    # Callers that parse the command line themselves (no cli.main) still get the check, against the flag defaults.
+    from gr00t_eval.cli_errors import UsageError
+
+    with pytest.raises(UsageError, match="--client-chunking sync \\(saved: off\\)"):
+        run_cli(["rollout", "--policy-client-port", str(server.port), "--resume", str(finished_run), "--client-chunking", "sync"])
+
+
+class SlowPolicyRefusingOneResetOnce(ConstantPolicy):
+    """ConstantPolicy taking 30 ms per call whose first reset of episode 1 is refused (the episode errors)."""
+
+    def __init__(self):
+        super().__init__()
+        self.refused = False
+
+    def reset(self, options=None):
+        episodes = (options or {}).get("episode_index")
+        if not self.refused and 1 in (episodes if isinstance(episodes, list) else [episodes]):
+            self.refused = True
+            raise IndexError("episode_index 1 refused once")
+        return {}
+
+    def _get_action(self, observation, options=None):
+        time.sleep(0.03)
+        return super()._get_action(observation, options)
+
+
+def test_eval_s_after_a_resume_covers_every_attempt(tmp_path):
+    out = tmp_path / "run"
+    with running_server(SlowPolicyRefusingOneResetOnce()) as slow:
+        assert rollout(slow.port, "--env-name", "walkto/fast", "--n-episodes", "4", "--seed", "0", *SMALL,
+                       "--output-dir", str(out)) == 1
+        first = json.loads((out / "results.json").read_text())
+        assert first["overall"]["n_errors"] == 1
+        assert rollout(slow.port, "--resume", str(out)) == 0  # reruns the errored episode only
+    second = json.loads((out / "results.json").read_text())
+    assert second["overall"]["n_errors"] == 0 and second["overall"]["n_episodes"] == 4
+    assert second["overall"]["eval_s"] > first["overall"]["eval_s"]
+    assert second["per_task"]["walkto/fast"]["eval_s"] == pytest.approx(second["overall"]["eval_s"])
+    assert second["overall"]["eval_ep_s"] == pytest.approx(second["overall"]["eval_s"] / 4)
+    assert second["aggregated"] == second["overall"]
+    assert json.loads((out / "eval_info.json").read_text())["overall"]["eval_s"] == pytest.approx(second["overall"]["eval_s"])
+
+
+# --- --video-dir --------------------------------------------------------------------------------------------
+
+
+def video_run(port, out, video_dir, *extra):
+    small = [flag for flag in SMALL if flag != "--no-video"]
+    return rollout(port, "--env-name", "walkto/fast", "--n-episodes", "1", "--seed", "0", *small,
+                   "--output-dir", str(out), "--video-dir", str(video_dir), *extra)
+
+
+def test_a_non_empty_video_dir_is_refused_like_the_output_dir(server, tmp_path, capsys):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "episode_0000_failure.mp4").write_bytes(b"an earlier run's video")
+    assert video_run(server.port, tmp_path / "run", videos) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--video-dir {videos} is not empty" in err and "--overwrite" in err
+    assert (videos / "episode_0000_failure.mp4").is_file() and not (tmp_path / "run").exists()
+
+
+def test_overwrite_empties_a_non_empty_video_dir(server, tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "episode_0000_failure.mp4").write_bytes(b"an earlier run's video")
+    assert video_run(server.port, tmp_path / "run", videos, "--overwrite") == 0
+    assert not (videos / "episode_0000_failure.mp4").exists()
+
+
+def test_a_video_dir_inside_the_new_output_dir_or_new_is_used_as_given(server, tmp_path):
+    assert video_run(server.port, tmp_path / "a", tmp_path / "a" / "clips") == 0
+    assert video_run(server.port, tmp_path / "b", tmp_path / "new_videos") == 0
