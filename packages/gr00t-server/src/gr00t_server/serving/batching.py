@@ -7,9 +7,8 @@ from typing import Any, Callable, Collection, Deque, Dict, FrozenSet, Hashable, 
 
 import numpy as np
 
+from .messages import TIMING_OPTION
 from .wrappers import policy_chain
-
-TIMING_OPTION = "return_server_timing"
 # The longest a partial batch is held for clients still expected (PolicyServer and `serve` default): the adaptive
 # window stays below it. Chosen with benchmarks/throughput.py (sleep 20+1/row, 16 clients; see docs/serving.md).
 DEFAULT_BATCH_TIMEOUT_MS = 20.0

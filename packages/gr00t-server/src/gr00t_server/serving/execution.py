@@ -12,11 +12,11 @@ from gr00t_client import codec
 from gr00t_client.client import ERROR_MARKER
 
 from . import batching, limits as work_limits
-from .batching import TIMING_OPTION, GatherWindow
+from .batching import GatherWindow
 from .endpoints import RateLimitedLog, error_text
 from .messages import WIRE_NPSAVE, Request, RequestError, encode_reply, encode_timed_reply
 from .sessions import session_dropper
-from .worker import InlineGate, Job, Reply, only_get_action
+from .worker import InlineCallAbandoned, InlineGate, Job, Reply, only_get_action
 from .wrappers import policy_chain
 
 if TYPE_CHECKING:
@@ -59,15 +59,22 @@ class JobRunner:
 
     def execute(self, job: Job) -> List[Reply]:
         """Run one job (on the worker, or a cheap get_action on the socket thread): drop expired requests, evict idle
-        sessions, call the policy, encode."""
+        sessions, call the policy, encode. Every request of the job gets exactly one reply, whatever fails: a policy's
+        SystemExit, KeyboardInterrupt or CancelledError too (answered as an internal error; the server goes on)."""
         started = time.monotonic()
-        replies = self._execute(job, started)
+        replies: List[Reply] = []
+        try:
+            self._execute(job, started, replies)
+        except InlineCallAbandoned:  # the socket loop answers the job itself and ends run()
+            raise
+        except BaseException as exc:
+            answered = {id(request) for request, _ in replies}
+            replies.extend((request, self.error_frames(request, exc)) for request in job if id(request) not in answered)
         if only_get_action(job):
             self._gate.observe(time.monotonic() - started)
         return replies
 
-    def _execute(self, job: Job, now: float) -> List[Reply]:
-        replies: List[Reply] = []
+    def _execute(self, job: Job, now: float, replies: List[Reply]) -> None:
         live: List[Request] = []
         for request in job:
             if request.expired(now):
@@ -82,11 +89,9 @@ class JobRunner:
             for request in live:
                 self._evict_sessions(self._server.sessions.touch(request.session))
         if len(live) == 1:
-            reply = self.serve_one(live[0])
-            replies.extend([reply] if reply is not None else [])
+            replies.append(self.serve_one(live[0]))
         elif live:
-            replies.extend(self._run_group(live))
-        return replies
+            self._run_group(live, replies)
 
     def _evict_sessions(self, evicted: List[str]) -> None:
         drop = session_dropper(self._server.policy)
@@ -120,7 +125,7 @@ class JobRunner:
         finally:
             self.current = None
 
-    def serve_one(self, request: Request) -> Optional[Reply]:
+    def serve_one(self, request: Request) -> Reply:
         """Call the request's endpoint and encode its reply (or its error)."""
         started = time.monotonic()
         try:
@@ -132,9 +137,10 @@ class JobRunner:
             self._window.observe_call(policy_ms / 1000.0)
         return self.result_frames(request, result, policy_ms, 1, policy_started=started)
 
-    def _run_group(self, group: List[Request]) -> List[Reply]:
+    def _run_group(self, group: List[Request], replies: List[Reply]) -> None:
+        """Serve get_action requests as one merged policy call, appending each request's reply to `replies` as it is
+        made (so that a failure part-way leaves execute() knowing who is still unanswered)."""
         policy = self._server.policy
-        replies: List[Reply] = []
         valid: List[Request] = []
         for request in group:  # validate each client alone so a bad observation fails only its sender
             try:
@@ -145,7 +151,9 @@ class JobRunner:
             except Exception as exc:
                 replies.append((request, self.error_frames(request, exc)))
         if len(valid) <= 1:
-            return replies + [reply for reply in map(self.serve_one, valid) if reply is not None]
+            for request in valid:
+                replies.append(self.serve_one(request))
+            return
         started = time.monotonic()
         try:
             merged, rows = batching.merge_observations([r.data["observation"] for r in valid])
@@ -154,7 +162,9 @@ class JobRunner:
             parts = batching.split_result(action, info, rows, batching.declared_per_row_info_keys(policy))
         except Exception as exc:
             logger.warning("batched get_action of %d requests failed (%s); serving them one by one", len(valid), type(exc).__name__)
-            return replies + [reply for reply in map(self.serve_one, valid) if reply is not None]
+            for request in valid:
+                replies.append(self.serve_one(request))
+            return
         policy_ms = (time.monotonic() - started) * 1000.0
         self._window.observe_call(policy_ms / 1000.0)
         self._server.stats.record_batch(len(valid))
@@ -167,7 +177,6 @@ class JobRunner:
                 replies.append((request, self.error_frames(request, exc)))
                 continue
             replies.append(self.result_frames(request, [part_action, part_info], policy_ms, len(valid), policy_started=started))
-        return replies
 
     # --- replies (either thread) -------------------------------------------------------------------
 
@@ -192,8 +201,7 @@ class JobRunner:
                 "batch_size": batch_size,
                 **request.timing,
             }
-            options = request.data.get("options") if isinstance(request.data, dict) else None
-            wants_timing = isinstance(options, dict) and bool(options.get(TIMING_OPTION)) and isinstance(result[1], dict)
+            wants_timing = request.wants_timing and isinstance(result[1], dict)  # checked when it came (_route)
         started = time.monotonic()
         try:
             if not wants_timing:

@@ -27,8 +27,9 @@ from .messages import (
     peer_address,
     session_of,
     split_routing,
+    timing_requested,
 )
-from .worker import InlineGate, Job, PolicyWorker, only_get_action
+from .worker import InlineCallAbandoned, InlineGate, Job, PolicyWorker, only_get_action
 
 if TYPE_CHECKING:
     from .server import PolicyServer
@@ -40,11 +41,6 @@ logger = logging.getLogger("gr00t_server.serving.server")  # PolicyServer's log:
 DEFAULT_CLIENT_QUEUED_BYTES = 16 * 1024 * 1024
 ACTIVE_CLIENT_WINDOW_S = 1.0  # a client that sent get_action this recently is expected to send again
 RECEIVE_BURST = 64  # messages taken off the socket per loop turn before replies and dispatch get a turn
-
-
-class InlineCallAbandoned(BaseException):
-    """Raised into a policy call on the socket thread that outlived a stop by shutdown_timeout_s (a BaseException,
-    so that the policy's `except Exception` does not swallow it); run() ends on it as after any stop."""
 
 
 class RequestLoop:
@@ -137,6 +133,7 @@ class RequestLoop:
                 raise RequestError(f"Unknown endpoint: {request.endpoint} (known endpoints: {', '.join(server.endpoints)})")
             if request.endpoint == "get_action" and isinstance(request.data, dict):
                 work_limits.check_observation(request.data.get("observation"), server.limits)
+                request.wants_timing = timing_requested(request.data)  # refused here unless a bool
             self._admit(request)
         except Exception as exc:
             self.reply_error(request, exc)
@@ -203,8 +200,8 @@ class RequestLoop:
                 self.reply_error(request, RequestError(f"server is shutting down; '{request.endpoint}' did not finish "
                                                        f"within {self._server.shutdown_timeout_s:g} s"))
             raise
-        except BaseException as exc:  # execute answers every Exception itself; this is e.g. a policy's SystemExit,
-            # which the worker would log and survive too: answered as an internal error (and logged), never left open
+        except BaseException as exc:  # execute answers every failure itself (a policy's SystemExit too); should it
+            # fail all the same, each request is still answered as an internal error, as the worker does
             replies = [(request, self._runner.error_frames(request, exc)) for request in job]
         finally:
             self._inline_job = 0

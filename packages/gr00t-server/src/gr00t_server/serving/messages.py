@@ -8,12 +8,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+import numpy as np
 import zmq
 
 from gr00t_client import codec
 from gr00t_client.client import ERROR_MARKER
 
 MAX_ERROR_CHARS = 1000  # an error reply never grows with the request that caused it
+TIMING_OPTION = "return_server_timing"  # a get_action option: add server_timing to the reply's info
 TIMEOUT_FIELD = "timeout_ms"  # the client's remaining budget, sent in the envelope (reference servers ignore it)
 
 # Request.wire_format values
@@ -47,6 +49,7 @@ class Request:
     admitted: bool = False  # counted against the queue budgets until its reply is sent
     outcome: str = "ok"  # how it was answered, for metrics: ok, error, refused, expired, internal_error
     rows: int = 1  # observation rows of a gathered get_action (batching.total_rows), counted once when gathered
+    wants_timing: bool = False  # a get_action whose options ask for server_timing (timing_requested)
 
     def expired(self, now: Optional[float] = None) -> bool:
         """True once the client's deadline has passed (it no longer waits for the reply)."""
@@ -117,6 +120,18 @@ def check_envelope(envelope: Any, api_token: Optional[str]) -> Dict[str, Any]:
     return envelope
 
 
+def timing_requested(data: Any) -> bool:
+    """Whether a get_action's options ask for server_timing; RequestError naming the option unless it is a bool."""
+    options = data.get("options") if isinstance(data, dict) else None
+    if not isinstance(options, dict):
+        return False  # no options, or options the handler refuses itself
+    value = options.get(TIMING_OPTION)
+    if value is None or isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    shown = f"{type(value).__name__} {value!r:.40}" if isinstance(value, (int, float, str, bytes)) else type(value).__name__
+    raise RequestError(f"options['{TIMING_OPTION}'] must be true or false (a bool), got {shown}")
+
+
 def session_of(envelope: Dict[str, Any], max_chars: int) -> Optional[str]:
     """The envelope's session_id (None when absent or not a non-empty str); RequestError when too long."""
     session = envelope.get("session_id")
@@ -167,6 +182,17 @@ def encode_reply(request: Request, body: Any, ok: bool) -> List[Any]:
     if ok:
         return [codec.encode(body)]
     return [codec.encode({"error": body, ERROR_MARKER: True, "endpoint": request.endpoint})]
+
+
+_LAST_RESORT_ERROR = codec.encode({"error": "internal error", ERROR_MARKER: True})
+
+
+def last_resort_error_frames(request: Request) -> List[Any]:
+    """An "internal error in <endpoint>" reply for when building the proper one failed: never raises."""
+    try:
+        return encode_reply(request, f"internal error in {request.endpoint[:100]}", ok=False)
+    except Exception:
+        return [_LAST_RESORT_ERROR]
 
 
 def encode_timed_reply(request: Request, action: Any, info: Dict[str, Any], timing: Dict[str, Any], started: float) -> List[Any]:

@@ -402,7 +402,7 @@ class PolicyServer:
             self._running = True
             self._run_done.clear()
         restore: Callable[[], None] = lambda: None
-        worker = PolicyWorker(self._runner.execute, transport.wake)
+        worker = PolicyWorker(self._runner.execute, transport.wake, self._runner.error_frames)
         self._worker = worker
         try:
             worker.start()

@@ -8,7 +8,7 @@ import queue
 import threading
 from typing import Any, Callable, Deque, List, Optional, Tuple
 
-from .messages import Request
+from .messages import Request, last_resort_error_frames
 
 logger = logging.getLogger("gr00t_server.serving")
 
@@ -52,16 +52,29 @@ class InlineGate:
         return self.limit_s > 0 and self._fast >= self.streak
 
 
+class InlineCallAbandoned(BaseException):
+    """Raised into a policy call on the socket thread that outlived a stop by shutdown_timeout_s (a BaseException,
+    so that the policy's `except Exception` does not swallow it); run() ends on it as after any stop."""
+
+
 class PolicyWorker:
     """Runs jobs one at a time on its own thread (the ZeroMQ guide's ROUTER-to-worker pattern).
 
     `execute(job)` returns the encoded replies; they are put in `outbox` and `notify()` wakes the socket
     thread, which alone sends. Jobs run in submission order, so stateful endpoints of one session stay ordered.
+    Should `execute` itself fail, every request of the job is answered with `fail(request, exc)`: the socket
+    thread frees a request's queue slot only when it sends its reply, so a job left unanswered would leak its slots.
     """
 
-    def __init__(self, execute: Callable[[Job], List[Reply]], notify: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        execute: Callable[[Job], List[Reply]],
+        notify: Callable[[], None],
+        fail: Optional[Callable[[Request, BaseException], List[Any]]] = None,
+    ) -> None:
         self._execute = execute
         self._notify = notify
+        self._fail = fail
         self._jobs: "queue.Queue[Optional[Job]]" = queue.Queue()
         self.outbox: Deque[Reply] = collections.deque()
         self._pending = 0  # jobs submitted and not finished (the socket thread reads it)
@@ -115,10 +128,18 @@ class PolicyWorker:
                 return
             try:
                 replies = self._execute(job)
-            except BaseException:  # execute answers every failure itself; this is the last line of defence
-                logger.exception("policy worker failed on a job of %d request(s)", len(job))
-                replies = []
+            except BaseException as exc:  # execute answers every failure itself; this is the last line of defence
+                logger.exception("policy worker failed on a job of %d request(s); answering each with an error", len(job))
+                replies = [(request, self._failure_frames(request, exc)) for request in job]
             self.outbox.extend(replies)
             with self._lock:
                 self._pending -= 1
             self._notify()
+
+    def _failure_frames(self, request: Request, exc: BaseException) -> List[Any]:
+        if self._fail is not None:
+            try:
+                return self._fail(request, exc)
+            except BaseException:
+                logger.exception("could not encode the error reply of a failed job")
+        return last_resort_error_frames(request)

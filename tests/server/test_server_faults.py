@@ -1,0 +1,184 @@
+"""Faults the server audit found (docs/serving.md, docs/protocol.md §6): every request gets one reply, success or a
+clear error, its queue slot is freed, and the server answers the next one. Real ZeroMQ sockets on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from typing import Any, Dict, List, Optional
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+from reference_peer import EchoPolicy, raw_round_trip
+from serving import running_server
+
+from gr00t_client import BasePolicy, PolicyClient, PolicyServerError, codec
+from gr00t_server.serving import execution
+from gr00t_server.serving.endpoints import RateLimitedLog
+from gr00t_server.serving.execution import JobRunner
+
+ARRAY_REFERENCE_EXT = 42  # a multipart header's "array in frame N"
+
+
+def small_observation(rows: int = 1, value: float = 0.0) -> Dict[str, Any]:
+    return {"state": {"x": np.full((rows, 1, 3), value, np.float32)}}
+
+
+def get_action_message(observation: Any, options: Any = None, **envelope: Any) -> bytes:
+    return codec.encode({"endpoint": "get_action", "data": {"observation": observation, "options": options}, **envelope})
+
+
+def decoded(frames: Optional[List[bytes]]) -> Any:
+    assert frames is not None, "no reply"
+    return codec.decode_multipart(frames) if codec.is_multipart(frames) else codec.decode(frames[-1])
+
+
+def error_of(frames: Optional[List[bytes]]) -> str:
+    reply = decoded(frames)
+    assert isinstance(reply, dict) and "error" in reply, reply
+    return reply["error"]
+
+
+def in_threads(port: int, messages: Dict[str, Any], timeout_ms: int = 5000, stagger_s: float = 0.02) -> Dict[str, Any]:
+    """Send each message from its own REQ socket at about the same time; name -> reply frames (None: no reply)."""
+    replies: Dict[str, Any] = {}
+
+    def send(name: str, message: Any) -> None:
+        replies[name] = raw_round_trip(port, message, timeout_ms)
+
+    threads = [threading.Thread(target=send, args=item) for item in messages.items()]
+    for thread in threads:
+        thread.start()
+        time.sleep(stagger_s)
+    for thread in threads:
+        thread.join()
+    return replies
+
+
+class RaisingPolicy(BasePolicy):
+    """Raises `error` from get_action when the observation's state is negative; otherwise a zero action."""
+
+    supports_batching = True
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(strict=False)
+        self.error = error
+
+    def _get_action(self, observation, options=None):
+        state = observation["state"]["x"]
+        if (state < 0).any():
+            raise self.error
+        return {"a": np.zeros((state.shape[0], 4, 2), np.float32)}, {}
+
+    def reset(self, options=None):
+        return {}
+
+
+class ReturningPolicy(BasePolicy):
+    """Returns whatever `make(rows)` gives, as the policy's whole get_action result."""
+
+    def __init__(self, make) -> None:
+        super().__init__(strict=False)
+        self.make = make
+
+    def get_action(self, observation, options=None):  # overridden: the result is returned as it is
+        return self.make(observation["state"]["x"].shape[0])
+
+    def _get_action(self, observation, options=None):  # pragma: no cover - get_action is overridden
+        raise AssertionError
+
+    def reset(self, options=None):
+        return {}
+
+
+# --- #1 a return_server_timing option that is not a bool; a job whose execution fails --------------------------
+
+
+def test_a_server_timing_option_that_is_not_a_bool_is_refused_naming_the_option_and_frees_its_queue_slot():
+    hostile = get_action_message(small_observation(), {"return_server_timing": np.array([1, 2])})
+    with running_server(EchoPolicy(), inline_below_ms=0) as server:
+        message = error_of(raw_round_trip(server.port, hostile, 3000))
+        assert server._loop.queued_requests == 0 and not server._loop.queued_bytes
+        good = decoded(raw_round_trip(server.port, get_action_message(small_observation(), {"return_server_timing": True})))
+    assert message == "options['return_server_timing'] must be true or false (a bool), got ndarray"
+    assert "server_timing" in good[1]
+
+
+def test_many_bad_timing_options_from_one_dealer_leave_the_queue_empty_for_the_next_client():
+    hostile = get_action_message(small_observation(), {"return_server_timing": np.array([1, 2])})
+    with running_server(EchoPolicy(), inline_below_ms=0) as server:
+        context = zmq.Context.instance()
+        dealer = context.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.connect(f"tcp://127.0.0.1:{server.port}")
+        try:
+            for _ in range(200):
+                dealer.send_multipart([b"", hostile])
+            answered = 0
+            while answered < 200 and dealer.poll(3000):
+                dealer.recv_multipart()
+                answered += 1
+        finally:
+            dealer.close(linger=0)
+        assert answered == 200 and server._loop.queued_requests == 0
+        action, _ = decoded(raw_round_trip(server.port, get_action_message(small_observation())))
+    assert action["x"].shape == (1, 16, 1)
+
+
+def test_a_client_batched_with_a_bad_timing_option_is_still_served():
+    hostile = get_action_message(small_observation(), {"return_server_timing": np.array([1, 2])})
+    innocent = get_action_message(small_observation())
+    with running_server(RaisingPolicy(RuntimeError()), max_batch_size=8, batch_timeout_ms=300, inline_below_ms=0) as server:
+        replies = in_threads(server.port, {"hostile": hostile, "innocent": innocent})
+        assert server._loop.queued_requests == 0
+    assert "return_server_timing" in error_of(replies["hostile"])
+    assert decoded(replies["innocent"])[0]["a"].shape == (1, 4, 2)
+
+
+def test_a_job_whose_execution_fails_answers_each_request_as_an_internal_error_and_frees_its_slot(monkeypatch):
+    def broken(self, job, now, replies):
+        raise RuntimeError("a bug outside any request's own handling")
+
+    monkeypatch.setattr(JobRunner, "_execute", broken)
+    with running_server(EchoPolicy(), inline_below_ms=0) as server:
+        message = error_of(raw_round_trip(server.port, get_action_message(small_observation()), 3000))
+        assert server._loop.queued_requests == 0
+        assert decoded(raw_round_trip(server.port, codec.encode({"endpoint": "ping"})))["status"] == "ok"
+    assert message == "internal error in get_action: RuntimeError"
+
+
+def test_the_worker_answers_every_request_of_a_job_whose_execute_raised(monkeypatch):
+    def broken(self, job):
+        raise RuntimeError("execute itself failed")
+
+    monkeypatch.setattr(JobRunner, "execute", broken)  # the worker's last line of defence
+    with running_server(EchoPolicy(), max_batch_size=8, batch_timeout_ms=300, inline_below_ms=0) as server:
+        replies = in_threads(server.port, {name: get_action_message(small_observation()) for name in ("a", "b")})
+        assert server._loop.queued_requests == 0
+    assert [error_of(replies[name]) for name in ("a", "b")] == ["internal error in get_action: RuntimeError"] * 2
+
+
+# --- #2 a policy raising SystemExit, KeyboardInterrupt or CancelledError ------------------------------------------
+
+
+@pytest.mark.parametrize("error", [SystemExit(3), KeyboardInterrupt(), asyncio.CancelledError()], ids=lambda e: type(e).__name__)
+def test_a_policy_raising_a_base_exception_on_the_worker_is_answered_as_an_internal_error_and_serving_goes_on(error):
+    with running_server(RaisingPolicy(error), inline_below_ms=0) as server:
+        message = error_of(raw_round_trip(server.port, get_action_message(small_observation(value=-1.0)), 3000))
+        assert server._loop.queued_requests == 0
+        action, _ = decoded(raw_round_trip(server.port, get_action_message(small_observation())))
+    assert message == f"internal error in get_action: {type(error).__name__}"
+    assert action["a"].shape == (1, 4, 2)
+
+
+def test_a_base_exception_in_a_batched_call_answers_every_client_of_the_batch():
+    messages = {"bad": get_action_message(small_observation(value=-1.0)), "good": get_action_message(small_observation())}
+    with running_server(RaisingPolicy(SystemExit(1)), max_batch_size=8, batch_timeout_ms=300, inline_below_ms=0) as server:
+        replies = in_threads(server.port, messages)
+        assert server._loop.queued_requests == 0
+    assert error_of(replies["bad"]) == "internal error in get_action: SystemExit"
+    assert error_of(replies["good"]) == "internal error in get_action: SystemExit"  # one merged call failed for both
