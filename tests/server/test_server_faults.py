@@ -182,3 +182,49 @@ def test_a_base_exception_in_a_batched_call_answers_every_client_of_the_batch():
         assert server._loop.queued_requests == 0
     assert error_of(replies["bad"]) == "internal error in get_action: SystemExit"
     assert error_of(replies["good"]) == "internal error in get_action: SystemExit"  # one merged call failed for both
+
+
+# --- #3 one multipart frame referenced by many keys ---------------------------------------------------------------
+
+
+def aliasing_message(references: int, frame: bytes, shape: List[int]) -> List[bytes]:
+    reference = msgpack.ExtType(ARRAY_REFERENCE_EXT, msgpack.packb([2, "<f4", shape]))
+    observation = {"state": {f"k{i}": reference for i in range(references)}}
+    header = msgpack.packb({"endpoint": "get_action", "data": {"observation": observation}}, use_bin_type=True)
+    return [codec.MULTIPART_MAGIC, header, frame]
+
+
+def test_a_multipart_frame_referenced_by_two_keys_is_refused_naming_both():
+    policy = EchoPolicy()
+    frame = np.zeros((4, 1, 4096), np.float32).tobytes()
+    with running_server(policy) as server:
+        message = error_of(raw_round_trip(server.port, aliasing_message(2, frame, [4, 1, 4096])))
+    assert message.startswith("observation keys 'state.k") and "are the same array frame" in message
+    assert policy.calls == 0
+
+
+def test_a_multipart_frame_referenced_twice_in_one_list_is_refused():
+    reference = msgpack.ExtType(ARRAY_REFERENCE_EXT, msgpack.packb([2, "<f4", [4, 1, 4096]]))
+    header = msgpack.packb({"endpoint": "get_action", "data": {"observation": {"state": {"k": [reference, reference]}}}},
+                           use_bin_type=True)
+    with running_server(EchoPolicy()) as server:
+        message = error_of(raw_round_trip(server.port, [codec.MULTIPART_MAGIC, header, bytes(4 * 4096 * 4)]))
+    assert message.startswith("observation keys 'state.k' and 'state.k' are the same array frame")
+
+
+def test_thousands_of_references_to_one_large_frame_cost_one_scan_and_pings_stay_fast():
+    frame = np.zeros((64, 1, 16384), np.float32).tobytes()  # 4 MiB: a scan per reference would take seconds
+    with running_server(EchoPolicy()) as server:
+        started = time.monotonic()
+        reply = raw_round_trip(server.port, aliasing_message(3000, frame, [64, 1, 16384]), 10000)
+        elapsed = time.monotonic() - started
+        pinged = decoded(raw_round_trip(server.port, codec.encode({"endpoint": "ping"}), 2000))
+    assert "are the same array frame" in error_of(reply)
+    assert elapsed < 1.0 and pinged["status"] == "ok"
+
+
+def test_large_arrays_viewing_one_single_frame_message_are_not_taken_for_shared_frames():
+    observation = {"state": {"a": np.ones((1, 1, 8192), np.float32), "b": np.ones((1, 1, 8192), np.float32)}}
+    with running_server(EchoPolicy()) as server:  # arrays of 16 KiB and more view the received frame, each its own part
+        action, info = decoded(raw_round_trip(server.port, get_action_message(observation)))
+    assert info["first_state"] == 1.0

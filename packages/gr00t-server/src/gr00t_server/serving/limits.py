@@ -88,7 +88,22 @@ def _all_finite(value: np.ndarray) -> bool:
     return bool(np.isfinite(value).all())
 
 
-def _check_array(value: np.ndarray, where: str, limits: ServerLimits, cameras: set) -> None:
+def _check_array(value: np.ndarray, where: str, limits: ServerLimits, cameras: set, frames: Optional[Dict[int, str]]) -> None:
+    if frames is not None and value.nbytes:  # a multipart message's (zero-size arrays share nothing)
+        owner = value.base  # a view of a frame: reshape(frombuffer(memoryview of the frame)); a copy owns its memory
+        while type(owner) is np.ndarray:
+            owner = owner.base
+        if type(owner) is memoryview:
+            # Two keys referencing one frame would each cost a scan of the same bytes, and a policy writing into
+            # one array would change the other.
+            frame = id(owner.obj)  # obj: the received frame every view of it comes from
+            first = frames.get(frame)
+            if first is not None:
+                raise RequestError(
+                    f"observation keys '{first}' and '{where}' are the same array frame; send each array in its own "
+                    "frame (a multipart header may reference a frame once)"
+                )
+            frames[frame] = where
     if value.ndim > 0 and value.shape[0] > limits.max_rows:
         raise RequestError(
             f"observation key '{where}' has {value.shape[0]} rows; this server accepts at most {limits.max_rows} rows "
@@ -116,16 +131,20 @@ def _check_array(value: np.ndarray, where: str, limits: ServerLimits, cameras: s
             )
 
 
-def check_observation(observation: Any, limits: ServerLimits) -> None:
-    """Refuse an observation over the work limits, with non-str keys, or with a non-finite float (key named)."""
+def check_observation(observation: Any, limits: ServerLimits, multipart: bool = False) -> None:
+    """Refuse an observation over the work limits, with non-str keys, or with a non-finite float (key named); of a
+    `multipart` message, also one with two keys referencing one frame (so that each frame is checked once)."""
     if not isinstance(observation, dict):
         return  # the policy's own validation says what it expects
     cameras: set = set()
+    # Only the multipart format can alias: its arrays are views of frames any number of references may name. The
+    # arrays of a single-frame message view distinct parts of it, or are copies.
+    frames: Optional[Dict[int, str]] = {} if multipart else None  # frame -> the key that referenced it first
     stack: List[Tuple[Any, str]] = [(observation, "")]
     while stack:  # iterative: nesting is bounded by the decoder, but never recurse on client data
         value, where = stack.pop()
         if isinstance(value, np.ndarray):  # the most common entry first
-            _check_array(value, where, limits, cameras)
+            _check_array(value, where, limits, cameras, frames)
         elif isinstance(value, dict):
             for key, child in value.items():
                 if not isinstance(key, str):

@@ -132,7 +132,7 @@ class RequestLoop:
             if request.endpoint not in server._endpoints:
                 raise RequestError(f"Unknown endpoint: {request.endpoint} (known endpoints: {', '.join(server.endpoints)})")
             if request.endpoint == "get_action" and isinstance(request.data, dict):
-                work_limits.check_observation(request.data.get("observation"), server.limits)
+                work_limits.check_observation(request.data.get("observation"), server.limits, request.multipart)
                 request.wants_timing = timing_requested(request.data)  # refused here unless a bool
             self._admit(request)
         except Exception as exc:
