@@ -228,3 +228,24 @@ def test_large_arrays_viewing_one_single_frame_message_are_not_taken_for_shared_
     with running_server(EchoPolicy()) as server:  # arrays of 16 KiB and more view the received frame, each its own part
         action, info = decoded(raw_round_trip(server.port, get_action_message(observation)))
     assert info["first_state"] == 1.0
+
+
+# --- #4 language sent as bytes -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("language", [[b"pick up the bowl. " * 200], b"pick up the bowl. " * 200], ids=["list", "bare"])
+def test_language_sent_as_bytes_is_held_to_the_character_limit(language):
+    policy = EchoPolicy()
+    observation = dict(small_observation(), language={"task": language})
+    with running_server(policy) as server:
+        message = error_of(raw_round_trip(server.port, get_action_message(observation)))
+    assert message == "language 'language.task' has 3600 characters; this server accepts at most 2048 (--max-language-chars)"
+    assert policy.calls == 0
+
+
+def test_bytes_that_are_not_utf8_text_are_data_and_pass_the_language_limits():
+    policy = EchoPolicy()
+    observation = dict(small_observation(), blob=bytes(range(256)) * 20)
+    with running_server(policy) as server:
+        decoded(raw_round_trip(server.port, get_action_message(observation)))
+    assert policy.calls == 1

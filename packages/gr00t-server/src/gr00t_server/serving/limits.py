@@ -88,6 +88,18 @@ def _all_finite(value: np.ndarray) -> bool:
     return bool(np.isfinite(value).all())
 
 
+def _check_text_bytes(value: bytes, where: str, limits: ServerLimits) -> None:
+    """Language sent as bytes (msgpack bin) is held to the same limits as str: policies decode it (the sim wrapper
+    does). Bytes that are not UTF-8 are data, not language; a policy that wants text refuses them itself."""
+    if len(value) <= min(limits.max_language_chars, limits.max_language_tokens):  # no more characters than bytes
+        return
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        return
+    _check_text(text, where, limits)
+
+
 def _check_array(value: np.ndarray, where: str, limits: ServerLimits, cameras: set, frames: Optional[Dict[int, str]]) -> None:
     if frames is not None and value.nbytes:  # a multipart message's (zero-size arrays share nothing)
         owner = value.base  # a view of a frame: reshape(frombuffer(memoryview of the frame)); a copy owns its memory
@@ -159,9 +171,11 @@ def check_observation(observation: Any, limits: ServerLimits, multipart: bool = 
                     f"observation key '{where}' has {len(value)} entries; this server accepts at most {limits.max_rows} "
                     "rows per request (--max-rows)"
                 )
-            stack.extend((child, where) for child in value if isinstance(child, (dict, list, tuple, str, np.ndarray)))
+            stack.extend((child, where) for child in value if isinstance(child, (dict, list, tuple, str, bytes, np.ndarray)))
         elif isinstance(value, str):
             _check_text(value, where, limits)
+        elif isinstance(value, bytes):
+            _check_text_bytes(value, where, limits)
     if len(cameras) > limits.max_cameras:
         raise RequestError(
             f"observation has {len(cameras)} video keys; this server accepts at most {limits.max_cameras} cameras "
