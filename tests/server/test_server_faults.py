@@ -249,3 +249,43 @@ def test_bytes_that_are_not_utf8_text_are_data_and_pass_the_language_limits():
     with running_server(policy) as server:
         decoded(raw_round_trip(server.port, get_action_message(observation)))
     assert policy.calls == 1
+
+
+# --- #5 NaN/inf anywhere in the action; a result that is not (action, info) --------------------------------------
+
+
+NON_FINITE_ACTIONS = {
+    "numpy scalar": lambda rows: ({"a": np.float32("nan")}, {}),
+    "python float": lambda rows: ({"a": float("inf")}, {}),
+    "list": lambda rows: ({"a": [[float("nan"), 0.0]]}, {}),
+    "nested map": lambda rows: ({"arm": {"joints": np.full((rows, 4, 2), np.nan, np.float32)}}, {}),
+}
+
+
+@pytest.mark.parametrize("make", NON_FINITE_ACTIONS.values(), ids=NON_FINITE_ACTIONS.keys())
+def test_nan_or_inf_anywhere_in_the_action_is_never_sent(make):
+    with running_server(ReturningPolicy(make)) as server:
+        message = error_of(raw_round_trip(server.port, get_action_message(small_observation())))
+    assert "non-finite" in message and "the action was not sent" in message
+
+
+def test_a_nan_in_a_nested_action_map_names_its_dotted_key_and_rows():
+    with running_server(ReturningPolicy(NON_FINITE_ACTIONS["nested map"])) as server:
+        message = error_of(raw_round_trip(server.port, get_action_message(small_observation(rows=2))))
+    assert message.startswith("the policy produced non-finite values (NaN or inf) in action key 'arm.joints' rows [0, 1]")
+
+
+@pytest.mark.parametrize(
+    "result, got",
+    [
+        ({"arm": np.zeros((1, 4, 2)), "gripper": np.zeros((1, 4, 1))}, "a tuple of 2: (str, str)"),
+        ((np.zeros((1, 4, 2)), {}), "a tuple of 2: (ndarray, dict)"),
+        (None, "NoneType"),
+    ],
+    ids=["action dict alone", "action not a map", "nothing"],
+)
+def test_a_result_that_is_not_an_action_and_info_pair_is_a_clear_error(result, got):
+    make = (lambda rows: tuple(result)) if isinstance(result, dict) else (lambda rows: result)  # BasePolicy's unpacking
+    with running_server(ReturningPolicy(make)) as server:
+        message = error_of(raw_round_trip(server.port, get_action_message(small_observation())))
+    assert message.startswith(f"the policy's get_action returned {got}; expected a pair (action: dict, info: dict); nothing was sent")

@@ -224,17 +224,64 @@ def _likely_cause(observation: Any, rows: List[int], action_key: str = "") -> st
     return " Check the observation for degenerate values (all-zero rotations, constant inputs) and the checkpoint's statistics."
 
 
+_PAIR_EXPECTED = "expected a pair (action: dict, info: dict); nothing was sent"
+
+
+def action_and_info(result: Any) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """A policy's get_action result as (action, info); RequestError unless it is a pair of maps."""
+    if not isinstance(result, (tuple, list)):
+        raise RequestError(f"the policy's get_action returned {type(result).__name__}; {_PAIR_EXPECTED}")
+    if len(result) == 2 and isinstance(result[0], dict) and isinstance(result[1], dict):
+        return result[0], result[1]
+    types = ", ".join(type(item).__name__ for item in result[:4]) + (", ..." if len(result) > 4 else "")
+    # Python unpacks a 2-key dict into its keys: what a policy that returns its action dict alone gives
+    hint = " (an action dict returned alone has its keys taken as the pair)" if (
+        len(result) == 2 and all(isinstance(item, str) for item in result)) else ""
+    raise RequestError(f"the policy's get_action returned a {type(result).__name__} of {len(result)}: ({types}); {_PAIR_EXPECTED}{hint}")
+
+
+def _non_finite_scalar(value: Any) -> bool:
+    """True for a float or complex scalar (Python or numpy) that is NaN or inf."""
+    if isinstance(value, float):  # np.float64 too
+        return not math.isfinite(value)
+    if isinstance(value, complex):  # np.complex128 too
+        return not cmath.isfinite(value)
+    if isinstance(value, (np.floating, np.complexfloating)):
+        return not bool(np.isfinite(value))
+    return False
+
+
+def _non_finite_action(where: str, value: np.ndarray, observation: Any) -> RequestError:
+    rows = _bad_rows(~np.isfinite(value))
+    return RequestError(
+        f"the policy produced non-finite values (NaN or inf) in action key '{where or 'action'}' rows {_rows_text(rows)}; "
+        f"the action was not sent.{_likely_cause(observation, rows, where.rsplit('.', 1)[-1])}"
+    )
+
+
 def check_finite_action(action: Any, observation: Any) -> None:
-    """Refuse to send an action with NaN/inf: raise naming the action key, the rows and the likely cause."""
-    if not isinstance(action, dict):
-        return
-    for key, value in action.items():
-        # isfinite().all() is the cheap common case (one temporary, no negation); rows are only found on failure.
-        if isinstance(value, np.ndarray) and value.dtype.kind in "fc" and value.size and not np.isfinite(value).all():
-            rows = _bad_rows(~np.isfinite(value))
+    """Refuse to send an action with NaN/inf anywhere (arrays, numpy or Python scalars, lists, nested maps): raise
+    naming the action key, the rows and the likely cause. Each value is visited once."""
+    stack: List[Tuple[Any, str]] = [(action, "")]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, dict):
+            for key, child in value.items():
+                path = f"{where}.{key}" if where else str(key)
+                if type(child) is np.ndarray:  # the common case, checked at once; rows are only found on failure
+                    if child.dtype.kind in "fc" and child.size and not _all_finite(child):
+                        raise _non_finite_action(path, child, observation)
+                else:
+                    stack.append((child, path))
+        elif isinstance(value, np.ndarray):
+            if value.dtype.kind in "fc" and value.size and not _all_finite(value):
+                raise _non_finite_action(where, value, observation)
+        elif isinstance(value, (list, tuple)):
+            stack.extend((child, where) for child in value)
+        elif _non_finite_scalar(value):
             raise RequestError(
-                f"the policy produced non-finite values (NaN or inf) in action key '{key}' rows {_rows_text(rows)}; "
-                f"the action was not sent.{_likely_cause(observation, rows, str(key))}"
+                f"the policy produced a non-finite value ({value}) in action key '{where or 'action'}'; the action was "
+                f"not sent.{_likely_cause(observation, [], where.rsplit('.', 1)[-1])}"
             )
 
 

@@ -258,7 +258,7 @@ class PolicyServer:
     def _get_action(self, observation: Any = None, options: Any = None) -> List[Any]:
         request = self._current
         assert request is not None
-        action, info = self.policy.get_action(observation, self._with_session(options, request))
+        action, info = work_limits.action_and_info(self.policy.get_action(observation, self._with_session(options, request)))
         request.timing = policy_stages(self.policy)
         work_limits.check_finite_action(action, observation)
         return [action, info]
