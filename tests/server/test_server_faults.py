@@ -289,3 +289,42 @@ def test_a_result_that_is_not_an_action_and_info_pair_is_a_clear_error(result, g
     with running_server(ReturningPolicy(make)) as server:
         message = error_of(raw_round_trip(server.port, get_action_message(small_observation())))
     assert message.startswith(f"the policy's get_action returned {got}; expected a pair (action: dict, info: dict); nothing was sent")
+
+
+# --- #6 the NaN explanation with two float arrays under one dotted key ------------------------------------------
+
+
+class NanWhenFlatKeyPolicy(BasePolicy):
+    """NaN actions for an observation that has 'state.x' both nested and flat."""
+
+    supports_batching = True
+
+    def __init__(self) -> None:
+        super().__init__(strict=False)
+
+    def _get_action(self, observation, options=None):
+        action = np.ones((observation["state"]["x"].shape[0], 4, 2), np.float32)
+        if "state.x" in observation:
+            action[:] = np.nan
+        return {"a": action}, {}
+
+    def reset(self, options=None):
+        return {}
+
+
+def test_the_nan_explanation_copes_with_two_arrays_under_one_dotted_key():
+    observation = dict(small_observation(), **{"state.x": np.zeros((1, 1, 3), np.float32)})
+    with running_server(NanWhenFlatKeyPolicy(), inline_below_ms=0) as server:
+        message = error_of(raw_round_trip(server.port, get_action_message(observation)))
+    assert message.startswith("the policy produced non-finite values (NaN or inf) in action key 'a' rows [0]")
+
+
+def test_a_batch_with_two_arrays_under_one_dotted_key_answers_everyone():
+    odd = dict(small_observation(), **{"state.x": np.zeros((1, 1, 3), np.float32)})
+    other = dict(small_observation(), **{"state.x": np.ones((1, 1, 3), np.float32)})
+    messages = {"odd": get_action_message(odd), "other": get_action_message(other)}
+    with running_server(NanWhenFlatKeyPolicy(), max_batch_size=8, batch_timeout_ms=300, inline_below_ms=0) as server:
+        replies = in_threads(server.port, messages)
+        assert server._loop.queued_requests == 0
+    for name in messages:
+        assert error_of(replies[name]).startswith("the policy produced non-finite values"), name

@@ -173,7 +173,7 @@ class JobRunner:
             request.timing = stages
             try:
                 work_limits.check_finite_action(part_action, request.data.get("observation"))
-            except RequestError as exc:
+            except Exception as exc:  # the check's own failure is this request's, never the batch's
                 replies.append((request, self.error_frames(request, exc)))
                 continue
             replies.append(self.result_frames(request, [part_action, part_info], policy_ms, len(valid), policy_started=started))

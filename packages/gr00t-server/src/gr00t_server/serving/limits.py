@@ -193,7 +193,7 @@ def _float_arrays(observation: Any) -> List[Tuple[str, np.ndarray]]:
             stack.extend((child, f"{where}.{key}" if where else str(key)) for key, child in value.items())
         elif isinstance(value, np.ndarray) and value.dtype.kind == "f" and value.ndim > 0:
             found.append((where, value))
-    return sorted(found)
+    return sorted(found, key=lambda item: item[0])  # by key alone: two arrays under one dotted key are not ordered
 
 
 _ROTATION_HINTS = ("rot", "quat", "6d", "9d", "orient", "eef", "pose")
@@ -206,7 +206,7 @@ def _likely_cause(observation: Any, rows: List[int], action_key: str = "") -> st
     for where, array in _float_arrays(observation):
         if rows and max(rows) < array.shape[0]:
             picked = array[rows].reshape(len(rows), -1)
-            if picked.size and (not np.isfinite(picked).all() or not picked.any(axis=1).all()):
+            if picked.size and (not np.isfinite(picked).all() or not picked.any(axis=1).all()) and where not in suspects:
                 suspects.append(where)
     leaf = lambda where: where.rsplit(".", 1)[-1].lower()  # noqa: E731 - 'state.eef_9d' -> 'eef_9d'
     same_name = [where for where in suspects if action_key and leaf(where) == action_key.lower()]
