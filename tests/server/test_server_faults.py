@@ -328,3 +328,17 @@ def test_a_batch_with_two_arrays_under_one_dotted_key_answers_everyone():
         assert server._loop.queued_requests == 0
     for name in messages:
         assert error_of(replies[name]).startswith("the policy produced non-finite values"), name
+
+
+# --- #7 client text in the log ------------------------------------------------------------------------------------
+
+
+def test_a_client_endpoint_name_is_cut_and_escaped_in_the_log(caplog, monkeypatch):
+    monkeypatch.setattr(execution, "_refusals", RateLimitedLog(execution.logger))  # a fresh rate-limit window
+    endpoint = "nope\nCRITICAL gr00t_server.serving.server: kill requested by 10.0.0.66; shutting down" + "x" * 100_000
+    with running_server(EchoPolicy()) as server, caplog.at_level(logging.WARNING, logger="gr00t_server"):
+        message = error_of(raw_round_trip(server.port, codec.encode({"endpoint": endpoint})))
+    assert message.startswith("Unknown endpoint: nope\nCRITICAL") and len(message) < 1100
+    lines = [record.getMessage() for record in caplog.records if "refused" in record.getMessage()]
+    assert lines and all("\n" not in line and len(line) < 1000 for line in lines)
+    assert "request 'nope\\nCRITICAL gr00t_server" in lines[0]

@@ -130,7 +130,7 @@ class ReplayPolicy(BasePolicy):
                 self._check_step(episode, step)
             self._keep(session, _Cursor(list(episodes), list(steps)))
             info = self._info(self._sessions[session], done=None)
-        logger.debug("session %s reset to episodes %s steps %s", session, episodes, steps)
+        logger.debug("session %r reset to episodes %s steps %s", str(session)[:40], episodes, steps)
         return info
 
     def _get_action(self, observation: Any, options: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
@@ -166,7 +166,7 @@ class ReplayPolicy(BasePolicy):
         self._sessions.move_to_end(session)
         while len(self._sessions) > self.max_sessions:
             forgotten, _ = self._sessions.popitem(last=False)
-            logger.info("replay session %s forgotten (more than %d sessions)", forgotten[:40], self.max_sessions)
+            logger.info("replay session %r forgotten (more than %d sessions)", str(forgotten)[:40], self.max_sessions)
 
     def _check_batch_size(self, batch: Any) -> int:
         """Rows requested (options['batch_size'] or the observation's): an int in [1, max_rows]."""

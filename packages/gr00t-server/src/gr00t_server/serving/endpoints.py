@@ -49,6 +49,18 @@ def is_loopback_peer(peer: Optional[str]) -> bool:
     return peer is None or is_loopback_host(peer)
 
 
+LOGGED_TEXT_CHARS = 80  # of an endpoint name, session id, ... a client sent, in a log line
+
+
+def log_text(text: str, limit: int = LOGGED_TEXT_CHARS, quoted: bool = True) -> str:
+    """Client-supplied text as a log line may show it: cut to `limit` characters (saying how much was cut) and
+    escaped as repr() does, so that a name of megabytes cannot flood the log nor a newline in it forge a line."""
+    shown = repr(text[:limit])
+    if not quoted:
+        shown = shown[1:-1]
+    return f"{shown}... ({len(text) - limit} more characters)" if len(text) > limit else shown
+
+
 def error_text(endpoint: str, exc: BaseException) -> Tuple[str, bool]:
     """(bounded reply text, is_internal) for an exception raised while serving `endpoint`."""
     if isinstance(exc, VALIDATION_ERRORS):

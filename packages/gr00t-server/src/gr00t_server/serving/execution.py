@@ -13,7 +13,7 @@ from gr00t_client.client import ERROR_MARKER
 
 from . import batching, limits as work_limits
 from .batching import GatherWindow
-from .endpoints import RateLimitedLog, error_text
+from .endpoints import RateLimitedLog, error_text, log_text
 from .messages import WIRE_NPSAVE, Request, RequestError, encode_reply, encode_timed_reply
 from .sessions import session_dropper
 from .worker import InlineCallAbandoned, InlineGate, Job, Reply, only_get_action
@@ -80,7 +80,7 @@ class JobRunner:
             if request.expired(now):
                 self._server.stats.add("expired")
                 request.outcome = "expired"
-                logger.debug("dropped '%s' from %s: its client's deadline passed before it ran", request.endpoint, request.peer)
+                logger.debug("dropped %s from %s: its client's deadline passed before it ran", log_text(request.endpoint), request.peer)
                 replies.append((request, self.error_frames(request, RequestError(
                     f"'{request.endpoint}' was not run: the client's deadline passed while it waited"), log=False)))
             else:
@@ -101,7 +101,7 @@ class JobRunner:
                 try:
                     drop(session)
                 except Exception:
-                    logger.exception("could not drop evicted session %s", session[:40])
+                    logger.exception("could not drop evicted session %s", log_text(session, 40))
 
     def _call(self, request: Request) -> Any:
         endpoint = self._server._endpoints.get(request.endpoint)
@@ -231,9 +231,10 @@ class JobRunner:
             request.outcome = "internal_error" if internal else "error"
         if internal:
             stats.add("internal_errors")
-            logger.error("internal error in '%s' from %s", request.endpoint, request.peer or "local", exc_info=exc)
-        elif log:
-            _refusals.warning("request '%s' from %s refused: %s", request.endpoint, request.peer or "local", message[:300])
+            logger.error("internal error in %s from %s", log_text(request.endpoint), request.peer or "local", exc_info=exc)
+        elif log:  # client-supplied text is cut and escaped: a name may be megabytes long or forge log lines
+            _refusals.warning("request %s from %s refused: %s", log_text(request.endpoint), request.peer or "local",
+                              log_text(message, 300, quoted=False))
         try:
             return encode_reply(request, message, ok=False)
         except Exception:  # the message itself cannot fail to encode, but never let a reply path raise
