@@ -342,3 +342,24 @@ def test_a_client_endpoint_name_is_cut_and_escaped_in_the_log(caplog, monkeypatc
     lines = [record.getMessage() for record in caplog.records if "refused" in record.getMessage()]
     assert lines and all("\n" not in line and len(line) < 1000 for line in lines)
     assert "request 'nope\\nCRITICAL gr00t_server" in lines[0]
+
+
+# --- #8 a request that arrives while a stopping server waits for a running call ----------------------------------
+
+
+def test_a_request_arriving_while_the_server_stops_gets_the_shutting_down_error_at_once():
+    policy = EchoPolicy(delay_s=2.0)
+    with running_server(policy, inline_below_ms=0) as server:
+        running = threading.Thread(target=raw_round_trip, args=(server.port, get_action_message(small_observation()), 5000))
+        running.start()
+        deadline = time.monotonic() + 5
+        while policy.calls == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        server.stop()
+        time.sleep(0.3)  # the socket loop has left its turn and waits for the running call
+        started = time.monotonic()
+        late = raw_round_trip(server.port, codec.encode({"endpoint": "get_server_info"}), 1500)
+        answered_in = time.monotonic() - started
+        running.join()
+    assert error_of(late) == "server is shutting down; 'get_server_info' was not run"
+    assert answered_in < 1.0

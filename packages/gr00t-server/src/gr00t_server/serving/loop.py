@@ -323,12 +323,42 @@ class RequestLoop:
         self._send(request, self._runner.error_frames(request, exc))
 
     def shut_down(self, worker: PolicyWorker) -> None:
-        """Answer the requests that never reached the policy, let a running call finish, send what is done."""
+        """Answer the requests that never reached the policy, let a running call finish and send its reply; whatever
+        arrives meanwhile is answered "server is shutting down" at once rather than left to time out."""
         waiting = [request for job in worker.take_queued() for request in job] + self.pending
         self.pending = []
         for request in waiting:
             self.reply_error(request, RequestError(f"server is shutting down; '{request.endpoint}' was not run"))
+        worker.finish()
         timeout_s = self._server.shutdown_timeout_s
-        if not worker.stop(timeout_s):
-            logger.warning("a policy call is still running after %.0f s; shutting down without it", timeout_s)
+        deadline = time.monotonic() + timeout_s
+        transport = self._server._transport
+        while worker.alive:
+            left_s = deadline - time.monotonic()
+            if left_s <= 0:
+                logger.warning("a policy call is still running after %.0f s; shutting down without it", timeout_s)
+                break
+            if transport is None:
+                worker.join(left_s)
+                continue
+            inbound, woken = transport.poll(min(self._server.poll_interval_ms, int(left_s * 1000.0) + 1))
+            if woken:
+                self.send_replies()
+                worker.join(0.05)  # the worker ends right after its last job's replies
+            if inbound:
+                self._refuse_arrivals()
         self.send_replies()
+        self._refuse_arrivals()
+
+    def _refuse_arrivals(self) -> None:
+        """Answer the requests waiting on the socket (a burst at most) with "server is shutting down"."""
+        transport = self._server._transport
+        if transport is None:
+            return
+        for _ in range(RECEIVE_BURST):  # bounded: a flood of requests must not hold the stop up
+            frames = transport.receive()
+            if frames is None:
+                return
+            request = self._parse(frames)
+            if request is not None:
+                self.reply_error(request, RequestError(f"server is shutting down; '{request.endpoint}' was not run"))

@@ -115,11 +115,24 @@ class PolicyWorker:
             self._pending -= len(taken)
         return taken
 
-    def stop(self, timeout_s: float) -> bool:
-        """Let the running job finish (up to timeout_s) and end the thread; False when it is still running."""
+    def finish(self) -> None:
+        """Let the running job finish and then end the thread (jobs queued behind it still run: take_queued first)."""
         self._jobs.put(None)
+
+    @property
+    def alive(self) -> bool:
+        """True until the thread has ended."""
+        return self._thread.is_alive()
+
+    def join(self, timeout_s: float) -> bool:
+        """Wait up to timeout_s for the thread to end (after finish()); False when it is still running."""
         self._thread.join(timeout_s)
         return not self._thread.is_alive()
+
+    def stop(self, timeout_s: float) -> bool:
+        """Let the running job finish (up to timeout_s) and end the thread; False when it is still running."""
+        self.finish()
+        return self.join(timeout_s)
 
     def _loop(self) -> None:
         while True:
