@@ -363,3 +363,34 @@ def test_a_request_arriving_while_the_server_stops_gets_the_shutting_down_error_
         running.join()
     assert error_of(late) == "server is shutting down; 'get_server_info' was not run"
     assert answered_in < 1.0
+
+
+# --- #9 a DEALER's envelope -----------------------------------------------------------------------------------------
+
+
+def dealer_round_trip(port: int, frames: List[bytes]) -> List[bytes]:
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(f"tcp://127.0.0.1:{port}")
+        sock.send_multipart(frames)
+        assert sock.poll(5000), "no reply"
+        return sock.recv_multipart()
+    finally:
+        sock.close(linger=0)
+
+
+def test_a_dealer_multipart_message_with_an_empty_array_frame_and_no_delimiter_is_served():
+    reference = msgpack.ExtType(ARRAY_REFERENCE_EXT, msgpack.packb([2, "<f4", [0, 1, 3]]))
+    header = msgpack.packb({"endpoint": "get_action", "data": {"observation": {"state": {"x": reference}}}}, use_bin_type=True)
+    with running_server(RaisingPolicy(RuntimeError())) as server:
+        reply = dealer_round_trip(server.port, [codec.MULTIPART_MAGIC, header, b""])
+    assert reply[0] == codec.MULTIPART_MAGIC  # no routing frames of the request echoed ahead of the reply
+    result = codec.decode_multipart(reply)
+    assert result["ok"] is True and result["result"][0]["a"].shape == (0, 4, 2)
+
+
+def test_a_request_behind_a_proxy_keeps_its_routing_frames():
+    with running_server(EchoPolicy()) as server:  # [client identity, delimiter, payload], as a ROUTER-DEALER proxy sends
+        reply = dealer_round_trip(server.port, [b"client-7", b"", codec.encode({"endpoint": "ping"})])
+    assert reply[:2] == [b"client-7", b""] and codec.decode(reply[2])["status"] == "ok"

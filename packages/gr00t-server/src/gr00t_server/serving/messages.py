@@ -14,6 +14,7 @@ import zmq
 from gr00t_client import codec
 from gr00t_client.client import ERROR_MARKER
 
+MAGIC_BYTES = len(codec.MULTIPART_MAGIC)
 MAX_ERROR_CHARS = 1000  # an error reply never grows with the request that caused it
 TIMING_OPTION = "return_server_timing"  # a get_action option: add server_timing to the reply's info
 TIMEOUT_FIELD = "timeout_ms"  # the client's remaining budget, sent in the envelope (reference servers ignore it)
@@ -57,11 +58,22 @@ class Request:
 
 
 def split_routing(frames: List[Any]) -> Tuple[List[Any], List[Any]]:
-    """ROUTER frames -> (routing frames for the reply, payload frames); REQ peers put an empty delimiter between."""
-    split = next((i for i, frame in enumerate(frames) if len(frame) == 0), None)
-    if split is None:  # not from a REQ socket: route back by identity alone
-        return frames[:1], frames[1:]
-    return frames[: split + 1], frames[split + 1 :]
+    """ROUTER frames -> (routing frames for the reply, payload frames).
+
+    A REQ peer's envelope is [identity, b"", payload...]; a DEALER may leave the delimiter out ([identity,
+    payload...]); a REQ behind a proxy adds identities ([identity, identity..., b"", payload...]). Only an empty frame
+    before the payload starts (the multipart magic frame, or else the last frame) is a delimiter: a zero-size array
+    frame inside a DEALER's multipart message is payload, not the end of the envelope.
+    """
+    if len(frames) >= 2 and len(frames[1]) == 0:  # a REQ peer: the common case, decided at once
+        return frames[:2], frames[2:]
+    for index in range(1, len(frames) - 1):  # the last frame is always payload
+        frame = frames[index]
+        if len(frame) == 0:
+            return frames[: index + 1], frames[index + 1 :]
+        if len(frame) == MAGIC_BYTES and bytes(frame) == codec.MULTIPART_MAGIC:
+            break
+    return frames[:1], frames[1:]
 
 
 def peer_address(payload: List[Any]) -> Optional[str]:
