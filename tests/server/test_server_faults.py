@@ -394,3 +394,50 @@ def test_a_request_behind_a_proxy_keeps_its_routing_frames():
     with running_server(EchoPolicy()) as server:  # [client identity, delimiter, payload], as a ROUTER-DEALER proxy sends
         reply = dealer_round_trip(server.port, [b"client-7", b"", codec.encode({"endpoint": "ping"})])
     assert reply[:2] == [b"client-7", b""] and codec.decode(reply[2])["status"] == "ok"
+
+
+# --- #10 error replies that say what was wrong and what was expected --------------------------------------------
+
+
+def test_nesting_past_msgpacks_own_limit_gets_the_nesting_limit_message():
+    with running_server(EchoPolicy()) as server:
+        message = error_of(raw_round_trip(server.port, b"\x91" * 2000 + b"\xc0"))
+    assert message == "DecodeLimitError: message nests maps and arrays more than 32 levels deep; the limit is 32"
+
+
+def test_a_data_map_with_a_key_that_is_not_a_str_names_the_key():
+    request = msgpack.packb({"endpoint": "get_action", "data": {"observation": {}, 7: 2}}, use_bin_type=True)
+    with running_server(EchoPolicy()) as server:
+        message = error_of(raw_round_trip(server.port, request))
+    assert message == "'data' for 'get_action' must be a map of named arguments (str keys); got the int key 7"
+
+
+@pytest.fixture(scope="module")
+def libero_policy(tiny_checkpoint):
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+
+    return Gr00tPolicy(tiny_checkpoint, "libero_sim", device="cpu")
+
+
+def test_a_seed_past_torchs_range_for_the_batch_says_which_seeds_are_accepted(libero_policy, tiny_checkpoint):
+    from gr00t_server.test_checkpoint import example_observation
+
+    observation = example_observation(tiny_checkpoint, "libero_sim", batch_size=2, image_size=(32, 32))
+    with running_server(libero_policy) as server, PolicyClient(port=server.port, timeout_ms=60000) as client:
+        with pytest.raises(PolicyServerError) as caught:
+            client.get_action(observation, options={"seed": 2**64 - 1})
+    assert caught.value.server_message == (
+        "ValueError: options['seed'] must be an int from -9223372036854775808 to 18446744073709551614 for a batch of "
+        "2 row(s): row i uses seed + i, and torch seeds are 64-bit; got 18446744073709551615"
+    )
+
+
+def test_an_observation_of_zero_rows_is_refused_as_such(libero_policy, tiny_checkpoint):
+    from gr00t_server.test_checkpoint import example_observation
+
+    observation = example_observation(tiny_checkpoint, "libero_sim", batch_size=1, image_size=(32, 32))
+    empty = {modality: {key: value[:0] for key, value in keys.items()} for modality, keys in observation.items()}
+    with running_server(libero_policy) as server, PolicyClient(port=server.port, timeout_ms=60000) as client:
+        with pytest.raises(PolicyServerError) as caught:
+            client.get_action(empty)
+    assert caught.value.server_message.startswith("ObservationError: observation has 0 rows (a batch of size 0)")

@@ -3,7 +3,8 @@
 Options of `get_action` (all optional; keys starting with "_", e.g. "_session_id" added by servers, are ignored):
 - "seed": int. Row i of the batch starts from `torch.randn((H, D_max), generator=Generator("cpu").
   manual_seed(s + i))` in float32, then cast to the model dtype/device. A batch with seed s therefore equals
-  B single calls with seeds s, s+1, ..., s+B-1 (and a single call with seed s equals row 0).
+  B single calls with seeds s, s+1, ..., s+B-1 (and a single call with seed s equals row 0). torch seeds are
+  64-bit, so s must lie in [-2**63, 2**64 - B].
 - "noise": float array (B, H, D_max) or (H, D_max), the initial flow noise used as given (not with "seed").
 - neither: noise from torch's global RNG (like the reference).
 - "rtc": real-time chunking (model.md §2.7), inpainting from the previous chunk; composes with the above:
@@ -37,7 +38,7 @@ import torch
 
 from gr00t_client.embodiment import FINETUNE_ONLY_TAGS, POSTTRAIN_TAGS, EmbodimentTag
 from gr00t_client.modality import ModalityConfig
-from gr00t_client.policy import BasePolicy
+from gr00t_client.policy import BasePolicy, ObservationError
 from gr00t_server.model.action_head import DEFAULT_RTC_RAMP_RATE
 from gr00t_server.model.checkpoint import load_model, resolve_checkpoint_dir
 from gr00t_server.processing.config import load_processor_config
@@ -48,6 +49,7 @@ logger = logging.getLogger(__name__)
 
 _POLICY_MODALITIES = ("video", "state", "action", "language")
 _KNOWN_OPTIONS = {"seed", "noise", "rtc"}
+_SEED_MIN, _SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed takes
 _RTC_KEYS = {"previous_action", "overlap_steps", "frozen_steps", "ramp_rate"}
 
 
@@ -252,6 +254,11 @@ class Gr00tPolicy(BasePolicy):
     ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         started = time.perf_counter()
         batch_size = self._batch_size(observation)
+        if batch_size < 1:
+            raise ObservationError(
+                "observation has 0 rows (a batch of size 0); every video and state array needs at least one row on "
+                "its first axis"
+            )
         rtc = self._parse_rtc((options or {}).get("rtc"), batch_size)
         video = {k: np.asarray(observation["video"][k]) for k in self.modality_configs["video"].modality_keys}
         raw_states = {k: np.asarray(observation["state"][k]) for k in self.modality_configs["state"].modality_keys}
@@ -312,6 +319,11 @@ class Gr00tPolicy(BasePolicy):
         if seed is not None:
             if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
                 raise ValueError(f"options['seed'] must be an int, got {seed!r}")
+            if not _SEED_MIN <= int(seed) <= _SEED_MAX - (batch_size - 1):
+                raise ValueError(
+                    f"options['seed'] must be an int from {_SEED_MIN} to {_SEED_MAX - (batch_size - 1)} for a batch of "
+                    f"{batch_size} row(s): row i uses seed + i, and torch seeds are 64-bit; got {seed}"
+                )
             rows = [
                 torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(seed) + row), dtype=torch.float32)
                 for row in range(batch_size)

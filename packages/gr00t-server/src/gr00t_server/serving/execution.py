@@ -114,8 +114,14 @@ class JobRunner:
             data = request.data
             if data is None:
                 data = {}
-            if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+            if not isinstance(data, dict):
                 raise RequestError(f"'data' for '{request.endpoint}' must be a map of named arguments, got {type(data).__name__}")
+            bad_keys = [key for key in data if not isinstance(key, str)]
+            if bad_keys:
+                raise RequestError(
+                    f"'data' for '{request.endpoint}' must be a map of named arguments (str keys); got the "
+                    f"{type(bad_keys[0]).__name__} key {bad_keys[0]!r:.40}"
+                )
             try:
                 return endpoint.handler(**data)
             except TypeError as exc:

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+import msgpack
 import numpy as np
 import zmq
 
@@ -108,12 +109,19 @@ def decode_payload(payload: List[Any], max_message_bytes: int) -> Tuple[Any, str
             "larger --max-message-mb"
         )
     limits = codec.DecodeLimits.for_message_bytes(max_message_bytes)
-    if codec.is_multipart(payload):
-        return codec.decode_multipart(payload, limits), WIRE_MULTIPART
-    if len(payload) == 1:
-        # The received frame is ours alone: large arrays may view it (writable, no copy) instead of being copied.
-        envelope, npsave = codec.decode_noting_npsave(payload[0].buffer, limits, share_buffer=True)
-        return envelope, WIRE_NPSAVE if npsave else WIRE_MSGPACK
+    try:
+        if codec.is_multipart(payload):
+            return codec.decode_multipart(payload, limits), WIRE_MULTIPART
+        if len(payload) == 1:
+            # The received frame is ours alone: large arrays may view it (writable, no copy) instead of being copied.
+            envelope, npsave = codec.decode_noting_npsave(payload[0].buffer, limits, share_buffer=True)
+            return envelope, WIRE_NPSAVE if npsave else WIRE_MSGPACK
+    except codec.WireDecodeError as exc:
+        if isinstance(exc.__cause__, msgpack.StackError):  # msgpack's own nesting cap (1024) comes before ours
+            raise codec.DecodeLimitError(
+                f"message nests maps and arrays more than {limits.max_depth} levels deep; the limit is {limits.max_depth}"
+            ) from exc
+        raise
     raise RequestError(f"message has {len(payload)} frames but no multipart header; expected 1 frame")
 
 
