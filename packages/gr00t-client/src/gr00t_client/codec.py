@@ -132,6 +132,15 @@ def _shape_error(data: Any, dtype: np.dtype, shape: Any) -> WireDecodeError:
     """The precise reason an array's shape and data do not fit (only computed on failure)."""
     if not isinstance(shape, (list, tuple)) or not all(type(d) is int and d >= 0 for d in shape):
         return WireDecodeError(f"array shape must be a list of non-negative ints, got {shape!r}")
+    largest = np.iinfo(np.intp).max
+    extent = dtype.itemsize  # numpy multiplies every dimension, zeros aside, before it sees a zero
+    for dim in shape:
+        extent *= max(dim, 1)
+    if extent > largest:
+        return WireDecodeError(
+            f"array shape {list(shape)} of dtype {dtype.str} is larger than numpy can address ({largest} bytes, "
+            "zero-length dimensions aside); expected a shape whose size matches the data sent"
+        )
     expected = dtype.itemsize
     for dim in shape:
         expected *= dim
@@ -143,7 +152,10 @@ _DTYPES: Dict[Any, np.dtype] = {}  # validated dtypes by their wire string (the 
 
 
 def _cached_dtype(type_str: Any) -> np.dtype:
-    dtype = _DTYPES.get(type_str)
+    try:
+        dtype = _DTYPES.get(type_str)
+    except TypeError:  # a list or map is unhashable: say what was expected instead
+        raise WireDecodeError(f"array dtype must be a str like '<f4', got {type(type_str).__name__} {type_str!r:.40}") from None
     if dtype is None:
         dtype = _as_dtype(type_str)
         if len(_DTYPES) < 256:
@@ -342,6 +354,10 @@ def _unpack(data: BufferLike, object_hook: Callable[[Dict[Any, Any]], Any], limi
             max_str_len=limits.max_message_bytes, max_bin_len=limits.max_message_bytes,
             max_array_len=budget, max_map_len=budget, max_ext_len=4096, **extra,
         )
+    except msgpack.StackError as exc:  # msgpack's own nesting cap (1024 levels) comes before ours
+        raise DecodeLimitError(
+            f"message nests maps and arrays more than {limits.max_depth} levels deep; the limit is {limits.max_depth}"
+        ) from exc
     except ValueError as exc:
         if "exceeds max_" in str(exc):  # a length header over the budget, refused before allocating
             raise DecodeLimitError(f"message of {size} bytes exceeds a decode limit: {exc}") from exc
@@ -674,7 +690,10 @@ def decode_multipart(frames: Sequence[Any], limits: Optional[DecodeLimits] = Non
         try:
             index, type_str, shape = msgpack.unpackb(data, raw=False)
         except Exception as exc:
-            raise WireDecodeError(f"malformed array reference in multipart header: {exc}") from exc
+            raise WireDecodeError(
+                f"malformed array reference in multipart header ({type(exc).__name__}: {exc}); expected a msgpack "
+                "array [frame_index, dtype str, shape]"
+            ) from exc
         if not isinstance(index, int) or not 2 <= index < len(views):
             raise WireDecodeError(f"array reference points at frame {index!r}, message has {len(views)} frames")
         return _array_from_buffer(views[index], _cached_dtype(type_str), shape, copy=False)
