@@ -93,3 +93,43 @@ def test_a_merge_of_every_shard_without_errors_is_complete_and_exits_0(server, t
     assert merge(out) == 0
     merged = json.loads((out / "merged.json").read_text())
     assert merged["status"] == "complete" and merged["n_not_run"] == 0 and merged["overall"]["n_episodes"] == 4
+
+
+# --- shards written before a setting existed ----------------------------------------------------------------
+
+
+def forget_chunking_settings(results_file):
+    """Make a results file look written before client_chunking, chunk_merge and rtc_frozen_steps were recorded."""
+    data = json.loads(results_file.read_text())
+    for name in ("client_chunking", "chunk_merge", "rtc_frozen_steps"):
+        del data["plan"]["settings"][name]
+    results_file.write_text(json.dumps(data))
+
+
+def test_a_shard_written_before_the_chunking_settings_merges_with_one_that_records_their_defaults(server, tmp_path, capsys):
+    out = tmp_path / "shards"
+    assert shard(server.port, out, 0) == 0 and shard(server.port, out, 1) == 0
+    forget_chunking_settings(out / "results_shard0of2.json")
+    assert merge(out) == 0, capsys.readouterr().err
+    merged = json.loads((out / "merged.json").read_text())
+    assert merged["status"] == "complete" and merged["overall"]["n_episodes"] == 4
+    settings = merged["plan"]["settings"]
+    assert (settings["client_chunking"], settings["chunk_merge"], settings["rtc_frozen_steps"]) == ("off", "newest", None)
+
+
+def test_a_shard_written_before_the_chunking_settings_is_refused_beside_a_non_default_one(server, tmp_path, capsys):
+    out = tmp_path / "shards"
+    assert shard(server.port, out, 0) == 0
+    assert shard(server.port, out, 1, "--client-chunking", "sync") == 0
+    forget_chunking_settings(out / "results_shard0of2.json")
+    capsys.readouterr()
+    assert merge(out) == 2
+    assert "setting client_chunking 'sync' ('off' in the first)" in capsys.readouterr().err
+
+
+def test_the_missing_episodes_of_a_merge_are_shown_ten_at_most():
+    from gr00t_eval.shard import format_missing
+
+    missing = [f"t#{i}" for i in range(13)]
+    assert format_missing(missing) == ", ".join(missing[:10]) + " and 3 more"
+    assert format_missing(missing[:2]) == "t#0, t#1" and format_missing([]) == ""

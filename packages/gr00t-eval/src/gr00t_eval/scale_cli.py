@@ -366,7 +366,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from .cli_errors import UsageError
     from .eval_info import EVAL_INFO_FILENAME, write_eval_info
     from .results import RESULTS_FILENAME, load_results, write_results
-    from .shard import MergeError, merge_results
+    from .shard import MergeError, format_missing, merge_results
 
     output = Path(args.output)
     if output.is_dir() or args.output.endswith("/"):
@@ -385,7 +385,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     status = merged.get("status", "complete")
     if status != "complete":
         missing = merged.get("missing_episodes", [])
-        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        shown = format_missing(missing)
         print(f"{status.upper()}: {merged.get('stop_reason')}; {merged.get('n_not_run', len(missing))} episodes did not run"
               f"{': ' + shown if shown else ''} (run the missing shards, or resume them, and merge again)")
     print(f"Merged {len(files)} files into {path}")

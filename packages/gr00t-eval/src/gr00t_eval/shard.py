@@ -82,11 +82,22 @@ def shard_plan(tasks: Sequence[Task], config: RolloutConfig, shard: Optional[Sha
     }
 
 
+def recorded_settings(plan: Mapping[str, Any]) -> Dict[str, Any]:
+    """A plan's outcome settings, each one it does not record at RolloutConfig's default.
+
+    A results file written before a setting existed (client_chunking, chunk_merge and rtc_frozen_steps came
+    later) ran with that setting's default, so it merges with shards that record the default.
+    """
+    default_config = dataclasses.asdict(RolloutConfig(env_name=""))
+    defaults = {name: default_config[name] for name in OUTCOME_SETTINGS}
+    return {**defaults, **(plan.get("settings") or {})}
+
+
 def _plan_key(results: Mapping[str, Any]) -> Tuple[Any, ...]:
     plan = results.get("plan")
     if plan is None:
         raise MergeError("results have no 'plan' (only results of `rollout --shard` or gr00t-eval suites can be merged)")
-    settings = json.dumps(plan.get("settings", {}), sort_keys=True)
+    settings = json.dumps(recorded_settings(plan), sort_keys=True)
     return (tuple(tuple(t) for t in plan["tasks"]), plan["n_episodes"], plan["seed"], settings)
 
 
@@ -99,7 +110,7 @@ def plan_difference(first: Mapping[str, Any], other: Mapping[str, Any]) -> str:
     for name in ("tasks", "n_episodes", "seed"):
         if a.get(name) != b.get(name):
             return f"{name} {b.get(name)!r} ({a.get(name)!r} in the first)"
-    settings_a, settings_b = a.get("settings", {}), b.get("settings", {})
+    settings_a, settings_b = recorded_settings(a), recorded_settings(b)
     for name in sorted(set(settings_a) | set(settings_b)):
         value_a, value_b = settings_a.get(name, _MISSING), settings_b.get(name, _MISSING)
         if value_a != value_b:
@@ -107,6 +118,12 @@ def plan_difference(first: Mapping[str, Any], other: Mapping[str, Any]) -> str:
             shown_b = "not recorded" if value_b is _MISSING else repr(value_b)
             return f"setting {name} {shown_b} ({shown_a} in the first)"
     return "the plan"
+
+
+def format_missing(missing: Sequence[str], shown: int = 10) -> str:
+    """'task#0, task#1 and 5 more': the first `shown` missing episodes of a merge and how many others."""
+    more = len(missing) - shown
+    return ", ".join(missing[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 def merge_results(shards: Sequence[Mapping[str, Any]], allow_missing: bool = False,
@@ -156,13 +173,13 @@ def merge_results(shards: Sequence[Mapping[str, Any]], allow_missing: bool = Fal
             runs.append(run)
     missing = [f"{t.env_name}#{i}" for t in tasks for i in range(n_episodes) if (t.env_name, i) not in seen]
     if missing and not allow_missing:
-        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-        raise MergeError(f"{len(missing)} episodes are in no results file: {shown} (is a shard missing or failed?)")
+        raise MergeError(f"{len(missing)} episodes are in no results file: {format_missing(missing)} "
+                         "(is a shard missing or failed?)")
     first = shards[0]
     config = dict(first.get("config", {}))
     config.pop("shard", None)
     extra = {
-        "plan": {**shards[0]["plan"], "shard": None},
+        "plan": {**shards[0]["plan"], "settings": recorded_settings(shards[0]["plan"]), "shard": None},
         "merged_from": [results.get("plan", {}).get("shard") for results in shards],
         "missing_episodes": missing,
         "n_not_run": len(missing),  # as a single run counts the episodes it never ran
