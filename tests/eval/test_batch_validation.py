@@ -95,3 +95,16 @@ def test_resume_keeps_a_done_job_whose_only_change_is_its_policy_server(server, 
     write_jobs(out / "jobs.json", 1, [{"name": "moved", "env_name": "walkto/fast"}])  # nothing listens on port 1
     assert cli.main(["batch", "--resume", str(out)]) == 0
     assert batch_results(out) == before
+
+
+def test_a_job_folder_saves_the_planned_config_that_later_attempts_are_compared_with(tmp_path):
+    from gr00t_eval.batch import planned_config, prepare_job_dir
+    from gr00t_eval.rollout import RolloutConfig
+
+    config = RolloutConfig("walkto/fast", n_episodes=2, env_kwargs={"sizes": (1, 2)})
+    planned = planned_config(config)
+    assert planned["env_kwargs"] == {"sizes": [1, 2]} and planned["seed"] is None  # JSON values, before a seed is drawn
+    first, done = prepare_job_dir(tmp_path / "job", config)
+    assert json.loads((tmp_path / "job" / "run.json").read_text())["job_config"] == planned and done == []
+    again, _ = prepare_job_dir(tmp_path / "job", config)  # unchanged settings: the saved base seed is kept
+    assert first.seed is not None and again.seed == first.seed

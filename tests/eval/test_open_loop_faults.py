@@ -195,3 +195,13 @@ def test_distinct_modality_keys_still_select_the_compared_keys(dataset, server, 
     assert open_loop(dataset, server.port, tmp_path / "out", "--traj-ids", "2", "--modality-keys", "gripper") == 0
     trajectory = results(tmp_path / "out")["trajectories"]["2"]
     assert list(trajectory["per_key"]) == ["gripper"] and trajectory["steps"] == len(expected_actions(2, LENGTHS[2])["gripper"])
+
+
+def test_open_loop_and_the_rollout_read_a_reported_position_by_one_rule():
+    from gr00t_eval import open_loop, reported_position
+    from gr00t_eval.rollout import policy_io
+
+    assert open_loop.is_position is reported_position.is_position and policy_io.is_position is reported_position.is_position
+    is_position = reported_position.is_position
+    assert is_position(0) and is_position(np.int64(7))
+    assert not any(is_position(value) for value in (True, 2.0, None, "3", [1]))

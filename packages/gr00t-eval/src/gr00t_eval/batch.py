@@ -274,10 +274,10 @@ def prepare_job_dir(job_dir: Path, config: RolloutConfig) -> Tuple[RolloutConfig
     as episodes.replaced.jsonl.
     """
     job_dir.mkdir(parents=True, exist_ok=True)
-    planned = dataclasses.asdict(config)
+    planned = planned_config(config)
     run_file, log = job_dir / RUN_FILENAME, job_dir / EPISODE_LOG_FILENAME
     saved = json.loads(run_file.read_text()) if run_file.is_file() else None
-    if saved is not None and saved.get("job_config") == json.loads(json.dumps(planned)):
+    if saved is not None and saved.get("job_config") == planned:
         return RolloutConfig(**saved["config"]), [EpisodeOutcome.from_json_dict(e) for e in EpisodeLog(log).read()]
     if saved is not None and log.is_file():
         logger.warning("job settings changed since %s was written; running the job from the start", log)
@@ -288,9 +288,10 @@ def prepare_job_dir(job_dir: Path, config: RolloutConfig) -> Tuple[RolloutConfig
     return config, []
 
 
-def planned_config(job: Job) -> Dict[str, Any]:
-    """The job's RolloutConfig as JSON values (before a base seed is drawn): what its done record is compared with."""
-    return json.loads(json.dumps(dataclasses.asdict(job.rollout_config())))
+def planned_config(config: RolloutConfig) -> Dict[str, Any]:
+    """A job's RolloutConfig as JSON values (before a base seed is drawn): what its record and run.json save, and
+    what a later attempt's settings are compared with."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
 def changed_settings(job: Job, record: Mapping[str, Any], job_dir: Optional[Path] = None) -> Optional[str]:
@@ -305,7 +306,7 @@ def changed_settings(job: Job, record: Mapping[str, Any], job_dir: Optional[Path
     if saved is None:
         return None
     try:
-        planned = planned_config(job)
+        planned = planned_config(job.rollout_config())
     except (TypeError, ValueError) as exc:
         return f"the settings ({exc})"
     diffs = [f"{key} {saved.get(key)!r} -> {planned.get(key)!r}" for key in sorted(set(saved) | set(planned))
@@ -327,7 +328,7 @@ def run_job(job: Job, policy_factory: Callable[[PolicyServerAddress], BasePolicy
     policy = None
     try:
         config, done = job.rollout_config(), []
-        record["job_config"] = planned_config(job)
+        record["job_config"] = planned_config(config)
         on_episode = None
         if job_dir is not None:
             config, done = prepare_job_dir(job_dir, config)

@@ -22,6 +22,7 @@ from gr00t_client import BasePolicy, ModalityConfig
 
 from .dataset import LeRobotDataset
 from .metrics import ActionErrors, action_errors
+from .reported_position import is_position
 from .results import RESULTS_FILENAME, open_loop_results, write_results
 
 logger = logging.getLogger(__name__)
@@ -180,19 +181,15 @@ def build_observation(
     return flat
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
 def check_policy_position(info: Any, traj_id: int, step: int, execution_horizon: int) -> None:
     """TrajectoryError when the policy's info reports an `episode_index` or `current_step` other than traj_id, step."""
     if not isinstance(info, Mapping):
         return
     episode, current = info.get("episode_index"), info.get("current_step")
-    if _is_int(episode) and episode != traj_id:
+    if is_position(episode) and episode != traj_id:
         raise TrajectoryError(f"the policy reports episode {episode} while the evaluation is at trajectory {traj_id} "
                               "(does the server replay another copy of the dataset?)")
-    if _is_int(current) and current != step:
+    if is_position(current) and current != step:
         raise TrajectoryError(f"the policy reports step {current} while the evaluation is at step {step} (start the server "
                               f"with --execution-horizon {execution_horizon}, or pass the server's here)")
 

@@ -14,6 +14,8 @@ import numpy as np
 
 from gr00t_client import ModalityConfig
 
+from ..reported_position import is_position
+
 logger = logging.getLogger(__name__)
 
 
@@ -123,12 +125,12 @@ class PolicyRowCursor:
         current = _per_row(info.get("current_step"), n)
         horizon = info.get("execution_horizon")
         lengths = _per_row(info.get("episode_length"), n)
-        if isinstance(horizon, (int, np.integer)) and horizon != self.n_action_steps and not self._warned:
+        if is_position(horizon) and horizon != self.n_action_steps and not self._warned:
             self._warned = True
             logger.warning("the policy advances %d steps per call but the envs execute n_action_steps=%d; a replayed "
                            "episode will drift (serve with --execution-horizon %d)", horizon, self.n_action_steps, self.n_action_steps)
         for row in range(n):
-            if current is not None and isinstance(horizon, (int, np.integer)):
+            if current is not None and is_position(horizon):
                 self.next_steps[row] = int(current[row]) + int(horizon)
             else:
                 self.next_steps[row] += self.n_action_steps
@@ -162,18 +164,18 @@ class PolicyRowCursor:
         reported_episodes = _per_row(info.get("episode_index"), n)
         reported_steps = _per_row(info.get("current_step"), n)
         horizon = info.get("execution_horizon")
-        advance = int(horizon) if _is_int(horizon) else None
+        advance = int(horizon) if is_position(horizon) else None
         with self._lock:
             for row in range(n):
                 episode = reported_episodes[row] if reported_episodes is not None else None
                 step = reported_steps[row] if reported_steps is not None else None
                 expected_step = self._expected_steps[row]
-                episode_differs = _is_int(episode) and episode != self.episodes[row]
-                step_differs = _is_int(step) and expected_step is not None and step != expected_step
+                episode_differs = is_position(episode) and episode != self.episodes[row]
+                step_differs = is_position(step) and expected_step is not None and step != expected_step
                 if (episode_differs or step_differs) and row not in self._position_errors:
                     self._position_errors[row] = _position_error(row, episode, step, self.episodes[row], expected_step)
                 # Without its execution horizon the policy's next position is unknown: no step check until a reset.
-                self._expected_steps[row] = int(step) + advance if _is_int(step) and advance is not None else None
+                self._expected_steps[row] = int(step) + advance if is_position(step) and advance is not None else None
 
     def take_position_errors(self, rows: Sequence[int]) -> Dict[int, str]:
         """{row: reason} for `rows` whose policy position was lost since the last call; forgets every noted row."""
@@ -207,15 +209,11 @@ class PositionCheckedPolicy:
 
 def _position_error(row: int, episode: Any, step: Any, expected_episode: int, expected_step: Optional[int]) -> str:
     reported = " ".join(part for part in (
-        f"episode {episode}" if _is_int(episode) else "", f"step {step}" if _is_int(step) else "") if part)
+        f"episode {episode}" if is_position(episode) else "", f"step {step}" if is_position(step) else "") if part)
     expected = f"episode {expected_episode}" + ("" if expected_step is None else f" step {expected_step}")
     return (f"policy position lost: the policy reports {reported} for env row {row}, expected {expected} "
             f"(the policy server was probably restarted or dropped this client's session, so it no longer replays "
             f"this episode)")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _per_row(value: Any, n: int) -> Optional[List[Any]]:

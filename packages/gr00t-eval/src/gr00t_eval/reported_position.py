@@ -1,0 +1,16 @@
+"""What a policy's get_action info reports about its place in a replay (`episode_index`, `current_step`,
+`execution_horizon`): open-loop and the rollout both check it against where they put the policy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def is_position(value: Any) -> bool:
+    """True for a value a policy reports as a position or horizon: a whole number (a bool is not one).
+
+    Other values (None, lists of another length, text) mean the policy reports no position to check.
+    """
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
