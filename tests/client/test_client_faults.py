@@ -64,12 +64,16 @@ _SIGNAL_CLOSE_SCRIPT = textwrap.dedent(
     context = zmq.Context()
     router = context.socket(zmq.ROUTER)  # takes requests, never answers
     port = router.bind_to_random_port("tcp://127.0.0.1")
-    client = PolicyClient(host="127.0.0.1", port=port, timeout_ms=20000)
+    how = sys.argv[1]
+    client = PolicyClient(host="127.0.0.1", port=port, timeout_ms=20000, return_server_timing=how == "timing")
     signal.signal(signal.SIGALRM, lambda *_: client.close())  # a robot's shutdown hook
     signal.setitimer(signal.ITIMER_REAL, 0.5)
     started = time.monotonic()
     try:
-        client.call_endpoint("ping", requires_input=False)
+        if how == "ping":
+            client.call_endpoint("ping", requires_input=False)
+        else:  # the first get_action asks the server what it is first (with return_server_timing, outside call_endpoint)
+            client.get_action({"state": {"x": np.zeros((1, 1, 3), np.float32)}})
     except ConnectionError as exc:
         print("ended:", type(exc).__name__, round(time.monotonic() - started, 2))
     try:
@@ -80,9 +84,10 @@ _SIGNAL_CLOSE_SCRIPT = textwrap.dedent(
 )
 
 
-def test_close_from_a_signal_handler_during_a_call_ends_the_call_instead_of_hanging():
+@pytest.mark.parametrize("how", ["ping", "get_action", "timing"])
+def test_close_from_a_signal_handler_during_a_call_ends_the_call_instead_of_hanging(how):
     # The handler runs on the thread that is in the call and holds the client's lock: close() must not wait for it.
-    result = subprocess.run([sys.executable, "-c", _SIGNAL_CLOSE_SCRIPT], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+    result = subprocess.run([sys.executable, "-c", _SIGNAL_CLOSE_SCRIPT, how], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
     assert result.returncode == 0, result.stderr
     ended = [line for line in result.stdout.splitlines() if line.startswith("ended:")]
     assert ended and ended[0].split()[1] == "ConnectionError", result.stdout
@@ -146,7 +151,7 @@ def test_a_wire_probe_that_timed_out_is_asked_again_before_arrays_are_sent():
             observation = libero_like_observation()
             with pytest.raises(PolicyTimeoutError):
                 client.get_action(observation)
-            time.sleep(0.5)  # the server finishes the slow answer
+            client.timeout_ms = 10000  # room for the server to finish the slow answer first
             action, _info = client.get_action(observation)
             assert client.speaks_npsave
             assert action["x"].shape == (1, 16, 1)
@@ -189,6 +194,28 @@ def test_the_first_get_action_and_its_questions_to_the_server_share_one_budget(s
         with PolicyClient(host="127.0.0.1", port=server.port, timeout_ms=1000, **settings) as client:
             with pytest.raises(PolicyTimeoutError):
                 client.get_action({"state": {"x": np.ones((1, 1, 1), np.float32)}})
+
+
+def test_time_spent_waiting_for_another_threads_call_is_not_charged_to_the_budget():
+    # One client shared by two threads; each answer takes 1 s and the budget is 1.8 s. B waits about 1 s for A's call
+    # to finish, then has its whole budget for its own: charged from before the wait, it would time out.
+    with ScriptedServer(_ours_with_delay(1.0)) as server:
+        with PolicyClient(host="127.0.0.1", port=server.port, timeout_ms=1800, wire="multipart") as client:
+            outcomes = {}
+            observation = {"state": {"x": np.ones((1, 1, 1), np.float32)}}
+
+            def call(name):
+                try:
+                    outcomes[name] = client.get_action(observation)[0]["x"].shape
+                except Exception as exc:  # noqa: BLE001 - the outcome is what is asserted
+                    outcomes[name] = exc
+
+            first = threading.Thread(target=call, args=("A",))
+            first.start()
+            time.sleep(0.2)  # A holds the lock
+            call("B")
+            first.join(10)
+    assert outcomes == {"A": (1, 16, 1), "B": (1, 16, 1)}
 
 
 def _reference_answering(action):

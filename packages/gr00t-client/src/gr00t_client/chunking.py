@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .policy import ActionError
+from .policy import ActionError, non_finite_rows
 
 logger = logging.getLogger(__name__)
 
@@ -336,11 +336,9 @@ class ActionChunker:
                 raise ActionError(f"action key '{key}' has horizon 0 (shape {value.shape}); expected a chunk of at least 1 step")
             if horizon is not None and value.shape[1] != horizon:
                 raise ActionError(f"action key '{key}' has horizon {value.shape[1]}; other keys have {horizon}")
-            if value.dtype.kind in "fc" and value.size and not np.isfinite(value).all():
-                # The last layer before a robot: whatever policy it wraps (a local one checks nothing), no NaN leaves it.
-                rows = np.flatnonzero(~np.isfinite(value.reshape(value.shape[0], -1)).all(axis=1))
-                raise ActionError(f"action key '{key}' has non-finite values (NaN or inf) in rows {[int(r) for r in rows[:8]]}; "
-                                  "the chunk was not used")
+            rows = non_finite_rows(value)
+            if rows:  # the last layer before a robot: whatever policy it wraps (a local one checks nothing), no NaN leaves
+                raise ActionError(f"action key '{key}' has non-finite values (NaN or inf) in rows {rows}; the chunk was not used")
             step_shape = self._step_shapes.get(key)
             if step_shape is not None and value.shape[2:] != step_shape:
                 raise ActionError(

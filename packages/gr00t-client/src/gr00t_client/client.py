@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import numbers
 import threading
 import time
 import uuid
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-import numpy as np
 import zmq
 
 from . import codec, curve
 from .modality import ModalityConfig
-from .policy import ActionError, BasePolicy, validate_action, validate_observation
+from .policy import ActionError, BasePolicy, non_finite_rows, validate_action, validate_observation
 
 logger = logging.getLogger(__name__)
 
@@ -156,9 +156,6 @@ class PolicyClient(BasePolicy):
         # Even with wire="reference" we ask once whether the server is ours, so that a result map with an
         # "error" key from our server (which marks its errors) is not taken for an error.
         self._server_is_ours: Optional[bool] = True if wire == "multipart" else None
-        # For a server that is not ours: whether its wire generation is known (the get_modality_config probe
-        # answered); a probe that timed out is asked again before the next call that carries arrays.
-        self._generation_known = wire in ("multipart", "npsave")
         # The server's max_message_bytes from get_server_info; None when unknown (reference, older or unasked server).
         self.server_max_message_bytes: Optional[int] = None
         # CURVE encryption (gr00t_client.curve): None for plaintext; an ephemeral key pair when no client key is given.
@@ -166,10 +163,12 @@ class PolicyClient(BasePolicy):
         self._context: Optional[zmq.Context] = zmq.Context()
         self._socket: Optional[zmq.Socket] = None
         self._handshake: Optional[curve.HandshakeMonitor] = None  # watches the current socket's handshakes
-        self._lock = threading.Lock()
-        self._lock_owner: Optional[int] = None  # the thread in call_endpoint: a close() from it (a signal handler) defers
+        # Reentrant, so that close() from a signal handler on the thread that is in a call does not wait for itself.
+        self._lock = threading.RLock()
+        self._lock_owner: Optional[int] = None  # the thread inside a call (set once the lock is held)
         self._closing = threading.Event()  # set by close(); an in-flight call gives up its wait at once
-        self._call = threading.local()  # .deadline: one budget for a whole get_action (negotiation, configs, the call)
+        # .active/.deadline: one budget for a whole get_action (negotiation, configs, the call), from its first question
+        self._call = threading.local()
         self._modality_config: Optional[Dict[str, ModalityConfig]] = None
 
     # --- transport ------------------------------------------------------------------------------
@@ -203,7 +202,6 @@ class PolicyClient(BasePolicy):
         """Forget what was learned about the server (kind, wire, message limit, configs): it may have been restarted
         or replaced behind the same address, so the next call asks again instead of trusting stale facts."""
         self._server_is_ours = True if self._requested_wire == "multipart" else None
-        self._generation_known = self._requested_wire in ("multipart", "npsave")
         self._wire = self._requested_wire
         self.speaks_npsave = self._requested_wire == "npsave"
         self.server_max_message_bytes = None
@@ -211,12 +209,12 @@ class PolicyClient(BasePolicy):
 
     def _discard_socket(self) -> None:
         self._forget_server()  # a timed-out or broken connection: whoever answers next may be another server
-        if self._handshake is not None:
-            self._handshake.close()
-            self._handshake = None
-        if self._socket is not None:
-            self._socket.close(linger=0)
-            self._socket = None
+        handshake, self._handshake = self._handshake, None
+        if handshake is not None:
+            handshake.close()
+        sock, self._socket = self._socket, None
+        if sock is not None:
+            sock.close(linger=0)
 
     def _timeout(self, endpoint: str) -> PolicyTimeoutError:
         return PolicyTimeoutError(
@@ -227,6 +225,8 @@ class PolicyClient(BasePolicy):
     def _round_trip(self, envelope: Dict[str, Any], endpoint: str, multipart: bool, deadline: Optional[float] = None) -> Any:
         if deadline is None:
             deadline = time.monotonic() + self.timeout_ms / 1000.0
+        elif deadline <= time.monotonic():  # spent on earlier questions of this call: nothing sent, the socket kept
+            raise self._timeout(endpoint)
         # Our server drops a request whose client has given up instead of running it; other servers ignore the field.
         envelope = {**envelope, TIMEOUT_FIELD: max(1, int((deadline - time.monotonic()) * 1000))}
         if multipart:
@@ -329,9 +329,7 @@ class PolicyClient(BasePolicy):
             return
         capabilities = info.get("capabilities", []) if isinstance(info, dict) else []
         self._server_is_ours = isinstance(info, dict) and info.get("server") == "gr00t-server"
-        if self._server_is_ours:
-            self._generation_known = True
-        else:
+        if not self._server_is_ours:
             self._probe_wire_generation(deadline)
         if self._wire == "auto" and "multipart" not in capabilities:
             self._wire = "reference"
@@ -346,26 +344,22 @@ class PolicyClient(BasePolicy):
         Its get_modality_config reply says it: an np.save-era server writes only `__ModalityConfig_class__`
         (seen in _round_trip). Without this, the first get_action would hand such a server's policy
         msgpack-numpy maps instead of arrays. The configs are kept, so get_modality_config() costs nothing later.
-        Only an answer settles it: a probe that timed out is asked again before the next call (see call_endpoint).
+        A probe that timed out discarded the socket, and with it what was learnt: the next call asks again.
         """
         if self.speaks_npsave:
-            self._generation_known = True
             return
         envelope = self._envelope("get_modality_config", None, requires_input=False)
         try:
             configs = self._round_trip(envelope, "get_modality_config", multipart=False, deadline=deadline)
         except PolicyServerError as exc:  # a policy without configs: nothing to learn, the current format it is
             logger.debug("server at %s gave no modality config to probe its wire (%s)", self.address, exc)
-            self._generation_known = True
             return
         except codec.WireDecodeError as exc:
             # Configs this client cannot read (a newer upstream field): the reply's markers still told the wire
             # (_round_trip), and the caller's own request should not fail for a question it did not ask.
             logger.warning("server at %s sent modality configs this client cannot read (%s); strict validation "
                            "will fail, but calls go on", self.address, exc)
-            self._generation_known = True
             return
-        self._generation_known = True
         if isinstance(configs, dict) and configs:
             self._modality_config = configs
 
@@ -379,31 +373,37 @@ class PolicyClient(BasePolicy):
         return envelope
 
     def _deadline(self) -> float:
-        """The end of this call's budget: the enclosing get_action's when there is one (one budget for all of it)."""
-        deadline = getattr(self._call, "deadline", None)
-        return deadline if deadline is not None else time.monotonic() + self.timeout_ms / 1000.0
+        """The end of this call's budget, taken once the lock is held (time spent waiting for another thread's call
+        is not charged): inside a get_action, the budget its first question started (one budget for all of it)."""
+        call = self._call
+        if not getattr(call, "active", False):
+            return time.monotonic() + self.timeout_ms / 1000.0
+        if call.deadline is None:
+            call.deadline = time.monotonic() + self.timeout_ms / 1000.0
+        return call.deadline
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the client's lock for one call; a close() asked for meanwhile from this thread is done on the way out."""
+        with self._lock:
+            outer = self._lock_owner
+            self._lock_owner = threading.get_ident()
+            try:
+                yield
+            finally:
+                self._lock_owner = outer
+                if outer is None and self._closing.is_set():  # close() from this thread mid-call left the rest to us
+                    self._close_now()
 
     def call_endpoint(self, endpoint: str, data: Optional[Dict[str, Any]] = None, requires_input: bool = True) -> Any:
         """Call any endpoint; raises PolicyTimeoutError, PolicyServerError or ConnectionError."""
-        deadline = self._deadline()  # one budget, negotiation included
-        with self._lock:
-            self._lock_owner = threading.get_ident()
-            try:
-                if endpoint not in ("ping", "kill"):
-                    if self._server_is_ours is None:
-                        self._negotiate(deadline)
-                    elif not self._generation_known and endpoint != "get_modality_config":
-                        self._probe_wire_generation(deadline)  # an earlier probe got no answer: before any array goes
-                multipart = bool(self._server_is_ours) and self._wire in ("auto", "multipart")
-                envelope = self._envelope(endpoint, data, requires_input)
-                result = self._round_trip(envelope, endpoint, multipart=multipart, deadline=deadline)
-                if endpoint == "get_modality_config" and not self._server_is_ours:
-                    self._generation_known = True  # its reply's markers told the wire (_round_trip)
-                return result
-            finally:
-                self._lock_owner = None
-                if self._closing.is_set():  # close() was called from this thread mid-call and left the rest to us
-                    self._close_now()
+        with self._locked():
+            deadline = self._deadline()  # one budget, negotiation included
+            if self._server_is_ours is None and endpoint not in ("ping", "kill"):
+                self._negotiate(deadline)
+            multipart = bool(self._server_is_ours) and self._wire in ("auto", "multipart")
+            envelope = self._envelope(endpoint, data, requires_input)
+            return self._round_trip(envelope, endpoint, multipart=multipart, deadline=deadline)
 
     # --- policy API -----------------------------------------------------------------------------
 
@@ -443,21 +443,22 @@ class PolicyClient(BasePolicy):
         """A robot must never be handed a NaN: every float array of an action from a server that does not check
         its policy's output (the reference; ours refuses to send one) must be finite, strict or not."""
         for key, value in action.items() if isinstance(action, dict) else ():
-            if isinstance(value, np.ndarray) and value.dtype.kind in "fc" and value.size and not np.isfinite(value).all():
-                rows = np.flatnonzero(~np.isfinite(value.reshape(value.shape[0], -1)).all(axis=1)) if value.ndim else [0]
+            rows = non_finite_rows(value)
+            if rows:
                 raise ActionError(f"Action key '{key}' from the server at {self.address} has non-finite values (NaN or "
-                                  f"inf) in rows {[int(r) for r in rows[:8]]}; the action was not used")
+                                  f"inf) in rows {rows}; the action was not used")
 
     def get_action(self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         """BasePolicy.get_action within one timeout_ms budget: a first call's questions to the server (its kind, and
         for a strict client its modality config) come out of the same budget as the call itself."""
-        if getattr(self._call, "deadline", None) is not None:  # nested (a subclass calling back in): the outer budget
+        call = self._call
+        if getattr(call, "active", False):  # nested (a subclass calling back in): the outer budget
             return super().get_action(observation, options)
-        self._call.deadline = time.monotonic() + self.timeout_ms / 1000.0
+        call.active, call.deadline = True, None
         try:
             return super().get_action(observation, options)
         finally:
-            self._call.deadline = None
+            call.active, call.deadline = False, None
 
     def _get_action(self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         if self.return_server_timing and self._serves_timing():
@@ -472,10 +473,9 @@ class PolicyClient(BasePolicy):
     def _serves_timing(self) -> bool:
         # Only our server understands the option; a reference policy would receive it as an unknown option.
         if self._server_is_ours is None:
-            deadline = self._deadline()
-            with self._lock:
+            with self._locked():
                 if self._server_is_ours is None:
-                    self._negotiate(deadline)
+                    self._negotiate(self._deadline())
         return bool(self._server_is_ours)
 
     # --- lifetime -------------------------------------------------------------------------------
@@ -487,19 +487,19 @@ class PolicyClient(BasePolicy):
         if closing is None:  # __init__ failed before the lock existed
             return
         closing.set()
-        if self._lock_owner == threading.get_ident():
-            # Called on the thread that is in a call (a signal handler, a __del__ run mid-call): waiting for the lock
-            # would wait for ourselves. The call sees _closing within CLOSE_POLL_MS and closes on its way out.
-            return
-        with self._lock:
+        with self._lock:  # reentrant: on the thread in a call (a signal handler) it is ours at once
+            if self._lock_owner == threading.get_ident():
+                # A call on this thread was interrupted mid-way: it sees _closing within CLOSE_POLL_MS and closes
+                # on its way out (closing the socket under it here would break it mid-operation).
+                return
             self._close_now()
 
     def _close_now(self) -> None:
-        """Close the socket and the context (holding the lock)."""
+        """Close the socket and the context (holding the lock); safe to re-enter from a signal handler."""
         self._discard_socket()
-        if self._context is not None:
-            self._context.destroy(linger=0)
-            self._context = None
+        context, self._context = self._context, None
+        if context is not None:
+            context.destroy(linger=0)
 
     def __enter__(self) -> "PolicyClient":
         return self

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -37,12 +37,22 @@ def _check_array(kind: str, key: str, value: Any, dtype: type, ndim: int, horizo
         raise err(f"{kind} key '{key}' must have horizon T={horizon} (shape {layout}); got T={value.shape[1]} in shape {value.shape}")
 
 
+def non_finite_rows(value: Any) -> List[int]:
+    """The rows (leading axis) of a float or complex array that hold NaN or inf, at most 8; [] for any other value
+    or when every number is finite (the common case costs one isfinite pass)."""
+    if not isinstance(value, np.ndarray) or value.dtype.kind not in "fc" or not value.size or np.isfinite(value).all():
+        return []
+    if value.ndim == 0:
+        return [0]
+    bad = ~np.isfinite(value.reshape(value.shape[0], -1)).all(axis=1)
+    return [int(row) for row in np.flatnonzero(bad)[:8]]
+
+
 def _check_finite(key: str, value: np.ndarray) -> None:
     """A NaN or inf state makes NaN actions that a robot would execute: refuse it, naming the key and rows."""
-    if value.size and not np.isfinite(value).all():
-        bad = ~np.isfinite(value.reshape(value.shape[0], -1))
-        rows = [int(r) for r in np.flatnonzero(bad.any(axis=1))]
-        raise ObservationError(f"State key '{key}' has non-finite values (NaN or inf) in rows {rows[:8]}; expected finite numbers")
+    rows = non_finite_rows(value)
+    if rows:
+        raise ObservationError(f"State key '{key}' has non-finite values (NaN or inf) in rows {rows}; expected finite numbers")
 
 
 def validate_observation(observation: Any, configs: Mapping[str, ModalityConfig]) -> int:
@@ -109,7 +119,7 @@ def validate_action(action: Any, configs: Mapping[str, ModalityConfig], batch_si
             raise ActionError(f"Action key '{key}' has batch size {value.shape[0]}; expected {batch_size} (the observation's)")
 
 
-def observation_batch_size(observation: Any) -> Optional[int]:
+def nested_batch_size(observation: Any) -> Optional[int]:
     """The batch size of a nested observation ({video, state, language} dicts), from its first array or language
     list; None when it has neither (a flat or empty observation)."""
     if not isinstance(observation, Mapping):
@@ -131,7 +141,7 @@ def observation_batch_size(observation: Any) -> Optional[int]:
 def check_action_batch(action: Any, observation: Any) -> None:
     """Every array of the action has one row per observation row (a policy or server that answers B=2 for B=1, or
     drops a row, would otherwise hand a robot another row's action)."""
-    expected = observation_batch_size(observation)
+    expected = nested_batch_size(observation)
     if expected is None or not isinstance(action, Mapping):
         return
     for key, value in action.items():

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, 
 import numpy as np
 
 from gr00t_client.modality import ModalityConfig
-from gr00t_client.policy import BasePolicy, validate_observation
+from gr00t_client.policy import BasePolicy, nested_batch_size, validate_observation
 
 from ..extras import require_lerobot_dataset
 from ..modality_configs import derive_from_dataset
@@ -136,7 +136,7 @@ class ReplayPolicy(BasePolicy):
     def _get_action(self, observation: Any, options: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         options = options or {}
         session = _session_id(options)
-        batch = _observation_batch_size(observation)
+        batch = nested_batch_size(observation)
         if batch is None and options.get("batch_size") is not None:
             batch = options["batch_size"]
         if batch is not None:  # checked before the session is touched: a bad request never breaks it
@@ -254,18 +254,3 @@ def _as_list(value: Any, name: str) -> List[Any]:
             raise ValueError(f"{name} must not be an empty list")
         return list(value)
     return [value]
-
-
-def _observation_batch_size(observation: Any) -> Optional[int]:
-    """Batch size from the first video, state or language entry of a nested observation; None if there is none."""
-    if not isinstance(observation, Mapping):
-        return None
-    for modality in ("video", "state", "language"):
-        group = observation.get(modality)
-        if isinstance(group, Mapping):
-            for value in group.values():
-                if isinstance(value, np.ndarray) and value.ndim > 0:
-                    return int(value.shape[0])
-                if isinstance(value, (list, tuple)):
-                    return len(value)
-    return None
