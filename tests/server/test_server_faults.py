@@ -13,13 +13,16 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
-from reference_peer import EchoPolicy, raw_round_trip
+from reference_peer import LANGUAGE_KEY, EchoPolicy, libero_like_configs, raw_round_trip
 from serving import running_server
 
-from gr00t_client import BasePolicy, PolicyClient, PolicyServerError, codec
+from gr00t_client import BasePolicy, ModalityConfig, PolicyClient, PolicyServerError, codec
+from gr00t_server.policies import Gr00tSimPolicyWrapper
 from gr00t_server.serving import execution
 from gr00t_server.serving.endpoints import RateLimitedLog
 from gr00t_server.serving.execution import JobRunner
+from gr00t_server.serving.limits import ServerLimits, check_observation
+from gr00t_server.serving.messages import RequestError
 
 ARRAY_REFERENCE_EXT = 42  # a multipart header's "array in frame N"
 
@@ -249,6 +252,58 @@ def test_bytes_that_are_not_utf8_text_are_data_and_pass_the_language_limits():
     with running_server(policy) as server:
         decoded(raw_round_trip(server.port, get_action_message(observation)))
     assert policy.calls == 1
+
+
+@pytest.mark.parametrize("where", ["nested video", "flat key", "list under state"])
+def test_binary_bytes_outside_language_are_data_even_when_they_decode_as_utf8(where):
+    mask = (np.arange(64 * 64) % 2).astype(np.uint8).tobytes()  # a 64x64 0/1 mask: 4096 bytes, all valid UTF-8
+    extra = {"nested video": {"video": {"mask_raw": mask}}, "flat key": {"video.mask_raw": mask},
+             "list under state": {"state": {"x": np.zeros((1, 1, 3), np.float32), "raw": [mask]}}}[where]
+    policy = EchoPolicy()
+    with running_server(policy) as server:
+        decoded(raw_round_trip(server.port, get_action_message({**small_observation(), **extra})))
+    assert policy.calls == 1
+
+
+def sim_server_policy(language_key: str = LANGUAGE_KEY) -> Gr00tSimPolicyWrapper:
+    configs = dict(libero_like_configs(), language=ModalityConfig(delta_indices=[0], modality_keys=[language_key]))
+    return Gr00tSimPolicyWrapper(EchoPolicy(configs), strict=False)
+
+
+@pytest.mark.parametrize(
+    "language_key, sent_under",
+    [(LANGUAGE_KEY, LANGUAGE_KEY), ("task", "task"), ("task", "annotation.human.coarse_action")],
+    ids=["config key", "custom key", "legacy key"],
+)
+def test_language_bytes_under_the_flat_keys_the_sim_wrapper_decodes_are_held_to_the_limit(language_key, sent_under):
+    policy = sim_server_policy(language_key)
+    observation = {sent_under: [b"pick up the bowl. " * 200]}
+    with running_server(policy) as server:
+        message = error_of(raw_round_trip(server.port, get_action_message(observation)))
+        served = decoded(raw_round_trip(server.port, get_action_message({sent_under: [b"pick up the bowl."]})))
+    assert message == (
+        f"language '{sent_under}' has 3600 characters; this server accepts at most 2048 (--max-language-chars)"
+    )
+    assert policy.policy.calls == 1 and "action.x" in served[0]  # only the short instruction reached the policy
+
+
+def test_a_flat_key_the_sim_wrapper_does_not_read_as_language_may_carry_long_text_bytes():
+    policy = sim_server_policy()
+    observation = {LANGUAGE_KEY: [b"pick up the bowl."], "video.notes": b"a long note. " * 400}
+    with running_server(policy) as server:
+        decoded(raw_round_trip(server.port, get_action_message(observation)))
+    assert policy.policy.calls == 1
+
+
+def test_language_bytes_past_four_bytes_a_character_are_refused_undecoded():
+    limits = ServerLimits()
+    for text in (b"\xff" * 100_000, b"pick up the bowl. " * 10_000):  # not UTF-8, or text: too long either way
+        with pytest.raises(RequestError) as caught:
+            check_observation({"language": {"task": [text]}}, limits)
+        assert str(caught.value) == (
+            f"language 'language.task' has {len(text)} bytes, more than 2048 characters however they decode; this "
+            "server accepts at most 2048 (--max-language-chars)"
+        )
 
 
 # --- #5 NaN/inf anywhere in the action; a result that is not (action, info) --------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -30,6 +30,15 @@ class Gr00tSimPolicyWrapper(PolicyWrapper):
     @property
     def modality_configs(self) -> Dict[str, ModalityConfig]:
         return self.get_modality_config()
+
+    def language_sources(self) -> FrozenSet[str]:
+        """The flat keys whose strings (or UTF-8 bytes) this wrapper reads as language; the server holds them to
+        its language limits."""
+        language = self.get_modality_config().get("language")
+        keys = set(language.modality_keys) if language is not None else set()
+        if "task" in keys:
+            keys.add(LEGACY_LANGUAGE_KEY)  # read instead of "task" when sent (_language_source)
+        return frozenset(keys)
 
     def _language_source(self, key: str, observation: Mapping[str, Any]) -> str:
         if key == "task" and LEGACY_LANGUAGE_KEY in observation:

@@ -4,14 +4,18 @@ an action reaches a robot."""
 from __future__ import annotations
 
 import cmath
+import logging
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import AbstractSet, Any, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .messages import RequestError
+from .wrappers import policy_chain
+
+logger = logging.getLogger(__name__)
 
 # A lower bound on a tokenizer's count (every word and punctuation mark is at least one token), cheap to compute.
 _TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -88,11 +92,22 @@ def _all_finite(value: np.ndarray) -> bool:
     return bool(np.isfinite(value).all())
 
 
+def _is_language(where: str, flat_language_keys: AbstractSet[str]) -> bool:
+    """Whether a value at dotted key `where` is language a policy reads: the nested observation's "language" group, or
+    a flat key the served policy reads as language (the sim wrapper's, see flat_language_keys)."""
+    return where == "language" or where.startswith("language.") or where in flat_language_keys
+
+
 def _check_text_bytes(value: bytes, where: str, limits: ServerLimits) -> None:
     """Language sent as bytes (msgpack bin) is held to the same limits as str: policies decode it (the sim wrapper
-    does). Bytes that are not UTF-8 are data, not language; a policy that wants text refuses them itself."""
+    does). At most 4 x max_language_chars bytes are decoded; bytes that are not UTF-8 are left to the policy."""
     if len(value) <= min(limits.max_language_chars, limits.max_language_tokens):  # no more characters than bytes
         return
+    if len(value) > 4 * limits.max_language_chars:  # UTF-8 spends at most 4 bytes a character: too long, undecoded
+        raise RequestError(
+            f"language '{where}' has {len(value)} bytes, more than {limits.max_language_chars} characters however they "
+            f"decode; this server accepts at most {limits.max_language_chars} (--max-language-chars)"
+        )
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError:
@@ -143,9 +158,12 @@ def _check_array(value: np.ndarray, where: str, limits: ServerLimits, cameras: s
             )
 
 
-def check_observation(observation: Any, limits: ServerLimits, multipart: bool = False) -> None:
+def check_observation(
+    observation: Any, limits: ServerLimits, multipart: bool = False, flat_language_keys: AbstractSet[str] = frozenset()
+) -> None:
     """Refuse an observation over the work limits, with non-str keys, or with a non-finite float (key named); of a
-    `multipart` message, also one with two keys referencing one frame (so that each frame is checked once)."""
+    `multipart` message, also one with two keys referencing one frame (so that each frame is checked once). Bytes
+    count as language only under "language" and the `flat_language_keys`; elsewhere they are data (a raw mask)."""
     if not isinstance(observation, dict):
         return  # the policy's own validation says what it expects
     cameras: set = set()
@@ -174,7 +192,7 @@ def check_observation(observation: Any, limits: ServerLimits, multipart: bool = 
             stack.extend((child, where) for child in value if isinstance(child, (dict, list, tuple, str, bytes, np.ndarray)))
         elif isinstance(value, str):
             _check_text(value, where, limits)
-        elif isinstance(value, bytes):
+        elif isinstance(value, bytes) and _is_language(where, flat_language_keys):
             _check_text_bytes(value, where, limits)
     if len(cameras) > limits.max_cameras:
         raise RequestError(
@@ -222,6 +240,21 @@ def _likely_cause(observation: Any, rows: List[int], action_key: str = "") -> st
         keys = ", ".join(f"'{key}'" for key in suspects[:4])
         return f" All zeros in those rows: {keys}; check them for degenerate values and the checkpoint's statistics."
     return " Check the observation for degenerate values (all-zero rotations, constant inputs) and the checkpoint's statistics."
+
+
+def flat_language_keys(policy: Any) -> FrozenSet[str]:
+    """The flat observation keys the policy, or a policy it wraps, reads as language (the sim wrapper's
+    `language_sources()`); empty when none says."""
+    for link in policy_chain(policy):
+        sources = getattr(link, "language_sources", None)
+        if callable(sources):
+            try:
+                return frozenset(key for key in sources() if isinstance(key, str))
+            except Exception as exc:  # its modality config failed: nested "language" is still checked
+                logger.warning("could not learn the policy's language keys (%s: %s); bytes under flat keys are not "
+                               "held to the language limits", type(exc).__name__, exc)
+                return frozenset()
+    return frozenset()
 
 
 _PAIR_EXPECTED = "expected a pair (action: dict, info: dict); nothing was sent"

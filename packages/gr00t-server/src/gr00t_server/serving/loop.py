@@ -132,7 +132,9 @@ class RequestLoop:
             if request.endpoint not in server._endpoints:
                 raise RequestError(f"Unknown endpoint: {request.endpoint} (known endpoints: {', '.join(server.endpoints)})")
             if request.endpoint == "get_action" and isinstance(request.data, dict):
-                work_limits.check_observation(request.data.get("observation"), server.limits, request.multipart)
+                work_limits.check_observation(
+                    request.data.get("observation"), server.limits, request.multipart, server.flat_language_keys
+                )
                 request.wants_timing = timing_requested(request.data)  # refused here unless a bool
             self._admit(request)
         except Exception as exc:

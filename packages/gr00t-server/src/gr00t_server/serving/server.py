@@ -8,7 +8,7 @@ import math
 import numbers
 import signal
 import threading
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
 from gr00t_client.client import PROTOCOL_VERSION, normalize_host
 from gr00t_client.policy import BasePolicy
@@ -123,6 +123,7 @@ class PolicyServer:
         )
         self.policy = policy
         self._sessions_of: Optional[Tuple[Any, bool]] = None  # (policy, whether its chain keeps sessions)
+        self._language_keys_of: Optional[Tuple[Any, FrozenSet[str]]] = None  # (policy, its flat language keys)
         self.host = normalize_host(host)
         self.port = int(port)
         self.api_token = api_token or None
@@ -229,6 +230,16 @@ class PolicyServer:
         uses = keeps_sessions(self.policy)
         self._sessions_of = (self.policy, uses)
         return uses
+
+    @property
+    def flat_language_keys(self) -> FrozenSet[str]:
+        """The flat observation keys the policy reads as language (limits.flat_language_keys), asked once per policy."""
+        cached = self._language_keys_of
+        if cached is not None and cached[0] is self.policy:
+            return cached[1]
+        keys = work_limits.flat_language_keys(self.policy)
+        self._language_keys_of = (self.policy, keys)
+        return keys
 
     def _with_session(self, options: Any, request: Request) -> Any:
         if options is not None and not isinstance(options, dict):
