@@ -107,8 +107,28 @@ def test_a_server_timing_option_that_is_not_a_bool_is_refused_naming_the_option_
         message = error_of(raw_round_trip(server.port, hostile, 3000))
         assert server._loop.queued_requests == 0 and not server._loop.queued_bytes
         good = decoded(raw_round_trip(server.port, get_action_message(small_observation(), {"return_server_timing": True})))
-    assert message == "options['return_server_timing'] must be true or false (a bool), got ndarray"
+    assert message == "options['return_server_timing'] must be true or false (a bool, or 0 or 1), got ndarray"
     assert "server_timing" in good[1]
+
+
+@pytest.mark.parametrize(
+    "flag, timed",
+    [(1, True), (0, False), (np.int64(1), True), (np.bool_(True), True), (False, False), (None, False)],
+    ids=["int 1", "int 0", "numpy int 1", "numpy bool", "false", "nil"],
+)
+def test_a_server_timing_option_sent_as_0_or_1_is_a_flag(flag, timed):
+    with running_server(EchoPolicy()) as server:  # C++, JS and Go msgpack peers often send flags as 0/1
+        request = get_action_message(small_observation(), {"return_server_timing": flag})
+        action, info = decoded(raw_round_trip(server.port, request))
+    assert ("server_timing" in info) is timed
+
+
+@pytest.mark.parametrize("flag, shown", [(2, "int 2"), (1.0, "float 1.0"), ("true", "str 'true'"), ([1], "list")])
+def test_a_server_timing_option_that_is_not_bool_like_is_refused_saying_what_it_got(flag, shown):
+    with running_server(EchoPolicy()) as server:
+        request = get_action_message(small_observation(), {"return_server_timing": flag})
+        message = error_of(raw_round_trip(server.port, request))
+    assert message == f"options['return_server_timing'] must be true or false (a bool, or 0 or 1), got {shown}"
 
 
 def test_many_bad_timing_options_from_one_dealer_leave_the_queue_empty_for_the_next_client():
@@ -343,7 +363,29 @@ def test_a_result_that_is_not_an_action_and_info_pair_is_a_clear_error(result, g
     make = (lambda rows: tuple(result)) if isinstance(result, dict) else (lambda rows: result)  # BasePolicy's unpacking
     with running_server(ReturningPolicy(make)) as server:
         message = error_of(raw_round_trip(server.port, get_action_message(small_observation())))
-    assert message.startswith(f"the policy's get_action returned {got}; expected a pair (action: dict, info: dict); nothing was sent")
+    assert message.startswith(
+        f"the policy's get_action returned {got}; expected a pair (action: dict, info: dict or None); nothing was sent"
+    )
+
+
+@pytest.mark.parametrize("timing", [False, True], ids=["plain", "server timing"])
+def test_a_policy_returning_no_info_is_served_with_an_empty_info_map(timing):
+    policy = ReturningPolicy(lambda rows: ({"a": np.zeros((rows, 4, 2), np.float32)}, None))
+    with running_server(policy) as server:
+        reply = raw_round_trip(server.port, get_action_message(small_observation(), {"return_server_timing": timing}))
+    action, info = decoded(reply)
+    assert action["a"].shape == (1, 4, 2)
+    assert sorted(info) == (["server_timing"] if timing else [])
+
+
+def test_an_action_and_info_given_as_read_only_mappings_are_served():
+    from types import MappingProxyType
+
+    policy = ReturningPolicy(lambda rows: (MappingProxyType({"a": np.zeros((rows, 4, 2), np.float32)}),
+                                           MappingProxyType({"note": "ok"})))
+    with running_server(policy) as server:
+        action, info = decoded(raw_round_trip(server.port, get_action_message(small_observation())))
+    assert action["a"].shape == (1, 4, 2) and info == {"note": "ok"}
 
 
 # --- #6 the NaN explanation with two float arrays under one dotted key ------------------------------------------

@@ -257,15 +257,19 @@ def flat_language_keys(policy: Any) -> FrozenSet[str]:
     return frozenset()
 
 
-_PAIR_EXPECTED = "expected a pair (action: dict, info: dict); nothing was sent"
+_PAIR_EXPECTED = "expected a pair (action: dict, info: dict or None); nothing was sent"
 
 
 def action_and_info(result: Any) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """A policy's get_action result as (action, info); RequestError unless it is a pair of maps."""
+    """A policy's get_action result as (action, info), a None info as {}; RequestError unless it is a pair of maps."""
     if not isinstance(result, (tuple, list)):
         raise RequestError(f"the policy's get_action returned {type(result).__name__}; {_PAIR_EXPECTED}")
-    if len(result) == 2 and isinstance(result[0], dict) and isinstance(result[1], dict):
-        return result[0], result[1]
+    if len(result) == 2 and isinstance(result[0], Mapping) and (result[1] is None or isinstance(result[1], Mapping)):
+        action, info = result
+        # Plain dicts from here on: the NaN guard walks dicts, and server_timing is added to info.
+        if info is None:  # served before the pair was checked; the reference protocol's policies may return it
+            info = {}
+        return (action if type(action) is dict else dict(action)), (info if type(info) is dict else dict(info))
     types = ", ".join(type(item).__name__ for item in result[:4]) + (", ..." if len(result) > 4 else "")
     # Python unpacks a 2-key dict into its keys: what a policy that returns its action dict alone gives
     hint = " (an action dict returned alone has its keys taken as the pair)" if (

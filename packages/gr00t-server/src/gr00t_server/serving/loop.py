@@ -135,7 +135,7 @@ class RequestLoop:
                 work_limits.check_observation(
                     request.data.get("observation"), server.limits, request.multipart, server.flat_language_keys
                 )
-                request.wants_timing = timing_requested(request.data)  # refused here unless a bool
+                request.wants_timing = timing_requested(request.data)  # refused here unless bool-like
             self._admit(request)
         except Exception as exc:
             self.reply_error(request, exc)

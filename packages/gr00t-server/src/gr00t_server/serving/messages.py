@@ -141,15 +141,19 @@ def check_envelope(envelope: Any, api_token: Optional[str]) -> Dict[str, Any]:
 
 
 def timing_requested(data: Any) -> bool:
-    """Whether a get_action's options ask for server_timing; RequestError naming the option unless it is a bool."""
+    """Whether a get_action's options ask for server_timing; RequestError naming the option unless it is a bool,
+    nil, or the int 0 or 1 (msgpack peers in C++, JS or Go often send flags so)."""
     options = data.get("options") if isinstance(data, dict) else None
     if not isinstance(options, dict):
         return False  # no options, or options the handler refuses itself
     value = options.get(TIMING_OPTION)
     if value is None or isinstance(value, (bool, np.bool_)):
         return bool(value)
-    shown = f"{type(value).__name__} {value!r:.40}" if isinstance(value, (int, float, str, bytes)) else type(value).__name__
-    raise RequestError(f"options['{TIMING_OPTION}'] must be true or false (a bool), got {shown}")
+    if isinstance(value, (int, np.integer)) and value in (0, 1):
+        return bool(value)
+    scalar = isinstance(value, (int, float, str, bytes, np.generic))
+    shown = f"{type(value).__name__} {value!r:.40}" if scalar else type(value).__name__
+    raise RequestError(f"options['{TIMING_OPTION}'] must be true or false (a bool, or 0 or 1), got {shown}")
 
 
 def session_of(envelope: Dict[str, Any], max_chars: int) -> Optional[str]:
