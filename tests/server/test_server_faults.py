@@ -22,6 +22,7 @@ from gr00t_server.serving import execution
 from gr00t_server.serving.endpoints import RateLimitedLog
 from gr00t_server.serving.execution import JobRunner
 from gr00t_server.serving.limits import ServerLimits, check_observation
+from gr00t_server.serving.loop import RequestLoop
 from gr00t_server.serving.messages import RequestError
 
 ARRAY_REFERENCE_EXT = 42  # a multipart header's "array in frame N"
@@ -236,14 +237,17 @@ def test_a_multipart_frame_referenced_twice_in_one_list_is_refused():
 
 
 def test_thousands_of_references_to_one_large_frame_cost_one_scan_and_pings_stay_fast():
-    frame = np.zeros((64, 1, 16384), np.float32).tobytes()  # 4 MiB: a scan per reference would take seconds
+    frame = np.zeros((64, 1, 16384), np.float32).tobytes()  # 4 MiB: a scan per reference took about 9 s
+    message = aliasing_message(3000, frame, [64, 1, 16384])
     with running_server(EchoPolicy()) as server:
+        assert decoded(raw_round_trip(server.port, codec.encode({"endpoint": "ping"}), 10000))["status"] == "ok"
         started = time.monotonic()
-        reply = raw_round_trip(server.port, aliasing_message(3000, frame, [64, 1, 16384]), 10000)
+        reply = raw_round_trip(server.port, message, 20000)
         elapsed = time.monotonic() - started
-        pinged = decoded(raw_round_trip(server.port, codec.encode({"endpoint": "ping"}), 2000))
+        pinged = decoded(raw_round_trip(server.port, codec.encode({"endpoint": "ping"}), 10000))
     assert "are the same array frame" in error_of(reply)
-    assert elapsed < 1.0 and pinged["status"] == "ok"
+    # One scan takes milliseconds; the bound leaves a loaded 2-core machine room and stays far under a scan each.
+    assert elapsed < 4.0 and pinged["status"] == "ok"
 
 
 def test_large_arrays_viewing_one_single_frame_message_are_not_taken_for_shared_frames():
@@ -444,22 +448,50 @@ def test_a_client_endpoint_name_is_cut_and_escaped_in_the_log(caplog, monkeypatc
 # --- #8 a request that arrives while a stopping server waits for a running call ----------------------------------
 
 
-def test_a_request_arriving_while_the_server_stops_gets_the_shutting_down_error_at_once():
-    policy = EchoPolicy(delay_s=2.0)
+class GatedPolicy(BasePolicy):
+    """Holds each get_action until `release` is set; `entered` is set when a call begins."""
+
+    def __init__(self) -> None:
+        super().__init__(strict=False)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def _get_action(self, observation, options=None):
+        self.entered.set()
+        self.release.wait(60)
+        return {"a": np.zeros((1, 4, 2), np.float32)}, {}
+
+    def reset(self, options=None):
+        return {}
+
+
+def test_a_request_arriving_while_the_server_stops_gets_the_shutting_down_error_at_once(monkeypatch):
+    shutting_down = threading.Event()
+    shut_down = RequestLoop.shut_down
+
+    def noting_shut_down(self, worker):
+        shutting_down.set()
+        shut_down(self, worker)
+
+    monkeypatch.setattr(RequestLoop, "shut_down", noting_shut_down)
+    policy = GatedPolicy()
+    replies: Dict[str, Any] = {}
     with running_server(policy, inline_below_ms=0) as server:
-        running = threading.Thread(target=raw_round_trip, args=(server.port, get_action_message(small_observation()), 5000))
+        message = get_action_message(small_observation())
+        running = threading.Thread(target=lambda: replies.update(running=raw_round_trip(server.port, message, 60000)))
         running.start()
-        deadline = time.monotonic() + 5
-        while policy.calls == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        server.stop()
-        time.sleep(0.3)  # the socket loop has left its turn and waits for the running call
-        started = time.monotonic()
-        late = raw_round_trip(server.port, codec.encode({"endpoint": "get_server_info"}), 1500)
-        answered_in = time.monotonic() - started
-        running.join()
+        try:
+            assert policy.entered.wait(30), "the policy call never started"
+            server.stop()
+            assert shutting_down.wait(30), "the socket loop never began to shut down"
+            # The running call is held until the late request is answered: an answer at all proves it came at once,
+            # not after the call.
+            late = raw_round_trip(server.port, codec.encode({"endpoint": "get_server_info"}), 30000)
+        finally:
+            policy.release.set()
+            running.join(60)
     assert error_of(late) == "server is shutting down; 'get_server_info' was not run"
-    assert answered_in < 1.0
+    assert decoded(replies["running"])[0]["a"].shape == (1, 4, 2)  # the running call's reply is still sent
 
 
 # --- #9 a DEALER's envelope -----------------------------------------------------------------------------------------
