@@ -1,5 +1,6 @@
 """`rollout --resume DIR` runs with DIR's saved settings: other settings on its command line are refused, not
-dropped, and the resumed run's eval_s covers every attempt. A shared --video-dir is refused like --output-dir.
+dropped, and the resumed run's eval_s covers every attempt. A --video-dir holding an earlier run's episode videos is
+refused like --output-dir, and --overwrite deletes only those.
 Real PolicyServer on loopback, the real CLI."""
 
 from __future__ import annotations
@@ -110,24 +111,73 @@ def video_run(port, out, video_dir, *extra):
                    "--output-dir", str(out), "--video-dir", str(video_dir), *extra)
 
 
-def test_a_non_empty_video_dir_is_refused_like_the_output_dir(server, tmp_path, capsys):
+def test_a_video_dir_holding_episode_videos_is_refused_like_the_output_dir(server, tmp_path, capsys):
     videos = tmp_path / "videos"
     videos.mkdir()
     (videos / "episode_0000_failure.mp4").write_bytes(b"an earlier run's video")
     assert video_run(server.port, tmp_path / "run", videos) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and f"--video-dir {videos} is not empty" in err and "--overwrite" in err
-    assert (videos / "episode_0000_failure.mp4").is_file() and not (tmp_path / "run").exists()
+    assert len(err.splitlines()) == 1
+    assert f"--video-dir {videos} already holds episode videos of an earlier run (episode_0000_failure.mp4)" in err
+    assert "--overwrite to delete those" in err
+    assert (videos / "episode_0000_failure.mp4").read_bytes() == b"an earlier run's video" and not (tmp_path / "run").exists()
 
 
-def test_overwrite_empties_a_non_empty_video_dir(server, tmp_path):
-    videos = tmp_path / "videos"
-    videos.mkdir()
+def shared_video_dir(root):
+    """A videos folder shared with other tools, holding two episode videos of an earlier rollout."""
+    videos = root / "all_my_videos"
+    (videos / "metaworld__reach-v3").mkdir(parents=True)
+    (videos / "holidays").mkdir()
+    (videos / "2024_demo_day.mp4").write_bytes(b"precious")
+    (videos / "episode_12.mp4").write_bytes(b"another tool's naming")
+    (videos / "holidays" / "beach.mp4").write_bytes(b"precious too")
     (videos / "episode_0000_failure.mp4").write_bytes(b"an earlier run's video")
+    (videos / "metaworld__reach-v3" / "episode_0003_success.mp4").write_bytes(b"an earlier run's video")
+    return videos
+
+
+def test_overwrite_deletes_only_episode_videos_from_an_outside_video_dir(server, tmp_path):
+    videos = shared_video_dir(tmp_path)
     assert video_run(server.port, tmp_path / "run", videos, "--overwrite") == 0
-    assert not (videos / "episode_0000_failure.mp4").exists()
+    assert (videos / "2024_demo_day.mp4").read_bytes() == b"precious"
+    assert (videos / "episode_12.mp4").read_bytes() == b"another tool's naming"
+    assert (videos / "holidays" / "beach.mp4").read_bytes() == b"precious too"
+    assert not (videos / "metaworld__reach-v3").exists()  # the earlier run's task folder, left empty, is removed
+    earlier = videos / "episode_0000_failure.mp4"
+    assert not earlier.exists() or earlier.read_bytes() != b"an earlier run's video"  # gone, or this run's episode 0
+
+
+def test_nothing_is_deleted_from_the_video_dir_when_the_output_dir_is_then_refused(server, tmp_path, capsys):
+    videos = shared_video_dir(tmp_path)
+    before = sorted(p.relative_to(videos) for p in videos.rglob("*"))
+    (tmp_path / "out").write_text("not a directory")
+    assert video_run(server.port, tmp_path / "out", videos, "--overwrite") == 2
+    assert f"--output-dir {tmp_path / 'out'} exists and is not a directory" in capsys.readouterr().err
+    assert sorted(p.relative_to(videos) for p in videos.rglob("*")) == before
+    assert (videos / "episode_0000_failure.mp4").read_bytes() == b"an earlier run's video"
+
+
+def test_other_files_in_a_video_dir_neither_block_the_run_nor_are_touched(server, tmp_path):
+    videos = tmp_path / "all_my_videos"
+    videos.mkdir()
+    (videos / "2024_demo_day.mp4").write_bytes(b"precious")
+    assert video_run(server.port, tmp_path / "run", videos) == 0
+    assert (videos / "2024_demo_day.mp4").read_bytes() == b"precious"
 
 
 def test_a_video_dir_inside_the_new_output_dir_or_new_is_used_as_given(server, tmp_path):
     assert video_run(server.port, tmp_path / "a", tmp_path / "a" / "clips") == 0
     assert video_run(server.port, tmp_path / "b", tmp_path / "new_videos") == 0
+
+
+def test_overwrite_recognises_exactly_the_episode_video_names_the_rollout_writes(tmp_path):
+    from gr00t_eval.video import episode_video_name, episode_videos
+
+    written = [episode_video_name(7, True), episode_video_name(12345, False)]
+    assert written == ["episode_0007_success", "episode_12345_failure"]
+    (tmp_path / "task").mkdir()
+    (tmp_path / "task" / "deeper").mkdir()
+    for name in [f"{written[0]}.mp4", f"task/{written[1]}.mp4", "episode_000001.mp4", "episode_0007_success.mp4.bak",
+                 "task/deeper/episode_0001_success.mp4", "my_episode_0001_success.mp4"]:
+        (tmp_path / name).write_bytes(b"")
+    assert [str(p.relative_to(tmp_path)) for p in episode_videos(tmp_path)] == [f"{written[0]}.mp4", f"task/{written[1]}.mp4"]

@@ -127,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(*_flag("n-action-steps"), type=int, default=8, help="steps of each chunk executed (default 8)")
     p.add_argument(*_flag("max-episode-steps"), type=int, default=720, help="env steps before an episode is cut (default 720)")
     _add_connection(p, "policy-client-host", "policy-client-port", "127.0.0.1")
-    p.add_argument(*_flag("video-dir"), default=None, help="where episode videos go (default OUTPUT_DIR/videos)")
+    p.add_argument(*_flag("video-dir"), default=None,
+                   help="where episode videos go (default OUTPUT_DIR/videos); a folder outside the output directory may "
+                        "hold other files, but no episode videos of an earlier run (--overwrite deletes those only)")
     p.add_argument(*_flag("no-video"), action="store_true", help="record no videos")
     p.add_argument(*_flag("seed"), type=int, default=None,
                    help="episode i uses seed+i (default $GR00T_EVAL_SEED, else a random base seed, drawn once and saved); "
@@ -135,7 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(*_flag("output-dir"), default=None,
                    help=f"run.json, episodes.jsonl, results.json, eval_info.json and videos; must be empty or new "
                         f"(default: a new dated directory {DEFAULT_ROLLOUT_DIR}/YYYY-MM-DD/HH-MM-SS_<env>)")
-    p.add_argument(*_flag("overwrite"), action="store_true", help="empty a non-empty --output-dir first")
+    p.add_argument(*_flag("overwrite"), action="store_true",
+                   help="empty a non-empty --output-dir first, and delete an earlier run's episode videos "
+                        "(episode_*_success/failure.mp4, nothing else) from a --video-dir outside it")
     p.add_argument(*_flag("resume"), default=None, metavar="DIR",
                    help="continue the interrupted rollout in DIR with its saved settings: only the episodes missing "
                         "from DIR/episodes.jsonl (or errored) run; connection flags and --ray-address come from this "

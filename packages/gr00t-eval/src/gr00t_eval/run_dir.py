@@ -57,12 +57,9 @@ def shard_suffix(shard: Any) -> str:
     return "" if shard is None else f"_shard{shard.index}of{shard.count}"
 
 
-def prepare_output_dir(path: Union[str, Path], overwrite: bool = False, own_files: Optional[List[str]] = None) -> Path:
-    """Create `path`; an existing non-empty directory is refused unless `overwrite` (which empties it).
-
-    With `own_files` (a shard's file names) the directory may hold other files (other shards' output); only
-    those names must not exist yet.
-    """
+def check_output_dir(path: Union[str, Path], overwrite: bool = False, own_files: Optional[List[str]] = None) -> None:
+    """OutputDirError when prepare_output_dir would refuse `path` (see there); changes nothing, so every check of a
+    run can pass before anything is emptied."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputDirError(f"--output-dir {path} exists and is not a directory")
@@ -71,11 +68,20 @@ def prepare_output_dir(path: Union[str, Path], overwrite: bool = False, own_file
         if taken:
             raise OutputDirError(f"--output-dir {path} already holds {', '.join(taken)}; pass --resume {path} (with the "
                                  "same --shard) to continue that shard, or another directory")
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    if path.is_dir() and any(path.iterdir()):
-        if not overwrite:
-            raise OutputDirError(f"--output-dir {path} is not empty; pass --overwrite to empty it or --resume {path} to continue that run")
+        return
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise OutputDirError(f"--output-dir {path} is not empty; pass --overwrite to empty it or --resume {path} to continue that run")
+
+
+def prepare_output_dir(path: Union[str, Path], overwrite: bool = False, own_files: Optional[List[str]] = None) -> Path:
+    """Create `path`; an existing non-empty directory is refused unless `overwrite` (which empties it).
+
+    With `own_files` (a shard's file names) the directory may hold other files (other shards' output); only
+    those names must not exist yet.
+    """
+    check_output_dir(path, overwrite, own_files)
+    path = Path(path)
+    if (own_files is None or overwrite) and path.is_dir() and any(path.iterdir()):
         logger.warning("emptying %s (--overwrite)", path)
         for child in path.iterdir():
             shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()

@@ -104,36 +104,64 @@ def rollout_config_from_args(args: argparse.Namespace, seed: Optional[int], outp
 def _rollout_output_dir(args: argparse.Namespace, label: str, shard: Any) -> Path:
     """--output-dir (refused when not empty, unless --overwrite), or a new dated directory under the default base.
 
-    Shards of one plan may share a directory: a shard only needs its own file names to be free.
-    """
-    from .run_dir import episode_log_name, fresh_dated_output_dir, prepare_output_dir, run_file_name
-
-    path = Path(args.output_dir) if args.output_dir else fresh_dated_output_dir(DEFAULT_ROLLOUT_BASE, label)
-    if shard is None and args.video_dir and not args.no_video:
-        _prepare_video_dir(Path(args.video_dir), path, args.overwrite)
-    own = None if shard is None else [run_file_name(shard), episode_log_name(shard), f"results_shard{shard.index}of{shard.count}.json"]
-    return prepare_output_dir(path, overwrite=args.overwrite, own_files=own)
-
-
-def _prepare_video_dir(video_dir: Path, output_dir: Path, overwrite: bool) -> None:
-    """A --video-dir outside the output directory follows its rule: refused when not empty, unless --overwrite
-    (which empties it), so videos of an earlier run never sit beside this run's under the same names.
-
-    Shards of one plan share their videos folder (each writes its own episodes), so they skip this check.
+    Shards of one plan may share a directory: a shard only needs its own file names to be free. Both the
+    output directory and an outside --video-dir are checked before anything is emptied or created.
     """
     from .cli_errors import UsageError
-    from .run_dir import prepare_output_dir
+    from .run_dir import OutputDirError, check_output_dir, episode_log_name, fresh_dated_output_dir, prepare_output_dir, run_file_name
 
-    inside = video_dir.resolve() == output_dir.resolve() or output_dir.resolve() in video_dir.resolve().parents
-    if inside:  # covered by the output directory's own check
-        return
+    own = None if shard is None else [run_file_name(shard), episode_log_name(shard), f"results_shard{shard.index}of{shard.count}.json"]
+    path = Path(args.output_dir) if args.output_dir else None
+    dated = None if path is not None else fresh_dated_output_dir(DEFAULT_ROLLOUT_BASE, label)
+    try:
+        if path is not None:
+            check_output_dir(path, overwrite=args.overwrite, own_files=own)
+        earlier_videos = []
+        if shard is None and args.video_dir and not args.no_video:
+            earlier_videos = _check_video_dir(Path(args.video_dir), path, args.overwrite)
+        path = prepare_output_dir(path if path is not None else dated, overwrite=args.overwrite, own_files=own)
+    except OutputDirError as exc:
+        raise UsageError(str(exc)) from None
+    if earlier_videos:
+        logger.warning("deleting %d episode videos of an earlier run from --video-dir %s (--overwrite); other files "
+                       "there are kept", len(earlier_videos), args.video_dir)
+        _delete_episode_videos(Path(args.video_dir), earlier_videos)
+    return path
+
+
+def _check_video_dir(video_dir: Path, output_dir: Optional[Path], overwrite: bool) -> List[Path]:
+    """Check a --video-dir outside the output directory; return the earlier run's videos --overwrite will delete.
+
+    Only files this tool writes there count: episode videos (episode_0007_success.mp4, also in a task's folder).
+    They are refused unless --overwrite, so videos of two runs never sit side by side under the same names;
+    other files (a shared videos folder) neither block the run nor are ever deleted. Shards of one plan share
+    their videos folder (each writes its own episodes), so they skip this check.
+    """
+    from .cli_errors import UsageError
+    from .video import episode_videos
+
+    if output_dir is not None:
+        inside = video_dir.resolve() == output_dir.resolve() or output_dir.resolve() in video_dir.resolve().parents
+        if inside:  # covered by the output directory's own check
+            return []
     if video_dir.exists() and not video_dir.is_dir():
         raise UsageError(f"--video-dir {video_dir} exists and is not a directory")
-    if video_dir.is_dir() and any(video_dir.iterdir()):
-        if not overwrite:
-            raise UsageError(f"--video-dir {video_dir} is not empty; pass --overwrite to empty it (and --output-dir) or "
-                             "name a new directory, so videos of an earlier run never mix with this run's")
-        prepare_output_dir(video_dir, overwrite=True)
+    earlier = episode_videos(video_dir, skip=output_dir)
+    if earlier and not overwrite:
+        shown = ", ".join(str(p.relative_to(video_dir)) for p in earlier[:3]) + (f" and {len(earlier) - 3} more" if len(earlier) > 3 else "")
+        raise UsageError(f"--video-dir {video_dir} already holds episode videos of an earlier run ({shown}); pass "
+                         "--overwrite to delete those (only episode_*_success/failure.mp4 files; nothing else there is "
+                         "touched) or name a new directory, so videos of two runs never mix")
+    return earlier
+
+
+def _delete_episode_videos(video_dir: Path, videos: List[Path]) -> None:
+    """Delete `videos`, then the task folders under `video_dir` they leave empty."""
+    for video in videos:
+        video.unlink(missing_ok=True)
+    for folder in sorted({video.parent for video in videos} - {video_dir}):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def _check_rollout_args(args: argparse.Namespace) -> None:

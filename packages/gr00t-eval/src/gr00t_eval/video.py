@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import textwrap
 from fractions import Fraction
 from pathlib import Path
@@ -14,6 +15,25 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 CAPTION_HEIGHT = 48
+# A rollout episode's video: episode_<index, 4+ digits>_<success|failure>.mp4 (episode_video_name).
+EPISODE_VIDEO_NAME = re.compile(r"episode_[0-9]{4,}_(success|failure)\.mp4")
+
+
+def episode_video_name(episode_index: int, success: bool) -> str:
+    """The file name (without .mp4) of a rollout episode's video, e.g. episode_0007_success."""
+    return f"episode_{episode_index:04d}_{'success' if success else 'failure'}"
+
+
+def episode_videos(video_dir: Union[str, Path], skip: Optional[Path] = None) -> List[Path]:
+    """The rollout episode videos in `video_dir`: files named like episode_video_name there or in a folder one level
+    down (a task's folder when a run has several tasks), `skip` (a folder) left out. Other files are not listed."""
+    video_dir = Path(video_dir)
+    if not video_dir.is_dir():
+        return []
+    folders = [video_dir] + sorted(p for p in video_dir.iterdir() if p.is_dir() and not p.is_symlink()
+                                   and (skip is None or p.resolve() != skip.resolve()))
+    return [path for folder in folders for path in sorted(folder.iterdir())
+            if EPISODE_VIDEO_NAME.fullmatch(path.name) and (path.is_file() or path.is_symlink())]
 
 
 def tile_views(views: Sequence[np.ndarray]) -> np.ndarray:

@@ -10,7 +10,7 @@ from typing import Any, Deque, Dict, Mapping, Optional, Sequence, Tuple
 import gymnasium as gym
 import numpy as np
 
-from ..video import EpisodeVideoRecorder, frame_from_observation
+from ..video import EpisodeVideoRecorder, episode_video_name, frame_from_observation
 
 logger = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ class MultiStepWrapper(gym.Wrapper):
         if self._recording and self.recorder.n_frames:
             note = failure.split(":")[0] if failure else ""
             try:
-                video_path = self.recorder.finish(f"episode_{self._episode_index:04d}_{'success' if success else 'failure'}", self._task, success, note)
+                video_path = self.recorder.finish(episode_video_name(self._episode_index, success), self._task, success, note)
             except Exception:  # noqa: BLE001 - a broken video must not lose the episode's score
                 logger.exception("env %d: writing the video of episode %d failed", self.env_index, self._episode_index)
         return EpisodeSummary(
