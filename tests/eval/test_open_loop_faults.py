@@ -4,7 +4,13 @@ empty episodes and repeated --modality-keys. Real replay servers on loopback, re
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from eval.dataset_factory import expected_actions, make_dataset
+from eval.scale_fixtures import free_port
 from gr00t_eval import cli
 from gr00t_eval.dataset import DatasetWriter
 from gr00t_server.policies.replay import ReplayPolicy
@@ -100,7 +107,8 @@ class GatedReplay(ReplayPolicy):
         return super()._get_action(observation, options)
 
 
-def test_a_second_run_into_the_directory_of_a_running_one_is_refused(dataset, tmp_path, capsys):
+@pytest.mark.parametrize("extra", [[], ["--overwrite"]], ids=["plain", "overwrite"])
+def test_a_second_run_into_the_directory_of_a_running_one_is_refused_naming_it(dataset, tmp_path, capsys, extra):
     policy = GatedReplay(dataset, execution_horizon=4)
     out = tmp_path / "shared"
     codes = {}
@@ -109,24 +117,27 @@ def test_a_second_run_into_the_directory_of_a_running_one_is_refused(dataset, tm
         first.start()
         try:
             assert policy.waiting.wait(30), "the first run never reached the server"
-            codes["second"] = open_loop(dataset, gated.port, out, "--traj-ids", "1")
+            codes["second"] = open_loop(dataset, gated.port, out, "--traj-ids", "1", *extra)
         finally:
             policy.gate.set()
             first.join(60)
     err = capsys.readouterr().err
     assert codes == {"first": 0, "second": 2}
-    assert f"--output-dir {out}" in err and "not empty" in err
+    assert f"--output-dir {out} is in use: the run that claimed it is still running (pid {os.getpid()} on host " in err
+    assert "--overwrite" not in err  # following that advice would have deleted the running run's files
     data = results(out)
     assert data["config"]["traj_ids"] == [0] and list(data["trajectories"]) == ["0"]
     assert json.loads((out / cli.OPEN_LOOP_RUN_FILENAME).read_text())["config"]["traj_ids"] == [0]
 
 
 def test_claiming_a_directory_twice_is_refused_naming_the_claim(tmp_path):
-    from gr00t_eval.run_dir import OutputDirError, claim_output_dir
+    from gr00t_eval.run_claim import claim_output_dir
+    from gr00t_eval.run_dir import OutputDirError
 
     claim_output_dir(tmp_path, "open_loop_run.json", {"kind": "open_loop"})
     with pytest.raises(OutputDirError, match="taken by another run.*open_loop_run.json"):
         claim_output_dir(tmp_path, "open_loop_run.json", {"kind": "open_loop"})
+    assert [p.name for p in tmp_path.iterdir()] == ["open_loop_run.json"]  # no partial file left beside it
 
 
 def test_a_finished_run_leaves_its_settings_and_a_rerun_needs_overwrite(dataset, server, tmp_path):
@@ -136,6 +147,110 @@ def test_a_finished_run_leaves_its_settings_and_a_rerun_needs_overwrite(dataset,
     assert open_loop(dataset, server.port, out, "--traj-ids", "1") == 2
     assert open_loop(dataset, server.port, out, "--traj-ids", "1", "--overwrite") == 0
     assert list(results(out)["trajectories"]) == ["1"]
+
+
+def test_the_claim_records_who_ran_and_that_the_run_finished(dataset, server, tmp_path):
+    before = time.time()
+    assert open_loop(dataset, server.port, tmp_path / "out", "--traj-ids", "0") == 0
+    claim = json.loads((tmp_path / "out" / cli.OPEN_LOOP_RUN_FILENAME).read_text())["claim"]
+    assert claim["pid"] == os.getpid() and claim["hostname"] == socket.gethostname()
+    assert before - 1 <= claim["started_unix"] <= time.time() and claim["started"].endswith("Z")
+    assert claim["finished"] is True and claim["outcome"] == "complete" and claim["ended"] >= claim["started"]
+
+
+def test_a_run_that_failed_in_this_process_does_not_hold_its_directory(dataset, server, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert open_loop(dataset, free_port(), out, "--timeout-ms", "300") == 2  # no server there
+    claim = json.loads((out / cli.OPEN_LOOP_RUN_FILENAME).read_text())["claim"]
+    assert claim["finished"] is True and claim["outcome"] == "error"
+    assert open_loop(dataset, server.port, out, "--traj-ids", "0", "--overwrite") == 0
+
+
+OPEN_LOOP_CLI = [sys.executable, "-c", "import sys; from gr00t_eval.cli import main; sys.exit(main())"]
+
+
+def test_overwrite_takes_the_directory_of_a_run_killed_with_sigkill_only_once_it_is_gone(dataset, server, tmp_path, capsys):
+    policy = GatedReplay(dataset, execution_horizon=4)
+    out = tmp_path / "out"
+    with running_server(policy) as gated:
+        killed = subprocess.Popen([*OPEN_LOOP_CLI, "open-loop", "--dataset-path", str(dataset), "--port", str(gated.port),
+                                   "--no-plots", "--execution-horizon", "4", "--output-dir", str(out)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            assert policy.waiting.wait(60), "the run never reached the server"
+            assert open_loop(dataset, server.port, out, "--overwrite") == 2
+            err = capsys.readouterr().err
+            assert f"still running (pid {killed.pid} on host {socket.gethostname()}" in err and "--overwrite" not in err
+        finally:
+            killed.send_signal(signal.SIGKILL)
+            killed.wait(30)
+            policy.gate.set()
+    assert not json.loads((out / cli.OPEN_LOOP_RUN_FILENAME).read_text())["claim"]["finished"]  # a stale claim
+    assert open_loop(dataset, server.port, out, "--traj-ids", "1") == 2  # still not empty: --overwrite is needed
+    assert "not empty; pass --overwrite" in capsys.readouterr().err
+    assert open_loop(dataset, server.port, out, "--traj-ids", "1", "--overwrite") == 0
+    assert list(results(out)["trajectories"]) == ["1"]
+
+
+def test_an_unfinished_claim_from_another_host_is_refused_even_with_overwrite(dataset, server, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / cli.OPEN_LOOP_RUN_FILENAME).write_text(json.dumps({"claim": {
+        "pid": 4242, "hostname": "another-machine", "started": "2026-01-01T10:00:00Z", "finished": False}}))
+    assert open_loop(dataset, server.port, out, "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert "pid 4242 on host another-machine" in err and "cannot check whether it still runs" in err
+    assert f"delete {out / cli.OPEN_LOOP_RUN_FILENAME}" in err
+    assert [p.name for p in out.iterdir()] == [cli.OPEN_LOOP_RUN_FILENAME]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="process start times come from /proc")
+def test_a_live_process_that_started_after_the_claim_is_not_its_holder(tmp_path):
+    from gr00t_eval.run_claim import ClaimHolder, holder_alive
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        def holder(started_unix):
+            return ClaimHolder(other.pid, socket.gethostname(), "then", started_unix, finished=False)
+
+        assert holder_alive(holder(time.time()))
+        assert not holder_alive(holder(time.time() - 3600))  # the claimant died and its pid went to `other`
+    finally:
+        other.kill()
+        other.wait(30)
+    assert not holder_alive(holder(time.time()))
+
+
+def test_runs_without_output_dir_started_in_the_same_second_get_a_directory_each(dataset, server, tmp_path, monkeypatch):
+    from gr00t_eval import run_dir
+
+    n_runs = 6
+    all_named = threading.Barrier(n_runs, timeout=30)
+    dated = run_dir.dated_output_dir
+
+    first_call = threading.local()
+
+    def same_second(base, label, now=None):  # every run picks its first name before any run creates its directory
+        path = dated(base, label, now=1_700_000_000.0)
+        if not getattr(first_call, "done", False):
+            first_call.done = True
+            all_named.wait()
+        return path
+
+    monkeypatch.setattr(cli, "DEFAULT_OPEN_LOOP_BASE", str(tmp_path / "base"))
+    monkeypatch.setattr(run_dir, "dated_output_dir", same_second)
+    codes = []
+    args = ["open-loop", "--dataset-path", str(dataset), "--port", str(server.port), "--no-plots", "--execution-horizon", "4"]
+    runs = [threading.Thread(target=lambda: codes.append(cli.main(args))) for _ in range(n_runs)]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join(60)
+    assert codes == [0] * n_runs
+    made = sorted(p.name for p in (tmp_path / "base").glob("*/*"))
+    first = dated(tmp_path / "base", dataset.name, now=1_700_000_000.0).name
+    assert made == sorted([first] + [f"{first}-{n}" for n in range(2, n_runs + 1)])
+    assert all((run / "results.json").is_file() for run in (tmp_path / "base").glob("*/*"))
 
 
 # --- empty episodes ----------------------------------------------------------------------------------------

@@ -62,10 +62,10 @@ def test_a_new_or_empty_output_dir_is_used_as_given(dataset, server, tmp_path):
 
 
 def test_a_dated_directory_taken_in_the_same_second_gets_a_numbered_sibling(tmp_path):
-    from gr00t_eval.run_dir import fresh_dated_output_dir
+    from gr00t_eval.run_dir import make_fresh_dated_output_dir
 
     now = time.time()
-    first = fresh_dated_output_dir(tmp_path, "reach/v3", now=now)
-    first.mkdir(parents=True)
-    second = fresh_dated_output_dir(tmp_path, "reach/v3", now=now)
-    assert second.parent == first.parent and second.name == f"{first.name}-2" and not second.exists()
+    first = make_fresh_dated_output_dir(tmp_path, "reach/v3", now=now)
+    second = make_fresh_dated_output_dir(tmp_path, "reach/v3", now=now)
+    assert first.is_dir() and second.is_dir() and not any(second.iterdir())
+    assert second.parent == first.parent and second.name == f"{first.name}-2"

@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -223,11 +224,43 @@ def test_the_default_output_dir_is_a_new_dated_directory(tmp_path, monkeypatch, 
     args = ["rollout", "--env-name", "walkto/slow", "--n-episodes", "1", *SMALL]
     with policy_server() as server:
         assert main([*args, "--policy-client-port", str(server.port)]) == 0
-        time.sleep(1.1)
-        assert main([*args, "--policy-client-port", str(server.port)]) == 0
-    runs = sorted((tmp_path / "base").glob("*/*_walkto-slow"))
+        assert main([*args, "--policy-client-port", str(server.port)]) == 0  # maybe in the same second: its own, -2
+    runs = sorted((tmp_path / "base").glob("*/*_walkto-slow*"))
     assert len(runs) == 2 and runs[0].parent.name == time.strftime("%Y-%m-%d")
     assert all((run / "results.json").is_file() and (run / "eval_info.json").is_file() for run in runs)
+
+
+def test_rollouts_started_in_the_same_second_without_output_dir_get_a_directory_each(tmp_path, monkeypatch):
+    from gr00t_eval import run_dir, scale_cli
+
+    n_runs = 3
+    all_named = threading.Barrier(n_runs, timeout=30)
+    dated = run_dir.dated_output_dir
+
+    first_call = threading.local()
+
+    def same_second(base, label, now=None):  # every run picks its first name before any run creates its directory
+        path = dated(base, label, now=1_700_000_000.0)
+        if not getattr(first_call, "done", False):
+            first_call.done = True
+            all_named.wait()
+        return path
+
+    monkeypatch.setattr(scale_cli, "DEFAULT_ROLLOUT_BASE", str(tmp_path / "base"))
+    monkeypatch.setattr(run_dir, "dated_output_dir", same_second)
+    codes = []
+    with policy_server() as server:
+        args = ["rollout", "--env-name", "walkto/slow", "--n-episodes", "1", *SMALL, "--policy-client-port", str(server.port)]
+        runs = [threading.Thread(target=lambda: codes.append(main(args))) for _ in range(n_runs)]
+        for run in runs:
+            run.start()
+        for run in runs:
+            run.join(60)
+    assert codes == [0] * n_runs
+    made = sorted((tmp_path / "base").glob("*/*"))
+    first = dated(tmp_path / "base", "walkto/slow", now=1_700_000_000.0).name
+    assert [p.name for p in made] == sorted([first] + [f"{first}-{n}" for n in range(2, n_runs + 1)])
+    assert all(len(read(run / "results.json")["per_episode"]) == 1 for run in made)  # no run wrote into another's
 
 
 # --- eval_info.json and merge --------------------------------------------------------------------------------

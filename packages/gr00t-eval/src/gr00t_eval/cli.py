@@ -6,13 +6,14 @@ Every flag is accepted in kebab (`--n-episodes`) and snake (`--n_episodes`) spel
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Set
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Set
 
 from . import connection, scale_cli
 from .cli_errors import USAGE_EXIT_CODE, UsageError
@@ -107,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"plots traj_{{id}}.jpeg, {OPEN_LOOP_RUN_FILENAME} and results.json; must be empty or new "
                         f"(default: a new dated directory {DEFAULT_OPEN_LOOP_BASE}/YYYY-MM-DD/HH-MM-SS_<dataset>). "
                         "Open-loop runs do not resume: run again")
-    p.add_argument(*_flag("overwrite"), action="store_true", help="empty a non-empty --output-dir first")
+    p.add_argument(*_flag("overwrite"), action="store_true",
+                   help="empty a non-empty --output-dir first (not while the run that claimed it is still running)")
     p.add_argument(*_flag("observation-format"), default="auto", choices=["auto", "nested", "flat"],
                    help="nested {video,state,language} (reference server) or flat video.* keys (sim wrapper); auto asks the server")
     p.add_argument(*_flag("no-plots"), action="store_true", help="skip the JPEG plots")
@@ -252,15 +254,6 @@ def _plots_wanted(args: argparse.Namespace) -> bool:
     return True
 
 
-def _open_loop_output_dir(args: argparse.Namespace) -> Path:
-    """--output-dir, or a new dated directory named after the dataset (like rollout's, see run_dir)."""
-    from .run_dir import fresh_dated_output_dir
-
-    if args.output_dir:
-        return Path(args.output_dir)
-    return fresh_dated_output_dir(DEFAULT_OPEN_LOOP_BASE, Path(args.dataset_path).resolve().name or "dataset")
-
-
 def cmd_open_loop(args: argparse.Namespace) -> int:
     """`gr00t-eval open-loop`: plots, results.json and the reference's console lines; 1 if nothing was evaluated
     or a trajectory errored (0 then with --allow-errors)."""
@@ -274,21 +267,21 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
     tag = EmbodimentTag.resolve(args.embodiment_tag)
     if not (Path(args.dataset_path) / "meta").is_dir():
         raise UsageError(f"--dataset-path {args.dataset_path}: not a LeRobot dataset (no meta/ directory there)")
-    output_dir = _open_loop_output_dir(args)
-    try:  # mistakes in the flags fail before any connection is made
+    try:  # mistakes in the flags fail before any connection is made or directory created
         config = OpenLoopConfig(
             dataset_path=args.dataset_path, traj_ids=args.traj_ids, steps=args.steps, execution_horizon=args.execution_horizon,
-            modality_keys=args.modality_keys, output_dir=str(output_dir), embodiment_tag=tag.value,
+            modality_keys=args.modality_keys, output_dir=args.output_dir or DEFAULT_OPEN_LOOP_BASE, embodiment_tag=tag.value,
             observation_format=args.observation_format, plot=_plots_wanted(args),
             plot_path=args.save_plot_path, denoising_steps=args.denoising_steps,
         )
     except ValueError as exc:
         raise UsageError(f"{exc} (check --steps, --execution-horizon, --traj-ids, --modality-keys, --denoising-steps)") from None
-    output_dir = _claim_open_loop_output_dir(args, output_dir, config)
+    output_dir = _claim_open_loop_output_dir(args, config)
     config = dataclasses.replace(config, output_dir=str(output_dir))
     print(f"Output directory: {output_dir}")
-    with _connect(args) as client:
-        result = evaluate_open_loop(client, config, report=tqdm.write)
+    with _claim_held_until_the_end(output_dir / OPEN_LOOP_RUN_FILENAME):
+        with _connect(args) as client:
+            result = evaluate_open_loop(client, config, report=tqdm.write)
     if result.trajectories:
         print(f"Plots: {', '.join(str(t.plot_path) for t in result.trajectories.values() if t.plot_path) or '(none)'}")
     n_errors = len(result.errored)
@@ -304,30 +297,62 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
     return 0
 
 
-def _claim_open_loop_output_dir(args: argparse.Namespace, output_dir: Path, config: Any) -> Path:
-    """Check, make and claim (OPEN_LOOP_RUN_FILENAME, O_EXCL) the output directory before anything else runs.
+def _claim_open_loop_output_dir(args: argparse.Namespace, config: Any) -> Path:
+    """Check, make and claim (OPEN_LOOP_RUN_FILENAME, run_claim) the output directory before anything else runs.
 
     Open-loop writes its results only at the end, so without the claim two runs started into one empty
-    directory would both pass the emptiness check and mix their files. A default dated directory taken by a
-    run started in the same instant is replaced by the next free name.
+    directory would both pass the emptiness check and mix their files. Without --output-dir the run gets a
+    new dated directory, created atomically (never one another run took). A directory whose claim is held by
+    a run still running is refused even with --overwrite; the claim of a finished run, or of one whose
+    process is gone (killed), is emptied with the rest by --overwrite.
     """
-    from .run_dir import claim_output_dir
+    from .run_claim import claim_output_dir, refuse_live_claim
+    from .run_dir import make_fresh_dated_output_dir
 
-    for _ in range(100):
+    settings = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in vars(config).items()}
+    if not args.output_dir:
+        label = Path(args.dataset_path).resolve().name or "dataset"
+        for _ in range(100):
+            try:
+                output_dir = make_fresh_dated_output_dir(DEFAULT_OPEN_LOOP_BASE, label)
+            except OutputDirError as exc:
+                raise UsageError(str(exc)) from None
+            try:
+                claim_output_dir(output_dir, OPEN_LOOP_RUN_FILENAME, {
+                    "kind": "open_loop", "config": {**settings, "output_dir": str(output_dir)}, "host": args.host, "port": args.port})
+                return output_dir
+            except OutputDirError:  # a run given this new directory as its --output-dir claimed it first
+                continue
+        raise UsageError(f"no free output directory under {DEFAULT_OPEN_LOOP_BASE}; pass --output-dir")
+    output_dir = Path(args.output_dir)
+    try:
+        refuse_live_claim(output_dir, OPEN_LOOP_RUN_FILENAME)  # before "not empty": --overwrite must not be suggested
         if output_dir.is_dir() and any(output_dir.iterdir()) and not args.overwrite:
             raise UsageError(f"--output-dir {output_dir} is not empty; pass --overwrite to empty it or name a new directory "
                              "(open-loop runs do not resume: run them again)")
-        try:
-            prepare_output_dir(output_dir, overwrite=args.overwrite)
-            settings = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in vars(config).items()}
-            claim_output_dir(output_dir, OPEN_LOOP_RUN_FILENAME, {
-                "kind": "open_loop", "config": {**settings, "output_dir": str(output_dir)}, "host": args.host, "port": args.port})
-            return output_dir
-        except OutputDirError as exc:
-            if args.output_dir:
-                raise UsageError(str(exc)) from None
-            output_dir = _open_loop_output_dir(args)
-    raise UsageError(f"no free output directory under {DEFAULT_OPEN_LOOP_BASE}; pass --output-dir")
+        prepare_output_dir(output_dir, overwrite=args.overwrite)
+        claim_output_dir(output_dir, OPEN_LOOP_RUN_FILENAME, {
+            "kind": "open_loop", "config": {**settings, "output_dir": str(output_dir)}, "host": args.host, "port": args.port})
+    except OutputDirError as exc:
+        raise UsageError(str(exc)) from None
+    return output_dir
+
+
+@contextlib.contextmanager
+def _claim_held_until_the_end(claim: Path) -> Iterator[None]:
+    """Mark the claim finished however the run ends (its results written, interrupted, failed), so a later
+    --overwrite may reuse the directory; a run killed before this (kill -9) leaves a claim of a gone process."""
+    from .run_claim import finish_claim
+
+    outcome = "error"
+    try:
+        yield
+        outcome = "complete"
+    except KeyboardInterrupt:
+        outcome = "interrupted"
+        raise
+    finally:
+        finish_claim(claim, outcome)
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:

@@ -42,14 +42,22 @@ def dated_output_dir(base: Union[str, Path], label: str, now: Optional[float] = 
     return Path(base) / time.strftime("%Y-%m-%d", stamp) / f"{time.strftime('%H-%M-%S', stamp)}_{slug}"
 
 
-def fresh_dated_output_dir(base: Union[str, Path], label: str, now: Optional[float] = None) -> Path:
-    """dated_output_dir, with -2, -3, ... appended while that name exists (two runs started in the same second)."""
+def make_fresh_dated_output_dir(base: Union[str, Path], label: str, now: Optional[float] = None) -> Path:
+    """Create and return a new dated directory: dated_output_dir, or the first free name with -2, -3, ...
+
+    Creating it is the test (mkdir fails on an existing name), so two runs started in the same second never
+    get one directory, and a name the user never gave is never refused as "not empty".
+    """
     path = dated_output_dir(base, label, now)
-    candidate, number = path, 1
-    while candidate.exists():
-        number += 1
-        candidate = path.with_name(f"{path.name}-{number}")
-    return candidate
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for number in range(1, 10000):
+        candidate = path if number == 1 else path.with_name(f"{path.name}-{number}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise OutputDirError(f"no free output directory {path}-N under {path.parent}; pass --output-dir")
 
 
 def shard_suffix(shard: Any) -> str:
@@ -87,26 +95,6 @@ def prepare_output_dir(path: Union[str, Path], overwrite: bool = False, own_file
             shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def claim_output_dir(path: Union[str, Path], filename: str, settings: Mapping[str, Any]) -> Path:
-    """Create PATH/FILENAME with `settings` atomically (O_EXCL): a second run into the same directory is refused.
-
-    The emptiness check and a run's first file are otherwise a window in which two runs both find the
-    directory empty; OutputDirError when the file exists already.
-    """
-    from .results import _jsonable
-
-    claim = Path(path) / filename
-    try:
-        handle = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        raise OutputDirError(f"--output-dir {path} is taken by another run (it holds {filename}); wait for that run "
-                             "or name a new directory") from None
-    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        stream.write(json.dumps(_jsonable({"created": created, "pid": os.getpid(), **settings}), indent=2) + "\n")
-    return claim
 
 
 def run_file_name(shard: Any = None) -> str:

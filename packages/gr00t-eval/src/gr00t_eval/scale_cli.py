@@ -108,18 +108,19 @@ def _rollout_output_dir(args: argparse.Namespace, label: str, shard: Any) -> Pat
     output directory and an outside --video-dir are checked before anything is emptied or created.
     """
     from .cli_errors import UsageError
-    from .run_dir import OutputDirError, check_output_dir, episode_log_name, fresh_dated_output_dir, prepare_output_dir, run_file_name
+    from .run_dir import (OutputDirError, check_output_dir, episode_log_name, make_fresh_dated_output_dir,
+                          prepare_output_dir, run_file_name)
 
     own = None if shard is None else [run_file_name(shard), episode_log_name(shard), f"results_shard{shard.index}of{shard.count}.json"]
     path = Path(args.output_dir) if args.output_dir else None
-    dated = None if path is not None else fresh_dated_output_dir(DEFAULT_ROLLOUT_BASE, label)
     try:
         if path is not None:
             check_output_dir(path, overwrite=args.overwrite, own_files=own)
         earlier_videos = []
         if shard is None and args.video_dir and not args.no_video:
             earlier_videos = _check_video_dir(Path(args.video_dir), path, args.overwrite)
-        path = prepare_output_dir(path if path is not None else dated, overwrite=args.overwrite, own_files=own)
+        path = (prepare_output_dir(path, overwrite=args.overwrite, own_files=own) if path is not None
+                else make_fresh_dated_output_dir(DEFAULT_ROLLOUT_BASE, label))
     except OutputDirError as exc:
         raise UsageError(str(exc)) from None
     if earlier_videos:
@@ -332,7 +333,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     from .batch import BATCH_RESULTS_FILENAME, format_table, load_jobs, run_batch
     from .cli_errors import UsageError
-    from .run_dir import INTERRUPTED_EXIT_CODE, fresh_dated_output_dir, prepare_output_dir, sigterm_as_interrupt
+    from .run_dir import INTERRUPTED_EXIT_CODE, make_fresh_dated_output_dir, prepare_output_dir, sigterm_as_interrupt
 
     previous = None
     if args.resume:
@@ -346,8 +347,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
             raise UsageError("batch needs --jobs FILE (or --resume DIR to continue a batch)")
         if not Path(args.jobs).is_file():
             raise UsageError(f"--jobs {args.jobs}: no such file")
-        output_dir = prepare_output_dir(Path(args.output_dir) if args.output_dir else fresh_dated_output_dir(DEFAULT_BATCH_DIR, "batch"),
-                                        overwrite=args.overwrite)
+        output_dir = (prepare_output_dir(Path(args.output_dir), overwrite=args.overwrite) if args.output_dir
+                      else make_fresh_dated_output_dir(DEFAULT_BATCH_DIR, "batch"))
         jobs_path = output_dir / "jobs.json"
         shutil.copyfile(args.jobs, jobs_path)
     jobs = load_jobs(jobs_path)

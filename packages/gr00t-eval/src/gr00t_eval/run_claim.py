@@ -1,0 +1,173 @@
+"""An output directory claimed by the run writing into it (open-loop's open_loop_run.json).
+
+The claim file is created atomically (a second claim is refused) and records who holds it: the process id,
+the host and the start time, and, once the run ends, that it finished. A later run may then empty the
+directory (--overwrite) only when that run finished or its process is gone (killed with -9, a crashed
+machine); never while the claiming process is alive, which would delete its files and mix both runs' output.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional, Tuple, Union
+
+from .run_dir import OutputDirError
+
+logger = logging.getLogger(__name__)
+
+CLAIM_KEY = "claim"  # the claim file's holder record; the run's settings sit beside it
+# A process that started this long after the claim cannot be its holder: the pid was reused. (Linux gives start
+# times to 1/100 s from a boot time in whole seconds, so a margin is needed.)
+PID_REUSE_MARGIN_S = 2.0
+
+
+@dataclass(frozen=True)
+class ClaimHolder:
+    """Who claimed a directory: pid and hostname of the run's process, when it started, and whether it finished."""
+
+    pid: int
+    hostname: Optional[str]
+    started: str
+    started_unix: Optional[float]
+    finished: bool
+
+    def describe(self) -> str:
+        """'pid 123 on host h, started 2026-01-01T10:00:00Z', for messages."""
+        return f"pid {self.pid}{'' if self.hostname is None else f' on host {self.hostname}'}, started {self.started}"
+
+
+def claim_output_dir(path: Union[str, Path], filename: str, settings: Mapping[str, Any]) -> Path:
+    """Create PATH/FILENAME, holding `settings` and this process's claim, atomically: a second claim is refused.
+
+    The emptiness check and a run's first file are otherwise a window in which two runs both find the
+    directory empty; OutputDirError when the file exists already. The file appears complete (written
+    aside, then hard-linked), so a reader never sees a claim without its holder.
+    """
+    from .results import _jsonable
+
+    claim = Path(path) / filename
+    now = time.time()
+    holder = {"pid": os.getpid(), "hostname": socket.gethostname(), "started": _iso(now), "started_unix": now,
+              "finished": False}
+    text = json.dumps(_jsonable({CLAIM_KEY: holder, **settings}), indent=2) + "\n"
+    try:
+        _create_exclusively(claim, text)
+    except FileExistsError:
+        raise OutputDirError(f"--output-dir {path} is taken by another run (it holds {filename}); wait for that run "
+                             "or name a new directory") from None
+    return claim
+
+
+def finish_claim(claim: Union[str, Path], outcome: str) -> None:
+    """Record in the claim file that its run ended (`outcome`: complete, interrupted, error), so the directory
+    may be overwritten while this process still lives (a later run of the same Python process, say)."""
+    claim = Path(claim)
+    try:
+        data = json.loads(claim.read_text())
+    except (OSError, ValueError) as exc:  # deleted or broken meanwhile: there is nothing left to release
+        logger.warning("could not mark %s finished: %s", claim, exc)
+        return
+    data.setdefault(CLAIM_KEY, {}).update(finished=True, ended=_iso(time.time()), outcome=outcome)
+    partial = claim.with_name(f".{claim.name}.{os.getpid()}.tmp")
+    partial.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(partial, claim)
+
+
+def read_holder(claim: Union[str, Path]) -> Optional[ClaimHolder]:
+    """The holder recorded in a claim file; None when there is no readable claim."""
+    try:
+        data = json.loads(Path(claim).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    record = data.get(CLAIM_KEY)
+    if not isinstance(record, dict):  # written before the holder was recorded: pid and created at the top
+        record = {"pid": data.get("pid"), "started": data.get("created"), "finished": False}
+    pid = record.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return None
+    started_unix = record.get("started_unix")
+    return ClaimHolder(pid=pid, hostname=record.get("hostname"), started=str(record.get("started") or "at an unknown time"),
+                       started_unix=float(started_unix) if isinstance(started_unix, (int, float)) else None,
+                       finished=bool(record.get("finished")))
+
+
+def refuse_live_claim(directory: Union[str, Path], filename: str) -> Optional[ClaimHolder]:
+    """OutputDirError when DIRECTORY/FILENAME is held by a run that has not finished and may still be running.
+
+    Checked before --overwrite may empty the directory: a live claimant on this host (its process exists)
+    is refused, naming it, and so is one on another host (this host cannot tell whether it still runs).
+    Returns the holder of a claim that may go: finished, or its process gone (a stale claim); None without one.
+    """
+    claim = Path(directory) / filename
+    holder = read_holder(claim)
+    if holder is None or holder.finished:
+        return holder
+    here = socket.gethostname()
+    if holder.hostname is not None and holder.hostname != here:
+        raise OutputDirError(f"--output-dir {directory} is claimed by a run that has not finished ({holder.describe()}, "
+                             f"in {filename}); host {here} cannot check whether it still runs. Wait for it, or if it "
+                             f"has ended delete {claim}, or name another directory")
+    if holder_alive(holder):
+        raise OutputDirError(f"--output-dir {directory} is in use: the run that claimed it is still running "
+                             f"({holder.describe()}, in {filename}). Wait for it to end or name another directory")
+    logger.warning("%s was claimed by a run that ended without finishing (%s; that process is gone)", directory, holder.describe())
+    return holder
+
+
+def holder_alive(holder: ClaimHolder) -> bool:
+    """True while the claim's process exists on this host and is the one that claimed (not a reused pid)."""
+    if holder.pid == os.getpid():
+        return True
+    try:
+        os.kill(holder.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        pass
+    except OSError:
+        return False
+    state, started = _linux_process(holder.pid)
+    if state == "Z":  # a zombie: killed, not yet reaped by its parent
+        return False
+    if started is not None and holder.started_unix is not None and started > holder.started_unix + PID_REUSE_MARGIN_S:
+        return False
+    return True
+
+
+def _linux_process(pid: int) -> Tuple[Optional[str], Optional[float]]:
+    """(state letter, start time in Unix seconds) of a process from /proc; (None, None) where that cannot be read."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (command) "; the command may hold spaces
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime "))
+        return fields[0], boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None, None
+
+
+def _create_exclusively(path: Path, text: str) -> None:
+    """Create `path` holding `text`, complete, or raise FileExistsError (link(2), like O_EXCL, fails on an existing name)."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    partial.write_text(text, encoding="utf-8")
+    try:
+        os.link(partial, path)
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links: O_EXCL, with the content written just after
+        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+    finally:
+        partial.unlink()
+
+
+def _iso(unix: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix))
