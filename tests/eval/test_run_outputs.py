@@ -157,7 +157,9 @@ def test_a_server_killed_mid_rollout_stops_the_run_within_the_timeout_keeping_fi
         server.kill()
         server.wait()
     assert rollout.returncode == 1, output
-    assert took < 2.0 + 5.0, f"the rollout took {took:.1f} s to stop after the server died"
+    # Generous for a loaded 2-core machine; the bug it guards kept the run going for every remaining episode
+    # (hundreds of 2 s timeouts).
+    assert took < 2.0 + 13.0, f"the rollout took {took:.1f} s to stop after the server died"
     results = read(out / "results.json")
     assert results["status"] == "aborted" and "did not answer a ping" in results["stop_reason"]
     assert results["overall"]["n_episodes"] >= 3 and results["overall"]["n_errors"] >= 1
