@@ -131,3 +131,26 @@ def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def names_in_one_second(monkeypatch, n_runs: int):
+    """Make `n_runs` concurrent runs without --output-dir all pick their first dated name for one and the same
+    second, and hold each until every run has picked one (so they race for the same directory). Returns the
+    unpatched run_dir.dated_output_dir, for the names the test expects."""
+    import threading
+
+    from gr00t_eval import run_dir
+
+    all_named = threading.Barrier(n_runs, timeout=30)
+    dated = run_dir.dated_output_dir
+    first_call = threading.local()
+
+    def same_second(base, label, now=None):
+        path = dated(base, label, now=1_700_000_000.0)
+        if not getattr(first_call, "done", False):
+            first_call.done = True
+            all_named.wait()
+        return path
+
+    monkeypatch.setattr(run_dir, "dated_output_dir", same_second)
+    return dated

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from eval.dataset_factory import expected_actions, make_dataset
-from eval.scale_fixtures import free_port
+from eval.scale_fixtures import free_port, names_in_one_second
 from gr00t_eval import cli
 from gr00t_eval.dataset import DatasetWriter
 from gr00t_server.policies.replay import ReplayPolicy
@@ -222,23 +222,9 @@ def test_a_live_process_that_started_after_the_claim_is_not_its_holder(tmp_path)
 
 
 def test_runs_without_output_dir_started_in_the_same_second_get_a_directory_each(dataset, server, tmp_path, monkeypatch):
-    from gr00t_eval import run_dir
-
     n_runs = 6
-    all_named = threading.Barrier(n_runs, timeout=30)
-    dated = run_dir.dated_output_dir
-
-    first_call = threading.local()
-
-    def same_second(base, label, now=None):  # every run picks its first name before any run creates its directory
-        path = dated(base, label, now=1_700_000_000.0)
-        if not getattr(first_call, "done", False):
-            first_call.done = True
-            all_named.wait()
-        return path
-
+    dated = names_in_one_second(monkeypatch, n_runs)  # every run picks its first name before any run creates its directory
     monkeypatch.setattr(cli, "DEFAULT_OPEN_LOOP_BASE", str(tmp_path / "base"))
-    monkeypatch.setattr(run_dir, "dated_output_dir", same_second)
     codes = []
     args = ["open-loop", "--dataset-path", str(dataset), "--port", str(server.port), "--no-plots", "--execution-horizon", "4"]
     runs = [threading.Thread(target=lambda: codes.append(cli.main(args))) for _ in range(n_runs)]

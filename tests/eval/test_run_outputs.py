@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval.scale_fixtures import ConstantPolicy, free_port, policy_server
+from eval.scale_fixtures import ConstantPolicy, free_port, names_in_one_second, policy_server
 from gr00t_eval.cli import main
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
@@ -233,23 +233,11 @@ def test_the_default_output_dir_is_a_new_dated_directory(tmp_path, monkeypatch, 
 
 
 def test_rollouts_started_in_the_same_second_without_output_dir_get_a_directory_each(tmp_path, monkeypatch):
-    from gr00t_eval import run_dir, scale_cli
+    from gr00t_eval import scale_cli
 
     n_runs = 3
-    all_named = threading.Barrier(n_runs, timeout=30)
-    dated = run_dir.dated_output_dir
-
-    first_call = threading.local()
-
-    def same_second(base, label, now=None):  # every run picks its first name before any run creates its directory
-        path = dated(base, label, now=1_700_000_000.0)
-        if not getattr(first_call, "done", False):
-            first_call.done = True
-            all_named.wait()
-        return path
-
+    dated = names_in_one_second(monkeypatch, n_runs)  # every run picks its first name before any run creates its directory
     monkeypatch.setattr(scale_cli, "DEFAULT_ROLLOUT_BASE", str(tmp_path / "base"))
-    monkeypatch.setattr(run_dir, "dated_output_dir", same_second)
     codes = []
     with policy_server() as server:
         args = ["rollout", "--env-name", "walkto/slow", "--n-episodes", "1", *SMALL, "--policy-client-port", str(server.port)]
