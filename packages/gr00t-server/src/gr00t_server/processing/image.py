@@ -20,6 +20,11 @@ import torch
 
 from .torch_resize import resize_uint8
 
+# transformers' smart_resize (the Qwen image processor) refuses frames with an aspect ratio above 200; a thinner
+# frame would be scaled up along its long side (1 x 100000 -> 256 x 25.6M pixels) before it ever got there.
+MAX_ASPECT_RATIO = 200
+# A letter-boxed frame is padded to a square of its long side before any resize.
+MAX_LETTER_BOX_PIXELS = 8192 * 8192
 # Below this many source pixels per frame a thread hand-off costs more than the resize it saves.
 _POOL_MIN_PIXELS = 200_000
 _pool: Optional[ThreadPoolExecutor] = None
@@ -32,6 +37,25 @@ def _frame_pool() -> ThreadPoolExecutor:
         if _pool is None:
             _pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="gr00t-frames")
         return _pool
+
+
+def check_frame_size(height: int, width: int, letter_box: bool = False, where: str = "image") -> None:
+    """Refuse, before any resize, a frame the eval transform cannot handle sanely: an empty side, an aspect ratio
+    over MAX_ASPECT_RATIO, or (letter-boxed) a padded square over MAX_LETTER_BOX_PIXELS; ValueError naming `where`."""
+    if height < 1 or width < 1:
+        raise ValueError(f"{where} has {height}x{width} images; an image needs at least one pixel on each side")
+    ratio = max(height, width) / min(height, width)
+    if ratio > MAX_ASPECT_RATIO:
+        raise ValueError(
+            f"{where} has {height}x{width} images, aspect ratio {ratio:.0f}; this model accepts an aspect ratio of at "
+            f"most {MAX_ASPECT_RATIO} (the image processor's limit); send a frame closer to square"
+        )
+    side = max(height, width)
+    if letter_box and side * side > MAX_LETTER_BOX_PIXELS:
+        raise ValueError(
+            f"{where} has {height}x{width} images; this checkpoint letter-boxes frames to a square of the long side, "
+            f"{side}x{side}, over the limit of {MAX_LETTER_BOX_PIXELS} pixels; send smaller frames"
+        )
 
 
 def resize_area(image: np.ndarray, height: int, width: int) -> np.ndarray:

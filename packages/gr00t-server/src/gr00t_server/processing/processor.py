@@ -14,7 +14,7 @@ from gr00t_client.modality import ActionRepresentation, ModalityConfig
 
 from . import normalization as norm
 from .config import ProcessorConfig, Statistics, load_embodiment_ids, load_processor_config, load_statistics
-from .image import eval_image_transform_batch, eval_image_transform_torchvision_style_batch
+from .image import check_frame_size, eval_image_transform_batch, eval_image_transform_torchvision_style_batch
 from .text import IMAGE_PAD_TOKEN, build_conversation, expand_image_tokens, formalize_language, render_prompt
 from .tokenizer import load_backbone_text_assets
 from .vision_patches import VisionPatchConfig, num_image_tokens, patchify_batch, patchify_images
@@ -183,6 +183,8 @@ class Gr00tN1d7Processor:
                 horizon = frames.shape[:2]
             elif frames.shape[:2] != horizon:
                 raise ValueError(f"Video key '{key}' has (B, T) = {frames.shape[:2]}; other views have {horizon}")
+            # Before any resize: a thin frame would be scaled up to gigabytes (shape only, cheap).
+            check_frame_size(frames.shape[2], frames.shape[3], self.config.letter_box_transform, f"Video key '{key}'")
         out = []
         for key in video_config.modality_keys:
             frames = np.asarray(video[key])
@@ -199,6 +201,8 @@ class Gr00tN1d7Processor:
     def transform_image_batch(self, frames: np.ndarray) -> np.ndarray:
         """Eval transform of uint8 (N, H, W, 3) frames of one camera, together (model.md §3.4)."""
         cfg = self.config
+        if frames.ndim == 4:
+            check_frame_size(frames.shape[1], frames.shape[2], cfg.letter_box_transform)
         if not cfg.use_albumentations:
             if cfg.image_target_size is None or cfg.image_crop_size is None:
                 raise ValueError("use_albumentations=false needs image_target_size and image_crop_size")
