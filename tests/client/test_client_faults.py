@@ -14,16 +14,11 @@ import numpy as np
 import pytest
 import zmq
 from reference_peer import EchoPolicy, RefModalityConfig, ReferenceServer, libero_like_configs, libero_like_observation, running_server
+from serving import free_port
 
 from gr00t_client import ActionError, HandshakeError, MessageTooLargeError, ModalityConfig, PolicyClient, PolicyTimeoutError, codec
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class ScriptedServer:
