@@ -2,6 +2,7 @@
 the field and the problem, never loaded into wrong answers, tracebacks or gigabytes."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -62,3 +63,46 @@ def test_a_frame_without_pixels_is_refused_naming_the_camera(tiny_processor):
     key = tiny_processor.modality_configs("new_embodiment")["video"].modality_keys[0]
     with pytest.raises(ValueError, match=rf"Video key '{key}' has 0x0 images"):
         tiny_processor.transform_video_batch("new_embodiment", {key: np.zeros((1, 1, 0, 0, 3), np.uint8)})
+
+
+# --- 2, 5. processor_config.json and embodiment_id.json are read with strict types -----------------
+
+
+def _load_processor(checkpoint):
+    from gr00t_server.processing import Gr00tN1d7Processor
+
+    return Gr00tN1d7Processor.from_pretrained(checkpoint, local_files_only=True)
+
+
+@pytest.mark.parametrize(
+    "field, value, expected",
+    [
+        ("use_relative_action", "false", "true or false"),
+        ("clip_outliers", 0, "true or false"),
+        ("max_state_dim", 132.9, "an int >= 1"),
+        ("max_action_horizon", True, "an int >= 1"),
+        ("shortest_image_edge", -5, "an int >= 1, or null"),
+        ("crop_fraction", 0, r"a number in \(0, 1\]"),
+        ("image_target_size", [256, "256"], r"\[h, w\] of ints"),
+    ],
+)
+def test_a_processor_config_value_of_the_wrong_type_is_refused_naming_file_field_and_value(copy_of, field, value, expected):
+    checkpoint = copy_of()
+    _edit_json(checkpoint / "processor_config.json", lambda data: data["processor_kwargs"].__setitem__(field, value))
+    with pytest.raises(ValueError, match=rf"processor_config.json: field '{field}' is {re.escape(json.dumps(value))} .*expected {expected}"):
+        _load_processor(checkpoint)
+
+
+def test_modality_configs_that_are_not_an_object_are_refused_naming_the_file(copy_of):
+    checkpoint = copy_of()
+    _edit_json(checkpoint / "processor_config.json", lambda data: data["processor_kwargs"].__setitem__("modality_configs", []))
+    with pytest.raises(ValueError, match=r"processor_config.json: field 'modality_configs' is \[\] \(list\); expected an object"):
+        _load_processor(checkpoint)
+
+
+@pytest.mark.parametrize("value", [2.7, True, None, "1", -1])
+def test_an_embodiment_id_that_is_not_an_int_is_refused_naming_file_tag_and_value(copy_of, value):
+    checkpoint = copy_of()
+    _edit_json(checkpoint / "embodiment_id.json", lambda data: data.__setitem__("new_embodiment", value))
+    with pytest.raises(ValueError, match=rf"embodiment_id.json: embodiment 'new_embodiment' has id {json.dumps(value)} .*expected an int >= 0"):
+        _load_processor(checkpoint)

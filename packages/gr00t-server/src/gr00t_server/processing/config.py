@@ -179,20 +179,38 @@ def parse_modality_configs(data: Mapping[str, Any]) -> Dict[str, Dict[str, Modal
     return out
 
 
+_BOOL_FIELDS = (
+    "use_albumentations", "letter_box_transform", "formalize_language", "strict_action_padding_mask", "use_percentiles",
+    "use_mean_std", "clip_outliers", "apply_sincos_state_encoding", "use_relative_action", "exclude_state",
+)
+_POSITIVE_INT_FIELDS = ("max_state_dim", "max_action_dim", "max_action_horizon")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _field_error(name: str, value: Any, expected: str) -> ValueError:
+    return ValueError(f"field {name!r} is {json.dumps(value)} ({type(value).__name__}); expected {expected}")
+
+
 def _as_size(value: Any, name: str) -> Optional[Tuple[int, int]]:
     if value is None:
         return None
-    if isinstance(value, (int, float)):
-        return (int(value), int(value))
-    if isinstance(value, (list, tuple)) and len(value) == 2:
+    if _is_int(value) and value >= 1:
+        return (value, value)
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_int(v) and v >= 1 for v in value):
         return (int(value[0]), int(value[1]))
-    raise ValueError(f"processor config {name} must be [h, w] or null, got {value!r}")
+    raise _field_error(name, value, "[h, w] of ints >= 1, or null")
 
 
 def processor_config_from_kwargs(kwargs: Mapping[str, Any]) -> ProcessorConfig:
-    """Build a ProcessorConfig from a `processor_kwargs` dict, back-filling reference defaults."""
+    """Build a ProcessorConfig from a `processor_kwargs` dict, back-filling reference defaults; ValueError naming
+    the field for a value of the wrong type (a string "false" is not a bool, 132.9 is not an int)."""
     if "modality_configs" not in kwargs:
         raise ValueError("processor_kwargs has no 'modality_configs'; cannot know the embodiments of this checkpoint")
+    if not isinstance(kwargs["modality_configs"], Mapping):
+        raise _field_error("modality_configs", kwargs["modality_configs"], "an object {embodiment tag: {modality: config}}")
     defaults = ProcessorConfig(modality_configs={})
     values: Dict[str, Any] = {"modality_configs": parse_modality_configs(kwargs["modality_configs"])}
     extra: Dict[str, Any] = {}
@@ -208,12 +226,22 @@ def processor_config_from_kwargs(kwargs: Mapping[str, Any]) -> ProcessorConfig:
             values[key] = getattr(defaults, key)
     values["image_crop_size"] = _as_size(values.get("image_crop_size", defaults.image_crop_size), "image_crop_size")
     values["image_target_size"] = _as_size(values.get("image_target_size", defaults.image_target_size), "image_target_size")
-    for key in ("max_state_dim", "max_action_dim", "max_action_horizon"):
-        values[key] = int(values[key])
-    for key in ("use_albumentations", "letter_box_transform", "formalize_language", "strict_action_padding_mask",
-                "use_percentiles", "use_mean_std", "clip_outliers", "apply_sincos_state_encoding",
-                "use_relative_action", "exclude_state"):
-        values[key] = bool(values[key])
+    for key in _POSITIVE_INT_FIELDS:
+        if not (_is_int(values[key]) and values[key] >= 1):
+            raise _field_error(key, values[key], "an int >= 1")
+    for key in _BOOL_FIELDS:
+        if not isinstance(values[key], bool):
+            raise _field_error(key, values[key], "true or false")
+    for key in ("model_name", "model_type"):
+        if not isinstance(values[key], str):
+            raise _field_error(key, values[key], "a string")
+    edge = values.get("shortest_image_edge")
+    if edge is not None and not (_is_int(edge) and edge >= 1):
+        raise _field_error("shortest_image_edge", edge, "an int >= 1, or null")
+    fraction = values.get("crop_fraction")
+    if fraction is not None and not (isinstance(fraction, (int, float)) and not isinstance(fraction, bool)
+                                     and 0 < fraction <= 1):
+        raise _field_error("crop_fraction", fraction, "a number in (0, 1], or null")
     config = ProcessorConfig(**values, extra=extra)
     _validate_action_horizons(config)
     return config
@@ -238,7 +266,10 @@ def load_processor_config(checkpoint_dir: PathLike) -> ProcessorConfig:
     kwargs = data.get("processor_kwargs", data)
     if not isinstance(kwargs, Mapping):
         raise ValueError(f"{path}: 'processor_kwargs' must be an object")
-    return processor_config_from_kwargs(kwargs)
+    try:
+        return processor_config_from_kwargs(kwargs)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 # --- statistics.json ------------------------------------------------------------------------------
@@ -282,8 +313,13 @@ def load_statistics(checkpoint_dir: PathLike) -> Statistics:
 
 
 def merge_embodiment_ids(from_checkpoint: Optional[Mapping[str, int]]) -> Dict[str, int]:
-    """Checkpoint ids plus built-in ids for tags the checkpoint does not list (never overriding it)."""
-    merged: Dict[str, int] = {str(k): int(v) for k, v in (from_checkpoint or {}).items()}
+    """Checkpoint ids plus built-in ids for tags the checkpoint does not list (never overriding it); ValueError
+    for an id that is not an int >= 0 (2.7 or true would pick another embodiment's projector)."""
+    merged: Dict[str, int] = {}
+    for tag, index in (from_checkpoint or {}).items():
+        if not (isinstance(index, int) and not isinstance(index, bool) and index >= 0):
+            raise ValueError(f"embodiment {str(tag)!r} has id {json.dumps(index)} ({type(index).__name__}); expected an int >= 0")
+        merged[str(tag)] = index
     for tag, index in EMBODIMENT_TAG_TO_PROJECTOR_INDEX.items():
         merged.setdefault(tag, index)
     return merged
@@ -297,4 +333,7 @@ def load_embodiment_ids(checkpoint_dir: PathLike) -> Dict[str, int]:
     data = _read_json(path) if path.is_file() else None
     if data is not None and not isinstance(data, Mapping):
         raise ValueError(f"{path} must hold a JSON object {{tag: id}}")
-    return merge_embodiment_ids(data)
+    try:
+        return merge_embodiment_ids(data)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
