@@ -106,3 +106,55 @@ def test_an_embodiment_id_that_is_not_an_int_is_refused_naming_file_tag_and_valu
     _edit_json(checkpoint / "embodiment_id.json", lambda data: data.__setitem__("new_embodiment", value))
     with pytest.raises(ValueError, match=rf"embodiment_id.json: embodiment 'new_embodiment' has id {json.dumps(value)} .*expected an int >= 0"):
         _load_processor(checkpoint)
+
+
+# --- 3, 4. statistics.json: finite, equal lengths, ordered ranges ------------------------------------
+
+
+def _set_stat(checkpoint, group, key, stat, value, tag="new_embodiment"):
+    path = checkpoint / "statistics.json"
+    text = path.read_text()
+    data = json.loads(text)
+    data[tag][group][key][stat] = "__VALUE__"
+    path.write_text(json.dumps(data).replace('"__VALUE__"', value))  # NaN/Infinity as Python's json writes them
+
+
+def _first_key(checkpoint, group, tag="new_embodiment"):
+    return sorted(json.loads((checkpoint / "statistics.json").read_text())[tag][group])[0]
+
+
+@pytest.mark.parametrize(
+    "group, stat, value, message",
+    [
+        ("state", "q01", "[NaN]", r"\['q01'\] has a non-finite value \(nan\)"),
+        ("action", "q99", "[Infinity]", r"\['q99'\] has a non-finite value \(inf\)"),
+        ("action", "q99", '["a"]', r"\['q99'\] is not a list of numbers"),
+        ("action", "max", "[-1e9]", r": min .* > max -1000000000.0 at index \[0\]; the range is inverted"),
+    ],
+)
+def test_bad_statistics_values_are_refused_at_load_naming_file_key_and_stat(copy_of, group, stat, value, message):
+    checkpoint = copy_of()
+    key = _first_key(checkpoint, group)
+    width = len(json.loads((checkpoint / "statistics.json").read_text())["new_embodiment"][group][key][stat])
+    _set_stat(checkpoint, group, key, stat, "[" + ", ".join([value.strip("[]")] * width) + "]")
+    with pytest.raises(ValueError, match=rf"statistics.json: statistics\['new_embodiment'\]\['{group}'\]\['{key}'\]{message}"):
+        _load_processor(checkpoint)
+
+
+def test_statistics_of_one_key_with_different_lengths_are_refused(copy_of):
+    checkpoint = copy_of()
+    key = _first_key(checkpoint, "action")
+    _set_stat(checkpoint, "action", key, "min", "[0.0]")
+    _set_stat(checkpoint, "action", key, "max", "[1.0]")
+    with pytest.raises(ValueError, match=rf"statistics.json: .*\['action'\]\['{key}'\]: stats have different lengths \(.*min 1"):
+        _load_processor(checkpoint)
+
+
+def test_a_huge_range_that_overflows_is_refused(copy_of):
+    checkpoint = copy_of()
+    key = _first_key(checkpoint, "action")
+    width = len(json.loads((checkpoint / "statistics.json").read_text())["new_embodiment"]["action"][key]["q01"])
+    _set_stat(checkpoint, "action", key, "q01", json.dumps([-1.7e308] * width))
+    _set_stat(checkpoint, "action", key, "q99", json.dumps([1.7e308] * width))
+    with pytest.raises(ValueError, match=r"q99 - q01 overflows"):
+        _load_processor(checkpoint)

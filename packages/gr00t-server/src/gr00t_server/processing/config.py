@@ -278,8 +278,51 @@ Statistics = Dict[str, Dict[str, Dict[str, Dict[str, np.ndarray]]]]
 STAT_NAMES = ("min", "max", "mean", "std", "q01", "q99")
 
 
+_STAT_RANGES = (("min", "max"), ("q01", "q99"))
+
+
+def _parse_stat(values: Any, where: str) -> np.ndarray:
+    """One stat as a float64 array of at least one axis; ValueError unless it is finite numbers."""
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where} is not a list of numbers (or of equal-length rows): {exc}") from None
+    if array.ndim == 0 or array.shape[-1] == 0:
+        raise ValueError(f"{where} must be a non-empty list of numbers, got {json.dumps(values)[:60]}")
+    if not np.isfinite(array).all():
+        bad = np.argwhere(~np.isfinite(array))[0].tolist()
+        raise ValueError(f"{where} has a non-finite value ({array[tuple(bad)]}) at index {bad}; statistics must be finite")
+    return array
+
+
+def check_key_statistics(stats: Mapping[str, np.ndarray], where: str) -> int:
+    """Every stat of one key has the same width (the key's dimension), low <= high with a finite span, std >= 0;
+    ValueError naming `where` and the stat. Returns the width."""
+    widths = {name: int(value.shape[-1]) for name, value in stats.items()}
+    if len(set(widths.values())) > 1:
+        listed = ", ".join(f"{name} {width}" for name, width in widths.items())
+        raise ValueError(f"{where}: stats have different lengths ({listed}); each must have one value per dimension")
+    for low_name, high_name in _STAT_RANGES:
+        if low_name in stats and high_name in stats:
+            low, high = stats[low_name], stats[high_name]
+            if low.shape != high.shape:
+                raise ValueError(f"{where}: {low_name} has shape {low.shape} but {high_name} has {high.shape}")
+            with np.errstate(over="ignore"):
+                span = high - low
+            if (low > high).any():
+                index = np.argwhere(low > high)[0].tolist()
+                raise ValueError(f"{where}: {low_name} {low[tuple(index)]} > {high_name} {high[tuple(index)]} at index "
+                                 f"{index}; the range is inverted")
+            if not np.isfinite(span).all():
+                raise ValueError(f"{where}: {high_name} - {low_name} overflows; statistics must be ordinary numbers")
+    if "std" in stats and (stats["std"] < 0).any():
+        raise ValueError(f"{where}: std has a negative value")
+    return next(iter(widths.values()), 0)
+
+
 def parse_statistics(data: Mapping[str, Any]) -> Statistics:
-    """{tag: {group: {key: {stat: list}}}} -> the same with float64 arrays."""
+    """{tag: {group: {key: {stat: list}}}} -> the same with float64 arrays; ValueError naming tag, group, key and
+    stat for a value that is not finite numbers, stats of one key with different lengths, or an inverted range."""
     out: Statistics = {}
     for tag, groups in data.items():
         if not isinstance(groups, Mapping):
@@ -290,11 +333,12 @@ def parse_statistics(data: Mapping[str, Any]) -> Statistics:
                 raise ValueError(f"statistics[{tag!r}][{group!r}] must be an object of keys")
             out[tag][group] = {}
             for key, stats in keys.items():
+                where = f"statistics[{tag!r}][{group!r}][{key!r}]"
                 if not isinstance(stats, Mapping):
-                    raise ValueError(f"statistics[{tag!r}][{group!r}][{key!r}] must be an object of stats")
-                out[tag][group][key] = {
-                    name: np.asarray(values, dtype=np.float64) for name, values in stats.items() if name in STAT_NAMES
-                }
+                    raise ValueError(f"{where} must be an object of stats")
+                parsed = {name: _parse_stat(values, f"{where}[{name!r}]") for name, values in stats.items() if name in STAT_NAMES}
+                check_key_statistics(parsed, where)
+                out[tag][group][key] = parsed
     return out
 
 
@@ -306,7 +350,10 @@ def load_statistics(checkpoint_dir: PathLike) -> Statistics:
     data = _read_json(path)
     if not isinstance(data, Mapping):
         raise ValueError(f"{path} must hold a JSON object")
-    return parse_statistics(data)
+    try:
+        return parse_statistics(data)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 # --- embodiment_id.json ---------------------------------------------------------------------------

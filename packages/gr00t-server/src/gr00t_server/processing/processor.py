@@ -132,6 +132,18 @@ class Gr00tN1d7Processor:
                 relative[key] = norm.relative_stats_for_horizon(
                     stats["relative_action"][key], action_config.horizon, f"key '{key}' of '{tag}'"
                 )
+                width = relative[key]["min"].shape[-1]
+                if width != params.dim:
+                    raise ValueError(
+                        f"statistics.json: relative_action key '{key}' of '{tag}' has {width} values per step but "
+                        f"action key '{key}' has {params.dim}"
+                    )
+        total = sum(params.dim for params in action.values())
+        if total > self.config.max_action_dim:
+            raise ValueError(
+                f"statistics.json: the action keys of '{tag}' have {total} dimensions together, more than the "
+                f"processor's max_action_dim {self.config.max_action_dim}"
+            )
         return EmbodimentNormParams(state=state, action=action, relative_action=relative)
 
     def _is_relative(self, action_config: ModalityConfig, index: int) -> bool:
