@@ -158,3 +158,24 @@ def test_a_huge_range_that_overflows_is_refused(copy_of):
     _set_stat(checkpoint, "action", key, "q99", json.dumps([1.7e308] * width))
     with pytest.raises(ValueError, match=r"q99 - q01 overflows"):
         _load_processor(checkpoint)
+
+
+# --- 8. warm-up refuses a model whose sample action is not finite ---------------------------------------
+
+
+def test_warm_up_refuses_to_declare_ready_when_the_sample_action_is_nan(tiny_checkpoint):
+    import argparse
+
+    import torch
+
+    from gr00t_server.backends.common import model_of
+    from gr00t_server.cli import CliError, _warm_up
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+
+    policy = Gr00tPolicy(tiny_checkpoint, "new_embodiment", device="cpu")
+    with torch.no_grad():
+        dict(model_of(policy).named_parameters())["action_head.action_decoder.layer2.b"].fill_(float("nan"))
+    args = argparse.Namespace(max_batch_size=1, inference_mode="pytorch")
+    with pytest.raises(CliError, match=r"warm-up failed: .*non-finite values \(NaN or inf\) in action key '\w+'") as info:
+        _warm_up(policy, args)
+    assert "\n" not in str(info.value)

@@ -9,6 +9,7 @@ import statistics
 import time
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from gr00t_server.backends.common import model_of
@@ -86,7 +87,20 @@ def warm_up(policy: Any, batch_sizes: tuple[int, ...] = (1,), seed: int = 0) -> 
     for batch_size in batch_sizes:
         observation = sample_observation(policy, batch_size=batch_size, seed=seed)
         start = time.perf_counter()
-        policy.get_action(observation, {"seed": seed})
+        action = policy.get_action(observation, {"seed": seed})
         _synchronize(model.device)
         seconds[batch_size] = time.perf_counter() - start
+        _check_finite_sample(action, batch_size)
     return seconds
+
+
+def _check_finite_sample(result: Any, batch_size: int) -> None:
+    """ValueError naming the action key when the sample action holds NaN or inf: such a model would fail every request."""
+    action = result[0] if isinstance(result, (tuple, list)) and result else result
+    for key, value in (action.items() if isinstance(action, dict) else ()):
+        array = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+        if array.dtype.kind in "fc" and not np.isfinite(array).all():
+            raise ValueError(
+                f"the sample action at batch {batch_size} has non-finite values (NaN or inf) in action key '{key}'; "
+                "the checkpoint's weights or statistics hold NaN or inf, so every request would fail"
+            )
