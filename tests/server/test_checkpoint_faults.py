@@ -179,3 +179,62 @@ def test_warm_up_refuses_to_declare_ready_when_the_sample_action_is_nan(tiny_che
     with pytest.raises(CliError, match=r"warm-up failed: .*non-finite values \(NaN or inf\) in action key '\w+'") as info:
         _warm_up(policy, args)
     assert "\n" not in str(info.value)
+
+
+# --- 6. serve accepts the tags the checkpoint declares -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def custom_tag_checkpoint(tmp_path_factory):
+    from gr00t_server.test_checkpoint import make_test_checkpoint
+
+    return make_test_checkpoint(tmp_path_factory.mktemp("custom_tag"), size="tiny", embodiment_tags=["my_robot"],
+                                embodiment="metaworld")
+
+
+class _NoServer:
+    """Stands in for PolicyServer: records what serve built, binds nothing."""
+
+    built = {}
+
+    def __init__(self, policy, **kwargs):
+        _NoServer.built = {"policy": policy, **kwargs}
+
+    def start(self):
+        pass
+
+    def run(self):
+        pass
+
+
+def test_serve_accepts_a_tag_that_only_the_checkpoint_declares(custom_tag_checkpoint, monkeypatch, capsys):
+    from gr00t_server import cli, server
+
+    monkeypatch.setattr(server, "PolicyServer", _NoServer)
+    rc = cli.main(["serve", "--model-path", str(custom_tag_checkpoint), "--embodiment-tag", "my_robot", "--device", "cpu",
+                   "--no-warmup", "--port", "0"])
+    assert rc == 0, capsys.readouterr().err
+    assert _NoServer.built["embodiment_tag"] == "my_robot"
+    assert _NoServer.built["policy"].embodiment_tag_value == "my_robot"
+
+
+def test_serve_refuses_a_tag_neither_built_in_nor_in_the_checkpoint_in_one_line(custom_tag_checkpoint, capsys):
+    from gr00t_server import cli
+
+    rc = cli.main(["serve", "--model-path", str(custom_tag_checkpoint), "--embodiment-tag", "their_robot", "--device",
+                   "cpu", "--no-warmup"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.count("\n") == 1
+    assert "Unknown embodiment tag: 'their_robot'" in err and "['my_robot']" in err
+
+
+def test_serve_names_the_checkpoint_tags_when_a_built_in_tag_is_missing_from_it(custom_tag_checkpoint, capsys):
+    from gr00t_server import cli
+
+    rc = cli.main(["serve", "--model-path", str(custom_tag_checkpoint), "--embodiment-tag", "libero_sim", "--device",
+                   "cpu", "--no-warmup"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.count("\n") == 1
+    assert "is not supported by this checkpoint" in err and "my_robot" in err

@@ -229,10 +229,16 @@ def _model_policy(args: argparse.Namespace, tag: Any) -> Any:
         raise CliError(f"--model-path {model_path} does not exist")
     from .policies.gr00t_policy import Gr00tPolicy
 
-    policy = Gr00tPolicy(
-        model_path=model_path, embodiment_tag=tag, device=args.device, strict=args.strict, dtype=args.dtype,
-        clip_outliers=args.clip_outliers, preprocess_device=args.preprocess_device,
-    )
+    try:
+        policy = Gr00tPolicy(
+            model_path=model_path, embodiment_tag=tag, device=args.device, strict=args.strict, dtype=args.dtype,
+            clip_outliers=args.clip_outliers, preprocess_device=args.preprocess_device,
+        )
+    except ValueError as exc:
+        if "is not supported by this checkpoint" not in str(exc):
+            raise
+        # The reference's several-line text, on one line so that the checkpoint's tags are not lost.
+        raise CliError(" ".join(" ".join(line.split()) for line in str(exc).splitlines() if line.strip())) from exc
     if args.inference_mode != "pytorch":
         from .backends import apply_inference_mode
 
@@ -300,8 +306,12 @@ def serve(args: argparse.Namespace) -> int:
     try:
         tag = EmbodimentTag.resolve(args.embodiment_tag)
     except ValueError as exc:
-        known = ", ".join(member.value for member in EmbodimentTag)
-        raise CliError(f"{str(exc).splitlines()[0]}; known tags: {known}") from exc
+        if not args.model_path or not str(args.embodiment_tag).strip():
+            known = ", ".join(member.value for member in EmbodimentTag)
+            raise CliError(f"{str(exc).splitlines()[0]}; known tags: {known}") from exc
+        # A checkpoint-internal tag (no public enum): Gr00tPolicy checks it against the checkpoint, as export does.
+        tag = str(args.embodiment_tag).strip()
+    tag_name, tag_value = getattr(tag, "name", tag), getattr(tag, "value", tag)
     if not args.model_path and not args.dataset_path:
         raise CliError("either --model-path or --dataset-path must be provided")
     ignored = _ignored_flags(args)
@@ -312,7 +322,7 @@ def serve(args: argparse.Namespace) -> int:
     if args.model_path:  # replay never touches torch: resolving a default device would import it
         args.device = args.device or _default_device()
     print("Starting GR00T inference server...")
-    print(f"  Embodiment tag: {tag.name} ({tag.value})")
+    print(f"  Embodiment tag: {tag_name} ({tag_value})")
     print(f"  Model path: {args.model_path}")
     if not args.model_path:
         print(f"  Dataset path: {args.dataset_path}")
@@ -354,7 +364,7 @@ def serve(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size,
         batch_timeout_ms=args.batch_timeout_ms,
         inline_below_ms=args.inline_below_ms,
-        embodiment_tag=tag.value,
+        embodiment_tag=tag_value,
         limits=limits,
         metrics_port=args.metrics_port,
     )

@@ -113,7 +113,11 @@ def _resolve_tag(tag: Union[EmbodimentTag, str], supported: List[str]) -> Tuple[
             return EmbodimentTag.resolve(tag), tag.strip()
         except ValueError:
             return tag.strip(), tag.strip()
-    resolved = EmbodimentTag.resolve(tag)
+    try:
+        resolved = EmbodimentTag.resolve(tag)
+    except ValueError as exc:
+        raise ValueError(f"{str(exc).splitlines()[0]}; it is neither a built-in tag nor one of this checkpoint's tags "
+                         f"{sorted(supported)}") from None
     return resolved, resolved.value
 
 
