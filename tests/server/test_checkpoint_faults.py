@@ -8,6 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
+from gr00t_server import server as server_module
+from gr00t_server.model import CheckpointError, load_model
 from gr00t_server.processing import processor as processor_module
 from gr00t_server.processing.image import MAX_ASPECT_RATIO
 
@@ -238,3 +240,144 @@ def test_serve_names_the_checkpoint_tags_when_a_built_in_tag_is_missing_from_it(
     assert rc == 2
     assert err.count("\n") == 1
     assert "is not supported by this checkpoint" in err and "my_robot" in err
+
+
+# --- 7. damaged files stop start-up with one line naming the file -------------------------------------------
+
+
+def _serve_error(checkpoint, capsys):
+    from gr00t_server import cli
+
+    args = ["--model-path", str(checkpoint), "--embodiment-tag", "new_embodiment", "--device", "cpu"]
+    with pytest.MonkeyPatch.context() as patch:  # a checkpoint that loads must fail the test, not start a server
+        patch.setattr(server_module, "PolicyServer", _NoServer)
+        rc = cli.main(["serve"] + args + ["--no-warmup"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.count("\n") == 1, err  # one line, no traceback
+    return err
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        _truncate,
+        lambda path: path.write_bytes(b""),
+        lambda path: path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json,,,,}"),
+    ],
+    ids=["truncated", "empty", "corrupt-header"],
+)
+def test_a_damaged_model_safetensors_is_one_line_naming_the_file(copy_of, capsys, damage):
+    checkpoint = copy_of()
+    damage(checkpoint / "model.safetensors")
+    err = _serve_error(checkpoint, capsys)
+    assert "model.safetensors is not a valid safetensors file" in err
+
+
+def test_export_reports_a_damaged_model_safetensors_in_one_line(copy_of, capsys):
+    from gr00t_server import cli
+
+    checkpoint = copy_of()
+    _truncate(checkpoint / "model.safetensors")
+    rc = cli.main(["export", "--model-path", str(checkpoint), "--embodiment-tag", "new_embodiment",
+                   "--output", str(checkpoint.parent / "exported"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1, err
+    assert "model.safetensors is not a valid safetensors file" in err
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [("[1, 2]", "config must be a JSON object, got list"), ("null", "config must be a JSON object, got NoneType")],
+)
+def test_config_json_that_is_not_an_object_is_one_line_naming_the_file(copy_of, capsys, text, message):
+    checkpoint = copy_of()
+    (checkpoint / "config.json").write_text(text)
+    assert f"config.json: {message}" in _serve_error(checkpoint, capsys)
+
+
+def test_a_backbone_size_of_the_wrong_type_is_one_line_naming_the_field(copy_of, capsys):
+    checkpoint = copy_of()
+    _edit_json(checkpoint / "config.json",
+               lambda data: data["backbone_cfg"]["text_config"].__setitem__("hidden_size", "64"))
+    err = _serve_error(checkpoint, capsys)
+    assert "config.json: config field 'backbone_cfg.text_config.hidden_size' must be an int >= 1, got '64'" in err
+
+
+def test_an_absurd_number_of_denoising_steps_is_refused(copy_of, capsys):
+    checkpoint = copy_of()
+    _edit_json(checkpoint / "config.json", lambda data: data.__setitem__("num_inference_timesteps", 10**9))
+    assert "'num_inference_timesteps' is 1000000000; expected at most" in _serve_error(checkpoint, capsys)
+
+
+def test_a_null_embodiment_id_is_one_line(copy_of, capsys):
+    checkpoint = copy_of()
+    _edit_json(checkpoint / "embodiment_id.json", lambda data: data.__setitem__("new_embodiment", None))
+    assert "embodiment_id.json: embodiment 'new_embodiment' has id null" in _serve_error(checkpoint, capsys)
+
+
+def _write_index(checkpoint, index):
+    (checkpoint / "model.safetensors").rename(checkpoint / "model-00001-of-00001.safetensors")
+    (checkpoint / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
+@pytest.mark.parametrize(
+    "index, message",
+    [
+        (["model-00001-of-00001.safetensors"], "has no 'weight_map' object"),
+        ({"weight_map": {"a.weight": 3}}, "weight_map['a.weight'] is 3; expected a shard file name"),
+        ({"weight_map": {"a.weight": "../model-00001-of-00001.safetensors"}}, "shards must be files in the checkpoint folder"),
+    ],
+    ids=["list", "int-value", "outside"],
+)
+def test_a_malformed_shard_index_is_one_line_naming_the_file(copy_of, capsys, index, message):
+    checkpoint = copy_of()
+    _write_index(checkpoint, index)
+    err = _serve_error(checkpoint, capsys)
+    assert "model.safetensors.index.json" in err and message in err
+
+
+@pytest.mark.parametrize("damage", [lambda text: "{1: 2}", lambda text: text[: len(text) // 2]], ids=["invalid", "truncated"])
+def test_a_broken_tokenizer_json_is_one_line_naming_the_tokenizer_files(copy_of, capsys, damage):
+    checkpoint = copy_of()
+    path = checkpoint / "tokenizer.json"
+    path.write_text(damage(path.read_text()))
+    err = _serve_error(checkpoint, capsys)
+    assert "the tokenizer files in" in err and "could not be read" in err
+
+
+# --- 11. the shard index is honoured ------------------------------------------------------------------------
+
+
+def test_a_stale_copy_of_a_tensor_in_another_shard_is_refused_naming_both(copy_of):
+    from safetensors.torch import load_file, save_file
+
+    checkpoint = copy_of()
+    tensors = load_file(checkpoint / "model.safetensors")
+    key = "action_head.action_decoder.layer1.W"
+    save_file({key: tensors[key] * 0 + 1000.0}, checkpoint / "model-00002-of-00002.safetensors")
+    weight_map = {name: "model-00001-of-00001.safetensors" for name in tensors}
+    weight_map["unused.marker"] = "model-00002-of-00002.safetensors"  # lists shard 2, not for `key`
+    _write_index(checkpoint, {"weight_map": weight_map})
+    with pytest.raises(CheckpointError, match=rf"tensor '{key}' is in both model-00001-of-00001.safetensors and "
+                                              r"model-00002-of-00002.safetensors"):
+        load_model(checkpoint, device="cpu")
+
+
+def test_a_tensor_in_another_shard_than_the_index_names_is_refused(copy_of):
+    from safetensors.torch import load_file, save_file
+
+    checkpoint = copy_of()
+    tensors = load_file(checkpoint / "model.safetensors")
+    key = "action_head.action_decoder.layer1.W"
+    save_file({key: tensors.pop(key)}, checkpoint / "model-00002-of-00002.safetensors")
+    save_file(tensors, checkpoint / "model.safetensors")
+    weight_map = {name: "model-00002-of-00002.safetensors" for name in tensors}  # all but `key` misplaced
+    weight_map[key] = "model-00001-of-00001.safetensors"
+    _write_index(checkpoint, {"weight_map": weight_map})
+    with pytest.raises(CheckpointError, match=r"model.safetensors.index.json places in"):
+        load_model(checkpoint, device="cpu")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -116,9 +116,19 @@ def weight_files(directory: Path) -> list[Path]:
     """Safetensors files of a checkpoint: the shards named by the index, or the single file."""
     index_path = directory / WEIGHTS_INDEX_NAME
     if index_path.is_file():
-        weight_map = json.loads(index_path.read_text()).get("weight_map")
+        try:
+            index = json.loads(index_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{index_path} is not valid JSON: {exc}") from None
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
         if not isinstance(weight_map, dict) or not weight_map:
-            raise CheckpointError(f"{index_path} has no 'weight_map'")
+            raise CheckpointError(f"{index_path} has no 'weight_map' object {{tensor name: shard file}}")
+        bad = [(key, name) for key, name in weight_map.items() if not isinstance(name, str) or not name]
+        if bad:
+            raise CheckpointError(f"{index_path}: weight_map[{bad[0][0]!r}] is {json.dumps(bad[0][1])}; expected a shard file name")
+        outside = [name for name in weight_map.values() if Path(name).name != name]
+        if outside:
+            raise CheckpointError(f"{index_path}: weight_map names {outside[0]!r}; shards must be files in the checkpoint folder")
         files = [directory / name for name in sorted(set(weight_map.values()))]
     elif (directory / SINGLE_WEIGHTS_NAME).is_file():
         files = [directory / SINGLE_WEIGHTS_NAME]
@@ -130,15 +140,39 @@ def weight_files(directory: Path) -> list[Path]:
     return files
 
 
-def read_state_dict(files: list[Path], device: Union[str, torch.device], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Read every tensor of `files` onto `device`, casting floating tensors to `dtype`."""
+def _index_weight_map(directory: Path) -> Optional[dict[str, str]]:
+    """The shard index's weight_map (already checked by `weight_files`), or None for a single file."""
+    index_path = directory / WEIGHTS_INDEX_NAME
+    return json.loads(index_path.read_text(encoding="utf-8"))["weight_map"] if index_path.is_file() else None
+
+
+def read_state_dict(
+    files: list[Path], device: Union[str, torch.device], dtype: torch.dtype, weight_map: Optional[dict[str, str]] = None
+) -> dict[str, torch.Tensor]:
+    """Read every tensor of `files` onto `device`, casting floating tensors to `dtype`. A tensor in two files, or
+    (with the index's `weight_map`) in another shard than the index names, is a CheckpointError: one copy would
+    silently win."""
     device = torch.device(device)
     state: dict[str, torch.Tensor] = {}
+    source: dict[str, str] = {}
     for path in files:
-        with safe_open(str(path), framework="pt", device=str(device)) as handle:
-            for key in handle.keys():
-                tensor = handle.get_tensor(key)
-                state[key] = tensor.to(dtype=dtype, copy=True) if tensor.is_floating_point() else tensor.clone()
+        try:
+            with safe_open(str(path), framework="pt", device=str(device)) as handle:
+                for key in handle.keys():
+                    if key in source:
+                        raise CheckpointError(f"tensor {key!r} is in both {source[key]} and {path.name}; a checkpoint "
+                                              "holds each tensor once")
+                    listed = (weight_map or {}).get(key)
+                    if listed is not None and listed != path.name:
+                        raise CheckpointError(f"{path.name} holds tensor {key!r}, which {WEIGHTS_INDEX_NAME} places in "
+                                              f"{listed}")
+                    source[key] = path.name
+                    tensor = handle.get_tensor(key)
+                    state[key] = tensor.to(dtype=dtype, copy=True) if tensor.is_floating_point() else tensor.clone()
+        except SafetensorError as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
+            raise CheckpointError(f"{path} is not a valid safetensors file ({reason}); the file is truncated or damaged, "
+                                  "download or copy it again") from None
     return state
 
 
@@ -211,7 +245,7 @@ def load_model(
     torch_dtype = resolve_dtype(device, dtype)
     with parameters_on_meta():
         model = Gr00tN1d7(config)
-    state = read_state_dict(weight_files(directory), device, torch_dtype)
+    state = read_state_dict(weight_files(directory), device, torch_dtype, _index_weight_map(directory))
     check_state_dict(model, state)
     expected = set(model.state_dict())
     model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False, assign=True)

@@ -47,6 +47,14 @@ VL_SELF_ATTENTION_CODE_DEFAULTS: dict[str, Any] = {
 }
 
 
+# Sizes in backbone_cfg's text/vision configs that must be positive ints (a string "64" fails deep inside torch).
+_BACKBONE_INT_FIELDS = frozenset({
+    "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
+    "vocab_size", "depth", "num_heads", "patch_size", "temporal_patch_size", "spatial_merge_size", "out_hidden_size",
+    "in_channels",
+})
+
+
 @dataclass
 class Gr00tN1d7Config:
     """Configuration of a GR00T N1.7 model as read from `config.json`.
@@ -122,6 +130,18 @@ class Gr00tN1d7Config:
             value = getattr(self, name)
             if value is not None and not isinstance(value, dict):
                 raise ValueError(f"config field {name!r} must be a dict or null, got {type(value).__name__}")
+        if isinstance(self.image_token_id, bool) or not isinstance(self.image_token_id, int) or self.image_token_id < 0:
+            raise ValueError(f"config field 'image_token_id' must be an int >= 0, got {self.image_token_id!r}")
+        # Each denoising step is a full DiT pass; more steps than timestep buckets cannot differ, and a huge count
+        # would hang start-up in warm-up.
+        if self.num_inference_timesteps > self.num_timestep_buckets:
+            raise ValueError(f"config field 'num_inference_timesteps' is {self.num_inference_timesteps}; expected at most "
+                             f"num_timestep_buckets ({self.num_timestep_buckets})")
+        for section in ("text_config", "vision_config"):
+            sub = (self.backbone_cfg or {}).get(section)
+            for key, value in (sub.items() if isinstance(sub, dict) else ()):
+                if key in _BACKBONE_INT_FIELDS and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                    raise ValueError(f"config field 'backbone_cfg.{section}.{key}' must be an int >= 1, got {value!r}")
 
     # ----- construction / serialisation -----
 
@@ -129,7 +149,7 @@ class Gr00tN1d7Config:
     def from_dict(cls, data: dict[str, Any]) -> "Gr00tN1d7Config":
         """Build a config from a `config.json` dict; unknown keys go to `extras`."""
         if not isinstance(data, dict):
-            raise TypeError(f"config must be a dict, got {type(data).__name__}")
+            raise ValueError(f"config must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)} - {"extras"}
         kwargs = {k: copy.deepcopy(v) for k, v in data.items() if k in known}
         extras = {k: copy.deepcopy(v) for k, v in data.items() if k not in known and k != "extras"}
@@ -148,10 +168,13 @@ class Gr00tN1d7Config:
         if not path.is_file():
             raise FileNotFoundError(f"GR00T config file not found: {path}")
         try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ValueError(f"{path} is not valid JSON: {exc}") from exc
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except (ValueError, TypeError) as exc:  # TypeError: an unexpected field type reaching the dataclass
+            raise ValueError(f"{path}: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
         """All fields plus extras, in the flat `config.json` layout."""

@@ -73,7 +73,14 @@ def load_tokenizer(folder: Union[str, Path]) -> Any:
     from transformers import AutoTokenizer
 
     folder = Path(folder)
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ImportError):
+        raise
+    except Exception as exc:  # tokenizers raises a bare Exception for a broken tokenizer.json
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"the tokenizer files in {folder} (tokenizer.json, tokenizer_config.json) could not be read: "
+                         f"{reason}; copy them again from the backbone") from None
     tokenizer.padding_side = "left"
     if getattr(tokenizer, "chat_template", None) is None:
         template = read_chat_template(folder)
