@@ -381,3 +381,13 @@ def test_a_tensor_in_another_shard_than_the_index_names_is_refused(copy_of):
     _write_index(checkpoint, {"weight_map": weight_map})
     with pytest.raises(CheckpointError, match=r"model.safetensors.index.json places in"):
         load_model(checkpoint, device="cpu")
+
+
+# --- 9. messages ---------------------------------------------------------------------------------------------
+
+
+def test_statistics_missing_the_served_tag_are_reported_without_stray_quotes(copy_of, capsys):
+    checkpoint = copy_of()
+    _edit_json(checkpoint / "statistics.json", lambda data: data.pop("new_embodiment") and None)
+    err = _serve_error(checkpoint, capsys)
+    assert "error: statistics.json has no statistics for embodiment 'new_embodiment'" in err

@@ -455,7 +455,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as exc:
         if not _is_user_error(exc):
             raise
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # str(KeyError) quotes its message; the message itself is what the user should read
+        text = exc.args[0] if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str) else str(exc)
+        message = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
         print(f"gr00t-server {args.command}: error: {message}", file=sys.stderr)
         if os.environ.get("GR00T_DEBUG"):
             raise
