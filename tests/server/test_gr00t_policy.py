@@ -93,6 +93,16 @@ def test_noise_with_wrong_shape_is_rejected(libero, tiny_checkpoint):
         libero.get_action(example_observation(tiny_checkpoint, "libero_sim"), {"noise": np.zeros((1, 16, 7), np.float32)})
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, 1e39])
+def test_non_finite_noise_is_rejected_naming_the_rows(libero, tiny_checkpoint, bad):
+    # NaN noise made NaN actions, which the server then blamed on the observation
+    noise = np.zeros((2, 40, 132), np.float64)
+    noise[1, 3, 5] = bad
+    observation = example_observation(tiny_checkpoint, "libero_sim", batch_size=2)
+    with pytest.raises(ValueError, match=r"options\['noise'\] has non-finite values .* in rows \[1\]; expected finite"):
+        libero.get_action(observation, {"noise": noise})
+
+
 def test_unsupported_tag_lists_the_checkpoint_tags(tiny_checkpoint):
     with pytest.raises(ValueError) as excinfo:
         Gr00tPolicy(tiny_checkpoint, "simpler_env_widowx", device="cpu")

@@ -319,7 +319,13 @@ class Gr00tPolicy(BasePolicy):
                     f"options['noise'] must be a float array of shape {(batch_size,) + shape} (B, action_horizon, "
                     f"max_action_dim); got dtype {array.dtype} shape {array.shape}"
                 )
-            return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), None
+            with np.errstate(over="ignore"):  # a value beyond float32's range becomes inf: refused just below
+                array = np.ascontiguousarray(array, dtype=np.float32)
+            if not np.isfinite(array).all():  # NaN noise is NaN actions; 1e39 is inf in float32
+                rows = [int(r) for r in np.flatnonzero(~np.isfinite(array.reshape(batch_size, -1)).all(axis=1))[:8]]
+                raise ValueError(f"options['noise'] has non-finite values (NaN, inf, or beyond float32's range) in rows "
+                                 f"{rows}; expected finite numbers (standard normal noise)")
+            return torch.from_numpy(array), None
         if seed is not None:
             if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
                 raise ValueError(f"options['seed'] must be an int, got {seed!r}")
