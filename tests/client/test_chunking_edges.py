@@ -175,3 +175,19 @@ def test_a_chunk_with_a_non_finite_step_is_refused_naming_key_and_rows_and_the_n
     assert chunker.remaining().tolist() == [0, 0]
     action, _ = chunker.get_action(obs(2))
     assert action["action.x"][:, 0].tolist() == [5.0, 15.0]
+
+
+@pytest.mark.parametrize("dtype, old, new, expected", [
+    (np.int8, 100, 101, 101),    # 100.7: truncation gave 100
+    (np.int8, 100, 120, 114),    # 114.0, no wrap-around
+    (np.uint8, 250, 254, 253),   # 252.8
+    (np.int16, -100, -101, -101),
+])
+def test_weighted_merge_of_integer_steps_rounds_to_the_nearest(dtype, old, new, expected):
+    merged = merge_overlap(np.array([old], dtype), np.array([new], dtype), "weighted", new_weight=0.7)
+    assert merged.dtype == dtype and merged.tolist() == [expected]
+
+
+def test_weighted_merge_of_float_steps_is_unchanged():
+    merged = merge_overlap(np.array([1.0], np.float32), np.array([2.0], np.float32), "weighted", new_weight=0.7)
+    assert merged.dtype == np.float32 and merged.tolist() == [np.float32(0.7 * 2.0 + 0.3 * 1.0)]

@@ -41,7 +41,8 @@ def merge_overlap(old: np.ndarray, new: np.ndarray, rule: Union[str, MergeFn] = 
 
     newest: new; oldest: old; average: (old + new) / 2, rounded to the nearest for integers and bools (a tie
     goes to the newer value); weighted: new_weight * new + (1 - new_weight) * old (LeRobot's weighted_average is
-    new_weight=0.7). A callable gets (old, new) and returns the merged steps.
+    new_weight=0.7), rounded to the nearest for integers and bools. A callable gets (old, new) and returns the
+    merged steps.
     """
     if old.shape != new.shape:
         raise ValueError(f"overlapping steps must have equal shapes; got old {old.shape} and new {new.shape}")
@@ -62,7 +63,10 @@ def merge_overlap(old: np.ndarray, new: np.ndarray, rule: Union[str, MergeFn] = 
         mean = (old.astype(np.float64) + new.astype(np.float64)) / 2
         return np.where(new >= old, np.ceil(mean), np.floor(mean)).astype(new.dtype)
     if rule == "weighted":
-        return (new_weight * new + (1.0 - new_weight) * old).astype(new.dtype, copy=False)
+        merged = new_weight * new + (1.0 - new_weight) * old  # float64 for integer steps: no wrap-around
+        if new.dtype.kind in "iub":  # rounded to the nearest, not truncated (0.7 * 101 + 0.3 * 100 is 101, not 100)
+            merged = np.rint(merged)
+        return merged.astype(new.dtype, copy=False)
     raise ValueError(f"merge rule must be one of {MERGE_RULES} or a callable; got {rule!r}")
 
 
