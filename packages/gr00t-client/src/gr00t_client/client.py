@@ -135,9 +135,6 @@ class PolicyClient(BasePolicy):
         super().__init__(strict=strict)
         if wire not in ("auto", "reference", "multipart", "npsave"):
             raise ValueError(f"wire must be 'auto', 'reference', 'multipart' or 'npsave', got {wire!r}")
-        # True once the server is known to be np.save-era (its replies carry __ndarray_class__ arrays or only the
-        # legacy __ModalityConfig_class__ marker): from then on requests use that format, which it can read.
-        self.speaks_npsave = wire == "npsave"
         # bool is an int, NaN fails every comparison, inf has no int(): each is refused here, naming itself
         if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, numbers.Real) or not 1 <= timeout_ms <= MAX_TIMEOUT_MS:
             raise ValueError(f"timeout_ms must be a number of milliseconds from 1 to {MAX_TIMEOUT_MS}, got {timeout_ms!r}")
@@ -150,14 +147,9 @@ class PolicyClient(BasePolicy):
         self.timeout_ms = int(timeout_ms)
         self.api_token = api_token
         self.session_id = session_id or uuid.uuid4().hex
-        self._wire = wire
         self._requested_wire = wire  # what _wire returns to when the server's facts are forgotten
+        self._forget_server()  # nothing is known yet
         self.return_server_timing = bool(return_server_timing)
-        # Even with wire="reference" we ask once whether the server is ours, so that a result map with an
-        # "error" key from our server (which marks its errors) is not taken for an error.
-        self._server_is_ours: Optional[bool] = True if wire == "multipart" else None
-        # The server's max_message_bytes from get_server_info; None when unknown (reference, older or unasked server).
-        self.server_max_message_bytes: Optional[int] = None
         # CURVE encryption (gr00t_client.curve): None for plaintext; an ephemeral key pair when no client key is given.
         self._curve = curve.client_keys(server_public_key, client_secret_key)
         self._context: Optional[zmq.Context] = zmq.Context()
@@ -169,7 +161,6 @@ class PolicyClient(BasePolicy):
         self._closing = threading.Event()  # set by close(); an in-flight call gives up its wait at once
         # .active/.deadline: one budget for a whole get_action (negotiation, configs, the call), from its first question
         self._call = threading.local()
-        self._modality_config: Optional[Dict[str, ModalityConfig]] = None
 
     # --- transport ------------------------------------------------------------------------------
 
@@ -200,12 +191,18 @@ class PolicyClient(BasePolicy):
 
     def _forget_server(self) -> None:
         """Forget what was learned about the server (kind, wire, message limit, configs): it may have been restarted
-        or replaced behind the same address, so the next call asks again instead of trusting stale facts."""
-        self._server_is_ours = True if self._requested_wire == "multipart" else None
-        self._wire = self._requested_wire
+        or replaced behind the same address, so the next call asks again instead of trusting stale facts. Also the
+        state before the first call."""
+        # Even with wire="reference" we ask once whether the server is ours, so that a result map with an
+        # "error" key from our server (which marks its errors) is not taken for an error.
+        self._server_is_ours: Optional[bool] = True if self._requested_wire == "multipart" else None
+        self._wire = self._requested_wire  # "auto" becomes "reference" once a server without multipart is seen
+        # True once the server is known to be np.save-era (its replies carry __ndarray_class__ arrays or only the
+        # legacy __ModalityConfig_class__ marker): from then on requests use that format, which it can read.
         self.speaks_npsave = self._requested_wire == "npsave"
-        self.server_max_message_bytes = None
-        self._modality_config = None
+        # The server's max_message_bytes from get_server_info; None when unknown (reference, older or unasked server).
+        self.server_max_message_bytes: Optional[int] = None
+        self._modality_config: Optional[Dict[str, ModalityConfig]] = None
 
     def _discard_socket(self) -> None:
         self._forget_server()  # a timed-out or broken connection: whoever answers next may be another server
