@@ -38,7 +38,7 @@ import torch
 
 from gr00t_client.embodiment import FINETUNE_ONLY_TAGS, POSTTRAIN_TAGS, EmbodimentTag
 from gr00t_client.modality import ModalityConfig
-from gr00t_client.policy import BasePolicy, ObservationError
+from gr00t_client.policy import BasePolicy, ObservationError, non_finite_rows
 from gr00t_server.model.action_head import DEFAULT_RTC_RAMP_RATE
 from gr00t_server.model.checkpoint import load_model, resolve_checkpoint_dir
 from gr00t_server.processing.config import load_processor_config
@@ -321,8 +321,8 @@ class Gr00tPolicy(BasePolicy):
                 )
             with np.errstate(over="ignore"):  # a value beyond float32's range becomes inf: refused just below
                 array = np.ascontiguousarray(array, dtype=np.float32)
-            if not np.isfinite(array).all():  # NaN noise is NaN actions; 1e39 is inf in float32
-                rows = [int(r) for r in np.flatnonzero(~np.isfinite(array.reshape(batch_size, -1)).all(axis=1))[:8]]
+            rows = non_finite_rows(array)  # NaN noise is NaN actions; 1e39 is inf in float32
+            if rows:
                 raise ValueError(f"options['noise'] has non-finite values (NaN, inf, or beyond float32's range) in rows "
                                  f"{rows}; expected finite numbers (standard normal noise)")
             return torch.from_numpy(array), None
