@@ -107,6 +107,11 @@ def episode_log_name(shard: Any = None) -> str:
     return f"episodes{shard_suffix(shard)}.jsonl"
 
 
+def results_file_name(shard: Any = None) -> str:
+    """results.json (RESULTS_FILENAME), or results_shard{i}of{N}.json for a shard."""
+    return f"results{shard_suffix(shard)}.json"
+
+
 def write_run_file(directory: Union[str, Path], settings: Mapping[str, Any], shard: Any = None) -> Path:
     """Save the run's settings (run.json) so `--resume` continues with the same plan and seeds."""
     from .results import write_results
@@ -221,9 +226,7 @@ def refuse_changed_settings(args: argparse.Namespace, saved: Mapping[str, Any]) 
 
 def earlier_results(output_dir: Path, shard: Any) -> Optional[Dict[str, Any]]:
     """The results file an earlier attempt of the run wrote (interrupted or aborted), if any."""
-    from .results import RESULTS_FILENAME
-
-    path = output_dir / (RESULTS_FILENAME if shard is None else f"results_shard{shard.index}of{shard.count}.json")
+    path = output_dir / results_file_name(shard)
     if not path.is_file():
         return None
     try:

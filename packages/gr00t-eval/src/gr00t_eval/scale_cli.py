@@ -109,9 +109,9 @@ def _rollout_output_dir(args: argparse.Namespace, label: str, shard: Any) -> Pat
     """
     from .cli_errors import UsageError
     from .run_dir import (OutputDirError, check_output_dir, episode_log_name, make_fresh_dated_output_dir,
-                          prepare_output_dir, run_file_name)
+                          prepare_output_dir, results_file_name, run_file_name)
 
-    own = None if shard is None else [run_file_name(shard), episode_log_name(shard), f"results_shard{shard.index}of{shard.count}.json"]
+    own = None if shard is None else [run_file_name(shard), episode_log_name(shard), results_file_name(shard)]
     path = Path(args.output_dir) if args.output_dir else None
     try:
         if path is not None:
@@ -244,11 +244,10 @@ def _report_rollout(args: argparse.Namespace, results: Dict[str, Any], output_di
     import numpy as np
 
     from .eval_info import EVAL_INFO_FILENAME, write_eval_info
-    from .results import RESULTS_FILENAME, write_results
-    from .run_dir import INTERRUPTED_EXIT_CODE
+    from .results import write_results
+    from .run_dir import INTERRUPTED_EXIT_CODE, results_file_name
 
-    name = RESULTS_FILENAME if shard is None else f"results_shard{shard.index}of{shard.count}.json"
-    path = write_results(output_dir / name, results)
+    path = write_results(output_dir / results_file_name(shard), results)
     if shard is None:
         write_eval_info(output_dir / EVAL_INFO_FILENAME, results)
     overall = results["overall"]
