@@ -8,16 +8,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-import msgpack
 import numpy as np
 import zmq
 
 from gr00t_client import codec
-from gr00t_client.client import ERROR_MARKER
+from gr00t_client.client import ERROR_MARKER, TIMING_OPTION  # TIMING_OPTION: add server_timing to the reply's info
 
 MAGIC_BYTES = len(codec.MULTIPART_MAGIC)
 MAX_ERROR_CHARS = 1000  # an error reply never grows with the request that caused it
-TIMING_OPTION = "return_server_timing"  # a get_action option: add server_timing to the reply's info
 TIMEOUT_FIELD = "timeout_ms"  # the client's remaining budget, sent in the envelope (reference servers ignore it)
 
 # Request.wire_format values
@@ -109,19 +107,13 @@ def decode_payload(payload: List[Any], max_message_bytes: int) -> Tuple[Any, str
             "larger --max-message-mb"
         )
     limits = codec.DecodeLimits.for_message_bytes(max_message_bytes)
-    try:
-        if codec.is_multipart(payload):
-            return codec.decode_multipart(payload, limits), WIRE_MULTIPART
-        if len(payload) == 1:
-            # The received frame is ours alone: large arrays may view it (writable, no copy) instead of being copied.
-            envelope, npsave = codec.decode_noting_npsave(payload[0].buffer, limits, share_buffer=True)
-            return envelope, WIRE_NPSAVE if npsave else WIRE_MSGPACK
-    except codec.WireDecodeError as exc:
-        if isinstance(exc.__cause__, msgpack.StackError):  # msgpack's own nesting cap (1024) comes before ours
-            raise codec.DecodeLimitError(
-                f"message nests maps and arrays more than {limits.max_depth} levels deep; the limit is {limits.max_depth}"
-            ) from exc
-        raise
+    # msgpack's own nesting cap (1024 levels) is reported by the codec as our depth limit (DecodeLimitError)
+    if codec.is_multipart(payload):
+        return codec.decode_multipart(payload, limits), WIRE_MULTIPART
+    if len(payload) == 1:
+        # The received frame is ours alone: large arrays may view it (writable, no copy) instead of being copied.
+        envelope, npsave = codec.decode_noting_npsave(payload[0].buffer, limits, share_buffer=True)
+        return envelope, WIRE_NPSAVE if npsave else WIRE_MSGPACK
     raise RequestError(f"message has {len(payload)} frames but no multipart header; expected 1 frame")
 
 
