@@ -115,6 +115,21 @@ def _check_text_bytes(value: bytes, where: str, limits: ServerLimits) -> None:
     _check_text(text, where, limits)
 
 
+def _check_string_array(value: np.ndarray, where: str, limits: ServerLimits) -> None:
+    """Hold every entry of a str or bytes array to the language limits. The lengths are measured in C; only entries
+    long enough to break a limit (a bytes entry has at least as many bytes as characters) are decoded and counted,
+    so the cost stays linear in the array's bytes however many entries it has."""
+    if not value.size:
+        return
+    flat = value.reshape(-1)
+    shortest_breach = min(limits.max_language_chars, limits.max_language_tokens)
+    if value.dtype.itemsize // (4 if value.dtype.kind == "U" else 1) <= shortest_breach:
+        return  # the dtype's width alone keeps every entry within both limits
+    for index in np.flatnonzero(np.char.str_len(flat) > shortest_breach).tolist():
+        text = flat[index].item()
+        _check_text(text if isinstance(text, str) else text.decode("utf-8", "replace"), where, limits)
+
+
 def _check_array(value: np.ndarray, where: str, limits: ServerLimits, cameras: set, frames: Optional[Dict[int, str]]) -> None:
     if frames is not None and value.nbytes:  # a multipart message's (zero-size arrays share nothing)
         owner = value.base  # a view of a frame: reshape(frombuffer(memoryview of the frame)); a copy owns its memory
@@ -146,8 +161,7 @@ def _check_array(value: np.ndarray, where: str, limits: ServerLimits, cameras: s
             )
         return
     if kind in "US":
-        for text in value.reshape(-1)[: limits.max_rows * 4].tolist():
-            _check_text(text if isinstance(text, str) else text.decode("utf-8", "replace"), where, limits)
+        _check_string_array(value, where, limits)
     if kind == "u" and value.ndim >= 4 and value.shape[-1] in (1, 3, 4):  # (..., H, W, C) images
         cameras.add(where)
         height, width = value.shape[-3], value.shape[-2]
