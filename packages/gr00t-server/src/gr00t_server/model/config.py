@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -45,6 +46,75 @@ VL_SELF_ATTENTION_CODE_DEFAULTS: dict[str, Any] = {
     "final_dropout": True,
     "positional_embeddings": "sinusoidal",
 }
+
+
+# `DiT.__init__` / `SelfAttentionTransformer.__init__` take exactly these keywords upstream (`DiT(**cfg)` raises on
+# any other), so a key outside them is a typo whose value would otherwise be dropped for the default.
+# Keys starting with "_" are diffusers config metadata, ignored upstream and here.
+DIT_CONFIG_KEYS = frozenset({
+    "num_attention_heads", "attention_head_dim", "output_dim", "num_layers", "dropout", "attention_bias",
+    "activation_fn", "num_embeds_ada_norm", "upcast_attention", "norm_type", "norm_elementwise_affine", "norm_eps",
+    "max_num_positional_embeddings", "compute_dtype", "final_dropout", "positional_embeddings",
+    "interleave_self_attention", "cross_attention_dim",
+})
+VL_SELF_ATTENTION_CONFIG_KEYS = frozenset({
+    "num_attention_heads", "attention_head_dim", "output_dim", "num_layers", "dropout", "attention_bias",
+    "activation_fn", "num_embeds_ada_norm", "upcast_attention", "max_num_positional_embeddings", "compute_dtype",
+    "final_dropout", "positional_embeddings", "interleave_self_attention",
+})
+_SUB_CONFIG_SIZES = ("num_attention_heads", "attention_head_dim", "output_dim", "num_layers")
+_SUB_CONFIG_FLAGS = ("attention_bias", "final_dropout", "interleave_self_attention", "norm_elementwise_affine",
+                     "upcast_attention")
+
+# model_type values of GR00T N1.7 configs: the registered name and the old internal class name (model.md §1.3).
+MODEL_TYPES = ("Gr00tN1d7", "GrootN1d7")
+# Upstream builds the backbone only for these model_name families ("Unsupported model name" otherwise).
+BACKBONE_FAMILIES = ("nvidia/Cosmos-Reason2", "Qwen/Qwen3-VL")
+# Legacy and Hugging Face bookkeeping keys a real config.json may carry; never taken for typos.
+_TOLERATED_EXTRA_KEYS = frozenset({"vlm_model_path", "vlm_backend", "dit_latent_dim", "transformers_version",
+                                   "torch_dtype", "dtype"})
+
+
+def is_backbone_family(model_name: object) -> bool:
+    """True for a Cosmos-Reason2 or Qwen3-VL hub id (or a path naming one), as upstream's backbone selection."""
+    return isinstance(model_name, str) and any(f.lower() in model_name.lower() for f in BACKBONE_FAMILIES)
+
+
+def _check_sub_config(name: str, cfg: dict[str, Any], valid_keys: frozenset[str]) -> None:
+    """Refuse keys `DiT`/`SelfAttentionTransformer` do not take, and sizes, flags or rates of the wrong kind."""
+    unknown = sorted(k for k in cfg if k not in valid_keys and not str(k).startswith("_"))
+    if unknown:
+        close = difflib.get_close_matches(str(unknown[0]), sorted(valid_keys), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"config field '{name}' has unknown key {unknown[0]!r}{hint}; expected keys of "
+                         f"{sorted(valid_keys)}")
+    for key in _SUB_CONFIG_SIZES:
+        value = cfg.get(key)
+        if key in cfg and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"config field '{name}.{key}' is {json.dumps(value)}; expected an int >= 1")
+    for key in _SUB_CONFIG_FLAGS:
+        if key in cfg and not isinstance(cfg[key], bool):
+            raise ValueError(f"config field '{name}.{key}' is {json.dumps(cfg[key])}; expected true or false")
+    value = cfg.get("dropout")
+    if "dropout" in cfg and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1):
+        raise ValueError(f"config field '{name}.dropout' is {json.dumps(value)}; expected a number in [0, 1]")
+    value = cfg.get("norm_eps")
+    if "norm_eps" in cfg and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1):
+        raise ValueError(f"config field '{name}.norm_eps' is {json.dumps(value)}; expected a number in (0, 1)")
+
+
+def _check_top_level_typos(data: dict[str, Any], extras: dict[str, Any]) -> None:
+    """An extra key that is a near miss of an upstream field the file lacks is a typo, not a harmless extra: the
+    field would silently take its code default (released configs write every field)."""
+    upstream = {f.name for f in dataclasses.fields(Gr00tN1d7Config)} - {"extras", "image_token_id", "backbone_cfg"}
+    absent = sorted(upstream - set(data))
+    for key in sorted(extras):
+        if key in _TOLERATED_EXTRA_KEYS or key.startswith("_"):
+            continue
+        close = difflib.get_close_matches(key, absent, n=1, cutoff=0.85)
+        if close:
+            raise ValueError(f"config has unknown key {key!r} (did you mean {close[0]!r}?); {close[0]!r} would "
+                             f"silently take its default {json.dumps(getattr(Gr00tN1d7Config(), close[0]))}")
 
 
 # Sizes in backbone_cfg's text/vision configs that must be positive ints (a string "64" fails deep inside torch).
@@ -118,6 +188,12 @@ class Gr00tN1d7Config:
     extras: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.model_type not in MODEL_TYPES:
+            raise ValueError(f"config field 'model_type' is {json.dumps(self.model_type)}; expected \"Gr00tN1d7\" "
+                             "(this is not a GR00T N1.7 config)")
+        if not is_backbone_family(self.model_name):
+            raise ValueError(f"config field 'model_name' is {json.dumps(self.model_name)}; expected a backbone id "
+                             f"containing one of {list(BACKBONE_FAMILIES)}, e.g. \"nvidia/Cosmos-Reason2-2B\"")
         for name in (
             "select_layer", "max_state_dim", "max_action_dim", "action_horizon", "hidden_size",
             "input_embedding_dim", "backbone_embedding_dim", "state_history_length", "num_inference_timesteps",
@@ -130,6 +206,9 @@ class Gr00tN1d7Config:
             value = getattr(self, name)
             if value is not None and not isinstance(value, dict):
                 raise ValueError(f"config field {name!r} must be a dict or null, got {type(value).__name__}")
+        _check_sub_config("diffusion_model_cfg", self.diffusion_model_cfg, DIT_CONFIG_KEYS)
+        if self.vl_self_attention_cfg:
+            _check_sub_config("vl_self_attention_cfg", self.vl_self_attention_cfg, VL_SELF_ATTENTION_CONFIG_KEYS)
         if isinstance(self.image_token_id, bool) or not isinstance(self.image_token_id, int) or self.image_token_id < 0:
             raise ValueError(f"config field 'image_token_id' must be an int >= 0, got {self.image_token_id!r}")
         # Each denoising step is a full DiT pass; more steps than timestep buckets cannot differ, and a huge count
@@ -155,6 +234,7 @@ class Gr00tN1d7Config:
         extras = {k: copy.deepcopy(v) for k, v in data.items() if k not in known and k != "extras"}
         if kwargs.get("diffusion_model_cfg") is None:
             kwargs.pop("diffusion_model_cfg", None)
+        _check_top_level_typos(data, extras)
         if extras:
             logger.debug("config.json keys kept as extras: %s", sorted(extras))
         return cls(**kwargs, extras=extras)

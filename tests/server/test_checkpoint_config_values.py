@@ -1,0 +1,166 @@
+"""Checkpoint configs with nonsense values are refused at load with one line naming the file, the key, the value
+found and what was expected, instead of serving another model, silently using a default, or failing later."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from gr00t_server import server as server_module
+from gr00t_server.model import CheckpointError, load_model
+
+
+@pytest.fixture
+def copy_of(tiny_checkpoint, tmp_path):
+    """A fresh copy of the session's tiny checkpoint, to damage."""
+    def make():
+        target = tmp_path / "ckpt"
+        shutil.copytree(tiny_checkpoint, target)
+        return target
+    return make
+
+
+def _edit_json(path, change):
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def _edit_config(checkpoint, change):
+    _edit_json(checkpoint / "config.json", change)
+
+
+def _rename(data, old, new):
+    data[new] = data.pop(old)
+
+
+class _NoServer:
+    """Stands in for PolicyServer: binds nothing."""
+
+    def __init__(self, policy, **kwargs):
+        pass
+
+    def start(self):
+        pass
+
+    def run(self):
+        pass
+
+
+def _serve_error(checkpoint, capsys, monkeypatch):
+    """stderr of `gr00t-server serve --model-path checkpoint`, which must fail with exit code 2 in one line."""
+    from gr00t_server import cli
+
+    monkeypatch.setattr(server_module, "PolicyServer", _NoServer)  # a checkpoint that loads must fail the test
+    rc = cli.main(["serve", "--model-path", str(checkpoint), "--embodiment-tag", "new_embodiment", "--device", "cpu",
+                   "--no-warmup"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.count("\n") == 1, err  # one line, no traceback
+    return err
+
+
+def _load_error(checkpoint):
+    """The one-line message of the error a Gr00tPolicy load raises."""
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+
+    with pytest.raises((ValueError, CheckpointError)) as info:
+        Gr00tPolicy(checkpoint, "new_embodiment", device="cpu")
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+# --- model_type / model_name of another model family -------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["llama", "gr00t_n1_5", "", 7])
+def test_a_model_type_of_another_model_is_refused_naming_file_key_and_value(copy_of, capsys, monkeypatch, value):
+    checkpoint = copy_of()
+    _edit_config(checkpoint, lambda data: data.__setitem__("model_type", value))
+    err = _serve_error(checkpoint, capsys, monkeypatch)
+    assert f"config.json: config field 'model_type' is {json.dumps(value)}; expected \"Gr00tN1d7\"" in err
+
+
+@pytest.mark.parametrize("value", ["meta-llama/Llama-3-8B", "", 7])
+def test_a_model_name_outside_the_backbone_families_is_refused(copy_of, value):
+    checkpoint = copy_of()
+    _edit_config(checkpoint, lambda data: data.__setitem__("model_name", value))
+    message = _load_error(checkpoint)
+    assert f"config.json: config field 'model_name' is {json.dumps(value)}; expected a backbone id" in message
+    assert "nvidia/Cosmos-Reason2" in message
+
+
+def test_legacy_model_type_and_a_qwen3_vl_model_name_still_load(copy_of):
+    checkpoint = copy_of()
+    _edit_config(checkpoint, lambda data: data.update(model_type="GrootN1d7", model_name="Qwen/Qwen3-VL-2B-Instruct"))
+    load_model(checkpoint, device="cpu")
+
+
+def test_upstream_bookkeeping_and_legacy_keys_in_config_json_still_load(copy_of):
+    checkpoint = copy_of()
+    _edit_config(checkpoint, lambda data: data.update(
+        transformers_version="4.57.3", torch_dtype="bfloat16", vlm_model_path="x", vlm_backend="y", dit_latent_dim=3,
+        letter_box_transform=False, tune_llm=False, load_bf16=True, use_albumentations_transforms=True,
+        random_rotation_angle=None, color_jitter_params=None, extra_augmentation_config=None, tune_vlln=True,
+    ))
+    load_model(checkpoint, device="cpu")
+
+
+# --- typos in the DiT / VL self-attention configs and at the top level -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "section, typo, meant",
+    [
+        ("diffusion_model_cfg", "num_layer", "num_layers"),
+        ("diffusion_model_cfg", "num_attention_head", "num_attention_heads"),
+        ("vl_self_attention_cfg", "num_layer", "num_layers"),
+    ],
+)
+def test_a_typo_in_a_transformer_config_is_refused_naming_the_close_match(copy_of, capsys, monkeypatch, section, typo,
+                                                                          meant):
+    checkpoint = copy_of()
+    _edit_config(checkpoint, lambda data: data[section].__setitem__(typo, 8))
+    err = _serve_error(checkpoint, capsys, monkeypatch)
+    assert f"config.json: config field '{section}' has unknown key '{typo}' (did you mean '{meant}'?)" in err
+
+
+def test_upstream_dit_keywords_and_diffusers_metadata_are_accepted(copy_of):
+    checkpoint = copy_of()
+    _edit_config(checkpoint, lambda data: data["diffusion_model_cfg"].update(
+        upcast_attention=False, max_num_positional_embeddings=512, num_embeds_ada_norm=1000, cross_attention_dim=64,
+        _class_name="DiT",
+    ))
+    load_model(checkpoint, device="cpu")
+
+
+@pytest.mark.parametrize(
+    "section, key, value, expected",
+    [
+        ("diffusion_model_cfg", "num_layers", 4.5, "an int >= 1"),
+        ("diffusion_model_cfg", "num_layers", "4", "an int >= 1"),
+        ("diffusion_model_cfg", "num_attention_heads", -4, "an int >= 1"),
+        ("vl_self_attention_cfg", "num_layers", 0, "an int >= 1"),
+        ("diffusion_model_cfg", "dropout", "x", r"a number in [0, 1]"),
+        ("diffusion_model_cfg", "norm_eps", -1, "a number in (0, 1)"),
+        ("diffusion_model_cfg", "interleave_self_attention", "true", "true or false"),
+    ],
+)
+def test_a_transformer_size_or_rate_of_the_wrong_kind_is_refused(copy_of, section, key, value, expected):
+    checkpoint = copy_of()
+    _edit_config(checkpoint, lambda data: data[section].__setitem__(key, value))
+    message = _load_error(checkpoint)
+    assert f"config.json: config field '{section}.{key}' is {json.dumps(value)}; expected {expected}" in message
+
+
+@pytest.mark.parametrize(
+    "field, typo, default",
+    [("num_inference_timesteps", "num_inference_timestep", 4), ("select_layer", "select_layers", 12)],
+)
+def test_a_top_level_typo_that_would_leave_a_field_at_its_default_is_refused(copy_of, field, typo, default):
+    checkpoint = copy_of()
+    _edit_config(checkpoint, lambda data: _rename(data, field, typo))
+    message = _load_error(checkpoint)
+    assert f"config.json: config has unknown key '{typo}' (did you mean '{field}'?)" in message
+    assert f"take its default {default}" in message
