@@ -137,11 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="episode i uses seed+i (default $GR00T_EVAL_SEED, else a random base seed, drawn once and saved); "
                         "against a replay server each episode uses the seed it was recorded with")
     p.add_argument(*_flag("output-dir"), default=None,
-                   help=f"run.json, episodes.jsonl, results.json, eval_info.json and videos; must be empty or new "
+                   help=f"run.json, episodes.jsonl, results.json, eval_info.json and videos; must be empty or new, "
+                        "except that the shards of one --shard I/N split may share one "
                         f"(default: a new dated directory {DEFAULT_ROLLOUT_DIR}/YYYY-MM-DD/HH-MM-SS_<env>)")
     p.add_argument(*_flag("overwrite"), action="store_true",
                    help="empty a non-empty --output-dir first, and delete an earlier run's episode videos "
-                        "(episode_*_success/failure.mp4, nothing else) from a --video-dir outside it")
+                        "(episode_*_success/failure.mp4, nothing else) from a --video-dir outside it. With --shard I/N "
+                        "it replaces only that shard's files (its run, episodes and results files and the videos its "
+                        "episode log lists), never another shard's. Refused, --overwrite or not: a directory whose run "
+                        "(or this shard) is still running; a whole run into a directory holding shard files; a shard "
+                        "into one holding a whole run's run.json or shards of another N (name a new --output-dir)")
     p.add_argument(*_flag("resume"), default=None, metavar="DIR",
                    help="continue the interrupted rollout in DIR with its saved settings: only the episodes missing "
                         "from DIR/episodes.jsonl (or errored) run; connection flags and --ray-address come from this "
@@ -356,9 +361,26 @@ def _claim_held_until_the_end(claim: Path) -> Iterator[None]:
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:
-    """`gr00t-eval rollout`: run.json, episodes.jsonl, results.json, eval_info.json, videos and the reference's lines."""
+    """`gr00t-eval rollout`: run.json, episodes.jsonl, results.json, eval_info.json, videos and the reference's lines.
+
+    The run file records this process until the run ends (run_dir.held_run_claims), so neither --overwrite nor a
+    second --resume takes the directory (or shard) of a run that is still running.
+    """
+    from .run_dir import claim_resumed_run, held_run_claims
+    from .shard import ShardSpec
+
     apply_env_registrations(args)
-    return scale_cli.run_rollout_command(args)
+    with held_run_claims():
+        if args.resume:
+            try:
+                shard = ShardSpec.parse(args.shard) if args.shard else None
+            except ValueError:  # reported by the rollout's own check
+                shard = None
+            try:
+                claim_resumed_run(args.resume, shard)
+            except OutputDirError as exc:
+                raise UsageError(str(exc)) from None
+        return scale_cli.run_rollout_command(args)
 
 
 def cmd_record(args: argparse.Namespace) -> int:

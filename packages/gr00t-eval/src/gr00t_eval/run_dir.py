@@ -1,13 +1,16 @@
 """A run's output directory: dated by default, never silently reused, with a per-episode log that survives a crash.
 
 Layout of a rollout directory:
-    run.json         the run's settings (base seed included), written before the first episode
+    run.json         the run's settings (base seed included), written before the first episode, and the process
+                     running it ("claim"), so --overwrite or a second --resume never takes a run still running
     episodes.jsonl   one line per episode, appended (and flushed to disk) the moment it is scored
     results.json     the full results, written at the end or on Ctrl-C/SIGTERM ("status": "interrupted")
     eval_info.json   the same numbers in lerobot-eval's field names
     videos/          episode videos
 `--resume DIR` reads run.json and episodes.jsonl and runs only the episodes still missing (or errored), with
 run.json's settings (a command line giving others is refused); its eval_s adds up every attempt's.
+A shard (`--shard I/N`) has its own run_, episodes_ and results_shard{i}of{N} files, so the shards of one split may
+share a directory; --overwrite then replaces one shard's files only.
 """
 
 from __future__ import annotations
@@ -22,13 +25,17 @@ import shutil
 import signal
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Set, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Union
 
 logger = logging.getLogger(__name__)
 
 RUN_FILENAME = "run.json"
 EPISODE_LOG_FILENAME = "episodes.jsonl"
 INTERRUPTED_EXIT_CODE = 130
+# The files of one shard of a `rollout --shard I/N` split (run_dir.shard_suffix).
+SHARD_FILE_NAME = re.compile(r"(run|episodes|results)_shard(?P<index>[0-9]+)of(?P<count>[0-9]+)\.jsonl?")
+# An episode video (video.EPISODE_VIDEO_NAME; not imported from there, which needs PyAV).
+EPISODE_VIDEO_FILE_NAME = re.compile(r"episode_[0-9]{4,}_(success|failure)\.mp4")
 
 
 class OutputDirError(ValueError):
@@ -68,33 +75,102 @@ def shard_suffix(shard: Any) -> str:
 def check_output_dir(path: Union[str, Path], overwrite: bool = False, own_files: Optional[List[str]] = None) -> None:
     """OutputDirError when prepare_output_dir would refuse `path` (see there); changes nothing, so every check of a
     run can pass before anything is emptied."""
+    from .run_claim import refuse_live_claim
+
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputDirError(f"--output-dir {path} exists and is not a directory")
-    if own_files is not None and not overwrite:
-        taken = [name for name in own_files if (path / name).exists()]
-        if taken:
-            raise OutputDirError(f"--output-dir {path} already holds {', '.join(taken)}; pass --resume {path} (with the "
-                                 "same --shard) to continue that shard, or another directory")
+    if not path.is_dir():
         return
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise OutputDirError(f"--output-dir {path} is not empty; pass --overwrite to empty it or --resume {path} to continue that run")
+    if own_files is None:
+        _refuse_foreign_runs(path, shard_files(path), "the files of sharded runs", "a whole run needs a directory "
+                             "without them")
+        if overwrite:  # before "not empty": --overwrite must not be suggested for a run that is still running
+            refuse_live_claim(path, RUN_FILENAME)
+        if any(path.iterdir()) and not overwrite:
+            raise OutputDirError(f"--output-dir {path} is not empty; pass --overwrite to empty it or --resume {path} to "
+                                 "continue that run")
+        return
+    whole_run = [name for name in (RUN_FILENAME, EPISODE_LOG_FILENAME) if (path / name).exists()]
+    _refuse_foreign_runs(path, whole_run, "a whole (unsharded) run", "shards share a directory only with the other "
+                         "shards of their --shard I/N split")
+    split = _split_of(own_files)
+    other_splits = [name for name in shard_files(path) if split is not None and _split_of([name]) != split]
+    _refuse_foreign_runs(path, other_splits, "shards of another split", f"shards share a directory only with the "
+                         f"other shards of their split (--shard I/{split} here)")
+    if overwrite:  # this shard's own earlier run must have ended
+        refuse_live_claim(path, next((name for name in own_files if name.startswith("run")), own_files[0]))
+        return
+    taken = [name for name in own_files if (path / name).exists()]
+    if taken:
+        raise OutputDirError(f"--output-dir {path} already holds {', '.join(taken)}; pass --resume {path} (with the "
+                             "same --shard) to continue that shard, --overwrite to replace this shard's files (and only "
+                             "those), or another directory")
 
 
 def prepare_output_dir(path: Union[str, Path], overwrite: bool = False, own_files: Optional[List[str]] = None) -> Path:
     """Create `path`; an existing non-empty directory is refused unless `overwrite` (which empties it).
 
-    With `own_files` (a shard's file names) the directory may hold other files (other shards' output); only
-    those names must not exist yet.
+    With `own_files` (a shard's file names, its run file first) the directory may hold the other shards of its
+    split: only those names must not exist yet, and `overwrite` deletes those files and the episode videos their
+    episode log lists, never another shard's. A directory holding another run (sharded, for a whole run; a whole
+    run or another split, for a shard), or whose run file's process is still running, is refused even with
+    `overwrite`.
     """
     check_output_dir(path, overwrite, own_files)
     path = Path(path)
-    if (own_files is None or overwrite) and path.is_dir() and any(path.iterdir()):
+    if overwrite and own_files is not None and path.is_dir():
+        replaced = [path / name for name in own_files if (path / name).exists()]
+        if replaced:
+            videos = _listed_videos(replaced)
+            logger.warning("replacing %s and %d episode videos of this shard (--overwrite); other shards' files are kept",
+                           ", ".join(p.name for p in replaced), len(videos))
+            for file in videos + replaced:
+                file.unlink(missing_ok=True)
+    elif overwrite and path.is_dir() and any(path.iterdir()):
         logger.warning("emptying %s (--overwrite)", path)
         for child in path.iterdir():
             shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def shard_files(directory: Union[str, Path]) -> List[str]:
+    """The names of the `rollout --shard` files (run_, episodes_, results_shard{i}of{N}) in `directory`."""
+    directory = Path(directory)
+    return sorted(p.name for p in directory.iterdir() if SHARD_FILE_NAME.fullmatch(p.name)) if directory.is_dir() else []
+
+
+def _split_of(names: Sequence[str]) -> Optional[int]:
+    """The N of the first shard file name in `names` (a shard of a --shard I/N split), None without one."""
+    for name in names:
+        match = SHARD_FILE_NAME.fullmatch(name)
+        if match:
+            return int(match.group("count"))
+    return None
+
+
+def _refuse_foreign_runs(path: Path, names: Sequence[str], what: str, why: str) -> None:
+    if names:
+        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        raise OutputDirError(f"--output-dir {path} holds {what} ({shown}); {why}, and --overwrite never deletes "
+                             "another run's results: name another --output-dir (or move those files away first)")
+
+
+def _listed_videos(files: Sequence[Path]) -> List[Path]:
+    """The episode videos (episode_*_success/failure.mp4 only) that these episode logs and results files list."""
+    paths: Set[Path] = set()
+    for file in files:
+        try:
+            if file.suffix == ".jsonl":
+                entries = EpisodeLog(file).read()
+            else:
+                data = json.loads(file.read_text())
+                entries = data.get("per_episode", []) if isinstance(data, dict) else []
+        except (OSError, ValueError):
+            continue
+        paths.update(Path(e["video_path"]) for e in entries if isinstance(e, dict) and isinstance(e.get("video_path"), str))
+    return [p for p in sorted(paths) if EPISODE_VIDEO_FILE_NAME.fullmatch(p.name) and p.is_file()]
 
 
 def run_file_name(shard: Any = None) -> str:
@@ -113,11 +189,71 @@ def results_file_name(shard: Any = None) -> str:
 
 
 def write_run_file(directory: Union[str, Path], settings: Mapping[str, Any], shard: Any = None) -> Path:
-    """Save the run's settings (run.json) so `--resume` continues with the same plan and seeds."""
+    """Save the run's settings (run.json) so `--resume` continues with the same plan and seeds.
+
+    The file also records this process as the run's holder (run_claim's "claim" record), so a later
+    --overwrite of the run is refused while it still runs; held_run_claims marks it finished.
+    """
     from .results import write_results
 
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return write_results(Path(directory) / run_file_name(shard), {"created": created, **settings})
+    path = write_results(Path(directory) / run_file_name(shard), {"created": created, "claim": _holder_record(), **settings})
+    _CLAIMS_HELD.append(path)
+    return path
+
+
+def claim_resumed_run(directory: Union[str, Path], shard: Any = None) -> None:
+    """Record this process as the holder of the run being resumed in DIRECTORY (its run file), so that run is
+    not overwritten, nor resumed twice at once, while it runs; OutputDirError while its holder still runs.
+    A directory without a run file is left to the resume's own check."""
+    from .results import write_results
+    from .run_claim import refuse_live_claim
+
+    path = Path(directory) / run_file_name(shard)
+    if not path.is_file():
+        return
+    try:
+        refuse_live_claim(directory, path.name)
+    except OutputDirError as exc:
+        raise OutputDirError(str(exc).replace(f"--output-dir {directory}", f"--resume {directory}", 1)) from None
+    saved = json.loads(path.read_text())
+    if isinstance(saved, dict):
+        write_results(path, {**saved, "claim": _holder_record()})
+        _CLAIMS_HELD.append(path)
+
+
+@contextlib.contextmanager
+def held_run_claims() -> Iterator[None]:
+    """Mark the run files this block claims (write_run_file, claim_resumed_run) finished however it ends, so a
+    later --overwrite or --resume may take them; a run killed first (kill -9) leaves the claim of a gone process."""
+    from .run_claim import finish_claim, read_holder
+
+    start = len(_CLAIMS_HELD)
+    outcome = "error"
+    try:
+        yield
+        outcome = "complete"
+    except KeyboardInterrupt:
+        outcome = "interrupted"
+        raise
+    finally:
+        taken, _CLAIMS_HELD[start:] = _CLAIMS_HELD[start:], []
+        for path in taken:
+            holder = read_holder(path)
+            if holder is not None and holder.pid == os.getpid() and not holder.finished:  # not replaced meanwhile
+                finish_claim(path, outcome)
+
+
+_CLAIMS_HELD: List[Path] = []  # run files this process claimed and has not yet marked finished
+
+
+def _holder_record() -> Dict[str, Any]:
+    """This process as a run's holder, in run_claim's format."""
+    import socket
+
+    now = time.time()
+    return {"pid": os.getpid(), "hostname": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+            "started_unix": now, "finished": False}
 
 
 def read_run_file(directory: Union[str, Path], shard: Any = None) -> Dict[str, Any]:

@@ -1,0 +1,160 @@
+"""`rollout --overwrite` deletes only what the run it replaces wrote: a shard's own files, never another shard's, another
+run's, or those of a run still running. Real shards on a loopback PolicyServer, the real CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from eval.scale_fixtures import ConstantPolicy
+from gr00t_eval import cli
+from serving import running_server
+
+
+class HeldPolicy(ConstantPolicy):
+    """ConstantPolicy whose first get_action waits until the test releases it (a run that is still running)."""
+
+    def __init__(self):
+        super().__init__()
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def _get_action(self, observation, options=None):
+        self.entered.set()
+        self.release.wait(10)
+        return super()._get_action(observation, options)
+
+
+@pytest.fixture(scope="module")
+def server():
+    with running_server(ConstantPolicy()) as running:
+        yield running
+
+
+def rollout(port, out, *extra):
+    return cli.main(["rollout", "--env-name", "walkto/fast", "--n-episodes", "4", "--n-envs", "1", "--vectorization", "sync",
+                     "--n-action-steps", "2", "--max-episode-steps", "6", "--seed", "0", "--no-video",
+                     "--policy-client-port", str(port), "--output-dir", str(out), *extra])
+
+
+def files(directory):
+    return {path.name: path.read_bytes() for path in sorted(directory.iterdir()) if path.is_file()}
+
+
+SHARD_0 = ("run_shard0of2.json", "episodes_shard0of2.jsonl", "results_shard0of2.json")
+
+
+def test_a_shard_overwrite_replaces_only_its_own_files_and_the_merge_still_has_every_episode(server, tmp_path):
+    out = tmp_path / "shards"
+    assert rollout(server.port, out, "--shard", "0/2") == 0
+    assert rollout(server.port, out, "--shard", "1/2") == 0
+    shard_0 = {name: data for name, data in files(out).items() if name in SHARD_0}
+    assert rollout(server.port, out, "--shard", "1/2", "--overwrite") == 0
+    assert {name: data for name, data in files(out).items() if name in SHARD_0} == shard_0
+    assert cli.main(["merge", str(out), "--output", str(tmp_path / "merged.json")]) == 0
+    merged = json.loads((tmp_path / "merged.json").read_text())
+    assert merged["overall"]["n_episodes"] == 4 and merged["status"] == "complete"
+
+
+def test_a_shard_overwrite_deletes_the_videos_its_episode_log_lists_and_no_other_shards(server, tmp_path):
+    out = tmp_path / "shards"
+    assert rollout(server.port, out, "--shard", "0/2") == 0
+    assert rollout(server.port, out, "--shard", "1/2") == 0
+    videos = out / "videos"
+    videos.mkdir()
+    for index in (0, 1):  # point each logged episode at a video file, as a rendering env's episodes are
+        log = out / f"episodes_shard{index}of2.jsonl"
+        entries = [json.loads(line) for line in log.read_text().splitlines()]
+        for entry in entries:
+            entry["video_path"] = str(videos / f"episode_{entry['episode_index']:04d}_success.mp4")
+            (videos / f"episode_{entry['episode_index']:04d}_success.mp4").write_bytes(b"mp4")
+        log.write_text("".join(json.dumps(entry) + "\n" for entry in entries))
+    (videos / "notes.txt").write_text("mine")
+    assert rollout(server.port, out, "--shard", "1/2", "--overwrite") == 0
+    assert sorted(p.name for p in videos.iterdir()) == ["episode_0000_success.mp4", "episode_0001_success.mp4", "notes.txt"]
+
+
+def test_overwriting_a_shard_that_is_still_running_is_refused_and_deletes_nothing(tmp_path, capsys):
+    out = tmp_path / "shards"
+    policy = HeldPolicy()
+    with running_server(policy) as held:
+        codes = []
+        live = threading.Thread(target=lambda: codes.append(rollout(held.port, out, "--shard", "1/2")))
+        live.start()
+        try:
+            assert policy.entered.wait(10), "the live shard never asked the policy"
+            before = files(out)
+            capsys.readouterr()
+            assert rollout(held.port, out, "--shard", "1/2", "--overwrite") == 2
+            err = capsys.readouterr().err
+            assert "the run that claimed it is still running" in err and "run_shard1of2.json" in err
+            assert files(out) == before
+        finally:
+            policy.release.set()
+            live.join(30)
+    assert codes == [0]
+    assert json.loads((out / "results_shard1of2.json").read_text())["overall"]["n_episodes"] == 2
+
+
+def test_resuming_a_shard_that_is_still_running_is_refused(tmp_path, capsys):
+    out = tmp_path / "shards"
+    policy = HeldPolicy()
+    with running_server(policy) as held:
+        live = threading.Thread(target=rollout, args=(held.port, out, "--shard", "1/2"))
+        live.start()
+        try:
+            assert policy.entered.wait(10), "the live shard never asked the policy"
+            capsys.readouterr()
+            code = cli.main(["rollout", "--resume", str(out), "--shard", "1/2", "--policy-client-port", str(held.port)])
+            assert code == 2
+            assert f"--resume {out} is in use: the run that claimed it is still running" in capsys.readouterr().err
+        finally:
+            policy.release.set()
+            live.join(30)
+
+
+def test_a_shard_whose_run_ended_without_finishing_may_be_overwritten(server, tmp_path):
+    out = tmp_path / "shards"
+    assert rollout(server.port, out, "--shard", "1/2") == 0
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    run_file = out / "run_shard1of2.json"
+    saved = json.loads(run_file.read_text())
+    saved["claim"].update(pid=int(gone.stdout), finished=False)  # as a run killed with -9 leaves it
+    run_file.write_text(json.dumps(saved))
+    assert rollout(server.port, out, "--shard", "1/2", "--overwrite") == 0
+
+
+def test_a_whole_run_overwrite_into_a_directory_of_shards_is_refused_naming_them(server, tmp_path, capsys):
+    out = tmp_path / "shards"
+    assert rollout(server.port, out, "--shard", "0/2") == 0
+    before = files(out)
+    capsys.readouterr()
+    assert rollout(server.port, out, "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert "holds the files of sharded runs (episodes_shard0of2.jsonl, results_shard0of2.json, run_shard0of2.json)" in err
+    assert "--overwrite never deletes another run's results" in err
+    assert files(out) == before
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]], ids=["plain", "overwrite"])
+def test_a_shard_into_a_directory_holding_a_whole_run_is_refused(server, tmp_path, capsys, overwrite):
+    out = tmp_path / "run"
+    assert rollout(server.port, out) == 0
+    before = files(out)
+    capsys.readouterr()
+    assert rollout(server.port, out, "--shard", "1/2", *overwrite) == 2
+    assert "holds a whole (unsharded) run (run.json, episodes.jsonl)" in capsys.readouterr().err
+    assert files(out) == before
+
+
+def test_a_shard_of_another_split_into_a_shared_directory_is_refused(server, tmp_path, capsys):
+    out = tmp_path / "shards"
+    assert rollout(server.port, out, "--shard", "0/2") == 0
+    before = files(out)
+    capsys.readouterr()
+    assert rollout(server.port, out, "--shard", "0/4", "--overwrite") == 2
+    assert "holds shards of another split (episodes_shard0of2.jsonl" in capsys.readouterr().err
+    assert files(out) == before
