@@ -15,7 +15,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from .run_dir import OutputDirError
 
@@ -52,16 +52,20 @@ def claim_output_dir(path: Union[str, Path], filename: str, settings: Mapping[st
     from .results import _jsonable
 
     claim = Path(path) / filename
-    now = time.time()
-    holder = {"pid": os.getpid(), "hostname": socket.gethostname(), "started": _iso(now), "started_unix": now,
-              "finished": False}
-    text = json.dumps(_jsonable({CLAIM_KEY: holder, **settings}), indent=2) + "\n"
+    text = json.dumps(_jsonable({CLAIM_KEY: holder_record(), **settings}), indent=2) + "\n"
     try:
         _create_exclusively(claim, text)
     except FileExistsError:
         raise OutputDirError(f"--output-dir {path} is taken by another run (it holds {filename}); wait for that run "
                              "or name a new directory") from None
     return claim
+
+
+def holder_record() -> Dict[str, Any]:
+    """This process as a claim's holder: the record a claim file keeps under CLAIM_KEY."""
+    now = time.time()
+    return {"pid": os.getpid(), "hostname": socket.gethostname(), "started": _iso(now), "started_unix": now,
+            "finished": False}
 
 
 def finish_claim(claim: Union[str, Path], outcome: str) -> None:

@@ -195,9 +195,10 @@ def write_run_file(directory: Union[str, Path], settings: Mapping[str, Any], sha
     --overwrite of the run is refused while it still runs; held_run_claims marks it finished.
     """
     from .results import write_results
+    from .run_claim import CLAIM_KEY, holder_record
 
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    path = write_results(Path(directory) / run_file_name(shard), {"created": created, "claim": _holder_record(), **settings})
+    path = write_results(Path(directory) / run_file_name(shard), {"created": created, CLAIM_KEY: holder_record(), **settings})
     _CLAIMS_HELD.append(path)
     return path
 
@@ -207,7 +208,7 @@ def claim_resumed_run(directory: Union[str, Path], shard: Any = None) -> None:
     not overwritten, nor resumed twice at once, while it runs; OutputDirError while its holder still runs.
     A directory without a run file is left to the resume's own check."""
     from .results import write_results
-    from .run_claim import refuse_live_claim
+    from .run_claim import CLAIM_KEY, holder_record, refuse_live_claim
 
     path = Path(directory) / run_file_name(shard)
     if not path.is_file():
@@ -218,7 +219,7 @@ def claim_resumed_run(directory: Union[str, Path], shard: Any = None) -> None:
         raise OutputDirError(str(exc).replace(f"--output-dir {directory}", f"--resume {directory}", 1)) from None
     saved = json.loads(path.read_text())
     if isinstance(saved, dict):
-        write_results(path, {**saved, "claim": _holder_record()})
+        write_results(path, {**saved, CLAIM_KEY: holder_record()})
         _CLAIMS_HELD.append(path)
 
 
@@ -247,13 +248,6 @@ def held_run_claims() -> Iterator[None]:
 _CLAIMS_HELD: List[Path] = []  # run files this process claimed and has not yet marked finished
 
 
-def _holder_record() -> Dict[str, Any]:
-    """This process as a run's holder, in run_claim's format."""
-    import socket
-
-    now = time.time()
-    return {"pid": os.getpid(), "hostname": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
-            "started_unix": now, "finished": False}
 
 
 def read_run_file(directory: Union[str, Path], shard: Any = None) -> Dict[str, Any]:
