@@ -164,3 +164,36 @@ def test_a_top_level_typo_that_would_leave_a_field_at_its_default_is_refused(cop
     message = _load_error(checkpoint)
     assert f"config.json: config has unknown key '{typo}' (did you mean '{field}'?)" in message
     assert f"take its default {default}" in message
+
+
+# --- processor_config.json: backbone family and empty horizons ----------------------------------------------------
+
+
+def _edit_processor_kwargs(checkpoint, change):
+    _edit_json(checkpoint / "processor_config.json", lambda data: change(data["processor_kwargs"]))
+
+
+@pytest.mark.parametrize(
+    "field, value, expected",
+    [
+        ("model_name", "meta-llama/Llama-3-8B", "a backbone id containing one of"),
+        ("model_type", "llama", '"qwen"'),
+        ("model_type", "eagle", '"qwen"'),
+    ],
+)
+def test_a_processor_config_for_another_backbone_is_refused(copy_of, capsys, monkeypatch, field, value, expected):
+    checkpoint = copy_of()
+    _edit_processor_kwargs(checkpoint, lambda kwargs: kwargs.__setitem__(field, value))
+    err = _serve_error(checkpoint, capsys, monkeypatch)
+    assert f"processor_config.json: field '{field}' is {json.dumps(value)} (str); expected {expected}" in err
+
+
+@pytest.mark.parametrize("modality", ["action", "state", "video"])
+def test_an_empty_delta_indices_is_refused_at_load_naming_the_modality(copy_of, capsys, monkeypatch, modality):
+    checkpoint = copy_of()
+    _edit_processor_kwargs(
+        checkpoint, lambda kwargs: kwargs["modality_configs"]["new_embodiment"][modality].__setitem__("delta_indices", [])
+    )
+    err = _serve_error(checkpoint, capsys, monkeypatch)
+    assert (f"processor_config.json: modality_configs['new_embodiment']['{modality}']['delta_indices'] is []; "
+            "expected a non-empty list of ints") in err

@@ -16,6 +16,9 @@ KNOWN_BACKBONE_NAMES: tuple[str, ...] = (
     "Qwen/Qwen3-VL-2B-Thinking",
 )
 
+# Upstream builds the backbone only for model names containing one of these ("Unsupported model name" otherwise).
+BACKBONE_FAMILIES: tuple[str, ...] = ("nvidia/Cosmos-Reason2", "Qwen/Qwen3-VL")
+
 COSMOS_REASON2_2B_CONFIG: dict[str, Any] = {
     "model_type": "qwen3_vl",
     "image_token_id": 151655,
@@ -61,6 +64,11 @@ COSMOS_REASON2_2B_CONFIG: dict[str, Any] = {
         "initializer_range": 0.02,
     },
 }
+
+
+def is_backbone_family(model_name: object) -> bool:
+    """True for a Cosmos-Reason2 or Qwen3-VL hub id (or a path naming one), as upstream's backbone selection."""
+    return isinstance(model_name, str) and any(f.lower() in model_name.lower() for f in BACKBONE_FAMILIES)
 
 
 def resolve_qwen3_vl_config(

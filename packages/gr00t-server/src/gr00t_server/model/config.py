@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from gr00t_server.model.backbone_config import resolve_qwen3_vl_config
+from gr00t_server.model.backbone_config import BACKBONE_FAMILIES, is_backbone_family, resolve_qwen3_vl_config
 
 logger = logging.getLogger(__name__)
 
@@ -68,16 +68,9 @@ _SUB_CONFIG_FLAGS = ("attention_bias", "final_dropout", "interleave_self_attenti
 
 # model_type values of GR00T N1.7 configs: the registered name and the old internal class name (model.md §1.3).
 MODEL_TYPES = ("Gr00tN1d7", "GrootN1d7")
-# Upstream builds the backbone only for these model_name families ("Unsupported model name" otherwise).
-BACKBONE_FAMILIES = ("nvidia/Cosmos-Reason2", "Qwen/Qwen3-VL")
 # Legacy and Hugging Face bookkeeping keys a real config.json may carry; never taken for typos.
 _TOLERATED_EXTRA_KEYS = frozenset({"vlm_model_path", "vlm_backend", "dit_latent_dim", "transformers_version",
                                    "torch_dtype", "dtype"})
-
-
-def is_backbone_family(model_name: object) -> bool:
-    """True for a Cosmos-Reason2 or Qwen3-VL hub id (or a path naming one), as upstream's backbone selection."""
-    return isinstance(model_name, str) and any(f.lower() in model_name.lower() for f in BACKBONE_FAMILIES)
 
 
 def _check_sub_config(name: str, cfg: dict[str, Any], valid_keys: frozenset[str]) -> None:

@@ -12,6 +12,7 @@ import numpy as np
 
 from gr00t_client.embodiment import EMBODIMENT_TAG_TO_PROJECTOR_INDEX
 from gr00t_client.modality import ModalityConfig
+from gr00t_server.model.backbone_config import BACKBONE_FAMILIES, is_backbone_family
 
 logger = logging.getLogger(__name__)
 
@@ -235,6 +236,12 @@ def processor_config_from_kwargs(kwargs: Mapping[str, Any]) -> ProcessorConfig:
     for key in ("model_name", "model_type"):
         if not isinstance(values[key], str):
             raise _field_error(key, values[key], "a string")
+    # The processor's model_name is the tokenizer's hub id and model_type its collator: N1.7 has one of each.
+    if not is_backbone_family(values["model_name"]):
+        raise _field_error("model_name", values["model_name"],
+                           f"a backbone id containing one of {list(BACKBONE_FAMILIES)}, e.g. \"nvidia/Cosmos-Reason2-2B\"")
+    if values["model_type"] != "qwen":
+        raise _field_error("model_type", values["model_type"], '"qwen" (the Qwen3-VL collator of GR00T N1.7)')
     edge = values.get("shortest_image_edge")
     if edge is not None and not (_is_int(edge) and edge >= 1):
         raise _field_error("shortest_image_edge", edge, "an int >= 1, or null")
@@ -243,12 +250,20 @@ def processor_config_from_kwargs(kwargs: Mapping[str, Any]) -> ProcessorConfig:
                                      and 0 < fraction <= 1):
         raise _field_error("crop_fraction", fraction, "a number in (0, 1], or null")
     config = ProcessorConfig(**values, extra=extra)
-    _validate_action_horizons(config)
+    _validate_horizons(config)
     return config
 
 
-def _validate_action_horizons(config: ProcessorConfig) -> None:
+def _validate_horizons(config: ProcessorConfig) -> None:
+    """Video, state and action need at least one step (an empty action delta_indices returns chunks of 0 rows), and
+    no action horizon may exceed max_action_horizon."""
     for tag, modalities in config.modality_configs.items():
+        for modality in ("video", "state", "action"):
+            if modality in modalities and not modalities[modality].delta_indices:
+                raise ValueError(
+                    f"modality_configs[{tag!r}][{modality!r}]['delta_indices'] is []; expected a non-empty list of ints "
+                    f"(one per {'action step' if modality == 'action' else 'frame'})"
+                )
         action = modalities.get("action")
         if action is not None and action.horizon > config.max_action_horizon:
             raise ValueError(
