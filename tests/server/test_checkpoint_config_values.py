@@ -197,3 +197,45 @@ def test_an_empty_delta_indices_is_refused_at_load_naming_the_modality(copy_of, 
     err = _serve_error(checkpoint, capsys, monkeypatch)
     assert (f"processor_config.json: modality_configs['new_embodiment']['{modality}']['delta_indices'] is []; "
             "expected a non-empty list of ints") in err
+
+
+# --- a directory where a file belongs ----------------------------------------------------------------------------
+
+
+def _replace_with_directory(path):
+    path.unlink()
+    path.mkdir()
+    (path / "part-0").write_bytes(b"\0")
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("model.safetensors", "expected a safetensors file"),
+        ("config.json", "expected the model's JSON config file"),
+        ("processor_config.json", "expected a JSON file"),
+        ("statistics.json", "expected a JSON file"),
+        ("embodiment_id.json", "expected a JSON file"),
+    ],
+)
+def test_a_directory_where_a_checkpoint_file_belongs_is_named_as_a_directory(copy_of, capsys, monkeypatch, name,
+                                                                             expected):
+    checkpoint = copy_of()
+    _replace_with_directory(checkpoint / name)
+    err = _serve_error(checkpoint, capsys, monkeypatch)
+    assert f"{checkpoint / name} is a directory; {expected}" in err
+
+
+def test_a_shard_named_by_the_index_that_is_a_directory_is_named_as_a_directory(copy_of):
+    from safetensors.torch import load_file
+
+    checkpoint = copy_of()
+    names = list(load_file(checkpoint / "model.safetensors"))
+    (checkpoint / "model.safetensors").rename(checkpoint / "model-00001-of-00002.safetensors")
+    (checkpoint / "model-00002-of-00002.safetensors").mkdir()
+    weight_map = {name: "model-00001-of-00002.safetensors" for name in names[1:]}
+    weight_map[names[0]] = "model-00002-of-00002.safetensors"
+    (checkpoint / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(CheckpointError, match=r"model-00002-of-00002.safetensors is a directory; expected a safetensors "
+                                              r"file$"):
+        load_model(checkpoint, device="cpu")

@@ -105,6 +105,8 @@ def resolve_checkpoint_dir(
         directory = _download(repo_id, "/".join(parts) or None, revision)
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint directory not found: {directory}")
+    if (directory / CONFIG_NAME).is_dir():
+        raise CheckpointError(f"{directory / CONFIG_NAME} is a directory; expected the model's JSON config file")
     if not (directory / CONFIG_NAME).is_file():
         raise CheckpointError(f"{directory} has no {CONFIG_NAME}")
     return directory
@@ -130,10 +132,13 @@ def weight_files(directory: Path) -> list[Path]:
         if outside:
             raise CheckpointError(f"{index_path}: weight_map names {outside[0]!r}; shards must be files in the checkpoint folder")
         files = [directory / name for name in sorted(set(weight_map.values()))]
-    elif (directory / SINGLE_WEIGHTS_NAME).is_file():
+    elif (directory / SINGLE_WEIGHTS_NAME).exists():
         files = [directory / SINGLE_WEIGHTS_NAME]
     else:
         raise CheckpointError(f"{directory} has neither {WEIGHTS_INDEX_NAME} nor {SINGLE_WEIGHTS_NAME}")
+    folders = [path for path in files if path.is_dir()]
+    if folders:  # a half-finished copy or download can leave a folder where the weights belong
+        raise CheckpointError(f"{folders[0]} is a directory; expected a safetensors file")
     missing = [str(path) for path in files if not path.is_file()]
     if missing:
         raise CheckpointError(f"weight shards listed in {WEIGHTS_INDEX_NAME} are missing: {missing}")

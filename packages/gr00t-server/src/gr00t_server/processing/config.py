@@ -125,6 +125,9 @@ _SCALAR_FIELDS = (
 def find_processor_dir(checkpoint_dir: PathLike) -> Path:
     """The folder holding processor_config.json: the checkpoint root, else its `processor/` sub-folder."""
     root = Path(checkpoint_dir)
+    for folder in (root, root / PROCESSOR_SUBFOLDER):
+        if (folder / PROCESSOR_CONFIG_NAME).is_dir():
+            raise IsADirectoryError(f"{folder / PROCESSOR_CONFIG_NAME} is a directory; expected a JSON file")
     if (root / PROCESSOR_CONFIG_NAME).is_file():
         return root
     if (root / PROCESSOR_SUBFOLDER / PROCESSOR_CONFIG_NAME).is_file():
@@ -360,6 +363,8 @@ def parse_statistics(data: Mapping[str, Any]) -> Statistics:
 def load_statistics(checkpoint_dir: PathLike) -> Statistics:
     """Read statistics.json next to processor_config.json."""
     path = find_processor_dir(checkpoint_dir) / STATISTICS_NAME
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory; expected a JSON file")
     if not path.is_file():
         raise FileNotFoundError(f"No {STATISTICS_NAME} next to {PROCESSOR_CONFIG_NAME} in {str(path.parent)!r}")
     data = _read_json(path)
@@ -392,6 +397,8 @@ def load_embodiment_ids(checkpoint_dir: PathLike) -> Dict[str, int]:
     path = find_processor_dir(checkpoint_dir) / EMBODIMENT_ID_NAME
     if not path.is_file():
         path = Path(checkpoint_dir) / EMBODIMENT_ID_NAME
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory; expected a JSON file")
     data = _read_json(path) if path.is_file() else None
     if data is not None and not isinstance(data, Mapping):
         raise ValueError(f"{path} must hold a JSON object {{tag: id}}")
