@@ -239,3 +239,32 @@ def test_a_shard_named_by_the_index_that_is_a_directory_is_named_as_a_directory(
     with pytest.raises(CheckpointError, match=r"model-00002-of-00002.safetensors is a directory; expected a safetensors "
                                               r"file$"):
         load_model(checkpoint, device="cpu")
+
+
+# --- the state a modality config declares must fit the model ------------------------------------------------------
+
+
+def test_state_keys_wider_than_max_state_dim_are_refused_at_load(copy_of):
+    from safetensors.torch import load_file, save_file
+
+    checkpoint = copy_of()  # a consistent model and processor of width 8, for 9 + 1 + 7 = 17 state values
+    _edit_processor_kwargs(checkpoint, lambda kwargs: kwargs.__setitem__("max_state_dim", 8))
+    _edit_config(checkpoint, lambda data: data.__setitem__("max_state_dim", 8))
+    tensors = load_file(checkpoint / "model.safetensors")
+    key = "action_head.state_encoder.layer1.W"
+    tensors[key] = tensors[key][:, :8].contiguous()
+    save_file(tensors, checkpoint / "model.safetensors")
+    message = _load_error(checkpoint)
+    assert ("statistics.json: the state keys of 'new_embodiment' have 17 dimensions together, more than "
+            "processor_config.json's max_state_dim 8") in message
+
+
+def test_state_frames_other_than_the_models_state_history_length_are_refused_at_load(copy_of):
+    checkpoint = copy_of()
+    _edit_processor_kwargs(
+        checkpoint, lambda kwargs: kwargs["modality_configs"]["new_embodiment"]["state"].__setitem__("delta_indices",
+                                                                                                     [-1, 0])
+    )
+    message = _load_error(checkpoint)
+    assert ("processor_config.json: modality_configs['new_embodiment']['state']['delta_indices'] has 2 frames; "
+            "expected config.json's state_history_length 1") in message
