@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import numbers
 import threading
 import time
@@ -56,7 +57,34 @@ class PolicyTimeoutError(TimeoutError):
     """The server did not answer within timeout_ms; the client's socket was replaced."""
 
 
+class ReplyLostError(PolicyTimeoutError):
+    """The connection closed while a reply was awaited, so none can come: raised at once instead of after timeout_ms.
+
+    A PolicyTimeoutError, as these cases were before, so that code that handles timeouts handles it too.
+    """
+
+
 MAX_TIMEOUT_MS = 2**31 - 1  # ZeroMQ's poll timeout is a C int of milliseconds (about 24.8 days)
+# gr00t-server's default max_message_bytes: a request may be this large, and replies (action chunks of KBs to a few
+# MB, configs, info) never come near it; a robot can afford it, unlike the GBs a wrong or hostile peer could send.
+DEFAULT_MAX_REPLY_BYTES = 256 * 1024 * 1024
+MAX_REPLY_BYTES_LIMIT = 2**63 - 1  # ZMQ_MAXMSGSIZE is an int64
+_UNCAPPED_DECODE = codec.DecodeLimits(max_message_bytes=MAX_REPLY_BYTES_LIMIT)  # item budget and depth still hold
+
+
+def check_max_reply_bytes(value: Any) -> Optional[int]:
+    """`value` as PolicyClient's reply cap in bytes (None: no cap); ValueError naming it unless it is a whole number
+    of bytes from 1 to 2**63 - 1 (as gr00t-server checks its max_message_bytes) or None."""
+    if value is None:
+        return None
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)  # numpy numbers too
+    whole = number and (isinstance(value, numbers.Integral) or (math.isfinite(value) and value == int(value)))
+    if not (whole and 1 <= value <= MAX_REPLY_BYTES_LIMIT):
+        raise ValueError(
+            f"max_reply_bytes must be a whole number of bytes from 1 to {MAX_REPLY_BYTES_LIMIT}, or None for no cap, "
+            f"got {value!r}"
+        )
+    return int(value)
 
 
 def normalize_host(host: str) -> str:
@@ -93,6 +121,30 @@ def _send_frames(sock: zmq.Socket, frames: List[Any], flags: int) -> None:
         sock.send(frame, flags | _SNDMORE if index < last else flags, copy=False)
 
 
+class _ReplyWatch(curve.HandshakeMonitor):
+    """The handshake monitor, also noting an established connection that closes while a reply is awaited: a REQ
+    socket never resends, so that request's reply cannot come (the reply was over ZMQ_MAXMSGSIZE, or the server
+    stopped, restarted or dropped the request)."""
+
+    _dropped = False
+
+    def expect_reply(self) -> None:
+        """Called just before a request is sent: closings seen from now on lose its reply; earlier ones did not."""
+        if self._monitor.get(zmq.EVENTS) & zmq.POLLIN:
+            self._drain()
+        self._dropped = False
+
+    def dropped(self) -> bool:
+        """True once an established connection closed since expect_reply()."""
+        return self._dropped
+
+    def _record(self, event: int, value: int) -> None:
+        # settled with no failure: the last handshake succeeded (a closing mid-handshake is the parent's to judge)
+        if event == zmq.EVENT_DISCONNECTED and self._handshake_settled and self._failure is None:
+            self._dropped = True
+        super()._record(event, value)
+
+
 def _recv_frames(sock: zmq.Socket) -> List[Any]:
     """recv_multipart(copy=False), reading Frame.more instead of a RCVMORE getsockopt per frame."""
     frame = sock.recv(copy=False)
@@ -114,6 +166,8 @@ class PolicyClient(BasePolicy):
     `host` may be an IPv6 literal, with or without brackets ("::1", "[::1]").
     Once a gr00t-server has reported its `max_message_bytes` (`server_max_message_bytes`), a larger request raises
     MessageTooLargeError without being sent, instead of being dropped by the server and timing out.
+    A reply over `max_reply_bytes` (default 256 MiB; None: no cap) is never read into memory: ZeroMQ drops the
+    connection at its header and the call raises ReplyLostError at once. Replies decode within codec.DecodeLimits.
     With `server_public_key` (and `client_secret_key`; paths of zmq.auth certificate files or z85 strings) the
     connection is CURVE-encrypted; a failed handshake raises HandshakeError (a ConnectionError) instead of timing out.
     """
@@ -131,6 +185,7 @@ class PolicyClient(BasePolicy):
         return_server_timing: bool = False,
         server_public_key: Optional[curve.KeySource] = None,
         client_secret_key: Optional[curve.KeySource] = None,
+        max_reply_bytes: Optional[int] = DEFAULT_MAX_REPLY_BYTES,
     ) -> None:
         super().__init__(strict=strict)
         if wire not in ("auto", "reference", "multipart", "npsave"):
@@ -145,6 +200,9 @@ class PolicyClient(BasePolicy):
         self.host = normalize_host(host)
         self.port = int(port)
         self.timeout_ms = int(timeout_ms)
+        self.max_reply_bytes = check_max_reply_bytes(max_reply_bytes)
+        self._reply_limits = (_UNCAPPED_DECODE if self.max_reply_bytes is None
+                              else codec.DecodeLimits.for_message_bytes(self.max_reply_bytes))
         self.api_token = api_token
         self.session_id = session_id or uuid.uuid4().hex
         self._requested_wire = wire  # what _wire returns to when the server's facts are forgotten
@@ -154,7 +212,7 @@ class PolicyClient(BasePolicy):
         self._curve = curve.client_keys(server_public_key, client_secret_key)
         self._context: Optional[zmq.Context] = zmq.Context()
         self._socket: Optional[zmq.Socket] = None
-        self._handshake: Optional[curve.HandshakeMonitor] = None  # watches the current socket's handshakes
+        self._handshake: Optional[_ReplyWatch] = None  # watches the current socket's handshakes and closings
         # Reentrant, so that close() from a signal handler on the thread that is in a call does not wait for itself.
         self._lock = threading.RLock()
         self._lock_owner: Optional[int] = None  # the thread inside a call (set once the lock is held)
@@ -178,8 +236,10 @@ class PolicyClient(BasePolicy):
             # Only for literals: with IPV6 on, a name like "localhost" could resolve to ::1 while the server is on 127.0.0.1.
             sock.setsockopt(zmq.IPV6, int(is_ipv6_literal(self.host)))
             sock.copy_threshold = codec.ZERO_COPY_MIN_BYTES
+            # libzmq drops a peer at the header of a larger frame, before allocating it (-1: no cap)
+            sock.setsockopt(zmq.MAXMSGSIZE, -1 if self.max_reply_bytes is None else self.max_reply_bytes)
             curve.apply_client_keys(sock, self._curve)
-            self._handshake = curve.HandshakeMonitor(sock, self.address, self._curve)
+            self._handshake = _ReplyWatch(sock, self.address, self._curve)
             sock.connect(self.address)
         except zmq.ZMQError as exc:  # e.g. a malformed host: close the socket and keep to our error types
             if self._handshake is not None:
@@ -219,6 +279,18 @@ class PolicyClient(BasePolicy):
             f"{self.timeout_ms} ms (is it running and reachable?)"
         )
 
+    def _reply_lost(self, endpoint: str) -> ReplyLostError:
+        cap = self.max_reply_bytes
+        too_large = ("" if cap is None else
+                     f"its reply was larger than this client's max_reply_bytes of {cap} bytes (ZeroMQ drops a "
+                     "connection at the header of a larger message, unread; if this server's replies really are that "
+                     "large, pass a larger max_reply_bytes to PolicyClient, or None for no cap), or ")
+        return ReplyLostError(
+            f"the connection to the policy server at {endpoint_host(self.host)}:{self.port} closed while this client "
+            f"waited for its reply to '{endpoint}', so none can come: {too_large}the server stopped, restarted or "
+            "dropped the request (one over its max message size). The next call connects anew."
+        )
+
     def _round_trip(self, envelope: Dict[str, Any], endpoint: str, multipart: bool, deadline: Optional[float] = None) -> Any:
         if deadline is None:
             deadline = time.monotonic() + self.timeout_ms / 1000.0
@@ -233,8 +305,10 @@ class PolicyClient(BasePolicy):
         self._check_size(frames, endpoint)
         if self._socket is None:
             self._socket = self._open_socket()
-        sock = self._socket
+        sock, handshake = self._socket, self._handshake
+        assert handshake is not None  # opened with the socket
         try:
+            handshake.expect_reply()
             try:  # a connected REQ socket queues at once; only a full queue makes us wait
                 _send_frames(sock, frames, _NOBLOCK)
             except zmq.Again:
@@ -249,7 +323,7 @@ class PolicyClient(BasePolicy):
                 # the new server's, and what was learned from the old one is forgotten.
                 logger.info("reconnected to %s; asking the server for its facts again", self.address)
                 self._forget_server()
-        except PolicyTimeoutError:
+        except PolicyTimeoutError:  # ReplyLostError too
             self._discard_socket()  # Lazy Pirate: a REQ socket that timed out can never send again
             raise
         except zmq.ZMQError as exc:
@@ -258,16 +332,34 @@ class PolicyClient(BasePolicy):
         except BaseException:  # e.g. Ctrl-C mid-wait: the REQ socket still awaits its reply and could never send
             self._discard_socket()
             raise
+        try:
+            return self._decode_reply(reply, endpoint)
+        except codec.DecodeLimitError as exc:  # the codec's words name no endpoint or peer
+            raise codec.DecodeLimitError(
+                f"reply to '{endpoint}' from the policy server at {self.address} was not decoded: {exc}"
+            ) from exc
+
+    def _decode_reply(self, reply: List[Any], endpoint: str) -> Any:
+        """The reply's result, decoded within this client's limits; PolicyServerError for the server's errors."""
+        limits = self._reply_limits
+        if len(reply) > 1 and self.max_reply_bytes is not None:
+            size = _nbytes(reply)  # ZMQ_MAXMSGSIZE bounds each frame, not their sum
+            if size > self.max_reply_bytes:
+                raise codec.DecodeLimitError(
+                    f"its {size} bytes in {len(reply)} frames exceed this client's max_reply_bytes of "
+                    f"{self.max_reply_bytes} bytes; if this server's replies really are that large, pass a larger "
+                    "max_reply_bytes to PolicyClient, or None for no cap"
+                )
         if codec.is_multipart(reply):
-            return self._unwrap_multipart(codec.decode_multipart(reply), endpoint)
+            return self._unwrap_multipart(codec.decode_multipart(reply, limits), endpoint)
         if len(reply) != 1:
             raise codec.WireDecodeError(f"reply to '{endpoint}' has {len(reply)} frames; expected 1")
         if len(reply[0]) == 5 and reply[0].bytes == b"ERROR":
             raise PolicyServerError("Make sure we are running the correct policy server.", endpoint)
         if self._server_is_ours:  # ours answers in the format it is asked in: nothing to learn
-            return self._unwrap_reference(codec.decode(reply[0].buffer), endpoint)
+            return self._unwrap_reference(codec.decode(reply[0].buffer, limits), endpoint)
         try:
-            message, written_npsave = codec.decode_noting_npsave(reply[0].buffer)
+            message, written_npsave = codec.decode_noting_npsave(reply[0].buffer, limits)
         except codec.WireDecodeError as exc:  # e.g. a ModalityConfig this client cannot read: still learn the wire
             if getattr(exc, "written_npsave", False) and not self.speaks_npsave:
                 self.speaks_npsave = True
@@ -287,6 +379,8 @@ class PolicyClient(BasePolicy):
             remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
             if self._handshake.wait_for_reply(min(remaining_ms, CLOSE_POLL_MS)):
                 return
+            if self._handshake.dropped():
+                raise self._reply_lost(endpoint)
             if remaining_ms <= CLOSE_POLL_MS:
                 raise self._handshake.failure() or self._timeout(endpoint)
 
