@@ -1,7 +1,7 @@
 """gr00t-client: talk to a GR00T policy server from a robot or simulator."""
 
 from .chunking import ActionChunker, ChunkerStats, merge_overlap
-from .client import MessageTooLargeError, PolicyClient, PolicyServerError, PolicyTimeoutError
+from .client import MessageTooLargeError, PolicyClient, PolicyServerError, PolicyTimeoutError, ReplyLostError
 from .codec import WireDecodeError, WireEncodeError
 from .curve import HandshakeError
 from .embodiment import EMBODIMENT_TAG_TO_PROJECTOR_INDEX, EmbodimentTag
@@ -29,6 +29,7 @@ __all__ = [
     "MessageTooLargeError",
     "PolicyServerError",
     "PolicyTimeoutError",
+    "ReplyLostError",
     "PolicyValidationError",
     "PolicyWrapper",
     "WireDecodeError",
