@@ -268,3 +268,11 @@ def test_state_frames_other_than_the_models_state_history_length_are_refused_at_
     message = _load_error(checkpoint)
     assert ("processor_config.json: modality_configs['new_embodiment']['state']['delta_indices'] has 2 frames; "
             "expected config.json's state_history_length 1") in message
+
+
+@pytest.mark.parametrize("field, value", [("use_alternate_vl_dit", "false"), ("use_vlln", "false"), ("add_pos_embed", None)])
+def test_an_architecture_flag_that_is_not_a_bool_is_refused(copy_of, field, value):
+    checkpoint = copy_of()
+    _edit_config(checkpoint, lambda data: data.__setitem__(field, value))
+    message = _load_error(checkpoint)
+    assert f"config.json: config field '{field}' is {json.dumps(value)}; expected true or false" in message

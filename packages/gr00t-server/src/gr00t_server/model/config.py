@@ -195,6 +195,11 @@ class Gr00tN1d7Config:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"config field {name!r} must be a positive integer, got {value!r}")
+        # Flags that choose the architecture: a string "false" is truthy and would build the other variant.
+        for name in ("add_pos_embed", "use_vlln", "use_alternate_vl_dit", "strict_action_padding_mask"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(f"config field {name!r} is {json.dumps(value)}; expected true or false")
         for name in ("diffusion_model_cfg", "vl_self_attention_cfg", "backbone_cfg"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, dict):
