@@ -4,7 +4,6 @@ found and what was expected, instead of serving another model, silently using a 
 import json
 import shutil
 
-import numpy as np
 import pytest
 
 from gr00t_server import server as server_module
