@@ -171,7 +171,18 @@ def merge_results(shards: Sequence[Mapping[str, Any]], allow_missing: bool = Fal
             outcomes = outcomes_by_task.get(task.env_name, [])
             run = TaskRun(task, range(0), outcomes, float((entry or {}).get("eval_s") or 0.0), (entry or {}).get("error"))
             runs.append(run)
-    missing = [f"{t.env_name}#{i}" for t in tasks for i in range(n_episodes) if (t.env_name, i) not in seen]
+    # A task that failed (its env would not build, ...) in the shard that planned it did not run those episodes,
+    # as in a single run: they are counted in n_not_run (the error is in failed_tasks), not missing from the merge.
+    not_run_by_failed_task = set()
+    for results in shards:
+        shard = results["plan"].get("shard")
+        ranges = (shard_ranges(tasks, n_episodes, ShardSpec(*shard)) if shard
+                  else {t.env_name: range(n_episodes) for t in tasks})
+        for task_name, entry in results.get("per_task", {}).items():
+            if entry.get("error") and task_name in ranges:
+                not_run_by_failed_task.update((task_name, i) for i in ranges[task_name] if (task_name, i) not in seen)
+    missing = [f"{t.env_name}#{i}" for t in tasks for i in range(n_episodes)
+               if (t.env_name, i) not in seen and (t.env_name, i) not in not_run_by_failed_task]
     if missing and not allow_missing:
         raise MergeError(f"{len(missing)} episodes are in no results file: {format_missing(missing)} "
                          "(is a shard missing or failed?)")
@@ -182,7 +193,7 @@ def merge_results(shards: Sequence[Mapping[str, Any]], allow_missing: bool = Fal
         "plan": {**shards[0]["plan"], "settings": recorded_settings(shards[0]["plan"]), "shard": None},
         "merged_from": [results.get("plan", {}).get("shard") for results in shards],
         "missing_episodes": missing,
-        "n_not_run": len(missing),  # as a single run counts the episodes it never ran
+        "n_not_run": len(missing) + len(not_run_by_failed_task),  # as a single run counts the episodes it never ran
     }
     statuses = [results.get("status", "complete") for results in shards]
     # A merge with episodes in no file is no complete run, even when every shard given completed.
