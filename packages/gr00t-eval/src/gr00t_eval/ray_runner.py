@@ -8,18 +8,24 @@ runs only what is missing or errored. Needs the optional extra: pip install 'gr0
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
 import queue
+import signal
+import socket
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from .extras import MissingExtraError
 from .metrics import EpisodeOutcome
 from .rollout.runner import RolloutConfig
-from .shard import ShardSpec, merge_results, results_from_outcomes, run_suite, shard_ranges
+from .run_dir import sigterm_as_interrupt
+from .shard import ShardSpec, format_missing, merge_results, results_from_outcomes, run_suite, shard_ranges
 from .suites import Task, auto_n_envs, resolve_tasks
 
 logger = logging.getLogger(__name__)
@@ -68,17 +74,60 @@ def _progress(line: str) -> None:
     logger.info("%s", line)
 
 
+class RayConnectError(ConnectionError):
+    """Nothing answers at a `--ray-address HOST:PORT` (ray.init would retry there for minutes)."""
+
+
+def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
+    """For a HOST:PORT (or ray://HOST:PORT) address, raise RayConnectError unless it accepts a TCP connection."""
+    host, sep, port = address[len("ray://"):].rpartition(":") if address.startswith("ray://") else address.rpartition(":")
+    if address in ("auto", "local") or not sep or not host or not port.isdigit():
+        return  # auto and local fail fast on their own; Ray reports a malformed address
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise RayConnectError(f"--ray-address {address}: no Ray cluster answers there ({exc or 'timed out'}); check the "
+                              "host and port (the head node's GCS port, 6379 unless `ray start --head --port` said "
+                              "otherwise), start the cluster, or use --ray-address local") from None
+
+
 def init_ray(address: str) -> bool:
     """Connect to (`auto`, `HOST:PORT`, `ray://...`) or start (`local`) Ray unless it is up; True if we started it."""
     ray = _import_ray()
     if ray.is_initialized():
         return False
+    check_ray_address(address)
     _progress(f"Ray: {'starting a local runtime' if address == 'local' else 'connecting to ' + address} ...")
     if address == "local":
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
     else:
         ray.init(address=address, log_to_driver=False)
     return True
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """While a stopping run saves its results: a second Ctrl-C/SIGTERM is noted, a third one stops waiting."""
+    extra = []
+
+    def handler(signum: int, frame: Any) -> None:
+        extra.append(signum)
+        if len(extra) >= 2:
+            raise KeyboardInterrupt(f"signal {signum}")
+        # os.write, not print: a handler that prints while the main thread prints raises a reentrant-call error
+        os.write(2, b"already stopping: saving the results of the finished episodes (Ctrl-C again to stop waiting)\n")
+
+    try:
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: signals cannot be handled here
+        yield
+        return
+    try:
+        yield
+    finally:
+        for sig, before in previous.items():
+            signal.signal(sig, before)
 
 
 def run_shard_task(env_spec: str, config: Dict[str, Any], shard: Tuple[int, int], server: Tuple[str, int],
@@ -163,75 +212,154 @@ def run_with_ray(env_spec: str, config: RolloutConfig, servers: Sequence[ServerA
     finished = {(str(o.extras.get("task")), o.episode_index): o for o in done if o.error is None}
     shard_results: Dict[int, Dict[str, Any]] = {}
     failed: Dict[str, str] = {}
+    running: Dict[Any, int] = {}
     try:
-        if n_shards <= 0:
-            n_shards = default_shard_count(n_items, len(servers), int(ray.cluster_resources().get("CPU", 1) // cpus_per_shard))
-        n_shards = min(n_shards, n_items)
-        payload = dataclasses.asdict(config)
-        if config.n_envs == 0:  # auto inside a shard: 70 % of the CPUs Ray reserved for it, not of the whole node
-            payload["n_envs"] = auto_n_envs(config.n_episodes, cores=max(1, int(cpus_per_shard)))
-        remote = ray.remote(num_cpus=cpus_per_shard, max_retries=0)(run_shard_task)
-        specs = [ShardSpec(index, n_shards) for index in range(n_shards)]
-        kept: Dict[int, List[EpisodeOutcome]] = {}
-        running: Dict[Any, int] = {}
-        for spec in specs:
-            kept[spec.index], planned = _done_in(tasks, config.n_episodes, spec, finished)
-            if len(kept[spec.index]) == planned:  # every episode of this shard finished earlier: nothing to start
-                shard_results[spec.index] = results_from_outcomes(env_spec, config, spec, kept[spec.index])
-                continue
-            server = servers[spec.index % len(servers)]
-            running[remote.remote(env_spec, payload, (spec.index, n_shards), (server.host, server.port), api_token,
-                                  timeout_ms, curve_keys, [o.to_json_dict() for o in kept[spec.index]])] = spec.index
-        n_left = n_items - len(finished)
-        _progress(f"Ray: running {len(running)} of {n_shards} shards ({n_left} of {n_items} episodes left) against "
-                  f"{', '.join(map(str, servers))}")
-        streamed: Dict[int, Dict[Tuple[str, int], EpisodeOutcome]] = {spec.index: {} for spec in specs}
+        # ray.init() replaced the SIGTERM handler with its own sys.exit; SIGTERM must stop the run like Ctrl-C.
+        with sigterm_as_interrupt():
+            if n_shards <= 0:
+                cluster_cpus = int(ray.cluster_resources().get("CPU", 1) // cpus_per_shard)
+                n_shards = default_shard_count(n_items, len(servers), cluster_cpus)
+            n_shards = min(n_shards, n_items)
+            specs = [ShardSpec(index, n_shards) for index in range(n_shards)]
+            kept = {spec.index: _done_in(tasks, config.n_episodes, spec, finished)[0] for spec in specs}
+            streamed: Dict[int, Dict[Tuple[str, int], EpisodeOutcome]] = {spec.index: {} for spec in specs}
+            submitted_at: Dict[int, float] = {}
 
-        def partial(index: int, status: str, reason: str) -> Dict[str, Any]:
-            outcomes = [*kept[index], *streamed[index].values()]
-            return results_from_outcomes(env_spec, config, specs[index], outcomes, status, reason)
+            def partial(index: int, status: str, reason: str) -> Dict[str, Any]:
+                """What shard `index` finished, with the time it ran, for a shard that ended without its results."""
+                outcomes = [*kept[index], *streamed[index].values()]
+                results = results_from_outcomes(env_spec, config, specs[index], outcomes, status, reason)
+                elapsed = time.monotonic() - submitted_at[index] if index in submitted_at else 0.0
+                return _with_eval_s(results, elapsed, shard_ranges(tasks, config.n_episodes, specs[index]))
 
-        try:
-            while running:  # a timeout keeps Ctrl-C prompt; shards report in whatever order they finish
-                ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
-                for generator in ready:
-                    index = running[generator]
-                    try:
-                        item = ray.get(next(generator))
-                    except StopIteration:  # the task ended without its results item (should not happen)
-                        item = {"error": "the Ray task ended without results"}
-                    except Exception as exc:  # noqa: BLE001 - keep the other shards and this one's streamed episodes
-                        cause = getattr(exc, "cause", None) or exc
-                        item = {"error": f"{type(cause).__name__}: {cause}"}
-                    if "episode" in item:
-                        outcome = EpisodeOutcome.from_json_dict(item["episode"])
-                        streamed[index][(str(outcome.extras.get("task")), outcome.episode_index)] = outcome
-                        if on_episode is not None:
-                            on_episode(outcome)
-                        continue
-                    del running[generator]
-                    if "results" in item:
-                        shard_results[index] = item["results"]
-                        _progress(f"Ray: shard {index}/{n_shards} done ({len(shard_results)}/{n_shards} shards, "
-                                  f"{sum(len(r['per_episode']) for r in shard_results.values())}/{n_items} episodes)")
-                    else:
-                        failed[f"{index}/{n_shards}"] = item["error"]
-                        shard_results[index] = partial(index, "aborted", f"shard {index}/{n_shards} failed: {item['error']}")
-                        _progress(f"Ray: shard {index}/{n_shards} FAILED: {item['error']}")
-        except KeyboardInterrupt:
-            _progress(f"Ray: interrupted; cancelling {len(running)} running shards (finished episodes are kept)")
-            for generator, index in running.items():
-                ray.cancel(generator, force=True)
-                shard_results[index] = partial(index, "interrupted", "interrupted (SIGINT/SIGTERM)")
+            try:
+                _submit_shards(ray, env_spec, config, servers, specs, tasks, kept, cpus_per_shard, api_token, timeout_ms,
+                               curve_keys, shard_results, running, submitted_at)
+                _progress(f"Ray: running {len(running)} of {n_shards} shards ({n_items - len(finished)} of {n_items} "
+                          f"episodes left) against {', '.join(map(str, servers))}")
+                while running:  # a timeout keeps Ctrl-C prompt; shards report in whatever order they finish
+                    ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+                    for generator in ready:
+                        index = running[generator]
+                        item = _next_item(ray, generator)
+                        if "episode" in item:
+                            outcome = EpisodeOutcome.from_json_dict(item["episode"])
+                            streamed[index][(str(outcome.extras.get("task")), outcome.episode_index)] = outcome
+                            if on_episode is not None:
+                                on_episode(outcome)
+                            continue
+                        del running[generator]
+                        if "results" in item:
+                            shard_results[index] = item["results"]
+                            ended = f"shard {index}/{n_shards} {_shard_ending(item['results'])}"
+                        else:
+                            failed[f"{index}/{n_shards}"] = item["error"]
+                            shard_results[index] = partial(index, "aborted", f"failed: {item['error']}")
+                            ended = f"shard {index}/{n_shards} FAILED: {item['error']}"
+                        _progress(f"Ray: {ended} ({_tally(shard_results, n_shards, n_items)})")
+            except KeyboardInterrupt:
+                with interrupts_deferred():  # a second Ctrl-C must not lose the results of the first
+                    _progress(f"Ray: interrupted; cancelling {len(running)} running shards (finished episodes are kept)")
+                    for index in running.values():  # the results first, then the cancelling that may take a while
+                        shard_results[index] = partial(index, "interrupted", "cancelled by SIGINT/SIGTERM")
+                    for generator in running:
+                        try:
+                            ray.cancel(generator, force=True)
+                        except (KeyboardInterrupt, Exception) as exc:  # noqa: BLE001 - the shard's results are kept
+                            logger.warning("could not cancel a Ray shard: %s", exc)
+                    if started:
+                        started = False
+                        _shutdown_ray(ray)
     finally:
         if started:
-            ray.shutdown()
+            with interrupts_deferred():
+                _shutdown_ray(ray)
     ordered = [shard_results[index] for index in sorted(shard_results)]
-    incomplete = any(r.get("status", "complete") != "complete" for r in ordered)
-    merged = merge_results(ordered, allow_missing=bool(failed) or incomplete)
+    names = [f"shard {r['plan']['shard'][0]}/{n_shards}" for r in ordered]
+    # Failed and cancelled shards leave episodes in no shard's results; they are reported as not run, never lost.
+    merged = merge_results(ordered, allow_missing=True, names=names)
+    merged["stop_reason"] = _stop_reason(ordered, names, merged["missing_episodes"])
     merged["config"].pop("policy_server", None)
     merged["config"].update(ray_address=address, ray_shards=n_shards, policy_servers=[str(s) for s in servers])
     merged["failed_shards"] = failed
-    merged["n_not_run"] = len(merged["missing_episodes"])
     merged["shard_nodes"] = {f"{r['plan']['shard'][0]}/{n_shards}": r["ray_node_id"] for r in ordered if r.get("ray_node_id")}
     return merged
+
+
+def _submit_shards(ray: Any, env_spec: str, config: RolloutConfig, servers: Sequence[ServerAddress],
+                   specs: Sequence[ShardSpec], tasks: Sequence[Task], kept: Mapping[int, List[EpisodeOutcome]],
+                   cpus_per_shard: float, api_token: Optional[str], timeout_ms: int,
+                   curve_keys: Optional[Tuple[str, Optional[str]]], shard_results: Dict[int, Dict[str, Any]],
+                   running: Dict[Any, int], submitted_at: Dict[int, float]) -> None:
+    """Start a Ray task per shard with episodes left (a shard all finished earlier gets its results at once)."""
+    payload = dataclasses.asdict(config)
+    if config.n_envs == 0:  # auto inside a shard: 70 % of the CPUs Ray reserved for it, not of the whole node
+        payload["n_envs"] = auto_n_envs(config.n_episodes, cores=max(1, int(cpus_per_shard)))
+    remote = ray.remote(num_cpus=cpus_per_shard, max_retries=0)(run_shard_task)
+    for spec in specs:
+        planned = sum(len(episodes) for episodes in shard_ranges(tasks, config.n_episodes, spec).values())
+        if len(kept[spec.index]) == planned:  # every episode of this shard finished earlier: nothing to start
+            shard_results[spec.index] = results_from_outcomes(env_spec, config, spec, kept[spec.index])
+            continue
+        server = servers[spec.index % len(servers)]
+        submitted_at[spec.index] = time.monotonic()
+        running[remote.remote(env_spec, payload, (spec.index, spec.count), (server.host, server.port), api_token,
+                              timeout_ms, curve_keys, [o.to_json_dict() for o in kept[spec.index]])] = spec.index
+
+
+def _next_item(ray: Any, generator: Any) -> Dict[str, Any]:
+    """The next item a shard's generator sent: {"episode": ...}, {"results": ...} or {"error": why it failed}."""
+    try:
+        return ray.get(next(generator))
+    except StopIteration:  # the task ended without its results item (should not happen)
+        return {"error": "the Ray task ended without results"}
+    except Exception as exc:  # noqa: BLE001 - keep the other shards and this one's streamed episodes
+        cause = getattr(exc, "cause", None) or exc
+        return {"error": f"{type(cause).__name__}: {cause}"}
+
+
+def _shard_ending(results: Mapping[str, Any]) -> str:
+    """How a shard that sent its results ended: 'done: 2 episodes', 'ended aborted: <why>', its failed tasks."""
+    episodes = results.get("per_episode", [])
+    n_errored = sum(1 for entry in episodes if entry.get("error"))
+    status = results.get("status", "complete")
+    text = "done" if status == "complete" else f"ended {status}: {results.get('stop_reason')}"
+    text += f"; {len(episodes)} episodes" + (f" ({n_errored} errored)" if n_errored else "")
+    for task, reason in results.get("failed_tasks", {}).items():
+        text += f"; task {task} FAILED: {reason}"
+    return text
+
+
+def _tally(shard_results: Mapping[int, Mapping[str, Any]], n_shards: int, n_items: int) -> str:
+    """'1/2 shards ended, 3/8 episodes finished, 1 errored' over the shards that ended so far."""
+    episodes = [entry for results in shard_results.values() for entry in results.get("per_episode", [])]
+    n_errored = sum(1 for entry in episodes if entry.get("error"))
+    return (f"{len(shard_results)}/{n_shards} shards ended, {len(episodes) - n_errored}/{n_items} episodes finished"
+            + (f", {n_errored} errored" if n_errored else ""))
+
+
+def _with_eval_s(results: Dict[str, Any], seconds: float, ranges: Mapping[str, range]) -> Dict[str, Any]:
+    """Give a shard's partial results the wall time it ran, split over its tasks by planned episodes."""
+    planned = sum(len(episodes) for episodes in ranges.values())
+    for task, episodes in ranges.items():
+        if task in results["per_task"] and planned:
+            results["per_task"][task]["eval_s"] = seconds * len(episodes) / planned
+    results["overall"]["eval_s"] = seconds
+    return results
+
+
+def _stop_reason(ordered: Sequence[Mapping[str, Any]], names: Sequence[str], missing: Sequence[str]) -> Optional[str]:
+    """Why a Ray run is not complete, naming shards as 'shard i/N' (merge's own reason speaks of files and flags)."""
+    reasons = [f"{name} {r['status']}: {r.get('stop_reason')}" for name, r in zip(names, ordered)
+               if r.get("status", "complete") != "complete"]
+    if missing:
+        reasons.append(f"{len(missing)} episodes did not run ({format_missing(missing, shown=4)})")
+    return "; ".join(reasons) or None
+
+
+def _shutdown_ray(ray: Any) -> None:
+    """ray.shutdown(); when a third Ctrl-C gives up waiting for it, say what may be left running."""
+    try:
+        ray.shutdown()
+    except KeyboardInterrupt:
+        _progress("Ray: stopped waiting for the Ray shutdown; run `ray stop` if Ray processes are left running")

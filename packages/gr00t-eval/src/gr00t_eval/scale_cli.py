@@ -197,7 +197,7 @@ def run_rollout_command(args: argparse.Namespace) -> int:
     from .metrics import EpisodeOutcome
     from .rollout import RolloutConfig
     from .rollout.runner import draw_base_seed
-    from .ray_runner import parse_servers
+    from .ray_runner import check_ray_address, parse_servers
     from .run_dir import (EpisodeLog, add_earlier_eval_s, earlier_results, episode_log_name, read_run_file,
                           refuse_changed_settings, write_run_file)
     from .shard import ShardSpec
@@ -209,6 +209,8 @@ def run_rollout_command(args: argparse.Namespace) -> int:
     shard = ShardSpec.parse(args.shard) if args.shard else None
     if shard is not None and args.ray_address:
         raise UsageError("--shard and --ray-address do not combine (Ray makes its own shards)")
+    if args.ray_address:  # an unreachable cluster fails in seconds, before the output directory is made
+        check_ray_address(args.ray_address)
     done: List[EpisodeOutcome] = []
     earlier = None
     if args.resume:  # a Ray run resumes like any other: its driver logged every episode in episodes.jsonl
@@ -245,11 +247,13 @@ def _report_rollout(args: argparse.Namespace, results: Dict[str, Any], output_di
 
     from .eval_info import EVAL_INFO_FILENAME, write_eval_info
     from .results import write_results
+    from .ray_runner import interrupts_deferred
     from .run_dir import INTERRUPTED_EXIT_CODE, results_file_name
 
-    path = write_results(output_dir / results_file_name(shard), results)
-    if shard is None:
-        write_eval_info(output_dir / EVAL_INFO_FILENAME, results)
+    with interrupts_deferred():  # a second Ctrl-C while an interrupted run saves its results must not lose them
+        path = write_results(output_dir / results_file_name(shard), results)
+        if shard is None:
+            write_eval_info(output_dir / EVAL_INFO_FILENAME, results)
     overall = results["overall"]
     episodes = results["per_episode"]
     print(f"Collecting {len(episodes)} episodes took {overall['eval_s']:.2f} seconds")

@@ -1,0 +1,190 @@
+"""Ray runs that go wrong: a task failing in a worker, SIGTERM, a second Ctrl-C, an unreachable cluster, progress lines.
+
+Each Ray run here starts (and shuts down) its own local runtime inside run_with_ray, as `--ray-address local`
+does, because ray.init's own SIGTERM handler is part of what is tested; `ray.init` only gets the test's
+worker setup (tests/ on the path, the walkto env registered) and 2 CPUs added.
+"""
+
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from eval.scale_fixtures import ConstantPolicy, free_port, policy_server  # noqa: E402
+from gr00t_eval import ray_runner  # noqa: E402
+from gr00t_eval.cli import main  # noqa: E402
+from gr00t_eval.shard import ShardSpec, merge_results, results_from_outcomes  # noqa: E402
+from gr00t_eval.metrics import EpisodeOutcome  # noqa: E402
+from gr00t_eval.rollout.runner import RolloutConfig  # noqa: E402
+
+TESTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = ["--n-envs", "1", "--n-action-steps", "2", "--max-episode-steps", "6", "--no-video", "--vectorization", "sync",
+         "--seed", "0"]
+
+
+class SlowPolicy(ConstantPolicy):
+    """ConstantPolicy taking `delay` s per call, so a Ray run lasts long enough to be stopped."""
+
+    def __init__(self, delay):
+        super().__init__()
+        self.delay = delay
+
+    def _get_action(self, observation, options=None):
+        time.sleep(self.delay)
+        return super()._get_action(observation, options)
+
+
+@pytest.fixture
+def ray_started_by_the_run(monkeypatch):
+    """Ray is down; the run's own ray.init starts it with the walkto env available in its workers."""
+    if ray.is_initialized():
+        ray.shutdown()
+    env = {"env_vars": {"PYTHONPATH": os.pathsep.join([TESTS_DIR, os.environ.get("PYTHONPATH", "")])},
+           "worker_process_setup_hook": "eval.scale_fixtures.register"}
+    monkeypatch.setattr(ray, "init", functools.partial(ray.init, num_cpus=2, runtime_env=env))
+    yield
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def _rollout(env_spec, port, out, *extra):
+    return main(["rollout", "--env-name", env_spec, "--n-episodes", "2", *SMALL, "--policy-client-port", str(port),
+                 "--ray-address", "local", "--ray-shards", "2", "--output-dir", str(out), *extra])
+
+
+def _results(out):
+    return json.loads((out / "results.json").read_text())
+
+
+def _when_episodes_logged(out, n, act):
+    """Call `act()` from a thread once `n` episodes are in out/episodes.jsonl."""
+
+    def watch():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            log = out / "episodes.jsonl"
+            if log.is_file() and len(log.read_text().splitlines()) >= n:
+                act()
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+# --- a task that fails inside a Ray worker ------------------------------------------------------------
+
+
+def _shard_results(env_spec, config, shard, outcomes, failed_task=None):
+    results = results_from_outcomes(env_spec, config, shard, outcomes)
+    if failed_task:
+        results["per_task"][failed_task]["error"] = "ValueError: unknown walkto task 'nope'"
+    return results
+
+
+def test_merging_shards_keeps_a_task_that_failed_in_its_shard_as_a_failed_task_not_a_missing_shard():
+    config = RolloutConfig(env_name="walkto/fast,walkto/nope", n_episodes=2, seed=0)
+    done = [EpisodeOutcome(episode_index=i, success=True, sum_reward=1.0, max_reward=1.0, length=2, seed=i,
+                           extras={"task": "walkto/fast"}) for i in range(2)]
+    merged = merge_results([_shard_results(config.env_name, config, ShardSpec(0, 2), done),
+                            _shard_results(config.env_name, config, ShardSpec(1, 2), [], failed_task="walkto/nope")])
+    assert merged["status"] == "complete" and merged["missing_episodes"] == []
+    assert "unknown walkto task" in merged["failed_tasks"]["walkto/nope"]
+    assert merged["overall"]["n_episodes"] == 2 and merged["n_not_run"] == 2
+
+
+def test_a_ray_suite_whose_task_fails_in_a_worker_reports_the_failed_task_and_keeps_the_others(
+        ray_started_by_the_run, tmp_path, capsys):
+    out = tmp_path / "run"
+    with policy_server() as server:
+        code = _rollout("walkto/fast,walkto/nope", server.port, out)
+    results = _results(out)
+    assert code == 1 and (out / "eval_info.json").is_file()
+    assert "unknown walkto task" in results["failed_tasks"]["walkto/nope"]
+    assert [e["task"] for e in results["per_episode"]] == ["walkto/fast", "walkto/fast"]
+    assert results["missing_episodes"] == [] and results["n_not_run"] == 2
+    progress = capsys.readouterr().err
+    assert "shard 1/2 done; 0 episodes; task walkto/nope FAILED: ValueError: unknown walkto task" in progress
+
+
+# --- signals ----------------------------------------------------------------------------------------
+
+
+def test_sigterm_to_a_ray_run_writes_interrupted_results_and_exits_130(ray_started_by_the_run, tmp_path):
+    out = tmp_path / "run"
+    watcher = _when_episodes_logged(out, 1, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    with policy_server(SlowPolicy(0.3)) as slow:
+        code = _rollout("walkto/fast,walkto/slow", slow.port, out)
+    watcher.join()
+    results = _results(out)
+    assert code == 130 and results["status"] == "interrupted"
+    assert 1 <= len(results["per_episode"]) < 4 and results["n_not_run"] == 4 - len(results["per_episode"])
+    assert results["overall"]["eval_s"] > 0  # the cancelled shards' time is kept
+    assert "shard 0/2 interrupted" in results["stop_reason"] and "--allow-missing" not in results["stop_reason"]
+    assert not ray.is_initialized()
+
+
+def test_a_second_ctrl_c_while_the_ray_shards_are_cancelled_still_writes_the_results(
+        ray_started_by_the_run, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    cancel = ray.cancel
+
+    def cancel_and_press_ctrl_c_again(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return cancel(*args, **kwargs)
+
+    monkeypatch.setattr(ray, "cancel", cancel_and_press_ctrl_c_again)
+    watcher = _when_episodes_logged(out, 1, lambda: os.kill(os.getpid(), signal.SIGINT))
+    with policy_server(SlowPolicy(0.3)) as slow:
+        code = _rollout("walkto/fast,walkto/slow", slow.port, out)
+    watcher.join()
+    assert code == 130 and _results(out)["status"] == "interrupted"
+    assert not ray.is_initialized()
+
+
+# --- an unreachable cluster ---------------------------------------------------------------------------
+
+
+def test_an_unreachable_ray_address_fails_in_seconds_with_one_line_and_exit_2(tmp_path):
+    address = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "gr00t_eval.cli", "rollout", "--env-name", "metaworld/reach-v3",
+                           "--n-episodes", "1", "--seed", "0", "--ray-address", address, "--output-dir", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and time.monotonic() - started < 30
+    assert f"--ray-address {address}: no Ray cluster answers there" in proc.stderr
+    assert not (tmp_path / "run").exists()  # nothing to --overwrite on the next try
+
+
+def test_check_ray_address_leaves_auto_local_and_malformed_addresses_to_ray():
+    for address in ("auto", "local", "no-port-here"):
+        ray_runner.check_ray_address(address, timeout_s=0.1)
+    with pytest.raises(ConnectionError, match="no Ray cluster answers"):
+        ray_runner.check_ray_address(f"ray://127.0.0.1:{free_port()}", timeout_s=1.0)
+
+
+# --- progress lines and labels -----------------------------------------------------------------------
+
+
+def test_a_failed_shard_is_labelled_by_shard_and_its_time_is_kept(ray_started_by_the_run, tmp_path, capsys):
+    out = tmp_path / "run"
+    with policy_server(SlowPolicy(0.1)) as alive:
+        hosts = f"127.0.0.1:{alive.port},127.0.0.1:{free_port()}"
+        code = main(["rollout", "--env-name", "walkto/fast", "--n-episodes", "2", *SMALL, "--timeout-ms", "500",
+                     "--policy-client-host", hosts, "--ray-address", "local", "--ray-shards", "2", "--output-dir", str(out)])
+    results = _results(out)
+    assert code == 1 and list(results["failed_shards"]) == ["1/2"]
+    assert results["stop_reason"].startswith("shard 1/2 aborted: failed: ConnectionError")
+    assert "results #" not in results["stop_reason"] and "--allow-missing" not in results["stop_reason"]
+    err = capsys.readouterr().err
+    assert "Ray: shard 1/2 FAILED: ConnectionError" in err and "shard 0/2 done; 1 episodes" in err
