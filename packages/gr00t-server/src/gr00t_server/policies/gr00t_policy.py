@@ -252,11 +252,28 @@ class Gr00tPolicy(BasePolicy):
                 f"embodiment {self.embodiment_tag_value!r} has action horizon {horizon}, more than the model's "
                 f"action_horizon {mc.action_horizon}"
             )
+        self._check_image_patches_match_vision_encoder()
         token_id = self.processor.tokenizer.convert_tokens_to_ids(IMAGE_PAD_TOKEN)
         if token_id != mc.image_token_id:
             raise ValueError(
                 f"tokenizer maps {IMAGE_PAD_TOKEN} to id {token_id}, but config.json image_token_id is {mc.image_token_id}"
             )
+
+    def _check_image_patches_match_vision_encoder(self) -> None:
+        """preprocessor_config.json cuts images into the patches the backbone's vision encoder was built for; a
+        mismatch failed every request with a tensor-size error."""
+        vision = getattr(getattr(getattr(getattr(self.model, "backbone", None), "model", None), "config", None), "vision_config", None)
+        if vision is None:  # a backend without the torch backbone (its export was checked against the same files)
+            return
+        patches = self.processor.vision_config
+        pairs = (("patch_size", "patch_size"), ("temporal_patch_size", "temporal_patch_size"), ("merge_size", "spatial_merge_size"))
+        for ours, theirs in pairs:
+            expected = getattr(vision, theirs, None)
+            if expected is not None and getattr(patches, ours) != expected:
+                raise ValueError(
+                    f"preprocessor_config.json: {ours} is {getattr(patches, ours)}, but the backbone's vision encoder "
+                    f"(config.json) has {theirs} {expected}; the image processor files do not belong to this model"
+                )
 
     # --- BasePolicy -------------------------------------------------------------------------------
 

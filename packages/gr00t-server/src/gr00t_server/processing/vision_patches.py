@@ -10,6 +10,7 @@ normalized in place, on whichever device the frames are sent to.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
@@ -35,6 +36,24 @@ class VisionPatchConfig:
     min_pixels: int = 65536
     max_pixels: int = 16777216
 
+    def __post_init__(self) -> None:
+        # A patch or merge size of 0 divided by zero, and a negative one made negative shapes, at the first request.
+        for name in ("patch_size", "temporal_patch_size", "merge_size", "min_pixels", "max_pixels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"'{name}' must be an int >= 1, got {value!r}")
+        if self.max_pixels < self.min_pixels:
+            raise ValueError(f"the longest edge / max_pixels ({self.max_pixels}) is below the shortest edge / min_pixels "
+                             f"({self.min_pixels})")
+        for name in ("image_mean", "image_std"):
+            values = getattr(self, name)
+            if len(values) != 3 or not all(math.isfinite(v) for v in values):
+                raise ValueError(f"'{name}' must be 3 finite numbers (one per RGB channel), got {list(values)!r}")
+        if not all(v != 0 for v in self.image_std):
+            raise ValueError(f"'image_std' must not hold 0 (pixels are divided by it), got {list(self.image_std)!r}")
+        if not (math.isfinite(self.rescale_factor) and self.rescale_factor > 0):
+            raise ValueError(f"'rescale_factor' must be a finite number > 0, got {self.rescale_factor!r}")
+
     @property
     def factor(self) -> int:
         """Side lengths are rounded to multiples of patch_size * merge_size (32)."""
@@ -53,20 +72,29 @@ class VisionPatchConfig:
         min_pixels = size.get("shortest_edge", data.get("min_pixels", defaults.min_pixels))
         max_pixels = size.get("longest_edge", data.get("max_pixels", defaults.max_pixels))
         return cls(
-            patch_size=int(data.get("patch_size", defaults.patch_size)),
-            temporal_patch_size=int(data.get("temporal_patch_size", defaults.temporal_patch_size)),
-            merge_size=int(data.get("merge_size", defaults.merge_size)),
-            image_mean=tuple(float(v) for v in data.get("image_mean", defaults.image_mean)),
-            image_std=tuple(float(v) for v in data.get("image_std", defaults.image_std)),
-            rescale_factor=float(data.get("rescale_factor", defaults.rescale_factor)),
-            min_pixels=int(min_pixels),
-            max_pixels=int(max_pixels),
+            patch_size=_whole(data.get("patch_size", defaults.patch_size)),
+            temporal_patch_size=_whole(data.get("temporal_patch_size", defaults.temporal_patch_size)),
+            merge_size=_whole(data.get("merge_size", defaults.merge_size)),
+            image_mean=_floats(data.get("image_mean", defaults.image_mean), "image_mean"),
+            image_std=_floats(data.get("image_std", defaults.image_std), "image_std"),
+            rescale_factor=_float(data.get("rescale_factor", defaults.rescale_factor), "rescale_factor"),
+            min_pixels=_whole(min_pixels),
+            max_pixels=_whole(max_pixels),
         )
 
     @classmethod
     def from_file(cls, path: Path) -> "VisionPatchConfig":
+        """Read preprocessor_config.json; ValueError naming the file and the value when one is not usable."""
         with open(path, "r", encoding="utf-8") as fh:
-            return cls.from_dict(json.load(fh))
+            data = json.load(fh)
+        try:
+            if not isinstance(data, dict):
+                raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+            if not isinstance(data.get("size") or {}, dict):
+                raise ValueError(f"'size' must be an object with shortest_edge and longest_edge, got {data['size']!r}")
+            return cls.from_dict(data)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
 
     def to_dict(self) -> dict:
         """The preprocessor_config.json form (Qwen3-VL style)."""
@@ -85,6 +113,31 @@ class VisionPatchConfig:
             "rescale_factor": self.rescale_factor,
             "size": {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels},
         }
+
+
+def _whole(value: Any) -> Any:
+    """An int-valued JSON number as int (64.0 -> 64); anything else unchanged, for __post_init__ to refuse by name
+    (int() would truncate 4.5 to 4 and turn "16" into 16 silently)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _floats(values: Any, name: str) -> Tuple[float, ...]:
+    """A JSON list of numbers as floats; ValueError naming the key for anything else (a string, a bool, a map)."""
+    if not isinstance(values, (list, tuple)) or not all(_is_number(v) for v in values):
+        raise ValueError(f"'{name}' must be a list of numbers, got {values!r}")
+    return tuple(float(v) for v in values)
+
+
+def _float(value: Any, name: str) -> float:
+    if not _is_number(value):
+        raise ValueError(f"'{name}' must be a number, got {value!r}")
+    return float(value)
 
 
 def smart_resize(height: int, width: int, factor: int = 32, min_pixels: int = 65536, max_pixels: int = 16777216) -> Tuple[int, int]:
