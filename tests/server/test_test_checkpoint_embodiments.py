@@ -70,3 +70,26 @@ def test_pusht_checkpoint_serves_actions_on_the_board(tmp_path):
     action, _ = policy.get_action(observation)
     assert action["action.agent_pos"].shape == (1, 16, 2)
     assert np.all(action["action.agent_pos"] >= 0.0) and np.all(action["action.agent_pos"] <= 512.0)
+
+
+def test_cli_refuses_an_embodiment_tag_given_without_a_key_set(tmp_path, capsys):
+    """Alone, --embodiment-tag used to be ignored: the checkpoint held new_embodiment and libero_sim, and serving it
+    with the tag the user had asked for failed."""
+    from gr00t_server import cli
+
+    rc = cli.main(["make-test-checkpoint", str(tmp_path / "ckpt"), "--embodiment-tag", "my_robot"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err == ("gr00t-server make-test-checkpoint: error: --embodiment-tag my_robot needs --embodiment or "
+                   "--dataset-path (the key set to write under that tag), e.g. --embodiment new_embodiment "
+                   "--embodiment-tag my_robot; without them the checkpoint holds new_embodiment and libero_sim\n")
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_cli_writes_the_tag_asked_for_with_a_key_set(tmp_path, capsys):
+    from gr00t_server import cli
+
+    assert cli.main(["make-test-checkpoint", str(tmp_path / "ckpt"), "--embodiment", "metaworld", "--embodiment-tag",
+                     "my_robot"]) == 0
+    assert "(tag my_robot, keys of the metaworld env)" in capsys.readouterr().out
+    assert list(json.loads((tmp_path / "ckpt" / "embodiment_id.json").read_text())) == ["my_robot"]

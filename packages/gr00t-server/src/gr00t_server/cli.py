@@ -143,8 +143,8 @@ def _add_checkpoint_parser(subparsers: Any) -> None:
                    "libero_sim key sets)")
     p.add_argument(*_flag("dataset-path"), default=None,
                    help="write one tag with this recorded LeRobot dataset's keys, modality configs and statistics")
-    p.add_argument(*_flag("embodiment-tag"), default="new_embodiment",
-                   help="the tag to write with --embodiment/--dataset-path (default new_embodiment)")
+    p.add_argument(*_flag("embodiment-tag"), default=None,
+                   help="the tag to write with --embodiment/--dataset-path (default new_embodiment); it needs one of them")
     p.add_argument(*_flag("overwrite"), action="store_true",
                    help="empty a non-empty output directory first (one holding an earlier test checkpoint is replaced "
                         "without it; any other is refused)")
@@ -410,13 +410,18 @@ def make_test_checkpoint(args: argparse.Namespace) -> int:
     from .test_checkpoint import make_test_checkpoint as write_checkpoint
 
     if args.embodiment is None and args.dataset_path is None:
+        if args.embodiment_tag is not None:  # the default checkpoint's two tags would silently replace it
+            raise CliError(f"--embodiment-tag {args.embodiment_tag} needs --embodiment or --dataset-path (the key set "
+                           f"to write under that tag), e.g. --embodiment new_embodiment --embodiment-tag "
+                           f"{args.embodiment_tag}; without them the checkpoint holds new_embodiment and libero_sim")
         path = write_checkpoint(args.output, size=args.size, seed=args.seed, overwrite=args.overwrite)
         print(f"Wrote {args.size} test checkpoint to {path or args.output}")
         return 0
-    path = write_checkpoint(args.output, size=args.size, seed=args.seed, embodiment_tags=[args.embodiment_tag],
+    tag = args.embodiment_tag or "new_embodiment"
+    path = write_checkpoint(args.output, size=args.size, seed=args.seed, embodiment_tags=[tag],
                             embodiment=args.embodiment, dataset_path=args.dataset_path, overwrite=args.overwrite)
     source = f"dataset {args.dataset_path}" if args.dataset_path else f"the {args.embodiment} env"
-    print(f"Wrote {args.size} test checkpoint to {path} (tag {args.embodiment_tag}, keys of {source})")
+    print(f"Wrote {args.size} test checkpoint to {path} (tag {tag}, keys of {source})")
     return 0
 
 
