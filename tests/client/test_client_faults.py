@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import zmq
 from reference_peer import EchoPolicy, RefModalityConfig, ReferenceServer, libero_like_configs, libero_like_observation, running_server
+from rep_thread import RepThread
 from serving import free_port
 
 from gr00t_client import ActionError, HandshakeError, MessageTooLargeError, ModalityConfig, PolicyClient, PolicyTimeoutError, codec
@@ -21,34 +22,14 @@ from gr00t_client import ActionError, HandshakeError, MessageTooLargeError, Moda
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-class ScriptedServer:
-    """A REP socket in a thread that answers each decoded request with handler(request) -> reply bytes."""
+def ScriptedServer(handler):
+    """A REP peer that answers each decoded request with handler(request) -> reply bytes."""
 
-    def __init__(self, handler):
-        self.handler = handler
-        self.context = zmq.Context()
-        self.socket = self.context.socket(zmq.REP)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        self.port = self.socket.bind_to_random_port("tcp://127.0.0.1")
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
+    def answer(frames):
+        request = codec.decode_multipart(frames) if codec.is_multipart(frames) else codec.decode(frames[0].buffer)
+        return [handler(request)]
 
-    def _serve(self):
-        while not self._stop.is_set():
-            if self.socket.poll(20):
-                frames = self.socket.recv_multipart(copy=False)
-                request = codec.decode_multipart(frames) if codec.is_multipart(frames) else codec.decode(frames[0].buffer)
-                self.socket.send(self.handler(request))
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info):
-        self._stop.set()
-        self._thread.join(5)
-        self.socket.close(linger=0)
-        self.context.term()
+    return RepThread(answer)
 
 
 _SIGNAL_CLOSE_SCRIPT = textwrap.dedent(

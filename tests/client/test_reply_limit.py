@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import zmq
 from reference_peer import ReferenceServer, ref_packb
+from rep_thread import RepThread
 
 from gr00t_client import PolicyClient, PolicyTimeoutError, codec
 from gr00t_client.client import DEFAULT_MAX_REPLY_BYTES, ReplyLostError
@@ -43,33 +44,9 @@ def reference_server_answering(*payload_sizes: int) -> ReferenceServer:
     return ReferenceServer({"get_action": get_action})
 
 
-class RawServer:
-    """A REP socket in a thread that answers every request with the same raw frames, whatever it asked."""
-
-    def __init__(self, frames):
-        self.frames = frames
-        self.context = zmq.Context()
-        self.socket = self.context.socket(zmq.REP)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        self.port = self.socket.bind_to_random_port("tcp://127.0.0.1")
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-
-    def _serve(self):
-        while not self._stop.is_set():
-            if self.socket.poll(20):
-                self.socket.recv_multipart()
-                self.socket.send_multipart(self.frames)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info):
-        self._stop.set()
-        self._thread.join(5)
-        self.socket.close(linger=0)
-        self.context.term()
+def RawServer(frames):
+    """A REP peer that answers every request with the same raw frames, whatever it asked."""
+    return RepThread(lambda _request: frames)
 
 
 def timed_get_action(client):

@@ -6,6 +6,7 @@ seed % 7 <= 4 and speed 2 for all of them, so pc_success and rewards differ per 
 """
 
 import string
+import time
 
 import gymnasium as gym
 import numpy as np
@@ -95,6 +96,18 @@ class ConstantPolicy(BasePolicy):
 
     def reset(self, options=None):
         return {}
+
+
+class SlowPolicy(ConstantPolicy):
+    """ConstantPolicy taking `delay` s per call, so a run lasts long enough to be stopped."""
+
+    def __init__(self, delay):
+        super().__init__()
+        self.delay = delay
+
+    def _get_action(self, observation, options=None):
+        time.sleep(self.delay)
+        return super()._get_action(observation, options)
 
 
 def run_cli(argv):

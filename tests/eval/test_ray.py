@@ -11,7 +11,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from eval.scale_fixtures import ConstantPolicy, policy_server  # noqa: E402
+from eval.scale_fixtures import ConstantPolicy, SlowPolicy, policy_server  # noqa: E402
 from gr00t_client import PolicyClient  # noqa: E402
 from gr00t_eval.ray_runner import ServerAddress, default_shard_count, parse_servers, run_with_ray  # noqa: E402
 from gr00t_eval.rollout.runner import RolloutConfig  # noqa: E402
@@ -97,18 +97,6 @@ def test_rollout_cli_runs_on_ray_with_several_hosts_and_writes_one_results_file(
 
 
 SMALL = ["--n-envs", "1", "--n-action-steps", "2", "--max-episode-steps", "6", "--no-video", "--vectorization", "sync"]
-
-
-class SlowPolicy(ConstantPolicy):
-    """ConstantPolicy taking `delay` s per call, so a Ray run lasts long enough to be interrupted."""
-
-    def __init__(self, delay):
-        super().__init__()
-        self.delay = delay
-
-    def _get_action(self, observation, options=None):
-        time.sleep(self.delay)
-        return super()._get_action(observation, options)
 
 
 class FailSecondCall(ConstantPolicy):

@@ -13,13 +13,12 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 ray = pytest.importorskip("ray")
 
-from eval.scale_fixtures import ConstantPolicy, free_port, policy_server  # noqa: E402
+from eval.scale_fixtures import SlowPolicy, free_port, policy_server  # noqa: E402
 from gr00t_eval import ray_runner  # noqa: E402
 from gr00t_eval.cli import main  # noqa: E402
 from gr00t_eval.shard import ShardSpec, merge_results, results_from_outcomes  # noqa: E402
@@ -29,18 +28,6 @@ from gr00t_eval.rollout.runner import RolloutConfig  # noqa: E402
 TESTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--n-envs", "1", "--n-action-steps", "2", "--max-episode-steps", "6", "--no-video", "--vectorization", "sync",
          "--seed", "0"]
-
-
-class SlowPolicy(ConstantPolicy):
-    """ConstantPolicy taking `delay` s per call, so a Ray run lasts long enough to be stopped."""
-
-    def __init__(self, delay):
-        super().__init__()
-        self.delay = delay
-
-    def _get_action(self, observation, options=None):
-        time.sleep(self.delay)
-        return super()._get_action(observation, options)
 
 
 @pytest.fixture

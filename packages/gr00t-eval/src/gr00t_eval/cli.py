@@ -347,17 +347,10 @@ def _claim_open_loop_output_dir(args: argparse.Namespace, config: Any) -> Path:
 def _claim_held_until_the_end(claim: Path) -> Iterator[None]:
     """Mark the claim finished however the run ends (its results written, interrupted, failed), so a later
     --overwrite may reuse the directory; a run killed before this (kill -9) leaves a claim of a gone process."""
-    from .run_claim import finish_claim
+    from .run_claim import finish_claim, finished_however_it_ends
 
-    outcome = "error"
-    try:
+    with finished_however_it_ends(lambda outcome: finish_claim(claim, outcome)):
         yield
-        outcome = "complete"
-    except KeyboardInterrupt:
-        outcome = "interrupted"
-        raise
-    finally:
-        finish_claim(claim, outcome)
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:

@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 from .extras import MissingExtraError
 from .metrics import EpisodeOutcome
 from .rollout.runner import RolloutConfig
-from .run_dir import sigterm_as_interrupt
+from .run_dir import sigterm_as_interrupt, signals_handled_by
 from .shard import ShardSpec, format_missing, merge_results, results_from_outcomes, run_suite, shard_ranges
 from .suites import Task, auto_n_envs, resolve_tasks
 
@@ -118,16 +118,8 @@ def interrupts_deferred() -> Iterator[None]:
         # os.write, not print: a handler that prints while the main thread prints raises a reentrant-call error
         os.write(2, b"already stopping: saving the results of the finished episodes (Ctrl-C again to stop waiting)\n")
 
-    try:
-        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread: signals cannot be handled here
+    with signals_handled_by(handler, [signal.SIGINT, signal.SIGTERM]):
         yield
-        return
-    try:
-        yield
-    finally:
-        for sig, before in previous.items():
-            signal.signal(sig, before)
 
 
 def run_shard_task(env_spec: str, config: Dict[str, Any], shard: Tuple[int, int], server: Tuple[str, int],

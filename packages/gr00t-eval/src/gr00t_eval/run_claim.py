@@ -8,6 +8,7 @@ machine); never while the claiming process is alive, which would delete its file
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -15,7 +16,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple, Union
 
 from .run_dir import OutputDirError
 
@@ -66,6 +67,21 @@ def holder_record() -> Dict[str, Any]:
     now = time.time()
     return {"pid": os.getpid(), "hostname": socket.gethostname(), "started": _iso(now), "started_unix": now,
             "finished": False}
+
+
+@contextlib.contextmanager
+def finished_however_it_ends(finish: Callable[[str], None]) -> Iterator[None]:
+    """Run the block, then call finish(outcome) however it ended: "complete", "interrupted" (Ctrl-C, SIGTERM made
+    KeyboardInterrupt) or "error"."""
+    outcome = "error"
+    try:
+        yield
+        outcome = "complete"
+    except KeyboardInterrupt:
+        outcome = "interrupted"
+        raise
+    finally:
+        finish(outcome)
 
 
 def finish_claim(claim: Union[str, Path], outcome: str) -> None:

@@ -25,7 +25,7 @@ import shutil
 import signal
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Union
 
 logger = logging.getLogger(__name__)
 
@@ -227,22 +227,19 @@ def claim_resumed_run(directory: Union[str, Path], shard: Any = None) -> None:
 def held_run_claims() -> Iterator[None]:
     """Mark the run files this block claims (write_run_file, claim_resumed_run) finished however it ends, so a
     later --overwrite or --resume may take them; a run killed first (kill -9) leaves the claim of a gone process."""
-    from .run_claim import finish_claim, read_holder
+    from .run_claim import finish_claim, finished_however_it_ends, read_holder
 
     start = len(_CLAIMS_HELD)
-    outcome = "error"
-    try:
-        yield
-        outcome = "complete"
-    except KeyboardInterrupt:
-        outcome = "interrupted"
-        raise
-    finally:
+
+    def finish(outcome: str) -> None:
         taken, _CLAIMS_HELD[start:] = _CLAIMS_HELD[start:], []
         for path in taken:
             holder = read_holder(path)
             if holder is not None and holder.pid == os.getpid() and not holder.finished:  # not replaced meanwhile
                 finish_claim(path, outcome)
+
+    with finished_however_it_ends(finish):
+        yield
 
 
 _CLAIMS_HELD: List[Path] = []  # run files this process claimed and has not yet marked finished
@@ -397,18 +394,27 @@ def _set_eval_ep_s(entry: Dict[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt while the block runs, so `kill` ends a run like Ctrl-C does."""
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
+def signals_handled_by(handler: Callable[[int, Any], None], signals: Sequence[int]) -> Iterator[None]:
+    """Handle `signals` with `handler` while the block runs, then restore the handlers before (off the main
+    thread, where Python cannot handle signals, the block runs with them as they were)."""
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        previous = {sig: signal.signal(sig, handler) for sig in signals}
     except ValueError:  # not the main thread: signals cannot be handled here
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, before in previous.items():
+            signal.signal(sig, before)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt while the block runs, so `kill` ends a run like Ctrl-C does."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    with signals_handled_by(handler, [signal.SIGTERM]):
+        yield
