@@ -1,5 +1,7 @@
 """Server test fixtures: one tiny random-weight GR00T N1.7 checkpoint per test session."""
 
+import shutil
+
 import pytest
 
 
@@ -28,3 +30,13 @@ def model(config):
 
     torch.manual_seed(0)
     return Gr00tN1d7(config).eval()
+
+
+@pytest.fixture
+def copy_of(tiny_checkpoint, tmp_path):
+    """A fresh copy of the session's tiny checkpoint, to damage."""
+    def make():
+        target = tmp_path / "ckpt"
+        shutil.copytree(tiny_checkpoint, target)
+        return target
+    return make

@@ -2,22 +2,11 @@
 found and what was expected, instead of serving another model, silently using a default, or failing later."""
 
 import json
-import shutil
 
 import pytest
 
 from gr00t_server import server as server_module
 from gr00t_server.model import CheckpointError, load_model
-
-
-@pytest.fixture
-def copy_of(tiny_checkpoint, tmp_path):
-    """A fresh copy of the session's tiny checkpoint, to damage."""
-    def make():
-        target = tmp_path / "ckpt"
-        shutil.copytree(tiny_checkpoint, target)
-        return target
-    return make
 
 
 def _edit_json(path, change):

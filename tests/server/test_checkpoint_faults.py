@@ -3,7 +3,6 @@ the field and the problem, never loaded into wrong answers, tracebacks or gigaby
 
 import json
 import re
-import shutil
 
 import numpy as np
 import pytest
@@ -12,16 +11,6 @@ from gr00t_server import server as server_module
 from gr00t_server.model import CheckpointError, load_model
 from gr00t_server.processing import processor as processor_module
 from gr00t_server.processing.image import MAX_ASPECT_RATIO
-
-
-@pytest.fixture
-def copy_of(tiny_checkpoint, tmp_path):
-    """A fresh copy of the session's tiny checkpoint, to damage."""
-    def make():
-        target = tmp_path / "ckpt"
-        shutil.copytree(tiny_checkpoint, target)
-        return target
-    return make
 
 
 def _edit_json(path, change):
