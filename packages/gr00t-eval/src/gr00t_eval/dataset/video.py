@@ -6,7 +6,7 @@ import logging
 import os
 from fractions import Fraction
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import av
 import numpy as np
@@ -46,8 +46,11 @@ def decode_frames_at(path: Path, timestamps: Sequence[float], fps: float) -> Tup
     """Decode the frames shown at `timestamps` (seconds) as uint8 (N, H, W, 3) RGB; also return frames decoded.
 
     Seeks to the keyframe at or before the earliest timestamp and decodes forward until the latest one,
-    so the cost is bounded by the GOP size plus the span asked for, not the video length. A timestamp
-    with no frame within half a frame interval is an error (never a black or neighbouring frame).
+    so the cost is bounded by the GOP size plus the span asked for, not the video length. Each timestamp gets
+    the frame nearest to it; one with no frame within half a frame interval (of `fps`, the dataset's rate) is an
+    error (never a black or neighbouring frame). Nearest, not the first within reach: a video that really runs
+    faster than `fps` has several frames within half an interval, and the first of them is an earlier one (in a
+    v3 file of several episodes, possibly the previous episode's last).
     """
     require_file(path, "video file")
     if len(timestamps) == 0:
@@ -68,19 +71,21 @@ def decode_frames_at(path: Path, timestamps: Sequence[float], fps: float) -> Tup
                 # backward=True lands on the keyframe at or before the target, so decoding forward is exact.
                 container.seek(int(seek_to / time_base), stream=stream, backward=True, any_frame=False)
             pending = list(wanted)
+            previous: Optional[_Decoded] = None
             for frame in container.decode(stream):
                 decoded += 1
                 if frame.pts is None:
                     raise DatasetError(f"{path}: decoded a frame without a timestamp (pts)")
-                time = float(frame.pts * time_base)
-                hits = [t for t in pending if abs(t - time) <= tolerance]
-                if hits:
-                    image = frame.to_ndarray(format="rgb24")
-                    for t in hits:
-                        found[t] = image
-                    pending = [t for t in pending if t not in hits]
-                if not pending or time > wanted[-1] + tolerance:
+                current = _Decoded(float(frame.pts * time_base), frame)
+                # A timestamp is settled by the first frame at (or a rounding error before) it: the nearest frame is
+                # that one or the one before.
+                while pending and current.time >= pending[0] - _SAME_INSTANT_S:
+                    _take_nearest(pending.pop(0), (previous, current), tolerance, found)
+                previous = current
+                if not pending:
                     break
+            for t in pending:  # past the last frame: only that frame may be near enough
+                _take_nearest(t, (previous,), tolerance, found)
     except av.error.FFmpegError as exc:
         raise DatasetError(f"{path}: cannot decode video ({exc})") from exc
     missing = [t for t in wanted if t not in found]
@@ -90,6 +95,30 @@ def decode_frames_at(path: Path, timestamps: Sequence[float], fps: float) -> Tup
             f"(video shorter than the episode, or timestamps off the frame grid)"
         )
     return np.stack([found[float(t)] for t in timestamps]), decoded
+
+
+_SAME_INSTANT_S = 1e-4  # timestamps this close are one instant (float error of t = 0.1 * 3, pts rounding)
+
+
+class _Decoded:
+    """A decoded frame and its time; converted to RGB once, when some timestamp takes it."""
+
+    def __init__(self, time: float, frame: Any) -> None:
+        self.time = time
+        self._frame = frame
+        self._image: Optional[np.ndarray] = None
+
+    def image(self) -> np.ndarray:
+        if self._image is None:
+            self._image = self._frame.to_ndarray(format="rgb24")
+        return self._image
+
+
+def _take_nearest(t: float, candidates: Sequence[Optional[_Decoded]], tolerance: float, found: Dict[float, np.ndarray]) -> None:
+    """found[t] = the candidate frame nearest to t, if one is within `tolerance`."""
+    near = [c for c in candidates if c is not None and abs(c.time - t) <= tolerance]
+    if near:
+        found[t] = min(near, key=lambda c: abs(c.time - t)).image()
 
 
 class Mp4Encoder:
