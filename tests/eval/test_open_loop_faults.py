@@ -306,3 +306,23 @@ def test_open_loop_and_the_rollout_read_a_reported_position_by_one_rule():
     is_position = reported_position.is_position
     assert is_position(0) and is_position(np.int64(7))
     assert not any(is_position(value) for value in (True, 2.0, None, "3", [1]))
+
+
+# --- action steps other than 0..H-1 ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("deltas", [[0, 2, 4, 6], [1, 2, 3, 4]], ids=["strided", "shifted"])
+def test_action_delta_indices_other_than_each_next_step_are_refused_before_scoring(dataset, tmp_path, capsys, deltas):
+    """Chunk element j was scored as step k+j whatever step it was for: a replay of the very same dataset reported
+    MSE in the thousands instead of 0. The reference refuses such a policy; so does open-loop now."""
+    from gr00t_client import ModalityConfig
+
+    configs = dict(ReplayPolicy(dataset).get_modality_config())
+    configs["action"] = ModalityConfig(delta_indices=deltas, modality_keys=configs["action"].modality_keys)
+    with running_server(ReplayPolicy(dataset, configs, execution_horizon=4)) as strided:
+        code = open_loop(dataset, strided.port, tmp_path / "out", "--traj-ids", "0")
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert (f"the policy's action delta_indices are {deltas}; open-loop evaluation needs 0..3 (one action per step "
+            "from the query on), or its scores would compare each action with another step's ground truth") in err
+    assert not (tmp_path / "out" / "results.json").exists()

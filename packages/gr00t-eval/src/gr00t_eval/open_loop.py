@@ -223,6 +223,22 @@ def _chunk(action: Mapping[str, Any], keys: Sequence[str]) -> Dict[str, np.ndarr
     return out
 
 
+def check_action_steps(action: ModalityConfig, execution_horizon: int) -> None:
+    """ValueError unless 1 <= execution_horizon <= the policy's action horizon and its action delta_indices are
+    0..H-1 (as the reference checks): the scores compare chunk element j with the step j after the query, so a
+    chunk of other steps ([0, 2, 4, 6], or one starting at 1) would be scored against the wrong ground truth."""
+    horizon = action.horizon
+    if not 1 <= execution_horizon <= horizon:
+        raise ValueError(f"execution_horizon must be in [1, {horizon}] (the policy's action horizon), got {execution_horizon}")
+    deltas = [int(d) for d in action.delta_indices]
+    if deltas != list(range(horizon)):
+        shown = deltas if len(deltas) <= 8 else [*deltas[:8], "..."]
+        raise ValueError(
+            f"the policy's action delta_indices are {shown}; open-loop evaluation needs 0..{horizon - 1} (one action "
+            "per step from the query on), or its scores would compare each action with another step's ground truth"
+        )
+
+
 def evaluate_trajectory(
     policy: BasePolicy, dataset: LeRobotDataset, traj_id: int, config: OpenLoopConfig,
     configs: Mapping[str, ModalityConfig], report: Callable[[str], None] = logger.info, on_step: Optional[Callable[[], None]] = None,
@@ -233,9 +249,7 @@ def evaluate_trajectory(
     """
     episode = dataset.episode(traj_id)
     action_keys = list(config.modality_keys or configs["action"].modality_keys)
-    horizon = configs["action"].horizon
-    if not 1 <= config.execution_horizon <= horizon:
-        raise ValueError(f"execution_horizon must be in [1, {horizon}] (the policy's action horizon), got {config.execution_horizon}")
+    check_action_steps(configs["action"], config.execution_horizon)
     key_maps = {
         "video": _KeyMap("video", configs["video"].modality_keys if "video" in configs else [], dataset.video_keys),
         "state": _KeyMap("state", configs["state"].modality_keys if "state" in configs else [], dataset.state_keys),
@@ -306,6 +320,7 @@ def evaluate_open_loop(
     configs = policy.get_modality_config()
     if "action" not in configs:
         raise ValueError(f"the policy's modality config has no 'action' modality; got {sorted(configs)}")
+    check_action_steps(configs["action"], config.execution_horizon)
     report(f"Current modality config: \n{ {k: v.to_json_dict() for k, v in configs.items()} }")
     dataset = LeRobotDataset(config.dataset_path)
     report(f"Dataset length: {dataset.num_episodes}")
