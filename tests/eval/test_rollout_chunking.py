@@ -236,3 +236,39 @@ def test_rtc_with_async_chunking_sends_the_buffered_steps_and_scores_the_same(se
 def test_rtc_needs_async_chunking():
     with pytest.raises(ValueError, match="rtc_frozen_steps needs client_chunking='async'"):
         RolloutRunner(TrackingPolicy(), RolloutConfig(env_name=ENV_NAME, client_chunking="sync", rtc_frozen_steps=2))
+
+
+class StepReportingPolicy(TrackingPolicy):
+    """Reports each row's position as a replay server does (current_step before the call, then execution_horizon
+    more), counting from the step_index of its resets: a policy that serves steps by its own count."""
+
+    def __init__(self, execution_horizon):
+        super().__init__()
+        self.execution_horizon = execution_horizon
+        self.steps = None
+
+    def reset(self, options=None):
+        self.steps = list(options["step_index"])
+        return super().reset(options)
+
+    def _get_action(self, observation, options=None):
+        action, info = super()._get_action(observation, options)
+        info = {"current_step": list(self.steps), "execution_horizon": self.execution_horizon}
+        self.steps = [step + self.execution_horizon for step in self.steps]
+        return action, info
+
+
+def test_async_chunking_refuses_a_policy_that_serves_steps_by_its_own_count():
+    """Async chunking asks mid-chunk and lines the reply up with that env step; a replay server answers with the steps
+    after the last ones it sent, so the envs ran recorded steps out of order (a Meta-World expert replay scored 75 %
+    instead of 100 %, exit 0). Every episode now errors with the reason, at its first request."""
+    result, runner = rollout(StepReportingPolicy(execution_horizon=3), client_chunking="async")
+    assert [o.episode_index for o in result.outcomes] == list(range(7))
+    assert all(o.error and "cannot serve --client-chunking async" in o.error for o in result.outcomes)
+    assert runner.chunker.stats.requests <= 7  # one refused request per episode: no env ran on a misaligned chunk
+
+
+@pytest.mark.parametrize("mode", ["off", "sync"])
+def test_a_policy_that_serves_steps_by_its_own_count_still_runs_without_async_chunking(mode):
+    result, _ = rollout(StepReportingPolicy(execution_horizon=3), client_chunking=mode)
+    assert [(o.success, o.length, o.error) for o in result.outcomes] == [(*expected_outcome(s)[:2], None) for s in range(7)]

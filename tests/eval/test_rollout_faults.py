@@ -186,11 +186,14 @@ def test_every_row_of_a_batch_the_restarted_server_no_longer_replays_errors(repl
     assert [o.success for o in result.outcomes[2:]] == [True, True]  # the reset after the restart set the new server right
 
 
-def test_async_chunking_with_a_replay_server_is_not_mistaken_for_a_lost_session(replay_server):
-    # Prefetched chunks make a fixed-advance replay drift (the docs say to replay with the default mode), so episodes
-    # fail; but the server holds every row where it was put, so none is an error.
+def test_async_chunking_with_a_replay_server_errors_every_episode_instead_of_failing_them(replay_server):
+    # Prefetched chunks are lined up with the env step they were asked at, a replay serves the steps after the ones it
+    # sent: the envs would run recorded steps out of order and fail plausibly (a wrong success rate, exit 0). The
+    # replay reports its steps, so each episode errors, naming the modes that work, and none is scored.
     result = replay(replay_server, n_envs=2, client_chunking="async")
-    assert result.n_errors == 0 and len(result.outcomes) == len(LENGTHS)
+    assert len(result.outcomes) == len(LENGTHS) and result.n_errors == len(LENGTHS)
+    assert all("cannot serve --client-chunking async" in o.error and o.error.endswith("use --client-chunking off or sync")
+               for o in result.outcomes)
 
 
 def test_a_replay_server_advancing_other_than_n_action_steps_drifts_with_a_warning_not_errors(dataset, caplog):
