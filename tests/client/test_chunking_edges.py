@@ -191,3 +191,45 @@ def test_weighted_merge_of_integer_steps_rounds_to_the_nearest(dtype, old, new, 
 def test_weighted_merge_of_float_steps_is_unchanged():
     merged = merge_overlap(np.array([1.0], np.float32), np.array([2.0], np.float32), "weighted", new_weight=0.7)
     assert merged.dtype == np.float32 and merged.tolist() == [np.float32(0.7 * 2.0 + 0.3 * 1.0)]
+
+
+# --- key order --------------------------------------------------------------------------------------------
+
+
+class KeyOrderPolicy(BasePolicy):
+    """Returns its action keys in a given (non-alphabetical) order; each key's values name the key."""
+
+    def __init__(self, *orders):
+        super().__init__(strict=False)
+        self.orders = list(orders)
+        self.calls = 0
+
+    def _get_action(self, observation, options=None):
+        order = self.orders[min(self.calls, len(self.orders) - 1)]
+        self.calls += 1
+        widths = {"right_arm": 2, "left_arm": 2, "gripper": 1}
+        fill = {"right_arm": 1.0, "left_arm": 2.0, "gripper": 3.0}
+        return {key: np.full((1, 2, widths[key]), fill[key], np.float32) for key in order}, {}
+
+    def reset(self, options=None):
+        return {}
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_steps_keep_the_policys_key_order_so_joined_values_go_to_the_same_joints(asynchronous):
+    """Keys came back sorted: robot code joining a step's values in dict order sent the gripper's to the right arm."""
+    order = ["right_arm", "left_arm", "gripper"]
+    chunker = ActionChunker(KeyOrderPolicy(order, ["gripper", "right_arm", "left_arm"]), n_action_steps=2,
+                            asynchronous=asynchronous)
+    for _ in range(5):  # across chunks, the later ones returned in another order
+        step, _info = chunker.get_action(obs())
+        assert list(step) == order
+        assert np.concatenate([value[0] for value in step.values()]).tolist() == [1, 1, 2, 2, 3]
+    chunker.close()
+
+
+def test_a_chunk_with_other_keys_is_refused_naming_both_sets():
+    chunker = ActionChunker(KeyOrderPolicy(["right_arm", "gripper"], ["right_arm", "left_arm"]), n_action_steps=1)
+    chunker.get_action(obs())
+    with pytest.raises(ActionError, match=r"action keys changed from \['gripper', 'right_arm'\] to \['left_arm', 'right_arm'\]"):
+        chunker.get_action(obs())

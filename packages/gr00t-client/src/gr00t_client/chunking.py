@@ -324,9 +324,13 @@ class ActionChunker:
         """Check an action chunk {key: (n_rows, H, ...)}; return one {key: (H', ...)} per row."""
         if not isinstance(action, Mapping) or not action:
             raise ActionError(f"policy must return a non-empty dict of (B, H, ...) arrays; got {type(action).__name__}")
-        keys = sorted(action)
-        if self._keys is not None and keys != self._keys:
-            raise ActionError(f"action keys changed from {self._keys} to {keys}")
+        # The policy's own key order, kept from its first chunk: robot code that joins a step's values in dict order
+        # must get the columns it would get from the policy itself (sorted keys sent them to other joints).
+        keys = list(action)
+        if self._keys is not None:
+            if set(keys) != set(self._keys):
+                raise ActionError(f"action keys changed from {sorted(self._keys)} to {sorted(keys)}")
+            keys = self._keys
         # Every check runs before a key, shape or buffer changes: a refused chunk leaves the chunker as it was.
         horizon = None
         for key in keys:
