@@ -6,6 +6,7 @@ import contextlib
 import logging
 import math
 import numbers
+import os
 import threading
 import time
 import uuid
@@ -210,6 +211,7 @@ class PolicyClient(BasePolicy):
         self.return_server_timing = bool(return_server_timing)
         # CURVE encryption (gr00t_client.curve): None for plaintext; an ephemeral key pair when no client key is given.
         self._curve = curve.client_keys(server_public_key, client_secret_key)
+        self._pid = os.getpid()  # the process whose ZeroMQ objects these are (see _adopt_after_fork)
         self._context: Optional[zmq.Context] = zmq.Context()
         self._socket: Optional[zmq.Socket] = None
         self._handshake: Optional[_ReplyWatch] = None  # watches the current socket's handshakes and closings
@@ -230,7 +232,10 @@ class PolicyClient(BasePolicy):
     def _open_socket(self) -> zmq.Socket:
         if self._context is None:
             raise RuntimeError("PolicyClient is closed")
-        sock = self._context.socket(zmq.REQ)
+        try:
+            sock = self._context.socket(zmq.REQ)
+        except zmq.ZMQError as exc:  # e.g. EMFILE: too many open files
+            raise ConnectionError(f"cannot open a socket to {self.address}: {exc}") from exc
         try:
             sock.setsockopt(zmq.LINGER, 0)
             # Only for literals: with IPV6 on, a name like "localhost" could resolve to ::1 while the server is on 127.0.0.1.
@@ -473,9 +478,27 @@ class PolicyClient(BasePolicy):
             call.deadline = time.monotonic() + self.timeout_ms / 1000.0
         return call.deadline
 
+    def _adopt_after_fork(self) -> None:
+        """In a child forked from the process that made this client, start afresh: ZeroMQ objects do not survive a
+        fork (the child's first call spun at full CPU for ever, whatever timeout_ms), and a lock a parent thread held
+        at that moment stays held. The parent's objects are left alone (pyzmq never closes them from another process),
+        so the parent's connection is unaffected; what was learned about the server still holds."""
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        closed, closing = self._context is None, self._closing.is_set()
+        self._socket, self._handshake = None, None
+        self._lock, self._lock_owner = threading.RLock(), None
+        self._closing, self._call = threading.Event(), threading.local()
+        if closing:
+            self._closing.set()
+        self._context = None if closed else zmq.Context()
+        logger.debug("PolicyClient for %s in forked process %d: new ZeroMQ context and socket", self.address, self._pid)
+
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """Hold the client's lock for one call; a close() asked for meanwhile from this thread is done on the way out."""
+        self._adopt_after_fork()
         with self._lock:
             outer = self._lock_owner
             self._lock_owner = threading.get_ident()
@@ -574,10 +597,10 @@ class PolicyClient(BasePolicy):
     def close(self) -> None:
         """Close the socket and context without waiting for undelivered messages; safe from any thread, at any
         moment: a call in flight in another thread stops waiting (ConnectionError) within CLOSE_POLL_MS."""
-        closing = getattr(self, "_closing", None)
-        if closing is None:  # __init__ failed before the lock existed
+        if getattr(self, "_closing", None) is None:  # __init__ failed before the lock existed
             return
-        closing.set()
+        self._adopt_after_fork()  # a forked child closes its own objects, never the parent's
+        self._closing.set()
         with self._lock:  # reentrant: on the thread in a call (a signal handler) it is ours at once
             if self._lock_owner == threading.get_ident():
                 # A call on this thread was interrupted mid-way: it sees _closing within CLOSE_POLL_MS and closes

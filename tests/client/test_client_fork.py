@@ -1,0 +1,83 @@
+"""A PolicyClient used in a process forked from the one that made it (multiprocessing's fork, gymnasium's
+AsyncVectorEnv workers): the child gets its own ZeroMQ context and socket, the parent's connection is unaffected.
+The child's first call used to spin at full CPU for ever, whatever timeout_ms. Real sockets on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+
+import pytest
+from reference_peer import EchoPolicy, libero_like_observation
+from serving import running_server
+
+from gr00t_client import PolicyClient
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "darwin", reason="needs os.fork (Linux)")
+
+
+def in_child(work, timeout_s=20.0):
+    """Run work() in a forked child; (exit code, what it wrote) - exit code None when it had to be killed."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        code = 1
+        try:
+            os.write(write_end, str(work()).encode())
+            code = 0
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            os.write(write_end, f"{type(exc).__name__}: {exc}".encode())
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            output = os.read(read_end, 4096).decode()
+            os.close(read_end)
+            return os.waitstatus_to_exitcode(status), output
+        time.sleep(0.02)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    os.close(read_end)
+    return None, "killed: the child's call never returned"
+
+
+def test_a_forked_child_calls_through_its_own_connection_and_the_parent_goes_on():
+    observation = libero_like_observation()
+    with running_server(EchoPolicy()) as server:
+        client = PolicyClient("127.0.0.1", server.port, timeout_ms=3000)
+        client.get_action(observation)  # used before the fork: its context has its threads and socket
+        code, output = in_child(lambda: sorted(client.get_action(observation)[0]))
+        assert code == 0, output
+        assert output == str(sorted(client.get_action(observation)[0]))  # the parent's connection still works
+        assert client.ping()
+        client.close()
+
+
+def test_a_child_forked_while_a_parent_thread_is_in_a_call_is_not_locked_out():
+    observation = libero_like_observation()
+    with running_server(EchoPolicy(delay_s=0.6)) as server:
+        client = PolicyClient("127.0.0.1", server.port, timeout_ms=5000)
+        client.get_action(observation)
+        parent_call = threading.Thread(target=client.get_action, args=(observation,))
+        parent_call.start()
+        time.sleep(0.2)  # the parent thread holds the client's lock, waiting for its reply
+        code, output = in_child(lambda: client.ping())
+        parent_call.join(10)
+        assert code == 0 and output == "True", output
+        client.close()
+
+
+def test_closing_in_the_child_leaves_the_parents_client_open():
+    with running_server(EchoPolicy()) as server:
+        client = PolicyClient("127.0.0.1", server.port, timeout_ms=3000)
+        assert client.ping()
+        code, output = in_child(lambda: client.close())
+        assert code == 0, output
+        assert client.ping()
+        client.close()
