@@ -233,3 +233,74 @@ def test_a_chunk_with_other_keys_is_refused_naming_both_sets():
     chunker.get_action(obs())
     with pytest.raises(ActionError, match=r"action keys changed from \['gripper', 'right_arm'\] to \['left_arm', 'right_arm'\]"):
         chunker.get_action(obs())
+
+
+# --- exit with a prefetch in flight -------------------------------------------------------------------------
+
+
+_EXIT_WITH_PREFETCH_IN_FLIGHT = """
+import sys, time
+import numpy as np, zmq
+from gr00t_client import ActionChunker, PolicyClient
+
+context = zmq.Context()
+router = context.socket(zmq.ROUTER)  # answers the first request, then takes requests and never answers
+port = router.bind_to_random_port("tcp://127.0.0.1")
+client = PolicyClient("127.0.0.1", port, timeout_ms=30000, wire="reference", strict=False)
+import threading
+from gr00t_client import codec
+
+def answer_once():
+    frames = router.recv_multipart()
+    chunk = {"action.x": np.zeros((1, 4, 1), np.float32)}
+    router.send_multipart([*frames[:-1], codec.encode([chunk, {}])])
+    while True:
+        router.recv_multipart()
+
+threading.Thread(target=answer_once, daemon=True).start()
+client._server_is_ours = False  # a reference server: no negotiation round trip
+chunker = ActionChunker(client, asynchronous=True, prefetch_steps=3)
+observation = {"state": {"t": np.zeros((1, 1), np.float32)}}
+chunker.get_action(observation)
+chunker.get_action(observation)  # 3 steps left: the prefetch goes out and is never answered
+time.sleep(0.2)
+print("exiting", flush=True)
+"""
+
+
+def test_a_program_exits_at_once_with_a_prefetch_in_flight_to_a_stalled_server():
+    """The prefetch ran on an executor thread, which exit joins: the program waited out timeout_ms (30 s here)."""
+    import subprocess
+    import sys
+    import time
+
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", _EXIT_WITH_PREFETCH_IN_FLIGHT], capture_output=True, text=True, timeout=60)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0 and "exiting" in proc.stdout, proc.stderr
+    assert elapsed < 15, f"exit took {elapsed:.1f} s"
+
+
+def test_close_ends_the_prefetch_thread_and_a_dropped_chunker_does_too():
+    import gc
+    import threading
+    import time
+
+    def prefetch_threads():
+        return [t for t in threading.enumerate() if t.name == "gr00t-chunk-prefetch"]
+
+    before = len(prefetch_threads())
+    chunker = ActionChunker(ScriptedPolicy(steps(0)), asynchronous=True, prefetch_steps=3)
+    chunker.get_action(obs())
+    chunker.get_action(obs())
+    chunker.close()
+    dropped = ActionChunker(ScriptedPolicy(steps(0)), asynchronous=True, prefetch_steps=3)
+    dropped.get_action(obs())
+    dropped.get_action(obs())
+    dropped.wait_for_prefetch(5)
+    del dropped
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while len(prefetch_threads()) > before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(prefetch_threads()) == before

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import logging
 import numbers
+import queue
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+import weakref
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -68,6 +70,41 @@ def merge_overlap(old: np.ndarray, new: np.ndarray, rule: Union[str, MergeFn] = 
             merged = np.rint(merged)
         return merged.astype(new.dtype, copy=False)
     raise ValueError(f"merge rule must be one of {MERGE_RULES} or a callable; got {rule!r}")
+
+
+class _PrefetchWorker:
+    """One daemon thread that runs the chunker's background requests in turn, each with its Future.
+
+    Not a ThreadPoolExecutor: a program's exit joins an executor's worker, so with a request in flight to a stalled
+    server, exit waited out timeout_ms. The thread ends with stop(), or once its chunker is garbage collected."""
+
+    def __init__(self) -> None:
+        self._queue: "queue.SimpleQueue[Optional[Tuple[Future, Callable[..., Any], Tuple[Any, ...]]]]" = queue.SimpleQueue()
+        threading.Thread(target=self._run, args=(self._queue,), name="gr00t-chunk-prefetch", daemon=True).start()
+
+    @staticmethod
+    def _run(jobs: "queue.SimpleQueue[Optional[Tuple[Future, Callable[..., Any], Tuple[Any, ...]]]]") -> None:
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            future, function, args = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(function(*args))
+            except BaseException as exc:  # noqa: BLE001 - the caller's get_action re-raises it
+                future.set_exception(exc)
+            del job, future, function, args  # the function is the chunker's: waiting here must not keep it alive
+
+    def submit(self, function: Callable[..., Any], *args: Any) -> Future:
+        future: Future = Future()
+        self._queue.put((future, function, args))
+        return future
+
+    def stop(self) -> None:
+        """End the thread after the request it runs (if any); returns at once."""
+        self._queue.put(None)
 
 
 @dataclass
@@ -189,8 +226,8 @@ class ActionChunker:
         self._steps_taken: List[int] = []
         self._generations: List[int] = []
         self._lock = threading.RLock()
-        self._executor: Optional[ThreadPoolExecutor] = None
         self._pending: Optional[_Prefetch] = None
+        self._worker: Optional[_PrefetchWorker] = None  # started by the first prefetch
         self._last_info: Dict[str, Any] = {}
 
     # --- public API -----------------------------------------------------------------------------
@@ -268,12 +305,16 @@ class ActionChunker:
         return True
 
     def close(self) -> None:
-        """Wait for a background request to end and stop the worker thread."""
+        """Wait for a background request to end (the policy may not be used by two callers at once). Closing a
+        PolicyClient first ends its request in flight at once. A program that exits without closing does not wait:
+        background requests run on daemon threads."""
         with self._lock:
-            if self._executor is not None:
-                self._executor.shutdown(wait=True)
-                self._executor = None
+            if self._pending is not None:
+                self._pending.future.exception()
             self._pending = None
+            if self._worker is not None:
+                self._worker.stop()
+                self._worker = None
 
     def __enter__(self) -> "ActionChunker":
         return self
@@ -379,6 +420,12 @@ class ActionChunker:
         length = len(next(iter(buffer.values()))) if buffer is not None else 0
         return length // 2
 
+    def _prefetch_worker(self) -> _PrefetchWorker:
+        if self._worker is None:
+            self._worker = _PrefetchWorker()
+            weakref.finalize(self, self._worker.stop)  # a chunker dropped without close() ends its thread too
+        return self._worker
+
     def _maybe_prefetch(self, observation: Any, options: Optional[Dict[str, Any]]) -> None:
         low = [i for i in range(self._n_envs or 0) if self._remaining(i) <= self._threshold(i)]
         if not low:
@@ -389,11 +436,9 @@ class ActionChunker:
         rtc = self._rtc_options(ids)
         if rtc is not None:
             request_options = {**(request_options or {}), "rtc": rtc}
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gr00t-chunk-prefetch")
         self.stats.prefetches += 1
         self._pending = _Prefetch(
-            future=self._executor.submit(self._request, request_obs, request_options),
+            future=self._prefetch_worker().submit(self._request, request_obs, request_options),
             env_ids=ids,
             generations=[self._generations[i] for i in ids],
             steps_at_observation=[self._steps_taken[i] - 1 for i in ids],  # this call's step was already taken
