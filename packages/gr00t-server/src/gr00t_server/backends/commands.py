@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -92,27 +90,59 @@ def run(args: argparse.Namespace) -> int:
     raise ValueError(f"unknown backend command {args.command!r}; expected one of {list(COMMANDS)}")
 
 
+def _export_folder(output: Path) -> Path:
+    """The real folder behind --output (a symlink resolved, so staging lands on its filesystem), created."""
+    folder = output.resolve()
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--output {output} is not a directory")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot create --output {output}: {exc.strerror or exc}") from exc
+    return folder
+
+
+def _expected_files(mode: str, precision: str) -> list[str]:
+    """The files an export of `mode` will write (checked for collisions before the long export starts)."""
+    from gr00t_server.backends.common import EXPORT_METADATA, MODE_SUBMODULES, onnx_file_name
+
+    names = [onnx_file_name(name, "fp32" if name == "vit" else precision) for name in MODE_SUBMODULES[mode]]
+    return [*names, *(name + ".data" for name in names), EXPORT_METADATA]
+
+
 def _export(args: argparse.Namespace) -> int:
-    from gr00t_server.backends.export import clear_export_dir, export_checkpoint
+    from gr00t_server.backends.export import export_checkpoint
+    from gr00t_server.backends.export_dir import (
+        check_collisions,
+        make_work_dir,
+        own_files,
+        remove_stale_work_dirs,
+        sigterm_as_interrupt,
+        swap_in,
+    )
 
     device = args.device or _default_device()
     precision = args.precision or ("bf16" if device.startswith("cuda") else "fp32")
-    # Exported beside the output first: a failed export (a bad tag, out of memory, Ctrl-C) leaves an earlier export
-    # in --output as it was; only a finished one replaces its files.
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.exporting-", dir=output.parent))
-    try:
-        metadata = export_checkpoint(
-            args.model_path, staging, mode=args.mode, precision=precision,
-            batch_size=args.batch_size, embodiment_tag=args.embodiment_tag, device=device,
-        )
-        output.mkdir(exist_ok=True)
-        clear_export_dir(output)
-        for path in staging.iterdir():
-            os.replace(path, output / path.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    # Exported into a hidden folder inside the output first (same filesystem, so the swap is renames only): a
+    # failed or interrupted export (a bad tag, out of memory, Ctrl-C, SIGTERM) leaves an earlier export as it was.
+    folder = _export_folder(Path(args.output))
+    remove_stale_work_dirs(folder)
+    own = own_files(folder)
+    check_collisions(folder, _expected_files(args.mode, precision), own)
+    with sigterm_as_interrupt():
+        staging = make_work_dir(folder, "staging")
+        try:
+            try:
+                metadata = export_checkpoint(
+                    args.model_path, staging, mode=args.mode, precision=precision,
+                    batch_size=args.batch_size, embodiment_tag=args.embodiment_tag, device=device,
+                )
+            except OSError as exc:  # disk full, read-only: name the folder even when the OS names no file
+                where = exc.filename or folder
+                raise ValueError(f"{where}: {exc.strerror or exc}; the earlier export in {folder} is unchanged") from exc
+            swap_in(folder, staging, own)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     print(f"Exported {args.mode} ({precision}) to {args.output}:")
     for name, info in metadata["submodules"].items():
         shapes = ", ".join(f"{k}{v['shape']}" for k, v in info["inputs"].items())

@@ -90,13 +90,18 @@ def check_model_identity(recorded: dict[str, Any], model: nn.Module, source: Uni
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:
-    """Load a metadata JSON file or raise BackendError naming it."""
+    """Load a metadata JSON object or raise BackendError naming the file."""
     if not path.is_file():
         raise BackendError(f"{what} not found: {path}")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BackendError(f"{path} is not valid JSON: {exc}") from exc
+    except OSError as exc:
+        raise BackendError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if not isinstance(data, dict):
+        raise BackendError(f"{path}: expected a JSON object, got {type(data).__name__}; re-export it")
+    return data
 
 
 def write_json(path: Path, data: dict[str, Any]) -> Path:
@@ -106,8 +111,97 @@ def write_json(path: Path, data: dict[str, Any]) -> Path:
 
 
 def read_export_metadata(onnx_dir: Union[str, Path]) -> dict[str, Any]:
-    """`export_metadata.json` of an export directory."""
-    return read_json(Path(onnx_dir) / EXPORT_METADATA, "ONNX export metadata")
+    """`export_metadata.json` of an export directory, its structure checked (BackendError naming file and key)."""
+    path = Path(onnx_dir) / EXPORT_METADATA
+    metadata = read_json(path, "ONNX export metadata")
+    check_export_structure(metadata, path)
+    return metadata
+
+
+def _is_plain_name(name: Any) -> bool:
+    """A file name inside the export folder: no directory part, no `..`, not absolute."""
+    return isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name and "\\" not in name
+
+
+def check_export_structure(metadata: dict[str, Any], path: Union[str, Path]) -> None:
+    """Raise BackendError when the metadata's keys have the wrong types or list files outside the folder."""
+
+    def bad(key: str, expected: str) -> BackendError:
+        return BackendError(f"{path}: {key} must be {expected}; re-export it with `gr00t-server export`")
+
+    if not isinstance(metadata.get("model_identity", {}), dict):
+        raise bad("model_identity", "an object")
+    mode = metadata.get("export_mode")
+    if mode not in MODE_SUBMODULES:
+        raise bad("export_mode", f"one of {list(MODE_SUBMODULES)} (got {mode!r})")
+    submodules = metadata.get("submodules")
+    if not isinstance(submodules, dict):
+        raise bad("submodules", "an object")
+    unknown = sorted(set(submodules) - set(MODE_SUBMODULES[mode]))
+    missing = [name for name in MODE_SUBMODULES[mode] if name not in submodules]
+    if unknown or missing:
+        what = f"unknown {unknown}" if unknown else f"missing {missing}"
+        raise bad("submodules", f"exactly {list(MODE_SUBMODULES[mode])} for export_mode {mode!r} ({what})")
+    for name, info in submodules.items():
+        key = f"submodules.{name}"
+        if not isinstance(info, dict):
+            raise bad(key, "an object")
+        if not _is_plain_name(info.get("file")):
+            raise bad(f"{key}.file", f"a file name inside the export folder (got {info.get('file')!r})")
+        if not isinstance(info.get("inputs", {}), dict) or not isinstance(info.get("outputs", {}), dict):
+            raise bad(f"{key}.inputs/outputs", "objects")
+        files = info.get("files")
+        if files is None:
+            continue
+        if not isinstance(files, dict) or info["file"] not in files:
+            raise bad(f"{key}.files", f"an object that lists {info['file']!r}")
+        for file, digest in files.items():
+            if not _is_plain_name(file):
+                raise bad(f"{key}.files", f"file names inside the export folder (got {file!r})")
+            if not (isinstance(digest, dict) and isinstance(digest.get("size"), int)
+                    and isinstance(digest.get("sha256"), str)):
+                raise bad(f"{key}.files.{file}", "{\"size\": int, \"sha256\": str}")
+
+
+def export_files(metadata: dict[str, Any]) -> list[str]:
+    """Every file an export wrote (ONNX graphs and their `.onnx.data`), as listed in its checked metadata."""
+    names: list[str] = []
+    for info in metadata["submodules"].values():
+        names.extend(info["files"] if "files" in info else (info["file"], info["file"] + ".data"))
+    return names
+
+
+def file_digest(path: Path, chunk_bytes: int = 1 << 24) -> dict[str, Any]:
+    """`{"size", "sha256"}` of a file: what export records and serving checks (a copied file keeps its mtime)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(chunk_bytes):
+            digest.update(chunk)
+    return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def check_export_files(onnx_dir: Union[str, Path], metadata: dict[str, Any]) -> None:
+    """Raise BackendError naming the first file whose size or sha256 differs from the export's record.
+
+    A folder mixing files of two exports (a partial copy, a file copied in by hand) would otherwise serve
+    another checkpoint's weights without a word.
+    """
+    folder = Path(onnx_dir)
+    for info in metadata["submodules"].values():
+        if "files" not in info:
+            raise BackendError(
+                f"{folder / EXPORT_METADATA} records no file hashes (written by an older gr00t-server), so its files "
+                f"cannot be checked; re-export it with `gr00t-server export`"
+            )
+        for name, recorded in info["files"].items():
+            path = folder / name
+            if not path.is_file():
+                raise BackendError(f"{path} is listed in {EXPORT_METADATA} but missing")
+            if path.stat().st_size != recorded["size"] or file_digest(path)["sha256"] != recorded["sha256"]:
+                raise BackendError(
+                    f"{path} is not the file this export wrote (size or sha256 differs from {EXPORT_METADATA}); "
+                    f"it may come from another export: re-export into {folder}"
+                )
 
 
 def model_of(policy: Any) -> nn.Module:

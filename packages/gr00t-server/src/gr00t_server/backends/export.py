@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import copy
 import logging
-import shutil
+import os
+import stat
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from gr00t_server.backends.common import (
     PRECISION_OF_DTYPE,
     TORCH_DTYPES,
     BackendError,
+    file_digest,
     model_identity,
     model_of,
     onnx_file_name,
@@ -229,8 +231,10 @@ def export_onnx(spec: ExportSpec, path: Path) -> dict[str, Any]:
         with torch.no_grad():
             outputs = spec.module(*spec.inputs)
     outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    written = [path] + [p for p in (path.parent / (path.name + ".data"),) if p.exists()]
     return {
         "file": path.name,
+        "files": {p.name: file_digest(p) for p in written},
         "inputs": {n: {**_value_info(v), "dynamic_axes": spec.dynamic_axes.get(n, {})} for n, v in zip(spec.input_names, spec.inputs)},
         "outputs": {n: {**_value_info(v), "dynamic_axes": spec.dynamic_axes.get(n, {})} for n, v in zip(spec.output_names, outputs)},
     }
@@ -246,6 +250,8 @@ def _save_consolidated(source: Path, target: Path, external: bool) -> None:
         stale.unlink(missing_ok=True)
     if external:
         onnx.save_model(model, str(target), save_as_external_data=True, all_tensors_to_one_file=True, location=data_name)
+        # onnx writes the data file 0600; give it the graph's mode so a server running as another user reads both
+        os.chmod(target.parent / data_name, stat.S_IMODE(target.stat().st_mode))
     else:
         onnx.save_model(model, str(target))
 
@@ -374,8 +380,10 @@ def export_checkpoint(
 
 
 def clear_export_dir(output_dir: Union[str, Path]) -> None:
-    """Remove previous ONNX files and metadata so a re-export never mixes generations."""
+    """Remove the files of the export in `output_dir`, as its metadata lists them; nothing a user put there."""
+    from gr00t_server.backends.export_dir import own_files
+
     out = Path(output_dir)
-    for pattern in ("*.onnx", "*.onnx.data", EXPORT_METADATA):
-        for path in out.glob(pattern):
-            path.unlink() if path.is_file() else shutil.rmtree(path)
+    for name in reversed(own_files(out)):  # metadata first: a half-cleared folder never looks whole
+        if (out / name).is_file() or (out / name).is_symlink():
+            (out / name).unlink()

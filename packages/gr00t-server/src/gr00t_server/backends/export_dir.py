@@ -1,0 +1,156 @@
+"""The export folder's life cycle: stage beside the old export, swap it in whole, delete only our own files."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+from typing import Iterator, Optional
+
+from gr00t_server.backends.common import EXPORT_METADATA, BackendError, export_files, read_export_metadata
+
+logger = logging.getLogger(__name__)
+
+# Hidden work folders inside the export folder: on its filesystem, so every move is a rename (no EXDEV).
+WORK_PREFIX = ".gr00t-export-"
+
+
+def own_files(folder: Path) -> list[str]:
+    """Names of the files the export in `folder` wrote (its metadata last), or [] when it holds no export."""
+    if not (folder / EXPORT_METADATA).exists():
+        return []
+    try:
+        metadata = read_export_metadata(folder)
+    except BackendError as exc:
+        raise BackendError(f"{exc}; move it away or delete it to export into {folder}") from exc
+    return [*export_files(metadata), EXPORT_METADATA]
+
+
+def check_collisions(folder: Path, new_names: list[str], own: list[str]) -> None:
+    """Refuse to overwrite a file in `folder` that an earlier export did not write (it is the user's)."""
+    foreign = sorted(name for name in new_names if name not in own and os.path.lexists(folder / name))
+    if foreign:
+        raise BackendError(
+            f"{folder / foreign[0]} was not written by an earlier export (not listed in its {EXPORT_METADATA}); "
+            f"move it away or choose another --output"
+        )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def remove_stale_work_dirs(folder: Path) -> None:
+    """Delete work folders left by an export that was killed (SIGKILL, power loss): their process is gone."""
+    for path in folder.glob(WORK_PREFIX + "*"):
+        parts = path.name[len(WORK_PREFIX):].split("-")  # <kind>-<pid>-<random>
+        pid = parts[1] if len(parts) == 3 else ""
+        if path.is_dir() and not path.is_symlink() and pid.isdigit() and not _pid_alive(int(pid)):
+            logger.info("removing %s, left by an interrupted export", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def make_work_dir(folder: Path, kind: str) -> Path:
+    """A fresh hidden folder `.gr00t-export-<kind>-<pid>-<random>` inside `folder`."""
+    return Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{kind}-{os.getpid()}-", dir=folder))
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt, so `finally` blocks clean up as on Ctrl-C."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:  # not the main thread: signals cannot be handled here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM during a short critical section; raise KeyboardInterrupt after it if one came."""
+    received: list[int] = []
+    previous = {}
+    try:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, lambda s, f: received.append(s))
+    except ValueError:  # not the main thread
+        pass
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+    if received:
+        raise KeyboardInterrupt(f"signal {received[0]}")
+
+
+def _disk_error(exc: OSError, folder: Path) -> BackendError:
+    where = exc.filename or folder
+    if exc.errno == errno.EXDEV:
+        return BackendError(f"cannot move files within {folder} ({exc.strerror}); the earlier export is unchanged")
+    return BackendError(f"{where}: {exc.strerror or exc}; the earlier export in {folder} is unchanged")
+
+
+def swap_in(folder: Path, staging: Path, own: list[str]) -> None:
+    """Replace the earlier export's files (`own`) in `folder` by the staged ones, all or nothing.
+
+    The old files go aside into a backup folder first (metadata first), the new ones come in (metadata last),
+    and any failure moves the old ones back; signals wait until the swap is over.
+    """
+    new_names = sorted(p.name for p in staging.iterdir())
+    new_names.sort(key=lambda name: name == EXPORT_METADATA)  # metadata last: it makes the folder an export
+    check_collisions(folder, new_names, own)
+    backup = make_work_dir(folder, "previous")
+    moved_aside: list[str] = []
+    moved_in: list[str] = []
+    with signals_deferred():
+        try:
+            for name in sorted(own, key=lambda n: n != EXPORT_METADATA):  # metadata first: no half folder looks whole
+                if os.path.lexists(folder / name):
+                    os.replace(folder / name, backup / name)
+                    moved_aside.append(name)
+            for name in new_names:
+                os.replace(staging / name, folder / name)
+                moved_in.append(name)
+        except BaseException as exc:
+            _roll_back(folder, staging, backup, moved_in, moved_aside)
+            if isinstance(exc, OSError):
+                raise _disk_error(exc, folder) from exc
+            raise
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def _roll_back(folder: Path, staging: Path, backup: Path, moved_in: list[str], moved_aside: list[str]) -> None:
+    """Undo a partial swap: new files back to staging, old files back into `folder` (metadata last)."""
+    failed: Optional[str] = None
+    for name in reversed(moved_in):
+        with contextlib.suppress(OSError):
+            os.replace(folder / name, staging / name)
+    for name in sorted(moved_aside, key=lambda n: n == EXPORT_METADATA):
+        try:
+            os.replace(backup / name, folder / name)
+        except OSError:
+            failed = failed or name
+    if failed:
+        logger.error("could not restore %s; the earlier export's files are in %s", folder / failed, backup)
+    else:
+        shutil.rmtree(backup, ignore_errors=True)

@@ -1,0 +1,300 @@
+"""The export folder's life cycle: re-export over an earlier export, foreign files, interrupts, and what serving trusts."""
+
+import argparse
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from gr00t_server.backends import BackendError, apply_inference_mode, commands
+from gr00t_server.backends import export as export_module
+from gr00t_server.backends.common import EXPORT_METADATA, model_of
+from gr00t_server.backends.export import export_policy
+from gr00t_server.cli import main
+from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+from gr00t_server.test_checkpoint import example_observation
+
+pytest.importorskip("onnxruntime")
+
+TAG = "new_embodiment"
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers(dest="command"))
+    return parser.parse_args(argv)
+
+
+def export_argv(checkpoint, output):
+    return ["export", "--model-path", str(checkpoint), "--output", str(output), "--mode", "dit_only",
+            "--precision", "fp32", "--embodiment-tag", TAG, "--device", "cpu"]
+
+
+def snapshot(folder):
+    """Every visible and hidden entry of a folder with its bytes (None for folders)."""
+    return {p.name: (p.read_bytes() if p.is_file() else None) for p in Path(folder).iterdir()}
+
+
+def metadata_of(folder):
+    return json.loads((Path(folder) / EXPORT_METADATA).read_text())
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_checkpoint):
+    return Gr00tPolicy(tiny_checkpoint, TAG, device="cpu", dtype="fp32")
+
+
+@pytest.fixture(scope="module")
+def observation(tiny_checkpoint):
+    return example_observation(tiny_checkpoint, TAG, batch_size=1, seed=1)
+
+
+@pytest.fixture(scope="module")
+def base_export(tiny_checkpoint, tmp_path_factory):
+    """A dit_only fp32 export made through the `export` command (copied, never changed, by the tests)."""
+    out = tmp_path_factory.mktemp("base") / "onnx"
+    assert commands.run(parse(export_argv(tiny_checkpoint, out))) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def other_export(tiny_checkpoint, observation, tmp_path_factory):
+    """A dit_only fp32 export of other DiT weights of the same architecture."""
+    policy = Gr00tPolicy(tiny_checkpoint, TAG, device="cpu", dtype="fp32")
+    with torch.no_grad():
+        for parameter in model_of(policy).action_head.model.parameters():
+            parameter.add_(0.01)
+    out = tmp_path_factory.mktemp("other") / "onnx"
+    export_policy(policy, observation, out, mode="dit_only")
+    return out
+
+
+@pytest.fixture
+def earlier(base_export, tmp_path):
+    """A copy of the base export that a test re-exports into."""
+    out = tmp_path / "onnx"
+    shutil.copytree(base_export, out)
+    return out
+
+
+def fake_filesystem_boundary(monkeypatch, folder):
+    """os.replace raises EXDEV for a move into or out of `folder`, as for a mount point or tmpfs."""
+    real_replace, inside_root = os.replace, Path(folder).resolve()
+
+    def inside(path):
+        resolved = Path(path).resolve()
+        return resolved == inside_root or inside_root in resolved.parents
+
+    def replace(src, dst, *args, **kwargs):
+        if inside(src) != inside(dst):
+            raise OSError(errno.EXDEV, "Invalid cross-device link", str(src), None, str(dst))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+# --- another filesystem, failed and interrupted swaps ---------------------------------------------
+
+
+def test_export_into_a_folder_on_another_filesystem_succeeds(tiny_checkpoint, earlier, monkeypatch):
+    fake_filesystem_boundary(monkeypatch, earlier)
+    metadata = metadata_of(earlier)
+    metadata["submodules"]["dit"]["marker"] = "earlier"  # tells the earlier export's metadata from the new one
+    (earlier / EXPORT_METADATA).write_text(json.dumps(metadata))
+    assert commands.run(parse(export_argv(tiny_checkpoint, earlier))) == 0
+    assert "marker" not in metadata_of(earlier)["submodules"]["dit"]
+    assert sorted(p.name for p in earlier.iterdir()) == ["dit_fp32.onnx", EXPORT_METADATA]
+
+
+def test_export_through_a_symlink_to_another_filesystem_stages_beside_the_real_folder(
+        tiny_checkpoint, earlier, tmp_path, monkeypatch):
+    link = tmp_path / "link"
+    link.symlink_to(earlier)
+    fake_filesystem_boundary(monkeypatch, earlier)
+    assert commands.run(parse(export_argv(tiny_checkpoint, link))) == 0
+    assert sorted(p.name for p in earlier.iterdir()) == ["dit_fp32.onnx", EXPORT_METADATA]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "onnx"]  # nothing staged beside the link
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt(), OSError(errno.EIO, "Input/output error")])
+def test_a_swap_that_fails_midway_leaves_the_earlier_export_whole(tiny_checkpoint, earlier, monkeypatch, failure):
+    before = snapshot(earlier)
+    real_replace = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if Path(dst) == earlier / EXPORT_METADATA and ".gr00t-export-previous" not in str(src):
+            raise failure  # the last move of the swap: the new files are in, the old ones aside
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises((KeyboardInterrupt, ValueError)) as info:
+        commands.run(parse(export_argv(tiny_checkpoint, earlier)))
+    assert "\n" not in str(info.value)
+    assert snapshot(earlier) == before
+
+
+# --- files the export did not write ---------------------------------------------------------------
+
+
+def test_re_export_leaves_files_it_did_not_write_alone(tiny_checkpoint, earlier):
+    (earlier / "detector.onnx").write_text("a user's model")
+    (earlier / "detector.onnx.data").write_text("its weights")
+    (earlier / "yolo.onnx").mkdir()
+    (earlier / "yolo.onnx" / "model.bin").write_text("weights")
+    (earlier / "notes.txt").write_text("notes")
+    assert commands.run(parse(export_argv(tiny_checkpoint, earlier))) == 0
+    assert (earlier / "detector.onnx").read_text() == "a user's model"
+    assert (earlier / "detector.onnx.data").read_text() == "its weights"
+    assert (earlier / "yolo.onnx" / "model.bin").read_text() == "weights"
+    assert (earlier / "notes.txt").read_text() == "notes"
+    assert (earlier / "dit_fp32.onnx").is_file()
+
+
+def test_export_refuses_to_overwrite_a_file_it_did_not_write(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "models"
+    out.mkdir()
+    (out / "dit_fp32.onnx").write_text("a user's model")
+    assert main(export_argv(tiny_checkpoint, out)) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and str(out / "dit_fp32.onnx") in error and "was not written by an earlier export" in error
+    assert (out / "dit_fp32.onnx").read_text() == "a user's model"
+    assert sorted(p.name for p in out.iterdir()) == ["dit_fp32.onnx"]
+
+
+# --- interrupts -----------------------------------------------------------------------------------
+
+
+def test_sigterm_during_export_removes_the_staged_files(earlier, tmp_path):
+    script = textwrap.dedent(f"""
+        import os, signal, sys, time
+        from pathlib import Path
+        from gr00t_server.backends import export
+        def export_checkpoint(model_path, output_dir, **kwargs):
+            (Path(output_dir) / "dit_fp32.onnx").write_bytes(b"partial")
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)
+        export.export_checkpoint = export_checkpoint
+        from gr00t_server.cli import main
+        sys.exit(main(["export", "--model-path", "unused", "--output", {str(earlier)!r}, "--mode", "dit_only",
+                       "--precision", "fp32", "--device", "cpu"]))
+    """)
+    before = snapshot(earlier)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 130, result.stderr
+    assert snapshot(earlier) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx"]
+
+
+def test_a_staging_folder_left_by_a_killed_export_is_removed_by_the_next(tiny_checkpoint, earlier):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = earlier / f".gr00t-export-staging-{dead.pid}-abc123"
+    stale.mkdir()
+    (stale / "dit_fp32.onnx").write_bytes(b"partial")
+    assert commands.run(parse(export_argv(tiny_checkpoint, earlier))) == 0
+    assert sorted(p.name for p in earlier.iterdir()) == ["dit_fp32.onnx", EXPORT_METADATA]
+
+
+def test_disk_full_names_the_export_folder(earlier, monkeypatch, capsys):
+    def export_checkpoint(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(export_module, "export_checkpoint", export_checkpoint)
+    before = snapshot(earlier)
+    assert main(export_argv("unused", earlier)) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "No space left on device" in error and str(earlier) in error
+    assert snapshot(earlier) == before
+
+
+# --- what serving trusts --------------------------------------------------------------------------
+
+
+def test_export_records_size_and_sha256_of_every_file(base_export):
+    import hashlib
+
+    files = metadata_of(base_export)["submodules"]["dit"]["files"]
+    data = (base_export / "dit_fp32.onnx").read_bytes()
+    assert files == {"dit_fp32.onnx": {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}}
+
+
+def test_serving_refuses_a_file_copied_from_another_export(policy, earlier, other_export):
+    shutil.copy2(other_export / "dit_fp32.onnx", earlier / "dit_fp32.onnx")  # keeps the mtime of a real copy
+    with pytest.raises(BackendError, match="dit_fp32.onnx is not the file this export wrote") as info:
+        apply_inference_mode(policy, "onnxruntime", onnx_dir=earlier)
+    assert "\n" not in str(info.value) and str(earlier / "dit_fp32.onnx") in str(info.value)
+
+
+def test_serving_refuses_an_export_without_file_hashes(policy, earlier):
+    metadata = metadata_of(earlier)
+    del metadata["submodules"]["dit"]["files"]
+    (earlier / EXPORT_METADATA).write_text(json.dumps(metadata))
+    with pytest.raises(BackendError, match="records no file hashes.*re-export it"):
+        apply_inference_mode(policy, "onnxruntime", onnx_dir=earlier)
+
+
+def test_serving_an_intact_export_still_works(policy, earlier):
+    assert apply_inference_mode(Gr00tPolicy(policy.checkpoint_dir, TAG, device="cpu", dtype="fp32"),
+                                "onnxruntime", onnx_dir=earlier)
+
+
+def _set(path, value):
+    def change(metadata):
+        target = metadata
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+        return metadata
+    return change
+
+
+def _drop_file(metadata):
+    del metadata["submodules"]["dit"]["file"]
+    return metadata
+
+
+def _add_submodule(metadata):
+    metadata["submodules"]["foo"] = dict(metadata["submodules"]["dit"])
+    return metadata
+
+
+@pytest.mark.parametrize("change, key", [
+    (lambda metadata: [], "JSON object"),
+    (_set(["submodules"], None), "submodules"),
+    (_set(["submodules"], {}), "submodules"),
+    (_set(["model_identity"], "abc"), "model_identity"),
+    (_drop_file, "submodules.dit.file"),
+    (_set(["submodules", "dit", "file"], "../other/dit_fp32.onnx"), "submodules.dit.file"),
+    (_set(["submodules", "dit", "file"], "/tmp/dit_fp32.onnx"), "submodules.dit.file"),
+    (_add_submodule, "foo"),
+    (_set(["submodules", "dit", "files"], {"../dit_fp32.onnx": {"size": 1, "sha256": "0"}}), "submodules.dit.files"),
+], ids=["list", "submodules-null", "submodules-empty", "identity-string", "no-file", "file-escapes", "file-absolute",
+        "unknown-submodule", "files-escape"])
+def test_malformed_metadata_is_refused_in_one_line_naming_file_and_key(policy, earlier, change, key):
+    (earlier / EXPORT_METADATA).write_text(json.dumps(change(metadata_of(earlier))))
+    with pytest.raises(BackendError) as info:
+        apply_inference_mode(policy, "onnxruntime", onnx_dir=earlier)
+    message = str(info.value)
+    assert "\n" not in message and str(earlier / EXPORT_METADATA) in message and key in message
+
+
+def test_binary_metadata_is_refused_naming_the_file(policy, earlier):
+    (earlier / EXPORT_METADATA).write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(BackendError, match="is not valid JSON") as info:
+        apply_inference_mode(policy, "onnxruntime", onnx_dir=earlier)
+    assert str(earlier / EXPORT_METADATA) in str(info.value)
+
+
+def test_external_data_files_get_the_mode_of_their_graph(policy, observation, tmp_path, monkeypatch):
+    monkeypatch.setattr(export_module, "EXTERNAL_DATA_THRESHOLD", 0)
+    export_policy(policy, observation, tmp_path, mode="dit_only", precision="fp32")
+    graph, data = tmp_path / "dit_fp32.onnx", tmp_path / "dit_fp32.onnx.data"
+    assert data.is_file() and data.stat().st_mode & 0o777 == graph.stat().st_mode & 0o777
+    assert sorted(metadata_of(tmp_path)["submodules"]["dit"]["files"]) == ["dit_fp32.onnx", "dit_fp32.onnx.data"]
