@@ -196,16 +196,19 @@ def test_async_chunking_with_a_replay_server_errors_every_episode_instead_of_fai
                for o in result.outcomes)
 
 
-def test_a_replay_server_advancing_other_than_n_action_steps_drifts_with_a_warning_not_errors(dataset, caplog):
-    # The misconfiguration the docs warn about (--execution-horizon other than --n-action-steps): the server holds every
-    # row where it was put, advanced by its own execution horizon, so nothing was lost; the replay drifts and fails.
+def test_a_replay_server_advancing_other_than_n_action_steps_errors_every_episode_instead_of_drifting(dataset):
+    # --execution-horizon other than --n-action-steps: the replay advances its own count per call while the envs run
+    # fewer steps of each chunk, so it drifted and the episodes failed plausibly (a warning only). Each episode now
+    # errors at its first request, saying which setting to change.
     server = RestartableServer(lambda: replay_policy(dataset, execution_horizon=HORIZON))
     try:
         result = replay(server, n_envs=2)
     finally:
         server.stop()
-    assert result.n_errors == 0 and result.success_rate < 0.5
-    assert "will drift (serve with --execution-horizon 2)" in caplog.text
+    assert result.n_errors == len(LENGTHS) and len(result.outcomes) == len(LENGTHS)
+    assert all(f"advances {HORIZON} steps per call, but the envs execute n_action_steps=2 of each chunk" in o.error
+               and o.error.endswith(f"serve it with --execution-horizon 2, or run with --n-action-steps {HORIZON}")
+               for o in result.outcomes)
 
 
 def test_a_lost_position_noted_by_a_prefetch_is_forgotten_only_for_rows_that_restart():

@@ -113,7 +113,6 @@ class PolicyRowCursor:
         self.next_steps = [0] * n_rows
         self.lengths: List[Optional[int]] = [None] * n_rows
         self.n_action_steps = n_action_steps
-        self._warned = False
         # The step the policy must report at its next request, per row (None: unknown); set by each reset.
         self._expected_steps: List[Optional[int]] = [None] * n_rows
         self._position_errors: Dict[int, str] = {}
@@ -125,10 +124,6 @@ class PolicyRowCursor:
         current = _per_row(info.get("current_step"), n)
         horizon = info.get("execution_horizon")
         lengths = _per_row(info.get("episode_length"), n)
-        if is_position(horizon) and horizon != self.n_action_steps and not self._warned:
-            self._warned = True
-            logger.warning("the policy advances %d steps per call but the envs execute n_action_steps=%d; a replayed "
-                           "episode will drift (serve with --execution-horizon %d)", horizon, self.n_action_steps, self.n_action_steps)
         for row in range(n):
             if current is not None and is_position(horizon):
                 self.next_steps[row] = int(current[row]) + int(horizon)
@@ -191,17 +186,28 @@ class PositionCheckedPolicy:
     It also wraps what an ActionChunker calls, so prefetched replies are checked in the order they arrive.
     """
 
-    def __init__(self, policy: Any, cursor: PolicyRowCursor, asynchronous: bool = False) -> None:
+    def __init__(self, policy: Any, cursor: PolicyRowCursor, asynchronous: bool = False,
+                 n_action_steps: Optional[int] = None) -> None:
         self.policy = policy
         self.cursor = cursor
         self.asynchronous = asynchronous  # requests made mid-chunk (client_chunking "async")
+        self.n_action_steps = n_action_steps  # env steps the rollout executes of each chunk
 
     def get_action(self, observation: Any, options: Optional[Dict[str, Any]] = None) -> Tuple[Any, Any]:
         """The policy's (action, info), after the info's positions were checked."""
         # Options only when there are some: the rollout has always called get_action(observation) alone.
         action, info = self.policy.get_action(observation) if options is None else self.policy.get_action(observation, options)
-        if self.asynchronous and isinstance(info, Mapping) and _reports_steps(info):
-            raise ValueError(ASYNC_REPLAY_ERROR)
+        if isinstance(info, Mapping) and _reports_steps(info):
+            if self.asynchronous:
+                raise ValueError(ASYNC_REPLAY_ERROR)
+            horizon = info.get("execution_horizon")
+            if self.n_action_steps is not None and is_position(horizon) and horizon != self.n_action_steps:
+                raise ValueError(
+                    f"the policy serves recorded steps by its own count and advances {horizon} steps per call, but the "
+                    f"envs execute n_action_steps={self.n_action_steps} of each chunk, so the replay would drift (a "
+                    f"wrong success rate); serve it with --execution-horizon {self.n_action_steps}, or run with "
+                    f"--n-action-steps {horizon}"
+                )
         self.cursor.check_reply(info)
         return action, info
 

@@ -372,7 +372,8 @@ class RolloutRunner:
             bar = tqdm(total=len(self.episodes), desc="Episodes")
         self.row_episode = [IDLE] * n_envs
         cursor = PolicyRowCursor(n_envs, self.config.env_steps_per_call)
-        checked = PositionCheckedPolicy(self.policy, cursor, asynchronous=self.config.client_chunking == "async")
+        checked = PositionCheckedPolicy(self.policy, cursor, asynchronous=self.config.client_chunking == "async",
+                                        n_action_steps=self.config.n_action_steps)
         self.chunker = self._make_chunker(checked)
         mapper: Optional[ObservationMapper] = None
         pending: Set[int] = set(range(n_envs))
