@@ -40,3 +40,32 @@ def copy_of(tiny_checkpoint, tmp_path):
         shutil.copytree(tiny_checkpoint, target)
         return target
     return make
+
+
+@pytest.fixture
+def serve_error(capsys, monkeypatch):
+    """serve_error(checkpoint, tag="new_embodiment"): stderr of `gr00t-server serve --model-path checkpoint`, which
+    must fail with exit code 2 in one line. A checkpoint that loads fails the test instead of starting a server."""
+    from gr00t_server import cli
+    from gr00t_server import server as server_module
+
+    class NoServer:
+        def __init__(self, policy, **kwargs):
+            pass
+
+        def start(self):
+            pass
+
+        def run(self):
+            pass
+
+    def run(checkpoint, tag="new_embodiment"):
+        monkeypatch.setattr(server_module, "PolicyServer", NoServer)
+        rc = cli.main(["serve", "--model-path", str(checkpoint), "--embodiment-tag", tag, "--device", "cpu",
+                       "--no-warmup"])
+        err = capsys.readouterr().err
+        assert rc == 2, err
+        assert err.count("\n") == 1, err  # one line, no traceback
+        return err
+
+    return run

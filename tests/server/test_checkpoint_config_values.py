@@ -5,7 +5,6 @@ import json
 
 import pytest
 
-from gr00t_server import server as server_module
 from gr00t_server.model import CheckpointError, load_model
 
 
@@ -23,32 +22,6 @@ def _rename(data, old, new):
     data[new] = data.pop(old)
 
 
-class _NoServer:
-    """Stands in for PolicyServer: binds nothing."""
-
-    def __init__(self, policy, **kwargs):
-        pass
-
-    def start(self):
-        pass
-
-    def run(self):
-        pass
-
-
-def _serve_error(checkpoint, capsys, monkeypatch):
-    """stderr of `gr00t-server serve --model-path checkpoint`, which must fail with exit code 2 in one line."""
-    from gr00t_server import cli
-
-    monkeypatch.setattr(server_module, "PolicyServer", _NoServer)  # a checkpoint that loads must fail the test
-    rc = cli.main(["serve", "--model-path", str(checkpoint), "--embodiment-tag", "new_embodiment", "--device", "cpu",
-                   "--no-warmup"])
-    err = capsys.readouterr().err
-    assert rc == 2, err
-    assert err.count("\n") == 1, err  # one line, no traceback
-    return err
-
-
 def _load_error(checkpoint):
     """The one-line message of the error a Gr00tPolicy load raises."""
     from gr00t_server.policies.gr00t_policy import Gr00tPolicy
@@ -63,10 +36,10 @@ def _load_error(checkpoint):
 
 
 @pytest.mark.parametrize("value", ["llama", "gr00t_n1_5", "", 7])
-def test_a_model_type_of_another_model_is_refused_naming_file_key_and_value(copy_of, capsys, monkeypatch, value):
+def test_a_model_type_of_another_model_is_refused_naming_file_key_and_value(copy_of, value, serve_error):
     checkpoint = copy_of()
     _edit_config(checkpoint, lambda data: data.__setitem__("model_type", value))
-    err = _serve_error(checkpoint, capsys, monkeypatch)
+    err = serve_error(checkpoint)
     assert f"config.json: config field 'model_type' is {json.dumps(value)}; expected \"Gr00tN1d7\"" in err
 
 
@@ -106,11 +79,10 @@ def test_upstream_bookkeeping_and_legacy_keys_in_config_json_still_load(copy_of)
         ("vl_self_attention_cfg", "num_layer", "num_layers"),
     ],
 )
-def test_a_typo_in_a_transformer_config_is_refused_naming_the_close_match(copy_of, capsys, monkeypatch, section, typo,
-                                                                          meant):
+def test_a_typo_in_a_transformer_config_is_refused_naming_the_close_match(copy_of, section, typo, meant, serve_error):
     checkpoint = copy_of()
     _edit_config(checkpoint, lambda data: data[section].__setitem__(typo, 8))
-    err = _serve_error(checkpoint, capsys, monkeypatch)
+    err = serve_error(checkpoint)
     assert f"config.json: config field '{section}' has unknown key '{typo}' (did you mean '{meant}'?)" in err
 
 
@@ -169,20 +141,20 @@ def _edit_processor_kwargs(checkpoint, change):
         ("model_type", "eagle", '"qwen"'),
     ],
 )
-def test_a_processor_config_for_another_backbone_is_refused(copy_of, capsys, monkeypatch, field, value, expected):
+def test_a_processor_config_for_another_backbone_is_refused(copy_of, field, value, expected, serve_error):
     checkpoint = copy_of()
     _edit_processor_kwargs(checkpoint, lambda kwargs: kwargs.__setitem__(field, value))
-    err = _serve_error(checkpoint, capsys, monkeypatch)
+    err = serve_error(checkpoint)
     assert f"processor_config.json: field '{field}' is {json.dumps(value)} (str); expected {expected}" in err
 
 
 @pytest.mark.parametrize("modality", ["action", "state", "video"])
-def test_an_empty_delta_indices_is_refused_at_load_naming_the_modality(copy_of, capsys, monkeypatch, modality):
+def test_an_empty_delta_indices_is_refused_at_load_naming_the_modality(copy_of, modality, serve_error):
     checkpoint = copy_of()
     _edit_processor_kwargs(
         checkpoint, lambda kwargs: kwargs["modality_configs"]["new_embodiment"][modality].__setitem__("delta_indices", [])
     )
-    err = _serve_error(checkpoint, capsys, monkeypatch)
+    err = serve_error(checkpoint)
     assert (f"processor_config.json: modality_configs['new_embodiment']['{modality}']['delta_indices'] is []; "
             "expected a non-empty list of ints") in err
 
@@ -206,11 +178,10 @@ def _replace_with_directory(path):
         ("embodiment_id.json", "expected a JSON file"),
     ],
 )
-def test_a_directory_where_a_checkpoint_file_belongs_is_named_as_a_directory(copy_of, capsys, monkeypatch, name,
-                                                                             expected):
+def test_a_directory_where_a_checkpoint_file_belongs_is_named_as_a_directory(copy_of, name, expected, serve_error):
     checkpoint = copy_of()
     _replace_with_directory(checkpoint / name)
-    err = _serve_error(checkpoint, capsys, monkeypatch)
+    err = serve_error(checkpoint)
     assert f"{checkpoint / name} is a directory; {expected}" in err
 
 

@@ -7,7 +7,6 @@ import re
 import numpy as np
 import pytest
 
-from gr00t_server import server as server_module
 from gr00t_server.model import CheckpointError, load_model
 from gr00t_server.processing import processor as processor_module
 from gr00t_server.processing.image import MAX_ASPECT_RATIO
@@ -209,42 +208,17 @@ def test_serve_accepts_a_tag_that_only_the_checkpoint_declares(custom_tag_checkp
     assert _NoServer.built["policy"].embodiment_tag_value == "my_robot"
 
 
-def test_serve_refuses_a_tag_neither_built_in_nor_in_the_checkpoint_in_one_line(custom_tag_checkpoint, capsys):
-    from gr00t_server import cli
-
-    rc = cli.main(["serve", "--model-path", str(custom_tag_checkpoint), "--embodiment-tag", "their_robot", "--device",
-                   "cpu", "--no-warmup"])
-    err = capsys.readouterr().err
-    assert rc == 2
-    assert err.count("\n") == 1
+def test_serve_refuses_a_tag_neither_built_in_nor_in_the_checkpoint_in_one_line(custom_tag_checkpoint, serve_error):
+    err = serve_error(custom_tag_checkpoint, tag="their_robot")
     assert "Unknown embodiment tag: 'their_robot'" in err and "['my_robot']" in err
 
 
-def test_serve_names_the_checkpoint_tags_when_a_built_in_tag_is_missing_from_it(custom_tag_checkpoint, capsys):
-    from gr00t_server import cli
-
-    rc = cli.main(["serve", "--model-path", str(custom_tag_checkpoint), "--embodiment-tag", "libero_sim", "--device",
-                   "cpu", "--no-warmup"])
-    err = capsys.readouterr().err
-    assert rc == 2
-    assert err.count("\n") == 1
+def test_serve_names_the_checkpoint_tags_when_a_built_in_tag_is_missing_from_it(custom_tag_checkpoint, serve_error):
+    err = serve_error(custom_tag_checkpoint, tag="libero_sim")
     assert "is not supported by this checkpoint" in err and "my_robot" in err
 
 
 # --- 7. damaged files stop start-up with one line naming the file -------------------------------------------
-
-
-def _serve_error(checkpoint, capsys):
-    from gr00t_server import cli
-
-    args = ["--model-path", str(checkpoint), "--embodiment-tag", "new_embodiment", "--device", "cpu"]
-    with pytest.MonkeyPatch.context() as patch:  # a checkpoint that loads must fail the test, not start a server
-        patch.setattr(server_module, "PolicyServer", _NoServer)
-        rc = cli.main(["serve"] + args + ["--no-warmup"])
-    err = capsys.readouterr().err
-    assert rc == 2, err
-    assert err.count("\n") == 1, err  # one line, no traceback
-    return err
 
 
 def _truncate(path):
@@ -260,10 +234,10 @@ def _truncate(path):
     ],
     ids=["truncated", "empty", "corrupt-header"],
 )
-def test_a_damaged_model_safetensors_is_one_line_naming_the_file(copy_of, capsys, damage):
+def test_a_damaged_model_safetensors_is_one_line_naming_the_file(copy_of, damage, serve_error):
     checkpoint = copy_of()
     damage(checkpoint / "model.safetensors")
-    err = _serve_error(checkpoint, capsys)
+    err = serve_error(checkpoint)
     assert "model.safetensors is not a valid safetensors file" in err
 
 
@@ -283,30 +257,30 @@ def test_export_reports_a_damaged_model_safetensors_in_one_line(copy_of, capsys)
     "text, message",
     [("[1, 2]", "config must be a JSON object, got list"), ("null", "config must be a JSON object, got NoneType")],
 )
-def test_config_json_that_is_not_an_object_is_one_line_naming_the_file(copy_of, capsys, text, message):
+def test_config_json_that_is_not_an_object_is_one_line_naming_the_file(copy_of, text, message, serve_error):
     checkpoint = copy_of()
     (checkpoint / "config.json").write_text(text)
-    assert f"config.json: {message}" in _serve_error(checkpoint, capsys)
+    assert f"config.json: {message}" in serve_error(checkpoint)
 
 
-def test_a_backbone_size_of_the_wrong_type_is_one_line_naming_the_field(copy_of, capsys):
+def test_a_backbone_size_of_the_wrong_type_is_one_line_naming_the_field(copy_of, serve_error):
     checkpoint = copy_of()
     _edit_json(checkpoint / "config.json",
                lambda data: data["backbone_cfg"]["text_config"].__setitem__("hidden_size", "64"))
-    err = _serve_error(checkpoint, capsys)
+    err = serve_error(checkpoint)
     assert "config.json: config field 'backbone_cfg.text_config.hidden_size' must be an int >= 1, got '64'" in err
 
 
-def test_an_absurd_number_of_denoising_steps_is_refused(copy_of, capsys):
+def test_an_absurd_number_of_denoising_steps_is_refused(copy_of, serve_error):
     checkpoint = copy_of()
     _edit_json(checkpoint / "config.json", lambda data: data.__setitem__("num_inference_timesteps", 10**9))
-    assert "'num_inference_timesteps' is 1000000000; expected at most" in _serve_error(checkpoint, capsys)
+    assert "'num_inference_timesteps' is 1000000000; expected at most" in serve_error(checkpoint)
 
 
-def test_a_null_embodiment_id_is_one_line(copy_of, capsys):
+def test_a_null_embodiment_id_is_one_line(copy_of, serve_error):
     checkpoint = copy_of()
     _edit_json(checkpoint / "embodiment_id.json", lambda data: data.__setitem__("new_embodiment", None))
-    assert "embodiment_id.json: embodiment 'new_embodiment' has id null" in _serve_error(checkpoint, capsys)
+    assert "embodiment_id.json: embodiment 'new_embodiment' has id null" in serve_error(checkpoint)
 
 
 def _write_index(checkpoint, index):
@@ -323,19 +297,19 @@ def _write_index(checkpoint, index):
     ],
     ids=["list", "int-value", "outside"],
 )
-def test_a_malformed_shard_index_is_one_line_naming_the_file(copy_of, capsys, index, message):
+def test_a_malformed_shard_index_is_one_line_naming_the_file(copy_of, index, message, serve_error):
     checkpoint = copy_of()
     _write_index(checkpoint, index)
-    err = _serve_error(checkpoint, capsys)
+    err = serve_error(checkpoint)
     assert "model.safetensors.index.json" in err and message in err
 
 
 @pytest.mark.parametrize("damage", [lambda text: "{1: 2}", lambda text: text[: len(text) // 2]], ids=["invalid", "truncated"])
-def test_a_broken_tokenizer_json_is_one_line_naming_the_tokenizer_files(copy_of, capsys, damage):
+def test_a_broken_tokenizer_json_is_one_line_naming_the_tokenizer_files(copy_of, damage, serve_error):
     checkpoint = copy_of()
     path = checkpoint / "tokenizer.json"
     path.write_text(damage(path.read_text()))
-    err = _serve_error(checkpoint, capsys)
+    err = serve_error(checkpoint)
     assert "the tokenizer files in" in err and "could not be read" in err
 
 
@@ -375,8 +349,8 @@ def test_a_tensor_in_another_shard_than_the_index_names_is_refused(copy_of):
 # --- 9. messages ---------------------------------------------------------------------------------------------
 
 
-def test_statistics_missing_the_served_tag_are_reported_without_stray_quotes(copy_of, capsys):
+def test_statistics_missing_the_served_tag_are_reported_without_stray_quotes(copy_of, serve_error):
     checkpoint = copy_of()
     _edit_json(checkpoint / "statistics.json", lambda data: data.pop("new_embodiment") and None)
-    err = _serve_error(checkpoint, capsys)
+    err = serve_error(checkpoint)
     assert "error: statistics.json has no statistics for embodiment 'new_embodiment'" in err
