@@ -34,8 +34,6 @@ EPISODE_LOG_FILENAME = "episodes.jsonl"
 INTERRUPTED_EXIT_CODE = 130
 # The files of one shard of a `rollout --shard I/N` split (run_dir.shard_suffix).
 SHARD_FILE_NAME = re.compile(r"(run|episodes|results)_shard(?P<index>[0-9]+)of(?P<count>[0-9]+)\.jsonl?")
-# An episode video (video.EPISODE_VIDEO_NAME; not imported from there, which needs PyAV).
-EPISODE_VIDEO_FILE_NAME = re.compile(r"episode_[0-9]{4,}_(success|failure)\.mp4")
 
 
 class OutputDirError(ValueError):
@@ -159,6 +157,8 @@ def _refuse_foreign_runs(path: Path, names: Sequence[str], what: str, why: str) 
 
 def _listed_videos(files: Sequence[Path]) -> List[Path]:
     """The episode videos (episode_*_success/failure.mp4 only) that these episode logs and results files list."""
+    from .video import EPISODE_VIDEO_NAME  # here: importing it loads PyAV, which only this (--overwrite) needs
+
     paths: Set[Path] = set()
     for file in files:
         try:
@@ -170,7 +170,7 @@ def _listed_videos(files: Sequence[Path]) -> List[Path]:
         except (OSError, ValueError):
             continue
         paths.update(Path(e["video_path"]) for e in entries if isinstance(e, dict) and isinstance(e.get("video_path"), str))
-    return [p for p in sorted(paths) if EPISODE_VIDEO_FILE_NAME.fullmatch(p.name) and p.is_file()]
+    return [p for p in sorted(paths) if EPISODE_VIDEO_NAME.fullmatch(p.name) and p.is_file()]
 
 
 def run_file_name(shard: Any = None) -> str:
