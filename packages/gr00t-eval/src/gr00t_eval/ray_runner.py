@@ -8,12 +8,9 @@ runs only what is missing or errored. Needs the optional extra: pip install 'gr0
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import os
 import queue
-import signal
 import socket
 import sys
 import threading
@@ -24,7 +21,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 from .extras import MissingExtraError
 from .metrics import EpisodeOutcome
 from .rollout.runner import RolloutConfig
-from .run_dir import sigterm_as_interrupt, signals_handled_by
+from .run_dir import interrupts_deferred, sigterm_as_interrupt
 from .shard import ShardSpec, format_missing, merge_results, results_from_outcomes, run_suite, shard_ranges
 from .suites import Task, auto_n_envs, resolve_tasks
 
@@ -104,22 +101,6 @@ def init_ray(address: str) -> bool:
     else:
         ray.init(address=address, log_to_driver=False)
     return True
-
-
-@contextlib.contextmanager
-def interrupts_deferred() -> Iterator[None]:
-    """While a stopping run saves its results: a second Ctrl-C/SIGTERM is noted, a third one stops waiting."""
-    extra = []
-
-    def handler(signum: int, frame: Any) -> None:
-        extra.append(signum)
-        if len(extra) >= 2:
-            raise KeyboardInterrupt(f"signal {signum}")
-        # os.write, not print: a handler that prints while the main thread prints raises a reentrant-call error
-        os.write(2, b"already stopping: saving the results of the finished episodes (Ctrl-C again to stop waiting)\n")
-
-    with signals_handled_by(handler, [signal.SIGINT, signal.SIGTERM]):
-        yield
 
 
 def run_shard_task(env_spec: str, config: Dict[str, Any], shard: Tuple[int, int], server: Tuple[str, int],

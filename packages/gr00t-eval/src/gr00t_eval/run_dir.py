@@ -410,6 +410,22 @@ def signals_handled_by(handler: Callable[[int, Any], None], signals: Sequence[in
 
 
 @contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """While a stopping run saves its results: a second Ctrl-C/SIGTERM is noted, a third one stops waiting."""
+    extra = []
+
+    def handler(signum: int, frame: Any) -> None:
+        extra.append(signum)
+        if len(extra) >= 2:
+            raise KeyboardInterrupt(f"signal {signum}")
+        # os.write, not print: a handler that prints while the main thread prints raises a reentrant-call error
+        os.write(2, b"already stopping: saving the results of the finished episodes (Ctrl-C again to stop waiting)\n")
+
+    with signals_handled_by(handler, [signal.SIGINT, signal.SIGTERM]):
+        yield
+
+
+@contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """Turn SIGTERM into KeyboardInterrupt while the block runs, so `kill` ends a run like Ctrl-C does."""
 

@@ -247,8 +247,7 @@ def _report_rollout(args: argparse.Namespace, results: Dict[str, Any], output_di
 
     from .eval_info import EVAL_INFO_FILENAME, write_eval_info
     from .results import write_results
-    from .ray_runner import interrupts_deferred
-    from .run_dir import INTERRUPTED_EXIT_CODE, results_file_name
+    from .run_dir import INTERRUPTED_EXIT_CODE, interrupts_deferred, results_file_name
 
     with interrupts_deferred():  # a second Ctrl-C while an interrupted run saves its results must not lose them
         path = write_results(output_dir / results_file_name(shard), results)
