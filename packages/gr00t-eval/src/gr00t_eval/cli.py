@@ -315,6 +315,11 @@ def _claim_open_loop_output_dir(args: argparse.Namespace, config: Any) -> Path:
     from .run_dir import make_fresh_dated_output_dir
 
     settings = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in vars(config).items()}
+
+    def claim(output_dir: Path) -> None:
+        claim_output_dir(output_dir, OPEN_LOOP_RUN_FILENAME, {
+            "kind": "open_loop", "config": {**settings, "output_dir": str(output_dir)}, "host": args.host, "port": args.port})
+
     if not args.output_dir:
         label = Path(args.dataset_path).resolve().name or "dataset"
         for _ in range(100):
@@ -323,8 +328,7 @@ def _claim_open_loop_output_dir(args: argparse.Namespace, config: Any) -> Path:
             except OutputDirError as exc:
                 raise UsageError(str(exc)) from None
             try:
-                claim_output_dir(output_dir, OPEN_LOOP_RUN_FILENAME, {
-                    "kind": "open_loop", "config": {**settings, "output_dir": str(output_dir)}, "host": args.host, "port": args.port})
+                claim(output_dir)
                 return output_dir
             except OutputDirError:  # a run given this new directory as its --output-dir claimed it first
                 continue
@@ -336,8 +340,7 @@ def _claim_open_loop_output_dir(args: argparse.Namespace, config: Any) -> Path:
             raise UsageError(f"--output-dir {output_dir} is not empty; pass --overwrite to empty it or name a new directory "
                              "(open-loop runs do not resume: run them again)")
         prepare_output_dir(output_dir, overwrite=args.overwrite)
-        claim_output_dir(output_dir, OPEN_LOOP_RUN_FILENAME, {
-            "kind": "open_loop", "config": {**settings, "output_dir": str(output_dir)}, "host": args.host, "port": args.port})
+        claim(output_dir)
     except OutputDirError as exc:
         raise UsageError(str(exc)) from None
     return output_dir
