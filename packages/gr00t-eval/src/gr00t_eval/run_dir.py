@@ -96,8 +96,8 @@ def check_output_dir(path: Union[str, Path], overwrite: bool = False, own_files:
     other_splits = [name for name in shard_files(path) if split is not None and _split_of([name]) != split]
     _refuse_foreign_runs(path, other_splits, "shards of another split", f"shards share a directory only with the "
                          f"other shards of their split (--shard I/{split} here)")
-    if overwrite:  # this shard's own earlier run must have ended
-        refuse_live_claim(path, next((name for name in own_files if name.startswith("run")), own_files[0]))
+    if overwrite:  # this shard's own earlier run (its run file, own_files[0]) must have ended
+        refuse_live_claim(path, own_files[0])
         return
     taken = [name for name in own_files if (path / name).exists()]
     if taken:
@@ -243,8 +243,6 @@ def held_run_claims() -> Iterator[None]:
 
 
 _CLAIMS_HELD: List[Path] = []  # run files this process claimed and has not yet marked finished
-
-
 
 
 def read_run_file(directory: Union[str, Path], shard: Any = None) -> Dict[str, Any]:
