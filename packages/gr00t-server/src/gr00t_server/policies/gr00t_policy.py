@@ -202,25 +202,11 @@ class Gr00tPolicy(BasePolicy):
             raise ValueError(f"Only one language delta index is supported; {tag_value!r} has {language.delta_indices}")
         self.language_key = language.modality_keys[0]
         self.processor.norm_params(tag_value)  # fail at load time, not at the first request, on bad statistics
-        self._check_state_width()
         self.embodiment_id = self.processor.embodiment_id(tag_value)
 
         self.model, self.model_config = load_model(self.checkpoint_dir, device=self.device, dtype=dtype)
         self.model.eval()
         self._check_model_matches_processor()
-
-    def _check_state_width(self) -> None:
-        """The state keys together (sin/cos-encoded keys count twice) fit in max_state_dim; else every request fails."""
-        config = self.processor.config
-        state_config = self.modality_configs["state"]
-        sincos = set(state_config.sin_cos_embedding_keys or []) if config.apply_sincos_state_encoding else set()
-        dims = {key: params.dim for key, params in self.processor.norm_params(self.embodiment_tag_value).state.items()}
-        total = sum(dims[key] * (2 if key in sincos else 1) for key in state_config.modality_keys if key in dims)
-        if total > config.max_state_dim:
-            raise ValueError(
-                f"statistics.json: the state keys of {self.embodiment_tag_value!r} have {total} dimensions together, "
-                f"more than processor_config.json's max_state_dim {config.max_state_dim}"
-            )
 
     def _check_model_matches_processor(self) -> None:
         pc, mc = self.processor.config, self.model_config

@@ -138,6 +138,16 @@ class Gr00tN1d7Processor:
                         f"statistics.json: relative_action key '{key}' of '{tag}' has {width} values per step but "
                         f"action key '{key}' has {params.dim}"
                     )
+        state_config = configs.get("state")
+        sincos = set()
+        if state_config is not None and self.config.apply_sincos_state_encoding:
+            sincos = set(state_config.sin_cos_embedding_keys or [])
+        total = sum(params.dim * (2 if key in sincos else 1) for key, params in state.items())  # sin and cos: 2 values
+        if total > self.config.max_state_dim:  # else every request fails
+            raise ValueError(
+                f"statistics.json: the state keys of {tag!r} have {total} dimensions together, more than "
+                f"processor_config.json's max_state_dim {self.config.max_state_dim}"
+            )
         total = sum(params.dim for params in action.values())
         if total > self.config.max_action_dim:
             raise ValueError(
