@@ -122,8 +122,8 @@ class PolicyServer:
             shutdown_timeout_s=shutdown_timeout_s,
         )
         self.policy = policy
-        self._sessions_of: Optional[Tuple[Any, bool]] = None  # (policy, whether its chain keeps sessions)
-        self._language_keys_of: Optional[Tuple[Any, FrozenSet[str]]] = None  # (policy, its flat language keys)
+        # Facts about the policy's wrapper chain (_policy_fact), learnt once per policy object: [policy, {fact: value}]
+        self._policy_facts: List[Any] = [None, {}]
         self.host = normalize_host(host)
         self.port = int(port)
         self.api_token = api_token or None
@@ -221,25 +221,24 @@ class PolicyServer:
         supported = bool(getattr(self.policy, "supports_batching", False)) and not self._policy_uses_sessions
         return self.max_batch_size > 1 and supported
 
+    def _policy_fact(self, learn: Callable[[Any], Any]) -> Any:
+        """learn(policy), asked per request: the wrapper chain is walked once per policy object (again if replaced)."""
+        policy, facts = self._policy_facts
+        if policy is not self.policy:
+            policy, facts = self.policy, {}
+            self._policy_facts = [policy, facts]
+        if learn not in facts:
+            facts[learn] = learn(policy)
+        return facts[learn]
+
     @property
     def _policy_uses_sessions(self) -> bool:
-        # Asked 2-3 times per request: the wrapper chain is walked once per policy object (re-walked if replaced).
-        cached = self._sessions_of
-        if cached is not None and cached[0] is self.policy:
-            return cached[1]
-        uses = keeps_sessions(self.policy)
-        self._sessions_of = (self.policy, uses)
-        return uses
+        return self._policy_fact(keeps_sessions)  # asked 2-3 times per request
 
     @property
     def flat_language_keys(self) -> FrozenSet[str]:
-        """The flat observation keys the policy reads as language (limits.flat_language_keys), asked once per policy."""
-        cached = self._language_keys_of
-        if cached is not None and cached[0] is self.policy:
-            return cached[1]
-        keys = work_limits.flat_language_keys(self.policy)
-        self._language_keys_of = (self.policy, keys)
-        return keys
+        """The flat observation keys the policy reads as language (limits.flat_language_keys)."""
+        return self._policy_fact(work_limits.flat_language_keys)
 
     def _with_session(self, options: Any, request: Request) -> Any:
         if options is not None and not isinstance(options, dict):
