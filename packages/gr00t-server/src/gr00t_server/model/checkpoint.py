@@ -114,23 +114,30 @@ def resolve_checkpoint_dir(
 
 # ----- reading weights -----
 
-def weight_files(directory: Path) -> list[Path]:
-    """Safetensors files of a checkpoint: the shards named by the index, or the single file."""
+def shard_index(directory: Path) -> Optional[dict[str, str]]:
+    """The checked weight_map {tensor name: shard file} of the checkpoint's shard index; None without an index."""
     index_path = directory / WEIGHTS_INDEX_NAME
-    if index_path.is_file():
-        try:
-            index = json.loads(index_path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"{index_path} is not valid JSON: {exc}") from None
-        weight_map = index.get("weight_map") if isinstance(index, dict) else None
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise CheckpointError(f"{index_path} has no 'weight_map' object {{tensor name: shard file}}")
-        bad = [(key, name) for key, name in weight_map.items() if not isinstance(name, str) or not name]
-        if bad:
-            raise CheckpointError(f"{index_path}: weight_map[{bad[0][0]!r}] is {json.dumps(bad[0][1])}; expected a shard file name")
-        outside = [name for name in weight_map.values() if Path(name).name != name]
-        if outside:
-            raise CheckpointError(f"{index_path}: weight_map names {outside[0]!r}; shards must be files in the checkpoint folder")
+    if not index_path.is_file():
+        return None
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{index_path} is not valid JSON: {exc}") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index_path} has no 'weight_map' object {{tensor name: shard file}}")
+    bad = [(key, name) for key, name in weight_map.items() if not isinstance(name, str) or not name]
+    if bad:
+        raise CheckpointError(f"{index_path}: weight_map[{bad[0][0]!r}] is {json.dumps(bad[0][1])}; expected a shard file name")
+    outside = [name for name in weight_map.values() if Path(name).name != name]
+    if outside:
+        raise CheckpointError(f"{index_path}: weight_map names {outside[0]!r}; shards must be files in the checkpoint folder")
+    return weight_map
+
+
+def weight_files(directory: Path, weight_map: Optional[dict[str, str]]) -> list[Path]:
+    """Safetensors files of a checkpoint: the shards its index's `weight_map` (shard_index) names, or the single file."""
+    if weight_map is not None:
         files = [directory / name for name in sorted(set(weight_map.values()))]
     elif (directory / SINGLE_WEIGHTS_NAME).exists():
         files = [directory / SINGLE_WEIGHTS_NAME]
@@ -143,12 +150,6 @@ def weight_files(directory: Path) -> list[Path]:
     if missing:
         raise CheckpointError(f"weight shards listed in {WEIGHTS_INDEX_NAME} are missing: {missing}")
     return files
-
-
-def _index_weight_map(directory: Path) -> Optional[dict[str, str]]:
-    """The shard index's weight_map (already checked by `weight_files`), or None for a single file."""
-    index_path = directory / WEIGHTS_INDEX_NAME
-    return json.loads(index_path.read_text(encoding="utf-8"))["weight_map"] if index_path.is_file() else None
 
 
 def read_state_dict(
@@ -250,7 +251,8 @@ def load_model(
     torch_dtype = resolve_dtype(device, dtype)
     with parameters_on_meta():
         model = Gr00tN1d7(config)
-    state = read_state_dict(weight_files(directory), device, torch_dtype, _index_weight_map(directory))
+    weight_map = shard_index(directory)
+    state = read_state_dict(weight_files(directory, weight_map), device, torch_dtype, weight_map)
     check_state_dict(model, state)
     expected = set(model.state_dict())
     model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False, assign=True)
