@@ -12,10 +12,8 @@ import torch
 from gr00t_server.backends.common import (
     MODEL_VERSION,
     TORCH_DTYPES,
-    EXPORT_METADATA,
     BackendError,
     check_export_files,
-    check_export_structure,
     check_model_identity,
     model_of,
     read_export_metadata,
@@ -136,19 +134,14 @@ class OrtRunner:
 
 
 def load_runners(onnx_dir: Union[str, Path], device: torch.device, metadata: dict[str, Any]) -> dict[str, OrtRunner]:
-    """One OrtRunner per exported sub-module listed in the metadata, after checking the files are the exported ones."""
-    check_export_structure(metadata, Path(onnx_dir) / EXPORT_METADATA)
+    """One OrtRunner per exported sub-module listed in the metadata (read_export_metadata's, its structure checked),
+    after checking that every file is there and is the exported one (check_export_files)."""
     providers = providers_for(device)
     start = time.perf_counter()
     check_export_files(onnx_dir, metadata)
     logger.info("checked the sha256 of the files in %s in %.1f s", onnx_dir, time.perf_counter() - start)
-    runners = {}
-    for name, info in metadata["submodules"].items():
-        path = Path(onnx_dir) / info["file"]
-        if not path.is_file():
-            raise BackendError(f"{path} is listed in export_metadata.json but missing")
-        runners[name] = OrtRunner(path, device, providers)
-    return runners
+    submodules = metadata["submodules"]
+    return {name: OrtRunner(Path(onnx_dir) / info["file"], device, providers) for name, info in submodules.items()}
 
 
 def check_export_metadata(metadata: dict[str, Any], model: Any, onnx_dir: Union[str, Path]) -> None:
