@@ -10,7 +10,7 @@ import shutil
 import signal
 import tempfile
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from gr00t_server.backends.common import EXPORT_METADATA, BackendError, export_files, read_export_metadata
 
@@ -66,6 +66,23 @@ def make_work_dir(folder: Path, kind: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{kind}-{os.getpid()}-", dir=folder))
 
 
+@contextlib.contextmanager
+def _signals_handled_by(handler: Callable[[int, Any], None], signals: tuple[int, ...]) -> Iterator[None]:
+    """Handle `signals` with `handler` while the block runs, then restore the handlers before (off the main thread,
+    where Python cannot handle signals, the block runs with them as they were)."""
+    previous = {}
+    try:
+        for signum in signals:
+            previous[signum] = signal.signal(signum, handler)
+    except ValueError:  # not the main thread
+        pass
+    try:
+        yield
+    finally:
+        for signum, before in previous.items():
+            signal.signal(signum, signal.SIG_DFL if before is None else before)
+
+
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -73,32 +90,16 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """Turn SIGTERM into KeyboardInterrupt, so `finally` blocks clean up as on Ctrl-C."""
-    try:
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    except ValueError:  # not the main thread: signals cannot be handled here
+    with _signals_handled_by(_raise_interrupt, (signal.SIGTERM,)):
         yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
     """Hold SIGINT and SIGTERM during a short critical section; raise KeyboardInterrupt after it if one came."""
     received: list[int] = []
-    previous = {}
-    try:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous[signum] = signal.signal(signum, lambda s, f: received.append(s))
-    except ValueError:  # not the main thread
-        pass
-    try:
+    with _signals_handled_by(lambda signum, frame: received.append(signum), (signal.SIGINT, signal.SIGTERM)):
         yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
     if received:
         raise KeyboardInterrupt(f"signal {received[0]}")
 
