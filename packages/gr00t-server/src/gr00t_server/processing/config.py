@@ -384,7 +384,7 @@ def merge_embodiment_ids(from_checkpoint: Optional[Mapping[str, int]]) -> Dict[s
     for an id that is not an int >= 0 (2.7 or true would pick another embodiment's projector)."""
     merged: Dict[str, int] = {}
     for tag, index in (from_checkpoint or {}).items():
-        if not (isinstance(index, int) and not isinstance(index, bool) and index >= 0):
+        if not (_is_int(index) and index >= 0):
             raise ValueError(f"embodiment {str(tag)!r} has id {json.dumps(index)} ({type(index).__name__}); expected an int >= 0")
         merged[str(tag)] = index
     for tag, index in EMBODIMENT_TAG_TO_PROJECTOR_INDEX.items():
