@@ -281,6 +281,29 @@ def test_an_observation_with_disagreeing_row_counts_is_served_alone():
     assert sorted(policy.row_counts) == [1, 3]
 
 
+def test_batch_shape_is_the_signature_and_rows_or_none_for_what_is_served_alone():
+    """What a round's dispatch groups by, worked out once when a request arrives."""
+    shape = batching.batch_shape({"observation": observation(3.0), "options": None})
+    assert shape is not None and shape[1] == 1
+    reordered = {key: value for key, value in reversed(list(observation(4.0).items()))}
+    assert batching.batch_shape({"observation": reordered, "options": {"return_server_timing": True}}) == shape
+    assert batching.batch_shape({"observation": observation(3.0, dim=5)})[0] != shape[0]
+    disagreeing = observation(3.0)
+    disagreeing["language"]["task"] = [["a"], ["b"]]
+    assert batching.batch_shape({"observation": disagreeing})[1] == -1
+    assert batching.batch_shape({"observation": observation(3.0), "options": {"seed": 1}}) is None
+    assert batching.batch_shape({"observation": [observation(3.0)]}) is None
+    deep: Dict[str, Any] = {"state": {"joints": np.zeros((1, 1, 2), np.float32)}}
+    for _ in range(5000):  # far deeper than any decoded message: the walk stops at the limit, never recursing on
+        deep = {"level": deep}
+    assert batching.batch_shape({"observation": deep}) is None
+    within = observation(3.0)  # maps two deep: the observation and its "state"
+    for _ in range(batching.MAX_BATCH_NESTING - 2):
+        within = {"level": within}
+    assert batching.batch_shape({"observation": within}) is not None
+    assert batching.batch_shape({"observation": {"level": within}}) is None
+
+
 @pytest.mark.parametrize(
     "odd_one_out",
     [
@@ -508,8 +531,11 @@ def _gathered(session: str, received_at: float) -> Any:
     """A batchable get_action Request from `session`, as the loop gathers it."""
     from gr00t_server.serving.messages import Request
 
-    return Request([session.encode()], False, "get_action", {"observation": observation(1.0), "options": None},
-                   session, None, received_at, 0.0)
+    request = Request([session.encode()], False, "get_action", {"observation": observation(1.0), "options": None},
+                      session, None, received_at, 0.0)
+    request.batch_shape = batching.batch_shape(request.data)
+    request.rows = max(request.batch_shape[1], 1)
+    return request
 
 
 def test_a_round_is_timed_from_when_the_last_replies_went_out_not_from_a_request_that_waited_through_the_call():

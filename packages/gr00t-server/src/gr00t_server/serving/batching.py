@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import collections
-from typing import Any, Callable, Collection, Deque, Dict, FrozenSet, Hashable, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Collection, Deque, Dict, FrozenSet, Hashable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -19,62 +19,53 @@ PER_ROW_INFO_ATTRIBUTE = "per_row_info_keys"  # policy attribute: info keys hold
 MAX_BATCH_NESTING = 16  # real observations nest 1-2 maps deep; the recursive helpers below must never hit the limit
 
 
-def _nesting_within(value: Dict[Any, Any], limit: int) -> bool:
-    """True when maps nest at most `limit` deep (walked with a stack, so a hostile depth cannot recurse)."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            return False
-        stack.extend((child, depth + 1) for child in item.values() if isinstance(child, dict))
-    return True
+BatchShape = Tuple[Hashable, int]  # (signature, rows) of a batchable observation: what group_compatible groups by
 
 
-def is_batchable(data: Any) -> bool:
-    """A get_action request can join a batch when it has a nested observation and no per-request options."""
+def batch_shape(data: Any) -> Optional[BatchShape]:
+    """(signature, rows) of a get_action request's observation when the request can join a batch, else None.
+
+    A request can join when it has a nested observation, no per-request options (server_timing aside) and maps
+    nested at most MAX_BATCH_NESTING deep (a deeper one is served alone). The signature is the keys, dtypes and
+    per-row shapes (observations of equal signature concatenate along axis 0); rows is the one row count shared
+    by every array and list, or -1 when they disagree or there are none (served alone: concatenating would mix
+    clients' rows). One walk computes both, when the request arrives, so a round's dispatch only compares them.
+    """
     if not isinstance(data, dict) or not isinstance(data.get("observation"), dict):
-        return False
+        return None
     options = data.get("options")
     if not (options is None or (isinstance(options, dict) and set(options) <= {TIMING_OPTION})):
-        return False
-    # A deeper observation is served alone: the signature, row and merge helpers recurse per level.
-    return _nesting_within(data["observation"], MAX_BATCH_NESTING)
+        return None
+    counts: set = set()
+    signature = _signature(data["observation"], counts, 1)
+    if signature is None:
+        return None
+    return signature, (counts.pop() if len(counts) == 1 else -1)
 
 
-def _signature(value: Any) -> Hashable:
-    """Keys, dtypes and per-row shapes: observations with equal signatures concatenate along axis 0."""
+def _signature(value: Any, counts: set, depth: int) -> Optional[Hashable]:
+    """The signature of `value` (a map at nesting `depth`), adding the row counts of its arrays and lists to
+    `counts`; None when maps nest deeper than MAX_BATCH_NESTING (the recursion stops there)."""
     if isinstance(value, dict):
-        return ("dict", tuple(sorted((str(k), _signature(v)) for k, v in value.items())))
+        if depth > MAX_BATCH_NESTING:
+            return None
+        items = []
+        for key, child in value.items():
+            child_signature = _signature(child, counts, depth + 1)
+            if child_signature is None:
+                return None
+            items.append((str(key), child_signature))
+        items.sort()
+        return ("dict", tuple(items))
     if isinstance(value, np.ndarray):
         if value.ndim == 0:
             return ("scalar-array",)  # cannot be split by rows
+        counts.add(int(value.shape[0]))
         return ("array", value.dtype.str, value.shape[1:])
     if isinstance(value, (list, tuple)):
+        counts.add(len(value))
         return ("list",)
     return ("other", type(value).__name__)
-
-
-def _collect_rows(value: Any, counts: set) -> None:
-    if isinstance(value, dict):
-        for item in value.values():
-            _collect_rows(item, counts)
-    elif isinstance(value, np.ndarray) and value.ndim > 0:
-        counts.add(int(value.shape[0]))
-    elif isinstance(value, (list, tuple)):
-        counts.add(len(value))
-
-
-def _row_count(observation: Dict[str, Any]) -> int:
-    """Rows shared by every array and list in the observation; -1 when they disagree or there are none."""
-    counts: set = set()
-    _collect_rows(observation, counts)
-    # Rows that disagree would be misaligned after concatenation, mixing clients' data silently.
-    return counts.pop() if len(counts) == 1 else -1
-
-
-def total_rows(requests_data: Iterable[Any]) -> int:
-    """Rows a set of batchable get_action requests would add to a batch (one for an unsplittable observation)."""
-    return sum(max(_row_count(data["observation"]), 1) for data in requests_data)
 
 
 def _splittable(sig: Hashable) -> bool:
@@ -84,15 +75,14 @@ def _splittable(sig: Hashable) -> bool:
     return sig[0] in ("array", "list")
 
 
-def group_compatible(items: Sequence[Any], max_rows: int, key: Callable[[Any], Any]) -> List[List[Any]]:
-    """Split items into groups of equal observation signature, each at most max_rows rows in total."""
+def group_compatible(items: Sequence[Any], max_rows: int, shape: Callable[[Any], BatchShape]) -> List[List[Any]]:
+    """Split items into groups of equal observation signature, each at most max_rows rows in total; `shape(item)`
+    is the item's batch_shape. An item whose observation cannot be split by rows is a group of its own."""
     groups: Dict[Hashable, List[List[Any]]] = {}
     order: List[Tuple[Hashable, int]] = []
     bucket_rows: Dict[Tuple[Hashable, int], int] = {}
     for item in items:
-        observation = key(item)["observation"]
-        sig = _signature(observation)
-        rows = _row_count(observation)
+        sig, rows = shape(item)
         if sig[0] != "dict" or not _splittable(sig) or rows < 1:
             sig, rows = ("alone", id(item)), 1
         buckets = groups.setdefault(sig, [])
@@ -104,6 +94,14 @@ def group_compatible(items: Sequence[Any], max_rows: int, key: Callable[[Any], A
             order.append((sig, len(buckets) - 1))
             bucket_rows[order[-1]] = rows
     return [groups[sig][index] for sig, index in order]
+
+
+def _row_count(observation: Dict[str, Any]) -> int:
+    """Rows shared by every array and list in the observation; -1 when they disagree or there are none."""
+    counts: set = set()
+    if _signature(observation, counts, 1) is None:
+        return -1
+    return counts.pop() if len(counts) == 1 else -1
 
 
 def _merge(values: List[Any]) -> Any:
@@ -118,9 +116,13 @@ def _merge(values: List[Any]) -> Any:
     return merged
 
 
-def merge_observations(observations: List[Dict[str, Any]]) -> Tuple[Dict[str, Any], List[int]]:
-    """Concatenate compatible observations along the batch axis; return the merged one and rows per request."""
-    rows = [_row_count(obs) for obs in observations]
+def merge_observations(
+    observations: List[Dict[str, Any]], rows: Optional[List[int]] = None
+) -> Tuple[Dict[str, Any], List[int]]:
+    """Concatenate compatible observations along the batch axis; return the merged one and rows per request
+    (`rows`: the rows per observation when already known from batch_shape, else counted here)."""
+    if rows is None:
+        rows = [_row_count(obs) for obs in observations]
     if any(r <= 0 for r in rows):
         raise ValueError("every batched observation needs at least one row")
     return _merge(observations), rows

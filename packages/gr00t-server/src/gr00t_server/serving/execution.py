@@ -162,7 +162,7 @@ class JobRunner:
             return
         started = time.monotonic()
         try:
-            merged, rows = batching.merge_observations([r.data["observation"] for r in valid])
+            merged, rows = batching.merge_observations([r.data["observation"] for r in valid], [r.rows for r in valid])
             action, info = work_limits.action_and_info(policy.get_action(merged, None))
             stages = policy_stages(policy)
             parts = batching.split_result(action, info, rows, batching.declared_per_row_info_keys(policy))

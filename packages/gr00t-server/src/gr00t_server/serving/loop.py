@@ -8,7 +8,7 @@ import logging
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, AbstractSet, Any, Dict, List, Optional, Set, Tuple
 
 from gr00t_client import codec
 
@@ -41,6 +41,11 @@ logger = logging.getLogger("gr00t_server.serving.server")  # PolicyServer's log:
 DEFAULT_CLIENT_QUEUED_BYTES = 16 * 1024 * 1024
 ACTIVE_CLIENT_WINDOW_S = 1.0  # a client that sent get_action this recently is expected to send again
 RECEIVE_BURST = 64  # messages taken off the socket per loop turn before replies and dispatch get a turn
+
+
+def _batch_shape_of(request: Request) -> batching.BatchShape:
+    assert request.batch_shape is not None  # set when it was gathered
+    return request.batch_shape
 
 
 class RequestLoop:
@@ -87,10 +92,10 @@ class RequestLoop:
     def _receive_burst(self) -> None:
         transport = self._server._transport
         assert transport is not None
-        for _ in range(RECEIVE_BURST):
+        for turn in range(RECEIVE_BURST):
             if not self._server._running:  # a kill in this burst
                 return
-            frames = transport.receive()
+            frames = transport.receive(waiting=turn == 0)  # the first: the poll that called this saw it waiting
             if frames is None:
                 return
             request = self._parse(frames)
@@ -140,9 +145,12 @@ class RequestLoop:
         except Exception as exc:
             self.reply_error(request, exc)
             return
-        if request.endpoint == "get_action" and server.batching_enabled and batching.is_batchable(request.data):
+        shape = batching.batch_shape(request.data) if request.endpoint == "get_action" and server.batching_enabled else None
+        if shape is not None:
             self._note_straggler(request)
-            request.rows = batching.total_rows([request.data])  # once: every turn sums the pending rows
+            # Worked out once, on arrival: a round's dispatch groups by it, its merge and every turn count its rows.
+            request.batch_shape = shape
+            request.rows = max(shape[1], 1)
             self.pending.append(request)
             return
         if any(pending.session == request.session for pending in self.pending):
@@ -265,7 +273,7 @@ class RequestLoop:
             self._window.observe_spread(pending[-1].received_at - start)
         now = time.monotonic()
         self.active_clients.update((r.session, now) for r in pending)
-        for group in batching.group_compatible(pending, server.max_batch_size, key=lambda r: r.data):
+        for group in batching.group_compatible(pending, server.max_batch_size, _batch_shape_of):
             self._submit(group)
 
     def _round_start(self) -> float:
@@ -288,12 +296,13 @@ class RequestLoop:
         if not missing or request.received_at - round_start > self._window.cap_s:
             self._cut_round = None
 
-    def _recent_clients(self) -> Set[str]:
+    def _recent_clients(self) -> AbstractSet[str]:
         """Sessions whose get_action was batched recently (and forget the ones gone quiet)."""
         cutoff = time.monotonic() - max(ACTIVE_CLIENT_WINDOW_S, 10 * self._server.batch_timeout_ms / 1000.0)
-        self.active_clients = {s: t for s, t in self.active_clients.items() if t >= cutoff}
-        self._absent.intersection_update(self.active_clients)  # forgotten clients need no exception
-        return set(self.active_clients)
+        if self.active_clients and min(self.active_clients.values()) < cutoff:  # asked every turn: rebuilt only then
+            self.active_clients = {s: t for s, t in self.active_clients.items() if t >= cutoff}
+            self._absent.intersection_update(self.active_clients)  # forgotten clients need no exception
+        return self.active_clients.keys()
 
     def _reply_now(self, request: Request) -> None:
         """Serve a built-in endpoint on the socket thread (never touches the policy's compute)."""

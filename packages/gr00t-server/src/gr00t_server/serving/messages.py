@@ -48,7 +48,8 @@ class Request:
     identity: bytes = b""  # the ROUTER identity of the connection
     admitted: bool = False  # counted against the queue budgets until its reply is sent
     outcome: str = "ok"  # how it was answered, for metrics: ok, error, refused, expired, internal_error
-    rows: int = 1  # observation rows of a gathered get_action (batching.total_rows), counted once when gathered
+    rows: int = 1  # observation rows of a gathered get_action, counted once when gathered (at least 1)
+    batch_shape: Optional[Tuple[Any, int]] = None  # a gathered get_action's batching.batch_shape
     wants_timing: bool = False  # a get_action whose options ask for server_timing (timing_requested)
 
     def expired(self, now: Optional[float] = None) -> bool:

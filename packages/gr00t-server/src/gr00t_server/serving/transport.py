@@ -10,7 +10,7 @@ from typing import Any, List, Optional, Tuple
 import zmq
 
 from gr00t_client import codec
-from gr00t_client.client import endpoint_host, is_ipv6_literal
+from gr00t_client.client import endpoint_host, is_ipv6_literal, send_frames
 
 from ..curve import CurveServerConfig, ServerCurve
 
@@ -22,7 +22,6 @@ RECEIVE_HWM = 4
 # pyzmq's flags are enum.Flag members: every `|` and every call converts them in Python (~7 enum calls per request
 # on the hot path), so the socket thread uses their plain int values.
 _NOBLOCK = int(zmq.NOBLOCK)
-_SNDMORE = int(zmq.SNDMORE)
 _POLLIN = int(zmq.POLLIN)
 
 
@@ -86,12 +85,12 @@ class Transport:
                 pass
         return self.socket in events, woken
 
-    def receive(self) -> Optional[List[zmq.Frame]]:
-        """One waiting message's frames, or None when none is waiting."""
+    def receive(self, waiting: bool = False) -> Optional[List[zmq.Frame]]:
+        """One waiting message's frames, or None when none is waiting (`waiting`: the poll just said one is)."""
         sock = self.socket
         assert sock is not None
         # Asking for EVENTS costs less than the zmq.Again a receive burst would otherwise end on.
-        if not sock.getsockopt(zmq.EVENTS) & _POLLIN:
+        if not waiting and not sock.getsockopt(zmq.EVENTS) & _POLLIN:
             return None
         try:
             frame = sock.recv(_NOBLOCK, copy=False)
@@ -109,10 +108,7 @@ class Transport:
         try:
             # Frames are owned, immutable bytes (the server copies policy buffers when it encodes), so ZeroMQ may
             # send large ones without another copy.
-            parts = [*routing, *frames]
-            last = len(parts) - 1
-            for index, part in enumerate(parts):
-                self.socket.send(part, _SNDMORE if index < last else 0, copy=False)
+            send_frames(self.socket, [*routing, *frames])
         except zmq.ZMQError as exc:  # the peer went away; nothing to answer
             logger.warning("could not send reply to %s: %s", peer or "local", exc)
 
