@@ -88,6 +88,20 @@ def test_batch_rows_equal_separate_calls(libero, tiny_checkpoint):
             np.testing.assert_allclose(batched[key][row], single[key][0], atol=1e-4, err_msg=key)
 
 
+def test_rows_whose_prompts_differ_in_length_equal_separate_calls(libero, tiny_checkpoint):
+    """What a server batching clients with different tasks relies on: a short prompt padded for a long one gets the
+    action it gets alone (upstream's VL self-attention let it attend to the padding)."""
+    obs = example_observation(tiny_checkpoint, "libero_sim", batch_size=2, seed=8)
+    key = next(iter(obs["language"]))
+    obs["language"][key] = [["Go."], [" ".join(["put the red bowl on the plate next to the stove"] * 6)]]
+    batched, _ = libero.get_action(obs, {"seed": 20})
+    for row in range(2):
+        single_obs = {modality: {k: v[row : row + 1] for k, v in obs[modality].items()} for modality in obs}
+        single, _ = libero.get_action(single_obs, {"seed": 20 + row})
+        for name in batched:
+            np.testing.assert_allclose(batched[name][row], single[name][0], rtol=1e-5, atol=1e-5, err_msg=f"row {row} {name}")
+
+
 def test_noise_with_wrong_shape_is_rejected(libero, tiny_checkpoint):
     with pytest.raises(ValueError, match=r"\(1, 40, 132\)"):
         libero.get_action(example_observation(tiny_checkpoint, "libero_sim"), {"noise": np.zeros((1, 16, 7), np.float32)})

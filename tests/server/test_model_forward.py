@@ -248,3 +248,35 @@ def test_adaln_chunks_are_scale_then_shift_in_blocks_and_shift_then_scale_at_the
         dit(x, vl, torch.tensor([500]), masks_img, masks)
     expected = dit.norm_out(final_hidden["h"]) * (1 + second) + first
     torch.testing.assert_close(outputs["in"], expected)
+
+
+def left_padded_pair(config, short_len, long_len):
+    """Inputs of two rows whose prompts differ in length, the shorter left-padded as the processor does, and the
+    shorter row's inputs alone."""
+    short, long = make_inputs(config, seed=5, text_len=short_len), make_inputs(config, seed=6, text_len=long_len)
+    pad = long_len - short_len
+    padded = dict(short)
+    padded["input_ids"] = torch.cat([torch.zeros(1, pad, dtype=torch.long), short["input_ids"]], dim=1)
+    padded["attention_mask"] = torch.cat([torch.zeros(1, pad, dtype=torch.long), short["attention_mask"]], dim=1)
+    return concat_inputs(padded, long), short, long
+
+
+@pytest.mark.parametrize("alternate", [True, False], ids=["AlternateVLDiT", "plain DiT"])
+def test_a_row_gets_its_single_call_action_whatever_the_prompt_lengths_of_its_batch(config, alternate):
+    """Upstream's VL self-attention (and its plain DiT's cross-attention) has no padding mask: a row padded for
+    another row's longer prompt attended to that padding, so its action depended on who shared the batch."""
+    import dataclasses
+
+    from gr00t_server.model import Gr00tN1d7
+
+    config = dataclasses.replace(config, use_alternate_vl_dit=alternate)
+    assert config.vl_self_attention_cfg  # the layer the padding leaked through
+    torch.manual_seed(0)
+    model = Gr00tN1d7(config).eval()
+    batch, short, long = left_padded_pair(config, short_len=2, long_len=40)
+    noise = torch.randn(2, config.action_horizon, config.max_action_dim)
+    batched = model.get_action(batch, noise=noise)["action_pred"]
+    alone_short = model.get_action(short, noise=noise[:1])["action_pred"]
+    alone_long = model.get_action(long, noise=noise[1:])["action_pred"]
+    torch.testing.assert_close(batched[:1], alone_short, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(batched[1:], alone_long, rtol=1e-5, atol=1e-6)

@@ -99,9 +99,35 @@ class Gr00tN1d7ActionHead(nn.Module):
             self.position_embedding = nn.Embedding(config.max_seq_len, config.input_embedding_dim)
             nn.init.normal_(self.position_embedding.weight, mean=0.0, std=0.02)
 
-    def process_backbone_features(self, backbone_features: torch.Tensor) -> torch.Tensor:
-        """VLLN then VL self-attention: `[B,S,C]` -> `[B,S,C]`."""
-        return self.vl_self_attention(self.vlln(backbone_features))
+    def process_backbone_features(
+        self, backbone_features: torch.Tensor, attention_mask: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """VLLN then VL self-attention: `[B,S,C]` -> `[B,S,C]`.
+
+        The self-attention has no padding mask (model.md §2.4), so in a batch whose prompts have different token
+        counts (padded to the longest; `attention_mask [B,S]`, 1 = real token) the reference lets a row's tokens
+        attend to the padding added for another row's longer prompt: a row's action then depends on the rows it
+        was batched with. Here each group of rows with the same number of real tokens runs the self-attention on
+        those tokens alone, as each row would alone (no positional embeddings: only which tokens take part
+        matters). Padding positions keep their VLLN output; the DiT never attends to them. A batch without
+        padding runs as one call, as upstream.
+        """
+        features = self.vlln(backbone_features)
+        if attention_mask is None or features.shape[0] == 1:
+            return self.vl_self_attention(features)
+        real = attention_mask.to(torch.bool)
+        lengths = real.sum(dim=1).tolist()
+        if min(lengths) == features.shape[1]:
+            return self.vl_self_attention(features)
+        out = features.clone()
+        positions = torch.arange(features.shape[1], device=features.device)
+        for length in sorted(set(lengths) - {0}):
+            rows = torch.tensor([i for i, n in enumerate(lengths) if n == length], device=features.device)
+            # the real tokens' positions of each row, in order (left or right padding alike)
+            index = positions.expand(len(rows), -1)[real[rows]].reshape(len(rows), length)
+            picked = features[rows[:, None], index]
+            out[rows[:, None], index] = self.vl_self_attention(picked).to(out.dtype)
+        return out
 
     def encode_state(self, state: torch.Tensor, embodiment_id: torch.Tensor) -> torch.Tensor:
         """state `[B, T_state, max_state_dim]` -> one state token `[B, 1, input_embedding_dim]`."""
@@ -170,9 +196,9 @@ class Gr00tN1d7ActionHead(nn.Module):
         `T_in = action_horizon` (default: the model's), and each row's velocity is scaled by
         `rtc_velocity_strength` (frozen rows never move). Without it (or with overlap 0) nothing changes.
         """
-        vl_embeds = self.process_backbone_features(backbone_outputs["backbone_features"])
         image_mask = backbone_outputs["image_mask"]
         backbone_attention_mask = backbone_outputs["backbone_attention_mask"]
+        vl_embeds = self.process_backbone_features(backbone_outputs["backbone_features"], backbone_attention_mask)
         batch_size, device, dtype = vl_embeds.shape[0], vl_embeds.device, vl_embeds.dtype
         state_features = self.encode_state(state, embodiment_id)
         if noise is None:

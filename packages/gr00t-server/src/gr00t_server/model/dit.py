@@ -78,7 +78,8 @@ class AlternateVLDiT(nn.Module):
     """DiT over `[state, action]` tokens; even blocks cross-attend to VL tokens, odd blocks self-attend.
 
     With `use_alternate_vl_dit`, cross blocks alternate between non-image (idx % 2n == 0) and image
-    tokens; otherwise they attend to all VL tokens unmasked (plain upstream `DiT`).
+    tokens; otherwise they attend to all VL tokens (plain upstream `DiT`), here with padding masked out: upstream
+    attends to it too, so a padded row's action would depend on the other rows of its batch (model.md §2.5).
     """
 
     def __init__(
@@ -122,7 +123,7 @@ class AlternateVLDiT(nn.Module):
         self, idx: int, image_mask: Optional[torch.Tensor], backbone_attention_mask: Optional[torch.Tensor]
     ) -> Optional[torch.Tensor]:
         if not self.use_alternate_vl_dit:
-            return None
+            return backbone_attention_mask  # None when not given: every token (identical when none is padding)
         if image_mask is None or backbone_attention_mask is None:
             raise ValueError("AlternateVLDiT needs image_mask and backbone_attention_mask")
         if idx % (2 * self.attend_text_every_n_blocks) == 0:

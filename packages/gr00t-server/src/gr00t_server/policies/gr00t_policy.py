@@ -17,8 +17,9 @@ Options of `get_action` (all optional; keys starting with "_", e.g. "_session_id
   [frozen, overlap) are denoised with a ramped velocity, the rest as usual. overlap_steps=0 changes nothing.
 Stage timing: after each get_action, `policy.last_timing` (per calling thread) holds {"preprocess_ms",
 "model_ms", "postprocess_ms"} of that call; servers add it to `server_timing`.
-Caveat inherited from the reference: the VL self-attention has no padding mask, so rows whose prompts need
-left padding (different token counts in one batch) can differ slightly from their single-call result.
+Rows whose prompts have different token counts are left-padded to the longest; each still gets its single-call
+result (Gr00tN1d7ActionHead.process_backbone_features). The reference's VL self-attention has no padding mask, so
+there a padded row's action depended on the other rows of its batch.
 """
 
 from __future__ import annotations
