@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pytest
 
-from gr00t_client import BasePolicy, PolicyClient, PolicyServerError
+from gr00t_client import BasePolicy, ModalityConfig, PolicyClient, PolicyServerError
 from gr00t_server import batching
 from gr00t_server.policies import Gr00tSimPolicyWrapper
 from serving import running_server
@@ -383,6 +383,33 @@ def test_no_batch_exceeds_max_batch_size_rows():
         np.testing.assert_allclose(action["arm"], expected_arm(client_id, rows=2), rtol=1e-6)
     assert sum(policy.row_counts) == 12
     assert max(policy.row_counts) <= 4
+
+
+class ConfiguredRowEchoPolicy(RowEchoPolicy):
+    """RowEchoPolicy with the modality configs the sim wrapper reads its flat keys by."""
+
+    def get_modality_config(self) -> Dict[str, ModalityConfig]:
+        return {
+            "state": ModalityConfig(delta_indices=[0], modality_keys=["joints"]),
+            "language": ModalityConfig(delta_indices=[0], modality_keys=["task"]),
+            "action": ModalityConfig(delta_indices=list(range(4)), modality_keys=["arm"]),
+        }
+
+
+def test_the_sim_wrapper_is_batched_when_the_policy_it_wraps_is():
+    """`serve --use-sim-policy-wrapper` (the README's model deployment) with --max-batch-size used to serve every
+    request alone: only the outermost policy's supports_batching was read."""
+    policy = ConfiguredRowEchoPolicy()
+    wrapped = Gr00tSimPolicyWrapper(policy, strict=False)
+    flat = [{"state.joints": obs["state"]["joints"], "task": [row[0] for row in obs["language"]["task"]]}
+            for obs in (observation(i) for i in range(4))]
+    with running_server(wrapped, max_batch_size=4, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
+        assert server.batching_enabled
+        results = call_together(server.port, flat)
+    for client_id, (action, _info) in enumerate(results):
+        np.testing.assert_allclose(action["action.arm"], expected_arm(client_id), rtol=1e-6)
+    assert policy.row_counts == [4]
+    assert not Gr00tSimPolicyWrapper(NonBatchingPolicy(), strict=False).supports_batching  # as the policy it wraps
 
 
 def test_a_session_keeping_policy_is_never_batched_and_sees_each_clients_session():

@@ -288,3 +288,20 @@ def test_a_plain_serve_warns_of_nothing_ignored(dataset):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_a_max_batch_size_the_policy_cannot_use_is_named_as_ignored(dataset):
+    """A replay keeps a session per client, so it is never batched: the flag is named, not silently dropped."""
+    port = _free_port()
+    proc = _start(["serve", "--dataset-path", str(dataset), "--max-batch-size", "8", "--port", str(port)])
+    try:
+        lines = _wait_ready(proc)
+        assert [line for line in lines if "ignored" in line] == [
+            "WARNING:gr00t_server:--max-batch-size 8: ignored; ReplayPolicy keeps a session per client, so every "
+            "request is served alone"
+        ]
+        with PolicyClient(port=port, timeout_ms=10000) as client:
+            assert client.get_server_info()["max_batch_size"] == 1
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -368,6 +368,12 @@ def serve(args: argparse.Namespace) -> int:
         limits=limits,
         metrics_port=args.metrics_port,
     )
+    if args.max_batch_size > 1 and not server.batching_enabled:
+        from .serving.sessions import keeps_sessions
+
+        why = "keeps a session per client" if keeps_sessions(policy) else "does not declare supports_batching"
+        logger.warning("--max-batch-size %d: ignored; %s %s, so every request is served alone", args.max_batch_size,
+                       type(policy).__name__, why)
     try:
         server.start()
     except (OSError, ImportError) as exc:

@@ -31,6 +31,12 @@ class Gr00tSimPolicyWrapper(PolicyWrapper):
     def modality_configs(self) -> Dict[str, ModalityConfig]:
         return self.get_modality_config()
 
+    @property
+    def supports_batching(self) -> bool:
+        """Batched across clients exactly when the wrapped policy is: every flat key carries the batch rows, and the
+        wrapper only renames keys row for row."""
+        return bool(getattr(self.policy, "supports_batching", False))
+
     def language_sources(self) -> FrozenSet[str]:
         """The flat keys whose strings (or UTF-8 bytes) this wrapper reads as language; the server holds them to
         its language limits."""
