@@ -6,7 +6,8 @@ import json
 import numbers
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Dict, List, Mapping, Optional
+from collections.abc import Mapping  # isinstance with typing.Mapping is twice as slow (hot paths)
+from typing import Any, Dict, List, Optional
 
 
 class ActionRepresentation(Enum):

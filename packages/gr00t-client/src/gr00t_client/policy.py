@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from collections.abc import Mapping  # isinstance with typing.Mapping is twice as slow (hot paths)
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 

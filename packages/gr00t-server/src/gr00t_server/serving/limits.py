@@ -8,7 +8,8 @@ import logging
 import math
 import re
 from dataclasses import dataclass
-from typing import AbstractSet, Any, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
+from collections.abc import Mapping  # isinstance with typing.Mapping is twice as slow (hot paths)
+from typing import AbstractSet, Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import numpy as np
 
