@@ -140,7 +140,7 @@ class _ReplyWatch(curve.HandshakeMonitor):
 
     def expect_reply(self) -> None:
         """Called just before a request is sent: closings seen from now on lose its reply; earlier ones did not."""
-        if self._monitor.get(zmq.EVENTS) & zmq.POLLIN:
+        if self._monitor.get(zmq.EVENTS) & curve.MONITOR_READABLE:
             self._drain()
         self._dropped = False
 
