@@ -113,7 +113,7 @@ class Gr00tN1d7ActionHead(nn.Module):
         padding runs as one call, as upstream.
         """
         features = self.vlln(backbone_features)
-        if attention_mask is None or features.shape[0] == 1:
+        if attention_mask is None or features.shape[0] == 1 or isinstance(self.vl_self_attention, nn.Identity):
             return self.vl_self_attention(features)
         real = attention_mask.to(torch.bool)
         lengths = real.sum(dim=1).tolist()
