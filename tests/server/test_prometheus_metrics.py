@@ -189,3 +189,25 @@ def test_serve_metrics_port_flag_exposes_the_endpoint(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert 'gr00t_requests_total{endpoint="get_action",outcome="ok"} 1.0' in text
+
+
+def test_gauges_drop_idle_sessions_and_quiet_clients_without_waiting_for_a_request():
+    """Idle sessions are forgotten, and quiet clients dropped from the gather, only at the next request; the gauges
+    read 100 sessions long past --session-idle-s, and 650 active clients with 4 running, while the server idled."""
+    limits = ServerLimits(session_idle_s=0.5)
+    with running_server(NapPolicy(), metrics_port=0, limits=limits, max_batch_size=4, batch_timeout_ms=5) as server:
+        clients = [PolicyClient(port=server.port) for _ in range(3)]
+        try:
+            for client in clients:
+                client.get_action(observation())
+            server.sessions.touch("a-session")  # the table a session-keeping policy fills
+            busy = scrape(server)
+            time.sleep(1.2)  # past session_idle_s and the active-client window (1 s)
+            idle = scrape(server)
+        finally:
+            for client in clients:
+                client.close()
+    assert busy[("gr00t_active_clients", ())] == 3
+    assert busy[("gr00t_sessions", ())] == 1
+    assert idle[("gr00t_active_clients", ())] == 0
+    assert idle[("gr00t_sessions", ())] == 0

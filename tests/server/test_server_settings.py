@@ -97,3 +97,21 @@ def test_the_longest_gather_window_accepted_serves_a_full_batch_at_once():
         assert policy.row_counts == [2]  # one merged call: the batch was full, nothing waited for the window
         with PolicyClient(host="127.0.0.1", port=server.port, timeout_ms=5000) as client:
             assert client.ping()  # and the loop still turns
+
+
+def test_serve_raises_its_open_file_limit_to_the_hard_limit():
+    """A server holds a file descriptor per connection; at a soft limit of 1024 libzmq stops accepting clients
+    without a word and spins on its listener."""
+    resource = pytest.importorskip("resource")
+    from gr00t_server.cli import _raise_open_file_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 300:
+        pytest.skip(f"hard open-file limit {hard} leaves no room to lower the soft one")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    try:
+        _raise_open_file_limit()
+        raised, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert raised == (hard if hard != resource.RLIM_INFINITY else 1 << 20)

@@ -60,9 +60,39 @@ def test_an_npsave_header_that_claims_more_than_the_blob_holds_is_refused_before
     assert "header says dtype <f4 and shape [4000000000, 3]" in message
 
 
-def test_the_router_socket_holds_few_messages_per_connection():
+def test_the_router_socket_holds_few_messages_per_connection_and_pings_its_peers():
     with running_server(EchoPolicy()) as server:
         assert server._socket.getsockopt(zmq.RCVHWM) == 4
+        assert server._socket.getsockopt(zmq.SNDHWM) == 16  # unread replies: a peer that never reads costs 16
+        assert server._socket.getsockopt(zmq.HEARTBEAT_IVL) == 10_000
+        assert server._socket.getsockopt(zmq.HEARTBEAT_TIMEOUT) == 30_000
+
+
+def test_one_pipelining_connection_cannot_take_the_queue_from_the_others():
+    """Small requests fit the byte budget by the thousand: the count per connection is what keeps one pipelining
+    peer from filling the shared queue, so that every other client got "server busy" (seen: 1 call in 11 served)."""
+    payload = codec.encode({"endpoint": "get_action", "data": {"observation": {"state": {"x": np.zeros((1, 1, 4), np.float32)}}}})
+    limits = ServerLimits(max_client_queued_requests=3, max_queued_requests=6)
+    with running_server(EchoPolicy(delay_s=0.2), limits=limits) as server:
+        dealer = zmq.Context.instance().socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        try:
+            dealer.connect(f"tcp://127.0.0.1:{server.port}")
+            for _ in range(10):
+                dealer.send_multipart([b"", payload])
+            replies = []
+            while len(replies) < 7 and dealer.poll(5000):  # the 7 refusals come at once
+                replies.append(codec.decode(dealer.recv_multipart()[1]))
+            with PolicyClient(port=server.port, timeout_ms=5000) as client:
+                _action, info = client.get_action({"state": {"x": np.full((1, 1, 4), 7.0, np.float32)}})
+            while len(replies) < 10 and dealer.poll(5000):
+                replies.append(codec.decode(dealer.recv_multipart()[1]))
+        finally:
+            dealer.close(linger=0)
+    refusals = [r for r in replies if isinstance(r, dict) and "--max-client-queued-requests" in str(r.get("error"))]
+    assert len(replies) == 10 and len(refusals) == 7
+    assert "already has 3 requests waiting for their replies" in refusals[0]["error"]
+    assert info["first_state"] == 7.0  # served, not "server busy"
 
 
 def test_a_connection_over_its_queued_byte_budget_is_refused_while_the_policy_is_busy():

@@ -113,12 +113,16 @@ def test_serve_flags_set_the_limits_and_a_bad_one_is_a_one_line_error():
     from gr00t_server.cli import CliError, _server_limits, build_parser
 
     args = build_parser().parse_args(["serve", "--dataset-path", "d", "--max-rows", "4", "--max-language-tokens", "7",
-                                      "--max-sessions", "3", "--max-client-queued-mb", "1"])
+                                      "--max-sessions", "3", "--max-client-queued-mb", "1",
+                                      "--max-client-queued-requests", "2"])
     limits = _server_limits(args)
     assert (limits.max_rows, limits.max_language_tokens, limits.max_sessions) == (4, 7, 3)
     assert limits.max_client_queued_bytes == 1024 * 1024
+    assert limits.max_client_queued_requests == 2
     with pytest.raises(CliError, match="--max-cameras must be an int >= 1, got 0"):
         _server_limits(build_parser().parse_args(["serve", "--dataset-path", "d", "--max-cameras", "0"]))
+    with pytest.raises(CliError, match="--max-client-queued-requests must be an int >= 1, got 0"):
+        _server_limits(build_parser().parse_args(["serve", "--dataset-path", "d", "--max-client-queued-requests", "0"]))
 
 
 def test_small_float_states_whose_python_sum_overflows_are_still_accepted():

@@ -113,6 +113,9 @@ def _add_limit_flags(p: argparse.ArgumentParser) -> None:
                    help=f"evict a session unused this many seconds (default {d.session_idle_s:.0f})")
     p.add_argument(*_flag("max-client-queued-mb"), type=float, default=None,
                    help="request bytes one connection may have waiting for the policy beyond its first request (default 16)")
+    p.add_argument(*_flag("max-client-queued-requests"), type=int, default=d.max_client_queued_requests,
+                   help=f"requests one connection may have waiting for their replies (a REQ client has one; "
+                        f"default {d.max_client_queued_requests})")
 
 
 def _server_limits(args: argparse.Namespace) -> Any:
@@ -124,6 +127,7 @@ def _server_limits(args: argparse.Namespace) -> Any:
             max_rows=args.max_rows, max_language_chars=args.max_language_chars, max_language_tokens=args.max_language_tokens,
             max_cameras=args.max_cameras, max_image_pixels=args.max_image_pixels, max_sessions=args.max_sessions,
             session_idle_s=args.session_idle_s, max_client_queued_bytes=queued,
+            max_client_queued_requests=args.max_client_queued_requests,
         )
     except ValueError as exc:
         raise CliError(f"--{str(exc).replace('_', '-')}") from exc
@@ -295,6 +299,23 @@ def _check_server_flags(args: argparse.Namespace) -> None:
         raise CliError(f"--max-message-mb must be a whole number of MiB >= 1, got {args.max_message_mb}")
 
 
+def _raise_open_file_limit() -> None:
+    """Raise this process's soft limit on open files to its hard limit (a server holds one per client connection;
+    at the soft limit, often 1024, libzmq stops accepting connections without a word and spins on the listener)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            logger.warning("could not raise the open-file limit from %d to %d (%s); the server accepts about %d "
+                           "clients at once", soft, target, exc, max(0, soft - 64))
+
+
 def serve(args: argparse.Namespace) -> int:
     from gr00t_client import EmbodimentTag
 
@@ -303,6 +324,7 @@ def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level), format="%(levelname)s:%(name)s:%(message)s")
     if args.log_level != "DEBUG":  # torch's own INFO lines (e.g. FakeTensor cache stats at exit) are not ours to show
         logging.getLogger("torch").setLevel(logging.WARNING)
+    _raise_open_file_limit()
     try:
         tag = EmbodimentTag.resolve(args.embodiment_tag)
     except ValueError as exc:

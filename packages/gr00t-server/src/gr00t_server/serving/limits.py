@@ -37,11 +37,14 @@ class ServerLimits:
     max_sessions: int = 1024  # sessions a stateful policy keeps (least recently used evicted first)
     session_idle_s: float = 3600.0  # a session unused this long is evicted
     max_client_queued_bytes: Optional[int] = None  # request bytes one connection may have waiting; None: 16 MiB
+    # Requests one connection may have waiting, the one being served included (a REQ client has one): the bytes alone
+    # let one pipelining connection of small requests take every slot of the shared queue below.
+    max_client_queued_requests: int = 8
     max_queued_requests: int = 1024  # requests waiting for the policy, all clients together
 
     def __post_init__(self) -> None:
         for name in ("max_rows", "max_language_chars", "max_language_tokens", "max_cameras", "max_image_pixels",
-                     "max_session_id_chars", "max_sessions", "max_queued_requests"):
+                     "max_session_id_chars", "max_sessions", "max_client_queued_requests", "max_queued_requests"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")

@@ -60,6 +60,7 @@ class RequestLoop:
         self._window = window  # gathering waits for expected clients at most batch_timeout_ms, less as arrivals show
         self.pending: List[Request] = []  # batchable get_action requests gathered, not yet handed to the worker
         self.queued_bytes: Dict[bytes, int] = {}  # per connection: bytes of requests not yet answered
+        self.queued_counts: Dict[bytes, int] = {}  # per connection: requests not yet answered
         self.queued_requests = 0
         self.active_clients: Dict[str, float] = {}  # session -> when its last get_action was gathered
         self._cut_round: Optional[Tuple[float, Set[str]]] = None  # (round start, clients missing) of a round cut short
@@ -158,7 +159,8 @@ class RequestLoop:
         self._submit([request])
 
     def _admit(self, request: Request) -> None:
-        """Count the request against its connection's byte budget and the queue; refuse it when over."""
+        """Count the request against its connection's budgets (bytes and requests) and the queue; refuse it when
+        over any."""
         server = self._server
         budget = server.limits.max_client_queued_bytes or min(server.max_message_bytes, DEFAULT_CLIENT_QUEUED_BYTES)
         queued = self.queued_bytes.get(request.identity, 0)
@@ -169,11 +171,21 @@ class RequestLoop:
                 f"this connection already has {queued} bytes of requests waiting; a further {request.nbytes} bytes "
                 f"would exceed its budget of {budget} bytes (wait for the replies)"
             )
+        waiting = self.queued_counts.get(request.identity, 0)
+        if waiting >= server.limits.max_client_queued_requests:
+            server.stats.add("refused")
+            request.outcome = "refused"
+            raise RequestError(
+                f"this connection already has {waiting} requests waiting for their replies; this server queues at most "
+                f"{server.limits.max_client_queued_requests} per connection (--max-client-queued-requests; wait for "
+                "the replies)"
+            )
         if self.queued_requests >= server.limits.max_queued_requests:
             server.stats.add("refused")
             request.outcome = "refused"
             raise RequestError(f"server busy: {self.queued_requests} requests are waiting for the policy; try again")
         self.queued_bytes[request.identity] = queued + request.nbytes
+        self.queued_counts[request.identity] = waiting + 1
         self.queued_requests += 1
         request.admitted = True
 
@@ -187,6 +199,11 @@ class RequestLoop:
             self.queued_bytes[request.identity] = left
         else:
             self.queued_bytes.pop(request.identity, None)
+        waiting = self.queued_counts.get(request.identity, 0) - 1
+        if waiting > 0:
+            self.queued_counts[request.identity] = waiting
+        else:
+            self.queued_counts.pop(request.identity, None)
 
     def _submit(self, job: Job) -> None:
         """Hand a job to the worker, or run it here when it is a get_action, recent ones were cheap (InlineGate) and
@@ -296,9 +313,19 @@ class RequestLoop:
         if not missing or request.received_at - round_start > self._window.cap_s:
             self._cut_round = None
 
+    def _active_cutoff(self) -> float:
+        """The time.monotonic() before which a client's last gathered get_action no longer makes it active."""
+        return time.monotonic() - max(ACTIVE_CLIENT_WINDOW_S, 10 * self._server.batch_timeout_ms / 1000.0)
+
+    def active_client_count(self) -> int:
+        """Clients whose get_action was gathered recently (safe from another thread: the metrics gauge; the ones gone
+        quiet are forgotten only at the next gather)."""
+        cutoff = self._active_cutoff()
+        return sum(1 for last in list(self.active_clients.values()) if last >= cutoff)
+
     def _recent_clients(self) -> AbstractSet[str]:
         """Sessions whose get_action was batched recently (and forget the ones gone quiet)."""
-        cutoff = time.monotonic() - max(ACTIVE_CLIENT_WINDOW_S, 10 * self._server.batch_timeout_ms / 1000.0)
+        cutoff = self._active_cutoff()
         if self.active_clients and min(self.active_clients.values()) < cutoff:  # asked every turn: rebuilt only then
             self.active_clients = {s: t for s, t in self.active_clients.items() if t >= cutoff}
             self._absent.intersection_update(self.active_clients)  # forgotten clients need no exception

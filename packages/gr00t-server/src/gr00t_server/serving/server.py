@@ -341,8 +341,8 @@ class PolicyServer:
         metrics = ServerMetrics(
             endpoints=lambda: self._endpoints,
             queue_depth=lambda: self._loop.queued_requests,
-            sessions=lambda: len(self.sessions),
-            active_clients=lambda: len(self._loop.active_clients),
+            sessions=lambda: self.sessions.live_count(),
+            active_clients=lambda: self._loop.active_client_count(),
         )
         try:
             metrics.serve(self.host, port)

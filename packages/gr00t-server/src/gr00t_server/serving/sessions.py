@@ -33,6 +33,12 @@ class SessionTable:
     def __contains__(self, session: str) -> bool:
         return session in self._last_used
 
+    def live_count(self) -> int:
+        """Sessions used within `idle_s` (safe from another thread): the idle ones still held are forgotten at the
+        next request, and a gauge should not count them in the meantime."""
+        now = self._clock()
+        return sum(1 for used in list(self._last_used.values()) if now - used <= self.idle_s)
+
     def touch(self, session: str) -> List[str]:
         """Mark `session` used now; return the sessions evicted to make room or for being idle."""
         now = self._clock()

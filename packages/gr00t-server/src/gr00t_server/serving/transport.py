@@ -19,6 +19,17 @@ logger = logging.getLogger("gr00t_server.serving")
 # Messages ZeroMQ may hold per connection before it stops reading that peer (back-pressure). A REQ client has
 # one request outstanding; the default of 1000 let one connection park 1000 x max_message_bytes in the server.
 RECEIVE_HWM = 4
+# Replies ZeroMQ may hold per connection that its peer has not read; beyond it the ROUTER drops that peer's replies.
+# A REQ client reads its one reply; the default of 1000 let a connection that never reads hold 1000 replies in the
+# server's memory (250 MiB of 256 KiB replies, per such connection), and the queue budgets count a request only
+# until its reply is handed to ZeroMQ.
+SEND_HWM = 16
+# ZMTP heartbeats: a connection whose peer answers no ping for HEARTBEAT_TIMEOUT_MS is closed. A robot that lost
+# power or network leaves its connection open for good otherwise, holding a file descriptor, and enough of those
+# stop the server from accepting anyone (libzmq then spins on the listening socket). Live peers, busy or idle, answer
+# in their ZeroMQ I/O thread.
+HEARTBEAT_IVL_MS = 10_000
+HEARTBEAT_TIMEOUT_MS = 30_000
 # pyzmq's flags are enum.Flag members: every `|` and every call converts them in Python (~7 enum calls per request
 # on the hot path), so the socket thread uses their plain int values.
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -38,6 +49,9 @@ class Transport:
         # from an ordinary disconnect, so it cannot be logged here; our client checks the size before sending.
         sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
         sock.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
+        sock.setsockopt(zmq.SNDHWM, SEND_HWM)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
         sock.setsockopt(zmq.IPV6, int(is_ipv6_literal(host)))
         sock.copy_threshold = codec.ZERO_COPY_MIN_BYTES
         sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
