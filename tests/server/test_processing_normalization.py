@@ -107,7 +107,7 @@ def test_rot6d_gram_schmidt_orthonormalizes():
     np.testing.assert_allclose(matrix, np.eye(3), atol=1e-12)
 
 
-def _processor(use_relative_action=True):
+def _processor(use_relative_action=True, mean_std_actions=()):
     configs = {
         "robot": {
             "video": {"delta_indices": [0], "modality_keys": ["cam"]},
@@ -115,6 +115,7 @@ def _processor(use_relative_action=True):
             "action": {
                 "delta_indices": [0, 1],
                 "modality_keys": ["arm", "hand"],
+                "mean_std_embedding_keys": list(mean_std_actions),
                 "action_configs": [
                     {"rep": "RELATIVE", "type": "NON_EEF", "format": "DEFAULT", "state_key": None},
                     {"rep": "ABSOLUTE", "type": "NON_EEF", "format": "DEFAULT", "state_key": None},
@@ -139,7 +140,8 @@ def _processor(use_relative_action=True):
                     "hand": {"min": [0], "max": [1], "q01": [0.2], "q99": [0.8], "mean": [0.5], "std": [1.0]},
                 },
                 "relative_action": {
-                    "arm": {"min": [[-1, -1], [-2, -2]], "max": [[1, 1], [2, 2]], "q01": [[0, 0], [0, 0]], "q99": [[0, 0], [0, 0]]}
+                    "arm": {"min": [[-1, -1], [-2, -2]], "max": [[1, 1], [2, 2]], "q01": [[0, 0], [0, 0]], "q99": [[0, 0], [0, 0]],
+                            "mean": [[0.5, -0.5], [1.0, 2.0]], "std": [[2.0, 4.0], [0.0, 0.5]]}
                 },
             }
         }
@@ -168,6 +170,25 @@ def test_decode_relative_key_uses_relative_min_max_per_step_and_last_state():
     # hand is absolute with q01/q99 = [0.2, 0.8]: 1 -> 0.8, 0 -> 0.5
     np.testing.assert_allclose(out["hand"][0, :, 0], [0.8, 0.5], rtol=1e-6)
     assert all(v.dtype == np.float32 for v in out.values())
+
+
+def test_a_relative_key_listed_as_mean_std_decodes_with_the_relative_mean_and_std():
+    """Upstream checks mean_std_embedding_keys first, with the relative statistics in place of the action ones; the
+    relative min/max rule (clipped to [-1, 1]) was applied instead, off by up to 0.046 on a test checkpoint and
+    without bound on real statistics."""
+    proc = _processor(mean_std_actions=["arm"])
+    model_out = np.zeros((1, 2, 5))
+    model_out[0, :, 0:2] = [[1.5, -1.0], [2.0, 3.0]]  # beyond [-1, 1]: not clipped for a mean/std key
+    raw_state = {"arm": np.array([[[0.0, 0.0], [3.0, 4.0]]]), "hand": np.zeros((1, 2, 1))}
+    out = proc.decode_action(model_out, "robot", raw_state)
+    # step 0: 1.5*2+0.5, -1*4-0.5 ; step 1: std 0 leaves 2.0, 3*0.5+2 ; + last state (3, 4)
+    np.testing.assert_allclose(out["arm"][0], [[3.5 + 3.0, -4.5 + 4.0], [2.0 + 3.0, 3.5 + 4.0]])
+    encoded = proc.encode_action({"arm": out["arm"], "hand": out["hand"]}, "robot", raw_state)  # RTC's inverse
+    np.testing.assert_allclose(encoded[0, :, 0:2], model_out[0, :, 0:2], rtol=1e-6)
+    del proc.statistics["robot"]["relative_action"]["arm"]["std"]
+    proc._norm_cache.clear()
+    with pytest.raises(ValueError, match=r"lack 'std' \(the key is in mean_std_embedding_keys\)"):
+        proc.decode_action(model_out, "robot", raw_state)
 
 
 def test_decode_without_relative_flag_treats_relative_keys_as_absolute():

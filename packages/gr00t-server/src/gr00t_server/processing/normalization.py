@@ -120,10 +120,14 @@ def split_action(action: np.ndarray, keys: Sequence[str], dims: Mapping[str, int
 
 
 def relative_stats_for_horizon(stats: Mapping[str, np.ndarray], horizon: int, where: str) -> Dict[str, np.ndarray]:
-    """Relative-action min/max as (horizon, D) arrays (statistics hold one row per horizon step)."""
+    """Relative-action min/max (and mean/std where present) as (horizon, D) arrays (statistics hold one row per
+    horizon step). A relative key replaces its action statistics with these whole, as upstream's normalization
+    parameters do: min/max for a min/max key (never q01/q99), mean/std for a key in mean_std_embedding_keys."""
     out = {}
-    for name in ("min", "max"):
+    for name in ("min", "max", "mean", "std"):
         if name not in stats:
+            if name in ("mean", "std"):  # needed only by a mean/std key, which asks for them by name
+                continue
             raise ValueError(f"Relative action statistics for {where} lack '{name}'")
         value = np.asarray(stats[name], np.float64)
         if value.ndim == 2:
@@ -260,6 +264,14 @@ def normalize_action_key(x: np.ndarray, params: KeyNormParams, mean_std: bool) -
     if mean_std:
         return mean_std_normalize(x, params.mean, params.std)
     return minmax_normalize(x, params.low, params.high, clip=True)
+
+
+def relative_stat(stats: Mapping[str, np.ndarray], name: str, rows: int, where: str) -> np.ndarray:
+    """Relative statistic `name` for the first `rows` horizon steps; ValueError naming it when absent."""
+    if name not in stats:
+        raise ValueError(f"Relative action statistics for {where} lack '{name}' (the key is in mean_std_embedding_keys)")
+    value = stats[name]
+    return value[:rows] if value.ndim == 2 else value
 
 
 def unnormalize_action_key(x: np.ndarray, params: KeyNormParams, mean_std: bool) -> np.ndarray:

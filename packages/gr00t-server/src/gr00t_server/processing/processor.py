@@ -358,7 +358,13 @@ class Gr00tN1d7Processor:
         for index, key in enumerate(action_config.modality_keys):
             if key in params.relative_action:
                 rel = params.relative_action[key]
-                value = norm.minmax_unnormalize(parts[key], rel["min"], rel["max"])
+                if key in mean_std_keys:  # upstream checks mean/std keys first, with the relative statistics
+                    rows = parts[key].shape[1]
+                    where = f"key '{key}' of '{tag}'"
+                    value = norm.mean_std_unnormalize(parts[key], norm.relative_stat(rel, "mean", rows, where),
+                                                      norm.relative_stat(rel, "std", rows, where))
+                else:
+                    value = norm.minmax_unnormalize(parts[key], rel["min"], rel["max"])
                 spec = action_config.action_configs[index]
                 state_key = spec.state_key or key
                 if raw_states is None:
@@ -424,5 +430,9 @@ class Gr00tN1d7Processor:
             raise KeyError(f"Reference state key '{state_key}' not found in state dict for embodiment '{tag}'")
         relative = norm.encode_relative(key, value, raw_states[state_key], spec.type.name, spec.format.name)
         stats = self.norm_params(tag).relative_action[key]
-        low, high = (stats[name][: value.shape[1]] if stats[name].ndim == 2 else stats[name] for name in ("min", "max"))
-        return norm.minmax_normalize(relative, low, high)
+        rows, where = value.shape[1], f"key '{key}' of '{tag}'"
+        if key in set(self.modality_configs(tag)["action"].mean_std_embedding_keys or []):
+            return norm.mean_std_normalize(relative, norm.relative_stat(stats, "mean", rows, where),
+                                           norm.relative_stat(stats, "std", rows, where))
+        return norm.minmax_normalize(relative, norm.relative_stat(stats, "min", rows, where),
+                                     norm.relative_stat(stats, "max", rows, where))
