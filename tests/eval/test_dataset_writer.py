@@ -154,6 +154,46 @@ def test_writer_refuses_a_non_empty_directory(tmp_path):
         DatasetWriter(tmp_path / "ds", fps=5)
 
 
+def test_overwrite_replaces_a_dataset_but_deletes_nothing_from_a_folder_that_is_not_one(tmp_path):
+    """overwrite=True deleted any folder: a thesis beside a dataset, or a folder that never was one."""
+    folder = tmp_path / "work"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("years of work")
+    (folder / "meta").mkdir()
+    with pytest.raises(FileExistsError, match="thesis.tex.*nothing was deleted"):
+        DatasetWriter(folder, fps=5, overwrite=True)
+    assert (folder / "thesis.tex").read_text() == "years of work" and (folder / "meta").is_dir()
+
+    dataset = tmp_path / "ds"
+    with DatasetWriter(dataset, fps=5) as writer:
+        writer.add_episode(**_episode())
+        writer.add_episode(**_episode())
+    (dataset / ".claim.json").write_text("{}")  # hidden files (a recording's claim) belong to the dataset
+    link = tmp_path / "ds-link"
+    link.symlink_to(dataset)
+    with DatasetWriter(link, fps=5, overwrite=True) as writer:
+        writer.add_episode(**_episode(length=4))
+    assert link.is_symlink() and json.loads((dataset / "meta" / "info.json").read_text())["total_episodes"] == 1
+    assert not (dataset / ".claim.json").exists()
+
+
+def test_episodes_listed_beyond_info_json_total_are_not_read(tmp_path):
+    """info.json is written last: a recording killed between episodes.jsonl and info.json lists an episode it never
+    committed, which the reader served while the CLI counted one fewer."""
+    from gr00t_eval.dataset import LeRobotDataset
+
+    root = tmp_path / "ds"
+    with DatasetWriter(root, fps=5) as writer:
+        for length in (3, 4):
+            writer.add_episode(**_episode(length=length))
+    info_path = root / "meta" / "info.json"
+    info = json.loads(info_path.read_text())
+    info["total_episodes"] = 1
+    info_path.write_text(json.dumps(info))
+    dataset = LeRobotDataset(root)
+    assert dataset.episode_lengths == [3]
+
+
 def test_unknown_codec_is_refused(tmp_path):
     with pytest.raises(ValueError, match="video_codec"):
         DatasetWriter(tmp_path / "ds", fps=5, video_codec="vp9")

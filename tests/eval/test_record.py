@@ -64,3 +64,72 @@ def test_replaying_the_recorded_actions_with_the_seed_reproduces_the_episode(rec
 def test_record_refuses_other_envs(tmp_path):
     with pytest.raises(ValueError, match="metaworld/<task>"):
         record_metaworld("pusht/PushT-v0", 1, tmp_path / "x", progress=False)
+
+
+def test_a_second_recording_cannot_empty_a_directory_another_recording_fills(recorded, tmp_path):
+    """Two recordings into one folder both exited 0, leaving episodes that held the other run's data under the wrong
+    seeds; --overwrite deleted the running one's finished episodes."""
+    import json
+    import shutil
+
+    from gr00t_eval.record import RECORD_CLAIM
+    from gr00t_eval.run_claim import claim_output_dir, finish_claim
+    from gr00t_eval.run_dir import OutputDirError
+
+    summary, _ = recorded
+    root = tmp_path / "reach"
+    shutil.copytree(summary.root, root)
+    assert json.loads((root / RECORD_CLAIM).read_text())["claim"]["outcome"] == "complete"
+    (root / RECORD_CLAIM).unlink()
+    claim = claim_output_dir(root, RECORD_CLAIM, {})  # a recording of this (live) process, not finished
+    with pytest.raises(OutputDirError, match=r"--output .* is in use"):
+        record_metaworld("metaworld/reach-v3", 1, root, image_size=32, overwrite=True, progress=False)
+    assert LeRobotDataset(root).episode_lengths == summary.lengths  # untouched
+    finish_claim(claim, "complete")
+    record_metaworld("metaworld/reach-v3", 1, root, seed=3, image_size=32, overwrite=True, progress=False)
+    assert LeRobotDataset(root).episode(0).extras["seed"] == 3
+
+
+def test_meta_worlds_own_500_step_limit_does_not_cut_the_callers_budget():
+    """Meta-World truncates at its max_path_length (500): `rollout --max-episode-steps 720` (the default) and
+    `record --max-episode-steps 800` ended every long episode at 500 without a word."""
+    from gr00t_eval.rollout import make_env
+
+    env = make_env("metaworld/reach-v3", image_size=32)
+    try:
+        env.reset(seed=0)
+        still = {"action.eef_delta": np.zeros(3, np.float32), "action.gripper": np.zeros(1, np.float32)}
+        for _ in range(600):
+            _obs, _reward, terminated, truncated, _info = env.step(still)
+            assert not (terminated or truncated)
+    finally:
+        env.close()
+
+
+def test_sigterm_stops_a_recording_like_ctrl_c_keeping_its_finished_episodes(tmp_path):
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "reach"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gr00t_eval.cli", "record", "--env-name", "metaworld/reach-v3", "--episodes", "200",
+         "--output", str(root), "--image-size", "32"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (root / "meta" / "info.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, output
+    kept = len(LeRobotDataset(root).episode_lengths)
+    assert kept >= 1
+    assert f"INTERRUPTED: {root} holds the {kept} episodes finished" in output
+    assert json.loads((root / ".gr00t_record.json").read_text())["claim"]["outcome"] == "interrupted"

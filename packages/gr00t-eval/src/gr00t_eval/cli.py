@@ -391,10 +391,13 @@ def cmd_record(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         info = Path(args.output) / "meta" / "info.json"
         kept = json.loads(info.read_text())["total_episodes"] if info.is_file() else 0
-        print(f"INTERRUPTED: {args.output} holds the {kept} episodes finished before the interrupt (a loadable dataset)")
+        if kept:
+            print(f"INTERRUPTED: {args.output} holds the {kept} episodes finished before the interrupt (a loadable dataset)")
+        else:
+            print(f"INTERRUPTED: {args.output} holds no finished episode (not a loadable dataset)")
         raise
     except FileExistsError as exc:
-        raise SystemExit(f"error: {exc}; add --overwrite to replace it") from None
+        raise SystemExit(f"error: {exc}" if args.overwrite else f"error: {exc}; add --overwrite to replace it") from None
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
     print(f"Recorded {summary.n_episodes} episodes of {args.env_name} to {summary.root} "

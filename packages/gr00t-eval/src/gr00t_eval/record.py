@@ -4,6 +4,8 @@ Episode i is recorded with env seed `seed + i` and stores that seed in meta/epis
 field, which LeRobot keeps and ignores); a replay server reports it in its reset/get_action info, so a rollout
 against it replays episode i in the very same scene without `--seed` (Meta-World is deterministic under a seed).
 meta/ is rewritten after every episode, so an interrupted recording loads with the episodes it finished.
+A recording claims its directory (RECORD_CLAIM, a hidden file beside meta/ recording its process), so a second
+`record` into it, with --overwrite or not, is refused while the first runs.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from .rollout.envs import split_env_name
 logger = logging.getLogger(__name__)
 
 METAWORLD_FPS = 80  # MuJoCo timestep 0.0025 s x frame_skip 5
+RECORD_CLAIM = ".gr00t_record.json"  # in the dataset root: the recording's process and settings (run_claim)
 
 
 @dataclass
@@ -57,7 +60,7 @@ def record_metaworld(
     always has seed `seed + i`.
     """
     from .rollout.adapters import checked_image_size
-    from .rollout.adapters.metaworld import DEFAULT_CAMERA, STATE_SLICES, MetaWorldEnv, array_to_action, scripted_policy
+    from .rollout.adapters.metaworld import DEFAULT_CAMERA, MetaWorldEnv, scripted_policy
 
     prefix, task = split_env_name(env_name)
     if prefix != "metaworld" or not task:
@@ -72,6 +75,11 @@ def record_metaworld(
     if image_size % 2:  # checked here, before the dataset directory is made
         raise ValueError(f"image_size must be even (the dataset's mp4 videos are yuv420p), got {image_size}")
     camera = camera or DEFAULT_CAMERA
+    from .run_claim import claim_output_dir, finish_claim, finished_however_it_ends, refuse_live_claim
+    from .run_dir import sigterm_as_interrupt
+
+    if overwrite and Path(output).is_dir():
+        refuse_live_claim(output, RECORD_CLAIM, flag="--output")  # never empty a directory another recording fills
     env = MetaWorldEnv(task, image_size=image_size, camera=camera)
     expert = scripted_policy(task)
     summary = RecordSummary(Path(output))
@@ -80,33 +88,44 @@ def record_metaworld(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n_episodes, desc="Recording")
+    settings = {"env_name": env_name, "n_episodes": n_episodes, "seed": seed, "max_episode_steps": max_episode_steps,
+                "image_size": image_size, "camera": camera}
     try:
-        with DatasetWriter(output, fps=METAWORLD_FPS, robot_type="sawyer", overwrite=overwrite) as writer:
-            for episode in range(n_episodes):
-                episode_seed = seed + episode
-                record = _record_episode(env, expert, episode_seed, max_episode_steps, array_to_action, list(STATE_SLICES))
-                writer.add_episode(
-                    frames={camera: np.stack(record["frames"])},
-                    states={k: np.stack(v) for k, v in record["states"].items()},
-                    actions={k: np.stack(v) for k, v in record["actions"].items()},
-                    task=env.instruction,
-                    step_columns={"next.reward": np.asarray(record["rewards"], np.float32),
-                                  "next.success": np.asarray(record["success_flags"], bool)},
-                    metadata={"seed": episode_seed, "success": record["success"], "env_name": env_name},
-                )
-                writer.write_meta()  # loadable after every episode: an interrupted recording keeps what it finished
-                summary.seeds.append(episode_seed)
-                summary.lengths.append(len(record["rewards"]))
-                summary.successes.append(record["success"])
-                if not record["success"]:
-                    logger.warning("expert failed episode %d (seed %d) within %d steps", episode, episode_seed, max_episode_steps)
-                if bar is not None:
-                    bar.update(1)
+        with sigterm_as_interrupt(), DatasetWriter(output, fps=METAWORLD_FPS, robot_type="sawyer", overwrite=overwrite) as writer:
+            claim = claim_output_dir(output, RECORD_CLAIM, settings, flag="--output")
+            with finished_however_it_ends(lambda outcome: finish_claim(claim, outcome)):
+                _record_episodes(env, expert, writer, summary, env_name, camera, n_episodes, seed, max_episode_steps, bar)
     finally:
         if bar is not None:
             bar.close()
         env.close()
     return summary
+
+
+def _record_episodes(env: Any, expert: Any, writer: DatasetWriter, summary: RecordSummary, env_name: str, camera: str,
+                     n_episodes: int, seed: int, max_episode_steps: int, bar: Any) -> None:
+    from .rollout.adapters.metaworld import STATE_SLICES, array_to_action
+
+    for episode in range(n_episodes):
+        episode_seed = seed + episode
+        record = _record_episode(env, expert, episode_seed, max_episode_steps, array_to_action, list(STATE_SLICES))
+        writer.add_episode(
+            frames={camera: np.stack(record["frames"])},
+            states={k: np.stack(v) for k, v in record["states"].items()},
+            actions={k: np.stack(v) for k, v in record["actions"].items()},
+            task=env.instruction,
+            step_columns={"next.reward": np.asarray(record["rewards"], np.float32),
+                          "next.success": np.asarray(record["success_flags"], bool)},
+            metadata={"seed": episode_seed, "success": record["success"], "env_name": env_name},
+        )
+        writer.write_meta()  # loadable after every episode: an interrupted recording keeps what it finished
+        summary.seeds.append(episode_seed)
+        summary.lengths.append(len(record["rewards"]))
+        summary.successes.append(record["success"])
+        if not record["success"]:
+            logger.warning("expert failed episode %d (seed %d) within %d steps", episode, episode_seed, max_episode_steps)
+        if bar is not None:
+            bar.update(1)
 
 
 def _record_episode(env: Any, expert: Any, seed: int, max_steps: int, to_action: Any, state_keys: List[str]) -> Dict[str, Any]:

@@ -43,7 +43,7 @@ class ClaimHolder:
         return f"pid {self.pid}{'' if self.hostname is None else f' on host {self.hostname}'}, started {self.started}"
 
 
-def claim_output_dir(path: Union[str, Path], filename: str, settings: Mapping[str, Any]) -> Path:
+def claim_output_dir(path: Union[str, Path], filename: str, settings: Mapping[str, Any], flag: str = "--output-dir") -> Path:
     """Create PATH/FILENAME, holding `settings` and this process's claim, atomically: a second claim is refused.
 
     The emptiness check and a run's first file are otherwise a window in which two runs both find the
@@ -57,7 +57,7 @@ def claim_output_dir(path: Union[str, Path], filename: str, settings: Mapping[st
     try:
         _create_exclusively(claim, text)
     except FileExistsError:
-        raise OutputDirError(f"--output-dir {path} is taken by another run (it holds {filename}); wait for that run "
+        raise OutputDirError(f"{flag} {path} is taken by another run (it holds {filename}); wait for that run "
                              "or name a new directory") from None
     return claim
 
@@ -119,7 +119,7 @@ def read_holder(claim: Union[str, Path]) -> Optional[ClaimHolder]:
                        finished=bool(record.get("finished")))
 
 
-def refuse_live_claim(directory: Union[str, Path], filename: str) -> Optional[ClaimHolder]:
+def refuse_live_claim(directory: Union[str, Path], filename: str, flag: str = "--output-dir") -> Optional[ClaimHolder]:
     """OutputDirError when DIRECTORY/FILENAME is held by a run that has not finished and may still be running.
 
     Checked before --overwrite may empty the directory: a live claimant on this host (its process exists)
@@ -132,11 +132,11 @@ def refuse_live_claim(directory: Union[str, Path], filename: str) -> Optional[Cl
         return holder
     here = socket.gethostname()
     if holder.hostname is not None and holder.hostname != here:
-        raise OutputDirError(f"--output-dir {directory} is claimed by a run that has not finished ({holder.describe()}, "
+        raise OutputDirError(f"{flag} {directory} is claimed by a run that has not finished ({holder.describe()}, "
                              f"in {filename}); host {here} cannot check whether it still runs. Wait for it, or if it "
                              f"has ended delete {claim}, or name another directory")
     if holder_alive(holder):
-        raise OutputDirError(f"--output-dir {directory} is in use: the run that claimed it is still running "
+        raise OutputDirError(f"{flag} {directory} is in use: the run that claimed it is still running "
                              f"({holder.describe()}, in {filename}). Wait for it to end or name another directory")
     logger.warning("%s was claimed by a run that ended without finishing (%s; that process is gone)", directory, holder.describe())
     return holder

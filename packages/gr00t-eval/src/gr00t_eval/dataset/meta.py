@@ -109,10 +109,18 @@ def read_tasks(meta_dir: Path, major: int) -> Dict[int, str]:
 
 
 def read_episodes(root: Path, info: Mapping[str, Any], major: int, video_keys: List[str]) -> List[EpisodeRecord]:
-    """Episode records in file order, with data and video locations resolved."""
-    if major < 3:
-        return _read_episodes_v2(root, info, video_keys)
-    return _read_episodes_v3(root, info, video_keys)
+    """Episode records in file order, with data and video locations resolved.
+
+    info.json is a writer's last meta file (ours, and LeRobot's): an episodes file listing more episodes than its
+    `total_episodes` was written by a recording stopped before it could commit them, so only the first
+    `total_episodes` are read (the others' files may be incomplete)."""
+    records = _read_episodes_v2(root, info, video_keys) if major < 3 else _read_episodes_v3(root, info, video_keys)
+    total = info.get("total_episodes")
+    if isinstance(total, int) and not isinstance(total, bool) and 0 <= total < len(records):
+        logger.warning("%s: the episodes file lists %d episodes, meta/info.json's total_episodes %d (a recording stopped "
+                       "while writing meta/); reading the first %d", root, len(records), total, total)
+        records = records[:total]
+    return records
 
 
 def _read_episodes_v2(root: Path, info: Mapping[str, Any], video_keys: List[str]) -> List[EpisodeRecord]:

@@ -75,7 +75,7 @@ class DatasetWriter:
         if self.root.exists() and any(self.root.iterdir()):
             if not overwrite:
                 raise FileExistsError(f"dataset directory {self.root} is not empty (pass overwrite=True to replace it)")
-            shutil.rmtree(self.root)
+            _empty_dataset_dir(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.fps = fps
         self.video_codec = video_codec
@@ -382,6 +382,29 @@ def _replace_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(path)  # a reader (or a crash) never sees half a file
+
+
+# What a dataset directory holds: LeRobot's three folders, and hidden files (a recording's claim, atomic-write
+# leftovers). Anything else means the directory is not (only) a dataset.
+DATASET_ENTRIES = frozenset({"meta", "data", "videos"})
+
+
+def _empty_dataset_dir(root: Path) -> None:
+    """Delete a dataset's entries from `root` (overwrite), keeping `root` itself (it may be a mount point or a
+    symlink's target). FileExistsError, deleting nothing, when `root` holds anything a dataset does not: overwrite
+    deleted any folder, a thesis beside a dataset or a folder that was never one."""
+    entries = list(root.iterdir())
+    foreign = sorted(entry.name for entry in entries if entry.name not in DATASET_ENTRIES and not entry.name.startswith("."))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise FileExistsError(f"dataset directory {root} holds {shown}, which no LeRobot dataset has (only meta/, data/ "
+                              f"and videos/); overwrite replaces a dataset only, so nothing was deleted: name an empty or "
+                              f"new directory")
+    for entry in entries:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -60,6 +60,9 @@ def check_task(task: str) -> None:
         raise ValueError(f"unknown Meta-World task {task!r}; expected one of: {known}")
 
 
+UNLIMITED_PATH_LENGTH = 2**31 - 1  # Meta-World's own step limit, set out of the way (see MetaWorldEnv)
+
+
 class MetaWorldEnv(gym.Env):
     """A Meta-World task with goal-observable state, rendered by `camera` at `image_size` pixels."""
 
@@ -75,6 +78,10 @@ class MetaWorldEnv(gym.Env):
         self._mujoco = mujoco
         self._env = envs[key](seed=seed)
         self._env.seeded_rand_vec = True  # draw placements from the env's seeded generator, not np.random
+        # Meta-World ends every episode at its own max_path_length (500) with truncated=True, whatever budget the
+        # caller set: `rollout --max-episode-steps 720` (the default) and `record --max-episode-steps 800` were cut
+        # at 500 without a word. The caller's budget (rollout's MultiStepWrapper, record's loop) is the only limit.
+        self._env.max_path_length = UNLIMITED_PATH_LENGTH
         cameras = [self._env.model.camera(i).name for i in range(self._env.model.ncam)]
         if camera not in cameras:  # MuJoCo would only say so at the first render, after a dataset or video was begun
             raise ValueError(f"Meta-World has no camera {camera!r}; its cameras: {', '.join(cameras)}")
