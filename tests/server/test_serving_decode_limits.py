@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import time
+from typing import Any, Iterator, List, Optional
 
 import msgpack
 import numpy as np
@@ -68,27 +70,38 @@ def test_the_router_socket_holds_few_messages_per_connection_and_pings_its_peers
         assert server._socket.getsockopt(zmq.HEARTBEAT_TIMEOUT) == 30_000
 
 
+@contextlib.contextmanager
+def pipelining_dealer(port: int) -> Iterator[zmq.Socket]:
+    """A DEALER connected to the server: it can send requests without waiting for replies, as no REQ client can."""
+    dealer = zmq.Context.instance().socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    try:
+        dealer.connect(f"tcp://127.0.0.1:{port}")
+        yield dealer
+    finally:
+        dealer.close(linger=0)
+
+
+def replies_of(dealer: zmq.Socket, count: int, replies: Optional[List[Any]] = None) -> List[Any]:
+    """Decoded replies until there are `count` (in `replies`, when given) or none comes for 5 s."""
+    replies = [] if replies is None else replies
+    while len(replies) < count and dealer.poll(5000):
+        replies.append(codec.decode(dealer.recv_multipart()[1]))
+    return replies
+
+
 def test_one_pipelining_connection_cannot_take_the_queue_from_the_others():
     """Small requests fit the byte budget by the thousand: the count per connection is what keeps one pipelining
     peer from filling the shared queue, so that every other client got "server busy" (seen: 1 call in 11 served)."""
     payload = codec.encode({"endpoint": "get_action", "data": {"observation": {"state": {"x": np.zeros((1, 1, 4), np.float32)}}}})
     limits = ServerLimits(max_client_queued_requests=3, max_queued_requests=6)
-    with running_server(EchoPolicy(delay_s=0.2), limits=limits) as server:
-        dealer = zmq.Context.instance().socket(zmq.DEALER)
-        dealer.setsockopt(zmq.LINGER, 0)
-        try:
-            dealer.connect(f"tcp://127.0.0.1:{server.port}")
-            for _ in range(10):
-                dealer.send_multipart([b"", payload])
-            replies = []
-            while len(replies) < 7 and dealer.poll(5000):  # the 7 refusals come at once
-                replies.append(codec.decode(dealer.recv_multipart()[1]))
-            with PolicyClient(port=server.port, timeout_ms=5000) as client:
-                _action, info = client.get_action({"state": {"x": np.full((1, 1, 4), 7.0, np.float32)}})
-            while len(replies) < 10 and dealer.poll(5000):
-                replies.append(codec.decode(dealer.recv_multipart()[1]))
-        finally:
-            dealer.close(linger=0)
+    with running_server(EchoPolicy(delay_s=0.2), limits=limits) as server, pipelining_dealer(server.port) as dealer:
+        for _ in range(10):
+            dealer.send_multipart([b"", payload])
+        replies = replies_of(dealer, 7)  # the 7 refusals come at once
+        with PolicyClient(port=server.port, timeout_ms=5000) as client:
+            _action, info = client.get_action({"state": {"x": np.full((1, 1, 4), 7.0, np.float32)}})
+        replies_of(dealer, 10, replies)
     refusals = [r for r in replies if isinstance(r, dict) and "--max-client-queued-requests" in str(r.get("error"))]
     assert len(replies) == 10 and len(refusals) == 7
     assert "already has 3 requests waiting for their replies" in refusals[0]["error"]
@@ -98,18 +111,10 @@ def test_one_pipelining_connection_cannot_take_the_queue_from_the_others():
 def test_a_connection_over_its_queued_byte_budget_is_refused_while_the_policy_is_busy():
     payload = codec.encode({"endpoint": "get_action", "data": {"observation": {"state": {"x": np.zeros((1, 1, 4000), np.float32)}}}})
     limits = ServerLimits(max_client_queued_bytes=len(payload) * 2)
-    with running_server(EchoPolicy(delay_s=0.5), limits=limits) as server:
-        dealer = zmq.Context.instance().socket(zmq.DEALER)
-        dealer.setsockopt(zmq.LINGER, 0)
-        try:
-            dealer.connect(f"tcp://127.0.0.1:{server.port}")
-            for _ in range(4):
-                dealer.send_multipart([b"", payload])
-            replies = []
-            while len(replies) < 4 and dealer.poll(5000):
-                replies.append(codec.decode(dealer.recv_multipart()[1]))
-        finally:
-            dealer.close(linger=0)
+    with running_server(EchoPolicy(delay_s=0.5), limits=limits) as server, pipelining_dealer(server.port) as dealer:
+        for _ in range(4):
+            dealer.send_multipart([b"", payload])
+        replies = replies_of(dealer, 4)
         refusals = [r for r in replies if isinstance(r, dict) and "budget" in str(r.get("error"))]
         assert len(replies) == 4 and len(refusals) == 2
         assert server.stats.refused == 2
