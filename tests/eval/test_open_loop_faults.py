@@ -326,3 +326,87 @@ def test_action_delta_indices_other_than_each_next_step_are_refused_before_scori
     assert (f"the policy's action delta_indices are {deltas}; open-loop evaluation needs 0..3 (one action per step "
             "from the query on), or its scores would compare each action with another step's ground truth") in err
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+# --- predictions that cannot be scored ------------------------------------------------------------------------
+
+
+class ReshapedReplay(ReplayPolicy):
+    """A replay whose chunks keep their total width but move a column from 'arm' to 'gripper' (3 + 1 -> 2 + 2)."""
+
+    def _get_action(self, observation, options=None):
+        action, info = super()._get_action(observation, options)
+        arm, gripper = action["arm"], action["gripper"]
+        return {"arm": arm[..., :2], "gripper": np.concatenate([arm[..., 2:], gripper], axis=-1)}, info
+
+
+class NanReplay(ReplayPolicy):
+    """A replay whose chunks for episode 1 hold a NaN (the server refuses to send them)."""
+
+    def _get_action(self, observation, options=None):
+        action, info = super()._get_action(observation, options)
+        if info.get("episode_index") == 1:
+            action = dict(action, gripper=np.full_like(action["gripper"], np.nan))
+        return action, info
+
+
+def test_a_chunk_whose_keys_have_other_widths_than_the_datasets_is_errored_not_scored(dataset, tmp_path):
+    """Only the widths' total was checked: a policy's arm of 2 and gripper of 2 against the dataset's 3 + 1 was scored
+    column against the wrong column (arm MSE 15.9 instead of 7.3 in the audit's run), exit 0."""
+    with running_server(ReshapedReplay(dataset, execution_horizon=4)) as reshaped:
+        assert open_loop(dataset, reshaped.port, tmp_path / "out", "--traj-ids", "0") == 1
+    data = results(tmp_path / "out")
+    assert data["trajectories"] == {}
+    [errored] = data["errored_trajectories"]
+    assert "action 'arm' has shape (16, 2)" in errored["error"] and "'arm' has 3 values per step" in errored["error"]
+
+
+def test_a_server_error_reply_errors_its_trajectory_and_the_others_are_kept(dataset, tmp_path):
+    """A refused (non-finite) action ended the whole run without results.json, losing the trajectories scored."""
+    with running_server(NanReplay(dataset, execution_horizon=4)) as nan_server:
+        assert open_loop(dataset, nan_server.port, tmp_path / "out", "--traj-ids", "0", "1", "2") == 1
+    data = results(tmp_path / "out")
+    assert sorted(data["trajectories"]) == ["0", "2"] and data["aggregated"]["avg_mse"] == 0.0
+    [errored] = data["errored_trajectories"]
+    assert errored["traj_id"] == 1 and "the server answered with an error" in errored["error"]
+    assert "non-finite" in errored["error"]
+
+
+def test_non_finite_predictions_error_the_trajectory_instead_of_making_every_average_null(dataset):
+    """A server without a NaN guard (the reference's): a NaN or inf made the whole average null, which also reads
+    "no trajectories", with exit 0."""
+    from gr00t_eval.dataset import LeRobotDataset
+    from gr00t_eval.open_loop import OpenLoopConfig, TrajectoryError, evaluate_trajectory
+
+    policy = NanReplay(dataset, execution_horizon=4)
+    config = OpenLoopConfig(str(dataset), traj_ids=[1], execution_horizon=4, plot=False)
+    policy.reset({"episode_index": 1})
+    with pytest.raises(TrajectoryError, match=r"action 'gripper' at step 0 has non-finite values \(NaN or inf\)"):
+        evaluate_trajectory(policy, LeRobotDataset(dataset), 1, config, policy.get_modality_config(), report=lambda _: None)
+
+
+def test_a_trajectory_named_twice_is_refused():
+    """Results are kept per id: a repeat was run again and only its last run kept and averaged."""
+    from gr00t_eval.open_loop import OpenLoopConfig
+
+    with pytest.raises(ValueError, match="traj_ids names 1 more than once"):
+        OpenLoopConfig("ds", traj_ids=[1, 0, 1])
+
+
+def test_each_action_panel_gets_its_own_keys_state_whatever_the_modality_keys_order(dataset, monkeypatch):
+    """With --modality-keys gripper arm, the state (in the config's arm, gripper order) was drawn position by position:
+    arm's state on the gripper panel."""
+    from gr00t_eval import plots
+    from gr00t_eval.dataset import LeRobotDataset
+    from gr00t_eval.open_loop import OpenLoopConfig, evaluate_trajectory
+
+    drawn = {}
+    monkeypatch.setattr(plots, "plot_trajectory", lambda path, traj_id, gt, pred, steps, state, state_keys, action_keys, labels:
+                        drawn.update(state=state, state_keys=state_keys, labels=labels) or path)
+    policy = ReplayPolicy(dataset, execution_horizon=4)
+    policy.reset({"episode_index": 0})
+    config = OpenLoopConfig(str(dataset), traj_ids=[0], execution_horizon=4, modality_keys=["gripper", "arm"], plot=True)
+    episode = LeRobotDataset(dataset).episode(0)
+    evaluate_trajectory(policy, LeRobotDataset(dataset), 0, config, policy.get_modality_config(), report=lambda _: None)
+    assert drawn["labels"] == ["gripper[0]", "arm[0]", "arm[1]", "arm[2]"] and drawn["state_keys"] == ["gripper", "arm"]
+    np.testing.assert_array_equal(drawn["state"], np.concatenate([episode.states("gripper"), episode.states("arm")], axis=1))

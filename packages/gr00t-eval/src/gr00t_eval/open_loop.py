@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from gr00t_client import BasePolicy, ModalityConfig
+from gr00t_client import BasePolicy, ModalityConfig, PolicyServerError
 
 from .dataset import LeRobotDataset
 from .metrics import ActionErrors, action_errors
@@ -56,6 +56,10 @@ class OpenLoopConfig:
             raise ValueError(f"execution_horizon must be an int >= 1, got {self.execution_horizon!r}")
         if not list(self.traj_ids):
             raise ValueError("traj_ids must name at least one trajectory")
+        ids = list(self.traj_ids)
+        repeated_ids = sorted({t for t in ids if ids.count(t) > 1})
+        if repeated_ids:  # results are kept per id: a repeat was run again and only its last run kept and averaged
+            raise ValueError(f"traj_ids names {', '.join(map(str, repeated_ids))} more than once; name each trajectory once")
         if self.observation_format not in OBSERVATION_FORMATS:
             raise ValueError(f"observation_format must be one of {OBSERVATION_FORMATS}, got {self.observation_format!r}")
         if self.denoising_steps is not None and self.denoising_steps < 1:
@@ -212,14 +216,26 @@ def reset_policy(policy: BasePolicy, traj_id: int, execution_horizon: int) -> No
     check_policy_position(info, traj_id, 0, execution_horizon)
 
 
-def _chunk(action: Mapping[str, Any], keys: Sequence[str]) -> Dict[str, np.ndarray]:
+def _chunk(action: Mapping[str, Any], keys: Sequence[str], key_dims: Mapping[str, int], step: int) -> Dict[str, np.ndarray]:
+    """The policy's action chunk per key, (H, D) or (H,), checked against the dataset's width of each key and for
+    finite values: TrajectoryError otherwise (only the widths' total would be checked when the keys are joined, so
+    a policy's 2 + 2 against a dataset's 3 + 1 was scored column against the wrong column)."""
     out = {}
     for key in keys:
         value = action.get(key, action.get(f"action.{key}"))
         if value is None:
             raise KeyError(f"the policy's action has no '{key}' (nor 'action.{key}'); got keys {sorted(action)}")
         value = np.asarray(value, dtype=np.float64)
-        out[key] = value[0] if value.ndim == 3 else value  # strip the batch dim
+        value = value[0] if value.ndim == 3 else value  # strip the batch dim
+        width = value.shape[-1] if value.ndim == 2 else 1
+        if value.ndim not in (1, 2) or width != key_dims[key]:
+            raise TrajectoryError(f"the policy's action '{key}' has shape {value.shape} (batch row stripped); the dataset's "
+                                  f"'{key}' has {key_dims[key]} values per step, so a chunk must be (horizon, {key_dims[key]})")
+        if not np.isfinite(value).all():
+            rows = sorted({int(r) for r in np.flatnonzero(~np.isfinite(value.reshape(value.shape[0], -1)).all(axis=1))})
+            raise TrajectoryError(f"the policy's action '{key}' at step {step} has non-finite values (NaN or inf) in chunk "
+                                  f"rows {rows[:8]}; nothing can be scored against them")
+        out[key] = value
     return out
 
 
@@ -258,6 +274,7 @@ def evaluate_trajectory(
     missing = [k for k in action_keys if k not in dataset.action_keys]
     if missing:
         raise ValueError(f"action keys {missing} are not in the dataset; it has {dataset.action_keys}")
+    key_dims = {key: episode.actions(key).shape[1] for key in action_keys}
     actual_steps = min(config.steps, episode.length)
     report(f"Running trajectory: {traj_id}")
     report(f"Using {actual_steps} steps (requested: {config.steps}, trajectory length: {episode.length})")
@@ -280,7 +297,7 @@ def evaluate_trajectory(
         options = None if config.denoising_steps is None else {"denoising_steps": int(config.denoising_steps)}
         action, info = policy.get_action(observation, options=options)
         check_policy_position(info, traj_id, step, config.execution_horizon)
-        chunk = _chunk(action, action_keys)
+        chunk = _chunk(action, action_keys, key_dims, step)
         for j in range(config.execution_horizon):
             predicted.append(np.concatenate([np.atleast_1d(np.atleast_1d(chunk[key])[j]) for key in action_keys]))
         if on_step is not None:
@@ -289,7 +306,6 @@ def evaluate_trajectory(
     prediction = np.asarray(predicted[:actual_steps])
     if prediction.shape != ground_truth.shape:
         raise ValueError(f"prediction shape {prediction.shape} differs from ground truth {ground_truth.shape} for trajectory {traj_id}")
-    key_dims = {key: episode.actions(key).shape[1] for key in action_keys}
     errors = action_errors(ground_truth, prediction, key_dims)
     report(f"Unnormalized Action MSE across single traj: {errors.mse}")
     report(f"Unnormalized Action MAE across single traj: {errors.mae}")
@@ -298,6 +314,8 @@ def evaluate_trajectory(
         from .plots import plot_trajectory
 
         state_keys = list(configs["state"].modality_keys) if "state" in configs else []
+        if set(action_keys) <= set(state_keys):  # each action panel gets its own key's state (in --modality-keys order)
+            state_keys = list(action_keys)
         state = None
         if state_keys:
             state = np.concatenate([episode.states(key_maps["state"].map[k]) for k in state_keys], axis=1)[:actual_steps]
@@ -349,9 +367,12 @@ def evaluate_open_loop(
             try:
                 traj = evaluate_trajectory(policy, dataset, traj_id, config, configs, report,
                                            on_step=(bar.update if bar else None))
-            except TrajectoryError as exc:
-                result.errored[traj_id] = str(exc)
-                report(f"trajectory {traj_id} errored: {exc}")
+            except (TrajectoryError, PolicyServerError) as exc:
+                # A server's error reply (ours refuses a non-finite action, say) is that trajectory's: the run goes
+                # on and keeps what it scored; it ended with no results.json at all.
+                reason = str(exc) if isinstance(exc, TrajectoryError) else f"the server answered with an error: {exc}"
+                result.errored[traj_id] = reason
+                report(f"trajectory {traj_id} errored: {reason}")
                 continue
             result.trajectories[traj_id] = traj
             report(f"MSE for trajectory {traj_id}: {traj.errors.mse}, MAE: {traj.errors.mae}")
