@@ -410,3 +410,31 @@ def test_each_action_panel_gets_its_own_keys_state_whatever_the_modality_keys_or
     evaluate_trajectory(policy, LeRobotDataset(dataset), 0, config, policy.get_modality_config(), report=lambda _: None)
     assert drawn["labels"] == ["gripper[0]", "arm[0]", "arm[1]", "arm[2]"] and drawn["state_keys"] == ["gripper", "arm"]
     np.testing.assert_array_equal(drawn["state"], np.concatenate([episode.states("gripper"), episode.states("arm")], axis=1))
+
+
+def test_a_float64_recording_is_scored_in_float64(dataset, tmp_path):
+    """The recorded actions were cast to float32: values near 1.5e5 lost their last digits, scored as error (a policy
+    predicting the recording exactly got MSE 1.6e-6), and a replay of the same float32 values hid it."""
+    import shutil
+
+    import pyarrow as pa
+
+    from gr00t_eval.dataset import LeRobotDataset
+    from gr00t_eval.open_loop import OpenLoopConfig, evaluate_trajectory
+
+    root = tmp_path / "f64"
+    shutil.copytree(dataset, root)
+    for path in sorted((root / "data").rglob("*.parquet")):
+        table = pq.read_table(path)
+        values = np.array(table.column("action").to_pylist(), np.float64) * 100 + 150000.0123456789
+        table = table.set_column(table.schema.get_field_index("action"), "action", pa.array(list(values), pa.list_(pa.float64())))
+        pq.write_table(table, path)
+    episode = LeRobotDataset(root).episode(0)
+    recorded = np.array(pq.read_table(sorted((root / "data").rglob("*.parquet"))[0]).column("action").to_pylist(), np.float64)
+    assert episode.actions("arm").dtype == np.float32  # what policies and the wire take
+    np.testing.assert_array_equal(episode.actions("arm", np.float64), recorded[:, :3])
+    policy = ReplayPolicy(root, execution_horizon=4)
+    policy.reset({"episode_index": 0})
+    config = OpenLoopConfig(str(root), traj_ids=[0], execution_horizon=4, plot=False)
+    result = evaluate_trajectory(policy, LeRobotDataset(root), 0, config, policy.get_modality_config(), report=lambda _: None)
+    np.testing.assert_array_equal(result.ground_truth, recorded[: len(result.ground_truth)])

@@ -302,7 +302,8 @@ def evaluate_trajectory(
             predicted.append(np.concatenate([np.atleast_1d(np.atleast_1d(chunk[key])[j]) for key in action_keys]))
         if on_step is not None:
             on_step()
-    ground_truth = np.concatenate([episode.actions(key) for key in action_keys], axis=1)[:actual_steps].astype(np.float64)
+    # In the recording's own precision: float32 rounding of a float64 recording of values near 1e5 was scored as error.
+    ground_truth = np.concatenate([episode.actions(key, np.float64) for key in action_keys], axis=1)[:actual_steps]
     prediction = np.asarray(predicted[:actual_steps])
     if prediction.shape != ground_truth.shape:
         raise ValueError(f"prediction shape {prediction.shape} differs from ground truth {ground_truth.shape} for trajectory {traj_id}")

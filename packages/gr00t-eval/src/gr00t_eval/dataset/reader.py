@@ -240,14 +240,14 @@ class Episode:
             self._arrays[name] = _column_to_numpy(self.table.column(name), name, self.record.data_path)
         return self._arrays[name]
 
-    def _group_array(self, kind: str, key: str) -> np.ndarray:
+    def _group_array(self, kind: str, key: str, dtype: Any = np.float32) -> np.ndarray:
         groups = self._dataset._groups(kind)
         if key not in groups:
             raise KeyError(f"no {kind} key {key!r}; expected one of {list(groups)}")
         group = groups[key]
         raw = self.column(group.original_key)
         if raw.shape[0] == 0:  # an empty episode: its list columns have no rows to tell their width
-            return np.zeros((0, group.dim), dtype=np.float32)
+            return np.zeros((0, group.dim), dtype=dtype)
         if raw.ndim == 1:
             raw = raw[:, None]
         if raw.shape[1] < group.end:
@@ -255,15 +255,16 @@ class Episode:
                 f"{self.record.data_path}: column '{group.original_key}' has {raw.shape[1]} values per step; "
                 f"{kind} key '{key}' (meta/modality.json) needs [{group.start}:{group.end}]"
             )
-        return np.ascontiguousarray(group.select(raw), dtype=np.float32)
+        return np.ascontiguousarray(group.select(raw), dtype=dtype)
 
     def states(self, key: str) -> np.ndarray:
         """float32 (T, D) of one state group."""
         return self._group_array("state", key)
 
-    def actions(self, key: str) -> np.ndarray:
-        """float32 (T, D) of one action group."""
-        return self._group_array("action", key)
+    def actions(self, key: str, dtype: Any = np.float32) -> np.ndarray:
+        """(T, D) of one action group: float32 (what policies take and send), or `dtype` (np.float64 keeps a float64
+        recording's values whole, for scoring against them)."""
+        return self._group_array("action", key, dtype)
 
     def state_array(self) -> np.ndarray:
         """All state groups concatenated in modality.json order: float32 (T, sum D)."""
