@@ -102,6 +102,33 @@ def test_rotvec_matrix_round_trip(rotvec):
     np.testing.assert_allclose(norm.rotvec_to_matrix(back), norm.rotvec_to_matrix(rotvec), atol=1e-6)
 
 
+@pytest.mark.parametrize("rot6d, why", [
+    ([0.0] * 6, "all zero"),
+    ([0.0, 0.0, 0.0, 0.0, 1.0, 0.0], "first row zero"),
+    ([1.0, 0.0, 0.0, 0.0, 0.0, 0.0], "second row zero"),
+    ([1.0, 2.0, 0.0, -2.0, -4.0, 0.0], "parallel rows"),
+])
+def test_a_degenerate_rot6d_reference_state_is_refused_naming_key_and_row_both_ways(rot6d, why):
+    good = np.concatenate([[0.0, 0.0, 0.0], _rot_z(0.3)[:2].reshape(6)])
+    reference = np.stack([good, np.concatenate([[0.1, 0.2, 0.3], rot6d])])[:, None]  # (B=2, T=1, 9); row 1 is bad
+    relative = np.tile(good, (2, 4, 1))
+    for convert in (norm.decode_relative, norm.encode_relative):
+        with pytest.raises(ValueError, match=r"relative key 'eef' \(xyz \+ rot6d\) has a degenerate rotation in rows \[1\]"):
+            convert("eef", relative, reference, "EEF", "XYZ_ROT6D")
+    fine = norm.decode_relative("eef", relative[:1], reference[:1], "EEF", "XYZ_ROT6D")  # the good row alone
+    assert np.isfinite(fine).all()
+
+
+@pytest.mark.parametrize("action_type, action_format, dim", [("NON_EEF", "DEFAULT", 3), ("EEF", "XYZ_ROTVEC", 6)])
+def test_a_non_finite_reference_state_is_refused_instead_of_giving_nan_actions(action_type, action_format, dim):
+    reference = np.zeros((3, 2, dim))
+    reference[2, -1, 0] = np.nan
+    with pytest.raises(ValueError, match=r"state of relative key 'arm' has NaN or infinite values in rows \[2\]"):
+        norm.decode_relative("arm", np.zeros((3, 4, dim)), reference, action_type, action_format)
+    reference[2, -1, 0], reference[2, 0, 0] = 0.0, np.inf  # only the last step anchors the actions
+    assert np.isfinite(norm.decode_relative("arm", np.zeros((3, 4, dim)), reference, action_type, action_format)).all()
+
+
 def test_rot6d_gram_schmidt_orthonormalizes():
     matrix = norm.rot6d_to_matrix(np.array([2.0, 0.0, 0.0, 1.0, 3.0, 0.0]))
     np.testing.assert_allclose(matrix, np.eye(3), atol=1e-12)

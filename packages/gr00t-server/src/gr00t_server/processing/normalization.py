@@ -294,6 +294,27 @@ def _last_reference_step(key: str, reference_state: Optional[np.ndarray], action
     return reference
 
 
+def _check_reference_pose(key: str, reference: np.ndarray, action_type: str, action_format: str) -> None:
+    """Refuse a reference state that cannot anchor relative actions: NaN/inf values, or an XYZ_ROT6D pose whose
+    rotation rows are zero or parallel (no rotation matrix has them; Gram-Schmidt would turn them into NaN)."""
+    bad = ~np.isfinite(reference).all(axis=-1)
+    if bad.any():
+        raise ValueError(f"the state of relative key '{key}' has NaN or infinite values in rows "
+                         f"{np.flatnonzero(bad).tolist()[:8]}; relative actions need a finite reference state")
+    if action_type != "EEF" or action_format != "XYZ_ROT6D" or reference.shape[-1] != 9:
+        return
+    row1, row2 = reference[..., 3:6], reference[..., 6:9]
+    norm1 = np.linalg.norm(row1, axis=-1)
+    cross = np.linalg.norm(np.cross(row1, row2), axis=-1)  # |row1| |row2| sin(angle): 0 when either is 0 or parallel
+    bad = ~(norm1 > 1e-9) | ~(cross > 1e-9 * np.maximum(norm1 * np.linalg.norm(row2, axis=-1), 1e-300))
+    if bad.any():
+        rows = np.flatnonzero(bad).tolist()[:8]
+        raise ValueError(
+            f"the state of relative key '{key}' (xyz + rot6d) has a degenerate rotation in rows {rows}: values 3:9 "
+            f"must be the first two rows of a rotation matrix, got {reference[rows[0], 3:9].tolist()} (zero or "
+            "parallel rows)")
+
+
 def decode_relative(
     key: str,
     absolute_or_relative: np.ndarray,
@@ -303,6 +324,7 @@ def decode_relative(
 ) -> np.ndarray:
     """Relative action (B, H, D) -> absolute with the last time step of the raw reference state (B, T, D)."""
     reference = _last_reference_step(key, reference_state, absolute_or_relative.shape[-1], "relative->absolute")
+    _check_reference_pose(key, reference, action_type, action_format)
     if action_type == "EEF":
         return relative_to_absolute_eef(absolute_or_relative, reference, action_format)
     return relative_to_absolute_joint(absolute_or_relative, reference)
@@ -318,6 +340,7 @@ def encode_relative(
     """Inverse of `decode_relative`: absolute action (B, H, D) -> relative to the last reference state step."""
     absolute = np.asarray(absolute, np.float64)
     reference = _last_reference_step(key, reference_state, absolute.shape[-1], "absolute->relative")
+    _check_reference_pose(key, reference, action_type, action_format)
     if action_type == "EEF":
         return absolute_to_relative_eef(absolute, reference, action_format, key)
     return absolute_to_relative_joint(absolute, reference)
