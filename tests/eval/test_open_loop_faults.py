@@ -438,3 +438,69 @@ def test_a_float64_recording_is_scored_in_float64(dataset, tmp_path):
     config = OpenLoopConfig(str(root), traj_ids=[0], execution_horizon=4, plot=False)
     result = evaluate_trajectory(policy, LeRobotDataset(root), 0, config, policy.get_modality_config(), report=lambda _: None)
     np.testing.assert_array_equal(result.ground_truth, recorded[: len(result.ground_truth)])
+
+
+# --- a run stopped part-way keeps what it scored ---------------------------------------------------------
+
+
+class HangsOnEpisode(ReplayPolicy):
+    """A replay that stops answering once asked for episode `hang_on` (a hung or vanished server)."""
+
+    def __init__(self, *args, hang_on, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.hang_on, self.release, self.hanging = hang_on, threading.Event(), threading.Event()
+
+    def _get_action(self, observation, options=None):
+        action, info = super()._get_action(observation, options)
+        if info.get("episode_index") == self.hang_on:
+            self.hanging.set()
+            self.release.wait(30)
+        return action, info
+
+
+def test_a_server_that_stops_answering_mid_run_leaves_results_of_the_trajectories_scored(dataset, tmp_path, capsys):
+    """The run ended with a timeout and no results.json: the trajectories already scored were lost."""
+    policy = HangsOnEpisode(dataset, execution_horizon=4, hang_on=1)
+    try:
+        with running_server(policy) as hung:
+            code = open_loop(dataset, hung.port, tmp_path / "out", "--traj-ids", "0", "1", "2", "--timeout-ms", "1500")
+            policy.release.set()
+    finally:
+        policy.release.set()
+    err = capsys.readouterr().err
+    assert code == 2 and policy.hanging.is_set()
+    data = results(tmp_path / "out")
+    assert data["status"] == "aborted" and list(data["trajectories"]) == ["0"] and data["not_run_trajectories"] == [1, 2]
+    assert data["aggregated"]["n_trajectories"] == 1 and data["aggregated"]["avg_mse"] == 0.0
+    assert "Timeout" in data["stop_reason"]
+    assert f"ABORTED: {tmp_path / 'out' / 'results.json'} holds the 1 trajectories scored before the stop; not run: [1, 2]" in err
+
+
+def test_ctrl_c_mid_run_exits_130_with_the_trajectories_scored_in_results(dataset, tmp_path, capsys):
+    policy = HangsOnEpisode(dataset, execution_horizon=4, hang_on=2)
+
+    def press_ctrl_c_when_episode_2_is_asked_for():
+        if policy.hanging.wait(30):
+            os.kill(os.getpid(), signal.SIGINT)  # the request waits on the server; Ctrl-C arrives meanwhile
+            time.sleep(0.5)
+            policy.release.set()
+
+    try:
+        with running_server(policy) as hung:
+            presser = threading.Thread(target=press_ctrl_c_when_episode_2_is_asked_for, daemon=True)
+            presser.start()
+            code = open_loop(dataset, hung.port, tmp_path / "out", "--traj-ids", "0", "1", "2")
+            presser.join(30)
+    finally:
+        policy.release.set()
+    assert code == 130
+    data = results(tmp_path / "out")
+    assert data["status"] == "interrupted" and sorted(data["trajectories"]) == ["0", "1"]
+    assert data["not_run_trajectories"] == [2] and data["aggregated"]["n_trajectories"] == 2
+    assert "INTERRUPTED" in capsys.readouterr().err
+
+
+def test_a_complete_run_says_so_in_its_results(dataset, server, tmp_path):
+    assert open_loop(dataset, server.port, tmp_path / "out", "--traj-ids", "0") == 0
+    data = results(tmp_path / "out")
+    assert data["status"] == "complete" and data["stop_reason"] is None and data["not_run_trajectories"] == []

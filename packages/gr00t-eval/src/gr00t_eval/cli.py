@@ -265,7 +265,8 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
     from gr00t_client import EmbodimentTag
     from tqdm.auto import tqdm
 
-    from .open_loop import OpenLoopConfig, evaluate_open_loop
+    from .open_loop import RESULTS_FILENAME, OpenLoopConfig, evaluate_open_loop
+    from .run_dir import sigterm_as_interrupt
 
     if "--action-horizon" in sys.argv or "--action_horizon" in sys.argv:
         logging.getLogger(__name__).warning("--action-horizon is deprecated; use --execution-horizon")
@@ -285,8 +286,12 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
     config = dataclasses.replace(config, output_dir=str(output_dir))
     print(f"Output directory: {output_dir}")
     with _claim_held_until_the_end(output_dir / OPEN_LOOP_RUN_FILENAME):
-        with _connect(args) as client:
-            result = evaluate_open_loop(client, config, report=tqdm.write)
+        try:
+            with sigterm_as_interrupt(), _connect(args) as client:
+                result = evaluate_open_loop(client, config, report=tqdm.write)
+        except (KeyboardInterrupt, ConnectionError, TimeoutError):
+            _name_kept_open_loop_results(output_dir / RESULTS_FILENAME)
+            raise
     if result.trajectories:
         print(f"Plots: {', '.join(str(t.plot_path) for t in result.trajectories.values() if t.plot_path) or '(none)'}")
     n_errors = len(result.errored)
@@ -300,6 +305,16 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
         print("exit status 1 because trajectories errored (pass --allow-errors to exit 0 anyway)")
         return 1
     return 0
+
+
+def _name_kept_open_loop_results(path: Path) -> None:
+    """After a stopped open-loop run: say what its results.json kept (written on the way out)."""
+    try:
+        kept = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    print(f"{kept['status'].upper()}: {path} holds the {kept['aggregated']['n_trajectories']} trajectories scored "
+          f"before the stop; not run: {kept['not_run_trajectories']}", file=sys.stderr)
 
 
 def _claim_open_loop_output_dir(args: argparse.Namespace, config: Any) -> Path:

@@ -122,6 +122,8 @@ class OpenLoopResult:
     skip_reasons: Dict[int, str] = field(default_factory=dict)
     errored: Dict[int, str] = field(default_factory=dict)
     results_path: Optional[Path] = None
+    status: str = "complete"  # "interrupted" (Ctrl-C/SIGTERM) or "aborted" (the server went away): results.json
+    not_run: List[int] = field(default_factory=list)  # then holds what was scored, and these ids were not
 
     @property
     def avg_mse(self) -> float:
@@ -333,6 +335,9 @@ def evaluate_open_loop(
 
     Out-of-range ids and empty episodes are skipped with a warning; a trajectory the policy does not follow
     (TrajectoryError) is errored with its reason. Neither counts in the averages; both are in results.json.
+    A run stopped part-way (KeyboardInterrupt, or a server gone: ConnectionError, TimeoutError) still writes
+    results.json with the trajectories it scored, "status" "interrupted" or "aborted", the ids not run and why;
+    then the exception goes on up.
     """
     if config.observation_format == "auto":
         config = dataclasses.replace(config, observation_format=resolve_observation_format(policy, "auto"))
@@ -363,8 +368,10 @@ def evaluate_open_loop(
 
         total = sum(math.ceil(min(config.steps, dataset.episode_lengths[t]) / config.execution_horizon) for t in valid)
         bar = tqdm(total=total, desc="Open-loop inference")
+    stopped: Optional[BaseException] = None
+    position = 0
     try:
-        for traj_id in valid:
+        for position, traj_id in enumerate(valid):
             try:
                 traj = evaluate_trajectory(policy, dataset, traj_id, config, configs, report,
                                            on_step=(bar.update if bar else None))
@@ -377,9 +384,17 @@ def evaluate_open_loop(
                 continue
             result.trajectories[traj_id] = traj
             report(f"MSE for trajectory {traj_id}: {traj.errors.mse}, MAE: {traj.errors.mae}")
+    except (KeyboardInterrupt, ConnectionError, TimeoutError) as exc:  # keep what was scored, then stop
+        stopped = exc
+        result.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "aborted"
+        result.not_run = valid[position:]
     finally:
         if bar is not None:
             bar.close()
+    if stopped is not None:
+        why = "interrupted (Ctrl-C/SIGTERM)" if result.status == "interrupted" else f"the server went away: {stopped}"
+        report(f"STOPPED at trajectory {result.not_run[0]}: {why}; {len(result.trajectories)} trajectories scored, "
+               f"{len(result.not_run)} not run")
     if result.trajectories:
         report(f"Average MSE across all trajs: {result.avg_mse}")
         report(f"Average MAE across all trajs: {result.avg_mae}")
@@ -391,7 +406,13 @@ def evaluate_open_loop(
         for t, r in result.trajectories.items()
     }
     run_config = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in vars(config).items()}
+    stop = None
+    if stopped is not None:
+        stop = {"status": result.status, "not_run": result.not_run,
+                "reason": "interrupted (Ctrl-C/SIGTERM)" if result.status == "interrupted" else f"{type(stopped).__name__}: {stopped}"}
     result.results_path = write_results(Path(config.output_dir) / RESULTS_FILENAME, open_loop_results(
-        entries, run_config, result.skipped, errored=result.errored, skip_reasons=result.skip_reasons))
+        entries, run_config, result.skipped, errored=result.errored, skip_reasons=result.skip_reasons, stop=stop))
+    if stopped is not None:
+        raise stopped
     report("Done")
     return result

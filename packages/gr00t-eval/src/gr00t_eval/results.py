@@ -47,11 +47,13 @@ def open_loop_results(
     skipped: Sequence[int] = (),
     errored: Optional[Mapping[int, str]] = None,
     skip_reasons: Optional[Mapping[int, str]] = None,
+    stop: Optional[Mapping[str, Any]] = None,
 ) -> Dict[str, Any]:
     """Per-trajectory errors (each holding an ActionErrors under "errors") plus plain averages over trajectories.
 
     `errored` (id -> why) lists trajectories the policy did not follow and `skipped` those not evaluated
-    (`skip_reasons` says why); neither is in the averages.
+    (`skip_reasons` says why); neither is in the averages. `stop` ({"status", "reason", "not_run"}) marks a
+    run that ended part-way; its averages cover the trajectories scored before.
     """
     per_traj = {}
     for traj_id, entry in trajectories.items():
@@ -62,6 +64,9 @@ def open_loop_results(
     return {
         "kind": "open_loop",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "status": stop["status"] if stop else "complete",
+        "stop_reason": stop["reason"] if stop else None,
+        "not_run_trajectories": [int(t) for t in stop["not_run"]] if stop else [],
         "config": dict(config),
         "trajectories": per_traj,
         "skipped_trajectories": list(skipped),
