@@ -188,13 +188,18 @@ class RawGetAction:
     """A plain REQ socket that resends the same pre-encoded get_action frames and only checks that the reply is ok:
     it costs the shared CPU almost nothing, so the server and its batching are what is measured."""
 
-    def __init__(self, port: int, observation: Dict[str, Any]) -> None:
+    def __init__(self, port: int, observation: Dict[str, Any], context: Any = None) -> None:
         import zmq
 
         self._frames = [bytes(frame) for frame in codec.encode_multipart({"endpoint": "get_action", "data": {"observation": observation}})]
-        self._context = zmq.Context()
+        self._own_context = context is None
+        self._context = zmq.Context() if context is None else context
         self._sock = self._context.socket(zmq.REQ)
         self._sock.connect(f"tcp://127.0.0.1:{port}")
+
+    @property
+    def socket(self) -> Any:
+        return self._sock
 
     def send(self) -> None:
         self._sock.send_multipart(self._frames)
@@ -213,7 +218,75 @@ class RawGetAction:
 
     def close(self) -> None:
         self._sock.close(linger=0)
-        self._context.term()
+        if self._own_context:
+            self._context.term()
+
+
+def _raw_socket_farm(port: int, observations: List[Dict[str, Any]], clients: int, duration_s: float,
+                     requests: Optional[int], warm: Any, start: Any, results: Any) -> None:
+    """K clients as K REQ sockets of ONE process (pre-encoded frames, as RawGetAction): each resends the moment its
+    reply arrives. The K clients' turnaround then costs one process's wake-ups instead of K processes' competing for
+    the cores, as when the clients run on machines of their own; the server is measured as in raw-processes."""
+    import zmq
+
+    context = zmq.Context()
+    calls = [RawGetAction(port, observations[i % len(observations)], context) for i in range(clients)]
+    for call in calls:
+        call()
+    warm.wait()
+    start.wait()
+    poller = zmq.Poller()
+    by_socket = {}
+    for call in calls:
+        poller.register(call.socket, zmq.POLLIN)
+        by_socket[call.socket] = call
+    latencies: List[List[float]] = [[] for _ in calls]
+    index = {call.socket: i for i, call in enumerate(calls)}
+    sent_at = {}
+    stop_at = time.perf_counter() + duration_s
+    for call in calls:
+        sent_at[call.socket] = time.perf_counter()
+        call.send()
+    errors, outstanding = 0, len(calls)
+    while outstanding:
+        for sock, _event in poller.poll(60000):
+            call, i = by_socket[sock], index[sock]
+            try:
+                call.receive()
+                latencies[i].append((time.perf_counter() - sent_at[sock]) * 1000.0)
+            except Exception:
+                errors += 1
+            more = len(latencies[i]) < requests if requests is not None else time.perf_counter() < stop_at
+            if more:
+                sent_at[sock] = time.perf_counter()
+                call.send()
+            else:
+                outstanding -= 1
+    for call in calls:
+        call.close()
+    context.term()
+    results.put(([value for values in latencies for value in values], errors))
+
+
+def drive_socket_farm(
+    port: int, clients: int, observations: List[Dict[str, Any]], duration_s: float, requests: Optional[int],
+    on_warm: Callable[[], Any],
+) -> Tuple[int, float, np.ndarray, int, Any]:
+    """As `drive_processes`, with all K clients as sockets of one process (_raw_socket_farm)."""
+    ctx = mp.get_context("spawn")
+    warm, start, results = ctx.Barrier(2), ctx.Barrier(2), ctx.Queue()
+    proc = ctx.Process(target=_raw_socket_farm, args=(port, observations, clients, duration_s, requests, warm, start,
+                                                      results), daemon=True)
+    proc.start()
+    warm.wait(timeout=300)
+    warmed = on_warm()
+    start.wait(timeout=60)
+    started = time.perf_counter()
+    latencies, errors = results.get(timeout=duration_s + 600)
+    seconds = time.perf_counter() - started
+    proc.join(timeout=10)
+    flat = np.array(latencies, dtype=np.float64)
+    return len(flat), seconds, flat, errors, warmed
 
 
 def _raw_client_process(port: int, observation: Dict[str, Any], duration_s: float, requests: Optional[int], warm: Any,
@@ -270,6 +343,8 @@ def measure(
                 driver = drive_processes
             elif args.clients_as == "raw-processes":
                 driver = functools.partial(drive_processes, target=_raw_client_process)
+            elif args.clients_as == "raw-sockets":
+                driver = drive_socket_farm
             completed, seconds, latencies, errors, before = driver(
                 port, clients, observations, args.duration, args.requests, on_warm=lambda: server_stats(port)
             )
@@ -328,10 +403,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--gr00t-clients", default="1,4,8", help="comma-separated K values (tiny Gr00tPolicy on CPU)")
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per point (ignored with --requests)")
     parser.add_argument("--requests", type=int, default=None, help="requests per client per point instead of a duration")
-    parser.add_argument("--clients-as", choices=["threads", "processes", "raw-processes"], default="threads",
+    parser.add_argument("--clients-as", choices=["threads", "processes", "raw-processes", "raw-sockets"], default="threads",
                         help="threads of this process (default); processes, one PolicyClient each, as simulator "
                              "workers are; raw-processes: plain REQ sockets resending pre-encoded frames, so that "
-                             "the clients' own CPU hardly counts and the server is what is measured")
+                             "the clients' own CPU hardly counts and the server is what is measured; raw-sockets: "
+                             "the same K sockets in one process, so that K client processes do not compete with "
+                             "the server for a small machine's cores (as clients on other machines would not)")
     parser.add_argument("--max-batch-size", type=int, default=16, help="rows per policy call with batching on")
     parser.add_argument("--batch-timeout-ms", type=float, default=DEFAULT_BATCH_TIMEOUT_MS,
                         help=f"cap of the adaptive gather window (default {DEFAULT_BATCH_TIMEOUT_MS:g}, the server's)")
