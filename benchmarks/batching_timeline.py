@@ -2,7 +2,9 @@
 throughput.py, the server's round timeline in medians (ms).
 
 A round runs from the moment one batch's replies are sent to the moment the next batch's replies are sent:
-the clients turn around (first and last request back), the server dispatches, merges, calls the policy,
+the clients turn around (first and last request back; meanwhile the server's socket thread receives and parses
+their requests, its busy time shown: the rest of that span is the clients' own, and on a machine they share
+with the server, its cores'), the server dispatches, merges, calls the policy,
 splits and encodes, hands the replies to its socket thread and sends them. Everything but the policy call is
 overhead against throughput.py's ideal (full batches back to back). The server process is instrumented by
 wrapping its methods. Each client is a process that resends pre-encoded frames (throughput.py's raw clients)
@@ -37,6 +39,7 @@ def _serve_instrumented(spec: Dict[str, Any], max_batch: int, timeout_ms: float,
 
     rounds: List[Dict[str, float]] = []
     sent: List[float] = []  # when the socket thread began sending replies (a round's or a lone request's)
+    receiving = [0.0]  # the socket thread's time in receive bursts since the last round's replies went out
 
     def wrap(cls: Any, name: str, record: Any) -> None:
         original = getattr(cls, name)
@@ -52,8 +55,15 @@ def _serve_instrumented(spec: Dict[str, Any], max_batch: int, timeout_ms: float,
         result = call()
         if pending and not self.pending:  # this turn dispatched the round
             rounds.append({"rows": len(pending), "first": pending[0].received_at, "last": pending[-1].received_at,
-                           "dispatch": time.monotonic()})
+                           "dispatch": time.monotonic(), "receiving": receiving[0]})
         return result
+
+    def on_burst(self: Any, call: Any, _args: Any) -> Any:
+        began = time.monotonic()
+        try:
+            return call()
+        finally:
+            receiving[0] += time.monotonic() - began
 
     def timed(start: str, end: str, batch_only: bool) -> Any:
         def record(_self: Any, call: Any, args: Any) -> Any:
@@ -72,12 +82,14 @@ def _serve_instrumented(spec: Dict[str, Any], max_batch: int, timeout_ms: float,
             sent.append(began)  # a fast client can have its reply before the last one is sent
         if waiting > 1 and rounds:
             rounds[-1].update(send_start=began, send_end=time.monotonic())
+            receiving[0] = 0.0
         return result
 
     wrap(loop.RequestLoop, "dispatch_pending", on_dispatch)
     wrap(execution.JobRunner, "execute", timed("exec_start", "exec_end", batch_only=True))
     wrap(T.SleepPolicy, "_get_action", timed("policy_start", "policy_end", batch_only=False))
     wrap(loop.RequestLoop, "send_replies", on_send)
+    wrap(loop.RequestLoop, "_receive_burst", on_burst)
 
     def answer() -> None:
         requests.get()
@@ -90,6 +102,8 @@ def _serve_instrumented(spec: Dict[str, Any], max_batch: int, timeout_ms: float,
 STAGES = [
     ("clients: replies sent -> first request back", lambda r, p: r["first"] - p["send_end"]),
     ("clients: replies sent -> last request back", lambda r, p: r["last"] - p["send_end"]),
+    # The server's share of the turnaround: the rest is the clients (and, on a small machine, the cores they share)
+    ("  of which the socket thread receives and parses", lambda r, p: r["receiving"]),
     ("server: last request -> dispatched", lambda r, p: r["dispatch"] - r["last"]),
     ("server: dispatched -> worker starts", lambda r, p: r["exec_start"] - r["dispatch"]),
     ("server: merge (worker start -> policy)", lambda r, p: r["policy_start"] - r["exec_start"]),
@@ -103,7 +117,7 @@ STAGES = [
 
 def summarize(rounds: List[Dict[str, float]], clients: int) -> Dict[str, Optional[float]]:
     """Median ms of each stage over consecutive full rounds (a round and the one before it both complete)."""
-    keys = ("first", "last", "dispatch", "exec_start", "exec_end", "policy_start", "policy_end", "send_start", "send_end")
+    keys = ("first", "last", "dispatch", "receiving", "exec_start", "exec_end", "policy_start", "policy_end", "send_start", "send_end")
     pairs = [(r, p) for p, r in zip(rounds, rounds[1:])
              if r["rows"] == clients and all(k in r for k in keys) and "send_end" in p]
     return {name: (statistics.median(f(r, p) for r, p in pairs) * 1000.0 if pairs else None) for name, f in STAGES}

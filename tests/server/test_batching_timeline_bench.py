@@ -17,13 +17,14 @@ def test_every_stage_of_a_round_is_measured():
                              "--per-row-ms", "2"], capture_output=True, text=True, timeout=300, cwd=SCRIPT.parent)
     assert result.returncode == 0, result.stdout + result.stderr
     per_round = result.stdout.split("median ms per round:\n")[1].split("per request, ms:")[0]
-    stages = dict(re.findall(r"^  (\S.*?)\s+(-|\d+\.\d+)$", per_round, re.MULTILINE))
-    assert len(stages) == 10, result.stdout
+    stages = dict(re.findall(r"^ +(\S.*?)\s+(-|\d+\.\d+)$", per_round, re.MULTILINE))
+    assert len(stages) == 11, result.stdout
     assert "-" not in stages.values(), result.stdout
     values = {name: float(value) for name, value in stages.items()}
     assert values["policy call"] >= 10 + 2 * 4 - 0.5  # the sleep policy's call for a full batch of 4 rows
     assert values["round (replies sent -> next replies sent)"] >= values["policy call"]
     assert values["clients: replies sent -> last request back"] >= values["clients: replies sent -> first request back"]
+    assert 0 < values["of which the socket thread receives and parses"] < values["round (replies sent -> next replies sent)"]
     per_request = re.findall(r"^  (delivery: .*|client: .*?)\s+p10\s+[\d.]+\s+p50\s+[\d.]+\s+p90\s+[\d.]+$", result.stdout, re.MULTILINE)
     assert len(per_request) == 2, result.stdout
     assert re.search(r"4 client processes, sleep 10\+2/row: [\d.]+ req/s = [\d.]+% of ideal; \d+ of \d+ rounds full", result.stdout)
