@@ -504,3 +504,15 @@ def test_a_complete_run_says_so_in_its_results(dataset, server, tmp_path):
     assert open_loop(dataset, server.port, tmp_path / "out", "--traj-ids", "0") == 0
     data = results(tmp_path / "out")
     assert data["status"] == "complete" and data["stop_reason"] is None and data["not_run_trajectories"] == []
+
+
+def test_an_unreadable_episode_mid_run_stops_it_with_the_scores_before_it_kept(tmp_path, capsys):
+    own = make_dataset(tmp_path / "own", lengths=LENGTHS)
+    with running_server(ReplayPolicy(own, execution_horizon=4)) as replay:
+        sorted((own / "data").rglob("*.parquet"))[1].write_bytes(b"garbage")  # episode 1's file, after the server read it
+        code = open_loop(own, replay.port, tmp_path / "out", "--traj-ids", "0", "1", "2")
+    data = results(tmp_path / "out")
+    assert code == 2 and data["status"] == "aborted" and list(data["trajectories"]) == ["0"]
+    assert data["not_run_trajectories"] == [1, 2] and data["stop_reason"].startswith("DatasetError: ")
+    assert "episode_000001.parquet: cannot read parquet" in data["stop_reason"]
+    assert "ABORTED:" in capsys.readouterr().err

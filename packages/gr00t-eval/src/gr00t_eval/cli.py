@@ -289,7 +289,7 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
         try:
             with sigterm_as_interrupt(), _connect(args) as client:
                 result = evaluate_open_loop(client, config, report=tqdm.write)
-        except (KeyboardInterrupt, ConnectionError, TimeoutError):
+        except (KeyboardInterrupt, Exception):
             _name_kept_open_loop_results(output_dir / RESULTS_FILENAME)
             raise
     if result.trajectories:

@@ -122,7 +122,7 @@ class OpenLoopResult:
     skip_reasons: Dict[int, str] = field(default_factory=dict)
     errored: Dict[int, str] = field(default_factory=dict)
     results_path: Optional[Path] = None
-    status: str = "complete"  # "interrupted" (Ctrl-C/SIGTERM) or "aborted" (the server went away): results.json
+    status: str = "complete"  # "interrupted" (Ctrl-C/SIGTERM) or "aborted" (server gone, a failure): results.json
     not_run: List[int] = field(default_factory=list)  # then holds what was scored, and these ids were not
 
     @property
@@ -335,9 +335,9 @@ def evaluate_open_loop(
 
     Out-of-range ids and empty episodes are skipped with a warning; a trajectory the policy does not follow
     (TrajectoryError) is errored with its reason. Neither counts in the averages; both are in results.json.
-    A run stopped part-way (KeyboardInterrupt, or a server gone: ConnectionError, TimeoutError) still writes
-    results.json with the trajectories it scored, "status" "interrupted" or "aborted", the ids not run and why;
-    then the exception goes on up.
+    A run stopped part-way (KeyboardInterrupt; or "aborted": a server gone, ConnectionError or TimeoutError, or
+    any other failure) still writes results.json with the trajectories it scored, its status, the ids not run
+    and why; then the exception goes on up.
     """
     if config.observation_format == "auto":
         config = dataclasses.replace(config, observation_format=resolve_observation_format(policy, "auto"))
@@ -384,7 +384,7 @@ def evaluate_open_loop(
                 continue
             result.trajectories[traj_id] = traj
             report(f"MSE for trajectory {traj_id}: {traj.errors.mse}, MAE: {traj.errors.mae}")
-    except (KeyboardInterrupt, ConnectionError, TimeoutError) as exc:  # keep what was scored, then stop
+    except (KeyboardInterrupt, Exception) as exc:  # a server gone, Ctrl-C, any failure: keep what was scored, then stop
         stopped = exc
         result.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "aborted"
         result.not_run = valid[position:]
@@ -392,7 +392,7 @@ def evaluate_open_loop(
         if bar is not None:
             bar.close()
     if stopped is not None:
-        why = "interrupted (Ctrl-C/SIGTERM)" if result.status == "interrupted" else f"the server went away: {stopped}"
+        why = "interrupted (Ctrl-C/SIGTERM)" if result.status == "interrupted" else f"{type(stopped).__name__}: {stopped}"
         report(f"STOPPED at trajectory {result.not_run[0]}: {why}; {len(result.trajectories)} trajectories scored, "
                f"{len(result.not_run)} not run")
     if result.trajectories:
