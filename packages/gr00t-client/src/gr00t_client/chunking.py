@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import numbers
+import os
 import queue
 import threading
 import weakref
@@ -27,10 +28,12 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass
 from collections.abc import Mapping  # isinstance with typing.Mapping is twice as slow (hot paths)
+from collections.abc import Sequence as SequenceABC
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .client import PolicyClient
 from .policy import ActionError, non_finite_rows
 
 logger = logging.getLogger(__name__)
@@ -230,6 +233,7 @@ class ActionChunker:
         self._pending: Optional[_Prefetch] = None
         self._worker: Optional[_PrefetchWorker] = None  # started by the first prefetch
         self._last_info: Dict[str, Any] = {}
+        self._pid = os.getpid()  # the process whose prefetch thread this is (see _adopt_after_fork)
 
     # --- public API -----------------------------------------------------------------------------
 
@@ -246,6 +250,7 @@ class ActionChunker:
         self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None
     ) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
         """Return ({key: (B, ...)} for this step, info); fetches or merges chunks as needed."""
+        self._adopt_after_fork()
         with self._lock:
             self._ensure_envs(observation_batch_size(observation))
             self.stats.calls += 1
@@ -278,7 +283,12 @@ class ActionChunker:
             }
 
     def reset(self, env_ids: Optional[Sequence[int]] = None, options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-        """Drop the buffers of `env_ids` (all when None); a full reset also resets the wrapped policy."""
+        """Drop the buffers of `env_ids` (all when None); a full reset also resets the wrapped policy.
+
+        `env_ids`: env indices (ints), or a boolean mask with one entry per env (a vector env's `terminated |
+        truncated`). Anything else (a float, a bool among ints, a mask of another length) is refused before any
+        buffer is dropped."""
+        self._adopt_after_fork()
         with self._lock:
             if env_ids is None:
                 if self._pending is not None:  # the policy may not be called concurrently; let it finish
@@ -288,11 +298,28 @@ class ActionChunker:
                 for i in range(self._n_envs or 0):
                     self._clear(i)
                 return self.policy.reset(options) or {}
-            for i in env_ids:
-                if self._n_envs is None or not 0 <= int(i) < self._n_envs:
-                    raise IndexError(f"env id {i} is out of range for {self._n_envs} envs")
-                self._clear(int(i))
+            for i in self._env_indices(env_ids):
+                self._clear(i)
             return {}
+
+    def _env_indices(self, env_ids: Any) -> List[int]:
+        """reset()'s env_ids as checked indices: ints in range, or the True entries of a mask of n_envs booleans."""
+        values = np.asarray(env_ids) if isinstance(env_ids, np.ndarray) else env_ids
+        if isinstance(values, (str, bytes)) or not isinstance(values, (SequenceABC, np.ndarray)):
+            raise TypeError(f"env_ids must be a sequence of env indices or a boolean mask; got {type(env_ids).__name__}")
+        items = list(values.tolist() if isinstance(values, np.ndarray) else values)
+        if items and all(isinstance(item, (bool, np.bool_)) for item in items):
+            if len(items) != self._n_envs:
+                raise ValueError(f"env_ids is a boolean mask of {len(items)} entries; this chunker serves {self._n_envs} "
+                                 "envs (pass one entry per env, or the env indices)")
+            return [i for i, done in enumerate(items) if done]
+        for item in items:
+            if not _is_int(item):
+                raise TypeError(f"env_ids must hold env indices (ints) or be a boolean mask of one entry per env; got "
+                                f"{item!r} ({type(item).__name__}) in {env_ids!r}")
+            if self._n_envs is None or not 0 <= int(item) < self._n_envs:
+                raise IndexError(f"env id {item} is out of range for {self._n_envs} envs")
+        return [int(item) for item in items]
 
     def wait_for_prefetch(self, timeout: Optional[float] = None) -> bool:
         """Block until the background request (if any) has an answer; it is merged at the next get_action."""
@@ -306,16 +333,37 @@ class ActionChunker:
         return True
 
     def close(self) -> None:
-        """Wait for a background request to end (the policy may not be used by two callers at once). Closing a
-        PolicyClient first ends its request in flight at once. A program that exits without closing does not wait:
-        background requests run on daemon threads."""
+        """End the background thread. Wrapping a PolicyClient, return at once: a request still in flight is
+        abandoned (its chunk is not wanted; the client, safe to share between threads, finishes or times it out,
+        and closing the client ends it at once), so leaving a `with` block on Ctrl-C against a stalled server does
+        not wait out timeout_ms. Wrapping a local policy, wait for its call to end first (it may not be used by
+        two callers at once). A program that exits without closing does not wait: the thread is a daemon."""
+        self._adopt_after_fork()
         with self._lock:
-            if self._pending is not None:
-                self._pending.future.exception()
-            self._pending = None
+            pending, self._pending = self._pending, None
+            if pending is not None:
+                if isinstance(self.policy, PolicyClient):
+                    self.stats.discarded_envs += len(pending.env_ids)
+                else:
+                    pending.future.exception()
             if self._worker is not None:
                 self._worker.stop()
                 self._worker = None
+
+    def _adopt_after_fork(self) -> None:
+        """In a child forked from the process that made this chunker, start afresh: the prefetch thread does not
+        exist there (a prefetch queued to it, or one in flight at the fork, left the child's next chunk boundary
+        waiting for ever), and a lock a parent thread held at that moment stays held. The buffers carry over; the
+        parent's prefetch is dropped (the child fetches its own)."""
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        self._lock = threading.RLock()
+        self._worker = None
+        if self._pending is not None:
+            self.stats.discarded_envs += len(self._pending.env_ids)
+            self._pending = None
+        logger.debug("ActionChunker in forked process %d: new prefetch thread; the parent's prefetch dropped", self._pid)
 
     def __enter__(self) -> "ActionChunker":
         return self
@@ -473,8 +521,13 @@ class ActionChunker:
         pending = self._pending
         if pending is None or (not block and not pending.future.done()):
             return []
+        try:
+            action, info = pending.future.result()  # a policy error surfaces in the robot's call
+        except BaseException:
+            if pending.future.done():  # the request failed: it is over. A wait cut short (Ctrl-C) keeps it pending,
+                self._pending = None  # so that the next call (or close/reset) still knows the request in flight
+            raise
         self._pending = None
-        action, info = pending.future.result()  # a policy error surfaces in the robot's call
         chunks = self._split(action, len(pending.env_ids))  # a bad chunk is dropped whole; the buffers run on
         self._last_info = info if isinstance(info, dict) else {}
         merged = []

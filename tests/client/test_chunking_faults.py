@@ -1,0 +1,145 @@
+"""ActionChunker when the robot side goes wrong: a done-mask passed to reset, a fork with a prefetch thread, Ctrl-C
+while a prefetch is late, leaving a `with` block against a stalled server. A real PolicyServer on loopback."""
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from gr00t_client import BasePolicy, PolicyClient, PolicyTimeoutError
+from gr00t_client.chunking import ActionChunker
+from serving import running_server
+
+
+class StampPolicy(BasePolicy):
+    """Step j of the chunk for an env whose observation holds t is 100 * t + j (each value names its request). Calls
+    wait while `hold` is set (a stalled server)."""
+
+    def __init__(self, horizon=4):
+        super().__init__(strict=False)
+        self.horizon, self.hold, self.calls = horizon, threading.Event(), 0
+        self.release = threading.Event()
+
+    def _get_action(self, observation, options=None):
+        self.calls += 1
+        if self.hold.is_set():
+            self.release.wait(30)
+        t = np.asarray(observation["state"]["t"], np.float32)[:, 0]
+        chunk = 100.0 * t[:, None] + np.arange(self.horizon, dtype=np.float32)[None, :]
+        return {"x": chunk[:, :, None]}, {}
+
+    def reset(self, options=None):
+        return {}
+
+
+def obs(*t):
+    return {"state": {"t": np.array(t, np.float32)[:, None]}}
+
+
+@pytest.fixture
+def stamp():
+    policy = StampPolicy()
+    try:
+        with running_server(policy) as server:
+            yield policy, server
+    finally:
+        policy.release.set()
+
+
+# --- reset(env_ids) ------------------------------------------------------------------------------------
+
+
+def test_reset_with_a_done_mask_resets_the_envs_that_are_done_and_only_those(stamp):
+    _policy, server = stamp
+    with PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client, ActionChunker(client, per_env=True) as chunker:
+        chunker.get_action(obs(1, 1, 1))
+        chunker.reset(env_ids=np.array([False, False, True]))  # a vector env's terminated | truncated
+        assert chunker.remaining().tolist() == [3, 3, 0]
+        action, info = chunker.get_action(obs(2, 2, 50))
+    assert action["x"].ravel().tolist() == [101.0, 101.0, 5000.0] and info["fetched_env_ids"] == [2]
+
+
+@pytest.mark.parametrize("env_ids, error, words", [
+    ([1.9], TypeError, "got 1.9 (float)"),
+    ([0, True], TypeError, "got True (bool)"),
+    ([True, False], ValueError, "boolean mask of 2 entries; this chunker serves 3 envs"),
+    ([0, 99], IndexError, "env id 99 is out of range for 3 envs"),
+    ("12", TypeError, "got str"),
+])
+def test_reset_refuses_env_ids_that_are_not_indices_or_a_mask_before_dropping_any_buffer(stamp, env_ids, error, words):
+    _policy, server = stamp
+    with PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client, ActionChunker(client, per_env=True) as chunker:
+        chunker.get_action(obs(1, 1, 1))
+        with pytest.raises(error, match=words.replace("(", r"\(").replace(")", r"\)")):
+            chunker.reset(env_ids=env_ids)
+        assert chunker.remaining().tolist() == [3, 3, 3]  # [0, 99] cleared env 0 before refusing 99
+
+
+# --- a fork with the prefetch thread running -------------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_gets_its_own_prefetch_thread_instead_of_waiting_for_ever(stamp):
+    _policy, server = stamp
+    with PolicyClient("127.0.0.1", server.port, timeout_ms=2000) as client:
+        chunker = ActionChunker(client, asynchronous=True, prefetch_steps=2)
+        for t in range(2):
+            chunker.get_action(obs(t))  # the parent's prefetch thread is running
+        assert chunker.wait_for_prefetch(5)
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child serves 10 steps, or the alarm reports it stuck
+            signal.signal(signal.SIGALRM, lambda *_: os._exit(3))
+            signal.alarm(10)
+            try:
+                values = [chunker.get_action(obs(t))[0]["x"].item() for t in range(10, 20)]
+                os.write(write, repr(values).encode())
+                os._exit(0)
+            except BaseException:
+                os._exit(4)
+        os.close(write)
+        _, status = os.waitpid(pid, 0)
+        served = os.read(read, 65536).decode()
+        os.close(read)
+        assert os.waitstatus_to_exitcode(status) == 0, "the child hung (3) or failed (4)"
+        values = eval(served)  # noqa: S307 - our own child's repr of a list of floats
+        assert len(values) == 10 and any(value >= 1000 for value in values)  # chunks the child fetched itself
+        assert chunker.get_action(obs(4))[0]["x"].size == 1  # the parent's chunker still works
+        chunker.close()
+
+
+# --- Ctrl-C and leaving a with-block against a stalled server -------------------------------------------------
+
+
+def test_leaving_the_with_block_with_a_prefetch_in_flight_does_not_wait_out_the_timeout(stamp):
+    policy, server = stamp
+    with PolicyClient("127.0.0.1", server.port, timeout_ms=6000) as client:
+        with ActionChunker(client, asynchronous=True, prefetch_steps=3) as chunker:
+            chunker.get_action(obs(1))
+            policy.hold.set()  # the server stalls
+            chunker.get_action(obs(2))  # starts the prefetch, which now waits on the server
+            began = time.monotonic()
+        left_after = time.monotonic() - began
+    assert left_after < 1.0  # it waited out timeout_ms (6 s) before the client could be closed
+    assert chunker.stats.discarded_envs == 1
+
+
+def test_a_ctrl_c_while_waiting_for_a_late_prefetch_keeps_it_pending_for_the_next_call(stamp):
+    policy, server = stamp
+    with PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client, \
+            ActionChunker(client, asynchronous=True, prefetch_steps=0) as chunker:
+        for t in range(4):  # the 4-step chunk of t=0; the last call starts the prefetch (t=3)
+            chunker.get_action(obs(t))
+        policy.hold.set()
+        timer = threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT))
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            chunker.get_action(obs(4))  # the chunk is exhausted: waits for the stalled prefetch
+        policy.hold.clear()
+        policy.release.set()
+        action, info = chunker.get_action(obs(5))  # the orphaned request was forgotten and this one sent anew
+    assert action["x"].item() == 301.0 and info["merged_env_ids"] == [0] and info["fetched_env_ids"] == []
+    assert policy.calls == 2  # the t=0 chunk and the prefetch: no request sent behind the orphan
