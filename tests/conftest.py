@@ -1,11 +1,19 @@
-"""Shared test setup: tests/ importable (for the fixture factories), GPU tests skipped without a GPU."""
+"""Shared test setup: tests/ importable (for the fixture factories), Ctrl-C deliverable, GPU tests skipped without
+a GPU."""
 
 import os
+import signal
 import sys
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+# A suite started in the background by a non-interactive shell (`make test &`) inherits SIGINT ignored: Python then
+# installs no KeyboardInterrupt handler, in this process or in the CLIs the tests start (an ignored signal stays
+# ignored across exec), so every Ctrl-C test fails (exit 0 instead of 130). Ctrl-C is what those tests send.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _cuda_available() -> bool:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 from .extras import MissingExtraError
 from .metrics import EpisodeOutcome
 from .rollout.runner import RolloutConfig
-from .run_dir import interrupts_deferred, interrupts_remembered
+from .run_dir import interrupts_deferred, sigterm_as_interrupt
 from .shard import ShardSpec, format_missing, merge_results, results_from_outcomes, run_suite, shard_ranges
 from .suites import Task, auto_n_envs, resolve_tasks
 
@@ -187,9 +187,8 @@ def run_with_ray(env_spec: str, config: RolloutConfig, servers: Sequence[ServerA
     failed: Dict[str, str] = {}
     running: Dict[Any, int] = {}
     try:
-        # ray.init() replaced the SIGTERM handler with its own sys.exit; SIGTERM must stop the run like Ctrl-C. Ray's
-        # wait runs the signal handlers from C++ and may drop the KeyboardInterrupt: each turn checks `stopping`.
-        with interrupts_remembered() as stopping:
+        # ray.init() replaced the SIGTERM handler with its own sys.exit; SIGTERM must stop the run like Ctrl-C.
+        with sigterm_as_interrupt():
             if n_shards <= 0:
                 cluster_cpus = int(ray.cluster_resources().get("CPU", 1) // cpus_per_shard)
                 n_shards = default_shard_count(n_items, len(servers), cluster_cpus)
@@ -213,8 +212,6 @@ def run_with_ray(env_spec: str, config: RolloutConfig, servers: Sequence[ServerA
                           f"episodes left) against {', '.join(map(str, servers))}")
                 while running:  # a timeout keeps Ctrl-C prompt; shards report in whatever order they finish
                     ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
-                    if stopping:
-                        raise KeyboardInterrupt(f"signal {stopping[0]}")
                     for generator in ready:
                         index = running[generator]
                         item = _next_item(ray, generator)

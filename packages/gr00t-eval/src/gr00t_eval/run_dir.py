@@ -432,20 +432,3 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
     with signals_handled_by(handler, [signal.SIGTERM]):
         yield
-
-
-@contextlib.contextmanager
-def interrupts_remembered() -> Iterator[List[int]]:
-    """Ctrl-C and SIGTERM raise KeyboardInterrupt while the block runs and are also noted in the yielded list.
-
-    For a loop that waits inside a library which runs Python's signal handlers from its own C++ wait and may drop
-    the KeyboardInterrupt they raise (Ray's wait): the loop checks the list on each turn, so a stop is never lost.
-    """
-    noted: List[int] = []
-
-    def handler(signum: int, frame: Any) -> None:
-        noted.append(signum)
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    with signals_handled_by(handler, [signal.SIGINT, signal.SIGTERM]):
-        yield noted
