@@ -194,3 +194,17 @@ def test_config_without_video_does_not_require_a_video_key():
     policy = EchoPolicy(configs={**configs, "action": ModalityConfig(delta_indices=[0, 1], modality_keys=["q"])}, strict=True)
     action, _ = policy.get_action({"state": {"q": np.zeros((3, 1, 7), np.float32)}})
     assert action["q"].shape == (3, 2, 1)
+
+
+def test_a_flat_observation_sent_to_a_nested_policy_is_refused_with_the_sim_wrapper_hint():
+    nested = libero_like_observation()
+    flat = {f"{modality}.{key}": value for modality, group in nested.items() for key, value in group.items()}
+    with pytest.raises(ObservationError) as refused:
+        strict_policy().get_action(flat)
+    message = str(refused.value)
+    assert message.startswith("observation must contain a 'video' key (a dict); got keys ['language.")
+    assert "this is the flat form ('video.<key>') a Gr00tSimPolicyWrapper takes: start the server with " \
+           "--use-sim-policy-wrapper" in message
+    with pytest.raises(ObservationError) as plain:  # a nested observation missing a modality gets no such hint
+        strict_policy().get_action({"state": nested["state"], "language": nested["language"]})
+    assert "--use-sim-policy-wrapper" not in str(plain.value)

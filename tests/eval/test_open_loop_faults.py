@@ -323,8 +323,8 @@ def test_action_delta_indices_other_than_each_next_step_are_refused_before_scori
         code = open_loop(dataset, strided.port, tmp_path / "out", "--traj-ids", "0")
     err = capsys.readouterr().err
     assert code == 2, err
-    assert (f"the policy's action delta_indices are {deltas}; open-loop evaluation needs 0..3 (one action per step "
-            "from the query on), or its scores would compare each action with another step's ground truth") in err
+    assert (f"the policy's action delta_indices are {deltas}; this needs 0..3 (one action per step from the query "
+            "on), or open-loop scores would compare each action with another step's ground truth") in err
     assert not (tmp_path / "out" / "results.json").exists()
 
 

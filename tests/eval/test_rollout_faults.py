@@ -211,6 +211,26 @@ def test_a_replay_server_advancing_other_than_n_action_steps_errors_every_episod
                for o in result.outcomes)
 
 
+@pytest.mark.parametrize("deltas", [list(range(1, HORIZON + 1)), list(range(0, 2 * HORIZON, 2))], ids=["shifted", "strided"])
+def test_action_delta_indices_other_than_each_next_step_are_refused_before_any_episode(dataset, deltas):
+    # Row j of a chunk runs as the j-th env step after the query: a replay served with action deltas 1..H or a stride
+    # of 2 executed other recorded steps than it replayed and still reported 100 % (open-loop refused the same server).
+    from gr00t_server.policies import Gr00tSimPolicyWrapper, ReplayPolicy
+
+    configs = {"state": ModalityConfig([0], ["arm", "gripper"]), "action": ModalityConfig(deltas, ["arm", "gripper"])}
+    server = RestartableServer(lambda: Gr00tSimPolicyWrapper(ReplayPolicy(dataset, configs, execution_horizon=CHUNK)))
+    ReplayProbeEnv.steps_taken = 0
+    try:
+        with pytest.raises(ValueError) as refused:
+            replay(server)
+    finally:
+        server.stop()
+    assert str(refused.value).startswith(f"the policy's action delta_indices are {deltas[:8] + ['...'] if len(deltas) > 8 else deltas}; "
+                                         f"this needs 0..{HORIZON - 1} (one action per step from the query on), or the "
+                                         "rollout would execute each action at another step than it was predicted for")
+    assert ReplayProbeEnv.steps_taken == 0
+
+
 def test_a_lost_position_noted_by_a_prefetch_is_forgotten_only_for_rows_that_restart():
     # An async prefetch's reply can be checked while the envs step; rows restarted before the runner looks have left
     # the episode it was about, the others still have that chunk to execute.

@@ -195,3 +195,39 @@ def test_a_broken_data_file_fails_the_start_not_a_later_request(tmp_path):
     broken.write_bytes(broken.read_bytes()[:100])
     with pytest.raises(DatasetError, match=f"{broken}: cannot read parquet \\(episode 2\\)"):
         ReplayPolicy(root)
+
+
+def _zero_length(root, positions):
+    """Set the meta/episodes.jsonl length of the episodes at `positions` to 0 (an empty recording)."""
+    import json
+
+    path = root / "meta" / "episodes.jsonl"
+    entries = [json.loads(line) for line in path.read_text().splitlines()]
+    for position in positions:
+        entries[position]["length"] = 0
+    path.write_text("".join(json.dumps(entry) + "\n" for entry in entries))
+
+
+def test_an_empty_episode_is_named_at_start_and_refused_on_request_while_the_others_replay(tmp_path, caplog):
+    """A length-0 episode started silently, then answered get_action with numpy's "index -1 is out of bounds"."""
+    root = make_dataset(tmp_path / "ds", lengths=(5, 7), cameras=())
+    _zero_length(root, [0])
+    with caplog.at_level("WARNING"):
+        policy = ReplayPolicy(str(root), execution_horizon=4, strict=False)
+    assert "episodes [0] have no steps (length 0); requests for them are refused" in caplog.text
+    empty = r"episode 0 \(episode_index 0\) of .* has no steps to replay \(length 0\); reset to another episode"
+    with pytest.raises(ValueError, match=empty):
+        policy.get_action({"state": {}}, session("a"))  # a fresh session starts at episode 0
+    with pytest.raises(ValueError, match=empty):
+        policy.reset(session("a", episode_index=0))
+    assert policy.reset(session("a", episode_index=1))["episode_length"] == 7
+    action, _ = policy.get_action({"state": {}}, session("a"))
+    steps = np.clip(np.arange(action["arm"].shape[1]), 0, 6)  # episode 1's first chunk, held at its last step
+    np.testing.assert_array_equal(action["arm"][0], expected_actions(1, 7)["arm"][steps])
+
+
+def test_a_dataset_of_only_empty_episodes_is_refused_at_start(tmp_path):
+    root = make_dataset(tmp_path / "ds", lengths=(5, 7), cameras=())
+    _zero_length(root, [0, 1])
+    with pytest.raises(ValueError, match="has no steps to replay: every episode has length 0"):
+        ReplayPolicy(str(root), execution_horizon=4)

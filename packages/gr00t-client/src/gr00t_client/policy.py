@@ -74,7 +74,10 @@ def validate_observation(observation: Any, configs: Mapping[str, ModalityConfig]
         if modality not in configs:
             continue
         if modality not in observation:
-            raise ObservationError(f"observation must contain a '{modality}' key (a dict); got keys {sorted(observation)}")
+            flat = any(isinstance(key, str) and key.startswith(f"{modality}.") for key in observation)
+            hint = (f"; this is the flat form ('{modality}.<key>') a Gr00tSimPolicyWrapper takes: start the server with "
+                    "--use-sim-policy-wrapper, or send {'video': {...}, 'state': {...}, 'language': {...}}") if flat else ""
+            raise ObservationError(f"observation must contain a '{modality}' key (a dict); got keys {sorted(observation)}{hint}")
         group = observation[modality]
         if not isinstance(group, Mapping):
             raise ObservationError(f"observation['{modality}'] must be a dict; got {type(group).__name__}")

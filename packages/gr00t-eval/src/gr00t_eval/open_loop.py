@@ -20,6 +20,7 @@ import numpy as np
 
 from gr00t_client import BasePolicy, ModalityConfig, PolicyServerError
 
+from .action_steps import check_consecutive_action_deltas
 from .dataset import LeRobotDataset
 from .metrics import ActionErrors, action_errors
 from .reported_position import is_position
@@ -248,13 +249,8 @@ def check_action_steps(action: ModalityConfig, execution_horizon: int) -> None:
     horizon = action.horizon
     if not 1 <= execution_horizon <= horizon:
         raise ValueError(f"execution_horizon must be in [1, {horizon}] (the policy's action horizon), got {execution_horizon}")
-    deltas = [int(d) for d in action.delta_indices]
-    if deltas != list(range(horizon)):
-        shown = deltas if len(deltas) <= 8 else [*deltas[:8], "..."]
-        raise ValueError(
-            f"the policy's action delta_indices are {shown}; open-loop evaluation needs 0..{horizon - 1} (one action "
-            "per step from the query on), or its scores would compare each action with another step's ground truth"
-        )
+    check_consecutive_action_deltas(
+        action.delta_indices, "open-loop scores would compare each action with another step's ground truth")
 
 
 def evaluate_trajectory(

@@ -14,6 +14,7 @@ import numpy as np
 
 from gr00t_client import ModalityConfig
 
+from ..action_steps import check_consecutive_action_deltas
 from ..reported_position import is_position
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ class HorizonSpec:
     state_keys: Sequence[str]
     action_keys: Sequence[str]
     language_keys: Sequence[str]
+    action_delta_indices: Sequence[int] = ()  # () when built by hand: the rows are taken as consecutive steps
 
     @classmethod
     def from_modality_config(cls, configs: Mapping[str, ModalityConfig]) -> "HorizonSpec":
@@ -45,14 +47,18 @@ class HorizonSpec:
             state_keys=list(state.modality_keys) if state else [],
             action_keys=list(action.modality_keys),
             language_keys=list(language.modality_keys) if language else [],
+            action_delta_indices=list(action.delta_indices),
         )
 
     def check_n_action_steps(self, n_action_steps: int) -> None:
-        """Refuse executing more steps of a chunk than the policy predicts."""
+        """Refuse executing more steps of a chunk than the policy predicts, or a chunk whose rows are not
+        consecutive steps from the query on (a rollout runs row j as the j-th step after it)."""
         if not 1 <= n_action_steps <= self.action_horizon:
             raise ValueError(
                 f"n_action_steps must be in [1, {self.action_horizon}] (the policy's action horizon), got {n_action_steps}"
             )
+        check_consecutive_action_deltas(
+            self.action_delta_indices or range(self.action_horizon), "the rollout would execute each action at another step than it was predicted for")
 
 
 class ObservationMapper:

@@ -69,6 +69,12 @@ class ReplayPolicy(BasePolicy):
         self.dataset = dataset if isinstance(dataset, dataset_class) else dataset_class(dataset)
         if self.dataset.num_episodes == 0:
             raise ValueError(f"dataset {self.dataset.root} has no episodes to replay")
+        empty = [i for i, length in enumerate(self.dataset.episode_lengths) if length == 0]
+        if len(empty) == self.dataset.num_episodes:
+            raise ValueError(f"dataset {self.dataset.root} has no steps to replay: every episode has length 0")
+        if empty:
+            logger.warning("dataset %s: episodes %s have no steps (length 0); requests for them are refused",
+                           self.dataset.root, empty[:20])
         # Every data file's footer now (no rows are read): a truncated or missing file fails the start, not the
         # first request for its episode in the middle of an evaluation.
         self.dataset.check_data_files()
@@ -190,9 +196,15 @@ class ReplayPolicy(BasePolicy):
     def _length(self, position: int) -> int:
         return self.dataset.episode_lengths[position]
 
+    def _empty_episode(self, position: int) -> ValueError:
+        return ValueError(f"episode {position} (episode_index {self.dataset.episode_indices[position]}) of "
+                          f"{self.dataset.root} has no steps to replay (length 0); reset to another episode")
+
     def _chunk(self, position: int, step: int) -> Dict[str, np.ndarray]:
-        actions = self._episode_actions(position)
         length = self._length(position)
+        if length == 0:
+            raise self._empty_episode(position)
+        actions = self._episode_actions(position)
         rows = np.clip(step + self.delta_indices, 0, length - 1)
         return {key: values[rows] for key, values in actions.items()}
 
@@ -207,6 +219,8 @@ class ReplayPolicy(BasePolicy):
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
             raise ValueError(f"step_index must be an int, got {step!r}")
         length = self._length(episode)
+        if length == 0:
+            raise self._empty_episode(episode)
         if not 0 <= step < length:
             raise IndexError(f"step_index {step} out of range for episode {episode} of length {length} (0..{length - 1})")
 
