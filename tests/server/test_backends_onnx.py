@@ -370,7 +370,71 @@ def test_a_failed_re_export_leaves_the_earlier_export_in_place(tiny_checkpoint, 
     (["verify", "--model-path", "/nonexistent", "--onnx-dir", "x", "--batch-size", "-1"], "--batch-size must be >= 1, got -1"),
     (["build-engine", "--onnx-dir", "x", "--engine-dir", "y", "--max-batch-size", "0"], "--max-batch-size must be >= 1, got 0"),
     (["build-engine", "--onnx-dir", "x", "--engine-dir", "y", "--workspace", "0"], "--workspace must be >= 1, got 0"),
+    (["export", "--model-path", "/nonexistent", "--output", "/nonexistent/out", "--image-size", "480", "0"],
+     "--image-size takes HEIGHT WIDTH of the cameras' frames, each >= 16; got 480 0"),
 ])
 def test_counts_below_one_are_refused_before_anything_loads(argv, message):
     with pytest.raises(ValueError, match=f"^{message}$"):
         commands.run(parse(argv))
+
+
+def test_an_export_at_the_cameras_frame_size_serves_it_and_warms_up_and_verifies_with_it(tiny_checkpoint, tmp_path):
+    """Exports always traced 256x256 frames: a full_pipeline ViT then refused every 480x640 (non-square) camera frame
+    with advice the CLI could not follow, while warm-up and verify (also 256x256) passed."""
+    from gr00t_server.backends.bench import warm_up
+    from gr00t_server.backends.verify import verify_checkpoint
+
+    out = tmp_path / "onnx"
+    assert commands.run(parse(["export", "--model-path", str(tiny_checkpoint), "--output", str(out), "--precision", "fp32",
+                               "--embodiment-tag", TAG, "--device", "cpu", "--image-size", "48", "64"])) == 0
+    assert json.loads((out / EXPORT_METADATA).read_text())["sample_image_size"] == [48, 64]
+    onnx, reference = make_policy(tiny_checkpoint), make_policy(tiny_checkpoint)
+    apply_inference_mode(onnx, "onnxruntime", onnx_dir=out)
+    assert onnx.sample_image_size == (48, 64) and warm_up(onnx, (1,))  # warm-up samples the export's frame size
+    frames = example_observation(tiny_checkpoint, TAG, batch_size=1, seed=3, image_size=(48, 64))
+    np.testing.assert_allclose(flat(onnx.get_action(frames, {"seed": 5})[0]),
+                               flat(reference.get_action(frames, {"seed": 5})[0]), atol=1e-4)
+    square = example_observation(tiny_checkpoint, TAG, batch_size=1, seed=3, image_size=(64, 64))
+    with pytest.raises(ValueError, match=r"Re-export with your cameras' frame size: `gr00t-server export --image-size "
+                                         r"HEIGHT WIDTH \.\.\.`"):
+        onnx.get_action(square)
+    assert verify_checkpoint(tiny_checkpoint, onnx_dir=out, device="cpu", embodiment_tag=TAG).status != "FAIL"
+
+
+def test_a_file_replaced_while_the_sessions_load_fails_the_start(tiny_checkpoint, full_export, tmp_path, monkeypatch):
+    """The files were hashed, then opened again by path: a re-export landing in between served sub-models of two
+    checkpoints without a word (a restart refused the same folder)."""
+    from gr00t_server.backends import onnxruntime_backend
+
+    folder = tmp_path / "onnx"
+    shutil.copytree(full_export, folder)
+    runner = onnxruntime_backend.OrtRunner
+
+    class ReExportedMeanwhile(runner):  # another export's rename lands right before this session opens its file
+        def __init__(self, path, *args, **kwargs):
+            if path.name.startswith("dit"):
+                replacement = path.with_name(path.name + ".new")
+                shutil.copyfile(path, replacement)
+                replacement.replace(path)  # same bytes, a new file: as a swap_in rename
+            super().__init__(path, *args, **kwargs)
+
+    monkeypatch.setattr(onnxruntime_backend, "OrtRunner", ReExportedMeanwhile)
+    with pytest.raises(BackendError, match=r"dit_fp32\.onnx changed while the server loaded .* \(another export into it\?\)"):
+        apply_inference_mode(make_policy(tiny_checkpoint), "onnxruntime", onnx_dir=folder)
+    monkeypatch.setattr(onnxruntime_backend, "OrtRunner", runner)
+    assert apply_inference_mode(make_policy(tiny_checkpoint), "onnxruntime", onnx_dir=folder)  # unchanged since: loads
+
+
+def test_serving_an_fp16_export_in_fp32_says_so_instead_of_other_weights(tiny_checkpoint, tmp_path):
+    """The same checkpoint exported in fp16 and served in fp32 was refused as "exported from other weights"."""
+    out = tmp_path / "onnx16"
+    assert commands.run(parse(["export", "--model-path", str(tiny_checkpoint), "--output", str(out), "--mode", "dit_only",
+                               "--precision", "fp16", "--embodiment-tag", TAG, "--device", "cpu"])) == 0
+    with pytest.raises(BackendError, match=r"was exported from the model loaded in fp16, and this one runs in fp32: .*"
+                                           r"serve with --dtype fp16, or re-export with --precision fp32"):
+        apply_inference_mode(make_policy(tiny_checkpoint), "onnxruntime", onnx_dir=out)
+    other16 = Gr00tPolicy(tiny_checkpoint, TAG, device="cpu", dtype="fp16")
+    with torch.no_grad():  # other weights in the export's own dtype are still called other weights
+        next(model_of(other16).action_head.parameters()).add_(1.0)
+    with pytest.raises(BackendError, match="was exported from other weights of the same architecture"):
+        apply_inference_mode(other16, "onnxruntime", onnx_dir=out)

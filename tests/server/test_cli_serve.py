@@ -281,6 +281,24 @@ def test_flags_the_chosen_policy_does_not_read_are_named_as_ignored(dataset, tin
             proc.kill()
 
 
+def test_an_export_folder_the_inference_mode_does_not_read_is_named_as_ignored(tiny_checkpoint, tmp_path):
+    """`serve --onnx-dir DIR` without --inference-mode onnxruntime served PyTorch without a word."""
+    port = _free_port()
+    proc = _start(["serve", "--model-path", str(tiny_checkpoint), "--embodiment-tag", "new_embodiment", "--device", "cpu",
+                   "--onnx-dir", str(tmp_path / "onnx"), "--no-warmup", "--port", str(port)])
+    try:
+        lines = _wait_ready(proc)
+        assert [line for line in lines if "ignored" in line] == [
+            f"WARNING:gr00t_server:--onnx-dir {tmp_path / 'onnx'}: ignored; it is read with --inference-mode onnxruntime, "
+            "and this serves --inference-mode pytorch"]
+        with PolicyClient(port=port, timeout_ms=10000) as client:
+            client.kill_server()
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def test_a_plain_serve_warns_of_nothing_ignored(dataset):
     proc = _start(["serve", "--dataset-path", str(dataset), "--port", str(_free_port())])
     try:

@@ -341,6 +341,12 @@ def serve(args: argparse.Namespace) -> int:
         logger.warning("%s: ignored; %s", ", ".join(ignored), "they apply to replay (--dataset-path without --model-path), "
                        "and this serves --model-path" if args.model_path else "they apply to --model-path, and this replays "
                        "--dataset-path")
+    if args.model_path:
+        # An export folder the chosen inference mode does not read is served without a word otherwise (PyTorch).
+        for flag, value, mode in (("--onnx-dir", args.onnx_dir, "onnxruntime"), ("--engine-dir", args.engine_dir, "tensorrt")):
+            if value is not None and args.inference_mode != mode:
+                logger.warning("%s %s: ignored; it is read with --inference-mode %s, and this serves --inference-mode %s",
+                               flag, value, mode, args.inference_mode)
     if args.model_path:  # replay never touches torch: resolving a default device would import it
         args.device = args.device or _default_device()
     print("Starting GR00T inference server...")

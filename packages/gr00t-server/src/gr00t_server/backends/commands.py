@@ -38,6 +38,9 @@ def register(subparsers: Any) -> None:
     export.add_argument(*_flag("precision"), default=None, choices=PRECISIONS,
                         help="weights/activations precision (default: bf16 on CUDA, fp32 on CPU)")
     export.add_argument(*_flag("batch-size"), type=int, default=1, help="batch of the sample observation")
+    export.add_argument(*_flag("image-size"), type=int, nargs=2, default=[256, 256], metavar=("HEIGHT", "WIDTH"),
+                        help="camera frame size of the sample observation (default 256 256): a full_pipeline export's "
+                             "ViT serves the image grid of this size only, so give your cameras' size (e.g. 480 640)")
     export.add_argument(*_flag("embodiment-tag"), default=None, help="tag of the sample observation (default: first in the checkpoint)")
     export.add_argument(*_flag("device"), default=None, help="torch device for the export (default: cuda if available)")
 
@@ -74,6 +77,9 @@ def _check_counts(args: argparse.Namespace) -> None:
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    size = getattr(args, "image_size", None)
+    if size is not None and min(size) < 16:
+        raise ValueError(f"--image-size takes HEIGHT WIDTH of the cameras' frames, each >= 16; got {size[0]} {size[1]}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -136,6 +142,7 @@ def _export(args: argparse.Namespace) -> int:
                 metadata = export_checkpoint(
                     args.model_path, staging, mode=args.mode, precision=precision,
                     batch_size=args.batch_size, embodiment_tag=args.embodiment_tag, device=device,
+                    image_size=args.image_size,
                 )
             except OSError as exc:  # disk full, read-only: name the folder even when the OS names no file
                 where = exc.filename or folder

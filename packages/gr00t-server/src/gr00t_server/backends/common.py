@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import torch
 from torch import nn
@@ -71,8 +71,10 @@ def model_identity(model: nn.Module) -> dict[str, str]:
     return {"config_sha256": config_sha256(model.config), "weights_fingerprint": weights_fingerprint(model)}
 
 
-def check_model_identity(recorded: dict[str, Any], model: nn.Module, source: Union[str, Path]) -> None:
-    """Raise BackendError when `source` was exported from another model or config."""
+def check_model_identity(recorded: dict[str, Any], model: nn.Module, source: Union[str, Path],
+                         exported_precision: Optional[str] = None) -> None:
+    """Raise BackendError when `source` was exported from another model or config. `exported_precision`: the dtype
+    the exported model was loaded in; fp16 rounding alone changes the fingerprint, which the message then says."""
     if not recorded:
         raise BackendError(f"{source} records no model identity; re-export it with `gr00t-server export`")
     current = model_identity(model)
@@ -82,6 +84,14 @@ def check_model_identity(recorded: dict[str, Any], model: nn.Module, source: Uni
             f"(config_sha256 {str(recorded.get('config_sha256'))[:12]} != {current['config_sha256'][:12]}); re-export it"
         )
     if recorded.get("weights_fingerprint") != current["weights_fingerprint"]:
+        exported_dtype = TORCH_DTYPES.get(exported_precision or "")
+        if exported_dtype is not None and exported_dtype != model.dtype and torch.float16 in (exported_dtype, model.dtype):
+            serving = next((name for name, dtype in TORCH_DTYPES.items() if dtype == model.dtype), str(model.dtype))
+            raise BackendError(
+                f"{source} was exported from the model loaded in {exported_precision}, and this one runs in {serving}: "
+                f"fp16 rounding alone changes the weights fingerprint, so the two cannot be told to be the same "
+                f"weights; serve with --dtype {exported_precision}, or re-export with --precision {serving}"
+            )
         raise BackendError(
             f"{source} was exported from other weights of the same architecture "
             f"(weights_fingerprint {str(recorded.get('weights_fingerprint'))[:12]} != "
@@ -180,13 +190,36 @@ def file_digest(path: Path, chunk_bytes: int = 1 << 24) -> dict[str, Any]:
     return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
-def check_export_files(onnx_dir: Union[str, Path], metadata: dict[str, Any]) -> None:
-    """Raise BackendError naming the first file whose size or sha256 differs from the export's record.
+def file_identity(path: Path) -> tuple[int, int, int, int]:
+    """(device, inode, size, mtime ns) of `path`: another export's rename or rewrite changes it."""
+    info = path.stat()
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
+
+
+def check_unchanged(identities: dict[Path, tuple[int, int, int, int]], onnx_dir: Union[str, Path]) -> None:
+    """Raise BackendError when a file checked by check_export_files was replaced or changed since (an export into
+    the folder while this server loaded it): the sessions may hold files of two exports."""
+    for path, identity in identities.items():
+        try:
+            now = file_identity(path)
+        except OSError:
+            now = None
+        if now != identity:
+            raise BackendError(
+                f"{path} changed while the server loaded {onnx_dir} (another export into it?): the loaded files may "
+                "come from two exports; start again once the export has finished"
+            )
+
+
+def check_export_files(onnx_dir: Union[str, Path], metadata: dict[str, Any]) -> dict[Path, tuple[int, int, int, int]]:
+    """Raise BackendError naming the first file whose size or sha256 differs from the export's record; return each
+    checked file's identity (file_identity, taken before its hash) for check_unchanged once the files are loaded.
 
     A folder mixing files of two exports (a partial copy, a file copied in by hand) would otherwise serve
     another checkpoint's weights without a word.
     """
     folder = Path(onnx_dir)
+    identities: dict[Path, tuple[int, int, int, int]] = {folder / EXPORT_METADATA: file_identity(folder / EXPORT_METADATA)}
     for info in metadata["submodules"].values():
         if "files" not in info:
             raise BackendError(
@@ -197,11 +230,13 @@ def check_export_files(onnx_dir: Union[str, Path], metadata: dict[str, Any]) -> 
             path = folder / name
             if not path.is_file():
                 raise BackendError(f"{path} is listed in {EXPORT_METADATA} but missing")
-            if path.stat().st_size != recorded["size"] or file_digest(path)["sha256"] != recorded["sha256"]:
+            identities[path] = file_identity(path)
+            if identities[path][2] != recorded["size"] or file_digest(path)["sha256"] != recorded["sha256"]:
                 raise BackendError(
                     f"{path} is not the file this export wrote (size or sha256 differs from {EXPORT_METADATA}); "
                     f"it may come from another export: re-export into {folder}"
                 )
+    return identities
 
 
 def model_of(policy: Any) -> nn.Module:

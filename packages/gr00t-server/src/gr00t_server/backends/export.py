@@ -10,7 +10,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -336,7 +336,10 @@ def export_policy(
     """Export from a Gr00tPolicy, capturing shapes during one `policy.get_action(observation)`."""
     model = model_of(policy)
     tag = getattr(policy, "embodiment_tag_value", None) or str(getattr(policy, "embodiment_tag", ""))
-    extra = {"embodiment_tag": tag, "model_path": str(getattr(policy, "checkpoint_dir", ""))}
+    extra: dict[str, Any] = {"embodiment_tag": tag, "model_path": str(getattr(policy, "checkpoint_dir", ""))}
+    frames = [value for value in (observation.get("video") or {}).values() if getattr(value, "ndim", 0) >= 3]
+    if frames:  # the camera size the sample had: a full_pipeline ViT serves the image grid it gives, and no other
+        extra["sample_image_size"] = [int(frames[0].shape[-3]), int(frames[0].shape[-2])]
     return export_model(
         model, lambda: policy.get_action(observation, {"seed": 0}), output_dir, mode, precision, extra_metadata=extra,
     )
@@ -353,11 +356,19 @@ def default_embodiment_tag(model_path: Union[str, Path]) -> str:
     return sorted(tags)[0]
 
 
-def sample_observation(policy: Any, batch_size: int = 1, seed: int = 0) -> dict[str, Any]:
-    """A random observation built from the policy's modality configs and state statistics."""
+DEFAULT_SAMPLE_IMAGE_SIZE = (256, 256)
+
+
+def sample_observation(policy: Any, batch_size: int = 1, seed: int = 0,
+                       image_size: Optional[Sequence[int]] = None) -> dict[str, Any]:
+    """A random observation built from the policy's modality configs and state statistics, its camera frames
+    `image_size` (height, width): by default the size the policy's export was traced with (apply_onnxruntime notes
+    it as `sample_image_size`), else 256x256."""
     from gr00t_server.test_checkpoint import example_observation
 
-    return example_observation(policy.checkpoint_dir, policy.embodiment_tag_value, batch_size=batch_size, seed=seed)
+    size = image_size or getattr(policy, "sample_image_size", None) or DEFAULT_SAMPLE_IMAGE_SIZE
+    return example_observation(policy.checkpoint_dir, policy.embodiment_tag_value, batch_size=batch_size, seed=seed,
+                               image_size=(int(size[0]), int(size[1])))
 
 
 def export_checkpoint(
@@ -368,14 +379,16 @@ def export_checkpoint(
     batch_size: int = 1,
     embodiment_tag: Optional[str] = None,
     device: str = "cuda",
+    image_size: Sequence[int] = DEFAULT_SAMPLE_IMAGE_SIZE,
 ) -> dict[str, Any]:
-    """Load a checkpoint as a Gr00tPolicy, run one sample observation and export `mode`."""
+    """Load a checkpoint as a Gr00tPolicy, run one sample observation (camera frames `image_size`, height and
+    width) and export `mode`."""
     from gr00t_server.policies.gr00t_policy import Gr00tPolicy
 
     tag = embodiment_tag or default_embodiment_tag(model_path)
     dtype = TORCH_DTYPES[precision] if precision else None
     policy = Gr00tPolicy(model_path, tag, device=device, strict=True, dtype=dtype)
-    observation = sample_observation(policy, batch_size=batch_size)
+    observation = sample_observation(policy, batch_size=batch_size, image_size=image_size)
     return export_policy(policy, observation, output_dir, mode, precision)
 
 

@@ -10,6 +10,7 @@ from typing import Any, Optional, Union
 import torch
 
 from gr00t_server.backends.common import (
+    check_unchanged,
     MODEL_VERSION,
     TORCH_DTYPES,
     BackendError,
@@ -138,17 +139,19 @@ def load_runners(onnx_dir: Union[str, Path], device: torch.device, metadata: dic
     after checking that every file is there and is the exported one (check_export_files)."""
     providers = providers_for(device)
     start = time.perf_counter()
-    check_export_files(onnx_dir, metadata)
+    identities = check_export_files(onnx_dir, metadata)
     logger.info("checked the sha256 of the files in %s in %.1f s", onnx_dir, time.perf_counter() - start)
     submodules = metadata["submodules"]
-    return {name: OrtRunner(Path(onnx_dir) / info["file"], device, providers) for name, info in submodules.items()}
+    runners = {name: OrtRunner(Path(onnx_dir) / info["file"], device, providers) for name, info in submodules.items()}
+    check_unchanged(identities, onnx_dir)  # the sessions read the files after their check: none may have changed
+    return runners
 
 
 def check_export_metadata(metadata: dict[str, Any], model: Any, onnx_dir: Union[str, Path]) -> None:
     """Raise BackendError when the export does not belong to this model."""
     if metadata.get("model_version") != MODEL_VERSION:
         raise BackendError(f"{onnx_dir} holds a {metadata.get('model_version')!r} export; expected {MODEL_VERSION!r}")
-    check_model_identity(metadata.get("model_identity", {}), model, onnx_dir)
+    check_model_identity(metadata.get("model_identity", {}), model, onnx_dir, metadata.get("precision"))
 
 
 def apply_onnxruntime(policy: Any, onnx_dir: Union[str, Path]) -> list[str]:

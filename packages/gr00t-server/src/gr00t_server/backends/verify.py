@@ -213,7 +213,7 @@ def verify_checkpoint(
     tag = embodiment_tag or metadata.get("embodiment_tag") or default_embodiment_tag(model_path)
     dtype = TORCH_DTYPES.get(metadata.get("precision", ""), None)
     policy = Gr00tPolicy(model_path, tag, device=device, strict=True, dtype=dtype)
-    observation = sample_observation(policy, batch_size=batch_size, seed=seed)
+    observation = sample_observation(policy, batch_size=batch_size, seed=seed, image_size=metadata.get("sample_image_size"))
     return verify_policy(
         policy, observation,
         lambda p: apply_inference_mode(p, mode, onnx_dir=onnx_dir, engine_dir=engine_dir),

@@ -114,7 +114,8 @@ class ExportedVision(ExportedModule):
         if grid_thw.shape[0] and any(row != self.grid_thw for row in grid_thw.tolist()):
             raise ValueError(
                 f"the exported ViT was traced for image grid {self.grid_thw} (t,h,w in patches); got "
-                f"{grid_thw.tolist()}. Re-export with images of the serving resolution."
+                f"{grid_thw.tolist()}. Re-export with your cameras' frame size: `gr00t-server export --image-size "
+                "HEIGHT WIDTH ...` (a full_pipeline export's ViT serves one image size)."
             )
         images = int(grid_thw.shape[0])
         out = self.run(pixel_values=pixel_values.reshape(images, -1, pixel_values.shape[-1]))
@@ -191,6 +192,8 @@ def swap_exported_modules(policy: Any, runners: dict[str, Runner], metadata: dic
         visual: nn.Module = model.backbone.visual
         if "vit" in runners:
             visual = ExportedVision(runners["vit"], dtype, metadata.get("image_grid_thw") or [])
+            if metadata.get("sample_image_size"):  # warm-up and verify then sample frames this ViT takes
+                policy.sample_image_size = tuple(metadata["sample_image_size"])
         model.backbone = ExportedBackbone(model.backbone, runners["llm"], visual, dtype)
         swapped += ["vit", "llm"] if "vit" in runners else ["llm"]
     elif "vit" in runners:
