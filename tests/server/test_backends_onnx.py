@@ -438,3 +438,23 @@ def test_serving_an_fp16_export_in_fp32_says_so_instead_of_other_weights(tiny_ch
         next(model_of(other16).action_head.parameters()).add_(1.0)
     with pytest.raises(BackendError, match="was exported from other weights of the same architecture"):
         apply_inference_mode(other16, "onnxruntime", onnx_dir=out)
+
+
+def test_a_second_export_into_a_folder_being_exported_into_is_refused_at_once(tiny_checkpoint, tmp_path):
+    """Two exports into one folder swapped their files in over each other and left it refused to every later export;
+    one from another container (its pids invisible) deleted the running export's staging folder as stale."""
+    from gr00t_server.backends.export_dir import export_lock
+
+    out = tmp_path / "onnx"
+    out.mkdir()
+    staging = out / f".gr00t-export-staging-{2**22 + 7}-abcdefgh"  # a running export's, its pid not visible here
+    staging.mkdir()
+    argv = ["export", "--model-path", str(tiny_checkpoint), "--output", str(out), "--mode", "dit_only", "--precision",
+            "fp32", "--embodiment-tag", TAG, "--device", "cpu"]
+    with export_lock(out):  # the running export holds the folder's lock (an flock: across processes and containers)
+        with pytest.raises(BackendError, match=f"another export into {out} is running; wait for it to finish, or "
+                                               "choose another --output"):
+            commands.run(parse(argv))
+        assert staging.is_dir()  # not deleted from under the running export
+    assert commands.run(parse(argv)) == 0  # once it is done (the lock released), the folder is free again
+    assert not staging.exists()  # and a work folder with no live owner is stale

@@ -120,6 +120,7 @@ def _export(args: argparse.Namespace) -> int:
     from gr00t_server.backends.export import export_checkpoint
     from gr00t_server.backends.export_dir import (
         check_collisions,
+        export_lock,
         make_work_dir,
         own_files,
         remove_stale_work_dirs,
@@ -132,24 +133,25 @@ def _export(args: argparse.Namespace) -> int:
     # Exported into a hidden folder inside the output first (same filesystem, so the swap is renames only): a
     # failed or interrupted export (a bad tag, out of memory, Ctrl-C, SIGTERM) leaves an earlier export as it was.
     folder = _export_folder(Path(args.output))
-    remove_stale_work_dirs(folder)
-    own = own_files(folder)
-    check_collisions(folder, _expected_files(args.mode, precision), own)
-    with sigterm_as_interrupt():
-        staging = make_work_dir(folder, "staging")
-        try:
+    with export_lock(folder):  # one export into a folder at a time: its file list and work folders are its own
+        remove_stale_work_dirs(folder)
+        own = own_files(folder)
+        check_collisions(folder, _expected_files(args.mode, precision), own)
+        with sigterm_as_interrupt():
+            staging = make_work_dir(folder, "staging")
             try:
-                metadata = export_checkpoint(
-                    args.model_path, staging, mode=args.mode, precision=precision,
-                    batch_size=args.batch_size, embodiment_tag=args.embodiment_tag, device=device,
-                    image_size=args.image_size,
-                )
-            except OSError as exc:  # disk full, read-only: name the folder even when the OS names no file
-                where = exc.filename or folder
-                raise ValueError(f"{where}: {exc.strerror or exc}; the earlier export in {folder} is unchanged") from exc
-            swap_in(folder, staging, own)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+                try:
+                    metadata = export_checkpoint(
+                        args.model_path, staging, mode=args.mode, precision=precision,
+                        batch_size=args.batch_size, embodiment_tag=args.embodiment_tag, device=device,
+                        image_size=args.image_size,
+                    )
+                except OSError as exc:  # disk full, read-only: name the folder even when the OS names no file
+                    where = exc.filename or folder
+                    raise ValueError(f"{where}: {exc.strerror or exc}; the earlier export in {folder} is unchanged") from exc
+                swap_in(folder, staging, own)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
     print(f"Exported {args.mode} ({precision}) to {args.output}:")
     for name, info in metadata["submodules"].items():
         shapes = ", ".join(f"{k}{v['shape']}" for k, v in info["inputs"].items())

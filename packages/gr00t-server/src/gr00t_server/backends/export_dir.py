@@ -51,6 +51,48 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+LOCK_NAME = ".gr00t-export.lock"
+
+
+@contextlib.contextmanager
+def export_lock(folder: Path) -> Iterator[None]:
+    """Hold `folder`'s export lock (an flock on LOCK_NAME inside it) while the block runs; BackendError at once when
+    another export into it holds it. Two exports into one folder swapped their files in over each other (the later
+    one with the file list it read at its start, leaving the folder blocked for every later export), and one in
+    another container (another pid namespace, where the first's pid looks dead) deleted the first's staging folder."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, as before
+        yield
+        return
+    path = folder / LOCK_NAME
+    for _ in range(5):
+        handle = open(path, "a")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise BackendError(
+                f"another export into {folder} is running; wait for it to finish, or choose another --output"
+            ) from None
+        try:  # the file is removed when an export ends: a lock on a file already unlinked is no lock
+            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        handle.close()
+    else:
+        raise BackendError(f"could not take the export lock {path}; is another export starting and ending there?")
+    try:
+        yield
+    finally:
+        try:
+            os.unlink(path)  # while still held: whoever opened this file before sees it unlinked and tries again
+        except OSError:
+            pass
+        handle.close()  # releases the lock
+
+
 def remove_stale_work_dirs(folder: Path) -> None:
     """Delete work folders left by an export that was killed (SIGKILL, power loss): their process is gone."""
     for path in folder.glob(WORK_PREFIX + "*"):
