@@ -124,18 +124,24 @@ def test_execution_horizon_must_be_positive(dataset):
     assert "--execution-horizon must be > 0" in result.stderr
 
 
-def test_remote_bind_without_token_warns(dataset):
+def _start_up_lines(*args):
+    """`gr00t-server serve ARGS` on a free port: its lines up to ready, once it has been killed and exited 0."""
     port = _free_port()
-    proc = _start(["serve", "--dataset-path", str(dataset), "--port", str(port), "--host", "0.0.0.0"])
+    proc = _start(["serve", *args, "--port", str(port)])
     try:
         lines = _wait_ready(proc)
-        assert any("without an API token" in line for line in lines)
-        with PolicyClient(port=port, timeout_ms=5000) as client:
+        with PolicyClient(port=port, timeout_ms=10000) as client:
             client.kill_server()
-        assert proc.wait(timeout=20) == 0
+        assert proc.wait(timeout=30) == 0
+        return lines
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_remote_bind_without_token_warns(dataset):
+    lines = _start_up_lines("--dataset-path", str(dataset), "--host", "0.0.0.0")
+    assert any("without an API token" in line for line in lines)
 
 
 def test_api_token_from_environment_is_required(dataset):
@@ -283,20 +289,11 @@ def test_flags_the_chosen_policy_does_not_read_are_named_as_ignored(dataset, tin
 
 def test_an_export_folder_the_inference_mode_does_not_read_is_named_as_ignored(tiny_checkpoint, tmp_path):
     """`serve --onnx-dir DIR` without --inference-mode onnxruntime served PyTorch without a word."""
-    port = _free_port()
-    proc = _start(["serve", "--model-path", str(tiny_checkpoint), "--embodiment-tag", "new_embodiment", "--device", "cpu",
-                   "--onnx-dir", str(tmp_path / "onnx"), "--no-warmup", "--port", str(port)])
-    try:
-        lines = _wait_ready(proc)
-        assert [line for line in lines if "ignored" in line] == [
-            f"WARNING:gr00t_server:--onnx-dir {tmp_path / 'onnx'}: ignored; it is read with --inference-mode onnxruntime, "
-            "and this serves --inference-mode pytorch"]
-        with PolicyClient(port=port, timeout_ms=10000) as client:
-            client.kill_server()
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    lines = _start_up_lines("--model-path", str(tiny_checkpoint), "--embodiment-tag", "new_embodiment", "--device", "cpu",
+                            "--onnx-dir", str(tmp_path / "onnx"), "--no-warmup")
+    assert [line for line in lines if "ignored" in line] == [
+        f"WARNING:gr00t_server:--onnx-dir {tmp_path / 'onnx'}: ignored; it is read with --inference-mode onnxruntime, "
+        "and this serves --inference-mode pytorch"]
 
 
 def test_a_plain_serve_warns_of_nothing_ignored(dataset):
