@@ -202,6 +202,36 @@ def test_a_staging_folder_left_by_a_killed_export_is_removed_by_the_next(tiny_ch
     assert sorted(p.name for p in earlier.iterdir()) == ["dit_fp32.onnx", EXPORT_METADATA]
 
 
+@pytest.mark.parametrize("moved_in", [0, 1, 2], ids=["killed-moving-aside", "killed-moving-in", "new-dit-moved-in"])
+def test_an_export_killed_mid_swap_gets_the_earlier_export_back(tiny_checkpoint, earlier, policy, observation, tmp_path,
+                                                                 moved_in):
+    """SIGKILL in the swap left a folder without metadata; the next export deleted the backup of the earlier export
+    as stale and then refused the folder. The earlier export is now put back first."""
+    from gr00t_server.backends.export_dir import remove_stale_work_dirs
+
+    before = snapshot(earlier)
+    new = tmp_path / "new"
+    export_policy(policy, observation, new, mode="action_head")  # the export that was being swapped in
+    new_files = sorted(p.name for p in new.iterdir() if p.name != EXPORT_METADATA)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    backup = earlier / f".gr00t-export-previous-{dead.pid}-abc123"
+    staging = earlier / f".gr00t-export-staging-{dead.pid}-def456"
+    shutil.copytree(new, staging)
+    backup.mkdir()
+    os.replace(earlier / EXPORT_METADATA, backup / EXPORT_METADATA)  # the swap moves the metadata aside first
+    if moved_in:  # all old files aside, then some new ones in (dit_fp32.onnx, the old export's name, last)
+        os.replace(earlier / "dit_fp32.onnx", backup / "dit_fp32.onnx")
+        in_first = [name for name in new_files if name != "dit_fp32.onnx"][:1] + (["dit_fp32.onnx"] if moved_in == 2 else [])
+        for name in in_first:
+            os.replace(staging / name, earlier / name)
+    remove_stale_work_dirs(earlier)
+    assert snapshot(earlier) == before  # the earlier export, byte for byte, and no work folders
+    assert apply_inference_mode(Gr00tPolicy(tiny_checkpoint, TAG, device="cpu", dtype="fp32"), "onnxruntime",
+                                onnx_dir=earlier) == ["dit"]
+    assert commands.run(parse(export_argv(tiny_checkpoint, earlier))) == 0  # and the folder takes a new export
+
+
 def test_disk_full_names_the_export_folder(earlier, monkeypatch, capsys):
     def export_checkpoint(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -94,13 +94,37 @@ def export_lock(folder: Path) -> Iterator[None]:
 
 
 def remove_stale_work_dirs(folder: Path) -> None:
-    """Delete work folders left by an export that was killed (SIGKILL, power loss): their process is gone."""
+    """Delete work folders left by an export that was killed (SIGKILL, power loss): their process is gone. One
+    killed in the middle of its swap first has the earlier export it had moved aside put back (_restore_earlier)."""
+    stale: dict[str, dict[str, Path]] = {}  # pid -> {kind: folder}
     for path in folder.glob(WORK_PREFIX + "*"):
         parts = path.name[len(WORK_PREFIX):].split("-")  # <kind>-<pid>-<random>
         pid = parts[1] if len(parts) == 3 else ""
         if path.is_dir() and not path.is_symlink() and pid.isdigit() and not _pid_alive(int(pid)):
+            stale.setdefault(pid, {})[parts[0]] = path
+    for work in stale.values():
+        if "previous" in work and not (folder / EXPORT_METADATA).exists():
+            _restore_earlier(folder, work["previous"], work.get("staging"))
+        for path in work.values():
             logger.info("removing %s, left by an interrupted export", path)
             shutil.rmtree(path, ignore_errors=True)
+
+
+def _restore_earlier(folder: Path, backup: Path, staging: Optional[Path]) -> None:
+    """Undo the swap of an export killed half-way: its new files out of `folder` (named by the metadata still in
+    its staging folder: the metadata moves last), the earlier export's files back from `backup` (metadata last)."""
+    if not (backup / EXPORT_METADATA).is_file():
+        return  # killed before the earlier export's metadata moved aside: nothing of it is out of place
+    old = set(own_files(backup))
+    if staging is not None and (staging / EXPORT_METADATA).is_file():
+        for name in export_files(read_export_metadata(staging)):
+            if name not in old and os.path.lexists(folder / name):
+                os.unlink(folder / name)
+    names = sorted((p.name for p in backup.iterdir()), key=lambda name: name == EXPORT_METADATA)
+    for name in names:
+        os.replace(backup / name, folder / name)
+    logger.warning("restored the earlier export in %s from %s: the export that replaced it was killed mid-swap",
+                   folder, backup)
 
 
 def make_work_dir(folder: Path, kind: str) -> Path:
