@@ -5,6 +5,7 @@ import errno
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -230,6 +231,40 @@ def test_an_export_killed_mid_swap_gets_the_earlier_export_back(tiny_checkpoint,
     assert apply_inference_mode(Gr00tPolicy(tiny_checkpoint, TAG, device="cpu", dtype="fp32"), "onnxruntime",
                                 onnx_dir=earlier) == ["dit"]
     assert commands.run(parse(export_argv(tiny_checkpoint, earlier))) == 0  # and the folder takes a new export
+
+
+def test_ctrl_c_during_the_swap_waits_for_it_and_the_export_reports_what_it_installed(tiny_checkpoint, earlier,
+                                                                                       monkeypatch, caplog):
+    """A Ctrl-C in the swap waited for it, then reported "interrupted" (exit 130) over a folder holding the new export."""
+    real_replace, pressed = os.replace, []
+
+    def replace_and_press_ctrl_c(src, dst, *args, **kwargs):
+        if not pressed:
+            pressed.append(True)
+            os.kill(os.getpid(), signal.SIGINT)  # held by the swap until it is done
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace_and_press_ctrl_c)
+    argv = export_argv(tiny_checkpoint, earlier)
+    argv[argv.index("dit_only")] = "action_head"
+    with caplog.at_level("WARNING"):
+        assert commands.run(parse(argv)) == 0
+    assert pressed and metadata_of(earlier)["export_mode"] == "action_head"
+    assert f"SIGINT came during the swap, which it waited for: {earlier} holds the new export" in caplog.text
+
+
+def test_a_failed_export_into_a_new_output_leaves_no_empty_folders(tiny_checkpoint, tmp_path):
+    def export_for_an_unknown_robot(output):
+        argv = export_argv(tiny_checkpoint, output)
+        argv[argv.index(TAG)] = "no_such_robot"
+        with pytest.raises(ValueError, match="Unknown embodiment tag: 'no_such_robot'"):
+            commands.run(parse(argv))
+
+    export_for_an_unknown_robot(tmp_path / "new" / "onnx")
+    assert list(tmp_path.iterdir()) == []  # both folders it created are gone again
+    (tmp_path / "kept").mkdir()
+    export_for_an_unknown_robot(tmp_path / "kept")
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"]  # a folder that was there before stays
 
 
 def test_disk_full_names_the_export_folder(earlier, monkeypatch, capsys):

@@ -96,16 +96,27 @@ def run(args: argparse.Namespace) -> int:
     raise ValueError(f"unknown backend command {args.command!r}; expected one of {list(COMMANDS)}")
 
 
-def _export_folder(output: Path) -> Path:
-    """The real folder behind --output (a symlink resolved, so staging lands on its filesystem), created."""
+def _export_folder(output: Path) -> tuple[Path, list[Path]]:
+    """The real folder behind --output (a symlink resolved, so staging lands on its filesystem), created; and the
+    folders this created, innermost first (a failed export removes them again while they are empty)."""
     folder = output.resolve()
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"--output {output} is not a directory")
+    created = [path for path in (folder, *folder.parents) if not path.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ValueError(f"cannot create --output {output}: {exc.strerror or exc}") from exc
-    return folder
+    return folder, created
+
+
+def _remove_if_empty(created: list[Path]) -> None:
+    """Remove the folders an export created (innermost first) that are still empty."""
+    for path in created:
+        try:
+            path.rmdir()
+        except OSError:  # not empty (or gone): keep it and what is above it
+            return
 
 
 def _expected_files(mode: str, precision: str) -> list[str]:
@@ -117,6 +128,25 @@ def _expected_files(mode: str, precision: str) -> list[str]:
 
 
 def _export(args: argparse.Namespace) -> int:
+    device = args.device or _default_device()
+    precision = args.precision or ("bf16" if device.startswith("cuda") else "fp32")
+    # Exported into a hidden folder inside the output first (same filesystem, so the swap is renames only): a
+    # failed or interrupted export (a bad tag, out of memory, Ctrl-C, SIGTERM) leaves an earlier export as it was.
+    folder, created = _export_folder(Path(args.output))
+    try:
+        metadata = _export_into(args, folder, device, precision)
+    except BaseException:
+        _remove_if_empty(created)  # a failed export into a new --output leaves no empty folder behind
+        raise
+    print(f"Exported {args.mode} ({precision}) to {args.output}:")
+    for name, info in metadata["submodules"].items():
+        shapes = ", ".join(f"{k}{v['shape']}" for k, v in info["inputs"].items())
+        print(f"  {info['file']:<28} {shapes}")
+    return 0
+
+
+def _export_into(args: argparse.Namespace, folder: Path, device: str, precision: str) -> dict[str, Any]:
+    """Export into a staging folder inside `folder` and swap it in (see _export); returns the export's metadata."""
     from gr00t_server.backends.export import export_checkpoint
     from gr00t_server.backends.export_dir import (
         check_collisions,
@@ -128,11 +158,6 @@ def _export(args: argparse.Namespace) -> int:
         swap_in,
     )
 
-    device = args.device or _default_device()
-    precision = args.precision or ("bf16" if device.startswith("cuda") else "fp32")
-    # Exported into a hidden folder inside the output first (same filesystem, so the swap is renames only): a
-    # failed or interrupted export (a bad tag, out of memory, Ctrl-C, SIGTERM) leaves an earlier export as it was.
-    folder = _export_folder(Path(args.output))
     with export_lock(folder):  # one export into a folder at a time: its file list and work folders are its own
         remove_stale_work_dirs(folder)
         own = own_files(folder)
@@ -152,11 +177,7 @@ def _export(args: argparse.Namespace) -> int:
                 swap_in(folder, staging, own)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
-    print(f"Exported {args.mode} ({precision}) to {args.output}:")
-    for name, info in metadata["submodules"].items():
-        shapes = ", ".join(f"{k}{v['shape']}" for k, v in info["inputs"].items())
-        print(f"  {info['file']:<28} {shapes}")
-    return 0
+    return metadata
 
 
 def _build_engine(args: argparse.Namespace) -> int:

@@ -161,13 +161,12 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM during a short critical section; raise KeyboardInterrupt after it if one came."""
+def signals_deferred() -> Iterator[list[int]]:
+    """Hold SIGINT and SIGTERM during a short critical section (the signals that came are in the yielded list); a
+    block that fails re-raises its error, one that completes leaves the caller to say what the signals found."""
     received: list[int] = []
     with _signals_handled_by(lambda signum, frame: received.append(signum), (signal.SIGINT, signal.SIGTERM)):
-        yield
-    if received:
-        raise KeyboardInterrupt(f"signal {received[0]}")
+        yield received
 
 
 def _disk_error(exc: OSError, folder: Path) -> BackendError:
@@ -189,7 +188,7 @@ def swap_in(folder: Path, staging: Path, own: list[str]) -> None:
     backup = make_work_dir(folder, "previous")
     moved_aside: list[str] = []
     moved_in: list[str] = []
-    with signals_deferred():
+    with signals_deferred() as received:
         try:
             for name in sorted(own, key=lambda n: n != EXPORT_METADATA):  # metadata first: no half folder looks whole
                 if os.path.lexists(folder / name):
@@ -204,6 +203,9 @@ def swap_in(folder: Path, staging: Path, own: list[str]) -> None:
                 raise _disk_error(exc, folder) from exc
             raise
         shutil.rmtree(backup, ignore_errors=True)
+    if received:  # the swap was done when the signal could act: the new export is in place, the export finishes
+        logger.warning("%s came during the swap, which it waited for: %s holds the new export",
+                       signal.Signals(received[0]).name, folder)
 
 
 def _roll_back(folder: Path, staging: Path, backup: Path, moved_in: list[str], moved_aside: list[str]) -> None:
