@@ -226,6 +226,9 @@ def test_an_export_killed_mid_swap_gets_the_earlier_export_back(tiny_checkpoint,
         in_first = [name for name in new_files if name != "dit_fp32.onnx"][:1] + (["dit_fp32.onnx"] if moved_in == 2 else [])
         for name in in_first:
             os.replace(staging / name, earlier / name)
+    with pytest.raises(BackendError, match=f"was killed in the middle of its swap, and the earlier export's files are "
+                                           f"in {backup.name}: the next `gr00t-server export` into it puts them back"):
+        apply_inference_mode(policy, "onnxruntime", onnx_dir=earlier)  # serving says what happened
     remove_stale_work_dirs(earlier)
     assert snapshot(earlier) == before  # the earlier export, byte for byte, and no work folders
     assert apply_inference_mode(Gr00tPolicy(tiny_checkpoint, TAG, device="cpu", dtype="fp32"), "onnxruntime",

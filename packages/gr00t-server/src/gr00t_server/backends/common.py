@@ -123,6 +123,13 @@ def write_json(path: Path, data: dict[str, Any]) -> Path:
 def read_export_metadata(onnx_dir: Union[str, Path]) -> dict[str, Any]:
     """`export_metadata.json` of an export directory, its structure checked (BackendError naming file and key)."""
     path = Path(onnx_dir) / EXPORT_METADATA
+    backups = sorted(Path(onnx_dir).glob(".gr00t-export-previous-*")) if not path.is_file() else []
+    if any((backup / EXPORT_METADATA).is_file() for backup in backups):
+        raise BackendError(
+            f"ONNX export metadata not found: {path}; an export into {onnx_dir} was killed in the middle of its swap, "
+            f"and the earlier export's files are in {backups[0].name}: the next `gr00t-server export` into it puts them "
+            "back first"
+        )
     metadata = read_json(path, "ONNX export metadata")
     check_export_structure(metadata, path)
     return metadata
