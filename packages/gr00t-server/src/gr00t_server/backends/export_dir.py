@@ -96,18 +96,20 @@ def export_lock(folder: Path) -> Iterator[None]:
 def remove_stale_work_dirs(folder: Path) -> None:
     """Delete work folders left by an export that was killed (SIGKILL, power loss): their process is gone. One
     killed in the middle of its swap first has the earlier export it had moved aside put back (_restore_earlier)."""
-    stale: dict[str, dict[str, Path]] = {}  # pid -> {kind: folder}
-    for path in folder.glob(WORK_PREFIX + "*"):
+    stale: list[Path] = []
+    by_pid: dict[str, dict[str, Path]] = {}  # pid -> {kind: folder}: a killed export's staging and backup folders
+    for path in sorted(folder.glob(WORK_PREFIX + "*")):
         parts = path.name[len(WORK_PREFIX):].split("-")  # <kind>-<pid>-<random>
         pid = parts[1] if len(parts) == 3 else ""
         if path.is_dir() and not path.is_symlink() and pid.isdigit() and not _pid_alive(int(pid)):
-            stale.setdefault(pid, {})[parts[0]] = path
-    for work in stale.values():
+            stale.append(path)
+            by_pid.setdefault(pid, {})[parts[0]] = path
+    for work in by_pid.values():
         if "previous" in work and not (folder / EXPORT_METADATA).exists():
             _restore_earlier(folder, work["previous"], work.get("staging"))
-        for path in work.values():
-            logger.info("removing %s, left by an interrupted export", path)
-            shutil.rmtree(path, ignore_errors=True)
+    for path in stale:
+        logger.info("removing %s, left by an interrupted export", path)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _restore_earlier(folder: Path, backup: Path, staging: Optional[Path]) -> None:
