@@ -304,10 +304,9 @@ class ActionChunker:
 
     def _env_indices(self, env_ids: Any) -> List[int]:
         """reset()'s env_ids as checked indices: ints in range, or the True entries of a mask of n_envs booleans."""
-        values = np.asarray(env_ids) if isinstance(env_ids, np.ndarray) else env_ids
-        if isinstance(values, (str, bytes)) or not isinstance(values, (SequenceABC, np.ndarray)):
+        if isinstance(env_ids, (str, bytes)) or not isinstance(env_ids, (SequenceABC, np.ndarray)):
             raise TypeError(f"env_ids must be a sequence of env indices or a boolean mask; got {type(env_ids).__name__}")
-        items = list(values.tolist() if isinstance(values, np.ndarray) else values)
+        items = list(env_ids.tolist() if isinstance(env_ids, np.ndarray) else env_ids)
         if items and all(isinstance(item, (bool, np.bool_)) for item in items):
             if len(items) != self._n_envs:
                 raise ValueError(f"env_ids is a boolean mask of {len(items)} entries; this chunker serves {self._n_envs} "

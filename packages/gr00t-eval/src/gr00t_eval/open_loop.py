@@ -387,8 +387,10 @@ def evaluate_open_loop(
     finally:
         if bar is not None:
             bar.close()
+    stop = None
     if stopped is not None:
         why = "interrupted (Ctrl-C/SIGTERM)" if result.status == "interrupted" else f"{type(stopped).__name__}: {stopped}"
+        stop = {"status": result.status, "not_run": result.not_run, "reason": why}
         report(f"STOPPED at trajectory {result.not_run[0]}: {why}; {len(result.trajectories)} trajectories scored, "
                f"{len(result.not_run)} not run")
     if result.trajectories:
@@ -402,10 +404,6 @@ def evaluate_open_loop(
         for t, r in result.trajectories.items()
     }
     run_config = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in vars(config).items()}
-    stop = None
-    if stopped is not None:
-        stop = {"status": result.status, "not_run": result.not_run,
-                "reason": "interrupted (Ctrl-C/SIGTERM)" if result.status == "interrupted" else f"{type(stopped).__name__}: {stopped}"}
     result.results_path = write_results(Path(config.output_dir) / RESULTS_FILENAME, open_loop_results(
         entries, run_config, result.skipped, errored=result.errored, skip_reasons=result.skip_reasons, stop=stop))
     if stopped is not None:

@@ -347,8 +347,7 @@ def serve(args: argparse.Namespace) -> int:
             if value is not None and args.inference_mode != mode:
                 logger.warning("%s %s: ignored; it is read with --inference-mode %s, and this serves --inference-mode %s",
                                flag, value, mode, args.inference_mode)
-    if args.model_path:  # replay never touches torch: resolving a default device would import it
-        args.device = args.device or _default_device()
+        args.device = args.device or _default_device()  # only here: replay never touches torch, which this imports
     print("Starting GR00T inference server...")
     print(f"  Embodiment tag: {tag_name} ({tag_value})")
     print(f"  Model path: {args.model_path}")

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 EXPORT_METADATA = "export_metadata.json"
+WORK_PREFIX = ".gr00t-export-"  # an export's hidden work folders in its output: <prefix><kind>-<pid>-<random>
 ENGINE_METADATA = "engine_metadata.json"
 MODEL_VERSION = "n1d7"
 OPSET_VERSION = 19
@@ -123,7 +124,7 @@ def write_json(path: Path, data: dict[str, Any]) -> Path:
 def read_export_metadata(onnx_dir: Union[str, Path]) -> dict[str, Any]:
     """`export_metadata.json` of an export directory, its structure checked (BackendError naming file and key)."""
     path = Path(onnx_dir) / EXPORT_METADATA
-    backups = sorted(Path(onnx_dir).glob(".gr00t-export-previous-*")) if not path.is_file() else []
+    backups = sorted(Path(onnx_dir).glob(f"{WORK_PREFIX}previous-*")) if not path.is_file() else []
     if any((backup / EXPORT_METADATA).is_file() for backup in backups):
         raise BackendError(
             f"ONNX export metadata not found: {path}; an export into {onnx_dir} was killed in the middle of its swap, "

@@ -12,12 +12,17 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from gr00t_server.backends.common import EXPORT_METADATA, BackendError, export_files, read_export_metadata
+from gr00t_server.backends.common import (
+    EXPORT_METADATA,
+    WORK_PREFIX,
+    BackendError,
+    export_files,
+    read_export_metadata,
+)
 
 logger = logging.getLogger(__name__)
 
 # Hidden work folders inside the export folder: on its filesystem, so every move is a rename (no EXDEV).
-WORK_PREFIX = ".gr00t-export-"
 
 
 def own_files(folder: Path) -> list[str]:

@@ -10,12 +10,12 @@ from typing import Any, Optional, Union
 import torch
 
 from gr00t_server.backends.common import (
-    check_unchanged,
     MODEL_VERSION,
     TORCH_DTYPES,
     BackendError,
     check_export_files,
     check_model_identity,
+    check_unchanged,
     model_of,
     read_export_metadata,
 )
