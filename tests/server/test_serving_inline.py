@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -204,49 +205,72 @@ def test_gate_counts_a_streak_and_refuses_a_negative_limit():
 
 SERVER_SCRIPT = textwrap.dedent(
     """
-    import sys, time
+    import faulthandler, signal, sys, threading, time
     import numpy as np
     from gr00t_client import BasePolicy
     from gr00t_server import PolicyServer
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test dumps the stacks of a server that hangs
 
     class FastThenHanging(BasePolicy):
         calls = 0
         def _get_action(self, observation, options=None):
             FastThenHanging.calls += 1
             if FastThenHanging.calls > int(sys.argv[2]):
-                print("HANG", flush=True)
+                print("HANG", threading.current_thread().name, flush=True)
                 time.sleep(1000)
             return {"x": np.zeros((1, 1, 1), np.float32)}, {}
         def reset(self, options=None):
             return {}
 
-    PolicyServer(FastThenHanging(strict=False), port=int(sys.argv[1]), inline_below_ms=50, shutdown_timeout_s=1.0).run()
+    PolicyServer(FastThenHanging(strict=False), port=int(sys.argv[1]), inline_below_ms=float(sys.argv[3]),
+                 shutdown_timeout_s=1.0).run()
     print("RUN RETURNED", flush=True)
     """
 )
 
 
-def _serve_in_a_process(fast_calls: int):
+def _serve_in_a_process(fast_calls: int, inline_below_ms: float = LIMIT_MS):
     """`PolicyServer.run()` on a process's main thread, as `gr00t-server serve` runs it, with a policy that answers
     at once `fast_calls` times and then hangs; (process, port) once it is ready."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT, str(port), str(fast_calls)],
-                               stdout=subprocess.PIPE, text=True)
+    errors = tempfile.TemporaryFile("w+")  # a file, not a pipe: a chatty server never blocks on it
+    process = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT, str(port), str(fast_calls), str(inline_below_ms)],
+                               stdout=subprocess.PIPE, stderr=errors, text=True)
+    process.errors = errors
     assert "ready" in process.stdout.readline()
     return process, port
 
 
-def test_sigterm_during_a_hung_inline_call_exits_after_the_shutdown_timeout_and_answers_the_request():
-    """The worker's promise holds inline too: a stop waits shutdown_timeout_s for the running call, then the
-    server exits, and the client of the abandoned call gets an answer, not a timeout."""
+def _wait_or_dump(process: subprocess.Popen, timeout_s: float) -> None:
+    """Wait for the server to exit; should it hang, fail with the stacks of its threads and what it printed."""
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGUSR1)
+        time.sleep(1.0)
+        process.kill()
+        out, _ = process.communicate()
+        process.errors.seek(0)
+        err = process.errors.read()
+        pytest.fail(f"the server did not exit within {timeout_s:g} s of the stop\n--- stdout:\n{out}\n--- stderr "
+                    f"(thread stacks last):\n{err}")
+
+
+@pytest.mark.parametrize("where", ["inline", "worker"])
+def test_sigterm_during_a_hung_call_exits_after_the_shutdown_timeout_and_answers_the_request(where):
+    """A stop waits shutdown_timeout_s for the running call, then the server exits, and the client of the abandoned
+    call is answered that it did not finish, not left to time out or to see the connection drop; a call on the
+    socket thread (inline) and one on the worker alike."""
     fast_calls = INLINE_STREAK + 2
-    process, port = _serve_in_a_process(fast_calls)
+    process, port = _serve_in_a_process(fast_calls, inline_below_ms=LIMIT_MS if where == "inline" else 0)
     outcome = {}
     try:
         with PolicyClient(port=port, timeout_ms=20000) as client:
             for _ in range(fast_calls):
                 client.get_action({})
-            assert client.get_server_info()["stats"]["inline_jobs"] >= 2  # the hanging call will run inline
+            inline_jobs = client.get_server_info()["stats"]["inline_jobs"]
+            assert inline_jobs >= 2 if where == "inline" else inline_jobs == 0
 
             def hung_call():
                 try:
@@ -256,10 +280,11 @@ def test_sigterm_during_a_hung_inline_call_exits_after_the_shutdown_timeout_and_
 
             caller = threading.Thread(target=hung_call, daemon=True)
             caller.start()
-            assert process.stdout.readline().strip() == "HANG"
+            hang = process.stdout.readline().split()
+            assert hang[0] == "HANG"
             stopped = time.monotonic()
             process.send_signal(signal.SIGTERM)
-            process.wait(15)
+            _wait_or_dump(process, 15)
             exit_s = time.monotonic() - stopped
             caller.join(10)
         rest = process.stdout.read()
@@ -270,6 +295,32 @@ def test_sigterm_during_a_hung_inline_call_exits_after_the_shutdown_timeout_and_
     assert 0.9 < exit_s < 5.0
     assert isinstance(outcome.get("error"), PolicyServerError), outcome
     assert "server is shutting down; 'get_action' did not finish within 1 s" in str(outcome["error"])
+
+
+def test_threads_the_server_starts_leave_stop_signals_to_the_main_thread():
+    """SIGINT and SIGTERM are blocked on the policy worker and the frame pool, so the kernel delivers them to the
+    main thread: one delivered elsewhere would not wake a call running inline there, and the stop would go unseen."""
+    if not hasattr(signal, "pthread_sigmask"):
+        pytest.skip("no per-thread signal masks on this platform")
+    from gr00t_server.processing.image import _frame_pool
+
+    masks = {}
+
+    class MaskNotingPolicy(BasePolicy):
+        def _get_action(self, observation, options=None):
+            masks[threading.current_thread().name] = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+            return {"x": np.zeros((1, 1, 1), np.float32)}, {}
+
+        def reset(self, options=None):
+            return {}
+
+    with running_server(MaskNotingPolicy(strict=False), inline_below_ms=0) as server:
+        with PolicyClient(port=server.port, timeout_ms=5000) as client:
+            client.get_action({})
+    pool_mask = _frame_pool().submit(signal.pthread_sigmask, signal.SIG_BLOCK, []).result()
+    assert {signal.SIGINT, signal.SIGTERM} <= masks[WORKER]
+    assert {signal.SIGINT, signal.SIGTERM} <= pool_mask
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # this thread's mask is untouched
 
 
 def _hammer(port: int, stop: threading.Event, served: list, sent=None) -> threading.Thread:
@@ -301,7 +352,7 @@ def test_a_signal_while_cheap_calls_run_inline_stops_the_server_at_once(how):
         assert len(served) >= 200
         stopped = time.monotonic()
         process.send_signal(how)
-        process.wait(10)
+        _wait_or_dump(process, 10)
         exit_s = time.monotonic() - stopped
         stop.set()
         hammer.join(10)

@@ -195,3 +195,31 @@ def test_sigterm_during_a_long_call_exits_within_a_second_after_the_call(tmp_pat
         if process.poll() is None:
             process.kill()
     assert process.returncode == 0 and exited_after_call_s < 1.0
+
+
+def test_a_job_abandoned_at_a_stop_is_not_answered_a_second_time_when_it_finishes_after_all():
+    """shut_down answers the call it gave up on itself; should the call end later, its replies are dropped, not
+    sent behind the refusal as a second answer to the same request."""
+    from gr00t_server.serving.worker import PolicyWorker
+
+    release = threading.Event()
+
+    def execute(job):
+        release.wait(10)
+        return [(request, ["late reply"]) for request in job]
+
+    worker = PolicyWorker(execute, notify=lambda: None)
+    worker.start()
+    assert worker.abandon_running() is None  # nothing runs yet
+    job = ["request"]
+    worker.submit(job)
+    deadline = time.monotonic() + 5
+    abandoned = None
+    while abandoned is None and time.monotonic() < deadline:
+        abandoned = worker.abandon_running()
+        time.sleep(0.01)
+    assert abandoned is job
+    assert worker.abandon_running() is None  # given up once, answered once
+    release.set()
+    assert worker.stop(5)
+    assert not worker.outbox and not worker.busy

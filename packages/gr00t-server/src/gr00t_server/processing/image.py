@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import torch
 
+from ..threads import block_stop_signals
 from .torch_resize import resize_uint8
 
 # transformers' smart_resize (the Qwen image processor) refuses frames with an aspect ratio above 200; a thinner
@@ -35,7 +36,8 @@ def _frame_pool() -> ThreadPoolExecutor:
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="gr00t-frames")
+            _pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="gr00t-frames",
+                                       initializer=block_stop_signals)
         return _pool
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, AbstractSet, Any, Dict, List, Optional, Set, T
 
 from gr00t_client import codec
 
+from ..threads import block_stop_signals
 from . import batching, limits as work_limits
 from .batching import GatherWindow
 from .endpoints import INLINE_ENDPOINTS
@@ -224,8 +225,7 @@ class RequestLoop:
             replies = self._runner.execute(job)
         except InlineCallAbandoned:  # a stop gave up on it (abandon_inline_after): answer, then let run() end
             for request in job:
-                self.reply_error(request, RequestError(f"server is shutting down; '{request.endpoint}' did not finish "
-                                                       f"within {self._server.shutdown_timeout_s:g} s"))
+                self.reply_error(request, RequestError(self.not_finished_message(request)))
             raise
         except BaseException as exc:  # execute answers every failure itself (a policy's SystemExit too); should it
             # fail all the same, each request is still answered as an internal error, as the worker does
@@ -235,6 +235,11 @@ class RequestLoop:
         for request, frames in replies:
             self._send(request, frames)
         self._served_at = time.monotonic()
+
+    def not_finished_message(self, request: Request) -> str:
+        """The answer to a request whose policy call a stop gave up on."""
+        return (f"server is shutting down; '{request.endpoint}' did not finish within "
+                f"{self._server.shutdown_timeout_s:g} s")
 
     @property
     def inline_running(self) -> bool:
@@ -259,9 +264,12 @@ class RequestLoop:
             else:  # Windows: the handler runs at the call's next Python instruction
                 _thread.interrupt_main()
 
-        timer = threading.Timer(timeout_s, interrupt)
-        timer.daemon = True
-        timer.start()
+        def wait_then_interrupt() -> None:
+            block_stop_signals()  # a second Ctrl-C must reach the main thread, not this one
+            time.sleep(timeout_s)
+            interrupt()
+
+        threading.Thread(target=wait_then_interrupt, name="gr00t-stop-timer", daemon=True).start()
 
     def dispatch_pending(self, force: bool = False) -> None:
         """Hand gathered get_action requests to the worker once a batch is full, or the worker is free and every
@@ -375,6 +383,9 @@ class RequestLoop:
             left_s = deadline - time.monotonic()
             if left_s <= 0:
                 logger.warning("a policy call is still running after %.0f s; shutting down without it", timeout_s)
+                self.send_replies()  # what the worker finished goes first; then the call it is stuck in is answered
+                for request in worker.abandon_running() or []:
+                    self.reply_error(request, RequestError(self.not_finished_message(request)))
                 break
             if transport is None:
                 worker.join(left_s)

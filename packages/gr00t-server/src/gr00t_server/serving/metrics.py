@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Collection, Dict, Optional
 
+from ..threads import stop_signals_blocked
+
 logger = logging.getLogger("gr00t_server.serving")
 
 # Stages of a request that server_timing reports (ms); the histograms take them in seconds.
@@ -91,7 +93,8 @@ class ServerMetrics(NullMetrics):
     def serve(self, host: str, port: int) -> int:
         """Serve /metrics on host:port (0 picks a free port); returns the port. OSError when it cannot bind."""
         prometheus = require_prometheus()
-        self._http, self._thread = prometheus.start_http_server(port, addr=host, registry=self.registry)
+        with stop_signals_blocked():  # its thread, and the threads it starts per scrape, leave stop signals to main
+            self._http, self._thread = prometheus.start_http_server(port, addr=host, registry=self.registry)
         self.port = int(self._http.server_address[1])
         logger.info("metrics at http://%s:%d/metrics", host, self.port)
         return self.port

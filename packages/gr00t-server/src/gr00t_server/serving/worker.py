@@ -8,6 +8,7 @@ import queue
 import threading
 from typing import Any, Callable, Deque, List, Optional, Tuple
 
+from ..threads import block_stop_signals
 from .messages import Request, last_resort_error_frames
 
 logger = logging.getLogger("gr00t_server.serving")
@@ -78,6 +79,8 @@ class PolicyWorker:
         self._jobs: "queue.Queue[Optional[Job]]" = queue.Queue()
         self.outbox: Deque[Reply] = collections.deque()
         self._pending = 0  # jobs submitted and not finished (the socket thread reads it)
+        self._running: Optional[Job] = None  # the job being executed, until its replies are in the outbox
+        self._abandoned = False  # the running job was answered by the socket thread (abandon_running)
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="gr00t-policy-worker", daemon=True)
 
@@ -134,18 +137,32 @@ class PolicyWorker:
         self.finish()
         return self.join(timeout_s)
 
+    def abandon_running(self) -> Optional[Job]:
+        """At a stop that will not wait any longer: the job still running, which the caller answers itself, or None.
+        Its replies, should it finish after all, are dropped, so that no request is answered twice."""
+        with self._lock:
+            if self._running is None or self._abandoned:
+                return None
+            self._abandoned = True
+            return self._running
+
     def _loop(self) -> None:
+        block_stop_signals()
         while True:
             job = self._jobs.get()
             if job is None:
                 return
+            with self._lock:
+                self._running = job
             try:
                 replies = self._execute(job)
             except BaseException as exc:  # execute answers every failure itself; this is the last line of defence
                 logger.exception("policy worker failed on a job of %d request(s); answering each with an error", len(job))
                 replies = [(request, self._failure_frames(request, exc)) for request in job]
-            self.outbox.extend(replies)
             with self._lock:
+                if not self._abandoned:
+                    self.outbox.extend(replies)
+                self._running, self._abandoned = None, False
                 self._pending -= 1
             self._notify()
 

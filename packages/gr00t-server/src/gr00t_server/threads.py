@@ -1,0 +1,35 @@
+"""Threads the server starts never take SIGINT or SIGTERM, so the kernel delivers them to the main thread.
+
+A signal delivered to another thread sets Python's flag but does not wake the main thread: a policy call running
+there (a cheap call run inline on the socket thread) would sleep on, and the stop would not be noticed until the
+call returned. Threads of libraries the server cannot configure (torch's, ZeroMQ's I/O threads block all signals
+already) are outside this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from typing import Iterator
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def block_stop_signals() -> None:
+    """Call first on a thread of the server's own (a thread's target, a pool's initializer)."""
+    if hasattr(signal, "pthread_sigmask"):  # not on Windows, where signals are not delivered to threads
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
+@contextlib.contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """Threads started inside this block (by a library: an HTTP server's) inherit a mask that blocks SIGINT and
+    SIGTERM; the calling thread's mask is put back afterwards, and a signal that came meanwhile is delivered then."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
