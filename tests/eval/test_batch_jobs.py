@@ -190,10 +190,10 @@ def test_batch_refuses_a_non_empty_output_dir(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("x")
-    from gr00t_eval.run_dir import OutputDirError
+    from gr00t_eval.cli_errors import UsageError
     import pytest
 
-    with pytest.raises(OutputDirError, match="--overwrite"):
+    with pytest.raises(UsageError, match="--overwrite"):
         run_cli(["batch", "--jobs", str(path), "--output-dir", str(out)])
 
 

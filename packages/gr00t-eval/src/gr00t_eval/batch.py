@@ -24,9 +24,9 @@ from gr00t_client import BasePolicy, PolicyClient
 from gr00t_client.client import MAX_TIMEOUT_MS
 
 from .metrics import EpisodeOutcome
-from .results import write_results
+from .results import RESULTS_FILENAME, write_results
 from .rollout.runner import RolloutConfig, draw_base_seed
-from .run_dir import EPISODE_LOG_FILENAME, RUN_FILENAME, EpisodeLog
+from .run_dir import EPISODE_LOG_FILENAME, RUN_FILENAME, EpisodeLog, add_earlier_eval_s, earlier_results
 from .shard import run_suite
 
 logger = logging.getLogger(__name__)
@@ -240,7 +240,30 @@ def load_jobs(path: Union[str, Path]) -> List[Union[Job, JobError]]:
         elif name is not None:
             seen[name] = index
         jobs.append(job)
-    return jobs
+    return separate_shared_video_dirs(jobs)
+
+
+def separate_shared_video_dirs(jobs: List[Union[Job, JobError]]) -> List[Union[Job, JobError]]:
+    """Jobs whose `video_dir` names the same folder write into a folder of their own under it
+    (VIDEO_DIR/<job folder name>): each job numbers its episodes from 0, so they would overwrite each other's
+    videos and point their results at the same files."""
+    users: Dict[str, int] = {}
+    for job in jobs:
+        if isinstance(job, Job) and job.config.get("video_dir"):
+            key = os.path.abspath(str(job.config["video_dir"]))
+            users[key] = users.get(key, 0) + 1
+    separated: List[Union[Job, JobError]] = []
+    for job in jobs:
+        if isinstance(job, Job) and job.config.get("video_dir") and users[os.path.abspath(str(job.config["video_dir"]))] > 1:
+            job = dataclasses.replace(job, config={**job.config,
+                                                   "video_dir": str(Path(job.config["video_dir"]) / job_dir_name(job.name))})
+        separated.append(job)
+    return separated
+
+
+def job_video_dirs(jobs: Sequence[Union[Job, JobError]]) -> List[Path]:
+    """The video folders the valid jobs write into (after separate_shared_video_dirs)."""
+    return [Path(job.config["video_dir"]) for job in jobs if isinstance(job, Job) and job.config.get("video_dir")]
 
 
 def connect(server: PolicyServerAddress) -> PolicyClient:
@@ -282,6 +305,8 @@ def prepare_job_dir(job_dir: Path, config: RolloutConfig) -> Tuple[RolloutConfig
     if saved is not None and log.is_file():
         logger.warning("job settings changed since %s was written; running the job from the start", log)
         log.replace(job_dir / "episodes.replaced.jsonl")
+    if (job_dir / RESULTS_FILENAME).is_file():  # an earlier attempt's, of other settings: its time is not this run's
+        (job_dir / RESULTS_FILENAME).replace(job_dir / "results.replaced.json")
     if config.seed is None:  # drawn once and saved, so a resumed job keeps every episode's seed
         config = dataclasses.replace(config, seed=draw_base_seed())
     write_results(run_file, {"job_config": planned, "config": dataclasses.asdict(config)})
@@ -330,14 +355,20 @@ def run_job(job: Job, policy_factory: Callable[[PolicyServerAddress], BasePolicy
         config, done = job.rollout_config(), []
         record["job_config"] = planned_config(config)
         on_episode = None
+        earlier = None
         if job_dir is not None:
             config, done = prepare_job_dir(job_dir, config)
             log = EpisodeLog(job_dir / EPISODE_LOG_FILENAME)
             on_episode = lambda outcome: log.append(outcome.to_json_dict())  # noqa: E731
             record["episode_log"] = str(log.path)
             record["resumed_episodes"] = sum(1 for outcome in done if outcome.error is None)
+            earlier = earlier_results(job_dir, None) if done else None
         policy = policy_factory(job.server)
         results = run_suite(policy, job.env_name, config, progress=progress, on_episode=on_episode, done=done)
+        if earlier is not None:  # the episodes kept from earlier attempts took their time too, as in rollout --resume
+            add_earlier_eval_s(results, earlier)
+        if job_dir is not None:  # what a later attempt adds its time to
+            write_results(job_dir / RESULTS_FILENAME, results)
         record["results"] = results
         record["n_errors"] = results["overall"].get("n_errors", 0)
         if results.get("status") == "interrupted":

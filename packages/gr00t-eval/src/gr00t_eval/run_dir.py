@@ -249,8 +249,11 @@ def read_run_file(directory: Union[str, Path], shard: Any = None) -> Dict[str, A
     """run.json (or a shard's run file) of a directory to resume (OutputDirError when there is none)."""
     path = Path(directory) / run_file_name(shard)
     if not path.is_file():
+        shards = sorted({f"{m.group('index')}/{m.group('count')}" for m in map(SHARD_FILE_NAME.fullmatch, shard_files(directory))
+                         if m is not None and m.group(1) == "run"})
+        hint = f"; it holds the shards {', '.join(shards)}: resume one with --shard I/N" if shards and shard is None else ""
         raise OutputDirError(f"--resume {directory}: no {path.name} there (is it the --output-dir of a gr00t-eval rollout"
-                             f"{'' if shard is None else ' with this --shard'}?)")
+                             f"{'' if shard is None else ' with this --shard'}?){hint}")
     return json.loads(path.read_text())
 
 

@@ -59,6 +59,9 @@ def register_scale_commands(subparsers: Any) -> None:
                    help="merge even if some episodes are in no file (the merged status is then 'incomplete', exit status 1)")
     p.add_argument(*_flag("allow-errors"), action="store_true",
                    help="exit 0 even when episodes errored (they are still reported and left out of the metrics)")
+    p.add_argument(*_flag("overwrite"), action="store_true",
+                   help="replace an --output that is not an earlier merge's (a run's own results file), or write "
+                        "into a whole run's --output-dir (its eval_info.json is replaced)")
     p.set_defaults(scale_command=cmd_merge)
 
     p = subparsers.add_parser("suites", help="list the registered task suites")
@@ -130,7 +133,7 @@ def _rollout_output_dir(args: argparse.Namespace, label: str, shard: Any) -> Pat
     return path
 
 
-def _check_video_dir(video_dir: Path, output_dir: Optional[Path], overwrite: bool) -> List[Path]:
+def _check_video_dir(video_dir: Path, output_dir: Optional[Path], overwrite: bool, label: str = "--video-dir") -> List[Path]:
     """Check a --video-dir outside the output directory; return the earlier run's videos --overwrite will delete.
 
     Only files this tool writes there count: episode videos (episode_0007_success.mp4, also in a task's folder).
@@ -146,11 +149,11 @@ def _check_video_dir(video_dir: Path, output_dir: Optional[Path], overwrite: boo
         if inside:  # covered by the output directory's own check
             return []
     if video_dir.exists() and not video_dir.is_dir():
-        raise UsageError(f"--video-dir {video_dir} exists and is not a directory")
+        raise UsageError(f"{label} {video_dir} exists and is not a directory")
     earlier = episode_videos(video_dir, skip=output_dir)
     if earlier and not overwrite:
         shown = ", ".join(str(p.relative_to(video_dir)) for p in earlier[:3]) + (f" and {len(earlier) - 3} more" if len(earlier) > 3 else "")
-        raise UsageError(f"--video-dir {video_dir} already holds episode videos of an earlier run ({shown}); pass "
+        raise UsageError(f"{label} {video_dir} already holds episode videos of an earlier run ({shown}); pass "
                          "--overwrite to delete those (only episode_*_success/failure.mp4 files; nothing else there is "
                          "touched) or name a new directory, so videos of two runs never mix")
     return earlier
@@ -206,7 +209,10 @@ def run_rollout_command(args: argparse.Namespace) -> int:
         parse_servers(args.host, args.port)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    shard = ShardSpec.parse(args.shard) if args.shard else None
+    try:
+        shard = ShardSpec.parse(args.shard) if args.shard else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if shard is not None and args.ray_address:
         raise UsageError("--shard and --ray-address do not combine (Ray makes its own shards)")
     if args.ray_address:  # an unreachable cluster fails in seconds, before the output directory is made
@@ -328,67 +334,164 @@ def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done:
 # --- batch and merge ----------------------------------------------------------------------------
 
 
+BATCH_CLAIM_FILENAME = "batch.json"  # who runs the batch in a folder (run_claim), so no second batch empties or joins it
+
+
 def cmd_batch(args: argparse.Namespace) -> int:
     """`gr00t-eval batch`: run the jobs, print the table; exit 1 when a job failed, 130 when interrupted."""
     import json
     import shutil
 
-    from .batch import BATCH_RESULTS_FILENAME, format_table, load_jobs, run_batch
+    from .batch import BATCH_RESULTS_FILENAME, JobError, format_table, job_video_dirs, load_jobs, run_batch
     from .cli_errors import UsageError
-    from .run_dir import INTERRUPTED_EXIT_CODE, make_fresh_dated_output_dir, prepare_output_dir, sigterm_as_interrupt
+    from .results import write_results
+    from .run_claim import CLAIM_KEY, claim_output_dir, finish_claim, holder_record, refuse_live_claim
+    from .run_dir import (INTERRUPTED_EXIT_CODE, OutputDirError, make_fresh_dated_output_dir, prepare_output_dir,
+                          sigterm_as_interrupt)
 
     previous = None
-    if args.resume:
-        output_dir = Path(args.resume)
-        jobs_path = output_dir / "jobs.json"
-        if not (output_dir / BATCH_RESULTS_FILENAME).is_file() or not jobs_path.is_file():
-            raise UsageError(f"--resume {output_dir}: no {BATCH_RESULTS_FILENAME} and jobs.json there (is it a batch --output-dir?)")
-        previous = json.loads((output_dir / BATCH_RESULTS_FILENAME).read_text())
-    else:
-        if not args.jobs:
-            raise UsageError("batch needs --jobs FILE (or --resume DIR to continue a batch)")
-        if not Path(args.jobs).is_file():
-            raise UsageError(f"--jobs {args.jobs}: no such file")
-        output_dir = (prepare_output_dir(Path(args.output_dir), overwrite=args.overwrite) if args.output_dir
-                      else make_fresh_dated_output_dir(DEFAULT_BATCH_DIR, "batch"))
-        jobs_path = output_dir / "jobs.json"
-        shutil.copyfile(args.jobs, jobs_path)
-    jobs = load_jobs(jobs_path)
+    try:
+        if args.resume:
+            given = [flag for flag, value in (("--jobs", args.jobs), ("--output-dir", args.output_dir),
+                                              ("--overwrite", args.overwrite)) if value]
+            if given:
+                raise UsageError(f"--resume DIR continues the batch in DIR with its own jobs.json; {' and '.join(given)} "
+                                 f"cannot be given with it (to change a job, edit {Path(args.resume) / 'jobs.json'})")
+            output_dir = Path(args.resume)
+            jobs_path = output_dir / "jobs.json"
+            if not (output_dir / BATCH_RESULTS_FILENAME).is_file() or not jobs_path.is_file():
+                raise UsageError(f"--resume {output_dir}: no {BATCH_RESULTS_FILENAME} and jobs.json there (is it a batch --output-dir?)")
+            refuse_live_claim(output_dir, BATCH_CLAIM_FILENAME, flag="--resume")
+            previous = json.loads((output_dir / BATCH_RESULTS_FILENAME).read_text())
+            jobs = load_jobs(jobs_path)
+            claim = output_dir / BATCH_CLAIM_FILENAME
+            write_results(claim, {CLAIM_KEY: holder_record(), "resumed": True})
+        else:
+            if not args.jobs:
+                raise UsageError("batch needs --jobs FILE (or --resume DIR to continue a batch)")
+            if not Path(args.jobs).is_file():
+                raise UsageError(f"--jobs {args.jobs}: no such file")
+            jobs = load_jobs(args.jobs)  # an unreadable job file is refused before any folder is made
+            if args.output_dir:
+                refuse_live_claim(args.output_dir, BATCH_CLAIM_FILENAME)  # never empty a folder a batch still runs in
+            for video_dir in job_video_dirs(jobs):  # as rollout: videos of two runs never sit under the same names
+                _check_video_dir(video_dir, Path(args.output_dir) if args.output_dir else None, args.overwrite,
+                                 label="a job's video_dir")
+            output_dir = (prepare_output_dir(Path(args.output_dir), overwrite=args.overwrite) if args.output_dir
+                          else make_fresh_dated_output_dir(DEFAULT_BATCH_DIR, "batch"))
+            claim = claim_output_dir(output_dir, BATCH_CLAIM_FILENAME, {"jobs_file": str(args.jobs)})
+            for video_dir in job_video_dirs(jobs):
+                earlier_videos = _check_video_dir(video_dir, output_dir, overwrite=True, label="a job's video_dir")
+                if earlier_videos:
+                    logger.warning("deleting %d episode videos of an earlier run from %s (--overwrite)", len(earlier_videos), video_dir)
+                    _delete_episode_videos(video_dir, earlier_videos)
+            jobs_path = output_dir / "jobs.json"
+            shutil.copyfile(args.jobs, jobs_path)
+    except (JobError, OutputDirError) as exc:
+        raise UsageError(str(exc)) from None
     path = output_dir / BATCH_RESULTS_FILENAME
+    outcome = "error"
     try:
         with sigterm_as_interrupt():
             batch = run_batch(jobs, path, previous=previous)
+        outcome = "complete"
     except KeyboardInterrupt:
+        outcome = "interrupted"
         batch = json.loads(path.read_text())
         print(format_table(batch))
         print(f"INTERRUPTED: {batch['n_pending']} jobs pending (continue with: gr00t-eval batch --resume {output_dir})")
         print(f"Results: {path}")
         return INTERRUPTED_EXIT_CODE
+    finally:  # a later --overwrite or --resume may take the folder now
+        finish_claim(claim, outcome)
     print(format_table(batch))
     print(f"Results: {path}")
     return 1 if batch["n_failed"] else 0
 
 
+def _read_results_file(path: Path) -> Dict[str, Any]:
+    """A results file's contents; UsageError naming the file when it is not one (truncated, not JSON, not a map)."""
+    import json
+
+    from .cli_errors import UsageError
+    from .results import load_results
+
+    try:
+        results = load_results(path)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{path}: not a readable results file ({type(exc).__name__}: {exc}); was its run killed "
+                         "while writing it? Resume that run or shard to write it again") from None
+    if not isinstance(results, dict):
+        raise UsageError(f"{path}: not a results file (its JSON is a {type(results).__name__}, not an object)")
+    return results
+
+
 def _results_files(paths: List[str], output: Path) -> List[Path]:
     """The shard results to merge: files given, or results*.json in directories, never the merge's own output."""
     from .cli_errors import UsageError
-    from .results import load_results
 
     files: List[Path] = []
     for item in map(Path, paths):
         if item.is_dir():
             for candidate in sorted(item.glob("results*.json")):
-                if candidate.resolve() == output.resolve() or "merged_from" in load_results(candidate):
+                if candidate.resolve() == output.resolve() or "merged_from" in _read_results_file(candidate):
                     logger.info("skipping %s: it is the output of a merge", candidate)
                     continue
                 files.append(candidate)
         elif item.is_file():
+            if item.resolve() == output.resolve():
+                raise UsageError(f"--output {output} is also one of the files to merge; the merge would replace it. "
+                                 "Name another --output")
             files.append(item)
         else:
             raise UsageError(f"{item}: no such results file or directory")
     if not files:
-        raise UsageError(f"no shard results (results*.json) in {', '.join(paths)}")
+        raise UsageError(f"no shard results (results*.json) in {', '.join(paths)}{_unfinished_shards_hint(paths)}")
     return files
+
+
+def _unfinished_shards_hint(paths: List[str]) -> str:
+    """'; shard 1/2 has no results file ...' for every shard of the given directories that started (its run file is
+    there) and wrote no results: still running, or killed. Empty when there is none."""
+    from .run_dir import SHARD_FILE_NAME
+
+    unfinished = []
+    for directory in (Path(p) for p in paths):
+        if not directory.is_dir():
+            continue
+        for run_file in sorted(directory.glob("run_shard*of*.json")):
+            match = SHARD_FILE_NAME.fullmatch(run_file.name)
+            if match is None:
+                continue
+            index, count = match.group("index"), match.group("count")
+            if not (directory / f"results_shard{index}of{count}.json").exists():
+                unfinished.append(f"shard {index}/{count} in {directory} started and has no results file (still "
+                                  f"running, or killed: continue it with gr00t-eval rollout --resume {directory} "
+                                  f"--shard {index}/{count})")
+    return "; " + "; ".join(unfinished) if unfinished else ""
+
+
+def _check_merge_output(output: Path, overwrite: bool) -> None:
+    """Refuse an --output whose writing would destroy a run's own results: an existing file that is not an earlier
+    merge's output, or a file in a whole run's --output-dir (the merge's eval_info.json would replace the run's)."""
+    from .cli_errors import UsageError
+    from .run_dir import RUN_FILENAME
+
+    if overwrite:
+        return
+    if output.exists():
+        if not output.is_file():
+            raise UsageError(f"--output {output} exists and is not a file")
+        try:
+            earlier_merge = "merged_from" in _read_results_file(output)
+        except UsageError:
+            earlier_merge = False
+        if not earlier_merge:
+            raise UsageError(f"--output {output} exists and is not the output of an earlier merge (a run's own "
+                             "results?); name another file, or pass --overwrite to replace it")
+    if (output.parent / RUN_FILENAME).exists():
+        raise UsageError(f"--output {output} is in the --output-dir of a whole run ({output.parent / RUN_FILENAME}), "
+                         "whose eval_info.json the merge would replace; name a file elsewhere, or pass --overwrite")
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -396,17 +499,19 @@ def cmd_merge(args: argparse.Namespace) -> int:
     episodes errored (0 then with --allow-errors), are missing (--allow-missing) or a task or shard failed."""
     from .cli_errors import UsageError
     from .eval_info import EVAL_INFO_FILENAME, write_eval_info
-    from .results import RESULTS_FILENAME, load_results, write_results
+    from .results import RESULTS_FILENAME, write_results
     from .shard import MergeError, format_missing, merge_results
 
     output = Path(args.output)
     if output.is_dir() or args.output.endswith("/"):
         output = output / RESULTS_FILENAME
     files = _results_files(args.results, output)
+    _check_merge_output(output, args.overwrite)
     try:
-        merged = merge_results([load_results(f) for f in files], allow_missing=args.allow_missing, names=[str(f) for f in files])
+        merged = merge_results([_read_results_file(f) for f in files], allow_missing=args.allow_missing,
+                               names=[str(f) for f in files])
     except MergeError as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(f"{exc}{_unfinished_shards_hint(args.results) if 'in no results file' in str(exc) else ''}") from None
     merged["merged_files"] = [str(f) for f in files]
     path = write_results(output, merged)
     write_eval_info(path.parent / EVAL_INFO_FILENAME, merged)
@@ -418,7 +523,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
         missing = merged.get("missing_episodes", [])
         shown = format_missing(missing)
         print(f"{status.upper()}: {merged.get('stop_reason')}; {merged.get('n_not_run', len(missing))} episodes did not run"
-              f"{': ' + shown if shown else ''} (run the missing shards, or resume them, and merge again)")
+              f"{': ' + shown if shown else ''} (run the missing shards, or resume them, and merge again)"
+              f"{_unfinished_shards_hint(args.results)}")
     print(f"Merged {len(files)} files into {path}")
     if status != "complete" or merged["failed_tasks"]:
         return 1

@@ -39,7 +39,7 @@ class ShardSpec:
 
     def __post_init__(self) -> None:
         if self.count < 1 or not 0 <= self.index < self.count:
-            raise ValueError(f"shard must be i/N with N >= 1 and 0 <= i < N (0-based), got {self.index}/{self.count}")
+            raise ValueError(f"--shard must be i/N with N >= 1 and 0 <= i < N (0-based), got {self.index}/{self.count}")
 
     @classmethod
     def parse(cls, text: str) -> "ShardSpec":
