@@ -133,3 +133,32 @@ def test_sigterm_stops_a_recording_like_ctrl_c_keeping_its_finished_episodes(tmp
     assert kept >= 1
     assert f"INTERRUPTED: {root} holds the {kept} episodes finished" in output
     assert json.loads((root / ".gr00t_record.json").read_text())["claim"]["outcome"] == "interrupted"
+
+
+def test_two_recordings_racing_into_one_folder_with_overwrite_leave_one_runs_dataset(recorded, tmp_path):
+    """The claim was taken only after the folder was emptied, and the emptying deleted the other run's claim: two
+    `record --overwrite` started a second apart both exited 0, leaving one run's episodes under the other's seeds."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    summary, _ = recorded
+    root = tmp_path / "reach"
+    shutil.copytree(summary.root, root)  # an earlier recording, finished: --overwrite may replace it
+    command = [sys.executable, "-m", "gr00t_eval.cli", "record", "--env-name", "metaworld/reach-v3", "--output", str(root),
+               "--image-size", "32", "--max-episode-steps", "60", "--overwrite"]
+    first = subprocess.Popen([*command, "--episodes", "3", "--seed", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(0.3)
+    second = subprocess.Popen([*command, "--episodes", "2", "--seed", "100"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    outputs = [process.communicate(timeout=300)[0] for process in (first, second)]
+    codes = [first.returncode, second.returncode]
+    assert sorted(codes) == [0, 2], outputs
+    winner = codes.index(0)
+    assert "in use" in outputs[1 - winner] or "taken by another run" in outputs[1 - winner], outputs
+    dataset = LeRobotDataset(root)
+    seeds = [dataset.episode_extras(i)["seed"] for i in range(dataset.num_episodes)]
+    assert seeds == ([0, 1, 2] if winner == 0 else [100, 101])
+    dataset.check_data_files()
+    for position in range(dataset.num_episodes):  # each episode's files are its own (lengths agree)
+        assert dataset.episode(position).frames(dataset.video_keys[0], [dataset.episode_lengths[position] - 1]).shape[0] == 1

@@ -403,16 +403,20 @@ def cmd_record(args: argparse.Namespace) -> int:
             args.env_name, args.episodes, args.output, seed=args.seed, max_episode_steps=args.max_episode_steps,
             image_size=args.image_size, camera=args.camera, overwrite=args.overwrite,
         )
-    except KeyboardInterrupt:
-        info = Path(args.output) / "meta" / "info.json"
-        kept = json.loads(info.read_text())["total_episodes"] if info.is_file() else 0
-        if kept:
-            print(f"INTERRUPTED: {args.output} holds the {kept} episodes finished before the interrupt (a loadable dataset)")
+    except KeyboardInterrupt as exc:
+        summary = getattr(exc, "record_summary", None)  # what this run finished (the folder may hold an older dataset)
+        if summary is None or not summary.started:
+            print(f"INTERRUPTED before recording began: {args.output} was left as it was")
+        elif summary.n_episodes:
+            print(f"INTERRUPTED: {args.output} holds the {summary.n_episodes} episodes finished before the interrupt "
+                  "(a loadable dataset)")
         else:
             print(f"INTERRUPTED: {args.output} holds no finished episode (not a loadable dataset)")
         raise
     except FileExistsError as exc:
-        raise SystemExit(f"error: {exc}" if args.overwrite else f"error: {exc}; add --overwrite to replace it") from None
+        message = str(exc).replace(" (pass overwrite=True to replace it)", "")  # the writer's hint is for its API
+        raise SystemExit(f"error: {message}" if args.overwrite or "not empty" not in message
+                         else f"error: {message}; add --overwrite to replace it") from None
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
     print(f"Recorded {summary.n_episodes} episodes of {args.env_name} to {summary.root} "

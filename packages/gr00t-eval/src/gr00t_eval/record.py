@@ -35,6 +35,7 @@ class RecordSummary:
     seeds: List[int] = field(default_factory=list)
     lengths: List[int] = field(default_factory=list)
     successes: List[bool] = field(default_factory=list)
+    started: bool = False  # the dataset directory was claimed and (with overwrite) emptied: episodes are this run's
 
     @property
     def n_episodes(self) -> int:
@@ -75,11 +76,16 @@ def record_metaworld(
     if image_size % 2:  # checked here, before the dataset directory is made
         raise ValueError(f"image_size must be even (the dataset's mp4 videos are yuv420p), got {image_size}")
     camera = camera or DEFAULT_CAMERA
-    from .run_claim import claim_output_dir, finish_claim, finished_however_it_ends, refuse_live_claim
+    from .run_claim import finish_claim, finished_however_it_ends, refuse_live_claim, take_claim
     from .run_dir import sigterm_as_interrupt
 
-    if overwrite and Path(output).is_dir():
+    output_path = Path(output)
+    if output_path.exists() and not output_path.is_dir():
+        raise FileExistsError(f"{output} exists and is not a directory")
+    if output_path.is_dir():
         refuse_live_claim(output, RECORD_CLAIM, flag="--output")  # never empty a directory another recording fills
+        if not overwrite and any(entry.name != RECORD_CLAIM for entry in output_path.iterdir()):
+            raise FileExistsError(f"dataset directory {output} is not empty")  # before the env and the progress bar
     env = MetaWorldEnv(task, image_size=image_size, camera=camera)
     expert = scripted_policy(task)
     summary = RecordSummary(Path(output))
@@ -91,10 +97,19 @@ def record_metaworld(
     settings = {"env_name": env_name, "n_episodes": n_episodes, "seed": seed, "max_episode_steps": max_episode_steps,
                 "image_size": image_size, "camera": camera}
     try:
-        with sigterm_as_interrupt(), DatasetWriter(output, fps=METAWORLD_FPS, robot_type="sawyer", overwrite=overwrite) as writer:
-            claim = claim_output_dir(output, RECORD_CLAIM, settings, flag="--output")
+        with sigterm_as_interrupt():
+            # Claimed before anything is emptied, and the claim is kept when the writer empties the directory: two
+            # recordings racing into one directory (--overwrite) cannot both pass, whatever their timing.
+            output_path.mkdir(parents=True, exist_ok=True)
+            claim = take_claim(output, RECORD_CLAIM, settings, flag="--output")
             with finished_however_it_ends(lambda outcome: finish_claim(claim, outcome)):
-                _record_episodes(env, expert, writer, summary, env_name, camera, n_episodes, seed, max_episode_steps, bar)
+                with DatasetWriter(output, fps=METAWORLD_FPS, robot_type="sawyer", overwrite=overwrite,
+                                   keep=(RECORD_CLAIM,)) as writer:
+                    summary.started = True
+                    _record_episodes(env, expert, writer, summary, env_name, camera, n_episodes, seed, max_episode_steps, bar)
+    except KeyboardInterrupt as exc:
+        exc.record_summary = summary  # type: ignore[attr-defined]  # what this run finished, for the CLI's message
+        raise
     finally:
         if bar is not None:
             bar.close()

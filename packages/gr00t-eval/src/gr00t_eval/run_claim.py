@@ -62,6 +62,27 @@ def claim_output_dir(path: Union[str, Path], filename: str, settings: Mapping[st
     return claim
 
 
+def take_claim(path: Union[str, Path], filename: str, settings: Mapping[str, Any], flag: str = "--output-dir") -> Path:
+    """claim_output_dir, taking over a claim whose run finished or whose process is gone: that claim file is first
+    renamed aside, which only one of several runs racing for the directory can do, so exactly one of them holds
+    the claim afterwards; the others are refused as by a live claim. OutputDirError while the holder still runs."""
+    directory = Path(path)
+    claim = directory / filename
+    for _ in range(5):
+        try:
+            return claim_output_dir(directory, filename, settings, flag)
+        except OutputDirError:
+            if refuse_live_claim(directory, filename, flag) is None and claim.exists():
+                raise  # a claim file without a readable holder: not ours to take
+        aside = claim.with_name(f".{claim.name}.replaced.{os.getpid()}.{time.monotonic_ns()}")
+        try:
+            os.rename(claim, aside)
+        except FileNotFoundError:  # another run took it over first; its new claim refuses this one next time round
+            continue
+        aside.unlink(missing_ok=True)
+    raise OutputDirError(f"{flag} {path}: could not claim it ({filename} kept changing); another run is starting there")
+
+
 def holder_record() -> Dict[str, Any]:
     """This process as a claim's holder: the record a claim file keeps under CLAIM_KEY."""
     now = time.time()

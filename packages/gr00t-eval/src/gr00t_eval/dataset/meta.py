@@ -21,10 +21,12 @@ _V3_BOOKKEEPING_COLUMNS = {"episode_index", "tasks", "length", "dataset_from_ind
 
 @dataclass(frozen=True)
 class VideoSegment:
-    """Where one episode's frames of one camera live: an mp4 file and the time its first frame starts at."""
+    """Where one episode's frames of one camera live: an mp4 file, the time its first frame starts at and (v3.0,
+    where several episodes share a file) the time its segment ends at; None for a file of its own (v2.x)."""
 
     path: Path
     from_timestamp: float = 0.0
+    to_timestamp: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -45,8 +47,8 @@ def read_json(path: Path, what: str) -> Any:
     """Load a JSON file, raising DatasetError naming the file on missing file or bad JSON."""
     require_file(path, what)
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        return json.loads(path.read_text(encoding="utf-8"))  # LeRobot writes raw UTF-8, whatever the locale
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{path}: invalid JSON ({exc})") from exc
 
 
@@ -54,7 +56,11 @@ def read_jsonl(path: Path, what: str) -> List[Dict[str, Any]]:
     """Load a JSON-lines file of objects; errors name the file and line."""
     require_file(path, what)
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    try:
+        text = path.read_text(encoding="utf-8")  # LeRobot writes raw UTF-8, whatever the locale
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not UTF-8 text ({exc})") from exc
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -128,6 +134,8 @@ def _read_episodes_v2(root: Path, info: Mapping[str, Any], video_keys: List[str]
     path = root / "meta" / "episodes.jsonl"
     data_template = require_field(info, "data_path", str, str(info_path))
     chunks_size = require_field(info, "chunks_size", int, str(info_path))
+    if chunks_size < 1:
+        raise DatasetError(f"{info_path}: field 'chunks_size' must be >= 1 (episodes per chunk folder), got {chunks_size}")
     video_template = info.get("video_path")
     if video_keys and not isinstance(video_template, str):
         raise DatasetError(f"{info_path}: field 'video_path' must be a str template when the dataset has videos")
@@ -181,6 +189,7 @@ def _read_episodes_v3(root: Path, info: Mapping[str, Any], video_keys: List[str]
                     chunk_index=_int_field(row, prefix + "chunk_index", where), file_index=_int_field(row, prefix + "file_index", where),
                 ),
                 float(_number_field(row, prefix + "from_timestamp", where)),
+                float(_number_field(row, prefix + "to_timestamp", where)) if row.get(prefix + "to_timestamp") is not None else None,
             )
         row_range = (_int_field(row, "dataset_from_index", where), _int_field(row, "dataset_to_index", where))
         tasks = row.get("tasks") or []

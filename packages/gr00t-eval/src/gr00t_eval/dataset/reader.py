@@ -15,11 +15,14 @@ from .errors import DatasetError, DatasetFileNotFoundError, require_file
 from .meta import EpisodeRecord, codebase_major, read_episodes, read_json, read_modality, read_stats, read_tasks
 from .modality import ArrayGroup, DatasetModality
 from .stats import group_stats
-from .video import decode_frames_at
+from .video import decode_frames_at, video_stream_facts
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_FPS = 30
+# How far (in frame intervals) a step of the `timestamp` column may be from 1/fps (float32 timestamps of long
+# episodes carry rounding; a rate of 30 under fps 10, or a dropped frame, is far outside).
+TIMESTAMP_TOLERANCE = 0.1
 
 
 class LeRobotDataset:
@@ -65,6 +68,7 @@ class LeRobotDataset:
             raise DatasetError(f"{meta_dir}: episode list repeats an episode_index")
         self._stats: Optional[Dict[str, Any]] = None
         self._relative_stats: Optional[Dict[str, Any]] = None
+        self._video_facts: Dict[Path, Any] = {}  # path -> (frame count, frame rate), read once per file
         self.frames_decoded = 0
         logger.debug("opened %s: %d episodes, %s", self.root, len(self._records), self.codebase_version)
 
@@ -193,6 +197,31 @@ class LeRobotDataset:
         for position in range(len(self._records)):
             yield self.episode(position)
 
+    def check_video(self, record: EpisodeRecord, column: str) -> None:
+        """DatasetError when a camera's video cannot hold this episode's frames as its steps: a frame rate other than
+        `fps` (step k would get the frame of another instant), a file of its own (v2.x) with more or fewer frames
+        than the episode has steps (another episode's video?), or a segment (v3.0) whose span is not the episode's
+        length (decoding would reach into the neighbouring episode's frames)."""
+        segment = record.videos[column]
+        if segment.path not in self._video_facts:
+            self._video_facts[segment.path] = video_stream_facts(segment.path)
+        count, rate = self._video_facts[segment.path]
+        where = f"{segment.path} (camera '{column}', episode {record.episode_index})"
+        if rate is not None and abs(rate - self._fps) > 0.01 * self._fps:
+            raise DatasetError(f"{where}: the video runs at {rate:g} frames/s and meta/info.json says fps {self._fps:g}; "
+                               "step k would show the frame of another instant")
+        if segment.to_timestamp is not None:
+            span = (segment.to_timestamp - segment.from_timestamp) * self._fps
+            if abs(span - record.length) > 0.5:
+                raise DatasetError(f"{where}: its video segment {segment.from_timestamp:g}..{segment.to_timestamp:g} s "
+                                   f"holds {span:.1f} frames at {self._fps:g} fps and the episode has {record.length} "
+                                   "steps; its frames would come from the neighbouring episode")
+        elif count is not None and count != record.length:
+            if abs(count - record.length) > 1:
+                raise DatasetError(f"{where}: the video holds {count} frames and the episode has {record.length} steps "
+                                   "(the video of another episode?)")
+            logger.warning("%s: the video holds %d frames and the episode %d steps", where, count, record.length)
+
     def _decode(self, path: Path, timestamps: Sequence[float]) -> np.ndarray:
         frames, decoded = decode_frames_at(path, timestamps, self._fps)
         self.frames_decoded += decoded
@@ -297,10 +326,24 @@ class Episode:
         raise DatasetError(f"{self.record.data_path}: column '{column}' must hold task indices or strings, got {values.dtype}")
 
     def timestamps(self) -> np.ndarray:
-        """Per-step timestamps (seconds from episode start): the `timestamp` column, else step / fps."""
-        if "timestamp" in self.table.column_names:
-            return self.column("timestamp").astype(np.float64).reshape(-1)
-        return np.arange(self.length, dtype=np.float64) / self._dataset.fps
+        """Per-step timestamps (seconds from episode start): the `timestamp` column, else step / fps.
+
+        The column must step by 1/fps (as LeRobot checks at load): rows at another rate, or with gaps, would pair
+        steps with the frames of other instants. DatasetError naming the file and the first bad step otherwise."""
+        fps = self._dataset.fps
+        if "timestamp" not in self.table.column_names:
+            return np.arange(self.length, dtype=np.float64) / fps
+        times = self.column("timestamp").astype(np.float64).reshape(-1)
+        if "timestamps" not in self._arrays:
+            steps = np.diff(times)
+            off = np.flatnonzero(np.abs(steps - 1.0 / fps) > TIMESTAMP_TOLERANCE / fps)
+            if off.size:
+                first = int(off[0])
+                raise DatasetError(f"{self.record.data_path}: column 'timestamp' of episode {self.episode_index} steps "
+                                   f"from {times[first]:.6g} s to {times[first + 1]:.6g} s at step {first}; at fps "
+                                   f"{fps:g} (meta/info.json) each step is {1.0 / fps:.6g} s")
+            self._arrays["timestamps"] = times
+        return times
 
     def frames(self, video_key: str, step_indices: Union[int, Sequence[int], np.ndarray]) -> np.ndarray:
         """uint8 (N, H, W, 3) RGB frames of camera `video_key` at the given steps; decodes only those frames."""
@@ -315,7 +358,9 @@ class Episode:
         bad = steps[(steps < 0) | (steps >= self.length)]
         if bad.size:
             raise IndexError(f"step indices {bad[:5].tolist()} out of range for episode {self.episode_index} of length {self.length}")
-        segment = self.record.videos[groups[video_key].original_key]
+        column = groups[video_key].original_key
+        self._dataset.check_video(self.record, column)
+        segment = self.record.videos[column]
         times = segment.from_timestamp + self.timestamps()[steps]
         return self._dataset._decode(segment.path, times.tolist())
 
@@ -360,7 +405,12 @@ def _column_to_numpy(column: pa.ChunkedArray, name: str, path: Path) -> np.ndarr
         lengths = pc.list_value_length(array).to_numpy(zero_copy_only=False)
         if lengths.size and (lengths != lengths[0]).any():
             raise DatasetError(f"{path}: column '{name}' has rows of different lengths {sorted(set(lengths.tolist()))[:5]}")
-        values = pc.list_flatten(array).to_numpy(zero_copy_only=False)
+        flat = pc.list_flatten(array)
+        if flat.null_count:  # numpy would make them NaN: a state or action with a hole, scored or replayed silently
+            first = int(np.flatnonzero(flat.is_null().to_numpy(zero_copy_only=False))[0]) // max(int(lengths[0]), 1)
+            raise DatasetError(f"{path}: column '{name}' has {flat.null_count} null values inside its rows "
+                               f"(the first in row {first})")
+        values = flat.to_numpy(zero_copy_only=False)
         width = int(lengths[0]) if lengths.size else 0
         return values.reshape(len(array), width)
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):

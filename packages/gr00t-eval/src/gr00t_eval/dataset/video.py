@@ -100,6 +100,24 @@ def decode_frames_at(path: Path, timestamps: Sequence[float], fps: float) -> Tup
 _SAME_INSTANT_S = 1e-4  # timestamps this close are one instant (float error of t = 0.1 * 3, pts rounding)
 
 
+def video_stream_facts(path: Path) -> Tuple[Optional[int], Optional[float]]:
+    """(frame count, frame rate) of a video's first stream from its container headers, without decoding; either is
+    None where the container does not say. DatasetError naming the file when it cannot be opened."""
+    require_file(path, "video file")
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise DatasetError(f"{path}: no video stream")
+            stream = container.streams.video[0]
+            rate = float(stream.average_rate) if stream.average_rate else None
+            count: Optional[int] = int(stream.frames) if stream.frames else None
+            if count is None and stream.duration is not None and rate is not None:
+                count = int(round(float(stream.duration * stream.time_base) * rate))
+            return count, rate
+    except av.error.FFmpegError as exc:
+        raise DatasetError(f"{path}: cannot decode video ({exc})") from exc
+
+
 class _Decoded:
     """A decoded frame and its time; converted to RGB once, when some timestamp takes it."""
 

@@ -6,7 +6,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
@@ -61,7 +61,9 @@ class DatasetWriter:
         episodes_per_file: Optional[int] = None,
         gop: int = 8,
         overwrite: bool = False,
+        keep: Sequence[str] = (),
     ) -> None:
+        # `keep`: names in `root` that neither make it "not empty" nor are deleted by overwrite (a recording's claim)
         if video_codec not in ENCODERS:
             raise ValueError(f"video_codec must be one of {sorted(ENCODERS)}, got {video_codec!r}")
         encoder_for(video_codec)  # a codec this PyAV build cannot encode fails here, before the folder is touched
@@ -71,11 +73,17 @@ class DatasetWriter:
             raise ValueError(f"language_key must start with 'annotation.', got {language_key!r}")
         if not isinstance(fps, int) or fps <= 0:
             raise ValueError(f"fps must be a positive int, got {fps!r}")
+        if isinstance(chunks_size, bool) or not isinstance(chunks_size, int) or chunks_size < 1:
+            raise ValueError(f"chunks_size must be an int >= 1 (episodes per chunk folder), got {chunks_size!r}")
+        if (language_column in _INDEX_COLUMNS and language_column != "task_index"
+                or language_column in ("observation.state", "action") or language_column.startswith("observation.images.")):
+            raise ValueError(f"language_column {language_column!r} is a LeRobot column the writer fills itself; name a "
+                             "column of its own (or leave the default, 'task_index')")
         self.root = Path(root)
-        if self.root.exists() and any(self.root.iterdir()):
+        if self.root.exists() and any(entry.name not in keep for entry in self.root.iterdir()):
             if not overwrite:
                 raise FileExistsError(f"dataset directory {self.root} is not empty (pass overwrite=True to replace it)")
-            _empty_dataset_dir(self.root)
+            _empty_dataset_dir(self.root, keep)
         self.root.mkdir(parents=True, exist_ok=True)
         self.fps = fps
         self.video_codec = video_codec
@@ -129,6 +137,7 @@ class DatasetWriter:
         reserved = {"episode_index", "length", "tasks"}
         if reserved & set(metadata):
             raise ValueError(f"metadata keys {sorted(reserved & set(metadata))} are reserved by LeRobot")
+        metadata = _json_metadata(metadata)  # refused now, not at finalize() after every episode is on disk
 
         episode_index = len(self._episodes)
         task_index = self._tasks.setdefault(task, len(self._tasks))
@@ -227,10 +236,14 @@ class DatasetWriter:
             if value.shape[1:3] != size:
                 raise ValueError(f"frames['{camera}'] has size {value.shape[1:3]}; earlier episodes had {size}")
         for name, value in step_columns.items():
-            if name in _INDEX_COLUMNS or name in ("observation.state", "action") or name.startswith("observation.images."):
+            if (name in _INDEX_COLUMNS or name in ("observation.state", "action") or name.startswith("observation.images.")
+                    or name == self.language_column):
                 raise ValueError(f"step column {name!r} clashes with a LeRobot column")
             if np.asarray(value).shape[:1] != (length,):
                 raise ValueError(f"step_columns['{name}'] must have {length} rows, got shape {np.asarray(value).shape}")
+            if np.asarray(value).ndim > 2:
+                raise ValueError(f"step_columns['{name}'] must be (T,) or (T, D), got shape {np.asarray(value).shape} "
+                                 "(a parquet step cell holds a scalar or a flat list; flatten it)")
         shape = (list(frames), {k: v.shape[1] for k, v in states.items()}, {k: v.shape[1] for k, v in actions.items()}, sorted(step_columns))
         if self._cameras is None:
             self._cameras, self._state_dims, self._action_dims, self._step_columns = shape
@@ -242,15 +255,29 @@ class DatasetWriter:
 
     # -- v2.1 -------------------------------------------------------------------------------------
     def _write_v2_episode(self, episode_index: int, table: pa.Table, frames: Mapping[str, np.ndarray]) -> None:
+        """The episode's parquet and mp4s, each written under a hidden partial name and renamed once all are
+        complete: an episode cut short (Ctrl-C while encoding) leaves no file a loader globbing data/ would count."""
         chunk = episode_index // self.chunks_size
         data_path = self.root / V2_DATA_PATH.format(episode_chunk=chunk, episode_index=episode_index)
-        data_path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, data_path)
-        for camera, images in frames.items():
-            key = f"observation.images.{camera}"
-            encoder = Mp4Encoder(self.root / V2_VIDEO_PATH.format(episode_chunk=chunk, episode_index=episode_index, video_key=key), self.fps, self.video_codec, self.gop)
-            encoder.write(images)
-            encoder.close()
+        video_paths = {camera: self.root / V2_VIDEO_PATH.format(episode_chunk=chunk, episode_index=episode_index,
+                                                               video_key=f"observation.images.{camera}")
+                       for camera in frames}
+        partial = {path: path.with_name(f".partial-{path.name}") for path in [data_path, *video_paths.values()]}
+        try:
+            data_path.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(table, partial[data_path])
+            for camera, images in frames.items():
+                encoder = Mp4Encoder(partial[video_paths[camera]], self.fps, self.video_codec, self.gop)
+                try:
+                    encoder.write(images)
+                finally:
+                    encoder.close()
+        except BaseException:
+            for path in partial.values():
+                path.unlink(missing_ok=True)
+            raise
+        for final, temporary in partial.items():
+            temporary.replace(final)
 
     # -- v3.0 -------------------------------------------------------------------------------------
     def _append_v3_episode(self, table: pa.Table, frames: Mapping[str, np.ndarray], length: int) -> Dict[str, Any]:
@@ -300,7 +327,10 @@ class DatasetWriter:
             rows.append(row)
         path = meta / "episodes" / "chunk-000" / "file-000.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pylist(rows), path)
+        # Column by column over every row's keys: from_pylist takes its schema from the first row, and dropped a
+        # field (a seed) that episode 0 lacked from every episode.
+        names = list(dict.fromkeys(name for row in rows for name in row))
+        pq.write_table(pa.table({name: [row.get(name) for row in rows] for name in names}), path)
         tasks = sorted(self._tasks.items(), key=lambda item: item[1])
         pq.write_table(
             pa.table({"task_index": pa.array([i for _, i in tasks], pa.int64()), "task": [t for t, _ in tasks]}),
@@ -378,9 +408,27 @@ def _to_table(columns: Mapping[str, np.ndarray]) -> pa.Table:
     return pa.table(arrays)
 
 
+def _json_metadata(metadata: Mapping[str, Any]) -> Dict[str, Any]:
+    """Episode metadata as JSON values: numpy scalars and arrays become Python ones; ValueError naming the key for
+    anything JSON cannot hold (an object, NaN or infinity)."""
+    out: Dict[str, Any] = {}
+    for key, value in metadata.items():
+        if not isinstance(key, str):
+            raise ValueError(f"metadata keys must be str, got {key!r}")
+        if isinstance(value, (np.generic, np.ndarray)):
+            value = value.tolist()
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"metadata[{key!r}] = {value!r} cannot be stored in the episode list ({exc}); pass "
+                             "str, int, float (finite), bool, None, or lists and dicts of those") from None
+        out[key] = value
+    return out
+
+
 def _replace_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)  # a reader (or a crash) never sees half a file
 
 
@@ -389,11 +437,12 @@ def _replace_text(path: Path, text: str) -> None:
 DATASET_ENTRIES = frozenset({"meta", "data", "videos"})
 
 
-def _empty_dataset_dir(root: Path) -> None:
+def _empty_dataset_dir(root: Path, keep: Sequence[str] = ()) -> None:
     """Delete a dataset's entries from `root` (overwrite), keeping `root` itself (it may be a mount point or a
-    symlink's target). FileExistsError, deleting nothing, when `root` holds anything a dataset does not: overwrite
-    deleted any folder, a thesis beside a dataset or a folder that was never one."""
-    entries = list(root.iterdir())
+    symlink's target) and the entries named in `keep` (the claim of the recording about to fill it).
+    FileExistsError, deleting nothing, when `root` holds anything a dataset does not: overwrite deleted any folder,
+    a thesis beside a dataset or a folder that was never one."""
+    entries = [entry for entry in root.iterdir() if entry.name not in keep]
     foreign = sorted(entry.name for entry in entries if entry.name not in DATASET_ENTRIES and not entry.name.startswith("."))
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")

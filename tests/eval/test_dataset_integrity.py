@@ -1,0 +1,246 @@
+"""A dataset whose files disagree with each other is refused, naming the file and both numbers, rather than read as
+other steps' frames or NaN values; the writer refuses what it cannot store before anything is lost. Real parquet
+and mp4 files written by DatasetWriter, then damaged the way recordings and hand edits damage them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import tracemalloc
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from eval.dataset_factory import expected_actions, expected_states, frame_colour, make_dataset
+from gr00t_eval.dataset import DatasetWriter, LeRobotDataset
+from gr00t_eval.dataset.errors import DatasetError
+
+IMAGE = "observation.images.image"
+
+
+def _v3(tmp_path, **kwargs):
+    return make_dataset(tmp_path / "v3", layout="v3.0", episodes_per_file=3, **kwargs)
+
+
+def _edit_episode_rows(root, edit):
+    path = root / "meta" / "episodes" / "chunk-000" / "file-000.parquet"
+    rows = pq.read_table(path).to_pylist()
+    edit(rows)
+    names = list(dict.fromkeys(name for row in rows for name in row))
+    pq.write_table(pa.table({name: [row.get(name) for row in rows] for name in names}), path)
+
+
+def test_a_v3_segment_shorter_than_its_episode_is_refused_not_read_into_the_next_episode(tmp_path):
+    root = _v3(tmp_path)
+
+    def drop_two_frames(rows):  # episode 0's camera lost 2 frames; its segment is truthful, its parquet is not
+        rows[0][f"videos/{IMAGE}/to_timestamp"] -= 0.2
+
+    _edit_episode_rows(root, drop_two_frames)
+    episode = LeRobotDataset(root).episode(0)
+    with pytest.raises(DatasetError, match=r"segment 0\.\.0\.4 s holds 4\.0 frames at 10 fps and the episode has 6 steps"):
+        episode.frames("image", [5])
+    pixel = LeRobotDataset(root).episode(1).frames("wrist_image", [0])[0, 0, 0].astype(int)
+    assert np.abs(pixel - frame_colour(1, 1, 0)).max() <= 4  # the next episode still reads (its colour, up to h264)
+
+
+def test_a_v3_segment_starting_a_frame_early_is_refused(tmp_path):
+    root = _v3(tmp_path)
+
+    def one_frame_early(rows):
+        rows[1][f"videos/{IMAGE}/from_timestamp"] -= 0.1
+
+    _edit_episode_rows(root, one_frame_early)
+    with pytest.raises(DatasetError, match=r"holds 10\.0 frames at 10 fps and the episode has 9 steps"):
+        LeRobotDataset(root).episode(1).frames("image", [0])
+
+
+def test_a_v2_video_of_another_length_is_refused(tmp_path):
+    root = make_dataset(tmp_path / "v2")
+    videos = root / "videos" / "chunk-000" / IMAGE
+    shutil.copy(videos / "episode_000001.mp4", videos / "episode_000000.mp4")  # 9 frames for a 6-step episode
+    with pytest.raises(DatasetError, match=r"episode_000000\.mp4 \(camera 'observation\.images\.image', episode 0\): "
+                                           r"the video holds 9 frames and the episode has 6 steps"):
+        LeRobotDataset(root).episode(0).frames("image", [0])
+
+
+def test_a_video_at_another_frame_rate_than_fps_is_refused(tmp_path):
+    root = make_dataset(tmp_path / "fast", fps=20)
+    info = json.loads((root / "meta" / "info.json").read_text())
+    info["fps"] = 10  # the videos run at 20 frames/s: step k would get frame 2k
+    (root / "meta" / "info.json").write_text(json.dumps(info))
+    with pytest.raises(DatasetError, match="the video runs at 20 frames/s and meta/info.json says fps 10"):
+        LeRobotDataset(root).episode(0).frames("image", [1])
+
+
+def test_timestamps_off_the_fps_grid_are_refused(tmp_path):
+    root = make_dataset(tmp_path / "v2")
+    path = root / "data" / "chunk-000" / "episode_000000.parquet"
+    table = pq.read_table(path)
+    times = pa.array((np.arange(table.num_rows) / 30).astype(np.float32))  # rows at 1/30 s under fps 10
+    pq.write_table(table.set_column(table.column_names.index("timestamp"), "timestamp", times), path)
+    episode = LeRobotDataset(root).episode(0)
+    with pytest.raises(DatasetError, match=r"column 'timestamp' of episode 0 steps from 0 s to 0\.0333.* at step 0; "
+                                           r"at fps 10 \(meta/info.json\) each step is 0\.1 s"):
+        episode.frames("image", [3])
+    assert np.allclose(LeRobotDataset(root).episode(1).timestamps(), np.arange(9) / 10)  # a good episode reads
+
+
+def test_a_null_inside_an_action_row_is_refused_not_read_as_nan(tmp_path):
+    root = make_dataset(tmp_path / "v2")
+    path = root / "data" / "chunk-000" / "episode_000000.parquet"
+    table = pq.read_table(path)
+    rows = table.column("action").to_pylist()
+    rows[2][1] = None
+    action = pa.array(rows, type=table.schema.field("action").type)
+    pq.write_table(table.set_column(table.column_names.index("action"), "action", action), path)
+    with pytest.raises(DatasetError, match=r"column 'action' has 1 null values inside its rows \(the first in row 2\)"):
+        LeRobotDataset(root).episode(0).actions("arm")
+
+
+def _episode(writer, length=3, **kwargs):
+    writer.add_episode(frames={}, states=expected_states(0, length), actions=expected_actions(0, length), task="t", **kwargs)
+
+
+@pytest.mark.parametrize("layout", ["v2.1", "v3.0"])
+def test_episode_metadata_the_first_episode_lacks_is_kept(tmp_path, layout):
+    with DatasetWriter(tmp_path / layout, 10, layout=layout) as writer:
+        _episode(writer)
+        _episode(writer, metadata={"seed": np.int64(7), "success": np.bool_(True)})
+        _episode(writer, metadata={"seed": 8, "success": False})
+    dataset = LeRobotDataset(tmp_path / layout)
+    assert [dataset.episode_extras(i).get("seed") for i in range(3)] == [None, 7, 8]
+    assert [dataset.episode_extras(i).get("success") for i in range(3)] == [None, True, False]
+
+
+def test_the_writer_refuses_what_it_cannot_store_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match="language_column 'timestamp' is a LeRobot column the writer fills itself"):
+        DatasetWriter(tmp_path / "a", 10, language_column="timestamp")
+    with pytest.raises(ValueError, match="language_column 'action'"):
+        DatasetWriter(tmp_path / "a", 10, language_column="action")
+    with pytest.raises(ValueError, match="chunks_size must be an int >= 1"):
+        DatasetWriter(tmp_path / "a", 10, chunks_size=0)
+    writer = DatasetWriter(tmp_path / "b", 10)
+    with pytest.raises(ValueError, match=r"metadata\['score'\] = nan cannot be stored"):
+        _episode(writer, metadata={"score": float("nan")})
+    with pytest.raises(ValueError, match=r"metadata\['where'\] = .* cannot be stored"):
+        _episode(writer, metadata={"where": object()})
+    with pytest.raises(ValueError, match=r"step_columns\['depth'\] must be \(T,\) or \(T, D\), got shape \(3, 2, 2\)"):
+        _episode(writer, step_columns={"depth": np.zeros((3, 2, 2))})
+    assert not (tmp_path / "b" / "data").exists()  # nothing of a refused episode reached the disk
+    _episode(writer)
+    writer.finalize()
+    assert LeRobotDataset(tmp_path / "b").num_episodes == 1
+
+
+def test_chunks_size_zero_in_info_json_is_named(tmp_path):
+    root = make_dataset(tmp_path / "v2")
+    info = json.loads((root / "meta" / "info.json").read_text())
+    info["chunks_size"] = 0
+    (root / "meta" / "info.json").write_text(json.dumps(info))
+    with pytest.raises(DatasetError, match=r"info\.json: field 'chunks_size' must be >= 1"):
+        LeRobotDataset(root)
+
+
+def test_an_episode_cut_short_while_written_leaves_no_file_behind(tmp_path, monkeypatch):
+    from gr00t_eval.dataset import writer as writer_module
+
+    root = tmp_path / "cut"
+    writer = DatasetWriter(root, 10)
+    frames = {"image": np.zeros((3, 16, 16, 3), np.uint8)}
+    writer.add_episode(frames, expected_states(0, 3), expected_actions(0, 3), "t")
+    writer.write_meta()
+    real_write = writer_module.Mp4Encoder.write
+
+    def interrupted(self, images):
+        real_write(self, images[:1])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writer_module.Mp4Encoder, "write", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        writer.add_episode(frames, expected_states(1, 3), expected_actions(1, 3), "t")
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and "meta" not in p.parts)
+    assert files == ["data/chunk-000/episode_000000.parquet", "videos/chunk-000/observation.images.image/episode_000000.mp4"]
+    assert LeRobotDataset(root).num_episodes == 1
+
+
+def test_meta_files_are_read_as_utf8_whatever_the_locale(tmp_path):
+    root = make_dataset(tmp_path / "v2", cameras=())
+    task = "pick the crème brûlée 拿起杯子"
+    (root / "meta" / "tasks.jsonl").write_bytes(
+        (json.dumps({"task_index": 0, "task": task}, ensure_ascii=False) + "\n"
+         + json.dumps({"task_index": 1, "task": "open the drawer"}) + "\n").encode("utf-8"))
+    script = ("import sys, locale; from gr00t_eval.dataset import LeRobotDataset; "
+              "sys.stderr.write(locale.getpreferredencoding(False)); "
+              "sys.stdout.buffer.write(LeRobotDataset(sys.argv[1]).tasks[0].encode('utf-8'))")
+    env = {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", script, str(root)], capture_output=True, env=env)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert done.stdout.decode("utf-8") == task, done.stderr  # read under an ASCII locale (stderr names it)
+
+
+def test_open_loop_of_a_long_episode_holds_only_the_frames_it_needs(tmp_path):
+    """A buffer for the whole episode (T x H x W x 3) was allocated for a few inference steps: 51.5 GiB for a
+    60,000-step 480x640 episode evaluated with --steps 32."""
+    from gr00t_eval.open_loop import OpenLoopConfig, evaluate_trajectory
+    from gr00t_client import ModalityConfig
+    from gr00t_server.policies.replay import ReplayPolicy
+
+    root = make_dataset(tmp_path / "long", lengths=(3000,), cameras=("image",), size=(64, 64), gop=30)
+    dataset = LeRobotDataset(root)
+    configs = {"video": ModalityConfig([0], ["image"]), "state": ModalityConfig([0], ["arm", "gripper"]),
+               "action": ModalityConfig(list(range(8)), ["arm", "gripper"]),
+               "language": ModalityConfig([0], ["annotation.human.action.task_description"])}
+    policy = ReplayPolicy(dataset, configs, execution_horizon=8, strict=False)
+    tracemalloc.start()
+    try:
+        result = evaluate_trajectory(policy, dataset, 0, OpenLoopConfig(str(root), steps=16, execution_horizon=8,
+                                                                          plot=False), configs, report=lambda text: None)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.errors.mse == pytest.approx(0.0)
+    assert peak < 3000 * 64 * 64 * 3 / 4, peak  # a whole-episode buffer alone is 36.9 MB
+
+
+def test_concurrent_claims_of_one_folder_leave_exactly_one_holder(tmp_path):
+    from gr00t_eval.run_claim import claim_output_dir, finish_claim, take_claim
+    from gr00t_eval.run_dir import OutputDirError
+
+    folder = tmp_path / "rec"
+    folder.mkdir()
+    finish_claim(claim_output_dir(folder, ".claim.json", {}), "complete")  # an earlier recording's, finished
+    outcomes, start = [], threading.Barrier(6)
+
+    def claim():
+        start.wait()
+        try:
+            take_claim(folder, ".claim.json", {})
+            outcomes.append("held")
+        except OutputDirError as exc:
+            outcomes.append(str(exc))
+
+    threads = [threading.Thread(target=claim) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert outcomes.count("held") == 1, outcomes
+    assert all("in use" in outcome or "taken by another run" in outcome for outcome in outcomes if outcome != "held")
+
+
+def test_overwriting_keeps_the_recordings_claim_and_does_not_count_it_as_content(tmp_path):
+    folder = tmp_path / "rec"
+    folder.mkdir()
+    (folder / ".claim.json").write_text("{}")
+    DatasetWriter(folder, 10, keep=(".claim.json",))  # an otherwise empty folder is empty
+    make_dataset(folder / "x")
+    shutil.copytree(folder / "x", folder, dirs_exist_ok=True)
+    shutil.rmtree(folder / "x")
+    DatasetWriter(folder, 10, overwrite=True, keep=(".claim.json",))
+    assert sorted(p.name for p in folder.iterdir()) == [".claim.json"]
