@@ -212,26 +212,27 @@ def test_concurrent_claims_of_one_folder_leave_exactly_one_holder(tmp_path):
     from gr00t_eval.run_claim import claim_output_dir, finish_claim, take_claim
     from gr00t_eval.run_dir import OutputDirError
 
-    folder = tmp_path / "rec"
-    folder.mkdir()
-    finish_claim(claim_output_dir(folder, ".claim.json", {}), "complete")  # an earlier recording's, finished
-    outcomes, start = [], threading.Barrier(6)
+    for attempt in range(10):  # a race: several rounds, each from an earlier recording's finished claim
+        folder = tmp_path / f"rec{attempt}"
+        folder.mkdir()
+        finish_claim(claim_output_dir(folder, ".claim.json", {}), "complete")
+        outcomes, start = [], threading.Barrier(6)
 
-    def claim():
-        start.wait()
-        try:
-            take_claim(folder, ".claim.json", {})
-            outcomes.append("held")
-        except OutputDirError as exc:
-            outcomes.append(str(exc))
+        def claim():
+            start.wait()
+            try:
+                take_claim(folder, ".claim.json", {})
+                outcomes.append("held")
+            except OutputDirError as exc:
+                outcomes.append(str(exc))
 
-    threads = [threading.Thread(target=claim) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(10)
-    assert outcomes.count("held") == 1, outcomes
-    assert all("in use" in outcome or "taken by another run" in outcome for outcome in outcomes if outcome != "held")
+        threads = [threading.Thread(target=claim) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        assert outcomes.count("held") == 1, outcomes
+        assert all("in use" in outcome for outcome in outcomes if outcome != "held"), outcomes
 
 
 def test_overwriting_keeps_the_recordings_claim_and_does_not_count_it_as_content(tmp_path):

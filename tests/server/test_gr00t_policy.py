@@ -207,3 +207,15 @@ def test_cuda_device_without_cuda_is_a_clear_error(tiny_checkpoint):
         pytest.skip("this machine has CUDA")
     with pytest.raises(ValueError, match="CUDA is not available"):
         Gr00tPolicy(model_path=tiny_checkpoint, embodiment_tag="new_embodiment", device="cuda")
+
+
+def test_identity_names_the_checkpoint_by_its_content_wherever_it_is_copied(libero, copy_of, tmp_path):
+    """get_server_info reports it, so evaluations can refuse to merge or resume results of another checkpoint."""
+    from gr00t_server.test_checkpoint import make_test_checkpoint
+
+    identity = libero.identity()
+    assert identity["kind"] == "gr00t" and set(identity) == {"kind", "config_sha256", "weights_fingerprint"}
+    assert Gr00tPolicy(copy_of(), "libero_sim", device="cpu").identity() == identity
+    other = make_test_checkpoint(tmp_path / "other", size="tiny", seed=1)  # another finetune, same architecture
+    other_identity = Gr00tPolicy(other, "libero_sim", device="cpu").identity()
+    assert other_identity["weights_fingerprint"] != identity["weights_fingerprint"]

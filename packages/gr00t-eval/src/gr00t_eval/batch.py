@@ -24,6 +24,7 @@ from gr00t_client import BasePolicy, PolicyClient
 from gr00t_client.client import MAX_TIMEOUT_MS
 
 from .metrics import EpisodeOutcome
+from .policy_identity import describe, policy_record, same_policy
 from .results import RESULTS_FILENAME, write_results
 from .rollout.runner import RolloutConfig, draw_base_seed
 from .run_dir import EPISODE_LOG_FILENAME, RUN_FILENAME, EpisodeLog, add_earlier_eval_s, earlier_results
@@ -289,27 +290,37 @@ def job_dir_name(name: str) -> str:
     return slug if slug == name else f"{slug or 'job'}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
 
 
-def prepare_job_dir(job_dir: Path, config: RolloutConfig) -> Tuple[RolloutConfig, List[EpisodeOutcome]]:
+def prepare_job_dir(job_dir: Path, config: RolloutConfig,
+                    policy: Optional[Mapping[str, Any]] = None) -> Tuple[RolloutConfig, List[EpisodeOutcome]]:
     """A job's run.json and episodes.jsonl, like a rollout's: resume what they hold when the job is unchanged.
 
     Returns the config to run (with the base seed saved at the job's first start) and the episodes logged
-    by an earlier, unfinished attempt. A job whose settings changed since starts over; its old log is kept
-    as episodes.replaced.jsonl.
+    by an earlier, unfinished attempt. A job whose settings changed since, or whose server now serves another
+    policy (`policy`, policy_identity.policy_record), starts over; its old log is kept as episodes.replaced.jsonl.
     """
     job_dir.mkdir(parents=True, exist_ok=True)
     planned = planned_config(config)
     run_file, log = job_dir / RUN_FILENAME, job_dir / EPISODE_LOG_FILENAME
     saved = json.loads(run_file.read_text()) if run_file.is_file() else None
-    if saved is not None and saved.get("job_config") == planned:
+    same = saved is not None and saved.get("job_config") == planned
+    if same and not same_policy(saved.get("policy"), policy):
+        logger.warning("job %s: its server now serves %s, and its earlier attempt ran against %s; running the job from "
+                       "the start", job_dir.name, describe(policy), describe(saved.get("policy")))
+        same = False
+    if same:
+        assert saved is not None
+        if policy is not None and saved.get("policy") is None:
+            write_results(run_file, {**saved, "policy": dict(policy)})
         return RolloutConfig(**saved["config"]), [EpisodeOutcome.from_json_dict(e) for e in EpisodeLog(log).read()]
     if saved is not None and log.is_file():
-        logger.warning("job settings changed since %s was written; running the job from the start", log)
+        logger.warning("job settings or policy changed since %s was written; running the job from the start", log)
         log.replace(job_dir / "episodes.replaced.jsonl")
     if (job_dir / RESULTS_FILENAME).is_file():  # an earlier attempt's, of other settings: its time is not this run's
         (job_dir / RESULTS_FILENAME).replace(job_dir / "results.replaced.json")
     if config.seed is None:  # drawn once and saved, so a resumed job keeps every episode's seed
         config = dataclasses.replace(config, seed=draw_base_seed())
-    write_results(run_file, {"job_config": planned, "config": dataclasses.asdict(config)})
+    write_results(run_file, {"job_config": planned, "config": dataclasses.asdict(config),
+                             "policy": None if policy is None else dict(policy)})
     return config, []
 
 
@@ -356,15 +367,17 @@ def run_job(job: Job, policy_factory: Callable[[PolicyServerAddress], BasePolicy
         record["job_config"] = planned_config(config)
         on_episode = None
         earlier = None
+        policy = policy_factory(job.server)
+        served = policy_record(policy)  # which checkpoint or dataset the server serves
         if job_dir is not None:
-            config, done = prepare_job_dir(job_dir, config)
+            config, done = prepare_job_dir(job_dir, config, served)
             log = EpisodeLog(job_dir / EPISODE_LOG_FILENAME)
             on_episode = lambda outcome: log.append(outcome.to_json_dict())  # noqa: E731
             record["episode_log"] = str(log.path)
             record["resumed_episodes"] = sum(1 for outcome in done if outcome.error is None)
             earlier = earlier_results(job_dir, None) if done else None
-        policy = policy_factory(job.server)
         results = run_suite(policy, job.env_name, config, progress=progress, on_episode=on_episode, done=done)
+        results["policy"] = served
         if earlier is not None:  # the episodes kept from earlier attempts took their time too, as in rollout --resume
             add_earlier_eval_s(results, earlier)
         if job_dir is not None:  # what a later attempt adds its time to

@@ -76,7 +76,7 @@ def record_metaworld(
     if image_size % 2:  # checked here, before the dataset directory is made
         raise ValueError(f"image_size must be even (the dataset's mp4 videos are yuv420p), got {image_size}")
     camera = camera or DEFAULT_CAMERA
-    from .run_claim import finish_claim, finished_however_it_ends, refuse_live_claim, take_claim
+    from .run_claim import claim_lock_name, finish_claim, finished_however_it_ends, refuse_live_claim, take_claim
     from .run_dir import sigterm_as_interrupt
 
     output_path = Path(output)
@@ -84,7 +84,8 @@ def record_metaworld(
         raise FileExistsError(f"{output} exists and is not a directory")
     if output_path.is_dir():
         refuse_live_claim(output, RECORD_CLAIM, flag="--output")  # never empty a directory another recording fills
-        if not overwrite and any(entry.name != RECORD_CLAIM for entry in output_path.iterdir()):
+        if not overwrite and any(entry.name not in (RECORD_CLAIM, claim_lock_name(RECORD_CLAIM))
+                                 for entry in output_path.iterdir()):
             raise FileExistsError(f"dataset directory {output} is not empty")  # before the env and the progress bar
     env = MetaWorldEnv(task, image_size=image_size, camera=camera)
     expert = scripted_policy(task)
@@ -104,7 +105,7 @@ def record_metaworld(
             claim = take_claim(output, RECORD_CLAIM, settings, flag="--output")
             with finished_however_it_ends(lambda outcome: finish_claim(claim, outcome)):
                 with DatasetWriter(output, fps=METAWORLD_FPS, robot_type="sawyer", overwrite=overwrite,
-                                   keep=(RECORD_CLAIM,)) as writer:
+                                   keep=(RECORD_CLAIM, claim_lock_name(RECORD_CLAIM))) as writer:
                     summary.started = True
                     _record_episodes(env, expert, writer, summary, env_name, camera, n_episodes, seed, max_episode_steps, bar)
     except KeyboardInterrupt as exc:

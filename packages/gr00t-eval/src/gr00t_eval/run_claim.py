@@ -62,25 +62,35 @@ def claim_output_dir(path: Union[str, Path], filename: str, settings: Mapping[st
     return claim
 
 
+def claim_lock_name(filename: str) -> str:
+    """The file take_claim locks beside a claim file (kept, like the claim, when the directory is emptied)."""
+    return f"{filename}.lock"
+
+
 def take_claim(path: Union[str, Path], filename: str, settings: Mapping[str, Any], flag: str = "--output-dir") -> Path:
-    """claim_output_dir, taking over a claim whose run finished or whose process is gone: that claim file is first
-    renamed aside, which only one of several runs racing for the directory can do, so exactly one of them holds
-    the claim afterwards; the others are refused as by a live claim. OutputDirError while the holder still runs."""
+    """claim_output_dir, taking over a claim whose run finished or whose process is gone. The check and the
+    take-over happen under an exclusive lock of a file beside the claim (claim_lock_name), so of several runs
+    racing for the directory exactly one holds the claim; the others are refused as by a live claim.
+    OutputDirError while the holder still runs, or for a claim file without a readable holder."""
     directory = Path(path)
-    claim = directory / filename
-    for _ in range(5):
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; the exclusive create still lets only one run claim a free directory
+        fcntl = None  # type: ignore[assignment]
+    with open(directory / claim_lock_name(filename), "a", encoding="utf-8") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         try:
+            try:
+                return claim_output_dir(directory, filename, settings, flag)
+            except OutputDirError:
+                if refuse_live_claim(directory, filename, flag) is None and (directory / filename).exists():
+                    raise  # a claim file without a readable holder: not ours to take
+            (directory / filename).unlink(missing_ok=True)  # finished, or its process is gone
             return claim_output_dir(directory, filename, settings, flag)
-        except OutputDirError:
-            if refuse_live_claim(directory, filename, flag) is None and claim.exists():
-                raise  # a claim file without a readable holder: not ours to take
-        aside = claim.with_name(f".{claim.name}.replaced.{os.getpid()}.{time.monotonic_ns()}")
-        try:
-            os.rename(claim, aside)
-        except FileNotFoundError:  # another run took it over first; its new claim refuses this one next time round
-            continue
-        aside.unlink(missing_ok=True)
-    raise OutputDirError(f"{flag} {path}: could not claim it ({filename} kept changing); another run is starting there")
+        finally:
+            if fcntl is not None:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
 def holder_record() -> Dict[str, Any]:

@@ -203,6 +203,16 @@ def write_run_file(directory: Union[str, Path], settings: Mapping[str, Any], sha
     return path
 
 
+def record_run_policy(directory: Union[str, Path], shard: Any, policy: Mapping[str, Any]) -> None:
+    """Add the policy the run evaluates (policy_identity.policy_record) to its run file, for a resume to check."""
+    from .results import write_results
+
+    path = Path(directory) / run_file_name(shard)
+    saved = json.loads(path.read_text()) if path.is_file() else None
+    if isinstance(saved, dict):
+        write_results(path, {**saved, "policy": dict(policy)})
+
+
 def claim_resumed_run(directory: Union[str, Path], shard: Any = None) -> None:
     """Record this process as the holder of the run being resumed in DIRECTORY (its run file), so that run is
     not overwritten, nor resumed twice at once, while it runs; OutputDirError while its holder still runs.

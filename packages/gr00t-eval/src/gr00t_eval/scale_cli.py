@@ -219,12 +219,14 @@ def run_rollout_command(args: argparse.Namespace) -> int:
         check_ray_address(args.ray_address)
     done: List[EpisodeOutcome] = []
     earlier = None
+    first_policy = None  # the policy the run's first attempt evaluated (its run file), which a resume must match
     if args.resume:  # a Ray run resumes like any other: its driver logged every episode in episodes.jsonl
         output_dir = Path(args.resume)
         saved = read_run_file(output_dir, shard)
         refuse_changed_settings(args, saved)
         env_spec = saved["env_name"]
         config = RolloutConfig(**saved["config"])
+        first_policy = saved.get("policy")
         earlier = earlier_results(output_dir, shard)
         done = [EpisodeOutcome.from_json_dict(e) for e in EpisodeLog(output_dir / episode_log_name(shard)).read()]
         finished = sum(1 for o in done if o.error is None)
@@ -241,7 +243,7 @@ def run_rollout_command(args: argparse.Namespace) -> int:
         write_run_file(output_dir, {"env_name": env_spec, "config": dataclasses.asdict(config),
                                     "shard": None if shard is None else str(shard)}, shard)
     print(f"Output directory: {output_dir} (base seed {config.seed})")
-    results = _run(args, env_spec, config, shard, done, output_dir)
+    results = _run(args, env_spec, config, shard, done, output_dir, first_policy)
     if earlier is not None:
         add_earlier_eval_s(results, earlier)
     return _report_rollout(args, results, output_dir, shard)
@@ -303,11 +305,13 @@ def print_incomplete(results: Mapping[str, Any]) -> int:
     return n_errors
 
 
-def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done: Any, output_dir: Path) -> Dict[str, Any]:
+def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done: Any, output_dir: Path,
+         first_policy: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     from . import connection
     from .cli_errors import UsageError
+    from .policy_identity import describe, policy_record, same_policy
     from .ray_runner import parse_servers, run_with_ray
-    from .run_dir import EpisodeLog, episode_log_name, sigterm_as_interrupt
+    from .run_dir import EpisodeLog, episode_log_name, record_run_policy, sigterm_as_interrupt
     from .shard import run_suite
 
     servers = parse_servers(args.host, args.port)
@@ -323,10 +327,18 @@ def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done:
         raise UsageError("several --policy-client-host entries need --ray-address (one server per shard)")
     server = servers[0]
     with connection.open_client(server.host, server.port, args) as client:
+        policy = policy_record(client)
+        if not same_policy(first_policy, policy):  # its finished episodes would be reported with another policy's
+            raise UsageError(f"--resume {output_dir}: the server at {server} serves {describe(policy)}, and this run "
+                             f"started against {describe(first_policy)}; serve the same checkpoint (or dataset) to "
+                             "continue it, or start a new run")
+        if policy is not None and first_policy is None:
+            record_run_policy(output_dir, shard, policy)
         with sigterm_as_interrupt():
             results = run_suite(client, env_spec, config, shard, progress=True,
                                 on_episode=lambda outcome: log.append(outcome.to_json_dict()), done=done)
     results["config"].update(policy_client_host=server.host, policy_client_port=server.port)
+    results["policy"] = policy
     results["episode_log"] = str(log.path)
     return results
 

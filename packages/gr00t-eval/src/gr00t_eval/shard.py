@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from gr00t_client import BasePolicy
 
 from .metrics import EpisodeOutcome
+from .policy_identity import describe, same_policy
 from .rollout.runner import RolloutConfig, draw_base_seed
 from .suites import Task, TaskRun, outcome_from_json, resolve_tasks, run_tasks, suite_results
 
@@ -151,6 +152,12 @@ def merge_results(shards: Sequence[Mapping[str, Any]], allow_missing: bool = Fal
         if other != key:
             raise MergeError(f"{label[position]} ran a different plan than {label[0]}: "
                              f"{plan_difference(shards[0], results)}; only shards of one plan merge")
+    policies = [(label[i], results.get("policy")) for i, results in enumerate(shards) if results.get("policy")]
+    for name, policy in policies[1:]:
+        if not same_policy(policies[0][1], policy):
+            raise MergeError(f"{name} was run against another policy than {policies[0][0]}: {describe(policy)}, not "
+                             f"{describe(policies[0][1])}; only shards of one policy merge (rerun that shard against "
+                             "the same checkpoint or dataset)")
     task_pairs, n_episodes, seed, _ = key
     tasks = [Task(env_name, group) for env_name, group in task_pairs]
     seen: Dict[Tuple[str, int], int] = {}
@@ -194,6 +201,8 @@ def merge_results(shards: Sequence[Mapping[str, Any]], allow_missing: bool = Fal
         "merged_from": [results.get("plan", {}).get("shard") for results in shards],
         "missing_episodes": missing,
         "n_not_run": len(missing) + len(not_run_by_failed_task),  # as a single run counts the episodes it never ran
+        "policy": policies[0][1] if policies else None,
+        "merged_servers": [_server_of(results) for results in shards],
     }
     statuses = [results.get("status", "complete") for results in shards]
     # A merge with episodes in no file is no complete run, even when every shard given completed.
@@ -203,6 +212,12 @@ def merge_results(shards: Sequence[Mapping[str, Any]], allow_missing: bool = Fal
         reasons.append(f"{len(missing)} episodes are in no results file (merged with --allow-missing)")
     return suite_results(tasks, runs, config, first.get("env_name", ""), first.get("suite"), extra, status,
                          "; ".join(reasons) or None)
+
+
+def _server_of(results: Mapping[str, Any]) -> Optional[str]:
+    config = results.get("config") or {}
+    host, port = config.get("policy_client_host"), config.get("policy_client_port")
+    return None if host is None and port is None else f"{host}:{port}"
 
 
 def results_from_outcomes(env_spec: str, config: RolloutConfig, shard: Optional[ShardSpec],

@@ -113,6 +113,9 @@ def _add_limit_flags(p: argparse.ArgumentParser) -> None:
                    help=f"evict a session unused this many seconds (default {d.session_idle_s:.0f})")
     p.add_argument(*_flag("max-client-queued-mb"), type=float, default=None,
                    help="request bytes one connection may have waiting for the policy beyond its first request (default 16)")
+    p.add_argument(*_flag("max-queued-mb"), type=float, default=d.max_queued_bytes / (1024 * 1024),
+                   help=f"request bytes waiting for the policy, all connections together; a request that finds none "
+                        f"waiting is always taken (default {d.max_queued_bytes // (1024 * 1024)})")
     p.add_argument(*_flag("max-client-queued-requests"), type=int, default=d.max_client_queued_requests,
                    help=f"requests one connection may have waiting for their replies (a REQ client has one; "
                         f"default {d.max_client_queued_requests})")
@@ -121,6 +124,9 @@ def _add_limit_flags(p: argparse.ArgumentParser) -> None:
 def _server_limits(args: argparse.Namespace) -> Any:
     from .serving.limits import ServerLimits
 
+    for flag, value in (("--max-client-queued-mb", args.max_client_queued_mb), ("--max-queued-mb", args.max_queued_mb)):
+        if value is not None and not 0 < value < float("inf"):  # NaN too
+            raise CliError(f"{flag} must be a finite number of MiB > 0, got {value}")
     queued = None if args.max_client_queued_mb is None else max(1, int(args.max_client_queued_mb * 1024 * 1024))
     try:
         return ServerLimits(
@@ -128,6 +134,7 @@ def _server_limits(args: argparse.Namespace) -> Any:
             max_cameras=args.max_cameras, max_image_pixels=args.max_image_pixels, max_sessions=args.max_sessions,
             session_idle_s=args.session_idle_s, max_client_queued_bytes=queued,
             max_client_queued_requests=args.max_client_queued_requests,
+            max_queued_bytes=max(1, int(args.max_queued_mb * 1024 * 1024)),
         )
     except ValueError as exc:
         raise CliError(f"--{str(exc).replace('_', '-')}") from exc

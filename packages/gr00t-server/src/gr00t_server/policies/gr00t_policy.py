@@ -268,6 +268,16 @@ class Gr00tPolicy(BasePolicy):
         """{video, state, action, language} modality configs of the selected embodiment (no rl_info)."""
         return dict(self.modality_configs)
 
+    def identity(self) -> Dict[str, Any]:
+        """Which model this is, the same wherever its checkpoint is copied and at any dtype: the hash of its config
+        and a fingerprint of its weights (as ONNX exports record them); get_server_info reports it so that an
+        evaluation can tell one checkpoint's results from another's. Computed once."""
+        if getattr(self, "_identity", None) is None:
+            from gr00t_server.backends.common import model_identity
+
+            self._identity = {"kind": "gr00t", **model_identity(self.model)}
+        return dict(self._identity)
+
     def reset(self, options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         """Stateless policy: nothing to reset."""
         return {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections import OrderedDict
@@ -103,6 +104,19 @@ class ReplayPolicy(BasePolicy):
     # -- BasePolicy -------------------------------------------------------------------------------
     def get_modality_config(self) -> Dict[str, ModalityConfig]:
         return self.modality_configs
+
+    def identity(self) -> Dict[str, Any]:
+        """What this server replays, the same wherever the dataset is copied: a hash of the dataset's meta/ files
+        (its episode list, tasks and info) and the execution horizon; get_server_info reports it so that an
+        evaluation can tell one policy's results from another's."""
+        if getattr(self, "_identity", None) is None:
+            digest = hashlib.sha256()
+            meta = Path(self.dataset.root) / "meta"
+            for path in sorted(p for p in meta.rglob("*") if p.is_file() and p.name != "stats.json"):
+                digest.update(path.relative_to(meta).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+            self._identity = {"kind": "replay", "dataset_meta_sha256": digest.hexdigest()[:16],
+                              "episodes": self.dataset.num_episodes, "execution_horizon": self.execution_horizon}
+        return dict(self._identity)
 
     @property
     def num_episodes(self) -> int:

@@ -61,8 +61,15 @@ def log_text(text: str, limit: int = LOGGED_TEXT_CHARS, quoted: bool = True) -> 
     return f"{shown}... ({len(text) - limit} more characters)" if len(text) > limit else shown
 
 
+class UnencodableResultError(Exception):
+    """The policy's result cannot be sent (an object the wire cannot carry): the server's fault, not the client's, so
+    counted and logged as an internal error, though its text (which names the value's type) is sent."""
+
+
 def error_text(endpoint: str, exc: BaseException) -> Tuple[str, bool]:
     """(bounded reply text, is_internal) for an exception raised while serving `endpoint`."""
+    if isinstance(exc, UnencodableResultError):
+        return bounded(str(exc)), True
     if isinstance(exc, VALIDATION_ERRORS):
         try:
             text = str(exc) if isinstance(exc, RequestError) else f"{type(exc).__name__}: {exc}"

@@ -3,17 +3,18 @@ endpoint): drop expired requests, evict idle sessions, call endpoints alone or a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional
 
 from gr00t_client import codec
 from gr00t_client.client import ERROR_MARKER
 
 from . import batching, limits as work_limits
 from .batching import GatherWindow
-from .endpoints import RateLimitedLog, error_text, log_text
+from .endpoints import RateLimitedLog, UnencodableResultError, error_text, log_text
 from .messages import WIRE_NPSAVE, Request, RequestError, encode_reply, encode_timed_reply
 from .sessions import session_dropper
 from .worker import InlineCallAbandoned, InlineGate, Job, Reply, only_get_action
@@ -131,6 +132,22 @@ class JobRunner:
         finally:
             self.current = None
 
+    @contextlib.contextmanager
+    def counted_call(self, rows: int, endpoint: str) -> Iterator[None]:
+        """Count a policy call of `rows` requests (policy_calls, batch sizes) once it ran: returned, or failed inside
+        the policy. A call refused by its own input checks never reached the model and is not counted."""
+        try:
+            yield
+        except Exception as exc:
+            if error_text(endpoint, exc)[1]:
+                self._count_call(rows)
+            raise
+        self._count_call(rows)
+
+    def _count_call(self, rows: int) -> None:
+        self._server.stats.record_batch(rows)
+        self._server._metrics.observe_batch(rows)
+
     def serve_one(self, request: Request) -> Reply:
         """Call the request's endpoint and encode its reply (or its error)."""
         started = time.monotonic()
@@ -163,7 +180,9 @@ class JobRunner:
         started = time.monotonic()
         try:
             merged, rows = batching.merge_observations([r.data["observation"] for r in valid], [r.rows for r in valid])
-            action, info = work_limits.action_and_info(policy.get_action(merged, None))
+            with self.counted_call(len(valid), "get_action"):
+                raw = policy.get_action(merged, None)
+            action, info = work_limits.action_and_info(raw)
             stages = policy_stages(policy)
             parts = batching.split_result(action, info, rows, batching.declared_per_row_info_keys(policy))
         except Exception as exc:
@@ -173,8 +192,6 @@ class JobRunner:
             return
         policy_ms = (time.monotonic() - started) * 1000.0
         self._window.observe_call(policy_ms / 1000.0)
-        self._server.stats.record_batch(len(valid))
-        self._server._metrics.observe_batch(len(valid))
         for request, (part_action, part_info) in zip(valid, parts):
             request.timing = stages
             try:
@@ -194,9 +211,6 @@ class JobRunner:
         timing: Optional[Dict[str, Any]] = None  # every get_action's stages (metrics); in the reply when asked for
         wants_timing = False
         if request.endpoint == "get_action" and isinstance(result, list) and len(result) == 2:
-            if batch_size == 1:
-                stats.record_batch(1)
-                metrics.observe_batch(1)
             if policy_started is None:
                 policy_started = time.monotonic() - policy_ms / 1000.0
             queue_ms = (policy_started - request.received_at) * 1000.0 - request.decode_ms
@@ -212,13 +226,16 @@ class JobRunner:
         try:
             if not wants_timing:
                 frames = encode_reply(request, result, ok=True)
-            elif request.wire_format == WIRE_NPSAVE:  # np.save-era peers get the timing in info, packed plainly
-                info = dict(result[1], server_timing=dict(timing or {}, encode_ms=0.0))
+            elif request.wire_format == WIRE_NPSAVE:  # np.save-era peers get the timing in info, packed plainly,
+                # without encode_ms: the timing is inside what is encoded (it read 0.0, which is no measurement)
+                info = dict(result[1], server_timing=dict(timing or {}))
                 frames = encode_reply(request, [result[0], info], ok=True)
             else:
                 frames = encode_timed_reply(request, result[0], result[1], timing or {}, started)
-        except Exception as exc:
-            return request, self.error_frames(request, RequestError(f"could not encode the result of '{request.endpoint}': {exc}"))
+        except Exception as exc:  # a policy returned what the wire cannot carry: its bug, counted as internal
+            error = UnencodableResultError(f"could not encode the result of '{request.endpoint}': {exc}")
+            error.__cause__ = exc
+            return request, self.error_frames(request, error)
         # Multipart frames view the policy's own arrays; the socket thread sends them later, by when a policy that
         # reuses its output buffer (ONNX/TensorRT bindings) may have overwritten them. Own the bytes now.
         frames = [bytes(frame) if isinstance(frame, memoryview) else frame for frame in frames]

@@ -41,10 +41,15 @@ class ServerLimits:
     # let one pipelining connection of small requests take every slot of the shared queue below.
     max_client_queued_requests: int = 8
     max_queued_requests: int = 1024  # requests waiting for the policy, all clients together
+    # Request bytes waiting for the policy, all connections together: each connection's first request is always
+    # taken, so without this, many connections of one large request each held (connections x message size) bytes.
+    # A request that finds nothing waiting is always taken, so a single request up to the message size still goes.
+    max_queued_bytes: int = 1024 * 1024 * 1024
 
     def __post_init__(self) -> None:
         for name in ("max_rows", "max_language_chars", "max_language_tokens", "max_cameras", "max_image_pixels",
-                     "max_session_id_chars", "max_sessions", "max_client_queued_requests", "max_queued_requests"):
+                     "max_session_id_chars", "max_sessions", "max_client_queued_requests", "max_queued_requests",
+                     "max_queued_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -351,4 +356,5 @@ def per_row_summary(limits: ServerLimits) -> Dict[str, Any]:
         "max_session_id_chars": limits.max_session_id_chars,
         "max_sessions": limits.max_sessions,
         "session_idle_s": limits.session_idle_s,
+        "max_queued_bytes": limits.max_queued_bytes,
     }

@@ -63,7 +63,11 @@ class RequestLoop:
         self.queued_bytes: Dict[bytes, int] = {}  # per connection: bytes of requests not yet answered
         self.queued_counts: Dict[bytes, int] = {}  # per connection: requests not yet answered
         self.queued_requests = 0
+        self.queued_bytes_total = 0  # bytes of all requests not yet answered
         self.active_clients: Dict[str, float] = {}  # session -> when its last get_action was gathered
+        # session -> when its last get_action was admitted, batched or not (the gr00t_active_clients gauge)
+        self.clients_seen: Dict[str, float] = {}
+        self._clients_seen_prune_at = 256
         self._cut_round: Optional[Tuple[float, Set[str]]] = None  # (round start, clients missing) of a round cut short
         # Clients a round was cut without and that have not sent since: the next rounds do not wait for them again
         # (a stalled or departed client would otherwise cost every round the whole gather window until forgotten).
@@ -147,6 +151,8 @@ class RequestLoop:
         except Exception as exc:
             self.reply_error(request, exc)
             return
+        if request.endpoint == "get_action":
+            self._note_client(request)
         shape = batching.batch_shape(request.data) if request.endpoint == "get_action" and server.batching_enabled else None
         if shape is not None:
             self._note_straggler(request)
@@ -185,6 +191,13 @@ class RequestLoop:
             server.stats.add("refused")
             request.outcome = "refused"
             raise RequestError(f"server busy: {self.queued_requests} requests are waiting for the policy; try again")
+        if self.queued_bytes_total and self.queued_bytes_total + request.nbytes > server.limits.max_queued_bytes:
+            server.stats.add("refused")
+            request.outcome = "refused"
+            raise RequestError(f"server busy: {self.queued_bytes_total} bytes of requests are waiting for the policy; a "
+                               f"further {request.nbytes} bytes would exceed its budget of {server.limits.max_queued_bytes} "
+                               "bytes (--max-queued-mb); try again")
+        self.queued_bytes_total += request.nbytes
         self.queued_bytes[request.identity] = queued + request.nbytes
         self.queued_counts[request.identity] = waiting + 1
         self.queued_requests += 1
@@ -195,6 +208,7 @@ class RequestLoop:
             return
         request.admitted = False
         self.queued_requests -= 1
+        self.queued_bytes_total -= request.nbytes
         left = self.queued_bytes.get(request.identity, 0) - request.nbytes
         if left > 0:
             self.queued_bytes[request.identity] = left
@@ -325,11 +339,19 @@ class RequestLoop:
         """The time.monotonic() before which a client's last gathered get_action no longer makes it active."""
         return time.monotonic() - max(ACTIVE_CLIENT_WINDOW_S, 10 * self._server.batch_timeout_ms / 1000.0)
 
+    def _note_client(self, request: Request) -> None:
+        """Remember when this client last sent get_action; the table is pruned of quiet clients as it grows."""
+        self.clients_seen[request.session] = request.received_at
+        if len(self.clients_seen) > self._clients_seen_prune_at:
+            cutoff = time.monotonic() - ACTIVE_CLIENT_WINDOW_S
+            self.clients_seen = {s: t for s, t in self.clients_seen.items() if t >= cutoff}
+            self._clients_seen_prune_at = max(256, 2 * len(self.clients_seen))
+
     def active_client_count(self) -> int:
-        """Clients whose get_action was gathered recently (safe from another thread: the metrics gauge; the ones gone
-        quiet are forgotten only at the next gather)."""
-        cutoff = self._active_cutoff()
-        return sum(1 for last in list(self.active_clients.values()) if last >= cutoff)
+        """Clients that sent get_action within the last ACTIVE_CLIENT_WINDOW_S, batched or not (read from another
+        thread by the metrics gauge)."""
+        cutoff = time.monotonic() - ACTIVE_CLIENT_WINDOW_S
+        return sum(1 for last in list(self.clients_seen.values()) if last >= cutoff)
 
     def _recent_clients(self) -> AbstractSet[str]:
         """Sessions whose get_action was batched recently (and forget the ones gone quiet)."""

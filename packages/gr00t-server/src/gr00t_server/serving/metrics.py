@@ -9,9 +9,13 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Collection, Dict, Optional
 
+from gr00t_client.client import endpoint_host
+
 from ..threads import stop_signals_blocked
 
 logger = logging.getLogger("gr00t_server.serving")
+
+METRICS_CONNECTION_TIMEOUT_S = 10.0  # per read of a metrics connection; an idle one is closed after it
 
 # Stages of a request that server_timing reports (ms); the histograms take them in seconds.
 STAGES = ("decode", "queue_wait", "policy", "preprocess", "model", "postprocess", "encode")
@@ -95,8 +99,12 @@ class ServerMetrics(NullMetrics):
         prometheus = require_prometheus()
         with stop_signals_blocked():  # its thread, and the threads it starts per scrape, leave stop signals to main
             self._http, self._thread = prometheus.start_http_server(port, addr=host, registry=self.registry)
+        # A connection that sends nothing held a thread for ever (400 idle connections: 406 threads): each
+        # connection now gets METRICS_CONNECTION_TIMEOUT_S per read, as a scrape needs milliseconds.
+        handler = self._http.RequestHandlerClass
+        self._http.RequestHandlerClass = type("TimedMetricsHandler", (handler,), {"timeout": METRICS_CONNECTION_TIMEOUT_S})
         self.port = int(self._http.server_address[1])
-        logger.info("metrics at http://%s:%d/metrics", host, self.port)
+        logger.info("metrics at http://%s:%d/metrics", endpoint_host(host), self.port)
         return self.port
 
     def request_done(self, endpoint: str, outcome: str) -> None:

@@ -8,7 +8,7 @@ import math
 import numbers
 import signal
 import threading
-from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
 from gr00t_client.client import PROTOCOL_VERSION, normalize_host
 from gr00t_client.policy import BasePolicy
@@ -34,6 +34,7 @@ from .stats import ServerStats
 from ..curve import CurveServerConfig
 from .transport import Transport
 from .worker import DEFAULT_INLINE_BELOW_MS, InlineGate, PolicyWorker
+from .wrappers import policy_chain
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ __all__ = [
 # unanswered (or, at -1, lifts the cap), an infinite shutdown timeout overflows the stop timer.
 _SETTINGS: Dict[str, Tuple[bool, float, float, str]] = {
     "port": (True, 0, 65535, "a port number from 0 (any free port) to 65535"),
-    "metrics_port": (True, 0, 65535, "a port number from 0 (any free port) to 65535, or None"),
+    "metrics_port": (True, 0, 65535, "a port number from 0 (any free port) to 65535"),
     "max_message_bytes": (True, 1, 2**63 - 1, "a whole number of bytes >= 1"),
     "max_batch_size": (True, 1, 2**31 - 1, "a whole number >= 1 (1: batching off)"),
     "poll_interval_ms": (True, 1, 3_600_000, "a whole number of milliseconds from 1 to 3600000"),
@@ -80,6 +81,8 @@ def check_server_settings(spell: Callable[[str], str] = str, **values: Any) -> N
         if whole:
             number = number and (isinstance(value, numbers.Integral) or (math.isfinite(value) and value == int(value)))
         if not (number and lowest <= value <= highest):
+            if name == "metrics_port":  # None (no endpoint) is spelled as the API has it; a flag is simply left out
+                expected += ", or None" if spell is str else " (leave the flag out for none)"
             raise ValueError(f"{spell(name)} must be {expected}, got {value!r}")
 
 
@@ -268,7 +271,9 @@ class PolicyServer:
     def _get_action(self, observation: Any = None, options: Any = None) -> List[Any]:
         request = self._current
         assert request is not None
-        action, info = work_limits.action_and_info(self.policy.get_action(observation, self._with_session(options, request)))
+        with self._runner.counted_call(1, "get_action"):
+            raw = self.policy.get_action(observation, self._with_session(options, request))
+        action, info = work_limits.action_and_info(raw)
         request.timing = policy_stages(self.policy)
         work_limits.check_finite_action(action, observation)
         return [action, info]
@@ -281,6 +286,19 @@ class PolicyServer:
     def _get_modality_config(self) -> Any:
         getter = getattr(self.policy, "get_modality_config", None)
         return getter() if getter else {}
+
+    def _policy_identity(self) -> Optional[Dict[str, Any]]:
+        """The served policy's `identity()` (the first in its wrapper chain that has one: which checkpoint or dataset
+        it serves), or None; never raises, as info must answer."""
+        for policy in policy_chain(self.policy):
+            identity = getattr(policy, "identity", None)
+            if callable(identity):
+                try:
+                    value = identity()
+                except Exception as exc:  # noqa: BLE001
+                    return {"error": error_text("identity", exc)[0]}
+                return dict(value) if isinstance(value, Mapping) else None
+        return None
 
     def _get_server_info(self) -> Dict[str, Any]:
         from .. import __version__ as server_version
@@ -295,6 +313,7 @@ class PolicyServer:
             "protocol_version": PROTOCOL_VERSION,
             "versions": {"gr00t-server": server_version, "gr00t-client": client_version},
             "policy_class": type(self.policy).__name__,
+            "policy_identity": self._policy_identity(),
             "embodiment_tag": self.embodiment_tag,
             "modality_configs": modality,
             "capabilities": ["multipart", "sessions", "server_timing", "deadlines"]

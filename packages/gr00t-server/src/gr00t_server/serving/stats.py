@@ -14,11 +14,11 @@ class ServerStats:
 
     requests: int = 0
     errors: int = 0
-    refused: int = 0  # over a work, queue or session limit (also counted in errors)
+    refused: int = 0  # over a queue or connection budget, the server's or a connection's (also counted in errors)
     expired: int = 0  # dropped before the policy because the client's deadline had passed
     internal_errors: int = 0
     sessions_evicted: int = 0
-    policy_calls: int = 0
+    policy_calls: int = 0  # calls that ran the policy: returned, or failed inside it (not refused by its input checks)
     inline_jobs: int = 0  # get_action jobs the socket thread ran itself (cheap policies; worker.InlineGate)
     encode_ms_total: float = 0.0
     batch_sizes: Counter = field(default_factory=Counter)
@@ -48,6 +48,7 @@ class ServerStats:
                 "sessions_evicted": self.sessions_evicted,
                 "policy_calls": self.policy_calls,
                 "inline_jobs": self.inline_jobs,
+                "encode_ms_total": round(self.encode_ms_total, 3),
                 "batch_sizes": {str(size): count for size, count in sorted(self.batch_sizes.items())},
                 "mean_batch_rows": rows / self.policy_calls if self.policy_calls else 0.0,
             }

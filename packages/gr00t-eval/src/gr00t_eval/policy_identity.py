@@ -1,0 +1,53 @@
+"""Which policy a run evaluated, as the server describes it, so results of different policies are never combined.
+
+`get_server_info` names the policy's class, embodiment, modality configs and (gr00t-server) its `policy_identity`:
+a hash of the checkpoint's config and a fingerprint of its weights, or of a replay dataset's meta files. Results,
+run files and batch jobs record that as `policy` with a `fingerprint` of it all; `merge` refuses shards of different
+fingerprints, and a resumed run or job checks that its server still serves the policy its first attempt did.
+A server that gives no info (the reference's) is recorded as None, and None is compared with nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any, Dict, Mapping, Optional
+
+logger = logging.getLogger(__name__)
+
+
+def policy_record(client: Any) -> Optional[Dict[str, Any]]:
+    """{policy_class, embodiment_tag, identity, fingerprint} of what `client`'s server serves; None when it gives no
+    info (a reference server, an in-process policy)."""
+    get_info = getattr(client, "get_server_info", None)
+    if not callable(get_info):
+        return None
+    try:
+        info = get_info()
+    except Exception as exc:  # noqa: BLE001 - a server without the endpoint: nothing to record
+        logger.debug("no server info to record the policy from: %s", exc)
+        return None
+    if not isinstance(info, Mapping) or "policy_class" not in info:
+        return None
+    record = {"policy_class": info.get("policy_class"), "embodiment_tag": info.get("embodiment_tag"),
+              "identity": info.get("policy_identity")}
+    described = json.dumps({**record, "modality_configs": info.get("modality_configs")}, sort_keys=True, default=str)
+    record["fingerprint"] = hashlib.sha256(described.encode()).hexdigest()[:16]
+    return record
+
+
+def describe(record: Optional[Mapping[str, Any]]) -> str:
+    """'ReplayPolicy (replay, dataset_meta_sha256 ..., fingerprint ...)' for messages."""
+    if not record:
+        return "an unknown policy"
+    identity = record.get("identity") or {}
+    details = ", ".join(f"{k} {v}" for k, v in identity.items()) if isinstance(identity, Mapping) else str(identity)
+    return f"{record.get('policy_class')} ({details + ', ' if details else ''}fingerprint {record.get('fingerprint')})"
+
+
+def same_policy(first: Optional[Mapping[str, Any]], second: Optional[Mapping[str, Any]]) -> bool:
+    """False only when both are known and their fingerprints differ."""
+    if not first or not second:
+        return True
+    return first.get("fingerprint") == second.get("fingerprint")

@@ -1,0 +1,120 @@
+"""Results record which policy they evaluated, and results of different policies are never combined: merge refuses
+shards run against different policies, a resumed run refuses a server that now serves another one, and a resumed
+batch job starts over. The same policy served by another server (another copy, another port) is the same policy.
+Real replay servers of real datasets on loopback, the real CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from eval.dataset_factory import make_dataset
+from eval.scale_fixtures import ConstantPolicy
+from gr00t_eval import cli
+from gr00t_eval.batch import Job, PolicyServerAddress, connect, run_batch
+from gr00t_server.policies.replay import ReplayPolicy
+from serving import running_server
+
+pytest.importorskip("av")
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("datasets")
+    first = make_dataset(root / "first", lengths=(6, 6, 6, 6), cameras=())
+    copy = root / "copy_of_first"
+    shutil.copytree(first, copy)
+    other = make_dataset(root / "other", lengths=(6, 6, 6, 7), cameras=())  # another recording
+    return first, copy, other
+
+
+def replay(path):
+    return ReplayPolicy(str(path), execution_horizon=4)
+
+
+class Checkpoint(ConstantPolicy):
+    """The walkto policy, as served from checkpoint `name` (what a Gr00tPolicy's identity() tells apart)."""
+
+    def __init__(self, name):
+        super().__init__()
+        self.name = name
+
+    def identity(self):
+        return {"kind": "test", "checkpoint": self.name}
+
+
+ROLLOUT = ["--env-name", "walkto/fast", "--n-episodes", "4", "--n-envs", "1", "--vectorization", "sync",
+           "--n-action-steps", "2", "--max-episode-steps", "6", "--seed", "0", "--no-video"]
+
+
+def shard(port, out, index):
+    return cli.main(["rollout", *ROLLOUT, "--policy-client-port", str(port), "--shard", f"{index}/2", "--output-dir", str(out)])
+
+
+def test_the_identity_of_a_replay_server_follows_its_data_not_its_path(datasets):
+    first, copy, other = datasets
+    assert replay(first).identity() == replay(copy).identity()
+    assert replay(first).identity() != replay(other).identity()
+    with running_server(replay(first)) as server:
+        from gr00t_client import PolicyClient
+
+        with PolicyClient(port=server.port) as client:
+            info = client.get_server_info()
+    assert info["policy_identity"] == replay(first).identity()
+    assert info["policy_identity"]["kind"] == "replay"
+
+
+def test_shards_of_two_policies_do_not_merge_and_shards_of_one_policy_on_two_servers_do(tmp_path, capsys):
+    mixed, same = tmp_path / "mixed", tmp_path / "same"
+    with running_server(Checkpoint("a")) as a, running_server(Checkpoint("b")) as b, running_server(Checkpoint("a")) as c:
+        assert shard(a.port, mixed, 0) == 0 and shard(b.port, mixed, 1) == 0
+        assert shard(a.port, same, 0) == 0 and shard(c.port, same, 1) == 0
+    capsys.readouterr()
+    assert cli.main(["merge", str(mixed), "--output", str(mixed / "merged.json")]) == 2
+    err = capsys.readouterr().err
+    assert "results_shard1of2.json was run against another policy than" in err and "checkpoint b" in err
+    assert "only shards of one policy merge" in err and not (mixed / "merged.json").exists()
+    assert cli.main(["merge", str(same), "--output", str(same / "merged.json")]) == 0
+    merged = json.loads((same / "merged.json").read_text())
+    assert merged["policy"]["identity"] == {"kind": "test", "checkpoint": "a"}
+    assert len(set(merged["merged_servers"])) == 2  # both servers are named, not the first shard's alone
+
+
+def test_a_resume_against_a_server_of_another_policy_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    with running_server(Checkpoint("a")) as a:
+        assert cli.main(["rollout", *ROLLOUT, "--output-dir", str(out), "--policy-client-port", str(a.port)]) == 0
+    saved = json.loads((out / "run.json").read_text())
+    assert saved["policy"]["identity"] == {"kind": "test", "checkpoint": "a"}
+    assert json.loads((out / "results.json").read_text())["policy"] == saved["policy"]
+    (out / "results.json").unlink()  # as if the run had been killed: a resume must check the server again
+    capsys.readouterr()
+    with running_server(Checkpoint("b")) as b:
+        assert cli.main(["rollout", "--resume", str(out), "--policy-client-port", str(b.port)]) == 2
+    err = capsys.readouterr().err
+    assert f"--resume {out}: the server at" in err and "and this run started against Checkpoint (kind test, checkpoint a" in err
+    with running_server(Checkpoint("a")) as c:  # the same checkpoint on another server: the same policy
+        assert cli.main(["rollout", "--resume", str(out), "--policy-client-port", str(c.port)]) == 0
+
+
+def test_a_batch_job_resumed_against_another_policy_starts_over(tmp_path, caplog):
+    settings = {"n_episodes": 4, "n_envs": 1, "max_episode_steps": 6, "n_action_steps": 2, "vectorization": "sync",
+                "seed": 0}
+    path = tmp_path / "batch_results.json"
+    with running_server(Checkpoint("a")) as a:
+        job = Job("walk", "walkto/fast", PolicyServerAddress("127.0.0.1", a.port), settings)
+        batch = run_batch([job], path, policy_factory=connect)
+    kept = batch["jobs"][0]
+    assert kept["status"] == "done" and kept["results"]["policy"]["identity"]["checkpoint"] == "a"
+    kept["status"] = "failed"  # a job to run again (its episodes are logged)
+    with running_server(Checkpoint("b")) as b:
+        job = Job("walk", "walkto/fast", PolicyServerAddress("127.0.0.1", b.port), settings)
+        with caplog.at_level("WARNING"):
+            batch = run_batch([job], path, policy_factory=connect, previous={"jobs": [kept]})
+    record = batch["jobs"][0]
+    assert record["resumed_episodes"] == 0  # none of the other policy's episodes were kept
+    assert "running the job from the start" in caplog.text
+    assert (tmp_path / "jobs" / "walk" / "episodes.replaced.jsonl").is_file()
+    assert record["results"]["policy"]["identity"]["checkpoint"] == "b"

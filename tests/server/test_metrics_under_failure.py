@@ -1,0 +1,182 @@
+"""What operators read stays true when things go wrong: active clients are counted without batching, every policy
+call that ran is counted whatever it returned, a policy's unencodable result is an internal error, queued bytes
+have a server-wide budget, and an idle metrics connection does not hold a thread for ever. Real HTTP scrapes and
+real ZeroMQ clients on loopback."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from gr00t_client import BasePolicy, PolicyClient, PolicyServerError
+from gr00t_server.server import PolicyServer, ServerLimits
+from serving import running_server
+
+prometheus_parser = pytest.importorskip("prometheus_client.parser")
+from test_prometheus_metrics import requests_count, scrape  # noqa: E402 - needs prometheus_client
+
+
+class FaultyPolicy(BasePolicy):
+    """State 0: a good action; 7: NaN actions; 13: raises; 3: an info the wire cannot carry; 5: sleeps 0.5 s."""
+
+    def __init__(self, batching: bool = False) -> None:
+        super().__init__(strict=False)
+        self.supports_batching = batching
+        self.calls = 0
+
+    def _get_action(self, observation, options=None):
+        self.calls += 1
+        value = float(np.asarray(observation["state"]["x"]).reshape(-1)[0])
+        rows = np.asarray(observation["state"]["x"]).shape[0]
+        if value == 13:
+            raise RuntimeError("the model broke")
+        if value == 5:
+            time.sleep(0.5)
+        action = np.full((rows, 4, 1), np.nan if value == 7 else 0.0, np.float32)
+        return {"x": action}, ({"odd": object()} if value == 3 else {})
+
+    def reset(self, options=None):
+        return {}
+
+
+def observation(value, rows=1):
+    return {"state": {"x": np.full((rows, 1, 1), value, np.float32)}}
+
+
+def test_active_clients_counts_clients_of_a_server_that_does_not_batch():
+    """The gauge read 0 whenever get_action was not gathered for batching: the default --max-batch-size 1, every
+    replay server."""
+    with running_server(FaultyPolicy(), metrics_port=0) as server:
+        clients = [PolicyClient(port=server.port, timeout_ms=5000) for _ in range(3)]
+        try:
+            for client in clients:
+                client.get_action(observation(0))
+            assert scrape(server)[("gr00t_active_clients", ())] == 3
+            time.sleep(1.2)  # the window is one second
+            assert scrape(server)[("gr00t_active_clients", ())] == 0
+        finally:
+            for client in clients:
+                client.close()
+
+
+def test_every_policy_call_that_ran_is_counted_whatever_it_returned():
+    policy = FaultyPolicy()
+    with running_server(policy, metrics_port=0, inline_below_ms=0) as server:
+        with PolicyClient(port=server.port, timeout_ms=5000) as client:
+            client.get_action(observation(0))
+            with pytest.raises(PolicyServerError, match="non-finite"):
+                client.get_action(observation(7))
+            with pytest.raises(PolicyServerError, match="internal error in get_action: RuntimeError"):
+                client.get_action(observation(13))
+            stats = client.get_server_info()["stats"]
+        samples = scrape(server)
+    assert policy.calls == 3
+    assert stats["policy_calls"] == 3 and stats["batch_sizes"] == {"1": 3}
+    assert samples[("gr00t_batch_size_count", ())] == 3
+
+
+def test_a_failed_batch_counts_its_merged_call_and_each_retry():
+    policy = FaultyPolicy(batching=True)
+    # batch_timeout_ms 0: the slow call goes at once, alone; the pair gathers while it runs (the worker is busy)
+    with running_server(policy, max_batch_size=8, batch_timeout_ms=0, inline_below_ms=0) as server:
+        def call(value, outcome):
+            with PolicyClient(port=server.port, timeout_ms=10000) as client:
+                try:
+                    client.get_action(observation(value))
+                    outcome.append("ok")
+                except PolicyServerError as exc:
+                    outcome.append(str(exc))
+
+        busy = threading.Thread(target=call, args=(5, []))  # holds the worker while the two below gather
+        busy.start()
+        time.sleep(0.1)
+        outcomes = []
+        pair = [threading.Thread(target=call, args=(13, outcomes)) for _ in range(2)]
+        for thread in pair:
+            thread.start()
+        for thread in [busy, *pair]:
+            thread.join(20)
+        with PolicyClient(port=server.port, timeout_ms=5000) as client:
+            stats = client.get_server_info()["stats"]
+    assert all("internal error" in outcome for outcome in outcomes), outcomes
+    assert policy.calls == stats["policy_calls"] == 4  # the slow call, the merged pair, and each of the pair alone
+    assert stats["batch_sizes"] == {"1": 3, "2": 1}
+
+
+def test_a_result_the_wire_cannot_carry_is_an_internal_error_logged_with_its_traceback(caplog):
+    with running_server(FaultyPolicy(), metrics_port=0) as server:
+        with PolicyClient(port=server.port, timeout_ms=5000) as client:
+            with caplog.at_level("ERROR", logger="gr00t_server.serving"):
+                with pytest.raises(PolicyServerError, match="could not encode the result of 'get_action'"):
+                    client.get_action(observation(3))
+            client.get_action(observation(0))  # and the server goes on
+            stats = client.get_server_info()["stats"]
+        samples = scrape(server)
+    assert requests_count(samples, "get_action", "internal_error") == 1
+    assert requests_count(samples, "get_action", "error") == 0
+    assert stats["internal_errors"] == 1
+    assert any(record.exc_info for record in caplog.records if "internal error in" in record.getMessage()), caplog.text
+
+
+def test_queued_bytes_have_a_budget_across_connections():
+    """Each connection's first request is always taken: without a server-wide budget, 16 connections of 64 MiB
+    held 588 MB."""
+    limits = ServerLimits(max_queued_bytes=3 * 1024 * 1024)
+    big = {"state": {"x": np.full((1, 1, 1), 5.0, np.float32), "pad": np.zeros((1, 1, 1024 * 1024), np.uint8)}}
+    with running_server(FaultyPolicy(), limits=limits, inline_below_ms=0) as server:
+        outcomes, lock = [], threading.Lock()
+
+        def call():
+            with PolicyClient(port=server.port, timeout_ms=15000) as client:
+                try:
+                    client.get_action(big)
+                    result = "ok"
+                except PolicyServerError as exc:
+                    result = str(exc)
+                with lock:
+                    outcomes.append(result)
+
+        threads = [threading.Thread(target=call) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+            time.sleep(0.02)
+        for thread in threads:
+            thread.join(30)
+        with PolicyClient(port=server.port, timeout_ms=5000) as client:
+            info = client.get_server_info()
+    refused = [o for o in outcomes if "bytes of requests are waiting for the policy" in o]
+    assert refused and "(--max-queued-mb)" in refused[0], outcomes
+    assert outcomes.count("ok") >= 2 and len(outcomes) == 8
+    assert info["limits"]["max_queued_bytes"] == 3 * 1024 * 1024
+    assert info["stats"]["refused"] == len(refused)
+
+
+def test_an_idle_metrics_connection_is_closed_after_its_timeout(monkeypatch):
+    from gr00t_server.serving import metrics
+
+    monkeypatch.setattr(metrics, "METRICS_CONNECTION_TIMEOUT_S", 0.5)
+    server = PolicyServer(FaultyPolicy(), host="127.0.0.1", port=0, metrics_port=0).start()
+    try:
+        idle = socket.create_connection(("127.0.0.1", server.metrics_port), timeout=5)
+        idle.sendall(b"GET /metr")  # half a request line, then nothing
+        started = time.monotonic()
+        assert idle.recv(1024) == b""  # the server hung up
+        assert time.monotonic() - started < 4
+        idle.close()
+    finally:
+        server.close()
+
+
+def test_bad_queued_budgets_are_refused_by_serve(tmp_path):
+    import subprocess
+    import sys
+
+    for flag, value in (("--max-queued-mb", "0"), ("--max-queued-mb", "nan"), ("--max-client-queued-mb", "-5")):
+        done = subprocess.run([sys.executable, "-m", "gr00t_server.cli", "serve", "--dataset-path", str(tmp_path),
+                               flag, value], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, done.stderr
+        assert f"{flag} must be a finite number of MiB > 0, got" in done.stderr
