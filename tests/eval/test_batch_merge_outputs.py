@@ -215,3 +215,8 @@ def test_a_resumed_jobs_eval_s_covers_its_earlier_attempt(tmp_path):
     assert per_task["eval_s"] > first["per_task"]["walkto/slow"]["eval_s"]
     assert record["results"]["overall"]["eval_s"] == pytest.approx(per_task["eval_s"])
     assert json.loads((tmp_path / "jobs" / "walk" / "results.json").read_text())["status"] == "complete"
+
+
+def test_a_mistyped_suite_name_suggests_the_suites(capsys):
+    assert cli.main(["rollout", "--env-name", "metaworld-mt11", "--n-episodes", "1"]) == 2
+    assert "or did you mean the suite metaworld-mt10" in capsys.readouterr().err

@@ -296,13 +296,13 @@ class PolicyClient(BasePolicy):
     def _reply_lost(self, endpoint: str) -> ReplyLostError:
         cap = self.max_reply_bytes
         too_large = ("" if cap is None else
-                     f"its reply was larger than this client's max_reply_bytes of {cap} bytes (ZeroMQ drops a "
+                     f", or its reply was larger than this client's max_reply_bytes of {cap} bytes (ZeroMQ drops a "
                      "connection at the header of a larger message, unread; if this server's replies really are that "
-                     "large, pass a larger max_reply_bytes to PolicyClient, or None for no cap), or ")
-        return ReplyLostError(
+                     "large, pass a larger max_reply_bytes to PolicyClient, or None for no cap)")
+        return ReplyLostError(  # the likely cause first: a server that died (the size cap is the rarer one)
             f"the connection to the policy server at {endpoint_host(self.host)}:{self.port} closed while this client "
-            f"waited for its reply to '{endpoint}', so none can come: {too_large}the server stopped, restarted or "
-            "dropped the request (one over its max message size). The next call connects anew."
+            f"waited for its reply to '{endpoint}', so none can come: the server stopped, restarted or dropped the "
+            f"request (one over its max message size){too_large}. The next call connects anew."
         )
 
     def _round_trip(self, envelope: Dict[str, Any], endpoint: str, multipart: bool, deadline: Optional[float] = None) -> Any:

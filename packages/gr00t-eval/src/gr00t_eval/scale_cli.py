@@ -189,9 +189,26 @@ def _check_rollout_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--max-episodes-rendered must be >= 0, got {args.max_episodes_rendered}")
     try:
         for task in resolve_tasks(args.env_name)[0]:  # a bad env name fails before any connection is made
-            check_env_name(task.env_name)
+            try:
+                check_env_name(task.env_name)
+            except ValueError as exc:
+                raise ValueError(f"{exc}{_suite_hint(task.env_name)}") from None
     except (ValueError, KeyError) as exc:
         raise UsageError(str(exc).strip("\"'") if isinstance(exc, KeyError) else str(exc)) from None
+
+
+def _suite_hint(name: str) -> str:
+    """'; or did you mean the suite ...' for a name without '/' that is close to a registered suite's."""
+    import difflib
+
+    from .suites import suite_names
+
+    if "/" in name:
+        return ""
+    close = difflib.get_close_matches(name, suite_names(), n=3)
+    if close:
+        return f"; or did you mean the suite {' or '.join(close)}? (gr00t-eval suites lists them)"
+    return "; a suite name? gr00t-eval suites lists them"
 
 
 def run_rollout_command(args: argparse.Namespace) -> int:
