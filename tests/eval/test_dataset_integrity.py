@@ -245,3 +245,27 @@ def test_overwriting_keeps_the_recordings_claim_and_does_not_count_it_as_content
     shutil.rmtree(folder / "x")
     DatasetWriter(folder, 10, overwrite=True, keep=(".claim.json",))
     assert sorted(p.name for p in folder.iterdir()) == [".claim.json"]
+
+
+def test_episode_list_and_info_json_disagreeing_are_read_as_a_stopped_recording_or_warned(tmp_path, caplog):
+    root = make_dataset(tmp_path / "v2", cameras=())
+    episodes = root / "meta" / "episodes.jsonl"
+    text = episodes.read_text()
+    episodes.write_text(text + '{"episode_index": 3, "tasks": ["pick')  # LeRobot appends before it rewrites info
+    with caplog.at_level("WARNING"):
+        assert LeRobotDataset(root).num_episodes == 3
+    assert "a line that does not parse after the 3 episodes meta/info.json counts" in caplog.text
+    episodes.write_text(text)
+    info = json.loads((root / "meta" / "info.json").read_text())
+    info["total_episodes"] = 50
+    (root / "meta" / "info.json").write_text(json.dumps(info))
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert LeRobotDataset(root).num_episodes == 3
+    assert "total_episodes is 50 and the episodes file lists 3" in caplog.text
+    info["total_episodes"] = 2  # a bad line among the committed episodes is still an error
+    (root / "meta" / "info.json").write_text(json.dumps(info))
+    lines = text.splitlines()
+    episodes.write_text("\n".join([lines[0], "{not json", *lines[2:]]) + "\n")
+    with pytest.raises(DatasetError, match="episodes.jsonl:2: invalid JSON"):
+        LeRobotDataset(root)

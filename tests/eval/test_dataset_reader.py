@@ -195,9 +195,10 @@ def test_missing_modality_json_is_an_error(datasets, tmp_path):
 
 def test_invalid_json_line_in_episodes_names_file_and_line(datasets, tmp_path):
     root = _copy(datasets, tmp_path)
-    with open(root / "meta" / "episodes.jsonl", "a") as f:
-        f.write("{not json\n")
-    with pytest.raises(DatasetError, match=r"episodes.jsonl:4"):
+    lines = (root / "meta" / "episodes.jsonl").read_text().splitlines()
+    lines.insert(2, "{not json")  # among the episodes info.json counts (a bad line after them ends the list)
+    (root / "meta" / "episodes.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetError, match=r"episodes.jsonl:3"):
         LeRobotDataset(root)
 
 

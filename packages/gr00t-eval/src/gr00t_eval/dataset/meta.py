@@ -52,8 +52,10 @@ def read_json(path: Path, what: str) -> Any:
         raise DatasetError(f"{path}: invalid JSON ({exc})") from exc
 
 
-def read_jsonl(path: Path, what: str) -> List[Dict[str, Any]]:
-    """Load a JSON-lines file of objects; errors name the file and line."""
+def read_jsonl(path: Path, what: str, committed: Optional[int] = None) -> List[Dict[str, Any]]:
+    """Load a JSON-lines file of objects; errors name the file and line. With `committed` (info.json's
+    total_episodes), a line that does not parse after that many rows is the half-written line of a recording that
+    stopped before committing it: reading ends there, with a warning."""
     require_file(path, what)
     rows = []
     try:
@@ -66,6 +68,10 @@ def read_jsonl(path: Path, what: str) -> List[Dict[str, Any]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
+            if committed is not None and len(rows) >= committed:
+                logger.warning("%s:%d: a line that does not parse after the %d episodes meta/info.json counts (a "
+                               "recording stopped while writing it); reading the first %d", path, number, committed, committed)
+                break
             raise DatasetError(f"{path}:{number}: invalid JSON ({exc})") from exc
         if not isinstance(row, dict):
             raise DatasetError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
@@ -122,6 +128,9 @@ def read_episodes(root: Path, info: Mapping[str, Any], major: int, video_keys: L
     `total_episodes` are read (the others' files may be incomplete)."""
     records = _read_episodes_v2(root, info, video_keys) if major < 3 else _read_episodes_v3(root, info, video_keys)
     total = info.get("total_episodes")
+    if isinstance(total, int) and not isinstance(total, bool) and total > len(records):
+        logger.warning("%s: meta/info.json's total_episodes is %d and the episodes file lists %d (a lost tail of the "
+                       "episode list, or a stale info.json?); reading the %d listed", root, total, len(records), len(records))
     if isinstance(total, int) and not isinstance(total, bool) and 0 <= total < len(records):
         logger.warning("%s: the episodes file lists %d episodes, meta/info.json's total_episodes %d (a recording stopped "
                        "while writing meta/); reading the first %d", root, len(records), total, total)
@@ -140,7 +149,9 @@ def _read_episodes_v2(root: Path, info: Mapping[str, Any], video_keys: List[str]
     if video_keys and not isinstance(video_template, str):
         raise DatasetError(f"{info_path}: field 'video_path' must be a str template when the dataset has videos")
     records = []
-    for position, row in enumerate(read_jsonl(path, "episodes file")):
+    total = info.get("total_episodes")
+    committed = total if isinstance(total, int) and not isinstance(total, bool) and total >= 0 else None
+    for position, row in enumerate(read_jsonl(path, "episodes file", committed)):
         where = f"{path} (line for position {position})"
         index = require_field(row, "episode_index", int, where)
         length = require_field(row, "length", int, where)
