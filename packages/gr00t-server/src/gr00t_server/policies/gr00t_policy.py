@@ -208,6 +208,8 @@ class Gr00tPolicy(BasePolicy):
         self.model, self.model_config = load_model(self.checkpoint_dir, device=self.device, dtype=dtype)
         self.model.eval()
         self._check_model_matches_processor()
+        self._identity: Optional[Dict[str, Any]] = None
+        self.identity()  # now, at load: get_server_info answers it on the socket thread, which must not wait
 
     def _check_model_matches_processor(self) -> None:
         pc, mc = self.processor.config, self.model_config
@@ -272,7 +274,7 @@ class Gr00tPolicy(BasePolicy):
         """Which model this is, the same wherever its checkpoint is copied and at any dtype: the hash of its config
         and a fingerprint of its weights (as ONNX exports record them); get_server_info reports it so that an
         evaluation can tell one checkpoint's results from another's. Computed once."""
-        if getattr(self, "_identity", None) is None:
+        if self._identity is None:
             from gr00t_server.backends.common import model_identity
 
             self._identity = {"kind": "gr00t", **model_identity(self.model)}

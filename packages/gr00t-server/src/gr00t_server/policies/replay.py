@@ -100,6 +100,8 @@ class ReplayPolicy(BasePolicy):
         self._sessions: "OrderedDict[str, _Cursor]" = OrderedDict()
         self._actions: Dict[int, Dict[str, np.ndarray]] = {}
         self._lock = threading.Lock()
+        self._identity: Optional[Dict[str, Any]] = None
+        self.identity()  # now: get_server_info answers it on the socket thread, which must not read files
 
     # -- BasePolicy -------------------------------------------------------------------------------
     def get_modality_config(self) -> Dict[str, ModalityConfig]:
@@ -109,7 +111,7 @@ class ReplayPolicy(BasePolicy):
         """What this server replays, the same wherever the dataset is copied: a hash of the dataset's meta/ files
         (its episode list, tasks and info) and the execution horizon; get_server_info reports it so that an
         evaluation can tell one policy's results from another's."""
-        if getattr(self, "_identity", None) is None:
+        if self._identity is None:
             digest = hashlib.sha256()
             meta = Path(self.dataset.root) / "meta"
             for path in sorted(p for p in meta.rglob("*") if p.is_file() and p.name != "stats.json"):
