@@ -110,6 +110,21 @@ class SlowPolicy(ConstantPolicy):
         return super()._get_action(observation, options)
 
 
+class InterruptOnCall(ConstantPolicy):
+    """Ctrl-C arriving during policy call number `call` (1-based); every other call takes `nap_s` first."""
+
+    def __init__(self, call, nap_s: float = 0.0):
+        super().__init__()
+        self.call, self.calls, self.nap_s = call, 0, nap_s
+
+    def _get_action(self, observation, options=None):
+        self.calls += 1
+        if self.calls == self.call:
+            raise KeyboardInterrupt
+        time.sleep(self.nap_s)
+        return super()._get_action(observation, options)
+
+
 def run_cli(argv):
     """`gr00t-eval ARGV` with the scale commands wired in (cli.py may not call the wiring functions yet)."""
     import argparse

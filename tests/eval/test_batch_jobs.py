@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.scale_fixtures import ConstantPolicy, free_port, policy_server, run_cli
+from eval.scale_fixtures import ConstantPolicy, InterruptOnCall, free_port, policy_server, run_cli
 from gr00t_eval.batch import Job, JobError, PolicyServerAddress, load_jobs, run_batch
 from gr00t_eval.rollout.runner import RolloutConfig
 from gr00t_eval.shard import run_suite
@@ -199,19 +199,6 @@ def test_batch_refuses_a_non_empty_output_dir(tmp_path):
 
 # --- a job interrupted part-way resumes from its own episode log --------------------------------------------
 
-
-class InterruptOnCall(ConstantPolicy):
-    """Ctrl-C arriving during policy call number `call` (1-based)."""
-
-    def __init__(self, call):
-        super().__init__()
-        self.call, self.calls = call, 0
-
-    def _get_action(self, observation, options=None):
-        self.calls += 1
-        if self.calls == self.call:
-            raise KeyboardInterrupt
-        return super()._get_action(observation, options)
 
 
 WALK = {"n_episodes": 3, "n_envs": 1, "max_episode_steps": 6, "n_action_steps": 2, "vectorization": "sync"}  # no seed

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from eval.scale_fixtures import ConstantPolicy, run_cli
+from eval.scale_fixtures import ConstantPolicy, InterruptOnCall, run_cli
 from gr00t_eval import cli
 from gr00t_eval.batch import Job, PolicyServerAddress, load_jobs, run_batch
 from serving import running_server
@@ -186,26 +186,14 @@ def test_jobs_sharing_a_video_dir_each_get_a_folder_and_a_later_batch_does_not_o
     assert earlier.read_bytes() == b"an earlier run's video" and not (tmp_path / "second").exists()
 
 
-class InterruptOnCall(ConstantPolicy):
-    def __init__(self, call):
-        super().__init__()
-        self.call, self.calls = call, 0
-
-    def _get_action(self, observation, options=None):
-        self.calls += 1
-        if self.calls == self.call:
-            raise KeyboardInterrupt
-        time.sleep(0.05)  # each call takes time, so the first attempt's eval_s is well above 0
-        return super()._get_action(observation, options)
-
-
 def test_a_resumed_jobs_eval_s_covers_its_earlier_attempt(tmp_path):
     walk = {"n_episodes": 3, "n_envs": 1, "max_episode_steps": 6, "n_action_steps": 2, "vectorization": "sync",
             "seed": 0}
     job = Job("walk", "walkto/slow", PolicyServerAddress("127.0.0.1", 1), walk)
     path = tmp_path / "batch_results.json"
     with pytest.raises(KeyboardInterrupt):
-        run_batch([job], path, policy_factory=lambda server: InterruptOnCall(call=4))
+        # each call takes time, so the first attempt's eval_s is well above 0
+        run_batch([job], path, policy_factory=lambda server: InterruptOnCall(call=4, nap_s=0.05))
     first = json.loads((tmp_path / "jobs" / "walk" / "results.json").read_text())
     assert first["status"] == "interrupted" and first["overall"]["eval_s"] > 0.1
     batch = run_batch([job], path, policy_factory=lambda server: ConstantPolicy(), previous=json.loads(path.read_text()))
