@@ -12,11 +12,12 @@ import time
 import uuid
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+import numpy as np
 import zmq
 
 from . import codec, curve
 from .modality import ModalityConfig
-from .policy import ActionError, BasePolicy, non_finite_rows, validate_action, validate_observation
+from .policy import ActionError, BasePolicy, ObservationError, non_finite_rows, validate_action, validate_observation
 
 logger = logging.getLogger(__name__)
 
@@ -155,14 +156,62 @@ class _ReplyWatch(curve.HandshakeMonitor):
         super()._record(event, value)
 
 
-def _recv_frames(sock: zmq.Socket) -> List[Any]:
-    """recv_multipart(copy=False), reading Frame.more instead of a RCVMORE getsockopt per frame."""
+class _ReplyOverCap(Exception):
+    """A multipart reply whose frames together pass max_reply_bytes: reading stopped there (the socket is dropped)."""
+
+    def __init__(self, size: int, frames: int) -> None:
+        super().__init__(size, frames)
+        self.size, self.frames = size, frames
+
+
+def _recv_frames(sock: zmq.Socket, max_bytes: Optional[int] = None) -> List[Any]:
+    """recv_multipart(copy=False), reading Frame.more instead of a RCVMORE getsockopt per frame. With `max_bytes`,
+    _ReplyOverCap as soon as the frames read pass it: ZMQ_MAXMSGSIZE bounds each frame, not their sum, so a reply
+    of many frames under the cap was otherwise read whole into memory before its size was checked."""
     frame = sock.recv(copy=False)
     frames = [frame]
+    size = len(frame)
     while frame.more:
+        if max_bytes is not None and size > max_bytes:
+            raise _ReplyOverCap(size, len(frames))
         frame = sock.recv(copy=False)
         frames.append(frame)
+        size += len(frame)
     return frames
+
+
+_MAX_ACTION_DEPTH = 32  # nesting the NaN walk follows (decoded replies are bounded by codec.DecodeLimits anyway)
+
+
+def _first_non_finite(value: Any, key: str, depth: int) -> Optional[Tuple[str, List[int]]]:
+    """(dotted key, rows) of the first NaN or inf in an action: arrays (their rows), numpy and Python floats and
+    complex numbers, lists and tuples (their index), nested maps (their keys); None when every number is finite."""
+    if depth > _MAX_ACTION_DEPTH:
+        return None
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind == "O":
+            for index, item in enumerate(value.reshape(-1)[:10_000]):
+                found = _first_non_finite(item, key, depth + 1)
+                if found is not None:
+                    return found
+            return None
+        rows = non_finite_rows(value)
+        return (key, rows) if rows else None
+    if isinstance(value, (float, complex, np.floating, np.complexfloating)):
+        return None if np.isfinite(value) else (key, [])
+    if isinstance(value, dict):
+        for name, item in value.items():
+            found = _first_non_finite(item, f"{key}.{name}" if key else str(name), depth + 1)
+            if found is not None:
+                return found
+        return None
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found = _first_non_finite(item, key, depth + 1)
+            if found is not None:
+                return (found[0], found[1] or ([index] if found[0] == key else []))
+        return None
+    return None
 
 
 class PolicyClient(BasePolicy):
@@ -316,7 +365,16 @@ class PolicyClient(BasePolicy):
             frames: List[Any] = codec.encode_multipart(envelope)
         else:
             frames = [codec.encode_early_n16(envelope) if self.speaks_npsave else codec.encode(envelope)]
-        self._check_size(frames, endpoint)
+        try:
+            self._check_size(frames, endpoint)
+        except MessageTooLargeError:
+            # The limit is what the server said when last asked: one restarted with a larger limit (as the error
+            # advises) was refused for ever, since no request went out to learn it. Ask again, once, then judge.
+            if endpoint == "get_server_info":
+                raise
+            self._forget_server()
+            self._negotiate(deadline)
+            self._check_size(frames, endpoint)
         if self._socket is None:
             self._socket = self._open_socket()
         sock, handshake = self._socket, self._handshake
@@ -331,7 +389,7 @@ class PolicyClient(BasePolicy):
                 send_frames(sock, frames, 0)
             remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
             self._wait_for_reply(remaining_ms, endpoint)
-            reply = _recv_frames(sock)
+            reply = _recv_frames(sock, self.max_reply_bytes)
             if self._handshake is not None and self._handshake.reconnected():
                 # The connection was made anew (the server restarted, or another took its port): this reply is
                 # the new server's, and what was learned from the old one is forgotten.
@@ -340,6 +398,14 @@ class PolicyClient(BasePolicy):
         except PolicyTimeoutError:  # ReplyLostError too
             self._discard_socket()  # Lazy Pirate: a REQ socket that timed out can never send again
             raise
+        except _ReplyOverCap as over:  # the rest of the reply is dropped with the socket, unread
+            self._discard_socket()
+            raise codec.DecodeLimitError(
+                f"reply to '{endpoint}' from the policy server at {self.address} was not read: its first {over.frames} "
+                f"frames already hold {over.size} bytes, more than this client's max_reply_bytes of "
+                f"{self.max_reply_bytes} bytes; if this server's replies really are that large, pass a larger "
+                "max_reply_bytes to PolicyClient, or None for no cap"
+            ) from None
         except zmq.ZMQError as exc:
             self._discard_socket()
             raise ConnectionError(f"ZeroMQ error talking to {self.address} ('{endpoint}'): {exc}") from exc
@@ -518,9 +584,18 @@ class PolicyClient(BasePolicy):
                 if outer is None and self._closing.is_set():  # close() from this thread mid-call left the rest to us
                     self._close_now()
 
+    def _notice_reconnection(self) -> None:
+        """Forget the server's facts when the socket has reconnected since they were learned (the server restarted
+        while this client was idle, maybe with another model, limit or wire): checked before a call uses them, not
+        only after a reply, since a request refused here for stale facts would otherwise never learn the new ones."""
+        if self._socket is not None and self._handshake is not None and self._handshake.reconnected():
+            logger.info("reconnected to %s; asking the server for its facts again", self.address)
+            self._forget_server()
+
     def call_endpoint(self, endpoint: str, data: Optional[Dict[str, Any]] = None, requires_input: bool = True) -> Any:
         """Call any endpoint; raises PolicyTimeoutError, PolicyServerError or ConnectionError."""
         with self._locked():
+            self._notice_reconnection()
             deadline = self._deadline()  # one budget, negotiation included
             if self._server_is_ours is None and endpoint not in ("ping", "kill"):
                 self._negotiate(deadline)
@@ -557,19 +632,33 @@ class PolicyClient(BasePolicy):
         return self.call_endpoint("reset", {"options": options})
 
     def check_observation(self, observation: Dict[str, Any]) -> None:
-        validate_observation(observation, self.get_modality_config())
+        with self._locked():
+            self._notice_reconnection()  # a restarted server's configs, not the old one's
+            cached = self._modality_config is not None
+        try:
+            validate_observation(observation, self.get_modality_config())
+        except ObservationError:
+            if not cached:
+                raise
+            # Refused by configs learned earlier: the server may serve another model now (its restart not yet seen
+            # by the socket). Ask once more before refusing, so a fixed server is not refused for ever.
+            with self._locked():
+                self._modality_config = None
+            validate_observation(observation, self.get_modality_config())
 
     def check_action(self, action: Dict[str, Any]) -> None:
         validate_action(action, self.get_modality_config())
 
     def _refuse_non_finite(self, action: Any) -> None:
-        """A robot must never be handed a NaN: every float array of an action from a server that does not check
-        its policy's output (the reference; ours refuses to send one) must be finite, strict or not."""
-        for key, value in action.items() if isinstance(action, dict) else ():
-            rows = non_finite_rows(value)
-            if rows:
-                raise ActionError(f"Action key '{key}' from the server at {self.address} has non-finite values (NaN or "
-                                  f"inf) in rows {rows}; the action was not used")
+        """A robot must never be handed a NaN: every number of an action from a server that does not check its
+        policy's output (the reference; ours refuses to send one) must be finite, strict or not: arrays, numpy and
+        Python floats, in lists and nested maps too (a reference peer in another language may send lists)."""
+        found = _first_non_finite(action, "", 0)
+        if found is not None:
+            key, rows = found
+            where = f" in rows {rows}" if rows else ""
+            raise ActionError(f"Action key '{key}' from the server at {self.address} has non-finite values (NaN or "
+                              f"inf){where}; the action was not used")
 
     def get_action(self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         """BasePolicy.get_action within one timeout_ms budget: a first call's questions to the server (its kind, and
