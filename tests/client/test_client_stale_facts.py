@@ -119,3 +119,33 @@ def test_no_nan_reaches_the_robot_however_a_reference_servers_action_nests_it(ac
         with PolicyClient(host="127.0.0.1", port=server.port, timeout_ms=3000) as client:
             with pytest.raises(ActionError, match=rf"Action key '{where}' .*non-finite values \(NaN or inf\)"):
                 client.get_action(libero_like_observation())
+
+
+def test_a_call_from_a_signal_handler_during_a_call_is_refused_and_the_outer_call_goes_on():
+    """The handler's call was sent on the REQ socket still awaiting the outer reply: both failed with ZeroMQ's
+    'Operation cannot be accomplished in current state' and 'Socket operation on non-socket'."""
+    import signal
+
+    if not hasattr(signal, "setitimer"):
+        pytest.skip("no interval timers on this platform")
+    seen = {}
+    with running_server(EchoPolicy(delay_s=0.6)) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        client.ping()
+
+        def handler(signum, frame):
+            try:
+                client.reset()
+            except Exception as exc:  # noqa: BLE001 - what the handler's call got is asserted
+                seen["handler"] = exc
+
+        previous = signal.signal(signal.SIGALRM, handler)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.2)
+            action, info = client.get_action(libero_like_observation(), options={"tag": "outer"})
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        assert info["tag"] == "outer"
+        assert isinstance(seen.get("handler"), RuntimeError), seen
+        assert "awaits the reply to 'get_action' on the same thread" in str(seen["handler"])
+        assert client.ping()

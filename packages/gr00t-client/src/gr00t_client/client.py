@@ -276,6 +276,7 @@ class PolicyClient(BasePolicy):
         # Reentrant, so that close() from a signal handler on the thread that is in a call does not wait for itself.
         self._lock = threading.RLock()
         self._lock_owner: Optional[int] = None  # the thread inside a call (set once the lock is held)
+        self._awaiting: Optional[str] = None  # the endpoint whose reply the REQ socket awaits (re-entry guard)
         self._closing = threading.Event()  # set by close(); an in-flight call gives up its wait at once
         # .active/.deadline: one budget for a whole get_action (negotiation, configs, the call), from its first question
         self._call = threading.local()
@@ -375,12 +376,18 @@ class PolicyClient(BasePolicy):
             self._forget_server()
             self._negotiate(deadline)
             self._check_size(frames, endpoint)
+        if self._awaiting is not None:  # this thread, mid-call, re-entered (a signal handler's call): the REQ socket
+            # awaits the outer reply, and a second send would break both calls with low-level ZeroMQ errors
+            raise RuntimeError(f"PolicyClient.{endpoint} called while this client awaits the reply to "
+                               f"'{self._awaiting}' on the same thread (from a signal handler?); only close() may be "
+                               "called there")
         if self._socket is None:
             self._socket = self._open_socket()
         sock, handshake = self._socket, self._handshake
         assert handshake is not None  # opened with the socket
         try:
             handshake.expect_reply()
+            self._awaiting = endpoint
             try:  # a connected REQ socket queues at once; only a full queue makes us wait
                 send_frames(sock, frames, _NOBLOCK)
             except zmq.Again:
@@ -412,6 +419,8 @@ class PolicyClient(BasePolicy):
         except BaseException:  # e.g. Ctrl-C mid-wait: the REQ socket still awaits its reply and could never send
             self._discard_socket()
             raise
+        finally:
+            self._awaiting = None
         try:
             return self._decode_reply(reply, endpoint)
         except codec.DecodeLimitError as exc:  # the codec's words name no endpoint or peer
@@ -563,7 +572,7 @@ class PolicyClient(BasePolicy):
         self._pid = os.getpid()
         closed, closing = self._context is None, self._closing.is_set()
         self._socket, self._handshake = None, None
-        self._lock, self._lock_owner = threading.RLock(), None
+        self._lock, self._lock_owner, self._awaiting = threading.RLock(), None, None
         self._closing, self._call = threading.Event(), threading.local()
         if closing:
             self._closing.set()
