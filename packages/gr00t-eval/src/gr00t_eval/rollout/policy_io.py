@@ -13,6 +13,7 @@ import gymnasium as gym
 import numpy as np
 
 from gr00t_client import ModalityConfig
+from gr00t_client.policy import ActionError, non_finite_rows
 
 from ..action_steps import check_consecutive_action_deltas
 from ..reported_position import is_position
@@ -92,7 +93,10 @@ class ObservationMapper:
         for target, source in self.sources.items():
             value = obs[source]
             if target.startswith("video."):
-                out[target] = np.ascontiguousarray(value, dtype=np.uint8)
+                if np.asarray(value).dtype != np.uint8:  # a cast would turn [0, 1] float images black, without a word
+                    raise ValueError(f"the env's {source!r} images are {np.asarray(value).dtype}; the policy takes uint8 "
+                                     "images (0..255): convert them in the env")
+                out[target] = np.ascontiguousarray(value)
             elif target.startswith("state."):
                 out[target] = np.ascontiguousarray(value, dtype=np.float32)
             else:
@@ -268,5 +272,13 @@ def policy_actions(action: Mapping[str, Any], action_space: gym.spaces.Dict, n_a
             raise ValueError(f"{key} must be (B, H, D) with H >= n_action_steps={n_action_steps}; got shape {value.shape}")
         if value.shape[0] != n_rows:  # else the vector env fails deep inside gymnasium (a zip() of unequal lengths)
             raise ValueError(f"{key} has shape {value.shape}; expected {(n_rows, *value.shape[1:])}, one row per env")
+        step_shape = tuple(space.shape[1:]) if space.shape is not None and len(space.shape) >= 1 else None
+        if step_shape is not None and tuple(value.shape[2:]) != step_shape:  # numpy would broadcast or slice it
+            raise ValueError(f"{key} has steps of shape {tuple(value.shape[2:])} (chunk {value.shape}); the env's action "
+                             f"space takes steps of shape {step_shape}")
+        rows = non_finite_rows(value[:, :n_action_steps]) if value.dtype.kind in "fc" else []
+        if rows:  # executed, a NaN step was scored as a plain success or failure
+            raise ActionError(f"action key '{key}' has non-finite values (NaN or inf) in rows {rows}; it was not "
+                              "executed")
         out[key] = value[:, :n_action_steps].astype(space.dtype, copy=False)
     return out

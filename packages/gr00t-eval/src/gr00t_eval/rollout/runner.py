@@ -301,11 +301,17 @@ class RolloutRunner:
         seeds = info["seed"]
         seeds = list(seeds) if isinstance(seeds, (list, tuple, np.ndarray)) else [seeds]
         n_rows = len(self.row_episode)
+        if len(seeds) != n_rows:  # not one per row (a policy's own sampling seed, say): not a recording's seeds.
+            # A scalar was broadcast to every row before, and every episode ran the same scene.
+            logger.warning("the policy's reset info has a 'seed' of %d values for %d env rows; it is not taken as "
+                           "recorded seeds (one per row), and the episodes keep their own", len(seeds), n_rows)
+            return
         for row, episode in started.items():
-            seed = seeds[row] if len(seeds) == n_rows else (seeds[0] if len(seeds) == 1 else None)
+            seed = seeds[row]
             if seed is not None:
                 if self.config.seed_for(episode) != int(seed) and not self.recorded_seeds:
-                    logger.info("the policy reports recorded seeds (a replay server): episode %d runs with seed %d", episode, int(seed))
+                    logger.warning("the policy reports recorded seeds (a replay server): episode %d runs with seed %d, "
+                                   "not %d", episode, int(seed), self.config.seed_for(episode))
                 self.recorded_seeds[episode] = int(seed)
 
     def _reset_policy(self, cursor: PolicyRowCursor, started: Dict[int, int], bar: Any) -> Set[int]:

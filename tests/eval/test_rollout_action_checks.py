@@ -1,0 +1,95 @@
+"""What the rollout hands the env, and what it takes from the policy's reset info, is checked: an action of the
+wrong width, a NaN action and float camera images are errors, not a plausible success rate; a policy's scalar
+`seed` does not replace every episode's seed. Real vector envs, local policies and a real loopback server."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from eval.scale_fixtures import ACTION_HORIZON, ConstantPolicy, WalkToEnv
+from gr00t_client import EmbodimentTag, ModalityConfig
+from gr00t_eval.rollout import RolloutConfig
+from gr00t_eval.rollout.envs import register_env_prefix
+from gr00t_eval.shard import run_suite
+from serving import running_server
+
+WALK = dict(n_episodes=4, n_envs=2, n_action_steps=2, max_episode_steps=6, seed=100, vectorization="sync")
+
+
+class WidePolicy(ConstantPolicy):
+    """Two columns for the env's one-wide push: numpy would broadcast or slice them into the env."""
+
+    def _get_action(self, observation, options=None):
+        batch = np.asarray(observation["state.position"]).shape[0]
+        return {"action.push": np.ones((batch, ACTION_HORIZON, 2), np.float32)}, {}
+
+
+class NaNPolicy(ConstantPolicy):
+    def _get_action(self, observation, options=None):
+        batch = np.asarray(observation["state.position"]).shape[0]
+        return {"action.push": np.full((batch, ACTION_HORIZON, 1), np.nan, np.float32)}, {}
+
+
+class SeedInInfoPolicy(ConstantPolicy):
+    """Reports its own sampling seed in reset info: not a recording's per-row seeds."""
+
+    def reset(self, options=None):
+        return {"seed": 7}
+
+
+def errors_of(results):
+    return [entry["error"] for entry in results["per_episode"]]
+
+
+def test_an_action_of_the_wrong_width_errors_its_episodes():
+    results = run_suite(WidePolicy(), "walkto/fast", RolloutConfig(env_name="walkto/fast", **WALK))
+    assert results["overall"]["n_errors"] == 4
+    assert all("action.push has steps of shape (2,)" in error and "takes steps of shape (1,)" in error
+               for error in errors_of(results)), errors_of(results)
+
+
+@pytest.mark.parametrize("chunking", ["off", "sync"])
+def test_a_nan_action_is_an_error_in_every_chunking_mode(chunking):
+    """With --client-chunking off a NaN step was executed and the episode scored as a plain success or failure."""
+    config = RolloutConfig(env_name="walkto/fast", client_chunking=chunking, **WALK)
+    results = run_suite(NaNPolicy(), "walkto/fast", config)
+    assert results["overall"]["n_errors"] == 4
+    assert all("non-finite values (NaN or inf)" in error for error in errors_of(results)), errors_of(results)
+
+
+def test_a_scalar_seed_in_reset_info_does_not_replace_every_episodes_seed(caplog):
+    with running_server(SeedInInfoPolicy()) as server:
+        from gr00t_client import PolicyClient
+
+        with PolicyClient(port=server.port, timeout_ms=5000) as client, caplog.at_level("WARNING"):
+            results = run_suite(client, "walkto/fast", RolloutConfig(env_name="walkto/fast", **WALK))
+    assert [entry["seed"] for entry in results["per_episode"]] == [100, 101, 102, 103]
+    assert "is not taken as recorded seeds" in caplog.text
+
+
+class CameraWalkEnv(WalkToEnv):
+    """WalkTo with a float32 camera in [0, 1], as an env author's renderer may return it."""
+
+    def __init__(self):
+        super().__init__(2.0)
+        self.observation_space = gym.spaces.Dict({**self.observation_space.spaces,
+                                                  "video.cam": gym.spaces.Box(0.0, 1.0, (8, 8, 3), np.float32)})
+
+    def _obs(self):
+        return {**super()._obs(), "video.cam": np.full((8, 8, 3), 0.8, np.float32)}
+
+
+class CameraPolicy(ConstantPolicy):
+    def get_modality_config(self):
+        return {**super().get_modality_config(), "video": ModalityConfig([0], ["cam"])}
+
+
+def test_float_camera_images_are_refused_not_cast_to_black():
+    register_env_prefix("floatcam", EmbodimentTag.NEW_EMBODIMENT, lambda task, **kwargs: CameraWalkEnv())
+    config = RolloutConfig(env_name="floatcam/walk", **{**WALK, "n_episodes": 2})
+    results = run_suite(CameraPolicy(), "floatcam/walk", config)
+    assert results["overall"]["n_errors"] == 2
+    assert all("'video.cam' images are float32; the policy takes uint8 images" in error
+               for error in errors_of(results)), errors_of(results)
