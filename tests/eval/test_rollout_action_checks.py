@@ -93,3 +93,43 @@ def test_float_camera_images_are_refused_not_cast_to_black():
     assert results["overall"]["n_errors"] == 2
     assert all("'video.cam' images are float32; the policy takes uint8 images" in error
                for error in errors_of(results)), errors_of(results)
+
+
+class DyingWalkEnv(WalkToEnv):
+    """WalkTo whose process dies at the first step of the episode with seed 103 (a simulator crash)."""
+
+    def reset(self, *, seed=None, options=None):
+        self.dies = seed == 103
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        if self.dies:
+            import os
+
+            os._exit(1)
+        return super().step(action)
+
+
+def test_a_dead_env_worker_is_named_and_the_episodes_it_cost_are_reported_with_the_resume_command(tmp_path, capsys):
+    from eval.scale_fixtures import run_cli
+
+    register_env_prefix("dying", EmbodimentTag.NEW_EMBODIMENT, lambda task, **kwargs: DyingWalkEnv(1.0))
+    with running_server(ConstantPolicy()) as server:
+        code = run_cli(["rollout", "--env-name", "dying/walk", "--n-episodes", "6", "--n-envs", "2", "--vectorization",
+                        "async", "--n-action-steps", "2", "--max-episode-steps", "6", "--seed", "100", "--no-video",
+                        "--policy-client-port", str(server.port), "--output-dir", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "an env worker process died" in out
+    assert f"episodes did not run (failed tasks above; continue with: gr00t-eval rollout --resume {tmp_path / 'run'}" in out
+
+
+def test_an_unwritable_video_dir_is_refused_before_any_episode(tmp_path, capsys):
+    from eval.scale_fixtures import run_cli
+    from gr00t_eval.cli_errors import UsageError
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(UsageError, match=f"--video-dir {blocker / 'videos'} is not writable"):
+        run_cli(["rollout", "--env-name", "walkto/fast", "--n-episodes", "1", "--n-envs", "1", "--seed", "0",
+                 "--video-dir", str(blocker / "videos"), "--policy-client-port", "1", "--output-dir", str(tmp_path / "run")])

@@ -130,6 +130,8 @@ def _rollout_output_dir(args: argparse.Namespace, label: str, shard: Any) -> Pat
         logger.warning("deleting %d episode videos of an earlier run from --video-dir %s (--overwrite); other files "
                        "there are kept", len(earlier_videos), args.video_dir)
         _delete_episode_videos(Path(args.video_dir), earlier_videos)
+    if args.video_dir and not args.no_video:
+        _check_writable(Path(args.video_dir))
     return path
 
 
@@ -157,6 +159,21 @@ def _check_video_dir(video_dir: Path, output_dir: Optional[Path], overwrite: boo
                          "--overwrite to delete those (only episode_*_success/failure.mp4 files; nothing else there is "
                          "touched) or name a new directory, so videos of two runs never mix")
     return earlier
+
+
+def _check_writable(folder: Path) -> None:
+    """UsageError when episode videos could not be written to `folder` (read-only, a file in the way): checked before
+    any episode runs, with a probe file, instead of a traceback per video and "Video saved to" over nothing."""
+    from .cli_errors import UsageError
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".gr00t-write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"--video-dir {folder} is not writable ({exc.strerror or exc}); name another folder or pass "
+                         "--no-video") from None
 
 
 def _delete_episode_videos(video_dir: Path, videos: List[Path]) -> None:
@@ -282,7 +299,10 @@ def _report_rollout(args: argparse.Namespace, results: Dict[str, Any], output_di
     episodes = results["per_episode"]
     print(f"Collecting {len(episodes)} episodes took {overall['eval_s']:.2f} seconds")
     if results["config"].get("video_dir"):
-        print("Video saved to: ", results["config"]["video_dir"])
+        if results.get("video_paths") or not episodes:
+            print("Video saved to: ", results["config"]["video_dir"])
+        else:  # it said "Video saved to" over a folder no video could be written to
+            print(f"No episode video was written to {results['config']['video_dir']} (see the errors above)")
     print(format_summary(results))
     print_errored_episodes(results)
     finished = [e for e in episodes if not e.get("error")]
@@ -292,6 +312,9 @@ def _report_rollout(args: argparse.Namespace, results: Dict[str, Any], output_di
     n_errors = print_incomplete(results)
     status = results.get("status", "complete")
     not_run = results.get("n_not_run", 0)
+    if status == "complete" and not_run:  # a task that failed part-way (an env worker died): no stop, but not run
+        print(f"INCOMPLETE: {not_run} episodes did not run (failed tasks above; continue with: gr00t-eval rollout "
+              f"--resume {output_dir}{'' if shard is None else f' --shard {shard}'} and the same server flags)")
     if status != "complete":
         print(f"{status.upper()}: {results.get('stop_reason')}; {not_run} episodes did not run "
               f"(continue with: gr00t-eval rollout --resume {output_dir}{'' if shard is None else f' --shard {shard}'}"

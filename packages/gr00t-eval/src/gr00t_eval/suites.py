@@ -205,8 +205,12 @@ def run_task(policy: BasePolicy, task: Task, config: RolloutConfig, episodes: Op
         run.eval_s += time.perf_counter() - start
         raise
     except Exception as exc:  # noqa: BLE001 - a task that cannot start (bad env) must not end the suite
-        logger.error("task %s failed: %s: %s", task.env_name, type(exc).__name__, exc)
-        run.error = f"{type(exc).__name__}: {exc}"
+        reason = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, (EOFError, BrokenPipeError, ConnectionResetError)):  # gymnasium's AsyncVectorEnv pipes
+            reason = (f"an env worker process died (its pipe said {type(exc).__name__}: a simulator crash, or the "
+                      f"process was killed); the task's episodes still running and not yet started did not run")
+        logger.error("task %s failed: %s", task.env_name, reason)
+        run.error = reason
     run.eval_s += time.perf_counter() - start
     run.outcomes.sort(key=lambda o: o.episode_index)
     return run
