@@ -133,3 +133,24 @@ def test_an_unwritable_video_dir_is_refused_before_any_episode(tmp_path, capsys)
     with pytest.raises(UsageError, match=f"--video-dir {blocker / 'videos'} is not writable"):
         run_cli(["rollout", "--env-name", "walkto/fast", "--n-episodes", "1", "--n-envs", "1", "--seed", "0",
                  "--video-dir", str(blocker / "videos"), "--policy-client-port", "1", "--output-dir", str(tmp_path / "run")])
+
+
+class SilentGoalEnv(WalkToEnv):
+    """Ends episodes at the goal (terminated) but never says success: scored 0 % without a word before."""
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return obs, reward, terminated, truncated, {}
+
+
+def test_an_env_that_never_reports_success_is_warned_about(caplog):
+    register_env_prefix("silentgoal", EmbodimentTag.NEW_EMBODIMENT, lambda task, **kwargs: SilentGoalEnv(2.0))
+    config = RolloutConfig(env_name="silentgoal/walk", **{**WALK, "n_episodes": 2})
+    with caplog.at_level("WARNING"):
+        results = run_suite(ConstantPolicy(), "silentgoal/walk", config)
+    assert results["overall"]["pc_success"] == 0.0
+    assert "reported no 'success' or 'is_success' in any step info" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # an env that does report it is not warned about
+        run_suite(ConstantPolicy(), "walkto/fast", RolloutConfig(env_name="walkto/fast", **{**WALK, "n_episodes": 2}))
+    assert "is_success" not in caplog.text

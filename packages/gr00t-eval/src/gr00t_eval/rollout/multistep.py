@@ -27,6 +27,7 @@ class EpisodeSummary:
     length: int
     video_path: Optional[str] = None
     failure_reason: Optional[str] = None
+    success_reported: bool = True  # False: no step info of the episode had 'success'/'is_success' (scored a failure)
 
 
 def success_from_info(info: Mapping[str, Any]) -> bool:
@@ -96,6 +97,7 @@ class MultiStepWrapper(gym.Wrapper):
         self._last_obs: Optional[Dict[str, Any]] = None
         self._rewards: list = []
         self._success = False
+        self._success_reported = False  # a step's info carried 'success' or 'is_success'
         self._steps = 0
         self._task = ""
 
@@ -158,6 +160,7 @@ class MultiStepWrapper(gym.Wrapper):
         plan = options.pop("episodes", None)
         episode_index = int(plan[self.env_index]) if plan is not None else self._episode_index + 1
         self._rewards, self._success, self._steps = [], False, 0
+        self._success_reported = False
         if episode_index < 0:
             self._idle, self._done = True, True
             return (self._last_obs if self._last_obs is not None else self._placeholder()), {"idle": True}
@@ -200,6 +203,7 @@ class MultiStepWrapper(gym.Wrapper):
             self._rewards.append(float(reward))
             chunk_reward += float(reward)
             self._success = self._success or success_from_info(info)
+            self._success_reported = self._success_reported or "success" in info or "is_success" in info
             self._observe(raw)
             if inner_term or (self.terminate_on_success and self._success):
                 terminated = True
@@ -233,4 +237,5 @@ class MultiStepWrapper(gym.Wrapper):
             length=self._steps,
             video_path=video_path,
             failure_reason=failure,
+            success_reported=self._success_reported,
         )

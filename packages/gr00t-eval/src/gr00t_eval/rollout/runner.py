@@ -190,6 +190,7 @@ class RolloutRunner:
         self.outcomes: Dict[int, EpisodeOutcome] = {}
         self.row_episode: List[int] = []
         self.recorded_seeds: Dict[int, int] = {}  # episode -> seed a replay server reports it was recorded with
+        self._warned_no_success = False  # an episode ended without its env ever reporting success (warned once)
         self.watch = ServerWatch(policy)
         self.chunker: Optional[ActionChunker] = None  # client chunking only; its `stats` remain after run()
 
@@ -226,6 +227,11 @@ class RolloutRunner:
         return int(recorded) if recorded is not None else int(self.config.seed_for(episode))
 
     def _score(self, row: int, summary: EpisodeSummary, bar: Any) -> None:
+        if summary.failure_reason is None and not summary.success_reported and not self._warned_no_success:
+            self._warned_no_success = True  # once per run: every such episode is scored a failure, which may be wrong
+            logger.warning("the env of %s reported no 'success' or 'is_success' in any step info of episode %d, which "
+                           "is scored a failure; an env that ends episodes on success must report it, or its success "
+                           "rate reads 0%%", self.config.env_name, summary.episode_index)
         outcome = EpisodeOutcome(
             episode_index=summary.episode_index, seed=summary.seed if summary.seed is not None else self.seed_for(summary.episode_index),
             success=summary.success and summary.failure_reason is None, sum_reward=summary.sum_reward,
