@@ -12,12 +12,12 @@ import time
 import uuid
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-import numpy as np
 import zmq
 
 from . import codec, curve
 from .modality import ModalityConfig
-from .policy import ActionError, BasePolicy, ObservationError, non_finite_rows, validate_action, validate_observation
+from .policy import (ActionError, BasePolicy, ObservationError, first_non_finite, non_finite_rows, validate_action,
+                     validate_observation)
 
 logger = logging.getLogger(__name__)
 
@@ -178,40 +178,6 @@ def _recv_frames(sock: zmq.Socket, max_bytes: Optional[int] = None) -> List[Any]
         frames.append(frame)
         size += len(frame)
     return frames
-
-
-_MAX_ACTION_DEPTH = 32  # nesting the NaN walk follows (decoded replies are bounded by codec.DecodeLimits anyway)
-
-
-def _first_non_finite(value: Any, key: str, depth: int) -> Optional[Tuple[str, List[int]]]:
-    """(dotted key, rows) of the first NaN or inf in an action: arrays (their rows), numpy and Python floats and
-    complex numbers, lists and tuples (their index), nested maps (their keys); None when every number is finite."""
-    if depth > _MAX_ACTION_DEPTH:
-        return None
-    if isinstance(value, np.ndarray):
-        if value.dtype.kind == "O":
-            for index, item in enumerate(value.reshape(-1)[:10_000]):
-                found = _first_non_finite(item, key, depth + 1)
-                if found is not None:
-                    return found
-            return None
-        rows = non_finite_rows(value)
-        return (key, rows) if rows else None
-    if isinstance(value, (float, complex, np.floating, np.complexfloating)):
-        return None if np.isfinite(value) else (key, [])
-    if isinstance(value, dict):
-        for name, item in value.items():
-            found = _first_non_finite(item, f"{key}.{name}" if key else str(name), depth + 1)
-            if found is not None:
-                return found
-        return None
-    if isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            found = _first_non_finite(item, key, depth + 1)
-            if found is not None:
-                return (found[0], found[1] or ([index] if found[0] == key else []))
-        return None
-    return None
 
 
 class PolicyClient(BasePolicy):
@@ -662,9 +628,10 @@ class PolicyClient(BasePolicy):
         """A robot must never be handed a NaN: every number of an action from a server that does not check its
         policy's output (the reference; ours refuses to send one) must be finite, strict or not: arrays, numpy and
         Python floats, in lists and nested maps too (a reference peer in another language may send lists)."""
-        found = _first_non_finite(action, "", 0)
+        found = first_non_finite(action)
         if found is not None:
-            key, rows = found
+            key, value = found
+            rows = non_finite_rows(value)
             where = f" in rows {rows}" if rows else ""
             raise ActionError(f"Action key '{key}' from the server at {self.address} has non-finite values (NaN or "
                               f"inf){where}; the action was not used")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import cmath
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping  # isinstance with typing.Mapping is twice as slow (hot paths)
 from typing import Any, Dict, List, Optional, Tuple
@@ -47,6 +49,62 @@ def non_finite_rows(value: Any) -> List[int]:
         return [0]
     bad = ~np.isfinite(value.reshape(value.shape[0], -1)).all(axis=1)
     return [int(row) for row in np.flatnonzero(bad)[:8]]
+
+
+_SUMMED_MAX_ITEMS = 64  # float arrays up to this size are checked finite by a Python sum (states: a few values)
+
+
+def all_finite(value: np.ndarray) -> bool:
+    """True when no element of a float or complex array is NaN or inf.
+
+    A small array of the common float types is summed in Python: one tolist() instead of two numpy calls and a
+    temporary. A sum is finite only when every term is; a sum that overflows falls through to the exact check.
+    """
+    char = value.dtype.char
+    if value.size <= _SUMMED_MAX_ITEMS and char in "efdFD":
+        total = sum(value.reshape(-1).tolist())
+        if math.isfinite(total) if char in "efd" else cmath.isfinite(total):
+            return True
+    return bool(np.isfinite(value).all())
+
+
+def non_finite_scalar(value: Any) -> bool:
+    """True for a float or complex scalar (Python or numpy) that is NaN or inf."""
+    if isinstance(value, float):  # np.float64 too
+        return not math.isfinite(value)
+    if isinstance(value, complex):  # np.complex128 too
+        return not cmath.isfinite(value)
+    if isinstance(value, (np.floating, np.complexfloating)):
+        return not bool(np.isfinite(value))
+    return False
+
+
+def first_non_finite(action: Any) -> Optional[Tuple[str, Any]]:
+    """(dotted key, value) of the first array or scalar holding NaN or inf anywhere in an action (arrays, numpy or
+    Python scalars, lists, nested maps; the items of object arrays too); None when every number is finite. Each
+    value is visited once, without recursion, and a float array of a map is checked as soon as it is met (the
+    common case: a server checks every reply it sends, a client every reply of a server that does not)."""
+    stack: List[Tuple[Any, str]] = [(action, "")]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, dict):
+            for key, child in value.items():
+                path = f"{where}.{key}" if where else str(key)
+                if type(child) is np.ndarray and child.dtype.kind != "O":  # checked at once
+                    if child.dtype.kind in "fc" and child.size and not all_finite(child):
+                        return path, child
+                else:
+                    stack.append((child, path))
+        elif isinstance(value, np.ndarray):
+            if value.dtype.kind == "O":
+                stack.extend((child, where) for child in value.reshape(-1))
+            elif value.dtype.kind in "fc" and value.size and not all_finite(value):
+                return where, value
+        elif isinstance(value, (list, tuple)):
+            stack.extend((child, where) for child in value)
+        elif non_finite_scalar(value):
+            return where, value
+    return None
 
 
 def _check_finite(key: str, value: np.ndarray) -> None:

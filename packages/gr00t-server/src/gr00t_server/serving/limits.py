@@ -3,15 +3,15 @@ an action reaches a robot."""
 
 from __future__ import annotations
 
-import cmath
 import logging
-import math
 import re
 from dataclasses import dataclass
 from collections.abc import Mapping  # isinstance with typing.Mapping is twice as slow (hot paths)
 from typing import AbstractSet, Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from gr00t_client.policy import all_finite, first_non_finite
 
 from .messages import RequestError
 from .wrappers import policy_chain
@@ -21,7 +21,6 @@ logger = logging.getLogger(__name__)
 # A lower bound on a tokenizer's count (every word and punctuation mark is at least one token), cheap to compute.
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 _LISTED_ROWS = 8  # rows named in an error message
-_SUMMED_MAX_ITEMS = 64  # float arrays up to this size are checked finite by a Python sum (states: a few values)
 
 
 @dataclass(frozen=True)
@@ -87,20 +86,6 @@ def _check_text(text: str, where: str, limits: ServerLimits) -> None:
         )
 
 
-def _all_finite(value: np.ndarray) -> bool:
-    """True when no element is NaN or inf (a float or complex array).
-
-    A small array of the common float types is summed in Python: one tolist() instead of two numpy calls and a
-    temporary. A sum is finite only when every term is; a sum that overflows falls through to the exact check.
-    """
-    char = value.dtype.char
-    if value.size <= _SUMMED_MAX_ITEMS and char in "efdFD":
-        total = sum(value.reshape(-1).tolist())
-        if math.isfinite(total) if char in "efd" else cmath.isfinite(total):
-            return True
-    return bool(np.isfinite(value).all())
-
-
 def _is_language(where: str, flat_language_keys: AbstractSet[str]) -> bool:
     """Whether a value at dotted key `where` is language a policy reads: the nested observation's "language" group, or
     a flat key the served policy reads as language (the sim wrapper's, see flat_language_keys)."""
@@ -162,7 +147,7 @@ def _check_array(value: np.ndarray, where: str, limits: ServerLimits, cameras: s
         )
     kind = value.dtype.kind
     if kind in "fc":  # states: the common case, and neither text nor an image
-        if value.size and not _all_finite(value):
+        if value.size and not all_finite(value):
             rows = _bad_rows(~np.isfinite(value))
             raise RequestError(
                 f"observation key '{where}' has non-finite values (NaN or inf) in rows {_rows_text(rows)}; "
@@ -300,17 +285,6 @@ def action_and_info(result: Any) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     raise RequestError(f"the policy's get_action returned a {type(result).__name__} of {len(result)}: ({types}); {_PAIR_EXPECTED}{hint}")
 
 
-def _non_finite_scalar(value: Any) -> bool:
-    """True for a float or complex scalar (Python or numpy) that is NaN or inf."""
-    if isinstance(value, float):  # np.float64 too
-        return not math.isfinite(value)
-    if isinstance(value, complex):  # np.complex128 too
-        return not cmath.isfinite(value)
-    if isinstance(value, (np.floating, np.complexfloating)):
-        return not bool(np.isfinite(value))
-    return False
-
-
 def _non_finite_action(where: str, value: np.ndarray, observation: Any) -> RequestError:
     rows = _bad_rows(~np.isfinite(value))
     return RequestError(
@@ -321,28 +295,17 @@ def _non_finite_action(where: str, value: np.ndarray, observation: Any) -> Reque
 
 def check_finite_action(action: Any, observation: Any) -> None:
     """Refuse to send an action with NaN/inf anywhere (arrays, numpy or Python scalars, lists, nested maps): raise
-    naming the action key, the rows and the likely cause. Each value is visited once."""
-    stack: List[Tuple[Any, str]] = [(action, "")]
-    while stack:
-        value, where = stack.pop()
-        if isinstance(value, dict):
-            for key, child in value.items():
-                path = f"{where}.{key}" if where else str(key)
-                if type(child) is np.ndarray:  # the common case, checked at once; rows are only found on failure
-                    if child.dtype.kind in "fc" and child.size and not _all_finite(child):
-                        raise _non_finite_action(path, child, observation)
-                else:
-                    stack.append((child, path))
-        elif isinstance(value, np.ndarray):
-            if value.dtype.kind in "fc" and value.size and not _all_finite(value):
-                raise _non_finite_action(where, value, observation)
-        elif isinstance(value, (list, tuple)):
-            stack.extend((child, where) for child in value)
-        elif _non_finite_scalar(value):
-            raise RequestError(
-                f"the policy produced a non-finite value ({value}) in action key '{where or 'action'}'; the action was "
-                f"not sent.{_likely_cause(observation, [], where.rsplit('.', 1)[-1])}"
-            )
+    naming the action key, the rows and the likely cause. Each value is visited once (policy.first_non_finite)."""
+    found = first_non_finite(action)
+    if found is None:
+        return
+    where, value = found
+    if isinstance(value, np.ndarray):
+        raise _non_finite_action(where, value, observation)
+    raise RequestError(
+        f"the policy produced a non-finite value ({value}) in action key '{where or 'action'}'; the action was "
+        f"not sent.{_likely_cause(observation, [], where.rsplit('.', 1)[-1])}"
+    )
 
 
 def per_row_summary(limits: ServerLimits) -> Dict[str, Any]:
