@@ -25,7 +25,7 @@ import shutil
 import signal
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +137,12 @@ def shard_files(directory: Union[str, Path]) -> List[str]:
     """The names of the `rollout --shard` files (run_, episodes_, results_shard{i}of{N}) in `directory`."""
     directory = Path(directory)
     return sorted(p.name for p in directory.iterdir() if SHARD_FILE_NAME.fullmatch(p.name)) if directory.is_dir() else []
+
+
+def started_shards(directory: Union[str, Path]) -> List[Tuple[int, int]]:
+    """(index, count) of each `rollout --shard I/N` that started in `directory` (its run file is there), in order."""
+    found = (SHARD_FILE_NAME.fullmatch(name) for name in shard_files(directory))
+    return sorted({(int(m.group("index")), int(m.group("count"))) for m in found if m is not None and m.group(1) == "run"})
 
 
 def _split_of(names: Sequence[str]) -> Optional[int]:
@@ -259,8 +265,7 @@ def read_run_file(directory: Union[str, Path], shard: Any = None) -> Dict[str, A
     """run.json (or a shard's run file) of a directory to resume (OutputDirError when there is none)."""
     path = Path(directory) / run_file_name(shard)
     if not path.is_file():
-        shards = sorted({f"{m.group('index')}/{m.group('count')}" for m in map(SHARD_FILE_NAME.fullmatch, shard_files(directory))
-                         if m is not None and m.group(1) == "run"})
+        shards = [f"{index}/{count}" for index, count in started_shards(directory)]
         hint = f"; it holds the shards {', '.join(shards)}: resume one with --shard I/N" if shards and shard is None else ""
         raise OutputDirError(f"--resume {directory}: no {path.name} there (is it the --output-dir of a gr00t-eval rollout"
                              f"{'' if shard is None else ' with this --shard'}?){hint}")

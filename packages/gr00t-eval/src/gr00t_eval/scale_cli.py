@@ -426,17 +426,18 @@ def cmd_batch(args: argparse.Namespace) -> int:
             jobs = load_jobs(args.jobs)  # an unreadable job file is refused before any folder is made
             if args.output_dir:
                 refuse_live_claim(args.output_dir, BATCH_CLAIM_FILENAME)  # never empty a folder a batch still runs in
-            for video_dir in job_video_dirs(jobs):  # as rollout: videos of two runs never sit under the same names
-                _check_video_dir(video_dir, Path(args.output_dir) if args.output_dir else None, args.overwrite,
-                                 label="a job's video_dir")
+            # As rollout: videos of two runs never sit under the same names (refused, or deleted with --overwrite
+            # once the folder is claimed).
+            earlier_videos = {video_dir: _check_video_dir(video_dir, Path(args.output_dir) if args.output_dir else None,
+                                                          args.overwrite, label="a job's video_dir")
+                              for video_dir in job_video_dirs(jobs)}
             output_dir = (prepare_output_dir(Path(args.output_dir), overwrite=args.overwrite) if args.output_dir
                           else make_fresh_dated_output_dir(DEFAULT_BATCH_DIR, "batch"))
             claim = claim_output_dir(output_dir, BATCH_CLAIM_FILENAME, {"jobs_file": str(args.jobs)})
-            for video_dir in job_video_dirs(jobs):
-                earlier_videos = _check_video_dir(video_dir, output_dir, overwrite=True, label="a job's video_dir")
-                if earlier_videos:
-                    logger.warning("deleting %d episode videos of an earlier run from %s (--overwrite)", len(earlier_videos), video_dir)
-                    _delete_episode_videos(video_dir, earlier_videos)
+            for video_dir, videos in earlier_videos.items():
+                if videos:
+                    logger.warning("deleting %d episode videos of an earlier run from %s (--overwrite)", len(videos), video_dir)
+                    _delete_episode_videos(video_dir, videos)
             jobs_path = output_dir / "jobs.json"
             shutil.copyfile(args.jobs, jobs_path)
     except (JobError, OutputDirError) as exc:
@@ -503,20 +504,15 @@ def _results_files(paths: List[str], output: Path) -> List[Path]:
 
 
 def _unfinished_shards_hint(paths: List[str]) -> str:
-    """'; shard 1/2 has no results file ...' for every shard of the given directories that started (its run file is
-    there) and wrote no results: still running, or killed. Empty when there is none."""
-    from .run_dir import SHARD_FILE_NAME
+    """'; shard 1/2 ... started and has no results file ...' for every shard of the given directories that started
+    (its run file is there) and wrote no results: still running, or killed. Empty when there is none."""
+    from .run_dir import results_file_name, started_shards
+    from .shard import ShardSpec
 
     unfinished = []
-    for directory in (Path(p) for p in paths):
-        if not directory.is_dir():
-            continue
-        for run_file in sorted(directory.glob("run_shard*of*.json")):
-            match = SHARD_FILE_NAME.fullmatch(run_file.name)
-            if match is None:
-                continue
-            index, count = match.group("index"), match.group("count")
-            if not (directory / f"results_shard{index}of{count}.json").exists():
+    for directory in (Path(p) for p in paths if Path(p).is_dir()):
+        for index, count in started_shards(directory):
+            if not (directory / results_file_name(ShardSpec(index, count))).exists():
                 unfinished.append(f"shard {index}/{count} in {directory} started and has no results file (still "
                                   f"running, or killed: continue it with gr00t-eval rollout --resume {directory} "
                                   f"--shard {index}/{count})")
