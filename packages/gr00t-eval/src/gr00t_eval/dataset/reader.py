@@ -333,17 +333,16 @@ class Episode:
         fps = self._dataset.fps
         if "timestamp" not in self.table.column_names:
             return np.arange(self.length, dtype=np.float64) / fps
-        times = self.column("timestamp").astype(np.float64).reshape(-1)
-        if "timestamps" not in self._arrays:
-            steps = np.diff(times)
-            off = np.flatnonzero(np.abs(steps - 1.0 / fps) > TIMESTAMP_TOLERANCE / fps)
+        if "timestamps" not in self._arrays:  # converted and checked once per episode
+            times = self.column("timestamp").astype(np.float64).reshape(-1)
+            off = np.flatnonzero(np.abs(np.diff(times) - 1.0 / fps) > TIMESTAMP_TOLERANCE / fps)
             if off.size:
                 first = int(off[0])
                 raise DatasetError(f"{self.record.data_path}: column 'timestamp' of episode {self.episode_index} steps "
                                    f"from {times[first]:.6g} s to {times[first + 1]:.6g} s at step {first}; at fps "
                                    f"{fps:g} (meta/info.json) each step is {1.0 / fps:.6g} s")
             self._arrays["timestamps"] = times
-        return times
+        return self._arrays["timestamps"]
 
     def frames(self, video_key: str, step_indices: Union[int, Sequence[int], np.ndarray]) -> np.ndarray:
         """uint8 (N, H, W, 3) RGB frames of camera `video_key` at the given steps; decodes only those frames."""
