@@ -150,3 +150,43 @@ def test_wraps_replay_policy_with_flat_keys_and_sessions(tmp_path):
     assert info["episode_index"] == 1
     empty_action, _ = wrapper.get_action({}, None)  # replay needs no observation
     assert empty_action["action.arm"].shape == (1, 16, 3)
+
+
+def test_wrapper_refuses_a_non_finite_flat_state_and_non_utf8_language_naming_the_key():
+    wrapper = Gr00tSimPolicyWrapper(RecordingPolicy())
+    observation = flat()
+    observation["state.arm"][1, 0, 2] = np.nan
+    with pytest.raises(ObservationError, match=r"State key 'state.arm' has non-finite values .* rows \[1\]"):
+        wrapper.get_action(observation)
+    with pytest.raises(ObservationError, match=f"Language key '{LANGUAGE_KEY}' holds bytes that are not UTF-8"):
+        wrapper.get_action(flat(language=[b"pick", b"\xff\xfe"]))
+
+
+def test_a_strict_client_validates_the_flat_form_a_sim_wrapper_server_takes(tmp_path):
+    """The server reports its wrapped policy's nested configs; a strict client holds flat observations and flat
+    actions to them (it refused every flat observation, and named --use-sim-policy-wrapper, already on)."""
+    from gr00t_client import PolicyClient
+    from serving import running_server
+
+    root = make_dataset(tmp_path / "ds", lengths=(5,), cameras=("image",))
+    observation = {
+        "video.image": np.zeros((1, 1, 32, 32, 3), np.uint8),
+        "state.arm": np.zeros((1, 1, 3), np.float32),
+        "state.gripper": np.zeros((1, 1, 1), np.float32),
+        LANGUAGE_KEY: ["pick the red cube"],
+    }
+    with running_server(Gr00tSimPolicyWrapper(ReplayPolicy(root, execution_horizon=2))) as server:
+        with PolicyClient(port=server.port, strict=True, timeout_ms=10000) as client:
+            client.reset({"episode_index": 0})
+            action, _ = client.get_action(observation)
+            assert set(action) == {"action.arm", "action.gripper"}
+            np.testing.assert_array_equal(action["action.arm"][0, :3], expected_actions(0, 3)["arm"])
+            requests = server.stats.snapshot()["policy_calls"]
+            bad = dict(observation, **{"state.arm": np.zeros((1, 1, 3), np.float64)})
+            with pytest.raises(ObservationError, match="'state.arm' must have dtype float32"):
+                client.get_action(bad)
+            missing = {k: v for k, v in observation.items() if k != "video.image"}
+            with pytest.raises(ObservationError, match="'video.image' must be in observation"):
+                client.get_action(missing)
+            # refused on the robot: the server saw neither request
+            assert server.stats.snapshot()["policy_calls"] == requests

@@ -15,6 +15,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import zmq
 
 from . import codec, curve
+from .flat import is_flat_action, is_flat_observation, validate_flat_action, validate_flat_observation
 from .modality import ModalityConfig
 from .policy import (ActionError, BasePolicy, ObservationError, first_non_finite, non_finite_rows, validate_action,
                      validate_observation)
@@ -610,8 +611,11 @@ class PolicyClient(BasePolicy):
         with self._locked():
             self._notice_reconnection()  # a restarted server's configs, not the old one's
             cached = self._modality_config is not None
+        # The flat form (`video.<k>`, `state.<k>`) is what a sim-wrapper server takes; it reports its wrapped
+        # policy's nested configs, which hold either form.
+        validate = validate_flat_observation if is_flat_observation(observation) else validate_observation
         try:
-            validate_observation(observation, self.get_modality_config())
+            validate(observation, self.get_modality_config())
         except ObservationError:
             if not cached:
                 raise
@@ -619,10 +623,11 @@ class PolicyClient(BasePolicy):
             # by the socket). Ask once more before refusing, so a fixed server is not refused for ever.
             with self._locked():
                 self._modality_config = None
-            validate_observation(observation, self.get_modality_config())
+            validate(observation, self.get_modality_config())
 
     def check_action(self, action: Dict[str, Any]) -> None:
-        validate_action(action, self.get_modality_config())
+        validate = validate_flat_action if is_flat_action(action) else validate_action
+        validate(action, self.get_modality_config())
 
     def _refuse_non_finite(self, action: Any) -> None:
         """A robot must never be handed a NaN: every number of an action from a server that does not check its

@@ -1,0 +1,119 @@
+"""GR00T's flat simulation form (server-eval.md §1.4): `video.<k>`, `state.<k>` and a language key in, `action.<k>` out.
+
+A server started with `--use-sim-policy-wrapper` (or the reference's Gr00tSimPolicyWrapper) takes this form and
+reports its wrapped policy's nested modality configs; these checks hold a flat observation to those configs, on
+the server and in a strict PolicyClient alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, List, Optional
+
+import numpy as np
+
+from .modality import ModalityConfig
+from .policy import ActionError, ObservationError, _check_array, _check_finite
+
+# Legacy GR00T sim envs send the language under this key while the config says "task".
+LEGACY_LANGUAGE_KEY = "annotation.human.coarse_action"
+_NESTED_GROUPS = ("video", "state", "language")
+
+
+def is_flat_observation(observation: Any) -> bool:
+    """True for a dict in the flat form: some `video.*` or `state.*` key and none of the nested groups."""
+    if not isinstance(observation, Mapping) or any(group in observation for group in _NESTED_GROUPS):
+        return False
+    return any(isinstance(key, str) and key.startswith(("video.", "state.")) for key in observation)
+
+
+def is_flat_action(action: Any) -> bool:
+    """True for an action dict whose keys are all `action.<k>`."""
+    return (isinstance(action, Mapping) and bool(action)
+            and all(isinstance(key, str) and key.startswith("action.") for key in action))
+
+
+def language_source(key: str, observation: Mapping[str, Any]) -> str:
+    """The flat key a language config key is read from: the legacy key replaces "task" when it is sent."""
+    if key == "task" and LEGACY_LANGUAGE_KEY in observation:
+        return LEGACY_LANGUAGE_KEY
+    return key
+
+
+def language_batch(value: Any, key: str) -> List[str]:
+    """B strings from a tuple/list of str (or UTF-8 bytes), a numpy string array or a bare str."""
+    if isinstance(value, str):
+        items: List[Any] = [value]
+    elif isinstance(value, np.ndarray):
+        if value.dtype.kind not in "USO":
+            raise ObservationError(f"Language key '{key}' must hold strings; got a numpy array of dtype {value.dtype}")
+        items = value.reshape(-1).tolist()
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise ObservationError(f"Language key '{key}' must be a tuple, list, numpy array or str; got {type(value).__name__}")
+    if not items:
+        raise ObservationError(f"Language key '{key}' must not be empty")
+    out = []
+    for item in items:
+        if isinstance(item, bytes):
+            try:
+                item = item.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ObservationError(f"Language key '{key}' holds bytes that are not UTF-8 ({exc})") from None
+        if not isinstance(item, str):
+            raise ObservationError(f"Language key '{key}' must hold strings; got {type(item).__name__} {item!r:.60}")
+        out.append(item)
+    return out
+
+
+def validate_flat_observation(observation: Any, configs: Mapping[str, ModalityConfig]) -> int:
+    """Check flat keys against nested configs: video.<k> uint8 (B,T,H,W,3), state.<k> float32 (B,T,D) and finite,
+    the language as B strings; return the batch size."""
+    if not isinstance(observation, Mapping):
+        raise ObservationError(f"observation must be a dict of flat keys (video.*, state.*, language); got {type(observation).__name__}")
+    batch: Optional[int] = None
+    first = ""
+
+    def check_batch(name: str, size: int) -> None:
+        nonlocal batch, first
+        if batch is None:
+            batch, first = size, name
+        elif size != batch:
+            raise ObservationError(f"key '{name}' has batch size {size}; expected {batch} like '{first}'")
+
+    for modality, kind, dtype, ndim, layout in (
+        ("video", "Video", np.uint8, 5, "(B, T, H, W, 3)"),
+        ("state", "State", np.float32, 3, "(B, T, D)"),
+    ):
+        config = configs.get(modality)
+        for key in config.modality_keys if config is not None else []:
+            name = f"{modality}.{key}"
+            if name not in observation:
+                raise ObservationError(f"{kind} key '{name}' must be in observation; got keys {sorted(map(str, observation))}")
+            value = observation[name]
+            _check_array(kind, name, value, dtype, ndim, config.horizon, layout, ObservationError)
+            if modality == "video" and value.shape[-1] != 3:
+                raise ObservationError(f"Video key '{name}' must have 3 channels {layout}; got shape {value.shape}")
+            if modality == "state":
+                _check_finite(name, value)
+            check_batch(name, value.shape[0])
+    language = configs.get("language")
+    for key in language.modality_keys if language is not None else []:
+        source = language_source(key, observation)
+        if source not in observation:
+            raise ObservationError(f"Language key '{source}' must be in observation; got keys {sorted(map(str, observation))}")
+        check_batch(source, len(language_batch(observation[source], source)))
+    return batch or 0
+
+
+def validate_flat_action(action: Any, configs: Mapping[str, ModalityConfig]) -> None:
+    """Each action.<k> of the 'action' config must be float32 (B, T, D) with T = the action horizon."""
+    if not isinstance(action, Mapping):
+        raise ActionError(f"action must be a dict; got {type(action).__name__}")
+    config = configs.get("action")
+    for key in config.modality_keys if config is not None else []:
+        name = f"action.{key}"
+        if name not in action:
+            raise ActionError(f"Action key '{name}' must be in action; got keys {sorted(map(str, action))}")
+        _check_array("Action", name, action[name], np.float32, 3, config.horizon, "(B, T, D)", ActionError)
