@@ -146,6 +146,31 @@ def test_a_batch_folder_a_live_batch_runs_in_is_neither_emptied_nor_resumed(serv
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == files
 
 
+def test_a_batch_that_claims_the_folder_after_anothers_checks_is_never_emptied(server, tmp_path, monkeypatch, live_process):
+    """The race of two `batch --overwrite` into one folder: the second checked the folder before the first claimed
+    it. It used to empty the folder then (the live claim with it) and run beside the first; the claim is now taken,
+    under a lock, before anything is emptied."""
+    import gr00t_eval.run_dir as run_dir
+
+    jobs = write_jobs(tmp_path, server.port)
+    out = tmp_path / "batch"
+    assert run_cli(["batch", "--jobs", str(jobs), "--output-dir", str(out)]) == 0
+    real_check = run_dir.check_output_dir
+
+    def check_then_another_batch_claims(*args, **kwargs):
+        real_check(*args, **kwargs)
+        if not json.loads((out / "batch.json").read_text())["claim"].get("pid") == live_process.pid:
+            claim_by(out, live_process)  # the other batch claims the folder right after this one's checks
+
+    monkeypatch.setattr(run_dir, "check_output_dir", check_then_another_batch_claims)
+    files = sorted(p.relative_to(out) for p in out.rglob("*") if p.name != "batch.json.lock")
+    assert len(files) > 3
+    with pytest.raises(Exception, match="is in use: the run that claimed it is still running"):
+        run_cli(["batch", "--jobs", str(jobs), "--output-dir", str(out), "--overwrite"])
+    assert sorted(p.relative_to(out) for p in out.rglob("*") if p.name != "batch.json.lock") == files
+    assert json.loads((out / "batch.json").read_text())["claim"]["pid"] == live_process.pid
+
+
 def test_batch_resume_refuses_flags_it_would_ignore(server, tmp_path):
     jobs = write_jobs(tmp_path, server.port)
     out = tmp_path / "batch"

@@ -70,7 +70,8 @@ def shard_suffix(shard: Any) -> str:
     return "" if shard is None else f"_shard{shard.index}of{shard.count}"
 
 
-def check_output_dir(path: Union[str, Path], overwrite: bool = False, own_files: Optional[List[str]] = None) -> None:
+def check_output_dir(path: Union[str, Path], overwrite: bool = False, own_files: Optional[List[str]] = None,
+                     keep: Sequence[str] = ()) -> None:
     """OutputDirError when prepare_output_dir would refuse `path` (see there); changes nothing, so every check of a
     run can pass before anything is emptied."""
     from .run_claim import refuse_live_claim
@@ -85,7 +86,7 @@ def check_output_dir(path: Union[str, Path], overwrite: bool = False, own_files:
                              "without them")
         if overwrite:  # before "not empty": --overwrite must not be suggested for a run that is still running
             refuse_live_claim(path, RUN_FILENAME)
-        if any(path.iterdir()) and not overwrite:
+        if not overwrite and any(entry.name not in keep for entry in path.iterdir()):
             raise OutputDirError(f"--output-dir {path} is not empty; pass --overwrite to empty it or --resume {path} to "
                                  "continue that run")
         return
@@ -106,8 +107,10 @@ def check_output_dir(path: Union[str, Path], overwrite: bool = False, own_files:
                              "those), or another directory")
 
 
-def prepare_output_dir(path: Union[str, Path], overwrite: bool = False, own_files: Optional[List[str]] = None) -> Path:
-    """Create `path`; an existing non-empty directory is refused unless `overwrite` (which empties it).
+def prepare_output_dir(path: Union[str, Path], overwrite: bool = False, own_files: Optional[List[str]] = None,
+                       keep: Sequence[str] = ()) -> Path:
+    """Create `path`; an existing non-empty directory is refused unless `overwrite` (which empties it). The names in
+    `keep` (a claim taken before emptying, and its lock) neither count nor are deleted.
 
     With `own_files` (a shard's file names, its run file first) the directory may hold the other shards of its
     split: only those names must not exist yet, and `overwrite` deletes those files and the episode videos their
@@ -115,7 +118,7 @@ def prepare_output_dir(path: Union[str, Path], overwrite: bool = False, own_file
     run or another split, for a shard), or whose run file's process is still running, is refused even with
     `overwrite`.
     """
-    check_output_dir(path, overwrite, own_files)
+    check_output_dir(path, overwrite, own_files, keep)
     path = Path(path)
     if overwrite and own_files is not None and path.is_dir():
         replaced = [path / name for name in own_files if (path / name).exists()]
@@ -125,10 +128,11 @@ def prepare_output_dir(path: Union[str, Path], overwrite: bool = False, own_file
                            ", ".join(p.name for p in replaced), len(videos))
             for file in videos + replaced:
                 file.unlink(missing_ok=True)
-    elif overwrite and path.is_dir() and any(path.iterdir()):
+    elif overwrite and path.is_dir() and any(entry.name not in keep for entry in path.iterdir()):
         logger.warning("emptying %s (--overwrite)", path)
         for child in path.iterdir():
-            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+            if child.name not in keep:
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     path.mkdir(parents=True, exist_ok=True)
     return path
 

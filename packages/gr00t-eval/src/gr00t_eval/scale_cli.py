@@ -396,10 +396,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     from .batch import BATCH_RESULTS_FILENAME, JobError, format_table, job_video_dirs, load_jobs, run_batch
     from .cli_errors import UsageError
-    from .results import write_results
-    from .run_claim import CLAIM_KEY, claim_output_dir, finish_claim, holder_record, refuse_live_claim
-    from .run_dir import (INTERRUPTED_EXIT_CODE, OutputDirError, make_fresh_dated_output_dir, prepare_output_dir,
-                          sigterm_as_interrupt)
+    from .run_claim import claim_lock_name, claim_output_dir, finish_claim, refuse_live_claim, take_claim
+    from .run_dir import (INTERRUPTED_EXIT_CODE, OutputDirError, check_output_dir, make_fresh_dated_output_dir,
+                          prepare_output_dir, sigterm_as_interrupt)
 
     previous = None
     try:
@@ -414,10 +413,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
             if not (output_dir / BATCH_RESULTS_FILENAME).is_file() or not jobs_path.is_file():
                 raise UsageError(f"--resume {output_dir}: no {BATCH_RESULTS_FILENAME} and jobs.json there (is it a batch --output-dir?)")
             refuse_live_claim(output_dir, BATCH_CLAIM_FILENAME, flag="--resume")
-            previous = json.loads((output_dir / BATCH_RESULTS_FILENAME).read_text())
             jobs = load_jobs(jobs_path)
-            claim = output_dir / BATCH_CLAIM_FILENAME
-            write_results(claim, {CLAIM_KEY: holder_record(), "resumed": True})
+            # Under the claim's lock: of two resumes started at once, one runs and the other is refused.
+            claim = take_claim(output_dir, BATCH_CLAIM_FILENAME, {"resumed": True}, flag="--resume")
+            previous = json.loads((output_dir / BATCH_RESULTS_FILENAME).read_text())
         else:
             if not args.jobs:
                 raise UsageError("batch needs --jobs FILE (or --resume DIR to continue a batch)")
@@ -431,9 +430,21 @@ def cmd_batch(args: argparse.Namespace) -> int:
             earlier_videos = {video_dir: _check_video_dir(video_dir, Path(args.output_dir) if args.output_dir else None,
                                                           args.overwrite, label="a job's video_dir")
                               for video_dir in job_video_dirs(jobs)}
-            output_dir = (prepare_output_dir(Path(args.output_dir), overwrite=args.overwrite) if args.output_dir
-                          else make_fresh_dated_output_dir(DEFAULT_BATCH_DIR, "batch"))
-            claim = claim_output_dir(output_dir, BATCH_CLAIM_FILENAME, {"jobs_file": str(args.jobs)})
+            if args.output_dir:
+                # Claimed before anything is emptied, and the claim is kept while the folder is emptied: of two
+                # batches racing into one folder (--overwrite), one runs and the other is refused, whatever the timing.
+                output_dir, keep = Path(args.output_dir), (BATCH_CLAIM_FILENAME, claim_lock_name(BATCH_CLAIM_FILENAME))
+                check_output_dir(output_dir, args.overwrite, keep=keep)  # the usual refusals, before any claim
+                output_dir.mkdir(parents=True, exist_ok=True)
+                claim = take_claim(output_dir, BATCH_CLAIM_FILENAME, {"jobs_file": str(args.jobs)})
+                try:
+                    prepare_output_dir(output_dir, overwrite=args.overwrite, keep=keep)
+                except BaseException:
+                    finish_claim(claim, "error")
+                    raise
+            else:
+                output_dir = make_fresh_dated_output_dir(DEFAULT_BATCH_DIR, "batch")
+                claim = claim_output_dir(output_dir, BATCH_CLAIM_FILENAME, {"jobs_file": str(args.jobs)})
             for video_dir, videos in earlier_videos.items():
                 if videos:
                     logger.warning("deleting %d episode videos of an earlier run from %s (--overwrite)", len(videos), video_dir)
