@@ -111,10 +111,25 @@ def test_a_single_episode_is_broadcast_to_the_observation_batch(policy, dataset)
     assert info["episode_index"] == [1, 1]
 
 
-def test_batch_size_that_disagrees_with_the_episode_list_is_an_error(policy, dataset):
+def test_batch_size_that_disagrees_with_rows_at_different_positions_is_an_error(policy, dataset):
     policy.reset(session("x", episode_index=[0, 1]))
-    with pytest.raises(ValueError, match="batch size 3.*2 episodes"):
+    with pytest.raises(ValueError, match=r"batch size 3.*2 rows at different positions \(episodes \[0, 1\], steps \[0, 0\]\)"):
         policy.get_action(observation(dataset, 3), session("x"))
+
+
+def test_rows_at_one_position_take_any_batch_size_as_the_reference_replay_does(policy, dataset):
+    """The reference's replay takes B from every call; a client that sent B=3 and then B=1 (a reset in between
+    or not) was refused for ever: the session kept its first row count."""
+    policy.reset(session("tile", episode_index=1))
+    action, info = policy.get_action(observation(dataset, 3), session("tile"))
+    assert action["arm"].shape == (3, 4, 3) and info["current_step"] == [0, 0, 0]
+    action, info = policy.get_action(observation(dataset, 1), session("tile"))  # on from step 2 (the horizon), one row
+    np.testing.assert_array_equal(action["arm"][0], rows(1, [2, 3, 4, 5]))
+    assert info["current_step"] == 2 and info["episode_index"] == 1
+    policy.reset(session("tile"))  # rewinds, keeping the episode
+    action, info = policy.get_action(observation(dataset, 2), session("tile"))
+    np.testing.assert_array_equal(action["arm"][1], rows(1, [0, 1, 2, 3]))
+    assert info["current_step"] == [0, 0]
 
 
 def test_non_contiguous_delta_indices_replay_the_right_rows(dataset):

@@ -167,12 +167,15 @@ class ReplayPolicy(BasePolicy):
             cursor = self._sessions.get(session) or _Cursor([0], [0])
             self._keep(session, cursor)
             if batch is not None and batch != len(cursor.episodes):
-                if len(cursor.episodes) != 1:
+                # Rows at one position (never reset row by row) take any batch size, as the reference's replay
+                # does on every call; rows at different positions cannot be re-tiled without dropping one.
+                if len(set(zip(cursor.episodes, cursor.steps))) != 1:
                     raise ValueError(
-                        f"observation has batch size {batch} but session {session!r} replays {len(cursor.episodes)} episodes "
-                        f"{cursor.episodes}; reset with one episode_index per row"
+                        f"observation has batch size {batch} but session {session!r} replays {len(cursor.episodes)} rows "
+                        f"at different positions (episodes {cursor.episodes}, steps {cursor.steps}); reset with one "
+                        "episode_index per row"
                     )
-                cursor.episodes, cursor.steps = cursor.episodes * batch, cursor.steps * batch
+                cursor.episodes, cursor.steps = cursor.episodes[:1] * batch, cursor.steps[:1] * batch
             chunks = [self._chunk(e, s) for e, s in zip(cursor.episodes, cursor.steps)]
             lengths = [self._length(e) for e in cursor.episodes]
             done = [s + self.execution_horizon >= n for s, n in zip(cursor.steps, lengths)]
