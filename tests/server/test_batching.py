@@ -345,6 +345,56 @@ def test_requests_with_a_seed_are_not_batched():
     assert [call["rows"] for call in policy.calls if call not in seeded] == [4]
 
 
+def test_a_request_with_other_arguments_is_never_merged_and_is_refused_as_when_alone():
+    """A mistyped argument ('option' for 'options') is refused when served alone; merged into a batch it was served
+    and the argument dropped, so the reply depended on timing."""
+    assert batching.batch_shape({"observation": observation(1), "option": {"seed": 7}}) is None
+    policy = RowEchoPolicy()
+    barrier = threading.Barrier(2)
+    results = {}
+    with running_server(policy, max_batch_size=4, batch_timeout_ms=2000.0) as server:
+        def send(name, data):
+            with PolicyClient(port=server.port, timeout_ms=15000) as client:
+                client.get_server_info()
+                barrier.wait()
+                try:
+                    results[name] = client.call_endpoint("get_action", data)
+                except PolicyServerError as exc:
+                    results[name] = exc
+
+        threads = [threading.Thread(target=send, args=("good", {"observation": observation(1)})),
+                   threading.Thread(target=send, args=("typo", {"observation": observation(2), "option": {"seed": 7}}))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    assert isinstance(results["typo"], PolicyServerError) and "bad arguments for 'get_action'" in str(results["typo"])
+    np.testing.assert_allclose(results["good"][0]["arm"], expected_arm(1), rtol=1e-6)
+    assert policy.row_counts == [1]
+
+
+def test_a_gathered_request_goes_before_its_clients_deadline_however_long_the_window():
+    """A first client (nobody known to wait for) was held the whole batch_timeout_ms, past its own timeout_ms,
+    while the server idled."""
+    policy = RowEchoPolicy()
+    with running_server(policy, max_batch_size=8, batch_timeout_ms=4000.0) as server:
+        with PolicyClient(port=server.port, timeout_ms=1500) as client:
+            client.get_server_info()
+            started = time.monotonic()
+            action, _ = client.get_action(observation(3.0))
+            waited = time.monotonic() - started
+    np.testing.assert_allclose(action["arm"], expected_arm(3.0), rtol=1e-6)
+    assert waited < 1.5
+
+
+def test_mean_batch_rows_counts_observation_rows_not_requests():
+    with running_server(RowEchoPolicy()) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        client.get_action(observation(1, rows=3))
+        client.get_action(observation(2, rows=1))
+        stats = client.get_server_info()["stats"]
+    assert stats["batch_sizes"] == {"1": 2} and stats["mean_batch_rows"] == 2.0
+
+
 def test_batching_is_off_by_default():
     policy = RowEchoPolicy()
     with running_server(policy) as server:

@@ -110,3 +110,51 @@ def test_the_real_checkpoint_with_an_all_zero_eef_9d_row_is_refused_naming_that_
     assert all(np.isfinite(value).all() for value in action.values())
     with pytest.raises(ValueError, match=r"'eef_9d' .* degenerate rotation in rows \[0, 1\]"):  # in-process alike
         policy.get_action({**observation, "state": {**observation["state"], "eef_9d": np.zeros_like(observation["state"]["eef_9d"])}})
+
+
+def test_a_degenerate_reference_rotation_is_refused_before_the_model_runs_batched_or_not(tiny_checkpoint):
+    """The check ran in decode_action, after the model: with batching on, one client's degenerate pose failed the
+    merged call and every client of the batch was then served alone (three model calls for two requests)."""
+    pytest.importorskip("torch")
+    import threading
+
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+    from gr00t_server.test_checkpoint import example_observation
+
+    policy = Gr00tPolicy(tiny_checkpoint, "new_embodiment", device="cpu")
+    forward = policy.model.get_action
+    rows_run = []
+
+    def counted_forward(inputs, **kwargs):
+        rows_run.append(int(next(v for v in inputs.values() if hasattr(v, "shape")).shape[0]))
+        return forward(inputs, **kwargs)
+
+    policy.model.get_action = counted_forward
+    bad = example_observation(tiny_checkpoint, "new_embodiment", batch_size=1, image_size=(32, 32))
+    bad["state"]["eef_9d"][0] = 0.0
+    with pytest.raises(ObservationError, match=r"'eef_9d' \(xyz \+ rot6d\) has a degenerate rotation in rows \[0\]"):
+        policy.get_action(bad)
+    policy.strict = False  # the model's own check, for a server started with --no-strict
+    with pytest.raises(ObservationError, match="degenerate rotation"):
+        policy.get_action(bad)
+    policy.strict = True
+    assert rows_run == []
+
+    results = {}
+    with running_server(policy, max_batch_size=2, batch_timeout_ms=2000) as server:
+        def call(name, observation):
+            with PolicyClient(port=server.port, timeout_ms=60000) as client:
+                try:
+                    results[name] = client.get_action(observation)
+                except PolicyServerError as exc:
+                    results[name] = exc
+
+        good = example_observation(tiny_checkpoint, "new_embodiment", batch_size=1, image_size=(32, 32))
+        threads = [threading.Thread(target=call, args=("good", good)), threading.Thread(target=call, args=("bad", bad))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    assert isinstance(results["bad"], PolicyServerError) and "degenerate rotation in rows [0]" in str(results["bad"])
+    assert all(np.isfinite(value).all() for value in results["good"][0].values())
+    assert len(rows_run) == 1  # the good request's call alone

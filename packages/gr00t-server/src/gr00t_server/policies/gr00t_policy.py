@@ -284,6 +284,18 @@ class Gr00tPolicy(BasePolicy):
         """Stateless policy: nothing to reset."""
         return {}
 
+    def check_observation(self, observation: Dict[str, Any]) -> None:
+        """The modality configs' checks, then the reference states of relative action keys (a degenerate rotation
+        failed only after the whole model ran, and with batching on made every client's batch re-run alone)."""
+        super().check_observation(observation)
+        self._check_reference_states(observation)
+
+    def _check_reference_states(self, observation: Mapping[str, Any]) -> None:
+        try:
+            self.processor.check_reference_states(self.embodiment_tag_value, observation["state"])
+        except ValueError as exc:
+            raise ObservationError(str(exc)) from None
+
     @property
     def last_timing(self) -> Dict[str, float]:
         """{"preprocess_ms", "model_ms", "postprocess_ms"} of this thread's last get_action ({} before one)."""
@@ -299,6 +311,8 @@ class Gr00tPolicy(BasePolicy):
                 "observation has 0 rows (a batch of size 0); every video and state array needs at least one row on "
                 "its first axis"
             )
+        if not self.strict:  # a strict policy's check_observation made this check
+            self._check_reference_states(observation)
         rtc = self._parse_rtc((options or {}).get("rtc"), batch_size)
         video = {k: np.asarray(observation["video"][k]) for k in self.modality_configs["video"].modality_keys}
         raw_states = {k: np.asarray(observation["state"][k]) for k in self.modality_configs["state"].modality_keys}

@@ -381,6 +381,21 @@ class Gr00tN1d7Processor:
             out[key] = value.astype(np.float32)
         return out
 
+    def check_reference_states(self, tag: str, raw_states: Mapping[str, np.ndarray]) -> None:
+        """ValueError unless every relative action key's reference state can anchor it (finite, and for xyz+rot6d
+        a real rotation): the checks decode_action makes, here before the model runs rather than after it."""
+        action_config = self.modality_configs(tag)["action"]
+        params = self.norm_params(tag)
+        for index, key in enumerate(action_config.modality_keys):
+            if key not in params.relative_action:
+                continue
+            spec = action_config.action_configs[index]
+            state = raw_states.get(spec.state_key or key)
+            if state is None:  # decode_action names the missing key; the observation checks do first
+                continue
+            reference = norm._last_reference_step(key, state, params.action[key].dim, "relative->absolute")
+            norm._check_reference_pose(key, reference, spec.type.name, spec.format.name)
+
     def encode_action(
         self, action: Mapping[str, np.ndarray], tag: str, raw_states: Optional[Mapping[str, np.ndarray]] = None
     ) -> np.ndarray:

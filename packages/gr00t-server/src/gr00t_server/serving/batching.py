@@ -19,6 +19,7 @@ PER_ROW_INFO_ATTRIBUTE = "per_row_info_keys"  # policy attribute: info keys hold
 MAX_BATCH_NESTING = 16  # real observations nest 1-2 maps deep; the recursive helpers below must never hit the limit
 
 
+_BATCHED_ARGUMENTS = frozenset({"observation", "options"})  # a request with any other is never merged (they would be dropped)
 BatchShape = Tuple[Hashable, int]  # (signature, rows) of a batchable observation: what group_compatible groups by
 
 
@@ -31,8 +32,8 @@ def batch_shape(data: Any) -> Optional[BatchShape]:
     by every array and list, or -1 when they disagree or there are none (served alone: concatenating would mix
     clients' rows). One walk computes both, when the request arrives, so a round's dispatch only compares them.
     """
-    if not isinstance(data, dict) or not isinstance(data.get("observation"), dict):
-        return None
+    if not isinstance(data, dict) or not isinstance(data.get("observation"), dict) or not set(data) <= _BATCHED_ARGUMENTS:
+        return None  # other arguments: served alone, where the endpoint refuses (or takes) them
     options = data.get("options")
     if not (options is None or (isinstance(options, dict) and set(options) <= {TIMING_OPTION})):
         return None
@@ -230,6 +231,10 @@ class GatherWindow:
         """One policy call's duration (a moving average is kept)."""
         seconds = max(0.0, float(seconds))
         self._call_s = seconds if self._call_s is None else 0.8 * self._call_s + 0.2 * seconds
+
+    def call_seconds(self) -> float:
+        """The policy's recent call time (0 before the first call)."""
+        return self._call_s or 0.0
 
     def seconds(self) -> float:
         """The current window: how long after it starts (its first arrival, or the previous call's replies when that

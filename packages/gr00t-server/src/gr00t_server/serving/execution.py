@@ -79,11 +79,7 @@ class JobRunner:
         live: List[Request] = []
         for request in job:
             if request.expired(now):
-                self._server.stats.add("expired")
-                request.outcome = "expired"
-                logger.debug("dropped %s from %s: its client's deadline passed before it ran", log_text(request.endpoint), request.peer)
-                replies.append((request, self.error_frames(request, RequestError(
-                    f"'{request.endpoint}' was not run: the client's deadline passed while it waited"), log=False)))
+                replies.append(self._expired_reply(request))
             else:
                 live.append(request)
         if self._server._policy_uses_sessions:
@@ -93,6 +89,14 @@ class JobRunner:
             replies.append(self.serve_one(live[0]))
         elif live:
             self._run_group(live, replies)
+
+    def _expired_reply(self, request: Request) -> Reply:
+        """The answer to a request whose client's deadline passed before it ran (counted as expired)."""
+        self._server.stats.add("expired")
+        request.outcome = "expired"
+        logger.debug("dropped %s from %s: its client's deadline passed before it ran", log_text(request.endpoint), request.peer)
+        return request, self.error_frames(request, RequestError(
+            f"'{request.endpoint}' was not run: the client's deadline passed while it waited"), log=False)
 
     def _evict_sessions(self, evicted: List[str]) -> None:
         drop = session_dropper(self._server.policy)
@@ -133,20 +137,21 @@ class JobRunner:
             self.current = None
 
     @contextlib.contextmanager
-    def counted_call(self, rows: int, endpoint: str) -> Iterator[None]:
-        """Count a policy call of `rows` requests (policy_calls, batch sizes) once it ran: returned, or failed inside
-        the policy. A call refused by its own input checks never reached the model and is not counted."""
+    def counted_call(self, requests: int, endpoint: str, rows: int) -> Iterator[None]:
+        """Count a policy call of `requests` requests and `rows` observation rows (policy_calls, batch sizes, rows) once
+        it ran: returned, or failed inside the policy. A call refused by its own input checks never reached the model
+        and is not counted."""
         try:
             yield
         except Exception as exc:
             if error_text(endpoint, exc)[1]:
-                self._count_call(rows)
+                self._count_call(requests, rows)
             raise
-        self._count_call(rows)
+        self._count_call(requests, rows)
 
-    def _count_call(self, rows: int) -> None:
-        self._server.stats.record_batch(rows)
-        self._server._metrics.observe_batch(rows)
+    def _count_call(self, requests: int, rows: int) -> None:
+        self._server.stats.record_batch(requests, rows)
+        self._server._metrics.observe_batch(requests)
 
     def serve_one(self, request: Request) -> Reply:
         """Call the request's endpoint and encode its reply (or its error)."""
@@ -180,15 +185,16 @@ class JobRunner:
         started = time.monotonic()
         try:
             merged, rows = batching.merge_observations([r.data["observation"] for r in valid], [r.rows for r in valid])
-            with self.counted_call(len(valid), "get_action"):
+            with self.counted_call(len(valid), "get_action", sum(rows)):
                 raw = policy.get_action(merged, None)
             action, info = work_limits.action_and_info(raw)
             stages = policy_stages(policy)
             parts = batching.split_result(action, info, rows, batching.declared_per_row_info_keys(policy))
         except Exception as exc:
             logger.warning("batched get_action of %d requests failed (%s); serving them one by one", len(valid), type(exc).__name__)
-            for request in valid:
-                replies.append(self.serve_one(request))
+            now = time.monotonic()
+            for request in valid:  # a client that gave up during the merged call is not served again
+                replies.append(self._expired_reply(request) if request.expired(now) else self.serve_one(request))
             return
         policy_ms = (time.monotonic() - started) * 1000.0
         self._window.observe_call(policy_ms / 1000.0)

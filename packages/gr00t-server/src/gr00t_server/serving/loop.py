@@ -42,6 +42,7 @@ logger = logging.getLogger("gr00t_server.serving.server")  # PolicyServer's log:
 DEFAULT_CLIENT_QUEUED_BYTES = 16 * 1024 * 1024
 ACTIVE_CLIENT_WINDOW_S = 1.0  # a client that sent get_action this recently is expected to send again
 RECEIVE_BURST = 64  # messages taken off the socket per loop turn before replies and dispatch get a turn
+DEADLINE_SHARE_KEPT = 0.25  # a gathered request goes before its deadline minus a call, minus this share of its budget
 
 
 def _batch_shape_of(request: Request) -> batching.BatchShape:
@@ -92,7 +93,7 @@ class RequestLoop:
         poll_interval_ms = self._server.poll_interval_ms
         if not self.pending:
             return poll_interval_ms
-        wait_s = self._round_start() + self._window.seconds() - time.monotonic()
+        wait_s = self._dispatch_by() - time.monotonic()
         return max(1, min(poll_interval_ms, int(wait_s * 1000.0) + 1))
 
     def _receive_burst(self) -> None:
@@ -300,7 +301,7 @@ class RequestLoop:
             known = self._recent_clients() - self._absent
             waiting = {r.session for r in self.pending}
             everyone_waiting = bool(known) and waiting >= known
-            waited = time.monotonic() >= start + self._window.seconds()
+            waited = time.monotonic() >= self._dispatch_by()
             if not (everyone_waiting or waited):
                 return
             if not everyone_waiting:  # cut short: whoever of `known` comes late tells how wide rounds really are
@@ -314,6 +315,17 @@ class RequestLoop:
         self.active_clients.update((r.session, now) for r in pending)
         for group in batching.group_compatible(pending, server.max_batch_size, _batch_shape_of):
             self._submit(group)
+
+    def _dispatch_by(self) -> float:
+        """When the gathered round goes without its stragglers: the gather window's end, or sooner when a waiting
+        client's deadline would pass before a policy call started then could finish (a client with a short timeout
+        was held past it while the server idled)."""
+        by = self._round_start() + self._window.seconds()
+        call_s = self._window.call_seconds()
+        for request in self.pending:
+            if request.deadline is not None:  # a quarter of its budget is left for the reply's way back
+                by = min(by, request.deadline - call_s - DEADLINE_SHARE_KEPT * (request.deadline - request.received_at))
+        return by
 
     def _round_start(self) -> float:
         """When the gathered round began: its first arrival, or, when that came while the worker was busy, the moment

@@ -21,7 +21,8 @@ class ServerStats:
     policy_calls: int = 0  # calls that ran the policy: returned, or failed inside it (not refused by its input checks)
     inline_jobs: int = 0  # get_action jobs the socket thread ran itself (cheap policies; worker.InlineGate)
     encode_ms_total: float = 0.0
-    batch_sizes: Counter = field(default_factory=Counter)
+    batch_sizes: Counter = field(default_factory=Counter)  # requests per policy call -> calls
+    batch_rows: int = 0  # observation rows of all policy calls (a request of B rows counts B)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, name: str, amount: float = 1) -> None:
@@ -29,16 +30,16 @@ class ServerStats:
         with self._lock:
             setattr(self, name, getattr(self, name) + amount)
 
-    def record_batch(self, size: int) -> None:
-        """One policy call that served `size` requests."""
+    def record_batch(self, size: int, rows: int) -> None:
+        """One policy call that served `size` requests of `rows` observation rows in all."""
         with self._lock:
             self.policy_calls += 1
             self.batch_sizes[size] += 1
+            self.batch_rows += rows
 
     def snapshot(self) -> Dict[str, Any]:
         """The counters as plain values for get_server_info."""
         with self._lock:
-            rows = sum(size * count for size, count in self.batch_sizes.items())
             return {
                 "requests": self.requests,
                 "errors": self.errors,
@@ -50,5 +51,5 @@ class ServerStats:
                 "inline_jobs": self.inline_jobs,
                 "encode_ms_total": round(self.encode_ms_total, 3),
                 "batch_sizes": {str(size): count for size, count in sorted(self.batch_sizes.items())},
-                "mean_batch_rows": rows / self.policy_calls if self.policy_calls else 0.0,
+                "mean_batch_rows": self.batch_rows / self.policy_calls if self.policy_calls else 0.0,
             }
