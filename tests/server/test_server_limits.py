@@ -66,10 +66,22 @@ def test_a_message_of_exactly_the_limit_is_served():
         assert reply is not None and ref_unpackb(reply[0])["status"] == "ok"
 
 
+def test_a_frame_over_the_limit_gets_an_error_reply_naming_it_up_to_twice_the_limit():
+    """A reference client's oversized request was dropped by ZeroMQ unanswered: its user saw only a timeout."""
+    with running_server(EchoPolicy(), max_message_bytes=CAP) as server:
+        for size in (CAP + 1, 2 * CAP):
+            reply = raw_round_trip(server.port, ping_of_exactly(size), timeout_ms=5000)
+            assert reply is not None
+            error = ref_unpackb(reply[0])["error"]
+            assert f"message of {size} bytes exceeds this server's limit of {CAP} bytes" in error
+            assert "--max-message-mb" in error
+        assert server.policy.calls == 0
+
+
 def test_oversize_frames_from_raw_senders_are_dropped_and_every_other_client_is_still_served():
     with running_server(EchoPolicy(), max_message_bytes=CAP) as server:
         for _ in range(3):  # several offenders in a row, each dropped with its connection
-            assert raw_round_trip(server.port, ping_of_exactly(CAP + 1), timeout_ms=300) is None
+            assert raw_round_trip(server.port, ping_of_exactly(2 * CAP + 1), timeout_ms=300) is None
         with ReferenceClient(server.port) as reference:
             assert reference.call_endpoint("ping", requires_input=False)["status"] == "ok"
         with PolicyClient(port=server.port, timeout_ms=5000) as client:

@@ -16,6 +16,12 @@ from ..curve import CurveServerConfig, ServerCurve
 
 logger = logging.getLogger("gr00t_server.serving")
 
+
+def answered_frame_bytes(max_message_bytes: int) -> int:
+    """The largest frame ZeroMQ lets through to be refused with an error reply: twice max_message_bytes."""
+    return min(2 * int(max_message_bytes), 2**63 - 1)
+
+
 # Messages ZeroMQ may hold per connection before it stops reading that peer (back-pressure). A REQ client has
 # one request outstanding; the default of 1000 let one connection park 1000 x max_message_bytes in the server.
 RECEIVE_HWM = 4
@@ -45,9 +51,11 @@ class Transport:
         # CURVE keys (and the ZAP authenticator, in this context) must be in place before bind
         self.security: Optional[ServerCurve] = ServerCurve(curve, self.context, sock) if curve is not None else None
         sock.setsockopt(zmq.LINGER, 1000)  # let the last replies (e.g. kill's ack) flush
-        # A frame over the cap makes ZeroMQ close that peer's connection without a reply or any event that tells it
-        # from an ordinary disconnect, so it cannot be logged here; our client checks the size before sending.
-        sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        # A frame over ZeroMQ's cap makes it close that peer's connection without a reply or any event that tells it
+        # from an ordinary disconnect, so it cannot be logged or answered. The cap is twice the limit: a frame up to
+        # that is received and refused in words (decode_payload), so a reference client that sends an oversized
+        # request is told the limit instead of timing out; our client checks the size before sending.
+        sock.setsockopt(zmq.MAXMSGSIZE, answered_frame_bytes(max_message_bytes))
         sock.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
         sock.setsockopt(zmq.SNDHWM, SEND_HWM)
         sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
