@@ -9,7 +9,7 @@ import pytest
 
 from gr00t_server.model import CheckpointError, load_model
 from gr00t_server.processing import processor as processor_module
-from gr00t_server.processing.image import MAX_ASPECT_RATIO
+from gr00t_server.processing.image import MAX_ASPECT_RATIO, MAX_SCALED_ASPECT_RATIO
 
 
 def _edit_json(path, change):
@@ -42,9 +42,26 @@ def test_a_thin_frame_is_refused_naming_the_camera_before_any_resize(tiny_proces
         tiny_processor.transform_video_batch("new_embodiment", {key: thin})
 
 
-def test_a_frame_at_the_aspect_ratio_limit_is_still_transformed(tiny_processor):
+def test_a_thin_frame_the_shortest_edge_scaling_would_blow_up_is_refused_before_any_resize(tiny_processor, monkeypatch):
+    """The released setting scales the shortest side to 256 keeping the aspect ratio: a 1x199 frame (under the
+    processor's ratio limit of 200) became 256x50944, 51,000 vision patches: a minute of CPU and ~0.8 GB per row."""
+    assert tiny_processor.config.use_albumentations and tiny_processor.config.shortest_image_edge == 256
+    assert not tiny_processor.config.letter_box_transform
+
+    def no_resize(*args, **kwargs):
+        raise AssertionError("the frame reached the resize")
+
+    monkeypatch.setattr(processor_module, "eval_image_transform_batch", no_resize)
     key = tiny_processor.modality_configs("new_embodiment")["video"].modality_keys[0]
-    frames = np.zeros((1, 1, 2, 2 * MAX_ASPECT_RATIO, 3), np.uint8)
+    thin = np.zeros((2, 1, 1, 199, 3), np.uint8)
+    with pytest.raises(ValueError, match=rf"Video key '{key}' has 1x199 images, aspect ratio 199.0; .* each would become "
+                                         rf"256x50944 .* at most {MAX_SCALED_ASPECT_RATIO} here"):
+        tiny_processor.transform_video_batch("new_embodiment", {key: thin})
+
+
+def test_a_frame_at_the_scaled_aspect_ratio_limit_is_still_transformed(tiny_processor):
+    key = tiny_processor.modality_configs("new_embodiment")["video"].modality_keys[0]
+    frames = np.zeros((1, 1, 2, 2 * MAX_SCALED_ASPECT_RATIO, 3), np.uint8)
     (out,) = tiny_processor.transform_video_batch("new_embodiment", {key: frames})
     assert out.shape[:2] == (1, 1)
 

@@ -45,6 +45,34 @@ def test_a_long_language_string_is_refused_by_characters_and_by_tokens():
             client.get_action(state_observation(text="a," * 5))
 
 
+def test_gr00t_policy_language_is_held_to_the_limit_in_its_own_tokens(tiny_checkpoint):
+    """Words were counted: 512 digits or CJK characters are one word and 512 tokens or more, so a prompt far over
+    --max-language-tokens reached the model. A server of a policy with a tokenizer counts its tokens."""
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+    from gr00t_server.test_checkpoint import example_observation
+
+    policy = Gr00tPolicy(tiny_checkpoint, "new_embodiment", device="cpu")
+    observation = example_observation(tiny_checkpoint, "new_embodiment", batch_size=1, image_size=(32, 32))
+    language_key = next(iter(observation["language"]))
+    calls = []
+    forward = policy.model.get_action
+    policy.model.get_action = lambda *args, **kwargs: calls.append(1) or forward(*args, **kwargs)
+    limits = ServerLimits(max_language_tokens=64)
+    digits = "7" * 65
+    assert policy.count_language_tokens(digits) == 65
+    with running_server(policy, limits=limits) as server:
+        for text, tokens in ((digits, 65), ("漢" * 30, policy.count_language_tokens("漢" * 30))):
+            assert tokens > 64
+            message = refusal(server, {**observation, "language": {language_key: [[text]]}}, strict=False)
+            assert f"has {tokens} tokens; this server accepts at most 64 (--max-language-tokens)" in message
+        with PolicyClient(port=server.port, timeout_ms=60000) as client:  # 64 tokens: at the limit
+            client.get_action({**observation, "language": {language_key: [["7" * 64]]}})
+    assert len(calls) == 1
+    # a policy without a tokenizer: words, a lower bound, as before
+    with running_server(EchoPolicy(), limits=limits) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        client.get_action(state_observation(text=digits))
+
+
 def test_too_many_cameras_and_too_large_images_are_refused():
     limits = ServerLimits(max_cameras=2, max_image_pixels=64 * 64)
     with running_server(EchoPolicy(), limits=limits) as server:

@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from numbers import Integral, Real
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -190,6 +190,8 @@ class Gr00tPolicy(BasePolicy):
             self.device if self.device.type == "cuda" else torch.device("cpu")
         )
         self.processor = Gr00tN1d7Processor.from_pretrained(self.checkpoint_dir, local_files_only=local_files_only)
+        self._counting_tokenizer: Optional[Callable[[str], int]] = None  # count_language_tokens, made when first asked
+        self._counting_lock = threading.Lock()
         if clip_outliers is not None:
             self.processor.config = dataclasses.replace(self.processor.config, clip_outliers=bool(clip_outliers))
         self.clip_actions_to_statistics = bool(clip_outliers)
@@ -283,6 +285,15 @@ class Gr00tPolicy(BasePolicy):
     def reset(self, options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         """Stateless policy: nothing to reset."""
         return {}
+
+    def count_language_tokens(self, text: str) -> int:
+        """Tokens of `text` by this checkpoint's tokenizer, for the server's --max-language-tokens (a count of words
+        let 2,048 digits or CJK characters through as one word: thousands of tokens). Safe from the socket thread
+        while the worker tokenizes: it uses its own copy of the tokenizer."""
+        with self._counting_lock:
+            if self._counting_tokenizer is None:
+                self._counting_tokenizer = _independent_tokenizer(self.processor.tokenizer)
+            return self._counting_tokenizer(text)
 
     def check_observation(self, observation: Dict[str, Any]) -> None:
         """The modality configs' checks, then the reference states of relative action keys (a degenerate rotation
@@ -462,3 +473,20 @@ class Gr00tPolicy(BasePolicy):
             "rtc_frozen_steps": rtc.frozen_steps,
             "rtc_ramp_rate": rtc.ramp_rate,
         }
+
+
+def _independent_tokenizer(tokenizer: Any) -> Callable[[str], int]:
+    """A token counter that shares no state with `tokenizer` (a Rust fast tokenizer used from two threads at once
+    fails with "Already borrowed"): a copy of its backend, or of the tokenizer itself."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        from tokenizers import Tokenizer
+
+        copy = Tokenizer.from_str(backend.to_str())
+        copy.no_truncation()
+        copy.no_padding()
+        return lambda text: len(copy.encode(text, add_special_tokens=False).ids)
+    import copy as copying
+
+    own = copying.deepcopy(tokenizer)
+    return lambda text: len(own(text, add_special_tokens=False)["input_ids"])

@@ -26,6 +26,10 @@ from .torch_resize import resize_uint8
 MAX_ASPECT_RATIO = 200
 # A letter-boxed frame is padded to a square of its long side before any resize.
 MAX_LETTER_BOX_PIXELS = 8192 * 8192
+# A checkpoint that scales the shortest side to `shortest_edge` keeps the aspect ratio, so a thin frame's long side
+# is scaled up with it (1 x 199 -> 256 x 50944: 51,000 vision patches, a minute of CPU and gigabytes per row, from a
+# request of a few hundred bytes). Frames that scale to more than this many times a square frame are refused.
+MAX_SCALED_ASPECT_RATIO = 16
 # Below this many source pixels per frame a thread hand-off costs more than the resize it saves.
 _POOL_MIN_PIXELS = 200_000
 _pool: Optional[ThreadPoolExecutor] = None
@@ -41,9 +45,11 @@ def _frame_pool() -> ThreadPoolExecutor:
         return _pool
 
 
-def check_frame_size(height: int, width: int, letter_box: bool = False, where: str = "image") -> None:
+def check_frame_size(height: int, width: int, letter_box: bool = False, where: str = "image",
+                     shortest_edge: Optional[int] = None) -> None:
     """Refuse, before any resize, a frame the eval transform cannot handle sanely: an empty side, an aspect ratio
-    over MAX_ASPECT_RATIO, or (letter-boxed) a padded square over MAX_LETTER_BOX_PIXELS; ValueError naming `where`."""
+    over MAX_ASPECT_RATIO, (letter-boxed) a padded square over MAX_LETTER_BOX_PIXELS, or (scaled to `shortest_edge`
+    without a letter box) an aspect ratio over MAX_SCALED_ASPECT_RATIO; ValueError naming `where`."""
     if height < 1 or width < 1:
         raise ValueError(f"{where} has {height}x{width} images; an image needs at least one pixel on each side")
     ratio = max(height, width) / min(height, width)
@@ -51,6 +57,14 @@ def check_frame_size(height: int, width: int, letter_box: bool = False, where: s
         raise ValueError(
             f"{where} has {height}x{width} images, aspect ratio {ratio:.0f}; this model accepts an aspect ratio of at "
             f"most {MAX_ASPECT_RATIO} (the image processor's limit); send a frame closer to square"
+        )
+    if shortest_edge is not None and not letter_box and ratio > MAX_SCALED_ASPECT_RATIO:
+        scaled_h, scaled_w = smallest_max_size_shape(height, width, shortest_edge)
+        raise ValueError(
+            f"{where} has {height}x{width} images, aspect ratio {ratio:.1f}; this checkpoint scales a frame's shortest "
+            f"side to {shortest_edge} and keeps its aspect ratio, so each would become {scaled_h}x{scaled_w} "
+            f"({ratio:.0f}x the pixels and vision tokens of a square frame). This server accepts an aspect ratio of "
+            f"at most {MAX_SCALED_ASPECT_RATIO} here; crop or pad the frame closer to square"
         )
     side = max(height, width)
     if letter_box and side * side > MAX_LETTER_BOX_PIXELS:

@@ -206,13 +206,19 @@ class Gr00tN1d7Processor:
             elif frames.shape[:2] != horizon:
                 raise ValueError(f"Video key '{key}' has (B, T) = {frames.shape[:2]}; other views have {horizon}")
             # Before any resize: a thin frame would be scaled up to gigabytes (shape only, cheap).
-            check_frame_size(frames.shape[2], frames.shape[3], self.config.letter_box_transform, f"Video key '{key}'")
+            check_frame_size(frames.shape[2], frames.shape[3], self.config.letter_box_transform, f"Video key '{key}'",
+                             self._scaled_shortest_edge())
         out = []
         for key in video_config.modality_keys:
             frames = np.asarray(video[key])
             flat = self.transform_image_batch(frames.reshape((-1,) + frames.shape[2:]))
             out.append(flat.reshape(frames.shape[:2] + flat.shape[1:]))
         return out
+
+    def _scaled_shortest_edge(self) -> Optional[int]:
+        """The side a frame's shortest side is scaled to, keeping its aspect ratio (None: resized to a fixed size)."""
+        cfg = self.config
+        return cfg.shortest_image_edge if cfg.use_albumentations else None
 
     def transform_image(self, image: np.ndarray) -> np.ndarray:
         """Eval transform of one uint8 (H, W, 3) frame with this checkpoint's image settings (model.md §3.4)."""
@@ -224,7 +230,8 @@ class Gr00tN1d7Processor:
         """Eval transform of uint8 (N, H, W, 3) frames of one camera, together (model.md §3.4)."""
         cfg = self.config
         if frames.ndim == 4:
-            check_frame_size(frames.shape[1], frames.shape[2], cfg.letter_box_transform)
+            check_frame_size(frames.shape[1], frames.shape[2], cfg.letter_box_transform,
+                             shortest_edge=self._scaled_shortest_edge())
         if not cfg.use_albumentations:
             if cfg.image_target_size is None or cfg.image_crop_size is None:
                 raise ValueError("use_albumentations=false needs image_target_size and image_crop_size")

@@ -7,7 +7,7 @@ import logging
 import re
 from dataclasses import dataclass
 from collections.abc import Mapping  # isinstance with typing.Mapping is twice as slow (hot paths)
-from typing import AbstractSet, Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
+from typing import AbstractSet, Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -70,19 +70,27 @@ def _bad_rows(mask: np.ndarray) -> List[int]:
     return [int(r) for r in np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))]
 
 
-def _check_text(text: str, where: str, limits: ServerLimits) -> None:
+TokenCounter = Callable[[str], int]
+
+
+def _check_text(text: str, where: str, limits: ServerLimits, count_tokens: Optional[TokenCounter] = None) -> None:
     if len(text) > limits.max_language_chars:
         raise RequestError(
             f"language '{where}' has {len(text)} characters; this server accepts at most {limits.max_language_chars} "
             "(--max-language-chars)"
         )
-    if len(text) <= limits.max_language_tokens:  # every token is at least one character: nothing to count
+    # A byte-level tokenizer makes at most one token per UTF-8 byte: a text of no more bytes than the limit is within
+    # it (an ASCII text has as many bytes as characters). Only longer texts are counted.
+    if len(text) <= limits.max_language_tokens and (text.isascii() or len(text.encode("utf-8", "surrogatepass")) <= limits.max_language_tokens):
         return
-    tokens = sum(1 for _ in _TOKEN.finditer(text))
+    if count_tokens is not None:  # the policy's own tokenizer: digits and CJK are one token or more each
+        tokens, unit = count_tokens(text), "tokens"
+    else:  # a lower bound: every word and punctuation mark is at least one token
+        tokens, unit = sum(1 for _ in _TOKEN.finditer(text)), "words and punctuation marks"
     if tokens > limits.max_language_tokens:
         raise RequestError(
-            f"language '{where}' has {tokens} words and punctuation marks; this server accepts at most "
-            f"{limits.max_language_tokens} (--max-language-tokens)"
+            f"language '{where}' has {tokens} {unit}; this server accepts at most {limits.max_language_tokens} "
+            "(--max-language-tokens)"
         )
 
 
@@ -92,7 +100,7 @@ def _is_language(where: str, flat_language_keys: AbstractSet[str]) -> bool:
     return where == "language" or where.startswith("language.") or where in flat_language_keys
 
 
-def _check_text_bytes(value: bytes, where: str, limits: ServerLimits) -> None:
+def _check_text_bytes(value: bytes, where: str, limits: ServerLimits, count_tokens: Optional[TokenCounter] = None) -> None:
     """Language sent as bytes (msgpack bin) is held to the same limits as str: policies decode it (the sim wrapper
     does). At most 4 x max_language_chars bytes are decoded; bytes that are not UTF-8 are left to the policy."""
     if len(value) <= min(limits.max_language_chars, limits.max_language_tokens):  # no more characters than bytes
@@ -106,25 +114,29 @@ def _check_text_bytes(value: bytes, where: str, limits: ServerLimits) -> None:
         text = value.decode("utf-8")
     except UnicodeDecodeError:
         return
-    _check_text(text, where, limits)
+    _check_text(text, where, limits, count_tokens)
 
 
-def _check_string_array(value: np.ndarray, where: str, limits: ServerLimits) -> None:
+def _check_string_array(value: np.ndarray, where: str, limits: ServerLimits, count_tokens: Optional[TokenCounter] = None) -> None:
     """Hold every entry of a str or bytes array to the language limits. The lengths are measured in C; only entries
     long enough to break a limit (a bytes entry has at least as many bytes as characters) are decoded and counted,
     so the cost stays linear in the array's bytes however many entries it has."""
     if not value.size:
         return
     flat = value.reshape(-1)
-    shortest_breach = min(limits.max_language_chars, limits.max_language_tokens)
-    if value.dtype.itemsize // (4 if value.dtype.kind == "U" else 1) <= shortest_breach:
+    # A bytes entry has at least as many bytes as characters or tokens; a str character is up to 4 UTF-8 bytes, and
+    # so up to 4 tokens of a byte-level tokenizer.
+    per_char = 4 if value.dtype.kind == "U" else 1
+    shortest_breach = min(limits.max_language_chars, limits.max_language_tokens // per_char)
+    if value.dtype.itemsize // per_char <= shortest_breach:
         return  # the dtype's width alone keeps every entry within both limits
     for index in np.flatnonzero(np.char.str_len(flat) > shortest_breach).tolist():
         text = flat[index].item()
-        _check_text(text if isinstance(text, str) else text.decode("utf-8", "replace"), where, limits)
+        _check_text(text if isinstance(text, str) else text.decode("utf-8", "replace"), where, limits, count_tokens)
 
 
-def _check_array(value: np.ndarray, where: str, limits: ServerLimits, cameras: set, frames: Optional[Dict[int, str]]) -> None:
+def _check_array(value: np.ndarray, where: str, limits: ServerLimits, cameras: set, frames: Optional[Dict[int, str]],
+                 count_tokens: Optional[TokenCounter] = None) -> None:
     if frames is not None and value.nbytes:  # a multipart message's (zero-size arrays share nothing)
         owner = value.base  # a view of a frame: reshape(frombuffer(memoryview of the frame)); a copy owns its memory
         while type(owner) is np.ndarray:
@@ -155,7 +167,7 @@ def _check_array(value: np.ndarray, where: str, limits: ServerLimits, cameras: s
             )
         return
     if kind in "US":
-        _check_string_array(value, where, limits)
+        _check_string_array(value, where, limits, count_tokens)
     if kind == "u" and value.ndim >= 4 and value.shape[-1] in (1, 3, 4):  # (..., H, W, C) images
         cameras.add(where)
         height, width = value.shape[-3], value.shape[-2]
@@ -167,11 +179,14 @@ def _check_array(value: np.ndarray, where: str, limits: ServerLimits, cameras: s
 
 
 def check_observation(
-    observation: Any, limits: ServerLimits, multipart: bool = False, flat_language_keys: AbstractSet[str] = frozenset()
+    observation: Any, limits: ServerLimits, multipart: bool = False, flat_language_keys: AbstractSet[str] = frozenset(),
+    count_tokens: Optional[TokenCounter] = None,
 ) -> None:
     """Refuse an observation over the work limits, with non-str keys, or with a non-finite float (key named); of a
     `multipart` message, also one with two keys referencing one frame (so that each frame is checked once). Bytes
-    count as language only under "language" and the `flat_language_keys`; elsewhere they are data (a raw mask)."""
+    count as language only under "language" and the `flat_language_keys`; elsewhere they are data (a raw mask).
+    Language tokens are counted with `count_tokens` (the policy's tokenizer, see token_counter) when given, else
+    words and punctuation marks (a lower bound)."""
     if not isinstance(observation, dict):
         return  # the policy's own validation says what it expects
     cameras: set = set()
@@ -182,7 +197,7 @@ def check_observation(
     while stack:  # iterative: nesting is bounded by the decoder, but never recurse on client data
         value, where = stack.pop()
         if isinstance(value, np.ndarray):  # the most common entry first
-            _check_array(value, where, limits, cameras, frames)
+            _check_array(value, where, limits, cameras, frames, count_tokens)
         elif isinstance(value, dict):
             for key, child in value.items():
                 if not isinstance(key, str):
@@ -199,9 +214,9 @@ def check_observation(
                 )
             stack.extend((child, where) for child in value if isinstance(child, (dict, list, tuple, str, bytes, np.ndarray)))
         elif isinstance(value, str):
-            _check_text(value, where, limits)
+            _check_text(value, where, limits, count_tokens)
         elif isinstance(value, bytes) and _is_language(where, flat_language_keys):
-            _check_text_bytes(value, where, limits)
+            _check_text_bytes(value, where, limits, count_tokens)
     if len(cameras) > limits.max_cameras:
         raise RequestError(
             f"observation has {len(cameras)} video keys; this server accepts at most {limits.max_cameras} cameras "
@@ -248,6 +263,16 @@ def _likely_cause(observation: Any, rows: List[int], action_key: str = "") -> st
         keys = ", ".join(f"'{key}'" for key in suspects[:4])
         return f" All zeros in those rows: {keys}; check them for degenerate values and the checkpoint's statistics."
     return " Check the observation for degenerate values (all-zero rotations, constant inputs) and the checkpoint's statistics."
+
+
+def token_counter(policy: Any) -> Optional[TokenCounter]:
+    """The `count_language_tokens(text)` of the policy or a policy it wraps (Gr00tPolicy's tokenizer), for the
+    language token limit; None when none has one."""
+    for link in policy_chain(policy):
+        count = getattr(link, "count_language_tokens", None)
+        if callable(count):
+            return count
+    return None
 
 
 def flat_language_keys(policy: Any) -> FrozenSet[str]:

@@ -245,6 +245,11 @@ class PolicyServer:
         """The flat observation keys the policy reads as language (limits.flat_language_keys)."""
         return self._policy_fact(work_limits.flat_language_keys)
 
+    @property
+    def token_counter(self) -> Optional[work_limits.TokenCounter]:
+        """The policy's language token counter for --max-language-tokens (limits.token_counter), or None."""
+        return self._policy_fact(work_limits.token_counter)
+
     def _with_session(self, options: Any, request: Request) -> Any:
         if options is not None and not isinstance(options, dict):
             raise RequestError(f"'options' must be a map or nil, got {type(options).__name__}")
