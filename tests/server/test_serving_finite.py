@@ -158,3 +158,21 @@ def test_a_degenerate_reference_rotation_is_refused_before_the_model_runs_batche
     assert isinstance(results["bad"], PolicyServerError) and "degenerate rotation in rows [0]" in str(results["bad"])
     assert all(np.isfinite(value).all() for value in results["good"][0].values())
     assert len(rows_run) == 1  # the good request's call alone
+
+
+def test_a_huge_finite_state_is_refused_naming_that_state_not_an_action_key(tiny_checkpoint):
+    """A state of 1e38 overflowed float32 once normalized; the model made NaN actions and the error blamed the
+    action key 'eef_9d' and all-zero rotations."""
+    pytest.importorskip("torch")
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+    from gr00t_server.test_checkpoint import example_observation
+
+    policy = Gr00tPolicy(tiny_checkpoint, "new_embodiment", device="cpu")
+    observation = example_observation(tiny_checkpoint, "new_embodiment", batch_size=2, image_size=(32, 32))
+    observation["state"]["joints"][1] = 1e38
+    with running_server(policy) as server, PolicyClient(port=server.port, timeout_ms=60000) as client:
+        with pytest.raises(PolicyServerError) as refused:
+            client.get_action(observation)
+    message = str(refused.value)
+    assert "State key 'joints' of 'new_embodiment' normalizes to values beyond float32 in rows [1]" in message
+    assert "eef_9d" not in message

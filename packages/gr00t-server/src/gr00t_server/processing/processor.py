@@ -172,11 +172,21 @@ class Gr00tN1d7Processor:
             if key not in states:
                 raise KeyError(f"Joint group '{key}' not found in state dict for embodiment '{tag}'")
             value = np.asarray(states[key], np.float64)
-            groups.append(
-                norm.normalize_state_key(
-                    key, value, params[key], state_config, self.config.apply_sincos_state_encoding, self.config.clip_outliers
-                )
+            normalized = norm.normalize_state_key(
+                key, value, params[key], state_config, self.config.apply_sincos_state_encoding, self.config.clip_outliers
             )
+            # A finite but huge state (1e38) overflows float32 once normalized: the model then makes NaN actions
+            # whose error blamed an action key. Refuse it here, naming the state.
+            with np.errstate(over="ignore"):
+                overflow = ~np.isfinite(normalized.astype(np.float32))
+            if overflow.any():
+                rows = np.flatnonzero(overflow.reshape(overflow.shape[0], -1).any(axis=1)).tolist()[:8] if overflow.ndim > 1 else [0]
+                raise ValueError(
+                    f"State key '{key}' of '{tag}' normalizes to values beyond float32 in rows {rows} (largest |value| "
+                    f"{np.max(np.abs(value)):.3g}, against this checkpoint's statistics); send the state in the units the "
+                    "model was trained on"
+                )
+            groups.append(normalized)
         state = np.concatenate(groups, axis=-1)
         if self.config.exclude_state:
             state = np.zeros_like(state)
