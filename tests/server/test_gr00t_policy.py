@@ -219,3 +219,26 @@ def test_identity_names_the_checkpoint_by_its_content_wherever_it_is_copied(libe
     other = make_test_checkpoint(tmp_path / "other", size="tiny", seed=1)  # another finetune, same architecture
     other_identity = Gr00tPolicy(other, "libero_sim", device="cpu").identity()
     assert other_identity["weights_fingerprint"] != identity["weights_fingerprint"]
+
+
+def test_a_non_strict_policy_reads_utf8_bytes_and_refuses_other_language_as_the_clients_error(tiny_checkpoint):
+    """With --no-strict, bytes failed in the tokenizer and a number was read as its repr, both reported as internal
+    errors of the server."""
+    policy = Gr00tPolicy(tiny_checkpoint, "libero_sim", device="cpu", strict=False)
+    observation = example_observation(tiny_checkpoint, "libero_sim", batch_size=1, image_size=(32, 32))
+    key = next(iter(observation["language"]))
+    text = observation["language"][key][0][0]
+    expected, _ = policy.get_action(observation, {"seed": 3})
+    as_bytes, _ = policy.get_action({**observation, "language": {key: [[text.encode()]]}}, {"seed": 3})
+    np.testing.assert_array_equal(as_bytes["x"], expected["x"])
+    for bad in ([[5]], [[None]], [[b"\xff"]]):
+        with pytest.raises(ObservationError, match="language"):
+            policy.get_action({**observation, "language": {key: bad}})
+
+
+def test_the_client_refuses_options_that_are_not_a_map_in_words():
+    from gr00t_client import PolicyClient
+
+    with PolicyClient(port=1, return_server_timing=True, timeout_ms=100) as client:  # nothing is sent
+        with pytest.raises(TypeError, match=r"options must be a dict or None; got list \[1, 2\]"):
+            client.get_action({}, [1, 2])

@@ -10,6 +10,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import zmq
@@ -654,6 +655,8 @@ class PolicyClient(BasePolicy):
             call.active, call.deadline = False, None
 
     def _get_action(self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+        if options is not None and not isinstance(options, Mapping):
+            raise TypeError(f"options must be a dict or None; got {type(options).__name__} {options!r:.60}")
         if self.return_server_timing and self._serves_timing():
             options = {TIMING_OPTION: True, **(options or {})}
         reply = self.call_endpoint("get_action", {"observation": observation, "options": options})

@@ -123,8 +123,17 @@ def _resolve_tag(tag: Union[EmbodimentTag, str], supported: List[str]) -> Tuple[
 
 
 def _instruction(language: Any) -> str:
-    """One row's instruction: a string, or the first of a list of them."""
-    return language[0] if isinstance(language, (list, tuple)) else str(language)
+    """One row's instruction: a string, or the first of a list of them (UTF-8 bytes are decoded). ObservationError for
+    anything else, strict or not: a number or None was read as its repr, bytes failed deep in the tokenizer."""
+    text = language[0] if isinstance(language, (list, tuple)) and language else language
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ObservationError(f"a language instruction holds bytes that are not UTF-8 ({exc})") from None
+    if not isinstance(text, str):
+        raise ObservationError(f"each language row must be a list of one str; got {type(language).__name__} {language!r:.60}")
+    return text
 
 
 def _resolve_device(device: Union[str, torch.device]) -> torch.device:
