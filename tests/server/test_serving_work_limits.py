@@ -35,6 +35,16 @@ def test_rows_over_the_limit_are_refused_naming_the_key_and_the_flag():
     assert policy.calls == 0
 
 
+def test_an_image_without_batch_and_time_axes_is_named_as_such_not_only_as_too_many_rows():
+    policy = EchoPolicy()
+    observation = {"video": {"front": np.zeros((256, 320, 3), np.uint8)}, **state_observation()}
+    with running_server(policy) as server:
+        message = refusal(server, observation)
+    assert "'video.front' has 256 rows" in message
+    assert "looks like one image without its batch and time axes: send (B, T, H, W, 3)" in message
+    assert policy.calls == 0
+
+
 def test_a_long_language_string_is_refused_by_characters_and_by_tokens():
     limits = ServerLimits(max_language_chars=100, max_language_tokens=10)
     with running_server(EchoPolicy(), limits=limits) as server:

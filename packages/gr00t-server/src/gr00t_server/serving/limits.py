@@ -153,9 +153,12 @@ def _check_array(value: np.ndarray, where: str, limits: ServerLimits, cameras: s
                 )
             frames[frame] = where
     if value.ndim > 0 and value.shape[0] > limits.max_rows:
+        single_image = value.ndim == 3 and value.dtype.kind == "u" and value.shape[-1] in (1, 3, 4)
+        hint = (f"; a {value.shape} uint8 array looks like one image without its batch and time axes: send "
+                "(B, T, H, W, 3), e.g. image[None, None]") if single_image else ""
         raise RequestError(
             f"observation key '{where}' has {value.shape[0]} rows; this server accepts at most {limits.max_rows} rows "
-            "per request (--max-rows)"
+            f"per request (--max-rows){hint}"
         )
     kind = value.dtype.kind
     if kind in "fc":  # states: the common case, and neither text nor an image
