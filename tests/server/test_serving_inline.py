@@ -17,7 +17,7 @@ import pytest
 from serving import running_server
 from serving_ports import free_port
 
-from gr00t_client import BasePolicy, PolicyClient, PolicyServerError
+from gr00t_client import BasePolicy, PolicyClient, PolicyServerError, ServerStoppingError
 from gr00t_server.server import PolicyServer
 from gr00t_server.serving.worker import INLINE_STREAK, InlineGate
 
@@ -295,6 +295,8 @@ def test_sigterm_during_a_hung_call_exits_after_the_shutdown_timeout_and_answers
     assert 0.9 < exit_s < 5.0
     assert isinstance(outcome.get("error"), PolicyServerError), outcome
     assert "server is shutting down; 'get_action' did not finish within 1 s" in str(outcome["error"])
+    # its own class, a ConnectionError too, so an evaluation stops instead of scoring the request's episode
+    assert isinstance(outcome["error"], ServerStoppingError) and isinstance(outcome["error"], ConnectionError)
 
 
 def test_threads_the_server_starts_leave_stop_signals_to_the_main_thread():

@@ -1,7 +1,8 @@
 """gr00t-client: talk to a GR00T policy server from a robot or simulator."""
 
 from .chunking import ActionChunker, ChunkerStats, merge_overlap
-from .client import MessageTooLargeError, PolicyClient, PolicyServerError, PolicyTimeoutError, ReplyLostError
+from .client import (MessageTooLargeError, PolicyClient, PolicyServerError, PolicyTimeoutError, ReplyLostError,
+                     ServerStoppingError)
 from .codec import WireDecodeError, WireEncodeError
 from .curve import HandshakeError
 from .embodiment import EMBODIMENT_TAG_TO_PROJECTOR_INDEX, EmbodimentTag
@@ -30,6 +31,7 @@ __all__ = [
     "PolicyServerError",
     "PolicyTimeoutError",
     "ReplyLostError",
+    "ServerStoppingError",
     "PolicyValidationError",
     "PolicyWrapper",
     "WireDecodeError",

@@ -39,6 +39,21 @@ class PolicyServerError(RuntimeError):
         self.endpoint = endpoint
 
 
+SHUTTING_DOWN = "server is shutting down"  # how our server's answers begin once it is stopping (ServerStoppingError)
+
+
+class ServerStoppingError(PolicyServerError, ConnectionError):
+    """The server answered that it is shutting down: the request was not run (or not finished), and later requests
+    will find no server. An evaluation stops here rather than score the request's episode and time out on the next.
+    A ConnectionError too, as the connection is as good as gone."""
+
+
+def server_error(message: str, endpoint: Optional[str]) -> PolicyServerError:
+    """The error for a server's error reply: ServerStoppingError when the server says it is shutting down."""
+    cls = ServerStoppingError if message.startswith(SHUTTING_DOWN) else PolicyServerError
+    return cls(message, endpoint)
+
+
 class MessageTooLargeError(PolicyServerError):
     """A request larger than the server's `max_message_bytes`; it was not sent, and the client stays usable.
 
@@ -453,14 +468,14 @@ class PolicyClient(BasePolicy):
         if not isinstance(message, dict) or "ok" not in message:
             raise codec.WireDecodeError(f"multipart reply to '{endpoint}' lacks the 'ok' field")
         if not message["ok"]:
-            raise PolicyServerError(str(message.get("error", "unknown error")), endpoint)
+            raise server_error(str(message.get("error", "unknown error")), endpoint)
         return message.get("result")
 
     def _unwrap_reference(self, reply: Any, endpoint: str) -> Any:
         if isinstance(reply, dict) and "error" in reply:
             # Our server marks its errors, so a real result with an "error" key passes through intact.
             if reply.get(ERROR_MARKER) or not self._server_is_ours:
-                raise PolicyServerError(str(reply["error"]), endpoint)
+                raise server_error(str(reply["error"]), endpoint)
         return reply
 
     def _negotiate(self, deadline: Optional[float] = None) -> None:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from gr00t_client import BasePolicy, ModalityConfig, PolicyServerError
+from gr00t_client import BasePolicy, ModalityConfig, PolicyServerError, ServerStoppingError
 
 from .action_steps import check_consecutive_action_deltas
 from .dataset import LeRobotDataset
@@ -402,6 +402,9 @@ def evaluate_open_loop(
             try:
                 traj = evaluate_trajectory(policy, dataset, traj_id, config, configs, report,
                                            on_step=(bar.update if bar else None))
+            except ServerStoppingError:
+                raise  # the server is going: this trajectory and the rest are not run (it was scored errored, and
+                # the next request waited out the whole timeout of a server already gone)
             except (TrajectoryError, PolicyServerError) as exc:
                 # A server's error reply (ours refuses a non-finite action, say) is that trajectory's: the run goes
                 # on and keeps what it scored; it ended with no results.json at all.

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Optional
 
+from gr00t_client import ServerStoppingError
+
 logger = logging.getLogger(__name__)
 
 QUICK_PING_MS = 2000
@@ -54,6 +56,8 @@ class ServerWatch:
         """After a failed request: why the server counts as gone (None when it still answers or `exc` is no timeout)."""
         if not isinstance(exc, (TimeoutError, ConnectionError)):
             return None
+        if isinstance(exc, ServerStoppingError):  # it said so itself: no ping, no waiting for more timeouts
+            return f"{getattr(self.policy, 'address', 'the policy server')} is shutting down ({exc})"
         self.consecutive_timeouts += 1
         alive = ping_quickly(self.policy)
         address = getattr(self.policy, "address", "the policy server")

@@ -29,7 +29,7 @@ from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence
 import gymnasium as gym
 import numpy as np
 
-from gr00t_client import ActionChunker, BasePolicy, EmbodimentTag
+from gr00t_client import ActionChunker, BasePolicy, EmbodimentTag, ServerStoppingError
 from gr00t_client.chunking import MERGE_RULES
 
 from ..metrics import EpisodeOutcome
@@ -254,8 +254,11 @@ class RolloutRunner:
         self._score(row, EpisodeSummary(episode, self.seed_for(episode), False, 0.0, 0.0, 0, None, reason), bar)
 
     def _policy_failed(self, rows: Sequence[int], what: str, exc: BaseException, bar: Any) -> None:
-        """Score `rows` as errored by a failed policy request; stop the run if the server is gone."""
+        """Score `rows` as errored by a failed policy request; stop the run if the server is gone (a server that said
+        it is shutting down did not run the request: its rows' episodes are left not run, for --resume)."""
         gone = self.watch.unreachable_reason(exc)
+        if gone is not None and isinstance(exc, ServerStoppingError):
+            raise PolicyServerUnreachableError(f"{gone}; stopping the run (finished episodes are kept)") from exc
         for row in rows:
             self._fail(row, f"policy {what} failed: {type(exc).__name__}: {exc}", bar)
         if gone is not None:

@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING, AbstractSet, Any, Dict, List, Optional, Set, Tuple
 
 from gr00t_client import codec
+from gr00t_client.client import SHUTTING_DOWN  # ServerStoppingError on the client: keep the words in step
 
 from ..threads import block_stop_signals
 from . import batching, limits as work_limits
@@ -254,7 +255,7 @@ class RequestLoop:
 
     def not_finished_message(self, request: Request) -> str:
         """The answer to a request whose policy call a stop gave up on."""
-        return (f"server is shutting down; '{request.endpoint}' did not finish within "
+        return (f"{SHUTTING_DOWN}; '{request.endpoint}' did not finish within "
                 f"{self._server.shutdown_timeout_s:g} s")
 
     @property
@@ -409,7 +410,7 @@ class RequestLoop:
         waiting = [request for job in worker.take_queued() for request in job] + self.pending
         self.pending = []
         for request in waiting:
-            self.reply_error(request, RequestError(f"server is shutting down; '{request.endpoint}' was not run"))
+            self.reply_error(request, RequestError(f"{SHUTTING_DOWN}; '{request.endpoint}' was not run"))
         worker.finish()
         timeout_s = self._server.shutdown_timeout_s
         deadline = time.monotonic() + timeout_s
@@ -445,4 +446,4 @@ class RequestLoop:
                 return
             request = self._parse(frames)
             if request is not None:
-                self.reply_error(request, RequestError(f"server is shutting down; '{request.endpoint}' was not run"))
+                self.reply_error(request, RequestError(f"{SHUTTING_DOWN}; '{request.endpoint}' was not run"))
