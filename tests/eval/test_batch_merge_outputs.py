@@ -96,6 +96,23 @@ def test_merge_names_a_shard_that_started_and_wrote_no_results(server, tmp_path,
     assert f"gr00t-eval rollout --resume {split} --shard 1/2" in err
 
 
+def test_merge_names_an_interrupted_shard_and_its_resume_command(server, tmp_path, capsys):
+    """It said only 'is a shard missing or failed?' of a shard whose results file says it was interrupted."""
+    split = tmp_path / "split"
+    shards(server.port, split)
+    second = split / "results_shard1of2.json"
+    data = json.loads(second.read_text())  # as a shard stopped with Ctrl-C after its first episode writes it
+    data["status"], data["stop_reason"] = "interrupted", "interrupted by Ctrl-C (KeyboardInterrupt)"
+    data["per_episode"] = data["per_episode"][:1]
+    second.write_text(json.dumps(data))
+    capsys.readouterr()
+    assert cli.main(["merge", str(split), "--output", str(tmp_path / "m.json")]) == 2
+    err = capsys.readouterr().err
+    assert "episodes are in no results file" in err and "is a shard missing" not in err
+    assert f"{second} is an interrupted run (interrupted by Ctrl-C (KeyboardInterrupt))" in err
+    assert f"continue it with gr00t-eval rollout --resume {split} --shard 1/2" in err
+
+
 def test_bad_shard_specs_and_resuming_a_shard_folder_without_shard_are_one_line_usage_errors(server, tmp_path, capsys):
     assert rollout(server.port, tmp_path / "x", "--shard", "3/3") == 2
     err = capsys.readouterr().err

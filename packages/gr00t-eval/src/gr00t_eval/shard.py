@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from gr00t_client import BasePolicy
@@ -191,8 +192,10 @@ def merge_results(shards: Sequence[Mapping[str, Any]], allow_missing: bool = Fal
     missing = [f"{t.env_name}#{i}" for t in tasks for i in range(n_episodes)
                if (t.env_name, i) not in seen and (t.env_name, i) not in not_run_by_failed_task]
     if missing and not allow_missing:
-        raise MergeError(f"{len(missing)} episodes are in no results file: {format_missing(missing)} "
-                         "(is a shard missing or failed?)")
+        stopped = [_stopped_shard_hint(label[i], results) for i, results in enumerate(shards)
+                   if results.get("status", "complete") in ("interrupted", "aborted")]
+        cause = "; ".join(stopped) if stopped else "is a shard missing or failed?"
+        raise MergeError(f"{len(missing)} episodes are in no results file: {format_missing(missing)} ({cause})")
     first = shards[0]
     config = dict(first.get("config", {}))
     config.pop("shard", None)
@@ -272,3 +275,12 @@ def run_suite(policy: BasePolicy, env_spec: str, config: RolloutConfig, shard: O
     extra = {"plan": shard_plan(tasks, config, shard),
              "n_not_run": planned - sum(len(r.outcomes) for r in suite_run.runs)}
     return suite_results(tasks, suite_run.runs, snapshot, env_spec, suite, extra, suite_run.status, suite_run.stop_reason)
+
+
+def _stopped_shard_hint(label: str, results: Mapping[str, Any]) -> str:
+    """'<label> is an interrupted run (<reason>): continue it with gr00t-eval rollout --resume DIR --shard I/N'."""
+    shard = (results.get("plan") or {}).get("shard")
+    where = str(Path(label).parent) if label.endswith(".json") else None
+    resume = (f": continue it with gr00t-eval rollout --resume {where}" + (f" --shard {shard[0]}/{shard[1]}" if shard else "")
+              if where else "")
+    return f"{label} is an {results.get('status')} run ({results.get('stop_reason') or 'no reason recorded'}){resume}"
