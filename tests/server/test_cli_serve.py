@@ -242,7 +242,9 @@ def test_serve_no_warmup_skips_the_sample_call(tmp_path):
             proc.kill()
 
 
-def test_ctrl_c_while_the_model_loads_exits_130_in_one_line(tiny_checkpoint):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_while_the_model_loads_exits_130_in_one_line(tiny_checkpoint, stop):
+    """SIGTERM (a supervisor stopping the service) killed the start-up silently with 143."""
     proc = _start(["serve", "--model-path", str(tiny_checkpoint), "--embodiment-tag", "new_embodiment", "--device", "cpu",
                    "--port", str(_free_port())])
     try:
@@ -251,7 +253,7 @@ def test_ctrl_c_while_the_model_loads_exits_130_in_one_line(tiny_checkpoint):
             lines.append(line.rstrip("\n"))
             if line.startswith("Starting GR00T inference server..."):
                 break
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         rest, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:

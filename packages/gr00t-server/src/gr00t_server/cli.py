@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, Iterator, List, Optional, Sequence
 
 logger = logging.getLogger("gr00t_server")
 
@@ -325,6 +326,39 @@ def _raise_open_file_limit() -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
+    # Until the server runs (and installs its own graceful handlers), SIGTERM stops the start-up like Ctrl-C: one line,
+    # exit 130 (it killed the process silently with 143 while the model loaded).
+    with _sigterm_as_interrupt():
+        server = _start_server(args)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        print("\nShutting down server...")
+    return 0
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt in the block (on the main thread; elsewhere nothing changes)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _start_server(args: argparse.Namespace) -> Any:
+    """Load the policy and bind the server (serve's start-up)."""
     from gr00t_client import EmbodimentTag
 
     from .server import PolicyServer, is_loopback_host
@@ -412,12 +446,12 @@ def serve(args: argparse.Namespace) -> int:
     try:
         server.start()
     except (OSError, ImportError) as exc:
+        server.close()
         raise CliError(str(exc)) from exc
-    try:
-        server.run()
     except KeyboardInterrupt:
-        print("\nShutting down server...")
-    return 0
+        server.close()
+        raise
+    return server
 
 
 def keygen(args: argparse.Namespace) -> int:
