@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import textwrap
 from fractions import Fraction
@@ -122,6 +123,12 @@ class EpisodeVideoRecorder:
         text = f"{task} ({outcome}{', ' + note if note else ''})"
         path = self.video_dir / f"{name}.mp4"
         write_mp4(path, self._frames, text, fps=self.fps, min_width=self.min_width)
+        # An earlier attempt at this episode (a run interrupted after its video, then resumed) may have ended the
+        # other way: its video would stand beside this one, telling another outcome.
+        for outcome_name in ("success", "failure"):
+            other = self.video_dir / f"{name.rsplit('_', 1)[0]}_{outcome_name}.mp4"
+            if other != path and EPISODE_VIDEO_NAME.fullmatch(other.name):
+                other.unlink(missing_ok=True)
         self.start()
         return str(path)
 
@@ -137,7 +144,20 @@ def write_mp4(path: Union[str, Path], frames: Sequence[np.ndarray], caption: str
     canvas = np.zeros((height + band.shape[0], width, 3), dtype=np.uint8)
     canvas[height:] = band
     codec = "libx264" if has_encoder("libx264") else "mpeg4"
-    with av.open(str(path), "w") as container:
+    # Written aside and renamed: a run killed mid-encode leaves no truncated video under the episode's name.
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        _encode(partial, frames, canvas, height, width, scale, codec, fps)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    logger.debug("wrote %d frames to %s", len(frames), path)
+    return path
+
+
+def _encode(path: Path, frames: Sequence[np.ndarray], canvas: np.ndarray, height: int, width: int, scale: int, codec: str,
+            fps: int) -> None:
+    with av.open(str(path), "w", format="mp4") as container:
         stream = container.add_stream(codec, rate=Fraction(fps))
         stream.width, stream.height, stream.pix_fmt = width, canvas.shape[0], "yuv420p"
         if codec == "libx264":
@@ -152,8 +172,6 @@ def write_mp4(path: Union[str, Path], frames: Sequence[np.ndarray], caption: str
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    logger.debug("wrote %d frames to %s", len(frames), path)
-    return path
 
 
 def has_encoder(name: str) -> bool:
