@@ -94,6 +94,47 @@ def test_reset_of_one_env_refetches_all_envs_in_lockstep():
     np.testing.assert_array_equal(action["action.x"][:, 0], [200, 200])
 
 
+@pytest.mark.parametrize("merge, expected_env0", [("oldest", 2), ("newest", 200), ("weighted", 0.7 * 200 + 0.3 * 2)])
+def test_async_lockstep_refetch_merges_into_the_envs_still_running_by_the_merge_rule(merge, expected_env0):
+    """Asynchronous, one request for all envs (the rollout's mode): when env 1 restarts, the request made for it
+    also carries env 0, whose chunk still runs. Env 0's steps were replaced outright: with merge "oldest" (or RTC)
+    the robot jumped to a fresh chunk at every other env's episode end."""
+    policy = StampPolicy(horizon=HORIZON)
+    chunker = ActionChunker(policy, asynchronous=True, merge=merge, prefetch_steps=0)  # no prefetch before the end
+    run_steps(chunker, 2, n_envs=2)  # both envs at cursor 2 of the chunk computed at t=0
+    chunker.reset(env_ids=[1])
+    action, info = chunker.get_action(obs(2, 2))
+    assert policy.batches[-1] == [2, 2] and info["fetched_env_ids"] == [0, 1] and info["merged_env_ids"] == [0]
+    assert action["action.x"][1, 0] == 200  # the restarted env: the fresh chunk's first step
+    assert action["action.x"][0, 0] == pytest.approx(expected_env0)  # the running env: its step 2, merged by the rule
+    chunker.close()
+
+
+def test_per_env_requests_for_some_envs_take_those_envs_rows_of_a_row_shaped_option():
+    """options={"noise": (B, ...)} went whole with a request for one env, which a server refuses (it wants (1, ...))."""
+    class NoisePolicy(StampPolicy):
+        def _get_action(self, observation, options=None):
+            noise = options["noise"]
+            assert noise.shape[0] == len(observation["state"]["t"]), noise.shape
+            action, info = super()._get_action(observation, options)
+            return {"action.x": action["action.x"] + noise[:, :1, None]}, info
+
+    chunker = ActionChunker(NoisePolicy(horizon=4), per_env=True)
+    noise = np.array([[0.25], [0.5]], np.float32)
+    chunker.get_action(obs(0, 0), {"noise": noise})
+    chunker.reset(env_ids=[1])
+    action, info = chunker.get_action(obs(1, 1), {"noise": noise})
+    assert info["fetched_env_ids"] == [1]
+    np.testing.assert_allclose(action["action.x"][:, 0], [1.25, 100.5])  # env 0: its running chunk; env 1: its row
+
+
+def test_a_partial_reset_before_the_first_call_is_a_no_op():
+    policy = StampPolicy()
+    chunker = ActionChunker(policy)
+    assert chunker.reset(env_ids=[0]) == {} and policy.resets == 0
+    assert chunker.get_action(obs(3))[0]["action.x"][0, 0] == 300
+
+
 def test_full_reset_clears_buffers_and_resets_the_policy():
     policy = StampPolicy()
     chunker = ActionChunker(policy)
@@ -231,6 +272,46 @@ def test_async_prefetch_hides_the_slow_server_after_the_first_chunk(slow_server)
             robot_loop(chunker, 60, step_s=0.03)
     assert chunker.stats.blocking_waits == 1  # only the very first chunk was waited for
     assert chunker.stats.prefetches >= 2 and chunker.stats.merged_envs >= 4
+
+
+def test_close_from_another_thread_ends_a_call_waiting_on_a_late_prefetch_at_once():
+    """The robot's call held the chunker's lock while it waited for a late prefetch, so close() from another thread
+    (a stop button, a shutdown callback) waited up to timeout_ms for a server that was not answering."""
+    from gr00t_server.server import PolicyServer
+
+    gate = threading.Event()
+    server = PolicyServer(StampPolicy(horizon=4, gate=gate), host="127.0.0.1", port=0).start()
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    outcome = {}
+    try:
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=8000) as client:
+            chunker = ActionChunker(client, asynchronous=True, prefetch_steps=2)
+            gate.set()
+            run_steps(chunker, 2)  # the first chunk, then a prefetch goes out with 2 steps left
+            gate.clear()  # ... and the server stalls on it
+            run_steps(chunker, 1, start=2)
+
+            def robot():
+                try:
+                    outcome["value"] = chunker.get_action(obs(3))  # its last step
+                    outcome["value"] = chunker.get_action(obs(4))  # exhausted: waits on the stalled prefetch
+                except Exception as exc:  # noqa: BLE001 - the test reads it
+                    outcome["error"] = exc
+
+            robot_thread = threading.Thread(target=robot)
+            robot_thread.start()
+            time.sleep(0.3)
+            started = time.monotonic()
+            chunker.close()
+            closed_in = time.monotonic() - started
+            robot_thread.join(5)
+    finally:
+        gate.set()
+        server.stop()
+        thread.join(timeout=5)
+    assert closed_in < 1.0, f"close() took {closed_in:.1f} s"
+    assert isinstance(outcome.get("error"), ConnectionError) and "closed while this call waited" in str(outcome["error"])
 
 
 class OptionsStampPolicy(StampPolicy):

@@ -25,11 +25,12 @@ import queue
 import threading
 import weakref
 from concurrent.futures import Future
+from concurrent.futures import wait as futures_wait
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass
 from collections.abc import Mapping  # isinstance with typing.Mapping is twice as slow (hot paths)
 from collections.abc import Sequence as SequenceABC
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Collection, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -40,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 MergeFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 MERGE_RULES = ("newest", "oldest", "average", "weighted")
+CLOSE_POLL_S = 0.05  # a call waiting on a prefetch notices close() from another thread within this long
 
 
 def merge_overlap(old: np.ndarray, new: np.ndarray, rule: Union[str, MergeFn] = "newest", new_weight: float = 0.7) -> np.ndarray:
@@ -230,6 +232,7 @@ class ActionChunker:
         self._steps_taken: List[int] = []
         self._generations: List[int] = []
         self._lock = threading.RLock()
+        self._closing = threading.Event()  # set by close() before it takes the lock: a call waiting on a chunk gives up
         self._pending: Optional[_Prefetch] = None
         self._worker: Optional[_PrefetchWorker] = None  # started by the first prefetch
         self._last_info: Dict[str, Any] = {}
@@ -266,9 +269,9 @@ class ActionChunker:
             if exhausted:
                 waited = True
                 ids = exhausted if self.per_env else list(range(self._n_envs))
-                action, info = self._request(self._rows(observation, ids), options)
+                action, info = self._request(self._rows(observation, ids), self._row_options(options, ids))
                 self._last_info = info if isinstance(info, dict) else {}
-                self._install(ids, action)
+                merged += self._install(ids, action, running=set(ids) - set(exhausted) if self.asynchronous else ())
                 fetched = ids
             if waited:
                 self.stats.blocking_waits += 1
@@ -277,7 +280,7 @@ class ActionChunker:
                 self._maybe_prefetch(observation, options)
             return step, {
                 "fetched_env_ids": fetched,  # envs whose chunk was fetched while this call waited
-                "merged_env_ids": merged,  # envs whose buffer took in a prefetched chunk
+                "merged_env_ids": sorted(set(merged)),  # envs whose buffer took in a chunk by the merge rule
                 "remaining": self.remaining(),
                 "policy_info": self._last_info,
             }
@@ -298,6 +301,8 @@ class ActionChunker:
                 for i in range(self._n_envs or 0):
                     self._clear(i)
                 return self.policy.reset(options) or {}
+            if self._n_envs is None:  # before the first get_action nothing is buffered (it said "out of range for None envs")
+                return {}
             for i in self._env_indices(env_ids):
                 self._clear(i)
             return {}
@@ -338,7 +343,9 @@ class ActionChunker:
         not wait out timeout_ms. Wrapping a local policy, wait for its call to end first (it may not be used by
         two callers at once). A program that exits without closing does not wait: the thread is a daemon."""
         self._adopt_after_fork()
+        self._closing.set()  # a get_action blocked on a late prefetch holds the lock: it lets go within CLOSE_POLL_S
         with self._lock:
+            self._closing.clear()
             pending, self._pending = self._pending, None
             if pending is not None:
                 if isinstance(self.policy, PolicyClient):
@@ -386,6 +393,15 @@ class ActionChunker:
 
     def _rows(self, observation: Any, env_ids: Sequence[int]) -> Any:
         return observation if len(env_ids) == self._n_envs else select_envs(observation, env_ids, self._n_envs or 0)
+
+    def _row_options(self, options: Optional[Dict[str, Any]], env_ids: Sequence[int]) -> Optional[Dict[str, Any]]:
+        """The options of a request for `env_ids`: an array option of one row per env (a `noise` of (B, ...)) keeps
+        the rows of those envs (it went whole, and a server refused the request for the rows it did not ask for)."""
+        if not options or len(env_ids) == self._n_envs:
+            return options
+        rows = list(env_ids)
+        return {key: value[rows] if isinstance(value, np.ndarray) and value.ndim > 0 and value.shape[0] == self._n_envs
+                else value for key, value in options.items()}
 
     def _remaining(self, i: int) -> int:
         buffer = self._buffers[i]
@@ -450,10 +466,21 @@ class ActionChunker:
         # Copies: a policy may reuse its output array for the next (prefetched) chunk while these steps still run.
         return [{key: np.array(action[key][row, :usable]) for key in keys} for row in range(n_rows)]
 
-    def _install(self, env_ids: Sequence[int], action: Any) -> None:
+    def _install(self, env_ids: Sequence[int], action: Any, running: Collection[int] = ()) -> List[int]:
+        """Put a fetched chunk in the buffers of `env_ids`; the envs in `running` (asynchronous: envs fetched in
+        lockstep with another env's exhausted one, their own chunk still running) merge it by the merge rule instead,
+        as a prefetch computed from this step's observation (their steps replaced it outright, and with merge
+        "oldest" or RTC a robot jumped at every other env's episode end). Returns the envs merged."""
+        merged = []
         for i, chunk in zip(env_ids, self._split(action, len(env_ids))):
-            self._buffers[i] = chunk
-            self._cursors[i] = 0
+            if i in running and self._buffers[i] is not None:
+                self._merge_into(i, chunk, elapsed=0)
+                merged.append(i)
+            else:
+                self._buffers[i] = chunk
+                self._cursors[i] = 0
+        self.stats.merged_envs += len(merged)
+        return merged
 
     # --- asynchronous prefetch ------------------------------------------------------------------
 
@@ -480,7 +507,7 @@ class ActionChunker:
             return
         ids = low if self.per_env else list(range(self._n_envs or 0))
         request_obs = _copy_leaves(self._rows(observation, ids))
-        request_options = dict(options) if options else None
+        request_options = dict(self._row_options(options, ids)) if options else None
         rtc = self._rtc_options(ids)
         if rtc is not None:
             request_options = {**(request_options or {}), "rtc": rtc}
@@ -520,6 +547,12 @@ class ActionChunker:
         pending = self._pending
         if pending is None or (not block and not pending.future.done()):
             return []
+        while block and not pending.future.done():
+            # close() from another thread, or from a signal handler on this one (which drops the prefetch), ends the
+            # wait: it held close() up to timeout_ms, and a chunk abandoned by close() was merged after all.
+            if self._closing.is_set() or self._pending is not pending:
+                raise ConnectionError("the ActionChunker was closed while this call waited for its next chunk")
+            futures_wait([pending.future], timeout=CLOSE_POLL_S)
         try:
             action, info = pending.future.result()  # a policy error surfaces in the robot's call
         except BaseException:
