@@ -221,6 +221,20 @@ def test_a_live_process_that_started_after_the_claim_is_not_its_holder(tmp_path)
     assert not holder_alive(holder(time.time()))
 
 
+def test_on_windows_a_claims_process_is_never_signalled_and_the_claim_counts_as_live(monkeypatch):
+    """os.kill(pid, 0) on Windows sends Ctrl-C to that process (CTRL_C_EVENT is 0), or fails and the claim was taken
+    over from a live run."""
+    from gr00t_eval import run_claim
+
+    def no_kill(*args):
+        raise AssertionError("os.kill called on Windows")
+
+    monkeypatch.setattr(run_claim.os, "name", "nt")
+    monkeypatch.setattr(run_claim.os, "kill", no_kill)
+    holder = run_claim.ClaimHolder(os.getpid() + 100000, socket.gethostname(), "then", time.time(), finished=False)
+    assert run_claim.holder_alive(holder)
+
+
 def test_runs_without_output_dir_started_in_the_same_second_get_a_directory_each(dataset, server, tmp_path, monkeypatch):
     n_runs = 6
     dated = names_in_one_second(monkeypatch, n_runs)  # every run picks its first name before any run creates its directory

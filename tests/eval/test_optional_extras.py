@@ -77,3 +77,27 @@ def test_plotting_without_matplotlib_raises_missing_extra_error_naming_plots():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip().endswith("pip install 'gr00t-eval[plots]'"), result.stdout + result.stderr
+
+
+def test_merge_and_suites_need_no_sim_extra(tmp_path):
+    """Merging shards' results is JSON work: on a plain install `gr00t-eval merge` (and `suites`) stopped with
+    'closed-loop rollout needs gymnasium', since the shard plans came from the rollout runner's module."""
+    from eval.scale_fixtures import ConstantPolicy
+    from gr00t_eval import cli
+
+    split = tmp_path / "split"
+    with running_server(ConstantPolicy()) as server:  # the shards themselves run here, with the sim extra
+        for index in range(2):
+            assert cli.main(["rollout", "--env-name", "walkto/fast", "--n-episodes", "4", "--n-envs", "1",
+                             "--vectorization", "sync", "--n-action-steps", "2", "--max-episode-steps", "6",
+                             "--seed", "0", "--no-video", "--policy-client-port", str(server.port),
+                             "--output-dir", str(split), "--shard", f"{index}/2",
+                             "--env-import", "eval.scale_fixtures"]) == 0
+    merged = tmp_path / "merged.json"
+    result = _eval_cli("merge", str(split), "--output", str(merged))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(merged.read_text())["overall"]["n_episodes"] == 4
+    assert "torch imported: False" in result.stdout
+    suites = _eval_cli("suites")
+    assert suites.returncode == 0, suites.stderr
+    assert "metaworld-mt10" in suites.stdout

@@ -26,7 +26,7 @@ from gr00t_client.client import MAX_TIMEOUT_MS
 from .metrics import EpisodeOutcome
 from .policy_identity import describe, policy_record, same_policy
 from .results import RESULTS_FILENAME, write_results
-from .rollout.runner import RolloutConfig, draw_base_seed
+from .rollout.config import RolloutConfig, draw_base_seed
 from .run_dir import EPISODE_LOG_FILENAME, RUN_FILENAME, EpisodeLog, add_earlier_eval_s, earlier_results
 from .shard import run_suite
 

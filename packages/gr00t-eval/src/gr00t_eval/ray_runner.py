@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 from .extras import MissingExtraError
 from .metrics import EpisodeOutcome
-from .rollout.runner import RolloutConfig
+from .rollout.config import RolloutConfig
 from .run_dir import interrupts_deferred, sigterm_as_interrupt
 from .shard import ShardSpec, format_missing, merge_results, results_from_outcomes, run_suite, shard_ranges
 from .suites import Task, auto_n_envs, resolve_tasks

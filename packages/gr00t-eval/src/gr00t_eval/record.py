@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Union
 import numpy as np
 
 from .dataset import DatasetWriter
-from .rollout.envs import split_env_name
+from .rollout.config import split_env_name
 
 logger = logging.getLogger(__name__)
 

@@ -168,7 +168,9 @@ def refuse_live_claim(directory: Union[str, Path], filename: str, flag: str = "-
                              f"has ended delete {claim}, or name another directory")
     if holder_alive(holder):
         raise OutputDirError(f"{flag} {directory} is in use: the run that claimed it is still running "
-                             f"({holder.describe()}, in {filename}). Wait for it to end or name another directory")
+                             f"({holder.describe()}, in {filename}). Wait for it to end or name another directory"
+                             + (f" (this host cannot check a process safely: once it has ended, delete {claim})"
+                                if os.name == "nt" else ""))
     logger.warning("%s was claimed by a run that ended without finishing (%s; that process is gone)", directory, holder.describe())
     return holder
 
@@ -177,6 +179,8 @@ def holder_alive(holder: ClaimHolder) -> bool:
     """True while the claim's process exists on this host and is the one that claimed (not a reused pid)."""
     if holder.pid == os.getpid():
         return True
+    if os.name == "nt":  # os.kill(pid, 0) there sends Ctrl-C (CTRL_C_EVENT is 0): a claim is taken as live, and
+        return True  # the message says to delete its file once that run has ended
     try:
         os.kill(holder.pid, 0)
     except ProcessLookupError:

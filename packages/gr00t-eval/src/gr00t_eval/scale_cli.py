@@ -233,7 +233,7 @@ def run_rollout_command(args: argparse.Namespace) -> int:
     from .cli_errors import UsageError
     from .metrics import EpisodeOutcome
     from .rollout import RolloutConfig
-    from .rollout.runner import draw_base_seed
+    from .rollout.config import draw_base_seed
     from .ray_runner import check_ray_address, parse_servers
     from .run_dir import (EpisodeLog, add_earlier_eval_s, earlier_results, episode_log_name, read_run_file,
                           refuse_changed_settings, write_run_file)

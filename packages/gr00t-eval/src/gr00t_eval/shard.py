@@ -19,7 +19,7 @@ from gr00t_client import BasePolicy
 
 from .metrics import EpisodeOutcome
 from .policy_identity import describe, same_policy
-from .rollout.runner import RolloutConfig, draw_base_seed
+from .rollout.config import RolloutConfig, draw_base_seed
 from .suites import Task, TaskRun, outcome_from_json, resolve_tasks, run_tasks, suite_results
 
 logger = logging.getLogger(__name__)

@@ -19,9 +19,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from gr00t_client import BasePolicy
 
 from .metrics import EpisodeOutcome, rollout_aggregates
-from .rollout.envs import split_env_name
+from .rollout.config import RolloutConfig, split_env_name
 from .rollout.liveness import PolicyServerUnreachableError, ping_quickly
-from .rollout.runner import RolloutConfig, run_rollout
 
 logger = logging.getLogger(__name__)
 
@@ -200,6 +199,8 @@ def run_task(policy: BasePolicy, task: Task, config: RolloutConfig, episodes: Op
 
     start = time.perf_counter()
     try:
+        from .rollout.runner import run_rollout  # the simulator, only when tasks run
+
         run_rollout(policy, task_config, progress=progress, on_episode=scored, episodes=todo)
     except (PolicyServerUnreachableError, KeyboardInterrupt):
         run.eval_s += time.perf_counter() - start

@@ -1,29 +1,44 @@
-"""Closed-loop rollout: env registry and adapters, MultiStepWrapper, and the episode-accounting runner."""
+"""Closed-loop rollout: env registry and adapters, MultiStepWrapper, and the episode-accounting runner.
 
-from ..extras import require
+Names are imported on first use: the settings (`config`) need no simulator, so `gr00t-eval merge` and the shard plans
+work without gymnasium; the runner and envs name the `sim` extra in one line when it is missing.
+"""
 
-require("gymnasium", "sim", "closed-loop rollout")  # one line naming the extra, not a deep ImportError
+from __future__ import annotations
 
-from .envs import ENV_PREFIX_TO_EMBODIMENT_TAG, EnvFactory, embodiment_for_env, env_factory, make_env, register_env_prefix
-from .multistep import EpisodeSummary, MultiStepWrapper, success_from_info
-from .policy_io import HorizonSpec, ObservationMapper, PolicyRowCursor
-from .runner import RolloutConfig, RolloutResult, RolloutRunner, run_rollout
+import importlib
+from typing import Any, List
 
-__all__ = [
-    "ENV_PREFIX_TO_EMBODIMENT_TAG",
-    "EnvFactory",
-    "EpisodeSummary",
-    "HorizonSpec",
-    "MultiStepWrapper",
-    "ObservationMapper",
-    "PolicyRowCursor",
-    "RolloutConfig",
-    "RolloutResult",
-    "RolloutRunner",
-    "embodiment_for_env",
-    "env_factory",
-    "make_env",
-    "register_env_prefix",
-    "run_rollout",
-    "success_from_info",
-]
+_EXPORTS = {
+    "ENV_PREFIX_TO_EMBODIMENT_TAG": ".envs",
+    "EnvFactory": ".envs",
+    "embodiment_for_env": ".envs",
+    "env_factory": ".envs",
+    "make_env": ".envs",
+    "register_env_prefix": ".envs",
+    "EpisodeSummary": ".multistep",
+    "MultiStepWrapper": ".multistep",
+    "success_from_info": ".multistep",
+    "HorizonSpec": ".policy_io",
+    "ObservationMapper": ".policy_io",
+    "PolicyRowCursor": ".policy_io",
+    "RolloutConfig": ".config",
+    "RolloutResult": ".runner",
+    "RolloutRunner": ".runner",
+    "run_rollout": ".runner",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gr00t_eval.rollout' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

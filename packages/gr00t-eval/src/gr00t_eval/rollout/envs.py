@@ -11,9 +11,15 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
-import gymnasium as gym
+from ..extras import require
 
-from gr00t_client import EmbodimentTag
+require("gymnasium", "sim", "closed-loop rollout")  # one line naming the extra, not a deep ImportError
+
+import gymnasium as gym  # noqa: E402
+
+from gr00t_client import EmbodimentTag  # noqa: E402
+
+from .config import split_env_name  # noqa: E402,F401 - part of this module's API
 
 # The reference's table (gr00t/eval/sim/env_utils.py), plus the built-in adapters.
 ENV_PREFIX_TO_EMBODIMENT_TAG: Dict[str, EmbodimentTag] = {
@@ -45,12 +51,6 @@ def register_env_prefix(prefix: str, embodiment_tag: Union[EmbodimentTag, str], 
     ENV_PREFIX_TO_EMBODIMENT_TAG[prefix] = EmbodimentTag.resolve(embodiment_tag)
     if adapter is not None:
         _ADAPTERS[prefix] = adapter
-
-
-def split_env_name(env_name: str) -> Tuple[str, str]:
-    """`prefix/task` -> (prefix, task); a name without '/' has no task."""
-    prefix, _, task = env_name.partition("/")
-    return prefix, task
 
 
 def embodiment_for_env(env_name: str) -> EmbodimentTag:

@@ -7,7 +7,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Deque, Dict, Mapping, Optional, Sequence, Tuple
 
-import gymnasium as gym
+from ..extras import require
+
+require("gymnasium", "sim", "closed-loop rollout")  # one line naming the extra, not a deep ImportError
+
+import gymnasium as gym  # noqa: E402
 import numpy as np
 
 from ..video import EpisodeVideoRecorder, episode_video_name, frame_from_observation

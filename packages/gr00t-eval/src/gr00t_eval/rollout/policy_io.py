@@ -9,7 +9,11 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-import gymnasium as gym
+from ..extras import require
+
+require("gymnasium", "sim", "closed-loop rollout")  # one line naming the extra, not a deep ImportError
+
+import gymnasium as gym  # noqa: E402
 import numpy as np
 
 from gr00t_client import ModalityConfig

@@ -21,12 +21,15 @@ import collections
 import dataclasses
 import functools
 import logging
-import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
-import gymnasium as gym
+from ..extras import require
+
+require("gymnasium", "sim", "closed-loop rollout")  # one line naming the extra, not a deep ImportError
+
+import gymnasium as gym  # noqa: E402
 import numpy as np
 
 from gr00t_client import ActionChunker, BasePolicy, EmbodimentTag, ServerStoppingError
@@ -34,6 +37,7 @@ from gr00t_client.chunking import MERGE_RULES
 
 from ..metrics import EpisodeOutcome
 from ..video import EpisodeVideoRecorder
+from .config import CLIENT_CHUNKING_MODES, RolloutConfig, draw_base_seed  # noqa: F401 - draw_base_seed re-exported
 from .liveness import PolicyServerUnreachableError, ServerWatch
 from .envs import EnvFactory, embodiment_for_env, env_factory
 from .multistep import EpisodeSummary, MultiStepWrapper
@@ -42,47 +46,6 @@ from .policy_io import HorizonSpec, ObservationMapper, PolicyRowCursor, Position
 logger = logging.getLogger(__name__)
 
 IDLE = -1
-CLIENT_CHUNKING_MODES = ("off", "sync", "async")
-
-
-@dataclass
-class RolloutConfig:
-    """Settings of one rollout run (the CLI flags)."""
-
-    env_name: str
-    n_episodes: int = 50
-    n_envs: int = 8
-    n_action_steps: int = 8
-    max_episode_steps: int = 720
-    seed: Optional[int] = None
-    video_dir: Optional[str] = None
-    env_kwargs: Dict[str, Any] = field(default_factory=dict)
-    vectorization: str = "auto"  # "auto": sync for one env, async subprocesses otherwise
-    terminate_on_success: bool = True
-    steps_per_frame: int = 1
-    video_fps: int = 20
-    # Index of the first episode run: episodes first_episode .. first_episode + n_episodes - 1 (a shard's slice).
-    # The index sets the env seed and the policy's reset `episode_index` (the recorded episode a ReplayPolicy plays).
-    first_episode: int = 0
-    # "off": one env step runs n_action_steps rows of a fresh chunk; "sync"/"async": one env step runs one row
-    # handed out by an ActionChunker (async prefetches the next chunk while the envs run).
-    client_chunking: str = "off"
-    chunk_merge: str = "newest"  # how an async prefetched chunk merges with the buffered steps (MERGE_RULES)
-    # async only: send the buffered steps as options["rtc"] so the server pins the new chunk's first k steps to them
-    rtc_frozen_steps: Optional[int] = None
-    # Videos only of episodes first_episode .. first_episode + max_episodes_rendered - 1 (None: all), like lerobot-eval.
-    max_episodes_rendered: Optional[int] = None
-
-    @property
-    def env_steps_per_call(self) -> int:
-        """Inner env steps one vector step (one action given to the envs) executes."""
-        return self.n_action_steps if self.client_chunking == "off" else 1
-
-    def seed_for(self, episode_index: int) -> Optional[int]:
-        """Episode i's env seed: seed + i, i being the run-wide index (None without a seed; the runner then draws one)."""
-        return None if self.seed is None else int(self.seed) + episode_index
-
-
 @dataclass
 class RolloutResult:
     """The scored episodes (exactly n_episodes, ordered by episode index from first_episode) and the wall time."""
@@ -440,11 +403,6 @@ class RolloutRunner:
                 stats = self.chunker.stats
                 logger.info("client chunking: %d calls, %d policy requests (%d prefetched), %d blocking waits",
                             stats.calls, stats.requests, stats.prefetches, stats.blocking_waits)
-
-
-def draw_base_seed() -> int:
-    """A random base seed (drawn once per run and saved, so every episode's seed is known)."""
-    return secrets.randbelow(2**31 - 1)
 
 
 def _close_envs(vec: gym.vector.VectorEnv, clean: bool) -> None:

@@ -1,0 +1,59 @@
+"""Rollout settings and the helpers that need no simulator: `gr00t-eval merge`, `suites` and the shard plans read
+them without gymnasium (a plain `pip install gr00t-eval`); the runner imports them from here."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+CLIENT_CHUNKING_MODES = ("off", "sync", "async")
+
+
+@dataclass
+class RolloutConfig:
+    """Settings of one rollout run (the CLI flags)."""
+
+    env_name: str
+    n_episodes: int = 50
+    n_envs: int = 8
+    n_action_steps: int = 8
+    max_episode_steps: int = 720
+    seed: Optional[int] = None
+    video_dir: Optional[str] = None
+    env_kwargs: Dict[str, Any] = field(default_factory=dict)
+    vectorization: str = "auto"  # "auto": sync for one env, async subprocesses otherwise
+    terminate_on_success: bool = True
+    steps_per_frame: int = 1
+    video_fps: int = 20
+    # Index of the first episode run: episodes first_episode .. first_episode + n_episodes - 1 (a shard's slice).
+    # The index sets the env seed and the policy's reset `episode_index` (the recorded episode a ReplayPolicy plays).
+    first_episode: int = 0
+    # "off": one env step runs n_action_steps rows of a fresh chunk; "sync"/"async": one env step runs one row
+    # handed out by an ActionChunker (async prefetches the next chunk while the envs run).
+    client_chunking: str = "off"
+    chunk_merge: str = "newest"  # how an async prefetched chunk merges with the buffered steps (MERGE_RULES)
+    # async only: send the buffered steps as options["rtc"] so the server pins the new chunk's first k steps to them
+    rtc_frozen_steps: Optional[int] = None
+    # Videos only of episodes first_episode .. first_episode + max_episodes_rendered - 1 (None: all), like lerobot-eval.
+    max_episodes_rendered: Optional[int] = None
+
+    @property
+    def env_steps_per_call(self) -> int:
+        """Inner env steps one vector step (one action given to the envs) executes."""
+        return self.n_action_steps if self.client_chunking == "off" else 1
+
+    def seed_for(self, episode_index: int) -> Optional[int]:
+        """Episode i's env seed: seed + i, i being the run-wide index (None without a seed; the runner then draws one)."""
+        return None if self.seed is None else int(self.seed) + episode_index
+
+
+def draw_base_seed() -> int:
+    """A random base seed (drawn once per run and saved, so every episode's seed is known)."""
+    return secrets.randbelow(2**31 - 1)
+
+
+def split_env_name(env_name: str) -> Tuple[str, str]:
+    """`prefix/task` -> (prefix, task); a name without '/' has no task."""
+    prefix, _, task = env_name.partition("/")
+    return prefix, task
