@@ -30,6 +30,22 @@ def running_server(policy: BasePolicy, **kwargs: Any) -> Iterator[PolicyServer]:
         assert not thread.is_alive(), "PolicyServer.run() did not return after stop()"
 
 
+@contextlib.contextmanager
+def stopped_while_it_hangs(policy: Any) -> Iterator[PolicyServer]:
+    """A served `policy` whose `hanging` event stops the server (as Ctrl-C would) while that call runs: the call is
+    answered 'server is shutting down' after 0.3 s. `policy.release` is set at the end, ending the hung call."""
+    try:
+        with running_server(policy, inline_below_ms=0, shutdown_timeout_s=0.3) as server:
+            def stop_while_it_hangs() -> None:
+                if policy.hanging.wait(30):
+                    server.stop()
+
+            threading.Thread(target=stop_while_it_hangs, daemon=True).start()
+            yield server
+    finally:
+        policy.release.set()
+
+
 READY = "Server is ready and listening on tcp://"
 SERVER_CLI = [sys.executable, "-c", "import sys; from gr00t_server.cli import main; sys.exit(main())"]
 

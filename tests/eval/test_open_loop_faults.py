@@ -22,7 +22,7 @@ from eval.scale_fixtures import free_port, names_in_one_second
 from gr00t_eval import cli
 from gr00t_eval.dataset import DatasetWriter
 from gr00t_server.policies.replay import ReplayPolicy
-from serving import running_server
+from serving import running_server, stopped_while_it_hangs
 
 LENGTHS = (6, 9, 4)
 
@@ -536,21 +536,14 @@ def test_a_server_shutting_down_mid_trajectory_stops_the_run_at_once_leaving_it_
     """A server stopped (Ctrl-C) while a trajectory's request ran answers 'server is shutting down'. That trajectory
     was scored errored, and the next request waited out the whole timeout of a server already gone."""
     policy = HangsOnEpisode(dataset, execution_horizon=4, hang_on=1)
-    try:
-        with running_server(policy, inline_below_ms=0, shutdown_timeout_s=0.3) as stopping:
-            def stop_while_it_hangs():
-                if policy.hanging.wait(30):
-                    stopping.stop()
-
-            threading.Thread(target=stop_while_it_hangs, daemon=True).start()
-            started = time.monotonic()
-            code = open_loop(dataset, stopping.port, tmp_path / "out", "--traj-ids", "0", "1", "2", "--timeout-ms", "20000")
-            elapsed = time.monotonic() - started
-    finally:
-        policy.release.set()
+    with stopped_while_it_hangs(policy) as stopping:
+        started = time.monotonic()
+        code = open_loop(dataset, stopping.port, tmp_path / "out", "--traj-ids", "0", "1", "2", "--timeout-ms", "20000")
+        elapsed = time.monotonic() - started
     err = capsys.readouterr().err
     data = results(tmp_path / "out")
     assert code == 2 and elapsed < 15
     assert data["status"] == "aborted" and list(data["trajectories"]) == ["0"] and data["not_run_trajectories"] == [1, 2]
     assert data.get("errored_trajectories", {}) in ({}, [])
     assert "server is shutting down" in data["stop_reason"]
+    assert "ABORTED:" in err and "not run: [1, 2]" in err

@@ -185,23 +185,15 @@ class HangsOnCall(ConstantPolicy):
 def test_a_server_shutting_down_mid_rollout_stops_it_at_once_leaving_the_episode_not_run(tmp_path, capsys):
     """The server (stopped with Ctrl-C) answered the request in flight 'server is shutting down': the rollout scored
     that episode errored and went on to wait out its timeout against a server already gone."""
-    from serving import running_server
+    from serving import stopped_while_it_hangs
 
     policy = HangsOnCall(call=8)
     out = tmp_path / "out"
-    try:
-        with running_server(policy, inline_below_ms=0, shutdown_timeout_s=0.3) as server:
-            def stop_while_it_hangs():
-                if policy.hanging.wait(30):
-                    server.stop()
-
-            threading.Thread(target=stop_while_it_hangs, daemon=True).start()
-            started = time.monotonic()
-            code = main(["rollout", "--env-name", "walkto/slow", "--policy-client-port", str(server.port), "--output-dir",
-                         str(out), "--timeout-ms", "20000", "--n-episodes", "6", *SMALL])
-            took = time.monotonic() - started
-    finally:
-        policy.release.set()
+    with stopped_while_it_hangs(policy) as server:
+        started = time.monotonic()
+        code = main(["rollout", "--env-name", "walkto/slow", "--policy-client-port", str(server.port), "--output-dir",
+                     str(out), "--timeout-ms", "20000", "--n-episodes", "6", *SMALL])
+        took = time.monotonic() - started
     results = read(out / "results.json")
     assert code == 1 and took < 15, f"took {took:.1f} s"
     assert results["status"] == "aborted" and "is shutting down" in results["stop_reason"]

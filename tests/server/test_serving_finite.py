@@ -67,25 +67,32 @@ def test_a_nan_action_is_never_sent_and_the_error_names_key_rows_and_the_degener
     assert np.isfinite(action["eef_9d"]).all()
 
 
-def test_in_a_batch_only_the_client_whose_rotation_is_degenerate_gets_the_error():
+def calls_at_once(port, observations, timeout_ms):
+    """{name: (action, info) or the PolicyServerError} of one get_action per named observation, each from its own
+    thread and client, sent together."""
     import threading
 
     results = {}
+
+    def call(name, observation):
+        with PolicyClient(port=port, timeout_ms=timeout_ms) as client:
+            try:
+                results[name] = client.get_action(observation)
+            except PolicyServerError as exc:
+                results[name] = exc
+
+    threads = [threading.Thread(target=call, args=item) for item in observations.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout_ms / 1000 + 5)
+    return results
+
+
+def test_in_a_batch_only_the_client_whose_rotation_is_degenerate_gets_the_error():
     with running_server(RotationPolicy(), max_batch_size=4, batch_timeout_ms=500) as server:
-
-        def call(name, observation):
-            with PolicyClient(port=server.port, timeout_ms=10000) as client:
-                try:
-                    results[name] = client.get_action(observation)
-                except PolicyServerError as exc:
-                    results[name] = exc
-
-        threads = [threading.Thread(target=call, args=("good", rotation_observation(rows=1))),
-                   threading.Thread(target=call, args=("bad", rotation_observation(rows_of_zeros=(0,), rows=1)))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(20)
+        results = calls_at_once(server.port, {"good": rotation_observation(rows=1),
+                                              "bad": rotation_observation(rows_of_zeros=(0,), rows=1)}, timeout_ms=10000)
     assert isinstance(results["bad"], PolicyServerError) and "'eef_9d' rows [0]" in results["bad"].server_message
     assert np.isfinite(results["good"][0]["eef_9d"]).all()
 
@@ -116,8 +123,6 @@ def test_a_degenerate_reference_rotation_is_refused_before_the_model_runs_batche
     """The check ran in decode_action, after the model: with batching on, one client's degenerate pose failed the
     merged call and every client of the batch was then served alone (three model calls for two requests)."""
     pytest.importorskip("torch")
-    import threading
-
     from gr00t_server.policies.gr00t_policy import Gr00tPolicy
     from gr00t_server.test_checkpoint import example_observation
 
@@ -140,21 +145,9 @@ def test_a_degenerate_reference_rotation_is_refused_before_the_model_runs_batche
     policy.strict = True
     assert rows_run == []
 
-    results = {}
+    good = example_observation(tiny_checkpoint, "new_embodiment", batch_size=1, image_size=(32, 32))
     with running_server(policy, max_batch_size=2, batch_timeout_ms=2000) as server:
-        def call(name, observation):
-            with PolicyClient(port=server.port, timeout_ms=60000) as client:
-                try:
-                    results[name] = client.get_action(observation)
-                except PolicyServerError as exc:
-                    results[name] = exc
-
-        good = example_observation(tiny_checkpoint, "new_embodiment", batch_size=1, image_size=(32, 32))
-        threads = [threading.Thread(target=call, args=("good", good)), threading.Thread(target=call, args=("bad", bad))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
+        results = calls_at_once(server.port, {"good": good, "bad": bad}, timeout_ms=60000)
     assert isinstance(results["bad"], PolicyServerError) and "degenerate rotation in rows [0]" in str(results["bad"])
     assert all(np.isfinite(value).all() for value in results["good"][0].values())
     assert len(rows_run) == 1  # the good request's call alone

@@ -54,17 +54,20 @@ def language_batch(value: Any, key: str) -> List[str]:
         raise ObservationError(f"Language key '{key}' must be a tuple, list, numpy array or str; got {type(value).__name__}")
     if not items:
         raise ObservationError(f"Language key '{key}' must not be empty")
-    out = []
-    for item in items:
-        if isinstance(item, bytes):
-            try:
-                item = item.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise ObservationError(f"Language key '{key}' holds bytes that are not UTF-8 ({exc})") from None
-        if not isinstance(item, str):
-            raise ObservationError(f"Language key '{key}' must hold strings; got {type(item).__name__} {item!r:.60}")
-        out.append(item)
-    return out
+    return [language_text(item, f"Language key '{key}'", "must hold strings") for item in items]
+
+
+def language_text(item: Any, where: str, expected: str) -> str:
+    """A language item as text: a str, or UTF-8 bytes decoded; ObservationError '<where> <expected>; got ...' for
+    anything else, and naming `where` for bytes that are not UTF-8."""
+    if isinstance(item, bytes):
+        try:
+            item = item.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ObservationError(f"{where} holds bytes that are not UTF-8 ({exc})") from None
+    if not isinstance(item, str):
+        raise ObservationError(f"{where} {expected}; got {type(item).__name__} {item!r:.60}")
+    return item
 
 
 def validate_flat_observation(observation: Any, configs: Mapping[str, ModalityConfig]) -> int:

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from gr00t_client.embodiment import FINETUNE_ONLY_TAGS, POSTTRAIN_TAGS, EmbodimentTag
+from gr00t_client.flat import language_text
 from gr00t_client.modality import ModalityConfig
 from gr00t_client.policy import BasePolicy, ObservationError, non_finite_rows
 from gr00t_server.model.action_head import DEFAULT_RTC_RAMP_RATE
@@ -126,14 +127,7 @@ def _instruction(language: Any) -> str:
     """One row's instruction: a string, or the first of a list of them (UTF-8 bytes are decoded). ObservationError for
     anything else, strict or not: a number or None was read as its repr, bytes failed deep in the tokenizer."""
     text = language[0] if isinstance(language, (list, tuple)) and language else language
-    if isinstance(text, bytes):
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ObservationError(f"a language instruction holds bytes that are not UTF-8 ({exc})") from None
-    if not isinstance(text, str):
-        raise ObservationError(f"each language row must be a list of one str; got {type(language).__name__} {language!r:.60}")
-    return text
+    return language_text(text, "a language instruction", "must be a str (each row a list of one str)")
 
 
 def _resolve_device(device: Union[str, torch.device]) -> torch.device:
