@@ -236,6 +236,28 @@ def test_an_export_killed_mid_swap_gets_the_earlier_export_back(tiny_checkpoint,
     assert commands.run(parse(export_argv(tiny_checkpoint, earlier))) == 0  # and the folder takes a new export
 
 
+def test_a_first_export_killed_mid_swap_leaves_its_folder_usable_by_the_next(tiny_checkpoint, tmp_path):
+    """With no earlier export to put back, the next export deleted the dead one's staging folder (the only record of
+    what it had moved in) and then refused its own folder: 'action_decoder.onnx was not written by an earlier
+    export', until the user deleted the file by hand."""
+    new = tmp_path / "new"
+    assert commands.run(parse(export_argv(tiny_checkpoint, new))) == 0  # what the killed export was swapping in
+    names = sorted(p.name for p in new.iterdir() if p.name != EXPORT_METADATA)
+    folder = tmp_path / "first"
+    folder.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    staging = folder / f".gr00t-export-staging-{dead.pid}-def456"
+    shutil.copytree(new, staging)
+    (folder / f".gr00t-export-previous-{dead.pid}-abc123").mkdir()  # empty: nothing earlier was moved aside
+    os.replace(staging / names[0], folder / names[0])  # killed after moving its first file in
+    user_file = folder / "notes.txt"
+    user_file.write_text("mine")
+    assert commands.run(parse(export_argv(tiny_checkpoint, folder))) == 0
+    assert (folder / EXPORT_METADATA).is_file() and user_file.read_text() == "mine"
+    assert not [p for p in folder.iterdir() if p.name.startswith(".gr00t-export-")]
+
+
 def test_ctrl_c_during_the_swap_waits_for_it_and_the_export_reports_what_it_installed(tiny_checkpoint, earlier,
                                                                                        monkeypatch, caplog):
     """A Ctrl-C in the swap waited for it, then reported "interrupted" (exit 130) over a folder holding the new export."""

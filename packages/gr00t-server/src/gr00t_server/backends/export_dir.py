@@ -110,8 +110,12 @@ def remove_stale_work_dirs(folder: Path) -> None:
             stale.append(path)
             by_pid.setdefault(pid, {})[parts[0]] = path
     for work in by_pid.values():
-        if "previous" in work and not (folder / EXPORT_METADATA).exists():
+        if (folder / EXPORT_METADATA).exists():
+            continue  # the folder holds a whole export: no swap was left half-way
+        if "previous" in work and (work["previous"] / EXPORT_METADATA).is_file():
             _restore_earlier(folder, work["previous"], work.get("staging"))
+        elif "staging" in work:
+            _remove_moved_in(folder, work["staging"])
     for path in stale:
         logger.info("removing %s, left by an interrupted export", path)
         shutil.rmtree(path, ignore_errors=True)
@@ -132,6 +136,19 @@ def _restore_earlier(folder: Path, backup: Path, staging: Optional[Path]) -> Non
         os.replace(backup / name, folder / name)
     logger.warning("restored the earlier export in %s from %s: the export that replaced it was killed mid-swap",
                    folder, backup)
+
+
+def _remove_moved_in(folder: Path, staging: Path) -> None:
+    """Undo the swap of a first export (nothing earlier to put back) killed half-way: the files it had moved into
+    `folder`, named by the metadata still in its staging folder. They blocked every later export as files "not
+    written by an earlier export" until deleted by hand."""
+    if not (staging / EXPORT_METADATA).is_file():
+        return
+    removed = [name for name in export_files(read_export_metadata(staging)) if os.path.lexists(folder / name)]
+    for name in removed:
+        os.unlink(folder / name)
+    if removed:
+        logger.warning("removed %s from %s: the export that moved them in was killed mid-swap", ", ".join(removed), folder)
 
 
 def make_work_dir(folder: Path, kind: str) -> Path:
