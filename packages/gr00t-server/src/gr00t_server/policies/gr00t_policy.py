@@ -193,7 +193,9 @@ class Gr00tPolicy(BasePolicy):
             self.device if self.device.type == "cuda" else torch.device("cpu")
         )
         self.processor = Gr00tN1d7Processor.from_pretrained(self.checkpoint_dir, local_files_only=local_files_only)
-        self._counting_tokenizer: Optional[Callable[[str], int]] = None  # count_language_tokens, made when first asked
+        # count_language_tokens' own tokenizer, made now: made on the first long prompt, it held the socket thread
+        # (pings, info) for as long as a copy of the real tokenizer takes to build.
+        self._counting_tokenizer = _independent_tokenizer(self.processor.tokenizer)
         self._counting_lock = threading.Lock()
         if clip_outliers is not None:
             self.processor.config = dataclasses.replace(self.processor.config, clip_outliers=bool(clip_outliers))
@@ -294,8 +296,6 @@ class Gr00tPolicy(BasePolicy):
         let 2,048 digits or CJK characters through as one word: thousands of tokens). Safe from the socket thread
         while the worker tokenizes: it uses its own copy of the tokenizer."""
         with self._counting_lock:
-            if self._counting_tokenizer is None:
-                self._counting_tokenizer = _independent_tokenizer(self.processor.tokenizer)
             return self._counting_tokenizer(text)
 
     def check_observation(self, observation: Dict[str, Any]) -> None:
