@@ -312,6 +312,12 @@ class EpisodeLog:
 # --- rollout --resume ----------------------------------------------------------------------------
 
 
+def resume_command(directory: Union[str, Path], shard: Any = None) -> str:
+    """'gr00t-eval rollout --resume DIR [--shard I/N]': what the messages about an unfinished run tell the user to
+    type (`shard`: a ShardSpec, or anything whose str() is I/N; None for a whole run)."""
+    return f"gr00t-eval rollout --resume {directory}{'' if shard is None else f' --shard {shard}'}"
+
+
 # rollout flag (dest) -> the run.json config field it sets; --env-name is run.json's env_name.
 RESUMED_SETTINGS = {
     "n_episodes": "n_episodes", "n_envs": "n_envs", "n_action_steps": "n_action_steps",

@@ -289,7 +289,7 @@ def _report_rollout(args: argparse.Namespace, results: Dict[str, Any], output_di
 
     from .eval_info import EVAL_INFO_FILENAME, write_eval_info
     from .results import write_results
-    from .run_dir import INTERRUPTED_EXIT_CODE, interrupts_deferred, results_file_name
+    from .run_dir import INTERRUPTED_EXIT_CODE, interrupts_deferred, results_file_name, resume_command
 
     with interrupts_deferred():  # a second Ctrl-C while an interrupted run saves its results must not lose them
         path = write_results(output_dir / results_file_name(shard), results)
@@ -313,11 +313,11 @@ def _report_rollout(args: argparse.Namespace, results: Dict[str, Any], output_di
     status = results.get("status", "complete")
     not_run = results.get("n_not_run", 0)
     if status == "complete" and not_run:  # a task that failed part-way (an env worker died): no stop, but not run
-        print(f"INCOMPLETE: {not_run} episodes did not run (failed tasks above; continue with: gr00t-eval rollout "
-              f"--resume {output_dir}{'' if shard is None else f' --shard {shard}'} and the same server flags)")
+        print(f"INCOMPLETE: {not_run} episodes did not run (failed tasks above; continue with: "
+              f"{resume_command(output_dir, shard)} and the same server flags)")
     if status != "complete":
         print(f"{status.upper()}: {results.get('stop_reason')}; {not_run} episodes did not run "
-              f"(continue with: gr00t-eval rollout --resume {output_dir}{'' if shard is None else f' --shard {shard}'}"
+              f"(continue with: {resume_command(output_dir, shard)}"
               f"{' --ray-address ' + args.ray_address if args.ray_address else ''} and the same server flags)")
     print(f"Results: {path}")
     if status == "interrupted":
@@ -517,16 +517,16 @@ def _results_files(paths: List[str], output: Path) -> List[Path]:
 def _unfinished_shards_hint(paths: List[str]) -> str:
     """'; shard 1/2 ... started and has no results file ...' for every shard of the given directories that started
     (its run file is there) and wrote no results: still running, or killed. Empty when there is none."""
-    from .run_dir import results_file_name, started_shards
+    from .run_dir import results_file_name, resume_command, started_shards
     from .shard import ShardSpec
 
     unfinished = []
     for directory in (Path(p) for p in paths if Path(p).is_dir()):
         for index, count in started_shards(directory):
-            if not (directory / results_file_name(ShardSpec(index, count))).exists():
-                unfinished.append(f"shard {index}/{count} in {directory} started and has no results file (still "
-                                  f"running, or killed: continue it with gr00t-eval rollout --resume {directory} "
-                                  f"--shard {index}/{count})")
+            shard = ShardSpec(index, count)
+            if not (directory / results_file_name(shard)).exists():
+                unfinished.append(f"shard {shard} in {directory} started and has no results file (still running, or "
+                                  f"killed: continue it with {resume_command(directory, shard)})")
     return "; " + "; ".join(unfinished) if unfinished else ""
 
 

@@ -279,8 +279,9 @@ def run_suite(policy: BasePolicy, env_spec: str, config: RolloutConfig, shard: O
 
 def _stopped_shard_hint(label: str, results: Mapping[str, Any]) -> str:
     """'<label> is an interrupted run (<reason>): continue it with gr00t-eval rollout --resume DIR --shard I/N'."""
+    from .run_dir import resume_command
+
     shard = (results.get("plan") or {}).get("shard")
-    where = str(Path(label).parent) if label.endswith(".json") else None
-    resume = (f": continue it with gr00t-eval rollout --resume {where}" + (f" --shard {shard[0]}/{shard[1]}" if shard else "")
-              if where else "")
+    spec = ShardSpec(*shard) if shard else None
+    resume = f": continue it with {resume_command(Path(label).parent, spec)}" if label.endswith(".json") else ""
     return f"{label} is an {results.get('status')} run ({results.get('stop_reason') or 'no reason recorded'}){resume}"

@@ -125,10 +125,10 @@ class EpisodeVideoRecorder:
         write_mp4(path, self._frames, text, fps=self.fps, min_width=self.min_width)
         # An earlier attempt at this episode (a run interrupted after its video, then resumed) may have ended the
         # other way: its video would stand beside this one, telling another outcome.
-        for outcome_name in ("success", "failure"):
-            other = self.video_dir / f"{name.rsplit('_', 1)[0]}_{outcome_name}.mp4"
-            if other != path and EPISODE_VIDEO_NAME.fullmatch(other.name):
-                other.unlink(missing_ok=True)
+        episode = EPISODE_VIDEO_NAME.fullmatch(path.name)
+        if episode is not None:
+            other = "failure" if episode.group(1) == "success" else "success"
+            path.with_name(f"{path.name[:episode.start(1)]}{other}.mp4").unlink(missing_ok=True)
         self.start()
         return str(path)
 
