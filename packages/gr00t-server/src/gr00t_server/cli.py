@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterator, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 logger = logging.getLogger("gr00t_server")
 
@@ -328,33 +327,15 @@ def _raise_open_file_limit() -> None:
 def serve(args: argparse.Namespace) -> int:
     # Until the server runs (and installs its own graceful handlers), SIGTERM stops the start-up like Ctrl-C: one line,
     # exit 130 (it killed the process silently with 143 while the model loaded).
-    with _sigterm_as_interrupt():
+    from .threads import sigterm_as_interrupt
+
+    with sigterm_as_interrupt():
         server = _start_server(args)
     try:
         server.run()
     except KeyboardInterrupt:
         print("\nShutting down server...")
     return 0
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt in the block (on the main thread; elsewhere nothing changes)."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _start_server(args: argparse.Namespace) -> Any:

@@ -1,4 +1,5 @@
-"""Threads the server starts never take SIGINT or SIGTERM, so the kernel delivers them to the main thread.
+"""Signals in the server: threads it starts never take SIGINT or SIGTERM, so the kernel delivers them to the main
+thread; and blocks that handle SIGTERM as Ctrl-C (start-up, an export).
 
 A signal delivered to another thread sets Python's flag but does not wake the main thread: a policy call running
 there (a cheap call run inline on the socket thread) would sleep on, and the stop would not be noticed until the
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -33,3 +34,31 @@ def stop_signals_blocked() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextlib.contextmanager
+def signals_handled_by(handler: Callable[[int, Any], None], signals: tuple[int, ...]) -> Iterator[None]:
+    """Handle `signals` with `handler` while the block runs, then restore the handlers before (off the main thread,
+    where Python cannot handle signals, the block runs with them as they were)."""
+    previous = {}
+    try:
+        for signum in signals:
+            previous[signum] = signal.signal(signum, handler)
+    except ValueError:  # not the main thread
+        pass
+    try:
+        yield
+    finally:
+        for signum, before in previous.items():
+            signal.signal(signum, signal.SIG_DFL if before is None else before)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt, so `finally` blocks clean up as on Ctrl-C."""
+    with signals_handled_by(_raise_interrupt, (signal.SIGTERM,)):
+        yield

@@ -154,9 +154,9 @@ def _export_into(args: argparse.Namespace, folder: Path, device: str, precision:
         make_work_dir,
         own_files,
         remove_stale_work_dirs,
-        sigterm_as_interrupt,
         swap_in,
     )
+    from gr00t_server.threads import sigterm_as_interrupt
 
     with export_lock(folder):  # one export into a folder at a time: its file list and work folders are its own
         remove_stale_work_dirs(folder)

@@ -10,7 +10,7 @@ import shutil
 import signal
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 from gr00t_server.backends.common import (
     EXPORT_METADATA,
@@ -19,6 +19,7 @@ from gr00t_server.backends.common import (
     export_files,
     read_export_metadata,
 )
+from gr00t_server.threads import signals_handled_by
 
 logger = logging.getLogger(__name__)
 
@@ -157,39 +158,11 @@ def make_work_dir(folder: Path, kind: str) -> Path:
 
 
 @contextlib.contextmanager
-def _signals_handled_by(handler: Callable[[int, Any], None], signals: tuple[int, ...]) -> Iterator[None]:
-    """Handle `signals` with `handler` while the block runs, then restore the handlers before (off the main thread,
-    where Python cannot handle signals, the block runs with them as they were)."""
-    previous = {}
-    try:
-        for signum in signals:
-            previous[signum] = signal.signal(signum, handler)
-    except ValueError:  # not the main thread
-        pass
-    try:
-        yield
-    finally:
-        for signum, before in previous.items():
-            signal.signal(signum, signal.SIG_DFL if before is None else before)
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt, so `finally` blocks clean up as on Ctrl-C."""
-    with _signals_handled_by(_raise_interrupt, (signal.SIGTERM,)):
-        yield
-
-
-@contextlib.contextmanager
 def signals_deferred() -> Iterator[list[int]]:
     """Hold SIGINT and SIGTERM during a short critical section (the signals that came are in the yielded list); a
     block that fails re-raises its error, one that completes leaves the caller to say what the signals found."""
     received: list[int] = []
-    with _signals_handled_by(lambda signum, frame: received.append(signum), (signal.SIGINT, signal.SIGTERM)):
+    with signals_handled_by(lambda signum, frame: received.append(signum), (signal.SIGINT, signal.SIGTERM)):
         yield received
 
 

@@ -10,10 +10,9 @@ import signal
 import threading
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
-import numpy as np
-
+from gr00t_client.chunking import observation_batch_size
 from gr00t_client.client import PROTOCOL_VERSION, normalize_host
-from gr00t_client.policy import BasePolicy, nested_batch_size
+from gr00t_client.policy import BasePolicy
 
 from . import batching, limits as work_limits
 from .batching import TIMING_OPTION
@@ -278,7 +277,8 @@ class PolicyServer:
     def _get_action(self, observation: Any = None, options: Any = None) -> List[Any]:
         request = self._current
         assert request is not None
-        with self._runner.counted_call(1, "get_action", observation_rows(observation)):
+        # rows for the stats: the first array's leading axis, nested or flat; 1 without any (replay's empty observation)
+        with self._runner.counted_call(1, "get_action", max(1, observation_batch_size(observation))):
             raw = self.policy.get_action(observation, self._with_session(options, request))
         action, info = work_limits.action_and_info(raw)
         request.timing = policy_stages(self.policy)
@@ -485,12 +485,3 @@ def _install_signal_handlers(server: PolicyServer) -> Callable[[], None]:
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
     return restore
-
-
-def observation_rows(observation: Any) -> int:
-    """The rows of an observation, nested or flat (its first array's leading axis), for the stats; 1 when it has
-    none (replay's empty observation)."""
-    rows = nested_batch_size(observation)
-    if rows is None and isinstance(observation, dict):
-        rows = next((int(v.shape[0]) for v in observation.values() if isinstance(v, np.ndarray) and v.ndim), None)
-    return rows or 1
