@@ -18,6 +18,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Set
 from . import connection, scale_cli
 from .cli_errors import USAGE_EXIT_CODE, UsageError
 from .extras import MissingExtraError
+from .rollout.config import DEFAULT_ENV_TIMEOUT_S
 from .run_dir import OutputDirError, prepare_output_dir
 
 DEFAULT_ROLLOUT_DIR = "/tmp/gr00t_rollout_eval"
@@ -155,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit 0 even when episodes errored (they are still reported and left out of the metrics)")
     p.add_argument(*_flag("max-episodes-rendered"), type=int, default=None, metavar="N",
                    help="write videos of the first N episodes (of each task) only (default: all)")
+    p.add_argument(*_flag("env-timeout"), type=float, default=DEFAULT_ENV_TIMEOUT_S, metavar="S",
+                   help=f"seconds one env reset or step may take before the run stops with the envs named (a hung "
+                        f"simulator; default {DEFAULT_ENV_TIMEOUT_S:g}; 0 = no limit). Envs in subprocesses only "
+                        "(--n-envs > 1): a single env runs in this process and is waited for. A --resume takes it from "
+                        "its own command line, else the saved one")
     p.add_argument(*_flag("transition-host"), *_flag("transition-port"), dest="transition_flag", default=None,
                    help=argparse.SUPPRESS)
     _add_refused_model_path(p)

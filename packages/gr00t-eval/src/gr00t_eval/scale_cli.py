@@ -101,7 +101,20 @@ def rollout_config_from_args(args: argparse.Namespace, seed: Optional[int], outp
         max_episode_steps=args.max_episode_steps, seed=seed, video_dir=video_dir, env_kwargs=dict(args.env_kwargs),
         vectorization=args.vectorization, client_chunking=args.client_chunking, chunk_merge=args.chunk_merge,
         rtc_frozen_steps=args.rtc_frozen_steps, max_episodes_rendered=args.max_episodes_rendered,
+        env_timeout_s=env_timeout_from_args(args),
     )
+
+
+def env_timeout_from_args(args: argparse.Namespace) -> Optional[float]:
+    """--env-timeout in seconds, None for 0 (no limit)."""
+    from .cli_errors import UsageError
+
+    timeout = getattr(args, "env_timeout", None)
+    if timeout is None or timeout == 0:
+        return None
+    if not timeout > 0:  # also NaN
+        raise UsageError(f"--env-timeout must be > 0 seconds, or 0 for no limit; got {timeout}")
+    return float(timeout)
 
 
 def _rollout_output_dir(args: argparse.Namespace, label: str, shard: Any) -> Path:
@@ -236,7 +249,7 @@ def run_rollout_command(args: argparse.Namespace) -> int:
     from .rollout.config import draw_base_seed
     from .ray_runner import check_ray_address, parse_servers
     from .run_dir import (EpisodeLog, add_earlier_eval_s, earlier_results, episode_log_name, read_run_file,
-                          refuse_changed_settings, write_run_file)
+                          given_settings, refuse_changed_settings, write_run_file)
     from .shard import ShardSpec
 
     try:  # a bad host list fails before the output directory is made
@@ -260,6 +273,8 @@ def run_rollout_command(args: argparse.Namespace) -> int:
         refuse_changed_settings(args, saved)
         env_spec = saved["env_name"]
         config = RolloutConfig(**saved["config"])
+        if "env_timeout" in given_settings(args):  # not an outcome setting: a stalled run may resume with more time
+            config = dataclasses.replace(config, env_timeout_s=env_timeout_from_args(args))
         first_policy = saved.get("policy")
         earlier = earlier_results(output_dir, shard)
         done = [EpisodeOutcome.from_json_dict(e) for e in EpisodeLog(output_dir / episode_log_name(shard)).read()]

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
 CLIENT_CHUNKING_MODES = ("off", "sync", "async")
+DEFAULT_ENV_TIMEOUT_S = 600.0
 
 
 @dataclass
@@ -37,6 +38,9 @@ class RolloutConfig:
     rtc_frozen_steps: Optional[int] = None
     # Videos only of episodes first_episode .. first_episode + max_episodes_rendered - 1 (None: all), like lerobot-eval.
     max_episodes_rendered: Optional[int] = None
+    # Seconds an env in a subprocess may take for one reset or step before the run stops (a hung simulator);
+    # None: wait for ever. Envs run in-process (one env, vectorization "sync") cannot be timed out.
+    env_timeout_s: Optional[float] = DEFAULT_ENV_TIMEOUT_S
 
     @property
     def env_steps_per_call(self) -> int:

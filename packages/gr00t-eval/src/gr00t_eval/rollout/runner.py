@@ -8,7 +8,8 @@ episode the policy is reset for that row only (per-row reset options, see `Polic
 episodes they have in the whole run. An episode whose env or policy call fails is scored as errored with its
 reason and the run goes on. So is an episode whose policy reports a position (episode, step) other than the one
 the rollout put it at (`PolicyRowCursor.check_reply`): a replay server that was restarted, or that dropped the
-session, replays another recording from there on.
+session, replays another recording from there on. An env in a subprocess that does not finish a reset or step
+within `env_timeout_s` (a hung simulator) stops the run with EnvStalledError, naming the env and its episode.
 
 Client chunking (`client_chunking` "sync" or "async", opt-in): the envs step one env step per policy call and a
 gr00t_client ActionChunker hands out the steps of its buffered chunks (async: it prefetches the next chunk in the
@@ -42,6 +43,7 @@ from .liveness import PolicyServerUnreachableError, ServerWatch
 from .envs import EnvFactory, embodiment_for_env, env_factory
 from .multistep import EpisodeSummary, MultiStepWrapper
 from .policy_io import HorizonSpec, ObservationMapper, PolicyRowCursor, PositionCheckedPolicy, policy_actions
+from .stalls import reset_envs, step_envs
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +139,8 @@ class RolloutRunner:
             raise ValueError(f"client_chunking must be one of {CLIENT_CHUNKING_MODES}, got {config.client_chunking!r}")
         if config.chunk_merge not in MERGE_RULES:
             raise ValueError(f"chunk_merge must be one of {MERGE_RULES}, got {config.chunk_merge!r}")
+        if config.env_timeout_s is not None and not config.env_timeout_s > 0:
+            raise ValueError(f"env_timeout_s must be > 0 seconds or None (no limit), got {config.env_timeout_s}")
         if config.rtc_frozen_steps is not None and config.client_chunking != "async":
             raise ValueError(f"rtc_frozen_steps needs client_chunking='async', got {config.client_chunking!r}")
         if config.max_episodes_rendered is not None and config.max_episodes_rendered < 0:
@@ -161,7 +165,8 @@ class RolloutRunner:
         """Create the envs, run until every episode is scored, close the envs.
 
         Raises PolicyServerUnreachableError when the server stops answering (the episodes scored so far
-        have been passed to `on_episode`), and lets KeyboardInterrupt through after closing the envs.
+        have been passed to `on_episode`), EnvStalledError when an env reset or step outlasts `env_timeout_s`, and
+        lets KeyboardInterrupt through after closing the envs (a stalled env's workers are terminated).
         """
         config = self.config
         start = time.perf_counter()
@@ -253,7 +258,7 @@ class RolloutRunner:
             options: Dict[str, Any] = {"episodes": episodes}
             if not first:
                 options["reset_mask"] = np.array([r in env_rows for r in range(len(plan))], dtype=bool)
-            obs, infos = vec.reset(seed=seeds, options=options)
+            obs, infos = reset_envs(vec, self.config.env_timeout_s, episodes, seed=seeds, options=options)
             first = False
             failed = set()
             for row in sorted(env_rows):
@@ -386,7 +391,7 @@ class RolloutRunner:
                 active = [row for row in active if row not in lost]
                 if not active:
                     continue
-                obs, _, terminated, truncated, infos = vec.step(env_action)
+                obs, _, terminated, truncated, infos = step_envs(vec, env_action, self.config.env_timeout_s, self.row_episode)
                 for row in active:
                     if terminated[row] or truncated[row]:
                         summary = _row_info(infos, "episode", row)

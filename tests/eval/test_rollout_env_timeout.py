@@ -1,0 +1,89 @@
+"""A hung simulator stops the rollout within --env-timeout, names the env and episode it held, leaves no worker
+process behind, and the run resumes; before, `vec.step` waited for ever. Real subprocess vector envs and a real
+loopback server."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import time
+
+import pytest
+
+from eval.scale_fixtures import ConstantPolicy, WalkToEnv, run_cli
+from gr00t_client import EmbodimentTag
+from gr00t_eval.rollout import RolloutConfig
+from gr00t_eval.rollout.envs import register_env_prefix
+from serving import running_server
+
+
+class HangingWalkEnv(WalkToEnv):
+    """WalkTo whose step (or reset) hangs for the episode with seed 103, as a deadlocked renderer does."""
+
+    def __init__(self, hang_in: str):
+        super().__init__(1.0)
+        self.hang_in = hang_in
+        self.hangs = False
+
+    def reset(self, *, seed=None, options=None):
+        self.hangs = seed == 103
+        if self.hangs and self.hang_in == "reset":
+            time.sleep(3600)
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        if self.hangs and self.hang_in == "step":
+            time.sleep(3600)
+        return super().step(action)
+
+
+def rollout_argv(env_name, port, output_dir, *extra):
+    return ["rollout", "--env-name", env_name, "--n-episodes", "6", "--n-envs", "2", "--n-action-steps", "2",
+            "--max-episode-steps", "6", "--seed", "100", "--no-video", "--policy-client-port", str(port),
+            "--output-dir", str(output_dir), *extra]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("hang_in", ["step", "reset"])
+def test_a_hung_env_stops_the_run_naming_its_episode_and_leaves_no_worker(tmp_path, capsys, hang_in):
+    register_env_prefix("hanging", EmbodimentTag.NEW_EMBODIMENT, lambda task, **kwargs: HangingWalkEnv(task))
+    with running_server(ConstantPolicy()) as server:
+        code = run_cli(rollout_argv(f"hanging/{hang_in}", server.port, tmp_path / "run", "--env-timeout", "2"))
+    out = capsys.readouterr().out
+    assert code == 1
+    assert f"(episode 3) did not finish a {hang_in} within 2 s (--env-timeout)" in out, out
+    assert f"continue with: gr00t-eval rollout --resume {tmp_path / 'run'}" in out
+    assert multiprocessing.active_children() == []  # the hung worker was stopped, not left sleeping
+    scored = [json.loads(line) for line in (tmp_path / "run" / "episodes.jsonl").read_text().splitlines()]
+    assert 3 not in [entry["episode_index"] for entry in scored]  # left to the resume, not scored a failure
+
+
+@pytest.mark.timeout(120)
+def test_a_run_stopped_by_a_hung_env_resumes_with_another_env_timeout(tmp_path, capsys):
+    register_env_prefix("stalls", EmbodimentTag.NEW_EMBODIMENT, lambda task, **kwargs: HangingWalkEnv("step"))
+    with running_server(ConstantPolicy()) as server:
+        assert run_cli(rollout_argv("stalls/walk", server.port, tmp_path / "run", "--env-timeout", "2")) == 1
+        register_env_prefix("stalls", EmbodimentTag.NEW_EMBODIMENT, lambda task, **kwargs: WalkToEnv(1.0))  # fixed
+        code = run_cli(["rollout", "--resume", str(tmp_path / "run"), "--env-timeout", "30",
+                        "--policy-client-port", str(server.port)])
+    capsys.readouterr()
+    assert code == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert sorted(entry["episode_index"] for entry in results["per_episode"]) == list(range(6))
+    assert results["overall"]["n_errors"] == 0
+    saved = json.loads((tmp_path / "run" / "run.json").read_text())["config"]
+    assert saved["env_timeout_s"] == 2.0  # the run file keeps the first attempt's settings
+
+
+def test_env_timeout_must_be_positive():
+    from gr00t_eval.rollout.runner import RolloutRunner
+
+    with pytest.raises(ValueError, match="env_timeout_s must be > 0 seconds or None"):
+        RolloutRunner(ConstantPolicy(), RolloutConfig(env_name="walkto/fast", env_timeout_s=0))
+
+
+def test_a_negative_env_timeout_flag_is_a_usage_error(tmp_path):
+    from gr00t_eval.cli_errors import UsageError
+
+    with pytest.raises(UsageError, match="--env-timeout must be > 0 seconds, or 0 for no limit; got -1"):
+        run_cli(rollout_argv("walkto/fast", 1, tmp_path / "run", "--env-timeout", "-1"))
