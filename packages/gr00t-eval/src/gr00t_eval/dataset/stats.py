@@ -29,6 +29,82 @@ def column_stats(values: np.ndarray) -> Dict[str, List[float]]:
     }
 
 
+class RunningColumnStats:
+    """Statistics of a column that grows by episodes, equal to `column_stats` of all of it, at a cost per episode
+    that does not grow with the data already seen: the moments are merged (Chan et al.) and each dimension's values
+    are kept sorted (each episode merged in by copies), so min, max, q01 and q99 are lookups, not a sort of all rows.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._mean: np.ndarray = np.zeros(0)
+        self._m2: np.ndarray = np.zeros(0)  # sum of squared deviations from the mean, per dimension
+        self._sorted: np.ndarray = np.zeros((0, 0))  # (D, count): each dimension's values in ascending order
+
+    def add(self, values: np.ndarray) -> None:
+        """Add the rows of a (N, D) or (N,) array."""
+        array = np.asarray(values, dtype=np.float64)
+        if array.ndim == 1:
+            array = array[:, None]
+        if array.shape[0] == 0:
+            return
+        if self.count and array.shape[1] != self._sorted.shape[0]:
+            raise ValueError(f"rows of {array.shape[1]} values added to a column of {self._sorted.shape[0]}")
+        n = array.shape[0]
+        mean = array.mean(axis=0)
+        m2 = np.square(array - mean).sum(axis=0)
+        runs = np.sort(array.T, axis=1)
+        if not self.count:
+            self._mean, self._m2, self._sorted = mean, m2, runs
+        else:
+            total = self.count + n
+            delta = mean - self._mean
+            self._mean = self._mean + delta * (n / total)
+            self._m2 = self._m2 + m2 + np.square(delta) * (self.count * n / total)
+            self._sorted = _merge_sorted(self._sorted, runs)
+        self.count += n
+
+    def stats(self) -> Dict[str, List[float]]:
+        """mean, std, min, max, q01, q99 per dimension, as `column_stats` gives them."""
+        if not self.count:
+            raise ValueError("cannot compute statistics of an empty column")
+        ordered = self._sorted
+        has_nan = np.isnan(ordered[:, -1])  # NaN sorts last; numpy's statistics are NaN for such a dimension
+        return {
+            "mean": self._mean.tolist(),
+            "std": np.sqrt(self._m2 / self.count).tolist(),
+            "min": np.where(has_nan, np.nan, ordered[:, 0]).tolist(),
+            "max": ordered[:, -1].tolist(),
+            "q01": np.where(has_nan, np.nan, _sorted_quantile(ordered, 0.01)).tolist(),
+            "q99": np.where(has_nan, np.nan, _sorted_quantile(ordered, 0.99)).tolist(),
+        }
+
+
+def _merge_sorted(ordered: np.ndarray, runs: np.ndarray) -> np.ndarray:
+    """Merge the ascending rows of `runs` (D, n) into those of `ordered` (D, N) in one pass of copies."""
+    n_dims, n_old = ordered.shape
+    n_new = runs.shape[1]
+    # where each new value lands in its merged row: after the old values not above it, and the new ones before it
+    landing = np.stack([np.searchsorted(old, new, side="right") for old, new in zip(ordered, runs)]) + np.arange(n_new)
+    is_old = np.ones((n_dims, n_old + n_new), dtype=bool)
+    is_old[np.arange(n_dims)[:, None], landing] = False
+    merged = np.empty((n_dims, n_old + n_new))
+    merged[is_old] = ordered.ravel()  # boolean assignment fills row by row, in order
+    merged[~is_old] = runs.ravel()
+    return merged
+
+
+def _sorted_quantile(ordered: np.ndarray, q: float) -> np.ndarray:
+    """numpy's default ("linear") quantile of each row of an ascending (D, N) array, without a partition."""
+    position = (ordered.shape[1] - 1) * q
+    below = int(np.floor(position))
+    above = min(below + 1, ordered.shape[1] - 1)
+    gamma = position - below
+    a, b = ordered[:, below], ordered[:, above]
+    # numpy's _lerp: from the nearer end, so equal neighbours give exactly their value
+    return b - (b - a) * (1 - gamma) if gamma >= 0.5 else a + (b - a) * gamma
+
+
 def group_stats(stats: Mapping[str, object], group: ArrayGroup, source: str) -> Dict[str, np.ndarray]:
     """Slice a raw column's statistics down to one state/action group: {stat: float32 (D,)}."""
     column = stats.get(group.original_key)

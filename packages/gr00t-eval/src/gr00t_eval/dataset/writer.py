@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .modality import ArrayGroup, DatasetModality, LanguageGroup, VideoGroup, layout_from_dims
-from .stats import column_stats
+from .stats import RunningColumnStats
 from .video import ENCODERS, Mp4Encoder, encoder_for, video_feature_info
 
 logger = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class DatasetWriter:
         self._frame_sizes: Dict[str, tuple] = {}
         self._tasks: Dict[str, int] = {}
         self._episodes: List[Dict[str, Any]] = []
-        self._numeric: Dict[str, List[np.ndarray]] = {}
+        self._numeric: Dict[str, RunningColumnStats] = {}  # per numeric column, for stats.json
         self._total_frames = 0
         self._finalized = False
         # v3.0: the file being filled.
@@ -161,7 +161,7 @@ class DatasetWriter:
         table = _to_table(columns)
         for name, values in columns.items():
             if np.asarray(values).dtype.kind in "biuf":
-                self._numeric.setdefault(name, []).append(np.asarray(values, dtype=np.float64).reshape(length, -1))
+                self._numeric.setdefault(name, RunningColumnStats()).add(np.asarray(values).reshape(length, -1))
 
         record: Dict[str, Any] = {"episode_index": episode_index, "tasks": [task], "length": length, **metadata}
         if self.layout == "v2.1":
@@ -202,7 +202,7 @@ class DatasetWriter:
         meta = self.root / "meta"
         meta.mkdir(exist_ok=True)
         _write_json(meta / "modality.json", self._modality().to_json_dict())
-        _write_json(meta / "stats.json", {name: column_stats(np.concatenate(parts)) for name, parts in self._numeric.items()})
+        _write_json(meta / "stats.json", {name: running.stats() for name, running in self._numeric.items()})
         if self.layout == "v2.1":
             _write_jsonl(meta / "tasks.jsonl", [{"task_index": i, "task": t} for t, i in self._tasks.items()])
             _write_jsonl(meta / "episodes.jsonl", self._episodes)
