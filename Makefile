@@ -62,6 +62,7 @@ bench: install
 	$(PY) benchmarks/policy_latency.py
 	$(PY) benchmarks/preprocessing.py
 	$(PY) benchmarks/amplification_probes.py
+	$(PY) benchmarks/record_stats.py
 
 lint: install
 	$(VENV)/bin/vermin --target=3.9- --violations --no-tips --eval-annotations packages/gr00t-client/src

@@ -49,6 +49,20 @@ def test_an_override_count_is_checked_too(tmp_path):
     assert isinstance(job, JobError) and "override n_action_steps must be a whole number >= 1, got 0" in str(job)
 
 
+@pytest.mark.parametrize("value", [0, -1, "600", True])
+def test_an_env_timeout_override_must_be_positive_seconds(tmp_path, value):
+    [job] = load_jobs(write_jobs(tmp_path / "jobs.json", 1, [
+        {"name": "typo", "env_name": "walkto/fast", "overrides": {"env_timeout_s": value}}]))
+    assert isinstance(job, JobError) and f"override env_timeout_s must be seconds > 0, or null for no limit; got {value!r}" in str(job)
+
+
+def test_an_env_timeout_override_of_null_or_seconds_is_a_job_setting(tmp_path):
+    jobs = load_jobs(write_jobs(tmp_path / "jobs.json", 1, [
+        {"name": "off", "env_name": "walkto/fast", "overrides": {"env_timeout_s": None}},
+        {"name": "short", "env_name": "walkto/fast", "overrides": {"env_timeout_s": 2.5}}]))
+    assert [job.config["env_timeout_s"] for job in jobs] == [None, 2.5]
+
+
 def test_jobs_of_zero_or_negative_episodes_fail_as_invalid_and_the_batch_exits_1(server, tmp_path, capsys):
     jobs = write_jobs(tmp_path / "jobs.json", server.port, [
         {"name": "good", "env_name": "walkto/fast"},

@@ -167,7 +167,8 @@ NULLABLE_COUNTS = ("seed", "max_episodes_rendered")
 
 
 def check_counts(name: str, config: Mapping[str, Any]) -> None:
-    """JobError naming the job and the field when a count setting is not a whole number at least its minimum."""
+    """JobError naming the job and the field when a count setting is not a whole number at least its minimum (or
+    env_timeout_s not a positive number of seconds)."""
     for key, least in COUNT_MINIMUMS.items():
         if key not in config or (config[key] is None and key in NULLABLE_COUNTS):
             continue
@@ -176,6 +177,9 @@ def check_counts(name: str, config: Mapping[str, Any]) -> None:
             where = key if key in JOB_KEYS else f"override {key}"
             raise JobError(f"job {name!r}: {where} must be a whole number >= {least}"
                            f"{' (0 = auto)' if key == 'n_envs' else ''}, got {value!r}", name)
+    timeout = config.get("env_timeout_s")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0):
+        raise JobError(f"job {name!r}: override env_timeout_s must be seconds > 0, or null for no limit; got {timeout!r}", name)
 
 
 def parse_job(raw: Any, index: int, defaults: Optional[Mapping[str, Any]] = None) -> Job:
