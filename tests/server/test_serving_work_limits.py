@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from eval.dataset_factory import make_dataset
@@ -127,7 +129,9 @@ def test_a_bad_replay_batch_size_is_refused_and_the_session_keeps_working(replay
     assert next(iter(action.values())).shape[0] == 2 and info["current_step"] == [0, 0]
 
 
-def test_replay_sessions_are_evicted_least_recently_used_first(replay_dataset):
+def test_replay_sessions_are_evicted_least_recently_used_first_and_told_so_until_they_reset(replay_dataset):
+    """An evicted session's get_action used to be served from episode 0, step 0 without an error: a replay that
+    jumped to another recording mid-episode because other clients came and went."""
     policy = replay(replay_dataset)
     with running_server(policy, limits=ServerLimits(max_sessions=2)) as server:
         for session in ("first", "second", "third"):
@@ -135,9 +139,28 @@ def test_replay_sessions_are_evicted_least_recently_used_first(replay_dataset):
                 client.reset({"episode_index": 1})
         assert server.stats.sessions_evicted == 1
         with PolicyClient(port=server.port, timeout_ms=5000, session_id="first") as client:
+            assert client.ping()  # endpoints without session state are served
+            for _ in range(2):  # and stays refused until it resets
+                with pytest.raises(PolicyServerError, match="session 'first' was dropped by the server .the server holds "
+                                   r"at most 2 sessions \(--max-sessions\) and it was the least recently used.*call reset"):
+                    client.get_action({})
+            client.reset({"episode_index": 1, "step_index": 2})
             _action, info = client.get_action({})
-    assert info["episode_index"] == 0  # its cursor was forgotten: a fresh session starts at episode 0
+    assert (info["episode_index"], info["current_step"]) == (1, 2)
     assert "first" in policy._sessions and len(policy._sessions) <= 3
+
+
+def test_a_session_idle_too_long_is_dropped_at_its_own_next_request(replay_dataset):
+    """Expiry no longer depends on another client's request arriving first."""
+    with running_server(replay(replay_dataset), limits=ServerLimits(session_idle_s=0.3)) as server:
+        with PolicyClient(port=server.port, timeout_ms=5000, session_id="alone") as client:
+            client.reset({"episode_index": 1})
+            time.sleep(0.5)
+            with pytest.raises(PolicyServerError, match=r"was dropped by the server .it was idle for more than 0.3 s"):
+                client.get_action({})
+            client.reset({"episode_index": 1})
+            _action, info = client.get_action({})
+    assert info["episode_index"] == 1 and server.stats.sessions_evicted == 1
 
 
 def test_replay_policy_alone_keeps_at_most_max_sessions(replay_dataset):

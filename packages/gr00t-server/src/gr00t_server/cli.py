@@ -109,7 +109,8 @@ def _add_limit_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(*_flag("max-image-pixels"), type=int, default=d.max_image_pixels,
                    help=f"height x width of one image (default {d.max_image_pixels})")
     p.add_argument(*_flag("max-sessions"), type=int, default=d.max_sessions,
-                   help=f"client sessions a stateful policy keeps, least recently used evicted first (default {d.max_sessions})")
+                   help=f"client sessions a stateful policy keeps, least recently used evicted first (default {d.max_sessions}); "
+                        "an evicted session's get_action is an error until its client resets")
     p.add_argument(*_flag("session-idle-s"), type=float, default=d.session_idle_s,
                    help=f"evict a session unused this many seconds (default {d.session_idle_s:.0f})")
     p.add_argument(*_flag("max-client-queued-mb"), type=float, default=None,

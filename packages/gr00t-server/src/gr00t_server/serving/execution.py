@@ -83,8 +83,7 @@ class JobRunner:
             else:
                 live.append(request)
         if self._server._policy_uses_sessions:
-            for request in live:
-                self._evict_sessions(self._server.sessions.touch(request.session))
+            live = self._admit_sessions(live, replies)
         if len(live) == 1:
             replies.append(self.serve_one(live[0]))
         elif live:
@@ -97,6 +96,23 @@ class JobRunner:
         logger.debug("dropped %s from %s: its client's deadline passed before it ran", log_text(request.endpoint), request.peer)
         return request, self.error_frames(request, RequestError(
             f"'{request.endpoint}' was not run: the client's deadline passed while it waited"), log=False)
+
+    def _admit_sessions(self, live: List[Request], replies: List[Reply]) -> List[Request]:
+        """Touch each request's session (evicting others as needed); answer a `get_action` of a session the server
+        dropped with an error telling its client to reset, instead of serving it from a fresh start it did not ask
+        for (a replay would jump back to episode 0 with no error). Returns the requests still to run."""
+        sessions = self._server.sessions
+        admitted: List[Request] = []
+        for request in live:
+            self._evict_sessions(sessions.touch(request.session, restart=request.endpoint == "reset"))
+            reason = sessions.dropped_reason(request.session) if request.endpoint == "get_action" else None
+            if reason is None:
+                admitted.append(request)
+                continue
+            replies.append((request, self.error_frames(request, RequestError(
+                f"session {log_text(request.session, 40)} was dropped by the server ({reason}), and with it this "
+                "client's place in the policy's state (a replay's episode and step); call reset to start it again"))))
+        return admitted
 
     def _evict_sessions(self, evicted: List[str]) -> None:
         drop = session_dropper(self._server.policy)

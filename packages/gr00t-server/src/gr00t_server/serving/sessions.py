@@ -14,7 +14,9 @@ class SessionTable:
 
     At most `max_sessions` are kept (the least recently used goes first), and a session idle for longer than
     `idle_s` is forgotten. Reference clients get a new session at every reconnect, so without this a
-    stateful policy's table would only grow.
+    stateful policy's table would only grow. A forgotten session is remembered as dropped (the last
+    `4 * max_sessions` of them), so that its client is told (`dropped_reason`) instead of being served from a
+    fresh start it did not ask for, until it resets.
     """
 
     def __init__(self, max_sessions: int, idle_s: float, clock: Callable[[], float] = time.monotonic) -> None:
@@ -26,6 +28,8 @@ class SessionTable:
         self.idle_s = float(idle_s)
         self._clock = clock
         self._last_used: "OrderedDict[str, float]" = OrderedDict()
+        self._dropped: "OrderedDict[str, str]" = OrderedDict()  # session -> why it was forgotten
+        self._max_dropped = 4 * self.max_sessions
 
     def __len__(self) -> int:
         return len(self._last_used)
@@ -39,19 +43,50 @@ class SessionTable:
         now = self._clock()
         return sum(1 for used in list(self._last_used.values()) if now - used <= self.idle_s)
 
-    def touch(self, session: str) -> List[str]:
-        """Mark `session` used now; return the sessions evicted to make room or for being idle."""
+    def dropped_reason(self, session: str) -> Optional[str]:
+        """Why `session` was forgotten, while its client has not reset it since; None for a held or unknown one."""
+        return self._dropped.get(session)
+
+    def touch(self, session: str, restart: bool = True) -> List[str]:
+        """Mark `session` used now; return the sessions evicted to make room or for being idle.
+
+        A session idle for longer than `idle_s` is forgotten at its own next request too (not only at another
+        client's). A dropped session is taken back only by a request that restarts it (`restart`, a reset); any
+        other request leaves it dropped, for the caller to refuse with `dropped_reason`.
+        """
         now = self._clock()
+        evicted: List[str] = []
+        used = self._last_used.get(session)
+        if used is not None and now - used > self.idle_s:
+            self._forget(session, f"it was idle for more than {self.idle_s:g} s (--session-idle-s)")
+            evicted.append(session)
+        if session in self._dropped:
+            if not restart:
+                return evicted
+            del self._dropped[session]
         self._last_used[session] = now
         self._last_used.move_to_end(session)
-        evicted: List[str] = []
         while self._last_used:
             oldest, used = next(iter(self._last_used.items()))
-            if oldest == session or (len(self._last_used) <= self.max_sessions and now - used <= self.idle_s):
+            if oldest == session:
                 break
-            del self._last_used[oldest]
+            if len(self._last_used) > self.max_sessions:
+                reason = (f"the server holds at most {self.max_sessions} sessions (--max-sessions) and it was the "
+                          "least recently used")
+            elif now - used > self.idle_s:
+                reason = f"it was idle for more than {self.idle_s:g} s (--session-idle-s)"
+            else:
+                break
+            self._forget(oldest, reason)
             evicted.append(oldest)
         return evicted
+
+    def _forget(self, session: str, reason: str) -> None:
+        del self._last_used[session]
+        self._dropped[session] = reason
+        self._dropped.move_to_end(session)
+        while len(self._dropped) > self._max_dropped:
+            self._dropped.popitem(last=False)
 
 
 def session_dropper(policy: Any) -> Optional[Callable[[str], None]]:
