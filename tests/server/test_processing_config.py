@@ -33,8 +33,26 @@ def test_processor_kwargs_parse_with_reference_defaults():
     assert config.embodiment_tags == ["libero_sim"]
     assert config.max_state_dim == 132 and config.clip_outliers and config.model_name == "nvidia/Cosmos-Reason2-2B"
     assert config.modality_configs["libero_sim"]["action"].action_configs[0].rep == ActionRepresentation.RELATIVE
-    # No crop_fraction: image_crop_size[0] / image_target_size[0] = 230 / 256.
-    assert config.shortest_image_edge is None and config.resolved_crop_fraction == pytest.approx(230 / 256)
+
+
+def test_absent_recipe_keys_take_the_reference_processors_defaults_with_a_warning(caplog):
+    """They took the released checkpoints' values (q01/q99, the albumentations path, no shortest edge): another
+    normalization and image transform than the reference's processor gives the same files."""
+    with caplog.at_level("WARNING"):
+        config = processor_config_from_kwargs({"modality_configs": {"libero_sim": _MODALITIES}})
+    assert (config.use_percentiles, config.use_albumentations, config.shortest_image_edge, config.crop_fraction) == (
+        False, False, 256, 0.95)
+    assert "processor_kwargs lacks use_percentiles, use_albumentations, shortest_image_edge, crop_fraction" in caplog.text
+
+
+def test_explicit_recipe_values_are_kept_without_a_warning(caplog):
+    recipe = {"use_percentiles": True, "use_albumentations": True, "shortest_image_edge": None, "crop_fraction": None}
+    with caplog.at_level("WARNING"):
+        config = processor_config_from_kwargs({"modality_configs": {"libero_sim": _MODALITIES}, **recipe})
+    assert (config.use_percentiles, config.use_albumentations, config.shortest_image_edge, config.crop_fraction) == (
+        True, True, None, None)
+    assert config.resolved_crop_fraction == pytest.approx(230 / 256)  # no crop_fraction: crop size / target size
+    assert "lacks" not in caplog.text
 
 
 def test_action_horizon_above_max_is_rejected():

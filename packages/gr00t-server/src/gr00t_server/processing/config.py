@@ -99,6 +99,13 @@ class ProcessorConfig:
         return kwargs
 
 
+# What the reference's Gr00tN1d7Processor takes for these keys when processor_kwargs lacks them (its __init__
+# defaults; its from_pretrained back-fills only model_name, model_type and clip_outliers). ProcessorConfig's own
+# defaults are the released checkpoints' values, which differ for all four.
+ABSENT_KEY_DEFAULTS: Dict[str, Any] = {
+    "use_percentiles": False, "use_albumentations": False, "shortest_image_edge": 256, "crop_fraction": 0.95,
+}
+
 _SCALAR_FIELDS = (
     "image_crop_size",
     "image_target_size",
@@ -209,7 +216,8 @@ def _as_size(value: Any, name: str) -> Optional[Tuple[int, int]]:
 
 
 def processor_config_from_kwargs(kwargs: Mapping[str, Any]) -> ProcessorConfig:
-    """Build a ProcessorConfig from a `processor_kwargs` dict, back-filling reference defaults; ValueError naming
+    """Build a ProcessorConfig from a `processor_kwargs` dict, back-filling absent keys as the reference processor
+    does (ABSENT_KEY_DEFAULTS, with a warning naming them; ProcessorConfig's defaults for the rest); ValueError naming
     the field for a value of the wrong type (a string "false" is not a bool, 132.9 is not an int)."""
     if "modality_configs" not in kwargs:
         raise ValueError("processor_kwargs has no 'modality_configs'; cannot know the embodiments of this checkpoint")
@@ -225,6 +233,13 @@ def processor_config_from_kwargs(kwargs: Mapping[str, Any]) -> ProcessorConfig:
             values[key] = value
         elif key not in ("statistics", "embodiment_id_mapping"):
             extra[key] = value
+    absent = [key for key in ABSENT_KEY_DEFAULTS if key not in kwargs]
+    if absent:  # save_pretrained writes every one: these files came from elsewhere (a converter, a hand edit)
+        logger.warning("processor_kwargs lacks %s; taking the reference processor's defaults for them (%s), as its "
+                       "from_pretrained does. Check them against the checkpoint's training recipe: they decide the "
+                       "normalization and the image transform", ", ".join(absent),
+                       ", ".join(f"{key}={ABSENT_KEY_DEFAULTS[key]}" for key in absent))
+        values.update({key: ABSENT_KEY_DEFAULTS[key] for key in absent})
     for key in _SCALAR_FIELDS:
         if values.get(key) is None and key not in ("shortest_image_edge", "crop_fraction", "image_crop_size", "image_target_size"):
             values[key] = getattr(defaults, key)
