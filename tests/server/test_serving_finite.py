@@ -169,3 +169,17 @@ def test_a_huge_finite_state_is_refused_naming_that_state_not_an_action_key(tiny
     message = str(refused.value)
     assert "State key 'joints' of 'new_embodiment' normalizes to values beyond float32 in rows [1]" in message
     assert "eef_9d" not in message
+
+
+def test_a_nan_state_of_a_lenient_policy_is_named_as_nan_not_as_an_overflow(tiny_checkpoint):
+    """strict=False: a NaN state was refused as 'normalizes to values beyond float32 ... send the state in the units
+    the model was trained on', advice about units for a missing value."""
+    pytest.importorskip("torch")
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+    from gr00t_server.test_checkpoint import example_observation
+
+    policy = Gr00tPolicy(tiny_checkpoint, "new_embodiment", device="cpu", strict=False)
+    observation = example_observation(tiny_checkpoint, "new_embodiment", batch_size=2, image_size=(32, 32))
+    observation["state"]["gripper"][1] = np.nan  # an absolute key (a relative one's reference check names it first)
+    with pytest.raises(ValueError, match=r"State key 'gripper' of 'new_embodiment' has NaN values in rows \[1\]; send finite"):
+        policy.get_action(observation)

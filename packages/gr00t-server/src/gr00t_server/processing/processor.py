@@ -181,6 +181,8 @@ class Gr00tN1d7Processor:
                 overflow = ~np.isfinite(normalized.astype(np.float32))
             if overflow.any():
                 rows = np.flatnonzero(overflow.reshape(overflow.shape[0], -1).any(axis=1)).tolist()[:8] if overflow.ndim > 1 else [0]
+                if np.isnan(value).any():  # a NaN input, not an overflow (an inf on a clipped key ends at +-1)
+                    raise ValueError(f"State key '{key}' of '{tag}' has NaN values in rows {rows}; send finite states")
                 raise ValueError(
                     f"State key '{key}' of '{tag}' normalizes to values beyond float32 in rows {rows} (largest |value| "
                     f"{np.max(np.abs(value)):.3g}, against this checkpoint's statistics); send the state in the units the "
