@@ -98,6 +98,17 @@ class ConstantPolicy(BasePolicy):
         return {}
 
 
+class Checkpoint(ConstantPolicy):
+    """The walkto policy, as served from checkpoint `name` (what a Gr00tPolicy's identity() tells apart)."""
+
+    def __init__(self, name):
+        super().__init__()
+        self.name = name
+
+    def identity(self):
+        return {"kind": "test", "checkpoint": self.name}
+
+
 class SlowPolicy(ConstantPolicy):
     """ConstantPolicy taking `delay` s per call, so a run lasts long enough to be stopped."""
 

@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 from eval.dataset_factory import make_dataset
-from eval.scale_fixtures import ConstantPolicy
+from eval.scale_fixtures import Checkpoint
 from gr00t_eval import cli
 from gr00t_eval.batch import Job, PolicyServerAddress, connect, run_batch
 from gr00t_server.policies.replay import ReplayPolicy
@@ -32,17 +32,6 @@ def datasets(tmp_path_factory):
 
 def replay(path):
     return ReplayPolicy(str(path), execution_horizon=4)
-
-
-class Checkpoint(ConstantPolicy):
-    """The walkto policy, as served from checkpoint `name` (what a Gr00tPolicy's identity() tells apart)."""
-
-    def __init__(self, name):
-        super().__init__()
-        self.name = name
-
-    def identity(self):
-        return {"kind": "test", "checkpoint": self.name}
 
 
 ROLLOUT = ["--env-name", "walkto/fast", "--n-episodes", "4", "--n-envs", "1", "--vectorization", "sync",

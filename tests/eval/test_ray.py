@@ -16,6 +16,7 @@ from gr00t_client import PolicyClient  # noqa: E402
 from gr00t_eval.ray_runner import ServerAddress, default_shard_count, parse_servers, run_with_ray  # noqa: E402
 from gr00t_eval.rollout.runner import RolloutConfig  # noqa: E402
 from gr00t_eval.shard import run_suite  # noqa: E402
+from serving import running_server  # noqa: E402
 
 TESTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV_SPEC = "walkto/fast,walkto/slow"
@@ -91,6 +92,39 @@ def test_rollout_cli_runs_on_ray_with_several_hosts_and_writes_one_results_file(
     assert code == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["overall"]["n_episodes"] == 4 and results["config"]["ray_shards"] == 2
+
+
+def test_a_ray_run_records_the_policy_its_servers_serve_and_a_resume_against_another_is_refused(local_ray, tmp_path, capsys):
+    """Ray runs recorded no policy: a resume against another checkpoint was accepted, with or without Ray."""
+    from eval.scale_fixtures import Checkpoint, run_cli
+    from gr00t_eval.cli_errors import UsageError
+
+    out = tmp_path / "run"
+    argv = ["rollout", "--env-name", "walkto/fast", "--n-episodes", "2", *SMALL, "--seed", "0", "--ray-address", "local"]
+    with running_server(Checkpoint("a")) as first, running_server(Checkpoint("a")) as second:
+        hosts = f"127.0.0.1:{first.port},127.0.0.1:{second.port}"
+        assert run_cli([*argv, "--policy-client-host", hosts, "--ray-shards", "2", "--output-dir", str(out)]) == 0
+    saved = json.loads((out / "run.json").read_text())["policy"]
+    assert saved["identity"] == {"kind": "test", "checkpoint": "a"}
+    assert json.loads((out / "results.json").read_text())["policy"] == saved
+    (out / "results.json").unlink()  # as if the run had been killed
+    with running_server(Checkpoint("b")) as other:
+        for ray_flags in (["--ray-address", "local"], []):
+            with pytest.raises(UsageError, match="and this run started against Checkpoint .kind test, checkpoint a"):
+                run_cli(["rollout", "--resume", str(out), "--policy-client-port", str(other.port), *ray_flags])
+
+
+def test_a_ray_run_over_servers_of_two_policies_is_refused_before_any_episode(local_ray, tmp_path):
+    """Their episodes were pooled into one success rate, status complete, exit 0."""
+    from eval.scale_fixtures import Checkpoint, run_cli
+    from gr00t_eval.cli_errors import UsageError
+
+    with running_server(Checkpoint("a")) as first, running_server(Checkpoint("b")) as second:
+        hosts = f"127.0.0.1:{first.port},127.0.0.1:{second.port}"
+        with pytest.raises(UsageError, match="the policy servers of this Ray run serve different policies"):
+            run_cli(["rollout", "--env-name", "walkto/fast", "--n-episodes", "2", *SMALL, "--seed", "0", "--ray-address",
+                     "local", "--policy-client-host", hosts, "--ray-shards", "2", "--output-dir", str(tmp_path / "run")])
+    assert not (tmp_path / "run" / "episodes.jsonl").exists() or not (tmp_path / "run" / "episodes.jsonl").read_text()
 
 
 # --- resume -----------------------------------------------------------------------------------------

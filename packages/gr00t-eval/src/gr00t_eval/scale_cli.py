@@ -372,10 +372,18 @@ def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done:
     servers = parse_servers(args.host, args.port)
     log = EpisodeLog(output_dir / episode_log_name(shard))
     if args.ray_address:
+        policy = _ray_run_policy(servers, args)
+        if not same_policy(first_policy, policy):
+            raise UsageError(f"--resume {output_dir}: the servers serve {describe(policy)}, and this run started "
+                             f"against {describe(first_policy)}; serve the same checkpoint (or dataset) to continue it, "
+                             "or start a new run")
+        if policy is not None and first_policy is None:
+            record_run_policy(output_dir, shard, policy)
         with sigterm_as_interrupt():
             results = run_with_ray(env_spec, config, servers, args.ray_address, args.ray_shards, args.api_token,
                                    args.timeout_ms, args.ray_cpus_per_shard, curve_keys=connection.portable_keys(args),
                                    done=done, on_episode=lambda outcome: log.append(outcome.to_json_dict()))
+        results["policy"] = policy if policy is not None else first_policy
         results["episode_log"] = str(log.path)
         return results
     if len(servers) > 1:
@@ -396,6 +404,37 @@ def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done:
     results["policy"] = policy
     results["episode_log"] = str(log.path)
     return results
+
+
+RAY_POLICY_PROBE_MS = 5000
+
+
+def _ray_run_policy(servers: Any, args: argparse.Namespace) -> Optional[Dict[str, Any]]:
+    """The policy every server of a Ray run serves, asked from the driver before any shard runs (as a plain run asks
+    its one server); UsageError when two serve different ones (`merge` refuses such shards too). None, with a
+    warning, when a server cannot be asked from here (reachable from the workers only): the run then records none."""
+    from gr00t_client import PolicyClient
+
+    from . import connection
+    from .cli_errors import UsageError
+    from .policy_identity import describe, policy_record
+
+    options = {**connection.client_options(args), "timeout_ms": min(args.timeout_ms, RAY_POLICY_PROBE_MS)}
+    records = {}
+    for server in servers:
+        with PolicyClient(host=server.host, port=server.port, **options) as client:
+            records[str(server)] = policy_record(client)
+    unknown = [name for name, record in records.items() if record is None]
+    known = {name: record for name, record in records.items() if record is not None}
+    fingerprints = {record.get("fingerprint") for record in known.values()}
+    if len(fingerprints) > 1:
+        raise UsageError("the policy servers of this Ray run serve different policies ("
+                         + "; ".join(f"{name}: {describe(record)}" for name, record in known.items())
+                         + "); one run evaluates one policy: serve the same checkpoint (or dataset) on every server")
+    if unknown:
+        logger.warning("could not ask %s from this machine which policy it serves; the run records %s", ", ".join(unknown),
+                       "no policy" if not known else "the policy of the others")
+    return next(iter(known.values()), None)
 
 
 # --- batch and merge ----------------------------------------------------------------------------
