@@ -102,6 +102,28 @@ def test_rows_whose_prompts_differ_in_length_equal_separate_calls(libero, tiny_c
             np.testing.assert_allclose(batched[name][row], single[name][0], rtol=1e-5, atol=1e-5, err_msg=f"row {row} {name}")
 
 
+def test_denoising_steps_option_sets_the_euler_steps_of_that_call(libero, tiny_checkpoint):
+    """`gr00t-eval open-loop --denoising-steps N` sends it; it was dropped with a debug line, and every N gave the
+    checkpoint's own number of steps."""
+    obs = example_observation(tiny_checkpoint, "libero_sim")
+    default_steps = libero.model_config.num_inference_timesteps
+    default, _ = libero.get_action(obs, {"seed": 3})
+    same, _ = libero.get_action(obs, {"seed": 3, "denoising_steps": default_steps})
+    one, _ = libero.get_action(obs, {"seed": 3, "denoising_steps": 1})
+    for key in default:
+        np.testing.assert_array_equal(same[key], default[key])
+    assert any(not np.array_equal(one[key], default[key]) for key in default)
+    again, _ = libero.get_action(obs, {"seed": 3})  # the option lasts for its call only
+    for key in default:
+        np.testing.assert_array_equal(again[key], default[key])
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1001, 2.0, "4", True])
+def test_denoising_steps_out_of_range_is_refused(libero, tiny_checkpoint, bad):
+    with pytest.raises(ValueError, match=r"options\['denoising_steps'\] must be an int in \[1, 1000\]"):
+        libero.get_action(example_observation(tiny_checkpoint, "libero_sim"), {"denoising_steps": bad})
+
+
 def test_noise_with_wrong_shape_is_rejected(libero, tiny_checkpoint):
     with pytest.raises(ValueError, match=r"\(1, 40, 132\)"):
         libero.get_action(example_observation(tiny_checkpoint, "libero_sim"), {"noise": np.zeros((1, 16, 7), np.float32)})

@@ -139,9 +139,11 @@ class Gr00tN1d7ActionHead(nn.Module):
             )
         return self.state_encoder(flat, embodiment_id)
 
-    def timestep_for_step(self, step: int) -> int:
-        """Integer timestep of Euler step `step`: `int(step / N * num_timestep_buckets)` (0, 250, 500, 750)."""
-        return int(step / float(self.num_inference_timesteps) * self.num_timestep_buckets)
+    def timestep_for_step(self, step: int, num_steps: Optional[int] = None) -> int:
+        """Integer timestep of Euler step `step` of `num_steps` (default num_inference_timesteps):
+        `int(step / N * num_timestep_buckets)` (0, 250, 500, 750)."""
+        total = self.num_inference_timesteps if num_steps is None else num_steps
+        return int(step / float(total) * self.num_timestep_buckets)
 
     def predict_velocity(
         self,
@@ -188,8 +190,10 @@ class Gr00tN1d7ActionHead(nn.Module):
         rtc_overlap_steps: int = 0,
         rtc_frozen_steps: int = 0,
         rtc_ramp_rate: float = DEFAULT_RTC_RAMP_RATE,
+        num_steps: Optional[int] = None,
     ) -> dict[str, torch.Tensor]:
-        """Euler-integrate the flow from noise (t=0) to actions (t=1) in `num_inference_timesteps` steps.
+        """Euler-integrate the flow from noise (t=0) to actions (t=1) in `num_steps` steps (default the config's
+        `num_inference_timesteps`; at most `num_timestep_buckets`).
 
         Real-time chunking (RTC) when `previous [B, action_horizon_model, max_action_dim]` (a normalized,
         padded earlier chunk) is given: rows [0, overlap) start from `previous[:, T_in-overlap:T_in]` with
@@ -211,9 +215,12 @@ class Gr00tN1d7ActionHead(nn.Module):
         actions, vel_strength = self._apply_rtc(
             actions, previous, action_horizon, rtc_overlap_steps, rtc_frozen_steps, rtc_ramp_rate
         )
-        dt = 1.0 / self.num_inference_timesteps
-        for step in range(self.num_inference_timesteps):
-            timesteps = torch.full((batch_size,), self.timestep_for_step(step), device=device, dtype=torch.long)
+        steps = self.num_inference_timesteps if num_steps is None else int(num_steps)
+        if not 1 <= steps <= self.num_timestep_buckets:
+            raise ValueError(f"num_steps must be an int in [1, {self.num_timestep_buckets}], got {num_steps!r}")
+        dt = 1.0 / steps
+        for step in range(steps):
+            timesteps = torch.full((batch_size,), self.timestep_for_step(step, steps), device=device, dtype=torch.long)
             velocity = self.predict_velocity(
                 actions, timesteps, state_features, vl_embeds, embodiment_id, image_mask, backbone_attention_mask
             )

@@ -93,6 +93,7 @@ class Gr00tN1d7(nn.Module):
         rtc_overlap_steps: int = 0,
         rtc_frozen_steps: int = 0,
         rtc_ramp_rate: float = DEFAULT_RTC_RAMP_RATE,
+        num_steps: Optional[int] = None,
     ) -> dict[str, torch.Tensor]:
         """Predict an action chunk `action_pred [B, action_horizon, max_action_dim]` from collated inputs.
 
@@ -101,6 +102,7 @@ class Gr00tN1d7(nn.Module):
         `noise` is the initial Euler state when given; otherwise it is drawn with `generator`.
         `previous` and the `action_horizon`/`rtc_*` arguments turn on real-time chunking (model.md §2.7; see
         `Gr00tN1d7ActionHead.get_action`): `previous [B, action_horizon_model, max_action_dim]` is normalized.
+        `num_steps`: Euler steps (default the config's `num_inference_timesteps`).
         Also returns `backbone_features` (after VLLN + VL self-attention) and `state_features`.
         """
         prepared = self.prepare_inputs(inputs)
@@ -116,4 +118,5 @@ class Gr00tN1d7(nn.Module):
             rtc_overlap_steps=rtc_overlap_steps,
             rtc_frozen_steps=rtc_frozen_steps,
             rtc_ramp_rate=rtc_ramp_rate,
+            num_steps=num_steps,
         )

@@ -15,6 +15,8 @@ Options of `get_action` (all optional; keys starting with "_", e.g. "_session_id
   the inverse of decode_action (relative keys against the current observation's state, normalized with those
   rows' statistics); rows [0, frozen) are returned unchanged (up to clipping to the statistics range), rows
   [frozen, overlap) are denoised with a ramped velocity, the rest as usual. overlap_steps=0 changes nothing.
+- "denoising_steps": int in [1, num_timestep_buckets], the flow-matching Euler steps of this call (default the
+  checkpoint's num_inference_timesteps, 4 for released ones); what `gr00t-eval open-loop --denoising-steps` sends.
 Stage timing: after each get_action, `policy.last_timing` (per calling thread) holds {"preprocess_ms",
 "model_ms", "postprocess_ms"} of that call; servers add it to `server_timing`.
 Rows whose prompts have different token counts are left-padded to the longest; each still gets its single-call
@@ -50,7 +52,7 @@ from gr00t_server.processing.text import IMAGE_PAD_TOKEN
 logger = logging.getLogger(__name__)
 
 _POLICY_MODALITIES = ("video", "state", "action", "language")
-_KNOWN_OPTIONS = {"seed", "noise", "rtc"}
+_KNOWN_OPTIONS = {"seed", "noise", "rtc", "denoising_steps"}
 _SEED_MIN, _SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed takes
 _RTC_KEYS = {"previous_action", "overlap_steps", "frozen_steps", "ramp_rate"}
 
@@ -336,9 +338,10 @@ class Gr00tPolicy(BasePolicy):
         )
         noise, generator = self._initial_noise(options, batch_size)
         rtc_arguments = self._rtc_model_arguments(rtc, raw_states) if rtc is not None else {}
+        num_steps = self._denoising_steps((options or {}).get("denoising_steps"))
         model_started = time.perf_counter()
         with torch.inference_mode():
-            output = self.model.get_action(inputs, noise=noise, generator=generator, **rtc_arguments)
+            output = self.model.get_action(inputs, noise=noise, generator=generator, num_steps=num_steps, **rtc_arguments)
         action_pred = output["action_pred"].float().cpu().numpy()  # waits for the GPU: model_ms is its real time
         post_started = time.perf_counter()
         action = self.processor.decode_action(
@@ -361,6 +364,16 @@ class Gr00tPolicy(BasePolicy):
             return int(np.asarray(observation["video"][video_keys[0]]).shape[0])
         state_keys = self.modality_configs["state"].modality_keys
         return int(np.asarray(observation["state"][state_keys[0]]).shape[0])
+
+    def _denoising_steps(self, value: Any) -> Optional[int]:
+        """options["denoising_steps"] checked: None (the checkpoint's num_inference_timesteps) or an int in range."""
+        if value is None:
+            return None
+        buckets = self.model_config.num_timestep_buckets
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= int(value) <= buckets:
+            raise ValueError(f"options['denoising_steps'] must be an int in [1, {buckets}] (this checkpoint runs "
+                             f"{self.model_config.num_inference_timesteps} by default), got {value!r}")
+        return int(value)
 
     def _initial_noise(
         self, options: Optional[Mapping[str, Any]], batch_size: int
