@@ -94,6 +94,18 @@ def test_rollout_cli_runs_on_ray_with_several_hosts_and_writes_one_results_file(
     assert results["overall"]["n_episodes"] == 4 and results["config"]["ray_shards"] == 2
 
 
+def test_servers_no_shard_uses_are_named_as_unused_not_recorded_as_the_runs(local_ray, tmp_path, capsys):
+    from eval.scale_fixtures import run_cli
+
+    with policy_server() as first, policy_server() as second:
+        hosts = f"127.0.0.1:{first.port},127.0.0.1:{second.port}"
+        code = run_cli(["rollout", "--env-name", "walkto/fast", "--n-episodes", "2", *SMALL, "--seed", "0", "--ray-address",
+                        "local", "--policy-client-host", hosts, "--ray-shards", "1", "--output-dir", str(tmp_path / "run")])
+    assert code == 0
+    assert f"1 shards use only 1 of the 2 servers; unused: 127.0.0.1:{second.port}" in capsys.readouterr().err
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["config"]["policy_servers"] == [f"127.0.0.1:{first.port}"]
+
+
 def test_a_ray_run_records_the_policy_its_servers_serve_and_a_resume_against_another_is_refused(local_ray, tmp_path, capsys):
     """Ray runs recorded no policy: a resume against another checkpoint was accepted, with or without Ray."""
     from eval.scale_fixtures import Checkpoint, run_cli

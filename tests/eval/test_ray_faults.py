@@ -153,11 +153,47 @@ def test_an_unreachable_ray_address_fails_in_seconds_with_one_line_and_exit_2(tm
     assert not (tmp_path / "run").exists()  # nothing to --overwrite on the next try
 
 
+def test_a_missing_ray_is_named_before_the_output_directory_is_made(tmp_path):
+    """The error came after run.json was written, so the same command after `pip install` was refused: not empty."""
+    fake = tmp_path / "site" / "ray"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('No module named ray (this test hides it)')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "gr00t_eval.cli", "rollout", "--env-name", "walkto/fast", "--n-episodes",
+                           "1", "--seed", "0", "--ray-address", "local", "--output-dir", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2 and "--ray-address needs Ray" in proc.stderr, proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_check_ray_address_leaves_auto_local_and_malformed_addresses_to_ray():
     for address in ("auto", "local", "no-port-here"):
         ray_runner.check_ray_address(address, timeout_s=0.1)
     with pytest.raises(ConnectionError, match="no Ray cluster answers"):
         ray_runner.check_ray_address(f"ray://127.0.0.1:{free_port()}", timeout_s=1.0)
+
+
+def test_an_open_port_that_is_not_ray_is_refused_in_seconds_not_retried_for_minutes():
+    """A policy server's port, or one that accepts and says nothing (the dashboard's, a client port without
+    ray://): the TCP check passed, and ray.init then retried the 'GCS' there for minutes."""
+    import socket
+
+    import zmq
+
+    context = zmq.Context()
+    zmq_socket = context.socket(zmq.REP)
+    zmq_port = zmq_socket.bind_to_random_port("tcp://127.0.0.1")
+    silent = socket.create_server(("127.0.0.1", 0))
+    try:
+        for port in (zmq_port, silent.getsockname()[1]):
+            started = time.monotonic()
+            with pytest.raises(ConnectionError, match="something listens there, but not Ray"):
+                ray_runner.check_ray_address(f"127.0.0.1:{port}", timeout_s=1.0)
+            assert time.monotonic() - started < 10
+    finally:
+        silent.close()
+        zmq_socket.close(linger=0)
+        context.term()
 
 
 # --- progress lines and labels -----------------------------------------------------------------------
@@ -173,5 +209,7 @@ def test_a_failed_shard_is_labelled_by_shard_and_its_time_is_kept(ray_started_by
     assert code == 1 and list(results["failed_shards"]) == ["1/2"]
     assert results["stop_reason"].startswith("shard 1/2 aborted: failed: ConnectionError")
     assert "results #" not in results["stop_reason"] and "--allow-missing" not in results["stop_reason"]
-    err = capsys.readouterr().err
-    assert "Ray: shard 1/2 FAILED: ConnectionError" in err and "shard 0/2 done; 1 episodes" in err
+    captured = capsys.readouterr()
+    assert "Ray: shard 1/2 FAILED: ConnectionError" in captured.err and "shard 0/2 done; 1 episodes" in captured.err
+    [aborted] = [line for line in captured.out.splitlines() if line.startswith("ABORTED:")]
+    assert aborted.count("episodes did not run") == 1, aborted  # it was said twice, the count in each

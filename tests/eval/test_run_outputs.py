@@ -380,3 +380,11 @@ def test_recorded_seeds_reported_by_the_policy_override_the_base_seed():
                                                         max_episode_steps=6, seed=0, vectorization="sync"), progress=False)
     assert [o.seed for o in result.outcomes] == [1000, 1001, 1002]
     assert np.all([o.error is None for o in result.outcomes])
+
+
+def test_the_resume_command_is_quoted_for_a_shell():
+    """A folder with a space gave a command that broke when pasted."""
+    from gr00t_eval.run_dir import resume_command
+
+    assert resume_command("/data/my runs/reach", "1/2") == "gr00t-eval rollout --resume '/data/my runs/reach' --shard 1/2"
+    assert resume_command("/data/runs/reach") == "gr00t-eval rollout --resume /data/runs/reach"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import queue
+import os
 import socket
 import sys
 import threading
@@ -57,7 +58,8 @@ def parse_servers(hosts: str, default_port: int) -> List[ServerAddress]:
     return servers
 
 
-def _import_ray():
+def import_ray():
+    """The ray module, or MissingExtraError naming the extra that installs it."""
     try:
         import ray
     except ImportError as exc:
@@ -75,23 +77,51 @@ class RayConnectError(ConnectionError):
     """Nothing answers at a `--ray-address HOST:PORT` (ray.init would retry there for minutes)."""
 
 
+# The HTTP/2 client preface and an empty SETTINGS frame; a gRPC server (Ray's GCS, a ray:// client server) answers
+# with its own SETTINGS frame, whose 9-byte header has type 0x04 at byte 3.
+_HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+_HTTP2_SETTINGS = 0x04
+
+
 def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
-    """For a HOST:PORT (or ray://HOST:PORT) address, raise RayConnectError unless it accepts a TCP connection."""
+    """For a HOST:PORT (or ray://HOST:PORT) address, raise RayConnectError unless a gRPC server (Ray speaks gRPC)
+    answers there: ray.init retries anything else, a closed port or an open one that is not Ray's, for minutes."""
     host, sep, port = address[len("ray://"):].rpartition(":") if address.startswith("ray://") else address.rpartition(":")
     if address in ("auto", "local") or not sep or not host or not port.isdigit():
         return  # auto and local fail fast on their own; Ray reports a malformed address
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
-            pass
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as connection:
+            greeting = b"" if os.environ.get("RAY_USE_TLS") in ("1", "true") else _greeting(connection, timeout_s)
     except OSError as exc:
         raise RayConnectError(f"--ray-address {address}: no Ray cluster answers there ({exc or 'timed out'}); check the "
                               "host and port (the head node's GCS port, 6379 unless `ray start --head --port` said "
                               "otherwise), start the cluster, or use --ray-address local") from None
+    if greeting is not None and (len(greeting) < 4 or greeting[3] != _HTTP2_SETTINGS):
+        raise RayConnectError(f"--ray-address {address}: something listens there, but not Ray (it did not answer as a "
+                              "gRPC server: the dashboard's port, 8265, or a client port without ray://?); give the head "
+                              "node's GCS port (6379 unless `ray start --head --port` said otherwise) or "
+                              "ray://HOST:10001") from None
+
+
+def _greeting(connection: socket.socket, timeout_s: float) -> Optional[bytes]:
+    """The first bytes the server at `connection` answers an HTTP/2 preface with (None under TLS: not checked)."""
+    connection.settimeout(timeout_s)
+    connection.sendall(_HTTP2_HELLO)
+    received = b""
+    try:
+        while len(received) < 9:
+            chunk = connection.recv(9 - len(received))
+            if not chunk:
+                break
+            received += chunk
+    except socket.timeout:
+        pass
+    return received
 
 
 def init_ray(address: str) -> bool:
     """Connect to (`auto`, `HOST:PORT`, `ray://...`) or start (`local`) Ray unless it is up; True if we started it."""
-    ray = _import_ray()
+    ray = import_ray()
     if ray.is_initialized():
         return False
     check_ray_address(address)
@@ -178,7 +208,7 @@ def run_with_ray(env_spec: str, config: RolloutConfig, servers: Sequence[ServerA
     """
     if config.seed is None:
         raise ValueError("--ray-address needs --seed: shards must agree on every episode's seed to merge into one run")
-    ray = _import_ray()
+    ray = import_ray()
     started = init_ray(address)
     tasks, _ = resolve_tasks(env_spec)
     n_items = len(tasks) * config.n_episodes
@@ -193,6 +223,10 @@ def run_with_ray(env_spec: str, config: RolloutConfig, servers: Sequence[ServerA
                 cluster_cpus = int(ray.cluster_resources().get("CPU", 1) // cpus_per_shard)
                 n_shards = default_shard_count(n_items, len(servers), cluster_cpus)
             n_shards = min(n_shards, n_items)
+            if n_shards < len(servers):  # round-robin: shard i talks to servers[i % len(servers)]
+                _progress(f"Ray: {n_shards} shards use only {n_shards} of the {len(servers)} servers; unused: "
+                          f"{', '.join(map(str, servers[n_shards:]))}")
+                servers = servers[:n_shards]
             specs = [ShardSpec(index, n_shards) for index in range(n_shards)]
             kept = {spec.index: _done_in(tasks, config.n_episodes, spec, finished)[0] for spec in specs}
             streamed: Dict[int, Dict[Tuple[str, int], EpisodeOutcome]] = {spec.index: {} for spec in specs}

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import signal
 import time
@@ -314,8 +315,8 @@ class EpisodeLog:
 
 def resume_command(directory: Union[str, Path], shard: Any = None) -> str:
     """'gr00t-eval rollout --resume DIR [--shard I/N]': what the messages about an unfinished run tell the user to
-    type (`shard`: a ShardSpec, or anything whose str() is I/N; None for a whole run)."""
-    return f"gr00t-eval rollout --resume {directory}{'' if shard is None else f' --shard {shard}'}"
+    type, pasteable into a shell (`shard`: a ShardSpec, or anything whose str() is I/N; None for a whole run)."""
+    return f"gr00t-eval rollout --resume {shlex.quote(str(directory))}{'' if shard is None else f' --shard {shard}'}"
 
 
 # rollout flag (dest) -> the run.json config field it sets; --env-name is run.json's env_name.

@@ -247,7 +247,7 @@ def run_rollout_command(args: argparse.Namespace) -> int:
     from .metrics import EpisodeOutcome
     from .rollout import RolloutConfig
     from .rollout.config import draw_base_seed
-    from .ray_runner import check_ray_address, parse_servers
+    from .ray_runner import check_ray_address, import_ray, parse_servers
     from .run_dir import (EpisodeLog, add_earlier_eval_s, earlier_results, episode_log_name, read_run_file,
                           given_settings, refuse_changed_settings, write_run_file)
     from .shard import ShardSpec
@@ -262,7 +262,8 @@ def run_rollout_command(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     if shard is not None and args.ray_address:
         raise UsageError("--shard and --ray-address do not combine (Ray makes its own shards)")
-    if args.ray_address:  # an unreachable cluster fails in seconds, before the output directory is made
+    if args.ray_address:  # a missing Ray or an unreachable cluster fails in seconds, before the output directory is made
+        import_ray()
         check_ray_address(args.ray_address)
     done: List[EpisodeOutcome] = []
     earlier = None
@@ -331,7 +332,9 @@ def _report_rollout(args: argparse.Namespace, results: Dict[str, Any], output_di
         print(f"INCOMPLETE: {not_run} episodes did not run (failed tasks above; continue with: "
               f"{resume_command(output_dir, shard)} and the same server flags)")
     if status != "complete":
-        print(f"{status.upper()}: {results.get('stop_reason')}; {not_run} episodes did not run "
+        reason = str(results.get("stop_reason"))
+        count = "" if f"{not_run} episodes did not run" in reason else f"; {not_run} episodes did not run"  # Ray's names them
+        print(f"{status.upper()}: {reason}{count} "
               f"(continue with: {resume_command(output_dir, shard)}"
               f"{' --ray-address ' + args.ray_address if args.ray_address else ''} and the same server flags)")
     print(f"Results: {path}")
