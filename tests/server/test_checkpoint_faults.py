@@ -148,6 +148,27 @@ def test_bad_statistics_values_are_refused_at_load_naming_file_key_and_stat(copy
         _load_processor(checkpoint)
 
 
+@pytest.mark.parametrize("group, key", [("state", "joints"), ("action", "gripper")])
+def test_a_z_scored_key_without_mean_and_std_is_refused_at_load(copy_of, group, key):
+    """0 and 1 stood in for the missing mean and std: the model got raw states, and actions decoded unscaled."""
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+
+    checkpoint = copy_of()
+
+    def z_score_key(config):
+        configs = config["processor_kwargs"]["modality_configs"]["new_embodiment"][group]
+        configs["mean_std_embedding_keys"] = sorted({*(configs.get("mean_std_embedding_keys") or []), key})
+
+    def drop_mean_std(stats):
+        for name in ("mean", "std"):
+            stats["new_embodiment"][group][key].pop(name, None)
+
+    _edit_json(checkpoint / "processor_config.json", z_score_key)
+    _edit_json(checkpoint / "statistics.json", drop_mean_std)
+    with pytest.raises(KeyError, match=rf"statistics for {group} key '{key}' of 'new_embodiment' lack \['mean', 'std'\]"):
+        Gr00tPolicy(checkpoint, "new_embodiment", device="cpu")
+
+
 def test_statistics_of_one_key_with_different_lengths_are_refused(copy_of):
     checkpoint = copy_of()
     key = _first_key(checkpoint, "action")

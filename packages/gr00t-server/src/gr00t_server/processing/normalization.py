@@ -23,10 +23,12 @@ class KeyNormParams:
     dim: int
 
 
-def key_norm_params(stats: Mapping[str, np.ndarray], use_percentiles: bool, where: str) -> KeyNormParams:
-    """Pick the range (q01/q99 when `use_percentiles`, else min/max) from one key's statistics."""
+def key_norm_params(stats: Mapping[str, np.ndarray], use_percentiles: bool, where: str,
+                    mean_std: bool = False) -> KeyNormParams:
+    """Pick the range (q01/q99 when `use_percentiles`, else min/max) from one key's statistics; `mean_std`: the key
+    is normalized by mean/std (in mean_std_embedding_keys), so those must be there too (0 and 1 stood in for them)."""
     low_name, high_name = ("q01", "q99") if use_percentiles else ("min", "max")
-    missing = [n for n in (low_name, high_name) if n not in stats]
+    missing = [n for n in (low_name, high_name, *(("mean", "std") if mean_std else ())) if n not in stats]
     if missing:
         raise KeyError(f"statistics for {where} lack {missing}; have {sorted(stats)}")
     low, high = np.asarray(stats[low_name], np.float64), np.asarray(stats[high_name], np.float64)

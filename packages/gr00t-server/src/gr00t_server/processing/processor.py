@@ -109,14 +109,16 @@ class Gr00tN1d7Processor:
         for key in configs["state"].modality_keys if "state" in configs else []:
             if key not in stats.get("state", {}):
                 raise KeyError(f"Joint group '{key}' not found in state statistics for embodiment '{tag}'")
-            state[key] = norm.key_norm_params(stats["state"][key], pct, f"state key '{key}' of '{tag}'")
+            state[key] = norm.key_norm_params(stats["state"][key], pct, f"state key '{key}' of '{tag}'",
+                                              mean_std=key in (configs["state"].mean_std_embedding_keys or []))
         action: Dict[str, norm.KeyNormParams] = {}
         relative: Dict[str, Dict[str, np.ndarray]] = {}
         action_config = configs.get("action")
         for index, key in enumerate(action_config.modality_keys if action_config else []):
             if key not in stats.get("action", {}):
                 raise KeyError(f"Action key '{key}' not found in action statistics for embodiment '{tag}'")
-            params = norm.key_norm_params(stats["action"][key], pct, f"action key '{key}' of '{tag}'")
+            z_scored = key in (action_config.mean_std_embedding_keys or []) and not self._is_relative(action_config, index)
+            params = norm.key_norm_params(stats["action"][key], pct, f"action key '{key}' of '{tag}'", mean_std=z_scored)
             if "min" in stats["action"][key]:  # the output width comes from the absolute min (model.md §1.5)
                 params = norm.KeyNormParams(params.low, params.high, params.mean, params.std, int(stats["action"][key]["min"].shape[-1]))
             action[key] = params
