@@ -6,6 +6,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 
 from gr00t_server.model import CheckpointError, load_model
 from gr00t_server.processing import processor as processor_module
@@ -382,6 +383,73 @@ def test_a_tensor_in_another_shard_than_the_index_names_is_refused(copy_of):
     _write_index(checkpoint, {"weight_map": weight_map})
     with pytest.raises(CheckpointError, match=r"model.safetensors.index.json places in"):
         load_model(checkpoint, device="cpu")
+
+
+def test_a_single_weights_file_beside_a_shard_index_is_loaded_as_transformers_does_with_a_warning(copy_of, caplog):
+    """The shards won without a word, where the reference (transformers) loads model.safetensors: other weights
+    from the same folder."""
+    from safetensors.torch import load_file, save_file
+
+    checkpoint = copy_of()
+    tensors = load_file(checkpoint / "model.safetensors")
+    save_file({name: value * 0 + 7.0 for name, value in tensors.items()}, checkpoint / "model-00001-of-00001.safetensors")
+    (checkpoint / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {name: "model-00001-of-00001.safetensors" for name in tensors}}))
+    key = "action_head.action_decoder.layer1.W"
+    with caplog.at_level("WARNING"):
+        model = load_model(checkpoint, device="cpu")[0]
+    assert torch.equal(model.state_dict()[key], tensors[key])
+    assert "holds both model.safetensors and model.safetensors.index.json; loading model.safetensors" in caplog.text
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool])
+def test_an_integer_or_bool_weight_is_one_line_naming_the_tensor(copy_of, dtype, serve_error):
+    """It loaded, and serve died in the warm-up with a 25-line torch RuntimeError."""
+    from safetensors.torch import load_file, save_file
+
+    checkpoint = copy_of()
+    tensors = load_file(checkpoint / "model.safetensors")
+    key = "action_head.action_decoder.layer1.W"
+    tensors[key] = tensors[key].to(dtype)
+    save_file(tensors, checkpoint / "model.safetensors")
+    err = serve_error(checkpoint)
+    assert f"1 tensor(s) not floating point: {key}: checkpoint {dtype} vs model torch.float32" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--inference-mode", "onnxruntime"], "inference mode 'onnxruntime' needs --onnx-dir (made by `gr00t-server export`)"),
+    (["--inference-mode", "tensorrt", "--engine-dir", "/nonexistent/engines"],
+     "--engine-dir /nonexistent/engines is not a folder (it does not exist); give the folder `gr00t-server build-engine` wrote"),
+])
+def test_a_backend_folder_flag_is_checked_before_the_checkpoint_loads(copy_of, capsys, flags, message):
+    """It was checked after the whole model had loaded (minutes for a real checkpoint). The weights file here is
+    damaged: a check after loading would report that instead."""
+    from gr00t_server import cli
+
+    checkpoint = copy_of()
+    (checkpoint / "model.safetensors").write_bytes(b"not safetensors")
+    assert cli.main(["serve", "--model-path", str(checkpoint), "--embodiment-tag", "new_embodiment", "--device", "cpu",
+                     *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_file_given_as_the_checkpoint_is_named_as_a_file(copy_of, serve_error):
+    checkpoint = copy_of()
+    assert f"{checkpoint / 'config.json'} is a file; give the checkpoint folder" in serve_error(checkpoint / "config.json")
+
+
+def test_a_broken_link_as_the_weights_is_named_with_its_target(copy_of, serve_error):
+    checkpoint = copy_of()
+    (checkpoint / "model.safetensors").unlink()
+    (checkpoint / "model.safetensors").symlink_to(checkpoint / "blobs" / "gone")
+    assert f"model.safetensors is a broken link to {checkpoint / 'blobs' / 'gone'}" in serve_error(checkpoint)
+
+
+def test_pytorch_bin_weights_are_named_as_unsupported(copy_of, serve_error):
+    checkpoint = copy_of()
+    (checkpoint / "model.safetensors").rename(checkpoint / "pytorch_model.bin")
+    assert "(pytorch_model.bin there: only safetensors weights are read; convert them)" in serve_error(checkpoint)
 
 
 # --- 9. messages ---------------------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ from serving import SERVER_CLI
         ("cuda:x", "device 'cuda:x' is not a torch device name; use 'cpu', 'cuda' or 'cuda:N'"),
         ("meta", "device 'meta' is not supported: GR00T policies run on 'cpu', 'cuda' or 'cuda:N'"),
         ("mps", "device 'mps' is not supported: GR00T policies run on 'cpu', 'cuda' or 'cuda:N'"),
+        # torch takes it, and safetensors then failed to read the weights, reported as a damaged file
+        ("cpu:1", "device 'cpu:1' is not supported: the CPU is one device, 'cpu'"),
     ],
 )
 def test_unknown_and_unsupported_devices_are_named(device, message):
@@ -27,6 +29,7 @@ def test_unknown_and_unsupported_devices_are_named(device, message):
 
 def test_cpu_is_taken_in_every_spelling():
     assert _resolve_device("cpu") == _resolve_device(torch.device("cpu")) == torch.device("cpu")
+    assert _resolve_device("cpu:0") == torch.device("cpu")  # safetensors reads onto 'cpu' only
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")

@@ -241,6 +241,10 @@ def _model_policy(args: argparse.Namespace, tag: Any) -> Any:
     model_path = args.model_path
     if os.path.isabs(model_path) and not os.path.exists(model_path):
         raise CliError(f"--model-path {model_path} does not exist")
+    if args.inference_mode != "pytorch":  # before the checkpoint loads, which can take minutes
+        from .backends import check_inference_mode_files
+
+        check_inference_mode_files(args.inference_mode, onnx_dir=args.onnx_dir, engine_dir=args.engine_dir)
     from .policies.gr00t_policy import Gr00tPolicy
 
     try:

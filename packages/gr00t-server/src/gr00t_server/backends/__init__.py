@@ -16,7 +16,24 @@ logger = logging.getLogger(__name__)
 
 INFERENCE_MODES = ("pytorch", "torch-compile", "onnxruntime", "tensorrt")
 
-__all__ = ["BackendError", "EXPORT_MODES", "INFERENCE_MODES", "apply_inference_mode"]
+__all__ = ["BackendError", "EXPORT_MODES", "INFERENCE_MODES", "apply_inference_mode", "check_inference_mode_files"]
+
+
+def check_inference_mode_files(mode: str, onnx_dir: Optional[Union[str, Path]] = None,
+                               engine_dir: Optional[Union[str, Path]] = None) -> str:
+    """The normalized mode name, after checking that the folder it needs is given and is a folder: BackendError
+    otherwise (the CLI asks before loading the checkpoint, which can take minutes)."""
+    normalized = mode.replace("_", "-").lower()
+    needs = {"onnxruntime": ("--onnx-dir", onnx_dir, "gr00t-server export"),
+             "tensorrt": ("--engine-dir", engine_dir, "gr00t-server build-engine")}.get(normalized)
+    if needs is not None:
+        flag, folder, made_by = needs
+        if folder is None:
+            raise BackendError(f"inference mode '{normalized}' needs {flag} (made by `{made_by}`)")
+        if not Path(folder).is_dir():
+            raise BackendError(f"{flag} {folder} is not a folder{'' if Path(folder).exists() else ' (it does not exist)'}; "
+                               f"give the folder `{made_by}` wrote")
+    return normalized
 
 
 def apply_inference_mode(
@@ -30,7 +47,7 @@ def apply_inference_mode(
     Raises BackendError (one line) when the backend is not installed or the files do not fit the
     model (another config or weights) or the GPU.
     """
-    normalized = mode.replace("_", "-").lower()
+    normalized = check_inference_mode_files(mode, onnx_dir, engine_dir)
     if normalized == "pytorch":
         return []
     if normalized == "torch-compile":
@@ -38,14 +55,10 @@ def apply_inference_mode(
 
         return apply_torch_compile(policy)
     if normalized == "onnxruntime":
-        if onnx_dir is None:
-            raise BackendError("inference mode 'onnxruntime' needs --onnx-dir (made by `gr00t-server export`)")
         from gr00t_server.backends.onnxruntime_backend import apply_onnxruntime
 
         return apply_onnxruntime(policy, onnx_dir)
     if normalized == "tensorrt":
-        if engine_dir is None:
-            raise BackendError("inference mode 'tensorrt' needs --engine-dir (made by `gr00t-server build-engine`)")
         from gr00t_server.backends.tensorrt_backend import apply_tensorrt
 
         return apply_tensorrt(policy, engine_dir)

@@ -103,6 +103,8 @@ def resolve_checkpoint_dir(
         repo_id, id_subfolder = split_hub_id(text)
         parts = [p for p in (id_subfolder, subfolder) if p]
         directory = _download(repo_id, "/".join(parts) or None, revision)
+    if directory.is_file():
+        raise CheckpointError(f"{directory} is a file; give the checkpoint folder that holds {CONFIG_NAME} and the weights")
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint directory not found: {directory}")
     if (directory / CONFIG_NAME).is_dir():
@@ -115,9 +117,14 @@ def resolve_checkpoint_dir(
 # ----- reading weights -----
 
 def shard_index(directory: Path) -> Optional[dict[str, str]]:
-    """The checked weight_map {tensor name: shard file} of the checkpoint's shard index; None without an index."""
+    """The checked weight_map {tensor name: shard file} of the checkpoint's shard index; None without an index, or
+    when a single model.safetensors is there too (which transformers, and so the reference, loads instead)."""
     index_path = directory / WEIGHTS_INDEX_NAME
     if not index_path.is_file():
+        return None
+    if (directory / SINGLE_WEIGHTS_NAME).is_file():  # transformers loads the single file first: the same weights
+        logger.warning("%s holds both %s and %s; loading %s, as transformers does (remove the stale one)", directory,
+                       SINGLE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, SINGLE_WEIGHTS_NAME)
         return None
     try:
         index = json.loads(index_path.read_text(encoding="utf-8"))
@@ -141,8 +148,13 @@ def weight_files(directory: Path, weight_map: Optional[dict[str, str]]) -> list[
         files = [directory / name for name in sorted(set(weight_map.values()))]
     elif (directory / SINGLE_WEIGHTS_NAME).exists():
         files = [directory / SINGLE_WEIGHTS_NAME]
+    elif (directory / SINGLE_WEIGHTS_NAME).is_symlink():  # an interrupted copy of a hub cache, say
+        raise CheckpointError(f"{directory / SINGLE_WEIGHTS_NAME} is a broken link to "
+                              f"{os.readlink(directory / SINGLE_WEIGHTS_NAME)}; copy the weights again")
     else:
-        raise CheckpointError(f"{directory} has neither {WEIGHTS_INDEX_NAME} nor {SINGLE_WEIGHTS_NAME}")
+        others = sorted(path.name for path in directory.glob("*.bin")) + sorted(path.name for path in directory.glob("*.pt"))
+        hint = f" ({', '.join(others[:3])} there: only safetensors weights are read; convert them)" if others else ""
+        raise CheckpointError(f"{directory} has neither {WEIGHTS_INDEX_NAME} nor {SINGLE_WEIGHTS_NAME}{hint}")
     folders = [path for path in files if path.is_dir()]
     if folders:  # a half-finished copy or download can leave a folder where the weights belong
         raise CheckpointError(f"{folders[0]} is a directory; expected a safetensors file")
@@ -183,7 +195,8 @@ def read_state_dict(
 
 
 def check_state_dict(model: nn.Module, state: dict[str, Any]) -> None:
-    """Raise `CheckpointKeyError` naming missing/unexpected keys and shape mismatches (ignorable keys aside)."""
+    """Raise `CheckpointKeyError` naming missing/unexpected keys, shape mismatches and integer or bool tensors where
+    the model has floating ones (ignorable keys aside)."""
     expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
     missing = sorted(set(expected) - set(state) - IGNORABLE_KEYS)
     unexpected = sorted(set(state) - set(expected) - IGNORABLE_KEYS)
@@ -192,6 +205,12 @@ def check_state_dict(model: nn.Module, state: dict[str, Any]) -> None:
         for key in sorted(set(expected) & set(state))
         if tuple(state[key].shape) != expected[key]
     ]
+    model_state = model.state_dict()
+    wrong_kind = [  # an int or bool tensor where the model has floats: torch failed deep in the first forward
+        f"{key}: checkpoint {state[key].dtype} vs model {model_state[key].dtype}"
+        for key in sorted(set(expected) & set(state))
+        if model_state[key].is_floating_point() and not state[key].is_floating_point()
+    ]
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing key(s): {_first(missing)}")
@@ -199,6 +218,8 @@ def check_state_dict(model: nn.Module, state: dict[str, Any]) -> None:
         problems.append(f"{len(unexpected)} unexpected key(s): {_first(unexpected)}")
     if mismatched:
         problems.append(f"{len(mismatched)} shape mismatch(es): {_first(mismatched)}")
+    if wrong_kind:
+        problems.append(f"{len(wrong_kind)} tensor(s) not floating point: {_first(wrong_kind)}")
     if problems:
         raise CheckpointKeyError("checkpoint does not match the model config: " + "; ".join(problems))
 

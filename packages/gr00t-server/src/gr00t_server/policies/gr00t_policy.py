@@ -140,6 +140,10 @@ def _resolve_device(device: Union[str, torch.device]) -> torch.device:
         raise ValueError(f"device {str(device)!r} is not a torch device name; use 'cpu', 'cuda' or 'cuda:N'") from exc
     if resolved.type not in ("cpu", "cuda"):
         raise ValueError(f"device {str(device)!r} is not supported: GR00T policies run on 'cpu', 'cuda' or 'cuda:N'")
+    if resolved.type == "cpu":  # torch takes 'cpu:N'; safetensors then fails to read the weights onto it
+        if resolved.index not in (None, 0):
+            raise ValueError(f"device {str(device)!r} is not supported: the CPU is one device, 'cpu'")
+        return torch.device("cpu")
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {str(device)!r} was asked for but CUDA is not available here; use device='cpu'")
