@@ -154,3 +154,18 @@ def test_an_env_that_never_reports_success_is_warned_about(caplog):
     with caplog.at_level("WARNING"):  # an env that does report it is not warned about
         run_suite(ConstantPolicy(), "walkto/fast", RolloutConfig(env_name="walkto/fast", **{**WALK, "n_episodes": 2}))
     assert "is_success" not in caplog.text
+
+
+def test_more_action_steps_than_the_policy_predicts_is_a_usage_error_before_any_episode(tmp_path, capsys):
+    """It was a failed task, 'success rate: nan', status complete and advice to --resume, which re-ran the same
+    saved setting and refused another one."""
+    from eval.scale_fixtures import run_cli
+    from gr00t_eval.cli_errors import UsageError
+
+    with running_server(ConstantPolicy()) as server:
+        with pytest.raises(UsageError, match=r"the policy server cannot run this rollout: n_action_steps must be in "
+                                             r"\[1, 4\] .* got 5; pass a smaller --n-action-steps"):
+            run_cli(["rollout", "--env-name", "walkto/fast", "--n-episodes", "2", "--n-envs", "1", "--n-action-steps", "5",
+                     "--max-episode-steps", "6", "--seed", "0", "--no-video", "--policy-client-port", str(server.port),
+                     "--output-dir", str(tmp_path / "run")])
+    assert not (tmp_path / "run" / "episodes.jsonl").exists() or not (tmp_path / "run" / "episodes.jsonl").read_text()

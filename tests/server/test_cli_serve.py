@@ -322,3 +322,16 @@ def test_a_max_batch_size_the_policy_cannot_use_is_named_as_ignored(dataset):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_the_start_up_block_says_when_the_tags_built_in_modality_config_is_used(tmp_path, capsys):
+    """docs/serving.md promises the block says which config a replay uses; the built-in one was used silently."""
+    from gr00t_client import EmbodimentTag
+    from gr00t_server.cli import _replay_policy, build_parser
+
+    keys = ("x", "y", "z", "roll", "pitch", "yaw", "gripper")
+    root = make_dataset(tmp_path / "libero_like", lengths=(6,), cameras=("image", "wrist_image"),
+                        state_dims={k: 1 for k in keys}, action_dims={k: 1 for k in keys})
+    args = build_parser().parse_args(["serve", "--dataset-path", str(root), "--embodiment-tag", "libero_sim"])
+    _replay_policy(args, EmbodimentTag.resolve("libero_sim"))
+    assert "Modality config: the built-in config of libero_sim (the dataset has its keys)" in capsys.readouterr().out

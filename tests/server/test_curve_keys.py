@@ -59,6 +59,14 @@ def test_keygen_writes_a_zmq_auth_key_pair_with_a_0600_secret_file(tmp_path, cap
     assert "Fingerprint: SHA256:" in out and secret.decode() not in out
 
 
+def test_keygen_expands_a_tilde_no_shell_expanded(tmp_path, monkeypatch, capsys):
+    """A quoted '~/keys' wrote the keys into ./~/keys and then failed, naming $HOME/keys."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["keygen", "~/keys", "--name", "robot-07"]) == 0
+    assert (tmp_path / "home" / "keys" / "robot-07.key_secret").is_file() and not (tmp_path / "~").exists()
+
+
 def test_keygen_refuses_to_replace_a_key_pair_unless_forced(tmp_path, capsys):
     assert main(["keygen", str(tmp_path)]) == 0
     first = zmq.auth.load_certificate(str(tmp_path / "server.key"))[0]

@@ -117,7 +117,26 @@ def test_an_error_reply_is_bounded_whatever_the_policy_says():
     with running_server(VerbosePolicy()) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
         with pytest.raises(PolicyServerError) as caught:
             client.get_action({})
-    assert len(caught.value.server_message) < 1100 and "more characters" in caught.value.server_message
+    assert len(caught.value.server_message) <= 1000 and "more characters" in caught.value.server_message  # as documented
+
+
+def test_an_error_reply_echoes_at_most_100_characters_of_the_endpoint_name():
+    """The reply's `endpoint` field echoed the client's whole name, so an error grew with the request."""
+    import zmq
+
+    from gr00t_client import codec
+
+    with running_server(SlowPolicy()) as server:
+        context = zmq.Context()
+        socket = context.socket(zmq.REQ)
+        socket.connect(f"tcp://127.0.0.1:{server.port}")
+        socket.send(codec.encode({"endpoint": "E" * 3000, "data": {}}))
+        assert socket.poll(5000)
+        reply = codec.decode(socket.recv())
+        socket.close(linger=0)
+        context.term()
+    assert len(reply["endpoint"]) <= 100 and reply["endpoint"].startswith("EEEE") and "more characters" in reply["endpoint"]
+    assert len(reply["error"]) <= 1000
 
 
 def test_refusal_logs_are_rate_limited(caplog, monkeypatch):

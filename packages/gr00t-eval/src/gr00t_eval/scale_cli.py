@@ -324,7 +324,7 @@ def _report_rollout(args: argparse.Namespace, results: Dict[str, Any], output_di
     finished = [e for e in episodes if not e.get("error")]
     infos = {"episode_lengths": [e["length"] for e in finished], "episode_rewards": [e["sum_reward"] for e in finished]}
     print("results: ", (results["env_name"], [bool(e["success"]) for e in finished], infos))
-    print("success rate: ", float(np.mean([e["success"] for e in finished])) if finished else float("nan"))
+    print("success rate: ", float(np.mean([e["success"] for e in finished])) if finished else "n/a (no episode finished)")
     n_errors = print_incomplete(results)
     status = results.get("status", "complete")
     not_run = results.get("n_not_run", 0)
@@ -400,6 +400,7 @@ def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done:
                              "continue it, or start a new run")
         if policy is not None and first_policy is None:
             record_run_policy(output_dir, shard, policy)
+        _check_policy_runs_settings(client, config, Path(args.resume) if args.resume else None)
         with sigterm_as_interrupt():
             results = run_suite(client, env_spec, config, shard, progress=True,
                                 on_episode=lambda outcome: log.append(outcome.to_json_dict()), done=done)
@@ -407,6 +408,25 @@ def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done:
     results["policy"] = policy
     results["episode_log"] = str(log.path)
     return results
+
+
+def _check_policy_runs_settings(client: Any, config: Any, resumed: Optional[Path]) -> None:
+    """UsageError, before any episode, when the policy cannot run the plan's --n-action-steps (more steps of a chunk
+    than it predicts); it was a failed task, a NaN success rate and advice to --resume the same settings."""
+    from .cli_errors import UsageError
+    from .rollout.policy_io import HorizonSpec
+
+    try:
+        spec = HorizonSpec.from_modality_config(client.get_modality_config())
+    except Exception as exc:  # noqa: BLE001 - the run itself reports a policy whose config cannot be read
+        logger.debug("could not check the plan against the policy's modality config: %s", exc)
+        return
+    try:
+        spec.check_n_action_steps(config.n_action_steps)
+    except ValueError as exc:
+        fix = (f"the run in {resumed} was started with it; start a new run (a new --output-dir) with another "
+               "--n-action-steps" if resumed is not None else "pass a smaller --n-action-steps")
+        raise UsageError(f"the policy server cannot run this rollout: {exc}; {fix}") from None
 
 
 RAY_POLICY_PROBE_MS = 5000

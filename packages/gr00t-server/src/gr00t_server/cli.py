@@ -89,7 +89,7 @@ def _add_serve_parser(subparsers: Any) -> None:
                         f"request for cheap policies; 0 turns this off (default {DEFAULT_INLINE_BELOW_MS:g})")
     p.add_argument(*_flag("metrics-port"), type=int, default=None, metavar="PORT",
                    help="serve Prometheus metrics at http://HOST:PORT/metrics (needs gr00t-server[metrics]; default off)")
-    p.add_argument(*_flag("max-message-mb"), type=int, default=256, help="drop messages larger than this (default 256 MiB)")
+    p.add_argument(*_flag("max-message-mb"), type=int, default=256, help="refuse messages larger than this with an error reply naming the limit (default 256 MiB)")
     _add_limit_flags(p)
     p.add_argument(*_flag("log-level"), default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level")
 
@@ -215,6 +215,7 @@ def _replay_policy(args: argparse.Namespace, tag: Any) -> Any:
         print(f"Loaded modality config: {args.modality_config_path}")
     elif tag.value in configs.MODALITY_CONFIGS and _fits_dataset(configs.MODALITY_CONFIGS[tag.value], dataset):
         modality = configs.MODALITY_CONFIGS[tag.value]
+        print(f"  Modality config: the built-in config of {tag.value} (the dataset has its keys)")
     else:
         modality = configs.derive_from_dataset(dataset, action_horizon=args.action_horizon)
         print(f"  Modality config: derived from {dataset_path}/meta/modality.json (action horizon {args.action_horizon})")

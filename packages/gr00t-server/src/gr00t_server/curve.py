@@ -57,7 +57,7 @@ def generate_certificates(directory: Union[str, os.PathLike], name: str = "serve
     """
     if not name or os.sep in name or name.startswith("."):
         raise ValueError(f"key name must be a plain file name without '{os.sep}' or a leading dot, got {name!r}")
-    directory = Path(directory)
+    directory = Path(directory).expanduser()  # a quoted '~/keys' (or an exec-form CMD's) is not expanded by a shell
     directory.mkdir(parents=True, exist_ok=True)
     public_path, secret_path = directory / f"{name}{PUBLIC_SUFFIX}", directory / f"{name}{SECRET_SUFFIX}"
     existing = [str(p) for p in (public_path, secret_path) if p.exists()]

@@ -85,10 +85,14 @@ def peer_address(payload: List[Any]) -> Optional[str]:
 
 
 def bounded(message: str, limit: int = MAX_ERROR_CHARS) -> str:
-    """The message cut to `limit` characters, saying how much was cut."""
+    """The message cut to at most `limit` characters in all, saying how much was cut."""
     if len(message) <= limit:
         return message
-    return f"{message[:limit]}... ({len(message) - limit} more characters)"
+    kept = limit - len(f"... ({len(message)} more characters)")  # the suffix counts towards the limit too
+    return f"{message[:kept]}... ({len(message) - kept} more characters)"
+
+
+ECHOED_ENDPOINT_CHARS = 100  # the endpoint name an error reply echoes; a client's name may be megabytes long
 
 
 def decode_payload(payload: List[Any], max_message_bytes: int) -> Tuple[Any, str]:
@@ -187,18 +191,19 @@ def adopt_n15_get_action(request: Request) -> None:
 
 def encode_reply(request: Request, body: Any, ok: bool) -> List[Any]:
     """A result or error in the format the request came in (our errors carry ERROR_MARKER in the reference format)."""
+    endpoint = bounded(request.endpoint, ECHOED_ENDPOINT_CHARS) if isinstance(request.endpoint, str) else request.endpoint
     if request.wire_format == WIRE_N15:  # service.py's client reads the action dict alone
-        return [codec.encode_early_n16(body[0] if ok else {"error": body, ERROR_MARKER: True, "endpoint": request.endpoint})]
+        return [codec.encode_early_n16(body[0] if ok else {"error": body, ERROR_MARKER: True, "endpoint": endpoint})]
     # A get_modality_config request carries no array to tell an np.save-era client by, and its reply no array to
     # encode: the np.save-era encoder writes ModalityConfig with both markers, which every upstream decoder reads.
     if request.wire_format == WIRE_NPSAVE or (not request.multipart and request.endpoint == "get_modality_config"):
-        return [codec.encode_early_n16(body if ok else {"error": body, ERROR_MARKER: True, "endpoint": request.endpoint})]
+        return [codec.encode_early_n16(body if ok else {"error": body, ERROR_MARKER: True, "endpoint": endpoint})]
     if request.multipart:
-        header = {"ok": True, "result": body} if ok else {"ok": False, "error": body, "endpoint": request.endpoint}
+        header = {"ok": True, "result": body} if ok else {"ok": False, "error": body, "endpoint": endpoint}
         return codec.encode_multipart(header)
     if ok:
         return [codec.encode(body)]
-    return [codec.encode({"error": body, ERROR_MARKER: True, "endpoint": request.endpoint})]
+    return [codec.encode({"error": body, ERROR_MARKER: True, "endpoint": endpoint})]
 
 
 _LAST_RESORT_ERROR = codec.encode({"error": "internal error", ERROR_MARKER: True})
