@@ -233,6 +233,11 @@ BUFFER = bytes(64 * 1024)
         pytest.param(tampered(msgpack.ExtType(7, b"\x00"), [BUFFER]), "unknown msgpack extension type 7", id="unknown-ext-code"),
         pytest.param(tampered(msgpack.ExtType(ARRAY_REFERENCE_EXT, b"\xc1"), [BUFFER]), "malformed array reference", id="garbage-reference"),
         pytest.param([codec.MULTIPART_MAGIC, b"\xc1\xc1\xc1", BUFFER], "undecodable multipart header", id="garbage-header"),
+        # called an undecodable msgpack message, and served with the stray frames ignored (soak audit)
+        pytest.param([codec.MULTIPART_MAGIC], "multipart message without its header frame", id="magic-alone"),
+        pytest.param(tampered(array_reference(2, "|u1", [65536]), [BUFFER, b"extra", b"frames"]),
+                     "has 3 array frames but its header references 1; frames [3, 4] are referenced by nothing",
+                     id="stray-frames"),
     ],
 )
 def test_tampered_multipart_headers_get_an_error_reply_and_the_server_keeps_running_server(frames, message):

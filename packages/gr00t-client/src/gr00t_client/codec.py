@@ -668,7 +668,7 @@ def join_packed_map(items: Dict[str, bytes]) -> bytes:
 
 def is_multipart(frames: Sequence[Any]) -> bool:
     """True when the frames are a message in our multipart format."""
-    if len(frames) < 2:
+    if not frames:
         return False
     first = frames[0]
     first_bytes = first.bytes if hasattr(first, "bytes") else bytes(first)
@@ -682,7 +682,10 @@ def decode_multipart(frames: Sequence[Any], limits: Optional[DecodeLimits] = Non
     """
     if not is_multipart(frames):
         raise WireDecodeError("not a multipart GR00T message (missing magic frame)")
+    if len(frames) < 2:
+        raise WireDecodeError("multipart message without its header frame (only the magic frame came)")
     views = [frame.buffer if hasattr(frame, "buffer") else memoryview(frame) for frame in frames]
+    referenced = set()
 
     def ext_hook(code: int, data: bytes) -> Any:
         if code != _EXT_BUFFER:
@@ -696,14 +699,20 @@ def decode_multipart(frames: Sequence[Any], limits: Optional[DecodeLimits] = Non
             ) from exc
         if not isinstance(index, int) or not 2 <= index < len(views):
             raise WireDecodeError(f"array reference points at frame {index!r}, message has {len(views)} frames")
+        referenced.add(index)
         return _array_from_buffer(views[index], _cached_dtype(type_str), shape, copy=False)
 
     try:
-        return _unpack(views[1], _decode_hook, limits, ext_hook=ext_hook)
+        decoded = _unpack(views[1], _decode_hook, limits, ext_hook=ext_hook)
     except WireDecodeError:
         raise
     except Exception as exc:
         raise WireDecodeError(f"undecodable multipart header ({type(exc).__name__}: {exc})") from exc
+    stray = sorted(set(range(2, len(views))) - referenced)
+    if stray:  # a sender's framing bug: answering as if they were not there would hide it
+        raise WireDecodeError(f"multipart message has {len(views) - 2} array frames but its header references "
+                              f"{len(referenced)}; frames {stray[:8]} are referenced by nothing")
+    return decoded
 
 
 def normalize_keys(value: Any) -> Any:
