@@ -183,3 +183,18 @@ def test_a_nan_state_of_a_lenient_policy_is_named_as_nan_not_as_an_overflow(tiny
     observation["state"]["gripper"][1] = np.nan  # an absolute key (a relative one's reference check names it first)
     with pytest.raises(ValueError, match=r"State key 'gripper' of 'new_embodiment' has NaN values in rows \[1\]; send finite"):
         policy.get_action(observation)
+
+
+def test_rows_of_one_entry_differing_from_the_batch_are_named_in_a_lenient_policy(tiny_checkpoint):
+    """strict=False: video of 2 rows and a state of 1 ended in torch's 'Expected size for first two dimensions of
+    batch2 tensor', naming no key."""
+    pytest.importorskip("torch")
+    from gr00t_client import ObservationError
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+    from gr00t_server.test_checkpoint import example_observation
+
+    policy = Gr00tPolicy(tiny_checkpoint, "new_embodiment", device="cpu", strict=False)
+    observation = example_observation(tiny_checkpoint, "new_embodiment", batch_size=2, image_size=(32, 32))
+    observation["state"]["gripper"] = observation["state"]["gripper"][:1]
+    with pytest.raises(ObservationError, match=r"state\['gripper'\] has 1 rows; the observation's batch size is 2"):
+        policy.get_action(observation)

@@ -331,7 +331,8 @@ class Gr00tPolicy(BasePolicy):
                 "observation has 0 rows (a batch of size 0); every video and state array needs at least one row on "
                 "its first axis"
             )
-        if not self.strict:  # a strict policy's check_observation made this check
+        if not self.strict:  # a strict policy's check_observation made these checks
+            self._check_batch_sizes(observation, batch_size)
             self._check_reference_states(observation)
         rtc = self._parse_rtc((options or {}).get("rtc"), batch_size)
         video = {k: np.asarray(observation["video"][k]) for k in self.modality_configs["video"].modality_keys}
@@ -368,6 +369,18 @@ class Gr00tPolicy(BasePolicy):
             return int(np.asarray(observation["video"][video_keys[0]]).shape[0])
         state_keys = self.modality_configs["state"].modality_keys
         return int(np.asarray(observation["state"][state_keys[0]]).shape[0])
+
+    def _check_batch_sizes(self, observation: Mapping[str, Any], batch_size: int) -> None:
+        """ObservationError naming the first video, state or language entry whose rows differ from `batch_size`
+        (torch failed deep in the model, naming no key)."""
+        entries = [(f"video['{key}']", observation.get("video", {}).get(key)) for key in self.modality_configs["video"].modality_keys]
+        entries += [(f"state['{key}']", observation.get("state", {}).get(key)) for key in self.modality_configs["state"].modality_keys]
+        entries.append((f"language['{self.language_key}']", observation.get("language", {}).get(self.language_key)))
+        for name, value in entries:
+            rows = len(value) if isinstance(value, (list, tuple)) else np.shape(value)[0] if np.ndim(value) else None
+            if value is not None and rows != batch_size:
+                raise ObservationError(f"{name} has {rows} rows; the observation's batch size is {batch_size} (every "
+                                       "video, state and language entry needs one row per batch element)")
 
     def _denoising_steps(self, value: Any) -> Optional[int]:
         """options["denoising_steps"] checked: None (the checkpoint's num_inference_timesteps) or an int in range."""
