@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import queue
 import os
+import queue
 import socket
 import sys
 import threading
@@ -91,7 +91,8 @@ def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
         return  # auto and local fail fast on their own; Ray reports a malformed address
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as connection:
-            greeting = b"" if os.environ.get("RAY_USE_TLS") in ("1", "true") else _greeting(connection, timeout_s)
+            # Under TLS the preface would be garbage to the server: the TCP check is all there is.
+            greeting = None if os.environ.get("RAY_USE_TLS") in ("1", "true") else _greeting(connection, timeout_s)
     except OSError as exc:
         raise RayConnectError(f"--ray-address {address}: no Ray cluster answers there ({exc or 'timed out'}); check the "
                               "host and port (the head node's GCS port, 6379 unless `ray start --head --port` said "
@@ -103,8 +104,8 @@ def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
                               "ray://HOST:10001") from None
 
 
-def _greeting(connection: socket.socket, timeout_s: float) -> Optional[bytes]:
-    """The first bytes the server at `connection` answers an HTTP/2 preface with (None under TLS: not checked)."""
+def _greeting(connection: socket.socket, timeout_s: float) -> bytes:
+    """The first (up to 9) bytes the server at `connection` answers an HTTP/2 preface with, within `timeout_s`."""
     connection.settimeout(timeout_s)
     connection.sendall(_HTTP2_HELLO)
     received = b""
