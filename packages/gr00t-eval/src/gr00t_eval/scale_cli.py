@@ -454,9 +454,10 @@ def _ray_run_policy(servers: Any, args: argparse.Namespace) -> Optional[Dict[str
         raise UsageError("the policy servers of this Ray run serve different policies ("
                          + "; ".join(f"{name}: {describe(record)}" for name, record in known.items())
                          + "); one run evaluates one policy: serve the same checkpoint (or dataset) on every server")
-    if unknown:
-        logger.warning("could not ask %s from this machine which policy it serves; the run records %s", ", ".join(unknown),
-                       "no policy" if not known else "the policy of the others")
+    if unknown:  # its episodes may be another policy's: naming the others' would claim too much
+        logger.warning("could not ask %s from this machine which policy it serves; the run records no policy",
+                       ", ".join(unknown))
+        return None
     return next(iter(known.values()), None)
 
 
