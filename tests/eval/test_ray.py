@@ -214,7 +214,8 @@ def test_an_interrupted_ray_run_resumes_to_the_result_of_an_uninterrupted_run(lo
     kept = _log_entries(out / "episodes.jsonl")
     assert 3 <= len(kept) < n_planned and len(interrupted["per_episode"]) == len(kept)
 
-    with policy_server() as fast:  # connection flags come from the resuming command line
+    # Connection flags come from the resuming command line; the server must serve the same policy (SlowPolicy).
+    with policy_server(SlowPolicy(0.0)) as fast:
         assert main(["rollout", "--resume", str(out), "--policy-client-port", str(fast.port), "--ray-address", "local",
                      "--ray-shards", "2", "--timeout-ms", "5000"]) == 0
         _assert_same_result_as_one_uninterrupted_run(out, fast.port)
