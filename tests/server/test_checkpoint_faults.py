@@ -127,6 +127,11 @@ def _set_stat(checkpoint, group, key, stat, value, tag="new_embodiment"):
     path.write_text(json.dumps(data).replace('"__VALUE__"', value))  # NaN/Infinity as Python's json writes them
 
 
+def _serve_tag(checkpoint, tag="new_embodiment"):
+    """Load the processor and its normalization of `tag`, as Gr00tPolicy does at load."""
+    return _load_processor(checkpoint).norm_params(tag)
+
+
 def _first_key(checkpoint, group, tag="new_embodiment"):
     return sorted(json.loads((checkpoint / "statistics.json").read_text())[tag][group])[0]
 
@@ -146,7 +151,7 @@ def test_bad_statistics_values_are_refused_at_load_naming_file_key_and_stat(copy
     width = len(json.loads((checkpoint / "statistics.json").read_text())["new_embodiment"][group][key][stat])
     _set_stat(checkpoint, group, key, stat, "[" + ", ".join([value.strip("[]")] * width) + "]")
     with pytest.raises(ValueError, match=rf"statistics.json: statistics\['new_embodiment'\]\['{group}'\]\['{key}'\]{message}"):
-        _load_processor(checkpoint)
+        _serve_tag(checkpoint)
 
 
 @pytest.mark.parametrize("group, key", [("state", "joints"), ("action", "gripper")])
@@ -170,13 +175,28 @@ def test_a_z_scored_key_without_mean_and_std_is_refused_at_load(copy_of, group, 
         Gr00tPolicy(checkpoint, "new_embodiment", device="cpu")
 
 
+def test_invalid_statistics_of_another_embodiment_do_not_block_the_served_one(copy_of, caplog):
+    """One NaN in an embodiment the server does not serve refused the whole checkpoint, where the reference reads
+    only the served tag's statistics (a base checkpoint of many embodiments became unusable)."""
+    checkpoint = copy_of()
+    key = _first_key(checkpoint, "state")
+    width = len(json.loads((checkpoint / "statistics.json").read_text())["new_embodiment"]["state"][key]["mean"])
+    _set_stat(checkpoint, "state", key, "mean", "[" + ", ".join(["NaN"] * width) + "]")
+    with caplog.at_level("WARNING"):
+        processor = _load_processor(checkpoint)
+    assert processor.norm_params("libero_sim").state  # the other embodiment serves
+    assert "embodiments ['new_embodiment'] cannot be served: their statistics are invalid" in caplog.text
+    with pytest.raises(ValueError, match=rf"statistics\['new_embodiment'\]\['state'\]\['{key}'\]\['mean'\] has a non-finite"):
+        processor.norm_params("new_embodiment")
+
+
 def test_statistics_of_one_key_with_different_lengths_are_refused(copy_of):
     checkpoint = copy_of()
     key = _first_key(checkpoint, "action")
     _set_stat(checkpoint, "action", key, "min", "[0.0]")
     _set_stat(checkpoint, "action", key, "max", "[1.0]")
     with pytest.raises(ValueError, match=rf"statistics.json: .*\['action'\]\['{key}'\]: stats have different lengths \(.*min 1"):
-        _load_processor(checkpoint)
+        _serve_tag(checkpoint)
 
 
 def test_a_huge_range_that_overflows_is_refused(copy_of):
@@ -186,7 +206,7 @@ def test_a_huge_range_that_overflows_is_refused(copy_of):
     _set_stat(checkpoint, "action", key, "q01", json.dumps([-1.7e308] * width))
     _set_stat(checkpoint, "action", key, "q99", json.dumps([1.7e308] * width))
     with pytest.raises(ValueError, match=r"q99 - q01 overflows"):
-        _load_processor(checkpoint)
+        _serve_tag(checkpoint)
 
 
 # --- 8. warm-up refuses a model whose sample action is not finite ---------------------------------------

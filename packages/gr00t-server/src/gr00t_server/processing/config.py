@@ -353,30 +353,43 @@ def check_key_statistics(stats: Mapping[str, np.ndarray], where: str) -> int:
     return next(iter(widths.values()), 0)
 
 
-def parse_statistics(data: Mapping[str, Any]) -> Statistics:
+def parse_statistics(data: Mapping[str, Any], errors: Optional[Dict[str, str]] = None) -> Statistics:
     """{tag: {group: {key: {stat: list}}}} -> the same with float64 arrays; ValueError naming tag, group, key and
-    stat for a value that is not finite numbers, stats of one key with different lengths, or an inverted range."""
+    stat for a value that is not finite numbers, stats of one key with different lengths, or an inverted range.
+    With `errors`, a tag whose statistics are invalid is left out and its message put there instead (a checkpoint of
+    many embodiments stays usable for the others, as the reference's, which reads only the served tag's)."""
     out: Statistics = {}
     for tag, groups in data.items():
-        if not isinstance(groups, Mapping):
-            raise ValueError(f"statistics[{tag!r}] must be an object of groups, got {type(groups).__name__}")
-        out[tag] = {}
-        for group, keys in groups.items():
-            if not isinstance(keys, Mapping):
-                raise ValueError(f"statistics[{tag!r}][{group!r}] must be an object of keys")
-            out[tag][group] = {}
-            for key, stats in keys.items():
-                where = f"statistics[{tag!r}][{group!r}][{key!r}]"
-                if not isinstance(stats, Mapping):
-                    raise ValueError(f"{where} must be an object of stats")
-                parsed = {name: _parse_stat(values, f"{where}[{name!r}]") for name, values in stats.items() if name in STAT_NAMES}
-                check_key_statistics(parsed, where)
-                out[tag][group][key] = parsed
+        try:
+            out[tag] = _parse_tag_statistics(tag, groups)
+        except ValueError as exc:
+            if errors is None:
+                raise
+            errors[str(tag)] = str(exc)
     return out
 
 
-def load_statistics(checkpoint_dir: PathLike) -> Statistics:
-    """Read statistics.json next to processor_config.json."""
+def _parse_tag_statistics(tag: str, groups: Any) -> Dict[str, Dict[str, Dict[str, np.ndarray]]]:
+    if not isinstance(groups, Mapping):
+        raise ValueError(f"statistics[{tag!r}] must be an object of groups, got {type(groups).__name__}")
+    out: Dict[str, Dict[str, Dict[str, np.ndarray]]] = {}
+    for group, keys in groups.items():
+        if not isinstance(keys, Mapping):
+            raise ValueError(f"statistics[{tag!r}][{group!r}] must be an object of keys")
+        out[group] = {}
+        for key, stats in keys.items():
+            where = f"statistics[{tag!r}][{group!r}][{key!r}]"
+            if not isinstance(stats, Mapping):
+                raise ValueError(f"{where} must be an object of stats")
+            parsed = {name: _parse_stat(values, f"{where}[{name!r}]") for name, values in stats.items() if name in STAT_NAMES}
+            check_key_statistics(parsed, where)
+            out[group][key] = parsed
+    return out
+
+
+def load_statistics(checkpoint_dir: PathLike, errors: Optional[Dict[str, str]] = None) -> Statistics:
+    """Read statistics.json next to processor_config.json (`errors`: as for parse_statistics, messages naming the
+    file)."""
     path = find_processor_dir(checkpoint_dir) / STATISTICS_NAME
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a directory; expected a JSON file")
@@ -386,9 +399,12 @@ def load_statistics(checkpoint_dir: PathLike) -> Statistics:
     if not isinstance(data, Mapping):
         raise ValueError(f"{path} must hold a JSON object")
     try:
-        return parse_statistics(data)
+        statistics = parse_statistics(data, errors)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
+    for tag, message in (errors or {}).items():
+        errors[tag] = f"{path}: {message}"
+    return statistics
 
 
 # --- embodiment_id.json ---------------------------------------------------------------------------

@@ -53,9 +53,11 @@ class Gr00tN1d7Processor:
         embodiment_ids: Mapping[str, int],
         tokenizer: Any,
         vision_config: VisionPatchConfig = VisionPatchConfig(),
+        statistics_errors: Optional[Mapping[str, str]] = None,
     ) -> None:
         self.config = config
         self.statistics = statistics
+        self.statistics_errors = dict(statistics_errors or {})  # tag -> why its statistics cannot be used
         self.embodiment_ids = dict(embodiment_ids)
         self.tokenizer = tokenizer
         self.vision_config = vision_config
@@ -63,7 +65,10 @@ class Gr00tN1d7Processor:
         self._prompt_cache: Dict[tuple, str] = {}
         if tokenizer is not None:
             tokenizer.padding_side = "left"
-        missing_stats = [tag for tag in config.modality_configs if tag not in statistics]
+        if self.statistics_errors:
+            logger.warning("embodiments %s cannot be served: their statistics are invalid (%s)",
+                           sorted(self.statistics_errors), next(iter(self.statistics_errors.values())))
+        missing_stats = [tag for tag in config.modality_configs if tag not in statistics and tag not in self.statistics_errors]
         if missing_stats:
             logger.warning("statistics.json has no entry for embodiments %s", missing_stats)
         extra = sorted(set(statistics) - set(config.modality_configs))
@@ -75,7 +80,9 @@ class Gr00tN1d7Processor:
         """Load processor_config.json, statistics.json, embodiment_id.json and the backbone tokenizer."""
         config = load_processor_config(checkpoint_dir)
         tokenizer, vision_config = load_backbone_text_assets(checkpoint_dir, config.model_name, local_files_only)
-        return cls(config, load_statistics(checkpoint_dir), load_embodiment_ids(checkpoint_dir), tokenizer, vision_config)
+        errors: Dict[str, str] = {}
+        statistics = load_statistics(checkpoint_dir, errors)
+        return cls(config, statistics, load_embodiment_ids(checkpoint_dir), tokenizer, vision_config, errors)
 
     # --- per-embodiment lookups -------------------------------------------------------------------
 
@@ -100,6 +107,8 @@ class Gr00tN1d7Processor:
         return self._norm_cache[tag]
 
     def _compute_norm_params(self, tag: str) -> EmbodimentNormParams:
+        if tag in self.statistics_errors:
+            raise ValueError(self.statistics_errors[tag])
         if tag not in self.statistics:
             raise KeyError(f"statistics.json has no statistics for embodiment {tag!r}; has {sorted(self.statistics)}")
         stats = self.statistics[tag]
