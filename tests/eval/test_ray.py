@@ -64,6 +64,7 @@ def test_local_ray_runtime_with_two_servers_gives_the_numbers_of_one_run(local_r
             assert merged["per_task"][task][key] == single["per_task"][task][key]
     assert merged["failed_shards"] == {} and merged["config"]["ray_shards"] == 3
     assert merged["config"]["policy_servers"] == [str(s) for s in servers]
+    assert merged["merged_servers"] == [str(servers[0]), str(servers[1]), str(servers[0])]  # shard i: server i % 2
     assert served[1]["policy_calls"] > 0  # the second server (used by Ray shard 1 only) answered
 
 

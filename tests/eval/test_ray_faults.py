@@ -207,6 +207,7 @@ def test_a_failed_shard_is_labelled_by_shard_and_its_time_is_kept(ray_started_by
                      "--policy-client-host", hosts, "--ray-address", "local", "--ray-shards", "2", "--output-dir", str(out)])
     results = _results(out)
     assert code == 1 and list(results["failed_shards"]) == ["1/2"]
+    assert results["merged_servers"] == hosts.split(",")  # the failed shard's server too (they were null)
     assert results["stop_reason"].startswith("shard 1/2 aborted: failed: ConnectionError")
     assert "results #" not in results["stop_reason"] and "--allow-missing" not in results["stop_reason"]
     captured = capsys.readouterr()

@@ -237,6 +237,7 @@ def run_with_ray(env_spec: str, config: RolloutConfig, servers: Sequence[ServerA
                 """What shard `index` finished, with the time it ran, for a shard that ended without its results."""
                 outcomes = [*kept[index], *streamed[index].values()]
                 results = results_from_outcomes(env_spec, config, specs[index], outcomes, status, reason)
+                results["config"]["policy_server"] = str(servers[index % len(servers)])  # as a finished shard says
                 elapsed = time.monotonic() - submitted_at[index] if index in submitted_at else 0.0
                 return _with_eval_s(results, elapsed, shard_ranges(tasks, config.n_episodes, specs[index]))
 

@@ -218,9 +218,12 @@ def merge_results(shards: Sequence[Mapping[str, Any]], allow_missing: bool = Fal
 
 
 def _server_of(results: Mapping[str, Any]) -> Optional[str]:
+    """HOST:PORT of the server a shard ran against: a CLI shard's connection flags, or a Ray shard's `policy_server`."""
     config = results.get("config") or {}
     host, port = config.get("policy_client_host"), config.get("policy_client_port")
-    return None if host is None and port is None else f"{host}:{port}"
+    if host is None and port is None:
+        return config.get("policy_server")
+    return f"{host}:{port}"
 
 
 def results_from_outcomes(env_spec: str, config: RolloutConfig, shard: Optional[ShardSpec],
