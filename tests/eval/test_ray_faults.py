@@ -139,6 +139,20 @@ def test_a_second_ctrl_c_while_the_ray_shards_are_cancelled_still_writes_the_res
     assert not ray.is_initialized()
 
 
+def test_sigterm_while_ray_starts_stops_the_run_as_interrupted_with_130(monkeypatch, tmp_path, capsys):
+    """ray.init's own SIGTERM handler (sys.exit(15)) ended the run with status 15 and no word."""
+    import ray
+
+    def init_hit_by_sigterm(*args, **kwargs):
+        raise SystemExit(signal.SIGTERM)  # what Ray's handler does when SIGTERM lands during ray.init
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init_hit_by_sigterm)
+    with policy_server() as server:
+        code = _rollout("walkto/fast", server.port, tmp_path / "run")
+    assert code == 130 and "interrupted" in capsys.readouterr().err
+
+
 # --- an unreachable cluster ---------------------------------------------------------------------------
 
 

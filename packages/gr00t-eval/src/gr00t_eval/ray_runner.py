@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import os
 import queue
+import signal
 import socket
 import sys
 import threading
@@ -127,10 +128,17 @@ def init_ray(address: str) -> bool:
         return False
     check_ray_address(address)
     _progress(f"Ray: {'starting a local runtime' if address == 'local' else 'connecting to ' + address} ...")
-    if address == "local":
-        ray.init(address="local", include_dashboard=False, log_to_driver=False)
-    else:
-        ray.init(address=address, log_to_driver=False)
+    try:
+        if address == "local":
+            ray.init(address="local", include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=address, log_to_driver=False)
+    except SystemExit as exc:  # ray.init installs a SIGTERM handler that exits 15: stop as Ctrl-C would, with 130
+        if exc.code != signal.SIGTERM:
+            raise
+        if ray.is_initialized():
+            _shutdown_ray(ray)
+        raise KeyboardInterrupt from None
     return True
 
 
@@ -210,13 +218,13 @@ def run_with_ray(env_spec: str, config: RolloutConfig, servers: Sequence[ServerA
     if config.seed is None:
         raise ValueError("--ray-address needs --seed: shards must agree on every episode's seed to merge into one run")
     ray = import_ray()
-    started = init_ray(address)
     tasks, _ = resolve_tasks(env_spec)
     n_items = len(tasks) * config.n_episodes
     finished = {(str(o.extras.get("task")), o.episode_index): o for o in done if o.error is None}
     shard_results: Dict[int, Dict[str, Any]] = {}
     failed: Dict[str, str] = {}
     running: Dict[Any, int] = {}
+    started = init_ray(address)  # the SIGTERM handler below replaces Ray's right after
     try:
         # ray.init() replaced the SIGTERM handler with its own sys.exit; SIGTERM must stop the run like Ctrl-C.
         with sigterm_as_interrupt():
