@@ -124,6 +124,33 @@ def test_denoising_steps_out_of_range_is_refused(libero, tiny_checkpoint, bad):
         libero.get_action(example_observation(tiny_checkpoint, "libero_sim"), {"denoising_steps": bad})
 
 
+def test_concurrent_calls_each_get_the_action_of_their_own_observation(new_robot, tiny_checkpoint):
+    """The backbone kept the last decoder layer's output in one attribute: two threads calling one policy (one
+    model behind two servers, a user's thread pool) read each other's features, a wrong action with no error."""
+    import threading
+
+    observations = [example_observation(tiny_checkpoint, "new_embodiment", seed=seed) for seed in range(4)]
+    alone = [new_robot.get_action(observation, {"seed": 7})[0] for observation in observations]
+    mismatches, failures = [], []
+
+    def call(index):
+        for _ in range(12):
+            try:
+                action, _ = new_robot.get_action(observations[index], {"seed": 7})
+            except Exception as exc:  # noqa: BLE001 - counted, asserted below
+                failures.append(repr(exc))
+                continue
+            if not all(np.allclose(action[key], alone[index][key], atol=1e-5) for key in action):
+                mismatches.append(index)
+
+    threads = [threading.Thread(target=call, args=(index,)) for index in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == [] and mismatches == []
+
+
 def test_noise_with_wrong_shape_is_rejected(libero, tiny_checkpoint):
     with pytest.raises(ValueError, match=r"\(1, 40, 132\)"):
         libero.get_action(example_observation(tiny_checkpoint, "libero_sim"), {"noise": np.zeros((1, 16, 7), np.float32)})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Optional
 
 import torch
@@ -9,6 +10,12 @@ from torch import nn
 from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
 from gr00t_server.model.config import Gr00tN1d7Config
+
+
+# The last kept decoder layer's output, captured by a forward hook, per calling thread: an attribute of the module
+# let two threads running one model read each other's features (an action for another observation). Kept outside
+# the module, which deep copies (an export's dtype cast) must be able to copy.
+_CAPTURED = threading.local()
 
 
 def build_qwen3_vl_config(config: Gr00tN1d7Config, attn_implementation: str = "sdpa") -> Qwen3VLConfig:
@@ -33,7 +40,6 @@ class Qwen3Backbone(nn.Module):
         super().__init__()
         self.image_token_id = config.image_token_id
         self.model = Qwen3VLForConditionalGeneration(build_qwen3_vl_config(config, attn_implementation))
-        self._last_layer_output: Optional[torch.Tensor] = None
         self.language_model.layers[-1].register_forward_hook(self._capture_last_layer_output)
 
     @property
@@ -47,7 +53,7 @@ class Qwen3Backbone(nn.Module):
         return self.model.model.language_model
 
     def _capture_last_layer_output(self, module: nn.Module, args: Any, output: Any) -> None:
-        self._last_layer_output = output[0] if isinstance(output, tuple) else output
+        _CAPTURED.output = output[0] if isinstance(output, tuple) else output
 
     def embed_inputs(
         self,
@@ -96,7 +102,7 @@ class Qwen3Backbone(nn.Module):
         deepstack_visual_embeds: Optional[list[torch.Tensor]] = None,
     ) -> torch.Tensor:
         """The truncated decoder (deepstack added after the first layers); returns the PRE-norm output."""
-        self._last_layer_output = None
+        _CAPTURED.output = None
         try:
             self.language_model(
                 input_ids=None,
@@ -107,9 +113,9 @@ class Qwen3Backbone(nn.Module):
                 deepstack_visual_embeds=deepstack_visual_embeds,
                 use_cache=False,
             )
-            features = self._last_layer_output
+            features: Optional[torch.Tensor] = _CAPTURED.output
         finally:
-            self._last_layer_output = None
+            _CAPTURED.output = None
         if features is None:
             raise RuntimeError("the last backbone decoder layer did not run; cannot read backbone features")
         return features
