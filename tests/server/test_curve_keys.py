@@ -118,6 +118,55 @@ def test_unreadable_files_in_the_authorized_keys_directory_are_skipped(tmp_path)
     assert authorized.keys == {zmq.auth.load_certificate(str(client_public))[0]}
 
 
+MALFORMED_KEY = 'metadata\ncurve\n    public-key: "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"\n'  # ':' where zmq.auth wants '='
+
+
+def test_a_malformed_key_file_added_while_running_is_skipped_and_authorized_clients_still_connect(tmp_path):
+    """zmq.auth raised IndexError for it, which killed the authenticator thread: every later handshake stalled,
+    authorized clients' included, until a restart."""
+    _, server_secret = generate_certificates(tmp_path, "server")
+    client_public, client_secret = generate_certificates(tmp_path / "clients", "robot")
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    shutil.copy(client_public, allowed / "robot.key")
+    keys = dict(server_public_key=str(tmp_path / "server.key"), client_secret_key=str(client_secret))
+    with curve_ping_server(CurveServerConfig.load(server_secret, allowed)) as (port, _security):
+        assert ping(port, **keys) == {"status": "ok"}
+        (allowed / "typo.key").write_text(MALFORMED_KEY)
+        assert ping(port, **keys) == {"status": "ok"}
+        assert ping(port, **keys) == {"status": "ok"}
+
+
+def test_a_failing_key_check_refuses_that_client_and_the_next_handshake_is_checked_again(tmp_path, monkeypatch):
+    client_public, _ = generate_certificates(tmp_path / "allowed", "robot")
+    authorized = AuthorizedKeys(tmp_path / "allowed")
+    key = zmq.auth.load_certificate(str(client_public))[0]
+
+    def broken():
+        raise RuntimeError("disk went away")
+
+    monkeypatch.setattr(authorized, "reload_if_changed", broken)
+    assert authorized.callback("*", key) is False
+    monkeypatch.undo()
+    assert authorized.callback("*", key) is True
+
+
+def test_refused_curve_clients_are_logged_at_most_20_times_per_window(tmp_path, caplog):
+    generate_certificates(tmp_path / "allowed", "robot")
+    authorized = AuthorizedKeys(tmp_path / "allowed")
+    stranger = zmq.curve_keypair()[0]
+    with caplog.at_level("WARNING", logger="gr00t_server.curve"):
+        for _ in range(50):
+            assert authorized.callback("*", stranger) is False
+    assert caplog.text.count("refused a CURVE client") == 20
+
+
+def test_a_malformed_server_key_file_is_one_line_naming_it(tmp_path):
+    (tmp_path / "server.key_secret").write_text(MALFORMED_KEY)
+    with pytest.raises(ValueError, match=r"server.key_secret is not a readable zmq.auth certificate file"):
+        CurveServerConfig.load(tmp_path / "server.key_secret")
+
+
 def test_open_curve_server_admits_any_client_key_but_still_encrypts(tmp_path):
     public_path, secret_path = generate_certificates(tmp_path, "server")
     with curve_ping_server(CurveServerConfig.load(secret_path)) as (port, security):

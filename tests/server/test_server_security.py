@@ -121,3 +121,15 @@ def test_kill_decision_refuses_a_remote_peer_without_token_or_opt_in():
     policy_server.allow_remote_kill = True
     policy_server._kill()
     assert policy_server._running is False
+
+
+@pytest.mark.parametrize("token, warned", [(None, True), ("s3cret", False)])
+def test_a_server_started_from_python_off_loopback_without_a_token_warns(caplog, token, warned):
+    """Only `gr00t-server serve` warned; docs/serving.md promises it for every server."""
+    from gr00t_server.serving import PolicyServer
+
+    server = PolicyServer(EchoPolicy(), host="0.0.0.0", port=0, api_token=token)
+    with caplog.at_level("WARNING", logger="gr00t_server.serving.server"):
+        server.start()
+    server.close()
+    assert ("listening on 0.0.0.0 without an API token" in caplog.text) is warned

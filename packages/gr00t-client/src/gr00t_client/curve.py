@@ -72,8 +72,9 @@ def _as_text(value: KeySource, what: str) -> str:
 def _read_certificate(path: str, what: str) -> Tuple[bytes, Optional[bytes]]:
     try:
         public, secret = zmq.auth.load_certificate(path)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{what}: {path} is not a readable zmq.auth certificate file ({exc})") from exc
+    except (OSError, ValueError, IndexError) as exc:  # IndexError: a 'public-key:' line where zmq.auth wants '='
+        raise ValueError(f"{what}: {path} is not a readable zmq.auth certificate file "
+                         f"({exc or type(exc).__name__}; expected lines like public-key = \"<40 z85 characters>\")") from exc
     if not public or not _is_z85_key(public):
         raise ValueError(f"{what}: {path} holds no valid 40-character z85 public-key")
     if secret is not None and not _is_z85_key(secret):

@@ -349,7 +349,7 @@ def _start_server(args: argparse.Namespace) -> Any:
     """Load the policy and bind the server (serve's start-up)."""
     from gr00t_client import EmbodimentTag
 
-    from .server import PolicyServer, is_loopback_host
+    from .server import PolicyServer
 
     logging.basicConfig(level=getattr(logging, args.log_level), format="%(levelname)s:%(name)s:%(message)s")
     if args.log_level != "DEBUG":  # torch's own INFO lines (e.g. FakeTensor cache stats at exit) are not ours to show
@@ -391,10 +391,6 @@ def _start_server(args: argparse.Namespace) -> Any:
     if curve is not None:
         print(f"  Encryption: CURVE, server public key {curve.public_key.decode()} ({curve.fingerprint})")
         print(f"  Client keys: {'only those in ' + str(curve.authorized_keys) if curve.authorized_keys else 'any'}")
-    if not is_loopback_host(args.host) and not args.api_token and (curve is None or curve.authorized_keys is None):
-        logger.warning("listening on %s without an API token%s: anyone who can reach this port can use the policy "
-                       "(set --api-token or GR00T_API_TOKEN, or --curve-secret-key with --authorized-keys)", args.host,
-                       " or authorized client keys" if curve is not None else "")
     limits = _server_limits(args)  # before the model loads: a bad flag fails at once
     _check_server_flags(args)
     if args.metrics_port is not None:

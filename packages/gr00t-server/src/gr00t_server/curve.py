@@ -108,7 +108,10 @@ class AuthorizedKeys:
     """
 
     def __init__(self, directory: Union[str, os.PathLike]) -> None:
+        from .serving.endpoints import RateLimitedLog  # here: the serving package imports this module
+
         self.directory = Path(directory)
+        self._refusals = RateLimitedLog(logger)  # a peer retrying a refused key must not flood the log
         self._lock = threading.Lock()
         self._signature: Optional[Tuple[Tuple[str, int, int], ...]] = None
         self._keys: FrozenSet[bytes] = frozenset()
@@ -145,8 +148,9 @@ class AuthorizedKeys:
                 path = self.directory / name
                 try:
                     public, _secret = zmq.auth.load_certificate(str(path))
-                except (OSError, ValueError) as exc:
-                    logger.warning("authorized keys: skipping %s (%s)", path, exc)
+                except Exception as exc:  # noqa: BLE001 - any bad file (zmq.auth raises IndexError too) is skipped alone
+                    logger.warning("authorized keys: skipping %s, not a zmq.auth certificate (%s: %s)", path,
+                                   type(exc).__name__, exc)
                     continue
                 if public:
                     keys[public] = name
@@ -160,12 +164,18 @@ class AuthorizedKeys:
         return True
 
     def callback(self, domain: str, client_key: bytes) -> bool:
-        """pyzmq's credentials-provider hook: is this z85 client key allowed? (runs in the authenticator thread)"""
-        self.reload_if_changed()
-        allowed = client_key in self._keys
-        if not allowed:
-            logger.warning("refused a CURVE client with key %s: not in %s", key_fingerprint(client_key), self.directory)
-        return allowed
+        """pyzmq's credentials-provider hook: is this z85 client key allowed? (runs in the authenticator thread,
+        which must never die: every later handshake would stall, authorized clients' too)"""
+        try:
+            self.reload_if_changed()
+            allowed = client_key in self._keys
+            if not allowed:
+                self._refusals.warning("refused a CURVE client with key %s: not in %s", key_fingerprint(client_key),
+                                       self.directory)
+            return allowed
+        except Exception:  # noqa: BLE001 - refuse this handshake, keep checking the next ones
+            logger.exception("authorized keys: checking a client key failed; the client is refused")
+            return False
 
 
 class ServerCurve:

@@ -269,7 +269,7 @@ class PolicyServer:
         if not (authenticated or self.allow_remote_kill or is_loopback_peer(request.peer if request else None)):
             raise RequestError(
                 "kill refused: only a loopback peer or a client with the API token may stop this server "
-                "(start it with allow_remote_kill=True to allow remote kills)"
+                "(start it with --allow-remote-kill, allow_remote_kill=True in Python, to allow remote kills)"
             )
         logger.info("kill requested by %s; shutting down", request.peer if request else "local")
         self._running = False
@@ -361,6 +361,10 @@ class PolicyServer:
                 raise
             self.metrics_port = self._metrics.port
         logger.info("policy server bound to %s (messages up to %d bytes)", self.bound_endpoint, self.max_message_bytes)
+        if not is_loopback_host(self.host) and not self.api_token and (self.curve is None or self.curve.authorized_keys is None):
+            logger.warning("listening on %s without an API token%s: anyone who can reach this port can use the policy "
+                           "(set an API token: --api-token or GR00T_API_TOKEN, api_token= in Python; or CURVE with "
+                           "authorized client keys)", self.host, " or authorized client keys" if self.curve is not None else "")
 
     def _start_metrics(self, port: int) -> ServerMetrics:
         """This server's Prometheus endpoint on its host (ImportError naming the extra without prometheus_client)."""
