@@ -208,3 +208,26 @@ def test_a_flat_observation_sent_to_a_nested_policy_is_refused_with_the_sim_wrap
     with pytest.raises(ObservationError) as plain:  # a nested observation missing a modality gets no such hint
         strict_policy().get_action({"state": nested["state"], "language": nested["language"]})
     assert "--use-sim-policy-wrapper" not in str(plain.value)
+
+
+def test_a_strict_policy_refuses_its_own_nan_action_naming_key_and_rows():
+    """Refused on the wire by every other part, a NaN action reached a script calling its policy directly."""
+    action = good_action(batch=2)
+    key = sorted(action)[0]
+    action[key][1, 2, 0] = np.nan
+    with pytest.raises(ActionError, match=rf"Action key '{key}' has non-finite values \(NaN or inf\) in rows \[1\]"):
+        FixedActionPolicy(action).get_action(libero_like_observation(batch=2))
+
+
+class ReturnsActionAlone(FixedActionPolicy):
+    def _get_action(self, observation, options=None):
+        return self.action  # forgot the info
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_an_action_dict_returned_without_its_info_is_named_strict_or_not(strict):
+    """strict: 'got str' or 'not enough values to unpack'; lenient: the two action keys came back as (action, info)."""
+    action = {key: value for key, value in list(good_action().items())[:2]}
+    with pytest.raises(ActionError, match=r"returned a dict alone \(keys .*\); expected a pair \(action: dict, info: "
+                                          r"dict or None\): return \(action, \{\}\)"):
+        ReturnsActionAlone(action, strict=strict).get_action(libero_like_observation())

@@ -118,6 +118,13 @@ def test_denoising_steps_option_sets_the_euler_steps_of_that_call(libero, tiny_c
         np.testing.assert_array_equal(again[key], default[key])
 
 
+def test_a_misspelled_option_is_refused_naming_the_known_ones(libero, tiny_checkpoint):
+    """{"Seed": 0} or {"denoise_steps": 1} ran random noise and the default steps, with a debug line."""
+    with pytest.raises(ValueError, match=r"unknown options \['Seed'\]; Gr00tPolicy takes \['denoising_steps', 'noise', "
+                                         r"'rtc', 'seed'\]"):
+        libero.get_action(example_observation(tiny_checkpoint, "libero_sim"), {"Seed": 0})
+
+
 @pytest.mark.parametrize("bad", [0, -1, 1001, 2.0, "4", True])
 def test_denoising_steps_out_of_range_is_refused(libero, tiny_checkpoint, bad):
     with pytest.raises(ValueError, match=r"options\['denoising_steps'\] must be an int in \[1, 1000\]"):

@@ -177,8 +177,34 @@ def validate_action(action: Any, configs: Mapping[str, ModalityConfig], batch_si
             raise ActionError(f"Action key '{key}' is missing from the action; got keys {sorted(action)}")
         value = action[key]
         _check_array("Action", key, value, np.float32, 3, config.horizon, "(B, T, D)", ActionError)
+        rows = non_finite_rows(value)
+        if rows:  # a strict policy's NaN reached the robot when called directly, with no server or client between
+            raise ActionError(f"Action key '{key}' has non-finite values (NaN or inf) in rows {rows}")
         if batch_size is not None and value.shape[0] != batch_size:
             raise ActionError(f"Action key '{key}' has batch size {value.shape[0]}; expected {batch_size} (the observation's)")
+
+
+PAIR_EXPECTED = "expected a pair (action: dict, info: dict or None)"
+
+
+def split_action_result(result: Any) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """A policy's get_action result as (action, info), a None info as {}; ActionError unless it is a pair of maps
+    (a policy returning its action dict alone got "not enough values to unpack", or its two keys as the pair)."""
+    if isinstance(result, Mapping):
+        keys = ", ".join(map(str, list(result)[:4])) + (", ..." if len(result) > 4 else "")
+        raise ActionError(f"the policy's get_action returned a {type(result).__name__} alone (keys {keys}); "
+                          f"{PAIR_EXPECTED}: return (action, {{}})")
+    if not isinstance(result, (tuple, list)):
+        raise ActionError(f"the policy's get_action returned {type(result).__name__}; {PAIR_EXPECTED}")
+    if len(result) == 2 and isinstance(result[0], Mapping) and (result[1] is None or isinstance(result[1], Mapping)):
+        action, info = result
+        return action, ({} if info is None else info)
+    types = ", ".join(type(item).__name__ for item in result[:4]) + (", ..." if len(result) > 4 else "")
+    # Python unpacks a 2-key dict into its keys: what a policy that returns its action dict alone gives
+    hint = " (an action dict returned alone has its keys taken as the pair)" if (
+        len(result) == 2 and all(isinstance(item, str) for item in result)) else ""
+    raise ActionError(f"the policy's get_action returned a {type(result).__name__} of {len(result)}: ({types}); "
+                      f"{PAIR_EXPECTED}{hint}")
 
 
 def nested_batch_size(observation: Any) -> Optional[int]:
@@ -246,7 +272,7 @@ class BasePolicy(ABC):
         """Validate (when strict), compute and validate the action; return (action, info)."""
         if self.strict:
             self.check_observation(observation)
-        action, info = self._get_action(observation, options)
+        action, info = split_action_result(self._get_action(observation, options))
         if self.strict:
             self.check_action(action)
             check_action_batch(action, observation)

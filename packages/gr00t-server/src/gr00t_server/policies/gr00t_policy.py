@@ -1,6 +1,7 @@
 """Gr00tPolicy: a GR00T N1.7 checkpoint behind the BasePolicy API (model.md §1.2, §3, §4.3).
 
-Options of `get_action` (all optional; keys starting with "_", e.g. "_session_id" added by servers, are ignored):
+Options of `get_action` (all optional; keys starting with "_", e.g. "_session_id" added by servers, are ignored; any
+other key is refused when strict, a warning otherwise):
 - "seed": int. Row i of the batch starts from `torch.randn((H, D_max), generator=Generator("cpu").
   manual_seed(s + i))` in float32, then cast to the model dtype/device. A batch with seed s therefore equals
   B single calls with seeds s, s+1, ..., s+B-1 (and a single call with seed s equals row 0). torch seeds are
@@ -397,9 +398,12 @@ class Gr00tPolicy(BasePolicy):
     ) -> Tuple[Optional[torch.Tensor], Optional[torch.Generator]]:
         """Initial flow noise from options (see module docstring); (None, None) means the global RNG."""
         options = {k: v for k, v in (options or {}).items() if not str(k).startswith("_")}
-        unknown = sorted(set(options) - _KNOWN_OPTIONS)
-        if unknown:
-            logger.debug("Gr00tPolicy ignores unknown options %s", unknown)
+        unknown = sorted(map(str, set(options) - _KNOWN_OPTIONS))
+        if unknown:  # a typo ("Seed", "denoise_steps") ran the defaults without a word
+            message = f"unknown options {unknown}; Gr00tPolicy takes {sorted(_KNOWN_OPTIONS)}"
+            if self.strict:
+                raise ValueError(message)
+            logger.warning("%s (ignored: strict=False)", message)
         seed, noise = options.get("seed"), options.get("noise")
         if seed is not None and noise is not None:
             raise ValueError("options may contain 'seed' or 'noise', not both")

@@ -11,7 +11,7 @@ from typing import AbstractSet, Any, Callable, Dict, FrozenSet, List, Optional, 
 
 import numpy as np
 
-from gr00t_client.policy import all_finite, first_non_finite
+from gr00t_client.policy import PAIR_EXPECTED, ActionError, all_finite, first_non_finite, split_action_result
 
 from .messages import RequestError
 from .wrappers import policy_chain
@@ -293,24 +293,15 @@ def flat_language_keys(policy: Any) -> FrozenSet[str]:
     return frozenset()
 
 
-_PAIR_EXPECTED = "expected a pair (action: dict, info: dict or None); nothing was sent"
-
-
 def action_and_info(result: Any) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """A policy's get_action result as (action, info), a None info as {}; RequestError unless it is a pair of maps."""
-    if not isinstance(result, (tuple, list)):
-        raise RequestError(f"the policy's get_action returned {type(result).__name__}; {_PAIR_EXPECTED}")
-    if len(result) == 2 and isinstance(result[0], Mapping) and (result[1] is None or isinstance(result[1], Mapping)):
-        action, info = result
-        # Plain dicts from here on: the NaN guard walks dicts, and server_timing is added to info.
-        if info is None:  # served before the pair was checked; the reference protocol's policies may return it
-            info = {}
-        return (action if type(action) is dict else dict(action)), (info if type(info) is dict else dict(info))
-    types = ", ".join(type(item).__name__ for item in result[:4]) + (", ..." if len(result) > 4 else "")
-    # Python unpacks a 2-key dict into its keys: what a policy that returns its action dict alone gives
-    hint = " (an action dict returned alone has its keys taken as the pair)" if (
-        len(result) == 2 and all(isinstance(item, str) for item in result)) else ""
-    raise RequestError(f"the policy's get_action returned a {type(result).__name__} of {len(result)}: ({types}); {_PAIR_EXPECTED}{hint}")
+    """A policy's get_action result as (action, info) plain dicts, a None info as {}; RequestError unless it is a pair
+    of maps (gr00t_client.policy.split_action_result's check, in the words of a reply: nothing was sent)."""
+    try:
+        action, info = split_action_result(result)
+    except ActionError as exc:
+        raise RequestError(str(exc).replace(PAIR_EXPECTED, f"{PAIR_EXPECTED}; nothing was sent", 1)) from None
+    # Plain dicts from here on: the NaN guard walks dicts, and server_timing is added to info.
+    return (action if type(action) is dict else dict(action)), (info if type(info) is dict else dict(info))
 
 
 def _non_finite_action(where: str, value: np.ndarray, observation: Any) -> RequestError:
