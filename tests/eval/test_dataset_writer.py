@@ -214,3 +214,29 @@ def test_groups_are_concatenated_in_the_first_episodes_order(tmp_path):
             writer.add_episode({}, {k: values[k] for k in order}, {"x": np.zeros((2, 1), np.float32)}, "t")
     table = pq.read_table(tmp_path / "ds" / "data" / "chunk-000" / "episode_000001.parquet")
     assert table.column("observation.state").to_pylist()[0] == [0.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("layout", ["v2.1", "v3.0"])
+def test_a_writer_dropped_without_finalize_says_its_episodes_are_not_in_meta(tmp_path, caplog, layout):
+    """A v3.0 writer used without `with` or finalize() lost every episode without a word."""
+    import gc
+
+    writer = DatasetWriter(tmp_path / "ds", 10, layout=layout)
+    writer.add_episode(**_episode())
+    writer.add_episode(**_episode())
+    with caplog.at_level("WARNING"):
+        del writer
+        gc.collect()
+    assert "was dropped without finalize(): its last 2 episode(s) are not in meta/" in caplog.text
+
+
+def test_a_finalized_writer_says_nothing_when_dropped(tmp_path, caplog):
+    import gc
+
+    writer = DatasetWriter(tmp_path / "ds", 10, layout="v3.0")
+    writer.add_episode(**_episode())
+    writer.finalize()
+    with caplog.at_level("WARNING"):
+        del writer
+        gc.collect()
+    assert "dropped without finalize" not in caplog.text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import weakref
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
@@ -109,6 +110,10 @@ class DatasetWriter:
         self._file_tables: List[pa.Table] = []
         self._file_encoders: Dict[str, Mp4Encoder] = {}
         self._file_episode_count = 0
+        # Episodes added but not yet listed in meta/: a writer dropped without finalize() (and outside a `with`)
+        # says so when collected, or at exit; a v3.0 one had lost them without a word.
+        self._unlisted = [0]
+        weakref.finalize(self, _warn_unlisted, str(self.root), self.layout, self._unlisted)
 
     # -- public API -------------------------------------------------------------------------------
     def add_episode(
@@ -169,6 +174,7 @@ class DatasetWriter:
         else:
             record.update(self._append_v3_episode(table, frames, length))
         self._episodes.append(record)
+        self._unlisted[0] += 1
         self._total_frames += length
         logger.debug("wrote episode %d (%d steps) to %s", episode_index, length, self.root)
         return episode_index
@@ -209,6 +215,7 @@ class DatasetWriter:
         else:
             self._write_v3_meta(meta)
         _write_json(meta / "info.json", self._info())  # last: its total_episodes never counts an episode not yet listed
+        self._unlisted[0] = 0
 
     def __enter__(self) -> "DatasetWriter":
         return self
@@ -220,6 +227,7 @@ class DatasetWriter:
             for encoder in self._file_encoders.values():
                 encoder.close()
             logger.warning("not finalizing %s after %s; meta/ lists the episodes whose write_meta() ran", self.root, exc_type.__name__)
+            self._unlisted[0] = 0  # said just now
 
     # -- checks -----------------------------------------------------------------------------------
     def _check_layout(self, frames, states, actions, step_columns, length: int) -> None:
@@ -377,6 +385,16 @@ class DatasetWriter:
             "video_path": (V3_VIDEO_PATH if v3 else V2_VIDEO_PATH) if self._cameras else None,
             "features": features,
         }
+
+
+def _warn_unlisted(root: str, layout: str, unlisted: List[int]) -> None:
+    """A DatasetWriter's finalizer: warn when episodes it added are in no meta file (finalize() was never called)."""
+    if unlisted[0]:
+        where = ("and those of its unfinished data file are not on disk at all" if layout == "v3.0"
+                 else "so readers do not see them")
+        logger.warning("DatasetWriter(%s) was dropped without finalize(): its last %d episode(s) are not in meta/, %s; "
+                       "call finalize() (or write_meta() after each episode) or use `with DatasetWriter(...)`",
+                       root, unlisted[0], where)
 
 
 def _float_groups(groups: Mapping[str, np.ndarray], kind: str) -> Dict[str, np.ndarray]:
