@@ -198,3 +198,13 @@ def test_rows_of_one_entry_differing_from_the_batch_are_named_in_a_lenient_polic
     observation["state"]["gripper"] = observation["state"]["gripper"][:1]
     with pytest.raises(ObservationError, match=r"state\['gripper'\] has 1 rows; the observation's batch size is 2"):
         policy.get_action(observation)
+
+
+def test_zero_joints_behind_a_nan_joints_action_are_not_called_a_degenerate_rotation():
+    """The action's own state was blamed with the rotation wording whatever it held: 'state.joints ... a degenerate
+    rotation (an all-zero rotation matrix or quaternion ...)' for joints at zero, a normal pose."""
+    from gr00t_server.serving.limits import _likely_cause
+
+    observation = {"state": {"joints": np.zeros((1, 1, 7), np.float32), "eef_9d": np.ones((1, 1, 9), np.float32)}}
+    cause = _likely_cause(observation, [0], "joints")
+    assert "'state.joints'" in cause and "degenerate rotation" not in cause

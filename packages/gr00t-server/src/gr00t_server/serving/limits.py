@@ -253,9 +253,9 @@ def _likely_cause(observation: Any, rows: List[int], action_key: str = "") -> st
             if picked.size and (not np.isfinite(picked).all() or not picked.any(axis=1).all()) and where not in suspects:
                 suspects.append(where)
     leaf = lambda where: where.rsplit(".", 1)[-1].lower()  # noqa: E731 - 'state.eef_9d' -> 'eef_9d'
-    same_name = [where for where in suspects if action_key and leaf(where) == action_key.lower()]
     rotation_like = [where for where in suspects if any(hint in leaf(where) for hint in _ROTATION_HINTS)]
-    named = same_name or rotation_like
+    # the action's own state first, but the rotation wording only for a rotation (zero joints are not degenerate)
+    named = [where for where in rotation_like if action_key and leaf(where) == action_key.lower()] or rotation_like
     if named:
         keys = ", ".join(f"'{key}'" for key in named[:4])
         return (
