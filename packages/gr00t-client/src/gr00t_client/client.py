@@ -202,7 +202,7 @@ class PolicyClient(BasePolicy):
 
     Every call honours `timeout_ms`. On a timeout the socket is closed with linger 0 and the next call
     uses a fresh one (the ZeroMQ guide's Lazy Pirate pattern), so a late reply never answers a later request.
-    Not thread-safe to share across threads without care: calls are serialised by a lock.
+    One client may be shared by threads: its calls are serialised by a lock (they take turns on the one socket).
     With `return_server_timing`, each get_action info from a gr00t-server carries `server_timing` (queue wait,
     decode, policy and encode ms, batch size); per call, pass options={"return_server_timing": True} instead.
     `host` may be an IPv6 literal, with or without brackets ("::1", "[::1]").

@@ -274,7 +274,7 @@ class RequestLoop:
         def interrupt() -> None:
             if self._inline_job != job:
                 return
-            logger.warning("a policy call is still running after %.0f s; shutting down without it", timeout_s)
+            logger.warning("a policy call is still running after %g s; shutting down without it", timeout_s)
             self.abandoning_inline = True
             if hasattr(signal, "pthread_kill"):  # a real signal also ends a blocking wait such as time.sleep
                 signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
@@ -418,7 +418,7 @@ class RequestLoop:
         while worker.alive:
             left_s = deadline - time.monotonic()
             if left_s <= 0:
-                logger.warning("a policy call is still running after %.0f s; shutting down without it", timeout_s)
+                logger.warning("a policy call is still running after %g s; shutting down without it", timeout_s)
                 self.send_replies()  # what the worker finished goes first; then the call it is stuck in is answered
                 for request in worker.abandon_running() or []:
                     self.reply_error(request, RequestError(self.not_finished_message(request)))
