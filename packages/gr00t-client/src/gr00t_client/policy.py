@@ -134,7 +134,9 @@ def validate_observation(observation: Any, configs: Mapping[str, ModalityConfig]
         if modality not in observation:
             flat = any(isinstance(key, str) and key.startswith(f"{modality}.") for key in observation)
             hint = (f"; this is the flat form ('{modality}.<key>') a Gr00tSimPolicyWrapper takes: start the server with "
-                    "--use-sim-policy-wrapper, or send {'video': {...}, 'state': {...}, 'language': {...}}") if flat else ""
+                    "--use-sim-policy-wrapper (a policy object called directly, as by gr00t_eval's run_rollout: wrap it "
+                    "in Gr00tSimPolicyWrapper, or take the flat form with strict=False), or send "
+                    "{'video': {...}, 'state': {...}, 'language': {...}}") if flat else ""
             raise ObservationError(f"observation must contain a '{modality}' key (a dict); got keys {sorted(observation)}{hint}")
         group = observation[modality]
         if not isinstance(group, Mapping):

@@ -432,5 +432,10 @@ def _row_info(infos: Mapping[str, Any], key: str, row: int) -> Any:
 
 def run_rollout(policy: BasePolicy, config: RolloutConfig, progress: bool = True,
                 on_episode: Optional[Callable[[EpisodeOutcome], None]] = None, episodes: Optional[Sequence[int]] = None) -> RolloutResult:
-    """Roll `policy` out in `config.env_name` for exactly `config.n_episodes` episodes (or the listed `episodes`)."""
+    """Roll `policy` out in `config.env_name` for exactly `config.n_episodes` episodes (or the listed `episodes`).
+
+    The policy gets flat observations (`video.<camera>`, `state.<key>`, the language key) and returns flat
+    `action.<key>` arrays, as a `--use-sim-policy-wrapper` server does: a PolicyClient of such a server, or a local
+    policy that takes the flat form (wrapped in Gr00tSimPolicyWrapper, or with strict=False).
+    """
     return RolloutRunner(policy, config, progress=progress, on_episode=on_episode, episodes=episodes).run()
