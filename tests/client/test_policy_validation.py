@@ -215,7 +215,7 @@ def test_a_strict_policy_refuses_its_own_nan_action_naming_key_and_rows():
     action = good_action(batch=2)
     key = sorted(action)[0]
     action[key][1, 2, 0] = np.nan
-    with pytest.raises(ActionError, match=rf"Action key '{key}' has non-finite values \(NaN or inf\) in rows \[1\]"):
+    with pytest.raises(ActionError, match=rf"non-finite values \(NaN or inf\) in action key '{key}' rows \[1\]"):
         FixedActionPolicy(action).get_action(libero_like_observation(batch=2))
 
 

@@ -208,3 +208,22 @@ def test_zero_joints_behind_a_nan_joints_action_are_not_called_a_degenerate_rota
     observation = {"state": {"joints": np.zeros((1, 1, 7), np.float32), "eef_9d": np.ones((1, 1, 9), np.float32)}}
     cause = _likely_cause(observation, [0], "joints")
     assert "'state.joints'" in cause and "degenerate rotation" not in cause
+
+
+def test_a_strict_policys_own_nan_refusal_still_reaches_the_client_with_the_likely_cause():
+    """A strict BasePolicy now refuses its own NaN action; served, the reply keeps naming the likely cause."""
+    from gr00t_client import ModalityConfig
+
+    class StrictNanRotation(RotationPolicy):
+        def __init__(self):
+            super().__init__()
+            self.strict = True
+
+        def get_modality_config(self):
+            return {"state": ModalityConfig([0], ["eef_9d"]), "action": ModalityConfig([0], ["eef_9d", "gripper"])}
+
+    with running_server(StrictNanRotation()) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        with pytest.raises(PolicyServerError) as caught:
+            client.get_action(rotation_observation(rows_of_zeros=(1,)))
+    message = caught.value.server_message
+    assert "non-finite values (NaN or inf) in action key 'eef_9d' rows [1]" in message and "Likely cause" in message

@@ -7,7 +7,7 @@ from .codec import WireDecodeError, WireEncodeError
 from .curve import HandshakeError
 from .embodiment import EMBODIMENT_TAG_TO_PROJECTOR_INDEX, EmbodimentTag
 from .modality import ActionConfig, ActionFormat, ActionRepresentation, ActionType, ModalityConfig
-from .policy import ActionError, BasePolicy, ObservationError, PolicyValidationError, PolicyWrapper
+from .policy import ActionError, BasePolicy, NonFiniteActionError, ObservationError, PolicyValidationError, PolicyWrapper
 
 __version__ = "0.1.0"
 
@@ -25,6 +25,7 @@ __all__ = [
     "EmbodimentTag",
     "HandshakeError",
     "ModalityConfig",
+    "NonFiniteActionError",
     "ObservationError",
     "PolicyClient",
     "MessageTooLargeError",

@@ -25,6 +25,14 @@ class ActionError(PolicyValidationError):
     """A policy produced an action that is missing a key or has the wrong type, dtype or shape."""
 
 
+class NonFiniteActionError(ActionError):
+    """A strict policy's own action holds NaN or inf (`action` is that action, for a caller that explains it)."""
+
+    def __init__(self, message: str, action: Any = None) -> None:
+        super().__init__(message)
+        self.action = action
+
+
 def _batch_size(value: Any) -> int:
     return int(value.shape[0]) if isinstance(value, np.ndarray) and value.ndim > 0 else len(value)
 
@@ -181,7 +189,8 @@ def validate_action(action: Any, configs: Mapping[str, ModalityConfig], batch_si
         _check_array("Action", key, value, np.float32, 3, config.horizon, "(B, T, D)", ActionError)
         rows = non_finite_rows(value)
         if rows:  # a strict policy's NaN reached the robot when called directly, with no server or client between
-            raise ActionError(f"Action key '{key}' has non-finite values (NaN or inf) in rows {rows}")
+            raise NonFiniteActionError(f"the policy produced non-finite values (NaN or inf) in action key '{key}' rows "
+                                       f"{rows}", action)
         if batch_size is not None and value.shape[0] != batch_size:
             raise ActionError(f"Action key '{key}' has batch size {value.shape[0]}; expected {batch_size} (the observation's)")
 

@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tupl
 
 from gr00t_client.chunking import observation_batch_size
 from gr00t_client.client import PROTOCOL_VERSION, normalize_host
-from gr00t_client.policy import BasePolicy
+from gr00t_client.policy import BasePolicy, NonFiniteActionError
 
 from . import batching, limits as work_limits
 from .batching import TIMING_OPTION
@@ -279,7 +279,11 @@ class PolicyServer:
         assert request is not None
         # rows for the stats: the first array's leading axis, nested or flat; 1 without any (replay's empty observation)
         with self._runner.counted_call(1, "get_action", max(1, observation_batch_size(observation))):
-            raw = self.policy.get_action(observation, self._with_session(options, request))
+            try:
+                raw = self.policy.get_action(observation, self._with_session(options, request))
+            except NonFiniteActionError as exc:  # a strict policy's own check: the server's error names the cause too
+                work_limits.check_finite_action(exc.action, observation)
+                raise
         action, info = work_limits.action_and_info(raw)
         request.timing = policy_stages(self.policy)
         work_limits.check_finite_action(action, observation)
