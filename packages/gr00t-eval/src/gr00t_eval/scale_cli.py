@@ -367,21 +367,16 @@ def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done:
          first_policy: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     from . import connection
     from .cli_errors import UsageError
-    from .policy_identity import describe, policy_record, same_policy
+    from .policy_identity import policy_record
     from .ray_runner import parse_servers, run_with_ray
-    from .run_dir import EpisodeLog, episode_log_name, record_run_policy, sigterm_as_interrupt
+    from .run_dir import EpisodeLog, episode_log_name, sigterm_as_interrupt
     from .shard import run_suite
 
     servers = parse_servers(args.host, args.port)
     log = EpisodeLog(output_dir / episode_log_name(shard))
     if args.ray_address:
         policy = _ray_run_policy(servers, args)
-        if not same_policy(first_policy, policy):
-            raise UsageError(f"--resume {output_dir}: the servers serve {describe(policy)}, and this run started "
-                             f"against {describe(first_policy)}; serve the same checkpoint (or dataset) to continue it, "
-                             "or start a new run")
-        if policy is not None and first_policy is None:
-            record_run_policy(output_dir, shard, policy)
+        _adopt_run_policy(output_dir, shard, first_policy, policy, "the servers serve")
         with sigterm_as_interrupt():
             results = run_with_ray(env_spec, config, servers, args.ray_address, args.ray_shards, args.api_token,
                                    args.timeout_ms, args.ray_cpus_per_shard, curve_keys=connection.portable_keys(args),
@@ -394,12 +389,7 @@ def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done:
     server = servers[0]
     with connection.open_client(server.host, server.port, args) as client:
         policy = policy_record(client)
-        if not same_policy(first_policy, policy):  # its finished episodes would be reported with another policy's
-            raise UsageError(f"--resume {output_dir}: the server at {server} serves {describe(policy)}, and this run "
-                             f"started against {describe(first_policy)}; serve the same checkpoint (or dataset) to "
-                             "continue it, or start a new run")
-        if policy is not None and first_policy is None:
-            record_run_policy(output_dir, shard, policy)
+        _adopt_run_policy(output_dir, shard, first_policy, policy, f"the server at {server} serves")
         _check_policy_runs_settings(client, config, Path(args.resume) if args.resume else None)
         with sigterm_as_interrupt():
             results = run_suite(client, env_spec, config, shard, progress=True,
@@ -408,6 +398,23 @@ def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done:
     results["policy"] = policy
     results["episode_log"] = str(log.path)
     return results
+
+
+def _adopt_run_policy(output_dir: Path, shard: Any, first_policy: Optional[Mapping[str, Any]],
+                      policy: Optional[Mapping[str, Any]], serving: str) -> None:
+    """Record the policy a run evaluates in its run file, or, for a resume, refuse one whose fingerprint differs
+    from the first attempt's (its finished episodes would be reported with another policy's); `serving` says who
+    serves it, e.g. "the server at HOST:PORT serves"."""
+    from .cli_errors import UsageError
+    from .policy_identity import describe, same_policy
+    from .run_dir import record_run_policy
+
+    if not same_policy(first_policy, policy):
+        raise UsageError(f"--resume {output_dir}: {serving} {describe(policy)}, and this run started against "
+                         f"{describe(first_policy)}; serve the same checkpoint (or dataset) to continue it, or start "
+                         "a new run")
+    if policy is not None and first_policy is None:
+        record_run_policy(output_dir, shard, policy)
 
 
 def _check_policy_runs_settings(client: Any, config: Any, resumed: Optional[Path]) -> None:

@@ -58,7 +58,7 @@ class SessionTable:
         evicted: List[str] = []
         used = self._last_used.get(session)
         if used is not None and now - used > self.idle_s:
-            self._forget(session, f"it was idle for more than {self.idle_s:g} s (--session-idle-s)")
+            self._forget(session, self._idle_reason())
             evicted.append(session)
         if session in self._dropped:
             if not restart:
@@ -74,12 +74,15 @@ class SessionTable:
                 reason = (f"the server holds at most {self.max_sessions} sessions (--max-sessions) and it was the "
                           "least recently used")
             elif now - used > self.idle_s:
-                reason = f"it was idle for more than {self.idle_s:g} s (--session-idle-s)"
+                reason = self._idle_reason()
             else:
                 break
             self._forget(oldest, reason)
             evicted.append(oldest)
         return evicted
+
+    def _idle_reason(self) -> str:
+        return f"it was idle for more than {self.idle_s:g} s (--session-idle-s)"
 
     def _forget(self, session: str, reason: str) -> None:
         del self._last_used[session]
