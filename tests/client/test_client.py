@@ -119,7 +119,10 @@ def test_timed_out_socket_is_closed_and_the_next_call_uses_a_fresh_one():
     with SilentServer() as silent, PolicyClient(port=silent.port, timeout_ms=200) as client:
         with pytest.raises(PolicyTimeoutError):
             client.call_endpoint("fast", requires_input=False)
-        assert client._socket is None  # discarded with linger 0
+        timed_out = client._socket
+        with pytest.raises(PolicyTimeoutError):
+            client.call_endpoint("fast", requires_input=False)
+        assert timed_out is not client._socket and timed_out.closed  # discarded with linger 0, replaced at once
         with pytest.raises(PolicyTimeoutError):  # a stuck REQ socket would raise EFSM instead
             client.call_endpoint("fast", requires_input=False)
 

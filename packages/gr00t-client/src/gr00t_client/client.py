@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import math
 import numbers
 import os
+import socket
 import threading
 import time
 import uuid
@@ -73,7 +75,7 @@ class MessageTooLargeError(PolicyServerError):
 
 
 class PolicyTimeoutError(TimeoutError):
-    """The server did not answer within timeout_ms; the client's socket was replaced."""
+    """The server did not answer within timeout_ms; the client's socket was replaced (the new one connects at once)."""
 
 
 class ReplyLostError(PolicyTimeoutError):
@@ -249,6 +251,8 @@ class PolicyClient(BasePolicy):
         self.session_id = session_id or uuid.uuid4().hex
         self._requested_wire = wire  # what _wire returns to when the server's facts are forgotten
         self._forget_server()  # nothing is known yet
+        self._negotiating = False  # True while the facts are being asked for (a timeout then forgets the partial ones)
+        self._host_resolved = False  # the host name has resolved once (_check_host_resolves)
         self.return_server_timing = bool(return_server_timing)
         # CURVE encryption (gr00t_client.curve): None for plaintext; an ephemeral key pair when no client key is given.
         self._curve = curve.client_keys(server_public_key, client_secret_key)
@@ -271,7 +275,9 @@ class PolicyClient(BasePolicy):
         """The ZeroMQ endpoint, e.g. tcp://127.0.0.1:5555 or tcp://[::1]:5555."""
         return f"tcp://{endpoint_host(self.host)}:{self.port}"
 
-    def _open_socket(self) -> zmq.Socket:
+    def _open_socket(self, replacement: bool = False) -> zmq.Socket:
+        """A connected REQ socket (and its monitor). `replacement`: it replaces one that timed out while the server's
+        facts were kept, so its first connection counts as a reconnection (see _replace_socket)."""
         if self._context is None:
             raise RuntimeError("PolicyClient is closed")
         try:
@@ -286,7 +292,7 @@ class PolicyClient(BasePolicy):
             # libzmq drops a peer at the header of a larger frame, before allocating it (-1: no cap)
             sock.setsockopt(zmq.MAXMSGSIZE, -1 if self.max_reply_bytes is None else self.max_reply_bytes)
             curve.apply_client_keys(sock, self._curve)
-            self._handshake = _ReplyWatch(sock, self.address, self._curve)
+            self._handshake = _ReplyWatch(sock, self.address, self._curve, first_connection_is_new=replacement)
             sock.connect(self.address)
         except zmq.ZMQError as exc:  # e.g. a malformed host: close the socket and keep to our error types
             if self._handshake is not None:
@@ -312,7 +318,10 @@ class PolicyClient(BasePolicy):
         self._modality_config: Optional[Dict[str, ModalityConfig]] = None
 
     def _discard_socket(self) -> None:
-        self._forget_server()  # a timed-out or broken connection: whoever answers next may be another server
+        self._forget_server()  # a broken connection: whoever answers next may be another server
+        self._close_socket()
+
+    def _close_socket(self) -> None:
         handshake, self._handshake = self._handshake, None
         if handshake is not None:
             handshake.close()
@@ -320,11 +329,85 @@ class PolicyClient(BasePolicy):
         if sock is not None:
             sock.close(linger=0)
 
-    def _timeout(self, endpoint: str) -> PolicyTimeoutError:
+    def _replace_socket(self, keep_facts: bool) -> None:
+        """After a timeout (Lazy Pirate): close the socket and connect its replacement at once, so that the new
+        connection's handshake runs while the caller is between calls instead of inside the next call's budget.
+        With `keep_facts` (a plain timeout after the server's facts were learned) they are kept until the new
+        connection is made, and then forgotten as after any reconnection: a server that answers within its timeout
+        again is not made to pay a handshake and a get_server_info question out of one budget (which, on a link
+        whose round trip is a third of timeout_ms, timed out every later call). A reply lost with its connection,
+        or a timeout while the facts were still being learned, forgets them at once."""
+        if not keep_facts:
+            self._forget_server()
+        self._close_socket()
+        if self._context is None or self._closing.is_set():
+            return
+        try:
+            self._socket = self._open_socket(replacement=keep_facts)
+        except ConnectionError as exc:  # e.g. out of file descriptors: the next call tries again, and says why
+            logger.debug("could not reconnect to %s at once: %s", self.address, exc)
+
+    def _timeout(self, endpoint: str, stage: Optional[str] = None) -> PolicyTimeoutError:
+        """`stage`: what the connection got to (HandshakeMonitor.stage); '' when connected, None when not known."""
+        if stage is None:
+            why = "is it running and reachable?"
+        elif stage:
+            why = stage + self._localhost_hint(stage)
+        else:
+            why = "connected, but no reply came: a policy call slower than the timeout, a hung server or a slow link?"
         return PolicyTimeoutError(
             f"policy server at {endpoint_host(self.host)}:{self.port} did not answer '{endpoint}' within "
-            f"{self.timeout_ms} ms (is it running and reachable?)"
+            f"{self.timeout_ms} ms ({why})"
         )
+
+    def _localhost_hint(self, stage: str) -> str:
+        if self.host.lower() == "localhost" and "refused" in stage:
+            return "; host 'localhost' is connected over IPv4 (127.0.0.1): for a server bound to ::1 pass host='::1'"
+        return ""
+
+    def _check_host_resolves(self, deadline: float) -> None:
+        """ConnectionError at once for a host name that does not resolve (ZeroMQ would retry it in silence until
+        the timeout). Checked until the name has resolved once; a lookup slower than the budget is left to ZeroMQ,
+        as is a temporary DNS failure. IP addresses are not looked up; a malformed IPv4 address is refused."""
+        if self._host_resolved or is_ipv6_literal(self.host):
+            return
+        try:
+            ipaddress.IPv4Address(self.host)
+            self._host_resolved = True
+            return
+        except ValueError:
+            if all(part.isdigit() for part in self.host.split(".")):  # 999.1.1.1 would be looked up as a name
+                raise ConnectionError(f"cannot connect to the policy server at {self.address}: host {self.host!r} is "
+                                      "not a valid IPv4 address") from None
+        outcome: Dict[str, Any] = {}
+
+        def look_up() -> None:
+            try:
+                outcome["ipv4"] = socket.getaddrinfo(self.host, self.port, socket.AF_INET, socket.SOCK_STREAM)
+            except socket.gaierror as exc:
+                outcome["error"] = exc
+                try:  # a name with IPv6 addresses only: ZeroMQ is not told to use IPv6 for names
+                    outcome["ipv6"] = socket.getaddrinfo(self.host, self.port, socket.AF_INET6, socket.SOCK_STREAM)
+                except (socket.gaierror, OSError):
+                    pass
+            except (OSError, UnicodeError) as exc:
+                outcome["error"] = exc
+
+        lookup = threading.Thread(target=look_up, name="gr00t-client-resolve", daemon=True)
+        lookup.start()
+        lookup.join(max(0.0, min(deadline - time.monotonic(), 5.0)))
+        if "ipv4" in outcome:
+            self._host_resolved = True
+            return
+        error = outcome.get("error")
+        if error is None or getattr(error, "errno", None) == socket.EAI_AGAIN:
+            return  # slow or temporarily failing DNS: ZeroMQ keeps trying, and the timeout says so
+        if "ipv6" in outcome:
+            addresses = sorted({info[4][0] for info in outcome["ipv6"]})
+            raise ConnectionError(f"host {self.host!r} has IPv6 addresses only ({', '.join(addresses)}); pass one of "
+                                  "them as host to connect over IPv6")
+        raise ConnectionError(f"cannot connect to the policy server at {self.address}: host {self.host!r} does not "
+                              f"resolve ({error}); check the host name or pass an IP address")
 
     def _reply_lost(self, endpoint: str) -> ReplyLostError:
         cap = self.max_reply_bytes
@@ -365,6 +448,7 @@ class PolicyClient(BasePolicy):
                                f"'{self._awaiting}' on the same thread (from a signal handler?); only close() may be "
                                "called there")
         if self._socket is None:
+            self._check_host_resolves(deadline)
             self._socket = self._open_socket()
         sock, handshake = self._socket, self._handshake
         assert handshake is not None  # opened with the socket
@@ -385,8 +469,9 @@ class PolicyClient(BasePolicy):
                 # the new server's, and what was learned from the old one is forgotten.
                 logger.info("reconnected to %s; asking the server for its facts again", self.address)
                 self._forget_server()
-        except PolicyTimeoutError:  # ReplyLostError too
-            self._discard_socket()  # Lazy Pirate: a REQ socket that timed out can never send again
+        except PolicyTimeoutError as exc:  # ReplyLostError too
+            # Lazy Pirate: a REQ socket that timed out can never send again
+            self._replace_socket(keep_facts=not isinstance(exc, ReplyLostError) and not self._negotiating)
             raise
         except _ReplyOverCap as over:  # the rest of the reply is dropped with the socket, unread
             self._discard_socket()
@@ -454,7 +539,7 @@ class PolicyClient(BasePolicy):
             if self._handshake.dropped():
                 raise self._reply_lost(endpoint)
             if remaining_ms <= CLOSE_POLL_MS:
-                raise self._handshake.failure() or self._timeout(endpoint)
+                raise self._handshake.failure() or self._timeout(endpoint, self._handshake.stage())
 
     def _check_size(self, frames: List[Any], endpoint: str) -> None:
         """Refuse, before sending, a request over the server's limit (a frame over it would get no reply at all)."""
@@ -480,6 +565,13 @@ class PolicyClient(BasePolicy):
 
     def _negotiate(self, deadline: Optional[float] = None) -> None:
         """Ask once whether the server is ours (multipart capable); a reference server says 'Unknown endpoint'."""
+        self._negotiating = True
+        try:
+            self._ask_server_facts(deadline)
+        finally:
+            self._negotiating = False
+
+    def _ask_server_facts(self, deadline: Optional[float]) -> None:
         envelope = self._envelope("get_server_info", None, requires_input=False)
         try:
             info = self._round_trip(envelope, "get_server_info", multipart=False, deadline=deadline)
@@ -556,6 +648,7 @@ class PolicyClient(BasePolicy):
         closed, closing = self._context is None, self._closing.is_set()
         self._socket, self._handshake = None, None
         self._lock, self._lock_owner, self._awaiting = threading.RLock(), None, None
+        self._negotiating = False
         self._closing, self._call = threading.Event(), threading.local()
         if closing:
             self._closing.set()

@@ -163,8 +163,10 @@ MONITOR_READABLE = int(zmq.POLLIN)
 
 # CONNECTED and DISCONNECTED too: a connection dropped before its handshake succeeded is a failed handshake even if
 # its failure event was lost (seen with libzmq 4.3.5 when a handshake event was the monitor's first: ~1 in 100).
+# CONNECT_RETRIED: a connect attempt failed (refused, or a name that did not resolve): told apart in a timeout's words.
 _HANDSHAKE_EVENTS = (
     zmq.EVENT_CONNECTED
+    | zmq.EVENT_CONNECT_RETRIED
     | zmq.EVENT_DISCONNECTED
     | zmq.EVENT_HANDSHAKE_SUCCEEDED
     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
@@ -176,11 +178,16 @@ _HANDSHAKE_EVENTS = (
 class HandshakeMonitor:
     """Watches one client socket's handshake events (a ZeroMQ socket monitor) while the client waits for a reply.
 
-    An explicit refusal (auth, or encryption on one side only) fails at once; a connection the server drops
-    mid-handshake (a wrong server key) fails once it has happened twice in a row or when the wait times out.
+    An explicit refusal (auth, or encryption on one side only) fails at once; with CURVE, a connection the server
+    drops mid-handshake (a wrong server key) fails once it has happened twice in a row or when the wait times out.
+    Without CURVE such drops are never taken as a failure: they are what a forwarder (docker -p, ssh -L) does while
+    its server is down or still starting, so the client waits, and a timeout's words say what was seen
+    (`stage()`). `first_connection_is_new`: the socket replaces one that timed out, so its first connection may
+    reach another server than the one whose facts the client holds; `reconnected()` reports it.
     """
 
-    def __init__(self, sock: zmq.Socket, address: str, keys: Optional[ClientCurveKeys]) -> None:
+    def __init__(self, sock: zmq.Socket, address: str, keys: Optional[ClientCurveKeys],
+                 first_connection_is_new: bool = False) -> None:
         self.address = address
         self._keys = keys
         # A unique address: pyzmq's default names it after the socket's fd, which a later socket can reuse while the
@@ -195,6 +202,10 @@ class HandshakeMonitor:
         self._handshake_settled = True  # False between a connection and the outcome of its handshake
         self._connections = 0  # successful handshakes: more than one means the socket reconnected
         self._connections_told = 0
+        self._known_connections = 0 if first_connection_is_new else 1  # handshakes reconnected() does not report
+        self._tcp_connections = 0  # TCP connections made (handshake or not)
+        self._retries = 0  # connect attempts that failed (refused, unresolved)
+        self._closed_in_handshake = 0  # connections closed by the peer before a handshake finished
 
     def wait_for_reply(self, timeout_ms: int) -> bool:
         """True once `sock` has a reply; False after `timeout_ms`; HandshakeError as soon as the keys are known wrong."""
@@ -216,13 +227,16 @@ class HandshakeMonitor:
         away and something answers at its address again, maybe another server. Cheap when nothing happened."""
         if self._monitor.get(zmq.EVENTS) & MONITOR_READABLE:
             self._drain()
-        fresh = self._connections > 1 and self._connections != self._connections_told
+        fresh = self._connections > self._known_connections and self._connections != self._connections_told
         self._connections_told = self._connections
         return fresh
 
     def failure(self) -> Optional[HandshakeError]:
-        """The handshake failure seen since the last successful handshake, if any (read after a timeout)."""
+        """The handshake failure seen since the last successful handshake, if any (read after a timeout). Not a
+        plaintext connection's closing mid-handshake: no key can be wrong there, and `stage()` words it."""
         self._drain()
+        if self._keys is None and self._dropped_in_a_row:
+            return None
         return self._failure
 
     def close(self) -> None:
@@ -233,7 +247,26 @@ class HandshakeMonitor:
             pass
         self._monitor.close(linger=0)
 
+    def stage(self) -> str:
+        """How far the connection got, for a timeout's words: '' once a handshake succeeded (the server itself is
+        slow), else what was seen: refused or unresolved connects, TCP connections closed or left silent."""
+        self._drain()
+        if self._connections:
+            return ""
+        if self._closed_in_handshake:
+            return (f"{self._closed_in_handshake} connection(s) were accepted and then closed before the ZeroMQ "
+                    "handshake finished: a forwarder (docker -p, ssh -L, kubectl port-forward) whose policy server is "
+                    "down or still starting, or another service on that port")
+        if self._tcp_connections:
+            return ("a TCP connection was made but no ZeroMQ handshake followed: is that port a ZeroMQ policy server, "
+                    "not another service (HTTP, SSH)?")
+        if self._retries:
+            return "every connect attempt failed: connection refused (nothing listening on that port?)"
+        return "no TCP connection was made: the host did not answer (down, unreachable or filtered?)"
+
     def _is_definitive(self) -> bool:
+        if self._dropped_in_a_row and self._keys is None:  # plaintext: a forwarder's closings; wait (class docstring)
+            return False
         return self._dropped_in_a_row == 0 or self._dropped_in_a_row >= _NO_DETAIL_FAILURES_TO_GIVE_UP
 
     def _drain(self) -> None:
@@ -247,13 +280,19 @@ class HandshakeMonitor:
             self._record(int(event["event"]), int(event["value"]))
 
     def _record(self, event: int, value: int) -> None:
+        if event == zmq.EVENT_CONNECT_RETRIED:
+            self._retries += 1
+            return
         if event == zmq.EVENT_CONNECTED:
             self._handshake_settled = False
+            self._tcp_connections += 1
             return
         if event == zmq.EVENT_DISCONNECTED:
             if self._handshake_settled:  # an ordinary disconnect, or one whose failure is already recorded
                 return
             event = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL  # dropped mid-handshake; its own event never came
+        if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+            self._closed_in_handshake += 1
         self._handshake_settled = True
         if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self._failure, self._dropped_in_a_row = None, 0

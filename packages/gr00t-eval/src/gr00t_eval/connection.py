@@ -41,9 +41,9 @@ def open_client(host: str, port: int, args: argparse.Namespace) -> Any:
     except HandshakeError as exc:
         client.close()
         raise SystemExit(f"error: {exc}") from None
-    except (PolicyTimeoutError, ConnectionError):
+    except (PolicyTimeoutError, ConnectionError) as exc:  # the client's words say how far the connection got
         client.close()
-        raise SystemExit(f"error: no policy server answered at tcp://{host}:{port} within {args.timeout_ms} ms") from None
+        raise SystemExit(f"error: no policy server answered at tcp://{host}:{port} within {args.timeout_ms} ms: {exc}") from None
     except BaseException:
         client.close()
         raise

@@ -1,0 +1,124 @@
+"""PolicyClient on a real network path (tests/tcp_proxy.py between it and a real PolicyServer): a link whose round
+trip is a sizeable part of the timeout, a latency spike, a port forwarder whose server is down or still starting,
+and addresses that cannot work, each named by what the connection got to."""
+
+import socket
+import threading
+import time
+
+import pytest
+from reference_peer import EchoPolicy, libero_like_observation
+from serving import free_port, running_server
+from tcp_proxy import TcpProxy
+
+from gr00t_client import PolicyClient, PolicyTimeoutError
+
+
+def test_one_latency_spike_does_not_lock_out_a_client_whose_timeout_fits_the_link():
+    # RTT 200 ms, timeout 700 ms: a call costs one round trip, a fresh connection's handshake about two more, and
+    # re-learning the server's facts one more. Before, each call after a timeout paid all four (800 ms) within its
+    # own budget, timed out, and left the next call to start over: one spike locked the client out for good.
+    observation = libero_like_observation(height=32, width=32)
+    with running_server(EchoPolicy()) as server, TcpProxy(server.port) as proxy:
+        with PolicyClient(host="127.0.0.1", port=proxy.port, timeout_ms=700) as client:
+            client.get_action(observation)  # connected and told the server's facts on a fast link
+            proxy.delay_s = 0.1
+            client.get_action(observation)
+            proxy.spike_s = 1.0  # the next reply is held back past the timeout
+            with pytest.raises(PolicyTimeoutError):
+                client.get_action(observation)
+            time.sleep(1.5)  # the spike is over; a robot between calls
+            answered = []
+            for _ in range(4):
+                started = time.monotonic()
+                client.get_action(observation)
+                answered.append(time.monotonic() - started)
+    assert max(answered) < 0.7
+
+
+def test_a_forwarder_whose_server_is_still_starting_is_waited_for_as_a_direct_connection_is():
+    # docker -p, ssh -L and kubectl port-forward accept a connection and close it while their server is down. A
+    # plaintext client used to call two such closings a failed handshake and give up in ~150 ms, blaming CURVE.
+    port = free_port()
+    started = threading.Event()
+    stop = threading.Event()
+
+    def start_late() -> None:
+        time.sleep(1.5)
+        with running_server(EchoPolicy(), port=port):
+            started.set()
+            stop.wait(30)
+
+    with TcpProxy(port) as proxy:
+        late = threading.Thread(target=start_late, daemon=True)
+        late.start()
+        try:
+            with PolicyClient(host="127.0.0.1", port=proxy.port, timeout_ms=20000) as client:
+                action, _info = client.get_action(libero_like_observation(height=32, width=32))
+            assert started.is_set() and "gripper" in action
+            assert proxy.accepted > 1  # it was turned away before the server came up
+        finally:
+            stop.set()
+            late.join(15)
+
+
+def test_a_forwarder_whose_server_stays_down_times_out_naming_the_forwarder():
+    with TcpProxy(free_port()) as proxy:
+        with PolicyClient(host="127.0.0.1", port=proxy.port, timeout_ms=1500) as client:
+            started = time.monotonic()
+            with pytest.raises(PolicyTimeoutError, match=r"accepted and then closed before the ZeroMQ handshake "
+                                                         r"finished: a forwarder \(docker -p"):
+                client.get_action(libero_like_observation(height=32, width=32))
+            assert 1.4 < time.monotonic() - started < 5
+
+
+def test_a_port_nothing_listens_on_is_named_refused_and_localhost_gets_its_ipv6_hint():
+    port = free_port()
+    with PolicyClient(host="127.0.0.1", port=port, timeout_ms=800) as client:
+        with pytest.raises(PolicyTimeoutError, match=r"connection refused \(nothing listening on that port\?\)\)$"):
+            client.call_endpoint("ping", requires_input=False)
+    with PolicyClient(host="localhost", port=port, timeout_ms=800) as client:
+        with pytest.raises(PolicyTimeoutError, match=r"refused .*for a server bound to ::1 pass host='::1'"):
+            client.call_endpoint("ping", requires_input=False)
+
+
+def test_a_tcp_service_that_never_speaks_zeromq_is_named():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)  # the kernel completes the TCP handshake; nothing ever answers the ZeroMQ greeting
+    try:
+        with PolicyClient(host="127.0.0.1", port=listener.getsockname()[1], timeout_ms=800) as client:
+            with pytest.raises(PolicyTimeoutError, match="a TCP connection was made but no ZeroMQ handshake followed"):
+                client.call_endpoint("ping", requires_input=False)
+    finally:
+        listener.close()
+
+
+def test_a_server_that_answers_slowly_is_named_as_connected():
+    with running_server(EchoPolicy(delay_s=1.0)) as server:
+        with PolicyClient(host="127.0.0.1", port=server.port, timeout_ms=600) as client:
+            client.ping()
+            with pytest.raises(PolicyTimeoutError, match="connected, but no reply came"):
+                client.get_action(libero_like_observation(height=32, width=32))
+
+
+def test_a_malformed_ipv4_address_fails_at_once():
+    with PolicyClient(host="999.1.1.1", port=5555, timeout_ms=10000) as client:
+        started = time.monotonic()
+        with pytest.raises(ConnectionError, match=r"host '999.1.1.1' is not a valid IPv4 address"):
+            client.call_endpoint("ping", requires_input=False)
+        assert time.monotonic() - started < 5
+
+
+def test_a_host_name_that_does_not_resolve_fails_at_once():
+    name = "no-such-policy-host.invalid"  # .invalid never resolves (RFC 2606)
+    try:
+        socket.getaddrinfo(name, 5555)
+    except socket.gaierror as exc:
+        if exc.errno == socket.EAI_AGAIN:
+            pytest.skip("this machine's resolver cannot answer at all (temporary failure), which is left to ZeroMQ")
+    with PolicyClient(host=name, port=5555, timeout_ms=10000) as client:
+        started = time.monotonic()
+        with pytest.raises(ConnectionError, match=f"host '{name}' does not resolve"):
+            client.call_endpoint("ping", requires_input=False)
+        assert time.monotonic() - started < 5
