@@ -355,6 +355,10 @@ def _claim_open_loop_output_dir(args: argparse.Namespace, config: Any) -> Path:
                 continue
         raise UsageError(f"no free output directory under {DEFAULT_OPEN_LOOP_BASE}; pass --output-dir")
     output_dir = Path(args.output_dir)
+    dataset, target = Path(args.dataset_path).resolve(), output_dir.resolve()
+    if dataset == target or target in dataset.parents:  # its results would be written over (or --overwrite delete) it
+        raise UsageError(f"--output-dir {output_dir} is {'the dataset' if dataset == target else 'a folder holding the dataset'} "
+                         f"--dataset-path {args.dataset_path}; name another directory for the results")
     try:
         refuse_live_claim(output_dir, OPEN_LOOP_RUN_FILENAME)  # before "not empty": --overwrite must not be suggested
         if output_dir.is_dir() and any(output_dir.iterdir()) and not args.overwrite:
@@ -423,6 +427,14 @@ def cmd_record(args: argparse.Namespace) -> int:
         message = str(exc).replace(" (pass overwrite=True to replace it)", "")  # the writer's hint is for its API
         raise SystemExit(f"error: {message}" if args.overwrite or "not empty" not in message
                          else f"error: {message}; add --overwrite to replace it") from None
+    except OSError as exc:  # a full disk mid-recording: say what the folder now holds
+        summary = getattr(exc, "record_summary", None)
+        if summary is None or not summary.started:
+            raise
+        state = (f"{args.output} holds the {summary.n_episodes} episodes finished before it (a loadable dataset)"
+                 if summary.n_episodes else f"{args.output} holds no finished episode (not a loadable dataset)")
+        raise SystemExit(f"error: {exc.strerror or exc}{f' writing {exc.filename}' if exc.filename else ''}: "
+                         f"recording stopped; {state}") from None
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
     print(f"Recorded {summary.n_episodes} episodes of {args.env_name} to {summary.root} "

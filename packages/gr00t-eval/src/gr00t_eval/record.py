@@ -108,7 +108,7 @@ def record_metaworld(
                                    keep=(RECORD_CLAIM, claim_lock_name(RECORD_CLAIM))) as writer:
                     summary.started = True
                     _record_episodes(env, expert, writer, summary, env_name, camera, n_episodes, seed, max_episode_steps, bar)
-    except KeyboardInterrupt as exc:
+    except (KeyboardInterrupt, OSError) as exc:  # Ctrl-C, a full disk
         exc.record_summary = summary  # type: ignore[attr-defined]  # what this run finished, for the CLI's message
         raise
     finally:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Union
@@ -35,9 +37,14 @@ def write_results(path: Union[str, Path], results: Mapping[str, Any]) -> Path:
     """Write `results` as indented JSON (numpy values converted, NaN as null); return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_jsonable(results), indent=2) + "\n")
-    tmp.replace(path)  # never leave a half-written results file behind
+    # a name of this writer's own: two processes (or threads) writing one file never share a half-written temporary
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        tmp.write_text(json.dumps(_jsonable(results), indent=2) + "\n")
+        tmp.replace(path)  # never leave a half-written results file behind
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk: no empty temporary left beside the results
+        raise
     return path
 
 

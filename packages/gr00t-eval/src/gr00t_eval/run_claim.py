@@ -126,8 +126,12 @@ def finish_claim(claim: Union[str, Path], outcome: str) -> None:
         return
     data.setdefault(CLAIM_KEY, {}).update(finished=True, ended=_iso(time.time()), outcome=outcome)
     partial = claim.with_name(f".{claim.name}.{os.getpid()}.tmp")
-    partial.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(partial, claim)
+    try:
+        partial.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(partial, claim)
+    except OSError as exc:  # a full disk: the claim stays unfinished (its process will be gone), and no leftover
+        partial.unlink(missing_ok=True)
+        logger.warning("could not mark %s finished: %s", claim, exc)
 
 
 def read_holder(claim: Union[str, Path]) -> Optional[ClaimHolder]:
@@ -211,7 +215,11 @@ def _linux_process(pid: int) -> Tuple[Optional[str], Optional[float]]:
 def _create_exclusively(path: Path, text: str) -> None:
     """Create `path` holding `text`, complete, or raise FileExistsError (link(2), like O_EXCL, fails on an existing name)."""
     partial = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-    partial.write_text(text, encoding="utf-8")
+    try:
+        partial.write_text(text, encoding="utf-8")
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     try:
         os.link(partial, path)
     except FileExistsError:

@@ -78,6 +78,9 @@ def check_output_dir(path: Union[str, Path], overwrite: bool = False, own_files:
     from .run_claim import refuse_live_claim
 
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise OutputDirError(f"--output-dir {path} is a symbolic link to {os.readlink(path)}, which does not exist: "
+                             "create that directory or name another")
     if path.exists() and not path.is_dir():
         raise OutputDirError(f"--output-dir {path} exists and is not a directory")
     if not path.is_dir():
@@ -87,6 +90,7 @@ def check_output_dir(path: Union[str, Path], overwrite: bool = False, own_files:
                              "without them")
         if overwrite:  # before "not empty": --overwrite must not be suggested for a run that is still running
             refuse_live_claim(path, RUN_FILENAME)
+            _refuse_inputs(path)
         if not overwrite and any(entry.name not in keep for entry in path.iterdir()):
             raise OutputDirError(f"--output-dir {path} is not empty; pass --overwrite to empty it or --resume {path} to "
                                  "continue that run")
@@ -159,6 +163,19 @@ def _split_of(names: Sequence[str]) -> Optional[int]:
     return None
 
 
+def _refuse_inputs(path: Path) -> None:
+    """OutputDirError for a directory --overwrite must never empty: a LeRobot dataset or a checkpoint (a mistyped
+    --output-dir, or the dataset's own folder), at its top or one level down."""
+    for folder in [path, *(child for child in path.iterdir() if child.is_dir() and not child.is_symlink())]:
+        what = ("a LeRobot dataset (meta/info.json)" if (folder / "meta" / "info.json").is_file() else
+                "a model checkpoint (config.json and safetensors weights)"
+                if (folder / "config.json").is_file() and any(folder.glob("*.safetensors*")) else None)
+        if what is not None:
+            where = "" if folder == path else f" in {folder.name}/"
+            raise OutputDirError(f"--output-dir {path} holds {what}{where}; --overwrite never deletes one: name "
+                                 "another directory for the run's output")
+
+
 def _refuse_foreign_runs(path: Path, names: Sequence[str], what: str, why: str) -> None:
     if names:
         shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
@@ -205,11 +222,17 @@ def write_run_file(directory: Union[str, Path], settings: Mapping[str, Any], sha
     The file also records this process as the run's holder (run_claim's "claim" record), so a later
     --overwrite of the run is refused while it still runs; held_run_claims marks it finished.
     """
-    from .results import write_results
-    from .run_claim import CLAIM_KEY, holder_record
+    from .results import _jsonable
+    from .run_claim import CLAIM_KEY, _create_exclusively, holder_record
 
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    path = write_results(Path(directory) / run_file_name(shard), {"created": created, CLAIM_KEY: holder_record(), **settings})
+    path = Path(directory) / run_file_name(shard)
+    try:  # created exclusively: of two runs started together into one directory, the second is refused here
+        _create_exclusively(path, json.dumps(_jsonable({"created": created, CLAIM_KEY: holder_record(), **settings}),
+                                              indent=2) + "\n")
+    except FileExistsError:
+        raise OutputDirError(f"--output-dir {directory} is taken by another run started meanwhile (it holds {path.name}); "
+                             "wait for that run or name another directory") from None
     _CLAIMS_HELD.append(path)
     return path
 
@@ -234,14 +257,32 @@ def claim_resumed_run(directory: Union[str, Path], shard: Any = None) -> None:
     path = Path(directory) / run_file_name(shard)
     if not path.is_file():
         return
+    with _locked_file(path):  # the check and the new claim as one step: two resumes started together, one runs
+        try:
+            refuse_live_claim(directory, path.name)
+        except OutputDirError as exc:
+            raise OutputDirError(str(exc).replace(f"--output-dir {directory}", f"--resume {directory}", 1)) from None
+        saved = json.loads(path.read_text())
+        if isinstance(saved, dict):
+            write_results(path, {**saved, CLAIM_KEY: holder_record()})
+            _CLAIMS_HELD.append(path)
+
+
+@contextlib.contextmanager
+def _locked_file(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock of `path` (the inode it names now; a rewrite replaces the name, and the next
+    holder reads the new file by name). Where there is no flock (Windows) the block runs unlocked."""
     try:
-        refuse_live_claim(directory, path.name)
-    except OutputDirError as exc:
-        raise OutputDirError(str(exc).replace(f"--output-dir {directory}", f"--resume {directory}", 1)) from None
-    saved = json.loads(path.read_text())
-    if isinstance(saved, dict):
-        write_results(path, {**saved, CLAIM_KEY: holder_record()})
-        _CLAIMS_HELD.append(path)
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path, "rb") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
@@ -288,8 +329,12 @@ class EpisodeLog:
         from .results import _jsonable
 
         line = json.dumps(_jsonable(entry)) + "\n"
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(line)
+        with open(self.path, "a+b") as handle:
+            if handle.tell():  # a line cut short (a full disk) must not swallow this entry: start on a line of its own
+                handle.seek(-1, os.SEEK_END)
+                if handle.read(1) != b"\n":
+                    line = "\n" + line
+            handle.write(line.encode("utf-8"))
             handle.flush()
             os.fsync(handle.fileno())
 

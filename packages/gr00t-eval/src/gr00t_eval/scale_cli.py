@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import logging
 import os
 from pathlib import Path
@@ -248,8 +249,8 @@ def run_rollout_command(args: argparse.Namespace) -> int:
     from .rollout import RolloutConfig
     from .rollout.config import draw_base_seed
     from .ray_runner import check_ray_address, import_ray, parse_servers
-    from .run_dir import (EpisodeLog, add_earlier_eval_s, earlier_results, episode_log_name, read_run_file,
-                          given_settings, refuse_changed_settings, write_run_file)
+    from .run_dir import (EpisodeLog, OutputDirError, add_earlier_eval_s, earlier_results, episode_log_name,
+                          given_settings, read_run_file, refuse_changed_settings, write_run_file)
     from .shard import ShardSpec
 
     try:  # a bad host list fails before the output directory is made
@@ -290,13 +291,39 @@ def run_rollout_command(args: argparse.Namespace) -> int:
         env_spec = args.env_name
         output_dir = _rollout_output_dir(args, env_spec, shard)
         config = rollout_config_from_args(args, seed, output_dir)
-        write_run_file(output_dir, {"env_name": env_spec, "config": dataclasses.asdict(config),
-                                    "shard": None if shard is None else str(shard)}, shard)
+        try:
+            write_run_file(output_dir, {"env_name": env_spec, "config": dataclasses.asdict(config),
+                                        "shard": None if shard is None else str(shard)}, shard)
+        except OutputDirError as exc:
+            raise UsageError(str(exc)) from None
     print(f"Output directory: {output_dir} (base seed {config.seed})")
-    results = _run(args, env_spec, config, shard, done, output_dir, first_policy)
-    if earlier is not None:
-        add_earlier_eval_s(results, earlier)
-    return _report_rollout(args, results, output_dir, shard)
+    try:
+        results = _run(args, env_spec, config, shard, done, output_dir, first_policy)
+        if earlier is not None:
+            add_earlier_eval_s(results, earlier)
+        return _report_rollout(args, results, output_dir, shard)
+    except OSError as exc:
+        if exc.errno not in _STORAGE_ERRNOS:
+            raise
+        raise SystemExit(_storage_failure(exc, output_dir, shard)) from None
+
+
+# A full disk (or quota, or file size limit) and a folder turned read-only: the run cannot write, but what it logged stays.
+_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+
+
+def _storage_failure(exc: OSError, output_dir: Path, shard: Any) -> str:
+    """The one line for a run stopped by a full disk: the file, what is kept, and the command that continues."""
+    from .run_dir import EpisodeLog, episode_log_name, resume_command
+
+    log = output_dir / episode_log_name(shard)
+    try:
+        kept = len(EpisodeLog(log).read())
+    except (OSError, ValueError):
+        kept = 0
+    where = f" writing {exc.filename}" if exc.filename else ""
+    return (f"error: {exc.strerror or exc}{where}: the run stopped there; the {kept} episodes scored before it are kept "
+            f"in {log}. Free some space, then continue with: {resume_command(output_dir, shard)}")
 
 
 def _report_rollout(args: argparse.Namespace, results: Dict[str, Any], output_dir: Path, shard: Any) -> int:

@@ -44,10 +44,16 @@ def _write_certificate(path: Path, public_key: bytes, secret_key: Optional[bytes
     mode = 0o600 if secret_key else 0o644
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        os.fchmod(fd, mode)  # the umask may only have narrowed it; make it exactly this
-        os.write(fd, text.encode("ascii"))
-    finally:
-        os.close(fd)
+        try:
+            os.fchmod(fd, mode)  # the umask may only have narrowed it; make it exactly this
+            data = text.encode("ascii")
+            while data:
+                data = data[os.write(fd, data):]
+        finally:
+            os.close(fd)
+    except BaseException:  # a full disk: no empty key file left, which a retry would refuse as existing
+        path.unlink(missing_ok=True)
+        raise
 
 
 def generate_certificates(directory: Union[str, os.PathLike], name: str = "server", overwrite: bool = False) -> Tuple[Path, Path]:
@@ -67,7 +73,11 @@ def generate_certificates(directory: Union[str, os.PathLike], name: str = "serve
         os.remove(path)
     public, secret = zmq.curve_keypair()
     _write_certificate(public_path, public, None)
-    _write_certificate(secret_path, public, secret)
+    try:
+        _write_certificate(secret_path, public, secret)
+    except BaseException:  # a pair or nothing: a public key whose secret was never written would be handed out
+        public_path.unlink(missing_ok=True)
+        raise
     return public_path, secret_path
 
 

@@ -344,7 +344,12 @@ def make_test_checkpoint(
 
     torch.manual_seed(seed)
     model = Gr00tN1d7(config)
-    save_model(model, out)
+    try:
+        save_model(model, out)
+    except Exception as exc:  # safetensors' own error type (no OSError) for a full disk: one line naming the folder
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        raise OSError(f"writing the weights into {out} failed: {exc}") from exc
 
     backbone = config.backbone_cfg or {}
     special_ids = dict(DEFAULT_SPECIAL_TOKEN_IDS)

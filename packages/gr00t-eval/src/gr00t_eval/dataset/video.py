@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from fractions import Fraction
@@ -153,6 +154,7 @@ class Mp4Encoder:
         self._container: Optional[av.container.OutputContainer] = None
         self._stream = None
         self.frames_written = 0
+        self._broken = False  # a write failed (a full disk): close() must not encode or mux into the container again
 
     def _open(self, height: int, width: int) -> None:
         if self.encoder == "libsvtav1":
@@ -177,13 +179,19 @@ class Mp4Encoder:
             raise ValueError(
                 f"{self.path}: frame size {frames.shape[1:3]} differs from this file's {(self._stream.height, self._stream.width)}"
             )
-        for image in frames:
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-            frame.pts = self.frames_written
-            frame.time_base = Fraction(1, self.fps)
-            for packet in self._stream.encode(frame):
-                self._container.mux(packet)
-            self.frames_written += 1
+        if self._broken:
+            raise OSError(f"{self.path}: an earlier write to this file failed; it cannot be written to again")
+        try:
+            for image in frames:
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+                frame.pts = self.frames_written
+                frame.time_base = Fraction(1, self.fps)
+                for packet in self._stream.encode(frame):
+                    self._container.mux(packet)
+                self.frames_written += 1
+        except BaseException:
+            self._broken = True
+            raise
 
     @property
     def size(self) -> Optional[Tuple[int, int]]:
@@ -191,13 +199,24 @@ class Mp4Encoder:
         return None if self._stream is None else (self._stream.height, self._stream.width)
 
     def close(self) -> None:
-        """Flush the encoder and finish the file."""
+        """Flush the encoder and finish the file. After a failed write (the file is to be deleted) only release it:
+        muxing into a container whose write failed (a full disk while its header was written) crashed PyAV with a
+        segmentation fault, taking the process and its cleanup with it."""
         if self._container is None:
             return
-        for packet in self._stream.encode():
-            self._container.mux(packet)
-        self._container.close()
-        self._container = None
+        container, self._container = self._container, None
+        if self._broken:
+            with contextlib.suppress(Exception):
+                container.close()
+            return
+        try:
+            for packet in self._stream.encode():
+                container.mux(packet)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                container.close()
+            raise
+        container.close()
 
 
 def video_feature_info(codec: str, fps: int, height: int, width: int) -> Mapping[str, object]:

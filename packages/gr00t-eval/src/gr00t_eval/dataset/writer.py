@@ -446,8 +446,12 @@ def _json_metadata(metadata: Mapping[str, Any]) -> Dict[str, Any]:
 
 def _replace_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)  # a reader (or a crash) never sees half a file
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)  # a reader (or a crash) never sees half a file
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk: no partial file left in meta/
+        raise
 
 
 # What a dataset directory holds: LeRobot's three folders, and hidden files (a recording's claim, atomic-write

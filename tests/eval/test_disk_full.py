@@ -1,0 +1,138 @@
+"""Writing on a full disk (a file size limit, RLIMIT_FSIZE, stands in for it: writes fail with EFBIG where a full disk
+gives ENOSPC): an error naming the file and what was kept, never a crash, a half line or a leftover file."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file size limits (RLIMIT_FSIZE)")
+
+_LIMITED = textwrap.dedent(
+    """
+    import resource, signal, sys
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG instead of a signal
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), int(sys.argv[1])))
+    """
+)
+
+
+def run_limited(limit: int, body: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", _LIMITED + textwrap.dedent(body), str(limit), *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_an_mp4_whose_write_fails_raises_instead_of_crashing_the_process(tmp_path):
+    # The writer's own pattern: try: write / finally: close. The close muxed into the broken container again, and
+    # PyAV died of a segmentation fault: no message, and the writer's cleanup of partial files never ran.
+    body = """
+    import numpy as np
+    from pathlib import Path
+    from gr00t_eval.dataset.video import Mp4Encoder
+    encoder = Mp4Encoder(Path(sys.argv[2]), 20)
+    frames = np.random.default_rng(0).integers(0, 255, (40, 32, 32, 3), dtype=np.uint8)
+    try:
+        try:
+            encoder.write(frames)
+        finally:
+            encoder.close()
+    except OSError as exc:
+        print("raised", exc.errno)
+    """
+    for limit in (0, 2000):
+        result = run_limited(limit, body, str(tmp_path / f"episode_{limit}.mp4"))
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "raised 27" in result.stdout  # EFBIG
+
+
+_ROLLOUT_UNDER_LIMIT = """
+sys.path.insert(0, sys.argv[2])
+from gr00t_eval.cli import main
+sys.exit(main(["--log-level", "WARNING", "rollout", "--env-name", "walkto/slow", "--env-import", "eval.scale_fixtures",
+               "--policy-client-port", sys.argv[3], "--output-dir", sys.argv[4], "--timeout-ms", "5000", "--n-episodes",
+               "40", "--seed", "3", "--n-envs", "1", "--n-action-steps", "2", "--max-episode-steps", "6", "--no-video",
+               "--vectorization", "sync"]))
+"""
+
+
+def test_a_rollout_that_fills_the_disk_says_what_it_kept_and_its_resume_loses_no_episode(tmp_path):
+    from eval.scale_fixtures import policy_server
+
+    from gr00t_eval.cli import main
+    from gr00t_eval.run_dir import EpisodeLog
+
+    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "run"
+    with policy_server() as server:
+        # the episode log outgrows the limit mid-run, its last line cut short as a full disk cuts it
+        result = run_limited(4000, _ROLLOUT_UNDER_LIMIT, tests, str(server.port), str(out))
+        assert result.returncode == 2, result.stdout + result.stderr
+        error = result.stderr.strip().splitlines()[-1]
+        assert "File too large" in error and "the run stopped there" in error, error
+        assert f"kept in {out / 'episodes.jsonl'}" in error and f"gr00t-eval rollout --resume {out}" in error
+        logged = (out / "episodes.jsonl").read_bytes()
+        assert not logged.endswith(b"\n")  # the line being written when the limit was hit is cut
+        kept = len(EpisodeLog(out / "episodes.jsonl").read())
+        assert 0 < kept < 40 and f"the {kept} episodes scored before it are kept" in error
+        assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]  # no leftover temporaries
+        assert main(["--log-level", "WARNING", "rollout", "--resume", str(out), "--policy-client-port",
+                     str(server.port), "--timeout-ms", "5000"]) == 0
+    entries = EpisodeLog(out / "episodes.jsonl").read()
+    assert sorted(e["episode_index"] for e in entries) == list(range(40))  # the first resumed one too
+    assert json.loads((out / "results.json").read_text())["overall"]["n_episodes"] == 40
+
+
+def test_an_episode_log_line_cut_short_does_not_swallow_the_next_entry(tmp_path):
+    from gr00t_eval.run_dir import EpisodeLog
+
+    log = EpisodeLog(tmp_path / "episodes.jsonl")
+    log.append({"task": "t", "episode_index": 0, "success": True})
+    with open(log.path, "a", encoding="utf-8") as handle:
+        handle.write('{"task": "t", "episode_index": 1, "succ')  # a full disk stopped this line
+    log.append({"task": "t", "episode_index": 1, "success": False})
+    assert [(e["episode_index"], e["success"]) for e in log.read()] == [(0, True), (1, False)]
+
+
+def test_a_keygen_that_cannot_write_leaves_no_key_file_a_retry_would_refuse(tmp_path):
+    body = """
+    from gr00t_server.curve import generate_certificates
+    try:
+        generate_certificates(sys.argv[2], "server")
+    except OSError as exc:
+        print("raised", exc.errno)
+    """
+    result = run_limited(0, body, str(tmp_path / "keys"))
+    assert "raised 27" in result.stdout, result.stdout + result.stderr
+    assert list((tmp_path / "keys").iterdir()) == []
+    from gr00t_server.curve import generate_certificates
+
+    public, secret = generate_certificates(tmp_path / "keys", "server")  # the retry, with room, is not refused
+    assert public.stat().st_size > 0 and secret.stat().st_size > 0
+
+
+def test_make_test_checkpoint_that_cannot_write_its_weights_is_one_line(tmp_path):
+    body = """
+    from gr00t_server.cli import main
+    sys.exit(main(["make-test-checkpoint", sys.argv[2], "--size", "tiny"]))
+    """
+    result = run_limited(20000, body, str(tmp_path / "ckpt"))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert f"error: writing the weights into {tmp_path / 'ckpt'} failed" in result.stderr
+
+
+def test_a_recording_that_cannot_write_says_what_the_folder_holds(tmp_path):
+    pytest.importorskip("metaworld")
+    body = """
+    from gr00t_eval.cli import main
+    sys.exit(main(["record", "--env-name", "metaworld/reach-v3", "--episodes", "2", "--output", sys.argv[2],
+                   "--max-episode-steps", "20", "--image-size", "64"]))
+    """
+    result = run_limited(4000, body, str(tmp_path / "dataset"))  # an episode file is ~5 kB
+    assert result.returncode == 2, result.stderr[-2000:]
+    line = result.stderr.strip().splitlines()[-1]
+    assert "File too large" in line and "recording stopped;" in line and "loadable dataset)" in line, line
+    assert not [p for p in (tmp_path / "dataset").rglob("*") if p.name.startswith(".partial-")]

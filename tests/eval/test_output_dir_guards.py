@@ -1,0 +1,51 @@
+"""Output directories: two runs started together into one directory, an --output-dir that is (or holds) the dataset
+or a checkpoint, and a symbolic link to nowhere."""
+
+import json
+import os
+
+import pytest
+from eval.dataset_factory import make_dataset
+
+from gr00t_eval.cli import main
+from gr00t_eval.run_dir import OutputDirError, write_run_file
+
+
+def test_of_two_runs_started_into_one_directory_the_second_is_refused_at_its_run_file(tmp_path):
+    # Both passed the "empty" check together; the run file, written over by the second, hid the first run's results.
+    write_run_file(tmp_path, {"env_name": "walkto/slow", "config": {"seed": 1}})
+    with pytest.raises(OutputDirError, match="is taken by another run started meanwhile"):
+        write_run_file(tmp_path, {"env_name": "walkto/fast", "config": {"seed": 2}})
+    assert json.loads((tmp_path / "run.json").read_text())["env_name"] == "walkto/slow"
+
+
+@pytest.mark.parametrize("where", ["the dataset", "its parent"])
+def test_open_loop_overwrite_never_deletes_the_dataset_it_evaluates(tmp_path, capsys, where):
+    dataset = make_dataset(tmp_path / "parent" / "dataset")
+    (tmp_path / "parent" / "notes.txt").write_text("mine")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    out = dataset if where == "the dataset" else dataset.parent
+    code = main(["open-loop", "--dataset-path", str(dataset), "--output-dir", str(out), "--overwrite",
+                 "--port", "9", "--timeout-ms", "500"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "name another directory" in err and ("is the dataset" in err or "a folder holding the dataset" in err)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_rollout_overwrite_refuses_a_directory_holding_a_dataset(tmp_path, capsys):
+    make_dataset(tmp_path / "out" / "recorded")
+    code = main(["rollout", "--env-name", "walkto/slow", "--env-import", "eval.scale_fixtures", "--output-dir",
+                 str(tmp_path / "out"), "--overwrite", "--policy-client-port", "9", "--timeout-ms", "500"])
+    assert code == 2
+    assert "holds a LeRobot dataset (meta/info.json) in recorded/; --overwrite never deletes one" in capsys.readouterr().err
+    assert (tmp_path / "out" / "recorded" / "meta" / "info.json").is_file()
+
+
+@pytest.mark.skipif(os.name == "nt", reason="symbolic links")
+def test_an_output_dir_that_is_a_link_to_nowhere_is_named(tmp_path, capsys):
+    (tmp_path / "out").symlink_to(tmp_path / "missing")
+    code = main(["rollout", "--env-name", "walkto/slow", "--env-import", "eval.scale_fixtures", "--output-dir",
+                 str(tmp_path / "out"), "--policy-client-port", "9", "--timeout-ms", "500"])
+    assert code == 2
+    assert f"is a symbolic link to {tmp_path / 'missing'}, which does not exist" in capsys.readouterr().err
