@@ -128,6 +128,30 @@ def test_per_env_requests_for_some_envs_take_those_envs_rows_of_a_row_shaped_opt
     np.testing.assert_allclose(action["action.x"][:, 0], [1.25, 100.5])  # env 0: its running chunk; env 1: its row
 
 
+def test_per_env_requests_for_some_envs_keep_each_envs_own_seed():
+    """options={"seed": s} means row i uses s + i; a fetch for env 2 alone sent s, env 0's seed, so an env's action
+    depended on which other envs it happened to be fetched with."""
+    class SeedPolicy(StampPolicy):
+        def __init__(self):
+            super().__init__(horizon=4)
+            self.seeds = []
+
+        def _get_action(self, observation, options=None):
+            self.seeds.append(options["seed"])
+            return super()._get_action(observation, options)
+
+    policy = SeedPolicy()
+    chunker = ActionChunker(policy, per_env=True)
+    chunker.get_action(obs(0, 0, 0, 0), {"seed": 10})
+    chunker.reset(env_ids=[2])
+    chunker.get_action(obs(1, 1, 1, 1), {"seed": 10})
+    chunker.reset(env_ids=[1, 2])
+    chunker.get_action(obs(2, 2, 2, 2), {"seed": 10})
+    chunker.reset(env_ids=[0, 3])
+    chunker.get_action(obs(3, 3, 3, 3), {"seed": 10})
+    assert policy.seeds == [10, 12, 11, [10, 13]]  # a run of envs shifts the int; others get one seed per row
+
+
 def test_a_partial_reset_before_the_first_call_is_a_no_op():
     policy = StampPolicy()
     chunker = ActionChunker(policy)

@@ -88,6 +88,19 @@ def test_batch_rows_equal_separate_calls(libero, tiny_checkpoint):
             np.testing.assert_allclose(batched[key][row], single[key][0], atol=1e-4, err_msg=key)
 
 
+def test_a_list_of_seeds_gives_each_row_its_own(libero, tiny_checkpoint):
+    obs = example_observation(tiny_checkpoint, "libero_sim", batch_size=3, seed=7)
+    batched, _ = libero.get_action(obs, {"seed": [10, 5, 2**63]})
+    for row, seed in enumerate([10, 5, 2**63]):
+        single_obs = {modality: {k: v[row : row + 1] for k, v in obs[modality].items()} for modality in obs}
+        single, _ = libero.get_action(single_obs, {"seed": seed})
+        for key in batched:
+            np.testing.assert_allclose(batched[key][row], single[key][0], atol=1e-4, err_msg=key)
+    for bad in ([10, 5], [10, 5, "x"], [10, 5, True], [10, 5, 2**64]):
+        with pytest.raises(ValueError, match=r"options\['seed'\] as a list must hold one int .* per row \(3 here\)"):
+            libero.get_action(obs, {"seed": bad})
+
+
 def test_rows_whose_prompts_differ_in_length_equal_separate_calls(libero, tiny_checkpoint):
     """What a server batching clients with different tasks relies on: a short prompt padded for a long one gets the
     action it gets alone (upstream's VL self-attention let it attend to the padding)."""

@@ -400,8 +400,15 @@ class ActionChunker:
         if not options or len(env_ids) == self._n_envs:
             return options
         rows = list(env_ids)
-        return {key: value[rows] if isinstance(value, np.ndarray) and value.ndim > 0 and value.shape[0] == self._n_envs
-                else value for key, value in options.items()}
+        picked = {key: value[rows] if isinstance(value, np.ndarray) and value.ndim > 0 and value.shape[0] == self._n_envs
+                  else value for key, value in options.items()}
+        seed = picked.get("seed")
+        if isinstance(seed, (int, np.integer)) and not isinstance(seed, (bool, np.bool_)):
+            # Row i of a request uses seed + i: env k's seed is seed + k however few envs this fetch is for. Envs
+            # k, k+1, ... in a run shift the int; others get a list of their own seeds (Gr00tPolicy takes one).
+            own = [int(seed) + k for k in rows]
+            picked["seed"] = own[0] if own == list(range(own[0], own[0] + len(own))) else own
+        return picked
 
     def _remaining(self, i: int) -> int:
         buffer = self._buffers[i]

@@ -4,8 +4,10 @@ Options of `get_action` (all optional; keys starting with "_", e.g. "_session_id
 other key is refused when strict, a warning otherwise):
 - "seed": int. Row i of the batch starts from `torch.randn((H, D_max), generator=Generator("cpu").
   manual_seed(s + i))` in float32, then cast to the model dtype/device. A batch with seed s therefore equals
-  B single calls with seeds s, s+1, ..., s+B-1 (and a single call with seed s equals row 0). torch seeds are
-  64-bit, so s must lie in [-2**63, 2**64 - B].
+  B single calls with seeds s, s+1, ..., s+B-1 (and a single call with seed s equals row 0), exactly in float32
+  and to the dtype's rounding in bfloat16/float16 (a batch's kernels differ from one row's). torch seeds are
+  64-bit, so s must lie in [-2**63, 2**64 - B]. Or a list of B ints, row i's own seed (what ActionChunker sends
+  for a fetch of some envs of a batch, so each env keeps its own seed whichever envs it is fetched with).
 - "noise": float array (B, H, D_max) or (H, D_max), the initial flow noise used as given (not with "seed").
 - neither: noise from torch's global RNG (like the reference).
 - "rtc": real-time chunking (model.md §2.7), inpainting from the previous chunk; composes with the above:
@@ -55,6 +57,28 @@ logger = logging.getLogger(__name__)
 _POLICY_MODALITIES = ("video", "state", "action", "language")
 _KNOWN_OPTIONS = {"seed", "noise", "rtc", "denoising_steps"}
 _SEED_MIN, _SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed takes
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _row_seeds(seed: Any, batch_size: int) -> List[int]:
+    """Each row's seed from options["seed"]: an int s (row i: s + i) or a list of one int per row."""
+    if isinstance(seed, (list, tuple, np.ndarray)):
+        values = list(np.asarray(seed).reshape(-1)) if isinstance(seed, np.ndarray) else list(seed)
+        if len(values) != batch_size or not all(_is_int(v) and _SEED_MIN <= int(v) <= _SEED_MAX for v in values):
+            raise ValueError(f"options['seed'] as a list must hold one int from {_SEED_MIN} to {_SEED_MAX} per row "
+                             f"({batch_size} here); got {seed!r}")
+        return [int(v) for v in values]
+    if not _is_int(seed):
+        raise ValueError(f"options['seed'] must be an int, or a list of one int per row; got {seed!r}")
+    if not _SEED_MIN <= int(seed) <= _SEED_MAX - (batch_size - 1):
+        raise ValueError(
+            f"options['seed'] must be an int from {_SEED_MIN} to {_SEED_MAX - (batch_size - 1)} for a batch of "
+            f"{batch_size} row(s): row i uses seed + i, and torch seeds are 64-bit; got {seed}"
+        )
+    return [int(seed) + row for row in range(batch_size)]
 _RTC_KEYS = {"previous_action", "overlap_steps", "frozen_steps", "ramp_rate"}
 
 
@@ -425,16 +449,9 @@ class Gr00tPolicy(BasePolicy):
                                  f"{rows}; expected finite numbers (standard normal noise)")
             return torch.from_numpy(array), None
         if seed is not None:
-            if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-                raise ValueError(f"options['seed'] must be an int, got {seed!r}")
-            if not _SEED_MIN <= int(seed) <= _SEED_MAX - (batch_size - 1):
-                raise ValueError(
-                    f"options['seed'] must be an int from {_SEED_MIN} to {_SEED_MAX - (batch_size - 1)} for a batch of "
-                    f"{batch_size} row(s): row i uses seed + i, and torch seeds are 64-bit; got {seed}"
-                )
             rows = [
-                torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(seed) + row), dtype=torch.float32)
-                for row in range(batch_size)
+                torch.randn(shape, generator=torch.Generator("cpu").manual_seed(row_seed), dtype=torch.float32)
+                for row_seed in _row_seeds(seed, batch_size)
             ]
             return torch.stack(rows), None
         return None, None
