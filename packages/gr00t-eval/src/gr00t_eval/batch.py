@@ -26,7 +26,7 @@ from gr00t_client.client import MAX_TIMEOUT_MS
 from .metrics import EpisodeOutcome
 from .policy_identity import describe, policy_record, same_policy
 from .results import RESULTS_FILENAME, write_results
-from .rollout.config import RolloutConfig, draw_base_seed
+from .rollout.config import MAX_EPISODES, RolloutConfig, draw_base_seed
 from .run_dir import EPISODE_LOG_FILENAME, RUN_FILENAME, EpisodeLog, add_earlier_eval_s, earlier_results
 from .shard import run_suite
 
@@ -48,7 +48,8 @@ ARENA_GR00T_POLICY_NAMES = ("gr00t_remote_closedloop", "gr00t_closedloop")
 ARENA_GR00T_POLICY_CLASSES = ("Gr00tRemoteClosedloopPolicy", "Gr00tClosedloopPolicy", "ActionChunkingClientSidePolicy")
 PENDING, DONE, FAILED = "pending", "done", "failed"
 SERVER_KEYS = {"host", "port", "api_token", "api_token_env", "timeout_ms", "server_public_key", "client_key"}
-CONFIG_FIELDS = {f.name for f in dataclasses.fields(RolloutConfig)} - {"env_name"}
+# first_episode is a shard's own (rollout --shard sets it); a job's episodes are numbered from 0.
+CONFIG_FIELDS = {f.name for f in dataclasses.fields(RolloutConfig)} - {"env_name", "first_episode"}
 DEFAULT_TIMEOUT_MS = 15000
 
 
@@ -109,7 +110,10 @@ def _server(name: str, raw: Any) -> PolicyServerAddress:
         raise JobError(f"job {name!r}: policy_server 'port' must be an int from 1 to 65535, got {port!r}")
     if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int) or not 1 <= timeout_ms <= MAX_TIMEOUT_MS:
         raise JobError(f"job {name!r}: policy_server 'timeout_ms' must be an int from 1 to {MAX_TIMEOUT_MS}, got {timeout_ms!r}")
-    return PolicyServerAddress(str(raw.get("host", "127.0.0.1")), port, token, timeout_ms,
+    host = raw.get("host", "127.0.0.1")
+    if not isinstance(host, str) or not host.strip():
+        raise JobError(f"job {name!r}: policy_server 'host' must be a host name or IP address, got {host!r}")
+    return PolicyServerAddress(host, port, token, timeout_ms,
                                raw.get("server_public_key"), raw.get("client_key"))
 
 
@@ -177,9 +181,40 @@ def check_counts(name: str, config: Mapping[str, Any]) -> None:
             where = key if key in JOB_KEYS else f"override {key}"
             raise JobError(f"job {name!r}: {where} must be a whole number >= {least}"
                            f"{' (0 = auto)' if key == 'n_envs' else ''}, got {value!r}", name)
+    if isinstance(config.get("n_episodes"), int) and config["n_episodes"] > MAX_EPISODES:
+        raise JobError(f"job {name!r}: n_episodes must be at most {MAX_EPISODES:,}, got {config['n_episodes']!r}", name)
     timeout = config.get("env_timeout_s")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0):
         raise JobError(f"job {name!r}: override env_timeout_s must be seconds > 0, or null for no limit; got {timeout!r}", name)
+    check_setting_types(name, config)
+
+
+def check_setting_types(name: str, config: Mapping[str, Any]) -> None:
+    """JobError for a non-count override of the wrong type: JSON's "false" is a string, and a string is true, so
+    `"terminate_on_success": "false"` ran with it on while the saved config said 'false'."""
+    from gr00t_client.chunking import MERGE_RULES
+
+    from .rollout.config import CLIENT_CHUNKING_MODES
+
+    choices = {"vectorization": ("auto", "sync", "async"), "client_chunking": CLIENT_CHUNKING_MODES,
+               "chunk_merge": tuple(MERGE_RULES)}
+    for key, value in config.items():
+        problem = None
+        if key == "terminate_on_success" and not isinstance(value, bool):
+            problem = "true or false (not a string)"
+        elif key in choices and value not in choices[key]:
+            problem = f"one of {', '.join(repr(c) for c in choices[key])}"
+        elif key == "env_kwargs" and not isinstance(value, Mapping):
+            problem = "an object of keyword arguments"
+        elif key == "video_dir" and value is not None and (not isinstance(value, str) or not value.strip()):
+            problem = "a folder path, or null"
+        elif key == "rtc_frozen_steps" and value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                                                   or value < 0):
+            problem = "a whole number >= 0, or null"
+        if problem is not None:
+            raise JobError(f"job {name!r}: override {key} must be {problem}, got {value!r}", name)
+    if config.get("rtc_frozen_steps") is not None and config.get("client_chunking", "off") != "async":
+        raise JobError(f"job {name!r}: override rtc_frozen_steps needs client_chunking 'async'", name)
 
 
 def parse_job(raw: Any, index: int, defaults: Optional[Mapping[str, Any]] = None) -> Job:
@@ -187,8 +222,14 @@ def parse_job(raw: Any, index: int, defaults: Optional[Mapping[str, Any]] = None
     if not isinstance(raw, Mapping):
         raise JobError(f"job #{index} must be an object, got {type(raw).__name__}")
     merged = {**(defaults or {}), **raw}
+    given_name = merged.get("name")
+    if given_name is not None and (not isinstance(given_name, str) or not given_name.strip()):
+        raise JobError(f"job #{index}: 'name' must be a non-empty string (or left out), got {given_name!r}")
+    name = given_name or f"job-{index}"
+    for source, what in (((defaults or {}).get("overrides"), "defaults 'overrides'"), (raw.get("overrides"), "'overrides'")):
+        if source is not None and not isinstance(source, Mapping):
+            raise JobError(f"job {name!r}: {what} must be an object of rollout settings, got {source!r}", name)
     merged["overrides"] = {**((defaults or {}).get("overrides") or {}), **(raw.get("overrides") or {})}
-    name = str(merged.get("name") or f"job-{index}")
     _arena_fields(name, merged)
     unknown = set(merged) - JOB_KEYS
     if unknown:
@@ -197,6 +238,9 @@ def parse_job(raw: Any, index: int, defaults: Optional[Mapping[str, Any]] = None
         check_policy_type(name, merged["policy_type"])
     if not merged.get("env_name"):
         raise JobError(f"job {name!r}: 'env_name' (env names or suites, comma-separated) is required", name)
+    if not isinstance(merged["env_name"], str):
+        raise JobError(f"job {name!r}: 'env_name' must be a string (env names or suites, comma-separated), got "
+                       f"{merged['env_name']!r}", name)
     if "policy_server" not in merged:
         raise JobError(f"job {name!r}: 'policy_server' ({{'host': ..., 'port': ...}}) is required", name)
     config = {k: merged[k] for k in ("n_episodes", "max_episode_steps", "n_envs", "seed") if k in merged}

@@ -56,14 +56,29 @@ def apply_env_registrations(args: argparse.Namespace) -> None:
 
     from .rollout import ENV_PREFIX_TO_EMBODIMENT_TAG, register_env_prefix
 
+    from gr00t_client import EmbodimentTag
+
     for module in args.env_import:
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise UsageError(f"--env-import {module}: cannot import it ({exc}); is it installed, or on PYTHONPATH?") from None
     tags = dict(args.env_prefix)
     for prefix, tag in tags.items():
-        register_env_prefix(prefix, tag)
+        try:
+            register_env_prefix(prefix, tag)
+        except ValueError as exc:
+            raise UsageError(f"--env-prefix {prefix}={tag}: {str(exc).splitlines()[0]}; known tags: "
+                             f"{', '.join(member.value for member in EmbodimentTag)}") from None
     for prefix, adapter in args.env_adapter:
         if ":" not in adapter:
             raise SystemExit(f"error: --env-adapter {prefix}={adapter}: expected MODULE:FUNCTION")
+        from .rollout.envs import _resolve_adapter
+
+        try:  # found now, before any folder is made or server asked, rather than as every task's failure
+            _resolve_adapter(adapter)
+        except (ImportError, ValueError) as exc:
+            raise UsageError(f"--env-adapter {prefix}={adapter}: {exc}") from None
         register_env_prefix(prefix, tags.get(prefix, ENV_PREFIX_TO_EMBODIMENT_TAG.get(prefix, "new_embodiment")), adapter=adapter)
 
 
@@ -125,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("rollout", help="run a policy server in simulation and report the success rate")
     p.add_argument(*_flag("env-name"), default=None, help="e.g. metaworld/reach-v3, pusht/PushT-v0, or a flat-format gym id (required unless --resume)")
-    p.add_argument(*_flag("n-episodes"), type=int, default=50, help="episodes to run, exactly (default 50)")
+    p.add_argument(*_flag("n-episodes"), type=int, default=50, help="episodes to run, exactly (default 50; at most 1,000,000)")
     p.add_argument(*_flag("n-envs"), type=int, default=8, help="parallel envs (default 8; >1 runs subprocesses; 0 = auto)")
     p.add_argument(*_flag("n-action-steps"), type=int, default=8, help="steps of each chunk executed (default 8)")
     p.add_argument(*_flag("max-episode-steps"), type=int, default=720, help="env steps before an episode is cut (default 720)")
@@ -276,7 +291,11 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
 
     if "--action-horizon" in sys.argv or "--action_horizon" in sys.argv:
         logging.getLogger(__name__).warning("--action-horizon is deprecated; use --execution-horizon")
-    tag = EmbodimentTag.resolve(args.embodiment_tag)
+    try:
+        tag = EmbodimentTag.resolve(args.embodiment_tag)
+    except ValueError as exc:
+        raise UsageError(f"--embodiment-tag {args.embodiment_tag}: {str(exc).splitlines()[0]}; known tags: "
+                         f"{', '.join(member.value for member in EmbodimentTag)}") from None
     if not (Path(args.dataset_path) / "meta").is_dir():
         raise UsageError(f"--dataset-path {args.dataset_path}: not a LeRobot dataset (no meta/ directory there)")
     try:  # mistakes in the flags fail before any connection is made or directory created
@@ -288,16 +307,21 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise UsageError(f"{exc} (check --steps, --execution-horizon, --traj-ids, --modality-keys, --denoising-steps)") from None
+    connection.portable_keys(args)  # a key mistake (a flag or $GR00T_* variable) fails before the folder is claimed
     output_dir = _claim_open_loop_output_dir(args, config)
     config = dataclasses.replace(config, output_dir=str(output_dir))
     print(f"Output directory: {output_dir}")
-    with _claim_held_until_the_end(output_dir / OPEN_LOOP_RUN_FILENAME):
-        try:
-            with sigterm_as_interrupt(), _connect(args) as client:
-                result = evaluate_open_loop(client, config, report=tqdm.write)
-        except (KeyboardInterrupt, Exception):
-            _name_kept_open_loop_results(output_dir / RESULTS_FILENAME)
-            raise
+    try:
+        with _claim_held_until_the_end(output_dir / OPEN_LOOP_RUN_FILENAME):
+            try:
+                with sigterm_as_interrupt(), _connect(args) as client:
+                    result = evaluate_open_loop(client, config, report=tqdm.write)
+            except (KeyboardInterrupt, Exception):
+                _name_kept_open_loop_results(output_dir / RESULTS_FILENAME)
+                raise
+    except (KeyboardInterrupt, Exception, SystemExit):
+        _release_unused_claim(output_dir)
+        raise
     if result.trajectories:
         print(f"Plots: {', '.join(str(t.plot_path) for t in result.trajectories.values() if t.plot_path) or '(none)'}")
     n_errors = len(result.errored)
@@ -311,6 +335,16 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
         print("exit status 1 because trajectories errored (pass --allow-errors to exit 0 anyway)")
         return 1
     return 0
+
+
+def _release_unused_claim(output_dir: Path) -> None:
+    """A run that ended before writing anything (no server answered, say) leaves no claim behind: the same
+    command, run again once the server is up, is not refused as 'not empty'."""
+    try:
+        if [entry.name for entry in output_dir.iterdir()] == [OPEN_LOOP_RUN_FILENAME]:
+            (output_dir / OPEN_LOOP_RUN_FILENAME).unlink()
+    except OSError:
+        pass
 
 
 def _name_kept_open_loop_results(path: Path) -> None:
@@ -408,6 +442,10 @@ def cmd_record(args: argparse.Namespace) -> int:
     """`gr00t-eval record`: Meta-World expert episodes into a LeRobot v2.1 dataset."""
     from .record import record_metaworld
 
+    for flag, value in (("--output", args.output), ("--camera", args.camera)):
+        if value is not None and not str(value).strip():  # '' was the current folder, or silently the default camera
+            raise UsageError(f"{flag} must not be empty")
+
     try:
         summary = record_metaworld(
             args.env_name, args.episodes, args.output, seed=args.seed, max_episode_steps=args.max_episode_steps,
@@ -435,8 +473,13 @@ def cmd_record(args: argparse.Namespace) -> int:
                  if summary.n_episodes else f"{args.output} holds no finished episode (not a loadable dataset)")
         raise SystemExit(f"error: {exc.strerror or exc}{f' writing {exc.filename}' if exc.filename else ''}: "
                          f"recording stopped; {state}") from None
-    except ValueError as exc:
-        raise SystemExit(f"error: {exc}") from None
+    except ValueError as exc:  # the checks name record_metaworld's parameters; here they are flags
+        message = str(exc)
+        for parameter, flag in (("n_episodes", "--episodes"), ("max_episode_steps", "--max-episode-steps"),
+                                ("image_size", "--image-size"), ("seed", "--seed"), ("camera", "--camera")):
+            if message.startswith(parameter + " "):
+                message = flag + message[len(parameter):]
+        raise SystemExit(f"error: {message}") from None
     print(f"Recorded {summary.n_episodes} episodes of {args.env_name} to {summary.root} "
           f"(seeds {summary.seeds[0]}..{summary.seeds[-1]}, expert success {sum(summary.successes)}/{summary.n_episodes}, "
           f"mean length {sum(summary.lengths) / summary.n_episodes:.1f})")
@@ -466,7 +509,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.log_level == "DEBUG":
             raise
         message = (str(exc).strip("\"'") if isinstance(exc, KeyError) else str(exc)) or type(exc).__name__
-        known = (UsageError, ConnectionError, TimeoutError, FileNotFoundError, FileExistsError, MissingExtraError)
+        known = (UsageError, ConnectionError, TimeoutError, FileNotFoundError, FileExistsError, MissingExtraError,
+                 OutputDirError)
         shown = message if isinstance(exc, known) else f"{type(exc).__name__}: {message} (--log-level DEBUG shows the traceback)"
         print(f"gr00t-eval {args.command}: error: {shown}", file=sys.stderr)
         return USAGE_EXIT_CODE

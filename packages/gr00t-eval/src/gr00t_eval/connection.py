@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 
@@ -32,6 +33,7 @@ def open_client(host: str, port: int, args: argparse.Namespace) -> Any:
     """A PolicyClient that has answered a ping; otherwise SystemExit with one line saying why (keys, or no answer)."""
     from gr00t_client import HandshakeError, PolicyClient, PolicyTimeoutError
 
+    portable_keys(args)  # key mistakes named by their flags (and variables), not PolicyClient's parameters
     try:
         client = PolicyClient(host=host, port=port, **client_options(args))
     except ValueError as exc:  # a malformed key or key file
@@ -55,14 +57,23 @@ def portable_keys(args: argparse.Namespace) -> Optional[Tuple[str, Optional[str]
     from gr00t_client.curve import load_key_pair, load_public_key
 
     options = client_options(args)
+    server_flag = "--server-public-key" + _from_variable(args, "server_public_key", "GR00T_SERVER_PUBLIC_KEY")
+    client_flag = "--client-key" + _from_variable(args, "client_key", "GR00T_CLIENT_KEY")
     if options["server_public_key"] is None:
         if options["client_secret_key"] is not None:
-            raise SystemExit("error: --client-key needs --server-public-key")
+            raise SystemExit(f"error: {client_flag} needs --server-public-key (or $GR00T_SERVER_PUBLIC_KEY)")
         return None
     try:
-        server_public = load_public_key(options["server_public_key"], "--server-public-key").decode("ascii")
+        server_public = load_public_key(options["server_public_key"], server_flag).decode("ascii")
         secret = options["client_secret_key"]
-        client_secret = load_key_pair(secret, "--client-key")[1].decode("ascii") if secret is not None else None
+        client_secret = load_key_pair(secret, client_flag)[1].decode("ascii") if secret is not None else None
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
     return server_public, client_secret
+
+
+def _from_variable(args: argparse.Namespace, dest: str, variable: str) -> str:
+    """' (from $VARIABLE)' when the flag's value is the environment variable's (the flag was not typed)."""
+    value = getattr(args, dest, None)
+    return f" (from ${variable})" if value is not None and value == os.environ.get(variable) and \
+        f"--{dest.replace('_', '-')}" not in " ".join(sys.argv) else ""

@@ -82,10 +82,9 @@ def rollout_seed(args: argparse.Namespace) -> Optional[int]:
         value = os.environ.get("GR00T_EVAL_SEED")
         if value in (None, ""):
             return None
-        try:
-            seed, where = int(value), "$GR00T_EVAL_SEED"
-        except ValueError:
-            raise UsageError(f"$GR00T_EVAL_SEED must be a whole number >= 0, got {value!r}") from None
+        if not (value.strip().isascii() and value.strip().isdigit()):  # int() also takes '1_0' and '+5'
+            raise UsageError(f"$GR00T_EVAL_SEED must be a whole number >= 0, got {value!r}")
+        seed, where = int(value), "$GR00T_EVAL_SEED"
     if seed < 0:  # env seeds are non-negative (numpy's SeedSequence): each episode would error at its reset
         raise UsageError(f"{where} must be >= 0, got {seed}")
     return seed
@@ -201,11 +200,25 @@ def _delete_episode_videos(video_dir: Path, videos: List[Path]) -> None:
 
 def _check_rollout_args(args: argparse.Namespace) -> None:
     from .cli_errors import UsageError
+    from .rollout.config import MAX_EPISODES
     from .rollout.envs import check_env_name
     from .suites import resolve_tasks
 
     if args.n_episodes < 1:
         raise UsageError(f"--n-episodes must be >= 1, got {args.n_episodes}")
+    if args.n_episodes > MAX_EPISODES:
+        raise UsageError(f"--n-episodes must be at most {MAX_EPISODES:,} per run (split bigger evaluations into "
+                         f"--shard runs or batch jobs), got {args.n_episodes}")
+    if args.client_chunking != "async":  # settings only async client chunking uses: a run that would fail every task
+        if args.rtc_frozen_steps is not None:
+            raise UsageError(f"--rtc-frozen-steps needs --client-chunking async (got --client-chunking {args.client_chunking})")
+        if args.chunk_merge != "newest":
+            raise UsageError(f"--chunk-merge {args.chunk_merge} needs --client-chunking async, which merges a prefetched "
+                             f"chunk with the buffered steps (got --client-chunking {args.client_chunking})")
+    if args.no_video and (args.video_dir or args.max_episodes_rendered is not None):
+        logger.warning("--no-video: %s ignored", " and ".join(
+            flag for flag, given in (("--video-dir", args.video_dir), ("--max-episodes-rendered", args.max_episodes_rendered is not None))
+            if given))
     if args.n_envs < 0:
         raise UsageError(f"--n-envs must be >= 0 (0 = auto), got {args.n_envs}")
     if args.n_action_steps < 1:
@@ -673,6 +686,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from .results import RESULTS_FILENAME, write_results
     from .shard import MergeError, format_missing, merge_results
 
+    if not args.output.strip():  # '' wrote into the current folder, ' ' a file named by one space
+        raise UsageError(f"--output must name a results file or a folder, got {args.output!r}")
     output = Path(args.output)
     if output.is_dir() or args.output.endswith("/"):
         output = output / RESULTS_FILENAME

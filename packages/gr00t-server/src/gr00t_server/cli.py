@@ -310,8 +310,32 @@ def _check_server_flags(args: argparse.Namespace) -> None:
         )
     except ValueError as exc:
         raise CliError(str(exc)) from exc
+    if args.metrics_port and args.metrics_port == args.port:  # found before the model loads, not after (minutes)
+        raise CliError(f"--metrics-port {args.metrics_port} is also --port: the metrics endpoint needs a port of its own")
+    _check_bind_host(args.host)
     if not 1 <= args.max_message_mb <= 2**43:
         raise CliError(f"--max-message-mb must be a whole number of MiB >= 1, got {args.max_message_mb}")
+
+
+def _check_bind_host(host: str) -> None:
+    """CliError for a --host that cannot be bound (not an address of this machine's form, nor a resolvable name),
+    before the model loads: ZeroMQ only says so at bind time, after a load that takes minutes for a 3B model."""
+    import ipaddress
+    import socket
+
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if bare in ("*", "0.0.0.0", "::"):
+        return
+    try:
+        ipaddress.ip_address(bare)
+        return
+    except ValueError:
+        pass
+    try:
+        socket.getaddrinfo(bare, None)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise CliError(f"--host {host}: not an IP address, and the name does not resolve ({exc}); pass an address "
+                       "of this machine, 0.0.0.0 or :: for all, or 127.0.0.1 for loopback only") from None
 
 
 def _raise_open_file_limit() -> None:
@@ -443,6 +467,8 @@ def keygen(args: argparse.Namespace) -> int:
 
     from .curve import generate_certificates
 
+    if not str(args.directory).strip():  # '' is not the current folder by accident
+        raise CliError(f"DIRECTORY must name a folder (use . for the current one), got {args.directory!r}")
     public_path, secret_path = generate_certificates(args.directory, args.name, overwrite=args.force)
     print(f"Public key:  {public_path}  (copy to peers: clients pass it as --server-public-key, servers keep "
           f"client keys in their --authorized-keys directory)")
@@ -455,7 +481,8 @@ def _curve_settings(args: argparse.Namespace) -> Any:
     """The serve command's CURVE config (checked before the model loads), or None for plaintext."""
     if not args.curve_secret_key:
         if args.authorized_keys:
-            raise CliError("--authorized-keys needs --curve-secret-key (client keys are checked in the CURVE handshake)")
+            raise CliError("--authorized-keys (or $GR00T_AUTHORIZED_KEYS) needs --curve-secret-key (or "
+                           "$GR00T_CURVE_SECRET_KEY): client keys are checked in the CURVE handshake")
         return None
     from .curve import CurveServerConfig
 
@@ -467,6 +494,11 @@ def _curve_settings(args: argparse.Namespace) -> Any:
 
 def make_test_checkpoint(args: argparse.Namespace) -> int:
     from .test_checkpoint import make_test_checkpoint as write_checkpoint
+
+    if not 0 <= args.seed < 2**63:  # checked before any file is written (numpy refused it after the weights)
+        raise CliError(f"--seed must be a whole number from 0 to 2**63 - 1, got {args.seed}")
+    if args.embodiment_tag is not None and not args.embodiment_tag.strip():
+        raise CliError("--embodiment-tag must not be empty (leave it out for new_embodiment)")
 
     if args.embodiment is None and args.dataset_path is None:
         if args.embodiment_tag is not None:  # the default checkpoint's two tags would silently replace it
@@ -492,7 +524,7 @@ INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, as shells report a Ctrl-C (and gr00
 
 
 def _is_user_error(exc: BaseException) -> bool:
-    if isinstance(exc, (FileNotFoundError, ValueError, OSError, ImportError, KeyError)):
+    if isinstance(exc, (FileNotFoundError, ValueError, OSError, ImportError, KeyError, MemoryError)):
         return True
     return any(cls.__name__ in _USER_ERROR_NAMES for cls in type(exc).__mro__)
 
@@ -522,6 +554,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # str(KeyError) quotes its message; the message itself is what the user should read
         text = exc.args[0] if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str) else str(exc)
         message = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        if isinstance(exc, MemoryError):
+            message = f"out of memory ({message}): check the sizes given (--image-size, --batch-size)"
         print(f"gr00t-server {args.command}: error: {message}", file=sys.stderr)
         if os.environ.get("GR00T_DEBUG"):
             raise

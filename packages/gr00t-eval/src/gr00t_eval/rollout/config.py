@@ -9,6 +9,9 @@ from typing import Any, Dict, Optional, Tuple
 
 CLIENT_CHUNKING_MODES = ("off", "sync", "async")
 DEFAULT_ENV_TIMEOUT_S = 600.0
+# Episodes one run may plan: a run keeps per-episode plans and results in memory (1e12 spun for minutes and GBs
+# before its first episode); a million is beyond any evaluation, and shards or batch jobs split bigger ones.
+MAX_EPISODES = 1_000_000
 
 
 @dataclass

@@ -64,7 +64,8 @@ def embodiment_for_env(env_name: str) -> EmbodimentTag:
         known = ", ".join(sorted(ENV_PREFIX_TO_EMBODIMENT_TAG))
         raise ValueError(
             f"env name {env_name!r}: unknown prefix {prefix!r}; expected one of the env prefixes [{known}] or an "
-            f"embodiment tag value (register new prefixes with gr00t_eval.rollout.register_env_prefix)"
+            f"embodiment tag value (register new prefixes with --env-adapter PREFIX=MODULE:FUNCTION and --env-prefix "
+            f"PREFIX=TAG, or gr00t_eval.rollout.register_env_prefix in Python)"
         ) from None
 
 
@@ -75,9 +76,16 @@ def _resolve_adapter(adapter: EnvAdapter) -> Callable[..., gym.Env]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ImportError(f"env adapter {adapter!r} needs a simulator that is not installed ({exc}); "
-                          "install it with: pip install 'gr00t-eval[sim]'") from exc
-    return getattr(module, attr)
+        if module_name.startswith("gr00t_eval."):  # a built-in adapter: its simulator is an optional extra
+            raise ImportError(f"env adapter {adapter!r} needs a simulator that is not installed ({exc}); "
+                              "install it with: pip install 'gr00t-eval[sim]'") from exc
+        raise ImportError(f"env adapter {adapter!r}: cannot import module {module_name!r} ({exc}); is it installed, "
+                          "or on PYTHONPATH?") from exc
+    function = getattr(module, attr, None)
+    if not callable(function):
+        raise ValueError(f"env adapter {adapter!r}: module {module_name!r} has no function {attr!r}"
+                         + ("" if function is None else f" ({attr} is a {type(function).__name__})"))
+    return function
 
 
 @dataclass(frozen=True)

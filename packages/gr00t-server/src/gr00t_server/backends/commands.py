@@ -78,8 +78,8 @@ def _check_counts(args: argparse.Namespace) -> None:
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     size = getattr(args, "image_size", None)
-    if size is not None and min(size) < 16:
-        raise ValueError(f"--image-size takes HEIGHT WIDTH of the cameras' frames, each >= 16; got {size[0]} {size[1]}")
+    if size is not None and not (16 <= min(size) and max(size) <= 4096):
+        raise ValueError(f"--image-size takes HEIGHT WIDTH of the cameras' frames, each from 16 to 4096; got {size[0]} {size[1]}")
 
 
 def run(args: argparse.Namespace) -> int:

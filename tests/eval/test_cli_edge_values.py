@@ -1,0 +1,107 @@
+"""Edge values the CLI audit fed gr00t-eval: batch fields of the wrong type (a string "false" ran as true), settings
+only async client chunking uses, a trillion episodes, env registrations and tags mistyped, keys from environment
+variables, and empty names. Each is one line with exit status 2, naming the flag or field, before any folder is
+made or server asked."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gr00t_eval.batch import JobError, load_jobs
+from gr00t_eval.cli import main
+
+
+def job_errors(tmp_path, jobs, defaults=None):
+    path = tmp_path / "jobs.json"
+    base = {"n_episodes": 1, "policy_server": {"port": 5555}}
+    path.write_text(json.dumps({"defaults": {**base, **(defaults or {})}, "jobs": jobs}))
+    return load_jobs(path)
+
+
+@pytest.mark.parametrize("job, expected", [
+    ({"overrides": {"terminate_on_success": "false"}}, "override terminate_on_success must be true or false (not a string), got 'false'"),
+    ({"overrides": {"first_episode": 1}}, "override 'first_episode' is not a rollout setting"),
+    ({"overrides": {"client_chunking": "asynch"}}, "override client_chunking must be one of 'off', 'sync', 'async', got 'asynch'"),
+    ({"overrides": {"env_kwargs": ["a"]}}, "override env_kwargs must be an object of keyword arguments"),
+    ({"overrides": {"rtc_frozen_steps": 2}}, "override rtc_frozen_steps needs client_chunking 'async'"),
+    ({"overrides": "fast"}, "'overrides' must be an object of rollout settings, got 'fast'"),
+    ({"env_name": ["walkto/fast"]}, "'env_name' must be a string (env names or suites, comma-separated)"),
+    ({"policy_server": {"host": None, "port": 5555}}, "policy_server 'host' must be a host name or IP address, got None"),
+    ({"n_episodes": 10**12}, "n_episodes must be at most 1,000,000"),
+])
+def test_a_job_field_of_the_wrong_type_or_size_is_invalid_naming_it(tmp_path, job, expected):
+    [parsed] = job_errors(tmp_path, [{"name": "j", "env_name": "walkto/fast", **job}])
+    assert isinstance(parsed, JobError) and expected in str(parsed), parsed
+
+
+def test_an_empty_job_name_is_refused_rather_than_renamed(tmp_path):
+    [parsed] = job_errors(tmp_path, [{"name": "", "env_name": "walkto/fast"}])
+    assert isinstance(parsed, JobError) and "'name' must be a non-empty string (or left out), got ''" in str(parsed)
+
+
+ROLLOUT = ["rollout", "--env-name", "walkto/slow", "--env-import", "eval.scale_fixtures", "--policy-client-port", "9",
+           "--timeout-ms", "500"]
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--rtc-frozen-steps", "2"], "--rtc-frozen-steps needs --client-chunking async (got --client-chunking off)"),
+    (["--client-chunking", "sync", "--chunk-merge", "average"], "--chunk-merge average needs --client-chunking async"),
+    (["--n-episodes", "1000000000000"], "--n-episodes must be at most 1,000,000 per run"),
+    (["--env-adapter", "walk2=no_such_module_x:make"], "--env-adapter walk2=no_such_module_x:make: env adapter "
+                                                       "'no_such_module_x:make': cannot import module 'no_such_module_x'"),
+    (["--env-adapter", "walk2=json:no_such_function"], "module 'json' has no function 'no_such_function'"),
+    (["--env-import", "no_such_module_y"], "--env-import no_such_module_y: cannot import it"),
+    (["--env-prefix", "walkto=new_embodimnt"], "--env-prefix walkto=new_embodimnt: Unknown embodiment tag"),
+])
+def test_rollout_flag_mistakes_are_one_line_before_anything_is_made(tmp_path, capsys, extra, expected):
+    out = tmp_path / "out"
+    assert main([*ROLLOUT, "--output-dir", str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "DEBUG shows the traceback" not in err and "pip install" not in err, err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_resume_of_a_missing_folder_is_one_plain_line(tmp_path, capsys):
+    assert main(["rollout", "--resume", str(tmp_path / "nowhere"), "--policy-client-port", "9"]) == 2
+    err = capsys.readouterr().err
+    assert "no run.json there" in err and "OutputDirError" not in err and "DEBUG" not in err
+
+
+def test_a_malformed_seed_variable_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("GR00T_EVAL_SEED", "1_0")
+    assert main([*ROLLOUT, "--output-dir", str(tmp_path / "out")]) == 2
+    assert "$GR00T_EVAL_SEED must be a whole number >= 0, got '1_0'" in capsys.readouterr().err
+
+
+def test_open_loop_names_a_mistyped_tag_and_a_key_variable_and_claims_nothing(tmp_path, capsys, monkeypatch):
+    from eval.dataset_factory import make_dataset
+
+    dataset = make_dataset(tmp_path / "dataset")
+    out = tmp_path / "out"
+    args = ["open-loop", "--dataset-path", str(dataset), "--output-dir", str(out), "--port", "9", "--timeout-ms", "300"]
+    assert main([*args, "--embodiment-tag", "new_embodimnt"]) == 2
+    err = capsys.readouterr().err
+    assert "--embodiment-tag new_embodimnt: Unknown embodiment tag: 'new_embodimnt'; known tags:" in err
+    assert len(err.strip().splitlines()) == 1 and "ValueError" not in err
+    monkeypatch.setenv("GR00T_CLIENT_KEY", str(tmp_path / "client.key_secret"))
+    assert main(args) == 2
+    assert "--client-key (from $GR00T_CLIENT_KEY) needs --server-public-key" in capsys.readouterr().err
+    monkeypatch.delenv("GR00T_CLIENT_KEY")
+    assert main(args) == 2  # no server: refused for that, and the folder is left free for the run that follows
+    assert "no policy server answered" in capsys.readouterr().err
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["record", "--env-name", "metaworld/reach-v3", "--output", ""], "--output must not be empty"),
+    (["record", "--env-name", "metaworld/reach-v3", "--output", "x", "--camera", ""], "--camera must not be empty"),
+    (["record", "--env-name", "metaworld/reach-v3", "--output", "x", "--episodes", "0"], "--episodes must be >= 1, got 0"),
+    (["merge", "somewhere", "--output", ""], "--output must name a results file or a folder, got ''"),
+])
+def test_empty_names_and_record_counts_are_refused_by_their_flags(tmp_path, capsys, monkeypatch, argv, expected):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert expected in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,59 @@
+"""Edge values the CLI audit fed gr00t-server: a test checkpoint's seed out of range, empty names, a metrics port
+equal to the serving port and a host that cannot be bound (refused before a model loads), frames too large to
+export, and CURVE settings from environment variables."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from gr00t_server.cli import main
+
+
+def test_make_test_checkpoint_refuses_a_seed_out_of_range_before_writing(tmp_path, capsys):
+    for seed in ("-1", str(2**64)):
+        assert main(["make-test-checkpoint", str(tmp_path / "ckpt"), "--seed", seed]) == 2
+        assert f"--seed must be a whole number from 0 to 2**63 - 1, got {seed}" in capsys.readouterr().err
+    assert not (tmp_path / "ckpt").exists()
+    assert main(["make-test-checkpoint", str(tmp_path / "ckpt"), "--embodiment", "libero", "--embodiment-tag", ""]) == 2
+    assert "--embodiment-tag must not be empty" in capsys.readouterr().err
+
+
+def test_keygen_refuses_an_empty_directory_name(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["keygen", ""]) == 2
+    assert "DIRECTORY must name a folder (use . for the current one)" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--port", "47111", "--metrics-port", "47111"], "--metrics-port 47111 is also --port"),
+    (["--host", "not a host"], "--host not a host: not an IP address, and the name does not resolve"),
+])
+def test_serve_refuses_ports_and_hosts_it_cannot_bind_before_loading(tmp_path, capsys, extra, expected):
+    from eval.dataset_factory import make_dataset
+
+    dataset = make_dataset(tmp_path / "dataset")
+    started = time.monotonic()
+    assert main(["serve", "--dataset-path", str(dataset), *extra]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Server is ready" not in err
+    assert time.monotonic() - started < 10
+
+
+def test_authorized_keys_from_the_environment_without_a_secret_key_names_both(tmp_path, capsys, monkeypatch):
+    from eval.dataset_factory import make_dataset
+
+    monkeypatch.setenv("GR00T_AUTHORIZED_KEYS", str(tmp_path))
+    monkeypatch.delenv("GR00T_CURVE_SECRET_KEY", raising=False)
+    assert main(["serve", "--dataset-path", str(make_dataset(tmp_path / "dataset"))]) == 2
+    assert "--authorized-keys (or $GR00T_AUTHORIZED_KEYS) needs --curve-secret-key (or $GR00T_CURVE_SECRET_KEY)" in \
+        capsys.readouterr().err
+
+
+def test_export_refuses_frames_larger_than_any_camera(tmp_path, capsys):
+    assert main(["export", "--model-path", str(tmp_path), "--output", str(tmp_path / "onnx"),
+                 "--image-size", "100000", "100000"]) == 2
+    assert "--image-size takes HEIGHT WIDTH of the cameras' frames, each from 16 to 4096; got 100000 100000" in \
+        capsys.readouterr().err
