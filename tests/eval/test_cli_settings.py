@@ -125,11 +125,11 @@ def test_the_client_takes_numpy_numbers():
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--image-size", "0"], "image_size must be an int from 1 to 1024 pixels, got 0"),
-        (["--image-size", "2048"], "image_size must be an int from 1 to 1024 pixels, got 2048"),
-        (["--image-size", "65"], "image_size must be even (the dataset's mp4 videos are yuv420p), got 65"),
-        (["--max-episode-steps", "0"], "max_episode_steps must be >= 1, got 0"),
-        (["--seed", "-3"], "seed must be >= 0, got -3"),
+        (["--image-size", "0"], "--image-size must be an int from 1 to 1024 pixels, got 0"),
+        (["--image-size", "2048"], "--image-size must be an int from 1 to 1024 pixels, got 2048"),
+        (["--image-size", "65"], "--image-size must be even (the dataset's mp4 videos are yuv420p), got 65"),
+        (["--max-episode-steps", "0"], "--max-episode-steps must be >= 1, got 0"),
+        (["--seed", "-3"], "--seed must be >= 0, got -3"),
         (["--camera", "nocam"], "Meta-World has no camera 'nocam'; its cameras: topview, corner,"),
     ],
 )
