@@ -150,6 +150,9 @@ def test_per_env_requests_for_some_envs_keep_each_envs_own_seed():
     chunker.reset(env_ids=[0, 3])
     chunker.get_action(obs(3, 3, 3, 3), {"seed": 10})
     assert policy.seeds == [10, 12, 11, [10, 13]]  # a run of envs shifts the int; others get one seed per row
+    chunker.reset(env_ids=[1, 3])
+    chunker.get_action(obs(4, 4, 4, 4), {"seed": [7, 8, 9, 5]})  # one seed per env: the fetched envs' own
+    assert policy.seeds[-1] == [8, 5]
 
 
 def test_a_partial_reset_before_the_first_call_is_a_no_op():

@@ -105,3 +105,18 @@ def test_empty_names_and_record_counts_are_refused_by_their_flags(tmp_path, caps
     assert main(argv) == 2
     assert expected in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_batch_job_names_why_its_server_did_not_answer():
+    import socket
+
+    from gr00t_eval.batch import PolicyServerAddress, connect
+
+    name = "no-such-policy-host.invalid"
+    try:
+        socket.getaddrinfo(name, 5555)
+    except socket.gaierror as exc:
+        if exc.errno == socket.EAI_AGAIN:
+            pytest.skip("this machine's resolver cannot answer at all (temporary failure)")
+    with pytest.raises(ConnectionError, match=f"did not answer ping within 15000 ms: .*host '{name}' does not resolve"):
+        connect(PolicyServerAddress(name, 5555, None, 15000, None, None))

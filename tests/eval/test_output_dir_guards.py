@@ -49,3 +49,36 @@ def test_an_output_dir_that_is_a_link_to_nowhere_is_named(tmp_path, capsys):
                  str(tmp_path / "out"), "--policy-client-port", "9", "--timeout-ms", "500"])
     assert code == 2
     assert f"is a symbolic link to {tmp_path / 'missing'}, which does not exist" in capsys.readouterr().err
+
+
+def test_an_overwrite_started_while_another_run_takes_the_directory_is_refused_not_emptying_it(tmp_path):
+    # Run A holds the directory's lock while it empties it and writes its run file; run B, started meanwhile with
+    # --overwrite, used to empty A's fresh run.json away and run too (both exit 0, one run's results lost).
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from gr00t_eval.run_claim import finish_claim
+    from gr00t_eval.run_dir import ROLLOUT_LOCK_FILENAME, directory_lock, held_run_claims
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with held_run_claims():
+        write_run_file(out, {"env_name": "walkto/slow", "config": {"seed": 0}})  # an earlier run, finished below
+    tests = str(Path(__file__).resolve().parents[1])
+    with directory_lock(out / ROLLOUT_LOCK_FILENAME):
+        b = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from gr00t_eval.cli import main; sys.exit(main())", "rollout",
+             "--env-name", "walkto/slow", "--env-import", "eval.scale_fixtures", "--output-dir", str(out), "--overwrite",
+             "--policy-client-port", "9", "--timeout-ms", "500", "--seed", "1"],
+            env={**os.environ, "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(4)  # B passes its first check (the earlier run finished) and waits for the lock
+        (out / "run.json").unlink()  # A empties the directory and takes it
+        write_run_file(out, {"env_name": "walkto/fast", "config": {"seed": 2}})
+    _, err = b.communicate(timeout=120)
+    assert b.returncode == 2, err
+    assert "is in use: the run that claimed it is still running" in err
+    assert json.loads((out / "run.json").read_text())["env_name"] == "walkto/fast"  # A's claim is intact
+    finish_claim(out / "run.json", "complete")

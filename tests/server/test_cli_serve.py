@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -16,6 +17,11 @@ from eval.dataset_factory import ACTION_DIMS, expected_actions, make_dataset
 from gr00t_client import PolicyClient
 
 from serving import READY, free_port as _free_port, wait_ready as _wait_ready
+
+
+def _message(line: str) -> str:
+    """A serve log line without its leading time ('2026-12-02 08:30:00,123 WARNING:...' -> 'WARNING:...')."""
+    return re.sub(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ", "", line)
 
 
 def _cli(*args: str) -> list:
@@ -279,7 +285,7 @@ def test_flags_the_chosen_policy_does_not_read_are_named_as_ignored(dataset, tin
     proc = _start(["serve", *args, "--port", str(port)])
     try:
         lines = _wait_ready(proc)
-        assert [line for line in lines if "ignored" in line] == [f"WARNING:gr00t_server:{expected}"]
+        assert [_message(line) for line in lines if "ignored" in line] == [f"WARNING:gr00t_server:{expected}"]
         with PolicyClient(port=port, timeout_ms=10000) as client:
             assert client.ping()  # a warning, not a refusal: launchers that always pass these keep working
             client.kill_server()
@@ -293,7 +299,7 @@ def test_an_export_folder_the_inference_mode_does_not_read_is_named_as_ignored(t
     """`serve --onnx-dir DIR` without --inference-mode onnxruntime served PyTorch without a word."""
     lines = _start_up_lines("--model-path", str(tiny_checkpoint), "--embodiment-tag", "new_embodiment", "--device", "cpu",
                             "--onnx-dir", str(tmp_path / "onnx"), "--no-warmup")
-    assert [line for line in lines if "ignored" in line] == [
+    assert [_message(line) for line in lines if "ignored" in line] == [
         f"WARNING:gr00t_server:--onnx-dir {tmp_path / 'onnx'}: ignored; it is read with --inference-mode onnxruntime, "
         "and this serves --inference-mode pytorch"]
 
@@ -313,7 +319,7 @@ def test_a_max_batch_size_the_policy_cannot_use_is_named_as_ignored(dataset):
     proc = _start(["serve", "--dataset-path", str(dataset), "--max-batch-size", "8", "--port", str(port)])
     try:
         lines = _wait_ready(proc)
-        assert [line for line in lines if "ignored" in line] == [
+        assert [_message(line) for line in lines if "ignored" in line] == [
             "WARNING:gr00t_server:--max-batch-size 8: ignored; ReplayPolicy keeps a session per client, so every "
             "request is served alone"
         ]

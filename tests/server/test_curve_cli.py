@@ -65,7 +65,7 @@ def test_serve_with_curve_prints_the_fingerprint_and_admits_only_authorized_clie
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--authorized-keys", "."], "--authorized-keys needs --curve-secret-key"),
+    (["--authorized-keys", "."], "--authorized-keys (or $GR00T_AUTHORIZED_KEYS) needs --curve-secret-key"),
     (["--curve-secret-key", "{keys}/server/server.key"], "holds only a public key; pass the secret certificate"),
     (["--curve-secret-key", "{keys}/server/server.key_secret", "--authorized-keys", "{keys}/nowhere"], "is not a directory"),
 ])

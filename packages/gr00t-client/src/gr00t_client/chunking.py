@@ -403,7 +403,9 @@ class ActionChunker:
         picked = {key: value[rows] if isinstance(value, np.ndarray) and value.ndim > 0 and value.shape[0] == self._n_envs
                   else value for key, value in options.items()}
         seed = picked.get("seed")
-        if isinstance(seed, (int, np.integer)) and not isinstance(seed, (bool, np.bool_)):
+        if isinstance(seed, (list, tuple)) and len(seed) == self._n_envs:  # one seed per env: those envs' seeds
+            picked["seed"] = [seed[k] for k in rows]
+        elif isinstance(seed, (int, np.integer)) and not isinstance(seed, (bool, np.bool_)):
             # Row i of a request uses seed + i: env k's seed is seed + k however few envs this fetch is for. Envs
             # k, k+1, ... in a run shift the int; others get a list of their own seeds (Gr00tPolicy takes one).
             own = [int(seed) + k for k in rows]

@@ -251,7 +251,6 @@ class PolicyClient(BasePolicy):
         self.session_id = session_id or uuid.uuid4().hex
         self._requested_wire = wire  # what _wire returns to when the server's facts are forgotten
         self._forget_server()  # nothing is known yet
-        self._negotiating = False  # True while the facts are being asked for (a timeout then forgets the partial ones)
         self._host_resolved = False  # the host name has resolved once (_check_host_resolves)
         self.return_server_timing = bool(return_server_timing)
         # CURVE encryption (gr00t_client.curve): None for plaintext; an ephemeral key pair when no client key is given.
@@ -275,9 +274,8 @@ class PolicyClient(BasePolicy):
         """The ZeroMQ endpoint, e.g. tcp://127.0.0.1:5555 or tcp://[::1]:5555."""
         return f"tcp://{endpoint_host(self.host)}:{self.port}"
 
-    def _open_socket(self, replacement: bool = False) -> zmq.Socket:
-        """A connected REQ socket (and its monitor). `replacement`: it replaces one that timed out while the server's
-        facts were kept, so its first connection counts as a reconnection (see _replace_socket)."""
+    def _open_socket(self) -> zmq.Socket:
+        """A connected REQ socket (and its monitor)."""
         if self._context is None:
             raise RuntimeError("PolicyClient is closed")
         try:
@@ -292,7 +290,7 @@ class PolicyClient(BasePolicy):
             # libzmq drops a peer at the header of a larger frame, before allocating it (-1: no cap)
             sock.setsockopt(zmq.MAXMSGSIZE, -1 if self.max_reply_bytes is None else self.max_reply_bytes)
             curve.apply_client_keys(sock, self._curve)
-            self._handshake = _ReplyWatch(sock, self.address, self._curve, first_connection_is_new=replacement)
+            self._handshake = _ReplyWatch(sock, self.address, self._curve)
             sock.connect(self.address)
         except zmq.ZMQError as exc:  # e.g. a malformed host: close the socket and keep to our error types
             if self._handshake is not None:
@@ -329,21 +327,18 @@ class PolicyClient(BasePolicy):
         if sock is not None:
             sock.close(linger=0)
 
-    def _replace_socket(self, keep_facts: bool) -> None:
-        """After a timeout (Lazy Pirate): close the socket and connect its replacement at once, so that the new
-        connection's handshake runs while the caller is between calls instead of inside the next call's budget.
-        With `keep_facts` (a plain timeout after the server's facts were learned) they are kept until the new
-        connection is made, and then forgotten as after any reconnection: a server that answers within its timeout
-        again is not made to pay a handshake and a get_server_info question out of one budget (which, on a link
-        whose round trip is a third of timeout_ms, timed out every later call). A reply lost with its connection,
-        or a timeout while the facts were still being learned, forgets them at once."""
-        if not keep_facts:
-            self._forget_server()
+    def _replace_socket(self) -> None:
+        """After a timeout (Lazy Pirate): forget the server's facts (whoever answers next may be another server),
+        close the socket and connect its replacement at once, so that the new connection's handshake runs while the
+        caller is between calls instead of inside the next call's budget. On a link whose round trip is a third of
+        timeout_ms, a handshake, a get_server_info question and the call itself did not fit in one budget: every
+        call after one latency spike timed out, for good."""
+        self._forget_server()
         self._close_socket()
         if self._context is None or self._closing.is_set():
             return
         try:
-            self._socket = self._open_socket(replacement=keep_facts)
+            self._socket = self._open_socket()
         except ConnectionError as exc:  # e.g. out of file descriptors: the next call tries again, and says why
             logger.debug("could not reconnect to %s at once: %s", self.address, exc)
 
@@ -375,10 +370,8 @@ class PolicyClient(BasePolicy):
             ipaddress.IPv4Address(self.host)
             self._host_resolved = True
             return
-        except ValueError:
-            if all(part.isdigit() for part in self.host.split(".")):  # 999.1.1.1 would be looked up as a name
-                raise ConnectionError(f"cannot connect to the policy server at {self.address}: host {self.host!r} is "
-                                      "not a valid IPv4 address") from None
+        except ValueError:  # a name, a short form the resolver reads (127.1), or a malformed address (999.1.1.1)
+            pass
         outcome: Dict[str, Any] = {}
 
         def look_up() -> None:
@@ -407,7 +400,7 @@ class PolicyClient(BasePolicy):
             raise ConnectionError(f"host {self.host!r} has IPv6 addresses only ({', '.join(addresses)}); pass one of "
                                   "them as host to connect over IPv6")
         raise ConnectionError(f"cannot connect to the policy server at {self.address}: host {self.host!r} does not "
-                              f"resolve ({error}); check the host name or pass an IP address")
+                              f"resolve ({error}); check the host name (or IP address)")
 
     def _reply_lost(self, endpoint: str) -> ReplyLostError:
         cap = self.max_reply_bytes
@@ -469,9 +462,8 @@ class PolicyClient(BasePolicy):
                 # the new server's, and what was learned from the old one is forgotten.
                 logger.info("reconnected to %s; asking the server for its facts again", self.address)
                 self._forget_server()
-        except PolicyTimeoutError as exc:  # ReplyLostError too
-            # Lazy Pirate: a REQ socket that timed out can never send again
-            self._replace_socket(keep_facts=not isinstance(exc, ReplyLostError) and not self._negotiating)
+        except PolicyTimeoutError:  # ReplyLostError too
+            self._replace_socket()  # Lazy Pirate: a REQ socket that timed out can never send again
             raise
         except _ReplyOverCap as over:  # the rest of the reply is dropped with the socket, unread
             self._discard_socket()
@@ -565,13 +557,6 @@ class PolicyClient(BasePolicy):
 
     def _negotiate(self, deadline: Optional[float] = None) -> None:
         """Ask once whether the server is ours (multipart capable); a reference server says 'Unknown endpoint'."""
-        self._negotiating = True
-        try:
-            self._ask_server_facts(deadline)
-        finally:
-            self._negotiating = False
-
-    def _ask_server_facts(self, deadline: Optional[float]) -> None:
         envelope = self._envelope("get_server_info", None, requires_input=False)
         try:
             info = self._round_trip(envelope, "get_server_info", multipart=False, deadline=deadline)
@@ -648,7 +633,6 @@ class PolicyClient(BasePolicy):
         closed, closing = self._context is None, self._closing.is_set()
         self._socket, self._handshake = None, None
         self._lock, self._lock_owner, self._awaiting = threading.RLock(), None, None
-        self._negotiating = False
         self._closing, self._call = threading.Event(), threading.local()
         if closing:
             self._closing.set()

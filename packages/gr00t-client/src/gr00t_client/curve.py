@@ -182,12 +182,10 @@ class HandshakeMonitor:
     drops mid-handshake (a wrong server key) fails once it has happened twice in a row or when the wait times out.
     Without CURVE such drops are never taken as a failure: they are what a forwarder (docker -p, ssh -L) does while
     its server is down or still starting, so the client waits, and a timeout's words say what was seen
-    (`stage()`). `first_connection_is_new`: the socket replaces one that timed out, so its first connection may
-    reach another server than the one whose facts the client holds; `reconnected()` reports it.
+    (`stage()`).
     """
 
-    def __init__(self, sock: zmq.Socket, address: str, keys: Optional[ClientCurveKeys],
-                 first_connection_is_new: bool = False) -> None:
+    def __init__(self, sock: zmq.Socket, address: str, keys: Optional[ClientCurveKeys]) -> None:
         self.address = address
         self._keys = keys
         # A unique address: pyzmq's default names it after the socket's fd, which a later socket can reuse while the
@@ -202,7 +200,8 @@ class HandshakeMonitor:
         self._handshake_settled = True  # False between a connection and the outcome of its handshake
         self._connections = 0  # successful handshakes: more than one means the socket reconnected
         self._connections_told = 0
-        self._known_connections = 0 if first_connection_is_new else 1  # handshakes reconnected() does not report
+        self._connected = False  # a handshake succeeded and its connection has not closed since
+        self._lost = False  # an established connection closed (the counts below are since then)
         self._tcp_connections = 0  # TCP connections made (handshake or not)
         self._retries = 0  # connect attempts that failed (refused, unresolved)
         self._closed_in_handshake = 0  # connections closed by the peer before a handshake finished
@@ -227,7 +226,7 @@ class HandshakeMonitor:
         away and something answers at its address again, maybe another server. Cheap when nothing happened."""
         if self._monitor.get(zmq.EVENTS) & MONITOR_READABLE:
             self._drain()
-        fresh = self._connections > self._known_connections and self._connections != self._connections_told
+        fresh = self._connections > 1 and self._connections != self._connections_told
         self._connections_told = self._connections
         return fresh
 
@@ -251,8 +250,15 @@ class HandshakeMonitor:
         """How far the connection got, for a timeout's words: '' once a handshake succeeded (the server itself is
         slow), else what was seen: refused or unresolved connects, TCP connections closed or left silent."""
         self._drain()
-        if self._connections:
+        if self._connected:
             return ""
+        if self._lost:  # connected once, then the server went: say what the reconnecting met since
+            seen = self._closed_in_handshake or self._tcp_connections or self._retries
+            return "the connection to it was lost (the server stopped?)" + (
+                f" and not made again: {self._stage_since_lost()}" if seen else "")
+        return self._stage_since_lost()
+
+    def _stage_since_lost(self) -> str:
         if self._closed_in_handshake:
             return (f"{self._closed_in_handshake} connection(s) were accepted and then closed before the ZeroMQ "
                     "handshake finished: a forwarder (docker -p, ssh -L, kubectl port-forward) whose policy server is "
@@ -289,6 +295,9 @@ class HandshakeMonitor:
             return
         if event == zmq.EVENT_DISCONNECTED:
             if self._handshake_settled:  # an ordinary disconnect, or one whose failure is already recorded
+                if self._connected:  # the server went: what reconnecting meets is counted afresh
+                    self._connected, self._lost = False, True
+                    self._tcp_connections = self._retries = self._closed_in_handshake = 0
                 return
             event = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL  # dropped mid-handshake; its own event never came
         if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
@@ -297,6 +306,7 @@ class HandshakeMonitor:
         if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self._failure, self._dropped_in_a_row = None, 0
             self._connections += 1
+            self._connected = True
             return
         self._dropped_in_a_row = self._dropped_in_a_row + 1 if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL else 0
         self._failure = HandshakeError(f"handshake with the policy server at {self.address} failed: {self._reason(event, value)}")

@@ -319,9 +319,14 @@ def connect(server: PolicyServerAddress) -> PolicyClient:
     """A PolicyClient for `server` that has answered a ping (ConnectionError otherwise)."""
     client = PolicyClient(server.host, server.port, timeout_ms=server.timeout_ms, api_token=server.api_token,
                           server_public_key=server.server_public_key, client_secret_key=server.client_key)
-    if not client.ping():
+    try:
+        client.call_endpoint("ping", requires_input=False)
+    except (TimeoutError, ConnectionError) as exc:  # the client's words say why (no such host, refused, ...)
         client.close()
-        raise ConnectionError(f"policy server at {server} did not answer ping within {server.timeout_ms} ms")
+        raise ConnectionError(f"policy server at {server} did not answer ping within {server.timeout_ms} ms: {exc}") from None
+    except BaseException:
+        client.close()
+        raise
     return client
 
 

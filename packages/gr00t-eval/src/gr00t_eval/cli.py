@@ -493,7 +493,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "rollout" and args.resume:  # which run settings a resume was given (it refuses changes)
         args.given_flags = given_flags(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=getattr(logging, args.log_level), format="%(levelname)s:%(name)s:%(message)s")
+    from .progress import BarAwareHandler
+
+    logging.basicConfig(level=getattr(logging, args.log_level), format="%(levelname)s:%(name)s:%(message)s",
+                        handlers=[BarAwareHandler(sys.stderr)])
     try:
         return _run_command(args)
     except KeyboardInterrupt:

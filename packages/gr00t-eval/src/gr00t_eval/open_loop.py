@@ -21,6 +21,7 @@ import numpy as np
 from gr00t_client import BasePolicy, ModalityConfig, PolicyServerError, ServerStoppingError
 
 from .action_steps import check_consecutive_action_deltas
+from .progress import bar_options
 from .dataset import LeRobotDataset
 from .metrics import ActionErrors, action_errors
 from .reported_position import is_position
@@ -175,6 +176,9 @@ class _EpisodeSteps:
         return self._language[key]
 
 
+_WARNED_KEY_MATCHES: set = set()
+
+
 class _KeyMap:
     """Modality-config keys -> dataset keys (by name, or by position when the names differ but counts match)."""
 
@@ -182,7 +186,11 @@ class _KeyMap:
         if all(k in available for k in wanted):
             self.map = {k: k for k in wanted}
         elif len(wanted) == len(available):
-            logger.warning("policy %s keys %s are not the dataset's %s; matching by position", kind, list(wanted), list(available))
+            said = (kind, tuple(wanted), tuple(available))
+            if said not in _WARNED_KEY_MATCHES:  # once per run, not once per trajectory
+                _WARNED_KEY_MATCHES.add(said)
+                logger.warning("policy %s keys %s are not the dataset's %s; matching by position", kind, list(wanted),
+                               list(available))
             self.map = dict(zip(wanted, available))
         else:
             missing = [k for k in wanted if k not in available]
@@ -394,11 +402,12 @@ def evaluate_open_loop(
         from tqdm.auto import tqdm
 
         total = sum(math.ceil(min(config.steps, dataset.episode_lengths[t]) / config.execution_horizon) for t in valid)
-        bar = tqdm(total=total, desc="Open-loop inference")
+        bar = tqdm(total=total, desc="Open-loop inference", **bar_options())
     stopped: Optional[BaseException] = None
     position = 0
     try:
         for position, traj_id in enumerate(valid):
+            counted = bar.n if bar is not None else 0
             try:
                 traj = evaluate_trajectory(policy, dataset, traj_id, config, configs, report,
                                            on_step=(bar.update if bar else None))
@@ -411,6 +420,9 @@ def evaluate_open_loop(
                 reason = str(exc) if isinstance(exc, TrajectoryError) else f"the server answered with an error: {exc}"
                 result.errored[traj_id] = reason
                 report(f"trajectory {traj_id} errored: {reason}")
+                if bar is not None:  # its steps not run are done with too: a finished run's bar ends at 100%
+                    steps = math.ceil(min(config.steps, dataset.episode_lengths[traj_id]) / config.execution_horizon)
+                    bar.update(max(0, steps - (bar.n - counted)))
                 continue
             result.trajectories[traj_id] = traj
             report(f"MSE for trajectory {traj_id}: {traj.errors.mse}, MAE: {traj.errors.mae}")

@@ -161,8 +161,11 @@ def run_shard_task(env_spec: str, config: Dict[str, Any], shard: Tuple[int, int]
         try:
             with PolicyClient(server[0], server[1], timeout_ms=timeout_ms, api_token=api_token,
                               server_public_key=server_key, client_secret_key=client_key) as client:
-                if not client.ping():
-                    raise ConnectionError(f"policy server at {server[0]}:{server[1]} did not answer ping within {timeout_ms} ms")
+                try:
+                    client.call_endpoint("ping", requires_input=False)
+                except (TimeoutError, ConnectionError) as exc:  # the client's words say why
+                    raise ConnectionError(f"policy server at {server[0]}:{server[1]} did not answer ping within "
+                                          f"{timeout_ms} ms: {exc}") from None
                 box["results"] = run_suite(client, env_spec, RolloutConfig(**config), ShardSpec(*shard),
                                            on_episode=lambda outcome: scored.put(outcome.to_json_dict()),
                                            done=[EpisodeOutcome.from_json_dict(entry) for entry in done])

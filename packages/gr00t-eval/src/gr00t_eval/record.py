@@ -94,7 +94,9 @@ def record_metaworld(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=n_episodes, desc="Recording")
+        from .progress import bar_options
+
+        bar = tqdm(total=n_episodes, desc="Recording", **bar_options())
     settings = {"env_name": env_name, "n_episodes": n_episodes, "seed": seed, "max_episode_steps": max_episode_steps,
                 "image_size": image_size, "camera": camera}
     try:

@@ -268,6 +268,18 @@ def claim_resumed_run(directory: Union[str, Path], shard: Any = None) -> None:
             _CLAIMS_HELD.append(path)
 
 
+ROLLOUT_LOCK_FILENAME = ".gr00t_rollout.lock"  # locked while a rollout takes its output directory (kept there)
+
+
+@contextlib.contextmanager
+def directory_lock(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive flock of `lock_path` (created if missing, never deleted: deleting it would let a later run
+    lock another file of the same name). Where there is no flock (Windows) the block runs unlocked."""
+    lock_path.touch(exist_ok=True)
+    with _locked_file(lock_path):
+        yield
+
+
 @contextlib.contextmanager
 def _locked_file(path: Path) -> Iterator[None]:
     """Hold an exclusive flock of `path` (the inode it names now; a rewrite replaces the name, and the next

@@ -13,7 +13,7 @@ import errno
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 logger = logging.getLogger(__name__)
 
@@ -117,26 +117,36 @@ def env_timeout_from_args(args: argparse.Namespace) -> Optional[float]:
     return float(timeout)
 
 
-def _rollout_output_dir(args: argparse.Namespace, label: str, shard: Any) -> Path:
-    """--output-dir (refused when not empty, unless --overwrite), or a new dated directory under the default base.
+def _rollout_output_dir(args: argparse.Namespace, label: str, shard: Any, claim: Callable[[Path], None]) -> Path:
+    """--output-dir (refused when not empty, unless --overwrite), or a new dated directory under the default base;
+    `claim(path)` writes the run's file there.
 
     Shards of one plan may share a directory: a shard only needs its own file names to be free. Both the
-    output directory and an outside --video-dir are checked before anything is emptied or created.
+    output directory and an outside --video-dir are checked before anything is emptied or created. The last
+    check, the emptying and the claim happen under a lock of the directory: of two runs started together into
+    it, --overwrite or not, the second finds the first's run file and is refused (it used to empty it away).
     """
     from .cli_errors import UsageError
-    from .run_dir import (OutputDirError, check_output_dir, episode_log_name, make_fresh_dated_output_dir,
-                          prepare_output_dir, results_file_name, run_file_name)
+    from .run_dir import (ROLLOUT_LOCK_FILENAME, OutputDirError, check_output_dir, directory_lock, episode_log_name,
+                          make_fresh_dated_output_dir, prepare_output_dir, results_file_name, run_file_name)
 
     own = None if shard is None else [run_file_name(shard), episode_log_name(shard), results_file_name(shard)]
+    keep = (ROLLOUT_LOCK_FILENAME,)
     path = Path(args.output_dir) if args.output_dir else None
     try:
         if path is not None:
-            check_output_dir(path, overwrite=args.overwrite, own_files=own)
+            check_output_dir(path, overwrite=args.overwrite, own_files=own, keep=keep)
         earlier_videos = []
         if shard is None and args.video_dir and not args.no_video:
             earlier_videos = _check_video_dir(Path(args.video_dir), path, args.overwrite)
-        path = (prepare_output_dir(path, overwrite=args.overwrite, own_files=own) if path is not None
-                else make_fresh_dated_output_dir(DEFAULT_ROLLOUT_BASE, label))
+        if path is not None:
+            path.mkdir(parents=True, exist_ok=True)
+            with directory_lock(path / ROLLOUT_LOCK_FILENAME):
+                prepare_output_dir(path, overwrite=args.overwrite, own_files=own, keep=keep)
+                claim(path)
+        else:
+            path = make_fresh_dated_output_dir(DEFAULT_ROLLOUT_BASE, label)
+            claim(path)
     except OutputDirError as exc:
         raise UsageError(str(exc)) from None
     if earlier_videos:
@@ -262,8 +272,8 @@ def run_rollout_command(args: argparse.Namespace) -> int:
     from .rollout import RolloutConfig
     from .rollout.config import draw_base_seed
     from .ray_runner import check_ray_address, import_ray, parse_servers
-    from .run_dir import (EpisodeLog, OutputDirError, add_earlier_eval_s, earlier_results, episode_log_name,
-                          given_settings, read_run_file, refuse_changed_settings, write_run_file)
+    from .run_dir import (EpisodeLog, add_earlier_eval_s, earlier_results, episode_log_name, given_settings,
+                          read_run_file, refuse_changed_settings, write_run_file)
     from .shard import ShardSpec
 
     try:  # a bad host list fails before the output directory is made
@@ -302,13 +312,15 @@ def run_rollout_command(args: argparse.Namespace) -> int:
             raise UsageError("--shard needs --seed (or $GR00T_EVAL_SEED): every shard must use the same episode seeds")
         seed = seed if seed is not None else draw_base_seed()
         env_spec = args.env_name
-        output_dir = _rollout_output_dir(args, env_spec, shard)
-        config = rollout_config_from_args(args, seed, output_dir)
-        try:
-            write_run_file(output_dir, {"env_name": env_spec, "config": dataclasses.asdict(config),
-                                        "shard": None if shard is None else str(shard)}, shard)
-        except OutputDirError as exc:
-            raise UsageError(str(exc)) from None
+        made: Dict[str, Any] = {}
+
+        def claim(path: Path) -> None:
+            made["config"] = rollout_config_from_args(args, seed, path)
+            write_run_file(path, {"env_name": env_spec, "config": dataclasses.asdict(made["config"]),
+                                  "shard": None if shard is None else str(shard)}, shard)
+
+        output_dir = _rollout_output_dir(args, env_spec, shard, claim)
+        config = made["config"]
     print(f"Output directory: {output_dir} (base seed {config.seed})")
     try:
         results = _run(args, env_spec, config, shard, done, output_dir, first_policy)

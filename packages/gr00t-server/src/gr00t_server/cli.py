@@ -375,7 +375,8 @@ def _start_server(args: argparse.Namespace) -> Any:
 
     from .server import PolicyServer
 
-    logging.basicConfig(level=getattr(logging, args.log_level), format="%(levelname)s:%(name)s:%(message)s")
+    # with the time: a server's log is read against a robot's incident
+    logging.basicConfig(level=getattr(logging, args.log_level), format="%(asctime)s %(levelname)s:%(name)s:%(message)s")
     if args.log_level != "DEBUG":  # torch's own INFO lines (e.g. FakeTensor cache stats at exit) are not ours to show
         logging.getLogger("torch").setLevel(logging.WARNING)
     _raise_open_file_limit()

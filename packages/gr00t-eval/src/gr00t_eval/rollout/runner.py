@@ -213,8 +213,8 @@ class RolloutRunner:
         if bar is not None:
             finished = [o.success for o in self.outcomes.values() if o.error is None]
             errors = len(self.outcomes) - len(finished)
-            bar.update(1)
-            bar.set_postfix(success=f"{np.mean(finished):.2f}" if finished else "-", errors=errors)
+            bar.set_postfix(success=f"{np.mean(finished):.2f}" if finished else "-", errors=errors, refresh=False)
+            bar.update(1)  # redraws at most every mininterval (a CI log got one bar line per episode)
 
     def _fail(self, row: int, reason: str, bar: Any) -> None:
         episode = self.row_episode[row]
@@ -352,7 +352,9 @@ class RolloutRunner:
         if self.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(self.episodes), desc="Episodes")
+            from ..progress import bar_options
+
+            bar = tqdm(total=len(self.episodes), desc="Episodes", **bar_options())
         self.row_episode = [IDLE] * n_envs
         cursor = PolicyRowCursor(n_envs, self.config.env_steps_per_call)
         checked = PositionCheckedPolicy(self.policy, cursor, asynchronous=self.config.client_chunking == "async",

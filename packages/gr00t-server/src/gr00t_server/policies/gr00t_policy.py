@@ -4,8 +4,8 @@ Options of `get_action` (all optional; keys starting with "_", e.g. "_session_id
 other key is refused when strict, a warning otherwise):
 - "seed": int. Row i of the batch starts from `torch.randn((H, D_max), generator=Generator("cpu").
   manual_seed(s + i))` in float32, then cast to the model dtype/device. A batch with seed s therefore equals
-  B single calls with seeds s, s+1, ..., s+B-1 (and a single call with seed s equals row 0), exactly in float32
-  and to the dtype's rounding in bfloat16/float16 (a batch's kernels differ from one row's). torch seeds are
+  B single calls with seeds s, s+1, ..., s+B-1 (and a single call with seed s equals row 0), to the dtype's
+  rounding: about 1e-7 in float32, 4e-4 in bfloat16/float16 (a batch's kernels differ from one row's). torch seeds are
   64-bit, so s must lie in [-2**63, 2**64 - B]. Or a list of B ints, row i's own seed (what ActionChunker sends
   for a fetch of some envs of a batch, so each env keeps its own seed whichever envs it is fetched with).
 - "noise": float array (B, H, D_max) or (H, D_max), the initial flow noise used as given (not with "seed").
@@ -206,6 +206,7 @@ class Gr00tPolicy(BasePolicy):
     ) -> None:
         super().__init__(strict=strict)
         self._timing = threading.local()
+        self._warned_options: set = set()  # unknown option names a lenient policy has warned about (once each)
         if isinstance(model_path, EmbodimentTag):  # positional (embodiment_tag, model_path) like the reference
             model_path, embodiment_tag = embodiment_tag, model_path
         if model_path is None or embodiment_tag is None:
@@ -424,10 +425,15 @@ class Gr00tPolicy(BasePolicy):
         options = {k: v for k, v in (options or {}).items() if not str(k).startswith("_")}
         unknown = sorted(map(str, set(options) - _KNOWN_OPTIONS))
         if unknown:  # a typo ("Seed", "denoise_steps") ran the defaults without a word
-            message = f"unknown options {unknown}; Gr00tPolicy takes {sorted(_KNOWN_OPTIONS)}"
+            shown = [name if len(name) <= 60 else name[:60] + "..." for name in unknown[:8]]  # a client's text
+            message = (f"unknown options {shown}{f' and {len(unknown) - 8} more' if len(unknown) > 8 else ''}; "
+                       f"Gr00tPolicy takes {sorted(_KNOWN_OPTIONS)}")
             if self.strict:
                 raise ValueError(message)
-            logger.warning("%s (ignored: strict=False)", message)
+            key = tuple(shown)
+            if key not in self._warned_options and len(self._warned_options) < 64:  # once per set, not per call
+                self._warned_options.add(key)
+                logger.warning("%s (ignored: strict=False; said once per set of names)", message)
         seed, noise = options.get("seed"), options.get("noise")
         if seed is not None and noise is not None:
             raise ValueError("options may contain 'seed' or 'noise', not both")

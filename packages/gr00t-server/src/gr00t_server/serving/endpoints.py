@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Set, Tuple
 
 from gr00t_client.client import normalize_host
 
@@ -80,27 +80,51 @@ def error_text(endpoint: str, exc: BaseException) -> Tuple[str, bool]:
 
 
 class RateLimitedLog:
-    """Logs at most `per_window` warnings per `window_s`; the rest are counted and reported once."""
+    """Logs at most `per_window` warnings per `window_s`; the rest are counted and reported as suppressed.
 
-    def __init__(self, log: logging.Logger, per_window: int = 20, window_s: float = 10.0) -> None:
+    `kind` (say, endpoint and exception type) keeps the first message of each kind visible whatever the flood: a
+    kind not seen before is logged even when the window's share is spent (up to `max_kinds` kinds remembered). The
+    count of suppressed messages is reported with the next message after the window, or by flush() (at shutdown).
+    """
+
+    def __init__(self, log: logging.Logger, per_window: int = 20, window_s: float = 10.0, max_kinds: int = 256,
+                 level: int = logging.WARNING) -> None:
         self._log = log
         self.per_window = per_window
         self.window_s = window_s
+        self.level = level
+        self._max_kinds = max_kinds
+        self._kinds: Set[Any] = set()
         self._window_start = 0.0
         self._logged = 0
         self._suppressed = 0
         self._lock = threading.Lock()
 
-    def warning(self, message: str, *args: Any, exc_info: Any = None) -> None:
-        """A warning, unless this window's share is spent."""
+    def warning(self, message: str, *args: Any, exc_info: Any = None, kind: Any = None) -> bool:
+        """Log the message (at this limiter's level) unless this window's share is spent and its kind was seen
+        before; True when it was logged."""
         with self._lock:
             now = time.monotonic()
             if now - self._window_start >= self.window_s:
-                if self._suppressed:
-                    self._log.warning("%d similar messages were suppressed in the last %.0f s", self._suppressed, self.window_s)
-                self._window_start, self._logged, self._suppressed = now, 0, 0
-            if self._logged >= self.per_window:
+                self._report_suppressed()
+                self._window_start, self._logged = now, 0
+            new_kind = kind is not None and kind not in self._kinds and len(self._kinds) < self._max_kinds
+            if new_kind:
+                self._kinds.add(kind)
+            if self._logged >= self.per_window and not new_kind:
                 self._suppressed += 1
-                return
+                return False
             self._logged += 1
-        self._log.warning(message, *args, exc_info=exc_info)
+        self._log.log(self.level, message, *args, exc_info=exc_info)
+        return True
+
+    def flush(self) -> None:
+        """Report the messages suppressed since the last report (a server that stops after a burst)."""
+        with self._lock:
+            self._report_suppressed()
+
+    def _report_suppressed(self) -> None:
+        if self._suppressed:
+            self._log.log(self.level, "%d similar messages were suppressed in the last %.0f s", self._suppressed,
+                          max(1.0, min(self.window_s, time.monotonic() - self._window_start)))
+            self._suppressed = 0

@@ -24,7 +24,16 @@ if TYPE_CHECKING:
     from .server import PolicyServer
 
 logger = logging.getLogger("gr00t_server.serving.server")  # PolicyServer's log: the split renamed no logger
-_refusals = RateLimitedLog(logger)
+_refusals = RateLimitedLog(logger)  # client mistakes: the first of each kind, then 20 per 10 s
+# A policy failing on every call (CUDA out of memory) logged a traceback per request: gigabytes a day. The first of
+# each kind keeps its traceback; repeats are counted.
+_internal_errors = RateLimitedLog(logger, per_window=5, window_s=60.0, level=logging.ERROR)
+
+
+def flush_logs() -> None:
+    """Report the refusals and internal errors counted but not logged (called when a server stops)."""
+    _refusals.flush()
+    _internal_errors.flush()
 
 POLICY_STAGE_KEYS = ("preprocess_ms", "model_ms", "postprocess_ms")  # a policy's last_timing keys server_timing carries
 
@@ -276,10 +285,11 @@ class JobRunner:
             request.outcome = "internal_error" if internal else "error"
         if internal:
             stats.add("internal_errors")
-            logger.error("internal error in %s from %s", log_text(request.endpoint), request.peer or "local", exc_info=exc)
+            _internal_errors.warning("internal error in %s from %s", log_text(request.endpoint), request.peer or "local",
+                                     exc_info=exc, kind=(request.endpoint, type(exc).__name__, message[:200]))
         elif log:  # client-supplied text is cut and escaped: a name may be megabytes long or forge log lines
             _refusals.warning("request %s from %s refused: %s", log_text(request.endpoint), request.peer or "local",
-                              log_text(message, 300, quoted=False))
+                              log_text(message, 300, quoted=False), kind=(str(request.endpoint)[:100], type(exc).__name__))
         try:
             return encode_reply(request, message, ok=False)
         except Exception:  # the message itself cannot fail to encode, but never let a reply path raise

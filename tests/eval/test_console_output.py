@@ -1,0 +1,43 @@
+"""What a rollout prints to a console that is a log file (CI): error lines on lines of their own, not glued onto a
+progress bar's, and no bar (it wrote a line per episode there)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from eval.scale_fixtures import ConstantPolicy, policy_server
+
+TESTS_DIR = Path(__file__).resolve().parents[1]
+
+
+class FailsEveryThirdCall(ConstantPolicy):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def _get_action(self, observation, options=None):
+        self.calls += 1
+        if self.calls % 3 == 0:
+            raise RuntimeError("policy blew up")
+        return super()._get_action(observation, options)
+
+
+def test_episode_errors_are_lines_of_their_own_and_no_bar_is_drawn_into_a_log_file(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
+    with policy_server(FailsEveryThirdCall()) as server:
+        result = subprocess.run(
+            [sys.executable, "-c", "import sys; from gr00t_eval.cli import main; sys.exit(main())", "rollout",
+             "--env-name", "walkto/slow", "--env-import", "eval.scale_fixtures", "--policy-client-port", str(server.port),
+             "--output-dir", str(tmp_path / "out"), "--timeout-ms", "5000", "--n-episodes", "30", "--seed", "0",
+             "--n-envs", "1", "--n-action-steps", "2", "--max-episode-steps", "6", "--no-video", "--vectorization",
+             "sync", "--allow-errors"],
+            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [part for line in result.stderr.splitlines() for part in line.split("\r")]
+    errors = [line for line in lines if "errored: policy get_action failed" in line]
+    assert errors and all(line.startswith("ERROR:gr00t_eval.rollout.runner:episode") for line in errors), errors[:3]
+    assert not [line for line in lines if "Episodes:" in line]  # was one bar line per episode, errors glued on
+    assert "success rate: " in result.stdout and "INCOMPLETE" in result.stdout  # the outcome, in plain lines

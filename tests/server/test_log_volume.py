@@ -1,0 +1,73 @@
+"""What a long-running server writes to its log: a policy failing on every call, a flood of refusals of one kind
+with a different mistake inside it, and a lenient Gr00tPolicy given an unknown option on every call."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from reference_peer import EchoPolicy, libero_like_observation
+from serving import running_server
+
+from gr00t_client import PolicyClient, PolicyServerError
+from gr00t_server.serving.endpoints import RateLimitedLog
+
+SERVER_LOG = "gr00t_server.serving.server"
+
+
+class AlwaysFails(EchoPolicy):
+    def _get_action(self, observation, options=None):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+
+def test_a_policy_failing_on_every_call_logs_a_few_tracebacks_and_a_count_not_one_per_request(caplog):
+    caplog.set_level(logging.INFO, logger=SERVER_LOG)
+    observation = libero_like_observation(height=32, width=32)
+    with running_server(AlwaysFails()) as server, PolicyClient(host="127.0.0.1", port=server.port, timeout_ms=5000) as client:
+        for _ in range(40):
+            with pytest.raises(PolicyServerError, match="internal error"):
+                client.get_action(observation)
+    records = [r for r in caplog.records if r.name == SERVER_LOG]
+    tracebacks = [r for r in records if r.exc_info]
+    assert 1 <= len(tracebacks) <= 5  # was 40: a traceback per request, ~86 GB a day at this server's rate
+    assert any("similar messages were suppressed" in r.getMessage() and r.getMessage().startswith("35 ") for r in records)
+    assert any("stopped after 41 requests: 40 errors (40 internal)" in r.getMessage() for r in records)  # + its question
+
+
+def test_a_new_kind_of_refusal_is_logged_inside_a_flood_and_the_count_is_reported():
+    logger = logging.getLogger("test.rate_limited")
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    handler = Keep()
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        log = RateLimitedLog(logger, per_window=3, window_s=3600)
+        for i in range(50):
+            log.warning("bad shape %d", i, kind=("get_action", "ObservationError"))
+        log.warning("unknown endpoint", kind=("get_actoin", "RequestError"))  # another client's one-off mistake
+        log.warning("bad shape again", kind=("get_action", "ObservationError"))
+        log.flush()
+    finally:
+        logger.removeHandler(handler)
+    assert seen == ["bad shape 0", "bad shape 1", "bad shape 2", "unknown endpoint",
+                    "48 similar messages were suppressed in the last 1 s"]
+
+
+def test_a_lenient_gr00t_policy_warns_of_an_unknown_option_once_not_per_call(tiny_checkpoint, caplog):
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+    from gr00t_server.test_checkpoint import example_observation
+
+    policy = Gr00tPolicy(model_path=tiny_checkpoint, embodiment_tag="libero_sim", device="cpu", strict=False)
+    observation = example_observation(tiny_checkpoint, "libero_sim")
+    caplog.set_level(logging.WARNING)
+    for _ in range(3):
+        policy.get_action(observation, {"Denoising_steps": 2})
+    policy.get_action(observation, {"x" * 20000: 1})
+    warnings = [r.getMessage() for r in caplog.records if "unknown options" in r.getMessage()]
+    assert len(warnings) == 2 and "Denoising_steps" in warnings[0]
+    assert len(warnings[1]) < 500  # a 20,000-character key is cut
