@@ -355,7 +355,7 @@ def prepare_job_dir(job_dir: Path, config: RolloutConfig,
     planned = planned_config(config)
     run_file, log = job_dir / RUN_FILENAME, job_dir / EPISODE_LOG_FILENAME
     saved = json.loads(run_file.read_text()) if run_file.is_file() else None
-    same = saved is not None and saved.get("job_config") == planned
+    same = saved is not None and with_setting_defaults(saved.get("job_config")) == planned
     if same and not same_policy(saved.get("policy"), policy):
         logger.warning("job %s: its server now serves %s, and its earlier attempt ran against %s; running the job from "
                        "the start", job_dir.name, describe(policy), describe(saved.get("policy")))
@@ -377,6 +377,17 @@ def prepare_job_dir(job_dir: Path, config: RolloutConfig,
     return config, []
 
 
+def with_setting_defaults(saved: Any) -> Any:
+    """Saved job settings with the settings an older gr00t-eval did not write (env_timeout_s, say) at their
+    defaults: a batch resumed after an upgrade reran every finished job, warning of a setting nobody changed."""
+    if not isinstance(saved, Mapping):
+        return saved
+    defaults = {f.name: f.default for f in dataclasses.fields(RolloutConfig) if f.default is not dataclasses.MISSING}
+    defaults.update({f.name: f.default_factory() for f in dataclasses.fields(RolloutConfig)  # type: ignore[misc]
+                     if f.default_factory is not dataclasses.MISSING})
+    return json.loads(json.dumps({**{k: v for k, v in defaults.items() if k not in saved}, **saved}))
+
+
 def planned_config(config: RolloutConfig) -> Dict[str, Any]:
     """A job's RolloutConfig as JSON values (before a base seed is drawn): what its record and run.json save, and
     what a later attempt's settings are compared with."""
@@ -394,6 +405,7 @@ def changed_settings(job: Job, record: Mapping[str, Any], job_dir: Optional[Path
         saved = json.loads((job_dir / RUN_FILENAME).read_text()).get("job_config")
     if saved is None:
         return None
+    saved = with_setting_defaults(saved)
     try:
         planned = planned_config(job.rollout_config())
     except (TypeError, ValueError) as exc:

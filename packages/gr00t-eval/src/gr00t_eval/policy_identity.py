@@ -32,9 +32,17 @@ def policy_record(client: Any) -> Optional[Dict[str, Any]]:
         return None
     record = {"policy_class": info.get("policy_class"), "embodiment_tag": info.get("embodiment_tag"),
               "identity": info.get("policy_identity")}
-    described = json.dumps({**record, "modality_configs": info.get("modality_configs")}, sort_keys=True, default=str)
-    record["fingerprint"] = hashlib.sha256(described.encode()).hexdigest()[:16]
+    record["fingerprint"] = _fingerprint(record, info.get("modality_configs"))
+    # The fingerprint an older gr00t-server (no policy_identity, i.e. no checkpoint hash) gave the same policy.
+    record["fingerprint_without_identity"] = _fingerprint({**record, "identity": None}, info.get("modality_configs"))
     return record
+
+
+def _fingerprint(record: Mapping[str, Any], modality_configs: Any) -> str:
+    described = json.dumps({"policy_class": record.get("policy_class"), "embodiment_tag": record.get("embodiment_tag"),
+                            "identity": record.get("identity"), "modality_configs": modality_configs},
+                           sort_keys=True, default=str)
+    return hashlib.sha256(described.encode()).hexdigest()[:16]
 
 
 def describe(record: Optional[Mapping[str, Any]]) -> str:
@@ -47,7 +55,13 @@ def describe(record: Optional[Mapping[str, Any]]) -> str:
 
 
 def same_policy(first: Optional[Mapping[str, Any]], second: Optional[Mapping[str, Any]]) -> bool:
-    """False only when both are known and their fingerprints differ."""
+    """False only when both are known and their fingerprints differ. A record from a server that reported no
+    checkpoint identity (an older gr00t-server) matches on what it did report: class, tag and modality configs."""
     if not first or not second:
         return True
-    return first.get("fingerprint") == second.get("fingerprint")
+    if first.get("fingerprint") == second.get("fingerprint"):
+        return True
+    for old, new in ((first, second), (second, first)):
+        if not old.get("identity") and new.get("fingerprint_without_identity") == old.get("fingerprint"):
+            return True
+    return False

@@ -95,7 +95,8 @@ def rollout_config_from_args(args: argparse.Namespace, seed: Optional[int], outp
     from .rollout import RolloutConfig
 
     output_dir = output_dir if output_dir is not None else Path(args.output_dir or DEFAULT_ROLLOUT_BASE)
-    video_dir = None if args.no_video else (args.video_dir or str(output_dir / "videos"))
+    # the default folder is saved absolute: a resume from another working directory put its videos elsewhere
+    video_dir = None if args.no_video else (args.video_dir or str(Path(os.path.abspath(output_dir)) / "videos"))
     return RolloutConfig(
         env_name=args.env_name, n_episodes=args.n_episodes, n_envs=args.n_envs, n_action_steps=args.n_action_steps,
         max_episode_steps=args.max_episode_steps, seed=seed, video_dir=video_dir, env_kwargs=dict(args.env_kwargs),
@@ -208,6 +209,19 @@ def _delete_episode_videos(video_dir: Path, videos: List[Path]) -> None:
             folder.rmdir()
 
 
+def _default_video_dir(saved: Mapping[str, Any], output_dir: Path) -> bool:
+    """Whether a run file's video folder is the run's own OUTPUT_DIR/videos (recorded since `default_video_dir`;
+    an older run file's relative path ending in its directory's name and 'videos'), which a resume, from any
+    working directory or of a copied run, takes as the resumed directory's."""
+    if "default_video_dir" in saved:
+        return bool(saved["default_video_dir"])
+    video_dir = (saved.get("config") or {}).get("video_dir")
+    if not isinstance(video_dir, str) or os.path.isabs(video_dir):
+        return False
+    relative = Path(video_dir)
+    return relative.name == "videos" and relative.parent.name == Path(os.path.abspath(output_dir)).name
+
+
 def _check_rollout_args(args: argparse.Namespace) -> None:
     from .cli_errors import UsageError
     from .rollout.config import MAX_EPISODES
@@ -298,6 +312,8 @@ def run_rollout_command(args: argparse.Namespace) -> int:
         refuse_changed_settings(args, saved)
         env_spec = saved["env_name"]
         config = RolloutConfig(**saved["config"])
+        if _default_video_dir(saved, output_dir):  # OUTPUT_DIR/videos of the directory resumed, wherever it now is
+            config = dataclasses.replace(config, video_dir=str(Path(os.path.abspath(output_dir)) / "videos"))
         if "env_timeout" in given_settings(args):  # not an outcome setting: a stalled run may resume with more time
             config = dataclasses.replace(config, env_timeout_s=env_timeout_from_args(args))
         first_policy = saved.get("policy")
@@ -317,7 +333,8 @@ def run_rollout_command(args: argparse.Namespace) -> int:
         def claim(path: Path) -> None:
             made["config"] = rollout_config_from_args(args, seed, path)
             write_run_file(path, {"env_name": env_spec, "config": dataclasses.asdict(made["config"]),
-                                  "shard": None if shard is None else str(shard)}, shard)
+                                  "shard": None if shard is None else str(shard),
+                                  "default_video_dir": not args.no_video and not args.video_dir}, shard)
 
         output_dir = _rollout_output_dir(args, env_spec, shard, claim)
         config = made["config"]
@@ -428,7 +445,7 @@ def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done:
     log = EpisodeLog(output_dir / episode_log_name(shard))
     if args.ray_address:
         policy = _ray_run_policy(servers, args)
-        _adopt_run_policy(output_dir, shard, first_policy, policy, "the servers serve")
+        _adopt_run_policy(output_dir, shard, first_policy, policy, "the servers serve", len(done))
         with sigterm_as_interrupt():
             results = run_with_ray(env_spec, config, servers, args.ray_address, args.ray_shards, args.api_token,
                                    args.timeout_ms, args.ray_cpus_per_shard, curve_keys=connection.portable_keys(args),
@@ -441,7 +458,7 @@ def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done:
     server = servers[0]
     with connection.open_client(server.host, server.port, args) as client:
         policy = policy_record(client)
-        _adopt_run_policy(output_dir, shard, first_policy, policy, f"the server at {server} serves")
+        _adopt_run_policy(output_dir, shard, first_policy, policy, f"the server at {server} serves", len(done))
         _check_policy_runs_settings(client, config, Path(args.resume) if args.resume else None)
         with sigterm_as_interrupt():
             results = run_suite(client, env_spec, config, shard, progress=True,
@@ -453,7 +470,7 @@ def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done:
 
 
 def _adopt_run_policy(output_dir: Path, shard: Any, first_policy: Optional[Mapping[str, Any]],
-                      policy: Optional[Mapping[str, Any]], serving: str) -> None:
+                      policy: Optional[Mapping[str, Any]], serving: str, resumed_episodes: int = 0) -> None:
     """Record the policy a run evaluates in its run file, or, for a resume, refuse one whose fingerprint differs
     from the first attempt's (its finished episodes would be reported with another policy's); `serving` says who
     serves it, e.g. "the server at HOST:PORT serves"."""
@@ -466,6 +483,11 @@ def _adopt_run_policy(output_dir: Path, shard: Any, first_policy: Optional[Mappi
                          f"{describe(first_policy)}; serve the same checkpoint (or dataset) to continue it, or start "
                          "a new run")
     if policy is not None and first_policy is None:
+        if resumed_episodes:  # a run file of an older gr00t-eval (or a server that gave no info then)
+            logger.warning("--resume %s: this run recorded no policy for its %d earlier episodes (an older gr00t-eval, or "
+                           "a server that did not say), so nothing checks that %s the same checkpoint as then; its "
+                           "results will pool both. Recording %s from now on", output_dir, resumed_episodes, serving,
+                           describe(policy))
         record_run_policy(output_dir, shard, policy)
 
 

@@ -154,6 +154,10 @@ def merge_results(shards: Sequence[Mapping[str, Any]], allow_missing: bool = Fal
             raise MergeError(f"{label[position]} ran a different plan than {label[0]}: "
                              f"{plan_difference(shards[0], results)}; only shards of one plan merge")
     policies = [(label[i], results.get("policy")) for i, results in enumerate(shards) if results.get("policy")]
+    unrecorded = [label[i] for i, results in enumerate(shards) if not results.get("policy")]
+    if policies and unrecorded:
+        logger.warning("%s record no policy (an older gr00t-eval, or a server that did not say): nothing checks that "
+                       "they ran the policy of %s", ", ".join(unrecorded), policies[0][0])
     for name, policy in policies[1:]:
         if not same_policy(policies[0][1], policy):
             raise MergeError(f"{name} was run against another policy than {policies[0][0]}: {describe(policy)}, not "
