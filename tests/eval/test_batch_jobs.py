@@ -66,7 +66,7 @@ def test_batch_with_a_good_and_broken_jobs_finishes_marks_the_broken_ones_and_re
     assert status == {"server-gone": "failed", "good": "done", "bad-env": "failed", "wrong-token": "failed"}
     assert batch["n_failed"] == 3
     reasons = {job["name"]: job["reason"] for job in batch["jobs"]}
-    assert "did not answer ping within 300 ms" in reasons["server-gone"]
+    assert "did not answer 'ping' within 300 ms (" in reasons["server-gone"]
     assert "unknown prefix 'nosuchprefix'" in reasons["bad-env"]
     assert "Unauthorized" in reasons["wrong-token"], reasons["wrong-token"]
     good = batch["jobs"][1]["results"]

@@ -21,7 +21,8 @@ def job_errors(tmp_path, jobs, defaults=None):
 
 
 @pytest.mark.parametrize("job, expected", [
-    ({"overrides": {"terminate_on_success": "false"}}, "override terminate_on_success must be true or false (not a string), got 'false'"),
+    ({"overrides": {"terminate_on_success": "false"}}, "override terminate_on_success must be true or false, got 'false'"),
+    ({"overrides": {"chunk_merge": "average"}}, "override chunk_merge 'average' needs client_chunking 'async'"),
     ({"overrides": {"first_episode": 1}}, "override 'first_episode' is not a rollout setting"),
     ({"overrides": {"client_chunking": "asynch"}}, "override client_chunking must be one of 'off', 'sync', 'async', got 'asynch'"),
     ({"overrides": {"env_kwargs": ["a"]}}, "override env_kwargs must be an object of keyword arguments"),
@@ -118,5 +119,5 @@ def test_a_batch_job_names_why_its_server_did_not_answer():
     except socket.gaierror as exc:
         if exc.errno == socket.EAI_AGAIN:
             pytest.skip("this machine's resolver cannot answer at all (temporary failure)")
-    with pytest.raises(ConnectionError, match=f"did not answer ping within 15000 ms: .*host '{name}' does not resolve"):
+    with pytest.raises(ConnectionError, match=f"cannot connect to the policy server at .*: host '{name}' does not resolve"):
         connect(PolicyServerAddress(name, 5555, None, 15000, None, None))

@@ -19,17 +19,18 @@ def test_of_two_runs_started_into_one_directory_the_second_is_refused_at_its_run
     assert json.loads((tmp_path / "run.json").read_text())["env_name"] == "walkto/slow"
 
 
-@pytest.mark.parametrize("where", ["the dataset", "its parent"])
+@pytest.mark.parametrize("where", ["the dataset", "its parent", "its meta folder"])
 def test_open_loop_overwrite_never_deletes_the_dataset_it_evaluates(tmp_path, capsys, where):
     dataset = make_dataset(tmp_path / "parent" / "dataset")
     (tmp_path / "parent" / "notes.txt").write_text("mine")
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    out = dataset if where == "the dataset" else dataset.parent
+    out = {"the dataset": dataset, "its parent": dataset.parent, "its meta folder": dataset / "meta"}[where]
     code = main(["open-loop", "--dataset-path", str(dataset), "--output-dir", str(out), "--overwrite",
                  "--port", "9", "--timeout-ms", "500"])
     assert code == 2
     err = capsys.readouterr().err
-    assert "name another directory" in err and ("is the dataset" in err or "a folder holding the dataset" in err)
+    assert "name another directory" in err and ("is the dataset" in err or "a folder holding the dataset" in err
+                                                 or "inside the dataset" in err)
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 
@@ -38,7 +39,7 @@ def test_rollout_overwrite_refuses_a_directory_holding_a_dataset(tmp_path, capsy
     code = main(["rollout", "--env-name", "walkto/slow", "--env-import", "eval.scale_fixtures", "--output-dir",
                  str(tmp_path / "out"), "--overwrite", "--policy-client-port", "9", "--timeout-ms", "500"])
     assert code == 2
-    assert "holds a LeRobot dataset (meta/info.json) in recorded/; --overwrite never deletes one" in capsys.readouterr().err
+    assert "holds, in recorded/, a LeRobot dataset (meta/info.json); --overwrite never deletes one" in capsys.readouterr().err
     assert (tmp_path / "out" / "recorded" / "meta" / "info.json").is_file()
 
 
@@ -82,3 +83,35 @@ def test_an_overwrite_started_while_another_run_takes_the_directory_is_refused_n
     assert "is in use: the run that claimed it is still running" in err
     assert json.loads((out / "run.json").read_text())["env_name"] == "walkto/fast"  # A's claim is intact
     finish_claim(out / "run.json", "complete")
+
+
+@pytest.mark.parametrize("inside", ["meta", "data/chunk-000"])
+def test_rollout_overwrite_refuses_a_directory_inside_a_dataset_or_holding_a_checkpoint_deep_down(tmp_path, capsys, inside):
+    dataset = make_dataset(tmp_path / "dataset")
+    before = sorted(p.relative_to(tmp_path) for p in dataset.rglob("*"))
+    code = main(["rollout", "--env-name", "walkto/slow", "--env-import", "eval.scale_fixtures", "--output-dir",
+                 str(dataset / inside), "--overwrite", "--policy-client-port", "9", "--timeout-ms", "500"])
+    assert code == 2 and f"lies inside {dataset}, a LeRobot dataset" in capsys.readouterr().err
+    assert sorted(p.relative_to(tmp_path) for p in dataset.rglob("*")) == before
+    deep = tmp_path / "runs" / "a" / "b"
+    deep.mkdir(parents=True)
+    (deep / "config.json").write_text("{}")
+    (deep / "model.safetensors").write_bytes(b"0")
+    code = main(["rollout", "--env-name", "walkto/slow", "--env-import", "eval.scale_fixtures", "--output-dir",
+                 str(tmp_path / "runs"), "--overwrite", "--policy-client-port", "9", "--timeout-ms", "500"])
+    assert code == 2 and "holds, in a/b/, a model checkpoint" in capsys.readouterr().err
+    assert (deep / "model.safetensors").is_file()
+
+
+def test_a_rollout_that_stopped_before_its_first_episode_leaves_no_run_file_in_the_way(tmp_path, capsys):
+    from eval.scale_fixtures import free_port, policy_server
+
+    out = tmp_path / "out"
+    args = ["rollout", "--env-name", "walkto/slow", "--env-import", "eval.scale_fixtures", "--output-dir", str(out),
+            "--timeout-ms", "1000", "--n-episodes", "2", "--seed", "0", "--n-envs", "1", "--n-action-steps", "2",
+            "--max-episode-steps", "6", "--no-video", "--vectorization", "sync"]
+    assert main([*args, "--policy-client-port", str(free_port())]) == 2  # no server there yet
+    assert not (out / "run.json").exists()
+    with policy_server() as server:  # the same command, once the server is up: not refused as "not empty"
+        assert main([*args, "--policy-client-port", str(server.port)]) == 0
+    assert json.loads((out / "results.json").read_text())["overall"]["n_episodes"] == 2

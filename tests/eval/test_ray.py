@@ -76,7 +76,7 @@ def test_a_shard_whose_server_is_gone_is_reported_and_the_rest_is_kept(local_ray
     with policy_server() as alive:
         servers = [ServerAddress("127.0.0.1", alive.port), ServerAddress("127.0.0.1", free_port())]
         merged = run_with_ray(ENV_SPEC, config, servers, address="local", n_shards=2, timeout_ms=500)
-    assert list(merged["failed_shards"]) == ["1/2"] and "did not answer ping" in merged["failed_shards"]["1/2"]
+    assert list(merged["failed_shards"]) == ["1/2"] and "did not answer 'ping'" in merged["failed_shards"]["1/2"]
     assert merged["overall"]["n_episodes"] == 2 and len(merged["missing_episodes"]) == 2
 
 

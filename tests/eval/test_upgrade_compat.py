@@ -78,3 +78,49 @@ def test_resuming_a_run_that_recorded_no_policy_says_its_server_cannot_be_checke
     assert results["config"]["video_dir"] == str(out / "videos")  # the resumed run's own, not ./run/videos here
     assert not (elsewhere / "run").exists()
     assert json.loads((out / "run.json").read_text())["policy"]["fingerprint"]  # recorded from now on
+
+
+def test_two_checkpoints_are_still_told_apart_when_a_record_without_identity_matches_both(tmp_path):
+    from gr00t_eval.shard import MergeError, merge_results
+
+    base = {"policy_class": "Gr00tPolicy", "embodiment_tag": "new_embodiment", "fingerprint_without_identity": "c" * 16}
+    older = {**base, "identity": None, "fingerprint": "c" * 16}  # an older server's record of those configs
+    a = {**base, "identity": {"weights_fingerprint": "a"}, "fingerprint": "a" * 16}
+    b = {**base, "identity": {"weights_fingerprint": "b"}, "fingerprint": "b" * 16}
+    assert same_policy(older, a) and same_policy(older, b) and not same_policy(a, b)
+    out = tmp_path / "run"
+    args = ["rollout", "--env-name", "walkto/slow", "--env-import", "eval.scale_fixtures", "--timeout-ms", "5000",
+            "--n-episodes", "2", "--seed", "0", "--n-envs", "1", "--n-action-steps", "2", "--max-episode-steps", "6",
+            "--no-video", "--vectorization", "sync"]
+    shards = []
+    with policy_server() as server:
+        for index in range(3):
+            assert main([*args, "--output-dir", str(out), "--shard", f"{index}/3", "--policy-client-port", str(server.port)]) == 0
+            shards.append(json.loads((out / f"results_shard{index}of3.json").read_text()))
+    for results, policy in zip(shards, (older, a, b)):
+        results["policy"] = policy
+    try:
+        merge_results(shards, names=["s0", "s1", "s2"])
+        raise AssertionError("shards of two checkpoints merged")
+    except MergeError as exc:
+        assert "s2 was run against another policy than s1" in str(exc)
+    merged = merge_results(shards[:2], allow_missing=True, names=["s0", "s1"])
+    assert merged["policy"]["fingerprint"] == "a" * 16  # the record that names the checkpoint
+
+
+def test_a_resume_upgrades_a_record_without_identity_so_a_later_resume_is_held_to_the_checkpoint(tmp_path):
+    from gr00t_eval import scale_cli
+
+    older = {"policy_class": "Gr00tPolicy", "identity": None, "fingerprint": "c" * 16}
+    a = {"policy_class": "Gr00tPolicy", "identity": {"weights_fingerprint": "a"}, "fingerprint": "a" * 16,
+         "fingerprint_without_identity": "c" * 16}
+    b = {**a, "identity": {"weights_fingerprint": "b"}, "fingerprint": "b" * 16}
+    (tmp_path / "run.json").write_text(json.dumps({"env_name": "walkto/slow", "config": {}, "policy": older}))
+    scale_cli._adopt_run_policy(tmp_path, None, older, a, "the server serves", 2)
+    recorded = json.loads((tmp_path / "run.json").read_text())["policy"]
+    assert recorded["fingerprint"] == "a" * 16
+    try:
+        scale_cli._adopt_run_policy(tmp_path, None, recorded, b, "the server serves", 3)
+        raise AssertionError("a resume against another checkpoint was accepted")
+    except Exception as exc:  # UsageError
+        assert "serve the same checkpoint" in str(exc)

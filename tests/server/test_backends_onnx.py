@@ -371,7 +371,7 @@ def test_a_failed_re_export_leaves_the_earlier_export_in_place(tiny_checkpoint, 
     (["build-engine", "--onnx-dir", "x", "--engine-dir", "y", "--max-batch-size", "0"], "--max-batch-size must be >= 1, got 0"),
     (["build-engine", "--onnx-dir", "x", "--engine-dir", "y", "--workspace", "0"], "--workspace must be >= 1, got 0"),
     (["export", "--model-path", "/nonexistent", "--output", "/nonexistent/out", "--image-size", "480", "0"],
-     "--image-size takes HEIGHT WIDTH of the cameras' frames, each >= 16; got 480 0"),
+     "--image-size takes HEIGHT WIDTH of the cameras' frames, each from 16 to 4096; got 480 0"),
 ])
 def test_counts_below_one_are_refused_before_anything_loads(argv, message):
     with pytest.raises(ValueError, match=f"^{message}$"):

@@ -31,7 +31,7 @@ def test_a_policy_failing_on_every_call_logs_a_few_tracebacks_and_a_count_not_on
     tracebacks = [r for r in records if r.exc_info]
     assert 1 <= len(tracebacks) <= 5  # was 40: a traceback per request, ~86 GB a day at this server's rate
     assert any("similar messages were suppressed" in r.getMessage() and r.getMessage().startswith("35 ") for r in records)
-    assert any("stopped after 41 requests: 40 errors (40 internal)" in r.getMessage() for r in records)  # + its question
+    assert any("stopped after 41 requests: 40 errors (40 internal;" in r.getMessage() for r in records)  # + its question
 
 
 def test_a_new_kind_of_refusal_is_logged_inside_a_flood_and_the_count_is_reported():
@@ -71,3 +71,26 @@ def test_a_lenient_gr00t_policy_warns_of_an_unknown_option_once_not_per_call(tin
     warnings = [r.getMessage() for r in caplog.records if "unknown options" in r.getMessage()]
     assert len(warnings) == 2 and "Denoising_steps" in warnings[0]
     assert len(warnings[1]) < 500  # a 20,000-character key is cut
+
+
+class FailsTwoWays(EchoPolicy):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def _get_action(self, observation, options=None):
+        self.calls += 1
+        raise RuntimeError("CUDA out of memory (simulated)" if self.calls <= 10 else "shape mismatch (a new bug)")
+
+
+def test_each_server_logs_its_own_first_failures_and_a_new_message_is_not_hidden_behind_an_old_one(caplog):
+    caplog.set_level(logging.INFO, logger=SERVER_LOG)
+    observation = libero_like_observation(height=32, width=32)
+    for _ in range(2):  # a second server in the same process starts with its own counts
+        caplog.clear()
+        with running_server(FailsTwoWays()) as server, PolicyClient(host="127.0.0.1", port=server.port, timeout_ms=5000) as client:
+            for _ in range(12):
+                with pytest.raises(PolicyServerError):
+                    client.get_action(observation)
+        failures = [str(r.exc_info[1]) for r in caplog.records if r.name == SERVER_LOG and r.exc_info]
+        assert failures[0] == "CUDA out of memory (simulated)" and "shape mismatch (a new bug)" in failures

@@ -201,7 +201,7 @@ def check_setting_types(name: str, config: Mapping[str, Any]) -> None:
     for key, value in config.items():
         problem = None
         if key == "terminate_on_success" and not isinstance(value, bool):
-            problem = "true or false (not a string)"
+            problem = "true or false"
         elif key in choices and value not in choices[key]:
             problem = f"one of {', '.join(repr(c) for c in choices[key])}"
         elif key == "env_kwargs" and not isinstance(value, Mapping):
@@ -213,8 +213,11 @@ def check_setting_types(name: str, config: Mapping[str, Any]) -> None:
             problem = "a whole number >= 0, or null"
         if problem is not None:
             raise JobError(f"job {name!r}: override {key} must be {problem}, got {value!r}", name)
-    if config.get("rtc_frozen_steps") is not None and config.get("client_chunking", "off") != "async":
-        raise JobError(f"job {name!r}: override rtc_frozen_steps needs client_chunking 'async'", name)
+    if config.get("client_chunking", "off") != "async":  # as `rollout` refuses the same flags
+        if config.get("rtc_frozen_steps") is not None:
+            raise JobError(f"job {name!r}: override rtc_frozen_steps needs client_chunking 'async'", name)
+        if config.get("chunk_merge", "newest") != "newest":
+            raise JobError(f"job {name!r}: override chunk_merge {config['chunk_merge']!r} needs client_chunking 'async'", name)
 
 
 def parse_job(raw: Any, index: int, defaults: Optional[Mapping[str, Any]] = None) -> Job:
@@ -321,9 +324,9 @@ def connect(server: PolicyServerAddress) -> PolicyClient:
                           server_public_key=server.server_public_key, client_secret_key=server.client_key)
     try:
         client.call_endpoint("ping", requires_input=False)
-    except (TimeoutError, ConnectionError) as exc:  # the client's words say why (no such host, refused, ...)
+    except (TimeoutError, ConnectionError) as exc:  # the client's words name the server and why (no such host, ...)
         client.close()
-        raise ConnectionError(f"policy server at {server} did not answer ping within {server.timeout_ms} ms: {exc}") from None
+        raise ConnectionError(str(exc)) from None
     except BaseException:
         client.close()
         raise
@@ -362,8 +365,9 @@ def prepare_job_dir(job_dir: Path, config: RolloutConfig,
         same = False
     if same:
         assert saved is not None
-        if policy is not None and saved.get("policy") is None:
-            write_results(run_file, {**saved, "policy": dict(policy)})
+        earlier = saved.get("policy")
+        if policy is not None and (earlier is None or (not earlier.get("identity") and policy.get("identity"))):
+            write_results(run_file, {**saved, "policy": dict(policy)})  # identity from now on: later attempts held to it
         return RolloutConfig(**saved["config"]), [EpisodeOutcome.from_json_dict(e) for e in EpisodeLog(log).read()]
     if saved is not None and log.is_file():
         logger.warning("job settings or policy changed since %s was written; running the job from the start", log)

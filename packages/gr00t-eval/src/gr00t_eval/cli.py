@@ -390,9 +390,11 @@ def _claim_open_loop_output_dir(args: argparse.Namespace, config: Any) -> Path:
         raise UsageError(f"no free output directory under {DEFAULT_OPEN_LOOP_BASE}; pass --output-dir")
     output_dir = Path(args.output_dir)
     dataset, target = Path(args.dataset_path).resolve(), output_dir.resolve()
-    if dataset == target or target in dataset.parents:  # its results would be written over (or --overwrite delete) it
-        raise UsageError(f"--output-dir {output_dir} is {'the dataset' if dataset == target else 'a folder holding the dataset'} "
-                         f"--dataset-path {args.dataset_path}; name another directory for the results")
+    if dataset == target or target in dataset.parents or dataset in target.parents:  # --overwrite would delete it
+        relation = ("the dataset" if dataset == target else "a folder holding the dataset" if target in dataset.parents
+                    else "a folder inside the dataset")
+        raise UsageError(f"--output-dir {output_dir} is {relation} --dataset-path {args.dataset_path}; name another "
+                         "directory for the results")
     try:
         refuse_live_claim(output_dir, OPEN_LOOP_RUN_FILENAME)  # before "not empty": --overwrite must not be suggested
         if output_dir.is_dir() and any(output_dir.iterdir()) and not args.overwrite:

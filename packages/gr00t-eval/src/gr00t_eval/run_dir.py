@@ -163,17 +163,33 @@ def _split_of(names: Sequence[str]) -> Optional[int]:
     return None
 
 
+def _input_kind(folder: Path) -> Optional[str]:
+    """What input `folder` is: a LeRobot dataset, a model checkpoint, or None."""
+    if (folder / "meta" / "info.json").is_file():
+        return "a LeRobot dataset (meta/info.json)"
+    if (folder / "config.json").is_file() and any(folder.glob("*.safetensors*")):
+        return "a model checkpoint (config.json and safetensors weights)"
+    return None
+
+
 def _refuse_inputs(path: Path) -> None:
-    """OutputDirError for a directory --overwrite must never empty: a LeRobot dataset or a checkpoint (a mistyped
-    --output-dir, or the dataset's own folder), at its top or one level down."""
-    for folder in [path, *(child for child in path.iterdir() if child.is_dir() and not child.is_symlink())]:
-        what = ("a LeRobot dataset (meta/info.json)" if (folder / "meta" / "info.json").is_file() else
-                "a model checkpoint (config.json and safetensors weights)"
-                if (folder / "config.json").is_file() and any(folder.glob("*.safetensors*")) else None)
+    """OutputDirError for a directory --overwrite must never empty: one that is, holds (at any depth) or lies
+    inside a LeRobot dataset or a checkpoint (a mistyped --output-dir, the dataset's own folder or its meta/)."""
+    def refuse(what: str, where: str) -> None:
+        raise OutputDirError(f"--output-dir {path} {where} {what}; --overwrite never deletes one: name another "
+                             "directory for the run's output")
+
+    resolved = path.resolve()
+    for ancestor in resolved.parents:
+        what = _input_kind(ancestor)
         if what is not None:
-            where = "" if folder == path else f" in {folder.name}/"
-            raise OutputDirError(f"--output-dir {path} holds {what}{where}; --overwrite never deletes one: name "
-                                 "another directory for the run's output")
+            refuse(what, f"lies inside {ancestor},")
+    for folder, subfolders, _files in os.walk(path, followlinks=False):
+        what = _input_kind(Path(folder))
+        if what is not None:
+            relative = Path(folder).relative_to(path)
+            refuse(what, "is" if str(relative) == "." else f"holds, in {relative}/,")
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
 
 
 def _refuse_foreign_runs(path: Path, names: Sequence[str], what: str, why: str) -> None:
@@ -275,8 +291,13 @@ ROLLOUT_LOCK_FILENAME = ".gr00t_rollout.lock"  # locked while a rollout takes it
 def directory_lock(lock_path: Path) -> Iterator[None]:
     """Hold an exclusive flock of `lock_path` (created if missing, never deleted: deleting it would let a later run
     lock another file of the same name). Where there is no flock (Windows) the block runs unlocked."""
-    lock_path.touch(exist_ok=True)
-    with _locked_file(lock_path):
+    if not lock_path.exists():
+        try:
+            lock_path.touch(exist_ok=True)
+        except PermissionError:  # not ours to create here: the run's own checks say what is wrong with the folder
+            yield
+            return
+    with _locked_file(lock_path):  # opened for reading: another user's lock file (mode 0644) locks as well
         yield
 
 
@@ -341,14 +362,19 @@ class EpisodeLog:
         from .results import _jsonable
 
         line = json.dumps(_jsonable(entry)) + "\n"
-        with open(self.path, "a+b") as handle:
-            if handle.tell():  # a line cut short (a full disk) must not swallow this entry: start on a line of its own
-                handle.seek(-1, os.SEEK_END)
-                if handle.read(1) != b"\n":
-                    line = "\n" + line
-            handle.write(line.encode("utf-8"))
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with open(self.path, "a+b") as handle:
+                if handle.tell():  # a line cut short (a full disk) must not swallow this entry: start a line of its own
+                    handle.seek(-1, os.SEEK_END)
+                    if handle.read(1) != b"\n":
+                        line = "\n" + line
+                handle.write(line.encode("utf-8"))
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            if exc.filename is None:  # a write's error names no file: a full disk's message should
+                raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
+            raise
 
     def read(self) -> List[Dict[str, Any]]:
         """Every complete entry, later entries of the same (task, episode) replacing earlier ones (resumed runs)."""

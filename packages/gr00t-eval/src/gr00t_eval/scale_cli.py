@@ -140,6 +140,11 @@ def _rollout_output_dir(args: argparse.Namespace, label: str, shard: Any, claim:
         earlier_videos = []
         if shard is None and args.video_dir and not args.no_video:
             earlier_videos = _check_video_dir(Path(args.video_dir), path, args.overwrite)
+        videos = Path(args.video_dir) if args.video_dir and not args.no_video else None
+        inside = videos is not None and path is not None and (
+            os.path.abspath(videos) == os.path.abspath(path) or Path(os.path.abspath(path)) in Path(os.path.abspath(videos)).parents)
+        if videos is not None and not inside:  # before the claim: a refused folder leaves no run file behind
+            _check_writable(videos)
         if path is not None:
             path.mkdir(parents=True, exist_ok=True)
             with directory_lock(path / ROLLOUT_LOCK_FILENAME):
@@ -154,8 +159,12 @@ def _rollout_output_dir(args: argparse.Namespace, label: str, shard: Any, claim:
         logger.warning("deleting %d episode videos of an earlier run from --video-dir %s (--overwrite); other files "
                        "there are kept", len(earlier_videos), args.video_dir)
         _delete_episode_videos(Path(args.video_dir), earlier_videos)
-    if args.video_dir and not args.no_video:
-        _check_writable(Path(args.video_dir))
+    if videos is not None and inside:  # made after the directory was checked and emptied
+        try:
+            _check_writable(videos)
+        except UsageError:
+            _release_unstarted_run(path, shard)
+            raise
     return path
 
 
@@ -340,7 +349,12 @@ def run_rollout_command(args: argparse.Namespace) -> int:
         config = made["config"]
     print(f"Output directory: {output_dir} (base seed {config.seed})")
     try:
-        results = _run(args, env_spec, config, shard, done, output_dir, first_policy)
+        try:
+            results = _run(args, env_spec, config, shard, done, output_dir, first_policy)
+        except BaseException:
+            if not args.resume:
+                _release_unstarted_run(output_dir, shard)
+            raise
         if earlier is not None:
             add_earlier_eval_s(results, earlier)
         return _report_rollout(args, results, output_dir, shard)
@@ -354,6 +368,22 @@ def run_rollout_command(args: argparse.Namespace) -> int:
 _STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
 
 
+def _release_unstarted_run(output_dir: Path, shard: Any) -> None:
+    """A new run that stopped before it scored any episode (no server answered, the policy refused its settings)
+    leaves no run file: the corrected command is not refused as 'not empty', nor pointed at a --resume that would
+    repeat the mistake."""
+    from .run_dir import EpisodeLog, episode_log_name, run_file_name
+
+    log = output_dir / episode_log_name(shard)
+    try:
+        if EpisodeLog(log).read():
+            return
+        log.unlink(missing_ok=True)
+        (output_dir / run_file_name(shard)).unlink(missing_ok=True)
+    except (OSError, ValueError) as exc:  # never hide the reason the run stopped
+        logger.debug("could not release %s: %s", output_dir, exc)
+
+
 def _storage_failure(exc: OSError, output_dir: Path, shard: Any) -> str:
     """The one line for a run stopped by a full disk: the file, what is kept, and the command that continues."""
     from .run_dir import EpisodeLog, episode_log_name, resume_command
@@ -365,7 +395,8 @@ def _storage_failure(exc: OSError, output_dir: Path, shard: Any) -> str:
         kept = 0
     where = f" writing {exc.filename}" if exc.filename else ""
     return (f"error: {exc.strerror or exc}{where}: the run stopped there; the {kept} episodes scored before it are kept "
-            f"in {log}. Free some space, then continue with: {resume_command(output_dir, shard)}")
+            f"in {log}. Free some space, then continue with: {resume_command(output_dir, shard)} and the same server "
+            "flags (and --env-import/--env-adapter/--env-prefix, if the run used them)")
 
 
 def _report_rollout(args: argparse.Namespace, results: Dict[str, Any], output_dir: Path, shard: Any) -> int:
@@ -482,6 +513,8 @@ def _adopt_run_policy(output_dir: Path, shard: Any, first_policy: Optional[Mappi
         raise UsageError(f"--resume {output_dir}: {serving} {describe(policy)}, and this run started against "
                          f"{describe(first_policy)}; serve the same checkpoint (or dataset) to continue it, or start "
                          "a new run")
+    if policy is not None and first_policy is not None and not first_policy.get("identity") and policy.get("identity"):
+        record_run_policy(output_dir, shard, policy)  # the checkpoint identity from now on: a later resume is held to it
     if policy is not None and first_policy is None:
         if resumed_episodes:  # a run file of an older gr00t-eval (or a server that gave no info then)
             logger.warning("--resume %s: this run recorded no policy for its %d earlier episodes (an older gr00t-eval, or "

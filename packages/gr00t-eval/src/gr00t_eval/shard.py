@@ -158,10 +158,12 @@ def merge_results(shards: Sequence[Mapping[str, Any]], allow_missing: bool = Fal
     if policies and unrecorded:
         logger.warning("%s record no policy (an older gr00t-eval, or a server that did not say): nothing checks that "
                        "they ran the policy of %s", ", ".join(unrecorded), policies[0][0])
-    for name, policy in policies[1:]:
-        if not same_policy(policies[0][1], policy):
-            raise MergeError(f"{name} was run against another policy than {policies[0][0]}: {describe(policy)}, not "
-                             f"{describe(policies[0][1])}; only shards of one policy merge (rerun that shard against "
+    for index, (name, policy) in enumerate(policies):  # every pair: a record without identity matches both of
+        for first_name, first in policies[:index]:  # two checkpoints that are not the same as each other
+            if same_policy(first, policy):
+                continue
+            raise MergeError(f"{name} was run against another policy than {first_name}: {describe(policy)}, not "
+                             f"{describe(first)}; only shards of one policy merge (rerun that shard against "
                              "the same checkpoint or dataset)")
     task_pairs, n_episodes, seed, _ = key
     tasks = [Task(env_name, group) for env_name, group in task_pairs]
@@ -208,7 +210,7 @@ def merge_results(shards: Sequence[Mapping[str, Any]], allow_missing: bool = Fal
         "merged_from": [results.get("plan", {}).get("shard") for results in shards],
         "missing_episodes": missing,
         "n_not_run": len(missing) + len(not_run_by_failed_task),  # as a single run counts the episodes it never ran
-        "policy": policies[0][1] if policies else None,
+        "policy": next((p for _, p in policies if p.get("identity")), policies[0][1]) if policies else None,
         "merged_servers": [_server_of(results) for results in shards],
     }
     statuses = [results.get("status", "complete") for results in shards]

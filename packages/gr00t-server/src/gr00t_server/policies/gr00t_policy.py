@@ -207,6 +207,7 @@ class Gr00tPolicy(BasePolicy):
         super().__init__(strict=strict)
         self._timing = threading.local()
         self._warned_options: set = set()  # unknown option names a lenient policy has warned about (once each)
+        self._capped_warning_at = -60.0  # past 64 sets of names: when the last such warning was given
         if isinstance(model_path, EmbodimentTag):  # positional (embodiment_tag, model_path) like the reference
             model_path, embodiment_tag = embodiment_tag, model_path
         if model_path is None or embodiment_tag is None:
@@ -431,9 +432,16 @@ class Gr00tPolicy(BasePolicy):
             if self.strict:
                 raise ValueError(message)
             key = tuple(shown)
-            if key not in self._warned_options and len(self._warned_options) < 64:  # once per set, not per call
-                self._warned_options.add(key)
-                logger.warning("%s (ignored: strict=False; said once per set of names)", message)
+            if key not in self._warned_options:  # once per set, not per call; past 64 sets, once a minute
+                now = time.monotonic()
+                if len(self._warned_options) < 64:
+                    self._warned_options.add(key)
+                elif now - self._capped_warning_at < 60.0:
+                    key = None
+                else:
+                    self._capped_warning_at = now
+                if key is not None:
+                    logger.warning("%s (ignored: strict=False; said once per set of names)", message)
         seed, noise = options.get("seed"), options.get("noise")
         if seed is not None and noise is not None:
             raise ValueError("options may contain 'seed' or 'noise', not both")

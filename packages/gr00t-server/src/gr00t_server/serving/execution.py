@@ -24,16 +24,6 @@ if TYPE_CHECKING:
     from .server import PolicyServer
 
 logger = logging.getLogger("gr00t_server.serving.server")  # PolicyServer's log: the split renamed no logger
-_refusals = RateLimitedLog(logger)  # client mistakes: the first of each kind, then 20 per 10 s
-# A policy failing on every call (CUDA out of memory) logged a traceback per request: gigabytes a day. The first of
-# each kind keeps its traceback; repeats are counted.
-_internal_errors = RateLimitedLog(logger, per_window=5, window_s=60.0, level=logging.ERROR)
-
-
-def flush_logs() -> None:
-    """Report the refusals and internal errors counted but not logged (called when a server stops)."""
-    _refusals.flush()
-    _internal_errors.flush()
 
 POLICY_STAGE_KEYS = ("preprocess_ms", "model_ms", "postprocess_ms")  # a policy's last_timing keys server_timing carries
 
@@ -57,6 +47,16 @@ class JobRunner:
         self._window = window  # batching's gather window learns how long policy calls take
         self._gate = gate  # learns how long get_action jobs take, to let cheap ones run on the socket thread
         self._local = threading.local()  # the request each thread is serving (socket thread, worker)
+        # Per server (a second server in one process starts with a clean slate). Client mistakes: the first of each
+        # kind, then 20 per 10 s. A policy failing on every call (CUDA out of memory) logged a traceback per request,
+        # gigabytes a day: the first of each kind keeps its traceback, then 5 a minute; the rest are counted.
+        self._refusals = RateLimitedLog(logger)
+        self._internal_errors = RateLimitedLog(logger, per_window=5, window_s=60.0, level=logging.ERROR)
+
+    def flush_logs(self) -> None:
+        """Report the refusals and internal errors counted but not logged (called when the server stops)."""
+        self._refusals.flush()
+        self._internal_errors.flush()
 
     @property
     def current(self) -> Optional[Request]:
@@ -285,12 +285,21 @@ class JobRunner:
             request.outcome = "internal_error" if internal else "error"
         if internal:
             stats.add("internal_errors")
-            _internal_errors.warning("internal error in %s from %s", log_text(request.endpoint), request.peer or "local",
-                                     exc_info=exc, kind=(request.endpoint, type(exc).__name__, message[:200]))
+            self._internal_errors.warning("internal error in %s from %s", log_text(request.endpoint),
+                                          request.peer or "local", exc_info=exc,
+                                          kind=(request.endpoint, type(exc).__name__, _safe_text(exc)[:200]))
         elif log:  # client-supplied text is cut and escaped: a name may be megabytes long or forge log lines
-            _refusals.warning("request %s from %s refused: %s", log_text(request.endpoint), request.peer or "local",
-                              log_text(message, 300, quoted=False), kind=(str(request.endpoint)[:100], type(exc).__name__))
+            self._refusals.warning("request %s from %s refused: %s", log_text(request.endpoint), request.peer or "local",
+                                   log_text(message, 300, quoted=False), kind=(str(request.endpoint)[:100], type(exc).__name__))
         try:
             return encode_reply(request, message, ok=False)
         except Exception:  # the message itself cannot fail to encode, but never let a reply path raise
             return [codec.encode({"error": "internal error", ERROR_MARKER: True})]
+
+
+def _safe_text(exc: BaseException) -> str:
+    """str(exc), or '' for an exception whose __str__ raises (a failure must never break its own error reply)."""
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001
+        return ""

@@ -19,7 +19,7 @@ from .batching import TIMING_OPTION
 from .endpoints import Endpoint, error_text, is_loopback_host, is_loopback_peer
 # POLICY_STAGE_KEYS, ACTIVE_CLIENT_WINDOW_S, DEFAULT_CLIENT_QUEUED_BYTES, RECEIVE_BURST moved with their code and stay
 # importable from here, as before the split.
-from .execution import POLICY_STAGE_KEYS, JobRunner, flush_logs, policy_stages  # noqa: F401
+from .execution import POLICY_STAGE_KEYS, JobRunner, policy_stages  # noqa: F401
 from .limits import ServerLimits
 from .loop import (  # noqa: F401
     ACTIVE_CLIENT_WINDOW_S,
@@ -461,9 +461,10 @@ class PolicyServer:
         finally:
             restore()
             self._loop.shut_down(worker)
-            flush_logs()
+            self._runner.flush_logs()
             totals = self.stats.snapshot()
-            logger.info("stopped after %d requests: %d errors (%d internal), %d refused, %d expired, %d policy calls",
+            logger.info("stopped after %d requests: %d errors (%d internal; %d over queue or connection limits), %d "
+                        "expired, %d policy calls",
                         totals["requests"], totals["errors"], totals["internal_errors"], totals["refused"],
                         totals["expired"], totals["policy_calls"])
             with self._lifecycle:
