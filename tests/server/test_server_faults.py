@@ -18,8 +18,6 @@ from serving import running_server
 
 from gr00t_client import BasePolicy, ModalityConfig, PolicyClient, PolicyServerError, codec
 from gr00t_server.policies import Gr00tSimPolicyWrapper
-from gr00t_server.serving import execution
-from gr00t_server.serving.endpoints import RateLimitedLog
 from gr00t_server.serving.execution import JobRunner
 from gr00t_server.serving.limits import ServerLimits, check_observation
 from gr00t_server.serving.loop import RequestLoop
@@ -434,8 +432,7 @@ def test_a_batch_with_two_arrays_under_one_dotted_key_answers_everyone():
 # --- #7 client text in the log ------------------------------------------------------------------------------------
 
 
-def test_a_client_endpoint_name_is_cut_and_escaped_in_the_log(caplog, monkeypatch):
-    monkeypatch.setattr(execution, "_refusals", RateLimitedLog(execution.logger))  # a fresh rate-limit window
+def test_a_client_endpoint_name_is_cut_and_escaped_in_the_log(caplog):
     endpoint = "nope\nCRITICAL gr00t_server.serving.server: kill requested by 10.0.0.66; shutting down" + "x" * 100_000
     with running_server(EchoPolicy()) as server, caplog.at_level(logging.WARNING, logger="gr00t_server"):
         message = error_of(raw_round_trip(server.port, codec.encode({"endpoint": endpoint})))
