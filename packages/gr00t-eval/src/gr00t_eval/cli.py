@@ -50,13 +50,20 @@ def _parse_pair(text: str) -> tuple:
     return key, value
 
 
+def _unknown_tag(given: str, exc: ValueError) -> UsageError:
+    """One line for a tag EmbodimentTag.resolve refused: its first line (not its table) and the known tags."""
+    from gr00t_client import EmbodimentTag
+
+    known = ", ".join(member.value for member in EmbodimentTag)
+    return UsageError(f"{given}: {str(exc).splitlines()[0]}; known tags: {known}")
+
+
 def apply_env_registrations(args: argparse.Namespace) -> None:
     """Apply --env-import, --env-prefix and --env-adapter (in that order)."""
     import importlib
 
     from .rollout import ENV_PREFIX_TO_EMBODIMENT_TAG, register_env_prefix
-
-    from gr00t_client import EmbodimentTag
+    from .rollout.envs import _resolve_adapter
 
     for module in args.env_import:
         try:
@@ -68,13 +75,10 @@ def apply_env_registrations(args: argparse.Namespace) -> None:
         try:
             register_env_prefix(prefix, tag)
         except ValueError as exc:
-            raise UsageError(f"--env-prefix {prefix}={tag}: {str(exc).splitlines()[0]}; known tags: "
-                             f"{', '.join(member.value for member in EmbodimentTag)}") from None
+            raise _unknown_tag(f"--env-prefix {prefix}={tag}", exc) from None
     for prefix, adapter in args.env_adapter:
         if ":" not in adapter:
             raise SystemExit(f"error: --env-adapter {prefix}={adapter}: expected MODULE:FUNCTION")
-        from .rollout.envs import _resolve_adapter
-
         try:  # found now, before any folder is made or server asked, rather than as every task's failure
             _resolve_adapter(adapter)
         except (ImportError, ValueError) as exc:
@@ -294,8 +298,7 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
     try:
         tag = EmbodimentTag.resolve(args.embodiment_tag)
     except ValueError as exc:
-        raise UsageError(f"--embodiment-tag {args.embodiment_tag}: {str(exc).splitlines()[0]}; known tags: "
-                         f"{', '.join(member.value for member in EmbodimentTag)}") from None
+        raise _unknown_tag(f"--embodiment-tag {args.embodiment_tag}", exc) from None
     if not (Path(args.dataset_path) / "meta").is_dir():
         raise UsageError(f"--dataset-path {args.dataset_path}: not a LeRobot dataset (no meta/ directory there)")
     try:  # mistakes in the flags fail before any connection is made or directory created

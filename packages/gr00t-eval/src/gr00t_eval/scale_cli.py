@@ -141,8 +141,7 @@ def _rollout_output_dir(args: argparse.Namespace, label: str, shard: Any, claim:
         if shard is None and args.video_dir and not args.no_video:
             earlier_videos = _check_video_dir(Path(args.video_dir), path, args.overwrite)
         videos = Path(args.video_dir) if args.video_dir and not args.no_video else None
-        inside = videos is not None and path is not None and (
-            os.path.abspath(videos) == os.path.abspath(path) or Path(os.path.abspath(path)) in Path(os.path.abspath(videos)).parents)
+        inside = videos is not None and path is not None and _within(videos, path)
         if videos is not None and not inside:  # before the claim: a refused folder leaves no run file behind
             _check_writable(videos)
         if path is not None:
@@ -168,6 +167,12 @@ def _rollout_output_dir(args: argparse.Namespace, label: str, shard: Any, claim:
     return path
 
 
+def _within(inner: Path, outer: Path) -> bool:
+    """Whether `inner` is `outer` or lies inside it (links resolved)."""
+    inner, outer = inner.resolve(), outer.resolve()
+    return inner == outer or outer in inner.parents
+
+
 def _check_video_dir(video_dir: Path, output_dir: Optional[Path], overwrite: bool, label: str = "--video-dir") -> List[Path]:
     """Check a --video-dir outside the output directory; return the earlier run's videos --overwrite will delete.
 
@@ -180,7 +185,7 @@ def _check_video_dir(video_dir: Path, output_dir: Optional[Path], overwrite: boo
     from .video import episode_videos
 
     if output_dir is not None:
-        inside = video_dir.resolve() == output_dir.resolve() or output_dir.resolve() in video_dir.resolve().parents
+        inside = _within(video_dir, output_dir)
         if inside:  # covered by the output directory's own check
             return []
     if video_dir.exists() and not video_dir.is_dir():

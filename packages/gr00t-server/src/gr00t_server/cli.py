@@ -323,7 +323,9 @@ def _check_bind_host(host: str) -> None:
     import ipaddress
     import socket
 
-    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    from gr00t_client.client import normalize_host
+
+    bare = normalize_host(host)
     if bare in ("*", "0.0.0.0", "::"):
         return
     try:

@@ -57,6 +57,7 @@ logger = logging.getLogger(__name__)
 _POLICY_MODALITIES = ("video", "state", "action", "language")
 _KNOWN_OPTIONS = {"seed", "noise", "rtc", "denoising_steps"}
 _SEED_MIN, _SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed takes
+_RTC_KEYS = {"previous_action", "overlap_steps", "frozen_steps", "ramp_rate"}
 
 
 def _is_int(value: Any) -> bool:
@@ -79,7 +80,8 @@ def _row_seeds(seed: Any, batch_size: int) -> List[int]:
             f"{batch_size} row(s): row i uses seed + i, and torch seeds are 64-bit; got {seed}"
         )
     return [int(seed) + row for row in range(batch_size)]
-_RTC_KEYS = {"previous_action", "overlap_steps", "frozen_steps", "ramp_rate"}
+
+
 
 
 @dataclass(frozen=True)
@@ -433,14 +435,11 @@ class Gr00tPolicy(BasePolicy):
                 raise ValueError(message)
             key = tuple(shown)
             if key not in self._warned_options:  # once per set, not per call; past 64 sets, once a minute
-                now = time.monotonic()
                 if len(self._warned_options) < 64:
                     self._warned_options.add(key)
-                elif now - self._capped_warning_at < 60.0:
-                    key = None
-                else:
-                    self._capped_warning_at = now
-                if key is not None:
+                    logger.warning("%s (ignored: strict=False; said once per set of names)", message)
+                elif time.monotonic() - self._capped_warning_at >= 60.0:
+                    self._capped_warning_at = time.monotonic()
                     logger.warning("%s (ignored: strict=False; said once per set of names)", message)
         seed, noise = options.get("seed"), options.get("noise")
         if seed is not None and noise is not None:
