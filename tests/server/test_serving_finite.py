@@ -47,6 +47,22 @@ def test_a_nan_state_is_refused_by_the_server_naming_the_key_and_rows():
     assert policy.calls == 0
 
 
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan, np.float32(np.inf), complex(np.inf, 0)])
+@pytest.mark.parametrize("form", ["nested list", "bare number"])
+def test_a_non_finite_number_in_a_list_or_alone_is_refused_by_the_server(bad, form):
+    """A lenient policy turns a list state into an array: an inf inside the list passed the server's non-finite check
+    (it only looked at arrays) and was clipped to a plausible action."""
+    policy = EchoPolicy()
+    observation = libero_like_observation(batch=1, height=8, width=8)
+    key = next(iter(observation["state"]))
+    observation["state"][key] = [[[0.5, bad]]] if form == "nested list" else bad
+    with running_server(policy) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        with pytest.raises(PolicyServerError, match=rf"'state.{key}' has a non-finite value \((nan|inf|-inf|\(inf\+0j\))\) in a list"):
+            client.get_action(observation)
+        client.get_action(libero_like_observation(batch=1, height=8, width=8))  # the next request is answered
+    assert policy.calls == 1
+
+
 def test_strict_validation_refuses_a_nan_state_without_a_server():
     policy = EchoPolicy(strict=True)
     observation = libero_like_observation(height=8, width=8)
@@ -181,7 +197,22 @@ def test_a_nan_state_of_a_lenient_policy_is_named_as_nan_not_as_an_overflow(tiny
     policy = Gr00tPolicy(tiny_checkpoint, "new_embodiment", device="cpu", strict=False)
     observation = example_observation(tiny_checkpoint, "new_embodiment", batch_size=2, image_size=(32, 32))
     observation["state"]["gripper"][1] = np.nan  # an absolute key (a relative one's reference check names it first)
-    with pytest.raises(ValueError, match=r"State key 'gripper' of 'new_embodiment' has NaN values in rows \[1\]; send finite"):
+    with pytest.raises(ValueError, match=r"State key 'gripper' of 'new_embodiment' has non-finite values \(NaN or inf\) in rows \[1\]; send finite"):
+        policy.get_action(observation)
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf])
+def test_an_inf_state_of_a_lenient_policy_is_refused_not_clipped_to_a_plausible_action(tiny_checkpoint, bad):
+    """strict=False, called in-process (no server limits in front): an inf state was clipped to the edge of its range
+    and a finite action came back, the action for a state at its training maximum."""
+    pytest.importorskip("torch")
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+    from gr00t_server.test_checkpoint import example_observation
+
+    policy = Gr00tPolicy(tiny_checkpoint, "new_embodiment", device="cpu", strict=False)
+    observation = example_observation(tiny_checkpoint, "new_embodiment", batch_size=2, image_size=(32, 32))
+    observation["state"]["gripper"][0] = bad
+    with pytest.raises(ValueError, match=r"State key 'gripper' of 'new_embodiment' has non-finite values \(NaN or inf\) in rows \[0\]"):
         policy.get_action(observation)
 
 

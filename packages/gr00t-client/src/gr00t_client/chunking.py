@@ -309,8 +309,9 @@ class ActionChunker:
 
     def _env_indices(self, env_ids: Any) -> List[int]:
         """reset()'s env_ids as checked indices: ints in range, or the True entries of a mask of n_envs booleans."""
-        if isinstance(env_ids, (str, bytes)) or not isinstance(env_ids, (SequenceABC, np.ndarray)):
-            raise TypeError(f"env_ids must be a sequence of env indices or a boolean mask; got {type(env_ids).__name__}")
+        if isinstance(env_ids, (str, bytes)) or not isinstance(env_ids, (SequenceABC, np.ndarray)) or np.ndim(env_ids) == 0:
+            got = f"a 0-d {type(env_ids).__name__}" if isinstance(env_ids, np.ndarray) else type(env_ids).__name__
+            raise TypeError(f"env_ids must be a sequence of env indices or a boolean mask (e.g. [2]); got {got}")
         items = list(env_ids.tolist() if isinstance(env_ids, np.ndarray) else env_ids)
         if items and all(isinstance(item, (bool, np.bool_)) for item in items):
             if len(items) != self._n_envs:

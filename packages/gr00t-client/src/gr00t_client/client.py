@@ -421,10 +421,12 @@ class PolicyClient(BasePolicy):
             raise self._timeout(endpoint)
         # Our server drops a request whose client has given up instead of running it; other servers ignore the field.
         envelope = {**envelope, TIMEOUT_FIELD: max(1, int((deadline - time.monotonic()) * 1000))}
-        if multipart:
-            frames: List[Any] = codec.encode_multipart(envelope)
-        else:
-            frames = [codec.encode_early_n16(envelope) if self.speaks_npsave else codec.encode(envelope)]
+        encode_one = codec.encode_early_n16 if not multipart and self.speaks_npsave else codec.encode
+        try:
+            frames: List[Any] = codec.encode_multipart(envelope) if multipart else [encode_one(envelope)]
+        except codec.WireEncodeError as exc:  # name the key: the codec knows values, not where they sit
+            where = codec.unencodable_path(envelope.get("data"), encode_one)
+            raise codec.WireEncodeError(f"{endpoint}: {where}: {exc}" if where else f"{endpoint}: {exc}") from exc
         try:
             self._check_size(frames, endpoint)
         except MessageTooLargeError:

@@ -16,7 +16,7 @@ import json
 import threading
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import msgpack
 import numpy as np
@@ -389,7 +389,19 @@ def _dtype_str(dtype: np.dtype) -> str:
     return type_str
 
 
+def _refuse_masked(array: np.ndarray) -> None:
+    """Refuse a numpy masked array: the wire has no mask, and what its masked entries became depended on the path
+    (the fill value, 1e20, from tobytes(); the hidden data from a view or np.save): a plausible action either way."""
+    if type(array) is not np.ndarray and isinstance(array, np.ma.MaskedArray):
+        masked = int(np.ma.count_masked(array))
+        raise WireEncodeError(
+            f"a numpy masked array (shape {array.shape}, {masked} masked entries) cannot be sent: the wire carries no "
+            "mask; send array.filled(value) with the value the policy should see, or drop the masked rows"
+        )
+
+
 def _encode_array(array: np.ndarray) -> Dict[bytes, Any]:
+    _refuse_masked(array)
     type_str = _dtype_str(array.dtype)
     # Small arrays: one tobytes() copy is cheaper than building a view; large ones are viewed, msgpack copies once.
     data = array.tobytes() if array.nbytes < _COPY_BELOW_BYTES else _raw_bytes(array)
@@ -411,7 +423,34 @@ def _encode_hook(obj: Any) -> Any:
         return {b"complex": True, b"data": repr(obj)}
     if isinstance(obj, (set, frozenset)):
         return sorted(obj)
-    raise WireEncodeError(f"cannot encode value of type {type(obj).__name__} for the wire")
+    raise WireEncodeError(f"cannot encode value of type {type(obj).__name__} for the wire{_array_like_hint(obj)}")
+
+
+def _array_like_hint(obj: Any) -> str:
+    """How to send an array-like the wire does not know (a torch tensor, a JAX or CuPy array), or ''."""
+    if type(obj).__module__.split(".")[0] == "torch":
+        return "; send a numpy array: value.detach().cpu().numpy()"
+    if hasattr(obj, "__array__"):
+        return "; send a numpy array: np.asarray(value)"
+    return ""
+
+
+def unencodable_path(value: Any, encode_one: Callable[[Any], Any]) -> str:
+    """The dotted key path ('observation.state.x', list items as [i]) of the first leaf of `value` that
+    `encode_one` refuses alone; '' when each leaf encodes alone. For error messages only: it encodes every leaf."""
+    stack: List[Tuple[Any, str]] = [(value, "")]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, dict):
+            stack.extend((child, f"{where}.{key}" if where else str(key)) for key, child in reversed(list(item.items())))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((child, f"{where}[{index}]") for index, child in reversed(list(enumerate(item))))
+        else:
+            try:
+                encode_one(item)
+            except (WireEncodeError, TypeError, ValueError, OverflowError):
+                return where
+    return ""
 
 
 class _Packers(threading.local):
@@ -575,6 +614,7 @@ def decode_noting_npsave(
 def _npsave_hook(value: Any) -> Any:
     """msgpack default of the early-N1.6 format: np.save arrays, both ModalityConfig markers, Python scalars."""
     if isinstance(value, np.ndarray):
+        _refuse_masked(value)
         _refuse_dtype(value.dtype, "encoded")
         buffer = io.BytesIO()
         np.save(buffer, value, allow_pickle=False)
@@ -594,7 +634,7 @@ def _npsave_hook(value: Any) -> Any:
         return value.value
     if isinstance(value, (set, frozenset)):
         return sorted(value)
-    raise WireEncodeError(f"cannot encode value of type {type(value).__name__} in the early-N1.6 format")
+    raise WireEncodeError(f"cannot encode value of type {type(value).__name__} in the early-N1.6 format{_array_like_hint(value)}")
 
 
 def encode_early_n16(obj: Any) -> bytes:
@@ -623,6 +663,7 @@ def _multipart_hook(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         if value.nbytes < _COPY_BELOW_BYTES:
             return _encode_array(value)
+        _refuse_masked(value)
         type_str = _dtype_str(value.dtype)
         buffers = _PACKERS.buffers
         buffers.append(_raw_bytes(value))

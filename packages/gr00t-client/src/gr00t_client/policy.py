@@ -39,9 +39,17 @@ def _batch_size(value: Any) -> int:
 
 def _check_array(kind: str, key: str, value: Any, dtype: type, ndim: int, horizon: int, layout: str, err: type) -> None:
     if not isinstance(value, np.ndarray):
-        raise err(f"{kind} key '{key}' must be a numpy array of dtype {np.dtype(dtype)} and shape {layout}; got {type(value).__name__}")
+        got = (f"a numpy {value.dtype} scalar (0-d); send an array of shape {layout}" if isinstance(value, np.generic)
+               else type(value).__name__)
+        raise err(f"{kind} key '{key}' must be a numpy array of dtype {np.dtype(dtype)} and shape {layout}; got {got}")
+    if type(value) is not np.ndarray and isinstance(value, np.ma.MaskedArray):  # the wire and the model see no mask
+        raise err(f"{kind} key '{key}' is a numpy masked array; send value.filled(x) with the value the policy should "
+                  "see (a masked entry has no value to act on)")
     if value.dtype != dtype:
-        raise err(f"{kind} key '{key}' must have dtype {np.dtype(dtype)}; got {value.dtype} with shape {value.shape}")
+        hint = ""
+        if value.dtype.byteorder == ">":
+            hint = f" (big-endian: send value.astype('{np.dtype(dtype).newbyteorder('<').str}'))"
+        raise err(f"{kind} key '{key}' must have dtype {np.dtype(dtype)}; got {value.dtype}{hint} with shape {value.shape}")
     if value.ndim != ndim:
         raise err(f"{kind} key '{key}' must have shape {layout}; got shape {value.shape}")
     if value.shape[1] != horizon:
@@ -145,14 +153,14 @@ def validate_observation(observation: Any, configs: Mapping[str, ModalityConfig]
                     "--use-sim-policy-wrapper (a policy object called directly, as by gr00t_eval's run_rollout: wrap it "
                     "in Gr00tSimPolicyWrapper, or take the flat form with strict=False), or send "
                     "{'video': {...}, 'state': {...}, 'language': {...}}") if flat else ""
-            raise ObservationError(f"observation must contain a '{modality}' key (a dict); got keys {sorted(observation)}{hint}")
+            raise ObservationError(f"observation must contain a '{modality}' key (a dict); got keys {sorted(observation, key=str)}{hint}")
         group = observation[modality]
         if not isinstance(group, Mapping):
             raise ObservationError(f"observation['{modality}'] must be a dict; got {type(group).__name__}")
         config = configs[modality]
         for key in config.modality_keys:
             if key not in group:
-                raise ObservationError(f"{modality.capitalize()} key '{key}' is missing from observation['{modality}']; got keys {sorted(group)}")
+                raise ObservationError(f"{modality.capitalize()} key '{key}' is missing from observation['{modality}']; got keys {sorted(group, key=str)}")
             value = group[key]
             if modality == "video":
                 _check_array("Video", key, value, np.uint8, 5, config.horizon, "(B, T, H, W, 3)", ObservationError)
@@ -184,7 +192,7 @@ def validate_action(action: Any, configs: Mapping[str, ModalityConfig], batch_si
         return
     for key in config.modality_keys:
         if key not in action:
-            raise ActionError(f"Action key '{key}' is missing from the action; got keys {sorted(action)}")
+            raise ActionError(f"Action key '{key}' is missing from the action; got keys {sorted(action, key=str)}")
         value = action[key]
         _check_array("Action", key, value, np.float32, 3, config.horizon, "(B, T, D)", ActionError)
         rows = non_finite_rows(value)

@@ -354,6 +354,8 @@ class Gr00tPolicy(BasePolicy):
         self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None
     ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         started = time.perf_counter()
+        if not self.strict:  # a strict policy's check_observation made these checks, and more
+            self._check_lenient_layout(observation)
         batch_size = self._batch_size(observation)
         if batch_size < 1:
             raise ObservationError(
@@ -398,6 +400,41 @@ class Gr00tPolicy(BasePolicy):
             return int(np.asarray(observation["video"][video_keys[0]]).shape[0])
         state_keys = self.modality_configs["state"].modality_keys
         return int(np.asarray(observation["state"][state_keys[0]]).shape[0])
+
+    def _check_lenient_layout(self, observation: Any) -> None:
+        """strict=False takes lists and other dtypes, but not a missing group or key, a None, or an array without its
+        batch and time axes: ObservationError naming the entry and what it needs (these failed as a KeyError, an
+        IndexError, or an internal error with a traceback in the server's log)."""
+        if not isinstance(observation, Mapping):
+            raise ObservationError(f"observation must be a dict with keys 'video', 'state', 'language'; got "
+                                   f"{type(observation).__name__}")
+        expected = (("video", self.modality_configs["video"].modality_keys, 5, "(B, T, H, W, 3)"),
+                    ("state", self.modality_configs["state"].modality_keys, 3, "(B, T, D)"),
+                    ("language", [self.language_key], 0, "a list of B rows, each a list of one str"))
+        for group, keys, ndim, layout in expected:
+            if not keys:
+                continue
+            values = observation.get(group)
+            if not isinstance(values, Mapping):
+                got = type(values).__name__ if group in observation else f"no '{group}' (keys {sorted(observation, key=str)})"
+                raise ObservationError(f"observation['{group}'] must be a dict holding {keys}; got {got}")
+            for key in keys:
+                if key not in values:
+                    raise ObservationError(f"{group} key '{key}' is missing from observation['{group}']; got keys "
+                                           f"{sorted(values, key=str)}")
+                value = values[key]
+                if group == "language":
+                    if not isinstance(value, (list, tuple, np.ndarray)) or np.ndim(value) == 0:
+                        raise ObservationError(f"language['{key}'] must be {layout}; got {type(value).__name__}")
+                    continue
+                try:
+                    shape = None if value is None else np.shape(value)
+                except ValueError:  # a ragged list
+                    shape = None
+                if shape is None or len(shape) != ndim:
+                    got = (type(value).__name__ if shape is None else
+                           f"shape {shape}" if shape else f"a single {type(value).__name__} (no axes)")
+                    raise ObservationError(f"{group}['{key}'] must have shape {layout}; got {got}")
 
     def _check_batch_sizes(self, observation: Mapping[str, Any], batch_size: int) -> None:
         """ObservationError naming the first video, state or language entry whose rows differ from `batch_size`
@@ -446,13 +483,13 @@ class Gr00tPolicy(BasePolicy):
             raise ValueError("options may contain 'seed' or 'noise', not both")
         shape = (self.model_config.action_horizon, self.model_config.max_action_dim)
         if noise is not None:
-            array = np.asarray(noise)
+            array = sent = np.asarray(noise)
             if array.ndim == 2:
                 array = array[None]
             if array.dtype.kind != "f" or array.shape != (batch_size,) + shape:
                 raise ValueError(
                     f"options['noise'] must be a float array of shape {(batch_size,) + shape} (B, action_horizon, "
-                    f"max_action_dim); got dtype {array.dtype} shape {array.shape}"
+                    f"max_action_dim; {shape} is taken for B=1); got dtype {sent.dtype} shape {sent.shape}"
                 )
             with np.errstate(over="ignore"):  # a value beyond float32's range becomes inf: refused just below
                 array = np.ascontiguousarray(array, dtype=np.float32)

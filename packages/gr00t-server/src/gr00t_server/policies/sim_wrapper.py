@@ -6,7 +6,7 @@ from typing import Any, Dict, FrozenSet, Mapping, Optional, Tuple
 
 from gr00t_client.flat import LEGACY_LANGUAGE_KEY, language_batch, language_source, validate_flat_action, validate_flat_observation
 from gr00t_client.modality import ModalityConfig
-from gr00t_client.policy import BasePolicy, PolicyWrapper
+from gr00t_client.policy import BasePolicy, ObservationError, PolicyWrapper
 
 
 class Gr00tSimPolicyWrapper(PolicyWrapper):
@@ -53,6 +53,9 @@ class Gr00tSimPolicyWrapper(PolicyWrapper):
         validate_flat_action(action, self.get_modality_config())
 
     def _get_action(self, observation: Any, options: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+        if observation is not None and not isinstance(observation, Mapping):  # strict=False reaches here unchecked
+            raise ObservationError(f"observation must be a dict of flat keys ('video.<key>', 'state.<key>', ...); got "
+                                   f"{type(observation).__name__}")
         nested = self._to_nested(observation or {})
         action, info = self.policy.get_action(nested, _inner_options(options))
         return {f"action.{key}": value for key, value in action.items()}, info

@@ -183,6 +183,11 @@ class Gr00tN1d7Processor:
             if key not in states:
                 raise KeyError(f"Joint group '{key}' not found in state dict for embodiment '{tag}'")
             value = np.asarray(states[key], np.float64)
+            if not np.isfinite(value).all():  # an inf on a clipped key would end at +-1: a plausible, wrong action
+                bad = ~np.isfinite(value)
+                rows = np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1)).tolist()[:8] if bad.ndim > 1 else [0]
+                raise ValueError(f"State key '{key}' of '{tag}' has non-finite values (NaN or inf) in rows {rows}; "
+                                 "send finite states")
             normalized = norm.normalize_state_key(
                 key, value, params[key], state_config, self.config.apply_sincos_state_encoding, self.config.clip_outliers
             )
@@ -192,8 +197,6 @@ class Gr00tN1d7Processor:
                 overflow = ~np.isfinite(normalized.astype(np.float32))
             if overflow.any():
                 rows = np.flatnonzero(overflow.reshape(overflow.shape[0], -1).any(axis=1)).tolist()[:8] if overflow.ndim > 1 else [0]
-                if np.isnan(value).any():  # a NaN input, not an overflow (an inf on a clipped key ends at +-1)
-                    raise ValueError(f"State key '{key}' of '{tag}' has NaN values in rows {rows}; send finite states")
                 raise ValueError(
                     f"State key '{key}' of '{tag}' normalizes to values beyond float32 in rows {rows} (largest |value| "
                     f"{np.max(np.abs(value)):.3g}, against this checkpoint's statistics); send the state in the units the "

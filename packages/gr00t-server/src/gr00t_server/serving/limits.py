@@ -11,7 +11,8 @@ from typing import AbstractSet, Any, Callable, Dict, FrozenSet, List, Optional, 
 
 import numpy as np
 
-from gr00t_client.policy import PAIR_EXPECTED, ActionError, all_finite, first_non_finite, split_action_result
+from gr00t_client.policy import (PAIR_EXPECTED, ActionError, all_finite, first_non_finite, non_finite_scalar,
+                                  split_action_result)
 
 from .messages import RequestError
 from .wrappers import policy_chain
@@ -181,6 +182,9 @@ def _check_array(value: np.ndarray, where: str, limits: ServerLimits, cameras: s
             )
 
 
+_VISITED_IN_LISTS = (dict, list, tuple, str, bytes, np.ndarray, float, complex, np.floating, np.complexfloating)
+
+
 def check_observation(
     observation: Any, limits: ServerLimits, multipart: bool = False, flat_language_keys: AbstractSet[str] = frozenset(),
     count_tokens: Optional[TokenCounter] = None,
@@ -215,11 +219,17 @@ def check_observation(
                     f"observation key '{where}' has {len(value)} entries; this server accepts at most {limits.max_rows} "
                     "rows per request (--max-rows)"
                 )
-            stack.extend((child, where) for child in value if isinstance(child, (dict, list, tuple, str, bytes, np.ndarray)))
+            # numbers too: a lenient policy turns a list state into an array, and an inf in it would be clipped
+            stack.extend((child, where) for child in value if isinstance(child, _VISITED_IN_LISTS))
         elif isinstance(value, str):
             _check_text(value, where, limits, count_tokens)
         elif isinstance(value, bytes) and _is_language(where, flat_language_keys):
             _check_text_bytes(value, where, limits, count_tokens)
+        elif non_finite_scalar(value):  # a number in a list, or a bare number where an array belongs
+            raise RequestError(
+                f"observation key '{where}' has a non-finite value ({value}) in a list or as a number; send finite "
+                "numbers (a NaN state makes NaN actions)"
+            )
     if len(cameras) > limits.max_cameras:
         raise RequestError(
             f"observation has {len(cameras)} video keys; this server accepts at most {limits.max_cameras} cameras "

@@ -1,0 +1,127 @@
+"""What a robot's own code passes in: masked arrays, numpy scalars, big-endian states, non-str keys, tensors. Each is
+refused before it is sent, naming the key and what to send instead; none becomes a different action in silence."""
+
+import numpy as np
+import pytest
+from reference_peer import EchoPolicy, libero_like_configs, libero_like_observation
+from serving import running_server
+
+from gr00t_client import ActionChunker, ObservationError, PolicyClient, codec
+from gr00t_client.policy import validate_observation
+
+
+def masked_state(shape=(1, 1, 1), masked=(0, 0, 0)):
+    data = np.full(shape, 0.25, np.float32)
+    mask = np.zeros(shape, bool)
+    mask[masked] = True
+    return np.ma.masked_array(data, mask=mask)
+
+
+@pytest.mark.parametrize("encode", [codec.encode, codec.encode_multipart, codec.encode_early_n16],
+                         ids=["reference", "multipart", "npsave"])
+@pytest.mark.parametrize("shape", [(1, 1, 2), (1, 1, 40000)], ids=["small", "large"])
+def test_a_masked_array_is_refused_on_every_wire_and_size(encode, shape):
+    """tobytes() sent a masked entry as the fill value 1e20 (small arrays, reference and multipart) and the other
+    paths the data under the mask: a strict server took either and answered with a plausible action."""
+    with pytest.raises(codec.WireEncodeError, match=r"a numpy masked array \(shape .*, 1 masked entries\) cannot be "
+                                                    r"sent: the wire carries no mask; send array.filled"):
+        encode({"state": {"x": masked_state(shape)}})
+
+
+def test_a_client_names_the_masked_key_and_sends_nothing():
+    policy = EchoPolicy()
+    observation = libero_like_observation(height=8, width=8)
+    key = next(iter(observation["state"]))
+    observation["state"][key] = masked_state()
+    with running_server(policy) as server:
+        for wire in ("auto", "reference", "npsave"):
+            with PolicyClient(port=server.port, timeout_ms=5000, wire=wire) as client:
+                with pytest.raises(codec.WireEncodeError, match=rf"get_action: observation.state.{key}: a numpy masked array"):
+                    client.get_action(observation)
+                client.get_action(libero_like_observation(height=8, width=8))  # the client still works
+    assert policy.calls == 3
+
+
+def test_strict_validation_refuses_a_masked_state_naming_it():
+    observation = libero_like_observation(height=8, width=8)
+    key = next(iter(observation["state"]))
+    observation["state"][key] = masked_state()
+    with pytest.raises(ObservationError, match=rf"State key '{key}' is a numpy masked array; send value.filled"):
+        validate_observation(observation, libero_like_configs())
+
+
+def test_a_numpy_scalar_state_is_named_as_a_scalar_not_as_its_dtype():
+    """'must be a numpy array of dtype float32 ...; got float32' read as a contradiction."""
+    observation = libero_like_observation(height=8, width=8)
+    key = next(iter(observation["state"]))
+    observation["state"][key] = np.float32(0.5)
+    with pytest.raises(ObservationError, match=r"got a numpy float32 scalar \(0-d\); send an array of shape \(B, T, D\)"):
+        validate_observation(observation, libero_like_configs())
+
+
+def test_a_big_endian_state_gets_the_conversion_to_send():
+    observation = libero_like_observation(height=8, width=8)
+    key = next(iter(observation["state"]))
+    observation["state"][key] = observation["state"][key].astype(">f4")
+    with pytest.raises(ObservationError, match=r"got >f4 \(big-endian: send value.astype\('<f4'\)\)"):
+        validate_observation(observation, libero_like_configs())
+
+
+@pytest.mark.parametrize("bad_key", [b"image", 0])
+def test_non_str_keys_get_the_validation_message_not_a_sorting_type_error(bad_key):
+    """The message listed the keys with sorted(), which raised TypeError on mixed bytes/int/str keys."""
+    observation = libero_like_observation(height=8, width=8)
+    video = observation["video"]
+    first = next(iter(video))
+    video[bad_key] = video.pop(first)
+    with pytest.raises(ObservationError, match=rf"Video key '{first}' is missing from observation\['video'\]; got keys \["):
+        validate_observation(observation, libero_like_configs())
+    observation[0] = {}
+    del observation["video"]
+    with pytest.raises(ObservationError, match=r"must contain a 'video' key \(a dict\); got keys \[0, "):
+        validate_observation(observation, libero_like_configs())
+
+
+class TensorLike:
+    """Stands in for a JAX or CuPy array: it converts with np.asarray, but the wire has no type for it."""
+
+    def __array__(self, dtype=None, copy=None):
+        return np.zeros((1, 1, 1), np.float32)
+
+
+@pytest.mark.parametrize("wire", ["auto", "reference", "npsave"])
+def test_an_unencodable_value_is_refused_naming_its_key_and_what_to_send(wire):
+    observation = libero_like_observation(height=8, width=8)
+    key = next(iter(observation["state"]))
+    observation["state"][key] = TensorLike()
+    with running_server(EchoPolicy()) as server, PolicyClient(port=server.port, timeout_ms=5000, wire=wire) as client:
+        with pytest.raises(codec.WireEncodeError, match=rf"get_action: observation.state.{key}: cannot encode value of type "
+                                                        r"TensorLike .*; send a numpy array: np.asarray\(value\)"):
+            client.get_action(observation)
+        language = next(iter(observation["language"]))
+        observation = libero_like_observation(height=8, width=8)
+        observation["language"][language] = [["bad \udc80 text"]]
+        with pytest.raises(codec.WireEncodeError, match=rf"observation.language.{language}\[0\]\[0\]: cannot encode"):
+            client.get_action(observation)
+
+
+def test_a_torch_tensor_gets_the_numpy_conversion_hint():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(codec.WireEncodeError, match=r"type Tensor for the wire; send a numpy array: "
+                                                    r"value.detach\(\).cpu\(\).numpy\(\)"):
+        codec.encode({"x": torch.zeros(2)})
+
+
+def test_unencodable_path_walks_maps_and_lists_and_finds_nothing_in_a_good_value():
+    good = {"a": [np.zeros(2), {"b": "text"}], "c": 1}
+    assert codec.unencodable_path(good, codec.encode) == ""
+    assert codec.unencodable_path({"a": [1, {"b": object()}]}, codec.encode) == "a[1].b"
+
+
+def test_a_chunker_reset_with_a_0d_array_of_env_ids_says_what_it_takes():
+    chunker = ActionChunker(EchoPolicy(), per_env=True)
+    chunker.get_action(libero_like_observation(batch=2, height=8, width=8))  # the chunker learns it serves 2 envs
+    with pytest.raises(TypeError, match=r"env_ids must be a sequence of env indices or a boolean mask \(e.g. \[2\]\); "
+                                        r"got a 0-d ndarray"):
+        chunker.reset(env_ids=np.array(1))
+    chunker.reset(env_ids=np.array([1]))

@@ -1,0 +1,93 @@
+"""strict=False takes lists and other dtypes, but a malformed observation still gets a message naming the entry and
+what it needs: not a KeyError, an IndexError, or an "internal error" with a traceback in the server's log."""
+
+import logging
+
+import numpy as np
+import pytest
+from serving import running_server
+
+from gr00t_client import PolicyClient, PolicyServerError
+
+pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def lenient(tiny_checkpoint):
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+
+    return Gr00tPolicy(tiny_checkpoint, "libero_sim", device="cpu", strict=False)
+
+
+@pytest.fixture(scope="module")
+def good(tiny_checkpoint):
+    from gr00t_server.test_checkpoint import example_observation
+
+    return example_observation(tiny_checkpoint, "libero_sim", batch_size=1, image_size=(32, 32))
+
+
+def _broken(good, change):
+    observation = {group: dict(values) for group, values in good.items()}
+    return change(observation)
+
+
+def _set(group, key, value):
+    def change(observation):
+        key_name = key or next(iter(observation[group]))
+        observation[group][key_name] = value
+        return observation
+    return change
+
+
+def _group(group, value):
+    def change(observation):
+        observation[group] = value
+        return observation
+    return change
+
+
+def _rename_first_state(observation):
+    first = next(iter(observation["state"]))
+    observation["state"][first.capitalize()] = observation["state"].pop(first)
+    return observation
+
+
+CASES = [
+    ("observation None", lambda _: None, r"observation must be a dict with keys 'video', 'state', 'language'; got NoneType"),
+    ("observation list", lambda _: [1], r"observation must be a dict with keys .*; got list"),
+    ("observation {}", lambda _: {}, r"observation\['video'\] must be a dict holding \[.*\]; got no 'video' \(keys \[\]\)"),
+    ("state group None", _group("state", None), r"observation\['state'\] must be a dict holding \[.*\]; got NoneType"),
+    ("language group list", _group("language", ["x"]), r"observation\['language'\] must be a dict holding .*; got list"),
+    ("state key typo", _rename_first_state, r"state key '\w+' is missing from observation\['state'\]; got keys \["),
+    ("video None", _set("video", None, None), r"video\['\w+'\] must have shape \(B, T, H, W, 3\); got NoneType"),
+    ("video without B and T", _set("video", None, np.zeros((32, 32, 3), np.uint8)),
+     r"video\['\w+'\] must have shape \(B, T, H, W, 3\); got shape \(32, 32, 3\)"),
+    ("state (B, D)", _set("state", None, [[0.1, 0.2]]), r"state\['\w+'\] must have shape \(B, T, D\); got shape \(1, 2\)"),
+    ("state 0-d", _set("state", None, np.float32(0.5)), r"state\['\w+'\] must have shape \(B, T, D\); got a single float32"),
+    ("state ragged", _set("state", None, [[[0.1], [0.2, 0.3]]]), r"state\['\w+'\] must have shape \(B, T, D\); got list"),
+    ("language None", _set("language", None, None), r"language\['[\w.]+'\] must be a list of B rows, each a list of one str; got NoneType"),
+    ("language bare str", _set("language", None, "pick it up"), r"language\['[\w.]+'\] must be a list of B rows.*; got str"),
+]
+
+
+@pytest.mark.parametrize("name, change, message", CASES, ids=[case[0] for case in CASES])
+def test_a_malformed_observation_is_refused_naming_the_entry_and_not_counted_as_an_internal_error(
+        lenient, good, name, change, message, caplog):
+    with running_server(lenient) as server, PolicyClient(port=server.port, timeout_ms=60000) as client:
+        with caplog.at_level(logging.ERROR, logger="gr00t_server"):
+            with pytest.raises(PolicyServerError, match=message) as refused:
+                client.get_action(_broken(good, change))
+            assert "internal error" not in str(refused.value)
+            action, _ = client.get_action(good)  # and the next request is answered
+    assert all(np.isfinite(value).all() for value in action.values())
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR], "a client's mistake was logged as a bug"
+
+
+def test_a_lenient_sim_wrapper_refuses_an_observation_that_is_not_a_dict(lenient):
+    from gr00t_server.policies.sim_wrapper import Gr00tSimPolicyWrapper
+
+    wrapper = Gr00tSimPolicyWrapper(lenient, strict=False)
+    with running_server(wrapper) as server, PolicyClient(port=server.port, timeout_ms=60000) as client:
+        with pytest.raises(PolicyServerError, match=r"observation must be a dict of flat keys \('video.<key>', "
+                                                    r"'state.<key>', ...\); got list"):
+            client.get_action([1, 2])
