@@ -125,3 +125,13 @@ def test_a_chunker_reset_with_a_0d_array_of_env_ids_says_what_it_takes():
                                         r"got a 0-d ndarray"):
         chunker.reset(env_ids=np.array(1))
     chunker.reset(env_ids=np.array([1]))
+
+
+def test_an_observation_mixing_flat_keys_and_nested_groups_is_named_as_mixed():
+    """The hint said to start the server with --use-sim-policy-wrapper, which a user mixing the forms already ran."""
+    observation = libero_like_observation(height=8, width=8)
+    for key, value in observation.pop("video").items():
+        observation[f"video.{key}"] = value
+    with pytest.raises(ObservationError, match=r"observation mixes the flat form \('video.<key>' keys\) with nested "
+                                               r"groups \(\['state', 'language'\]\); send one form"):
+        validate_observation(observation, libero_like_configs())

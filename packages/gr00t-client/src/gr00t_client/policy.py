@@ -149,6 +149,13 @@ def validate_observation(observation: Any, configs: Mapping[str, ModalityConfig]
             continue
         if modality not in observation:
             flat = any(isinstance(key, str) and key.startswith(f"{modality}.") for key in observation)
+            groups = [group for group in ("video", "state", "language") if group in observation]
+            if flat and groups:  # both forms: the sim-wrapper hint would send a user to a flag the server may have
+                raise ObservationError(
+                    f"observation mixes the flat form ('{modality}.<key>' keys) with nested groups ({groups}); send one "
+                    "form: all flat keys for a --use-sim-policy-wrapper server, or {'video': {...}, 'state': {...}, "
+                    "'language': {...}}"
+                )
             hint = (f"; this is the flat form ('{modality}.<key>') a Gr00tSimPolicyWrapper takes: start the server with "
                     "--use-sim-policy-wrapper (a policy object called directly, as by gr00t_eval's run_rollout: wrap it "
                     "in Gr00tSimPolicyWrapper, or take the flat form with strict=False), or send "
