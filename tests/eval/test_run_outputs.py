@@ -228,15 +228,40 @@ def test_sigint_writes_interrupted_results_and_resume_completes_to_the_uninterru
         assert resumed["overall"][key] == whole["overall"][key]
 
 
-def test_sigterm_ends_a_run_like_ctrl_c(tmp_path):
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_end_a_run_like_ctrl_c(tmp_path, how):
+    """SIGHUP (the terminal or ssh session closed) killed the run with 129: no results.json, the claim unfinished.
+    The run file's claim of an interrupted run said "complete" (the rollout caught its own interrupt)."""
+    if not hasattr(signal, how):
+        pytest.skip(f"no {how} here")
     with policy_server(SlowPolicy()) as server:
         out = tmp_path / "out"
         rollout = _eval_process(rollout_args(server.port, out, "--n-episodes", "200", "--env-import", "eval.scale_fixtures"))
         _wait_for_episodes(out / "episodes.jsonl", 1, rollout)
-        rollout.terminate()
+        rollout.send_signal(getattr(signal, how))
         output, _ = rollout.communicate(timeout=30)
     assert rollout.returncode == 130, output
     assert read(out / "results.json")["status"] == "interrupted"
+    claim = read(out / "run.json")["claim"]
+    assert claim["finished"] is True and claim["outcome"] == "interrupted"
+
+
+def test_a_rollout_whose_stdout_reader_has_gone_finishes_and_exits_0(tmp_path):
+    """`gr00t-eval rollout ... | head -1`: the run saved complete results and then exited 2 with "[Errno 32] Broken
+    pipe" (and an open-loop failed before its first trajectory)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
+    with policy_server() as server:
+        out = tmp_path / "out"
+        rollout = subprocess.Popen([sys.executable, "-c", "import sys; from gr00t_eval.cli import main; sys.exit(main())",
+                                    *rollout_args(server.port, out, "--n-episodes", "2", "--env-import", "eval.scale_fixtures")],
+                                   env=env, stdout=write_end, stderr=subprocess.PIPE, text=True)
+        os.close(write_end)
+        _, errors = rollout.communicate(timeout=120)
+    assert rollout.returncode == 0, errors
+    assert "Broken pipe" not in errors and "Traceback" not in errors
+    assert read(out / "results.json")["status"] == "complete"
 
 
 # --- output directories ----------------------------------------------------------------------------------

@@ -39,6 +39,28 @@ def _start(args, env=None) -> subprocess.Popen:
     )
 
 
+def test_serve_whose_stdout_reader_has_gone_still_comes_up_and_serves(dataset):
+    """`gr00t-server serve ... | head -1`: the second line of the start-up block raised BrokenPipeError and the
+    server never came up (exit 2)."""
+    port = _free_port()
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    proc = subprocess.Popen(_cli("serve", "--dataset-path", str(dataset), "--port", str(port)), stdout=write_end,
+                            stderr=subprocess.PIPE, text=True)
+    os.close(write_end)
+    try:
+        with PolicyClient(port=port, timeout_ms=60000) as client:
+            assert client.ping()
+            client.kill_server()
+        assert proc.wait(timeout=20) == 0
+        errors = proc.stderr.read()
+        assert "Broken pipe" not in errors and "Traceback" not in errors
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_serve_replay_answers_ping_get_action_and_kill(dataset):
     port = _free_port()
     proc = _start(["serve", "--dataset-path", str(dataset), "--port", str(port), "--execution-horizon", "4"])

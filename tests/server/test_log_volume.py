@@ -94,3 +94,32 @@ def test_each_server_logs_its_own_first_failures_and_a_new_message_is_not_hidden
                     client.get_action(observation)
         failures = [str(r.exc_info[1]) for r in caplog.records if r.name == SERVER_LOG and r.exc_info]
         assert failures[0] == "CUDA out of memory (simulated)" and "shape mismatch (a new bug)" in failures
+
+
+def test_the_first_window_opens_at_the_first_message_on_a_machine_just_booted(monkeypatch):
+    """The first window was taken to start at monotonic time 0 (boot): on a machine up for less than the window,
+    every message past the first window's share was counted from boot and reported as suppressed over that span."""
+    from gr00t_server.serving import endpoints
+
+    clock = [5.0]  # five seconds after boot
+    monkeypatch.setattr(endpoints.time, "monotonic", lambda: clock[0])
+    logger = logging.getLogger("test.rate_limited_boot")
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    handler = Keep()
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        log = RateLimitedLog(logger, per_window=2, window_s=10.0)
+        for i in range(4):
+            log.warning("refused %d", i, kind="same")
+        clock[0] = 12.0  # 7 s after the first message: the same window (it opened at 5 s, not at boot)
+        log.warning("refused again", kind="same")
+        log.flush()
+    finally:
+        logger.removeHandler(handler)
+    assert seen == ["refused 0", "refused 1", "3 similar messages were suppressed in the last 7 s"]

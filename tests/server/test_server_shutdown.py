@@ -12,7 +12,7 @@ import time
 import pytest
 from reference_peer import EchoPolicy, running_server
 
-from gr00t_client import PolicyClient
+from gr00t_client import PolicyClient, PolicyServerError
 from gr00t_server.server import PolicyServer
 
 TESTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,12 +37,13 @@ def assert_port_is_free(port):
     server.close()
 
 
-def start_server_process():
+def start_server_process(preexec_fn=None):
     process = subprocess.Popen(
         [sys.executable, "-u", "-c", _SERVER_SCRIPT, TESTS_DIR],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=preexec_fn,
     )
     line = process.stdout.readline()
     match = re.search(r"listening on tcp://127\.0\.0\.1:(\d+)", line)
@@ -52,8 +53,11 @@ def start_server_process():
     return process, int(match.group(1))
 
 
-@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "kill"])
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "SIGHUP", "kill"])
 def test_server_process_shuts_down_cleanly_and_frees_the_port(how):
+    """SIGHUP (the terminal or ssh session closed) killed the server with 129: no stop, no totals logged."""
+    if how != "kill" and not hasattr(signal, how):
+        pytest.skip(f"no {how} here")
     process, port = start_server_process()
     try:
         with PolicyClient(host="127.0.0.1", port=port, timeout_ms=5000) as client:
@@ -70,6 +74,24 @@ def test_server_process_shuts_down_cleanly_and_frees_the_port(how):
     assert process.returncode == 0, output
     assert "run returned" in output and "Traceback" not in output
     assert_port_is_free(port)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP here")
+def test_a_server_started_under_nohup_keeps_serving_through_a_sighup():
+    """nohup sets SIGHUP to be ignored before the server starts: the server's own stop handler must not undo that."""
+    process, port = start_server_process(preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    try:
+        process.send_signal(signal.SIGHUP)
+        with PolicyClient(host="127.0.0.1", port=port, timeout_ms=5000) as client:
+            time.sleep(0.3)
+            assert client.ping() and process.poll() is None
+            client.kill_server()
+        output, _ = process.communicate(timeout=15)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0 and "run returned" in output, output
 
 
 def test_kill_ends_run_in_a_thread_and_frees_the_port():
@@ -227,3 +249,74 @@ def test_a_second_run_while_one_is_serving_raises_and_leaves_the_first_serving()
         server.close()
         thread.join(5)
     assert errors == []
+
+
+_SLOW_SERVER_SCRIPT = textwrap.dedent(
+    """
+    import logging, sys, threading
+    sys.path.insert(0, sys.argv[1])
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    from reference_peer import EchoPolicy
+    from gr00t_server.server import PolicyServer
+
+    class SlowPolicy(EchoPolicy):
+        def _get_action(self, observation, options=None):
+            print("policy call started", flush=True)
+            threading.Event().wait(60)  # a call that no signal reaches (the worker thread blocks stop signals)
+            return super()._get_action(observation, options)
+
+    server = PolicyServer(SlowPolicy(), host="127.0.0.1", port=0, inline_below_ms=0, shutdown_timeout_s=30)
+    server.run()
+    print("run returned; left a policy call running:", server.left_policy_call_running, flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("signals", [("SIGINT", "SIGINT"), ("SIGTERM", "SIGINT")])
+def test_a_second_stop_signal_ends_the_wait_for_a_running_call_and_run_returns(signals):
+    """A second Ctrl-C while the stop waited for a running call raised KeyboardInterrupt out of run() (Python's own
+    handler was back): the totals were never logged, and `serve` then aborted under the worker's torch call."""
+    from reference_peer import libero_like_observation
+
+    process = subprocess.Popen([sys.executable, "-u", "-c", _SLOW_SERVER_SCRIPT, TESTS_DIR],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if "listening on" in line:
+                break
+        port = int(re.search(r"127\.0\.0\.1:(\d+)", lines[-1]).group(1))
+        replies = []
+
+        def call():
+            with PolicyClient(host="127.0.0.1", port=port, timeout_ms=60000) as client:
+                try:
+                    replies.append(client.get_action(libero_like_observation(height=8, width=8)))
+                except Exception as exc:  # noqa: BLE001 - the reply the stop gives
+                    replies.append(exc)
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        for line in process.stdout:
+            lines.append(line)
+            if "policy call started" in line:
+                break
+        started = time.monotonic()
+        process.send_signal(getattr(signal, signals[0]))
+        time.sleep(0.5)
+        process.send_signal(getattr(signal, signals[1]))
+        output, _ = process.communicate(timeout=20)
+        caller.join(10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    output = "".join(lines) + output
+    assert process.returncode == 0, output
+    assert time.monotonic() - started < 15, "the second signal did not end the 30 s wait"
+    assert "received SIGINT again; not waiting for the running policy call" in output
+    assert "stopped after 2 requests: 1 errors" in output and "Traceback" not in output  # get_server_info, get_action
+    assert "run returned; left a policy call running: True" in output
+    assert len(replies) == 1 and isinstance(replies[0], PolicyServerError), replies  # answered, not left to time out
+    assert "was still running at a second stop signal (not finished)" in str(replies[0])

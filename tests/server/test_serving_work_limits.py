@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from eval.dataset_factory import make_dataset
 from reference_peer import EchoPolicy, libero_like_observation
-from serving import running_server
+from serving import free_port, running_server
 
 from gr00t_client import PolicyClient, PolicyServerError
 from gr00t_eval.dataset import LeRobotDataset
@@ -148,6 +148,51 @@ def test_replay_sessions_are_evicted_least_recently_used_first_and_told_so_until
             _action, info = client.get_action({})
     assert (info["episode_index"], info["current_step"]) == (1, 2)
     assert "first" in policy._sessions and len(policy._sessions) <= 3
+
+
+def test_our_clients_session_dropped_beyond_the_servers_memory_is_still_refused_not_restarted(replay_dataset):
+    """The server remembers the last 4 x --max-sessions dropped sessions; a client whose session was dropped longer ago
+    was served episode 0, step 0 with no error (5,200 other sessions at the default limit). Our client marks the
+    requests of a session it was served, so the server refuses an unknown one whatever its memory holds."""
+    with running_server(replay(replay_dataset), limits=ServerLimits(max_sessions=1)) as server:
+        with PolicyClient(port=server.port, timeout_ms=5000, session_id="robot") as robot:
+            robot.reset({"episode_index": 1})
+            _action, info = robot.get_action({})
+            assert (info["episode_index"], info["current_step"]) == (1, 0)
+            for index in range(6):  # 1 held + 4 remembered as dropped: "robot" is forgotten altogether
+                with PolicyClient(port=server.port, timeout_ms=5000, session_id=f"other-{index}") as other:
+                    other.reset({"episode_index": 0})
+            assert not server.sessions.knows("robot")
+            for _ in range(2):
+                with pytest.raises(PolicyServerError, match=r"session 'robot' was dropped by the server \(this server no "
+                                                            r"longer knows it: .*\); call reset to start it again"):
+                    robot.get_action({})
+            assert not server.sessions.knows("robot")  # a refused request takes no place in the table
+            robot.reset({"episode_index": 1, "step_index": 2})
+            _action, info = robot.get_action({})
+    assert (info["episode_index"], info["current_step"]) == (1, 2)
+
+
+def test_a_restarted_replay_server_refuses_our_continuing_session_and_serves_new_ones(replay_dataset):
+    """A replay server restarted under a running client started its session from episode 0, step 0 silently."""
+    port = free_port()
+    with running_server(replay(replay_dataset), port=port):
+        robot = PolicyClient(port=port, timeout_ms=5000, session_id="robot")
+        robot.reset({"episode_index": 1})
+        robot.get_action({})
+    with running_server(replay(replay_dataset), port=port):
+        try:
+            with pytest.raises(PolicyServerError, match=r"session 'robot' was dropped by the server \(.*or the server "
+                                                        r"restarted\), and with it .*; call reset"):
+                robot.get_action({})
+            robot.reset({"episode_index": 1})
+            _action, info = robot.get_action({})
+            assert (info["episode_index"], info["current_step"]) == (1, 0)
+        finally:
+            robot.close()
+        with PolicyClient(port=port, timeout_ms=5000) as newcomer:  # a new client's first get_action is served
+            _action, info = newcomer.get_action({})
+    assert (info["episode_index"], info["current_step"]) == (0, 0)
 
 
 def test_a_session_idle_too_long_is_dropped_at_its_own_next_request(replay_dataset):

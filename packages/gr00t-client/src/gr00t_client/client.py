@@ -41,6 +41,7 @@ class PolicyServerError(RuntimeError):
         self.endpoint = endpoint
 
 
+SESSION_CONTINUES_FIELD = "session_continues"  # see _session_served (gr00t_server.serving.messages reads it)
 SHUTTING_DOWN = "server is shutting down"  # how our server's answers begin once it is stopping (ServerStoppingError)
 
 
@@ -249,6 +250,9 @@ class PolicyClient(BasePolicy):
                               else codec.DecodeLimits.for_message_bytes(self.max_reply_bytes))
         self.api_token = api_token
         self.session_id = session_id or uuid.uuid4().hex
+        # Set once a reset or get_action of this session was answered: later requests say the session continues, so a
+        # server that no longer knows it (dropped long ago, or restarted) refuses them instead of starting it afresh.
+        self._session_served = False
         self._requested_wire = wire  # what _wire returns to when the server's facts are forgotten
         self._forget_server()  # nothing is known yet
         self._host_resolved = False  # the host name has resolved once (_check_host_resolves)
@@ -612,6 +616,8 @@ class PolicyClient(BasePolicy):
         if self.api_token:
             envelope["api_token"] = self.api_token
         envelope["session_id"] = self.session_id
+        if self._session_served:
+            envelope[SESSION_CONTINUES_FIELD] = True
         return envelope
 
     def _deadline(self) -> float:
@@ -672,7 +678,10 @@ class PolicyClient(BasePolicy):
                 self._negotiate(deadline)
             multipart = bool(self._server_is_ours) and self._wire in ("auto", "multipart")
             envelope = self._envelope(endpoint, data, requires_input)
-            return self._round_trip(envelope, endpoint, multipart=multipart, deadline=deadline)
+            reply = self._round_trip(envelope, endpoint, multipart=multipart, deadline=deadline)
+            if endpoint in ("reset", "get_action"):
+                self._session_served = True
+            return reply
 
     # --- policy API -----------------------------------------------------------------------------
 

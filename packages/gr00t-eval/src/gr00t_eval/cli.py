@@ -426,11 +426,11 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     The run file records this process until the run ends (run_dir.held_run_claims), so neither --overwrite nor a
     second --resume takes the directory (or shard) of a run that is still running.
     """
-    from .run_dir import claim_resumed_run, held_run_claims
+    from .run_dir import INTERRUPTED_EXIT_CODE, claim_resumed_run, held_run_claims
     from .shard import ShardSpec
 
     apply_env_registrations(args)
-    with held_run_claims():
+    with held_run_claims() as ending:
         if args.resume:
             try:
                 shard = ShardSpec.parse(args.shard) if args.shard else None
@@ -440,7 +440,10 @@ def cmd_rollout(args: argparse.Namespace) -> int:
                 claim_resumed_run(args.resume, shard)
             except OutputDirError as exc:
                 raise UsageError(str(exc)) from None
-        return scale_cli.run_rollout_command(args)
+        code = scale_cli.run_rollout_command(args)
+        if code == INTERRUPTED_EXIT_CODE:  # the rollout caught its Ctrl-C to save what ran: the claim says so too
+            ending.outcome = "interrupted"
+        return code
 
 
 def cmd_record(args: argparse.Namespace) -> int:
@@ -493,9 +496,12 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console entry point; returns the exit code (2 and one line on stderr for a mistake, 130 when interrupted)."""
-    from .run_dir import INTERRUPTED_EXIT_CODE
+    from .run_dir import INTERRUPTED_EXIT_CODE, sigterm_as_interrupt
+
+    from gr00t_client.stdout_guard import guard_stdout
 
     args = build_parser().parse_args(argv)
+    guard_stdout()  # `rollout | head` must not fail a run after its results were saved
     if args.command == "rollout" and args.resume:  # which run settings a resume was given (it refuses changes)
         args.given_flags = given_flags(sys.argv[1:] if argv is None else argv)
     from .progress import BarAwareHandler
@@ -503,7 +509,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level), format="%(levelname)s:%(name)s:%(message)s",
                         handlers=[BarAwareHandler(sys.stderr)])
     try:
-        return _run_command(args)
+        with sigterm_as_interrupt():  # SIGTERM and SIGHUP stop any command as Ctrl-C does (they killed it with 143/129)
+            return _run_command(args)
     except KeyboardInterrupt:
         print(f"gr00t-eval {args.command}: interrupted", file=sys.stderr)
         return INTERRUPTED_EXIT_CODE

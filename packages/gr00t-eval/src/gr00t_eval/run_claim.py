@@ -37,6 +37,11 @@ class ClaimHolder:
     started: str
     started_unix: Optional[float]
     finished: bool
+    # The process's start in clock ticks since boot, and the boot's id (Linux): unlike started_unix, unchanged when
+    # the wall clock is stepped (NTP on a robot that booted with an old clock), so a live holder is never taken
+    # for a reused pid. None in claims written elsewhere or by older versions (started_unix is compared then).
+    start_ticks: Optional[int] = None
+    boot_id: Optional[str] = None
 
     def describe(self) -> str:
         """'pid 123 on host h, started 2026-01-01T10:00:00Z', for messages."""
@@ -96,18 +101,30 @@ def take_claim(path: Union[str, Path], filename: str, settings: Mapping[str, Any
 def holder_record() -> Dict[str, Any]:
     """This process as a claim's holder: the record a claim file keeps under CLAIM_KEY."""
     now = time.time()
-    return {"pid": os.getpid(), "hostname": socket.gethostname(), "started": _iso(now), "started_unix": now,
-            "finished": False}
+    record: Dict[str, Any] = {"pid": os.getpid(), "hostname": socket.gethostname(), "started": _iso(now),
+                              "started_unix": now, "finished": False}
+    ticks, boot = _start_ticks(os.getpid()), _boot_id()
+    if ticks is not None and boot is not None:
+        record.update(start_ticks=ticks, boot_id=boot)
+    return record
+
+
+class RunEnding:
+    """How a run ended, for a block that handles its own Ctrl-C and returns normally: set `outcome` to
+    "interrupted" (None: "complete" on a normal return)."""
+
+    outcome: Optional[str] = None
 
 
 @contextlib.contextmanager
-def finished_however_it_ends(finish: Callable[[str], None]) -> Iterator[None]:
-    """Run the block, then call finish(outcome) however it ended: "complete", "interrupted" (Ctrl-C, SIGTERM made
-    KeyboardInterrupt) or "error"."""
+def finished_however_it_ends(finish: Callable[[str], None]) -> Iterator[RunEnding]:
+    """Run the block, then call finish(outcome) however it ended: "complete" (or what the block set in the RunEnding
+    it is given), "interrupted" (Ctrl-C, SIGTERM made KeyboardInterrupt) or "error"."""
     outcome = "error"
+    ending = RunEnding()
     try:
-        yield
-        outcome = "complete"
+        yield ending
+        outcome = ending.outcome or "complete"
     except KeyboardInterrupt:
         outcome = "interrupted"
         raise
@@ -124,7 +141,14 @@ def finish_claim(claim: Union[str, Path], outcome: str) -> None:
     except (OSError, ValueError) as exc:  # deleted or broken meanwhile: there is nothing left to release
         logger.warning("could not mark %s finished: %s", claim, exc)
         return
-    data.setdefault(CLAIM_KEY, {}).update(finished=True, ended=_iso(time.time()), outcome=outcome)
+    record = data.get(CLAIM_KEY) if isinstance(data, dict) else None
+    if not isinstance(record, dict) or record.get("pid") != os.getpid() or record.get("hostname") != socket.gethostname():
+        # taken over meanwhile (this run was judged gone): the claim is another run's, and its 'finished' not ours
+        holder = read_holder(claim)
+        logger.warning("did not mark %s finished: it is now claimed by another run (%s)", claim,
+                       holder.describe() if holder is not None else "no readable holder")
+        return
+    record.update(finished=True, ended=_iso(time.time()), outcome=outcome)
     partial = claim.with_name(f".{claim.name}.{os.getpid()}.tmp")
     try:
         partial.write_text(json.dumps(data, indent=2) + "\n")
@@ -148,10 +172,12 @@ def read_holder(claim: Union[str, Path]) -> Optional[ClaimHolder]:
     pid = record.get("pid")
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         return None
-    started_unix = record.get("started_unix")
+    started_unix, ticks, boot = record.get("started_unix"), record.get("start_ticks"), record.get("boot_id")
     return ClaimHolder(pid=pid, hostname=record.get("hostname"), started=str(record.get("started") or "at an unknown time"),
                        started_unix=float(started_unix) if isinstance(started_unix, (int, float)) else None,
-                       finished=bool(record.get("finished")))
+                       finished=bool(record.get("finished")),
+                       start_ticks=ticks if isinstance(ticks, int) and not isinstance(ticks, bool) else None,
+                       boot_id=boot if isinstance(boot, str) and boot else None)
 
 
 def refuse_live_claim(directory: Union[str, Path], filename: str, flag: str = "--output-dir") -> Optional[ClaimHolder]:
@@ -196,9 +222,31 @@ def holder_alive(holder: ClaimHolder) -> bool:
     state, started = _linux_process(holder.pid)
     if state == "Z":  # a zombie: killed, not yet reaped by its parent
         return False
+    if holder.start_ticks is not None and holder.boot_id is not None:
+        boot, ticks = _boot_id(), _start_ticks(holder.pid)
+        if boot is not None and ticks is not None:  # exact and clock-free: another boot or start is another process
+            return boot == holder.boot_id and ticks == holder.start_ticks
+    # A claim without them (an older version's): the wall clock, which a forward step after the claim misleads.
     if started is not None and holder.started_unix is not None and started > holder.started_unix + PID_REUSE_MARGIN_S:
         return False
     return True
+
+
+def _start_ticks(pid: int) -> Optional[int]:
+    """When process `pid` started, in clock ticks since boot (/proc/PID/stat field 22); None where unreadable."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat[stat.rindex(")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _boot_id() -> Optional[str]:
+    """This boot's id (Linux); None where there is none."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
 
 
 def _linux_process(pid: int) -> Tuple[Optional[str], Optional[float]]:

@@ -319,9 +319,10 @@ def _locked_file(path: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def held_run_claims() -> Iterator[None]:
+def held_run_claims() -> Iterator[Any]:
     """Mark the run files this block claims (write_run_file, claim_resumed_run) finished however it ends, so a
-    later --overwrite or --resume may take them; a run killed first (kill -9) leaves the claim of a gone process."""
+    later --overwrite or --resume may take them; a run killed first (kill -9) leaves the claim of a gone process.
+    Yields a run_claim.RunEnding, for a block that catches its own Ctrl-C to say it was interrupted."""
     from .run_claim import finish_claim, finished_however_it_ends, read_holder
 
     start = len(_CLAIMS_HELD)
@@ -333,8 +334,8 @@ def held_run_claims() -> Iterator[None]:
             if holder is not None and holder.pid == os.getpid() and not holder.finished:  # not replaced meanwhile
                 finish_claim(path, outcome)
 
-    with finished_however_it_ends(finish):
-        yield
+    with finished_however_it_ends(finish) as ending:
+        yield ending
 
 
 _CLAIMS_HELD: List[Path] = []  # run files this process claimed and has not yet marked finished
@@ -521,7 +522,7 @@ def signals_handled_by(handler: Callable[[int, Any], None], signals: Sequence[in
 
 @contextlib.contextmanager
 def interrupts_deferred() -> Iterator[None]:
-    """While a stopping run saves its results: a second Ctrl-C/SIGTERM is noted, a third one stops waiting."""
+    """While a stopping run saves its results: a second Ctrl-C/SIGTERM/SIGHUP is noted, a third one stops waiting."""
     extra = []
 
     def handler(signum: int, frame: Any) -> None:
@@ -531,16 +532,24 @@ def interrupts_deferred() -> Iterator[None]:
         # os.write, not print: a handler that prints while the main thread prints raises a reentrant-call error
         os.write(2, b"already stopping: saving the results of the finished episodes (Ctrl-C again to stop waiting)\n")
 
-    with signals_handled_by(handler, [signal.SIGINT, signal.SIGTERM]):
+    with signals_handled_by(handler, [signal.SIGINT, *_other_stop_signals()]):
         yield
+
+
+def _other_stop_signals() -> List[int]:
+    """SIGTERM, and SIGHUP (the terminal or ssh session closed) unless it is ignored (started under nohup)."""
+    hangup = getattr(signal, "SIGHUP", None)  # not on Windows
+    keep = hangup is not None and signal.getsignal(hangup) != signal.SIG_IGN
+    return [signal.SIGTERM, *([hangup] if keep else [])]
 
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt while the block runs, so `kill` ends a run like Ctrl-C does."""
+    """Turn SIGTERM and SIGHUP (unless ignored) into KeyboardInterrupt while the block runs, so `kill` or a closed
+    terminal ends a run like Ctrl-C does: results saved as "interrupted", claims finished, env workers closed."""
 
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
-    with signals_handled_by(handler, [signal.SIGTERM]):
+    with signals_handled_by(handler, _other_stop_signals()):
         yield

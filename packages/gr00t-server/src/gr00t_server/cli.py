@@ -368,6 +368,13 @@ def serve(args: argparse.Namespace) -> int:
         server.run()
     except KeyboardInterrupt:
         print("\nShutting down server...")
+    if server.left_policy_call_running:
+        # A policy call the stop gave up on is still inside torch on a worker thread: an interpreter exiting under it
+        # aborts in C++ ("terminate called without an active exception", exit 134). Leave now, logs flushed.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 
@@ -533,8 +540,11 @@ def _is_user_error(exc: BaseException) -> bool:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from gr00t_client.stdout_guard import guard_stdout
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    guard_stdout()  # `serve | head -1` must not stop the server at its second line
     try:
         if args.command == "serve":
             return serve(args)

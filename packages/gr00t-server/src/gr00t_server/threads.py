@@ -1,5 +1,6 @@
-"""Signals in the server: threads it starts never take SIGINT or SIGTERM, so the kernel delivers them to the main
-thread; and blocks that handle SIGTERM as Ctrl-C (start-up, an export).
+"""Signals in the server: threads it starts never take SIGINT, SIGTERM or SIGHUP, so the kernel delivers them to the
+main thread; and blocks that handle SIGTERM (and SIGHUP: the terminal or ssh session closed) as Ctrl-C (start-up, an
+export). A SIGHUP ignored when the process started (`nohup`) stays ignored.
 
 A signal delivered to another thread sets Python's flag but does not wake the main thread: a policy call running
 there (a cheap call run inline on the socket thread) would sleep on, and the stop would not be noticed until the
@@ -13,7 +14,14 @@ import contextlib
 import signal
 from typing import Any, Callable, Iterator
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())
+
+
+def handled_stop_signals() -> tuple[int, ...]:
+    """The stop signals to handle: STOP_SIGNALS less a SIGHUP that is ignored (started under nohup), which must stay
+    ignored."""
+    return tuple(sig for sig in STOP_SIGNALS
+                 if not (sig == getattr(signal, "SIGHUP", None) and signal.getsignal(sig) == signal.SIG_IGN))
 
 
 def block_stop_signals() -> None:
@@ -59,6 +67,6 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt, so `finally` blocks clean up as on Ctrl-C."""
-    with signals_handled_by(_raise_interrupt, (signal.SIGTERM,)):
+    """Turn SIGTERM (and SIGHUP, unless ignored) into KeyboardInterrupt, so `finally` blocks clean up as on Ctrl-C."""
+    with signals_handled_by(_raise_interrupt, tuple(sig for sig in handled_stop_signals() if sig != signal.SIGINT)):
         yield

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -95,7 +96,7 @@ class RateLimitedLog:
         self.level = level
         self._max_kinds = max_kinds
         self._kinds: Set[Any] = set()
-        self._window_start = 0.0
+        self._window_start = -math.inf  # the first message opens a window (0.0 did not, on a machine up < window_s)
         self._logged = 0
         self._suppressed = 0
         self._lock = threading.Lock()

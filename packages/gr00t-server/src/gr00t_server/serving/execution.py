@@ -113,8 +113,15 @@ class JobRunner:
         sessions = self._server.sessions
         admitted: List[Request] = []
         for request in live:
-            self._evict_sessions(sessions.touch(request.session, restart=request.endpoint == "reset"))
-            reason = sessions.dropped_reason(request.session) if request.endpoint == "get_action" else None
+            if request.endpoint == "get_action" and request.continues_session and not sessions.knows(request.session):
+                # Our client's session, served before, that this server does not know: dropped longer ago than its
+                # memory of dropped sessions reaches, or the server restarted. Not a new session to start afresh (and
+                # not taken into the table, where it would evict another).
+                reason: Optional[str] = ("this server no longer knows it: dropped longer ago than it remembers "
+                                         "dropped sessions, or the server restarted")
+            else:
+                self._evict_sessions(sessions.touch(request.session, restart=request.endpoint == "reset"))
+                reason = sessions.dropped_reason(request.session) if request.endpoint == "get_action" else None
             if reason is None:
                 admitted.append(request)
                 continue

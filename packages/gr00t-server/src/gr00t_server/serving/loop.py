@@ -24,6 +24,7 @@ from .messages import (
     RequestError,
     adopt_n15_get_action,
     check_envelope,
+    continues_session,
     deadline_of,
     decode_payload,
     peer_address,
@@ -78,6 +79,7 @@ class RequestLoop:
         self._inline_job = 0  # number of the job now running on this thread (0: none), for abandon_inline_after
         self._inline_jobs = 0
         self.abandoning_inline = False  # set when a stop gave up on the inline job: the signal handler raises
+        self.stop_waiting = False  # set by a second stop signal: shut_down gives up on a running call at once
 
     def turn(self) -> None:
         """Wait for a message or a finished job (at most until the gather window closes), then serve what came."""
@@ -129,6 +131,7 @@ class RequestLoop:
             request.data = envelope.get("data", {}) if "data" in envelope else {}
             adopt_n15_get_action(request)
             request.session = session_of(envelope, server.limits.max_session_id_chars) or request.session
+            request.continues_session = continues_session(envelope)
             request.deadline = deadline_of(envelope, received_at)
             return request
         except Exception as exc:
@@ -255,6 +258,8 @@ class RequestLoop:
 
     def not_finished_message(self, request: Request) -> str:
         """The answer to a request whose policy call a stop gave up on."""
+        if self.stop_waiting:
+            return f"{SHUTTING_DOWN}; '{request.endpoint}' was still running at a second stop signal (not finished)"
         return (f"{SHUTTING_DOWN}; '{request.endpoint}' did not finish within "
                 f"{self._server.shutdown_timeout_s:g} s")
 
@@ -417,8 +422,11 @@ class RequestLoop:
         transport = self._server._transport
         while worker.alive:
             left_s = deadline - time.monotonic()
-            if left_s <= 0:
-                logger.warning("a policy call is still running after %g s; shutting down without it", timeout_s)
+            if left_s <= 0 or self.stop_waiting:
+                if self.stop_waiting:
+                    logger.warning("a second stop signal: shutting down without the policy call still running")
+                else:
+                    logger.warning("a policy call is still running after %g s; shutting down without it", timeout_s)
                 self.send_replies()  # what the worker finished goes first; then the call it is stuck in is answered
                 for request in worker.abandon_running() or []:
                     self.reply_error(request, RequestError(self.not_finished_message(request)))

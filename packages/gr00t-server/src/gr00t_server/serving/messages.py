@@ -12,7 +12,8 @@ import numpy as np
 import zmq
 
 from gr00t_client import codec
-from gr00t_client.client import ERROR_MARKER, TIMING_OPTION  # TIMING_OPTION: add server_timing to the reply's info
+# TIMING_OPTION: add server_timing to the reply's info; SESSION_CONTINUES_FIELD: our client's mark of a served session
+from gr00t_client.client import ERROR_MARKER, SESSION_CONTINUES_FIELD, TIMING_OPTION
 
 MAGIC_BYTES = len(codec.MULTIPART_MAGIC)
 MAX_ERROR_CHARS = 1000  # an error reply never grows with the request that caused it
@@ -51,6 +52,9 @@ class Request:
     rows: int = 1  # observation rows of a gathered get_action, counted once when gathered (at least 1)
     batch_shape: Optional[Tuple[Any, int]] = None  # a gathered get_action's batching.batch_shape
     wants_timing: bool = False  # a get_action whose options ask for server_timing (timing_requested)
+    # Our client's mark (SESSION_CONTINUES_FIELD) on requests of a session the server has already served: such a
+    # session unknown to the server was dropped (or the server restarted), never a new one to start afresh.
+    continues_session: bool = False
 
     def expired(self, now: Optional[float] = None) -> bool:
         """True once the client's deadline has passed (it no longer waits for the reply)."""
@@ -151,6 +155,11 @@ def timing_requested(data: Any) -> bool:
     scalar = isinstance(value, (int, float, str, bytes, np.generic))
     shown = f"{type(value).__name__} {value!r:.40}" if scalar else type(value).__name__
     raise RequestError(f"options['{TIMING_OPTION}'] must be true or false (a bool, or 0 or 1), got {shown}")
+
+
+def continues_session(envelope: Dict[str, Any]) -> bool:
+    """True when the envelope says its session was served before (our client's mark; other clients send none)."""
+    return envelope.get(SESSION_CONTINUES_FIELD) is True
 
 
 def session_of(envelope: Dict[str, Any], max_chars: int) -> Optional[str]:

@@ -33,6 +33,7 @@ from .metrics import NullMetrics, ServerMetrics
 from .sessions import SessionTable, keeps_sessions
 from .stats import ServerStats
 from ..curve import CurveServerConfig
+from ..threads import handled_stop_signals
 from .transport import Transport
 from .worker import DEFAULT_INLINE_BELOW_MS, InlineGate, PolicyWorker
 from .wrappers import policy_chain
@@ -156,6 +157,9 @@ class PolicyServer:
         self._endpoints: Dict[str, Endpoint] = {}
         self._transport: Optional[Transport] = None
         self._worker: Optional[PolicyWorker] = None
+        # After run(): True when it stopped without a policy call that is still running on the worker thread (in C
+        # code a stop cannot interrupt); an interpreter exiting under it may abort, so serve ends with os._exit.
+        self.left_policy_call_running = False
         self._running = False
         self._stop_requested = threading.Event()
         self._run_done = threading.Event()
@@ -459,8 +463,11 @@ class PolicyServer:
         except InlineCallAbandoned:  # its requests were answered; the stop that gave up on it ends the run
             pass
         finally:
-            restore()
-            self._loop.shut_down(worker)
+            try:  # our handlers stay through the wait: a second Ctrl-C ends it (Python's default raised out of it, and
+                self._loop.shut_down(worker)  # the interpreter then exited under the worker's torch call: an abort)
+            finally:
+                restore()
+            self.left_policy_call_running = worker.alive  # abandoned in C code: see serve's exit
             self._runner.flush_logs()
             totals = self.stats.snapshot()
             logger.info("stopped after %d requests: %d errors (%d internal; %d over queue or connection limits), %d "
@@ -477,7 +484,8 @@ class PolicyServer:
 
 
 def _install_signal_handlers(server: PolicyServer) -> Callable[[], None]:
-    """On the main thread, make SIGINT and SIGTERM stop `server`'s run(); returns what puts the old handlers back."""
+    """On the main thread, make SIGINT, SIGTERM and SIGHUP (unless ignored: nohup) stop `server`'s run(); returns what
+    puts the old handlers back."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
 
@@ -487,11 +495,20 @@ def _install_signal_handlers(server: PolicyServer) -> Callable[[], None]:
             if server._loop.inline_running:  # (this thread is inside it; it may have just finished)
                 raise InlineCallAbandoned(f"a policy call outlived the stop by {server.shutdown_timeout_s:g} s")
             return
+        if stop_signals[0]:  # a second Ctrl-C or SIGTERM: stop waiting for the running call
+            logger.warning("received %s again; not waiting for the running policy call", signal.Signals(signum).name)
+            server._loop.stop_waiting = True
+            if server._loop.inline_running:  # this thread is inside it
+                raise InlineCallAbandoned("a second stop signal")
+            return
+        stop_signals[0] += 1
         logger.info("received %s; shutting down", signal.Signals(signum).name)
         server._running = False
         server._loop.abandon_inline_after(server.shutdown_timeout_s)
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stop_signals = [0]
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in handled_stop_signals()}
 
     def restore() -> None:
         for sig, handler in previous.items():

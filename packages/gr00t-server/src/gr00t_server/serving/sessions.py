@@ -16,7 +16,8 @@ class SessionTable:
     `idle_s` is forgotten. Reference clients get a new session at every reconnect, so without this a
     stateful policy's table would only grow. A forgotten session is remembered as dropped (the last
     `4 * max_sessions` of them), so that its client is told (`dropped_reason`) instead of being served from a
-    fresh start it did not ask for, until it resets.
+    fresh start it did not ask for, until it resets. (Our client also marks the requests of a session it was served
+    before, so its session is refused however long ago it was dropped: see execution._admit_sessions.)
     """
 
     def __init__(self, max_sessions: int, idle_s: float, clock: Callable[[], float] = time.monotonic) -> None:
@@ -42,6 +43,10 @@ class SessionTable:
         next request, and a gauge should not count them in the meantime."""
         now = self._clock()
         return sum(1 for used in list(self._last_used.values()) if now - used <= self.idle_s)
+
+    def knows(self, session: str) -> bool:
+        """True for a session held or remembered as dropped."""
+        return session in self._last_used or session in self._dropped
 
     def dropped_reason(self, session: str) -> Optional[str]:
         """Why `session` was forgotten, while its client has not reset it since; None for a held or unknown one."""
