@@ -108,6 +108,23 @@ def test_one_pipelining_connection_cannot_take_the_queue_from_the_others():
     assert info["first_state"] == 7.0  # served, not "server busy"
 
 
+def test_a_large_message_over_its_connections_byte_budget_is_refused_before_it_is_decoded():
+    """12 x 32 MB pipelined on one connection: each refused message was decoded first (its arrays copied), so the
+    server's memory peaked at over 3x the bytes sent. From 1 MiB a message meets the byte budgets undecoded: one
+    that could not even be decoded is refused for the budget, not named undecodable."""
+    size = 1024 * 1024  # gr00t_server.serving.loop.PRECHECK_MIN_BYTES
+    first = codec.encode({"endpoint": "get_action", "data": {"observation": {"state": {"x": np.zeros((1, 1, 4), np.float32)}}}})
+    garbage = b"\xc1" * size  # 0xc1 is never used in msgpack: undecodable
+    limits = ServerLimits(max_client_queued_bytes=size)
+    with running_server(EchoPolicy(delay_s=0.5), limits=limits) as server, pipelining_dealer(server.port) as dealer:
+        dealer.send_multipart([b"", first])
+        dealer.send_multipart([b"", garbage])
+        replies = replies_of(dealer, 2)
+    errors = [str(r.get("error")) for r in replies if isinstance(r, dict) and "error" in r]
+    assert len(errors) == 1 and "a further 1048576 bytes would exceed its budget of 1048576 bytes" in errors[0], replies
+    assert server.stats.refused == 1
+
+
 def test_a_connection_over_its_queued_byte_budget_is_refused_while_the_policy_is_busy():
     payload = codec.encode({"endpoint": "get_action", "data": {"observation": {"state": {"x": np.zeros((1, 1, 4000), np.float32)}}}})
     limits = ServerLimits(max_client_queued_bytes=len(payload) * 2)

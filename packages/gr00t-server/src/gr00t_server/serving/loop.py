@@ -44,6 +44,8 @@ logger = logging.getLogger("gr00t_server.serving.server")  # PolicyServer's log:
 DEFAULT_CLIENT_QUEUED_BYTES = 16 * 1024 * 1024
 ACTIVE_CLIENT_WINDOW_S = 1.0  # a client that sent get_action this recently is expected to send again
 RECEIVE_BURST = 64  # messages taken off the socket per loop turn before replies and dispatch get a turn
+# Messages from this size are held to the byte budgets before they are decoded (smaller ones, pings among them, after)
+PRECHECK_MIN_BYTES = 1024 * 1024
 DEADLINE_SHARE_KEPT = 0.25  # a gathered request goes before its deadline minus a call, minus this share of its budget
 
 
@@ -123,6 +125,8 @@ class RequestLoop:
         try:
             request.nbytes = sum(len(frame) for frame in payload)
             request.multipart = codec.is_multipart(payload)  # so that even a refused message is answered in kind
+            if request.nbytes >= PRECHECK_MIN_BYTES:
+                self._check_byte_budgets(request)  # refused undecoded: a flood's decode copies cost as much again
             envelope, request.wire_format = decode_payload(payload, server.max_message_bytes)
             request.multipart = request.wire_format == WIRE_MULTIPART
             envelope = check_envelope(envelope, server.api_token)
@@ -171,9 +175,9 @@ class RequestLoop:
             self.dispatch_pending(force=True)  # keep one session's requests in arrival order
         self._submit([request])
 
-    def _admit(self, request: Request) -> None:
-        """Count the request against its connection's budgets (bytes and requests) and the queue; refuse it when
-        over any."""
+    def _check_byte_budgets(self, request: Request) -> None:
+        """RequestError (counted as refused) when the request's bytes would pass its connection's budget or the
+        queue's; the first request of an idle connection and queue always fits."""
         server = self._server
         budget = server.limits.max_client_queued_bytes or min(server.max_message_bytes, DEFAULT_CLIENT_QUEUED_BYTES)
         queued = self.queued_bytes.get(request.identity, 0)
@@ -184,6 +188,19 @@ class RequestLoop:
                 f"this connection already has {queued} bytes of requests waiting; a further {request.nbytes} bytes "
                 f"would exceed its budget of {budget} bytes (wait for the replies)"
             )
+        if self.queued_bytes_total and self.queued_bytes_total + request.nbytes > server.limits.max_queued_bytes:
+            server.stats.add("refused")
+            request.outcome = "refused"
+            raise RequestError(f"server busy: {self.queued_bytes_total} bytes of requests are waiting for the policy; a "
+                               f"further {request.nbytes} bytes would exceed its budget of {server.limits.max_queued_bytes} "
+                               "bytes (--max-queued-mb); try again")
+
+    def _admit(self, request: Request) -> None:
+        """Count the request against its connection's budgets (bytes and requests) and the queue; refuse it when
+        over any."""
+        server = self._server
+        self._check_byte_budgets(request)
+        queued = self.queued_bytes.get(request.identity, 0)
         waiting = self.queued_counts.get(request.identity, 0)
         if waiting >= server.limits.max_client_queued_requests:
             server.stats.add("refused")
@@ -197,12 +214,6 @@ class RequestLoop:
             server.stats.add("refused")
             request.outcome = "refused"
             raise RequestError(f"server busy: {self.queued_requests} requests are waiting for the policy; try again")
-        if self.queued_bytes_total and self.queued_bytes_total + request.nbytes > server.limits.max_queued_bytes:
-            server.stats.add("refused")
-            request.outcome = "refused"
-            raise RequestError(f"server busy: {self.queued_bytes_total} bytes of requests are waiting for the policy; a "
-                               f"further {request.nbytes} bytes would exceed its budget of {server.limits.max_queued_bytes} "
-                               "bytes (--max-queued-mb); try again")
         self.queued_bytes_total += request.nbytes
         self.queued_bytes[request.identity] = queued + request.nbytes
         self.queued_counts[request.identity] = waiting + 1

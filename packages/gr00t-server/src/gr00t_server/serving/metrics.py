@@ -7,15 +7,22 @@ clash. Without a metrics port the server uses NullMetrics, whose methods do noth
 from __future__ import annotations
 
 import logging
+import socket
+import sys
+import threading
+import time
 from typing import Any, Callable, Collection, Dict, Optional
 
 from gr00t_client.client import endpoint_host
 
 from ..threads import stop_signals_blocked
+from .endpoints import RateLimitedLog
 
 logger = logging.getLogger("gr00t_server.serving")
 
 METRICS_CONNECTION_TIMEOUT_S = 10.0  # per read of a metrics connection; an idle one is closed after it
+METRICS_CONNECTION_DEADLINE_S = 30.0  # a whole connection, however it trickles bytes in (a scrape takes milliseconds)
+METRICS_MAX_CONNECTIONS = 32  # open at once; more are closed as they come, so peers cannot hold a thread each
 
 # Stages of a request that server_timing reports (ms); the histograms take them in seconds.
 STAGES = ("decode", "queue_wait", "policy", "preprocess", "model", "postprocess", "encode")
@@ -92,6 +99,7 @@ class ServerMetrics(NullMetrics):
             prometheus.Gauge(name, documentation, registry=self.registry).set_function(read)
         self._http: Any = None
         self._thread: Any = None
+        self._guard: Optional[_ConnectionGuard] = None
         self.port: Optional[int] = None
 
     def serve(self, host: str, port: int) -> int:
@@ -103,6 +111,8 @@ class ServerMetrics(NullMetrics):
         # connection now gets METRICS_CONNECTION_TIMEOUT_S per read, as a scrape needs milliseconds.
         handler = self._http.RequestHandlerClass
         self._http.RequestHandlerClass = type("TimedMetricsHandler", (handler,), {"timeout": METRICS_CONNECTION_TIMEOUT_S})
+        with stop_signals_blocked():
+            self._guard = _ConnectionGuard(self._http)
         self.port = int(self._http.server_address[1])
         logger.info("metrics at http://%s:%d/metrics", endpoint_host(host), self.port)
         return self.port
@@ -121,9 +131,79 @@ class ServerMetrics(NullMetrics):
         self._batches.observe(size)
 
     def close(self) -> None:
+        if self._guard is not None:
+            self._guard.stop()
+            self._guard = None
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
             if self._thread is not None:
                 self._thread.join(5)
+
+
+class _ConnectionGuard:
+    """Bounds what peers of the metrics endpoint can hold: at most METRICS_MAX_CONNECTIONS connections at once (more
+    are closed at once), each closed after METRICS_CONNECTION_DEADLINE_S however slowly it sends (the per-read
+    timeout alone let a byte every few seconds hold a thread for ever: 200 such peers, 206 threads); and the ends a
+    connection is expected to meet (the timeout, a peer gone) stay out of the log, which got a 17-line traceback on
+    stderr for each (socketserver's handle_error). Other errors are logged, rate-limited."""
+
+    def __init__(self, http: Any) -> None:
+        self._open: Dict[Any, float] = {}  # connection -> when it was accepted
+        self._lock = threading.Lock()
+        self._log = RateLimitedLog(logger, per_window=5, window_s=60.0)
+        self._stopped = threading.Event()
+        process_request, process_request_thread = http.process_request, http.process_request_thread
+
+        def admit(request: Any, client_address: Any) -> None:
+            with self._lock:
+                full = len(self._open) >= METRICS_MAX_CONNECTIONS
+                if not full:
+                    self._open[request] = time.monotonic()
+            if full:
+                self._log.warning("metrics: %d connections are open already; closed a new one from %s",
+                                  METRICS_MAX_CONNECTIONS, client_address[0], kind="full")
+                http.shutdown_request(request)
+                return
+            try:
+                process_request(request, client_address)  # starts a thread running serve_one
+            except BaseException:
+                self._forget(request)
+                raise
+
+        def serve_one(request: Any, client_address: Any) -> None:
+            try:
+                process_request_thread(request, client_address)
+            finally:
+                self._forget(request)
+
+        http.process_request, http.process_request_thread = admit, serve_one
+        http.handle_error = self._handle_error
+        threading.Thread(target=self._close_overdue, name="gr00t-metrics-deadline", daemon=True).start()
+
+    def _forget(self, request: Any) -> None:
+        with self._lock:
+            self._open.pop(request, None)
+
+    def _handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError) or self._stopped.is_set():
+            return  # an idle, closed or cut connection (timeouts and resets are OSErrors): expected, no line
+        self._log.warning("metrics: error serving a scrape from %s: %s: %s", client_address[0],
+                          type(error).__name__, error, kind=type(error).__name__)
+
+    def _close_overdue(self) -> None:
+        while not self._stopped.wait(1.0):
+            now = time.monotonic()
+            with self._lock:
+                overdue = [request for request, accepted in self._open.items()
+                           if now - accepted > METRICS_CONNECTION_DEADLINE_S]
+            for request in overdue:
+                try:
+                    request.shutdown(socket.SHUT_RDWR)  # its thread's read ends, and the thread with it
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        self._stopped.set()
