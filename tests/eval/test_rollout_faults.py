@@ -163,26 +163,47 @@ def test_an_undisturbed_replay_succeeds_everywhere_even_past_its_recordings_end(
     assert [(o.error, o.success) for o in result.outcomes] == [(None, True)] * len(LENGTHS)
 
 
+@pytest.fixture(params=["marked", "unmarked"])
+def session_mark(request, monkeypatch):
+    """"marked": the restarted server refuses the client's session it no longer knows (our client's session_continues
+    mark). "unmarked": a server or client without the mark (an older version), which serves the session afresh: the
+    rollout's own check of the position the replay reports must catch it."""
+    if request.param == "unmarked":
+        from gr00t_server.serving import loop
+
+        monkeypatch.setattr(loop, "continues_session", lambda envelope: False)
+    return request.param
+
+
+SERVER_REFUSAL = "was dropped by the server (this server no longer knows it"
+
+
 @pytest.mark.parametrize("mode", ["off", "sync"])
-def test_a_replay_server_restarted_mid_episode_errors_that_episode_instead_of_failing_it(replay_server, mode):
+def test_a_replay_server_restarted_mid_episode_errors_that_episode_instead_of_failing_it(replay_server, mode, session_mark):
     # Episode 0 takes 7 steps; the server restarts after episode 1's 4th step and would replay episode 0 from step 0.
     restart_after(replay_server, LENGTHS[0] + PAST_END + 4)
     result = replay(replay_server, client_chunking=mode)
     assert replay_server.restarts == 1
     assert [o.success for o in result.outcomes if o.episode_index != 1] == [True] * (len(LENGTHS) - 1)
     error = result.outcomes[1].error
-    assert error is not None and "policy position lost" in error
-    assert "reports episode 0 step 0" in error and "expected episode 1 step 4" in error and "restarted" in error
+    if session_mark == "marked":
+        assert error is not None and SERVER_REFUSAL in error and "the server restarted" in error
+    else:
+        assert error is not None and "policy position lost" in error
+        assert "reports episode 0 step 0" in error and "expected episode 1 step 4" in error and "restarted" in error
     assert result.success_rate == 1.0 and result.n_errors == 1
 
 
-def test_every_row_of_a_batch_the_restarted_server_no_longer_replays_errors(replay_server):
+def test_every_row_of_a_batch_the_restarted_server_no_longer_replays_errors(replay_server, session_mark):
     # Rows 0 and 1 run episodes 0 and 1; after 3 requests (12 steps in all) both are at step 6 when the server restarts.
     restart_after(replay_server, 12)
     result = replay(replay_server, n_envs=2)
     assert [o.error is not None for o in result.outcomes] == [True, True, False, False]
-    assert "env row 0, expected episode 0 step 6" in result.outcomes[0].error
-    assert "reports episode 0 step 0 for env row 1, expected episode 1 step 6" in result.outcomes[1].error
+    if session_mark == "marked":
+        assert all(SERVER_REFUSAL in o.error for o in result.outcomes[:2])
+    else:
+        assert "env row 0, expected episode 0 step 6" in result.outcomes[0].error
+        assert "reports episode 0 step 0 for env row 1, expected episode 1 step 6" in result.outcomes[1].error
     assert [o.success for o in result.outcomes[2:]] == [True, True]  # the reset after the restart set the new server right
 
 

@@ -99,3 +99,20 @@ def test_a_run_whose_claim_was_taken_over_does_not_mark_the_new_claim_finished(t
     claim.write_text(json.dumps(data))
     finish_claim(claim, "complete")
     assert json.loads(claim.read_text())[CLAIM_KEY]["finished"] is True
+
+
+def test_a_host_renamed_mid_run_keeps_its_claim(tmp_path, monkeypatch):
+    """The run's own finish compared host names: after a rename it took its claim for another run's and left it
+    unfinished, and a later --resume on that machine was refused as 'another host'."""
+    from gr00t_eval import run_claim
+
+    out = tmp_path / "out"
+    out.mkdir()
+    claim = claim_output_dir(out, "claim.json", {"mine": True})
+    monkeypatch.setattr(run_claim.socket, "gethostname", lambda: "renamed-host")
+    assert read_holder(claim).hostname != "renamed-host"
+    with pytest.raises(OutputDirError, match="is in use: the run that claimed it is still running"):
+        refuse_live_claim(out, "claim.json")  # this machine (same boot): checked here, not "another host"
+    finish_claim(claim, "complete")
+    assert json.loads(claim.read_text())[CLAIM_KEY]["finished"] is True
+    assert refuse_live_claim(out, "claim.json").finished

@@ -315,8 +315,53 @@ def test_a_second_stop_signal_ends_the_wait_for_a_running_call_and_run_returns(s
     output = "".join(lines) + output
     assert process.returncode == 0, output
     assert time.monotonic() - started < 15, "the second signal did not end the 30 s wait"
-    assert "received SIGINT again; not waiting for the running policy call" in output
+    assert "received SIGINT again; not waiting for a running policy call" in output
     assert "stopped after 2 requests: 1 errors" in output and "Traceback" not in output  # get_server_info, get_action
     assert "run returned; left a policy call running: True" in output
     assert len(replies) == 1 and isinstance(replies[0], PolicyServerError), replies  # answered, not left to time out
     assert "was still running at a second stop signal (not finished)" in str(replies[0])
+
+
+def test_two_quick_stop_signals_to_an_idle_server_leave_no_call_behind():
+    """A second Ctrl-C with nothing running gave up on the (idle) worker and reported a policy call left running, so
+    serve left through os._exit."""
+    process = subprocess.Popen([sys.executable, "-u", "-c", _SLOW_SERVER_SCRIPT, TESTS_DIR],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        first = process.stdout.readline() + process.stdout.readline()
+        assert "listening on" in first, first
+        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, output
+    assert "run returned; left a policy call running: False" in output and "Traceback" not in output, output
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP here")
+def test_a_program_running_the_server_keeps_its_own_sighup_handler():
+    """A program with its own SIGHUP handler (reload a config, rotate a log) that runs PolicyServer had it replaced:
+    `kill -HUP` stopped the server and the program's handler never ran."""
+    script = _SERVER_SCRIPT.replace(
+        "from reference_peer import EchoPolicy",
+        "from reference_peer import EchoPolicy\nimport signal\n"
+        "signal.signal(signal.SIGHUP, lambda *_: print('own SIGHUP handler ran', flush=True))")
+    process = subprocess.Popen([sys.executable, "-u", "-c", script, TESTS_DIR], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        line = process.stdout.readline()
+        port = int(re.search(r"127\.0\.0\.1:(\d+)", line).group(1))
+        process.send_signal(signal.SIGHUP)
+        assert process.stdout.readline().strip() == "own SIGHUP handler ran"
+        with PolicyClient(host="127.0.0.1", port=port, timeout_ms=5000) as client:
+            assert client.ping()
+            client.kill_server()
+        output, _ = process.communicate(timeout=15)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0 and "run returned" in output, output

@@ -280,7 +280,7 @@ def run_with_ray(env_spec: str, config: RolloutConfig, servers: Sequence[ServerA
                 with interrupts_deferred():  # a second Ctrl-C must not lose the results of the first
                     _progress(f"Ray: interrupted; cancelling {len(running)} running shards (finished episodes are kept)")
                     for index in running.values():  # the results first, then the cancelling that may take a while
-                        shard_results[index] = partial(index, "interrupted", "cancelled by SIGINT/SIGTERM")
+                        shard_results[index] = partial(index, "interrupted", "cancelled by SIGINT, SIGTERM or SIGHUP")
                     for generator in running:
                         try:
                             ray.cancel(generator, force=True)

@@ -142,7 +142,7 @@ def finish_claim(claim: Union[str, Path], outcome: str) -> None:
         logger.warning("could not mark %s finished: %s", claim, exc)
         return
     record = data.get(CLAIM_KEY) if isinstance(data, dict) else None
-    if not isinstance(record, dict) or record.get("pid") != os.getpid() or record.get("hostname") != socket.gethostname():
+    if not isinstance(record, dict) or not _is_this_process(record):
         # taken over meanwhile (this run was judged gone): the claim is another run's, and its 'finished' not ours
         holder = read_holder(claim)
         logger.warning("did not mark %s finished: it is now claimed by another run (%s)", claim,
@@ -156,6 +156,17 @@ def finish_claim(claim: Union[str, Path], outcome: str) -> None:
     except OSError as exc:  # a full disk: the claim stays unfinished (its process will be gone), and no leftover
         partial.unlink(missing_ok=True)
         logger.warning("could not mark %s finished: %s", claim, exc)
+
+
+def _is_this_process(record: Mapping[str, Any]) -> bool:
+    """True when a claim's holder record is this process: its pid, and its start ticks and boot where recorded (else
+    its host name; a host renamed mid-run keeps its ticks and boot, and its claim)."""
+    if record.get("pid") != os.getpid():
+        return False
+    ticks, boot = record.get("start_ticks"), record.get("boot_id")
+    if ticks is not None and boot is not None:
+        return ticks == _start_ticks(os.getpid()) and boot == _boot_id()
+    return record.get("hostname") == socket.gethostname()
 
 
 def read_holder(claim: Union[str, Path]) -> Optional[ClaimHolder]:
@@ -192,7 +203,8 @@ def refuse_live_claim(directory: Union[str, Path], filename: str, flag: str = "-
     if holder is None or holder.finished:
         return holder
     here = socket.gethostname()
-    if holder.hostname is not None and holder.hostname != here:
+    same_boot = holder.boot_id is not None and holder.boot_id == _boot_id()  # this machine, renamed since
+    if holder.hostname is not None and holder.hostname != here and not same_boot:
         raise OutputDirError(f"{flag} {directory} is claimed by a run that has not finished ({holder.describe()}, "
                              f"in {filename}); host {here} cannot check whether it still runs. Wait for it, or if it "
                              f"has ended delete {claim}, or name another directory")

@@ -537,19 +537,20 @@ def interrupts_deferred() -> Iterator[None]:
 
 
 def _other_stop_signals() -> List[int]:
-    """SIGTERM, and SIGHUP (the terminal or ssh session closed) unless it is ignored (started under nohup)."""
+    """SIGTERM, and SIGHUP (the terminal or ssh session closed) while it has its default action (not when ignored
+    under nohup, or handled by a program calling gr00t_eval: theirs to keep)."""
     hangup = getattr(signal, "SIGHUP", None)  # not on Windows
-    keep = hangup is not None and signal.getsignal(hangup) != signal.SIG_IGN
+    keep = hangup is not None and signal.getsignal(hangup) in (signal.SIG_DFL, _raise_interrupt)  # ours: nested
     return [signal.SIGTERM, *([hangup] if keep else [])]
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM and SIGHUP (unless ignored) into KeyboardInterrupt while the block runs, so `kill` or a closed
-    terminal ends a run like Ctrl-C does: results saved as "interrupted", claims finished, env workers closed."""
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    with signals_handled_by(handler, _other_stop_signals()):
+    """Turn SIGTERM and SIGHUP (see _other_stop_signals) into KeyboardInterrupt while the block runs, so `kill` or a
+    closed terminal ends a run like Ctrl-C does: results saved as "interrupted", claims finished, env workers closed."""
+    with signals_handled_by(_raise_interrupt, _other_stop_signals()):
         yield

@@ -249,7 +249,7 @@ def run_tasks(policy: BasePolicy, tasks: Sequence[Task], config: RolloutConfig, 
         except KeyboardInterrupt:
             logger.warning("interrupted during task %s; keeping the %d finished episodes", task.env_name,
                            sum(len(r.outcomes) for r in suite_run.runs))
-            suite_run.status, suite_run.stop_reason = INTERRUPTED, "interrupted (SIGINT/SIGTERM)"
+            suite_run.status, suite_run.stop_reason = INTERRUPTED, "interrupted (SIGINT, SIGTERM or SIGHUP)"
             break
     return suite_run
 

@@ -1,6 +1,6 @@
 """Signals in the server: threads it starts never take SIGINT, SIGTERM or SIGHUP, so the kernel delivers them to the
 main thread; and blocks that handle SIGTERM (and SIGHUP: the terminal or ssh session closed) as Ctrl-C (start-up, an
-export). A SIGHUP ignored when the process started (`nohup`) stays ignored.
+export). A SIGHUP ignored (`nohup`) or handled by the program running the server is left as it is.
 
 A signal delivered to another thread sets Python's flag but does not wake the main thread: a policy call running
 there (a cheap call run inline on the socket thread) would sleep on, and the stop would not be noticed until the
@@ -18,10 +18,11 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hasattr(si
 
 
 def handled_stop_signals() -> tuple[int, ...]:
-    """The stop signals to handle: STOP_SIGNALS less a SIGHUP that is ignored (started under nohup), which must stay
-    ignored."""
+    """The stop signals to handle: STOP_SIGNALS, SIGHUP only while it has its default action (ignored under nohup, or
+    handled by a program that runs the server itself: theirs to keep)."""
     return tuple(sig for sig in STOP_SIGNALS
-                 if not (sig == getattr(signal, "SIGHUP", None) and signal.getsignal(sig) == signal.SIG_IGN))
+                 if not (sig == getattr(signal, "SIGHUP", None)
+                         and signal.getsignal(sig) not in (signal.SIG_DFL, _raise_interrupt)))
 
 
 def block_stop_signals() -> None:

@@ -433,8 +433,9 @@ class RequestLoop:
         transport = self._server._transport
         while worker.alive:
             left_s = deadline - time.monotonic()
-            if left_s <= 0 or self.stop_waiting:
-                if self.stop_waiting:
+            given_up = self.stop_waiting and worker.running_a_call  # an idle worker is ending anyway: join it
+            if left_s <= 0 or given_up:
+                if given_up:
                     logger.warning("a second stop signal: shutting down without the policy call still running")
                 else:
                     logger.warning("a policy call is still running after %g s; shutting down without it", timeout_s)

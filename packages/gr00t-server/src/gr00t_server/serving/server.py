@@ -467,7 +467,7 @@ class PolicyServer:
                 self._loop.shut_down(worker)  # the interpreter then exited under the worker's torch call: an abort)
             finally:
                 restore()
-            self.left_policy_call_running = worker.alive  # abandoned in C code: see serve's exit
+            self.left_policy_call_running = worker.alive and worker.running_a_call  # abandoned: see serve's exit
             self._runner.flush_logs()
             totals = self.stats.snapshot()
             logger.info("stopped after %d requests: %d errors (%d internal; %d over queue or connection limits), %d "
@@ -495,8 +495,8 @@ def _install_signal_handlers(server: PolicyServer) -> Callable[[], None]:
             if server._loop.inline_running:  # (this thread is inside it; it may have just finished)
                 raise InlineCallAbandoned(f"a policy call outlived the stop by {server.shutdown_timeout_s:g} s")
             return
-        if stop_signals[0]:  # a second Ctrl-C or SIGTERM: stop waiting for the running call
-            logger.warning("received %s again; not waiting for the running policy call", signal.Signals(signum).name)
+        if stop_signals[0]:  # a second Ctrl-C or SIGTERM: stop waiting for the running call, if any
+            logger.warning("received %s again; not waiting for a running policy call", signal.Signals(signum).name)
             server._loop.stop_waiting = True
             if server._loop.inline_running:  # this thread is inside it
                 raise InlineCallAbandoned("a second stop signal")

@@ -137,6 +137,12 @@ class PolicyWorker:
         self.finish()
         return self.join(timeout_s)
 
+    @property
+    def running_a_call(self) -> bool:
+        """True while a job runs on the worker (abandoned or not)."""
+        with self._lock:
+            return self._running is not None
+
     def abandon_running(self) -> Optional[Job]:
         """At a stop that will not wait any longer: the job still running, which the caller answers itself, or None.
         Its replies, should it finish after all, are dropped, so that no request is answered twice."""
