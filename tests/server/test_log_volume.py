@@ -3,6 +3,7 @@ with a different mistake inside it, and a lenient Gr00tPolicy given an unknown o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import pytest
@@ -34,8 +35,10 @@ def test_a_policy_failing_on_every_call_logs_a_few_tracebacks_and_a_count_not_on
     assert any("stopped after 41 requests: 40 errors (40 internal;" in r.getMessage() for r in records)  # + its question
 
 
-def test_a_new_kind_of_refusal_is_logged_inside_a_flood_and_the_count_is_reported():
-    logger = logging.getLogger("test.rate_limited")
+@contextlib.contextmanager
+def kept_messages(name):
+    """A logger of its own whose messages are appended to the yielded list (and not passed on)."""
+    logger = logging.getLogger(name)
     seen = []
 
     class Keep(logging.Handler):
@@ -46,14 +49,19 @@ def test_a_new_kind_of_refusal_is_logged_inside_a_flood_and_the_count_is_reporte
     logger.addHandler(handler)
     logger.propagate = False
     try:
+        yield logger, seen
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_a_new_kind_of_refusal_is_logged_inside_a_flood_and_the_count_is_reported():
+    with kept_messages("test.rate_limited") as (logger, seen):
         log = RateLimitedLog(logger, per_window=3, window_s=3600)
         for i in range(50):
             log.warning("bad shape %d", i, kind=("get_action", "ObservationError"))
         log.warning("unknown endpoint", kind=("get_actoin", "RequestError"))  # another client's one-off mistake
         log.warning("bad shape again", kind=("get_action", "ObservationError"))
         log.flush()
-    finally:
-        logger.removeHandler(handler)
     assert seen == ["bad shape 0", "bad shape 1", "bad shape 2", "unknown endpoint",
                     "48 similar messages were suppressed in the last 1 s"]
 
@@ -103,23 +111,11 @@ def test_the_first_window_opens_at_the_first_message_on_a_machine_just_booted(mo
 
     clock = [5.0]  # five seconds after boot
     monkeypatch.setattr(endpoints.time, "monotonic", lambda: clock[0])
-    logger = logging.getLogger("test.rate_limited_boot")
-    seen = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            seen.append(record.getMessage())
-
-    handler = Keep()
-    logger.addHandler(handler)
-    logger.propagate = False
-    try:
+    with kept_messages("test.rate_limited_boot") as (logger, seen):
         log = RateLimitedLog(logger, per_window=2, window_s=10.0)
         for i in range(4):
             log.warning("refused %d", i, kind="same")
         clock[0] = 12.0  # 7 s after the first message: the same window (it opened at 5 s, not at boot)
         log.warning("refused again", kind="same")
         log.flush()
-    finally:
-        logger.removeHandler(handler)
     assert seen == ["refused 0", "refused 1", "3 similar messages were suppressed in the last 7 s"]

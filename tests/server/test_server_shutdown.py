@@ -30,6 +30,16 @@ _SERVER_SCRIPT = textwrap.dedent(
 )
 
 
+def output_of(process, timeout=15):
+    """The rest of a server process's output once it exits (killed if it has not within `timeout`)."""
+    try:
+        return process.communicate(timeout=timeout)[0]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def assert_port_is_free(port):
     """The port can be bound again by a new server."""
     server = PolicyServer(EchoPolicy(), host="127.0.0.1", port=port)
@@ -37,9 +47,9 @@ def assert_port_is_free(port):
     server.close()
 
 
-def start_server_process(preexec_fn=None):
+def start_server_process(preexec_fn=None, script=_SERVER_SCRIPT):
     process = subprocess.Popen(
-        [sys.executable, "-u", "-c", _SERVER_SCRIPT, TESTS_DIR],
+        [sys.executable, "-u", "-c", script, TESTS_DIR],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -76,21 +86,32 @@ def test_server_process_shuts_down_cleanly_and_frees_the_port(how):
     assert_port_is_free(port)
 
 
+_OWN_SIGHUP_SCRIPT = _SERVER_SCRIPT.replace(
+    "from reference_peer import EchoPolicy",
+    "from reference_peer import EchoPolicy\nimport signal\n"
+    "signal.signal(signal.SIGHUP, lambda *_: print('own SIGHUP handler ran', flush=True))")
+
+
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP here")
-def test_a_server_started_under_nohup_keeps_serving_through_a_sighup():
-    """nohup sets SIGHUP to be ignored before the server starts: the server's own stop handler must not undo that."""
-    process, port = start_server_process(preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+@pytest.mark.parametrize("setup", ["nohup", "own handler"])
+def test_a_sighup_the_server_does_not_own_leaves_it_serving(setup):
+    """nohup ignores SIGHUP before the server starts, and a program running the server may handle SIGHUP itself
+    (reload a config, rotate a log): the server's stop handler must not take it over (with its own handler, such a
+    program's server was stopped by `kill -HUP` and its handler never ran)."""
+    if setup == "nohup":
+        process, port = start_server_process(preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    else:
+        process, port = start_server_process(script=_OWN_SIGHUP_SCRIPT)
     try:
         process.send_signal(signal.SIGHUP)
+        if setup == "own handler":
+            assert process.stdout.readline().strip() == "own SIGHUP handler ran"
         with PolicyClient(host="127.0.0.1", port=port, timeout_ms=5000) as client:
             time.sleep(0.3)
             assert client.ping() and process.poll() is None
             client.kill_server()
-        output, _ = process.communicate(timeout=15)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        output = output_of(process)
     assert process.returncode == 0 and "run returned" in output, output
 
 
@@ -327,41 +348,10 @@ def test_two_quick_stop_signals_to_an_idle_server_leave_no_call_behind():
     serve left through os._exit."""
     process = subprocess.Popen([sys.executable, "-u", "-c", _SLOW_SERVER_SCRIPT, TESTS_DIR],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        first = process.stdout.readline() + process.stdout.readline()
-        assert "listening on" in first, first
-        process.send_signal(signal.SIGINT)
-        process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=20)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    first = process.stdout.readline() + process.stdout.readline()  # the log's bind line, then the ready line
+    assert "listening on" in first, first
+    process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGINT)
+    output = output_of(process, timeout=20)
     assert process.returncode == 0, output
     assert "run returned; left a policy call running: False" in output and "Traceback" not in output, output
-
-
-@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP here")
-def test_a_program_running_the_server_keeps_its_own_sighup_handler():
-    """A program with its own SIGHUP handler (reload a config, rotate a log) that runs PolicyServer had it replaced:
-    `kill -HUP` stopped the server and the program's handler never ran."""
-    script = _SERVER_SCRIPT.replace(
-        "from reference_peer import EchoPolicy",
-        "from reference_peer import EchoPolicy\nimport signal\n"
-        "signal.signal(signal.SIGHUP, lambda *_: print('own SIGHUP handler ran', flush=True))")
-    process = subprocess.Popen([sys.executable, "-u", "-c", script, TESTS_DIR], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-    try:
-        line = process.stdout.readline()
-        port = int(re.search(r"127\.0\.0\.1:(\d+)", line).group(1))
-        process.send_signal(signal.SIGHUP)
-        assert process.stdout.readline().strip() == "own SIGHUP handler ran"
-        with PolicyClient(host="127.0.0.1", port=port, timeout_ms=5000) as client:
-            assert client.ping()
-            client.kill_server()
-        output, _ = process.communicate(timeout=15)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == 0 and "run returned" in output, output
