@@ -245,6 +245,7 @@ class _NoServer:
     """Stands in for PolicyServer: records what serve built, binds nothing."""
 
     built = {}
+    left_policy_call_running = False  # read by serve after run()
 
     def __init__(self, policy, **kwargs):
         _NoServer.built = {"policy": policy, **kwargs}
