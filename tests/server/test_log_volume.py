@@ -82,10 +82,6 @@ def test_a_lenient_gr00t_policy_warns_of_an_unknown_option_once_not_per_call(tin
 
 
 class FailsTwoWays(EchoPolicy):
-    def __init__(self):
-        super().__init__()
-        self.calls = 0
-
     def _get_action(self, observation, options=None):
         self.calls += 1
         raise RuntimeError("CUDA out of memory (simulated)" if self.calls <= 10 else "shape mismatch (a new bug)")

@@ -26,7 +26,10 @@ import shutil
 import signal
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
+
+from gr00t_client.cli_signals import interrupting_signals, signals_handled_by
+from gr00t_client.cli_signals import sigterm_as_interrupt  # noqa: F401 - the gr00t_eval modules import it from here
 
 logger = logging.getLogger(__name__)
 
@@ -505,22 +508,6 @@ def _set_eval_ep_s(entry: Dict[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def signals_handled_by(handler: Callable[[int, Any], None], signals: Sequence[int]) -> Iterator[None]:
-    """Handle `signals` with `handler` while the block runs, then restore the handlers before (off the main
-    thread, where Python cannot handle signals, the block runs with them as they were)."""
-    try:
-        previous = {sig: signal.signal(sig, handler) for sig in signals}
-    except ValueError:  # not the main thread: signals cannot be handled here
-        yield
-        return
-    try:
-        yield
-    finally:
-        for sig, before in previous.items():
-            signal.signal(sig, before)
-
-
-@contextlib.contextmanager
 def interrupts_deferred() -> Iterator[None]:
     """While a stopping run saves its results: a second Ctrl-C/SIGTERM/SIGHUP is noted, a third one stops waiting."""
     extra = []
@@ -532,25 +519,5 @@ def interrupts_deferred() -> Iterator[None]:
         # os.write, not print: a handler that prints while the main thread prints raises a reentrant-call error
         os.write(2, b"already stopping: saving the results of the finished episodes (Ctrl-C again to stop waiting)\n")
 
-    with signals_handled_by(handler, [signal.SIGINT, *_other_stop_signals()]):
-        yield
-
-
-def _other_stop_signals() -> List[int]:
-    """SIGTERM, and SIGHUP (the terminal or ssh session closed) while it has its default action (not when ignored
-    under nohup, or handled by a program calling gr00t_eval: theirs to keep)."""
-    hangup = getattr(signal, "SIGHUP", None)  # not on Windows
-    keep = hangup is not None and signal.getsignal(hangup) in (signal.SIG_DFL, _raise_interrupt)  # ours: nested
-    return [signal.SIGTERM, *([hangup] if keep else [])]
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM and SIGHUP (see _other_stop_signals) into KeyboardInterrupt while the block runs, so `kill` or a
-    closed terminal ends a run like Ctrl-C does: results saved as "interrupted", claims finished, env workers closed."""
-    with signals_handled_by(_raise_interrupt, _other_stop_signals()):
+    with signals_handled_by(handler, (signal.SIGINT, *interrupting_signals())):
         yield

@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from typing import Any, Callable, Iterator
+from typing import Iterator
+
+# signals_handled_by and sigterm_as_interrupt are the gr00t-server modules' too (export_dir, commands, cli)
+from gr00t_client.cli_signals import interrupting_signals, sigterm_as_interrupt, signals_handled_by  # noqa: F401
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())
 
 
 def handled_stop_signals() -> tuple[int, ...]:
-    """The stop signals to handle: STOP_SIGNALS, SIGHUP only while it has its default action (ignored under nohup, or
-    handled by a program that runs the server itself: theirs to keep)."""
-    return tuple(sig for sig in STOP_SIGNALS
-                 if not (sig == getattr(signal, "SIGHUP", None)
-                         and signal.getsignal(sig) not in (signal.SIG_DFL, _raise_interrupt)))
+    """The stop signals to handle: SIGINT, SIGTERM, and SIGHUP only while it has its default action (ignored under
+    nohup, or handled by a program that runs the server itself: theirs to keep)."""
+    return (signal.SIGINT, *interrupting_signals())
 
 
 def block_stop_signals() -> None:
@@ -43,31 +44,3 @@ def stop_signals_blocked() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-@contextlib.contextmanager
-def signals_handled_by(handler: Callable[[int, Any], None], signals: tuple[int, ...]) -> Iterator[None]:
-    """Handle `signals` with `handler` while the block runs, then restore the handlers before (off the main thread,
-    where Python cannot handle signals, the block runs with them as they were)."""
-    previous = {}
-    try:
-        for signum in signals:
-            previous[signum] = signal.signal(signum, handler)
-    except ValueError:  # not the main thread
-        pass
-    try:
-        yield
-    finally:
-        for signum, before in previous.items():
-            signal.signal(signum, signal.SIG_DFL if before is None else before)
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM (and SIGHUP, unless ignored) into KeyboardInterrupt, so `finally` blocks clean up as on Ctrl-C."""
-    with signals_handled_by(_raise_interrupt, tuple(sig for sig in handled_stop_signals() if sig != signal.SIGINT)):
-        yield

@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from gr00t_client.modality import ActionRepresentation, ModalityConfig
+from gr00t_client.policy import non_finite_rows
 
 from . import normalization as norm
 from .config import ProcessorConfig, Statistics, load_embodiment_ids, load_processor_config, load_statistics
@@ -183,9 +184,8 @@ class Gr00tN1d7Processor:
             if key not in states:
                 raise KeyError(f"Joint group '{key}' not found in state dict for embodiment '{tag}'")
             value = np.asarray(states[key], np.float64)
-            if not np.isfinite(value).all():  # an inf on a clipped key would end at +-1: a plausible, wrong action
-                bad = ~np.isfinite(value)
-                rows = np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1)).tolist()[:8] if bad.ndim > 1 else [0]
+            rows = non_finite_rows(value)  # an inf on a clipped key would end at +-1: a plausible, wrong action
+            if rows:
                 raise ValueError(f"State key '{key}' of '{tag}' has non-finite values (NaN or inf) in rows {rows}; "
                                  "send finite states")
             normalized = norm.normalize_state_key(

@@ -484,8 +484,8 @@ class PolicyServer:
 
 
 def _install_signal_handlers(server: PolicyServer) -> Callable[[], None]:
-    """On the main thread, make SIGINT, SIGTERM and SIGHUP (unless ignored: nohup) stop `server`'s run(); returns what
-    puts the old handlers back."""
+    """On the main thread, make SIGINT, SIGTERM and SIGHUP (while it has its default action: see handled_stop_signals)
+    stop `server`'s run(); returns what puts the old handlers back."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
 

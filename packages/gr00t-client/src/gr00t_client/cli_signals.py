@@ -1,0 +1,51 @@
+"""For the command lines of gr00t-server and gr00t-eval: SIGTERM and SIGHUP stop a command as Ctrl-C does.
+
+`kill` and a closed terminal or ssh session (SIGHUP) killed a command at once (exit 143 / 129): no results written,
+claims left unfinished, the server's totals never logged. Within `sigterm_as_interrupt` they raise KeyboardInterrupt,
+so the command's Ctrl-C handling runs. SIGHUP is taken only while it has its default action: one ignored (`nohup`)
+or handled by the program that runs the command is left as it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from typing import Any, Callable, Iterator, Sequence, Tuple
+
+
+def raise_interrupt(signum: int, frame: Any) -> None:
+    """A signal handler that raises KeyboardInterrupt, as Python's own SIGINT handler does."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def interrupting_signals() -> Tuple[int, ...]:
+    """SIGTERM, and SIGHUP while it has its default action or is ours (a block nested in sigterm_as_interrupt)."""
+    hangup = getattr(signal, "SIGHUP", None)  # not on Windows
+    keep = hangup is not None and signal.getsignal(hangup) in (signal.SIG_DFL, raise_interrupt)
+    return (signal.SIGTERM, hangup) if keep else (signal.SIGTERM,)
+
+
+@contextlib.contextmanager
+def signals_handled_by(handler: Callable[[int, Any], None], signals: Sequence[int]) -> Iterator[None]:
+    """Handle `signals` with `handler` while the block runs, then restore the handlers before (off the main thread,
+    where Python cannot handle signals, the block runs with them as they were)."""
+    previous = {}
+    try:
+        for signum in signals:
+            previous[signum] = signal.signal(signum, handler)
+    except ValueError:  # not the main thread
+        pass
+    try:
+        yield
+    finally:
+        for signum, before in previous.items():
+            # None: a handler installed from C, which Python cannot reinstall; the default is closest
+            signal.signal(signum, signal.SIG_DFL if before is None else before)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP (see interrupting_signals) into KeyboardInterrupt while the block runs, so `finally`
+    blocks and a command's Ctrl-C handling run as on Ctrl-C."""
+    with signals_handled_by(raise_interrupt, interrupting_signals()):
+        yield
