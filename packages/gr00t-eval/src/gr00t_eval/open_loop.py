@@ -22,7 +22,7 @@ from gr00t_client import BasePolicy, ModalityConfig, PolicyServerError, ServerSt
 
 from .action_steps import check_consecutive_action_deltas
 from .progress import bar_options
-from .dataset import LeRobotDataset
+from .dataset import DatasetError, LeRobotDataset
 from .metrics import ActionErrors, action_errors
 from .reported_position import is_position
 from .results import RESULTS_FILENAME, open_loop_results, write_results
@@ -314,6 +314,10 @@ def evaluate_trajectory(
     if missing:
         raise ValueError(f"action keys {missing} are not in the dataset; it has {dataset.action_keys}")
     key_dims = {key: episode.actions(key).shape[1] for key in action_keys}
+    try:  # before any query: a NaN in the recording would make this trajectory's scores, and the averages, NaN
+        episode.check_finite("action", action_keys)
+    except DatasetError as exc:
+        raise TrajectoryError(f"its recorded actions cannot be scored against: {exc}") from None
     actual_steps = min(config.steps, episode.length)
     report(f"Running trajectory: {traj_id}")
     report(f"Using {actual_steps} steps (requested: {config.steps}, trajectory length: {episode.length})")

@@ -107,6 +107,13 @@ def spec_from_dataset(dataset_path: Union[str, Path], horizon: int = 16) -> Dict
         kind: {key: {name: values.tolist() for name, values in dataset.group_stats(kind, key).items()} for key in keys}
         for kind, keys in (("state", dataset.state_keys), ("action", dataset.action_keys))
     }
+    from .processing.config import parse_statistics
+
+    try:  # the checks serve makes: a checkpoint it would refuse is not written
+        parse_statistics({"dataset": stats})
+    except ValueError as exc:
+        raise ValueError(f"{Path(dataset_path) / 'meta' / 'stats.json'}: {exc}; serve would refuse a checkpoint "
+                         "made from these statistics") from None
     return {
         "video": list(dataset.video_keys),
         "state": list(dataset.state_dims().items()),

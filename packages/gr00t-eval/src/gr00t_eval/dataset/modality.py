@@ -114,6 +114,9 @@ def _array_groups(section: Any, kind: str, source: Path) -> Dict[str, ArrayGroup
     for name, entry in _section(section, kind, source).items():
         entry = _entry(entry, kind, name, source)
         original_key = entry.get("original_key", DEFAULT_ARRAY_COLUMNS[kind])
+        if not isinstance(original_key, str):
+            raise DatasetError(f"{source}: '{kind}.{name}.original_key' must be a str (a parquet column name), "
+                               f"got {original_key!r}")
         if "indices" in entry:
             indices = entry["indices"]
             if not isinstance(indices, list) or not indices or not all(isinstance(i, int) and i >= 0 for i in indices):

@@ -83,12 +83,19 @@ class LeRobotDataset:
             episodes = ", ".join(str(r.episode_index) for r in records[:5]) + (", ..." if len(records) > 5 else "")
             require_file(path, f"data file of episode {episodes}")
             try:
-                rows = pq.read_metadata(path).num_rows
+                metadata = pq.read_metadata(path)
+                rows = metadata.num_rows
             except (pa.ArrowInvalid, OSError) as exc:
                 raise DatasetError(f"{path}: cannot read parquet (episode {episodes}): {exc}") from exc
             needed = sum(r.length for r in records)
             if rows < needed:
                 raise DatasetError(f"{path}: {rows} rows, fewer than the {needed} the episode list gives episode {episodes}")
+            names = set(metadata.schema.to_arrow_schema().names)
+            for kind in ("state", "action"):
+                for group in self._groups(kind).values():
+                    if group.original_key not in names:
+                        raise DatasetError(f"{path}: no column '{group.original_key}' (episode {episodes}), which "
+                                           f"meta/modality.json reads {kind} key '{group.name}' from")
 
     # -- metadata ---------------------------------------------------------------------------------
     @property
@@ -237,6 +244,34 @@ class Episode:
         self.table = _read_episode_table(record)
         self.length = record.length
         self._arrays: Dict[str, np.ndarray] = {}
+        self._check_row_order()
+
+    def _check_row_order(self) -> None:
+        """DatasetError unless the rows are the episode's steps in order: `frame_index` (where present) counting up
+        by one, and `timestamp` stepping by 1/fps (timestamps()). Rows shuffled, repeated or missing in the file would
+        otherwise be replayed and scored in file order without a word; LeRobot refuses such a dataset at load."""
+        if "frame_index" in self.table.column_names and self.length > 1:
+            steps = self.column("frame_index").reshape(-1)
+            off = np.flatnonzero(np.diff(steps) != 1) if steps.dtype.kind in "iuf" else np.zeros(1, np.int64)
+            if off.size:
+                first = int(off[0])
+                raise DatasetError(f"{self.record.data_path}: column 'frame_index' of episode {self.episode_index} goes "
+                                   f"from {steps[first]} to {steps[first + 1]} at row {first + 1}; the rows of an "
+                                   "episode must be its steps in order, each frame_index one more than the last")
+        self.timestamps()
+
+    def check_finite(self, kind: str, keys: Sequence[str]) -> None:
+        """DatasetError naming the file, column, row and key when a state or action group holds NaN or inf: a
+        recorded action with a hole would be replayed to a robot or scored against as if it were a number."""
+        for key in keys:
+            values = self._group_array(kind, key, np.float64)
+            bad = ~np.isfinite(values)
+            if bad.any():
+                row, index = (int(i) for i in np.argwhere(bad)[0])
+                group = self._dataset._groups(kind)[key]
+                raise DatasetError(f"{self.record.data_path}: column '{group.original_key}' holds {values[row, index]} at "
+                                   f"row {row} ({kind} key '{key}', value {index}) of episode {self.episode_index}; "
+                                   f"recorded {kind}s must be finite numbers")
 
     @property
     def episode_index(self) -> int:

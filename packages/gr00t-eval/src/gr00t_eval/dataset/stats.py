@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Mapping
+from typing import Dict, List, Mapping, Optional
 
 import numpy as np
 
@@ -41,6 +41,11 @@ class RunningColumnStats:
         self._mean: np.ndarray = np.zeros(0)
         self._m2: np.ndarray = np.zeros(0)  # sum of squared deviations from the mean, per dimension
         self._sorted: np.ndarray = np.zeros((0, 0))  # (D, count): each dimension's values in ascending order
+
+    @property
+    def width(self) -> Optional[int]:
+        """Values per row (D), once rows were added; None before."""
+        return int(self._sorted.shape[0]) if self.count else None
 
     def add(self, values: np.ndarray) -> None:
         """Add the rows of a (N, D) or (N,) array."""
@@ -115,7 +120,11 @@ def group_stats(stats: Mapping[str, object], group: ArrayGroup, source: str) -> 
     for name in STAT_NAMES:
         if name not in column:
             raise DatasetError(f"{source}: column '{group.original_key}' lacks the '{name}' statistic")
-        values = np.asarray(column[name], dtype=np.float32).reshape(-1)
+        try:
+            values = np.asarray(column[name], dtype=np.float32).reshape(-1)
+        except (TypeError, ValueError) as exc:
+            raise DatasetError(f"{source}: '{group.original_key}.{name}' must be a list of numbers, got "
+                               f"{str(column[name])[:80]} ({exc})") from None
         if values.shape[0] < group.end:
             raise DatasetError(
                 f"{source}: '{group.original_key}.{name}' has {values.shape[0]} values; group '{group.name}' needs index {group.end - 1}"

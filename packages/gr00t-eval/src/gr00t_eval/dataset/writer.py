@@ -138,6 +138,18 @@ class DatasetWriter:
         length = next(iter(state_arrays.values())).shape[0]
         if length == 0:  # LeRobot has no empty episodes: readers and replay servers index their first step
             raise ValueError(f"episode {len(self._episodes)} has 0 steps; an episode needs at least one step")
+        # What a refused episode must not leave behind: the layout its first call fixes (a refused first episode of
+        # odd-sized frames refused every later one as "earlier episodes had" that size).
+        layout = (self._cameras, self._state_dims, self._action_dims, self._step_columns, dict(self._frame_sizes))
+        try:
+            return self._add_episode(frames, state_arrays, action_arrays, task, step_columns, metadata, length)
+        except BaseException:
+            self._cameras, self._state_dims, self._action_dims, self._step_columns, self._frame_sizes = layout
+            raise
+
+    def _add_episode(self, frames, state_arrays, action_arrays, task: str, step_columns, metadata, length: int) -> int:
+        """add_episode's work; its task, statistics and episode are recorded only once its files are written (a
+        refused episode, say on a full disk, left its values in stats.json and its task in the task list)."""
         self._check_layout(frames, state_arrays, action_arrays, step_columns, length)
         reserved = {"episode_index", "length", "tasks"}
         if reserved & set(metadata):
@@ -145,7 +157,7 @@ class DatasetWriter:
         metadata = _json_metadata(metadata)  # refused now, not at finalize() after every episode is on disk
 
         episode_index = len(self._episodes)
-        task_index = self._tasks.setdefault(task, len(self._tasks))
+        task_index = self._tasks.get(task, len(self._tasks))
         # Concatenate in the first episode's group order, whatever order this episode's dicts use.
         state = np.concatenate([state_arrays[k] for k in self._state_dims or {}], axis=1)
         action = np.concatenate([action_arrays[k] for k in self._action_dims or {}], axis=1)
@@ -164,15 +176,22 @@ class DatasetWriter:
         for name, values in step_columns.items():
             columns[name] = np.asarray(values)
         table = _to_table(columns)
-        for name, values in columns.items():
-            if np.asarray(values).dtype.kind in "biuf":
-                self._numeric.setdefault(name, RunningColumnStats()).add(np.asarray(values).reshape(length, -1))
+        numeric = {name: np.asarray(values).reshape(length, -1) for name, values in columns.items()
+                   if np.asarray(values).dtype.kind in "biuf"}
+        for name, values in numeric.items():  # checked before the files: a width change must not land half-way
+            width = self._numeric[name].width if name in self._numeric else None
+            if width is not None and values.shape[1] != width:
+                raise ValueError(f"episode {episode_index}: column {name!r} has {values.shape[1]} values per step; "
+                                 f"earlier episodes had {width}")
 
         record: Dict[str, Any] = {"episode_index": episode_index, "tasks": [task], "length": length, **metadata}
         if self.layout == "v2.1":
             self._write_v2_episode(episode_index, table, frames)
         else:
             record.update(self._append_v3_episode(table, frames, length))
+        self._tasks.setdefault(task, task_index)
+        for name, values in numeric.items():
+            self._numeric.setdefault(name, RunningColumnStats()).add(values)
         self._episodes.append(record)
         self._unlisted[0] += 1
         self._total_frames += length

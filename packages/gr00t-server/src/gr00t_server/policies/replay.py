@@ -27,6 +27,7 @@ SESSION_OPTION = "_session_id"
 DEFAULT_SESSION = "default"
 DEFAULT_MAX_ROWS = 128  # rows one session may replay at once (options["batch_size"], episode_index lists)
 DEFAULT_MAX_SESSIONS = 1024  # cursors kept; the least recently used is forgotten first
+DEFAULT_MAX_CACHED_BYTES = 256 * 1024 * 1024  # episodes' actions kept read; the least recently used is dropped first
 
 
 @dataclass
@@ -44,8 +45,10 @@ class ReplayPolicy(BasePolicy):
     episode, so past the end the last row repeats) and then advances the row by `execution_horizon`.
     State is kept per session (`options["_session_id"]`, set by the server); a session that was never
     reset starts at episode position 0, step 0. Episodes are addressed by position in the episode list.
-    Only actions are read from the dataset; no video is decoded. A session replays at most `max_rows` rows and
-    at most `max_sessions` sessions are kept (least recently used forgotten first), so memory stays bounded.
+    Only actions are read from the dataset; no video is decoded. A session replays at most `max_rows` rows,
+    at most `max_sessions` sessions are kept and at most `max_cached_bytes` of episodes' actions stay read (least
+    recently used forgotten first in both), so memory stays bounded. An episode whose rows are out of order or
+    whose actions hold NaN or inf is refused (DatasetError naming the file and row) when a reset or call reaches it.
     """
 
     stateful_sessions = True
@@ -59,13 +62,15 @@ class ReplayPolicy(BasePolicy):
         strict: bool = True,
         max_rows: int = DEFAULT_MAX_ROWS,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
+        max_cached_bytes: int = DEFAULT_MAX_CACHED_BYTES,
     ) -> None:
         super().__init__(strict=strict)
-        for name, value in (("max_rows", max_rows), ("max_sessions", max_sessions)):
+        for name, value in (("max_rows", max_rows), ("max_sessions", max_sessions), ("max_cached_bytes", max_cached_bytes)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         self.max_rows = max_rows
         self.max_sessions = max_sessions
+        self.max_cached_bytes = max_cached_bytes
         dataset_class = require_lerobot_dataset()
         self.dataset = dataset if isinstance(dataset, dataset_class) else dataset_class(dataset)
         if self.dataset.num_episodes == 0:
@@ -98,7 +103,8 @@ class ReplayPolicy(BasePolicy):
             )
         self.execution_horizon = execution_horizon
         self._sessions: "OrderedDict[str, _Cursor]" = OrderedDict()
-        self._actions: Dict[int, Dict[str, np.ndarray]] = {}
+        self._actions: "OrderedDict[int, Dict[str, np.ndarray]]" = OrderedDict()  # most recently used last
+        self._cached_bytes = 0
         self._lock = threading.Lock()
         self._identity: Optional[Dict[str, Any]] = None
         self.identity()  # now: get_server_info answers it on the socket thread, which must not read files
@@ -150,6 +156,7 @@ class ReplayPolicy(BasePolicy):
                 raise ValueError(f"step_index has {len(steps)} entries but episode_index has {len(episodes)}; expected one per row")
             for episode, step in zip(episodes, steps):
                 self._check_step(episode, step)
+                self._episode_actions(episode)  # a broken episode is refused at its reset, not at its first call
             self._keep(session, _Cursor(list(episodes), list(steps)))
             info = self._info(self._sessions[session], done=None)
         logger.debug("session %r reset to episodes %s steps %s", str(session)[:40], episodes, steps)
@@ -207,10 +214,22 @@ class ReplayPolicy(BasePolicy):
             self._sessions.pop(session_id, None)
 
     def _episode_actions(self, position: int) -> Dict[str, np.ndarray]:
-        if position not in self._actions:
-            episode = self.dataset.episode(position)
-            self._actions[position] = {k: episode.actions(k) for k in self.modality_configs["action"].modality_keys}
-        return self._actions[position]
+        """The episode's actions per key, read once and kept while they fit max_cached_bytes (least recently used
+        dropped first; the newest is kept whatever its size). DatasetError for rows out of order or NaN/inf."""
+        actions = self._actions.get(position)
+        if actions is not None:
+            self._actions.move_to_end(position)
+            return actions
+        keys = self.modality_configs["action"].modality_keys
+        episode = self.dataset.episode(position)
+        episode.check_finite("action", keys)
+        actions = {k: episode.actions(k) for k in keys}
+        self._actions[position] = actions
+        self._cached_bytes += sum(values.nbytes for values in actions.values())
+        while self._cached_bytes > self.max_cached_bytes and len(self._actions) > 1:
+            _, dropped = self._actions.popitem(last=False)
+            self._cached_bytes -= sum(values.nbytes for values in dropped.values())
+        return actions
 
     def _length(self, position: int) -> int:
         return self.dataset.episode_lengths[position]

@@ -1,0 +1,225 @@
+"""Recorded values a dataset should never have been written with - NaN or inf actions, rows out of step order, a
+column modality.json names but the file lacks, a refused episode's leftovers - are refused naming the file and
+row, by every reader: the replay server (which decodes no video), open-loop's ground truth, the writer's statistics
+and make-test-checkpoint. Real parquet and mp4 files written by DatasetWriter, a real replay server on loopback,
+the real CLIs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from eval.dataset_factory import episode_frames, expected_actions, expected_states, make_dataset
+from gr00t_client import PolicyClient, PolicyServerError
+from gr00t_eval import cli
+from gr00t_eval.dataset import DatasetWriter, LeRobotDataset
+from gr00t_eval.dataset.errors import DatasetError
+from gr00t_server.policies.replay import ReplayPolicy
+from serving import running_server
+
+LENGTHS = (6, 9, 4)
+
+
+def data_file(root: Path, episode: int) -> Path:
+    return root / "data" / "chunk-000" / f"episode_{episode:06d}.parquet"
+
+
+def edit_rows(path: Path, edit) -> None:
+    """Rewrite a parquet file with `edit(table) -> table` applied."""
+    pq.write_table(edit(pq.read_table(path)), path)
+
+
+def set_action(table: pa.Table, row: int, index: int, value: float) -> pa.Table:
+    actions = [list(map(float, r)) for r in table.column("action").to_pylist()]
+    actions[row][index] = value
+    column = pa.array(actions, table.schema.field("action").type)
+    return table.set_column(table.column_names.index("action"), "action", column)
+
+
+def take_rows(order) -> callable:
+    return lambda table: table.take(pa.array(order))
+
+
+@pytest.fixture()
+def dataset(tmp_path) -> Path:
+    return make_dataset(tmp_path / "ds", lengths=LENGTHS)
+
+
+# --- NaN and inf in recorded actions ---------------------------------------------------------------------
+
+
+def test_open_loop_errors_a_trajectory_whose_recorded_actions_hold_nan_and_scores_the_others(dataset, tmp_path, capsys):
+    with running_server(ReplayPolicy(make_dataset(tmp_path / "clean", lengths=LENGTHS), execution_horizon=3)) as server:
+        edit_rows(data_file(dataset, 0), lambda t: set_action(set_action(t, 2, 0, float("nan")), 3, 1, float("inf")))
+        out = tmp_path / "out"
+        code = cli.main(["open-loop", "--dataset-path", str(dataset), "--port", str(server.port), "--no-plots",
+                         "--execution-horizon", "3", "--output-dir", str(out), "--traj-ids", "0", "1"])
+    printed = capsys.readouterr().out
+    data = json.loads((out / "results.json").read_text())
+    assert code == 1  # errored trajectories fail the run without --allow-errors
+    assert list(data["trajectories"]) == ["1"] and data["aggregated"]["avg_mse"] == 0.0  # not NaN, not null
+    [errored] = data["errored_trajectories"]
+    assert errored["traj_id"] == 0
+    assert "episode_000000.parquet: column 'action' holds nan at row 2 (action key 'arm', value 0)" in errored["error"]
+    assert "trajectory 0 errored" in printed and "MSE for trajectory 0" not in printed
+
+
+def test_a_replay_server_refuses_an_episode_with_nan_actions_at_its_reset_naming_file_and_row(dataset):
+    edit_rows(data_file(dataset, 1), lambda t: set_action(t, 4, 2, float("inf")))
+    with running_server(ReplayPolicy(dataset, execution_horizon=3)) as server:
+        client = PolicyClient(port=server.port, timeout_ms=10_000)
+        with pytest.raises(PolicyServerError, match=r"episode_000001\.parquet: column 'action' holds inf at row 4 "
+                                                     r"\(action key 'arm', value 2\) of episode 1"):
+            client.reset({"episode_index": 1})
+        client.reset({"episode_index": 0})  # the other episodes replay, and the server answers on
+        action, info = client.get_action({})
+        np.testing.assert_array_equal(action["arm"][0][:3], expected_actions(0, 6)["arm"][:3])
+        client.close()
+
+
+# --- rows out of step order ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("order, where", [
+    ([0, 2, 1, 3, 5, 4], "goes from 0 to 2 at row 1"),  # shuffled
+    ([0, 1, 1, 2, 3, 4], "goes from 1 to 1 at row 2"),  # a row written twice (and the last step lost)
+], ids=["shuffled", "repeated"])
+def test_a_replay_server_refuses_rows_out_of_step_order_instead_of_replaying_them_in_file_order(dataset, order, where):
+    edit_rows(data_file(dataset, 0), take_rows(order))
+    policy = ReplayPolicy(dataset, execution_horizon=3)
+    with pytest.raises(DatasetError, match=rf"episode_000000\.parquet: column 'frame_index' of episode 0 {where}"):
+        policy.get_action({})  # a session that never reset replays episode 0
+    policy.reset({"episode_index": 1})
+    np.testing.assert_array_equal(policy.get_action({})[0]["arm"][0][:3], expected_actions(1, 9)["arm"][:3])
+
+
+def test_v3_rows_reversed_in_their_shared_file_are_refused(tmp_path):
+    root = make_dataset(tmp_path / "v3", lengths=LENGTHS, layout="v3.0", episodes_per_file=3)
+    [path] = sorted((root / "data").rglob("*.parquet"))
+    edit_rows(path, take_rows(list(range(5, -1, -1)) + list(range(6, 19))))  # episode 0's six rows, last first
+    with pytest.raises(DatasetError, match=r"column 'frame_index' of episode 0 goes from 5 to 4 at row 1"):
+        ReplayPolicy(root, execution_horizon=3).reset({"episode_index": 0})
+    np.testing.assert_array_equal(LeRobotDataset(root).episode(1).actions("arm"), expected_actions(1, 9)["arm"])
+
+
+def test_rows_shuffled_in_a_file_without_frame_index_are_caught_by_their_timestamps(dataset):
+    edit_rows(data_file(dataset, 0), lambda t: take_rows([0, 2, 1, 3, 4, 5])(t.drop(["frame_index"])))
+    with pytest.raises(DatasetError, match=r"column 'timestamp' of episode 0 steps from 0 s to 0\.2 s at step 0"):
+        LeRobotDataset(dataset).episode(0)
+
+
+# --- a column the file lacks ---------------------------------------------------------------------------------
+
+
+def test_a_replay_server_does_not_start_on_a_data_file_without_a_column_modality_json_reads(dataset):
+    edit_rows(data_file(dataset, 2), lambda t: t.drop(["action"]))
+    with pytest.raises(DatasetError, match=r"episode_000002\.parquet: no column 'action' \(episode 2\), which "
+                                           r"meta/modality.json reads action key '\w+' from"):
+        ReplayPolicy(dataset, execution_horizon=3)
+
+
+# --- the replay server's memory ----------------------------------------------------------------------------
+
+
+def test_the_replay_action_cache_stays_within_its_byte_budget_and_reads_dropped_episodes_again(dataset):
+    one_episode = sum(v.nbytes for v in expected_actions(1, 9).values())
+    policy = ReplayPolicy(dataset, execution_horizon=3, max_cached_bytes=one_episode)
+    for _ in range(2):
+        for episode, length in enumerate(LENGTHS):
+            policy.reset({"episode_index": episode})
+            action, _ = policy.get_action({})
+            np.testing.assert_array_equal(action["arm"][0][:3], expected_actions(episode, length)["arm"][:3])
+            assert policy._cached_bytes <= one_episode and len(policy._actions) == 1
+    with pytest.raises(ValueError, match="max_cached_bytes must be an int >= 1"):
+        ReplayPolicy(dataset, max_cached_bytes=0)
+
+
+# --- the writer after a refused episode ------------------------------------------------------------------
+
+
+def add(writer: DatasetWriter, episode: int, value: float, task: str, size=(32, 32)) -> int:
+    actions = {k: np.full_like(v, value) for k, v in expected_actions(episode, 3).items()}
+    return writer.add_episode(frames={"image": episode_frames(episode, 0, 3, size)}, states=expected_states(episode, 3),
+                              actions=actions, task=task)
+
+
+def test_an_episode_the_writer_refused_leaves_no_trace_in_stats_or_tasks(tmp_path, monkeypatch):
+    writer = DatasetWriter(tmp_path / "ds", 10)
+    add(writer, 0, 1.0, "task A")
+    real_write = pq.write_table
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pq, "write_table", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        add(writer, 1, 1000.0, "task B (lost)")
+    monkeypatch.setattr(pq, "write_table", real_write)  # space freed: the caller goes on
+    add(writer, 1, 2.0, "task A")
+    root = writer.finalize()
+    stats = json.loads((root / "meta" / "stats.json").read_text())["action"]
+    assert stats["max"][0] == 2.0 and stats["mean"][0] == pytest.approx(1.5)  # 1000 never reached the dataset
+    tasks = [json.loads(line)["task"] for line in (root / "meta" / "tasks.jsonl").read_text().splitlines()]
+    assert tasks == ["task A"]
+    assert LeRobotDataset(root).num_episodes == 2
+
+
+def test_a_refused_first_episode_does_not_fix_the_frame_size_of_the_next(tmp_path):
+    writer = DatasetWriter(tmp_path / "ds", 10)
+    with pytest.raises(Exception, match="must be even"):
+        add(writer, 0, 1.0, "task", size=(31, 31))
+    assert add(writer, 0, 1.0, "task", size=(32, 32)) == 0
+    root = writer.finalize()
+    assert LeRobotDataset(root).episode(0).frames("image", [0]).shape == (1, 32, 32, 3)
+
+
+def test_a_step_column_that_changes_width_is_refused_before_any_file_is_written(tmp_path):
+    writer = DatasetWriter(tmp_path / "ds", 10)
+    writer.add_episode(frames={}, states=expected_states(0, 3), actions=expected_actions(0, 3), task="t",
+                       step_columns={"extra": np.zeros((3, 2), np.float32)})
+    with pytest.raises(ValueError, match="column 'extra' has 3 values per step; earlier episodes had 2"):
+        writer.add_episode(frames={}, states=expected_states(1, 3), actions=expected_actions(1, 3), task="t",
+                           step_columns={"extra": np.zeros((3, 3), np.float32)})
+    assert not data_file(tmp_path / "ds", 1).exists()
+    writer.finalize()
+
+
+# --- meta files: named, not a bare conversion error -------------------------------------------------------
+
+
+def test_a_string_in_stats_json_names_the_file_and_the_statistic(dataset):
+    path = dataset / "meta" / "stats.json"
+    stats = json.loads(path.read_text())
+    stats["action"]["mean"][0] = "a"
+    path.write_text(json.dumps(stats))
+    with pytest.raises(DatasetError, match=r"stats\.json: 'action\.mean' must be a list of numbers"):
+        LeRobotDataset(dataset).group_stats("action", "arm")
+
+
+def test_an_integer_original_key_in_modality_json_is_refused_naming_the_entry(dataset):
+    path = dataset / "meta" / "modality.json"
+    modality = json.loads(path.read_text())
+    modality["state"]["arm"]["original_key"] = 5
+    path.write_text(json.dumps(modality))
+    with pytest.raises(DatasetError, match=r"modality\.json: 'state\.arm\.original_key' must be a str"):
+        LeRobotDataset(dataset)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda s: s["action"]["std"].__setitem__(0, float("nan")), r"non-finite value \(nan\)"),
+    (lambda s: s["action"].update(min=[v + 1.0 for v in s["action"]["max"]]), r"the range is inverted"),
+], ids=["nan-std", "min-over-max"])
+def test_make_test_checkpoint_refuses_statistics_serve_would_refuse(dataset, tmp_path, damage, message):
+    from gr00t_server.test_checkpoint import spec_from_dataset
+
+    path = dataset / "meta" / "stats.json"
+    stats = json.loads(path.read_text())
+    damage(stats)
+    path.write_text(json.dumps(stats))
+    with pytest.raises(ValueError, match=rf"meta/stats\.json: .*{message}.*serve would refuse a checkpoint"):
+        spec_from_dataset(dataset)
