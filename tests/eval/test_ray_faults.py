@@ -85,7 +85,8 @@ def test_merging_shards_keeps_a_task_that_failed_in_its_shard_as_a_failed_task_n
                            extras={"task": "walkto/fast"}) for i in range(2)]
     merged = merge_results([_shard_results(config.env_name, config, ShardSpec(0, 2), done),
                             _shard_results(config.env_name, config, ShardSpec(1, 2), [], failed_task="walkto/nope")])
-    assert merged["status"] == "complete" and merged["missing_episodes"] == []
+    assert merged["missing_episodes"] == []  # a failed task, not a missing shard; but not a complete run either
+    assert merged["status"] == "incomplete" and "1 of 2 tasks failed (walkto/nope)" in merged["stop_reason"]
     assert "unknown walkto task" in merged["failed_tasks"]["walkto/nope"]
     assert merged["overall"]["n_episodes"] == 2 and merged["n_not_run"] == 2
 

@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import zmq
 
@@ -255,6 +255,11 @@ class PolicyClient(BasePolicy):
         self._session_served = False
         self._requested_wire = wire  # what _wire returns to when the server's facts are forgotten
         self._forget_server()  # nothing is known yet
+        # Times the connection was made anew or given up (a restart, a lost reply): whoever answers since may be
+        # another server, maybe with another model. on_new_server's check runs when it has moved.
+        self.server_changes = 0
+        self._new_server_check: Optional[Callable[["PolicyClient"], None]] = None
+        self._checked_server_changes = 0
         self._host_resolved = False  # the host name has resolved once (_check_host_resolves)
         self.return_server_timing = bool(return_server_timing)
         # CURVE encryption (gr00t_client.curve): None for plaintext; an ephemeral key pair when no client key is given.
@@ -321,6 +326,7 @@ class PolicyClient(BasePolicy):
 
     def _discard_socket(self) -> None:
         self._forget_server()  # a broken connection: whoever answers next may be another server
+        self.server_changes += 1
         self._close_socket()
 
     def _close_socket(self) -> None:
@@ -338,6 +344,7 @@ class PolicyClient(BasePolicy):
         timeout_ms, a handshake, a get_server_info question and the call itself did not fit in one budget: every
         call after one latency spike timed out, for good."""
         self._forget_server()
+        self.server_changes += 1
         self._close_socket()
         if self._context is None or self._closing.is_set():
             return
@@ -468,6 +475,7 @@ class PolicyClient(BasePolicy):
                 # the new server's, and what was learned from the old one is forgotten.
                 logger.info("reconnected to %s; asking the server for its facts again", self.address)
                 self._forget_server()
+                self.server_changes += 1
         except PolicyTimeoutError:  # ReplyLostError too
             self._replace_socket()  # Lazy Pirate: a REQ socket that timed out can never send again
             raise
@@ -668,6 +676,28 @@ class PolicyClient(BasePolicy):
         if self._socket is not None and self._handshake is not None and self._handshake.reconnected():
             logger.info("reconnected to %s; asking the server for its facts again", self.address)
             self._forget_server()
+            self.server_changes += 1
+
+    @property
+    def new_server_check(self) -> Optional[Callable[["PolicyClient"], None]]:
+        """The check on_new_server set (None: none)."""
+        return self._new_server_check
+
+    def on_new_server(self, check: Optional[Callable[["PolicyClient"], None]]) -> None:
+        """Run `check(client)` after the first reset or get_action answered since the connection was made anew or
+        given up (server_changes moved: a restart, maybe with another model behind the same address); what it raises
+        is raised from that call, before its reply is used. gr00t-eval stops a run there when the server now serves
+        another checkpoint. None removes the check."""
+        with self._locked():
+            self._new_server_check = check
+            self._checked_server_changes = self.server_changes
+
+    def _check_new_server(self) -> None:
+        check = self._new_server_check
+        changes = self.server_changes
+        if check is not None and changes != self._checked_server_changes:
+            check(self)  # raises to the caller; asked again after the next call until it passes
+            self._checked_server_changes = changes
 
     def call_endpoint(self, endpoint: str, data: Optional[Dict[str, Any]] = None, requires_input: bool = True) -> Any:
         """Call any endpoint; raises PolicyTimeoutError, PolicyServerError or ConnectionError."""
@@ -681,7 +711,9 @@ class PolicyClient(BasePolicy):
             reply = self._round_trip(envelope, endpoint, multipart=multipart, deadline=deadline)
             if endpoint in ("reset", "get_action"):
                 self._session_served = True
-            return reply
+        if endpoint in ("reset", "get_action"):
+            self._check_new_server()
+        return reply
 
     # --- policy API -----------------------------------------------------------------------------
 

@@ -24,9 +24,9 @@ from gr00t_client import BasePolicy, PolicyClient
 from gr00t_client.client import MAX_TIMEOUT_MS
 
 from .metrics import EpisodeOutcome
-from .policy_identity import describe, policy_record, same_policy
+from .policy_identity import describe, pinned_policy, policy_record, same_policy
 from .results import RESULTS_FILENAME, write_results
-from .rollout.config import MAX_EPISODES, RolloutConfig, draw_base_seed
+from .rollout.config import MAX_EPISODES, RolloutConfig, check_env_timeout, draw_base_seed
 from .run_dir import EPISODE_LOG_FILENAME, RUN_FILENAME, EpisodeLog, add_earlier_eval_s, earlier_results
 from .shard import run_suite
 
@@ -184,8 +184,10 @@ def check_counts(name: str, config: Mapping[str, Any]) -> None:
     if isinstance(config.get("n_episodes"), int) and config["n_episodes"] > MAX_EPISODES:
         raise JobError(f"job {name!r}: n_episodes must be at most {MAX_EPISODES:,}, got {config['n_episodes']!r}", name)
     timeout = config.get("env_timeout_s")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0):
-        raise JobError(f"job {name!r}: override env_timeout_s must be seconds > 0, or null for no limit; got {timeout!r}", name)
+    try:
+        check_env_timeout(timeout, "override env_timeout_s", no_limit="null")
+    except ValueError as exc:
+        raise JobError(f"job {name!r}: {exc}", name) from None
     check_setting_types(name, config)
 
 
@@ -274,8 +276,15 @@ def load_jobs(path: Union[str, Path]) -> List[Union[Job, JobError]]:
         if unknown or "jobs" not in data:
             raise JobError(f"{path}: a job file is a list of jobs or an object with 'jobs' (and optional 'defaults'); got keys {sorted(data)}")
         defaults, data = data.get("defaults") or {}, data["jobs"]
+    if not isinstance(defaults, Mapping):  # told once, about 'defaults', not once per job about each job
+        raise JobError(f"{path}: 'defaults' must be an object of job fields, got {type(defaults).__name__}")
+    unknown = set(defaults) - JOB_KEYS - set(ARENA_ALIASES) - {"policy_config_dict", "arena_env_args"}
+    if unknown:
+        raise JobError(f"{path}: 'defaults' has unknown fields {sorted(unknown)}; allowed: the fields of a job")
     if not isinstance(data, list):
         raise JobError(f"{path}: 'jobs' must be a list, got {type(data).__name__}")
+    if not data:  # a generator that wrote no jobs must not pass as a batch that ran
+        raise JobError(f"{path}: the job file lists no jobs; a batch needs at least one")
     jobs: List[Union[Job, JobError]] = []
     seen: Dict[str, int] = {}
     for index, raw in enumerate(data):
@@ -445,7 +454,8 @@ def run_job(job: Job, policy_factory: Callable[[PolicyServerAddress], BasePolicy
             record["episode_log"] = str(log.path)
             record["resumed_episodes"] = sum(1 for outcome in done if outcome.error is None)
             earlier = earlier_results(job_dir, None) if done else None
-        results = run_suite(policy, job.env_name, config, progress=progress, on_episode=on_episode, done=done)
+        with pinned_policy(policy, served):  # a server restarted with another checkpoint mid-job stops the job
+            results = run_suite(policy, job.env_name, config, progress=progress, on_episode=on_episode, done=done)
         results["policy"] = served
         if earlier is not None:  # the episodes kept from earlier attempts took their time too, as in rollout --resume
             add_earlier_eval_s(results, earlier)

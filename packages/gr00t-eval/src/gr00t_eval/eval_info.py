@@ -65,7 +65,10 @@ def lerobot_eval_info(results: Mapping[str, Any]) -> Dict[str, Any]:
         "per_group": per_group,
         "overall": _aggregate(results.get("overall", {}), [e["video_path"] for e in finished if e.get("video_path")]),
         "status": results.get("status", "complete"),
+        "stop_reason": results.get("stop_reason"),
         "n_errors": len(episodes) - len(finished),
+        "n_not_run": results.get("n_not_run", 0),  # episodes of the plan that never ran (failed tasks, a stop)
+        "failed_tasks": dict(results.get("failed_tasks") or {}),
         "errored_episodes": [{"episode_ix": e["episode_index"], "task": e.get("task"), "seed": e["seed"], "error": e["error"]}
                              for e in episodes if e.get("error")],
     }

@@ -9,12 +9,18 @@ A server that gives no info (the reference's) is recorded as None, and None is c
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Iterator, Mapping, Optional
 
 logger = logging.getLogger(__name__)
+
+
+class ServedPolicyChanged(ConnectionError):
+    """The server a run evaluates now serves another policy (restarted with another checkpoint behind the same
+    address): the run stops as for a server gone, keeping the episodes finished against the first."""
 
 
 def policy_record(client: Any) -> Optional[Dict[str, Any]]:
@@ -28,6 +34,11 @@ def policy_record(client: Any) -> Optional[Dict[str, Any]]:
     except Exception as exc:  # noqa: BLE001 - a server without the endpoint: nothing to record
         logger.debug("no server info to record the policy from: %s", exc)
         return None
+    return record_from_info(info)
+
+
+def record_from_info(info: Any) -> Optional[Dict[str, Any]]:
+    """policy_record's record from a get_server_info reply; None when it names no policy."""
     if not isinstance(info, Mapping) or "policy_class" not in info:
         return None
     record = {"policy_class": info.get("policy_class"), "embodiment_tag": info.get("embodiment_tag"),
@@ -65,3 +76,42 @@ def same_policy(first: Optional[Mapping[str, Any]], second: Optional[Mapping[str
         if not old.get("identity") and new.get("fingerprint_without_identity") == old.get("fingerprint"):
             return True
     return False
+
+
+@contextlib.contextmanager
+def pinned_policy(client: Any, record: Optional[Mapping[str, Any]] = None) -> Iterator[None]:
+    """While the block runs, `client` (a PolicyClient) checks after each reconnection or lost reply that its server
+    still serves `record`'s policy (default: what it serves now), so that episodes after a restart with another
+    checkpoint are never scored as the first's: ServedPolicyChanged from the reset or get_action that met another.
+    Does nothing for a client that already holds a pin (an outer block's), an in-process policy, or a server that
+    gives no info (the reference's; nothing to compare). The check costs one get_server_info per reconnection."""
+    watch = getattr(client, "on_new_server", None)
+    if not callable(watch) or getattr(client, "new_server_check", None) is not None:
+        yield
+        return
+    if record is None:
+        record = policy_record(client)
+    if record is None:
+        yield
+        return
+    pinned = dict(record)
+
+    def check(current: Any) -> None:
+        try:
+            info = current.get_server_info()
+        except (TimeoutError, ConnectionError):  # the call's failure: the run's liveness rules judge it
+            raise
+        except Exception as exc:  # noqa: BLE001 - a server that cannot say (a reference server now): not the same
+            logger.debug("get_server_info after a reconnection failed: %s", exc)
+            info = None
+        now = record_from_info(info)
+        if now is None or not same_policy(pinned, now):
+            raise ServedPolicyChanged(f"the server at {getattr(current, 'address', '?')} now serves {describe(now)}, "
+                                      f"and this run evaluates {describe(pinned)} (it was restarted with another "
+                                      "checkpoint or dataset?)")
+
+    watch(check)
+    try:
+        yield
+    finally:
+        watch(None)

@@ -22,10 +22,11 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 from .extras import MissingExtraError
 from .metrics import EpisodeOutcome
+from .policy_identity import pinned_policy
 from .rollout.config import RolloutConfig
 from .run_dir import interrupts_deferred, sigterm_as_interrupt
 from .shard import ShardSpec, format_missing, merge_results, results_from_outcomes, run_suite, shard_ranges
-from .suites import Task, auto_n_envs, resolve_tasks
+from .suites import INCOMPLETE, Task, auto_n_envs, resolve_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -165,9 +166,10 @@ def run_shard_task(env_spec: str, config: Dict[str, Any], shard: Tuple[int, int]
                     client.call_endpoint("ping", requires_input=False)
                 except (TimeoutError, ConnectionError) as exc:  # the client's words name the server and why
                     raise ConnectionError(str(exc)) from None
-                box["results"] = run_suite(client, env_spec, RolloutConfig(**config), ShardSpec(*shard),
-                                           on_episode=lambda outcome: scored.put(outcome.to_json_dict()),
-                                           done=[EpisodeOutcome.from_json_dict(entry) for entry in done])
+                with pinned_policy(client):  # what the driver checked every server serves, until a restart
+                    box["results"] = run_suite(client, env_spec, RolloutConfig(**config), ShardSpec(*shard),
+                                               on_episode=lambda outcome: scored.put(outcome.to_json_dict()),
+                                               done=[EpisodeOutcome.from_json_dict(entry) for entry in done])
         except BaseException as exc:  # noqa: BLE001 - re-raised in the task below, so Ray reports it for this shard
             box["error"] = exc
         finally:
@@ -342,7 +344,8 @@ def _shard_ending(results: Mapping[str, Any]) -> str:
     episodes = results.get("per_episode", [])
     n_errored = sum(1 for entry in episodes if entry.get("error"))
     status = results.get("status", "complete")
-    text = "done" if status == "complete" else f"ended {status}: {results.get('stop_reason')}"
+    # "incomplete": it ran to its end with failed tasks, each named below
+    text = "done" if status in ("complete", INCOMPLETE) else f"ended {status}: {results.get('stop_reason')}"
     text += f"; {len(episodes)} episodes" + (f" ({n_errored} errored)" if n_errored else "")
     for task, reason in results.get("failed_tasks", {}).items():
         text += f"; task {task} FAILED: {reason}"

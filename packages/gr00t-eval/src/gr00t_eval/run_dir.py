@@ -91,8 +91,10 @@ def check_output_dir(path: Union[str, Path], overwrite: bool = False, own_files:
     if own_files is None:
         _refuse_foreign_runs(path, shard_files(path), "the files of sharded runs", "a whole run needs a directory "
                              "without them")
-        if overwrite:  # before "not empty": --overwrite must not be suggested for a run that is still running
-            refuse_live_claim(path, RUN_FILENAME)
+        # Before "not empty": neither --overwrite nor --resume may be suggested for a run that is still running
+        # (both would then be refused, and the user sent round in a circle).
+        refuse_live_claim(path, RUN_FILENAME)
+        if overwrite:
             _refuse_inputs(path)
         if not overwrite and any(entry.name not in keep for entry in path.iterdir()):
             raise OutputDirError(f"--output-dir {path} is not empty; pass --overwrite to empty it or --resume {path} to "
@@ -105,8 +107,8 @@ def check_output_dir(path: Union[str, Path], overwrite: bool = False, own_files:
     other_splits = [name for name in shard_files(path) if split is not None and _split_of([name]) != split]
     _refuse_foreign_runs(path, other_splits, "shards of another split", f"shards share a directory only with the "
                          f"other shards of their split (--shard I/{split} here)")
-    if overwrite:  # this shard's own earlier run (its run file, own_files[0]) must have ended
-        refuse_live_claim(path, own_files[0])
+    refuse_live_claim(path, own_files[0])  # this shard's own earlier run (its run file) must have ended
+    if overwrite:
         return
     taken = [name for name in own_files if (path / name).exists()]
     if taken:

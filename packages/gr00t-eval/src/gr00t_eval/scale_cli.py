@@ -109,13 +109,12 @@ def rollout_config_from_args(args: argparse.Namespace, seed: Optional[int], outp
 def env_timeout_from_args(args: argparse.Namespace) -> Optional[float]:
     """--env-timeout in seconds, None for 0 (no limit)."""
     from .cli_errors import UsageError
+    from .rollout.config import check_env_timeout
 
-    timeout = getattr(args, "env_timeout", None)
-    if timeout is None or timeout == 0:
-        return None
-    if not timeout > 0:  # also NaN
-        raise UsageError(f"--env-timeout must be > 0 seconds, or 0 for no limit; got {timeout}")
-    return float(timeout)
+    try:
+        return check_env_timeout(getattr(args, "env_timeout", None))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _rollout_output_dir(args: argparse.Namespace, label: str, shard: Any, claim: Callable[[Path], None]) -> Path:
@@ -269,6 +268,7 @@ def _check_rollout_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--ray-cpus-per-shard must be a finite number > 0, got {args.ray_cpus_per_shard}")
     if args.max_episodes_rendered is not None and args.max_episodes_rendered < 0:
         raise UsageError(f"--max-episodes-rendered must be >= 0, got {args.max_episodes_rendered}")
+    env_timeout_from_args(args)  # before the output directory is made, as every setting no run can use
     try:
         for task in resolve_tasks(args.env_name)[0]:  # a bad env name fails before any connection is made
             try:
@@ -433,9 +433,6 @@ def _report_rollout(args: argparse.Namespace, results: Dict[str, Any], output_di
     n_errors = print_incomplete(results)
     status = results.get("status", "complete")
     not_run = results.get("n_not_run", 0)
-    if status == "complete" and not_run:  # a task that failed part-way (an env worker died): no stop, but not run
-        print(f"INCOMPLETE: {not_run} episodes did not run (failed tasks above; continue with: "
-              f"{resume_command(output_dir, shard)} and the same server flags)")
     if status != "complete":
         reason = str(results.get("stop_reason"))
         count = "" if f"{not_run} episodes did not run" in reason else f"; {not_run} episodes did not run"  # Ray's names them
@@ -472,7 +469,7 @@ def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done:
          first_policy: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     from . import connection
     from .cli_errors import UsageError
-    from .policy_identity import policy_record
+    from .policy_identity import pinned_policy, policy_record
     from .ray_runner import parse_servers, run_with_ray
     from .run_dir import EpisodeLog, episode_log_name, sigterm_as_interrupt
     from .shard import run_suite
@@ -496,7 +493,7 @@ def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done:
         policy = policy_record(client)
         _adopt_run_policy(output_dir, shard, first_policy, policy, f"the server at {server} serves", len(done))
         _check_policy_runs_settings(client, config, Path(args.resume) if args.resume else None)
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt(), pinned_policy(client, policy):  # a restart with another checkpoint stops it
             results = run_suite(client, env_spec, config, shard, progress=True,
                                 on_episode=lambda outcome: log.append(outcome.to_json_dict()), done=done)
     results["config"].update(policy_client_host=server.host, policy_client_port=server.port)
@@ -611,9 +608,17 @@ def cmd_batch(args: argparse.Namespace) -> int:
                 raise UsageError(f"--resume {output_dir}: no {BATCH_RESULTS_FILENAME} and jobs.json there (is it a batch --output-dir?)")
             refuse_live_claim(output_dir, BATCH_CLAIM_FILENAME, flag="--resume")
             jobs = load_jobs(jobs_path)
+            results_path = output_dir / BATCH_RESULTS_FILENAME
+            try:  # read before the claim is taken: a damaged file leaves no claim behind
+                previous = json.loads(results_path.read_text())
+            except (OSError, ValueError) as exc:
+                raise UsageError(f"--resume {output_dir}: {results_path} cannot be read ({type(exc).__name__}: {exc}); "
+                                 "each job's own results and episodes are in jobs/<name>/ (start a new batch, or "
+                                 f"restore {BATCH_RESULTS_FILENAME})") from None
+            if not isinstance(previous, dict):
+                raise UsageError(f"--resume {output_dir}: {results_path} holds no batch results object")
             # Under the claim's lock: of two resumes started at once, one runs and the other is refused.
             claim = take_claim(output_dir, BATCH_CLAIM_FILENAME, {"resumed": True}, flag="--resume")
-            previous = json.loads((output_dir / BATCH_RESULTS_FILENAME).read_text())
         else:
             if not args.jobs:
                 raise UsageError("batch needs --jobs FILE (or --resume DIR to continue a batch)")

@@ -20,12 +20,11 @@ from gr00t_client import BasePolicy
 from .metrics import EpisodeOutcome
 from .policy_identity import describe, same_policy
 from .rollout.config import RolloutConfig, draw_base_seed
-from .suites import Task, TaskRun, outcome_from_json, resolve_tasks, run_tasks, suite_results
+from .suites import INCOMPLETE, Task, TaskRun, outcome_from_json, resolve_tasks, run_tasks, suite_results
 
 logger = logging.getLogger(__name__)
 
 
-INCOMPLETE = "incomplete"  # the status of a merge that lacks episodes (merge --allow-missing)
 
 
 class MergeError(ValueError):

@@ -156,6 +156,7 @@ class TaskRun:
 
 # How a run ended: every planned episode ran, Ctrl-C/SIGTERM stopped it, or the policy server was gone.
 COMPLETE, INTERRUPTED, ABORTED = "complete", "interrupted", "aborted"
+INCOMPLETE = "incomplete"  # ran to its end, but tasks failed or episodes of the plan did not run (or a merge lacks some)
 
 
 @dataclass
@@ -299,6 +300,11 @@ def suite_results(tasks: Sequence[Task], runs: Sequence[TaskRun], config: Union[
     overall["avg_task_pc_success"] = sum(scored) / len(scored) if scored else float("nan")
     overall["n_tasks"] = len(tasks)
     overall["n_failed_tasks"] = len(errors)
+    n_not_run = int((extra or {}).get("n_not_run") or 0)
+    if status == COMPLETE and (errors or n_not_run):  # the files, not only the console, say the plan did not all run
+        status = INCOMPLETE
+        failed = f"{len(errors)} of {len(tasks)} tasks failed ({', '.join(errors)})" if errors else ""
+        stop_reason = "; ".join(part for part in (failed, f"{n_not_run} episodes did not run" if n_not_run else "") if part)
     snapshot = config if isinstance(config, Mapping) else _config_snapshot(config)
     results: Dict[str, Any] = {
         "kind": "rollout",

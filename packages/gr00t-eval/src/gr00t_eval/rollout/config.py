@@ -12,6 +12,23 @@ DEFAULT_ENV_TIMEOUT_S = 600.0
 # Episodes one run may plan: a run keeps per-episode plans and results in memory (1e12 spun for minutes and GBs
 # before its first episode); a million is beyond any evaluation, and shards or batch jobs split bigger ones.
 MAX_EPISODES = 1_000_000
+# Longest env timeout taken: the wait it bounds is a poll() of milliseconds in a C int (24.8 days); 1e10 s overflowed
+# in every task after the run had started. A week is beyond any reset or step; inf means no limit, as 0 does.
+MAX_ENV_TIMEOUT_S = 7 * 24 * 3600.0
+
+
+def check_env_timeout(value: Any, name: str = "--env-timeout", no_limit: str = "0") -> Optional[float]:
+    """Seconds an env may take per reset or step: None for no limit (None, inf, or 0 where `no_limit` is "0", the
+    CLI's word; a job file says null); ValueError naming `name` for anything else that is not a number > 0 (NaN,
+    negative) or is over MAX_ENV_TIMEOUT_S."""
+    if value is None or (no_limit == "0" and value == 0 and not isinstance(value, bool)) or value == float("inf"):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be seconds > 0, or {no_limit} for no limit; got {value!r}")
+    if value > MAX_ENV_TIMEOUT_S:
+        raise ValueError(f"{name} must be at most {MAX_ENV_TIMEOUT_S:g} seconds (a week), or {no_limit} for no limit; "
+                         f"got {value!r}")
+    return float(value)
 
 
 @dataclass
@@ -44,6 +61,10 @@ class RolloutConfig:
     # Seconds an env in a subprocess may take for one reset or step before the run stops (a hung simulator);
     # None: wait for ever. Envs run in-process (one env, vectorization "sync") cannot be timed out.
     env_timeout_s: Optional[float] = DEFAULT_ENV_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        if self.env_timeout_s == float("inf"):  # no limit, said the way a JSON job file can (Infinity)
+            self.env_timeout_s = None
 
     @property
     def env_steps_per_call(self) -> int:

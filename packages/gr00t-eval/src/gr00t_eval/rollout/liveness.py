@@ -13,6 +13,8 @@ from typing import Any, Optional
 
 from gr00t_client import ServerStoppingError
 
+from ..policy_identity import ServedPolicyChanged
+
 logger = logging.getLogger(__name__)
 
 QUICK_PING_MS = 2000
@@ -56,6 +58,8 @@ class ServerWatch:
         """After a failed request: why the server counts as gone (None when it still answers or `exc` is no timeout)."""
         if not isinstance(exc, (TimeoutError, ConnectionError)):
             return None
+        if isinstance(exc, ServedPolicyChanged):  # answering, but another policy: nothing more may be scored
+            return str(exc)
         if isinstance(exc, ServerStoppingError):  # it said so itself: no ping, no waiting for more timeouts
             return f"{getattr(self.policy, 'address', 'the policy server')} is shutting down ({exc})"
         self.consecutive_timeouts += 1

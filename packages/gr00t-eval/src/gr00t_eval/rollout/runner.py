@@ -37,6 +37,7 @@ from gr00t_client import ActionChunker, BasePolicy, EmbodimentTag, ServerStoppin
 from gr00t_client.chunking import MERGE_RULES
 
 from ..metrics import EpisodeOutcome
+from ..policy_identity import ServedPolicyChanged, pinned_policy
 from ..video import EpisodeVideoRecorder
 from .config import CLIENT_CHUNKING_MODES, RolloutConfig, draw_base_seed  # noqa: F401 - draw_base_seed re-exported
 from .liveness import PolicyServerUnreachableError, ServerWatch
@@ -180,7 +181,8 @@ class RolloutRunner:
         vec = make_vector_env(config, spec, n_envs)
         clean = False
         try:
-            self._loop(vec, spec, n_envs)
+            with pinned_policy(self.policy):  # the CLI pins the run's policy itself; this covers the Python API
+                self._loop(vec, spec, n_envs)
             clean = True
         finally:
             _close_envs(vec, clean)
@@ -225,7 +227,7 @@ class RolloutRunner:
         """Score `rows` as errored by a failed policy request; stop the run if the server is gone (a server that said
         it is shutting down did not run the request: its rows' episodes are left not run, for --resume)."""
         gone = self.watch.unreachable_reason(exc)
-        if gone is not None and isinstance(exc, ServerStoppingError):
+        if gone is not None and isinstance(exc, (ServerStoppingError, ServedPolicyChanged)):
             raise PolicyServerUnreachableError(f"{gone}; stopping the run (finished episodes are kept)") from exc
         for row in rows:
             self._fail(row, f"policy {what} failed: {type(exc).__name__}: {exc}", bar)
