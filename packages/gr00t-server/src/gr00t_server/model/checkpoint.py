@@ -174,6 +174,13 @@ def read_state_dict(
     state: dict[str, torch.Tensor] = {}
     source: dict[str, str] = {}
     for path in files:
+        try:  # safetensors says "No such file or directory" for a file it may not read: say what is wrong
+            with open(path, "rb"):
+                pass
+        except PermissionError:
+            info = path.stat()
+            raise CheckpointError(f"{path}: permission denied (mode {info.st_mode & 0o777:o}, owner uid {info.st_uid}); "
+                                  "make the weights readable by the user serving them (chmod a+r)") from None
         try:
             with safe_open(str(path), framework="pt", device=str(device)) as handle:
                 for key in handle.keys():
@@ -311,6 +318,13 @@ def _shards(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, to
     return shards
 
 
+def _save_readable(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """save_file, then the mode config.json got beside it (0666 under the umask): safetensors creates its file 0600,
+    so a checkpoint made by one user could not be served by another."""
+    save_file(state, str(path), metadata=metadata)
+    os.chmod(path, (path.parent / CONFIG_NAME).stat().st_mode & 0o666)
+
+
 def save_model(model: Gr00tN1d7, out_dir: Union[str, Path], max_shard_size: Union[int, str, None] = None) -> Path:
     """Write `config.json` and `model.safetensors` (or index + shards when `max_shard_size` is set)."""
     out_dir = Path(out_dir)
@@ -326,12 +340,12 @@ def save_model(model: Gr00tN1d7, out_dir: Union[str, Path], max_shard_size: Unio
         stale.unlink(missing_ok=True)
     shards = [state] if max_shard_size is None else _shards(state, parse_size(max_shard_size))
     if len(shards) == 1 and max_shard_size is None:
-        save_file(state, str(out_dir / SINGLE_WEIGHTS_NAME), metadata=metadata)
+        _save_readable(state, out_dir / SINGLE_WEIGHTS_NAME, metadata)
         return out_dir
     weight_map = {}
     for number, shard in enumerate(shards, start=1):
         name = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, str(out_dir / name), metadata=metadata)
+        _save_readable(shard, out_dir / name, metadata)
         weight_map.update({key: name for key in shard})
     total_size = sum(t.numel() * t.element_size() for t in state.values())
     index = {"metadata": {"total_size": total_size}, "weight_map": weight_map}

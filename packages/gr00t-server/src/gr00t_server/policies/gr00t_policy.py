@@ -249,6 +249,8 @@ class Gr00tPolicy(BasePolicy):
 
         self.model, self.model_config = load_model(self.checkpoint_dir, device=self.device, dtype=dtype)
         self.model.eval()
+        if next(self.model.parameters()).dtype == torch.float16:
+            self.processor.model_float = "float16"
         self._check_model_matches_processor()
         self._identity: Optional[Dict[str, Any]] = None
         self.identity()  # now, at load: get_server_info answers it on the socket thread, which must not wait

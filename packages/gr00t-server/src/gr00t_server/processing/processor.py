@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from gr00t_client.modality import ActionRepresentation, ModalityConfig
-from gr00t_client.policy import non_finite_rows
+from gr00t_client.policy import NonFiniteActionError, non_finite_rows
 
 from . import normalization as norm
 from .config import ProcessorConfig, Statistics, load_embodiment_ids, load_processor_config, load_statistics
@@ -64,6 +64,9 @@ class Gr00tN1d7Processor:
         self.vision_config = vision_config
         self._norm_cache: Dict[str, EmbodimentNormParams] = {}
         self._prompt_cache: Dict[tuple, str] = {}
+        # The dtype the model computes in ("float16" from Gr00tPolicy's --dtype fp16): a normalized state beyond its
+        # range is refused naming the state, not met as NaN actions blamed on an action key.
+        self.model_float = "float32"
         if tokenizer is not None:
             tokenizer.padding_side = "left"
         if self.statistics_errors:
@@ -191,16 +194,17 @@ class Gr00tN1d7Processor:
             normalized = norm.normalize_state_key(
                 key, value, params[key], state_config, self.config.apply_sincos_state_encoding, self.config.clip_outliers
             )
-            # A finite but huge state (1e38) overflows float32 once normalized: the model then makes NaN actions
-            # whose error blamed an action key. Refuse it here, naming the state.
+            # A finite but huge state (1e38; 1e5 for a float16 model) overflows the model's float once normalized:
+            # the model then makes NaN actions whose error blamed an action key. Refuse it here, naming the state.
             with np.errstate(over="ignore"):
-                overflow = ~np.isfinite(normalized.astype(np.float32))
+                overflow = ~np.isfinite(normalized.astype(self.model_float))
             if overflow.any():
                 rows = np.flatnonzero(overflow.reshape(overflow.shape[0], -1).any(axis=1)).tolist()[:8] if overflow.ndim > 1 else [0]
                 raise ValueError(
-                    f"State key '{key}' of '{tag}' normalizes to values beyond float32 in rows {rows} (largest |value| "
-                    f"{np.max(np.abs(value)):.3g}, against this checkpoint's statistics); send the state in the units the "
-                    "model was trained on"
+                    f"State key '{key}' of '{tag}' normalizes to values beyond {self.model_float} in rows {rows} (largest "
+                    f"|value| {np.max(np.abs(value)):.3g}, normalized {np.max(np.abs(normalized)):.3g}, against this "
+                    "checkpoint's statistics); send the state in the units the model was trained on"
+                    + (", or serve in bf16 or fp32" if self.model_float == "float16" else "")
                 )
             groups.append(normalized)
         state = np.concatenate(groups, axis=-1)
@@ -386,6 +390,15 @@ class Gr00tN1d7Processor:
         params = self.norm_params(tag)
         dims = {key: p.dim for key, p in params.action.items()}
         parts = norm.split_action(action, action_config.modality_keys, dims, action_config.horizon)
+        for key, part in parts.items():  # before unnormalizing: its clip to [-1, 1] made an inf a plausible q99 action
+            rows = non_finite_rows(part)
+            if rows:
+                error = NonFiniteActionError(
+                    f"the model's output for action key '{key}' of '{tag}' holds non-finite values (NaN or inf) in rows "
+                    f"{rows}, before unnormalization; the action was not sent. Check the weights (gr00t-server verify) "
+                    "and, for a float16 model, values beyond its range (65504): serve in bf16 or fp32.")
+                error.key, error.rows = key, rows  # for the server's hint at a degenerate state behind it
+                raise error
         mean_std_keys = set(action_config.mean_std_embedding_keys or [])
         out: Dict[str, np.ndarray] = {}
         for index, key in enumerate(action_config.modality_keys):

@@ -254,8 +254,15 @@ _ROTATION_HINTS = ("rot", "quat", "6d", "9d", "orient", "eef", "pose")
 
 
 def _likely_cause(observation: Any, rows: List[int], action_key: str = "") -> str:
-    """Name the state keys most likely behind a non-finite action: all zeros (or non-finite) in the bad rows, the
-    state of the action's own name first, then rotation-like names; zero grippers or joints are normal, not causes."""
+    """Name the state keys most likely behind a non-finite action (degenerate_states), else where to look."""
+    return (degenerate_states(observation, rows, action_key)
+            or " Check the observation for degenerate values (all-zero rotations, constant inputs) and the checkpoint's statistics.")
+
+
+def degenerate_states(observation: Any, rows: List[int], action_key: str = "") -> str:
+    """' Likely cause: ...' naming the state keys most likely behind a non-finite action: all zeros (or non-finite)
+    in the bad rows, the state of the action's own name first, then rotation-like names; zero grippers or joints are
+    normal, not causes. '' when no state looks degenerate."""
     suspects = []
     for where, array in _float_arrays(observation):
         if rows and max(rows) < array.shape[0]:
@@ -275,7 +282,7 @@ def _likely_cause(observation: Any, rows: List[int], action_key: str = "") -> st
     if suspects:
         keys = ", ".join(f"'{key}'" for key in suspects[:4])
         return f" All zeros in those rows: {keys}; check them for degenerate values and the checkpoint's statistics."
-    return " Check the observation for degenerate values (all-zero rotations, constant inputs) and the checkpoint's statistics."
+    return ""
 
 
 def token_counter(policy: Any) -> Optional[TokenCounter]:

@@ -287,6 +287,10 @@ class PolicyServer:
                 raw = self.policy.get_action(observation, self._with_session(options, request))
             except NonFiniteActionError as exc:  # a strict policy's own check: the server's error names the cause too
                 work_limits.check_finite_action(exc.action, observation)
+                if exc.action is None:  # found before an action was made (a model's raw output): its own words,
+                    # and the state behind it where one looks degenerate (an all-zero rotation), not the weights
+                    hint = work_limits.degenerate_states(observation, getattr(exc, "rows", []), getattr(exc, "key", ""))
+                    raise RequestError(str(exc) + hint) from None
                 raise
         action, info = work_limits.action_and_info(raw)
         request.timing = policy_stages(self.policy)
