@@ -1,12 +1,12 @@
 """Gr00tPolicy latency per stage (preprocess, backbone, action head, decode, total) per model size and backend.
 
 Backends: pytorch, torch-compile (the DiT forward compiled), onnxruntime and tensorrt (a full_pipeline ONNX export
-of the very policy being measured, in the model dtype, ViT in fp32 as in model.md §7.1; engines built from it).
+of the very policy being measured, in the model dtype, ViT in fp32 as in the Isaac-GR00T N1.7 export; engines built from it).
 Default: all four on CUDA, all but tensorrt on CPU. A backend that cannot run here gets a "skipped" row.
 
 CPU: the tiny and small test checkpoints. --full: the full-size N1.7 network (3.1B parameters) with seeded random
 weights in bf16 (fp32 on CPU) behind the tiny checkpoint's processing, built once per backend; each backend's row
-sits beside the reference's published H100 row (model.md §7.4). Progress (export, engine build, compile) goes to
+sits beside the reference's published H100 row (the Isaac-GR00T N1.7 deployment README). Progress (export, engine build, compile) goes to
 stderr; the markdown table goes to stdout.
 
     python benchmarks/policy_latency.py                        # tiny + small, batch 1 and 8, CPU backends
@@ -42,7 +42,7 @@ BACKENDS = ("pytorch", "torch-compile", "onnxruntime", "tensorrt")
 MIN_WARMUP = {"torch-compile": 3}
 COLUMNS = ("model", "backend", "batch", "first call ms", "preprocess ms", "backbone ms", "action head ms",
            "decode ms", "total ms", "ms/row", "Hz")
-# Published N1.7 timings on an H100 80GB HBM3 (model.md §7.4): GR00T-N1.7-LIBERO, batch 1, 4 denoising steps,
+# Published N1.7 timings on an H100 80GB HBM3 (the Isaac-GR00T N1.7 deployment README): GR00T-N1.7-LIBERO, batch 1, 4 denoising steps,
 # 1 camera. (label, data processing ms, backbone ms, action head ms, end to end ms, Hz) per backend.
 REFERENCE_H100_MS: Dict[str, Tuple[str, float, float, float, float, float]] = {
     "pytorch": ("PyTorch Eager", 6.2, 31.3, 48.2, 85.8, 11.7),
@@ -158,7 +158,7 @@ def apply_backend(policy: Gr00tPolicy, backend: str, export_dir: Path, engine_di
 
     if not (export_dir / EXPORT_METADATA).is_file():
         precision = PRECISION_OF_DTYPE[policy.model.dtype]
-        progress(f"exporting full_pipeline ONNX ({precision}; ViT in fp32, model.md §7.1) to {export_dir}")
+        progress(f"exporting full_pipeline ONNX ({precision}; ViT in fp32, the Isaac-GR00T N1.7 export) to {export_dir}")
         started = time.perf_counter()
         export_dir.mkdir(parents=True, exist_ok=True)
         clear_export_dir(export_dir)
@@ -358,11 +358,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     for backend in references:
         print(reference_row(backend))
     print()
-    print("Reference rows: model.md §7.4, GR00T-N1.7-LIBERO checkpoint on an H100 80GB HBM3, batch 1, 4 denoising "
+    print("Reference rows: the Isaac-GR00T N1.7 deployment README, GR00T-N1.7-LIBERO checkpoint on an H100 80GB HBM3, batch 1, 4 denoising "
           "steps, 1 camera; its data proc (all processing outside the network) sits in the preprocess column. Its "
           "torch.compile compiles only the DiT forward (max-autotune), as the torch-compile backend here does.")
     print("first call ms: the first warmup call, not in the medians (torch-compile compiles the DiT there). "
-          "onnxruntime/tensorrt: full_pipeline export in the model dtype, ViT in fp32 (model.md §7.1).")
+          "onnxruntime/tensorrt: full_pipeline export in the model dtype, ViT in fp32 (the Isaac-GR00T N1.7 export).")
     if args.full:
         print("full: the released N1.7 architecture (3.1B parameters) with seeded random weights behind the tiny "
               "checkpoint's processing and test tokenizer (its text tokens differ from a real checkpoint's).")

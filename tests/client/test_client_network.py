@@ -90,7 +90,9 @@ def test_a_tcp_service_that_never_speaks_zeromq_is_named():
     listener.listen(8)  # the kernel completes the TCP handshake; nothing ever answers the ZeroMQ greeting
     try:
         with PolicyClient(host="127.0.0.1", port=listener.getsockname()[1], timeout_ms=800) as client:
-            with pytest.raises(PolicyTimeoutError, match="a TCP connection was made but no ZeroMQ handshake followed"):
+            with pytest.raises(PolicyTimeoutError, match="a TCP connection was made but no ZeroMQ handshake followed: "
+                                                         r"is that port a ZeroMQ policy server.*Or is the server's process "
+                                                         "stopped or frozen"):
                 client.call_endpoint("ping", requires_input=False)
     finally:
         listener.close()

@@ -83,6 +83,7 @@ def test_a_policy_reporting_another_step_errors_the_trajectory_instead_of_scorin
     # The server advances 4 steps per call; evaluating every 2 steps compares misaligned chunks.
     code = open_loop(dataset, server.port, tmp_path / "out", "--traj-ids", "1", "--execution-horizon", "2")
     assert code == 1
+    assert "INCOMPLETE: 1 of 1 trajectories errored; nothing was scored" in capsys.readouterr().out  # no "averages above"
     data = results(tmp_path / "out")
     assert data["trajectories"] == {} and data["aggregated"]["avg_mse"] is None
     [errored] = data["errored_trajectories"]

@@ -61,6 +61,15 @@ def test_rollout_without_sim_extra_fails_with_one_line_naming_it():
     assert lines[0].endswith("): pip install 'gr00t-eval[sim]'")
 
 
+def test_record_without_sim_extra_fails_with_one_line_naming_it(tmp_path):
+    # record reaches the Meta-World adapter without the rollout runner's guard: it said "No module named 'gymnasium'"
+    result = _eval_cli("record", "--env-name", "metaworld/reach-v3", "--episodes", "1", "--output", str(tmp_path / "d"))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "needs gymnasium (" in lines[0] and lines[0].endswith("): pip install 'gr00t-eval[sim]'")
+
+
 def test_plotting_without_matplotlib_raises_missing_extra_error_naming_plots():
     code = textwrap.dedent(
         """

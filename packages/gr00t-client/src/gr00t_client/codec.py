@@ -563,6 +563,15 @@ def _pack_spliced(value: Any, chunks: List[Any], depth: int) -> None:
         chunks.append(_pack("reference", value))
 
 
+def _undecodable(data: BufferLike, exc: Exception) -> WireDecodeError:
+    """'undecodable message (FormatError: ...)', with the first bytes when msgpack said nothing more."""
+    said = str(exc).strip()
+    if not said:
+        head = bytes(memoryview(data)[:8])
+        said = f"not msgpack: {len(memoryview(data))} bytes starting {head.hex(' ')}"
+    return WireDecodeError(f"undecodable message ({type(exc).__name__}: {said})")
+
+
 def decode(data: BufferLike, limits: Optional[DecodeLimits] = None, share_buffer: bool = False) -> Any:
     """Decode a single-frame message in any accepted format; arrays come back writable.
 
@@ -576,7 +585,7 @@ def decode(data: BufferLike, limits: Optional[DecodeLimits] = None, share_buffer
     except WireDecodeError:
         raise
     except Exception as exc:  # msgpack raises many unrelated types on garbage
-        raise WireDecodeError(f"undecodable message ({type(exc).__name__}: {exc})") from exc
+        raise _undecodable(data, exc) from exc
 
 
 def _is_npsave_marker_map(obj: Dict[Any, Any]) -> bool:
@@ -607,7 +616,7 @@ def decode_noting_npsave(
     except WireDecodeError:
         raise
     except Exception as exc:  # msgpack raises many unrelated types on garbage
-        raise WireDecodeError(f"undecodable message ({type(exc).__name__}: {exc})") from exc
+        raise _undecodable(data, exc) from exc
     return value, bool(seen)
 
 

@@ -265,7 +265,8 @@ class HandshakeMonitor:
                     "down or still starting, or another service on that port")
         if self._tcp_connections:
             return ("a TCP connection was made but no ZeroMQ handshake followed: is that port a ZeroMQ policy server, "
-                    "not another service (HTTP, SSH)?")
+                    "not another service (HTTP, SSH)? Or is the server's process stopped or frozen (SIGSTOP, a "
+                    "suspended VM or container), which the kernel still accepts connections for?")
         if self._retries:
             return "every connect attempt failed: connection refused (nothing listening on that port?)"
         return "no TCP connection was made: the host did not answer (down, unreachable or filtered?)"

@@ -329,8 +329,9 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
         print(f"Plots: {', '.join(str(t.plot_path) for t in result.trajectories.values() if t.plot_path) or '(none)'}")
     n_errors = len(result.errored)
     if n_errors:
-        print(f"INCOMPLETE: {n_errors} of {n_errors + len(result.trajectories)} trajectories errored; the averages above are "
-              f"over the {len(result.trajectories)} that were evaluated")
+        over = (f"the averages above are over the {len(result.trajectories)} that were evaluated" if result.trajectories
+                else "nothing was scored")
+        print(f"INCOMPLETE: {n_errors} of {n_errors + len(result.trajectories)} trajectories errored; {over}")
     print(f"Results: {result.results_path}")
     if not result.trajectories:
         return 1

@@ -9,7 +9,11 @@ from __future__ import annotations
 import multiprocessing
 from typing import Any, List, Optional, Sequence
 
-import gymnasium as gym
+from ..extras import require
+
+require("gymnasium", "sim", "closed-loop rollout")
+
+import gymnasium as gym  # noqa: E402
 
 
 class EnvStalledError(RuntimeError):

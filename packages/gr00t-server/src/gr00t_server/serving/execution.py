@@ -4,7 +4,9 @@ endpoint): drop expired requests, evict idle sessions, call endpoints alone or a
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
+import re
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional
@@ -163,7 +165,13 @@ class JobRunner:
                 return endpoint.handler(**data)
             except TypeError as exc:
                 if "argument" in str(exc) and exc.__traceback__ is not None and exc.__traceback__.tb_next is None:
-                    raise RequestError(f"bad arguments for '{request.endpoint}': {exc}") from exc
+                    # "PolicyServer._reset() got ...": the handler's Python name means nothing to a client
+                    reason = re.sub(r"^[\w.<>]+\(\) ", "", str(exc))
+                    try:
+                        takes = ", ".join(inspect.signature(endpoint.handler).parameters) or "no arguments"
+                    except (TypeError, ValueError):
+                        takes = "?"
+                    raise RequestError(f"bad arguments for '{request.endpoint}': {reason} (it takes: {takes})") from exc
                 raise
         finally:
             self.current = None

@@ -10,11 +10,14 @@ import os
 import string
 from typing import Any, Dict, Optional
 
-import gymnasium as gym
-import numpy as np
+from ...extras import MissingExtraError, require
 
-from ...extras import MissingExtraError
-from . import checked_image_size
+require("gymnasium", "sim", "Meta-World envs")  # one line naming the extra (`record` reaches here without the runner)
+
+import gymnasium as gym  # noqa: E402
+import numpy as np  # noqa: E402
+
+from . import checked_image_size  # noqa: E402
 
 LANGUAGE_KEY = "annotation.human.action.task_description"
 STATE_SLICES = {"eef_pos": (0, 3), "gripper": (3, 4), "objects": (4, 18), "goal": (36, 39)}

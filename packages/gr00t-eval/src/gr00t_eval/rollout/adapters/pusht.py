@@ -5,11 +5,14 @@ from __future__ import annotations
 import string
 from typing import Any, Dict, Optional
 
-import gymnasium as gym
-import numpy as np
+from ...extras import MissingExtraError, require
 
-from ...extras import MissingExtraError
-from . import checked_image_size
+require("gymnasium", "sim", "PushT envs")  # one line naming the extra (`record` reaches here without the runner)
+
+import gymnasium as gym  # noqa: E402
+import numpy as np  # noqa: E402
+
+from . import checked_image_size  # noqa: E402
 
 LANGUAGE_KEY = "annotation.human.action.task_description"
 INSTRUCTION = "push the T-shaped block onto the T-shaped target"
