@@ -4,6 +4,8 @@ wrong width, a NaN action and float camera images are errors, not a plausible su
 
 from __future__ import annotations
 
+import json
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -121,7 +123,9 @@ def test_a_dead_env_worker_is_named_and_the_episodes_it_cost_are_reported_with_t
     out = capsys.readouterr().out
     assert code == 1
     assert "an env worker process died" in out
-    assert f"episodes did not run (failed tasks above; continue with: gr00t-eval rollout --resume {tmp_path / 'run'}" in out
+    assert "INCOMPLETE: 1 of 1 tasks failed (dying/walk);" in out
+    assert f"episodes did not run (continue with: gr00t-eval rollout --resume {tmp_path / 'run'}" in out
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["status"] == "incomplete"
 
 
 def test_an_unwritable_video_dir_is_refused_before_any_episode(tmp_path, capsys):
