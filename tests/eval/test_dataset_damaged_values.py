@@ -169,13 +169,18 @@ def test_an_episode_the_writer_refused_leaves_no_trace_in_stats_or_tasks(tmp_pat
     assert LeRobotDataset(root).num_episodes == 2
 
 
-def test_a_refused_first_episode_does_not_fix_the_frame_size_of_the_next(tmp_path):
+def test_a_refused_first_episode_does_not_fix_the_layout_of_the_next(tmp_path, monkeypatch):
     writer = DatasetWriter(tmp_path / "ds", 10)
-    with pytest.raises(Exception, match="must be even"):
-        add(writer, 0, 1.0, "task", size=(31, 31))
-    assert add(writer, 0, 1.0, "task", size=(32, 32)) == 0
+    with pytest.raises(ValueError, match="has size 31x31; the videos are yuv420p, whose height and width must be even"):
+        add(writer, 0, 1.0, "task", size=(31, 31))  # refused before any camera is encoded
+    real_write = pq.write_table
+    monkeypatch.setattr(pq, "write_table", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    with pytest.raises(OSError):
+        add(writer, 0, 1.0, "task", size=(32, 32))  # refused after its layout was taken
+    monkeypatch.setattr(pq, "write_table", real_write)
+    assert add(writer, 0, 1.0, "task", size=(48, 48)) == 0  # said "earlier episodes had (32, 32)" before
     root = writer.finalize()
-    assert LeRobotDataset(root).episode(0).frames("image", [0]).shape == (1, 32, 32, 3)
+    assert LeRobotDataset(root).episode(0).frames("image", [0]).shape == (1, 48, 48, 3)
 
 
 def test_a_step_column_that_changes_width_is_refused_before_any_file_is_written(tmp_path):

@@ -75,11 +75,15 @@ def test_a_run_stopped_by_a_hung_env_resumes_with_another_env_timeout(tmp_path, 
     assert saved["env_timeout_s"] == 2.0  # the run file keeps the first attempt's settings
 
 
-def test_env_timeout_must_be_positive():
+@pytest.mark.parametrize("value, message", [
+    (0, "env_timeout_s must be seconds > 0, or None for no limit; got 0"),
+    (1e10, "env_timeout_s must be at most 604800 seconds"),  # overflowed at the first env reset
+])
+def test_env_timeout_must_be_positive_and_at_most_a_week(value, message):
     from gr00t_eval.rollout.runner import RolloutRunner
 
-    with pytest.raises(ValueError, match="env_timeout_s must be > 0 seconds or None"):
-        RolloutRunner(ConstantPolicy(), RolloutConfig(env_name="walkto/fast", env_timeout_s=0))
+    with pytest.raises(ValueError, match=message):
+        RolloutRunner(ConstantPolicy(), RolloutConfig(env_name="walkto/fast", env_timeout_s=value))
 
 
 def test_a_negative_env_timeout_flag_is_a_usage_error(tmp_path):

@@ -71,6 +71,7 @@ JOB = {"name": "a", "env_name": "walkto/fast", "policy_server": {"port": 9}, "n_
     ([], "the job file lists no jobs"),
     ({"jobs": []}, "the job file lists no jobs"),
     ({"defaults": [1], "jobs": [JOB]}, "'defaults' must be an object of job fields, got list"),
+    ({"defaults": [], "jobs": [JOB]}, "'defaults' must be an object of job fields, got list"),
     ({"defaults": {"bogus": 1}, "jobs": [JOB]}, r"'defaults' has unknown fields \['bogus'\]"),
 ])
 def test_a_job_file_with_no_jobs_or_bad_defaults_is_refused_as_a_whole(tmp_path, data, message):
@@ -101,6 +102,10 @@ def test_a_damaged_batch_results_file_is_named_and_leaves_no_claim(tmp_path, cap
     with pytest.raises(UsageError, match=r"batch_results\.json cannot be read \(JSONDecodeError"):
         run_cli(["batch", "--resume", str(out)])
     assert (out / "batch.json").read_text() == claim_before  # no claim taken and left unfinished
+    (out / "batch_results.json").write_text('{"jobs": 5}')
+    with pytest.raises(UsageError, match=r"batch_results\.json holds no batch results"):
+        run_cli(["batch", "--resume", str(out)])
+    assert (out / "batch.json").read_text() == claim_before
 
 
 @pytest.mark.parametrize("overwrite", [[], ["--overwrite"]], ids=["plain", "overwrite"])

@@ -161,3 +161,61 @@ def test_a_batch_job_whose_server_comes_back_with_another_checkpoint_fails_namin
     results = record["results"]
     assert results["status"] == "aborted" and results["policy"]["identity"]["checkpoint"] == "A"
     assert [(e["episode_index"], e["success"]) for e in results["per_episode"]] == [(0, True), (1, True)]
+
+
+def test_a_ray_shard_that_starts_after_the_swap_is_refused_against_the_runs_policy():
+    # Shards start when the cluster has room: one starting after the restart pinned checkpoint B and scored it as A.
+    from gr00t_eval.policy_identity import ServedPolicyChanged, policy_record
+    from gr00t_eval.ray_runner import run_shard_task
+
+    server = RestartableServer(Checkpoint("A"), PullingCheckpoint("B"))
+    try:
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client:
+            record = policy_record(client)  # what the driver found before any shard ran
+        server.stop()
+        server._start()  # B, before this shard starts
+        payload = {"env_name": "pushcheck/any", "n_episodes": 2, "n_envs": 1, "n_action_steps": STEPS,
+                   "max_episode_steps": STEPS, "vectorization": "sync", "seed": 0}
+        items = run_shard_task("pushcheck/any", payload, (0, 1), ("127.0.0.1", server.port), None, 5000, policy=record)
+        with pytest.raises(ServedPolicyChanged, match="now serves PullingCheckpoint .*checkpoint B.*evaluates Checkpoint"):
+            list(items)
+    finally:
+        server.stop()
+
+
+def test_the_check_after_a_reconnection_gets_a_budget_of_its_own():
+    # On a slow link the get_action after a restart pays a handshake and a get_server_info; a check asked in what
+    # was left of its budget timed out, replaced the socket and so made every later call check and time out again.
+    import time
+
+    class SlowCheckpoint(Checkpoint):  # the call itself takes most of the budget
+        def _get_action(self, observation, options=None):
+            time.sleep(1.5)
+            return super()._get_action(observation, options)
+
+    server = RestartableServer(Checkpoint("A"), SlowCheckpoint("A"))
+    budgets = []
+    try:
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=4000) as client:
+            client.get_action(OBSERVATION)
+            client.on_new_server(lambda current: budgets.append(current._deadline() - time.monotonic()))
+            server.stop()
+            server._start()
+            time.sleep(0.5)  # the client reconnects on its own
+            client.get_action(OBSERVATION)
+    finally:
+        server.stop()
+    assert len(budgets) == 1 and budgets[0] > 3.9  # not the 2.5 s the call left
+
+
+def test_a_run_that_cannot_ask_its_server_which_policy_it_serves_says_it_is_not_watched(caplog):
+    from eval.scale_fixtures import free_port
+    from gr00t_eval.policy_identity import pinned_policy
+
+    with PolicyClient("127.0.0.1", free_port(), timeout_ms=300) as client:
+        with caplog.at_level("WARNING"), pinned_policy(client):
+            assert client.new_server_check is None
+    assert "a restart with another checkpoint during this run will not be noticed" in caplog.text
+
+
+OBSERVATION = {"state.position": np.zeros((1, 1), np.float32), LANGUAGE_KEY: ("push",)}

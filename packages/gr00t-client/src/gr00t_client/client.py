@@ -695,9 +695,19 @@ class PolicyClient(BasePolicy):
     def _check_new_server(self) -> None:
         check = self._new_server_check
         changes = self.server_changes
-        if check is not None and changes != self._checked_server_changes:
+        if check is None or changes == self._checked_server_changes:
+            return
+        # With a budget of its own (timeout_ms), not the remains of the get_action it follows: after a reconnection
+        # that call already paid for a handshake and a get_server_info, and on a slow link a check in the same budget
+        # timed out, replaced the socket and so made the next call check (and time out) again, for ever.
+        call = self._call
+        active, deadline = getattr(call, "active", False), getattr(call, "deadline", None)
+        call.active, call.deadline = False, None
+        try:
             check(self)  # raises to the caller; asked again after the next call until it passes
-            self._checked_server_changes = changes
+        finally:
+            call.active, call.deadline = active, deadline
+        self._checked_server_changes = self.server_changes  # its own reconnection, if any, was checked by it
 
     def call_endpoint(self, endpoint: str, data: Optional[Dict[str, Any]] = None, requires_input: bool = True) -> Any:
         """Call any endpoint; raises PolicyTimeoutError, PolicyServerError or ConnectionError."""

@@ -275,7 +275,8 @@ def load_jobs(path: Union[str, Path]) -> List[Union[Job, JobError]]:
         unknown = set(data) - {"defaults", "jobs"}
         if unknown or "jobs" not in data:
             raise JobError(f"{path}: a job file is a list of jobs or an object with 'jobs' (and optional 'defaults'); got keys {sorted(data)}")
-        defaults, data = data.get("defaults") or {}, data["jobs"]
+        defaults, data = data.get("defaults", {}), data["jobs"]
+        defaults = {} if defaults is None else defaults
     if not isinstance(defaults, Mapping):  # told once, about 'defaults', not once per job about each job
         raise JobError(f"{path}: 'defaults' must be an object of job fields, got {type(defaults).__name__}")
     unknown = set(defaults) - JOB_KEYS - set(ARENA_ALIASES) - {"policy_config_dict", "arena_env_args"}

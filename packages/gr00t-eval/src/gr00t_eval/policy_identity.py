@@ -78,39 +78,48 @@ def same_policy(first: Optional[Mapping[str, Any]], second: Optional[Mapping[str
     return False
 
 
+def check_serves(client: Any, record: Mapping[str, Any]) -> None:
+    """ServedPolicyChanged unless `client`'s server serves `record`'s policy now (asked with get_server_info; a
+    timeout or lost connection is raised as it is, for the run's liveness rules to judge)."""
+    try:
+        info = client.get_server_info()
+    except (TimeoutError, ConnectionError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a server that cannot say (a reference server now): not the same
+        logger.debug("get_server_info failed: %s", exc)
+        info = None
+    now = record_from_info(info)
+    if now is None or not same_policy(record, now):
+        raise ServedPolicyChanged(f"the server at {getattr(client, 'address', '?')} now serves {describe(now)}, and "
+                                  f"this run evaluates {describe(record)} (it was restarted with another checkpoint, "
+                                  "dataset or dtype?)")
+
+
 @contextlib.contextmanager
 def pinned_policy(client: Any, record: Optional[Mapping[str, Any]] = None) -> Iterator[None]:
     """While the block runs, `client` (a PolicyClient) checks after each reconnection or lost reply that its server
     still serves `record`'s policy (default: what it serves now), so that episodes after a restart with another
     checkpoint are never scored as the first's: ServedPolicyChanged from the reset or get_action that met another.
     Does nothing for a client that already holds a pin (an outer block's), an in-process policy, or a server that
-    gives no info (the reference's; nothing to compare). The check costs one get_server_info per reconnection."""
+    gives no info (the reference's; nothing to compare), and warns when the server cannot be asked now. The check
+    costs one get_server_info per reconnection."""
     watch = getattr(client, "on_new_server", None)
     if not callable(watch) or getattr(client, "new_server_check", None) is not None:
         yield
         return
     if record is None:
-        record = policy_record(client)
+        try:
+            record = record_from_info(client.get_server_info())
+        except (TimeoutError, ConnectionError) as exc:
+            logger.warning("could not ask %s which policy it serves (%s): a restart with another checkpoint during this "
+                           "run will not be noticed", getattr(client, "address", "the server"), exc)
+        except Exception as exc:  # noqa: BLE001 - a server without the endpoint (the reference's): nothing to pin
+            logger.debug("no server info to pin the policy from: %s", exc)
     if record is None:
         yield
         return
     pinned = dict(record)
-
-    def check(current: Any) -> None:
-        try:
-            info = current.get_server_info()
-        except (TimeoutError, ConnectionError):  # the call's failure: the run's liveness rules judge it
-            raise
-        except Exception as exc:  # noqa: BLE001 - a server that cannot say (a reference server now): not the same
-            logger.debug("get_server_info after a reconnection failed: %s", exc)
-            info = None
-        now = record_from_info(info)
-        if now is None or not same_policy(pinned, now):
-            raise ServedPolicyChanged(f"the server at {getattr(current, 'address', '?')} now serves {describe(now)}, "
-                                      f"and this run evaluates {describe(pinned)} (it was restarted with another "
-                                      "checkpoint or dataset?)")
-
-    watch(check)
+    watch(lambda current: check_serves(current, pinned))
     try:
         yield
     finally:

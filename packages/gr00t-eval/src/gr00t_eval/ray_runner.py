@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 from .extras import MissingExtraError
 from .metrics import EpisodeOutcome
-from .policy_identity import pinned_policy
+from .policy_identity import check_serves, pinned_policy
 from .rollout.config import RolloutConfig
 from .run_dir import interrupts_deferred, sigterm_as_interrupt
 from .shard import ShardSpec, format_missing, merge_results, results_from_outcomes, run_suite, shard_ranges
@@ -145,12 +145,15 @@ def init_ray(address: str) -> bool:
 
 def run_shard_task(env_spec: str, config: Dict[str, Any], shard: Tuple[int, int], server: Tuple[str, int],
                    api_token: Optional[str], timeout_ms: int, curve_keys: Optional[Tuple[str, Optional[str]]] = None,
-                   done: Sequence[Dict[str, Any]] = ()) -> Iterator[Dict[str, Any]]:
+                   done: Sequence[Dict[str, Any]] = (), policy: Optional[Dict[str, Any]] = None) -> Iterator[Dict[str, Any]]:
     """The body of one Ray task (a Ray generator): run shard `shard` of the plan against `server`.
 
     Yields {"episode": entry} the moment each episode is scored (the driver logs it, so an interrupted run
     keeps it), then {"results": results}. `done`: per-episode entries of an earlier run; the finished ones are
     kept, the rest run. `curve_keys`: (server public, client secret or None) z85 keys for a CURVE server.
+    `policy`: the run's policy record (what the driver found every server serving): a shard that starts later
+    against a server now serving another fails at once (ServedPolicyChanged), and one that meets another mid-way
+    stops there; None (the driver could not ask) pins what the server serves when the shard starts.
     """
     scored: "queue.Queue[Optional[Dict[str, Any]]]" = queue.Queue()
     box: Dict[str, Any] = {}
@@ -166,7 +169,9 @@ def run_shard_task(env_spec: str, config: Dict[str, Any], shard: Tuple[int, int]
                     client.call_endpoint("ping", requires_input=False)
                 except (TimeoutError, ConnectionError) as exc:  # the client's words name the server and why
                     raise ConnectionError(str(exc)) from None
-                with pinned_policy(client):  # what the driver checked every server serves, until a restart
+                if policy is not None:  # the server may have been restarted since the driver asked it
+                    check_serves(client, policy)
+                with pinned_policy(client, policy):
                     box["results"] = run_suite(client, env_spec, RolloutConfig(**config), ShardSpec(*shard),
                                                on_episode=lambda outcome: scored.put(outcome.to_json_dict()),
                                                done=[EpisodeOutcome.from_json_dict(entry) for entry in done])
@@ -211,13 +216,15 @@ def run_with_ray(env_spec: str, config: RolloutConfig, servers: Sequence[ServerA
                  n_shards: int = 0, api_token: Optional[str] = None, timeout_ms: int = 15000,
                  cpus_per_shard: float = 1.0, curve_keys: Optional[Tuple[str, Optional[str]]] = None,
                  done: Sequence[EpisodeOutcome] = (),
-                 on_episode: Optional[Callable[[EpisodeOutcome], None]] = None) -> Dict[str, Any]:
+                 on_episode: Optional[Callable[[EpisodeOutcome], None]] = None,
+                 policy: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """Split the plan into shards, run them as Ray tasks against `servers` (round-robin), return the merged results.
 
     Each scored episode reaches the driver (and `on_episode`) as it finishes. `done` holds the outcomes of an
     earlier run of the same plan (a resume): shards whose episodes all finished are not started, the others
     run only their missing and errored episodes. Ctrl-C/SIGTERM cancels the running shards and returns what
     finished with "status": "interrupted"; a shard that fails keeps the episodes it streamed ("aborted").
+    `policy`: the run's policy record, which every shard holds its server to (run_shard_task).
     """
     if config.seed is None:
         raise ValueError("--ray-address needs --seed: shards must agree on every episode's seed to merge into one run")
@@ -255,7 +262,7 @@ def run_with_ray(env_spec: str, config: RolloutConfig, servers: Sequence[ServerA
 
             try:
                 _submit_shards(ray, env_spec, config, servers, specs, tasks, kept, cpus_per_shard, api_token, timeout_ms,
-                               curve_keys, shard_results, running, submitted_at)
+                               curve_keys, shard_results, running, submitted_at, policy)
                 _progress(f"Ray: running {len(running)} of {n_shards} shards ({n_items - len(finished)} of {n_items} "
                           f"episodes left) against {', '.join(map(str, servers))}")
                 while running:  # a timeout keeps Ctrl-C prompt; shards report in whatever order they finish
@@ -311,7 +318,8 @@ def _submit_shards(ray: Any, env_spec: str, config: RolloutConfig, servers: Sequ
                    specs: Sequence[ShardSpec], tasks: Sequence[Task], kept: Mapping[int, List[EpisodeOutcome]],
                    cpus_per_shard: float, api_token: Optional[str], timeout_ms: int,
                    curve_keys: Optional[Tuple[str, Optional[str]]], shard_results: Dict[int, Dict[str, Any]],
-                   running: Dict[Any, int], submitted_at: Dict[int, float]) -> None:
+                   running: Dict[Any, int], submitted_at: Dict[int, float],
+                   policy: Optional[Mapping[str, Any]] = None) -> None:
     """Start a Ray task per shard with episodes left (a shard all finished earlier gets its results at once)."""
     payload = dataclasses.asdict(config)
     if config.n_envs == 0:  # auto inside a shard: 70 % of the CPUs Ray reserved for it, not of the whole node
@@ -325,7 +333,8 @@ def _submit_shards(ray: Any, env_spec: str, config: RolloutConfig, servers: Sequ
         server = servers[spec.index % len(servers)]
         submitted_at[spec.index] = time.monotonic()
         running[remote.remote(env_spec, payload, (spec.index, spec.count), (server.host, server.port), api_token,
-                              timeout_ms, curve_keys, [o.to_json_dict() for o in kept[spec.index]])] = spec.index
+                              timeout_ms, curve_keys, [o.to_json_dict() for o in kept[spec.index]],
+                              dict(policy) if policy is not None else None)] = spec.index
 
 
 def _next_item(ray: Any, generator: Any) -> Dict[str, Any]:

@@ -482,7 +482,8 @@ def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done:
         with sigterm_as_interrupt():
             results = run_with_ray(env_spec, config, servers, args.ray_address, args.ray_shards, args.api_token,
                                    args.timeout_ms, args.ray_cpus_per_shard, curve_keys=connection.portable_keys(args),
-                                   done=done, on_episode=lambda outcome: log.append(outcome.to_json_dict()))
+                                   done=done, on_episode=lambda outcome: log.append(outcome.to_json_dict()),
+                                   policy=policy if policy is not None else first_policy)
         results["policy"] = policy if policy is not None else first_policy
         results["episode_log"] = str(log.path)
         return results
@@ -615,8 +616,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
                 raise UsageError(f"--resume {output_dir}: {results_path} cannot be read ({type(exc).__name__}: {exc}); "
                                  "each job's own results and episodes are in jobs/<name>/ (start a new batch, or "
                                  f"restore {BATCH_RESULTS_FILENAME})") from None
-            if not isinstance(previous, dict):
-                raise UsageError(f"--resume {output_dir}: {results_path} holds no batch results object")
+            jobs_done = previous.get("jobs", []) if isinstance(previous, dict) else None
+            if not isinstance(jobs_done, list) or not all(isinstance(job, dict) for job in jobs_done):
+                raise UsageError(f"--resume {output_dir}: {results_path} holds no batch results (an object whose "
+                                 "'jobs' is a list of job records)")
             # Under the claim's lock: of two resumes started at once, one runs and the other is refused.
             claim = take_claim(output_dir, BATCH_CLAIM_FILENAME, {"resumed": True}, flag="--resume")
         else:

@@ -259,6 +259,9 @@ class DatasetWriter:
                 raise ValueError(f"frames['{camera}'] must be uint8 (T, H, W, 3), got {getattr(value, 'dtype', type(value))} {getattr(value, 'shape', '')}")
             if value.shape[0] != length:
                 raise ValueError(f"frames['{camera}'] has {value.shape[0]} frames; expected {length} (the episode length)")
+            if value.shape[1] % 2 or value.shape[2] % 2:  # before any camera is encoded (v3.0 files are shared)
+                raise ValueError(f"frames['{camera}'] has size {value.shape[1]}x{value.shape[2]}; the videos are "
+                                 "yuv420p, whose height and width must be even")
             size = self._frame_sizes.setdefault(camera, value.shape[1:3])
             if value.shape[1:3] != size:
                 raise ValueError(f"frames['{camera}'] has size {value.shape[1:3]}; earlier episodes had {size}")

@@ -39,7 +39,7 @@ from gr00t_client.chunking import MERGE_RULES
 from ..metrics import EpisodeOutcome
 from ..policy_identity import ServedPolicyChanged, pinned_policy
 from ..video import EpisodeVideoRecorder
-from .config import CLIENT_CHUNKING_MODES, RolloutConfig, draw_base_seed  # noqa: F401 - draw_base_seed re-exported
+from .config import CLIENT_CHUNKING_MODES, RolloutConfig, check_env_timeout, draw_base_seed  # noqa: F401 - draw_base_seed re-exported
 from .liveness import PolicyServerUnreachableError, ServerWatch
 from .envs import EnvFactory, embodiment_for_env, env_factory
 from .multistep import EpisodeSummary, MultiStepWrapper
@@ -140,8 +140,8 @@ class RolloutRunner:
             raise ValueError(f"client_chunking must be one of {CLIENT_CHUNKING_MODES}, got {config.client_chunking!r}")
         if config.chunk_merge not in MERGE_RULES:
             raise ValueError(f"chunk_merge must be one of {MERGE_RULES}, got {config.chunk_merge!r}")
-        if config.env_timeout_s is not None and not config.env_timeout_s > 0:
-            raise ValueError(f"env_timeout_s must be > 0 seconds or None (no limit), got {config.env_timeout_s}")
+        if config.env_timeout_s is not None:
+            check_env_timeout(config.env_timeout_s, "env_timeout_s", no_limit="None")
         if config.rtc_frozen_steps is not None and config.client_chunking != "async":
             raise ValueError(f"rtc_frozen_steps needs client_chunking='async', got {config.client_chunking!r}")
         if config.max_episodes_rendered is not None and config.max_episodes_rendered < 0:

@@ -315,9 +315,10 @@ class Gr00tPolicy(BasePolicy):
         return dict(self.modality_configs)
 
     def identity(self) -> Dict[str, Any]:
-        """Which model this is, the same wherever its checkpoint is copied and at any dtype: the hash of its config
-        and a fingerprint of its weights (as ONNX exports record them); get_server_info reports it so that an
-        evaluation can tell one checkpoint's results from another's. Computed once."""
+        """Which model this is, the same wherever its checkpoint is copied and whether loaded in fp32 or bf16 (a
+        float16 model's weights round otherwise, and it reads as another model): the hash of its config and a
+        fingerprint of its weights (as ONNX exports record them); get_server_info reports it so that an evaluation
+        can tell one checkpoint's results from another's. Computed once."""
         if self._identity is None:
             from gr00t_server.backends.common import model_identity
 
