@@ -1,4 +1,5 @@
-"""Servers for the tests: a PolicyServer in a thread (running_server) and `gr00t-server` subprocesses (served)."""
+"""Servers for the tests: a PolicyServer in a thread (running_server), one restarted on its port (RestartableServer) and
+`gr00t-server` subprocesses (served)."""
 
 from __future__ import annotations
 
@@ -93,3 +94,31 @@ def served(*args: str, timeout_s: float = 120.0) -> Iterator[subprocess.Popen]:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+class RestartableServer:
+    """A PolicyServer in a thread that can be restarted on the same port with a fresh policy (no sessions kept)."""
+
+    def __init__(self, make_policy):
+        self.make_policy = make_policy
+        self.port = 0
+        self.restarts = 0
+        self._start()
+
+    def _start(self):
+        self.server = PolicyServer(self.make_policy(), host="127.0.0.1", port=self.port)
+        self.server.start()
+        self.port = self.server.port
+        self.thread = threading.Thread(target=self.server.run, name="policy-server", daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.close()
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+
+    def restart(self):
+        """What a supervisor does after a crash: the same server again on the same port, its sessions gone."""
+        self.stop()
+        self._start()
+        self.restarts += 1

@@ -8,7 +8,6 @@ succeeds iff every action it executed is the recorded one, so replaying anything
 
 from __future__ import annotations
 
-import threading
 
 import gymnasium as gym
 import numpy as np
@@ -18,7 +17,7 @@ from dataset_factory import expected_actions, make_dataset
 from gr00t_client import BasePolicy, EmbodimentTag, ModalityConfig, PolicyClient
 from gr00t_eval.metrics import rollout_aggregates
 from gr00t_eval.rollout import PolicyRowCursor, RolloutConfig, register_env_prefix, run_rollout
-from gr00t_server.server import PolicyServer
+from serving import RestartableServer
 
 LENGTHS = (5, 8, 3, 6)  # recorded episode lengths; recorded seeds are 100 + episode (dataset_factory)
 PAST_END = 2  # the probe runs this many steps past its recording: the replay repeats the last row (and is clamped)
@@ -68,34 +67,6 @@ class ReplayProbeEnv(gym.Env):
 
 
 register_env_prefix("replaycheck", EmbodimentTag.NEW_EMBODIMENT, lambda task, **kwargs: ReplayProbeEnv())
-
-
-class RestartableServer:
-    """A PolicyServer in a thread that can be restarted on the same port with a fresh policy (no sessions kept)."""
-
-    def __init__(self, make_policy):
-        self.make_policy = make_policy
-        self.port = 0
-        self.restarts = 0
-        self._start()
-
-    def _start(self):
-        self.server = PolicyServer(self.make_policy(), host="127.0.0.1", port=self.port)
-        self.server.start()
-        self.port = self.server.port
-        self.thread = threading.Thread(target=self.server.run, name="policy-server", daemon=True)
-        self.thread.start()
-
-    def stop(self):
-        self.server.close()
-        self.thread.join(10)
-        assert not self.thread.is_alive()
-
-    def restart(self):
-        """What a supervisor does after a crash: the same server again on the same port, its sessions gone."""
-        self.stop()
-        self._start()
-        self.restarts += 1
 
 
 @pytest.fixture(scope="module")

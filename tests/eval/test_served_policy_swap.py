@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import string
-import threading
 
 import gymnasium as gym
 import numpy as np
@@ -19,7 +18,7 @@ from gr00t_client import EmbodimentTag, PolicyClient
 from gr00t_eval.cli_errors import UsageError
 from gr00t_eval.rollout import RolloutConfig, register_env_prefix, run_rollout
 from gr00t_eval.rollout.liveness import PolicyServerUnreachableError
-from gr00t_server.server import PolicyServer
+from serving import RestartableServer
 
 STEPS = 3  # steps per episode; one get_action (n_action_steps = STEPS) and one reset each
 
@@ -66,40 +65,24 @@ class PullingCheckpoint(Checkpoint):
         return {key: -value for key, value in action.items()}, info
 
 
-class RestartableServer:
-    """A PolicyServer in a thread, restarted on the same port with the next policy of `policies`."""
+def serving_in_turn(*policies):
+    """A RestartableServer whose starts serve `policies` in turn (the first now, the next at each restart)."""
+    return RestartableServer(iter(policies).__next__)
 
-    def __init__(self, *policies):
-        self.policies = list(policies)
-        self.port = 0
-        self._start()
 
-    def _start(self):
-        self.server = PolicyServer(self.policies.pop(0), host="127.0.0.1", port=self.port)
-        self.server.start()
-        self.port = self.server.port
-        self.thread = threading.Thread(target=self.server.run, name="policy-server", daemon=True)
-        self.thread.start()
-
-    def stop(self):
-        self.server.close()
-        self.thread.join(10)
-        assert not self.thread.is_alive()
-
-    def restart_after(self, steps):
-        """Restart once the envs have taken `steps` steps in all (between two requests)."""
-        def on_step(taken):
-            if taken == steps:
-                self.stop()
-                self._start()
-        PushEnv.taken, PushEnv.on_step = 0, on_step
+def restart_after(server, steps):
+    """Restart `server` once the envs have taken `steps` steps in all (between two requests)."""
+    def on_step(taken):
+        if taken == steps:
+            server.restart()
+    PushEnv.taken, PushEnv.on_step = 0, on_step
 
 
 @pytest.fixture
 def swapped():
     """Checkpoint A, then (after 2 episodes) checkpoint B on the same port."""
-    server = RestartableServer(Checkpoint("A"), PullingCheckpoint("B"))
-    server.restart_after(2 * STEPS)
+    server = serving_in_turn(Checkpoint("A"), PullingCheckpoint("B"))
+    restart_after(server, 2 * STEPS)
     yield server
     PushEnv.on_step = None
     server.stop()
@@ -123,8 +106,8 @@ def test_a_run_stops_when_its_server_comes_back_with_another_checkpoint(swapped,
 
 
 def test_a_server_restarted_with_the_same_checkpoint_is_evaluated_on():
-    server = RestartableServer(Checkpoint("A"), Checkpoint("A"))
-    server.restart_after(2 * STEPS)
+    server = serving_in_turn(Checkpoint("A"), Checkpoint("A"))
+    restart_after(server, 2 * STEPS)
     try:
         with PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client:
             result = run_rollout(client, config(), progress=False)
@@ -168,12 +151,11 @@ def test_a_ray_shard_that_starts_after_the_swap_is_refused_against_the_runs_poli
     from gr00t_eval.policy_identity import ServedPolicyChanged, policy_record
     from gr00t_eval.ray_runner import run_shard_task
 
-    server = RestartableServer(Checkpoint("A"), PullingCheckpoint("B"))
+    server = serving_in_turn(Checkpoint("A"), PullingCheckpoint("B"))
     try:
         with PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client:
             record = policy_record(client)  # what the driver found before any shard ran
-        server.stop()
-        server._start()  # B, before this shard starts
+        server.restart()  # B, before this shard starts
         payload = {"env_name": "pushcheck/any", "n_episodes": 2, "n_envs": 1, "n_action_steps": STEPS,
                    "max_episode_steps": STEPS, "vectorization": "sync", "seed": 0}
         items = run_shard_task("pushcheck/any", payload, (0, 1), ("127.0.0.1", server.port), None, 5000, policy=record)
@@ -193,14 +175,13 @@ def test_the_check_after_a_reconnection_gets_a_budget_of_its_own():
             time.sleep(1.5)
             return super()._get_action(observation, options)
 
-    server = RestartableServer(Checkpoint("A"), SlowCheckpoint("A"))
+    server = serving_in_turn(Checkpoint("A"), SlowCheckpoint("A"))
     budgets = []
     try:
         with PolicyClient("127.0.0.1", server.port, timeout_ms=4000) as client:
             client.get_action(OBSERVATION)
             client.on_new_server(lambda current: budgets.append(current._deadline() - time.monotonic()))
-            server.stop()
-            server._start()
+            server.restart()
             time.sleep(0.5)  # the client reconnects on its own
             client.get_action(OBSERVATION)
     finally:
