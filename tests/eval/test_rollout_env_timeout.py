@@ -89,5 +89,5 @@ def test_env_timeout_must_be_positive_and_at_most_a_week(value, message):
 def test_a_negative_env_timeout_flag_is_a_usage_error(tmp_path):
     from gr00t_eval.cli_errors import UsageError
 
-    with pytest.raises(UsageError, match="--env-timeout must be > 0 seconds, or 0 for no limit; got -1"):
+    with pytest.raises(UsageError, match="--env-timeout must be seconds > 0, or 0 for no limit; got -1"):
         run_cli(rollout_argv("walkto/fast", 1, tmp_path / "run", "--env-timeout", "-1"))
