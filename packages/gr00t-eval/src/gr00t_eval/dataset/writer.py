@@ -138,8 +138,8 @@ class DatasetWriter:
         length = next(iter(state_arrays.values())).shape[0]
         if length == 0:  # LeRobot has no empty episodes: readers and replay servers index their first step
             raise ValueError(f"episode {len(self._episodes)} has 0 steps; an episode needs at least one step")
-        # What a refused episode must not leave behind: the layout its first call fixes (a refused first episode of
-        # odd-sized frames refused every later one as "earlier episodes had" that size).
+        # What a refused episode must not leave behind: the layout a first episode fixes (a first episode refused by
+        # a full disk made every later one of another frame size "differ from earlier episodes").
         layout = (self._cameras, self._state_dims, self._action_dims, self._step_columns, dict(self._frame_sizes))
         try:
             return self._add_episode(frames, state_arrays, action_arrays, task, step_columns, metadata, length)
