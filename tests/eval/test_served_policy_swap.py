@@ -200,3 +200,30 @@ def test_a_run_that_cannot_ask_its_server_which_policy_it_serves_says_it_is_not_
 
 
 OBSERVATION = {"state.position": np.zeros((1, 1), np.float32), LANGUAGE_KEY: ("push",)}
+
+
+def test_open_loop_stops_when_its_server_comes_back_serving_another_dataset(tmp_path):
+    from eval.dataset_factory import make_dataset
+    from gr00t_eval.open_loop import OpenLoopConfig, evaluate_open_loop
+    from gr00t_eval.policy_identity import ServedPolicyChanged
+    from gr00t_server.policies.replay import ReplayPolicy
+
+    recorded = make_dataset(tmp_path / "a", lengths=(6, 9, 4))
+    other = make_dataset(tmp_path / "b", lengths=(6, 9, 5))  # another recording: another dataset_meta_sha256
+    server = serving_in_turn(ReplayPolicy(recorded, execution_horizon=3), ReplayPolicy(other, execution_horizon=3))
+
+    def report(line):
+        if line.startswith("MSE for trajectory 0"):
+            server.restart()  # between two trajectories, as a supervisor would
+
+    try:
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client:
+            config = OpenLoopConfig(str(recorded), traj_ids=[0, 1, 2], execution_horizon=3, plot=False,
+                                    output_dir=str(tmp_path / "out"))
+            with pytest.raises(ServedPolicyChanged, match="now serves ReplayPolicy .*this run evaluates ReplayPolicy"):
+                evaluate_open_loop(client, config, report=report, progress=False)  # raised once results.json is written
+    finally:
+        server.stop()
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["status"] == "aborted" and list(saved["trajectories"]) == ["0"]
+    assert saved["not_run_trajectories"] == [1, 2] and "ServedPolicyChanged" in saved["stop_reason"]

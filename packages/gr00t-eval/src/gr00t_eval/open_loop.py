@@ -24,6 +24,7 @@ from .action_steps import check_consecutive_action_deltas
 from .progress import bar_options
 from .dataset import DatasetError, LeRobotDataset
 from .metrics import ActionErrors, action_errors
+from .policy_identity import pinned_policy
 from .reported_position import is_position
 from .results import RESULTS_FILENAME, open_loop_results, write_results
 
@@ -410,26 +411,27 @@ def evaluate_open_loop(
     stopped: Optional[BaseException] = None
     position = 0
     try:
-        for position, traj_id in enumerate(valid):
-            counted = bar.n if bar is not None else 0
-            try:
-                traj = evaluate_trajectory(policy, dataset, traj_id, config, configs, report,
-                                           on_step=(bar.update if bar else None))
-            except ServerStoppingError:
-                raise  # the server is going: this trajectory and the rest are not run (it was scored errored, and
-                # the next request waited out the whole timeout of a server already gone)
-            except (TrajectoryError, PolicyServerError) as exc:
-                # A server's error reply (ours refuses a non-finite action, say) is that trajectory's: the run goes
-                # on and keeps what it scored; it ended with no results.json at all.
-                reason = str(exc) if isinstance(exc, TrajectoryError) else f"the server answered with an error: {exc}"
-                result.errored[traj_id] = reason
-                report(f"trajectory {traj_id} errored: {reason}")
-                if bar is not None:  # its steps not run are done with too: a finished run's bar ends at 100%
-                    steps = math.ceil(min(config.steps, dataset.episode_lengths[traj_id]) / config.execution_horizon)
-                    bar.update(max(0, steps - (bar.n - counted)))
-                continue
-            result.trajectories[traj_id] = traj
-            report(f"MSE for trajectory {traj_id}: {traj.errors.mse}, MAE: {traj.errors.mae}")
+        with pinned_policy(policy):  # a server restarted with another checkpoint stops the run (aborted)
+            for position, traj_id in enumerate(valid):
+                counted = bar.n if bar is not None else 0
+                try:
+                    traj = evaluate_trajectory(policy, dataset, traj_id, config, configs, report,
+                                               on_step=(bar.update if bar else None))
+                except ServerStoppingError:
+                    raise  # the server is going: this trajectory and the rest are not run (it was scored errored, and
+                    # the next request waited out the whole timeout of a server already gone)
+                except (TrajectoryError, PolicyServerError) as exc:
+                    # A server's error reply (ours refuses a non-finite action, say) is that trajectory's: the run goes
+                    # on and keeps what it scored; it ended with no results.json at all.
+                    reason = str(exc) if isinstance(exc, TrajectoryError) else f"the server answered with an error: {exc}"
+                    result.errored[traj_id] = reason
+                    report(f"trajectory {traj_id} errored: {reason}")
+                    if bar is not None:  # its steps not run are done with too: a finished run's bar ends at 100%
+                        steps = math.ceil(min(config.steps, dataset.episode_lengths[traj_id]) / config.execution_horizon)
+                        bar.update(max(0, steps - (bar.n - counted)))
+                    continue
+                result.trajectories[traj_id] = traj
+                report(f"MSE for trajectory {traj_id}: {traj.errors.mse}, MAE: {traj.errors.mae}")
     except (KeyboardInterrupt, Exception) as exc:  # a server gone, Ctrl-C, any failure: keep what was scored, then stop
         stopped = exc
         result.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "aborted"
