@@ -234,6 +234,49 @@ def test_a_curve_key_of_z85_characters_that_does_not_decode_is_refused_by_the_co
         PolicyClient(port=5555, server_public_key=_public.decode(), client_secret_key="%" * 40)
 
 
+def test_a_mistyped_secret_key_is_never_repeated_in_the_error():
+    public, secret = zmq.curve_keypair()
+    typo = secret.decode()[:-1]  # one character lost in a copy: the rest is still a secret
+    for value in (typo, "%" * 40):
+        with pytest.raises(ValueError) as caught:
+            PolicyClient(port=5555, server_public_key=public.decode(), client_secret_key=value)
+        assert value not in str(caught.value) and f"a {len(value)}-character value (not shown)" in str(caught.value)
+
+
+def test_a_certificate_whose_public_key_is_another_pairs_is_refused(tmp_path):
+    import zmq.auth
+
+    zmq.auth.create_certificates(str(tmp_path), "robot")
+    zmq.auth.create_certificates(str(tmp_path), "other")
+    lines = (tmp_path / "robot.key_secret").read_text().splitlines()
+    other_public = next(line for line in (tmp_path / "other.key").read_text().splitlines() if "public-key" in line)
+    mixed = tmp_path / "mixed.key_secret"
+    mixed.write_text("\n".join(other_public if "public-key" in line else line for line in lines) + "\n")
+    public, _ = zmq.curve_keypair()
+    with pytest.raises(ValueError, match=r"mixed\.key_secret: its public-key does not belong to its secret-key"):
+        PolicyClient(port=5555, server_public_key=public.decode(), client_secret_key=str(mixed))
+
+
+def test_a_secret_key_file_readable_by_others_is_warned_about(tmp_path, caplog):
+    import zmq.auth
+
+    _, secret_file = zmq.auth.create_certificates(str(tmp_path), "robot")
+    os.chmod(secret_file, 0o644)
+    public, _ = zmq.curve_keypair()
+    with caplog.at_level("WARNING"):
+        PolicyClient(port=5555, server_public_key=public.decode(), client_secret_key=secret_file).close()
+    assert "holds a secret key and is readable by other users (mode 644): chmod 600 it" in caplog.text
+    os.chmod(secret_file, 0o600)
+    caplog.clear()
+    PolicyClient(port=5555, server_public_key=public.decode(), client_secret_key=secret_file).close()
+    assert "readable by other users" not in caplog.text
+
+
+def test_a_directory_given_as_a_key_is_named_as_one(tmp_path):
+    with pytest.raises(ValueError, match=r"is a directory; pass the certificate file in it"):
+        PolicyClient(port=5555, server_public_key=str(tmp_path))
+
+
 def test_a_port_served_by_something_else_is_named_as_a_possible_cause():
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))

@@ -90,13 +90,15 @@ def test_a_job_env_timeout_beyond_a_week_fails_the_job_and_infinity_means_no_lim
     assert isinstance(jobs[2], JobError) and "or null for no limit; got 0" in str(jobs[2])
 
 
-def test_a_damaged_batch_results_file_is_named_and_leaves_no_claim(tmp_path, capsys):
+def test_a_damaged_batch_results_file_is_named_and_leaves_no_claim_and_the_job_file_copy_keeps_its_mode(tmp_path):
     with policy_server() as server:
         jobs = _job_file(tmp_path, [{**JOB, "policy_server": {"port": server.port},
                                      "max_episode_steps": 6,
                                      "overrides": {"n_envs": 1, "vectorization": "sync", "n_action_steps": 2}}])
         out = tmp_path / "batch"
+        jobs.chmod(0o600)  # kept private for an inline token or key
         assert run_cli(["batch", "--jobs", str(jobs), "--output-dir", str(out)]) == 0
+    assert (out / "jobs.json").stat().st_mode & 0o777 == 0o600  # its copy was 0644
     (out / "batch_results.json").write_text('{"jobs": [{"name": "a", "sta')
     claim_before = (out / "batch.json").read_text()
     with pytest.raises(UsageError, match=r"batch_results\.json cannot be read \(JSONDecodeError"):

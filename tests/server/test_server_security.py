@@ -48,7 +48,11 @@ def test_missing_or_wrong_token_is_unauthorized_and_nothing_runs(guarded, endpoi
     if token is not None:
         request["api_token"] = token
     reply = ref_unpackb(raw_round_trip(guarded.port, ref_packb(request))[0])
-    assert reply["error"] == "Unauthorized: Invalid API token"
+    if token is None:  # told apart from a wrong token, naming where a token is given
+        assert reply["error"].startswith("Unauthorized: this server requires an API token and the request carried none")
+        assert "--api-token or $GR00T_API_TOKEN" in reply["error"]
+    else:
+        assert reply["error"] == "Unauthorized: Invalid API token"
     assert guarded.policy.calls == 0 and guarded.policy.resets == 0
     with ReferenceClient(guarded.port, api_token=TOKEN) as client:
         assert client.call_endpoint("ping", requires_input=False)["status"] == "ok"  # still serving
@@ -133,3 +137,18 @@ def test_a_server_started_from_python_off_loopback_without_a_token_warns(caplog,
         server.start()
     server.close()
     assert ("listening on 0.0.0.0 without an API token" in caplog.text) is warned
+
+
+def test_a_token_that_is_not_utf8_is_refused_when_the_server_is_made():
+    # '\udcff': the surrogate a Latin-1 shell's byte becomes in $GR00T_API_TOKEN; every request failed with
+    # UnicodeEncodeError before, so no client could ever be served
+    with pytest.raises(ValueError, match="api_token must be UTF-8 text"):
+        server_module.PolicyServer(EchoPolicy(), port=0, api_token="s\udcffx")
+
+
+@pytest.mark.parametrize("token", ["", "  "])
+def test_serve_refuses_an_empty_api_token_instead_of_serving_without_one(token, capsys):
+    from gr00t_server import cli
+
+    assert cli.main(["serve", "--dataset-path", "unused", "--api-token", token]) == 2
+    assert "--api-token (or $GR00T_API_TOKEN) is empty: an unset variable?" in capsys.readouterr().err

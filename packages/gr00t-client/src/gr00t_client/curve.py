@@ -50,12 +50,19 @@ def _is_z85_key(text: bytes) -> bool:
 
 
 def _not_a_key(what: str, text: str, kind: str) -> ValueError:
-    """Why `text` is no key: 40 z85 characters that do not decode (a mistyped character) are told apart."""
+    """Why `text` is no key: 40 z85 characters that do not decode (a mistyped character) are told apart. A secret
+    key's text is never repeated (it would land in logs and results files), only its length, unless it holds a
+    character no z85 key has (a path: '_', '~', a space), so it cannot be a mistyped secret."""
     raw = text.encode("ascii", "replace")
+    maybe_secret = "secret" in kind and all(byte in _Z85_ALPHABET for byte in raw)
+    shown = f"a {len(text)}-character value (not shown)" if maybe_secret else repr(text)
+    if os.path.isdir(text):
+        return ValueError(f"{what}: {text!r} is a directory; pass the certificate file in it (NAME.key for a public "
+                          "key, NAME.key_secret for a key pair)")
     if len(raw) == Z85_KEY_LENGTH and all(byte in _Z85_ALPHABET for byte in raw):
-        return ValueError(f"{what}: {text!r} is not a valid z85 {kind}: a 5-character group decodes past 2**32 "
+        return ValueError(f"{what}: {shown} is not a valid z85 {kind}: a 5-character group decodes past 2**32 "
                           "(a mistyped character?); copy it again from the .key file")
-    return ValueError(f"{what}: {text!r} is neither an existing certificate file nor a 40-character z85 {kind}")
+    return ValueError(f"{what}: {shown} is neither an existing certificate file nor a 40-character z85 {kind}")
 
 
 def _as_text(value: KeySource, what: str) -> str:
@@ -79,6 +86,14 @@ def _read_certificate(path: str, what: str) -> Tuple[bytes, Optional[bytes]]:
         raise ValueError(f"{what}: {path} holds no valid 40-character z85 public-key")
     if secret is not None and not _is_z85_key(secret):
         raise ValueError(f"{what}: {path} holds a malformed secret-key (expected 40 z85 characters)")
+    if secret is not None:
+        if zmq.curve_public(secret) != public:  # the fingerprint printed, and every handshake, would be another key's
+            raise ValueError(f"{what}: {path}: its public-key does not belong to its secret-key (a hand-edited or "
+                             "mixed certificate?); make the pair again with gr00t-server keygen")
+        mode = os.stat(path).st_mode
+        if mode & 0o077 and os.name == "posix":
+            logger.warning("%s: %s holds a secret key and is readable by other users (mode %o): chmod 600 it",
+                           what, path, mode & 0o777)
     return public, secret
 
 

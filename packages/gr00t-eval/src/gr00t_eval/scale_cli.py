@@ -656,6 +656,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
                     _delete_episode_videos(video_dir, videos)
             jobs_path = output_dir / "jobs.json"
             shutil.copyfile(args.jobs, jobs_path)
+            shutil.copymode(args.jobs, jobs_path)  # a job file kept 0600 for its inline token or key stays so
     except (JobError, OutputDirError) as exc:
         raise UsageError(str(exc)) from None
     path = output_dir / BATCH_RESULTS_FILENAME

@@ -313,6 +313,9 @@ def _check_server_flags(args: argparse.Namespace) -> None:
     if args.metrics_port and args.metrics_port == args.port:  # found before the model loads, not after (minutes)
         raise CliError(f"--metrics-port {args.metrics_port} is also --port: the metrics endpoint needs a port of its own")
     _check_bind_host(args.host)
+    if args.api_token is not None and not args.api_token.strip():  # `--api-token "$TOKEN"` with TOKEN unset
+        raise CliError("--api-token (or $GR00T_API_TOKEN) is empty: an unset variable? Leave it out (and unset "
+                       "GR00T_API_TOKEN) to serve without a token")
     if not 1 <= args.max_message_mb <= 2**43:
         raise CliError(f"--max-message-mb must be a whole number of MiB >= 1, got {args.max_message_mb}")
 

@@ -136,7 +136,11 @@ def check_envelope(envelope: Any, api_token: Optional[str]) -> Dict[str, Any]:
         raise RequestError(f"'endpoint' must be a str, got {type(endpoint).__name__}")
     if api_token is not None:
         token = envelope.get("api_token")
-        if not isinstance(token, str) or not hmac.compare_digest(token.encode(), api_token.encode()):
+        if token is None:
+            raise RequestError("Unauthorized: this server requires an API token and the request carried none "
+                               "(PolicyClient(api_token=...); gr00t-eval: --api-token or $GR00T_API_TOKEN)")
+        if not isinstance(token, str) or not hmac.compare_digest(token.encode("utf-8", "surrogatepass"),
+                                                                  api_token.encode()):
             raise RequestError("Unauthorized: Invalid API token")
     return envelope
 

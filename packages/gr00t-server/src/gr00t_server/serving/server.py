@@ -132,6 +132,12 @@ class PolicyServer:
         self.host = normalize_host(host)
         self.port = int(port)
         self.api_token = api_token or None
+        if self.api_token is not None:
+            try:  # a token from a Latin-1 shell or a binary file: every request would fail with UnicodeEncodeError
+                self.api_token.encode("utf-8")
+            except (UnicodeEncodeError, AttributeError):
+                raise ValueError("api_token must be UTF-8 text (a token from $GR00T_API_TOKEN or a file with bytes "
+                                 "that are not UTF-8?)") from None
         if authorized_keys is not None and curve_secret_key is None:
             raise ValueError("authorized_keys needs curve_secret_key: client keys are checked in the CURVE handshake")
         # CURVE (gr00t_server.curve): the server's key pair from a NAME.key_secret file or z85 secret, and optionally
