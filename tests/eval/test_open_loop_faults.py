@@ -547,3 +547,31 @@ def test_a_server_shutting_down_mid_trajectory_stops_the_run_at_once_leaving_it_
     assert data.get("errored_trajectories", {}) in ({}, [])
     assert "server is shutting down" in data["stop_reason"]
     assert "ABORTED:" in err and "not run: [1, 2]" in err
+
+
+# --- the embodiment evaluated is the one served ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def libero_server(dataset):
+    with running_server(ReplayPolicy(dataset, execution_horizon=4), embodiment_tag="libero_sim") as running:
+        yield running
+
+
+def test_an_embodiment_tag_the_server_does_not_serve_is_refused_not_recorded_as_the_runs(dataset, libero_server, tmp_path,
+                                                                                          capsys):
+    # results.json said simpler_env_google over scores computed with the widowx embodiment's statistics and projector
+    assert open_loop(dataset, libero_server.port, tmp_path / "out", "--traj-ids", "0", "--embodiment-tag",
+                     "simpler_env_google") == 2
+    assert ("the server serves embodiment 'libero_sim' and this run asks for 'simpler_env_google' (--embodiment-tag)"
+            in capsys.readouterr().err)
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_without_a_tag_open_loop_records_the_served_embodiment_and_policy(dataset, libero_server, tmp_path):
+    assert open_loop(dataset, libero_server.port, tmp_path / "out", "--traj-ids", "0") == 0
+    data = results(tmp_path / "out")
+    assert data["config"]["embodiment_tag"] == "libero_sim"  # it said new_embodiment, the flag's default
+    assert data["policy"]["embodiment_tag"] == "libero_sim" and data["policy"]["identity"]["kind"] == "replay"
+    assert open_loop(dataset, libero_server.port, tmp_path / "again", "--traj-ids", "0", "--embodiment-tag",
+                     "LIBERO_SIM") == 0  # the same embodiment by name

@@ -283,11 +283,35 @@ def test_identity_names_the_checkpoint_by_its_content_wherever_it_is_copied(libe
     from gr00t_server.test_checkpoint import make_test_checkpoint
 
     identity = libero.identity()
-    assert identity["kind"] == "gr00t" and set(identity) == {"kind", "config_sha256", "weights_fingerprint"}
+    assert identity["kind"] == "gr00t"
+    assert set(identity) == {"kind", "config_sha256", "weights_fingerprint", "processor_sha256"}
     assert Gr00tPolicy(copy_of(), "libero_sim", device="cpu").identity() == identity
     other = make_test_checkpoint(tmp_path / "other", size="tiny", seed=1)  # another finetune, same architecture
     other_identity = Gr00tPolicy(other, "libero_sim", device="cpu").identity()
     assert other_identity["weights_fingerprint"] != identity["weights_fingerprint"]
+
+
+@pytest.mark.parametrize("edit", ["statistics", "projector"])
+def test_identity_tells_apart_the_same_weights_with_other_statistics_or_projectors(libero, copy_of, edit):
+    # Same config and weights, actions 100x or another projector row: merge, resume and the run's pin took them for
+    # one policy and combined their results.
+    import json
+
+    checkpoint = copy_of()
+    if edit == "statistics":
+        path = checkpoint / "statistics.json"
+        stats = json.loads(path.read_text())
+        for values in stats["libero_sim"]["action"].values():
+            for name in values:
+                values[name] = [v * 100 for v in values[name]]
+    else:
+        path = checkpoint / "embodiment_id.json"
+        stats = json.loads(path.read_text())
+        stats["libero_sim"] = 5
+    path.write_text(json.dumps(stats))
+    changed = Gr00tPolicy(checkpoint, "libero_sim", device="cpu").identity()
+    assert changed["weights_fingerprint"] == libero.identity()["weights_fingerprint"]
+    assert changed["processor_sha256"] != libero.identity()["processor_sha256"]
 
 
 def test_a_non_strict_policy_reads_utf8_bytes_and_refuses_other_language_as_the_clients_error(tiny_checkpoint):

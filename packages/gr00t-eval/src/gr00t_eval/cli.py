@@ -117,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("open-loop", help="compare a policy's action chunks with a dataset's recorded actions")
     p.add_argument(*_flag("dataset-path"), required=True, help="LeRobot dataset (v2.x/v3.0 with meta/modality.json)")
-    p.add_argument(*_flag("embodiment-tag"), default="new_embodiment", help="embodiment tag (name or value, case-insensitive)")
+    p.add_argument(*_flag("embodiment-tag"), default=None,
+                   help="embodiment tag (name or value, case-insensitive); default: the one the server serves (a server "
+                        "that does not say: new_embodiment); a tag the server does not serve is refused")
     _add_connection(p, "host", "port", "127.0.0.1")
     p.add_argument(*_flag("traj-ids"), type=int, nargs="+", default=[0], help="episode positions to evaluate (default 0)")
     p.add_argument(*_flag("steps"), type=int, default=200, help="max steps per trajectory (default 200)")
@@ -295,16 +297,18 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
 
     if "--action-horizon" in sys.argv or "--action_horizon" in sys.argv:
         logging.getLogger(__name__).warning("--action-horizon is deprecated; use --execution-horizon")
-    try:
-        tag = EmbodimentTag.resolve(args.embodiment_tag)
-    except ValueError as exc:
-        raise _unknown_tag(f"--embodiment-tag {args.embodiment_tag}", exc) from None
+    tag = None
+    if args.embodiment_tag is not None:
+        try:
+            tag = EmbodimentTag.resolve(args.embodiment_tag)
+        except ValueError as exc:
+            raise _unknown_tag(f"--embodiment-tag {args.embodiment_tag}", exc) from None
     if not (Path(args.dataset_path) / "meta").is_dir():
         raise UsageError(f"--dataset-path {args.dataset_path}: not a LeRobot dataset (no meta/ directory there)")
     try:  # mistakes in the flags fail before any connection is made or directory created
         config = OpenLoopConfig(
             dataset_path=args.dataset_path, traj_ids=args.traj_ids, steps=args.steps, execution_horizon=args.execution_horizon,
-            modality_keys=args.modality_keys, output_dir=args.output_dir or DEFAULT_OPEN_LOOP_BASE, embodiment_tag=tag.value,
+            modality_keys=args.modality_keys, output_dir=args.output_dir or DEFAULT_OPEN_LOOP_BASE, embodiment_tag=tag.value if tag is not None else None,
             observation_format=args.observation_format, plot=_plots_wanted(args),
             plot_path=args.save_plot_path, denoising_steps=args.denoising_steps,
         )

@@ -24,7 +24,7 @@ from .action_steps import check_consecutive_action_deltas
 from .progress import bar_options
 from .dataset import DatasetError, LeRobotDataset
 from .metrics import ActionErrors, action_errors
-from .policy_identity import pinned_policy
+from .policy_identity import pinned_policy, policy_record
 from .reported_position import is_position
 from .results import RESULTS_FILENAME, open_loop_results, write_results
 
@@ -43,7 +43,9 @@ class OpenLoopConfig:
     execution_horizon: int = 16
     modality_keys: Optional[Sequence[str]] = None
     output_dir: str = DEFAULT_OUTPUT_DIR
-    embodiment_tag: str = "new_embodiment"
+    # The embodiment evaluated: None takes the one the server serves (the reference's default, new_embodiment, for a
+    # server that does not say); a tag the server does not serve is refused rather than recorded as this run's.
+    embodiment_tag: Optional[str] = None
     # "nested" (reference server), "flat" (server with the sim wrapper) or "auto" (ask the server, like the CLI)
     observation_format: str = "nested"
     plot: bool = True
@@ -381,6 +383,12 @@ def evaluate_open_loop(
     """
     if config.observation_format == "auto":
         config = dataclasses.replace(config, observation_format=resolve_observation_format(policy, "auto"))
+    served = policy_record(policy)  # what results.json records, and what the run is held to (pinned_policy)
+    served_tag = (served or {}).get("embodiment_tag")
+    if config.embodiment_tag is not None and served_tag is not None and served_tag != config.embodiment_tag:
+        raise ValueError(f"the server serves embodiment {served_tag!r} and this run asks for {config.embodiment_tag!r} "
+                         "(--embodiment-tag); serve that embodiment, or leave the flag out to evaluate the served one")
+    config = dataclasses.replace(config, embodiment_tag=config.embodiment_tag or served_tag or "new_embodiment")
     configs = policy.get_modality_config()
     if "action" not in configs:
         raise ValueError(f"the policy's modality config has no 'action' modality; got {sorted(configs)}")
@@ -411,7 +419,7 @@ def evaluate_open_loop(
     stopped: Optional[BaseException] = None
     position = 0
     try:
-        with pinned_policy(policy):  # a server restarted with another checkpoint stops the run (aborted)
+        with pinned_policy(policy, served):  # a server restarted with another checkpoint stops the run (aborted)
             for position, traj_id in enumerate(valid):
                 counted = bar.n if bar is not None else 0
                 try:
@@ -457,7 +465,8 @@ def evaluate_open_loop(
     }
     run_config = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in vars(config).items()}
     result.results_path = write_results(Path(config.output_dir) / RESULTS_FILENAME, open_loop_results(
-        entries, run_config, result.skipped, errored=result.errored, skip_reasons=result.skip_reasons, stop=stop))
+        entries, run_config, result.skipped, errored=result.errored, skip_reasons=result.skip_reasons, stop=stop,
+        policy=served))
     if stopped is not None:
         raise stopped
     report("Done")

@@ -55,8 +55,10 @@ def open_loop_results(
     errored: Optional[Mapping[int, str]] = None,
     skip_reasons: Optional[Mapping[int, str]] = None,
     stop: Optional[Mapping[str, Any]] = None,
+    policy: Optional[Mapping[str, Any]] = None,
 ) -> Dict[str, Any]:
     """Per-trajectory errors (each holding an ActionErrors under "errors") plus plain averages over trajectories.
+    `policy`: what the server served (policy_identity.policy_record; None for a server that does not say).
 
     `errored` (id -> why) lists trajectories the policy did not follow and `skipped` those not evaluated
     (`skip_reasons` says why); neither is in the averages. `stop` ({"status", "reason", "not_run"}) marks a
@@ -75,6 +77,7 @@ def open_loop_results(
         "stop_reason": stop["reason"] if stop else None,
         "not_run_trajectories": [int(t) for t in stop["not_run"]] if stop else [],
         "config": dict(config),
+        "policy": dict(policy) if policy else None,
         "trajectories": per_traj,
         "skipped_trajectories": list(skipped),
         "skip_reasons": {str(k): v for k, v in (skip_reasons or {}).items()},

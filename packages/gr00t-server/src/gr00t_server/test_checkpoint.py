@@ -404,7 +404,7 @@ def example_observation(
     from gr00t_server.processing.config import load_processor_config, load_statistics
 
     configs: Mapping[str, ModalityConfig] = load_processor_config(checkpoint_dir).modality_configs[embodiment_tag]
-    stats = load_statistics(checkpoint_dir)[embodiment_tag]["state"]
+    stats = load_statistics(checkpoint_dir, errors={})[embodiment_tag]["state"]  # another tag's bad statistics aside
     rng = np.random.default_rng(seed)
     h, w = image_size
     video_t, state_t = configs["video"].horizon, configs["state"].horizon

@@ -30,6 +30,7 @@ there a padded row's action depended on the other rows of its batch.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 import threading
@@ -48,7 +49,8 @@ from gr00t_client.modality import ModalityConfig
 from gr00t_client.policy import BasePolicy, ObservationError, non_finite_rows
 from gr00t_server.model.action_head import DEFAULT_RTC_RAMP_RATE
 from gr00t_server.model.checkpoint import load_model, resolve_checkpoint_dir
-from gr00t_server.processing.config import load_processor_config
+from gr00t_server.processing.config import (EMBODIMENT_ID_NAME, PROCESSOR_CONFIG_NAME, STATISTICS_NAME, find_processor_dir,
+                                           load_processor_config)
 from gr00t_server.processing.processor import Gr00tN1d7Processor
 from gr00t_server.processing.text import IMAGE_PAD_TOKEN
 
@@ -317,12 +319,20 @@ class Gr00tPolicy(BasePolicy):
     def identity(self) -> Dict[str, Any]:
         """Which model this is, the same wherever its checkpoint is copied and whether loaded in fp32 or bf16 (a
         float16 model's weights round otherwise, and it reads as another model): the hash of its config and a
-        fingerprint of its weights (as ONNX exports record them); get_server_info reports it so that an evaluation
-        can tell one checkpoint's results from another's. Computed once."""
+        fingerprint of its weights (as ONNX exports record them), and a hash of the processor files that turn its
+        outputs into actions (processor_config.json, statistics.json, embodiment_id.json: a checkpoint with the same
+        weights and other statistics or projector indices acts otherwise); get_server_info reports it so that an
+        evaluation can tell one checkpoint's results from another's. Computed once."""
         if self._identity is None:
             from gr00t_server.backends.common import model_identity
 
-            self._identity = {"kind": "gr00t", **model_identity(self.model)}
+            digest = hashlib.sha256()
+            folder = find_processor_dir(self.checkpoint_dir)
+            for name in (PROCESSOR_CONFIG_NAME, STATISTICS_NAME, EMBODIMENT_ID_NAME):
+                path = folder / name
+                if path.is_file():
+                    digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+            self._identity = {"kind": "gr00t", **model_identity(self.model), "processor_sha256": digest.hexdigest()[:16]}
         return dict(self._identity)
 
     def reset(self, options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
