@@ -506,6 +506,8 @@ def _curve_settings(args: argparse.Namespace) -> Any:
 
 
 def make_test_checkpoint(args: argparse.Namespace) -> int:
+    from gr00t_client import EmbodimentTag
+
     from .test_checkpoint import make_test_checkpoint as write_checkpoint
 
     if not 0 <= args.seed < 2**63:  # checked before any file is written (numpy refused it after the weights)
@@ -521,7 +523,11 @@ def make_test_checkpoint(args: argparse.Namespace) -> int:
         path = write_checkpoint(args.output, size=args.size, seed=args.seed, overwrite=args.overwrite)
         print(f"Wrote {args.size} test checkpoint to {path or args.output}")
         return 0
-    tag = args.embodiment_tag or "new_embodiment"
+    tag = (args.embodiment_tag or "new_embodiment").strip()
+    try:  # a built-in tag by any spelling ('LIBERO_SIM', 'Libero_Sim') is written as its value, with its projector
+        tag = EmbodimentTag.resolve(tag).value
+    except ValueError:
+        pass  # a tag of the user's own robot stays as written
     path = write_checkpoint(args.output, size=args.size, seed=args.seed, embodiment_tags=[tag],
                             embodiment=args.embodiment, dataset_path=args.dataset_path, overwrite=args.overwrite)
     source = f"dataset {args.dataset_path}" if args.dataset_path else f"the {args.embodiment} env"

@@ -1,0 +1,39 @@
+"""Embodiment tags as users type them: make-test-checkpoint writes a built-in tag by its value with its projector
+(it wrote 'LIBERO_SIM' with a free index, a checkpoint no spelling could serve), and one tag's invalid statistics do
+not stop the warm-up of another (the sample observation read every tag's statistics strictly). Real checkpoint files
+and the real CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gr00t_client.embodiment import EMBODIMENT_TAG_TO_PROJECTOR_INDEX
+from gr00t_server import cli
+from gr00t_server.test_checkpoint import example_observation
+
+
+@pytest.mark.parametrize("typed", ["LIBERO_SIM", " Libero_Sim", "libero_sim"])
+def test_make_test_checkpoint_writes_a_built_in_tag_by_its_value_and_projector(tmp_path, typed):
+    out = tmp_path / "ckpt"
+    assert cli.main(["make-test-checkpoint", str(out), "--embodiment", "libero", "--embodiment-tag", typed]) == 0
+    assert list(json.loads((out / "processor_config.json").read_text())["processor_kwargs"]["modality_configs"]) == ["libero_sim"]
+    assert json.loads((out / "embodiment_id.json").read_text())["libero_sim"] == EMBODIMENT_TAG_TO_PROJECTOR_INDEX["libero_sim"]
+
+
+def test_a_tag_of_ones_own_robot_is_written_as_typed(tmp_path):
+    out = tmp_path / "ckpt"
+    assert cli.main(["make-test-checkpoint", str(out), "--embodiment", "new_embodiment", "--embodiment-tag", "my_robot"]) == 0
+    assert "my_robot" in json.loads((out / "embodiment_id.json").read_text())
+
+
+def test_the_sample_observation_of_one_tag_ignores_another_tags_invalid_statistics(copy_of):
+    checkpoint = copy_of()
+    path = checkpoint / "statistics.json"
+    stats = json.loads(path.read_text())
+    first_key = next(iter(stats["libero_sim"]["action"]))
+    stats["libero_sim"]["action"][first_key]["max"][0] = float("nan")
+    path.write_text(json.dumps(stats))
+    observation = example_observation(checkpoint, "new_embodiment")  # warm-up's sample; it raised for libero_sim's NaN
+    assert set(observation) == {"video", "state", "language"}
