@@ -124,3 +124,20 @@ def test_a_resume_upgrades_a_record_without_identity_so_a_later_resume_is_held_t
         raise AssertionError("a resume against another checkpoint was accepted")
     except Exception as exc:  # UsageError
         assert "serve the same checkpoint" in str(exc)
+
+
+def test_a_run_recorded_before_processor_files_were_hashed_resumes_against_the_same_checkpoint():
+    from gr00t_eval.policy_identity import record_from_info
+
+    info = {"policy_class": "Gr00tPolicy", "embodiment_tag": "libero_sim", "modality_configs": {"action": [0, 1]},
+            "policy_identity": {"kind": "gr00t", "config_sha256": "c", "weights_fingerprint": "w",
+                                "processor_sha256": "p"}}
+    now = record_from_info(info)
+    before = record_from_info({**info, "policy_identity": {"kind": "gr00t", "config_sha256": "c",
+                                                            "weights_fingerprint": "w"}})
+    assert same_policy(before, now) and same_policy(now, before)
+    other_weights = record_from_info({**info, "policy_identity": {"kind": "gr00t", "config_sha256": "c",
+                                                                   "weights_fingerprint": "x"}})
+    assert not same_policy(other_weights, now)
+    other_processor = record_from_info({**info, "policy_identity": {**info["policy_identity"], "processor_sha256": "q"}})
+    assert not same_policy(other_processor, now)  # both hashed: other statistics are another policy

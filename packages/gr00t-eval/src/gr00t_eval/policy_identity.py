@@ -46,6 +46,11 @@ def record_from_info(info: Any) -> Optional[Dict[str, Any]]:
     record["fingerprint"] = _fingerprint(record, info.get("modality_configs"))
     # The fingerprint an older gr00t-server (no policy_identity, i.e. no checkpoint hash) gave the same policy.
     record["fingerprint_without_identity"] = _fingerprint({**record, "identity": None}, info.get("modality_configs"))
+    identity = record["identity"]
+    if isinstance(identity, Mapping) and "processor_sha256" in identity:
+        # The fingerprint a gr00t-server that did not hash the processor files yet gave the same checkpoint.
+        older = {k: v for k, v in identity.items() if k != "processor_sha256"}
+        record["fingerprint_without_processor"] = _fingerprint({**record, "identity": older}, info.get("modality_configs"))
     return record
 
 
@@ -67,7 +72,8 @@ def describe(record: Optional[Mapping[str, Any]]) -> str:
 
 def same_policy(first: Optional[Mapping[str, Any]], second: Optional[Mapping[str, Any]]) -> bool:
     """False only when both are known and their fingerprints differ. A record from a server that reported no
-    checkpoint identity (an older gr00t-server) matches on what it did report: class, tag and modality configs."""
+    checkpoint identity (an older gr00t-server) matches on what it did report: class, tag and modality configs; one
+    whose identity had no processor hash yet, on the rest of it."""
     if not first or not second:
         return True
     if first.get("fingerprint") == second.get("fingerprint"):
@@ -75,6 +81,10 @@ def same_policy(first: Optional[Mapping[str, Any]], second: Optional[Mapping[str
     for old, new in ((first, second), (second, first)):
         if not old.get("identity") and new.get("fingerprint_without_identity") == old.get("fingerprint"):
             return True
+        old_identity = old.get("identity")
+        if (isinstance(old_identity, Mapping) and "processor_sha256" not in old_identity
+                and new.get("fingerprint_without_processor") == old.get("fingerprint")):
+            return True  # recorded before processor files were hashed: matches on the weights and config it had
     return False
 
 
