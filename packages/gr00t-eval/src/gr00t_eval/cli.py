@@ -308,7 +308,8 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
     try:  # mistakes in the flags fail before any connection is made or directory created
         config = OpenLoopConfig(
             dataset_path=args.dataset_path, traj_ids=args.traj_ids, steps=args.steps, execution_horizon=args.execution_horizon,
-            modality_keys=args.modality_keys, output_dir=args.output_dir or DEFAULT_OPEN_LOOP_BASE, embodiment_tag=tag.value if tag is not None else None,
+            modality_keys=args.modality_keys, output_dir=args.output_dir or DEFAULT_OPEN_LOOP_BASE,
+            embodiment_tag=tag.value if tag is not None else None,
             observation_format=args.observation_format, plot=_plots_wanted(args),
             plot_path=args.save_plot_path, denoising_steps=args.denoising_steps,
         )
