@@ -37,3 +37,29 @@ def test_the_sample_observation_of_one_tag_ignores_another_tags_invalid_statisti
     path.write_text(json.dumps(stats))
     observation = example_observation(checkpoint, "new_embodiment")  # warm-up's sample; it raised for libero_sim's NaN
     assert set(observation) == {"video", "state", "language"}
+
+
+def test_serve_takes_a_checkpoint_tag_that_spells_a_built_in_name_as_the_checkpoints_own(tmp_path, monkeypatch):
+    # An N1.6-era checkpoint tag 'libero_panda' is also a built-in enum name (for libero_sim): serve resolved the enum
+    # first and served libero_sim, where Gr00tPolicy in Python served the checkpoint's libero_panda.
+    from gr00t_server import server as server_module
+    from gr00t_server.test_checkpoint import make_test_checkpoint
+
+    checkpoint = make_test_checkpoint(tmp_path / "ckpt", embodiment_tags=["libero_panda", "new_embodiment"],
+                                      embodiment="libero")
+    made = {}
+
+    class Captured:
+        batching_enabled = False
+
+        def __init__(self, policy, **kwargs):
+            made.update(policy=policy, **kwargs)
+
+        def start(self):
+            pass
+
+    monkeypatch.setattr(server_module, "PolicyServer", Captured)
+    args = cli.build_parser().parse_args(["serve", "--model-path", str(checkpoint), "--embodiment-tag", "libero_panda",
+                                          "--device", "cpu", "--no-warmup"])
+    cli._start_server(args)
+    assert made["policy"].embodiment_tag_value == "libero_panda" and made["embodiment_tag"] == "libero_panda"

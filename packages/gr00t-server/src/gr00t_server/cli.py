@@ -437,7 +437,16 @@ def _start_server(args: argparse.Namespace) -> Any:
             require_prometheus()
         except ImportError as exc:
             raise CliError(str(exc)) from exc
-    policy = _model_policy(args, tag) if args.model_path else _replay_policy(args, tag)
+    if args.model_path:
+        # The tag as typed: Gr00tPolicy serves an exact checkpoint tag first, then a built-in tag by any spelling (the
+        # enum first made an N1.6-era checkpoint tag 'libero_panda' serve libero_sim, as the Python API did not).
+        policy = _model_policy(args, str(args.embodiment_tag).strip())
+        served = getattr(policy, "embodiment_tag_value", tag_value)
+        if served != tag_value:
+            print(f"  Embodiment tag served: {served} (the checkpoint's own tag)")
+        tag_value = served
+    else:
+        policy = _replay_policy(args, tag)
     if args.use_sim_policy_wrapper:
         from .policies.sim_wrapper import Gr00tSimPolicyWrapper
 
