@@ -6,7 +6,7 @@ import cmath
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping  # isinstance with typing.Mapping is twice as slow (hot paths)
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -26,11 +26,14 @@ class ActionError(PolicyValidationError):
 
 
 class NonFiniteActionError(ActionError):
-    """A strict policy's own action holds NaN or inf (`action` is that action, for a caller that explains it)."""
+    """A strict policy's own action holds NaN or inf (`action` is that action, for a caller that explains it), or a
+    model's raw output did before any action was made (`action` None; `key` and `rows` say where)."""
 
-    def __init__(self, message: str, action: Any = None) -> None:
+    def __init__(self, message: str, action: Any = None, key: str = "", rows: Sequence[int] = ()) -> None:
         super().__init__(message)
         self.action = action
+        self.key = key
+        self.rows = list(rows)
 
 
 def _batch_size(value: Any) -> int:

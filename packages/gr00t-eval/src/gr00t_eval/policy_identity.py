@@ -26,15 +26,25 @@ class ServedPolicyChanged(ConnectionError):
 def policy_record(client: Any) -> Optional[Dict[str, Any]]:
     """{policy_class, embodiment_tag, identity, fingerprint} of what `client`'s server serves; None when it gives no
     info (a reference server, an in-process policy)."""
-    get_info = getattr(client, "get_server_info", None)
-    if not callable(get_info):
+    if not callable(getattr(client, "get_server_info", None)):
         return None
     try:
-        info = get_info()
-    except Exception as exc:  # noqa: BLE001 - a server without the endpoint: nothing to record
+        return record_from_info(_served_info(client))
+    except (TimeoutError, ConnectionError) as exc:
         logger.debug("no server info to record the policy from: %s", exc)
         return None
-    return record_from_info(info)
+
+
+def _served_info(client: Any) -> Any:
+    """`client`'s get_server_info reply; None from a server that cannot say (the reference's has no such endpoint).
+    A timeout or lost connection is raised as it is: the caller decides what an unreachable server means."""
+    try:
+        return client.get_server_info()
+    except (TimeoutError, ConnectionError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - an error reply: nothing to learn from this server
+        logger.debug("get_server_info failed: %s", exc)
+        return None
 
 
 def record_from_info(info: Any) -> Optional[Dict[str, Any]]:
@@ -91,14 +101,7 @@ def same_policy(first: Optional[Mapping[str, Any]], second: Optional[Mapping[str
 def check_serves(client: Any, record: Mapping[str, Any]) -> None:
     """ServedPolicyChanged unless `client`'s server serves `record`'s policy now (asked with get_server_info; a
     timeout or lost connection is raised as it is, for the run's liveness rules to judge)."""
-    try:
-        info = client.get_server_info()
-    except (TimeoutError, ConnectionError):
-        raise
-    except Exception as exc:  # noqa: BLE001 - a server that cannot say (a reference server now): not the same
-        logger.debug("get_server_info failed: %s", exc)
-        info = None
-    now = record_from_info(info)
+    now = record_from_info(_served_info(client))  # None (a server that cannot say, a reference one now): not the same
     if now is None or not same_policy(record, now):
         raise ServedPolicyChanged(f"the server at {getattr(client, 'address', '?')} now serves {describe(now)}, and "
                                   f"this run evaluates {describe(record)} (it was restarted with another checkpoint, "
@@ -119,12 +122,10 @@ def pinned_policy(client: Any, record: Optional[Mapping[str, Any]] = None) -> It
         return
     if record is None:
         try:
-            record = record_from_info(client.get_server_info())
+            record = record_from_info(_served_info(client))
         except (TimeoutError, ConnectionError) as exc:
             logger.warning("could not ask %s which policy it serves (%s): a restart with another checkpoint during this "
                            "run will not be noticed", getattr(client, "address", "the server"), exc)
-        except Exception as exc:  # noqa: BLE001 - a server without the endpoint (the reference's): nothing to pin
-            logger.debug("no server info to pin the policy from: %s", exc)
     if record is None:
         yield
         return

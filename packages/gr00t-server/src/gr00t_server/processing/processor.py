@@ -393,12 +393,10 @@ class Gr00tN1d7Processor:
         for key, part in parts.items():  # before unnormalizing: its clip to [-1, 1] made an inf a plausible q99 action
             rows = non_finite_rows(part)
             if rows:
-                error = NonFiniteActionError(
+                raise NonFiniteActionError(
                     f"the model's output for action key '{key}' of '{tag}' holds non-finite values (NaN or inf) in rows "
                     f"{rows}, before unnormalization; the action was not sent. Check the weights (gr00t-server verify) "
-                    "and, for a float16 model, values beyond its range (65504): serve in bf16 or fp32.")
-                error.key, error.rows = key, rows  # for the server's hint at a degenerate state behind it
-                raise error
+                    "and, for a float16 model, values beyond its range (65504): serve in bf16 or fp32.", key=key, rows=rows)
         mean_std_keys = set(action_config.mean_std_embedding_keys or [])
         out: Dict[str, np.ndarray] = {}
         for index, key in enumerate(action_config.modality_keys):

@@ -292,11 +292,10 @@ class PolicyServer:
             try:
                 raw = self.policy.get_action(observation, self._with_session(options, request))
             except NonFiniteActionError as exc:  # a strict policy's own check: the server's error names the cause too
-                work_limits.check_finite_action(exc.action, observation)
                 if exc.action is None:  # found before an action was made (a model's raw output): its own words,
                     # and the state behind it where one looks degenerate (an all-zero rotation), not the weights
-                    hint = work_limits.degenerate_states(observation, getattr(exc, "rows", []), getattr(exc, "key", ""))
-                    raise RequestError(str(exc) + hint) from None
+                    raise RequestError(str(exc) + work_limits.degenerate_states(observation, exc.rows, exc.key)) from None
+                work_limits.check_finite_action(exc.action, observation)
                 raise
         action, info = work_limits.action_and_info(raw)
         request.timing = policy_stages(self.policy)
