@@ -63,3 +63,23 @@ def test_serve_takes_a_checkpoint_tag_that_spells_a_built_in_name_as_the_checkpo
                                           "--device", "cpu", "--no-warmup"])
     cli._start_server(args)
     assert made["policy"].embodiment_tag_value == "libero_panda" and made["embodiment_tag"] == "libero_panda"
+
+
+def test_a_checkpoints_own_tag_is_matched_in_any_case_as_the_help_says(tmp_path):
+    # `serve --help` says tags are case-insensitive; a checkpoint's own tag ('my_robot') was matched only exactly.
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+    from gr00t_server.test_checkpoint import make_test_checkpoint
+
+    checkpoint = make_test_checkpoint(tmp_path / "ckpt", embodiment_tags=["my_robot"], embodiment="new_embodiment")
+    policy = Gr00tPolicy(checkpoint, " MY_Robot ", device="cpu")
+    assert policy.embodiment_tag_value == "my_robot"
+
+
+def test_a_spelling_two_checkpoint_tags_share_is_refused_naming_both(tmp_path):
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+    from gr00t_server.test_checkpoint import make_test_checkpoint
+
+    checkpoint = make_test_checkpoint(tmp_path / "ckpt", embodiment_tags=["my_robot", "MY_ROBOT"])
+    assert Gr00tPolicy(checkpoint, "MY_ROBOT", device="cpu").embodiment_tag_value == "MY_ROBOT"  # exact first
+    with pytest.raises(ValueError, match=r"'MY_ROBOT', 'my_robot'.*differ only in case"):
+        Gr00tPolicy(checkpoint, "My_Robot", device="cpu")

@@ -149,8 +149,12 @@ def _resolve_tag(tag: Union[EmbodimentTag, str], supported: List[str]) -> Tuple[
     try:
         resolved = EmbodimentTag.resolve(tag)
     except ValueError as exc:
+        # Built-in tags are matched by any spelling; a checkpoint's own tag too, when the spelling names only one.
+        folded = [value for value in supported if isinstance(tag, str) and value.casefold() == tag.strip().casefold()]
+        if len(folded) == 1:
+            return folded[0], folded[0]
         raise ValueError(f"{str(exc).splitlines()[0]}; it is neither a built-in tag nor one of this checkpoint's tags "
-                         f"{sorted(supported)}") from None
+                         f"{sorted(supported)}" + (" (give one exactly: they differ only in case)" if folded else "")) from None
     return resolved, resolved.value
 
 
