@@ -107,3 +107,21 @@ def test_a_batch_job_resumed_against_another_policy_starts_over(tmp_path, caplog
     assert "running the job from the start" in caplog.text
     assert (tmp_path / "jobs" / "walk" / "episodes.replaced.jsonl").is_file()
     assert record["results"]["policy"]["identity"]["checkpoint"] == "b"
+
+
+def test_servers_of_one_checkpoint_for_two_embodiments_are_refused_naming_the_tags(tmp_path):
+    """Ray's refusal showed two identical checkpoint hashes and told to serve the same checkpoint, which they did: the
+    servers differed in --embodiment-tag only. The message names each server's tag and the flag to align."""
+    from eval.scale_fixtures import run_cli
+    from gr00t_eval.cli_errors import UsageError
+
+    with running_server(Checkpoint("a"), embodiment_tag="new_embodiment") as first, \
+            running_server(Checkpoint("a"), embodiment_tag="simpler_env_widowx") as second:
+        hosts = f"127.0.0.1:{first.port},127.0.0.1:{second.port}"
+        with pytest.raises(UsageError) as refused:
+            run_cli(["rollout", *ROLLOUT, "--ray-address", "local", "--policy-client-host", hosts, "--ray-shards", "2",
+                     "--output-dir", str(tmp_path / "run")])
+    message = str(refused.value)
+    assert f"127.0.0.1:{first.port}: Checkpoint for new_embodiment (" in message
+    assert f"127.0.0.1:{second.port}: Checkpoint for simpler_env_widowx (" in message
+    assert message.endswith("serve the same --embodiment-tag on every server")

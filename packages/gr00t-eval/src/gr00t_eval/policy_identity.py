@@ -72,12 +72,14 @@ def _fingerprint(record: Mapping[str, Any], modality_configs: Any) -> str:
 
 
 def describe(record: Optional[Mapping[str, Any]]) -> str:
-    """'ReplayPolicy (replay, dataset_meta_sha256 ..., fingerprint ...)' for messages."""
+    """'ReplayPolicy for libero_sim (replay, dataset_meta_sha256 ..., fingerprint ...)' for messages: the tag too, as
+    one checkpoint served for two embodiments is two policies with the same files."""
     if not record:
         return "an unknown policy"
     identity = record.get("identity") or {}
     details = ", ".join(f"{k} {v}" for k, v in identity.items()) if isinstance(identity, Mapping) else str(identity)
-    return f"{record.get('policy_class')} ({details + ', ' if details else ''}fingerprint {record.get('fingerprint')})"
+    tag = f" for {record['embodiment_tag']}" if record.get("embodiment_tag") else ""
+    return f"{record.get('policy_class')}{tag} ({details + ', ' if details else ''}fingerprint {record.get('fingerprint')})"
 
 
 def same_policy(first: Optional[Mapping[str, Any]], second: Optional[Mapping[str, Any]]) -> bool:

@@ -568,9 +568,12 @@ def _ray_run_policy(servers: Any, args: argparse.Namespace) -> Optional[Dict[str
     known = {name: record for name, record in records.items() if record is not None}
     fingerprints = {record.get("fingerprint") for record in known.values()}
     if len(fingerprints) > 1:
+        tags = {record.get("embodiment_tag") for record in known.values()}
+        fix = ("serve the same --embodiment-tag on every server" if len(tags) > 1 else
+               "serve the same checkpoint (or dataset) on every server")
         raise UsageError("the policy servers of this Ray run serve different policies ("
                          + "; ".join(f"{name}: {describe(record)}" for name, record in known.items())
-                         + "); one run evaluates one policy: serve the same checkpoint (or dataset) on every server")
+                         + f"); one run evaluates one policy: {fix}")
     if unknown:  # its episodes may be another policy's: naming the others' would claim too much
         logger.warning("could not ask %s from this machine which policy it serves; the run records no policy",
                        ", ".join(unknown))
