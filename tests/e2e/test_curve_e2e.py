@@ -81,7 +81,7 @@ def test_authorised_client_round_trip_is_exact(keys):
 
 
 @pytest.mark.parametrize("client_keys, message", [
-    ({"server_public_key": "stranger-as-server", "client_secret_key": "robot"}, "server_public_key is not this server's key"),
+    ({"server_public_key": "stranger-as-server", "client_secret_key": "robot"}, "server_public_key .--server-public-key. is not this server's key"),
     ({"server_public_key": "server", "client_secret_key": "stranger"}, "refused this client's public key"),
     ({"server_public_key": "server"}, "ephemeral key"),
     ({}, "pass server_public_key"),

@@ -173,3 +173,40 @@ def test_open_curve_server_admits_any_client_key_but_still_encrypts(tmp_path):
         assert security.authorized is None
         assert ping(port, server_public_key=str(public_path)) == {"status": "ok"}  # an ephemeral client key
         assert "any client" in security.banner() and CurveServerConfig.load(secret_path).fingerprint in security.banner()
+
+
+def test_mistakes_in_the_authorized_keys_folder_are_named(tmp_path, caplog):
+    """A secret certificate saved as NAME.key was used without a word (the server then held a robot's secret), a
+    NAME.key_secret file and .key files in a subfolder were ignored silently."""
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    _, bob_secret = generate_certificates(tmp_path / "robots", "bob")
+    shutil.copy(bob_secret, allowed / "bob.key")  # the wrong file of the pair
+    carol_public, carol_secret = generate_certificates(tmp_path / "robots", "carol")
+    shutil.copy(carol_secret, allowed / "carol.key_secret")
+    (allowed / "sub").mkdir()
+    shutil.copy(carol_public, allowed / "sub" / "carol.key")
+    (allowed / "notes").mkdir()  # a folder without keys is nobody's mistake
+    with caplog.at_level("WARNING", logger="gr00t_server.curve"):
+        authorized = AuthorizedKeys(allowed)
+    assert authorized.keys == {zmq.auth.load_certificate(str(bob_secret))[0]}  # its public half, as before
+    assert f"{allowed / 'bob.key'} holds a secret key; only its public key is used" in caplog.text
+    assert f"{allowed / 'carol.key_secret'} is ignored: servers read client public keys (NAME.key)" in caplog.text
+    assert f"{allowed / 'sub'} is ignored: only the .key files directly in {allowed} are read" in caplog.text
+    assert "notes" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="gr00t_server.curve"):
+        assert authorized.reload_if_changed() is False  # nothing changed: nothing said again
+        (allowed / "dave.key_secret").write_text("")
+        assert authorized.reload_if_changed() is True  # a mistake added while running is told at the next handshake
+    assert "dave.key_secret is ignored" in caplog.text
+
+
+def test_serve_names_its_flags_in_key_errors(tmp_path, capsys):
+    """They began 'curve_secret_key:' and 'authorized_keys:', the Python parameters' names."""
+    _, secret = generate_certificates(tmp_path, "server")
+    assert main(["serve", "--dataset-path", str(tmp_path), "--curve-secret-key", "not-a-key"]) != 0
+    assert "--curve-secret-key: a 9-character value (not shown) is neither an existing certificate file" in capsys.readouterr().err
+    assert main(["serve", "--dataset-path", str(tmp_path), "--curve-secret-key", str(secret), "--authorized-keys",
+                 str(tmp_path / "missing")]) != 0
+    assert f"--authorized-keys: {tmp_path / 'missing'} is not a directory" in capsys.readouterr().err

@@ -509,7 +509,8 @@ def _curve_settings(args: argparse.Namespace) -> Any:
     from .curve import CurveServerConfig
 
     try:
-        return CurveServerConfig.load(args.curve_secret_key, args.authorized_keys)
+        return CurveServerConfig.load(args.curve_secret_key, args.authorized_keys,
+                                      names=("--curve-secret-key", "--authorized-keys"))
     except (ValueError, OSError) as exc:
         raise CliError(str(exc)) from exc
 

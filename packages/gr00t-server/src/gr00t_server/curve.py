@@ -13,7 +13,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, FrozenSet, Optional, Tuple, Union
+from typing import Dict, FrozenSet, List, Optional, Tuple, Union
 
 import zmq
 import zmq.auth
@@ -90,16 +90,18 @@ class CurveServerConfig:
     authorized_keys: Optional[Path] = None
 
     @classmethod
-    def load(cls, secret_key: KeySource, authorized_keys: Optional[Union[str, os.PathLike]] = None) -> "CurveServerConfig":
-        """From a secret certificate (NAME.key_secret) or z85 secret key, and an authorized-keys directory."""
+    def load(cls, secret_key: KeySource, authorized_keys: Optional[Union[str, os.PathLike]] = None, *,
+             names: Tuple[str, str] = ("curve_secret_key", "authorized_keys")) -> "CurveServerConfig":
+        """From a secret certificate (NAME.key_secret) or z85 secret key, and an authorized-keys directory. `names`:
+        what errors call the two (a command line passes its flags)."""
         if not zmq.has("curve"):  # pragma: no cover - the pyzmq wheels have CURVE
             raise RuntimeError("this libzmq was built without CURVE support (zmq.has('curve') is False)")
-        public, secret = load_key_pair(secret_key, "curve_secret_key")
+        public, secret = load_key_pair(secret_key, names[0])
         directory = None
         if authorized_keys is not None:
             directory = Path(authorized_keys)
             if not directory.is_dir():
-                raise NotADirectoryError(f"authorized_keys: {directory} is not a directory of client .key files")
+                raise NotADirectoryError(f"{names[1]}: {directory} is not a directory of client .key files")
         return cls(public, secret, directory)
 
     @property
@@ -109,6 +111,13 @@ class CurveServerConfig:
 
     def __repr__(self) -> str:  # never print the secret key
         return f"CurveServerConfig(public={self.fingerprint}, authorized_keys={self.authorized_keys})"
+
+
+def _listing(directory: Path) -> List[Path]:
+    try:
+        return list(directory.iterdir())
+    except OSError:
+        return []
 
 
 class AuthorizedKeys:
@@ -133,19 +142,43 @@ class AuthorizedKeys:
         return self._keys
 
     def _current_signature(self) -> Tuple[Tuple[str, int, int], ...]:
+        """(name, mtime, size) of each NAME.key file, and (name, -1, -1) of each entry read as a mistake (a secret
+        certificate, a subfolder): adding one is told at the next handshake, as adding a key is."""
         try:
-            entries = sorted(p for p in self.directory.iterdir() if p.name.endswith(PUBLIC_SUFFIX))
+            entries = sorted(self.directory.iterdir())
         except OSError as exc:
             logger.warning("authorized keys: cannot read %s (%s); no client is allowed until it is readable", self.directory, exc)
             return ()
         signature = []
         for path in entries:
+            if path.name.endswith(SECRET_SUFFIX) or (not path.name.endswith(PUBLIC_SUFFIX) and path.is_dir()):
+                signature.append((path.name, -1, -1))
+                continue
+            if not path.name.endswith(PUBLIC_SUFFIX):
+                continue
             try:
                 stat = path.stat()
             except OSError:  # removed between listing and stat
                 continue
             signature.append((path.name, stat.st_mtime_ns, stat.st_size))
         return tuple(signature)
+
+    def _warn_of_mistakes(self, signature: Tuple[Tuple[str, int, int], ...], secrets: List[str]) -> None:
+        """Files a server should not hold, and keys it does not read, named: a silent folder hid both."""
+        for name in secrets:
+            logger.warning("authorized keys: %s holds a secret key; only its public key is used. Give servers the "
+                           "public NAME.key file and keep the secret on the robot (and replace this key pair: its secret "
+                           "has been copied)", self.directory / name)
+        for name, size, _ in signature:
+            if size != -1:
+                continue
+            path = self.directory / name
+            if name.endswith(SECRET_SUFFIX):
+                logger.warning("authorized keys: %s is ignored: servers read client public keys (NAME.key); a "
+                               "NAME.key_secret file belongs on its robot", path)
+            elif any(p.name.endswith(PUBLIC_SUFFIX) for p in _listing(path)):
+                logger.warning("authorized keys: %s is ignored: only the .key files directly in %s are read, not "
+                               "those in subfolders", path, self.directory)
 
     def reload_if_changed(self) -> bool:
         """Re-read the directory when its files changed since the last read; True when it was re-read."""
@@ -154,19 +187,25 @@ class AuthorizedKeys:
             if signature == self._signature:
                 return False
             keys: Dict[bytes, str] = {}
-            for name, _, _ in signature:
+            secrets: List[str] = []
+            for name, size, _ in signature:
+                if size == -1:
+                    continue
                 path = self.directory / name
                 try:
-                    public, _secret = zmq.auth.load_certificate(str(path))
+                    public, secret = zmq.auth.load_certificate(str(path))
                 except Exception as exc:  # noqa: BLE001 - any bad file (zmq.auth raises IndexError too) is skipped alone
                     logger.warning("authorized keys: skipping %s, not a zmq.auth certificate (%s: %s)", path,
                                    type(exc).__name__, exc)
                     continue
                 if public:
                     keys[public] = name
+                if secret:
+                    secrets.append(name)
             self._keys = frozenset(keys)
             first = self._signature is None
             self._signature = signature
+        self._warn_of_mistakes(signature, secrets)
         if not keys:
             logger.warning("authorized keys: %s holds no client .key files; every CURVE client is refused", self.directory)
         elif not first:
