@@ -520,16 +520,21 @@ def test_a_complete_run_says_so_in_its_results(dataset, server, tmp_path):
     assert data["status"] == "complete" and data["stop_reason"] is None and data["not_run_trajectories"] == []
 
 
-def test_an_unreadable_episode_mid_run_stops_it_with_the_scores_before_it_kept(tmp_path, capsys):
+@pytest.mark.parametrize("damaged", ["parquet", "mp4"])
+def test_an_unreadable_episode_errors_that_trajectory_and_the_others_are_scored(tmp_path, capsys, damaged):
+    """One damaged file stopped the run there (aborted, exit 2): every trajectory after it was not run."""
     own = make_dataset(tmp_path / "own", lengths=LENGTHS)
     with running_server(ReplayPolicy(own, execution_horizon=4)) as replay:
-        sorted((own / "data").rglob("*.parquet"))[1].write_bytes(b"garbage")  # episode 1's file, after the server read it
+        files = sorted((own / ("data" if damaged == "parquet" else "videos")).rglob(f"*episode_000001.{damaged}"))
+        files[0].write_bytes(b"garbage")  # episode 1's file, after the server read its actions
         code = open_loop(own, replay.port, tmp_path / "out", "--traj-ids", "0", "1", "2")
     data = results(tmp_path / "out")
-    assert code == 2 and data["status"] == "aborted" and list(data["trajectories"]) == ["0"]
-    assert data["not_run_trajectories"] == [1, 2] and data["stop_reason"].startswith("DatasetError: ")
-    assert "episode_000001.parquet: cannot read parquet" in data["stop_reason"]
-    assert "ABORTED:" in capsys.readouterr().err
+    assert code == 1 and data["status"] == "complete" and sorted(data["trajectories"]) == ["0", "2"]
+    [errored] = data["errored_trajectories"]
+    assert errored["traj_id"] == 1 and errored["error"].startswith("its recording cannot be read: ")
+    assert f"episode_000001.{damaged}" in errored["error"]
+    out = capsys.readouterr().out
+    assert "trajectory 1 errored: its recording cannot be read" in out and "INCOMPLETE: 1 of 3" in out
 
 
 def test_a_server_shutting_down_mid_trajectory_stops_the_run_at_once_leaving_it_not_run(dataset, tmp_path, capsys):

@@ -428,10 +428,13 @@ def evaluate_open_loop(
                 except ServerStoppingError:
                     raise  # the server is going: this trajectory and the rest are not run (it was scored errored, and
                     # the next request waited out the whole timeout of a server already gone)
-                except (TrajectoryError, PolicyServerError) as exc:
+                except (TrajectoryError, PolicyServerError, DatasetError) as exc:
                     # A server's error reply (ours refuses a non-finite action, say) is that trajectory's: the run goes
-                    # on and keeps what it scored; it ended with no results.json at all.
-                    reason = str(exc) if isinstance(exc, TrajectoryError) else f"the server answered with an error: {exc}"
+                    # on and keeps what it scored; it ended with no results.json at all. So is a damaged file of its
+                    # episode (a truncated parquet or mp4): it stopped every trajectory after it.
+                    reason = (str(exc) if isinstance(exc, TrajectoryError) else
+                              f"its recording cannot be read: {exc}" if isinstance(exc, DatasetError) else
+                              f"the server answered with an error: {exc}")
                     result.errored[traj_id] = reason
                     report(f"trajectory {traj_id} errored: {reason}")
                     if bar is not None:  # its steps not run are done with too: a finished run's bar ends at 100%
