@@ -139,6 +139,33 @@ def test_the_replay_action_cache_stays_within_its_byte_budget_and_reads_dropped_
         ReplayPolicy(dataset, max_cached_bytes=0)
 
 
+def test_serve_sets_the_replay_cache_budget_and_refuses_a_bad_one_before_reading_the_dataset(dataset, monkeypatch, capsys,
+                                                                                             caplog):
+    from gr00t_server import cli as server_cli
+    from gr00t_server import server as server_module
+
+    made = {}
+
+    class Captured:
+        batching_enabled = False
+
+        def __init__(self, policy, **kwargs):
+            made["policy"] = policy
+
+        def start(self):
+            pass
+
+    monkeypatch.setattr(server_module, "PolicyServer", Captured)
+    args = server_cli.build_parser().parse_args(["serve", "--dataset-path", str(dataset), "--replay-cache-mb", "0.5"])
+    server_cli._start_server(args)
+    assert made["policy"].max_cached_bytes == 2**19
+    for bad in ("0", "-1", "nan", "inf"):
+        assert server_cli.main(["serve", "--dataset-path", "/nonexistent", "--replay-cache-mb", bad]) != 0
+        assert f"--replay-cache-mb must be in (0, 1048576] MiB, got {float(bad)}" in capsys.readouterr().err
+    assert server_cli.main(["serve", "--model-path", "/nonexistent", "--replay-cache-mb", "1"]) != 0
+    assert "--replay-cache-mb: ignored; they apply to replay" in caplog.text
+
+
 # --- the writer after a refused episode ------------------------------------------------------------------
 
 

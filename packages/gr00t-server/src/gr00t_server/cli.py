@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -57,6 +58,8 @@ def _add_serve_parser(subparsers: Any) -> None:
                    help="replay: steps to advance per get_action (default: the action horizon)")
     p.add_argument(*_flag("action-horizon"), type=int, default=16,
                    help="replay: action chunk length when the config is derived from the dataset (default 16)")
+    p.add_argument(*_flag("replay-cache-mb"), type=float, default=None,
+                   help="replay: MiB of episodes' actions kept read, least recently used dropped first (default 256)")
     p.add_argument(*_flag("host"), default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 for other machines)")
     p.add_argument(*_flag("port"), type=int, default=5555, help="port (default 5555)")
     _bool_flag(p, "strict", True, "validate observations and actions (default on)")
@@ -206,6 +209,11 @@ def _replay_policy(args: argparse.Namespace, tag: Any) -> Any:
     from .extras import require_lerobot_dataset
     from .policies.replay import ReplayPolicy
 
+    cache = {}
+    if args.replay_cache_mb is not None:  # before the dataset is read
+        if not math.isfinite(args.replay_cache_mb) or not 0 < args.replay_cache_mb <= MAX_REPLAY_CACHE_MB:
+            raise CliError(f"--replay-cache-mb must be in (0, {MAX_REPLAY_CACHE_MB}] MiB, got {args.replay_cache_mb}")
+        cache["max_cached_bytes"] = max(1, int(args.replay_cache_mb * 2**20))
     dataset_path = Path(args.dataset_path)
     if not dataset_path.is_dir():
         raise CliError(f"--dataset-path {dataset_path} is not a directory")
@@ -225,7 +233,10 @@ def _replay_policy(args: argparse.Namespace, tag: Any) -> Any:
     if horizon <= 0:
         raise CliError(f"--execution-horizon must be > 0, got {horizon}")
     return ReplayPolicy(dataset, modality, execution_horizon=horizon, strict=args.strict, max_rows=args.max_rows,
-                        max_sessions=args.max_sessions)
+                        max_sessions=args.max_sessions, **cache)
+
+
+MAX_REPLAY_CACHE_MB = 2**20  # a TiB: more is a typo, not a cache
 
 
 def _fits_dataset(modality: Any, dataset: Any) -> bool:
@@ -286,7 +297,8 @@ def _warm_up(policy: Any, args: argparse.Namespace) -> None:
 
 
 # Flags that only one kind of policy reads, with their defaults: given with the other kind they do nothing.
-_REPLAY_ONLY = {"dataset_path": None, "modality_config_path": None, "execution_horizon": None, "action_horizon": 16}
+_REPLAY_ONLY = {"dataset_path": None, "modality_config_path": None, "execution_horizon": None, "action_horizon": 16,
+                "replay_cache_mb": None}
 _MODEL_ONLY = {"device": None, "dtype": None, "clip_outliers": None, "preprocess_device": None, "inference_mode": "pytorch",
                "onnx_dir": None, "engine_dir": None, "warmup": True}
 
