@@ -85,6 +85,52 @@ def test_a_rollout_that_fills_the_disk_says_what_it_kept_and_its_resume_loses_no
     assert json.loads((out / "results.json").read_text())["overall"]["n_episodes"] == 40
 
 
+_SUITE_UNDER_LIMIT = _ROLLOUT_UNDER_LIMIT.replace('"walkto/slow"', '"walkto/slow,walkto/fast"').replace(
+    '"--log-level", "WARNING"', '"--log-level", "INFO"')
+
+
+def test_a_full_disk_in_one_task_stops_the_run_instead_of_failing_the_task_and_starting_the_next(tmp_path):
+    # The suite took the log's write error for a task that failed, started the next task (an env built, episodes run
+    # and lost the same way) and then said "the run stopped there".
+    from eval.scale_fixtures import policy_server
+
+    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "run"
+    with policy_server() as server:
+        result = run_limited(4000, _SUITE_UNDER_LIMIT, tests, str(server.port), str(out))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "File too large" in result.stderr.strip().splitlines()[-1] and "the run stopped there" in result.stderr
+    assert "task walkto/slow failed" not in result.stderr
+    assert "task walkto/fast: episodes" not in result.stderr  # the second task never started
+
+
+_BATCH_UNDER_LIMIT = """
+sys.path.insert(0, sys.argv[2])
+import eval.scale_fixtures  # registers the walkto envs
+from gr00t_eval.cli import main
+sys.exit(main(["--log-level", "INFO", "batch", "--jobs", sys.argv[3], "--output-dir", sys.argv[4]]))
+"""
+
+
+def test_a_full_disk_in_one_batch_job_stops_the_batch_instead_of_starting_the_next_job(tmp_path):
+    from eval.scale_fixtures import policy_server
+
+    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "batch"
+    with policy_server() as server:
+        settings = {"n_episodes": 40, "n_envs": 1, "max_episode_steps": 6, "seed": 3,
+                    "overrides": {"n_action_steps": 2, "vectorization": "sync"}}
+        jobs = [{"name": name, "env_name": "walkto/slow", "policy_server": {"port": server.port}, **settings}
+                for name in ("first", "second")]
+        (tmp_path / "jobs.json").write_text(json.dumps({"jobs": jobs}))
+        result = run_limited(4000, _BATCH_UNDER_LIMIT, tests, str(tmp_path / "jobs.json"), str(out))
+    assert result.returncode != 0, result.stdout + result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "File too large" in last and "the batch stopped there" in last, last
+    assert f"gr00t-eval batch --resume {out}" in last
+    assert "job first failed" not in result.stderr and "job 2/2" not in result.stderr  # the second job never started
+
+
 def test_an_episode_log_line_cut_short_does_not_swallow_the_next_entry(tmp_path):
     from gr00t_eval.run_dir import EpisodeLog
 

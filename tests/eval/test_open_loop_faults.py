@@ -399,6 +399,25 @@ def test_non_finite_predictions_error_the_trajectory_instead_of_making_every_ave
         evaluate_trajectory(policy, LeRobotDataset(dataset), 1, config, policy.get_modality_config(), report=lambda _: None)
 
 
+class ShortReplay(ReplayPolicy):
+    """A replay whose chunks hold 2 steps, whatever its modality config promises (a server without checks)."""
+
+    def _get_action(self, observation, options=None):
+        action, info = super()._get_action(observation, options)
+        return {key: value[:, :2] for key, value in action.items()}, info
+
+
+def test_a_chunk_shorter_than_the_execution_horizon_errors_its_trajectory_naming_both(dataset, tmp_path):
+    """It ended the whole run with 'IndexError: index 2 is out of bounds for axis 0 with size 2'."""
+    with running_server(ShortReplay(dataset, execution_horizon=3, strict=False)) as short:
+        assert open_loop(dataset, short.port, tmp_path / "out", "--traj-ids", "0", "1", "--execution-horizon", "3") == 1
+    data = results(tmp_path / "out")
+    assert data["status"] == "complete" and data["trajectories"] == {}
+    assert [e["traj_id"] for e in data["errored_trajectories"]] == [0, 1]
+    assert ("the policy's action 'arm' at step 0 has 2 steps, and --execution-horizon 3 uses 3 of each chunk"
+            in data["errored_trajectories"][0]["error"])
+
+
 def test_a_trajectory_named_twice_is_refused():
     """Results are kept per id: a repeat was run again and only its last run kept and averaged."""
     from gr00t_eval.open_loop import OpenLoopConfig

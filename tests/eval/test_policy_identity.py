@@ -125,3 +125,47 @@ def test_servers_of_one_checkpoint_for_two_embodiments_are_refused_naming_the_ta
     assert f"127.0.0.1:{first.port}: Checkpoint for new_embodiment (" in message
     assert f"127.0.0.1:{second.port}: Checkpoint for simpler_env_widowx (" in message
     assert message.endswith("serve the same --embodiment-tag on every server")
+
+
+def silent(server):
+    """`server` made to answer get_server_info with an error, as a reference server (or one that cannot say) does."""
+    def refuse():
+        raise ValueError("Unknown endpoint: get_server_info")
+
+    server.register_endpoint("get_server_info", refuse, requires_input=False)
+    return server
+
+
+def test_a_resume_against_a_server_that_does_not_say_which_policy_it_serves_is_refused(tmp_path, capsys):
+    """It was accepted without a word: the episodes of whatever it served were pooled with the first attempt's into
+    one success rate, results.json said "policy": null, exit 0."""
+    out = tmp_path / "run"
+    with running_server(Checkpoint("a")) as a:
+        assert cli.main(["rollout", *ROLLOUT, "--output-dir", str(out), "--policy-client-port", str(a.port)]) == 0
+    (out / "results.json").unlink()  # as if the run had been killed
+    capsys.readouterr()
+    with running_server(Checkpoint("b")) as b:
+        silent(b)
+        assert cli.main(["rollout", "--resume", str(out), "--policy-client-port", str(b.port)]) == 2
+    err = capsys.readouterr().err
+    assert f"the server at 127.0.0.1:{b.port} did not say which policy it serves" in err
+    assert "this run's 4 earlier episodes were scored against Checkpoint (kind test, checkpoint a" in err
+    assert not (out / "results.json").exists()
+
+
+def test_a_batch_job_resumed_against_a_server_that_does_not_say_starts_over(tmp_path, caplog):
+    settings = {"n_episodes": 4, "n_envs": 1, "max_episode_steps": 6, "n_action_steps": 2, "vectorization": "sync",
+                "seed": 0}
+    path = tmp_path / "batch_results.json"
+    with running_server(Checkpoint("a")) as a:
+        batch = run_batch([Job("walk", "walkto/fast", PolicyServerAddress("127.0.0.1", a.port), settings)], path,
+                          policy_factory=connect)
+    kept = batch["jobs"][0]
+    kept["status"] = "failed"  # a job to run again (its episodes are logged)
+    with running_server(Checkpoint("b")) as b:
+        silent(b)
+        with caplog.at_level("WARNING"):
+            batch = run_batch([Job("walk", "walkto/fast", PolicyServerAddress("127.0.0.1", b.port), settings)], path,
+                              policy_factory=connect, previous={"jobs": [kept]})
+    assert batch["jobs"][0]["resumed_episodes"] == 0
+    assert "its server did not say which policy it serves" in caplog.text and "from the start" in caplog.text

@@ -85,6 +85,28 @@ class SlowPolicyRefusingOneResetOnce(ConstantPolicy):
         return super()._get_action(observation, options)
 
 
+def test_a_damaged_run_file_is_named_on_resume(server, finished_run, capsys):
+    """A cut run.json said 'JSONDecodeError: Unterminated string ...', naming no file."""
+    path = finished_run / "run.json"
+    path.write_bytes(path.read_bytes()[:200])
+    capsys.readouterr()
+    assert rollout(server.port, "--resume", str(finished_run)) == 2
+    err = capsys.readouterr().err
+    assert f"--resume {finished_run}: {path} is not a readable run file (JSONDecodeError: " in err and "cut short" in err
+
+
+def test_a_run_file_with_settings_of_a_newer_version_is_named_on_resume(server, finished_run, capsys):
+    """It said 'TypeError: RolloutConfig.__init__() got an unexpected keyword argument ...'."""
+    path = finished_run / "run.json"
+    saved = json.loads(path.read_text())
+    saved["config"]["episode_budget"] = 3
+    path.write_text(json.dumps(saved))
+    capsys.readouterr()
+    assert rollout(server.port, "--resume", str(finished_run)) == 2
+    assert (f"{path} holds settings this gr00t-eval does not know: episode_budget (was the run started by a newer "
+            "version?)") in capsys.readouterr().err
+
+
 def test_eval_s_after_a_resume_covers_every_attempt(tmp_path):
     out = tmp_path / "run"
     with running_server(SlowPolicyRefusingOneResetOnce()) as slow:

@@ -27,7 +27,8 @@ from .metrics import EpisodeOutcome
 from .policy_identity import describe, pinned_policy, policy_record, same_policy
 from .results import RESULTS_FILENAME, write_results
 from .rollout.config import MAX_EPISODES, RolloutConfig, check_env_timeout, draw_base_seed
-from .run_dir import EPISODE_LOG_FILENAME, RUN_FILENAME, EpisodeLog, add_earlier_eval_s, earlier_results
+from .run_dir import (EPISODE_LOG_FILENAME, RUN_FILENAME, EpisodeLog, add_earlier_eval_s, earlier_results,
+                      is_storage_error)
 from .shard import run_suite
 
 logger = logging.getLogger(__name__)
@@ -373,6 +374,11 @@ def prepare_job_dir(job_dir: Path, config: RolloutConfig,
         logger.warning("job %s: its server now serves %s, and its earlier attempt ran against %s; running the job from "
                        "the start", job_dir.name, describe(policy), describe(saved.get("policy")))
         same = False
+    elif same and policy is None and saved.get("policy") is not None:  # nothing checks the episodes kept are its
+        logger.warning("job %s: its server did not say which policy it serves (no get_server_info answer), and its "
+                       "earlier attempt ran against %s; running the job from the start", job_dir.name,
+                       describe(saved.get("policy")))
+        same = False
     if same:
         assert saved is not None
         earlier = saved.get("policy")
@@ -475,6 +481,8 @@ def run_job(job: Job, policy_factory: Callable[[PolicyServerAddress], BasePolicy
         if reasons:
             record["status"], record["reason"] = FAILED, "; ".join(reasons)
     except Exception as exc:  # noqa: BLE001 - one broken job must not stop the batch
+        if is_storage_error(exc):  # a full disk: every later job's episodes would be lost too; the batch stops
+            raise
         logger.error("job %s failed: %s: %s", job.name, type(exc).__name__, exc)
         record["status"], record["reason"] = FAILED, f"{type(exc).__name__}: {exc}"
     finally:
@@ -547,6 +555,16 @@ def run_batch(jobs: Sequence[Union[Job, JobError]], output_path: Optional[Union[
             batch["status"] = "interrupted"
             _count(batch)
             save()
+            raise
+        except OSError as exc:
+            if not is_storage_error(exc):
+                raise
+            batch["status"], batch["stop_reason"] = "aborted", f"job {job.name} could not write its files: {exc}"
+            _count(batch)
+            try:  # the disk may have room for this small file yet (or again)
+                save()
+            except OSError:
+                pass
             raise
         _count(batch)
         save()

@@ -263,10 +263,12 @@ def reset_policy(policy: BasePolicy, traj_id: int, execution_horizon: int) -> No
     check_policy_position(info, traj_id, 0, execution_horizon)
 
 
-def _chunk(action: Mapping[str, Any], keys: Sequence[str], key_dims: Mapping[str, int], step: int) -> Dict[str, np.ndarray]:
-    """The policy's action chunk per key, (H, D) or (H,), checked against the dataset's width of each key and for
-    finite values: TrajectoryError otherwise (only the widths' total would be checked when the keys are joined, so
-    a policy's 2 + 2 against a dataset's 3 + 1 was scored column against the wrong column)."""
+def _chunk(action: Mapping[str, Any], keys: Sequence[str], key_dims: Mapping[str, int], step: int,
+           execution_horizon: int) -> Dict[str, np.ndarray]:
+    """The policy's action chunk per key, (H, D) or (H,), checked against the dataset's width of each key, for at
+    least `execution_horizon` steps and for finite values: TrajectoryError otherwise (only the widths' total would be
+    checked when the keys are joined, so a policy's 2 + 2 against a dataset's 3 + 1 was scored column against the
+    wrong column; a shorter chunk ended the whole run with an IndexError)."""
     out = {}
     for key in keys:
         value = action.get(key, action.get(f"action.{key}"))
@@ -278,6 +280,10 @@ def _chunk(action: Mapping[str, Any], keys: Sequence[str], key_dims: Mapping[str
         if value.ndim not in (1, 2) or width != key_dims[key]:
             raise TrajectoryError(f"the policy's action '{key}' has shape {value.shape} (batch row stripped); the dataset's "
                                   f"'{key}' has {key_dims[key]} values per step, so a chunk must be (horizon, {key_dims[key]})")
+        if value.shape[0] < execution_horizon:
+            raise TrajectoryError(f"the policy's action '{key}' at step {step} has {value.shape[0]} steps, and "
+                                  f"--execution-horizon {execution_horizon} uses {execution_horizon} of each chunk (the "
+                                  "policy's modality config promises more than it returns?)")
         if not np.isfinite(value).all():
             rows = sorted({int(r) for r in np.flatnonzero(~np.isfinite(value.reshape(value.shape[0], -1)).all(axis=1))})
             raise TrajectoryError(f"the policy's action '{key}' at step {step} has non-finite values (NaN or inf) in chunk "
@@ -341,7 +347,7 @@ def evaluate_trajectory(
         options = None if config.denoising_steps is None else {"denoising_steps": int(config.denoising_steps)}
         action, info = policy.get_action(observation, options=options)
         check_policy_position(info, traj_id, step, config.execution_horizon)
-        chunk = _chunk(action, action_keys, key_dims, step)
+        chunk = _chunk(action, action_keys, key_dims, step, config.execution_horizon)
         for j in range(config.execution_horizon):
             predicted.append(np.concatenate([np.atleast_1d(np.atleast_1d(chunk[key])[j]) for key in action_keys]))
         if on_step is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -34,6 +35,8 @@ from gr00t_client.cli_signals import sigterm_as_interrupt  # noqa: F401 - the gr
 logger = logging.getLogger(__name__)
 
 RUN_FILENAME = "run.json"
+# A full disk (or quota, or file size limit) and a folder turned read-only: the run cannot write, but what it logged stays.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
 EPISODE_LOG_FILENAME = "episodes.jsonl"
 INTERRUPTED_EXIT_CODE = 130
 # The files of one shard of a `rollout --shard I/N` split (run_dir.shard_suffix).
@@ -283,10 +286,9 @@ def claim_resumed_run(directory: Union[str, Path], shard: Any = None) -> None:
             refuse_live_claim(directory, path.name)
         except OutputDirError as exc:
             raise OutputDirError(str(exc).replace(f"--output-dir {directory}", f"--resume {directory}", 1)) from None
-        saved = json.loads(path.read_text())
-        if isinstance(saved, dict):
-            write_results(path, {**saved, CLAIM_KEY: holder_record()})
-            _CLAIMS_HELD.append(path)
+        saved = _read_run_json(path, directory)
+        write_results(path, {**saved, CLAIM_KEY: holder_record()})
+        _CLAIMS_HELD.append(path)
 
 
 ROLLOUT_LOCK_FILENAME = ".gr00t_rollout.lock"  # locked while a rollout takes its output directory (kept there)
@@ -354,7 +356,19 @@ def read_run_file(directory: Union[str, Path], shard: Any = None) -> Dict[str, A
         hint = f"; it holds the shards {', '.join(shards)}: resume one with --shard I/N" if shards and shard is None else ""
         raise OutputDirError(f"--resume {directory}: no {path.name} there (is it the --output-dir of a gr00t-eval rollout"
                              f"{'' if shard is None else ' with this --shard'}?){hint}")
-    return json.loads(path.read_text())
+    return _read_run_json(path, directory)
+
+
+def _read_run_json(path: Path, directory: Union[str, Path]) -> Dict[str, Any]:
+    """A run file's settings; OutputDirError naming the file when it is not one (cut short, not JSON, not a map)."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise OutputDirError(f"--resume {directory}: {path} is not a readable run file ({type(exc).__name__}: {exc}); "
+                             "was it cut short (a full disk, a copy interrupted)? Start a new run") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        raise OutputDirError(f"--resume {directory}: {path} is not a run file (it holds no settings map 'config')")
+    return saved
 
 
 class EpisodeLog:
@@ -462,7 +476,7 @@ def refuse_changed_settings(args: argparse.Namespace, saved: Mapping[str, Any]) 
     if "overwrite" in given and args.overwrite:
         conflicts.append("--overwrite (it would empty the run being resumed)")
     if conflicts:
-        raise UsageError(f"--resume {args.resume} continues the run with the settings saved in its run.json, but this "
+        raise UsageError(f"--resume {args.resume} continues the run with the settings saved in its run file, but this "
                          f"command line also gives {'; '.join(conflicts)}. Drop those flags to resume, or start a new "
                          "run (a new --output-dir) with the new settings")
 
@@ -523,3 +537,8 @@ def interrupts_deferred() -> Iterator[None]:
 
     with signals_handled_by(handler, (signal.SIGINT, *interrupting_signals())):
         yield
+
+
+def is_storage_error(exc: BaseException) -> bool:
+    """Whether `exc` says the run's files cannot be written (STORAGE_ERRNOS): every later episode would be lost too."""
+    return isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import errno
 import logging
 import os
 from pathlib import Path
@@ -297,11 +296,10 @@ def run_rollout_command(args: argparse.Namespace) -> int:
     """Run a rollout (or resume one) into its output directory; exit 0, 1 (errors), 130 (interrupted)."""
     from .cli_errors import UsageError
     from .metrics import EpisodeOutcome
-    from .rollout import RolloutConfig
     from .rollout.config import draw_base_seed
     from .ray_runner import check_ray_address, import_ray, parse_servers
     from .run_dir import (EpisodeLog, add_earlier_eval_s, earlier_results, episode_log_name, given_settings,
-                          read_run_file, refuse_changed_settings, write_run_file)
+                          is_storage_error, read_run_file, refuse_changed_settings, write_run_file)
     from .shard import ShardSpec
 
     try:  # a bad host list fails before the output directory is made
@@ -325,7 +323,7 @@ def run_rollout_command(args: argparse.Namespace) -> int:
         saved = read_run_file(output_dir, shard)
         refuse_changed_settings(args, saved)
         env_spec = saved["env_name"]
-        config = RolloutConfig(**saved["config"])
+        config = _saved_rollout_config(saved, output_dir, shard)
         if _default_video_dir(saved, output_dir):  # OUTPUT_DIR/videos of the directory resumed, wherever it now is
             config = dataclasses.replace(config, video_dir=str(Path(os.path.abspath(output_dir)) / "videos"))
         if "env_timeout" in given_settings(args):  # not an outcome setting: a stalled run may resume with more time
@@ -364,13 +362,30 @@ def run_rollout_command(args: argparse.Namespace) -> int:
             add_earlier_eval_s(results, earlier)
         return _report_rollout(args, results, output_dir, shard)
     except OSError as exc:
-        if exc.errno not in _STORAGE_ERRNOS:
+        if not is_storage_error(exc):
             raise
         raise SystemExit(_storage_failure(exc, output_dir, shard)) from None
 
 
-# A full disk (or quota, or file size limit) and a folder turned read-only: the run cannot write, but what it logged stays.
-_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+
+
+def _saved_rollout_config(saved: Mapping[str, Any], output_dir: Path, shard: Any) -> Any:
+    """The RolloutConfig a run file saved; UsageError naming the file and the settings this version does not know
+    (a run started by a newer gr00t-eval) or cannot take."""
+    from .cli_errors import UsageError
+    from .rollout import RolloutConfig
+    from .run_dir import run_file_name
+
+    where = output_dir / run_file_name(shard)
+    known = {field.name for field in dataclasses.fields(RolloutConfig)}
+    unknown = sorted(set(saved["config"]) - known)
+    if unknown:
+        raise UsageError(f"--resume {output_dir}: {where} holds settings this gr00t-eval does not know: "
+                         f"{', '.join(unknown)} (was the run started by a newer version?); resume it with that version")
+    try:
+        return RolloutConfig(**saved["config"])
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"--resume {output_dir}: the settings in {where} are not valid: {exc}") from None
 
 
 def _release_unstarted_run(output_dir: Path, shard: Any) -> None:
@@ -478,7 +493,7 @@ def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done:
     log = EpisodeLog(output_dir / episode_log_name(shard))
     if args.ray_address:
         policy = _ray_run_policy(servers, args)
-        _adopt_run_policy(output_dir, shard, first_policy, policy, "the servers serve", len(done))
+        _adopt_run_policy(output_dir, shard, first_policy, policy, "the servers", len(done))
         with sigterm_as_interrupt():
             results = run_with_ray(env_spec, config, servers, args.ray_address, args.ray_shards, args.api_token,
                                    args.timeout_ms, args.ray_cpus_per_shard, curve_keys=connection.portable_keys(args),
@@ -492,7 +507,7 @@ def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done:
     server = servers[0]
     with connection.open_client(server.host, server.port, args) as client:
         policy = policy_record(client)
-        _adopt_run_policy(output_dir, shard, first_policy, policy, f"the server at {server} serves", len(done))
+        _adopt_run_policy(output_dir, shard, first_policy, policy, f"the server at {server}", len(done))
         _check_policy_runs_settings(client, config, Path(args.resume) if args.resume else None)
         with sigterm_as_interrupt(), pinned_policy(client, policy):  # a restart with another checkpoint stops it
             results = run_suite(client, env_spec, config, shard, progress=True,
@@ -504,18 +519,29 @@ def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done:
 
 
 def _adopt_run_policy(output_dir: Path, shard: Any, first_policy: Optional[Mapping[str, Any]],
-                      policy: Optional[Mapping[str, Any]], serving: str, resumed_episodes: int = 0) -> None:
+                      policy: Optional[Mapping[str, Any]], who: str, resumed_episodes: int = 0) -> None:
     """Record the policy a run evaluates in its run file, or, for a resume, refuse one whose fingerprint differs
-    from the first attempt's (its finished episodes would be reported with another policy's); `serving` says who
-    serves it, e.g. "the server at HOST:PORT serves"."""
+    from the first attempt's (its finished episodes would be reported with another policy's), or that cannot be
+    learned when the first attempt's was; `who` serves it: "the server at HOST:PORT" or "the servers"."""
     from .cli_errors import UsageError
     from .policy_identity import describe, same_policy
     from .run_dir import record_run_policy
+
+    plural = who == "the servers"
+    serving = f"{who} {'serve' if plural else 'serves'}"
 
     if not same_policy(first_policy, policy):
         raise UsageError(f"--resume {output_dir}: {serving} {describe(policy)}, and this run started against "
                          f"{describe(first_policy)}; serve the same checkpoint (or dataset) to continue it, or start "
                          "a new run")
+    if policy is None and first_policy is not None and resumed_episodes:
+        # Nothing to compare with (a reference server, or get_server_info went unanswered): its episodes would be
+        # pooled with the first attempt's under the first attempt's policy, whatever it serves.
+        raise UsageError(f"--resume {output_dir}: {who} did not say which policy {'they serve' if plural else 'it serves'} "
+                         f"(no get_server_info answer: a reference server, or one too busy to answer), and this run's "
+                         f"{resumed_episodes} earlier "
+                         f"episodes were scored against {describe(first_policy)}; resume against a gr00t-server "
+                         "serving it, or start a new run")
     if policy is not None and first_policy is not None and not first_policy.get("identity") and policy.get("identity"):
         record_run_policy(output_dir, shard, policy)  # the checkpoint identity from now on: a later resume is held to it
     if policy is not None and first_policy is None:
@@ -595,8 +621,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from .batch import BATCH_RESULTS_FILENAME, JobError, format_table, job_video_dirs, load_jobs, run_batch
     from .cli_errors import UsageError
     from .run_claim import claim_lock_name, claim_output_dir, finish_claim, refuse_live_claim, take_claim
-    from .run_dir import (INTERRUPTED_EXIT_CODE, OutputDirError, check_output_dir, make_fresh_dated_output_dir,
-                          prepare_output_dir, sigterm_as_interrupt)
+    from .run_dir import (INTERRUPTED_EXIT_CODE, OutputDirError, check_output_dir, is_storage_error,
+                          make_fresh_dated_output_dir, prepare_output_dir, sigterm_as_interrupt)
 
     previous = None
     try:
@@ -668,6 +694,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
         with sigterm_as_interrupt():
             batch = run_batch(jobs, path, previous=previous)
         outcome = "complete"
+    except OSError as exc:
+        if not is_storage_error(exc):
+            raise
+        raise SystemExit(f"{exc}: the batch stopped there; the jobs done before it are kept in "
+                         f"{path} and the running job's finished episodes in its folder under {output_dir / 'jobs'}; "
+                         f"free space, then continue with: gr00t-eval batch --resume {output_dir}") from None
     except KeyboardInterrupt:
         outcome = "interrupted"
         batch = json.loads(path.read_text())

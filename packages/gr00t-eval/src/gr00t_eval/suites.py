@@ -192,11 +192,17 @@ def run_task(policy: BasePolicy, task: Task, config: RolloutConfig, episodes: Op
         first_episode=episodes.start,
     )
 
+    unrecorded: List[BaseException] = []
+
     def scored(outcome: EpisodeOutcome) -> None:
         outcome.extras = {**outcome.extras, "task": task.env_name, "group": task.group}
         run.outcomes.append(outcome)
         if on_episode is not None:
-            on_episode(outcome)
+            try:
+                on_episode(outcome)
+            except BaseException as exc:
+                unrecorded.append(exc)
+                raise
 
     start = time.perf_counter()
     try:
@@ -207,6 +213,9 @@ def run_task(policy: BasePolicy, task: Task, config: RolloutConfig, episodes: Op
         run.eval_s += time.perf_counter() - start
         raise
     except Exception as exc:  # noqa: BLE001 - a task that cannot start (bad env) must not end the suite
+        if unrecorded:  # the run's own record could not be written (a full disk): the run stops, not only this task;
+            run.eval_s += time.perf_counter() - start  # every later task's episodes would be lost the same way
+            raise
         reason = f"{type(exc).__name__}: {exc}"
         if isinstance(exc, (EOFError, BrokenPipeError, ConnectionResetError)):  # gymnasium's AsyncVectorEnv pipes
             reason = (f"an env worker process died (its pipe said {type(exc).__name__}: a simulator crash, or the "
