@@ -103,6 +103,10 @@ class ReplayPolicy(BasePolicy):
             )
         self.execution_horizon = execution_horizon
         self._sessions: "OrderedDict[str, _Cursor]" = OrderedDict()
+        # Sessions this replay forgot for room (the last 4 * max_sessions): their get_action is refused until a reset,
+        # not replayed from episode 0, step 0 (behind a server that holds more sessions than this, the robot was sent
+        # the start of episode 0 without an error).
+        self._forgotten: "OrderedDict[str, None]" = OrderedDict()
         self._actions: "OrderedDict[int, Dict[str, np.ndarray]]" = OrderedDict()  # most recently used last
         self._cached_bytes = 0
         self._lock = threading.Lock()
@@ -157,6 +161,7 @@ class ReplayPolicy(BasePolicy):
             for episode, step in zip(episodes, steps):
                 self._check_step(episode, step)
                 self._episode_actions(episode)  # a broken episode is refused at its reset, not at its first call
+            self._forgotten.pop(session, None)
             self._keep(session, _Cursor(list(episodes), list(steps)))
             info = self._info(self._sessions[session], done=None)
         logger.debug("session %r reset to episodes %s steps %s", str(session)[:40], episodes, steps)
@@ -171,7 +176,12 @@ class ReplayPolicy(BasePolicy):
         if batch is not None:  # checked before the session is touched: a bad request never breaks it
             batch = self._check_batch_size(batch)
         with self._lock:
-            cursor = self._sessions.get(session) or _Cursor([0], [0])
+            cursor = self._sessions.get(session)
+            if cursor is None and session in self._forgotten:
+                raise ValueError(f"session {str(session)[:40]!r} was forgotten by this replay, which keeps at most "
+                                 f"{self.max_sessions} sessions (max_sessions) and it was the least recently used; call "
+                                 "reset to start it again")
+            cursor = cursor or _Cursor([0], [0])
             self._keep(session, cursor)
             if batch is not None and batch != len(cursor.episodes):
                 # Rows at one position (never reset row by row) take any batch size, as the reference's replay
@@ -198,6 +208,9 @@ class ReplayPolicy(BasePolicy):
         self._sessions.move_to_end(session)
         while len(self._sessions) > self.max_sessions:
             forgotten, _ = self._sessions.popitem(last=False)
+            self._forgotten[forgotten] = None
+            while len(self._forgotten) > 4 * self.max_sessions:
+                self._forgotten.popitem(last=False)
             logger.info("replay session %r forgotten (more than %d sessions)", str(forgotten)[:40], self.max_sessions)
 
     def _check_batch_size(self, batch: Any) -> int:

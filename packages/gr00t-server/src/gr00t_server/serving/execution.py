@@ -93,12 +93,15 @@ class JobRunner:
                 replies.append(self._expired_reply(request))
             else:
                 live.append(request)
-        if self._server._policy_uses_sessions:
+        sessions = self._server._policy_uses_sessions
+        if sessions:
             live = self._admit_sessions(live, replies)
         if len(live) == 1:
             replies.append(self.serve_one(live[0]))
         elif live:
             self._run_group(live, replies)
+        if sessions:
+            self._take_in_sessions(live)
 
     def _expired_reply(self, request: Request) -> Reply:
         """The answer to a request whose client's deadline passed before it ran (counted as expired)."""
@@ -109,12 +112,16 @@ class JobRunner:
             f"'{request.endpoint}' was not run: the client's deadline passed while it waited"), log=False)
 
     def _admit_sessions(self, live: List[Request], replies: List[Reply]) -> List[Request]:
-        """Touch each request's session (evicting others as needed); answer a `get_action` of a session the server
-        dropped with an error telling its client to reset, instead of serving it from a fresh start it did not ask
-        for (a replay would jump back to episode 0 with no error). Returns the requests still to run."""
+        """Touch each held session (evicting idle ones); answer a `get_action` of a session the server dropped with
+        an error telling its client to reset, instead of serving it from a fresh start it did not ask for (a replay
+        would jump back to episode 0 with no error). A new or dropped session is taken in only once its request
+        succeeded (_take_in_sessions): a refused request evicted a live robot's session, and a failed reset took a
+        dropped one back (its next get_action then started at episode 0 without an error). Returns the requests
+        still to run."""
         sessions = self._server.sessions
         admitted: List[Request] = []
         for request in live:
+            request.takes_session = False
             if request.endpoint == "get_action" and request.continues_session and not sessions.knows(request.session):
                 # Our client's session, served before, that this server does not know: dropped longer ago than its
                 # memory of dropped sessions reaches, or the server restarted. Not a new session to start afresh (and
@@ -122,8 +129,10 @@ class JobRunner:
                 reason: Optional[str] = ("this server no longer knows it: dropped longer ago than it remembers "
                                          "dropped sessions, or the server restarted")
             else:
-                self._evict_sessions(sessions.touch(request.session, restart=request.endpoint == "reset"))
+                if request.session in sessions:  # held: used now (one idle too long is forgotten here, and refused)
+                    self._evict_sessions(sessions.touch(request.session, restart=request.endpoint == "reset"))
                 reason = sessions.dropped_reason(request.session) if request.endpoint == "get_action" else None
+                request.takes_session = request.session not in sessions and reason is None
             if reason is None:
                 admitted.append(request)
                 continue
@@ -131,6 +140,14 @@ class JobRunner:
                 f"session {log_text(request.session, 40)} was dropped by the server ({reason}), and with it this "
                 "client's place in the policy's state (a replay's episode and step); call reset to start it again"))))
         return admitted
+
+    def _take_in_sessions(self, served: List[Request]) -> None:
+        """Take the new or dropped sessions of requests that succeeded into the table (a reset takes a dropped one
+        back), evicting the least recently used as needed."""
+        sessions = self._server.sessions
+        for request in served:
+            if request.takes_session and request.outcome == "ok":
+                self._evict_sessions(sessions.touch(request.session, restart=request.endpoint == "reset"))
 
     def _evict_sessions(self, evicted: List[str]) -> None:
         drop = session_dropper(self._server.policy)
@@ -185,11 +202,12 @@ class JobRunner:
             yield
         except Exception as exc:
             if error_text(endpoint, exc)[1]:
-                self._count_call(requests, rows)
+                self.count_call(requests, rows)
             raise
-        self._count_call(requests, rows)
+        self.count_call(requests, rows)
 
-    def _count_call(self, requests: int, rows: int) -> None:
+    def count_call(self, requests: int, rows: int) -> None:
+        """Count one policy call (policy_calls, batch sizes, rows): the model ran, whatever became of its output."""
         self._server.stats.record_batch(requests, rows)
         self._server._metrics.observe_batch(requests)
 
@@ -198,6 +216,8 @@ class JobRunner:
         started = time.monotonic()
         try:
             result = self._call(request)
+            if request.endpoint == "get_action" and not self._server.is_built_in("get_action"):
+                _check_replaced_action(result, request)
         except Exception as exc:
             return request, self.error_frames(request, exc)
         policy_ms = (time.monotonic() - started) * 1000.0
@@ -230,8 +250,10 @@ class JobRunner:
             action, info = work_limits.action_and_info(raw)
             stages = policy_stages(policy)
             parts = batching.split_result(action, info, rows, batching.declared_per_row_info_keys(policy))
-        except Exception as exc:
-            logger.warning("batched get_action of %d requests failed (%s); serving them one by one", len(valid), type(exc).__name__)
+        except Exception as exc:  # a policy's batching bug: named (rate-limited, as every internal error), not silent
+            self._internal_errors.warning("batched get_action of %d requests failed (%s: %s); serving them one by one",
+                                          len(valid), type(exc).__name__, _safe_text(exc)[:300],
+                                          kind=("batched get_action", type(exc).__name__, _safe_text(exc)[:200]))
             now = time.monotonic()
             for request in valid:  # a client that gave up during the merged call is not served again
                 replies.append(self._expired_reply(request) if request.expired(now) else self.serve_one(request))
@@ -310,6 +332,15 @@ class JobRunner:
             return encode_reply(request, message, ok=False)
         except Exception:  # the message itself cannot fail to encode, but never let a reply path raise
             return [codec.encode({"error": "internal error", ERROR_MARKER: True})]
+
+
+def _check_replaced_action(result: Any, request: Request) -> None:
+    """A get_action handler registered in place of the built-in one is held to its NaN/inf check: an action map (or
+    the first of [action, info]) with a non-finite value is never sent."""
+    action = result[0] if isinstance(result, (list, tuple)) and len(result) == 2 else result
+    if isinstance(action, dict):
+        observation = request.data.get("observation") if isinstance(request.data, dict) else None
+        work_limits.check_finite_action(action, observation)
 
 
 def _safe_text(exc: BaseException) -> str:

@@ -55,6 +55,7 @@ class Request:
     # Our client's mark (SESSION_CONTINUES_FIELD) on requests of a session the server has already served: such a
     # session unknown to the server was dropped (or the server restarted), never a new one to start afresh.
     continues_session: bool = False
+    takes_session: bool = False  # a new or dropped session the table takes in once this request succeeded
 
     def expired(self, now: Optional[float] = None) -> bool:
         """True once the client's deadline has passed (it no longer waits for the reply)."""

@@ -186,6 +186,7 @@ class PolicyServer:
         self.register_endpoint("reset", self._reset)
         self.register_endpoint("get_modality_config", self._get_modality_config, requires_input=False)
         self.register_endpoint("get_server_info", self._get_server_info, requires_input=False)
+        self._built_in = dict(self._endpoints)  # a name registered again (register_endpoint) is the caller's handler
 
     @staticmethod
     def start_server(policy: BasePolicy, port: int, api_token: Optional[str] = None, **kwargs: Any) -> None:
@@ -202,7 +203,10 @@ class PolicyServer:
     def register_endpoint(self, name: str, handler: Callable[..., Any], requires_input: bool = True) -> None:
         """Add or replace an endpoint; `requires_input` handlers get the request's data as keyword arguments.
 
-        Registered endpoints run on the policy worker, in arrival order with get_action and reset.
+        Registered endpoints run on the policy worker, in arrival order with get_action and reset (a replacement of
+        a built-in endpoint too: ping, kill, get_server_info and get_modality_config are answered on the socket thread
+        only while they are the built-in ones). A replaced get_action is served alone, never in a merged batch (the
+        merged call would skip it), and its action is held to the same NaN/inf check as the built-in one's.
         """
         if not isinstance(name, str) or not name:
             raise ValueError(f"endpoint name must be a non-empty str, got {name!r}")
@@ -229,11 +233,16 @@ class PolicyServer:
     def _context(self) -> Any:
         return self._transport.context if self._transport is not None else None
 
+    def is_built_in(self, endpoint: str) -> bool:
+        """Whether `endpoint` is served by this server's own handler (not one register_endpoint put in its place)."""
+        return self._endpoints.get(endpoint) is self._built_in.get(endpoint, False)
+
     @property
     def batching_enabled(self) -> bool:
-        # A merged call has no single session to pass, so per-session policies are never batched.
+        # A merged call has no single session to pass, so per-session policies are never batched; a replaced
+        # get_action (a clamp, a transform) would be skipped by the merged call, which asks the policy itself.
         supported = bool(getattr(self.policy, "supports_batching", False)) and not self._policy_uses_sessions
-        return self.max_batch_size > 1 and supported
+        return self.max_batch_size > 1 and supported and self.is_built_in("get_action")
 
     def _policy_fact(self, learn: Callable[[Any], Any]) -> Any:
         """learn(policy), asked per request: the wrapper chain is walked once per policy object (again if replaced)."""
@@ -292,6 +301,7 @@ class PolicyServer:
             try:
                 raw = self.policy.get_action(observation, self._with_session(options, request))
             except NonFiniteActionError as exc:  # a strict policy's own check: the server's error names the cause too
+                self._runner.count_call(1, max(1, observation_batch_size(observation)))  # the model ran
                 if exc.action is None:  # found before an action was made (a model's raw output): its own words,
                     # and the state behind it where one looks degenerate (an all-zero rotation), not the weights
                     raise RequestError(str(exc) + work_limits.degenerate_states(observation, exc.rows, exc.key)) from None
@@ -458,6 +468,8 @@ class PolicyServer:
             self._serving_thread = threading.get_ident()
             self._running = True
             self._run_done.clear()
+            # A second Ctrl-C of an earlier run() of this server gave up on its call; this run waits as usual.
+            self._loop.stop_waiting = self._loop.abandoning_inline = False
         restore: Callable[[], None] = lambda: None
         worker = PolicyWorker(self._runner.execute, transport.wake, self._runner.error_frames)
         self._worker = worker
