@@ -141,13 +141,20 @@ def test_a_config_this_client_cannot_read_does_not_fail_the_first_get_action():
         configs["action"]["action_configs"] = [{"rep": "ABSOLUTE", "type": "EEF", "format": "XYZ_QUAT_NEW"}]
         return {k: RefModalityConfig(v) for k, v in configs.items()}
 
-    handlers = {"get_action": lambda observation, options=None: [{"x": np.zeros((1, 16, 1), np.float32)}, {}],
-                "get_modality_config": get_modality_config}
+    received = []
+
+    def get_action(observation, options=None):
+        received.append(type(observation["state"]["x"]).__name__)  # an np.save-era policy needs arrays
+        return [{"x": np.zeros((1, 16, 1), np.float32)}, {}]
+
+    handlers = {"get_action": get_action, "get_modality_config": get_modality_config}
     with ReferenceServer(handlers, generation="npsave") as server:
         with PolicyClient(host="127.0.0.1", port=server.port, timeout_ms=3000) as client:
             action, _info = client.get_action(libero_like_observation())
             assert action["x"].shape == (1, 16, 1)
             assert client.speaks_npsave  # learnt from the markers of the reply it could not fully read
+    # It was learnt only from the get_action reply: the first observation went out as msgpack-numpy maps.
+    assert received == ["ndarray"]
 
 
 def _ours_with_delay(delay_s: float, horizon: int = 16):

@@ -64,8 +64,8 @@ def merge_overlap(old: np.ndarray, new: np.ndarray, rule: Union[str, MergeFn] = 
     if rule == "oldest":
         return old.copy()
     if rule == "average":
-        if new.dtype.kind not in "iub":
-            return ((old + new) / 2).astype(new.dtype, copy=False)
+        if new.dtype.kind not in "iub":  # halves first: two finite float16 steps over 32752 summed to inf
+            return (old / 2 + new / 2).astype(new.dtype, copy=False)
         # old + new in an int8 gripper's own dtype wrapped (100 and 120 made -18): add in float64 and round back.
         # Two ints (or bools) average to a whole or a half; a half goes to the newer value, as the default rule would.
         mean = (old.astype(np.float64) + new.astype(np.float64)) / 2
@@ -592,6 +592,10 @@ class ActionChunker:
             old_tail = old[key][cursor:] if old is not None else new_steps[:0]
             n = min(len(old_tail), len(new_tail))
             longer = new_tail if len(new_tail) >= len(old_tail) else old_tail
-            result[key] = np.concatenate([merge_overlap(old_tail[:n], new_tail[:n], self.merge, self.new_weight), longer[n:]])
+            merged = merge_overlap(old_tail[:n], new_tail[:n], self.merge, self.new_weight)
+            if merged.dtype.kind in "fc" and not np.isfinite(merged).all():  # a merge function's, or a rule's overflow
+                raise ActionError(f"merging the overlap of action key '{key}' ({self.merge!r}) gave non-finite values "
+                                  "(NaN or inf) from finite chunks; the chunk was not used")
+            result[key] = np.concatenate([merged, longer[n:]])
         self._buffers[i] = result if len(next(iter(result.values()))) else None
         self._cursors[i] = 0

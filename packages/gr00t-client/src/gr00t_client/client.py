@@ -581,6 +581,16 @@ class PolicyClient(BasePolicy):
             logger.debug("server at %s is not a gr00t-server (%s); using the reference wire", self.address, exc)
             self._probe_wire_generation(deadline)
             return
+        except codec.WireDecodeError as exc:
+            # A gr00t-server newer than this client (its info carries a modality config field this version does not
+            # know) failed every call here, ping aside: the reference wire, which every server answers, still works.
+            self._server_is_ours = False
+            if self._wire == "auto":
+                self._wire = "reference"
+            logger.warning("server at %s answered get_server_info with what this client cannot read (%s): a newer "
+                           "gr00t-server? Using the reference wire (no multipart, no size check before sending); "
+                           "install the gr00t-client of the server's version", self.address, exc)
+            return
         capabilities = info.get("capabilities", []) if isinstance(info, dict) else []
         self._server_is_ours = isinstance(info, dict) and info.get("server") == "gr00t-server"
         if not self._server_is_ours:
@@ -776,9 +786,9 @@ class PolicyClient(BasePolicy):
         validate(action, self.get_modality_config())
 
     def _refuse_non_finite(self, action: Any) -> None:
-        """A robot must never be handed a NaN: every number of an action from a server that does not check its
-        policy's output (the reference; ours refuses to send one) must be finite, strict or not: arrays, numpy and
-        Python floats, in lists and nested maps too (a reference peer in another language may send lists)."""
+        """A robot must never be handed a NaN: every number of an action from any server (the reference does not check
+        its policy's output; ours does, but a replaced get_action may not) must be finite, strict or not: arrays,
+        numpy and Python floats, in lists and nested maps too (a reference peer in another language may send lists)."""
         found = first_non_finite(action)
         if found is not None:
             key, value = found
@@ -807,8 +817,9 @@ class PolicyClient(BasePolicy):
         reply = self.call_endpoint("get_action", {"observation": observation, "options": options})
         if not isinstance(reply, (list, tuple)) or len(reply) != 2:
             raise codec.WireDecodeError(f"get_action reply must be [action, info]; got {type(reply).__name__}")
-        if not self._server_is_ours:
-            self._refuse_non_finite(reply[0])
+        # Every server's: ours checks its policy's output, but a get_action an operator registered in its place (or
+        # an older gr00t-server) may not, and a robot must never be handed a NaN (about 5 us for a LIBERO chunk).
+        self._refuse_non_finite(reply[0])
         return reply[0], reply[1]
 
     def _serves_timing(self) -> bool:

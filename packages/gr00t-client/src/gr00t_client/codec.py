@@ -613,10 +613,13 @@ def decode_noting_npsave(
 
     try:
         value = _unpack(data, hook, limits, share_buffer=share_buffer)
-    except WireDecodeError:
+    except WireDecodeError as exc:  # what was seen before the failure still says who wrote it (the client learns
+        exc.written_npsave = bool(seen)  # the wire from a reply whose configs it cannot read)
         raise
     except Exception as exc:  # msgpack raises many unrelated types on garbage
-        raise _undecodable(data, exc) from exc
+        error = _undecodable(data, exc)
+        error.written_npsave = bool(seen)
+        raise error from exc
     return value, bool(seen)
 
 
