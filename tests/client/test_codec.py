@@ -237,7 +237,8 @@ def request_with_frame() -> dict:
     }
 
 
-def test_shared_decode_views_large_arrays_in_the_buffer_writably():
+def test_shared_decode_views_large_arrays_in_the_buffer_writably(monkeypatch):
+    monkeypatch.setattr(codec, "SHARED_DECODE_MIN_BYTES", 64 * 1024)  # the viewing reader, for a LIBERO-size message
     buffer = bytearray(codec.encode(request_with_frame()))
     video = codec.decode(memoryview(buffer), share_buffer=True)["data"]["observation"]["video"]
     assert np.shares_memory(video["agentview"], np.frombuffer(buffer, np.uint8))
@@ -248,7 +249,8 @@ def test_shared_decode_views_large_arrays_in_the_buffer_writably():
     assert video["agentview"][0, 0, 0, 0] == 99
 
 
-def test_shared_decode_copies_small_arrays_and_equals_the_copying_decode():
+def test_shared_decode_copies_small_arrays_and_equals_the_copying_decode(monkeypatch):
+    monkeypatch.setattr(codec, "SHARED_DECODE_MIN_BYTES", 64 * 1024)
     buffer = bytearray(codec.encode(request_with_frame()))
     shared = codec.decode(memoryview(buffer), share_buffer=True)
     copied = codec.decode(bytes(buffer))
@@ -268,8 +270,21 @@ def test_without_share_buffer_or_with_a_read_only_buffer_arrays_are_copies():
         assert array.flags.writeable and not np.shares_memory(array, np.frombuffer(buffer, np.uint8))
 
 
-def test_shared_decode_of_a_received_zmq_frame_keeps_the_frame_alive():
+def test_shared_decode_below_the_reader_threshold_copies_writably():
+    """Under SHARED_DECODE_MIN_BYTES msgpack's own unpacker reads the message (cheaper than the Python reader there):
+    arrays are writable copies, equal to the viewing reader's."""
+    buffer = bytearray(codec.encode(request_with_frame()))
+    assert len(buffer) < codec.SHARED_DECODE_MIN_BYTES
+    video = codec.decode(memoryview(buffer), share_buffer=True)["data"]["observation"]["video"]
+    assert video["agentview"].flags.writeable and not np.shares_memory(video["agentview"], np.frombuffer(buffer, np.uint8))
+    np.testing.assert_array_equal(video["agentview"], FRAME)
+    np.testing.assert_array_equal(video["wrist"], FRAME[:, ::-1])
+
+
+def test_shared_decode_of_a_received_zmq_frame_keeps_the_frame_alive(monkeypatch):
     import gc
+
+    monkeypatch.setattr(codec, "SHARED_DECODE_MIN_BYTES", 64 * 1024)
 
     import zmq
 
