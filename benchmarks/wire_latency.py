@@ -147,6 +147,10 @@ def run_case(name: str, observation, iterations: int, warmup: int, rounds: int) 
     server_public, server_secret = zmq.curve_keypair()
     client_dir = tempfile.mkdtemp(prefix="wire-latency-keys-")
     client_public_path, client_secret_path = zmq.auth.create_certificates(client_dir, "bench-client")
+    os.chmod(client_secret_path, 0o600)  # as `gr00t-server keygen` writes it (the client warns of a readable secret)
+    authorized_dir = os.path.join(client_dir, "authorized")  # the server holds the public key only
+    os.mkdir(authorized_dir)
+    shutil.copy(client_public_path, authorized_dir)
     curve_keys = (server_public, server_secret)
     # Every server in a process of its own, as in a deployment: one interpreter for the client and the servers
     # would make them take turns on its lock and flatten the differences between rows.
@@ -155,7 +159,7 @@ def run_case(name: str, observation, iterations: int, warmup: int, rounds: int) 
         # the same server with every call handed to its worker thread (no InlineGate): what the hand-offs cost
         ("policy-worker", "off"): start_process(serve_policy_server, {"inline_below_ms": 0}),
         # CURVE with the ZAP authorizer on: it only runs at connection time, so the per-request cost is the cipher's
-        ("policy", "on"): start_process(serve_policy_server, {"curve_secret_key": server_secret.decode(), "authorized_keys": client_dir}),
+        ("policy", "on"): start_process(serve_policy_server, {"curve_secret_key": server_secret.decode(), "authorized_keys": authorized_dir}),
         ("raw", "off"): start_process(serve_raw_floor, reply_bytes, None),
         ("raw", "on"): start_process(serve_raw_floor, reply_bytes, curve_keys),
         ("codec", "off"): start_process(serve_codec_floor, None),

@@ -98,3 +98,30 @@ def test_an_average_merge_of_large_float16_chunks_stays_finite():
             assert np.isfinite(action["a"]).all() and float(action["a"].max()) == 40000.0
     finally:
         chunker.close()
+
+
+def test_a_server_shutting_down_is_not_taken_for_a_reference_server():
+    """Its "server is shutting down" answer to get_server_info made the client treat the next server behind the
+    address as a reference one (no multipart, no size check, any "error" map an error) until it reconnected."""
+    from gr00t_client import ServerStoppingError, codec
+    from gr00t_client.client import ERROR_MARKER, SHUTTING_DOWN
+    from test_client_faults import ScriptedServer
+
+    answers = []
+
+    def handler(request):
+        endpoint = request.get("endpoint")
+        answers.append(endpoint)
+        if endpoint == "get_server_info" and answers.count("get_server_info") == 1:
+            return codec.encode({"error": f"{SHUTTING_DOWN}; 'get_server_info' was not run", ERROR_MARKER: True})
+        if endpoint == "get_server_info":
+            return codec.encode({"server": "gr00t-server", "capabilities": []})
+        return codec.encode([{"x": np.zeros((1, 16, 1), np.float32)}, {}])
+
+    with ScriptedServer(handler) as server:
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=3000) as client:
+            with pytest.raises(ServerStoppingError):
+                client.get_action(libero_like_observation(height=8, width=8))
+            assert client._server_is_ours is None  # nothing learnt from a server going away
+            client.get_action(libero_like_observation(height=8, width=8))
+            assert client._server_is_ours is True

@@ -575,8 +575,8 @@ class PolicyClient(BasePolicy):
         try:
             info = self._round_trip(envelope, "get_server_info", multipart=False, deadline=deadline)
         except PolicyServerError as exc:
-            if "Unauthorized" in exc.server_message:
-                raise
+            if "Unauthorized" in exc.server_message or isinstance(exc, ServerStoppingError):
+                raise  # a server going away said nothing about what it is: learnt from the next one
             self._server_is_ours = False
             logger.debug("server at %s is not a gr00t-server (%s); using the reference wire", self.address, exc)
             self._probe_wire_generation(deadline)
