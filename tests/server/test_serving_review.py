@@ -271,3 +271,21 @@ def test_a_model_call_whose_raw_output_is_refused_is_still_counted():
                     client.get_action(observation(1))
         stats = server.stats.snapshot()
     assert policy.runs == 3 and stats["policy_calls"] == 3
+
+
+def test_a_bare_key_error_from_inside_a_policy_is_logged_once_with_where_it_was_raised(caplog):
+    """A policy's own bug (a KeyError in its table) was told to the client as its mistake and logged without a
+    traceback: nothing showed where it came from. The first of its kind now shows it; the client's answer is as
+    before."""
+    class Buggy(Echo):
+        def _get_action(self, observation, options=None):
+            return {"arm": {"x": 1}["gripper"]}, {}
+
+    with running_server(Buggy()) as server:
+        with caplog.at_level("WARNING", logger="gr00t_server.serving.server"):
+            with PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client:
+                for _ in range(3):
+                    with pytest.raises(PolicyServerError, match="KeyError: 'gripper'"):
+                        client.get_action(observation(1))
+    assert caplog.text.count("Traceback") == 1 and "in _get_action" in caplog.text
+    assert caplog.text.count("refused: KeyError: 'gripper'") == 3

@@ -101,9 +101,9 @@ class RateLimitedLog:
         self._suppressed = 0
         self._lock = threading.Lock()
 
-    def warning(self, message: str, *args: Any, exc_info: Any = None, kind: Any = None) -> bool:
+    def warning(self, message: str, *args: Any, exc_info: Any = None, kind: Any = None, first_exc_info: Any = None) -> bool:
         """Log the message (at this limiter's level) unless this window's share is spent and its kind was seen
-        before; True when it was logged."""
+        before; True when it was logged. `first_exc_info`: a traceback shown with the first message of its kind only."""
         with self._lock:
             now = time.monotonic()
             if now - self._window_start >= self.window_s:
@@ -116,7 +116,7 @@ class RateLimitedLog:
                 self._suppressed += 1
                 return False
             self._logged += 1
-        self._log.log(self.level, message, *args, exc_info=exc_info)
+        self._log.log(self.level, message, *args, exc_info=exc_info or (first_exc_info if new_kind else None))
         return True
 
     def flush(self) -> None:

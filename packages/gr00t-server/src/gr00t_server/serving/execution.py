@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional
 
 from gr00t_client import codec
 from gr00t_client.client import ERROR_MARKER
+from gr00t_client.policy import PolicyValidationError
 
 from . import batching, limits as work_limits
 from .batching import GatherWindow
@@ -326,8 +327,12 @@ class JobRunner:
                                           request.peer or "local", exc_info=exc,
                                           kind=(request.endpoint, type(exc).__name__, _safe_text(exc)[:200]))
         elif log:  # client-supplied text is cut and escaped: a name may be megabytes long or forge log lines
+            # A bare ValueError/KeyError may be a bug in the policy told to the client as its mistake: the first of
+            # each kind shows where it was raised (a refusal the server or the policy's checks word has no traceback).
+            worded = isinstance(exc, (RequestError, PolicyValidationError, codec.WireDecodeError))
             self._refusals.warning("request %s from %s refused: %s", log_text(request.endpoint), request.peer or "local",
-                                   log_text(message, 300, quoted=False), kind=(str(request.endpoint)[:100], type(exc).__name__))
+                                   log_text(message, 300, quoted=False), kind=(str(request.endpoint)[:100], type(exc).__name__),
+                                   first_exc_info=None if worded else exc)
         try:
             return encode_reply(request, message, ok=False)
         except Exception:  # the message itself cannot fail to encode, but never let a reply path raise
