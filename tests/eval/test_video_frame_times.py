@@ -54,3 +54,70 @@ def test_a_timestamp_past_the_video_is_an_error_not_the_last_frame(tmp_path):
     write_video(path, 10, fps=10)
     with pytest.raises(DatasetError, match=r"no frame within 0.0500s of timestamps \[1.2\]"):
         decode_frames_at(path, [0.5, 1.2], fps=10)
+
+
+# --- steps and frames of a dataset: step k shows frame k (as GR00T decodes by index) -----------------------------
+
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+from eval.dataset_factory import frame_colour, make_dataset  # noqa: E402
+from gr00t_eval.dataset import LeRobotDataset  # noqa: E402
+
+
+def nearest_step(frame, episodes, steps, camera=0):
+    """(episode, step) whose solid colour is nearest to a decoded frame."""
+    colour = frame.reshape(-1, 3).mean(0)
+    return min(((e, t) for e in episodes for t in range(steps)),
+               key=lambda et: float(np.abs(colour - frame_colour(et[0], camera, et[1])).sum()))
+
+
+def set_timestamps(path, rows, values):
+    table = pq.read_table(path)
+    stamps = table.column("timestamp").to_numpy().copy()
+    stamps[rows] = values
+    pq.write_table(table.set_column(table.column_names.index("timestamp"), "timestamp",
+                                    pa.array(stamps.astype(np.float32))), path)
+
+
+def test_a_timestamp_column_a_little_off_fps_does_not_move_steps_onto_other_frames(tmp_path):
+    """A 29 Hz column under fps 30 (each step within the per-step check) gave step 16 the frame of step 17."""
+    root = make_dataset(tmp_path / "ds", lengths=(60,), cameras=("image",), fps=30, size=(16, 16))
+    set_timestamps(root / "data/chunk-000/episode_000000.parquet", slice(0, 60), np.arange(60) / 29.0)
+    episode = LeRobotDataset(root).episode(0)
+    steps = [0, 16, 32, 48, 59]
+    assert [nearest_step(f, [0], 60)[1] for f in episode.frames("image", steps)] == steps
+
+
+@pytest.mark.parametrize("stamps", [np.arange(40) / 29.0, 0.2 + np.arange(40) / 30.0], ids=["29Hz", "starts-at-0.2s"])
+def test_a_shared_v3_video_gives_each_step_its_own_episodes_frame(tmp_path, stamps):
+    """Step 39 of episode 0 got episode 1's first frame (or every step a frame 6 steps on, from a column at 0.2 s)."""
+    root = make_dataset(tmp_path / "ds", lengths=(40, 40), cameras=("image",), fps=30, size=(16, 16), layout="v3.0",
+                        episodes_per_file=2)
+    set_timestamps(root / "data/chunk-000/file-000.parquet", slice(0, 40), stamps)
+    dataset = LeRobotDataset(root)
+    for episode in (0, 1):
+        frames = dataset.episode(episode).frames("image", [0, 20, 33, 39])
+        assert [nearest_step(f, [0, 1], 40) for f in frames] == [(episode, s) for s in (0, 20, 33, 39)]
+
+
+def test_a_video_at_29_97_frames_per_second_under_fps_30_gives_frame_k_to_step_k(tmp_path):
+    """Its 600 frames passed the count and 1% rate checks; from about step 500 each step got the previous frame."""
+    from eval.dataset_factory import episode_frames
+
+    n = 600
+    root = make_dataset(tmp_path / "ds", lengths=(n,), cameras=("image",), fps=30, size=(16, 16))
+    video = root / "videos/chunk-000/observation.images.image/episode_000000.mp4"
+    frames = episode_frames(0, 0, n, (16, 16))
+    with av.open(str(video), "w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(30000, 1001))
+        stream.width = stream.height = 16
+        stream.pix_fmt, stream.options = "yuv420p", {"crf": "10", "bf": "0", "g": "8"}
+        for image in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    steps = [100, 400, 520, 580, 599]
+    decoded = LeRobotDataset(root).episode(0).frames("image", steps)
+    assert [nearest_step(f, [0], 64)[1] for f in decoded] == [s % 64 for s in steps]  # colours repeat every 64 steps

@@ -229,8 +229,13 @@ class LeRobotDataset:
                                    "(the video of another episode?)")
             logger.warning("%s: the video holds %d frames and the episode %d steps", where, count, record.length)
 
-    def _decode(self, path: Path, timestamps: Sequence[float]) -> np.ndarray:
-        frames, decoded = decode_frames_at(path, timestamps, self._fps)
+    def _decode_frames(self, path: Path, indices: Sequence[int]) -> np.ndarray:
+        """Frames number `indices` of a video (0 = its first), found on the video's own clock: index / its frame rate
+        (check_video has held that rate within 1% of fps), so that a 29.97 frames/s video under fps 30 still gives
+        frame k for index k (pairing by `fps` drifted a frame late past step 500)."""
+        _count, rate = self._video_facts.get(path, (None, None))
+        rate = rate or self._fps
+        frames, decoded = decode_frames_at(path, [int(i) / rate for i in indices], rate)
         self.frames_decoded += decoded
         return frames
 
@@ -363,8 +368,9 @@ class Episode:
     def timestamps(self) -> np.ndarray:
         """Per-step timestamps (seconds from episode start): the `timestamp` column, else step / fps.
 
-        The column must step by 1/fps (as LeRobot checks at load): rows at another rate, or with gaps, would pair
-        steps with the frames of other instants. DatasetError naming the file and the first bad step otherwise."""
+        Each step must be within 10% of 1/fps (as LeRobot checks at load): a gap is a dropped row, whose neighbours
+        would be paired with the wrong frames (frames() pairs by index). DatasetError naming the file and the first
+        bad step otherwise."""
         fps = self._dataset.fps
         if "timestamp" not in self.table.column_names:
             return np.arange(self.length, dtype=np.float64) / fps
@@ -395,8 +401,13 @@ class Episode:
         column = groups[video_key].original_key
         self._dataset.check_video(self.record, column)
         segment = self.record.videos[column]
-        times = segment.from_timestamp + self.timestamps()[steps]
-        return self._dataset._decode(segment.path, times.tolist())
+        self.timestamps()  # a `timestamp` column with gaps (dropped frames) is refused
+        # Step k shows frame k of its segment, as GR00T decodes (get_frames_by_indices; a v3.0 file's segment starts
+        # at frame round(from_timestamp * fps)). By the `timestamp` column, errors that passed each step's check added
+        # up: a 29 Hz column under fps 30 gave step 16 the frame of step 17, and a column starting at 0.2 s reached
+        # into the next episode's frames in a shared file.
+        first = int(round(segment.from_timestamp * self._dataset.fps))
+        return self._dataset._decode_frames(segment.path, (first + steps).tolist())
 
 
 def _read_episode_table(record: EpisodeRecord) -> pa.Table:
