@@ -16,6 +16,7 @@ from . import checked_image_size  # noqa: E402
 
 LANGUAGE_KEY = "annotation.human.action.task_description"
 INSTRUCTION = "push the T-shaped block onto the T-shaped target"
+UNLIMITED_STEPS = 10**9  # gym's TimeLimit, lifted (see PushTEnv)
 
 
 class PushTEnv(gym.Env):
@@ -30,9 +31,12 @@ class PushTEnv(gym.Env):
         except ImportError as exc:
             raise MissingExtraError(f"PushT envs need gym-pusht ({exc}); install with: pip install 'gr00t-eval[pusht]'") from exc
         env_id = f"gym_pusht/{task}" if task else "gym_pusht/PushT-v0"
+        # gym-pusht registers a TimeLimit of 300 steps: `rollout --max-episode-steps 720` (the default) was cut at 300
+        # and scored a failure without a word. The caller's budget (rollout's MultiStepWrapper, record's loop) is the
+        # only limit, as for Meta-World.
         self._env = gym.make(
             env_id, obs_type="pixels_agent_pos", render_mode="rgb_array",
-            observation_width=image_size, observation_height=image_size,
+            observation_width=image_size, observation_height=image_size, max_episode_steps=UNLIMITED_STEPS,
         )
         self.observation_space = gym.spaces.Dict(
             {
