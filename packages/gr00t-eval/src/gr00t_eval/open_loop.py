@@ -23,6 +23,7 @@ from gr00t_client import BasePolicy, ModalityConfig, PolicyServerError, ServerSt
 from .action_steps import check_consecutive_action_deltas
 from .progress import bar_options
 from .dataset import DatasetError, LeRobotDataset
+from .key_matching import match_keys
 from .metrics import ActionErrors, action_errors
 from .policy_identity import pinned_policy, policy_record
 from .reported_position import is_position
@@ -183,21 +184,19 @@ _WARNED_KEY_MATCHES: set = set()
 
 
 class _KeyMap:
-    """Modality-config keys -> dataset keys (by name, or by position when the names differ but counts match)."""
+    """Modality-config keys -> dataset keys (by name, then those left over by position when their counts match)."""
 
     def __init__(self, kind: str, wanted: Sequence[str], available: Sequence[str]) -> None:
-        if all(k in available for k in wanted):
-            self.map = {k: k for k in wanted}
-        elif len(wanted) == len(available):
-            said = (kind, tuple(wanted), tuple(available))
-            if said not in _WARNED_KEY_MATCHES:  # once per run, not once per trajectory
-                _WARNED_KEY_MATCHES.add(said)
-                logger.warning("policy %s keys %s are not the dataset's %s; matching by position", kind, list(wanted),
-                               list(available))
-            self.map = dict(zip(wanted, available))
-        else:
+        matched = match_keys(wanted, available)
+        if matched is None:
             missing = [k for k in wanted if k not in available]
             raise ValueError(f"the policy's {kind} keys {missing} are not in the dataset's meta/modality.json; it has {list(available)}")
+        self.map, by_position = matched
+        said = (kind, tuple(wanted), tuple(available))
+        if by_position and said not in _WARNED_KEY_MATCHES:  # once per run, not once per trajectory
+            _WARNED_KEY_MATCHES.add(said)
+            logger.warning("policy %s keys %s are not the dataset's; matching by position: %s", kind,
+                           [w for w, _ in by_position], ", ".join(f"{w} <- {a}" for w, a in by_position))
 
 
 def build_observation(

@@ -20,6 +20,7 @@ from gr00t_client import ModalityConfig
 from gr00t_client.policy import ActionError, non_finite_rows
 
 from ..action_steps import check_consecutive_action_deltas
+from ..key_matching import match_keys
 from ..reported_position import is_position
 
 logger = logging.getLogger(__name__)
@@ -69,8 +70,8 @@ class HorizonSpec:
 class ObservationMapper:
     """Batched env observations -> the flat observation the policy's modality config asks for.
 
-    Keys are matched by name (`video.<k>`, `state.<k>`, the language key); when the names differ but the env
-    has as many cameras (or state groups, or one language key) as the config, they are matched by position.
+    Keys are matched by name (`video.<k>`, `state.<k>`, the language key); those left over are matched by position
+    when the env has as many left over (cameras, state groups, a language key) as the config.
     """
 
     def __init__(self, spec: HorizonSpec, env_keys: Sequence[str]) -> None:
@@ -83,14 +84,15 @@ class ObservationMapper:
         self._match("language", list(spec.language_keys), available)
 
     def _match(self, kind: str, wanted: List[str], available: List[str]) -> None:
-        if all(w in available for w in wanted):
-            self.sources.update({w: w for w in wanted})
-        elif len(wanted) == len(available):
-            logger.warning("env %s keys %s differ from the policy's %s; matching them by position", kind, available, wanted)
-            self.sources.update(dict(zip(wanted, available)))
-        else:
+        matched = match_keys(wanted, available)
+        if matched is None:
             missing = [w for w in wanted if w not in available]
             raise ValueError(f"the env has no {kind} keys {missing} that the policy needs; the env provides {available}")
+        sources, by_position = matched
+        if by_position:
+            logger.warning("env %s keys differ from the policy's; matching them by position: %s", kind,
+                           ", ".join(f"{w} <- {a}" for w, a in by_position))
+        self.sources.update(sources)
 
     def __call__(self, obs: Mapping[str, Any]) -> Dict[str, Any]:
         out: Dict[str, Any] = {}
