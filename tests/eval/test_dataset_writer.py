@@ -240,3 +240,54 @@ def test_a_finalized_writer_says_nothing_when_dropped(tmp_path, caplog):
         del writer
         gc.collect()
     assert "dropped without finalize" not in caplog.text
+
+
+# --- v3.0 files shared by episodes of other types (code-review audit) -------------------------------------------
+
+
+def _small_episode(writer, **extra):
+    return writer.add_episode(frames={"cam": np.zeros((5, 16, 16, 3), np.uint8)}, states={"arm": np.zeros((5, 2))},
+                              actions={"arm": np.zeros((5, 2))}, task="t", **extra)
+
+
+@pytest.mark.parametrize("layout", ["v2.1", "v3.0"])
+def test_a_step_column_given_in_another_float_type_is_written_in_the_first_episodes(tmp_path, layout):
+    """float32 rewards, then a list of Python floats: a v3.0 finalize() failed and every episode was lost."""
+    from gr00t_eval.dataset import DatasetWriter, LeRobotDataset
+
+    root = tmp_path / "ds"
+    with DatasetWriter(root, fps=10, layout=layout) as writer:
+        for rewards in (np.zeros(5, np.float32), [0.0, 0.1, 0.2, 0.3, 1.0], np.ones(5, np.float32)):
+            _small_episode(writer, step_columns={"next.reward": rewards})
+    dataset = LeRobotDataset(root)
+    assert dataset.num_episodes == 3
+    rewards = dataset.episode(1).column("next.reward")
+    assert rewards.dtype == np.float32 and np.allclose(rewards, [0.0, 0.1, 0.2, 0.3, 1.0])
+
+
+def test_a_step_column_whose_type_cannot_be_cast_is_refused_at_add_episode_and_the_others_survive(tmp_path):
+    from gr00t_eval.dataset import DatasetWriter, LeRobotDataset
+
+    root = tmp_path / "ds"
+    with DatasetWriter(root, fps=10, layout="v3.0") as writer:
+        _small_episode(writer, step_columns={"label": np.arange(5, dtype=np.int64)})
+        with pytest.raises(ValueError, match="episode 1: column 'label' holds string, and earlier episodes int64"):
+            _small_episode(writer, step_columns={"label": np.array(["a", "b", "c", "d", "e"])})
+        _small_episode(writer, step_columns={"label": np.arange(5, dtype=np.int64)})
+    assert LeRobotDataset(root).num_episodes == 2
+
+
+@pytest.mark.parametrize("values, bad", [((3, "three"), "seed"), (([1, "a"],), "seed"), (({},), "seed")],
+                         ids=["int-then-str", "mixed-list", "empty-map"])
+def test_v3_metadata_the_episode_list_cannot_hold_is_refused_at_add_episode(tmp_path, values, bad):
+    """Each was accepted, then finalize() failed and nothing was written but an mp4."""
+    from gr00t_eval.dataset import DatasetWriter, LeRobotDataset
+
+    root = tmp_path / "ds"
+    with DatasetWriter(root, fps=10, layout="v3.0") as writer:
+        for value in values[:-1]:
+            _small_episode(writer, metadata={bad: value})
+        with pytest.raises(ValueError, match=f"metadata\\['{bad}'\\] .* cannot be stored in a v3.0 episode list"):
+            _small_episode(writer, metadata={bad: values[-1]})
+        _small_episode(writer)
+    assert LeRobotDataset(root).num_episodes == len(values)

@@ -100,6 +100,7 @@ class DatasetWriter:
         self._action_dims: Optional[Dict[str, int]] = None
         self._step_columns: Optional[List[str]] = None
         self._frame_sizes: Dict[str, tuple] = {}
+        self._schema: Optional[pa.Schema] = None  # the first episode's column types, which later ones are cast to
         self._tasks: Dict[str, int] = {}
         self._episodes: List[Dict[str, Any]] = []
         self._numeric: Dict[str, RunningColumnStats] = {}  # per numeric column, for stats.json
@@ -140,11 +141,13 @@ class DatasetWriter:
             raise ValueError(f"episode {len(self._episodes)} has 0 steps; an episode needs at least one step")
         # What a refused episode must not leave behind: the layout a first episode fixes (a first episode refused by
         # a full disk made every later one of another frame size "differ from earlier episodes").
-        layout = (self._cameras, self._state_dims, self._action_dims, self._step_columns, dict(self._frame_sizes))
+        layout = (self._cameras, self._state_dims, self._action_dims, self._step_columns, dict(self._frame_sizes),
+                  self._schema)
         try:
             return self._add_episode(frames, state_arrays, action_arrays, task, step_columns, metadata, length)
         except BaseException:
-            self._cameras, self._state_dims, self._action_dims, self._step_columns, self._frame_sizes = layout
+            (self._cameras, self._state_dims, self._action_dims, self._step_columns, self._frame_sizes,
+             self._schema) = layout
             raise
 
     def _add_episode(self, frames, state_arrays, action_arrays, task: str, step_columns, metadata, length: int) -> int:
@@ -175,7 +178,9 @@ class DatasetWriter:
             columns[self.language_column] = np.full(length, task_index, np.int64)
         for name, values in step_columns.items():
             columns[name] = np.asarray(values)
-        table = _to_table(columns)
+        table = self._first_schema_of(_to_table(columns), episode_index)
+        if self.layout != "v2.1":
+            self._check_v3_metadata(metadata, episode_index)
         numeric = {name: np.asarray(values).reshape(length, -1) for name, values in columns.items()
                    if np.asarray(values).dtype.kind in "biuf"}
         for name, values in numeric.items():  # checked before the files: a width change must not land half-way
@@ -249,6 +254,39 @@ class DatasetWriter:
             self._unlisted[0] = 0  # said just now
 
     # -- checks -----------------------------------------------------------------------------------
+    def _first_schema_of(self, table: pa.Table, episode_index: int) -> pa.Table:
+        """`table` in the first episode's column types (a float64 list where float32 came before), or ValueError
+        naming the column and both types: a v3.0 file shared by episodes of two types could not be written at all
+        (finalize() failed and every episode of the dataset was lost)."""
+        if self._schema is None:
+            self._schema = table.schema
+            return table
+        if table.schema == self._schema:
+            return table
+        for field in self._schema:
+            got = table.schema.field(field.name).type
+            if got != field.type:
+                try:
+                    table = table.set_column(table.schema.get_field_index(field.name), field,
+                                             table.column(field.name).cast(field.type, safe=True))
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                    raise ValueError(f"episode {episode_index}: column {field.name!r} holds {got}, and earlier episodes "
+                                     f"{field.type}; give it the same type in every episode ({exc})") from None
+        return table
+
+    def _check_v3_metadata(self, metadata: Mapping[str, Any], episode_index: int) -> None:
+        """ValueError naming the key when v3.0's episode list (one parquet table) cannot hold this episode's metadata
+        beside the earlier episodes' (an int then a str, a list of mixed types, an empty map): it failed at
+        finalize(), and every episode was lost."""
+        for key, value in metadata.items():
+            values = [record.get(key) for record in self._episodes] + [value]
+            try:
+                pq.write_table(pa.table({key: pa.array(values)}), pa.BufferOutputStream())
+            except (pa.ArrowException, TypeError, ValueError) as exc:
+                raise ValueError(f"episode {episode_index}: metadata[{key!r}] = {value!r:.80} cannot be stored in a "
+                                 f"v3.0 episode list beside the earlier episodes' values ({type(exc).__name__}: {exc}); "
+                                 "give each key one type (not an empty map) in every episode") from None
+
     def _check_layout(self, frames, states, actions, step_columns, length: int) -> None:
         for kind, groups in (("states", states), ("actions", actions)):
             for key, value in groups.items():
