@@ -83,3 +83,20 @@ def test_a_spelling_two_checkpoint_tags_share_is_refused_naming_both(tmp_path):
     assert Gr00tPolicy(checkpoint, "MY_ROBOT", device="cpu").embodiment_tag_value == "MY_ROBOT"  # exact first
     with pytest.raises(ValueError, match=r"'MY_ROBOT', 'my_robot'.*differ only in case"):
         Gr00tPolicy(checkpoint, "My_Robot", device="cpu")
+
+
+def test_a_relative_mean_std_action_key_without_relative_mean_and_std_is_refused_at_load(copy_of):
+    """It loaded, and every get_action failed after the model had run (serve's warm-up caught it, Python did not)."""
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+
+    checkpoint = copy_of()
+    config_path, stats_path = checkpoint / "processor_config.json", checkpoint / "statistics.json"
+    config, stats = json.loads(config_path.read_text()), json.loads(stats_path.read_text())
+    config["processor_kwargs"]["modality_configs"]["new_embodiment"]["action"]["mean_std_embedding_keys"] = ["joints"]
+    for name in ("mean", "std"):
+        stats["new_embodiment"]["relative_action"]["joints"].pop(name)
+    config_path.write_text(json.dumps(config))
+    stats_path.write_text(json.dumps(stats))
+    with pytest.raises(ValueError, match=r"Relative action statistics for key 'joints' of 'new_embodiment' lack "
+                                         r"\['mean', 'std'\]"):
+        Gr00tPolicy(checkpoint, "new_embodiment", device="cpu")

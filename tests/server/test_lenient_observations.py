@@ -91,3 +91,15 @@ def test_a_lenient_sim_wrapper_refuses_an_observation_that_is_not_a_dict(lenient
         with pytest.raises(PolicyServerError, match=r"observation must be a dict of flat keys \('video.<key>', "
                                                     r"'state.<key>', ...\); got list"):
             client.get_action([1, 2])
+
+
+@pytest.mark.parametrize("convert, says", [
+    (lambda v: v.astype(np.float32) / 255, r"got float32 \(1, 1, 32, 32, 3\) \(floats in \[0, 1\]\?"),
+    (lambda v: np.ascontiguousarray(v.transpose(0, 1, 4, 2, 3)), r"got uint8 \(1, 1, 3, 32, 32\) \(channels first\?"),
+], ids=["float", "channels-first"])
+def test_frames_of_another_dtype_or_layout_are_refused_naming_the_camera_and_the_shape_sent(lenient, good, convert, says):
+    """The message named no camera and showed a reshaped shape, or spoke of aspect ratios for channels-first frames."""
+    key = next(iter(good["video"]))
+    observation = _broken(good, _set("video", key, convert(good["video"][key])))
+    with pytest.raises(ValueError, match=f"Video key '{key}' must be uint8 \\(B, T, H, W, 3\\) with values 0-255; {says}"):
+        lenient.get_action(observation)

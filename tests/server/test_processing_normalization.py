@@ -259,3 +259,13 @@ def test_relative_eef_default_format_is_a_4x4_matrix():
     relative[:3, 3] = [0.5, 0.0, 0.0]
     out = norm.decode_relative("eef", relative.reshape(1, 1, 16), reference.reshape(1, 1, 16), "EEF", "DEFAULT")
     np.testing.assert_allclose(out.reshape(4, 4)[:3, 3], [1.5, 2.0, 3.0])
+
+
+def test_a_sin_cos_state_key_of_another_width_than_its_statistics_is_refused():
+    """Its width went unchecked: a 2-wide 'hand' (statistics: 1) moved every later state key onto other columns."""
+    proc = _processor()
+    configs = proc.config.modality_configs["robot"]
+    configs["state"].sin_cos_embedding_keys = ["hand"]
+    object.__setattr__(proc.config, "apply_sincos_state_encoding", True)
+    with pytest.raises(ValueError, match="State key 'hand' has dimension 2; the checkpoint statistics expect 1"):
+        proc.normalize_state("robot", {"arm": np.array([[2.0, 4.0]]), "hand": np.array([[0.1, 0.2]])})

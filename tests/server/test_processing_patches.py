@@ -162,3 +162,14 @@ def test_preprocessor_config_round_trip():
     assert config == VisionPatchConfig()
     legacy = VisionPatchConfig.from_dict({"min_pixels": 3136, "max_pixels": 1003520, "patch_size": 14})
     assert (legacy.min_pixels, legacy.max_pixels, legacy.patch_size) == (3136, 1003520, 14)
+
+
+def test_top_level_min_and_max_pixels_override_size_as_transformers_reads_them():
+    """`size` won here, where transformers' Qwen2-VL image processors let min_pixels/max_pixels override it: a file
+    holding both gave another image grid than the reference's."""
+    config = VisionPatchConfig.from_dict({"size": {"shortest_edge": 65536, "longest_edge": 16777216}, "max_pixels": 262144})
+    assert (config.min_pixels, config.max_pixels) == (65536, 262144)
+    only_min = VisionPatchConfig.from_dict({"min_pixels": 1024})
+    assert (only_min.min_pixels, only_min.max_pixels) == (1024, VisionPatchConfig().max_pixels)
+    with pytest.raises(ValueError, match="'size' must hold shortest_edge and longest_edge"):
+        VisionPatchConfig.from_dict({"size": {"shortest_edge": 65536}})

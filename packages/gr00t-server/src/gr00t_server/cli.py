@@ -46,7 +46,7 @@ def _add_serve_parser(subparsers: Any) -> None:
     p.add_argument(*_flag("clip-outliers"), dest="clip_outliers", action="store_true", default=None,
                    help="clip min/max-normalized states to [-1, 1] and absolute actions to the statistics range; mean/std "
                    "states and relative actions are not clipped, as in the reference (default: the checkpoint's "
-                   "processor_config.json clip_outliers)")
+                   "processor_config.json clip_outliers, for states; mean/std absolute actions then stay unclipped)")
     p.add_argument(*_flag("no-clip-outliers"), dest="clip_outliers", action="store_false",
                    help="do not clip normalized states (actions decode as the reference does)")
     p.add_argument(*_flag("preprocess-device"), default=None,

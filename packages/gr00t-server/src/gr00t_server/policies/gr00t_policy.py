@@ -191,9 +191,9 @@ class Gr00tPolicy(BasePolicy):
     """A GR00T N1.7 checkpoint (local folder or hub id) serving one embodiment.
 
     `Gr00tPolicy(model_path, embodiment_tag, device="cuda", strict=True, dtype=None)`; keywords in any order.
-    `clip_outliers`: None keeps the checkpoint's processor setting; True clips normalized states to [-1, 1] and
-    every decoded action key to its statistics range; False leaves states unclipped (actions decode as the
-    reference does). `preprocess_device`: where frames are patchified (default: the model's device if a GPU).
+    `clip_outliers`: None keeps the checkpoint's processor setting, for states (actions decode as the reference
+    does: a mean/std absolute key is not clipped, whatever the checkpoint says); True clips normalized states to
+    [-1, 1] and every decoded absolute action key to its statistics range; False leaves states unclipped. `preprocess_device`: where frames are patchified (default: the model's device if a GPU).
     """
 
     supports_batching = True

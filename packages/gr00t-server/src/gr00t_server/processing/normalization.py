@@ -94,7 +94,9 @@ def normalize_state_key(
     clip_outliers: bool,
 ) -> np.ndarray:
     """Normalize one state group (T, D) by the rule of model.md §3.5 that applies to `key`."""
-    if x.shape[-1] != params.dim and not (apply_sincos and key in (state_config.sin_cos_embedding_keys or [])):
+    # A sin/cos key too: its statistics hold its raw width (only its encoding is 2x wider); a wider one moved every
+    # later state key onto other columns of the model's state vector.
+    if x.shape[-1] != params.dim:
         raise ValueError(f"State key '{key}' has dimension {x.shape[-1]}; the checkpoint statistics expect {params.dim}")
     if apply_sincos and key in (state_config.sin_cos_embedding_keys or []):
         return sin_cos_encode(x)

@@ -147,6 +147,10 @@ class Gr00tN1d7Processor:
                 relative[key] = norm.relative_stats_for_horizon(
                     stats["relative_action"][key], action_config.horizon, f"key '{key}' of '{tag}'"
                 )
+                lacking = [name for name in ("mean", "std") if name not in relative[key]]
+                if key in (action_config.mean_std_embedding_keys or []) and lacking:  # at load, not after every call
+                    raise ValueError(f"Relative action statistics for key '{key}' of '{tag}' lack {lacking} (the key is "
+                                     "in mean_std_embedding_keys)")
                 width = relative[key]["min"].shape[-1]
                 if width != params.dim:
                     raise ValueError(
@@ -231,6 +235,13 @@ class Gr00tN1d7Processor:
             frames = np.asarray(video[key])
             if frames.ndim != 5:
                 raise ValueError(f"Video key '{key}' must be (B, T, H, W, 3) here, got shape {frames.shape}")
+            if frames.dtype != np.uint8 or frames.shape[-1] != 3:  # named as sent, before a size check misreads it
+                hint = (" (channels first? send channels last, e.g. frames.transpose(0, 1, 3, 4, 2))"
+                        if frames.shape[2] == 3 and frames.shape[-1] != 3 else
+                        " (floats in [0, 1]? send (frames * 255).round().astype(np.uint8))" if frames.dtype.kind == "f"
+                        else "")
+                raise ValueError(f"Video key '{key}' must be uint8 (B, T, H, W, 3) with values 0-255; got "
+                                 f"{frames.dtype} {frames.shape}{hint}")
             if horizon is None:
                 horizon = frames.shape[:2]
             elif frames.shape[:2] != horizon:

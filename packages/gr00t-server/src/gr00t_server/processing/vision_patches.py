@@ -68,9 +68,18 @@ class VisionPatchConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> "VisionPatchConfig":
         """Read a preprocessor_config.json dict (Qwen3-VL `size` or Qwen2-VL `min_pixels`/`max_pixels`)."""
         defaults = cls()
-        size = data.get("size") or {}
-        min_pixels = size.get("shortest_edge", data.get("min_pixels", defaults.min_pixels))
-        max_pixels = size.get("longest_edge", data.get("max_pixels", defaults.max_pixels))
+        # As transformers' Qwen2-VL image processors read it: a top-level min_pixels/max_pixels overrides `size`
+        # (it was the other way round here: another image grid than the reference's), and a `size` must then hold
+        # both edges (a missing one fell back to the default without a word).
+        size = dict(data.get("size") or {"shortest_edge": defaults.min_pixels, "longest_edge": defaults.max_pixels})
+        if data.get("min_pixels") is not None:
+            size["shortest_edge"] = data["min_pixels"]
+        if data.get("max_pixels") is not None:
+            size["longest_edge"] = data["max_pixels"]
+        if "shortest_edge" not in size or "longest_edge" not in size:
+            raise ValueError(f"'size' must hold shortest_edge and longest_edge (or min_pixels/max_pixels give them), "
+                             f"got {data.get('size')!r}")
+        min_pixels, max_pixels = size["shortest_edge"], size["longest_edge"]
         return cls(
             patch_size=_whole(data.get("patch_size", defaults.patch_size)),
             temporal_patch_size=_whole(data.get("temporal_patch_size", defaults.temporal_patch_size)),
