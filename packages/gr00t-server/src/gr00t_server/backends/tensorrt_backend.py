@@ -8,6 +8,9 @@ comes from the ONNX types), one optimization profile per engine with shapes from
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -17,7 +20,9 @@ import torch
 from gr00t_server.backends.common import (
     ENGINE_METADATA,
     BackendError,
+    check_export_files,
     engine_file_name,
+    file_digest,
     model_of,
     read_export_metadata,
     read_json,
@@ -149,28 +154,91 @@ def build_engines(
     workspace_mib: int = 8192,
     max_batch_size: int = 8,
 ) -> dict[str, Any]:
-    """Build an engine for every sub-model of an export; writes `engine_metadata.json`."""
+    """Build an engine for every sub-model of an export; writes `engine_metadata.json`.
+
+    The ONNX files are checked against their export's hashes first (a file copied in from another export was built
+    from without a word). Engines are built in a hidden folder inside `engine_dir` and moved in only once all are
+    built, the earlier metadata out first and the new one last: a build that fails or is interrupted leaves the
+    earlier engines as they were (it left some of them replaced, under the earlier metadata, and serve took the
+    mix). Each engine's size and sha256 are recorded, and apply_tensorrt checks them.
+    """
+    from gr00t_server.backends.export_dir import _pid_alive
+
     trt = import_tensorrt()
     export_metadata = read_export_metadata(onnx_dir)
-    precision = precision or export_metadata.get("precision", "bf16")
+    check_export_files(onnx_dir, export_metadata)
+    requested = precision
     out = Path(engine_dir)
     out.mkdir(parents=True, exist_ok=True)
-    engines = {}
-    for name, info in export_metadata["submodules"].items():
-        onnx_path = Path(onnx_dir) / info["file"]
-        shapes = profile_shapes(info["inputs"], int(export_metadata.get("batch_size", 1)), max_batch_size)
-        logger.info("building %s from %s", engine_file_name(info["file"]), onnx_path)
-        engines[name] = build_engine(onnx_path, out / engine_file_name(info["file"]), shapes, precision, workspace_mib)
-    metadata = {
-        **gpu_identity(),
-        "tensorrt_version": str(trt.__version__),
-        "precision": precision,
-        "max_batch_size": max_batch_size,
-        "engines": engines,
-        "export_metadata": export_metadata,
-    }
-    write_json(out / ENGINE_METADATA, metadata)
-    return metadata
+    for stale in out.glob(ENGINE_WORK_PREFIX + "*"):  # a build killed with SIGKILL left its staging folder
+        pid = stale.name[len(ENGINE_WORK_PREFIX):].split("-")[0]
+        if stale.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    try:
+        earlier = [info["file"] for info in read_json(out / ENGINE_METADATA, "engine metadata")["engines"].values()]
+    except Exception:  # noqa: BLE001 - no earlier build, or one whose metadata cannot say: nothing of it is removed
+        earlier = []
+    staging = Path(tempfile.mkdtemp(prefix=f"{ENGINE_WORK_PREFIX}{os.getpid()}-", dir=out))
+    try:
+        engines = {}
+        for name, info in export_metadata["submodules"].items():
+            onnx_path = Path(onnx_dir) / info["file"]
+            shapes = profile_shapes(info["inputs"], int(export_metadata.get("batch_size", 1)), max_batch_size)
+            logger.info("building %s from %s", engine_file_name(info["file"]), onnx_path)
+            engine = build_engine(onnx_path, staging / engine_file_name(info["file"]), shapes,
+                                  requested or export_metadata.get("precision", "bf16"), workspace_mib)
+            engines[name] = {**engine, **file_digest(staging / engine["file"])}
+        # A strongly typed network takes its precision from the ONNX types: the flag changed nothing, and verify
+        # loads its PyTorch reference in the recorded precision.
+        typed = all(engine.get("strongly_typed") for engine in engines.values())
+        metadata = {
+            **gpu_identity(),
+            "tensorrt_version": str(trt.__version__),
+            "precision": export_metadata.get("precision", "bf16") if typed or not requested else requested,
+            "max_batch_size": max_batch_size,
+            "engines": engines,
+            "export_metadata": export_metadata,
+        }
+        (out / ENGINE_METADATA).unlink(missing_ok=True)  # no metadata while files move: a half folder is refused
+        for engine in engines.values():
+            os.replace(staging / engine["file"], out / engine["file"])
+        write_json(out / ENGINE_METADATA, metadata)
+        built = {engine["file"] for engine in engines.values()}
+        for name in earlier:  # the earlier build's engines of other names (another precision's export)
+            if isinstance(name, str) and Path(name).name == name and name not in built:
+                (out / name).unlink(missing_ok=True)
+        return metadata
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+ENGINE_WORK_PREFIX = ".gr00t-engines-"  # build_engines' hidden staging folder in --engine-dir: <prefix><pid>-<random>
+
+
+def check_engine_files(metadata: dict[str, Any], engine_dir: Union[str, Path]) -> None:
+    """BackendError unless `engine_metadata.json` lists one engine per exported sub-module, each present with the size
+    and sha256 recorded when it was built: an interrupted rebuild mixed two checkpoints' engines, and an `engines` map
+    without some sub-modules served PyTorch for them under the tensorrt label."""
+    folder = Path(engine_dir)
+    engines = metadata.get("engines")
+    exported = (metadata.get("export_metadata") or {}).get("submodules") or {}
+    if not isinstance(engines, dict) or set(engines) != set(exported):
+        listed = sorted(engines) if isinstance(engines, dict) else engines
+        raise BackendError(f"{folder / ENGINE_METADATA} lists engines {listed}, and the export has the sub-modules "
+                           f"{sorted(exported)}; rebuild the engines with build-engine")
+    for name, info in engines.items():
+        file_name = info.get("file") if isinstance(info, dict) else None
+        if not isinstance(file_name, str) or Path(file_name).name != file_name or file_name in ("", ".", ".."):
+            raise BackendError(f"{folder / ENGINE_METADATA}: engine {name!r} names no plain file ({file_name!r})")
+        if "sha256" not in info:
+            raise BackendError(f"{folder / ENGINE_METADATA} records no engine hashes (built by an older gr00t-server), "
+                               "so its engines cannot be checked; rebuild them with build-engine")
+        path = folder / file_name
+        if not path.is_file():
+            raise BackendError(f"{path} is listed in {ENGINE_METADATA} but missing")
+        if path.stat().st_size != info.get("size") or file_digest(path)["sha256"] != info["sha256"]:
+            raise BackendError(f"{path} is not the engine {ENGINE_METADATA} records (size or sha256 differs): an "
+                               f"interrupted rebuild, or a file copied in? Rebuild the engines in {folder}")
 
 
 # ----- runtime -----
@@ -247,10 +315,8 @@ def apply_tensorrt(policy: Any, engine_dir: Union[str, Path]) -> list[str]:
     model = model_of(policy)
     metadata = read_json(Path(engine_dir) / ENGINE_METADATA, "TensorRT engine metadata")
     check_engine_metadata(metadata, model, engine_dir)
+    check_engine_files(metadata, engine_dir)
     runners = {}
-    for name, info in metadata.get("engines", {}).items():
-        path = Path(engine_dir) / info["file"]
-        if not path.is_file():
-            raise BackendError(f"{path} is listed in {ENGINE_METADATA} but missing")
-        runners[name] = TrtRunner(path, model.device)
+    for name, info in metadata["engines"].items():
+        runners[name] = TrtRunner(Path(engine_dir) / info["file"], model.device)
     return swap_exported_modules(policy, runners, metadata["export_metadata"])

@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 import torch
 
-from gr00t_server.backends.common import TORCH_DTYPES, model_of
+from gr00t_server.backends.common import TORCH_DTYPES, BackendError, model_of
 from gr00t_server.backends.export import CapturedCall, capture_calls
 
 logger = logging.getLogger(__name__)
@@ -162,6 +162,8 @@ def verify_policy(
 
     calls = reference_calls(model, run_reference)
     swapped = apply_backend(policy)
+    if not swapped:  # the actions would compare PyTorch with itself and pass
+        raise BackendError(f"the {mode} backend swapped no sub-module into the model: nothing to verify")
     comparisons = []
     for name, module in submodule_targets(model_of(policy), swapped).items():
         call = calls.get(name)

@@ -1,0 +1,126 @@
+"""The TensorRT engine folder's life cycle, on CPU: what build-engine writes, and what serving accepts. TensorRT
+itself needs a GPU, so its compiler is replaced by a stand-in whose "engine" is the sha256 of the ONNX file it was
+built from (the folder handling, hashing and checks under test are the real ones; tests/server/test_backends_gpu.py
+builds real engines on a GPU). An interrupted rebuild left engines of two exports under the first's metadata, which
+serving accepted; an ONNX folder with another export's file was built from; `"engines": {}` served PyTorch under the
+tensorrt label."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import types
+
+import pytest
+
+from gr00t_server.backends import BackendError
+from gr00t_server.backends import tensorrt_backend as trt_backend
+from gr00t_server.backends.common import ENGINE_METADATA
+from gr00t_server.backends.export import export_policy
+from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+from gr00t_server.test_checkpoint import example_observation, make_test_checkpoint
+
+pytest.importorskip("onnxruntime")
+
+TAG = "new_embodiment"
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """Action-head exports (4 sub-modules) of two checkpoints: A and B."""
+    root = tmp_path_factory.mktemp("trt")
+    made = {}
+    for name, seed in (("a", 0), ("b", 1)):
+        checkpoint = make_test_checkpoint(root / f"ckpt_{name}", seed=seed)
+        policy = Gr00tPolicy(checkpoint, TAG, device="cpu", dtype="fp32")
+        export_policy(policy, example_observation(checkpoint, TAG, batch_size=1, seed=1), root / f"onnx_{name}",
+                      mode="action_head")
+        made[name] = root / f"onnx_{name}"
+    return made
+
+
+@pytest.fixture
+def stand_in(monkeypatch):
+    """TensorRT's import and compiler replaced; `interrupt_at` makes the build of that ONNX file raise Ctrl-C."""
+    state = {"interrupt_at": None}
+
+    def build_engine(onnx_path, engine_path, shapes, precision, workspace_mib=8192):
+        if state["interrupt_at"] and onnx_path.name.startswith(state["interrupt_at"]):
+            raise KeyboardInterrupt
+        engine_path.write_bytes(b"ENGINE " + hashlib.sha256(onnx_path.read_bytes()).hexdigest().encode())
+        return {"file": engine_path.name, "onnx_file": onnx_path.name, "build_seconds": 0.0, "strongly_typed": True,
+                "profile": {}}
+
+    monkeypatch.setattr(trt_backend, "import_tensorrt", lambda: types.SimpleNamespace(__version__="10.9.0"))
+    monkeypatch.setattr(trt_backend, "gpu_identity", lambda device=None: {"gpu_name": "H200", "compute_capability": "90"})
+    monkeypatch.setattr(trt_backend, "build_engine", build_engine)
+    return state
+
+
+def engines_of(folder):
+    return {path.name: path.read_bytes() for path in folder.glob("*.engine")}
+
+
+def test_a_built_folder_records_each_engine_and_passes_its_checks(exports, stand_in, tmp_path):
+    metadata = trt_backend.build_engines(exports["a"], tmp_path / "engines", precision="bf16")
+    assert set(metadata["engines"]) == set(metadata["export_metadata"]["submodules"])
+    assert all(len(info["sha256"]) == 64 for info in metadata["engines"].values())
+    assert metadata["precision"] == "fp32"  # strongly typed: the export's types decide, not the flag
+    trt_backend.check_engine_files(metadata, tmp_path / "engines")
+    assert not list((tmp_path / "engines").glob(".gr00t-engines-*"))
+
+
+def test_an_interrupted_rebuild_leaves_the_earlier_engines_whole(exports, stand_in, tmp_path):
+    folder = tmp_path / "engines"
+    trt_backend.build_engines(exports["a"], folder)
+    before, metadata_before = engines_of(folder), (folder / ENGINE_METADATA).read_text()
+    stand_in["interrupt_at"] = "action_encoder"  # built after action_decoder (alphabetical)
+    with pytest.raises(KeyboardInterrupt):
+        trt_backend.build_engines(exports["b"], folder)
+    assert engines_of(folder) == before and (folder / ENGINE_METADATA).read_text() == metadata_before
+    assert not list(folder.glob(".gr00t-engines-*"))
+    trt_backend.check_engine_files(json.loads(metadata_before), folder)
+
+
+def test_an_engine_of_another_build_is_refused(exports, stand_in, tmp_path):
+    """The mix an interrupted rebuild made before: another export's engine under the earlier metadata."""
+    folder, other = tmp_path / "engines", tmp_path / "other"
+    metadata = trt_backend.build_engines(exports["a"], folder)
+    trt_backend.build_engines(exports["b"], other)
+    shutil.copy(other / metadata["engines"]["action_decoder"]["file"], folder)
+    with pytest.raises(BackendError, match="is not the engine engine_metadata.json records"):
+        trt_backend.check_engine_files(metadata, folder)
+
+
+@pytest.mark.parametrize("engines", [{}, "drop-one"])
+def test_metadata_listing_fewer_engines_than_the_export_is_refused(exports, stand_in, tmp_path, engines):
+    metadata = trt_backend.build_engines(exports["a"], tmp_path / "engines")
+    metadata["engines"] = {} if engines == {} else dict(list(metadata["engines"].items())[1:])
+    with pytest.raises(BackendError, match="lists engines .* and the export has the sub-modules"):
+        trt_backend.check_engine_files(metadata, tmp_path / "engines")
+
+
+def test_metadata_of_an_older_build_without_hashes_asks_for_a_rebuild(exports, stand_in, tmp_path):
+    metadata = trt_backend.build_engines(exports["a"], tmp_path / "engines")
+    for info in metadata["engines"].values():
+        info.pop("sha256")
+    with pytest.raises(BackendError, match="records no engine hashes .* rebuild them with build-engine"):
+        trt_backend.check_engine_files(metadata, tmp_path / "engines")
+
+
+def test_an_onnx_folder_holding_another_exports_file_is_not_built_from(exports, stand_in, tmp_path):
+    mixed = tmp_path / "mixed"
+    shutil.copytree(exports["a"], mixed)
+    shutil.copy(exports["b"] / "dit_fp32.onnx", mixed / "dit_fp32.onnx")
+    with pytest.raises(BackendError, match="dit_fp32.onnx is not the file this export wrote"):
+        trt_backend.build_engines(mixed, tmp_path / "engines")
+    assert not (tmp_path / "engines" / ENGINE_METADATA).exists()
+
+
+def test_verify_refuses_a_backend_that_swapped_nothing(tiny_checkpoint):
+    from gr00t_server.backends.verify import verify_policy
+
+    policy = Gr00tPolicy(tiny_checkpoint, TAG, device="cpu", dtype="fp32")
+    with pytest.raises(BackendError, match="swapped no sub-module"):
+        verify_policy(policy, example_observation(tiny_checkpoint, TAG, batch_size=1), lambda _: [], "tensorrt")
