@@ -86,6 +86,22 @@ def test_a_typo_in_a_transformer_config_is_refused_naming_the_close_match(copy_o
     assert f"config.json: config field '{section}' has unknown key '{typo}' (did you mean '{meant}'?)" in err
 
 
+@pytest.mark.parametrize("edit", [lambda cfg: cfg.__setitem__("num_layers", 0), lambda cfg: cfg.pop("num_layers")],
+                         ids=["zero-layers", "no-num-layers"])
+def test_a_vl_self_attention_config_without_layers_builds_an_identity_as_upstream(copy_of, edit):
+    """num_layers 0 was refused, and an absent num_layers built 12 default layers (then '192 missing keys'), where
+    the reference builds no block and loads the checkpoint."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    checkpoint = copy_of()
+    _edit_config(checkpoint, lambda data: edit(data["vl_self_attention_cfg"]))
+    tensors = {k: v for k, v in load_file(checkpoint / "model.safetensors").items() if ".vl_self_attention." not in k}
+    save_file(tensors, checkpoint / "model.safetensors")
+    model = load_model(checkpoint, device="cpu")[0]
+    assert isinstance(model.action_head.vl_self_attention, torch.nn.Identity)
+
+
 def test_upstream_dit_keywords_and_diffusers_metadata_are_accepted(copy_of):
     checkpoint = copy_of()
     _edit_config(checkpoint, lambda data: data["diffusion_model_cfg"].update(
@@ -101,7 +117,8 @@ def test_upstream_dit_keywords_and_diffusers_metadata_are_accepted(copy_of):
         ("diffusion_model_cfg", "num_layers", 4.5, "an int >= 1"),
         ("diffusion_model_cfg", "num_layers", "4", "an int >= 1"),
         ("diffusion_model_cfg", "num_attention_heads", -4, "an int >= 1"),
-        ("vl_self_attention_cfg", "num_layers", 0, "an int >= 1"),
+        ("vl_self_attention_cfg", "num_layers", -1, "an int >= 1"),
+        ("vl_self_attention_cfg", "num_layers", "4", "an int >= 1"),
         ("diffusion_model_cfg", "dropout", "x", r"a number in [0, 1]"),
         ("diffusion_model_cfg", "norm_eps", -1, "a number in (0, 1)"),
         ("diffusion_model_cfg", "interleave_self_attention", "true", "true or false"),

@@ -455,6 +455,26 @@ def test_a_backend_folder_flag_is_checked_before_the_checkpoint_loads(copy_of, c
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("mode, message", [
+    ("onnxruntime", "ONNX export metadata not found: {folder}/export_metadata.json"),
+    ("tensorrt", "inference mode 'tensorrt' needs TensorRT 10"),  # not installed here (no GPU)
+])
+def test_a_backend_without_its_metadata_or_install_is_refused_before_the_checkpoint_loads(copy_of, capsys, tmp_path,
+                                                                                          mode, message):
+    """They were found only after the whole checkpoint had loaded (minutes and 6 GB for the 3B model)."""
+    from gr00t_server import cli
+
+    pytest.importorskip("onnxruntime")
+    checkpoint = copy_of()
+    (checkpoint / "model.safetensors").write_bytes(b"not safetensors")  # a load would report this instead
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    flag = "--onnx-dir" if mode == "onnxruntime" else "--engine-dir"
+    assert cli.main(["serve", "--model-path", str(checkpoint), "--device", "cpu", "--inference-mode", mode, flag,
+                     str(folder)]) == 2
+    assert message.format(folder=folder) in capsys.readouterr().err
+
+
 def test_a_file_given_as_the_checkpoint_is_named_as_a_file(copy_of, serve_error):
     checkpoint = copy_of()
     assert f"{checkpoint / 'config.json'} is a file; give the checkpoint folder" in serve_error(checkpoint / "config.json")

@@ -151,6 +151,32 @@ def test_a_hub_id_downloads_only_the_checkpoint_files_of_its_sub_folder(model, t
     assert all(pattern.startswith("libero_10/") for pattern in kwargs["allow_patterns"])
 
 
+def test_local_files_only_reaches_the_weights_download_and_processor_folders_are_fetched(model, tmp_path, monkeypatch):
+    """Gr00tPolicy(local_files_only=True) downloaded the weights anyway (only the tokenizer lookup saw the flag),
+    and a hub checkpoint with its processor files in processor/ had only its weights fetched."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    calls = []
+
+    def fake_snapshot_download(repo_id, **kwargs):
+        calls.append(kwargs)
+        raise LocalEntryNotFoundError("not in the cache")
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    with pytest.raises(CheckpointError, match="not in the local hub cache, and local_files_only is set"):
+        resolve_checkpoint_dir("nvidia/GR00T-N1.7-LIBERO", local_files_only=True)
+    assert calls[0]["local_files_only"] is True
+    assert "processor/statistics.json" in calls[0]["allow_patterns"]
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+
+    with pytest.raises(CheckpointError, match="local_files_only is set"):
+        Gr00tPolicy("nvidia/GR00T-N1.7-LIBERO", "libero_sim", device="cpu", local_files_only=True)
+    assert calls[1]["local_files_only"] is True
+
+
 def test_an_offline_hub_id_fails_fast_with_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.monotonic()

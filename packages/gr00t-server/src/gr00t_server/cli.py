@@ -254,9 +254,10 @@ def _model_policy(args: argparse.Namespace, tag: Any) -> Any:
     if os.path.isabs(model_path) and not os.path.exists(model_path):
         raise CliError(f"--model-path {model_path} does not exist")
     if args.inference_mode != "pytorch":  # before the checkpoint loads, which can take minutes
-        from .backends import check_inference_mode_files
+        from .backends import check_backend_before_load
 
-        check_inference_mode_files(args.inference_mode, onnx_dir=args.onnx_dir, engine_dir=args.engine_dir)
+        check_backend_before_load(args.inference_mode, onnx_dir=args.onnx_dir, engine_dir=args.engine_dir,
+                                  device=args.device)
     from .policies.gr00t_policy import Gr00tPolicy
 
     try:

@@ -16,7 +16,8 @@ logger = logging.getLogger(__name__)
 
 INFERENCE_MODES = ("pytorch", "torch-compile", "onnxruntime", "tensorrt")
 
-__all__ = ["BackendError", "EXPORT_MODES", "INFERENCE_MODES", "apply_inference_mode", "check_inference_mode_files"]
+__all__ = ["BackendError", "EXPORT_MODES", "INFERENCE_MODES", "apply_inference_mode", "check_backend_before_load",
+           "check_inference_mode_files"]
 
 
 def check_inference_mode_files(mode: str, onnx_dir: Optional[Union[str, Path]] = None,
@@ -33,6 +34,31 @@ def check_inference_mode_files(mode: str, onnx_dir: Optional[Union[str, Path]] =
         if not Path(folder).is_dir():
             raise BackendError(f"{flag} {folder} is not a folder{'' if Path(folder).exists() else ' (it does not exist)'}; "
                                f"give the folder `{made_by}` wrote")
+    return normalized
+
+
+def check_backend_before_load(mode: str, onnx_dir: Optional[Union[str, Path]] = None,
+                              engine_dir: Optional[Union[str, Path]] = None, device: Optional[str] = None) -> str:
+    """check_inference_mode_files, and what else needs no model: the backend is installed, its metadata is there and
+    well formed, and TensorRT gets a CUDA device. The CLI calls it before the checkpoint loads (minutes for the 3B
+    model, which `serve` spent before saying the export had no metadata or TensorRT was not installed)."""
+    normalized = check_inference_mode_files(mode, onnx_dir, engine_dir)
+    if normalized == "onnxruntime":
+        from gr00t_server.backends.common import read_export_metadata
+        from gr00t_server.backends.onnxruntime_backend import import_onnxruntime
+
+        import_onnxruntime()
+        read_export_metadata(onnx_dir)
+    elif normalized == "tensorrt":
+        from gr00t_server.backends.common import ENGINE_METADATA, check_export_structure, read_json
+        from gr00t_server.backends.tensorrt_backend import import_tensorrt
+
+        import_tensorrt()
+        if device is not None and not str(device).startswith("cuda"):
+            raise BackendError(f"inference mode 'tensorrt' needs a CUDA --device; got {device}")
+        path = Path(engine_dir) / ENGINE_METADATA
+        metadata = read_json(path, "TensorRT engine metadata")
+        check_export_structure(metadata.get("export_metadata", {}), path)
     return normalized
 
 

@@ -26,6 +26,9 @@ WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 CHECKPOINT_FILES = (
     CONFIG_NAME, SINGLE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, "model-*.safetensors",
     "processor_config.json", "statistics.json", "embodiment_id.json",
+    # A training output's processor files sit in processor/ (find_processor_dir reads them there; a hub checkpoint
+    # laid out so downloaded its weights and then failed for want of them).
+    "processor/processor_config.json", "processor/statistics.json", "processor/embodiment_id.json",
 )
 # Keys that may be absent from, or extra in, a checkpoint without failing a strict load (model.md §2.9, §9).
 IGNORABLE_KEYS = frozenset({
@@ -60,13 +63,13 @@ def split_hub_id(hub_id: str) -> tuple[str, Optional[str]]:
     return "/".join(parts[:2]), ("/".join(parts[2:]) or None)
 
 
-def _download(repo_id: str, subfolder: Optional[str], revision: Optional[str]) -> Path:
+def _download(repo_id: str, subfolder: Optional[str], revision: Optional[str], local_files_only: bool = False) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     prefix = f"{subfolder}/" if subfolder else ""
     name = f"{repo_id!r}" + (f" (sub-folder {subfolder!r})" if subfolder else "")
-    offline = _hub_offline()
+    offline = _hub_offline() or local_files_only
     try:
         root = snapshot_download(
             repo_id,
@@ -77,7 +80,8 @@ def _download(repo_id: str, subfolder: Optional[str], revision: Optional[str]) -
             etag_timeout=10,
         )
     except LocalEntryNotFoundError as exc:
-        why = "HF_HUB_OFFLINE is set" if offline else "the hub could not be reached"
+        why = ("local_files_only is set" if local_files_only else "HF_HUB_OFFLINE is set" if offline else
+               "the hub could not be reached")
         raise CheckpointError(
             f"checkpoint {name} is not a local directory, is not in the local hub cache, and {why}; "
             f"download it first or pass a local directory ({type(exc).__name__})"
@@ -90,9 +94,11 @@ def _download(repo_id: str, subfolder: Optional[str], revision: Optional[str]) -
 
 
 def resolve_checkpoint_dir(
-    model_dir_or_hub_id: Union[str, Path], subfolder: Optional[str] = None, revision: Optional[str] = None
+    model_dir_or_hub_id: Union[str, Path], subfolder: Optional[str] = None, revision: Optional[str] = None,
+    local_files_only: bool = False,
 ) -> Path:
-    """Local directory holding config.json + weights; hub ids (optionally with a sub-folder) are downloaded."""
+    """Local directory holding config.json + weights; hub ids (optionally with a sub-folder) are downloaded (only
+    looked up in the local hub cache with `local_files_only`, or with $HF_HUB_OFFLINE set)."""
     local = Path(model_dir_or_hub_id).expanduser()
     if local.exists():
         directory = local / subfolder if subfolder else local
@@ -102,7 +108,7 @@ def resolve_checkpoint_dir(
             raise CheckpointError(f"{text!r} is neither an existing directory nor a hub id (owner/name[/subfolder])")
         repo_id, id_subfolder = split_hub_id(text)
         parts = [p for p in (id_subfolder, subfolder) if p]
-        directory = _download(repo_id, "/".join(parts) or None, revision)
+        directory = _download(repo_id, "/".join(parts) or None, revision, local_files_only)
     if directory.is_file():
         raise CheckpointError(f"{directory} is a file; give the checkpoint folder that holds {CONFIG_NAME} and the weights")
     if not directory.is_dir():

@@ -205,8 +205,10 @@ class Gr00tN1d7Config:
             if value is not None and not isinstance(value, dict):
                 raise ValueError(f"config field {name!r} must be a dict or null, got {type(value).__name__}")
         _check_sub_config("diffusion_model_cfg", self.diffusion_model_cfg, DIT_CONFIG_KEYS)
-        if self.vl_self_attention_cfg:
-            _check_sub_config("vl_self_attention_cfg", self.vl_self_attention_cfg, VL_SELF_ATTENTION_CONFIG_KEYS)
+        if self.vl_self_attention_cfg:  # num_layers 0 means no block (an Identity), as upstream reads it
+            checked = {k: v for k, v in self.vl_self_attention_cfg.items() if not (k == "num_layers" and v == 0
+                                                                                and not isinstance(v, bool))}
+            _check_sub_config("vl_self_attention_cfg", checked, VL_SELF_ATTENTION_CONFIG_KEYS)
         if isinstance(self.image_token_id, bool) or not isinstance(self.image_token_id, int) or self.image_token_id < 0:
             raise ValueError(f"config field 'image_token_id' must be an int >= 0, got {self.image_token_id!r}")
         # Each denoising step is a full DiT pass; more steps than timestep buckets cannot differ, and a huge count
@@ -286,8 +288,11 @@ class Gr00tN1d7Config:
 
     @property
     def vl_self_attention_config(self) -> Optional[dict[str, Any]]:
-        """`vl_self_attention_cfg` merged over its code defaults, or None when the block is an Identity."""
-        if not self.vl_self_attention_cfg:
+        """`vl_self_attention_cfg` merged over its code defaults, or None when the block is an Identity: as upstream,
+        when the config is absent or its num_layers is 0 or absent (a defaulted 12-layer block was built, and the
+        checkpoint's missing weights refused, where the reference loads the checkpoint with an Identity)."""
+        cfg = self.vl_self_attention_cfg
+        if not cfg or cfg.get("num_layers", 0) == 0:  # a non-number was refused in __post_init__'s check
             return None
         merged = dict(VL_SELF_ATTENTION_CODE_DEFAULTS)
         merged.update(self.vl_self_attention_cfg)

@@ -220,7 +220,7 @@ class Gr00tPolicy(BasePolicy):
             model_path, embodiment_tag = embodiment_tag, model_path
         if model_path is None or embodiment_tag is None:
             raise ValueError("Gr00tPolicy needs both model_path and embodiment_tag")
-        self.checkpoint_dir = resolve_checkpoint_dir(model_path, subfolder=subfolder)
+        self.checkpoint_dir = resolve_checkpoint_dir(model_path, subfolder=subfolder, local_files_only=local_files_only)
         processor_config = load_processor_config(self.checkpoint_dir)
         supported = processor_config.embodiment_tags
         tag_obj, tag_value = _resolve_tag(embodiment_tag, supported)
