@@ -599,3 +599,21 @@ def test_without_a_tag_open_loop_records_the_served_embodiment_and_policy(datase
     assert data["policy"]["embodiment_tag"] == "libero_sim" and data["policy"]["identity"]["kind"] == "replay"
     assert open_loop(dataset, libero_server.port, tmp_path / "again", "--traj-ids", "0", "--embodiment-tag",
                      "LIBERO_SIM") == 0  # the same embodiment by name
+
+
+def test_a_stop_while_a_scored_trajectory_is_reported_keeps_it_scored_not_listed_as_not_run(dataset, tmp_path):
+    """A Ctrl-C during the report of a trajectory just scored listed it as 'not run' too; after the last one the
+    stop message itself failed with an IndexError."""
+    from gr00t_eval.open_loop import OpenLoopConfig, evaluate_open_loop
+
+    def report(line):
+        if line.startswith("MSE for trajectory 1"):
+            raise KeyboardInterrupt
+
+    config = OpenLoopConfig(str(dataset), traj_ids=[0, 1], execution_horizon=4, plot=False,
+                            output_dir=str(tmp_path / "out"))
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_open_loop(ReplayPolicy(dataset, execution_horizon=4), config, report=report, progress=False)
+    data = results(tmp_path / "out")
+    assert sorted(data["trajectories"]) == ["0", "1"] and data["not_run_trajectories"] == []
+    assert data["status"] == "interrupted"

@@ -451,7 +451,8 @@ def evaluate_open_loop(
     except (KeyboardInterrupt, Exception) as exc:  # a server gone, Ctrl-C, any failure: keep what was scored, then stop
         stopped = exc
         result.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "aborted"
-        result.not_run = valid[position:]
+        # a stop during the report of a trajectory just scored (or errored) leaves it scored, not "not run"
+        result.not_run = [t for t in valid[position:] if t not in result.trajectories and t not in result.errored]
     finally:
         if bar is not None:
             bar.close()
@@ -459,8 +460,8 @@ def evaluate_open_loop(
     if stopped is not None:
         why = "interrupted (Ctrl-C/SIGTERM)" if result.status == "interrupted" else f"{type(stopped).__name__}: {stopped}"
         stop = {"status": result.status, "not_run": result.not_run, "reason": why}
-        report(f"STOPPED at trajectory {result.not_run[0]}: {why}; {len(result.trajectories)} trajectories scored, "
-               f"{len(result.not_run)} not run")
+        where = f"at trajectory {result.not_run[0]}" if result.not_run else "after the last trajectory"
+        report(f"STOPPED {where}: {why}; {len(result.trajectories)} trajectories scored, {len(result.not_run)} not run")
     if result.trajectories:
         report(f"Average MSE across all trajs: {result.avg_mse}")
         report(f"Average MAE across all trajs: {result.avg_mae}")
