@@ -265,6 +265,19 @@ def test_a_step_column_given_in_another_float_type_is_written_in_the_first_episo
     assert rewards.dtype == np.float32 and np.allclose(rewards, [0.0, 0.1, 0.2, 0.3, 1.0])
 
 
+@pytest.mark.parametrize("layout", ["v2.1", "v3.0"])
+def test_a_float_too_large_for_the_first_episodes_column_type_is_refused_not_written_as_inf(tmp_path, layout):
+    from gr00t_eval.dataset import DatasetWriter, LeRobotDataset
+
+    root = tmp_path / "ds"
+    with DatasetWriter(root, fps=10, layout=layout) as writer:
+        _small_episode(writer, step_columns={"score": np.zeros(5, np.float32)})
+        with pytest.raises(ValueError, match="column 'score' holds double, and earlier episodes float.*out of float's "
+                                             "range"):
+            _small_episode(writer, step_columns={"score": np.array([1e300, 0.1, -1e300, 2.0, 0.0])})
+    assert LeRobotDataset(root).num_episodes == 1
+
+
 def test_a_step_column_whose_type_cannot_be_cast_is_refused_at_add_episode_and_the_others_survive(tmp_path):
     from gr00t_eval.dataset import DatasetWriter, LeRobotDataset
 

@@ -121,3 +121,56 @@ def test_a_video_at_29_97_frames_per_second_under_fps_30_gives_frame_k_to_step_k
     steps = [100, 400, 520, 580, 599]
     decoded = LeRobotDataset(root).episode(0).frames("image", steps)
     assert [nearest_step(f, [0], 64)[1] for f in decoded] == [s % 64 for s in steps]  # colours repeat every 64 steps
+
+
+def _write_video(path, frames, rate, pts=None):
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.width = stream.height = frames.shape[1]
+        stream.pix_fmt, stream.options = "yuv420p", {"crf": "10", "bf": "0", "g": "8"}
+        if pts is not None:
+            stream.codec_context.time_base = Fraction(1, 3000)
+        for k, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+            if pts is not None:
+                frame.pts, frame.time_base = pts(k), Fraction(1, 3000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_a_shared_v3_video_at_29_97_frames_per_second_gives_each_episode_its_own_frame_k(tmp_path):
+    """Segments start at from_timestamp on the video's clock: found with fps 30, episodes 2 and 3 got frame k+1."""
+    from eval.dataset_factory import episode_frames
+
+    length, episodes, rate = 300, 4, Fraction(30000, 1001)
+    root = make_dataset(tmp_path / "ds", lengths=(length,) * episodes, cameras=("image",), fps=30, size=(16, 16),
+                        layout="v3.0", episodes_per_file=episodes)
+    _write_video(root / "videos/observation.images.image/chunk-000/file-000.mp4",
+                 np.concatenate([episode_frames(e, 0, length, (16, 16)) for e in range(episodes)]), rate)
+    meta = root / "meta/episodes/chunk-000/file-000.parquet"
+    table = pq.read_table(meta)
+    for side, offset in (("from", 0), ("to", 1)):
+        name = f"videos/observation.images.image/{side}_timestamp"
+        table = table.set_column(table.column_names.index(name), name,
+                                 pa.array([float((e + offset) * length / rate) for e in range(episodes)]))
+    pq.write_table(table, meta)
+    dataset = LeRobotDataset(root)
+    for episode in range(episodes):
+        frames = dataset.episode(episode).frames("image", [0, 150, 299])
+        assert [nearest_step(f, [episode], 64)[1] for f in frames] == [0, 150 % 64, 299 % 64]
+
+
+def test_a_frame_that_came_late_does_not_shift_later_steps_onto_earlier_frames(tmp_path):
+    """A variable-frame-rate recording (frame 20 0.6 interval late, the rest keeping the offset) passed every check,
+    and steps after it were given the previous frame."""
+    from eval.dataset_factory import episode_frames
+
+    n = 120
+    root = make_dataset(tmp_path / "ds", lengths=(n,), cameras=("image",), fps=30, size=(16, 16))
+    _write_video(root / "videos/chunk-000/observation.images.image/episode_000000.mp4",
+                 episode_frames(0, 0, n, (16, 16)), 30, pts=lambda k: 100 * k + (60 if k >= 20 else 0))
+    steps = list(range(0, n, 16)) + [n - 1]
+    frames = LeRobotDataset(root).episode(0).frames("image", steps)
+    assert [nearest_step(f, [0], 64)[1] for f in frames] == [s % 64 for s in steps]

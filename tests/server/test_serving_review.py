@@ -289,3 +289,32 @@ def test_a_bare_key_error_from_inside_a_policy_is_logged_once_with_where_it_was_
                         client.get_action(observation(1))
     assert caplog.text.count("Traceback") == 1 and "in _get_action" in caplog.text
     assert caplog.text.count("refused: KeyError: 'gripper'") == 3
+
+
+def test_a_new_client_whose_first_call_the_replay_refuses_pushes_no_live_session_out(tmp_path):
+    """The replay stored the newcomer's session (forgetting the oldest for room) before its call failed on a NaN in
+    episode 0: a live robot's next call was refused as forgotten."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = make_dataset(tmp_path / "ds", lengths=(8, 8, 8), cameras=())
+    path = sorted(root.rglob("episode_000000.parquet"))[0]
+    table = pq.read_table(path)
+    actions = np.array(table.column("action").to_pylist(), np.float32)
+    actions[3, 0] = np.nan
+    pq.write_table(table.set_column(table.column_names.index("action"), "action",
+                                    pa.array(list(actions), type=table.schema.field("action").type)), path)
+    policy = ReplayPolicy(root, execution_horizon=2, strict=False, max_sessions=2)
+    with running_server(policy, limits=ServerLimits(max_sessions=2), inline_below_ms=0) as server:
+        first = PolicyClient("127.0.0.1", server.port, timeout_ms=5000, strict=False)
+        second = PolicyClient("127.0.0.1", server.port, timeout_ms=5000, strict=False)
+        try:
+            first.reset({"episode_index": 1, "step_index": 2})
+            second.reset({"episode_index": 2})
+            with PolicyClient("127.0.0.1", server.port, timeout_ms=5000, strict=False) as stranger:
+                with pytest.raises(PolicyServerError, match="holds nan at row 3"):
+                    stranger.get_action({})  # never reset: episode 0, refused
+            assert position(first.get_action({})[1]) == (1, 2)
+        finally:
+            first.close()
+            second.close()

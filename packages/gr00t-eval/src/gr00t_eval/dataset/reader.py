@@ -15,7 +15,7 @@ from .errors import DatasetError, DatasetFileNotFoundError, require_file
 from .meta import EpisodeRecord, codebase_major, read_episodes, read_json, read_modality, read_stats, read_tasks
 from .modality import ArrayGroup, DatasetModality
 from .stats import group_stats
-from .video import decode_frames_at, video_stream_facts
+from .video import decode_frames_at, video_frame_times, video_stream_facts
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ class LeRobotDataset:
         self._stats: Optional[Dict[str, Any]] = None
         self._relative_stats: Optional[Dict[str, Any]] = None
         self._video_facts: Dict[Path, Any] = {}  # path -> (frame count, frame rate), read once per file
+        self._frame_times: Dict[Path, Any] = {}  # path -> each frame's presentation time (video_frame_times), read once
         self.frames_decoded = 0
         logger.debug("opened %s: %d episodes, %s", self.root, len(self._records), self.codebase_version)
 
@@ -229,13 +230,28 @@ class LeRobotDataset:
                                    "(the video of another episode?)")
             logger.warning("%s: the video holds %d frames and the episode %d steps", where, count, record.length)
 
-    def _decode_frames(self, path: Path, indices: Sequence[int]) -> np.ndarray:
-        """Frames number `indices` of a video (0 = its first), found on the video's own clock: index / its frame rate
-        (check_video has held that rate within 1% of fps), so that a 29.97 frames/s video under fps 30 still gives
-        frame k for index k (pairing by `fps` drifted a frame late past step 500)."""
+    def _decode_segment_frames(self, path: Path, from_timestamp: float, steps: Sequence[int]) -> np.ndarray:
+        """Frames `steps` (0 = the segment's first) of the segment of a video that starts at `from_timestamp`: by the
+        frames' own presentation times (video_frame_times), so that a 29.97 frames/s video under fps 30, a shared
+        v3.0 file of such a video, or a frame that came late still give frame k for step k (times derived from fps
+        drifted onto a neighbouring frame)."""
+        if path not in self._frame_times:
+            self._frame_times[path] = video_frame_times(path)
+        times = self._frame_times[path]
         _count, rate = self._video_facts.get(path, (None, None))
         rate = rate or self._fps
-        frames, decoded = decode_frames_at(path, [int(i) / rate for i in indices], rate)
+        if times is None:  # packets without timestamps: the frames' grid on the video's clock
+            first = int(round(from_timestamp * rate))
+            wanted = [(first + int(k)) / rate for k in steps]
+        else:
+            first = int(np.searchsorted(times, from_timestamp - 0.5 / rate))  # the segment's first frame
+            last = first + max(int(k) for k in steps)
+            if last >= len(times):
+                raise DatasetError(f"{path}: the segment from {from_timestamp:g} s needs frame {last - first} of it, and "
+                                   f"the video holds {len(times) - first} frames from there (video shorter than the "
+                                   "episode?)")
+            wanted = [times[first + int(k)] for k in steps]
+        frames, decoded = decode_frames_at(path, wanted, rate)
         self.frames_decoded += decoded
         return frames
 
@@ -403,11 +419,10 @@ class Episode:
         segment = self.record.videos[column]
         self.timestamps()  # a `timestamp` column with gaps (dropped frames) is refused
         # Step k shows frame k of its segment, as GR00T decodes (get_frames_by_indices; a v3.0 file's segment starts
-        # at frame round(from_timestamp * fps)). By the `timestamp` column, errors that passed each step's check added
-        # up: a 29 Hz column under fps 30 gave step 16 the frame of step 17, and a column starting at 0.2 s reached
-        # into the next episode's frames in a shared file.
-        first = int(round(segment.from_timestamp * self._dataset.fps))
-        return self._dataset._decode_frames(segment.path, (first + steps).tolist())
+        # at from_timestamp). By the `timestamp` column, errors that passed each step's check added up: a 29 Hz column
+        # under fps 30 gave step 16 the frame of step 17, and a column starting at 0.2 s reached into the next
+        # episode's frames in a shared file.
+        return self._dataset._decode_segment_frames(segment.path, segment.from_timestamp, steps.tolist())
 
 
 def _read_episode_table(record: EpisodeRecord) -> pa.Table:

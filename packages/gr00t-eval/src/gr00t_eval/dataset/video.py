@@ -119,6 +119,28 @@ def video_stream_facts(path: Path) -> Tuple[Optional[int], Optional[float]]:
         raise DatasetError(f"{path}: cannot decode video ({exc})") from exc
 
 
+def video_frame_times(path: Path) -> Optional[List[float]]:
+    """Presentation times (seconds) of every frame of a video's first stream, in display order, read from its packets
+    without decoding; None when a packet carries no timestamp. Frame k of the video is then shown at the k-th time,
+    whatever the rate: a frame that came late (a variable-frame-rate recording) moves the times, not the count."""
+    require_file(path, "video file")
+    times: List[float] = []
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise DatasetError(f"{path}: no video stream")
+            stream = container.streams.video[0]
+            for packet in container.demux(stream):
+                if packet.size == 0:  # the demuxer's flush packet
+                    continue
+                if packet.pts is None:
+                    return None
+                times.append(float(packet.pts * stream.time_base))
+    except av.error.FFmpegError as exc:
+        raise DatasetError(f"{path}: cannot decode video ({exc})") from exc
+    return sorted(times)
+
+
 class _Decoded:
     """A decoded frame and its time; converted to RGB once, when some timestamp takes it."""
 

@@ -101,6 +101,7 @@ class DatasetWriter:
         self._step_columns: Optional[List[str]] = None
         self._frame_sizes: Dict[str, tuple] = {}
         self._schema: Optional[pa.Schema] = None  # the first episode's column types, which later ones are cast to
+        self._metadata_types: Dict[str, Any] = {}  # v3.0: each metadata key's column type in the episode list
         self._tasks: Dict[str, int] = {}
         self._episodes: List[Dict[str, Any]] = []
         self._numeric: Dict[str, RunningColumnStats] = {}  # per numeric column, for stats.json
@@ -179,8 +180,7 @@ class DatasetWriter:
         for name, values in step_columns.items():
             columns[name] = np.asarray(values)
         table = self._first_schema_of(_to_table(columns), episode_index)
-        if self.layout != "v2.1":
-            self._check_v3_metadata(metadata, episode_index)
+        metadata_types = self._check_v3_metadata(metadata, episode_index) if self.layout != "v2.1" else {}
         numeric = {name: np.asarray(values).reshape(length, -1) for name, values in columns.items()
                    if np.asarray(values).dtype.kind in "biuf"}
         for name, values in numeric.items():  # checked before the files: a width change must not land half-way
@@ -195,6 +195,7 @@ class DatasetWriter:
         else:
             record.update(self._append_v3_episode(table, frames, length))
         self._tasks.setdefault(task, task_index)
+        self._metadata_types.update(metadata_types)
         for name, values in numeric.items():
             self._numeric.setdefault(name, RunningColumnStats()).add(values)
         self._episodes.append(record)
@@ -267,25 +268,34 @@ class DatasetWriter:
             got = table.schema.field(field.name).type
             if got != field.type:
                 try:
-                    table = table.set_column(table.schema.get_field_index(field.name), field,
-                                             table.column(field.name).cast(field.type, safe=True))
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                    cast = table.column(field.name).cast(field.type, safe=True)
+                    _check_cast_keeps_finite(table.column(field.name), cast)
+                    table = table.set_column(table.schema.get_field_index(field.name), field, cast)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
                     raise ValueError(f"episode {episode_index}: column {field.name!r} holds {got}, and earlier episodes "
                                      f"{field.type}; give it the same type in every episode ({exc})") from None
         return table
 
-    def _check_v3_metadata(self, metadata: Mapping[str, Any], episode_index: int) -> None:
+    def _check_v3_metadata(self, metadata: Mapping[str, Any], episode_index: int) -> Dict[str, Any]:
         """ValueError naming the key when v3.0's episode list (one parquet table) cannot hold this episode's metadata
         beside the earlier episodes' (an int then a str, a list of mixed types, an empty map): it failed at
-        finalize(), and every episode was lost."""
+        finalize(), and every episode was lost. Returns each key's column type with this episode in; a value of the
+        type the column already has is checked alone (all earlier values only when the type is new)."""
+        types: Dict[str, Any] = {}
         for key, value in metadata.items():
-            values = [record.get(key) for record in self._episodes] + [value]
+            if value is None:
+                continue
             try:
-                pq.write_table(pa.table({key: pa.array(values)}), pa.BufferOutputStream())
+                column = pa.array([value])
+                if self._metadata_types.get(key) != column.type:
+                    column = pa.array([record.get(key) for record in self._episodes] + [value])
+                    pq.write_table(pa.table({key: column}), pa.BufferOutputStream())
             except (pa.ArrowException, TypeError, ValueError) as exc:
                 raise ValueError(f"episode {episode_index}: metadata[{key!r}] = {value!r:.80} cannot be stored in a "
                                  f"v3.0 episode list beside the earlier episodes' values ({type(exc).__name__}: {exc}); "
                                  "give each key one type (not an empty map) in every episode") from None
+            types[key] = column.type
+        return types
 
     def _check_layout(self, frames, states, actions, step_columns, length: int) -> None:
         for kind, groups in (("states", states), ("actions", actions)):
@@ -471,6 +481,19 @@ def _float_groups(groups: Mapping[str, np.ndarray], kind: str) -> Dict[str, np.n
             raise ValueError(f"{kind}['{key}'] must have shape (T, D), got {array.shape}")
         out[key] = array.astype(np.float32)
     return out
+
+
+def _check_cast_keeps_finite(original: Any, cast: Any) -> None:
+    """ValueError when a float cast (float64 values into an earlier episode's float32 column) turned a finite value
+    into inf: pyarrow's safe cast checks integers, not float overflow. Rounding to the column's precision is kept."""
+    before, after = original.combine_chunks(), cast.combine_chunks()
+    while pa.types.is_list(before.type) or pa.types.is_large_list(before.type) or pa.types.is_fixed_size_list(before.type):
+        before, after = before.flatten(), after.flatten()
+    if pa.types.is_floating(before.type) and pa.types.is_floating(after.type):
+        was = np.isfinite(before.to_numpy(zero_copy_only=False))
+        now = np.isfinite(after.to_numpy(zero_copy_only=False))
+        if (was & ~now).any():
+            raise ValueError(f"{int((was & ~now).sum())} finite value(s) are out of {after.type}'s range")
 
 
 def _to_table(columns: Mapping[str, np.ndarray]) -> pa.Table:

@@ -182,7 +182,6 @@ class ReplayPolicy(BasePolicy):
                                  f"{self.max_sessions} sessions (max_sessions) and it was the least recently used; call "
                                  "reset to start it again")
             cursor = cursor or _Cursor([0], [0])
-            self._keep(session, cursor)
             if batch is not None and batch != len(cursor.episodes):
                 # Rows at one position (never reset row by row) take any batch size, as the reference's replay
                 # does on every call; rows at different positions cannot be re-tiled without dropping one.
@@ -198,6 +197,9 @@ class ReplayPolicy(BasePolicy):
             done = [s + self.execution_horizon >= n for s, n in zip(cursor.steps, lengths)]
             info = self._info(cursor, done)
             cursor.steps = [s + self.execution_horizon for s in cursor.steps]
+            # Kept (and another forgotten for room) only once the call succeeded: a refused first call of a new client
+            # (a damaged episode 0) pushed a live robot's session out of the table.
+            self._keep(session, cursor)
         action = {key: np.stack([chunk[key] for chunk in chunks]) for key in self.modality_configs["action"].modality_keys}
         return action, info
 
