@@ -24,6 +24,10 @@ ENV_SPEC = "walkto/fast,walkto/slow"
 
 def test_policy_client_hosts_parse_with_and_without_ports():
     assert parse_servers("h1, h2:5556", 5555) == [ServerAddress("h1", 5555), ServerAddress("h2", 5556)]
+    # IPv6: a port only in brackets ('::1' was host ':' port 1), and written back bracketed
+    assert parse_servers("::1, 2001:db8::1, [::1]:5556", 5555) == [
+        ServerAddress("::1", 5555), ServerAddress("2001:db8::1", 5555), ServerAddress("[::1]", 5556)]
+    assert str(ServerAddress("::1", 5555)) == "[::1]:5555"
     with pytest.raises(ValueError, match="at least one host"):
         parse_servers(" , ", 5555)
 
@@ -264,7 +268,9 @@ def test_a_two_node_cluster_spreads_the_shards_over_both_nodes_with_the_numbers_
         cluster.wait_for_nodes()
         config = RolloutConfig(env_name=ENV_SPEC, n_episodes=2, n_envs=1, n_action_steps=2, max_episode_steps=6, seed=3,
                                vectorization="sync")
-        with policy_server() as server:
+        # Each call takes a while, so both shards run at once (on a loaded machine, one shard of instant calls could
+        # end before the other was placed, which then took the same node)
+        with policy_server(SlowPolicy(0.2)) as server:
             merged = run_with_ray(ENV_SPEC, config, [ServerAddress("127.0.0.1", server.port)], address=cluster.address,
                                   n_shards=2, timeout_ms=5000)
             with PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client:
@@ -281,3 +287,35 @@ def test_a_two_node_cluster_spreads_the_shards_over_both_nodes_with_the_numbers_
 
     assert episodes(merged) == episodes(single)
     assert merged["overall"]["pc_success"] == single["overall"]["pc_success"]
+
+
+def test_the_drivers_env_registrations_reach_every_shard(local_ray, monkeypatch):
+    """--env-adapter/--env-prefix/--env-import were applied in the driver only: a shard (a fresh worker) built the
+    built-in env of a prefix the user had replaced, or failed on a new one, telling the user to pass the flag given."""
+    config = RolloutConfig(env_name="walkback/fast", n_episodes=2, n_envs=1, n_action_steps=2, max_episode_steps=6,
+                           seed=7, vectorization="sync")
+    registrations = {"env_import": [], "env_prefix": [],
+                     "env_adapter": [("walkback", "eval.scale_fixtures:make_walkto_env")]}
+    import argparse
+
+    from gr00t_eval.cli import apply_env_registrations
+
+    apply_env_registrations(argparse.Namespace(**registrations))  # the driver's, as the CLI does
+    # The module the adapter names must be importable in the workers (a runtime started by an earlier test of this
+    # module inherits the driver's environment)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([TESTS_DIR, os.environ.get("PYTHONPATH", "")]))
+    with policy_server() as server:
+        merged = run_with_ray("walkback/fast", config, [ServerAddress("127.0.0.1", server.port)], address="local",
+                              n_shards=2, timeout_ms=5000, registrations=registrations)
+    assert merged["failed_shards"] == {} and merged["overall"]["n_episodes"] == 2
+    assert merged["overall"]["n_errors"] == 0
+
+
+def test_more_cpus_per_shard_than_any_node_has_is_refused_instead_of_waiting_for_ever(local_ray):
+    from gr00t_eval.cli_errors import UsageError
+
+    config = RolloutConfig(env_name=ENV_SPEC, n_episodes=2, n_envs=1, n_action_steps=2, max_episode_steps=6, seed=7,
+                           vectorization="sync")
+    with pytest.raises(UsageError, match="--ray-cpus-per-shard 4: the largest node of this Ray cluster has 2 CPUs"):
+        run_with_ray(ENV_SPEC, config, [ServerAddress("127.0.0.1", 1)], address="local", cpus_per_shard=4.0,
+                     timeout_ms=2000)

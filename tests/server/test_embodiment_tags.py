@@ -98,5 +98,5 @@ def test_a_relative_mean_std_action_key_without_relative_mean_and_std_is_refused
     config_path.write_text(json.dumps(config))
     stats_path.write_text(json.dumps(stats))
     with pytest.raises(ValueError, match=r"Relative action statistics for key 'joints' of 'new_embodiment' lack "
-                                         r"\['mean', 'std'\]"):
+                                         r"'mean' \(the key is in mean_std_embedding_keys\)"):
         Gr00tPolicy(checkpoint, "new_embodiment", device="cpu")

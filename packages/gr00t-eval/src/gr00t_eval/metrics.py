@@ -113,10 +113,16 @@ class EpisodeOutcome:
         error = entry.get("error", entry.get("failure_reason"))
         return cls(
             episode_index=int(entry["episode_index"]), seed=entry.get("seed"), success=bool(entry.get("success")) and error is None,
-            sum_reward=float(entry.get("sum_reward") or 0.0), max_reward=float(entry.get("max_reward") or 0.0),
+            # null (a non-finite reward, written as null) stays unknown: 0.0 made merges and resumes average it as 0
+            sum_reward=_reward(entry, "sum_reward"), max_reward=_reward(entry, "max_reward"),
             length=int(entry.get("length") or 0), env_index=int(entry.get("env_index") or 0),
             video_path=entry.get("video_path"), error=error, extras={k: v for k, v in entry.items() if k not in known},
         )
+
+
+def _reward(entry: Mapping[str, Any], key: str) -> float:
+    value = entry.get(key)
+    return float("nan") if value is None and key in entry else float(value or 0.0)
 
 
 def rollout_aggregates(outcomes: Sequence[EpisodeOutcome], eval_s: float) -> Dict[str, Any]:

@@ -39,17 +39,23 @@ class ServerAddress:
     port: int
 
     def __str__(self) -> str:
+        if ":" in self.host and not self.host.startswith("["):  # an IPv6 literal: bracketed, as its port follows
+            return f"[{self.host}]:{self.port}"
         return f"{self.host}:{self.port}"
 
 
 def parse_servers(hosts: str, default_port: int) -> List[ServerAddress]:
-    """'h1,h2:5556' -> [h1:default_port, h2:5556] (entries without a port use `default_port`)."""
+    """'h1,h2:5556' -> [h1:default_port, h2:5556] (entries without a port use `default_port`). An IPv6 address
+    takes a port only in brackets ('[::1]:5556'); unbracketed ('::1', '2001:db8::1') it is a host (its last group
+    was taken for a port: '::1' connected to host ':' port 1)."""
     servers = []
     for item in (part.strip() for part in str(hosts).split(",")):
         if not item:
             continue
         host, sep, port = item.rpartition(":")
-        if sep and port.isdigit() and host:
+        if item.count(":") > 1 and not item.startswith("["):
+            servers.append(ServerAddress(item, int(default_port)))
+        elif sep and port.isdigit() and host:
             servers.append(ServerAddress(host, int(port)))
         else:
             servers.append(ServerAddress(item, int(default_port)))
@@ -145,7 +151,8 @@ def init_ray(address: str) -> bool:
 
 def run_shard_task(env_spec: str, config: Dict[str, Any], shard: Tuple[int, int], server: Tuple[str, int],
                    api_token: Optional[str], timeout_ms: int, curve_keys: Optional[Tuple[str, Optional[str]]] = None,
-                   done: Sequence[Dict[str, Any]] = (), policy: Optional[Dict[str, Any]] = None) -> Iterator[Dict[str, Any]]:
+                   done: Sequence[Dict[str, Any]] = (), policy: Optional[Dict[str, Any]] = None,
+                   registrations: Optional[Dict[str, Any]] = None) -> Iterator[Dict[str, Any]]:
     """The body of one Ray task (a Ray generator): run shard `shard` of the plan against `server`.
 
     Yields {"episode": entry} the moment each episode is scored (the driver logs it, so an interrupted run
@@ -154,6 +161,8 @@ def run_shard_task(env_spec: str, config: Dict[str, Any], shard: Tuple[int, int]
     `policy`: the run's policy record (what the driver found every server serving): a shard that starts later
     against a server now serving another fails at once (ServedPolicyChanged), and one that meets another mid-way
     stops there; None (the driver could not ask) pins what the server serves when the shard starts.
+    `registrations`: the driver's --env-import, --env-prefix and --env-adapter, applied in this worker first (a
+    worker is a fresh process: a user's adapter replacing a built-in prefix was silently the built-in env here).
     """
     scored: "queue.Queue[Optional[Dict[str, Any]]]" = queue.Queue()
     box: Dict[str, Any] = {}
@@ -163,6 +172,12 @@ def run_shard_task(env_spec: str, config: Dict[str, Any], shard: Tuple[int, int]
 
         server_key, client_key = curve_keys or (None, None)
         try:
+            if registrations:
+                import argparse
+
+                from .cli import apply_env_registrations
+
+                apply_env_registrations(argparse.Namespace(**registrations))
             with PolicyClient(server[0], server[1], timeout_ms=timeout_ms, api_token=api_token,
                               server_public_key=server_key, client_secret_key=client_key) as client:
                 try:
@@ -217,14 +232,16 @@ def run_with_ray(env_spec: str, config: RolloutConfig, servers: Sequence[ServerA
                  cpus_per_shard: float = 1.0, curve_keys: Optional[Tuple[str, Optional[str]]] = None,
                  done: Sequence[EpisodeOutcome] = (),
                  on_episode: Optional[Callable[[EpisodeOutcome], None]] = None,
-                 policy: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+                 policy: Optional[Mapping[str, Any]] = None,
+                 registrations: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Split the plan into shards, run them as Ray tasks against `servers` (round-robin), return the merged results.
 
     Each scored episode reaches the driver (and `on_episode`) as it finishes. `done` holds the outcomes of an
     earlier run of the same plan (a resume): shards whose episodes all finished are not started, the others
     run only their missing and errored episodes. Ctrl-C/SIGTERM cancels the running shards and returns what
     finished with "status": "interrupted"; a shard that fails keeps the episodes it streamed ("aborted").
-    `policy`: the run's policy record, which every shard holds its server to (run_shard_task).
+    `policy`: the run's policy record, which every shard holds its server to (run_shard_task); `registrations`: the
+    env registrations every shard applies first (run_shard_task).
     """
     if config.seed is None:
         raise ValueError("--ray-address needs --seed: shards must agree on every episode's seed to merge into one run")
@@ -239,6 +256,14 @@ def run_with_ray(env_spec: str, config: RolloutConfig, servers: Sequence[ServerA
     try:
         # ray.init() replaced the SIGTERM handler with its own sys.exit; SIGTERM must stop the run like Ctrl-C.
         with sigterm_as_interrupt():
+            largest = max((node.get("Resources", {}).get("CPU", 0) for node in ray.nodes() if node.get("Alive")),
+                          default=0)
+            if cpus_per_shard > largest:  # Ray keeps such a task pending for ever, without a word to the driver
+                from .cli_errors import UsageError
+
+                raise UsageError(f"--ray-cpus-per-shard {cpus_per_shard:g}: the largest node of this Ray cluster "
+                                      f"has {largest:g} CPUs, so no shard could ever be scheduled; pass at most "
+                                      f"{largest:g}")
             if n_shards <= 0:
                 cluster_cpus = int(ray.cluster_resources().get("CPU", 1) // cpus_per_shard)
                 n_shards = default_shard_count(n_items, len(servers), cluster_cpus)
@@ -262,7 +287,7 @@ def run_with_ray(env_spec: str, config: RolloutConfig, servers: Sequence[ServerA
 
             try:
                 _submit_shards(ray, env_spec, config, servers, specs, tasks, kept, cpus_per_shard, api_token, timeout_ms,
-                               curve_keys, shard_results, running, submitted_at, policy)
+                               curve_keys, shard_results, running, submitted_at, policy, registrations)
                 _progress(f"Ray: running {len(running)} of {n_shards} shards ({n_items - len(finished)} of {n_items} "
                           f"episodes left) against {', '.join(map(str, servers))}")
                 while running:  # a timeout keeps Ctrl-C prompt; shards report in whatever order they finish
@@ -319,7 +344,7 @@ def _submit_shards(ray: Any, env_spec: str, config: RolloutConfig, servers: Sequ
                    cpus_per_shard: float, api_token: Optional[str], timeout_ms: int,
                    curve_keys: Optional[Tuple[str, Optional[str]]], shard_results: Dict[int, Dict[str, Any]],
                    running: Dict[Any, int], submitted_at: Dict[int, float],
-                   policy: Optional[Mapping[str, Any]] = None) -> None:
+                   policy: Optional[Mapping[str, Any]] = None, registrations: Optional[Dict[str, Any]] = None) -> None:
     """Start a Ray task per shard with episodes left (a shard all finished earlier gets its results at once)."""
     payload = dataclasses.asdict(config)
     if config.n_envs == 0:  # auto inside a shard: 70 % of the CPUs Ray reserved for it, not of the whole node
@@ -334,7 +359,7 @@ def _submit_shards(ray: Any, env_spec: str, config: RolloutConfig, servers: Sequ
         submitted_at[spec.index] = time.monotonic()
         running[remote.remote(env_spec, payload, (spec.index, spec.count), (server.host, server.port), api_token,
                               timeout_ms, curve_keys, [o.to_json_dict() for o in kept[spec.index]],
-                              dict(policy) if policy is not None else None)] = spec.index
+                              dict(policy) if policy is not None else None, registrations)] = spec.index
 
 
 def _next_item(ray: Any, generator: Any) -> Dict[str, Any]:

@@ -498,7 +498,10 @@ def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done:
             results = run_with_ray(env_spec, config, servers, args.ray_address, args.ray_shards, args.api_token,
                                    args.timeout_ms, args.ray_cpus_per_shard, curve_keys=connection.portable_keys(args),
                                    done=done, on_episode=lambda outcome: log.append(outcome.to_json_dict()),
-                                   policy=policy if policy is not None else first_policy)
+                                   policy=policy if policy is not None else first_policy,
+                                   registrations={"env_import": list(args.env_import),
+                                                  "env_prefix": list(args.env_prefix),
+                                                  "env_adapter": list(args.env_adapter)})
         results["policy"] = policy if policy is not None else first_policy
         results["episode_log"] = str(log.path)
         return results

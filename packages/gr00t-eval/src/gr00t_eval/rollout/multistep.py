@@ -204,8 +204,17 @@ class MultiStepWrapper(gym.Wrapper):
                 terminated = True
                 break
             self._steps += 1
-            self._rewards.append(float(reward))
-            chunk_reward += float(reward)
+            try:
+                reward = float(reward)
+            except (TypeError, ValueError):
+                reward = float("nan")
+            if not np.isfinite(reward):  # written as null and read back as 0.0: a merged or resumed run then averaged
+                failure = (f"step {self._steps - 1}: the env returned the reward {reward}, which is not a finite number; "
+                           "the episode cannot be scored")  # what an uninterrupted run had reported null
+                terminated = True
+                break
+            self._rewards.append(reward)
+            chunk_reward += reward
             self._success = self._success or success_from_info(info)
             self._success_reported = self._success_reported or "success" in info or "is_success" in info
             self._observe(raw)

@@ -149,8 +149,8 @@ class Gr00tN1d7Processor:
                 )
                 lacking = [name for name in ("mean", "std") if name not in relative[key]]
                 if key in (action_config.mean_std_embedding_keys or []) and lacking:  # at load, not after every call
-                    raise ValueError(f"Relative action statistics for key '{key}' of '{tag}' lack {lacking} (the key is "
-                                     "in mean_std_embedding_keys)")
+                    raise ValueError(f"Relative action statistics for key '{key}' of '{tag}' lack '{lacking[0]}' (the key "
+                                     "is in mean_std_embedding_keys)")
                 width = relative[key]["min"].shape[-1]
                 if width != params.dim:
                     raise ValueError(

@@ -1,0 +1,58 @@
+"""An env that returns a NaN or inf reward: its episode is errored naming the step, never scored. The reward was
+written as null and read back as 0.0, so one plan gave three answers: avg_sum_reward null for the uninterrupted run,
+1.0 for its merged shards and for its resume."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from eval.scale_fixtures import ConstantPolicy, WalkToEnv, policy_server
+from gr00t_client import EmbodimentTag
+from gr00t_eval import cli
+from gr00t_eval.metrics import EpisodeOutcome
+from gr00t_eval.rollout.envs import register_env_prefix
+
+
+class NanWalk(WalkToEnv):
+    """walkto whose odd seeds get a NaN reward on their first step."""
+
+    def reset(self, *, seed=None, options=None):
+        self._odd, self._t = seed is not None and seed % 2 == 1, 0
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        self._t += 1
+        return obs, (math.nan if self._odd and self._t == 1 else reward), terminated, truncated, info
+
+
+def make_nan_walk(task, **kwargs):
+    return NanWalk(2.0)
+
+
+ROLLOUT = ["rollout", "--env-name", "nanwalk/fast", "--n-episodes", "4", "--n-envs", "1", "--vectorization", "sync",
+           "--n-action-steps", "2", "--max-episode-steps", "6", "--seed", "0", "--no-video", "--allow-errors"]
+
+
+def test_a_non_finite_reward_errors_its_episode_and_a_resume_scores_the_same(tmp_path):
+    register_env_prefix("nanwalk", EmbodimentTag.NEW_EMBODIMENT, make_nan_walk)
+    out = tmp_path / "run"
+    with policy_server(ConstantPolicy()) as server:
+        assert cli.main([*ROLLOUT, "--policy-client-port", str(server.port), "--output-dir", str(out)]) == 0
+        whole = json.loads((out / "results.json").read_text())
+        errored = {e["episode_index"]: e["error"] for e in whole["per_episode"] if e["error"]}
+        assert sorted(errored) == [1, 3]
+        assert "step 0: the env returned the reward nan, which is not a finite number" in errored[1]
+        assert whole["overall"]["avg_sum_reward"] is not None and whole["overall"]["n_errors"] == 2
+        (out / "results.json").unlink()  # as a killed run leaves it: the resume reads the episode log
+        assert cli.main(["rollout", "--resume", str(out), "--policy-client-port", str(server.port), "--allow-errors"]) == 0
+    resumed = json.loads((out / "results.json").read_text())
+    assert resumed["overall"]["avg_sum_reward"] == whole["overall"]["avg_sum_reward"]
+
+
+def test_a_null_reward_is_read_back_as_unknown_not_zero():
+    outcome = EpisodeOutcome.from_json_dict({"episode_index": 0, "success": True, "sum_reward": None, "max_reward": None,
+                                             "length": 3})
+    assert math.isnan(outcome.sum_reward) and math.isnan(outcome.max_reward)
+    assert EpisodeOutcome.from_json_dict({"episode_index": 0, "length": 3}).sum_reward == 0.0  # absent: an older log
