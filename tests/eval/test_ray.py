@@ -319,3 +319,33 @@ def test_more_cpus_per_shard_than_any_node_has_is_refused_instead_of_waiting_for
     with pytest.raises(UsageError, match="--ray-cpus-per-shard 4: the largest node of this Ray cluster has 2 CPUs"):
         run_with_ray(ENV_SPEC, config, [ServerAddress("127.0.0.1", 1)], address="local", cpus_per_shard=4.0,
                      timeout_ms=2000)
+
+
+def test_a_ray_run_is_refused_up_front_like_a_plain_one_for_too_many_action_steps_or_a_wrong_token(local_ray, tmp_path,
+                                                                                                   capsys):
+    """Under Ray every shard failed (and the run advised a --resume that would fail the same way), or aborted with
+    'Server error: Server error: Unauthorized'; a plain run refuses both before anything runs."""
+    from eval.scale_fixtures import run_cli
+    from gr00t_client import PolicyServerError
+    from gr00t_eval.cli_errors import UsageError
+
+    argv = ["rollout", "--env-name", "walkto/fast", "--n-episodes", "2", "--n-envs", "1", "--max-episode-steps", "6",
+            "--no-video", "--vectorization", "sync", "--seed", "0", "--ray-address", "local", "--ray-shards", "2"]
+    with policy_server(api_token="s3cret") as server:
+        hosts = f"127.0.0.1:{server.port}"
+        with pytest.raises(UsageError, match="the policy server cannot run this rollout: .*n_action_steps"):
+            run_cli([*argv, "--n-action-steps", "64", "--api-token", "s3cret", "--policy-client-host", hosts,
+                     "--output-dir", str(tmp_path / "steps")])
+        with pytest.raises(PolicyServerError, match="^Server error: Unauthorized"):
+            run_cli([*argv, "--n-action-steps", "2", "--api-token", "wrong", "--policy-client-host", hosts,
+                     "--output-dir", str(tmp_path / "token")])
+    assert not (tmp_path / "steps" / "results.json").exists() and not (tmp_path / "token" / "results.json").exists()
+
+
+def test_a_server_error_survives_pickling_with_its_prefix_once():
+    import pickle
+
+    from gr00t_client import PolicyServerError
+
+    error = pickle.loads(pickle.dumps(PolicyServerError("Unauthorized: Invalid API token", "get_action")))
+    assert str(error) == "Server error: Unauthorized: Invalid API token" and error.endpoint == "get_action"

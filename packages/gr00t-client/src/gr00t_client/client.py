@@ -40,6 +40,9 @@ class PolicyServerError(RuntimeError):
         self.server_message = message
         self.endpoint = endpoint
 
+    def __reduce__(self):  # pickled (a Ray task's error) with the server's own words: "Server error: " once
+        return (type(self), (self.server_message, self.endpoint))
+
 
 SESSION_CONTINUES_FIELD = "session_continues"  # see _session_served (gr00t_server.serving.messages reads it)
 SHUTTING_DOWN = "server is shutting down"  # how our server's answers begin once it is stopping (ServerStoppingError)

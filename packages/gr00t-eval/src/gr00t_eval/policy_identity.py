@@ -43,6 +43,8 @@ def _served_info(client: Any) -> Any:
     except (TimeoutError, ConnectionError):
         raise
     except Exception as exc:  # noqa: BLE001 - an error reply: nothing to learn from this server
+        if "Unauthorized" in str(getattr(exc, "server_message", "")):
+            raise  # a wrong or missing token: every request of the run would be refused the same way
         logger.debug("get_server_info failed: %s", exc)
         return None
 

@@ -494,6 +494,15 @@ def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done:
     if args.ray_address:
         policy = _ray_run_policy(servers, args)
         _adopt_run_policy(output_dir, shard, first_policy, policy, "the servers", len(done))
+        if policy is not None:  # the servers answered here: the plan against the policy's chunk, as a plain run
+            from gr00t_client import PolicyClient  # checks it (every shard failed the same way, and advised --resume)
+
+            options = {**connection.client_options(args), "timeout_ms": min(args.timeout_ms, RAY_POLICY_PROBE_MS)}
+            try:
+                with PolicyClient(host=servers[0].host, port=servers[0].port, **options) as client:
+                    _check_policy_runs_settings(client, config, Path(args.resume) if args.resume else None)
+            except (TimeoutError, ConnectionError) as exc:  # gone since: the shards find out themselves
+                logger.debug("could not check the plan against %s: %s", servers[0], exc)
         with sigterm_as_interrupt():
             results = run_with_ray(env_spec, config, servers, args.ray_address, args.ray_shards, args.api_token,
                                    args.timeout_ms, args.ray_cpus_per_shard, curve_keys=connection.portable_keys(args),
