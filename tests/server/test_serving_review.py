@@ -7,6 +7,7 @@ on loopback, real clients, real replay datasets."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -146,22 +147,25 @@ def test_a_failed_reset_leaves_a_dropped_session_dropped(dataset):
             assert position(robot.get_action({})[1]) == (2, 2)
 
 
-def test_a_refused_request_of_a_new_client_evicts_no_live_session(dataset):
-    policy = ReplayPolicy(dataset, execution_horizon=2, strict=False)
+@contextlib.contextmanager
+def two_live_robots(policy):
+    """A server holding two sessions (its limit), the first at episode 1 step 2, and a third client: (server, first,
+    stranger)."""
     with running_server(policy, limits=ServerLimits(max_sessions=2), inline_below_ms=0) as server:
-        first = PolicyClient("127.0.0.1", server.port, timeout_ms=5000, strict=False)
-        second = PolicyClient("127.0.0.1", server.port, timeout_ms=5000, strict=False)
-        try:
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=5000, strict=False) as first, \
+                PolicyClient("127.0.0.1", server.port, timeout_ms=5000, strict=False) as second, \
+                PolicyClient("127.0.0.1", server.port, timeout_ms=5000, strict=False) as stranger:
             first.reset({"episode_index": 1, "step_index": 2})
             second.reset({"episode_index": 2})
-            with PolicyClient("127.0.0.1", server.port, timeout_ms=5000, strict=False) as stranger:
-                with pytest.raises(PolicyServerError, match="bad arguments for 'reset'"):
-                    stranger.call_endpoint("reset", {"opitons": {}})
-            assert server.stats.snapshot()["sessions_evicted"] == 0
-            assert position(first.get_action({})[1]) == (1, 2)
-        finally:
-            first.close()
-            second.close()
+            yield server, first, stranger
+
+
+def test_a_refused_request_of_a_new_client_evicts_no_live_session(dataset):
+    with two_live_robots(ReplayPolicy(dataset, execution_horizon=2, strict=False)) as (server, first, stranger):
+        with pytest.raises(PolicyServerError, match="bad arguments for 'reset'"):
+            stranger.call_endpoint("reset", {"opitons": {}})
+        assert server.stats.snapshot()["sessions_evicted"] == 0
+        assert position(first.get_action({})[1]) == (1, 2)
 
 
 def test_a_replay_that_forgets_a_session_the_server_holds_refuses_it_instead_of_restarting_it(dataset):
@@ -304,17 +308,7 @@ def test_a_new_client_whose_first_call_the_replay_refuses_pushes_no_live_session
     actions[3, 0] = np.nan
     pq.write_table(table.set_column(table.column_names.index("action"), "action",
                                     pa.array(list(actions), type=table.schema.field("action").type)), path)
-    policy = ReplayPolicy(root, execution_horizon=2, strict=False, max_sessions=2)
-    with running_server(policy, limits=ServerLimits(max_sessions=2), inline_below_ms=0) as server:
-        first = PolicyClient("127.0.0.1", server.port, timeout_ms=5000, strict=False)
-        second = PolicyClient("127.0.0.1", server.port, timeout_ms=5000, strict=False)
-        try:
-            first.reset({"episode_index": 1, "step_index": 2})
-            second.reset({"episode_index": 2})
-            with PolicyClient("127.0.0.1", server.port, timeout_ms=5000, strict=False) as stranger:
-                with pytest.raises(PolicyServerError, match="holds nan at row 3"):
-                    stranger.get_action({})  # never reset: episode 0, refused
-            assert position(first.get_action({})[1]) == (1, 2)
-        finally:
-            first.close()
-            second.close()
+    with two_live_robots(ReplayPolicy(root, execution_horizon=2, strict=False, max_sessions=2)) as (_, first, stranger):
+        with pytest.raises(PolicyServerError, match="holds nan at row 3"):
+            stranger.get_action({})  # never reset: episode 0, refused
+        assert position(first.get_action({})[1]) == (1, 2)
