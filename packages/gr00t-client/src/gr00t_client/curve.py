@@ -339,12 +339,14 @@ class HandshakeMonitor:
         if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
             if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
                 if curve:
-                    return "the server does not use CURVE encryption, but this client was given server_public_key (--server-public-key)"
-                return "the server requires CURVE encryption; pass server_public_key (gr00t-eval: --server-public-key), the server's .key file or z85 key"
+                    return ("the server does not use CURVE encryption, but this client was given server_public_key "
+                            "(--server-public-key)")
+                return ("the server requires CURVE encryption; pass server_public_key (gr00t-eval: --server-public-key), "
+                        "the server's .key file or z85 key")
             return f"protocol error {_protocol_error_name(value)}"
         if curve:  # a wrong key and a plaintext server both look like this (which one closes first is a race)
-            return ("the server closed the connection during the CURVE handshake: server_public_key (--server-public-key) is not "
-                    "this server's key, or the server does not use CURVE encryption")
+            return ("the server closed the connection during the CURVE handshake: server_public_key "
+                    "(--server-public-key) is not this server's key, or the server does not use CURVE encryption")
         return ("the server closed the connection during the handshake: is a ZeroMQ policy server listening at this "
                 "address (not another service on that port)? If it requires CURVE, pass server_public_key (gr00t-eval: "
                 "--server-public-key)")
