@@ -17,7 +17,7 @@ from reference_peer import EchoPolicy, RefModalityConfig, ReferenceServer, liber
 from rep_thread import RepThread
 from serving import free_port
 
-from gr00t_client import (ActionError, HandshakeError, MessageTooLargeError, ModalityConfig, PolicyClient, PolicyServerError,
+from gr00t_client import (ActionError, MessageTooLargeError, ModalityConfig, PolicyClient, PolicyServerError,
                           PolicyTimeoutError, codec)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
