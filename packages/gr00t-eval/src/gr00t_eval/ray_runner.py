@@ -261,9 +261,8 @@ def run_with_ray(env_spec: str, config: RolloutConfig, servers: Sequence[ServerA
             if cpus_per_shard > largest:  # Ray keeps such a task pending for ever, without a word to the driver
                 from .cli_errors import UsageError
 
-                raise UsageError(f"--ray-cpus-per-shard {cpus_per_shard:g}: the largest node of this Ray cluster "
-                                      f"has {largest:g} CPUs, so no shard could ever be scheduled; pass at most "
-                                      f"{largest:g}")
+                raise UsageError(f"--ray-cpus-per-shard {cpus_per_shard:g}: the largest node of this Ray cluster has "
+                                 f"{largest:g} CPUs, so no shard could ever be scheduled; pass at most {largest:g}")
             if n_shards <= 0:
                 cluster_cpus = int(ray.cluster_resources().get("CPU", 1) // cpus_per_shard)
                 n_shards = default_shard_count(n_items, len(servers), cluster_cpus)

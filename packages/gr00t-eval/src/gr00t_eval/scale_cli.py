@@ -367,8 +367,6 @@ def run_rollout_command(args: argparse.Namespace) -> int:
         raise SystemExit(_storage_failure(exc, output_dir, shard)) from None
 
 
-
-
 def _saved_rollout_config(saved: Mapping[str, Any], output_dir: Path, shard: Any) -> Any:
     """The RolloutConfig a run file saved; UsageError naming the file and the settings this version does not know
     (a run started by a newer gr00t-eval) or cannot take."""
@@ -495,11 +493,8 @@ def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done:
         policy = _ray_run_policy(servers, args)
         _adopt_run_policy(output_dir, shard, first_policy, policy, "the servers", len(done))
         if policy is not None:  # the servers answered here: the plan against the policy's chunk, as a plain run
-            from gr00t_client import PolicyClient  # checks it (every shard failed the same way, and advised --resume)
-
-            options = {**connection.client_options(args), "timeout_ms": min(args.timeout_ms, RAY_POLICY_PROBE_MS)}
-            try:
-                with PolicyClient(host=servers[0].host, port=servers[0].port, **options) as client:
+            try:  # checks it (every shard failed the same way, and advised --resume)
+                with _ray_probe_client(servers[0], args) as client:
                     _check_policy_runs_settings(client, config, Path(args.resume) if args.resume else None)
             except (TimeoutError, ConnectionError) as exc:  # gone since: the shards find out themselves
                 logger.debug("could not check the plan against %s: %s", servers[0], exc)
@@ -551,9 +546,8 @@ def _adopt_run_policy(output_dir: Path, shard: Any, first_policy: Optional[Mappi
         # pooled with the first attempt's under the first attempt's policy, whatever it serves.
         raise UsageError(f"--resume {output_dir}: {who} did not say which policy {'they serve' if plural else 'it serves'} "
                          f"(no get_server_info answer: a reference server, or one too busy to answer), and this run's "
-                         f"{resumed_episodes} earlier "
-                         f"episodes were scored against {describe(first_policy)}; resume against a gr00t-server "
-                         "serving it, or start a new run")
+                         f"{resumed_episodes} earlier episodes were scored against {describe(first_policy)}; resume "
+                         "against a gr00t-server serving it, or start a new run")
     if policy is not None and first_policy is not None and not first_policy.get("identity") and policy.get("identity"):
         record_run_policy(output_dir, shard, policy)  # the checkpoint identity from now on: a later resume is held to it
     if policy is not None and first_policy is None:
@@ -587,20 +581,27 @@ def _check_policy_runs_settings(client: Any, config: Any, resumed: Optional[Path
 RAY_POLICY_PROBE_MS = 5000
 
 
+def _ray_probe_client(server: Any, args: argparse.Namespace) -> Any:
+    """A PolicyClient the driver asks a Ray run's server questions with (the run's flags, a short timeout: a server
+    reachable from the workers only must not hold the start for a whole --timeout-ms)."""
+    from gr00t_client import PolicyClient
+
+    from . import connection
+
+    options = {**connection.client_options(args), "timeout_ms": min(args.timeout_ms, RAY_POLICY_PROBE_MS)}
+    return PolicyClient(host=server.host, port=server.port, **options)
+
+
 def _ray_run_policy(servers: Any, args: argparse.Namespace) -> Optional[Dict[str, Any]]:
     """The policy every server of a Ray run serves, asked from the driver before any shard runs (as a plain run asks
     its one server); UsageError when two serve different ones (`merge` refuses such shards too). None, with a
     warning, when a server cannot be asked from here (reachable from the workers only): the run then records none."""
-    from gr00t_client import PolicyClient
-
-    from . import connection
     from .cli_errors import UsageError
     from .policy_identity import describe, policy_record
 
-    options = {**connection.client_options(args), "timeout_ms": min(args.timeout_ms, RAY_POLICY_PROBE_MS)}
     records = {}
     for server in servers:
-        with PolicyClient(host=server.host, port=server.port, **options) as client:
+        with _ray_probe_client(server, args) as client:
             records[str(server)] = policy_record(client)
     unknown = [name for name, record in records.items() if record is None]
     known = {name: record for name, record in records.items() if record is not None}

@@ -205,9 +205,11 @@ class Gr00tN1d7Config:
             if value is not None and not isinstance(value, dict):
                 raise ValueError(f"config field {name!r} must be a dict or null, got {type(value).__name__}")
         _check_sub_config("diffusion_model_cfg", self.diffusion_model_cfg, DIT_CONFIG_KEYS)
-        if self.vl_self_attention_cfg:  # num_layers 0 means no block (an Identity), as upstream reads it
-            checked = {k: v for k, v in self.vl_self_attention_cfg.items() if not (k == "num_layers" and v == 0
-                                                                                and not isinstance(v, bool))}
+        if self.vl_self_attention_cfg:
+            checked = dict(self.vl_self_attention_cfg)
+            layers = checked.get("num_layers")
+            if layers == 0 and not isinstance(layers, bool):  # no block (an Identity), as upstream reads it
+                del checked["num_layers"]
             _check_sub_config("vl_self_attention_cfg", checked, VL_SELF_ATTENTION_CONFIG_KEYS)
         if isinstance(self.image_token_id, bool) or not isinstance(self.image_token_id, int) or self.image_token_id < 0:
             raise ValueError(f"config field 'image_token_id' must be an int >= 0, got {self.image_token_id!r}")

@@ -193,7 +193,8 @@ class Gr00tPolicy(BasePolicy):
     `Gr00tPolicy(model_path, embodiment_tag, device="cuda", strict=True, dtype=None)`; keywords in any order.
     `clip_outliers`: None keeps the checkpoint's processor setting, for states (actions decode as the reference
     does: a mean/std absolute key is not clipped, whatever the checkpoint says); True clips normalized states to
-    [-1, 1] and every decoded absolute action key to its statistics range; False leaves states unclipped. `preprocess_device`: where frames are patchified (default: the model's device if a GPU).
+    [-1, 1] and every decoded absolute action key to its statistics range; False leaves states unclipped.
+    `preprocess_device`: where frames are patchified (default: the model's device if a GPU).
     """
 
     supports_batching = True
