@@ -141,6 +141,27 @@ def test_the_metrics_endpoint_closes_with_the_server():
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
 
 
+def test_closing_the_endpoint_does_not_wait_for_its_poll_interval(monkeypatch):
+    """close() wakes the HTTP server's serve_forever instead of waiting for its next poll (0.5 s in
+    prometheus_client, made a minute here so that a close that waits for it cannot pass)."""
+    import socketserver
+
+    from gr00t_server.serving.metrics import ServerMetrics
+
+    monkeypatch.setattr(socketserver.BaseServer.serve_forever, "__defaults__", (60.0,))
+    for host in ("127.0.0.1", "0.0.0.0"):
+        metrics = ServerMetrics(lambda: ["get_action"], lambda: 0, lambda: 0, lambda: 0)
+        port = metrics.serve(host, 0)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            assert b"gr00t_requests" in response.read()
+        closer = threading.Thread(target=metrics.close, daemon=True)
+        closer.start()
+        closer.join(20)
+        assert not closer.is_alive(), f"close() of a metrics endpoint on {host} waited for serve_forever's poll"
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
+
+
 def test_no_metrics_port_serves_no_metrics():
     with running_server(NapPolicy()) as server:
         assert server.metrics_port is None

@@ -135,11 +135,27 @@ class ServerMetrics(NullMetrics):
             self._guard.stop()
             self._guard = None
         if self._http is not None:
-            self._http.shutdown()
+            # shutdown() waits for serve_forever's next look at its flag, up to its 0.5 s poll interval after the
+            # last connection: a connection of our own wakes it at once (every stop paid ~0.45 s).
+            stopper = threading.Thread(target=self._http.shutdown, name="gr00t-metrics-stop", daemon=True)
+            stopper.start()
+            while stopper.is_alive():
+                _wake(self._http.server_address)
+                stopper.join(0.05)
             self._http.server_close()
             self._http = None
             if self._thread is not None:
                 self._thread.join(5)
+
+
+def _wake(address: Any) -> None:
+    """Connect to the metrics server's own listening address (a wildcard one through loopback) and hang up."""
+    host, port = address[0], address[1]
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    try:
+        socket.create_connection((host, port), timeout=0.2).close()
+    except OSError:
+        pass  # the server is stopping or the address unreachable: shutdown() still ends within its poll interval
 
 
 class _ConnectionGuard:
