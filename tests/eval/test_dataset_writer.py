@@ -304,3 +304,45 @@ def test_v3_metadata_the_episode_list_cannot_hold_is_refused_at_add_episode(tmp_
             _small_episode(writer, metadata={bad: values[-1]})
         _small_episode(writer)
     assert LeRobotDataset(root).num_episodes == len(values)
+
+
+@pytest.mark.parametrize("layout", ["v2.1", "v3.0"])
+@pytest.mark.parametrize("later", [np.array([0, 2, 1, 7, 0]), np.array([0.0, 0.5, 1.0, -3.0, 0.0])],
+                         ids=["int", "float"])
+def test_a_bool_column_refuses_a_later_episodes_numbers_instead_of_writing_them_as_true_false(tmp_path, layout, later):
+    """Arrow's safe cast maps any non-zero number to True: [0, 2, 1, 7] was written as [F, T, T, T] and stats.json
+    kept the numbers."""
+    from gr00t_eval.dataset import DatasetWriter, LeRobotDataset
+
+    root = tmp_path / "ds"
+    with DatasetWriter(root, fps=10, layout=layout) as writer:
+        _small_episode(writer, step_columns={"flag": np.array([0, 1, 0, 1, 1], bool)})
+        with pytest.raises(ValueError, match=r"episode 1: column 'flag' holds (int64|double), and earlier episodes "
+                                             r"bool.*2 value\(s\) would change"):
+            _small_episode(writer, step_columns={"flag": later})
+        _small_episode(writer, step_columns={"flag": np.array([0, 1, 1, 0, 1])})  # 0/1 ints lose nothing
+    dataset = LeRobotDataset(root)
+    assert dataset.num_episodes == 2
+    assert dataset.episode(1).column("flag").tolist() == [False, True, True, False, True]
+
+
+@pytest.mark.parametrize("kind", ["states", "actions"])
+@pytest.mark.parametrize("value", [1e39, -1e300, np.nan, np.inf], ids=["beyond-float32", "huge", "nan", "inf"])
+def test_a_state_or_action_float32_cannot_hold_is_refused_naming_the_group_and_step(tmp_path, kind, value):
+    """A finite float64 beyond float32's range was stored as inf (and NaN accepted), turning stats.json to inf/NaN."""
+    import json
+
+    from gr00t_eval.dataset import DatasetWriter, LeRobotDataset
+
+    root = tmp_path / "ds"
+    groups = {"arm": np.zeros((5, 2))}
+    bad = {"arm": np.zeros((5, 2))}
+    bad["arm"][3, 1] = value
+    with DatasetWriter(root, fps=10) as writer:
+        _small_episode(writer)
+        with pytest.raises(ValueError, match=rf"{kind}\['arm'\] has a value float32 cannot hold finitely at step 3"):
+            writer.add_episode(frames={"cam": np.zeros((5, 16, 16, 3), np.uint8)},
+                               **{"states": groups, "actions": groups, kind: bad}, task="t")
+    assert LeRobotDataset(root).num_episodes == 1
+    stats = json.loads((root / "meta" / "stats.json").read_text())
+    assert all(np.isfinite(v).all() for column in stats.values() for v in column.values())

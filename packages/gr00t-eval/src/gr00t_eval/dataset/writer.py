@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .modality import ArrayGroup, DatasetModality, LanguageGroup, VideoGroup, layout_from_dims
@@ -269,7 +270,7 @@ class DatasetWriter:
             if got != field.type:
                 try:
                     cast = table.column(field.name).cast(field.type, safe=True)
-                    _check_cast_keeps_finite(table.column(field.name), cast)
+                    _check_cast_loses_nothing(table.column(field.name), cast)
                     table = table.set_column(table.schema.get_field_index(field.name), field, cast)
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
                     raise ValueError(f"episode {episode_index}: column {field.name!r} holds {got}, and earlier episodes "
@@ -479,13 +480,23 @@ def _float_groups(groups: Mapping[str, np.ndarray], kind: str) -> Dict[str, np.n
             array = array[:, None]
         if array.ndim != 2:
             raise ValueError(f"{kind}['{key}'] must have shape (T, D), got {array.shape}")
-        out[key] = array.astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            cast = array.astype(np.float32)
+        bad = ~np.isfinite(cast).all(axis=1)
+        if bad.any():  # NaN/inf, or finite float64 beyond float32 (1e39 became inf): stats.json turned to NaN
+            step = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"{kind}['{key}'] has a value float32 cannot hold finitely at step {step} "
+                             f"({array[step].tolist()!r:.120}; {int(bad.sum())} step(s) in all); states and actions "
+                             "are stored as float32 and must be finite numbers")
+        out[key] = cast
     return out
 
 
-def _check_cast_keeps_finite(original: Any, cast: Any) -> None:
-    """ValueError when a float cast (float64 values into an earlier episode's float32 column) turned a finite value
-    into inf: pyarrow's safe cast checks integers, not float overflow. Rounding to the column's precision is kept."""
+def _check_cast_loses_nothing(original: Any, cast: Any) -> None:
+    """ValueError when casting a later episode's column to the first episode's type changed a value: pyarrow's safe
+    cast checks integer overflow and truncation, not float overflow (1e300 into float32 became inf) nor a cast to
+    bool (ints and floats became True for any non-zero value). Float-to-float rounding to the column's precision is
+    kept; every other cast must give back the original values when cast back."""
     before, after = original.combine_chunks(), cast.combine_chunks()
     while pa.types.is_list(before.type) or pa.types.is_large_list(before.type) or pa.types.is_fixed_size_list(before.type):
         before, after = before.flatten(), after.flatten()
@@ -494,6 +505,12 @@ def _check_cast_keeps_finite(original: Any, cast: Any) -> None:
         now = np.isfinite(after.to_numpy(zero_copy_only=False))
         if (was & ~now).any():
             raise ValueError(f"{int((was & ~now).sum())} finite value(s) are out of {after.type}'s range")
+        return
+    back = after.cast(before.type, safe=False)
+    same = pc.fill_null(pc.equal(back, before), True).to_numpy(zero_copy_only=False)
+    if not same.all():
+        kept = "True/False" if pa.types.is_boolean(after.type) else "what that type holds"
+        raise ValueError(f"{int((~same).sum())} value(s) would change (a {after.type} column keeps only {kept})")
 
 
 def _to_table(columns: Mapping[str, np.ndarray]) -> pa.Table:
