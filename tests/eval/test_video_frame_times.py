@@ -174,3 +174,21 @@ def test_a_frame_that_came_late_does_not_shift_later_steps_onto_earlier_frames(t
     steps = list(range(0, n, 16)) + [n - 1]
     frames = LeRobotDataset(root).episode(0).frames("image", steps)
     assert [nearest_step(f, [0], 64)[1] for f in frames] == [s % 64 for s in steps]
+
+
+def test_a_shared_v3_video_whose_stream_starts_after_time_0_gives_each_episode_its_own_frame_k(tmp_path):
+    """from_timestamp counts from the file's first frame, as GR00T counts frames by index: with the stream starting at
+    0.2 s (2 frames at fps 10), episode 1's steps got file frames 38, 39, ... (episode 0's last two, then shifted)."""
+    from eval.dataset_factory import episode_frames
+
+    length = 40
+    root = make_dataset(tmp_path / "ds", lengths=(length, length), cameras=("image",), fps=10, size=(16, 16),
+                        layout="v3.0", episodes_per_file=2)
+    _write_video(root / "videos/observation.images.image/chunk-000/file-000.mp4",
+                 np.concatenate([episode_frames(e, 0, length, (16, 16)) for e in range(2)]), 10,
+                 pts=lambda k: 300 * (k + 2))
+    dataset = LeRobotDataset(root)
+    for episode in range(2):
+        frames = dataset.episode(episode).frames("image", [0, 1, 20, 39])
+        assert [nearest_step(f, [0, 1], length) for f in frames] == [(episode, 0), (episode, 1), (episode, 20),
+                                                                   (episode, 39)]

@@ -233,8 +233,8 @@ class LeRobotDataset:
     def _decode_segment_frames(self, path: Path, from_timestamp: float, steps: Sequence[int]) -> np.ndarray:
         """Frames `steps` (0 = the segment's first) of the segment of a video that starts at `from_timestamp`: by the
         frames' own presentation times (video_frame_times), so that a 29.97 frames/s video under fps 30, a shared
-        v3.0 file of such a video, or a frame that came late still give frame k for step k (times derived from fps
-        drifted onto a neighbouring frame)."""
+        v3.0 file of such a video, a stream that does not start at time 0, or a frame that came late still give frame
+        k for step k (times derived from fps drifted onto a neighbouring frame)."""
         if path not in self._frame_times:
             self._frame_times[path] = video_frame_times(path)
         times = self._frame_times[path]
@@ -244,7 +244,11 @@ class LeRobotDataset:
             first = int(round(from_timestamp * rate))
             wanted = [(first + int(k)) / rate for k in steps]
         else:
-            first = int(np.searchsorted(times, from_timestamp - 0.5 / rate))  # the segment's first frame
+            # The segment's first frame, with from_timestamp measured from the file's first frame (as GR00T counts
+            # frames by index): a video whose stream starts at 0.2 s otherwise gave a later episode of a shared v3.0
+            # file two frames of the episode before it.
+            origin = times[0] if len(times) else 0.0
+            first = int(np.searchsorted(times, origin + from_timestamp - 0.5 / rate))
             last = first + max(int(k) for k in steps)
             if last >= len(times):
                 raise DatasetError(f"{path}: the segment from {from_timestamp:g} s needs frame {last - first} of it, and "
