@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
+
 from eval.scale_fixtures import ConstantPolicy, WalkToEnv, policy_server
 from gr00t_client import EmbodimentTag
 from gr00t_eval import cli
@@ -56,3 +58,37 @@ def test_a_null_reward_is_read_back_as_unknown_not_zero():
                                              "length": 3})
     assert math.isnan(outcome.sum_reward) and math.isnan(outcome.max_reward)
     assert EpisodeOutcome.from_json_dict({"episode_index": 0, "length": 3}).sum_reward == 0.0  # absent: an older log
+
+
+class OddRewardWalk(WalkToEnv):
+    """walkto whose seeds 0-2 return a reward that is not a number on their first step: None, an array, a string."""
+
+    ODD = {0: None, 1: "1.0x"}
+
+    def reset(self, *, seed=None, options=None):
+        self._seed, self._t = seed, 0
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        self._t += 1
+        if self._t == 1 and self._seed == 2:
+            reward = np.array([0.5, 0.5])
+        elif self._t == 1 and self._seed in self.ODD:
+            reward = self.ODD[self._seed]
+        return obs, reward, terminated, truncated, info
+
+
+def test_a_reward_that_is_not_a_number_is_named_with_its_type_not_reported_as_nan(tmp_path):
+    """None, an array and a string were each reported as "the env returned the reward nan"."""
+    register_env_prefix("oddreward", EmbodimentTag.NEW_EMBODIMENT, lambda task, **kwargs: OddRewardWalk(2.0))
+    out = tmp_path / "run"
+    args = [a if a != "nanwalk/fast" else "oddreward/fast" for a in ROLLOUT]
+    with policy_server(ConstantPolicy()) as server:
+        assert cli.main([*args, "--policy-client-port", str(server.port), "--output-dir", str(out)]) == 0
+    errors = {e["episode_index"]: e["error"] for e in json.loads((out / "results.json").read_text())["per_episode"]}
+    assert "step 0: the env returned the reward None (NoneType), which is not a number" in errors[0]
+    assert "the reward '1.0x' (str), which is not a number" in errors[1]
+    assert "the reward array of shape (2,) (float64), which is not a number" in errors[2]
+    assert errors[3] is None and not any("nan" in (e or "") for e in errors.values())
+    assert np.isfinite(json.loads((out / "results.json").read_text())["overall"]["avg_sum_reward"])

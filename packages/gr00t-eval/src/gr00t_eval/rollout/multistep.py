@@ -204,15 +204,14 @@ class MultiStepWrapper(gym.Wrapper):
                 terminated = True
                 break
             self._steps += 1
-            try:
-                reward = float(reward)
-            except (TypeError, ValueError):
-                reward = float("nan")
-            if not np.isfinite(reward):  # written as null and read back as 0.0: a merged or resumed run then averaged
-                failure = (f"step {self._steps - 1}: the env returned the reward {reward}, which is not a finite number; "
-                           "the episode cannot be scored")  # what an uninterrupted run had reported null
+            number = _reward_number(reward)
+            if number is None or not np.isfinite(number):  # null, read back as 0.0: a merged or resumed run averaged
+                got = (f"the reward {number}, which is not a finite number" if number is not None else
+                       f"the reward {_describe(reward)}, which is not a number")
+                failure = f"step {self._steps - 1}: the env returned {got}; the episode cannot be scored"
                 terminated = True
                 break
+            reward = number
             self._rewards.append(reward)
             chunk_reward += reward
             self._success = self._success or success_from_info(info)
@@ -252,3 +251,19 @@ class MultiStepWrapper(gym.Wrapper):
             failure_reason=failure,
             success_reported=self._success_reported,
         )
+
+
+def _reward_number(reward: Any) -> Optional[float]:
+    """The reward as a float, or None when it is not one number (None, a string, an array of several values)."""
+    if isinstance(reward, (str, bytes)) or reward is None:
+        return None
+    try:
+        return float(reward)
+    except (TypeError, ValueError):
+        return None
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        return f"array of shape {value.shape} ({value.dtype})"
+    return f"{value!r:.60} ({type(value).__name__})"
