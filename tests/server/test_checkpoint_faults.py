@@ -143,6 +143,9 @@ def _first_key(checkpoint, group, tag="new_embodiment"):
         ("action", "q99", "[Infinity]", r"\['q99'\] has a non-finite value \(inf\)"),
         ("action", "q99", '["a"]', r"\['q99'\] is not a list of numbers"),
         ("action", "max", "[-1e9]", r": min .* > max -1000000000.0 at index \[0\]; the range is inverted"),
+        # finite in float64, inf once the action is unnormalized into float32: warm-up or every call failed late
+        ("action", "q99", "[1e39]", r"\['q99'\] value 1e\+39 at index \[0\] is beyond float32's range"),
+        ("state", "mean", "[-1e300]", r"\['mean'\] value -1e\+300 at index \[0\] is beyond float32's range"),
     ],
 )
 def test_bad_statistics_values_are_refused_at_load_naming_file_key_and_stat(copy_of, group, stat, value, message):

@@ -312,6 +312,7 @@ STAT_NAMES = ("min", "max", "mean", "std", "q01", "q99")
 
 
 _STAT_RANGES = (("min", "max"), ("q01", "q99"))
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _parse_stat(values: Any, where: str) -> np.ndarray:
@@ -325,6 +326,10 @@ def _parse_stat(values: Any, where: str) -> np.ndarray:
     if not np.isfinite(array).all():
         bad = np.argwhere(~np.isfinite(array))[0].tolist()
         raise ValueError(f"{where} has a non-finite value ({array[tuple(bad)]}) at index {bad}; statistics must be finite")
+    if (np.abs(array) > _FLOAT32_MAX).any():  # the action is unnormalized into float32: 1e39 became inf on every call
+        bad = np.argwhere(np.abs(array) > _FLOAT32_MAX)[0].tolist()
+        raise ValueError(f"{where} value {array[tuple(bad)]:g} at index {bad} is beyond float32's range "
+                         f"({_FLOAT32_MAX:.4g}); states and actions are float32, so statistics must fit in it")
     return array
 
 
