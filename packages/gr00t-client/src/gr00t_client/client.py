@@ -699,8 +699,10 @@ class PolicyClient(BasePolicy):
     def on_new_server(self, check: Optional[Callable[["PolicyClient"], None]]) -> None:
         """Run `check(client)` after the first reset or get_action answered since the connection was made anew or
         given up (server_changes moved: a restart, maybe with another model behind the same address); what it raises
-        is raised from that call, before its reply is used. gr00t-eval stops a run there when the server now serves
-        another checkpoint. None removes the check."""
+        is raised from that call, before its reply is used. An answer that is an error reply counts too: what the
+        check raises replaces the error (the new server may refuse because it serves another model), and it passing
+        lets the error through. gr00t-eval stops a run there when the server now serves another checkpoint. None
+        removes the check."""
         with self._locked():
             self._new_server_check = check
             self._checked_server_changes = self.server_changes
@@ -724,19 +726,38 @@ class PolicyClient(BasePolicy):
 
     def call_endpoint(self, endpoint: str, data: Optional[Dict[str, Any]] = None, requires_input: bool = True) -> Any:
         """Call any endpoint; raises PolicyTimeoutError, PolicyServerError or ConnectionError."""
-        with self._locked():
-            self._notice_reconnection()
-            deadline = self._deadline()  # one budget, negotiation included
-            if self._server_is_ours is None and endpoint not in ("ping", "kill"):
-                self._negotiate(deadline)
-            multipart = bool(self._server_is_ours) and self._wire in ("auto", "multipart")
-            envelope = self._envelope(endpoint, data, requires_input)
-            reply = self._round_trip(envelope, endpoint, multipart=multipart, deadline=deadline)
-            if endpoint in ("reset", "get_action"):
-                self._session_served = True
-        if endpoint in ("reset", "get_action"):
+        watched = endpoint in ("reset", "get_action")
+        try:
+            with self._locked():
+                self._notice_reconnection()
+                deadline = self._deadline()  # one budget, negotiation included
+                if self._server_is_ours is None and endpoint not in ("ping", "kill"):
+                    self._negotiate(deadline)
+                multipart = bool(self._server_is_ours) and self._wire in ("auto", "multipart")
+                envelope = self._envelope(endpoint, data, requires_input)
+                reply = self._round_trip(envelope, endpoint, multipart=multipart, deadline=deadline)
+                if watched:
+                    self._session_served = True
+        except (PolicyTimeoutError, ConnectionError):
+            raise  # no answer (or a server going away): nothing to check; the next answered call checks
+        except Exception as exc:
+            if watched:
+                self._check_new_server_after(exc)
+            raise
+        if watched:
             self._check_new_server()
         return reply
+
+    def _check_new_server_after(self, failure: Exception) -> None:
+        """The new-server check after a reset or get_action that a server answered with an error (or whose answer
+        could not be used): a server restarted with another model refuses what the old one took (an episode index
+        past its dataset's, a session it never saw), and that refusal must not pass for the caller's own mistake.
+        What the check raises is raised instead of `failure`, a server that cannot be asked included (a timeout or
+        lost connection: whether it serves the same model is unknown, and the check stays due)."""
+        try:
+            self._check_new_server()
+        except BaseException as check_failed:
+            raise check_failed from failure
 
     # --- policy API -----------------------------------------------------------------------------
 
