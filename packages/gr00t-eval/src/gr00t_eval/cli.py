@@ -11,15 +11,16 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Set
 
-from . import connection, scale_cli
+# Only light modules here: main() makes SIGTERM and SIGHUP stop a command before the heavy imports (numpy, ZeroMQ: the
+# first half second), which a stop during them otherwise ended with a traceback or silently (143, 129).
 from .cli_errors import USAGE_EXIT_CODE, UsageError
 from .extras import MissingExtraError
 from .rollout.config import DEFAULT_ENV_TIMEOUT_S
-from .run_dir import OutputDirError, prepare_output_dir
 
 DEFAULT_ROLLOUT_DIR = "/tmp/gr00t_rollout_eval"
 DEFAULT_OPEN_LOOP_BASE = "/tmp/open_loop_eval"
@@ -89,6 +90,8 @@ def apply_env_registrations(args: argparse.Namespace) -> None:
 def _add_connection(p: argparse.ArgumentParser, host_flag: str, port_flag: str, host_default: Optional[str]) -> None:
     p.add_argument(*_flag(host_flag), dest="host", default=host_default, help=f"policy server host (default {host_default})")
     p.add_argument(*_flag(port_flag), dest="port", type=int, default=5555, help="policy server port (default 5555)")
+    from . import connection
+
     p.add_argument(*_flag("api-token"), default=os.environ.get("GR00T_API_TOKEN"), help="server API token (default $GR00T_API_TOKEN)")
     connection.add_security_arguments(p, _flag)
     p.add_argument(*_flag("timeout-ms"), type=int, default=15000, help="per-request timeout in ms (default 15000)")
@@ -217,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(*_flag("overwrite"), action="store_true", help="replace an existing dataset directory")
 
     # suites, --shard, --ray-address, batch and merge (gr00t_eval.scale_cli)
+    from . import scale_cli
+
     scale_cli.add_scale_arguments(rollout_parser)
     scale_cli.register_scale_commands(sub)
     return parser
@@ -265,6 +270,8 @@ def _refuse_reference_flags(args: argparse.Namespace) -> None:
 
 
 def _connect(args: argparse.Namespace):
+    from . import connection
+
     return connection.open_client(args.host, args.port, args)
 
 
@@ -292,6 +299,7 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
     from gr00t_client import EmbodimentTag
     from tqdm.auto import tqdm
 
+    from . import connection
     from .open_loop import RESULTS_FILENAME, OpenLoopConfig, evaluate_open_loop
     from .run_dir import sigterm_as_interrupt
 
@@ -376,7 +384,7 @@ def _claim_open_loop_output_dir(args: argparse.Namespace, config: Any) -> Path:
     process is gone (killed), is emptied with the rest by --overwrite.
     """
     from .run_claim import claim_output_dir, refuse_live_claim
-    from .run_dir import make_fresh_dated_output_dir
+    from .run_dir import OutputDirError, make_fresh_dated_output_dir, prepare_output_dir
 
     settings = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in vars(config).items()}
 
@@ -432,7 +440,8 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     The run file records this process until the run ends (run_dir.held_run_claims), so neither --overwrite nor a
     second --resume takes the directory (or shard) of a run that is still running.
     """
-    from .run_dir import INTERRUPTED_EXIT_CODE, claim_resumed_run, held_run_claims
+    from . import scale_cli
+    from .run_dir import INTERRUPTED_EXIT_CODE, OutputDirError, claim_resumed_run, held_run_claims
     from .shard import ShardSpec
 
     apply_env_registrations(args)
@@ -500,34 +509,54 @@ def cmd_record(args: argparse.Namespace) -> int:
     return 0
 
 
+INTERRUPTED_EXIT_CODE = 130  # run_dir's, not imported from there: a stop may come while it is being imported
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Console entry point; returns the exit code (2 and one line on stderr for a mistake, 130 when interrupted)."""
-    from .run_dir import INTERRUPTED_EXIT_CODE, sigterm_as_interrupt
+    """Console entry point; returns the exit code (2 and one line on stderr for a mistake, 130 when interrupted).
 
-    from gr00t_client.stdout_guard import guard_stdout
-
-    args = build_parser().parse_args(argv)
-    guard_stdout()  # `rollout | head` must not fail a run after its results were saved
-    if args.command == "rollout" and args.resume:  # which run settings a resume was given (it refuses changes)
-        args.given_flags = given_flags(sys.argv[1:] if argv is None else argv)
-    from .progress import BarAwareHandler
-
-    logging.basicConfig(level=getattr(logging, args.log_level), format="%(levelname)s:%(name)s:%(message)s",
-                        handlers=[BarAwareHandler(sys.stderr)])
+    SIGTERM and SIGHUP stop any command as Ctrl-C does, from main's first line (they killed it with 143/129). As the
+    program (argv None) it ignores the stop signals once the command has returned: the results are saved and reported,
+    and a late signal in the interpreter's exit (seconds, with torch or mujoco loaded) ended a finished command with
+    130/143/129 and no word.
+    """
+    stop_signals = _StopSignals()
     try:
-        with sigterm_as_interrupt():  # SIGTERM and SIGHUP stop any command as Ctrl-C does (they killed it with 143/129)
-            return _run_command(args)
+        return _main(argv, stop_signals)
+    finally:
+        stop_signals.finish(ignore_from_now_on=argv is None)
+
+
+def _main(argv: Optional[Sequence[str]], stop_signals: "_StopSignals") -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    command, args = _command_named(words), None
+    try:
+        from gr00t_client.cli_signals import raise_interrupt
+        from gr00t_client.stdout_guard import guard_stdout
+
+        from .progress import BarAwareHandler
+        from .run_dir import OutputDirError
+
+        stop_signals.hand_over(raise_interrupt)
+        args = build_parser().parse_args(argv)
+        command = args.command
+        guard_stdout()  # `rollout | head` must not fail a run after its results were saved
+        if args.command == "rollout" and args.resume:  # which run settings a resume was given (it refuses changes)
+            args.given_flags = given_flags(words)
+        logging.basicConfig(level=getattr(logging, args.log_level), format="%(levelname)s:%(name)s:%(message)s",
+                            handlers=[BarAwareHandler(sys.stderr)])
+        return _run_command(args)
     except KeyboardInterrupt:
-        print(f"gr00t-eval {args.command}: interrupted", file=sys.stderr)
+        print(f"gr00t-eval {command}: interrupted" if command else "gr00t-eval: interrupted", file=sys.stderr)
         return INTERRUPTED_EXIT_CODE
     except SystemExit as exc:  # `raise SystemExit("error: ...")` in a command: the same one line and exit 2
-        if not isinstance(exc.code, str):
+        if not isinstance(exc.code, str) or args is None:
             raise
         message = exc.code[len("error: "):] if exc.code.startswith("error: ") else exc.code
         print(f"gr00t-eval {args.command}: error: {message}", file=sys.stderr)
         return USAGE_EXIT_CODE
     except Exception as exc:  # noqa: BLE001 - one line for the user; the traceback only at DEBUG
-        if args.log_level == "DEBUG":
+        if args is None or args.log_level == "DEBUG":
             raise
         message = (str(exc).strip("\"'") if isinstance(exc, KeyError) else str(exc)) or type(exc).__name__
         known = (UsageError, ConnectionError, TimeoutError, FileNotFoundError, FileExistsError, MissingExtraError,
@@ -535,6 +564,55 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         shown = message if isinstance(exc, known) else f"{type(exc).__name__}: {message} (--log-level DEBUG shows the traceback)"
         print(f"gr00t-eval {args.command}: error: {shown}", file=sys.stderr)
         return USAGE_EXIT_CODE
+
+
+def _command_named(words: Sequence[str]) -> str:
+    """The sub-command a command line names, for a stop that comes before it is parsed ('' when it names none)."""
+    words = iter(words)
+    for word in words:
+        if word in ("--log-level", "--log_level"):
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return ""
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+class _StopSignals:
+    """SIGTERM and SIGHUP as Ctrl-C from main's first line, before gr00t_client.cli_signals (whose package imports
+    numpy and ZeroMQ) can be imported; SIGHUP only while it has its default action (see interrupting_signals)."""
+
+    def __init__(self) -> None:
+        self.previous: Dict[int, Any] = {}
+        hangup = getattr(signal, "SIGHUP", None)  # not on Windows
+        wanted = [signal.SIGTERM] + ([hangup] if hangup is not None and signal.getsignal(hangup) == signal.SIG_DFL else [])
+        try:
+            for signum in wanted:
+                self.previous[signum] = signal.signal(signum, _raise_interrupt)
+        except ValueError:  # not the main thread: Python runs no handler there
+            pass
+
+    def hand_over(self, raise_interrupt: Any) -> None:
+        """Put cli_signals' own handler in ours' place, so the blocks nested in the command (sigterm_as_interrupt,
+        interrupts_deferred, the server's) know SIGHUP as theirs to take."""
+        for signum in self.previous:
+            if signal.getsignal(signum) is _raise_interrupt:
+                signal.signal(signum, raise_interrupt)
+
+    def finish(self, ignore_from_now_on: bool) -> None:
+        """Ignore Ctrl-C and the signals taken (the program, whose command has ended), or put the handlers back."""
+        if ignore_from_now_on:
+            try:
+                for signum in (signal.SIGINT, *self.previous):
+                    signal.signal(signum, signal.SIG_IGN)
+            except ValueError:  # not the main thread
+                pass
+            return
+        for signum, before in self.previous.items():  # None: a handler installed from C; the default is closest
+            signal.signal(signum, signal.SIG_DFL if before is None else before)
 
 
 def _run_command(args: argparse.Namespace) -> int:
