@@ -6,13 +6,15 @@ import argparse
 import logging
 import math
 import os
+import signal
 import sys
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 logger = logging.getLogger("gr00t_server")
 
 INFERENCE_MODES = ("pytorch", "torch-compile", "onnxruntime", "tensorrt")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())
 
 
 class CliError(Exception):
@@ -373,7 +375,8 @@ def _raise_open_file_limit() -> None:
                            "clients at once", soft, target, exc, max(0, soft - 64))
 
 
-def serve(args: argparse.Namespace) -> int:
+def serve(args: argparse.Namespace, leave_when_stopped: bool = False) -> int:
+    """`gr00t-server serve`; with `leave_when_stopped` (the program) the process ends once the server has stopped."""
     # Until the server runs (and installs its own graceful handlers), SIGTERM stops the start-up like Ctrl-C: one line,
     # exit 130 (it killed the process silently with 143 while the model loaded).
     from .threads import sigterm_as_interrupt
@@ -384,14 +387,23 @@ def serve(args: argparse.Namespace) -> int:
         server.run()
     except KeyboardInterrupt:
         print("\nShutting down server...")
-    if server.left_policy_call_running:
-        # A policy call the stop gave up on is still inside torch on a worker thread: an interpreter exiting under it
-        # aborts in C++ ("terminate called without an active exception", exit 134). Leave now, logs flushed.
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+    if leave_when_stopped or server.left_policy_call_running:
+        # The port is free and the totals are logged. The interpreter's teardown of torch took 1-5 s more, and a
+        # second Ctrl-C or SIGTERM in it ended a clean stop with 130/143/129. A policy call the stop gave up on is
+        # still inside torch on a worker thread: an interpreter exiting under it aborts in C++ ("terminate called
+        # without an active exception", exit 134). So leave now, logs flushed.
+        _leave_now(0)
     return 0
+
+
+def _leave_now(code: int) -> None:
+    """End the process with `code` at once: stop signals ignored, logs and standard streams flushed, no teardown."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _start_server(args: argparse.Namespace) -> Any:
@@ -572,14 +584,33 @@ def _is_user_error(exc: BaseException) -> bool:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from gr00t_client.stdout_guard import guard_stdout
+    """Console entry point; returns the exit code (2 and one line on stderr for a mistake, 130 when interrupted).
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    guard_stdout()  # `serve | head -1` must not stop the server at its second line
+    SIGTERM and SIGHUP stop any command as Ctrl-C does, from main's first line (they killed make-test-checkpoint,
+    keygen and an export's start with 143/129). As the program (argv None) it ignores the stop signals once the command
+    has returned, and `serve` ends the process as soon as the server has stopped: a late signal in the interpreter's
+    exit (seconds, with torch loaded) turned a finished command's status into 130/143/129.
+    """
+    stop_signals = _StopSignals()
     try:
+        return _main(argv, stop_signals)
+    finally:
+        stop_signals.finish(ignore_from_now_on=argv is None)
+
+
+def _main(argv: Optional[Sequence[str]], stop_signals: "_StopSignals") -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    command = next((word for word in words if not word.startswith("-")), "")
+    try:
+        from gr00t_client.cli_signals import raise_interrupt
+        from gr00t_client.stdout_guard import guard_stdout
+
+        stop_signals.hand_over(raise_interrupt)
+        args = build_parser().parse_args(argv)
+        command = args.command
+        guard_stdout()  # `serve | head -1` must not stop the server at its second line
         if args.command == "serve":
-            return serve(args)
+            return serve(args, leave_when_stopped=argv is None)
         if args.command == "make-test-checkpoint":
             return make_test_checkpoint(args)
         if args.command == "keygen":
@@ -588,10 +619,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         return int(backend_commands.run(args) or 0)
     except CliError as exc:
-        print(f"gr00t-server {args.command}: error: {exc}", file=sys.stderr)
+        print(f"gr00t-server {command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C before the server was up (a running server stops cleanly and exits 0)
-        print(f"gr00t-server {args.command}: interrupted", file=sys.stderr)
+        print(f"gr00t-server {command}: interrupted" if command else "gr00t-server: interrupted", file=sys.stderr)
         return INTERRUPTED_EXIT_CODE
     except Exception as exc:
         if not _is_user_error(exc):
@@ -601,10 +632,48 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         message = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
         if isinstance(exc, MemoryError):
             message = f"out of memory ({message}): check the sizes given (--image-size, --batch-size)"
-        print(f"gr00t-server {args.command}: error: {message}", file=sys.stderr)
+        print(f"gr00t-server {command}: error: {message}", file=sys.stderr)
         if os.environ.get("GR00T_DEBUG"):
             raise
         return 2
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+class _StopSignals:
+    """SIGTERM and SIGHUP as Ctrl-C from main's first line, before gr00t_client.cli_signals (whose package imports
+    numpy and ZeroMQ) can be imported; SIGHUP only while it has its default action (see interrupting_signals)."""
+
+    def __init__(self) -> None:
+        self.previous: Dict[int, Any] = {}
+        hangup = getattr(signal, "SIGHUP", None)  # not on Windows
+        wanted = [signal.SIGTERM] + ([hangup] if hangup is not None and signal.getsignal(hangup) == signal.SIG_DFL else [])
+        try:
+            for signum in wanted:
+                self.previous[signum] = signal.signal(signum, _raise_interrupt)
+        except ValueError:  # not the main thread: Python runs no handler there
+            pass
+
+    def hand_over(self, raise_interrupt: Any) -> None:
+        """Put cli_signals' own handler in ours' place, so the blocks nested in the command (sigterm_as_interrupt,
+        the server's handlers, an export's swap) know SIGHUP as theirs to take."""
+        for signum in self.previous:
+            if signal.getsignal(signum) is _raise_interrupt:
+                signal.signal(signum, raise_interrupt)
+
+    def finish(self, ignore_from_now_on: bool) -> None:
+        """Ignore Ctrl-C and the signals taken (the program, whose command has ended), or put the handlers back."""
+        if ignore_from_now_on:
+            try:
+                for signum in (signal.SIGINT, *self.previous):
+                    signal.signal(signum, signal.SIG_IGN)
+            except ValueError:  # not the main thread
+                pass
+            return
+        for signum, before in self.previous.items():  # None: a handler installed from C; the default is closest
+            signal.signal(signum, signal.SIG_DFL if before is None else before)
 
 
 if __name__ == "__main__":

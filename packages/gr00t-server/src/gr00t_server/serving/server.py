@@ -484,24 +484,27 @@ class PolicyServer:
         except InlineCallAbandoned:  # its requests were answered; the stop that gave up on it ends the run
             pass
         finally:
-            try:  # our handlers stay through the wait: a second Ctrl-C ends it (Python's default raised out of it, and
-                self._loop.shut_down(worker)  # the interpreter then exited under the worker's torch call: an abort)
+            # Our handlers stay until run() is over. Through the wait a second Ctrl-C ends it (Python's default raised
+            # out of it, and the interpreter then exited under the worker's torch call: an abort); after it, one that
+            # came before the totals were logged and the socket released raised out of this block, skipping both.
+            try:
+                self._loop.shut_down(worker)
+                self.left_policy_call_running = worker.alive and worker.running_a_call  # abandoned: see serve's exit
+                self._runner.flush_logs()
+                totals = self.stats.snapshot()
+                logger.info("stopped after %d requests: %d errors (%d internal; %d over queue or connection limits), "
+                            "%d expired, %d policy calls",
+                            totals["requests"], totals["errors"], totals["internal_errors"], totals["refused"],
+                            totals["expired"], totals["policy_calls"])
+                with self._lifecycle:
+                    self._running = False
+                    self._worker = None
+                    self._release()
+                    self._serving_thread = None
+                    self._stop_requested.clear()  # cleared here, not at start, so an early stop() is never lost
+                    self._run_done.set()
             finally:
                 restore()
-            self.left_policy_call_running = worker.alive and worker.running_a_call  # abandoned: see serve's exit
-            self._runner.flush_logs()
-            totals = self.stats.snapshot()
-            logger.info("stopped after %d requests: %d errors (%d internal; %d over queue or connection limits), %d "
-                        "expired, %d policy calls",
-                        totals["requests"], totals["errors"], totals["internal_errors"], totals["refused"],
-                        totals["expired"], totals["policy_calls"])
-            with self._lifecycle:
-                self._running = False
-                self._worker = None
-                self._release()
-                self._serving_thread = None
-                self._stop_requested.clear()  # cleared here, not at start, so an early stop() is never lost
-                self._run_done.set()
 
 
 def _install_signal_handlers(server: PolicyServer) -> Callable[[], None]:
