@@ -42,6 +42,12 @@ class RecordSummary:
         """Episodes recorded."""
         return len(self.seeds)
 
+    def add(self, seed: int, length: int, success: bool) -> None:
+        """Count one recorded episode."""
+        self.lengths.append(length)
+        self.successes.append(success)
+        self.seeds.append(seed)  # last: n_episodes counts an episode only once all three are in
+
 
 def record_metaworld(
     env_name: str,
@@ -123,23 +129,31 @@ def record_metaworld(
 def _record_episodes(env: Any, expert: Any, writer: DatasetWriter, summary: RecordSummary, env_name: str, camera: str,
                      n_episodes: int, seed: int, max_episode_steps: int, bar: Any) -> None:
     from .rollout.adapters.metaworld import STATE_SLICES, array_to_action
+    from .run_dir import interrupts_deferred
 
     for episode in range(n_episodes):
         episode_seed = seed + episode
         record = _record_episode(env, expert, episode_seed, max_episode_steps, array_to_action, list(STATE_SLICES))
-        writer.add_episode(
-            frames={camera: np.stack(record["frames"])},
-            states={k: np.stack(v) for k, v in record["states"].items()},
-            actions={k: np.stack(v) for k, v in record["actions"].items()},
-            task=env.instruction,
-            step_columns={"next.reward": np.asarray(record["rewards"], np.float32),
-                          "next.success": np.asarray(record["success_flags"], bool)},
-            metadata={"seed": episode_seed, "success": record["success"], "env_name": env_name},
-        )
-        writer.write_meta()  # loadable after every episode: an interrupted recording keeps what it finished
-        summary.seeds.append(episode_seed)
-        summary.lengths.append(len(record["rewards"]))
-        summary.successes.append(record["success"])
+        try:
+            writer.add_episode(
+                frames={camera: np.stack(record["frames"])},
+                states={k: np.stack(v) for k, v in record["states"].items()},
+                actions={k: np.stack(v) for k, v in record["actions"].items()},
+                task=env.instruction,
+                step_columns={"next.reward": np.asarray(record["rewards"], np.float32),
+                              "next.success": np.asarray(record["success_flags"], bool)},
+                metadata={"seed": episode_seed, "success": record["success"], "env_name": env_name},
+            )
+            writer.write_meta()  # loadable after every episode: an interrupted recording keeps what it finished
+            summary.add(episode_seed, len(record["rewards"]), record["success"])
+        except KeyboardInterrupt:
+            # An episode add_episode finished has its files in data/ and videos/: meta/ lists it before the stop (a
+            # Ctrl-C just before this write_meta left them there, unlisted). One it did not finish left nothing.
+            if writer.n_episodes > summary.n_episodes:
+                with interrupts_deferred():
+                    writer.write_meta()
+                summary.add(episode_seed, len(record["rewards"]), record["success"])
+            raise
         if not record["success"]:
             logger.warning("expert failed episode %d (seed %d) within %d steps", episode, episode_seed, max_episode_steps)
         if bar is not None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
 import weakref
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
@@ -119,6 +120,11 @@ class DatasetWriter:
         weakref.finalize(self, _warn_unlisted, str(self.root), self.layout, self._unlisted)
 
     # -- public API -------------------------------------------------------------------------------
+    @property
+    def n_episodes(self) -> int:
+        """Episodes added so far (in meta/ once write_meta() or finalize() has run since)."""
+        return len(self._episodes)
+
     def add_episode(
         self,
         frames: Mapping[str, np.ndarray],
@@ -129,7 +135,8 @@ class DatasetWriter:
         step_columns: Optional[Mapping[str, np.ndarray]] = None,
         metadata: Optional[Mapping[str, Any]] = None,
     ) -> int:
-        """Append one episode; return its episode_index."""
+        """Append one episode; return its episode_index. An episode that raises (a refused one, Ctrl-C) is not added:
+        with layout v2.1 none of its files or values are left."""
         if self._finalized:
             raise RuntimeError(f"{self.root}: writer already finalized")
         if not isinstance(task, str):
@@ -145,11 +152,17 @@ class DatasetWriter:
         # a full disk made every later one of another frame size "differ from earlier episodes").
         layout = (self._cameras, self._state_dims, self._action_dims, self._step_columns, dict(self._frame_sizes),
                   self._schema)
+        # v2.1: nor its files and values, however far it got. Ctrl-C just after its files were renamed into data/ and
+        # videos/ left them there, listed nowhere (a loader globbing data/ read them against a meta/ without them).
+        recorded = self._recorded_values() if self.layout == "v2.1" else None
+        self._episode_files: List[Path] = []
         try:
             return self._add_episode(frames, state_arrays, action_arrays, task, step_columns, metadata, length)
         except BaseException:
             (self._cameras, self._state_dims, self._action_dims, self._step_columns, self._frame_sizes,
              self._schema) = layout
+            if recorded is not None:
+                self._forget_v2_episode(recorded)
             raise
 
     def _add_episode(self, frames, state_arrays, action_arrays, task: str, step_columns, metadata, length: int) -> int:
@@ -335,7 +348,8 @@ class DatasetWriter:
     # -- v2.1 -------------------------------------------------------------------------------------
     def _write_v2_episode(self, episode_index: int, table: pa.Table, frames: Mapping[str, np.ndarray]) -> None:
         """The episode's parquet and mp4s, each written under a hidden partial name and renamed once all are
-        complete: an episode cut short (Ctrl-C while encoding) leaves no file a loader globbing data/ would count."""
+        complete: an episode cut short (Ctrl-C while encoding) leaves no file a loader globbing data/ would count
+        (and add_episode removes the renamed ones, self._episode_files, of an episode that does not finish)."""
         chunk = episode_index // self.chunks_size
         data_path = self.root / V2_DATA_PATH.format(episode_chunk=chunk, episode_index=episode_index)
         video_paths = {camera: self.root / V2_VIDEO_PATH.format(episode_chunk=chunk, episode_index=episode_index,
@@ -355,8 +369,25 @@ class DatasetWriter:
             for path in partial.values():
                 path.unlink(missing_ok=True)
             raise
+        self._episode_files.extend(partial)  # before the renames: one cut short between two is removed too
         for final, temporary in partial.items():
             temporary.replace(final)
+
+    def _recorded_values(self) -> Tuple[Any, ...]:
+        """What add_episode changes besides the layout, as it is now (see _forget_v2_episode)."""
+        numeric = {name: copy.copy(running) for name, running in self._numeric.items()}  # add() replaces, never edits, arrays
+        return (dict(self._tasks), dict(self._metadata_types), numeric, len(self._episodes), self._unlisted[0],
+                self._total_frames)
+
+    def _forget_v2_episode(self, recorded: Tuple[Any, ...]) -> None:
+        """Undo a v2.1 episode add_episode did not finish: its files in data/ and videos/, and its values."""
+        tasks, metadata_types, numeric, n_episodes, unlisted, total_frames = recorded
+        for path in self._episode_files:
+            path.with_name(f".partial-{path.name}").unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
+        self._tasks, self._metadata_types, self._numeric = tasks, metadata_types, numeric
+        del self._episodes[n_episodes:]
+        self._unlisted[0], self._total_frames = unlisted, total_frames
 
     # -- v3.0 -------------------------------------------------------------------------------------
     def _append_v3_episode(self, table: pa.Table, frames: Mapping[str, np.ndarray], length: int) -> Dict[str, Any]:
