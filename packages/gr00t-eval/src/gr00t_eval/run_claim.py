@@ -12,11 +12,12 @@ import contextlib
 import json
 import logging
 import os
+import re
 import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 from .run_dir import OutputDirError
 
@@ -217,23 +218,31 @@ def refuse_live_claim(directory: Union[str, Path], filename: str, flag: str = "-
     return holder
 
 
-def holder_alive(holder: ClaimHolder) -> bool:
-    """True while the claim's process exists on this host and is the one that claimed (not a reused pid)."""
-    if holder.pid == os.getpid():
+def process_exists(pid: int) -> bool:
+    """True while process `pid` exists on this host and is not a zombie; True where that cannot be checked (Windows)."""
+    if pid == os.getpid():
         return True
-    if os.name == "nt":  # os.kill(pid, 0) there sends Ctrl-C (CTRL_C_EVENT is 0): a claim is taken as live, and
-        return True  # the message says to delete its file once that run has ended
+    if os.name == "nt":  # os.kill(pid, 0) there sends Ctrl-C (CTRL_C_EVENT is 0): taken as live, and the messages
+        return True  # about claims say to delete the file once that run has ended
     try:
-        os.kill(holder.pid, 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's process: it exists
         pass
     except OSError:
         return False
-    state, started = _linux_process(holder.pid)
-    if state == "Z":  # a zombie: killed, not yet reaped by its parent
+    state, _started = _linux_process(pid)
+    return state != "Z"  # a zombie: killed, not yet reaped by its parent
+
+
+def holder_alive(holder: ClaimHolder) -> bool:
+    """True while the claim's process exists on this host and is the one that claimed (not a reused pid)."""
+    if holder.pid == os.getpid() or os.name == "nt":  # Windows: taken as live (process_exists)
+        return True
+    if not process_exists(holder.pid):
         return False
+    _state, started = _linux_process(holder.pid)
     if holder.start_ticks is not None and holder.boot_id is not None:
         boot, ticks = _boot_id(), _start_ticks(holder.pid)
         if boot is not None and ticks is not None:  # exact and clock-free: another boot or start is another process
@@ -270,6 +279,25 @@ def _linux_process(pid: int) -> Tuple[Optional[str], Optional[float]]:
         return fields[0], boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, StopIteration):
         return None, None
+
+
+# A file written aside and then renamed or linked into place: .NAME.PID.tmp (finish_claim), .NAME.PID.N.tmp
+# (_create_exclusively, results.write_results). PID is the writer's: a kill -9 between the write and the rename leaves it.
+PARTIAL_FILE_NAME = re.compile(r"\.(?P<name>.+?)\.(?P<pid>[0-9]+)(?:\.[0-9]+)?\.tmp")
+
+
+def dead_partial_files(directory: Union[str, Path]) -> List[Path]:
+    """The half-written files (PARTIAL_FILE_NAME) in `directory` whose writer is no longer running (killed with -9
+    mid-write, out of memory, a power loss): never a file's only copy, so safe to delete. A live writer's are left."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = []
+    for entry in directory.iterdir():
+        match = PARTIAL_FILE_NAME.fullmatch(entry.name)
+        if match and entry.is_file() and not entry.is_symlink() and not process_exists(int(match.group("pid"))):
+            found.append(entry)
+    return sorted(found)
 
 
 def _create_exclusively(path: Path, text: str) -> None:

@@ -35,6 +35,9 @@ from gr00t_client.cli_signals import sigterm_as_interrupt  # noqa: F401 - the gr
 logger = logging.getLogger(__name__)
 
 RUN_FILENAME = "run.json"
+# What `rollout --resume` and `batch --resume` (its batch_results.json) continue from: without one, a folder that is
+# not empty is not advised to be resumed.
+RESUMABLE_FILENAMES = (RUN_FILENAME, "batch_results.json")
 # A full disk (or quota, or file size limit) and a folder turned read-only: the run cannot write, but what it logged stays.
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
 EPISODE_LOG_FILENAME = "episodes.jsonl"
@@ -81,7 +84,7 @@ def check_output_dir(path: Union[str, Path], overwrite: bool = False, own_files:
                      keep: Sequence[str] = ()) -> None:
     """OutputDirError when prepare_output_dir would refuse `path` (see there); changes nothing, so every check of a
     run can pass before anything is emptied."""
-    from .run_claim import refuse_live_claim
+    from .run_claim import dead_partial_files, refuse_live_claim
 
     path = Path(path)
     if path.is_symlink() and not path.exists():
@@ -99,9 +102,17 @@ def check_output_dir(path: Union[str, Path], overwrite: bool = False, own_files:
         refuse_live_claim(path, RUN_FILENAME)
         if overwrite:
             _refuse_inputs(path)
-        if not overwrite and any(entry.name not in keep for entry in path.iterdir()):
-            raise OutputDirError(f"--output-dir {path} is not empty; pass --overwrite to empty it or --resume {path} to "
-                                 "continue that run")
+            return
+        # A half-written file of a process killed mid-write (its run file, say) is not content: prepare_output_dir
+        # deletes it. It made the folder "not empty", and the --resume suggested then found no run.json.
+        leftovers = {file.name for file in dead_partial_files(path)}
+        if any(entry.name not in keep and entry.name not in leftovers for entry in path.iterdir()):
+            if any((path / name).is_file() for name in RESUMABLE_FILENAMES):
+                advice = f"pass --overwrite to empty it or --resume {path} to continue that run"
+            else:
+                advice = (f"pass --overwrite to empty it or name another directory (it holds no {RUN_FILENAME}: "
+                          "there is no run to --resume)")
+            raise OutputDirError(f"--output-dir {path} is not empty; {advice}")
         return
     whole_run = [name for name in (RUN_FILENAME, EPISODE_LOG_FILENAME) if (path / name).exists()]
     _refuse_foreign_runs(path, whole_run, "a whole (unsharded) run", "shards share a directory only with the other "
@@ -123,7 +134,9 @@ def check_output_dir(path: Union[str, Path], overwrite: bool = False, own_files:
 def prepare_output_dir(path: Union[str, Path], overwrite: bool = False, own_files: Optional[List[str]] = None,
                        keep: Sequence[str] = ()) -> Path:
     """Create `path`; an existing non-empty directory is refused unless `overwrite` (which empties it). The names in
-    `keep` (a claim taken before emptying, and its lock) neither count nor are deleted.
+    `keep` (a claim taken before emptying, and its lock) neither count nor are deleted; the half-written files of a
+    process that is gone (run_claim.dead_partial_files: killed while it created its run file, say) do not count and
+    are deleted.
 
     With `own_files` (a shard's file names, its run file first) the directory may hold the other shards of its
     split: only those names must not exist yet, and `overwrite` deletes those files and the episode videos their
@@ -131,8 +144,13 @@ def prepare_output_dir(path: Union[str, Path], overwrite: bool = False, own_file
     run or another split, for a shard), or whose run file's process is still running, is refused even with
     `overwrite`.
     """
+    from .run_claim import dead_partial_files
+
     check_output_dir(path, overwrite, own_files, keep)
     path = Path(path)
+    for leftover in dead_partial_files(path):  # a killed process's half-written files (run_claim.PARTIAL_FILE_NAME)
+        logger.info("deleting %s, left half-written by a process that is gone", leftover)
+        leftover.unlink(missing_ok=True)
     if overwrite and own_files is not None and path.is_dir():
         replaced = [path / name for name in own_files if (path / name).exists()]
         if replaced:
