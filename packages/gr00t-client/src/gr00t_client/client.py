@@ -77,6 +77,9 @@ class MessageTooLargeError(PolicyServerError):
         self.size = size
         self.limit = limit
 
+    def __reduce__(self):  # pickled (a Ray task's error) as made: PolicyServerError's would call this with its args
+        return (type(self), (self.endpoint, self.size, self.limit))
+
 
 class PolicyTimeoutError(TimeoutError):
     """The server did not answer within timeout_ms; the client's socket was replaced (the new one connects at once)."""
