@@ -398,8 +398,11 @@ def serve(args: argparse.Namespace, leave_when_stopped: bool = False) -> int:
 
 def _leave_now(code: int) -> None:
     """End the process with `code` at once: stop signals ignored, logs and standard streams flushed, no teardown."""
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
+    try:
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        pass
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
