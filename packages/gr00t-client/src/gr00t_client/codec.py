@@ -754,6 +754,9 @@ def decode_multipart(frames: Sequence[Any], limits: Optional[DecodeLimits] = Non
             ) from exc
         if not isinstance(index, int) or not 2 <= index < len(views):
             raise WireDecodeError(f"array reference points at frame {index!r}, message has {len(views)} frames")
+        if index in referenced:  # a sender's framing bug, as stray frames are: refused, not decoded into two arrays
+            raise WireDecodeError(f"multipart header: frame {index} is referenced twice; each array needs a frame of "
+                                  "its own (two arrays viewing one frame would change together)")
         referenced.add(index)
         return _array_from_buffer(views[index], _cached_dtype(type_str), shape, copy=False)
 
