@@ -20,7 +20,7 @@ MAX_BATCH_NESTING = 16  # real observations nest 1-2 maps deep; the recursive he
 
 
 _BATCHED_ARGUMENTS = frozenset({"observation", "options"})  # a request with any other is never merged (they would be dropped)
-BatchShape = Tuple[Hashable, int]  # (signature, rows) of a batchable observation: what group_compatible groups by
+BatchShape = Tuple[Hashable, int]  # (signature, rows) of a batchable observation: what next_batch groups by
 
 
 def batch_shape(data: Any) -> Optional[BatchShape]:
@@ -76,25 +76,61 @@ def _splittable(sig: Hashable) -> bool:
     return sig[0] in ("array", "list")
 
 
-def group_compatible(items: Sequence[Any], max_rows: int, shape: Callable[[Any], BatchShape]) -> List[List[Any]]:
-    """Split items into groups of equal observation signature, each at most max_rows rows in total; `shape(item)`
-    is the item's batch_shape. An item whose observation cannot be split by rows is a group of its own."""
-    groups: Dict[Hashable, List[List[Any]]] = {}
-    order: List[Tuple[Hashable, int]] = []
-    bucket_rows: Dict[Tuple[Hashable, int], int] = {}
-    for item in items:
-        sig, rows = shape(item)
-        if sig[0] != "dict" or not _splittable(sig) or rows < 1:
-            sig, rows = ("alone", id(item)), 1
-        buckets = groups.setdefault(sig, [])
-        if buckets and bucket_rows[(sig, len(buckets) - 1)] + rows <= max_rows:
-            buckets[-1].append(item)
-            bucket_rows[(sig, len(buckets) - 1)] += rows
-        else:
-            buckets.append([item])
-            order.append((sig, len(buckets) - 1))
-            bucket_rows[order[-1]] = rows
-    return [groups[sig][index] for sig, index in order]
+class Turns:
+    """The order in which connections take turns to join a batch (round-robin): a connection whose request went into
+    a batch goes to the back, and one new to the gathering joins at the back, so a peer pipelining many requests
+    gets one place per turn like every other connection."""
+
+    def __init__(self, connection: Callable[[Any], Hashable]) -> None:
+        self._connection = connection
+        self._order: "collections.OrderedDict[Hashable, None]" = collections.OrderedDict()  # front: next turn
+
+    def order(self, items: Sequence[Any]) -> List[Any]:
+        """`items` one per connection per turn (each connection's first, then each one's second, ...), the connections
+        in turn order, each connection's items in the order given."""
+        lanes: Dict[Hashable, List[Any]] = {}
+        for item in items:
+            key = self._connection(item)
+            lanes.setdefault(key, []).append(item)
+            if key not in self._order:
+                self._order[key] = None
+        order = [lanes[key] for key in self._order if key in lanes]
+        return [lane[turn] for turn in range(max(map(len, order), default=0)) for lane in order if turn < len(lane)]
+
+    def served(self, batches: Sequence[Sequence[Any]], still_gathered: Sequence[Any]) -> None:
+        """The connections of `batches` had their turn; those with nothing `still_gathered` leave the round."""
+        for batch in batches:
+            for item in batch:
+                self._order.move_to_end(self._connection(item))
+        waiting = {self._connection(item) for item in still_gathered}
+        for key in [key for key in self._order if key not in waiting]:
+            del self._order[key]
+
+
+def next_batch(items: Sequence[Any], max_rows: int, shape: Callable[[Any], BatchShape],
+               connection: Callable[[Any], Hashable]) -> List[Any]:
+    """The items of the next policy call, from `items` in turn order (Turns.order): the first
+    item and each later one of its signature that fits in max_rows in all, skipping every item of a connection
+    after one of its items was left out (so that a connection's requests run, and are answered, in the order sent).
+    An item whose observation cannot be split by rows is a call of its own."""
+    signature, total = shape(items[0])
+    if not _mergeable(signature, total):
+        return [items[0]]
+    batch, blocked = [items[0]], set()
+    for item in items[1:]:
+        if total >= max_rows:
+            break
+        item_signature, rows = shape(item)
+        if connection(item) in blocked or item_signature != signature or not 1 <= rows <= max_rows - total:
+            blocked.add(connection(item))
+            continue
+        batch.append(item)
+        total += rows
+    return batch
+
+
+def _mergeable(signature: Hashable, rows: int) -> bool:
+    return signature[0] == "dict" and _splittable(signature) and rows >= 1
 
 
 def _row_count(observation: Dict[str, Any]) -> int:

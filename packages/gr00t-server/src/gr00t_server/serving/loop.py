@@ -54,6 +54,10 @@ def _batch_shape_of(request: Request) -> batching.BatchShape:
     return request.batch_shape
 
 
+def _connection_of(request: Request) -> bytes:
+    return request.identity
+
+
 class RequestLoop:
     """What PolicyServer's socket thread does each turn (the ZeroMQ guide's ROUTER-to-worker pattern): move messages,
     answer built-in endpoints inline, hand policy work to the worker; it never waits for the policy, and runs only
@@ -65,6 +69,7 @@ class RequestLoop:
         self._gate = gate  # says when a get_action job is cheap enough to run here rather than on the worker
         self._window = window  # gathering waits for expected clients at most batch_timeout_ms, less as arrivals show
         self.pending: List[Request] = []  # batchable get_action requests gathered, not yet handed to the worker
+        self._turns = batching.Turns(_connection_of)  # connections with requests gathered take turns to join a batch
         self.queued_bytes: Dict[bytes, int] = {}  # per connection: bytes of requests not yet answered
         self.queued_counts: Dict[bytes, int] = {}  # per connection: requests not yet answered
         self.queued_requests = 0
@@ -174,9 +179,22 @@ class RequestLoop:
             request.rows = max(shape[1], 1)
             self.pending.append(request)
             return
-        if any(pending.session == request.session for pending in self.pending):
-            self.dispatch_pending(force=True)  # keep one session's requests in arrival order
+        ahead = self._gathered_before(request)
+        if ahead:  # keep one connection's (and one session's) requests in arrival order
+            self._hand_over(ahead, len(ahead))
         self._submit([request])
+
+    def _gathered_before(self, request: Request) -> List[Request]:
+        """The gathered requests that must run before `request`: those of its connection or session, and the earlier
+        ones of theirs, in arrival order."""
+        connections, sessions = {request.identity}, {request.session}
+        ahead: List[Request] = []
+        for gathered in reversed(self.pending):
+            if gathered.identity in connections or gathered.session in sessions:
+                ahead.append(gathered)
+                connections.add(gathered.identity)
+                sessions.add(gathered.session)
+        return ahead[::-1]
 
     def _check_byte_budgets(self, request: Request) -> None:
         """RequestError (counted as refused) when the request's bytes would pass its connection's budget or the
@@ -309,33 +327,56 @@ class RequestLoop:
 
     def dispatch_pending(self, force: bool = False) -> None:
         """Hand gathered get_action requests to the worker once a batch is full, or the worker is free and every
-        recently active client is already waiting or the oldest has waited the gather window."""
+        recently active client is already waiting or the oldest has waited the gather window.
+
+        Batches are filled one request per connection per turn (batching.Turns), and at most one waits at the
+        worker behind the running call: a busy worker gets a full batch only when nothing else waits for it, and
+        the requests left out stay here for the next one. Batches formed all at once put a request that came later
+        behind all of them (one peer pipelining 64 requests kept 8 batches ahead of every robot). `force` (and a
+        stop) hands everything over now."""
         if not self.pending:
             return
         server = self._server
+        worker = server._worker
+        busy = worker is not None and worker.busy
+        force = force or server._stop_requested.is_set()
         full = sum(r.rows for r in self.pending) >= server.max_batch_size
         start = self._round_start()
         everyone_waiting = False
-        if not (force or full or server._stop_requested.is_set()):
-            if server._worker is not None and server._worker.busy:
-                return  # the worker is busy: gather more for free
-            known = self._recent_clients() - self._absent
-            waiting = {r.session for r in self.pending}
-            everyone_waiting = bool(known) and waiting >= known
-            waited = time.monotonic() >= self._dispatch_by()
-            if not (everyone_waiting or waited):
-                return
-            if not everyone_waiting:  # cut short: whoever of `known` comes late tells how wide rounds really are
-                missing = known - waiting
-                self._cut_round = (start, missing)
-                self._absent |= missing
-        pending, self.pending = self.pending, []
+        if not force:
+            if busy and (not full or (worker is not None and worker.queued)):
+                return  # the worker is busy: gather more for free (a full batch goes only to be next in line)
+            if not busy and not full:
+                known = self._recent_clients() - self._absent
+                waiting = {r.session for r in self.pending}
+                everyone_waiting = bool(known) and waiting >= known
+                waited = time.monotonic() >= self._dispatch_by()
+                if not (everyone_waiting or waited):
+                    return
+                if not everyone_waiting:  # cut short: whoever of `known` comes late tells how wide rounds really are
+                    missing = known - waiting
+                    self._cut_round = (start, missing)
+                    self._absent |= missing
         if everyone_waiting:  # a whole round: its arrival spread is what the window must cover
-            self._window.observe_spread(pending[-1].received_at - start)
+            self._window.observe_spread(self.pending[-1].received_at - start)
         now = time.monotonic()
-        self.active_clients.update((r.session, now) for r in pending)
-        for group in batching.group_compatible(pending, server.max_batch_size, _batch_shape_of):
-            self._submit(group)
+        self.active_clients.update((r.session, now) for r in self.pending)
+        self._hand_over(self.pending, len(self.pending) if force else 1 if busy else 2)
+
+    def _hand_over(self, requests: List[Request], max_jobs: int) -> None:
+        """Submit up to `max_jobs` batches of the gathered `requests`, filled in turn order (batching.Turns); the rest
+        stay gathered."""
+        ordered = self._turns.order(requests)
+        jobs: List[Job] = []
+        while ordered and len(jobs) < max_jobs:
+            jobs.append(batching.next_batch(ordered, self._server.max_batch_size, _batch_shape_of, _connection_of))
+            taken = {id(r) for r in jobs[-1]}
+            ordered = [r for r in ordered if id(r) not in taken]
+        handed = {id(r) for job in jobs for r in job}
+        self.pending = [r for r in self.pending if id(r) not in handed]
+        self._turns.served(jobs, self.pending)
+        for job in jobs:
+            self._submit(job)
 
     def _dispatch_by(self) -> float:
         """When the gathered round goes without its stragglers: the gather window's end, or sooner when a waiting

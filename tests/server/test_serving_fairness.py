@@ -1,0 +1,146 @@
+"""One client against everyone else, through a real server on loopback: connections take turns at the policy (batches
+are filled one request per connection per turn)."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from typing import Any, Dict, Iterator, List, Optional
+
+import numpy as np
+import zmq
+from serving import running_server
+
+from gr00t_client import BasePolicy, PolicyClient, codec
+
+
+ROBOT = 99.0  # the state value that marks the robot's request in the policy's record of calls
+
+
+class TurnRecorder(BasePolicy):
+    """Records the state values (one per row) of each call in order; the first call waits for `release`, so the test
+    can queue requests behind it; every call then sleeps `call_s`."""
+
+    supports_batching = True
+
+    def __init__(self, call_s: float = 0.0, hold_first: bool = True) -> None:
+        super().__init__(strict=False)
+        self.call_s = call_s
+        self.calls: List[List[float]] = []
+        self.started = threading.Event()
+        self.release = threading.Event()
+        if not hold_first:
+            self.release.set()
+
+    def _get_action(self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None):
+        values = observation["state"]["x"].reshape(-1).tolist()
+        self.calls.append(values)
+        self.started.set()
+        assert self.release.wait(30), "the test never released the first call"
+        time.sleep(self.call_s)
+        return {"x": np.zeros((len(values), 2, 1), np.float32)}, {}
+
+    def reset(self, options=None):
+        return {}
+
+    def call_of(self, value: float) -> int:
+        """The position (0-based) of the call that served the request marked `value`."""
+        return next(index for index, values in enumerate(self.calls) if value in values)
+
+
+def state(value: float) -> Dict[str, Any]:
+    return {"state": {"x": np.full((1, 1, 1), value, np.float32)}}
+
+
+def get_action_frame(value: float) -> bytes:
+    return codec.encode({"endpoint": "get_action", "data": {"observation": state(value)}})
+
+
+@contextlib.contextmanager
+def dealers(port: int, count: int) -> Iterator[List[zmq.Socket]]:
+    """`count` DEALER connections to the server: a client that pipelines requests, as no REQ client can."""
+    sockets = []
+    try:
+        for _ in range(count):
+            dealer = zmq.Context.instance().socket(zmq.DEALER)
+            dealer.setsockopt(zmq.LINGER, 0)
+            dealer.connect(f"tcp://127.0.0.1:{port}")
+            sockets.append(dealer)
+        yield sockets
+    finally:
+        for dealer in sockets:
+            dealer.close(linger=0)
+
+
+def wait_until(condition, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for the server"
+        time.sleep(0.005)
+
+
+def robot_call(port: int, results: Dict[str, Any]) -> threading.Thread:
+    """A REQ robot's one get_action in a thread (already negotiated, so that it sends at once)."""
+    client = PolicyClient("127.0.0.1", port, timeout_ms=20000, strict=False)
+    client.get_server_info()
+
+    def run() -> None:
+        try:
+            results["action"] = client.get_action(state(ROBOT))[0]
+        finally:
+            client.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def pipeline_then_robot(server, policy: TurnRecorder, connections: int, depth: int) -> None:
+    """`connections` DEALERs queue `depth` requests each behind a held call, then a robot sends one; the call is
+    released once all are queued and every reply is read. Connection c's request i carries the value 10 * c + i."""
+    results: Dict[str, Any] = {}
+    with dealers(server.port, connections) as sockets:
+        for index, dealer in enumerate(sockets, start=1):
+            for step in range(depth):
+                dealer.send_multipart([b"", get_action_frame(10.0 * index + step)])
+        assert policy.started.wait(10)
+        wait_until(lambda: server._loop.queued_requests == connections * depth)
+        robot = robot_call(server.port, results)
+        wait_until(lambda: server._loop.queued_requests == connections * depth + 1)
+        policy.release.set()
+        robot.join(30)
+        for dealer in sockets:  # every pipelined request is answered, in the order it was sent
+            for _ in range(depth):
+                assert dealer.poll(20000), "a pipelined request was never answered"
+                assert "error" not in codec.decode(dealer.recv_multipart()[1])
+    assert "action" in results
+    for index in range(1, connections + 1):  # one connection's requests ran in the order they were sent
+        order = [value for values in policy.calls for value in values if 10 * index <= value < 10 * index + 10]
+        assert order == sorted(order) and len(order) == depth
+
+
+# --- F1: connections take turns ------------------------------------------------------------------------------------
+
+
+def test_a_pipelining_client_cannot_keep_its_backlog_ahead_of_a_robot():
+    """Two DEALER connections with 8 requests each in flight: the robot's request waited for all 16 (one FIFO). Now
+    connections take turns, so it waits for at most one call per other connection with work waiting."""
+    policy = TurnRecorder(call_s=0.005)
+    with running_server(policy, inline_below_ms=0) as server:
+        pipeline_then_robot(server, policy, connections=2, depth=8)
+    # call 0 is the held one (connection 1's first); then connection 1, connection 2, the robot take one turn each
+    assert policy.call_of(ROBOT) <= 3, policy.calls
+
+
+def test_batches_are_filled_one_request_per_connection_per_turn():
+    """With batching, the robot's request joins the next batch formed after it came instead of waiting behind every
+    batch of the pipelined backlog (one peer kept 8 batches ahead of every robot)."""
+    policy = TurnRecorder(call_s=0.005)
+    with running_server(policy, inline_below_ms=0, max_batch_size=4) as server:
+        pipeline_then_robot(server, policy, connections=2, depth=8)
+    robot_call_index = policy.call_of(ROBOT)
+    # at most the held call and one batch formed before the robot's request came are ahead of it
+    assert robot_call_index <= 2, policy.calls
+    assert len(policy.calls[robot_call_index]) == 4, policy.calls  # a full batch, shared with the pipelining peer
+    assert all(len(values) <= 4 for values in policy.calls)
