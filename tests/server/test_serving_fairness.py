@@ -1,18 +1,22 @@
 """One client against everyone else, through a real server on loopback: connections take turns at the policy (batches
-are filled one request per connection per turn)."""
+are filled one request per connection per turn), a request too near its deadline is not computed for nobody and a
+reply after the deadline is not counted a success."""
 
 from __future__ import annotations
 
 import contextlib
 import threading
 import time
+import urllib.request
 from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
+import pytest
 import zmq
+from reference_peer import raw_round_trip
 from serving import running_server
 
-from gr00t_client import BasePolicy, PolicyClient, codec
+from gr00t_client import BasePolicy, PolicyClient, PolicyServerError, PolicyTimeoutError, codec
 
 
 ROBOT = 99.0  # the state value that marks the robot's request in the policy's record of calls
@@ -144,3 +148,65 @@ def test_batches_are_filled_one_request_per_connection_per_turn():
     assert robot_call_index <= 2, policy.calls
     assert len(policy.calls[robot_call_index]) == 4, policy.calls  # a full batch, shared with the pipelining peer
     assert all(len(values) <= 4 for values in policy.calls)
+
+
+# --- F2: hopeless requests and late replies -------------------------------------------------------------------------
+
+
+def scrape(server) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as response:
+        return response.read().decode()
+
+
+def requests_total(page: str, outcome: str) -> float:
+    prefix = f'gr00t_requests_total{{endpoint="get_action",outcome="{outcome}"}} '
+    return sum(float(line[len(prefix):]) for line in page.splitlines() if line.startswith(prefix))
+
+
+def test_a_request_whose_turn_comes_too_near_its_deadline_for_a_call_is_not_run():
+    """A waits behind B's 0.6 s call, and its turn comes with about 100 ms of its 700 ms left: its call would end long
+    after A gave up. It was computed anyway (85% of the calls in a timeout storm); now it is answered as expired."""
+    policy = TurnRecorder(call_s=0.6, hold_first=False)
+    with running_server(policy, inline_below_ms=0) as server:
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=10000, strict=False) as warm:
+            warm.get_action(state(1.0))  # the server learns that a call takes 0.6 s
+        policy.started.clear()
+        results: Dict[str, Any] = {}
+        robot = robot_call(server.port, results)  # B
+        assert policy.started.wait(10)
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=700, strict=False) as impatient:  # A
+            impatient.get_server_info()
+            with pytest.raises(PolicyServerError, match=r"'get_action' was not run: the client's deadline was \d+ ms "
+                                                        r"away when its turn came, too close for a policy call"):
+                impatient.call_endpoint("get_action", {"observation": state(2.0), "options": None})
+        robot.join(10)
+        assert server.stats.expired == 1
+    assert policy.calls == [[1.0], [ROBOT]]  # A's call never ran
+
+
+def test_a_first_call_and_a_call_without_a_deadline_are_never_dropped_for_want_of_time():
+    """Before any call there is no call time to compare a budget with; a request without a deadline has no budget."""
+    pytest.importorskip("prometheus_client")
+    policy = TurnRecorder(call_s=0.3, hold_first=False)
+    with running_server(policy, inline_below_ms=0, metrics_port=0) as server:
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=10000, strict=False) as first:
+            first.get_action(state(1.0))  # first call: served
+        reply = raw_round_trip(server.port, get_action_frame(2.0), timeout_ms=10000)  # no timeout_ms in the envelope
+        assert reply is not None and "error" not in codec.decode(reply[-1])
+        assert requests_total(scrape(server), "ok") == 2
+    assert policy.calls == [[1.0], [2.0]]
+
+
+def test_a_reply_sent_after_its_clients_deadline_is_counted_late_not_ok():
+    """The first call (no call time measured yet, so it runs) takes 0.3 s against a 150 ms deadline: its reply goes to
+    a client that has given up. It was counted `ok`; now `late`."""
+    pytest.importorskip("prometheus_client")
+    policy = TurnRecorder(call_s=0.3, hold_first=False)
+    with running_server(policy, inline_below_ms=0, metrics_port=0) as server:
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=150, wire="multipart", strict=False) as hurried:
+            with pytest.raises(PolicyTimeoutError):
+                hurried.get_action(state(1.0))
+        wait_until(lambda: server._loop.queued_requests == 0)
+        page = scrape(server)
+    assert requests_total(page, "late") == 1 and requests_total(page, "ok") == 0
+    assert policy.calls == [[1.0]]

@@ -48,7 +48,7 @@ class Request:
     nbytes: int = 0  # size on the wire, counted against the sender's queue budget
     identity: bytes = b""  # the ROUTER identity of the connection
     admitted: bool = False  # counted against the queue budgets until its reply is sent
-    outcome: str = "ok"  # how it was answered, for metrics: ok, error, refused, expired, internal_error
+    outcome: str = "ok"  # how it was answered, for metrics: ok, late, error, refused, expired, internal_error
     rows: int = 1  # observation rows of a gathered get_action, counted once when gathered (at least 1)
     batch_shape: Optional[Tuple[Any, int]] = None  # a gathered get_action's batching.batch_shape
     wants_timing: bool = False  # a get_action whose options ask for server_timing (timing_requested)
@@ -57,9 +57,10 @@ class Request:
     continues_session: bool = False
     takes_session: bool = False  # a new or dropped session the table takes in once this request succeeded
 
-    def expired(self, now: Optional[float] = None) -> bool:
-        """True once the client's deadline has passed (it no longer waits for the reply)."""
-        return self.deadline is not None and (time.monotonic() if now is None else now) > self.deadline
+    def expired(self, now: Optional[float] = None, margin_s: float = 0.0) -> bool:
+        """True once the client's deadline has passed (it no longer waits for the reply), or is less than `margin_s`
+        away; never for a request that carries no deadline."""
+        return self.deadline is not None and (time.monotonic() if now is None else now) + margin_s > self.deadline
 
 
 def split_routing(frames: List[Any]) -> Tuple[List[Any], List[Any]]:

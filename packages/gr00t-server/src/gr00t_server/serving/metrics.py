@@ -26,7 +26,7 @@ METRICS_MAX_CONNECTIONS = 32  # open at once; more are closed as they come, so p
 
 # Stages of a request that server_timing reports (ms); the histograms take them in seconds.
 STAGES = ("decode", "queue_wait", "policy", "preprocess", "model", "postprocess", "encode")
-OUTCOMES = ("ok", "error", "refused", "expired", "internal_error")
+OUTCOMES = ("ok", "late", "error", "refused", "expired", "internal_error")
 OTHER_ENDPOINT = "other"  # label of endpoints the server does not know (their names come from clients)
 _STAGE_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -79,7 +79,8 @@ class ServerMetrics(NullMetrics):
         self.registry = prometheus.CollectorRegistry()
         self._endpoints = endpoints
         self._requests = prometheus.Counter(
-            "gr00t_requests", "Requests answered, by endpoint and outcome (ok, error, refused, expired, internal_error)",
+            "gr00t_requests", "Requests answered, by endpoint and outcome (ok, late: served after the client's deadline, error, refused, "
+            "expired, internal_error)",
             ["endpoint", "outcome"], registry=self.registry,
         )
         self._stages = prometheus.Histogram(
