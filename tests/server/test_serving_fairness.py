@@ -1,6 +1,6 @@
 """One client against everyone else, through a real server on loopback: connections take turns at the policy (batches
 are filled one request per connection per turn), a request too near its deadline is not computed for nobody and a
-reply after the deadline is not counted a success."""
+reply after the deadline is not counted a success, and a flood of one-shot sessions cannot evict a robot's session."""
 
 from __future__ import annotations
 
@@ -13,10 +13,13 @@ from typing import Any, Dict, Iterator, List, Optional
 import numpy as np
 import pytest
 import zmq
+from eval.dataset_factory import make_dataset
 from reference_peer import raw_round_trip
 from serving import running_server
 
 from gr00t_client import BasePolicy, PolicyClient, PolicyServerError, PolicyTimeoutError, codec
+from gr00t_server.policies import ReplayPolicy
+from gr00t_server.serving import ServerLimits
 
 
 ROBOT = 99.0  # the state value that marks the robot's request in the policy's record of calls
@@ -210,3 +213,46 @@ def test_a_reply_sent_after_its_clients_deadline_is_counted_late_not_ok():
         page = scrape(server)
     assert requests_total(page, "late") == 1 and requests_total(page, "ok") == 0
     assert policy.calls == [[1.0]]
+
+
+# --- F3: sessions - ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def replay_dataset(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("fairness") / "ds", lengths=(40, 40, 40), cameras=())
+
+
+def one_shot_sessions(port: int, count: int, prefix: str = "flood") -> None:
+    """`count` get_actions, each under a fresh session id (what any peer can send)."""
+    for index in range(count):
+        frame = codec.encode({"endpoint": "get_action", "data": {"observation": {}, "options": None},
+                              "session_id": f"{prefix}-{index}"})
+        reply = raw_round_trip(port, frame)
+        assert reply is not None and "error" not in codec.decode(reply[-1])
+
+
+def position(info: Dict[str, Any]) -> tuple:
+    return int(np.ravel(info["episode_index"])[0]), int(np.ravel(info["current_step"])[0])
+
+
+@pytest.mark.parametrize("held_by", ["server", "replay"])
+def test_a_flood_of_one_shot_sessions_evicts_only_one_shot_sessions(replay_dataset, held_by):
+    """A robot that made several calls and pauses keeps its place while one peer sends get_actions under fresh session
+    ids (it lost it to any 8 new ids, here the table's size); a session used once is the one that goes, and is told
+    so. In both tables: the server's (--max-sessions) and a ReplayPolicy's own (max_sessions)."""
+    limits = ServerLimits(max_sessions=8 if held_by == "server" else 1024)
+    policy = ReplayPolicy(replay_dataset, execution_horizon=2, strict=False,
+                          max_sessions=8 if held_by == "replay" else 1024)
+    with running_server(policy, limits=limits, inline_below_ms=0) as server:
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=5000, strict=False, session_id="robot") as robot, \
+                PolicyClient("127.0.0.1", server.port, timeout_ms=5000, strict=False, session_id="once") as once:
+            robot.reset({"episode_index": 2})
+            robot.get_action({})
+            robot.get_action({})
+            once.reset({"episode_index": 1})  # used once, then quiet
+            one_shot_sessions(server.port, 20)
+            assert position(robot.get_action({})[1]) == (2, 4)  # where it paused
+            with pytest.raises(PolicyServerError, match=r"session 'once' was (dropped by the server|forgotten by this "
+                                                        r"replay).*least recently used.*of those used only once.*reset"):
+                once.get_action({})

@@ -17,6 +17,7 @@ from gr00t_client.policy import BasePolicy, nested_batch_size, validate_observat
 
 from ..extras import require_lerobot_dataset
 from ..modality_configs import derive_from_dataset
+from ..serving.sessions import SegmentedLRU
 
 if TYPE_CHECKING:  # gr00t-eval comes with the `replay` extra, imported when a ReplayPolicy is made
     from gr00t_eval.dataset import LeRobotDataset
@@ -26,7 +27,7 @@ logger = logging.getLogger(__name__)
 SESSION_OPTION = "_session_id"
 DEFAULT_SESSION = "default"
 DEFAULT_MAX_ROWS = 128  # rows one session may replay at once (options["batch_size"], episode_index lists)
-DEFAULT_MAX_SESSIONS = 1024  # cursors kept; the least recently used is forgotten first
+DEFAULT_MAX_SESSIONS = 1024  # cursors kept; the least recently used (of those used only once, first) is forgotten
 DEFAULT_MAX_CACHED_BYTES = 256 * 1024 * 1024  # episodes' actions kept read; the least recently used is dropped first
 
 
@@ -46,8 +47,9 @@ class ReplayPolicy(BasePolicy):
     State is kept per session (`options["_session_id"]`, set by the server); a session that was never
     reset starts at episode position 0, step 0. Episodes are addressed by position in the episode list.
     Only actions are read from the dataset; no video is decoded. A session replays at most `max_rows` rows,
-    at most `max_sessions` sessions are kept and at most `max_cached_bytes` of episodes' actions stay read (least
-    recently used forgotten first in both), so memory stays bounded. An episode whose rows are out of order or
+    at most `max_sessions` sessions are kept (a SegmentedLRU, as the server's table: sessions used only once are
+    forgotten first) and at most `max_cached_bytes` of episodes' actions stay read (least recently used forgotten
+    first), so memory stays bounded. An episode whose rows are out of order or
     whose actions hold NaN or inf is refused (DatasetError naming the file and row) when a reset or call reaches it.
     """
 
@@ -102,11 +104,11 @@ class ReplayPolicy(BasePolicy):
                 f"execution_horizon must be an int in [1, {span}] (the action chunk spans steps 0..{span - 1}), got {execution_horizon!r}"
             )
         self.execution_horizon = execution_horizon
-        self._sessions: "OrderedDict[str, _Cursor]" = OrderedDict()
+        self._sessions: SegmentedLRU[str, _Cursor] = SegmentedLRU(max_sessions)
         # Sessions this replay forgot for room (the last 4 * max_sessions): their get_action is refused until a reset,
         # not replayed from episode 0, step 0 (behind a server that holds more sessions than this, the robot was sent
         # the start of episode 0 without an error).
-        self._forgotten: "OrderedDict[str, None]" = OrderedDict()
+        self._forgotten: "OrderedDict[str, str]" = OrderedDict()  # session -> which of the sessions it was
         self._actions: "OrderedDict[int, Dict[str, np.ndarray]]" = OrderedDict()  # most recently used last
         self._cached_bytes = 0
         self._lock = threading.Lock()
@@ -162,8 +164,9 @@ class ReplayPolicy(BasePolicy):
                 self._check_step(episode, step)
                 self._episode_actions(episode)  # a broken episode is refused at its reset, not at its first call
             self._forgotten.pop(session, None)
-            self._keep(session, _Cursor(list(episodes), list(steps)))
-            info = self._info(self._sessions[session], done=None)
+            cursor = _Cursor(list(episodes), list(steps))
+            self._keep(session, cursor)
+            info = self._info(cursor, done=None)
         logger.debug("session %r reset to episodes %s steps %s", str(session)[:40], episodes, steps)
         return info
 
@@ -179,8 +182,8 @@ class ReplayPolicy(BasePolicy):
             cursor = self._sessions.get(session)
             if cursor is None and session in self._forgotten:
                 raise ValueError(f"session {str(session)[:40]!r} was forgotten by this replay, which keeps at most "
-                                 f"{self.max_sessions} sessions (max_sessions) and it was the least recently used; call "
-                                 "reset to start it again")
+                                 f"{self.max_sessions} sessions (max_sessions) and it was the least recently used "
+                                 f"({self._forgotten[session]}); call reset to start it again")
             cursor = cursor or _Cursor([0], [0])
             if batch is not None and batch != len(cursor.episodes):
                 # Rows at one position (never reset row by row) take any batch size, as the reference's replay
@@ -205,12 +208,11 @@ class ReplayPolicy(BasePolicy):
 
     # -- helpers ----------------------------------------------------------------------------------
     def _keep(self, session: str, cursor: _Cursor) -> None:
-        """Store a session's cursor as the most recently used; forget the least recently used over max_sessions."""
-        self._sessions[session] = cursor
-        self._sessions.move_to_end(session)
-        while len(self._sessions) > self.max_sessions:
-            forgotten, _ = self._sessions.popitem(last=False)
-            self._forgotten[forgotten] = None
+        """Store a session's cursor as used now; forget, over max_sessions, the least recently used (of the sessions
+        used only once, first: SegmentedLRU)."""
+        for forgotten, _, used_once in self._sessions.use(session, cursor):
+            self._forgotten[forgotten] = "of those used only once" if used_once else "of those used more than once"
+            self._forgotten.move_to_end(forgotten)
             while len(self._forgotten) > 4 * self.max_sessions:
                 self._forgotten.popitem(last=False)
             logger.info("replay session %r forgotten (more than %d sessions)", str(forgotten)[:40], self.max_sessions)
@@ -226,7 +228,7 @@ class ReplayPolicy(BasePolicy):
     def drop_session(self, session_id: str) -> None:
         """Forget a session's cursor (e.g. when its client disconnects)."""
         with self._lock:
-            self._sessions.pop(session_id, None)
+            self._sessions.pop(session_id)
 
     def _episode_actions(self, position: int) -> Dict[str, np.ndarray]:
         """The episode's actions per key, read once and kept while they fit max_cached_bytes (least recently used

@@ -1,23 +1,103 @@
-"""Session table: which client sessions a stateful policy holds, evicted least-recently-used or when idle."""
+"""Session table: which client sessions a stateful policy holds, evicted when idle or for room (a segmented LRU,
+which ReplayPolicy's cursors use too)."""
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Generic, Iterator, List, Optional, Tuple, TypeVar
 
 from .wrappers import policy_chain
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class SegmentedLRU(Generic[K, V]):
+    """At most `capacity` keys, each with a value, forgotten least recently used first, but keys used once before keys
+    used again (a segmented LRU).
+
+    A new key waits in probation; its second use promotes it to the protected segment, which holds all but a fifth
+    of the room (its least recently used falls back to probation when it overflows). Room is made in probation
+    first, never by dropping the key just used, so a flood of keys each used once (new session ids) pushes out
+    only other keys used once, while a key in use keeps its place through a pause. With a single LRU, one peer
+    sending get_actions under fresh session ids evicted every robot that paused for a second.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.capacity = int(capacity)
+        self.protected_capacity = self.capacity - max(1, self.capacity // 5)  # 0 for a capacity of 1: a plain LRU
+        self._probation: "OrderedDict[K, V]" = OrderedDict()  # least recently used first
+        self._protected: "OrderedDict[K, V]" = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._probation) + len(self._protected)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._protected or key in self._probation
+
+    def __iter__(self) -> Iterator[K]:
+        """The keys used once, then the others, each least recently used first (a copy: safe while the table changes)."""
+        return iter(list(self._probation) + list(self._protected))
+
+    def get(self, key: K) -> Optional[V]:
+        """The key's value (None when not held), without counting a use."""
+        return self._protected.get(key, self._probation.get(key))
+
+    def values(self) -> List[V]:
+        """Every value (a copy: safe while another thread uses the table)."""
+        return list(self._probation.values()) + list(self._protected.values())
+
+    def use(self, key: K, value: V) -> List[Tuple[K, V, bool]]:
+        """Store `value` under `key`, counting a use; return what was forgotten for room, least recently used first,
+        as (key, value, used_once)."""
+        if key in self._protected:
+            self._protected[key] = value
+            self._protected.move_to_end(key)
+        elif key in self._probation:
+            del self._probation[key]
+            self._protected[key] = value
+            while len(self._protected) > self.protected_capacity:
+                demoted, demoted_value = self._protected.popitem(last=False)
+                self._probation[demoted] = demoted_value  # the most recently used of probation: one more chance
+        else:
+            self._probation[key] = value
+        forgotten: List[Tuple[K, V, bool]] = []
+        while len(self) > self.capacity:
+            oldest = next(iter(self._probation), key)
+            if oldest != key:
+                forgotten.append((oldest, self._probation.pop(oldest), True))
+            else:  # probation holds only `key`: room comes from the keys used more than once
+                gone, gone_value = self._protected.popitem(last=False)
+                forgotten.append((gone, gone_value, False))
+        return forgotten
+
+    def pop(self, key: K) -> Optional[V]:
+        """Forget `key`; its value, or None when it was not held."""
+        if key in self._protected:
+            return self._protected.pop(key)
+        return self._probation.pop(key, None)
+
+    def oldest(self) -> Optional[Tuple[K, V]]:
+        """The least recently used (key, value) of each segment, the one with the smaller value (values are times of
+        use); None when empty."""
+        heads = [next(iter(segment.items())) for segment in (self._probation, self._protected) if segment]
+        return min(heads, key=lambda item: item[1]) if heads else None  # type: ignore[no-any-return]
 
 
 class SessionTable:
     """Remembers when each session was last used; `touch` returns the sessions to forget.
 
-    At most `max_sessions` are kept (the least recently used goes first), and a session idle for longer than
-    `idle_s` is forgotten. Reference clients get a new session at every reconnect, so without this a
-    stateful policy's table would only grow. A forgotten session is remembered as dropped (the last
-    `4 * max_sessions` of them), so that its client is told (`dropped_reason`) instead of being served from a
-    fresh start it did not ask for, until it resets. (Our client also marks the requests of a session it was served
-    before, so its session is refused however long ago it was dropped: see execution._admit_sessions.)
+    At most `max_sessions` are kept, in a SegmentedLRU: the least recently used session used only once goes first
+    (then the least recently used of the rest), and a session idle for longer than `idle_s` is forgotten. Reference
+    clients get a new session at every reconnect, so without this a stateful policy's table would only grow. A
+    forgotten session is remembered as dropped (the last `4 * max_sessions` of them), so that its client is told
+    (`dropped_reason`) instead of being served from a fresh start it did not ask for, until it resets. (Our client
+    also marks the requests of a session it was served before, so its session is refused however long ago it was
+    dropped: see execution._admit_sessions.)
     """
 
     def __init__(self, max_sessions: int, idle_s: float, clock: Callable[[], float] = time.monotonic) -> None:
@@ -28,7 +108,7 @@ class SessionTable:
         self.max_sessions = int(max_sessions)
         self.idle_s = float(idle_s)
         self._clock = clock
-        self._last_used: "OrderedDict[str, float]" = OrderedDict()
+        self._last_used: SegmentedLRU[str, float] = SegmentedLRU(self.max_sessions)
         self._dropped: "OrderedDict[str, str]" = OrderedDict()  # session -> why it was forgotten
         self._max_dropped = 4 * self.max_sessions
 
@@ -42,7 +122,7 @@ class SessionTable:
         """Sessions used within `idle_s` (safe from another thread): the idle ones still held are forgotten at the
         next request, and a gauge should not count them in the meantime."""
         now = self._clock()
-        return sum(1 for used in list(self._last_used.values()) if now - used <= self.idle_s)
+        return sum(1 for used in self._last_used.values() if now - used <= self.idle_s)
 
     def knows(self, session: str) -> bool:
         """True for a session held or remembered as dropped."""
@@ -63,34 +143,31 @@ class SessionTable:
         evicted: List[str] = []
         used = self._last_used.get(session)
         if used is not None and now - used > self.idle_s:
+            self._last_used.pop(session)
             self._forget(session, self._idle_reason())
             evicted.append(session)
         if session in self._dropped:
             if not restart:
                 return evicted
             del self._dropped[session]
-        self._last_used[session] = now
-        self._last_used.move_to_end(session)
-        while self._last_used:
-            oldest, used = next(iter(self._last_used.items()))
-            if oldest == session:
-                break
-            if len(self._last_used) > self.max_sessions:
-                reason = (f"the server holds at most {self.max_sessions} sessions (--max-sessions) and it was the "
-                          "least recently used")
-            elif now - used > self.idle_s:
-                reason = self._idle_reason()
-            else:
-                break
+        for oldest, _, used_once in self._last_used.use(session, now):
+            reason = (f"the server holds at most {self.max_sessions} sessions (--max-sessions) and it was the least "
+                      "recently used" + (" of those used only once" if used_once else ""))
             self._forget(oldest, reason)
             evicted.append(oldest)
+        while True:
+            oldest_used = self._last_used.oldest()
+            if oldest_used is None or oldest_used[0] == session or now - oldest_used[1] <= self.idle_s:
+                break
+            self._last_used.pop(oldest_used[0])
+            self._forget(oldest_used[0], self._idle_reason())
+            evicted.append(oldest_used[0])
         return evicted
 
     def _idle_reason(self) -> str:
         return f"it was idle for more than {self.idle_s:g} s (--session-idle-s)"
 
     def _forget(self, session: str, reason: str) -> None:
-        del self._last_used[session]
         self._dropped[session] = reason
         self._dropped.move_to_end(session)
         while len(self._dropped) > self._max_dropped:
