@@ -5,6 +5,7 @@ reply after the deadline is not counted a success, and a flood of one-shot sessi
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 import urllib.request
@@ -20,7 +21,6 @@ from serving import running_server
 from gr00t_client import BasePolicy, PolicyClient, PolicyServerError, PolicyTimeoutError, codec
 from gr00t_server.policies import ReplayPolicy
 from gr00t_server.serving import ServerLimits
-
 
 ROBOT = 99.0  # the state value that marks the robot's request in the policy's record of calls
 
@@ -215,7 +215,7 @@ def test_a_reply_sent_after_its_clients_deadline_is_counted_late_not_ok():
     assert policy.calls == [[1.0]]
 
 
-# --- F3: sessions - ----------------------------------------------------------------------------------------------
+# --- F3, F4: sessions ----------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -256,3 +256,12 @@ def test_a_flood_of_one_shot_sessions_evicts_only_one_shot_sessions(replay_datas
             with pytest.raises(PolicyServerError, match=r"session 'once' was (dropped by the server|forgotten by this "
                                                         r"replay).*least recently used.*of those used only once.*reset"):
                 once.get_action({})
+
+
+def test_forgotten_replay_sessions_are_logged_at_the_refusal_rate_not_one_line_each(replay_dataset, caplog):
+    """Each session a ReplayPolicy forgot for room was one INFO line: 16 GB a day from one peer sending fresh ids."""
+    policy = ReplayPolicy(replay_dataset, execution_horizon=2, strict=False, max_sessions=2)
+    with running_server(policy, inline_below_ms=0) as server, caplog.at_level(logging.INFO, logger="gr00t_server"):
+        one_shot_sessions(server.port, 60)
+    forgotten = [r for r in caplog.records if "forgotten" in r.getMessage()]
+    assert 1 <= len(forgotten) <= 20, len(forgotten)

@@ -17,6 +17,7 @@ from gr00t_client.policy import BasePolicy, nested_batch_size, validate_observat
 
 from ..extras import require_lerobot_dataset
 from ..modality_configs import derive_from_dataset
+from ..serving.endpoints import RateLimitedLog
 from ..serving.sessions import SegmentedLRU
 
 if TYPE_CHECKING:  # gr00t-eval comes with the `replay` extra, imported when a ReplayPolicy is made
@@ -105,6 +106,9 @@ class ReplayPolicy(BasePolicy):
             )
         self.execution_horizon = execution_horizon
         self._sessions: SegmentedLRU[str, _Cursor] = SegmentedLRU(max_sessions)
+        # One line per forgotten session was 16 GB a day from one peer sending fresh session ids: 20 per 10 s, the
+        # rest counted (as the server's refusals are)
+        self._forgetting_log = RateLimitedLog(logger, level=logging.INFO)
         # Sessions this replay forgot for room (the last 4 * max_sessions): their get_action is refused until a reset,
         # not replayed from episode 0, step 0 (behind a server that holds more sessions than this, the robot was sent
         # the start of episode 0 without an error).
@@ -215,7 +219,8 @@ class ReplayPolicy(BasePolicy):
             self._forgotten.move_to_end(forgotten)
             while len(self._forgotten) > 4 * self.max_sessions:
                 self._forgotten.popitem(last=False)
-            logger.info("replay session %r forgotten (more than %d sessions)", str(forgotten)[:40], self.max_sessions)
+            self._forgetting_log.warning("replay session %r forgotten (more than %d sessions)", str(forgotten)[:40],
+                                         self.max_sessions)
 
     def _check_batch_size(self, batch: Any) -> int:
         """Rows requested (options['batch_size'] or the observation's): an int in [1, max_rows]."""
