@@ -13,7 +13,9 @@ import threading
 import pytest
 
 from eval.scale_fixtures import Checkpoint, run_cli
-from eval.test_served_policy_swap import OBSERVATION, STEPS, PushEnv, restart_after, serving_in_turn
+# the module pytest imports (its env registration and PushEnv hook are that module's: a second copy under another
+# name re-registered the env, and its tests' restarts never ran)
+from test_served_policy_swap import OBSERVATION, STEPS, PushEnv, restart_after, serving_in_turn
 from gr00t_client import PolicyClient, PolicyServerError
 from gr00t_eval.rollout import run_rollout
 from gr00t_eval.rollout.liveness import PolicyServerUnreachableError

@@ -741,9 +741,10 @@ class PolicyClient(BasePolicy):
                 reply = self._round_trip(envelope, endpoint, multipart=multipart, deadline=deadline)
                 if watched:
                     self._session_served = True
-        except (PolicyTimeoutError, ConnectionError):
-            raise  # no answer (or a server going away): nothing to check; the next answered call checks
-        except Exception as exc:
+        except ServerStoppingError:
+            raise  # a server going away: nothing to ask it (nor after a timeout or lost connection: no answer came,
+            # and a check would wait out another timeout on a dead server; the next answered call checks)
+        except (PolicyServerError, codec.WireDecodeError) as exc:  # answered, by a server that may be another now
             if watched:
                 self._check_new_server_after(exc)
             raise
@@ -752,9 +753,9 @@ class PolicyClient(BasePolicy):
         return reply
 
     def _check_new_server_after(self, failure: Exception) -> None:
-        """The new-server check after a reset or get_action that a server answered with an error (or whose answer
-        could not be used): a server restarted with another model refuses what the old one took (an episode index
-        past its dataset's, a session it never saw), and that refusal must not pass for the caller's own mistake.
+        """The new-server check after a reset or get_action that a server answered with an error (or with a reply
+        this client cannot read): a server restarted with another model refuses what the old one took (an episode
+        index past its dataset's, a session it never saw), and that refusal must not pass for the caller's mistake.
         What the check raises is raised instead of `failure`, a server that cannot be asked included (a timeout or
         lost connection: whether it serves the same model is unknown, and the check stays due)."""
         try:
