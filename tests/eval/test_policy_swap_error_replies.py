@@ -176,7 +176,7 @@ def test_a_check_that_cannot_reach_the_server_is_raised_instead_of_the_refusal_a
     hanging = HangingInfoCheckpoint("B")
     server = serving_in_turn(Checkpoint("A"), hanging)
     try:
-        with PolicyClient("127.0.0.1", server.port, timeout_ms=600) as client, pinned_policy(client):
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=1500) as client, pinned_policy(client):
             client.reset()
             server.restart()
             # B refused the reset, then could not say which policy it serves: whether that refusal is this run's own
