@@ -258,6 +258,7 @@ class GatherWindow:
         self.cap_s = max(0.0, float(cap_ms)) / 1000.0
         self._spreads: Deque[float] = collections.deque(maxlen=SPREAD_HISTORY)
         self._call_s: Optional[float] = None
+        self._recent_calls: Deque[float] = collections.deque(maxlen=SPREAD_HISTORY)
 
     def observe_spread(self, seconds: float) -> None:
         """One round's time from its first to its last arrival."""
@@ -267,10 +268,16 @@ class GatherWindow:
         """One policy call's duration (a moving average is kept)."""
         seconds = max(0.0, float(seconds))
         self._call_s = seconds if self._call_s is None else 0.8 * self._call_s + 0.2 * seconds
+        self._recent_calls.append(seconds)
 
     def call_seconds(self) -> float:
         """The policy's recent call time (0 before the first call)."""
         return self._call_s or 0.0
+
+    def fastest_call_seconds(self) -> float:
+        """The shortest of the policy's last SPREAD_HISTORY calls (0 before the first call): a request with less time
+        than this before its deadline cannot be answered in time."""
+        return min(self._recent_calls, default=0.0)
 
     def seconds(self) -> float:
         """The current window: how long after it starts (its first arrival, or the previous call's replies when that

@@ -30,11 +30,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("gr00t_server.serving.server")  # PolicyServer's log: the split renamed no logger
 
 POLICY_STAGE_KEYS = ("preprocess_ms", "model_ms", "postprocess_ms")  # a policy's last_timing keys server_timing carries
-# A get_action whose deadline is closer than this share of the policy's recent call time when its turn comes is
-# dropped as expired: its call would end after the client gave up (in a timeout storm 85% of calls were so). Half,
-# not all: the time is an average (a batch of 8 takes longer than one request), and refusing a request that would
-# have made it costs its robot an action, where computing one that does not costs a call (counted `late`).
-EXPIRY_CALL_SHARE = 0.5
 
 
 def policy_stages(policy: Any) -> Dict[str, float]:
@@ -111,11 +106,13 @@ class JobRunner:
             self._take_in_sessions(live)
 
     def _too_late(self, request: Request, now: float) -> bool:
-        """True when the request's deadline has passed, or, for a get_action, is nearer than EXPIRY_CALL_SHARE of the
-        policy's recent call time (0 before the first call: a first call is never dropped for it). A request
-        without a deadline is never too late."""
-        call_s = self._window.call_seconds() if request.endpoint == "get_action" else 0.0
-        return request.expired(now, EXPIRY_CALL_SHARE * call_s)
+        """True when the request's deadline has passed, or, for a get_action, is nearer than the fastest of the
+        policy's recent calls took: its call would end after its client gave up (in a timeout storm 85% of calls were
+        so). The fastest, not the average: an average of batches of 8 and of 1 would refuse a lone request that
+        had time, and a refused request costs its robot an action where a computed one costs a call (then counted
+        `late`). Never before the first call (nothing measured) nor for a request without a deadline."""
+        call_s = self._window.fastest_call_seconds() if request.endpoint == "get_action" else 0.0
+        return request.expired(now, call_s)
 
     def _expired_reply(self, request: Request, now: float) -> Reply:
         """The answer to a request whose client's deadline passed, or was too near, when its turn came (counted as
@@ -126,7 +123,8 @@ class JobRunner:
         if not request.expired(now):
             assert request.deadline is not None
             reason = (f"the client's deadline was {(request.deadline - now) * 1000.0:.0f} ms away when its turn came, "
-                      f"too close for a policy call (recently {self._window.call_seconds() * 1000.0:.0f} ms)")
+                      f"too close for a policy call (the fastest recent one took "
+                      f"{self._window.fastest_call_seconds() * 1000.0:.0f} ms)")
         logger.debug("dropped %s from %s: %s", log_text(request.endpoint), request.peer, reason)
         return request, self.error_frames(request, RequestError(f"'{request.endpoint}' was not run: {reason}"), log=False)
 
