@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import math
 import os
@@ -392,17 +393,21 @@ def serve(args: argparse.Namespace, leave_when_stopped: bool = False) -> int:
         # second Ctrl-C or SIGTERM in it ended a clean stop with 130/143/129. A policy call the stop gave up on is
         # still inside torch on a worker thread: an interpreter exiting under it aborts in C++ ("terminate called
         # without an active exception", exit 134). So leave now, logs flushed.
-        _leave_now(0)
+        # atexit hooks (a user's, coverage's) still run when no call is left inside torch.
+        _leave_now(0, run_exit_hooks=not server.left_policy_call_running)
     return 0
 
 
-def _leave_now(code: int) -> None:
-    """End the process with `code` at once: stop signals ignored, logs and standard streams flushed, no teardown."""
+def _leave_now(code: int, run_exit_hooks: bool = False) -> None:
+    """End the process with `code` at once: stop signals ignored, logs and standard streams flushed, the atexit hooks
+    run when `run_exit_hooks`, no module teardown."""
     try:
         for signum in STOP_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
     except ValueError:  # not the main thread
         pass
+    if run_exit_hooks:
+        atexit._run_exitfuncs()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
