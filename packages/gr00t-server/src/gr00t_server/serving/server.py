@@ -204,9 +204,8 @@ class PolicyServer:
         """Add or replace an endpoint; `requires_input` handlers get the request's data as keyword arguments.
 
         Registered endpoints run on the policy worker beside get_action and reset: in arrival order within one
-        connection, connections taking turns (a replacement of
-        a built-in endpoint too: ping, kill, get_server_info and get_modality_config are answered on the socket thread
-        only while they are the built-in ones). A replaced get_action is served alone, never in a merged batch (the
+        connection, connections taking turns (a replacement of a built-in endpoint too: ping, kill, get_server_info
+        and get_modality_config are answered on the socket thread only while they are the built-in ones). A replaced get_action is served alone, never in a merged batch (the
         merged call would skip it), and its action is held to the same NaN/inf check as the built-in one's.
         """
         if not isinstance(name, str) or not name:
