@@ -136,23 +136,8 @@ def _check_string_array(value: np.ndarray, where: str, limits: ServerLimits, cou
         _check_text(text if isinstance(text, str) else text.decode("utf-8", "replace"), where, limits, count_tokens)
 
 
-def _check_array(value: np.ndarray, where: str, limits: ServerLimits, cameras: set, frames: Optional[Dict[int, str]],
+def _check_array(value: np.ndarray, where: str, limits: ServerLimits, cameras: set,
                  count_tokens: Optional[TokenCounter] = None) -> None:
-    if frames is not None and value.nbytes:  # a multipart message's (zero-size arrays share nothing)
-        owner = value.base  # a view of a frame: reshape(frombuffer(memoryview of the frame)); a copy owns its memory
-        while type(owner) is np.ndarray:
-            owner = owner.base
-        if type(owner) is memoryview:
-            # Two keys referencing one frame would each cost a scan of the same bytes, and a policy writing into
-            # one array would change the other.
-            frame = id(owner.obj)  # obj: the received frame every view of it comes from
-            first = frames.get(frame)
-            if first is not None:
-                raise RequestError(
-                    f"observation keys '{first}' and '{where}' are the same array frame; send each array in its own "
-                    "frame (a multipart header may reference a frame once)"
-                )
-            frames[frame] = where
     if value.ndim > 0 and value.shape[0] > limits.max_rows:
         single_image = value.ndim == 3 and value.dtype.kind == "u" and value.shape[-1] in (1, 3, 4)
         hint = (f"; a {value.shape} uint8 array looks like one image without its batch and time axes: send "
@@ -186,25 +171,22 @@ _VISITED_IN_LISTS = (dict, list, tuple, str, bytes, np.ndarray, float, complex, 
 
 
 def check_observation(
-    observation: Any, limits: ServerLimits, multipart: bool = False, flat_language_keys: AbstractSet[str] = frozenset(),
+    observation: Any, limits: ServerLimits, flat_language_keys: AbstractSet[str] = frozenset(),
     count_tokens: Optional[TokenCounter] = None,
 ) -> None:
-    """Refuse an observation over the work limits, with non-str keys, or with a non-finite float (key named); of a
-    `multipart` message, also one with two keys referencing one frame (so that each frame is checked once). Bytes
+    """Refuse an observation over the work limits, with non-str keys, or with a non-finite float (key named). (A
+    multipart header referencing one frame twice is refused by the codec, so each frame is checked once.) Bytes
     count as language only under "language" and the `flat_language_keys`; elsewhere they are data (a raw mask).
     Language tokens are counted with `count_tokens` (the policy's tokenizer, see token_counter) when given, else
     words and punctuation marks (a lower bound)."""
     if not isinstance(observation, dict):
         return  # the policy's own validation says what it expects
     cameras: set = set()
-    # Only the multipart format can alias: its arrays are views of frames any number of references may name. The
-    # arrays of a single-frame message view distinct parts of it, or are copies.
-    frames: Optional[Dict[int, str]] = {} if multipart else None  # frame -> the key that referenced it first
     stack: List[Tuple[Any, str]] = [(observation, "")]
     while stack:  # iterative: nesting is bounded by the decoder, but never recurse on client data
         value, where = stack.pop()
         if isinstance(value, np.ndarray):  # the most common entry first
-            _check_array(value, where, limits, cameras, frames, count_tokens)
+            _check_array(value, where, limits, cameras, count_tokens)
         elif isinstance(value, dict):
             for key, child in value.items():
                 if not isinstance(key, str):

@@ -161,7 +161,7 @@ class RequestLoop:
                 raise RequestError(f"Unknown endpoint: {request.endpoint} (known endpoints: {', '.join(server.endpoints)})")
             if request.endpoint == "get_action" and isinstance(request.data, dict):
                 work_limits.check_observation(
-                    request.data.get("observation"), server.limits, request.multipart, server.flat_language_keys,
+                    request.data.get("observation"), server.limits, server.flat_language_keys,
                     server.token_counter,
                 )
                 request.wants_timing = timing_requested(request.data)  # refused here unless bool-like
