@@ -11,40 +11,12 @@ import json
 import signal
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
+from stop_signals import LATE_STOP_SIGNALS, stop_on_import
+
 EVAL_MAIN = "import sys\nfrom gr00t_eval.cli import main\nsys.exit(main())\n"  # what the console script runs
-
-# Registered before gr00t_eval is imported, so it runs last of the exit hooks: the command has returned and the
-# interpreter is exiting (with torch or mujoco loaded that took seconds, and a signal in it ended the process).
-LATE_STOP_SIGNALS = """
-import atexit, os, signal, time
-
-def _late_stop_signals():
-    for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
-        os.kill(os.getpid(), signum)
-    time.sleep(0.2)
-
-atexit.register(_late_stop_signals)
-"""
-
-
-def stop_on_import(module: str, signum: int) -> str:
-    """A prelude that sends `signum` to the process when `module` is first imported."""
-    return textwrap.dedent(f"""
-        import os, sys
-
-        class _StopOnImport:
-            def find_spec(self, name, path=None, target=None):
-                if name == {module!r}:
-                    sys.meta_path.remove(self)
-                    os.kill(os.getpid(), {int(signum)})
-                return None
-
-        sys.meta_path.insert(0, _StopOnImport())
-    """)
 
 
 def run_program(prelude: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:

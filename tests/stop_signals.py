@@ -1,0 +1,35 @@
+"""Preludes for child processes that send themselves a stop signal at an exact point (shared by the gr00t-eval and
+gr00t-server stop-signal tests), so a window of a few instants is hit every time rather than by luck."""
+
+from __future__ import annotations
+
+import textwrap
+
+# Registered before the package under test is imported, so it runs last of the exit hooks: the command has returned
+# and the interpreter is exiting (with torch or mujoco loaded that took seconds, and a signal in it ended the process).
+LATE_STOP_SIGNALS = """
+import atexit, os, signal, time
+
+def _late_stop_signals():
+    for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+        os.kill(os.getpid(), signum)
+    time.sleep(0.2)
+
+atexit.register(_late_stop_signals)
+"""
+
+
+def stop_on_import(module: str, signum: int) -> str:
+    """A prelude that sends `signum` to the process when `module` is first imported."""
+    return textwrap.dedent(f"""
+        import os, sys
+
+        class _StopOnImport:
+            def find_spec(self, name, path=None, target=None):
+                if name == {module!r}:
+                    sys.meta_path.remove(self)
+                    os.kill(os.getpid(), {int(signum)})
+                return None
+
+        sys.meta_path.insert(0, _StopOnImport())
+    """)
