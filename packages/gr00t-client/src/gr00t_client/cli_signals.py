@@ -9,6 +9,7 @@ or handled by the program that runs the command is left as it is.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 from typing import Any, Callable, Iterator, Sequence, Tuple
 
@@ -49,3 +50,22 @@ def sigterm_as_interrupt() -> Iterator[None]:
     blocks and a command's Ctrl-C handling run as on Ctrl-C."""
     with signals_handled_by(raise_interrupt, interrupting_signals()):
         yield
+
+
+@contextlib.contextmanager
+def stop_signals_held() -> Iterator[None]:
+    """Ctrl-C, SIGTERM or SIGHUP (see interrupting_signals) during the block wait for its end, then act as they would
+    have (the first one): for a call that an exception raised inside would leave half-made (a MuJoCo renderer)."""
+    stop_signals = (signal.SIGINT, *interrupting_signals())
+    previous = {signum: signal.getsignal(signum) for signum in stop_signals}
+    held: list = []
+    try:
+        with signals_handled_by(lambda signum, frame: held.append(signum), stop_signals):
+            yield
+    finally:
+        if held:
+            handler = previous[held[0]]
+            if callable(handler):
+                handler(held[0], None)
+            elif handler in (signal.SIG_DFL, None):  # put back now: the signal's own action (the process ends)
+                os.kill(os.getpid(), held[0])

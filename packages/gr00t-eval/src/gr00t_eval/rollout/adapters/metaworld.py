@@ -6,11 +6,9 @@ task's random goal/object placement from `s` alone, so an episode is the same wh
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import string
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Optional
 
 from ...extras import MissingExtraError, require
 
@@ -65,30 +63,6 @@ def check_task(task: str) -> None:
         raise ValueError(f"unknown Meta-World task {task!r}; expected one of: {known}")
 
 
-@contextlib.contextmanager
-def _stop_signals_held() -> Iterator[None]:
-    """Ctrl-C, SIGTERM or SIGHUP during the block wait for its end, then act as they would have (the first one).
-
-    A KeyboardInterrupt inside mujoco.Renderer(...) left a half-made renderer (or GL context), whose __del__ then
-    printed 'Exception ignored in ... Renderer.__del__' AttributeError tracebacks after the interrupt's own line.
-    """
-    from gr00t_client.cli_signals import interrupting_signals, signals_handled_by
-
-    stop_signals = (signal.SIGINT, *interrupting_signals())
-    previous = {signum: signal.getsignal(signum) for signum in stop_signals}
-    held: list = []
-    try:
-        with signals_handled_by(lambda signum, frame: held.append(signum), stop_signals):
-            yield
-    finally:
-        if held:
-            handler = previous[held[0]]
-            if callable(handler):
-                handler(held[0], None)
-            elif handler in (signal.SIG_DFL, None):  # put back now: the signal's own action (the process ends)
-                os.kill(os.getpid(), held[0])
-
-
 UNLIMITED_PATH_LENGTH = 2**31 - 1  # Meta-World's own step limit, set out of the way (see MetaWorldEnv)
 
 
@@ -115,10 +89,14 @@ class MetaWorldEnv(gym.Env):
         if camera not in cameras:  # MuJoCo would only say so at the first render, after a dataset or video was begun
             raise ValueError(f"Meta-World has no camera {camera!r}; its cameras: {', '.join(cameras)}")
         self._renderer = None
+        from gr00t_client.cli_signals import stop_signals_held
+
         try:
             visual = self._env.model.vis.global_  # the offscreen framebuffer (Meta-World's: 640x480) must hold the image
             visual.offwidth, visual.offheight = max(visual.offwidth, self.image_size), max(visual.offheight, self.image_size)
-            with _stop_signals_held():  # a KeyboardInterrupt inside left a half-made renderer: see there
+            # A KeyboardInterrupt inside left a half-made renderer (or GL context), whose __del__ then printed
+            # 'Exception ignored in ... Renderer.__del__' AttributeError tracebacks after the interrupt's own line.
+            with stop_signals_held():
                 self._renderer = mujoco.Renderer(self._env.model, self.image_size, self.image_size)
         except Exception as exc:  # noqa: BLE001 - re-raised with the fix
             raise RuntimeError(
