@@ -6,8 +6,6 @@ one line naming the file. Real rollouts against a loopback PolicyServer, the rea
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 
 import pytest
@@ -131,15 +129,6 @@ def write_jobs(tmp_path, port, name="jobs.json", **overrides):
     path = tmp_path / name
     path.write_text(json.dumps(jobs))
     return path
-
-
-@pytest.fixture
-def live_process():
-    """A process that is alive for the test: the holder of a claim that must be respected."""
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    yield process
-    process.kill()
-    process.wait()
 
 
 def claim_by(folder, process):

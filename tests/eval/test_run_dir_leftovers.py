@@ -24,15 +24,6 @@ def ended_pid():
     return process.pid
 
 
-@pytest.fixture
-def live_process():
-    """A process that runs until the test ends."""
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    yield process
-    process.kill()
-    process.wait()
-
-
 def killed_while_creating_its_run_file(out, pid):
     """What a rollout killed between writing its run file aside and linking it into place leaves behind."""
     out.mkdir()
