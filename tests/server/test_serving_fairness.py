@@ -202,7 +202,7 @@ def test_a_first_call_and_a_call_without_a_deadline_are_never_dropped_for_want_o
 
 def test_a_reply_sent_after_its_clients_deadline_is_counted_late_not_ok():
     """The first call (no call time measured yet, so it runs) takes 0.3 s against a 150 ms deadline: its reply goes to
-    a client that has given up. It was counted `ok`; now `late`."""
+    a client that has given up. It was counted `ok`; now `late`, in the metrics and in get_server_info's stats."""
     pytest.importorskip("prometheus_client")
     policy = TurnRecorder(call_s=0.3, hold_first=False)
     with running_server(policy, inline_below_ms=0, metrics_port=0) as server:
@@ -211,7 +211,10 @@ def test_a_reply_sent_after_its_clients_deadline_is_counted_late_not_ok():
                 hurried.get_action(state(1.0))
         wait_until(lambda: server._loop.queued_requests == 0)
         page = scrape(server)
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=10000, strict=False) as operator:
+            stats = operator.get_server_info()["stats"]
     assert requests_total(page, "late") == 1 and requests_total(page, "ok") == 0
+    assert stats["late"] == 1 and stats["errors"] == 0 and stats["expired"] == 0
     assert policy.calls == [[1.0]]
 
 

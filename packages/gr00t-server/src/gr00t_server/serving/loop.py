@@ -457,6 +457,7 @@ class RequestLoop:
         self._release_admission(request)
         if request.outcome == "ok" and request.expired():
             request.outcome = "late"  # its client had given up: the work was for nobody, not a success
+            self._server.stats.add("late")
         self._server._metrics.request_done(request.endpoint, request.outcome)
         transport = self._server._transport
         if transport is not None:

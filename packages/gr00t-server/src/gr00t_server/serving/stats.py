@@ -10,12 +10,13 @@ from typing import Any, Dict
 
 @dataclass
 class ServerStats:
-    """Requests, errors, refusals, expired requests, evicted sessions and the sizes of the policy batches run."""
+    """Requests, errors, refusals, expired and late requests, evicted sessions and the sizes of the policy batches run."""
 
     requests: int = 0
     errors: int = 0
     refused: int = 0  # over a queue or connection budget, the server's or a connection's (also counted in errors)
     expired: int = 0  # dropped before the policy because the client's deadline had passed
+    late: int = 0  # served, but after the client's deadline: the client had given up (not counted as an error)
     internal_errors: int = 0
     sessions_evicted: int = 0
     policy_calls: int = 0  # calls that ran the policy: returned, or failed inside it (not refused by its input checks)
@@ -45,6 +46,7 @@ class ServerStats:
                 "errors": self.errors,
                 "refused": self.refused,
                 "expired": self.expired,
+                "late": self.late,
                 "internal_errors": self.internal_errors,
                 "sessions_evicted": self.sessions_evicted,
                 "policy_calls": self.policy_calls,
