@@ -1,40 +1,75 @@
-"""gr00t-client: talk to a GR00T policy server from a robot or simulator."""
+"""gr00t-client: talk to a GR00T policy server from a robot or simulator.
 
-from .chunking import ActionChunker, ChunkerStats, merge_overlap
-from .client import (MessageTooLargeError, PolicyClient, PolicyServerError, PolicyTimeoutError, ReplyLostError,
-                     ServerStoppingError)
-from .codec import WireDecodeError, WireEncodeError
-from .curve import HandshakeError
-from .embodiment import EMBODIMENT_TAG_TO_PROJECTOR_INDEX, EmbodimentTag
-from .modality import ActionConfig, ActionFormat, ActionRepresentation, ActionType, ModalityConfig
-from .policy import ActionError, BasePolicy, NonFiniteActionError, ObservationError, PolicyValidationError, PolicyWrapper
+The public API is exported here and loaded on first use (PEP 562): `import gr00t_client` imports neither numpy nor
+ZeroMQ until a name that needs them is asked for, so the command lines can take SIGTERM from their first line.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any, Dict, List
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ActionChunker",
-    "ChunkerStats",
-    "merge_overlap",
-    "ActionConfig",
-    "ActionError",
-    "ActionFormat",
-    "ActionRepresentation",
-    "ActionType",
-    "BasePolicy",
-    "EMBODIMENT_TAG_TO_PROJECTOR_INDEX",
-    "EmbodimentTag",
-    "HandshakeError",
-    "ModalityConfig",
-    "NonFiniteActionError",
-    "ObservationError",
-    "PolicyClient",
-    "MessageTooLargeError",
-    "PolicyServerError",
-    "PolicyTimeoutError",
-    "ReplyLostError",
-    "ServerStoppingError",
-    "PolicyValidationError",
-    "PolicyWrapper",
-    "WireDecodeError",
-    "WireEncodeError",
-]
+# Public name -> the module (relative to this package) that defines it.
+_EXPORTS: Dict[str, str] = {
+    "ActionChunker": ".chunking",
+    "ChunkerStats": ".chunking",
+    "merge_overlap": ".chunking",
+    "MessageTooLargeError": ".client",
+    "PolicyClient": ".client",
+    "PolicyServerError": ".client",
+    "PolicyTimeoutError": ".client",
+    "ReplyLostError": ".client",
+    "ServerStoppingError": ".client",
+    "WireDecodeError": ".codec",
+    "WireEncodeError": ".codec",
+    "HandshakeError": ".curve",
+    "EMBODIMENT_TAG_TO_PROJECTOR_INDEX": ".embodiment",
+    "EmbodimentTag": ".embodiment",
+    "ActionConfig": ".modality",
+    "ActionFormat": ".modality",
+    "ActionRepresentation": ".modality",
+    "ActionType": ".modality",
+    "ModalityConfig": ".modality",
+    "ActionError": ".policy",
+    "BasePolicy": ".policy",
+    "NonFiniteActionError": ".policy",
+    "ObservationError": ".policy",
+    "PolicyValidationError": ".policy",
+    "PolicyWrapper": ".policy",
+}
+
+# Submodules reachable as attributes (`gr00t_client.codec`), as they were when the package imported them all.
+_SUBMODULES = ("chunking", "cli_signals", "client", "codec", "curve", "embodiment", "flat", "frame_views", "modality",
+               "policy", "stdout_guard")
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from .chunking import ActionChunker, ChunkerStats, merge_overlap
+    from .client import (MessageTooLargeError, PolicyClient, PolicyServerError, PolicyTimeoutError, ReplyLostError,
+                         ServerStoppingError)
+    from .codec import WireDecodeError, WireEncodeError
+    from .curve import HandshakeError
+    from .embodiment import EMBODIMENT_TAG_TO_PROJECTOR_INDEX, EmbodimentTag
+    from .modality import ActionConfig, ActionFormat, ActionRepresentation, ActionType, ModalityConfig
+    from .policy import (ActionError, BasePolicy, NonFiniteActionError, ObservationError, PolicyValidationError,
+                         PolicyWrapper)
+
+
+def __getattr__(name: str) -> Any:
+    """Import the module defining a public name (or the submodule itself) on first access."""
+    module = _EXPORTS.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(module, __name__), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module("." + name, __name__)
+    else:
+        raise AttributeError(f"module 'gr00t_client' has no attribute {name!r}")
+    globals()[name] = value  # later accesses skip __getattr__
+    return value
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(_EXPORTS) | set(_SUBMODULES))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from typing import Any, Callable, Iterator, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, Sequence, Tuple
 
 
 def raise_interrupt(signum: int, frame: Any) -> None:
@@ -41,6 +41,34 @@ def signals_handled_by(handler: Callable[[int, Any], None], signals: Sequence[in
     finally:
         for signum, before in previous.items():
             # None: a handler installed from C, which Python cannot reinstall; the default is closest
+            signal.signal(signum, signal.SIG_DFL if before is None else before)
+
+
+class ProgramStopSignals:
+    """For a command line's main(), from its first line: SIGTERM and SIGHUP (see interrupting_signals) raise
+    KeyboardInterrupt as Ctrl-C does until `finish`. Importing this module costs no numpy or ZeroMQ (the package
+    loads its API on first use), so a stop during the command's own imports is a Ctrl-C too."""
+
+    def __init__(self) -> None:
+        self.previous: Dict[int, Any] = {}
+        try:
+            for signum in interrupting_signals():
+                self.previous[signum] = signal.signal(signum, raise_interrupt)
+        except ValueError:  # not the main thread: Python runs no handler there
+            pass
+
+    def finish(self, ignore_from_now_on: bool) -> None:
+        """Put the handlers back or, for the program itself (whose command has returned: its results are saved and
+        reported), ignore Ctrl-C and the signals taken from now on: a late one in the interpreter's exit (seconds,
+        with torch or MuJoCo loaded) turned a finished command's status into 130/143/129."""
+        if ignore_from_now_on:
+            try:
+                for signum in (signal.SIGINT, *self.previous):
+                    signal.signal(signum, signal.SIG_IGN)
+            except ValueError:  # not the main thread
+                pass
+            return
+        for signum, before in self.previous.items():  # None: a handler installed from C; the default is closest
             signal.signal(signum, signal.SIG_DFL if before is None else before)
 
 

@@ -11,13 +11,14 @@ import dataclasses
 import json
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Set
 
 # Only light modules here: main() makes SIGTERM and SIGHUP stop a command before the heavy imports (numpy, ZeroMQ: the
 # first half second), which a stop during them otherwise ended with a traceback or silently (143, 129).
+from gr00t_client.cli_signals import ProgramStopSignals
+
 from .cli_errors import USAGE_EXIT_CODE, UsageError
 from .extras import MissingExtraError
 from .rollout.config import DEFAULT_ENV_TIMEOUT_S
@@ -520,24 +521,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     and a late signal in the interpreter's exit (seconds, with torch or mujoco loaded) ended a finished command with
     130/143/129 and no word.
     """
-    stop_signals = _StopSignals()
+    stop_signals = ProgramStopSignals()
     try:
-        return _main(argv, stop_signals)
+        return _main(argv)
     finally:
         stop_signals.finish(ignore_from_now_on=argv is None)
 
 
-def _main(argv: Optional[Sequence[str]], stop_signals: "_StopSignals") -> int:
+def _main(argv: Optional[Sequence[str]]) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     command, args = _command_named(words), None
     try:
-        from gr00t_client.cli_signals import raise_interrupt
         from gr00t_client.stdout_guard import guard_stdout
 
         from .progress import BarAwareHandler
         from .run_dir import OutputDirError
 
-        stop_signals.hand_over(raise_interrupt)
         args = build_parser().parse_args(argv)
         command = args.command
         guard_stdout()  # `rollout | head` must not fail a run after its results were saved
@@ -575,44 +574,6 @@ def _command_named(words: Sequence[str]) -> str:
         elif not word.startswith("-"):
             return word
     return ""
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-class _StopSignals:
-    """SIGTERM and SIGHUP as Ctrl-C from main's first line, before gr00t_client.cli_signals (whose package imports
-    numpy and ZeroMQ) can be imported; SIGHUP only while it has its default action (see interrupting_signals)."""
-
-    def __init__(self) -> None:
-        self.previous: Dict[int, Any] = {}
-        hangup = getattr(signal, "SIGHUP", None)  # not on Windows
-        wanted = [signal.SIGTERM] + ([hangup] if hangup is not None and signal.getsignal(hangup) == signal.SIG_DFL else [])
-        try:
-            for signum in wanted:
-                self.previous[signum] = signal.signal(signum, _raise_interrupt)
-        except ValueError:  # not the main thread: Python runs no handler there
-            pass
-
-    def hand_over(self, raise_interrupt: Any) -> None:
-        """Put cli_signals' own handler in ours' place, so the blocks nested in the command (sigterm_as_interrupt,
-        interrupts_deferred, the server's) know SIGHUP as theirs to take."""
-        for signum in self.previous:
-            if signal.getsignal(signum) is _raise_interrupt:
-                signal.signal(signum, raise_interrupt)
-
-    def finish(self, ignore_from_now_on: bool) -> None:
-        """Ignore Ctrl-C and the signals taken (the program, whose command has ended), or put the handlers back."""
-        if ignore_from_now_on:
-            try:
-                for signum in (signal.SIGINT, *self.previous):
-                    signal.signal(signum, signal.SIG_IGN)
-            except ValueError:  # not the main thread
-                pass
-            return
-        for signum, before in self.previous.items():  # None: a handler installed from C; the default is closest
-            signal.signal(signum, signal.SIG_DFL if before is None else before)
 
 
 def _run_command(args: argparse.Namespace) -> int:

@@ -10,7 +10,11 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
+
+# Only light modules here (gr00t_client loads its API on first use): main() makes SIGTERM and SIGHUP stop a command
+# before the heavy imports (numpy, ZeroMQ, torch).
+from gr00t_client.cli_signals import ProgramStopSignals
 
 logger = logging.getLogger("gr00t_server")
 
@@ -599,21 +603,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     has returned, and `serve` ends the process as soon as the server has stopped: a late signal in the interpreter's
     exit (seconds, with torch loaded) turned a finished command's status into 130/143/129.
     """
-    stop_signals = _StopSignals()
+    stop_signals = ProgramStopSignals()
     try:
-        return _main(argv, stop_signals)
+        return _main(argv)
     finally:
         stop_signals.finish(ignore_from_now_on=argv is None)
 
 
-def _main(argv: Optional[Sequence[str]], stop_signals: "_StopSignals") -> int:
+def _main(argv: Optional[Sequence[str]]) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     command = next((word for word in words if not word.startswith("-")), "")
     try:
-        from gr00t_client.cli_signals import raise_interrupt
         from gr00t_client.stdout_guard import guard_stdout
 
-        stop_signals.hand_over(raise_interrupt)
         args = build_parser().parse_args(argv)
         command = args.command
         guard_stdout()  # `serve | head -1` must not stop the server at its second line
@@ -644,44 +646,6 @@ def _main(argv: Optional[Sequence[str]], stop_signals: "_StopSignals") -> int:
         if os.environ.get("GR00T_DEBUG"):
             raise
         return 2
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-class _StopSignals:
-    """SIGTERM and SIGHUP as Ctrl-C from main's first line, before gr00t_client.cli_signals (whose package imports
-    numpy and ZeroMQ) can be imported; SIGHUP only while it has its default action (see interrupting_signals)."""
-
-    def __init__(self) -> None:
-        self.previous: Dict[int, Any] = {}
-        hangup = getattr(signal, "SIGHUP", None)  # not on Windows
-        wanted = [signal.SIGTERM] + ([hangup] if hangup is not None and signal.getsignal(hangup) == signal.SIG_DFL else [])
-        try:
-            for signum in wanted:
-                self.previous[signum] = signal.signal(signum, _raise_interrupt)
-        except ValueError:  # not the main thread: Python runs no handler there
-            pass
-
-    def hand_over(self, raise_interrupt: Any) -> None:
-        """Put cli_signals' own handler in ours' place, so the blocks nested in the command (sigterm_as_interrupt,
-        the server's handlers, an export's swap) know SIGHUP as theirs to take."""
-        for signum in self.previous:
-            if signal.getsignal(signum) is _raise_interrupt:
-                signal.signal(signum, raise_interrupt)
-
-    def finish(self, ignore_from_now_on: bool) -> None:
-        """Ignore Ctrl-C and the signals taken (the program, whose command has ended), or put the handlers back."""
-        if ignore_from_now_on:
-            try:
-                for signum in (signal.SIGINT, *self.previous):
-                    signal.signal(signum, signal.SIG_IGN)
-            except ValueError:  # not the main thread
-                pass
-            return
-        for signum, before in self.previous.items():  # None: a handler installed from C; the default is closest
-            signal.signal(signum, signal.SIG_DFL if before is None else before)
 
 
 if __name__ == "__main__":
