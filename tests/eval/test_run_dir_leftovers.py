@@ -93,3 +93,27 @@ def test_prepare_output_dir_deletes_only_the_half_written_files_of_processes_tha
     with pytest.raises(Exception, match="is not empty"):
         prepare_output_dir(out)
     assert live.exists()
+
+
+def open_loop_args(dataset, out):
+    return ["open-loop", "--dataset-path", str(dataset), "--output-dir", str(out), "--port", "9", "--timeout-ms", "300"]
+
+
+def test_open_loop_runs_in_a_folder_left_with_only_a_dead_processs_half_written_claim(tmp_path, capsys, live_process):
+    """An open-loop run killed while it wrote its claim left `.open_loop_run.json.PID.N.tmp`; the same command then
+    refused the folder as "not empty" and asked for --overwrite. A live writer's file still counts."""
+    from eval.dataset_factory import make_dataset
+
+    dataset, out = make_dataset(tmp_path / "dataset"), tmp_path / "out"
+    out.mkdir()
+    partial = out / f".open_loop_run.json.{ended_pid()}.45999126453709.tmp"
+    partial.write_text("{")
+    assert main(open_loop_args(dataset, out)) != 0  # nothing serves port 9: it fails there, past the folder check
+    err = capsys.readouterr().err
+    assert "not empty" not in err and "127.0.0.1:9" in err, err
+    assert not partial.exists()
+    live = out / f".open_loop_run.json.{live_process.pid}.1.tmp"
+    live.write_text("{")
+    assert main(open_loop_args(dataset, out)) == 2
+    assert f"--output-dir {out} is not empty; pass --overwrite" in capsys.readouterr().err
+    assert live.exists()

@@ -384,7 +384,7 @@ def _claim_open_loop_output_dir(args: argparse.Namespace, config: Any) -> Path:
     a run still running is refused even with --overwrite; the claim of a finished run, or of one whose
     process is gone (killed), is emptied with the rest by --overwrite.
     """
-    from .run_claim import claim_output_dir, refuse_live_claim
+    from .run_claim import claim_output_dir, dead_partial_files, refuse_live_claim
     from .run_dir import OutputDirError, make_fresh_dated_output_dir, prepare_output_dir
 
     settings = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in vars(config).items()}
@@ -415,7 +415,9 @@ def _claim_open_loop_output_dir(args: argparse.Namespace, config: Any) -> Path:
                          "directory for the results")
     try:
         refuse_live_claim(output_dir, OPEN_LOOP_RUN_FILENAME)  # before "not empty": --overwrite must not be suggested
-        if output_dir.is_dir() and any(output_dir.iterdir()) and not args.overwrite:
+        # A dead process's half-written file (its claim, killed mid-write) is not content: prepare_output_dir deletes it.
+        leftovers = set(dead_partial_files(output_dir))
+        if output_dir.is_dir() and any(entry not in leftovers for entry in output_dir.iterdir()) and not args.overwrite:
             raise UsageError(f"--output-dir {output_dir} is not empty; pass --overwrite to empty it or name a new directory "
                              "(open-loop runs do not resume: run them again)")
         prepare_output_dir(output_dir, overwrite=args.overwrite)
