@@ -36,6 +36,11 @@ ZERO_COPY_MIN_BYTES = 256 * 1024
 SHARED_DECODE_MIN_BYTES = 1024 * 1024
 SHARED_ARRAY_MIN_BYTES = 16 * 1024
 VIEWING_MAX_ITEMS = 4096  # the Python reader gives way to msgpack's C unpacker on messages of many small items
+# A ModalityConfig's as_json string: real ones are a few hundred characters. Longer ones are refused unparsed, and
+# within DecodeLimits each counts one item per JSON_CHARS_PER_ITEM characters (a JSON value takes at least two:
+# "0,"), so JSON costs no more per byte than msgpack does: a 16 MB string of "[]," made 844 MB of lists.
+MAX_MODALITY_CONFIG_JSON_CHARS = 64 * 1024
+JSON_CHARS_PER_ITEM = 2
 
 BufferLike = Union[bytes, bytearray, memoryview, Any]
 
@@ -179,6 +184,9 @@ def _modality_config_from(obj: Dict[Any, Any]) -> ModalityConfig:
     if not _has(obj, "as_json"):
         raise WireDecodeError("Malformed ModalityConfig payload: missing 'as_json'")
     payload = _get(obj, "as_json")
+    if isinstance(payload, (bytes, bytearray, str)) and len(payload) > MAX_MODALITY_CONFIG_JSON_CHARS:
+        raise DecodeLimitError(f"Malformed ModalityConfig payload: as_json is {len(payload)} characters long; a "
+                               f"ModalityConfig's JSON is at most {MAX_MODALITY_CONFIG_JSON_CHARS} (real ones: a few hundred)")
     if isinstance(payload, (bytes, bytearray)):
         payload = payload.decode("utf-8")
     if isinstance(payload, str):
@@ -271,6 +279,13 @@ def _load_npy(blob: Union[bytes, bytearray]) -> np.ndarray:
     return array.reshape(shape, order="F" if fortran_order else "C").copy(order="C")
 
 
+def _json_items(obj: Dict[Any, Any]) -> int:
+    """Decode-budget items of a ModalityConfig map's as_json string (none when its fields came as a msgpack map: the
+    unpacker counted those already)."""
+    payload = _get(obj, "as_json")
+    return len(payload) // JSON_CHARS_PER_ITEM if isinstance(payload, (str, bytes, bytearray)) else 0
+
+
 def _check_depth(value: Any, max_depth: int) -> None:
     """Refuse maps/arrays nested deeper than max_depth (walked with a stack: a hostile depth cannot recurse)."""
     stack = [(value, 1)]
@@ -287,11 +302,14 @@ def _viewing_map_hook(object_hook: Callable[[Dict[Any, Any]], Any]) -> Callable[
     buffer; any other map gets its views copied to bytes and goes through `object_hook` as usual."""
 
     def on_map(obj: Dict[Any, Any], has_views: bool) -> Any:
-        if not has_views:
-            return object_hook(obj)
-        if len(obj) == 5 and obj.get(b"nd") is True and obj.get(b"kind") == b"" and type(obj.get(b"data")) is memoryview:
-            return _array_from_buffer(obj[b"data"], _cached_dtype(obj.get(b"type")), obj.get(b"shape"), copy=False)
-        return object_hook({key: bytes(value) if type(value) is memoryview else value for key, value in obj.items()})
+        if has_views:
+            if len(obj) == 5 and obj.get(b"nd") is True and obj.get(b"kind") == b"" and type(obj.get(b"data")) is memoryview:
+                return _array_from_buffer(obj[b"data"], _cached_dtype(obj.get(b"type")), obj.get(b"shape"), copy=False)
+            obj = {key: bytes(value) if type(value) is memoryview else value for key, value in obj.items()}
+        value = object_hook(obj)
+        if type(value) is ModalityConfig and _json_items(obj):  # its JSON is charged to the budget by _unpack only
+            raise NeedsFullUnpacker("a ModalityConfig sent as JSON")
+        return value
 
     return on_map
 
@@ -340,7 +358,14 @@ def _unpack(data: BufferLike, object_hook: Callable[[Dict[Any, Any]], Any], limi
         containers += 1
         if used > budget:
             raise over_budget()
-        return object_hook(obj)
+        value = object_hook(obj)
+        if type(value) is ModalityConfig:  # the values its JSON string held count too
+            used += _json_items(obj)
+            if used > budget:
+                raise DecodeLimitError(
+                    f"message of {size} bytes holds more than {budget} maps, arrays and entries (the decode limit for "
+                    f"its size), counting one per {JSON_CHARS_PER_ITEM} characters of each ModalityConfig's as_json")
+        return value
 
     def counted_list(obj: List[Any]) -> List[Any]:
         nonlocal used, containers
