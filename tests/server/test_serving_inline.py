@@ -218,24 +218,29 @@ SERVER_SCRIPT = textwrap.dedent(
             FastThenHanging.calls += 1
             if FastThenHanging.calls > int(sys.argv[2]):
                 print("HANG", threading.current_thread().name, flush=True)
+                if sys.argv[4] == "stop":  # another thread of the program calls stop(), as an embedding app would
+                    threading.Timer(0.1, SERVER.stop).start()
                 time.sleep(1000)
             return {"x": np.zeros((1, 1, 1), np.float32)}, {}
         def reset(self, options=None):
             return {}
 
-    PolicyServer(FastThenHanging(strict=False), port=int(sys.argv[1]), inline_below_ms=float(sys.argv[3]),
-                 shutdown_timeout_s=1.0).run()
+    SERVER = PolicyServer(FastThenHanging(strict=False), port=int(sys.argv[1]), inline_below_ms=float(sys.argv[3]),
+                          shutdown_timeout_s=1.0)
+    SERVER.run()
     print("RUN RETURNED", flush=True)
     """
 )
 
 
-def _serve_in_a_process(fast_calls: int, inline_below_ms: float = LIMIT_MS):
+def _serve_in_a_process(fast_calls: int, inline_below_ms: float = LIMIT_MS, stop_from_a_thread: bool = False):
     """`PolicyServer.run()` on a process's main thread, as `gr00t-server serve` runs it, with a policy that answers
-    at once `fast_calls` times and then hangs; (process, port) once it is ready."""
+    at once `fast_calls` times and then hangs (having had a thread call stop(), with `stop_from_a_thread`);
+    (process, port) once it is ready."""
     port = free_port()
     errors = tempfile.TemporaryFile("w+")  # a file, not a pipe: a chatty server never blocks on it
-    process = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT, str(port), str(fast_calls), str(inline_below_ms)],
+    process = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT, str(port), str(fast_calls), str(inline_below_ms),
+                                "stop" if stop_from_a_thread else "-"],
                                stdout=subprocess.PIPE, stderr=errors, text=True)
     process.errors = errors
     assert "ready" in process.stdout.readline()
@@ -257,13 +262,16 @@ def _wait_or_dump(process: subprocess.Popen, timeout_s: float) -> None:
                     f"(thread stacks last):\n{err}")
 
 
-@pytest.mark.parametrize("where", ["inline", "worker"])
-def test_sigterm_during_a_hung_call_exits_after_the_shutdown_timeout_and_answers_the_request(where):
+@pytest.mark.parametrize("where, how", [("inline", "SIGTERM"), ("worker", "SIGTERM"), ("inline", "stop()")],
+                         ids=["inline", "worker", "inline-stop-from-a-thread"])
+def test_sigterm_during_a_hung_call_exits_after_the_shutdown_timeout_and_answers_the_request(where, how):
     """A stop waits shutdown_timeout_s for the running call, then the server exits, and the client of the abandoned
     call is answered that it did not finish, not left to time out or to see the connection drop; a call on the
-    socket thread (inline) and one on the worker alike."""
+    socket thread (inline) and one on the worker alike, and a stop() from another thread as a stop signal (it held
+    run() for the whole of an inline call)."""
     fast_calls = INLINE_STREAK + 2
-    process, port = _serve_in_a_process(fast_calls, inline_below_ms=LIMIT_MS if where == "inline" else 0)
+    process, port = _serve_in_a_process(fast_calls, inline_below_ms=LIMIT_MS if where == "inline" else 0,
+                                        stop_from_a_thread=how == "stop()")
     outcome = {}
     try:
         with PolicyClient(port=port, timeout_ms=20000) as client:
@@ -283,7 +291,8 @@ def test_sigterm_during_a_hung_call_exits_after_the_shutdown_timeout_and_answers
             hang = process.stdout.readline().split()
             assert hang[0] == "HANG"
             stopped = time.monotonic()
-            process.send_signal(signal.SIGTERM)
+            if how == "SIGTERM":
+                process.send_signal(signal.SIGTERM)
             _wait_or_dump(process, 15)
             exit_s = time.monotonic() - stopped
             caller.join(10)
@@ -384,3 +393,58 @@ def test_close_from_another_thread_while_calls_run_inline_ends_run_and_frees_the
     hammer.join(10)
     assert not runner.is_alive() and close_s < 2.0 and SOCKET in server.policy.threads
     PolicyServer(ThreadNotingPolicy(), host="127.0.0.1", port=port).start().close()  # the port is free again
+
+
+def test_close_frees_the_port_when_a_call_on_the_serving_thread_never_returns():
+    """run() on a thread of its own (as an app embeds it) cannot be interrupted inside a policy call running there:
+    close() waited 30 s and returned with the port still bound for good. Now, once shutdown_timeout_s has passed,
+    close() closes the socket itself; run() returns when the call does."""
+    release = threading.Event()
+    hang_at = INLINE_STREAK + 1
+
+    class HangingPolicy(ThreadNotingPolicy):
+        def _get_action(self, observation, options=None):
+            if len(self.threads) == hang_at:
+                self.threads.append(threading.current_thread().name)
+                release.wait()  # blocked in C, as a stuck driver or lock would be: nothing can interrupt it
+                return {"x": np.zeros((1, 4, 1), np.float32)}, {}
+            return super()._get_action(observation, options)
+
+    policy = HangingPolicy()
+    server = PolicyServer(policy, host="127.0.0.1", port=0, inline_below_ms=LIMIT_MS, shutdown_timeout_s=0.5).start()
+    port = server.port
+    runner = threading.Thread(target=server.run, name=SOCKET, daemon=True)
+    runner.start()
+    outcome = {}
+    try:
+        with PolicyClient(port=port, timeout_ms=10000) as client:
+            for i in range(hang_at):
+                client.get_action(observation(float(i)))
+        with PolicyClient(port=port, timeout_ms=4000) as hung:
+            caller = threading.Thread(target=lambda: outcome.setdefault("error", _error_of(hung.get_action, observation(9.0))),
+                                      daemon=True)
+            caller.start()
+            deadline = time.monotonic() + 10
+            while len(policy.threads) <= hang_at and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert policy.threads[hang_at] == SOCKET  # the stuck call runs on run()'s own thread
+            closed = time.monotonic()
+            server.close()
+            close_s = time.monotonic() - closed
+            PolicyServer(ThreadNotingPolicy(), host="127.0.0.1", port=port).start().close()  # the port is free
+            assert runner.is_alive()  # still inside the call
+            caller.join(10)
+    finally:
+        release.set()
+        runner.join(10)
+    assert 0.5 <= close_s < 3.0, close_s
+    assert not runner.is_alive()  # it ended once the call returned, without touching the closed socket
+    assert isinstance(outcome["error"], Exception)  # its socket went with the call: no reply, a timeout
+
+
+def _error_of(call, *args):
+    try:
+        call(*args)
+    except Exception as exc:  # noqa: BLE001 - the test looks at what came back
+        return exc
+    return None

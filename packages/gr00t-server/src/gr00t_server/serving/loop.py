@@ -85,6 +85,10 @@ class RequestLoop:
         self._served_at = 0.0  # when the worker's last replies were sent: the clients they answer start back then
         self._inline_job = 0  # number of the job now running on this thread (0: none), for abandon_inline_after
         self._inline_jobs = 0
+        # Held to leave an inline job and to take the socket from one (release_socket_of_stuck_inline_call): once a
+        # job has left, the socket is never taken; once taken, the job's thread never touches it again.
+        self._inline_lock = threading.Lock()
+        self.socket_taken = False
         self.abandoning_inline = False  # set when a stop gave up on the inline job: the signal handler raises
         self.stop_waiting = False  # set by a second stop signal: shut_down gives up on a running call at once
 
@@ -273,20 +277,39 @@ class RequestLoop:
         self._server.stats.add("inline_jobs")
         self._inline_jobs += 1
         self._inline_job = self._inline_jobs
+        abandoned: Optional[InlineCallAbandoned] = None
         try:
             replies = self._runner.execute(job)
-        except InlineCallAbandoned:  # a stop gave up on it (abandon_inline_after): answer, then let run() end
-            for request in job:
-                self.reply_error(request, RequestError(self.not_finished_message(request)))
-            raise
+        except InlineCallAbandoned as exc:  # a stop gave up on it (abandon_inline_after): answer, then let run() end
+            abandoned = exc
+            replies = [(request, self._runner.error_frames(request, RequestError(self.not_finished_message(request))))
+                       for request in job]
         except BaseException as exc:  # execute answers every failure itself (a policy's SystemExit too); should it
             # fail all the same, each request is still answered as an internal error, as the worker does
             replies = [(request, self._runner.error_frames(request, exc)) for request in job]
         finally:
-            self._inline_job = 0
+            with self._inline_lock:
+                self._inline_job = 0
+                taken = self.socket_taken
+        if taken:  # close() freed the port while the call ran: the socket is gone, and with it whom to answer
+            raise InlineCallAbandoned("close() released the socket while a policy call ran on the serving thread")
         for request, frames in replies:
             self._send(request, frames)
         self._served_at = time.monotonic()
+        if abandoned is not None:
+            raise abandoned
+
+    def release_socket_of_stuck_inline_call(self) -> bool:
+        """For close(), from another thread, when a stop has waited shutdown_timeout_s for run() in vain: if the
+        serving thread is inside a policy call (inline), close the socket and the metrics endpoint here, so the port
+        is free, and True; that thread then never touches them again and its run() ends when the call returns."""
+        with self._inline_lock:
+            if not self._inline_job:
+                return False
+            self.socket_taken = True
+            with self._server._lifecycle:
+                self._server._release()
+            return True
 
     def not_finished_message(self, request: Request) -> str:
         """The answer to a request whose policy call a stop gave up on."""

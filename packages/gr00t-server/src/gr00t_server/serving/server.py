@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 CLOSE_WAIT_S = 30.0  # how long close() waits for a run() in another thread to stop and close the socket
+INLINE_RELEASE_GRACE_S = 0.5  # beyond shutdown_timeout_s, before close() takes the socket from a call on run()'s thread
 SESSION_OPTION = "_session_id"
 
 _is_loopback = is_loopback_peer  # kept for callers of the pre-split module
@@ -417,18 +418,29 @@ class PolicyServer:
 
     def stop(self) -> None:
         """Ask a running server to stop (thread-safe); `run()` returns within one poll interval after any running
-        policy call. A stop() that arrives before `run()` has started its loop is honoured: that run returns at once.
+        policy call, which it waits for up to shutdown_timeout_s. A stop() that arrives before `run()` has started
+        its loop is honoured: that run returns at once.
+
+        A call of a cheap policy may be running on run()'s own thread (see inline_below_ms): where that is the main
+        thread it is interrupted after shutdown_timeout_s, as on Ctrl-C; on another thread run() returns when the
+        call does, and close() frees the port meanwhile.
         """
+        first = not self._stop_requested.is_set()
         self._stop_requested.set()
         transport = self._transport
         if transport is not None:
             transport.wake()
+        if first and self._running and self._serving_thread == threading.main_thread().ident \
+                and threading.get_ident() != self._serving_thread:
+            self._loop.abandon_inline_after(self.shutdown_timeout_s)  # its SIGINT reaches our handler there
 
     def close(self) -> None:
         """Stop serving for good and free the port; safe at any moment, from any thread, any number of times.
 
         A run() in another thread owns the socket, so close() stops it and waits (up to CLOSE_WAIT_S) for it to
-        close the socket; a run() that has not started yet returns at once without binding.
+        close the socket; a run() that has not started yet returns at once without binding. Should that thread be
+        held in a policy call of its own (see stop()) for shutdown_timeout_s, close() closes the socket itself: the
+        port is free, the call's clients get no reply, and run() returns when the call does.
         """
         with self._lifecycle:
             self._closed = True
@@ -440,7 +452,14 @@ class PolicyServer:
         worker = self._worker
         if serving == threading.get_ident() or (worker is not None and worker.is_current_thread()):
             return  # called from inside run() or by a handler on the worker: run() closes on its way out
-        if not self._run_done.wait(timeout=CLOSE_WAIT_S):
+        waited_s = min(CLOSE_WAIT_S, self.shutdown_timeout_s + INLINE_RELEASE_GRACE_S)
+        if self._run_done.wait(timeout=waited_s):
+            return
+        if self._loop.release_socket_of_stuck_inline_call():
+            logger.warning("a policy call running on the serving thread outlived the stop by %g s: its socket is "
+                           "closed and the port free; run() returns when the call does", waited_s)
+            return
+        if not self._run_done.wait(timeout=CLOSE_WAIT_S - waited_s):
             logger.warning("run() did not stop within %.0f s; it will close the socket when it does", CLOSE_WAIT_S)
 
     def __enter__(self) -> "PolicyServer":
