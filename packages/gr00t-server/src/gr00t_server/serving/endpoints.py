@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Set, Tuple
 
 from gr00t_client.client import normalize_host
+from gr00t_client.policy import ActionError, NonFiniteActionError
 
 from .messages import RequestError, bounded
 
@@ -68,9 +69,18 @@ class UnencodableResultError(Exception):
 
 
 def error_text(endpoint: str, exc: BaseException) -> Tuple[str, bool]:
-    """(bounded reply text, is_internal) for an exception raised while serving `endpoint`."""
+    """(bounded reply text, is_internal) for an exception raised while serving `endpoint`.
+
+    A strict policy's ActionError (its own action has a wrong key, dtype or shape) is its fault, not the request's:
+    internal (the call counts, the traceback is logged), though its text is sent. A non-finite action is explained
+    by the server in the client's terms (its states may be the cause) and stays the request's."""
     if isinstance(exc, UnencodableResultError):
         return bounded(str(exc)), True
+    if isinstance(exc, ActionError) and not isinstance(exc, NonFiniteActionError):
+        try:
+            return bounded(f"{type(exc).__name__}: {exc}"), True
+        except Exception:  # an exception whose __str__ raises must not stop the loop
+            return f"internal error in {endpoint}: {type(exc).__name__}", True
     if isinstance(exc, VALIDATION_ERRORS):
         try:
             text = str(exc) if isinstance(exc, RequestError) else f"{type(exc).__name__}: {exc}"

@@ -24,6 +24,7 @@ from .messages import (
     RequestError,
     adopt_n15_get_action,
     check_envelope,
+    check_token,
     continues_session,
     deadline_of,
     decode_payload,
@@ -141,9 +142,10 @@ class RequestLoop:
                 self._check_byte_budgets(request)  # refused undecoded: a flood's decode copies cost as much again
             envelope, request.wire_format = decode_payload(payload, server.max_message_bytes)
             request.multipart = request.wire_format == WIRE_MULTIPART
-            envelope = check_envelope(envelope, server.api_token)
+            envelope = check_envelope(envelope)
+            request.endpoint = envelope.get("endpoint", "get_action")  # a refusal below names it (logs, metrics)
+            check_token(envelope, server.api_token)
             request.decode_ms = (time.monotonic() - received_at) * 1000.0
-            request.endpoint = envelope.get("endpoint", "get_action")
             request.data = envelope.get("data", {}) if "data" in envelope else {}
             adopt_n15_get_action(request)
             request.session = session_of(envelope, server.limits.max_session_id_chars) or request.session

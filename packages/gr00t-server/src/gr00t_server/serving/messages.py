@@ -128,14 +128,19 @@ def decode_payload(payload: List[Any], max_message_bytes: int) -> Tuple[Any, str
     raise RequestError(f"message has {len(payload)} frames but no multipart header; expected 1 frame")
 
 
-def check_envelope(envelope: Any, api_token: Optional[str]) -> Dict[str, Any]:
-    """Validate the request map (str keys, str endpoint) and the API token, compared in constant time."""
+def check_envelope(envelope: Any) -> Dict[str, Any]:
+    """Validate the request map: str keys (bytes ones decoded) and a str endpoint."""
     if not isinstance(envelope, dict):
         raise RequestError(f"request must be a map with 'endpoint' and 'data', got {type(envelope).__name__}")
     envelope = {k.decode("utf-8", "replace") if isinstance(k, bytes) else k: v for k, v in envelope.items()}
     endpoint = envelope.get("endpoint", "get_action")
     if not isinstance(endpoint, str):
         raise RequestError(f"'endpoint' must be a str, got {type(endpoint).__name__}")
+    return envelope
+
+
+def check_token(envelope: Dict[str, Any], api_token: Optional[str]) -> None:
+    """RequestError unless the request carries the server's API token (compared in constant time) or none is set."""
     if api_token is not None:
         token = envelope.get("api_token")
         if token is None:
@@ -144,7 +149,6 @@ def check_envelope(envelope: Any, api_token: Optional[str]) -> Dict[str, Any]:
         if not isinstance(token, str) or not hmac.compare_digest(token.encode("utf-8", "surrogatepass"),
                                                                   api_token.encode()):
             raise RequestError("Unauthorized: Invalid API token")
-    return envelope
 
 
 def timing_requested(data: Any) -> bool:

@@ -511,8 +511,8 @@ class PolicyServer:
                 self.left_policy_call_running = worker.alive and worker.running_a_call  # abandoned: see serve's exit
                 self._runner.flush_logs()
                 totals = self.stats.snapshot()
-                logger.info("stopped after %d requests: %d errors (%d internal; %d over queue or connection limits), "
-                            "%d expired, %d late, %d policy calls",
+                logger.info("stopped after %d requests: %d errors (%d internal; %d over queue or connection limits; "
+                            "%d expired), %d late, %d policy calls",
                             totals["requests"], totals["errors"], totals["internal_errors"], totals["refused"],
                             totals["expired"], totals["late"], totals["policy_calls"])
                 with self._lifecycle:

@@ -15,7 +15,7 @@ class ServerStats:
     requests: int = 0
     errors: int = 0
     refused: int = 0  # over a queue or connection budget, the server's or a connection's (also counted in errors)
-    expired: int = 0  # dropped before the policy because the client's deadline had passed
+    expired: int = 0  # dropped before the policy because the client's deadline had passed (also counted in errors)
     late: int = 0  # served, but after the client's deadline: the client had given up (not counted as an error)
     internal_errors: int = 0
     sessions_evicted: int = 0
