@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -228,13 +230,59 @@ def _number_field(row: Mapping[str, Any], name: str, where: str) -> float:
     return value
 
 
+MAX_FILLED_PATH_CHARS = 4096  # PATH_MAX on Linux; LeRobot's own templates fill in to a few dozen characters
+_EXAMPLE_TEMPLATES = {"data_path": "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet",
+                      "video_path": "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"}
+_FORMATTER = string.Formatter()
+_SPEC_NUMBER = re.compile(r"\d+")
+
+
 def _format(template: str, source: Path, field_name: str, **values: Any) -> str:
+    """info.json's path template `field_name` filled with `values`: a path inside the dataset folder, refused
+    (DatasetError naming the field) when it is longer than MAX_FILLED_PATH_CHARS, absolute or climbs out with '..'.
+
+    info.json is anyone's file: a format width such as {episode_index:>100000000} made str.format build 100 MB per
+    episode (and print it in an error), and '/elsewhere/...' or '../...' read parquet and mp4 files from outside the
+    dataset without a word. So each field is filled on its own, the numbers in its format spec bounded first."""
+    where = f"{source}: field '{field_name}' {_cut(template)!r}"
+    example = _EXAMPLE_TEMPLATES.get(field_name, _EXAMPLE_TEMPLATES["data_path"])
+    too_long = (f"{where} fills in to a path over {MAX_FILLED_PATH_CHARS} characters; LeRobot's templates are short "
+                f"paths inside the dataset folder, such as {example!r}")
+    pieces: List[str] = []
+    length = 0
     try:
-        return template.format(**values)
-    except (KeyError, IndexError, ValueError) as exc:
-        raise DatasetError(
-            f"{source}: template field '{field_name}'={template!r} cannot be filled with {sorted(values)} ({exc!r})"
-        ) from exc
+        for literal, name, spec, conversion in _FORMATTER.parse(template):
+            pieces.append(literal)
+            length += len(literal)
+            if name is not None:
+                if name not in values:  # also {}, {0}, {key.attr} and {key[0]}: a path template names its fields
+                    raise KeyError(name)
+                if "{" in spec:
+                    raise DatasetError(f"{where}: a format spec may not hold another field ({_cut(spec)!r}); LeRobot's "
+                                       f"templates are such as {example!r}")
+                if any(len(n.lstrip("0")) > 5 or int(n) > MAX_FILLED_PATH_CHARS for n in _SPEC_NUMBER.findall(spec)):
+                    raise DatasetError(too_long)
+                value = _FORMATTER.convert_field(values[name], conversion) if conversion else values[name]
+                piece = format(value, spec)
+                pieces.append(piece)
+                length += len(piece)
+            if length > MAX_FILLED_PATH_CHARS:
+                raise DatasetError(too_long)
+    except DatasetError:
+        raise
+    except (KeyError, IndexError, ValueError, TypeError) as exc:
+        raise DatasetError(f"{where} cannot be filled with {sorted(values)} ({_cut(repr(exc))})") from exc
+    filled = "".join(pieces)
+    relative = Path(filled)
+    if relative.anchor or ".." in relative.parts:
+        raise DatasetError(f"{where} fills in to {_cut(filled)!r}, which is outside the dataset folder; LeRobot's "
+                           f"templates are paths inside it, such as {example!r}")
+    return filled
+
+
+def _cut(text: str, limit: int = 120) -> str:
+    """`text`, cut short for a one-line message."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def read_modality(meta_dir: Path) -> DatasetModality:
