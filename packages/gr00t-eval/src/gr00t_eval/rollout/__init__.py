@@ -23,6 +23,7 @@ _EXPORTS = {
     "ObservationMapper": ".policy_io",
     "PolicyRowCursor": ".policy_io",
     "RolloutConfig": ".config",
+    "RecordedEnvMismatchError": ".runner",
     "EnvStalledError": ".stalls",
     "RolloutResult": ".runner",
     "RolloutRunner": ".runner",

@@ -49,6 +49,13 @@ from .stalls import reset_envs, step_envs
 logger = logging.getLogger(__name__)
 
 IDLE = -1
+
+
+class RecordedEnvMismatchError(ValueError):
+    """The policy replays episodes recorded in another env than the one rolled out (a replay server of another task's
+    dataset): the run stops, as every episode would score the wrong task's actions."""
+
+
 @dataclass
 class RolloutResult:
     """The scored episodes (exactly n_episodes, ordered by episode index from first_episode) and the wall time."""
@@ -273,6 +280,27 @@ class RolloutRunner:
             rows = refused | failed
         return obs
 
+    def _check_recorded_env(self, info: Any, started: Mapping[int, int]) -> None:
+        """RecordedEnvMismatchError when the policy's reset info (key "env_name", one per row or one for all, as a replay
+        server of a `gr00t-eval record` dataset reports it) says a started episode was recorded in another env than
+        this rollout's: its actions played in this env would score a plausible 0%. A policy that reports none passes."""
+        names = info.get("env_name") if isinstance(info, Mapping) else None
+        if names is None:
+            return
+        names = list(names) if isinstance(names, (list, tuple, np.ndarray)) else [names]
+        n_rows = len(self.row_episode)
+        if len(names) == 1 and n_rows > 1:
+            names = names * n_rows
+        if len(names) != n_rows:  # not one per row: not a recording's env names (as for "seed")
+            return
+        for row, episode in started.items():
+            recorded = names[row]
+            if isinstance(recorded, str) and recorded and recorded != self.config.env_name:
+                raise RecordedEnvMismatchError(
+                    f"the policy replays episode {episode} as recorded in {recorded!r}, but this rollout runs "
+                    f"{self.config.env_name!r}: the recorded actions would be scored in another task (a plausible 0%). "
+                    f"Roll out --env-name {recorded}, or serve a dataset recorded in {self.config.env_name}")
+
     def _note_recorded_seeds(self, info: Any, started: Mapping[int, int]) -> None:
         """Keep the per-row seeds a replay server reports in its reset info (key "seed")."""
         if not isinstance(info, Mapping) or info.get("seed") is None:
@@ -299,8 +327,11 @@ class RolloutRunner:
             info = self.policy.reset(options=cursor.reset_options(started))
             self.watch.request_succeeded()
             cursor.commit(started)
+            self._check_recorded_env(info, started)
             self._note_recorded_seeds(info, started)
             return set()
+        except RecordedEnvMismatchError:
+            raise  # stops the run: every episode would replay another task's recording
         except Exception as exc:  # noqa: BLE001 - retried row by row below, so one bad row fails alone
             if len(started) == 1 or self.watch.unreachable_reason(exc) is not None:
                 self._policy_failed(list(started), "reset", exc, bar)
@@ -310,7 +341,10 @@ class RolloutRunner:
             try:
                 info = self.policy.reset(options=cursor.reset_options({row: episode}))
                 cursor.commit({row: episode})
+                self._check_recorded_env(info, {row: episode})
                 self._note_recorded_seeds(info, {row: episode})
+            except RecordedEnvMismatchError:
+                raise
             except Exception as exc:  # noqa: BLE001 - score the episode, keep going
                 self._policy_failed([row], "reset", exc, bar)
                 failed.add(row)

@@ -306,11 +306,20 @@ class ReplayPolicy(BasePolicy):
         seeds = [self._recorded_seed(e) for e in cursor.episodes]
         if any(seed is not None for seed in seeds):
             info["seed"] = pack(seeds)
+        # And the env each episode was recorded in (`record` stores it too), so a rollout of another task is refused
+        # instead of scoring this task's actions in that one (a plausible 0%); only for datasets that store it.
+        env_names = [self._recorded_env_name(e) for e in cursor.episodes]
+        if any(name is not None for name in env_names):
+            info["env_name"] = pack(env_names)
         return info
 
     def _recorded_seed(self, position: int) -> Optional[int]:
         seed = self.dataset.episode_extras(position).get("seed")
         return int(seed) if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) else None
+
+    def _recorded_env_name(self, position: int) -> Optional[str]:
+        env_name = self.dataset.episode_extras(position).get("env_name")
+        return env_name if isinstance(env_name, str) and env_name else None
 
 
 def _session_id(options: Mapping[str, Any]) -> str:
