@@ -332,8 +332,9 @@ class HandshakeMonitor:
         curve = self._keys is not None
         if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             who = f"this client's public key ({key_fingerprint(self._keys.client_public)})" if curve else "this client"
-            hint = (" - no client_secret_key was given, so an ephemeral key was used; pass a key pair the server has in "
-                    "its authorized keys" if curve and self._keys.ephemeral else
+            hint = (" - no client_secret_key was given (gr00t-eval: --client-key or $GR00T_CLIENT_KEY), so an ephemeral "
+                    "key was used; pass the secret key of a pair the server has in its authorized keys"
+                    if curve and self._keys.ephemeral else
                     " - add its .key file to the server's authorized-keys directory")
             return f"the server refused {who} (ZAP status {value}){hint}"
         if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
