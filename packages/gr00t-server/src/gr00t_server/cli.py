@@ -101,7 +101,8 @@ def _add_serve_parser(subparsers: Any) -> None:
                    help="serve Prometheus metrics at http://HOST:PORT/metrics (needs gr00t-server[metrics]; default off)")
     p.add_argument(*_flag("max-message-mb"), type=int, default=256, help="refuse messages larger than this with an error reply naming the limit (default 256 MiB)")
     _add_limit_flags(p)
-    p.add_argument(*_flag("log-level"), default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level")
+    p.add_argument(*_flag("log-level"), default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="log level, any case (default INFO)")
 
 
 def _add_limit_flags(p: argparse.ArgumentParser) -> None:
@@ -458,7 +459,7 @@ def _start_server(args: argparse.Namespace) -> Any:
     if not args.model_path:
         print(f"  Dataset path: {args.dataset_path}")
     print(f"  Device: {args.device if args.model_path else 'n/a (replay)'}")
-    print(f"  Inference mode: {args.inference_mode}")
+    print(f"  Inference mode: {args.inference_mode if args.model_path else 'n/a (replay)'}")
     print(f"  Host: {args.host}")
     print(f"  Port: {args.port}")
     curve = _curve_settings(args)
@@ -588,6 +589,16 @@ _USER_ERROR_NAMES = {"CheckpointError", "CheckpointKeyError", "TokenizerNotFound
 
 INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, as shells report a Ctrl-C (and gr00t-eval does)
 
+# What to check when a command runs out of memory, in the flags that command has.
+_MEMORY_HINTS = {
+    "serve": "the checkpoint (--model-path, --dtype) or dataset (--dataset-path) being loaded may not fit in this "
+             "machine's memory; with batching on, a smaller --max-batch-size needs less",
+    "export": "check the sizes given (--image-size, --batch-size)",
+    "verify": "check --batch-size",
+    "build-engine": "check --max-batch-size and --workspace",
+    "make-test-checkpoint": "try --size tiny",
+}
+
 
 def _is_user_error(exc: BaseException) -> bool:
     if isinstance(exc, (FileNotFoundError, ValueError, OSError, ImportError, KeyError, MemoryError)):
@@ -641,7 +652,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         text = exc.args[0] if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str) else str(exc)
         message = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
         if isinstance(exc, MemoryError):
-            message = f"out of memory ({message}): check the sizes given (--image-size, --batch-size)"
+            message = f"out of memory ({message}): {_MEMORY_HINTS.get(command, 'the files it loads may be too large for this machine')}"
         print(f"gr00t-server {command}: error: {message}", file=sys.stderr)
         if os.environ.get("GR00T_DEBUG"):
             raise
