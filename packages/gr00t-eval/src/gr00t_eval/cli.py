@@ -114,8 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gr00t_client.chunking import MERGE_RULES
 
     parser = argparse.ArgumentParser(prog="gr00t-eval", description=__doc__.splitlines()[0], allow_abbrev=False)
-    parser.add_argument(*_flag("log-level"), default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                        help="logging level (default INFO); DEBUG also prints tracebacks of errors")
+    log_levels = ["DEBUG", "INFO", "WARNING", "ERROR"]
+    parser.add_argument(*_flag("log-level"), default="INFO", type=str.upper, choices=log_levels,
+                        help="logging level, any case (default INFO); DEBUG also prints tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True)
     _no_abbreviations(sub)
 
@@ -155,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(*_flag("n-action-steps"), type=int, default=8, help="steps of each chunk executed (default 8)")
     p.add_argument(*_flag("max-episode-steps"), type=int, default=720, help="env steps before an episode is cut (default 720)")
     _add_connection(p, "policy-client-host", "policy-client-port", "127.0.0.1")
+    for flag in ("host", "port"):  # open-loop's names: argparse's bare "unrecognized arguments" gave no hint
+        p.add_argument(*_flag(flag), dest=f"open_loop_{flag}", nargs="?", default=argparse.SUPPRESS,
+                       action=_OpenLoopConnectionFlag, help=argparse.SUPPRESS)
     p.add_argument(*_flag("video-dir"), default=None,
                    help="where episode videos go (default OUTPUT_DIR/videos); a folder outside the output directory may "
                         "hold other files, but no episode videos of an earlier run (--overwrite deletes those only)")
@@ -225,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     scale_cli.add_scale_arguments(rollout_parser)
     scale_cli.register_scale_commands(sub)
+    for each in subcommand_parsers(parser).values():  # also after the command, where gr00t-server serve takes it
+        each.add_argument(*_flag("log-level"), default=argparse.SUPPRESS, type=str.upper, choices=log_levels,
+                          help="logging level, any case (default INFO); may also come before the command")
     return parser
 
 
@@ -254,6 +261,14 @@ def given_flags(argv: Sequence[str]) -> Set[str]:
         for action in each._actions:
             action.default = argparse.SUPPRESS
     return set(vars(parser.parse_args(list(argv))))
+
+
+class _OpenLoopConnectionFlag(argparse.Action):
+    """rollout's --host/--port: open-loop's names for --policy-client-host/--policy-client-port; refused naming those."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option_string: Any = None) -> None:
+        name = str(option_string).lstrip("-").replace("_", "-")
+        parser.error(f"{option_string} is open-loop's flag; rollout's is --policy-client-{name}")
 
 
 def _add_refused_model_path(p: argparse.ArgumentParser) -> None:
