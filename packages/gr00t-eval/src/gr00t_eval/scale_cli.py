@@ -432,11 +432,16 @@ def _report_rollout(args: argparse.Namespace, results: Dict[str, Any], output_di
     overall = results["overall"]
     episodes = results["per_episode"]
     print(f"Collecting {len(episodes)} episodes took {overall['eval_s']:.2f} seconds")
-    if results["config"].get("video_dir"):
-        if results.get("video_paths") or not episodes:
-            print("Video saved to: ", results["config"]["video_dir"])
+    video_dir = results["config"].get("video_dir")
+    if video_dir:
+        if results.get("video_paths"):
+            print("Video saved to: ", video_dir)
+        elif not episodes:  # it said "Video saved to" over a folder holding only the stopped episodes' partial files
+            print(f"No episode video was written to {video_dir} (no episode was scored)")
+        elif results["config"].get("max_episodes_rendered") == 0:
+            print(f"No episode video was written to {video_dir} (--max-episodes-rendered 0)")
         else:  # it said "Video saved to" over a folder no video could be written to
-            print(f"No episode video was written to {results['config']['video_dir']} (see the errors above)")
+            print(f"No episode video was written to {video_dir} (see the errors above)")
     print(format_summary(results))
     print_errored_episodes(results)
     finished = [e for e in episodes if not e.get("error")]
