@@ -265,7 +265,9 @@ class DatasetWriter:
         else:
             for encoder in self._file_encoders.values():
                 encoder.close()
-            logger.warning("not finalizing %s after %s; meta/ lists the episodes whose write_meta() ran", self.root, exc_type.__name__)
+            listed, unlisted = len(self._episodes) - self._unlisted[0], self._unlisted[0]
+            logger.warning("not finalizing %s after %s; its meta/ lists the %d episode(s) saved before the stop%s", self.root,
+                           exc_type.__name__, listed, f", not the {unlisted} added since" if unlisted else "")
             self._unlisted[0] = 0  # said just now
 
     # -- checks -----------------------------------------------------------------------------------

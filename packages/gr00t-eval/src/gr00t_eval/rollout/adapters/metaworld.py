@@ -6,6 +6,7 @@ task's random goal/object placement from `s` alone, so an episode is the same wh
 
 from __future__ import annotations
 
+import logging
 import os
 import string
 from typing import Any, Dict, Optional
@@ -45,6 +46,11 @@ def task_description(task: str) -> str:
 def _import_metaworld():
     os.environ.setdefault("MUJOCO_GL", "egl")
     os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+    # PyOpenGL, which MuJoCo's EGL backend imports, logs at INFO that its optional OpenGL_accelerate speed-ups are
+    # missing: a line on every record and rollout at the default level that is no concern of the user's.
+    opengl_log = logging.getLogger("OpenGL.acceleratesupport")
+    if opengl_log.level == logging.NOTSET and not opengl_log.isEnabledFor(logging.DEBUG):
+        opengl_log.setLevel(logging.WARNING)
     try:
         import metaworld  # noqa: F401
         import mujoco
