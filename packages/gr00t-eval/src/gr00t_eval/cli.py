@@ -329,10 +329,20 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
             raise _unknown_tag(f"--embodiment-tag {args.embodiment_tag}", exc) from None
     if not (Path(args.dataset_path) / "meta").is_dir():
         raise UsageError(f"--dataset-path {args.dataset_path}: not a LeRobot dataset (no meta/ directory there)")
+    modality_keys = args.modality_keys
+    if modality_keys is not None:  # the dataset is local: a key it lacks is refused here, not after connecting
+        from .dataset import LeRobotDataset
+        from .open_loop import dataset_action_keys
+
+        dataset_keys = LeRobotDataset(args.dataset_path).action_keys
+        try:
+            modality_keys = dataset_action_keys(modality_keys, dataset_keys)
+        except ValueError as exc:
+            raise UsageError(f"--modality-keys: {exc}") from None
     try:  # mistakes in the flags fail before any connection is made or directory created
         config = OpenLoopConfig(
             dataset_path=args.dataset_path, traj_ids=args.traj_ids, steps=args.steps, execution_horizon=args.execution_horizon,
-            modality_keys=args.modality_keys, output_dir=args.output_dir or DEFAULT_OPEN_LOOP_BASE,
+            modality_keys=modality_keys, output_dir=args.output_dir or DEFAULT_OPEN_LOOP_BASE,
             embodiment_tag=tag.value if tag is not None else None,
             observation_format=args.observation_format, plot=_plots_wanted(args),
             plot_path=args.save_plot_path, denoising_steps=args.denoising_steps,

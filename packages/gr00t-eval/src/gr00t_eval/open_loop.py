@@ -10,6 +10,7 @@ not scored: comparing a replay of the wrong episode or step with the recording g
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -240,6 +241,11 @@ def check_policy_position(info: Any, traj_id: int, step: int, execution_horizon:
         raise TrajectoryError(f"the policy reports episode {episode} while the evaluation is at trajectory {traj_id} "
                               "(does the server replay another copy of the dataset?)")
     if is_position(current) and current != step:
+        served = info.get("execution_horizon")
+        if is_position(served) and served != execution_horizon:  # the replay says how far it advances per call
+            raise TrajectoryError(f"the policy reports step {current} while the evaluation is at step {step}: the server "
+                                  f"advances {served} steps per call and this run {execution_horizon} (start the server "
+                                  f"with --execution-horizon {execution_horizon}, or run with --execution-horizon {served})")
         raise TrajectoryError(f"the policy reports step {current} while the evaluation is at step {step} (start the server "
                               f"with --execution-horizon {execution_horizon}, or pass the server's here)")
 
@@ -291,6 +297,30 @@ def _chunk(action: Mapping[str, Any], keys: Sequence[str], key_dims: Mapping[str
     return out
 
 
+def dataset_action_keys(requested: Sequence[str], dataset_keys: Sequence[str]) -> List[str]:
+    """The dataset action keys that `modality_keys` (--modality-keys) name, each by its own name or by its flat spelling
+    `action.<key>` (a sim-wrapper server's name for it); ValueError naming the dataset's keys for any it does not have."""
+    keys, missing = [], []
+    for key in requested:
+        if key in dataset_keys:
+            keys.append(key)
+        elif key.startswith("action.") and key[len("action."):] in dataset_keys:
+            keys.append(key[len("action."):])
+        else:
+            missing.append(key)
+    if missing:
+        raise ValueError(f"action keys {missing} are not in the dataset; it has {list(dataset_keys)} (also taken as "
+                         "action.<key>)")
+    spellings: Dict[str, List[str]] = {}
+    for given, key in zip(requested, keys):
+        spellings.setdefault(key, []).append(given)
+    repeated = {key: given for key, given in spellings.items() if len(given) > 1}
+    if repeated:  # "gripper action.gripper" is one key twice: the per-key dims are a dict, the arrays would double
+        raise ValueError(f"modality_keys names {', '.join(map(repr, repeated))} more than once "
+                         f"({'; '.join(' and '.join(given) for given in repeated.values())}); name each action key once")
+    return keys
+
+
 def check_action_steps(action: ModalityConfig, execution_horizon: int) -> None:
     """ValueError unless 1 <= execution_horizon <= the policy's action horizon and its action delta_indices are
     0..H-1 (as the reference checks): the scores compare chunk element j with the step j after the query, so a
@@ -305,13 +335,16 @@ def check_action_steps(action: ModalityConfig, execution_horizon: int) -> None:
 def evaluate_trajectory(
     policy: BasePolicy, dataset: LeRobotDataset, traj_id: int, config: OpenLoopConfig,
     configs: Mapping[str, ModalityConfig], report: Callable[[str], None] = logger.info, on_step: Optional[Callable[[], None]] = None,
+    on_scored: Optional[Callable[[TrajectoryResult], None]] = None,
 ) -> TrajectoryResult:
     """Query the policy every `execution_horizon` steps of trajectory `traj_id` and score the stitched chunks.
 
+    `on_scored` gets the result once it is scored, before its plot is drawn (a stop during the plot keeps it scored).
     Raises TrajectoryError when the policy does not follow the trajectory (see reset_policy, check_policy_position).
     """
     episode = dataset.episode(traj_id)
-    action_keys = list(config.modality_keys or configs["action"].modality_keys)
+    action_keys = (dataset_action_keys(config.modality_keys, dataset.action_keys) if config.modality_keys
+                   else list(configs["action"].modality_keys))
     check_action_steps(configs["action"], config.execution_horizon)
     key_maps = {
         "video": _KeyMap("video", configs["video"].modality_keys if "video" in configs else [], dataset.video_keys),
@@ -360,18 +393,23 @@ def evaluate_trajectory(
     report(f"Unnormalized Action MSE across single traj: {errors.mse}")
     report(f"Unnormalized Action MAE across single traj: {errors.mae}")
     result = TrajectoryResult(traj_id, ground_truth, prediction, inference_steps, errors, episode.length)
-    if config.plot:
-        from .plots import plot_trajectory
+    if not config.plot:
+        if on_scored is not None:
+            on_scored(result)
+        return result
+    from .plots import plot_trajectory
 
-        state_keys = list(configs["state"].modality_keys) if "state" in configs else []
-        if set(action_keys) <= set(state_keys):  # each action panel gets its own key's state (in --modality-keys order)
-            state_keys = list(action_keys)
-        state = None
-        if state_keys:
-            state = np.concatenate([episode.states(key_maps["state"].map[k]) for k in state_keys], axis=1)[:actual_steps]
-        labels = [f"{key}[{i}]" for key in action_keys for i in range(key_dims[key])]
-        path = config.plot_file(traj_id, len(config.traj_ids))
-        result.plot_path = str(plot_trajectory(path, traj_id, ground_truth, prediction, inference_steps, state, state_keys, action_keys, labels))
+    state_keys = list(configs["state"].modality_keys) if "state" in configs else []
+    if set(action_keys) <= set(state_keys):  # each action panel gets its own key's state (in --modality-keys order)
+        state_keys = list(action_keys)
+    state = None
+    if state_keys:  # read before the trajectory counts as scored: a damaged state column errors it
+        state = np.concatenate([episode.states(key_maps["state"].map[k]) for k in state_keys], axis=1)[:actual_steps]
+    if on_scored is not None:  # its MSE is printed: a stop while its plot is drawn must not drop it as "not run"
+        on_scored(result)
+    labels = [f"{key}[{i}]" for key in action_keys for i in range(key_dims[key])]
+    path = config.plot_file(traj_id, len(config.traj_ids))
+    result.plot_path = str(plot_trajectory(path, traj_id, ground_truth, prediction, inference_steps, state, state_keys, action_keys, labels))
     return result
 
 
@@ -400,6 +438,8 @@ def evaluate_open_loop(
     check_action_steps(configs["action"], config.execution_horizon)
     report(f"Current modality config: \n{ {k: v.to_json_dict() for k, v in configs.items()} }")
     dataset = LeRobotDataset(config.dataset_path)
+    if config.modality_keys:  # a key the dataset lacks fails here, before results.json, not in every trajectory
+        config = dataclasses.replace(config, modality_keys=dataset_action_keys(config.modality_keys, dataset.action_keys))
     report(f"Dataset length: {dataset.num_episodes}")
     result = OpenLoopResult()
     valid = []
@@ -429,7 +469,8 @@ def evaluate_open_loop(
                 counted = bar.n if bar is not None else 0
                 try:
                     traj = evaluate_trajectory(policy, dataset, traj_id, config, configs, report,
-                                               on_step=(bar.update if bar else None))
+                                               on_step=(bar.update if bar else None),
+                                               on_scored=functools.partial(result.trajectories.__setitem__, traj_id))
                 except ServerStoppingError:
                     raise  # the server is going: this trajectory and the rest are not run (it was scored errored, and
                     # the next request waited out the whole timeout of a server already gone)
