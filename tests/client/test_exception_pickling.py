@@ -28,7 +28,7 @@ def _wire_decode_error_noting_npsave():
 def _cases():
     from gr00t_eval import batch, cli_errors, extras, open_loop, policy_identity, ray_runner, run_dir, shard
     from gr00t_eval.dataset import errors as dataset_errors
-    from gr00t_eval.rollout import liveness, stalls
+    from gr00t_eval.rollout import liveness, runner, stalls
 
     return [
         client_module.PolicyServerError("ValueError: bad observation", "get_action"),
@@ -58,6 +58,7 @@ def _cases():
         ray_runner.RayConnectError("nothing answers at --ray-address 127.0.0.1:6379"),
         liveness.PolicyServerUnreachableError("tcp://127.0.0.1:5555 stopped answering"),
         stalls.EnvStalledError("env 1 did not answer a step within 30 s"),
+        runner.RecordedEnvMismatchError("the policy replays episode 0 as recorded in 'metaworld/reach-v3'"),
         run_dir.OutputDirError("--output-dir out is not empty"),
         shard.MergeError("shards of different plans"),
     ]
