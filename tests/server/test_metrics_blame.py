@@ -65,3 +65,20 @@ def test_the_shutdown_totals_show_expired_requests_among_the_errors(caplog):
             server.stats.add("expired", 2)
     assert "stopped after 3 requests: 2 errors (0 internal; 0 over queue or connection limits; 2 expired), 0 late, " \
            "0 policy calls" in caplog.text
+
+
+def test_endpoint_names_a_client_chooses_cannot_spend_the_refusal_log_kinds(caplog):
+    """The first refusal of each kind is always logged, past the rate limit, for up to 256 kinds. Keyed by the endpoint
+    name a client sent (even without the token), 300 made-up names logged 256 lines and used up the kinds, so a real
+    client's first refusal of a new kind went unlogged. Unknown names are one kind now, as in the metrics."""
+    with running_server(EchoPolicy(), api_token="s3cret") as server:
+        with caplog.at_level(logging.WARNING, logger="gr00t_server"):
+            for i in range(300):
+                request = {"endpoint": f"made_up_{i}", "data": {}, "api_token": "wrong"}
+                raw_round_trip(server.port, ref_packb(request))
+            flood = len([r for r in caplog.records if "refused" in r.getMessage()])
+            with PolicyClient(port=server.port, timeout_ms=5000, api_token="s3cret") as client:
+                with pytest.raises(PolicyServerError, match="return_server_timing'. must be true or false"):
+                    client.call_endpoint("get_action", {"observation": {}, "options": {"return_server_timing": "yes"}})
+    assert flood <= 25, flood  # the rate limit's 20 lines and a first of each kind, not 256
+    assert "request 'get_action' from 127.0.0.1 refused" in caplog.text  # the genuine refusal is still shown

@@ -366,9 +366,13 @@ def test_a_result_that_is_not_an_action_and_info_pair_is_a_clear_error(result, g
     make = (lambda rows: tuple(result)) if isinstance(result, dict) else (lambda rows: result)  # BasePolicy's unpacking
     with running_server(ReturningPolicy(make)) as server:
         message = error_of(raw_round_trip(server.port, get_action_message(small_observation())))
+        stats = server.stats.snapshot()
     assert message.startswith(
-        f"the policy's get_action returned {got}; expected a pair (action: dict, info: dict or None); nothing was sent"
+        f"ActionError: the policy's get_action returned {got}; expected a pair (action: dict, info: dict or None); "
+        "nothing was sent"
     )
+    # the policy's fault, not the request's (whether or not it checks its own result): an internal error, a call
+    assert stats["internal_errors"] == 1 and stats["policy_calls"] == 1
 
 
 @pytest.mark.parametrize("timing", [False, True], ids=["plain", "server timing"])

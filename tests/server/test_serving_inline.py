@@ -448,3 +448,42 @@ def _error_of(call, *args):
     except Exception as exc:  # noqa: BLE001 - the test looks at what came back
         return exc
     return None
+
+
+def test_a_request_received_in_the_burst_after_a_stop_is_answered_not_run():
+    """stop() from another thread while the socket thread was still working through a burst of received messages: a
+    get_action later in that burst ran anyway, inline, and held run() for its whole call (20 s against a
+    shutdown_timeout_s of 1). The rest of the burst is now answered "shutting down" and never reaches the policy."""
+    stopping = threading.Event()
+
+    class StopsDuringServerInfo(ThreadNotingPolicy):
+        def get_modality_config(self):  # runs on the socket thread, for get_server_info
+            if stopping.is_set():
+                stopper = threading.Thread(target=server.stop)  # an app's thread calls stop()
+                stopper.start()
+                stopper.join()
+                time.sleep(0.3)  # the other client's get_action arrives meanwhile: it is in this burst
+            return {}
+
+    policy = StopsDuringServerInfo(delays={INLINE_STREAK + 2: 20.0})
+    server = PolicyServer(policy, host="127.0.0.1", port=0, inline_below_ms=LIMIT_MS, shutdown_timeout_s=1.0).start()
+    runner = threading.Thread(target=server.run, name=SOCKET, daemon=True)
+    runner.start()
+    outcome = {}
+    with PolicyClient(port=server.port, timeout_ms=10000) as first, PolicyClient(port=server.port, timeout_ms=10000) as second:
+        for i in range(INLINE_STREAK + 2):
+            first.get_action(observation(float(i)))
+        second.get_server_info()  # the session is known before the burst
+        stopping.set()
+        asker = threading.Thread(target=lambda: outcome.setdefault("info", _error_of(first.get_server_info)), daemon=True)
+        asker.start()
+        time.sleep(0.1)
+        started = time.monotonic()
+        error = _error_of(second.get_action, observation(99.0))
+        asker.join(10)
+    runner.join(10)
+    stopped_s = time.monotonic() - started
+    server.close()
+    assert isinstance(error, ServerStoppingError) and "'get_action' was not run" in str(error), error
+    assert len(policy.threads) == INLINE_STREAK + 2  # the get_action after the stop never ran
+    assert not runner.is_alive() and stopped_s < 5.0

@@ -20,6 +20,7 @@ from . import batching, limits as work_limits
 from .batching import GatherWindow
 from .endpoints import RateLimitedLog, UnencodableResultError, error_text, log_text
 from .messages import WIRE_NPSAVE, Request, RequestError, encode_reply, encode_timed_reply
+from .metrics import OTHER_ENDPOINT
 from .sessions import session_dropper
 from .worker import InlineCallAbandoned, InlineGate, Job, Reply, only_get_action
 from .wrappers import policy_chain
@@ -346,8 +347,11 @@ class JobRunner:
             # A bare ValueError/KeyError may be a bug in the policy told to the client as its mistake: the first of
             # each kind shows where it was raised (a refusal the server or the policy's checks word has no traceback).
             worded = isinstance(exc, (RequestError, PolicyValidationError, codec.WireDecodeError))
+            # The kinds always logged once are bounded: an unknown endpoint name (a client's choice, even without the
+            # token) is "other", so a peer cannot spend the kinds, and with them the lines past the rate limit.
+            known = request.endpoint if request.endpoint in self._server._endpoints else OTHER_ENDPOINT
             self._refusals.warning("request %s from %s refused: %s", log_text(request.endpoint), request.peer or "local",
-                                   log_text(message, 300, quoted=False), kind=(str(request.endpoint)[:100], type(exc).__name__),
+                                   log_text(message, 300, quoted=False), kind=(known, type(exc).__name__),
                                    first_exc_info=None if worded else exc)
         try:
             return encode_reply(request, message, ok=False)

@@ -293,12 +293,13 @@ def flat_language_keys(policy: Any) -> FrozenSet[str]:
 
 
 def action_and_info(result: Any) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """A policy's get_action result as (action, info) plain dicts, a None info as {}; RequestError unless it is a pair
-    of maps (gr00t_client.policy.split_action_result's check, in the words of a reply: nothing was sent)."""
+    """A policy's get_action result as (action, info) plain dicts, a None info as {}; ActionError unless it is a pair
+    of maps (gr00t_client.policy.split_action_result's check, in the words of a reply: nothing was sent). The policy's
+    fault, whatever its class: an internal error whose text is sent (endpoints.error_text)."""
     try:
         action, info = split_action_result(result)
     except ActionError as exc:
-        raise RequestError(str(exc).replace(PAIR_EXPECTED, f"{PAIR_EXPECTED}; nothing was sent", 1)) from None
+        raise ActionError(str(exc).replace(PAIR_EXPECTED, f"{PAIR_EXPECTED}; nothing was sent", 1)) from None
     # Plain dicts from here on: the NaN guard walks dicts, and server_timing is added to info.
     return (action if type(action) is dict else dict(action)), (info if type(info) is dict else dict(info))
 

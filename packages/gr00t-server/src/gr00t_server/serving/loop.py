@@ -118,8 +118,8 @@ class RequestLoop:
         transport = self._server._transport
         assert transport is not None
         for turn in range(RECEIVE_BURST):
-            if not self._server._running:  # a kill in this burst
-                return
+            if not self._server._running or self._server._stop_requested.is_set():  # a kill or stop() in this burst:
+                return  # the rest are answered "shutting down" (shut_down), not run
             frames = transport.receive(waiting=turn == 0)  # the first: the poll that called this saw it waiting
             if frames is None:
                 return
@@ -269,8 +269,9 @@ class RequestLoop:
         the worker is idle: then the two thread hand-offs would cost as much as the call."""
         worker = self._server._worker
         assert worker is not None
-        if self._gate.open and not worker.busy and only_get_action(job):
-            self._run_inline(job)
+        stopping = not self._server._running or self._server._stop_requested.is_set()
+        if self._gate.open and not worker.busy and only_get_action(job) and not stopping:  # never start a call here
+            self._run_inline(job)  # once a stop came: nothing could interrupt it where run() is not on the main thread
         else:
             worker.submit(job)
 
