@@ -236,6 +236,7 @@ class ActionChunker:
         self._pending: Optional[_Prefetch] = None
         self._worker: Optional[_PrefetchWorker] = None  # started by the first prefetch
         self._last_info: Dict[str, Any] = {}
+        self._horizon_checked = False  # whether a policy that says how far it advances per call was compared with us
         self._pid = os.getpid()  # the process whose prefetch thread this is (see _adopt_after_fork)
 
     # --- public API -----------------------------------------------------------------------------
@@ -496,7 +497,33 @@ class ActionChunker:
 
     def _request(self, observation: Any, options: Optional[Dict[str, Any]]) -> Tuple[Any, Any]:
         self.stats.requests += 1
-        return self.policy.get_action(observation, options)
+        result = self.policy.get_action(observation, options)
+        if not self._horizon_checked:
+            self._check_policy_advance(result)
+        return result
+
+    def _check_policy_advance(self, result: Any) -> None:
+        """Warn once when the policy says it advances `execution_horizon` steps per call (a replay server does: each
+        call returns the chunk from where the last one left off) and this chunker executes another number of steps
+        per chunk, or prefetches: the robot would replay steps twice or skip them, with no error anywhere."""
+        info = result[1] if isinstance(result, (tuple, list)) and len(result) == 2 else None
+        served = info.get("execution_horizon") if isinstance(info, Mapping) else None
+        if not _is_int(served) or served < 1:
+            return
+        self._horizon_checked = True
+        action = result[0]
+        first = next(iter(action.values()), None) if isinstance(action, Mapping) else None
+        chunk = int(np.shape(first)[1]) if first is not None and np.ndim(first) >= 2 else None
+        steps = self.n_action_steps if self.n_action_steps is not None else chunk
+        if self.asynchronous:
+            logger.warning("the policy advances %d steps per call (its info's execution_horizon: a replay server), but "
+                           "this ActionChunker prefetches, so its calls do not follow the steps executed: steps will "
+                           "repeat or be skipped; use asynchronous=False and n_action_steps=%d", served, served)
+        elif steps is not None and steps != served:
+            logger.warning("the policy advances %d steps per call (its info's execution_horizon: a replay server), but "
+                           "this ActionChunker executes %d steps of each chunk: steps will %s; pass n_action_steps=%d "
+                           "(or serve with --execution-horizon %d)", served, steps,
+                           "repeat" if steps > served else "be skipped", served, steps)
 
     def _threshold(self, i: int) -> int:
         if self.prefetch_steps is not None:

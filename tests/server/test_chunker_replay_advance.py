@@ -1,0 +1,56 @@
+"""ActionChunker against a policy that advances its own position per call (a replay server, whose info carries its
+execution_horizon): executing the whole 16-step chunk while the replay advanced 8 played recorded steps 8-15 twice,
+with no error anywhere (audit 11). The chunker now warns once, naming the n_action_steps that fits."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from eval.dataset_factory import expected_actions, make_dataset
+from serving import running_server
+
+from gr00t_client import ActionChunker, PolicyClient
+from gr00t_server.policies import ReplayPolicy
+
+LENGTH = 40
+
+
+@pytest.fixture(scope="module")
+def replay_dataset(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("advance") / "ds", lengths=(LENGTH,), cameras=())
+
+
+def played_arm_steps(dataset, caplog, **chunker_options):
+    """The recorded step index of each of 24 steps the chunker hands out, and the chunker's warnings."""
+    recorded = expected_actions(0, LENGTH)["arm"][:, 0]
+    with running_server(ReplayPolicy(dataset, execution_horizon=8, strict=False)) as server:
+        with PolicyClient(port=server.port, timeout_ms=10000, strict=False) as client:
+            client.reset({"episode_index": 0})
+            with caplog.at_level(logging.WARNING, logger="gr00t_client.chunking"):
+                with ActionChunker(client, **chunker_options) as chunker:
+                    steps = []
+                    for _ in range(24):
+                        step, _ = chunker.get_action({"state": {"x": np.zeros((1, 1, 1), np.float32)}})
+                        steps.append(int(np.flatnonzero(np.isclose(recorded, step["arm"][0, 0]))[0]))
+    warnings = [r.getMessage() for r in caplog.records if r.name == "gr00t_client.chunking"]
+    return steps, warnings
+
+
+def test_a_chunker_executing_more_steps_than_the_replay_advances_warns_once(replay_dataset, caplog):
+    steps, warnings = played_arm_steps(replay_dataset, caplog)
+    assert steps[8:16] == steps[16:24] == list(range(8, 16))  # the harm itself: steps 8-15 played twice
+    assert len(warnings) == 1
+    assert ("the policy advances 8 steps per call (its info's execution_horizon: a replay server), but this "
+            "ActionChunker executes 16 steps of each chunk: steps will repeat; pass n_action_steps=8") in warnings[0]
+
+
+def test_a_chunker_matching_the_replays_advance_follows_the_recording_silently(replay_dataset, caplog):
+    steps, warnings = played_arm_steps(replay_dataset, caplog, n_action_steps=8)
+    assert steps == list(range(24)) and warnings == []
+
+
+def test_a_prefetching_chunker_is_told_its_calls_cannot_follow_a_replay(replay_dataset, caplog):
+    _, warnings = played_arm_steps(replay_dataset, caplog, n_action_steps=8, asynchronous=True)
+    assert len(warnings) == 1 and "prefetches, so its calls do not follow the steps executed" in warnings[0]
