@@ -163,6 +163,14 @@ def policy_server(policy=None, api_token=None):
     return running_server(policy or ConstantPolicy(), api_token=api_token)
 
 
+def sim_replay_policy(dataset, execution_horizon: int):
+    """What `gr00t-server serve --dataset-path D --use-sim-policy-wrapper` serves: flat keys, as the sim envs send."""
+    from gr00t_server.policies.replay import ReplayPolicy
+    from gr00t_server.policies.sim_wrapper import Gr00tSimPolicyWrapper
+
+    return Gr00tSimPolicyWrapper(ReplayPolicy(dataset, execution_horizon=execution_horizon))
+
+
 def free_port():
     """A loopback TCP port with nothing listening on it (for 'server gone' cases)."""
     import socket

@@ -1,17 +1,17 @@
 """`gr00t-eval record` at the default log level shows the user's lines only (audit 11, L9): no PyOpenGL INFO line
-about OpenGL_accelerate, and an interrupted recording is described without the writer's internal method names."""
+about OpenGL_accelerate. (An interrupted recording's words: test_record.py's SIGTERM test.)"""
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-pytest.importorskip("metaworld")
+if importlib.util.find_spec("metaworld") is None:  # not imported here: this process must not load MuJoCo before
+    pytest.skip("needs Meta-World (gr00t-eval[sim])", allow_module_level=True)  # MUJOCO_GL is set (later tests)
 pytestmark = pytest.mark.sim
 
 
@@ -30,19 +30,3 @@ def test_record_prints_no_opengl_accelerate_line_at_the_default_log_level(tmp_pa
     assert proc.returncode == 0, output
     assert "OpenGL" not in output, output
 
-
-def test_an_interrupted_recording_says_how_many_episodes_meta_lists_in_the_users_words(tmp_path):
-    root = tmp_path / "reach"
-    proc = _record(root, "--episodes", "200")
-    try:
-        deadline = time.monotonic() + 120
-        while not (root / "meta" / "info.json").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, output
-    assert "write_meta()" not in output, output
-    assert "episode(s) saved before the stop" in output, output

@@ -12,21 +12,13 @@ import pytest
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # before anything imports mujoco: headless rendering
 
-from eval.scale_fixtures import policy_server  # noqa: E402
+from eval.scale_fixtures import policy_server, sim_replay_policy  # noqa: E402
 from gr00t_eval.cli import main  # noqa: E402
 
 pytest.importorskip("metaworld")
 pytestmark = [pytest.mark.sim, pytest.mark.slow]
 
 HORIZON = 8
-
-
-def replay_policy(dataset):
-    """What `gr00t-server serve --dataset-path D --use-sim-policy-wrapper` serves."""
-    from gr00t_server.policies.replay import ReplayPolicy
-    from gr00t_server.policies.sim_wrapper import Gr00tSimPolicyWrapper
-
-    return Gr00tSimPolicyWrapper(ReplayPolicy(dataset, execution_horizon=HORIZON))
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +38,7 @@ def rollout(port, env_name, output_dir, n_envs=1):
 def test_the_replay_reset_info_over_the_wire_carries_the_recorded_env_name(reach):
     from gr00t_client import PolicyClient
 
-    with policy_server(replay_policy(reach)) as server:
+    with policy_server(sim_replay_policy(reach, HORIZON)) as server:
         with PolicyClient(host="127.0.0.1", port=server.port) as client:
             one = client.reset(options={"episode_index": 1})
             rows = client.reset(options={"episode_index": [0, 1]})
@@ -57,7 +49,7 @@ def test_the_replay_reset_info_over_the_wire_carries_the_recorded_env_name(reach
 @pytest.mark.parametrize("n_envs", [1, 2])
 def test_a_rollout_of_another_task_against_a_replay_is_refused_naming_both_envs(reach, tmp_path, capsys, n_envs):
     started = time.monotonic()
-    with policy_server(replay_policy(reach)) as server:
+    with policy_server(sim_replay_policy(reach, HORIZON)) as server:
         code = rollout(server.port, "metaworld/push-v3", tmp_path / "out", n_envs=n_envs)
     elapsed = time.monotonic() - started
     captured = capsys.readouterr()
@@ -80,7 +72,7 @@ def test_a_dataset_without_env_names_still_replays_with_its_recorded_seeds(reach
     lines = [json.loads(line) for line in episodes.read_text().splitlines() if line.strip()]
     assert all("env_name" in line for line in lines)
     episodes.write_text("".join(json.dumps({k: v for k, v in line.items() if k != "env_name"}) + "\n" for line in lines))
-    with policy_server(replay_policy(root)) as server:
+    with policy_server(sim_replay_policy(root, HORIZON)) as server:
         code = rollout(server.port, "metaworld/reach-v3", tmp_path / "out")
     assert code == 0, capsys.readouterr().out
     results = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -89,7 +81,7 @@ def test_a_dataset_without_env_names_still_replays_with_its_recorded_seeds(reach
 
 
 def test_the_matching_task_still_replays_to_success(reach, tmp_path, capsys):
-    with policy_server(replay_policy(reach)) as server:
+    with policy_server(sim_replay_policy(reach, HORIZON)) as server:
         code = rollout(server.port, "metaworld/reach-v3", tmp_path / "out", n_envs=2)
     assert code == 0, capsys.readouterr().out
     results = json.loads((tmp_path / "out" / "results.json").read_text())

@@ -132,6 +132,7 @@ def test_sigterm_stops_a_recording_like_ctrl_c_keeping_its_finished_episodes(tmp
     kept = len(LeRobotDataset(root).episode_lengths)
     assert kept >= 1
     assert f"INTERRUPTED: {root} holds the {kept} episodes finished" in output
+    assert "episode(s) saved before the stop" in output and "write_meta()" not in output  # the user's words
     assert json.loads((root / ".gr00t_record.json").read_text())["claim"]["outcome"] == "interrupted"
 
 

@@ -14,7 +14,7 @@ import pytest
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # before anything imports mujoco: headless rendering
 
-from eval.scale_fixtures import policy_server  # noqa: E402
+from eval.scale_fixtures import policy_server, sim_replay_policy  # noqa: E402
 from gr00t_eval.cli import main  # noqa: E402
 from gr00t_eval.dataset import LeRobotDataset  # noqa: E402
 
@@ -23,14 +23,6 @@ pytestmark = [pytest.mark.sim, pytest.mark.slow]
 
 N_EPISODES = 2
 HORIZON = 8
-
-
-def replay_policy(dataset):
-    """What `gr00t-server serve --dataset-path D --use-sim-policy-wrapper` serves: flat keys, as the sim envs send."""
-    from gr00t_server.policies.replay import ReplayPolicy
-    from gr00t_server.policies.sim_wrapper import Gr00tSimPolicyWrapper
-
-    return Gr00tSimPolicyWrapper(ReplayPolicy(dataset, execution_horizon=HORIZON))
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +35,7 @@ def dataset(tmp_path_factory):
 
 
 def test_record_serve_rollout_needs_no_seed_the_replay_server_reports_the_recorded_ones(dataset, tmp_path, capsys):
-    with policy_server(replay_policy(dataset)) as server:
+    with policy_server(sim_replay_policy(dataset, HORIZON)) as server:
         code = main(["rollout", "--env-name", "metaworld/reach-v3", "--n-episodes", str(N_EPISODES), "--n-envs", "1",
                      "--n-action-steps", str(HORIZON), "--max-episode-steps", "200", "--policy-client-port", str(server.port),
                      "--env-kwarg", "image_size=32", "--no-video", "--vectorization", "sync", "--output-dir", str(tmp_path / "out")])
@@ -54,7 +46,7 @@ def test_record_serve_rollout_needs_no_seed_the_replay_server_reports_the_record
 
 
 def test_a_camera_that_does_not_exist_errors_every_episode_and_exits_non_zero(dataset, tmp_path, capsys):
-    with policy_server(replay_policy(dataset)) as server:
+    with policy_server(sim_replay_policy(dataset, HORIZON)) as server:
         code = main(["rollout", "--env-name", "metaworld/reach-v3", "--n-episodes", "2", "--n-envs", "1",
                      "--n-action-steps", str(HORIZON), "--policy-client-port", str(server.port), "--no-video",
                      "--env-kwarg", "camera=corner9", "--env-kwarg", "image_size=32", "--vectorization", "sync",
