@@ -345,10 +345,10 @@ def _unpack(data: BufferLike, object_hook: Callable[[Dict[Any, Any]], Any], limi
     used = 0  # items spent
     containers = 0  # maps and arrays seen
 
-    def over_budget() -> DecodeLimitError:
+    def over_budget(advice: str = "send arrays as numpy arrays, not lists") -> DecodeLimitError:
         return DecodeLimitError(
             f"message of {size} bytes holds more than {budget} maps, arrays and entries (the decode limit for "
-            f"its size); send arrays as numpy arrays, not lists"
+            f"its size); {advice}"
         )
 
     # The counting is inlined in both hooks: they run once per map and array of every request.
@@ -362,9 +362,7 @@ def _unpack(data: BufferLike, object_hook: Callable[[Dict[Any, Any]], Any], limi
         if type(value) is ModalityConfig:  # the values its JSON string held count too
             used += _json_items(obj)
             if used > budget:
-                raise DecodeLimitError(
-                    f"message of {size} bytes holds more than {budget} maps, arrays and entries (the decode limit for "
-                    f"its size), counting one per {JSON_CHARS_PER_ITEM} characters of each ModalityConfig's as_json")
+                raise over_budget(f"counting one per {JSON_CHARS_PER_ITEM} characters of each ModalityConfig's as_json")
         return value
 
     def counted_list(obj: List[Any]) -> List[Any]:

@@ -76,17 +76,13 @@ def error_text(endpoint: str, exc: BaseException) -> Tuple[str, bool]:
     by the server in the client's terms (its states may be the cause) and stays the request's."""
     if isinstance(exc, UnencodableResultError):
         return bounded(str(exc)), True
-    if isinstance(exc, ActionError) and not isinstance(exc, NonFiniteActionError):
-        try:
-            return bounded(f"{type(exc).__name__}: {exc}"), True
-        except Exception:  # an exception whose __str__ raises must not stop the loop
-            return f"internal error in {endpoint}: {type(exc).__name__}", True
-    if isinstance(exc, VALIDATION_ERRORS):
+    if isinstance(exc, VALIDATION_ERRORS):  # ActionError among them (a ValueError): worded alike, internal
+        policys_fault = isinstance(exc, ActionError) and not isinstance(exc, NonFiniteActionError)
         try:
             text = str(exc) if isinstance(exc, RequestError) else f"{type(exc).__name__}: {exc}"
-            return bounded(text), False
+            return bounded(text), policys_fault
         except Exception:  # an exception whose __str__ raises must not stop the loop
-            return f"{type(exc).__name__}: <its message could not be formatted>", False
+            return f"{type(exc).__name__}: <its message could not be formatted>", policys_fault
     return f"internal error in {endpoint}: {type(exc).__name__}", True
 
 

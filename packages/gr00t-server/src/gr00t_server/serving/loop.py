@@ -118,8 +118,8 @@ class RequestLoop:
         transport = self._server._transport
         assert transport is not None
         for turn in range(RECEIVE_BURST):
-            if not self._server._running or self._server._stop_requested.is_set():  # a kill or stop() in this burst:
-                return  # the rest are answered "shutting down" (shut_down), not run
+            if self.stopping:  # a kill or stop() in this burst: the rest are answered "shutting down" (shut_down)
+                return
             frames = transport.receive(waiting=turn == 0)  # the first: the poll that called this saw it waiting
             if frames is None:
                 return
@@ -269,9 +269,9 @@ class RequestLoop:
         the worker is idle: then the two thread hand-offs would cost as much as the call."""
         worker = self._server._worker
         assert worker is not None
-        stopping = not self._server._running or self._server._stop_requested.is_set()
-        if self._gate.open and not worker.busy and only_get_action(job) and not stopping:  # never start a call here
-            self._run_inline(job)  # once a stop came: nothing could interrupt it where run() is not on the main thread
+        # Never once a stop came: nothing could interrupt a call here where run() is not on the main thread.
+        if self._gate.open and not worker.busy and only_get_action(job) and not self.stopping:
+            self._run_inline(job)
         else:
             worker.submit(job)
 
@@ -320,6 +320,11 @@ class RequestLoop:
             return f"{SHUTTING_DOWN}; '{request.endpoint}' was still running at a second stop signal (not finished)"
         return (f"{SHUTTING_DOWN}; '{request.endpoint}' did not finish within "
                 f"{self._server.shutdown_timeout_s:g} s")
+
+    @property
+    def stopping(self) -> bool:
+        """True once a kill, stop signal or stop() has asked run() to end."""
+        return not self._server._running or self._server._stop_requested.is_set()
 
     @property
     def inline_running(self) -> bool:
