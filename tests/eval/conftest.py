@@ -1,5 +1,6 @@
 """Fixtures shared by the gr00t-eval tests."""
 
+import os
 import subprocess
 import sys
 
@@ -13,3 +14,18 @@ def live_process():
     yield process
     process.kill()
     process.wait()
+
+
+@pytest.fixture(scope="session")
+def recorded_reach(tmp_path_factory):
+    """Two Meta-World reach-v3 episodes recorded by `gr00t-eval record` at 32x32 with seeds 40 and 41 (far from a
+    rollout's default base seeds, so only the recorded seeds make a replay of them succeed). Read-only: copy it to
+    change it."""
+    pytest.importorskip("metaworld")
+    os.environ.setdefault("MUJOCO_GL", "egl")  # before anything imports mujoco: headless rendering
+    from gr00t_eval.cli import main
+
+    root = tmp_path_factory.mktemp("record") / "reach"
+    assert main(["record", "--env-name", "metaworld/reach-v3", "--episodes", "2", "--output", str(root),
+                 "--image-size", "32", "--seed", "40"]) == 0
+    return root

@@ -21,24 +21,16 @@ pytestmark = [pytest.mark.sim, pytest.mark.slow]
 HORIZON = 8
 
 
-@pytest.fixture(scope="module")
-def reach(tmp_path_factory):
-    root = tmp_path_factory.mktemp("record") / "reach"
-    assert main(["record", "--env-name", "metaworld/reach-v3", "--episodes", "2", "--output", str(root),
-                 "--image-size", "32", "--seed", "40"]) == 0
-    return root
-
-
 def rollout(port, env_name, output_dir, n_envs=1):
     return main(["rollout", "--env-name", env_name, "--n-episodes", "2", "--n-envs", str(n_envs),
                  "--n-action-steps", str(HORIZON), "--max-episode-steps", "200", "--policy-client-port", str(port),
                  "--env-kwarg", "image_size=32", "--no-video", "--vectorization", "sync", "--output-dir", str(output_dir)])
 
 
-def test_the_replay_reset_info_over_the_wire_carries_the_recorded_env_name(reach):
+def test_the_replay_reset_info_over_the_wire_carries_the_recorded_env_name(recorded_reach):
     from gr00t_client import PolicyClient
 
-    with policy_server(sim_replay_policy(reach, HORIZON)) as server:
+    with policy_server(sim_replay_policy(recorded_reach, HORIZON)) as server:
         with PolicyClient(host="127.0.0.1", port=server.port) as client:
             one = client.reset(options={"episode_index": 1})
             rows = client.reset(options={"episode_index": [0, 1]})
@@ -47,9 +39,10 @@ def test_the_replay_reset_info_over_the_wire_carries_the_recorded_env_name(reach
 
 
 @pytest.mark.parametrize("n_envs", [1, 2])
-def test_a_rollout_of_another_task_against_a_replay_is_refused_naming_both_envs(reach, tmp_path, capsys, n_envs):
+def test_a_rollout_of_another_task_against_a_replay_is_refused_naming_both_envs(recorded_reach, tmp_path, capsys,
+                                                                                n_envs):
     started = time.monotonic()
-    with policy_server(sim_replay_policy(reach, HORIZON)) as server:
+    with policy_server(sim_replay_policy(recorded_reach, HORIZON)) as server:
         code = rollout(server.port, "metaworld/push-v3", tmp_path / "out", n_envs=n_envs)
     elapsed = time.monotonic() - started
     captured = capsys.readouterr()
@@ -63,11 +56,11 @@ def test_a_rollout_of_another_task_against_a_replay_is_refused_naming_both_envs(
     assert elapsed < 60, elapsed  # refused at the first reset, not after 2 x 200 steps
 
 
-def test_a_dataset_without_env_names_still_replays_with_its_recorded_seeds(reach, tmp_path, capsys):
+def test_a_dataset_without_env_names_still_replays_with_its_recorded_seeds(recorded_reach, tmp_path, capsys):
     import shutil
 
     root = tmp_path / "no_env_name"
-    shutil.copytree(reach, root)
+    shutil.copytree(recorded_reach, root)
     episodes = root / "meta" / "episodes.jsonl"
     lines = [json.loads(line) for line in episodes.read_text().splitlines() if line.strip()]
     assert all("env_name" in line for line in lines)
@@ -80,8 +73,8 @@ def test_a_dataset_without_env_names_still_replays_with_its_recorded_seeds(reach
     assert results["overall"]["pc_success"] >= 95.0
 
 
-def test_the_matching_task_still_replays_to_success(reach, tmp_path, capsys):
-    with policy_server(sim_replay_policy(reach, HORIZON)) as server:
+def test_the_matching_task_still_replays_to_success(recorded_reach, tmp_path, capsys):
+    with policy_server(sim_replay_policy(recorded_reach, HORIZON)) as server:
         code = rollout(server.port, "metaworld/reach-v3", tmp_path / "out", n_envs=2)
     assert code == 0, capsys.readouterr().out
     results = json.loads((tmp_path / "out" / "results.json").read_text())

@@ -25,17 +25,9 @@ N_EPISODES = 2
 HORIZON = 8
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("record") / "reach"
-    # seed 40: far from the rollout's default base seeds, so only the recorded seeds can make the replay succeed
-    assert main(["record", "--env-name", "metaworld/reach-v3", "--episodes", str(N_EPISODES), "--output", str(root),
-                 "--image-size", "32", "--seed", "40"]) == 0
-    return root
-
-
-def test_record_serve_rollout_needs_no_seed_the_replay_server_reports_the_recorded_ones(dataset, tmp_path, capsys):
-    with policy_server(sim_replay_policy(dataset, HORIZON)) as server:
+def test_record_serve_rollout_needs_no_seed_the_replay_server_reports_the_recorded_ones(recorded_reach, tmp_path,
+                                                                                         capsys):
+    with policy_server(sim_replay_policy(recorded_reach, HORIZON)) as server:
         code = main(["rollout", "--env-name", "metaworld/reach-v3", "--n-episodes", str(N_EPISODES), "--n-envs", "1",
                      "--n-action-steps", str(HORIZON), "--max-episode-steps", "200", "--policy-client-port", str(server.port),
                      "--env-kwarg", "image_size=32", "--no-video", "--vectorization", "sync", "--output-dir", str(tmp_path / "out")])
@@ -45,8 +37,8 @@ def test_record_serve_rollout_needs_no_seed_the_replay_server_reports_the_record
     assert results["overall"]["pc_success"] >= 95.0
 
 
-def test_a_camera_that_does_not_exist_errors_every_episode_and_exits_non_zero(dataset, tmp_path, capsys):
-    with policy_server(sim_replay_policy(dataset, HORIZON)) as server:
+def test_a_camera_that_does_not_exist_errors_every_episode_and_exits_non_zero(recorded_reach, tmp_path, capsys):
+    with policy_server(sim_replay_policy(recorded_reach, HORIZON)) as server:
         code = main(["rollout", "--env-name", "metaworld/reach-v3", "--n-episodes", "2", "--n-envs", "1",
                      "--n-action-steps", str(HORIZON), "--policy-client-port", str(server.port), "--no-video",
                      "--env-kwarg", "camera=corner9", "--env-kwarg", "image_size=32", "--vectorization", "sync",
