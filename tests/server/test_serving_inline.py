@@ -121,6 +121,29 @@ def test_a_ping_during_a_slow_call_is_answered_once_the_streak_is_broken():
     assert ping_s < 0.5
 
 
+class SlowRefusingPolicy(ThreadNotingPolicy):
+    """Takes SLOW_S per call, but refuses an observation without state 'x' at once (a strict model's own check)."""
+
+    def _get_action(self, observation, options=None):
+        if "x" not in observation.get("state", {}):
+            raise ValueError("state key 'x' is missing")
+        self.delays[len(self.threads)] = SLOW_S
+        return super()._get_action(observation, options)
+
+
+def test_fast_refusals_do_not_open_the_gate_for_a_slow_policy():
+    """A streak of requests the policy refused at once counted as fast calls: the slow policy's next call ran on the
+    socket thread and a ping waited for it (401 ms behind a 0.5 s call; audit12 style note)."""
+    policy = SlowRefusingPolicy()
+    with running_server(policy, inline_below_ms=LIMIT_MS) as server, PolicyClient(port=server.port, timeout_ms=10000) as client:
+        for _ in range(2 * INLINE_STREAK):
+            with pytest.raises(PolicyServerError, match="state key 'x' is missing"):
+                client.get_action({"state": {"y": np.zeros((1, 1, 1), np.float32)}})
+        client.get_action(observation(1.0))
+        assert server.stats.inline_jobs == 0
+    assert policy.threads == [WORKER]
+
+
 class FailingPolicy(ThreadNotingPolicy):
     """Fails its first call after the streak: with a NaN action, or by raising `failure`."""
 
@@ -195,6 +218,13 @@ def test_gate_counts_a_streak_and_refuses_a_negative_limit():
     gate.observe(0.0001)
     assert gate.open
     gate.observe(0.002)
+    assert not gate.open
+    for _ in range(5):  # a job that served no action (refused, expired): fast, it leaves the streak as it was
+        gate.observe(0.0001, served=False)
+    assert not gate.open
+    for _ in range(3):
+        gate.observe(0.0001)
+    gate.observe(0.002, served=False)  # slow, it still ends it
     assert not gate.open
     assert not InlineGate(0.0, streak=1).open
     with pytest.raises(ValueError, match="inline_below_ms must be a finite number of milliseconds from 0"):

@@ -147,6 +147,25 @@ def test_a_failed_reset_leaves_a_dropped_session_dropped(dataset):
             assert position(robot.get_action({})[1]) == (2, 2)
 
 
+def test_a_failed_reset_of_a_session_gone_idle_leaves_it_dropped(dataset):
+    """A held session idle past --session-idle-s was restarted by its reset before the reset ran: when the reset failed,
+    the next get_action was served from episode 0, step 0 without an error (audit12 style note)."""
+    policy = ReplayPolicy(dataset, execution_horizon=2, strict=False)
+    with running_server(policy, limits=ServerLimits(session_idle_s=0.3), inline_below_ms=0) as server:
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=5000, strict=False) as robot:
+            robot.reset({"episode_index": 2, "step_index": 2})
+            assert position(robot.get_action({})[1]) == (2, 2)
+            time.sleep(0.6)
+            with pytest.raises(PolicyServerError, match="episode_index 99"):
+                robot.reset({"episode_index": 99})
+            with pytest.raises(PolicyServerError, match=r"was dropped by the server \(it was idle"):
+                robot.get_action({})
+            time.sleep(0.6)  # idle again: a reset that succeeds takes it back where it asked
+            robot.reset({"episode_index": 1, "step_index": 2})
+            assert position(robot.get_action({})[1]) == (1, 2)
+        assert server.stats.snapshot()["sessions_evicted"] == 1
+
+
 @contextlib.contextmanager
 def two_live_robots(policy):
     """A server holding two sessions (its limit), the first at episode 1 step 2, and a third client: (server, first,

@@ -86,7 +86,7 @@ class JobRunner:
             answered = {id(request) for request, _ in replies}
             replies.extend((request, self.error_frames(request, exc)) for request in job if id(request) not in answered)
         if only_get_action(job):
-            self._gate.observe(time.monotonic() - started)
+            self._gate.observe(time.monotonic() - started, served=any(request.outcome == "ok" for request in job))
         return replies
 
     def _execute(self, job: Job, now: float, replies: List[Reply]) -> None:
@@ -147,8 +147,10 @@ class JobRunner:
                 reason: Optional[str] = ("this server no longer knows it: dropped longer ago than it remembers "
                                          "dropped sessions, or the server restarted")
             else:
-                if request.session in sessions:  # held: used now (one idle too long is forgotten here, and refused)
-                    self._evict_sessions(sessions.touch(request.session, restart=request.endpoint == "reset"))
+                if request.session in sessions:  # held: used now (one idle too long is forgotten here, and refused;
+                    # a reset takes it back only once it succeeded, below: restarting it here, before the reset ran,
+                    # served the next get_action of a failed reset from episode 0 without an error)
+                    self._evict_sessions(sessions.touch(request.session, restart=False))
                 reason = sessions.dropped_reason(request.session) if request.endpoint == "get_action" else None
                 request.takes_session = request.session not in sessions and reason is None
             if reason is None:

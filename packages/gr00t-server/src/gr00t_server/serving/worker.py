@@ -44,9 +44,15 @@ class InlineGate:
         self.streak = int(streak)
         self._fast = 0  # get_action jobs in a row that took under the limit (both threads count; the GIL orders them)
 
-    def observe(self, seconds: float) -> None:
-        """One get_action job's duration, wherever it ran."""
-        self._fast = self._fast + 1 if seconds < self.limit_s else 0
+    def observe(self, seconds: float, served: bool = True) -> None:
+        """One get_action job's duration, wherever it ran; `served` False when none of its requests got an action
+        (refused by the policy's own check, expired, a dropped session). Such a job says nothing of the policy's
+        cost when it runs: fast, it leaves the streak as it was (40 refusals in a row opened the gate for a 0.5 s
+        policy, whose next call then held every ping for its whole length); slow, it still ends the streak."""
+        if seconds >= self.limit_s:
+            self._fast = 0
+        elif served:
+            self._fast += 1
 
     @property
     def open(self) -> bool:
