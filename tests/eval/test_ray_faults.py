@@ -7,6 +7,7 @@ worker setup (tests/ on the path, the walkto env registered) and 2 CPUs added.
 
 import functools
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -214,7 +215,8 @@ def test_an_open_port_that_is_not_ray_is_refused_in_seconds_not_retried_for_minu
 # --- progress lines and labels -----------------------------------------------------------------------
 
 
-def test_a_failed_shard_is_labelled_by_shard_and_its_time_is_kept(ray_started_by_the_run, tmp_path, capsys):
+def test_a_failed_shard_is_labelled_by_shard_and_its_time_is_kept(ray_started_by_the_run, tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="gr00t_eval.ray_runner")
     out = tmp_path / "run"
     with policy_server(SlowPolicy(0.1)) as alive:
         hosts = f"127.0.0.1:{alive.port},127.0.0.1:{free_port()}"
@@ -226,6 +228,9 @@ def test_a_failed_shard_is_labelled_by_shard_and_its_time_is_kept(ray_started_by
     assert results["stop_reason"].startswith("shard 1/2 aborted: failed: ConnectionError")
     assert "results #" not in results["stop_reason"] and "--allow-missing" not in results["stop_reason"]
     captured = capsys.readouterr()
-    assert "Ray: shard 1/2 FAILED: ConnectionError" in captured.err and "shard 0/2 done; 1 episodes" in captured.err
+    progress = [r.getMessage() for r in caplog.records if r.name == "gr00t_eval.ray_runner" and r.getMessage().startswith("Ray: ")]
+    assert any("Ray: shard 1/2 FAILED: ConnectionError" in line for line in progress)
+    assert any("shard 0/2 done; 1 episodes" in line for line in progress)
+    assert "Ray: " not in captured.err  # logged once, not printed beside the log line as well
     [aborted] = [line for line in captured.out.splitlines() if line.startswith("ABORTED:")]
     assert aborted.count("episodes did not run") == 1, aborted  # it was said twice, the count in each

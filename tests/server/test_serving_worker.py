@@ -238,5 +238,6 @@ def test_a_job_abandoned_at_a_stop_is_not_answered_a_second_time_when_it_finishe
     assert abandoned is job
     assert worker.abandon_running() is None  # given up once, answered once
     release.set()
-    assert worker.stop(5)
+    worker.finish()
+    assert worker.join(5)
     assert not worker.outbox and not worker.busy

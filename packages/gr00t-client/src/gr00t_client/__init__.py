@@ -41,7 +41,7 @@ _EXPORTS: Dict[str, str] = {
 }
 
 # Submodules reachable as attributes (`gr00t_client.codec`), as they were when the package imported them all.
-_SUBMODULES = ("chunking", "cli_signals", "client", "codec", "curve", "embodiment", "flat", "frame_views", "modality",
+_SUBMODULES = ("chunking", "cli_flags", "cli_signals", "client", "codec", "curve", "embodiment", "flat", "frame_views", "modality",
                "policy", "stdout_guard")
 
 __all__ = sorted(_EXPORTS)

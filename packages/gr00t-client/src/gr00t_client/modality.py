@@ -126,6 +126,7 @@ class ModalityConfig:
         }
 
     def to_json(self) -> str:
+        """The JSON form (to_json_dict) as a string."""
         return json.dumps(self.to_json_dict())
 
     @classmethod
@@ -143,6 +144,7 @@ class ModalityConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "ModalityConfig":
+        """Build from the JSON form as a string (from_json_dict's checks apply)."""
         return cls.from_json_dict(json.loads(text))
 
 

@@ -87,6 +87,7 @@ class Job:
     config: Dict[str, Any] = field(default_factory=dict)
 
     def rollout_config(self) -> RolloutConfig:
+        """The rollout settings of this job (its env_name and config)."""
         return RolloutConfig(env_name=self.env_name, **self.config)
 
 

@@ -17,6 +17,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Set
 
 # Only light modules here: main() makes SIGTERM and SIGHUP stop a command before the heavy imports (numpy, ZeroMQ: the
 # first half second), which a stop during them otherwise ended with a traceback or silently (143, 129).
+from gr00t_client.cli_flags import flag as _flag
 from gr00t_client.cli_signals import ProgramStopSignals
 
 from .cli_errors import USAGE_EXIT_CODE, UsageError
@@ -26,13 +27,6 @@ from .rollout.config import DEFAULT_ENV_TIMEOUT_S
 DEFAULT_ROLLOUT_DIR = "/tmp/gr00t_rollout_eval"
 DEFAULT_OPEN_LOOP_BASE = "/tmp/open_loop_eval"
 OPEN_LOOP_RUN_FILENAME = "open_loop_run.json"  # an open-loop run's settings; creating it claims the output directory
-
-
-def _flag(name: str) -> List[str]:
-    spellings = [f"--{name}"]
-    if "-" in name:
-        spellings.append(f"--{name.replace('-', '_')}")
-    return spellings
 
 
 def _parse_kwarg(text: str) -> tuple:
@@ -289,12 +283,6 @@ def _connect(args: argparse.Namespace):
     from . import connection
 
     return connection.open_client(args.host, args.port, args)
-
-
-def _observation_format(client: Any, requested: str) -> str:
-    from .open_loop import resolve_observation_format
-
-    return resolve_observation_format(client, requested)
 
 
 def _plots_wanted(args: argparse.Namespace) -> bool:

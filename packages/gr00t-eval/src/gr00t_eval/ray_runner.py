@@ -14,11 +14,12 @@ import os
 import queue
 import signal
 import socket
-import sys
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+from gr00t_client.client import endpoint_host
 
 from .extras import MissingExtraError
 from .metrics import EpisodeOutcome
@@ -39,9 +40,7 @@ class ServerAddress:
     port: int
 
     def __str__(self) -> str:
-        if ":" in self.host and not self.host.startswith("["):  # an IPv6 literal: bracketed, as its port follows
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
+        return f"{endpoint_host(self.host)}:{self.port}"  # an IPv6 literal bracketed, as its port follows
 
 
 def parse_servers(hosts: str, default_port: int) -> List[ServerAddress]:
@@ -66,7 +65,7 @@ def parse_servers(hosts: str, default_port: int) -> List[ServerAddress]:
     return servers
 
 
-def import_ray():
+def import_ray() -> Any:
     """The ray module, or MissingExtraError naming the extra that installs it."""
     try:
         import ray
@@ -76,8 +75,8 @@ def import_ray():
 
 
 def _progress(line: str) -> None:
-    """One progress line on stderr (Ray runs take minutes; the user sees them move) and in the log."""
-    print(line, file=sys.stderr, flush=True)
+    """One progress line in the log (Ray runs take minutes; the user sees them move: gr00t-eval logs INFO to stderr
+    by default). It was printed as well, and so shown twice."""
     logger.info("%s", line)
 
 

@@ -14,14 +14,12 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
+from gr00t_client.cli_flags import flag as _flag
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_DIR = "/tmp/gr00t_batch_eval"
 DEFAULT_ROLLOUT_BASE = "/tmp/gr00t_rollout_eval"
-
-
-def _flag(name: str) -> List[str]:
-    return [f"--{name}", f"--{name.replace('-', '_')}"] if "-" in name else [f"--{name}"]
 
 
 def add_scale_arguments(rollout_parser: argparse.ArgumentParser) -> None:

@@ -14,6 +14,7 @@ from typing import Any, List, Optional, Sequence
 
 # Only light modules here (gr00t_client loads its API on first use): main() makes SIGTERM and SIGHUP stop a command
 # before the heavy imports (numpy, ZeroMQ, torch).
+from gr00t_client.cli_flags import flag as _flag
 from gr00t_client.cli_signals import ProgramStopSignals
 
 logger = logging.getLogger("gr00t_server")
@@ -24,13 +25,6 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hasattr(si
 
 class CliError(Exception):
     """A user error reported as one line and a non-zero exit, without a traceback."""
-
-
-def _flag(name: str) -> List[str]:
-    """Both spellings the reference accepts: --kebab-case and --snake_case."""
-    kebab = "--" + name.replace("_", "-")
-    snake = "--" + name.replace("-", "_")
-    return [kebab] if kebab == snake else [kebab, snake]
 
 
 def _bool_flag(parser: argparse.ArgumentParser, name: str, default: bool, help_text: str) -> None:

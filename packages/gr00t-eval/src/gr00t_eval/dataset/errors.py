@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class DatasetError(ValueError):
     """A dataset file is malformed or disagrees with the metadata; the message names the file and field."""
@@ -11,7 +13,7 @@ class DatasetFileNotFoundError(DatasetError, FileNotFoundError):
     """A file the dataset layout requires is missing."""
 
 
-def require_file(path, what: str) -> None:
+def require_file(path: Path, what: str) -> None:
     """Raise DatasetFileNotFoundError naming `what` when `path` is not a file."""
     if not path.is_file():
         raise DatasetFileNotFoundError(f"{what} not found: {path}")

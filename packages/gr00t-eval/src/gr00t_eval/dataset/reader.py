@@ -134,10 +134,12 @@ class LeRobotDataset:
 
     @property
     def state_keys(self) -> List[str]:
+        """State keys as meta/modality.json names them (without a `state.` prefix)."""
         return list(self._modality.state)
 
     @property
     def action_keys(self) -> List[str]:
+        """Action keys as meta/modality.json names them (without an `action.` prefix)."""
         return list(self._modality.action)
 
     @property
@@ -146,9 +148,11 @@ class LeRobotDataset:
         return list(self._modality.language)
 
     def state_dims(self) -> Dict[str, int]:
+        """Each state key's width (its slice of observation.state)."""
         return {k: g.dim for k, g in self._modality.state.items()}
 
     def action_dims(self) -> Dict[str, int]:
+        """Each action key's width (its slice of action)."""
         return {k: g.dim for k, g in self._modality.action.items()}
 
     def _load_stats(self) -> None:
@@ -300,10 +304,12 @@ class Episode:
 
     @property
     def episode_index(self) -> int:
+        """The episode's index as the dataset numbers it."""
         return self.record.episode_index
 
     @property
     def position(self) -> int:
+        """The episode's place in the dataset's episode list (0-based)."""
         return self.record.position
 
     @property

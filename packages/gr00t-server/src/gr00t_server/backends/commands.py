@@ -8,15 +8,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from gr00t_client.cli_flags import flag as _flag
+
 from gr00t_server.backends.names import EXPORT_MODES, PRECISIONS
 
 COMMANDS = ("export", "build-engine", "verify")
-
-
-def _flag(name: str) -> list[str]:
-    """--kebab-case and --snake_case spellings of one option."""
-    kebab, snake = "--" + name.replace("_", "-"), "--" + name.replace("-", "_")
-    return [kebab] if kebab == snake else [kebab, snake]
 
 
 def _default_device() -> str:

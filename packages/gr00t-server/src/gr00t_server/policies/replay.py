@@ -138,6 +138,7 @@ class ReplayPolicy(BasePolicy):
 
     @property
     def num_episodes(self) -> int:
+        """How many episodes the dataset holds (episode indices 0 .. num_episodes - 1)."""
         return self.dataset.num_episodes
 
     def check_observation(self, observation: Any) -> None:

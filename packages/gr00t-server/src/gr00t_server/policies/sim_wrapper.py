@@ -25,6 +25,7 @@ class Gr00tSimPolicyWrapper(PolicyWrapper):
 
     @property
     def modality_configs(self) -> Dict[str, ModalityConfig]:
+        """The wrapped policy's modality configs (get_modality_config)."""
         return self.get_modality_config()
 
     @property

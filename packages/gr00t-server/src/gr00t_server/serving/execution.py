@@ -19,7 +19,7 @@ from gr00t_client.policy import PolicyValidationError
 from . import batching, limits as work_limits
 from .batching import GatherWindow
 from .endpoints import RateLimitedLog, UnencodableResultError, error_text, log_text
-from .messages import WIRE_NPSAVE, Request, RequestError, encode_reply, encode_timed_reply
+from .messages import WIRE_NPSAVE, Request, RequestError, encode_reply, encode_timed_reply, unknown_endpoint
 from .metrics import OTHER_ENDPOINT
 from .sessions import session_dropper
 from .worker import InlineCallAbandoned, InlineGate, Job, Reply, only_get_action
@@ -182,7 +182,7 @@ class JobRunner:
     def _call(self, request: Request) -> Any:
         endpoint = self._server._endpoints.get(request.endpoint)
         if endpoint is None:
-            raise RequestError(f"Unknown endpoint: {request.endpoint} (known endpoints: {', '.join(self._server.endpoints)})")
+            raise unknown_endpoint(request.endpoint, self._server.endpoints)
         self.current = request
         try:
             if not endpoint.requires_input:

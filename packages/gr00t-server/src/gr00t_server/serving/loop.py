@@ -32,6 +32,7 @@ from .messages import (
     session_of,
     split_routing,
     timing_requested,
+    unknown_endpoint,
 )
 from .worker import InlineCallAbandoned, InlineGate, Job, PolicyWorker, only_get_action
 
@@ -164,7 +165,7 @@ class RequestLoop:
             return
         try:
             if request.endpoint not in server._endpoints:
-                raise RequestError(f"Unknown endpoint: {request.endpoint} (known endpoints: {', '.join(server.endpoints)})")
+                raise unknown_endpoint(request.endpoint, server.endpoints)
             if request.endpoint == "get_action" and isinstance(request.data, dict):
                 work_limits.check_observation(
                     request.data.get("observation"), server.limits, server.flat_language_keys,

@@ -13,11 +13,11 @@ import zmq
 
 from gr00t_client import codec
 # TIMING_OPTION: add server_timing to the reply's info; SESSION_CONTINUES_FIELD: our client's mark of a served session
-from gr00t_client.client import ERROR_MARKER, SESSION_CONTINUES_FIELD, TIMING_OPTION
+# TIMEOUT_FIELD: the envelope field of the client's remaining budget (reference servers ignore it)
+from gr00t_client.client import ERROR_MARKER, SESSION_CONTINUES_FIELD, TIMEOUT_FIELD, TIMING_OPTION
 
 MAGIC_BYTES = len(codec.MULTIPART_MAGIC)
 MAX_ERROR_CHARS = 1000  # an error reply never grows with the request that caused it
-TIMEOUT_FIELD = "timeout_ms"  # the client's remaining budget, sent in the envelope (reference servers ignore it)
 
 # Request.wire_format values
 WIRE_MULTIPART = "multipart"
@@ -28,6 +28,12 @@ WIRE_N15 = "n15"  # N1/N1.5 service.py: np.save arrays, get_action's data the fl
 
 class RequestError(Exception):
     """A request that cannot be served; the message goes back to the client."""
+
+
+def unknown_endpoint(name: str, known: List[str]) -> RequestError:
+    """The refusal of a request naming no endpoint of the server (gr00t-eval open-loop reads its first words,
+    "Unknown endpoint: reset", to tell a server without a reset)."""
+    return RequestError(f"Unknown endpoint: {name} (known endpoints: {', '.join(known)})")
 
 
 @dataclass

@@ -26,7 +26,6 @@ METRICS_MAX_CONNECTIONS = 32  # open at once; more are closed as they come, so p
 
 # Stages of a request that server_timing reports (ms); the histograms take them in seconds.
 STAGES = ("decode", "queue_wait", "policy", "preprocess", "model", "postprocess", "encode")
-OUTCOMES = ("ok", "late", "error", "refused", "expired", "internal_error")
 OTHER_ENDPOINT = "other"  # label of endpoints the server does not know (their names come from clients)
 _STAGE_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -38,7 +37,7 @@ class NullMetrics:
     port: Optional[int] = None
 
     def request_done(self, endpoint: str, outcome: str) -> None:
-        """A request was answered with `outcome` (one of OUTCOMES)."""
+        """A request was answered with `outcome`: ok, late, error, refused, expired or internal_error."""
 
     def observe_stages(self, timing: Dict[str, Any]) -> None:
         """One get_action's stage times, as server_timing names them ({stage}_ms)."""
@@ -119,19 +118,23 @@ class ServerMetrics(NullMetrics):
         return self.port
 
     def request_done(self, endpoint: str, outcome: str) -> None:
+        """Count an answered request under its endpoint (or "other", for names the server does not know) and outcome."""
         label = endpoint if endpoint in self._endpoints() else OTHER_ENDPOINT
         self._requests.labels(endpoint=label, outcome=outcome).inc()
 
     def observe_stages(self, timing: Dict[str, Any]) -> None:
+        """One get_action's stage times ({stage}_ms, as server_timing names them) into the per-stage histograms."""
         for stage in STAGES:
             value = timing.get(f"{stage}_ms")
             if isinstance(value, (int, float)):
                 self._stages.labels(stage=stage).observe(max(0.0, float(value)) / 1000.0)
 
     def observe_batch(self, size: int) -> None:
+        """The number of requests one policy call served."""
         self._batches.observe(size)
 
     def close(self) -> None:
+        """Stop serving /metrics and free its port."""
         if self._guard is not None:
             self._guard.stop()
             self._guard = None

@@ -215,6 +215,7 @@ class PolicyServer:
 
     @property
     def endpoints(self) -> List[str]:
+        """The names of the endpoints served, sorted (built-in and registered ones)."""
         return sorted(self._endpoints)
 
     @property
@@ -240,6 +241,7 @@ class PolicyServer:
 
     @property
     def batching_enabled(self) -> bool:
+        """True when get_action requests of several clients may be merged into one policy call."""
         # A merged call has no single session to pass, so per-session policies are never batched; a replaced
         # get_action (a clamp, a transform) would be skipped by the merged call, which asks the policy itself.
         supported = bool(getattr(self.policy, "supports_batching", False)) and not self._policy_uses_sessions

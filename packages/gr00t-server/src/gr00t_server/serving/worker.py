@@ -220,11 +220,6 @@ class PolicyWorker:
         self._thread.join(timeout_s)
         return not self._thread.is_alive()
 
-    def stop(self, timeout_s: float) -> bool:
-        """Let the running job finish (up to timeout_s) and end the thread; False when it is still running."""
-        self.finish()
-        return self.join(timeout_s)
-
     @property
     def running_a_call(self) -> bool:
         """True while a job runs on the worker (abandoned or not)."""

@@ -189,7 +189,7 @@ def array_to_action(flat: np.ndarray) -> Dict[str, np.ndarray]:
     return out
 
 
-def scripted_policy(task: str):
+def scripted_policy(task: str) -> Any:
     """Meta-World's own scripted expert for `task`: raw 39-dim observation -> 4-dim action."""
     _, _, policies = _import_metaworld()
     if task not in policies:
