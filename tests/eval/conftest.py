@@ -1,10 +1,19 @@
 """Fixtures shared by the gr00t-eval tests."""
 
+import logging
 import os
 import subprocess
 import sys
 
 import pytest
+
+
+@pytest.fixture
+def ray_progress(caplog):
+    """A callable giving the Ray runner's progress lines logged so far, joined by newlines (they are log records at
+    INFO, which gr00t-eval's CLI shows on stderr; under pytest its logging set-up leaves pytest's handlers alone)."""
+    caplog.set_level(logging.INFO, logger="gr00t_eval.ray_runner")
+    return lambda: "\n".join(r.getMessage() for r in caplog.records if r.name == "gr00t_eval.ray_runner")
 
 
 @pytest.fixture

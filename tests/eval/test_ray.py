@@ -99,7 +99,7 @@ def test_rollout_cli_runs_on_ray_with_several_hosts_and_writes_one_results_file(
     assert results["overall"]["n_episodes"] == 4 and results["config"]["ray_shards"] == 2
 
 
-def test_servers_no_shard_uses_are_named_as_unused_not_recorded_as_the_runs(local_ray, tmp_path, capsys):
+def test_servers_no_shard_uses_are_named_as_unused_not_recorded_as_the_runs(local_ray, tmp_path, ray_progress):
     from eval.scale_fixtures import run_cli
 
     with policy_server() as first, policy_server() as second:
@@ -107,7 +107,7 @@ def test_servers_no_shard_uses_are_named_as_unused_not_recorded_as_the_runs(loca
         code = run_cli(["rollout", "--env-name", "walkto/fast", "--n-episodes", "2", *SMALL, "--seed", "0", "--ray-address",
                         "local", "--policy-client-host", hosts, "--ray-shards", "1", "--output-dir", str(tmp_path / "run")])
     assert code == 0
-    assert f"1 shards use only 1 of the 2 servers; unused: 127.0.0.1:{second.port}" in capsys.readouterr().err
+    assert f"1 shards use only 1 of the 2 servers; unused: 127.0.0.1:{second.port}" in ray_progress()
     assert json.loads((tmp_path / "run" / "results.json").read_text())["config"]["policy_servers"] == [f"127.0.0.1:{first.port}"]
 
 

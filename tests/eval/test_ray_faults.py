@@ -7,7 +7,6 @@ worker setup (tests/ on the path, the walkto env registered) and 2 CPUs added.
 
 import functools
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -93,7 +92,7 @@ def test_merging_shards_keeps_a_task_that_failed_in_its_shard_as_a_failed_task_n
 
 
 def test_a_ray_suite_whose_task_fails_in_a_worker_reports_the_failed_task_and_keeps_the_others(
-        ray_started_by_the_run, tmp_path, capsys):
+        ray_started_by_the_run, tmp_path, ray_progress):
     out = tmp_path / "run"
     with policy_server() as server:
         code = _rollout("walkto/fast,walkto/nope", server.port, out)
@@ -102,7 +101,7 @@ def test_a_ray_suite_whose_task_fails_in_a_worker_reports_the_failed_task_and_ke
     assert "unknown walkto task" in results["failed_tasks"]["walkto/nope"]
     assert [e["task"] for e in results["per_episode"]] == ["walkto/fast", "walkto/fast"]
     assert results["missing_episodes"] == [] and results["n_not_run"] == 2
-    progress = capsys.readouterr().err
+    progress = ray_progress()
     assert "shard 1/2 done; 0 episodes; task walkto/nope FAILED: ValueError: unknown walkto task" in progress
 
 
@@ -215,8 +214,7 @@ def test_an_open_port_that_is_not_ray_is_refused_in_seconds_not_retried_for_minu
 # --- progress lines and labels -----------------------------------------------------------------------
 
 
-def test_a_failed_shard_is_labelled_by_shard_and_its_time_is_kept(ray_started_by_the_run, tmp_path, capsys, caplog):
-    caplog.set_level(logging.INFO, logger="gr00t_eval.ray_runner")
+def test_a_failed_shard_is_labelled_by_shard_and_its_time_is_kept(ray_started_by_the_run, tmp_path, capsys, ray_progress):
     out = tmp_path / "run"
     with policy_server(SlowPolicy(0.1)) as alive:
         hosts = f"127.0.0.1:{alive.port},127.0.0.1:{free_port()}"
@@ -228,9 +226,8 @@ def test_a_failed_shard_is_labelled_by_shard_and_its_time_is_kept(ray_started_by
     assert results["stop_reason"].startswith("shard 1/2 aborted: failed: ConnectionError")
     assert "results #" not in results["stop_reason"] and "--allow-missing" not in results["stop_reason"]
     captured = capsys.readouterr()
-    progress = [r.getMessage() for r in caplog.records if r.name == "gr00t_eval.ray_runner" and r.getMessage().startswith("Ray: ")]
-    assert any("Ray: shard 1/2 FAILED: ConnectionError" in line for line in progress)
-    assert any("shard 0/2 done; 1 episodes" in line for line in progress)
+    progress = ray_progress()
+    assert "Ray: shard 1/2 FAILED: ConnectionError" in progress and "shard 0/2 done; 1 episodes" in progress
     assert "Ray: " not in captured.err  # logged once, not printed beside the log line as well
     [aborted] = [line for line in captured.out.splitlines() if line.startswith("ABORTED:")]
     assert aborted.count("episodes did not run") == 1, aborted  # it was said twice, the count in each
