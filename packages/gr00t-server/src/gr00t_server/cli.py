@@ -96,7 +96,7 @@ def _add_serve_parser(subparsers: Any) -> None:
     p.add_argument(*_flag("max-message-mb"), type=int, default=256, help="refuse messages larger than this with an error reply naming the limit (default 256 MiB)")
     _add_limit_flags(p)
     p.add_argument(*_flag("log-level"), default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                   help="log level, any case (default INFO)")
+                   help="log level, any case (default INFO); DEBUG also prints the traceback of a start-up error")
 
 
 def _add_limit_flags(p: argparse.ArgumentParser) -> None:
@@ -115,7 +115,8 @@ def _add_limit_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(*_flag("max-image-pixels"), type=int, default=d.max_image_pixels,
                    help=f"height x width of one image (default {d.max_image_pixels})")
     p.add_argument(*_flag("max-sessions"), type=int, default=d.max_sessions,
-                   help=f"client sessions a stateful policy keeps, least recently used evicted first (default {d.max_sessions}); "
+                   help=f"client sessions a stateful policy keeps (default {d.max_sessions}); when full, sessions used only once "
+                        "are evicted first, least recently used first, then sessions used again; "
                         "an evicted session's get_action is an error until its client resets")
     p.add_argument(*_flag("session-idle-s"), type=float, default=d.session_idle_s,
                    help=f"evict a session unused this many seconds (default {d.session_idle_s:.0f})")
@@ -618,6 +619,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _main(argv: Optional[Sequence[str]]) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     command = next((word for word in words if not word.startswith("-")), "")
+    args: Optional[argparse.Namespace] = None
     try:
         from gr00t_client.stdout_guard import guard_stdout
 
@@ -648,8 +650,8 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         if isinstance(exc, MemoryError):
             message = f"out of memory ({message}): {_MEMORY_HINTS.get(command, 'the files it loads may be too large for this machine')}"
         print(f"gr00t-server {command}: error: {message}", file=sys.stderr)
-        if os.environ.get("GR00T_DEBUG"):
-            raise
+        if os.environ.get("GR00T_DEBUG") or getattr(args, "log_level", None) == "DEBUG":
+            raise  # the traceback too, as gr00t-eval --log-level DEBUG gives
         return 2
 
 

@@ -26,7 +26,8 @@ _LISTED_ROWS = 8  # rows named in an error message
 
 @dataclass(frozen=True)
 class ServerLimits:
-    """What one request may ask of the server; every field has a `gr00t-server serve` flag."""
+    """What one request may ask of the server; every field but max_session_id_chars and max_queued_requests has a
+    `gr00t-server serve` flag (those two are set here only)."""
 
     max_rows: int = 128  # batch rows per request (arrays' first axis, language lists, replay batch_size)
     max_language_chars: int = 2048  # per language string
@@ -34,7 +35,7 @@ class ServerLimits:
     max_cameras: int = 16  # video keys per observation
     max_image_pixels: int = 4096 * 4096  # height x width of one image
     max_session_id_chars: int = 128
-    max_sessions: int = 1024  # sessions a stateful policy keeps (least recently used evicted first)
+    max_sessions: int = 1024  # sessions a stateful policy keeps (segmented LRU: sessions used once are evicted first)
     session_idle_s: float = 3600.0  # a session unused this long is evicted
     max_client_queued_bytes: Optional[int] = None  # request bytes one connection may have waiting; None: 16 MiB
     # Requests one connection may have waiting, the one being served included (a REQ client has one): the bytes alone
