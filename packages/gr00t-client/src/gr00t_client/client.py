@@ -778,7 +778,8 @@ class PolicyClient(BasePolicy):
         return self.call_endpoint("get_server_info", requires_input=False)
 
     def kill_server(self) -> None:
-        """Ask the server to shut down (allowed from loopback or with a valid token)."""
+        """Ask the server to shut down: allowed from loopback on a server without a token, from any peer with the
+        server's token (loopback too needs it there), or from anyone on a server started with --allow-remote-kill."""
         self.call_endpoint("kill", requires_input=False)
 
     def get_modality_config(self) -> Dict[str, ModalityConfig]:
