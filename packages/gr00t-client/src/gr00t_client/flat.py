@@ -1,4 +1,5 @@
-"""GR00T's flat simulation form (server-eval.md §1.4): `video.<k>`, `state.<k>` and a language key in, `action.<k>` out.
+"""GR00T's flat simulation form: `video.<k>`, `state.<k>` and a language key at the observation's top level (no
+`video`/`state`/`language` maps) in, `action.<k>` out.
 
 A server started with `--use-sim-policy-wrapper` (or the reference's Gr00tSimPolicyWrapper) takes this form and
 reports its wrapped policy's nested modality configs; these checks hold a flat observation to those configs, on

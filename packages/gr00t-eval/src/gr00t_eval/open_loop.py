@@ -1,6 +1,6 @@
 """Open-loop evaluation: query the policy along recorded trajectories and compare its chunks with the recorded actions.
 
-The reference algorithm (server-eval.md §4.2) with its defects fixed: history deltas before the first step
+Isaac-GR00T's open-loop algorithm with its defects fixed: history deltas before the first step
 (or past the last) repeat the first (last) frame instead of failing; every trajectory gets its own plot; the
 policy is reset to the trajectory (`episode_index`) before it is evaluated, so a replay server follows along.
 A trajectory the policy does not follow (its reset fails, or it reports another episode or step) is errored,

@@ -1,6 +1,6 @@
 """Closed-loop rollout: vectorised envs driven by a policy (usually a PolicyClient), exactly n_episodes scored.
 
-Accounting (fixes the reference's defects, server-eval.md §5.5 and §10): episode i is started at most once,
+Accounting (fixes the reference rollout's defects): episode i is started at most once,
 with seed `seed + i`, on whichever env row is free; every started episode runs to its end and is scored;
 no episode beyond n_episodes is started, so short episodes are not over-represented. When a row starts an
 episode the policy is reset for that row only (per-row reset options, see `PolicyRowCursor`) with

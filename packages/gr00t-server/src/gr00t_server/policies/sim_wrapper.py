@@ -10,7 +10,8 @@ from gr00t_client.policy import BasePolicy, ObservationError, PolicyWrapper
 
 
 class Gr00tSimPolicyWrapper(PolicyWrapper):
-    """Adapts a nested-form policy to GR00T's flat simulation format (server-eval.md §1.4).
+    """Adapts a nested-form policy to GR00T's flat simulation format: `video.<camera>` and `state.<key>` arrays and
+    the language key at the top level of the observation, `action.<key>` arrays in the action (docs/protocol.md §9).
 
     With strict=False (server --no-strict) nothing is validated here; the inner policy keeps its own
     `strict`. An empty observation is passed through unchecked so a ReplayPolicy can be driven
