@@ -70,7 +70,8 @@ def test_parquet_rows_hold_concatenated_state_and_index_columns(v2_root):
 def test_stats_json_has_all_statistics_per_column(v2_root):
     stats = json.loads((v2_root / "meta" / "stats.json").read_text())
     actions = np.concatenate([np.concatenate(list(expected_actions(e, n).values()), axis=1) for e, n in ((0, 5), (1, 3))])
-    assert set(stats["action"]) == set(STAT_NAMES)
+    assert set(stats["action"]) == set(STAT_NAMES) | {"q10", "q50", "q90", "count"}  # LeRobot's beside GR00T's
+    assert stats["action"]["count"] == [8]
     np.testing.assert_allclose(stats["action"]["mean"], actions.mean(axis=0), rtol=1e-6)
     np.testing.assert_allclose(stats["action"]["std"], actions.std(axis=0), rtol=1e-6)
     np.testing.assert_allclose(stats["action"]["min"], actions.min(axis=0))
@@ -114,7 +115,7 @@ def test_v3_layout_groups_episodes_into_files(tmp_path):
     assert [(e["dataset_from_index"], e["dataset_to_index"], e["data/file_index"]) for e in episodes] == [(0, 2, 0), (2, 5, 0), (5, 9, 1)]
     assert [e["videos/observation.images.image/from_timestamp"] for e in episodes] == [0.0, 0.2, 0.0]
     assert pq.read_table(root / "data" / "chunk-000" / "file-000.parquet").num_rows == 5
-    assert pq.read_table(root / "meta" / "tasks.parquet").column("task").to_pylist() == list(TASKS)
+    assert pq.read_table(root / "meta" / "tasks.parquet").column("__index_level_0__").to_pylist() == list(TASKS)
 
 
 def _episode(length=3, state_dim=2, camera="cam"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 
@@ -70,6 +70,13 @@ class RunningColumnStats:
             self._sorted = _merge_sorted(self._sorted, runs)
         self.count += n
 
+    def quantile(self, q: float) -> List[float]:
+        """numpy's default quantile of each dimension of the rows added (NaN for a dimension holding NaN)."""
+        if not self.count:
+            raise ValueError("cannot compute statistics of an empty column")
+        has_nan = np.isnan(self._sorted[:, -1])
+        return np.where(has_nan, np.nan, _sorted_quantile(self._sorted, q)).tolist()
+
     def stats(self) -> Dict[str, List[float]]:
         """mean, std, min, max, q01, q99 per dimension, as `column_stats` gives them."""
         if not self.count:
@@ -84,6 +91,90 @@ class RunningColumnStats:
             "q01": np.where(has_nan, np.nan, _sorted_quantile(ordered, 0.01)).tolist(),
             "q99": np.where(has_nan, np.nan, _sorted_quantile(ordered, 0.99)).tolist(),
         }
+
+
+# The quantiles LeRobot (0.4) keeps beside GR00T's q01 and q99; its episode tables need the same set in every row.
+LEROBOT_QUANTILES = {"q10": 0.10, "q50": 0.50, "q90": 0.90}
+
+
+def episode_stats(values: np.ndarray) -> Dict[str, List[float]]:
+    """One episode's statistics of a numeric column as LeRobot's per-episode stats hold them: `column_stats`,
+    LeRobot's other quantiles and the row count (`count`, a one-element list; LeRobot weighs episodes by it when it
+    merges statistics)."""
+    array = np.asarray(values, dtype=np.float64)
+    array = array[:, None] if array.ndim == 1 else array
+    extra = {name: np.quantile(array, q, axis=0).tolist() for name, q in LEROBOT_QUANTILES.items()}
+    return {**column_stats(array), **extra, "count": [int(array.shape[0])]}
+
+
+IMAGE_STATS_FRAMES = 100  # frames of an episode its camera statistics look at, evenly spaced (LeRobot samples too)
+IMAGE_STATS_SIDE = 128  # and every k-th pixel of each, so that the longer side has at most about this many
+
+
+def image_stats(frames: np.ndarray) -> Dict[str, list]:
+    """Per-channel statistics of uint8 (T, H, W, 3) frames scaled to [0, 1], each a (3, 1, 1) nested list as LeRobot
+    keeps camera statistics (mean, std, min, max and the quantiles), and `count`, the frames sampled. Computed from each
+    channel's 256-bin histogram of a sample of frames and pixels, so exact for that sample."""
+    frames = np.asarray(frames)
+    step = max(1, -(-frames.shape[0] // IMAGE_STATS_FRAMES))
+    stride = max(1, -(-max(frames.shape[1], frames.shape[2]) // IMAGE_STATS_SIDE))
+    sample = frames[::step, ::stride, ::stride, :]
+    levels = np.arange(256, dtype=np.float64) / 255.0
+    quantiles = {"q01": 0.01, **LEROBOT_QUANTILES, "q99": 0.99}
+    out: Dict[str, list] = {name: [] for name in ("mean", "std", "min", "max", *quantiles)}
+    for channel in range(3):
+        counts = np.bincount(sample[..., channel].ravel(), minlength=256).astype(np.float64)
+        total = counts.sum()
+        mean = float((counts * levels).sum() / total)
+        present = np.flatnonzero(counts)
+        values = {
+            "mean": mean,
+            "std": float(np.sqrt((counts * np.square(levels - mean)).sum() / total)),
+            "min": float(levels[present[0]]),
+            "max": float(levels[present[-1]]),
+            **{name: _histogram_quantile(counts, levels, q) for name, q in quantiles.items()},
+        }
+        for name, value in values.items():
+            out[name].append([[value]])
+    return {**out, "count": [int(sample.shape[0])]}
+
+
+def _histogram_quantile(counts: np.ndarray, levels: np.ndarray, q: float) -> float:
+    """numpy's default ("linear") quantile of the values a histogram counts, as if they were sorted."""
+    cumulative = np.cumsum(counts)
+    position = (cumulative[-1] - 1) * q
+    below = int(np.floor(position))
+    at = lambda rank: levels[int(np.searchsorted(cumulative, rank, side="right"))]  # noqa: E731 - value of rank
+    a, b = at(below), at(min(below + 1, int(cumulative[-1]) - 1))
+    gamma = position - below
+    return float(b - (b - a) * (1 - gamma) if gamma >= 0.5 else a + (b - a) * gamma)
+
+
+def merge_episode_stats(per_episode: List[Mapping[str, Any]]) -> Dict[str, Any]:
+    """One column's statistics over several episodes from their per-episode ones (`episode_stats`, `image_stats`),
+    as LeRobot merges them: min of the minima, max of the maxima, means weighted by count, the pooled standard
+    deviation, quantiles the count-weighted mean of the episodes' (an estimate), and the total count."""
+    counts = np.array([float(stats["count"][0]) for stats in per_episode])
+    weights = counts / counts.sum()
+
+    def stacked(name: str) -> np.ndarray:
+        return np.stack([np.asarray(stats[name], dtype=np.float64) for stats in per_episode])
+
+    def weighted(values: np.ndarray) -> np.ndarray:
+        return np.tensordot(weights, values, axes=1)
+
+    means = stacked("mean")
+    mean = weighted(means)
+    variance = weighted(np.square(stacked("std")) + np.square(means - mean))
+    quantiles = [name for name in per_episode[0] if name[:1] == "q" and name[1:].isdigit()]
+    return {
+        "mean": mean.tolist(),
+        "std": np.sqrt(variance).tolist(),
+        "min": stacked("min").min(axis=0).tolist(),
+        "max": stacked("max").max(axis=0).tolist(),
+        **{name: weighted(stacked(name)).tolist() for name in quantiles},
+        "count": [int(counts.sum())],
+    }
 
 
 def _merge_sorted(ordered: np.ndarray, runs: np.ndarray) -> np.ndarray:

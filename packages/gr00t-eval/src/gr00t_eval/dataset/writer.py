@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .modality import ArrayGroup, DatasetModality, LanguageGroup, VideoGroup, layout_from_dims
-from .stats import RunningColumnStats
+from .stats import LEROBOT_QUANTILES, RunningColumnStats, episode_stats, image_stats, merge_episode_stats
 from .video import ENCODERS, Mp4Encoder, encoder_for, video_feature_info
 
 logger = logging.getLogger(__name__)
@@ -26,6 +26,9 @@ V2_VIDEO_PATH = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_i
 V3_DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 V3_VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
 _INDEX_COLUMNS = ("timestamp", "frame_index", "episode_index", "index", "task_index")
+# LeRobot's v3.0 writer starts a new data / video file past these sizes when it appends to a dataset (its defaults)
+V3_DATA_FILE_SIZE_IN_MB = 100
+V3_VIDEO_FILE_SIZE_IN_MB = 200
 
 
 class DatasetWriter:
@@ -44,7 +47,9 @@ class DatasetWriter:
             )
 
     Leaving the `with` block (or calling `finalize()`) writes meta/info.json, episodes, tasks,
-    modality.json and stats.json (mean/std/min/max/q01/q99 per numeric column). The first episode
+    modality.json and stats.json (mean/std/min/max/q01/q99 per numeric column, with LeRobot's q10/q50/q90 and
+    count, and each camera's per-channel statistics), and each episode's statistics as LeRobot keeps them
+    (episodes_stats.jsonl in v2.1, `stats/...` columns of the episode table in v3.0). The first episode
     fixes cameras, group names and dims; later episodes must match. `layout="v3.0"` writes
     LeRobot v3.0 files instead (`episodes_per_file` episodes share one parquet and one mp4 per camera).
     The language key reads `task_index` by default; pass `language_column` to write a separate int column.
@@ -106,6 +111,9 @@ class DatasetWriter:
         self._metadata_types: Dict[str, Any] = {}  # v3.0: each metadata key's column type in the episode list
         self._tasks: Dict[str, int] = {}
         self._episodes: List[Dict[str, Any]] = []
+        self._episode_stats: List[Dict[str, Any]] = []  # per episode, LeRobot's per-episode statistics of each feature
+        self._episode_stats_lines: List[str] = []  # v2.1: each one's episodes_stats.jsonl line, made once (write_meta
+        # after every episode rewrote them all: a 1,000-episode recording serialised 500,000 rows)
         self._numeric: Dict[str, RunningColumnStats] = {}  # per numeric column, for stats.json
         self._total_frames = 0
         self._finalized = False
@@ -203,6 +211,8 @@ class DatasetWriter:
                 raise ValueError(f"episode {episode_index}: column {name!r} has {values.shape[1]} values per step; "
                                  f"earlier episodes had {width}")
 
+        stats = {name: episode_stats(values) for name, values in numeric.items()}
+        stats.update({f"observation.images.{camera}": image_stats(images) for camera, images in frames.items()})
         record: Dict[str, Any] = {"episode_index": episode_index, "tasks": [task], "length": length, **metadata}
         if self.layout == "v2.1":
             self._write_v2_episode(episode_index, table, frames)
@@ -213,6 +223,9 @@ class DatasetWriter:
         for name, values in numeric.items():
             self._numeric.setdefault(name, RunningColumnStats()).add(values)
         self._episodes.append(record)
+        self._episode_stats.append(stats)
+        if self.layout == "v2.1":
+            self._episode_stats_lines.append(json.dumps({"episode_index": episode_index, "stats": stats}) + "\n")
         self._unlisted[0] += 1
         self._total_frames += length
         logger.debug("wrote episode %d (%d steps) to %s", episode_index, length, self.root)
@@ -247,10 +260,12 @@ class DatasetWriter:
         meta = self.root / "meta"
         meta.mkdir(exist_ok=True)
         _write_json(meta / "modality.json", self._modality().to_json_dict())
-        _write_json(meta / "stats.json", {name: running.stats() for name, running in self._numeric.items()})
+        _write_json(meta / "stats.json", self._dataset_stats())
         if self.layout == "v2.1":
             _write_jsonl(meta / "tasks.jsonl", [{"task_index": i, "task": t} for t, i in self._tasks.items()])
             _write_jsonl(meta / "episodes.jsonl", self._episodes)
+            # LeRobot v2.1 loads it with the rest of meta/ (and refuses, or looks for the dataset on the Hub, without)
+            _replace_text(meta / "episodes_stats.jsonl", "".join(self._episode_stats_lines))
         else:
             self._write_v3_meta(meta)
         _write_json(meta / "info.json", self._info())  # last: its total_episodes never counts an episode not yet listed
@@ -389,6 +404,8 @@ class DatasetWriter:
             path.unlink(missing_ok=True)
         self._tasks, self._metadata_types, self._numeric = tasks, metadata_types, numeric
         del self._episodes[n_episodes:]
+        del self._episode_stats[n_episodes:]
+        del self._episode_stats_lines[n_episodes:]
         self._unlisted[0], self._total_frames = unlisted, total_frames
 
     # -- v3.0 -------------------------------------------------------------------------------------
@@ -432,10 +449,11 @@ class DatasetWriter:
 
     def _write_v3_meta(self, meta: Path) -> None:
         rows = []
-        for record in self._episodes:
+        for record, stats in zip(self._episodes, self._episode_stats):
             row = dict(record, **{"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
-            # LeRobot v3.0 keeps per-episode stats in the episode table; readers must skip them.
-            row["stats/action/mean"] = [0.0]
+            # LeRobot v3.0 keeps per-episode stats in the episode table (it merges them when it appends episodes)
+            for feature, values in stats.items():
+                row.update({f"stats/{feature}/{name}": value for name, value in values.items()})
             rows.append(row)
         path = meta / "episodes" / "chunk-000" / "file-000.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -443,11 +461,20 @@ class DatasetWriter:
         # field (a seed) that episode 0 lacked from every episode.
         names = list(dict.fromkeys(name for row in rows for name in row))
         pq.write_table(pa.table({name: [row.get(name) for row in rows] for name in names}), path)
-        tasks = sorted(self._tasks.items(), key=lambda item: item[1])
-        pq.write_table(
-            pa.table({"task_index": pa.array([i for _, i in tasks], pa.int64()), "task": [t for t, _ in tasks]}),
-            meta / "tasks.parquet",
-        )
+        pq.write_table(_tasks_table(self._tasks), meta / "tasks.parquet")
+
+    def _dataset_stats(self) -> Dict[str, Any]:
+        """stats.json: each numeric column's statistics over every row (GR00T's mean/std/min/max/q01/q99, exact) with
+        LeRobot's other quantiles and `count`, and each camera's, merged from the episodes' as LeRobot does."""
+        stats: Dict[str, Any] = {
+            name: {**running.stats(), **{q_name: running.quantile(q) for q_name, q in LEROBOT_QUANTILES.items()},
+                   "count": [running.count]}
+            for name, running in self._numeric.items()
+        }
+        for camera in self._cameras or []:
+            key = f"observation.images.{camera}"
+            stats[key] = merge_episode_stats([episode[key] for episode in self._episode_stats])
+        return stats
 
     # -- metadata ---------------------------------------------------------------------------------
     def _modality(self) -> DatasetModality:
@@ -472,13 +499,21 @@ class DatasetWriter:
         features["timestamp"] = {"dtype": "float32", "shape": [1], "names": None}
         for name in ("frame_index", "episode_index", "index", "task_index"):
             features[name] = {"dtype": "int64", "shape": [1], "names": None}
+        # every other column of the data files (step columns, a language column): LeRobot v3.0 reads the parquet
+        # files with these features and refused a column they do not declare
+        for field in self._schema or []:
+            if field.name not in features:
+                running = self._numeric.get(field.name)
+                features[field.name] = _feature_of(field, running.width if running is not None else None)
         v3 = self.layout == "v3.0"
         num_files = self._file_index if v3 else len(self._episodes)
+        sizes = {"data_files_size_in_mb": V3_DATA_FILE_SIZE_IN_MB, "video_files_size_in_mb": V3_VIDEO_FILE_SIZE_IN_MB} if v3 else {}
         return {
             "codebase_version": self.layout,
             "robot_type": self.robot_type,
             "fps": self.fps,
             "chunks_size": self.chunks_size,
+            **sizes,
             "total_episodes": len(self._episodes),
             "total_frames": self._total_frames,
             "total_tasks": len(self._tasks),
@@ -499,6 +534,41 @@ def _warn_unlisted(root: str, layout: str, unlisted: List[int]) -> None:
         logger.warning("DatasetWriter(%s) was dropped without finalize(): its last %d episode(s) are not in meta/, %s; "
                        "call finalize() (or write_meta() after each episode) or use `with DatasetWriter(...)`",
                        root, unlisted[0], where)
+
+
+def _feature_of(field: pa.Field, width: Optional[int]) -> Dict[str, Any]:
+    """LeRobot's info.json feature of a data column: its dtype name and per-step shape ([1] for a scalar; `width`
+    values per step for a list column)."""
+    kind = field.type
+    is_list = pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
+    if is_list:
+        kind = kind.value_type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        dtype = "string"
+    else:
+        dtype = np.dtype(kind.to_pandas_dtype()).name  # float32, int64, bool, ...
+    return {"dtype": dtype, "shape": [width if is_list and width else 1], "names": None}
+
+
+def _tasks_table(tasks: Mapping[str, int]) -> pa.Table:
+    """v3.0's meta/tasks.parquet as LeRobot writes it with pandas: the task strings are the table's index (the
+    `__index_level_0__` column, named so in the pandas metadata) beside a `task_index` column. As two plain columns,
+    LeRobot read the row number as each frame's task (0, 1, ...) without an error."""
+    ordered = sorted(tasks.items(), key=lambda item: item[1])
+    table = pa.table({"task_index": pa.array([i for _, i in ordered], pa.int64()),
+                      "__index_level_0__": pa.array([t for t, _ in ordered], pa.string())})
+    pandas_meta = {
+        "index_columns": ["__index_level_0__"],
+        "column_indexes": [{"name": None, "field_name": None, "pandas_type": "unicode", "numpy_type": "object",
+                            "metadata": {"encoding": "UTF-8"}}],
+        "columns": [
+            {"name": "task_index", "field_name": "task_index", "pandas_type": "int64", "numpy_type": "int64", "metadata": None},
+            {"name": None, "field_name": "__index_level_0__", "pandas_type": "unicode", "numpy_type": "object", "metadata": None},
+        ],
+        "creator": {"library": "pyarrow", "version": pa.__version__},
+        "pandas_version": "2.2.0",
+    }
+    return table.replace_schema_metadata({b"pandas": json.dumps(pandas_meta).encode()})
 
 
 def _float_groups(groups: Mapping[str, np.ndarray], kind: str) -> Dict[str, np.ndarray]:
