@@ -226,7 +226,9 @@ class ReferenceClient:
             request["api_token"] = self.api_token
         self._socket.send(ref_packb(request, generation=self.generation))
         reply = ref_unpackb(self._socket.recv(), generation=self.generation)
-        if isinstance(reply, dict) and "error" in reply:
+        # service.py's BaseInferenceClient tests `"error" in response` on every reply, with no isinstance check
+        # (a nil reply raises TypeError there); the newer clients check for a map first.
+        if (self.generation == "n15" or isinstance(reply, dict)) and "error" in reply:
             raise RuntimeError(f"Server error: {reply['error']}")
         return reply
 

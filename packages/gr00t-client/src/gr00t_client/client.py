@@ -575,8 +575,9 @@ class PolicyClient(BasePolicy):
                 raise server_error(str(reply["error"]), endpoint)
         return reply
 
-    def _negotiate(self, deadline: Optional[float] = None) -> None:
-        """Ask once whether the server is ours (multipart capable); a reference server says 'Unknown endpoint'."""
+    def _negotiate(self, deadline: Optional[float] = None) -> Any:
+        """Ask once whether the server is ours (multipart capable); a reference server says 'Unknown endpoint'.
+        Returns the get_server_info answer (its reply, or the error reply's PolicyServerError); None when unreadable."""
         envelope = self._envelope("get_server_info", None, requires_input=False)
         try:
             info = self._round_trip(envelope, "get_server_info", multipart=False, deadline=deadline)
@@ -586,7 +587,7 @@ class PolicyClient(BasePolicy):
             self._server_is_ours = False
             logger.debug("server at %s is not a gr00t-server (%s); using the reference wire", self.address, exc)
             self._probe_wire_generation(deadline)
-            return
+            return exc
         except codec.WireDecodeError as exc:
             # A gr00t-server newer than this client (its info carries a modality config field this version does not
             # know) failed every call here, ping aside: the reference wire, which every server answers, still works.
@@ -596,7 +597,7 @@ class PolicyClient(BasePolicy):
             logger.warning("server at %s answered get_server_info with what this client cannot read (%s): a newer "
                            "gr00t-server? Using the reference wire (no multipart, no size check before sending); "
                            "install the gr00t-client of the server's version", self.address, exc)
-            return
+            return None
         capabilities = info.get("capabilities", []) if isinstance(info, dict) else []
         self._server_is_ours = isinstance(info, dict) and info.get("server") == "gr00t-server"
         if not self._server_is_ours:
@@ -607,6 +608,7 @@ class PolicyClient(BasePolicy):
         # Older gr00t-servers do not report it; then, as with a reference server, nothing is checked here.
         if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
             self.server_max_message_bytes = limit
+        return info
 
     def _probe_wire_generation(self, deadline: Optional[float]) -> None:
         """Learn a reference server's wire generation before any array is sent to it.
@@ -735,7 +737,13 @@ class PolicyClient(BasePolicy):
                 self._notice_reconnection()
                 deadline = self._deadline()  # one budget, negotiation included
                 if self._server_is_ours is None and endpoint not in ("ping", "kill"):
-                    self._negotiate(deadline)
+                    asked = self._negotiate(deadline)
+                    if endpoint == "get_server_info" and not requires_input and asked is not None:
+                        # The negotiation was this very question: its answer, not a second one (a reference server
+                        # logs a traceback for each get_server_info it does not know).
+                        if isinstance(asked, PolicyServerError):
+                            raise asked
+                        return asked
                 multipart = bool(self._server_is_ours) and self._wire in ("auto", "multipart")
                 envelope = self._envelope(endpoint, data, requires_input)
                 reply = self._round_trip(envelope, endpoint, multipart=multipart, deadline=deadline)
@@ -844,6 +852,13 @@ class PolicyClient(BasePolicy):
         if self.return_server_timing and self._serves_timing():
             options = {TIMING_OPTION: True, **(options or {})}
         reply = self.call_endpoint("get_action", {"observation": observation, "options": options})
+        if isinstance(reply, Mapping) and not self._server_is_ours:
+            # What N1/N1.5's RobotInferenceServer (gr00t/eval/service.py) answers: it handed its policy our whole
+            # {observation, options} map as the observation, so even this map is no answer to the request.
+            raise codec.WireDecodeError(
+                f"get_action reply from {self.address} must be [action, info]; got a map alone, as an N1/N1.5 server "
+                "(gr00t/eval/service.py RobotInferenceServer) answers: PolicyClient does not support N1/N1.5 servers "
+                "(docs/protocol.md, Compatibility); serve the model with gr00t-server or a newer Isaac-GR00T PolicyServer")
         if not isinstance(reply, (list, tuple)) or len(reply) != 2:
             raise codec.WireDecodeError(f"get_action reply must be [action, info]; got {type(reply).__name__}")
         # Every server's: ours checks its policy's output, but a get_action an operator registered in its place (or

@@ -9,10 +9,12 @@ not scored: comparing a replay of the wrong episode or step with the recording g
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
@@ -26,13 +28,17 @@ from .progress import bar_options
 from .dataset import DatasetError, LeRobotDataset
 from .key_matching import match_keys
 from .metrics import ActionErrors, action_errors
-from .policy_identity import pinned_policy, policy_record
+from .policy_identity import pinned_policy, record_from_info, server_info
 from .reported_position import is_position
 from .results import RESULTS_FILENAME, open_loop_results, write_results
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_OUTPUT_DIR = "/tmp/open_loop_eval"
+# A flat observation key quoted in a server's error (a sim-wrapper policy's bare KeyError: 'state.arm').
+_QUOTED_FLAT_KEY = re.compile(r"'(?:video|state|annotation|language)\.[^']+'")
+FLAT_FORMAT_HINT = ("; the server's policy seems to want flat keys, and --observation-format auto sent the nested "
+                    "form (the server did not say it serves the sim wrapper): run with --observation-format flat")
 
 
 @dataclass
@@ -93,18 +99,13 @@ class TrajectoryError(RuntimeError):
     """A trajectory that cannot be scored soundly (the policy is not at its episode or step); the run goes on without it."""
 
 
-def resolve_observation_format(policy: BasePolicy, requested: str) -> str:
-    """"auto": "flat" for a server whose policy is the sim wrapper, else "nested" (the reference server's form)."""
+def resolve_observation_format(info: Any, requested: str) -> str:
+    """"auto": "flat" for a server whose get_server_info `info` names the sim wrapper, else "nested" (the reference
+    server's form; its server cannot be asked, info None)."""
     if requested != "auto":
         return requested
-    get_info = getattr(policy, "get_server_info", None)
-    if get_info is None:
-        return "nested"
-    try:
-        info = get_info()
-    except Exception:  # noqa: BLE001 - the reference server has no info endpoint: it speaks the nested form
-        return "nested"
-    return "flat" if "Sim" in str(info.get("policy_class", "")) else "nested"
+    policy_class = info.get("policy_class", "") if isinstance(info, Mapping) else ""
+    return "flat" if "Sim" in str(policy_class) else "nested"
 
 
 @dataclass
@@ -424,9 +425,10 @@ def evaluate_open_loop(
     any other failure) still writes results.json with the trajectories it scored, its status, the ids not run
     and why; then the exception goes on up.
     """
-    if config.observation_format == "auto":
-        config = dataclasses.replace(config, observation_format=resolve_observation_format(policy, "auto"))
-    served = policy_record(policy)  # what results.json records, and what the run is held to (pinned_policy)
+    info = server_info(policy)  # asked once: the observation format, the policy record and the pin all come from it
+    guessed_nested = config.observation_format == "auto" and resolve_observation_format(info, "auto") == "nested"
+    config = dataclasses.replace(config, observation_format=resolve_observation_format(info, config.observation_format))
+    served = record_from_info(info)  # what results.json records, and what the run is held to (pinned_policy)
     served_tag = (served or {}).get("embodiment_tag")
     if config.embodiment_tag is not None and served_tag is not None and served_tag != config.embodiment_tag:
         raise ValueError(f"the server serves embodiment {served_tag!r} and this run asks for {config.embodiment_tag!r} "
@@ -464,7 +466,8 @@ def evaluate_open_loop(
     stopped: Optional[BaseException] = None
     position = 0
     try:
-        with pinned_policy(policy, served):  # a server restarted with another checkpoint stops the run (aborted)
+        # A server restarted with another checkpoint stops the run (aborted); one that gave no info has nothing to pin.
+        with pinned_policy(policy, served) if served is not None else contextlib.nullcontext():
             for position, traj_id in enumerate(valid):
                 counted = bar.n if bar is not None else 0
                 try:
@@ -481,6 +484,8 @@ def evaluate_open_loop(
                     reason = (str(exc) if isinstance(exc, TrajectoryError) else
                               f"its recording cannot be read: {exc}" if isinstance(exc, DatasetError) else
                               f"the server answered with an error: {exc}")
+                    if guessed_nested and isinstance(exc, PolicyServerError) and _QUOTED_FLAT_KEY.search(str(exc)):
+                        reason += FLAT_FORMAT_HINT
                     result.errored[traj_id] = reason
                     report(f"trajectory {traj_id} errored: {reason}")
                     if bar is not None:  # its steps not run are done with too: a finished run's bar ends at 100%

@@ -35,6 +35,20 @@ def policy_record(client: Any) -> Optional[Dict[str, Any]]:
         return None
 
 
+def server_info(client: Any) -> Any:
+    """`client`'s get_server_info reply, for a run that learns all it needs from one question (its policy record,
+    the observation format); None for an in-process policy, a server that cannot say (the reference's), or one that
+    did not answer (warned: a restart with another checkpoint during the run will then go unnoticed)."""
+    if not callable(getattr(client, "get_server_info", None)):
+        return None
+    try:
+        return _served_info(client)
+    except (TimeoutError, ConnectionError) as exc:
+        logger.warning("could not ask %s which policy it serves (%s): a restart with another checkpoint during this "
+                       "run will not be noticed", getattr(client, "address", "the server"), exc)
+        return None
+
+
 def _served_info(client: Any) -> Any:
     """`client`'s get_server_info reply; None from a server that cannot say (the reference's has no such endpoint).
     A timeout or lost connection is raised as it is: the caller decides what an unreachable server means."""

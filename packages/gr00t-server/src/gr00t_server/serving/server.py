@@ -285,7 +285,7 @@ class PolicyServer:
     def _ping(self) -> Dict[str, str]:
         return {"status": "ok", "message": "Server is running"}
 
-    def _kill(self) -> None:
+    def _kill(self) -> Dict[str, Any]:
         request = self._current
         authenticated = self.api_token is not None  # the token was already checked for every request
         if not (authenticated or self.allow_remote_kill or is_loopback_peer(request.peer if request else None)):
@@ -295,6 +295,9 @@ class PolicyServer:
             )
         logger.info("kill requested by %s; shutting down", request.peer if request else "local")
         self._running = False
+        # An empty map, not nil: N1/N1.5's client tests `"error" in reply` on every reply (TypeError on nil); the
+        # other generations' clients ignore kill's reply.
+        return {}
 
     def _get_action(self, observation: Any = None, options: Any = None) -> List[Any]:
         request = self._current
