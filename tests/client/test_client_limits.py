@@ -1,6 +1,8 @@
 """PolicyClient limits: requests over the server's size cap are refused before sending; IPv6 hosts work."""
 
 import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -152,3 +154,52 @@ def test_a_timeout_on_an_ipv6_host_names_the_bracketed_address():
         with PolicyClient(host="::1", port=port, timeout_ms=200) as client:
             with pytest.raises(TimeoutError, match=rf"\[::1\]:{port}"):
                 client.get_action(small_observation())
+
+
+def test_the_clients_of_a_process_share_one_zeromq_context():
+    """A context per client cost 2 native threads and ~9 descriptors each (300 clients: 606 threads)."""
+    clients = [PolicyClient("127.0.0.1", 1, timeout_ms=100) for _ in range(3)]
+    try:
+        assert len({id(client._context) for client in clients}) == 1
+        clients[0].close()
+        assert not clients[1]._context.closed  # closing one client leaves the others' context alone
+    finally:
+        for client in clients:
+            client.close()
+
+
+FD_EXHAUSTION = r"""
+import os, resource, sys
+from gr00t_client import PolicyClient
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+port = int(sys.argv[1])
+first = PolicyClient("127.0.0.1", port, timeout_ms=2000)
+assert first.ping()
+held = []
+while True:  # the rest of the descriptor table used up (other code, a leak, many cameras)
+    try:
+        held.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError:
+        break
+os.close(held.pop()); os.close(held.pop())
+second = PolicyClient("127.0.0.1", port, timeout_ms=300)
+try:
+    second.get_modality_config()
+    print("served")
+except ConnectionError as exc:
+    print("refused:", exc)
+print("alive")
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs Linux descriptor limits")
+def test_a_new_client_out_of_file_descriptors_is_refused_and_the_process_lives(tmp_path):
+    """Its own new context's I/O thread could not get a descriptor: libzmq aborted the process (SIGABRT, exit 134,
+    no Python error) at the 114th live client under a 1024 limit (audit12 footprint note)."""
+    script = tmp_path / "exhaust.py"
+    script.write_text(FD_EXHAUSTION)
+    with running_server(EchoPolicy()) as server:
+        done = subprocess.run([sys.executable, str(script), str(server.port)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.rstrip().endswith("alive")
+    assert "refused: cannot connect to" in done.stdout and "Too many open files" in done.stdout

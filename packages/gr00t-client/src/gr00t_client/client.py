@@ -137,6 +137,35 @@ def _nbytes(frames: List[Any]) -> int:
     return sum(memoryview(frame).nbytes for frame in frames)
 
 
+class _ProcessContext:
+    """The ZeroMQ context every PolicyClient of this process shares (made afresh in a forked child).
+
+    A context per client cost 2 native threads and about 9 file descriptors each, and a context's first socket
+    starts its I/O thread: out of descriptors there, libzmq aborts the process (SIGABRT, no Python error), as it
+    did at the 114th live client under the common 1024-descriptor limit. With one context, an out-of-descriptors
+    socket is refused (a ConnectionError naming it) and the process lives. Clients close their own sockets; the
+    context stays for the process's life."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._context: Optional[zmq.Context] = None
+        self._pid: Optional[int] = None
+        if hasattr(os, "register_at_fork"):  # a parent thread may hold the lock at the fork
+            os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._lock = threading.Lock()
+        self._context, self._pid = None, None
+
+    def get(self) -> zmq.Context:
+        """This process's context (a parent's does not survive a fork: the child's first call spun for ever)."""
+        with self._lock:
+            if self._context is None or self._context.closed or self._pid != os.getpid():
+                self._context, self._pid = zmq.Context(), os.getpid()
+            return self._context
+
+
+_PROCESS_CONTEXT = _ProcessContext()
 _SNDMORE = int(zmq.SNDMORE)  # plain ints: pyzmq's send_multipart does enum.Flag arithmetic per frame
 _NOBLOCK = int(zmq.NOBLOCK)
 
@@ -271,7 +300,7 @@ class PolicyClient(BasePolicy):
         # CURVE encryption (gr00t_client.curve): None for plaintext; an ephemeral key pair when no client key is given.
         self._curve = curve.client_keys(server_public_key, client_secret_key)
         self._pid = os.getpid()  # the process whose ZeroMQ objects these are (see _adopt_after_fork)
-        self._context: Optional[zmq.Context] = zmq.Context()
+        self._context: Optional[zmq.Context] = _PROCESS_CONTEXT.get()  # None once closed
         self._socket: Optional[zmq.Socket] = None
         self._handshake: Optional[_ReplyWatch] = None  # watches the current socket's handshakes and closings
         # Reentrant, so that close() from a signal handler on the thread that is in a call does not wait for itself.
@@ -670,7 +699,7 @@ class PolicyClient(BasePolicy):
         self._closing, self._call = threading.Event(), threading.local()
         if closing:
             self._closing.set()
-        self._context = None if closed else zmq.Context()
+        self._context = None if closed else _PROCESS_CONTEXT.get()
         logger.debug("PolicyClient for %s in forked process %d: new ZeroMQ context and socket", self.address, self._pid)
 
     @contextlib.contextmanager
@@ -891,11 +920,10 @@ class PolicyClient(BasePolicy):
             self._close_now()
 
     def _close_now(self) -> None:
-        """Close the socket and the context (holding the lock); safe to re-enter from a signal handler."""
+        """Close the socket (holding the lock) and let go of the process's shared context; safe to re-enter from a
+        signal handler."""
         self._discard_socket()
-        context, self._context = self._context, None
-        if context is not None:
-            context.destroy(linger=0)
+        self._context = None
 
     def __enter__(self) -> "PolicyClient":
         return self
