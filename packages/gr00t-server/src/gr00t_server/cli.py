@@ -359,6 +359,9 @@ def _check_bind_host(host: str) -> None:
                        "of this machine, 0.0.0.0 or :: for all, or 127.0.0.1 for loopback only") from None
 
 
+LOW_OPEN_FILE_LIMIT = 1024  # below this many open files (after raising the soft limit to the hard one), serve warns
+
+
 def _raise_open_file_limit() -> None:
     """Raise this process's soft limit on open files to its hard limit (a server holds one per client connection;
     at the soft limit, often 1024, libzmq stops accepting connections without a word and spins on the listener)."""
@@ -371,9 +374,15 @@ def _raise_open_file_limit() -> None:
     if soft != resource.RLIM_INFINITY and soft < target:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
         except (ValueError, OSError) as exc:
             logger.warning("could not raise the open-file limit from %d to %d (%s); the server accepts about %d "
                            "clients at once", soft, target, exc, max(0, soft - 64))
+            return
+    if soft != resource.RLIM_INFINITY and soft < LOW_OPEN_FILE_LIMIT:  # a hard limit as low (ulimit -n 64 ...)
+        logger.warning("the open-file limit is %d (its hard limit too): the server accepts about %d clients at once, "
+                       "and past that libzmq spins on its listener without a word; raise it (ulimit -Hn, or "
+                       "LimitNOFILE= in a systemd unit)", soft, max(0, soft - 64))
 
 
 def serve(args: argparse.Namespace, leave_when_stopped: bool = False) -> int:
