@@ -32,7 +32,8 @@ V3_VIDEO_FILE_SIZE_IN_MB = 200
 
 
 class DatasetWriter:
-    """Write episodes to `root` as a LeRobot dataset GR00T can read (and LeRobotDataset reads back).
+    """Write episodes to `root` as a LeRobot dataset GR00T can read (v2.1, the layout Isaac-GR00T's loaders read; they
+    take v3.0 only after their own conversion to v2) and the `lerobot` library's LeRobotDataset reads back.
 
     Usage::
 
@@ -47,9 +48,9 @@ class DatasetWriter:
             )
 
     Leaving the `with` block (or calling `finalize()`) writes meta/info.json, episodes, tasks,
-    modality.json and stats.json (mean/std/min/max/q01/q99 per numeric column, with LeRobot's q10/q50/q90 and
-    count, and each camera's per-channel statistics), and each episode's statistics as LeRobot keeps them
-    (episodes_stats.jsonl in v2.1, `stats/...` columns of the episode table in v3.0). The first episode
+    modality.json and stats.json (mean/std/min/max/q01/q99 per numeric column; in v3.0 also LeRobot's q10/q50/q90,
+    count and each camera's per-channel statistics, which LeRobot reads from there), and each episode's statistics
+    as LeRobot keeps them (episodes_stats.jsonl in v2.1, `stats/...` columns of the episode table in v3.0). The first episode
     fixes cameras, group names and dims; later episodes must match. `layout="v3.0"` writes
     LeRobot v3.0 files instead (`episodes_per_file` episodes share one parquet and one mp4 per camera).
     The language key reads `task_index` by default; pass `language_column` to write a separate int column.
@@ -464,8 +465,14 @@ class DatasetWriter:
         pq.write_table(_tasks_table(self._tasks), meta / "tasks.parquet")
 
     def _dataset_stats(self) -> Dict[str, Any]:
-        """stats.json: each numeric column's statistics over every row (GR00T's mean/std/min/max/q01/q99, exact) with
-        LeRobot's other quantiles and `count`, and each camera's, merged from the episodes' as LeRobot does."""
+        """stats.json: each numeric column's statistics over every row (GR00T's mean/std/min/max/q01/q99, exact); in
+        v3.0 with LeRobot's other quantiles and `count`, and each camera's, merged from the episodes' as LeRobot does
+        (lerobot 0.4 reads a v3.0 dataset's statistics from this file, and merges by count when it appends). v2.1
+        keeps GR00T's own form: LeRobot reads v2.1 statistics from episodes_stats.jsonl, and Isaac-GR00T N1.5's
+        loader slices every statistic of a column by its groups (a one-element `count` made it fail on every
+        dataset)."""
+        if self.layout == "v2.1":
+            return {name: running.stats() for name, running in self._numeric.items()}
         stats: Dict[str, Any] = {
             name: {**running.stats(), **{q_name: running.quantile(q) for q_name, q in LEROBOT_QUANTILES.items()},
                    "count": [running.count]}
