@@ -47,7 +47,8 @@ def layout_root(request, tmp_path_factory):
                 task=TASKS[episode],
                 step_columns={"next.reward": np.arange(length, dtype=np.float32) / 10,
                               "next.success": np.arange(length) == length - 1,
-                              "next.contact": np.ones((length, 2), np.float64) * episode},
+                              "next.contact": np.ones((length, 2), np.float64) * episode,
+                              "next.gap": np.zeros((length, 1), np.float32)},
                 metadata={"seed": 100 + episode},
             )
     return request.param, root
@@ -62,6 +63,10 @@ def test_info_json_declares_every_column_of_the_data_files(layout_root):
     assert features["next.success"] == {"dtype": "bool", "shape": [1], "names": None}
     assert features["next.contact"] == {"dtype": "float64", "shape": [2], "names": None}
     assert features["lang"] == {"dtype": "int64", "shape": [1], "names": None}
+    # a (T, 1) column is stored as LeRobot stores a one-value feature, a scalar (as a list of one, lerobot 0.4
+    # refused to load the dataset: shape [1] is a scalar to it)
+    assert features["next.gap"] == {"dtype": "float32", "shape": [1], "names": None}
+    assert all(str(table.schema.field("next.gap").type) == "float" for table in _data_tables(root))
     assert features["observation.images.cam"]["dtype"] == "video"
 
 
@@ -141,6 +146,27 @@ def test_a_v21_episode_that_fails_leaves_no_statistics_row(tmp_path):
     writer.add_episode(frames, expected_states(1, 3), expected_actions(1, 3), "t")
     writer.finalize()
     assert [row["episode_index"] for row in _jsonl(root / "meta" / "episodes_stats.jsonl")] == [0, 1]
+
+
+def test_write_meta_after_each_episode_appends_the_new_statistics_lines(tmp_path):
+    """Rewriting episodes_stats.jsonl whole after every episode wrote ~10 GB over a 2,000-episode recording."""
+    root = tmp_path / "ds"
+    writer = DatasetWriter(root, 10)
+    path = root / "meta" / "episodes_stats.jsonl"
+    frames = {"cam": np.zeros((3, 16, 16, 3), np.uint8)}
+    inodes = []
+    for episode in range(3):
+        writer.add_episode(frames, expected_states(episode, 3), expected_actions(episode, 3), "t")
+        writer.write_meta()
+        inodes.append(path.stat().st_ino)
+    assert inodes[1] == inodes[0] == inodes[2]  # appended in place, not replaced
+    assert [row["episode_index"] for row in _jsonl(path)] == [0, 1, 2]
+    path.write_text(path.read_text().splitlines(keepends=True)[0])  # changed behind the writer's back: rewritten whole
+    writer.add_episode(frames, expected_states(3, 3), expected_actions(3, 3), "t")
+    writer.finalize()
+    rows = _jsonl(path)
+    assert [row["episode_index"] for row in rows] == [0, 1, 2, 3]
+    assert rows[2]["stats"]["observation.state"]["count"] == [3]
 
 
 def test_image_stats_quantiles_equal_numpys_on_the_pixels_sampled():

@@ -113,8 +113,8 @@ class DatasetWriter:
         self._tasks: Dict[str, int] = {}
         self._episodes: List[Dict[str, Any]] = []
         self._episode_stats: List[Dict[str, Any]] = []  # per episode, LeRobot's per-episode statistics of each feature
-        self._episode_stats_lines: List[str] = []  # v2.1: each one's episodes_stats.jsonl line, made once (write_meta
-        # after every episode rewrote them all: a 1,000-episode recording serialised 500,000 rows)
+        self._episode_stats_lines: List[str] = []  # v2.1: each one's episodes_stats.jsonl line, made once
+        self._episode_stats_on_disk = (0, 0)  # (lines, bytes) of episodes_stats.jsonl as this writer last left it
         self._numeric: Dict[str, RunningColumnStats] = {}  # per numeric column, for stats.json
         self._total_frames = 0
         self._finalized = False
@@ -266,7 +266,7 @@ class DatasetWriter:
             _write_jsonl(meta / "tasks.jsonl", [{"task_index": i, "task": t} for t, i in self._tasks.items()])
             _write_jsonl(meta / "episodes.jsonl", self._episodes)
             # LeRobot v2.1 loads it with the rest of meta/ (and refuses, or looks for the dataset on the Hub, without)
-            _replace_text(meta / "episodes_stats.jsonl", "".join(self._episode_stats_lines))
+            self._write_episode_stats(meta / "episodes_stats.jsonl")
         else:
             self._write_v3_meta(meta)
         _write_json(meta / "info.json", self._info())  # last: its total_episodes never counts an episode not yet listed
@@ -464,6 +464,31 @@ class DatasetWriter:
         pq.write_table(pa.table({name: [row.get(name) for row in rows] for name in names}), path)
         pq.write_table(_tasks_table(self._tasks), meta / "tasks.parquet")
 
+    def _write_episode_stats(self, path: Path) -> None:
+        """episodes_stats.jsonl: the lines of episodes added since the last write appended to the file as this writer
+        left it (rewritten whole when it is not so). Rewriting it after every episode wrote about 10 GB over a
+        2,000-episode recording (each line is ~5 KB). An append cut short is cut back, so the file never ends in half
+        a line."""
+        lines, size = self._episode_stats_on_disk
+        new = "".join(self._episode_stats_lines[lines:]).encode("utf-8")
+        try:
+            if 0 < lines <= len(self._episode_stats_lines) and path.stat().st_size == size:
+                with open(path, "r+b") as handle:
+                    handle.seek(size)
+                    try:
+                        handle.write(new)
+                        handle.flush()
+                    except BaseException:
+                        handle.truncate(size)
+                        raise
+                self._episode_stats_on_disk = (len(self._episode_stats_lines), size + len(new))
+                return
+        except FileNotFoundError:
+            pass
+        text = "".join(self._episode_stats_lines)
+        _replace_text(path, text)
+        self._episode_stats_on_disk = (len(self._episode_stats_lines), len(text.encode("utf-8")))
+
     def _dataset_stats(self) -> Dict[str, Any]:
         """stats.json: each numeric column's statistics over every row (GR00T's mean/std/min/max/q01/q99, exact); in
         v3.0 with LeRobot's other quantiles and `count`, and each camera's, merged from the episodes' as LeRobot does
@@ -624,9 +649,13 @@ def _check_cast_loses_nothing(original: Any, cast: Any) -> None:
 
 
 def _to_table(columns: Mapping[str, np.ndarray]) -> pa.Table:
+    """The episode's columns as a table: (T, D) as lists, (T,) and (T, 1) as scalars (LeRobot declares a one-value
+    feature as shape [1] and reads it as a scalar: a list column of width 1 failed its whole dataset's load)."""
     arrays = {}
     for name, values in columns.items():
         values = np.asarray(values)
+        if values.ndim == 2 and values.shape[1] == 1:
+            values = values[:, 0]
         if values.ndim == 2:
             arrays[name] = pa.array(list(values), type=pa.list_(pa.from_numpy_dtype(values.dtype)))
         elif values.dtype.kind in "OUS":
