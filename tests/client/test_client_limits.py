@@ -203,3 +203,31 @@ def test_a_new_client_out_of_file_descriptors_is_refused_and_the_process_lives(t
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
     assert done.stdout.rstrip().endswith("alive")
     assert "refused: cannot connect to" in done.stdout and "Too many open files" in done.stdout
+
+
+MANY_CLIENTS = r"""
+import resource, sys
+from gr00t_client import PolicyClient
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
+clients = [PolicyClient("127.0.0.1", int(sys.argv[1]), timeout_ms=10000) for _ in range(400)]
+served = sum(bool(client.ping()) for client in clients)
+for client in clients:
+    client.close()
+print("served", served)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs Linux descriptor limits")
+def test_four_hundred_live_clients_in_one_process_are_served(tmp_path):
+    """The shared context kept ZeroMQ's default of 1023 sockets, 3 per client: the 342nd client was refused 'Too many
+    open files' whatever the descriptor limit (each client's own context had its own 1023 before; audit12 review)."""
+    resource = pytest.importorskip("resource")
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[1] < 4096:
+        pytest.skip("the hard open-file limit leaves no room for 400 clients")
+    script = tmp_path / "many.py"
+    script.write_text(MANY_CLIENTS)
+    with running_server(EchoPolicy()) as server:
+        done = subprocess.run([sys.executable, str(script), str(server.port)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "served 400", done.stdout

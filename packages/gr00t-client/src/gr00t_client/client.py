@@ -161,7 +161,12 @@ class _ProcessContext:
         """This process's context (a parent's does not survive a fork: the child's first call spun for ever)."""
         with self._lock:
             if self._context is None or self._context.closed or self._pid != os.getpid():
-                self._context, self._pid = zmq.Context(), os.getpid()
+                context = zmq.Context()
+                # ZeroMQ's default of 1023 sockets a context was one per client; a client holds 3 (its REQ socket and
+                # its handshake monitor's two): at the default, the 342nd live client was refused "Too many open
+                # files" under any descriptor limit. The descriptor limit is what bounds them now.
+                context.set(zmq.MAX_SOCKETS, context.get(zmq.SOCKET_LIMIT))
+                self._context, self._pid = context, os.getpid()
             return self._context
 
 
