@@ -578,7 +578,8 @@ def _feature_of(field: pa.Field, width: Optional[int]) -> Dict[str, Any]:
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         dtype = "string"
     else:
-        dtype = np.dtype(kind.to_pandas_dtype()).name  # float32, int64, bool, ...
+        # float32, int64, bool, ... (not to_pandas_dtype: pyarrow before 17 imports pandas for it)
+        dtype = pa.array([], type=kind).to_numpy(zero_copy_only=False).dtype.name
     return {"dtype": dtype, "shape": [width if is_list and width else 1], "names": None}
 
 
