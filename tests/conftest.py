@@ -14,6 +14,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # ignored across exec), so every Ctrl-C test fails (exit 0 instead of 130). Ctrl-C is what those tests send.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+# Likewise a suite started with `nohup` passes SIGHUP ignored to every CLI it starts, which then (rightly) leave it
+# ignored: the tests of what SIGHUP does to a run or a server failed (the run finished, exit 0). They send it
+# themselves; the suite takes SIGHUP as a terminal's suite does (the nohup case has its own test).
+if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def _cuda_available() -> bool:
