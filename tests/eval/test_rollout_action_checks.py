@@ -34,6 +34,14 @@ class NaNPolicy(ConstantPolicy):
         return {"action.push": np.full((batch, ACTION_HORIZON, 1), np.nan, np.float32)}, {}
 
 
+class HugePolicy(ConstantPolicy):
+    """A float64 action finite on the wire and past float32's range: cast to the env's float32, it was inf."""
+
+    def _get_action(self, observation, options=None):
+        batch = np.asarray(observation["state.position"]).shape[0]
+        return {"action.push": np.full((batch, ACTION_HORIZON, 1), 1e39, np.float64)}, {}
+
+
 class SeedInInfoPolicy(ConstantPolicy):
     """Reports its own sampling seed in reset info: not a recording's per-row seeds."""
 
@@ -59,6 +67,26 @@ def test_a_nan_action_is_an_error_in_every_chunking_mode(chunking):
     results = run_suite(NaNPolicy(), "walkto/fast", config)
     assert results["overall"]["n_errors"] == 4
     assert all("non-finite values (NaN or inf)" in error for error in errors_of(results)), errors_of(results)
+
+
+@pytest.mark.parametrize("chunking", ["off", "sync"])
+def test_an_action_past_the_envs_dtype_range_is_an_error_not_an_inf_step(chunking):
+    """The NaN/inf check ran before the cast to the env's dtype: 1e39 was executed as inf, the episode scored as a
+    plain success, with numpy's one RuntimeWarning as the only sign (audit12 actions note)."""
+    config = RolloutConfig(env_name="walkto/fast", client_chunking=chunking, **WALK)
+    results = run_suite(HugePolicy(), "walkto/fast", config)
+    assert results["overall"]["n_errors"] == 4
+    assert all("action key 'action.push' has values beyond float32's range" in error for error in errors_of(results))
+
+
+def test_actions_for_an_integer_action_space_are_rounded_and_refused_past_its_range():
+    from gr00t_eval.rollout.policy_io import _in_env_dtype
+    from gr00t_client import ActionError
+
+    steps = np.array([[[0.9], [2.2], [-1.6]]])
+    assert _in_env_dtype("action.k", steps, np.dtype(np.int8)).ravel().tolist() == [1, 2, -2]  # 0.9 was truncated to 0
+    with pytest.raises(ActionError, match="action key 'action.k' has values beyond int8's range"):
+        _in_env_dtype("action.k", np.array([[[70000.0]]]), np.dtype(np.int8))  # it wrapped to 112
 
 
 def test_a_scalar_seed_in_reset_info_does_not_replace_every_episodes_seed(caplog):

@@ -286,5 +286,31 @@ def policy_actions(action: Mapping[str, Any], action_space: gym.spaces.Dict, n_a
         if rows:  # executed, a NaN step was scored as a plain success or failure
             raise ActionError(f"action key '{key}' has non-finite values (NaN or inf) in rows {rows}; it was not "
                               "executed")
-        out[key] = value[:, :n_action_steps].astype(space.dtype, copy=False)
+        out[key] = _in_env_dtype(key, value[:, :n_action_steps], np.dtype(space.dtype))
     return out
+
+
+def _in_env_dtype(key: str, steps: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """`steps` in the env's action dtype (rounded to the nearest integer for an integer dtype), or ActionError naming
+    the key when the cast would change what is executed otherwise: a finite value past a float dtype's range (1e39
+    into float32 became inf, executed, with only numpy's warning), a value past an integer dtype's range (70000.0
+    wrapped to 112 in int8; 0.9 was truncated to 0, now rounded to 1)."""
+    if steps.dtype == dtype:
+        return steps
+    if dtype.kind in "iu" and steps.dtype.kind == "f":
+        steps = np.rint(steps)
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = steps.astype(dtype)
+    if dtype.kind == "f":
+        bad = ~np.isfinite(cast) & np.isfinite(steps) if steps.dtype.kind in "fc" else ~np.isfinite(cast)
+        problem = f"beyond {dtype.name}'s range"
+    elif dtype.kind in "iu":
+        bad = cast.astype(np.float64) != steps.astype(np.float64)
+        problem = f"beyond {dtype.name}'s range"
+    else:
+        return cast
+    if bad.any():
+        row = int(np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1))[0])
+        raise ActionError(f"action key '{key}' has values {problem}, the env's action dtype (row {row}: "
+                          f"{steps[row].ravel()[:4].tolist()}); it was not executed")
+    return cast
