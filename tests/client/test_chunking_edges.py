@@ -304,3 +304,46 @@ def test_close_ends_the_prefetch_thread_and_a_dropped_chunker_does_too():
     while len(prefetch_threads()) > before and time.monotonic() < deadline:
         time.sleep(0.02)
     assert len(prefetch_threads()) == before
+
+
+# --- chunks too short to prefetch --------------------------------------------------------------------------------
+
+
+def test_asynchronous_with_one_step_chunks_warns_once_and_fetches_as_synchronous_does(caplog):
+    """Every prefetch of a one-step chunk came after its step: thrown away and asked for again, twice the requests of
+    asynchronous=False, each counted as merged (audit12 actions note)."""
+    policy = ScriptedPolicy(steps(0), steps(100), steps(200), steps(300), steps(400))
+    with caplog.at_level("WARNING", logger="gr00t_client.chunking"):
+        with ActionChunker(policy, n_action_steps=1, asynchronous=True) as chunker:
+            executed = [chunker.get_action(obs())[0]["action.x"][0, 0] for _ in range(5)]
+    assert executed == [0, 100, 200, 300, 400]  # step 0 of each chunk, one chunk per step
+    assert policy.calls == 5 and chunker.stats.requests == 5 and chunker.stats.prefetches == 0
+    assert chunker.stats.merged_envs == 0
+    warnings = [r.getMessage() for r in caplog.records if "at least 2 usable steps" in r.getMessage()]
+    assert len(warnings) == 1 and "n_action_steps=1" in warnings[0]
+
+
+class SlowScriptedPolicy(ScriptedPolicy):
+    """ScriptedPolicy whose every call after the first takes `delay_s`."""
+
+    def __init__(self, delay_s, *chunks):
+        super().__init__(*chunks)
+        self.delay_s = delay_s
+
+    def _get_action(self, observation, options=None):
+        if self.calls:
+            import time
+
+            time.sleep(self.delay_s)
+        return super()._get_action(observation, options)
+
+
+def test_a_prefetch_that_comes_after_all_its_steps_is_counted_late_not_merged():
+    """Its steps had all passed: nothing of it was used, yet it counted as merged (and named in merged_env_ids)."""
+    policy = SlowScriptedPolicy(0.3, steps(0, horizon=2), steps(100, horizon=2), steps(200, horizon=2))
+    with ActionChunker(policy, asynchronous=True) as chunker:
+        first, second = (chunker.get_action(obs()) for _ in range(2))
+        third_step, third_info = chunker.get_action(obs())  # waits for the prefetch sent at step 0: both its steps passed
+    assert chunker.stats.late_envs == 1 and chunker.stats.merged_envs == 0
+    assert third_info["merged_env_ids"] == [] and third_info["fetched_env_ids"] == [0]
+    assert third_step["action.x"][0, 0] == 200  # a fresh chunk from this step's observation, step 0 of it

@@ -27,6 +27,8 @@ def job_errors(tmp_path, jobs, defaults=None):
     ({"overrides": {"client_chunking": "asynch"}}, "override client_chunking must be one of 'off', 'sync', 'async', got 'asynch'"),
     ({"overrides": {"env_kwargs": ["a"]}}, "override env_kwargs must be an object of keyword arguments"),
     ({"overrides": {"rtc_frozen_steps": 2}}, "override rtc_frozen_steps needs client_chunking 'async'"),
+    ({"overrides": {"client_chunking": "async", "n_action_steps": 1}},
+     "override client_chunking 'async' needs n_action_steps >= 2"),
     ({"overrides": "fast"}, "'overrides' must be an object of rollout settings, got 'fast'"),
     ({"env_name": ["walkto/fast"]}, "'env_name' must be a string (env names or suites, comma-separated)"),
     ({"policy_server": {"host": None, "port": 5555}}, "policy_server 'host' must be a host name or IP address, got None"),
@@ -49,6 +51,8 @@ ROLLOUT = ["rollout", "--env-name", "walkto/slow", "--env-import", "eval.scale_f
 @pytest.mark.parametrize("extra, expected", [
     (["--rtc-frozen-steps", "2"], "--rtc-frozen-steps needs --client-chunking async (got --client-chunking off)"),
     (["--client-chunking", "sync", "--chunk-merge", "average"], "--chunk-merge average needs --client-chunking async"),
+    # every prefetch of a one-step chunk came after its step: twice the requests of sync, accepted without a word
+    (["--client-chunking", "async", "--n-action-steps", "1"], "--client-chunking async needs --n-action-steps >= 2"),
     (["--n-episodes", "1000000000000"], "--n-episodes must be at most 1,000,000 per run"),
     (["--env-adapter", "walk2=no_such_module_x:make"], "--env-adapter walk2=no_such_module_x:make: env adapter "
                                                        "'no_such_module_x:make': cannot import module 'no_such_module_x'"),

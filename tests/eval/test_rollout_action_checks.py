@@ -79,6 +79,14 @@ def test_an_action_past_the_envs_dtype_range_is_an_error_not_an_inf_step(chunkin
     assert all("action key 'action.push' has values beyond float32's range" in error for error in errors_of(results))
 
 
+def test_async_client_chunking_of_one_step_chunks_is_refused_before_any_episode():
+    from gr00t_eval.rollout.runner import RolloutRunner
+
+    config = RolloutConfig(env_name="walkto/fast", client_chunking="async", **{**WALK, "n_action_steps": 1})
+    with pytest.raises(ValueError, match="client_chunking='async' needs n_action_steps >= 2"):
+        RolloutRunner(ConstantPolicy(), config)
+
+
 def test_actions_for_an_integer_action_space_are_rounded_and_refused_past_its_range():
     from gr00t_eval.rollout.policy_io import _in_env_dtype
     from gr00t_client import ActionError

@@ -123,6 +123,7 @@ class ChunkerStats:
     blocking_waits: int = 0  # get_action calls that had to wait for a policy answer
     merged_envs: int = 0  # env buffers merged with a prefetched chunk
     discarded_envs: int = 0  # prefetched rows dropped because their env was reset meanwhile
+    late_envs: int = 0  # prefetched rows that came after all of their steps had passed (nothing of them was used)
 
 
 @dataclass
@@ -224,6 +225,8 @@ class ActionChunker:
         self.rtc_frozen_steps = rtc_frozen_steps
         self.rtc_ramp_rate = rtc_ramp_rate
         self.stats = ChunkerStats()
+        self._warned_one_step = False
+        self._usable: Optional[int] = None  # steps of each chunk executed (the last chunk's horizon, n_action_steps)
         self._n_envs: Optional[int] = None
         self._keys: Optional[List[str]] = None
         self._step_shapes: Dict[str, Tuple[int, ...]] = {}  # per key: a step's shape, set by the first chunk
@@ -474,6 +477,7 @@ class ActionChunker:
             self._keys = keys
             self._step_shapes = {key: action[key].shape[2:] for key in keys}
         usable = horizon if self.n_action_steps is None else min(horizon, self.n_action_steps)
+        self._usable = usable
         # Copies: a policy may reuse its output array for the next (prefetched) chunk while these steps still run.
         return [{key: np.array(action[key][row, :usable]) for key in keys} for row in range(n_rows)]
 
@@ -542,6 +546,16 @@ class ActionChunker:
         low = [i for i in range(self._n_envs or 0) if self._remaining(i) <= self._threshold(i)]
         if not low:
             return
+        if self._usable is not None and self._usable < 2:
+            # A chunk of one usable step: a prefetch from this step's observation predicts steps from the next one
+            # on, and its one step is the step just taken: nothing of it is ever used. Every prefetch was thrown away
+            # and asked for again, twice the requests of asynchronous=False, with each counted as merged.
+            if not self._warned_one_step:
+                self._warned_one_step = True
+                logger.warning("asynchronous prefetching needs chunks of at least 2 usable steps (n_action_steps=%s): "
+                               "a prefetch would always come after its step; fetching each chunk when it is needed, "
+                               "as asynchronous=False does", self.n_action_steps)
+            return
         ids = low if self.per_env else list(range(self._n_envs or 0))
         request_obs = _copy_leaves(self._rows(observation, ids))
         request_options = dict(self._row_options(options, ids)) if options else None
@@ -605,7 +619,11 @@ class ActionChunker:
             if generation != self._generations[i]:
                 self.stats.discarded_envs += 1
                 continue
-            self._merge_into(i, new, elapsed=self._steps_taken[i] - at_obs)
+            elapsed = self._steps_taken[i] - at_obs
+            self._merge_into(i, new, elapsed=elapsed)
+            if elapsed >= len(next(iter(new.values()))):  # every step it predicted has passed: nothing was merged
+                self.stats.late_envs += 1
+                continue
             merged.append(i)
         self.stats.merged_envs += len(merged)
         return merged

@@ -217,6 +217,10 @@ def check_setting_types(name: str, config: Mapping[str, Any]) -> None:
             problem = "a whole number >= 0, or null"
         if problem is not None:
             raise JobError(f"job {name!r}: override {key} must be {problem}, got {value!r}", name)
+    if config.get("client_chunking", "off") == "async" and isinstance(config.get("n_action_steps"), int) \
+            and config["n_action_steps"] < 2:
+        raise JobError(f"job {name!r}: override client_chunking 'async' needs n_action_steps >= 2 (a prefetch of a "
+                       "one-step chunk always comes after its step); use 'sync'", name)
     if config.get("client_chunking", "off") != "async":  # as `rollout` refuses the same flags
         if config.get("rtc_frozen_steps") is not None:
             raise JobError(f"job {name!r}: override rtc_frozen_steps needs client_chunking 'async'", name)

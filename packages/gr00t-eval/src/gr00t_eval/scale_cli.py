@@ -243,6 +243,10 @@ def _check_rollout_args(args: argparse.Namespace) -> None:
     if args.n_episodes > MAX_EPISODES:
         raise UsageError(f"--n-episodes must be at most {MAX_EPISODES:,} per run (split bigger evaluations into "
                          f"--shard runs or batch jobs), got {args.n_episodes}")
+    if args.client_chunking == "async" and args.n_action_steps < 2:
+        raise UsageError("--client-chunking async needs --n-action-steps >= 2: with one step per chunk every prefetch "
+                         "comes after its step, and is thrown away and asked for again (twice the requests of sync); "
+                         "use --client-chunking sync")
     if args.client_chunking != "async":  # settings only async client chunking uses: a run that would fail every task
         if args.rtc_frozen_steps is not None:
             raise UsageError(f"--rtc-frozen-steps needs --client-chunking async (got --client-chunking {args.client_chunking})")

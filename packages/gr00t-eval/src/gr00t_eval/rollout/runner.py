@@ -46,6 +46,9 @@ from .multistep import EpisodeSummary, MultiStepWrapper
 from .policy_io import HorizonSpec, ObservationMapper, PolicyRowCursor, PositionCheckedPolicy, policy_actions
 from .stalls import reset_envs, step_envs
 
+ASYNC_ONE_STEP = ("client_chunking='async' needs n_action_steps >= 2: with one step per chunk every prefetch comes "
+                  "after its step, and is thrown away and asked for again (twice the requests of 'sync'); use 'sync'")
+
 logger = logging.getLogger(__name__)
 
 IDLE = -1
@@ -149,6 +152,8 @@ class RolloutRunner:
             raise ValueError(f"chunk_merge must be one of {MERGE_RULES}, got {config.chunk_merge!r}")
         if config.env_timeout_s is not None:
             check_env_timeout(config.env_timeout_s, "env_timeout_s", no_limit="None")
+        if config.client_chunking == "async" and config.n_action_steps < 2:
+            raise ValueError(ASYNC_ONE_STEP)
         if config.rtc_frozen_steps is not None and config.client_chunking != "async":
             raise ValueError(f"rtc_frozen_steps needs client_chunking='async', got {config.client_chunking!r}")
         if config.max_episodes_rendered is not None and config.max_episodes_rendered < 0:
