@@ -88,8 +88,8 @@ class RunningColumnStats:
             "std": np.sqrt(self._m2 / self.count).tolist(),
             "min": np.where(has_nan, np.nan, ordered[:, 0]).tolist(),
             "max": ordered[:, -1].tolist(),
-            "q01": np.where(has_nan, np.nan, _sorted_quantile(ordered, 0.01)).tolist(),
-            "q99": np.where(has_nan, np.nan, _sorted_quantile(ordered, 0.99)).tolist(),
+            "q01": self.quantile(0.01),
+            "q99": self.quantile(0.99),
         }
 
 

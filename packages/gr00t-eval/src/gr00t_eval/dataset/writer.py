@@ -113,7 +113,6 @@ class DatasetWriter:
         self._tasks: Dict[str, int] = {}
         self._episodes: List[Dict[str, Any]] = []
         self._episode_stats: List[Dict[str, Any]] = []  # per episode, LeRobot's per-episode statistics of each feature
-        self._episode_stats_lines: List[str] = []  # v2.1: each one's episodes_stats.jsonl line, made once
         self._episode_stats_on_disk = (0, 0)  # (lines, bytes) of episodes_stats.jsonl as this writer last left it
         self._numeric: Dict[str, RunningColumnStats] = {}  # per numeric column, for stats.json
         self._total_frames = 0
@@ -225,8 +224,6 @@ class DatasetWriter:
             self._numeric.setdefault(name, RunningColumnStats()).add(values)
         self._episodes.append(record)
         self._episode_stats.append(stats)
-        if self.layout == "v2.1":
-            self._episode_stats_lines.append(json.dumps({"episode_index": episode_index, "stats": stats}) + "\n")
         self._unlisted[0] += 1
         self._total_frames += length
         logger.debug("wrote episode %d (%d steps) to %s", episode_index, length, self.root)
@@ -406,7 +403,6 @@ class DatasetWriter:
         self._tasks, self._metadata_types, self._numeric = tasks, metadata_types, numeric
         del self._episodes[n_episodes:]
         del self._episode_stats[n_episodes:]
-        del self._episode_stats_lines[n_episodes:]
         self._unlisted[0], self._total_frames = unlisted, total_frames
 
     # -- v3.0 -------------------------------------------------------------------------------------
@@ -470,9 +466,10 @@ class DatasetWriter:
         2,000-episode recording (each line is ~5 KB). An append cut short is cut back, so the file never ends in half
         a line."""
         lines, size = self._episode_stats_on_disk
-        new = "".join(self._episode_stats_lines[lines:]).encode("utf-8")
+        total = len(self._episode_stats)
         try:
-            if 0 < lines <= len(self._episode_stats_lines) and path.stat().st_size == size:
+            if 0 < lines <= total and path.stat().st_size == size:
+                new = self._episode_stats_text(lines).encode("utf-8")
                 with open(path, "r+b") as handle:
                     handle.seek(size)
                     try:
@@ -481,13 +478,18 @@ class DatasetWriter:
                     except BaseException:
                         handle.truncate(size)
                         raise
-                self._episode_stats_on_disk = (len(self._episode_stats_lines), size + len(new))
+                self._episode_stats_on_disk = (total, size + len(new))
                 return
         except FileNotFoundError:
             pass
-        text = "".join(self._episode_stats_lines)
+        text = self._episode_stats_text(0)
         _replace_text(path, text)
-        self._episode_stats_on_disk = (len(self._episode_stats_lines), len(text.encode("utf-8")))
+        self._episode_stats_on_disk = (total, len(text.encode("utf-8")))
+
+    def _episode_stats_text(self, first: int) -> str:
+        """The episodes_stats.jsonl lines of the episodes from position `first` on."""
+        return "".join(json.dumps({"episode_index": record["episode_index"], "stats": stats}) + "\n"
+                       for record, stats in zip(self._episodes[first:], self._episode_stats[first:]))
 
     def _dataset_stats(self) -> Dict[str, Any]:
         """stats.json: each numeric column's statistics over every row (GR00T's mean/std/min/max/q01/q99, exact); in

@@ -303,14 +303,12 @@ def _in_env_dtype(key: str, steps: np.ndarray, dtype: np.dtype) -> np.ndarray:
         cast = steps.astype(dtype)
     if dtype.kind == "f":
         bad = ~np.isfinite(cast) & np.isfinite(steps) if steps.dtype.kind in "fc" else ~np.isfinite(cast)
-        problem = f"beyond {dtype.name}'s range"
     elif dtype.kind in "iu":
         bad = cast.astype(np.float64) != steps.astype(np.float64)
-        problem = f"beyond {dtype.name}'s range"
     else:
         return cast
     if bad.any():
         row = int(np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1))[0])
-        raise ActionError(f"action key '{key}' has values {problem}, the env's action dtype (row {row}: "
+        raise ActionError(f"action key '{key}' has values beyond {dtype.name}'s range, the env's action dtype (row {row}: "
                           f"{steps[row].ravel()[:4].tolist()}); it was not executed")
     return cast
