@@ -139,11 +139,7 @@ def pinned_policy(client: Any, record: Optional[Mapping[str, Any]] = None) -> It
         yield
         return
     if record is None:
-        try:
-            record = record_from_info(_served_info(client))
-        except (TimeoutError, ConnectionError) as exc:
-            logger.warning("could not ask %s which policy it serves (%s): a restart with another checkpoint during this "
-                           "run will not be noticed", getattr(client, "address", "the server"), exc)
+        record = record_from_info(server_info(client))  # warns when the server cannot be asked now
     if record is None:
         yield
         return
