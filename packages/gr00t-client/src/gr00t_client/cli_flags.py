@@ -1,8 +1,10 @@
-"""For the command lines of gr00t-server and gr00t-eval: the spellings of a flag."""
+"""For the command lines of gr00t-server and gr00t-eval: the spellings of a flag, and a parser whose refusal of an
+unknown argument names the sub-command it was given to."""
 
 from __future__ import annotations
 
-from typing import List
+import argparse
+from typing import Any, Dict, List, Optional, Sequence
 
 
 def flag(name: str) -> List[str]:
@@ -11,3 +13,28 @@ def flag(name: str) -> List[str]:
     kebab = "--" + name.replace("_", "-")
     snake = "--" + name.replace("-", "_")
     return [kebab] if kebab == snake else [kebab, snake]
+
+
+def subcommand_parsers(parser: argparse.ArgumentParser) -> Dict[str, argparse.ArgumentParser]:
+    """The sub-command parsers of `parser` by name ({} when it has none)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+class CommandParser(argparse.ArgumentParser):
+    """A program's top-level parser (its sub-command in `args.command`).
+
+    argparse hands an argument no sub-command knows back to the top level, which refused it with the program's usage
+    ("gr00t-eval: error: unrecognized arguments: --bogus"), not saying which command's flags to read. Here the
+    sub-command's parser refuses it: "gr00t-eval rollout: error: unrecognized arguments: --bogus" under that command's
+    usage, exit status 2 as before.
+    """
+
+    def parse_args(self, args: Optional[Sequence[str]] = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = subcommand_parsers(self).get(getattr(parsed, "command", None) or "")
+            (command or self).error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed

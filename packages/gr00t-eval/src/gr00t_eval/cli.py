@@ -13,10 +13,11 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Set
+from typing import Any, Dict, Iterator, Optional, Sequence, Set
 
 # Only light modules here: main() makes SIGTERM and SIGHUP stop a command before the heavy imports (numpy, ZeroMQ: the
 # first half second), which a stop during them otherwise ended with a traceback or silently (143, 129).
+from gr00t_client.cli_flags import CommandParser, subcommand_parsers
 from gr00t_client.cli_flags import flag as _flag
 from gr00t_client.cli_signals import ProgramStopSignals
 
@@ -107,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The `gr00t-eval` argument parser (sub-commands open-loop, rollout, record, plus the scaling commands)."""
     from gr00t_client.chunking import MERGE_RULES
 
-    parser = argparse.ArgumentParser(prog="gr00t-eval", description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser = CommandParser(prog="gr00t-eval", description=__doc__.splitlines()[0], allow_abbrev=False)
     log_levels = ["DEBUG", "INFO", "WARNING", "ERROR"]
     parser.add_argument(*_flag("log-level"), default="INFO", type=str.upper, choices=log_levels,
                         help="logging level, any case (default INFO); DEBUG also prints tracebacks of errors")
@@ -238,14 +239,6 @@ def _no_abbreviations(subparsers: Any) -> None:
         return original(name, **kwargs)
 
     subparsers.add_parser = add_parser
-
-
-def subcommand_parsers(parser: argparse.ArgumentParser) -> Dict[str, argparse.ArgumentParser]:
-    """The sub-command parsers of `parser` by name."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return dict(action.choices)
-    return {}
 
 
 def given_flags(argv: Sequence[str]) -> Set[str]:

@@ -14,6 +14,7 @@ from typing import Any, List, Optional, Sequence
 
 # Only light modules here (gr00t_client loads its API on first use): main() makes SIGTERM and SIGHUP stop a command
 # before the heavy imports (numpy, ZeroMQ, torch).
+from gr00t_client.cli_flags import CommandParser, subcommand_parsers
 from gr00t_client.cli_flags import flag as _flag
 from gr00t_client.cli_signals import ProgramStopSignals
 
@@ -95,8 +96,6 @@ def _add_serve_parser(subparsers: Any) -> None:
                    help="serve Prometheus metrics at http://HOST:PORT/metrics (needs gr00t-server[metrics]; default off)")
     p.add_argument(*_flag("max-message-mb"), type=int, default=256, help="refuse messages larger than this with an error reply naming the limit (default 256 MiB)")
     _add_limit_flags(p)
-    p.add_argument(*_flag("log-level"), default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                   help="log level, any case (default INFO); DEBUG also prints the traceback of a start-up error")
 
 
 def _add_limit_flags(p: argparse.ArgumentParser) -> None:
@@ -183,7 +182,8 @@ def _add_keygen_parser(subparsers: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gr00t-server", description="GR00T N1.7 policy server.")
+    parser = CommandParser(prog="gr00t-server", description="GR00T N1.7 policy server.")
+    parser.add_argument(*_flag("log-level"), default="INFO", type=str.upper, choices=LOG_LEVELS, help=_LOG_LEVEL_HELP)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     _add_serve_parser(subparsers)
@@ -195,7 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
         backend_commands = None
     if backend_commands is not None:
         backend_commands.register(subparsers)
+    for each in subcommand_parsers(parser).values():  # before or after the command, as gr00t-eval takes it
+        each.add_argument(*_flag("log-level"), default=argparse.SUPPRESS, type=str.upper, choices=LOG_LEVELS,
+                          help=_LOG_LEVEL_HELP + "; may also come before the command")
     return parser
+
+
+LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
+_LOG_LEVEL_HELP = "log level, any case (default INFO); DEBUG also prints the traceback of an error"
 
 
 def _default_device() -> str:

@@ -80,8 +80,9 @@ def _check_counts(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Dispatch on `args.command`; returns the process exit code."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s:%(name)s:%(message)s")
-    logging.getLogger("torch").setLevel(logging.WARNING)  # torch's INFO lines (export traces) drown ours
+    logging.basicConfig(level=getattr(logging, getattr(args, "log_level", "INFO")), format="%(levelname)s:%(name)s:%(message)s")
+    if getattr(args, "log_level", "INFO") != "DEBUG":
+        logging.getLogger("torch").setLevel(logging.WARNING)  # torch's INFO lines (export traces) drown ours
     _check_counts(args)
     if args.command == "export":
         return _export(args)
