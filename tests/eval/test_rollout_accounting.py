@@ -164,6 +164,17 @@ def test_a_policy_error_fails_the_running_episodes_and_the_run_goes_on():
     assert reasons[2] is None and reasons[3] is None
 
 
+@pytest.mark.parametrize("vectorization", ["sync", "async"])
+def test_an_episode_errored_between_steps_reports_the_steps_and_rewards_its_env_ran(vectorization):
+    result = rollout(RecordingPolicy(fail_on_call=5), n_episodes=4, n_envs=2, seed=0, vectorization=vectorization)
+    errored = [o for o in result.outcomes if o.failure_reason]
+    # episodes 0 and 1 end after 2 steps (calls 1-2); 2 and 3 (3-step episodes) ran 2 steps before call 5 failed
+    assert [o.episode_index for o in errored] == [2, 3]
+    assert [(o.length, o.sum_reward, o.max_reward) for o in errored] == [(2, 2.0, 1.0), (2, 2.0, 1.0)]
+    first_call = rollout(RecordingPolicy(fail_on_call=1), n_episodes=2, n_envs=2, seed=0)
+    assert [(o.length, o.sum_reward) for o in first_call.outcomes] == [(0, 0.0), (0, 0.0)]  # no env step ran
+
+
 def test_a_rejected_policy_reset_fails_only_the_episodes_it_would_start():
     # Like a replay server with 3 recorded episodes asked for 5: episodes 3 and 4 cannot be replayed.
     policy = RecordingPolicy(n_dataset_episodes=3)

@@ -225,7 +225,9 @@ class MultiStepWrapper(gym.Wrapper):
                 break
         if self._history:
             self._last_obs = self._stacked()
-        out_info: Dict[str, Any] = {"success": self._success, "env_steps": self._steps, "idle": False}
+        out_info: Dict[str, Any] = {"success": self._success, "env_steps": self._steps, "idle": False,
+                                    "sum_reward": float(np.sum(self._rewards)) if self._rewards else 0.0,
+                                    "max_reward": float(np.max(self._rewards)) if self._rewards else 0.0}
         if terminated or truncated:
             self._done = True
             out_info["episode"] = self._summary(failure)

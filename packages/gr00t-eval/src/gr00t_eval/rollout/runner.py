@@ -170,6 +170,9 @@ class RolloutRunner:
         self.outcomes: Dict[int, EpisodeOutcome] = {}
         self.row_episode: List[int] = []
         self.recorded_seeds: Dict[int, int] = {}  # episode -> seed a replay server reports it was recorded with
+        # episode -> (env steps, sum and max reward) so far, from the wrapper's step infos: an episode errored by a
+        # failed policy request between steps reports the steps its env ran, not 0
+        self._progress: Dict[int, Tuple[int, float, float]] = {}
         self._warned_no_success = False  # an episode ended without its env ever reporting success (warned once)
         self.watch = ServerWatch(policy)
         self.chunker: Optional[ActionChunker] = None  # client chunking only; its `stats` remain after run()
@@ -221,6 +224,7 @@ class RolloutRunner:
             error=summary.failure_reason,
         )
         self.outcomes[summary.episode_index] = outcome
+        self._progress.pop(summary.episode_index, None)
         self.row_episode[row] = IDLE
         if self.on_episode is not None:
             self.on_episode(outcome)
@@ -233,7 +237,8 @@ class RolloutRunner:
     def _fail(self, row: int, reason: str, bar: Any) -> None:
         episode = self.row_episode[row]
         logger.error("episode %d (env %d) errored: %s", episode, row, reason)
-        self._score(row, EpisodeSummary(episode, self.seed_for(episode), False, 0.0, 0.0, 0, None, reason), bar)
+        steps, sum_reward, max_reward = self._progress.get(episode, (0, 0.0, 0.0))
+        self._score(row, EpisodeSummary(episode, self.seed_for(episode), False, sum_reward, max_reward, steps, None, reason), bar)
 
     def _policy_failed(self, rows: Sequence[int], what: str, exc: BaseException, bar: Any) -> None:
         """Score `rows` as errored by a failed policy request; stop the run if the server is gone (a server that said
@@ -436,6 +441,10 @@ class RolloutRunner:
                     continue
                 obs, _, terminated, truncated, infos = step_envs(vec, env_action, self.config.env_timeout_s, self.row_episode)
                 for row in active:
+                    steps = _row_info(infos, "env_steps", row)
+                    if steps is not None:
+                        self._progress[self.row_episode[row]] = (int(steps), float(_row_info(infos, "sum_reward", row) or 0.0),
+                                                                 float(_row_info(infos, "max_reward", row) or 0.0))
                     if terminated[row] or truncated[row]:
                         summary = _row_info(infos, "episode", row)
                         if summary is None:  # an env that ended without the wrapper's summary
