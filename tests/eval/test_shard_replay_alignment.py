@@ -50,9 +50,7 @@ def replayed_episode(entry):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from gr00t_server.policies import Gr00tSimPolicyWrapper, ReplayPolicy
-
+def dataset_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("replay_alignment") / "ds"
     with DatasetWriter(root, 10) as writer:
         for episode in range(N_RECORDED):
@@ -63,9 +61,17 @@ def server(tmp_path_factory):
                 actions={"push": np.full((length, 1), episode + 1, np.float32)},
                 task="push",
             )
-    configs = {"state": ModalityConfig([0], ["position"]), "action": ModalityConfig(list(range(CHUNK)), ["push"])}
-    policy = Gr00tSimPolicyWrapper(ReplayPolicy(root, configs, execution_horizon=CHUNK))
-    with policy_server(policy) as running:
+    return root
+
+
+CONFIGS = {"state": ModalityConfig([0], ["position"]), "action": ModalityConfig(list(range(CHUNK)), ["push"])}
+
+
+@pytest.fixture(scope="module")
+def server(dataset_root):
+    from gr00t_server.policies import Gr00tSimPolicyWrapper, ReplayPolicy
+
+    with policy_server(Gr00tSimPolicyWrapper(ReplayPolicy(dataset_root, CONFIGS, execution_horizon=CHUNK))) as running:
         yield running
 
 
@@ -118,3 +124,18 @@ def test_cli_shard_replays_the_episodes_of_its_slice(server, tmp_path):
     assert run_cli(argv) == 0
     episodes = json.loads((tmp_path / "results_shard1of2.json").read_text())["per_episode"]
     assert [(e["episode_index"], e["seed"], replayed_episode(e)) for e in episodes] == [(2, SEED + 2, 2), (3, SEED + 3, 3)]
+
+
+def test_cli_refuses_a_replay_server_without_the_sim_wrapper_before_any_episode(dataset_root, tmp_path, capsys):
+    from gr00t_eval.cli import main
+    from gr00t_server.policies import ReplayPolicy
+
+    with policy_server(ReplayPolicy(dataset_root, CONFIGS, execution_horizon=CHUNK)) as unwrapped:
+        argv = ["rollout", "--env-name", "replayprobe/any", "--n-episodes", "2", "--n-action-steps", str(CHUNK),
+                "--no-video", "--vectorization", "sync", "--policy-client-port", str(unwrapped.port),
+                "--output-dir", str(tmp_path / "run")]
+        assert main(argv) == 2  # every episode errored on the flat observations, one by one
+        assert unwrapped.stats.snapshot()["policy_calls"] == 0 and unwrapped.stats.snapshot()["errors"] == 0
+    err = capsys.readouterr().err
+    assert "serves ReplayPolicy without the sim wrapper" in err and "restart the server with --use-sim-policy-wrapper" in err
+    assert not (tmp_path / "run" / "results.json").exists()

@@ -502,7 +502,7 @@ def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done:
         if policy is not None:  # the servers answered here: the plan against the policy's chunk, as a plain run
             try:  # checks it (every shard failed the same way, and advised --resume)
                 with _ray_probe_client(servers[0], args) as client:
-                    _check_policy_runs_settings(client, config, Path(args.resume) if args.resume else None)
+                    _check_policy_runs_settings(client, config, Path(args.resume) if args.resume else None, policy)
             except (TimeoutError, ConnectionError) as exc:  # gone since: the shards find out themselves
                 logger.debug("could not check the plan against %s: %s", servers[0], exc)
         with sigterm_as_interrupt():
@@ -522,7 +522,7 @@ def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done:
     with connection.open_client(server.host, server.port, args) as client:
         policy = policy_record(client)
         _adopt_run_policy(output_dir, shard, first_policy, policy, f"the server at {server}", len(done))
-        _check_policy_runs_settings(client, config, Path(args.resume) if args.resume else None)
+        _check_policy_runs_settings(client, config, Path(args.resume) if args.resume else None, policy)
         with sigterm_as_interrupt(), pinned_policy(client, policy):  # a restart with another checkpoint stops it
             results = run_suite(client, env_spec, config, shard, progress=True,
                                 on_episode=lambda outcome: log.append(outcome.to_json_dict()), done=done)
@@ -566,11 +566,25 @@ def _adopt_run_policy(output_dir: Path, shard: Any, first_policy: Optional[Mappi
         record_run_policy(output_dir, shard, policy)
 
 
-def _check_policy_runs_settings(client: Any, config: Any, resumed: Optional[Path]) -> None:
-    """UsageError, before any episode, when the policy cannot run the plan's --n-action-steps (more steps of a chunk
-    than it predicts); it was a failed task, a NaN success rate and advice to --resume the same settings."""
+# gr00t-server's policies that take only the nested observation ({"video": {...}, ...}) and give nested actions: served
+# without --use-sim-policy-wrapper (which reports its own class), every request of a rollout is refused
+NESTED_ONLY_POLICIES = ("Gr00tPolicy", "ReplayPolicy")
+
+
+def _check_policy_runs_settings(client: Any, config: Any, resumed: Optional[Path],
+                                policy: Optional[Mapping[str, Any]] = None) -> None:
+    """UsageError, before any episode, when the policy cannot run the plan: a gr00t-server policy served without the
+    sim wrapper (`policy` is its record; every episode errored on the flat observations a rollout sends), or
+    --n-action-steps beyond its chunk (a failed task, a NaN success rate and advice to --resume the same settings)."""
     from .cli_errors import UsageError
     from .rollout.policy_io import HorizonSpec
+
+    served = (policy or {}).get("policy_class")
+    if served in NESTED_ONLY_POLICIES:
+        raise UsageError(f"the policy server serves {served} without the sim wrapper: it takes nested observations "
+                         "({'video': {...}, 'state': {...}, 'language': {...}}), and a rollout sends the flat form "
+                         "('video.<camera>', 'state.<key>' keys) that a server started with --use-sim-policy-wrapper "
+                         "takes; restart the server with --use-sim-policy-wrapper")
 
     try:
         spec = HorizonSpec.from_modality_config(client.get_modality_config())
