@@ -271,6 +271,17 @@ def test_verify_command_prints_the_table_and_exits_zero_on_pass(tiny_checkpoint,
     assert commands.run(args) == 0
     out = capsys.readouterr().out
     assert "actions (all keys)" in out and "overall (onnxruntime): PASS" in out
+    assert f"embodiment: {TAG}" in out  # which of the checkpoint's embodiments was verified
+
+
+def test_export_and_verify_default_to_serves_embodiment_when_the_checkpoint_has_it(tiny_checkpoint, tmp_path):
+    """Without --embodiment-tag: new_embodiment (serve's default), not the first tag by name (libero_sim here)."""
+    from gr00t_server.backends.export import default_embodiment_tag
+    from gr00t_server.test_checkpoint import make_test_checkpoint
+
+    assert default_embodiment_tag(tiny_checkpoint) == "new_embodiment"
+    other = make_test_checkpoint(tmp_path / "other", embodiment_tags=("unitree_g1", "libero_sim"))
+    assert default_embodiment_tag(other) == "libero_sim"
 
 
 def test_verify_command_exits_one_on_fail(monkeypatch, capsys):

@@ -37,7 +37,7 @@ def register(subparsers: Any) -> None:
     export.add_argument(*_flag("image-size"), type=int, nargs=2, default=[256, 256], metavar=("HEIGHT", "WIDTH"),
                         help="camera frame size of the sample observation (default 256 256): a full_pipeline export's "
                              "ViT serves the image grid of this size only, so give your cameras' size (e.g. 480 640)")
-    export.add_argument(*_flag("embodiment-tag"), default=None, help="tag of the sample observation (default: first in the checkpoint)")
+    export.add_argument(*_flag("embodiment-tag"), default=None, help="tag of the sample observation (default: new_embodiment when the checkpoint has it, else its first tag by name)")
     export.add_argument(*_flag("device"), default=None, help="torch device for the export (default: cuda if available)")
 
     build = subparsers.add_parser(
@@ -61,7 +61,9 @@ def register(subparsers: Any) -> None:
     source.add_argument(*_flag("onnx-dir"), default=None, help="verify ONNX Runtime on this export")
     source.add_argument(*_flag("engine-dir"), default=None, help="verify TensorRT on these engines")
     source.add_argument(*_flag("torch-compile"), action="store_true", help="verify torch.compile of the DiT")
-    verify.add_argument(*_flag("embodiment-tag"), default=None, help="default: the tag recorded at export")
+    verify.add_argument(*_flag("embodiment-tag"), default=None,
+                        help="default: the tag recorded at export; with --torch-compile, new_embodiment when the "
+                             "checkpoint has it, else its first tag by name (the report names the tag it verified)")
     verify.add_argument(*_flag("device"), default=None, help="default: cuda for engines, else cuda if available")
     verify.add_argument(*_flag("batch-size"), type=int, default=1)
     verify.add_argument(*_flag("seed"), type=int, default=0)

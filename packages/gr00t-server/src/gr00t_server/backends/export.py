@@ -346,14 +346,18 @@ def export_policy(
 
 
 def default_embodiment_tag(model_path: Union[str, Path]) -> str:
-    """The first embodiment tag a checkpoint's processor config supports."""
+    """The embodiment tag export and verify use when given none: `serve`'s default (new_embodiment) when the
+    checkpoint supports it, else the first of its tags in name order."""
     from gr00t_server.model.checkpoint import resolve_checkpoint_dir
     from gr00t_server.processing.config import load_processor_config
 
     tags = load_processor_config(resolve_checkpoint_dir(model_path)).embodiment_tags
     if not tags:
         raise BackendError(f"{model_path} supports no embodiment tags")
-    return sorted(tags)[0]
+    return SERVE_DEFAULT_TAG if SERVE_DEFAULT_TAG in tags else sorted(tags)[0]
+
+
+SERVE_DEFAULT_TAG = "new_embodiment"  # gr00t-server serve --embodiment-tag's default
 
 
 DEFAULT_SAMPLE_IMAGE_SIZE = (256, 256)

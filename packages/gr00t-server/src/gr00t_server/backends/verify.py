@@ -79,6 +79,7 @@ class VerifyReport:
 
     mode: str
     comparisons: list[Comparison]
+    embodiment_tag: Optional[str] = None  # the embodiment the sample observation and the model ran as
 
     @property
     def status(self) -> str:
@@ -89,7 +90,8 @@ class VerifyReport:
     def format(self) -> str:
         """A printable table."""
         width = max([len(c.name) for c in self.comparisons] + [10])
-        lines = [f"{'output':<{width}}  {'cosine':>10}  {'max_abs_err':>12}  status", "-" * (width + 34)]
+        lines = [f"embodiment: {self.embodiment_tag}"] if self.embodiment_tag else []
+        lines += [f"{'output':<{width}}  {'cosine':>10}  {'max_abs_err':>12}  status", "-" * (width + 34)]
         for c in self.comparisons:
             lines.append(f"{c.name:<{width}}  {c.cosine:>10.6f}  {c.max_abs_error:>12.4e}  {c.status}")
         lines.append(f"overall ({self.mode}): {self.status}")
@@ -216,8 +218,10 @@ def verify_checkpoint(
     dtype = TORCH_DTYPES.get(metadata.get("precision", ""), None)
     policy = Gr00tPolicy(model_path, tag, device=device, strict=True, dtype=dtype)
     observation = sample_observation(policy, batch_size=batch_size, seed=seed, image_size=metadata.get("sample_image_size"))
-    return verify_policy(
+    report = verify_policy(
         policy, observation,
         lambda p: apply_inference_mode(p, mode, onnx_dir=onnx_dir, engine_dir=engine_dir),
         mode, seed=seed,
     )
+    report.embodiment_tag = policy.embodiment_tag_value
+    return report
