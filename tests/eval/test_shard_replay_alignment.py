@@ -139,3 +139,17 @@ def test_cli_refuses_a_replay_server_without_the_sim_wrapper_before_any_episode(
     err = capsys.readouterr().err
     assert "serves ReplayPolicy without the sim wrapper" in err and "restart the server with --use-sim-policy-wrapper" in err
     assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_a_batch_job_against_a_replay_server_without_the_sim_wrapper_fails_before_any_episode(dataset_root):
+    from gr00t_eval.batch import Job, PolicyServerAddress, run_job
+    from gr00t_server.policies import ReplayPolicy
+
+    with policy_server(ReplayPolicy(dataset_root, CONFIGS, execution_horizon=CHUNK)) as unwrapped:
+        job = Job("replay", "replayprobe/any", PolicyServerAddress("127.0.0.1", unwrapped.port),
+                  {"n_episodes": 2, "n_envs": 1, "n_action_steps": CHUNK, "seed": SEED, "vectorization": "sync"})
+        record = run_job(job)
+        assert unwrapped.stats.snapshot()["errors"] == 0  # no episode's request was sent to be refused
+    assert record["status"] == "failed" and record["results"] is None
+    assert "serves ReplayPolicy without the sim wrapper" in record["reason"]
+    assert "restart the server with --use-sim-policy-wrapper" in record["reason"]

@@ -24,7 +24,7 @@ from gr00t_client import BasePolicy, PolicyClient
 from gr00t_client.client import MAX_TIMEOUT_MS
 
 from .metrics import EpisodeOutcome
-from .policy_identity import describe, pinned_policy, policy_record, same_policy
+from .policy_identity import check_takes_flat_observations, describe, pinned_policy, policy_record, same_policy
 from .results import RESULTS_FILENAME, write_results
 from .rollout.config import MAX_EPISODES, RolloutConfig, check_env_timeout, draw_base_seed
 from .run_dir import (EPISODE_LOG_FILENAME, RUN_FILENAME, EpisodeLog, add_earlier_eval_s, earlier_results,
@@ -459,6 +459,7 @@ def run_job(job: Job, policy_factory: Callable[[PolicyServerAddress], BasePolicy
         earlier = None
         policy = policy_factory(job.server)
         served = policy_record(policy)  # which checkpoint or dataset the server serves
+        check_takes_flat_observations(served)  # before any episode: each would error on the flat observations
         if job_dir is not None:
             config, done = prepare_job_dir(job_dir, config, served)
             log = EpisodeLog(job_dir / EPISODE_LOG_FILENAME)

@@ -63,6 +63,22 @@ def _served_info(client: Any) -> Any:
         return None
 
 
+# gr00t-server's policies that take only the nested observation ({"video": {...}, ...}) and give nested actions: served
+# without --use-sim-policy-wrapper (which reports its own class), every request of a rollout is refused
+NESTED_ONLY_POLICIES = ("Gr00tPolicy", "ReplayPolicy")
+
+
+def check_takes_flat_observations(record: Optional[Mapping[str, Any]]) -> None:
+    """ValueError naming the fix when a policy record (policy_record) is a gr00t-server policy served without the sim
+    wrapper: a rollout's flat observations would be refused one episode after another. Other policies pass."""
+    served = (record or {}).get("policy_class")
+    if served in NESTED_ONLY_POLICIES:
+        raise ValueError(f"the policy server serves {served} without the sim wrapper: it takes nested observations "
+                         "({'video': {...}, 'state': {...}, 'language': {...}}), and a rollout sends the flat form "
+                         "('video.<camera>', 'state.<key>' keys) that a server started with --use-sim-policy-wrapper "
+                         "takes; restart the server with --use-sim-policy-wrapper")
+
+
 def record_from_info(info: Any) -> Optional[Dict[str, Any]]:
     """policy_record's record from a get_server_info reply; None when it names no policy."""
     if not isinstance(info, Mapping) or "policy_class" not in info:

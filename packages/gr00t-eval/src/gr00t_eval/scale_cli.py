@@ -566,26 +566,19 @@ def _adopt_run_policy(output_dir: Path, shard: Any, first_policy: Optional[Mappi
         record_run_policy(output_dir, shard, policy)
 
 
-# gr00t-server's policies that take only the nested observation ({"video": {...}, ...}) and give nested actions: served
-# without --use-sim-policy-wrapper (which reports its own class), every request of a rollout is refused
-NESTED_ONLY_POLICIES = ("Gr00tPolicy", "ReplayPolicy")
-
-
 def _check_policy_runs_settings(client: Any, config: Any, resumed: Optional[Path],
                                 policy: Optional[Mapping[str, Any]] = None) -> None:
     """UsageError, before any episode, when the policy cannot run the plan: a gr00t-server policy served without the
     sim wrapper (`policy` is its record; every episode errored on the flat observations a rollout sends), or
     --n-action-steps beyond its chunk (a failed task, a NaN success rate and advice to --resume the same settings)."""
     from .cli_errors import UsageError
+    from .policy_identity import check_takes_flat_observations
     from .rollout.policy_io import HorizonSpec
 
-    served = (policy or {}).get("policy_class")
-    if served in NESTED_ONLY_POLICIES:
-        raise UsageError(f"the policy server serves {served} without the sim wrapper: it takes nested observations "
-                         "({'video': {...}, 'state': {...}, 'language': {...}}), and a rollout sends the flat form "
-                         "('video.<camera>', 'state.<key>' keys) that a server started with --use-sim-policy-wrapper "
-                         "takes; restart the server with --use-sim-policy-wrapper")
-
+    try:
+        check_takes_flat_observations(policy)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     try:
         spec = HorizonSpec.from_modality_config(client.get_modality_config())
     except Exception as exc:  # noqa: BLE001 - the run itself reports a policy whose config cannot be read
