@@ -14,7 +14,7 @@ from typing import Any, List, Optional
 import numpy as np
 
 from .modality import ModalityConfig
-from .policy import ActionError, ObservationError, _check_array, _check_finite
+from .policy import ActionError, NonFiniteActionError, ObservationError, _check_array, _check_finite, non_finite_rows
 
 # Legacy GR00T sim envs send the language under this key while the config says "task".
 LEGACY_LANGUAGE_KEY = "annotation.human.coarse_action"
@@ -112,7 +112,8 @@ def validate_flat_observation(observation: Any, configs: Mapping[str, ModalityCo
 
 
 def validate_flat_action(action: Any, configs: Mapping[str, ModalityConfig]) -> None:
-    """Each action.<k> of the 'action' config must be float32 (B, T, D) with T = the action horizon."""
+    """Each action.<k> of the 'action' config must be finite float32 (B, T, D) with T = the action horizon (as
+    validate_action holds the nested form: a strict sim wrapper called directly handed out NaN)."""
     if not isinstance(action, Mapping):
         raise ActionError(f"action must be a dict; got {type(action).__name__}")
     config = configs.get("action")
@@ -121,3 +122,7 @@ def validate_flat_action(action: Any, configs: Mapping[str, ModalityConfig]) -> 
         if name not in action:
             raise ActionError(f"Action key '{name}' must be in action; got keys {sorted(map(str, action))}")
         _check_array("Action", name, action[name], np.float32, 3, config.horizon, "(B, T, D)", ActionError)
+        rows = non_finite_rows(action[name])
+        if rows:
+            raise NonFiniteActionError(f"the policy produced non-finite values (NaN or inf) in action key '{name}' "
+                                       f"rows {rows}", action)

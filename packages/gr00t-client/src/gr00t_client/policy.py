@@ -255,10 +255,23 @@ def nested_batch_size(observation: Any) -> Optional[int]:
     return None
 
 
+def flat_batch_size(observation: Any) -> Optional[int]:
+    """The batch size of a flat observation ('video.<k>' / 'state.<k>' arrays), from its first such array; None when
+    it has none."""
+    if not isinstance(observation, Mapping):
+        return None
+    for key, value in observation.items():
+        if isinstance(key, str) and key.startswith(("video.", "state.")) and isinstance(value, np.ndarray) and value.ndim > 0:
+            return int(value.shape[0])
+    return None
+
+
 def check_action_batch(action: Any, observation: Any) -> None:
-    """Every array of the action has one row per observation row (a policy or server that answers B=2 for B=1, or
-    drops a row, would otherwise hand a robot another row's action)."""
+    """Every array of the action has one row per observation row, nested or flat (a policy or server that answers
+    B=2 for B=1, or drops a row, would otherwise hand a robot another row's action)."""
     expected = nested_batch_size(observation)
+    if expected is None:
+        expected = flat_batch_size(observation)
     if expected is None or not isinstance(action, Mapping):
         return
     for key, value in action.items():
