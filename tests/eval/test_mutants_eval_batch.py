@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 
@@ -28,3 +29,33 @@ def test_a_job_whose_episodes_all_errored_is_failed_with_the_reason_not_done(tmp
     assert record["status"] == "failed" and record["n_errors"] == 2
     assert "2 of 2 episodes errored" in record["reason"] and "non-finite" in record["reason"]
 
+
+
+class HangsOnCall(ConstantPolicy):
+    """Answers `call - 1` get_action requests, then hangs in the next until released (the server stops meanwhile)."""
+
+    def __init__(self, call):
+        super().__init__()
+        self.call, self.calls, self.hanging, self.release = call, 0, threading.Event(), threading.Event()
+
+    def _get_action(self, observation, options=None):
+        self.calls += 1
+        if self.calls == self.call:
+            self.hanging.set()
+            self.release.wait(30)
+        return super()._get_action(observation, options)
+
+
+def test_a_job_whose_server_stopped_part_way_is_failed_naming_why_not_done(tmp_path):
+    """The run was aborted (the server shut down mid-job) with no episode errored: still "failed", with the stop
+    reason, not "done" over the episodes that ran before it."""
+    from serving import stopped_while_it_hangs
+
+    with stopped_while_it_hangs(HangsOnCall(call=4)) as server:
+        job = Job("stopped", "walkto/slow", PolicyServerAddress("127.0.0.1", server.port, timeout_ms=20000),
+                  dict(WALK, n_episodes=6))
+        batch = run_batch([job], tmp_path / "batch_results.json")
+    record = batch["jobs"][0]
+    assert record["results"]["status"] == "aborted", record["results"]["status"]
+    assert batch["n_failed"] == 1 and record["status"] == "failed"
+    assert "is shutting down" in record["reason"], record["reason"]
