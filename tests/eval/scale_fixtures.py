@@ -6,6 +6,7 @@ seed % 7 <= 4 and speed 2 for all of them, so pc_success and rewards differ per 
 """
 
 import string
+import threading
 import time
 
 import gymnasium as gym
@@ -118,6 +119,22 @@ class SlowPolicy(ConstantPolicy):
 
     def _get_action(self, observation, options=None):
         time.sleep(self.delay)
+        return super()._get_action(observation, options)
+
+
+class HangsOnCall(ConstantPolicy):
+    """Answers `call - 1` get_action requests, then hangs in the next until `release` is set; `hanging` is set
+    when it starts to (for serving.stopped_while_it_hangs)."""
+
+    def __init__(self, call):
+        super().__init__()
+        self.call, self.calls, self.hanging, self.release = call, 0, threading.Event(), threading.Event()
+
+    def _get_action(self, observation, options=None):
+        self.calls += 1
+        if self.calls == self.call:
+            self.hanging.set()
+            self.release.wait(30)
         return super()._get_action(observation, options)
 
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import threading
 
 import numpy as np
 
-from eval.scale_fixtures import ACTION_HORIZON, ConstantPolicy
+from eval.scale_fixtures import ACTION_HORIZON, ConstantPolicy, HangsOnCall
 from gr00t_eval.batch import Job, PolicyServerAddress, run_batch
 
 WALK = dict(n_episodes=2, n_envs=1, n_action_steps=2, max_episode_steps=4, seed=3, vectorization="sync")
@@ -29,21 +28,6 @@ def test_a_job_whose_episodes_all_errored_is_failed_with_the_reason_not_done(tmp
     assert record["status"] == "failed" and record["n_errors"] == 2
     assert "2 of 2 episodes errored" in record["reason"] and "non-finite" in record["reason"]
 
-
-
-class HangsOnCall(ConstantPolicy):
-    """Answers `call - 1` get_action requests, then hangs in the next until released (the server stops meanwhile)."""
-
-    def __init__(self, call):
-        super().__init__()
-        self.call, self.calls, self.hanging, self.release = call, 0, threading.Event(), threading.Event()
-
-    def _get_action(self, observation, options=None):
-        self.calls += 1
-        if self.calls == self.call:
-            self.hanging.set()
-            self.release.wait(30)
-        return super()._get_action(observation, options)
 
 
 def test_a_job_whose_server_stopped_part_way_is_failed_naming_why_not_done(tmp_path):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval.scale_fixtures import ConstantPolicy, free_port, names_in_one_second, policy_server
+from eval.scale_fixtures import ConstantPolicy, HangsOnCall, free_port, names_in_one_second, policy_server
 from gr00t_eval.cli import main
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
@@ -165,21 +165,6 @@ def test_a_server_killed_mid_rollout_stops_the_run_within_the_timeout_keeping_fi
     assert results["overall"]["n_episodes"] >= 3 and results["overall"]["n_errors"] >= 1
     assert results["n_not_run"] > 400
     assert "ABORTED" in output
-
-
-class HangsOnCall(ConstantPolicy):
-    """Answers `call - 1` get_action requests, then hangs in the next until released."""
-
-    def __init__(self, call):
-        super().__init__()
-        self.call, self.calls, self.hanging, self.release = call, 0, threading.Event(), threading.Event()
-
-    def _get_action(self, observation, options=None):
-        self.calls += 1
-        if self.calls == self.call:
-            self.hanging.set()
-            self.release.wait(30)
-        return super()._get_action(observation, options)
 
 
 def test_a_server_shutting_down_mid_rollout_stops_it_at_once_leaving_the_episode_not_run(tmp_path, capsys):
