@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from eval.scale_fixtures import ACTION_HORIZON, ConstantPolicy
+from eval.scale_fixtures import ConstantPolicy
 from gr00t_eval.rollout import PolicyRowCursor, RolloutConfig, run_rollout
 from gr00t_eval.rollout.liveness import PolicyServerUnreachableError
 
