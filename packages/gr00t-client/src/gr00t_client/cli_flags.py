@@ -23,6 +23,18 @@ def subcommand_parsers(parser: argparse.ArgumentParser) -> Dict[str, argparse.Ar
     return {}
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def add_log_level(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """--log-level (any case, default INFO) on a program's parser and on each of its sub-commands' (call it once they
+    are all added), so that it may come before or after the command; the later one wins."""
+    parser.add_argument(*flag("log-level"), default="INFO", type=str.upper, choices=LOG_LEVELS, help=help_text)
+    for each in subcommand_parsers(parser).values():
+        each.add_argument(*flag("log-level"), default=argparse.SUPPRESS, type=str.upper, choices=LOG_LEVELS,
+                          help=help_text + "; may also come before the command")
+
+
 class CommandParser(argparse.ArgumentParser):
     """A program's top-level parser (its sub-command in `args.command`).
 

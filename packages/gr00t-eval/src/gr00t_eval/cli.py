@@ -17,7 +17,7 @@ from typing import Any, Dict, Iterator, Optional, Sequence, Set
 
 # Only light modules here: main() makes SIGTERM and SIGHUP stop a command before the heavy imports (numpy, ZeroMQ: the
 # first half second), which a stop during them otherwise ended with a traceback or silently (143, 129).
-from gr00t_client.cli_flags import CommandParser, subcommand_parsers
+from gr00t_client.cli_flags import CommandParser, add_log_level, subcommand_parsers
 from gr00t_client.cli_flags import flag as _flag
 from gr00t_client.cli_signals import ProgramStopSignals
 
@@ -109,9 +109,6 @@ def build_parser() -> argparse.ArgumentParser:
     from gr00t_client.chunking import MERGE_RULES
 
     parser = CommandParser(prog="gr00t-eval", description=__doc__.splitlines()[0], allow_abbrev=False)
-    log_levels = ["DEBUG", "INFO", "WARNING", "ERROR"]
-    parser.add_argument(*_flag("log-level"), default="INFO", type=str.upper, choices=log_levels,
-                        help="logging level, any case (default INFO); DEBUG also prints tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True)
     _no_abbreviations(sub)
 
@@ -224,9 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     scale_cli.add_scale_arguments(rollout_parser)
     scale_cli.register_scale_commands(sub)
-    for each in subcommand_parsers(parser).values():  # also after the command, where gr00t-server serve takes it
-        each.add_argument(*_flag("log-level"), default=argparse.SUPPRESS, type=str.upper, choices=log_levels,
-                          help="logging level, any case (default INFO); may also come before the command")
+    add_log_level(parser, "logging level, any case (default INFO); DEBUG also prints tracebacks of errors")
     return parser
 
 

@@ -14,7 +14,7 @@ from typing import Any, List, Optional, Sequence
 
 # Only light modules here (gr00t_client loads its API on first use): main() makes SIGTERM and SIGHUP stop a command
 # before the heavy imports (numpy, ZeroMQ, torch).
-from gr00t_client.cli_flags import CommandParser, subcommand_parsers
+from gr00t_client.cli_flags import CommandParser, add_log_level
 from gr00t_client.cli_flags import flag as _flag
 from gr00t_client.cli_signals import ProgramStopSignals
 
@@ -183,7 +183,6 @@ def _add_keygen_parser(subparsers: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = CommandParser(prog="gr00t-server", description="GR00T N1.7 policy server.")
-    parser.add_argument(*_flag("log-level"), default="INFO", type=str.upper, choices=LOG_LEVELS, help=_LOG_LEVEL_HELP)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     _add_serve_parser(subparsers)
@@ -195,14 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
         backend_commands = None
     if backend_commands is not None:
         backend_commands.register(subparsers)
-    for each in subcommand_parsers(parser).values():  # before or after the command, as gr00t-eval takes it
-        each.add_argument(*_flag("log-level"), default=argparse.SUPPRESS, type=str.upper, choices=LOG_LEVELS,
-                          help=_LOG_LEVEL_HELP + "; may also come before the command")
+    add_log_level(parser, "log level, any case (default INFO); DEBUG also prints the traceback of an error")
     return parser
-
-
-LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
-_LOG_LEVEL_HELP = "log level, any case (default INFO); DEBUG also prints the traceback of an error"
 
 
 def _default_device() -> str:
