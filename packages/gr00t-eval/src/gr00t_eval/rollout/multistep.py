@@ -225,13 +225,19 @@ class MultiStepWrapper(gym.Wrapper):
                 break
         if self._history:
             self._last_obs = self._stacked()
+        sum_reward, max_reward = self._reward_totals()  # so far: the runner reports them for an episode it errors
         out_info: Dict[str, Any] = {"success": self._success, "env_steps": self._steps, "idle": False,
-                                    "sum_reward": float(np.sum(self._rewards)) if self._rewards else 0.0,
-                                    "max_reward": float(np.max(self._rewards)) if self._rewards else 0.0}
+                                    "sum_reward": sum_reward, "max_reward": max_reward}
         if terminated or truncated:
             self._done = True
             out_info["episode"] = self._summary(failure)
         return self._last_obs, chunk_reward, terminated, truncated, out_info
+
+    def _reward_totals(self) -> Tuple[float, float]:
+        """The episode's sum and max reward so far (0.0 before its first step)."""
+        if not self._rewards:
+            return 0.0, 0.0
+        return float(np.sum(self._rewards)), float(np.max(self._rewards))
 
     def _summary(self, failure: Optional[str]) -> EpisodeSummary:
         success = self._success and failure is None
@@ -242,12 +248,13 @@ class MultiStepWrapper(gym.Wrapper):
                 video_path = self.recorder.finish(episode_video_name(self._episode_index, success), self._task, success, note)
             except Exception:  # noqa: BLE001 - a broken video must not lose the episode's score
                 logger.exception("env %d: writing the video of episode %d failed", self.env_index, self._episode_index)
+        sum_reward, max_reward = self._reward_totals()
         return EpisodeSummary(
             episode_index=self._episode_index,
             seed=self._seed,
             success=success,
-            sum_reward=float(np.sum(self._rewards)) if self._rewards else 0.0,
-            max_reward=float(np.max(self._rewards)) if self._rewards else 0.0,
+            sum_reward=sum_reward,
+            max_reward=max_reward,
             length=self._steps,
             video_path=video_path,
             failure_reason=failure,
