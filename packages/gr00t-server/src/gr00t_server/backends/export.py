@@ -351,13 +351,13 @@ def default_embodiment_tag(model_path: Union[str, Path]) -> str:
     from gr00t_server.model.checkpoint import resolve_checkpoint_dir
     from gr00t_server.processing.config import load_processor_config
 
+    from gr00t_client import EmbodimentTag
+
     tags = load_processor_config(resolve_checkpoint_dir(model_path)).embodiment_tags
     if not tags:
         raise BackendError(f"{model_path} supports no embodiment tags")
-    return SERVE_DEFAULT_TAG if SERVE_DEFAULT_TAG in tags else sorted(tags)[0]
-
-
-SERVE_DEFAULT_TAG = "new_embodiment"  # gr00t-server serve --embodiment-tag's default
+    serves_by_default = EmbodimentTag.NEW_EMBODIMENT.value  # gr00t-server serve --embodiment-tag's default
+    return serves_by_default if serves_by_default in tags else sorted(tags)[0]
 
 
 DEFAULT_SAMPLE_IMAGE_SIZE = (256, 256)
