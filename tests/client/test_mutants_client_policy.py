@@ -8,29 +8,9 @@ import numpy as np
 import pytest
 from reference_peer import EchoPolicy, libero_like_configs, libero_like_observation
 from rep_thread import RepThread
+from test_policy_validation import FixedActionPolicy, good_action
 
-from gr00t_client import ActionChunker, ActionError, BasePolicy, NonFiniteActionError, ObservationError, PolicyClient, codec
-
-
-class FixedActionPolicy(BasePolicy):
-    """Returns the action it was given (strict by default), to test output validation."""
-
-    def __init__(self, action, strict=True):
-        super().__init__(strict=strict)
-        self.action = action
-
-    def _get_action(self, observation, options=None):
-        return self.action, {}
-
-    def reset(self, options=None):
-        return {}
-
-    def get_modality_config(self):
-        return libero_like_configs(action_horizon=4)
-
-
-def zero_action(batch=1, horizon=4):
-    return {k: np.zeros((batch, horizon, 1), np.float32) for k in libero_like_configs()["action"].modality_keys}
+from gr00t_client import ActionChunker, ActionError, BasePolicy, ObservationError, PolicyClient, codec
 
 
 # --- local strict validation -------------------------------------------------------------------------------------
@@ -53,15 +33,6 @@ def test_a_state_of_higher_rank_than_b_t_d_is_refused():
     observation["state"][key] = observation["state"][key][..., None]
     with pytest.raises(ObservationError, match=rf"State key '{key}' must have shape \(B, T, D\); got shape \(1, 1, 1, 1\)"):
         EchoPolicy(strict=True).get_action(observation)
-
-
-def test_a_strict_policy_refuses_its_own_inf_action():
-    """inf is refused like NaN in a strict policy's own action (called directly, with no server between)."""
-    action = zero_action(batch=2)
-    key = sorted(action)[0]
-    action[key][0, 1, 0] = np.inf
-    with pytest.raises(NonFiniteActionError, match=rf"action key '{key}' rows \[0\]"):
-        FixedActionPolicy(action).get_action(libero_like_observation(batch=2))
 
 
 # --- the chunker, the last layer before a robot -----------------------------------------------------------------
@@ -109,8 +80,8 @@ def test_a_client_refuses_non_finite_values_in_every_form_a_peer_may_send(action
 def test_an_info_that_is_not_a_map_is_refused():
     """(action, info) must be a pair of maps: an info of another type is refused, strict or not, not handed on."""
     for strict in (True, False):
-        policy = FixedActionPolicy(zero_action(), strict=strict)
-        policy._get_action = lambda observation, options=None: (zero_action(), "done")
+        policy = FixedActionPolicy(good_action(), strict=strict)
+        policy._get_action = lambda observation, options=None: (good_action(), "done")
         with pytest.raises(ActionError, match=r"returned a tuple of 2: \(dict, str\)"):
             policy.get_action(libero_like_observation())
 
@@ -127,7 +98,7 @@ def _peer_with_configs():
         if endpoint == "get_modality_config":
             return [codec.encode(libero_like_configs())]
         if endpoint == "get_action":
-            return [codec.encode([{f"action.{k}": v for k, v in zero_action(horizon=16).items()}, {}])]
+            return [codec.encode([{f"action.{k}": v for k, v in good_action(horizon=16).items()}, {}])]
         return [codec.encode({"error": f"Unknown endpoint: {endpoint}"})]
 
     return RepThread(answer)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from reference_peer import LANGUAGE_KEY, EchoPolicy, libero_like_configs, libero_like_observation
 
-from gr00t_client import ActionError, BasePolicy, ModalityConfig, ObservationError, PolicyValidationError, PolicyWrapper
+from gr00t_client import (ActionError, BasePolicy, ModalityConfig, NonFiniteActionError, ObservationError,
+                          PolicyValidationError, PolicyWrapper)
 
 
 class FixedActionPolicy(BasePolicy):
@@ -24,8 +25,8 @@ class FixedActionPolicy(BasePolicy):
         return libero_like_configs(action_horizon=4)
 
 
-def good_action(batch=1):
-    return {k: np.zeros((batch, 4, 1), np.float32) for k in libero_like_configs()["action"].modality_keys}
+def good_action(batch=1, horizon=4):
+    return {k: np.zeros((batch, horizon, 1), np.float32) for k in libero_like_configs()["action"].modality_keys}
 
 
 def strict_policy():
@@ -210,12 +211,13 @@ def test_a_flat_observation_sent_to_a_nested_policy_is_refused_with_the_sim_wrap
     assert "--use-sim-policy-wrapper" not in str(plain.value)
 
 
-def test_a_strict_policy_refuses_its_own_nan_action_naming_key_and_rows():
-    """Refused on the wire by every other part, a NaN action reached a script calling its policy directly."""
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+def test_a_strict_policy_refuses_its_own_nan_action_naming_key_and_rows(bad):
+    """Refused on the wire by every other part, a NaN (or inf) action reached a script calling its policy directly."""
     action = good_action(batch=2)
     key = sorted(action)[0]
-    action[key][1, 2, 0] = np.nan
-    with pytest.raises(ActionError, match=rf"non-finite values \(NaN or inf\) in action key '{key}' rows \[1\]"):
+    action[key][1, 2, 0] = bad
+    with pytest.raises(NonFiniteActionError, match=rf"non-finite values \(NaN or inf\) in action key '{key}' rows \[1\]"):
         FixedActionPolicy(action).get_action(libero_like_observation(batch=2))
 
 

@@ -54,6 +54,11 @@ ROLLOUT = ["rollout", "--env-name", "walkto/slow", "--env-import", "eval.scale_f
     # every prefetch of a one-step chunk came after its step: twice the requests of sync, accepted without a word
     (["--client-chunking", "async", "--n-action-steps", "1"], "--client-chunking async needs --n-action-steps >= 2"),
     (["--n-episodes", "1000000000000"], "--n-episodes must be at most 1,000,000 per run"),
+    (["--n-envs", "-1"], "--n-envs must be >= 0 (0 = auto), got -1"),
+    (["--ray-cpus-per-shard", "inf", "--ray-address", "auto"], "--ray-cpus-per-shard must be a finite number > 0, got inf"),
+    (["--env-timeout", "-1"], "--env-timeout must be seconds > 0, or 0 for no limit; got -1"),
+    # shards drawing their own seeds would each run other scenes than the plan's episodes
+    (["--shard", "0/2"], "--shard needs --seed (or $GR00T_EVAL_SEED)"),
     (["--env-adapter", "walk2=no_such_module_x:make"], "--env-adapter walk2=no_such_module_x:make: env adapter "
                                                        "'no_such_module_x:make': cannot import module 'no_such_module_x'"),
     (["--env-adapter", "walk2=json:no_such_function"], "module 'json' has no function 'no_such_function'"),

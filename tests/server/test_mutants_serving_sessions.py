@@ -3,15 +3,9 @@ its own, and tells its client why."""
 
 from __future__ import annotations
 
+from test_session_table import Clock
+
 from gr00t_server.serving.sessions import SessionTable
-
-
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
 
 
 def test_an_idle_session_is_forgotten_at_another_clients_request():
