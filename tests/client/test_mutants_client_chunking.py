@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_chunking_edges import steps as edge_steps
 
 from gr00t_client import ActionError, BasePolicy
 from gr00t_client.chunking import ActionChunker
@@ -30,9 +31,8 @@ class ScriptedPolicy(BasePolicy):
 
 
 def steps(base, n_envs=1, horizon=4):
-    """A (n_envs, horizon, 1) float32 chunk whose step j of env e holds base + 10 * e + j."""
-    values = base + 10 * np.arange(n_envs)[:, None] + np.arange(horizon)[None, :]
-    return values[:, :, None].astype(np.float32)
+    """test_chunking_edges' chunk (step j of env e holds base + 10 * e + j) with one value per step."""
+    return edge_steps(base, n_envs, horizon, dim=1)
 
 
 def obs(n_envs=1):

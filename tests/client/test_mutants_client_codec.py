@@ -4,12 +4,13 @@ Fortran-ordered np.save arrays, and the decode budget of many small maps or list
 
 from __future__ import annotations
 
-import io
 import json
 
 import msgpack
 import numpy as np
 import pytest
+
+from test_codec import npy_bytes
 
 from gr00t_client import codec
 from gr00t_client.codec import DecodeLimitError, DecodeLimits, WireDecodeError
@@ -23,12 +24,6 @@ def array_map(type_str, shape, data):
 
 def array_reference(frame_index, dtype, shape):
     return msgpack.ExtType(ARRAY_REFERENCE_EXT, msgpack.packb([frame_index, dtype, shape]))
-
-
-def npy_bytes(array):
-    stream = io.BytesIO()
-    np.save(stream, array, allow_pickle=False)
-    return stream.getvalue()
 
 
 # --- arrays whose bytes do not fit their header -------------------------------------------------------------------

@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-
-from eval.scale_fixtures import ACTION_HORIZON, ConstantPolicy, HangsOnCall
+from eval.scale_fixtures import HangsOnCall
+from test_rollout_action_checks import NaNPolicy
 from gr00t_eval.batch import Job, PolicyServerAddress, run_batch
 
 WALK = dict(n_episodes=2, n_envs=1, n_action_steps=2, max_episode_steps=4, seed=3, vectorization="sync")
-
-
-class NaNPolicy(ConstantPolicy):
-    def _get_action(self, observation, options=None):
-        batch = np.asarray(observation["state.position"]).shape[0]
-        return {"action.push": np.full((batch, ACTION_HORIZON, 1), np.nan, np.float32)}, {}
 
 
 def test_a_job_whose_episodes_all_errored_is_failed_with_the_reason_not_done(tmp_path):

@@ -22,12 +22,12 @@ def _rename(data, old, new):
     data[new] = data.pop(old)
 
 
-def _load_error(checkpoint):
-    """The one-line message of the error a Gr00tPolicy load raises."""
+def _load_error(checkpoint, tag="new_embodiment"):
+    """The one-line message of the error a Gr00tPolicy load of `tag` raises."""
     from gr00t_server.policies.gr00t_policy import Gr00tPolicy
 
     with pytest.raises((ValueError, CheckpointError)) as info:
-        Gr00tPolicy(checkpoint, "new_embodiment", device="cpu")
+        Gr00tPolicy(checkpoint, tag, device="cpu")
     assert "\n" not in str(info.value)
     return str(info.value)
 

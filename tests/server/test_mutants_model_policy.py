@@ -5,27 +5,12 @@ checkpoints with one processor file edited, loaded as a user's would be."""
 import json
 
 import pytest
+from test_checkpoint_config_values import _edit_processor_kwargs, _load_error
 
-from gr00t_server.model import CheckpointError
 from gr00t_server.policies.gr00t_policy import Gr00tPolicy
 from gr00t_server.test_checkpoint import example_observation
 
 TAG = "new_embodiment"
-
-
-def _edit_processor_kwargs(checkpoint, change):
-    path = checkpoint / "processor_config.json"
-    data = json.loads(path.read_text())
-    change(data["processor_kwargs"])
-    path.write_text(json.dumps(data))
-
-
-def _load_error(checkpoint, tag=TAG):
-    """The one-line message of the error a Gr00tPolicy load raises."""
-    with pytest.raises((ValueError, CheckpointError)) as info:
-        Gr00tPolicy(checkpoint, tag, device="cpu")
-    assert "\n" not in str(info.value)
-    return str(info.value)
 
 
 def test_a_processor_state_width_other_than_the_models_is_refused_at_load(copy_of):
