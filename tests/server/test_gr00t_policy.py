@@ -171,6 +171,52 @@ def test_concurrent_calls_each_get_the_action_of_their_own_observation(new_robot
     assert failures == [] and mismatches == []
 
 
+def test_concurrent_calls_run_the_model_one_at_a_time(tiny_checkpoint, monkeypatch):
+    """Each calling thread brought its own OpenMP team onto the same cores: four callers of one policy on a 2-core
+    machine once spun at 100% CPU for 25 minutes inside the model. Callers queue for the forward pass, and the stages
+    a queued call reports leave out its wait (it is no preprocessing)."""
+    import threading
+    import time
+
+    policy = Gr00tPolicy(tiny_checkpoint, "new_embodiment", device="cpu")
+    inside, most, lock = [0], [0], threading.Lock()
+    first_in, release = threading.Event(), threading.Event()
+    forward = policy.model.get_action
+
+    def counting_forward(*args, **kwargs):
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        first_in.set()
+        release.wait(10)  # the first caller stays in the model until the others have queued
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    monkeypatch.setattr(policy.model, "get_action", counting_forward)
+    observation = example_observation(tiny_checkpoint, "new_embodiment", seed=0)
+    stages = []
+
+    def call():
+        policy.get_action(observation, {"seed": 7})
+        stages.append(policy.last_timing)
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    threads[0].start()
+    assert first_in.wait(30)
+    for thread in threads[1:]:
+        thread.start()
+    time.sleep(1.5)  # the other two finish preprocessing and wait for the model
+    release.set()
+    for thread in threads:
+        thread.join()
+    assert most[0] == 1 and len(stages) == 3
+    # the queued calls waited at least 1.5 s between preprocessing and the model; none of it is in a stage
+    assert sorted(stage["preprocess_ms"] for stage in stages)[-1] < 1000.0
+
+
 def test_noise_with_wrong_shape_is_rejected(libero, tiny_checkpoint):
     with pytest.raises(ValueError, match=r"\(1, 40, 132\)"):
         libero.get_action(example_observation(tiny_checkpoint, "libero_sim"), {"noise": np.zeros((1, 16, 7), np.float32)})

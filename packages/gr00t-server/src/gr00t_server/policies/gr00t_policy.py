@@ -239,6 +239,10 @@ class Gr00tPolicy(BasePolicy):
         # (pings, info) for as long as a copy of the real tokenizer takes to build.
         self._counting_tokenizer = _independent_tokenizer(self.processor.tokenizer)
         self._counting_lock = threading.Lock()
+        # One forward pass at a time: concurrent callers (a user's thread pool, one policy behind two servers) queue
+        # here. On the CPU each calling thread brought its own OpenMP team onto the same cores (four callers on two
+        # cores once spun for 25 minutes without finishing); on a GPU the calls queued on one stream anyway.
+        self._model_lock = threading.Lock()
         if clip_outliers is not None:
             self.processor.config = dataclasses.replace(self.processor.config, clip_outliers=bool(clip_outliers))
         self.clip_actions_to_statistics = bool(clip_outliers)
@@ -393,18 +397,21 @@ class Gr00tPolicy(BasePolicy):
         noise, generator = self._initial_noise(options, batch_size)
         rtc_arguments = self._rtc_model_arguments(rtc, raw_states) if rtc is not None else {}
         num_steps = self._denoising_steps((options or {}).get("denoising_steps"))
-        model_started = time.perf_counter()
-        with torch.inference_mode():
-            output = self.model.get_action(inputs, noise=noise, generator=generator, num_steps=num_steps, **rtc_arguments)
-        action_pred = output["action_pred"].float().cpu().numpy()  # waits for the GPU: model_ms is its real time
-        post_started = time.perf_counter()
+        preprocessed = time.perf_counter()
+        with self._model_lock:  # a wait here (another thread's call) is in no stage
+            model_started = time.perf_counter()
+            with torch.inference_mode():
+                output = self.model.get_action(inputs, noise=noise, generator=generator, num_steps=num_steps,
+                                               **rtc_arguments)
+            action_pred = output["action_pred"].float().cpu().numpy()  # waits for the GPU: model_ms is its real time
+            post_started = time.perf_counter()
         action = self.processor.decode_action(
             action_pred, self.embodiment_tag_value, raw_states, clip_to_statistics=self.clip_actions_to_statistics
         )
         result = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in action.items()}
         finished = time.perf_counter()
         self._timing.stages = {
-            "preprocess_ms": (model_started - started) * 1000.0,
+            "preprocess_ms": (preprocessed - started) * 1000.0,
             "model_ms": (post_started - model_started) * 1000.0,
             "postprocess_ms": (finished - post_started) * 1000.0,
         }
