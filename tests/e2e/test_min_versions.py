@@ -103,7 +103,10 @@ def _python(version: str) -> str:
 
 
 def _pip(python: Path, *args: str) -> None:
-    result = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *args],
+    # --no-compile: byte-compiling every module of torch and transformers took half of the install (the tests import
+    # a small part of them, compiled as they are imported)
+    result = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile",
+                             *args],
                             capture_output=True, text=True, timeout=900)
     if result.returncode != 0 and any(hint in result.stdout + result.stderr for hint in _OFFLINE_HINTS):
         pytest.skip(f"pip cannot fetch {args} (offline?)")
@@ -172,18 +175,15 @@ def _run_tests(python: Path, tests: List[str]) -> str:
     return result.stdout
 
 
-@pytest.fixture(scope="module")
-def client_venv(tmp_path_factory) -> Path:
-    return _min_venv(tmp_path_factory.mktemp("client-min"), _oldest_supported("gr00t-client"), _pins("gr00t-client"),
-                     [*TEST_TOOLS, "msgpack-numpy"], ["gr00t-client"])
+def _client_venv(root: Path) -> Path:
+    return _min_venv(root, _oldest_supported("gr00t-client"), _pins("gr00t-client"), [*TEST_TOOLS, "msgpack-numpy"],
+                     ["gr00t-client"])
 
 
-@pytest.fixture(scope="module")
-def client_newest_venv(tmp_path_factory) -> Path:
+def _client_newest_venv(root: Path) -> Path:
     """The other end of the range: the newest Python the client claims, with the newest release of each dependency."""
     names = list(lower_bound_pins(_project("gr00t-client")["dependencies"]))
-    return _min_venv(tmp_path_factory.mktemp("client-newest"), _newest_supported("gr00t-client"), names,
-                     [*TEST_TOOLS, "msgpack-numpy"], ["gr00t-client"])
+    return _min_venv(root, _newest_supported("gr00t-client"), names, [*TEST_TOOLS, "msgpack-numpy"], ["gr00t-client"])
 
 
 # The server's model code (Qwen3-VL backbone from transformers, checkpoint loading, tokenizer, processing) at the
@@ -201,23 +201,68 @@ def _transformers_stack_pins() -> List[str]:
     return [pins[name] for name in TRANSFORMERS_STACK]
 
 
-@pytest.fixture(scope="module")
-def server_transformers_venv(tmp_path_factory) -> Path:
+def _server_transformers_venv(root: Path) -> Path:
     import importlib.metadata
     import sys
 
     torch_pin = f"torch=={importlib.metadata.version('torch')}"  # the build the dev venv has (make install's)
     others = [name for name in lower_bound_pins(_project("gr00t-server")["dependencies"])  # unpinned: newest
               if name not in TRANSFORMERS_STACK and name != "torch"]
-    return _min_venv(tmp_path_factory.mktemp("server-transformers-min"), "%d.%d" % sys.version_info[:2],
-                     [*_transformers_stack_pins(), torch_pin, *others], [*TEST_TOOLS, "msgpack", "msgpack-numpy"],
-                     ["gr00t-client", "gr00t-server"])
+    return _min_venv(root, "%d.%d" % sys.version_info[:2], [*_transformers_stack_pins(), torch_pin, *others],
+                     [*TEST_TOOLS, "msgpack", "msgpack-numpy"], ["gr00t-client", "gr00t-server"])
+
+
+def _eval_venv(root: Path) -> Path:
+    return _min_venv(root, _oldest_supported("gr00t-eval"), _pins("gr00t-eval", ["plots"]), TEST_TOOLS,
+                     ["gr00t-client", "gr00t-eval"])
+
+
+VENVS = {"client_venv": _client_venv, "client_newest_venv": _client_newest_venv,
+         "server_transformers_venv": _server_transformers_venv, "eval_venv": _eval_venv}
 
 
 @pytest.fixture(scope="module")
-def eval_venv(tmp_path_factory) -> Path:
-    return _min_venv(tmp_path_factory.mktemp("eval-min"), _oldest_supported("gr00t-eval"), _pins("gr00t-eval", ["plots"]),
-                     TEST_TOOLS, ["gr00t-client", "gr00t-eval"])
+def venv_builds(request, tmp_path_factory):
+    """The venvs this run's selected tests need, built side by side (one after another they took two and a half
+    minutes, most of it pip waiting on downloads and disk): {name: future of its interpreter's path}. A build's
+    skip (no interpreter, no index) or failure is raised by the test that asks for it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    wanted = set()
+    for item in request.session.items:
+        if item.module is request.module:
+            wanted |= set(item.fixturenames) & set(VENVS)
+            callspec = getattr(item, "callspec", None)
+            if callspec is not None and callspec.params.get("venv") in VENVS:
+                wanted.add(callspec.params["venv"])
+    pool = ThreadPoolExecutor(max(1, len(wanted)))
+    builds = {name: pool.submit(VENVS[name], tmp_path_factory.mktemp(name)) for name in sorted(wanted)}
+    yield builds
+    pool.shutdown(wait=True)
+
+
+def _built(venv_builds, name: str) -> Path:
+    return venv_builds[name].result(timeout=1800)
+
+
+@pytest.fixture(scope="module")
+def client_venv(venv_builds) -> Path:
+    return _built(venv_builds, "client_venv")
+
+
+@pytest.fixture(scope="module")
+def client_newest_venv(venv_builds) -> Path:
+    return _built(venv_builds, "client_newest_venv")
+
+
+@pytest.fixture(scope="module")
+def server_transformers_venv(venv_builds) -> Path:
+    return _built(venv_builds, "server_transformers_venv")
+
+
+@pytest.fixture(scope="module")
+def eval_venv(venv_builds) -> Path:
+    return _built(venv_builds, "eval_venv")
 
 
 def test_every_dependency_has_a_lower_bound_that_is_pinned_here():

@@ -40,9 +40,13 @@ def _outcomes(env_device):
 @pytest.mark.slow
 @pytest.mark.skipif(_cuda_available(), reason="with a GPU every gpu test runs")
 def test_without_a_gpu_every_gpu_test_is_skipped_and_the_cpu_switch_runs_only_the_checkable_module():
-    code, counts, skipped, out = _outcomes(None)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:  # the two runs side by side: each spends seconds importing torch
+        plain, on_cpu = pool.map(_outcomes, [None, "cpu"])
+    code, counts, skipped, out = plain
     assert code == 0 and counts.get("passed", 0) == 0 and counts["skipped"] >= 6, out
     assert skipped == set(MODULES), out
-    code, counts, skipped, out = _outcomes("cpu")
+    code, counts, skipped, out = on_cpu
     assert code == 0 and counts["passed"] >= 3 and "failed" not in counts, out
     assert skipped == {"server/test_backends_gpu.py"}, out
