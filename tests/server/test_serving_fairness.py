@@ -187,6 +187,46 @@ def test_a_request_whose_turn_comes_too_near_its_deadline_for_a_call_is_not_run(
     assert policy.calls == [[1.0], [ROBOT]]  # A's call never ran
 
 
+def test_a_reset_with_less_time_left_than_a_get_action_takes_is_still_run():
+    """The too-near margin is a get_action's call time and holds only for get_action: a reset (or a registered
+    endpoint) with 1 s left behind a policy whose calls take 1.5 s takes milliseconds, and was dropped as too late
+    when the margin was applied to every endpoint."""
+    policy = TurnRecorder(call_s=1.5, hold_first=False)
+    with running_server(policy, inline_below_ms=0) as server:
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=10000, strict=False) as warm:
+            warm.get_action(state(1.0))  # the server learns that a call takes 1.5 s
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=1000, strict=False) as hurried:
+            assert hurried.reset() == {}
+        assert server.stats.expired == 0
+    assert policy.calls == [[1.0]]
+
+
+def test_a_merged_calls_time_counts_toward_the_too_near_margin():
+    """A server whose every call so far was a merged batch learns the policy's call time from those calls too: a
+    get_action with 1 s left, behind calls that took 1.5 s, is answered as too near its deadline at once (the server
+    knew of no call, ran it, and its client timed out waiting)."""
+    policy = TurnRecorder(call_s=1.5, hold_first=False)
+    with running_server(policy, inline_below_ms=0, max_batch_size=2, batch_timeout_ms=10000.0) as server:
+        results: Dict[str, Any] = {}
+
+        def patient(value: float) -> None:
+            with PolicyClient("127.0.0.1", server.port, timeout_ms=20000, strict=False) as client:
+                results[value] = client.get_action(state(value))
+
+        pair = [threading.Thread(target=patient, args=(value,)) for value in (1.0, 2.0)]
+        for thread in pair:
+            thread.start()
+        for thread in pair:
+            thread.join(30)
+        assert sorted(results) == [1.0, 2.0] and [sorted(call) for call in policy.calls] == [[1.0, 2.0]]  # merged
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=1000, strict=False) as hurried:
+            with pytest.raises(PolicyServerError, match=r"too close for a policy call \(the fastest recent one took "
+                                                        r"1[5-9]\d\d ms\)"):
+                hurried.get_action(state(3.0))
+        assert server.stats.expired == 1
+    assert len(policy.calls) == 1  # 3.0's call never ran
+
+
 def test_a_first_call_and_a_call_without_a_deadline_are_never_dropped_for_want_of_time():
     """Before any call there is no call time to compare a budget with; a request without a deadline has no budget."""
     pytest.importorskip("prometheus_client")
