@@ -229,12 +229,10 @@ def venv_builds(request, tmp_path_factory):
     from concurrent.futures import ThreadPoolExecutor
 
     wanted = set()
-    for item in request.session.items:
-        if item.module is request.module:
-            wanted |= set(item.fixturenames) & set(VENVS)
-            callspec = getattr(item, "callspec", None)
-            if callspec is not None and callspec.params.get("venv") in VENVS:
-                wanted.add(callspec.params["venv"])
+    for item in request.session.items:  # each test names its venv as its "venv" parameter
+        callspec = getattr(item, "callspec", None)
+        if item.module is request.module and callspec is not None and callspec.params.get("venv") in VENVS:
+            wanted.add(callspec.params["venv"])
     pool = ThreadPoolExecutor(max(1, len(wanted)))
     builds = {name: pool.submit(VENVS[name], tmp_path_factory.mktemp(name)) for name in sorted(wanted)}
     yield builds
@@ -243,26 +241,6 @@ def venv_builds(request, tmp_path_factory):
 
 def _built(venv_builds, name: str) -> Path:
     return venv_builds[name].result(timeout=1800)
-
-
-@pytest.fixture(scope="module")
-def client_venv(venv_builds) -> Path:
-    return _built(venv_builds, "client_venv")
-
-
-@pytest.fixture(scope="module")
-def client_newest_venv(venv_builds) -> Path:
-    return _built(venv_builds, "client_newest_venv")
-
-
-@pytest.fixture(scope="module")
-def server_transformers_venv(venv_builds) -> Path:
-    return _built(venv_builds, "server_transformers_venv")
-
-
-@pytest.fixture(scope="module")
-def eval_venv(venv_builds) -> Path:
-    return _built(venv_builds, "eval_venv")
 
 
 def test_every_dependency_has_a_lower_bound_that_is_pinned_here():
@@ -280,8 +258,8 @@ CLIENT_ENDS = pytest.mark.parametrize("venv", ["client_venv", "client_newest_ven
 
 @pytest.mark.slow
 @CLIENT_ENDS
-def test_the_client_only_tests_pass_at_both_ends_of_the_admitted_versions(venv, request):
-    client_venv = request.getfixturevalue(venv)
+def test_the_client_only_tests_pass_at_both_ends_of_the_admitted_versions(venv, venv_builds):
+    client_venv = _built(venv_builds, venv)
     if venv == "client_venv":
         _assert_at_the_pins(client_venv, _pins("gr00t-client"))
     _run_tests(client_venv, CLIENT_ONLY_TESTS)
@@ -289,8 +267,8 @@ def test_the_client_only_tests_pass_at_both_ends_of_the_admitted_versions(venv, 
 
 @pytest.mark.slow
 @CLIENT_ENDS
-def test_the_client_at_both_ends_of_the_admitted_versions_talks_to_our_server(venv, request):
-    client_venv = request.getfixturevalue(venv)
+def test_the_client_at_both_ends_of_the_admitted_versions_talks_to_our_server(venv, venv_builds):
+    client_venv = _built(venv_builds, venv)
     server_public, server_secret = zmq.curve_keypair()
     wrong_public, _ = zmq.curve_keypair()
     with running_server(EchoPolicy()) as plain, \
@@ -316,7 +294,9 @@ def test_the_client_at_both_ends_of_the_admitted_versions_talks_to_our_server(ve
 
 
 @pytest.mark.slow
-def test_the_eval_dataset_and_open_loop_tests_pass_at_the_lowest_admitted_versions(eval_venv):
+@pytest.mark.parametrize("venv", ["eval_venv"], ids=["lowest"])
+def test_the_eval_dataset_and_open_loop_tests_pass_at_the_lowest_admitted_versions(venv, venv_builds):
+    eval_venv = _built(venv_builds, venv)
     _assert_at_the_pins(eval_venv, _pins("gr00t-eval", ["plots"]))
     output = _run_tests(eval_venv, EVAL_ONLY_TESTS)
     # av1 must be written and read here too (av 12's FFmpeg encodes it with libaom-av1, not SVT-AV1)
@@ -324,6 +304,8 @@ def test_the_eval_dataset_and_open_loop_tests_pass_at_the_lowest_admitted_versio
 
 
 @pytest.mark.slow
-def test_the_server_model_code_passes_at_the_lowest_transformers_stack(server_transformers_venv):
+@pytest.mark.parametrize("venv", ["server_transformers_venv"], ids=["lowest"])
+def test_the_server_model_code_passes_at_the_lowest_transformers_stack(venv, venv_builds):
+    server_transformers_venv = _built(venv_builds, venv)
     _assert_at_the_pins(server_transformers_venv, _transformers_stack_pins())
     _run_tests(server_transformers_venv, SERVER_MODEL_TESTS)
