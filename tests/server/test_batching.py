@@ -101,15 +101,17 @@ def observation(client_id: float, rows: int = 1, dim: int = 3, dtype: Any = np.f
     return {"state": {"joints": state}, "language": {"task": [[f"client {client_id} row {row}"] for row in range(rows)]}}
 
 
-def call_together(port: int, observations: Sequence[Dict[str, Any]], options: Sequence[Optional[Dict[str, Any]]] = ()) -> List[Any]:
-    """Each observation from its own thread and PolicyClient, all sent at once; returns (action, info) or the error."""
+def call_together(port: int, observations: Sequence[Dict[str, Any]], options: Sequence[Optional[Dict[str, Any]]] = (),
+                  strict: bool = True) -> List[Any]:
+    """Each observation from its own thread and PolicyClient, all sent at once; returns (action, info) or the error.
+    strict=False sends what the client's own checks would refuse, for the server to answer."""
     count = len(observations)
     options = list(options) or [None] * count
     barrier = threading.Barrier(count)
     results: List[Any] = [None] * count
 
     def one_client(index: int) -> None:
-        with PolicyClient(port=port, timeout_ms=15000) as client:
+        with PolicyClient(port=port, timeout_ms=15000, strict=strict) as client:
             client.get_server_info()  # negotiate the wire before the barrier so the get_action calls coincide
             barrier.wait()
             try:

@@ -8,8 +8,9 @@ import time
 
 import numpy as np
 import pytest
-import zmq
 from serving import running_server
+from test_batching import call_together
+from test_serving_decode_limits import pipelining_dealer, replies_of
 
 from gr00t_client import codec
 from gr00t_client import BasePolicy, ModalityConfig, PolicyClient, PolicyServerError
@@ -151,33 +152,13 @@ def _row_observation(client_id: float, language=None) -> dict:
     return {"state": {"joints": state}, "language": {"task": language or [["go"]]}}
 
 
-def _call_together(port: int, observations) -> list:
-    barrier, results = threading.Barrier(len(observations)), [None] * len(observations)
-
-    def one_client(index: int) -> None:
-        with PolicyClient(port=port, timeout_ms=15000, strict=False) as client:
-            client.get_server_info()  # the wire negotiated first, so the get_action calls coincide
-            barrier.wait()
-            try:
-                results[index] = client.get_action(observations[index])
-            except Exception as exc:  # noqa: BLE001 - the test inspects it
-                results[index] = exc
-
-    threads = [threading.Thread(target=one_client, args=(i,)) for i in range(len(observations))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    return results
-
-
 def test_an_observation_the_strict_policy_refuses_leaves_the_others_batched_together():
     """Gathered requests are validated one by one before the merge: the invalid one is refused alone and the other
     clients still share one policy call (not a failed merged call, a logged batching failure and a call each)."""
     policy = StrictRowPolicy()
     observations = [_row_observation(1.0), _row_observation(2.0, language=[["two", "strings"]]), _row_observation(3.0)]
     with running_server(policy, max_batch_size=3, batch_timeout_ms=10000.0) as server:
-        results = _call_together(server.port, observations)
+        results = call_together(server.port, observations, strict=False)
         with PolicyClient(port=server.port, timeout_ms=5000) as client:
             stats = client.get_server_info()["stats"]
     assert isinstance(results[1], PolicyServerError) and "task" in results[1].server_message
@@ -272,16 +253,10 @@ class NormalisingPolicy(BasePolicy):
 
 def _pipelined_replies(port: int, observations, replies: int) -> list:
     """Send get_actions back to back on one DEALER connection (a pipelining peer); the first `replies` replies."""
-    dealer = zmq.Context.instance().socket(zmq.DEALER)
-    dealer.setsockopt(zmq.LINGER, 0)
-    dealer.setsockopt(zmq.RCVTIMEO, 15000)
-    try:
-        dealer.connect(f"tcp://127.0.0.1:{port}")
+    with pipelining_dealer(port) as dealer:
         for observation in observations:
             dealer.send_multipart([b"", codec.encode({"endpoint": "get_action", "data": {"observation": observation}})])
-        return [codec.decode(dealer.recv_multipart()[-1]) for _ in range(replies)]
-    finally:
-        dealer.close(linger=0)
+        return replies_of(dealer, replies)
 
 
 def test_a_request_whose_batched_rows_are_nan_gets_one_reply_the_error():

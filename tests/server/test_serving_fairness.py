@@ -17,6 +17,7 @@ import zmq
 from eval.dataset_factory import make_dataset
 from reference_peer import raw_round_trip
 from serving import running_server
+from test_batching import call_together
 
 from gr00t_client import BasePolicy, PolicyClient, PolicyServerError, PolicyTimeoutError, codec
 from gr00t_server.policies import ReplayPolicy
@@ -207,18 +208,9 @@ def test_a_merged_calls_time_counts_toward_the_too_near_margin():
     knew of no call, ran it, and its client timed out waiting)."""
     policy = TurnRecorder(call_s=1.5, hold_first=False)
     with running_server(policy, inline_below_ms=0, max_batch_size=2, batch_timeout_ms=10000.0) as server:
-        results: Dict[str, Any] = {}
-
-        def patient(value: float) -> None:
-            with PolicyClient("127.0.0.1", server.port, timeout_ms=20000, strict=False) as client:
-                results[value] = client.get_action(state(value))
-
-        pair = [threading.Thread(target=patient, args=(value,)) for value in (1.0, 2.0)]
-        for thread in pair:
-            thread.start()
-        for thread in pair:
-            thread.join(30)
-        assert sorted(results) == [1.0, 2.0] and [sorted(call) for call in policy.calls] == [[1.0, 2.0]]  # merged
+        results = call_together(server.port, [state(1.0), state(2.0)], strict=False)
+        assert all(isinstance(result, tuple) for result in results)
+        assert [sorted(call) for call in policy.calls] == [[1.0, 2.0]]  # one merged call of both
         with PolicyClient("127.0.0.1", server.port, timeout_ms=1000, strict=False) as hurried:
             with pytest.raises(PolicyServerError, match=r"too close for a policy call \(the fastest recent one took "
                                                         r"1[5-9]\d\d ms\)"):
