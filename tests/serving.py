@@ -12,6 +12,8 @@ import threading
 import time
 from typing import Any, Dict, Iterator, List, Optional
 
+import zmq
+
 from gr00t_client import BasePolicy
 from gr00t_server.server import PolicyServer
 
@@ -109,16 +111,28 @@ class RestartableServer:
         self.server = PolicyServer(self.make_policy(), host="127.0.0.1", port=self.port)
         self.server.start()
         self.port = self.server.port
+        # Connections accepted, read by restart(): set up before run() owns the socket, closed before close() ends
+        # the context (which waits for every socket of it).
+        self._accepted = self.server._transport.socket.get_monitor_socket(zmq.EVENT_ACCEPTED)
         self.thread = threading.Thread(target=self.server.run, name="policy-server", daemon=True)
         self.thread.start()
 
     def stop(self):
+        self._accepted.close(linger=0)
         self.server.close()
         self.thread.join(10)
         assert not self.thread.is_alive()
 
-    def restart(self):
-        """What a supervisor does after a crash: the same server again on the same port, its sessions gone."""
+    def restart(self, reconnecting: int = 0):
+        """What a supervisor does after a crash: the same server again on the same port, its sessions gone.
+
+        With `reconnecting` clients connected to the old server, returns once that many have connected to the new
+        one: a request sent before a client's ZeroMQ has seen the old connection close goes into it and is lost, and
+        the client rightly raises ReplyLostError, which is not what a test of the restarted server is about."""
         self.stop()
         self._start()
         self.restarts += 1
+        for _ in range(reconnecting):
+            if not self._accepted.poll(10_000):
+                raise AssertionError(f"no client connected to the restarted server within 10 s (awaited {reconnecting})")
+            self._accepted.recv_multipart()

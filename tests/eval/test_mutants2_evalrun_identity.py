@@ -73,7 +73,7 @@ def test_an_inner_pin_leaves_the_outer_one_in_place_when_it_ends():
         with PolicyClient("127.0.0.1", server.port, timeout_ms=3000) as client, pinned_policy(client):
             with pinned_policy(client):  # the first run's own pin
                 client.reset()
-            server.restart()
+            server.restart(reconnecting=1)
             with pytest.raises(ServedPolicyChanged):
                 client.reset()
     finally:

@@ -49,7 +49,7 @@ def test_open_loop_stops_when_the_restarted_server_refuses_the_next_trajectory(t
     def report(line):
         lines.append(line)
         if line.startswith("MSE for trajectory 0"):
-            server.restart()  # between two trajectories: the next request is trajectory 1's reset
+            server.restart(reconnecting=1)  # between two trajectories: the next request is trajectory 1's reset
 
     try:
         with PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client:
@@ -141,7 +141,7 @@ def test_an_error_reply_from_a_restart_with_the_same_policy_is_raised_as_it_is_o
             record = policy_record(client)
             client.on_new_server(lambda current: (checks.append(1), check_serves(current, record)))
             client.get_action(OBSERVATION)
-            server.restart()  # the same checkpoint, without this client's session
+            server.restart(reconnecting=1)  # the same checkpoint, without this client's session
             with pytest.raises(PolicyServerError, match="was dropped by the server"):
                 client.get_action(OBSERVATION)
             assert checks == [1]  # checked on the refusal, found the same policy, and the refusal raised
@@ -178,7 +178,7 @@ def test_a_check_that_cannot_reach_the_server_is_raised_instead_of_the_refusal_a
     try:
         with PolicyClient("127.0.0.1", server.port, timeout_ms=1500) as client, pinned_policy(client):
             client.reset()
-            server.restart()
+            server.restart(reconnecting=1)
             # B refused the reset, then could not say which policy it serves: whether that refusal is this run's own
             # error is unknown, so it is not raised as one (a run's liveness rules judge the timeout)
             with pytest.raises(PolicyTimeoutError, match="get_server_info") as raised:

@@ -8,8 +8,6 @@ succeeds iff every action it executed is the recorded one, so replaying anything
 
 from __future__ import annotations
 
-import time
-
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -95,11 +93,7 @@ def restart_after(server, steps):
     """Restart `server` once, right after the envs have taken `steps` steps in all (between two requests)."""
     def on_step(taken):
         if taken == steps:
-            server.restart()
-            # Let the client's ZeroMQ see the old connection close before the next request: sent into the closing
-            # connection, that request is lost, and the client rightly says so (ReplyLostError) instead of the
-            # refusal or position check these tests are about (seen once in a full suite on 2 busy cores).
-            time.sleep(0.3)
+            server.restart(reconnecting=1)
     ReplayProbeEnv.on_step = on_step
 
 

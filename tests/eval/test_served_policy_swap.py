@@ -74,7 +74,7 @@ def restart_after(server, steps):
     """Restart `server` once the envs have taken `steps` steps in all (between two requests)."""
     def on_step(taken):
         if taken == steps:
-            server.restart()
+            server.restart(reconnecting=1)
     PushEnv.taken, PushEnv.on_step = 0, on_step
 
 
@@ -181,8 +181,7 @@ def test_the_check_after_a_reconnection_gets_a_budget_of_its_own():
         with PolicyClient("127.0.0.1", server.port, timeout_ms=4000) as client:
             client.get_action(OBSERVATION)
             client.on_new_server(lambda current: budgets.append(current._deadline() - time.monotonic()))
-            server.restart()
-            time.sleep(0.5)  # the client reconnects on its own
+            server.restart(reconnecting=1)
             client.get_action(OBSERVATION)
     finally:
         server.stop()
@@ -214,7 +213,7 @@ def test_open_loop_stops_when_its_server_comes_back_serving_another_dataset(tmp_
 
     def report(line):
         if line.startswith("MSE for trajectory 0"):
-            server.restart()  # between two trajectories, as a supervisor would
+            server.restart(reconnecting=1)  # between two trajectories, as a supervisor would
 
     try:
         with PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client:
