@@ -14,6 +14,7 @@ import argparse
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -27,15 +28,20 @@ from gr00t_client import PolicyClient, PolicyServerError, PolicyTimeoutError, co
 
 SERVER_SCRIPT = textwrap.dedent(
     """
-    import sys, time
+    import os, sys, time
     import numpy as np
     from gr00t_client import BasePolicy
     from gr00t_server import PolicyServer
 
     class ProbePolicy(BasePolicy):
-        '''Answers at once, or sleeps options["sleep_s"] first (the long call the ping probe runs beside).'''
+        '''Answers at once, or sleeps options["sleep_s"] first (the long call the ping probe runs beside), or holds
+        while the file options["hold_while"] exists (at most 60 s).'''
         def _get_action(self, observation, options=None):
-            time.sleep(float((options or {}).get("sleep_s", 0.0)))
+            options = options or {}
+            time.sleep(float(options.get("sleep_s", 0.0)))
+            held_until = time.monotonic() + 60.0
+            while options.get("hold_while") and os.path.exists(options["hold_while"]) and time.monotonic() < held_until:
+                time.sleep(0.01)
             return {"x": np.zeros((1, 16, 7), np.float32)}, {}
         def reset(self, options=None):
             return {}
@@ -89,26 +95,28 @@ def envelope(observation: Any, options: Any = None, **extra: Any) -> bytes:
 
 
 def probe_queue_flood(port: int) -> Tuple[float, str]:
-    """12 x 32 MB on one DEALER connection while a 1 s call runs: the byte budget (16 MiB beyond the first
-    request) refuses all but the first."""
-    busy = threading.Thread(target=lambda: raw_request(port, [envelope({}, {"sleep_s": 1.0})]))
-    busy.start()
-    time.sleep(0.1)
-    big = envelope({"state": {"x": np.zeros((1, 1, 8 * 1024 * 1024), np.float32)}})
-    dealer = zmq.Context.instance().socket(zmq.DEALER)
-    dealer.setsockopt(zmq.LINGER, 0)
-    dealer.connect(f"tcp://127.0.0.1:{port}")
-    started = time.monotonic()
-    for _ in range(12):
-        dealer.send_multipart([b"", big])
-    refused = 0
-    for _ in range(12):
-        if not dealer.poll(30000):
-            break
-        reply = codec.decode(dealer.recv_multipart()[-1])
-        refused += isinstance(reply, dict) and "budget" in str(reply.get("error"))
+    """12 x 32 MB on one DEALER connection while a call is held: the byte budget (16 MiB beyond the first request)
+    refuses all but the first, which runs once the held call is let go (after the 11 refusals, however long the
+    flood took to arrive: a call of fixed length could end mid-flood on a slow machine and make room for more)."""
+    with tempfile.NamedTemporaryFile(prefix="probe-hold-") as hold:
+        busy = threading.Thread(target=lambda: raw_request(port, [envelope({}, {"hold_while": hold.name})]))
+        busy.start()
+        time.sleep(0.1)
+        big = envelope({"state": {"x": np.zeros((1, 1, 8 * 1024 * 1024), np.float32)}})
+        dealer = zmq.Context.instance().socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.connect(f"tcp://127.0.0.1:{port}")
+        started = time.monotonic()
+        for _ in range(12):
+            dealer.send_multipart([b"", big])
+        replies = []
+        while len(replies) < 12 and dealer.poll(30000):
+            replies.append(codec.decode(dealer.recv_multipart()[-1]))
+            if len(replies) == 11:
+                hold.close()  # deleted: the held call ends, and the queued first request runs
     dealer.close(linger=0)
     busy.join()
+    refused = sum(isinstance(reply, dict) and "budget" in str(reply.get("error")) for reply in replies)
     return time.monotonic() - started, f"{refused} of 12 refused by the per-connection byte budget"
 
 
@@ -149,7 +157,8 @@ def ping_during_long_call(port: int, call_s: float = 3.0) -> List[float]:
 def expired_calls(port: int, impatient_clients: int = 20) -> Dict[str, Any]:
     with PolicyClient(port=port, timeout_ms=5000) as client:
         before = client.get_server_info()["stats"]
-    busy = threading.Thread(target=lambda: raw_request(port, [envelope({}, {"sleep_s": 2.0})]))
+    hold = tempfile.NamedTemporaryFile(prefix="probe-hold-")  # the busy call lasts until every client gave up
+    busy = threading.Thread(target=lambda: raw_request(port, [envelope({}, {"hold_while": hold.name})]))
     busy.start()
     time.sleep(0.2)
 
@@ -165,6 +174,7 @@ def expired_calls(port: int, impatient_clients: int = 20) -> Dict[str, Any]:
         thread.start()
     for thread in threads:
         thread.join()
+    hold.close()
     busy.join()
     time.sleep(0.5)
     with PolicyClient(port=port, timeout_ms=5000) as client:
@@ -199,7 +209,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         latencies = ping_during_long_call(port)
         print(f"\nping during a 3 s policy call: {len(latencies)} pings, max {max(latencies):.1f} ms, "
               f"median {float(np.median(latencies)):.1f} ms")
-        print("requests whose client timed out during a 2 s call:", expired_calls(port))
+        print("requests whose client timed out during a held call:", expired_calls(port))
     finally:
         if pinger is not None:
             pinger.close()
