@@ -15,6 +15,7 @@ from gr00t_server.cli import main as server_main
     (eval_main, ["--log-level", "warning", "open-loop", "--dataset-path", "d", "--bogus", "1"], "gr00t-eval open-loop"),
     (eval_main, ["merge", "a.json", "--output", "o", "--extra"], "gr00t-eval merge"),
     (server_main, ["serve", "--model-path", "m", "--batch-size", "5"], "gr00t-server serve"),
+    (server_main, ["serve", "--model-pat", "m"], "gr00t-server serve"),  # abbreviations are refused, as gr00t-eval's
     (server_main, ["--log-level", "debug", "verify", "--model-path", "m", "--torch-compile", "--bogus"],
      "gr00t-server verify"),
 ])
@@ -23,7 +24,7 @@ def test_an_unknown_argument_is_refused_by_the_command_it_was_given_to(main, arg
         main(argv)
     assert stop.value.code == 2
     err = capsys.readouterr().err
-    unknown = [word for word in argv if word in ("--n-episode", "--bogus", "--extra", "--batch-size")]
+    unknown = [word for word in argv if word in ("--n-episode", "--bogus", "--extra", "--batch-size", "--model-pat")]
     assert f"{command}: error: unrecognized arguments: {unknown[0]}" in err, err
     assert f"usage: {command} " in err, err  # the flags to read are that command's
 

@@ -1,5 +1,5 @@
-"""For the command lines of gr00t-server and gr00t-eval: the spellings of a flag, and a parser whose refusal of an
-unknown argument names the sub-command it was given to."""
+"""For the command lines of gr00t-server and gr00t-eval: the spellings of a flag, and a parser that refuses
+abbreviated flags and whose refusal of an unknown argument names the sub-command it was given to."""
 
 from __future__ import annotations
 
@@ -42,7 +42,14 @@ class CommandParser(argparse.ArgumentParser):
     ("gr00t-eval: error: unrecognized arguments: --bogus"), not saying which command's flags to read. Here the
     sub-command's parser refuses it: "gr00t-eval rollout: error: unrecognized arguments: --bogus" under that command's
     usage, exit status 2 as before.
+
+    Abbreviated flags are refused, here and in every sub-command (whose parsers are of this class too): `--n-ep 3` is
+    an error, not --n-episodes, and a flag added later cannot change what an abbreviation in a user's script means.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def parse_args(self, args: Optional[Sequence[str]] = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
         parsed, extras = self.parse_known_args(args, namespace)

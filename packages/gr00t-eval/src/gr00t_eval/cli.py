@@ -108,9 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The `gr00t-eval` argument parser (sub-commands open-loop, rollout, record, plus the scaling commands)."""
     from gr00t_client.chunking import MERGE_RULES
 
-    parser = CommandParser(prog="gr00t-eval", description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser = CommandParser(prog="gr00t-eval", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    _no_abbreviations(sub)
 
     p = sub.add_parser("open-loop", help="compare a policy's action chunks with a dataset's recorded actions")
     p.add_argument(*_flag("dataset-path"), required=True, help="LeRobot dataset (v2.x/v3.0 with meta/modality.json)")
@@ -223,17 +222,6 @@ def build_parser() -> argparse.ArgumentParser:
     scale_cli.register_scale_commands(sub)
     add_log_level(parser, "logging level, any case (default INFO); DEBUG also prints tracebacks of errors")
     return parser
-
-
-def _no_abbreviations(subparsers: Any) -> None:
-    """Every sub-command parser refuses abbreviated flags (`--n-ep 3` is an error, not --n-episodes)."""
-    original = subparsers.add_parser
-
-    def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
-        kwargs.setdefault("allow_abbrev", False)
-        return original(name, **kwargs)
-
-    subparsers.add_parser = add_parser
 
 
 def given_flags(argv: Sequence[str]) -> Set[str]:
