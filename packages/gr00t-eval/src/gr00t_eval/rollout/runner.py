@@ -23,6 +23,7 @@ import dataclasses
 import functools
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
@@ -468,7 +469,11 @@ def _close_envs(vec: gym.vector.VectorEnv, clean: bool) -> None:
         if clean or not isinstance(vec, gym.vector.AsyncVectorEnv):
             vec.close()
         else:
-            vec.close(terminate=True)
+            with warnings.catch_warnings():
+                # A run stopped mid-step (Ctrl-C, a dead worker) has a step pending by design: gymnasium's "Calling
+                # `close` while waiting for a pending call to `step`" would follow the run's own account of the stop.
+                warnings.filterwarnings("ignore", message=r".*Calling `close` while waiting for a pending call")
+                vec.close(terminate=True)
     except Exception as exc:  # noqa: BLE001 - closing must not hide the reason the run ended
         logger.warning("closing the envs failed: %s: %s", type(exc).__name__, exc)
 
