@@ -19,7 +19,6 @@ import time
 import pytest
 import zmq
 import zmq.auth
-from eval.test_disk_full import run_limited
 from reference_peer import EchoPolicy
 from serving import free_port, running_server
 from test_curve_client import raw_server
@@ -145,21 +144,6 @@ def test_keygen_under_a_strict_umask_still_writes_a_0644_public_key(tmp_path):
         os.umask(before)
     assert stat.S_IMODE(os.stat(public_path).st_mode) == 0o644
     assert stat.S_IMODE(os.stat(secret_path).st_mode) == 0o600
-
-
-def test_a_keygen_whose_secret_file_cannot_be_written_leaves_no_public_key_either(tmp_path):
-    # mutant: the pair-or-nothing unlink of the public file dropped (a public key whose secret never existed was
-    # left to be handed out, and a retry refused as existing)
-    body = """
-    from gr00t_server.curve import generate_certificates
-    try:
-        generate_certificates(sys.argv[2], "server")
-    except OSError as exc:
-        print("raised", exc.errno)
-    """
-    result = run_limited(300, body, str(tmp_path / "keys"))  # server.key is 285 bytes, server.key_secret 320
-    assert "raised 27" in result.stdout, result.stdout + result.stderr
-    assert list((tmp_path / "keys").iterdir()) == []
 
 
 def test_a_regular_file_given_as_the_authorized_keys_directory_is_refused(tmp_path):

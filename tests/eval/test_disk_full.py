@@ -142,7 +142,10 @@ def test_an_episode_log_line_cut_short_does_not_swallow_the_next_entry(tmp_path)
     assert [(e["episode_index"], e["success"]) for e in log.read()] == [(0, True), (1, False)]
 
 
-def test_a_keygen_that_cannot_write_leaves_no_key_file_a_retry_would_refuse(tmp_path):
+@pytest.mark.parametrize("limit", [0, 300], ids=["nothing written", "public key written"])
+def test_a_keygen_that_cannot_write_leaves_no_key_file_a_retry_would_refuse(tmp_path, limit):
+    # 300 bytes: server.key (285) is written and server.key_secret (320) is not; the public key goes too (a key
+    # whose secret never existed was left to be handed out, and a retry refused as existing)
     body = """
     from gr00t_server.curve import generate_certificates
     try:
@@ -150,7 +153,7 @@ def test_a_keygen_that_cannot_write_leaves_no_key_file_a_retry_would_refuse(tmp_
     except OSError as exc:
         print("raised", exc.errno)
     """
-    result = run_limited(0, body, str(tmp_path / "keys"))
+    result = run_limited(limit, body, str(tmp_path / "keys"))
     assert "raised 27" in result.stdout, result.stdout + result.stderr
     assert list((tmp_path / "keys").iterdir()) == []
     from gr00t_server.curve import generate_certificates
