@@ -131,10 +131,13 @@ def write_jobs(tmp_path, port, name="jobs.json", **overrides):
     return path
 
 
-def claim_by(folder, process):
-    (folder / "batch.json").write_text(json.dumps({"claim": {
-        "pid": process.pid, "hostname": __import__("socket").gethostname(), "started": "now",
+def claim_by(folder, pid, name="batch.json"):
+    """The claim file `name` in `folder` as process `pid` on this host leaves it while it runs."""
+    path = folder / name
+    path.write_text(json.dumps({"claim": {
+        "pid": pid, "hostname": __import__("socket").gethostname(), "started": "now",
         "started_unix": time.time(), "finished": False}}))
+    return path
 
 
 def test_a_batch_folder_a_live_batch_runs_in_is_neither_emptied_nor_resumed(server, tmp_path, capsys, live_process):
@@ -143,7 +146,7 @@ def test_a_batch_folder_a_live_batch_runs_in_is_neither_emptied_nor_resumed(serv
     assert run_cli(["batch", "--jobs", str(jobs), "--output-dir", str(out)]) == 0
     claim = json.loads((out / "batch.json").read_text())["claim"]
     assert claim["finished"] is True and claim["outcome"] == "complete"
-    claim_by(out, live_process)  # a batch still running in the folder
+    claim_by(out, live_process.pid)  # a batch still running in the folder
     files = sorted(p.relative_to(out) for p in out.rglob("*"))
     with pytest.raises(Exception, match="is in use: the run that claimed it is still running"):
         run_cli(["batch", "--jobs", str(jobs), "--output-dir", str(out), "--overwrite"])
@@ -166,7 +169,7 @@ def test_a_batch_that_claims_the_folder_after_anothers_checks_is_never_emptied(s
     def check_then_another_batch_claims(*args, **kwargs):
         real_check(*args, **kwargs)
         if not json.loads((out / "batch.json").read_text())["claim"].get("pid") == live_process.pid:
-            claim_by(out, live_process)  # the other batch claims the folder right after this one's checks
+            claim_by(out, live_process.pid)  # the other batch claims the folder right after this one's checks
 
     monkeypatch.setattr(run_dir, "check_output_dir", check_then_another_batch_claims)
     files = sorted(p.relative_to(out) for p in out.rglob("*") if p.name != "batch.json.lock")

@@ -15,6 +15,7 @@ import pytest
 os.environ.setdefault("MUJOCO_GL", "egl")  # before anything imports mujoco: headless rendering
 
 from eval.dataset_factory import episode_frames, expected_actions, expected_states, make_dataset  # noqa: E402
+from test_dataset_lerobot_layout import _jsonl  # noqa: E402
 from gr00t_eval.dataset import DatasetWriter, LeRobotDataset  # noqa: E402
 from gr00t_eval.dataset import writer as writer_module  # noqa: E402
 
@@ -22,10 +23,6 @@ from gr00t_eval.dataset import writer as writer_module  # noqa: E402
 def _add(writer, episode, length=3, task="t", camera="cam"):
     return writer.add_episode({camera: episode_frames(episode, 0, length, (16, 16))}, expected_states(episode, length),
                               expected_actions(episode, length), task)
-
-
-def _jsonl(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 # -- v3.0 -------------------------------------------------------------------------------------------------------------

@@ -19,15 +19,7 @@ from gr00t_eval.run_claim import (
     CLAIM_KEY, claim_output_dir, finish_claim, process_exists, read_holder, refuse_live_claim, take_claim,
 )
 from gr00t_eval.run_dir import OutputDirError
-
-
-def _claim_by_pid(folder: Path, pid: int, name: str = "claim.json") -> Path:
-    import socket
-
-    path = folder / name
-    path.write_text(json.dumps({CLAIM_KEY: {"pid": pid, "hostname": socket.gethostname(), "started": "now",
-                                            "started_unix": time.time(), "finished": False}}))
-    return path
+from test_batch_merge_outputs import claim_by
 
 
 def test_a_claim_file_without_a_readable_holder_is_refused_not_taken_over(tmp_path):
@@ -41,7 +33,7 @@ def test_a_claim_file_without_a_readable_holder_is_refused_not_taken_over(tmp_pa
 
 def test_a_claim_naming_pid_0_has_no_holder_and_does_not_hold_the_directory(tmp_path):
     # mutant: pid 0 was read as a holder, and os.kill(0, 0) (this process group) made it live forever
-    _claim_by_pid(tmp_path, 0)
+    claim_by(tmp_path, 0, "claim.json")
     assert read_holder(tmp_path / "claim.json") is None
     assert refuse_live_claim(tmp_path, "claim.json") is None
 
@@ -57,7 +49,7 @@ def test_a_claim_whose_process_is_a_killed_unreaped_zombie_may_be_taken_over(tmp
         while stat.read_text().rsplit(")", 1)[1].split()[0] != "Z" and time.monotonic() < deadline:
             time.sleep(0.01)
         assert not process_exists(process.pid)
-        _claim_by_pid(tmp_path, process.pid)
+        claim_by(tmp_path, process.pid, "claim.json")
         assert refuse_live_claim(tmp_path, "claim.json").pid == process.pid  # a stale claim: not refused
         take_claim(tmp_path, "claim.json", {"mine": True})
         assert read_holder(tmp_path / "claim.json").pid != process.pid
@@ -88,7 +80,7 @@ def test_a_claim_held_by_another_users_process_is_live(tmp_path, monkeypatch, li
             raise PermissionError(1, "Operation not permitted")
         return kill(pid, sig)
 
-    _claim_by_pid(tmp_path, live_process.pid)
+    claim_by(tmp_path, live_process.pid, "claim.json")
     with monkeypatch.context() as patch:  # undone before live_process ends its process
         patch.setattr(os, "kill", not_permitted)
         assert process_exists(live_process.pid)
@@ -141,10 +133,10 @@ def test_a_new_batch_into_a_folder_a_live_batch_runs_in_says_it_is_in_use_not_pa
                                                                                               live_process):
     # mutant: without --overwrite the refusal said "not empty; pass --overwrite", which is then refused too
     from eval.scale_fixtures import free_port
-    from test_batch_merge_outputs import claim_by, write_jobs
+    from test_batch_merge_outputs import write_jobs
 
     out = _batch_folder(tmp_path, free_port(), {"jobs": []})  # the live batch's files, as it writes them
-    claim_by(out, live_process)
+    claim_by(out, live_process.pid)
     jobs = write_jobs(tmp_path, free_port())
     assert cli.main(["batch", "--jobs", str(jobs), "--output-dir", str(out)]) == 2
     err = capsys.readouterr().err
@@ -176,11 +168,10 @@ def test_resuming_a_folder_a_live_batch_runs_in_says_it_is_in_use_before_reading
     # mutant: the live claim was checked only after batch_results.json was read, so a file the live batch is still
     # to write was reported as damaged ("start a new batch, or restore it") instead of the batch that runs there
     from eval.scale_fixtures import free_port
-    from test_batch_merge_outputs import claim_by
 
     out = _batch_folder(tmp_path, free_port(), None)
     (out / "batch_results.json").write_text('{"jobs": [')
-    claim_by(out, live_process)
+    claim_by(out, live_process.pid)
     assert cli.main(["batch", "--resume", str(out)]) == 2
     err = capsys.readouterr().err
     assert f"is in use: the run that claimed it is still running (pid {live_process.pid}" in err
