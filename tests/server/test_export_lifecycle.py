@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from eval.test_run_dir_leftovers import ended_pid
 
 from gr00t_server.backends import BackendError, apply_inference_mode, commands
 from gr00t_server.backends import export as export_module
@@ -194,9 +195,8 @@ def test_sigterm_during_export_removes_the_staged_files(earlier, tmp_path):
 
 
 def test_a_staging_folder_left_by_a_killed_export_is_removed_by_the_next(tiny_checkpoint, earlier):
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    stale = earlier / f".gr00t-export-staging-{dead.pid}-abc123"
+    dead = ended_pid()
+    stale = earlier / f".gr00t-export-staging-{dead}-abc123"
     stale.mkdir()
     (stale / "dit_fp32.onnx").write_bytes(b"partial")
     assert commands.run(parse(export_argv(tiny_checkpoint, earlier))) == 0
@@ -214,10 +214,9 @@ def test_an_export_killed_mid_swap_gets_the_earlier_export_back(tiny_checkpoint,
     new = tmp_path / "new"
     export_policy(policy, observation, new, mode="action_head")  # the export that was being swapped in
     new_files = sorted(p.name for p in new.iterdir() if p.name != EXPORT_METADATA)
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    backup = earlier / f".gr00t-export-previous-{dead.pid}-abc123"
-    staging = earlier / f".gr00t-export-staging-{dead.pid}-def456"
+    dead = ended_pid()
+    backup = earlier / f".gr00t-export-previous-{dead}-abc123"
+    staging = earlier / f".gr00t-export-staging-{dead}-def456"
     shutil.copytree(new, staging)
     backup.mkdir()
     os.replace(earlier / EXPORT_METADATA, backup / EXPORT_METADATA)  # the swap moves the metadata aside first
@@ -245,11 +244,10 @@ def test_a_first_export_killed_mid_swap_leaves_its_folder_usable_by_the_next(tin
     names = sorted(p.name for p in new.iterdir() if p.name != EXPORT_METADATA)
     folder = tmp_path / "first"
     folder.mkdir()
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    staging = folder / f".gr00t-export-staging-{dead.pid}-def456"
+    dead = ended_pid()
+    staging = folder / f".gr00t-export-staging-{dead}-def456"
     shutil.copytree(new, staging)
-    (folder / f".gr00t-export-previous-{dead.pid}-abc123").mkdir()  # empty: nothing earlier was moved aside
+    (folder / f".gr00t-export-previous-{dead}-abc123").mkdir()  # empty: nothing earlier was moved aside
     os.replace(staging / names[0], folder / names[0])  # killed after moving its first file in
     user_file = folder / "notes.txt"
     user_file.write_text("mine")

@@ -13,8 +13,6 @@ import json
 import logging
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -27,6 +25,7 @@ from gr00t_server.backends.common import EXPORT_METADATA
 from gr00t_server.backends.export_dir import check_collisions, own_files, remove_stale_work_dirs, swap_in
 from gr00t_server.server import PolicyServer
 from serving import running_server
+from eval.test_run_dir_leftovers import ended_pid
 
 prometheus_parser = pytest.importorskip("prometheus_client.parser")
 from test_metrics_under_failure import FaultyPolicy  # noqa: E402 - needs prometheus_client
@@ -47,12 +46,6 @@ def write_export(folder: Path, graph: bytes) -> None:
     (folder / EXPORT_METADATA).write_text(json.dumps(metadata))
 
 
-def dead_pid() -> int:
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
-    process.wait()
-    return process.pid
-
-
 def contents(folder: Path) -> dict:
     return {p.name: (p.read_bytes() if p.is_file() else None) for p in folder.iterdir()}
 
@@ -70,7 +63,7 @@ def test_a_leftover_backup_of_a_dead_export_never_replaces_the_whole_export_that
     # (killed after its swap, before deleting the backup): the older export came back over the newer one
     folder = tmp_path / "onnx"
     write_export(folder, b"new")
-    write_export(folder / f".gr00t-export-previous-{dead_pid()}-abc123", b"old")
+    write_export(folder / f".gr00t-export-previous-{ended_pid()}-abc123", b"old")
     remove_stale_work_dirs(folder)
     assert contents(folder) == {"dit_fp32.onnx": b"new", EXPORT_METADATA: (folder / EXPORT_METADATA).read_bytes()}
     assert json.loads((folder / EXPORT_METADATA).read_text())["marker"] == "new"
