@@ -12,7 +12,7 @@ import pytest
 from reference_peer import EchoPolicy
 from serving import running_server
 from test_serving_decode_limits import pipelining_dealer, replies_of
-from test_serving_inline import INLINE_STREAK, LIMIT_MS, SOCKET, ThreadNotingPolicy, observation
+from test_serving_inline import INLINE_STREAK, LIMIT_MS, SOCKET, ThreadNotingPolicy, _error_of, observation
 
 from gr00t_client import PolicyClient, PolicyServerError, ServerStoppingError, codec
 from gr00t_server.serving import ServerLimits
@@ -123,13 +123,6 @@ def test_a_reset_pipelined_behind_gathered_get_actions_runs_after_them(gathered,
     assert len(replies) == gathered + 1 and all(isinstance(r, list) for r in replies[:-1]) and replies[-1] == {}, replies
 
 
-def _outcome_of(call, *args):
-    try:
-        return call(*args)
-    except Exception as exc:  # noqa: BLE001 - the test looks at what came back
-        return exc
-
-
 def test_a_gathered_get_action_is_answered_not_run_when_a_kill_ends_the_server():
     # guards: shut_down answering only the worker's queued jobs, not the requests still gathered (a kill, unlike
     # stop(), does not hand them over first): their clients waited for nothing until their own timeout
@@ -137,8 +130,8 @@ def test_a_gathered_get_action_is_answered_not_run_when_a_kill_ends_the_server()
     outcome = {}
     with running_server(policy, max_batch_size=8, batch_timeout_ms=5000, inline_below_ms=0) as server:
         with PolicyClient(port=server.port, timeout_ms=4000) as waiting:
-            caller = threading.Thread(target=lambda: outcome.setdefault("reply", _outcome_of(waiting.get_action, observation(1.0))),
-                                      daemon=True)
+            caller = threading.Thread(
+                target=lambda: outcome.setdefault("reply", _error_of(waiting.get_action, observation(1.0))), daemon=True)
             caller.start()
             deadline = time.monotonic() + 3
             while not server._loop.pending and time.monotonic() < deadline:
@@ -165,7 +158,7 @@ def test_an_inline_job_whose_execute_raised_is_answered_and_serving_goes_on(monk
             raise RuntimeError("execute itself failed")
 
         monkeypatch.setattr(JobRunner, "execute", broken)
-        error = _outcome_of(client.get_action, observation(1.0))
+        error = _error_of(client.get_action, observation(1.0))
         monkeypatch.undo()
         assert client.ping()
         action, _ = client.get_action(observation(2.0))
