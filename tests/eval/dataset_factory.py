@@ -47,6 +47,14 @@ def expected_actions(episode: int, length: int, dims: Mapping[str, int] = ACTION
     return group_values(episode, length, dims, offset=500.0)
 
 
+def add_known_episode(writer: DatasetWriter, episode: int, length: int = 3, task: str = "t",
+                      cameras: Sequence[str] = ("cam",), size=(16, 16)) -> int:
+    """Add episode `episode` of `length` steps with the known states, actions and frames (none when `cameras` is
+    empty) to `writer`; its index."""
+    frames = {cam: episode_frames(episode, c, length, size) for c, cam in enumerate(cameras)}
+    return writer.add_episode(frames, expected_states(episode, length), expected_actions(episode, length), task)
+
+
 def make_dataset(
     root: Path,
     *,

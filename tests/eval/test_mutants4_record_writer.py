@@ -14,15 +14,12 @@ import pytest
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # before anything imports mujoco: headless rendering
 
-from eval.dataset_factory import episode_frames, expected_actions, expected_states, make_dataset  # noqa: E402
+from eval.dataset_factory import (  # noqa: E402
+    add_known_episode, episode_frames, expected_actions, expected_states, make_dataset,
+)
 from test_dataset_lerobot_layout import _jsonl  # noqa: E402
 from gr00t_eval.dataset import DatasetWriter, LeRobotDataset  # noqa: E402
 from gr00t_eval.dataset import writer as writer_module  # noqa: E402
-
-
-def _add(writer, episode, length=3, task="t", camera="cam"):
-    return writer.add_episode({camera: episode_frames(episode, 0, length, (16, 16))}, expected_states(episode, length),
-                              expected_actions(episode, length), task)
 
 
 # -- v3.0 -------------------------------------------------------------------------------------------------------------
@@ -31,7 +28,7 @@ def test_v3_files_past_the_first_chunk_folder_are_listed_where_they_are_written(
     root = tmp_path / "v3"
     with DatasetWriter(root, 10, layout="v3.0", chunks_size=1, episodes_per_file=1) as writer:
         for episode in range(3):
-            _add(writer, episode, length=2 + episode)
+            add_known_episode(writer, episode, length=2 + episode)
     assert sorted(str(p.relative_to(root)) for p in (root / "data").rglob("*.parquet")) == [
         "data/chunk-000/file-000.parquet", "data/chunk-001/file-000.parquet", "data/chunk-002/file-000.parquet"]
     dataset = LeRobotDataset(root)
@@ -56,7 +53,7 @@ def test_a_v3_writer_left_by_an_exception_keeps_no_file_of_the_dataset_open(tmp_
     root = tmp_path / "v3"
     with pytest.raises(RuntimeError, match="stop"):
         with DatasetWriter(root, 10, layout="v3.0") as writer:
-            _add(writer, 0, length=40)  # enough frames for the encoder to have written to its file
+            add_known_episode(writer, 0, length=40)  # enough frames for the encoder to have written to its file
             raise RuntimeError("stop")
     fd_dir = "/proc/self/fd"
     if not os.path.isdir(fd_dir):
@@ -79,12 +76,12 @@ def _ctrl_c(*args, **kwargs):
 def _interrupted_second_episode(tmp_path, monkeypatch):
     root = tmp_path / "ds"
     writer = DatasetWriter(root, 10)
-    _add(writer, 0, task="first task")
+    add_known_episode(writer, 0, task="first task")
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
         # Ctrl-C at add_episode's last line (its debug log line), once its files, task and values are all recorded
         patch.setattr(writer_module.logger, "debug", _ctrl_c)
-        _add(writer, 1, length=5, task="a task only the interrupted episode has")
-    _add(writer, 2, length=4, task="first task")
+        add_known_episode(writer, 1, length=5, task="a task only the interrupted episode has")
+    add_known_episode(writer, 2, length=4, task="first task")
     writer.finalize()
     return root
 
@@ -256,7 +253,7 @@ def test_a_refused_first_episode_does_not_fix_the_datasets_layout(tmp_path):
     with pytest.raises(ValueError, match=r"metadata\['score'\]"):  # refused after its layout was checked
         writer.add_episode({"cam": episode_frames(0, 0, 3, (16, 16))}, {"arm": np.zeros((3, 2), np.float32)},
                            {"arm": np.zeros((3, 2), np.float32)}, "t", metadata={"score": float("nan")})
-    _add(writer, 0, camera="front")  # another camera, frame size and dims: the dataset's first episode
+    add_known_episode(writer, 0, cameras=("front",))  # another camera, frame size and dims: the dataset's first episode
     writer.finalize()
     dataset = LeRobotDataset(root)
     assert dataset.video_keys == ["front"] and dataset.state_dims() == {"arm": 3, "gripper": 1}
@@ -266,7 +263,7 @@ def test_a_later_episode_of_another_frame_size_is_refused_and_leaves_no_file(tmp
     # mutant: _check_layout's "earlier episodes had" frame-size check dropped (info.json declares one size per camera)
     root = tmp_path / "ds"
     writer = DatasetWriter(root, 10)
-    _add(writer, 0)
+    add_known_episode(writer, 0)
     with pytest.raises(ValueError, match=r"frames\['cam'\] has size \(32, 32\); earlier episodes had \(16, 16\)"):
         writer.add_episode({"cam": episode_frames(1, 0, 3, (32, 32))}, expected_states(1, 3), expected_actions(1, 3), "t")
     writer.finalize()
@@ -278,10 +275,10 @@ def test_a_finalized_v3_writer_refuses_another_episode(tmp_path):
     # mutant: finalize() did not mark the writer finalized (a later episode went into a file meta/ never lists)
     root = tmp_path / "v3"
     writer = DatasetWriter(root, 10, layout="v3.0")
-    _add(writer, 0)
+    add_known_episode(writer, 0)
     writer.finalize()
     with pytest.raises(RuntimeError, match="writer already finalized"):
-        _add(writer, 1)
+        add_known_episode(writer, 1)
     assert LeRobotDataset(root).episode_lengths == [3]
 
 
@@ -289,7 +286,7 @@ def test_write_meta_of_a_v3_writer_is_refused_before_its_data_file_exists(tmp_pa
     # mutant: write_meta() ran in v3.0: meta/ listed an episode whose data file was not written yet (unloadable)
     root = tmp_path / "v3"
     writer = DatasetWriter(root, 10, layout="v3.0")
-    _add(writer, 0)
+    add_known_episode(writer, 0)
     with pytest.raises(RuntimeError, match=r"write_meta\(\) before finalize\(\) needs layout 'v2.1'"):
         writer.write_meta()
     assert not (root / "meta").exists()

@@ -7,13 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from eval.dataset_factory import expected_actions, expected_states, make_dataset
+from eval.dataset_factory import add_known_episode, expected_actions, make_dataset
 from gr00t_eval.dataset import DatasetError, DatasetWriter, LeRobotDataset
-
-
-def _add(writer, episode, length=3):
-    return writer.add_episode(frames={}, states=expected_states(episode, length), actions=expected_actions(episode, length),
-                              task="t")
 
 
 def test_v2_episodes_past_chunks_size_go_to_the_next_chunk_folder_and_info_counts_the_chunks(tmp_path):
@@ -21,7 +16,7 @@ def test_v2_episodes_past_chunks_size_go_to_the_next_chunk_folder_and_info_count
     splits covers every episode."""
     writer = DatasetWriter(tmp_path / "ds", 10, chunks_size=2)
     for episode in range(3):
-        _add(writer, episode)
+        add_known_episode(writer, episode, cameras=())
     root = writer.finalize()
     assert (root / "data" / "chunk-001" / "episode_000002.parquet").is_file()
     assert not (root / "data" / "chunk-000" / "episode_000002.parquet").exists()
