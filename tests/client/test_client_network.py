@@ -12,7 +12,7 @@ from reference_peer import EchoPolicy, libero_like_observation
 from serving import free_port, running_server
 from tcp_proxy import TcpProxy
 
-from gr00t_client import PolicyClient, PolicyTimeoutError
+from gr00t_client import PolicyClient, PolicyTimeoutError, ReplyLostError
 
 
 def test_one_latency_spike_does_not_lock_out_a_client_whose_timeout_fits_the_link():
@@ -140,13 +140,25 @@ def test_a_server_replaced_by_a_reference_server_across_a_timeout_is_asked_again
             assert reference.port == port
 
 
-def test_a_timeout_after_the_server_went_away_says_the_connection_was_lost():
+def _timeout_after_the_server_went_away() -> PolicyTimeoutError:
     port = free_port()
     with PolicyClient(host="127.0.0.1", port=port, timeout_ms=1000) as client:
         with running_server(EchoPolicy(), port=port):
             assert client.ping()
-        with pytest.raises(PolicyTimeoutError, match=r"the connection to it was lost \(the server stopped\?\)"):
+        with pytest.raises(PolicyTimeoutError) as info:
             client.call_endpoint("ping", requires_input=False)
+    return info.value
+
+
+def test_a_timeout_after_the_server_went_away_says_the_connection_was_lost_and_what_reconnecting_met():
+    # What reconnecting met is counted afresh from the loss: the old connection's TCP connect is not told as "a TCP
+    # connection was made but no ZeroMQ handshake followed" (another service on the port?).
+    for _ in range(3):
+        error = _timeout_after_the_server_went_away()
+        if not isinstance(error, ReplyLostError):  # the ping went into the closing connection (a race): again
+            break
+    assert "the connection to it was lost (the server stopped?) and not made again: every connect attempt failed: " \
+           "connection refused" in str(error)
 
 
 def test_a_host_name_that_does_not_resolve_fails_at_once():
