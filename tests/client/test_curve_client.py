@@ -20,14 +20,19 @@ TIMEOUT_MS = 3000
 
 
 @contextlib.contextmanager
-def raw_server(secret_key=None, public_key=None, authorized_dir=None, answer=True):
-    """A ROUTER answering pings (or, with answer=False, never answering); CURVE when given a key pair."""
+def raw_server(secret_key=None, public_key=None, authorized_dir=None, answer=True, admit=None):
+    """A ROUTER answering pings (or, with answer=False, never answering); CURVE when given a key pair. Client keys
+    are checked against `authorized_dir`'s certificates, or by `admit(public_key) -> bool` per handshake."""
     context = zmq.Context()
     authenticator = None
-    if authorized_dir is not None:
+    if authorized_dir is not None or admit is not None:
         authenticator = ThreadAuthenticator(context)
         authenticator.start()
-        authenticator.configure_curve(domain="*", location=str(authorized_dir))
+        if admit is None:
+            authenticator.configure_curve(domain="*", location=str(authorized_dir))
+        else:
+            gate = type("Gate", (), {"callback": staticmethod(lambda domain, key: admit(key))})()
+            authenticator.configure_curve_callback(domain="*", credentials_provider=gate)
     sock = context.socket(zmq.ROUTER)
     if secret_key is not None:
         sock.curve_server = True
@@ -177,6 +182,33 @@ def test_unauthorised_client_key_is_refused_by_name(keys, tmp_path):
             call_ping(port, server_public_key=keys["server.key"], client_secret_key=keys["robot.key_secret"])
         with pytest.raises(HandshakeError, match="ephemeral key"):
             call_ping(port, server_public_key=keys["server.key"])
+
+
+def test_a_key_refused_on_reconnection_is_a_handshake_error_at_once_not_a_timeout(keys):
+    """After a timeout the client connects anew at once (Lazy Pirate). When the server refuses its key on that new
+    connection, libzmq drops it and the next request has no connection to queue on: that call must say the key was
+    refused, at once, not wait out its timeout and call the server unreachable (as it did, seen once in CI)."""
+    handshakes, refused = [], threading.Event()
+
+    def admit(key):  # the first handshake is let in; the key is withdrawn after it
+        handshakes.append(key)
+        if len(handshakes) > 1:
+            refused.set()
+        return len(handshakes) == 1
+
+    secret, public = server_pair(keys)
+    with raw_server(secret, public, answer=False, admit=admit) as port:
+        with PolicyClient("127.0.0.1", port, timeout_ms=1500, server_public_key=keys["server.key"],
+                          client_secret_key=keys["robot.key_secret"]) as client:
+            with pytest.raises(PolicyTimeoutError, match="connected, but no reply came") as first:
+                client.call_endpoint("ping", requires_input=False)  # the silent server, over an accepted key
+            assert not isinstance(first.value, HandshakeError)
+            assert refused.wait(5), "the replacement connection made no handshake"
+            time.sleep(0.2)  # libzmq drops the refused connection; a send now has nowhere to queue
+            started = time.monotonic()
+            with pytest.raises(HandshakeError, match=r"the server refused this client's public key \(SHA256:"):
+                client.call_endpoint("ping", requires_input=False)
+            assert time.monotonic() - started < 1.0
 
 
 def test_ping_is_false_on_a_failed_handshake(keys):

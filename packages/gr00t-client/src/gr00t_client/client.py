@@ -503,12 +503,10 @@ class PolicyClient(BasePolicy):
             self._awaiting = endpoint
             try:  # a connected REQ socket queues at once; only a full queue makes us wait
                 send_frames(sock, frames, _NOBLOCK)
-            except zmq.Again:
-                if not sock.poll(max(0, int((deadline - time.monotonic()) * 1000)), zmq.POLLOUT):
-                    raise self._timeout(endpoint) from None
+            except zmq.Again:  # no connection to queue on (yet): one refused by the server's keys is said so
+                self._wait(handshake.wait_to_send, deadline, endpoint, sent=False)
                 send_frames(sock, frames, 0)
-            remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
-            self._wait_for_reply(remaining_ms, endpoint)
+            self._wait(handshake.wait_for_reply, deadline, endpoint)
             reply = _recv_frames(sock, self.max_reply_bytes)
             if self._handshake is not None and self._handshake.reconnected():
                 # The connection was made anew (the server restarted, or another took its port): this reply is
@@ -572,17 +570,18 @@ class PolicyClient(BasePolicy):
             logger.info("server at %s speaks the np.save-era wire; sending that format from now on", self.address)
         return self._unwrap_reference(message, endpoint)
 
-    def _wait_for_reply(self, timeout_ms: int, endpoint: str) -> None:
-        """Wait for the reply; a failed handshake (keys, or encryption on one side only) raises HandshakeError, not a timeout."""
+    def _wait(self, wait: Callable[[int], bool], deadline: float, endpoint: str, sent: bool = True) -> None:
+        """Wait (the monitor's wait_to_send or wait_for_reply) until `deadline`; a failed handshake (keys, or
+        encryption on one side only) raises HandshakeError, not a timeout; once the request is `sent`, its
+        connection closing raises ReplyLostError."""
         assert self._handshake is not None
-        deadline = time.monotonic() + max(0, timeout_ms) / 1000.0
         while True:  # in slices, so that close() from another thread is noticed within CLOSE_POLL_MS
             if self._closing.is_set():
                 raise ConnectionError(f"PolicyClient for {self.address} was closed while waiting for '{endpoint}'")
             remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
-            if self._handshake.wait_for_reply(min(remaining_ms, CLOSE_POLL_MS)):
+            if wait(min(remaining_ms, CLOSE_POLL_MS)):
                 return
-            if self._handshake.dropped():
+            if sent and self._handshake.dropped():
                 raise self._reply_lost(endpoint)
             if remaining_ms <= CLOSE_POLL_MS:
                 raise self._handshake.failure() or self._timeout(endpoint, self._handshake.stage())

@@ -210,6 +210,7 @@ class HandshakeMonitor:
         self._poller = zmq.Poller()
         self._poller.register(sock, zmq.POLLIN)
         self._poller.register(self._monitor, zmq.POLLIN)
+        self._send_poller: Optional[zmq.Poller] = None  # made when a send first has to wait (wait_to_send)
         self._failure: Optional[HandshakeError] = None  # since the last successful handshake
         self._dropped_in_a_row = 0
         self._handshake_settled = True  # False between a connection and the outcome of its handshake
@@ -223,10 +224,28 @@ class HandshakeMonitor:
 
     def wait_for_reply(self, timeout_ms: int) -> bool:
         """True once `sock` has a reply; False after `timeout_ms`; HandshakeError as soon as the keys are known wrong."""
+        return self._wait(self._poller, zmq.POLLIN, timeout_ms)
+
+    def wait_to_send(self, timeout_ms: int) -> bool:
+        """True once `sock` can send; False after `timeout_ms`; HandshakeError as soon as the keys are known wrong.
+        A REQ socket cannot send while it has no connection to queue on: libzmq drops the one whose handshake was
+        refused, so waiting here for a refused key is waiting for a failure this monitor may have seen already."""
+        if self._send_poller is None:
+            self._send_poller = zmq.Poller()
+            self._send_poller.register(self._sock, zmq.POLLOUT)
+            self._send_poller.register(self._monitor, zmq.POLLIN)
+        return self._wait(self._send_poller, zmq.POLLOUT, timeout_ms)
+
+    def _wait(self, poller: zmq.Poller, ready_event: int, timeout_ms: int) -> bool:
+        # A failure seen before this wait (a refusal on the connection made at a timeout, read by expect_reply) is
+        # not heard again: libzmq does not retry a refused handshake, so the wait would run out for nothing.
+        self._drain()
+        if self._failure is not None and self._is_definitive() and not self._sock.get(zmq.EVENTS) & ready_event:
+            raise self._failure
         deadline = time.monotonic() + max(0, timeout_ms) / 1000.0
         while True:
             remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
-            ready = dict(self._poller.poll(remaining_ms))
+            ready = dict(poller.poll(remaining_ms))
             if self._sock in ready:
                 return True
             if self._monitor in ready:
