@@ -49,15 +49,84 @@ def test_a_v3_segment_shorter_than_its_episode_is_refused_not_read_into_the_next
     assert np.abs(pixel - frame_colour(1, 1, 0)).max() <= 4  # the next episode still reads (its colour, up to h264)
 
 
-def test_a_v3_segment_starting_a_frame_early_is_refused(tmp_path):
+def test_a_v3_segment_ending_a_frame_late_is_refused(tmp_path):
     root = _v3(tmp_path)
 
-    def one_frame_early(rows):
-        rows[1][f"videos/{IMAGE}/from_timestamp"] -= 0.1
+    def one_frame_late(rows):  # the file's last segment: it overlaps no other, its span is one frame too long
+        rows[2][f"videos/{IMAGE}/to_timestamp"] += 0.1
 
-    _edit_episode_rows(root, one_frame_early)
-    with pytest.raises(DatasetError, match=r"holds 10\.0 frames at 10 fps and the episode has 9 steps"):
-        LeRobotDataset(root).episode(1).frames("image", [0])
+    _edit_episode_rows(root, one_frame_late)
+    with pytest.raises(DatasetError, match=r"holds 5\.0 frames at 10 fps and the episode has 4 steps"):
+        LeRobotDataset(root).episode(2).frames("image", [0])
+
+
+@pytest.mark.parametrize("case", ["another episode's frames", "a frame early"])
+def test_v3_segments_overlapping_in_one_video_are_refused_at_open(tmp_path, case):
+    """Each span still its episode's length (so the span check passes): LeRobot's aggregate wrote such metadata before
+    huggingface/lerobot#2550, and episode 1 was given episode 0's frames without a word."""
+    root = _v3(tmp_path)
+
+    def overlap(rows):
+        if case == "another episode's frames":
+            rows[1][f"videos/{IMAGE}/from_timestamp"], rows[1][f"videos/{IMAGE}/to_timestamp"] = 0.0, 0.9
+        else:
+            rows[1][f"videos/{IMAGE}/from_timestamp"] -= 0.1
+            rows[1][f"videos/{IMAGE}/to_timestamp"] -= 0.1
+
+    _edit_episode_rows(root, overlap)
+    spans = r"\(0\.\.0\.6 s\) and episode 1 \(0\.\.0\.9 s\)" if case == "another episode's frames" else \
+        r"\(0\.\.0\.6 s\) and episode 1 \(0\.5\.\.1\.4 s\)"
+    with pytest.raises(DatasetError, match=rf"meta/episodes: the video segments of episode 0 {spans} overlap in "
+                                           rf".*file-000\.mp4 \(camera '{IMAGE}'\): one episode would be given"):
+        LeRobotDataset(root)
+
+
+def test_v3_segments_meeting_end_to_start_are_read(tmp_path):
+    dataset = LeRobotDataset(_v3(tmp_path))  # 0..0.6, 0.6..1.5, 1.5..1.9 s: adjacent, not overlapping
+    pixel = dataset.episode(1).frames("image", [0])[0, 0, 0].astype(int)
+    assert np.abs(pixel - frame_colour(1, 0, 0)).max() <= 4
+
+
+@pytest.mark.parametrize("width", [5, 3])
+def test_a_column_of_another_width_than_info_json_declares_is_refused(tmp_path, width):
+    """A dataset merged from two robot setups: episode 1's action column is 5 wide (or 3) under info.json's shape
+    [4]; modality.json's gripper slice [3:4] would pick the arm's fourth joint (or, at 3 wide, be refused anyway)."""
+    root = make_dataset(tmp_path / "merged", cameras=())
+    path = root / "data" / "chunk-000" / "episode_000001.parquet"
+    table = pq.read_table(path)
+    actions = np.array(table.column("action").to_pylist(), np.float32)
+    other = np.concatenate([actions[:, :3], np.full((len(actions), 1), -7.0, np.float32), actions[:, 3:]], axis=1)
+    column = pa.array(other[:, :width].tolist(), pa.list_(pa.float32()))
+    pq.write_table(table.set_column(table.column_names.index("action"), "action", column), path)
+    dataset = LeRobotDataset(root)
+    with pytest.raises(DatasetError, match=rf"episode_000001\.parquet: column 'action' of episode 1 has {width} values "
+                                           r"per step and meta/info.json declares 4 \(features.action.shape\)"):
+        dataset.episode(1).actions("gripper")
+    assert np.array_equal(dataset.episode(0).actions("gripper"), expected_actions(0, 6)["gripper"])
+
+
+def test_cameras_stored_as_images_are_named_and_a_replay_serves_the_dataset(tmp_path):
+    """dtype "image" cameras live in the parquet rows, as many LIBERO/ALOHA conversions store them: the dataset opens
+    (a replay never reads cameras) and frames() says what is unsupported, instead of blaming a video_path template."""
+    from gr00t_server.policies.replay import ReplayPolicy
+
+    root = make_dataset(tmp_path / "images", cameras=("image",))
+    info = json.loads((root / "meta" / "info.json").read_text())
+    info["features"][IMAGE] = {"dtype": "image", "shape": [32, 32, 3], "names": ["height", "width", "channel"]}
+    info["video_path"], info["total_videos"] = None, 0
+    (root / "meta" / "info.json").write_text(json.dumps(info))
+    shutil.rmtree(root / "videos")
+    image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    for path in sorted((root / "data").rglob("*.parquet")):
+        table = pq.read_table(path)
+        pq.write_table(table.append_column(IMAGE, pa.array([{"bytes": b"png", "path": None}] * table.num_rows, image)), path)
+    with pytest.raises(DatasetError, match=rf"camera 'image' \({IMAGE}\) is stored as images in the parquet files "
+                                           r"\(dtype 'image'\), and this reader decodes cameras from mp4 videos only"):
+        LeRobotDataset(root).episode(0).frames("image", [0])
+    policy = ReplayPolicy(root, execution_horizon=2)
+    policy.reset({"episode_index": 1})
+    action, _ = policy.get_action(None)
+    assert np.array_equal(action["gripper"][0, :2], expected_actions(1, 9)["gripper"][:2])
 
 
 def test_a_v2_video_of_another_length_is_refused(tmp_path):

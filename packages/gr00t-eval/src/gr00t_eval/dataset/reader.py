@@ -61,17 +61,56 @@ class LeRobotDataset:
                         f"(from meta/modality.json)"
                     )
         self.tasks: Dict[int, str] = read_tasks(meta_dir, self._major)
-        video_columns = [g.original_key for g in self._modality.video.values()]
+        # Cameras stored as images in the parquet rows (dtype "image", as many LIBERO/ALOHA conversions are) have no
+        # mp4 to find: the episode list is read without them, and frames() refuses them by name. A replay never
+        # reads cameras, so it serves such a dataset.
+        self._image_cameras = {
+            g.original_key for g in self._modality.video.values()
+            if isinstance(features, dict) and isinstance(features.get(g.original_key), dict)
+            and features[g.original_key].get("dtype") == "image"
+        }
+        video_columns = [g.original_key for g in self._modality.video.values() if g.original_key not in self._image_cameras]
         self._records: List[EpisodeRecord] = read_episodes(self.root, info, self._major, video_columns)
         self._by_index = {r.episode_index: r for r in self._records}
         if len(self._by_index) != len(self._records):
             raise DatasetError(f"{meta_dir}: episode list repeats an episode_index")
+        self._check_segments_apart()
+        # Each column's width as info.json declares it (features[...].shape [D]): an episode's column of another
+        # width is refused when read, as LeRobot's schema refuses it at load (modality.json's slices of it would cut
+        # the wrong values).
+        self._declared_widths: Dict[str, int] = {
+            key: int(feature["shape"][0]) for key, feature in (features or {}).items()
+            if isinstance(feature, dict) and isinstance(feature.get("shape"), list) and len(feature["shape"]) == 1
+            and isinstance(feature["shape"][0], int) and not isinstance(feature["shape"][0], bool)
+        } if isinstance(features, dict) else {}
         self._stats: Optional[Dict[str, Any]] = None
         self._relative_stats: Optional[Dict[str, Any]] = None
         self._video_facts: Dict[Path, Any] = {}  # path -> (frame count, frame rate), read once per file
         self._frame_times: Dict[Path, Any] = {}  # path -> each frame's presentation time (video_frame_times), read once
         self.frames_decoded = 0
         logger.debug("opened %s: %d episodes, %s", self.root, len(self._records), self.codebase_version)
+
+    def _check_segments_apart(self) -> None:
+        """DatasetError when two episodes' video segments (v3.0) in one shared mp4 overlap: one of them would be given
+        the other's frames, each span still its own length (LeRobot's aggregate wrote such metadata before
+        huggingface/lerobot#2550). Read from the episode list alone, at open."""
+        segments: Dict[Any, List[Any]] = {}
+        for record in self._records:
+            for column, segment in record.videos.items():
+                if segment.to_timestamp is not None:
+                    segments.setdefault((column, segment.path), []).append((segment.from_timestamp, segment.to_timestamp,
+                                                                           record.episode_index))
+        slack = 0.5 / self._fps  # half a frame: timestamps are floats
+        for (column, path), spans in segments.items():
+            spans.sort()
+            for (start, end, episode), (next_start, next_end, next_episode) in zip(spans, spans[1:]):
+                if next_start < end - slack:
+                    raise DatasetError(
+                        f"{self.root / 'meta' / 'episodes'}: the video segments of episode {episode} ({start:g}..{end:g} "
+                        f"s) and episode {next_episode} ({next_start:g}..{next_end:g} s) overlap in {path} (camera "
+                        f"'{column}'): one episode would be given the other's frames; each episode's segment of a "
+                        "shared video must be its own"
+                    )
 
     def check_data_files(self) -> None:
         """Read every data file's parquet footer: DatasetError naming the first file that is missing, unreadable
@@ -345,6 +384,13 @@ class Episode:
             return np.zeros((0, group.dim), dtype=dtype)
         if raw.ndim == 1:
             raw = raw[:, None]
+        declared = self._dataset._declared_widths.get(group.original_key)
+        if declared is not None and raw.shape[1] != declared:
+            raise DatasetError(
+                f"{self.record.data_path}: column '{group.original_key}' of episode {self.episode_index} has "
+                f"{raw.shape[1]} values per step and meta/info.json declares {declared} (features."
+                f"{group.original_key}.shape); meta/modality.json's slices of it would pick the wrong values"
+            )
         if raw.shape[1] < group.end:
             raise DatasetError(
                 f"{self.record.data_path}: column '{group.original_key}' has {raw.shape[1]} values per step; "
@@ -425,6 +471,12 @@ class Episode:
         if bad.size:
             raise IndexError(f"step indices {bad[:5].tolist()} out of range for episode {self.episode_index} of length {self.length}")
         column = groups[video_key].original_key
+        if column in self._dataset._image_cameras:
+            raise DatasetError(
+                f"{self._dataset.root / 'meta' / 'info.json'}: camera '{video_key}' ({column}) is stored as images in "
+                "the parquet files (dtype 'image'), and this reader decodes cameras from mp4 videos only; convert the "
+                "dataset's images to videos (dtype 'video'), e.g. with LeRobot's dataset tools"
+            )
         self._dataset.check_video(self.record, column)
         segment = self.record.videos[column]
         self.timestamps()  # a `timestamp` column with gaps (dropped frames) is refused
