@@ -55,6 +55,19 @@ def test_the_identity_of_a_replay_server_follows_its_data_not_its_path(datasets)
     assert info["policy_identity"]["kind"] == "replay"
 
 
+def test_a_replay_identity_reads_through_symlinked_meta_folders(tmp_path):
+    """A v3.0 dataset whose meta/episodes/ is a link (as a dataset cache may lay it out) has the identity of its copy:
+    the episode list behind the link is hashed (Path.rglob did not enter it), and a link back up the tree ends."""
+    first = make_dataset(tmp_path / "first", layout="v3.0", episodes_per_file=2, lengths=(6, 6, 6), cameras=())
+    linked = tmp_path / "linked"
+    shutil.copytree(first, linked)
+    shutil.rmtree(linked / "meta" / "episodes")
+    (linked / "meta" / "episodes").symlink_to(first / "meta" / "episodes", target_is_directory=True)
+    (linked / "meta" / "loop").symlink_to(linked / "meta", target_is_directory=True)
+    (first / "meta" / "loop").symlink_to(first / "meta", target_is_directory=True)
+    assert replay(linked).identity() == replay(first).identity()
+
+
 def test_shards_of_two_policies_do_not_merge_and_shards_of_one_policy_on_two_servers_do(tmp_path, capsys):
     mixed, same = tmp_path / "mixed", tmp_path / "same"
     with running_server(Checkpoint("a")) as a, running_server(Checkpoint("b")) as b, running_server(Checkpoint("a")) as c:

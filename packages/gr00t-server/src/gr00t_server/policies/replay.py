@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -38,6 +39,20 @@ class _Cursor:
 
     episodes: List[int]
     steps: List[int]
+
+
+def _files_under(folder: Path) -> List[Path]:
+    """Every file under `folder`, through symlinked folders too (Path.rglob does not enter them before Python 3.13:
+    a meta/episodes/ linked in, as a dataset cache may, was left out of the identity); each real folder once."""
+    files, seen = [], set()
+    for top, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:  # a link back up the tree
+            dirs[:] = []
+            continue
+        seen.add(real)
+        files.extend(Path(top) / name for name in names if os.path.isfile(os.path.join(top, name)))
+    return files
 
 
 class ReplayPolicy(BasePolicy):
@@ -130,7 +145,7 @@ class ReplayPolicy(BasePolicy):
         if self._identity is None:
             digest = hashlib.sha256()
             meta = Path(self.dataset.root) / "meta"
-            for path in sorted(p for p in meta.rglob("*") if p.is_file() and p.name != "stats.json"):
+            for path in sorted(p for p in _files_under(meta) if p.name != "stats.json"):
                 digest.update(path.relative_to(meta).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
             self._identity = {"kind": "replay", "dataset_meta_sha256": digest.hexdigest()[:16],
                               "episodes": self.dataset.num_episodes, "execution_horizon": self.execution_horizon}
