@@ -15,6 +15,7 @@ from serving import running_server
 
 from gr00t_client import PolicyClient, codec
 from gr00t_server.serving import ServerLimits
+from gr00t_server.serving.transport import MAX_MESSAGE_FRAMES
 
 
 def error_of(reply: list) -> str:
@@ -88,6 +89,20 @@ def replies_of(dealer: zmq.Socket, count: int, replies: Optional[List[Any]] = No
     while len(replies) < count and dealer.poll(5000):
         replies.append(codec.decode(dealer.recv_multipart()[1]))
     return replies
+
+
+def test_a_message_of_more_frames_than_any_request_has_is_refused_without_keeping_them():
+    """1,000,000 empty frames (2 MB on the wire) were each kept as a Frame object and walked three times (230 MB and
+    4-5 s of the socket thread) before the decode refused them: past MAX_MESSAGE_FRAMES the rest are dropped unread."""
+    with running_server(EchoPolicy()) as server, pipelining_dealer(server.port) as dealer:
+        dealer.send_multipart([b""] * (MAX_MESSAGE_FRAMES + 10))  # the server sees these and the routing identity
+        dealer.send_multipart([b""] * (MAX_MESSAGE_FRAMES - 1))  # at the limit: read, and refused by the decode
+        over, at_limit = (reply["error"] for reply in replies_of(dealer, 2))
+        with PolicyClient(port=server.port, timeout_ms=5000) as client:
+            assert client.ping()
+    assert over == (f"message has {MAX_MESSAGE_FRAMES + 11} frames; this server reads at most {MAX_MESSAGE_FRAMES} "
+                    "(one per array, and an observation has tens); it was not decoded")
+    assert at_limit == f"message has {MAX_MESSAGE_FRAMES - 2} frames but no multipart header; expected 1 frame"
 
 
 def test_one_pipelining_connection_cannot_take_the_queue_from_the_others():

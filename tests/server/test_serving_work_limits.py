@@ -15,6 +15,8 @@ from gr00t_eval.dataset import LeRobotDataset
 from gr00t_server.modality_configs import derive_from_dataset
 from gr00t_server.policies import ReplayPolicy
 from gr00t_server.serving import ServerLimits
+from gr00t_server.serving.limits import check_observation
+from gr00t_server.serving.messages import RequestError
 
 
 def state_observation(rows: int = 1, text: str = "pick up the cube") -> dict:
@@ -83,6 +85,40 @@ def test_gr00t_policy_language_is_held_to_the_limit_in_its_own_tokens(tiny_check
     # a policy without a tokenizer: words, a lower bound, as before
     with running_server(EchoPolicy(), limits=limits) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
         client.get_action(state_observation(text=digits))
+
+
+def test_only_language_is_tokenized_and_at_most_rows_x_chars_of_it_per_request():
+    """Every str of an observation was tokenized on the socket thread: 6,400 texts of 2,000 characters under keys no
+    policy reads held every other client's ping for 3.7 s, to be refused by the policy after. Texts elsewhere meet the
+    character limit only; language is counted up to --max-rows x --max-language-chars characters per request."""
+    counted = []
+
+    def tokenizer(text):  # the policy's token counter, as token_counter(policy) returns it
+        counted.append(len(text))
+        return len(text.split())
+
+    limits = ServerLimits(max_rows=4, max_language_chars=1000)  # 4,000 characters of language counted per request
+    text = " the" * 150  # 600 characters, 150 tokens: within both limits, long enough to be counted
+    check_observation({"state": {"note": [text] * 4}, "extra": np.array([text] * 4)}, limits, count_tokens=tokenizer)
+    assert counted == []
+    check_observation({"language": {"task": [[text]] * 4, "flat": text}}, limits, count_tokens=tokenizer)
+    assert counted == [600] * 5
+    counted.clear()
+    many = {"language": {f"k{index}": [[text]] * 4 for index in range(3)}}  # 12 texts, 7,200 characters
+    with pytest.raises(RequestError, match=r"observation's language texts reach 'language\.k\d' with more than 4000 "
+                                           r"characters to count; this server counts at most --max-rows x "
+                                           r"--max-language-chars characters of language per request"):
+        check_observation(many, limits, count_tokens=tokenizer)
+    assert counted == [600] * 6  # the seventh text went over the budget: not tokenized
+    with pytest.raises(RequestError, match="at most 1000 "):  # the character limit still holds everywhere
+        check_observation({"state": {"note": ["x" * 1001]}}, limits, count_tokens=tokenizer)
+
+
+def test_a_flood_of_language_texts_is_refused_through_a_server_that_then_serves():
+    limits = ServerLimits(max_rows=4, max_language_chars=1000)
+    observation = {**state_observation(rows=4), "language": {f"k{index}": [[" the" * 150]] * 4 for index in range(3)}}
+    with running_server(EchoPolicy(), limits=limits) as server:
+        assert "with more than 4000 characters to count" in refusal(server, observation)
 
 
 def test_too_many_cameras_and_too_large_images_are_refused():

@@ -75,7 +75,32 @@ def _bad_rows(mask: np.ndarray) -> List[int]:
 TokenCounter = Callable[[str], int]
 
 
-def _check_text(text: str, where: str, limits: ServerLimits, count_tokens: Optional[TokenCounter] = None) -> None:
+class _LanguageCounter:
+    """Counts one request's language tokens: with the policy's tokenizer when given, else words and punctuation marks
+    (a lower bound: each is at least one token). At most --max-rows x --max-language-chars characters are counted per
+    request: each text is within the character limit, but 50 language keys of 128 such texts each held the socket
+    thread for seconds of tokenizing (every other client's ping waited), to be refused by the policy after."""
+
+    def __init__(self, tokenizer: Optional[TokenCounter], limits: ServerLimits) -> None:
+        self.tokenizer = tokenizer
+        self.unit = "tokens" if tokenizer is not None else "words and punctuation marks"
+        self.budget = self.left = limits.max_rows * limits.max_language_chars
+
+    def __call__(self, text: str, where: str) -> int:
+        self.left -= len(text)
+        if self.left < 0:
+            raise RequestError(
+                f"observation's language texts reach '{where}' with more than {self.budget} characters to count; this "
+                "server counts at most --max-rows x --max-language-chars characters of language per request"
+            )
+        if self.tokenizer is not None:  # the policy's own tokenizer: digits and CJK are one token or more each
+            return self.tokenizer(text)
+        return sum(1 for _ in _TOKEN.finditer(text))
+
+
+def _check_text(text: str, where: str, limits: ServerLimits, count_tokens: Optional[_LanguageCounter] = None) -> None:
+    """The character limit for every text; the token limit for language (`count_tokens`, None for other texts: no
+    policy tokenizes them)."""
     if len(text) > limits.max_language_chars:
         raise RequestError(
             f"language '{where}' has {len(text)} characters; this server accepts at most {limits.max_language_chars} "
@@ -83,16 +108,14 @@ def _check_text(text: str, where: str, limits: ServerLimits, count_tokens: Optio
         )
     # A byte-level tokenizer makes at most one token per UTF-8 byte: a text of no more bytes than the limit is within
     # it (an ASCII text has as many bytes as characters). Only longer texts are counted.
-    if len(text) <= limits.max_language_tokens and (text.isascii() or len(text.encode("utf-8", "surrogatepass")) <= limits.max_language_tokens):
+    if count_tokens is None or len(text) <= limits.max_language_tokens and (
+            text.isascii() or len(text.encode("utf-8", "surrogatepass")) <= limits.max_language_tokens):
         return
-    if count_tokens is not None:  # the policy's own tokenizer: digits and CJK are one token or more each
-        tokens, unit = count_tokens(text), "tokens"
-    else:  # a lower bound: every word and punctuation mark is at least one token
-        tokens, unit = sum(1 for _ in _TOKEN.finditer(text)), "words and punctuation marks"
+    tokens = count_tokens(text, where)
     if tokens > limits.max_language_tokens:
         raise RequestError(
-            f"language '{where}' has {tokens} {unit}; this server accepts at most {limits.max_language_tokens} "
-            "(--max-language-tokens)"
+            f"language '{where}' has {tokens} {count_tokens.unit}; this server accepts at most "
+            f"{limits.max_language_tokens} (--max-language-tokens)"
         )
 
 
@@ -102,7 +125,7 @@ def _is_language(where: str, flat_language_keys: AbstractSet[str]) -> bool:
     return where == "language" or where.startswith("language.") or where in flat_language_keys
 
 
-def _check_text_bytes(value: bytes, where: str, limits: ServerLimits, count_tokens: Optional[TokenCounter] = None) -> None:
+def _check_text_bytes(value: bytes, where: str, limits: ServerLimits, count_tokens: Optional[_LanguageCounter] = None) -> None:
     """Language sent as bytes (msgpack bin) is held to the same limits as str: policies decode it (the sim wrapper
     does). At most 4 x max_language_chars bytes are decoded; bytes that are not UTF-8 are left to the policy."""
     if len(value) <= min(limits.max_language_chars, limits.max_language_tokens):  # no more characters than bytes
@@ -119,7 +142,7 @@ def _check_text_bytes(value: bytes, where: str, limits: ServerLimits, count_toke
     _check_text(text, where, limits, count_tokens)
 
 
-def _check_string_array(value: np.ndarray, where: str, limits: ServerLimits, count_tokens: Optional[TokenCounter] = None) -> None:
+def _check_string_array(value: np.ndarray, where: str, limits: ServerLimits, count_tokens: Optional[_LanguageCounter] = None) -> None:
     """Hold every entry of a str or bytes array to the language limits. The lengths are measured in C; only entries
     long enough to break a limit (a bytes entry has at least as many bytes as characters) are decoded and counted,
     so the cost stays linear in the array's bytes however many entries it has."""
@@ -138,7 +161,7 @@ def _check_string_array(value: np.ndarray, where: str, limits: ServerLimits, cou
 
 
 def _check_array(value: np.ndarray, where: str, limits: ServerLimits, cameras: set,
-                 count_tokens: Optional[TokenCounter] = None) -> None:
+                 count_tokens: Optional[_LanguageCounter] = None) -> None:
     if value.ndim > 0 and value.shape[0] > limits.max_rows:
         single_image = value.ndim == 3 and value.dtype.kind == "u" and value.shape[-1] in (1, 3, 4)
         hint = (f"; a {value.shape} uint8 array looks like one image without its batch and time axes: send "
@@ -179,15 +202,17 @@ def check_observation(
     multipart header referencing one frame twice is refused by the codec, so each frame is checked once.) Bytes
     count as language only under "language" and the `flat_language_keys`; elsewhere they are data (a raw mask).
     Language tokens are counted with `count_tokens` (the policy's tokenizer, see token_counter) when given, else
-    words and punctuation marks (a lower bound)."""
+    words and punctuation marks (a lower bound), within a per-request budget (_LanguageCounter); texts elsewhere are
+    held to the character limit only."""
     if not isinstance(observation, dict):
         return  # the policy's own validation says what it expects
+    language = _LanguageCounter(count_tokens, limits)
     cameras: set = set()
     stack: List[Tuple[Any, str]] = [(observation, "")]
     while stack:  # iterative: nesting is bounded by the decoder, but never recurse on client data
         value, where = stack.pop()
         if isinstance(value, np.ndarray):  # the most common entry first
-            _check_array(value, where, limits, cameras, count_tokens)
+            _check_array(value, where, limits, cameras, language if _is_language(where, flat_language_keys) else None)
         elif isinstance(value, dict):
             for key, child in value.items():
                 if not isinstance(key, str):
@@ -205,9 +230,9 @@ def check_observation(
             # numbers too: a lenient policy turns a list state into an array, and an inf in it would be clipped
             stack.extend((child, where) for child in value if isinstance(child, _VISITED_IN_LISTS))
         elif isinstance(value, str):
-            _check_text(value, where, limits, count_tokens)
+            _check_text(value, where, limits, language if _is_language(where, flat_language_keys) else None)
         elif isinstance(value, bytes) and _is_language(where, flat_language_keys):
-            _check_text_bytes(value, where, limits, count_tokens)
+            _check_text_bytes(value, where, limits, language)
         elif non_finite_scalar(value):  # a number in a list, or a bare number where an array belongs
             raise RequestError(
                 f"observation key '{where}' has a non-finite value ({value}) in a list or as a number; send finite "

@@ -34,6 +34,7 @@ from .messages import (
     timing_requested,
     unknown_endpoint,
 )
+from .transport import MAX_MESSAGE_FRAMES, OverlongMessage
 from .worker import InlineCallAbandoned, InlineGate, Job, PolicyWorker, only_get_action
 
 if TYPE_CHECKING:
@@ -137,6 +138,9 @@ class RequestLoop:
         request.identity = identity
         server.stats.add("requests")
         try:
+            if type(frames) is OverlongMessage:
+                raise RequestError(f"message has {frames.total} frames; this server reads at most {MAX_MESSAGE_FRAMES} "
+                                   "(one per array, and an observation has tens); it was not decoded")
             request.nbytes = sum(len(frame) for frame in payload)
             request.multipart = codec.is_multipart(payload)  # so that even a refused message is answered in kind
             if request.nbytes >= PRECHECK_MIN_BYTES:

@@ -36,10 +36,20 @@ SEND_HWM = 16
 # in their ZeroMQ I/O thread.
 HEARTBEAT_IVL_MS = 10_000
 HEARTBEAT_TIMEOUT_MS = 30_000
+# Frames one message may have (routing frames included): ours carry one per array, an observation tens. ZeroMQ
+# delivers a message whole, so the frames past it are still received, but dropped at once: 1,000,000 empty frames
+# (2 MB on the wire) held the socket thread 4-5 s and 230 MB as Frame objects before the decode refused them.
+MAX_MESSAGE_FRAMES = 16384
 # pyzmq's flags are enum.Flag members: every `|` and every call converts them in Python (~7 enum calls per request
 # on the hot path), so the socket thread uses their plain int values.
 _NOBLOCK = int(zmq.NOBLOCK)
 _POLLIN = int(zmq.POLLIN)
+
+
+class OverlongMessage(list):  # type: ignore[type-arg]
+    """The first MAX_MESSAGE_FRAMES frames of a message that had `total` (the rest were dropped unread)."""
+
+    total = 0
 
 
 class Transport:
@@ -122,7 +132,22 @@ class Transport:
         while frame.more:  # a message's frames arrive together; Frame.more saves a getsockopt per frame
             frame = sock.recv(_NOBLOCK, copy=False)
             frames.append(frame)
+            if len(frames) == MAX_MESSAGE_FRAMES and frame.more:
+                return self._drop_rest(frames)
         return frames
+
+    def _drop_rest(self, frames: List[zmq.Frame]) -> "OverlongMessage":
+        sock = self.socket
+        assert sock is not None
+        kept = OverlongMessage(frames)
+        total = len(frames)
+        recv = sock.recv
+        more = True
+        while more:  # nothing kept, and copy passed by position (its keyword costs as much again): under 1 us a frame
+            more = recv(_NOBLOCK, False).more
+            total += 1
+        kept.total = total
+        return kept
 
     def send(self, routing: List[Any], frames: List[Any], peer: Optional[str]) -> None:
         """Send a reply; a peer that went away is logged, not raised."""
