@@ -159,6 +159,40 @@ def test_bad_reset_indices_are_clear_errors(policy, options, error, message):
         policy.reset(options)
 
 
+def test_misspelled_options_are_refused_naming_the_ones_taken_and_the_session_is_untouched(policy, dataset):
+    """{"episode": 2} for episode_index restarted the episode the session was on, and {"batchsize": 2} replayed one
+    row, both without a word."""
+    policy.reset(session("s", episode_index=1, step_index=2))
+    with pytest.raises(ValueError, match=r"unknown reset options \['episode'\]; ReplayPolicy's reset takes "
+                                         r"\['episode_index', 'step_index'\]"):
+        policy.reset(session("s", episode=2))
+    with pytest.raises(ValueError, match=r"unknown get_action options \['batchsize'\]; ReplayPolicy's get_action takes "
+                                         r"\['batch_size', 'denoising_steps', 'noise', 'reset_mask', 'rtc', 'seed'\]"):
+        policy.get_action(None, session("s", batchsize=2))
+    _action, info = policy.get_action(None, session("s"))  # where the session was: episode 1, step 2
+    assert (info["episode_index"], info["current_step"]) == (1, 2)
+
+
+def test_a_models_options_are_taken_and_ignored_and_unknown_ones_warned_when_not_strict(dataset, caplog):
+    lenient = ReplayPolicy(dataset, derive_from_dataset(dataset, action_horizon=4), execution_horizon=2, strict=False)
+    plain, _ = lenient.get_action(None, session("a"))
+    seeded, _ = lenient.get_action(None, session("b", seed=3, denoising_steps=2, reset_mask=np.array([True])))
+    assert np.array_equal(plain["arm"], seeded["arm"])  # a replay is the recording, whatever the model options
+    with caplog.at_level("WARNING"):
+        lenient.get_action(None, session("a", Seed=1))
+        lenient.get_action(None, session("a", Seed=1))
+    assert [r.getMessage() for r in caplog.records].count(
+        "unknown get_action options ['Seed']; ReplayPolicy's get_action takes ['batch_size', 'denoising_steps', "
+        "'noise', 'reset_mask', 'rtc', 'seed'] (ignored: strict=False; said once per set of names)") == 1
+
+
+def test_a_batch_size_option_that_disagrees_with_the_observation_is_refused(policy, dataset):
+    with pytest.raises(ValueError, match=r"options\['batch_size'\] is 2 but the observation has batch size 3"):
+        policy.get_action(observation(dataset, 3), session("s", batch_size=2))
+    action, _ = policy.get_action(observation(dataset, 3), session("s", batch_size=3))
+    assert action["arm"].shape[0] == 3
+
+
 def test_reset_without_options_rewinds_the_current_episode(policy):
     policy.reset({"episode_index": 2, "step_index": 3})
     info = policy.reset(None)

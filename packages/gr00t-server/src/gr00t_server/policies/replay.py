@@ -9,7 +9,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, AbstractSet, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -31,6 +31,11 @@ DEFAULT_SESSION = "default"
 DEFAULT_MAX_ROWS = 128  # rows one session may replay at once (options["batch_size"], episode_index lists)
 DEFAULT_MAX_SESSIONS = 1024  # cursors kept; the least recently used (of those used only once, first) is forgotten
 DEFAULT_MAX_CACHED_BYTES = 256 * 1024 * 1024  # episodes' actions kept read; the least recently used is dropped first
+# The options each call takes. get_action also takes a model's options (seed, noise, rtc, denoising_steps) and the
+# rollout's reset_mask, and ignores them: a replay is the recording, whatever the noise, and evaluations send them to
+# any server. Any other name is a typo ({"episode": 2} restarted the episode the session was on, without a word).
+_RESET_OPTIONS = frozenset({"episode_index", "step_index"})
+_GET_ACTION_OPTIONS = frozenset({"batch_size", "reset_mask", "seed", "noise", "rtc", "denoising_steps"})
 
 
 @dataclass
@@ -124,6 +129,8 @@ class ReplayPolicy(BasePolicy):
         # One line per forgotten session was 16 GB a day from one peer sending fresh session ids: 20 per 10 s, the
         # rest counted (as the server's refusals are)
         self._forgetting_log = RateLimitedLog(logger, level=logging.INFO)
+        self._warned_options: set = set()  # sets of unknown option names warned about (strict=False), up to 64
+        self._options_log = RateLimitedLog(logger)  # past those 64, rate-limited
         # Sessions this replay forgot for room (the last 4 * max_sessions): their get_action is refused until a reset,
         # not replayed from episode 0, step 0 (behind a server that holds more sessions than this, the robot was sent
         # the start of episode 0 without an error).
@@ -165,6 +172,7 @@ class ReplayPolicy(BasePolicy):
     def reset(self, options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         """Move the session to options["episode_index"] (int or one per row) and options["step_index"] (default 0)."""
         options = options or {}
+        self._check_option_names(options, _RESET_OPTIONS, "reset")
         session = _session_id(options)
         with self._lock:
             cursor = self._sessions.get(session) or _Cursor([0], [0])
@@ -192,10 +200,15 @@ class ReplayPolicy(BasePolicy):
 
     def _get_action(self, observation: Any, options: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         options = options or {}
+        self._check_option_names(options, _GET_ACTION_OPTIONS, "get_action")
         session = _session_id(options)
         batch = nested_batch_size(observation)
-        if batch is None and options.get("batch_size") is not None:
-            batch = options["batch_size"]
+        if options.get("batch_size") is not None:
+            asked = self._check_batch_size(options["batch_size"])
+            if batch is not None and batch != asked:
+                raise ValueError(f"options['batch_size'] is {asked} but the observation has batch size {batch}; send "
+                                 "one of them, or both the same")
+            batch = asked
         if batch is not None:  # checked before the session is touched: a bad request never breaks it
             batch = self._check_batch_size(batch)
         with self._lock:
@@ -227,6 +240,25 @@ class ReplayPolicy(BasePolicy):
         return action, info
 
     # -- helpers ----------------------------------------------------------------------------------
+    def _check_option_names(self, options: Mapping[Any, Any], known: AbstractSet[str], call: str) -> None:
+        """ValueError naming unknown option names (strict), else a warning once per set of names; names starting
+        with "_" are the server's (the session id)."""
+        unknown = sorted(str(name)[:60] for name in options if not str(name).startswith("_") and name not in known)
+        if not unknown:
+            return
+        message = (f"unknown {call} options {unknown[:8]}{f' and {len(unknown) - 8} more' if len(unknown) > 8 else ''}"
+                   f"; ReplayPolicy's {call} takes {sorted(known)}")
+        if self.strict:
+            raise ValueError(message)
+        key = (call, tuple(unknown[:8]))
+        if key in self._warned_options:
+            return
+        if len(self._warned_options) < 64:
+            self._warned_options.add(key)
+            logger.warning("%s (ignored: strict=False; said once per set of names)", message)
+        else:  # a peer sending fresh names: rate-limited, not a line per call
+            self._options_log.warning("%s (ignored: strict=False)", message)
+
     def _keep(self, session: str, cursor: _Cursor) -> None:
         """Store a session's cursor as used now; forget, over max_sessions, the least recently used (of the sessions
         used only once, first: SegmentedLRU)."""
