@@ -74,6 +74,17 @@ def test_seed_noise_is_per_row_generator_seeded_seed_plus_row(libero, tiny_check
         np.testing.assert_array_equal(seeded[key], explicit[key])
 
 
+def test_seeds_that_differ_only_above_bit_31_give_different_noise(libero, tiny_checkpoint):
+    """torch's CPU generator keeps the low 32 bits of a seed: 1 and 2**32 + 1, 0 and 2**63, gave the same actions (a
+    seed from a 64-bit hash repeated noise without a word). Seeds in [0, 2**32) keep the noise they had."""
+    obs = example_observation(tiny_checkpoint, "libero_sim")
+    actions = {seed: libero.get_action(obs, {"seed": seed})[0]["x"] for seed in (0, 1, 2**32 + 1, 2**63, -1, 2**32 - 1)}
+    pairs = [(1, 2**32 + 1), (0, 2**63), (-1, 2**32 - 1), (0, -1)]
+    assert all(not np.array_equal(actions[a], actions[b]) for a, b in pairs)
+    noise = torch.randn((1, 40, 132), generator=torch.Generator().manual_seed(2**32 - 1)).numpy()
+    np.testing.assert_array_equal(actions[2**32 - 1], libero.get_action(obs, {"noise": noise})[0]["x"])
+
+
 def test_batch_rows_equal_separate_calls(libero, tiny_checkpoint):
     obs = example_observation(tiny_checkpoint, "libero_sim", batch_size=3, seed=7)
     batched, _ = libero.get_action(obs, {"seed": 10})

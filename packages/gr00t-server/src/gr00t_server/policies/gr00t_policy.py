@@ -5,8 +5,10 @@ other key is refused when strict, a warning otherwise):
 - "seed": int. Row i of the batch starts from `torch.randn((H, D_max), generator=Generator("cpu").
   manual_seed(s + i))` in float32, then cast to the model dtype/device. A batch with seed s therefore equals
   B single calls with seeds s, s+1, ..., s+B-1 (and a single call with seed s equals row 0), to the dtype's
-  rounding: about 1e-7 in float32, 4e-4 in bfloat16/float16 (a batch's kernels differ from one row's). torch seeds are
-  64-bit, so s must lie in [-2**63, 2**64 - B]. Or a list of B ints, row i's own seed (what ActionChunker sends
+  rounding: about 1e-7 in float32, 4e-4 in bfloat16/float16 (a batch's kernels differ from one row's). s must lie in
+  [-2**63, 2**64 - B]. torch's CPU generator keeps only the low 32 bits of its seed (1 and 2**32 + 1 gave the same
+  noise), so a row seed outside [0, 2**32) is mixed down to 32 bits first (_generator_seed); one inside is used as
+  given. Or a list of B ints, row i's own seed (what ActionChunker sends
   for a fetch of some envs of a batch, so each env keeps its own seed whichever envs it is fetched with).
 - "noise": float array (B, H, D_max) or (H, D_max), the initial flow noise used as given (not with "seed").
 - neither: noise from torch's global RNG (like the reference).
@@ -79,9 +81,21 @@ def _row_seeds(seed: Any, batch_size: int) -> List[int]:
     if not _SEED_MIN <= int(seed) <= _SEED_MAX - (batch_size - 1):
         raise ValueError(
             f"options['seed'] must be an int from {_SEED_MIN} to {_SEED_MAX - (batch_size - 1)} for a batch of "
-            f"{batch_size} row(s): row i uses seed + i, and torch seeds are 64-bit; got {seed}"
+            f"{batch_size} row(s): row i uses seed + i; got {seed}"
         )
     return [int(seed) + row for row in range(batch_size)]
+
+
+def _generator_seed(seed: int) -> int:
+    """The seed torch.Generator("cpu") is given for a row seed: as is in [0, 2**32); else its 64 bits (two's
+    complement for a negative one) mixed down to 32 (splitmix64's finaliser), because the CPU generator keeps only
+    the low 32 bits and seeds that differ only above them gave the same noise."""
+    value = int(seed) % 2**64
+    if value < 2**32:
+        return value
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) % 2**64
+    return (value ^ (value >> 31)) & 0xFFFFFFFF
 
 
 
@@ -525,7 +539,7 @@ class Gr00tPolicy(BasePolicy):
             return torch.from_numpy(array), None
         if seed is not None:
             rows = [
-                torch.randn(shape, generator=torch.Generator("cpu").manual_seed(row_seed), dtype=torch.float32)
+                torch.randn(shape, generator=torch.Generator("cpu").manual_seed(_generator_seed(row_seed)), dtype=torch.float32)
                 for row_seed in _row_seeds(seed, batch_size)
             ]
             return torch.stack(rows), None
