@@ -23,6 +23,13 @@ class RefusingResetPolicy(ConstantPolicy):
         return {}
 
 
+class BrokenPolicy(ConstantPolicy):
+    """Every call fails, as a broken checkpoint or a camera the policy lacks makes it."""
+
+    def _get_action(self, observation, options=None):
+        raise RuntimeError("broken checkpoint")
+
+
 @pytest.fixture(scope="module")
 def server():
     with running_server(ConstantPolicy()) as running:
@@ -71,6 +78,20 @@ def test_an_errored_episode_in_a_merged_shard_is_reported_and_fails_the_merge(re
     merged = json.loads((out / "merged.json").read_text())
     assert merged["overall"]["n_errors"] == 1 and merged["status"] == "complete"  # all ran, as a single run reports
     assert merge(out, "--allow-errors") == 0
+
+
+def test_allow_errors_does_not_pass_a_run_or_merge_in_which_every_episode_errored(tmp_path, capsys):
+    """--allow-errors tolerates an errored episode; a run that scored none exited 0 with it (success rate n/a), where
+    open-loop already exits 1 when nothing was scored."""
+    out = tmp_path / "shards"
+    with running_server(BrokenPolicy()) as broken:
+        assert shard(broken.port, out, 0, "--allow-errors") == 1
+        assert shard(broken.port, out, 1, "--allow-errors") == 1
+    console = capsys.readouterr().out
+    assert "exit status 1 because every episode errored: nothing was scored (--allow-errors tolerates" in console
+    assert json.loads((out / "results_shard0of2.json").read_text())["status"] == "complete"  # all ran, all errored
+    assert merge(out, "--allow-errors") == 1
+    assert "exit status 1 because every episode errored: nothing was scored" in capsys.readouterr().out
 
 
 def test_a_merge_with_missing_episodes_is_incomplete_in_its_files_console_and_exit_status(server, tmp_path, capsys):

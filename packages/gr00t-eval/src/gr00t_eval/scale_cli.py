@@ -464,7 +464,17 @@ def _report_rollout(args: argparse.Namespace, results: Dict[str, Any], output_di
         return INTERRUPTED_EXIT_CODE
     if status != "complete" or results["failed_tasks"] or results.get("failed_shards"):
         return 1
-    if n_errors and not args.allow_errors:
+    return _errors_exit(n_errors, bool(finished), args.allow_errors)
+
+
+def _errors_exit(n_errors: int, scored: bool, allow_errors: bool) -> int:
+    """The exit status of a complete run or merge with `n_errors` errored episodes: 1 when nothing was scored, even
+    with --allow-errors (a CI passing it to tolerate a flaky episode went green on a run that measured nothing)."""
+    if n_errors and not scored:
+        print("exit status 1 because every episode errored: nothing was scored (--allow-errors tolerates some errors, "
+              "not a run without a result)")
+        return 1
+    if n_errors and not allow_errors:
         print("exit status 1 because episodes errored (pass --allow-errors to exit 0 anyway)")
         return 1
     return 0
@@ -857,10 +867,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     print(f"Merged {len(files)} files into {path}")
     if status != "complete" or merged["failed_tasks"]:
         return 1
-    if n_errors and not args.allow_errors:
-        print("exit status 1 because episodes errored (pass --allow-errors to exit 0 anyway)")
-        return 1
-    return 0
+    return _errors_exit(n_errors, any(not e.get("error") for e in merged["per_episode"]), args.allow_errors)
 
 
 # --- printing -----------------------------------------------------------------------------------
