@@ -98,8 +98,6 @@ def _generator_seed(seed: int) -> int:
     return (value ^ (value >> 31)) & 0xFFFFFFFF
 
 
-
-
 @dataclass(frozen=True)
 class RtcRequest:
     """A validated options["rtc"]: the previous chunk {key: (B, T, D_key)} and the inpainting settings."""
