@@ -8,11 +8,12 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .metrics import ActionErrors, EpisodeOutcome, rollout_aggregates
+from .run_dir import remove_quietly
 
 RESULTS_FILENAME = "results.json"
 
@@ -33,19 +34,55 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def write_results(path: Union[str, Path], results: Mapping[str, Any]) -> Path:
-    """Write `results` as indented JSON (numpy values converted, NaN as null); return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _naming(exc: OSError, path: Path) -> OSError:
+    """`exc` naming `path`, the file that could not be written (a failed write names no file, a failed open or
+    rename the temporary written aside); the same class (OSError(errno, ...) picks it) and errno."""
+    if exc.errno is None:
+        return exc
+    return OSError(exc.errno, exc.strerror or str(exc), str(path))
+
+
+def _temporary(path: Path) -> Path:
     # a name of this writer's own: two processes (or threads) writing one file never share a half-written temporary
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+
+
+def write_results(path: Union[str, Path], results: Mapping[str, Any]) -> Path:
+    """Write `results` as indented JSON (numpy values converted, NaN as null); return the path. An OSError (a full
+    disk) names `path` and leaves the file as it was."""
+    return write_results_together([(path, results)])[0]
+
+
+def write_results_together(files: Sequence[Tuple[Union[str, Path], Mapping[str, Any]]]) -> List[Path]:
+    """Write several results files that must agree (results.json and its eval_info.json) as write_results does, all
+    or none: each is written aside first, and they are renamed into place only once every one was written. A full
+    disk thus leaves every file as it was (an earlier attempt's pair, or none), never a new one beside an old one; a
+    rename failing after another succeeded (renames take no space: rare) deletes the older files not yet replaced.
+    The OSError names the file that could not be written."""
+    staged: List[Tuple[Path, Path]] = []
     try:
-        tmp.write_text(json.dumps(_jsonable(results), indent=2) + "\n")
-        tmp.replace(path)  # never leave a half-written results file behind
+        for target, results in files:
+            path = Path(target)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = _temporary(path)
+                staged.append((tmp, path))
+                tmp.write_text(json.dumps(_jsonable(results), indent=2) + "\n")
+            except OSError as exc:
+                raise _naming(exc, path) from exc
+        for done, (tmp, path) in enumerate(staged):
+            try:
+                tmp.replace(path)  # never leave a half-written results file behind
+            except OSError as exc:
+                if done:  # the files before are new: the older ones left would disagree with them
+                    for _tmp, stale in staged[done:]:
+                        remove_quietly(stale)
+                raise _naming(exc, path) from exc
     except BaseException:
-        tmp.unlink(missing_ok=True)  # a full disk: no empty temporary left beside the results
+        for tmp, _path in staged:
+            remove_quietly(tmp)  # a full disk: no empty temporary left beside the results
         raise
-    return path
+    return [path for _tmp, path in staged]
 
 
 def open_loop_results(

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
-from .run_dir import OutputDirError
+from .run_dir import OutputDirError, remove_quietly
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def finish_claim(claim: Union[str, Path], outcome: str) -> None:
         partial.write_text(json.dumps(data, indent=2) + "\n")
         os.replace(partial, claim)
     except OSError as exc:  # a full disk: the claim stays unfinished (its process will be gone), and no leftover
-        partial.unlink(missing_ok=True)
+        remove_quietly(partial)  # a read-only folder refuses this too: the run's own error is the one to show
         logger.warning("could not mark %s finished: %s", claim, exc)
 
 
@@ -306,7 +306,7 @@ def _create_exclusively(path: Path, text: str) -> None:
     try:
         partial.write_text(text, encoding="utf-8")
     except BaseException:
-        partial.unlink(missing_ok=True)
+        remove_quietly(partial)  # never in place of the error that stopped the write (a read-only folder: EROFS)
         raise
     try:
         os.link(partial, path)
@@ -317,7 +317,7 @@ def _create_exclusively(path: Path, text: str) -> None:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
     finally:
-        partial.unlink()
+        remove_quietly(partial)  # one left over is deleted as a dead writer's (dead_partial_files) once we are gone
 
 
 def _iso(unix: float) -> str:

@@ -50,6 +50,15 @@ class OutputDirError(ValueError):
     """An output directory that cannot be used as asked (not empty, nothing to resume, ...)."""
 
 
+def remove_quietly(path: Union[str, Path]) -> None:
+    """Delete `path` if it is there, as cleanup while another error is on its way: a delete that fails too (a folder
+    gone read-only, EROFS) is logged at debug and never replaces the error the user should see."""
+    try:
+        Path(path).unlink(missing_ok=True)
+    except OSError as exc:
+        logger.debug("could not remove %s: %s", path, exc)
+
+
 def dated_output_dir(base: Union[str, Path], label: str, now: Optional[float] = None) -> Path:
     """BASE/YYYY-MM-DD/HH-MM-SS_<label> (like lerobot-eval's outputs/eval/<date>/<time>_<env>)."""
     stamp = time.localtime(now if now is not None else time.time())

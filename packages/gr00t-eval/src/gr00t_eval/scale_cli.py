@@ -419,18 +419,43 @@ def _storage_failure(exc: OSError, output_dir: Path, shard: Any) -> str:
             "flags (and --env-import/--env-adapter/--env-prefix, if the run used them)")
 
 
+def _summary_storage_failure(exc: OSError, files: List[Path], output_dir: Path, shard: Any) -> str:
+    """The one line for a run whose episodes were all saved but whose results files could not be written."""
+    from .run_dir import EpisodeLog, episode_log_name, resume_command
+
+    log = output_dir / episode_log_name(shard)
+    try:
+        kept = len(EpisodeLog(log).read())
+    except (OSError, ValueError):
+        kept = 0
+    names = " and ".join(p.name for p in files)
+    where = f" writing {exc.filename}" if exc.filename else ""
+    were, left = ("were", "any from an earlier attempt are left as they were") if len(files) > 1 else \
+        ("was", "one from an earlier attempt is left as it was")
+    return (f"error: {exc.strerror or exc}{where}: {names} {were} not written ({left}); "
+            f"the {kept} episodes scored are kept in {log}, and are not run again. Free some space, then continue "
+            f"with: {resume_command(output_dir, shard)} (it writes {names}) and the same server flags "
+            "(and --env-import/--env-adapter/--env-prefix, if the run used them)")
+
+
 def _report_rollout(args: argparse.Namespace, results: Dict[str, Any], output_dir: Path, shard: Any) -> int:
     """Write results.json and eval_info.json, print the summary and the reference's lines; return the exit code."""
     import numpy as np
 
-    from .eval_info import EVAL_INFO_FILENAME, write_eval_info
-    from .results import write_results
-    from .run_dir import INTERRUPTED_EXIT_CODE, interrupts_deferred, results_file_name, resume_command
+    from .eval_info import EVAL_INFO_FILENAME, lerobot_eval_info
+    from .results import write_results_together
+    from .run_dir import INTERRUPTED_EXIT_CODE, interrupts_deferred, is_storage_error, results_file_name, resume_command
 
+    files = [(output_dir / results_file_name(shard), results)]
+    if shard is None:
+        files.append((output_dir / EVAL_INFO_FILENAME, lerobot_eval_info(results)))
     with interrupts_deferred():  # a second Ctrl-C while an interrupted run saves its results must not lose them
-        path = write_results(output_dir / results_file_name(shard), results)
-        if shard is None:
-            write_eval_info(output_dir / EVAL_INFO_FILENAME, results)
+        try:  # both or neither: a full disk never leaves a new results.json beside an earlier attempt's eval_info.json
+            path = write_results_together(files)[0]
+        except OSError as exc:
+            if not is_storage_error(exc):
+                raise
+            raise SystemExit(_summary_storage_failure(exc, [p for p, _r in files], output_dir, shard)) from None
     overall = results["overall"]
     episodes = results["per_episode"]
     print(f"Collecting {len(episodes)} episodes took {overall['eval_s']:.2f} seconds")
@@ -835,8 +860,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
     """`gr00t-eval merge`: combine shard results files into one; exit 1 (like the run it stands for) when
     episodes errored (0 then with --allow-errors), are missing (--allow-missing) or a task or shard failed."""
     from .cli_errors import UsageError
-    from .eval_info import EVAL_INFO_FILENAME, write_eval_info
-    from .results import RESULTS_FILENAME, write_results
+    from .eval_info import EVAL_INFO_FILENAME, lerobot_eval_info
+    from .results import RESULTS_FILENAME, write_results_together
+    from .run_dir import is_storage_error
     from .shard import MergeError, format_missing, merge_results
 
     if not args.output.strip():  # '' wrote into the current folder, ' ' a file named by one space
@@ -852,8 +878,16 @@ def cmd_merge(args: argparse.Namespace) -> int:
     except MergeError as exc:
         raise UsageError(f"{exc}{_unfinished_shards_hint(args.results) if 'in no results file' in str(exc) else ''}") from None
     merged["merged_files"] = [str(f) for f in files]
-    path = write_results(output, merged)
-    write_eval_info(path.parent / EVAL_INFO_FILENAME, merged)
+    written = [(output, merged), (output.parent / EVAL_INFO_FILENAME, lerobot_eval_info(merged))]
+    try:  # both or neither: a full disk never leaves a new merge beside an earlier merge's eval_info.json
+        path = write_results_together(written)[0]
+    except OSError as exc:
+        if not is_storage_error(exc):
+            raise
+        raise SystemExit(f"error: {exc.strerror or exc}{f' writing {exc.filename}' if exc.filename else ''}: "
+                         f"{output.name} and {EVAL_INFO_FILENAME} were not written (any from an earlier merge are left "
+                         f"as they were); the shard results files are unchanged. Free some space, then run the merge "
+                         "again") from None
     print(format_summary(merged))
     print_errored_episodes(merged)
     n_errors = print_incomplete(merged)

@@ -13,6 +13,8 @@ from typing import List, Mapping, Optional, Sequence, Union
 import av
 import numpy as np
 
+from .run_dir import remove_quietly
+
 logger = logging.getLogger(__name__)
 
 CAPTION_HEIGHT = 48
@@ -150,7 +152,7 @@ def write_mp4(path: Union[str, Path], frames: Sequence[np.ndarray], caption: str
         _encode(partial, frames, canvas, height, width, scale, codec, fps)
         os.replace(partial, path)
     finally:
-        partial.unlink(missing_ok=True)
+        remove_quietly(partial)  # a read-only folder refuses it too: never in place of the encoder's error
     logger.debug("wrote %d frames to %s", len(frames), path)
     return path
 

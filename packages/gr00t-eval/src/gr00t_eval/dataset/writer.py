@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ..run_dir import remove_quietly
 from .modality import ArrayGroup, DatasetModality, LanguageGroup, VideoGroup, layout_from_dims
 from .stats import LEROBOT_QUANTILES, RunningColumnStats, episode_stats, image_stats, merge_episode_stats
 from .video import ENCODERS, Mp4Encoder, encoder_for, video_feature_info
@@ -382,7 +383,7 @@ class DatasetWriter:
                     encoder.close()
         except BaseException:
             for path in partial.values():
-                path.unlink(missing_ok=True)
+                remove_quietly(path)  # a read-only folder refuses this too: never in place of the write's error
             raise
         self._episode_files.extend(partial)  # before the renames: one cut short between two is removed too
         for final, temporary in partial.items():
@@ -397,9 +398,9 @@ class DatasetWriter:
     def _forget_v2_episode(self, recorded: Tuple[Any, ...]) -> None:
         """Undo a v2.1 episode add_episode did not finish: its files in data/ and videos/, and its values."""
         tasks, metadata_types, numeric, n_episodes, unlisted, total_frames = recorded
-        for path in self._episode_files:
-            path.with_name(f".partial-{path.name}").unlink(missing_ok=True)
-            path.unlink(missing_ok=True)
+        for path in self._episode_files:  # after an error: a delete refused too (read-only) never replaces it
+            remove_quietly(path.with_name(f".partial-{path.name}"))
+            remove_quietly(path)
         self._tasks, self._metadata_types, self._numeric = tasks, metadata_types, numeric
         del self._episodes[n_episodes:]
         del self._episode_stats[n_episodes:]
@@ -692,7 +693,7 @@ def _replace_text(path: Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)  # a reader (or a crash) never sees half a file
     except BaseException:
-        tmp.unlink(missing_ok=True)  # a full disk: no partial file left in meta/
+        remove_quietly(tmp)  # a full disk: no partial file left in meta/ (a read-only one: the write's error shown)
         raise
 
 
