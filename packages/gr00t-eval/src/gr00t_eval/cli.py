@@ -373,7 +373,7 @@ def _claim_open_loop_output_dir(args: argparse.Namespace, config: Any) -> Path:
     a run still running is refused even with --overwrite; the claim of a finished run, or of one whose
     process is gone (killed), is emptied with the rest by --overwrite.
     """
-    from .run_claim import claim_output_dir, dead_partial_files, refuse_live_claim
+    from .run_claim import claim_output_dir, dead_partial_files, refuse_live_claims
     from .run_dir import OutputDirError, make_fresh_dated_output_dir, prepare_output_dir
 
     settings = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in vars(config).items()}
@@ -403,7 +403,7 @@ def _claim_open_loop_output_dir(args: argparse.Namespace, config: Any) -> Path:
         raise UsageError(f"--output-dir {output_dir} is {relation} --dataset-path {args.dataset_path}; name another "
                          "directory for the results")
     try:
-        refuse_live_claim(output_dir, OPEN_LOOP_RUN_FILENAME)  # before "not empty": --overwrite must not be suggested
+        refuse_live_claims(output_dir)  # any command's, before "not empty": --overwrite must not be suggested
         # A dead process's half-written file (its claim, killed mid-write) is not content: prepare_output_dir deletes it.
         leftovers = set(dead_partial_files(output_dir))
         if output_dir.is_dir() and any(entry not in leftovers for entry in output_dir.iterdir()) and not args.overwrite:

@@ -82,14 +82,14 @@ def record_metaworld(
     if image_size % 2:  # checked here, before the dataset directory is made
         raise ValueError(f"image_size must be even (the dataset's mp4 videos are yuv420p), got {image_size}")
     camera = camera or DEFAULT_CAMERA
-    from .run_claim import claim_lock_name, finish_claim, finished_however_it_ends, refuse_live_claim, take_claim
+    from .run_claim import claim_lock_name, finish_claim, finished_however_it_ends, refuse_live_claims, take_claim
     from .run_dir import sigterm_as_interrupt
 
     output_path = Path(output)
     if output_path.exists() and not output_path.is_dir():
         raise FileExistsError(f"{output} exists and is not a directory")
     if output_path.is_dir():
-        refuse_live_claim(output, RECORD_CLAIM, flag="--output")  # never empty a directory another recording fills
+        refuse_live_claims(output, flag="--output")  # never empty a directory another recording (or any run) fills
         if not overwrite and any(entry.name not in (RECORD_CLAIM, claim_lock_name(RECORD_CLAIM))
                                  for entry in output_path.iterdir()):
             raise FileExistsError(f"dataset directory {output} is not empty")  # before the env and the progress bar

@@ -1,4 +1,4 @@
-"""An output directory claimed by the run writing into it (open-loop's open_loop_run.json).
+"""An output directory claimed by the run writing into it (CLAIM_FILENAMES: each gr00t-eval command's claim file).
 
 The claim file is created atomically (a second claim is refused) and records who holds it: the process id,
 the host and the start time, and, once the run ends, that it finished. A later run may then empty the
@@ -17,13 +17,18 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
-from .run_dir import OutputDirError, remove_quietly
+from .run_dir import RUN_FILENAME, OutputDirError, remove_quietly, shard_files
 
 logger = logging.getLogger(__name__)
 
 CLAIM_KEY = "claim"  # the claim file's holder record; the run's settings sit beside it
+# The claim file of each gr00t-eval command: rollout's run file (a shard's run_shardIofN.json too), open-loop's
+# (cli.OPEN_LOOP_RUN_FILENAME), batch's (scale_cli.BATCH_CLAIM_FILENAME) and record's (record.RECORD_CLAIM). Every
+# command refuses a folder holding a live claim of any of them (refuse_live_claims), not only its own kind's: a
+# rollout --overwrite emptied the folder of an open-loop run, or a batch, still writing there.
+CLAIM_FILENAMES = (RUN_FILENAME, "open_loop_run.json", "batch.json", ".gr00t_record.json")
 # A process that started this long after the claim cannot be its holder: the pid was reused. (Linux gives start
 # times to 1/100 s from a boot time in whole seconds, so a margin is needed.)
 PID_REUSE_MARGIN_S = 2.0
@@ -216,6 +221,19 @@ def refuse_live_claim(directory: Union[str, Path], filename: str, flag: str = "-
                                 if os.name == "nt" else ""))
     logger.warning("%s was claimed by a run that ended without finishing (%s; that process is gone)", directory, holder.describe())
     return holder
+
+
+def claim_files(directory: Union[str, Path]) -> List[str]:
+    """The claim files any gr00t-eval command may leave in `directory`: CLAIM_FILENAMES and the shards' run files."""
+    return [*CLAIM_FILENAMES, *(name for name in shard_files(directory) if name.startswith("run_"))]
+
+
+def refuse_live_claims(directory: Union[str, Path], flag: str = "--output-dir", skip: Sequence[str] = ()) -> None:
+    """refuse_live_claim for every claim file in DIRECTORY (claim_files) but those in `skip`: a run still running
+    there is refused whichever command claimed the folder; a finished or stale claim of any kind is no obstacle."""
+    for name in claim_files(directory):
+        if name not in skip:
+            refuse_live_claim(directory, name, flag)
 
 
 def process_exists(pid: int) -> bool:

@@ -93,7 +93,7 @@ def check_output_dir(path: Union[str, Path], overwrite: bool = False, own_files:
                      keep: Sequence[str] = ()) -> None:
     """OutputDirError when prepare_output_dir would refuse `path` (see there); changes nothing, so every check of a
     run can pass before anything is emptied."""
-    from .run_claim import dead_partial_files, refuse_live_claim
+    from .run_claim import dead_partial_files, refuse_live_claims
 
     path = Path(path)
     if path.is_symlink() and not path.exists():
@@ -107,8 +107,9 @@ def check_output_dir(path: Union[str, Path], overwrite: bool = False, own_files:
         _refuse_foreign_runs(path, shard_files(path), "the files of sharded runs", "a whole run needs a directory "
                              "without them")
         # Before "not empty": neither --overwrite nor --resume may be suggested for a run that is still running
-        # (both would then be refused, and the user sent round in a circle).
-        refuse_live_claim(path, RUN_FILENAME)
+        # (both would then be refused, and the user sent round in a circle). Any command's live claim, not only a
+        # rollout's; those in `keep` are the caller's own, taken (or checked) by it.
+        refuse_live_claims(path, skip=keep)
         if overwrite:
             _refuse_inputs(path)
             return
@@ -130,7 +131,9 @@ def check_output_dir(path: Union[str, Path], overwrite: bool = False, own_files:
     other_splits = [name for name in shard_files(path) if split is not None and _split_of([name]) != split]
     _refuse_foreign_runs(path, other_splits, "shards of another split", f"shards share a directory only with the "
                          f"other shards of their split (--shard I/{split} here)")
-    refuse_live_claim(path, own_files[0])  # this shard's own earlier run (its run file) must have ended
+    # This shard's own earlier run (its run file) must have ended, and any other command's run there; the other
+    # shards of its split may run beside it.
+    refuse_live_claims(path, skip=[*keep, *(name for name in shard_files(path) if name != own_files[0])])
     if overwrite:
         return
     taken = [name for name in own_files if (path / name).exists()]
@@ -150,8 +153,8 @@ def prepare_output_dir(path: Union[str, Path], overwrite: bool = False, own_file
     With `own_files` (a shard's file names, its run file first) the directory may hold the other shards of its
     split: only those names must not exist yet, and `overwrite` deletes those files and the episode videos their
     episode log lists, never another shard's. A directory holding another run (sharded, for a whole run; a whole
-    run or another split, for a shard), or whose run file's process is still running, is refused even with
-    `overwrite`.
+    run or another split, for a shard), or that a run still running has claimed (any command's claim file,
+    run_claim.CLAIM_FILENAMES, but those in `keep`), is refused even with `overwrite`.
     """
     from .run_claim import dead_partial_files
 

@@ -682,7 +682,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     from .batch import BATCH_RESULTS_FILENAME, JobError, format_table, job_video_dirs, load_jobs, run_batch
     from .cli_errors import UsageError
-    from .run_claim import claim_lock_name, claim_output_dir, finish_claim, refuse_live_claim, take_claim
+    from .run_claim import (claim_lock_name, claim_output_dir, finish_claim, refuse_live_claim, refuse_live_claims,
+                            take_claim)
     from .run_dir import (INTERRUPTED_EXIT_CODE, OutputDirError, check_output_dir, is_storage_error,
                           make_fresh_dated_output_dir, prepare_output_dir, sigterm_as_interrupt)
 
@@ -720,7 +721,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
                 raise UsageError(f"--jobs {args.jobs}: no such file")
             jobs = load_jobs(args.jobs)  # an unreadable job file is refused before any folder is made
             if args.output_dir:
-                refuse_live_claim(args.output_dir, BATCH_CLAIM_FILENAME)  # never empty a folder a batch still runs in
+                refuse_live_claims(args.output_dir)  # never empty a folder a batch (or any other run) still runs in
             # As rollout: videos of two runs never sit under the same names (refused, or deleted with --overwrite
             # once the folder is claimed).
             earlier_videos = {video_dir: _check_video_dir(video_dir, Path(args.output_dir) if args.output_dir else None,
