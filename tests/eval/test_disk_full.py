@@ -48,7 +48,7 @@ def test_an_mp4_whose_write_fails_raises_instead_of_crashing_the_process(tmp_pat
         assert "raised 27" in result.stdout  # EFBIG
 
 
-_ROLLOUT_UNDER_LIMIT = """
+ROLLOUT_UNDER_LIMIT = """
 sys.path.insert(0, sys.argv[2])
 from gr00t_eval.cli import main
 sys.exit(main(["--log-level", "WARNING", "rollout", "--env-name", "walkto/slow", "--env-import", "eval.scale_fixtures",
@@ -68,7 +68,7 @@ def test_a_rollout_that_fills_the_disk_says_what_it_kept_and_its_resume_loses_no
     out = tmp_path / "run"
     with policy_server() as server:
         # the episode log outgrows the limit mid-run, its last line cut short as a full disk cuts it
-        result = run_limited(4000, _ROLLOUT_UNDER_LIMIT, tests, str(server.port), str(out))
+        result = run_limited(4000, ROLLOUT_UNDER_LIMIT, tests, str(server.port), str(out))
         assert result.returncode == 2, result.stdout + result.stderr
         error = result.stderr.strip().splitlines()[-1]
         assert "File too large" in error and "the run stopped there" in error, error
@@ -85,7 +85,7 @@ def test_a_rollout_that_fills_the_disk_says_what_it_kept_and_its_resume_loses_no
     assert json.loads((out / "results.json").read_text())["overall"]["n_episodes"] == 40
 
 
-_SUITE_UNDER_LIMIT = _ROLLOUT_UNDER_LIMIT.replace('"walkto/slow"', '"walkto/slow,walkto/fast"').replace(
+_SUITE_UNDER_LIMIT = ROLLOUT_UNDER_LIMIT.replace('"walkto/slow"', '"walkto/slow,walkto/fast"').replace(
     '"--log-level", "WARNING"', '"--log-level", "INFO"')
 
 

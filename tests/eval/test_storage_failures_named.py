@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from eval.scale_fixtures import ConstantPolicy, policy_server
-from eval.test_disk_full import run_limited
+from eval.test_disk_full import ROLLOUT_UNDER_LIMIT, run_limited
 from gr00t_eval.cli import main
 
 SMALL = ["--n-envs", "1", "--n-action-steps", "2", "--max-episode-steps", "6", "--no-video", "--vectorization", "sync",
@@ -87,14 +87,9 @@ class InterruptsOnCall(ConstantPolicy):
 
 # --- a full disk while the summary files are written -----------------------------------------------------------------
 
-_ROLLOUT_UNDER_LIMIT = """
-sys.path.insert(0, sys.argv[2])
-from gr00t_eval.cli import main
-sys.exit(main(["--log-level", "WARNING", "rollout", "--env-name", "walkto/slow", "--env-import", "eval.scale_fixtures",
-               "--policy-client-port", sys.argv[3], "--output-dir", sys.argv[4], "--timeout-ms", "5000", "--n-episodes",
-               "4", "--seed", "3", "--n-envs", "1", "--n-action-steps", "2", "--max-episode-steps", "6", "--no-video",
-               "--vectorization", "sync"]))
-"""
+# test_disk_full's rollout (40 episodes) made a run of 4
+_ROLLOUT_UNDER_LIMIT = ROLLOUT_UNDER_LIMIT.replace('"--n-episodes",\n               "40"', '"--n-episodes",\n               "4"')
+assert _ROLLOUT_UNDER_LIMIT != ROLLOUT_UNDER_LIMIT, "test_disk_full's rollout no longer reads --n-episodes 40"
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX file size limits (RLIMIT_FSIZE)")
