@@ -151,6 +151,31 @@ def test_a_refused_prefetch_leaves_every_env_as_it_was_and_the_next_prefetch_mer
     assert action["action.x"].tolist() == [[101.0, 101.0], [111.0, 111.0]]
 
 
+def test_a_chunk_of_another_dtype_is_refused_not_cast_into_the_earlier_steps():
+    """A float32 gripper chunk then an int64 one: merge "average" cast the buffered 0.4 to int (1), and the robot's
+    steps changed dtype mid-episode, without a word."""
+    first = np.full((1, 4, 1), 0.4, np.float32)
+    policy = ScriptedPolicy(first, np.ones((1, 4, 1), np.int64), first)
+    chunker = ActionChunker(policy, asynchronous=True, prefetch_steps=3, merge="average")
+    try:
+        chunker.get_action(obs())
+        chunker.wait_for_prefetch(timeout=10)
+        with pytest.raises(ActionError, match=r"action key 'action.x' has dtype int64; expected float32, as in the "
+                                              "earlier chunks"):
+            chunker.get_action(obs())
+        assert chunker.remaining().tolist() == [3]  # nothing merged
+        action, _ = chunker.get_action(obs())
+    finally:
+        chunker.close()
+    assert action["action.x"].dtype == np.float32 and np.allclose(action["action.x"], 0.4)
+
+
+def test_an_observation_of_zero_rows_is_named_as_such():
+    chunker = ActionChunker(ScriptedPolicy(steps(0)))
+    with pytest.raises(ValueError, match=r"^observation has 0 rows \(a batch of size 0\): expected one row per env$"):
+        chunker.get_action(obs(0))
+
+
 def test_a_refetched_chunk_with_another_action_dimension_is_refused_and_installs_nothing():
     chunker = ActionChunker(ScriptedPolicy(steps(0, horizon=1, dim=2), steps(50, dim=3), steps(100, dim=2)))
     chunker.get_action(obs())

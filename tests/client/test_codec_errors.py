@@ -41,3 +41,36 @@ def test_a_shape_larger_than_numpy_can_address_says_so_instead_of_needs_0_bytes_
         codec.decode(message)
     assert codec.decode(msgpack.packb({"a": _array_map("<f4", [0, 3])}, use_bin_type=True))["a"].shape == (0, 3)
     np.testing.assert_array_equal(codec.decode(codec.encode({"a": np.arange(6, dtype=np.float32)}))["a"], np.arange(6))
+
+
+@pytest.mark.parametrize("wire", ["reference", "multipart"])
+def test_a_tuple_map_key_is_named_as_the_cause_when_its_message_is_decoded(wire):
+    """msgpack packs a tuple key as an array without complaint; the decode said only "unhashable type: 'list'"."""
+    observation = {"state": {("left", "wrist"): np.zeros(2, np.float32)}}
+    with pytest.raises(WireDecodeError, match=r"\(TypeError: unhashable type: 'list'\); a map key is a list or a map, as "
+                                              r"a tuple or frozenset key is sent: keys must be str, bytes or numbers"):
+        if wire == "reference":
+            codec.decode(codec.encode(observation))
+        else:
+            codec.decode_multipart([bytes(frame) for frame in codec.encode_multipart(observation)])
+
+
+@pytest.mark.parametrize("value", [2**64, -(2**63) - 1, 10**40])
+def test_an_int_outside_msgpacks_range_is_refused_naming_the_range_not_its_type(value):
+    with pytest.raises(codec.WireEncodeError, match=r"is outside the wire's integer range, -2\*\*63 to 2\*\*64 - 1"):
+        codec.encode({"options": {"seed": value}})
+    assert codec.decode(codec.encode({"seed": 2**64 - 1})) == {"seed": 2**64 - 1}  # the edge itself goes
+
+
+def test_a_policy_client_refuses_pickling_naming_itself_and_what_to_do():
+    """A spawn-started worker (macOS and Windows' default) or a Ray task handed a client got pickle's words about a
+    ZeroMQ handle."""
+    import pickle
+
+    from gr00t_client import ActionChunker, PolicyClient
+
+    with PolicyClient("127.0.0.1", 5555) as client:
+        for target in (client, ActionChunker(client)):
+            with pytest.raises(TypeError, match=r"a PolicyClient cannot be pickled \(it holds a ZeroMQ socket to "
+                                                r"tcp://127\.0\.0\.1:5555\): make one in each process"):
+                pickle.dumps(target)

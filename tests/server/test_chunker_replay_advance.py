@@ -54,3 +54,38 @@ def test_a_chunker_matching_the_replays_advance_follows_the_recording_silently(r
 def test_a_prefetching_chunker_is_told_its_calls_cannot_follow_a_replay(replay_dataset, caplog):
     _, warnings = played_arm_steps(replay_dataset, caplog, n_action_steps=8, asynchronous=True)
     assert len(warnings) == 1 and "prefetches, so its calls do not follow the steps executed" in warnings[0]
+
+
+def two_env_steps(dataset, caplog, per_env, reset_env0_at=None):
+    """Env 1's recorded step index at each of 16 steps of a 2-env chunker (env 0 reset alone at `reset_env0_at`)."""
+    recorded = expected_actions(0, LENGTH)["arm"][:, 0]
+    observation = {"state": {"x": np.zeros((2, 1, 1), np.float32)}}
+    with running_server(ReplayPolicy(dataset, execution_horizon=8, strict=False)) as server:
+        with PolicyClient(port=server.port, timeout_ms=10000, strict=False) as client:
+            client.reset({"episode_index": 0})
+            with caplog.at_level(logging.WARNING, logger="gr00t_client.chunking"):
+                with ActionChunker(client, n_action_steps=8, per_env=per_env) as chunker:
+                    steps = []
+                    for t in range(16):
+                        if t == reset_env0_at:
+                            chunker.reset(env_ids=[0])  # env 0's episode ended early; env 1 runs on
+                        step, _ = chunker.get_action(observation)
+                        steps.append(int(np.flatnonzero(np.isclose(recorded, step["arm"][1, 0]))[0]))
+    return steps, [r.getMessage() for r in caplog.records if r.name == "gr00t_client.chunking"]
+
+
+def test_one_env_reset_alone_against_a_replay_warns_that_the_others_will_skip_steps(replay_dataset, caplog):
+    """The replay keeps one cursor per session: env 0's reset alone is not the policy's, and env 1, never reset,
+    skipped recorded steps 6 and 7 without a word."""
+    steps, warnings = two_env_steps(replay_dataset, caplog, per_env=False, reset_env0_at=6)
+    assert steps != list(range(16))  # the harm itself
+    assert len(warnings) == 1 and warnings[0].startswith(
+        "a reset of envs [0] alone is not passed to the policy, which advances its own cursor per call (a replay "
+        "server): the other envs will skip the steps the reset ones replay again; reset every env together")
+    assert two_env_steps(replay_dataset, caplog, per_env=False)[0] == list(range(16))  # without the reset, in step
+
+
+def test_a_per_env_chunker_against_a_replay_is_told_its_envs_take_turns_at_one_cursor(replay_dataset, caplog):
+    _, warnings = two_env_steps(replay_dataset, caplog, per_env=True)
+    assert len(warnings) == 1 and "fetches some envs at a time (per_env=True): the envs take turns at the one cursor" \
+        in warnings[0]

@@ -230,6 +230,7 @@ class ActionChunker:
         self._n_envs: Optional[int] = None
         self._keys: Optional[List[str]] = None
         self._step_shapes: Dict[str, Tuple[int, ...]] = {}  # per key: a step's shape, set by the first chunk
+        self._step_dtypes: Dict[str, np.dtype] = {}  # per key: the first chunk's dtype (a merge would cast to another)
         self._buffers: List[Optional[Dict[str, np.ndarray]]] = []
         self._cursors: List[int] = []
         self._steps_taken: List[int] = []
@@ -240,6 +241,8 @@ class ActionChunker:
         self._worker: Optional[_PrefetchWorker] = None  # started by the first prefetch
         self._last_info: Dict[str, Any] = {}
         self._horizon_checked = False  # whether a policy that says how far it advances per call was compared with us
+        self._advancing_policy = False  # the policy said it advances per call (a replay server's execution_horizon)
+        self._partial_reset_warned = False
         self._pid = os.getpid()  # the process whose prefetch thread this is (see _adopt_after_fork)
 
     # --- public API -----------------------------------------------------------------------------
@@ -307,7 +310,14 @@ class ActionChunker:
                 return self.policy.reset(options) or {}
             if self._n_envs is None:  # before the first get_action nothing is buffered (it said "out of range for None envs")
                 return {}
-            for i in self._env_indices(env_ids):
+            indices = self._env_indices(env_ids)
+            if self._advancing_policy and indices and len(indices) < self._n_envs and not self._partial_reset_warned:
+                self._partial_reset_warned = True
+                logger.warning("a reset of envs %s alone is not passed to the policy, which advances its own cursor per "
+                               "call (a replay server): the other envs will skip the steps the reset ones replay "
+                               "again; reset every env together (reset()), or evaluate with gr00t-eval rollout, which "
+                               "resets a replay server's rows by episode", indices)
+            for i in indices:
                 self._clear(i)
             return {}
 
@@ -385,6 +395,8 @@ class ActionChunker:
     # --- buffers --------------------------------------------------------------------------------
 
     def _ensure_envs(self, batch_size: int) -> None:
+        if batch_size == 0:
+            raise ValueError("observation has 0 rows (a batch of size 0): expected one row per env")
         if batch_size < 1:
             raise ValueError("cannot tell the batch size of the observation: it holds no array or list")
         if self._n_envs is None:
@@ -472,10 +484,15 @@ class ActionChunker:
                     f"action key '{key}' has shape {value.shape}, steps of shape {value.shape[2:]}; "
                     f"expected steps of shape {step_shape}, as in the earlier chunks"
                 )
+            step_dtype = self._step_dtypes.get(key)
+            if step_dtype is not None and value.dtype != step_dtype:  # merged into float steps, int64 rounded them
+                raise ActionError(f"action key '{key}' has dtype {value.dtype}; expected {step_dtype}, as in the "
+                                  "earlier chunks")
             horizon = value.shape[1]
         if self._keys is None:
             self._keys = keys
             self._step_shapes = {key: action[key].shape[2:] for key in keys}
+            self._step_dtypes = {key: action[key].dtype for key in keys}
         usable = horizon if self.n_action_steps is None else min(horizon, self.n_action_steps)
         self._usable = usable
         # Copies: a policy may reuse its output array for the next (prefetched) chunk while these steps still run.
@@ -515,6 +532,7 @@ class ActionChunker:
         if not _is_int(served) or served < 1:
             return
         self._horizon_checked = True
+        self._advancing_policy = True
         action = result[0]
         first = next(iter(action.values()), None) if isinstance(action, Mapping) else None
         chunk = int(np.shape(first)[1]) if first is not None and np.ndim(first) >= 2 else None
@@ -523,6 +541,10 @@ class ActionChunker:
             logger.warning("the policy advances %d steps per call (its info's execution_horizon: a replay server), but "
                            "this ActionChunker prefetches, so its calls do not follow the steps executed: steps will "
                            "repeat or be skipped; use asynchronous=False and n_action_steps=%d", served, served)
+        elif self.per_env and (self._n_envs or 0) > 1:
+            logger.warning("the policy advances %d steps per call (its info's execution_horizon: a replay server, one "
+                           "cursor per session), but this ActionChunker fetches some envs at a time (per_env=True): "
+                           "the envs take turns at the one cursor and skip steps; use per_env=False", served)
         elif steps is not None and steps != served:
             logger.warning("the policy advances %d steps per call (its info's execution_horizon: a replay server), but "
                            "this ActionChunker executes %d steps of each chunk: steps will %s; pass n_action_steps=%d "

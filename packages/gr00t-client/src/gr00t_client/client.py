@@ -929,6 +929,13 @@ class PolicyClient(BasePolicy):
         self._discard_socket()
         self._context = None
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # pickle's own words name a ZeroMQ handle ("self.handle cannot be converted"): what a spawn-started worker
+        # (macOS and Windows' default, AsyncVectorEnv(context="spawn")) or a Ray task is handed a client shows
+        raise TypeError(f"a PolicyClient cannot be pickled (it holds a ZeroMQ socket to {self.address}): make one in "
+                        "each process that calls the server, from the same host, port and options (a forked child may "
+                        "use its parent's)")
+
     def __enter__(self) -> "PolicyClient":
         return self
 

@@ -448,6 +448,9 @@ def _encode_hook(obj: Any) -> Any:
         return {b"complex": True, b"data": repr(obj)}
     if isinstance(obj, (set, frozenset)):
         return sorted(obj)
+    if isinstance(obj, int):  # msgpack hands over the ints it cannot hold
+        raise WireEncodeError(f"int {obj if abs(obj) < 10**30 else str(obj)[:30] + '...'} is outside the wire's "
+                              "integer range, -2**63 to 2**64 - 1 (msgpack's 64 bits)")
     raise WireEncodeError(f"cannot encode value of type {type(obj).__name__} for the wire{_array_like_hint(obj)}")
 
 
@@ -588,13 +591,20 @@ def _pack_spliced(value: Any, chunks: List[Any], depth: int) -> None:
         chunks.append(_pack("reference", value))
 
 
-def _undecodable(data: BufferLike, exc: Exception) -> WireDecodeError:
+# A map key msgpack packed as an array or a map: a tuple or frozenset key on the sender's side (msgpack packs one
+# without complaint, and no Python map can be keyed by the list it decodes to).
+_UNHASHABLE_KEY_HINT = ("; a map key is a list or a map, as a tuple or frozenset key is sent: keys must be str, "
+                        "bytes or numbers")
+
+
+def _undecodable(data: BufferLike, exc: Exception, what: str = "message") -> WireDecodeError:
     """'undecodable message (FormatError: ...)', with the first bytes when msgpack said nothing more."""
     said = str(exc).strip()
     if not said:
         head = bytes(memoryview(data)[:8])
         said = f"not msgpack: {len(memoryview(data))} bytes starting {head.hex(' ')}"
-    return WireDecodeError(f"undecodable message ({type(exc).__name__}: {said})")
+    hint = _UNHASHABLE_KEY_HINT if isinstance(exc, TypeError) and "unhashable" in said else ""
+    return WireDecodeError(f"undecodable {what} ({type(exc).__name__}: {said}){hint}")
 
 
 def decode(data: BufferLike, limits: Optional[DecodeLimits] = None, share_buffer: bool = False) -> Any:
@@ -788,7 +798,7 @@ def decode_multipart(frames: Sequence[Any], limits: Optional[DecodeLimits] = Non
     except WireDecodeError:
         raise
     except Exception as exc:
-        raise WireDecodeError(f"undecodable multipart header ({type(exc).__name__}: {exc})") from exc
+        raise _undecodable(views[1], exc, "multipart header") from exc
     stray = sorted(set(range(2, len(views))) - referenced)
     if stray:  # a sender's framing bug: answering as if they were not there would hide it
         raise WireDecodeError(f"multipart message has {len(views) - 2} array frames but its header references "
