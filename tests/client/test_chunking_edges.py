@@ -170,6 +170,14 @@ def test_a_chunk_of_another_dtype_is_refused_not_cast_into_the_earlier_steps():
     assert action["action.x"].dtype == np.float32 and np.allclose(action["action.x"], 0.4)
 
 
+def test_a_chunk_shorter_than_n_action_steps_is_refused_naming_both():
+    chunker = ActionChunker(ScriptedPolicy(steps(0, horizon=2)), n_action_steps=8)
+    with pytest.raises(ActionError, match=r"action chunk has 2 steps, fewer than n_action_steps=8: the policy would be "
+                                          r"asked every 2 steps instead of every 8; pass n_action_steps=2 or fewer"):
+        chunker.get_action(obs())
+    assert ActionChunker(ScriptedPolicy(steps(0, horizon=8)), n_action_steps=8).get_action(obs())[0]["action.x"].shape == (1, 2)
+
+
 def test_an_observation_of_zero_rows_is_named_as_such():
     chunker = ActionChunker(ScriptedPolicy(steps(0)))
     with pytest.raises(ValueError, match=r"^observation has 0 rows \(a batch of size 0\): expected one row per env$"):

@@ -74,6 +74,27 @@ def test_history_is_stacked_at_the_delta_indices():
     assert obs["annotation.task"] == "count up"
 
 
+class InPlaceEnv(StepEnv):
+    """Hands out the same arrays every step, updated in place, as an env viewing MuJoCo's data.qpos or reusing its
+    render buffer does."""
+
+    def _obs(self):
+        if not hasattr(self, "_buffers"):
+            self._buffers = {"video.cam": np.zeros((4, 4, 3), np.uint8), "state.pos": np.zeros(1, np.float32)}
+        self._buffers["video.cam"][...] = self.t
+        self._buffers["state.pos"][...] = self.t
+        return {**self._buffers, "annotation.task": "count up"}
+
+
+def test_history_of_an_env_that_updates_its_arrays_in_place_keeps_each_steps_values():
+    wrapper = wrap(InPlaceEnv(), n_action_steps=2, state_delta_indices=[-2, -1, 0], video_delta_indices=[-1, 0])
+    wrapper.reset(seed=0)
+    wrapper.step(chunk(2))
+    obs, *_ = wrapper.step(chunk(2))
+    assert obs["state.pos"][:, 0].tolist() == [2.0, 3.0, 4.0]  # was [4, 4, 4]: every entry the current step
+    assert obs["video.cam"][:, 0, 0, 0].tolist() == [3, 4]
+
+
 def test_history_before_the_episode_start_repeats_the_first_observation():
     wrapper = wrap(StepEnv(), state_delta_indices=[-15, 0])
     obs, _ = wrapper.reset(seed=0)

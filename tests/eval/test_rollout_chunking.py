@@ -186,6 +186,23 @@ def test_a_policy_error_under_chunking_fails_the_running_episodes_and_the_run_go
     assert result.outcomes[-1].failure_reason is None
 
 
+class ShortChunkTrackingPolicy(TrackingPolicy):
+    """Declares an action horizon of HORIZON steps and returns 2."""
+
+    def _get_action(self, observation, options=None):
+        action, info = super()._get_action(observation, options)
+        return {key: value[:, :2] for key, value in action.items()}, info
+
+
+@pytest.mark.parametrize("mode", ["off", "sync", "async"])
+def test_chunks_shorter_than_n_action_steps_error_the_episodes_in_every_mode(mode):
+    """Chunking "off" errored them; sync and async took min(chunk, n_action_steps) and asked the policy every 2 steps
+    while the run recorded n_action_steps 3: 100% success of another setup than the one written in results.json."""
+    result, _ = rollout(ShortChunkTrackingPolicy(), client_chunking=mode)
+    assert len(result.outcomes) == 7 and all("n_action_steps=3" in o.failure_reason for o in result.outcomes), \
+        [o.failure_reason for o in result.outcomes]
+
+
 def test_chunked_rollouts_write_the_same_videos(served, tmp_path):
     _, client = served
     rollout(client, n_episodes=3, video_dir=str(tmp_path / "off"))

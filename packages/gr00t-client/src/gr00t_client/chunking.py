@@ -489,6 +489,12 @@ class ActionChunker:
                 raise ActionError(f"action key '{key}' has dtype {value.dtype}; expected {step_dtype}, as in the "
                                   "earlier chunks")
             horizon = value.shape[1]
+        if self.n_action_steps is not None and horizon is not None and horizon < self.n_action_steps:
+            # min(horizon, n_action_steps) asked the policy every `horizon` steps, not every n_action_steps, while a
+            # rollout recorded n_action_steps (its chunking "off" refuses such a chunk): another setup than the one set
+            raise ActionError(f"action chunk has {horizon} steps, fewer than n_action_steps={self.n_action_steps}: the "
+                              f"policy would be asked every {horizon} steps instead of every {self.n_action_steps}; pass "
+                              f"n_action_steps={horizon} or fewer (or serve a longer action horizon)")
         if self._keys is None:
             self._keys = keys
             self._step_shapes = {key: action[key].shape[2:] for key in keys}

@@ -153,7 +153,14 @@ class MultiStepWrapper(gym.Wrapper):
         return out
 
     def _observe(self, raw: Mapping[str, Any]) -> None:
-        self._history.append(dict(raw))
+        # An env may hand out views of buffers it updates in place (MuJoCo's data.qpos, a reused render buffer): an
+        # entry kept past this step is a copy, or every entry of the history became the current observation
+        # ([s_t, s_t] for delta indices [-1, 0]) without a word.
+        if self._history_len > 1:
+            self._history.append({key: value.copy() if isinstance(value, np.ndarray) else value
+                                  for key, value in raw.items()})
+        else:
+            self._history.append(dict(raw))
         if self._recording:
             self.recorder.add(frame_from_observation(raw))
 
