@@ -48,11 +48,14 @@ def rollout_argv(env_name, port, output_dir, *extra):
 def test_a_hung_env_stops_the_run_naming_its_episode_and_leaves_no_worker(tmp_path, capsys, hang_in):
     register_env_prefix("hanging", EmbodimentTag.NEW_EMBODIMENT, lambda task, **kwargs: HangingWalkEnv(task))
     with running_server(ConstantPolicy()) as server:
-        code = run_cli(rollout_argv(f"hanging/{hang_in}", server.port, tmp_path / "run", "--env-timeout", "2"))
+        code = run_cli(rollout_argv(f"hanging/{hang_in}", server.port, tmp_path / "run", "--env-timeout", "2",
+                                    "--env-import", "eval.scale_fixtures"))
     out = capsys.readouterr().out
     assert code == 1
     assert f"(episode 3) did not finish a {hang_in} within 2 s (--env-timeout)" in out, out
-    assert f"continue with: gr00t-eval rollout --resume {tmp_path / 'run'}" in out
+    # the registration flags too: the resume failed with "unknown prefix" without them
+    assert (f"continue with: gr00t-eval rollout --resume {tmp_path / 'run'} --env-import eval.scale_fixtures and the "
+            "same server flags)") in out
     assert multiprocessing.active_children() == []  # the hung worker was stopped, not left sleeping
     scored = [json.loads(line) for line in (tmp_path / "run" / "episodes.jsonl").read_text().splitlines()]
     assert 3 not in [entry["episode_index"] for entry in scored]  # left to the resume, not scored a failure

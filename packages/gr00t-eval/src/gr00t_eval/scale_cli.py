@@ -483,13 +483,25 @@ def _report_rollout(args: argparse.Namespace, results: Dict[str, Any], output_di
         count = "" if f"{not_run} episodes did not run" in reason else f"; {not_run} episodes did not run"  # Ray's names them
         print(f"{status.upper()}: {reason}{count} "
               f"(continue with: {resume_command(output_dir, shard)}"
-              f"{' --ray-address ' + args.ray_address if args.ray_address else ''} and the same server flags)")
+              f"{' --ray-address ' + args.ray_address if args.ray_address else ''}{_registration_flags(args)} and the "
+              "same server flags)")
     print(f"Results: {path}")
     if status == "interrupted":
         return INTERRUPTED_EXIT_CODE
     if status != "complete" or results["failed_tasks"] or results.get("failed_shards"):
         return 1
     return _errors_exit(n_errors, bool(finished), args.allow_errors)
+
+
+def _registration_flags(args: argparse.Namespace) -> str:
+    """The run's --env-import/--env-prefix/--env-adapter flags, as a resume needs them again (its printed command
+    without them failed with "unknown prefix", and rewrote an interrupted run's results as incomplete)."""
+    import shlex
+
+    flags = [f" --env-import {shlex.quote(module)}" for module in getattr(args, "env_import", None) or []]
+    for flag, pairs in (("--env-prefix", "env_prefix"), ("--env-adapter", "env_adapter")):
+        flags += [f" {flag} {shlex.quote(f'{key}={value}')}" for key, value in getattr(args, pairs, None) or []]
+    return "".join(flags)
 
 
 def _errors_exit(n_errors: int, scored: bool, allow_errors: bool) -> int:
