@@ -134,6 +134,9 @@ def test_sigterm_stops_the_server_cleanly_and_frees_the_port(dataset):
         (["serve", "--dataset-path", ".", "--port", "70000"], "--port must be a port number from 0 (any free port) to 65535, got 70000"),
         (["serve", "--dataset-path", ".", "--metrics-port", "-2"], "--metrics-port must be a port number"),
         (["serve", "--dataset-path", ".", "--max-batch-size", "0"], "--max-batch-size must be a whole number >= 1 (1: batching off), got 0"),
+        # the Python name ("action_horizon must be >= 1"), and 100000000 built a delta list for minutes, unrefused
+        (["serve", "--dataset-path", ".", "--action-horizon", "0"], "--action-horizon must be a whole number of steps from 1 to 4096, got 0"),
+        (["serve", "--dataset-path", ".", "--action-horizon", "100000000"], "--action-horizon must be a whole number"),
     ],
 )
 def test_bad_flags_exit_nonzero_with_one_line_and_no_traceback(args, message):
@@ -291,6 +294,39 @@ def test_ctrl_c_or_sigterm_while_the_model_loads_exits_130_in_one_line(tiny_chec
     assert output.rstrip().endswith("gr00t-server serve: interrupted")
     assert "Traceback" not in output and "Server is ready" not in output
     assert "FakeTensor" not in output  # torch's INFO lines at exit are not shown
+
+
+@pytest.mark.parametrize("where", ["port in use", "host not here"])
+def test_a_port_in_use_or_a_host_not_of_this_machine_is_refused_before_the_model_loads(tiny_checkpoint, where):
+    """ZeroMQ said so only at its bind, after the load and warm-up: minutes for a 3B model, per typo."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        host, port = ("127.0.0.1", holder.getsockname()[1]) if where == "port in use" else ("10.254.254.1", _free_port())
+        result = subprocess.run(_cli("serve", "--model-path", str(tiny_checkpoint), "--embodiment-tag", "new_embodiment",
+                                     "--device", "cpu", "--host", host, "--port", str(port)),
+                                capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    expected = (f"--port {port}: the port is in use on 127.0.0.1 (another server?)" if where == "port in use" else
+                "--host 10.254.254.1: not an address of this machine")
+    assert expected in result.stderr and "Traceback" not in result.stderr
+    assert "Warm-up:" not in result.stdout  # refused before the load and warm-up, not after
+
+
+def test_a_clean_stop_with_standard_output_closed_exits_0(dataset):
+    """`gr00t-server serve ... >&-`: it served, and its stop flushed a None sys.stdout and exited 1 with a traceback."""
+    port = _free_port()
+    proc = subprocess.Popen(_cli("serve", "--dataset-path", str(dataset), "--port", str(port)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.close(1))
+    try:
+        with PolicyClient(port=port, timeout_ms=60000) as client:
+            assert client.ping()
+        proc.terminate()
+        assert proc.wait(timeout=20) == 0
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 @pytest.mark.parametrize("mode", ["replay", "model"])

@@ -386,3 +386,17 @@ def test_external_data_files_get_the_mode_of_their_graph(policy, observation, tm
     graph, data = tmp_path / "dit_fp32.onnx", tmp_path / "dit_fp32.onnx.data"
     assert data.is_file() and data.stat().st_mode & 0o777 == graph.stat().st_mode & 0o777
     assert sorted(metadata_of(tmp_path)["submodules"]["dit"]["files"]) == ["dit_fp32.onnx", "dit_fp32.onnx.data"]
+
+
+def test_an_output_that_is_a_symlink_loop_is_one_line_not_a_traceback(tmp_path, capsys):
+    loop = tmp_path / "loopA"
+    loop.symlink_to(tmp_path / "loopB")
+    (tmp_path / "loopB").symlink_to(loop)
+    assert main(export_argv("unused", loop)) == 2
+    assert f"--output {loop} is a symlink loop" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32)])
+def test_a_verify_seed_out_of_range_is_refused_naming_the_flag_before_anything_loads(seed, capsys):
+    assert main(["verify", "--model-path", "/nonexistent/m", "--onnx-dir", "/nonexistent/d", "--seed", seed]) == 2
+    assert f"--seed must be a whole number from 0 to 4294967295, got {seed}" in capsys.readouterr().err

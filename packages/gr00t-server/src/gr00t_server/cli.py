@@ -217,6 +217,9 @@ def _replay_policy(args: argparse.Namespace, tag: Any) -> Any:
         if not math.isfinite(args.replay_cache_mb) or not 0 < args.replay_cache_mb <= MAX_REPLAY_CACHE_MB:
             raise CliError(f"--replay-cache-mb must be in (0, {MAX_REPLAY_CACHE_MB}] MiB, got {args.replay_cache_mb}")
         cache["max_cached_bytes"] = max(1, int(args.replay_cache_mb * 2**20))
+    if not 1 <= args.action_horizon <= MAX_ACTION_HORIZON:  # 100000000 built a delta list for minutes, unrefused
+        raise CliError(f"--action-horizon must be a whole number of steps from 1 to {MAX_ACTION_HORIZON}, got "
+                       f"{args.action_horizon}")
     dataset_path = Path(args.dataset_path)
     if not dataset_path.is_dir():
         raise CliError(f"--dataset-path {dataset_path} is not a directory")
@@ -359,6 +362,40 @@ def _check_bind_host(host: str) -> None:
                        "of this machine, 0.0.0.0 or :: for all, or 127.0.0.1 for loopback only") from None
 
 
+def _check_bind_address(host: str, port: int) -> None:
+    """CliError for an IP --host that is not this machine's, or a --port in use, found by binding a plain socket there
+    (and closing it) before the model loads: ZeroMQ said so only after the load and warm-up (minutes for a 3B model).
+    Names are left to ZeroMQ; any other failure too (it says what it meets at its own bind)."""
+    import errno
+    import ipaddress
+    import socket
+
+    from gr00t_client.client import normalize_host
+
+    bare = normalize_host(host)
+    address = "0.0.0.0" if bare == "*" else bare
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
+    except ValueError:
+        return
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as ZeroMQ's listener: a TIME_WAIT port binds
+        probe.bind((address, port))
+        probe.listen(1)  # EADDRINUSE may come only here (another listener with SO_REUSEADDR)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise CliError(f"--port {port}: the port is in use on {host} (another server?); pass another --port, or "
+                           "stop the process holding it") from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise CliError(f"--host {host}: not an address of this machine; pass one of its addresses, 0.0.0.0 or :: "
+                           "for all, or 127.0.0.1 for loopback only") from None
+    finally:
+        probe.close()
+
+
+MAX_ACTION_HORIZON = 4096  # replay's derived chunk length: N1.7 checkpoints act 16-40 steps at a time
+
 LOW_OPEN_FILE_LIMIT = 1024  # below this many open files (after raising the soft limit to the hard one), serve warns
 
 
@@ -418,8 +455,12 @@ def _leave_now(code: int, run_exit_hooks: bool = False) -> None:
     if run_exit_hooks:
         atexit._run_exitfuncs()
     logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):  # None when the launcher closed it (`>&-`): a clean stop still exits 0
+        if stream is not None:
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a reader gone (EPIPE), a stream closed
+                pass
     os._exit(code)
 
 
@@ -480,6 +521,7 @@ def _start_server(args: argparse.Namespace) -> Any:
         except ImportError as exc:
             raise CliError(str(exc)) from exc
     if args.model_path:
+        _check_bind_address(args.host, args.port)  # before the load (minutes): a replay's load is quick, ZeroMQ says it
         # The tag as typed: Gr00tPolicy serves an exact checkpoint tag first, then a built-in tag by any spelling (the
         # enum first made an N1.6-era checkpoint tag 'libero_panda' serve libero_sim, as the Python API did not).
         policy = _model_policy(args, str(args.embodiment_tag).strip())

@@ -75,6 +75,9 @@ def _check_counts(args: argparse.Namespace) -> None:
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    seed = getattr(args, "seed", None)  # verify's: numpy's "expected non-negative integer" came after the load
+    if seed is not None and not 0 <= seed < 2**32:
+        raise ValueError(f"--seed must be a whole number from 0 to {2**32 - 1}, got {seed}")
     size = getattr(args, "image_size", None)
     if size is not None and not (16 <= min(size) and max(size) <= 4096):
         raise ValueError(f"--image-size takes HEIGHT WIDTH of the cameras' frames, each from 16 to 4096; got {size[0]} {size[1]}")
@@ -98,7 +101,12 @@ def run(args: argparse.Namespace) -> int:
 def _export_folder(output: Path) -> tuple[Path, list[Path]]:
     """The real folder behind --output (a symlink resolved, so staging lands on its filesystem), created; and the
     folders this created, innermost first (a failed export removes them again while they are empty)."""
-    folder = output.resolve()
+    try:
+        folder = output.resolve()
+    except RuntimeError as exc:  # Python < 3.13 raises this for a symlink loop (3.13: OSError, ELOOP)
+        raise ValueError(f"--output {output} is a symlink loop ({exc}); name a folder") from None
+    except OSError as exc:
+        raise ValueError(f"--output {output}: {exc.strerror or exc}") from exc
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"--output {output} is not a directory")
     created = [path for path in (folder, *folder.parents) if not path.exists()]
