@@ -27,6 +27,18 @@ def test_keygen_refuses_an_empty_directory_name(tmp_path, capsys, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_keygen_into_a_file_and_a_modality_config_that_is_a_folder_are_named_as_such(tmp_path, capsys):
+    # "[Errno 17] File exists" and "modality config file not found" of paths that are there
+    from eval.dataset_factory import make_dataset
+
+    (tmp_path / "afile").write_text("x")
+    assert main(["keygen", str(tmp_path / "afile")]) == 2
+    assert f"DIRECTORY {tmp_path / 'afile'} is a file, not a folder" in capsys.readouterr().err
+    assert main(["serve", "--dataset-path", str(make_dataset(tmp_path / "dataset", cameras=())),
+                 "--modality-config-path", str(tmp_path)]) == 2
+    assert f"modality config path {tmp_path} is a folder; expected a .json or .py file" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("extra, expected", [
     (["--port", "47111", "--metrics-port", "47111"], "--metrics-port 47111 is also --port"),
     (["--host", "not a host"], "--host not a host: not an IP address, and the name does not resolve"),

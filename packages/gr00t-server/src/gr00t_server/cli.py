@@ -575,6 +575,9 @@ def keygen(args: argparse.Namespace) -> int:
 
     if not str(args.directory).strip():  # '' is not the current folder by accident
         raise CliError(f"DIRECTORY must name a folder (use . for the current one), got {args.directory!r}")
+    folder = os.path.expanduser(str(args.directory))
+    if os.path.exists(folder) and not os.path.isdir(folder):  # it said "[Errno 17] File exists"
+        raise CliError(f"DIRECTORY {args.directory} is a file, not a folder: name a folder for the key pair")
     public_path, secret_path = generate_certificates(args.directory, args.name, overwrite=args.force)
     print(f"Public key:  {public_path}  (copy to peers: clients pass it as --server-public-key, servers keep "
           f"client keys in their --authorized-keys directory)")

@@ -130,6 +130,8 @@ def load_modality_config_path(path: Union[str, Path], tag: Optional[Union[Embodi
     """Load configs from a .json file ({modality: ModalityConfig fields}) or a .py file that calls
     register_modality_config. For a .py file registering several tags, `tag` picks one."""
     path = Path(path)
+    if path.is_dir():  # it said "not found" of a folder that is there
+        raise FileNotFoundError(f"modality config path {path} is a folder; expected a .json or .py file")
     if not path.is_file():
         raise FileNotFoundError(f"modality config file not found: {path}")
     if path.suffix == ".json":
