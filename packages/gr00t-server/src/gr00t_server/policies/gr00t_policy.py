@@ -56,6 +56,8 @@ from gr00t_server.processing.config import (EMBODIMENT_ID_NAME, PROCESSOR_CONFIG
 from gr00t_server.processing.processor import Gr00tN1d7Processor
 from gr00t_server.processing.text import IMAGE_PAD_TOKEN
 
+from .option_names import OptionNames
+
 logger = logging.getLogger(__name__)
 
 _POLICY_MODALITIES = ("video", "state", "action", "language")
@@ -227,8 +229,7 @@ class Gr00tPolicy(BasePolicy):
     ) -> None:
         super().__init__(strict=strict)
         self._timing = threading.local()
-        self._warned_options: set = set()  # unknown option names a lenient policy has warned about (once each)
-        self._capped_warning_at = -60.0  # past 64 sets of names: when the last such warning was given
+        self._option_names = OptionNames(logger)  # unknown option names: refused when strict, else warned once
         if isinstance(model_path, EmbodimentTag):  # positional (embodiment_tag, model_path) like the reference
             model_path, embodiment_tag = embodiment_tag, model_path
         if model_path is None or embodiment_tag is None:
@@ -500,21 +501,7 @@ class Gr00tPolicy(BasePolicy):
     ) -> Tuple[Optional[torch.Tensor], Optional[torch.Generator]]:
         """Initial flow noise from options (see module docstring); (None, None) means the global RNG."""
         options = {k: v for k, v in (options or {}).items() if not str(k).startswith("_")}
-        unknown = sorted(map(str, set(options) - _KNOWN_OPTIONS))
-        if unknown:  # a typo ("Seed", "denoise_steps") ran the defaults without a word
-            shown = [name if len(name) <= 60 else name[:60] + "..." for name in unknown[:8]]  # a client's text
-            message = (f"unknown options {shown}{f' and {len(unknown) - 8} more' if len(unknown) > 8 else ''}; "
-                       f"Gr00tPolicy takes {sorted(_KNOWN_OPTIONS)}")
-            if self.strict:
-                raise ValueError(message)
-            key = tuple(shown)
-            if key not in self._warned_options:  # once per set, not per call; past 64 sets, once a minute
-                if len(self._warned_options) < 64:
-                    self._warned_options.add(key)
-                    logger.warning("%s (ignored: strict=False; said once per set of names)", message)
-                elif time.monotonic() - self._capped_warning_at >= 60.0:
-                    self._capped_warning_at = time.monotonic()
-                    logger.warning("%s (ignored: strict=False; said once per set of names)", message)
+        self._option_names.check(options, _KNOWN_OPTIONS, self.strict, "options", "Gr00tPolicy")
         seed, noise = options.get("seed"), options.get("noise")
         if seed is not None and noise is not None:
             raise ValueError("options may contain 'seed' or 'noise', not both")

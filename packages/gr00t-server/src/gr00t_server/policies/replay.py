@@ -9,7 +9,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, AbstractSet, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from ..extras import require_lerobot_dataset
 from ..modality_configs import derive_from_dataset
 from ..serving.endpoints import RateLimitedLog
 from ..serving.sessions import SegmentedLRU
+from .option_names import OptionNames
 
 if TYPE_CHECKING:  # gr00t-eval comes with the `replay` extra, imported when a ReplayPolicy is made
     from gr00t_eval.dataset import LeRobotDataset
@@ -129,8 +130,7 @@ class ReplayPolicy(BasePolicy):
         # One line per forgotten session was 16 GB a day from one peer sending fresh session ids: 20 per 10 s, the
         # rest counted (as the server's refusals are)
         self._forgetting_log = RateLimitedLog(logger, level=logging.INFO)
-        self._warned_options: set = set()  # sets of unknown option names warned about (strict=False), up to 64
-        self._options_log = RateLimitedLog(logger)  # past those 64, rate-limited
+        self._option_names = OptionNames(logger)  # unknown option names: refused when strict, else warned once
         # Sessions this replay forgot for room (the last 4 * max_sessions): their get_action is refused until a reset,
         # not replayed from episode 0, step 0 (behind a server that holds more sessions than this, the robot was sent
         # the start of episode 0 without an error).
@@ -172,7 +172,7 @@ class ReplayPolicy(BasePolicy):
     def reset(self, options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         """Move the session to options["episode_index"] (int or one per row) and options["step_index"] (default 0)."""
         options = options or {}
-        self._check_option_names(options, _RESET_OPTIONS, "reset")
+        self._option_names.check(options, _RESET_OPTIONS, self.strict, "reset options", "ReplayPolicy's reset")
         session = _session_id(options)
         with self._lock:
             cursor = self._sessions.get(session) or _Cursor([0], [0])
@@ -200,7 +200,7 @@ class ReplayPolicy(BasePolicy):
 
     def _get_action(self, observation: Any, options: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         options = options or {}
-        self._check_option_names(options, _GET_ACTION_OPTIONS, "get_action")
+        self._option_names.check(options, _GET_ACTION_OPTIONS, self.strict, "get_action options", "ReplayPolicy's get_action")
         session = _session_id(options)
         batch = nested_batch_size(observation)
         if options.get("batch_size") is not None:
@@ -240,25 +240,6 @@ class ReplayPolicy(BasePolicy):
         return action, info
 
     # -- helpers ----------------------------------------------------------------------------------
-    def _check_option_names(self, options: Mapping[Any, Any], known: AbstractSet[str], call: str) -> None:
-        """ValueError naming unknown option names (strict), else a warning once per set of names; names starting
-        with "_" are the server's (the session id)."""
-        unknown = sorted(str(name)[:60] for name in options if not str(name).startswith("_") and name not in known)
-        if not unknown:
-            return
-        message = (f"unknown {call} options {unknown[:8]}{f' and {len(unknown) - 8} more' if len(unknown) > 8 else ''}"
-                   f"; ReplayPolicy's {call} takes {sorted(known)}")
-        if self.strict:
-            raise ValueError(message)
-        key = (call, tuple(unknown[:8]))
-        if key in self._warned_options:
-            return
-        if len(self._warned_options) < 64:
-            self._warned_options.add(key)
-            logger.warning("%s (ignored: strict=False; said once per set of names)", message)
-        else:  # a peer sending fresh names: rate-limited, not a line per call
-            self._options_log.warning("%s (ignored: strict=False)", message)
-
     def _keep(self, session: str, cursor: _Cursor) -> None:
         """Store a session's cursor as used now; forget, over max_sessions, the least recently used (of the sessions
         used only once, first: SegmentedLRU)."""
