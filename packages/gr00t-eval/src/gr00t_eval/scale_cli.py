@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from gr00t_client.cli_flags import flag as _flag
 
@@ -404,15 +404,22 @@ def _release_unstarted_run(output_dir: Path, shard: Any) -> None:
         logger.debug("could not release %s: %s", output_dir, exc)
 
 
-def _storage_failure(exc: OSError, output_dir: Path, shard: Any) -> str:
-    """The one line for a run stopped by a full disk: the file, what is kept, and the command that continues."""
-    from .run_dir import EpisodeLog, episode_log_name, resume_command
+def _kept_episodes(output_dir: Path, shard: Any) -> Tuple[Path, int]:
+    """The run's episode log and how many episodes it keeps (0 when it cannot be read)."""
+    from .run_dir import EpisodeLog, episode_log_name
 
     log = output_dir / episode_log_name(shard)
     try:
-        kept = len(EpisodeLog(log).read())
+        return log, len(EpisodeLog(log).read())
     except (OSError, ValueError):
-        kept = 0
+        return log, 0
+
+
+def _storage_failure(exc: OSError, output_dir: Path, shard: Any) -> str:
+    """The one line for a run stopped by a full disk: the file, what is kept, and the command that continues."""
+    from .run_dir import resume_command
+
+    log, kept = _kept_episodes(output_dir, shard)
     where = f" writing {exc.filename}" if exc.filename else ""
     return (f"error: {exc.strerror or exc}{where}: the run stopped there; the {kept} episodes scored before it are kept "
             f"in {log}. Free some space, then continue with: {resume_command(output_dir, shard)} and the same server "
@@ -421,13 +428,9 @@ def _storage_failure(exc: OSError, output_dir: Path, shard: Any) -> str:
 
 def _summary_storage_failure(exc: OSError, files: List[Path], output_dir: Path, shard: Any) -> str:
     """The one line for a run whose episodes were all saved but whose results files could not be written."""
-    from .run_dir import EpisodeLog, episode_log_name, resume_command
+    from .run_dir import resume_command
 
-    log = output_dir / episode_log_name(shard)
-    try:
-        kept = len(EpisodeLog(log).read())
-    except (OSError, ValueError):
-        kept = 0
+    log, kept = _kept_episodes(output_dir, shard)
     names = " and ".join(p.name for p in files)
     where = f" writing {exc.filename}" if exc.filename else ""
     were, left = ("were", "any from an earlier attempt are left as they were") if len(files) > 1 else \
