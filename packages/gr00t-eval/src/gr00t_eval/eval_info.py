@@ -9,8 +9,7 @@ reported beside, in `n_errors` and `errored_episodes`, together with the run's `
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Dict, List, Mapping, Union
+from typing import Any, Dict, List, Mapping
 
 EVAL_INFO_FILENAME = "eval_info.json"
 
@@ -72,10 +71,3 @@ def lerobot_eval_info(results: Mapping[str, Any]) -> Dict[str, Any]:
         "errored_episodes": [{"episode_ix": e["episode_index"], "task": e.get("task"), "seed": e["seed"], "error": e["error"]}
                              for e in episodes if e.get("error")],
     }
-
-
-def write_eval_info(path: Union[str, Path], results: Mapping[str, Any]) -> Path:
-    """Write eval_info.json for `results`; return its path."""
-    from .results import write_results
-
-    return write_results(path, lerobot_eval_info(results))
