@@ -137,13 +137,15 @@ def test_a_dead_runs_claim_of_another_command_is_content_as_before(command, kind
 
 @pytest.mark.parametrize("command,kind", [("rollout", "open-loop"), ("rollout", "batch"), ("batch", "open-loop"),
                                           ("batch", "rollout")])
-def test_overwrite_empties_the_folder_of_a_dead_run_of_another_command(command, kind, dataset, tmp_path):
+def test_overwrite_empties_the_folder_of_a_dead_run_of_another_command(command, kind, dataset, tmp_path, caplog):
     out = folder_of(kind, tmp_path / "out", ended_pid())
-    with policy_server() as server:
+    with policy_server() as server, caplog.at_level("WARNING", logger="gr00t_eval.run_claim"):
         assert run_cli([*command_args(command, out, dataset, tmp_path, server.port), "--overwrite"]) == 0
     claim, written = KINDS[kind]
     assert not (out / claim).exists() and not (out / written).exists()
     assert (out / KINDS[command][0]).is_file()
+    stale = [r for r in caplog.records if "claimed by a run that ended without finishing" in r.getMessage()]
+    assert len(stale) == 1  # said once, however many of the command's checks met the stale claim
 
 
 def test_overwrite_empties_the_folder_of_a_finished_run_of_another_command(dataset, tmp_path):

@@ -17,13 +17,14 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from .run_dir import RUN_FILENAME, OutputDirError, remove_quietly, shard_files
 
 logger = logging.getLogger(__name__)
 
 CLAIM_KEY = "claim"  # the claim file's holder record; the run's settings sit beside it
+_STALE_CLAIMS_TOLD: Set[Tuple[str, str]] = set()  # (claim file, holder) a stale-claim warning was given for
 # The claim file of each gr00t-eval command: rollout's run file (a shard's run_shardIofN.json too), open-loop's
 # (cli.OPEN_LOOP_RUN_FILENAME), batch's (scale_cli.BATCH_CLAIM_FILENAME) and record's (record.RECORD_CLAIM). Every
 # command refuses a folder holding a live claim of any of them (refuse_live_claims), not only its own kind's: a
@@ -219,7 +220,11 @@ def refuse_live_claim(directory: Union[str, Path], filename: str, flag: str = "-
                              f"({holder.describe()}, in {filename}). Wait for it to end or name another directory"
                              + (f" (this host cannot check a process safely: once it has ended, delete {claim})"
                                 if os.name == "nt" else ""))
-    logger.warning("%s was claimed by a run that ended without finishing (%s; that process is gone)", directory, holder.describe())
+    said = (str(claim), holder.describe())
+    if said not in _STALE_CLAIMS_TOLD:  # a command's checks meet the same stale claim two or three times
+        _STALE_CLAIMS_TOLD.add(said)
+        logger.warning("%s was claimed by a run that ended without finishing (%s; that process is gone)", directory,
+                       holder.describe())
     return holder
 
 
