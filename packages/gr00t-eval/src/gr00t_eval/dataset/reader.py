@@ -79,7 +79,7 @@ class LeRobotDataset:
         # width is refused when read, as LeRobot's schema refuses it at load (modality.json's slices of it would cut
         # the wrong values).
         self._declared_widths: Dict[str, int] = {
-            key: int(feature["shape"][0]) for key, feature in (features or {}).items()
+            key: int(feature["shape"][0]) for key, feature in features.items()
             if isinstance(feature, dict) and isinstance(feature.get("shape"), list) and len(feature["shape"]) == 1
             and isinstance(feature["shape"][0], int) and not isinstance(feature["shape"][0], bool)
         } if isinstance(features, dict) else {}

@@ -203,14 +203,14 @@ class ReplayPolicy(BasePolicy):
         self._option_names.check(options, _GET_ACTION_OPTIONS, self.strict, "get_action options", "ReplayPolicy's get_action")
         session = _session_id(options)
         batch = nested_batch_size(observation)
+        if batch is not None:  # checked before the session is touched: a bad request never breaks it
+            batch = self._check_batch_size(batch)
         if options.get("batch_size") is not None:
             asked = self._check_batch_size(options["batch_size"])
             if batch is not None and batch != asked:
                 raise ValueError(f"options['batch_size'] is {asked} but the observation has batch size {batch}; send "
                                  "one of them, or both the same")
             batch = asked
-        if batch is not None:  # checked before the session is touched: a bad request never breaks it
-            batch = self._check_batch_size(batch)
         with self._lock:
             cursor = self._sessions.get(session)
             if cursor is None and session in self._forgotten:
