@@ -7,6 +7,7 @@ it was; a finished or dead run's claim of another kind is handled as before. A l
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -156,3 +157,42 @@ def test_overwrite_empties_the_folder_of_a_finished_run_of_another_command(datas
     with policy_server() as server:
         assert run_cli([*command_args("rollout", out, dataset, tmp_path, server.port), "--overwrite"]) == 0
     assert not (out / OPEN_LOOP_RUN_FILENAME).exists() and (out / "results.json").is_file()
+
+
+@pytest.fixture(scope="module")
+def shard_folder(tmp_path_factory):
+    """A split run's folder: both shards of walkto/fast done, ready to merge."""
+    split = tmp_path_factory.mktemp("split") / "split"
+    with policy_server() as server:
+        for index in range(2):
+            assert run_cli([*command_args("rollout", split, None, None, server.port), "--shard", f"{index}/2"]) == 0
+    return split
+
+
+@pytest.mark.parametrize("extra", [[], ["--overwrite"]], ids=["plain", "overwrite"])
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_a_merge_into_the_folder_of_a_live_run_is_refused_and_leaves_it_as_it_was(kind, extra, shard_folder, tmp_path,
+                                                                                  capsys, live_process):
+    """merge had no check of its own: `merge split --output DIR/merged.json` beside a running open-loop, batch,
+    record or rollout wrote its results and eval_info.json there (the run's would later replace them, or the merge
+    the run's, depending on who wrote last)."""
+    out = folder_of(kind, tmp_path / "out", live_process.pid)
+    before = contents(out)
+    assert run_cli(["merge", str(shard_folder), "--output", str(out / "merged.json"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert "--output" in err and IN_USE.format(pid=live_process.pid) in err, err
+    assert contents(out) == before
+
+
+def test_a_merge_into_the_folder_of_its_live_shards_or_a_dead_run_goes_ahead(shard_folder, tmp_path, live_process):
+    folder = tmp_path / "split"
+    folder.mkdir()
+    for name in os.listdir(shard_folder):
+        (folder / name).write_bytes((shard_folder / name).read_bytes())
+    claim_by(folder, live_process.pid, "run_shard1of2.json")  # a shard still running (resumed, say): no obstacle
+    assert run_cli(["merge", str(folder), "--output", str(folder / "merged.json")]) == 0
+    assert json.loads((folder / "merged.json").read_text())["overall"]["n_episodes"] == 2
+
+    dead = folder_of("open-loop", tmp_path / "dead", ended_pid())
+    assert run_cli(["merge", str(shard_folder), "--output", str(dead / "merged.json")]) == 0
+    assert (dead / "merged.json").is_file()

@@ -849,6 +849,18 @@ def _unfinished_shards_hint(paths: List[str]) -> str:
     return "; " + "; ".join(unfinished) if unfinished else ""
 
 
+def _refuse_live_runs_beside(output: Path) -> None:
+    """Refuse, --overwrite or not, a merge --output in a folder where a run other than a shard is still running: an
+    open-loop, batch, record or whole rollout there would write its own results.json or eval_info.json over the
+    merge's (or the merge over its). Live shards may share the folder: they write results_shard*.json only."""
+    from .run_claim import refuse_live_claims
+    from .run_dir import shard_files
+
+    folder = output.parent
+    if folder.is_dir():
+        refuse_live_claims(folder, flag="--output", skip=[name for name in shard_files(folder) if name.startswith("run_")])
+
+
 def _check_merge_output(output: Path, overwrite: bool) -> None:
     """Refuse an --output whose writing would destroy a run's own results: an existing file that is not an earlier
     merge's output, or a file in a whole run's --output-dir (the merge's eval_info.json would replace the run's)."""
@@ -887,6 +899,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     if output.is_dir() or args.output.endswith("/"):
         output = output / RESULTS_FILENAME
     files = _results_files(args.results, output)
+    _refuse_live_runs_beside(output)
     _check_merge_output(output, args.overwrite)
     try:
         merged = merge_results([_read_results_file(f) for f in files], allow_missing=args.allow_missing,
