@@ -270,14 +270,32 @@ def _check_rollout_args(args: argparse.Namespace) -> None:
     if args.max_episodes_rendered is not None and args.max_episodes_rendered < 0:
         raise UsageError(f"--max-episodes-rendered must be >= 0, got {args.max_episodes_rendered}")
     env_timeout_from_args(args)  # before the output directory is made, as every setting no run can use
+    _check_env_names(args.env_name)  # a bad env name fails before any connection is made
+
+
+def _check_env_names(env_spec: str, resumed: Optional[Path] = None, saved: Optional[Mapping[str, Any]] = None) -> None:
+    """UsageError naming an env name (or suite) of `env_spec` that no registered prefix makes. For a resume (of
+    `resumed`, whose run file is `saved`), checked before anything runs: without the --env-import/--env-prefix/
+    --env-adapter flags its run was started with, every task failed and an interrupted run was rewritten as
+    incomplete."""
+    from .cli_errors import UsageError
+    from .rollout.envs import check_env_name
+    from .suites import resolve_tasks
+
     try:
-        for task in resolve_tasks(args.env_name)[0]:  # a bad env name fails before any connection is made
+        for task in resolve_tasks(env_spec)[0]:
             try:
                 check_env_name(task.env_name)
             except ValueError as exc:
                 raise ValueError(f"{exc}{_suite_hint(task.env_name)}") from None
     except (ValueError, KeyError) as exc:
-        raise UsageError(str(exc).strip("\"'") if isinstance(exc, KeyError) else str(exc)) from None
+        message = str(exc).strip("\"'") if isinstance(exc, KeyError) else str(exc)
+        if resumed is None:
+            raise UsageError(message) from None
+        started = _recorded_registration_flags(saved or {})
+        how = (f"this run was started with{started}: resume it with those flags too" if started else
+               "resume it with the --env-import/--env-prefix/--env-adapter flags the run was started with")
+        raise UsageError(f"--resume {resumed}: {message}; {how}") from None
 
 
 def _suite_hint(name: str) -> str:
@@ -325,6 +343,7 @@ def run_rollout_command(args: argparse.Namespace) -> int:
         saved = read_run_file(output_dir, shard)
         refuse_changed_settings(args, saved)
         env_spec = saved["env_name"]
+        _check_env_names(env_spec, output_dir, saved)
         config = _saved_rollout_config(saved, output_dir, shard)
         if _default_video_dir(saved, output_dir):  # OUTPUT_DIR/videos of the directory resumed, wherever it now is
             config = dataclasses.replace(config, video_dir=str(Path(os.path.abspath(output_dir)) / "videos"))
@@ -348,7 +367,8 @@ def run_rollout_command(args: argparse.Namespace) -> int:
             made["config"] = rollout_config_from_args(args, seed, path)
             write_run_file(path, {"env_name": env_spec, "config": dataclasses.asdict(made["config"]),
                                   "shard": None if shard is None else str(shard),
-                                  "default_video_dir": not args.no_video and not args.video_dir}, shard)
+                                  "default_video_dir": not args.no_video and not args.video_dir,
+                                  "registrations": _registrations(args)}, shard)
 
         output_dir = _rollout_output_dir(args, env_spec, shard, claim)
         config = made["config"]
@@ -496,14 +516,36 @@ def _report_rollout(args: argparse.Namespace, results: Dict[str, Any], output_di
     return _errors_exit(n_errors, bool(finished), args.allow_errors)
 
 
+def _registrations(args: argparse.Namespace) -> Dict[str, Any]:
+    """The run's --env-import/--env-prefix/--env-adapter values, as its run file records them."""
+    return {"env_import": list(getattr(args, "env_import", None) or []),
+            "env_prefix": [list(pair) for pair in getattr(args, "env_prefix", None) or []],
+            "env_adapter": [list(pair) for pair in getattr(args, "env_adapter", None) or []]}
+
+
 def _registration_flags(args: argparse.Namespace) -> str:
     """The run's --env-import/--env-prefix/--env-adapter flags, as a resume needs them again (its printed command
-    without them failed with "unknown prefix", and rewrote an interrupted run's results as incomplete)."""
+    without them failed with "unknown prefix")."""
+    return _flags_of(_registrations(args))
+
+
+def _recorded_registration_flags(saved: Mapping[str, Any]) -> str:
+    """The registration flags a run file recorded ('' for none, or a run file from before they were recorded)."""
+    recorded = saved.get("registrations")
+    if not isinstance(recorded, dict):
+        return ""
+    try:
+        return _flags_of(recorded)
+    except (TypeError, ValueError):  # a hand-edited run file: the generic advice instead
+        return ""
+
+
+def _flags_of(registrations: Mapping[str, Any]) -> str:
     import shlex
 
-    flags = [f" --env-import {shlex.quote(module)}" for module in getattr(args, "env_import", None) or []]
-    for flag, pairs in (("--env-prefix", "env_prefix"), ("--env-adapter", "env_adapter")):
-        flags += [f" {flag} {shlex.quote(f'{key}={value}')}" for key, value in getattr(args, pairs, None) or []]
+    flags = [f" --env-import {shlex.quote(str(module))}" for module in registrations.get("env_import") or []]
+    for flag, name in (("--env-prefix", "env_prefix"), ("--env-adapter", "env_adapter")):
+        flags += [f" {flag} {shlex.quote(f'{key}={value}')}" for key, value in registrations.get(name) or []]
     return "".join(flags)
 
 
@@ -560,9 +602,7 @@ def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done:
                                    args.timeout_ms, args.ray_cpus_per_shard, curve_keys=connection.portable_keys(args),
                                    done=done, on_episode=lambda outcome: log.append(outcome.to_json_dict()),
                                    policy=policy if policy is not None else first_policy,
-                                   registrations={"env_import": list(args.env_import),
-                                                  "env_prefix": list(args.env_prefix),
-                                                  "env_adapter": list(args.env_adapter)})
+                                   registrations=_registrations(args))
         results["policy"] = policy if policy is not None else first_policy
         results["episode_log"] = str(log.path)
         return results

@@ -1,0 +1,63 @@
+"""A resume without the --env-import/--env-prefix/--env-adapter flags its run was started with ran anyway: every
+task failed with "unknown prefix", exit 1, and an interrupted run's results.json and eval_info.json were rewritten
+as "incomplete" with a failed task. The run file now records the flags, and such a resume is refused before
+anything runs, naming the flags to add; with them it completes. Real CLI processes against a loopback server."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+
+from eval.scale_fixtures import policy_server
+from test_run_outputs import SMALL, SlowPolicy, _eval_process, _wait_for_episodes
+
+# walkto's adapter under a prefix registered only by these flags (eval.scale_fixtures registers "walkto" itself)
+FLAGS = ["--env-prefix", "fleeting=new_embodiment", "--env-adapter", "fleeting=eval.scale_fixtures:make_walkto_env"]
+
+
+def finished(process, timeout=120):
+    output, _ = process.communicate(timeout=timeout)
+    return process.returncode, output
+
+
+@pytest.mark.slow
+def test_a_resume_without_the_runs_env_registrations_is_refused_naming_them_and_changes_nothing(tmp_path):
+    out = tmp_path / "run"
+    with policy_server(SlowPolicy()) as server:
+        server_flags = ["--policy-client-port", str(server.port), "--timeout-ms", "5000"]
+        first = _eval_process(["rollout", "--env-name", "fleeting/slow", "--n-episodes", "6", "--seed", "3", *SMALL,
+                               *server_flags, "--output-dir", str(out), *FLAGS])
+        _wait_for_episodes(out / "episodes.jsonl", 2, first)
+        first.send_signal(signal.SIGINT)
+        assert finished(first)[0] == 130
+        saved = {name: (out / name).read_bytes() for name in ("results.json", "eval_info.json", "episodes.jsonl")}
+        assert json.loads(saved["results.json"])["status"] == "interrupted"
+        assert json.loads((out / "run.json").read_text())["registrations"] == {
+            "env_import": [], "env_prefix": [["fleeting", "new_embodiment"]],
+            "env_adapter": [["fleeting", "eval.scale_fixtures:make_walkto_env"]]}
+
+        code, output = finished(_eval_process(["rollout", "--resume", str(out), *server_flags]))
+        assert code == 2, output
+        assert f"--resume {out}: env name 'fleeting/slow': unknown prefix 'fleeting'" in output
+        assert (f"this run was started with {' '.join(FLAGS)}: resume it with those flags too") in output
+        assert {name: (out / name).read_bytes() for name in saved} == saved
+
+        code, output = finished(_eval_process(["rollout", "--resume", str(out), *server_flags, *FLAGS]))
+    assert code == 0, output
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "complete" and results["overall"]["n_episodes"] == 6
+    assert not results["failed_tasks"]
+
+
+def test_a_run_file_from_before_registrations_were_recorded_gets_the_generic_advice(tmp_path, capsys):
+    from gr00t_eval import cli
+
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"env_name": "fleeting2/slow", "config": {"env_name": "fleeting2/slow", "n_episodes": 2, "seed": 1}}))
+    assert cli.main(["rollout", "--resume", str(out), "--policy-client-port", "9"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown prefix 'fleeting2'" in err
+    assert "resume it with the --env-import/--env-prefix/--env-adapter flags the run was started with" in err
