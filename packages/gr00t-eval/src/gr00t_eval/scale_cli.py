@@ -134,8 +134,9 @@ def _rollout_output_dir(args: argparse.Namespace, label: str, shard: Any, claim:
         if path is not None:
             check_output_dir(path, overwrite=args.overwrite, own_files=own, keep=keep)
         earlier_videos = []
-        if shard is None and args.video_dir and not args.no_video:
-            earlier_videos = _check_video_dir(Path(args.video_dir), path, args.overwrite)
+        if args.video_dir and not args.no_video:
+            earlier_videos = (_check_video_dir(Path(args.video_dir), path, args.overwrite) if shard is None else
+                              _check_shard_video_dir(Path(args.video_dir), path, args.overwrite, args, shard))
         videos = Path(args.video_dir) if args.video_dir and not args.no_video else None
         inside = videos is not None and path is not None and _within(videos, path)
         if videos is not None and not inside:  # before the claim: a refused folder leaves no run file behind
@@ -175,7 +176,7 @@ def _check_video_dir(video_dir: Path, output_dir: Optional[Path], overwrite: boo
     Only files this tool writes there count: episode videos (episode_0007_success.mp4, also in a task's folder).
     They are refused unless --overwrite, so videos of two runs never sit side by side under the same names;
     other files (a shared videos folder) neither block the run nor are ever deleted. Shards of one plan share
-    their videos folder (each writes its own episodes), so they skip this check.
+    their videos folder (each writes its own episodes): they are checked by _check_shard_video_dir.
     """
     from .cli_errors import UsageError
     from .video import episode_videos
@@ -193,6 +194,43 @@ def _check_video_dir(video_dir: Path, output_dir: Optional[Path], overwrite: boo
                          "--overwrite to delete those (only episode_*_success/failure.mp4 files; nothing else there is "
                          "touched) or name a new directory, so videos of two runs never mix")
     return earlier
+
+
+def _check_shard_video_dir(video_dir: Path, output_dir: Optional[Path], overwrite: bool, args: argparse.Namespace,
+                           shard: Any) -> List[Path]:
+    """_check_video_dir for a shard: the shards of one plan share a --video-dir, each writing the videos of its own
+    slice, so only videos at the names this shard writes count (its episodes of each task): they are another run's (a
+    shard of another plan, or of an earlier run), which this shard would overwrite, or delete on the other outcome.
+    Refused unless --overwrite; returns those --overwrite deletes."""
+    from .cli_errors import UsageError
+    from .shard import shard_ranges
+    from .suites import resolve_tasks, task_video_dir
+    from .video import EPISODE_VIDEO_NAME
+
+    if output_dir is not None and _within(video_dir, output_dir):
+        return []  # covered by the output directory's own check
+    if video_dir.exists() and not video_dir.is_dir():
+        raise UsageError(f"--video-dir {video_dir} exists and is not a directory")
+    tasks = resolve_tasks(args.env_name)[0]
+    ranges = shard_ranges(tasks, args.n_episodes, shard)
+    clashing: List[Path] = []
+    for task in tasks:
+        episodes = ranges.get(task.env_name)
+        folder = Path(task_video_dir(str(video_dir), task.env_name, len(tasks) > 1))
+        if not episodes or not folder.is_dir() or (output_dir is not None and _within(folder, output_dir)):
+            continue
+        for path in sorted(folder.iterdir()):
+            name = EPISODE_VIDEO_NAME.fullmatch(path.name)
+            if name is not None and int(name.group("index")) in episodes and (path.is_file() or path.is_symlink()):
+                clashing.append(path)
+    if clashing and not overwrite:
+        shown = ", ".join(str(p.relative_to(video_dir)) for p in clashing[:3]) + (
+            f" and {len(clashing) - 3} more" if len(clashing) > 3 else "")
+        raise UsageError(f"--video-dir {video_dir} already holds videos of the episodes shard {shard} runs ({shown}): "
+                         "another run's (a shard of another plan, or an earlier run), which this shard would overwrite "
+                         "or delete; pass --overwrite to delete those (only this shard's episode videos; nothing else "
+                         "there is touched) or name a new directory, so videos of two runs never mix")
+    return clashing
 
 
 def _check_writable(folder: Path) -> None:

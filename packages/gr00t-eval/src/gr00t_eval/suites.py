@@ -168,6 +168,12 @@ class SuiteRun:
     stop_reason: Optional[str] = None
 
 
+def task_video_dir(video_dir: str, env_name: str, several_tasks: bool) -> str:
+    """Where a task's episode videos go: `video_dir` itself, or its folder of the task when the run has several
+    (the videos are named by the task's episode index: episode_0003_success.mp4)."""
+    return os.path.join(video_dir, env_name.replace("/", "__")) if several_tasks else video_dir
+
+
 def run_task(policy: BasePolicy, task: Task, config: RolloutConfig, episodes: Optional[range] = None, progress: bool = False,
              on_episode: Optional[Callable[[EpisodeOutcome], None]] = None, done: Sequence[EpisodeOutcome] = (),
              run: Optional[TaskRun] = None, video_subdir: bool = True) -> TaskRun:
@@ -184,9 +190,7 @@ def run_task(policy: BasePolicy, task: Task, config: RolloutConfig, episodes: Op
     if not todo:
         return run
     n_envs = config.n_envs if config.n_envs > 0 else auto_n_envs(len(todo))
-    video_dir = config.video_dir
-    if video_dir and video_subdir:  # one folder per task, since the wrapper names videos by the task's episode index
-        video_dir = os.path.join(video_dir, task.env_name.replace("/", "__"))
+    video_dir = task_video_dir(config.video_dir, task.env_name, video_subdir) if config.video_dir else config.video_dir
     task_config = dataclasses.replace(  # episode i of the task keeps seed + i and replay episode i in any slice
         config, env_name=task.env_name, n_episodes=len(episodes), n_envs=n_envs, video_dir=video_dir,
         first_episode=episodes.start,

@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 CAPTION_HEIGHT = 48
 # A rollout episode's video: episode_<index, 4+ digits>_<success|failure>.mp4 (episode_video_name).
-EPISODE_VIDEO_NAME = re.compile(r"episode_[0-9]{4,}_(success|failure)\.mp4")
+EPISODE_VIDEO_NAME = re.compile(r"episode_(?P<index>[0-9]{4,})_(?P<outcome>success|failure)\.mp4")
 
 
 def episode_video_name(episode_index: int, success: bool) -> str:
@@ -129,8 +129,8 @@ class EpisodeVideoRecorder:
         # other way: its video would stand beside this one, telling another outcome.
         episode = EPISODE_VIDEO_NAME.fullmatch(path.name)
         if episode is not None:
-            other = "failure" if episode.group(1) == "success" else "success"
-            path.with_name(f"{path.name[:episode.start(1)]}{other}.mp4").unlink(missing_ok=True)
+            other = "failure" if episode.group("outcome") == "success" else "success"
+            path.with_name(f"{path.name[:episode.start('outcome')]}{other}.mp4").unlink(missing_ok=True)
         self.start()
         return str(path)
 

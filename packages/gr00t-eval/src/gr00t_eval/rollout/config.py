@@ -56,7 +56,8 @@ class RolloutConfig:
     chunk_merge: str = "newest"  # how an async prefetched chunk merges with the buffered steps (MERGE_RULES)
     # async only: send the buffered steps as options["rtc"] so the server pins the new chunk's first k steps to them
     rtc_frozen_steps: Optional[int] = None
-    # Videos only of episodes first_episode .. first_episode + max_episodes_rendered - 1 (None: all), like lerobot-eval.
+    # Videos only of the task's episodes 0 .. max_episodes_rendered - 1 (None: all), like lerobot-eval; a slice starting
+    # at first_episode (a shard) renders those of them it runs, so a split run renders what a single run would.
     max_episodes_rendered: Optional[int] = None
     # Seconds an env in a subprocess may take for one reset or step before the run stops (a hung simulator);
     # None: wait for ever. Envs run in-process (one env, vectorization "sync") cannot be timed out.

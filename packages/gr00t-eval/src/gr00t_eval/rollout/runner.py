@@ -109,7 +109,8 @@ def _build_env(factory: EnvFactory, row: int, n_action_steps: int, max_episode_s
 def make_vector_env(config: RolloutConfig, spec: HorizonSpec, n_envs: int) -> gym.vector.VectorEnv:
     """n_envs MultiStepWrapper'd envs with autoreset disabled (the runner resets rows itself)."""
     factory = env_factory(config.env_name, **config.env_kwargs)
-    render_below = None if config.max_episodes_rendered is None else config.first_episode + config.max_episodes_rendered
+    # the first N episodes of the task, whatever slice this runner runs: N per task however many shards there are
+    render_below = config.max_episodes_rendered
     fns = [
         functools.partial(_build_env, factory, row, config.env_steps_per_call, config.max_episode_steps,
                           tuple(spec.video_delta_indices), tuple(spec.state_delta_indices), config.terminate_on_success,
