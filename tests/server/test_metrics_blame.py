@@ -64,7 +64,7 @@ def test_the_shutdown_totals_show_expired_requests_among_the_errors(caplog):
             server.stats.add("errors", 2)
             server.stats.add("expired", 2)
     assert "stopped after 3 requests: 2 errors (0 internal; 0 over queue or connection limits; 2 expired), 0 late, " \
-           "0 policy calls" in caplog.text
+           "0 undelivered, 0 policy calls" in caplog.text
 
 
 def test_endpoint_names_a_client_chooses_cannot_spend_the_refusal_log_kinds(caplog):

@@ -10,6 +10,7 @@ import threading
 import time
 
 import numpy as np
+import zmq
 import pytest
 
 from gr00t_client import BasePolicy, PolicyClient, PolicyServerError
@@ -228,3 +229,26 @@ def test_bad_queued_budgets_are_refused_by_serve(tmp_path):
                                flag, value], capture_output=True, text=True, timeout=60)
         assert done.returncode == 2, done.stderr
         assert f"{flag} must be a finite number of MiB > 0, got" in done.stderr
+
+
+def test_a_reply_whose_reference_client_gave_up_is_counted_undelivered_not_ok():
+    """A reference client sends no deadline; on its timeout it closes its REQ socket and opens another (the upstream
+    PolicyClient's lazy-pirate path). The replies it never received were counted `ok`: a timeout storm of reference
+    clients read as 100% success. ZeroMQ now reports the vanished peer (ROUTER_MANDATORY), and they are counted
+    `undelivered`, beside the `ok` of a client that waited."""
+    from reference_peer import ReferenceClient
+
+    policy = FaultyPolicy()
+    with running_server(policy, metrics_port=0, inline_below_ms=0) as server:
+        for _ in range(3):
+            with ReferenceClient(server.port, timeout_ms=50) as impatient:
+                with pytest.raises(zmq.Again):
+                    impatient.get_action(observation(5))  # the policy sleeps 0.5 s; it gives up after 50 ms
+        with PolicyClient(port=server.port, timeout_ms=30000) as patient:
+            patient.get_action(observation(0))  # queued behind the three abandoned calls: it ran after them
+            stats = patient.get_server_info()["stats"]
+        samples = scrape(server)
+    assert policy.calls == 4
+    assert stats["undelivered"] == 3 and stats["late"] == 0 and stats["errors"] == 0
+    assert requests_count(samples, "get_action", "undelivered") == 3
+    assert requests_count(samples, "get_action", "ok") == 1

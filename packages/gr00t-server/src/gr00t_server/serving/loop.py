@@ -491,13 +491,15 @@ class RequestLoop:
 
     def _send(self, request: Request, frames: List[Any]) -> None:
         self._release_admission(request)
+        transport = self._server._transport
+        delivered = transport.send(request.routing, frames, request.peer) if transport is not None else True
         if request.outcome == "ok" and request.expired():
             request.outcome = "late"  # its client had given up: the work was for nobody, not a success
             self._server.stats.add("late")
+        elif request.outcome == "ok" and not delivered:
+            request.outcome = "undelivered"  # its client had gone (no deadline said so: a reference client's timeout)
+            self._server.stats.add("undelivered")
         self._server._metrics.request_done(request.endpoint, request.outcome)
-        transport = self._server._transport
-        if transport is not None:
-            transport.send(request.routing, frames, request.peer)
 
     def reply_error(self, request: Request, exc: BaseException) -> None:
         """Answer `request` with a bounded error for `exc`."""

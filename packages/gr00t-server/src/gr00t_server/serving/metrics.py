@@ -37,7 +37,7 @@ class NullMetrics:
     port: Optional[int] = None
 
     def request_done(self, endpoint: str, outcome: str) -> None:
-        """A request was answered with `outcome`: ok, late, error, refused, expired or internal_error."""
+        """A request was answered with `outcome`: ok, late, undelivered, error, refused, expired or internal_error."""
 
     def observe_stages(self, timing: Dict[str, Any]) -> None:
         """One get_action's stage times, as server_timing names them ({stage}_ms)."""

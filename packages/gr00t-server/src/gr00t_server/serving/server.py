@@ -517,9 +517,9 @@ class PolicyServer:
                 self._runner.flush_logs()
                 totals = self.stats.snapshot()
                 logger.info("stopped after %d requests: %d errors (%d internal; %d over queue or connection limits; "
-                            "%d expired), %d late, %d policy calls",
+                            "%d expired), %d late, %d undelivered, %d policy calls",
                             totals["requests"], totals["errors"], totals["internal_errors"], totals["refused"],
-                            totals["expired"], totals["late"], totals["policy_calls"])
+                            totals["expired"], totals["late"], totals["undelivered"], totals["policy_calls"])
                 with self._lifecycle:
                     self._running = False
                     self._worker = None

@@ -10,13 +10,15 @@ from typing import Any, Dict
 
 @dataclass
 class ServerStats:
-    """Requests, errors, refusals, expired and late requests, evicted sessions and the sizes of the policy batches run."""
+    """Requests, errors, refusals, expired, late and undelivered requests, evicted sessions and the sizes of the policy
+    batches run."""
 
     requests: int = 0
     errors: int = 0
     refused: int = 0  # over a queue or connection budget, the server's or a connection's (also counted in errors)
     expired: int = 0  # dropped before the policy because the client's deadline had passed (also counted in errors)
     late: int = 0  # served, but after the client's deadline: the client had given up (not counted as an error)
+    undelivered: int = 0  # served, but its client's connection was gone (or not reading) when the reply was sent
     internal_errors: int = 0
     sessions_evicted: int = 0
     policy_calls: int = 0  # calls that ran the policy: returned, or failed inside it (not refused by its input checks)
@@ -47,6 +49,7 @@ class ServerStats:
                 "refused": self.refused,
                 "expired": self.expired,
                 "late": self.late,
+                "undelivered": self.undelivered,
                 "internal_errors": self.internal_errors,
                 "sessions_evicted": self.sessions_evicted,
                 "policy_calls": self.policy_calls,

@@ -72,7 +72,10 @@ class Transport:
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
         sock.setsockopt(zmq.IPV6, int(is_ipv6_literal(host)))
         sock.copy_threshold = codec.ZERO_COPY_MIN_BYTES
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        # A reply to a peer that is gone (a reference client that timed out and replaced its socket) or whose send
+        # queue is full raises instead of vanishing, so it is counted as undelivered rather than as a success; replies
+        # are sent without blocking (send), so a full queue cannot stall the socket thread.
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         address = f"tcp://{endpoint_host(host)}"
         try:
             if port == 0:
@@ -149,15 +152,20 @@ class Transport:
         kept.total = total
         return kept
 
-    def send(self, routing: List[Any], frames: List[Any], peer: Optional[str]) -> None:
-        """Send a reply; a peer that went away is logged, not raised."""
+    def send(self, routing: List[Any], frames: List[Any], peer: Optional[str]) -> bool:
+        """Send a reply; False when it cannot reach its peer (gone, or its send queue full), which is logged, not raised."""
         assert self.socket is not None
         try:
             # Frames are owned, immutable bytes (the server copies policy buffers when it encodes), so ZeroMQ may
             # send large ones without another copy.
-            send_frames(self.socket, [*routing, *frames])
-        except zmq.ZMQError as exc:  # the peer went away; nothing to answer
-            logger.warning("could not send reply to %s: %s", peer or "local", exc)
+            send_frames(self.socket, [*routing, *frames], _NOBLOCK)
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:  # its connection closed: a client that gave up (counted undelivered)
+                logger.debug("reply to %s not delivered: its connection is gone", peer or "local")
+            else:  # zmq.Again: SEND_HWM replies wait for a peer that does not read them
+                logger.warning("could not send reply to %s: %s", peer or "local", exc)
+            return False
+        return True
 
     def _stop_security(self) -> None:
         """Stop the ZAP authenticator: its sockets would keep the context from terminating."""
