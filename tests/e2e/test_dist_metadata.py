@@ -149,3 +149,17 @@ def test_set_version_rewrites_every_version_and_sibling_pin_in_one_go(tmp_path):
         pins = [Requirement(r) for r in project["dependencies"] + sum(project.get("optional-dependencies", {}).values(), [])
                 if r.startswith("gr00t-")]
         assert all(str(pin.specifier) == "==7.8.9rc1" for pin in pins), pins
+
+
+@pytest.mark.parametrize("module", ["gr00t_server", "gr00t_eval"])
+def test_each_command_line_tool_says_its_version(module, capsys):
+    """`gr00t-server --version` / `gr00t-eval --version` were usage errors: a robot team could not tell which release a
+    machine ran without Python."""
+    import importlib
+
+    package = importlib.import_module(module)
+    cli = importlib.import_module(f"{module}.cli")
+    with pytest.raises(SystemExit) as exited:
+        cli.build_parser().parse_args(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"{module.replace('_', '-')} {package.__version__}"

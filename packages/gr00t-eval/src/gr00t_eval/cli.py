@@ -108,7 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The `gr00t-eval` argument parser (sub-commands open-loop, rollout, record, plus the scaling commands)."""
     from gr00t_client.chunking import MERGE_RULES
 
+    from . import __version__
+
     parser = CommandParser(prog="gr00t-eval", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"gr00t-eval {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("open-loop", help="compare a policy's action chunks with a dataset's recorded actions")

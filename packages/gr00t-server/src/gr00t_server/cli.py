@@ -182,7 +182,10 @@ def _add_keygen_parser(subparsers: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = CommandParser(prog="gr00t-server", description="GR00T N1.7 policy server.")
+    parser.add_argument("--version", action="version", version=f"gr00t-server {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     _add_serve_parser(subparsers)
