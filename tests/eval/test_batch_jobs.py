@@ -248,6 +248,58 @@ def test_a_job_whose_settings_changed_starts_over_keeping_the_old_log_aside(tmp_
     assert (tmp_path / "jobs" / "walk" / "episodes.replaced.jsonl").is_file()
 
 
+def test_a_damaged_job_run_file_fails_the_job_naming_the_file_and_what_to_do(tmp_path):
+    """It failed on every resume with a bare 'JSONDecodeError: Expecting value: line 2 column 1 (char 16)'."""
+    path = tmp_path / "batch_results.json"
+    job = Job("walk", "walkto/fast", PolicyServerAddress("127.0.0.1", 1), {**WALK, "seed": 0})
+    with pytest.raises(KeyboardInterrupt):
+        run_batch([job], path, policy_factory=lambda server: InterruptOnCall(call=3))
+    job_dir = tmp_path / "jobs" / "walk"
+    (job_dir / "run.json").write_text('{"job_config": \n')  # cut short by a full disk
+    batch = run_batch([job], path, policy_factory=lambda server: ConstantPolicy(), previous=json.loads(path.read_text()))
+    record = batch["jobs"][0]
+    assert record["status"] == "failed"
+    assert f"{job_dir / 'run.json'} is not a readable run file (JSONDecodeError: " in record["reason"]
+    assert f"Delete the job's folder {job_dir}" in record["reason"]
+
+
+def _video_jobs(tmp_path, videos, names, server):
+    path = tmp_path / "jobs.json"
+    path.write_text(json.dumps({"defaults": {**SMALL, "n_envs": 1, "policy_server": server,
+                                             "overrides": {**SMALL["overrides"], "video_dir": str(videos)}},
+                                "jobs": [{"name": name, "env_name": "walkto/fast"} for name in names]}))
+    return load_jobs(path)
+
+
+def test_adding_or_removing_a_job_that_shares_the_video_dir_does_not_rerun_the_others(tmp_path):
+    """A lone job writes to video_dir, jobs sharing it to video_dir/<job>: adding a job moved the done one there,
+    and `batch --resume` ran it again ('video_dir ... changed since it was done') though nobody changed it."""
+    videos, path, server = tmp_path / "videos", tmp_path / "batch_results.json", {"port": 1}
+    first = run_batch(_video_jobs(tmp_path, videos, ["a"], server), path, policy_factory=lambda s: ConstantPolicy())
+    assert first["jobs"][0]["status"] == "done"
+    added = run_batch(_video_jobs(tmp_path, videos, ["a", "b"], server), path, policy_factory=lambda s: ConstantPolicy(),
+                      previous=first)
+    assert added["jobs"][0] == first["jobs"][0]  # kept as it was, not run again
+    assert added["jobs"][1]["status"] == "done" and added["jobs"][1]["job_config"]["video_dir"] == str(videos / "b")
+    removed = run_batch(_video_jobs(tmp_path, videos, ["b"], server), path, policy_factory=lambda s: ConstantPolicy(),
+                        previous=added)
+    assert removed["jobs"][0] == added["jobs"][1]
+
+
+def test_a_started_job_keeps_its_episodes_when_a_job_sharing_its_video_dir_is_added(tmp_path):
+    videos, path, server = tmp_path / "videos", tmp_path / "batch_results.json", {"port": 1}
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(_video_jobs(tmp_path, videos, ["a"], server), path, policy_factory=lambda s: InterruptOnCall(call=3))
+    kept = _entries(tmp_path / "jobs" / "a" / "episodes.jsonl")
+    assert kept
+    batch = run_batch(_video_jobs(tmp_path, videos, ["a", "b"], server), path, policy_factory=lambda s: ConstantPolicy(),
+                      previous=json.loads(path.read_text()))
+    a = batch["jobs"][0]
+    assert a["status"] == "done" and a["resumed_episodes"] == len(kept)
+    assert not (tmp_path / "jobs" / "a" / "episodes.replaced.jsonl").exists()
+    assert a["results"]["config"]["video_dir"] == a["job_config"]["video_dir"] == str(videos)  # where it started
+
+
 def test_job_folders_are_safe_file_names_and_distinct(tmp_path):
     from gr00t_eval.batch import job_dir_name
 

@@ -95,6 +95,35 @@ def test_a_damaged_run_file_is_named_on_resume(server, finished_run, capsys):
     assert f"--resume {finished_run}: {path} is not a readable run file (JSONDecodeError: " in err and "cut short" in err
 
 
+def test_resuming_a_batch_jobs_folder_is_refused_naming_batch_resume(server, tmp_path, capsys):
+    """docs/batch-jobs.md lays a job's folder out as a rollout's; `rollout --resume` of it said 'KeyError: env_name'."""
+    jobs = tmp_path / "jobs.json"
+    jobs.write_text(json.dumps([{"name": "a", "env_name": "walkto/slow", "n_episodes": 2, "n_envs": 1, "seed": 0,
+                                 "max_episode_steps": 6, "policy_server": {"port": server.port},
+                                 "overrides": {"n_action_steps": 2, "vectorization": "sync", "video_dir": None}}]))
+    batch = tmp_path / "batch"
+    assert run_cli(["batch", "--jobs", str(jobs), "--output-dir", str(batch)]) == 0
+    job_dir = batch / "jobs" / "a"
+    before = (job_dir / "run.json").read_text()
+    capsys.readouterr()
+    assert rollout(server.port, "--resume", str(job_dir)) == 2
+    err = capsys.readouterr().err
+    assert f"--resume {job_dir}: this is a batch job's folder" in err
+    assert f"continue it with `gr00t-eval batch --resume {batch}`" in err and "KeyError" not in err
+    assert (job_dir / "run.json").read_text() == before  # not claimed by the refused resume
+
+
+def test_a_run_file_without_env_name_is_named_on_resume(server, finished_run, capsys):
+    path = finished_run / "run.json"
+    saved = json.loads(path.read_text())
+    del saved["env_name"]
+    path.write_text(json.dumps(saved))
+    capsys.readouterr()
+    assert rollout(server.port, "--resume", str(finished_run)) == 2
+    err = capsys.readouterr().err
+    assert f"--resume {finished_run}: {path} holds no 'env_name'" in err and "KeyError" not in err
+
+
 def test_a_run_file_with_settings_of_a_newer_version_is_named_on_resume(server, finished_run, capsys):
     """It said 'TypeError: RolloutConfig.__init__() got an unexpected keyword argument ...'."""
     path = finished_run / "run.json"

@@ -28,7 +28,7 @@ from .policy_identity import check_takes_flat_observations, describe, pinned_pol
 from .results import RESULTS_FILENAME, write_results
 from .rollout.config import MAX_EPISODES, RolloutConfig, check_env_timeout, draw_base_seed
 from .run_dir import (EPISODE_LOG_FILENAME, RUN_FILENAME, EpisodeLog, add_earlier_eval_s, earlier_results,
-                      is_storage_error)
+                      is_storage_error, read_run_json)
 from .shard import run_suite
 
 logger = logging.getLogger(__name__)
@@ -373,8 +373,8 @@ def prepare_job_dir(job_dir: Path, config: RolloutConfig,
     job_dir.mkdir(parents=True, exist_ok=True)
     planned = planned_config(config)
     run_file, log = job_dir / RUN_FILENAME, job_dir / EPISODE_LOG_FILENAME
-    saved = json.loads(run_file.read_text()) if run_file.is_file() else None
-    same = saved is not None and with_setting_defaults(saved.get("job_config")) == planned
+    saved = read_job_run_file(job_dir) if run_file.is_file() else None
+    same = saved is not None and not setting_changes(saved.get("job_config"), planned, job_dir.name)
     if same and not same_policy(saved.get("policy"), policy):
         logger.warning("job %s: its server now serves %s, and its earlier attempt ran against %s; running the job from "
                        "the start", job_dir.name, describe(policy), describe(saved.get("policy")))
@@ -402,6 +402,32 @@ def prepare_job_dir(job_dir: Path, config: RolloutConfig,
     return config, []
 
 
+def read_job_run_file(job_dir: Path) -> Dict[str, Any]:
+    """A job's run.json; OutputDirError naming the file, and what to do, when it is damaged (cut short, not JSON)."""
+    return read_run_json(job_dir / RUN_FILENAME, None,
+                          f"Delete the job's folder {job_dir} (its episodes cannot be resumed without it) and resume the "
+                          "batch: the job runs again from the start")
+
+
+def setting_changes(saved: Any, planned: Mapping[str, Any], job_folder: str) -> List[str]:
+    """'key saved -> planned' for each setting a job's recorded `job_config` differs from its planned one in.
+
+    A video_dir that is the other plus the job's folder name is no change: separate_shared_video_dirs moves a job
+    to <video_dir>/<job folder> only while another job shares its folder, so adding or removing another job to
+    the job file moved it, and re-ran jobs nobody changed. The job keeps the folder it recorded.
+    """
+    if not isinstance(saved, Mapping):
+        return [f"job_config {saved!r} -> {dict(planned)!r}"]
+    saved = with_setting_defaults(saved)
+    diffs = [f"{key} {saved.get(key)!r} -> {planned.get(key)!r}" for key in sorted(set(saved) | set(planned))
+             if saved.get(key) != planned.get(key)]
+    recorded, wanted = saved.get("video_dir"), planned.get("video_dir")
+    if isinstance(recorded, str) and isinstance(wanted, str) and job_folder in (
+            os.path.relpath(recorded, wanted), os.path.relpath(wanted, recorded)):
+        diffs = [diff for diff in diffs if not diff.startswith("video_dir ")]
+    return diffs
+
+
 def with_setting_defaults(saved: Any) -> Any:
     """Saved job settings with the settings an older gr00t-eval did not write (env_timeout_s, say) at their
     defaults: a batch resumed after an upgrade reran every finished job, warning of a setting nobody changed."""
@@ -427,17 +453,17 @@ def changed_settings(job: Job, record: Mapping[str, Any], job_dir: Optional[Path
     """
     saved = record.get("job_config")
     if saved is None and job_dir is not None and (job_dir / RUN_FILENAME).is_file():
-        saved = json.loads((job_dir / RUN_FILENAME).read_text()).get("job_config")
+        try:
+            saved = read_job_run_file(job_dir).get("job_config")
+        except ValueError as exc:  # nothing to compare with: run again, where the job fails naming the file
+            return f"the settings (unknown: {exc})"
     if saved is None:
         return None
-    saved = with_setting_defaults(saved)
     try:
         planned = planned_config(job.rollout_config())
     except (TypeError, ValueError) as exc:
         return f"the settings ({exc})"
-    diffs = [f"{key} {saved.get(key)!r} -> {planned.get(key)!r}" for key in sorted(set(saved) | set(planned))
-             if saved.get(key) != planned.get(key)]
-    return ", ".join(diffs)
+    return ", ".join(setting_changes(saved, planned, job_dir_name(job.name)))
 
 
 def run_job(job: Job, policy_factory: Callable[[PolicyServerAddress], BasePolicy] = connect, progress: bool = False,
@@ -462,6 +488,7 @@ def run_job(job: Job, policy_factory: Callable[[PolicyServerAddress], BasePolicy
         check_takes_flat_observations(served)  # before any episode: each would error on the flat observations
         if job_dir is not None:
             config, done = prepare_job_dir(job_dir, config, served)
+            record["job_config"]["video_dir"] = config.video_dir  # the folder it recorded (setting_changes)
             log = EpisodeLog(job_dir / EPISODE_LOG_FILENAME)
             on_episode = lambda outcome: log.append(outcome.to_json_dict())  # noqa: E731
             record["episode_log"] = str(log.path)

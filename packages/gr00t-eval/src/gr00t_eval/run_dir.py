@@ -316,7 +316,7 @@ def claim_resumed_run(directory: Union[str, Path], shard: Any = None) -> None:
             refuse_live_claim(directory, path.name)
         except OutputDirError as exc:
             raise OutputDirError(str(exc).replace(f"--output-dir {directory}", f"--resume {directory}", 1)) from None
-        saved = _read_run_json(path, directory)
+        saved = _read_rollout_run_json(path, directory)
         write_results(path, {**saved, CLAIM_KEY: holder_record()})
         _CLAIMS_HELD.append(path)
 
@@ -386,18 +386,36 @@ def read_run_file(directory: Union[str, Path], shard: Any = None) -> Dict[str, A
         hint = f"; it holds the shards {', '.join(shards)}: resume one with --shard I/N" if shards and shard is None else ""
         raise OutputDirError(f"--resume {directory}: no {path.name} there (is it the --output-dir of a gr00t-eval rollout"
                              f"{'' if shard is None else ' with this --shard'}?){hint}")
-    return _read_run_json(path, directory)
+    return _read_rollout_run_json(path, directory)
 
 
-def _read_run_json(path: Path, directory: Union[str, Path]) -> Dict[str, Any]:
-    """A run file's settings; OutputDirError naming the file when it is not one (cut short, not JSON, not a map)."""
+def read_run_json(path: Path, directory: Optional[Union[str, Path]],
+                   next_step: str = "Start a new run") -> Dict[str, Any]:
+    """A run file's settings; OutputDirError naming the file and `next_step` when it is not one (cut short, not
+    JSON, not a map). `directory`: the folder given to --resume, named first (None: a batch job's run file)."""
+    where = "" if directory is None else f"--resume {directory}: "
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
-        raise OutputDirError(f"--resume {directory}: {path} is not a readable run file ({type(exc).__name__}: {exc}); "
-                             "was it cut short (a full disk, a copy interrupted)? Start a new run") from None
+        raise OutputDirError(f"{where}{path} is not a readable run file ({type(exc).__name__}: {exc}); "
+                             f"was it cut short (a full disk, a copy interrupted)? {next_step}") from None
     if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
-        raise OutputDirError(f"--resume {directory}: {path} is not a run file (it holds no settings map 'config')")
+        raise OutputDirError(f"{where}{path} is not a run file (it holds no settings map 'config'). {next_step}")
+    return saved
+
+
+def _read_rollout_run_json(path: Path, directory: Union[str, Path]) -> Dict[str, Any]:
+    """read_run_json of a rollout's run file; OutputDirError for a batch job's folder (its run.json has no
+    env_name: `batch --resume` continues it) or another file without the envs the run evaluates."""
+    saved = read_run_json(path, directory)
+    if not isinstance(saved.get("env_name"), str) or not saved["env_name"]:
+        if "job_config" in saved:
+            batch_dir = Path(os.path.abspath(directory)).parent.parent
+            batch = batch_dir if (batch_dir / "jobs.json").is_file() else "<the batch's output folder>"
+            raise OutputDirError(f"--resume {directory}: this is a batch job's folder ({path} holds a job's settings, "
+                                 f"not a rollout's); continue it with `gr00t-eval batch --resume {batch}`")
+        raise OutputDirError(f"--resume {directory}: {path} holds no 'env_name' (the envs the run evaluates), so it is "
+                             "not the run file of a gr00t-eval rollout; resume a rollout's --output-dir, or start a new run")
     return saved
 
 
