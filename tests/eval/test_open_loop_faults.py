@@ -617,3 +617,61 @@ def test_a_stop_while_a_scored_trajectory_is_reported_keeps_it_scored_not_listed
     data = results(tmp_path / "out")
     assert sorted(data["trajectories"]) == ["0", "1"] and data["not_run_trajectories"] == []
     assert data["status"] == "interrupted"
+
+
+class TwoRowReplay(ReplayPolicy):
+    """A replay answering two chunk rows to the one observation row sent: row 0 the recording, row 1 the recording
+    + 100 (a server that does not check its replies, such as upstream's)."""
+
+    def _get_action(self, observation, options=None):
+        action, info = super()._get_action(observation, options)
+        return {key: np.concatenate([value, value + 100]) for key, value in action.items()}, info
+
+
+def test_a_chunk_with_more_rows_than_the_observation_sent_errors_its_trajectory_instead_of_scoring_row_0(dataset, tmp_path):
+    """Row 0 of a (2, H, D) reply was scored as the answer (MSE 0 here), status complete, exit 0; rollout refuses it."""
+    with running_server(TwoRowReplay(dataset, execution_horizon=4, strict=False)) as two_rows:
+        assert open_loop(dataset, two_rows.port, tmp_path / "out", "--traj-ids", "0") == 1
+    data = results(tmp_path / "out")
+    assert data["status"] == "complete" and data["trajectories"] == {}
+    [errored] = data["errored_trajectories"]
+    assert ("the policy's action 'arm' at step 0 has shape (2, 16, 3); expected (1, 16, 3), one row for the one "
+            "observation row sent") in errored["error"]
+
+
+class TextReplay(ReplayPolicy):
+    """A replay whose 'gripper' chunk holds strings (a server that does not check its replies)."""
+
+    def _get_action(self, observation, options=None):
+        action, info = super()._get_action(observation, options)
+        return dict(action, gripper=np.full(action["gripper"].shape, "a")), info
+
+
+def test_a_chunk_of_strings_errors_its_trajectory_naming_the_key_and_its_dtype(dataset, tmp_path):
+    """It ended the whole run with a bare "ValueError: could not convert string to float", naming no key."""
+    with running_server(TextReplay(dataset, execution_horizon=4, strict=False)) as text:
+        assert open_loop(dataset, text.port, tmp_path / "out", "--traj-ids", "0", "1") == 1
+    data = results(tmp_path / "out")
+    assert data["status"] == "complete" and data["trajectories"] == {}
+    assert [e["traj_id"] for e in data["errored_trajectories"]] == [0, 1]
+    assert ("the policy's action 'gripper' at step 0 has dtype <U1; expected numbers (a float, int or bool array)"
+            in data["errored_trajectories"][0]["error"])
+
+
+class GripperlessReplay(ReplayPolicy):
+    """A replay whose chunks lack the 'gripper' key its modality config promises."""
+
+    def _get_action(self, observation, options=None):
+        action, info = super()._get_action(observation, options)
+        return {"arm": action["arm"]}, info
+
+
+def test_a_chunk_missing_an_action_key_errors_its_trajectory_naming_the_key(dataset, tmp_path):
+    """It ended the whole run with a KeyError (status aborted, the other trajectories not run)."""
+    with running_server(GripperlessReplay(dataset, execution_horizon=4, strict=False)) as gripperless:
+        assert open_loop(dataset, gripperless.port, tmp_path / "out", "--traj-ids", "0", "1") == 1
+    data = results(tmp_path / "out")
+    assert data["status"] == "complete" and data["trajectories"] == {}
+    assert [e["traj_id"] for e in data["errored_trajectories"]] == [0, 1]
+    assert ("the policy's action has no 'gripper' (nor 'action.gripper'); got keys ['arm']"
+            in data["errored_trajectories"][0]["error"])

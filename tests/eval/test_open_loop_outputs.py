@@ -69,3 +69,51 @@ def test_a_dated_directory_taken_in_the_same_second_gets_a_numbered_sibling(tmp_
     second = make_fresh_dated_output_dir(tmp_path, "reach/v3", now=now)
     assert first.is_dir() and second.is_dir() and not any(second.iterdir())
     assert second.parent == first.parent and second.name == f"{first.name}-2"
+
+
+# --- --save-plot-path -----------------------------------------------------------------------------------------
+
+
+def open_loop_plotted(dataset, server, out, plot_path, *traj_ids):
+    return cli.main(["open-loop", "--dataset-path", str(dataset), "--port", str(server.port), "--output-dir", str(out),
+                     "--execution-horizon", "4", "--save-plot-path", str(plot_path), "--traj-ids", *traj_ids])
+
+
+def plot_paths(out) -> dict:
+    return {t: r["plot_path"] for t, r in json.loads((Path(out) / "results.json").read_text())["trajectories"].items()}
+
+
+def test_a_save_plot_path_that_is_a_directory_gets_the_default_plot_names_there(dataset, server, tmp_path, capsys):
+    """The reference's README calls the flag a directory: matplotlib wrote DIR.png beside it while the console and
+    results.json named DIR, where there was no plot."""
+    pytest.importorskip("matplotlib")
+    plots = tmp_path / "plots"
+    plots.mkdir()
+    assert open_loop_plotted(dataset, server, tmp_path / "out", plots, "0") == 0
+    assert plot_paths(tmp_path / "out") == {"0": str(plots / "traj_0.jpeg")}
+    assert (plots / "traj_0.jpeg").is_file() and not (tmp_path / "plots.png").exists()
+    assert f"Plots: {plots / 'traj_0.jpeg'}" in capsys.readouterr().out
+
+    fresh = tmp_path / "fresh"  # a directory still to be made, written DIR/
+    assert open_loop_plotted(dataset, server, tmp_path / "out2", f"{fresh}/", "0") == 0
+    assert plot_paths(tmp_path / "out2") == {"0": str(fresh / "traj_0.jpeg")} and (fresh / "traj_0.jpeg").is_file()
+
+
+@pytest.mark.parametrize("name, problem", [("myplot", "has no file suffix"),
+                                           ("p.txt", "has suffix '.txt', which matplotlib cannot write")])
+def test_a_save_plot_path_matplotlib_cannot_write_is_refused_before_connecting(dataset, server, tmp_path, capsys,
+                                                                               name, problem):
+    """No suffix wrote myplot.png while myplot was reported; '.txt' aborted the run after its first trajectory."""
+    pytest.importorskip("matplotlib")
+    assert open_loop_plotted(dataset, server, tmp_path / "out", tmp_path / name, "0") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"--save-plot-path {tmp_path / name} {problem}; expected a file name ending in one of " in err
+    assert ".jpeg" in err and ".png" in err and "or a directory" in err
+    assert not (tmp_path / "out" / "results.json").exists() and not list(tmp_path.glob(f"{name}*"))
+
+
+def test_a_save_plot_path_with_a_suffix_names_each_trajectorys_plot(dataset, server, tmp_path):
+    pytest.importorskip("matplotlib")
+    assert open_loop_plotted(dataset, server, tmp_path / "one", tmp_path / "p.png", "0") == 0
+    assert plot_paths(tmp_path / "one") == {"0": str(tmp_path / "p.png")} and (tmp_path / "p.png").is_file()

@@ -135,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="nested {video,state,language} (reference server) or flat video.* keys (sim wrapper); auto asks the server")
     p.add_argument(*_flag("no-plots"), action="store_true", help="skip the JPEG plots")
     p.add_argument(*_flag("save-plot-path"), default=None, metavar="PATH",
-                   help="the reference's flag: write the plot of a single trajectory to PATH (default OUTPUT_DIR/traj_{id}.jpeg)")
+                   help="the reference's flag: write the plot of a single trajectory to PATH (a file suffix matplotlib writes: .jpeg, "
+                        ".png, .pdf, ...; with several, PATH_traj{id}.SUFFIX), or the plots to a directory PATH as "
+                        "traj_{id}.jpeg (default OUTPUT_DIR/traj_{id}.jpeg)")
     p.add_argument(*_flag("denoising-steps"), type=int, default=None, metavar="N",
                    help="flow-matching denoising steps, sent to the server as options['denoising_steps'] (server default if unset)")
     p.add_argument(*_flag("allow-errors"), action="store_true",
@@ -306,12 +308,20 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
             modality_keys = dataset_action_keys(modality_keys, dataset_keys)
         except ValueError as exc:
             raise UsageError(f"--modality-keys: {exc}") from None
+    plot = _plots_wanted(args)
+    if plot and args.save_plot_path is not None:
+        from .plots import check_plot_path
+
+        try:
+            check_plot_path(args.save_plot_path, "--save-plot-path")
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     try:  # mistakes in the flags fail before any connection is made or directory created
         config = OpenLoopConfig(
             dataset_path=args.dataset_path, traj_ids=args.traj_ids, steps=args.steps, execution_horizon=args.execution_horizon,
             modality_keys=modality_keys, output_dir=args.output_dir or DEFAULT_OPEN_LOOP_BASE,
             embodiment_tag=tag.value if tag is not None else None,
-            observation_format=args.observation_format, plot=_plots_wanted(args),
+            observation_format=args.observation_format, plot=plot,
             plot_path=args.save_plot_path, denoising_steps=args.denoising_steps,
         )
     except ValueError as exc:

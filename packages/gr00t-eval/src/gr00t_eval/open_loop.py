@@ -57,7 +57,8 @@ class OpenLoopConfig:
     # "nested" (reference server), "flat" (server with the sim wrapper) or "auto" (ask the server, like the CLI)
     observation_format: str = "nested"
     plot: bool = True
-    # The reference's --save-plot-path: the plot file of a single trajectory; with several, PATH_traj{id}.SUFFIX.
+    # The reference's --save-plot-path: the plot file of a single trajectory; with several, PATH_traj{id}.SUFFIX; a
+    # directory (existing, or written DIR/) gets DIR/traj_{id}.jpeg, as the reference's README describes the flag.
     plot_path: Optional[str] = None
     # Flow-matching denoising steps sent with every request as options["denoising_steps"] (None: the server's).
     denoising_steps: Optional[int] = None
@@ -83,13 +84,21 @@ class OpenLoopConfig:
             if repeated:  # the per-key dims are a dict: a repeat would silently double the arrays, not the dims
                 raise ValueError(f"modality_keys names {', '.join(map(repr, repeated))} more than once; "
                                  "name each action key once")
+        if self.plot and self.plot_path is not None:  # before any query, not once the first trajectory is scored
+            from .plots import check_plot_path
+
+            check_plot_path(self.plot_path)
 
     def plot_file(self, traj_id: int, n_trajectories: int) -> Path:
-        """Where the plot of `traj_id` goes: plot_path (suffixed per trajectory when several), else OUTPUT_DIR/traj_{id}.jpeg."""
-        if self.plot_path is None:
-            return Path(self.output_dir) / f"traj_{traj_id}.jpeg"
+        """Where the plot of `traj_id` goes: plot_path (suffixed per trajectory when several), PLOT_PATH/traj_{id}.jpeg
+        when it is a folder, else OUTPUT_DIR/traj_{id}.jpeg."""
+        from .plots import DEFAULT_PLOT_SUFFIX, is_plot_folder
+
+        if self.plot_path is None or is_plot_folder(self.plot_path):
+            folder = self.output_dir if self.plot_path is None else self.plot_path
+            return Path(folder) / f"traj_{traj_id}{DEFAULT_PLOT_SUFFIX}"
         path = Path(self.plot_path)
-        return path if n_trajectories == 1 else path.with_name(f"{path.stem}_traj{traj_id}{path.suffix or '.jpeg'}")
+        return path if n_trajectories == 1 else path.with_name(f"{path.stem}_traj{traj_id}{path.suffix}")
 
 
 OBSERVATION_FORMATS = ("nested", "flat", "auto")
@@ -274,13 +283,21 @@ def _chunk(action: Mapping[str, Any], keys: Sequence[str], key_dims: Mapping[str
     """The policy's action chunk per key, (H, D) or (H,), checked against the dataset's width of each key, for at
     least `execution_horizon` steps and for finite values: TrajectoryError otherwise (only the widths' total would be
     checked when the keys are joined, so a policy's 2 + 2 against a dataset's 3 + 1 was scored column against the
-    wrong column; a shorter chunk ended the whole run with an IndexError)."""
+    wrong column; a shorter chunk ended the whole run with an IndexError). One observation row is sent, so a batched
+    chunk must have one row: row 0 of a (2, H, D) reply was scored as if it were the answer."""
     out = {}
     for key in keys:
         value = action.get(key, action.get(f"action.{key}"))
-        if value is None:
-            raise KeyError(f"the policy's action has no '{key}' (nor 'action.{key}'); got keys {sorted(action)}")
-        value = np.asarray(value, dtype=np.float64)
+        if value is None:  # a KeyError ended the whole run
+            raise TrajectoryError(f"the policy's action has no '{key}' (nor 'action.{key}'); got keys {sorted(action)}")
+        value = np.asarray(value)
+        if value.dtype.kind not in "biuf":  # strings ended the whole run with numpy's "could not convert string to float"
+            raise TrajectoryError(f"the policy's action '{key}' at step {step} has dtype {value.dtype}; expected numbers "
+                                  "(a float, int or bool array)")
+        value = value.astype(np.float64)
+        if value.ndim == 3 and value.shape[0] != 1:
+            raise TrajectoryError(f"the policy's action '{key}' at step {step} has shape {value.shape}; expected "
+                                  f"(1, {value.shape[1]}, {value.shape[2]}), one row for the one observation row sent")
         value = value[0] if value.ndim == 3 else value  # strip the batch dim
         width = value.shape[-1] if value.ndim == 2 else 1
         if value.ndim not in (1, 2) or width != key_dims[key]:

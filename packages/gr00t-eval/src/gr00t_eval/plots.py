@@ -2,13 +2,43 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 
 from .extras import require
+
+DEFAULT_PLOT_SUFFIX = ".jpeg"
+
+
+def plot_suffixes() -> List[str]:
+    """The file suffixes matplotlib writes a figure to (.jpeg, .pdf, .png, ...), sorted."""
+    require("matplotlib", "plots", "plotting open-loop results")
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return sorted(f".{ext}" for ext in FigureCanvasBase.get_supported_filetypes())
+
+
+def is_plot_folder(path: str) -> bool:
+    """Whether a plot path names a folder for the plots (an existing directory, or one written with a trailing '/')."""
+    return path.endswith(("/", os.sep)) or Path(path).is_dir()
+
+
+def check_plot_path(path: str, name: str = "plot_path") -> None:
+    """ValueError naming the setting `name` unless `path` is a plot folder or a file name whose suffix matplotlib
+    writes: without a suffix it wrote PATH.png while PATH was reported; an unknown one failed after a trajectory ran."""
+    if is_plot_folder(path):
+        return
+    suffix = Path(path).suffix
+    supported = plot_suffixes()
+    if suffix.lower() in supported:
+        return
+    problem = "has no file suffix" if not suffix else f"has suffix {suffix!r}, which matplotlib cannot write"
+    raise ValueError(f"{name} {path} {problem}; expected a file name ending in one of {', '.join(supported)}, "
+                     f"or a directory (an existing one, or PATH/) for traj_{{id}}{DEFAULT_PLOT_SUFFIX} plots")
 
 
 def plot_trajectory(
