@@ -213,6 +213,34 @@ def test_a_malformed_observation_is_rejected_when_strict(policy, dataset):
         policy.get_action(bad)
 
 
+@pytest.mark.parametrize("arm, gripper", [(7, 1), (1, 3)])
+def test_a_state_of_another_width_than_the_datasets_is_refused_when_strict_and_the_session_is_untouched(
+        policy, dataset, arm, gripper):
+    """meta/modality.json gives arm 3 values and gripper 1; a replay that took any width told a user the observation
+    plumbing was right ("Debug with replay first") and the model served next refused the same states."""
+    policy.reset(session("w", episode_index=1))
+    bad = observation(dataset, 1)
+    bad["state"] = {"arm": np.zeros((1, 1, arm), np.float32), "gripper": np.zeros((1, 1, gripper), np.float32)}
+    says = rf"State key 'arm' has dimension {arm}; the dataset expects 3 \(.*meta/modality.json\)"
+    with pytest.raises(ObservationError, match=says):
+        policy.get_action(bad, session("w"))
+    _action, info = policy.get_action(observation(dataset, 1), session("w"))  # the refused call did not advance it
+    assert (info["episode_index"], info["current_step"]) == (1, 0)
+
+
+def test_a_non_strict_replay_warns_once_about_a_state_width_and_replays(dataset, caplog):
+    lenient = ReplayPolicy(dataset, derive_from_dataset(dataset, action_horizon=4), execution_horizon=2, strict=False)
+    wide = observation(dataset, 2)
+    wide["state"]["gripper"] = np.zeros((2, 1, 4), np.float32)
+    with caplog.at_level("WARNING"):
+        action, _ = lenient.get_action(wide)
+        lenient.get_action(wide)
+    assert action["arm"].shape == (2, 4, 3)
+    assert [r.getMessage() for r in caplog.records if "dimension" in r.getMessage()] == [
+        f"State key 'gripper' has dimension 4; the dataset expects 1 ({dataset.root}/meta/modality.json) "
+        "(ignored: strict=False; said once per key and dimension)"]
+
+
 def test_construction_checks_horizon_and_action_keys(dataset):
     configs = derive_from_dataset(dataset, action_horizon=4)
     with pytest.raises(ValueError, match="execution_horizon"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -190,3 +192,74 @@ def test_a_strict_client_validates_the_flat_form_a_sim_wrapper_server_takes(tmp_
                 client.get_action(missing)
             # refused on the robot: the server saw neither request
             assert server.stats.snapshot()["policy_calls"] == requests
+
+
+def test_an_empty_observation_to_a_wrapped_model_is_refused_naming_the_flat_keys(tiny_checkpoint):
+    """A flat-form client that sent {} was told "observation must contain a 'video' key (a dict)": the nested form,
+    which a --use-sim-policy-wrapper server does not take."""
+    pytest.importorskip("torch")
+    from gr00t_client import PolicyClient, PolicyServerError
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+    from serving import running_server
+
+    wrapper = Gr00tSimPolicyWrapper(Gr00tPolicy(tiny_checkpoint, "libero_sim", device="cpu"))
+    configs = wrapper.get_modality_config()
+    expected = ([f"video.{k}" for k in configs["video"].modality_keys]
+                + [f"state.{k}" for k in configs["state"].modality_keys] + list(configs["language"].modality_keys))
+    with running_server(wrapper) as server, PolicyClient(port=server.port, strict=False, timeout_ms=60000) as client:
+        with pytest.raises(PolicyServerError) as refused:
+            client.get_action({})
+    assert f"ObservationError: observation is empty; expected the flat keys {expected}" in str(refused.value)
+    assert "'video' key (a dict)" not in str(refused.value)
+
+
+def test_a_non_strict_replay_server_refuses_an_observation_of_only_unknown_keys_instead_of_answering_old_rows(tmp_path):
+    """`serve --dataset-path --use-sim-policy-wrapper --no-strict`: B=3 with the config's keys, then B=5 whose camera
+    and state keys are not the config's was answered with 3 rows of actions (the session's), without an error."""
+    from gr00t_client import PolicyClient, PolicyServerError
+    from serving import free_port, served
+
+    root = make_dataset(tmp_path / "ds", lengths=(8,), cameras=("image",))
+    port = free_port()
+    good = {
+        "video.image": np.zeros((3, 1, 32, 32, 3), np.uint8),
+        "state.arm": np.zeros((3, 1, 3), np.float32),
+        "state.gripper": np.zeros((3, 1, 1), np.float32),
+        LANGUAGE_KEY: ["pick"] * 3,
+    }
+    with served("serve", "--dataset-path", str(root), "--port", str(port), "--use-sim-policy-wrapper", "--no-strict"):
+        with PolicyClient(port=port, strict=False, timeout_ms=30000) as client:
+            action, _ = client.get_action(good)
+            assert action["action.arm"].shape[0] == 3
+            misnamed = {"video.front": np.zeros((5, 1, 32, 32, 3), np.uint8),
+                        "state.joints": np.zeros((5, 1, 4), np.float32)}
+            with pytest.raises(PolicyServerError, match=re.escape(
+                    "none of the observation's keys ['state.joints', 'video.front'] are in the modality config; expected "
+                    f"the flat keys ['video.image', 'state.arm', 'state.gripper', '{LANGUAGE_KEY}']")):
+                client.get_action(misnamed)
+            extra = {**{k: np.repeat(v[:1], 5, axis=0) for k, v in good.items() if k != LANGUAGE_KEY},
+                     LANGUAGE_KEY: ["pick"] * 5, "video.front": misnamed["video.front"]}
+            action, _ = client.get_action(extra)  # a merely extra key stays lenient, and the rows are the observation's
+            assert action["action.arm"].shape[0] == 5
+
+
+def test_a_strict_replay_server_refuses_a_state_width_the_dataset_does_not_have(tmp_path):
+    """"Debug with replay first": a replay that answered any state width told a user the plumbing was right."""
+    from gr00t_client import PolicyClient, PolicyServerError
+    from serving import free_port, served
+
+    root = make_dataset(tmp_path / "ds", lengths=(8,), cameras=("image",))
+    port = free_port()
+    observation = {
+        "video.image": np.zeros((1, 1, 32, 32, 3), np.uint8),
+        "state.arm": np.zeros((1, 1, 7), np.float32),
+        "state.gripper": np.zeros((1, 1, 1), np.float32),
+        LANGUAGE_KEY: ["pick"],
+    }
+    with served("serve", "--dataset-path", str(root), "--port", str(port), "--use-sim-policy-wrapper"):
+        with PolicyClient(port=port, strict=False, timeout_ms=30000) as client:
+            with pytest.raises(PolicyServerError, match=r"ObservationError: State key 'arm' has dimension 7; the "
+                                                        r"dataset expects 3 \(.*meta/modality.json\)"):
+                client.get_action(observation)
+            action, _ = client.get_action(dict(observation, **{"state.arm": np.zeros((1, 1, 3), np.float32)}))
+            assert action["action.arm"].shape == (1, 16, 3)

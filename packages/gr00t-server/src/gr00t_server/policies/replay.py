@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, 
 import numpy as np
 
 from gr00t_client.modality import ModalityConfig
-from gr00t_client.policy import BasePolicy, nested_batch_size, validate_observation
+from gr00t_client.policy import BasePolicy, ObservationError, nested_batch_size, validate_observation
 
 from ..extras import require_lerobot_dataset
 from ..modality_configs import derive_from_dataset
@@ -32,6 +32,7 @@ DEFAULT_SESSION = "default"
 DEFAULT_MAX_ROWS = 128  # rows one session may replay at once (options["batch_size"], episode_index lists)
 DEFAULT_MAX_SESSIONS = 1024  # cursors kept; the least recently used (of those used only once, first) is forgotten
 DEFAULT_MAX_CACHED_BYTES = 256 * 1024 * 1024  # episodes' actions kept read; the least recently used is dropped first
+MAX_WARNED_WIDTHS = 64  # (state key, width) pairs a strict=False replay warns about once each; past them, no more
 # The options each call takes. get_action also takes a model's options (seed, noise, rtc, denoising_steps) and the
 # rollout's reset_mask, and ignores them: a replay is the recording, whatever the noise, and evaluations send them to
 # any server. Any other name is a typo ({"episode": 2} restarted the episode the session was on, without a word).
@@ -73,6 +74,8 @@ class ReplayPolicy(BasePolicy):
     forgotten first) and at most `max_cached_bytes` of episodes' actions stay read (least recently used forgotten
     first), so memory stays bounded. An episode whose rows are out of order or
     whose actions hold NaN or inf is refused (DatasetError naming the file and row) when a reset or call reaches it.
+    A state whose width is not the dataset's (meta/modality.json) is refused when strict, as a model refuses it,
+    else warned about once per key and width.
     """
 
     stateful_sessions = True
@@ -131,6 +134,8 @@ class ReplayPolicy(BasePolicy):
         # rest counted (as the server's refusals are)
         self._forgetting_log = RateLimitedLog(logger, level=logging.INFO)
         self._option_names = OptionNames(logger)  # unknown option names: refused when strict, else warned once
+        self._state_dims = self.dataset.state_dims()
+        self._warned_widths: set = set()  # (state key, width) pairs warned about (strict=False)
         # Sessions this replay forgot for room (the last 4 * max_sessions): their get_action is refused until a reset,
         # not replayed from episode 0, step 0 (behind a server that holds more sessions than this, the robot was sent
         # the start of episode 0 without an error).
@@ -168,6 +173,28 @@ class ReplayPolicy(BasePolicy):
         if observation is None or (isinstance(observation, Mapping) and not observation):
             return
         validate_observation(observation, self.modality_configs)
+        self._check_state_widths(observation, strict=True)
+
+    def _check_state_widths(self, observation: Any, strict: bool) -> None:
+        """Each state key's last dimension must be the dataset's: a replay that took any width told a user the
+        observation plumbing was right, and the model served next refused the same states. ObservationError when
+        `strict`, else a warning once per key and width."""
+        state = observation.get("state") if isinstance(observation, Mapping) else None
+        config = self.modality_configs.get("state")
+        if not isinstance(state, Mapping) or config is None:
+            return
+        for key in config.modality_keys:
+            value, expected = state.get(key), self._state_dims.get(key)
+            if expected is None or not isinstance(value, np.ndarray) or value.ndim == 0 or value.shape[-1] == expected:
+                continue
+            message = (f"State key '{key}' has dimension {value.shape[-1]}; the dataset expects {expected} "
+                       f"({self.dataset.root}/meta/modality.json)")
+            if strict:
+                raise ObservationError(message)
+            if (key, value.shape[-1]) in self._warned_widths or len(self._warned_widths) >= MAX_WARNED_WIDTHS:
+                continue
+            self._warned_widths.add((key, value.shape[-1]))
+            logger.warning("%s (ignored: strict=False; said once per key and dimension)", message)
 
     def reset(self, options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         """Move the session to options["episode_index"] (int or one per row) and options["step_index"] (default 0)."""
@@ -201,6 +228,8 @@ class ReplayPolicy(BasePolicy):
     def _get_action(self, observation: Any, options: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         options = options or {}
         self._option_names.check(options, _GET_ACTION_OPTIONS, self.strict, "get_action options", "ReplayPolicy's get_action")
+        if not self.strict:  # a strict replay refused it in check_observation
+            self._check_state_widths(observation, strict=False)
         session = _session_id(options)
         batch = nested_batch_size(observation)
         if batch is not None:  # checked before the session is touched: a bad request never breaks it

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, FrozenSet, Mapping, Optional, Tuple
+from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
 from gr00t_client.flat import LEGACY_LANGUAGE_KEY, language_batch, language_source, validate_flat_action, validate_flat_observation
 from gr00t_client.modality import ModalityConfig
@@ -13,9 +13,10 @@ class Gr00tSimPolicyWrapper(PolicyWrapper):
     """Adapts a nested-form policy to GR00T's flat simulation format: `video.<camera>` and `state.<key>` arrays and
     the language key at the top level of the observation, `action.<key>` arrays in the action (docs/protocol.md §9).
 
-    With strict=False (server --no-strict) nothing is validated here; the inner policy keeps its own
-    `strict`. An empty observation is passed through unchecked so a ReplayPolicy can be driven
-    without one. Options (including the server's `_session_id`) are forwarded untouched.
+    With strict=False (server --no-strict) nothing is validated here, except that an observation none of whose keys
+    the configs name is refused; the inner policy keeps its own `strict`. An empty observation is passed through
+    when the wrapped policy takes one (a ReplayPolicy can be driven without one), else refused naming the flat keys.
+    Options (including the server's `_session_id`) are forwarded untouched.
     """
 
     def __init__(self, policy: BasePolicy, *, strict: bool = True) -> None:
@@ -47,8 +48,20 @@ class Gr00tSimPolicyWrapper(PolicyWrapper):
     def check_observation(self, observation: Any) -> None:
         """Validate flat keys: video.<k> uint8 (B,T,H,W,3), state.<k> float32 (B,T,D), language as B strings."""
         if observation is None or (isinstance(observation, Mapping) and not observation):
+            if self.policy.strict:  # its refusal named the nested form, which this server does not take
+                try:
+                    self.policy.check_observation({})
+                except ObservationError:
+                    raise ObservationError(f"observation is empty; expected the flat keys {self.flat_keys()}") from None
             return
         validate_flat_observation(observation, self.get_modality_config())
+
+    def flat_keys(self) -> List[str]:
+        """The flat observation keys the configs name: `video.<k>`, `state.<k>` and the language keys."""
+        configs = self.get_modality_config()
+        keys = [f"{modality}.{key}" for modality in ("video", "state")
+                for key in (configs[modality].modality_keys if modality in configs else [])]
+        return keys + list(configs["language"].modality_keys if "language" in configs else [])
 
     def check_action(self, action: Any) -> None:
         """Each action.<k> must be float32 (B, T, D) with T = the action horizon."""
@@ -59,6 +72,12 @@ class Gr00tSimPolicyWrapper(PolicyWrapper):
             raise ObservationError(f"observation must be a dict of flat keys ('video.<key>', 'state.<key>', ...); got "
                                    f"{type(observation).__name__}")
         nested = self._to_nested(observation or {})
+        if observation and not any(nested.values()) and self.flat_keys():
+            # Nothing left to count rows from: a replay answered with the session's previous row count (strict=False)
+            unknown = [key[:60] for key in sorted(map(str, observation))[:8]]
+            more = f" and {len(observation) - 8} more" if len(observation) > 8 else ""
+            raise ObservationError(f"none of the observation's keys {unknown}{more} are in the modality config; "
+                                   f"expected the flat keys {self.flat_keys()}")
         action, info = self.policy.get_action(nested, _inner_options(options))
         return {f"action.{key}": value for key, value in action.items()}, info
 
