@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
-from .run_dir import RUN_FILENAME, OutputDirError, remove_quietly, shard_files
+from .run_dir import RUN_FILENAME, OutputDirError, directory_lock, remove_quietly, shard_files
 
 logger = logging.getLogger(__name__)
 
@@ -345,3 +345,55 @@ def _create_exclusively(path: Path, text: str) -> None:
 
 def _iso(unix: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix))
+
+
+# A --video-dir outside a run's output directory is checked for earlier videos when the run starts; two runs started
+# together into one both passed and then overwrote each other's episode_0000_*.mp4. Each run writing there keeps a
+# claim file in it (VIDEO_CLAIM_PREFIX + a hash of who writes: the output directory and shard, or a batch job's
+# folder) while it runs; the shards of one plan share the folder.
+VIDEO_CLAIM_PREFIX = ".gr00t_videos_"
+VIDEO_LOCK_FILENAME = ".gr00t_videos.lock"
+
+
+def claim_video_dir(video_dir: Union[str, Path], writer: str, plan: Optional[str] = None,
+                    flag: str = "--video-dir") -> Path:
+    """Claim `video_dir` for the run `writer` names (the folder its results go to; with its shard); OutputDirError
+    when another run that may still be running holds a claim there, unless both are shards of one `plan` (a key of
+    their tasks, episodes, seed and settings). Returns the claim file, which finish_claim marks finished."""
+    import hashlib
+
+    video_dir = Path(video_dir)
+    video_dir.mkdir(parents=True, exist_ok=True)
+    mine = video_dir / f"{VIDEO_CLAIM_PREFIX}{hashlib.sha1(writer.encode()).hexdigest()[:16]}.json"
+    with directory_lock(video_dir / VIDEO_LOCK_FILENAME):
+        for claim in sorted(video_dir.glob(f"{VIDEO_CLAIM_PREFIX}*.json")):
+            if claim == mine:
+                continue
+            holder = read_holder(claim)
+            if holder is None or holder.finished:
+                continue
+            elsewhere = holder.hostname not in (None, socket.gethostname())
+            if not elsewhere and not holder_alive(holder):
+                continue  # killed: its claim is stale
+            try:
+                record = json.loads(claim.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                record = {}
+            if plan is not None and isinstance(record, dict) and record.get("plan") == plan:
+                continue  # another shard of this plan: each writes the videos of its own episodes
+            writing = record.get("writer") if isinstance(record, dict) else None
+            raise OutputDirError(
+                f"{flag} {video_dir} is in use: a run that has not finished writes its episode videos there "
+                f"({holder.describe()}{f', for {writing}' if writing else ''}); the videos of two runs would overwrite "
+                f"each other. Wait for it to end or name another folder"
+                + (f" (host {socket.gethostname()} cannot check a run on {holder.hostname}: once it has ended, "
+                   f"delete {claim})" if elsewhere else ""))
+        text = json.dumps({"writer": writer, "plan": plan, CLAIM_KEY: holder_record()}, indent=2) + "\n"
+        partial = mine.with_name(f".{mine.name}.{os.getpid()}.tmp")
+        try:
+            partial.write_text(text, encoding="utf-8")
+            os.replace(partial, mine)
+        except BaseException:
+            remove_quietly(partial)
+            raise
+    return mine

@@ -378,6 +378,11 @@ def held_run_claims() -> Iterator[Any]:
 _CLAIMS_HELD: List[Path] = []  # run files this process claimed and has not yet marked finished
 
 
+def hold_claim(path: Path) -> None:
+    """Have the enclosing held_run_claims block mark another claim file of the run finished (its --video-dir's)."""
+    _CLAIMS_HELD.append(path)
+
+
 def read_run_file(directory: Union[str, Path], shard: Any = None) -> Dict[str, Any]:
     """run.json (or a shard's run file) of a directory to resume (OutputDirError when there is none)."""
     path = Path(directory) / run_file_name(shard)

@@ -164,6 +164,33 @@ def _rollout_output_dir(args: argparse.Namespace, label: str, shard: Any, claim:
     return path
 
 
+def _claim_videos(output_dir: Path, shard: Any, env_spec: str, config: Any) -> None:
+    """Claim the run's video folder when it lies outside the output directory, while the run writes there
+    (run_claim.claim_video_dir): of two runs started together into one, both passed the check for earlier videos
+    and then overwrote each other's. The shards of one plan share it. The claim is marked finished with the run's
+    (run_dir.held_run_claims)."""
+    import hashlib
+    import json
+
+    from .cli_errors import UsageError
+    from .run_claim import claim_video_dir
+    from .run_dir import OutputDirError, hold_claim
+    from .shard import shard_plan
+    from .suites import resolve_tasks
+
+    if not config.video_dir or _within(Path(config.video_dir), output_dir):
+        return  # none, or the output directory's own (its claim covers it)
+    plan = None
+    if shard is not None:
+        key = {**shard_plan(resolve_tasks(env_spec)[0], config, None), "shards": shard.count}
+        plan = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+    writer = f"{os.path.abspath(output_dir)}{'' if shard is None else f' (shard {shard})'}"
+    try:
+        hold_claim(claim_video_dir(Path(config.video_dir), writer, plan))
+    except OutputDirError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _within(inner: Path, outer: Path) -> bool:
     """Whether `inner` is `outer` or lies inside it (links resolved)."""
     inner, outer = inner.resolve(), outer.resolve()
@@ -387,6 +414,7 @@ def run_rollout_command(args: argparse.Namespace) -> int:
             config = dataclasses.replace(config, video_dir=str(Path(os.path.abspath(output_dir)) / "videos"))
         if "env_timeout" in given_settings(args):  # not an outcome setting: a stalled run may resume with more time
             config = dataclasses.replace(config, env_timeout_s=env_timeout_from_args(args))
+        _claim_videos(output_dir, shard, env_spec, config)
         first_policy = saved.get("policy")
         earlier = earlier_results(output_dir, shard)
         done = [EpisodeOutcome.from_json_dict(e) for e in EpisodeLog(output_dir / episode_log_name(shard)).read()]
@@ -410,6 +438,11 @@ def run_rollout_command(args: argparse.Namespace) -> int:
 
         output_dir = _rollout_output_dir(args, env_spec, shard, claim)
         config = made["config"]
+        try:
+            _claim_videos(output_dir, shard, env_spec, config)
+        except UsageError:
+            _release_unstarted_run(output_dir, shard)
+            raise
     print(f"Output directory: {output_dir} (base seed {config.seed})")
     try:
         try:
@@ -775,8 +808,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     from .batch import BATCH_RESULTS_FILENAME, JobError, format_table, job_video_dirs, load_jobs, run_batch
     from .cli_errors import UsageError
-    from .run_claim import (claim_lock_name, claim_output_dir, finish_claim, refuse_live_claim, refuse_live_claims,
-                            take_claim)
+    from .run_claim import (claim_lock_name, claim_output_dir, claim_video_dir, finish_claim, refuse_live_claim,
+                            refuse_live_claims, take_claim)
     from .run_dir import (INTERRUPTED_EXIT_CODE, OutputDirError, check_output_dir, is_storage_error,
                           make_fresh_dated_output_dir, prepare_output_dir, sigterm_as_interrupt)
 
@@ -844,6 +877,16 @@ def cmd_batch(args: argparse.Namespace) -> int:
             shutil.copymode(args.jobs, jobs_path)  # a job file kept 0600 for its inline token or key stays so
     except (JobError, OutputDirError) as exc:
         raise UsageError(str(exc)) from None
+    video_claims: List[Path] = []
+    try:  # a job's video folder outside the batch's, claimed while the batch runs (see _claim_videos)
+        for video_dir in job_video_dirs(jobs):
+            if not _within(video_dir, output_dir):
+                video_claims.append(claim_video_dir(video_dir, f"batch {os.path.abspath(output_dir)}",
+                                                    flag="a job's video_dir"))
+    except OutputDirError as exc:
+        for held in [*video_claims, claim]:
+            finish_claim(held, "error")
+        raise UsageError(str(exc)) from None
     path = output_dir / BATCH_RESULTS_FILENAME
     outcome = "error"
     try:
@@ -863,8 +906,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
         print(f"INTERRUPTED: {batch['n_pending']} jobs pending (continue with: gr00t-eval batch --resume {output_dir})")
         print(f"Results: {path}")
         return INTERRUPTED_EXIT_CODE
-    finally:  # a later --overwrite or --resume may take the folder now
-        finish_claim(claim, outcome)
+    finally:  # a later --overwrite or --resume may take the folder (and the video folders) now
+        for held in [*video_claims, claim]:
+            finish_claim(held, outcome)
     print(format_table(batch))
     print(f"Results: {path}")
     return 1 if batch["n_failed"] else 0

@@ -1,0 +1,115 @@
+"""Two runs writing their episode videos into one --video-dir outside their output folders, at the same time: each
+checked the folder for earlier videos when it started, both passed, and then they overwrote each other's
+episode_0000_*.mp4 (and deleted those of the other outcome), while each run's results pointed at the files. A run
+now claims such a folder while it writes there (a claim file with its process, as output folders have); another run
+into it is refused while that one runs, except a shard of the same plan; a finished or killed run's claim is no
+obstacle. Real rollouts and batches, a real second process, the real CLI."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+
+from eval.scale_fixtures import policy_server
+from gr00t_eval.run_claim import VIDEO_CLAIM_PREFIX, claim_video_dir, read_holder
+from test_batch_merge_outputs import write_jobs
+from test_run_dir_leftovers import ended_pid
+from test_run_outputs import SMALL, SlowPolicy, _eval_process, _wait_for_episodes
+from gr00t_eval.cli import main as run_cli
+
+IN_USE = "is in use: a run that has not finished writes its episode videos there (pid {pid}"
+
+
+def rollout_args(port, out, videos, *extra, n_episodes=6):
+    return ["rollout", "--env-name", "walkto/slow", "--env-import", "eval.scale_fixtures", "--n-episodes",
+            str(n_episodes), "--policy-client-port", str(port), "--timeout-ms", "5000", "--output-dir", str(out),
+            "--video-dir", str(videos), *[flag for flag in SMALL if flag != "--no-video"], *extra]
+
+
+def claims_in(videos):
+    return sorted(videos.glob(f"{VIDEO_CLAIM_PREFIX}*.json"))
+
+
+def hand_claim(videos, pid, writer="another run", plan=None):
+    """The claim a run of process `pid` on this host keeps in `videos` while it writes there."""
+    path = claim_video_dir(videos, writer, plan)
+    data = json.loads(path.read_text())
+    data["claim"]["pid"] = pid
+    for key in ("start_ticks", "boot_id"):  # this process's: they would tell `pid` for a reused one
+        data["claim"].pop(key, None)
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.slow
+def test_a_run_into_the_video_dir_of_a_running_one_is_refused_and_the_first_finishes_as_it_would(tmp_path, capsys):
+    videos = tmp_path / "videos"
+    with policy_server(SlowPolicy(delay=0.1)) as server:
+        first = _eval_process(rollout_args(server.port, tmp_path / "first", videos, "--seed", "0", n_episodes=20))
+        _wait_for_episodes(tmp_path / "first" / "episodes.jsonl", 1, first)
+        code = run_cli(rollout_args(server.port, tmp_path / "second", videos, "--seed", "5"))
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert f"--video-dir {videos} {IN_USE.format(pid=first.pid)}" in err
+        assert f"for {tmp_path / 'first'}" in err  # names the run writing there
+        assert not (tmp_path / "second" / "run.json").exists()  # nothing of the refused run is left to resume
+        output, _ = first.communicate(timeout=120)
+    assert first.returncode == 0, output
+    (claim,) = claims_in(videos)
+    holder = read_holder(claim)
+    assert holder.pid == first.pid and holder.finished  # marked finished with the run: the folder is free again
+    with policy_server() as server:
+        assert run_cli(rollout_args(server.port, tmp_path / "third", tmp_path / "videos_3", "--seed", "5",
+                                    n_episodes=2)) == 0
+
+
+@pytest.mark.slow
+def test_shards_of_one_plan_share_the_video_dir_while_running_and_another_plans_shard_is_refused(tmp_path, capsys):
+    videos, split = tmp_path / "videos", tmp_path / "split"
+    with policy_server(SlowPolicy(delay=0.2)) as server:
+        first = _eval_process(rollout_args(server.port, split, videos, "--seed", "0", "--shard", "0/2", n_episodes=20))
+        _wait_for_episodes(split / "episodes_shard0of2.jsonl", 1, first)
+        assert run_cli(rollout_args(server.port, tmp_path / "other", videos, "--seed", "7", "--shard", "1/2",
+                                    n_episodes=20)) == 2
+        assert IN_USE.format(pid=first.pid) in capsys.readouterr().err
+        assert first.poll() is None  # still running: the shard of its plan below joins a folder it holds
+        assert run_cli(rollout_args(server.port, split, videos, "--seed", "0", "--shard", "1/2", n_episodes=20)) == 0
+        output, _ = first.communicate(timeout=120)
+    assert first.returncode == 0, output
+    assert len(claims_in(videos)) == 2 and all(read_holder(claim).finished for claim in claims_in(videos))
+
+
+def test_the_claim_of_a_run_that_is_gone_or_finished_is_no_obstacle(tmp_path):
+    videos = tmp_path / "videos"
+    hand_claim(videos, ended_pid(), writer="a killed run")
+    finished = hand_claim(videos, ended_pid(), writer="a finished run")
+    data = json.loads(finished.read_text())
+    data["claim"]["finished"] = True
+    finished.write_text(json.dumps(data))
+    with policy_server() as server:
+        assert run_cli(rollout_args(server.port, tmp_path / "out", videos, "--seed", "0", n_episodes=2)) == 0
+    mine = [claim for claim in claims_in(videos) if json.loads(claim.read_text())["writer"] == str(tmp_path / "out")]
+    assert len(mine) == 1 and read_holder(mine[0]).finished
+
+
+def test_a_batch_whose_job_video_dir_a_running_run_writes_to_is_refused(tmp_path, capsys, live_process):
+    videos = tmp_path / "videos"
+    hand_claim(videos / "slow", live_process.pid)  # the two jobs share `videos`: each writes in its own folder there
+    with policy_server() as server:
+        jobs = write_jobs(tmp_path, server.port, video_dir=str(videos))
+        assert run_cli(["batch", "--jobs", str(jobs), "--output-dir", str(tmp_path / "batch")]) == 2
+    err = capsys.readouterr().err
+    assert f"a job's video_dir {videos / 'slow'} {IN_USE.format(pid=live_process.pid)}" in err, err
+    batch_claim = json.loads((tmp_path / "batch" / "batch.json").read_text())["claim"]
+    assert batch_claim["finished"] and batch_claim["outcome"] == "error"  # the batch's folder is not left held
+
+
+def test_a_batch_holds_its_jobs_video_dirs_while_it_runs_and_frees_them(tmp_path):
+    videos = tmp_path / "videos"
+    with policy_server() as server:
+        jobs = write_jobs(tmp_path, server.port, video_dir=str(videos))
+        assert run_cli(["batch", "--jobs", str(jobs), "--output-dir", str(tmp_path / "batch")]) == 0
+    held = [claim for folder in (videos / "fast", videos / "slow") for claim in claims_in(folder)]
+    assert len(held) == 2 and all(read_holder(claim).finished for claim in held)
