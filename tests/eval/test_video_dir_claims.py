@@ -8,7 +8,6 @@ obstacle. Real rollouts and batches, a real second process, the real CLI."""
 from __future__ import annotations
 
 import json
-import signal
 
 import pytest
 

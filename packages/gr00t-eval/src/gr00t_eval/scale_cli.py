@@ -300,8 +300,6 @@ def _default_video_dir(saved: Mapping[str, Any], output_dir: Path) -> bool:
 def _check_rollout_args(args: argparse.Namespace) -> None:
     from .cli_errors import UsageError
     from .rollout.config import MAX_EPISODES
-    from .rollout.envs import check_env_name
-    from .suites import resolve_tasks
 
     if args.n_episodes < 1:
         raise UsageError(f"--n-episodes must be >= 1, got {args.n_episodes}")
