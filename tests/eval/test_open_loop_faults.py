@@ -647,17 +647,6 @@ class TextReplay(ReplayPolicy):
         return dict(action, gripper=np.full(action["gripper"].shape, "a")), info
 
 
-def test_a_chunk_of_strings_errors_its_trajectory_naming_the_key_and_its_dtype(dataset, tmp_path):
-    """It ended the whole run with a bare "ValueError: could not convert string to float", naming no key."""
-    with running_server(TextReplay(dataset, execution_horizon=4, strict=False)) as text:
-        assert open_loop(dataset, text.port, tmp_path / "out", "--traj-ids", "0", "1") == 1
-    data = results(tmp_path / "out")
-    assert data["status"] == "complete" and data["trajectories"] == {}
-    assert [e["traj_id"] for e in data["errored_trajectories"]] == [0, 1]
-    assert ("the policy's action 'gripper' at step 0 has dtype <U1; expected numbers (a float, int or bool array)"
-            in data["errored_trajectories"][0]["error"])
-
-
 class GripperlessReplay(ReplayPolicy):
     """A replay whose chunks lack the 'gripper' key its modality config promises."""
 
@@ -666,12 +655,16 @@ class GripperlessReplay(ReplayPolicy):
         return {"arm": action["arm"]}, info
 
 
-def test_a_chunk_missing_an_action_key_errors_its_trajectory_naming_the_key(dataset, tmp_path):
-    """It ended the whole run with a KeyError (status aborted, the other trajectories not run)."""
-    with running_server(GripperlessReplay(dataset, execution_horizon=4, strict=False)) as gripperless:
-        assert open_loop(dataset, gripperless.port, tmp_path / "out", "--traj-ids", "0", "1") == 1
+@pytest.mark.parametrize("replay,error", [
+    # it ended the whole run with a bare "ValueError: could not convert string to float", naming no key
+    (TextReplay, "the policy's action 'gripper' at step 0 has dtype <U1; expected numbers (a float, int or bool array)"),
+    # it ended the whole run with a KeyError (status aborted, the other trajectories not run)
+    (GripperlessReplay, "the policy's action has no 'gripper' (nor 'action.gripper'); got keys ['arm']"),
+], ids=["strings", "missing-key"])
+def test_a_chunk_of_strings_or_missing_a_key_errors_its_trajectory_naming_the_key(replay, error, dataset, tmp_path):
+    with running_server(replay(dataset, execution_horizon=4, strict=False)) as server:
+        assert open_loop(dataset, server.port, tmp_path / "out", "--traj-ids", "0", "1") == 1
     data = results(tmp_path / "out")
     assert data["status"] == "complete" and data["trajectories"] == {}
     assert [e["traj_id"] for e in data["errored_trajectories"]] == [0, 1]
-    assert ("the policy's action has no 'gripper' (nor 'action.gripper'); got keys ['arm']"
-            in data["errored_trajectories"][0]["error"])
+    assert error in data["errored_trajectories"][0]["error"]

@@ -50,6 +50,16 @@ def flat(batch=2, language=None):
     }
 
 
+def replay_flat(rows=1, arm=3):
+    """A flat observation in the layout of make_dataset(cameras=("image",)): 32x32 camera, arm 3 and gripper 1 wide."""
+    return {
+        "video.image": np.zeros((rows, 1, 32, 32, 3), np.uint8),
+        "state.arm": np.zeros((rows, 1, arm), np.float32),
+        "state.gripper": np.zeros((rows, 1, 1), np.float32),
+        LANGUAGE_KEY: ["pick"] * rows,
+    }
+
+
 def test_flat_observation_becomes_nested_and_actions_get_the_prefix():
     inner = RecordingPolicy()
     action, info = Gr00tSimPolicyWrapper(inner).get_action(flat())
@@ -171,12 +181,7 @@ def test_a_strict_client_validates_the_flat_form_a_sim_wrapper_server_takes(tmp_
     from serving import running_server
 
     root = make_dataset(tmp_path / "ds", lengths=(5,), cameras=("image",))
-    observation = {
-        "video.image": np.zeros((1, 1, 32, 32, 3), np.uint8),
-        "state.arm": np.zeros((1, 1, 3), np.float32),
-        "state.gripper": np.zeros((1, 1, 1), np.float32),
-        LANGUAGE_KEY: ["pick the red cube"],
-    }
+    observation = replay_flat()
     with running_server(Gr00tSimPolicyWrapper(ReplayPolicy(root, execution_horizon=2))) as server:
         with PolicyClient(port=server.port, strict=True, timeout_ms=10000) as client:
             client.reset({"episode_index": 0})
@@ -221,12 +226,7 @@ def test_a_non_strict_replay_server_refuses_an_observation_of_only_unknown_keys_
 
     root = make_dataset(tmp_path / "ds", lengths=(8,), cameras=("image",))
     port = free_port()
-    good = {
-        "video.image": np.zeros((3, 1, 32, 32, 3), np.uint8),
-        "state.arm": np.zeros((3, 1, 3), np.float32),
-        "state.gripper": np.zeros((3, 1, 1), np.float32),
-        LANGUAGE_KEY: ["pick"] * 3,
-    }
+    good = replay_flat(rows=3)
     with served("serve", "--dataset-path", str(root), "--port", str(port), "--use-sim-policy-wrapper", "--no-strict"):
         with PolicyClient(port=port, strict=False, timeout_ms=30000) as client:
             action, _ = client.get_action(good)
@@ -250,12 +250,7 @@ def test_a_strict_replay_server_refuses_a_state_width_the_dataset_does_not_have(
 
     root = make_dataset(tmp_path / "ds", lengths=(8,), cameras=("image",))
     port = free_port()
-    observation = {
-        "video.image": np.zeros((1, 1, 32, 32, 3), np.uint8),
-        "state.arm": np.zeros((1, 1, 7), np.float32),
-        "state.gripper": np.zeros((1, 1, 1), np.float32),
-        LANGUAGE_KEY: ["pick"],
-    }
+    observation = replay_flat(arm=7)
     with served("serve", "--dataset-path", str(root), "--port", str(port), "--use-sim-policy-wrapper"):
         with PolicyClient(port=port, strict=False, timeout_ms=30000) as client:
             with pytest.raises(PolicyServerError, match=r"ObservationError: State key 'arm' has dimension 7; the "
