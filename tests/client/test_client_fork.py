@@ -81,3 +81,34 @@ def test_closing_in_the_child_leaves_the_parents_client_open():
         assert code == 0, output
         assert client.ping()
         client.close()
+
+
+def test_a_forked_child_has_a_session_of_its_own_so_a_replay_keeps_each_workers_episode(tmp_path):
+    """The child kept the parent's session id, so a replay server (one cursor per session) moved the parent's cursor
+    when the child reset to its own episode: the parent's next chunk came from the child's episode, and workers forked
+    together were sent each other's episodes, without an error."""
+    import numpy as np
+
+    from eval.dataset_factory import expected_actions, make_dataset
+    from gr00t_server.policies import ReplayPolicy
+
+    root = make_dataset(tmp_path / "ds", lengths=(12, 12), cameras=())
+    with running_server(ReplayPolicy(root, execution_horizon=4)) as server:
+        client = PolicyClient("127.0.0.1", server.port, timeout_ms=5000)
+        client.reset({"episode_index": 0})
+        first, _ = client.get_action({})
+        code, output = in_child(lambda: (client.reset({"episode_index": 1}),
+                                         client.get_action({})[0]["arm"][0, 0].tolist(), client.session_id)[1:])
+        assert code == 0, output
+        child_arm, child_session = eval(output)  # noqa: S307 - the child's own repr of a list and a str
+        assert child_session != client.session_id
+        np.testing.assert_allclose(child_arm, expected_actions(1, 12)["arm"][0])  # its episode, from its start
+        second, _ = client.get_action({})  # the parent's session went on where it was, in episode 0
+        np.testing.assert_allclose(first["arm"][0, :4], expected_actions(0, 12)["arm"][:4])
+        np.testing.assert_allclose(second["arm"][0, :4], expected_actions(0, 12)["arm"][4:8])
+
+        named = PolicyClient("127.0.0.1", server.port, timeout_ms=5000, session_id="robot-7")
+        code, output = in_child(lambda: named.session_id)
+        assert (code, output) == (0, "robot-7")  # a session id its user gave is kept
+        named.close()
+        client.close()

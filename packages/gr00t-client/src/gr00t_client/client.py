@@ -290,6 +290,7 @@ class PolicyClient(BasePolicy):
                               else codec.DecodeLimits.for_message_bytes(self.max_reply_bytes))
         self.api_token = api_token
         self.session_id = session_id or uuid.uuid4().hex
+        self._session_given = bool(session_id)  # a forked child keeps a session id its user chose, not one made here
         # Set once a reset or get_action of this session was answered: later requests say the session continues, so a
         # server that no longer knows it (dropped long ago, or restarted) refuses them instead of starting it afresh.
         self._session_served = False
@@ -693,7 +694,8 @@ class PolicyClient(BasePolicy):
         """In a child forked from the process that made this client, start afresh: ZeroMQ objects do not survive a
         fork (the child's first call spun at full CPU for ever, whatever timeout_ms), and a lock a parent thread held
         at that moment stays held. The parent's objects are left alone (pyzmq never closes them from another process),
-        so the parent's connection is unaffected; what was learned about the server still holds."""
+        so the parent's connection is unaffected; what was learned about the server still holds. The child gets a
+        session of its own unless the client was given its session_id."""
         if self._pid == os.getpid():
             return
         self._pid = os.getpid()
@@ -704,6 +706,10 @@ class PolicyClient(BasePolicy):
         if closing:
             self._closing.set()
         self._context = None if closed else _PROCESS_CONTEXT.get()
+        if not self._session_given:
+            # A session of its own: with the parent's id, a stateful server (a replay) kept one cursor for every forked
+            # worker, and each worker's reset moved the others' (a worker replayed another's episode, without a word).
+            self.session_id, self._session_served = uuid.uuid4().hex, False
         logger.debug("PolicyClient for %s in forked process %d: new ZeroMQ context and socket", self.address, self._pid)
 
     @contextlib.contextmanager
