@@ -355,8 +355,11 @@ class ActionChunker:
         """End the background thread. Wrapping a PolicyClient, return at once: a request still in flight is
         abandoned (its chunk is not wanted; the client, safe to share between threads, finishes or times it out,
         and closing the client ends it at once), so leaving a `with` block on Ctrl-C against a stalled server does
-        not wait out timeout_ms. Wrapping a local policy, wait for its call to end first (it may not be used by
-        two callers at once). A program that exits without closing does not wait: the thread is a daemon."""
+        not wait out timeout_ms. A fetch another thread's get_action makes in the foreground (the first chunk, or
+        with asynchronous=False) is not abandoned: close() from a third thread waits for its reply (up to the
+        client's timeout_ms); closing the PolicyClient itself ends it at once. Wrapping a local policy, wait for its
+        call to end first (it may not be used by two callers at once). A program that exits without closing does
+        not wait: the thread is a daemon."""
         self._adopt_after_fork()
         self._closing.set()  # a get_action blocked on a late prefetch holds the lock: it lets go within CLOSE_POLL_S
         with self._lock:
