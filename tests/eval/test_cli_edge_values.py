@@ -57,6 +57,9 @@ ROLLOUT = ["rollout", "--env-name", "walkto/slow", "--env-import", "eval.scale_f
     (["--n-envs", "-1"], "--n-envs must be >= 0 (0 = auto), got -1"),
     (["--ray-cpus-per-shard", "inf", "--ray-address", "auto"], "--ray-cpus-per-shard must be a finite number > 0, got inf"),
     (["--env-timeout", "-1"], "--env-timeout must be seconds > 0, or 0 for no limit; got -1"),
+    # without --ray-address they were ignored: a single-process run the user took for one spread over Ray
+    (["--ray-shards", "4"], "--ray-shards applies only to a run on Ray: add --ray-address"),
+    (["--ray-shards", "4", "--ray-cpus-per-shard", "2"], "--ray-shards and --ray-cpus-per-shard apply only to a run on Ray"),
     # shards drawing their own seeds would each run other scenes than the plan's episodes
     (["--shard", "0/2"], "--shard needs --seed (or $GR00T_EVAL_SEED)"),
     (["--env-adapter", "walk2=no_such_module_x:make"], "--env-adapter walk2=no_such_module_x:make: env adapter "

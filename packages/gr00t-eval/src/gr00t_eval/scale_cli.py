@@ -395,6 +395,12 @@ def run_rollout_command(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     if shard is not None and args.ray_address:
         raise UsageError("--shard and --ray-address do not combine (Ray makes its own shards)")
+    if not args.ray_address:  # they were ignored: a run on one machine that the user thought was spread over Ray
+        stray = [flag for flag, given in (("--ray-shards", args.ray_shards != 0),
+                                          ("--ray-cpus-per-shard", args.ray_cpus_per_shard != 1.0)) if given]
+        if stray:
+            raise UsageError(f"{' and '.join(stray)} {'apply' if len(stray) > 1 else 'applies'} only to a run on Ray: "
+                             "add --ray-address (auto, HOST:PORT or local), or leave it out")
     if args.ray_address:  # a missing Ray or an unreachable cluster fails in seconds, before the output directory is made
         import_ray()
         check_ray_address(args.ray_address)
