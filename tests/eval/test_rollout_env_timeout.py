@@ -94,3 +94,31 @@ def test_a_negative_env_timeout_flag_is_a_usage_error(tmp_path):
 
     with pytest.raises(UsageError, match="--env-timeout must be seconds > 0, or 0 for no limit; got -1"):
         run_cli(rollout_argv("walkto/fast", 1, tmp_path / "run", "--env-timeout", "-1"))
+
+
+class StubbornHangingWalkEnv(HangingWalkEnv):
+    """HangingWalkEnv whose worker, once hung, answers SIGTERM by carrying on (a simulator that handles the signal to
+    clean up and stays in its hung step)."""
+
+    def step(self, action):
+        if self.hangs:
+            import signal
+
+            signal.signal(signal.SIGTERM, lambda *_: None)
+        return super().step(action)
+
+
+@pytest.mark.timeout(120)
+def test_a_hung_env_whose_worker_survives_sigterm_still_stops_the_run(tmp_path, capsys):
+    """gymnasium's close(terminate=True) joins the workers without a timeout: the run waited for ever after
+    --env-timeout, printing nothing more and writing no results."""
+    register_env_prefix("stubborn", EmbodimentTag.NEW_EMBODIMENT, lambda task, **kwargs: StubbornHangingWalkEnv("step"))
+    with running_server(ConstantPolicy()) as server:
+        started = time.monotonic()
+        code = run_cli(rollout_argv("stubborn/walk", server.port, tmp_path / "run", "--env-timeout", "2"))
+        took = time.monotonic() - started
+    out = capsys.readouterr().out
+    assert code == 1 and took < 60, f"exit {code} after {took:.0f} s"
+    assert "(episode 3) did not finish a step within 2 s (--env-timeout)" in out, out
+    assert (tmp_path / "run" / "results.json").is_file()
+    assert multiprocessing.active_children() == []  # killed once SIGTERM did not end it

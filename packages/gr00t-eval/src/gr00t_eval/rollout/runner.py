@@ -464,12 +464,16 @@ class RolloutRunner:
                             stats.calls, stats.requests, stats.prefetches, stats.blocking_waits)
 
 
+WORKER_STOP_WAIT_S = 3.0  # how long async env workers get to end on SIGTERM before they are killed
+
+
 def _close_envs(vec: gym.vector.VectorEnv, clean: bool) -> None:
     """Close the envs; after an interrupt or error, terminate async workers instead of waiting on them."""
     try:
         if clean or not isinstance(vec, gym.vector.AsyncVectorEnv):
             vec.close()
         else:
+            _stop_workers(vec)
             with warnings.catch_warnings():
                 # A run stopped mid-step (Ctrl-C, a dead worker) has a step pending by design: gymnasium's "Calling
                 # `close` while waiting for a pending call to `step`" would follow the run's own account of the stop.
@@ -477,6 +481,25 @@ def _close_envs(vec: gym.vector.VectorEnv, clean: bool) -> None:
                 vec.close(terminate=True)
     except Exception as exc:  # noqa: BLE001 - closing must not hide the reason the run ended
         logger.warning("closing the envs failed: %s: %s", type(exc).__name__, exc)
+
+
+def _stop_workers(vec: gym.vector.AsyncVectorEnv) -> None:
+    """SIGTERM the async env workers, and SIGKILL those still alive WORKER_STOP_WAIT_S later: gymnasium's
+    close(terminate=True) joins them without a timeout, so a worker that handles SIGTERM and stays in a hung step (a
+    simulator that cleans up on shutdown), or one stopped (SIGSTOP), held the run for ever after --env-timeout,
+    without its stall message or results."""
+    processes = [process for process in getattr(vec, "processes", []) if process.is_alive()]
+    for process in processes:
+        process.terminate()
+    deadline = time.monotonic() + WORKER_STOP_WAIT_S
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+    for process in processes:
+        if process.is_alive():
+            logger.warning("env worker (pid %s) did not end within %.0f s of SIGTERM: killed", process.pid,
+                           WORKER_STOP_WAIT_S)
+            process.kill()
+            process.join(WORKER_STOP_WAIT_S)
 
 
 def _row_info(infos: Mapping[str, Any], key: str, row: int) -> Any:
