@@ -334,6 +334,51 @@ def test_a_backbone_size_of_the_wrong_type_is_one_line_naming_the_field(copy_of,
     assert "config.json: config field 'backbone_cfg.text_config.hidden_size' must be an int >= 1, got '64'" in err
 
 
+@pytest.mark.parametrize(
+    "indexes, message",
+    [
+        ([5], "holds 5; expected ViT block indexes in [0, 1] (vision_config.depth is 2)"),
+        ([-1], "holds -1; expected ViT block indexes in [0, 1] (vision_config.depth is 2)"),
+        ([0, 0], "is [0, 0]; expected each ViT block index once"),
+        (["0"], 'holds "0"; expected ViT block indexes in [0, 1]'),
+    ],
+    ids=["past-depth", "negative", "twice", "string"],
+)
+def test_a_deepstack_index_naming_no_vit_block_is_refused_at_load(copy_of, serve_error, indexes, message):
+    # The weights still match in shape: such a config served actions with the deepstack features silently dropped.
+    checkpoint = copy_of()
+    _edit_json(checkpoint / "config.json",
+               lambda data: data["backbone_cfg"]["vision_config"].__setitem__("deepstack_visual_indexes", indexes))
+    err = serve_error(checkpoint)
+    assert f"config.json: config field 'backbone_cfg.vision_config.deepstack_visual_indexes' {message}" in err
+
+
+@pytest.mark.parametrize(
+    "section, key, value, message",
+    [
+        ("text_config", "rope_theta", "5e6", "must be a finite number > 0, got '5e6'"),
+        ("text_config", "rms_norm_eps", "1e-6", "must be a finite number > 0, got '1e-6'"),
+        ("text_config", "rms_norm_eps", 0, "must be a finite number > 0, got 0"),
+        ("text_config", "rope_theta", -1.0, "must be a finite number > 0, got -1.0"),
+        ("vision_config", "num_position_embeddings", "256", "must be an int >= 1, got '256'"),
+        ("text_config", "max_position_embeddings", 4096.5, "must be an int >= 1, got 4096.5"),
+        ("text_config", "hidden_act", "silu2", "is \"silu2\" (did you mean 'silu'?); expected an activation of "
+                                               "transformers' ACT2FN: ["),
+        ("vision_config", "hidden_act", "gelu_tanh", "is \"gelu_tanh\" (did you mean 'gelu_python_tanh'?); expected an "
+                                                     "activation of transformers' ACT2FN: ["),
+        ("vision_config", "hidden_act", None, "is null; expected an activation of transformers' ACT2FN: ["),
+    ],
+    ids=["rope-theta-string", "rms-eps-string", "rms-eps-zero", "rope-theta-negative", "position-embeddings-string",
+         "max-positions-float", "text-act-typo", "vision-act-typo", "act-null"],
+)
+def test_a_backbone_value_of_the_wrong_kind_is_one_line_naming_file_field_and_value(copy_of, serve_error, section,
+                                                                                   key, value, message):
+    checkpoint = copy_of()
+    _edit_json(checkpoint / "config.json", lambda data: data["backbone_cfg"][section].__setitem__(key, value))
+    err = serve_error(checkpoint)
+    assert f"config.json: config field 'backbone_cfg.{section}.{key}' {message}" in err
+
+
 def test_an_absurd_number_of_denoising_steps_is_refused(copy_of, serve_error):
     checkpoint = copy_of()
     _edit_json(checkpoint / "config.json", lambda data: data.__setitem__("num_inference_timesteps", 10**9))
@@ -374,6 +419,15 @@ def test_a_broken_tokenizer_json_is_one_line_naming_the_tokenizer_files(copy_of,
     path.write_text(damage(path.read_text()))
     err = serve_error(checkpoint)
     assert "the tokenizer files in" in err and "could not be read" in err
+
+
+def test_a_tokenizer_json_without_tokenizer_config_json_is_named_as_missing(copy_of, serve_error):
+    # transformers blamed config.json's model type and an out-of-date Transformers instead.
+    checkpoint = copy_of()
+    (checkpoint / "tokenizer_config.json").unlink()
+    err = serve_error(checkpoint)
+    assert f"tokenizer_config.json is missing from the tokenizer folder {checkpoint};" in err
+    assert "does not recognize this architecture" not in err
 
 
 # --- 11. the shard index is honoured ------------------------------------------------------------------------
@@ -476,6 +530,24 @@ def test_a_backend_without_its_metadata_or_install_is_refused_before_the_checkpo
     assert cli.main(["serve", "--model-path", str(checkpoint), "--device", "cpu", "--inference-mode", mode, flag,
                      str(folder)]) == 2
     assert message.format(folder=folder) in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has a CUDA GPU")
+@pytest.mark.parametrize("device", [[], ["--device", "cuda"]], ids=["default-device", "cuda-device"])
+def test_verify_of_engines_without_a_cuda_gpu_says_tensorrt_needs_one_before_the_checkpoint_loads(copy_of, capsys,
+                                                                                                 tmp_path, device):
+    """It loaded the checkpoint on 'cuda' and failed advising device='cpu', which can never run a TensorRT engine."""
+    from gr00t_server import cli
+
+    checkpoint = copy_of()
+    (checkpoint / "model.safetensors").write_bytes(b"not safetensors")  # a load would report this instead
+    engines = tmp_path / "engines"
+    engines.mkdir()
+    (engines / "engine_metadata.json").write_text("{}")
+    assert cli.main(["verify", "--model-path", str(checkpoint), "--engine-dir", str(engines), *device]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "inference mode 'tensorrt' needs" in err and "a CUDA GPU" in err, err
+    assert "device='cpu'" not in err
 
 
 def test_a_file_given_as_the_checkpoint_is_named_as_a_file(copy_of, serve_error):

@@ -196,7 +196,7 @@ def verify_checkpoint(
 ) -> VerifyReport:
     """Load the checkpoint and verify one backend against PyTorch: ONNX Runtime on `onnx_dir`, TensorRT on
     `engine_dir` (both in the export's precision), or torch.compile of the DiT when `torch_compile`."""
-    from gr00t_server.backends import apply_inference_mode
+    from gr00t_server.backends import apply_inference_mode, check_backend_before_load
     from gr00t_server.backends.common import ENGINE_METADATA, read_export_metadata, read_json
     from gr00t_server.backends.export import default_embodiment_tag, sample_observation
     from gr00t_server.policies.gr00t_policy import Gr00tPolicy
@@ -205,6 +205,8 @@ def verify_checkpoint(
         raise ValueError("verify needs exactly one of onnx_dir, engine_dir or torch_compile")
     metadata: dict[str, Any] = {}
     if engine_dir is not None:
+        # As `serve` does, before the checkpoint loads: without CUDA, the load's "use device='cpu'" can never work here.
+        check_backend_before_load("tensorrt", engine_dir=engine_dir, device=device or "cuda")
         metadata = read_json(Path(engine_dir) / ENGINE_METADATA, "TensorRT engine metadata")
         mode = "tensorrt"
         device = device or "cuda"

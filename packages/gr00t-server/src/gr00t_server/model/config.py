@@ -7,6 +7,7 @@ import dataclasses
 import difflib
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -114,8 +115,60 @@ def _check_top_level_typos(data: dict[str, Any], extras: dict[str, Any]) -> None
 _BACKBONE_INT_FIELDS = frozenset({
     "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
     "vocab_size", "depth", "num_heads", "patch_size", "temporal_patch_size", "spatial_merge_size", "out_hidden_size",
-    "in_channels",
+    "in_channels", "num_position_embeddings", "max_position_embeddings",
 })
+# Floats of backbone_cfg's text config (a string "5e6" fails deep inside torch, at warm-up or later).
+_BACKBONE_POSITIVE_FLOAT_FIELDS = ("rope_theta", "rms_norm_eps")
+
+
+def _check_backbone_cfg(backbone_cfg: Optional[dict[str, Any]]) -> None:
+    """Refuse backbone_cfg sizes, floats, activation names and ViT block indexes that would fail at warm-up, or
+    (an out-of-range deepstack index matches no ViT block) silently drop features while the weights still load."""
+    for section in ("text_config", "vision_config"):
+        sub = (backbone_cfg or {}).get(section)
+        sub = sub if isinstance(sub, dict) else {}
+        for key, value in sub.items():
+            if key in _BACKBONE_INT_FIELDS and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"config field 'backbone_cfg.{section}.{key}' must be an int >= 1, got {value!r}")
+        for key in _BACKBONE_POSITIVE_FLOAT_FIELDS if section == "text_config" else ():
+            value = sub.get(key)
+            if key in sub and (isinstance(value, bool) or not isinstance(value, (int, float))
+                               or not math.isfinite(value) or value <= 0):
+                raise ValueError(f"config field 'backbone_cfg.{section}.{key}' must be a finite number > 0, "
+                                 f"got {value!r}")
+        if "hidden_act" in sub:
+            from transformers.activations import ACT2FN  # torch is loaded by then: the config is read to build
+
+            names = sorted(ACT2FN.keys())
+            value = sub["hidden_act"]
+            if not isinstance(value, str) or value not in names:
+                close = difflib.get_close_matches(str(value), names, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"config field 'backbone_cfg.{section}.hidden_act' is {json.dumps(value)}{hint}; "
+                                 f"expected an activation of transformers' ACT2FN: {names}")
+        if section == "vision_config" and "deepstack_visual_indexes" in sub:
+            _check_deepstack_indexes(sub)
+
+
+def _check_deepstack_indexes(vision: dict[str, Any]) -> None:
+    """Each deepstack index must name one ViT block, once: transformers takes a feature only from a block whose
+    index is in the list, so an index outside [0, depth-1] (or twice) silently drops a merger's feature."""
+    name = "backbone_cfg.vision_config.deepstack_visual_indexes"
+    indexes = vision["deepstack_visual_indexes"]
+    if not isinstance(indexes, list):
+        raise ValueError(f"config field '{name}' is {json.dumps(indexes)}; expected a list of ViT block indexes")
+    if "depth" in vision:
+        depth, source = vision["depth"], "vision_config.depth"
+    else:
+        from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLVisionConfig
+
+        depth, source = Qwen3VLVisionConfig().depth, "the Qwen3-VL default depth"
+    for index in indexes:
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < depth:
+            raise ValueError(f"config field '{name}' holds {json.dumps(index)}; expected ViT block indexes in "
+                             f"[0, {depth - 1}] ({source} is {depth})")
+    if len(set(indexes)) != len(indexes):
+        raise ValueError(f"config field '{name}' is {json.dumps(indexes)}; expected each ViT block index once")
 
 
 @dataclass
@@ -218,11 +271,7 @@ class Gr00tN1d7Config:
         if self.num_inference_timesteps > self.num_timestep_buckets:
             raise ValueError(f"config field 'num_inference_timesteps' is {self.num_inference_timesteps}; expected at most "
                              f"num_timestep_buckets ({self.num_timestep_buckets})")
-        for section in ("text_config", "vision_config"):
-            sub = (self.backbone_cfg or {}).get(section)
-            for key, value in (sub.items() if isinstance(sub, dict) else ()):
-                if key in _BACKBONE_INT_FIELDS and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                    raise ValueError(f"config field 'backbone_cfg.{section}.{key}' must be an int >= 1, got {value!r}")
+        _check_backbone_cfg(self.backbone_cfg)
 
     # ----- construction / serialisation -----
 

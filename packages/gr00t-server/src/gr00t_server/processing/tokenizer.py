@@ -73,6 +73,12 @@ def load_tokenizer(folder: Union[str, Path]) -> Any:
     from transformers import AutoTokenizer
 
     folder = Path(folder)
+    # Without it AutoTokenizer falls back to the folder's config.json (GR00T's, or none) and blames the model type.
+    if not (folder / "tokenizer_config.json").is_file():
+        raise TokenizerNotFoundError(
+            f"tokenizer_config.json is missing from the tokenizer folder {folder}; it must hold the backbone's "
+            f"tokenizer_config.json beside tokenizer.json (copy both, and the chat template, from the backbone)"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ImportError):
