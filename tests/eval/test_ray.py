@@ -144,6 +144,26 @@ def test_a_ray_run_over_servers_of_two_policies_is_refused_before_any_episode(lo
     assert not (tmp_path / "run" / "episodes.jsonl").exists() or not (tmp_path / "run" / "episodes.jsonl").read_text()
 
 
+def test_shards_that_served_two_policies_unknown_to_the_driver_are_an_aborted_run_not_one_success_rate(local_ray):
+    """A server the driver could not ask (policy=None) left each shard pinning its own: two checkpoints were pooled
+    into one success rate, status complete."""
+    from eval.scale_fixtures import Checkpoint
+
+    config = RolloutConfig(env_name="walkto/fast", n_episodes=2, n_envs=1, n_action_steps=2, max_episode_steps=6, seed=0,
+                           vectorization="sync")
+    with running_server(Checkpoint("a")) as first, running_server(Checkpoint("b")) as second:
+        servers = [ServerAddress("127.0.0.1", first.port), ServerAddress("127.0.0.1", second.port)]
+        mixed = run_with_ray("walkto/fast", config, servers, address="local", n_shards=2, timeout_ms=5000, policy=None)
+    assert mixed["status"] == "aborted" and mixed["policy"] is None
+    assert mixed["stop_reason"].startswith("shard 1/2 ran against another policy than shard 0/2: ")
+    for server, name in ((servers[1], "checkpoint b"), (servers[0], "checkpoint a")):
+        assert f"{name}, fingerprint" in mixed["stop_reason"] and f"at {server}" in mixed["stop_reason"]
+    with running_server(Checkpoint("a")) as first, running_server(Checkpoint("a")) as second:
+        servers = [ServerAddress("127.0.0.1", first.port), ServerAddress("127.0.0.1", second.port)]
+        agreed = run_with_ray("walkto/fast", config, servers, address="local", n_shards=2, timeout_ms=5000, policy=None)
+    assert agreed["status"] == "complete" and agreed["policy"]["identity"] == {"kind": "test", "checkpoint": "a"}
+
+
 # --- resume -----------------------------------------------------------------------------------------
 
 

@@ -140,6 +140,40 @@ def test_a_second_ctrl_c_while_the_ray_shards_are_cancelled_still_writes_the_res
     assert not ray.is_initialized()
 
 
+def test_ctrl_c_while_the_first_shard_is_submitted_is_an_interrupted_run_with_every_episode_not_run(
+        ray_started_by_the_run, tmp_path, monkeypatch):
+    """Ray's first .remote() exports the task (a second): a Ctrl-C there left no shard to merge, and the run ended
+    'error: MergeError: nothing to merge', exit 2."""
+    remote = ray.remote
+
+    def remote_pressing_ctrl_c_on_submit(*args, **kwargs):
+        task = remote(*args, **kwargs)
+
+        class Submit:
+            def __call__(self, function):
+                submitted = task(function)
+
+                class Pressed:
+                    def remote(self, *task_args, **task_kwargs):
+                        os.kill(os.getpid(), signal.SIGINT)
+                        time.sleep(0.1)  # the Ctrl-C lands here, as within Ray's own export
+                        return submitted.remote(*task_args, **task_kwargs)
+
+                return Pressed()
+
+        return Submit()
+
+    monkeypatch.setattr(ray, "remote", remote_pressing_ctrl_c_on_submit)
+    out = tmp_path / "run"
+    with policy_server() as server:
+        code = _rollout("walkto/fast,walkto/slow", server.port, out)
+    results = _results(out)
+    assert code == 130 and results["status"] == "interrupted"
+    assert results["per_episode"] == [] and results["n_not_run"] == 4
+    assert "shard 1/2 interrupted: not started" in results["stop_reason"]
+    assert not ray.is_initialized()
+
+
 def test_sigterm_while_ray_starts_stops_the_run_as_interrupted_with_130(monkeypatch, tmp_path, capsys):
     """ray.init's own SIGTERM handler (sys.exit(15)) ended the run with status 15 and no word."""
     import ray
@@ -152,6 +186,32 @@ def test_sigterm_while_ray_starts_stops_the_run_as_interrupted_with_130(monkeypa
     with policy_server() as server:
         code = _rollout("walkto/fast", server.port, tmp_path / "run")
     assert code == 130 and "interrupted" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_while_ray_init_connects_the_driver_ends_the_run_as_interrupted_with_130(tmp_path, stop):
+    """Raised inside ray.init (the driver's CoreWorker half made), Ctrl-C or SIGTERM killed the driver at exit:
+    SIGSEGV/SIGABRT, not 130, and no results."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS_DIR, os.environ.get("PYTHONPATH", "")])}
+    with policy_server() as server:
+        proc = subprocess.Popen([sys.executable, "-u", "-m", "gr00t_eval.cli", "rollout", "--env-name", "walkto/fast",
+                                 "--n-episodes", "2", *SMALL, "--policy-client-port", str(server.port), "--env-import",
+                                 "eval.scale_fixtures", "--ray-address", "local", "--ray-shards", "2", "--output-dir",
+                                 str(tmp_path / "run")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=env, start_new_session=True)
+        output = []
+        try:
+            for line in proc.stdout:
+                output.append(line)
+                if "Started a local Ray instance" in line:  # ray.init goes on to connect the driver
+                    time.sleep(0.3)
+                    proc.send_signal(stop)
+            code = proc.wait(120)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert code == 130, "".join(output)[-3000:]
+    assert "interrupted" in "".join(output)
 
 
 # --- an unreachable cluster ---------------------------------------------------------------------------

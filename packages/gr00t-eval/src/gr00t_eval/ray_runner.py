@@ -8,6 +8,7 @@ runs only what is missing or errored. Needs the optional extra: pip install 'gr0
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -19,11 +20,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
+from gr00t_client.cli_signals import interrupting_signals, stop_signals_held
 from gr00t_client.client import endpoint_host
 
 from .extras import MissingExtraError
 from .metrics import EpisodeOutcome
-from .policy_identity import check_serves, pinned_policy
+from .policy_identity import check_serves, describe, pinned_policy, record_from_info, same_policy, server_info
 from .rollout.config import RolloutConfig
 from .run_dir import interrupts_deferred, sigterm_as_interrupt
 from .shard import ShardSpec, format_missing, merge_results, results_from_outcomes, run_suite, shard_ranges
@@ -135,17 +137,40 @@ def init_ray(address: str) -> bool:
     check_ray_address(address)
     _progress(f"Ray: {'starting a local runtime' if address == 'local' else 'connecting to ' + address} ...")
     try:
-        if address == "local":
-            ray.init(address="local", include_dashboard=False, log_to_driver=False)
-        else:
-            ray.init(address=address, log_to_driver=False)
-    except SystemExit as exc:  # ray.init installs a SIGTERM handler that exits 15: stop as Ctrl-C would, with 130
-        if exc.code != signal.SIGTERM:
+        with _stop_signals_blocked():
+            if address == "local":
+                ray.init(address="local", include_dashboard=False, log_to_driver=False)
+            else:
+                ray.init(address=address, log_to_driver=False)
+    except (SystemExit, KeyboardInterrupt) as exc:  # ray.init's own SIGTERM handler exits 15: stop as on Ctrl-C, 130
+        if isinstance(exc, SystemExit) and exc.code != signal.SIGTERM:
             raise
         if ray.is_initialized():
-            _shutdown_ray(ray)
+            with interrupts_deferred():
+                _shutdown_ray(ray)
         raise KeyboardInterrupt from None
     return True
+
+
+@contextlib.contextmanager
+def _stop_signals_blocked() -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP wait (blocked) while the block runs, then act with the handlers of before it.
+
+    Raised inside ray.init, a KeyboardInterrupt (or the SystemExit of the SIGTERM handler ray.init installs) left Ray
+    half made and the driver died of SIGSEGV/SIGABRT at exit; delivered after it, init_ray shuts Ray down and stops
+    the run as interrupted. Blocked, not only handled: ray.init replaces the SIGTERM handler part-way."""
+    signals = {signal.SIGINT, *interrupting_signals()}
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield  # Python handles signals on the main thread only; Windows has no signal mask
+        return
+    previous = {signum: signal.getsignal(signum) for signum in signals}
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():  # None: a handler installed from C; the default is closest
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)  # a signal that came meanwhile is handled now
 
 
 def run_shard_task(env_spec: str, config: Dict[str, Any], shard: Tuple[int, int], server: Tuple[str, int],
@@ -154,16 +179,18 @@ def run_shard_task(env_spec: str, config: Dict[str, Any], shard: Tuple[int, int]
                    registrations: Optional[Dict[str, Any]] = None) -> Iterator[Dict[str, Any]]:
     """The body of one Ray task (a Ray generator): run shard `shard` of the plan against `server`.
 
-    Yields {"episode": entry} the moment each episode is scored (the driver logs it, so an interrupted run
-    keeps it), then {"results": results}. `done`: per-episode entries of an earlier run; the finished ones are
-    kept, the rest run. `curve_keys`: (server public, client secret or None) z85 keys for a CURVE server.
+    Yields {"policy": record} once it knows what its server serves (None: a server that cannot say), {"episode":
+    entry} the moment each episode is scored (the driver logs it, so an interrupted run keeps it), then {"results":
+    results}, whose "policy" is that record: the driver refuses to pool shards that served different policies.
+    `done`: per-episode entries of an earlier run; the finished ones are kept, the rest run. `curve_keys`: (server
+    public, client secret or None) z85 keys for a CURVE server.
     `policy`: the run's policy record (what the driver found every server serving): a shard that starts later
     against a server now serving another fails at once (ServedPolicyChanged), and one that meets another mid-way
     stops there; None (the driver could not ask) pins what the server serves when the shard starts.
     `registrations`: the driver's --env-import, --env-prefix and --env-adapter, applied in this worker first (a
     worker is a fresh process: a user's adapter replacing a built-in prefix was silently the built-in env here).
     """
-    scored: "queue.Queue[Optional[Dict[str, Any]]]" = queue.Queue()
+    items: "queue.Queue[Optional[Dict[str, Any]]]" = queue.Queue()
     box: Dict[str, Any] = {}
 
     def work() -> None:  # run_suite reports through a callback; a thread turns it into this generator's items
@@ -185,28 +212,33 @@ def run_shard_task(env_spec: str, config: Dict[str, Any], shard: Tuple[int, int]
                     raise ConnectionError(str(exc)) from None
                 if policy is not None:  # the server may have been restarted since the driver asked it
                     check_serves(client, policy)
-                with pinned_policy(client, policy):
+                # What this shard holds its server to; with no run-wide policy, what the server serves now, which
+                # the driver compares across shards (two servers may serve two checkpoints).
+                box["policy"] = dict(policy) if policy is not None else record_from_info(server_info(client))
+                items.put({"policy": box["policy"]})
+                with pinned_policy(client, box["policy"]):
                     box["results"] = run_suite(client, env_spec, RolloutConfig(**config), ShardSpec(*shard),
-                                               on_episode=lambda outcome: scored.put(outcome.to_json_dict()),
+                                               on_episode=lambda outcome: items.put({"episode": outcome.to_json_dict()}),
                                                done=[EpisodeOutcome.from_json_dict(entry) for entry in done])
         except BaseException as exc:  # noqa: BLE001 - re-raised in the task below, so Ray reports it for this shard
             box["error"] = exc
         finally:
-            scored.put(None)
+            items.put(None)
 
     logging.basicConfig(level=logging.INFO)
     thread = threading.Thread(target=work, name=f"shard-{shard[0]}of{shard[1]}", daemon=True)
     thread.start()
     while True:
-        entry = scored.get()
-        if entry is None:
+        item = items.get()
+        if item is None:
             break
-        yield {"episode": entry}
+        yield item
     thread.join()
     if "error" in box:
         raise box["error"]
     results = box["results"]
     results.setdefault("config", {})["policy_server"] = f"{server[0]}:{server[1]}"
+    results["policy"] = box["policy"]
     import ray
 
     results["ray_node_id"] = ray.get_runtime_context().get_node_id()  # which node of the cluster ran this shard
@@ -273,6 +305,7 @@ def run_with_ray(env_spec: str, config: RolloutConfig, servers: Sequence[ServerA
             specs = [ShardSpec(index, n_shards) for index in range(n_shards)]
             kept = {spec.index: _done_in(tasks, config.n_episodes, spec, finished)[0] for spec in specs}
             streamed: Dict[int, Dict[Tuple[str, int], EpisodeOutcome]] = {spec.index: {} for spec in specs}
+            served: Dict[int, Optional[Dict[str, Any]]] = {}  # the policy each started shard holds its server to
             submitted_at: Dict[int, float] = {}
 
             def partial(index: int, status: str, reason: str) -> Dict[str, Any]:
@@ -280,6 +313,7 @@ def run_with_ray(env_spec: str, config: RolloutConfig, servers: Sequence[ServerA
                 outcomes = [*kept[index], *streamed[index].values()]
                 results = results_from_outcomes(env_spec, config, specs[index], outcomes, status, reason)
                 results["config"]["policy_server"] = str(servers[index % len(servers)])  # as a finished shard says
+                results["policy"] = served.get(index)
                 elapsed = time.monotonic() - submitted_at[index] if index in submitted_at else 0.0
                 return _with_eval_s(results, elapsed, shard_ranges(tasks, config.n_episodes, specs[index]))
 
@@ -293,6 +327,9 @@ def run_with_ray(env_spec: str, config: RolloutConfig, servers: Sequence[ServerA
                     for generator in ready:
                         index = running[generator]
                         item = _next_item(ray, generator)
+                        if "policy" in item:
+                            served[index] = item["policy"]
+                            continue
                         if "episode" in item:
                             outcome = EpisodeOutcome.from_json_dict(item["episode"])
                             streamed[index][(str(outcome.extras.get("task")), outcome.episode_index)] = outcome
@@ -313,6 +350,10 @@ def run_with_ray(env_spec: str, config: RolloutConfig, servers: Sequence[ServerA
                     _progress(f"Ray: interrupted; cancelling {len(running)} running shards (finished episodes are kept)")
                     for index in running.values():  # the results first, then the cancelling that may take a while
                         shard_results[index] = partial(index, "interrupted", "cancelled by SIGINT, SIGTERM or SIGHUP")
+                    for spec in specs:  # not submitted yet: all its episodes (but those of an earlier run) not run
+                        if spec.index not in shard_results:
+                            shard_results[spec.index] = partial(spec.index, "interrupted",
+                                                                "not started: stopped by SIGINT, SIGTERM or SIGHUP")
                     for generator in running:
                         try:
                             ray.cancel(generator, force=True)
@@ -328,8 +369,14 @@ def run_with_ray(env_spec: str, config: RolloutConfig, servers: Sequence[ServerA
     ordered = [shard_results[index] for index in sorted(shard_results)]
     names = [f"shard {r['plan']['shard'][0]}/{n_shards}" for r in ordered]
     # Failed and cancelled shards leave episodes in no shard's results; they are reported as not run, never lost.
+    conflict = _policy_conflict(ordered, names)
+    if conflict:  # merge refuses such shards; the run keeps its episodes but is no result of one policy
+        ordered = [{k: v for k, v in results.items() if k != "policy"} for results in ordered]
     merged = merge_results(ordered, allow_missing=True, names=names)
     merged["stop_reason"] = _stop_reason(ordered, names, merged["missing_episodes"])
+    if conflict:
+        merged["status"] = "aborted"
+        merged["stop_reason"] = "; ".join(filter(None, [conflict, merged["stop_reason"]]))
     merged["config"].pop("policy_server", None)
     merged["config"].update(ray_address=address, ray_shards=n_shards, policy_servers=[str(s) for s in servers])
     merged["failed_shards"] = failed
@@ -354,10 +401,11 @@ def _submit_shards(ray: Any, env_spec: str, config: RolloutConfig, servers: Sequ
             shard_results[spec.index] = results_from_outcomes(env_spec, config, spec, kept[spec.index])
             continue
         server = servers[spec.index % len(servers)]
-        submitted_at[spec.index] = time.monotonic()
-        running[remote.remote(env_spec, payload, (spec.index, spec.count), (server.host, server.port), api_token,
-                              timeout_ms, curve_keys, [o.to_json_dict() for o in kept[spec.index]],
-                              dict(policy) if policy is not None else None, registrations)] = spec.index
+        with stop_signals_held():  # a Ctrl-C in .remote() (the first exports the function: a second) acts once the
+            submitted_at[spec.index] = time.monotonic()  # task is in `running`, for the interrupt to cancel it
+            running[remote.remote(env_spec, payload, (spec.index, spec.count), (server.host, server.port), api_token,
+                                  timeout_ms, curve_keys, [o.to_json_dict() for o in kept[spec.index]],
+                                  dict(policy) if policy is not None else None, registrations)] = spec.index
 
 
 def _next_item(ray: Any, generator: Any) -> Dict[str, Any]:
@@ -409,6 +457,21 @@ def _stop_reason(ordered: Sequence[Mapping[str, Any]], names: Sequence[str], mis
     if missing:
         reasons.append(f"{len(missing)} episodes did not run ({format_missing(missing, shown=4)})")
     return "; ".join(reasons) or None
+
+
+def _policy_conflict(ordered: Sequence[Mapping[str, Any]], names: Sequence[str]) -> Optional[str]:
+    """Why shards that served different policies (servers the driver could not ask, so no run-wide policy pinned
+    them) are not one run's results; None when they agree, as merge_results checks."""
+    for index, results in enumerate(ordered):
+        for first_index in range(index):
+            first = ordered[first_index]
+            if not same_policy(first.get("policy"), results.get("policy")):
+                return (f"{names[index]} ran against another policy than {names[first_index]}: "
+                        f"{describe(results.get('policy'))} at {results['config'].get('policy_server')}, not "
+                        f"{describe(first.get('policy'))} at {first['config'].get('policy_server')}; one run evaluates "
+                        "one policy, so its episodes are not one success rate (serve the same checkpoint or dataset on "
+                        "every server and run again)")
+    return None
 
 
 def _shutdown_ray(ray: Any) -> None:

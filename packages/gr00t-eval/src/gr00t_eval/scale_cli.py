@@ -678,7 +678,8 @@ def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done:
                                    done=done, on_episode=lambda outcome: log.append(outcome.to_json_dict()),
                                    policy=policy if policy is not None else first_policy,
                                    registrations=_registrations(args))
-        results["policy"] = policy if policy is not None else first_policy
+        # The driver's record, else the one the shards agreed on (None when they differed: the run is then aborted)
+        results["policy"] = policy if policy is not None else results.get("policy") or first_policy
         results["episode_log"] = str(log.path)
         return results
     if len(servers) > 1:
