@@ -291,3 +291,17 @@ def test_a_failed_shard_is_labelled_by_shard_and_its_time_is_kept(ray_started_by
     assert "Ray: " not in captured.err  # logged once, not printed beside the log line as well
     [aborted] = [line for line in captured.out.splitlines() if line.startswith("ABORTED:")]
     assert aborted.count("episodes did not run") == 1, aborted  # it was said twice, the count in each
+
+
+def test_a_ray_run_whose_shards_reach_no_server_leaves_no_run_behind(ray_started_by_the_run, tmp_path, capsys):
+    """A plain run against a dead port exits 2 and leaves no run file; on Ray every shard failed its ping, the run
+    wrote 0-episode aborted results and kept run.json, and the same command once the server was up was refused as
+    'not empty'."""
+    out = tmp_path / "run"
+    assert _rollout("walkto/fast", free_port(), out, "--seed", "0", "--timeout-ms", "1000") == 2
+    err = capsys.readouterr().err
+    assert "no episode was scored: " in err and "shard 0/2" in err, err
+    assert not (out / "run.json").exists() and not (out / "results.json").exists()
+    with policy_server() as server:
+        assert _rollout("walkto/fast", server.port, out, "--seed", "0") == 0  # not refused as "not empty"
+    assert json.loads((out / "results.json").read_text())["overall"]["n_episodes"] == 2

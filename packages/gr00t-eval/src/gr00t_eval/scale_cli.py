@@ -455,6 +455,11 @@ def run_rollout_command(args: argparse.Namespace) -> int:
             if not args.resume:
                 _release_unstarted_run(output_dir, shard)
             raise
+        if not args.resume and args.ray_address and not results.get("per_episode") and results.get("status") == "aborted":
+            # every shard stopped before scoring (no server answered its workers): as a plain run that reaches no
+            # server, the folder is released and the corrected command is not refused as "not empty"
+            _release_unstarted_run(output_dir, shard)
+            raise UsageError(f"no episode was scored: {results.get('stop_reason')}")
         if earlier is not None:
             add_earlier_eval_s(results, earlier)
         return _report_rollout(args, results, output_dir, shard)
