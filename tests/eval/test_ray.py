@@ -154,7 +154,7 @@ def test_shards_that_served_two_policies_unknown_to_the_driver_are_an_aborted_ru
     with running_server(Checkpoint("a")) as first, running_server(Checkpoint("b")) as second:
         servers = [ServerAddress("127.0.0.1", first.port), ServerAddress("127.0.0.1", second.port)]
         mixed = run_with_ray("walkto/fast", config, servers, address="local", n_shards=2, timeout_ms=5000, policy=None)
-    assert mixed["status"] == "aborted" and mixed["policy"] is None
+    assert mixed["status"] == "aborted" and mixed["policy"] is None and mixed["policy_conflict"] is True
     assert mixed["stop_reason"].startswith("shard 1/2 ran against another policy than shard 0/2: ")
     for server, name in ((servers[1], "checkpoint b"), (servers[0], "checkpoint a")):
         assert f"{name}, fingerprint" in mixed["stop_reason"] and f"at {server}" in mixed["stop_reason"]
@@ -162,6 +162,41 @@ def test_shards_that_served_two_policies_unknown_to_the_driver_are_an_aborted_ru
         servers = [ServerAddress("127.0.0.1", first.port), ServerAddress("127.0.0.1", second.port)]
         agreed = run_with_ray("walkto/fast", config, servers, address="local", n_shards=2, timeout_ms=5000, policy=None)
     assert agreed["status"] == "complete" and agreed["policy"]["identity"] == {"kind": "test", "checkpoint": "a"}
+    assert "policy_conflict" not in agreed
+
+
+def test_a_run_whose_shards_served_two_policies_is_not_resumed_into_one(tmp_path, capsys):
+    """Its episodes are two policies' (and record none): a resume, once the servers agreed, pooled them into one
+    complete result. Its results say so, its ABORTED line gives no --resume command, and a resume is refused."""
+    from eval.scale_fixtures import run_cli
+    from gr00t_eval.cli import main
+
+    out = tmp_path / "run"
+    with policy_server() as server:
+        argv = ["--policy-client-port", str(server.port)]
+        assert run_cli(["rollout", "--env-name", "walkto/fast", "--n-episodes", "2", *SMALL, "--seed", "0", *argv,
+                        "--output-dir", str(out)]) == 0
+        results = json.loads((out / "results.json").read_text())
+        results.update(status="aborted", policy_conflict=True,
+                       stop_reason="shard 1/2 ran against another policy than shard 0/2: ...")
+        (out / "results.json").write_text(json.dumps(results))  # as the Ray run of test above leaves it
+        lines = (out / "episodes.jsonl").read_text().splitlines()
+        (out / "episodes.jsonl").write_text(lines[0] + "\n")
+        assert main(["rollout", "--resume", str(out), *argv]) == 2
+    err = capsys.readouterr().err
+    assert f"--resume {out}: its shards served different policies (shard 1/2 ran against another policy" in err
+    assert "start a new run" in err
+    assert len((out / "episodes.jsonl").read_text().splitlines()) == 1  # nothing ran
+
+    import argparse
+
+    from gr00t_eval.scale_cli import _report_rollout
+
+    args = argparse.Namespace(ray_address="local", allow_errors=False, env_import=[], env_prefix=[], env_adapter=[])
+    assert _report_rollout(args, results, out, None) == 1
+    printed = capsys.readouterr().out
+    assert "ABORTED: shard 1/2 ran against another policy" in printed and "continue with" not in printed
+    assert "cannot be resumed: serve one checkpoint or dataset on every server and start a new run" in printed
 
 
 # --- resume -----------------------------------------------------------------------------------------

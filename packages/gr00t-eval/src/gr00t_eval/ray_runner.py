@@ -377,6 +377,7 @@ def run_with_ray(env_spec: str, config: RolloutConfig, servers: Sequence[ServerA
     if conflict:
         merged["status"] = "aborted"
         merged["stop_reason"] = "; ".join(filter(None, [conflict, merged["stop_reason"]]))
+        merged["policy_conflict"] = True  # its episodes are two policies': a resume would pool them (refused)
     merged["config"].pop("policy_server", None)
     merged["config"].update(ray_address=address, ray_shards=n_shards, policy_servers=[str(s) for s in servers])
     merged["failed_shards"] = failed

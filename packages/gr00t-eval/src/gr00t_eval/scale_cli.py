@@ -421,6 +421,10 @@ def run_rollout_command(args: argparse.Namespace) -> int:
         _claim_videos(output_dir, shard, env_spec, config)
         first_policy = saved.get("policy")
         earlier = earlier_results(output_dir, shard)
+        if earlier is not None and earlier.get("policy_conflict"):
+            raise UsageError(f"--resume {output_dir}: its shards served different policies ({earlier.get('stop_reason')}); "
+                             "its episodes are not one policy's, so resuming would pool them: serve one checkpoint or "
+                             "dataset on every server and start a new run (a new --output-dir)")
         done = [EpisodeOutcome.from_json_dict(e) for e in EpisodeLog(output_dir / episode_log_name(shard)).read()]
         finished = sum(1 for o in done if o.error is None)
         print(f"Resuming {output_dir}: {finished} episodes finished, the rest of {env_spec} runs now (base seed {config.seed})")
@@ -584,10 +588,12 @@ def _report_rollout(args: argparse.Namespace, results: Dict[str, Any], output_di
     if status != "complete":
         reason = str(results.get("stop_reason"))
         count = "" if f"{not_run} episodes did not run" in reason else f"; {not_run} episodes did not run"  # Ray's names them
-        print(f"{status.upper()}: {reason}{count} "
-              f"(continue with: {resume_command(output_dir, shard)}"
-              f"{' --ray-address ' + args.ray_address if args.ray_address else ''}{_registration_flags(args)} and the "
-              "same server flags)")
+        advice = ("(its episodes are two policies', so it cannot be resumed: serve one checkpoint or dataset on every "
+                  "server and start a new run)" if results.get("policy_conflict") else
+                  f"(continue with: {resume_command(output_dir, shard)}"
+                  f"{' --ray-address ' + args.ray_address if args.ray_address else ''}{_registration_flags(args)} and "
+                  "the same server flags)")
+        print(f"{status.upper()}: {reason}{count} {advice}")
     print(f"Results: {path}")
     if status == "interrupted":
         return INTERRUPTED_EXIT_CODE
