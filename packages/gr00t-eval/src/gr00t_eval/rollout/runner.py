@@ -19,13 +19,15 @@ background); a row that starts an episode also drops its buffered steps. The acc
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
 import logging
+import threading
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Deque, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
 from ..extras import require
 
@@ -473,8 +475,7 @@ def _close_envs(vec: gym.vector.VectorEnv, clean: bool) -> None:
         if clean or not isinstance(vec, gym.vector.AsyncVectorEnv):
             vec.close()
         else:
-            _stop_workers(vec)
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _lingering_workers_killed(vec):
                 # A run stopped mid-step (Ctrl-C, a dead worker) has a step pending by design: gymnasium's "Calling
                 # `close` while waiting for a pending call to `step`" would follow the run's own account of the stop.
                 warnings.filterwarnings("ignore", message=r".*Calling `close` while waiting for a pending call")
@@ -483,23 +484,29 @@ def _close_envs(vec: gym.vector.VectorEnv, clean: bool) -> None:
         logger.warning("closing the envs failed: %s: %s", type(exc).__name__, exc)
 
 
-def _stop_workers(vec: gym.vector.AsyncVectorEnv) -> None:
-    """SIGTERM the async env workers, and SIGKILL those still alive WORKER_STOP_WAIT_S later: gymnasium's
-    close(terminate=True) joins them without a timeout, so a worker that handles SIGTERM and stays in a hung step (a
-    simulator that cleans up on shutdown), or one stopped (SIGSTOP), held the run for ever after --env-timeout,
-    without its stall message or results."""
-    processes = [process for process in getattr(vec, "processes", []) if process.is_alive()]
-    for process in processes:
-        process.terminate()
-    deadline = time.monotonic() + WORKER_STOP_WAIT_S
-    for process in processes:
-        process.join(max(0.0, deadline - time.monotonic()))
-    for process in processes:
-        if process.is_alive():
-            logger.warning("env worker (pid %s) did not end within %.0f s of SIGTERM: killed", process.pid,
+@contextlib.contextmanager
+def _lingering_workers_killed(vec: gym.vector.AsyncVectorEnv) -> Iterator[None]:
+    """SIGKILL the async env workers still running WORKER_STOP_WAIT_S into the block: gymnasium's close(terminate=True)
+    sends SIGTERM and then joins them without a timeout, so a worker that handles SIGTERM and stays in a hung step (a
+    simulator that cleans up on shutdown), or a stopped one (SIGSTOP), held the run for ever after --env-timeout,
+    without its stall message or results. Process.kill signals only a worker not yet reaped."""
+    processes = list(getattr(vec, "processes", []))
+    closed = threading.Event()
+
+    def kill_lingering() -> None:
+        if not closed.wait(WORKER_STOP_WAIT_S):
+            logger.warning("env workers did not end within %.0f s of SIGTERM: killing those still running",
                            WORKER_STOP_WAIT_S)
-            process.kill()
-            process.join(WORKER_STOP_WAIT_S)
+            for process in processes:
+                process.kill()
+
+    watchdog = threading.Thread(target=kill_lingering, name="env-worker-watchdog", daemon=True)
+    watchdog.start()
+    try:
+        yield
+    finally:
+        closed.set()
+        watchdog.join()
 
 
 def _row_info(infos: Mapping[str, Any], key: str, row: int) -> Any:
