@@ -13,6 +13,7 @@ from reference_peer import EchoPolicy, RefModalityConfig, ReferenceServer, liber
 from serving import free_port, running_server
 
 from gr00t_client import ActionError, MessageTooLargeError, ModalityConfig, ObservationError, PolicyClient, codec
+from gr00t_client.client import ReplyLostError
 
 MIB = 1024 * 1024
 
@@ -33,7 +34,13 @@ def test_a_server_restarted_with_a_larger_message_limit_takes_the_request_the_ol
             with pytest.raises(MessageTooLargeError, match=f"limit of {MIB} bytes"):
                 client.get_action(observation(2 * MIB))
         with running_server(EchoPolicy(), port=port, max_message_bytes=64 * MIB) as bigger:
-            client.get_action(observation(2 * MIB))
+            try:
+                client.get_action(observation(2 * MIB))
+            except ReplyLostError:
+                # On a loaded machine the old connection's close can reach the client after its first question to the
+                # new server went out: that call is lost, at once and named (docs/protocol.md), and the next one is
+                # the new server's (CI on 2 busy cores saw this once).
+                client.get_action(observation(2 * MIB))
             assert bigger.policy.calls == 1 and client.server_max_message_bytes == 64 * MIB
 
 
