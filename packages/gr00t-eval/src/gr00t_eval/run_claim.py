@@ -156,13 +156,12 @@ def finish_claim(claim: Union[str, Path], outcome: str) -> None:
                        holder.describe() if holder is not None else "no readable holder")
         return
     record.update(finished=True, ended=_iso(time.time()), outcome=outcome)
-    partial = claim.with_name(f".{claim.name}.{os.getpid()}.tmp")
+    from .results import write_results
+
     try:
-        partial.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(partial, claim)
-    except OSError as exc:  # a full disk: the claim stays unfinished (its process will be gone), and no leftover
-        remove_quietly(partial)  # a read-only folder refuses this too: the run's own error is the one to show
-        logger.warning("could not mark %s finished: %s", claim, exc)
+        write_results(claim, data)
+    except OSError as exc:  # a full disk (no leftover): the claim stays unfinished, and its process will be gone;
+        logger.warning("could not mark %s finished: %s", claim, exc)  # the run's own error is the one to show
 
 
 def _is_this_process(record: Mapping[str, Any]) -> bool:
@@ -304,8 +303,9 @@ def _linux_process(pid: int) -> Tuple[Optional[str], Optional[float]]:
         return None, None
 
 
-# A file written aside and then renamed or linked into place: .NAME.PID.tmp (finish_claim), .NAME.PID.N.tmp
-# (_create_exclusively, results.write_results). PID is the writer's: a kill -9 between the write and the rename leaves it.
+# A file written aside and then renamed or linked into place: .NAME.PID.N.tmp (_create_exclusively,
+# results.write_results; earlier versions wrote claims as .NAME.PID.tmp). PID is the writer's: a kill -9 between the
+# write and the rename leaves it.
 PARTIAL_FILE_NAME = re.compile(r"\.(?P<name>.+?)\.(?P<pid>[0-9]+)(?:\.[0-9]+)?\.tmp")
 
 
@@ -362,6 +362,8 @@ def claim_video_dir(video_dir: Union[str, Path], writer: str, plan: Optional[str
     their tasks, episodes, seed and settings). Returns the claim file, which finish_claim marks finished."""
     import hashlib
 
+    from .results import write_results
+
     video_dir = Path(video_dir)
     video_dir.mkdir(parents=True, exist_ok=True)
     mine = video_dir / f"{VIDEO_CLAIM_PREFIX}{hashlib.sha1(writer.encode()).hexdigest()[:16]}.json"
@@ -388,12 +390,5 @@ def claim_video_dir(video_dir: Union[str, Path], writer: str, plan: Optional[str
                 f"each other. Wait for it to end or name another folder"
                 + (f" (host {socket.gethostname()} cannot check a run on {holder.hostname}: once it has ended, "
                    f"delete {claim})" if elsewhere else ""))
-        text = json.dumps({"writer": writer, "plan": plan, CLAIM_KEY: holder_record()}, indent=2) + "\n"
-        partial = mine.with_name(f".{mine.name}.{os.getpid()}.tmp")
-        try:
-            partial.write_text(text, encoding="utf-8")
-            os.replace(partial, mine)
-        except BaseException:
-            remove_quietly(partial)
-            raise
+        write_results(mine, {"writer": writer, "plan": plan, CLAIM_KEY: holder_record()})
     return mine
