@@ -94,3 +94,24 @@ def test_max_episodes_rendered_renders_as_many_videos_of_a_split_run_as_of_a_sin
     whole, split = videos_in(tmp_path / "whole_videos"), videos_in(tmp_path / "split_videos")
     assert sorted(whole) == ["shardcam__fast/episode_0000_success.mp4", "shardcam__slow/episode_0000_success.mp4"]
     assert sorted(split) == sorted(whole)  # each shard's slice rendered its first episode: 4 per task
+
+
+@pytest.mark.parametrize("shard", [[], ["--shard", "0/1"]], ids=["whole run", "shard"])
+def test_a_refused_video_dir_lists_three_earlier_videos_and_counts_the_rest(server, tmp_path, capsys, shard):
+    videos = tmp_path / "videos"
+    assert rollout(server, tmp_path / "a", videos, "--seed", "0", *shard) == 0
+    assert len(videos_in(videos)) == 4
+    capsys.readouterr()
+
+    assert rollout(server, tmp_path / "b", videos, "--seed", "5", *shard) == 2
+    err = capsys.readouterr().err
+    assert err.count("shardcam__") == 3 and "and 1 more)" in err, err
+
+
+@pytest.mark.parametrize("shard", [[], ["--shard", "0/1"]], ids=["whole run", "shard"])
+def test_a_video_dir_that_is_a_file_is_refused_before_any_episode(server, tmp_path, capsys, shard):
+    videos = tmp_path / "videos"
+    videos.write_text("not a folder")
+    assert rollout(server, tmp_path / "out", videos, "--seed", "0", *shard) == 2
+    assert f"--video-dir {videos} exists and is not a directory" in capsys.readouterr().err
+    assert videos.read_text() == "not a folder" and not (tmp_path / "out" / "results.json").exists()

@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from gr00t_client.cli_flags import flag as _flag
 
@@ -208,16 +208,12 @@ def _check_video_dir(video_dir: Path, output_dir: Optional[Path], overwrite: boo
     from .cli_errors import UsageError
     from .video import episode_videos
 
-    if output_dir is not None:
-        inside = _within(video_dir, output_dir)
-        if inside:  # covered by the output directory's own check
-            return []
-    if video_dir.exists() and not video_dir.is_dir():
-        raise UsageError(f"{label} {video_dir} exists and is not a directory")
+    if not _needs_own_check(video_dir, output_dir, label):
+        return []
     earlier = episode_videos(video_dir, skip=output_dir)
     if earlier and not overwrite:
-        shown = ", ".join(str(p.relative_to(video_dir)) for p in earlier[:3]) + (f" and {len(earlier) - 3} more" if len(earlier) > 3 else "")
-        raise UsageError(f"{label} {video_dir} already holds episode videos of an earlier run ({shown}); pass "
+        raise UsageError(f"{label} {video_dir} already holds episode videos of an earlier run "
+                         f"({_listing(earlier, video_dir)}); pass "
                          "--overwrite to delete those (only episode_*_success/failure.mp4 files; nothing else there is "
                          "touched) or name a new directory, so videos of two runs never mix")
     return earlier
@@ -234,10 +230,8 @@ def _check_shard_video_dir(video_dir: Path, output_dir: Optional[Path], overwrit
     from .suites import resolve_tasks, task_video_dir
     from .video import EPISODE_VIDEO_NAME
 
-    if output_dir is not None and _within(video_dir, output_dir):
-        return []  # covered by the output directory's own check
-    if video_dir.exists() and not video_dir.is_dir():
-        raise UsageError(f"--video-dir {video_dir} exists and is not a directory")
+    if not _needs_own_check(video_dir, output_dir, "--video-dir"):
+        return []
     tasks = resolve_tasks(args.env_name)[0]
     ranges = shard_ranges(tasks, args.n_episodes, shard)
     clashing: List[Path] = []
@@ -251,13 +245,30 @@ def _check_shard_video_dir(video_dir: Path, output_dir: Optional[Path], overwrit
             if name is not None and int(name.group("index")) in episodes and (path.is_file() or path.is_symlink()):
                 clashing.append(path)
     if clashing and not overwrite:
-        shown = ", ".join(str(p.relative_to(video_dir)) for p in clashing[:3]) + (
-            f" and {len(clashing) - 3} more" if len(clashing) > 3 else "")
-        raise UsageError(f"--video-dir {video_dir} already holds videos of the episodes shard {shard} runs ({shown}): "
+        raise UsageError(f"--video-dir {video_dir} already holds videos of the episodes shard {shard} runs "
+                         f"({_listing(clashing, video_dir)}): "
                          "another run's (a shard of another plan, or an earlier run), which this shard would overwrite "
                          "or delete; pass --overwrite to delete those (only this shard's episode videos; nothing else "
                          "there is touched) or name a new directory, so videos of two runs never mix")
     return clashing
+
+
+def _needs_own_check(video_dir: Path, output_dir: Optional[Path], label: str) -> bool:
+    """Whether a videos folder needs a check of its own: not when it lies inside the output directory, whose own check
+    covers it. UsageError when it exists and is not a directory."""
+    from .cli_errors import UsageError
+
+    if output_dir is not None and _within(video_dir, output_dir):
+        return False
+    if video_dir.exists() and not video_dir.is_dir():
+        raise UsageError(f"{label} {video_dir} exists and is not a directory")
+    return True
+
+
+def _listing(paths: Sequence[Path], root: Path) -> str:
+    """The first three of `paths`, relative to `root`, and how many more."""
+    more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
+    return ", ".join(str(path.relative_to(root)) for path in paths[:3]) + more
 
 
 def _check_writable(folder: Path) -> None:
