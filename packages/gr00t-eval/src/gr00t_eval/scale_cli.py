@@ -8,11 +8,12 @@ one env to a suite on Ray: output directory, episode log, resume, interrupt and 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from gr00t_client.cli_flags import flag as _flag
 
@@ -156,11 +157,8 @@ def _rollout_output_dir(args: argparse.Namespace, label: str, shard: Any, claim:
                        "there are kept", len(earlier_videos), args.video_dir)
         _delete_episode_videos(Path(args.video_dir), earlier_videos)
     if videos is not None and inside:  # made after the directory was checked and emptied
-        try:
+        with _released_unless_started(path, shard):
             _check_writable(videos)
-        except UsageError:
-            _release_unstarted_run(path, shard)
-            raise
     return path
 
 
@@ -457,24 +455,16 @@ def run_rollout_command(args: argparse.Namespace) -> int:
 
         output_dir = _rollout_output_dir(args, env_spec, shard, claim)
         config = made["config"]
-        try:
+        with _released_unless_started(output_dir, shard):
             _claim_videos(output_dir, shard, env_spec, config)
-        except UsageError:
-            _release_unstarted_run(output_dir, shard)
-            raise
     print(f"Output directory: {output_dir} (base seed {config.seed})")
     try:
-        try:
+        with _released_unless_started(output_dir, shard, new_run=not args.resume):
             results = _run(args, env_spec, config, shard, done, output_dir, first_policy)
-        except BaseException:
-            if not args.resume:
-                _release_unstarted_run(output_dir, shard)
-            raise
-        if not args.resume and args.ray_address and not results.get("per_episode") and results.get("status") == "aborted":
-            # every shard stopped before scoring (no server answered its workers): as a plain run that reaches no
-            # server, the folder is released and the corrected command is not refused as "not empty"
-            _release_unstarted_run(output_dir, shard)
-            raise UsageError(f"no episode was scored: {results.get('stop_reason')}")
+            if not args.resume and args.ray_address and not results.get("per_episode") and results.get("status") == "aborted":
+                # every shard stopped before scoring (no server answered its workers): as a plain run that reaches no
+                # server, the folder is released and the corrected command is not refused as "not empty"
+                raise UsageError(f"no episode was scored: {results.get('stop_reason')}")
         if earlier is not None:
             add_earlier_eval_s(results, earlier)
         return _report_rollout(args, results, output_dir, shard)
@@ -501,6 +491,18 @@ def _saved_rollout_config(saved: Mapping[str, Any], output_dir: Path, shard: Any
         return RolloutConfig(**saved["config"])
     except (TypeError, ValueError) as exc:
         raise UsageError(f"--resume {output_dir}: the settings in {where} are not valid: {exc}") from None
+
+
+@contextlib.contextmanager
+def _released_unless_started(output_dir: Path, shard: Any, new_run: bool = True) -> Iterator[None]:
+    """Release a new run (_release_unstarted_run) when the block raises: its videos folder refused, the run stopped
+    before scoring, Ctrl-C. A resumed run's files are never released."""
+    try:
+        yield
+    except BaseException:
+        if new_run:
+            _release_unstarted_run(output_dir, shard)
+        raise
 
 
 def _release_unstarted_run(output_dir: Path, shard: Any) -> None:
