@@ -13,9 +13,13 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from gr00t_client.cli_flags import flag as _flag
+
+from .merge_cli import cmd_merge
+from .video_dirs import check_shard_video_dir, check_video_dir, check_writable, delete_episode_videos, within
+from .run_summary import errors_exit, format_summary, print_errored_episodes, print_incomplete
 
 logger = logging.getLogger(__name__)
 
@@ -136,12 +140,12 @@ def _rollout_output_dir(args: argparse.Namespace, label: str, shard: Any, claim:
             check_output_dir(path, overwrite=args.overwrite, own_files=own, keep=keep)
         earlier_videos = []
         if args.video_dir and not args.no_video:
-            earlier_videos = (_check_video_dir(Path(args.video_dir), path, args.overwrite) if shard is None else
-                              _check_shard_video_dir(Path(args.video_dir), path, args.overwrite, args, shard))
+            earlier_videos = (check_video_dir(Path(args.video_dir), path, args.overwrite) if shard is None else
+                              check_shard_video_dir(Path(args.video_dir), path, args.overwrite, args, shard))
         videos = Path(args.video_dir) if args.video_dir and not args.no_video else None
-        inside = videos is not None and path is not None and _within(videos, path)
+        inside = videos is not None and path is not None and within(videos, path)
         if videos is not None and not inside:  # before the claim: a refused folder leaves no run file behind
-            _check_writable(videos)
+            check_writable(videos)
         if path is not None:
             path.mkdir(parents=True, exist_ok=True)
             with directory_lock(path / ROLLOUT_LOCK_FILENAME):
@@ -155,10 +159,10 @@ def _rollout_output_dir(args: argparse.Namespace, label: str, shard: Any, claim:
     if earlier_videos:
         logger.warning("deleting %d episode videos of an earlier run from --video-dir %s (--overwrite); other files "
                        "there are kept", len(earlier_videos), args.video_dir)
-        _delete_episode_videos(Path(args.video_dir), earlier_videos)
+        delete_episode_videos(Path(args.video_dir), earlier_videos)
     if videos is not None and inside:  # made after the directory was checked and emptied
         with _released_unless_started(path, shard):
-            _check_writable(videos)
+            check_writable(videos)
     return path
 
 
@@ -176,7 +180,7 @@ def _claim_videos(output_dir: Path, shard: Any, env_spec: str, config: Any) -> N
     from .shard import shard_plan
     from .suites import resolve_tasks
 
-    if not config.video_dir or _within(Path(config.video_dir), output_dir):
+    if not config.video_dir or within(Path(config.video_dir), output_dir):
         return  # none, or the output directory's own (its claim covers it)
     plan = None
     if shard is not None:
@@ -187,110 +191,6 @@ def _claim_videos(output_dir: Path, shard: Any, env_spec: str, config: Any) -> N
         hold_claim(claim_video_dir(Path(config.video_dir), writer, plan))
     except OutputDirError as exc:
         raise UsageError(str(exc)) from None
-
-
-def _within(inner: Path, outer: Path) -> bool:
-    """Whether `inner` is `outer` or lies inside it (links resolved)."""
-    inner, outer = inner.resolve(), outer.resolve()
-    return inner == outer or outer in inner.parents
-
-
-def _check_video_dir(video_dir: Path, output_dir: Optional[Path], overwrite: bool, label: str = "--video-dir") -> List[Path]:
-    """Check a --video-dir outside the output directory; return the earlier run's videos --overwrite will delete.
-
-    Only files this tool writes there count: episode videos (episode_0007_success.mp4, also in a task's folder).
-    They are refused unless --overwrite, so videos of two runs never sit side by side under the same names;
-    other files (a shared videos folder) neither block the run nor are ever deleted. Shards of one plan share
-    their videos folder (each writes its own episodes): they are checked by _check_shard_video_dir.
-    """
-    from .cli_errors import UsageError
-    from .video import episode_videos
-
-    if not _needs_own_check(video_dir, output_dir, label):
-        return []
-    earlier = episode_videos(video_dir, skip=output_dir)
-    if earlier and not overwrite:
-        raise UsageError(f"{label} {video_dir} already holds episode videos of an earlier run "
-                         f"({_listing(earlier, video_dir)}); pass "
-                         "--overwrite to delete those (only episode_*_success/failure.mp4 files; nothing else there is "
-                         "touched) or name a new directory, so videos of two runs never mix")
-    return earlier
-
-
-def _check_shard_video_dir(video_dir: Path, output_dir: Optional[Path], overwrite: bool, args: argparse.Namespace,
-                           shard: Any) -> List[Path]:
-    """_check_video_dir for a shard: the shards of one plan share a --video-dir, each writing the videos of its own
-    slice, so only videos at the names this shard writes count (its episodes of each task): they are another run's (a
-    shard of another plan, or of an earlier run), which this shard would overwrite, or delete on the other outcome.
-    Refused unless --overwrite; returns those --overwrite deletes."""
-    from .cli_errors import UsageError
-    from .shard import shard_ranges
-    from .suites import resolve_tasks, task_video_dir
-    from .video import EPISODE_VIDEO_NAME
-
-    if not _needs_own_check(video_dir, output_dir, "--video-dir"):
-        return []
-    tasks = resolve_tasks(args.env_name)[0]
-    ranges = shard_ranges(tasks, args.n_episodes, shard)
-    clashing: List[Path] = []
-    for task in tasks:
-        episodes = ranges.get(task.env_name)
-        folder = Path(task_video_dir(str(video_dir), task.env_name, len(tasks) > 1))
-        if not episodes or not folder.is_dir() or (output_dir is not None and _within(folder, output_dir)):
-            continue
-        for path in sorted(folder.iterdir()):
-            name = EPISODE_VIDEO_NAME.fullmatch(path.name)
-            if name is not None and int(name.group("index")) in episodes and (path.is_file() or path.is_symlink()):
-                clashing.append(path)
-    if clashing and not overwrite:
-        raise UsageError(f"--video-dir {video_dir} already holds videos of the episodes shard {shard} runs "
-                         f"({_listing(clashing, video_dir)}): "
-                         "another run's (a shard of another plan, or an earlier run), which this shard would overwrite "
-                         "or delete; pass --overwrite to delete those (only this shard's episode videos; nothing else "
-                         "there is touched) or name a new directory, so videos of two runs never mix")
-    return clashing
-
-
-def _needs_own_check(video_dir: Path, output_dir: Optional[Path], label: str) -> bool:
-    """Whether a videos folder needs a check of its own: not when it lies inside the output directory, whose own check
-    covers it. UsageError when it exists and is not a directory."""
-    from .cli_errors import UsageError
-
-    if output_dir is not None and _within(video_dir, output_dir):
-        return False
-    if video_dir.exists() and not video_dir.is_dir():
-        raise UsageError(f"{label} {video_dir} exists and is not a directory")
-    return True
-
-
-def _listing(paths: Sequence[Path], root: Path) -> str:
-    """The first three of `paths`, relative to `root`, and how many more."""
-    more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
-    return ", ".join(str(path.relative_to(root)) for path in paths[:3]) + more
-
-
-def _check_writable(folder: Path) -> None:
-    """UsageError when episode videos could not be written to `folder` (read-only, a file in the way): checked before
-    any episode runs, with a probe file, instead of a traceback per video and "Video saved to" over nothing."""
-    from .cli_errors import UsageError
-
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".gr00t-write-probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise UsageError(f"--video-dir {folder} is not writable ({exc.strerror or exc}); name another folder or pass "
-                         "--no-video") from None
-
-
-def _delete_episode_videos(video_dir: Path, videos: List[Path]) -> None:
-    """Delete `videos`, then the task folders under `video_dir` they leave empty."""
-    for video in videos:
-        video.unlink(missing_ok=True)
-    for folder in sorted({video.parent for video in videos} - {video_dir}):
-        if folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
 
 
 def _default_video_dir(saved: Mapping[str, Any], output_dir: Path) -> bool:
@@ -612,7 +512,7 @@ def _report_rollout(args: argparse.Namespace, results: Dict[str, Any], output_di
         return INTERRUPTED_EXIT_CODE
     if status != "complete" or results["failed_tasks"] or results.get("failed_shards"):
         return 1
-    return _errors_exit(n_errors, bool(finished), args.allow_errors)
+    return errors_exit(n_errors, bool(finished), args.allow_errors)
 
 
 def _registrations(args: argparse.Namespace) -> Dict[str, Any]:
@@ -646,34 +546,6 @@ def _flags_of(registrations: Mapping[str, Any]) -> str:
     for flag, name in (("--env-prefix", "env_prefix"), ("--env-adapter", "env_adapter")):
         flags += [f" {flag} {shlex.quote(f'{key}={value}')}" for key, value in registrations.get(name) or []]
     return "".join(flags)
-
-
-def _errors_exit(n_errors: int, scored: bool, allow_errors: bool) -> int:
-    """The exit status of a complete run or merge with `n_errors` errored episodes: 1 when nothing was scored, even
-    with --allow-errors (a CI passing it to tolerate a flaky episode went green on a run that measured nothing)."""
-    if n_errors and not scored:
-        print("exit status 1 because every episode errored: nothing was scored (--allow-errors tolerates some errors, "
-              "not a run without a result)")
-        return 1
-    if n_errors and not allow_errors:
-        print("exit status 1 because episodes errored (pass --allow-errors to exit 0 anyway)")
-        return 1
-    return 0
-
-
-def print_errored_episodes(results: Mapping[str, Any]) -> None:
-    """One `episode <i> [of <task>] errored: <reason>` line per errored episode."""
-    for entry in results["per_episode"]:
-        if entry.get("error"):
-            print(f"episode {entry['episode_index']}{' of ' + entry['task'] if entry.get('task') else ''} errored: {entry['error']}")
-
-
-def print_incomplete(results: Mapping[str, Any]) -> int:
-    """The `INCOMPLETE: k of n episodes errored` line when episodes errored; returns k."""
-    n_errors, n_run = results["overall"]["n_errors"], len(results["per_episode"])
-    if n_errors:
-        print(f"INCOMPLETE: {n_errors} of {n_run} episodes errored; the metrics above are over the {n_run - n_errors} that finished")
-    return n_errors
 
 
 def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done: Any, output_dir: Path,
@@ -879,7 +751,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
                 refuse_live_claims(args.output_dir)  # never empty a folder a batch (or any other run) still runs in
             # As rollout: videos of two runs never sit under the same names (refused, or deleted with --overwrite
             # once the folder is claimed).
-            earlier_videos = {video_dir: _check_video_dir(video_dir, Path(args.output_dir) if args.output_dir else None,
+            earlier_videos = {video_dir: check_video_dir(video_dir, Path(args.output_dir) if args.output_dir else None,
                                                           args.overwrite, label="a job's video_dir")
                               for video_dir in job_video_dirs(jobs)}
             if args.output_dir:
@@ -900,7 +772,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
             for video_dir, videos in earlier_videos.items():
                 if videos:
                     logger.warning("deleting %d episode videos of an earlier run from %s (--overwrite)", len(videos), video_dir)
-                    _delete_episode_videos(video_dir, videos)
+                    delete_episode_videos(video_dir, videos)
             jobs_path = output_dir / "jobs.json"
             shutil.copyfile(args.jobs, jobs_path)
             shutil.copymode(args.jobs, jobs_path)  # a job file kept 0600 for its inline token or key stays so
@@ -909,7 +781,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     video_claims: List[Path] = []
     try:  # a job's video folder outside the batch's, claimed while the batch runs (see _claim_videos)
         for video_dir in job_video_dirs(jobs):
-            if not _within(video_dir, output_dir):
+            if not within(video_dir, output_dir):
                 video_claims.append(claim_video_dir(video_dir, f"batch {os.path.abspath(output_dir)}",
                                                     flag="a job's video_dir"))
     except OutputDirError as exc:
@@ -941,179 +813,6 @@ def cmd_batch(args: argparse.Namespace) -> int:
     print(format_table(batch))
     print(f"Results: {path}")
     return 1 if batch["n_failed"] else 0
-
-
-def _read_results_file(path: Path) -> Dict[str, Any]:
-    """A results file's contents; UsageError naming the file when it is not one (truncated, not JSON, not a map)."""
-    import json
-
-    from .cli_errors import UsageError
-    from .results import load_results
-
-    try:
-        results = load_results(path)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"{path}: not a readable results file ({type(exc).__name__}: {exc}); was its run killed "
-                         "while writing it? Resume that run or shard to write it again") from None
-    if not isinstance(results, dict):
-        raise UsageError(f"{path}: not a results file (its JSON is a {type(results).__name__}, not an object)")
-    return results
-
-
-def _results_files(paths: List[str], output: Path) -> List[Path]:
-    """The shard results to merge: files given, or results*.json in directories, never the merge's own output."""
-    from .cli_errors import UsageError
-
-    files: List[Path] = []
-    for item in map(Path, paths):
-        if item.is_dir():
-            for candidate in sorted(item.glob("results*.json")):
-                if candidate.resolve() == output.resolve() or "merged_from" in _read_results_file(candidate):
-                    logger.info("skipping %s: it is the output of a merge", candidate)
-                    continue
-                files.append(candidate)
-        elif item.is_file():
-            if item.resolve() == output.resolve():
-                raise UsageError(f"--output {output} is also one of the files to merge; the merge would replace it. "
-                                 "Name another --output")
-            files.append(item)
-        else:
-            raise UsageError(f"{item}: no such results file or directory")
-    if not files:
-        raise UsageError(f"no shard results (results*.json) in {', '.join(paths)}{_unfinished_shards_hint(paths)}")
-    return files
-
-
-def _unfinished_shards_hint(paths: List[str]) -> str:
-    """'; shard 1/2 ... started and has no results file ...' for every shard of the given directories that started
-    (its run file is there) and wrote no results: still running, or killed. Empty when there is none."""
-    from .run_dir import results_file_name, resume_command, started_shards
-    from .shard import ShardSpec
-
-    unfinished = []
-    for directory in (Path(p) for p in paths if Path(p).is_dir()):
-        for index, count in started_shards(directory):
-            shard = ShardSpec(index, count)
-            if not (directory / results_file_name(shard)).exists():
-                unfinished.append(f"shard {shard} in {directory} started and has no results file (still running, or "
-                                  f"killed: continue it with {resume_command(directory, shard)})")
-    return "; " + "; ".join(unfinished) if unfinished else ""
-
-
-def _refuse_live_runs_beside(output: Path) -> None:
-    """Refuse, --overwrite or not, a merge --output in a folder where a run other than a shard is still running: an
-    open-loop, batch, record or whole rollout there would write its own results.json or eval_info.json over the
-    merge's (or the merge over its). Live shards may share the folder: they write results_shard*.json only."""
-    from .run_claim import refuse_live_claims
-    from .run_dir import shard_files
-
-    folder = output.parent
-    if folder.is_dir():
-        refuse_live_claims(folder, flag="--output", skip=[name for name in shard_files(folder) if name.startswith("run_")])
-
-
-def _check_merge_output(output: Path, overwrite: bool) -> None:
-    """Refuse an --output whose writing would destroy a run's own results: an existing file that is not an earlier
-    merge's output, or a file in a whole run's --output-dir (the merge's eval_info.json would replace the run's)."""
-    from .cli_errors import UsageError
-    from .run_dir import RUN_FILENAME
-
-    if overwrite:
-        return
-    if output.exists():
-        if not output.is_file():
-            raise UsageError(f"--output {output} exists and is not a file")
-        try:
-            earlier_merge = "merged_from" in _read_results_file(output)
-        except UsageError:
-            earlier_merge = False
-        if not earlier_merge:
-            raise UsageError(f"--output {output} exists and is not the output of an earlier merge (a run's own "
-                             "results?); name another file, or pass --overwrite to replace it")
-    if (output.parent / RUN_FILENAME).exists():
-        raise UsageError(f"--output {output} is in the --output-dir of a whole run ({output.parent / RUN_FILENAME}), "
-                         "whose eval_info.json the merge would replace; name a file elsewhere, or pass --overwrite")
-
-
-def cmd_merge(args: argparse.Namespace) -> int:
-    """`gr00t-eval merge`: combine shard results files into one; exit 1 (like the run it stands for) when
-    episodes errored (0 then with --allow-errors), are missing (--allow-missing) or a task or shard failed."""
-    from .cli_errors import UsageError
-    from .eval_info import EVAL_INFO_FILENAME, lerobot_eval_info
-    from .results import RESULTS_FILENAME, write_results_together
-    from .run_dir import is_storage_error
-    from .shard import MergeError, format_missing, merge_results
-
-    if not args.output.strip():  # '' wrote into the current folder, ' ' a file named by one space
-        raise UsageError(f"--output must name a results file or a folder, got {args.output!r}")
-    output = Path(args.output)
-    if output.is_dir() or args.output.endswith("/"):
-        output = output / RESULTS_FILENAME
-    files = _results_files(args.results, output)
-    _refuse_live_runs_beside(output)
-    _check_merge_output(output, args.overwrite)
-    try:
-        merged = merge_results([_read_results_file(f) for f in files], allow_missing=args.allow_missing,
-                               names=[str(f) for f in files])
-    except MergeError as exc:
-        raise UsageError(f"{exc}{_unfinished_shards_hint(args.results) if 'in no results file' in str(exc) else ''}") from None
-    merged["merged_files"] = [str(f) for f in files]
-    written = [(output, merged), (output.parent / EVAL_INFO_FILENAME, lerobot_eval_info(merged))]
-    try:  # both or neither: a full disk never leaves a new merge beside an earlier merge's eval_info.json
-        path = write_results_together(written)[0]
-    except OSError as exc:
-        if not is_storage_error(exc):
-            raise
-        raise SystemExit(f"error: {exc.strerror or exc}{f' writing {exc.filename}' if exc.filename else ''}: "
-                         f"{output.name} and {EVAL_INFO_FILENAME} were not written (any from an earlier merge are left "
-                         f"as they were); the shard results files are unchanged. Free some space, then run the merge "
-                         "again") from None
-    print(format_summary(merged))
-    print_errored_episodes(merged)
-    n_errors = print_incomplete(merged)
-    status = merged.get("status", "complete")
-    if status != "complete":
-        missing = merged.get("missing_episodes", [])
-        shown = format_missing(missing)
-        print(f"{status.upper()}: {merged.get('stop_reason')}; {merged.get('n_not_run', len(missing))} episodes did not run"
-              f"{': ' + shown if shown else ''} (run the missing shards, or resume them, and merge again)"
-              f"{_unfinished_shards_hint(args.results)}")
-    print(f"Merged {len(files)} files into {path}")
-    if status != "complete" or merged["failed_tasks"]:
-        return 1
-    return _errors_exit(n_errors, any(not e.get("error") for e in merged["per_episode"]), args.allow_errors)
-
-
-# --- printing -----------------------------------------------------------------------------------
-
-
-def _table(rows: List[List[str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _row(name: str, kind: str, agg: Mapping[str, Any]) -> List[str]:
-    def fmt(key: str, spec: str) -> str:
-        value = agg.get(key)
-        return spec.format(value) if isinstance(value, (int, float)) and value == value else "-"
-
-    return [name, kind, fmt("n_episodes", "{:d}"), fmt("pc_success", "{:.1f}"), fmt("avg_sum_reward", "{:.3f}"),
-            fmt("avg_max_reward", "{:.3f}"), fmt("eval_s", "{:.1f}")]
-
-
-def format_summary(results: Mapping[str, Any]) -> str:
-    """Per-task, per-group and overall rows of a suite results dict."""
-    rows = [["name", "level", "episodes", "success %", "avg_sum_reward", "avg_max_reward", "eval_s"]]
-    rows += [_row(task, "task", agg) for task, agg in results["per_task"].items()]
-    if len(results["per_group"]) > 1 or len(results["per_task"]) > 1:
-        rows += [_row(group, "group", agg) for group, agg in results["per_group"].items()]
-    rows.append(_row("overall", "overall", results["overall"]))
-    text = _table(rows)
-    for task, reason in results.get("failed_tasks", {}).items():
-        text += f"\ntask {task} failed: {reason}"
-    return text
 
 
 def cmd_suites(args: argparse.Namespace) -> int:

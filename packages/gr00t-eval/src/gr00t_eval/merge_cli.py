@@ -1,0 +1,153 @@
+"""`gr00t-eval merge`: shard results files combined into the results of one run, written with its eval_info.json."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any, Dict, List
+
+from .run_summary import errors_exit, format_summary, print_errored_episodes, print_incomplete
+
+logger = logging.getLogger(__name__)
+
+
+def _read_results_file(path: Path) -> Dict[str, Any]:
+    """A results file's contents; UsageError naming the file when it is not one (truncated, not JSON, not a map)."""
+    import json
+
+    from .cli_errors import UsageError
+    from .results import load_results
+
+    try:
+        results = load_results(path)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{path}: not a readable results file ({type(exc).__name__}: {exc}); was its run killed "
+                         "while writing it? Resume that run or shard to write it again") from None
+    if not isinstance(results, dict):
+        raise UsageError(f"{path}: not a results file (its JSON is a {type(results).__name__}, not an object)")
+    return results
+
+
+def _results_files(paths: List[str], output: Path) -> List[Path]:
+    """The shard results to merge: files given, or results*.json in directories, never the merge's own output."""
+    from .cli_errors import UsageError
+
+    files: List[Path] = []
+    for item in map(Path, paths):
+        if item.is_dir():
+            for candidate in sorted(item.glob("results*.json")):
+                if candidate.resolve() == output.resolve() or "merged_from" in _read_results_file(candidate):
+                    logger.info("skipping %s: it is the output of a merge", candidate)
+                    continue
+                files.append(candidate)
+        elif item.is_file():
+            if item.resolve() == output.resolve():
+                raise UsageError(f"--output {output} is also one of the files to merge; the merge would replace it. "
+                                 "Name another --output")
+            files.append(item)
+        else:
+            raise UsageError(f"{item}: no such results file or directory")
+    if not files:
+        raise UsageError(f"no shard results (results*.json) in {', '.join(paths)}{_unfinished_shards_hint(paths)}")
+    return files
+
+
+def _unfinished_shards_hint(paths: List[str]) -> str:
+    """'; shard 1/2 ... started and has no results file ...' for every shard of the given directories that started
+    (its run file is there) and wrote no results: still running, or killed. Empty when there is none."""
+    from .run_dir import results_file_name, resume_command, started_shards
+    from .shard import ShardSpec
+
+    unfinished = []
+    for directory in (Path(p) for p in paths if Path(p).is_dir()):
+        for index, count in started_shards(directory):
+            shard = ShardSpec(index, count)
+            if not (directory / results_file_name(shard)).exists():
+                unfinished.append(f"shard {shard} in {directory} started and has no results file (still running, or "
+                                  f"killed: continue it with {resume_command(directory, shard)})")
+    return "; " + "; ".join(unfinished) if unfinished else ""
+
+
+def _refuse_live_runs_beside(output: Path) -> None:
+    """Refuse, --overwrite or not, a merge --output in a folder where a run other than a shard is still running: an
+    open-loop, batch, record or whole rollout there would write its own results.json or eval_info.json over the
+    merge's (or the merge over its). Live shards may share the folder: they write results_shard*.json only."""
+    from .run_claim import refuse_live_claims
+    from .run_dir import shard_files
+
+    folder = output.parent
+    if folder.is_dir():
+        refuse_live_claims(folder, flag="--output", skip=[name for name in shard_files(folder) if name.startswith("run_")])
+
+
+def _check_merge_output(output: Path, overwrite: bool) -> None:
+    """Refuse an --output whose writing would destroy a run's own results: an existing file that is not an earlier
+    merge's output, or a file in a whole run's --output-dir (the merge's eval_info.json would replace the run's)."""
+    from .cli_errors import UsageError
+    from .run_dir import RUN_FILENAME
+
+    if overwrite:
+        return
+    if output.exists():
+        if not output.is_file():
+            raise UsageError(f"--output {output} exists and is not a file")
+        try:
+            earlier_merge = "merged_from" in _read_results_file(output)
+        except UsageError:
+            earlier_merge = False
+        if not earlier_merge:
+            raise UsageError(f"--output {output} exists and is not the output of an earlier merge (a run's own "
+                             "results?); name another file, or pass --overwrite to replace it")
+    if (output.parent / RUN_FILENAME).exists():
+        raise UsageError(f"--output {output} is in the --output-dir of a whole run ({output.parent / RUN_FILENAME}), "
+                         "whose eval_info.json the merge would replace; name a file elsewhere, or pass --overwrite")
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    """`gr00t-eval merge`: combine shard results files into one; exit 1 (like the run it stands for) when
+    episodes errored (0 then with --allow-errors), are missing (--allow-missing) or a task or shard failed."""
+    from .cli_errors import UsageError
+    from .eval_info import EVAL_INFO_FILENAME, lerobot_eval_info
+    from .results import RESULTS_FILENAME, write_results_together
+    from .run_dir import is_storage_error
+    from .shard import MergeError, format_missing, merge_results
+
+    if not args.output.strip():  # '' wrote into the current folder, ' ' a file named by one space
+        raise UsageError(f"--output must name a results file or a folder, got {args.output!r}")
+    output = Path(args.output)
+    if output.is_dir() or args.output.endswith("/"):
+        output = output / RESULTS_FILENAME
+    files = _results_files(args.results, output)
+    _refuse_live_runs_beside(output)
+    _check_merge_output(output, args.overwrite)
+    try:
+        merged = merge_results([_read_results_file(f) for f in files], allow_missing=args.allow_missing,
+                               names=[str(f) for f in files])
+    except MergeError as exc:
+        raise UsageError(f"{exc}{_unfinished_shards_hint(args.results) if 'in no results file' in str(exc) else ''}") from None
+    merged["merged_files"] = [str(f) for f in files]
+    written = [(output, merged), (output.parent / EVAL_INFO_FILENAME, lerobot_eval_info(merged))]
+    try:  # both or neither: a full disk never leaves a new merge beside an earlier merge's eval_info.json
+        path = write_results_together(written)[0]
+    except OSError as exc:
+        if not is_storage_error(exc):
+            raise
+        raise SystemExit(f"error: {exc.strerror or exc}{f' writing {exc.filename}' if exc.filename else ''}: "
+                         f"{output.name} and {EVAL_INFO_FILENAME} were not written (any from an earlier merge are left "
+                         f"as they were); the shard results files are unchanged. Free some space, then run the merge "
+                         "again") from None
+    print(format_summary(merged))
+    print_errored_episodes(merged)
+    n_errors = print_incomplete(merged)
+    status = merged.get("status", "complete")
+    if status != "complete":
+        missing = merged.get("missing_episodes", [])
+        shown = format_missing(missing)
+        print(f"{status.upper()}: {merged.get('stop_reason')}; {merged.get('n_not_run', len(missing))} episodes did not run"
+              f"{': ' + shown if shown else ''} (run the missing shards, or resume them, and merge again)"
+              f"{_unfinished_shards_hint(args.results)}")
+    print(f"Merged {len(files)} files into {path}")
+    if status != "complete" or merged["failed_tasks"]:
+        return 1
+    return errors_exit(n_errors, any(not e.get("error") for e in merged["per_episode"]), args.allow_errors)

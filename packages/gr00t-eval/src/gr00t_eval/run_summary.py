@@ -1,0 +1,63 @@
+"""What a rollout or a merge prints at its end: the per-task, per-group and overall table, the errored episodes and
+the INCOMPLETE line, and the exit status that follows from its errors."""
+
+from __future__ import annotations
+
+from typing import Any, List, Mapping
+
+
+def _table(rows: List[List[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _row(name: str, kind: str, agg: Mapping[str, Any]) -> List[str]:
+    def fmt(key: str, spec: str) -> str:
+        value = agg.get(key)
+        return spec.format(value) if isinstance(value, (int, float)) and value == value else "-"
+
+    return [name, kind, fmt("n_episodes", "{:d}"), fmt("pc_success", "{:.1f}"), fmt("avg_sum_reward", "{:.3f}"),
+            fmt("avg_max_reward", "{:.3f}"), fmt("eval_s", "{:.1f}")]
+
+
+def format_summary(results: Mapping[str, Any]) -> str:
+    """Per-task, per-group and overall rows of a suite results dict."""
+    rows = [["name", "level", "episodes", "success %", "avg_sum_reward", "avg_max_reward", "eval_s"]]
+    rows += [_row(task, "task", agg) for task, agg in results["per_task"].items()]
+    if len(results["per_group"]) > 1 or len(results["per_task"]) > 1:
+        rows += [_row(group, "group", agg) for group, agg in results["per_group"].items()]
+    rows.append(_row("overall", "overall", results["overall"]))
+    text = _table(rows)
+    for task, reason in results.get("failed_tasks", {}).items():
+        text += f"\ntask {task} failed: {reason}"
+    return text
+
+
+def errors_exit(n_errors: int, scored: bool, allow_errors: bool) -> int:
+    """The exit status of a complete run or merge with `n_errors` errored episodes: 1 when nothing was scored, even
+    with --allow-errors (a CI passing it to tolerate a flaky episode went green on a run that measured nothing)."""
+    if n_errors and not scored:
+        print("exit status 1 because every episode errored: nothing was scored (--allow-errors tolerates some errors, "
+              "not a run without a result)")
+        return 1
+    if n_errors and not allow_errors:
+        print("exit status 1 because episodes errored (pass --allow-errors to exit 0 anyway)")
+        return 1
+    return 0
+
+
+def print_errored_episodes(results: Mapping[str, Any]) -> None:
+    """One `episode <i> [of <task>] errored: <reason>` line per errored episode."""
+    for entry in results["per_episode"]:
+        if entry.get("error"):
+            print(f"episode {entry['episode_index']}{' of ' + entry['task'] if entry.get('task') else ''} errored: {entry['error']}")
+
+
+def print_incomplete(results: Mapping[str, Any]) -> int:
+    """The `INCOMPLETE: k of n episodes errored` line when episodes errored; returns k."""
+    n_errors, n_run = results["overall"]["n_errors"], len(results["per_episode"])
+    if n_errors:
+        print(f"INCOMPLETE: {n_errors} of {n_run} episodes errored; the metrics above are over the {n_run - n_errors} that finished")
+    return n_errors
