@@ -26,7 +26,7 @@ def _wire_decode_error_noting_npsave():
 
 
 def _cases():
-    from gr00t_eval import batch, cli_errors, extras, open_loop, policy_identity, ray_runner, run_dir, shard
+    from gr00t_eval import batch, cli_errors, extras, open_loop, policy_identity, ray_connect, run_dir, shard
     from gr00t_eval.dataset import errors as dataset_errors
     from gr00t_eval.rollout import liveness, runner, stalls
 
@@ -55,7 +55,7 @@ def _cases():
         extras.MissingExtraError("--ray-address needs Ray; install it with: pip install 'gr00t-eval[ray]'"),
         open_loop.TrajectoryError("policy reset failed: Server error: IndexError: episode_index 8 out of range"),
         policy_identity.ServedPolicyChanged("the server at tcp://127.0.0.1:5555 now serves ReplayPolicy (...)"),
-        ray_runner.RayConnectError("nothing answers at --ray-address 127.0.0.1:6379"),
+        ray_connect.RayConnectError("nothing answers at --ray-address 127.0.0.1:6379"),
         liveness.PolicyServerUnreachableError("tcp://127.0.0.1:5555 stopped answering"),
         stalls.EnvStalledError("env 1 did not answer a step within 30 s"),
         runner.RecordedEnvMismatchError("the policy replays episode 0 as recorded in 'metaworld/reach-v3'"),

@@ -12,8 +12,10 @@ import pytest
 def ray_progress(caplog):
     """A callable giving the Ray runner's progress lines logged so far, joined by newlines (they are log records at
     INFO, which gr00t-eval's CLI shows on stderr; under pytest its logging set-up leaves pytest's handlers alone)."""
-    caplog.set_level(logging.INFO, logger="gr00t_eval.ray_runner")
-    return lambda: "\n".join(r.getMessage() for r in caplog.records if r.name == "gr00t_eval.ray_runner")
+    names = ("gr00t_eval.ray_runner", "gr00t_eval.ray_connect")
+    for name in names:
+        caplog.set_level(logging.INFO, logger=name)
+    return lambda: "\n".join(r.getMessage() for r in caplog.records if r.name in names)
 
 
 @pytest.fixture

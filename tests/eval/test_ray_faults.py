@@ -19,7 +19,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from eval.scale_fixtures import SlowPolicy, free_port, policy_server  # noqa: E402
-from gr00t_eval import ray_runner  # noqa: E402
+from gr00t_eval import ray_connect  # noqa: E402
 from gr00t_eval.cli import main  # noqa: E402
 from gr00t_eval.shard import ShardSpec, merge_results, results_from_outcomes  # noqa: E402
 from gr00t_eval.metrics import EpisodeOutcome  # noqa: E402
@@ -243,9 +243,9 @@ def test_a_missing_ray_is_named_before_the_output_directory_is_made(tmp_path):
 
 def test_check_ray_address_leaves_auto_local_and_malformed_addresses_to_ray():
     for address in ("auto", "local", "no-port-here"):
-        ray_runner.check_ray_address(address, timeout_s=0.1)
+        ray_connect.check_ray_address(address, timeout_s=0.1)
     with pytest.raises(ConnectionError, match="no Ray cluster answers"):
-        ray_runner.check_ray_address(f"ray://127.0.0.1:{free_port()}", timeout_s=1.0)
+        ray_connect.check_ray_address(f"ray://127.0.0.1:{free_port()}", timeout_s=1.0)
 
 
 def test_an_open_port_that_is_not_ray_is_refused_in_seconds_not_retried_for_minutes():
@@ -263,7 +263,7 @@ def test_an_open_port_that_is_not_ray_is_refused_in_seconds_not_retried_for_minu
         for port in (zmq_port, silent.getsockname()[1]):
             started = time.monotonic()
             with pytest.raises(ConnectionError, match="something listens there, but not Ray"):
-                ray_runner.check_ray_address(f"127.0.0.1:{port}", timeout_s=1.0)
+                ray_connect.check_ray_address(f"127.0.0.1:{port}", timeout_s=1.0)
             assert time.monotonic() - started < 10
     finally:
         silent.close()

@@ -8,24 +8,20 @@ runs only what is missing or errored. Needs the optional extra: pip install 'gr0
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import os
 import queue
-import signal
-import socket
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from gr00t_client.cli_signals import interrupting_signals, stop_signals_held
+from gr00t_client.cli_signals import stop_signals_held
 from gr00t_client.client import endpoint_host
 
-from .extras import MissingExtraError
 from .metrics import EpisodeOutcome
 from .policy_identity import check_serves, describe, pinned_policy, record_from_info, same_policy, server_info
+from .ray_connect import import_ray, init_ray, shutdown_ray
 from .rollout.config import RolloutConfig
 from .run_dir import interrupts_deferred, sigterm_as_interrupt
 from .shard import ShardSpec, format_missing, merge_results, results_from_outcomes, run_suite, shard_ranges
@@ -67,110 +63,10 @@ def parse_servers(hosts: str, default_port: int) -> List[ServerAddress]:
     return servers
 
 
-def import_ray() -> Any:
-    """The ray module, or MissingExtraError naming the extra that installs it."""
-    try:
-        import ray
-    except ImportError as exc:
-        raise MissingExtraError(f"--ray-address needs Ray ({exc}); install it with: pip install 'gr00t-eval[ray]'") from exc
-    return ray
-
-
 def _progress(line: str) -> None:
     """One progress line in the log (Ray runs take minutes; the user sees them move: gr00t-eval logs INFO to stderr
     by default). It was printed as well, and so shown twice."""
     logger.info("%s", line)
-
-
-class RayConnectError(ConnectionError):
-    """Nothing answers at a `--ray-address HOST:PORT` (ray.init would retry there for minutes)."""
-
-
-# The HTTP/2 client preface and an empty SETTINGS frame; a gRPC server (Ray's GCS, a ray:// client server) answers
-# with its own SETTINGS frame, whose 9-byte header has type 0x04 at byte 3.
-_HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
-_HTTP2_SETTINGS = 0x04
-
-
-def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
-    """For a HOST:PORT (or ray://HOST:PORT) address, raise RayConnectError unless a gRPC server (Ray speaks gRPC)
-    answers there: ray.init retries anything else, a closed port or an open one that is not Ray's, for minutes."""
-    host, sep, port = address[len("ray://"):].rpartition(":") if address.startswith("ray://") else address.rpartition(":")
-    if address in ("auto", "local") or not sep or not host or not port.isdigit():
-        return  # auto and local fail fast on their own; Ray reports a malformed address
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as connection:
-            # Under TLS the preface would be garbage to the server: the TCP check is all there is.
-            greeting = None if os.environ.get("RAY_USE_TLS") in ("1", "true") else _greeting(connection, timeout_s)
-    except OSError as exc:
-        raise RayConnectError(f"--ray-address {address}: no Ray cluster answers there ({exc or 'timed out'}); check the "
-                              "host and port (the head node's GCS port, 6379 unless `ray start --head --port` said "
-                              "otherwise), start the cluster, or use --ray-address local") from None
-    if greeting is not None and (len(greeting) < 4 or greeting[3] != _HTTP2_SETTINGS):
-        raise RayConnectError(f"--ray-address {address}: something listens there, but not Ray (it did not answer as a "
-                              "gRPC server: the dashboard's port, 8265, or a client port without ray://?); give the head "
-                              "node's GCS port (6379 unless `ray start --head --port` said otherwise) or "
-                              "ray://HOST:10001") from None
-
-
-def _greeting(connection: socket.socket, timeout_s: float) -> bytes:
-    """The first (up to 9) bytes the server at `connection` answers an HTTP/2 preface with, within `timeout_s`."""
-    connection.settimeout(timeout_s)
-    connection.sendall(_HTTP2_HELLO)
-    received = b""
-    try:
-        while len(received) < 9:
-            chunk = connection.recv(9 - len(received))
-            if not chunk:
-                break
-            received += chunk
-    except socket.timeout:
-        pass
-    return received
-
-
-def init_ray(address: str) -> bool:
-    """Connect to (`auto`, `HOST:PORT`, `ray://...`) or start (`local`) Ray unless it is up; True if we started it."""
-    ray = import_ray()
-    if ray.is_initialized():
-        return False
-    check_ray_address(address)
-    _progress(f"Ray: {'starting a local runtime' if address == 'local' else 'connecting to ' + address} ...")
-    try:
-        with _stop_signals_blocked():
-            if address == "local":
-                ray.init(address="local", include_dashboard=False, log_to_driver=False)
-            else:
-                ray.init(address=address, log_to_driver=False)
-    except (SystemExit, KeyboardInterrupt) as exc:  # ray.init's own SIGTERM handler exits 15: stop as on Ctrl-C, 130
-        if isinstance(exc, SystemExit) and exc.code != signal.SIGTERM:
-            raise
-        if ray.is_initialized():
-            with interrupts_deferred():
-                _shutdown_ray(ray)
-        raise KeyboardInterrupt from None
-    return True
-
-
-@contextlib.contextmanager
-def _stop_signals_blocked() -> Iterator[None]:
-    """Ctrl-C, SIGTERM and SIGHUP wait (blocked) while the block runs, then act with the handlers of before it.
-
-    Raised inside ray.init, a KeyboardInterrupt (or the SystemExit of the SIGTERM handler ray.init installs) left Ray
-    half made and the driver died of SIGSEGV/SIGABRT at exit; delivered after it, init_ray shuts Ray down and stops
-    the run as interrupted. Blocked, not only handled: ray.init replaces the SIGTERM handler part-way."""
-    signals = {signal.SIGINT, *interrupting_signals()}
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
-        yield  # Python handles signals on the main thread only; Windows has no signal mask
-        return
-    previous = {signum: signal.getsignal(signum) for signum in signals}
-    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():  # None: a handler installed from C; the default is closest
-            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)  # a signal that came meanwhile is handled now
 
 
 def run_shard_task(env_spec: str, config: Dict[str, Any], shard: Tuple[int, int], server: Tuple[str, int],
@@ -361,11 +257,11 @@ def run_with_ray(env_spec: str, config: RolloutConfig, servers: Sequence[ServerA
                             logger.warning("could not cancel a Ray shard: %s", exc)
                     if started:
                         started = False
-                        _shutdown_ray(ray)
+                        shutdown_ray(ray)
     finally:
         if started:
             with interrupts_deferred():
-                _shutdown_ray(ray)
+                shutdown_ray(ray)
     ordered = [shard_results[index] for index in sorted(shard_results)]
     names = [f"shard {r['plan']['shard'][0]}/{n_shards}" for r in ordered]
     # Failed and cancelled shards leave episodes in no shard's results; they are reported as not run, never lost.
@@ -473,11 +369,3 @@ def _policy_conflict(ordered: Sequence[Mapping[str, Any]], names: Sequence[str])
                         "one policy, so its episodes are not one success rate (serve the same checkpoint or dataset on "
                         "every server and run again)")
     return None
-
-
-def _shutdown_ray(ray: Any) -> None:
-    """ray.shutdown(); when a third Ctrl-C gives up waiting for it, say what may be left running."""
-    try:
-        ray.shutdown()
-    except KeyboardInterrupt:
-        _progress("Ray: stopped waiting for the Ray shutdown; run `ray stop` if Ray processes are left running")

@@ -289,7 +289,8 @@ def run_rollout_command(args: argparse.Namespace) -> int:
     from .cli_errors import UsageError
     from .metrics import EpisodeOutcome
     from .rollout.config import draw_base_seed
-    from .ray_runner import check_ray_address, import_ray, parse_servers
+    from .ray_connect import check_ray_address, import_ray
+    from .ray_runner import parse_servers
     from .run_dir import (EpisodeLog, add_earlier_eval_s, earlier_results, episode_log_name, given_settings,
                           is_storage_error, read_run_file, refuse_changed_settings, write_run_file)
     from .shard import ShardSpec

@@ -1,0 +1,134 @@
+"""Reaching Ray for `rollout --ray-address`: the optional import, a check that a Ray cluster answers at HOST:PORT
+before ray.init retries there for minutes, and ray.init / ray.shutdown with Ctrl-C and SIGTERM kept from leaving Ray
+half made."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import threading
+from typing import Any, Iterator
+
+from gr00t_client.cli_signals import interrupting_signals
+
+from .extras import MissingExtraError
+from .run_dir import interrupts_deferred
+
+logger = logging.getLogger(__name__)
+
+
+def import_ray() -> Any:
+    """The ray module, or MissingExtraError naming the extra that installs it."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise MissingExtraError(f"--ray-address needs Ray ({exc}); install it with: pip install 'gr00t-eval[ray]'") from exc
+    return ray
+
+
+def _progress(line: str) -> None:
+    """One progress line in the log (Ray runs take minutes; the user sees them move: gr00t-eval logs INFO to stderr
+    by default). It was printed as well, and so shown twice."""
+    logger.info("%s", line)
+
+
+class RayConnectError(ConnectionError):
+    """Nothing answers at a `--ray-address HOST:PORT` (ray.init would retry there for minutes)."""
+
+
+# The HTTP/2 client preface and an empty SETTINGS frame; a gRPC server (Ray's GCS, a ray:// client server) answers
+# with its own SETTINGS frame, whose 9-byte header has type 0x04 at byte 3.
+_HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+_HTTP2_SETTINGS = 0x04
+
+
+def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
+    """For a HOST:PORT (or ray://HOST:PORT) address, raise RayConnectError unless a gRPC server (Ray speaks gRPC)
+    answers there: ray.init retries anything else, a closed port or an open one that is not Ray's, for minutes."""
+    host, sep, port = address[len("ray://"):].rpartition(":") if address.startswith("ray://") else address.rpartition(":")
+    if address in ("auto", "local") or not sep or not host or not port.isdigit():
+        return  # auto and local fail fast on their own; Ray reports a malformed address
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as connection:
+            # Under TLS the preface would be garbage to the server: the TCP check is all there is.
+            greeting = None if os.environ.get("RAY_USE_TLS") in ("1", "true") else _greeting(connection, timeout_s)
+    except OSError as exc:
+        raise RayConnectError(f"--ray-address {address}: no Ray cluster answers there ({exc or 'timed out'}); check the "
+                              "host and port (the head node's GCS port, 6379 unless `ray start --head --port` said "
+                              "otherwise), start the cluster, or use --ray-address local") from None
+    if greeting is not None and (len(greeting) < 4 or greeting[3] != _HTTP2_SETTINGS):
+        raise RayConnectError(f"--ray-address {address}: something listens there, but not Ray (it did not answer as a "
+                              "gRPC server: the dashboard's port, 8265, or a client port without ray://?); give the head "
+                              "node's GCS port (6379 unless `ray start --head --port` said otherwise) or "
+                              "ray://HOST:10001") from None
+
+
+def _greeting(connection: socket.socket, timeout_s: float) -> bytes:
+    """The first (up to 9) bytes the server at `connection` answers an HTTP/2 preface with, within `timeout_s`."""
+    connection.settimeout(timeout_s)
+    connection.sendall(_HTTP2_HELLO)
+    received = b""
+    try:
+        while len(received) < 9:
+            chunk = connection.recv(9 - len(received))
+            if not chunk:
+                break
+            received += chunk
+    except socket.timeout:
+        pass
+    return received
+
+
+def init_ray(address: str) -> bool:
+    """Connect to (`auto`, `HOST:PORT`, `ray://...`) or start (`local`) Ray unless it is up; True if we started it."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return False
+    check_ray_address(address)
+    _progress(f"Ray: {'starting a local runtime' if address == 'local' else 'connecting to ' + address} ...")
+    try:
+        with _stop_signals_blocked():
+            if address == "local":
+                ray.init(address="local", include_dashboard=False, log_to_driver=False)
+            else:
+                ray.init(address=address, log_to_driver=False)
+    except (SystemExit, KeyboardInterrupt) as exc:  # ray.init's own SIGTERM handler exits 15: stop as on Ctrl-C, 130
+        if isinstance(exc, SystemExit) and exc.code != signal.SIGTERM:
+            raise
+        if ray.is_initialized():
+            with interrupts_deferred():
+                shutdown_ray(ray)
+        raise KeyboardInterrupt from None
+    return True
+
+
+@contextlib.contextmanager
+def _stop_signals_blocked() -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP wait (blocked) while the block runs, then act with the handlers of before it.
+
+    Raised inside ray.init, a KeyboardInterrupt (or the SystemExit of the SIGTERM handler ray.init installs) left Ray
+    half made and the driver died of SIGSEGV/SIGABRT at exit; delivered after it, init_ray shuts Ray down and stops
+    the run as interrupted. Blocked, not only handled: ray.init replaces the SIGTERM handler part-way."""
+    signals = {signal.SIGINT, *interrupting_signals()}
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield  # Python handles signals on the main thread only; Windows has no signal mask
+        return
+    previous = {signum: signal.getsignal(signum) for signum in signals}
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():  # None: a handler installed from C; the default is closest
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)  # a signal that came meanwhile is handled now
+
+
+def shutdown_ray(ray: Any) -> None:
+    """ray.shutdown(); when a third Ctrl-C gives up waiting for it, say what may be left running."""
+    try:
+        ray.shutdown()
+    except KeyboardInterrupt:
+        _progress("Ray: stopped waiting for the Ray shutdown; run `ray stop` if Ray processes are left running")
