@@ -202,6 +202,31 @@ def test_a_replay_server_advancing_other_than_n_action_steps_errors_every_episod
                for o in result.outcomes)
 
 
+@pytest.mark.parametrize("flags, refusal", [
+    (["--n-action-steps", str(CHUNK)], f"advances {HORIZON} steps per call, but the envs execute n_action_steps={CHUNK}"),
+    (["--n-action-steps", str(HORIZON), "--client-chunking", "async"], "cannot serve --client-chunking async"),
+], ids=["n-action-steps", "async"])
+def test_the_cli_refuses_a_plan_the_replay_server_cannot_follow_before_any_episode(dataset, tmp_path, capsys, flags,
+                                                                                     refusal):
+    # Every episode errored at its first request, the run scored nothing, and its advice (--n-action-steps N, or
+    # --resume) was refused: the folder held the failed run. The server's identity says it replays, and by how much.
+    from gr00t_eval.cli import main
+
+    server = RestartableServer(lambda: replay_policy(dataset, execution_horizon=HORIZON))
+    ReplayProbeEnv.steps_taken = 0
+    command = ["rollout", "--env-name", "replaycheck/any", "--n-episodes", "2", "--n-envs", "1", "--seed", "100",
+               "--vectorization", "sync", "--max-episode-steps", "50", "--no-video", "--policy-client-port",
+               str(server.port), "--output-dir", str(tmp_path / "out")]
+    try:
+        assert main([*command, *flags]) == 2
+        err = capsys.readouterr().err
+        assert "the policy server cannot run this rollout: " in err and refusal in err, err
+        assert ReplayProbeEnv.steps_taken == 0 and not (tmp_path / "out" / "run.json").exists()
+        assert main([*command, "--n-action-steps", str(HORIZON)]) == 0  # the corrected command, same folder
+    finally:
+        server.stop()
+
+
 @pytest.mark.parametrize("deltas", [list(range(1, HORIZON + 1)), list(range(0, 2 * HORIZON, 2))], ids=["shifted", "strided"])
 def test_action_delta_indices_other_than_each_next_step_are_refused_before_any_episode(dataset, deltas):
     # Row j of a chunk runs as the j-th env step after the query: a replay served with action deltas 1..H or a stride

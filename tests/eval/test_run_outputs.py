@@ -82,13 +82,16 @@ def test_errored_episodes_are_counted_apart_reported_incomplete_and_fail_the_exi
         assert main(rollout_args(server.port, tmp_path / "again", "--n-episodes", "4", "--seed", "0", "--allow-errors")) == 0
 
 
-def test_a_broken_env_kwarg_gives_no_plausible_score_and_a_non_zero_exit(tmp_path, capsys):
+def test_a_broken_env_kwarg_gives_no_score_and_leaves_the_folder_to_the_corrected_command(tmp_path, capsys):
     with policy_server() as server:
         code = main(rollout_args(server.port, tmp_path / "out", "--n-episodes", "2", "--env-kwarg", "camera=corner9"))
-    results = read(tmp_path / "out" / "results.json")
-    assert code == 1
-    assert results["overall"]["n_episodes"] == 0 and results["overall"]["pc_success"] is None
-    assert "camera" in results["failed_tasks"]["walkto/slow"]
+        err = capsys.readouterr().err
+        assert code == 2
+        assert "no episode was scored: task walkto/slow failed" in err and "camera" in err, err
+        assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == []
+        # it used to leave run.json and advise a --resume that repeated the typo; the corrected command was refused
+        assert main(rollout_args(server.port, tmp_path / "out", "--n-episodes", "2")) == 0
+    assert read(tmp_path / "out" / "results.json")["overall"]["n_episodes"] == 2
 
 
 def test_every_episode_seed_is_recorded_from_a_random_base_seed_saved_in_run_json(tmp_path):

@@ -37,18 +37,17 @@ def test_record_serve_rollout_needs_no_seed_the_replay_server_reports_the_record
     assert results["overall"]["pc_success"] >= 95.0
 
 
-def test_a_camera_that_does_not_exist_errors_every_episode_and_exits_non_zero(recorded_reach, tmp_path, capsys):
+def test_a_camera_that_does_not_exist_scores_nothing_exits_2_and_leaves_no_run(recorded_reach, tmp_path, capsys):
     with policy_server(sim_replay_policy(recorded_reach, HORIZON)) as server:
         code = main(["rollout", "--env-name", "metaworld/reach-v3", "--n-episodes", "2", "--n-envs", "1",
                      "--n-action-steps", str(HORIZON), "--policy-client-port", str(server.port), "--no-video",
                      "--env-kwarg", "camera=corner9", "--env-kwarg", "image_size=32", "--vectorization", "sync",
                      "--output-dir", str(tmp_path / "out")])
-    printed = capsys.readouterr().out
-    results = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert code == 1
-    assert results["overall"]["n_episodes"] == 0 and results["overall"]["pc_success"] is None
-    assert results["overall"]["n_errors"] == 2 or results["failed_tasks"]
-    assert "INCOMPLETE" in printed or "failed" in printed
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "no episode was scored: task metaworld/reach-v3 failed" in captured.err and "corner9" in captured.err
+    assert "success rate" not in captured.out
+    assert not (tmp_path / "out" / "run.json").exists() and not (tmp_path / "out" / "results.json").exists()
 
 
 def test_an_interrupted_record_leaves_a_dataset_that_loads_with_the_finished_episodes(tmp_path):

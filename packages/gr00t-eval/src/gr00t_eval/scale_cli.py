@@ -362,10 +362,13 @@ def run_rollout_command(args: argparse.Namespace) -> int:
     try:
         with _released_unless_started(output_dir, shard, new_run=not args.resume):
             results = _run(args, env_spec, config, shard, done, output_dir, first_policy)
-            if not args.resume and args.ray_address and not results.get("per_episode") and results.get("status") == "aborted":
-                # every shard stopped before scoring (no server answered its workers): as a plain run that reaches no
-                # server, the folder is released and the corrected command is not refused as "not empty"
-                raise UsageError(f"no episode was scored: {results.get('stop_reason')}")
+            if not args.resume and not results.get("per_episode") and results.get("status") in ("aborted", "incomplete"):
+                # every task failed to start (an --env-kwarg its env does not take), or every Ray shard stopped before
+                # scoring (no server answered its workers): as a plain run that reaches no server, the folder is
+                # released, and the corrected command is not refused as "not empty" (a --resume repeats the mistake)
+                failed = results.get("failed_tasks") or {}
+                reasons = "; ".join(f"task {task} failed: {why}" for task, why in failed.items())
+                raise UsageError(f"no episode was scored: {reasons or results.get('stop_reason')}")
         if earlier is not None:
             add_earlier_eval_s(results, earlier)
         return _report_rollout(args, results, output_dir, shard)
@@ -632,8 +635,9 @@ def _adopt_run_policy(output_dir: Path, shard: Any, first_policy: Optional[Mappi
 def _check_policy_runs_settings(client: Any, config: Any, resumed: Optional[Path],
                                 policy: Optional[Mapping[str, Any]] = None) -> None:
     """UsageError, before any episode, when the policy cannot run the plan: a gr00t-server policy served without the
-    sim wrapper (`policy` is its record; every episode errored on the flat observations a rollout sends), or
-    --n-action-steps beyond its chunk (a failed task, a NaN success rate and advice to --resume the same settings)."""
+    sim wrapper (`policy` is its record; every episode errored on the flat observations a rollout sends), a replay
+    whose execution horizon is not --n-action-steps, or --n-action-steps beyond its chunk (a failed task, a NaN
+    success rate and advice to --resume the same settings)."""
     from .cli_errors import UsageError
     from .policy_identity import check_takes_flat_observations
     from .rollout.policy_io import HorizonSpec
@@ -642,6 +646,10 @@ def _check_policy_runs_settings(client: Any, config: Any, resumed: Optional[Path
         check_takes_flat_observations(policy)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    try:
+        _check_replay_horizon(policy, config)
+    except ValueError as exc:
+        raise UsageError(f"the policy server cannot run this rollout: {exc}{_started_with(resumed)}") from None
     try:
         spec = HorizonSpec.from_modality_config(client.get_modality_config())
     except Exception as exc:  # noqa: BLE001 - the run itself reports a policy whose config cannot be read
@@ -653,6 +661,29 @@ def _check_policy_runs_settings(client: Any, config: Any, resumed: Optional[Path
         fix = (f"the run in {resumed} was started with it; start a new run (a new --output-dir) with another "
                "--n-action-steps" if resumed is not None else "pass a smaller --n-action-steps")
         raise UsageError(f"the policy server cannot run this rollout: {exc}; {fix}") from None
+
+
+def _check_replay_horizon(policy: Optional[Mapping[str, Any]], config: Any) -> None:
+    """ValueError when `policy` (a served policy's record) replays recorded steps by its own count and the plan cannot
+    follow it: --n-action-steps other than the replay's execution horizon, or --client-chunking async. Checked per
+    call too (rollout.policy_io), where it errored every episode: the run scored nothing and advised a --resume that
+    repeats the settings."""
+    from .rollout.policy_io import ASYNC_REPLAY_ERROR, replay_drift_error
+
+    identity = policy.get("identity") if isinstance(policy, Mapping) else None
+    if not isinstance(identity, Mapping) or identity.get("kind") != "replay":
+        return
+    if config.client_chunking == "async":
+        raise ValueError(ASYNC_REPLAY_ERROR)
+    horizon = identity.get("execution_horizon")
+    if isinstance(horizon, int) and not isinstance(horizon, bool) and horizon != config.n_action_steps:
+        raise ValueError(replay_drift_error(horizon, config.n_action_steps))
+
+
+def _started_with(resumed: Optional[Path]) -> str:
+    """For a refused --resume: the saved settings are the run's, so its fix is a new run."""
+    return "" if resumed is None else (f" (the run in {resumed} was started with these settings: start a new run, in a "
+                                       "new --output-dir, with the corrected ones)")
 
 
 RAY_POLICY_PROBE_MS = 5000

@@ -218,12 +218,7 @@ class PositionCheckedPolicy:
                 raise ValueError(ASYNC_REPLAY_ERROR)
             horizon = info.get("execution_horizon")
             if self.n_action_steps is not None and is_position(horizon) and horizon != self.n_action_steps:
-                raise ValueError(
-                    f"the policy serves recorded steps by its own count and advances {horizon} steps per call, but the "
-                    f"envs execute n_action_steps={self.n_action_steps} of each chunk, so the replay would drift (a "
-                    f"wrong success rate); serve it with --execution-horizon {self.n_action_steps}, or run with "
-                    f"--n-action-steps {horizon}"
-                )
+                raise ValueError(replay_drift_error(horizon, self.n_action_steps))
         self.cursor.check_reply(info)
         return action, info
 
@@ -235,6 +230,13 @@ class PositionCheckedPolicy:
 # A policy that reports its step (a replay server) serves the recorded steps by its own count, whatever the observation:
 # asynchronous chunking asks for the next chunk mid-chunk and lines the reply up with that env step, so the envs
 # would run recorded steps out of order (measured: Meta-World expert replays at 75 % instead of 100 %, exit 0).
+def replay_drift_error(horizon: int, n_action_steps: int) -> str:
+    """Why a replay that advances `horizon` recorded steps per call cannot be rolled out with `n_action_steps`."""
+    return (f"the policy serves recorded steps by its own count and advances {horizon} steps per call, but the envs "
+            f"execute n_action_steps={n_action_steps} of each chunk, so the replay would drift (a wrong success rate); "
+            f"serve it with --execution-horizon {n_action_steps}, or run with --n-action-steps {horizon}")
+
+
 ASYNC_REPLAY_ERROR = (
     "the policy reports its step (current_step: it replays recorded steps by its own count, as a replay server does), "
     "so it cannot serve --client-chunking async, which asks for the next chunk in the middle of a chunk; use "
