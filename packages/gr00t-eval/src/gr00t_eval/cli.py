@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="flow-matching denoising steps, sent to the server as options['denoising_steps'] (server default if unset)")
     p.add_argument(*_flag("allow-errors"), action="store_true",
                    help="exit 0 even when trajectories errored (the policy did not follow them; they are reported and left "
-                        "out of the averages)")
+                        "out of the averages), unless every trajectory errored: a run that scored nothing exits 1")
     _add_refused_model_path(p)
 
     p = sub.add_parser("rollout", help="run a policy server in simulation and report the success rate")
@@ -178,12 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "from DIR/episodes.jsonl (or errored) run; connection flags and --ray-address come from this "
                         "command line (a Ray run may resume without Ray and the other way round)")
     p.add_argument(*_flag("allow-errors"), action="store_true",
-                   help="exit 0 even when episodes errored (they are still reported and left out of the metrics)")
+                   help="exit 0 even when episodes errored (they are still reported and left out of the metrics), "
+                        "unless every episode errored: a run that scored nothing exits 1")
     p.add_argument(*_flag("max-episodes-rendered"), type=int, default=None, metavar="N",
                    help="write videos of the first N episodes (of each task) only (default: all)")
     p.add_argument(*_flag("env-timeout"), type=float, default=DEFAULT_ENV_TIMEOUT_S, metavar="S",
                    help=f"seconds one env reset or step may take before the run stops with the envs named (a hung "
-                        f"simulator; default {DEFAULT_ENV_TIMEOUT_S:g}; 0 = no limit). Envs in subprocesses only "
+                        f"simulator; default {DEFAULT_ENV_TIMEOUT_S:g}; 0 or inf = no limit; at most a week). Envs in subprocesses only "
                         "(--n-envs > 1): a single env runs in this process and is waited for. A --resume takes it from "
                         "its own command line, else the saved one")
     p.add_argument(*_flag("transition-host"), *_flag("transition-port"), dest="transition_flag", default=None,

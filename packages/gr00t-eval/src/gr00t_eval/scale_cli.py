@@ -61,7 +61,8 @@ def register_scale_commands(subparsers: Any) -> None:
     p.add_argument(*_flag("allow-missing"), action="store_true",
                    help="merge even if some episodes are in no file (the merged status is then 'incomplete', exit status 1)")
     p.add_argument(*_flag("allow-errors"), action="store_true",
-                   help="exit 0 even when episodes errored (they are still reported and left out of the metrics)")
+                   help="exit 0 even when episodes errored (they are still reported and left out of the metrics), "
+                        "unless every episode errored: a merge that scored nothing exits 1")
     p.add_argument(*_flag("overwrite"), action="store_true",
                    help="replace an --output that is not an earlier merge's (a run's own results file), or write "
                         "into a whole run's --output-dir (its eval_info.json is replaced)")

@@ -30,7 +30,8 @@ def register(subparsers: Any) -> None:
     export.add_argument(*_flag("model-path"), required=True, help="checkpoint directory or hub id")
     export.add_argument(*_flag("output"), *_flag("onnx-dir"), dest="output", required=True, help="output directory")
     export.add_argument(*_flag("mode"), *_flag("export-mode"), dest="mode", default="full_pipeline", choices=EXPORT_MODES,
-                        help="dit_only: the DiT; action_head: + VL self-attention and encoders/decoder; full_pipeline: + ViT and LLM")
+                        help="dit_only: the DiT; action_head: + VL self-attention and encoders/decoder; full_pipeline: + ViT and "
+                             "LLM (default full_pipeline)")
     export.add_argument(*_flag("precision"), default=None, choices=PRECISIONS,
                         help="weights/activations precision (default: bf16 on CUDA, fp32 on CPU)")
     export.add_argument(*_flag("batch-size"), type=int, default=1, help="batch of the sample observation")
