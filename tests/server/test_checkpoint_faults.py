@@ -202,6 +202,26 @@ def test_statistics_of_one_key_with_different_lengths_are_refused(copy_of):
         _serve_tag(checkpoint)
 
 
+@pytest.mark.parametrize("tag, group", [("libero_sim", "action"), ("new_embodiment", "state")])
+def test_per_step_rows_for_a_state_or_action_key_are_refused_at_load_naming_file_tag_key_and_shape(
+        copy_of, serve_error, tag, group):
+    """[[..], [..]] rows (the layout relative_action keys use) for a state or action key loaded, then every
+    get_action failed with numpy's broadcasting error, naming neither the file nor the key."""
+    checkpoint = copy_of()
+    key = _first_key(checkpoint, group, tag)
+
+    def as_rows(stats):
+        entry = stats[tag][group][key]
+        entry.update({name: [row, row] for name, row in entry.items()})
+
+    _edit_json(checkpoint / "statistics.json", as_rows)
+    width = len(json.loads((checkpoint / "statistics.json").read_text())[tag][group][key]["max"][0])
+    err = serve_error(checkpoint, tag=tag)
+    expected = (rf"statistics.json: statistics\['{tag}'\]\['{group}'\]\['{key}'\]\['\w+'\] has shape \(2, {width}\); "
+                rf"a state or action key's statistics must be 1-D, one value per dimension \(shape \({width},\)\)")
+    assert re.search(expected, err), err
+
+
 def test_a_huge_range_that_overflows_is_refused(copy_of):
     checkpoint = copy_of()
     key = _first_key(checkpoint, "action")

@@ -52,6 +52,16 @@ def _rename_first_state(observation):
     return observation
 
 
+def _frames(group, count):
+    """The first key of `group` with `count` time steps (its step repeated) where the checkpoint's delta_indices
+    have one."""
+    def change(observation):
+        key_name = next(iter(observation[group]))
+        observation[group][key_name] = np.repeat(observation[group][key_name], count, axis=1)
+        return observation
+    return change
+
+
 CASES = [
     ("observation None", lambda _: None, r"observation must be a dict with keys 'video', 'state', 'language'; got NoneType"),
     ("observation list", lambda _: [1], r"observation must be a dict with keys .*; got list"),
@@ -65,6 +75,11 @@ CASES = [
     ("state (B, D)", _set("state", None, [[0.1, 0.2]]), r"state\['\w+'\] must have shape \(B, T, D\); got shape \(1, 2\)"),
     ("state 0-d", _set("state", None, np.float32(0.5)), r"state\['\w+'\] must have shape \(B, T, D\); got a single float32"),
     ("state ragged", _set("state", None, [[[0.1], [0.2, 0.3]]]), r"state\['\w+'\] must have shape \(B, T, D\); got list"),
+    # T=3 frames for a 1-frame checkpoint gave the prompt 3 images per camera: a plausible action, not an error
+    ("video T=3", _frames("video", 3), r"video\['\w+'\] has T=3 time steps \(axis 1 of shape \(1, 3, 32, 32, 3\)\); this "
+     r"checkpoint's video delta_indices \[0\] need T=1 \(shape \(B, T, H, W, 3\)\)"),
+    ("state T=2", _frames("state", 2), r"state\['\w+'\] has T=2 time steps \(axis 1 of shape \(1, 2, \d+\)\); this "
+     r"checkpoint's state delta_indices \[0\] need T=1 \(shape \(B, T, D\)\)"),
     ("language None", _set("language", None, None), r"language\['[\w.]+'\] must be a list of B rows, each a list of one str; got NoneType"),
     ("language bare str", _set("language", None, "pick it up"), r"language\['[\w.]+'\] must be a list of B rows.*; got str"),
 ]

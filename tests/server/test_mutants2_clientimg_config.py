@@ -58,7 +58,7 @@ def test_a_constant_dimension_whose_min_equals_its_max_loads():
 
 @pytest.mark.parametrize("stats, message", [
     ({"min": [0.0, 0.0], "max": [1.0, 1.0, 1.0]}, "stats have different lengths"),
-    ({"min": [[0.0, 0.0]], "max": [0.0, 1.0]}, "min has shape (1, 2) but max has (2,)"),
+    ({"min": [[0.0, 0.0]], "max": [0.0, 1.0]}, "['min'] has shape (1, 2); a state or action key's statistics must be 1-D"),
     ({"std": [0.1, -0.1]}, "std has a negative value"),
     ({"mean": []}, "must be a non-empty list of numbers"),
 ])
@@ -66,6 +66,13 @@ def test_statistics_no_normalization_can_use_are_refused_naming_the_key(stats, m
     with pytest.raises(ValueError) as caught:
         parse_statistics(_stats(**stats))
     assert "statistics['t']['state']['x']" in str(caught.value) and message in str(caught.value)
+
+
+def test_relative_action_statistics_of_two_shapes_are_refused_naming_the_key():
+    stats = {"t": {"relative_action": {"x": {"min": [[0.0, 0.0], [0.0, 0.0]], "max": [0.0, 1.0]}}}}
+    with pytest.raises(ValueError, match=r"statistics\['t'\]\['relative_action'\]\['x'\].*min has shape \(2, 2\) but max "
+                                         r"has \(2,\)"):
+        parse_statistics(stats)
 
 
 def test_a_damaged_tag_is_left_out_with_its_message_and_the_others_load():

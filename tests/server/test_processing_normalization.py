@@ -269,3 +269,38 @@ def test_a_sin_cos_state_key_of_another_width_than_its_statistics_is_refused():
     object.__setattr__(proc.config, "apply_sincos_state_encoding", True)
     with pytest.raises(ValueError, match="State key 'hand' has dimension 2; the checkpoint statistics expect 1"):
         proc.normalize_state("robot", {"arm": np.array([[2.0, 4.0]]), "hand": np.array([[0.1, 0.2]])})
+
+
+@pytest.mark.parametrize("pose, why", [
+    (np.zeros(16), "all zero"),
+    (np.diag([1.0, 1.0, 0.0, 1.0]).reshape(16), "a zero rotation axis"),
+    (np.concatenate([np.eye(4)[:3].reshape(12), np.zeros(4)]), "last row zero"),
+])
+def test_a_singular_4x4_reference_pose_is_refused_naming_key_and_row_both_ways(pose, why):
+    """A flattened 4x4 (DEFAULT) reference pose that is singular made decode return T_ref @ T_rel, finite and wrong
+    (all zeros for an all-zero state); encode refused it. Both now refuse it, by the same criterion."""
+    good = np.eye(4)
+    good[:3, :3], good[:3, 3] = _rot_z(0.3), [0.1, 0.2, 0.3]
+    reference = np.stack([good.reshape(16), pose])[:, None]  # (B=2, T=1, 16); row 1 is bad
+    relative = np.tile(np.eye(4).reshape(16), (2, 4, 1))
+    for convert in (norm.decode_relative, norm.encode_relative):
+        with pytest.raises(ValueError, match=r"reference state 'state.eef' of relative key 'eef' \(a flattened 4x4 "
+                                             r"pose\) is singular \(not invertible\) in rows \[1\]: it must be an "
+                                             r"invertible homogeneous transform"):
+            convert("eef", relative, reference, "EEF", "DEFAULT")
+    fine = norm.decode_relative("eef", relative[:1], reference[:1], "EEF", "DEFAULT")  # the good row alone
+    np.testing.assert_allclose(fine[0, 0], good.reshape(16))
+
+
+def test_a_4x4_reference_pose_with_float32_round_off_is_accepted():
+    """A real robot's pose comes as float32: its rotation is orthonormal only to ~1e-7, and its last row may read
+    1e-8 instead of 0. That is no singular pose."""
+    pose = np.eye(4)
+    pose[:3, :3], pose[:3, 3] = _rot_z(1.234), [0.5, -0.25, 0.75]
+    reference = pose.astype(np.float32).astype(np.float64).reshape(1, 1, 16)
+    reference[0, 0, 12] = 1e-8
+    relative = np.tile(np.eye(4).reshape(16), (1, 2, 1))
+    decoded = norm.decode_relative("eef", relative, reference, "EEF", "DEFAULT")
+    np.testing.assert_allclose(decoded[0, 0], reference[0, 0], atol=1e-12)
+    encoded = norm.encode_relative("eef", decoded, reference, "EEF", "DEFAULT")
+    np.testing.assert_allclose(encoded, relative, atol=1e-6)

@@ -258,3 +258,49 @@ def test_a_strict_policys_own_nan_refusal_still_reaches_the_client_with_the_like
             client.get_action(rotation_observation(rows_of_zeros=(1,)))
     message = caught.value.server_message
     assert "non-finite values (NaN or inf) in action key 'eef_9d' rows [1]" in message and "Likely cause" in message
+
+
+def _as_4x4_pose_checkpoint(checkpoint):
+    """The tiny checkpoint with its relative EEF key 'eef_9d' turned into a flattened 4x4 pose (DEFAULT format)."""
+    import json
+
+    config_path, stats_path = checkpoint / "processor_config.json", checkpoint / "statistics.json"
+    config = json.loads(config_path.read_text())
+    config["processor_kwargs"]["modality_configs"]["new_embodiment"]["action"]["action_configs"][0]["format"] = "DEFAULT"
+    config_path.write_text(json.dumps(config))
+    stats = json.loads(stats_path.read_text())
+    eye = np.eye(4).reshape(-1)
+
+    def key_stats(low, high):
+        return {"min": low.tolist(), "max": high.tolist(), "q01": low.tolist(), "q99": high.tolist(),
+                "mean": ((low + high) / 2).tolist(), "std": ((high - low) / 4).tolist()}
+
+    tag = stats["new_embodiment"]
+    tag["state"]["eef_9d"] = tag["action"]["eef_9d"] = key_stats(eye - 1, eye + 1)
+    tag["relative_action"]["eef_9d"] = {k: [v] * 16 for k, v in key_stats(eye - 0.1, eye + 0.1).items()}
+    stats_path.write_text(json.dumps(stats))
+    return checkpoint
+
+
+def test_an_all_zero_4x4_reference_pose_is_refused_not_answered_with_zero_matrices(copy_of):
+    """A relative 4x4 (DEFAULT) EEF key anchored on an all-zero state decoded to all-zero matrices: finite, so
+    nothing refused them, and the robot was sent them. A strict policy refuses the state before the model runs."""
+    pytest.importorskip("torch")
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+    from gr00t_server.test_checkpoint import example_observation
+
+    checkpoint = _as_4x4_pose_checkpoint(copy_of())
+    policy = Gr00tPolicy(checkpoint, "new_embodiment", device="cpu")
+    observation = example_observation(checkpoint, "new_embodiment", batch_size=2, image_size=(32, 32))
+    observation["state"]["eef_9d"][:] = np.eye(4).reshape(16)
+    observation["state"]["eef_9d"][1] = 0.0
+    expected = (r"reference state 'state.eef_9d' of relative key 'eef_9d' \(a flattened 4x4 pose\) is singular "
+                r"\(not invertible\) in rows \[1\]")
+    with pytest.raises(ObservationError, match=expected):
+        policy.get_action(observation)
+    with running_server(policy) as server, PolicyClient(port=server.port, timeout_ms=60000) as client:
+        with pytest.raises(PolicyServerError, match=expected):
+            client.get_action(observation)
+        observation["state"]["eef_9d"][1] = observation["state"]["eef_9d"][0]
+        action, _ = client.get_action(observation)
+    assert action["eef_9d"].shape[-1] == 16 and not (action["eef_9d"] == 0).all()

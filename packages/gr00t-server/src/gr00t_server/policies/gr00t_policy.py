@@ -370,15 +370,27 @@ class Gr00tPolicy(BasePolicy):
 
     def check_observation(self, observation: Dict[str, Any]) -> None:
         """The modality configs' checks, then the reference states of relative action keys (a degenerate rotation
-        failed only after the whole model ran, and with batching on made every client's batch re-run alone)."""
+        failed only after the whole model ran, and with batching on made every client's batch re-run alone), then
+        the instructions (no special tokens)."""
         super().check_observation(observation)
         self._check_reference_states(observation)
+        self._check_instructions(observation)
 
     def _check_reference_states(self, observation: Mapping[str, Any]) -> None:
         try:
             self.processor.check_reference_states(self.embodiment_tag_value, observation["state"])
         except ValueError as exc:
             raise ObservationError(str(exc)) from None
+
+    def _check_instructions(self, observation: Mapping[str, Any]) -> None:
+        """ObservationError naming the language key, row and tokens when an instruction holds the backbone's special
+        tokens (vision or chat placeholders): the model would read them as such, or fail inside transformers."""
+        for row, language in enumerate(observation["language"][self.language_key]):
+            found = self.processor.reserved_tokens_in(_instruction(language))
+            if found:
+                raise ObservationError(
+                    f"language['{self.language_key}'] row {row} holds the backbone's reserved token(s) {found}; an "
+                    "instruction must be plain text, without the tokenizer's special tokens")
 
     @property
     def last_timing(self) -> Dict[str, float]:
@@ -400,6 +412,7 @@ class Gr00tPolicy(BasePolicy):
         if not self.strict:  # a strict policy's check_observation made these checks
             self._check_batch_sizes(observation, batch_size)
             self._check_reference_states(observation)
+            self._check_instructions(observation)
         rtc = self._parse_rtc((options or {}).get("rtc"), batch_size)
         video = {k: np.asarray(observation["video"][k]) for k in self.modality_configs["video"].modality_keys}
         raw_states = {k: np.asarray(observation["state"][k]) for k in self.modality_configs["state"].modality_keys}
@@ -440,9 +453,10 @@ class Gr00tPolicy(BasePolicy):
         return int(np.asarray(observation["state"][state_keys[0]]).shape[0])
 
     def _check_lenient_layout(self, observation: Any) -> None:
-        """strict=False takes lists and other dtypes, but not a missing group or key, a None, or an array without its
-        batch and time axes: ObservationError naming the entry and what it needs (these failed as a KeyError, an
-        IndexError, or an internal error with a traceback in the server's log)."""
+        """strict=False takes lists and other dtypes, but not a missing group or key, a None, an array without its
+        batch and time axes, or a time axis other than the checkpoint's delta_indices: ObservationError naming the
+        entry and what it needs (these failed as a KeyError, an IndexError, or an internal error with a traceback in
+        the server's log, and a video T as a plausible action)."""
         if not isinstance(observation, Mapping):
             raise ObservationError(f"observation must be a dict with keys 'video', 'state', 'language'; got "
                                    f"{type(observation).__name__}")
@@ -473,6 +487,14 @@ class Gr00tPolicy(BasePolicy):
                     got = (type(value).__name__ if shape is None else
                            f"shape {shape}" if shape else f"a single {type(value).__name__} (no axes)")
                     raise ObservationError(f"{group}['{key}'] must have shape {layout}; got {got}")
+                # Another T than the checkpoint's delta_indices gave the prompt more images per camera (or the state
+                # vector other columns): a layout the model never saw, answered with a plausible action.
+                horizon = len(self.modality_configs[group].delta_indices)
+                if shape[1] != horizon:
+                    raise ObservationError(
+                        f"{group}['{key}'] has T={shape[1]} time steps (axis 1 of shape {shape}); this checkpoint's "
+                        f"{group} delta_indices {list(self.modality_configs[group].delta_indices)} need T={horizon} "
+                        f"(shape {layout})")
 
     def _check_batch_sizes(self, observation: Mapping[str, Any], batch_size: int) -> None:
         """ObservationError naming the first video, state or language entry whose rows differ from `batch_size`

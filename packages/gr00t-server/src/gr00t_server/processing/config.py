@@ -333,14 +333,20 @@ def _parse_stat(values: Any, where: str) -> np.ndarray:
     return array
 
 
-def check_key_statistics(stats: Mapping[str, np.ndarray], where: str) -> int:
+def check_key_statistics(stats: Mapping[str, np.ndarray], where: str, absolute: bool = False) -> int:
     """Every stat of one key (each parsed by _parse_stat, so within float32's range and every span finite) has the
-    same width (the key's dimension), low <= high, std >= 0; ValueError naming `where` and the stat. Returns the
-    width."""
+    same width (the key's dimension), low <= high, std >= 0, and for an `absolute` key (a state or action key) one
+    row; ValueError naming `where` and the stat. Returns the width."""
     widths = {name: int(value.shape[-1]) for name, value in stats.items()}
     if len(set(widths.values())) > 1:
         listed = ", ".join(f"{name} {width}" for name, width in widths.items())
         raise ValueError(f"{where}: stats have different lengths ({listed}); each must have one value per dimension")
+    rows = [name for name, value in stats.items() if value.ndim != 1]
+    if absolute and rows:  # normalizing a (T, D) state by (2, D) statistics failed in numpy on every call
+        shape = stats[rows[0]].shape
+        raise ValueError(f"{where}[{rows[0]!r}] has shape {shape}; a state or action key's statistics must be 1-D, one "
+                         f"value per dimension (shape ({shape[-1]},)): per-step rows are the layout of relative_action "
+                         "keys only")
     for low_name, high_name in _STAT_RANGES:
         if low_name in stats and high_name in stats:
             low, high = stats[low_name], stats[high_name]
@@ -384,7 +390,7 @@ def _parse_tag_statistics(tag: str, groups: Any) -> Dict[str, Dict[str, Dict[str
             if not isinstance(stats, Mapping):
                 raise ValueError(f"{where} must be an object of stats")
             parsed = {name: _parse_stat(values, f"{where}[{name!r}]") for name, values in stats.items() if name in STAT_NAMES}
-            check_key_statistics(parsed, where)
+            check_key_statistics(parsed, where, absolute=group in ("state", "action"))
             out[group][key] = parsed
     return out
 

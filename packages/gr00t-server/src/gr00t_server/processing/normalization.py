@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -298,13 +298,41 @@ def _last_reference_step(key: str, reference_state: Optional[np.ndarray], action
     return reference
 
 
-def _check_reference_pose(key: str, reference: np.ndarray, action_type: str, action_format: str) -> None:
-    """Refuse a reference state that cannot anchor relative actions: NaN/inf values, or an XYZ_ROT6D pose whose
-    rotation rows are zero or parallel (no rotation matrix has them; Gram-Schmidt would turn them into NaN)."""
+def _singular_pose_rows(reference: np.ndarray) -> List[int]:
+    """Rows (B, 16) whose 4x4 pose np.linalg.inv refuses: the criterion `absolute_to_relative_eef` (RTC's encode)
+    applies, so a pose decode takes is one encode takes too (float32 round-off in a real pose is invertible)."""
+    matrices = reference.reshape(reference.shape[:-1] + (4, 4))
+    try:
+        np.linalg.inv(matrices)
+        return []
+    except np.linalg.LinAlgError:
+        pass
+    rows = []
+    for row, matrix in enumerate(matrices):
+        try:
+            np.linalg.inv(matrix)
+        except np.linalg.LinAlgError:
+            rows.append(row)
+    return rows
+
+
+def _check_reference_pose(key: str, reference: np.ndarray, action_type: str, action_format: str,
+                          state_key: Optional[str] = None) -> None:
+    """Refuse a reference state that cannot anchor relative actions: NaN/inf values, an XYZ_ROT6D pose whose
+    rotation rows are zero or parallel (no rotation matrix has them; Gram-Schmidt would turn them into NaN), or a
+    singular DEFAULT 4x4 pose (T_ref @ T_rel is then no pose: all zeros for an all-zero state, finite and plausible)."""
     bad = ~np.isfinite(reference).all(axis=-1)
     if bad.any():
         raise ValueError(f"the state of relative key '{key}' has NaN or infinite values in rows "
                          f"{np.flatnonzero(bad).tolist()[:8]}; relative actions need a finite reference state")
+    if action_type == "EEF" and action_format == "DEFAULT" and reference.shape[-1] == 16:
+        rows = _singular_pose_rows(reference)
+        if rows:
+            raise ValueError(
+                f"the reference state 'state.{state_key or key}' of relative key '{key}' (a flattened 4x4 pose) is "
+                f"singular (not invertible) in rows {rows[:8]}: it must be an invertible homogeneous transform "
+                f"(rotation, translation, last row [0, 0, 0, 1]), got {reference[rows[0]].tolist()}")
+        return
     if action_type != "EEF" or action_format != "XYZ_ROT6D" or reference.shape[-1] != 9:
         return
     row1, row2 = reference[..., 3:6], reference[..., 6:9]

@@ -16,7 +16,8 @@ from gr00t_client.policy import NonFiniteActionError, non_finite_rows
 from . import normalization as norm
 from .config import ProcessorConfig, Statistics, load_embodiment_ids, load_processor_config, load_statistics
 from .image import check_frame_size, eval_image_transform_batch, eval_image_transform_torchvision_style_batch
-from .text import IMAGE_PAD_TOKEN, build_conversation, expand_image_tokens, formalize_language, render_prompt
+from .text import (IMAGE_PAD_TOKEN, build_conversation, expand_image_tokens, formalize_language, render_prompt,
+                   reserved_tokens)
 from .tokenizer import load_backbone_text_assets
 from .vision_patches import VisionPatchConfig, num_image_tokens, patchify_batch, patchify_images
 
@@ -69,6 +70,7 @@ class Gr00tN1d7Processor:
         self.model_float = "float32"
         if tokenizer is not None:
             tokenizer.padding_side = "left"
+        self.reserved_tokens = reserved_tokens(tokenizer)
         if self.statistics_errors:
             logger.warning("embodiments %s cannot be served: their statistics are invalid (%s)",
                            sorted(self.statistics_errors), next(iter(self.statistics_errors.values())))
@@ -283,6 +285,13 @@ class Gr00tN1d7Processor:
             frames, cfg.shortest_image_edge, cfg.resolved_crop_fraction, cfg.letter_box_transform, cfg.image_target_size
         )
 
+    def reserved_tokens_in(self, language: str) -> List[str]:
+        """The backbone's special tokens (self.reserved_tokens) in the instruction as the prompt would hold it: with
+        formalize_language off, '<|image_pad|>' in it was read as one more image placeholder, '<|video_pad|>' broke
+        the rope index inside transformers."""
+        text = formalize_language(language) if self.config.formalize_language else language
+        return [token for token in self.reserved_tokens if token in text]
+
     def build_prompt(self, language: str, num_images: int) -> str:
         """Formalize the instruction and render the chat template with `num_images` images before it (cached)."""
         cache_key = (language, num_images)
@@ -437,8 +446,9 @@ class Gr00tN1d7Processor:
         return out
 
     def check_reference_states(self, tag: str, raw_states: Mapping[str, np.ndarray]) -> None:
-        """ValueError unless every relative action key's reference state can anchor it (finite, and for xyz+rot6d
-        a real rotation): the checks decode_action makes, here before the model runs rather than after it."""
+        """ValueError unless every relative action key's reference state can anchor it (finite, for xyz+rot6d a
+        real rotation, for a 4x4 pose an invertible matrix): the checks decode_action makes, here before the model
+        runs rather than after it."""
         action_config = self.modality_configs(tag)["action"]
         params = self.norm_params(tag)
         for index, key in enumerate(action_config.modality_keys):
@@ -449,7 +459,7 @@ class Gr00tN1d7Processor:
             if state is None:  # decode_action names the missing key; the observation checks do first
                 continue
             reference = norm._last_reference_step(key, state, params.action[key].dim, "relative->absolute")
-            norm._check_reference_pose(key, reference, spec.type.name, spec.format.name)
+            norm._check_reference_pose(key, reference, spec.type.name, spec.format.name, spec.state_key or key)
 
     def encode_action(
         self, action: Mapping[str, np.ndarray], tag: str, raw_states: Optional[Mapping[str, np.ndarray]] = None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 IMAGE_PAD_TOKEN = "<|image_pad|>"
 VISION_START_TOKEN = "<|vision_start|>"
@@ -17,6 +17,18 @@ _NON_WORD = re.compile(r"[^\w\s]")
 def formalize_language(text: str) -> str:
     """Lower-case and strip punctuation (everything that is neither a word character nor whitespace)."""
     return _NON_WORD.sub("", text.lower())
+
+
+def reserved_tokens(tokenizer: Any) -> Tuple[str, ...]:
+    """The strings the prompt gives a meaning of their own: the tokenizer's special tokens (its vision and chat
+    placeholders, end of text) and those this module writes. An instruction holding one is no longer plain text."""
+    tokens = {IMAGE_PAD_TOKEN, VISION_START_TOKEN, VISION_END_TOKEN, IM_START_TOKEN, IM_END_TOKEN}
+    if tokenizer is not None:
+        tokens.update(getattr(tokenizer, "all_special_tokens", None) or ())
+        for added in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+            if getattr(added, "special", False):
+                tokens.add(str(added.content))
+    return tuple(sorted(token for token in tokens if token))
 
 
 def build_conversation(num_images: int, text: str) -> List[Dict[str, Any]]:

@@ -1,0 +1,62 @@
+"""An instruction holding the backbone's special tokens is a client's mistake, named as one before the model runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from serving import running_server
+
+from gr00t_client import ObservationError, PolicyClient, PolicyServerError
+
+pytest.importorskip("torch")
+
+from gr00t_server.policies.gr00t_policy import Gr00tPolicy  # noqa: E402
+from gr00t_server.test_checkpoint import example_observation  # noqa: E402
+
+
+def _without_formalization(checkpoint):
+    """formalize_language: false, a legal setting: the instruction reaches the prompt as sent, punctuation and all."""
+    path = checkpoint / "processor_config.json"
+    config = json.loads(path.read_text())
+    config["processor_kwargs"]["formalize_language"] = False
+    path.write_text(json.dumps(config))
+    return checkpoint
+
+
+def _with_instruction(checkpoint, text):
+    observation = example_observation(checkpoint, "new_embodiment", batch_size=1, image_size=(32, 32))
+    key = next(iter(observation["language"]))
+    observation["language"][key] = [[text]]
+    return observation, key
+
+
+@pytest.mark.parametrize("text, tokens", [
+    ("describe <|vision_start|><|video_pad|> then pick", r"\['<\|video_pad\|>', '<\|vision_start\|>'\]"),
+    ("look at <|image_pad|> and pick", r"\['<\|image_pad\|>'\]"),
+])
+def test_special_tokens_in_an_instruction_are_refused_naming_the_language_key_and_tokens(copy_of, text, tokens):
+    """'<|video_pad|>' failed inside transformers (an internal error), '<|image_pad|>' as a count of image
+    placeholders that did not name the instruction."""
+    checkpoint = _without_formalization(copy_of())
+    policy = Gr00tPolicy(checkpoint, "new_embodiment", device="cpu")
+    observation, key = _with_instruction(checkpoint, text)
+    expected = rf"language\['{key}'\] row 0 holds the backbone's reserved token\(s\) {tokens}; an instruction must be"
+    with running_server(policy) as server, PolicyClient(port=server.port, timeout_ms=60000) as client:
+        with pytest.raises(PolicyServerError, match="ObservationError: " + expected):
+            client.get_action(observation)
+        stats = client.get_server_info()["stats"]
+        plain, _ = client.get_action(_with_instruction(checkpoint, "pick up the bowl")[0])
+    assert stats["internal_errors"] == 0 and stats["policy_calls"] == 0
+    assert plain
+    policy.strict = False  # a server started with --no-strict refuses it too
+    with pytest.raises(ObservationError, match=expected):
+        policy.get_action(observation)
+
+
+def test_special_tokens_are_kept_out_by_formalization_when_it_is_on(tiny_checkpoint):
+    """formalize_language strips the punctuation of '<|image_pad|>': the instruction is plain text then."""
+    policy = Gr00tPolicy(tiny_checkpoint, "new_embodiment", device="cpu")
+    assert policy.processor.config.formalize_language
+    action, _ = policy.get_action(_with_instruction(tiny_checkpoint, "look at <|image_pad|> and pick")[0])
+    assert action
