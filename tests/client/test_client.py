@@ -202,6 +202,13 @@ def test_each_client_has_its_own_session_id():
         assert first.session_id != second.session_id and named.session_id == "robot-7"
 
 
+@pytest.mark.parametrize("session_id", [7, b"robot-7", "", ["robot-7"]])
+def test_a_session_id_that_is_not_a_non_empty_str_is_refused_at_construction(session_id):
+    # The server refuses such a session_id; a client that sent it would only fail at its first call.
+    with pytest.raises(ValueError, match=r"session_id must be a non-empty str .*got "):
+        PolicyClient(session_id=session_id)
+
+
 def test_calls_from_several_threads_are_serialised(server):
     with PolicyClient(port=server.port, timeout_ms=10000) as client:
         results = []

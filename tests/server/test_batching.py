@@ -6,12 +6,14 @@ than the clients need to arrive, so a full batch forms; assertions are on correc
 
 import threading
 import time
+import urllib.request
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pytest
 
 from gr00t_client import BasePolicy, ModalityConfig, PolicyClient, PolicyServerError
+from gr00t_client.policy import NonFiniteActionError
 from gr00t_server import batching
 from gr00t_server.policies import Gr00tSimPolicyWrapper
 from serving import running_server
@@ -268,8 +270,110 @@ def test_a_failing_observation_fails_only_its_sender():
     for client_id in (0, 1, 2, 4, 5):
         action, _info = results[client_id]
         np.testing.assert_allclose(action["arm"], expected_arm(client_id), rtol=1e-6)
-    assert policy.row_counts[0] == 6  # the batch was tried first, then each request alone
+    assert policy.row_counts[0] == 6  # the batch was tried first, then halved until the failing request ran alone
     assert info["stats"]["errors"] == 1
+
+
+def test_a_failing_request_among_eight_is_isolated_by_bisection_not_by_rerunning_each():
+    policy = RowEchoPolicy(fail_on_negative=True)
+    observations = [observation(i) for i in range(8)]
+    observations[5] = observation(-5)
+    with running_server(policy, max_batch_size=8, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
+        results = call_together(server.port, observations)
+    assert isinstance(results[5], PolicyServerError) and "negative values" in results[5].server_message
+    for client_id in (0, 1, 2, 3, 4, 6, 7):
+        np.testing.assert_allclose(results[client_id][0]["arm"], expected_arm(client_id), rtol=1e-6)
+    assert policy.row_counts[0] == 8
+    assert len(policy.calls) <= 1 + 2 * 3, policy.row_counts  # 8, then 4+4, 2+2, 1+1: not 8 + 1 calls one by one
+
+
+class MergedCallBugPolicy(RowEchoPolicy):
+    """A batching bug: every call of more than one row fails inside the policy (an internal error)."""
+
+    def _get_action(self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None):
+        if observation["state"]["joints"].shape[0] > 1:
+            with self._lock:
+                self.calls.append({"rows": observation["state"]["joints"].shape[0]})
+            raise RuntimeError("merged call failed")
+        return super()._get_action(observation, options)
+
+
+def test_a_policy_whose_every_merged_call_fails_serves_each_request_alone_not_by_bisection():
+    # Bisection would hit the bug in every half (2K - 1 calls); an internal failure is no one client's input.
+    policy = MergedCallBugPolicy()
+    with running_server(policy, max_batch_size=8, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
+        results = call_together(server.port, [observation(i) for i in range(8)])
+    for client_id in range(8):
+        np.testing.assert_allclose(results[client_id][0]["arm"], expected_arm(client_id), rtol=1e-6)
+    assert policy.row_counts == [8] + [1] * 8, policy.row_counts
+
+
+class StrictNanRowPolicy(RowEchoPolicy):
+    """Strict RowEchoPolicy whose action rows for a negative state are NaN (a model blowing up on one input): its
+    own check raises NonFiniteActionError for the whole merged call, with the action."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.strict = True
+
+    def get_modality_config(self) -> Dict[str, ModalityConfig]:
+        return {"state": ModalityConfig(delta_indices=[0], modality_keys=["joints"]),
+                "action": ModalityConfig(delta_indices=list(range(4)), modality_keys=["arm"])}
+
+    def _get_action(self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None):
+        action, info = super()._get_action(observation, options)
+        action["arm"][observation["state"]["joints"][:, 0, 0] < 0] = np.nan
+        return action, info
+
+
+class RawNanRowPolicy(StrictNanRowPolicy):
+    """Finds a negative state's NaN in its model's raw output, before any action is made, as Gr00tPolicy's processor
+    does: NonFiniteActionError with the merged rows and no action."""
+
+    def _get_action(self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None):
+        action, info = super()._get_action(observation, options)
+        rows = np.nonzero(np.isnan(action["arm"][:, 0, 0]))[0].tolist()
+        if rows:
+            raise NonFiniteActionError(f"the model's output for action key 'arm' holds non-finite values (NaN or inf) "
+                                       f"in rows {rows}, before unnormalization; the action was not sent.",
+                                       key="arm", rows=rows)
+        return action, info
+
+
+def test_the_batch_mates_of_a_nan_row_are_answered_from_the_merged_call_which_is_counted():
+    policy = StrictNanRowPolicy()
+    observations = [observation(i) for i in range(4)]
+    observations[2] = observation(-2)
+    with running_server(policy, max_batch_size=4, batch_timeout_ms=LONG_BATCH_WAIT_MS, metrics_port=0) as server:
+        results = call_together(server.port, observations)
+        stats = server_info(server.port)["stats"]
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics").read().decode()
+    assert isinstance(results[2], PolicyServerError)
+    assert "non-finite values (NaN or inf) in action key 'arm' rows [0]" in results[2].server_message
+    for client_id in (0, 1, 3):
+        action, info = results[client_id]
+        np.testing.assert_allclose(action["arm"], expected_arm(client_id), rtol=1e-6)
+        assert info["row_names"] == [f"row-{client_id}"]  # its own info, as unbatched
+    assert policy.row_counts == [4]  # no call re-run
+    assert stats["policy_calls"] == 1 and stats["batch_sizes"] == {"4": 1}
+    assert "gr00t_batch_size_count 1.0" in metrics
+
+
+def test_a_nan_row_in_a_models_raw_output_refuses_its_sender_in_its_own_rows_and_reruns_the_rest_once():
+    policy = RawNanRowPolicy()
+    observations = [observation(i) for i in range(4)] + [observation(-4, rows=2)]
+    observations[4]["state"]["joints"][0, 0, 0] = 4.0  # only its second row (merged row 5) blows up
+    with running_server(policy, max_batch_size=6, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
+        results = call_together(server.port, observations)
+        stats = server_info(server.port)["stats"]
+        unbatched = RowEchoPolicy().get_action(observation(1))
+    assert isinstance(results[4], PolicyServerError)
+    assert "in rows [1], before unnormalization" in results[4].server_message, results[4].server_message
+    for client_id in range(4):
+        np.testing.assert_allclose(results[client_id][0]["arm"], expected_arm(client_id), rtol=1e-6)
+    np.testing.assert_array_equal(results[1][0]["arm"], unbatched[0]["arm"])
+    assert policy.row_counts == [6, 4]  # the merged call, then one merged re-run of the four clean requests
+    assert stats["policy_calls"] == 2 and stats["batch_sizes"] == {"5": 1, "4": 1}
 
 
 def test_an_observation_with_disagreeing_row_counts_is_served_alone():

@@ -18,4 +18,6 @@ def test_a_session_id_of_exactly_the_cap_is_a_session_and_one_more_character_is_
     assert session_of({"session_id": "s" * 128}, 128) == "s" * 128
     with pytest.raises(RequestError, match=r"session_id has 129 characters; this server accepts at most 128"):
         session_of({"session_id": "s" * 129}, 128)
-    assert session_of({"session_id": ""}, 128) is None and session_of({}, 128) is None
+    assert session_of({}, 128) is None and session_of({"session_id": None}, 128) is None
+    with pytest.raises(RequestError, match=r"'session_id' must be a non-empty str of at most 128 characters"):
+        session_of({"session_id": ""}, 128)

@@ -289,6 +289,9 @@ class PolicyClient(BasePolicy):
         self._reply_limits = (_UNCAPPED_DECODE if self.max_reply_bytes is None
                               else codec.DecodeLimits.for_message_bytes(self.max_reply_bytes))
         self.api_token = api_token
+        # The server refuses any other session_id (an int, bytes, ""): one it ignored would key us by the connection
+        if session_id is not None and (not isinstance(session_id, str) or not session_id):
+            raise ValueError(f"session_id must be a non-empty str (or None for a random one), got {session_id!r:.60}")
         self.session_id = session_id or uuid.uuid4().hex
         self._session_given = bool(session_id)  # a forked child keeps a session id its user chose, not one made here
         # Set once a reset or get_action of this session was answered: later requests say the session continues, so a

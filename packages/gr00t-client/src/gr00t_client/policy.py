@@ -26,14 +26,16 @@ class ActionError(PolicyValidationError):
 
 
 class NonFiniteActionError(ActionError):
-    """A strict policy's own action holds NaN or inf (`action` is that action, for a caller that explains it), or a
-    model's raw output did before any action was made (`action` None; `key` and `rows` say where)."""
+    """A strict policy's own action holds NaN or inf (`action` is that action, for a caller that explains it, and
+    `info` the info that came with it, when known), or a model's raw output did before any action was made (`action`
+    None; `key` and `rows` say where)."""
 
     def __init__(self, message: str, action: Any = None, key: str = "", rows: Sequence[int] = ()) -> None:
         super().__init__(message)
         self.action = action
         self.key = key
         self.rows = list(rows)
+        self.info: Optional[Dict[str, Any]] = None
 
 
 def _batch_size(value: Any) -> int:
@@ -316,7 +318,11 @@ class BasePolicy(ABC):
             self.check_observation(observation)
         action, info = split_action_result(self._get_action(observation, options))
         if self.strict:
-            self.check_action(action)
+            try:
+                self.check_action(action)
+            except NonFiniteActionError as exc:  # a batching server answers the finite rows with their info
+                exc.info = info
+                raise
             check_action_batch(action, observation)
         return action, info
 

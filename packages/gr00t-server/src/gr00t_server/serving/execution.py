@@ -12,9 +12,11 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional
 
+import numpy as np
+
 from gr00t_client import codec
 from gr00t_client.client import ERROR_MARKER
-from gr00t_client.policy import PolicyValidationError
+from gr00t_client.policy import NonFiniteActionError, PolicyValidationError
 
 from . import batching, limits as work_limits
 from .batching import GatherWindow
@@ -258,26 +260,55 @@ class JobRunner:
                 valid.append(request)
             except Exception as exc:
                 replies.append((request, self.error_frames(request, exc)))
-        if len(valid) <= 1:
-            for request in valid:
-                replies.append(self.serve_one(request))
-            return
+        # A merged call failed by one client is not re-run one request at a time (each batch-mate then waited batch
+        # size + 1 calls): a NaN row's requests are refused and the rest re-run once; a client's other input error is
+        # bisected, so one bad request among K costs about 2 log2(K) calls (halves run in turn: a clean one is
+        # answered early). An internal failure (a batching bug every merged call would hit) runs each request alone.
+        groups, first = [valid], True
+        while groups:
+            requests = groups.pop(0) if first else self._still_waiting(groups.pop(0), replies)
+            first = False
+            if len(requests) == 1:
+                replies.append(self.serve_one(requests[0]))
+            elif requests:
+                groups.extend(self._run_merged(requests, replies))
+
+    def _still_waiting(self, requests: List[Request], replies: List[Reply]) -> List[Request]:
+        """The requests whose client still waits; the others (gave up during a failed merged call, or are about to)
+        are answered as expired, not served again."""
+        waiting = []
+        for request in requests:
+            now = time.monotonic()
+            if self._too_late(request, now):
+                replies.append(self._expired_reply(request, now))
+            else:
+                waiting.append(request)
+        return waiting
+
+    def _run_merged(self, valid: List[Request], replies: List[Reply]) -> List[List[Request]]:
+        """One merged policy call for `valid` (two or more requests), answering them; returns the groups still to
+        run when it failed (the two halves, or a NaN row's batch-mates)."""
+        policy = self._server.policy
         started = time.monotonic()
         try:
             merged, rows = batching.merge_observations([r.data["observation"] for r in valid], [r.rows for r in valid])
-            with self.counted_call(len(valid), "get_action", sum(rows)):
-                raw = policy.get_action(merged, None)
+            try:
+                with self.counted_call(len(valid), "get_action", sum(rows)):
+                    raw = policy.get_action(merged, None)
+            except NonFiniteActionError as exc:  # a strict policy's own check of the merged call's output
+                self.count_call(len(valid), sum(rows))  # the model ran
+                rerun = self._non_finite_rows(valid, rows, exc, started, replies)
+                if rerun is not None:
+                    return [rerun] if rerun else []
+                raise
             action, info = work_limits.action_and_info(raw)
             stages = policy_stages(policy)
             parts = batching.split_result(action, info, rows, batching.declared_per_row_info_keys(policy))
-        except Exception as exc:  # a policy's batching bug: named (rate-limited, as every internal error), not silent
-            self._internal_errors.warning("batched get_action of %d requests failed (%s: %s); serving them one by one",
-                                          len(valid), type(exc).__name__, _safe_text(exc)[:300],
-                                          kind=("batched get_action", type(exc).__name__, _safe_text(exc)[:200]))
-            for request in valid:  # a client that gave up during the merged call (or is about to) is not served again
-                now = time.monotonic()
-                replies.append(self._expired_reply(request, now) if self._too_late(request, now) else self.serve_one(request))
-            return
+        except Exception as exc:
+            if self._log_merged_failure(valid, exc):  # a batching bug: every merged call would fail, run each alone
+                return [[request] for request in valid]
+            half = len(valid) // 2  # one client's input: bisection finds it
+            return [valid[:half], valid[half:]]
         policy_ms = (time.monotonic() - started) * 1000.0
         self._window.observe_call(policy_ms / 1000.0)
         for request, (part_action, part_info) in zip(valid, parts):
@@ -288,6 +319,73 @@ class JobRunner:
                 replies.append((request, self.error_frames(request, exc)))
                 continue
             replies.append(self.result_frames(request, [part_action, part_info], policy_ms, len(valid), policy_started=started))
+        return []
+
+    def _non_finite_rows(self, valid: List[Request], rows: List[int], exc: NonFiniteActionError, started: float,
+                         replies: List[Reply]) -> Optional[List[Request]]:
+        """Answer the requests whose rows of a merged call came out non-finite with the error (in their own row
+        numbering), and the others from `exc.action` where it and its info are known; returns the clean requests
+        still to run as one merged call, or None when the bad rows are not known (bisect instead)."""
+        policy = self._server.policy
+        observations = [request.data.get("observation") for request in valid]
+        if exc.action is None:  # found in the model's raw output: exc.rows name the merged rows
+            total, starts = sum(rows), [0, *[int(b) for b in np.cumsum(rows)[:-1]]]
+            if not exc.rows or not all(0 <= row < total for row in exc.rows):
+                return None
+            clean = []
+            for request, observation, first, count in zip(valid, observations, starts, rows):
+                own = [row - first for row in exc.rows if first <= row < first + count]
+                if not own:
+                    clean.append(request)
+                    continue
+                # the unbatched call's words (server._get_action), its rows counted from the request's first
+                message = re.sub(r"\brows \[[\d, ]*\]", f"rows {own}", str(exc), count=1)
+                error = RequestError(message + work_limits.degenerate_states(observation, own, exc.key))
+                replies.append((request, self.error_frames(request, error)))
+            return clean
+        # A wrapper's inner policy raises with its own action, not the one the wrapper would return: computed again.
+        known_info = exc.info is not None and len(list(policy_chain(policy))) == 1
+        try:
+            parts = batching.split_result(exc.action, {}, rows, None)
+            infos = (None if not known_info else
+                     [info for _, info in batching.split_result(exc.action, exc.info, rows,
+                                                                batching.declared_per_row_info_keys(policy))])
+        except Exception:
+            return None
+        policy_ms = (time.monotonic() - started) * 1000.0
+        stages = policy_stages(policy)
+        clean = []
+        for index, (request, observation, (part_action, _)) in enumerate(zip(valid, observations, parts)):
+            try:  # as unbatched: the server's words (key, rows, likely cause) for a NaN row
+                work_limits.check_finite_action(part_action, observation)
+            except Exception as error:
+                replies.append((request, self.error_frames(request, error)))
+                continue
+            if infos is None:  # no info to answer with: its action is computed again
+                clean.append(request)
+                continue
+            request.timing = stages
+            try:  # the policy's checks of the keys after the NaN one, which its merged call never reached
+                getattr(policy, "check_action", lambda action: None)(part_action)
+            except Exception as error:
+                replies.append((request, self.error_frames(request, error)))
+                continue
+            replies.append(self.result_frames(request, [part_action, infos[index]], policy_ms, len(valid),
+                                              policy_started=started))
+        return clean
+
+    def _log_merged_failure(self, valid: List[Request], exc: Exception) -> bool:
+        """Log a failed merged call and return whether it was internal: a policy's batching bug (rate-limited, as
+        every internal error), else one client's input, which bisection finds and whose refusal names its peer."""
+        if error_text("get_action", exc)[1]:
+            self._internal_errors.warning("batched get_action of %d requests failed (%s: %s); serving them one by one",
+                                          len(valid), type(exc).__name__, _safe_text(exc)[:300],
+                                          kind=("batched get_action", type(exc).__name__, _safe_text(exc)[:200]))
+            return True
+        logger.debug("batched get_action of %d requests (from %s) refused one's input (%s: %s); isolating it by "
+                     "bisection", len(valid), ", ".join(sorted({str(r.peer or "local") for r in valid})),
+                     type(exc).__name__, log_text(_safe_text(exc), 300, quoted=False))
+        return False
 
     # --- replies (either thread) -------------------------------------------------------------------
 

@@ -179,10 +179,17 @@ def continues_session(envelope: Dict[str, Any]) -> bool:
 
 
 def session_of(envelope: Dict[str, Any], max_chars: int) -> Optional[str]:
-    """The envelope's session_id (None when absent or not a non-empty str); RequestError when too long."""
+    """The envelope's session_id (None when absent or nil: the connection's own session); RequestError unless it is a
+    non-empty str within max_chars. Another type is refused, not ignored: keyed by the connection instead, a replay
+    would serve a reconnecting client from episode 0 without an error."""
     session = envelope.get("session_id")
-    if not isinstance(session, str) or not session:
+    if session is None:
         return None
+    if not isinstance(session, str) or not session:
+        scalar = isinstance(session, (int, float, str, bytes, np.generic))
+        shown = f"{type(session).__name__} {session!r:.40}" if scalar else type(session).__name__
+        raise RequestError(f"'session_id' must be a non-empty str of at most {max_chars} characters (or absent), "
+                           f"got {shown}")
     if len(session) > max_chars:
         raise RequestError(f"session_id has {len(session)} characters; this server accepts at most {max_chars}")
     return session
