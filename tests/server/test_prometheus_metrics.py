@@ -53,6 +53,18 @@ def scrape(server: PolicyServer) -> Samples:
     }
 
 
+def scrape_settled(server: PolicyServer, n_requests: int) -> Samples:
+    """scrape() once the server has counted `n_requests` requests (within 5 s): a request's outcome is counted after
+    its reply is sent (a reply the client never got is `undelivered`), so a client can read its reply first."""
+    deadline = time.monotonic() + 5
+    while True:
+        samples = scrape(server)
+        counted = sum(value for (name, _labels), value in samples.items() if name == "gr00t_requests_total")
+        if counted >= n_requests or time.monotonic() > deadline:
+            return samples
+        time.sleep(0.02)
+
+
 def requests_count(samples: Samples, endpoint: str, outcome: str) -> float:
     return samples.get(("gr00t_requests_total", (("endpoint", endpoint), ("outcome", outcome))), 0.0)
 
@@ -69,7 +81,7 @@ def test_requests_are_counted_by_endpoint_and_outcome():
             client.get_action(observation(float("nan")))
         with pytest.raises(PolicyServerError, match="Unknown endpoint"):
             client.call_endpoint("no_such_endpoint", requires_input=False)
-        samples = scrape(server)
+        samples = scrape_settled(server, 4)
     assert requests_count(samples, "get_action", "ok") == 2
     assert requests_count(samples, "get_action", "error") == 1
     assert requests_count(samples, "other", "error") == 1  # client-chosen names never become labels
@@ -79,7 +91,7 @@ def test_stage_histograms_and_batch_sizes_are_exported():
     with running_server(NapPolicy(nap_s=0.01), metrics_port=0) as server, PolicyClient(port=server.port) as client:
         for _ in range(3):
             client.get_action(observation())
-        samples = scrape(server)
+        samples = scrape_settled(server, 3)
     for stage in ("decode", "queue_wait", "policy", "encode"):
         assert stage_count(samples, stage) == 3, stage
     assert samples[("gr00t_request_stage_seconds_sum", (("stage", "policy"),))] >= 0.03
@@ -117,7 +129,7 @@ def test_refused_and_expired_requests_have_their_own_outcomes():
         deadline = time.monotonic() + 5
         while requests_count(scrape(server), "get_action", "expired") < 1 and time.monotonic() < deadline:
             time.sleep(0.05)
-        samples = scrape(server)
+        samples = scrape_settled(server, 3)
     assert requests_count(samples, "get_action", "expired") == 1
     assert requests_count(samples, "get_action", "refused") == 1
     assert requests_count(samples, "get_action", "ok") == 1
@@ -128,7 +140,7 @@ def test_two_servers_in_one_process_keep_separate_metrics():
         with PolicyClient(port=one.port) as client:
             client.get_action(observation())
         assert one.metrics_port != two.metrics_port
-        assert requests_count(scrape(one), "get_action", "ok") == 1
+        assert requests_count(scrape_settled(one, 1), "get_action", "ok") == 1
         assert requests_count(scrape(two), "get_action", "ok") == 0
 
 

@@ -228,6 +228,7 @@ def test_a_first_call_and_a_call_without_a_deadline_are_never_dropped_for_want_o
             first.get_action(state(1.0))  # first call: served
         reply = raw_round_trip(server.port, get_action_frame(2.0), timeout_ms=10000)  # no timeout_ms in the envelope
         assert reply is not None and "error" not in codec.decode(reply[-1])
+        wait_until(lambda: requests_total(scrape(server), "ok") >= 2)  # counted once its reply is sent
         assert requests_total(scrape(server), "ok") == 2
     assert policy.calls == [[1.0], [2.0]]
 
