@@ -603,11 +603,12 @@ def test_a_steady_group_of_clients_is_batched_without_waiting_for_the_timeout():
     clients_count, rounds = 3, 4
     # The gather window follows the widest recent arrival spread, never past the policy's own call time. Lock-step
     # threads arrive well under a millisecond apart, and a busy 2-core machine can stall one of them longer than
-    # that, which cuts a round by design (CI saw [1, 2] then [3]). So the first round arrives staggered (0.1 s from
-    # first to last) and the policy takes 0.2 s: later rounds tolerate stalls of ~0.15 s, and what they show is that
-    # the gather ends when all three are waiting - none of them is held for the 3 s first-contact wait.
-    stagger_s = 0.05
-    policy = RowEchoPolicy(call_s=0.2)
+    # that, which cuts a round by design (CI saw [1, 2] then [3]). So the first round arrives staggered (0.3 s from
+    # first to last) and the policy takes 0.5 s: later rounds tolerate stalls of ~0.45 s (0.15 s did not always
+    # suffice beside other test runs), and what they show is that the gather ends when all three are waiting - none
+    # of them is held for the 3 s first-contact wait.
+    stagger_s = 0.15
+    policy = RowEchoPolicy(call_s=0.5)
     with running_server(policy, max_batch_size=16, batch_timeout_ms=FIRST_CONTACT_WAIT_MS) as server:
         barrier = threading.Barrier(clients_count)
         errors: List[BaseException] = []
