@@ -36,11 +36,13 @@ logger = logging.getLogger(__name__)
 BATCH_RESULTS_FILENAME = "batch_results.json"
 JOBS_DIRNAME = "jobs"  # OUTPUT_DIR/jobs/<job>/: each job's run.json and episodes.jsonl
 JOB_KEYS = {"name", "env_name", "policy_server", "n_episodes", "max_episode_steps", "n_envs", "seed", "overrides", "policy_type"}
-# IsaacLab-Arena job fields -> ours (policy_config_dict and arena_env_args are translated in _arena_fields).
+# IsaacLab-Arena job fields -> ours (policy_config_dict and arena_env_args are translated in _layer).
 ARENA_ALIASES = {"num_episodes": "n_episodes", "num_envs": "n_envs", "num_steps": "max_episode_steps"}
 ARENA_SERVER_KEYS = {"host": "host", "remote_host": "host", "port": "port", "remote_port": "port",
                      "api_token": "api_token", "api_token_env": "api_token_env", "timeout_ms": "timeout_ms"}
 ARENA_ENV_NAME_KEYS = ("env_name", "environment", "task")
+# The rollout settings that are job fields of their own; given in `overrides` they are read as those fields.
+TOP_LEVEL_SETTINGS = ("n_episodes", "max_episode_steps", "n_envs", "seed")
 # Arena's policy_type values for a GR00T policy, which here is always the server in policy_server: the
 # registered names of its GR00T client of a GR00T policy server and of its in-process GR00T policy, and the
 # classes (dotted module.Class paths, any module) of those and of its remote chunking client. Arena's other
@@ -119,37 +121,70 @@ def _server(name: str, raw: Any) -> PolicyServerAddress:
                                raw.get("server_public_key"), raw.get("client_key"))
 
 
-def _arena_fields(name: str, merged: Dict[str, Any]) -> None:
-    """Translate IsaacLab-Arena's job fields in place: num_* counts, policy_config_dict, arena_env_args."""
+def _set_once(who: str, target: Dict[str, Any], key: str, value: Any, given_as: Dict[str, str], field_name: str,
+              job_name: Optional[str]) -> None:
+    """target[key] = value, refusing a second, different value for the same setting within one layer."""
+    if key in target and target[key] != value:
+        raise JobError(f"{who}: {given_as[key]!r} ({target[key]!r}) and {field_name!r} ({value!r}) both given with "
+                       "different values; give one of them", job_name)
+    target[key] = value
+    given_as.setdefault(key, field_name)
+
+
+def _layer(who: str, raw: Mapping[str, Any], prefix: str = "", job_name: Optional[str] = None) -> Dict[str, Any]:
+    """One layer (the defaults alone, or a job alone) in our field names: IsaacLab-Arena's fields (num_* counts,
+    policy_config_dict, arena_env_args) and the top-level settings given in `overrides` are translated, and two
+    different values for one setting within the layer are refused (a layer's aliases never beat its own fields)."""
+    layer = {k: v for k, v in raw.items()
+             if k not in ARENA_ALIASES and k not in ("policy_config_dict", "arena_env_args", "overrides")}
+    given_as = {key: prefix + key for key in layer}
+    overrides = raw.get("overrides")
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise JobError(f"{who}: {prefix + 'overrides'!r} must be an object of rollout settings, got {overrides!r}", job_name)
+    overrides = dict(overrides or {})
     for arena, ours in ARENA_ALIASES.items():
-        if arena in merged:
-            if ours in merged and merged[ours] != merged[arena]:
-                raise JobError(f"job {name!r}: {arena!r} and {ours!r} both given with different values", name)
-            merged[ours] = merged.pop(arena)
-    config = merged.pop("policy_config_dict", None)
+        if arena in raw:
+            _set_once(who, layer, ours, raw[arena], given_as, prefix + arena, job_name)
+    for key in TOP_LEVEL_SETTINGS:
+        if key in overrides:
+            _set_once(who, layer, key, overrides.pop(key), given_as, f"{prefix}overrides.{key}", job_name)
+    config = raw.get("policy_config_dict")
     if config is not None:
         if not isinstance(config, Mapping):
-            raise JobError(f"job {name!r}: 'policy_config_dict' must be an object, got {config!r}", name)
-        server = dict(merged.get("policy_server") or {})
+            raise JobError(f"{who}: {prefix + 'policy_config_dict'!r} must be an object, got {config!r}", job_name)
+        server = layer.get("policy_server", {})
+        if not isinstance(server, Mapping):
+            raise JobError(f"{who}: {prefix + 'policy_server'!r} must be an object with 'host' and 'port', got {server!r}",
+                           job_name)
+        server, server_given_as = dict(server), {key: f"{prefix}policy_server.{key}" for key in server}
         for key, value in config.items():
             if key not in ARENA_SERVER_KEYS:
-                raise JobError(f"job {name!r}: policy_config_dict key {key!r} has no meaning for a remote policy server; "
-                               f"allowed: {sorted(ARENA_SERVER_KEYS)} (model settings belong to `gr00t-server serve`)", name)
-            server[ARENA_SERVER_KEYS[key]] = value
-        merged["policy_server"] = server
-    env_args = merged.pop("arena_env_args", None)
+                raise JobError(f"{who}: policy_config_dict key {key!r} has no meaning for a remote policy server; "
+                               f"allowed: {sorted(ARENA_SERVER_KEYS)} (model settings belong to `gr00t-server serve`)",
+                               job_name)
+            _set_once(who, server, ARENA_SERVER_KEYS[key], value, server_given_as, f"{prefix}policy_config_dict.{key}",
+                      job_name)
+        layer["policy_server"] = server
+    env_args = raw.get("arena_env_args")
     if env_args is not None:
         if not isinstance(env_args, Mapping):
-            raise JobError(f"job {name!r}: 'arena_env_args' must be an object, got {env_args!r}", name)
+            raise JobError(f"{who}: {prefix + 'arena_env_args'!r} must be an object, got {env_args!r}", job_name)
         env_args = dict(env_args)
         for key in ARENA_ENV_NAME_KEYS:
             if key in env_args:
-                merged.setdefault("env_name", env_args.pop(key))
+                _set_once(who, layer, "env_name", env_args.pop(key), given_as, f"{prefix}arena_env_args.{key}", job_name)
                 break
         if env_args:
-            overrides = dict(merged.get("overrides") or {})
-            overrides["env_kwargs"] = {**dict(overrides.get("env_kwargs") or {}), **env_args}
-            merged["overrides"] = overrides
+            env_kwargs = overrides.get("env_kwargs", {})
+            if not isinstance(env_kwargs, Mapping):
+                raise JobError(f"{who}: override env_kwargs must be an object of keyword arguments, got {env_kwargs!r}",
+                               job_name)
+            env_kwargs, kwargs_given_as = dict(env_kwargs), {key: f"{prefix}overrides.env_kwargs.{key}" for key in env_kwargs}
+            for key, value in env_args.items():
+                _set_once(who, env_kwargs, key, value, kwargs_given_as, f"{prefix}arena_env_args.{key}", job_name)
+            overrides["env_kwargs"] = env_kwargs
+    layer["overrides"] = overrides
+    return layer
 
 
 def check_policy_type(name: str, policy_type: Any) -> None:
@@ -229,19 +264,21 @@ def check_setting_types(name: str, config: Mapping[str, Any]) -> None:
 
 
 def parse_job(raw: Any, index: int, defaults: Optional[Mapping[str, Any]] = None) -> Job:
-    """One job object (merged over `defaults`) -> Job; raises JobError naming the job and the bad field."""
+    """One job object over `defaults` -> Job; raises JobError naming the job and the bad field.
+
+    Each layer's aliases are translated within it first (_layer), then the job's settings win over the defaults',
+    setting by setting; `overrides` merge key by key, and an object-valued setting (policy_server, env_kwargs) that
+    the job gives replaces the defaults' one as a whole.
+    """
     if not isinstance(raw, Mapping):
         raise JobError(f"job #{index} must be an object, got {type(raw).__name__}")
-    merged = {**(defaults or {}), **raw}
-    given_name = merged.get("name")
+    defaults = defaults or {}
+    given_name = raw.get("name", defaults.get("name"))
     if given_name is not None and (not isinstance(given_name, str) or not given_name.strip()):
         raise JobError(f"job #{index}: 'name' must be a non-empty string (or left out), got {given_name!r}")
     name = given_name or f"job-{index}"
-    for source, what in (((defaults or {}).get("overrides"), "defaults 'overrides'"), (raw.get("overrides"), "'overrides'")):
-        if source is not None and not isinstance(source, Mapping):
-            raise JobError(f"job {name!r}: {what} must be an object of rollout settings, got {source!r}", name)
-    merged["overrides"] = {**((defaults or {}).get("overrides") or {}), **(raw.get("overrides") or {})}
-    _arena_fields(name, merged)
+    base, own = _layer(f"job {name!r}", defaults, "defaults.", name), _layer(f"job {name!r}", raw, "", name)
+    merged = {**base, **own, "overrides": {**base["overrides"], **own["overrides"]}}
     unknown = set(merged) - JOB_KEYS
     if unknown:
         raise JobError(f"job {name!r}: unknown fields {sorted(unknown)}; allowed: {sorted(JOB_KEYS | set(ARENA_ALIASES) | {'policy_config_dict', 'arena_env_args'})}", name)
@@ -254,7 +291,7 @@ def parse_job(raw: Any, index: int, defaults: Optional[Mapping[str, Any]] = None
                        f"{merged['env_name']!r}", name)
     if "policy_server" not in merged:
         raise JobError(f"job {name!r}: 'policy_server' ({{'host': ..., 'port': ...}}) is required", name)
-    config = {k: merged[k] for k in ("n_episodes", "max_episode_steps", "n_envs", "seed") if k in merged}
+    config = {k: merged[k] for k in TOP_LEVEL_SETTINGS if k in merged}
     for key, value in merged["overrides"].items():
         if key not in CONFIG_FIELDS:
             raise JobError(f"job {name!r}: override {key!r} is not a rollout setting; allowed: {sorted(CONFIG_FIELDS)}", name)
@@ -288,6 +325,7 @@ def load_jobs(path: Union[str, Path]) -> List[Union[Job, JobError]]:
     unknown = set(defaults) - JOB_KEYS - set(ARENA_ALIASES) - {"policy_config_dict", "arena_env_args"}
     if unknown:
         raise JobError(f"{path}: 'defaults' has unknown fields {sorted(unknown)}; allowed: the fields of a job")
+    _layer(f"{path}", defaults, "defaults.")  # two values for one setting in 'defaults': told once, naming the file
     if not isinstance(data, list):
         raise JobError(f"{path}: 'jobs' must be a list, got {type(data).__name__}")
     if not data:  # a generator that wrote no jobs must not pass as a batch that ran

@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
 # Only light modules here (gr00t_client loads its API on first use): main() makes SIGTERM and SIGHUP stop a command
 # before the heavy imports (numpy, ZeroMQ, torch).
@@ -41,7 +41,9 @@ def _add_serve_parser(subparsers: Any) -> None:
         description="Serve a GR00T N1.7 checkpoint (--model-path) or replay a LeRobot dataset (--dataset-path).",
     )
     p.add_argument(*_flag("model-path"), default=None, help="checkpoint directory or Hugging Face id (repo[/subfolder])")
-    p.add_argument(*_flag("embodiment-tag"), default="new_embodiment", help="embodiment tag (name or value, case-insensitive)")
+    p.add_argument(*_flag("embodiment-tag"), default=None,
+                   help="embodiment tag (name or value, case-insensitive; default new_embodiment, or for replay with a .py "
+                   "--modality-config-path the tag the file registers)")
     p.add_argument(*_flag("device"), default=None, help="torch device, e.g. cuda, cuda:0, cpu (default: cuda if available)")
     p.add_argument(*_flag("dtype"), default=None, choices=["bfloat16", "bf16", "float16", "fp16", "float32", "fp32"],
                    help="model dtype (default: bf16 on CUDA, fp32 on CPU)")
@@ -210,7 +212,9 @@ def _default_device() -> str:
         return "cpu"
 
 
-def _replay_policy(args: argparse.Namespace, tag: Any) -> Any:
+def _replay_policy(args: argparse.Namespace, tag: Any) -> Tuple[Any, Optional[str]]:
+    """The ReplayPolicy of --dataset-path and the tag of its --modality-config-path .py file (else None); `tag` None:
+    the one tag that file registers."""
     from . import modality_configs as configs
     from .extras import require_lerobot_dataset
     from .policies.replay import ReplayPolicy
@@ -227,8 +231,9 @@ def _replay_policy(args: argparse.Namespace, tag: Any) -> Any:
     if not dataset_path.is_dir():
         raise CliError(f"--dataset-path {dataset_path} is not a directory")
     dataset = require_lerobot_dataset()(dataset_path)
+    file_tag = None
     if args.modality_config_path:
-        modality = configs.load_modality_config_path(args.modality_config_path, tag)
+        file_tag, modality = configs.load_modality_config_and_tag(args.modality_config_path, tag)
         print(f"Loaded modality config: {args.modality_config_path}")
     elif tag.value in configs.MODALITY_CONFIGS and _fits_dataset(configs.MODALITY_CONFIGS[tag.value], dataset):
         modality = configs.MODALITY_CONFIGS[tag.value]
@@ -242,7 +247,7 @@ def _replay_policy(args: argparse.Namespace, tag: Any) -> Any:
     if horizon <= 0:
         raise CliError(f"--execution-horizon must be > 0, got {horizon}")
     return ReplayPolicy(dataset, modality, execution_horizon=horizon, strict=args.strict, max_rows=args.max_rows,
-                        max_sessions=args.max_sessions, **cache)
+                        max_sessions=args.max_sessions, **cache), file_tag
 
 
 MAX_REPLAY_CACHE_MB = 2**20  # a TiB: more is a typo, not a cache
@@ -478,13 +483,18 @@ def _start_server(args: argparse.Namespace) -> Any:
     if args.log_level != "DEBUG":  # torch's own INFO lines (e.g. FakeTensor cache stats at exit) are not ours to show
         logging.getLogger("torch").setLevel(logging.WARNING)
     _raise_open_file_limit()
+    tag_given = args.embodiment_tag is not None
+    args.embodiment_tag = args.embodiment_tag if tag_given else "new_embodiment"
+    # A replayed .py modality config registers its own tag (any name): served under it, checked when it is loaded.
+    python_config = not args.model_path and Path(args.modality_config_path or "").suffix == ".py"
     try:
         tag = EmbodimentTag.resolve(args.embodiment_tag)
     except ValueError as exc:
-        if not args.model_path or not str(args.embodiment_tag).strip():
+        if not (args.model_path or python_config) or not str(args.embodiment_tag).strip():
             known = ", ".join(member.value for member in EmbodimentTag)
             raise CliError(f"{str(exc).splitlines()[0]}; known tags: {known}") from exc
-        # A checkpoint-internal tag (no public enum): Gr00tPolicy checks it against the checkpoint, as export does.
+        # A checkpoint-internal tag (no public enum): Gr00tPolicy checks it against the checkpoint, as export does;
+        # a .py modality config's tag is checked against the tags the file registers.
         tag = str(args.embodiment_tag).strip()
     tag_name, tag_value = getattr(tag, "name", tag), getattr(tag, "value", tag)
     if not args.model_path and not args.dataset_path:
@@ -533,7 +543,10 @@ def _start_server(args: argparse.Namespace) -> Any:
             print(f"  Embodiment tag served: {served} (the checkpoint's own tag)")
         tag_value = served
     else:
-        policy = _replay_policy(args, tag)
+        policy, file_tag = _replay_policy(args, tag if tag_given or not python_config else None)
+        if file_tag is not None and file_tag != tag_value:
+            print(f"  Embodiment tag served: {file_tag} (the one {args.modality_config_path} registers)")
+            tag_value = file_tag
     if args.use_sim_policy_wrapper:
         from .policies.sim_wrapper import Gr00tSimPolicyWrapper
 

@@ -8,7 +8,7 @@ import logging
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from gr00t_client.embodiment import EmbodimentTag
 from gr00t_client.modality import ActionConfig, ModalityConfig, modality_configs_from_json
@@ -129,13 +129,20 @@ def _as_json(configs: Mapping[str, ModalityConfig]) -> str:
 def load_modality_config_path(path: Union[str, Path], tag: Optional[Union[EmbodimentTag, str]] = None) -> ModalityConfigs:
     """Load configs from a .json file ({modality: ModalityConfig fields}) or a .py file that calls
     register_modality_config. For a .py file registering several tags, `tag` picks one."""
+    return load_modality_config_and_tag(path, tag)[1]
+
+
+def load_modality_config_and_tag(path: Union[str, Path], tag: Optional[Union[EmbodimentTag, str]] = None
+                                 ) -> Tuple[Optional[str], ModalityConfigs]:
+    """As load_modality_config_path, with the tag the configs are registered under (a .py file's; None for .json):
+    without `tag`, the one tag the .py file registers; with it, one of the file's tags."""
     path = Path(path)
     if path.is_dir():  # it said "not found" of a folder that is there
         raise FileNotFoundError(f"modality config path {path} is a folder; expected a .json or .py file")
     if not path.is_file():
         raise FileNotFoundError(f"modality config file not found: {path}")
     if path.suffix == ".json":
-        return _load_json(path)
+        return None, _load_json(path)
     if path.suffix == ".py":
         return _load_python(path, tag)
     raise ValueError(f"{path}: modality config files must end in .json or .py, got {path.suffix!r}")
@@ -160,7 +167,7 @@ def _load_json(path: Path) -> ModalityConfigs:
         raise ValueError(f"{path}: {exc}") from exc
 
 
-def _load_python(path: Path, tag: Optional[Union[EmbodimentTag, str]]) -> ModalityConfigs:
+def _load_python(path: Path, tag: Optional[Union[EmbodimentTag, str]]) -> Tuple[str, ModalityConfigs]:
     global _recorded
     module_name = f"_gr00t_modality_config_{abs(hash(str(path.resolve())))}"
     spec = importlib.util.spec_from_file_location(module_name, path)
@@ -175,19 +182,29 @@ def _load_python(path: Path, tag: Optional[Union[EmbodimentTag, str]]) -> Modali
     try:
         sys.modules[module_name] = module
         spec.loader.exec_module(module)
+    except Exception as exc:  # the user's code: its error, named with the file, is a bad config like any other
+        sys.modules.pop(module_name, None)
+        message = (str(exc).strip().splitlines() or [""])[0]
+        raise ValueError(f"{path}: running the modality config file raised {type(exc).__name__}"
+                         f"{': ' + message if message else ''}; expected a .py file that calls "
+                         "register_modality_config(tag, configs)") from exc
     finally:
         with _lock:
             _recorded = previous
     logger.info("Loaded modality config: %s", path)
-    if tag is not None:
-        return get_modality_config(tag)
     tags = sorted(set(recorded))
+    if tag is not None:
+        key = _tag_key(tag)
+        if tags and key not in tags:  # a built-in tag's configs would silently stand in for the file's
+            raise ValueError(f"{path}: registers modality configs for the tags {tags}, not for {key!r}; choose one of "
+                             "them as the embodiment tag (--embodiment-tag), or leave it out when there is one")
+        return key, get_modality_config(key)
     if len(tags) != 1:
         raise ValueError(
             f"{path}: expected the file to call register_modality_config for exactly one tag, it registered {tags}; "
-            "pass the embodiment tag to choose"
+            "pass the embodiment tag (--embodiment-tag) to choose"
         )
-    return MODALITY_CONFIGS[tags[0]]
+    return tags[0], MODALITY_CONFIGS[tags[0]]
 
 
 def derive_from_dataset(dataset: LeRobotDataset, action_horizon: int = 16) -> ModalityConfigs:

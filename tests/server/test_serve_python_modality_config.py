@@ -1,0 +1,91 @@
+"""`gr00t-server serve --dataset-path D --modality-config-path cfg.py`: a .py config is served under the tag it
+registers (or the one of its tags --embodiment-tag names); a config file that raises is one line and exit 2.
+Real datasets, config files and the real CLI (a subprocess on a real port where a server comes up)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from eval.dataset_factory import ACTION_DIMS, make_dataset
+from gr00t_client import PolicyClient
+from gr00t_server.cli import main
+
+from serving import free_port, served
+
+
+@pytest.fixture(autouse=True)
+def isolated_registry(monkeypatch):
+    """The configs the in-process serves register stay out of the other tests' registry."""
+    from gr00t_server import modality_configs
+
+    monkeypatch.setattr(modality_configs, "MODALITY_CONFIGS", dict(modality_configs.MODALITY_CONFIGS))
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("pyconfig") / "ds", lengths=(12,))
+
+
+def write_config(path: Path, horizons: dict) -> Path:
+    """A .py config registering, for each tag, the dataset's keys with an action horizon of its own."""
+    lines = ["from gr00t_client import ModalityConfig", "from gr00t_server.modality_configs import register_modality_config"]
+    for tag, horizon in horizons.items():
+        lines.append(
+            f"register_modality_config({tag!r}, {{\n"
+            "    'video': ModalityConfig(delta_indices=[0], modality_keys=['image']),\n"
+            "    'state': ModalityConfig(delta_indices=[0], modality_keys=['arm', 'gripper']),\n"
+            f"    'action': ModalityConfig(delta_indices=list(range({horizon})), modality_keys=['arm', 'gripper']),\n"
+            "    'language': ModalityConfig(delta_indices=[0], modality_keys=['annotation.human.action.task_description'])})")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def served_tag_and_horizon(port: int):
+    with PolicyClient(port=port, timeout_ms=10000) as client:
+        action, _ = client.get_action({})
+        assert action["arm"].shape[2] == ACTION_DIMS["arm"]
+        return client.get_server_info()["embodiment_tag"], action["arm"].shape[1]
+
+
+def test_a_py_config_registering_one_tag_is_served_under_it_without_embodiment_tag(dataset, tmp_path):
+    config = write_config(tmp_path / "cfg.py", {"my_robot": 5})
+    port = free_port()
+    with served("serve", "--dataset-path", str(dataset), "--modality-config-path", str(config), "--port", str(port)):
+        assert served_tag_and_horizon(port) == ("my_robot", 5)
+
+
+def test_embodiment_tag_picks_one_of_the_tags_a_py_config_registers(dataset, tmp_path):
+    config = write_config(tmp_path / "cfg.py", {"robot_a": 3, "robot_b": 5})
+    port = free_port()
+    with served("serve", "--dataset-path", str(dataset), "--modality-config-path", str(config), "--port", str(port),
+                "--embodiment-tag", "robot_b"):
+        assert served_tag_and_horizon(port) == ("robot_b", 5)
+
+
+def test_a_py_config_of_several_tags_without_embodiment_tag_is_refused_naming_them(dataset, tmp_path, capsys):
+    config = write_config(tmp_path / "cfg.py", {"twin_a": 3, "twin_b": 5})
+    assert main(["serve", "--dataset-path", str(dataset), "--modality-config-path", str(config), "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"gr00t-server serve: error: {config}: expected the file to call register_modality_config for exactly "
+                   "one tag, it registered ['twin_a', 'twin_b']; pass the embodiment tag (--embodiment-tag) to choose\n")
+
+
+def test_an_embodiment_tag_the_py_config_does_not_register_is_refused_naming_its_tags(dataset, tmp_path, capsys):
+    config = write_config(tmp_path / "cfg.py", {"own_robot": 4})
+    assert main(["serve", "--dataset-path", str(dataset), "--modality-config-path", str(config), "--port", "1",
+                 "--embodiment-tag", "libero_sim"]) == 2  # its built-in config must not stand in for the file's
+    assert capsys.readouterr().err == (
+        f"gr00t-server serve: error: {config}: registers modality configs for the tags ['own_robot'], not for "
+        "'libero_sim'; choose one of them as the embodiment tag (--embodiment-tag), or leave it out when there is one\n")
+
+
+def test_a_py_config_that_raises_is_one_line_naming_the_file_and_the_exception_exit_2(dataset, tmp_path, capsys):
+    config = tmp_path / "broken_cfg.py"
+    config.write_text("from gr00t_client import ModalityConfig\nModalityConfig(delta_indices=[0], no_such_field=1)\n")
+    assert main(["serve", "--dataset-path", str(dataset), "--modality-config-path", str(config), "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"gr00t-server serve: error: {config}: running the modality config file raised TypeError: ")
+    assert "no_such_field" in err and err.endswith("expected a .py file that calls register_modality_config(tag, configs)\n")
