@@ -252,6 +252,33 @@ def test_a_rollout_whose_stdout_reader_has_gone_finishes_and_exits_0(tmp_path):
     assert read(out / "results.json")["status"] == "complete"
 
 
+@pytest.mark.parametrize("sink", ["terminal gone", "full disk"])
+def test_a_run_whose_standard_output_fails_saves_its_results_and_says_why_once(tmp_path, sink):
+    """`gr00t-eval ... & disown`, then the ssh session ends: every write to the terminal fails with EIO (an open-loop
+    lost every trajectory it had scored); stdout on a full disk fails with ENOSPC. The report is discarded from then
+    on, one warning on stderr says why, and the run saves its results."""
+    import pty
+
+    if sink == "terminal gone":
+        master, stdout = pty.openpty()
+        os.close(master)  # the terminal is gone before the first line
+    else:
+        stdout = os.open("/dev/full", os.O_WRONLY)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
+    with policy_server() as server:
+        out = tmp_path / "out"
+        rollout = subprocess.Popen([sys.executable, "-c", "import sys; from gr00t_eval.cli import main; sys.exit(main())",
+                                    *rollout_args(server.port, out, "--n-episodes", "2", "--env-import", "eval.scale_fixtures")],
+                                   env=env, stdout=stdout, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        os.close(stdout)
+        _, errors = rollout.communicate(timeout=120)
+    assert rollout.returncode == 0, errors
+    assert errors.count("standard output cannot be written") == 1, errors
+    assert ("Input/output error" if sink == "terminal gone" else "No space left on device") in errors, errors
+    assert "Traceback" not in errors
+    assert read(out / "results.json")["status"] == "complete"
+
+
 # --- output directories ----------------------------------------------------------------------------------
 
 

@@ -1,21 +1,26 @@
-"""For the command lines of gr00t-server and gr00t-eval: standard output that a closed pipe does not break.
+"""For the command lines of gr00t-server and gr00t-eval: standard output that a closed pipe, a terminal that has gone
+or a full disk does not break.
 
 `gr00t-server serve | head -1` closed the pipe after the first line, and the next line of the start-up block raised
-BrokenPipeError: the server never came up. `gr00t-eval rollout | head` saved its results and then exited 2. Their
-standard output is a report; once nobody reads it, the rest goes to /dev/null and the command carries on (its logs
-go to stderr).
+BrokenPipeError: the server never came up. `gr00t-eval rollout | head` saved its results and then exited 2. A command
+started with `& disown` from an ssh session that then ended got EIO on its next line (open-loop lost every trajectory
+it had scored; serve never came up after its model loaded), and one whose output went to a full disk got ENOSPC.
+Their standard output is a report; once it cannot be written, the rest goes to /dev/null and the command carries on
+(its logs go to stderr, where one warning says why the report stopped).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Any
 
 
 class ClosedPipeTolerantStdout:
-    """Wraps sys.stdout: a write or flush into a pipe whose reader has gone points file descriptor 1 at /dev/null
-    and carries on, instead of raising BrokenPipeError in whatever print() came next."""
+    """Wraps sys.stdout: a write or flush that fails (a pipe whose reader has gone, a terminal hung up: EIO, a full
+    disk: ENOSPC) points file descriptor 1 at /dev/null and carries on, instead of raising in whatever print() came
+    next."""
 
     def __init__(self, stream: Any) -> None:
         self._stream = stream
@@ -23,17 +28,21 @@ class ClosedPipeTolerantStdout:
     def write(self, text: str) -> int:
         try:
             return self._stream.write(text)
-        except BrokenPipeError:
-            self._discard_from_now_on()
+        except OSError as exc:
+            self._discard_from_now_on(exc)
             return len(text)
 
     def flush(self) -> None:
         try:
             self._stream.flush()
-        except BrokenPipeError:
-            self._discard_from_now_on()
+        except OSError as exc:
+            self._discard_from_now_on(exc)
 
-    def _discard_from_now_on(self) -> None:
+    def _discard_from_now_on(self, exc: OSError) -> None:
+        if not isinstance(exc, BrokenPipeError):  # a reader that left meant it; a lost terminal or a full disk is news
+            logging.getLogger(__name__).warning(
+                "standard output cannot be written (%s): the rest of this command's report is discarded; it carries on",
+                os.strerror(exc.errno) if exc.errno else exc)
         try:
             devnull = os.open(os.devnull, os.O_WRONLY)
             try:
