@@ -296,19 +296,27 @@ def test_ctrl_c_or_sigterm_while_the_model_loads_exits_130_in_one_line(tiny_chec
     assert "FakeTensor" not in output  # torch's INFO lines at exit are not shown
 
 
-@pytest.mark.parametrize("where", ["port in use", "host not here"])
+@pytest.mark.parametrize("where", ["port in use", "metrics port in use", "host not here"])
 def test_a_port_in_use_or_a_host_not_of_this_machine_is_refused_before_the_model_loads(tiny_checkpoint, where):
-    """ZeroMQ said so only at its bind, after the load and warm-up: minutes for a 3B model, per typo."""
+    """ZeroMQ (and the metrics endpoint) said so only at its bind, after the load and warm-up: minutes for a 3B model,
+    per typo."""
+    if where == "metrics port in use":
+        pytest.importorskip("prometheus_client")
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen(1)
-        host, port = ("127.0.0.1", holder.getsockname()[1]) if where == "port in use" else ("10.254.254.1", _free_port())
+        held = holder.getsockname()[1]
+        host, port, metrics = {"port in use": ("127.0.0.1", held, []),
+                               "metrics port in use": ("127.0.0.1", _free_port(), ["--metrics-port", str(held)]),
+                               "host not here": ("10.254.254.1", _free_port(), [])}[where]
         result = subprocess.run(_cli("serve", "--model-path", str(tiny_checkpoint), "--embodiment-tag", "new_embodiment",
-                                     "--device", "cpu", "--host", host, "--port", str(port)),
+                                     "--device", "cpu", "--host", host, "--port", str(port), *metrics),
                                 capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stdout + result.stderr
-    expected = (f"--port {port}: the port is in use on 127.0.0.1 (another server?)" if where == "port in use" else
-                "--host 10.254.254.1: not an address of this machine")
+    expected = {"port in use": f"--port {port}: the port is in use on 127.0.0.1 (another server?)",
+                "metrics port in use": f"--metrics-port {held}: the port is in use on 127.0.0.1 (another server?); pass "
+                                       "another --metrics-port",
+                "host not here": "--host 10.254.254.1: not an address of this machine"}[where]
     assert expected in result.stderr and "Traceback" not in result.stderr
     assert "Warm-up:" not in result.stdout  # refused before the load and warm-up, not after
 

@@ -370,10 +370,11 @@ def _check_bind_host(host: str) -> None:
                        "of this machine, 0.0.0.0 or :: for all, or 127.0.0.1 for loopback only") from None
 
 
-def _check_bind_address(host: str, port: int) -> None:
-    """CliError for an IP --host that is not this machine's, or a --port in use, found by binding a plain socket there
-    (and closing it) before the model loads: ZeroMQ said so only after the load and warm-up (minutes for a 3B model).
-    Names are left to ZeroMQ; any other failure too (it says what it meets at its own bind)."""
+def _check_bind_address(host: str, port: int, flag: str = "--port") -> None:
+    """CliError for an IP --host that is not this machine's, or a --port (or --metrics-port: `flag`) in use, found by
+    binding a plain socket there (and closing it) before the model loads: ZeroMQ (and the metrics endpoint) said so
+    only after the load and warm-up (minutes for a 3B model). Names are left to ZeroMQ; any other failure too (it says
+    what it meets at its own bind)."""
     import errno
     import ipaddress
     import socket
@@ -393,7 +394,7 @@ def _check_bind_address(host: str, port: int) -> None:
         probe.listen(1)  # EADDRINUSE may come only here (another listener with SO_REUSEADDR)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            raise CliError(f"--port {port}: the port is in use on {host} (another server?); pass another --port, or "
+            raise CliError(f"{flag} {port}: the port is in use on {host} (another server?); pass another {flag}, or "
                            "stop the process holding it") from None
         if exc.errno == errno.EADDRNOTAVAIL:
             raise CliError(f"--host {host}: not an address of this machine; pass one of its addresses, 0.0.0.0 or :: "
@@ -535,6 +536,8 @@ def _start_server(args: argparse.Namespace) -> Any:
             raise CliError(str(exc)) from exc
     if args.model_path:
         _check_bind_address(args.host, args.port)  # before the load (minutes): a replay's load is quick, ZeroMQ says it
+        if args.metrics_port:
+            _check_bind_address(args.host, args.metrics_port, "--metrics-port")
         # The tag as typed: Gr00tPolicy serves an exact checkpoint tag first, then a built-in tag by any spelling (the
         # enum first made an N1.6-era checkpoint tag 'libero_panda' serve libero_sim, as the Python API did not).
         policy = _model_policy(args, str(args.embodiment_tag).strip())
