@@ -4,6 +4,7 @@ Concurrency is made deterministic with a barrier (all clients send together) and
 than the clients need to arrive, so a full batch forms; assertions are on correctness, never on timing.
 """
 
+import math
 import threading
 import time
 import urllib.request
@@ -258,33 +259,21 @@ def test_served_clients_of_a_declaring_policy_get_a_fixed_info_vector_whole():
         np.testing.assert_allclose(info["row_ids"], [client_id], rtol=1e-6)
 
 
-def test_a_failing_observation_fails_only_its_sender():
+@pytest.mark.parametrize("n_clients, bad", [(6, 3), (8, 5)])
+def test_a_failing_observation_fails_only_its_sender_found_by_bisection(n_clients, bad):
     policy = RowEchoPolicy(fail_on_negative=True)
-    observations = [observation(i) for i in range(6)]
-    observations[3] = observation(-3)
-    with running_server(policy, max_batch_size=6, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
+    observations = [observation(i) for i in range(n_clients)]
+    observations[bad] = observation(-bad)
+    with running_server(policy, max_batch_size=n_clients, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
         results = call_together(server.port, observations)
         info = server_info(server.port)
-    assert isinstance(results[3], PolicyServerError)
-    assert "negative values" in results[3].server_message
-    for client_id in (0, 1, 2, 4, 5):
-        action, _info = results[client_id]
-        np.testing.assert_allclose(action["arm"], expected_arm(client_id), rtol=1e-6)
-    assert policy.row_counts[0] == 6  # the batch was tried first, then halved until the failing request ran alone
-    assert info["stats"]["errors"] == 1
-
-
-def test_a_failing_request_among_eight_is_isolated_by_bisection_not_by_rerunning_each():
-    policy = RowEchoPolicy(fail_on_negative=True)
-    observations = [observation(i) for i in range(8)]
-    observations[5] = observation(-5)
-    with running_server(policy, max_batch_size=8, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
-        results = call_together(server.port, observations)
-    assert isinstance(results[5], PolicyServerError) and "negative values" in results[5].server_message
-    for client_id in (0, 1, 2, 3, 4, 6, 7):
+    assert isinstance(results[bad], PolicyServerError) and "negative values" in results[bad].server_message
+    for client_id in set(range(n_clients)) - {bad}:
         np.testing.assert_allclose(results[client_id][0]["arm"], expected_arm(client_id), rtol=1e-6)
-    assert policy.row_counts[0] == 8
-    assert len(policy.calls) <= 1 + 2 * 3, policy.row_counts  # 8, then 4+4, 2+2, 1+1: not 8 + 1 calls one by one
+    assert info["stats"]["errors"] == 1
+    # the batch was tried first, then halved until the failing request ran alone: 8, 4+4, 2+2, 1+1 (not 8 + 1 calls)
+    assert policy.row_counts[0] == n_clients
+    assert len(policy.calls) <= 1 + 2 * math.ceil(math.log2(n_clients)), policy.row_counts
 
 
 class MergedCallBugPolicy(RowEchoPolicy):

@@ -131,6 +131,18 @@ def _set_once(who: str, target: Dict[str, Any], key: str, value: Any, given_as: 
     given_as.setdefault(key, field_name)
 
 
+def _fold_into(who: str, base: Any, base_field: str, expected: str, extra: Sequence[Tuple[str, Any, str]],
+               extra_field: str, job_name: Optional[str]) -> Dict[str, Any]:
+    """The object `base` (given as `base_field`) with `extra`'s (key, value, the key as given under `extra_field`)
+    set into it, refusing a second, different value for one key (from either)."""
+    if not isinstance(base, Mapping):
+        raise JobError(f"{who}: {base_field!r} must be {expected}, got {base!r}", job_name)
+    folded, given_as = dict(base), {key: f"{base_field}.{key}" for key in base}
+    for key, value, given in extra:
+        _set_once(who, folded, key, value, given_as, f"{extra_field}.{given}", job_name)
+    return folded
+
+
 def _layer(who: str, raw: Mapping[str, Any], prefix: str = "", job_name: Optional[str] = None) -> Dict[str, Any]:
     """One layer (the defaults alone, or a job alone) in our field names: IsaacLab-Arena's fields (num_* counts,
     policy_config_dict, arena_env_args) and the top-level settings given in `overrides` are translated, and two
@@ -152,19 +164,15 @@ def _layer(who: str, raw: Mapping[str, Any], prefix: str = "", job_name: Optiona
     if config is not None:
         if not isinstance(config, Mapping):
             raise JobError(f"{who}: {prefix + 'policy_config_dict'!r} must be an object, got {config!r}", job_name)
-        server = layer.get("policy_server", {})
-        if not isinstance(server, Mapping):
-            raise JobError(f"{who}: {prefix + 'policy_server'!r} must be an object with 'host' and 'port', got {server!r}",
-                           job_name)
-        server, server_given_as = dict(server), {key: f"{prefix}policy_server.{key}" for key in server}
-        for key, value in config.items():
+        for key in config:
             if key not in ARENA_SERVER_KEYS:
                 raise JobError(f"{who}: policy_config_dict key {key!r} has no meaning for a remote policy server; "
                                f"allowed: {sorted(ARENA_SERVER_KEYS)} (model settings belong to `gr00t-server serve`)",
                                job_name)
-            _set_once(who, server, ARENA_SERVER_KEYS[key], value, server_given_as, f"{prefix}policy_config_dict.{key}",
-                      job_name)
-        layer["policy_server"] = server
+        server = [(ARENA_SERVER_KEYS[key], value, key) for key, value in config.items()]
+        layer["policy_server"] = _fold_into(who, layer.get("policy_server", {}), f"{prefix}policy_server",
+                                            "an object with 'host' and 'port'", server, f"{prefix}policy_config_dict",
+                                            job_name)
     env_args = raw.get("arena_env_args")
     if env_args is not None:
         if not isinstance(env_args, Mapping):
@@ -175,14 +183,10 @@ def _layer(who: str, raw: Mapping[str, Any], prefix: str = "", job_name: Optiona
                 _set_once(who, layer, "env_name", env_args.pop(key), given_as, f"{prefix}arena_env_args.{key}", job_name)
                 break
         if env_args:
-            env_kwargs = overrides.get("env_kwargs", {})
-            if not isinstance(env_kwargs, Mapping):
-                raise JobError(f"{who}: override env_kwargs must be an object of keyword arguments, got {env_kwargs!r}",
-                               job_name)
-            env_kwargs, kwargs_given_as = dict(env_kwargs), {key: f"{prefix}overrides.env_kwargs.{key}" for key in env_kwargs}
-            for key, value in env_args.items():
-                _set_once(who, env_kwargs, key, value, kwargs_given_as, f"{prefix}arena_env_args.{key}", job_name)
-            overrides["env_kwargs"] = env_kwargs
+            overrides["env_kwargs"] = _fold_into(who, overrides.get("env_kwargs", {}), f"{prefix}overrides.env_kwargs",
+                                                 "an object of keyword arguments",
+                                                 [(key, value, key) for key, value in env_args.items()],
+                                                 f"{prefix}arena_env_args", job_name)
     layer["overrides"] = overrides
     return layer
 
