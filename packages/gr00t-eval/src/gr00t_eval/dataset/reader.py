@@ -237,6 +237,12 @@ class LeRobotDataset:
             raise IndexError(f"episode position {position} out of range; the dataset has {len(self._records)} episodes")
         return dict(self._records[int(position)].extras)
 
+    def episode_data_path(self, position: int) -> Path:
+        """The parquet file holding the rows of the episode at `position`, without reading it."""
+        if not 0 <= int(position) < len(self._records):
+            raise IndexError(f"episode position {position} out of range; the dataset has {len(self._records)} episodes")
+        return self._records[int(position)].data_path
+
     def episode_by_index(self, episode_index: int) -> "Episode":
         """The episode whose `episode_index` field is `episode_index`."""
         record = self._by_index.get(int(episode_index))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from ..extras import require_lerobot_dataset
 from ..modality_configs import derive_from_dataset
 from ..serving.endpoints import RateLimitedLog
 from ..serving.sessions import SegmentedLRU
+from .dataset_changes import DatasetChanges, meta_files
 from .option_names import OptionNames
 
 if TYPE_CHECKING:  # gr00t-eval comes with the `replay` extra, imported when a ReplayPolicy is made
@@ -48,20 +48,6 @@ class _Cursor:
     steps: List[int]
 
 
-def _files_under(folder: Path) -> List[Path]:
-    """Every file under `folder`, through symlinked folders too (Path.rglob does not enter them before Python 3.13:
-    a meta/episodes/ linked in, as a dataset cache may, was left out of the identity); each real folder once."""
-    files, seen = [], set()
-    for top, dirs, names in os.walk(folder, followlinks=True):
-        real = os.path.realpath(top)
-        if real in seen:  # a link back up the tree
-            dirs[:] = []
-            continue
-        seen.add(real)
-        files.extend(Path(top) / name for name in names if os.path.isfile(os.path.join(top, name)))
-    return files
-
-
 class ReplayPolicy(BasePolicy):
     """Replays dataset actions in chunks laid out by the action config's delta indices.
 
@@ -74,6 +60,8 @@ class ReplayPolicy(BasePolicy):
     forgotten first) and at most `max_cached_bytes` of episodes' actions stay read (least recently used forgotten
     first), so memory stays bounded. An episode whose rows are out of order or
     whose actions hold NaN or inf is refused (DatasetError naming the file and row) when a reset or call reaches it.
+    An episode read from disk after the dataset's meta files or its data file changed (re-recorded under the server)
+    is refused (DatasetError: restart the server); episodes already read keep replaying the recording loaded.
     A state whose width is not the dataset's (meta/modality.json) is refused when strict, as a model refuses it,
     else warned about once per key and width.
     """
@@ -99,7 +87,10 @@ class ReplayPolicy(BasePolicy):
         self.max_sessions = max_sessions
         self.max_cached_bytes = max_cached_bytes
         dataset_class = require_lerobot_dataset()
+        # The files' signatures before a path's dataset is read (a change while it is read is then seen), else now
+        changes = None if isinstance(dataset, dataset_class) else DatasetChanges(Path(dataset))
         self.dataset = dataset if isinstance(dataset, dataset_class) else dataset_class(dataset)
+        self._changes = changes or DatasetChanges(Path(self.dataset.root))
         if self.dataset.num_episodes == 0:
             raise ValueError(f"dataset {self.dataset.root} has no episodes to replay")
         empty = [i for i, length in enumerate(self.dataset.episode_lengths) if length == 0]
@@ -110,6 +101,8 @@ class ReplayPolicy(BasePolicy):
                            self.dataset.root, empty[:20])
         # Every data file's footer now (no rows are read): a truncated or missing file fails the start, not the
         # first request for its episode in the middle of an evaluation.
+        for position in range(self.dataset.num_episodes):
+            self._changes.record_data_file(self.dataset.episode_data_path(position))
         self.dataset.check_data_files()
         self.modality_configs: Dict[str, ModalityConfig] = dict(modality_configs or derive_from_dataset(self.dataset))
         action_config = self.modality_configs.get("action")
@@ -157,7 +150,7 @@ class ReplayPolicy(BasePolicy):
         if self._identity is None:
             digest = hashlib.sha256()
             meta = Path(self.dataset.root) / "meta"
-            for path in sorted(p for p in _files_under(meta) if p.name != "stats.json"):
+            for path in meta_files(self.dataset.root):
                 digest.update(path.relative_to(meta).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
             self._identity = {"kind": "replay", "dataset_meta_sha256": digest.hexdigest()[:16],
                               "episodes": self.dataset.num_episodes, "execution_horizon": self.execution_horizon}
@@ -295,12 +288,15 @@ class ReplayPolicy(BasePolicy):
 
     def _episode_actions(self, position: int) -> Dict[str, np.ndarray]:
         """The episode's actions per key, read once and kept while they fit max_cached_bytes (least recently used
-        dropped first; the newest is kept whatever its size). DatasetError for rows out of order or NaN/inf."""
+        dropped first; the newest is kept whatever its size). DatasetError for rows out of order or NaN/inf, and for
+        any episode read once the dataset changed on disk since it was loaded (its lengths and seeds are the old ones:
+        the new recording's rows were served cut to them, under the old seeds)."""
         actions = self._actions.get(position)
         if actions is not None:
             self._actions.move_to_end(position)
             return actions
         keys = self.modality_configs["action"].modality_keys
+        self._changes.check(self.dataset.episode_data_path(position))
         episode = self.dataset.episode(position)
         episode.check_finite("action", keys)
         actions = {k: episode.actions(k) for k in keys}

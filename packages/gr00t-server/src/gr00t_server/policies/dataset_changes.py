@@ -1,0 +1,91 @@
+"""DatasetChanges: notice, from os.stat alone, that a replayed dataset's files were rewritten since the replay loaded it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+Signature = Tuple[int, int, int, int]  # (device, inode, size, mtime_ns)
+
+
+def files_under(folder: Path) -> List[Path]:
+    """Every file under `folder`, through symlinked folders too (Path.rglob does not enter them before Python 3.13:
+    a meta/episodes/ linked in, as a dataset cache may, was left out of the identity); each real folder once."""
+    files, seen = [], set()
+    for top, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:  # a link back up the tree
+            dirs[:] = []
+            continue
+        seen.add(real)
+        files.extend(Path(top) / name for name in names if os.path.isfile(os.path.join(top, name)))
+    return files
+
+
+def meta_files(root: Path) -> List[Path]:
+    """The files a replay's identity hashes: every file under meta/ but stats.json, sorted."""
+    return sorted(p for p in files_under(Path(root) / "meta") if p.name != "stats.json")
+
+
+def file_signature(path: Path) -> Optional[Signature]:
+    """(device, inode, size, mtime_ns) of a file, None when it is gone: a file rewritten in place (size, mtime) or
+    replaced (a new inode, as `gr00t-eval record --overwrite` writes) changes it. Reads no bytes."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+class DatasetChanges:
+    """The signatures of a dataset's meta files and data files when a replay loaded it; `check` refuses, naming the
+    first file rewritten, removed or added since, so that rows of a recording made under a running server are never
+    served with the lengths and seeds of the one it loaded. Once a change is seen, every later check refuses."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._meta = self._meta_signatures()
+        self._data: Dict[Path, Optional[Signature]] = {}
+        self.change: Optional[str] = None  # the first change seen, e.g. "meta/episodes.jsonl rewritten"
+
+    def record_data_file(self, path: Path) -> None:
+        """Remember a data file's signature now (at start-up, before its footer is read)."""
+        self._data.setdefault(Path(path), file_signature(path))
+
+    def check(self, data_path: Path) -> None:
+        """DatasetError naming the dataset and what changed when a meta file or `data_path` differs from when the
+        replay loaded it. Only stats the files: called when an episode is read from disk, never per cached request."""
+        if self.change is None:
+            self.change = self._first_change(Path(data_path))
+        if self.change is not None:
+            from gr00t_eval.dataset import DatasetError  # gr00t-eval comes with the `replay` extra
+
+            raise DatasetError(f"dataset {self.root} changed on disk since this server loaded it ({self.change}); "
+                               "restart the server to serve the new recording")
+
+    def _meta_signatures(self) -> Dict[str, Optional[Signature]]:
+        return {self._name(p): file_signature(p) for p in meta_files(self.root)}
+
+    def _first_change(self, data_path: Path) -> Optional[str]:
+        now = self._meta_signatures()
+        for name in sorted(set(self._meta) | set(now)):
+            if self._meta.get(name) != now.get(name):
+                return _describe(name, self._meta.get(name), now.get(name))
+        if data_path in self._data:
+            before, after = self._data[data_path], file_signature(data_path)
+            if before != after:
+                return _describe(self._name(data_path), before, after)
+        return None
+
+    def _name(self, path: Path) -> str:
+        try:
+            return path.relative_to(self.root).as_posix()
+        except ValueError:  # a data file outside the dataset folder
+            return str(path)
+
+
+def _describe(name: str, before: Optional[Signature], after: Optional[Signature]) -> str:
+    if before is None:
+        return f"{name} added"
+    return f"{name} removed" if after is None else f"{name} rewritten"

@@ -1,0 +1,111 @@
+"""A replay whose dataset is re-recorded under it (`gr00t-eval record --overwrite` into the folder it serves) refuses
+every episode it has not read yet, naming the dataset and saying to restart: it served the new recording's actions cut
+to the old lengths, under the old seeds (one seed's actions played in another seed's scene, a plausible failure)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import zmq
+
+from eval.dataset_factory import episode_frames, expected_actions, expected_states, make_dataset
+from gr00t_client import codec
+from gr00t_eval.dataset import DatasetError, DatasetWriter, LeRobotDataset
+from gr00t_server.modality_configs import derive_from_dataset
+from gr00t_server.policies import ReplayPolicy
+from serving import running_server
+
+LENGTHS = (6, 9, 4)
+NEW_LENGTHS = (8, 12, 7)  # the re-recording: other lengths, other actions (episode e holds episode e + 10's), seeds 200+e
+
+
+def rerecord(root, layout="v2.1"):
+    """Record another dataset into `root` in place, as `gr00t-eval record --overwrite` does."""
+    with DatasetWriter(root, 10, layout=layout, overwrite=True) as writer:
+        for episode, length in enumerate(NEW_LENGTHS):
+            writer.add_episode({"image": episode_frames(episode, 0, length)}, expected_states(episode, length),
+                               expected_actions(episode + 10, length), "pick the red cube",
+                               metadata={"seed": 200 + episode})
+
+
+def replay(root):
+    """A ReplayPolicy started on the folder, as `gr00t-server serve --dataset-path root` makes it."""
+    return ReplayPolicy(root, derive_from_dataset(LeRobotDataset(root), action_horizon=4), execution_horizon=2)
+
+
+def session(name, **options):
+    return {"_session_id": name, **options}
+
+
+def changed(root):
+    return f"dataset {root} changed on disk since this server loaded it (meta/"
+
+
+@pytest.mark.parametrize("layout", ["v2.1", "v3.0"])
+def test_episodes_not_yet_read_are_refused_after_a_rerecording_and_nothing_new_is_served(tmp_path, layout):
+    root = make_dataset(tmp_path / "ds", lengths=LENGTHS, cameras=("image",), layout=layout)
+    policy = replay(root)
+    policy.reset(session("robot", episode_index=2))
+    policy.get_action(None, session("robot"))
+    rerecord(root, layout)
+    for episode in (0, 1):
+        with pytest.raises(DatasetError) as refused:
+            policy.reset(session("robot", episode_index=episode))
+        assert changed(root) in str(refused.value) and "restart the server to serve the new recording" in str(refused.value)
+    with pytest.raises(DatasetError, match="changed on disk since this server loaded it"):
+        policy.get_action(None, session("never reset"))  # episode 0, never read: refused at get_action too
+    # The episode read before the change is the recording loaded, whole: its actions, length and seed, none new.
+    policy.reset(session("robot", episode_index=2))
+    action, info = policy.get_action(None, session("robot"))
+    np.testing.assert_array_equal(action["arm"][0], expected_actions(2, LENGTHS[2])["arm"][[0, 1, 2, 3]])
+    assert (info["episode_length"], info["seed"]) == (LENGTHS[2], 102)
+
+
+def test_a_data_file_rewritten_alone_is_noticed_naming_it(tmp_path):
+    root = make_dataset(tmp_path / "ds", lengths=LENGTHS, cameras=("image",))
+    policy = replay(root)
+    path = LeRobotDataset(root).episode_data_path(1)
+    table = pq.read_table(path)
+    os.remove(path)  # replaced by a file of other actions, as a tool that rewrites one episode does
+    pq.write_table(table.set_column(table.schema.get_field_index("action"), "action", table.column("observation.state")), path)
+    with pytest.raises(DatasetError) as refused:
+        policy.reset({"episode_index": 1})
+    assert f"({path.relative_to(root).as_posix()} rewritten)" in str(refused.value)
+    with pytest.raises(DatasetError, match="episode_000001.parquet rewritten"):
+        policy.reset({"episode_index": 0})  # the dataset is no longer the one loaded: its other episodes too
+
+
+def test_a_served_replay_answers_the_change_as_an_error_reply_naming_the_dataset(tmp_path):
+    root = make_dataset(tmp_path / "ds", lengths=LENGTHS, cameras=("image",))
+    with running_server(replay(root)) as server:
+        rerecord(root)
+        with zmq.Context.instance().socket(zmq.REQ) as sock:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(f"tcp://127.0.0.1:{server.port}")
+            for endpoint, data in (("reset", {"options": {"episode_index": 1}}), ("get_action", {"observation": {}})):
+                sock.send(codec.encode({"endpoint": endpoint, "session_id": "robot", "data": data}))
+                assert sock.poll(10000), f"no reply to {endpoint}"
+                reply = codec.decode(sock.recv())
+                assert isinstance(reply, dict) and changed(root) in reply.get("error", ""), (endpoint, reply)
+                assert "restart the server" in reply["error"]
+
+
+def test_an_unchanged_dataset_replays_every_episode_and_cached_requests_touch_no_file(tmp_path, monkeypatch):
+    root = make_dataset(tmp_path / "ds", lengths=LENGTHS, cameras=("image",))
+    policy = replay(root)
+    for episode, length in enumerate(LENGTHS):
+        policy.reset(session("robot", episode_index=episode))
+        action, info = policy.get_action(None, session("robot"))
+        np.testing.assert_array_equal(action["arm"][0], expected_actions(episode, length)["arm"][[0, 1, 2, 3]])
+        assert info["seed"] == 100 + episode
+    stats = []
+    real_stat = os.stat
+    monkeypatch.setattr(os, "stat", lambda *args, **kwargs: stats.append(args) or real_stat(*args, **kwargs))
+    for episode in range(len(LENGTHS)):  # every episode read: the check runs on reads from disk, not per request
+        policy.reset(session("robot", episode_index=episode))
+        for _ in range(20):
+            policy.get_action(None, session("robot"))
+    assert stats == []
