@@ -3,6 +3,7 @@ faster than the dataset's fps (info.json) used to give the first frame within ha
 one (in a v3 file of several episodes, the previous episode's). Videos are written with PyAV directly; every frame is
 a solid gray level that names its index, so it survives compression."""
 
+import logging
 from fractions import Fraction
 
 import av
@@ -192,3 +193,91 @@ def test_a_shared_v3_video_whose_stream_starts_after_time_0_gives_each_episode_i
         frames = dataset.episode(episode).frames("image", [0, 1, 20, 39])
         assert [nearest_step(f, [0, 1], length) for f in frames] == [(episode, 0), (episode, 1), (episode, 20),
                                                                    (episode, 39)]
+
+
+def _hide_a_pre_roll_frame(video):
+    """Rewrite an mp4 as `ffmpeg -ss T -c copy` cuts leave it: a black frame first, moved to -1 frame so that the muxer
+    writes an edit list hiding it (its packet flagged discard); a decoder shows exactly the recording's frames from 0 s."""
+    with av.open(str(video)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])]
+    rate = 10
+    with av.open(str(video), "w") as container:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
+        stream.pix_fmt, stream.options = "yuv420p", {"crf": "10", "bf": "0", "g": "100"}
+        stream.time_base = Fraction(1, rate)
+        packets = []
+        for k, image in enumerate([np.zeros_like(frames[0])] + frames):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = k, Fraction(1, rate)
+            packets += stream.encode(frame)
+        packets += stream.encode()
+        for packet in packets:
+            packet.pts, packet.dts = packet.pts - 1, packet.dts - 1
+            container.mux(packet)
+    with av.open(str(video)) as container:  # the file is what the test means: one hidden packet, the recording shown
+        assert [p.is_discard for p in container.demux(container.streams.video[0]) if p.size][:2] == [True, False]
+    with av.open(str(video)) as container:
+        assert len(list(container.decode(container.streams.video[0]))) == len(frames)
+
+
+@pytest.mark.parametrize("layout", ["v2.1", "v3.0"])
+def test_a_pre_roll_frame_hidden_by_an_edit_list_is_no_frame_of_the_video(tmp_path, layout, caplog):
+    """Its packet was listed as frame 0: in a shared v3.0 file episodes 1 and 2 got each step the frame one step early
+    (step 0 the previous episode's last), and episode 0 (and a v2.1 episode's own file, after a warning of 10 frames
+    for 9 steps) was refused as 'no frame within 0.0500s of timestamps [-0.1]'."""
+    lengths = (6, 9, 4)
+    root = make_dataset(tmp_path / "ds", lengths=lengths, cameras=("image",), fps=10, size=(16, 16), layout=layout,
+                        episodes_per_file=3 if layout == "v3.0" else None)
+    videos = sorted(root.glob("videos/**/*.mp4"))
+    assert len(videos) == (1 if layout == "v3.0" else 3)
+    for video in videos:
+        _hide_a_pre_roll_frame(video)
+    dataset = LeRobotDataset(root)
+    with caplog.at_level(logging.WARNING, logger="gr00t_eval.dataset.reader"):
+        for episode, length in reversed(list(enumerate(lengths))):  # the later episodes' shift first: it was silent
+            frames = dataset.episode(episode).frames("image", np.arange(length))
+            assert [nearest_step(f, range(3), 9) for f in frames] == [(episode, s) for s in range(length)]
+    assert not [r for r in caplog.records if "frames and the episode" in r.getMessage()]
+
+
+def _reencode(video, codec, options, flag_every_packet_key=False):
+    """Re-encode an mp4 with the same frames and rate (10 fps); optionally flag every packet a keyframe, as some muxers
+    leave h264 with B-frames, so that a seek may land on any frame."""
+    with av.open(str(video)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])]
+    with av.open(str(video), "w") as container:
+        stream = container.add_stream(codec, rate=Fraction(10))
+        stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
+        stream.pix_fmt, stream.options = "yuv420p", options
+        packets = []
+        for image in frames:
+            packets += stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24"))
+        packets += stream.encode()
+        for packet in packets:
+            if flag_every_packet_key:
+                packet.is_keyframe = True
+            container.mux(packet)
+
+
+@pytest.mark.parametrize("codec, options, flag_every_packet_key", [
+    ("mpeg4", {"bf": "2", "g": "12", "qscale": "2"}, False),
+    ("libx264", {"bf": "3", "g": "250", "crf": "10"}, True),
+], ids=["mpeg4-bframes", "h264-bframes-every-packet-key"])
+def test_a_seek_that_lands_after_the_first_wanted_frame_decodes_from_earlier(tmp_path, codec, options,
+                                                                            flag_every_packet_key):
+    """The keyframe a backward seek lands on was taken to be at or before the first frame wanted: with MPEG-4 Part 2
+    B-frames (a keyframe decoded before the target and shown after it), or h264 B-frames whose packets all say
+    keyframe, a valid episode of a shared v3.0 file was refused with 'no frame within 0.0500s of timestamps'."""
+    lengths = (37, 45, 52, 29)  # four: frame colours tell four episodes apart
+    root = make_dataset(tmp_path / "ds", lengths=lengths, cameras=("image",), fps=10, size=(16, 16), layout="v3.0",
+                        episodes_per_file=len(lengths))
+    (video,) = root.glob("videos/**/*.mp4")
+    _reencode(video, codec, options, flag_every_packet_key)
+    dataset = LeRobotDataset(root)
+    for episode, length in enumerate(lengths):
+        frames = dataset.episode(episode).frames("image", np.arange(length))
+        assert [nearest_step(f, range(len(lengths)), 64) for f in frames] == [(episode, s) for s in range(length)]
+    for step in (0, 14, 28):  # one step at a time: each its own seek
+        (frame,) = dataset.episode(3).frames("image", [step])
+        assert nearest_step(frame, range(len(lengths)), 64) == (3, step)

@@ -47,7 +47,8 @@ def decode_frames_at(path: Path, timestamps: Sequence[float], fps: float) -> Tup
     """Decode the frames shown at `timestamps` (seconds) as uint8 (N, H, W, 3) RGB; also return frames decoded.
 
     Seeks to the keyframe at or before the earliest timestamp and decodes forward until the latest one,
-    so the cost is bounded by the GOP size plus the span asked for, not the video length. Each timestamp gets
+    so the cost is bounded by the GOP size plus the span asked for, not the video length; where the first frame
+    decoded is after the earliest timestamp (the seek landed too late), it seeks further back. Each timestamp gets
     the frame nearest to it; one with no frame within half a frame interval (of `fps`, the dataset's rate) is an
     error (never a black or neighbouring frame). Nearest, not the first within reach: a video that really runs
     faster than `fps` has several frames within half an interval, and the first of them is an earlier one (in a
@@ -58,35 +59,21 @@ def decode_frames_at(path: Path, timestamps: Sequence[float], fps: float) -> Tup
         raise ValueError("decode_frames_at needs at least one timestamp")
     tolerance = 0.5 / fps
     wanted = sorted(set(float(t) for t in timestamps))
-    found: Dict[float, np.ndarray] = {}
     decoded = 0
+    seek_to = wanted[0] - tolerance
+    step_back = _STEP_BACK_FRAMES / fps
     try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise DatasetError(f"{path}: no video stream")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            time_base = stream.time_base
-            seek_to = wanted[0] - tolerance
-            if seek_to > 0:
-                # backward=True lands on the keyframe at or before the target, so decoding forward is exact.
-                container.seek(int(seek_to / time_base), stream=stream, backward=True, any_frame=False)
-            pending = list(wanted)
-            previous: Optional[_Decoded] = None
-            for frame in container.decode(stream):
-                decoded += 1
-                if frame.pts is None:
-                    raise DatasetError(f"{path}: decoded a frame without a timestamp (pts)")
-                current = _Decoded(float(frame.pts * time_base), frame)
-                # A timestamp is settled by the first frame at (or a rounding error before) it: the nearest frame is
-                # that one or the one before.
-                while pending and current.time >= pending[0] - _SAME_INSTANT_S:
-                    _take_nearest(pending.pop(0), (previous, current), tolerance, found)
-                previous = current
-                if not pending:
-                    break
-            for t in pending:  # past the last frame: only that frame may be near enough
-                _take_nearest(t, (previous,), tolerance, found)
+        while True:
+            found, count = _decode_from(path, seek_to, wanted, tolerance)
+            decoded += count
+            if found is not None:
+                break
+            # The seek landed after the first wanted frame (a keyframe flag on a frame that is none, or a keyframe
+            # whose decode time is before the target and its display time after it, as MPEG-4 Part 2 B-frames give):
+            # seek further back, doubling the step, until decoding from the start.
+            logger.debug("%s: seeking to %.3fs decoded from after %.3fs; seeking %.3fs earlier", path, seek_to,
+                         wanted[0], step_back)
+            seek_to, step_back = seek_to - step_back, step_back * 2
     except av.error.FFmpegError as exc:
         raise DatasetError(f"{path}: cannot decode video ({exc})") from exc
     missing = [t for t in wanted if t not in found]
@@ -96,6 +83,49 @@ def decode_frames_at(path: Path, timestamps: Sequence[float], fps: float) -> Tup
             f"(video shorter than the episode, or timestamps off the frame grid)"
         )
     return np.stack([found[float(t)] for t in timestamps]), decoded
+
+
+_STEP_BACK_FRAMES = 16  # the first step back when a seek lands too late; each further one doubles
+
+
+def _decode_from(
+    path: Path, seek_to: float, wanted: List[float], tolerance: float
+) -> Tuple[Optional[Dict[float, np.ndarray]], int]:
+    """(frames of `wanted` found, frames decoded) decoding from the keyframe before `seek_to` (from the start when it
+    is not after 0 s); found is None when the first frame decoded after a seek is after wanted[0], as then a frame
+    wanted may have been skipped."""
+    found: Dict[float, np.ndarray] = {}
+    decoded = 0
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise DatasetError(f"{path}: no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        time_base = stream.time_base
+        if seek_to > 0:
+            # backward=True lands on the keyframe at or before the target (by its decode time); checked below.
+            container.seek(int(seek_to / time_base), stream=stream, backward=True, any_frame=False)
+        pending = list(wanted)
+        previous: Optional[_Decoded] = None
+        for frame in container.decode(stream):
+            decoded += 1
+            if frame.pts is None:
+                raise DatasetError(f"{path}: decoded a frame without a timestamp (pts)")
+            current = _Decoded(float(frame.pts * time_base), frame)
+            if previous is None and seek_to > 0 and current.time > wanted[0] + _SAME_INSTANT_S:
+                return None, decoded
+            # A timestamp is settled by the first frame at (or a rounding error before) it: the nearest frame is
+            # that one or the one before.
+            while pending and current.time >= pending[0] - _SAME_INSTANT_S:
+                _take_nearest(pending.pop(0), (previous, current), tolerance, found)
+            previous = current
+            if not pending:
+                break
+        if previous is None and seek_to > 0:  # the seek landed past every frame the decoder would show
+            return None, decoded
+        for t in pending:  # past the last frame: only that frame may be near enough
+            _take_nearest(t, (previous,), tolerance, found)
+    return found, decoded
 
 
 _SAME_INSTANT_S = 1e-4  # timestamps this close are one instant (float error of t = 0.1 * 3, pts rounding)
@@ -114,15 +144,30 @@ def video_stream_facts(path: Path) -> Tuple[Optional[int], Optional[float]]:
             count: Optional[int] = int(stream.frames) if stream.frames else None
             if count is None and stream.duration is not None and rate is not None:
                 count = int(round(float(stream.duration * stream.time_base) * rate))
+            elif count is not None:
+                count -= _leading_hidden_frames(container, stream)
             return count, rate
     except av.error.FFmpegError as exc:
         raise DatasetError(f"{path}: cannot decode video ({exc})") from exc
 
 
+def _leading_hidden_frames(container: Any, stream: Any) -> int:
+    """How many packets at the start of `stream` the demuxer flags discard: pre-roll frames an mp4 edit list hides,
+    which the header's frame count includes and a decoder never shows. Reads only those packets and the next."""
+    hidden = 0
+    for packet in container.demux(stream):
+        if packet.size and not packet.is_discard:
+            break
+        hidden += bool(packet.size)
+    return hidden
+
+
 def video_frame_times(path: Path) -> Optional[List[float]]:
-    """Presentation times (seconds) of every frame of a video's first stream, in display order, read from its packets
-    without decoding; None when a packet carries no timestamp. Frame k of the video is then shown at the k-th time,
-    whatever the rate: a frame that came late (a variable-frame-rate recording) moves the times, not the count."""
+    """Presentation times (seconds) of every frame a decoder shows of a video's first stream, in display order, read
+    from its packets without decoding; None when a packet carries no timestamp. Frame k of the video is then shown at
+    the k-th time, whatever the rate: a frame that came late (a variable-frame-rate recording) moves the times, not the
+    count. Packets the demuxer flags discard (a pre-roll frame an mp4 edit list hides, as `ffmpeg -ss T -c copy` cuts
+    leave) are decoded as references but never shown, so they are no frame of the video."""
     require_file(path, "video file")
     times: List[float] = []
     try:
@@ -131,7 +176,7 @@ def video_frame_times(path: Path) -> Optional[List[float]]:
                 raise DatasetError(f"{path}: no video stream")
             stream = container.streams.video[0]
             for packet in container.demux(stream):
-                if packet.size == 0:  # the demuxer's flush packet
+                if packet.size == 0 or packet.is_discard:  # the flush packet; a frame an edit list hides (never shown)
                     continue
                 if packet.pts is None:
                     return None
