@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pytest
 
-from gr00t_client import BasePolicy, ModalityConfig, PolicyClient, PolicyServerError
+from gr00t_client import BasePolicy, ModalityConfig, ObservationError, PolicyClient, PolicyServerError
 from gr00t_client.policy import NonFiniteActionError
 from gr00t_server import batching
 from gr00t_server.policies import Gr00tSimPolicyWrapper
@@ -40,7 +40,7 @@ class RowEchoPolicy(BasePolicy):
         with self._lock:
             self.calls.append({"rows": state.shape[0], "dim": state.shape[-1], "options": options, "language": list(language)})
         if self.fail_on_negative and (state < 0).any():
-            raise ValueError(f"state 'joints' has negative values in rows {np.nonzero(state[:, 0, 0] < 0)[0].tolist()}")
+            raise ObservationError(f"state 'joints' has negative values in rows {np.nonzero(state[:, 0, 0] < 0)[0].tolist()}")
         if self.call_s:
             time.sleep(self.call_s)
         ids = state[:, 0, 0]
@@ -277,24 +277,33 @@ def test_a_failing_observation_fails_only_its_sender_found_by_bisection(n_client
 
 
 class MergedCallBugPolicy(RowEchoPolicy):
-    """A batching bug: every call of more than one row fails inside the policy (an internal error)."""
+    """A batching bug: every call of more than one row fails inside the policy (`bug`: RuntimeError, internal; or
+    ValueError, as a reshape to one row raises it)."""
+
+    def __init__(self, bug: type = RuntimeError) -> None:
+        super().__init__()
+        self.bug = bug
 
     def _get_action(self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None):
         if observation["state"]["joints"].shape[0] > 1:
             with self._lock:
                 self.calls.append({"rows": observation["state"]["joints"].shape[0]})
-            raise RuntimeError("merged call failed")
+            raise self.bug("merged call failed")
         return super()._get_action(observation, options)
 
 
-def test_a_policy_whose_every_merged_call_fails_serves_each_request_alone_not_by_bisection():
-    # Bisection would hit the bug in every half (2K - 1 calls); an internal failure is no one client's input.
-    policy = MergedCallBugPolicy()
+@pytest.mark.parametrize("bug", [RuntimeError, ValueError], ids=["RuntimeError", "ValueError"])
+def test_a_policy_whose_every_merged_call_fails_serves_each_request_alone_not_by_bisection(bug):
+    # Bisection would hit the bug in every half (2K - 1 calls, 7 of them uncounted); only an input refusal
+    # (ObservationError) is one client's, and a numpy shape error in a one-row post-processing (a ValueError) is not.
+    policy = MergedCallBugPolicy(bug)
     with running_server(policy, max_batch_size=8, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
         results = call_together(server.port, [observation(i) for i in range(8)])
+        stats = server_info(server.port)["stats"]
     for client_id in range(8):
         np.testing.assert_allclose(results[client_id][0]["arm"], expected_arm(client_id), rtol=1e-6)
     assert policy.row_counts == [8] + [1] * 8, policy.row_counts
+    assert stats["policy_calls"] == 9  # the failed merged call ran too
 
 
 class StrictNanRowPolicy(RowEchoPolicy):
@@ -346,6 +355,29 @@ def test_the_batch_mates_of_a_nan_row_are_answered_from_the_merged_call_which_is
     assert policy.row_counts == [4]  # no call re-run
     assert stats["policy_calls"] == 1 and stats["batch_sizes"] == {"4": 1}
     assert "gr00t_batch_size_count 1.0" in metrics
+
+
+class ClippingNanRowPolicy(StrictNanRowPolicy):
+    """Post-processes what BasePolicy.get_action returns (clips to [-1, 1]): the action its NonFiniteActionError
+    carries is not what it answers."""
+
+    def get_action(self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None):
+        action, info = super().get_action(observation, options)
+        return {"arm": np.clip(action["arm"], -1.0, 1.0)}, info
+
+
+def test_the_batch_mates_of_a_nan_row_of_a_post_processing_policy_get_its_post_processed_action():
+    # They were answered from the error's action (50.0 where alone they get 1.0): it is the action before the
+    # subclass's own get_action post-processed it, so they are run again (one merged call), as unbatched.
+    policy = ClippingNanRowPolicy()
+    observations = [observation(i) for i in range(4)]
+    observations[2] = observation(-2)
+    with running_server(policy, max_batch_size=4, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
+        results = call_together(server.port, observations)
+    assert isinstance(results[2], PolicyServerError)
+    for client_id in (0, 1, 3):
+        np.testing.assert_allclose(results[client_id][0]["arm"], np.clip(expected_arm(client_id), -1.0, 1.0))
+    assert policy.row_counts == [4, 3]
 
 
 def test_a_nan_row_in_a_models_raw_output_refuses_its_sender_in_its_own_rows_and_reruns_the_rest_once():

@@ -36,6 +36,7 @@ class NonFiniteActionError(ActionError):
         self.key = key
         self.rows = list(rows)
         self.info: Optional[Dict[str, Any]] = None
+        self.policy: Any = None  # the BasePolicy whose get_action raised it, with its info
 
 
 def _batch_size(value: Any) -> int:
@@ -321,7 +322,7 @@ class BasePolicy(ABC):
             try:
                 self.check_action(action)
             except NonFiniteActionError as exc:  # a batching server answers the finite rows with their info
-                exc.info = info
+                exc.info, exc.policy = info, self
                 raise
             check_action_batch(action, observation)
         return action, info

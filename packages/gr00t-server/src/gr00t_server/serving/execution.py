@@ -16,7 +16,7 @@ import numpy as np
 
 from gr00t_client import codec
 from gr00t_client.client import ERROR_MARKER
-from gr00t_client.policy import NonFiniteActionError, PolicyValidationError
+from gr00t_client.policy import BasePolicy, NonFiniteActionError, ObservationError, PolicyValidationError
 
 from . import batching, limits as work_limits
 from .batching import GatherWindow
@@ -293,20 +293,32 @@ class JobRunner:
         try:
             merged, rows = batching.merge_observations([r.data["observation"] for r in valid], [r.rows for r in valid])
             try:
-                with self.counted_call(len(valid), "get_action", sum(rows)):
-                    raw = policy.get_action(merged, None)
+                raw = policy.get_action(merged, None)
             except NonFiniteActionError as exc:  # a strict policy's own check of the merged call's output
                 self.count_call(len(valid), sum(rows))  # the model ran
                 rerun = self._non_finite_rows(valid, rows, exc, started, replies)
                 if rerun is not None:
                     return [rerun] if rerun else []
                 raise
+            except (ObservationError, RequestError):  # one client's input, refused inside the call: not counted
+                raise
+            except Exception:
+                self.count_call(len(valid), sum(rows))  # it ran and failed: a policy's batching bug
+                raise
+            self.count_call(len(valid), sum(rows))
             action, info = work_limits.action_and_info(raw)
             stages = policy_stages(policy)
             parts = batching.split_result(action, info, rows, batching.declared_per_row_info_keys(policy))
         except Exception as exc:
-            if self._log_merged_failure(valid, exc):  # a batching bug: every merged call would fail, run each alone
+            if not isinstance(exc, (ObservationError, RequestError)):  # a batching bug every merged call would hit
+                self._internal_errors.warning(
+                    "batched get_action of %d requests failed (%s: %s); serving them one by one", len(valid),
+                    type(exc).__name__, _safe_text(exc)[:300],
+                    kind=("batched get_action", type(exc).__name__, _safe_text(exc)[:200]))
                 return [[request] for request in valid]
+            logger.debug("batched get_action of %d requests (from %s) refused one's input (%s: %s); isolating it by "
+                         "bisection", len(valid), ", ".join(sorted({str(r.peer or "local") for r in valid})),
+                         type(exc).__name__, log_text(_safe_text(exc), 300, quoted=False))
             half = len(valid) // 2  # one client's input: bisection finds it
             return [valid[:half], valid[half:]]
         policy_ms = (time.monotonic() - started) * 1000.0
@@ -343,8 +355,11 @@ class JobRunner:
                 error = RequestError(message + work_limits.degenerate_states(observation, own, exc.key))
                 replies.append((request, self.error_frames(request, error)))
             return clean
-        # A wrapper's inner policy raises with its own action, not the one the wrapper would return: computed again.
-        known_info = exc.info is not None and len(list(policy_chain(policy))) == 1
+        # The error's action is what the policy returns only when the served object's own BasePolicy.get_action
+        # raised it: a wrapper's inner policy, a subclass whose get_action post-processes (clips, scales) or a policy
+        # composed of another would return something else: computed again.
+        known_info = (exc.info is not None and getattr(exc, "policy", None) is policy
+                      and type(policy).get_action is BasePolicy.get_action)
         try:
             parts = batching.split_result(exc.action, {}, rows, None)
             infos = (None if not known_info else
@@ -373,19 +388,6 @@ class JobRunner:
             replies.append(self.result_frames(request, [part_action, infos[index]], policy_ms, len(valid),
                                               policy_started=started))
         return clean
-
-    def _log_merged_failure(self, valid: List[Request], exc: Exception) -> bool:
-        """Log a failed merged call and return whether it was internal: a policy's batching bug (rate-limited, as
-        every internal error), else one client's input, which bisection finds and whose refusal names its peer."""
-        if error_text("get_action", exc)[1]:
-            self._internal_errors.warning("batched get_action of %d requests failed (%s: %s); serving them one by one",
-                                          len(valid), type(exc).__name__, _safe_text(exc)[:300],
-                                          kind=("batched get_action", type(exc).__name__, _safe_text(exc)[:200]))
-            return True
-        logger.debug("batched get_action of %d requests (from %s) refused one's input (%s: %s); isolating it by "
-                     "bisection", len(valid), ", ".join(sorted({str(r.peer or "local") for r in valid})),
-                     type(exc).__name__, log_text(_safe_text(exc), 300, quoted=False))
-        return False
 
     # --- replies (either thread) -------------------------------------------------------------------
 
