@@ -139,7 +139,7 @@ def test_modality_keys_select_which_action_keys_are_compared(dataset, tmp_path):
 def test_out_of_range_trajectories_are_skipped(dataset, tmp_path):
     result, lines = run(dataset, tmp_path, EchoPolicy(), traj_ids=[7, 0], plot=False)
     assert list(result.trajectories) == [0] and result.skipped == [7]
-    result, lines = run(dataset, tmp_path, EchoPolicy(), traj_ids=[7], plot=False)
+    result, lines = run(dataset, tmp_path, EchoPolicy(), traj_ids=[7], plot=False, output_dir=str(tmp_path / "out2"))
     assert "No valid trajectories were evaluated." in lines
 
 
@@ -153,6 +153,71 @@ def test_one_plot_per_trajectory_and_a_results_file(dataset, tmp_path):
     assert data["trajectories"]["2"]["per_dim"]["mae"] == pytest.approx([0.25] * 4)
     assert data["trajectories"]["0"]["inference_steps"] == [0, 3]
     assert data["aggregated"]["avg_mae"] == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("ids", [range(3), {0: "a", 1: "b", 2: "c"}.keys(), map(int, "012"), np.arange(3)],
+                         ids=["range", "dict_keys", "map", "numpy"])
+def test_traj_ids_given_as_any_iterable_of_ints_are_run_and_written_as_a_list(dataset, tmp_path, ids):
+    result, _ = run(dataset, tmp_path, EchoPolicy(), traj_ids=ids, plot=False)
+    assert list(result.trajectories) == [0, 1, 2]
+    assert json.loads(result.results_path.read_text())["config"]["traj_ids"] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("ids", [[True, 2], [0, 1.0], ["1"], 3])
+def test_traj_ids_that_are_not_ints_are_refused_naming_the_field(dataset, ids):
+    with pytest.raises(ValueError, match="traj_ids must"):
+        OpenLoopConfig(dataset_path=str(dataset), traj_ids=ids)
+
+
+def test_numpy_int_steps_and_execution_horizon_are_taken_as_ints(dataset, tmp_path):
+    result, _ = run(dataset, tmp_path, EchoPolicy(execution_horizon=2), traj_ids=[1], steps=np.int64(5),
+                    execution_horizon=np.int32(2), plot=False)
+    assert result.trajectories[1].inference_steps == [0, 2, 4]
+    saved = json.loads(result.results_path.read_text())["config"]
+    assert (saved["steps"], saved["execution_horizon"]) == (5, 2)
+
+
+def test_an_output_dir_holding_an_earlier_runs_results_is_refused_before_any_query(dataset, tmp_path):
+    run(dataset, tmp_path, EchoPolicy(offset=1.0), traj_ids=[0, 1, 2])
+    policy = EchoPolicy()
+    with pytest.raises(ValueError, match=r"output_dir .*out holds an earlier run's results.json; expected a new or empty"):
+        run(dataset, tmp_path, policy, traj_ids=[0])
+    assert policy.observations == []
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["results.json", "traj_0.jpeg", "traj_1.jpeg", "traj_2.jpeg"]
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["config"]["traj_ids"] == [0, 1, 2]
+
+
+def test_without_output_dir_each_run_gets_a_new_dated_folder(dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr("gr00t_eval.open_loop.DEFAULT_OUTPUT_DIR", str(tmp_path / "base"))
+    first = evaluate_open_loop(EchoPolicy(offset=1.0), OpenLoopConfig(str(dataset), traj_ids=[0, 1], execution_horizon=3),
+                               report=lambda line: None, progress=False)
+    lines = []
+    second = evaluate_open_loop(EchoPolicy(), OpenLoopConfig(str(dataset), traj_ids=[0], execution_horizon=3),
+                                report=lines.append, progress=False)
+    assert first.results_path.parent != second.results_path.parent
+    assert second.results_path.parent.parent.parent == tmp_path / "base"  # base/YYYY-MM-DD/HH-MM-SS_<dataset>
+    assert second.results_path.parent.name.endswith("_ds")
+    assert sorted(p.name for p in second.results_path.parent.iterdir()) == ["results.json", "traj_0.jpeg"]
+    assert f"Output directory: {second.results_path.parent}" in lines
+    assert json.loads(first.results_path.read_text())["aggregated"]["avg_mse"] == pytest.approx(1.0)
+
+
+class RenamedCameras(EchoPolicy):
+    """Names its cameras otherwise than the dataset does: they are paired with the dataset's by position."""
+
+    def get_modality_config(self):
+        return {**super().get_modality_config(), "video": ModalityConfig(self.video_deltas, ["cam_left", "cam_right"])}
+
+
+def test_keys_matched_by_position_are_warned_of_once_in_every_run(dataset, tmp_path, caplog):
+    counts = []
+    for number in range(2):  # a second run in the same process (a notebook, a sweep) is told again
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="gr00t_eval"):
+            run(dataset, tmp_path, RenamedCameras(), traj_ids=[0, 1], plot=False, output_dir=str(tmp_path / f"out{number}"))
+        counts.append(sum("matching by position: cam_left <- image, cam_right <- wrist_image" in r.getMessage()
+                          for r in caplog.records))
+    assert counts == [1, 1]
 
 
 @pytest.mark.parametrize("style", ["kebab", "snake"])

@@ -34,6 +34,7 @@ from .results import RESULTS_FILENAME, open_loop_results, write_results
 
 logger = logging.getLogger(__name__)
 
+# Where a run given no output_dir gets a new dated folder, as the CLI's runs do (DEFAULT_OUTPUT_DIR/YYYY-MM-DD/...).
 DEFAULT_OUTPUT_DIR = "/tmp/open_loop_eval"
 # A flat observation key quoted in a server's error (a sim-wrapper policy's bare KeyError: 'state.arm').
 _QUOTED_FLAT_KEY = re.compile(r"'(?:video|state|annotation|language)\.[^']+'")
@@ -50,7 +51,9 @@ class OpenLoopConfig:
     steps: int = 200
     execution_horizon: int = 16
     modality_keys: Optional[Sequence[str]] = None
-    output_dir: str = DEFAULT_OUTPUT_DIR
+    # None: a new dated folder under DEFAULT_OUTPUT_DIR (the CLI's default); a folder holding an earlier run's
+    # results.json is refused: that run's plots would sit beside this run's results.
+    output_dir: Optional[str] = None
     # The embodiment evaluated: None takes the one the server serves (the reference's default, new_embodiment, for a
     # server that does not say); a tag the server does not serve is refused rather than recorded as this run's.
     embodiment_tag: Optional[str] = None
@@ -64,13 +67,23 @@ class OpenLoopConfig:
     denoising_steps: Optional[int] = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+        if not _is_int(self.steps) or self.steps < 1:
             raise ValueError(f"steps must be an int >= 1 (steps evaluated per trajectory), got {self.steps!r}")
-        if isinstance(self.execution_horizon, bool) or not isinstance(self.execution_horizon, int) or self.execution_horizon < 1:
+        if not _is_int(self.execution_horizon) or self.execution_horizon < 1:
             raise ValueError(f"execution_horizon must be an int >= 1, got {self.execution_horizon!r}")
-        if not list(self.traj_ids):
+        self.steps, self.execution_horizon = int(self.steps), int(self.execution_horizon)  # numpy ints, as JSON can write
+        # A list of plain ints: a range was scored and then not JSON-writable, a map (an iterator) read here came
+        # empty to the run, and True ran trajectory 1.
+        try:
+            ids = list(self.traj_ids)
+        except TypeError:
+            raise ValueError(f"traj_ids must be a sequence of trajectory ids (ints), got {self.traj_ids!r}") from None
+        wrong = [t for t in ids if not _is_int(t)]
+        if wrong:
+            raise ValueError(f"traj_ids must hold ints (trajectory ids), got {', '.join(map(repr, wrong))}")
+        if not ids:
             raise ValueError("traj_ids must name at least one trajectory")
-        ids = list(self.traj_ids)
+        ids = self.traj_ids = [int(t) for t in ids]
         repeated_ids = sorted({t for t in ids if ids.count(t) > 1})
         if repeated_ids:  # results are kept per id: a repeat was run again and only its last run kept and averaged
             raise ValueError(f"traj_ids names {', '.join(map(str, repeated_ids))} more than once; name each trajectory once")
@@ -91,17 +104,23 @@ class OpenLoopConfig:
 
     def plot_file(self, traj_id: int, n_trajectories: int) -> Path:
         """Where the plot of `traj_id` goes: plot_path (suffixed per trajectory when several), PLOT_PATH/traj_{id}.jpeg
-        when it is a folder, else OUTPUT_DIR/traj_{id}.jpeg."""
+        when it is a folder, else OUTPUT_DIR/traj_{id}.jpeg (DEFAULT_OUTPUT_DIR when evaluate_trajectory is called
+        alone with no output_dir: evaluate_open_loop gives every run its own)."""
         from .plots import DEFAULT_PLOT_SUFFIX, is_plot_folder
 
         if self.plot_path is None or is_plot_folder(self.plot_path):
-            folder = self.output_dir if self.plot_path is None else self.plot_path
+            folder = (self.output_dir or DEFAULT_OUTPUT_DIR) if self.plot_path is None else self.plot_path
             return Path(folder) / f"traj_{traj_id}{DEFAULT_PLOT_SUFFIX}"
         path = Path(self.plot_path)
         return path if n_trajectories == 1 else path.with_name(f"{path.stem}_traj{traj_id}{path.suffix}")
 
 
 OBSERVATION_FORMATS = ("nested", "flat", "auto")
+
+
+def _is_int(value: Any) -> bool:
+    """An int or numpy int, not a bool (True is 1 to Python, and never a count or an id)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 class TrajectoryError(RuntimeError):
@@ -191,21 +210,20 @@ class _EpisodeSteps:
         return self._language[key]
 
 
-_WARNED_KEY_MATCHES: set = set()
-
-
 class _KeyMap:
-    """Modality-config keys -> dataset keys (by name, then those left over by position when their counts match)."""
+    """Modality-config keys -> dataset keys (by name, then those left over by position when their counts match).
+    `warned` holds the pairings already warned of in this run (its trajectories share it; each run has its own)."""
 
-    def __init__(self, kind: str, wanted: Sequence[str], available: Sequence[str]) -> None:
+    def __init__(self, kind: str, wanted: Sequence[str], available: Sequence[str], warned: Optional[set] = None) -> None:
         matched = match_keys(wanted, available)
         if matched is None:
             missing = [k for k in wanted if k not in available]
             raise ValueError(f"the policy's {kind} keys {missing} are not in the dataset's meta/modality.json; it has {list(available)}")
         self.map, by_position = matched
         said = (kind, tuple(wanted), tuple(available))
-        if by_position and said not in _WARNED_KEY_MATCHES:  # once per run, not once per trajectory
-            _WARNED_KEY_MATCHES.add(said)
+        warned = set() if warned is None else warned
+        if by_position and said not in warned:  # once per run, not once per trajectory (nor once per process)
+            warned.add(said)
             logger.warning("policy %s keys %s are not the dataset's; matching by position: %s", kind,
                            [w for w, _ in by_position], ", ".join(f"{w} <- {a}" for w, a in by_position))
 
@@ -353,21 +371,22 @@ def check_action_steps(action: ModalityConfig, execution_horizon: int) -> None:
 def evaluate_trajectory(
     policy: BasePolicy, dataset: LeRobotDataset, traj_id: int, config: OpenLoopConfig,
     configs: Mapping[str, ModalityConfig], report: Callable[[str], None] = logger.info, on_step: Optional[Callable[[], None]] = None,
-    on_scored: Optional[Callable[[TrajectoryResult], None]] = None,
+    on_scored: Optional[Callable[[TrajectoryResult], None]] = None, warned_key_matches: Optional[set] = None,
 ) -> TrajectoryResult:
     """Query the policy every `execution_horizon` steps of trajectory `traj_id` and score the stitched chunks.
 
     `on_scored` gets the result once it is scored, before its plot is drawn (a stop during the plot keeps it scored).
     Raises TrajectoryError when the policy does not follow the trajectory (see reset_policy, check_policy_position).
+    `warned_key_matches`: the run's key pairings by position already warned of (None: warn of them here).
     """
     episode = dataset.episode(traj_id)
     action_keys = (dataset_action_keys(config.modality_keys, dataset.action_keys) if config.modality_keys
                    else list(configs["action"].modality_keys))
     check_action_steps(configs["action"], config.execution_horizon)
     key_maps = {
-        "video": _KeyMap("video", configs["video"].modality_keys if "video" in configs else [], dataset.video_keys),
-        "state": _KeyMap("state", configs["state"].modality_keys if "state" in configs else [], dataset.state_keys),
-        "language": _KeyMap("language", configs["language"].modality_keys if "language" in configs else [], dataset.language_keys),
+        kind: _KeyMap(kind, configs[kind].modality_keys if kind in configs else [], available, warned_key_matches)
+        for kind, available in (("video", dataset.video_keys), ("state", dataset.state_keys),
+                                ("language", dataset.language_keys))
     }
     missing = [k for k in action_keys if k not in dataset.action_keys]
     if missing:
@@ -431,6 +450,17 @@ def evaluate_trajectory(
     return result
 
 
+def check_open_loop_output_dir(output_dir: str) -> None:
+    """OutputDirError when `output_dir` holds an earlier run's results.json: its plots (of other trajectories,
+    perhaps another policy's) would be left beside this run's results."""
+    from .run_dir import OutputDirError
+
+    earlier = Path(output_dir) / RESULTS_FILENAME
+    if earlier.exists():
+        raise OutputDirError(f"output_dir {output_dir} holds an earlier run's {RESULTS_FILENAME}; expected a new or empty "
+                             "folder (name another, or leave output_dir out for a new dated one)")
+
+
 def evaluate_open_loop(
     policy: BasePolicy, config: OpenLoopConfig, report: Callable[[str], None] = logger.info, progress: bool = True
 ) -> OpenLoopResult:
@@ -442,6 +472,8 @@ def evaluate_open_loop(
     any other failure) still writes results.json with the trajectories it scored, its status, the ids not run
     and why; then the exception goes on up.
     """
+    if config.output_dir is not None:  # before any query
+        check_open_loop_output_dir(config.output_dir)
     info = server_info(policy)  # asked once: the observation format, the policy record and the pin all come from it
     guessed_nested = config.observation_format == "auto" and resolve_observation_format(info, "auto") == "nested"
     config = dataclasses.replace(config, observation_format=resolve_observation_format(info, config.observation_format))
@@ -460,6 +492,12 @@ def evaluate_open_loop(
     if config.modality_keys:  # a key the dataset lacks fails here, before results.json, not in every trajectory
         config = dataclasses.replace(config, modality_keys=dataset_action_keys(config.modality_keys, dataset.action_keys))
     report(f"Dataset length: {dataset.num_episodes}")
+    if config.output_dir is None:  # like the CLI: a new dated folder, never one an earlier run wrote
+        from .run_dir import make_fresh_dated_output_dir
+
+        label = Path(config.dataset_path).resolve().name or "dataset"
+        config = dataclasses.replace(config, output_dir=str(make_fresh_dated_output_dir(DEFAULT_OUTPUT_DIR, label)))
+        report(f"Output directory: {config.output_dir}")
     result = OpenLoopResult()
     valid = []
     for traj_id in config.traj_ids:
@@ -482,6 +520,7 @@ def evaluate_open_loop(
         bar = tqdm(total=total, desc="Open-loop inference", **bar_options())
     stopped: Optional[BaseException] = None
     position = 0
+    warned_key_matches: set = set()  # this run's: a second run in the process warns again
     try:
         # A server restarted with another checkpoint stops the run (aborted); one that gave no info has nothing to pin.
         with pinned_policy(policy, served) if served is not None else contextlib.nullcontext():
@@ -490,7 +529,8 @@ def evaluate_open_loop(
                 try:
                     traj = evaluate_trajectory(policy, dataset, traj_id, config, configs, report,
                                                on_step=(bar.update if bar else None),
-                                               on_scored=functools.partial(result.trajectories.__setitem__, traj_id))
+                                               on_scored=functools.partial(result.trajectories.__setitem__, traj_id),
+                                               warned_key_matches=warned_key_matches)
                 except ServerStoppingError:
                     raise  # the server is going: this trajectory and the rest are not run (it was scored errored, and
                     # the next request waited out the whole timeout of a server already gone)
