@@ -266,3 +266,21 @@ def test_first_call_including_negotiation_stays_within_one_timeout(server):
         with pytest.raises(PolicyTimeoutError):
             client.call_endpoint("slowish", requires_input=False)  # 0.4 s + 0.4 s > 0.6 s
         assert time.monotonic() - started < 0.9  # one budget; two would take about 1.0 s
+
+
+def test_ping_with_a_timeout_of_its_own_keeps_the_clients_timeout_ms():
+    with SilentServer() as silent, PolicyClient(host="127.0.0.1", port=silent.port, timeout_ms=10000) as client:
+        started = time.monotonic()
+        assert client.ping(timeout_ms=300) is False
+        assert time.monotonic() - started < 3.0  # the ping's 300 ms, not the client's 10 s
+        assert client.timeout_ms == 10000
+
+
+@pytest.mark.parametrize("value", [0, -5, "500", None, float("nan"), float("inf"), True])
+def test_a_timeout_ms_set_after_construction_is_checked_as_the_constructor_checks_it(server, value):
+    with PolicyClient(port=server.port, timeout_ms=2000) as client:
+        with pytest.raises(ValueError, match=rf"timeout_ms must be a number of milliseconds from 1 to \d+, got "):
+            client.timeout_ms = value
+        assert client.timeout_ms == 2000 and client.ping() is True
+        client.timeout_ms = 1500.7
+        assert client.timeout_ms == 1500

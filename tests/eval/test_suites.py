@@ -104,6 +104,13 @@ def test_two_task_run_reports_per_task_per_group_and_overall_aggregates(client):
     assert results["aggregated"] == overall
 
 
+def test_run_suite_refuses_a_first_episode_it_would_not_honour_before_running_anything(client):
+    scale_fixtures.ENV_EVENTS.clear()
+    with pytest.raises(ValueError, match=r"RolloutConfig.first_episode must be 0, got 3"):
+        run_suite(client, "walkto-2", config(first_episode=3, n_episodes=2))
+    assert scale_fixtures.ENV_EVENTS == []  # no episode 0 or 1 ran under a config that says 3
+
+
 def test_each_tasks_workers_are_created_when_it_starts_and_closed_when_it_ends(client):
     scale_fixtures.ENV_EVENTS.clear()
     run_suite(client, "walkto/fast,walkto/slow", config(n_envs=3))

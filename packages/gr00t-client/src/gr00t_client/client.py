@@ -100,6 +100,14 @@ MAX_REPLY_BYTES_LIMIT = 2**63 - 1  # ZMQ_MAXMSGSIZE is an int64
 _UNCAPPED_DECODE = codec.DecodeLimits(max_message_bytes=MAX_REPLY_BYTES_LIMIT)  # item budget and depth still hold
 
 
+def check_timeout_ms(value: Any) -> int:
+    """`value` as a PolicyClient timeout in whole milliseconds; ValueError naming it unless it is a number from 1 to
+    MAX_TIMEOUT_MS (bool is an int, NaN fails every comparison, inf has no int(): each is refused, naming itself)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 1 <= value <= MAX_TIMEOUT_MS:
+        raise ValueError(f"timeout_ms must be a number of milliseconds from 1 to {MAX_TIMEOUT_MS}, got {value!r}")
+    return int(value)
+
+
 def check_max_reply_bytes(value: Any) -> Optional[int]:
     """`value` as PolicyClient's reply cap in bytes (None: no cap); ValueError naming it unless it is a whole number
     of bytes from 1 to 2**63 - 1 (as gr00t-server checks its max_message_bytes) or None."""
@@ -275,16 +283,14 @@ class PolicyClient(BasePolicy):
         super().__init__(strict=strict)
         if wire not in ("auto", "reference", "multipart", "npsave"):
             raise ValueError(f"wire must be 'auto', 'reference', 'multipart' or 'npsave', got {wire!r}")
-        # bool is an int, NaN fails every comparison, inf has no int(): each is refused here, naming itself
-        if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, numbers.Real) or not 1 <= timeout_ms <= MAX_TIMEOUT_MS:
-            raise ValueError(f"timeout_ms must be a number of milliseconds from 1 to {MAX_TIMEOUT_MS}, got {timeout_ms!r}")
+        timeout_ms = check_timeout_ms(timeout_ms)
         if isinstance(port, bool) or not isinstance(port, numbers.Integral) or not 1 <= port <= 65535:
             raise ValueError(f"port must be an int from 1 to 65535, got {port!r}")
         if not isinstance(host, str) or not normalize_host(host):
             raise ValueError(f"host must be a non-empty str (a name or an IP address), got {host!r}")
         self.host = normalize_host(host)
         self.port = int(port)
-        self.timeout_ms = int(timeout_ms)
+        self.timeout_ms = timeout_ms
         self.max_reply_bytes = check_max_reply_bytes(max_reply_bytes)
         self._reply_limits = (_UNCAPPED_DECODE if self.max_reply_bytes is None
                               else codec.DecodeLimits.for_message_bytes(self.max_reply_bytes))
@@ -321,6 +327,15 @@ class PolicyClient(BasePolicy):
         self._call = threading.local()
 
     # --- transport ------------------------------------------------------------------------------
+
+    @property
+    def timeout_ms(self) -> int:
+        """Each call's budget in milliseconds; checked when set, as in the constructor."""
+        return self._timeout_ms
+
+    @timeout_ms.setter
+    def timeout_ms(self, value: Any) -> None:
+        self._timeout_ms = check_timeout_ms(value)
 
     @property
     def address(self) -> str:
@@ -407,7 +422,7 @@ class PolicyClient(BasePolicy):
             why = "connected, but no reply came: a policy call slower than the timeout, a hung server or a slow link?"
         return PolicyTimeoutError(
             f"policy server at {endpoint_host(self.host)}:{self.port} did not answer '{endpoint}' within "
-            f"{self.timeout_ms} ms ({why})"
+            f"{getattr(self._call, 'budget_ms', None) or self.timeout_ms} ms ({why})"
         )
 
     def _localhost_hint(self, stage: str) -> str:
@@ -764,20 +779,26 @@ class PolicyClient(BasePolicy):
         # timed out, replaced the socket and so made the next call check (and time out) again, for ever.
         call = self._call
         active, deadline = getattr(call, "active", False), getattr(call, "deadline", None)
-        call.active, call.deadline = False, None
+        own = getattr(call, "own_deadline", None), getattr(call, "budget_ms", None)
+        call.active, call.deadline, call.own_deadline, call.budget_ms = False, None, None, None
         try:
             check(self)  # raises to the caller; asked again after the next call until it passes
         finally:
             call.active, call.deadline = active, deadline
+            call.own_deadline, call.budget_ms = own
         self._checked_server_changes = self.server_changes  # its own reconnection, if any, was checked by it
 
-    def call_endpoint(self, endpoint: str, data: Optional[Dict[str, Any]] = None, requires_input: bool = True) -> Any:
-        """Call any endpoint; raises PolicyTimeoutError, PolicyServerError or ConnectionError."""
+    def call_endpoint(self, endpoint: str, data: Optional[Dict[str, Any]] = None, requires_input: bool = True,
+                      timeout_ms: Optional[int] = None) -> Any:
+        """Call any endpoint (within `timeout_ms` when given, else self.timeout_ms, which is left as it is);
+        raises PolicyTimeoutError, PolicyServerError or ConnectionError."""
+        if timeout_ms is not None:
+            return self._call_within(check_timeout_ms(timeout_ms), endpoint, data, requires_input)
         watched = endpoint in ("reset", "get_action")
         try:
             with self._locked():
                 self._notice_reconnection()
-                deadline = self._deadline()  # one budget, negotiation included
+                deadline = getattr(self._call, "own_deadline", None) or self._deadline()  # one budget, negotiation included
                 if self._server_is_ours is None and endpoint not in ("ping", "kill"):
                     asked = self._negotiate(deadline)
                     if endpoint == "get_server_info" and not requires_input and asked is not None:
@@ -802,6 +823,18 @@ class PolicyClient(BasePolicy):
             self._check_new_server()
         return reply
 
+    def _call_within(self, budget_ms: int, endpoint: str, data: Optional[Dict[str, Any]], requires_input: bool) -> Any:
+        # The budget lives in this thread's call state, never in self.timeout_ms: another thread's call on the
+        # shared client keeps its own budget. Taken once the lock is held, like _deadline's.
+        with self._locked():
+            call = self._call  # read once the lock is held: a first call after a fork gets the child's call state
+            saved = getattr(call, "own_deadline", None), getattr(call, "budget_ms", None)
+            call.own_deadline, call.budget_ms = time.monotonic() + budget_ms / 1000.0, budget_ms
+            try:
+                return self.call_endpoint(endpoint, data, requires_input)
+            finally:
+                call.own_deadline, call.budget_ms = saved
+
     def _check_new_server_after(self, failure: Exception) -> None:
         """The new-server check after a reset or get_action that a server answered with an error (or with a reply
         this client cannot read): a server restarted with another model refuses what the old one took (an episode
@@ -815,10 +848,11 @@ class PolicyClient(BasePolicy):
 
     # --- policy API -----------------------------------------------------------------------------
 
-    def ping(self) -> bool:
-        """True when the server answers within timeout_ms; False when it is down or unreachable."""
+    def ping(self, timeout_ms: Optional[int] = None) -> bool:
+        """True when the server answers within `timeout_ms` (default: self.timeout_ms); False when it is down or
+        unreachable."""
         try:
-            self.call_endpoint("ping", requires_input=False)
+            self.call_endpoint("ping", requires_input=False, timeout_ms=timeout_ms)
             return True
         except (PolicyTimeoutError, ConnectionError):
             return False

@@ -266,7 +266,12 @@ def run_suite(policy: BasePolicy, env_spec: str, config: RolloutConfig, shard: O
     Without a seed a random base seed is drawn once and recorded. `done` holds the outcomes of an earlier,
     interrupted run (episodes.jsonl): they are kept and not run again. Each new outcome goes to `on_episode`
     as it finishes. `status` is "complete", "interrupted" (Ctrl-C/SIGTERM) or "aborted" (server gone).
+    Each task's episodes are numbered from 0 (a shard's slice comes from `shard`), so config.first_episode must be 0.
     """
+    if config.first_episode != 0:  # the plan, shards, merge and resume all count each task's episodes from 0
+        raise ValueError(f"run_suite runs each task's episodes 0 .. n_episodes - 1 and takes a slice only with shard=; "
+                         f"RolloutConfig.first_episode must be 0, got {config.first_episode} (run_rollout runs one env "
+                         f"from another episode)")
     tasks, suite = resolve_tasks(env_spec)
     ranges = None
     if shard is not None:

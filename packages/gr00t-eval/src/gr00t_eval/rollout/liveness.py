@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Optional
 
-from gr00t_client import ServerStoppingError
+from gr00t_client import PolicyClient, ServerStoppingError
 
 from ..policy_identity import ServedPolicyChanged
 
@@ -30,16 +30,11 @@ def ping_quickly(policy: Any, timeout_ms: int = QUICK_PING_MS) -> Optional[bool]
     ping = getattr(policy, "ping", None)
     if ping is None:
         return None
-    original = getattr(policy, "timeout_ms", None)
-    if isinstance(original, int):
-        policy.timeout_ms = min(original, timeout_ms)
     try:
-        return bool(ping())
+        # A budget of this ping's own: the client (maybe shared by threads) keeps its timeout_ms for their calls
+        return bool(ping(timeout_ms=min(policy.timeout_ms, timeout_ms)) if isinstance(policy, PolicyClient) else ping())
     except Exception:  # noqa: BLE001 - a ping that raises is a ping that failed
         return False
-    finally:
-        if isinstance(original, int):
-            policy.timeout_ms = original
 
 
 class ServerWatch:
