@@ -78,6 +78,21 @@ def test_a_data_file_rewritten_alone_is_noticed_naming_it(tmp_path):
         policy.reset({"episode_index": 0})  # the dataset is no longer the one loaded: its other episodes too
 
 
+def test_hidden_files_coming_and_going_in_meta_are_no_change_of_the_dataset(tmp_path):
+    # vim's swap file while info.json is only read, a Finder's .DS_Store: no reader reads them; one that came and
+    # went made every episode not yet read refused until a restart, and changed the dataset's identity.
+    root = make_dataset(tmp_path / "ds", lengths=LENGTHS, cameras=("image",))
+    policy = replay(root)
+    identity = policy.identity()["dataset_meta_sha256"]
+    swap, finder = root / "meta" / ".info.json.swp", root / "meta" / ".DS_Store"
+    swap.write_bytes(b"swap")
+    finder.write_bytes(b"finder")
+    policy.reset({"episode_index": 1})
+    swap.unlink()
+    policy.reset({"episode_index": 2})
+    assert replay(root).identity()["dataset_meta_sha256"] == identity
+
+
 def test_a_served_replay_answers_the_change_as_an_error_reply_naming_the_dataset(tmp_path):
     root = make_dataset(tmp_path / "ds", lengths=LENGTHS, cameras=("image",))
     with running_server(replay(root)) as server:

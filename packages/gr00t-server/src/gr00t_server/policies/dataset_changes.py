@@ -24,8 +24,10 @@ def files_under(folder: Path) -> List[Path]:
 
 
 def meta_files(root: Path) -> List[Path]:
-    """The files a replay's identity hashes: every file under meta/ but stats.json, sorted."""
-    return sorted(p for p in files_under(Path(root) / "meta") if p.name != "stats.json")
+    """The files a replay's identity hashes and its change check watches: every file under meta/ but stats.json and
+    hidden files (an editor's swap file such as .info.json.swp, .DS_Store: no reader reads them, and one that came
+    and went made every episode not yet read refused as 'changed on disk'), sorted."""
+    return sorted(p for p in files_under(Path(root) / "meta") if p.name != "stats.json" and not p.name.startswith("."))
 
 
 def file_signature(path: Path) -> Optional[Signature]:
