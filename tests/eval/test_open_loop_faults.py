@@ -192,6 +192,30 @@ def test_overwrite_takes_the_directory_of_a_run_killed_with_sigkill_only_once_it
     assert list(results(out)["trajectories"]) == ["1"]
 
 
+def test_an_interrupted_run_whose_terminal_has_gone_exits_130_with_its_results(dataset, tmp_path):
+    """stdout and stderr both on a terminal that went away (`& disown`, then the ssh session ended): the last line
+    ("... interrupted") raised EIO on stderr, and the run, its results saved, exited 1 instead of 130."""
+    import pty
+
+    policy = GatedReplay(dataset, execution_horizon=4)
+    master, terminal = pty.openpty()
+    os.close(master)
+    out = tmp_path / "out"
+    with running_server(policy) as gated:
+        run = subprocess.Popen([*OPEN_LOOP_CLI, "open-loop", "--dataset-path", str(dataset), "--port", str(gated.port),
+                                "--no-plots", "--execution-horizon", "4", "--output-dir", str(out)],
+                               stdout=terminal, stderr=terminal, start_new_session=True)
+        os.close(terminal)
+        try:
+            assert policy.waiting.wait(60), "the run never reached the server"
+            run.send_signal(signal.SIGINT)
+            code = run.wait(60)
+        finally:
+            policy.gate.set()
+    assert code == 130
+    assert results(out)["status"] == "interrupted"
+
+
 def test_an_unfinished_claim_from_another_host_is_refused_even_with_overwrite(dataset, server, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()

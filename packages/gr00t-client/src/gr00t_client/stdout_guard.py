@@ -22,8 +22,9 @@ class ClosedPipeTolerantStdout:
     disk: ENOSPC) points file descriptor 1 at /dev/null and carries on, instead of raising in whatever print() came
     next."""
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: Any, warn: bool = True) -> None:
         self._stream = stream
+        self._warn = warn  # not for stderr itself: the warning would go where the failure is
 
     def write(self, text: str) -> int:
         try:
@@ -39,7 +40,7 @@ class ClosedPipeTolerantStdout:
             self._discard_from_now_on(exc)
 
     def _discard_from_now_on(self, exc: OSError) -> None:
-        if not isinstance(exc, BrokenPipeError):  # a reader that left meant it; a lost terminal or a full disk is news
+        if self._warn and not isinstance(exc, BrokenPipeError):  # a reader that left meant it; a lost terminal is news
             logging.getLogger(__name__).warning(
                 "standard output cannot be written (%s): the rest of this command's report is discarded; it carries on",
                 os.strerror(exc.errno) if exc.errno else exc)
@@ -57,6 +58,10 @@ class ClosedPipeTolerantStdout:
 
 
 def guard_stdout() -> None:
-    """Make sys.stdout a ClosedPipeTolerantStdout (once; called by the command lines' main)."""
+    """Make sys.stdout and sys.stderr ClosedPipeTolerantStdout (once; called by the command lines' main). stderr too:
+    with both on a terminal that has gone, an interrupted run's last line ("... interrupted") raised EIO and the run
+    that had saved its results exited 1 instead of 130."""
     if not isinstance(sys.stdout, ClosedPipeTolerantStdout) and sys.stdout is not None:
         sys.stdout = ClosedPipeTolerantStdout(sys.stdout)  # type: ignore[assignment]
+    if not isinstance(sys.stderr, ClosedPipeTolerantStdout) and sys.stderr is not None:
+        sys.stderr = ClosedPipeTolerantStdout(sys.stderr, warn=False)  # type: ignore[assignment]
