@@ -279,7 +279,7 @@ def test_ping_with_a_timeout_of_its_own_keeps_the_clients_timeout_ms():
 @pytest.mark.parametrize("value", [0, -5, "500", None, float("nan"), float("inf"), True])
 def test_a_timeout_ms_set_after_construction_is_checked_as_the_constructor_checks_it(server, value):
     with PolicyClient(port=server.port, timeout_ms=2000) as client:
-        with pytest.raises(ValueError, match=rf"timeout_ms must be a number of milliseconds from 1 to \d+, got "):
+        with pytest.raises(ValueError, match=r"timeout_ms must be a number of milliseconds from 1 to \d+, got "):
             client.timeout_ms = value
         assert client.timeout_ms == 2000 and client.ping() is True
         client.timeout_ms = 1500.7

@@ -9,8 +9,6 @@ import numpy as np
 
 from gr00t_client.modality import ModalityConfig
 
-from .config import Statistics
-
 
 @dataclass(frozen=True)
 class KeyNormParams:
