@@ -18,8 +18,8 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 from gr00t_client.cli_flags import flag as _flag
 
 from .merge_cli import cmd_merge
-from .video_dirs import check_shard_video_dir, check_video_dir, check_writable, delete_episode_videos, within
 from .run_summary import errors_exit, format_summary, print_errored_episodes, print_incomplete
+from .video_dirs import check_shard_video_dir, check_video_dir, check_writable, delete_episode_videos, within
 
 logger = logging.getLogger(__name__)
 
