@@ -88,6 +88,16 @@ def test_a_job_whose_arena_env_args_and_own_env_kwargs_disagree_fails_naming_bot
         "with different values; give one of them")
 
 
+def test_two_env_names_in_one_jobs_arena_env_args_fail_naming_both(servers, tmp_path):
+    # The first one found was the env and the other went to the env as a keyword argument (task=walkto/fast).
+    a, _ = servers
+    records = run_batch(tmp_path, {**SMALL, "n_episodes": 1, "policy_server": {"port": a.port}}, [
+        {"name": "two-names", "arena_env_args": {"environment": "walkto/slow", "task": "walkto/fast"}}], expected_code=1)
+    assert records["two-names"]["reason"] == (
+        "invalid job: job 'two-names': 'arena_env_args.environment' ('walkto/slow') and 'arena_env_args.task' "
+        "('walkto/fast') both given with different values; give one of them")
+
+
 def test_a_jobs_env_kwargs_replace_the_defaults_env_kwargs_as_a_whole(servers, tmp_path):
     a, _ = servers
     defaults = {**SMALL, "n_episodes": 7, "max_episode_steps": 4, "policy_server": {"port": a.port},

@@ -81,6 +81,16 @@ def test_an_embodiment_tag_the_py_config_does_not_register_is_refused_naming_its
         "'libero_sim'; choose one of them as the embodiment tag (--embodiment-tag), or leave it out when there is one\n")
 
 
+def test_a_py_config_registering_nothing_is_refused_under_a_built_in_tag(dataset, tmp_path, capsys):
+    config = tmp_path / "forgot_cfg.py"  # its configs made, register_modality_config forgotten
+    config.write_text("from gr00t_client import ModalityConfig\nconfigs = {'action': ModalityConfig([0], ['arm'])}\n")
+    assert main(["serve", "--dataset-path", str(dataset), "--modality-config-path", str(config), "--port", "1",
+                 "--embodiment-tag", "libero_sim"]) == 2  # libero_sim's built-in configs stood in for the file's
+    assert capsys.readouterr().err == (
+        f"gr00t-server serve: error: {config}: registers no modality configs; expected a .py file that calls "
+        "register_modality_config(tag, configs) (the built-in configs of 'libero_sim' would stand in for the file's)\n")
+
+
 def test_a_py_config_that_raises_is_one_line_naming_the_file_and_the_exception_exit_2(dataset, tmp_path, capsys):
     config = tmp_path / "broken_cfg.py"
     config.write_text("from gr00t_client import ModalityConfig\nModalityConfig(delta_indices=[0], no_such_field=1)\n")

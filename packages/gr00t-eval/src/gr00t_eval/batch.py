@@ -178,10 +178,10 @@ def _layer(who: str, raw: Mapping[str, Any], prefix: str = "", job_name: Optiona
         if not isinstance(env_args, Mapping):
             raise JobError(f"{who}: {prefix + 'arena_env_args'!r} must be an object, got {env_args!r}", job_name)
         env_args = dict(env_args)
-        for key in ARENA_ENV_NAME_KEYS:
-            if key in env_args:
-                _set_once(who, layer, "env_name", env_args.pop(key), given_as, f"{prefix}arena_env_args.{key}", job_name)
-                break
+        # Each of these names the env: two are two env names (the first won, the other went to the env as a keyword
+        # argument), refused by _set_once when they differ
+        for key in [key for key in ARENA_ENV_NAME_KEYS if key in env_args]:
+            _set_once(who, layer, "env_name", env_args.pop(key), given_as, f"{prefix}arena_env_args.{key}", job_name)
         if env_args:
             overrides["env_kwargs"] = _fold_into(who, overrides.get("env_kwargs", {}), f"{prefix}overrides.env_kwargs",
                                                  "an object of keyword arguments",

@@ -69,6 +69,7 @@ MODALITY_CONFIGS: Dict[str, ModalityConfigs] = {
         "annotation.human.action.task_description",
     ),
 }
+_BUILT_IN_TAGS = frozenset(MODALITY_CONFIGS)  # a .py config file registering none of its own must not get these
 
 _lock = threading.Lock()
 _recorded: Optional[List[str]] = None  # tags registered while a .py config file is being imported
@@ -195,6 +196,10 @@ def _load_python(path: Path, tag: Optional[Union[EmbodimentTag, str]]) -> Tuple[
     tags = sorted(set(recorded))
     if tag is not None:
         key = _tag_key(tag)
+        if not tags and key in _BUILT_IN_TAGS:  # a file that forgot register_modality_config: the same stand-in
+            raise ValueError(f"{path}: registers no modality configs; expected a .py file that calls "
+                             f"register_modality_config(tag, configs) (the built-in configs of {key!r} would stand in "
+                             "for the file's)")
         if tags and key not in tags:  # a built-in tag's configs would silently stand in for the file's
             raise ValueError(f"{path}: registers modality configs for the tags {tags}, not for {key!r}; choose one of "
                              "them as the embodiment tag (--embodiment-tag), or leave it out when there is one")
