@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -196,7 +197,7 @@ def test_without_output_dir_each_run_gets_a_new_dated_folder(dataset, tmp_path, 
                                 report=lines.append, progress=False)
     assert first.results_path.parent != second.results_path.parent
     assert second.results_path.parent.parent.parent == tmp_path / "base"  # base/YYYY-MM-DD/HH-MM-SS_<dataset>
-    assert second.results_path.parent.name.endswith("_ds")
+    assert re.fullmatch(r"\d\d-\d\d-\d\d_ds(-\d+)?", second.results_path.parent.name)  # -2: the same second
     assert sorted(p.name for p in second.results_path.parent.iterdir()) == ["results.json", "traj_0.jpeg"]
     assert f"Output directory: {second.results_path.parent}" in lines
     assert json.loads(first.results_path.read_text())["aggregated"]["avg_mse"] == pytest.approx(1.0)
