@@ -29,9 +29,9 @@ $(STAMP): constraints.txt requirements-dev.txt packages/gr00t-client/pyproject.t
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) --upgrade pip setuptools wheel
 	$(PIP_INSTALL) $(TORCH_INDEX) '$(TORCH_SPEC)'
-	$(PY) -c "import torch; print('torch', torch.__version__, '- CUDA', torch.version.cuda or 'none (CPU build)')"
 	$(PIP_INSTALL) -e packages/gr00t-client -e 'packages/gr00t-eval[plots,sim,pusht,ray]' \
 		-e 'packages/gr00t-server[replay,onnx,metrics]' -r requirements-dev.txt
+	$(PY) -c "import torch; print('torch', torch.__version__, '- CUDA', torch.version.cuda or 'none (CPU build)')"
 	touch $(STAMP)
 
 test: install lint
