@@ -361,22 +361,20 @@ class JobRunner:
         known_info = (exc.info is not None and getattr(exc, "policy", None) is policy
                       and type(policy).get_action is BasePolicy.get_action)
         try:
-            parts = batching.split_result(exc.action, {}, rows, None)
-            infos = (None if not known_info else
-                     [info for _, info in batching.split_result(exc.action, exc.info, rows,
-                                                                batching.declared_per_row_info_keys(policy))])
+            parts = (batching.split_result(exc.action, exc.info, rows, batching.declared_per_row_info_keys(policy))
+                     if known_info else batching.split_result(exc.action, {}, rows, None))
         except Exception:
             return None
         policy_ms = (time.monotonic() - started) * 1000.0
         stages = policy_stages(policy)
         clean = []
-        for index, (request, observation, (part_action, _)) in enumerate(zip(valid, observations, parts)):
+        for request, observation, (part_action, part_info) in zip(valid, observations, parts):
             try:  # as unbatched: the server's words (key, rows, likely cause) for a NaN row
                 work_limits.check_finite_action(part_action, observation)
             except Exception as error:
                 replies.append((request, self.error_frames(request, error)))
                 continue
-            if infos is None:  # no info to answer with: its action is computed again
+            if not known_info:  # no info to answer with: its action is computed again
                 clean.append(request)
                 continue
             request.timing = stages
@@ -385,7 +383,7 @@ class JobRunner:
             except Exception as error:
                 replies.append((request, self.error_frames(request, error)))
                 continue
-            replies.append(self.result_frames(request, [part_action, infos[index]], policy_ms, len(valid),
+            replies.append(self.result_frames(request, [part_action, part_info], policy_ms, len(valid),
                                               policy_started=started))
         return clean
 
