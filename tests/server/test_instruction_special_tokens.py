@@ -60,3 +60,22 @@ def test_special_tokens_are_kept_out_by_formalization_when_it_is_on(tiny_checkpo
     assert policy.processor.config.formalize_language
     action, _ = policy.get_action(_with_instruction(tiny_checkpoint, "look at <|image_pad|> and pick")[0])
     assert action
+
+
+def test_a_special_token_formalization_keeps_is_found_in_the_formalized_instruction(copy_of):
+    """A special token without punctuation survives formalization: 'Then ENDOFCHUNK.' becomes 'then endofchunk',
+    which holds it, so it is refused with formalize_language on too."""
+    from transformers import AutoTokenizer
+
+    checkpoint = copy_of()
+    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+    tokenizer.add_special_tokens({"additional_special_tokens": ["endofchunk"]})
+    tokenizer.save_pretrained(str(checkpoint))
+    policy = Gr00tPolicy(checkpoint, "new_embodiment", device="cpu")
+    assert policy.processor.config.formalize_language and "endofchunk" in policy.processor.reserved_tokens
+    observation, key = _with_instruction(checkpoint, "Pick the bowl. Then ENDOFCHUNK.")
+    with pytest.raises(ObservationError, match=rf"language\['{key}'\] row 0 holds the backbone's reserved token\(s\) "
+                                               r"\['endofchunk'\]"):
+        policy.get_action(observation)
+    action, _ = policy.get_action(_with_instruction(checkpoint, "look at <|image_pad|> and pick")[0])
+    assert action

@@ -71,6 +71,9 @@ class Gr00tN1d7Processor:
         if tokenizer is not None:
             tokenizer.padding_side = "left"
         self.reserved_tokens = reserved_tokens(tokenizer)
+        # A formalized instruction is lower-case without punctuation: only such tokens can occur in one.
+        self._reserved_plain_tokens = tuple(token for token in self.reserved_tokens
+                                            if formalize_language(token) == token)
         if self.statistics_errors:
             logger.warning("embodiments %s cannot be served: their statistics are invalid (%s)",
                            sorted(self.statistics_errors), next(iter(self.statistics_errors.values())))
@@ -289,8 +292,12 @@ class Gr00tN1d7Processor:
         """The backbone's special tokens (self.reserved_tokens) in the instruction as the prompt would hold it: with
         formalize_language off, '<|image_pad|>' in it was read as one more image placeholder, '<|video_pad|>' broke
         the rope index inside transformers."""
-        text = formalize_language(language) if self.config.formalize_language else language
-        return [token for token in self.reserved_tokens if token in text]
+        if not self.config.formalize_language:
+            return [token for token in self.reserved_tokens if token in language]
+        if not self._reserved_plain_tokens:  # the usual case: every special token holds punctuation ('<|...|>')
+            return []
+        text = formalize_language(language)
+        return [token for token in self._reserved_plain_tokens if token in text]
 
     def build_prompt(self, language: str, num_images: int) -> str:
         """Formalize the instruction and render the chat template with `num_images` images before it (cached)."""
