@@ -40,3 +40,41 @@ def test_a_quick_ping_leaves_the_shared_clients_timeout_to_the_other_threads_cal
             assert seen_while_pinging == 5000
             assert answers == [{"which": "slow"}, {"which": "slow"}]
             assert client.timeout_ms == 5000
+
+
+class _RemotePolicy:
+    """A team's own wrapper around a client: not a PolicyClient, but its ping takes a budget."""
+
+    def __init__(self, client):
+        self.client = client
+        self.timeout_ms = client.timeout_ms
+        self.budgets = []
+
+    def ping(self, timeout_ms=None):
+        self.budgets.append(timeout_ms)
+        return self.client.ping(timeout_ms=timeout_ms)
+
+
+def test_a_wrapper_whose_ping_takes_a_budget_gets_the_quick_one_not_its_clients_minute():
+    """Only PolicyClient itself got the short budget: a wrapper's ping of a dead server waited its client's 60 s."""
+    from serving import free_port
+
+    with PolicyClient("127.0.0.1", free_port(), timeout_ms=60000) as client:
+        wrapper = _RemotePolicy(client)
+        answers = []
+        pinger = threading.Thread(target=lambda: answers.append(ping_quickly(wrapper, PING_MS)), daemon=True)
+        pinger.start()
+        pinger.join(20)
+        assert answers == [False] and wrapper.budgets == [PING_MS]
+
+
+def test_a_ping_without_a_budget_parameter_is_called_plainly():
+    class Plain:
+        timeout_ms = 60000
+        calls = 0
+
+        def ping(self):
+            Plain.calls += 1
+            return True
+
+    assert ping_quickly(Plain(), PING_MS) is True and Plain.calls == 1

@@ -8,10 +8,11 @@ stops the run with `PolicyServerUnreachableError`.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any, Optional
 
-from gr00t_client import PolicyClient, ServerStoppingError
+from gr00t_client import ServerStoppingError
 
 from ..policy_identity import ServedPolicyChanged
 
@@ -26,15 +27,29 @@ class PolicyServerUnreachableError(ConnectionError):
 
 
 def ping_quickly(policy: Any, timeout_ms: int = QUICK_PING_MS) -> Optional[bool]:
-    """Ping a PolicyClient-like policy with a short timeout; None for policies without `ping` (in-process)."""
+    """Ping a PolicyClient-like policy with a short timeout; None for policies without `ping` (in-process).
+
+    A `ping` that takes `timeout_ms` (PolicyClient's does) gets a budget of this ping's own, never longer than the
+    policy's own `timeout_ms`: the client, maybe shared by threads, keeps its timeout for their calls."""
     ping = getattr(policy, "ping", None)
     if ping is None:
         return None
     try:
-        # A budget of this ping's own: the client (maybe shared by threads) keeps its timeout_ms for their calls
-        return bool(ping(timeout_ms=min(policy.timeout_ms, timeout_ms)) if isinstance(policy, PolicyClient) else ping())
+        if not _takes_timeout_ms(ping):
+            return bool(ping())
+        own = getattr(policy, "timeout_ms", None)
+        return bool(ping(timeout_ms=min(own, timeout_ms) if isinstance(own, int) and own > 0 else timeout_ms))
     except Exception:  # noqa: BLE001 - a ping that raises is a ping that failed
         return False
+
+
+def _takes_timeout_ms(function: Any) -> bool:
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # a builtin or extension callable without a signature
+        return False
+    return any(p.name == "timeout_ms" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) or p.kind == p.VAR_KEYWORD
+               for p in parameters)
 
 
 class ServerWatch:
