@@ -19,7 +19,7 @@ from gr00t_eval import cli
 from gr00t_eval.cli import OPEN_LOOP_RUN_FILENAME
 from gr00t_eval.record import RECORD_CLAIM
 from gr00t_eval.run_dir import RUN_FILENAME
-from gr00t_eval.scale_cli import BATCH_CLAIM_FILENAME
+from gr00t_eval.batch_cli import BATCH_CLAIM_FILENAME
 from test_batch_merge_outputs import claim_by, write_jobs
 from test_run_dir_leftovers import ended_pid
 

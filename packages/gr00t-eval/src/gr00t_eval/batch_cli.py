@@ -1,0 +1,148 @@
+"""`gr00t-eval batch`: claim the batch's folder (a new one, or --resume's), claim its jobs' video folders, run the jobs
+(batch.run_batch) and print the table; exit 1 when a job failed, 130 when interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, List, Optional, Tuple
+
+from .batch import BATCH_RESULTS_FILENAME, JobError, format_table, job_video_dirs, load_jobs, run_batch
+from .cli_errors import UsageError
+from .run_claim import (claim_lock_name, claim_output_dir, claim_video_dir, finish_claim, refuse_live_claim,
+                        refuse_live_claims, take_claim)
+from . import run_dir  # its folder helpers looked up when called (tests stand in for them there)
+from .run_dir import INTERRUPTED_EXIT_CODE, OutputDirError, is_storage_error, sigterm_as_interrupt
+from .video_dirs import check_video_dir, delete_episode_videos, within
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BATCH_DIR = "/tmp/gr00t_batch_eval"
+BATCH_CLAIM_FILENAME = "batch.json"  # who runs the batch in a folder (run_claim), so no second batch empties or joins it
+
+# (jobs, output_dir, the batch claim, the earlier batch_results.json when resumed)
+_Batch = Tuple[List[Any], Path, Path, Optional[Any]]
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    """`gr00t-eval batch`: run the jobs, print the table; exit 1 when a job failed, 130 when interrupted."""
+    try:
+        jobs, output_dir, claim, previous = _resumed_batch(args) if args.resume else _new_batch(args)
+    except (JobError, OutputDirError) as exc:
+        raise UsageError(str(exc)) from None
+    video_claims = _claim_job_videos(jobs, output_dir, claim)
+    path = output_dir / BATCH_RESULTS_FILENAME
+    outcome = "error"
+    try:
+        with sigterm_as_interrupt():
+            batch = run_batch(jobs, path, previous=previous)
+        outcome = "complete"
+    except OSError as exc:
+        if not is_storage_error(exc):
+            raise
+        raise SystemExit(f"{exc}: the batch stopped there; the jobs done before it are kept in "
+                         f"{path} and the running job's finished episodes in its folder under {output_dir / 'jobs'}; "
+                         f"free space, then continue with: gr00t-eval batch --resume {output_dir}") from None
+    except KeyboardInterrupt:
+        outcome = "interrupted"
+        batch = json.loads(path.read_text())
+        print(format_table(batch))
+        print(f"INTERRUPTED: {batch['n_pending']} jobs pending (continue with: gr00t-eval batch --resume {output_dir})")
+        print(f"Results: {path}")
+        return INTERRUPTED_EXIT_CODE
+    finally:  # a later --overwrite or --resume may take the folder (and the video folders) now
+        for held in [*video_claims, claim]:
+            finish_claim(held, outcome)
+    print(format_table(batch))
+    print(f"Results: {path}")
+    return 1 if batch["n_failed"] else 0
+
+
+def _resumed_batch(args: argparse.Namespace) -> _Batch:
+    """--resume DIR: its own jobs.json and batch_results.json, read before the claim is taken (a damaged file leaves
+    no claim behind)."""
+    given = [flag for flag, value in (("--jobs", args.jobs), ("--output-dir", args.output_dir),
+                                      ("--overwrite", args.overwrite)) if value]
+    if given:
+        raise UsageError(f"--resume DIR continues the batch in DIR with its own jobs.json; {' and '.join(given)} "
+                         f"cannot be given with it (to change a job, edit {Path(args.resume) / 'jobs.json'})")
+    output_dir = Path(args.resume)
+    jobs_path = output_dir / "jobs.json"
+    if not (output_dir / BATCH_RESULTS_FILENAME).is_file() or not jobs_path.is_file():
+        raise UsageError(f"--resume {output_dir}: no {BATCH_RESULTS_FILENAME} and jobs.json there (is it a batch --output-dir?)")
+    refuse_live_claim(output_dir, BATCH_CLAIM_FILENAME, flag="--resume")
+    jobs = load_jobs(jobs_path)
+    results_path = output_dir / BATCH_RESULTS_FILENAME
+    try:
+        previous = json.loads(results_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--resume {output_dir}: {results_path} cannot be read ({type(exc).__name__}: {exc}); "
+                         "each job's own results and episodes are in jobs/<name>/ (start a new batch, or "
+                         f"restore {BATCH_RESULTS_FILENAME})") from None
+    jobs_done = previous.get("jobs", []) if isinstance(previous, dict) else None
+    if not isinstance(jobs_done, list) or not all(isinstance(job, dict) for job in jobs_done):
+        raise UsageError(f"--resume {output_dir}: {results_path} holds no batch results (an object whose "
+                         "'jobs' is a list of job records)")
+    # Under the claim's lock: of two resumes started at once, one runs and the other is refused.
+    claim = take_claim(output_dir, BATCH_CLAIM_FILENAME, {"resumed": True}, flag="--resume")
+    return jobs, output_dir, claim, previous
+
+
+def _new_batch(args: argparse.Namespace) -> _Batch:
+    """--jobs FILE into --output-dir (or a new dated folder): refused before any folder is made or emptied when the
+    job file, the folder or a job's video folder cannot be used."""
+    if not args.jobs:
+        raise UsageError("batch needs --jobs FILE (or --resume DIR to continue a batch)")
+    if not Path(args.jobs).is_file():
+        raise UsageError(f"--jobs {args.jobs}: no such file")
+    jobs = load_jobs(args.jobs)
+    if args.output_dir:
+        refuse_live_claims(args.output_dir)  # never empty a folder a batch (or any other run) still runs in
+    # As rollout: videos of two runs never sit under the same names (refused, or deleted with --overwrite once the
+    # folder is claimed).
+    earlier_videos = {video_dir: check_video_dir(video_dir, Path(args.output_dir) if args.output_dir else None,
+                                                  args.overwrite, label="a job's video_dir")
+                      for video_dir in job_video_dirs(jobs)}
+    if args.output_dir:
+        # Claimed before anything is emptied, and the claim is kept while the folder is emptied: of two batches
+        # racing into one folder (--overwrite), one runs and the other is refused, whatever the timing.
+        output_dir, keep = Path(args.output_dir), (BATCH_CLAIM_FILENAME, claim_lock_name(BATCH_CLAIM_FILENAME))
+        run_dir.check_output_dir(output_dir, args.overwrite, keep=keep)  # the usual refusals, before any claim
+        output_dir.mkdir(parents=True, exist_ok=True)
+        claim = take_claim(output_dir, BATCH_CLAIM_FILENAME, {"jobs_file": str(args.jobs)})
+        try:
+            run_dir.prepare_output_dir(output_dir, overwrite=args.overwrite, keep=keep)
+        except BaseException:
+            finish_claim(claim, "error")
+            raise
+    else:
+        output_dir = run_dir.make_fresh_dated_output_dir(DEFAULT_BATCH_DIR, "batch")
+        claim = claim_output_dir(output_dir, BATCH_CLAIM_FILENAME, {"jobs_file": str(args.jobs)})
+    for video_dir, videos in earlier_videos.items():
+        if videos:
+            logger.warning("deleting %d episode videos of an earlier run from %s (--overwrite)", len(videos), video_dir)
+            delete_episode_videos(video_dir, videos)
+    jobs_path = output_dir / "jobs.json"
+    shutil.copyfile(args.jobs, jobs_path)
+    shutil.copymode(args.jobs, jobs_path)  # a job file kept 0600 for its inline token or key stays so
+    return jobs, output_dir, claim, None
+
+
+def _claim_job_videos(jobs: List[Any], output_dir: Path, claim: Path) -> List[Path]:
+    """Claim each job's video folder outside the batch's while the batch runs (as rollout's own); on a refusal the
+    claims taken, the batch's included, are let go."""
+    video_claims: List[Path] = []
+    try:
+        for video_dir in job_video_dirs(jobs):
+            if not within(video_dir, output_dir):
+                video_claims.append(claim_video_dir(video_dir, f"batch {os.path.abspath(output_dir)}",
+                                                    flag="a job's video_dir"))
+    except OutputDirError as exc:
+        for held in [*video_claims, claim]:
+            finish_claim(held, "error")
+        raise UsageError(str(exc)) from None
+    return video_claims
