@@ -260,7 +260,8 @@ def test_gr00t_eval_flags_and_environment_connect_to_a_curve_server(keys, monkey
 
 
 def test_batch_jobs_take_curve_keys_in_policy_server(keys):
-    from gr00t_eval.batch import JobError, _server, connect
+    from gr00t_eval.batch import JobError, connect
+    from gr00t_eval.batch_jobs import _server
 
     with curve_server(keys) as server:
         address = _server("job", {"port": server.port, "server_public_key": keys["server"], "client_key": keys["robot"]})

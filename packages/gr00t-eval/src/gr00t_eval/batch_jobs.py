@@ -1,0 +1,363 @@
+"""The batch job file (docs/batch-jobs.md): parse and check each job, layering `defaults` under the job's own
+settings; IsaacLab-Arena's field names are accepted as aliases (ARENA_ALIASES). A job that cannot run becomes a
+JobError naming it and why, so the other jobs still run."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from gr00t_client.client import MAX_TIMEOUT_MS
+
+from .rollout.config import MAX_EPISODES, RolloutConfig, check_env_timeout
+
+JOB_KEYS = {"name", "env_name", "policy_server", "n_episodes", "max_episode_steps", "n_envs", "seed", "overrides", "policy_type"}
+# IsaacLab-Arena job fields -> ours (policy_config_dict and arena_env_args are translated in _layer).
+ARENA_ALIASES = {"num_episodes": "n_episodes", "num_envs": "n_envs", "num_steps": "max_episode_steps"}
+ARENA_SERVER_KEYS = {"host": "host", "remote_host": "host", "port": "port", "remote_port": "port",
+                     "api_token": "api_token", "api_token_env": "api_token_env", "timeout_ms": "timeout_ms"}
+ARENA_ENV_NAME_KEYS = ("env_name", "environment", "task")
+# The rollout settings that are job fields of their own; given in `overrides` they are read as those fields.
+TOP_LEVEL_SETTINGS = ("n_episodes", "max_episode_steps", "n_envs", "seed")
+# Arena's policy_type values for a GR00T policy, which here is always the server in policy_server: the
+# registered names of its GR00T client of a GR00T policy server and of its in-process GR00T policy, and the
+# classes (dotted module.Class paths, any module) of those and of its remote chunking client. Arena's other
+# policies (zero_action, replay, rsl_rl, ...) run inside the simulator, not against a policy server.
+ARENA_GR00T_POLICY_NAMES = ("gr00t_remote_closedloop", "gr00t_closedloop")
+ARENA_GR00T_POLICY_CLASSES = ("Gr00tRemoteClosedloopPolicy", "Gr00tClosedloopPolicy", "ActionChunkingClientSidePolicy")
+SERVER_KEYS = {"host", "port", "api_token", "api_token_env", "timeout_ms", "server_public_key", "client_key"}
+# first_episode is a shard's own (rollout --shard sets it); a job's episodes are numbered from 0.
+CONFIG_FIELDS = {f.name for f in dataclasses.fields(RolloutConfig)} - {"env_name", "first_episode"}
+DEFAULT_TIMEOUT_MS = 15000
+
+
+class JobError(ValueError):
+    """A job's description is invalid (the message names the job and the field); `job_name` when it has one."""
+
+    def __init__(self, message: str, job_name: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.job_name = job_name
+
+
+@dataclass(frozen=True)
+class PolicyServerAddress:
+    """Where a job's policy server listens, and how to authenticate."""
+
+    host: str
+    port: int
+    api_token: Optional[str] = None
+    timeout_ms: int = DEFAULT_TIMEOUT_MS
+    server_public_key: Optional[str] = None  # CURVE: the server's .key file or z85 key
+    client_key: Optional[str] = None  # CURVE: this client's .key_secret file or z85 secret key
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One rollout of the batch: env names or suites, a policy server and the RolloutConfig fields to set."""
+
+    name: str
+    env_name: str
+    server: PolicyServerAddress
+    config: Dict[str, Any] = field(default_factory=dict)
+
+    def rollout_config(self) -> RolloutConfig:
+        """The rollout settings of this job (its env_name and config)."""
+        return RolloutConfig(env_name=self.env_name, **self.config)
+
+
+def _server(name: str, raw: Any) -> PolicyServerAddress:
+    if not isinstance(raw, Mapping):
+        raise JobError(f"job {name!r}: 'policy_server' must be an object with 'host' and 'port', got {raw!r}")
+    unknown = set(raw) - SERVER_KEYS
+    if unknown:
+        raise JobError(f"job {name!r}: unknown policy_server fields {sorted(unknown)}; allowed: {sorted(SERVER_KEYS)}")
+    if "port" not in raw:
+        raise JobError(f"job {name!r}: policy_server needs a 'port'")
+    token = raw.get("api_token")
+    if raw.get("api_token_env"):
+        token = os.environ.get(str(raw["api_token_env"]))
+        if token is None:
+            raise JobError(f"job {name!r}: environment variable {raw['api_token_env']!r} (api_token_env) is not set")
+    if raw.get("client_key") and not raw.get("server_public_key"):
+        raise JobError(f"job {name!r}: policy_server 'client_key' needs 'server_public_key'")
+    port, timeout_ms = raw["port"], raw.get("timeout_ms", DEFAULT_TIMEOUT_MS)
+    port, timeout_ms = (int(v) if isinstance(v, str) and v.strip().isdigit() else v for v in (port, timeout_ms))  # "5555"
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise JobError(f"job {name!r}: policy_server 'port' must be an int from 1 to 65535, got {port!r}")
+    if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int) or not 1 <= timeout_ms <= MAX_TIMEOUT_MS:
+        raise JobError(f"job {name!r}: policy_server 'timeout_ms' must be an int from 1 to {MAX_TIMEOUT_MS}, got {timeout_ms!r}")
+    host = raw.get("host", "127.0.0.1")
+    if not isinstance(host, str) or not host.strip():
+        raise JobError(f"job {name!r}: policy_server 'host' must be a host name or IP address, got {host!r}")
+    return PolicyServerAddress(host, port, token, timeout_ms,
+                               raw.get("server_public_key"), raw.get("client_key"))
+
+
+def _set_once(who: str, target: Dict[str, Any], key: str, value: Any, given_as: Dict[str, str], field_name: str,
+              job_name: Optional[str]) -> None:
+    """target[key] = value, refusing a second, different value for the same setting within one layer."""
+    if key in target and target[key] != value:
+        raise JobError(f"{who}: {given_as[key]!r} ({target[key]!r}) and {field_name!r} ({value!r}) both given with "
+                       "different values; give one of them", job_name)
+    target[key] = value
+    given_as.setdefault(key, field_name)
+
+
+def _fold_into(who: str, base: Any, base_field: str, expected: str, extra: Sequence[Tuple[str, Any, str]],
+               extra_field: str, job_name: Optional[str]) -> Dict[str, Any]:
+    """The object `base` (given as `base_field`) with `extra`'s (key, value, the key as given under `extra_field`)
+    set into it, refusing a second, different value for one key (from either)."""
+    if not isinstance(base, Mapping):
+        raise JobError(f"{who}: {base_field!r} must be {expected}, got {base!r}", job_name)
+    folded, given_as = dict(base), {key: f"{base_field}.{key}" for key in base}
+    for key, value, given in extra:
+        _set_once(who, folded, key, value, given_as, f"{extra_field}.{given}", job_name)
+    return folded
+
+
+def _layer(who: str, raw: Mapping[str, Any], prefix: str = "", job_name: Optional[str] = None) -> Dict[str, Any]:
+    """One layer (the defaults alone, or a job alone) in our field names: IsaacLab-Arena's fields (num_* counts,
+    policy_config_dict, arena_env_args) and the top-level settings given in `overrides` are translated, and two
+    different values for one setting within the layer are refused (a layer's aliases never beat its own fields)."""
+    layer = {k: v for k, v in raw.items()
+             if k not in ARENA_ALIASES and k not in ("policy_config_dict", "arena_env_args", "overrides")}
+    given_as = {key: prefix + key for key in layer}
+    overrides = raw.get("overrides")
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise JobError(f"{who}: {prefix + 'overrides'!r} must be an object of rollout settings, got {overrides!r}", job_name)
+    overrides = dict(overrides or {})
+    for arena, ours in ARENA_ALIASES.items():
+        if arena in raw:
+            _set_once(who, layer, ours, raw[arena], given_as, prefix + arena, job_name)
+    for key in TOP_LEVEL_SETTINGS:
+        if key in overrides:
+            _set_once(who, layer, key, overrides.pop(key), given_as, f"{prefix}overrides.{key}", job_name)
+    config = raw.get("policy_config_dict")
+    if config is not None:
+        if not isinstance(config, Mapping):
+            raise JobError(f"{who}: {prefix + 'policy_config_dict'!r} must be an object, got {config!r}", job_name)
+        for key in config:
+            if key not in ARENA_SERVER_KEYS:
+                raise JobError(f"{who}: policy_config_dict key {key!r} has no meaning for a remote policy server; "
+                               f"allowed: {sorted(ARENA_SERVER_KEYS)} (model settings belong to `gr00t-server serve`)",
+                               job_name)
+        server = [(ARENA_SERVER_KEYS[key], value, key) for key, value in config.items()]
+        layer["policy_server"] = _fold_into(who, layer.get("policy_server", {}), f"{prefix}policy_server",
+                                            "an object with 'host' and 'port'", server, f"{prefix}policy_config_dict",
+                                            job_name)
+    env_args = raw.get("arena_env_args")
+    if env_args is not None:
+        if not isinstance(env_args, Mapping):
+            raise JobError(f"{who}: {prefix + 'arena_env_args'!r} must be an object, got {env_args!r}", job_name)
+        env_args = dict(env_args)
+        # Each of these names the env: two are two env names (the first won, the other went to the env as a keyword
+        # argument), refused by _set_once when they differ
+        for key in [key for key in ARENA_ENV_NAME_KEYS if key in env_args]:
+            _set_once(who, layer, "env_name", env_args.pop(key), given_as, f"{prefix}arena_env_args.{key}", job_name)
+        if env_args:
+            overrides["env_kwargs"] = _fold_into(who, overrides.get("env_kwargs", {}), f"{prefix}overrides.env_kwargs",
+                                                 "an object of keyword arguments",
+                                                 [(key, value, key) for key, value in env_args.items()],
+                                                 f"{prefix}arena_env_args", job_name)
+    layer["overrides"] = overrides
+    return layer
+
+
+def check_policy_type(name: str, policy_type: Any) -> None:
+    """Arena's `policy_type`: accept the values that mean a GR00T policy (served by policy_server); refuse the rest."""
+    text = str(policy_type) if isinstance(policy_type, str) else None
+    if text is not None and (text in ARENA_GR00T_POLICY_NAMES
+                             or ("." in text and text.rsplit(".", 1)[1] in ARENA_GR00T_POLICY_CLASSES)):
+        return
+    accepted = ", ".join([*ARENA_GR00T_POLICY_NAMES, *(f"<module>.{cls}" for cls in ARENA_GR00T_POLICY_CLASSES)])
+    hint = ("serve the dataset with `gr00t-server serve --dataset-path` and evaluate that server" if text == "replay"
+            else "gr00t-eval batch always evaluates the GR00T policy server in policy_server; leave policy_type out")
+    raise JobError(f"job {name!r}: policy_type {policy_type!r} is not a GR00T policy server client; accepted: {accepted} "
+                   f"({hint})", name)
+
+
+# Whole-number settings and their least value, checked as `gr00t-eval rollout` checks its flags (a typo such as
+# n_episodes 0 would otherwise run nothing and mark the job done). seed and max_episodes_rendered may also be null.
+COUNT_MINIMUMS = {"n_episodes": 1, "max_episode_steps": 1, "n_envs": 0, "n_action_steps": 1, "seed": 0,
+                  "max_episodes_rendered": 0, "steps_per_frame": 1, "video_fps": 1}
+NULLABLE_COUNTS = ("seed", "max_episodes_rendered")
+
+
+def check_counts(name: str, config: Mapping[str, Any]) -> None:
+    """JobError naming the job and the field when a count setting is not a whole number at least its minimum (or
+    env_timeout_s not a positive number of seconds)."""
+    for key, least in COUNT_MINIMUMS.items():
+        if key not in config or (config[key] is None and key in NULLABLE_COUNTS):
+            continue
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            where = key if key in JOB_KEYS else f"override {key}"
+            raise JobError(f"job {name!r}: {where} must be a whole number >= {least}"
+                           f"{' (0 = auto)' if key == 'n_envs' else ''}, got {value!r}", name)
+    if isinstance(config.get("n_episodes"), int) and config["n_episodes"] > MAX_EPISODES:
+        raise JobError(f"job {name!r}: n_episodes must be at most {MAX_EPISODES:,}, got {config['n_episodes']!r}", name)
+    timeout = config.get("env_timeout_s")
+    try:
+        check_env_timeout(timeout, "override env_timeout_s", no_limit="null")
+    except ValueError as exc:
+        raise JobError(f"job {name!r}: {exc}", name) from None
+    check_setting_types(name, config)
+
+
+def check_setting_types(name: str, config: Mapping[str, Any]) -> None:
+    """JobError for a non-count override of the wrong type: JSON's "false" is a string, and a string is true, so
+    `"terminate_on_success": "false"` ran with it on while the saved config said 'false'."""
+    from gr00t_client.chunking import MERGE_RULES
+
+    from .rollout.config import CLIENT_CHUNKING_MODES
+
+    choices = {"vectorization": ("auto", "sync", "async"), "client_chunking": CLIENT_CHUNKING_MODES,
+               "chunk_merge": tuple(MERGE_RULES)}
+    for key, value in config.items():
+        problem = None
+        if key == "terminate_on_success" and not isinstance(value, bool):
+            problem = "true or false"
+        elif key in choices and value not in choices[key]:
+            problem = f"one of {', '.join(repr(c) for c in choices[key])}"
+        elif key == "env_kwargs" and not isinstance(value, Mapping):
+            problem = "an object of keyword arguments"
+        elif key == "video_dir" and value is not None and (not isinstance(value, str) or not value.strip()):
+            problem = "a folder path, or null"
+        elif key == "rtc_frozen_steps" and value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                                                   or value < 0):
+            problem = "a whole number >= 0, or null"
+        if problem is not None:
+            raise JobError(f"job {name!r}: override {key} must be {problem}, got {value!r}", name)
+    if config.get("client_chunking", "off") == "async" and isinstance(config.get("n_action_steps"), int) \
+            and config["n_action_steps"] < 2:
+        raise JobError(f"job {name!r}: override client_chunking 'async' needs n_action_steps >= 2 (a prefetch of a "
+                       "one-step chunk always comes after its step); use 'sync'", name)
+    if config.get("client_chunking", "off") != "async":  # as `rollout` refuses the same flags
+        if config.get("rtc_frozen_steps") is not None:
+            raise JobError(f"job {name!r}: override rtc_frozen_steps needs client_chunking 'async'", name)
+        if config.get("chunk_merge", "newest") != "newest":
+            raise JobError(f"job {name!r}: override chunk_merge {config['chunk_merge']!r} needs client_chunking 'async'", name)
+
+
+def parse_job(raw: Any, index: int, defaults: Optional[Mapping[str, Any]] = None) -> Job:
+    """One job object over `defaults` -> Job; raises JobError naming the job and the bad field.
+
+    Each layer's aliases are translated within it first (_layer), then the job's settings win over the defaults',
+    setting by setting; `overrides` merge key by key, and an object-valued setting (policy_server, env_kwargs) that
+    the job gives replaces the defaults' one as a whole.
+    """
+    if not isinstance(raw, Mapping):
+        raise JobError(f"job #{index} must be an object, got {type(raw).__name__}")
+    defaults = defaults or {}
+    given_name = raw.get("name", defaults.get("name"))
+    if given_name is not None and (not isinstance(given_name, str) or not given_name.strip()):
+        raise JobError(f"job #{index}: 'name' must be a non-empty string (or left out), got {given_name!r}")
+    name = given_name or f"job-{index}"
+    base, own = _layer(f"job {name!r}", defaults, "defaults.", name), _layer(f"job {name!r}", raw, "", name)
+    merged = {**base, **own, "overrides": {**base["overrides"], **own["overrides"]}}
+    unknown = set(merged) - JOB_KEYS
+    if unknown:
+        raise JobError(f"job {name!r}: unknown fields {sorted(unknown)}; allowed: {sorted(JOB_KEYS | set(ARENA_ALIASES) | {'policy_config_dict', 'arena_env_args'})}", name)
+    if "policy_type" in merged:
+        check_policy_type(name, merged["policy_type"])
+    if not merged.get("env_name"):
+        raise JobError(f"job {name!r}: 'env_name' (env names or suites, comma-separated) is required", name)
+    if not isinstance(merged["env_name"], str):
+        raise JobError(f"job {name!r}: 'env_name' must be a string (env names or suites, comma-separated), got "
+                       f"{merged['env_name']!r}", name)
+    if "policy_server" not in merged:
+        raise JobError(f"job {name!r}: 'policy_server' ({{'host': ..., 'port': ...}}) is required", name)
+    config = {k: merged[k] for k in TOP_LEVEL_SETTINGS if k in merged}
+    for key, value in merged["overrides"].items():
+        if key not in CONFIG_FIELDS:
+            raise JobError(f"job {name!r}: override {key!r} is not a rollout setting; allowed: {sorted(CONFIG_FIELDS)}", name)
+        config[key] = value
+    check_counts(name, config)
+    try:
+        return Job(name, str(merged["env_name"]), _server(name, merged["policy_server"]), config)
+    except JobError as exc:
+        exc.job_name = name
+        raise
+
+
+def load_jobs(path: Union[str, Path]) -> List[Union[Job, JobError]]:
+    """Read a job file: {"defaults": {...}, "jobs": [...]} or a bare list; invalid jobs come back as JobError.
+
+    Job names must be unique (they name the rows of the table and the jobs a resumed batch skips).
+    """
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise JobError(f"{path}: not valid JSON ({exc})") from None
+    defaults: Mapping[str, Any] = {}
+    if isinstance(data, Mapping):
+        unknown = set(data) - {"defaults", "jobs"}
+        if unknown or "jobs" not in data:
+            raise JobError(f"{path}: a job file is a list of jobs or an object with 'jobs' (and optional 'defaults'); got keys {sorted(data)}")
+        defaults, data = data.get("defaults", {}), data["jobs"]
+        defaults = {} if defaults is None else defaults
+    if not isinstance(defaults, Mapping):  # told once, about 'defaults', not once per job about each job
+        raise JobError(f"{path}: 'defaults' must be an object of job fields, got {type(defaults).__name__}")
+    unknown = set(defaults) - JOB_KEYS - set(ARENA_ALIASES) - {"policy_config_dict", "arena_env_args"}
+    if unknown:
+        raise JobError(f"{path}: 'defaults' has unknown fields {sorted(unknown)}; allowed: the fields of a job")
+    _layer(f"{path}", defaults, "defaults.")  # two values for one setting in 'defaults': told once, naming the file
+    if not isinstance(data, list):
+        raise JobError(f"{path}: 'jobs' must be a list, got {type(data).__name__}")
+    if not data:  # a generator that wrote no jobs must not pass as a batch that ran
+        raise JobError(f"{path}: the job file lists no jobs; a batch needs at least one")
+    jobs: List[Union[Job, JobError]] = []
+    seen: Dict[str, int] = {}
+    for index, raw in enumerate(data):
+        raw_name = raw.get("name") if isinstance(raw, Mapping) else None
+        try:
+            job: Union[Job, JobError] = parse_job(raw, index, defaults)
+        except (JobError, TypeError, ValueError) as exc:
+            name = getattr(exc, "job_name", None) or (str(raw_name) if raw_name else None)
+            job = exc if isinstance(exc, JobError) else JobError(f"job {name or '#' + str(index)!s}: {exc}", name)
+            job.job_name = name
+        name = job.name if isinstance(job, Job) else job.job_name
+        if name is not None and name in seen:
+            job = JobError(f"job {name!r}: duplicate job name (job #{seen[name]} has it too); names must be unique", f"{name}#{index}")
+        elif name is not None:
+            seen[name] = index
+        jobs.append(job)
+    return separate_shared_video_dirs(jobs)
+
+
+def separate_shared_video_dirs(jobs: List[Union[Job, JobError]]) -> List[Union[Job, JobError]]:
+    """Jobs whose `video_dir` names the same folder write into a folder of their own under it
+    (VIDEO_DIR/<job folder name>): each job numbers its episodes from 0, so they would overwrite each other's
+    videos and point their results at the same files."""
+    users: Dict[str, int] = {}
+    for job in jobs:
+        if isinstance(job, Job) and job.config.get("video_dir"):
+            key = os.path.abspath(str(job.config["video_dir"]))
+            users[key] = users.get(key, 0) + 1
+    separated: List[Union[Job, JobError]] = []
+    for job in jobs:
+        if isinstance(job, Job) and job.config.get("video_dir") and users[os.path.abspath(str(job.config["video_dir"]))] > 1:
+            job = dataclasses.replace(job, config={**job.config,
+                                                   "video_dir": str(Path(job.config["video_dir"]) / job_dir_name(job.name))})
+        separated.append(job)
+    return separated
+
+
+def job_video_dirs(jobs: Sequence[Union[Job, JobError]]) -> List[Path]:
+    """The video folders the valid jobs write into (after separate_shared_video_dirs)."""
+    return [Path(job.config["video_dir"]) for job in jobs if isinstance(job, Job) and job.config.get("video_dir")]
+
+
+def job_dir_name(name: str) -> str:
+    """The folder of a job's run files: its name when that is a safe file name, else a slug plus a short hash."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")[:80]
+    return slug if slug == name else f"{slug or 'job'}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
