@@ -346,3 +346,71 @@ def test_a_state_or_action_float32_cannot_hold_is_refused_naming_the_group_and_s
     assert LeRobotDataset(root).num_episodes == 1
     stats = json.loads((root / "meta" / "stats.json").read_text())
     assert all(np.isfinite(v).all() for column in stats.values() for v in column.values())
+
+
+@pytest.mark.parametrize("key", ["dataset_from_index", "dataset_to_index", "data/source", "videos/rig", "meta/note",
+                                 "stats/operator"])
+def test_v3_metadata_keys_lerobot_keeps_for_its_bookkeeping_are_refused_before_any_file_is_written(tmp_path, key):
+    """The writer overwrote dataset_from_index, and the reader dropped every data/, videos/, meta/ and stats/ key:
+    the episode's metadata was lost without a word."""
+    root = tmp_path / "ds"
+    writer = DatasetWriter(root, fps=10, layout="v3.0")
+    with pytest.raises(ValueError, match=f"metadata key '{key}' is reserved by LeRobot v3.0"):
+        _small_episode(writer, metadata={key: 7, "seed": 3})
+    assert writer.n_episodes == 0 and not (root / "videos").exists() and not (root / "data").exists()
+
+
+def test_v3_metadata_beside_the_bookkeeping_columns_reads_back_as_the_episodes_extras(tmp_path):
+    from gr00t_eval.dataset import LeRobotDataset
+
+    root = tmp_path / "ds"
+    with DatasetWriter(root, fps=10, layout="v3.0") as writer:
+        _small_episode(writer, metadata={"source": "teleop-rig-3", "operator/name": "alice", "seed": 7})
+    assert LeRobotDataset(root).episode(0).extras == {"source": "teleop-rig-3", "operator/name": "alice", "seed": 7}
+
+
+@pytest.mark.parametrize("kind", ["states", "actions"])
+def test_a_state_or_action_group_of_width_zero_is_refused_naming_it_before_any_file_is_written(tmp_path, kind):
+    """modality.json cannot hold an empty slice: the writer finalized a dataset its own reader refused to open."""
+    root = tmp_path / "ds"
+    writer = DatasetWriter(root, fps=10)
+    groups = {"arm": np.ones((4, 3), np.float32)}
+    with pytest.raises(ValueError, match=rf"{kind}\['force'\] has shape \(4, 0\), no values per step"):
+        writer.add_episode(frames={"cam": np.zeros((4, 16, 16, 3), np.uint8)},
+                           **{"states": groups, "actions": groups, kind: {**groups, "force": np.zeros((4, 0))}}, task="t")
+    assert writer.n_episodes == 0 and not (root / "videos").exists() and not (root / "data").exists()
+
+
+@pytest.mark.parametrize("codec, size, smallest", [("av1", (2, 64), 4), ("av1", (64, 2), 4), ("h264", (0, 16), 2)])
+def test_frames_under_the_codecs_smallest_size_are_refused_naming_camera_size_and_minimum(tmp_path, codec, size,
+                                                                                          smallest):
+    """SVT-AV1 refuses a side under 4 only when encoding starts: its own `avcodec_open2 ... returned 22` was the
+    error, and in v3.0 the camera's shared file refused every later episode."""
+    if codec not in available_codecs():
+        pytest.skip(f"this PyAV build has no {codec} encoder")
+    root = tmp_path / "ds"
+    writer = DatasetWriter(root, fps=10, video_codec=codec, layout="v3.0")
+    state = {"a": np.zeros((3, 2), np.float32)}
+    with pytest.raises(ValueError, match=rf"frames\['cam'\] has size {size[0]}x{size[1]}; {codec} videos .*at least "
+                                         rf"{smallest} pixels"):
+        writer.add_episode({"cam": np.zeros((3, *size, 3), np.uint8)}, state, state, "t")
+    assert not (root / "videos").exists()
+    writer.add_episode({"cam": np.zeros((3, 64, 64, 3), np.uint8)}, state, state, "t")
+    writer.finalize()
+
+
+def test_v3_a_camera_video_the_encoder_would_not_open_does_not_refuse_the_files_later_episodes(tmp_path):
+    """libx264 refuses a frame 16400 pixels wide when it opens: the failed encoder stayed the camera's for the file,
+    so every later episode was refused as "frame size (16, 16) differs from this file's (16, 16400)"."""
+    from gr00t_eval.dataset import LeRobotDataset
+
+    root = tmp_path / "ds"
+    writer = DatasetWriter(root, fps=10, layout="v3.0")
+    state = {"a": np.zeros((3, 2), np.float32)}
+    with pytest.raises(av.error.FFmpegError):
+        writer.add_episode({"cam": np.zeros((3, 16, 16400, 3), np.uint8)}, state, state, "t")
+    assert not list((root / "videos").rglob("*.mp4"))
+    writer.add_episode({"cam": episode_frames(0, 0, 3, (16, 16))}, state, state, "t")
+    writer.finalize()
+    frames = LeRobotDataset(root).episode(0).frames("cam", [0, 1, 2]).astype(int)
+    np.testing.assert_allclose(frames, episode_frames(0, 0, 3, (16, 16)), atol=4)  # h264 is lossy

@@ -17,8 +17,9 @@ from .modality import DatasetModality
 
 logger = logging.getLogger(__name__)
 
-_V3_BOOKKEEPING_PREFIXES = ("data/", "videos/", "meta/", "stats/")
-_V3_BOOKKEEPING_COLUMNS = {"episode_index", "tasks", "length", "dataset_from_index", "dataset_to_index"}
+# v3.0 episode-list columns LeRobot fills itself: the reader keeps every other column as an episode's extras
+V3_BOOKKEEPING_PREFIXES = ("data/", "videos/", "meta/", "stats/")
+V3_BOOKKEEPING_COLUMNS = {"episode_index", "tasks", "length", "dataset_from_index", "dataset_to_index"}
 
 
 @dataclass(frozen=True)
@@ -208,7 +209,7 @@ def _read_episodes_v3(root: Path, info: Mapping[str, Any], video_keys: List[str]
         tasks = row.get("tasks") or []
         extras = {
             k: v for k, v in row.items()
-            if k not in _V3_BOOKKEEPING_COLUMNS and not k.startswith(_V3_BOOKKEEPING_PREFIXES)
+            if k not in V3_BOOKKEEPING_COLUMNS and not k.startswith(V3_BOOKKEEPING_PREFIXES)
         }
         records.append(EpisodeRecord(position, index, length, tuple(map(str, tasks)), data_path, videos, row_range, extras))
     return records

@@ -25,6 +25,9 @@ _ENCODER_OPTIONS: Dict[str, Dict[str, str]] = {
     "libx264": {"bf": "0"},  # no B-frames: pts == frame index, easy to reason about
     "libaom-av1": {"cpu-used": "8", "row-mt": "1", "b": "0"},  # b=0: crf alone sets the quality
 }
+# The smallest height and width each encoder opens with, where above yuv420p's 2: SVT-AV1 refuses a side under 4
+# ("Source Height must be at least 4") only when the first frame is encoded, after a v3.0 file was opened.
+_MIN_FRAME_SIDE: Dict[str, int] = {"libsvtav1": 4}
 
 
 def encoder_for(codec: str) -> str:
@@ -41,6 +44,11 @@ def encoder_for(codec: str) -> str:
         + (f"use video codec {others[0]!r} instead, or " if others else "")
         + "install a PyAV wheel whose FFmpeg has one"
     )
+
+
+def min_frame_side(codec: str) -> int:
+    """The smallest frame height and width, in pixels, that this PyAV build's encoder of `codec` accepts."""
+    return _MIN_FRAME_SIDE.get(encoder_for(codec), 2)
 
 
 def decode_frames_at(path: Path, timestamps: Sequence[float], fps: float) -> Tuple[np.ndarray, int]:

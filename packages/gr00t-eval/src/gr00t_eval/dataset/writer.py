@@ -16,9 +16,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..run_dir import remove_quietly
+from .meta import V3_BOOKKEEPING_COLUMNS, V3_BOOKKEEPING_PREFIXES
 from .modality import ArrayGroup, DatasetModality, LanguageGroup, VideoGroup, layout_from_dims
 from .stats import LEROBOT_QUANTILES, RunningColumnStats, episode_stats, image_stats, merge_episode_stats
-from .video import ENCODERS, Mp4Encoder, encoder_for, video_feature_info
+from .video import ENCODERS, Mp4Encoder, encoder_for, min_frame_side, video_feature_info
 
 logger = logging.getLogger(__name__)
 
@@ -178,9 +179,7 @@ class DatasetWriter:
         """add_episode's work; its task, statistics and episode are recorded only once its files are written (a
         refused episode, say on a full disk, left its values in stats.json and its task in the task list)."""
         self._check_layout(frames, state_arrays, action_arrays, step_columns, length)
-        reserved = {"episode_index", "length", "tasks"}
-        if reserved & set(metadata):
-            raise ValueError(f"metadata keys {sorted(reserved & set(metadata))} are reserved by LeRobot")
+        self._check_metadata_keys(metadata)
         metadata = _json_metadata(metadata)  # refused now, not at finalize() after every episode is on disk
 
         episode_index = len(self._episodes)
@@ -327,6 +326,20 @@ class DatasetWriter:
             types[key] = column.type
         return types
 
+    def _check_metadata_keys(self, metadata: Mapping[str, Any]) -> None:
+        """ValueError naming a metadata key that is a column of LeRobot's episode list: the writer fills those itself
+        (and in v3.0 the reader takes every `data/`, `videos/`, `meta/` and `stats/` column for its own)."""
+        reserved = {"episode_index", "length", "tasks"}
+        if reserved & set(metadata):
+            raise ValueError(f"metadata keys {sorted(reserved & set(metadata))} are reserved by LeRobot")
+        if self.layout != "v3.0":
+            return
+        for key in metadata:
+            if key in V3_BOOKKEEPING_COLUMNS or str(key).startswith(V3_BOOKKEEPING_PREFIXES):
+                raise ValueError(f"metadata key {key!r} is reserved by LeRobot v3.0: its episode list keeps "
+                                 f"{sorted(V3_BOOKKEEPING_COLUMNS)} and the columns starting with "
+                                 f"{', '.join(V3_BOOKKEEPING_PREFIXES)} for its own bookkeeping; rename the key")
+
     def _check_layout(self, frames, states, actions, step_columns, length: int) -> None:
         for kind, groups in (("states", states), ("actions", actions)):
             for key, value in groups.items():
@@ -340,6 +353,11 @@ class DatasetWriter:
             if value.shape[1] % 2 or value.shape[2] % 2:  # before any camera is encoded (v3.0 files are shared)
                 raise ValueError(f"frames['{camera}'] has size {value.shape[1]}x{value.shape[2]}; the videos are "
                                  "yuv420p, whose height and width must be even")
+            smallest = min_frame_side(self.video_codec)
+            if min(value.shape[1:3]) < smallest:
+                raise ValueError(f"frames['{camera}'] has size {value.shape[1]}x{value.shape[2]}; {self.video_codec} "
+                                 f"videos ({encoder_for(self.video_codec)}) need a height and width of at least "
+                                 f"{smallest} pixels")
             size = self._frame_sizes.setdefault(camera, value.shape[1:3])
             if value.shape[1:3] != size:
                 raise ValueError(f"frames['{camera}'] has size {value.shape[1:3]}; earlier episodes had {size}")
@@ -424,7 +442,7 @@ class DatasetWriter:
                 path = self.root / V3_VIDEO_PATH.format(video_key=key, chunk_index=chunk, file_index=file_index)
                 encoder = self._file_encoders[key] = Mp4Encoder(path, self.fps, self.video_codec, self.gop)
             start = encoder.frames_written
-            encoder.write(images)
+            self._write_v3_frames(key, encoder, images)
             record[f"videos/{key}/chunk_index"] = chunk
             record[f"videos/{key}/file_index"] = file_index
             record[f"videos/{key}/from_timestamp"] = start / self.fps
@@ -432,6 +450,19 @@ class DatasetWriter:
         self._file_tables.append(table)
         self._file_episode_count += 1
         return record
+
+    def _write_v3_frames(self, key: str, encoder: Mp4Encoder, images: np.ndarray) -> None:
+        """Append a camera's frames to this file's video. An encoder that failed before holding any frame (one that
+        would not open) is dropped with its file, so the next episode starts the video afresh: kept, it refused
+        every later episode of the file."""
+        try:
+            encoder.write(images)
+        except BaseException:
+            if encoder.frames_written == 0:
+                encoder.close()
+                del self._file_encoders[key]
+                remove_quietly(encoder.path)
+            raise
 
     def _flush_v3_file(self) -> None:
         if not self._file_tables:
@@ -619,6 +650,9 @@ def _float_groups(groups: Mapping[str, np.ndarray], kind: str) -> Dict[str, np.n
             array = array[:, None]
         if array.ndim != 2:
             raise ValueError(f"{kind}['{key}'] must have shape (T, D), got {array.shape}")
+        if array.shape[1] == 0:  # modality.json cannot describe an empty slice: the reader refused the dataset
+            raise ValueError(f"{kind}['{key}'] has shape {array.shape}, no values per step; a group needs D >= 1 "
+                             "(leave out a group that has no values)")
         with np.errstate(over="ignore", invalid="ignore"):
             cast = array.astype(np.float32)
         bad = ~np.isfinite(cast).all(axis=1)
