@@ -128,9 +128,9 @@ def test_rows_starting_an_episode_drop_their_buffered_steps_and_reset_the_policy
     chunker_resets = []
     original_reset = ActionChunker.reset
 
-    def recording_reset(self, env_ids=None, options=None):
+    def recording_reset(self, env_ids=None, options=None, **keywords):
         chunker_resets.append(None if env_ids is None else list(env_ids))
-        return original_reset(self, env_ids, options)
+        return original_reset(self, env_ids, options, **keywords)
 
     monkeypatch.setattr(ActionChunker, "reset", recording_reset)
     rollout(client, client_chunking=mode)

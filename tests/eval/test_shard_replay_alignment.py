@@ -6,6 +6,7 @@ recorded episode that was replayed for it.
 """
 
 import json
+import logging
 
 import gymnasium as gym
 import numpy as np
@@ -153,3 +154,13 @@ def test_a_batch_job_against_a_replay_server_without_the_sim_wrapper_fails_befor
     assert record["status"] == "failed" and record["results"] is None
     assert "serves ReplayPolicy without the sim wrapper" in record["reason"]
     assert "restart the server with --use-sim-policy-wrapper" in record["reason"]
+
+
+def test_sync_client_chunking_replays_each_episode_without_warning_of_a_partial_reset(server, caplog):
+    """Three episodes on two rows: episode 2 starts on row 0 alone. The rollout resets that row in the replay itself
+    (per-row reset options), so the chunker's warning that a reset of some envs alone is not the policy's was false."""
+    with PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client:
+        with caplog.at_level(logging.WARNING, logger="gr00t_client.chunking"):
+            result = run_rollout(client, config(n_episodes=3, client_chunking="sync"), progress=False)
+    assert [(o.episode_index, round(o.sum_reward / CHUNK) - 1) for o in result.outcomes] == [(0, 0), (1, 1), (2, 2)]
+    assert [r.getMessage() for r in caplog.records if r.name == "gr00t_client.chunking"] == []

@@ -292,12 +292,14 @@ class ActionChunker:
                 "policy_info": self._last_info,
             }
 
-    def reset(self, env_ids: Optional[Sequence[int]] = None, options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    def reset(self, env_ids: Optional[Sequence[int]] = None, options: Optional[Dict[str, Any]] = None, *,
+              policy_reset_by_caller: bool = False) -> Dict[str, Any]:
         """Drop the buffers of `env_ids` (all when None); a full reset also resets the wrapped policy.
 
         `env_ids`: env indices (ints), or a boolean mask with one entry per env (a vector env's `terminated |
         truncated`). Anything else (a float, a bool among ints, a mask of another length) is refused before any
-        buffer is dropped."""
+        buffer is dropped. `policy_reset_by_caller=True`: the caller resets these envs' rows in the policy itself
+        (per-row reset options, as gr00t-eval rollout does), so a replay policy is not left out of step by them."""
         self._adopt_after_fork()
         with self._lock:
             if env_ids is None:
@@ -311,7 +313,8 @@ class ActionChunker:
             if self._n_envs is None:  # before the first get_action nothing is buffered (it said "out of range for None envs")
                 return {}
             indices = self._env_indices(env_ids)
-            if self._advancing_policy and indices and len(indices) < self._n_envs and not self._partial_reset_warned:
+            partial = bool(indices) and len(indices) < self._n_envs and not policy_reset_by_caller
+            if self._advancing_policy and partial and not self._partial_reset_warned:
                 self._partial_reset_warned = True
                 logger.warning("a reset of envs %s alone is not passed to the policy, which advances its own cursor per "
                                "call (a replay server): the other envs will skip the steps the reset ones replay "

@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(*_flag("n-episodes"), type=int, default=50, help="episodes to run, exactly (default 50; at most 1,000,000)")
     p.add_argument(*_flag("n-envs"), type=int, default=8, help="parallel envs (default 8; >1 runs subprocesses; 0 = auto)")
     p.add_argument(*_flag("n-action-steps"), type=int, default=8, help="steps of each chunk executed (default 8)")
-    p.add_argument(*_flag("max-episode-steps"), type=int, default=720, help="env steps before an episode is cut (default 720)")
+    p.add_argument(*_flag("max-episode-steps"), type=int, default=720,
+                   help="env steps before an episode is cut (default 720); it replaces a gym id's registered step limit")
     _add_connection(p, "policy-client-host", "policy-client-port", "127.0.0.1")
     for flag in ("host", "port"):  # open-loop's names: argparse's bare "unrecognized arguments" gave no hint
         p.add_argument(*_flag(flag), dest=f"open_loop_{flag}", nargs="?", default=argparse.SUPPRESS,

@@ -93,19 +93,23 @@ class EnvFactory:
     """A picklable recipe for one raw env (sent to subprocess workers): adapter by prefix, else gym.make(id).
 
     For a gym id the parent's registration (EnvSpec) travels along, so envs registered at run time in the
-    parent also build in spawned workers.
+    parent also build in spawned workers, and `step_budget` (the run's max_episode_steps) is gym.make's
+    `max_episode_steps` unless the kwargs give one: the id's registered TimeLimit does not cut the run's budget short.
     """
 
     env_name: str
     adapter: Optional[EnvAdapter] = None
     kwargs: Tuple[Tuple[str, Any], ...] = ()
     spec: Optional[Any] = None  # gymnasium EnvSpec
+    step_budget: Optional[int] = None
 
     def __call__(self) -> gym.Env:
         kwargs = dict(self.kwargs)
         if self.adapter is not None:
             _, task = split_env_name(self.env_name)
             return _resolve_adapter(self.adapter)(task, **kwargs)
+        if self.step_budget is not None:
+            kwargs.setdefault("max_episode_steps", self.step_budget)
         return gym.make(self.spec if self.spec is not None else self.env_name, **kwargs)
 
 

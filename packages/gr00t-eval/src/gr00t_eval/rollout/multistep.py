@@ -32,6 +32,7 @@ class EpisodeSummary:
     video_path: Optional[str] = None
     failure_reason: Optional[str] = None
     success_reported: bool = True  # False: no step info of the episode had 'success'/'is_success' (scored a failure)
+    truncated_by_env: bool = False  # the inner env truncated it before max_episode_steps (its own time limit)
 
 
 def success_from_info(info: Mapping[str, Any]) -> bool:
@@ -59,7 +60,8 @@ class MultiStepWrapper(gym.Wrapper):
     / `state_delta_indices` (<= 0) of the inner steps; before the episode has that much history the first
     observation is repeated. Other keys (language) pass through. The episode ends on success (when
     `terminate_on_success`), when the inner env ends it, or after `max_episode_steps` inner steps; then
-    info["episode"] holds an EpisodeSummary and, with a recorder, the captioned video is written.
+    info["episode"] holds an EpisodeSummary (`truncated_by_env` when the inner env truncated it before
+    `max_episode_steps`) and, with a recorder, the captioned video is written.
     An exception from the inner env ends the episode as failed with the reason, instead of killing the worker.
     Reset options: {"episodes": [episode index per env row, -1 = idle]} with this wrapper's `env_index`.
     """
@@ -102,6 +104,7 @@ class MultiStepWrapper(gym.Wrapper):
         self._rewards: list = []
         self._success = False
         self._success_reported = False  # a step's info carried 'success' or 'is_success'
+        self._truncated_by_env = False
         self._steps = 0
         self._task = ""
 
@@ -171,7 +174,7 @@ class MultiStepWrapper(gym.Wrapper):
         plan = options.pop("episodes", None)
         episode_index = int(plan[self.env_index]) if plan is not None else self._episode_index + 1
         self._rewards, self._success, self._steps = [], False, 0
-        self._success_reported = False
+        self._success_reported = self._truncated_by_env = False
         if episode_index < 0:
             self._idle, self._done = True, True
             return (self._last_obs if self._last_obs is not None else self._placeholder()), {"idle": True}
@@ -228,6 +231,7 @@ class MultiStepWrapper(gym.Wrapper):
                 terminated = True
             if inner_trunc or self._steps >= self.max_episode_steps:
                 truncated = True
+                self._truncated_by_env = not terminated and self._steps < self.max_episode_steps
             if terminated or truncated:
                 break
         if self._history:
@@ -266,6 +270,7 @@ class MultiStepWrapper(gym.Wrapper):
             video_path=video_path,
             failure_reason=failure,
             success_reported=self._success_reported,
+            truncated_by_env=self._truncated_by_env,
         )
 
 

@@ -111,6 +111,7 @@ def _build_env(factory: EnvFactory, row: int, n_action_steps: int, max_episode_s
 def make_vector_env(config: RolloutConfig, spec: HorizonSpec, n_envs: int) -> gym.vector.VectorEnv:
     """n_envs MultiStepWrapper'd envs with autoreset disabled (the runner resets rows itself)."""
     factory = env_factory(config.env_name, **config.env_kwargs)
+    factory = dataclasses.replace(factory, step_budget=config.max_episode_steps)  # a gym id's TimeLimit is the run's
     # the first N episodes of the task, whatever slice this runner runs: N per task however many shards there are
     render_below = config.max_episodes_rendered
     fns = [
@@ -178,6 +179,7 @@ class RolloutRunner:
         # failed policy request between steps reports the steps its env ran, not 0
         self._progress: Dict[int, Tuple[int, float, float]] = {}
         self._warned_no_success = False  # an episode ended without its env ever reporting success (warned once)
+        self._warned_env_truncated = False  # the env ended an episode by its own limit before max_episode_steps
         self.watch = ServerWatch(policy)
         self.chunker: Optional[ActionChunker] = None  # client chunking only; its `stats` remain after run()
 
@@ -221,11 +223,13 @@ class RolloutRunner:
             logger.warning("the env of %s reported no 'success' or 'is_success' in any step info of episode %d, which "
                            "is scored a failure; an env that ends episodes on success must report it, or its success "
                            "rate reads 0%%", self.config.env_name, summary.episode_index)
+        if summary.truncated_by_env:
+            self._warn_env_truncated(summary)
         outcome = EpisodeOutcome(
             episode_index=summary.episode_index, seed=summary.seed if summary.seed is not None else self.seed_for(summary.episode_index),
             success=summary.success and summary.failure_reason is None, sum_reward=summary.sum_reward,
             max_reward=summary.max_reward, length=summary.length, env_index=row, video_path=summary.video_path,
-            error=summary.failure_reason,
+            error=summary.failure_reason, extras={"truncated_by_env": True} if summary.truncated_by_env else {},
         )
         self.outcomes[summary.episode_index] = outcome
         self._progress.pop(summary.episode_index, None)
@@ -237,6 +241,16 @@ class RolloutRunner:
             errors = len(self.outcomes) - len(finished)
             bar.set_postfix(success=f"{np.mean(finished):.2f}" if finished else "-", errors=errors, refresh=False)
             bar.update(1)  # redraws at most every mininterval (a CI log got one bar line per episode)
+
+    def _warn_env_truncated(self, summary: EpisodeSummary) -> None:
+        if self._warned_env_truncated:
+            return
+        self._warned_env_truncated = True  # once per run; results.json marks every such episode truncated_by_env
+        logger.warning("the env of %s truncated episode %d at step %d, its own step limit, before the run's "
+                       "max_episode_steps of %d: such episodes are scored as they stand (a failure unless they "
+                       "succeeded) and marked truncated_by_env; raise the env's limit (for a gym id, "
+                       "--env-kwarg max_episode_steps=N) or lower --max-episode-steps", self.config.env_name,
+                       summary.episode_index, summary.length, self.config.max_episode_steps)
 
     def _fail(self, row: int, reason: str, bar: Any) -> None:
         episode = self.row_episode[row]
@@ -382,7 +396,7 @@ class RolloutRunner:
             return
         chunker.wait_for_prefetch()  # the policy must not be reset while a background request still runs
         if chunker.n_envs is not None:  # None: no chunk fetched yet, nothing buffered
-            chunker.reset(env_ids=sorted(started))
+            chunker.reset(env_ids=sorted(started), policy_reset_by_caller=True)  # _reset_policy resets the rows
 
     def _act(self, policy: PositionCheckedPolicy, observation: Dict[str, Any],
              action_space: gym.spaces.Dict) -> Tuple[Dict[str, np.ndarray], Mapping[str, Any]]:
