@@ -413,3 +413,11 @@ def test_numpy_step_counts_are_taken():
     chunker = ActionChunker(StampPolicy(), n_action_steps=np.int64(3), asynchronous=True, prefetch_steps=np.int32(1))
     assert (chunker.n_action_steps, chunker.prefetch_steps) == (3, 1) and type(chunker.n_action_steps) is int
     chunker.close()
+
+
+def test_numpy_rtc_frozen_steps_is_taken_as_an_int():
+    # Sized as 1 + latency in control steps, computed with numpy: np.ceil(0.045 * 50).astype(int) + 1.
+    frozen_steps = np.ceil(0.045 * 50.0).astype(int) + 1
+    chunker = ActionChunker(StampPolicy(), asynchronous=True, rtc_frozen_steps=frozen_steps)
+    assert chunker.rtc_frozen_steps == 4 and type(chunker.rtc_frozen_steps) is int
+    chunker.close()

@@ -135,6 +135,25 @@ def test_ipv4_hosts_and_names_are_left_as_they_are():
             client.close()
 
 
+def test_an_ipv6_host_with_a_zone_id_is_taken():
+    client = PolicyClient(host="fe80::1%eth0", port=5555)
+    try:
+        assert client.address == "tcp://[fe80::1%eth0]:5555"
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("written", ["127.0.0.1:{port}", "localhost:{port}", "[::1]:{port}"])
+def test_a_host_holding_a_port_is_refused_at_once_and_told_to_pass_port(written):
+    # Before, any colon made an IPv6 literal: tcp://[127.0.0.1:5555]:5555 waited out the timeout, blaming the port.
+    with running_server(EchoPolicy()) as server:
+        host = written.format(port=server.port)
+        with pytest.raises(ValueError) as error:
+            PolicyClient(host=host, port=server.port, timeout_ms=1500)
+        assert f"host {host!r} is not a host name or an IP address: it holds a ':port'" in str(error.value)
+        assert f"port={server.port}" in str(error.value)
+
+
 @needs_ipv6
 @pytest.mark.parametrize("host", ["::1", "[::1]"])
 def test_a_round_trip_over_ipv6_loopback(host):

@@ -33,6 +33,8 @@ def _cases():
     return [
         client_module.PolicyServerError("ValueError: bad observation", "get_action"),
         client_module.ServerStoppingError("server is shutting down", "get_action"),
+        client_module.DeadlineNotRunError("'get_action' was not run: the client's deadline passed while it waited",
+                                          "get_action"),
         client_module.MessageTooLargeError("get_action", 300_000_000, 268_435_456),
         client_module.PolicyTimeoutError("policy server at 127.0.0.1:5555 did not answer 'get_action' within 15000 ms"),
         client_module.ReplyLostError("the connection to the policy server at 127.0.0.1:5555 closed"),

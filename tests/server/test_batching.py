@@ -8,6 +8,7 @@ import math
 import threading
 import time
 import urllib.request
+from types import SimpleNamespace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -681,6 +682,29 @@ def test_old_spreads_are_forgotten():
     for _ in range(batching.SPREAD_HISTORY):
         window.observe_spread(0.001)
     assert window.seconds() == pytest.approx(batching.SPREAD_MARGIN * 0.001 + batching.SPREAD_SLACK_S)
+
+
+def test_a_call_takes_at_least_a_smaller_calls_time_and_its_share_of_a_larger_ones():
+    window = batching.GatherWindow(cap_ms=50.0)
+    assert window.least_call_seconds(1, time.monotonic()) == 0.0  # nothing measured
+    window.observe_call(0.200, rows=8)
+    window.observe_call(0.300, rows=2)
+    now = time.monotonic()
+    assert window.least_call_seconds(1, now) == pytest.approx(0.025)  # 1/8 of the batch of 8
+    assert window.least_call_seconds(8, now) == pytest.approx(0.200)
+    assert window.least_call_seconds(16, now) == pytest.approx(0.200)
+
+
+def test_call_times_stop_counting_when_no_call_ran_for_a_while_or_once_old(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(batching, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    window = batching.GatherWindow(cap_ms=50.0)
+    window.observe_call(1.0)  # a cold first call
+    assert window.least_call_seconds(1, clock[0]) == pytest.approx(1.0)
+    assert window.least_call_seconds(1, clock[0] + batching.PROBE_AFTER_IDLE_S) == 0.0  # a probe may run
+    clock[0] += batching.CALL_MEMORY_S + 1.0
+    window.observe_call(0.2)
+    assert window.least_call_seconds(1, clock[0]) == pytest.approx(0.2)  # the cold call is forgotten
 
 
 def test_the_default_gather_cap_is_the_same_in_the_server_and_the_cli():

@@ -9,11 +9,12 @@ from typing import Any, Iterator, List, Optional
 
 import msgpack
 import numpy as np
+import pytest
 import zmq
 from reference_peer import EchoPolicy, raw_round_trip
 from serving import running_server
 
-from gr00t_client import PolicyClient, codec
+from gr00t_client import PolicyClient, PolicyServerError, codec
 from gr00t_server.serving import ServerLimits
 from gr00t_server.serving.transport import MAX_MESSAGE_FRAMES
 
@@ -35,6 +36,25 @@ def test_a_huge_array_of_empty_arrays_is_refused_at_its_header_in_milliseconds()
         assert elapsed < 0.5
         with PolicyClient(port=server.port, timeout_ms=5000) as client:
             assert client.ping()
+
+
+def test_a_long_list_in_an_observation_is_refused_naming_its_key_and_the_numpy_remedy():
+    """100,000 floats sent as a Python list (0.9 MB, far under the size cap) were refused with only '100000 exceeds
+    max_array_len(30457)', a size-looking error that named neither the key nor the remedy."""
+    observation = {"state": {"x": np.zeros((1, 1, 1), np.float32)}, "extra": [0.0] * 100_000}
+    with running_server(EchoPolicy()) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        with pytest.raises(PolicyServerError) as refused:
+            client.get_action(observation)
+        assert client.ping()
+    message = refused.value.server_message
+    assert "holds a list of 100000 items at data.observation.extra" in message
+    assert "send numbers as a numpy array (np.asarray(...)), not a Python list" in message
+
+
+def test_a_long_map_is_named_a_map_and_a_top_level_one_has_no_key():
+    probe = b"\xdf" + (2_000_000).to_bytes(4, "big")
+    with pytest.raises(codec.DecodeLimitError, match=r"exceeds a decode limit: it holds a map of 2000000 items, more "):
+        codec.decode(probe, limits=codec.DecodeLimits.for_message_bytes(1 << 20))
 
 
 def test_many_small_arrays_within_each_length_limit_are_refused_by_the_item_budget():

@@ -204,17 +204,17 @@ def test_a_reset_with_less_time_left_than_a_get_action_takes_is_still_run():
 
 def test_a_merged_calls_time_counts_toward_the_too_near_margin():
     """A server whose every call so far was a merged batch learns the policy's call time from those calls too: a
-    get_action with 1 s left, behind calls that took 1.5 s, is answered as too near its deadline at once (the server
-    knew of no call, ran it, and its client timed out waiting)."""
+    get_action of as many rows with 1 s left, behind calls that took 1.5 s, is answered as too near its deadline at
+    once (the server knew of no call, ran it, and its client timed out waiting)."""
     policy = TurnRecorder(call_s=1.5, hold_first=False)
     with running_server(policy, inline_below_ms=0, max_batch_size=2, batch_timeout_ms=10000.0) as server:
         results = call_together(server.port, [state(1.0), state(2.0)], strict=False)
         assert all(isinstance(result, tuple) for result in results)
         assert [sorted(call) for call in policy.calls] == [[1.0, 2.0]]  # one merged call of both
         with PolicyClient("127.0.0.1", server.port, timeout_ms=1000, strict=False) as hurried:
-            with pytest.raises(PolicyServerError, match=r"too close for a policy call \(the fastest recent one took "
-                                                        r"1[5-9]\d\d ms\)"):
-                hurried.get_action(state(3.0))
+            with pytest.raises(PolicyServerError, match=r"too close for a policy call \(by recent calls, one of 2 "
+                                                        r"row\(s\) takes at least 1[5-9]\d\d ms\)"):
+                hurried.get_action({"state": {"x": np.full((2, 1, 1), 3.0, np.float32)}})
         assert server.stats.expired == 1
     assert len(policy.calls) == 1  # 3.0's call never ran
 
@@ -231,6 +231,86 @@ def test_a_first_call_and_a_call_without_a_deadline_are_never_dropped_for_want_o
         wait_until(lambda: requests_total(scrape(server), "ok") >= 2)  # counted once its reply is sent
         assert requests_total(scrape(server), "ok") == 2
     assert policy.calls == [[1.0], [2.0]]
+
+
+class SlowFirstCall(TurnRecorder):
+    """The first call takes `first_s` (a cold start: lazy CUDA init, autotuning, --no-warmup); later ones ~0 ms."""
+
+    def __init__(self, first_s: float) -> None:
+        super().__init__(call_s=first_s, hold_first=False)
+
+    def _get_action(self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None):
+        try:
+            return super()._get_action(observation, options)
+        finally:
+            self.call_s = 0.0
+
+
+class RowCost(TurnRecorder):
+    """Each call takes `row_s` per observation row, as a model's does."""
+
+    def __init__(self, row_s: float) -> None:
+        super().__init__(hold_first=False)
+        self.row_s = row_s
+
+    def _get_action(self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None):
+        self.call_s = self.row_s * observation["state"]["x"].shape[0]
+        return super()._get_action(observation, options)
+
+
+def rows_state(rows: int, value: float) -> Dict[str, Any]:
+    return {"state": {"x": np.full((rows, 1, 1), value, np.float32)}}
+
+
+def test_a_client_that_timed_out_on_a_cold_first_call_is_served_once_calls_are_fast():
+    """The first call took 0.8 s against the client's 400 ms, then calls took ~0 ms: every later request was refused
+    for good as nearer its deadline than 'the fastest recent call', since refused requests never run to say otherwise.
+    Now a request runs once no call has run for a while (a probe), and is measured."""
+    policy = SlowFirstCall(first_s=0.8)
+    with running_server(policy, inline_below_ms=0) as server:
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=400, strict=False) as robot:
+            with pytest.raises(PolicyTimeoutError):
+                robot.get_action(state(1.0))
+            outcomes, give_up = [], time.monotonic() + 3.0
+            while outcomes[-3:] != ["served"] * 3 and time.monotonic() < give_up:
+                try:
+                    robot.get_action(state(2.0))
+                    outcomes.append("served")
+                except (PolicyServerError, PolicyTimeoutError):
+                    outcomes.append("refused")
+                time.sleep(0.05)
+    assert outcomes[-3:] == ["served"] * 3, outcomes
+
+
+def test_a_lone_one_row_request_is_not_refused_on_the_word_of_larger_batches():
+    """An evaluation's batch-8 calls took 240 ms; a robot's 1-row calls take 30 ms and its timeout is 200 ms. Every
+    robot request was refused: 'the fastest recent call' was a batch of 8. A call of 1 row takes at least its share."""
+    policy = RowCost(row_s=0.03)
+    with running_server(policy, inline_below_ms=0) as server:
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=5000, strict=False) as evaluation:
+            for step in range(3):
+                evaluation.get_action(rows_state(8, float(step)))
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=200, strict=False) as robot:
+            for _ in range(3):
+                robot.get_action(state(ROBOT))
+        assert server.stats.expired == 0
+    assert [len(call) for call in policy.calls] == [8, 8, 8, 1, 1, 1]
+
+
+def test_a_refusal_for_want_of_time_is_a_timeout_and_still_a_server_error():
+    """A robot loop holds position on a timeout: a request the server would not run in time is one (and stays the
+    PolicyServerError it was), and the client goes on with the same connection."""
+    policy = TurnRecorder(call_s=0.6, hold_first=False)
+    with running_server(policy, inline_below_ms=0) as server:
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=10000, strict=False) as warm:
+            warm.get_action(state(1.0))  # the server learns that a call takes 0.6 s
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=300, strict=False) as hurried:
+            with pytest.raises(PolicyTimeoutError) as refused:
+                hurried.get_action(state(2.0))
+            assert isinstance(refused.value, PolicyServerError)
+            assert "'get_action' was not run: the client's deadline was" in refused.value.server_message
+            assert hurried.ping()
+    assert policy.calls == [[1.0]]
 
 
 def test_a_reply_sent_after_its_clients_deadline_is_counted_late_not_ok():

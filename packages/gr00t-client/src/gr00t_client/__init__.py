@@ -16,6 +16,7 @@ _EXPORTS: Dict[str, str] = {
     "ActionChunker": ".chunking",
     "ChunkerStats": ".chunking",
     "merge_overlap": ".chunking",
+    "DeadlineNotRunError": ".client",
     "MessageTooLargeError": ".client",
     "PolicyClient": ".client",
     "PolicyServerError": ".client",
@@ -48,8 +49,8 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .chunking import ActionChunker, ChunkerStats, merge_overlap
-    from .client import (MessageTooLargeError, PolicyClient, PolicyServerError, PolicyTimeoutError, ReplyLostError,
-                         ServerStoppingError)
+    from .client import (DeadlineNotRunError, MessageTooLargeError, PolicyClient, PolicyServerError, PolicyTimeoutError,
+                         ReplyLostError, ServerStoppingError)
     from .codec import WireDecodeError, WireEncodeError
     from .curve import HandshakeError
     from .embodiment import EMBODIMENT_TAG_TO_PROJECTOR_INDEX, EmbodimentTag

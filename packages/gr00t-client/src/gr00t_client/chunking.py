@@ -208,7 +208,7 @@ class ActionChunker:
         if rtc_frozen_steps is not None:
             if not asynchronous:
                 raise ValueError("rtc_frozen_steps needs asynchronous=True: only a prefetch overlaps a chunk still running")
-            if isinstance(rtc_frozen_steps, bool) or not isinstance(rtc_frozen_steps, int) or rtc_frozen_steps < 1:
+            if not (_is_int(rtc_frozen_steps) and rtc_frozen_steps >= 1):
                 raise ValueError(
                     f"rtc_frozen_steps must be an int >= 1 (this step + the steps executed while the policy runs), "
                     f"got {rtc_frozen_steps!r}"
@@ -222,7 +222,7 @@ class ActionChunker:
         self.prefetch_steps = None if prefetch_steps is None else int(prefetch_steps)
         self.merge = merge
         self.new_weight = new_weight
-        self.rtc_frozen_steps = rtc_frozen_steps
+        self.rtc_frozen_steps = None if rtc_frozen_steps is None else int(rtc_frozen_steps)
         self.rtc_ramp_rate = rtc_ramp_rate
         self.stats = ChunkerStats()
         self._warned_one_step = False

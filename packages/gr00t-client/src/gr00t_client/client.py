@@ -46,6 +46,7 @@ class PolicyServerError(RuntimeError):
 
 SESSION_CONTINUES_FIELD = "session_continues"  # see _session_served (gr00t_server.serving.messages reads it)
 SHUTTING_DOWN = "server is shutting down"  # how our server's answers begin once it is stopping (ServerStoppingError)
+NOT_RUN_FOR_DEADLINE = "was not run: the client's deadline"  # our server's refusal of a request out of time
 
 
 class ServerStoppingError(PolicyServerError, ConnectionError):
@@ -55,9 +56,13 @@ class ServerStoppingError(PolicyServerError, ConnectionError):
 
 
 def server_error(message: str, endpoint: Optional[str]) -> PolicyServerError:
-    """The error for a server's error reply: ServerStoppingError when the server says it is shutting down."""
-    cls = ServerStoppingError if message.startswith(SHUTTING_DOWN) else PolicyServerError
-    return cls(message, endpoint)
+    """The error for a server's error reply: ServerStoppingError when the server says it is shutting down,
+    DeadlineNotRunError when it did not run the request for want of time."""
+    if message.startswith(SHUTTING_DOWN):
+        return ServerStoppingError(message, endpoint)
+    if NOT_RUN_FOR_DEADLINE in message:
+        return DeadlineNotRunError(message, endpoint)
+    return PolicyServerError(message, endpoint)
 
 
 class MessageTooLargeError(PolicyServerError):
@@ -83,6 +88,11 @@ class MessageTooLargeError(PolicyServerError):
 
 class PolicyTimeoutError(TimeoutError):
     """The server did not answer within timeout_ms; the client's socket was replaced (the new one connects at once)."""
+
+
+class DeadlineNotRunError(PolicyServerError, PolicyTimeoutError):
+    """The server did not run the request: the client's deadline had passed, or was nearer than a policy call takes,
+    when its turn came. A PolicyTimeoutError too, so that a loop that holds position on a timeout does so here."""
 
 
 class ReplyLostError(PolicyTimeoutError):
@@ -131,8 +141,27 @@ def normalize_host(host: str) -> str:
 
 
 def is_ipv6_literal(host: str) -> bool:
-    """True for an IPv6 address such as '::1' or '[::1]' (host names and IPv4 addresses have no colon)."""
-    return ":" in str(normalize_host(host))
+    """True for an IPv6 address such as '::1', '[::1]' or 'fe80::1%eth0'; not for a name, an IPv4 address or a
+    'host:port'."""
+    try:
+        ipaddress.IPv6Address(str(normalize_host(host)))
+    except ValueError:
+        return False
+    return True
+
+
+def check_host(host: Any) -> str:
+    """`host` as PolicyClient connects to it (an IPv6 literal without brackets); ValueError unless it is a non-empty
+    name or IP address. A colon outside an IPv6 literal is a ':port', which ZeroMQ would retry in silence."""
+    bare = normalize_host(host) if isinstance(host, str) else None
+    if not bare:
+        raise ValueError(f"host must be a non-empty str (a name or an IP address), got {host!r}")
+    if ":" in bare and not is_ipv6_literal(bare):
+        name, _, port = bare.rpartition(":")
+        example = f" (host={name!r}, port={port})" if port.isdigit() else ""
+        raise ValueError(f"host {host!r} is not a host name or an IP address: it holds a ':port' (or is a malformed "
+                         f"IPv6 address); pass the host alone and the port as port={example}")
+    return bare
 
 
 def endpoint_host(host: str) -> str:
@@ -256,7 +285,7 @@ class PolicyClient(BasePolicy):
     One client may be shared by threads: its calls are serialised by a lock (they take turns on the one socket).
     With `return_server_timing`, each get_action info from a gr00t-server carries `server_timing` (queue wait,
     decode, policy and encode ms, batch size); per call, pass options={"return_server_timing": True} instead.
-    `host` may be an IPv6 literal, with or without brackets ("::1", "[::1]").
+    `host` may be an IPv6 literal, with or without brackets ("::1", "[::1]"); a "host:port" is refused (ValueError).
     Once a gr00t-server has reported its `max_message_bytes` (`server_max_message_bytes`), a larger request raises
     MessageTooLargeError without being sent, instead of being dropped by the server and timing out.
     A reply over `max_reply_bytes` (default 256 MiB; None: no cap) is never read into memory: ZeroMQ drops the
@@ -286,9 +315,7 @@ class PolicyClient(BasePolicy):
         timeout_ms = check_timeout_ms(timeout_ms)
         if isinstance(port, bool) or not isinstance(port, numbers.Integral) or not 1 <= port <= 65535:
             raise ValueError(f"port must be an int from 1 to 65535, got {port!r}")
-        if not isinstance(host, str) or not normalize_host(host):
-            raise ValueError(f"host must be a non-empty str (a name or an IP address), got {host!r}")
-        self.host = normalize_host(host)
+        self.host = check_host(host)
         self.port = int(port)
         self.timeout_ms = timeout_ms
         self.max_reply_bytes = check_max_reply_bytes(max_reply_bytes)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import threading
 from dataclasses import dataclass
 from enum import Enum
@@ -385,13 +386,79 @@ def _unpack(data: BufferLike, object_hook: Callable[[Dict[Any, Any]], Any], limi
         ) from exc
     except ValueError as exc:
         if "exceeds max_" in str(exc):  # a length header over the budget, refused before allocating
-            raise DecodeLimitError(f"message of {size} bytes exceeds a decode limit: {exc}") from exc
+            raise _length_limit_error(data, size, exc) from exc
         raise
     # Every level of nesting is a container the hooks counted, so a message of few containers cannot be too deep:
     # the second walk is only needed for messages with more containers than levels allowed.
     if containers > limits.max_depth and isinstance(value, (dict, list)):
         _check_depth(value, limits.max_depth)
     return value
+
+
+_LENGTH_OVER = re.compile(r"(\d+) exceeds max_(array|map)_len\((\d+)\)")  # msgpack's words for a long header
+_MAP_HEADERS = frozenset([*range(0x80, 0x90), 0xDE, 0xDF])  # fixmap, map 16, map 32
+_STR_HEADERS = frozenset([*range(0xA0, 0xC0), 0xD9, 0xDA, 0xDB])  # fixstr, str 8, 16, 32
+_PATH_DEPTH = 6  # keys followed at most (a request's lists sit 3 deep): each level decodes its value once more
+
+
+def _length_limit_error(data: BufferLike, size: int, exc: ValueError) -> DecodeLimitError:
+    """The DecodeLimitError for msgpack's refusal of a map or array header longer than the item budget: what it is,
+    where (its keys), and that numbers belong in a numpy array."""
+    found = _LENGTH_OVER.search(str(exc))
+    if found is None:
+        return DecodeLimitError(f"message of {size} bytes exceeds a decode limit: {exc}")
+    items, kind, limit = int(found.group(1)), found.group(2), int(found.group(3))
+    where = ".".join(_path_to_long_container(data, limit))
+    what = "a list" if kind == "array" else "a map"
+    return DecodeLimitError(
+        f"message of {size} bytes exceeds a decode limit: it holds {what} of {items} items"
+        f"{f' at {where}' if where else ''}, more than the {limit} its size allows; send numbers as a numpy array "
+        "(np.asarray(...)), not a Python list"
+    )
+
+
+def _path_to_long_container(message: BufferLike, limit: int) -> List[str]:
+    """The str keys that lead to the first map or array of more than `limit` items (['data', 'observation', 'extra']),
+    at most _PATH_DEPTH of them. Only on the error path: each level checks its values without keeping what it decodes,
+    so memory stays small, and a message nested deep costs at most _PATH_DEPTH more decodes of its size."""
+    path: List[str] = []
+    try:
+        data = memoryview(message).cast("B")
+        while data[0] in _MAP_HEADERS and len(path) < _PATH_DEPTH:
+            unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=len(data))
+            unpacker.feed(data)
+            count = unpacker.read_map_header()
+            if count > limit:
+                return path
+            for _ in range(count):
+                if data[unpacker.tell()] not in _STR_HEADERS:
+                    return path
+                key = unpacker.unpack()
+                start = unpacker.tell()
+                unpacker.skip()
+                if _holds_long_container(data[start:unpacker.tell()], limit):
+                    path.append(str(key))
+                    data = data[start:unpacker.tell()]
+                    break
+            else:
+                return path
+    except (ValueError, TypeError, IndexError, msgpack.UnpackException):
+        pass
+    return path
+
+
+def _holds_long_container(value: memoryview, limit: int) -> bool:
+    """True when the msgpack `value` holds a map or array of more than `limit` items (each dropped once decoded)."""
+    try:
+        msgpack.unpackb(value, object_hook=_dropped, list_hook=_dropped, max_array_len=limit, max_map_len=limit,
+                        raw=False, strict_map_key=False)
+    except ValueError as exc:
+        return "exceeds max_" in str(exc)
+    return False
+
+
+def _dropped(_: Any) -> None:
+    return None
 
 
 def _raw_bytes(array: np.ndarray) -> memoryview:

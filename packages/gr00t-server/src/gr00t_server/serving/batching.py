@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import time
 from typing import Any, Callable, Collection, Deque, Dict, FrozenSet, Hashable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -15,6 +16,8 @@ DEFAULT_BATCH_TIMEOUT_MS = 20.0
 SPREAD_MARGIN = 1.5  # the window is this many times the widest recent arrival spread ...
 SPREAD_SLACK_S = 0.0005  # ... plus this (scheduling jitter)
 SPREAD_HISTORY = 32  # rounds of arrival spread remembered
+CALL_MEMORY_S = 30.0  # a policy call older than this no longer speaks for the policy (it warmed up, its load changed)
+PROBE_AFTER_IDLE_S = 0.5  # no call for this long: the next request runs whatever the calls before said (a probe)
 PER_ROW_INFO_ATTRIBUTE = "per_row_info_keys"  # policy attribute: info keys holding one entry per row
 MAX_BATCH_NESTING = 16  # real observations nest 1-2 maps deep; the recursive helpers below must never hit the limit
 
@@ -258,26 +261,31 @@ class GatherWindow:
         self.cap_s = max(0.0, float(cap_ms)) / 1000.0
         self._spreads: Deque[float] = collections.deque(maxlen=SPREAD_HISTORY)
         self._call_s: Optional[float] = None
-        self._recent_calls: Deque[float] = collections.deque(maxlen=SPREAD_HISTORY)
+        self._recent_calls: Deque[Tuple[float, int, float]] = collections.deque(maxlen=SPREAD_HISTORY)  # ended, rows, s
 
     def observe_spread(self, seconds: float) -> None:
         """One round's time from its first to its last arrival."""
         self._spreads.append(max(0.0, float(seconds)))
 
-    def observe_call(self, seconds: float) -> None:
-        """One policy call's duration (a moving average is kept)."""
+    def observe_call(self, seconds: float, rows: int = 1) -> None:
+        """One policy call's duration and observation rows, just ended (a moving average of durations is kept)."""
         seconds = max(0.0, float(seconds))
         self._call_s = seconds if self._call_s is None else 0.8 * self._call_s + 0.2 * seconds
-        self._recent_calls.append(seconds)
+        self._recent_calls.append((time.monotonic(), max(1, int(rows)), seconds))
 
     def call_seconds(self) -> float:
         """The policy's recent call time (0 before the first call)."""
         return self._call_s or 0.0
 
-    def fastest_call_seconds(self) -> float:
-        """The shortest of the policy's last SPREAD_HISTORY calls (0 before the first call): a request with less time
-        than this before its deadline cannot be answered in time."""
-        return min(self._recent_calls, default=0.0)
+    def least_call_seconds(self, rows: int, now: float) -> float:
+        """The least a call of `rows` rows can take, by the policy's last SPREAD_HISTORY calls of the last CALL_MEMORY_S:
+        as long as a smaller call and its share (rows / their rows) of a larger one. 0 when nothing is known, and
+        after PROBE_AFTER_IDLE_S without a call, so that a request refused on old calls' word cannot be refused for
+        ever (refused requests never run, so they never correct that word)."""
+        recent = [(rows_then, s) for ended, rows_then, s in self._recent_calls if now - ended <= CALL_MEMORY_S]
+        if not recent or now - self._recent_calls[-1][0] >= PROBE_AFTER_IDLE_S:
+            return 0.0
+        return min(s * min(1.0, rows / rows_then) for rows_then, s in recent)
 
     def seconds(self) -> float:
         """The current window: how long after it starts (its first arrival, or the previous call's replies when that

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional
 import numpy as np
 
 from gr00t_client import codec
+from gr00t_client.chunking import observation_batch_size
 from gr00t_client.client import ERROR_MARKER
 from gr00t_client.policy import BasePolicy, NonFiniteActionError, ObservationError, PolicyValidationError
 
@@ -43,6 +44,14 @@ def policy_stages(policy: Any) -> Dict[str, float]:
         if isinstance(stages, dict):
             return {k: float(v) for k, v in stages.items() if k in POLICY_STAGE_KEYS and isinstance(v, (int, float))}
     return {}
+
+
+def call_rows(request: Request) -> int:
+    """The observation rows of a get_action's call: counted on arrival when gathered, else its batch size (at least 1)."""
+    if request.batch_shape is not None:
+        return request.rows
+    observation = request.data.get("observation") if isinstance(request.data, dict) else None
+    return max(1, observation_batch_size(observation))
 
 
 class JobRunner:
@@ -92,12 +101,7 @@ class JobRunner:
         return replies
 
     def _execute(self, job: Job, now: float, replies: List[Reply]) -> None:
-        live: List[Request] = []
-        for request in job:
-            if self._too_late(request, now):
-                replies.append(self._expired_reply(request, now))
-            else:
-                live.append(request)
+        live = self._in_time(job, now, replies)
         sessions = self._server._policy_uses_sessions
         if sessions:
             live = self._admit_sessions(live, replies)
@@ -108,16 +112,26 @@ class JobRunner:
         if sessions:
             self._take_in_sessions(live)
 
-    def _too_late(self, request: Request, now: float) -> bool:
-        """True when the request's deadline has passed, or, for a get_action, is nearer than the fastest of the
-        policy's recent calls took: its call would end after its client gave up (in a timeout storm 85% of calls were
-        so). The fastest, not the average: an average of batches of 8 and of 1 would refuse a lone request that
-        had time, and a refused request costs its robot an action where a computed one costs a call (then counted
-        `late`). Never before the first call (nothing measured) nor for a request without a deadline."""
-        call_s = self._window.fastest_call_seconds() if request.endpoint == "get_action" else 0.0
-        return request.expired(now, call_s)
+    def _in_time(self, requests: List[Request], now: float, replies: List[Reply]) -> List[Request]:
+        """The requests whose reply can still reach their client; the others are answered as expired: their deadline
+        has passed or, for a get_action, is nearer than the least a call of the rows still to run can take by the
+        policy's recent calls (GatherWindow.least_call_seconds), so their call would end after the client gave up (in
+        a timeout storm 85% of calls were so). The least, not the average: an average of batches of 8 and of 1 would
+        refuse a lone request that had time, and a refused request costs its robot an action where a computed one
+        costs a call (then counted `late`). Never when nothing is known nor for a request without a deadline."""
+        rows = sum(call_rows(request) for request in requests if not request.expired(now))
+        live: List[Request] = []
+        for request in requests:
+            if request.expired(now, self._least_call_seconds(request, rows, now)):
+                replies.append(self._expired_reply(request, rows, now))
+            else:
+                live.append(request)
+        return live
 
-    def _expired_reply(self, request: Request, now: float) -> Reply:
+    def _least_call_seconds(self, request: Request, rows: int, now: float) -> float:
+        return self._window.least_call_seconds(rows, now) if request.endpoint == "get_action" else 0.0
+
+    def _expired_reply(self, request: Request, rows: int, now: float) -> Reply:
         """The answer to a request whose client's deadline passed, or was too near, when its turn came (counted as
         expired)."""
         self._server.stats.add("expired")
@@ -126,8 +140,8 @@ class JobRunner:
         if not request.expired(now):
             assert request.deadline is not None
             reason = (f"the client's deadline was {(request.deadline - now) * 1000.0:.0f} ms away when its turn came, "
-                      f"too close for a policy call (the fastest recent one took "
-                      f"{self._window.fastest_call_seconds() * 1000.0:.0f} ms)")
+                      f"too close for a policy call (by recent calls, one of {rows} row(s) takes at least "
+                      f"{self._least_call_seconds(request, rows, now) * 1000.0:.0f} ms)")
         logger.debug("dropped %s from %s: %s", log_text(request.endpoint), request.peer, reason)
         return request, self.error_frames(request, RequestError(f"'{request.endpoint}' was not run: {reason}"), log=False)
 
@@ -244,7 +258,7 @@ class JobRunner:
             return request, self.error_frames(request, exc)
         policy_ms = (time.monotonic() - started) * 1000.0
         if request.endpoint == "get_action":
-            self._window.observe_call(policy_ms / 1000.0)
+            self._window.observe_call(policy_ms / 1000.0, call_rows(request))
         return self.result_frames(request, result, policy_ms, 1, policy_started=started)
 
     def _run_group(self, group: List[Request], replies: List[Reply]) -> None:
@@ -276,14 +290,7 @@ class JobRunner:
     def _still_waiting(self, requests: List[Request], replies: List[Reply]) -> List[Request]:
         """The requests whose client still waits; the others (gave up during a failed merged call, or are about to)
         are answered as expired, not served again."""
-        waiting = []
-        for request in requests:
-            now = time.monotonic()
-            if self._too_late(request, now):
-                replies.append(self._expired_reply(request, now))
-            else:
-                waiting.append(request)
-        return waiting
+        return self._in_time(requests, time.monotonic(), replies)
 
     def _run_merged(self, valid: List[Request], replies: List[Reply]) -> List[List[Request]]:
         """One merged policy call for `valid` (two or more requests), answering them; returns the groups still to
@@ -322,7 +329,7 @@ class JobRunner:
             half = len(valid) // 2  # one client's input: bisection finds it
             return [valid[:half], valid[half:]]
         policy_ms = (time.monotonic() - started) * 1000.0
-        self._window.observe_call(policy_ms / 1000.0)
+        self._window.observe_call(policy_ms / 1000.0, sum(rows))
         for request, (part_action, part_info) in zip(valid, parts):
             request.timing = stages
             try:
