@@ -16,7 +16,15 @@ from gr00t_server.backends.bench import time_policy
 from gr00t_server.backends.common import EXPORT_METADATA, model_of
 from gr00t_server.backends.export import export_policy
 from gr00t_server.backends.tensorrt_backend import profile_shapes
-from gr00t_server.backends.verify import compare, cosine_similarity, max_abs_error, status_for, verify_policy
+from gr00t_server.backends.verify import (
+    action_spread,
+    compare,
+    cosine_similarity,
+    max_abs_error,
+    relative_error_status,
+    status_for,
+    verify_policy,
+)
 from gr00t_server.policies.gr00t_policy import Gr00tPolicy
 from gr00t_server.test_checkpoint import example_observation
 
@@ -266,11 +274,63 @@ def test_verify_fails_a_backend_that_changes_the_output(tiny_checkpoint, observa
     assert "FAIL" in report.format()
 
 
+class Scaled(torch.nn.Module):
+    """A backend that is right in direction and wrong in magnitude: its sub-module's output times `factor`."""
+
+    def __init__(self, inner, factor):
+        super().__init__()
+        self.inner, self.factor = inner, factor
+
+    def forward(self, *args, **kwargs):
+        return self.factor * self.inner(*args, **kwargs)
+
+
+@pytest.mark.parametrize("name, factor", [("action_decoder", 2.0), ("model", 1.5), ("vl_self_attention", 3.0)])
+def test_verify_fails_a_backend_whose_submodule_is_off_by_a_scale_factor(tiny_checkpoint, observation, name, factor):
+    """Cosine is blind to scale: every velocity doubled passed with cosine 1.000000."""
+
+    def scaled_backend(policy):
+        head = model_of(policy).action_head
+        setattr(head, name, Scaled(getattr(head, name), factor))
+        return ["dit" if name == "model" else name]
+
+    report = verify_policy(make_policy(tiny_checkpoint), observation, scaled_backend, "scaled")
+    row = report.comparisons[0]
+    assert row.cosine > 0.999999 and row.status == "FAIL", report.format()
+    assert row.relative_error == pytest.approx(factor - 1.0, rel=1e-3)
+    assert report.status == "FAIL"
+
+
+def test_relative_error_limits_are_tight_for_fp32_and_looser_for_half_precision():
+    assert [relative_error_status(0.02, dtype) for dtype in (torch.float32, torch.float16, torch.bfloat16)] == [
+        "WARN", "PASS", "PASS"]
+    assert [relative_error_status(0.5, dtype) for dtype in (torch.float32, torch.float16, torch.bfloat16)] == [
+        "FAIL", "FAIL", "FAIL"]
+    assert relative_error_status(float("nan")) == "FAIL"
+
+
+def test_an_action_error_is_not_hidden_by_the_actions_constant_offset():
+    """A joint resting at 1.5 rad and moving 0.01 rad in the chunk: an error of 0.01 rad is its whole motion."""
+    reference = 1.5 + 0.01 * np.sin(np.linspace(0.0, 3.0, 16)).reshape(1, 16, 1)
+    candidate = reference + 0.01
+    assert compare("action.joint", reference, candidate).status == "PASS"  # against its size: 0.7%, cosine 0.99998
+    assert compare("action.joint", reference, candidate, scale=action_spread(reference)).status == "FAIL"
+
+
+def test_an_action_key_that_does_not_move_in_the_chunk_is_held_to_a_tenth_of_its_size():
+    closed_gripper = np.ones((1, 16, 1))
+    assert compare("action.gripper", closed_gripper, closed_gripper + 1e-3, torch.bfloat16,
+                   action_spread(closed_gripper)).status == "PASS"
+    assert compare("action.gripper", closed_gripper, closed_gripper + 0.05, torch.float32,
+                   action_spread(closed_gripper)).status == "FAIL"
+
+
 def test_verify_command_prints_the_table_and_exits_zero_on_pass(tiny_checkpoint, full_export, capsys):
     args = parse(["verify", "--model_path", str(tiny_checkpoint), "--onnx_dir", str(full_export), "--device", "cpu"])
     assert commands.run(args) == 0
     out = capsys.readouterr().out
     assert "actions (all keys)" in out and "overall (onnxruntime): PASS" in out
+    assert out.splitlines()[1].split() == ["output", "cosine", "max_abs_err", "rel_err", "status"]
     assert f"embodiment: {TAG}" in out  # which of the checkpoint's embodiments was verified
 
 

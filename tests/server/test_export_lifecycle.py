@@ -256,6 +256,26 @@ def test_a_first_export_killed_mid_swap_leaves_its_folder_usable_by_the_next(tin
     assert not [p for p in folder.iterdir() if p.name.startswith(".gr00t-export-")]
 
 
+def test_a_staging_folder_of_a_killed_export_with_this_exports_pid_is_removed(tiny_checkpoint, earlier):
+    """In containers every export is PID 1: the dead export's pid is the next one's own and looked alive, so its
+    staging folder (GBs for a 3B model) stayed for ever."""
+    stale = earlier / f".gr00t-export-staging-{os.getpid()}-abc123"
+    stale.mkdir()
+    (stale / "llm_fp32.onnx").write_bytes(b"partial")
+    assert commands.run(parse(export_argv(tiny_checkpoint, earlier))) == 0
+    assert sorted(p.name for p in earlier.iterdir()) == ["dit_fp32.onnx", EXPORT_METADATA]
+
+
+def test_an_export_killed_mid_swap_with_this_exports_pid_gets_the_earlier_export_back(tiny_checkpoint, earlier):
+    """With the dead export's pid reused (PID 1 in a container), its backup was not put back and the export into the
+    folder failed: 'dit_fp32.onnx was not written by an earlier export', against what serve and verify promise."""
+    backup = earlier / f".gr00t-export-previous-{os.getpid()}-killed0"
+    backup.mkdir()
+    os.replace(earlier / EXPORT_METADATA, backup / EXPORT_METADATA)  # the swap moves the metadata aside first
+    assert commands.run(parse(export_argv(tiny_checkpoint, earlier))) == 0
+    assert sorted(p.name for p in earlier.iterdir()) == ["dit_fp32.onnx", EXPORT_METADATA]
+
+
 def test_ctrl_c_during_the_swap_waits_for_it_and_the_export_reports_what_it_installed(tiny_checkpoint, earlier,
                                                                                        monkeypatch, caplog):
     """A Ctrl-C in the swap waited for it, then reported "interrupted" (exit 130) over a folder holding the new export."""

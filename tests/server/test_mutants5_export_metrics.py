@@ -22,7 +22,7 @@ import pytest
 from gr00t_client import EmbodimentTag, PolicyClient
 from gr00t_server.backends import BackendError
 from gr00t_server.backends.common import EXPORT_METADATA
-from gr00t_server.backends.export_dir import check_collisions, own_files, remove_stale_work_dirs, swap_in
+from gr00t_server.backends.export_dir import check_collisions, make_work_dir, own_files, remove_stale_work_dirs, swap_in
 from gr00t_server.server import PolicyServer
 from serving import running_server
 from eval.test_run_dir_leftovers import ended_pid
@@ -70,10 +70,9 @@ def test_a_leftover_backup_of_a_dead_export_never_replaces_the_whole_export_that
 
 
 def test_the_work_folder_of_a_live_export_is_not_removed_as_stale(tmp_path):
-    # mutant: remove_stale_work_dirs removed work folders whatever their pid (here: this process's, alive)
+    # mutant: remove_stale_work_dirs removed work folders whatever made them (here: this process, still exporting)
     write_export(tmp_path, b"old")
-    live = tmp_path / f".gr00t-export-staging-{os.getpid()}-abc123"
-    live.mkdir()
+    live = make_work_dir(tmp_path, "staging")
     (live / "dit_fp32.onnx").write_bytes(b"being written")
     remove_stale_work_dirs(tmp_path)
     assert (live / "dit_fp32.onnx").read_bytes() == b"being written"

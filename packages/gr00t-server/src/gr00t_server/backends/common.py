@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 EXPORT_METADATA = "export_metadata.json"
-WORK_PREFIX = ".gr00t-export-"  # an export's hidden work folders in its output: <prefix><kind>-<pid>-<random>
+WORK_PREFIX = ".gr00t-export-"  # an export's hidden work folders in its output: <prefix><kind>-<pid>-<token>-<random>
 ENGINE_METADATA = "engine_metadata.json"
 MODEL_VERSION = "n1d7"
 OPSET_VERSION = 19

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import logging
 import os
+import secrets
 import shutil
 import signal
 import tempfile
@@ -100,17 +101,19 @@ def export_lock(folder: Path) -> Iterator[None]:
 
 
 def remove_stale_work_dirs(folder: Path) -> None:
-    """Delete work folders left by an export that was killed (SIGKILL, power loss): their process is gone. One
-    killed in the middle of its swap first has the earlier export it had moved aside put back (_restore_earlier)."""
+    """Delete the work folders left in `folder` by exports that were killed (SIGKILL, power loss); call it holding
+    export_lock, so every work folder this process did not make is a dead export's (its pid proves nothing: in
+    another container, or in this one as PID 1 again, it may be alive). One killed in the middle of its swap first
+    has the earlier export it had moved aside put back (_restore_earlier)."""
     stale: list[Path] = []
-    by_pid: dict[str, dict[str, Path]] = {}  # pid -> {kind: folder}: a killed export's staging and backup folders
+    by_export: dict[str, dict[str, Path]] = {}  # <pid>-<token> -> {kind: folder}: a killed export's work folders
     for path in sorted(folder.glob(WORK_PREFIX + "*")):
-        parts = path.name[len(WORK_PREFIX):].split("-")  # <kind>-<pid>-<random>
-        pid = parts[1] if len(parts) == 3 else ""
-        if path.is_dir() and not path.is_symlink() and pid.isdigit() and not _pid_alive(int(pid)):
+        parts = path.name[len(WORK_PREFIX):].split("-")  # <kind>-<pid>-<token>-<random> (before: no <token>)
+        named_as_work_dir = len(parts) in (3, 4) and parts[1].isdigit()
+        if named_as_work_dir and path.is_dir() and not path.is_symlink() and not _made_here(path):
             stale.append(path)
-            by_pid.setdefault(pid, {})[parts[0]] = path
-    for work in by_pid.values():
+            by_export.setdefault("-".join(parts[1:-1]), {})[parts[0]] = path
+    for work in by_export.values():
         if (folder / EXPORT_METADATA).exists():
             continue  # the folder holds a whole export: no swap was left half-way
         if "previous" in work and (work["previous"] / EXPORT_METADATA).is_file():
@@ -152,9 +155,22 @@ def _remove_moved_in(folder: Path, staging: Path) -> None:
         logger.warning("removed %s from %s: the export that moved them in was killed mid-swap", ", ".join(removed), folder)
 
 
+# Names this process's work folders beyond its pid, which a killed export in a container shared (PID 1 in each).
+_PROCESS_TOKEN = secrets.token_hex(8)
+
+
+def _work_dir_tag() -> str:
+    return f"{os.getpid()}-{_PROCESS_TOKEN}"
+
+
+def _made_here(path: Path) -> bool:
+    """Whether `path` is a work folder this process made (and may still be using)."""
+    return f"-{_work_dir_tag()}-" in path.name
+
+
 def make_work_dir(folder: Path, kind: str) -> Path:
-    """A fresh hidden folder `.gr00t-export-<kind>-<pid>-<random>` inside `folder`."""
-    return Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{kind}-{os.getpid()}-", dir=folder))
+    """A fresh hidden folder `.gr00t-export-<kind>-<pid>-<token>-<random>` inside `folder`."""
+    return Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{kind}-{_work_dir_tag()}-", dir=folder))
 
 
 @contextlib.contextmanager
