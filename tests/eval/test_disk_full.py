@@ -185,3 +185,105 @@ def test_a_recording_that_cannot_write_says_what_the_folder_holds(tmp_path):
     line = result.stderr.strip().splitlines()[-1]
     assert "File too large" in line and "recording stopped;" in line and "loadable dataset)" in line, line
     assert not [p for p in (tmp_path / "dataset").rglob("*") if p.name.startswith(".partial-")]
+
+
+_META_REWRITE_UNDER_LIMIT = """
+import json
+from pathlib import Path
+import numpy as np
+from gr00t_eval.dataset import DatasetWriter
+root = Path(sys.argv[2])
+writer = DatasetWriter(root, fps=10)
+rng = np.random.default_rng(0)
+for index in range(200):
+    arm = rng.normal(size=(5, 4)).astype(np.float32)
+    writer.add_episode({"cam": np.zeros((5, 16, 16, 3), np.uint8)}, {"arm": arm}, {"arm": arm}, "t")
+    meta = {path.name: path.read_bytes() for path in (root / "meta").iterdir()} if index else {}
+    try:
+        writer.write_meta()
+    except OSError as exc:
+        changed = [name for name, text in meta.items() if (root / "meta" / name).read_bytes() != text]
+        added = sorted({path.name for path in (root / "meta").iterdir()} - set(meta))
+        print("raised", exc.errno, "changed", changed, "added", added)
+        break
+"""
+
+
+def test_a_meta_rewrite_that_fills_the_disk_leaves_every_meta_file_as_it_was(tmp_path):
+    # meta/ was rewritten file by file: stats.json and episodes.jsonl counted the episode, info.json did not
+    result = run_limited(30 * 1024, _META_REWRITE_UNDER_LIMIT, str(tmp_path / "ds"))
+    assert "raised 27" in result.stdout, result.stdout + result.stderr[-2000:]
+    assert "changed [] added []" in result.stdout, result.stdout
+
+
+def test_a_recording_whose_meta_rewrite_fills_the_disk_keeps_only_files_that_agree_with_its_count(tmp_path):
+    pytest.importorskip("metaworld")
+    import re
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from gr00t_eval.dataset import LeRobotDataset
+
+    body = """
+    from gr00t_eval.cli import main
+    sys.exit(main(["record", "--env-name", "metaworld/reach-v3", "--episodes", "30", "--output", sys.argv[2],
+                   "--max-episode-steps", "5", "--image-size", "32"]))
+    """
+    root = tmp_path / "dataset"
+    result = run_limited(60 * 1024, body, str(root))  # episodes_stats.jsonl (~5 kB an episode) outgrows it first
+    assert result.returncode == 2, result.stderr[-2000:]
+    line = result.stderr.strip().splitlines()[-1]
+    kept = int(re.search(r"holds the (\d+) episodes finished before it \(a loadable dataset\)", line).group(1))
+    counts = {
+        "info.json": json.loads((root / "meta" / "info.json").read_text())["total_episodes"],
+        "episodes.jsonl": len((root / "meta" / "episodes.jsonl").read_text().splitlines()),
+        "episodes_stats.jsonl": len((root / "meta" / "episodes_stats.jsonl").read_text().splitlines()),
+        "data/": len(list(root.glob("data/*/*.parquet"))),
+        "videos/": len(list(root.glob("videos/*/*/*.mp4"))),
+    }
+    assert counts == dict.fromkeys(counts, kept), (line, counts)
+    actions = np.concatenate([np.array(pq.read_table(path).column("action").to_pylist())
+                              for path in sorted(root.glob("data/*/*.parquet"))])
+    stats = json.loads((root / "meta" / "stats.json").read_text())
+    np.testing.assert_allclose(stats["action"]["mean"], actions.mean(axis=0), atol=1e-6)
+    assert LeRobotDataset(root).num_episodes == kept
+
+
+_V3_FILE_BROKEN_UNDER_LIMIT = """
+import numpy as np
+from gr00t_eval.dataset import DatasetWriter
+rng = np.random.default_rng(0)
+def episode(length):
+    zeros = {"arm": np.zeros((length, 2), np.float32)}
+    return dict(frames={"cam": rng.integers(0, 256, (length, 64, 64, 3), dtype=np.uint8)}, states=zeros, actions=zeros,
+                task="t")
+writer = DatasetWriter(sys.argv[2], fps=10, layout="v3.0", episodes_per_file=4)
+for _ in range(10):  # files 0 and 1 complete, two episodes into file 2
+    writer.add_episode(**episode(10))
+try:
+    writer.add_episode(**episode(80))  # file 2's mp4 outgrows the limit
+except OSError as exc:
+    print("refused:", exc)
+print("holds", writer.n_episodes)
+for _ in range(3):  # the file is started anew
+    writer.add_episode(**episode(10))
+writer.finalize()
+"""
+
+
+def test_a_v3_file_whose_video_write_fails_drops_its_episodes_loudly_and_the_dataset_stays_readable(tmp_path):
+    # the shared mp4 was released without its trailer: finalize() listed its episodes, none of them decodable
+    from gr00t_eval.dataset import LeRobotDataset
+
+    root = tmp_path / "ds"
+    result = run_limited(200 * 1024, _V3_FILE_BROKEN_UNDER_LIMIT, str(root))
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    video = root / "videos" / "observation.images.cam" / "chunk-000" / "file-002.mp4"
+    assert f"refused: [Errno 27] {video}: File too large;" in result.stdout, result.stdout
+    assert "the 2 episode(s) already in it (episodes 8..9) are lost" in result.stdout
+    assert "holds 8" in result.stdout
+    dataset = LeRobotDataset(root)
+    assert dataset.num_episodes == 11
+    for index in range(dataset.num_episodes):
+        assert dataset.episode(index).frames(dataset.video_keys[0], [0]) is not None

@@ -468,6 +468,18 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         return code
 
 
+def _left_before_recording(output: str, summary: Any) -> str:
+    """What a recording stopped before its first episode left in `output`: --overwrite may have removed the old dataset."""
+    removed = summary.old_dataset_removed if summary is not None else []
+    if not removed:
+        return f"{output} was left as it was"
+    remaining = [name for name in ("meta", "data", "videos") if (Path(output) / name).exists()]
+    if remaining:
+        return (f"--overwrite had removed {', '.join(f'{name}/' for name in removed)} of the old dataset in {output} "
+                f"({', '.join(f'{name}/' for name in remaining)} remain: not a loadable dataset)")
+    return f"--overwrite had removed the old dataset in {output}, which holds no dataset now"
+
+
 def cmd_record(args: argparse.Namespace) -> int:
     """`gr00t-eval record`: Meta-World expert episodes into a LeRobot v2.1 dataset."""
     from .record import record_metaworld
@@ -484,7 +496,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as exc:
         summary = getattr(exc, "record_summary", None)  # what this run finished (the folder may hold an older dataset)
         if summary is None or not summary.started:
-            print(f"INTERRUPTED before recording began: {args.output} was left as it was")
+            print(f"INTERRUPTED before recording began: {_left_before_recording(args.output, summary)}")
         elif summary.n_episodes:
             print(f"INTERRUPTED: {args.output} holds the {summary.n_episodes} episodes finished before the interrupt "
                   "(a loadable dataset)")

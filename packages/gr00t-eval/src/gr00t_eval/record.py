@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional, Union
 import numpy as np
 
 from .dataset import DatasetWriter
+from .dataset.overwrite import DATASET_ENTRIES, OVERWRITE_TRASH
 from .rollout.config import split_env_name
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ class RecordSummary:
     lengths: List[int] = field(default_factory=list)
     successes: List[bool] = field(default_factory=list)
     started: bool = False  # the dataset directory was claimed and (with overwrite) emptied: episodes are this run's
+    # Not started: the old dataset's entries (meta, data, videos) that overwrite had removed when the run stopped
+    old_dataset_removed: List[str] = field(default_factory=list)
 
     @property
     def n_episodes(self) -> int:
@@ -90,7 +93,7 @@ def record_metaworld(
         raise FileExistsError(f"{output} exists and is not a directory")
     if output_path.is_dir():
         refuse_live_claims(output, flag="--output")  # never empty a directory another recording (or any run) fills
-        if not overwrite and any(entry.name not in (RECORD_CLAIM, claim_lock_name(RECORD_CLAIM))
+        if not overwrite and any(entry.name not in (RECORD_CLAIM, claim_lock_name(RECORD_CLAIM), OVERWRITE_TRASH)
                                  for entry in output_path.iterdir()):
             raise FileExistsError(f"dataset directory {output} is not empty")  # before the env and the progress bar
     env = MetaWorldEnv(task, image_size=image_size, camera=camera)
@@ -103,6 +106,7 @@ def record_metaworld(
         from .progress import bar_options
 
         bar = tqdm(total=n_episodes, desc="Recording", **bar_options())
+    old_dataset = sorted(name for name in DATASET_ENTRIES if (output_path / name).exists())
     settings = {"env_name": env_name, "n_episodes": n_episodes, "seed": seed, "max_episode_steps": max_episode_steps,
                 "image_size": image_size, "camera": camera}
     try:
@@ -117,6 +121,8 @@ def record_metaworld(
                     summary.started = True
                     _record_episodes(env, expert, writer, summary, env_name, camera, n_episodes, seed, max_episode_steps, bar)
     except (KeyboardInterrupt, OSError) as exc:  # Ctrl-C, a full disk
+        if not summary.started:  # a stop while overwrite deleted the old dataset: the CLI must not say it is as it was
+            summary.old_dataset_removed = [name for name in old_dataset if not (output_path / name).exists()]
         exc.record_summary = summary  # type: ignore[attr-defined]  # what this run finished, for the CLI's message
         raise
     finally:
@@ -144,7 +150,7 @@ def _record_episodes(env: Any, expert: Any, writer: DatasetWriter, summary: Reco
                               "next.success": np.asarray(record["success_flags"], bool)},
                 metadata={"seed": episode_seed, "success": record["success"], "env_name": env_name},
             )
-            writer.write_meta()  # loadable after every episode: an interrupted recording keeps what it finished
+            _list_episode(writer)
             summary.add(episode_seed, len(record["rewards"]), record["success"])
         except KeyboardInterrupt:
             # An episode add_episode finished has its files in data/ and videos/: meta/ lists it before the stop (a
@@ -158,6 +164,17 @@ def _record_episodes(env: Any, expert: Any, writer: DatasetWriter, summary: Reco
             logger.warning("expert failed episode %d (seed %d) within %d steps", episode, episode_seed, max_episode_steps)
         if bar is not None:
             bar.update(1)
+
+
+def _list_episode(writer: DatasetWriter) -> None:
+    """meta/ rewritten with the episode just added: loadable after every episode, so an interrupted recording keeps
+    what it finished. A rewrite that fails (a full disk) leaves meta/ as it was, and the episode's files are removed
+    so that data/ and videos/ hold what meta/ lists."""
+    try:
+        writer.write_meta()
+    except OSError:
+        writer.discard_unlisted()
+        raise
 
 
 def _record_episode(env: Any, expert: Any, seed: int, max_steps: int, to_action: Any, state_keys: List[str]) -> Dict[str, Any]:

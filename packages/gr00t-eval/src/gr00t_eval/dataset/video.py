@@ -269,6 +269,18 @@ class Mp4Encoder:
             raise
 
     @property
+    def broken(self) -> bool:
+        """Whether a write failed: the file cannot be finished."""
+        return self._broken
+
+    def discard(self) -> None:
+        """Release the file without finishing it and delete it."""
+        self._broken = True
+        self.close()
+        with contextlib.suppress(OSError):
+            self.path.unlink(missing_ok=True)
+
+    @property
     def size(self) -> Optional[Tuple[int, int]]:
         """(height, width) once the first frame was written."""
         return None if self._stream is None else (self._stream.height, self._stream.width)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import shutil
 import weakref
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -18,6 +17,7 @@ import pyarrow.parquet as pq
 from ..run_dir import remove_quietly
 from .meta import V3_BOOKKEEPING_COLUMNS, V3_BOOKKEEPING_PREFIXES
 from .modality import ArrayGroup, DatasetModality, LanguageGroup, VideoGroup, layout_from_dims
+from .overwrite import OVERWRITE_TRASH, delete_trash, empty_dataset_dir
 from .stats import LEROBOT_QUANTILES, RunningColumnStats, episode_stats, image_stats, merge_episode_stats
 from .video import ENCODERS, Mp4Encoder, encoder_for, min_frame_side, video_feature_info
 
@@ -91,10 +91,12 @@ class DatasetWriter:
             raise ValueError(f"language_column {language_column!r} is a LeRobot column the writer fills itself; name a "
                              "column of its own (or leave the default, 'task_index')")
         self.root = Path(root)
+        delete_trash(self.root / OVERWRITE_TRASH)  # left by an overwrite that was killed
+        keep = (*keep, OVERWRITE_TRASH)
         if self.root.exists() and any(entry.name not in keep for entry in self.root.iterdir()):
             if not overwrite:
                 raise FileExistsError(f"dataset directory {self.root} is not empty (pass overwrite=True to replace it)")
-            _empty_dataset_dir(self.root, keep)
+            empty_dataset_dir(self.root, keep)
         self.root.mkdir(parents=True, exist_ok=True)
         self.fps = fps
         self.video_codec = video_codec
@@ -128,6 +130,9 @@ class DatasetWriter:
         # says so when collected, or at exit; a v3.0 one had lost them without a word.
         self._unlisted = [0]
         weakref.finalize(self, _warn_unlisted, str(self.root), self.layout, self._unlisted)
+        self._listed_values = self._recorded_values()  # as meta/ last listed them: what discard_unlisted() goes back to
+        self._file_start_values = self._listed_values  # v3.0: as they were before the file being filled
+        self._lost_episodes = 0  # v3.0: episodes dropped with a file that could not be finished
 
     # -- public API -------------------------------------------------------------------------------
     @property
@@ -241,33 +246,60 @@ class DatasetWriter:
         self._write_meta_files()
         return self.root
 
+    def discard_unlisted(self) -> int:
+        """Remove the v2.1 episodes added since meta/ last listed them (a write_meta() that failed on a full disk):
+        their files in data/ and videos/ and their values, so the dataset on disk is the one meta/ lists. Returns how
+        many were removed."""
+        if self.layout != "v2.1":
+            raise RuntimeError("discard_unlisted() needs layout 'v2.1' (v3.0 lists its episodes at finalize())")
+        listed = self._listed_values[3]
+        unlisted = range(listed, len(self._episodes))
+        self._remove_v2_files([path for index in unlisted for path in self._v2_episode_paths(index, self._cameras or [])])
+        self._restore_values(self._listed_values)
+        return len(unlisted)
+
     def finalize(self) -> Path:
         """Write the metadata files; return the dataset root. Further add_episode calls are refused."""
         if self._finalized:
             return self.root
-        if not self._episodes:
-            raise RuntimeError(f"{self.root}: no episodes were added")
         if self.layout == "v3.0":
             self._flush_v3_file()
+        if not self._episodes:
+            lost = f"no episode left to list: the {self._lost_episodes} added were lost with a video file whose write failed"
+            raise RuntimeError(f"{self.root}: {lost if self._lost_episodes else 'no episodes were added'}")
         self._write_meta_files()
         self._finalized = True
         logger.info("finalized %s: %d episodes, %d frames", self.root, len(self._episodes), self._total_frames)
+        if self._lost_episodes:
+            logger.error("%s: %d more episode(s) were lost with a video file whose write failed (see the error "
+                         "raised then); they are not in the dataset", self.root, self._lost_episodes)
         return self.root
 
     def _write_meta_files(self) -> None:
+        """Every meta file written under a temporary name, then all renamed into place (info.json last): a full disk
+        part-way leaves meta/ as it was, never files that disagree about the episodes."""
         meta = self.root / "meta"
         meta.mkdir(exist_ok=True)
-        _write_json(meta / "modality.json", self._modality().to_json_dict())
-        _write_json(meta / "stats.json", self._dataset_stats())
-        if self.layout == "v2.1":
-            _write_jsonl(meta / "tasks.jsonl", [{"task_index": i, "task": t} for t, i in self._tasks.items()])
-            _write_jsonl(meta / "episodes.jsonl", self._episodes)
-            # LeRobot v2.1 loads it with the rest of meta/ (and refuses, or looks for the dataset on the Hub, without)
-            self._write_episode_stats(meta / "episodes_stats.jsonl")
-        else:
-            self._write_v3_meta(meta)
-        _write_json(meta / "info.json", self._info())  # last: its total_episodes never counts an episode not yet listed
+        staged = _StagedFiles()
+        try:
+            staged.write_json(meta / "modality.json", self._modality().to_json_dict())
+            staged.write_json(meta / "stats.json", self._dataset_stats())
+            if self.layout == "v2.1":
+                staged.write_jsonl(meta / "tasks.jsonl", [{"task_index": i, "task": t} for t, i in self._tasks.items()])
+                staged.write_jsonl(meta / "episodes.jsonl", self._episodes)
+            else:
+                self._write_v3_meta(meta, staged)
+            staged.write_json(meta / "info.json", self._info())  # last: its total_episodes never counts an unlisted episode
+            if self.layout == "v2.1":
+                # LeRobot v2.1 loads it with the rest of meta/ (and refuses, or looks for the dataset on the Hub,
+                # without). Appended in place, and cut back if that fails: the last write before the renames.
+                self._write_episode_stats(meta / "episodes_stats.jsonl")
+        except BaseException:
+            staged.discard()
+            raise
+        staged.commit()
         self._unlisted[0] = 0
+        self._listed_values = self._recorded_values()
 
     def __enter__(self) -> "DatasetWriter":
         return self
@@ -384,12 +416,9 @@ class DatasetWriter:
         """The episode's parquet and mp4s, each written under a hidden partial name and renamed once all are
         complete: an episode cut short (Ctrl-C while encoding) leaves no file a loader globbing data/ would count
         (and add_episode removes the renamed ones, self._episode_files, of an episode that does not finish)."""
-        chunk = episode_index // self.chunks_size
-        data_path = self.root / V2_DATA_PATH.format(episode_chunk=chunk, episode_index=episode_index)
-        video_paths = {camera: self.root / V2_VIDEO_PATH.format(episode_chunk=chunk, episode_index=episode_index,
-                                                               video_key=f"observation.images.{camera}")
-                       for camera in frames}
-        partial = {path: path.with_name(f".partial-{path.name}") for path in [data_path, *video_paths.values()]}
+        data_path, *videos = self._v2_episode_paths(episode_index, frames)
+        video_paths = dict(zip(frames, videos))
+        partial = {path: path.with_name(f".partial-{path.name}") for path in [data_path, *videos]}
         try:
             data_path.parent.mkdir(parents=True, exist_ok=True)
             pq.write_table(table, partial[data_path])
@@ -407,6 +436,13 @@ class DatasetWriter:
         for final, temporary in partial.items():
             temporary.replace(final)
 
+    def _v2_episode_paths(self, episode_index: int, cameras: Sequence[str]) -> List[Path]:
+        """The episode's parquet, then its mp4 of each camera."""
+        chunk = episode_index // self.chunks_size
+        return [self.root / V2_DATA_PATH.format(episode_chunk=chunk, episode_index=episode_index),
+                *(self.root / V2_VIDEO_PATH.format(episode_chunk=chunk, episode_index=episode_index,
+                                                   video_key=f"observation.images.{camera}") for camera in cameras)]
+
     def _recorded_values(self) -> Tuple[Any, ...]:
         """What add_episode changes besides the layout, as it is now (see _forget_v2_episode)."""
         numeric = {name: copy.copy(running) for name, running in self._numeric.items()}  # add() replaces, never edits, arrays
@@ -415,11 +451,21 @@ class DatasetWriter:
 
     def _forget_v2_episode(self, recorded: Tuple[Any, ...]) -> None:
         """Undo a v2.1 episode add_episode did not finish: its files in data/ and videos/, and its values."""
-        tasks, metadata_types, numeric, n_episodes, unlisted, total_frames = recorded
-        for path in self._episode_files:  # after an error: a delete refused too (read-only) never replaces it
+        self._remove_v2_files(self._episode_files)
+        self._restore_values(recorded)
+
+    @staticmethod
+    def _remove_v2_files(paths: Sequence[Path]) -> None:
+        for path in paths:  # after an error: a delete refused too (read-only) never replaces it
             remove_quietly(path.with_name(f".partial-{path.name}"))
             remove_quietly(path)
-        self._tasks, self._metadata_types, self._numeric = tasks, metadata_types, numeric
+
+    def _restore_values(self, recorded: Tuple[Any, ...]) -> None:
+        """Put back what add_episode changes besides the layout, as `_recorded_values()` took it."""
+        tasks, metadata_types, numeric, n_episodes, unlisted, total_frames = recorded
+        # copies: `recorded` may be gone back to again (discard_unlisted() twice without a write_meta() between)
+        self._tasks, self._metadata_types = dict(tasks), dict(metadata_types)
+        self._numeric = {name: copy.copy(running) for name, running in numeric.items()}
         del self._episodes[n_episodes:]
         del self._episode_stats[n_episodes:]
         self._unlisted[0], self._total_frames = unlisted, total_frames
@@ -428,6 +474,8 @@ class DatasetWriter:
     def _append_v3_episode(self, table: pa.Table, frames: Mapping[str, np.ndarray], length: int) -> Dict[str, Any]:
         if self.episodes_per_file is not None and self._file_episode_count >= self.episodes_per_file:
             self._flush_v3_file()
+        if not self._file_tables:
+            self._file_start_values = self._recorded_values()
         chunk, file_index = divmod(self._file_index, self.chunks_size)
         record: Dict[str, Any] = {
             "data/chunk_index": chunk,
@@ -454,14 +502,15 @@ class DatasetWriter:
     def _write_v3_frames(self, key: str, encoder: Mp4Encoder, images: np.ndarray) -> None:
         """Append a camera's frames to this file's video. An encoder that failed before holding any frame (one that
         would not open) is dropped with its file, so the next episode starts the video afresh: kept, it refused
-        every later episode of the file."""
+        every later episode of the file. One that failed later leaves the file unfinishable (_drop_v3_file)."""
         try:
             encoder.write(images)
-        except BaseException:
+        except BaseException as exc:
             if encoder.frames_written == 0:
-                encoder.close()
+                encoder.discard()
                 del self._file_encoders[key]
-                remove_quietly(encoder.path)
+            elif encoder.broken:
+                self._drop_v3_file(exc, encoder.path)
             raise
 
     def _flush_v3_file(self) -> None:
@@ -472,11 +521,36 @@ class DatasetWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.concat_tables(self._file_tables), path)
         for encoder in self._file_encoders.values():
-            encoder.close()
+            try:
+                encoder.close()
+            except BaseException as exc:
+                remove_quietly(path)
+                self._drop_v3_file(exc, encoder.path)
+                raise
         self._file_tables, self._file_encoders, self._file_episode_count = [], {}, 0
         self._file_index += 1
 
-    def _write_v3_meta(self, meta: Path) -> None:
+    def _drop_v3_file(self, exc: BaseException, video: Path) -> None:
+        """Forget the v3.0 file being filled, whose `video` a failed write left unfinishable (no PyAV write may follow
+        one that failed): its mp4s are deleted, its episodes leave the dataset, and the next episode starts the file
+        anew. Raises an OSError naming the lost episodes for an OSError `exc` (the caller re-raises any other)."""
+        first = self._file_start_values[3]
+        lost = len(self._episodes) - first
+        for encoder in self._file_encoders.values():
+            encoder.discard()
+        self._file_tables, self._file_encoders, self._file_episode_count = [], {}, 0
+        self._restore_values(self._file_start_values)
+        if not lost:
+            return
+        self._lost_episodes += lost
+        message = (f"{video}: {getattr(exc, 'strerror', None) or repr(exc)}; the file cannot be finished, so the {lost} "
+                   f"episode(s) already in it (episodes {first}..{first + lost - 1}) are lost: they were dropped from "
+                   f"the dataset, which now holds {first} episode(s), and the next episode starts that file anew")
+        logger.error("%s", message)
+        if isinstance(exc, OSError):
+            raise OSError(exc.errno, message) from exc
+
+    def _write_v3_meta(self, meta: Path, staged: "_StagedFiles") -> None:
         rows = []
         for record, stats in zip(self._episodes, self._episode_stats):
             row = dict(record, **{"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
@@ -489,8 +563,8 @@ class DatasetWriter:
         # Column by column over every row's keys: from_pylist takes its schema from the first row, and dropped a
         # field (a seed) that episode 0 lacked from every episode.
         names = list(dict.fromkeys(name for row in rows for name in row))
-        pq.write_table(pa.table({name: [row.get(name) for row in rows] for name in names}), path)
-        pq.write_table(_tasks_table(self._tasks), meta / "tasks.parquet")
+        pq.write_table(pa.table({name: [row.get(name) for row in rows] for name in names}), staged.temporary(path))
+        pq.write_table(_tasks_table(self._tasks), staged.temporary(meta / "tasks.parquet"))
 
     def _write_episode_stats(self, path: Path) -> None:
         """episodes_stats.jsonl: the lines of episodes added since the last write appended to the file as this writer
@@ -502,11 +576,13 @@ class DatasetWriter:
         try:
             if 0 < lines <= total and path.stat().st_size == size:
                 new = self._episode_stats_text(lines).encode("utf-8")
-                with open(path, "r+b") as handle:
+                # unbuffered: a buffered file's truncate() flushes first, and that flush fails again on a full disk
+                with open(path, "r+b", buffering=0) as handle:
                     handle.seek(size)
                     try:
-                        handle.write(new)
-                        handle.flush()
+                        written = 0
+                        while written < len(new):  # a raw write may write part and return its count
+                            written += handle.write(new[written:])
                     except BaseException:
                         handle.truncate(size)
                         raise
@@ -731,33 +807,27 @@ def _replace_text(path: Path, text: str) -> None:
         raise
 
 
-# What a dataset directory holds: LeRobot's three folders, and hidden files (a recording's claim, atomic-write
-# leftovers). Anything else means the directory is not (only) a dataset.
-DATASET_ENTRIES = frozenset({"meta", "data", "videos"})
+class _StagedFiles:
+    """Files written under temporary names and renamed into place together, in the order they were written."""
 
+    def __init__(self) -> None:
+        self._staged: Dict[Path, Path] = {}
 
-def _empty_dataset_dir(root: Path, keep: Sequence[str] = ()) -> None:
-    """Delete a dataset's entries from `root` (overwrite), keeping `root` itself (it may be a mount point or a
-    symlink's target) and the entries named in `keep` (the claim of the recording about to fill it).
-    FileExistsError, deleting nothing, when `root` holds anything a dataset does not: overwrite deleted any folder,
-    a thesis beside a dataset or a folder that was never one."""
-    entries = [entry for entry in root.iterdir() if entry.name not in keep]
-    foreign = sorted(entry.name for entry in entries if entry.name not in DATASET_ENTRIES and not entry.name.startswith("."))
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-        raise FileExistsError(f"dataset directory {root} holds {shown}, which no LeRobot dataset has (only meta/, data/ "
-                              f"and videos/); overwrite replaces a dataset only, so nothing was deleted: name an empty or "
-                              f"new directory")
-    for entry in entries:
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
+    def temporary(self, path: Path) -> Path:
+        """The name to write `path` under until commit()."""
+        self._staged[path] = path.with_name(path.name + ".tmp")
+        return self._staged[path]
 
+    def write_json(self, path: Path, data: Any) -> None:
+        self.temporary(path).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
-def _write_json(path: Path, data: Any) -> None:
-    _replace_text(path, json.dumps(data, indent=2) + "\n")
+    def write_jsonl(self, path: Path, rows: List[Mapping[str, Any]]) -> None:
+        self.temporary(path).write_text("".join(json.dumps(dict(row)) + "\n" for row in rows), encoding="utf-8")
 
+    def commit(self) -> None:
+        for path, temporary in self._staged.items():
+            temporary.replace(path)
 
-def _write_jsonl(path: Path, rows: List[Mapping[str, Any]]) -> None:
-    _replace_text(path, "".join(json.dumps(dict(row)) + "\n" for row in rows))
+    def discard(self) -> None:
+        for temporary in self._staged.values():
+            remove_quietly(temporary)  # a full disk: no partial file left in meta/ (a read-only one: the write's error shown)
