@@ -1,9 +1,13 @@
 """Preludes for child processes that send themselves a stop signal at an exact point (shared by the gr00t-eval and
-gr00t-server stop-signal tests), so a window of a few instants is hit every time rather than by luck."""
+gr00t-server stop-signal tests), so a window of a few instants is hit every time rather than by luck; and
+`signal_when`, which stops a child from the test's side."""
 
 from __future__ import annotations
 
+import subprocess
 import textwrap
+import time
+from typing import Callable
 
 # Registered before the package under test is imported, so it runs last of the exit hooks: the command has returned
 # and the interpreter is exiting (with torch or mujoco loaded that took seconds, and a signal in it ended the process).
@@ -33,3 +37,19 @@ def stop_on_import(module: str, signum: int) -> str:
 
         sys.meta_path.insert(0, _StopOnImport())
     """)
+
+
+def signal_when(proc: subprocess.Popen, signum: int, ready: Callable[[], bool] = lambda: True, poll_s: float = 0.1,
+                wait_s: float = 120.0) -> str:
+    """Send `signum` to `proc` once `ready()` holds (or it has exited, or `wait_s` passed); its output once it ends,
+    within 60 s (killed otherwise, the timeout raised)."""
+    try:
+        deadline = time.monotonic() + wait_s
+        while not ready() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(poll_s)
+        proc.send_signal(signum)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return output

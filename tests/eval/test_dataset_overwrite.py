@@ -8,11 +8,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from eval.dataset_factory import make_dataset
+from stop_signals import signal_when
 from gr00t_eval.dataset import DatasetWriter, LeRobotDataset
 
 OVERWRITE_TRASH = ".gr00t_overwritten"  # where an overwrite moves the old dataset before deleting it
@@ -110,15 +110,7 @@ def test_sigterm_while_record_overwrite_empties_the_old_dataset_says_what_the_fo
          "--output", str(root), "--overwrite", "--max-episode-steps", "2", "--image-size", "32"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
-    try:
-        deadline = time.monotonic() + 120
-        while first_deleted.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.0002)
-        proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    output = signal_when(proc, signal.SIGTERM, ready=lambda: not first_deleted.exists(), poll_s=0.0002)
     assert proc.returncode == 130, output
     said = next(line for line in output.splitlines() if line.startswith("INTERRUPTED"))
     if "was left as it was" in said:

@@ -118,7 +118,8 @@ def test_sigterm_stops_a_recording_like_ctrl_c_keeping_its_finished_episodes(tmp
     import signal
     import subprocess
     import sys
-    import time
+
+    from stop_signals import signal_when
 
     root = tmp_path / "reach"
     proc = subprocess.Popen(
@@ -126,15 +127,7 @@ def test_sigterm_stops_a_recording_like_ctrl_c_keeping_its_finished_episodes(tmp
          "--output", str(root), "--image-size", "32"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
-    try:
-        deadline = time.monotonic() + 120
-        while not (root / "meta" / "info.json").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    output = signal_when(proc, signal.SIGTERM, ready=(root / "meta" / "info.json").exists)
     assert proc.returncode == 130, output
     kept = len(LeRobotDataset(root).episode_lengths)
     assert kept >= 1
