@@ -371,6 +371,36 @@ def test_identity_tells_apart_the_same_weights_with_other_statistics_or_projecto
     assert changed["processor_sha256"] != libero.identity()["processor_sha256"]
 
 
+def test_a_clip_outliers_override_is_another_policy_to_an_evaluation_and_the_default_keeps_its_identity(
+        libero, tiny_checkpoint):
+    """Served with and without --no-clip-outliers, one checkpoint acts otherwise on an out-of-range state: two
+    policies, that merge, resume and the run's pin took for one as they reported one policy_identity."""
+    from gr00t_client import PolicyClient
+    from serving import running_server
+
+    identities = {}
+    for clip in (None, False, True):
+        policy = libero if clip is None else Gr00tPolicy(tiny_checkpoint, "libero_sim", device="cpu",
+                                                         clip_outliers=clip)
+        with running_server(policy, embodiment_tag="libero_sim") as server, PolicyClient(port=server.port) as client:
+            identities[clip] = client.get_server_info()["policy_identity"]
+    assert identities[False]["clip_outliers"] is False and identities[True]["clip_outliers"] is True
+    assert "clip_outliers" not in identities[None]  # as recorded before the override was reported
+    assert identities[None] == {k: v for k, v in identities[False].items() if k != "clip_outliers"}
+
+
+def test_a_clip_outliers_override_that_changes_nothing_is_the_same_policy(tiny_checkpoint, copy_of):
+    import json
+
+    checkpoint = copy_of()
+    path = checkpoint / "processor_config.json"
+    config = json.loads(path.read_text())
+    config["processor_kwargs"]["clip_outliers"] = False
+    path.write_text(json.dumps(config))
+    default = Gr00tPolicy(checkpoint, "libero_sim", device="cpu").identity()
+    assert Gr00tPolicy(checkpoint, "libero_sim", device="cpu", clip_outliers=False).identity() == default
+
+
 def test_a_non_strict_policy_reads_utf8_bytes_and_refuses_other_language_as_the_clients_error(tiny_checkpoint):
     """With --no-strict, bytes failed in the tokenizer and a number was read as its repr, both reported as internal
     errors of the server."""

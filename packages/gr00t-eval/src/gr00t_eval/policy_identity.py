@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import json
 import logging
-from typing import Any, Dict, Iterator, Mapping, Optional
+from typing import Any, Dict, Iterable, Iterator, Mapping, Optional
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,53 @@ def check_takes_flat_observations(record: Optional[Mapping[str, Any]]) -> None:
                          "({'video': {...}, 'state': {...}, 'language': {...}}), and a rollout sends the flat form "
                          "('video.<camera>', 'state.<key>' keys) that a server started with --use-sim-policy-wrapper "
                          "takes; restart the server with --use-sim-policy-wrapper")
+
+
+def check_serves_env_embodiments(record: Optional[Mapping[str, Any]], env_names: Iterable[str]) -> None:
+    """ValueError, before any episode, naming both tags and the fix when an env's embodiment (its prefix's tag) is a
+    built-in tag other than the one `record`'s server serves: its episodes would run another embodiment's projector
+    and statistics. A checkpoint's own tag (no built-in name, so no env prefix can map to it) is warned about once.
+    Not checked: servers that report no tag, and replays (their tag names only a modality config)."""
+    served = (record or {}).get("embodiment_tag")
+    identity = (record or {}).get("identity")
+    if not isinstance(served, str) or (isinstance(identity, Mapping) and identity.get("kind") == "replay"):
+        return
+    from gr00t_client import EmbodimentTag
+
+    from .rollout.config import split_env_name
+    from .rollout.envs import embodiment_for_env
+
+    try:
+        served_tag: Optional[EmbodimentTag] = EmbodimentTag.resolve(served)
+    except ValueError:
+        served_tag = None
+    for env_name in env_names:
+        try:
+            env_tag = embodiment_for_env(env_name)
+        except ValueError:
+            continue  # an unknown prefix: the task fails on its own, naming the fix
+        if env_tag == served_tag:
+            continue
+        prefix = split_env_name(env_name)[0]
+        mismatch = (f"env {env_name} is a {env_tag.value} env (its prefix {prefix!r} maps to {env_tag.value}), and the "
+                    f"policy server serves embodiment {served!r}")
+        if served_tag is None:
+            _warn_once(f"{mismatch}, a tag of its checkpoint that no env prefix can map to: nothing checks that the "
+                       "env is that robot")
+            continue
+        raise ValueError(f"{mismatch}: its episodes would be scored with another embodiment's projector and "
+                         f"statistics; serve --embodiment-tag {env_tag.value}, or, if the env is that robot, map its "
+                         f"prefix with --env-prefix {prefix}={served_tag.value}")
+
+
+_WARNED: set = set()
+
+
+def _warn_once(message: str) -> None:
+    """A warning logged once per process (a suite checks before its run and before each task)."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        logger.warning("%s", message)
 
 
 def record_from_info(info: Any) -> Optional[Dict[str, Any]]:

@@ -571,7 +571,8 @@ def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done:
         if policy is not None:  # the servers answered here: the plan against the policy's chunk, as a plain run
             try:  # checks it (every shard failed the same way, and advised --resume)
                 with _ray_probe_client(servers[0], args) as client:
-                    _check_policy_runs_settings(client, config, Path(args.resume) if args.resume else None, policy)
+                    _check_policy_runs_settings(client, env_spec, config, Path(args.resume) if args.resume else None,
+                                                policy)
             except (TimeoutError, ConnectionError) as exc:  # gone since: the shards find out themselves
                 logger.debug("could not check the plan against %s: %s", servers[0], exc)
         with sigterm_as_interrupt():
@@ -590,7 +591,7 @@ def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done:
     with connection.open_client(server.host, server.port, args) as client:
         policy = policy_record(client)
         _adopt_run_policy(output_dir, shard, first_policy, policy, f"the server at {server}", len(done))
-        _check_policy_runs_settings(client, config, Path(args.resume) if args.resume else None, policy)
+        _check_policy_runs_settings(client, env_spec, config, Path(args.resume) if args.resume else None, policy)
         with sigterm_as_interrupt(), pinned_policy(client, policy):  # a restart with another checkpoint stops it
             results = run_suite(client, env_spec, config, shard, progress=True,
                                 on_episode=lambda outcome: log.append(outcome.to_json_dict()), done=done)
@@ -634,18 +635,20 @@ def _adopt_run_policy(output_dir: Path, shard: Any, first_policy: Optional[Mappi
         record_run_policy(output_dir, shard, policy)
 
 
-def _check_policy_runs_settings(client: Any, config: Any, resumed: Optional[Path],
+def _check_policy_runs_settings(client: Any, env_spec: str, config: Any, resumed: Optional[Path],
                                 policy: Optional[Mapping[str, Any]] = None) -> None:
     """UsageError, before any episode, when the policy cannot run the plan: a gr00t-server policy served without the
-    sim wrapper (`policy` is its record; every episode errored on the flat observations a rollout sends), a replay
-    whose execution horizon is not --n-action-steps, or --n-action-steps beyond its chunk (a failed task, a NaN
-    success rate and advice to --resume the same settings)."""
+    sim wrapper (`policy` is its record; every episode errored on the flat observations a rollout sends), one served
+    for another embodiment than a task's env, a replay whose execution horizon is not --n-action-steps, or
+    --n-action-steps beyond its chunk (a failed task, a NaN success rate and advice to --resume the same settings)."""
     from .cli_errors import UsageError
-    from .policy_identity import check_takes_flat_observations
+    from .policy_identity import check_serves_env_embodiments, check_takes_flat_observations
     from .rollout.policy_io import HorizonSpec
+    from .suites import resolve_tasks
 
     try:
         check_takes_flat_observations(policy)
+        check_serves_env_embodiments(policy, [task.env_name for task in resolve_tasks(env_spec)[0]])
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     try:

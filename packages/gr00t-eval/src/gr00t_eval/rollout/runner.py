@@ -40,7 +40,7 @@ from gr00t_client import ActionChunker, BasePolicy, EmbodimentTag, ServerStoppin
 from gr00t_client.chunking import MERGE_RULES
 
 from ..metrics import EpisodeOutcome
-from ..policy_identity import ServedPolicyChanged, pinned_policy
+from ..policy_identity import ServedPolicyChanged, check_serves_env_embodiments, pinned_policy, policy_record
 from ..video import EpisodeVideoRecorder
 from .config import CLIENT_CHUNKING_MODES, RolloutConfig, check_env_timeout, draw_base_seed  # noqa: F401 - draw_base_seed re-exported
 from .liveness import PolicyServerUnreachableError, ServerWatch
@@ -538,6 +538,8 @@ def run_rollout(policy: BasePolicy, config: RolloutConfig, progress: bool = True
 
     The policy gets flat observations (`video.<camera>`, `state.<key>`, the language key) and returns flat
     `action.<key>` arrays, as a `--use-sim-policy-wrapper` server does: a PolicyClient of such a server, or a local
-    policy that takes the flat form (wrapped in Gr00tSimPolicyWrapper, or with strict=False).
+    policy that takes the flat form (wrapped in Gr00tSimPolicyWrapper, or with strict=False). A server that serves
+    another embodiment than the env's is refused before any episode (check_serves_env_embodiments).
     """
+    check_serves_env_embodiments(policy_record(policy), [config.env_name])
     return RolloutRunner(policy, config, progress=progress, on_episode=on_episode, episodes=episodes).run()

@@ -201,6 +201,14 @@ def _resolve_device(device: Union[str, torch.device]) -> torch.device:
     return resolved
 
 
+def _acting_clip_override(clip_outliers: Optional[bool], checkpoint_clips_states: bool) -> Optional[bool]:
+    """The clip_outliers override when it makes the checkpoint act otherwise than its own setting (True always: it
+    clips actions too; False when the checkpoint clips states), else None."""
+    if clip_outliers is None or (not clip_outliers and not checkpoint_clips_states):
+        return None
+    return bool(clip_outliers)
+
+
 class Gr00tPolicy(BasePolicy):
     """A GR00T N1.7 checkpoint (local folder or hub id) serving one embodiment.
 
@@ -256,9 +264,11 @@ class Gr00tPolicy(BasePolicy):
         # here. On the CPU each calling thread brought its own OpenMP team onto the same cores (four callers on two
         # cores once spun for 25 minutes without finishing); on a GPU the calls queued on one stream anyway.
         self._model_lock = threading.Lock()
+        checkpoint_clips_states = self.processor.config.clip_outliers
         if clip_outliers is not None:
             self.processor.config = dataclasses.replace(self.processor.config, clip_outliers=bool(clip_outliers))
         self.clip_actions_to_statistics = bool(clip_outliers)
+        self._clip_override = _acting_clip_override(clip_outliers, checkpoint_clips_states)
         all_configs = self.processor.modality_configs(tag_value)
         self.modality_configs: Dict[str, ModalityConfig] = {k: v for k, v in all_configs.items() if k != "rl_info"}
         missing = [m for m in _POLICY_MODALITIES if m not in self.modality_configs]
@@ -343,8 +353,10 @@ class Gr00tPolicy(BasePolicy):
         float16 model's weights round otherwise, and it reads as another model): the hash of its config and a
         fingerprint of its weights (as ONNX exports record them), and a hash of the processor files that turn its
         outputs into actions (processor_config.json, statistics.json, embodiment_id.json: a checkpoint with the same
-        weights and other statistics or projector indices acts otherwise); get_server_info reports it so that an
-        evaluation can tell one checkpoint's results from another's. Computed once."""
+        weights and other statistics or projector indices acts otherwise), and `clip_outliers` when a serve-time
+        override makes it clip otherwise than its files say (left out by default, as older servers reported it);
+        get_server_info reports it so that an evaluation can tell one checkpoint's results from another's. Computed
+        once."""
         if self._identity is None:
             from gr00t_server.backends.common import model_identity
 
@@ -355,6 +367,8 @@ class Gr00tPolicy(BasePolicy):
                 if path.is_file():
                     digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
             self._identity = {"kind": "gr00t", **model_identity(self.model), "processor_sha256": digest.hexdigest()[:16]}
+            if self._clip_override is not None:
+                self._identity["clip_outliers"] = self._clip_override
         return dict(self._identity)
 
     def reset(self, options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
