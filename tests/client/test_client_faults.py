@@ -305,7 +305,8 @@ def test_a_port_served_by_something_else_is_named_as_a_possible_cause():
     thread.start()
     try:
         with PolicyClient(host="127.0.0.1", port=port, timeout_ms=3000) as client:
-            with pytest.raises(PolicyTimeoutError, match="accepted and then closed before the ZeroMQ handshake finished: .*or another service on that port"):
+            with pytest.raises(PolicyTimeoutError, match="accepted and then closed before the ZeroMQ handshake finished: .*or another service on that port"
+                                                          "; or a server that requires CURVE.*pass server_public_key"):
                 client.call_endpoint("get_action", {"observation": {}})
     finally:
         stop.set()

@@ -296,7 +296,10 @@ class HandshakeMonitor:
         if self._closed_in_handshake:
             return (f"{self._closed_in_handshake} connection(s) were accepted and then closed before the ZeroMQ "
                     "handshake finished: a forwarder (docker -p, ssh -L, kubectl port-forward) whose policy server is "
-                    "down or still starting, or another service on that port")
+                    "down or still starting, or another service on that port" + (
+                        "" if self._keys is not None else
+                        "; or a server that requires CURVE encryption and closed first: then pass server_public_key "
+                        "(gr00t-eval: --server-public-key)"))
         if self._tcp_connections:
             return ("a TCP connection was made but no ZeroMQ handshake followed: is that port a ZeroMQ policy server, "
                     "not another service (HTTP, SSH)? Or is the server's process stopped or frozen (SIGSTOP, a "
