@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from gr00t_client import ModalityConfig, WireDecodeError, WireEncodeError, codec
+from gr00t_client import ModalityConfig, WireDecodeError, WireEncodeError, codec, wire_decode
 
 # server-eval.md §2.4: a float32 [[1, 2]] array as the reference encodes it (bin keys, str type value).
 FLOAT32_1x2_BYTES = bytes.fromhex(
@@ -238,7 +238,7 @@ def request_with_frame() -> dict:
 
 
 def test_shared_decode_views_large_arrays_in_the_buffer_writably(monkeypatch):
-    monkeypatch.setattr(codec, "SHARED_DECODE_MIN_BYTES", 64 * 1024)  # the viewing reader, for a LIBERO-size message
+    monkeypatch.setattr(wire_decode, "SHARED_DECODE_MIN_BYTES", 64 * 1024)  # the viewing reader, for a LIBERO-size message
     buffer = bytearray(codec.encode(request_with_frame()))
     video = codec.decode(memoryview(buffer), share_buffer=True)["data"]["observation"]["video"]
     assert np.shares_memory(video["agentview"], np.frombuffer(buffer, np.uint8))
@@ -250,7 +250,7 @@ def test_shared_decode_views_large_arrays_in_the_buffer_writably(monkeypatch):
 
 
 def test_shared_decode_copies_small_arrays_and_equals_the_copying_decode(monkeypatch):
-    monkeypatch.setattr(codec, "SHARED_DECODE_MIN_BYTES", 64 * 1024)
+    monkeypatch.setattr(wire_decode, "SHARED_DECODE_MIN_BYTES", 64 * 1024)
     buffer = bytearray(codec.encode(request_with_frame()))
     shared = codec.decode(memoryview(buffer), share_buffer=True)
     copied = codec.decode(bytes(buffer))
@@ -274,7 +274,7 @@ def test_shared_decode_below_the_reader_threshold_copies_writably():
     """Under SHARED_DECODE_MIN_BYTES msgpack's own unpacker reads the message (cheaper than the Python reader there):
     arrays are writable copies, equal to the viewing reader's."""
     buffer = bytearray(codec.encode(request_with_frame()))
-    assert len(buffer) < codec.SHARED_DECODE_MIN_BYTES
+    assert len(buffer) < wire_decode.SHARED_DECODE_MIN_BYTES
     video = codec.decode(memoryview(buffer), share_buffer=True)["data"]["observation"]["video"]
     assert video["agentview"].flags.writeable and not np.shares_memory(video["agentview"], np.frombuffer(buffer, np.uint8))
     np.testing.assert_array_equal(video["agentview"], FRAME)
@@ -284,7 +284,7 @@ def test_shared_decode_below_the_reader_threshold_copies_writably():
 def test_shared_decode_of_a_received_zmq_frame_keeps_the_frame_alive(monkeypatch):
     import gc
 
-    monkeypatch.setattr(codec, "SHARED_DECODE_MIN_BYTES", 64 * 1024)
+    monkeypatch.setattr(wire_decode, "SHARED_DECODE_MIN_BYTES", 64 * 1024)
 
     import zmq
 

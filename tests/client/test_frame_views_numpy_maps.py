@@ -9,7 +9,7 @@ import msgpack_numpy
 import numpy as np
 import pytest
 
-from gr00t_client import codec
+from gr00t_client import codec, wire_decode
 
 PAD = b"p" * 70000  # makes a message big enough for the viewing reader (SHARED_DECODE_MIN_BYTES as set below)
 LIMITS = codec.DecodeLimits.for_message_bytes(1 << 26)
@@ -18,7 +18,7 @@ LIMITS = codec.DecodeLimits.for_message_bytes(1 << 26)
 @pytest.fixture(autouse=True)
 def _viewing_from_64_kib(monkeypatch):
     """These tests are about the viewing reader: let it read messages from 64 KiB (PAD), not only from 1 MiB."""
-    monkeypatch.setattr(codec, "SHARED_DECODE_MIN_BYTES", 64 * 1024)
+    monkeypatch.setattr(wire_decode, "SHARED_DECODE_MIN_BYTES", 64 * 1024)
 
 
 def _both(packed: bytes):

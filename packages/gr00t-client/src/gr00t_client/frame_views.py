@@ -25,7 +25,7 @@ _F32 = struct.Struct(">f").unpack_from
 _F64 = struct.Struct(">d").unpack_from
 
 
-# The fixed parts of a msgpack-numpy array map (bin keys, as msgpack-numpy and codec._encode_array write them):
+# The fixed parts of a msgpack-numpy array map (bin keys, as msgpack-numpy and wire_encode._encode_array write them):
 # {b"nd": True, b"type": <fixstr>, b"kind": b"", b"shape": <fixarray of fixints>, b"data": <bin>}
 _ND_TYPE = b"\xc4\x02nd\xc3\xc4\x04type"
 _KIND_SHAPE = b"\xc4\x04kind\xc4\x00\xc4\x05shape"

@@ -1,0 +1,103 @@
+"""Multipart format (ours to ours): frame 0 is MULTIPART_MAGIC, frame 1 a msgpack header in which each array
+is an ExtType pointing at a later frame that carries the raw bytes, sent and received without copies."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+import msgpack
+
+from .wire_decode import _array_from_buffer, _cached_dtype, _decode_hook, _undecodable, _unpack
+from .wire_encode import _EXT_BUFFER, _PACKERS, _pack
+from .wire_errors import WireDecodeError, WireEncodeError
+from .wire_limits import DecodeLimits
+
+MULTIPART_MAGIC = b"\x00GR00T-MP1"
+
+
+def encode_multipart(obj: Any) -> List[Any]:
+    """Encode as [MULTIPART_MAGIC, header, buffers...]; large array buffers are referenced, not copied."""
+    buffers: List[Any] = []
+    header = pack_multipart_header(obj, buffers)
+    return [MULTIPART_MAGIC, header, *buffers]
+
+
+def pack_multipart_header(obj: Any, buffers: List[Any]) -> bytes:
+    """Pack obj as (part of) a multipart header; its large array buffers are appended to `buffers`.
+
+    Frame i + 2 of the message must carry buffers[i]; sharing one list lets parts be packed separately.
+    """
+    packers = _PACKERS
+    outer = packers.buffers
+    packers.buffers = buffers
+    try:
+        return _pack("multipart", obj)
+    except WireEncodeError:
+        raise
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise WireEncodeError(f"cannot encode message: {exc}") from exc
+    finally:
+        packers.buffers = outer
+
+
+def join_packed_array(items: Sequence[bytes]) -> bytes:
+    """A msgpack array made of already-packed items (so a caller can pack, and time, each part alone)."""
+    return _PACKERS.plain.pack_array_header(len(items)) + b"".join(items)
+
+
+def join_packed_map(items: Dict[str, bytes]) -> bytes:
+    """A msgpack map of str keys to already-packed values."""
+    packer = _PACKERS.plain
+    return packer.pack_map_header(len(items)) + b"".join(_pack("plain", key) + value for key, value in items.items())
+
+
+def is_multipart(frames: Sequence[Any]) -> bool:
+    """True when the frames are a message in our multipart format."""
+    if not frames:
+        return False
+    first = frames[0]
+    first_bytes = first.bytes if hasattr(first, "bytes") else bytes(first)
+    return first_bytes == MULTIPART_MAGIC
+
+
+def decode_multipart(frames: Sequence[Any], limits: Optional[DecodeLimits] = None) -> Any:
+    """Decode [MULTIPART_MAGIC, header, buffers...]; arrays view the frames' memory (writable, no copy).
+
+    `limits` bound the header's decode as for `decode` (the array frames are viewed, never copied).
+    """
+    if not is_multipart(frames):
+        raise WireDecodeError("not a multipart GR00T message (missing magic frame)")
+    if len(frames) < 2:
+        raise WireDecodeError("multipart message without its header frame (only the magic frame came)")
+    views = [frame.buffer if hasattr(frame, "buffer") else memoryview(frame) for frame in frames]
+    referenced = set()
+
+    def ext_hook(code: int, data: bytes) -> Any:
+        if code != _EXT_BUFFER:
+            raise WireDecodeError(f"unknown msgpack extension type {code}")
+        try:
+            index, type_str, shape = msgpack.unpackb(data, raw=False)
+        except Exception as exc:
+            raise WireDecodeError(
+                f"malformed array reference in multipart header ({type(exc).__name__}: {exc}); expected a msgpack "
+                "array [frame_index, dtype str, shape]"
+            ) from exc
+        if not isinstance(index, int) or not 2 <= index < len(views):
+            raise WireDecodeError(f"array reference points at frame {index!r}, message has {len(views)} frames")
+        if index in referenced:  # a sender's framing bug, as stray frames are: refused, not decoded into two arrays
+            raise WireDecodeError(f"multipart header: frame {index} is referenced twice; each array needs a frame of "
+                                  "its own (two arrays viewing one frame would change together)")
+        referenced.add(index)
+        return _array_from_buffer(views[index], _cached_dtype(type_str), shape, copy=False)
+
+    try:
+        decoded = _unpack(views[1], _decode_hook, limits, ext_hook=ext_hook)
+    except WireDecodeError:
+        raise
+    except Exception as exc:
+        raise _undecodable(views[1], exc, "multipart header") from exc
+    stray = sorted(set(range(2, len(views))) - referenced)
+    if stray:  # a sender's framing bug: answering as if they were not there would hide it
+        raise WireDecodeError(f"multipart message has {len(views) - 2} array frames but its header references "
+                              f"{len(referenced)}; frames {stray[:8]} are referenced by nothing")
+    return decoded

@@ -1,0 +1,334 @@
+"""msgpack to values: the object hook that turns every accepted array and ModalityConfig map back into its value,
+and the unpack that runs it within DecodeLimits, viewing large arrays in the buffer when asked (frame_views)."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any, Callable, Dict, List, Optional, Union
+
+import msgpack
+import numpy as np
+
+from .frame_views import NeedsFullUnpacker, unpack_viewing
+from .modality import ModalityConfig
+from .wire_errors import DecodeLimitError, WireDecodeError, _refuse_dtype
+from .wire_limits import BufferLike, DecodeLimits, _check_depth, _length_limit_error
+
+# Decoding with share_buffer: messages from this size are read with frame_views, and arrays from
+# SHARED_ARRAY_MIN_BYTES view the message instead of being copied twice (smaller ones are cheaper to copy). The
+# Python reader costs more than msgpack's copies below about 1 MiB (wire round trips, server CPU per request:
+# 2 x 256x256 0.55 -> 0.43 ms, 4 x 256x256 0.79 -> 0.69 ms, 1 x 480x640 even, 3 x 480x640 1.48 -> 1.35 ms viewed).
+SHARED_DECODE_MIN_BYTES = 1024 * 1024
+SHARED_ARRAY_MIN_BYTES = 16 * 1024
+VIEWING_MAX_ITEMS = 4096  # the Python reader gives way to msgpack's C unpacker on messages of many small items
+# A ModalityConfig's as_json string: real ones are a few hundred characters. Longer ones are refused unparsed, and
+# within DecodeLimits each counts one item per JSON_CHARS_PER_ITEM characters (a JSON value takes at least two:
+# "0,"), so JSON costs no more per byte than msgpack does: a 16 MB string of "[]," made 844 MB of lists.
+MAX_MODALITY_CONFIG_JSON_CHARS = 64 * 1024
+JSON_CHARS_PER_ITEM = 2
+
+
+def _as_dtype(type_str: Any) -> np.dtype:
+    if isinstance(type_str, bytes):
+        type_str = type_str.decode("ascii", "replace")
+    if not isinstance(type_str, str):
+        raise WireDecodeError(f"array dtype must be a str like '<f4', got {type_str!r}")
+    try:
+        dtype = np.dtype(type_str)
+    except TypeError as exc:
+        raise WireDecodeError(f"unknown array dtype {type_str!r}") from exc
+    _refuse_dtype(dtype, "decoded")
+    return dtype
+
+
+def _array_from_buffer(data: Any, dtype: np.dtype, shape: Any, copy: bool) -> np.ndarray:
+    try:
+        if not isinstance(shape, (list, tuple)):
+            raise TypeError("bad shape")
+        if copy and type(data) is bytes:  # small arrays, one per state key: one constructor over a writable copy
+            size = dtype.itemsize
+            for dim in shape:
+                size *= dim
+            if size != len(data):  # the constructor would accept a longer buffer
+                raise ValueError("size mismatch")
+            return np.ndarray(shape, dtype, bytearray(data))  # refuses negative and non-int dims
+        if shape and min(shape) < 0:  # reshape reads -1 as "infer"
+            raise ValueError("negative dimension")
+        array = np.frombuffer(data, dtype=dtype).reshape(shape)
+    except (TypeError, ValueError) as exc:
+        raise _shape_error(data, dtype, shape) from exc
+    return array.copy() if copy or not array.flags.writeable else array
+
+
+def _shape_error(data: Any, dtype: np.dtype, shape: Any) -> WireDecodeError:
+    """The precise reason an array's shape and data do not fit (only computed on failure)."""
+    if not isinstance(shape, (list, tuple)) or not all(type(d) is int and d >= 0 for d in shape):
+        return WireDecodeError(f"array shape must be a list of non-negative ints, got {shape!r}")
+    largest = np.iinfo(np.intp).max
+    extent = dtype.itemsize  # numpy multiplies every dimension, zeros aside, before it sees a zero
+    for dim in shape:
+        extent *= max(dim, 1)
+    if extent > largest:
+        return WireDecodeError(
+            f"array shape {list(shape)} of dtype {dtype.str} is larger than numpy can address ({largest} bytes, "
+            "zero-length dimensions aside); expected a shape whose size matches the data sent"
+        )
+    expected = dtype.itemsize
+    for dim in shape:
+        expected *= dim
+    size = memoryview(data).nbytes
+    return WireDecodeError(f"array of dtype {dtype.str} and shape {list(shape)} needs {expected} bytes, got {size}")
+
+
+_DTYPES: Dict[Any, np.dtype] = {}  # validated dtypes by their wire string (the hot path sees a handful)
+
+
+def _cached_dtype(type_str: Any) -> np.dtype:
+    try:
+        dtype = _DTYPES.get(type_str)
+    except TypeError:  # a list or map is unhashable: say what was expected instead
+        raise WireDecodeError(f"array dtype must be a str like '<f4', got {type(type_str).__name__} {type_str!r:.40}") from None
+    if dtype is None:
+        dtype = _as_dtype(type_str)
+        if len(_DTYPES) < 256:
+            _DTYPES[type_str] = dtype
+    return dtype
+
+
+def _get(obj: Dict[Any, Any], name: str) -> Any:
+    if name in obj:
+        return obj[name]
+    return obj.get(name.encode())
+
+
+def _has(obj: Dict[Any, Any], name: str) -> bool:
+    return name in obj or name.encode() in obj
+
+
+def _modality_config_from(obj: Dict[Any, Any]) -> ModalityConfig:
+    if not _has(obj, "as_json"):
+        raise WireDecodeError("Malformed ModalityConfig payload: missing 'as_json'")
+    payload = _get(obj, "as_json")
+    if isinstance(payload, (bytes, bytearray, str)) and len(payload) > MAX_MODALITY_CONFIG_JSON_CHARS:
+        raise DecodeLimitError(f"Malformed ModalityConfig payload: as_json is {len(payload)} characters long; a "
+                               f"ModalityConfig's JSON is at most {MAX_MODALITY_CONFIG_JSON_CHARS} (real ones: a few hundred)")
+    if isinstance(payload, (bytes, bytearray)):
+        payload = payload.decode("utf-8")
+    if isinstance(payload, str):
+        try:
+            payload = json.loads(payload)
+        except json.JSONDecodeError as exc:
+            raise WireDecodeError(f"Malformed ModalityConfig payload: as_json is not JSON ({exc})") from exc
+    payload = normalize_keys(payload)  # nested maps (action_configs) may carry bytes keys too
+    try:
+        return ModalityConfig.from_json_dict(payload)
+    except (ValueError, TypeError) as exc:
+        raise WireDecodeError(f"Malformed ModalityConfig payload: {exc}") from exc
+
+
+# Every special map below has one of these keys (str or bytes); other maps skip the checks (the hot path).
+_MARKER_KEYS = frozenset(
+    key
+    for name in ("nd", "__ndarray__", "__npgeneric__", "__ndarray_class__", "__ModalityConfig__", "__ModalityConfig_class__", "complex")
+    for key in (name, name.encode())
+)
+
+
+def _decode_hook(obj: Dict[Any, Any]) -> Any:
+    """msgpack object_hook: turn every known special map back into its value."""
+    if _MARKER_KEYS.isdisjoint(obj):
+        return obj
+    if len(obj) == 5 and obj.get(b"nd") is True and obj.get(b"kind") == b"" and type(obj.get(b"data")) is bytes:
+        # The canonical msgpack-numpy array (what we and the reference send): the hot path.
+        return _array_from_buffer(obj[b"data"], _cached_dtype(obj.get(b"type")), obj.get(b"shape"), copy=True)
+    if _has(obj, "nd") and _has(obj, "type") and _has(obj, "data"):  # msgpack-numpy
+        dtype = _as_dtype(_get(obj, "type"))
+        kind = _get(obj, "kind")
+        if kind not in (None, b"", ""):
+            raise WireDecodeError(f"msgpack-numpy array kind {kind!r} (structured/object data) is refused")
+        data = _get(obj, "data")
+        if not isinstance(data, (bytes, bytearray)):
+            raise WireDecodeError(f"msgpack-numpy 'data' must be bytes, got {type(data).__name__}")
+        if _get(obj, "nd"):
+            return _array_from_buffer(data, dtype, _get(obj, "shape"), copy=True)
+        return _array_from_buffer(data, dtype, [], copy=True)[()]
+    if _has(obj, "__ndarray__") and _has(obj, "data"):  # openpi-style
+        dtype = _as_dtype(_get(obj, "dtype"))
+        return _array_from_buffer(_get(obj, "data"), dtype, _get(obj, "shape"), copy=True)
+    if _has(obj, "__npgeneric__"):  # openpi-style numpy scalar
+        return _as_dtype(_get(obj, "dtype")).type(_get(obj, "data"))
+    if _has(obj, "__ndarray_class__"):  # early N1.6 and N1/N1.5
+        blob = _get(obj, "as_npy")
+        if not isinstance(blob, (bytes, bytearray)):
+            raise WireDecodeError("Malformed __ndarray_class__ payload: 'as_npy' must be bytes")
+        return _load_npy(blob)
+    if _has(obj, "__ModalityConfig__") or _has(obj, "__ModalityConfig_class__"):
+        return _modality_config_from(obj)
+    if _has(obj, "complex") and _has(obj, "data") and len(obj) == 2:
+        data = _get(obj, "data")
+        return complex(data.decode() if isinstance(data, bytes) else data)
+    return obj
+
+
+def _load_npy(blob: Union[bytes, bytearray]) -> np.ndarray:
+    """An np.save blob -> array, its header checked against the bytes present before anything is allocated.
+
+    (np.load on a file-like object allocates what the header claims first, so a 100-byte blob could ask for
+    terabytes.) Object and structured dtypes are refused, as everywhere on the wire.
+    """
+    stream = io.BytesIO(blob)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f"npy format version {version} is not accepted (1.0 and 2.0 are)")
+    except ValueError as exc:
+        raise WireDecodeError(f"Malformed __ndarray_class__ payload (np.save header): {exc}") from exc
+    if dtype.hasobject:  # np.load's own words, which peers know
+        raise WireDecodeError("Refused __ndarray_class__ payload: Object arrays cannot be loaded when allow_pickle=False")
+    _refuse_dtype(dtype, "decoded")
+    count = 1
+    for dim in shape:
+        count *= int(dim)
+    offset = stream.tell()
+    present = len(blob) - offset
+    if count * dtype.itemsize != present:
+        raise WireDecodeError(
+            f"Malformed __ndarray_class__ payload: header says dtype {dtype.str} and shape {list(shape)} "
+            f"({count * dtype.itemsize} bytes), the blob carries {present} bytes"
+        )
+    array = np.frombuffer(blob, dtype=dtype, count=count, offset=offset)
+    return array.reshape(shape, order="F" if fortran_order else "C").copy(order="C")
+
+
+def _json_items(obj: Dict[Any, Any]) -> int:
+    """Decode-budget items of a ModalityConfig map's as_json string (none when its fields came as a msgpack map: the
+    unpacker counted those already)."""
+    payload = _get(obj, "as_json")
+    return len(payload) // JSON_CHARS_PER_ITEM if isinstance(payload, (str, bytes, bytearray)) else 0
+
+
+def _viewing_map_hook(object_hook: Callable[[Dict[Any, Any]], Any]) -> Callable[[Dict[Any, Any], bool], Any]:
+    """The map hook of the viewing reader: canonical msgpack-numpy arrays over a view become arrays over the
+    buffer; any other map gets its views copied to bytes and goes through `object_hook` as usual."""
+
+    def on_map(obj: Dict[Any, Any], has_views: bool) -> Any:
+        if has_views:
+            if len(obj) == 5 and obj.get(b"nd") is True and obj.get(b"kind") == b"" and type(obj.get(b"data")) is memoryview:
+                return _array_from_buffer(obj[b"data"], _cached_dtype(obj.get(b"type")), obj.get(b"shape"), copy=False)
+            obj = {key: bytes(value) if type(value) is memoryview else value for key, value in obj.items()}
+        value = object_hook(obj)
+        if type(value) is ModalityConfig and _json_items(obj):  # its JSON is charged to the budget by _unpack only
+            raise NeedsFullUnpacker("a ModalityConfig sent as JSON")
+        return value
+
+    return on_map
+
+
+def _shareable_view(data: BufferLike) -> Optional[memoryview]:
+    """`data` as a memoryview when arrays may view it: writable, and big enough that copies would cost."""
+    try:
+        view = memoryview(data)
+    except TypeError:
+        return None
+    return view if not view.readonly and view.nbytes >= SHARED_DECODE_MIN_BYTES else None
+
+
+def _unpack(data: BufferLike, object_hook: Callable[[Dict[Any, Any]], Any], limits: Optional[DecodeLimits],
+            ext_hook: Optional[Callable[[int, bytes], Any]] = None, share_buffer: bool = False) -> Any:
+    """msgpack.unpackb with our hooks; with `limits`, within the item budget and depth of the message's size.
+
+    With `share_buffer` and a writable buffer, msgpack-numpy arrays view the buffer (frame_views) unless the
+    message needs msgpack's own unpacker, which then decodes it as without.
+    """
+    view = _shareable_view(data) if share_buffer and ext_hook is None else None
+    if view is not None:
+        max_depth = limits.max_depth if limits is not None else DecodeLimits.max_depth
+        try:
+            return unpack_viewing(view, _viewing_map_hook(object_hook), SHARED_ARRAY_MIN_BYTES, VIEWING_MAX_ITEMS, max_depth)
+        except NeedsFullUnpacker:
+            pass
+    extra: Dict[str, Any] = {} if ext_hook is None else {"ext_hook": ext_hook}
+    if limits is None:
+        return msgpack.unpackb(data, object_hook=object_hook, raw=False, strict_map_key=False, **extra)
+    size = memoryview(data).nbytes
+    budget = limits.item_budget(size)
+    used = 0  # items spent
+    containers = 0  # maps and arrays seen
+
+    def over_budget(advice: str = "send arrays as numpy arrays, not lists") -> DecodeLimitError:
+        return DecodeLimitError(
+            f"message of {size} bytes holds more than {budget} maps, arrays and entries (the decode limit for "
+            f"its size); {advice}"
+        )
+
+    # The counting is inlined in both hooks: they run once per map and array of every request.
+    def counted_map(obj: Dict[Any, Any]) -> Any:
+        nonlocal used, containers
+        used += len(obj) + 1
+        containers += 1
+        if used > budget:
+            raise over_budget()
+        value = object_hook(obj)
+        if type(value) is ModalityConfig:  # the values its JSON string held count too
+            used += _json_items(obj)
+            if used > budget:
+                raise over_budget(f"counting one per {JSON_CHARS_PER_ITEM} characters of each ModalityConfig's as_json")
+        return value
+
+    def counted_list(obj: List[Any]) -> List[Any]:
+        nonlocal used, containers
+        used += len(obj) + 1
+        containers += 1
+        if used > budget:
+            raise over_budget()
+        return obj
+
+    try:
+        value = msgpack.unpackb(
+            data, object_hook=counted_map, list_hook=counted_list, raw=False, strict_map_key=False,
+            max_str_len=limits.max_message_bytes, max_bin_len=limits.max_message_bytes,
+            max_array_len=budget, max_map_len=budget, max_ext_len=4096, **extra,
+        )
+    except msgpack.StackError as exc:  # msgpack's own nesting cap (1024 levels) comes before ours
+        raise DecodeLimitError(
+            f"message nests maps and arrays more than {limits.max_depth} levels deep; the limit is {limits.max_depth}"
+        ) from exc
+    except ValueError as exc:
+        if "exceeds max_" in str(exc):  # a length header over the budget, refused before allocating
+            raise _length_limit_error(data, size, exc) from exc
+        raise
+    # Every level of nesting is a container the hooks counted, so a message of few containers cannot be too deep:
+    # the second walk is only needed for messages with more containers than levels allowed.
+    if containers > limits.max_depth and isinstance(value, (dict, list)):
+        _check_depth(value, limits.max_depth)
+    return value
+
+
+# A map key msgpack packed as an array or a map: a tuple or frozenset key on the sender's side (msgpack packs one
+# without complaint, and no Python map can be keyed by the list it decodes to).
+_UNHASHABLE_KEY_HINT = ("; a map key is a list or a map, as a tuple or frozenset key is sent: keys must be str, "
+                        "bytes or numbers")
+
+
+def _undecodable(data: BufferLike, exc: Exception, what: str = "message") -> WireDecodeError:
+    """'undecodable message (FormatError: ...)', with the first bytes when msgpack said nothing more."""
+    said = str(exc).strip()
+    if not said:
+        head = bytes(memoryview(data)[:8])
+        said = f"not msgpack: {len(memoryview(data))} bytes starting {head.hex(' ')}"
+    hint = _UNHASHABLE_KEY_HINT if isinstance(exc, TypeError) and "unhashable" in said else ""
+    return WireDecodeError(f"undecodable {what} ({type(exc).__name__}: {said}){hint}")
+
+
+def normalize_keys(value: Any) -> Any:
+    """Return maps with bytes keys turned into str keys, recursively (peers differ in key types)."""
+    if isinstance(value, dict):
+        return {(k.decode("utf-8", "replace") if isinstance(k, bytes) else k): normalize_keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [normalize_keys(v) for v in value]
+    return value

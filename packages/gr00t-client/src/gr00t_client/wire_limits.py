@@ -1,0 +1,124 @@
+"""Decode limits: the bounds on one decode (DecodeLimits), the depth check, and the error that says where a
+map or array longer than its message's item budget sits."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Dict, List, Union
+
+import msgpack
+
+from .wire_errors import DecodeLimitError
+
+BufferLike = Union[bytes, bytearray, memoryview, Any]
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Bounds on one decode, so that decoding costs at most a small constant times the message size.
+
+    Maps, arrays and their entries count as items; a message may hold `base_items` plus one item per
+    `bytes_per_item` bytes of it (a Python object costs ~60 bytes, a msgpack item as little as 1). Lengths are
+    checked on the msgpack header, before anything is allocated. Nesting deeper than `max_depth` is refused.
+    """
+
+    max_message_bytes: int
+    max_depth: int = 32
+    base_items: int = 16384
+    bytes_per_item: int = 64
+
+    @classmethod
+    def for_message_bytes(cls, max_message_bytes: int) -> "DecodeLimits":
+        """The limits a server that accepts messages up to `max_message_bytes` decodes with (made once per size:
+        a server asks for every request)."""
+        limits = _LIMITS_BY_SIZE.get(max_message_bytes) if cls is DecodeLimits else None
+        if limits is None:
+            limits = cls(max_message_bytes=int(max_message_bytes))
+            if cls is DecodeLimits and len(_LIMITS_BY_SIZE) < 64:
+                _LIMITS_BY_SIZE[max_message_bytes] = limits
+        return limits
+
+    def item_budget(self, message_bytes: int) -> int:
+        """Items (maps, arrays and their entries) a message of this many bytes may hold."""
+        return self.base_items + int(message_bytes) // self.bytes_per_item
+
+
+_LIMITS_BY_SIZE: Dict[Any, DecodeLimits] = {}
+
+
+def _check_depth(value: Any, max_depth: int) -> None:
+    """Refuse maps/arrays nested deeper than max_depth (walked with a stack: a hostile depth cannot recurse)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if depth > max_depth:
+            raise DecodeLimitError(f"message nests maps and arrays more than {max_depth} levels deep; the limit is {max_depth}")
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+
+
+_LENGTH_OVER = re.compile(r"(\d+) exceeds max_(array|map)_len\((\d+)\)")  # msgpack's words for a long header
+_MAP_HEADERS = frozenset([*range(0x80, 0x90), 0xDE, 0xDF])  # fixmap, map 16, map 32
+_STR_HEADERS = frozenset([*range(0xA0, 0xC0), 0xD9, 0xDA, 0xDB])  # fixstr, str 8, 16, 32
+_PATH_DEPTH = 6  # keys followed at most (a request's lists sit 3 deep): each level decodes its value once more
+
+
+def _length_limit_error(data: BufferLike, size: int, exc: ValueError) -> DecodeLimitError:
+    """The DecodeLimitError for msgpack's refusal of a map or array header longer than the item budget: what it is,
+    where (its keys), and that numbers belong in a numpy array."""
+    found = _LENGTH_OVER.search(str(exc))
+    if found is None:
+        return DecodeLimitError(f"message of {size} bytes exceeds a decode limit: {exc}")
+    items, kind, limit = int(found.group(1)), found.group(2), int(found.group(3))
+    where = ".".join(_path_to_long_container(data, limit))
+    what = "a list" if kind == "array" else "a map"
+    return DecodeLimitError(
+        f"message of {size} bytes exceeds a decode limit: it holds {what} of {items} items"
+        f"{f' at {where}' if where else ''}, more than the {limit} its size allows; send numbers as a numpy array "
+        "(np.asarray(...)), not a Python list"
+    )
+
+
+def _path_to_long_container(message: BufferLike, limit: int) -> List[str]:
+    """The str keys that lead to the first map or array of more than `limit` items (['data', 'observation', 'extra']),
+    at most _PATH_DEPTH of them. Only on the error path: each level checks its values without keeping what it decodes,
+    so memory stays small, and a message nested deep costs at most _PATH_DEPTH more decodes of its size."""
+    path: List[str] = []
+    try:
+        data = memoryview(message).cast("B")
+        while data[0] in _MAP_HEADERS and len(path) < _PATH_DEPTH:
+            unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=len(data))
+            unpacker.feed(data)
+            count = unpacker.read_map_header()
+            if count > limit:
+                return path
+            for _ in range(count):
+                if data[unpacker.tell()] not in _STR_HEADERS:
+                    return path
+                key = unpacker.unpack()
+                start = unpacker.tell()
+                unpacker.skip()
+                if _holds_long_container(data[start:unpacker.tell()], limit):
+                    path.append(str(key))
+                    data = data[start:unpacker.tell()]
+                    break
+            else:
+                return path
+    except (ValueError, TypeError, IndexError, msgpack.UnpackException):
+        pass
+    return path
+
+
+def _holds_long_container(value: memoryview, limit: int) -> bool:
+    """True when the msgpack `value` holds a map or array of more than `limit` items (each dropped once decoded)."""
+    try:
+        msgpack.unpackb(value, object_hook=_dropped, list_hook=_dropped, max_array_len=limit, max_map_len=limit,
+                        raw=False, strict_map_key=False)
+    except ValueError as exc:
+        return "exceeds max_" in str(exc)
+    return False
+
+
+def _dropped(_: Any) -> None:
+    return None
