@@ -1,0 +1,234 @@
+"""PolicyClient's REQ socket over its life: opened on the process's shared context, waited on in slices, replaced
+after a timeout, closed from any thread, and made afresh in a forked child."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Any, Callable, Dict, Iterator, Optional
+
+import zmq
+
+from . import codec, curve
+from .client_errors import PolicyTimeoutError, ReplyLostError
+from .client_options import endpoint_host, is_ipv6_literal
+from .client_sockets import _PROCESS_CONTEXT, _ReplyWatch
+
+logger = logging.getLogger("gr00t_client.client")  # PolicyClient's one logger, whichever of its modules logs
+
+CLOSE_POLL_MS = 50  # an in-flight call notices close() from another thread within this long
+
+
+class ClientConnection:
+    """PolicyClient's connection (a mixin of PolicyClient): one REQ socket at a time (the ZeroMQ guide's Lazy Pirate
+    client), its waits, its lock, and closing it."""
+
+    @property
+    def address(self) -> str:
+        """The ZeroMQ endpoint, e.g. tcp://127.0.0.1:5555 or tcp://[::1]:5555."""
+        return f"tcp://{endpoint_host(self.host)}:{self.port}"
+
+    def _open_socket(self) -> zmq.Socket:
+        """A connected REQ socket (and its monitor)."""
+        if self._context is None:
+            raise RuntimeError("PolicyClient is closed")
+        try:
+            sock = self._context.socket(zmq.REQ)
+        except zmq.ZMQError as exc:  # e.g. EMFILE: too many open files
+            raise ConnectionError(f"cannot open a socket to {self.address}: {exc}") from exc
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            # Only for literals: with IPV6 on, a name like "localhost" could resolve to ::1 while the server is on 127.0.0.1.
+            sock.setsockopt(zmq.IPV6, int(is_ipv6_literal(self.host)))
+            sock.copy_threshold = codec.ZERO_COPY_MIN_BYTES
+            # libzmq drops a peer at the header of a larger frame, before allocating it (-1: no cap)
+            sock.setsockopt(zmq.MAXMSGSIZE, -1 if self.max_reply_bytes is None else self.max_reply_bytes)
+            curve.apply_client_keys(sock, self._curve)
+            self._handshake = _ReplyWatch(sock, self.address, self._curve)
+            sock.connect(self.address)
+        except zmq.ZMQError as exc:  # e.g. a malformed host: close the socket and keep to our error types
+            if self._handshake is not None:
+                self._handshake.close()
+                self._handshake = None
+            sock.close(linger=0)
+            raise ConnectionError(f"cannot connect to {self.address}: {exc}") from exc
+        return sock
+
+    def _discard_socket(self) -> None:
+        self._forget_server()  # a broken connection: whoever answers next may be another server
+        self.server_changes += 1
+        self._close_socket()
+
+    def _close_socket(self) -> None:
+        handshake, self._handshake = self._handshake, None
+        if handshake is not None:
+            handshake.close()
+        sock, self._socket = self._socket, None
+        if sock is not None:
+            sock.close(linger=0)
+
+    def _replace_socket(self) -> None:
+        """After a timeout (Lazy Pirate): forget the server's facts (whoever answers next may be another server),
+        close the socket and connect its replacement at once, so that the new connection's handshake runs while the
+        caller is between calls instead of inside the next call's budget. On a link whose round trip is a third of
+        timeout_ms, a handshake, a get_server_info question and the call itself did not fit in one budget: every
+        call after one latency spike timed out, for good."""
+        self._forget_server()
+        self.server_changes += 1
+        self._close_socket()
+        if self._context is None or self._closing.is_set():
+            return
+        try:
+            self._socket = self._open_socket()
+        except ConnectionError as exc:  # e.g. out of file descriptors: the next call tries again, and says why
+            logger.debug("could not reconnect to %s at once: %s", self.address, exc)
+
+    def _timeout(self, endpoint: str, stage: Optional[str] = None) -> PolicyTimeoutError:
+        """`stage`: what the connection got to (HandshakeMonitor.stage); '' when connected, None when not known."""
+        if stage is None:
+            why = "is it running and reachable?"
+        elif stage:
+            why = stage + self._localhost_hint(stage)
+        else:
+            why = "connected, but no reply came: a policy call slower than the timeout, a hung server or a slow link?"
+        return PolicyTimeoutError(
+            f"policy server at {endpoint_host(self.host)}:{self.port} did not answer '{endpoint}' within "
+            f"{getattr(self._call, 'budget_ms', None) or self.timeout_ms} ms ({why})"
+        )
+
+    def _localhost_hint(self, stage: str) -> str:
+        if self.host.lower() == "localhost" and "refused" in stage:
+            return "; host 'localhost' is connected over IPv4 (127.0.0.1): for a server bound to ::1 pass host='::1'"
+        return ""
+
+    def _check_host_resolves(self, deadline: float) -> None:
+        """ConnectionError at once for a host name that does not resolve (ZeroMQ would retry it in silence until
+        the timeout). Checked until the name has resolved once; a lookup slower than the budget is left to ZeroMQ,
+        as is a temporary DNS failure. IP addresses are not looked up; a malformed IPv4 address is refused."""
+        if self._host_resolved or is_ipv6_literal(self.host):
+            return
+        try:
+            ipaddress.IPv4Address(self.host)
+            self._host_resolved = True
+            return
+        except ValueError:  # a name, a short form the resolver reads (127.1), or a malformed address (999.1.1.1)
+            pass
+        outcome: Dict[str, Any] = {}
+
+        def look_up() -> None:
+            try:
+                outcome["ipv4"] = socket.getaddrinfo(self.host, self.port, socket.AF_INET, socket.SOCK_STREAM)
+            except socket.gaierror as exc:
+                outcome["error"] = exc
+                try:  # a name with IPv6 addresses only: ZeroMQ is not told to use IPv6 for names
+                    outcome["ipv6"] = socket.getaddrinfo(self.host, self.port, socket.AF_INET6, socket.SOCK_STREAM)
+                except (socket.gaierror, OSError):
+                    pass
+            except (OSError, UnicodeError) as exc:
+                outcome["error"] = exc
+
+        lookup = threading.Thread(target=look_up, name="gr00t-client-resolve", daemon=True)
+        lookup.start()
+        lookup.join(max(0.0, min(deadline - time.monotonic(), 5.0)))
+        if "ipv4" in outcome:
+            self._host_resolved = True
+            return
+        error = outcome.get("error")
+        if error is None or getattr(error, "errno", None) == socket.EAI_AGAIN:
+            return  # slow or temporarily failing DNS: ZeroMQ keeps trying, and the timeout says so
+        if "ipv6" in outcome:
+            addresses = sorted({info[4][0] for info in outcome["ipv6"]})
+            raise ConnectionError(f"host {self.host!r} has IPv6 addresses only ({', '.join(addresses)}); pass one of "
+                                  "them as host to connect over IPv6")
+        raise ConnectionError(f"cannot connect to the policy server at {self.address}: host {self.host!r} does not "
+                              f"resolve ({error}); check the host name (or IP address)")
+
+    def _reply_lost(self, endpoint: str) -> ReplyLostError:
+        cap = self.max_reply_bytes
+        too_large = ("" if cap is None else
+                     f", or its reply was larger than this client's max_reply_bytes of {cap} bytes (ZeroMQ drops a "
+                     "connection at the header of a larger message, unread; if this server's replies really are that "
+                     "large, pass a larger max_reply_bytes to PolicyClient, or None for no cap)")
+        return ReplyLostError(  # the likely cause first: a server that died (the size cap is the rarer one)
+            f"the connection to the policy server at {endpoint_host(self.host)}:{self.port} closed while this client "
+            f"waited for its reply to '{endpoint}', so none can come: the server stopped, restarted or dropped the "
+            f"request (one over its max message size){too_large}. The next call connects anew."
+        )
+
+    def _wait(self, wait: Callable[[int], bool], deadline: float, endpoint: str, sent: bool = True) -> None:
+        """Wait (the monitor's wait_to_send or wait_for_reply) until `deadline`; a failed handshake (keys, or
+        encryption on one side only) raises HandshakeError, not a timeout; once the request is `sent`, its
+        connection closing raises ReplyLostError."""
+        assert self._handshake is not None
+        while True:  # in slices, so that close() from another thread is noticed within CLOSE_POLL_MS
+            if self._closing.is_set():
+                raise ConnectionError(f"PolicyClient for {self.address} was closed while waiting for '{endpoint}'")
+            remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
+            if wait(min(remaining_ms, CLOSE_POLL_MS)):
+                return
+            if sent and self._handshake.dropped():
+                raise self._reply_lost(endpoint)
+            if remaining_ms <= CLOSE_POLL_MS:
+                raise self._handshake.failure() or self._timeout(endpoint, self._handshake.stage())
+
+    def _adopt_after_fork(self) -> None:
+        """In a child forked from the process that made this client, start afresh: ZeroMQ objects do not survive a
+        fork (the child's first call spun at full CPU for ever, whatever timeout_ms), and a lock a parent thread held
+        at that moment stays held. The parent's objects are left alone (pyzmq never closes them from another process),
+        so the parent's connection is unaffected; what was learned about the server still holds. The child gets a
+        session of its own unless the client was given its session_id."""
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        closed, closing = self._context is None, self._closing.is_set()
+        self._socket, self._handshake = None, None
+        self._lock, self._lock_owner, self._awaiting = threading.RLock(), None, None
+        self._closing, self._call = threading.Event(), threading.local()
+        if closing:
+            self._closing.set()
+        self._context = None if closed else _PROCESS_CONTEXT.get()
+        if not self._session_given:
+            # A session of its own: with the parent's id, a stateful server (a replay) kept one cursor for every forked
+            # worker, and each worker's reset moved the others' (a worker replayed another's episode, without a word).
+            self.session_id, self._session_served = uuid.uuid4().hex, False
+        logger.debug("PolicyClient for %s in forked process %d: new ZeroMQ context and socket", self.address, self._pid)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the client's lock for one call; a close() asked for meanwhile from this thread is done on the way out."""
+        self._adopt_after_fork()
+        with self._lock:
+            outer = self._lock_owner
+            self._lock_owner = threading.get_ident()
+            try:
+                yield
+            finally:
+                self._lock_owner = outer
+                if outer is None and self._closing.is_set():  # close() from this thread mid-call left the rest to us
+                    self._close_now()
+
+    def close(self) -> None:
+        """Close the socket and context without waiting for undelivered messages; safe from any thread, at any
+        moment: a call in flight in another thread stops waiting (ConnectionError) within CLOSE_POLL_MS."""
+        if getattr(self, "_closing", None) is None:  # __init__ failed before the lock existed
+            return
+        self._adopt_after_fork()  # a forked child closes its own objects, never the parent's
+        self._closing.set()
+        with self._lock:  # reentrant: on the thread in a call (a signal handler) it is ours at once
+            if self._lock_owner == threading.get_ident():
+                # A call on this thread was interrupted mid-way: it sees _closing within CLOSE_POLL_MS and closes
+                # on its way out (closing the socket under it here would break it mid-operation).
+                return
+            self._close_now()
+
+    def _close_now(self) -> None:
+        """Close the socket (holding the lock) and let go of the process's shared context; safe to re-enter from a
+        signal handler."""
+        self._discard_socket()
+        self._context = None

@@ -1,0 +1,75 @@
+"""The errors PolicyClient raises for a server's error replies and for its silence, and the words of our server's
+answers that pick them."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+
+class PolicyServerError(RuntimeError):
+    """The server answered with an error; the message is the server's."""
+
+    def __init__(self, message: str, endpoint: Optional[str] = None) -> None:
+        super().__init__(f"Server error: {message}")
+        self.server_message = message
+        self.endpoint = endpoint
+
+    def __reduce__(self):  # pickled (a Ray task's error) with the server's own words: "Server error: " once
+        return (type(self), (self.server_message, self.endpoint))
+
+
+SHUTTING_DOWN = "server is shutting down"  # how our server's answers begin once it is stopping (ServerStoppingError)
+NOT_RUN_FOR_DEADLINE = "was not run: the client's deadline"  # our server's refusal of a request out of time
+
+
+class ServerStoppingError(PolicyServerError, ConnectionError):
+    """The server answered that it is shutting down: the request was not run (or not finished), and later requests
+    will find no server. An evaluation stops here rather than score the request's episode and time out on the next.
+    A ConnectionError too, as the connection is as good as gone."""
+
+
+def server_error(message: str, endpoint: Optional[str]) -> PolicyServerError:
+    """The error for a server's error reply: ServerStoppingError when the server says it is shutting down,
+    DeadlineNotRunError when it did not run the request for want of time."""
+    if message.startswith(SHUTTING_DOWN):
+        return ServerStoppingError(message, endpoint)
+    if NOT_RUN_FOR_DEADLINE in message:
+        return DeadlineNotRunError(message, endpoint)
+    return PolicyServerError(message, endpoint)
+
+
+class MessageTooLargeError(PolicyServerError):
+    """A request larger than the server's `max_message_bytes`; it was not sent, and the client stays usable.
+
+    A PolicyServerError because the server would refuse it as well (a frame over the limit is dropped there
+    unanswered, so without this check the caller would only see a timeout).
+    """
+
+    def __init__(self, endpoint: str, size: int, limit: int) -> None:
+        message = (
+            f"request '{endpoint}' of {size} bytes exceeds this server's limit of {limit} bytes (max_message_bytes), "
+            "so it was not sent; send smaller or fewer images, or start the server with a larger --max-message-mb"
+        )
+        super().__init__(message, endpoint)
+        self.args = (message,)  # the client's words, not the server's: no "Server error:" prefix
+        self.size = size
+        self.limit = limit
+
+    def __reduce__(self):  # pickled (a Ray task's error) as made: PolicyServerError's would call this with its args
+        return (type(self), (self.endpoint, self.size, self.limit))
+
+
+class PolicyTimeoutError(TimeoutError):
+    """The server did not answer within timeout_ms; the client's socket was replaced (the new one connects at once)."""
+
+
+class DeadlineNotRunError(PolicyServerError, PolicyTimeoutError):
+    """The server did not run the request: the client's deadline had passed, or was nearer than a policy call takes,
+    when its turn came. A PolicyTimeoutError too, so that a loop that holds position on a timeout does so here."""
+
+
+class ReplyLostError(PolicyTimeoutError):
+    """The connection closed while a reply was awaited, so none can come: raised at once instead of after timeout_ms.
+
+    A PolicyTimeoutError, as these cases were before, so that code that handles timeouts handles it too.
+    """

@@ -1,0 +1,87 @@
+"""The messages PolicyClient exchanges: the envelope's field names (shared with gr00t-server), the envelope around
+a request, the size check before it is sent, and a reply read into its result or the server's error."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, List
+
+from . import codec
+from .client_errors import MessageTooLargeError, PolicyServerError, server_error
+from .client_sockets import _nbytes
+
+logger = logging.getLogger("gr00t_client.client")  # PolicyClient's one logger, whichever of its modules logs
+
+PROTOCOL_VERSION = 1
+ERROR_MARKER = "__gr00t_error__"
+TIMING_OPTION = "return_server_timing"
+TIMEOUT_FIELD = "timeout_ms"  # envelope field: the client's remaining budget; gr00t-server drops the request after it
+SESSION_CONTINUES_FIELD = "session_continues"  # see _session_served (gr00t_server.serving.messages reads it)
+
+
+class ClientMessages:
+    """PolicyClient's requests and replies (a mixin of PolicyClient): what a request is sent in, and what its reply
+    says."""
+
+    def _envelope(self, endpoint: str, data: Any, requires_input: bool) -> Dict[str, Any]:
+        envelope: Dict[str, Any] = {"endpoint": endpoint}
+        if requires_input:
+            envelope["data"] = data
+        if self.api_token:
+            envelope["api_token"] = self.api_token
+        envelope["session_id"] = self.session_id
+        if self._session_served:
+            envelope[SESSION_CONTINUES_FIELD] = True
+        return envelope
+
+    def _check_size(self, frames: List[Any], endpoint: str) -> None:
+        """Refuse, before sending, a request over the server's limit (a frame over it would get no reply at all)."""
+        limit = self.server_max_message_bytes
+        if limit is not None:
+            size = _nbytes(frames)
+            if size > limit:
+                raise MessageTooLargeError(endpoint, size, limit)
+
+    def _decode_reply(self, reply: List[Any], endpoint: str) -> Any:
+        """The reply's result, decoded within this client's limits; PolicyServerError for the server's errors."""
+        limits = self._reply_limits
+        if len(reply) > 1 and self.max_reply_bytes is not None:
+            size = _nbytes(reply)  # ZMQ_MAXMSGSIZE bounds each frame, not their sum
+            if size > self.max_reply_bytes:
+                raise codec.DecodeLimitError(
+                    f"its {size} bytes in {len(reply)} frames exceed this client's max_reply_bytes of "
+                    f"{self.max_reply_bytes} bytes; if this server's replies really are that large, pass a larger "
+                    "max_reply_bytes to PolicyClient, or None for no cap"
+                )
+        if codec.is_multipart(reply):
+            return self._unwrap_multipart(codec.decode_multipart(reply, limits), endpoint)
+        if len(reply) != 1:
+            raise codec.WireDecodeError(f"reply to '{endpoint}' has {len(reply)} frames; expected 1")
+        if len(reply[0]) == 5 and reply[0].bytes == b"ERROR":
+            raise PolicyServerError("Make sure we are running the correct policy server.", endpoint)
+        if self._server_is_ours:  # ours answers in the format it is asked in: nothing to learn
+            return self._unwrap_reference(codec.decode(reply[0].buffer, limits), endpoint)
+        try:
+            message, written_npsave = codec.decode_noting_npsave(reply[0].buffer, limits)
+        except codec.WireDecodeError as exc:  # e.g. a ModalityConfig this client cannot read: still learn the wire
+            if getattr(exc, "written_npsave", False) and not self.speaks_npsave:
+                self.speaks_npsave = True
+            raise
+        if written_npsave and not self.speaks_npsave:
+            self.speaks_npsave = True
+            logger.info("server at %s speaks the np.save-era wire; sending that format from now on", self.address)
+        return self._unwrap_reference(message, endpoint)
+
+    def _unwrap_multipart(self, message: Any, endpoint: str) -> Any:
+        if not isinstance(message, dict) or "ok" not in message:
+            raise codec.WireDecodeError(f"multipart reply to '{endpoint}' lacks the 'ok' field")
+        if not message["ok"]:
+            raise server_error(str(message.get("error", "unknown error")), endpoint)
+        return message.get("result")
+
+    def _unwrap_reference(self, reply: Any, endpoint: str) -> Any:
+        if isinstance(reply, dict) and "error" in reply:
+            # Our server marks its errors, so a real result with an "error" key passes through intact.
+            if reply.get(ERROR_MARKER) or not self._server_is_ours:
+                raise server_error(str(reply["error"]), endpoint)
+        return reply

@@ -1,0 +1,159 @@
+"""What PolicyClient learns about the server behind its address (its kind, wire, message limit and configs), how it
+asks, and the check run once a new server may be answering."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
+
+from . import codec
+from .client_errors import PolicyServerError, ServerStoppingError
+from .modality import ModalityConfig
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers only
+    from .client import PolicyClient
+
+logger = logging.getLogger("gr00t_client.client")  # PolicyClient's one logger, whichever of its modules logs
+
+
+class ServerFacts:
+    """The server's facts as PolicyClient knows them (a mixin of PolicyClient): learnt on the first call, forgotten
+    when the connection is made anew."""
+
+    def _forget_server(self) -> None:
+        """Forget what was learned about the server (kind, wire, message limit, configs): it may have been restarted
+        or replaced behind the same address, so the next call asks again instead of trusting stale facts. Also the
+        state before the first call."""
+        # Even with wire="reference" we ask once whether the server is ours, so that a result map with an
+        # "error" key from our server (which marks its errors) is not taken for an error.
+        self._server_is_ours: Optional[bool] = True if self._requested_wire == "multipart" else None
+        self._wire = self._requested_wire  # "auto" becomes "reference" once a server without multipart is seen
+        # True once the server is known to be np.save-era (its replies carry __ndarray_class__ arrays or only the
+        # legacy __ModalityConfig_class__ marker): from then on requests use that format, which it can read.
+        self.speaks_npsave = self._requested_wire == "npsave"
+        # The server's max_message_bytes from get_server_info; None when unknown (reference, older or unasked server).
+        self.server_max_message_bytes: Optional[int] = None
+        self._modality_config: Optional[Dict[str, ModalityConfig]] = None
+
+    def _negotiate(self, deadline: Optional[float] = None) -> Any:
+        """Ask once whether the server is ours (multipart capable); a reference server says 'Unknown endpoint'.
+        Returns the get_server_info answer (its reply, or the error reply's PolicyServerError); None when unreadable."""
+        envelope = self._envelope("get_server_info", None, requires_input=False)
+        try:
+            info = self._round_trip(envelope, "get_server_info", multipart=False, deadline=deadline)
+        except PolicyServerError as exc:
+            if "Unauthorized" in exc.server_message or isinstance(exc, ServerStoppingError):
+                raise  # a server going away said nothing about what it is: learnt from the next one
+            self._server_is_ours = False
+            logger.debug("server at %s is not a gr00t-server (%s); using the reference wire", self.address, exc)
+            self._probe_wire_generation(deadline)
+            return exc
+        except codec.WireDecodeError as exc:
+            # A gr00t-server newer than this client (its info carries a modality config field this version does not
+            # know) failed every call here, ping aside: the reference wire, which every server answers, still works.
+            self._server_is_ours = False
+            if self._wire == "auto":
+                self._wire = "reference"
+            logger.warning("server at %s answered get_server_info with what this client cannot read (%s): a newer "
+                           "gr00t-server? Using the reference wire (no multipart, no size check before sending); "
+                           "install the gr00t-client of the server's version", self.address, exc)
+            return None
+        capabilities = info.get("capabilities", []) if isinstance(info, dict) else []
+        self._server_is_ours = isinstance(info, dict) and info.get("server") == "gr00t-server"
+        if not self._server_is_ours:
+            self._probe_wire_generation(deadline)
+        if self._wire == "auto" and "multipart" not in capabilities:
+            self._wire = "reference"
+        limit = info.get("max_message_bytes") if self._server_is_ours else None
+        # Older gr00t-servers do not report it; then, as with a reference server, nothing is checked here.
+        if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+            self.server_max_message_bytes = limit
+        return info
+
+    def _probe_wire_generation(self, deadline: Optional[float]) -> None:
+        """Learn a reference server's wire generation before any array is sent to it.
+
+        Its get_modality_config reply says it: an np.save-era server writes only `__ModalityConfig_class__`
+        (seen in _round_trip). Without this, the first get_action would hand such a server's policy
+        msgpack-numpy maps instead of arrays. The configs are kept, so get_modality_config() costs nothing later.
+        A probe that timed out discarded the socket, and with it what was learnt: the next call asks again.
+        """
+        if self.speaks_npsave:
+            return
+        envelope = self._envelope("get_modality_config", None, requires_input=False)
+        try:
+            configs = self._round_trip(envelope, "get_modality_config", multipart=False, deadline=deadline)
+        except PolicyServerError as exc:  # a policy without configs: nothing to learn, the current format it is
+            logger.debug("server at %s gave no modality config to probe its wire (%s)", self.address, exc)
+            return
+        except codec.WireDecodeError as exc:
+            # Configs this client cannot read (a newer upstream field): the reply's markers still told the wire
+            # (_round_trip), and the caller's own request should not fail for a question it did not ask.
+            logger.warning("server at %s sent modality configs this client cannot read (%s); strict validation "
+                           "will fail, but calls go on", self.address, exc)
+            return
+        if isinstance(configs, dict) and configs:
+            self._modality_config = configs
+
+    def _notice_reconnection(self) -> None:
+        """Forget the server's facts when the socket has reconnected since they were learned (the server restarted
+        while this client was idle, maybe with another model, limit or wire): checked before a call uses them, not
+        only after a reply, since a request refused here for stale facts would otherwise never learn the new ones."""
+        if self._socket is not None and self._handshake is not None and self._handshake.reconnected():
+            logger.info("reconnected to %s; asking the server for its facts again", self.address)
+            self._forget_server()
+            self.server_changes += 1
+
+    @property
+    def new_server_check(self) -> Optional[Callable[["PolicyClient"], None]]:
+        """The check on_new_server set (None: none)."""
+        return self._new_server_check
+
+    def on_new_server(self, check: Optional[Callable[["PolicyClient"], None]]) -> None:
+        """Run `check(client)` after the first reset or get_action answered since the connection was made anew or
+        given up (server_changes moved: a restart, maybe with another model behind the same address); what it raises
+        is raised from that call, before its reply is used. An answer that is an error reply counts too: what the
+        check raises replaces the error (the new server may refuse because it serves another model), and it passing
+        lets the error through. gr00t-eval stops a run there when the server now serves another checkpoint. None
+        removes the check."""
+        with self._locked():
+            self._new_server_check = check
+            self._checked_server_changes = self.server_changes
+
+    def _check_new_server(self) -> None:
+        check = self._new_server_check
+        changes = self.server_changes
+        if check is None or changes == self._checked_server_changes:
+            return
+        # With a budget of its own (timeout_ms), not the remains of the get_action it follows: after a reconnection
+        # that call already paid for a handshake and a get_server_info, and on a slow link a check in the same budget
+        # timed out, replaced the socket and so made the next call check (and time out) again, for ever.
+        call = self._call
+        active, deadline = getattr(call, "active", False), getattr(call, "deadline", None)
+        own = getattr(call, "own_deadline", None), getattr(call, "budget_ms", None)
+        call.active, call.deadline, call.own_deadline, call.budget_ms = False, None, None, None
+        try:
+            check(self)  # raises to the caller; asked again after the next call until it passes
+        finally:
+            call.active, call.deadline = active, deadline
+            call.own_deadline, call.budget_ms = own
+        self._checked_server_changes = self.server_changes  # its own reconnection, if any, was checked by it
+
+    def _check_new_server_after(self, failure: Exception) -> None:
+        """The new-server check after a reset or get_action that a server answered with an error (or with a reply
+        this client cannot read): a server restarted with another model refuses what the old one took (an episode
+        index past its dataset's, a session it never saw), and that refusal must not pass for the caller's mistake.
+        What the check raises is raised instead of `failure`, a server that cannot be asked included (a timeout or
+        lost connection: whether it serves the same model is unknown, and the check stays due)."""
+        try:
+            self._check_new_server()
+        except BaseException as check_failed:
+            raise check_failed from failure
+
+    def _serves_timing(self) -> bool:
+        # Only our server understands the option; a reference policy would receive it as an unknown option.
+        if self._server_is_ours is None:
+            with self._locked():
+                if self._server_is_ours is None:
+                    self._negotiate(self._deadline())
+        return bool(self._server_is_ours)
