@@ -14,7 +14,7 @@ import contextlib
 import signal
 from typing import Iterator
 
-# signals_handled_by and sigterm_as_interrupt are the gr00t-server modules' too (export_dir, commands, cli)
+# signals_handled_by and sigterm_as_interrupt are the gr00t-server modules' too (export_dir, commands, serve_cli)
 from gr00t_client.cli_signals import interrupting_signals, sigterm_as_interrupt, signals_handled_by  # noqa: F401
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())

@@ -1,0 +1,56 @@
+"""`gr00t-server keygen` and `make-test-checkpoint`: write a CURVE key pair or a random-weight checkpoint and exit."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from .cli_errors import CliError
+
+
+def keygen(args: argparse.Namespace) -> int:
+    from gr00t_client.curve import key_fingerprint, load_public_key
+
+    from .curve import generate_certificates
+
+    if not str(args.directory).strip():  # '' is not the current folder by accident
+        raise CliError(f"DIRECTORY must name a folder (use . for the current one), got {args.directory!r}")
+    folder = os.path.expanduser(str(args.directory))
+    if os.path.exists(folder) and not os.path.isdir(folder):  # it said "[Errno 17] File exists"
+        raise CliError(f"DIRECTORY {args.directory} is a file, not a folder: name a folder for the key pair")
+    public_path, secret_path = generate_certificates(args.directory, args.name, overwrite=args.force)
+    print(f"Public key:  {public_path}  (copy to peers: clients pass it as --server-public-key, servers keep "
+          f"client keys in their --authorized-keys directory)")
+    print(f"Secret key:  {secret_path}  (mode 0600; keep it on this machine)")
+    print(f"Fingerprint: {key_fingerprint(load_public_key(str(public_path)))}")
+    return 0
+
+
+def make_test_checkpoint(args: argparse.Namespace) -> int:
+    from gr00t_client import EmbodimentTag
+
+    from .test_checkpoint import make_test_checkpoint as write_checkpoint
+
+    if not 0 <= args.seed < 2**63:  # checked before any file is written (numpy refused it after the weights)
+        raise CliError(f"--seed must be a whole number from 0 to 2**63 - 1, got {args.seed}")
+    if args.embodiment_tag is not None and not args.embodiment_tag.strip():
+        raise CliError("--embodiment-tag must not be empty (leave it out for new_embodiment)")
+
+    if args.embodiment is None and args.dataset_path is None:
+        if args.embodiment_tag is not None:  # the default checkpoint's two tags would silently replace it
+            raise CliError(f"--embodiment-tag {args.embodiment_tag} needs --embodiment or --dataset-path (the key set "
+                           f"to write under that tag), e.g. --embodiment new_embodiment --embodiment-tag "
+                           f"{args.embodiment_tag}; without them the checkpoint holds new_embodiment and libero_sim")
+        path = write_checkpoint(args.output, size=args.size, seed=args.seed, overwrite=args.overwrite)
+        print(f"Wrote {args.size} test checkpoint to {path or args.output}")
+        return 0
+    tag = (args.embodiment_tag or "new_embodiment").strip()
+    try:  # a built-in tag by any spelling ('LIBERO_SIM', 'Libero_Sim') is written as its value, with its projector
+        tag = EmbodimentTag.resolve(tag).value
+    except ValueError:
+        pass  # a tag of the user's own robot stays as written
+    path = write_checkpoint(args.output, size=args.size, seed=args.seed, embodiment_tags=[tag],
+                            embodiment=args.embodiment, dataset_path=args.dataset_path, overwrite=args.overwrite)
+    source = f"dataset {args.dataset_path}" if args.dataset_path else f"the {args.embodiment} env"
+    print(f"Wrote {args.size} test checkpoint to {path} (tag {tag}, keys of {source})")
+    return 0

@@ -1,0 +1,136 @@
+"""`gr00t-server serve`'s checks of its flags before the model loads (minutes for a 3B model): limits, CURVE keys,
+flags the chosen policy ignores, ports and the bind address, each refused with a CliError that names the flag."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, List
+
+from .cli_errors import CliError
+
+
+def _server_limits(args: argparse.Namespace) -> Any:
+    from .serving.limits import ServerLimits
+
+    for flag, value in (("--max-client-queued-mb", args.max_client_queued_mb), ("--max-queued-mb", args.max_queued_mb)):
+        if value is not None and not 0 < value < float("inf"):  # NaN too
+            raise CliError(f"{flag} must be a finite number of MiB > 0, got {value}")
+    queued = None if args.max_client_queued_mb is None else max(1, int(args.max_client_queued_mb * 1024 * 1024))
+    try:
+        return ServerLimits(
+            max_rows=args.max_rows, max_language_chars=args.max_language_chars, max_language_tokens=args.max_language_tokens,
+            max_cameras=args.max_cameras, max_image_pixels=args.max_image_pixels, max_sessions=args.max_sessions,
+            session_idle_s=args.session_idle_s, max_client_queued_bytes=queued,
+            max_client_queued_requests=args.max_client_queued_requests,
+            max_queued_bytes=max(1, int(args.max_queued_mb * 1024 * 1024)),
+        )
+    except ValueError as exc:
+        raise CliError(f"--{str(exc).replace('_', '-')}") from exc
+
+
+# Flags that only one kind of policy reads, with their defaults: given with the other kind they do nothing.
+_REPLAY_ONLY = {"dataset_path": None, "modality_config_path": None, "execution_horizon": None, "action_horizon": 16,
+                "replay_cache_mb": None}
+_MODEL_ONLY = {"device": None, "dtype": None, "clip_outliers": None, "preprocess_device": None, "inference_mode": "pytorch",
+               "onnx_dir": None, "engine_dir": None, "warmup": True}
+
+
+def _ignored_flags(args: argparse.Namespace) -> List[str]:
+    """The flags given that the chosen policy (a model with --model-path, else replay) does not read."""
+    unused = _REPLAY_ONLY if args.model_path else _MODEL_ONLY
+    given = [(name, getattr(args, name)) for name, default in unused.items() if getattr(args, name) != default]
+    return [("--no-" if value is False else "--") + name.replace("_", "-") for name, value in given]
+
+
+def _check_server_flags(args: argparse.Namespace) -> None:
+    """Refuse a server flag out of range before the model loads (PolicyServer's own check, in flag names)."""
+    from .serving.server import check_server_settings
+
+    try:
+        check_server_settings(
+            spell=lambda name: "--" + name.replace("_", "-"), port=args.port, metrics_port=args.metrics_port,
+            max_batch_size=args.max_batch_size, batch_timeout_ms=args.batch_timeout_ms,
+            inline_below_ms=args.inline_below_ms,
+        )
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    if args.metrics_port and args.metrics_port == args.port:  # found before the model loads, not after (minutes)
+        raise CliError(f"--metrics-port {args.metrics_port} is also --port: the metrics endpoint needs a port of its own")
+    _check_bind_host(args.host)
+    if args.api_token is not None and not args.api_token.strip():  # `--api-token "$TOKEN"` with TOKEN unset
+        raise CliError("--api-token (or $GR00T_API_TOKEN) is empty: an unset variable? Leave it out (and unset "
+                       "GR00T_API_TOKEN) to serve without a token")
+    if not 1 <= args.max_message_mb <= 2**43:
+        raise CliError(f"--max-message-mb must be a whole number of MiB >= 1, got {args.max_message_mb}")
+
+
+def _check_bind_host(host: str) -> None:
+    """CliError for a --host that cannot be bound (not an address of this machine's form, nor a resolvable name),
+    before the model loads: ZeroMQ only says so at bind time, after a load that takes minutes for a 3B model."""
+    import ipaddress
+    import socket
+
+    from gr00t_client.client import normalize_host
+
+    bare = normalize_host(host)
+    if bare in ("*", "0.0.0.0", "::"):
+        return
+    try:
+        ipaddress.ip_address(bare)
+        return
+    except ValueError:
+        pass
+    try:
+        socket.getaddrinfo(bare, None)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise CliError(f"--host {host}: not an IP address, and the name does not resolve ({exc}); pass an address "
+                       "of this machine, 0.0.0.0 or :: for all, or 127.0.0.1 for loopback only") from None
+
+
+def _check_bind_address(host: str, port: int, flag: str = "--port") -> None:
+    """CliError for an IP --host that is not this machine's, or a --port (or --metrics-port: `flag`) in use, found by
+    binding a plain socket there (and closing it) before the model loads: ZeroMQ (and the metrics endpoint) said so
+    only after the load and warm-up (minutes for a 3B model). Names are left to ZeroMQ; any other failure too (it says
+    what it meets at its own bind)."""
+    import errno
+    import ipaddress
+    import socket
+
+    from gr00t_client.client import normalize_host
+
+    bare = normalize_host(host)
+    address = "0.0.0.0" if bare == "*" else bare
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
+    except ValueError:
+        return
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as ZeroMQ's listener: a TIME_WAIT port binds
+        probe.bind((address, port))
+        probe.listen(1)  # EADDRINUSE may come only here (another listener with SO_REUSEADDR)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise CliError(f"{flag} {port}: the port is in use on {host} (another server?); pass another {flag}, or "
+                           "stop the process holding it") from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise CliError(f"--host {host}: not an address of this machine; pass one of its addresses, 0.0.0.0 or :: "
+                           "for all, or 127.0.0.1 for loopback only") from None
+    finally:
+        probe.close()
+
+
+def _curve_settings(args: argparse.Namespace) -> Any:
+    """The serve command's CURVE config (checked before the model loads), or None for plaintext."""
+    if not args.curve_secret_key:
+        if args.authorized_keys:
+            raise CliError("--authorized-keys (or $GR00T_AUTHORIZED_KEYS) needs --curve-secret-key (or "
+                           "$GR00T_CURVE_SECRET_KEY): client keys are checked in the CURVE handshake")
+        return None
+    from .curve import CurveServerConfig
+
+    try:
+        return CurveServerConfig.load(args.curve_secret_key, args.authorized_keys,
+                                      names=("--curve-secret-key", "--authorized-keys"))
+    except (ValueError, OSError) as exc:
+        raise CliError(str(exc)) from exc

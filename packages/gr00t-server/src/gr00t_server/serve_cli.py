@@ -1,0 +1,201 @@
+"""`gr00t-server serve`: check the flags, load the policy, bind the server and run it until it is stopped."""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from .cli_errors import CliError
+from .serve_checks import _check_bind_address, _check_server_flags, _curve_settings, _ignored_flags, _server_limits
+from .serve_policy import _default_device, _model_policy, _replay_policy
+
+logger = logging.getLogger("gr00t_server")
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())
+
+LOW_OPEN_FILE_LIMIT = 1024  # below this many open files (after raising the soft limit to the hard one), serve warns
+
+
+def _raise_open_file_limit() -> None:
+    """Raise this process's soft limit on open files to its hard limit (a server holds one per client connection;
+    at the soft limit, often 1024, libzmq stops accepting connections without a word and spins on the listener)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            logger.warning("could not raise the open-file limit from %d to %d (%s); the server accepts about %d "
+                           "clients at once", soft, target, exc, max(0, soft - 64))
+            return
+    if soft != resource.RLIM_INFINITY and soft < LOW_OPEN_FILE_LIMIT:  # a hard limit as low (ulimit -n 64 ...)
+        logger.warning("the open-file limit is %d (its hard limit too): the server accepts about %d clients at once, "
+                       "and past that libzmq spins on its listener without a word; raise it (ulimit -Hn, or "
+                       "LimitNOFILE= in a systemd unit)", soft, max(0, soft - 64))
+
+
+def serve(args: argparse.Namespace, leave_when_stopped: bool = False) -> int:
+    """`gr00t-server serve`; with `leave_when_stopped` (the program) the process ends once the server has stopped."""
+    # Until the server runs (and installs its own graceful handlers), SIGTERM stops the start-up like Ctrl-C: one line,
+    # exit 130 (it killed the process silently with 143 while the model loaded).
+    from .threads import sigterm_as_interrupt
+
+    with sigterm_as_interrupt():
+        server = _start_server(args)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        print("\nShutting down server...")
+    if leave_when_stopped or server.left_policy_call_running:
+        # The port is free and the totals are logged. The interpreter's teardown of torch took 1-5 s more, and a
+        # second Ctrl-C or SIGTERM in it ended a clean stop with 130/143/129. A policy call the stop gave up on is
+        # still inside torch on a worker thread: an interpreter exiting under it aborts in C++ ("terminate called
+        # without an active exception", exit 134). So leave now, logs flushed.
+        # atexit hooks (a user's, coverage's) still run when no call is left inside torch.
+        _leave_now(0, run_exit_hooks=not server.left_policy_call_running)
+    return 0
+
+
+def _leave_now(code: int, run_exit_hooks: bool = False) -> None:
+    """End the process with `code` at once: stop signals ignored, logs and standard streams flushed, the atexit hooks
+    run when `run_exit_hooks`, no module teardown."""
+    try:
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        pass
+    if run_exit_hooks:
+        atexit._run_exitfuncs()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):  # None when the launcher closed it (`>&-`): a clean stop still exits 0
+        if stream is not None:
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a reader gone (EPIPE), a stream closed
+                pass
+    os._exit(code)
+
+
+def _start_server(args: argparse.Namespace) -> Any:
+    """Load the policy and bind the server (serve's start-up)."""
+    from gr00t_client import EmbodimentTag
+
+    from .server import PolicyServer
+
+    # with the time: a server's log is read against a robot's incident
+    logging.basicConfig(level=getattr(logging, args.log_level), format="%(asctime)s %(levelname)s:%(name)s:%(message)s")
+    if args.log_level != "DEBUG":  # torch's own INFO lines (e.g. FakeTensor cache stats at exit) are not ours to show
+        logging.getLogger("torch").setLevel(logging.WARNING)
+    _raise_open_file_limit()
+    tag_given = args.embodiment_tag is not None
+    args.embodiment_tag = args.embodiment_tag if tag_given else "new_embodiment"
+    # A replayed .py modality config registers its own tag (any name): served under it, checked when it is loaded.
+    python_config = not args.model_path and Path(args.modality_config_path or "").suffix == ".py"
+    try:
+        tag = EmbodimentTag.resolve(args.embodiment_tag)
+    except ValueError as exc:
+        if not (args.model_path or python_config) or not str(args.embodiment_tag).strip():
+            known = ", ".join(member.value for member in EmbodimentTag)
+            raise CliError(f"{str(exc).splitlines()[0]}; known tags: {known}") from exc
+        # A checkpoint-internal tag (no public enum): Gr00tPolicy checks it against the checkpoint, as export does;
+        # a .py modality config's tag is checked against the tags the file registers.
+        tag = str(args.embodiment_tag).strip()
+    tag_name, tag_value = getattr(tag, "name", tag), getattr(tag, "value", tag)
+    if not args.model_path and not args.dataset_path:
+        raise CliError("either --model-path or --dataset-path must be provided")
+    ignored = _ignored_flags(args)
+    if ignored:
+        logger.warning("%s: ignored; %s", ", ".join(ignored), "they apply to replay (--dataset-path without --model-path), "
+                       "and this serves --model-path" if args.model_path else "they apply to --model-path, and this replays "
+                       "--dataset-path")
+    if args.model_path:
+        # An export folder the chosen inference mode does not read is served without a word otherwise (PyTorch).
+        for flag, value, mode in (("--onnx-dir", args.onnx_dir, "onnxruntime"), ("--engine-dir", args.engine_dir, "tensorrt")):
+            if value is not None and args.inference_mode != mode:
+                logger.warning("%s %s: ignored; it is read with --inference-mode %s, and this serves --inference-mode %s",
+                               flag, value, mode, args.inference_mode)
+        args.device = args.device or _default_device()  # only here: replay never touches torch, which this imports
+    print("Starting GR00T inference server...")
+    print(f"  Embodiment tag: {tag_name} ({tag_value})")
+    print(f"  Model path: {args.model_path}")
+    if not args.model_path:
+        print(f"  Dataset path: {args.dataset_path}")
+    print(f"  Device: {args.device if args.model_path else 'n/a (replay)'}")
+    print(f"  Inference mode: {args.inference_mode if args.model_path else 'n/a (replay)'}")
+    print(f"  Host: {args.host}")
+    print(f"  Port: {args.port}")
+    curve = _curve_settings(args)
+    if curve is not None:
+        print(f"  Encryption: CURVE, server public key {curve.public_key.decode()} ({curve.fingerprint})")
+        print(f"  Client keys: {'only those in ' + str(curve.authorized_keys) if curve.authorized_keys else 'any'}")
+    limits = _server_limits(args)  # before the model loads: a bad flag fails at once
+    _check_server_flags(args)
+    if args.metrics_port is not None:
+        from .serving.metrics import require_prometheus
+
+        try:
+            require_prometheus()
+        except ImportError as exc:
+            raise CliError(str(exc)) from exc
+    if args.model_path:
+        _check_bind_address(args.host, args.port)  # before the load (minutes): a replay's load is quick, ZeroMQ says it
+        if args.metrics_port:
+            _check_bind_address(args.host, args.metrics_port, "--metrics-port")
+        # The tag as typed: Gr00tPolicy serves an exact checkpoint tag first, then a built-in tag by any spelling (the
+        # enum first made an N1.6-era checkpoint tag 'libero_panda' serve libero_sim, as the Python API did not).
+        policy = _model_policy(args, str(args.embodiment_tag).strip())
+        served = getattr(policy, "embodiment_tag_value", tag_value)
+        if served != tag_value:
+            print(f"  Embodiment tag served: {served} (the checkpoint's own tag)")
+        tag_value = served
+    else:
+        policy, file_tag = _replay_policy(args, tag if tag_given or not python_config else None)
+        if file_tag is not None and file_tag != tag_value:
+            print(f"  Embodiment tag served: {file_tag} (the one {args.modality_config_path} registers)")
+            tag_value = file_tag
+    if args.use_sim_policy_wrapper:
+        from .policies.sim_wrapper import Gr00tSimPolicyWrapper
+
+        policy = Gr00tSimPolicyWrapper(policy, strict=args.strict)
+    server = PolicyServer(
+        policy,
+        host=args.host,
+        port=args.port,
+        api_token=args.api_token,
+        curve_secret_key=args.curve_secret_key,
+        authorized_keys=args.authorized_keys,
+        allow_remote_kill=args.allow_remote_kill,
+        max_message_bytes=args.max_message_mb * 1024 * 1024,
+        max_batch_size=args.max_batch_size,
+        batch_timeout_ms=args.batch_timeout_ms,
+        inline_below_ms=args.inline_below_ms,
+        embodiment_tag=tag_value,
+        limits=limits,
+        metrics_port=args.metrics_port,
+    )
+    if args.max_batch_size > 1 and not server.batching_enabled:
+        from .serving.sessions import keeps_sessions
+
+        why = "keeps a session per client" if keeps_sessions(policy) else "does not declare supports_batching"
+        logger.warning("--max-batch-size %d: ignored; %s %s, so every request is served alone", args.max_batch_size,
+                       type(policy).__name__, why)
+    try:
+        server.start()
+    except (OSError, ImportError) as exc:
+        server.close()
+        raise CliError(str(exc)) from exc
+    except KeyboardInterrupt:
+        server.close()
+        raise
+    return server

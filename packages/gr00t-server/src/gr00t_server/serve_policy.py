@@ -1,0 +1,122 @@
+"""The policy `gr00t-server serve` serves, built from its flags: a Gr00tPolicy of --model-path (backend, warm-up) or
+a ReplayPolicy of --dataset-path (modality config, execution horizon)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from pathlib import Path
+from typing import Any, Optional, Tuple
+
+from .cli_errors import CliError
+
+
+def _default_device() -> str:
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+def _replay_policy(args: argparse.Namespace, tag: Any) -> Tuple[Any, Optional[str]]:
+    """The ReplayPolicy of --dataset-path and the tag of its --modality-config-path .py file (else None); `tag` None:
+    the one tag that file registers."""
+    from . import modality_configs as configs
+    from .extras import require_lerobot_dataset
+    from .policies.replay import ReplayPolicy
+
+    cache = {}
+    if args.replay_cache_mb is not None:  # before the dataset is read
+        if not math.isfinite(args.replay_cache_mb) or not 0 < args.replay_cache_mb <= MAX_REPLAY_CACHE_MB:
+            raise CliError(f"--replay-cache-mb must be in (0, {MAX_REPLAY_CACHE_MB}] MiB, got {args.replay_cache_mb}")
+        cache["max_cached_bytes"] = max(1, int(args.replay_cache_mb * 2**20))
+    if not 1 <= args.action_horizon <= MAX_ACTION_HORIZON:  # 100000000 built a delta list for minutes, unrefused
+        raise CliError(f"--action-horizon must be a whole number of steps from 1 to {MAX_ACTION_HORIZON}, got "
+                       f"{args.action_horizon}")
+    dataset_path = Path(args.dataset_path)
+    if not dataset_path.is_dir():
+        raise CliError(f"--dataset-path {dataset_path} is not a directory")
+    dataset = require_lerobot_dataset()(dataset_path)
+    file_tag = None
+    if args.modality_config_path:
+        file_tag, modality = configs.load_modality_config_and_tag(args.modality_config_path, tag)
+        print(f"Loaded modality config: {args.modality_config_path}")
+    elif tag.value in configs.MODALITY_CONFIGS and _fits_dataset(configs.MODALITY_CONFIGS[tag.value], dataset):
+        modality = configs.MODALITY_CONFIGS[tag.value]
+        print(f"  Modality config: the built-in config of {tag.value} (the dataset has its keys)")
+    else:
+        modality = configs.derive_from_dataset(dataset, action_horizon=args.action_horizon)
+        print(f"  Modality config: derived from {dataset_path}/meta/modality.json (action horizon {args.action_horizon})")
+    horizon = args.execution_horizon
+    if horizon is None:
+        horizon = len(modality["action"].delta_indices)
+    if horizon <= 0:
+        raise CliError(f"--execution-horizon must be > 0, got {horizon}")
+    return ReplayPolicy(dataset, modality, execution_horizon=horizon, strict=args.strict, max_rows=args.max_rows,
+                        max_sessions=args.max_sessions, **cache), file_tag
+
+
+MAX_REPLAY_CACHE_MB = 2**20  # a TiB: more is a typo, not a cache
+
+MAX_ACTION_HORIZON = 4096  # replay's derived chunk length: N1.7 checkpoints act 16-40 steps at a time
+
+
+def _fits_dataset(modality: Any, dataset: Any) -> bool:
+    """A built-in config is used only when the dataset has every key it names."""
+    wanted = {
+        "video": set(dataset.video_keys),
+        "state": set(dataset.state_keys),
+        "action": set(dataset.action_keys),
+    }
+    return all(set(modality[m].modality_keys) <= keys for m, keys in wanted.items() if m in modality)
+
+
+def _model_policy(args: argparse.Namespace, tag: Any) -> Any:
+    model_path = args.model_path
+    if os.path.isabs(model_path) and not os.path.exists(model_path):
+        raise CliError(f"--model-path {model_path} does not exist")
+    if args.inference_mode != "pytorch":  # before the checkpoint loads, which can take minutes
+        from .backends import check_backend_before_load
+
+        check_backend_before_load(args.inference_mode, onnx_dir=args.onnx_dir, engine_dir=args.engine_dir,
+                                  device=args.device)
+    from .policies.gr00t_policy import Gr00tPolicy
+
+    try:
+        policy = Gr00tPolicy(
+            model_path=model_path, embodiment_tag=tag, device=args.device, strict=args.strict, dtype=args.dtype,
+            clip_outliers=args.clip_outliers, preprocess_device=args.preprocess_device,
+        )
+    except ValueError as exc:
+        if "is not supported by this checkpoint" not in str(exc):
+            raise
+        # The reference's several-line text, on one line so that the checkpoint's tags are not lost.
+        raise CliError(" ".join(" ".join(line.split()) for line in str(exc).splitlines() if line.strip())) from exc
+    if args.inference_mode != "pytorch":
+        from .backends import apply_inference_mode
+
+        apply_inference_mode(policy, args.inference_mode, onnx_dir=args.onnx_dir, engine_dir=args.engine_dir)
+    if args.warmup:
+        _warm_up(policy, args)
+    return policy
+
+
+def _warm_up(policy: Any, args: argparse.Namespace) -> None:
+    """One sample get_action at batch 1 (and at --max-batch-size when batching) before the port opens."""
+    from .backends.bench import warm_up
+
+    sizes = (1,) if args.max_batch_size <= 1 else (1, args.max_batch_size)
+    if args.inference_mode == "torch-compile":
+        print("  Warm-up: compiling the DiT with torch.compile (can take minutes)...", flush=True)
+    try:
+        seconds = warm_up(policy, sizes)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CliError(
+            f"warm-up failed: the {args.inference_mode} policy could not answer a sample observation "
+            f"({type(exc).__name__}: {reason}); --no-warmup skips this check"
+        ) from exc
+    print("  Warm-up: " + ", ".join(f"batch {size} in {s:.2f} s" for size, s in seconds.items()), flush=True)
