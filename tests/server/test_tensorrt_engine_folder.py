@@ -83,6 +83,39 @@ def test_an_interrupted_rebuild_leaves_the_earlier_engines_whole(exports, stand_
     trt_backend.check_engine_files(json.loads(metadata_before), folder)
 
 
+def test_a_killed_builds_staging_is_removed_even_where_its_pid_is_alive(exports, stand_in, tmp_path):
+    """In a container every build is PID 1: a killed one's staging folder (GBs of engines on a real model) was judged
+    alive by its pid and kept for ever."""
+    folder = tmp_path / "engines"
+    folder.mkdir()
+    killed = folder / ".gr00t-engines-1-0123456789abcdef-xyz"  # PID 1 is alive here too
+    older = folder / ".gr00t-engines-1-xyz"  # named before builds carried a token
+    for stale in (killed, older):
+        stale.mkdir()
+        (stale / "action_decoder.engine").write_bytes(b"half built")
+    trt_backend.build_engines(exports["a"], folder)
+    assert not killed.exists() and not older.exists()
+    trt_backend.check_engine_files(json.loads((folder / ENGINE_METADATA).read_text()), folder)
+
+
+def test_a_second_build_into_a_folder_being_built_into_is_refused_at_once(exports, stand_in, tmp_path):
+    """Two builds into one folder (two containers: their pids invisible to each other) removed each other's staging
+    and swapped their engines in over each other."""
+    from gr00t_server.backends.export_dir import export_lock
+
+    folder = tmp_path / "engines"
+    folder.mkdir()
+    running = folder / f".gr00t-engines-{2**22 + 7}-abcdef0123456789-xyz"  # the running build's, its pid not visible
+    running.mkdir()
+    with export_lock(folder):  # held by the running build (an flock: across processes and containers)
+        with pytest.raises(BackendError, match=f"another TensorRT engine build into {folder} is running; wait for it "
+                                               "to finish, or choose another --engine-dir"):
+            trt_backend.build_engines(exports["a"], folder)
+        assert running.is_dir() and not (folder / ENGINE_METADATA).exists()
+    trt_backend.build_engines(exports["a"], folder)  # once it is done, the folder is free and its staging stale
+    assert not running.exists() and not list(folder.glob(".gr00t-engines-*"))
+
+
 def test_an_engine_of_another_build_is_refused(exports, stand_in, tmp_path):
     """The mix an interrupted rebuild made before: another export's engine under the earlier metadata."""
     folder, other = tmp_path / "engines", tmp_path / "other"

@@ -62,11 +62,12 @@ LOCK_NAME = ".gr00t-export.lock"
 
 
 @contextlib.contextmanager
-def export_lock(folder: Path) -> Iterator[None]:
+def export_lock(folder: Path, work: str = "export", flag: str = "--output") -> Iterator[None]:
     """Hold `folder`'s export lock (an flock on LOCK_NAME inside it) while the block runs; BackendError at once when
-    another export into it holds it. Two exports into one folder swapped their files in over each other (the later
-    one with the file list it read at its start, leaving the folder blocked for every later export), and one in
-    another container (another pid namespace, where the first's pid looks dead) deleted the first's staging folder."""
+    another export (or TensorRT engine build: `work`, whose folder flag is `flag`) into it holds it. Two exports into
+    one folder swapped their files in over each other (the later one with the file list it read at its start,
+    leaving the folder blocked for every later export), and one in another container (another pid namespace, where
+    the first's pid looks dead) deleted the first's staging folder."""
     try:
         import fcntl
     except ImportError:  # not POSIX: no lock, as before
@@ -80,7 +81,7 @@ def export_lock(folder: Path) -> Iterator[None]:
         except BlockingIOError:
             handle.close()
             raise BackendError(
-                f"another export into {folder} is running; wait for it to finish, or choose another --output"
+                f"another {work} into {folder} is running; wait for it to finish, or choose another {flag}"
             ) from None
         try:  # the file is removed when an export ends: a lock on a file already unlinked is no lock
             if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
@@ -163,6 +164,11 @@ def _work_dir_tag() -> str:
     return f"{os.getpid()}-{_PROCESS_TOKEN}"
 
 
+def work_dir_prefix(prefix: str) -> str:
+    """`prefix` followed by this process's tag (`<pid>-<token>-`): a mkdtemp prefix that _made_here recognizes."""
+    return f"{prefix}{_work_dir_tag()}-"
+
+
 def _made_here(path: Path) -> bool:
     """Whether `path` is a work folder this process made (and may still be using)."""
     return f"-{_work_dir_tag()}-" in path.name
@@ -170,7 +176,7 @@ def _made_here(path: Path) -> bool:
 
 def make_work_dir(folder: Path, kind: str) -> Path:
     """A fresh hidden folder `.gr00t-export-<kind>-<pid>-<token>-<random>` inside `folder`."""
-    return Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{kind}-{_work_dir_tag()}-", dir=folder))
+    return Path(tempfile.mkdtemp(prefix=work_dir_prefix(f"{WORK_PREFIX}{kind}-"), dir=folder))
 
 
 @contextlib.contextmanager

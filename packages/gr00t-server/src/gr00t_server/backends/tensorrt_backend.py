@@ -7,13 +7,14 @@ comes from the ONNX types), one optimization profile per engine with shapes from
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 import torch
 
@@ -162,57 +163,73 @@ def build_engines(
     earlier engines as they were (it left some of them replaced, under the earlier metadata, and serve took the
     mix). Each engine's size and sha256 are recorded, and apply_tensorrt checks them.
     """
-    from gr00t_server.backends.export_dir import _pid_alive
-
     trt = import_tensorrt()
     export_metadata = read_export_metadata(onnx_dir)
     check_export_files(onnx_dir, export_metadata)
-    requested = precision
     out = Path(engine_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(ENGINE_WORK_PREFIX + "*"):  # a build killed with SIGKILL left its staging folder
-        pid = stale.name[len(ENGINE_WORK_PREFIX):].split("-")[0]
-        if stale.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
+    with engine_staging(out) as staging:
+        return _build_into(trt, onnx_dir, out, staging, export_metadata, precision, workspace_mib, max_batch_size)
+
+
+@contextlib.contextmanager
+def engine_staging(engine_dir: Path) -> Iterator[Path]:
+    """A fresh staging folder in `engine_dir`, holding its lock (export_lock: BackendError at once while another build
+    or export into it runs) until the block ends; the staging folders of killed builds are removed first. Judged by
+    their pid, a killed build's folder was kept for ever in a container (PID 1 there is always alive), and a build
+    in another container deleted a running one's."""
+    from gr00t_server.backends.export_dir import _made_here, export_lock, work_dir_prefix
+
+    with export_lock(engine_dir, work="TensorRT engine build", flag="--engine-dir"):
+        for stale in engine_dir.glob(ENGINE_WORK_PREFIX + "*"):  # under the lock: every other one is a dead build's
+            if stale.is_dir() and not stale.is_symlink() and not _made_here(stale):
+                logger.info("removing %s, left by an interrupted engine build", stale)
+                shutil.rmtree(stale, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=work_dir_prefix(ENGINE_WORK_PREFIX), dir=engine_dir))
+        try:
+            yield staging
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _build_into(trt: Any, onnx_dir: Union[str, Path], out: Path, staging: Path, export_metadata: dict[str, Any],
+                requested: Optional[str], workspace_mib: int, max_batch_size: int) -> dict[str, Any]:
+    """build_engines' work: every engine built into `staging`, then moved into `out` with the metadata last."""
     try:
         earlier = [info["file"] for info in read_json(out / ENGINE_METADATA, "engine metadata")["engines"].values()]
     except Exception:  # noqa: BLE001 - no earlier build, or one whose metadata cannot say: nothing of it is removed
         earlier = []
-    staging = Path(tempfile.mkdtemp(prefix=f"{ENGINE_WORK_PREFIX}{os.getpid()}-", dir=out))
-    try:
-        engines = {}
-        for name, info in export_metadata["submodules"].items():
-            onnx_path = Path(onnx_dir) / info["file"]
-            shapes = profile_shapes(info["inputs"], int(export_metadata.get("batch_size", 1)), max_batch_size)
-            logger.info("building %s from %s", engine_file_name(info["file"]), onnx_path)
-            engine = build_engine(onnx_path, staging / engine_file_name(info["file"]), shapes,
-                                  requested or export_metadata.get("precision", "bf16"), workspace_mib)
-            engines[name] = {**engine, **file_digest(staging / engine["file"])}
-        # A strongly typed network takes its precision from the ONNX types: the flag changed nothing, and verify
-        # loads its PyTorch reference in the recorded precision.
-        typed = all(engine.get("strongly_typed") for engine in engines.values())
-        metadata = {
-            **gpu_identity(),
-            "tensorrt_version": str(trt.__version__),
-            "precision": export_metadata.get("precision", "bf16") if typed or not requested else requested,
-            "max_batch_size": max_batch_size,
-            "engines": engines,
-            "export_metadata": export_metadata,
-        }
-        (out / ENGINE_METADATA).unlink(missing_ok=True)  # no metadata while files move: a half folder is refused
-        for engine in engines.values():
-            os.replace(staging / engine["file"], out / engine["file"])
-        write_json(out / ENGINE_METADATA, metadata)
-        built = {engine["file"] for engine in engines.values()}
-        for name in earlier:  # the earlier build's engines of other names (another precision's export)
-            if isinstance(name, str) and Path(name).name == name and name not in built:
-                (out / name).unlink(missing_ok=True)
-        return metadata
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    engines = {}
+    for name, info in export_metadata["submodules"].items():
+        onnx_path = Path(onnx_dir) / info["file"]
+        shapes = profile_shapes(info["inputs"], int(export_metadata.get("batch_size", 1)), max_batch_size)
+        logger.info("building %s from %s", engine_file_name(info["file"]), onnx_path)
+        engine = build_engine(onnx_path, staging / engine_file_name(info["file"]), shapes,
+                              requested or export_metadata.get("precision", "bf16"), workspace_mib)
+        engines[name] = {**engine, **file_digest(staging / engine["file"])}
+    # A strongly typed network takes its precision from the ONNX types: the flag changed nothing, and verify
+    # loads its PyTorch reference in the recorded precision.
+    typed = all(engine.get("strongly_typed") for engine in engines.values())
+    metadata = {
+        **gpu_identity(),
+        "tensorrt_version": str(trt.__version__),
+        "precision": export_metadata.get("precision", "bf16") if typed or not requested else requested,
+        "max_batch_size": max_batch_size,
+        "engines": engines,
+        "export_metadata": export_metadata,
+    }
+    (out / ENGINE_METADATA).unlink(missing_ok=True)  # no metadata while files move: a half folder is refused
+    for engine in engines.values():
+        os.replace(staging / engine["file"], out / engine["file"])
+    write_json(out / ENGINE_METADATA, metadata)
+    built = {engine["file"] for engine in engines.values()}
+    for name in earlier:  # the earlier build's engines of other names (another precision's export)
+        if isinstance(name, str) and Path(name).name == name and name not in built:
+            (out / name).unlink(missing_ok=True)
+    return metadata
 
 
-ENGINE_WORK_PREFIX = ".gr00t-engines-"  # build_engines' hidden staging folder in --engine-dir: <prefix><pid>-<random>
+ENGINE_WORK_PREFIX = ".gr00t-engines-"  # build_engines' staging folder in --engine-dir: <prefix><pid>-<token>-<random>
 
 
 def check_engine_files(metadata: dict[str, Any], engine_dir: Union[str, Path]) -> None:
