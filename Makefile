@@ -63,6 +63,7 @@ bench: install
 	$(PY) benchmarks/preprocessing.py
 	$(PY) benchmarks/amplification_probes.py
 	$(PY) benchmarks/record_stats.py
+	$(PY) benchmarks/timeout_storm.py
 
 lint: install
 	$(VENV)/bin/vermin --target=3.9- --violations --no-tips --eval-annotations packages/gr00t-client/src
