@@ -177,29 +177,41 @@ def test_every_row_of_a_batch_the_restarted_server_no_longer_replays_errors(repl
     assert [o.success for o in result.outcomes[2:]] == [True, True]  # the reset after the restart set the new server right
 
 
-def test_async_chunking_with_a_replay_server_errors_every_episode_instead_of_failing_them(replay_server):
+def test_async_chunking_with_a_replay_server_is_refused_before_any_episode(replay_server):
     # Prefetched chunks are lined up with the env step they were asked at, a replay serves the steps after the ones it
-    # sent: the envs would run recorded steps out of order and fail plausibly (a wrong success rate, exit 0). The
-    # replay reports its steps, so each episode errors, naming the modes that work, and none is scored.
-    result = replay(replay_server, n_envs=2, client_chunking="async")
-    assert len(result.outcomes) == len(LENGTHS) and result.n_errors == len(LENGTHS)
-    assert all("cannot serve --client-chunking async" in o.error and o.error.endswith("use --client-chunking off or sync")
-               for o in result.outcomes)
+    # sent: the envs would run recorded steps out of order and fail plausibly (a wrong success rate, exit 0). Each
+    # episode then errored (from Python and batch jobs, where the CLI refused it at once); the replay's identity
+    # says it replays, so run_rollout refuses it before any episode, naming the modes that work.
+    ReplayProbeEnv.steps_taken = 0
+    with pytest.raises(ValueError, match=r"cannot serve --client-chunking async.*use --client-chunking off or sync$"):
+        replay(replay_server, n_envs=2, client_chunking="async")
+    assert ReplayProbeEnv.steps_taken == 0
 
 
-def test_a_replay_server_advancing_other_than_n_action_steps_errors_every_episode_instead_of_drifting(dataset):
+def test_a_replay_server_advancing_other_than_n_action_steps_is_refused_before_any_episode(dataset, tmp_path):
     # --execution-horizon other than --n-action-steps: the replay advances its own count per call while the envs run
-    # fewer steps of each chunk, so it drifted and the episodes failed plausibly (a warning only). Each episode now
-    # errors at its first request, saying which setting to change.
+    # fewer steps of each chunk, so it drifted and the episodes failed plausibly (a warning only). Each episode then
+    # errored at its first request; run_rollout, run_suite and batch jobs now refuse it before any episode, saying
+    # which setting to change.
+    from gr00t_eval.batch import Job, PolicyServerAddress, connect, run_batch
+    from gr00t_eval.shard import run_suite
+
     server = RestartableServer(lambda: replay_policy(dataset, execution_horizon=HORIZON))
+    refusal = (rf"advances {HORIZON} steps per call, but the envs execute n_action_steps=2 of each chunk.*"
+               rf"serve it with --execution-horizon 2, or run with --n-action-steps {HORIZON}$")
+    config = dict(n_episodes=2, n_envs=1, n_action_steps=CHUNK, max_episode_steps=50, vectorization="sync", seed=100)
+    ReplayProbeEnv.steps_taken = 0
     try:
-        result = replay(server, n_envs=2)
+        with pytest.raises(ValueError, match=refusal):
+            replay(server, n_envs=2)
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client, pytest.raises(ValueError, match=refusal):
+            run_suite(client, "replaycheck/any", RolloutConfig(env_name="", **config))
+        job = Job("drift", "replaycheck/any", PolicyServerAddress("127.0.0.1", server.port), config)
+        record = run_batch([job], tmp_path / "batch_results.json", policy_factory=connect)["jobs"][0]
     finally:
         server.stop()
-    assert result.n_errors == len(LENGTHS) and len(result.outcomes) == len(LENGTHS)
-    assert all(f"advances {HORIZON} steps per call, but the envs execute n_action_steps=2 of each chunk" in o.error
-               and o.error.endswith(f"serve it with --execution-horizon 2, or run with --n-action-steps {HORIZON}")
-               for o in result.outcomes)
+    assert record["status"] == "failed" and f"advances {HORIZON} steps per call" in record["reason"]
+    assert ReplayProbeEnv.steps_taken == 0
 
 
 @pytest.mark.parametrize("flags, refusal", [

@@ -643,7 +643,7 @@ def _check_policy_runs_settings(client: Any, env_spec: str, config: Any, resumed
     --n-action-steps beyond its chunk (a failed task, a NaN success rate and advice to --resume the same settings)."""
     from .cli_errors import UsageError
     from .policy_identity import check_serves_env_embodiments, check_takes_flat_observations
-    from .rollout.policy_io import HorizonSpec
+    from .rollout.policy_io import HorizonSpec, check_replay_horizon
     from .suites import resolve_tasks
 
     try:
@@ -652,7 +652,7 @@ def _check_policy_runs_settings(client: Any, env_spec: str, config: Any, resumed
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     try:
-        _check_replay_horizon(policy, config)
+        check_replay_horizon(policy, config)
     except ValueError as exc:
         raise UsageError(f"the policy server cannot run this rollout: {exc}{_started_with(resumed)}") from None
     try:
@@ -666,23 +666,6 @@ def _check_policy_runs_settings(client: Any, env_spec: str, config: Any, resumed
         fix = (f"the run in {resumed} was started with it; start a new run (a new --output-dir) with another "
                "--n-action-steps" if resumed is not None else "pass a smaller --n-action-steps")
         raise UsageError(f"the policy server cannot run this rollout: {exc}; {fix}") from None
-
-
-def _check_replay_horizon(policy: Optional[Mapping[str, Any]], config: Any) -> None:
-    """ValueError when `policy` (a served policy's record) replays recorded steps by its own count and the plan cannot
-    follow it: --n-action-steps other than the replay's execution horizon, or --client-chunking async. Checked per
-    call too (rollout.policy_io), where it errored every episode: the run scored nothing and advised a --resume that
-    repeats the settings."""
-    from .rollout.policy_io import ASYNC_REPLAY_ERROR, replay_drift_error
-
-    identity = policy.get("identity") if isinstance(policy, Mapping) else None
-    if not isinstance(identity, Mapping) or identity.get("kind") != "replay":
-        return
-    if config.client_chunking == "async":
-        raise ValueError(ASYNC_REPLAY_ERROR)
-    horizon = identity.get("execution_horizon")
-    if isinstance(horizon, int) and not isinstance(horizon, bool) and horizon != config.n_action_steps:
-        raise ValueError(replay_drift_error(horizon, config.n_action_steps))
 
 
 def _started_with(resumed: Optional[Path]) -> str:

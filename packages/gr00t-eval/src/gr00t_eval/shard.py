@@ -20,6 +20,7 @@ from gr00t_client import BasePolicy
 from .metrics import EpisodeOutcome
 from .policy_identity import check_serves_env_embodiments, describe, policy_record, same_policy
 from .rollout.config import RolloutConfig, draw_base_seed
+from .rollout.policy_io import check_replay_horizon
 from .suites import INCOMPLETE, Task, TaskRun, outcome_from_json, resolve_tasks, run_tasks, suite_results
 
 logger = logging.getLogger(__name__)
@@ -273,7 +274,9 @@ def run_suite(policy: BasePolicy, env_spec: str, config: RolloutConfig, shard: O
                          f"RolloutConfig.first_episode must be 0, got {config.first_episode} (run_rollout runs one env "
                          f"from another episode)")
     tasks, suite = resolve_tasks(env_spec)
-    check_serves_env_embodiments(policy_record(policy), [task.env_name for task in tasks])
+    served = policy_record(policy)
+    check_serves_env_embodiments(served, [task.env_name for task in tasks])
+    check_replay_horizon(served, config)
     ranges = None
     if shard is not None:
         if config.seed is None:

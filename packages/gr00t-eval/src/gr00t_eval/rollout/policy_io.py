@@ -314,3 +314,18 @@ def _in_env_dtype(key: str, steps: np.ndarray, dtype: np.dtype) -> np.ndarray:
         raise ActionError(f"action key '{key}' has values beyond {dtype.name}'s range, the env's action dtype (row {row}: "
                           f"{steps[row].ravel()[:4].tolist()}); it was not executed")
     return cast
+
+
+def check_replay_horizon(policy: Optional[Mapping[str, Any]], config: Any) -> None:
+    """ValueError when `policy` (a served policy's record) replays recorded steps by its own count and the plan cannot
+    follow it: --n-action-steps other than the replay's execution horizon, or --client-chunking async. Checked per
+    call too (PolicyIO), where it errored every episode: the run scored nothing and advised a --resume that repeats
+    the settings. The CLI, run_suite (batch jobs, shards) and run_rollout check it before any episode."""
+    identity = policy.get("identity") if isinstance(policy, Mapping) else None
+    if not isinstance(identity, Mapping) or identity.get("kind") != "replay":
+        return
+    if config.client_chunking == "async":
+        raise ValueError(ASYNC_REPLAY_ERROR)
+    horizon = identity.get("execution_horizon")
+    if isinstance(horizon, int) and not isinstance(horizon, bool) and horizon != config.n_action_steps:
+        raise ValueError(replay_drift_error(horizon, config.n_action_steps))

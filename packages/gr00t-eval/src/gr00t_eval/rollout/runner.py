@@ -46,7 +46,8 @@ from .config import CLIENT_CHUNKING_MODES, RolloutConfig, check_env_timeout, dra
 from .liveness import PolicyServerUnreachableError, ServerWatch
 from .envs import EnvFactory, embodiment_for_env, env_factory
 from .multistep import EpisodeSummary, MultiStepWrapper
-from .policy_io import HorizonSpec, ObservationMapper, PolicyRowCursor, PositionCheckedPolicy, policy_actions
+from .policy_io import (HorizonSpec, ObservationMapper, PolicyRowCursor, PositionCheckedPolicy, check_replay_horizon,
+                        policy_actions)
 from .stalls import reset_envs, step_envs
 
 ASYNC_ONE_STEP = ("client_chunking='async' needs n_action_steps >= 2: with one step per chunk every prefetch comes "
@@ -539,7 +540,10 @@ def run_rollout(policy: BasePolicy, config: RolloutConfig, progress: bool = True
     The policy gets flat observations (`video.<camera>`, `state.<key>`, the language key) and returns flat
     `action.<key>` arrays, as a `--use-sim-policy-wrapper` server does: a PolicyClient of such a server, or a local
     policy that takes the flat form (wrapped in Gr00tSimPolicyWrapper, or with strict=False). A server that serves
-    another embodiment than the env's is refused before any episode (check_serves_env_embodiments).
+    another embodiment than the env's, or a replay the plan cannot follow (check_replay_horizon), is refused before
+    any episode.
     """
-    check_serves_env_embodiments(policy_record(policy), [config.env_name])
+    served = policy_record(policy)
+    check_serves_env_embodiments(served, [config.env_name])
+    check_replay_horizon(served, config)
     return RolloutRunner(policy, config, progress=progress, on_episode=on_episode, episodes=episodes).run()
