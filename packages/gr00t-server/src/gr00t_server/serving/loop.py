@@ -19,6 +19,7 @@ from .batching import GatherWindow
 from .endpoints import INLINE_ENDPOINTS
 from .execution import JobRunner
 from .messages import (
+    UNDECODED_ENDPOINT,
     WIRE_MULTIPART,
     Request,
     RequestError,
@@ -28,6 +29,7 @@ from .messages import (
     continues_session,
     deadline_of,
     decode_payload,
+    peek_endpoint,
     peer_address,
     session_of,
     split_routing,
@@ -134,7 +136,8 @@ class RequestLoop:
         received_at = time.monotonic()
         routing, payload = split_routing(frames)
         identity = frames[0].bytes if frames else b""
-        request = Request(routing, False, "?", None, identity.hex() or "unknown", peer_address(payload), received_at, 0.0)
+        request = Request(routing, False, UNDECODED_ENDPOINT, None, identity.hex() or "unknown", peer_address(payload),
+                          received_at, 0.0)
         request.identity = identity
         server.stats.add("requests")
         try:
@@ -158,6 +161,8 @@ class RequestLoop:
             request.deadline = deadline_of(envelope, received_at)
             return request
         except Exception as exc:
+            if request.endpoint == UNDECODED_ENDPOINT:  # refused undecoded: its logs and metrics name it if they can
+                request.endpoint = peek_endpoint(payload)
             self.reply_error(request, exc)
             return None
 

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+import msgpack
 import numpy as np
 import zmq
 
@@ -24,6 +25,10 @@ WIRE_MULTIPART = "multipart"
 WIRE_MSGPACK = "msgpack"  # the current reference format (msgpack-numpy arrays)
 WIRE_NPSAVE = "npsave"  # the np.save era: `__ndarray_class__`/`as_npy` arrays, `__ModalityConfig_class__`
 WIRE_N15 = "n15"  # N1/N1.5 service.py: np.save arrays, get_action's data the flat observation, the action alone back
+
+# Request.endpoint of a request answered before its endpoint could be read (its metrics label, log name and echo)
+UNDECODED_ENDPOINT = "undecoded"
+ENDPOINT_PEEK_BYTES = 4096  # of an undecoded request map, read for its endpoint name (never the whole body)
 
 
 class RequestError(Exception):
@@ -132,6 +137,29 @@ def decode_payload(payload: List[Any], max_message_bytes: int) -> Tuple[Any, str
         envelope, npsave = codec.decode_noting_npsave(payload[0].buffer, limits, share_buffer=True)
         return envelope, WIRE_NPSAVE if npsave else WIRE_MSGPACK
     raise RequestError(f"message has {len(payload)} frames but no multipart header; expected 1 frame")
+
+
+def peek_endpoint(payload: List[Any]) -> str:
+    """The endpoint an undecoded request names within the first ENDPOINT_PEEK_BYTES of its request map (the single
+    frame, or the multipart header frame), or UNDECODED_ENDPOINT when it names none there that can be read."""
+    if codec.is_multipart(payload) and len(payload) >= 2:
+        frame = payload[1]
+    elif len(payload) == 1:
+        frame = payload[0]
+    else:
+        return UNDECODED_ENDPOINT
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+    unpacker.feed(memoryview(frame.buffer if hasattr(frame, "buffer") else frame)[:ENDPOINT_PEEK_BYTES])
+    try:
+        for _ in range(unpacker.read_map_header()):
+            key = unpacker.unpack()
+            if key == "endpoint" or key == b"endpoint":
+                endpoint = unpacker.unpack()
+                return endpoint if isinstance(endpoint, str) else UNDECODED_ENDPOINT
+            unpacker.skip()
+    except Exception:  # cut off by the peek's bound, malformed, or not a map
+        return UNDECODED_ENDPOINT
+    return "get_action"  # the whole map read, and no endpoint in it: check_envelope's default
 
 
 def check_envelope(envelope: Any) -> Dict[str, Any]:

@@ -17,6 +17,7 @@ from gr00t_client.client import endpoint_host
 
 from ..threads import stop_signals_blocked
 from .endpoints import RateLimitedLog
+from .messages import UNDECODED_ENDPOINT
 
 logger = logging.getLogger("gr00t_server.serving")
 
@@ -64,7 +65,8 @@ class ServerMetrics(NullMetrics):
     """Counters, gauges and histograms of one server in its own registry, served over HTTP at /metrics.
 
     `endpoints` are the endpoint names used as labels (any other name counts as "other", so clients cannot
-    grow the label set); `queue_depth`, `sessions` and `active_clients` are read when scraped.
+    grow the label set, and a request whose name could not be read as "undecoded"); `queue_depth`, `sessions` and
+    `active_clients` are read when scraped.
     """
 
     def __init__(
@@ -118,8 +120,9 @@ class ServerMetrics(NullMetrics):
         return self.port
 
     def request_done(self, endpoint: str, outcome: str) -> None:
-        """Count an answered request under its endpoint (or "other", for names the server does not know) and outcome."""
-        label = endpoint if endpoint in self._endpoints() else OTHER_ENDPOINT
+        """Count an answered request under its endpoint (or "other", for names the server does not know, and
+        "undecoded", for requests answered before a name could be read) and outcome."""
+        label = endpoint if endpoint in self._endpoints() or endpoint == UNDECODED_ENDPOINT else OTHER_ENDPOINT
         self._requests.labels(endpoint=label, outcome=outcome).inc()
 
     def observe_stages(self, timing: Dict[str, Any]) -> None:
