@@ -82,6 +82,48 @@ def test_a_replay_server_refuses_an_episode_with_nan_actions_at_its_reset_naming
         client.close()
 
 
+def store_actions_as_float64(root: Path) -> None:
+    """Re-store every episode's 'action' column as float64, as a LeRobot float64 recording holds it."""
+    for path in sorted((root / "data").rglob("*.parquet")):
+        edit_rows(path, lambda t: t.set_column(t.column_names.index("action"), "action",
+                                               t.column("action").cast(pa.list_(pa.float64()))))
+    info = json.loads((root / "meta" / "info.json").read_text())
+    info["features"]["action"]["dtype"] = "float64"
+    (root / "meta" / "info.json").write_text(json.dumps(info))
+
+
+BEYOND_FLOAT32 = r"holds 1e\+39 at row 4 \(action key 'arm', value 2\) of episode {episode}; recorded actions must be " \
+                 r"finite numbers within float32's range"
+
+
+@pytest.mark.parametrize("strict", [True, False], ids=["strict", "no-strict"])
+def test_a_replay_server_refuses_a_float64_action_beyond_float32s_range_at_its_reset_naming_file_and_row(dataset,
+                                                                                                          strict):
+    store_actions_as_float64(dataset)
+    edit_rows(data_file(dataset, 1), lambda t: set_action(t, 4, 2, 1e39))  # finite in float64, inf as served
+    with running_server(ReplayPolicy(dataset, execution_horizon=3, strict=strict)) as server:
+        client = PolicyClient(port=server.port, timeout_ms=10_000)
+        with pytest.raises(PolicyServerError, match=r"episode_000001\.parquet: column 'action' " +
+                           BEYOND_FLOAT32.format(episode=1)):
+            client.reset({"episode_index": 1})
+        client.reset({"episode_index": 0})
+        action, info = client.get_action({})
+        assert info["current_step"] == 0
+        np.testing.assert_array_equal(action["arm"][0][:3], expected_actions(0, 6)["arm"][:3])
+        client.close()
+
+
+@pytest.mark.parametrize("strict", [True, False], ids=["strict", "no-strict"])
+def test_calls_refused_for_an_action_beyond_float32s_range_serve_no_later_steps_of_the_episode(dataset, strict):
+    store_actions_as_float64(dataset)
+    edit_rows(data_file(dataset, 0), lambda t: set_action(t, 4, 2, 1e39))
+    policy = ReplayPolicy(dataset, execution_horizon=3, strict=strict)
+    for _ in range(3):  # a robot retrying is refused each time, never handed the steps after the refused ones
+        with pytest.raises(DatasetError, match=r"episode_000000\.parquet: column 'action' " +
+                           BEYOND_FLOAT32.format(episode=0)):
+            policy.get_action({})  # a session that never reset replays episode 0
+
+
 # --- rows out of step order ---------------------------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 what it needs: not a KeyError, an IndexError, or an "internal error" with a traceback in the server's log."""
 
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -106,6 +107,39 @@ def test_a_lenient_sim_wrapper_refuses_an_observation_that_is_not_a_dict(lenient
         with pytest.raises(PolicyServerError, match=r"observation must be a dict of flat keys \('video.<key>', "
                                                     r"'state.<key>', ...\); got list"):
             client.get_action([1, 2])
+
+
+def _flat(nested):
+    """The flat form of a nested observation: `video.<k>`, `state.<k>` and the language keys with one str per row."""
+    flat = {f"{group}.{key}": value for group in ("video", "state") for key, value in nested[group].items()}
+    flat.update({key: [row[0] for row in rows] for key, rows in nested["language"].items()})
+    return flat
+
+
+def test_a_lenient_sim_wrapper_refuses_an_empty_observation_naming_the_flat_keys(lenient):
+    """`serve --use-sim-policy-wrapper --no-strict` named observation['video']: the nested form, which this server
+    does not take (docs/serving.md promises the flat keys)."""
+    from gr00t_server.policies.sim_wrapper import Gr00tSimPolicyWrapper
+
+    with running_server(Gr00tSimPolicyWrapper(lenient, strict=False)) as server, \
+            PolicyClient(port=server.port, timeout_ms=60000) as client:
+        with pytest.raises(PolicyServerError, match=r"observation is empty; expected the flat keys \['video\."):
+            client.get_action({})
+
+
+def test_a_lenient_sim_wrapper_names_a_missing_state_by_its_flat_key_and_still_takes_extra_keys(lenient, good):
+    """A missing `state.<k>` was named as missing from observation['state'], a dict the client never sent."""
+    from gr00t_server.policies.sim_wrapper import Gr00tSimPolicyWrapper
+
+    flat = _flat(good)
+    state_key = next(key for key in flat if key.startswith("state."))
+    partial = {key: value for key, value in flat.items() if key != state_key}
+    with running_server(Gr00tSimPolicyWrapper(lenient, strict=False)) as server, \
+            PolicyClient(port=server.port, timeout_ms=60000) as client:
+        with pytest.raises(PolicyServerError, match=re.escape(f"flat keys ['{state_key}'] are missing from the observation")):
+            client.get_action(partial)
+        action, _ = client.get_action(dict(flat, **{"state.unused": np.zeros((1, 1, 2), np.float32)}))
+    assert all(np.isfinite(value).all() for value in action.values())
 
 
 @pytest.mark.parametrize("convert, says", [

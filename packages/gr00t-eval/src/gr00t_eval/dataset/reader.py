@@ -334,18 +334,24 @@ class Episode:
                                    "episode must be its steps in order, each frame_index one more than the last")
         self.timestamps()
 
-    def check_finite(self, kind: str, keys: Sequence[str]) -> None:
-        """DatasetError naming the file, column, row and key when a state or action group holds NaN or inf: a
-        recorded action with a hole would be replayed to a robot or scored against as if it were a number."""
+    def check_finite(self, kind: str, keys: Sequence[str], dtype: Any = np.float64) -> None:
+        """DatasetError naming the file, column, row and key when a state or action group holds NaN or inf as `dtype`
+        holds it: a recorded action with a hole would be replayed to a robot or scored against as if it were a number
+        (np.float32, what a replay serves, also refuses a float64 recording's values beyond float32's range)."""
         for key in keys:
             values = self._group_array(kind, key, np.float64)
-            bad = ~np.isfinite(values)
+            with np.errstate(over="ignore"):
+                bad = ~np.isfinite(values.astype(dtype))
             if bad.any():
                 row, index = (int(i) for i in np.argwhere(bad)[0])
                 group = self._dataset._groups(kind)[key]
-                raise DatasetError(f"{self.record.data_path}: column '{group.original_key}' holds {values[row, index]} at "
+                value = values[row, index]
+                served = np.dtype(dtype).name
+                expected = "finite numbers" if not np.isfinite(value) else (
+                    f"finite numbers within {served}'s range (|value| <= {np.finfo(dtype).max:.4g}), as served")
+                raise DatasetError(f"{self.record.data_path}: column '{group.original_key}' holds {value} at "
                                    f"row {row} ({kind} key '{key}', value {index}) of episode {self.episode_index}; "
-                                   f"recorded {kind}s must be finite numbers")
+                                   f"recorded {kind}s must be {expected}")
 
     @property
     def episode_index(self) -> int:

@@ -59,7 +59,8 @@ class ReplayPolicy(BasePolicy):
     at most `max_sessions` sessions are kept (a SegmentedLRU, as the server's table: sessions used only once are
     forgotten first) and at most `max_cached_bytes` of episodes' actions stay read (least recently used forgotten
     first), so memory stays bounded. An episode whose rows are out of order or
-    whose actions hold NaN or inf is refused (DatasetError naming the file and row) when a reset or call reaches it.
+    whose actions hold NaN or inf as served in float32 (a float64 recording's values beyond float32's range too) is
+    refused (DatasetError naming the file and row) when a reset or call reaches it, before the cursor moves.
     An episode read from disk after the dataset's meta files or its data file changed (re-recorded under the server)
     is refused (DatasetError: restart the server); episodes already read keep replaying the recording loaded.
     A state whose width is not the dataset's (meta/modality.json) is refused when strict, as a model refuses it,
@@ -298,7 +299,7 @@ class ReplayPolicy(BasePolicy):
         keys = self.modality_configs["action"].modality_keys
         self._changes.check(self.dataset.episode_data_path(position))
         episode = self.dataset.episode(position)
-        episode.check_finite("action", keys)
+        episode.check_finite("action", keys, np.float32)  # as served: a float64 value past float32's range is inf
         actions = {k: episode.actions(k) for k in keys}
         self._actions[position] = actions
         self._cached_bytes += sum(values.nbytes for values in actions.values())

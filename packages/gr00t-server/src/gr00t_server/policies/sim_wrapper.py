@@ -15,7 +15,8 @@ class Gr00tSimPolicyWrapper(PolicyWrapper):
 
     With strict=False (server --no-strict) nothing is validated here, except that an observation none of whose keys
     the configs name is refused; the inner policy keeps its own `strict`. An empty observation is passed through
-    when the wrapped policy takes one (a ReplayPolicy can be driven without one), else refused naming the flat keys.
+    when the wrapped policy takes one (a ReplayPolicy can be driven without one); strict or not, an empty or partial
+    one the wrapped policy refuses is refused naming the flat keys missing, not the nested form it was handed.
     Options (including the server's `_session_id`) are forwarded untouched.
     """
 
@@ -52,9 +53,12 @@ class Gr00tSimPolicyWrapper(PolicyWrapper):
                 try:
                     self.policy.check_observation({})
                 except ObservationError:
-                    raise ObservationError(f"observation is empty; expected the flat keys {self.flat_keys()}") from None
+                    raise self._empty_observation_error() from None
             return
         validate_flat_observation(observation, self.get_modality_config())
+
+    def _empty_observation_error(self) -> ObservationError:
+        return ObservationError(f"observation is empty; expected the flat keys {self.flat_keys()}")
 
     def flat_keys(self) -> List[str]:
         """The flat observation keys the configs name: `video.<k>`, `state.<k>` and the language keys."""
@@ -78,8 +82,24 @@ class Gr00tSimPolicyWrapper(PolicyWrapper):
             more = f" and {len(observation) - 8} more" if len(observation) > 8 else ""
             raise ObservationError(f"none of the observation's keys {unknown}{more} are in the modality config; "
                                    f"expected the flat keys {self.flat_keys()}")
-        action, info = self.policy.get_action(nested, _inner_options(options))
+        try:
+            action, info = self.policy.get_action(nested, _inner_options(options))
+        except ObservationError:
+            self._raise_for_missing_flat_keys(observation or {})
+            raise
         return {f"action.{key}": value for key, value in action.items()}, info
+
+    def _raise_for_missing_flat_keys(self, observation: Mapping[str, Any]) -> None:
+        """The wrapped policy refused an observation it got in the nested form, which this wrapper's clients never
+        send: when flat keys the configs name are missing, refuse naming them in the flat form instead."""
+        if not observation:
+            raise self._empty_observation_error() from None
+        language = self.get_modality_config().get("language")
+        sources = {key: language_source(key, observation) for key in (language.modality_keys if language else [])}
+        missing = [key for key in self.flat_keys() if sources.get(key, key) not in observation]
+        if missing:
+            raise ObservationError(f"flat keys {missing} are missing from the observation; expected the flat keys "
+                                   f"{self.flat_keys()}, got keys {sorted(map(str, observation))[:20]}") from None
 
     def _to_nested(self, observation: Mapping[str, Any]) -> Dict[str, Any]:
         if not observation:
