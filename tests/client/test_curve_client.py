@@ -116,6 +116,15 @@ def test_bad_server_key_is_a_one_line_error_naming_the_argument(value, message):
     assert str(info.value).startswith("server_public_key") and "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_an_empty_key_string_is_refused_as_empty_not_taken_for_no_key(keys, blank):
+    """An unset variable's value (os.environ.get(...) exported empty) must not read as a missing file, nor as None."""
+    with pytest.raises(ValueError, match="^server_public_key is empty; pass a certificate file or a 40-character"):
+        PolicyClient(server_public_key=blank)
+    with pytest.raises(ValueError, match="^client_secret_key is empty"):
+        PolicyClient(server_public_key=keys["server.key"], client_secret_key=blank)
+
+
 def test_public_certificate_is_not_a_client_secret_key(keys):
     with pytest.raises(ValueError, match=r"client_secret_key: .* holds only a public key"):
         PolicyClient(server_public_key=keys["server.key"], client_secret_key=keys["robot.key"])

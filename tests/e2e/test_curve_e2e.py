@@ -259,6 +259,21 @@ def test_gr00t_eval_flags_and_environment_connect_to_a_curve_server(keys, monkey
             open_client("127.0.0.1", server.port, stranger)
 
 
+@pytest.mark.parametrize("variable, flag", [("GR00T_SERVER_PUBLIC_KEY", "--server-public-key"),
+                                            ("GR00T_CLIENT_KEY", "--client-key")])
+def test_gr00t_eval_refuses_an_empty_key_variable_instead_of_connecting_in_plaintext(keys, monkeypatch, variable, flag):
+    """GR00T_SERVER_PUBLIC_KEY= (an unset variable exported) was read as no key: the run went ahead in plaintext."""
+    from gr00t_eval.cli import build_parser
+    from gr00t_eval.connection import open_client
+
+    monkeypatch.setenv("GR00T_SERVER_PUBLIC_KEY", keys["server"])
+    monkeypatch.setenv(variable, "")
+    with running_server(MirrorPolicy()) as plaintext:
+        args = build_parser().parse_args(["open-loop", "--dataset-path", "unused", "--port", str(plaintext.port)])
+        with pytest.raises(SystemExit, match=rf"^error: {flag} \(or \${variable}\) is empty: an unset variable\?"):
+            open_client("127.0.0.1", plaintext.port, args).close()
+
+
 def test_batch_jobs_take_curve_keys_in_policy_server(keys):
     from gr00t_eval.batch import JobError, connect
     from gr00t_eval.batch_jobs import _server

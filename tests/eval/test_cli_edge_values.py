@@ -133,3 +133,18 @@ def test_a_batch_job_names_why_its_server_did_not_answer():
             pytest.skip("this machine's resolver cannot answer at all (temporary failure)")
     with pytest.raises(ConnectionError, match=f"cannot connect to the policy server at .*: host '{name}' does not resolve"):
         connect(PolicyServerAddress(name, 5555, None, 15000, None, None))
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--server-public-key", ""], "--server-public-key (or $GR00T_SERVER_PUBLIC_KEY) is empty: an unset variable?"),
+    (["--server-public-key", "server.key", "--client-key", " "], "--client-key (or $GR00T_CLIENT_KEY) is empty"),
+])
+def test_an_empty_curve_key_flag_is_one_line_with_exit_2_and_claims_nothing(tmp_path, capsys, flags, expected):
+    from eval.dataset_factory import make_dataset
+
+    out = tmp_path / "out"
+    assert main(["open-loop", "--dataset-path", str(make_dataset(tmp_path / "dataset")), "--output-dir", str(out),
+                 "--port", "9", "--timeout-ms", "300", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and len(err.splitlines()) == 1
+    assert not out.exists() or list(out.iterdir()) == []

@@ -296,7 +296,7 @@ def test_ctrl_c_or_sigterm_while_the_model_loads_exits_130_in_one_line(tiny_chec
     assert "FakeTensor" not in output  # torch's INFO lines at exit are not shown
 
 
-@pytest.mark.parametrize("where", ["port in use", "metrics port in use", "host not here"])
+@pytest.mark.parametrize("where", ["port in use", "metrics port in use", "host not here", "port in use, host a name"])
 def test_a_port_in_use_or_a_host_not_of_this_machine_is_refused_before_the_model_loads(tiny_checkpoint, where):
     """ZeroMQ (and the metrics endpoint) said so only at its bind, after the load and warm-up: minutes for a 3B model,
     per typo."""
@@ -308,7 +308,8 @@ def test_a_port_in_use_or_a_host_not_of_this_machine_is_refused_before_the_model
         held = holder.getsockname()[1]
         host, port, metrics = {"port in use": ("127.0.0.1", held, []),
                                "metrics port in use": ("127.0.0.1", _free_port(), ["--metrics-port", str(held)]),
-                               "host not here": ("10.254.254.1", _free_port(), [])}[where]
+                               "host not here": ("10.254.254.1", _free_port(), []),
+                               "port in use, host a name": ("localhost", held, [])}[where]
         result = subprocess.run(_cli("serve", "--model-path", str(tiny_checkpoint), "--embodiment-tag", "new_embodiment",
                                      "--device", "cpu", "--host", host, "--port", str(port), *metrics),
                                 capture_output=True, text=True, timeout=120)
@@ -316,7 +317,8 @@ def test_a_port_in_use_or_a_host_not_of_this_machine_is_refused_before_the_model
     expected = {"port in use": f"--port {port}: the port is in use on 127.0.0.1 (another server?)",
                 "metrics port in use": f"--metrics-port {held}: the port is in use on 127.0.0.1 (another server?); pass "
                                        "another --metrics-port",
-                "host not here": "--host 10.254.254.1: not an address of this machine"}[where]
+                "host not here": "--host 10.254.254.1: not an address of this machine",
+                "port in use, host a name": f"--port {port}: the port is in use on localhost (another server?)"}[where]
     assert expected in result.stderr and "Traceback" not in result.stderr
     assert "Warm-up:" not in result.stdout  # refused before the load and warm-up, not after
 

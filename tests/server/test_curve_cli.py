@@ -74,3 +74,23 @@ def test_bad_curve_flags_are_one_line_errors_before_anything_loads(dataset, keys
     assert main(["serve", "--dataset-path", str(dataset), "--port", str(_free_port()), *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("flag, variable, expected", [
+    ("--curve-secret-key", "GR00T_CURVE_SECRET_KEY", "--curve-secret-key (or $GR00T_CURVE_SECRET_KEY) is empty"),
+    ("--authorized-keys", "GR00T_AUTHORIZED_KEYS", "--authorized-keys (or $GR00T_AUTHORIZED_KEYS) is empty"),
+])
+@pytest.mark.parametrize("given_as", ["flag", "variable"])
+def test_an_empty_curve_flag_is_refused_before_the_model_loads(keys, monkeypatch, capsys, flag, variable, expected,
+                                                                given_as):
+    """`--curve-secret-key "$KEY"` with KEY unset loaded the model (minutes) before failing on a Python argument's
+    name; an empty --authorized-keys admitted every *.key in the working directory."""
+    monkeypatch.chdir(keys / "authorized")  # what Path("") would have read: robot.key
+    monkeypatch.setenv("GR00T_CURVE_SECRET_KEY", str(keys / "server" / "server.key_secret"))
+    if given_as == "variable":
+        monkeypatch.setenv(variable, "")
+    command = ["serve", "--model-path", str(keys / "no-checkpoint-here"), "--port", str(_free_port())]
+    assert main(command + ([flag, ""] if given_as == "flag" else [])) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected + ": an unset variable?" in err and len(err.splitlines()) == 1
+    assert "no-checkpoint-here" not in err  # refused before the checkpoint is looked for

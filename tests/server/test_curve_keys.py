@@ -210,3 +210,42 @@ def test_serve_names_its_flags_in_key_errors(tmp_path, capsys):
     assert main(["serve", "--dataset-path", str(tmp_path), "--curve-secret-key", str(secret), "--authorized-keys",
                  str(tmp_path / "missing")]) != 0
     assert f"--authorized-keys: {tmp_path / 'missing'} is not a directory" in capsys.readouterr().err
+
+
+def test_an_empty_authorized_keys_is_refused_not_read_as_the_working_directory(tmp_path, monkeypatch):
+    _, secret = generate_certificates(tmp_path / "server", "server")
+    generate_certificates(tmp_path / "robot", "robot")
+    monkeypatch.chdir(tmp_path / "robot")  # Path("") is "." : this robot.key would have been admitted
+    with pytest.raises(ValueError, match=r"^authorized_keys is empty; pass the directory of client \.key files"):
+        CurveServerConfig.load(secret, "")
+
+
+def kubelet_writes(mount, key_file, stamp):
+    """What the kubelet does to a Secret volume holding robot.key: the file into a new hidden `..<stamp>` folder,
+    `..data` swapped to that folder at once, and robot.key a symlink through `..data`."""
+    folder = mount / f"..{stamp}"
+    folder.mkdir(parents=True)
+    shutil.copy(key_file, folder / "robot.key")
+    (mount / "..data_tmp").symlink_to(folder.name)
+    os.replace(mount / "..data_tmp", mount / "..data")
+    if not (mount / "robot.key").is_symlink():
+        (mount / "robot.key").symlink_to(os.path.join("..data", "robot.key"))
+    return folder / "robot.key"
+
+
+def test_keys_in_a_kubernetes_secret_volume_are_read_without_warnings_and_rotated(tmp_path, caplog):
+    """The hidden `..data` and `..2026_...` entries were warned of as ignored subfolders, at start and each rotation,
+    while their keys were read."""
+    robot, _ = generate_certificates(tmp_path / "robot", "robot")
+    new_robot, _ = generate_certificates(tmp_path / "new", "robot")
+    mount = tmp_path / "clients"
+    first = kubelet_writes(mount, robot, "2026_12_04_13_00_00.1")
+    with caplog.at_level("WARNING", logger="gr00t_server.curve"):
+        authorized = AuthorizedKeys(mount)
+        assert authorized.keys == {zmq.auth.load_certificate(str(robot))[0]}
+        rotated = kubelet_writes(mount, new_robot, "2026_12_04_14_00_00.2")
+        later = first.stat().st_mtime_ns + 60 * 10**9  # a rotation comes minutes later (file clocks tick coarsely)
+        os.utime(rotated, ns=(later, later))
+        assert authorized.reload_if_changed() is True
+        assert authorized.keys == {zmq.auth.load_certificate(str(new_robot))[0]}
+    assert caplog.text == ""

@@ -72,6 +72,8 @@ def _as_text(value: KeySource, what: str) -> str:
         except UnicodeDecodeError:
             raise ValueError(f"{what} must be a 40-character z85 key or a certificate path; got {len(value)} non-ASCII bytes") from None
     if isinstance(value, (str, os.PathLike)):
+        if not os.fspath(value).strip():  # an unset variable's value, told as such rather than as a missing file
+            raise ValueError(f"{what} is empty; pass a certificate file or a 40-character z85 key")
         return os.path.expanduser(os.fspath(value))  # '~' is not a z85 character: a z85 key passes unchanged
     raise TypeError(f"{what} must be a z85 key string or a certificate path, got {type(value).__name__}")
 

@@ -20,13 +20,25 @@ def add_security_arguments(parser: argparse.ArgumentParser, flag: Callable[[str]
 
 
 def client_options(args: argparse.Namespace) -> Dict[str, Any]:
-    """PolicyClient keyword arguments from the parsed connection flags (timeout, token, CURVE keys)."""
+    """PolicyClient keyword arguments from the parsed connection flags (timeout, token, CURVE keys); SystemExit for
+    a key flag given empty."""
     return {
         "timeout_ms": args.timeout_ms,
         "api_token": args.api_token,
-        "server_public_key": getattr(args, "server_public_key", None) or None,
-        "client_secret_key": getattr(args, "client_key", None) or None,
+        "server_public_key": _key_given(args, "server_public_key", "GR00T_SERVER_PUBLIC_KEY",
+                                        "connect without CURVE encryption"),
+        "client_secret_key": _key_given(args, "client_key", "GR00T_CLIENT_KEY", "use a throwaway client key"),
     }
+
+
+def _key_given(args: argparse.Namespace, dest: str, variable: str, without: str) -> Optional[str]:
+    """The key flag's value; SystemExit when it is blank (`--flag "$KEY"` with KEY unset, or VARIABLE= in the
+    environment), which must not quietly mean no key: a blank server key made the run plaintext."""
+    value = getattr(args, dest, None)
+    if value is not None and not value.strip():
+        raise SystemExit(f"error: --{dest.replace('_', '-')} (or ${variable}) is empty: an unset variable? Leave it "
+                         f"out (and unset {variable}) to {without}")
+    return value
 
 
 def open_client(host: str, port: int, args: argparse.Namespace) -> Any:

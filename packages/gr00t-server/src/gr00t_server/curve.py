@@ -99,6 +99,9 @@ class CurveServerConfig:
         public, secret = load_key_pair(secret_key, names[0])
         directory = None
         if authorized_keys is not None:
+            if not os.fspath(authorized_keys).strip():  # Path("") is ".": any *.key in the working directory
+                raise ValueError(f"{names[1]} is empty; pass the directory of client .key files (or None, to admit "
+                                 "any client that has the server's public key)")
             directory = Path(authorized_keys)
             if not directory.is_dir():
                 raise NotADirectoryError(f"{names[1]}: {directory} is not a directory of client .key files")
@@ -143,7 +146,9 @@ class AuthorizedKeys:
 
     def _current_signature(self) -> Tuple[Tuple[str, int, int], ...]:
         """(name, mtime, size) of each NAME.key file, and (name, -1, -1) of each entry read as a mistake (a secret
-        certificate, a subfolder): adding one is told at the next handshake, as adding a key is."""
+        certificate, a subfolder): adding one is told at the next handshake, as adding a key is. Hidden entries are
+        skipped, as zmq.auth skips them: a Kubernetes Secret volume keeps its files in `..data` and `..2026_...`
+        and links each NAME.key to them, so a key rotated by swapping `..data` shows as its NAME.key changing."""
         try:
             entries = sorted(self.directory.iterdir())
         except OSError as exc:
@@ -151,6 +156,8 @@ class AuthorizedKeys:
             return ()
         signature = []
         for path in entries:
+            if path.name.startswith("."):
+                continue
             if path.name.endswith(SECRET_SUFFIX) or (not path.name.endswith(PUBLIC_SUFFIX) and path.is_dir()):
                 signature.append((path.name, -1, -1))
                 continue

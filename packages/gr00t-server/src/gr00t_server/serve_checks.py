@@ -4,7 +4,8 @@ flags the chosen policy ignores, ports and the bind address, each refused with a
 from __future__ import annotations
 
 import argparse
-from typing import Any, List
+import socket
+from typing import Any, List, Optional, Tuple
 
 from .cli_errors import CliError
 
@@ -57,18 +58,23 @@ def _check_server_flags(args: argparse.Namespace) -> None:
     if args.metrics_port and args.metrics_port == args.port:  # found before the model loads, not after (minutes)
         raise CliError(f"--metrics-port {args.metrics_port} is also --port: the metrics endpoint needs a port of its own")
     _check_bind_host(args.host)
-    if args.api_token is not None and not args.api_token.strip():  # `--api-token "$TOKEN"` with TOKEN unset
-        raise CliError("--api-token (or $GR00T_API_TOKEN) is empty: an unset variable? Leave it out (and unset "
-                       "GR00T_API_TOKEN) to serve without a token")
+    _refuse_blank("--api-token", "GR00T_API_TOKEN", args.api_token, "serve without a token")
     if not 1 <= args.max_message_mb <= 2**43:
         raise CliError(f"--max-message-mb must be a whole number of MiB >= 1, got {args.max_message_mb}")
+
+
+def _refuse_blank(flag: str, variable: str, value: Optional[str], without: str) -> None:
+    """CliError for a flag given blank (`--flag "$VAR"` with VAR unset, or VARIABLE= in a container's environment),
+    which would otherwise mean something else: no token, no CURVE, the working directory."""
+    if value is not None and not value.strip():
+        raise CliError(f"{flag} (or ${variable}) is empty: an unset variable? Leave it out (and unset {variable}) "
+                       f"to {without}")
 
 
 def _check_bind_host(host: str) -> None:
     """CliError for a --host that cannot be bound (not an address of this machine's form, nor a resolvable name),
     before the model loads: ZeroMQ only says so at bind time, after a load that takes minutes for a 3B model."""
     import ipaddress
-    import socket
 
     from gr00t_client.client import normalize_host
 
@@ -87,27 +93,20 @@ def _check_bind_host(host: str) -> None:
                        "of this machine, 0.0.0.0 or :: for all, or 127.0.0.1 for loopback only") from None
 
 
-def _check_bind_address(host: str, port: int, flag: str = "--port") -> None:
-    """CliError for an IP --host that is not this machine's, or a --port (or --metrics-port: `flag`) in use, found by
-    binding a plain socket there (and closing it) before the model loads: ZeroMQ (and the metrics endpoint) said so
-    only after the load and warm-up (minutes for a 3B model). Names are left to ZeroMQ; any other failure too (it says
-    what it meets at its own bind)."""
+def _check_bind_address(host: str, port: int, flag: str = "--port", name_family: int = socket.AF_INET) -> None:
+    """CliError for a --host that is not this machine's, or a --port (or --metrics-port: `flag`) in use, found by
+    binding a plain socket to the address the server will bind (and closing it) before the model loads: ZeroMQ (and
+    the metrics endpoint) said so only after the load and warm-up (minutes for a 3B model). Any other failure is left
+    to that bind (it says what it meets). `name_family`: what a name is resolved in; AF_INET as ZeroMQ, which binds a
+    name's first IPv4 address (its IPv6 is on only for an IPv6 literal); AF_UNSPEC as the metrics endpoint, which binds
+    a name's first address of any family."""
     import errno
-    import ipaddress
-    import socket
 
-    from gr00t_client.client import normalize_host
-
-    bare = normalize_host(host)
-    address = "0.0.0.0" if bare == "*" else bare
-    try:
-        family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
-    except ValueError:
-        return
+    family, address = _bind_target(host, port, name_family)
     probe = socket.socket(family, socket.SOCK_STREAM)
     try:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as ZeroMQ's listener: a TIME_WAIT port binds
-        probe.bind((address, port))
+        probe.bind(address)
         probe.listen(1)  # EADDRINUSE may come only here (another listener with SO_REUSEADDR)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
@@ -120,9 +119,30 @@ def _check_bind_address(host: str, port: int, flag: str = "--port") -> None:
         probe.close()
 
 
+def _bind_target(host: str, port: int, name_family: int) -> Tuple[int, Any]:
+    """(family, socket address) that binding `host` (an IP address, '*', or a name resolved in `name_family`) and
+    `port` binds; CliError for a name without such an address."""
+    from gr00t_client.client import is_ipv6_literal, normalize_host
+
+    bare = normalize_host(host)
+    address = "0.0.0.0" if bare == "*" else bare
+    family = socket.AF_INET6 if is_ipv6_literal(address) else name_family
+    try:
+        bound_family, _, _, _, sockaddr = socket.getaddrinfo(address, port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        kind = "an IPv4 address" if family == socket.AF_INET else "an address"
+        raise CliError(f"--host {host}: the name does not resolve to {kind} to bind ({exc}); pass an IP address of "
+                       "this machine, 0.0.0.0 or :: for all, or 127.0.0.1 for loopback only") from None
+    return bound_family, sockaddr
+
+
 def _curve_settings(args: argparse.Namespace) -> Any:
     """The serve command's CURVE config (checked before the model loads), or None for plaintext."""
-    if not args.curve_secret_key:
+    _refuse_blank("--curve-secret-key", "GR00T_CURVE_SECRET_KEY", args.curve_secret_key,
+                  "serve without CURVE encryption")
+    _refuse_blank("--authorized-keys", "GR00T_AUTHORIZED_KEYS", args.authorized_keys,
+                  "admit any client that has the server's public key")
+    if args.curve_secret_key is None:
         if args.authorized_keys:
             raise CliError("--authorized-keys (or $GR00T_AUTHORIZED_KEYS) needs --curve-secret-key (or "
                            "$GR00T_CURVE_SECRET_KEY): client keys are checked in the CURVE handshake")
