@@ -22,6 +22,7 @@ class StampPolicy(BasePolicy):
         super().__init__(strict=False)
         self.horizon, self.hold, self.calls = horizon, threading.Event(), 0
         self.release = threading.Event()
+        self.reset_options = []  # the options of each reset the policy got
 
     def _get_action(self, observation, options=None):
         self.calls += 1
@@ -32,6 +33,7 @@ class StampPolicy(BasePolicy):
         return {"x": chunk[:, :, None]}, {}
 
     def reset(self, options=None):
+        self.reset_options.append(options)
         return {}
 
 
@@ -78,6 +80,25 @@ def test_reset_refuses_env_ids_that_are_not_indices_or_a_mask_before_dropping_an
         assert chunker.remaining().tolist() == [3, 3, 3]  # [0, 99] cleared env 0 before refusing 99
 
 
+def test_reset_options_with_some_envs_alone_are_refused_before_dropping_any_buffer(stamp):
+    policy, server = stamp
+    with PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client, ActionChunker(client) as chunker:
+        chunker.get_action(obs(1, 1))
+        with pytest.raises(ValueError, match=r"reset options \['episode_index'\] go to the policy's reset, which only a "
+                                             r"reset of every env makes .* this reset of envs \[1\] does not reset"):
+            chunker.reset(env_ids=[1], options={"episode_index": 3})
+        assert chunker.remaining().tolist() == [3, 3] and policy.reset_options == []
+
+
+def test_a_done_mask_of_every_env_before_the_first_call_resets_the_policy_with_its_options(stamp):
+    policy, server = stamp
+    with PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client, ActionChunker(client) as chunker:
+        chunker.reset(env_ids=np.array([True, True]), options={"episode_index": 3})
+        assert policy.reset_options == [{"episode_index": 3}]
+        chunker.reset(env_ids=[0, 1], policy_reset_by_caller=True)  # the caller resets the policy's rows itself
+        assert policy.reset_options == [{"episode_index": 3}]
+
+
 # --- a fork with the prefetch thread running -------------------------------------------------------------
 
 
@@ -108,6 +129,26 @@ def test_a_forked_child_gets_its_own_prefetch_thread_instead_of_waiting_for_ever
         values = eval(served)  # noqa: S307 - our own child's repr of a list of floats
         assert len(values) == 10 and any(value >= 1000 for value in values)  # chunks the child fetched itself
         assert chunker.get_action(obs(4))[0]["x"].size == 1  # the parent's chunker still works
+        chunker.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_wait_for_prefetch_in_a_forked_child_returns_at_once_instead_of_waiting_for_the_parents_thread(stamp):
+    policy, server = stamp
+    with PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client:
+        chunker = ActionChunker(client, asynchronous=True, prefetch_steps=2)
+        chunker.get_action(obs(0))
+        policy.hold.set()  # the next request, the prefetch, stalls in the server
+        chunker.get_action(obs(1))
+        pid = os.fork()
+        if pid == 0:  # no thread of the child will ever finish the parent's prefetch
+            signal.signal(signal.SIGALRM, lambda *_: os._exit(3))
+            signal.alarm(5)
+            os._exit(0 if chunker.wait_for_prefetch() else 4)
+        _, status = os.waitpid(pid, 0)
+        policy.release.set()
+        assert os.waitstatus_to_exitcode(status) == 0, "the child's wait_for_prefetch hung (3) or timed out (4)"
+        assert chunker.wait_for_prefetch(5)
         chunker.close()
 
 

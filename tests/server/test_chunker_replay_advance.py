@@ -1,6 +1,7 @@
 """ActionChunker against a policy that advances its own position per call (a replay server, whose info carries its
 execution_horizon): executing the whole 16-step chunk while the replay advanced 8 played recorded steps 8-15 twice,
-with no error anywhere (audit 11). The chunker now warns once, naming the n_action_steps that fits."""
+with no error anywhere (audit 11). The chunker now warns once, naming the n_action_steps that fits, resets the replay
+when every env is reset, and refuses a reply whose position skipped the steps of a lost one."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import pytest
 from eval.dataset_factory import expected_actions, make_dataset
 from serving import running_server
 
-from gr00t_client import ActionChunker, PolicyClient
+from tcp_proxy import TcpProxy
+
+from gr00t_client import ActionChunker, PolicyClient, PolicyPositionError, PolicyTimeoutError
 from gr00t_server.policies import ReplayPolicy
 
 LENGTH = 40
@@ -89,3 +92,48 @@ def test_a_per_env_chunker_against_a_replay_is_told_its_envs_take_turns_at_one_c
     _, warnings = two_env_steps(replay_dataset, caplog, per_env=True)
     assert len(warnings) == 1 and "fetches some envs at a time (per_env=True): the envs take turns at the one cursor" \
         in warnings[0]
+
+
+ONE_ENV = {"state": {"x": np.zeros((1, 1, 1), np.float32)}}
+
+
+def recorded_step(recorded, step):
+    """The index of the recorded step whose arm value env 0's step carries."""
+    return int(np.flatnonzero(np.isclose(recorded, step["arm"][0, 0]))[0])
+
+
+@pytest.mark.parametrize("every_env", [np.array([True]), [0]], ids=["done-mask", "indices"])
+def test_a_reset_naming_every_env_restarts_the_replay(replay_dataset, every_env):
+    """A 1-env robot's done-mask [True] after an early episode end: the replay was not reset, and the new episode
+    began with the old one's recorded steps 8, 9, 10."""
+    recorded = expected_actions(0, LENGTH)["arm"][:, 0]
+    with running_server(ReplayPolicy(replay_dataset, execution_horizon=8, strict=False)) as server:
+        with PolicyClient(port=server.port, timeout_ms=10000, strict=False) as client, \
+                ActionChunker(client, n_action_steps=8) as chunker:
+            chunker.reset(options={"episode_index": 0})
+            before = [recorded_step(recorded, chunker.get_action(ONE_ENV)[0]) for _ in range(4)]
+            chunker.reset(env_ids=every_env)
+            after = [recorded_step(recorded, chunker.get_action(ONE_ENV)[0]) for _ in range(3)]
+    assert before == [0, 1, 2, 3] and after == [0, 1, 2]
+
+
+def test_a_reply_lost_to_a_timeout_is_refused_instead_of_skipping_the_steps_it_held(replay_dataset):
+    """The replay advanced its cursor for a request whose reply came after timeout_ms; the robot's retry played
+    recorded steps 16..23 where 8..15 were due, silently."""
+    recorded = expected_actions(0, LENGTH)["arm"][:, 0]
+    with running_server(ReplayPolicy(replay_dataset, execution_horizon=8, strict=False)) as server, \
+            TcpProxy(server.port) as proxy:
+        with PolicyClient(port=proxy.port, timeout_ms=1000, strict=False) as client, \
+                ActionChunker(client, n_action_steps=8) as chunker:
+            chunker.reset(options={"episode_index": 0})
+            played = [recorded_step(recorded, chunker.get_action(ONE_ENV)[0]) for _ in range(8)]
+            proxy.spike_s = 1.5  # the next reply comes after the client gave up on it
+            with pytest.raises(PolicyTimeoutError):
+                chunker.get_action(ONE_ENV)
+            for _ in range(2):  # the robot retries: refused each time, until a reset
+                with pytest.raises(PolicyPositionError, match=r"current_step (16|24) for env row 0; expected 8 .*"
+                                   r"a timed-out or lost get_action\), so recorded steps 8\.\.(15|23) would be skipped"):
+                    chunker.get_action(ONE_ENV)
+            chunker.reset()
+            restarted = [recorded_step(recorded, chunker.get_action(ONE_ENV)[0]) for _ in range(9)]
+    assert played == list(range(8)) and restarted == list(range(9))

@@ -16,6 +16,7 @@ _EXPORTS: Dict[str, str] = {
     "ActionChunker": ".chunking",
     "ChunkerStats": ".chunking",
     "merge_overlap": ".chunking",
+    "PolicyPositionError": ".chunking",
     "DeadlineNotRunError": ".client",
     "MessageTooLargeError": ".client",
     "PolicyClient": ".client",
@@ -48,7 +49,7 @@ _SUBMODULES = ("chunking", "cli_flags", "cli_signals", "client", "codec", "curve
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from .chunking import ActionChunker, ChunkerStats, merge_overlap
+    from .chunking import ActionChunker, ChunkerStats, PolicyPositionError, merge_overlap
     from .client import (DeadlineNotRunError, MessageTooLargeError, PolicyClient, PolicyServerError, PolicyTimeoutError,
                          ReplyLostError, ServerStoppingError)
     from .codec import WireDecodeError, WireEncodeError

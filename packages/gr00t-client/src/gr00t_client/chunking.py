@@ -78,6 +78,11 @@ def merge_overlap(old: np.ndarray, new: np.ndarray, rule: Union[str, MergeFn] = 
     raise ValueError(f"merge rule must be one of {MERGE_RULES} or a callable; got {rule!r}")
 
 
+class PolicyPositionError(ActionError):
+    """A policy that advances its own position per call (a replay) reports a later step than the chunker expected: it
+    moved on past a reply the chunker never got (a timed-out get_action), so playing on would skip recorded steps."""
+
+
 class _PrefetchWorker:
     """One daemon thread that runs the chunker's background requests in turn, each with its Future.
 
@@ -176,6 +181,26 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def _is_mask(items: Any) -> bool:
+    """A non-empty sequence of bools (numpy's included): a vector env's done-mask."""
+    return len(items) > 0 and all(isinstance(item, (bool, np.bool_)) for item in items)
+
+
+def _reported_steps(info: Any) -> Optional[List[int]]:
+    """The per-row `current_step` a policy's info reports (a replay's position before the call), or None."""
+    steps = info.get("current_step") if isinstance(info, Mapping) else None
+    values = list(steps) if isinstance(steps, (list, tuple, np.ndarray)) else [steps]
+    return [int(v) for v in values] if values and all(_is_int(v) for v in values) else None
+
+
+def _skipped_steps_error(row: int, expected: int, reported: int, horizon: int) -> str:
+    """Why a reply reporting step `reported` for env row `row`, where `expected` was due, is not played."""
+    return (f"the policy reports current_step {reported} for env row {row}; expected {expected} (its last reply's step "
+            f"+ execution_horizon {horizon}): it moved on past a reply this chunker never got (a timed-out or lost "
+            f"get_action), so recorded steps {expected}..{reported - 1} would be skipped; the chunk was not used. Reset "
+            "the env and the policy together (chunker.reset()) to go on")
+
+
 class ActionChunker:
     """Wraps a policy (local BasePolicy or PolicyClient) and hands out one action step per env per call.
 
@@ -243,6 +268,7 @@ class ActionChunker:
         self._horizon_checked = False  # whether a policy that says how far it advances per call was compared with us
         self._advancing_policy = False  # the policy said it advances per call (a replay server's execution_horizon)
         self._partial_reset_warned = False
+        self._expected_steps: Optional[List[int]] = None  # per policy row: the step an advancing policy reports next
         self._pid = os.getpid()  # the process whose prefetch thread this is (see _adopt_after_fork)
 
     # --- public API -----------------------------------------------------------------------------
@@ -276,7 +302,7 @@ class ActionChunker:
             if exhausted:
                 waited = True
                 ids = exhausted if self.per_env else list(range(self._n_envs))
-                action, info = self._request(self._rows(observation, ids), self._row_options(options, ids))
+                action, info = self._request(self._rows(observation, ids), self._row_options(options, ids), len(ids))
                 self._last_info = info if isinstance(info, dict) else {}
                 merged += self._install(ids, action, running=set(ids) - set(exhausted) if self.asynchronous else ())
                 fetched = ids
@@ -294,27 +320,33 @@ class ActionChunker:
 
     def reset(self, env_ids: Optional[Sequence[int]] = None, options: Optional[Dict[str, Any]] = None, *,
               policy_reset_by_caller: bool = False) -> Dict[str, Any]:
-        """Drop the buffers of `env_ids` (all when None); a full reset also resets the wrapped policy.
+        """Drop the buffers of `env_ids` (all when None); a reset of every env also resets the wrapped policy.
 
         `env_ids`: env indices (ints), or a boolean mask with one entry per env (a vector env's `terminated |
         truncated`). Anything else (a float, a bool among ints, a mask of another length) is refused before any
-        buffer is dropped. `policy_reset_by_caller=True`: the caller resets these envs' rows in the policy itself
-        (per-row reset options, as gr00t-eval rollout does), so a replay policy is not left out of step by them."""
+        buffer is dropped. Naming every env (all indices, or a mask of all True; before the first get_action only
+        such a mask) is a reset of every env. `options` go to the policy's reset only, so a reset of some envs refuses
+        them. `policy_reset_by_caller=True`: the caller resets these envs' rows in the policy itself (per-row reset
+        options, as gr00t-eval rollout does), so a replay policy is not left out of step by them, nor reset here."""
         self._adopt_after_fork()
         with self._lock:
-            if env_ids is None:
-                if self._pending is not None:  # the policy may not be called concurrently; let it finish
-                    self._pending.future.exception()
-                    self.stats.discarded_envs += len(self._pending.env_ids)
-                    self._pending = None
-                for i in range(self._n_envs or 0):
-                    self._clear(i)
-                return self.policy.reset(options) or {}
-            if self._n_envs is None:  # before the first get_action nothing is buffered (it said "out of range for None envs")
+            indices = None if env_ids is None else self._env_indices(env_ids)
+            if indices is None or (self._covers_every_env(env_ids, indices) and not policy_reset_by_caller):
+                return self._reset_policy(options)
+            if options:
+                raise ValueError(f"reset options {sorted(options)} go to the policy's reset, which only a reset of every "
+                                 f"env makes (env_ids=None, or all {self._n_envs} envs without policy_reset_by_caller); "
+                                 f"this reset of envs {indices} does not reset the policy: pass no options, or reset "
+                                 "those rows in the policy yourself")
+            if policy_reset_by_caller:
+                self._expected_steps = None  # the caller moves the policy's rows: its next reply sets the positions
+            if self._n_envs is None:  # before the first get_action nothing is buffered
+                if indices:
+                    logger.warning("reset(env_ids=%s) before the first get_action: the number of envs is not known yet, "
+                                   "so the policy was not reset; call reset() or pass a boolean mask of every env",
+                                   indices)
                 return {}
-            indices = self._env_indices(env_ids)
-            partial = bool(indices) and len(indices) < self._n_envs and not policy_reset_by_caller
-            if self._advancing_policy and partial and not self._partial_reset_warned:
+            if self._advancing_policy and indices and not policy_reset_by_caller and not self._partial_reset_warned:
                 self._partial_reset_warned = True
                 logger.warning("a reset of envs %s alone is not passed to the policy, which advances its own cursor per "
                                "call (a replay server): the other envs will skip the steps the reset ones replay "
@@ -324,14 +356,33 @@ class ActionChunker:
                 self._clear(i)
             return {}
 
+    def _reset_policy(self, options: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+        """Drop every buffer and the prefetch in flight, then reset the wrapped policy with `options`."""
+        if self._pending is not None:  # the policy may not be called concurrently; let it finish
+            self._pending.future.exception()
+            self.stats.discarded_envs += len(self._pending.env_ids)
+            self._pending = None
+        for i in range(self._n_envs or 0):
+            self._clear(i)
+        self._expected_steps = None
+        info = self.policy.reset(options) or {}
+        self._expected_steps = _reported_steps(info)
+        return info
+
+    def _covers_every_env(self, env_ids: Any, indices: List[int]) -> bool:
+        """Whether reset()'s env_ids name every env; before the first get_action only a mask of all True does."""
+        if self._n_envs is not None:
+            return set(indices) == set(range(self._n_envs))
+        return bool(indices) and len(indices) == len(env_ids) and _is_mask(env_ids)
+
     def _env_indices(self, env_ids: Any) -> List[int]:
         """reset()'s env_ids as checked indices: ints in range, or the True entries of a mask of n_envs booleans."""
         if isinstance(env_ids, (str, bytes)) or not isinstance(env_ids, (SequenceABC, np.ndarray)) or np.ndim(env_ids) == 0:
             got = f"a 0-d {type(env_ids).__name__}" if isinstance(env_ids, np.ndarray) else type(env_ids).__name__
             raise TypeError(f"env_ids must be a sequence of env indices or a boolean mask (e.g. [2]); got {got}")
         items = list(env_ids.tolist() if isinstance(env_ids, np.ndarray) else env_ids)
-        if items and all(isinstance(item, (bool, np.bool_)) for item in items):
-            if len(items) != self._n_envs:
+        if _is_mask(items):
+            if self._n_envs is not None and len(items) != self._n_envs:
                 raise ValueError(f"env_ids is a boolean mask of {len(items)} entries; this chunker serves {self._n_envs} "
                                  "envs (pass one entry per env, or the env indices)")
             return [i for i, done in enumerate(items) if done]
@@ -339,12 +390,13 @@ class ActionChunker:
             if not _is_int(item):
                 raise TypeError(f"env_ids must hold env indices (ints) or be a boolean mask of one entry per env; got "
                                 f"{item!r} ({type(item).__name__}) in {env_ids!r}")
-            if self._n_envs is None or not 0 <= int(item) < self._n_envs:
+            if self._n_envs is not None and not 0 <= int(item) < self._n_envs:
                 raise IndexError(f"env id {item} is out of range for {self._n_envs} envs")
         return [int(item) for item in items]
 
     def wait_for_prefetch(self, timeout: Optional[float] = None) -> bool:
         """Block until the background request (if any) has an answer; it is merged at the next get_action."""
+        self._adopt_after_fork()
         pending = self._pending
         if pending is None:
             return True
@@ -528,12 +580,34 @@ class ActionChunker:
 
     # --- asynchronous prefetch ------------------------------------------------------------------
 
-    def _request(self, observation: Any, options: Optional[Dict[str, Any]]) -> Tuple[Any, Any]:
+    def _request(self, observation: Any, options: Optional[Dict[str, Any]], n_rows: int) -> Tuple[Any, Any]:
         self.stats.requests += 1
         result = self.policy.get_action(observation, options)
         if not self._horizon_checked:
             self._check_policy_advance(result)
+        if isinstance(result, (tuple, list)) and len(result) == 2:
+            self._check_position(result[1], n_rows)
         return result
+
+    def _check_position(self, info: Any, n_rows: int) -> None:
+        """Refuse a reply of a policy that advances its own position (a replay: `current_step` and
+        `execution_horizon` in its info) from past its last reply's step plus its execution_horizon: a reply was lost.
+
+        A step behind it (the policy reset elsewhere, or a restarted server) is taken as the new position: the caller
+        that moved it checks it (gr00t-eval rollout does)."""
+        reported = _reported_steps(info)
+        horizon = info.get("execution_horizon") if isinstance(info, Mapping) else None
+        if reported is None or not _is_int(horizon) or n_rows != self._n_envs or len(reported) != n_rows:
+            self._expected_steps = None  # no position, or some envs alone (per_env: a replay re-tiles its rows)
+            return
+        expected = self._expected_steps
+        if expected is not None and len(expected) == 1:  # one row reset, tiled to the batch by the replay
+            expected = expected * n_rows
+        if expected is not None and len(expected) == n_rows:
+            for row, (want, got) in enumerate(zip(expected, reported)):
+                if got > want:  # left as it was: every later reply is refused too, until a reset
+                    raise PolicyPositionError(_skipped_steps_error(row, want, got, int(horizon)))
+        self._expected_steps = [step + int(horizon) for step in reported]
 
     def _check_policy_advance(self, result: Any) -> None:
         """Warn once when the policy says it advances `execution_horizon` steps per call (a replay server does: each
@@ -598,7 +672,7 @@ class ActionChunker:
             request_options = {**(request_options or {}), "rtc": rtc}
         self.stats.prefetches += 1
         self._pending = _Prefetch(
-            future=self._prefetch_worker().submit(self._request, request_obs, request_options),
+            future=self._prefetch_worker().submit(self._request, request_obs, request_options, len(ids)),
             env_ids=ids,
             generations=[self._generations[i] for i in ids],
             steps_at_observation=[self._steps_taken[i] - 1 for i in ids],  # this call's step was already taken
