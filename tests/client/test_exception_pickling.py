@@ -16,7 +16,7 @@ import pytest
 import gr00t_client
 import gr00t_eval
 from gr00t_client import client as client_module
-from gr00t_client import codec, curve, frame_views, policy
+from gr00t_client import chunking, codec, curve, frame_views, policy
 
 
 def _wire_decode_error_noting_npsave():
@@ -48,12 +48,14 @@ def _cases():
         policy.PolicyValidationError("no modality config"),
         policy.ObservationError("Observation key 'state.x' must have dtype float32; got float64"),
         policy.ActionError("Action key 'action.x' is missing"),
+        chunking.PolicyPositionError("the policy reports current_step 16 for env row 0; expected 8"),
         policy.NonFiniteActionError("Action key 'action.x' has non-finite values", {"action.x": np.array([[np.nan]])},
                                     "action.x", [0]),
         batch.JobError("job 'reach': n_episodes must be at least 1", "reach"),
         cli_errors.UsageError("--n-episodes must be at least 1"),
         dataset_errors.DatasetError("meta/info.json lacks 'fps'"),
         dataset_errors.DatasetFileNotFoundError("dataset directory not found: /data/x"),
+        dataset_errors.DatasetColumnNotFoundError("/data/x/episode_000001.parquet: no column 'observation.state'"),
         extras.MissingExtraError("--ray-address needs Ray; install it with: pip install 'gr00t-eval[ray]'"),
         open_loop.TrajectoryError("policy reset failed: Server error: IndexError: episode_index 8 out of range"),
         policy_identity.ServedPolicyChanged("the server at tcp://127.0.0.1:5555 now serves ReplayPolicy (...)"),

@@ -92,6 +92,49 @@ def test_a_policy_reporting_another_step_errors_the_trajectory_instead_of_scorin
     assert "--execution-horizon 2" in errored["error"]
 
 
+@pytest.fixture(scope="module")
+def trimmed_copy(tmp_path_factory):
+    """Another copy of the dataset whose episode 0 was trimmed to 4 of its 6 steps (the same values up to there)."""
+    return make_dataset(tmp_path_factory.mktemp("faults") / "trimmed", lengths=(4, *LENGTHS[1:]))
+
+
+def test_a_replay_of_an_episode_of_another_length_errors_the_trajectory_instead_of_scoring_its_padding(
+        dataset, trimmed_copy, tmp_path):
+    """Every reply said episode_length 4 and episode_done, yet all 6 steps were scored against the replay's padding of
+    its last action: a plausible MSE, status complete, exit 0."""
+    with running_server(ReplayPolicy(trimmed_copy, execution_horizon=4)) as trimmed:
+        code = open_loop(dataset, trimmed.port, tmp_path / "out", "--traj-ids", "0", "1")
+    data = results(tmp_path / "out")
+    assert (code, data["status"], list(data["trajectories"])) == (1, "complete", ["1"])
+    assert data["trajectories"]["1"]["mse"] == 0.0
+    [errored] = data["errored_trajectories"]
+    assert errored["traj_id"] == 0
+    assert ("the policy does not follow this recording: it replays an episode of 4 steps, the dataset's has 6"
+            in errored["error"])
+
+
+class LengthlessReplay(ReplayPolicy):
+    """A replay that reports `episode_done` but not `episode_length` (a server of another make)."""
+
+    def reset(self, options=None):
+        return {k: v for k, v in super().reset(options).items() if k != "episode_length"}
+
+    def _get_action(self, observation, options=None):
+        action, info = super()._get_action(observation, options)
+        return action, {k: v for k, v in info.items() if k != "episode_length"}
+
+
+def test_a_replay_reporting_its_episode_done_before_the_last_query_errors_the_trajectory(dataset, trimmed_copy, tmp_path):
+    with running_server(LengthlessReplay(trimmed_copy, execution_horizon=2)) as trimmed:
+        code = open_loop(dataset, trimmed.port, tmp_path / "out", "--traj-ids", "0", "1", "--execution-horizon", "2")
+    data = results(tmp_path / "out")
+    assert (code, list(data["trajectories"])) == (1, ["1"]) and data["trajectories"]["1"]["mse"] == 0.0
+    [errored] = data["errored_trajectories"]
+    assert errored["traj_id"] == 0
+    assert ("it reports its episode done at step 2, and the dataset's episode of 6 steps is queried up to step 4"
+            in errored["error"])
+
+
 # --- two runs into one output directory -------------------------------------------------------------------
 
 
@@ -469,23 +512,28 @@ def test_each_action_panel_gets_its_own_keys_state_whatever_the_modality_keys_or
     np.testing.assert_array_equal(drawn["state"], np.concatenate([episode.states("gripper"), episode.states("arm")], axis=1))
 
 
-def test_a_float64_recording_is_scored_in_float64(dataset, tmp_path):
-    """The recorded actions were cast to float32: values near 1.5e5 lost their last digits, scored as error (a policy
-    predicting the recording exactly got MSE 1.6e-6), and a replay of the same float32 values hid it."""
+def _float64_copy(dataset, root):
+    """A copy of `dataset` at `root` whose actions are float64 values near 1.5e5 that float32 cannot hold."""
     import shutil
 
     import pyarrow as pa
 
-    from gr00t_eval.dataset import LeRobotDataset
-    from gr00t_eval.open_loop import OpenLoopConfig, evaluate_trajectory
-
-    root = tmp_path / "f64"
     shutil.copytree(dataset, root)
     for path in sorted((root / "data").rglob("*.parquet")):
         table = pq.read_table(path)
         values = np.array(table.column("action").to_pylist(), np.float64) * 100 + 150000.0123456789
         table = table.set_column(table.schema.get_field_index("action"), "action", pa.array(list(values), pa.list_(pa.float64())))
         pq.write_table(table, path)
+    return root
+
+
+def test_a_float64_recording_is_scored_in_float64(dataset, tmp_path):
+    """The recorded actions were cast to float32: values near 1.5e5 lost their last digits, scored as error (a policy
+    predicting the recording exactly got MSE 1.6e-6), and a replay of the same float32 values hid it."""
+    from gr00t_eval.dataset import LeRobotDataset
+    from gr00t_eval.open_loop import OpenLoopConfig, evaluate_trajectory
+
+    root = _float64_copy(dataset, tmp_path / "f64")
     episode = LeRobotDataset(root).episode(0)
     recorded = np.array(pq.read_table(sorted((root / "data").rglob("*.parquet"))[0]).column("action").to_pylist(), np.float64)
     assert episode.actions("arm").dtype == np.float32  # what policies and the wire take
@@ -495,6 +543,28 @@ def test_a_float64_recording_is_scored_in_float64(dataset, tmp_path):
     config = OpenLoopConfig(str(root), traj_ids=[0], execution_horizon=4, plot=False)
     result = evaluate_trajectory(policy, LeRobotDataset(root), 0, config, policy.get_modality_config(), report=lambda _: None)
     np.testing.assert_array_equal(result.ground_truth, recorded[: len(result.ground_truth)])
+
+
+class ModelLikeReplay(ReplayPolicy):
+    """A replay that reports a model's identity: the float32 values of the recording, as a model would predict them."""
+
+    def identity(self):
+        return {"kind": "gr00t", "weights_sha256": "0123456789abcdef"}
+
+
+def test_a_replay_of_a_float64_recording_scores_0_and_a_model_is_still_scored_against_its_float64_values(
+        dataset, tmp_path):
+    """The replay serves the recording as float32 (as the wire carries actions): scored against the float64 values,
+    its open-loop error was 5e-6 where the docs promise 0. A model predicting those float32 values is off the recording
+    by their rounding, which stays its error."""
+    root = _float64_copy(dataset, tmp_path / "f64")
+    scores = {}
+    for kind, policy in (("replay", ReplayPolicy(root, execution_horizon=4)), ("model", ModelLikeReplay(root, execution_horizon=4))):
+        with running_server(policy) as served:
+            assert open_loop(root, served.port, tmp_path / kind, "--traj-ids", "0", "1") == 0
+        scores[kind] = results(tmp_path / kind)["aggregated"]
+    assert scores["replay"]["avg_mse"] == 0.0 and scores["replay"]["avg_mae"] == 0.0
+    assert 0.0 < scores["model"]["avg_mae"] < 0.01  # float32 rounding of values near 1.5e5: at most half of 1/64
 
 
 # --- a run stopped part-way keeps what it scored ---------------------------------------------------------
@@ -578,6 +648,56 @@ def test_an_unreadable_episode_errors_that_trajectory_and_the_others_are_scored(
     assert f"episode_000001.{damaged}" in errored["error"]
     out = capsys.readouterr().out
     assert "trajectory 1 errored: its recording cannot be read" in out and "INCOMPLETE: 1 of 3" in out
+
+
+def _as_text(table, column):
+    """`table` with each value of `column` written as text that is no number ("v=1.5"), each row as wide as it was."""
+    import pyarrow as pa
+
+    def text(value):
+        return [f"v={v}" for v in value] if isinstance(value, list) else f"v={value}"
+
+    cells = pa.array([text(value) for value in table.column(column).to_pylist()])
+    return table.set_column(table.schema.get_field_index(column), column, cells)
+
+
+@pytest.mark.parametrize("damage,error", [
+    (lambda table: table.drop(["observation.state"]), "no column 'observation.state'"),
+    (lambda table: table.drop(["task_index"]), "no column 'task_index'"),
+    (lambda table: _as_text(table, "observation.state"), "column 'observation.state' of episode 1 holds object values"),
+    (lambda table: _as_text(table, "timestamp"), "column 'timestamp' of episode 1 holds object values"),
+], ids=["state-column-missing", "language-column-missing", "state-as-text", "timestamp-as-text"])
+def test_an_episode_with_a_missing_or_non_numeric_column_errors_that_trajectory_only(dataset, server, tmp_path, damage,
+                                                                                     error):
+    """A KeyError (column missing) or numpy's ValueError (text cells) stopped the run there: aborted, exit 2, every
+    trajectory after it not run."""
+    import shutil
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(dataset, damaged)
+    path = damaged / "data" / "chunk-000" / "episode_000001.parquet"
+    pq.write_table(damage(pq.read_table(path)), path)
+    code = open_loop(damaged, server.port, tmp_path / "out", "--traj-ids", "0", "1", "2")
+    data = results(tmp_path / "out")
+    assert (code, data["status"], sorted(data["trajectories"])) == (1, "complete", ["0", "2"])
+    [errored] = data["errored_trajectories"]
+    assert errored["traj_id"] == 1 and errored["error"].startswith("its recording cannot be read: ")
+    assert "episode_000001.parquet" in errored["error"] and error in errored["error"]
+
+
+def test_a_missing_column_is_a_dataset_error_and_still_a_key_error(dataset, tmp_path):
+    import shutil
+
+    from gr00t_eval.dataset import DatasetColumnNotFoundError, DatasetError, LeRobotDataset
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(dataset, damaged)
+    path = damaged / "data" / "chunk-000" / "episode_000001.parquet"
+    pq.write_table(pq.read_table(path).drop(["observation.state"]), path)
+    with pytest.raises(DatasetColumnNotFoundError) as raised:
+        LeRobotDataset(damaged).episode(1).column("observation.state")
+    assert isinstance(raised.value, DatasetError) and isinstance(raised.value, KeyError)
+    assert str(raised.value).startswith(f"{path}: no column 'observation.state'")  # not quoted as a KeyError's key
 
 
 def test_a_server_shutting_down_mid_trajectory_stops_the_run_at_once_leaving_it_not_run(dataset, tmp_path, capsys):

@@ -3,8 +3,8 @@
 Isaac-GR00T's open-loop algorithm with its defects fixed: history deltas before the first step
 (or past the last) repeat the first (last) frame instead of failing; every trajectory gets its own plot; the
 policy is reset to the trajectory (`episode_index`) before it is evaluated, so a replay server follows along.
-A trajectory the policy does not follow (its reset fails, or it reports another episode or step) is errored,
-not scored: comparing a replay of the wrong episode or step with the recording gives a meaningless error.
+A trajectory the policy does not follow (its reset fails, or it reports another episode, step or episode length) is
+errored, not scored: comparing a replay of the wrong episode or step with the recording gives a meaningless error.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from .progress import bar_options
 from .dataset import DatasetError, LeRobotDataset
 from .key_matching import match_keys
 from .metrics import ActionErrors, action_errors
-from .policy_identity import pinned_policy, record_from_info, server_info
-from .reported_position import is_position
+from .policy_identity import pinned_policy, record_from_info, server_info, serves_replay
+from .reported_position import is_flag, is_position
 from .results import RESULTS_FILENAME, open_loop_results, write_results
 
 logger = logging.getLogger(__name__)
@@ -278,8 +278,24 @@ def check_policy_position(info: Any, traj_id: int, step: int, execution_horizon:
                               f"with --execution-horizon {execution_horizon}, or pass the server's here)")
 
 
-def reset_policy(policy: BasePolicy, traj_id: int, execution_horizon: int) -> None:
-    """Reset the policy to trajectory `traj_id`, step 0; TrajectoryError when it refuses or lands elsewhere.
+def check_policy_episode(info: Any, episode_length: int, step: int, last_step: Optional[int]) -> None:
+    """TrajectoryError when the policy's info reports an `episode_length` other than the recording's, or
+    `episode_done` at `step` before `last_step`, the evaluation's last query (None: a reset, which serves no step).
+    A replay of a trimmed or stale copy of the episode pads its chunks past its end with its last action."""
+    if not isinstance(info, Mapping):
+        return
+    served, done = info.get("episode_length"), info.get("episode_done")
+    if is_position(served) and served != episode_length:
+        raise TrajectoryError(f"the policy does not follow this recording: it replays an episode of {served} steps, the "
+                              f"dataset's has {episode_length} (does the server replay another copy of the dataset?)")
+    if last_step is not None and is_flag(done) and done and step < last_step:
+        raise TrajectoryError(f"the policy does not follow this recording: it reports its episode done at step {step}, "
+                              f"and the dataset's episode of {episode_length} steps is queried up to step {last_step}")
+
+
+def reset_policy(policy: BasePolicy, traj_id: int, execution_horizon: int, episode_length: Optional[int] = None) -> None:
+    """Reset the policy to trajectory `traj_id`, step 0; TrajectoryError when it refuses, lands elsewhere or reports
+    an episode of another length than `episode_length` (None: not checked).
 
     A stateless model ignores the options; a server without a reset endpoint is evaluated without one. A
     server that is gone (ConnectionError, TimeoutError) ends the run.
@@ -294,6 +310,8 @@ def reset_policy(policy: BasePolicy, traj_id: int, execution_horizon: int) -> No
             return
         raise TrajectoryError(f"policy reset failed: {exc}") from exc
     check_policy_position(info, traj_id, 0, execution_horizon)
+    if episode_length is not None:
+        check_policy_episode(info, episode_length, 0, None)
 
 
 def _chunk(action: Mapping[str, Any], keys: Sequence[str], key_dims: Mapping[str, int], step: int,
@@ -372,12 +390,16 @@ def evaluate_trajectory(
     policy: BasePolicy, dataset: LeRobotDataset, traj_id: int, config: OpenLoopConfig,
     configs: Mapping[str, ModalityConfig], report: Callable[[str], None] = logger.info, on_step: Optional[Callable[[], None]] = None,
     on_scored: Optional[Callable[[TrajectoryResult], None]] = None, warned_key_matches: Optional[set] = None,
+    recording_dtype: Any = np.float64,
 ) -> TrajectoryResult:
     """Query the policy every `execution_horizon` steps of trajectory `traj_id` and score the stitched chunks.
 
     `on_scored` gets the result once it is scored, before its plot is drawn (a stop during the plot keeps it scored).
-    Raises TrajectoryError when the policy does not follow the trajectory (see reset_policy, check_policy_position).
+    Raises TrajectoryError when the policy does not follow the trajectory (see reset_policy, check_policy_position,
+    check_policy_episode).
     `warned_key_matches`: the run's key pairings by position already warned of (None: warn of them here).
+    `recording_dtype`: the precision the recorded actions are scored in: float64 keeps a float64 recording whole;
+    float32 is what a replay serves of it.
     """
     episode = dataset.episode(traj_id)
     action_keys = (dataset_action_keys(config.modality_keys, dataset.action_keys) if config.modality_keys
@@ -407,7 +429,7 @@ def evaluate_trajectory(
         for source in key_maps["video"].map.values():
             frames[source] = _StepFrames(needed, episode.frames(source, needed))
     # A stateful policy (ReplayPolicy) moves to this trajectory; a stateless model ignores the options.
-    reset_policy(policy, traj_id, config.execution_horizon)
+    reset_policy(policy, traj_id, config.execution_horizon, episode.length)
     predicted: List[np.ndarray] = []
     steps_of = _EpisodeSteps(episode)
     for step in inference_steps:
@@ -416,13 +438,16 @@ def evaluate_trajectory(
         options = None if config.denoising_steps is None else {"denoising_steps": int(config.denoising_steps)}
         action, info = policy.get_action(observation, options=options)
         check_policy_position(info, traj_id, step, config.execution_horizon)
+        check_policy_episode(info, episode.length, step, inference_steps[-1])
         chunk = _chunk(action, action_keys, key_dims, step, config.execution_horizon)
         for j in range(config.execution_horizon):
             predicted.append(np.concatenate([np.atleast_1d(np.atleast_1d(chunk[key])[j]) for key in action_keys]))
         if on_step is not None:
             on_step()
-    # In the recording's own precision: float32 rounding of a float64 recording of values near 1e5 was scored as error.
-    ground_truth = np.concatenate([episode.actions(key, np.float64) for key in action_keys], axis=1)[:actual_steps]
+    # A model is scored against the recording in its own precision (a float64 recording cast to float32 lost digits
+    # near 1e5 that were scored as error); a replay against the float32 values it serves of it, so its error is 0.
+    recorded = [episode.actions(key, recording_dtype).astype(np.float64) for key in action_keys]
+    ground_truth = np.concatenate(recorded, axis=1)[:actual_steps]
     prediction = np.asarray(predicted[:actual_steps])
     if prediction.shape != ground_truth.shape:
         raise ValueError(f"prediction shape {prediction.shape} differs from ground truth {ground_truth.shape} for trajectory {traj_id}")
@@ -530,7 +555,8 @@ def evaluate_open_loop(
                     traj = evaluate_trajectory(policy, dataset, traj_id, config, configs, report,
                                                on_step=(bar.update if bar else None),
                                                on_scored=functools.partial(result.trajectories.__setitem__, traj_id),
-                                               warned_key_matches=warned_key_matches)
+                                               warned_key_matches=warned_key_matches,
+                                               recording_dtype=np.float32 if serves_replay(served) else np.float64)
                 except ServerStoppingError:
                     raise  # the server is going: this trajectory and the rest are not run (it was scored errored, and
                     # the next request waited out the whole timeout of a server already gone)

@@ -79,6 +79,12 @@ def check_takes_flat_observations(record: Optional[Mapping[str, Any]]) -> None:
                          "takes; restart the server with --use-sim-policy-wrapper")
 
 
+def serves_replay(record: Optional[Mapping[str, Any]]) -> bool:
+    """True when a policy record (policy_record) is a gr00t-server replay of a dataset (its identity's kind "replay")."""
+    identity = (record or {}).get("identity")
+    return isinstance(identity, Mapping) and identity.get("kind") == "replay"
+
+
 def check_serves_env_embodiments(record: Optional[Mapping[str, Any]], env_names: Iterable[str]) -> None:
     """ValueError, before any episode, naming both tags and the fix when an env's embodiment (its prefix's tag) is a
     built-in tag other than the one `record`'s server serves: its episodes would run another embodiment's projector

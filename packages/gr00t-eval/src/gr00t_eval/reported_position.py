@@ -1,5 +1,6 @@
 """What a policy's get_action info reports about its place in a replay (`episode_index`, `current_step`,
-`execution_horizon`): open-loop and the rollout both check it against where they put the policy."""
+`execution_horizon`, `episode_length`, `episode_done`): open-loop and the rollout both check it against where they put
+the policy."""
 
 from __future__ import annotations
 
@@ -14,3 +15,8 @@ def is_position(value: Any) -> bool:
     Other values (None, lists of another length, text) mean the policy reports no position to check.
     """
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def is_flag(value: Any) -> bool:
+    """True for a value a policy reports as yes or no (`episode_done`): a bool or numpy bool, not a list of them."""
+    return isinstance(value, (bool, np.bool_))

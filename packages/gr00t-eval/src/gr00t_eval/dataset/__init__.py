@@ -1,6 +1,6 @@
 """LeRobot dataset reader and writer (v2.1 and v3.0 layouts, GR00T's meta/modality.json)."""
 
-from .errors import DatasetError, DatasetFileNotFoundError
+from .errors import DatasetColumnNotFoundError, DatasetError, DatasetFileNotFoundError
 from .modality import ArrayGroup, DatasetModality, LanguageGroup, VideoGroup
 from .reader import Episode, LeRobotDataset
 from .stats import STAT_NAMES, column_stats
@@ -9,6 +9,7 @@ from .writer import DatasetWriter
 
 __all__ = [
     "ArrayGroup",
+    "DatasetColumnNotFoundError",
     "DatasetError",
     "DatasetFileNotFoundError",
     "DatasetModality",

@@ -13,6 +13,12 @@ class DatasetFileNotFoundError(DatasetError, FileNotFoundError):
     """A file the dataset layout requires is missing."""
 
 
+class DatasetColumnNotFoundError(DatasetError, KeyError):
+    """An episode's data file lacks a column the metadata reads; a KeyError too, for callers that look columns up."""
+
+    __str__ = BaseException.__str__  # the message as written, not quoted as KeyError quotes its key
+
+
 def require_file(path: Path, what: str) -> None:
     """Raise DatasetFileNotFoundError naming `what` when `path` is not a file."""
     if not path.is_file():

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .errors import DatasetError, DatasetFileNotFoundError, require_file
+from .errors import DatasetColumnNotFoundError, DatasetError, DatasetFileNotFoundError, require_file
 from .meta import EpisodeRecord, codebase_major, read_episodes, read_json, read_modality, read_stats, read_tasks
 from .modality import ArrayGroup, DatasetModality
 from .stats import group_stats
@@ -382,16 +382,26 @@ class Episode:
         """A raw per-step column: (T,) for scalars, (T, D) for fixed-length lists."""
         if name not in self._arrays:
             if name not in self.table.column_names:
-                raise KeyError(f"{self.record.data_path}: no column {name!r}; columns are {self.table.column_names}")
+                raise DatasetColumnNotFoundError(f"{self.record.data_path}: no column {name!r}; columns are "
+                                                 f"{self.table.column_names}")
             self._arrays[name] = _column_to_numpy(self.table.column(name), name, self.record.data_path)
         return self._arrays[name]
+
+    def _numeric_column(self, name: str, read_as: str) -> np.ndarray:
+        """column(name), DatasetError naming the file, column and episode unless it holds numbers (`read_as` says
+        what it is read as): text or nested lists ended a whole evaluation with numpy's conversion error."""
+        values = self.column(name)
+        if values.size and values.dtype.kind not in "biuf":
+            raise DatasetError(f"{self.record.data_path}: column '{name}' of episode {self.episode_index} holds "
+                               f"{values.dtype} values ({values.reshape(-1)[0]!r}, ...) where {read_as} must be numbers")
+        return values
 
     def _group_array(self, kind: str, key: str, dtype: Any = np.float32) -> np.ndarray:
         groups = self._dataset._groups(kind)
         if key not in groups:
             raise KeyError(f"no {kind} key {key!r}; expected one of {list(groups)}")
         group = groups[key]
-        raw = self.column(group.original_key)
+        raw = self._numeric_column(group.original_key, f"{kind} key '{key}' (meta/modality.json)")
         if raw.shape[0] == 0:  # an empty episode: its list columns have no rows to tell their width
             return np.zeros((0, group.dim), dtype=dtype)
         if raw.ndim == 1:
@@ -459,7 +469,7 @@ class Episode:
         if "timestamp" not in self.table.column_names:
             return np.arange(self.length, dtype=np.float64) / fps
         if "timestamps" not in self._arrays:  # converted and checked once per episode
-            times = self.column("timestamp").astype(np.float64).reshape(-1)
+            times = self._numeric_column("timestamp", "timestamps (seconds)").astype(np.float64).reshape(-1)
             off = np.flatnonzero(np.abs(np.diff(times) - 1.0 / fps) > TIMESTAMP_TOLERANCE / fps)
             if off.size:
                 first = int(off[0])
