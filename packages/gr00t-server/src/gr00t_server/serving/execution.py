@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional
 import numpy as np
 
 from gr00t_client import codec
-from gr00t_client.chunking import observation_batch_size
+from gr00t_client.chunking_envs import observation_batch_size
 from gr00t_client.client import ERROR_MARKER
 from gr00t_client.policy import BasePolicy, NonFiniteActionError, ObservationError, PolicyValidationError
 

@@ -10,7 +10,7 @@ import signal
 import threading
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
-from gr00t_client.chunking import observation_batch_size
+from gr00t_client.chunking_envs import observation_batch_size
 from gr00t_client.client import PROTOCOL_VERSION, normalize_host
 from gr00t_client.policy import BasePolicy, NonFiniteActionError
 

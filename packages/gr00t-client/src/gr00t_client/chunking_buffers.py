@@ -1,0 +1,125 @@
+"""ActionChunker's per-env step buffers: a policy's chunk checked and split into them, one step popped per env per
+call, and a newer chunk merged into the steps not yet executed by the chunker's merge rule."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping  # isinstance with typing.Mapping is twice as slow (hot paths)
+from typing import Any, Collection, Dict, List, Sequence
+
+import numpy as np
+
+from .chunking_merge import merge_overlap
+from .policy import ActionError, non_finite_rows
+
+
+class _StepBuffers:
+    """ActionChunker's buffers of chunk steps, one per env, with a cursor each (it sets them, the keys, step shapes and
+    dtypes the first chunk fixes, and the merge rule)."""
+
+    def _remaining(self, i: int) -> int:
+        buffer = self._buffers[i]
+        if buffer is None:
+            return 0
+        return len(next(iter(buffer.values()))) - self._cursors[i]
+
+    def _clear(self, i: int) -> None:
+        self._buffers[i] = None
+        self._cursors[i] = 0
+        self._generations[i] += 1  # a prefetched row for this env is now stale
+
+    def _pop_step(self) -> Dict[str, np.ndarray]:
+        assert self._keys is not None
+        rows = []
+        for i in range(self._n_envs or 0):
+            buffer = self._buffers[i]
+            assert buffer is not None
+            rows.append({key: buffer[key][self._cursors[i]] for key in self._keys})
+            self._cursors[i] += 1
+            self._steps_taken[i] += 1
+        return {key: np.stack([row[key] for row in rows]) for key in self._keys}
+
+    def _split(self, action: Any, n_rows: int) -> List[Dict[str, np.ndarray]]:
+        """Check an action chunk {key: (n_rows, H, ...)}; return one {key: (H', ...)} per row."""
+        if not isinstance(action, Mapping) or not action:
+            raise ActionError(f"policy must return a non-empty dict of (B, H, ...) arrays; got {type(action).__name__}")
+        # The policy's own key order, kept from its first chunk: robot code that joins a step's values in dict order
+        # must get the columns it would get from the policy itself (sorted keys sent them to other joints).
+        keys = list(action)
+        if self._keys is not None:
+            if set(keys) != set(self._keys):
+                raise ActionError(f"action keys changed from {sorted(self._keys)} to {sorted(keys)}")
+            keys = self._keys
+        # Every check runs before a key, shape or buffer changes: a refused chunk leaves the chunker as it was.
+        horizon = None
+        for key in keys:
+            value = action[key]
+            if not isinstance(value, np.ndarray) or value.ndim < 2:
+                got = getattr(value, "shape", type(value).__name__)
+                raise ActionError(f"action key '{key}' must be an array of shape (B, H, ...); got {got}")
+            if value.shape[0] != n_rows:
+                raise ActionError(f"action key '{key}' has batch size {value.shape[0]}; expected {n_rows} (the envs asked for)")
+            if value.shape[1] == 0:
+                raise ActionError(f"action key '{key}' has horizon 0 (shape {value.shape}); expected a chunk of at least 1 step")
+            if horizon is not None and value.shape[1] != horizon:
+                raise ActionError(f"action key '{key}' has horizon {value.shape[1]}; other keys have {horizon}")
+            rows = non_finite_rows(value)
+            if rows:  # the last layer before a robot: whatever policy it wraps (a local one checks nothing), no NaN leaves
+                raise ActionError(f"action key '{key}' has non-finite values (NaN or inf) in rows {rows}; the chunk was not used")
+            step_shape = self._step_shapes.get(key)
+            if step_shape is not None and value.shape[2:] != step_shape:
+                raise ActionError(
+                    f"action key '{key}' has shape {value.shape}, steps of shape {value.shape[2:]}; "
+                    f"expected steps of shape {step_shape}, as in the earlier chunks"
+                )
+            step_dtype = self._step_dtypes.get(key)
+            if step_dtype is not None and value.dtype != step_dtype:  # merged into float steps, int64 rounded them
+                raise ActionError(f"action key '{key}' has dtype {value.dtype}; expected {step_dtype}, as in the "
+                                  "earlier chunks")
+            horizon = value.shape[1]
+        if self.n_action_steps is not None and horizon is not None and horizon < self.n_action_steps:
+            # min(horizon, n_action_steps) asked the policy every `horizon` steps, not every n_action_steps, while a
+            # rollout recorded n_action_steps (its chunking "off" refuses such a chunk): another setup than the one set
+            raise ActionError(f"action chunk has {horizon} steps, fewer than n_action_steps={self.n_action_steps}: the "
+                              f"policy would be asked every {horizon} steps instead of every {self.n_action_steps}; pass "
+                              f"n_action_steps={horizon} or fewer (or serve a longer action horizon)")
+        if self._keys is None:
+            self._keys = keys
+            self._step_shapes = {key: action[key].shape[2:] for key in keys}
+            self._step_dtypes = {key: action[key].dtype for key in keys}
+        usable = horizon if self.n_action_steps is None else min(horizon, self.n_action_steps)
+        self._usable = usable
+        # Copies: a policy may reuse its output array for the next (prefetched) chunk while these steps still run.
+        return [{key: np.array(action[key][row, :usable]) for key in keys} for row in range(n_rows)]
+
+    def _install(self, env_ids: Sequence[int], action: Any, running: Collection[int] = ()) -> List[int]:
+        """Put a fetched chunk in the buffers of `env_ids`; the envs in `running` (asynchronous: envs fetched in
+        lockstep with another env's exhausted one, their own chunk still running) merge it by the merge rule instead,
+        as a prefetch computed from this step's observation (their steps replaced it outright, and with merge
+        "oldest" or RTC a robot jumped at every other env's episode end). Returns the envs merged."""
+        merged = []
+        for i, chunk in zip(env_ids, self._split(action, len(env_ids))):
+            if i in running and self._buffers[i] is not None:
+                self._merge_into(i, chunk, elapsed=0)
+                merged.append(i)
+            else:
+                self._buffers[i] = chunk
+                self._cursors[i] = 0
+        self.stats.merged_envs += len(merged)
+        return merged
+
+    def _merge_into(self, i: int, new: Dict[str, np.ndarray], elapsed: int) -> None:
+        old = self._buffers[i]
+        cursor = self._cursors[i]
+        result = {}
+        for key, new_steps in new.items():
+            new_tail = new_steps[elapsed:]
+            old_tail = old[key][cursor:] if old is not None else new_steps[:0]
+            n = min(len(old_tail), len(new_tail))
+            longer = new_tail if len(new_tail) >= len(old_tail) else old_tail
+            merged = merge_overlap(old_tail[:n], new_tail[:n], self.merge, self.new_weight)
+            if merged.dtype.kind in "fc" and not np.isfinite(merged).all():  # a merge function's, or a rule's overflow
+                raise ActionError(f"merging the overlap of action key '{key}' ({self.merge!r}) gave non-finite values "
+                                  "(NaN or inf) from finite chunks; the chunk was not used")
+            result[key] = np.concatenate([merged, longer[n:]])
+        self._buffers[i] = result if len(next(iter(result.values()))) else None
+        self._cursors[i] = 0

@@ -1,0 +1,111 @@
+"""The envs of an ActionChunker's batch: an observation's batch size and the rows of some envs, the options of a
+request for those envs, and reset()'s env_ids checked against the envs served."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping  # isinstance with typing.Mapping is twice as slow (hot paths)
+from collections.abc import Sequence as SequenceABC
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+
+def observation_batch_size(observation: Any) -> int:
+    """The batch size B of an observation: the first array's leading axis, or the first list's length."""
+    if isinstance(observation, Mapping):
+        for value in observation.values():
+            size = observation_batch_size(value)
+            if size >= 0:
+                return size
+        return -1
+    if isinstance(observation, np.ndarray):
+        return int(observation.shape[0]) if observation.ndim > 0 else -1
+    if isinstance(observation, (list, tuple)):
+        return len(observation)
+    return -1
+
+
+def select_envs(observation: Any, env_ids: Sequence[int], batch_size: int) -> Any:
+    """The rows `env_ids` of every batched leaf (arrays and lists of length B); other leaves pass through."""
+    if isinstance(observation, Mapping):
+        return {key: select_envs(value, env_ids, batch_size) for key, value in observation.items()}
+    if isinstance(observation, np.ndarray) and observation.ndim > 0 and observation.shape[0] == batch_size:
+        return observation[list(env_ids)]
+    if isinstance(observation, (list, tuple)) and len(observation) == batch_size:
+        return [observation[i] for i in env_ids]
+    return observation
+
+
+def _is_int(value: Any) -> bool:
+    """An int, numpy's included, and not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_mask(items: Any) -> bool:
+    """A non-empty sequence of bools (numpy's included): a vector env's done-mask."""
+    return len(items) > 0 and all(isinstance(item, (bool, np.bool_)) for item in items)
+
+
+class _EnvRows:
+    """ActionChunker's envs and their rows (it sets `_n_envs` and the per-env lists that _ensure_envs sizes)."""
+
+    def _ensure_envs(self, batch_size: int) -> None:
+        if batch_size == 0:
+            raise ValueError("observation has 0 rows (a batch of size 0): expected one row per env")
+        if batch_size < 1:
+            raise ValueError("cannot tell the batch size of the observation: it holds no array or list")
+        if self._n_envs is None:
+            self._n_envs = batch_size
+            self._buffers = [None] * batch_size
+            self._cursors = [0] * batch_size
+            self._steps_taken = [0] * batch_size
+            self._generations = [0] * batch_size
+        elif batch_size != self._n_envs:
+            raise ValueError(f"observation has batch size {batch_size}; this chunker serves {self._n_envs} envs (make a new one)")
+
+    def _rows(self, observation: Any, env_ids: Sequence[int]) -> Any:
+        return observation if len(env_ids) == self._n_envs else select_envs(observation, env_ids, self._n_envs or 0)
+
+    def _row_options(self, options: Optional[Dict[str, Any]], env_ids: Sequence[int]) -> Optional[Dict[str, Any]]:
+        """The options of a request for `env_ids`: an array option of one row per env (a `noise` of (B, ...)) keeps
+        the rows of those envs (it went whole, and a server refused the request for the rows it did not ask for)."""
+        if not options or len(env_ids) == self._n_envs:
+            return options
+        rows = list(env_ids)
+        picked = {key: value[rows] if isinstance(value, np.ndarray) and value.ndim > 0 and value.shape[0] == self._n_envs
+                  else value for key, value in options.items()}
+        seed = picked.get("seed")
+        if isinstance(seed, (list, tuple)) and len(seed) == self._n_envs:  # one seed per env: those envs' seeds
+            picked["seed"] = [seed[k] for k in rows]
+        elif isinstance(seed, (int, np.integer)) and not isinstance(seed, (bool, np.bool_)):
+            # Row i of a request uses seed + i: env k's seed is seed + k however few envs this fetch is for. Envs
+            # k, k+1, ... in a run shift the int; others get a list of their own seeds (Gr00tPolicy takes one).
+            own = [int(seed) + k for k in rows]
+            picked["seed"] = own[0] if own == list(range(own[0], own[0] + len(own))) else own
+        return picked
+
+    def _covers_every_env(self, env_ids: Any, indices: List[int]) -> bool:
+        """Whether reset()'s env_ids name every env; before the first get_action only a mask of all True does."""
+        if self._n_envs is not None:
+            return set(indices) == set(range(self._n_envs))
+        return bool(indices) and len(indices) == len(env_ids) and _is_mask(env_ids)
+
+    def _env_indices(self, env_ids: Any) -> List[int]:
+        """reset()'s env_ids as checked indices: ints in range, or the True entries of a mask of n_envs booleans."""
+        if isinstance(env_ids, (str, bytes)) or not isinstance(env_ids, (SequenceABC, np.ndarray)) or np.ndim(env_ids) == 0:
+            got = f"a 0-d {type(env_ids).__name__}" if isinstance(env_ids, np.ndarray) else type(env_ids).__name__
+            raise TypeError(f"env_ids must be a sequence of env indices or a boolean mask (e.g. [2]); got {got}")
+        items = list(env_ids.tolist() if isinstance(env_ids, np.ndarray) else env_ids)
+        if _is_mask(items):
+            if self._n_envs is not None and len(items) != self._n_envs:
+                raise ValueError(f"env_ids is a boolean mask of {len(items)} entries; this chunker serves {self._n_envs} "
+                                 "envs (pass one entry per env, or the env indices)")
+            return [i for i, done in enumerate(items) if done]
+        for item in items:
+            if not _is_int(item):
+                raise TypeError(f"env_ids must hold env indices (ints) or be a boolean mask of one entry per env; got "
+                                f"{item!r} ({type(item).__name__}) in {env_ids!r}")
+            if self._n_envs is not None and not 0 <= int(item) < self._n_envs:
+                raise IndexError(f"env id {item} is out of range for {self._n_envs} envs")
+        return [int(item) for item in items]

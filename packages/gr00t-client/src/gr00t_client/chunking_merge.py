@@ -1,0 +1,45 @@
+"""How a newer chunk's steps merge with the overlapping steps of the chunk still running: the merge rules and
+merge_overlap, which ActionChunker applies to every prefetched chunk."""
+
+from __future__ import annotations
+
+from typing import Callable, Union
+
+import numpy as np
+
+MergeFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+MERGE_RULES = ("newest", "oldest", "average", "weighted")
+
+
+def merge_overlap(old: np.ndarray, new: np.ndarray, rule: Union[str, MergeFn] = "newest", new_weight: float = 0.7) -> np.ndarray:
+    """Merge the overlapping steps of the old and new chunk, both (n, ...) and aligned step by step.
+
+    newest: new; oldest: old; average: (old + new) / 2, rounded to the nearest for integers and bools (a tie
+    goes to the newer value); weighted: new_weight * new + (1 - new_weight) * old (LeRobot's weighted_average is
+    new_weight=0.7), rounded to the nearest for integers and bools. A callable gets (old, new) and returns the
+    merged steps.
+    """
+    if old.shape != new.shape:
+        raise ValueError(f"overlapping steps must have equal shapes; got old {old.shape} and new {new.shape}")
+    if callable(rule):
+        merged = np.asarray(rule(old, new))
+        if merged.shape != old.shape:
+            raise ValueError(f"merge function returned shape {merged.shape}; expected {old.shape}")
+        return merged
+    if rule == "newest":
+        return new.copy()
+    if rule == "oldest":
+        return old.copy()
+    if rule == "average":
+        if new.dtype.kind not in "iub":  # halves first: two finite float16 steps over 32752 summed to inf
+            return (old / 2 + new / 2).astype(new.dtype, copy=False)
+        # old + new in an int8 gripper's own dtype wrapped (100 and 120 made -18): add in float64 and round back.
+        # Two ints (or bools) average to a whole or a half; a half goes to the newer value, as the default rule would.
+        mean = (old.astype(np.float64) + new.astype(np.float64)) / 2
+        return np.where(new >= old, np.ceil(mean), np.floor(mean)).astype(new.dtype)
+    if rule == "weighted":
+        merged = new_weight * new + (1.0 - new_weight) * old  # float64 for integer steps: no wrap-around
+        if new.dtype.kind in "iub":  # rounded to the nearest, not truncated (0.7 * 101 + 0.3 * 100 is 101, not 100)
+            merged = np.rint(merged)
+        return merged.astype(new.dtype, copy=False)
+    raise ValueError(f"merge rule must be one of {MERGE_RULES} or a callable; got {rule!r}")

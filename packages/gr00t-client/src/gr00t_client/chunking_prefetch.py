@@ -1,0 +1,193 @@
+"""ActionChunker's asynchronous prefetch: the background thread that runs its requests, when to ask for the next
+chunk (with the steps real-time chunking continues), merging the answer in, and a fresh start in a forked child."""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import weakref
+from concurrent.futures import Future
+from concurrent.futures import wait as futures_wait
+from dataclasses import dataclass
+from collections.abc import Mapping  # isinstance with typing.Mapping is twice as slow (hot paths)
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+logger = logging.getLogger("gr00t_client.chunking")  # the ActionChunker's records, whichever of its modules logs them
+
+CLOSE_POLL_S = 0.05  # a call waiting on a prefetch notices close() from another thread within this long
+
+
+class _PrefetchWorker:
+    """One daemon thread that runs the chunker's background requests in turn, each with its Future.
+
+    Not a ThreadPoolExecutor: a program's exit joins an executor's worker, so with a request in flight to a stalled
+    server, exit waited out timeout_ms. The thread ends with stop(), or once its chunker is garbage collected."""
+
+    def __init__(self) -> None:
+        self._queue: "queue.SimpleQueue[Optional[Tuple[Future, Callable[..., Any], Tuple[Any, ...]]]]" = queue.SimpleQueue()
+        threading.Thread(target=self._run, args=(self._queue,), name="gr00t-chunk-prefetch", daemon=True).start()
+
+    @staticmethod
+    def _run(jobs: "queue.SimpleQueue[Optional[Tuple[Future, Callable[..., Any], Tuple[Any, ...]]]]") -> None:
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            future, function, args = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(function(*args))
+            except BaseException as exc:  # noqa: BLE001 - the caller's get_action re-raises it
+                future.set_exception(exc)
+            del job, future, function, args  # the function is the chunker's: waiting here must not keep it alive
+
+    def submit(self, function: Callable[..., Any], *args: Any) -> Future:
+        future: Future = Future()
+        self._queue.put((future, function, args))
+        return future
+
+    def stop(self) -> None:
+        """End the thread after the request it runs (if any); returns at once."""
+        self._queue.put(None)
+
+
+@dataclass
+class _Prefetch:
+    future: "Future[Tuple[Dict[str, Any], Dict[str, Any]]]"
+    env_ids: List[int]
+    generations: List[int]
+    steps_at_observation: List[int]
+
+
+def _copy_leaves(observation: Any) -> Any:
+    # The robot may overwrite its camera buffers while a background request still reads them.
+    if isinstance(observation, Mapping):
+        return {key: _copy_leaves(value) for key, value in observation.items()}
+    if isinstance(observation, np.ndarray):
+        return observation.copy()
+    if isinstance(observation, (list, tuple)):
+        return [_copy_leaves(v) for v in observation]
+    return observation
+
+
+class _Prefetching:
+    """ActionChunker's background requests (it sets the worker, the prefetch in flight, its lock and its process)."""
+
+    def _threshold(self, i: int) -> int:
+        if self.prefetch_steps is not None:
+            return self.prefetch_steps
+        buffer = self._buffers[i]
+        length = len(next(iter(buffer.values()))) if buffer is not None else 0
+        return length // 2
+
+    def _prefetch_worker(self) -> _PrefetchWorker:
+        if self._worker is None:
+            self._worker = _PrefetchWorker()
+            weakref.finalize(self, self._worker.stop)  # a chunker dropped without close() ends its thread too
+        return self._worker
+
+    def _maybe_prefetch(self, observation: Any, options: Optional[Dict[str, Any]]) -> None:
+        low = [i for i in range(self._n_envs or 0) if self._remaining(i) <= self._threshold(i)]
+        if not low:
+            return
+        if self._usable is not None and self._usable < 2:
+            # A chunk of one usable step: a prefetch from this step's observation predicts steps from the next one
+            # on, and its one step is the step just taken: nothing of it is ever used. Every prefetch was thrown away
+            # and asked for again, twice the requests of asynchronous=False, with each counted as merged.
+            if not self._warned_one_step:
+                self._warned_one_step = True
+                logger.warning("asynchronous prefetching needs chunks of at least 2 usable steps (n_action_steps=%s): "
+                               "a prefetch would always come after its step; fetching each chunk when it is needed, "
+                               "as asynchronous=False does", self.n_action_steps)
+            return
+        ids = low if self.per_env else list(range(self._n_envs or 0))
+        request_obs = _copy_leaves(self._rows(observation, ids))
+        request_options = dict(self._row_options(options, ids)) if options else None
+        rtc = self._rtc_options(ids)
+        if rtc is not None:
+            request_options = {**(request_options or {}), "rtc": rtc}
+        self.stats.prefetches += 1
+        self._pending = _Prefetch(
+            future=self._prefetch_worker().submit(self._request, request_obs, request_options, len(ids)),
+            env_ids=ids,
+            generations=[self._generations[i] for i in ids],
+            steps_at_observation=[self._steps_taken[i] - 1 for i in ids],  # this call's step was already taken
+        )
+
+    def _rtc_options(self, env_ids: Sequence[int]) -> Optional[Dict[str, Any]]:
+        """options["rtc"] for a prefetch: the old steps from this call's on, as many as every env still has.
+
+        The new chunk's step 0 is this call's step (already popped, at cursor - 1), so the old chunk's steps
+        cursor-1, cursor, ... line up with the new chunk's 0, 1, ...; all of them overlap.
+        """
+        if self.rtc_frozen_steps is None or self._keys is None:
+            return None
+        buffers = [self._buffers[i] for i in env_ids]
+        if any(buffer is None for buffer in buffers) or any(self._cursors[i] < 1 for i in env_ids):
+            return None  # an env without a running chunk has nothing to continue
+        overlap = min(self._remaining(i) + 1 for i in env_ids)
+        previous = {
+            key: np.stack([buffer[key][self._cursors[i] - 1 : self._cursors[i] - 1 + overlap] for i, buffer in zip(env_ids, buffers)])
+            for key in self._keys
+        }
+        return {
+            "previous_action": previous,
+            "overlap_steps": overlap,
+            "frozen_steps": min(self.rtc_frozen_steps, overlap),
+            "ramp_rate": self.rtc_ramp_rate,
+        }
+
+    def _collect(self, block: bool) -> List[int]:
+        """Merge a finished prefetch into the buffers; return the env ids merged."""
+        pending = self._pending
+        if pending is None or (not block and not pending.future.done()):
+            return []
+        while block and not pending.future.done():
+            # close() from another thread, or from a signal handler on this one (which drops the prefetch), ends the
+            # wait: it held close() up to timeout_ms, and a chunk abandoned by close() was merged after all.
+            if self._closing.is_set() or self._pending is not pending:
+                raise ConnectionError("the ActionChunker was closed while this call waited for its next chunk")
+            futures_wait([pending.future], timeout=CLOSE_POLL_S)
+        try:
+            action, info = pending.future.result()  # a policy error surfaces in the robot's call
+        except BaseException:
+            if pending.future.done():  # the request failed: it is over. A wait cut short (Ctrl-C) keeps it pending,
+                self._pending = None  # so that the next call (or close/reset) still knows the request in flight
+            raise
+        self._pending = None
+        chunks = self._split(action, len(pending.env_ids))  # a bad chunk is dropped whole; the buffers run on
+        self._last_info = info if isinstance(info, dict) else {}
+        merged = []
+        rows = zip(pending.env_ids, pending.generations, pending.steps_at_observation, chunks)
+        for i, generation, at_obs, new in rows:
+            if generation != self._generations[i]:
+                self.stats.discarded_envs += 1
+                continue
+            elapsed = self._steps_taken[i] - at_obs
+            self._merge_into(i, new, elapsed=elapsed)
+            if elapsed >= len(next(iter(new.values()))):  # every step it predicted has passed: nothing was merged
+                self.stats.late_envs += 1
+                continue
+            merged.append(i)
+        self.stats.merged_envs += len(merged)
+        return merged
+
+    def _adopt_after_fork(self) -> None:
+        """In a child forked from the process that made this chunker, start afresh: the prefetch thread does not
+        exist there (a prefetch queued to it, or one in flight at the fork, left the child's next chunk boundary
+        waiting for ever), and a lock a parent thread held at that moment stays held. The buffers carry over; the
+        parent's prefetch is dropped (the child fetches its own)."""
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        self._lock = threading.RLock()
+        self._worker = None
+        if self._pending is not None:
+            self.stats.discarded_envs += len(self._pending.env_ids)
+            self._pending = None
+        logger.debug("ActionChunker in forked process %d: new prefetch thread; the parent's prefetch dropped", self._pid)
