@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from eval.dataset_factory import make_dataset
@@ -117,3 +119,74 @@ def test_a_save_plot_path_with_a_suffix_names_each_trajectorys_plot(dataset, ser
     pytest.importorskip("matplotlib")
     assert open_loop_plotted(dataset, server, tmp_path / "one", tmp_path / "p.png", "0") == 0
     assert plot_paths(tmp_path / "one") == {"0": str(tmp_path / "p.png")} and (tmp_path / "p.png").is_file()
+
+
+def test_a_save_plot_path_in_a_format_this_machine_cannot_write_is_refused_before_connecting(dataset, server, tmp_path,
+                                                                                             capsys):
+    """.pgf is among matplotlib's file types and needs xelatex: without it the first trajectory was scored, its plot
+    failed and the run ended ABORTED with the others not run."""
+    pytest.importorskip("matplotlib")
+    if shutil.which("xelatex"):
+        pytest.skip("xelatex is installed: matplotlib writes .pgf here")
+    assert open_loop_plotted(dataset, server, tmp_path / "out", tmp_path / "plots" / "p.pgf", "0") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"--save-plot-path {tmp_path / 'plots' / 'p.pgf'}: matplotlib cannot write .pgf plots on this machine" in err
+    assert "xelatex" in err and "expected a suffix it writes here" in err
+    assert not (tmp_path / "out" / "results.json").exists() and not (tmp_path / "plots").exists()
+
+
+@pytest.mark.parametrize("under", ["plots/", "plots/p.png"])
+def test_a_save_plot_path_under_a_file_is_refused_before_connecting(dataset, server, tmp_path, capsys, under):
+    """A folder that cannot be made (a file in the way) failed at the first plot, after its trajectory was scored."""
+    pytest.importorskip("matplotlib")
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    assert open_loop_plotted(dataset, server, tmp_path / "out", f"{tmp_path / 'notes.txt'}/{under}", "0") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"{tmp_path / 'notes.txt'} is a file, so the plot folder" in err
+    assert "expected a path whose existing part is a directory" in err
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_checking_a_plot_path_in_folders_not_made_yet_creates_nothing(tmp_path):
+    """The folders are made when the first plot is written: a run refused for another reason leaves none behind."""
+    pytest.importorskip("matplotlib")
+    from gr00t_eval.plots import check_plot_path
+
+    check_plot_path(f"{tmp_path / 'new' / 'plots'}/")
+    check_plot_path(str(tmp_path / "other" / "p.png"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_plot_that_cannot_be_written_during_the_run_is_a_warning_and_the_run_goes_on(tmp_path, capsys, caplog):
+    """Each trajectory is scored before its plot is drawn: a plot that failed (here a folder sits where trajectory 1's
+    plot goes) ended the run ABORTED, trajectory 2 not run. Now it is that trajectory's warning, and why is in
+    results.json."""
+    pytest.importorskip("matplotlib")
+    dataset = make_dataset(tmp_path / "ds", lengths=(6, 5, 4))
+    plots = tmp_path / "plots"
+    (plots / "p_traj1.png").mkdir(parents=True)
+    with running_server(ReplayPolicy(dataset, execution_horizon=4)) as running:
+        assert open_loop_plotted(dataset, running, tmp_path / "out", plots / "p.png", "0", "1", "2") == 0
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert data["status"] == "complete" and data["aggregated"]["n_trajectories"] == 3
+    assert plot_paths(tmp_path / "out") == {"0": str(plots / "p_traj0.png"), "1": None, "2": str(plots / "p_traj2.png")}
+    assert data["trajectories"]["1"]["plot_error"].startswith(f"{plots / 'p_traj1.png'}: IsADirectoryError")
+    assert data["trajectories"]["0"]["plot_error"] is None
+    assert "Plots not written for trajectories 1 (why: plot_error in results.json)" in capsys.readouterr().out
+    assert any("trajectory 1 is scored, and its plot was not written" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.slow
+def test_an_action_of_170_dims_is_plotted_within_jpegs_size_limit(tmp_path):
+    """One column of 170 panels, 4 inches each, was 68,000 pixels tall: past JPEG's 65,500, the plot failed."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.image import imread
+
+    from gr00t_eval.plots import plot_trajectory
+
+    actions = np.linspace(0, 1, 4 * 170).reshape(4, 170)
+    path = plot_trajectory(tmp_path / "traj_0.jpeg", 0, actions, actions + 0.1, [0])
+    height, width, _ = imread(path).shape
+    assert height <= 65500 and width <= 65500

@@ -137,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(*_flag("save-plot-path"), default=None, metavar="PATH",
                    help="the reference's flag: write the plot of a single trajectory to PATH (a file suffix matplotlib writes: .jpeg, "
                         ".png, .pdf, ...; with several, PATH_traj{id}.SUFFIX), or the plots to a directory PATH as "
-                        "traj_{id}.jpeg (default OUTPUT_DIR/traj_{id}.jpeg)")
+                        "traj_{id}.jpeg (default OUTPUT_DIR/traj_{id}.jpeg); checked before connecting by writing a "
+                        "trial plot in that format")
     p.add_argument(*_flag("denoising-steps"), type=int, default=None, metavar="N",
                    help="flow-matching denoising steps, sent to the server as options['denoising_steps'] (server default if unset)")
     p.add_argument(*_flag("allow-errors"), action="store_true",
@@ -345,6 +346,9 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
         raise
     if result.trajectories:
         print(f"Plots: {', '.join(str(t.plot_path) for t in result.trajectories.values() if t.plot_path) or '(none)'}")
+        unplotted = [str(t) for t, r in result.trajectories.items() if r.plot_error]
+        if unplotted:
+            print(f"Plots not written for trajectories {', '.join(unplotted)} (why: plot_error in results.json)")
     n_errors = len(result.errored)
     if n_errors:
         over = (f"the averages above are over the {len(result.trajectories)} that were evaluated" if result.trajectories

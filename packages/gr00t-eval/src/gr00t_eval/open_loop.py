@@ -17,7 +17,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -38,6 +38,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_OUTPUT_DIR = "/tmp/open_loop_eval"
 # A flat observation key quoted in a server's error (a sim-wrapper policy's bare KeyError: 'state.arm').
 _QUOTED_FLAT_KEY = re.compile(r"'(?:video|state|annotation|language)\.[^']+'")
+# Frames per camera decoded and held at once: the frames of as many consecutive inference steps as fit. Decoding every
+# step's frames before the first query held them all: a 20,000-step episode of two 480x640 cameras at
+# --execution-horizon 1 needed 37 GB. Each window seeks once more, decoding up to a keyframe interval again.
+FRAME_WINDOW = 128
 FLAT_FORMAT_HINT = ("; the server's policy seems to want flat keys, and --observation-format auto sent the nested "
                     "form (the server did not say it serves the sim wrapper): run with --observation-format flat")
 
@@ -147,6 +151,7 @@ class TrajectoryResult:
     errors: ActionErrors
     trajectory_length: int
     plot_path: Optional[str] = None
+    plot_error: Optional[str] = None  # why its plot was not written (plot_path None); it is scored all the same
 
 
 @dataclass
@@ -178,15 +183,55 @@ def history_steps(step: int, delta_indices: Sequence[int], length: int) -> np.nd
 
 
 class _StepFrames:
-    """The decoded frames of the steps an evaluation needs, indexed by step: a buffer for the whole episode
-    (T x H x W x 3) ran out of memory on long episodes (60,000 steps at 480x640: 51.5 GiB) when a few were asked."""
+    """The decoded frames of some steps, indexed by step."""
 
-    def __init__(self, steps: np.ndarray, frames: np.ndarray) -> None:
+    def __init__(self, steps: Sequence[int], frames: np.ndarray) -> None:
         self._row = {int(step): row for row, step in enumerate(steps)}
         self._frames = frames
 
     def __getitem__(self, steps: np.ndarray) -> np.ndarray:
         return self._frames[[self._row[int(step)] for step in steps]]
+
+
+def frame_windows(inference_steps: Sequence[int], delta_indices: Sequence[int], length: int,
+                  max_frames: Optional[int] = None) -> Iterator[Tuple[List[int], List[int]]]:
+    """Runs of consecutive `inference_steps` whose history rows number at most `max_frames` (FRAME_WINDOW) together,
+    or one step's rows when those are more, each with its rows sorted: the frames decoded and held at once."""
+    max_frames = FRAME_WINDOW if max_frames is None else max_frames
+    window: List[int] = []
+    rows: set = set()
+    for step in inference_steps:
+        step_rows = set(history_steps(step, delta_indices, length).tolist())
+        if window and len(rows | step_rows) > max_frames:
+            yield window, sorted(rows)
+            window, rows = [], set()
+        window.append(step)
+        rows |= step_rows
+    if window:
+        yield window, sorted(rows)
+
+
+class _FrameWindows:
+    """A trajectory's camera frames, decoded a window (frame_windows) at a time as the inference steps reach it, the
+    window before released first."""
+
+    def __init__(self, episode: Any, inference_steps: Sequence[int], configs: Mapping[str, ModalityConfig],
+                 key_maps: Mapping[str, "_KeyMap"]) -> None:
+        self._episode = episode
+        self._sources = list(key_maps["video"].map.values()) if "video" in configs else []
+        self._windows = (frame_windows(inference_steps, configs["video"].delta_indices, episode.length)
+                         if self._sources else iter(()))
+        self._steps: set = set()
+        self._frames: Dict[str, _StepFrames] = {}
+
+    def at(self, step: int) -> Dict[str, _StepFrames]:
+        """The frames of the window holding inference step `step` (steps asked in order)."""
+        if self._sources and step not in self._steps:
+            self._frames = {}  # released before the next window is decoded, not after
+            steps, rows = next(self._windows)
+            self._steps = set(steps)
+            self._frames = {source: _StepFrames(rows, self._episode.frames(source, rows)) for source in self._sources}
+        return self._frames
 
 
 class _EpisodeSteps:
@@ -422,19 +467,14 @@ def evaluate_trajectory(
     report(f"Running trajectory: {traj_id}")
     report(f"Using {actual_steps} steps (requested: {config.steps}, trajectory length: {episode.length})")
     inference_steps = list(range(0, actual_steps, config.execution_horizon))
-    frames: Dict[str, np.ndarray] = {}
-    if "video" in configs and inference_steps:
-        # Decode each needed frame once: the union of all history rows of all inference steps.
-        needed = np.unique(np.concatenate([history_steps(k, configs["video"].delta_indices, episode.length) for k in inference_steps]))
-        for source in key_maps["video"].map.values():
-            frames[source] = _StepFrames(needed, episode.frames(source, needed))
     # A stateful policy (ReplayPolicy) moves to this trajectory; a stateless model ignores the options.
     reset_policy(policy, traj_id, config.execution_horizon, episode.length)
     predicted: List[np.ndarray] = []
     steps_of = _EpisodeSteps(episode)
+    windows = _FrameWindows(episode, inference_steps, configs, key_maps)
     for step in inference_steps:
         logger.debug("inferencing at step: %d", step)
-        observation = build_observation(steps_of, step, configs, frames, key_maps, config.observation_format)
+        observation = build_observation(steps_of, step, configs, windows.at(step), key_maps, config.observation_format)
         options = None if config.denoising_steps is None else {"denoising_steps": int(config.denoising_steps)}
         action, info = policy.get_action(observation, options=options)
         check_policy_position(info, traj_id, step, config.execution_horizon)
@@ -471,7 +511,12 @@ def evaluate_trajectory(
         on_scored(result)
     labels = [f"{key}[{i}]" for key in action_keys for i in range(key_dims[key])]
     path = config.plot_file(traj_id, len(config.traj_ids))
-    result.plot_path = str(plot_trajectory(path, traj_id, ground_truth, prediction, inference_steps, state, state_keys, action_keys, labels))
+    try:
+        result.plot_path = str(plot_trajectory(path, traj_id, ground_truth, prediction, inference_steps, state,
+                                               state_keys, action_keys, labels))
+    except Exception as exc:  # noqa: BLE001 - the trajectory is scored: a plot it cannot have must not end the run
+        result.plot_error = f"{path}: {type(exc).__name__}: {exc}"
+        logger.warning("trajectory %d is scored, and its plot was not written: %s", traj_id, result.plot_error)
     return result
 
 
@@ -598,7 +643,7 @@ def evaluate_open_loop(
         report("No valid trajectories were evaluated.")
     entries = {
         t: {"errors": r.errors, "steps": len(r.ground_truth), "trajectory_length": r.trajectory_length,
-            "inference_steps": r.inference_steps, "plot_path": r.plot_path}
+            "inference_steps": r.inference_steps, "plot_path": r.plot_path, "plot_error": r.plot_error}
         for t, r in result.trajectories.items()
     }
     run_config = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in vars(config).items()}

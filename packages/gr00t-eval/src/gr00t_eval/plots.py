@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import io
+import math
 import os
+import tempfile
 import textwrap
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .extras import require
 
 DEFAULT_PLOT_SUFFIX = ".jpeg"
+# Panels per column of a figure; more action dims get more columns. One column of 170 panels was 68,000 pixels
+# tall, past JPEG's 65,500 and Agg's 65,536.
+MAX_PANEL_ROWS = 32
 
 
 def plot_suffixes() -> List[str]:
@@ -28,17 +34,59 @@ def is_plot_folder(path: str) -> bool:
 
 
 def check_plot_path(path: str, name: str = "plot_path") -> None:
-    """ValueError naming the setting `name` unless `path` is a plot folder or a file name whose suffix matplotlib
-    writes: without a suffix it wrote PATH.png while PATH was reported; an unknown one failed after a trajectory ran."""
-    if is_plot_folder(path):
-        return
+    """ValueError naming the setting `name` unless plots can be written at `path`: a plot folder, or a file name whose
+    suffix matplotlib writes, in a folder that exists or can be made, and is writable. Plots are drawn after each
+    trajectory is scored: a path found unwritable then ended the run before the other trajectories."""
+    folder = Path(path) if is_plot_folder(path) else Path(path).parent
+    suffix = DEFAULT_PLOT_SUFFIX if is_plot_folder(path) else _file_suffix(path, name)
+    _check_folder_writable(folder, path, name)
+    _check_format_written(suffix, path, name)
+
+
+def _file_suffix(path: str, name: str) -> str:
+    """The suffix of plot file `path`, one of plot_suffixes(): without one matplotlib wrote PATH.png while PATH was
+    reported."""
     suffix = Path(path).suffix
     supported = plot_suffixes()
     if suffix.lower() in supported:
-        return
+        return suffix.lower()
     problem = "has no file suffix" if not suffix else f"has suffix {suffix!r}, which matplotlib cannot write"
     raise ValueError(f"{name} {path} {problem}; expected a file name ending in one of {', '.join(supported)}, "
                      f"or a directory (an existing one, or PATH/) for traj_{{id}}{DEFAULT_PLOT_SUFFIX} plots")
+
+
+def _check_folder_writable(folder: Path, path: str, name: str) -> None:
+    """ValueError unless `folder`'s nearest existing ancestor (itself, when it exists) is a directory a file can be
+    written in. Creates nothing there: a run refused later must not leave the folder behind."""
+    existing = folder
+    while not os.path.exists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{name} {path}: {existing} is a file, so the plot folder {folder} cannot be made there; "
+                         "expected a path whose existing part is a directory")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{name} {path}: cannot write in {existing} ({exc.strerror or exc}); expected a folder "
+                         "this user can write the plots in") from None
+
+
+def _check_format_written(suffix: str, path: str, name: str) -> None:
+    """ValueError unless matplotlib writes a small figure with text as `suffix` here: .pgf is among its file types
+    and needs a TeX installation (xelatex), found missing only when the first plot was drawn."""
+    require("matplotlib", "plots", "plotting open-loop results")
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(2, 2))
+    figure.add_subplot().plot([0, 1], label="trial")
+    figure.suptitle("trial")
+    try:
+        figure.savefig(io.BytesIO(), format=suffix.lstrip("."))
+    except Exception as exc:  # noqa: BLE001 - any failure to write the trial plot refuses the format
+        raise ValueError(f"{name} {path}: matplotlib cannot write {suffix} plots on this machine "
+                         f"({type(exc).__name__}: {exc}); expected a suffix it writes here, such as "
+                         f"{DEFAULT_PLOT_SUFFIX} or .png") from None
 
 
 def plot_trajectory(
@@ -52,7 +100,8 @@ def plot_trajectory(
     action_keys: Sequence[str] = (),
     dim_labels: Optional[Sequence[str]] = None,
 ) -> Path:
-    """Save one figure (one subplot per action dim) for a trajectory; the reference layout, one file per id."""
+    """Save one figure (one subplot per action dim) for a trajectory; the reference layout, one file per id (more than
+    MAX_PANEL_ROWS dims fill several columns of subplots)."""
     matplotlib = require("matplotlib", "plots", "plotting open-loop results")
     matplotlib.use("Agg", force=False)  # headless: never open a window
     import matplotlib.pyplot as plt
@@ -61,23 +110,37 @@ def plot_trajectory(
     pred = np.asarray(prediction)
     n_dims = gt.shape[1]
     labels = list(dim_labels) if dim_labels is not None else [f"Action {i}" for i in range(n_dims)]
-    fig, axes = plt.subplots(nrows=n_dims, ncols=1, figsize=(8, max(4 * n_dims, 4)), squeeze=False)
-    title = f"Trajectory {traj_id} - State: {', '.join(state_keys)} | Action: {', '.join(action_keys)}"
-    fig.suptitle(textwrap.fill(title, 60), fontsize=16, color="blue")  # wrapped: long key lists stay on the page
-    steps = np.arange(gt.shape[0])
-    marks = [k for k in inference_steps if 0 <= k < gt.shape[0]]
-    for dim, ax in enumerate(axes[:, 0]):
-        if state is not None and np.shape(state) == gt.shape:
-            ax.plot(steps, state[:, dim], label="state joints")
-        ax.plot(steps, gt[:, dim], label="gt action")
-        ax.plot(steps, pred[:, dim], label="pred action", linestyle="--")
-        for i, k in enumerate(marks):
-            ax.plot(k, gt[k, dim], "ro", label="inference point" if i == 0 else None)
-        ax.set_title(labels[dim])
-        ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    fig, panels = _panel_grid(plt, n_dims)
+    try:  # closed also when drawing or saving fails: the run goes on to the next trajectory
+        title = f"Trajectory {traj_id} - State: {', '.join(state_keys)} | Action: {', '.join(action_keys)}"
+        fig.suptitle(textwrap.fill(title, 60), fontsize=16, color="blue")  # wrapped: long key lists stay on the page
+        steps = np.arange(gt.shape[0])
+        marks = [k for k in inference_steps if 0 <= k < gt.shape[0]]
+        for dim, ax in enumerate(panels):
+            if state is not None and np.shape(state) == gt.shape:
+                ax.plot(steps, state[:, dim], label="state joints")
+            ax.plot(steps, gt[:, dim], label="gt action")
+            ax.plot(steps, pred[:, dim], label="pred action", linestyle="--")
+            for i, k in enumerate(marks):
+                ax.plot(k, gt[k, dim], "ro", label="inference point" if i == 0 else None)
+            ax.set_title(labels[dim])
+            ax.legend()
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
     return path
+
+
+def _panel_grid(plt: Any, n_dims: int) -> Tuple[Any, List[Any]]:
+    """A figure of `n_dims` subplots, 8 x 4 inches each, in columns of at most MAX_PANEL_ROWS; the subplots in dim
+    order (down each column, then the next)."""
+    n_cols = max(1, math.ceil(n_dims / MAX_PANEL_ROWS))
+    n_rows = max(1, math.ceil(n_dims / n_cols))
+    fig, axes = plt.subplots(nrows=n_rows, ncols=n_cols, figsize=(8 * n_cols, 4 * n_rows), squeeze=False)
+    panels = list(axes.flatten(order="F"))
+    for unused in panels[n_dims:]:
+        unused.set_visible(False)
+    return fig, panels[:n_dims]
