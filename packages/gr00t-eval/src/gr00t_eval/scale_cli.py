@@ -643,7 +643,8 @@ def _check_policy_runs_settings(client: Any, env_spec: str, config: Any, resumed
     --n-action-steps beyond its chunk (a failed task, a NaN success rate and advice to --resume the same settings)."""
     from .cli_errors import UsageError
     from .policy_identity import check_serves_env_embodiments, check_takes_flat_observations
-    from .rollout.policy_io import HorizonSpec, check_replay_horizon
+    from .rollout.policy_io import HorizonSpec
+    from .rollout.replay_plan import check_replay_horizon
     from .suites import resolve_tasks
 
     try:

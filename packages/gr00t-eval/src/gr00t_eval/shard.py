@@ -20,7 +20,7 @@ from gr00t_client import BasePolicy
 from .metrics import EpisodeOutcome
 from .policy_identity import check_serves_env_embodiments, describe, policy_record, same_policy
 from .rollout.config import RolloutConfig, draw_base_seed
-from .rollout.policy_io import check_replay_horizon
+from .rollout.replay_plan import check_replay_horizon
 from .suites import INCOMPLETE, Task, TaskRun, outcome_from_json, resolve_tasks, run_tasks, suite_results
 
 logger = logging.getLogger(__name__)

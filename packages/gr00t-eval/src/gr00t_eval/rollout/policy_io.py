@@ -22,6 +22,7 @@ from gr00t_client.policy import ActionError, non_finite_rows
 from ..action_steps import check_consecutive_action_deltas
 from ..key_matching import match_keys
 from ..reported_position import is_position
+from .replay_plan import ASYNC_REPLAY_ERROR, replay_drift_error
 
 logger = logging.getLogger(__name__)
 
@@ -230,18 +231,6 @@ class PositionCheckedPolicy:
 # A policy that reports its step (a replay server) serves the recorded steps by its own count, whatever the observation:
 # asynchronous chunking asks for the next chunk mid-chunk and lines the reply up with that env step, so the envs
 # would run recorded steps out of order (measured: Meta-World expert replays at 75 % instead of 100 %, exit 0).
-def replay_drift_error(horizon: int, n_action_steps: int) -> str:
-    """Why a replay that advances `horizon` recorded steps per call cannot be rolled out with `n_action_steps`."""
-    return (f"the policy serves recorded steps by its own count and advances {horizon} steps per call, but the envs "
-            f"execute n_action_steps={n_action_steps} of each chunk, so the replay would drift (a wrong success rate); "
-            f"serve it with --execution-horizon {n_action_steps}, or run with --n-action-steps {horizon}")
-
-
-ASYNC_REPLAY_ERROR = (
-    "the policy reports its step (current_step: it replays recorded steps by its own count, as a replay server does), "
-    "so it cannot serve --client-chunking async, which asks for the next chunk in the middle of a chunk; use "
-    "--client-chunking off or sync"
-)
 
 
 def _reports_steps(info: Mapping[str, Any]) -> bool:
@@ -314,18 +303,3 @@ def _in_env_dtype(key: str, steps: np.ndarray, dtype: np.dtype) -> np.ndarray:
         raise ActionError(f"action key '{key}' has values beyond {dtype.name}'s range, the env's action dtype (row {row}: "
                           f"{steps[row].ravel()[:4].tolist()}); it was not executed")
     return cast
-
-
-def check_replay_horizon(policy: Optional[Mapping[str, Any]], config: Any) -> None:
-    """ValueError when `policy` (a served policy's record) replays recorded steps by its own count and the plan cannot
-    follow it: --n-action-steps other than the replay's execution horizon, or --client-chunking async. Checked per
-    call too (PolicyIO), where it errored every episode: the run scored nothing and advised a --resume that repeats
-    the settings. The CLI, run_suite (batch jobs, shards) and run_rollout check it before any episode."""
-    identity = policy.get("identity") if isinstance(policy, Mapping) else None
-    if not isinstance(identity, Mapping) or identity.get("kind") != "replay":
-        return
-    if config.client_chunking == "async":
-        raise ValueError(ASYNC_REPLAY_ERROR)
-    horizon = identity.get("execution_horizon")
-    if isinstance(horizon, int) and not isinstance(horizon, bool) and horizon != config.n_action_steps:
-        raise ValueError(replay_drift_error(horizon, config.n_action_steps))

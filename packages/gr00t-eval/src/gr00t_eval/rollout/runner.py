@@ -46,8 +46,8 @@ from .config import CLIENT_CHUNKING_MODES, RolloutConfig, check_env_timeout, dra
 from .liveness import PolicyServerUnreachableError, ServerWatch
 from .envs import EnvFactory, embodiment_for_env, env_factory
 from .multistep import EpisodeSummary, MultiStepWrapper
-from .policy_io import (HorizonSpec, ObservationMapper, PolicyRowCursor, PositionCheckedPolicy, check_replay_horizon,
-                        policy_actions)
+from .policy_io import HorizonSpec, ObservationMapper, PolicyRowCursor, PositionCheckedPolicy, policy_actions
+from .replay_plan import check_replay_horizon
 from .stalls import reset_envs, step_envs
 
 ASYNC_ONE_STEP = ("client_chunking='async' needs n_action_steps >= 2: with one step per chunk every prefetch comes "
