@@ -131,6 +131,28 @@ def test_a_ray_run_records_the_policy_its_servers_serve_and_a_resume_against_ano
                 run_cli(["rollout", "--resume", str(out), "--policy-client-port", str(other.port), *ray_flags])
 
 
+def test_a_resume_is_held_to_the_policy_the_results_name_when_the_run_file_names_none(tmp_path):
+    """A Ray run whose driver could not ask one server records no policy in run.json, while its results name the one
+    its shards ran: a resume against another checkpoint pooled both into one complete result (a warning said the
+    run recorded no policy)."""
+    from eval.scale_fixtures import Checkpoint, run_cli
+    from gr00t_eval.cli_errors import UsageError
+
+    out = tmp_path / "run"
+    with running_server(Checkpoint("a")) as first:
+        assert run_cli(["rollout", "--env-name", "walkto/fast", "--n-episodes", "2", *SMALL, "--seed", "0",
+                        "--policy-client-port", str(first.port), "--output-dir", str(out)]) == 0
+    run_file = json.loads((out / "run.json").read_text())
+    run_file["policy"] = None  # as that Ray run's driver left it
+    (out / "run.json").write_text(json.dumps(run_file))
+    lines = (out / "episodes.jsonl").read_text().splitlines()
+    (out / "episodes.jsonl").write_text(lines[0] + "\n")  # one episode kept, one to run
+    with running_server(Checkpoint("b")) as other:
+        with pytest.raises(UsageError, match="and this run started against Checkpoint .kind test, checkpoint a"):
+            run_cli(["rollout", "--resume", str(out), "--policy-client-port", str(other.port)])
+    assert len((out / "episodes.jsonl").read_text().splitlines()) == 1  # nothing ran
+
+
 def test_a_ray_run_over_servers_of_two_policies_is_refused_before_any_episode(local_ray, tmp_path):
     """Their episodes were pooled into one success rate, status complete, exit 0."""
     from eval.scale_fixtures import Checkpoint, run_cli

@@ -331,8 +331,10 @@ def run_rollout_command(args: argparse.Namespace) -> int:
         if "env_timeout" in given_settings(args):  # not an outcome setting: a stalled run may resume with more time
             config = dataclasses.replace(config, env_timeout_s=env_timeout_from_args(args))
         _claim_videos(output_dir, shard, env_spec, config)
-        first_policy = saved.get("policy")
         earlier = earlier_results(output_dir, shard)
+        # A Ray run whose driver could not ask every server records no policy in run.json; its results name the one
+        # its shards ran, which the resumed episodes must share.
+        first_policy = saved.get("policy") or (earlier or {}).get("policy")
         if earlier is not None and earlier.get("policy_conflict"):
             raise UsageError(f"--resume {output_dir}: its shards served different policies ({earlier.get('stop_reason')}); "
                              "its episodes are not one policy's, so resuming would pool them: serve one checkpoint or "
