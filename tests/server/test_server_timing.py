@@ -11,7 +11,7 @@ import zmq
 from gr00t_client import BasePolicy, PolicyClient, PolicyServerError, codec
 from serving import running_server
 
-TIMING_KEYS = {"queue_wait_ms", "decode_ms", "policy_ms", "encode_ms", "batch_size"}
+TIMING_KEYS = {"queue_wait_ms", "decode_ms", "policy_ms", "encode_ms", "batch_size", "batch_rows"}
 POLICY_SLEEP_S = 0.02
 
 
@@ -38,14 +38,15 @@ class SleepyPolicy(BasePolicy):
 
 
 
-def observation(value: float = 1.0) -> Dict[str, Any]:
-    return {"state": {"joints": np.full((1, 1, 3), value, np.float32)}}
+def observation(value: float = 1.0, rows: int = 1) -> Dict[str, Any]:
+    return {"state": {"joints": np.full((rows, 1, 3), value, np.float32)}}
 
 
-def assert_timing(timing: Dict[str, Any], batch_size: int = 1) -> None:
+def assert_timing(timing: Dict[str, Any], batch_size: int = 1, batch_rows: int = 1) -> None:
     assert set(timing) == TIMING_KEYS
     assert timing["batch_size"] == batch_size
-    for key in TIMING_KEYS - {"batch_size"}:
+    assert timing["batch_rows"] == batch_rows
+    for key in TIMING_KEYS - {"batch_size", "batch_rows"}:
         assert isinstance(timing[key], float) and timing[key] >= 0.0, key
     assert timing["policy_ms"] >= POLICY_SLEEP_S * 1000.0  # a lower bound the sleep guarantees
 
@@ -57,6 +58,12 @@ def test_server_timing_is_in_info_when_the_option_asks_for_it(wire):
     assert_timing(info["server_timing"])
     assert info["model"] == "sleepy"
     assert action["arm"].shape == (1, 16, 3)
+
+
+def test_a_request_served_alone_reports_one_request_and_its_own_rows():
+    with running_server(SleepyPolicy()) as server, PolicyClient(port=server.port) as client:
+        _action, info = client.get_action(observation(rows=3), {"return_server_timing": True})
+    assert_timing(info["server_timing"], batch_size=1, batch_rows=3)
 
 
 def test_server_timing_is_absent_unless_asked():
@@ -86,8 +93,8 @@ def test_the_timing_option_never_reaches_the_policy():
     assert policy.options_seen == [None, {"seed": 3}]
 
 
-def test_batched_replies_report_their_batch_size():
-    with running_server(SleepyPolicy(), max_batch_size=3, batch_timeout_ms=10000.0) as server:
+def test_batched_replies_report_the_requests_and_the_rows_of_their_call():
+    with running_server(SleepyPolicy(), max_batch_size=6, batch_timeout_ms=10000.0) as server:
         barrier = threading.Barrier(3)
         infos: List[Dict[str, Any]] = [{} for _ in range(3)]
 
@@ -95,7 +102,7 @@ def test_batched_replies_report_their_batch_size():
             with PolicyClient(port=server.port, return_server_timing=True) as client:
                 client.get_server_info()
                 barrier.wait()
-                infos[index] = client.get_action(observation(index))[1]
+                infos[index] = client.get_action(observation(index, rows=2))[1]
 
         threads = [threading.Thread(target=one_client, args=(i,)) for i in range(3)]
         for thread in threads:
@@ -103,7 +110,7 @@ def test_batched_replies_report_their_batch_size():
         for thread in threads:
             thread.join(timeout=30)
     for info in infos:
-        assert_timing(info["server_timing"], batch_size=3)
+        assert_timing(info["server_timing"], batch_size=3, batch_rows=6)
     assert len({info["server_timing"]["policy_ms"] for info in infos}) == 1  # one policy call shared by all
 
 

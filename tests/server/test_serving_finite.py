@@ -304,3 +304,22 @@ def test_an_all_zero_4x4_reference_pose_is_refused_not_answered_with_zero_matric
         observation["state"]["eef_9d"][1] = observation["state"]["eef_9d"][0]
         action, _ = client.get_action(observation)
     assert action["eef_9d"].shape[-1] == 16 and not (action["eef_9d"] == 0).all()
+
+
+def test_a_non_finite_model_output_names_the_extreme_state_not_the_weights_nor_a_zero_gripper(tiny_checkpoint):
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+    from gr00t_server.test_checkpoint import example_observation
+
+    observation = example_observation(tiny_checkpoint, "new_embodiment", image_size=(32, 32))
+    observation["state"]["gripper"][:] = 0.0  # an open gripper: normal, not a cause
+    observation["state"]["joints"][:] = 1e30  # finite in float32, ~1e30 once normalized: the model makes NaN
+    policy = Gr00tPolicy(tiny_checkpoint, "new_embodiment", device="cpu", dtype="fp32")
+    with running_server(policy) as server, PolicyClient(port=server.port, timeout_ms=60000) as client:
+        with pytest.raises(PolicyServerError) as caught:
+            client.get_action(observation, {"seed": 0})
+    message = caught.value.server_message
+    assert "non-finite values" in message
+    assert "Likely cause: state key 'joints' normalizes to |values| up to" in message and "raw 1e+30" in message
+    assert "statistics' range is [" in message
+    assert "Check the weights" not in message
+    assert "gripper" not in message

@@ -383,10 +383,13 @@ class Gr00tPolicy(BasePolicy):
             return self._counting_tokenizer(text)
 
     def check_observation(self, observation: Dict[str, Any]) -> None:
-        """The modality configs' checks, then the reference states of relative action keys (a degenerate rotation
-        failed only after the whole model ran, and with batching on made every client's batch re-run alone), then
-        the instructions (no special tokens)."""
+        """The modality configs' checks, then what processing would refuse inside the call (frame sizes, states that
+        normalize beyond the model's float or have the wrong width), the reference states of relative action keys (a
+        degenerate rotation failed only after the whole model ran, and with batching on made every client's batch
+        re-run alone), then the instructions (no special tokens). All in the observation's own row numbering."""
         super().check_observation(observation)
+        self.processor.check_video(self.embodiment_tag_value, observation["video"])
+        self.processor.normalize_state(self.embodiment_tag_value, observation["state"])
         self._check_reference_states(observation)
         self._check_instructions(observation)
 

@@ -18,6 +18,8 @@ import cv2
 import numpy as np
 import torch
 
+from gr00t_client.policy import ObservationError
+
 from ..threads import block_stop_signals
 from .torch_resize import resize_uint8
 
@@ -49,18 +51,19 @@ def check_frame_size(height: int, width: int, letter_box: bool = False, where: s
                      shortest_edge: Optional[int] = None) -> None:
     """Refuse, before any resize, a frame the eval transform cannot handle sanely: an empty side, an aspect ratio
     over MAX_ASPECT_RATIO, (letter-boxed) a padded square over MAX_LETTER_BOX_PIXELS, or (scaled to `shortest_edge`
-    without a letter box) an aspect ratio over MAX_SCALED_ASPECT_RATIO; ValueError naming `where`."""
+    without a letter box) an aspect ratio over MAX_SCALED_ASPECT_RATIO; ObservationError (a ValueError) naming
+    `where`."""
     if height < 1 or width < 1:
-        raise ValueError(f"{where} has {height}x{width} images; an image needs at least one pixel on each side")
+        raise ObservationError(f"{where} has {height}x{width} images; an image needs at least one pixel on each side")
     ratio = max(height, width) / min(height, width)
     if ratio > MAX_ASPECT_RATIO:
-        raise ValueError(
+        raise ObservationError(
             f"{where} has {height}x{width} images, aspect ratio {ratio:.0f}; this model accepts an aspect ratio of at "
             f"most {MAX_ASPECT_RATIO} (the image processor's limit); send a frame closer to square"
         )
     if shortest_edge is not None and not letter_box and ratio > MAX_SCALED_ASPECT_RATIO:
         scaled_h, scaled_w = smallest_max_size_shape(height, width, shortest_edge)
-        raise ValueError(
+        raise ObservationError(
             f"{where} has {height}x{width} images, aspect ratio {ratio:.1f}; this checkpoint scales a frame's shortest "
             f"side to {shortest_edge} and keeps its aspect ratio, so each would become {scaled_h}x{scaled_w} "
             f"({ratio:.0f}x the pixels and vision tokens of a square frame). This server accepts an aspect ratio of "
@@ -68,7 +71,7 @@ def check_frame_size(height: int, width: int, letter_box: bool = False, where: s
         )
     side = max(height, width)
     if letter_box and side * side > MAX_LETTER_BOX_PIXELS:
-        raise ValueError(
+        raise ObservationError(
             f"{where} has {height}x{width} images; this checkpoint letter-boxes frames to a square of the long side, "
             f"{side}x{side}, over the limit of {MAX_LETTER_BOX_PIXELS} pixels; send smaller frames"
         )

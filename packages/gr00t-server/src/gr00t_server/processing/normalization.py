@@ -8,6 +8,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from gr00t_client.modality import ModalityConfig
+from gr00t_client.policy import ObservationError
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,8 @@ def normalize_state_key(
     # A sin/cos key too: its statistics hold its raw width (only its encoding is 2x wider); a wider one moved every
     # later state key onto other columns of the model's state vector.
     if x.shape[-1] != params.dim:
-        raise ValueError(f"State key '{key}' has dimension {x.shape[-1]}; the checkpoint statistics expect {params.dim}")
+        raise ObservationError(f"State key '{key}' has dimension {x.shape[-1]}; the checkpoint statistics expect "
+                               f"{params.dim}")
     if apply_sincos and key in (state_config.sin_cos_embedding_keys or []):
         return sin_cos_encode(x)
     if key in (state_config.mean_std_embedding_keys or []):

@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from gr00t_client.modality import ActionRepresentation, ModalityConfig
-from gr00t_client.policy import NonFiniteActionError, non_finite_rows
+from gr00t_client.policy import NonFiniteActionError, ObservationError, non_finite_rows
 
 from . import normalization as norm
 from .config import ProcessorConfig, Statistics, load_embodiment_ids, load_processor_config, load_statistics
@@ -24,6 +24,9 @@ from .vision_patches import VisionPatchConfig, num_image_tokens, patchify_batch,
 logger = logging.getLogger(__name__)
 
 _PROMPT_CACHE_SIZE = 256  # rendered chat prompts kept per processor (instructions repeat across a rollout)
+# A normalized state this far beyond its statistics' range (about [-1, 1]) is in other units than the training data's,
+# and the likelier cause of a non-finite model output than the weights.
+STATE_OUTLIER_LIMIT = 1e3
 
 
 @dataclass
@@ -198,8 +201,8 @@ class Gr00tN1d7Processor:
             value = np.asarray(states[key], np.float64)
             rows = non_finite_rows(value)  # an inf on a clipped key would end at +-1: a plausible, wrong action
             if rows:
-                raise ValueError(f"State key '{key}' of '{tag}' has non-finite values (NaN or inf) in rows {rows}; "
-                                 "send finite states")
+                raise ObservationError(f"State key '{key}' of '{tag}' has non-finite values (NaN or inf) in rows "
+                                       f"{rows}; send finite states")
             normalized = norm.normalize_state_key(
                 key, value, params[key], state_config, self.config.apply_sincos_state_encoding, self.config.clip_outliers
             )
@@ -209,7 +212,7 @@ class Gr00tN1d7Processor:
                 overflow = ~np.isfinite(normalized.astype(self.model_float))
             if overflow.any():
                 rows = np.flatnonzero(overflow.reshape(overflow.shape[0], -1).any(axis=1)).tolist()[:8] if overflow.ndim > 1 else [0]
-                raise ValueError(
+                raise ObservationError(
                     f"State key '{key}' of '{tag}' normalizes to values beyond {self.model_float} in rows {rows} (largest "
                     f"|value| {np.max(np.abs(value)):.3g}, normalized {np.max(np.abs(normalized)):.3g}, against this "
                     "checkpoint's statistics); send the state in the units the model was trained on"
@@ -232,6 +235,17 @@ class Gr00tN1d7Processor:
 
         All B * T frames of a view go through one batched transform.
         """
+        self.check_video(tag, video)
+        out = []
+        for key in self.modality_configs(tag)["video"].modality_keys:
+            frames = np.asarray(video[key])
+            flat = self.transform_image_batch(frames.reshape((-1,) + frames.shape[2:]))
+            out.append(flat.reshape(frames.shape[:2] + flat.shape[1:]))
+        return out
+
+    def check_video(self, tag: str, video: Mapping[str, np.ndarray]) -> None:
+        """Refuse, from shapes alone, video the transform cannot take: a missing view, a layout other than uint8
+        (B, T, H, W, 3), views of different (B, T), a frame size the image processor refuses."""
         video_config = self.modality_configs(tag)["video"]
         horizon = None
         for key in video_config.modality_keys:
@@ -239,27 +253,21 @@ class Gr00tN1d7Processor:
                 raise KeyError(f"Video key '{key}' not found in observation for embodiment '{tag}'")
             frames = np.asarray(video[key])
             if frames.ndim != 5:
-                raise ValueError(f"Video key '{key}' must be (B, T, H, W, 3) here, got shape {frames.shape}")
+                raise ObservationError(f"Video key '{key}' must be (B, T, H, W, 3) here, got shape {frames.shape}")
             if frames.dtype != np.uint8 or frames.shape[-1] != 3:  # named as sent, before a size check misreads it
                 hint = (" (channels first? send channels last, e.g. frames.transpose(0, 1, 3, 4, 2))"
                         if frames.shape[2] == 3 and frames.shape[-1] != 3 else
                         " (floats in [0, 1]? send (frames * 255).round().astype(np.uint8))" if frames.dtype.kind == "f"
                         else "")
-                raise ValueError(f"Video key '{key}' must be uint8 (B, T, H, W, 3) with values 0-255; got "
-                                 f"{frames.dtype} {frames.shape}{hint}")
+                raise ObservationError(f"Video key '{key}' must be uint8 (B, T, H, W, 3) with values 0-255; got "
+                                       f"{frames.dtype} {frames.shape}{hint}")
             if horizon is None:
                 horizon = frames.shape[:2]
             elif frames.shape[:2] != horizon:
-                raise ValueError(f"Video key '{key}' has (B, T) = {frames.shape[:2]}; other views have {horizon}")
+                raise ObservationError(f"Video key '{key}' has (B, T) = {frames.shape[:2]}; other views have {horizon}")
             # Before any resize: a thin frame would be scaled up to gigabytes (shape only, cheap).
             check_frame_size(frames.shape[2], frames.shape[3], self.config.letter_box_transform, f"Video key '{key}'",
                              self._scaled_shortest_edge())
-        out = []
-        for key in video_config.modality_keys:
-            frames = np.asarray(video[key])
-            flat = self.transform_image_batch(frames.reshape((-1,) + frames.shape[2:]))
-            out.append(flat.reshape(frames.shape[:2] + flat.shape[1:]))
-        return out
 
     def _scaled_shortest_edge(self) -> Optional[int]:
         """The side a frame's shortest side is scaled to, keeping its aspect ratio (None: resized to a fixed size)."""
@@ -420,10 +428,14 @@ class Gr00tN1d7Processor:
         for key, part in parts.items():  # before unnormalizing: its clip to [-1, 1] made an inf a plausible q99 action
             rows = non_finite_rows(part)
             if rows:
+                outliers = self.state_outliers(tag, raw_states or {}, rows)
+                cause = (f" Likely cause: {'; '.join(outliers)}, far outside the range the model was trained on; send "
+                         "states in the units of the checkpoint's statistics." if outliers else
+                         " Check the weights (gr00t-server verify) and, for a float16 model, values beyond its range "
+                         "(65504): serve in bf16 or fp32.")
                 raise NonFiniteActionError(
                     f"the model's output for action key '{key}' of '{tag}' holds non-finite values (NaN or inf) in rows "
-                    f"{rows}, before unnormalization; the action was not sent. Check the weights (gr00t-server verify) "
-                    "and, for a float16 model, values beyond its range (65504): serve in bf16 or fp32.", key=key, rows=rows)
+                    f"{rows}, before unnormalization; the action was not sent.{cause}", key=key, rows=rows)
         mean_std_keys = set(action_config.mean_std_embedding_keys or [])
         out: Dict[str, np.ndarray] = {}
         for index, key in enumerate(action_config.modality_keys):
@@ -451,6 +463,28 @@ class Gr00tN1d7Processor:
                     value = np.clip(value, params.action[key].low, params.action[key].high)
             out[key] = value.astype(np.float32)
         return out
+
+    def state_outliers(self, tag: str, raw_states: Mapping[str, np.ndarray], rows: Sequence[int]) -> List[str]:
+        """For each state key whose values in `rows` normalize beyond +-STATE_OUTLIER_LIMIT: its name, largest
+        normalized and raw |value| in those rows, and its statistics' range."""
+        state_config = self.modality_configs(tag).get("state")
+        params = self.norm_params(tag).state
+        found = []
+        for key in state_config.modality_keys if state_config else []:
+            value = np.asarray(raw_states.get(key, np.zeros((0,))), np.float64)
+            picked = value[[row for row in rows if row < len(value)]] if value.ndim == 3 else value
+            if picked.size == 0 or picked.shape[-1] != params[key].dim:
+                continue
+            with np.errstate(all="ignore"):
+                normalized = norm.normalize_state_key(key, picked, params[key], state_config,
+                                                      self.config.apply_sincos_state_encoding,
+                                                      self.config.clip_outliers)
+            largest = float(np.max(np.abs(normalized)))
+            if largest > STATE_OUTLIER_LIMIT:
+                low, high = float(np.min(params[key].low)), float(np.max(params[key].high))
+                found.append(f"state key '{key}' normalizes to |values| up to {largest:.3g} in those rows (raw "
+                             f"{float(np.max(np.abs(picked))):.3g}; its statistics' range is [{low:.3g}, {high:.3g}])")
+        return found
 
     def check_reference_states(self, tag: str, raw_states: Mapping[str, np.ndarray]) -> None:
         """ValueError unless every relative action key's reference state can anchor it (finite, for xyz+rot6d a

@@ -259,7 +259,7 @@ class JobRunner:
         policy_ms = (time.monotonic() - started) * 1000.0
         if request.endpoint == "get_action":
             self._window.observe_call(policy_ms / 1000.0, call_rows(request))
-        return self.result_frames(request, result, policy_ms, 1, policy_started=started)
+        return self.result_frames(request, result, policy_ms, 1, call_rows(request), policy_started=started)
 
     def _run_group(self, group: List[Request], replies: List[Reply]) -> None:
         """Serve get_action requests as one merged policy call, appending each request's reply to `replies` as it is
@@ -337,7 +337,8 @@ class JobRunner:
             except Exception as exc:  # the check's own failure is this request's, never the batch's
                 replies.append((request, self.error_frames(request, exc)))
                 continue
-            replies.append(self.result_frames(request, [part_action, part_info], policy_ms, len(valid), policy_started=started))
+            replies.append(self.result_frames(request, [part_action, part_info], policy_ms, len(valid), sum(rows),
+                                              policy_started=started))
         return []
 
     def _non_finite_rows(self, valid: List[Request], rows: List[int], exc: NonFiniteActionError, started: float,
@@ -390,16 +391,18 @@ class JobRunner:
             except Exception as error:
                 replies.append((request, self.error_frames(request, error)))
                 continue
-            replies.append(self.result_frames(request, [part_action, part_info], policy_ms, len(valid),
+            replies.append(self.result_frames(request, [part_action, part_info], policy_ms, len(valid), sum(rows),
                                               policy_started=started))
         return clean
 
     # --- replies (either thread) -------------------------------------------------------------------
 
     def result_frames(
-        self, request: Request, result: Any, policy_ms: float, batch_size: int, policy_started: Optional[float] = None
+        self, request: Request, result: Any, policy_ms: float, batch_size: int, batch_rows: int,
+        policy_started: Optional[float] = None,
     ) -> Reply:
-        """Encode an endpoint's result (get_action: counted, timed, with server_timing when asked for)."""
+        """Encode an endpoint's result (get_action: counted, timed, with server_timing when asked for); `batch_size`
+        counts the requests of its policy call, `batch_rows` the observation rows the model ran."""
         stats, metrics = self._server.stats, self._server._metrics
         timing: Optional[Dict[str, Any]] = None  # every get_action's stages (metrics); in the reply when asked for
         wants_timing = False
@@ -412,6 +415,7 @@ class JobRunner:
                 "decode_ms": request.decode_ms,
                 "policy_ms": policy_ms,
                 "batch_size": batch_size,
+                "batch_rows": batch_rows,
                 **request.timing,
             }
             wants_timing = request.wants_timing and isinstance(result[1], dict)  # checked when it came (_route)

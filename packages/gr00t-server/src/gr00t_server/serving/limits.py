@@ -259,6 +259,7 @@ def _float_arrays(observation: Any) -> List[Tuple[str, np.ndarray]]:
 
 
 _ROTATION_HINTS = ("rot", "quat", "6d", "9d", "orient", "eef", "pose")
+_ZERO_IS_NORMAL_HINTS = ("gripper", "joint")  # an open gripper or a joint at its home position reads 0
 
 
 def _likely_cause(observation: Any, rows: List[int], action_key: str = "") -> str:
@@ -270,7 +271,7 @@ def _likely_cause(observation: Any, rows: List[int], action_key: str = "") -> st
 def degenerate_states(observation: Any, rows: List[int], action_key: str = "") -> str:
     """' Likely cause: ...' naming the state keys most likely behind a non-finite action: all zeros (or non-finite)
     in the bad rows, the state of the action's own name first, then rotation-like names; zero grippers or joints are
-    normal, not causes. '' when no state looks degenerate."""
+    normal, not causes, unless the non-finite action bears their name. '' when no state looks degenerate."""
     suspects = []
     for where, array in _float_arrays(observation):
         if rows and max(rows) < array.shape[0]:
@@ -287,8 +288,10 @@ def degenerate_states(observation: Any, rows: List[int], action_key: str = "") -
             f" Likely cause: {keys} {'is' if len(named) == 1 else 'are'} all zeros in those rows; a degenerate rotation "
             "(an all-zero rotation matrix or quaternion, e.g. an eef_9d state of zeros) cannot be normalised."
         )
-    if suspects:
-        keys = ", ".join(f"'{key}'" for key in suspects[:4])
+    unusual = [where for where in suspects if (action_key and leaf(where) == action_key.lower())
+               or not any(hint in leaf(where) for hint in _ZERO_IS_NORMAL_HINTS)]
+    if unusual:
+        keys = ", ".join(f"'{key}'" for key in unusual[:4])
         return f" All zeros in those rows: {keys}; check them for degenerate values and the checkpoint's statistics."
     return ""
 

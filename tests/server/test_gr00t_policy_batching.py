@@ -1,0 +1,86 @@
+"""Gr00tPolicy behind a batching server: one client's out-of-range input is refused as its own, never as a batching
+bug that makes every batch mate re-run alone."""
+
+import threading
+from typing import Any, Dict, List
+
+import numpy as np
+import pytest
+from serving import running_server
+
+from gr00t_client import ObservationError, PolicyClient, PolicyServerError
+
+TAG = "new_embodiment"
+CLIENTS = 4
+BAD_CLIENT = 2
+LONG_BATCH_WAIT_MS = 10000.0  # far longer than the clients need to arrive; a full batch ends the wait early
+
+
+@pytest.fixture(scope="module")
+def fp16_policy(tiny_checkpoint):
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+
+    return Gr00tPolicy(tiny_checkpoint, TAG, device="cpu", dtype="fp16")
+
+
+def observation(tiny_checkpoint, joints: float = 0.0) -> Dict[str, Any]:
+    from gr00t_server.test_checkpoint import example_observation
+
+    sent = example_observation(tiny_checkpoint, TAG, image_size=(32, 32))
+    sent["state"]["joints"][:] = joints
+    return sent
+
+
+def call_together(port: int, observations: List[Dict[str, Any]]) -> List[Any]:
+    results: List[Any] = [None] * len(observations)
+    barrier = threading.Barrier(len(observations))
+
+    def one_client(index: int) -> None:
+        with PolicyClient(port=port, timeout_ms=60000) as client:
+            client.get_server_info()
+            barrier.wait()
+            try:
+                results[index] = client.get_action(observations[index])
+            except PolicyServerError as exc:
+                results[index] = exc
+
+    threads = [threading.Thread(target=one_client, args=(i,)) for i in range(len(observations))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return results
+
+
+def test_a_state_beyond_float16_fails_only_its_sender_and_its_batch_mates_share_one_call(tiny_checkpoint, fp16_policy):
+    observations = [observation(tiny_checkpoint) for _ in range(CLIENTS)]
+    observations[BAD_CLIENT] = observation(tiny_checkpoint, joints=6e4)  # encoder ticks: ~1e5 once normalized
+    with running_server(fp16_policy, max_batch_size=CLIENTS, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
+        results = call_together(server.port, observations)
+        with PolicyClient(port=server.port) as client:
+            stats = client.get_server_info()["stats"]
+    refused = results[BAD_CLIENT]
+    assert isinstance(refused, PolicyServerError), refused
+    assert "State key 'joints'" in refused.server_message and "beyond float16 in rows [0]" in refused.server_message
+    for client_id in set(range(CLIENTS)) - {BAD_CLIENT}:
+        action, _info = results[client_id]
+        assert all(np.isfinite(value).all() for value in action.values())
+    assert stats["internal_errors"] == 0
+    assert stats["policy_calls"] == 1 and stats["batch_sizes"] == {str(CLIENTS - 1): 1}
+
+
+def test_a_lenient_policy_refuses_a_state_beyond_its_float_as_an_observation_error(tiny_checkpoint, fp16_policy):
+    fp16_policy.strict = False
+    try:
+        beyond_float16 = r"State key 'joints' of 'new_embodiment' normalizes to values beyond float16 in rows \[0\]"
+        with pytest.raises(ObservationError, match=beyond_float16):
+            fp16_policy.get_action(observation(tiny_checkpoint, joints=6e4))
+    finally:
+        fp16_policy.strict = True
+
+
+def test_a_frame_size_the_image_processor_refuses_is_an_observation_error(tiny_checkpoint, fp16_policy):
+    sent = observation(tiny_checkpoint)
+    sent["video"]["front"] = np.zeros((1, 1, 1, 300, 3), np.uint8)
+    with pytest.raises(ObservationError, match=r"Video key 'front' has 1x300 images"):
+        fp16_policy.check_observation(sent)
