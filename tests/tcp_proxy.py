@@ -41,8 +41,13 @@ class TcpProxy:
     def close(self) -> None:
         self._stopped = True
         self._listener.close()
+        self.cut()
+
+    def cut(self) -> None:
+        """Close every forwarded connection and keep listening (a network blip: the clients' ZeroMQ reconnects)."""
         with self._lock:
-            for sock in self._sockets:
+            sockets, self._sockets = self._sockets, []
+            for sock in sockets:
                 try:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:

@@ -1,17 +1,26 @@
 """A session_id on the wire is a non-empty str or absent: any other (msgpack bin, an int, "") is refused with an error
-naming it, never ignored (keyed by the connection instead, a replay served a reconnecting client from episode 0)."""
+naming it, never ignored (keyed by the connection instead, a replay served a reconnecting client from episode 0).
+Without one, a request is its connection's session: each client behind a ROUTER-DEALER proxy its own, and new at any
+reconnection, which is why our client always sends one."""
 
 from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
 
 import pytest
 import zmq
 
 from eval.dataset_factory import make_dataset
-from gr00t_client import codec
+from gr00t_client import PolicyClient, codec
 from gr00t_eval.dataset import LeRobotDataset
 from gr00t_server.modality_configs import derive_from_dataset
 from gr00t_server.policies import ReplayPolicy
 from serving import running_server
+from tcp_proxy import TcpProxy
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -58,3 +67,68 @@ def test_a_request_without_a_session_id_is_served_as_its_connections_session(rep
                                                           "data": {"observation": {}}})
     assert isinstance(reply, list), reply
     assert int(reply[1]["episode_index"]) == 0 and int(reply[1]["current_step"]) == 0
+
+
+def test_reference_clients_behind_a_router_dealer_proxy_keep_their_own_replay(replay_server):
+    context = zmq.Context()
+    frontend, backend = context.socket(zmq.ROUTER), context.socket(zmq.DEALER)
+    frontend.bind("inproc://robots")
+    backend.connect(f"tcp://127.0.0.1:{replay_server.port}")
+    threading.Thread(target=forward_until_closed, args=(frontend, backend), daemon=True).start()
+    robot_a, robot_b = context.socket(zmq.REQ), context.socket(zmq.REQ)
+    try:
+        for robot in (robot_a, robot_b):
+            robot.setsockopt(zmq.LINGER, 0)
+            robot.connect("inproc://robots")
+        call(robot_a, {"endpoint": "reset", "data": {"options": {"episode_index": 1}}})
+        call(robot_b, {"endpoint": "reset", "data": {"options": {"episode_index": 2}}})
+        _, info = call(robot_a, {"endpoint": "get_action", "data": {"observation": {}}})
+        assert int(info["episode_index"]) == 1, f"robot B's reset moved robot A behind the proxy: {info}"
+    finally:
+        robot_a.close(0)
+        robot_b.close(0)
+        context.term()  # ends the proxy, which then closes its sockets
+
+
+def forward_until_closed(frontend, backend):
+    """zmq.proxy (a ROUTER-DEALER broker in front of the server) until its context is terminated."""
+    try:
+        zmq.proxy(frontend, backend)
+    except zmq.ContextTerminated:
+        pass
+    frontend.close(0)
+    backend.close(0)
+
+
+def call(sock, envelope):
+    """One request and its decoded reply on a REQ socket."""
+    sock.send(codec.encode(envelope))
+    assert sock.poll(10000), f"no reply to {envelope['endpoint']}"
+    reply = codec.decode(sock.recv())
+    assert not (isinstance(reply, dict) and "error" in reply), reply
+    return reply
+
+
+def test_our_client_keeps_its_replay_when_libzmq_reconnects_its_socket(replay_server):
+    with TcpProxy(replay_server.port) as forwarder, PolicyClient(port=forwarder.port, timeout_ms=10000) as client:
+        client.reset({"episode_index": 1})
+        client.get_action({})
+        forwarder.cut()  # the TCP connection drops; the same REQ socket reconnects by itself
+        wait_until(lambda: forwarder.accepted == 2, "the client's socket did not reconnect")
+        _, info = client.get_action({})
+    assert (int(info["episode_index"]), int(info["current_step"])) == (1, 2), info
+
+
+def wait_until(condition, failure, timeout_s=5.0):
+    """Poll `condition` until it holds; AssertionError with `failure` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, failure
+        time.sleep(0.01)
+
+
+def test_the_protocol_says_any_reconnection_starts_a_new_session_for_a_client_without_session_id():
+    text = " ".join((ROOT / "docs" / "protocol.md").read_text(encoding="utf-8").split())
+    sessions = text[text.index("* **Sessions.**"):text.index("* **Server timing.**")]
+    assert "libzmq's own automatic reconnection" in sessions, "§7 still says only a new socket changes the session"
+    assert "should send a `session_id`" in sessions and "our `PolicyClient` always does" in sessions

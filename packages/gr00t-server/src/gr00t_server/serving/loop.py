@@ -26,6 +26,7 @@ from .messages import (
     adopt_n15_get_action,
     check_envelope,
     check_token,
+    client_of,
     continues_session,
     deadline_of,
     decode_payload,
@@ -136,7 +137,7 @@ class RequestLoop:
         received_at = time.monotonic()
         routing, payload = split_routing(frames)
         identity = frames[0].bytes if frames else b""
-        request = Request(routing, False, UNDECODED_ENDPOINT, None, identity.hex() or "unknown", peer_address(payload),
+        request = Request(routing, False, UNDECODED_ENDPOINT, None, client_of(routing), peer_address(payload),
                           received_at, 0.0)
         request.identity = identity
         server.stats.add("requests")

@@ -93,6 +93,12 @@ def split_routing(frames: List[Any]) -> Tuple[List[Any], List[Any]]:
     return frames[:1], frames[1:]
 
 
+def client_of(routing: List[Any]) -> str:
+    """The session key of a request without session_id: every identity frame of its routing prefix, so that the REQ
+    clients behind one ROUTER-DEALER proxy (one connection to this server) are told apart by the frames it adds."""
+    return "/".join(bytes(frame).hex() for frame in routing if len(frame)) or "unknown"
+
+
 def peer_address(payload: List[Any]) -> Optional[str]:
     """The sender's IP address as ZeroMQ reports it (None for non-TCP transports)."""
     try:
