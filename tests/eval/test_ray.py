@@ -426,3 +426,20 @@ def test_a_server_error_survives_pickling_with_its_prefix_once():
 
     error = pickle.loads(pickle.dumps(PolicyServerError("Unauthorized: Invalid API token", "get_action")))
     assert str(error) == "Server error: Unauthorized: Invalid API token" and error.endpoint == "get_action"
+
+
+def test_ray_address_auto_without_a_cluster_names_gr00t_evals_flag_not_rays(tmp_path):
+    """Ray's words told the user to set an `--address` flag gr00t-eval does not have."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    code = ("from gr00t_eval.ray_connect import init_ray\nimport ray\n"
+            "init_ray('auto')\nprint('CONNECTED')\nray.shutdown()\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env,
+                            cwd=tmp_path)
+    if "CONNECTED" in result.stdout:
+        pytest.skip("a Ray cluster runs on this machine: auto found it")
+    assert "RayConnectError: --ray-address auto: no running Ray cluster was found" in result.stderr, result.stderr
+    assert "pass --ray-address local" in result.stderr

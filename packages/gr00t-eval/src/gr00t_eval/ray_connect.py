@@ -36,7 +36,8 @@ def _progress(line: str) -> None:
 
 
 class RayConnectError(ConnectionError):
-    """Nothing answers at a `--ray-address HOST:PORT` (ray.init would retry there for minutes)."""
+    """Nothing answers at a `--ray-address HOST:PORT` (ray.init would retry there for minutes), or `auto` found no
+    cluster."""
 
 
 # The HTTP/2 client preface and an empty SETTINGS frame; a gRPC server (Ray's GCS, a ray:// client server) answers
@@ -95,6 +96,12 @@ def init_ray(address: str) -> bool:
                 ray.init(address="local", include_dashboard=False, log_to_driver=False)
             else:
                 ray.init(address=address, log_to_driver=False)
+    except ConnectionError as exc:  # Ray's words name its own `--address` flag, which gr00t-eval does not have
+        if address != "auto":
+            raise
+        raise RayConnectError(f"--ray-address auto: no running Ray cluster was found from this machine ({exc}); start "
+                              "one with `ray start --head`, set RAY_ADDRESS, or pass --ray-address local (a runtime "
+                              "of this process) or HOST:PORT") from None
     except (SystemExit, KeyboardInterrupt) as exc:  # ray.init's own SIGTERM handler exits 15: stop as on Ctrl-C, 130
         if isinstance(exc, SystemExit) and exc.code != signal.SIGTERM:
             raise
