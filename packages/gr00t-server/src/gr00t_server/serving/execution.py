@@ -257,9 +257,11 @@ class JobRunner:
         except Exception as exc:
             return request, self.error_frames(request, exc)
         policy_ms = (time.monotonic() - started) * 1000.0
+        rows = 1
         if request.endpoint == "get_action":
-            self._window.observe_call(policy_ms / 1000.0, call_rows(request))
-        return self.result_frames(request, result, policy_ms, 1, call_rows(request), policy_started=started)
+            rows = call_rows(request)
+            self._window.observe_call(policy_ms / 1000.0, rows)
+        return self.result_frames(request, result, policy_ms, 1, rows, policy_started=started)
 
     def _run_group(self, group: List[Request], replies: List[Reply]) -> None:
         """Serve get_action requests as one merged policy call, appending each request's reply to `replies` as it is
