@@ -321,7 +321,9 @@ def test_a_ray_run_resume_reruns_the_errored_episodes_and_the_failed_shard_only(
     assert "--resume" in capsys.readouterr().out
     finished_before = {(e["task"], e["episode_index"]) for e in _log_entries(out / "episodes.jsonl") if not e["error"]}
 
-    with policy_server() as healthy:
+    mended = FailSecondCall()
+    mended.calls = 2  # the same policy, past its failing call: a resume is held to the policy the run started with
+    with policy_server(mended) as healthy:
         assert main(["rollout", "--resume", str(out), "--policy-client-port", str(healthy.port), "--ray-address", "local",
                      "--ray-shards", "2", "--timeout-ms", "5000"]) == 0
         _assert_same_result_as_one_uninterrupted_run(out, healthy.port)
