@@ -239,3 +239,43 @@ def test_action_horizon_is_an_alias_of_execution_horizon():
         assert build_parser().parse_args(["open-loop", "--dataset-path", "/d", flag, "8"]).execution_horizon == 8
     args = build_parser().parse_args(["open-loop", "--dataset-path", "/d"])
     assert (args.execution_horizon, args.traj_ids, args.steps, args.output_dir) == (16, [0], 200, None)  # None: dated
+
+
+# --- --denoising-steps and the server behind the client ---------------------------------------------------------
+
+
+def _served_by_reference(policy):
+    from reference_peer import RefModalityConfig, ReferenceServer
+
+    configs = {k: RefModalityConfig(v.to_json_dict()) for k, v in policy.get_modality_config().items()}
+    handlers = {"get_action": policy.get_action, "reset": policy.reset, "get_modality_config": lambda: configs}
+    return ReferenceServer(handlers)
+
+
+def test_denoising_steps_against_a_reference_server_are_warned_and_recorded_not_applied(dataset, tmp_path, caplog):
+    from gr00t_client import PolicyClient
+
+    with _served_by_reference(EchoPolicy()) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        result, _ = run(dataset, tmp_path, client, denoising_steps=2, plot=False)
+    saved = json.loads(result.results_path.read_text())
+    assert saved["settings_not_applied"] == {"denoising_steps": 2}
+    assert any("--denoising-steps 2" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    sent = [(r.get("data") or {}).get("options") for r in server.requests if r.get("endpoint") == "get_action"]
+    assert sent and all(options is None for options in sent)  # as upstream's open_loop_eval: not sent in server mode
+
+
+def test_denoising_steps_reach_a_gr00t_server_and_are_recorded_applied(dataset, tmp_path):
+    from gr00t_client import PolicyClient
+    from reference_peer import running_server
+
+    seen = []
+
+    class OptionsSeen(EchoPolicy):
+        def _get_action(self, observation, options=None):
+            seen.append(options)
+            return super()._get_action(observation, options)
+
+    with running_server(OptionsSeen()) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        result, _ = run(dataset, tmp_path, client, traj_ids=[0], denoising_steps=2, plot=False)
+    assert json.loads(result.results_path.read_text())["settings_not_applied"] == {}
+    assert seen and all(options == {"denoising_steps": 2} for options in seen)

@@ -289,3 +289,31 @@ def test_async_chunking_refuses_a_policy_that_serves_steps_by_its_own_count():
 def test_a_policy_that_serves_steps_by_its_own_count_still_runs_without_async_chunking(mode):
     result, _ = rollout(StepReportingPolicy(execution_horizon=3), client_chunking=mode)
     assert [(o.success, o.length, o.error) for o in result.outcomes] == [(*expected_outcome(s)[:2], None) for s in range(7)]
+
+
+def _rollout_against(port, tmp_path, *flags):
+    return run_cli(["rollout", "--env-name", ENV_NAME, "--n-episodes", "4", "--n-envs", "2", "--n-action-steps", "3",
+                    "--max-episode-steps", str(MAX_EPISODE_STEPS), "--seed", "0", "--vectorization", "sync",
+                    "--policy-client-port", str(port), "--no-video", "--output-dir", str(tmp_path), *flags])
+
+
+def test_rtc_against_a_reference_server_is_warned_and_recorded_not_applied(tmp_path, caplog):
+    from reference_peer import RefModalityConfig, ReferenceServer
+
+    policy = TrackingPolicy()
+    configs = {k: RefModalityConfig(v.to_json_dict()) for k, v in policy.get_modality_config().items()}
+    handlers = {"get_action": policy.get_action, "reset": policy.reset, "get_modality_config": lambda: configs}
+    with ReferenceServer(handlers) as server:
+        code = _rollout_against(server.port, tmp_path, "--client-chunking", "async", "--rtc-frozen-steps", "1")
+    assert code == 0
+    for name in ("results.json", "run.json"):
+        assert json.loads((tmp_path / name).read_text())["settings_not_applied"] == {"rtc_frozen_steps": 1}, name
+    assert any("--rtc-frozen-steps 1" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+
+
+def test_rtc_against_a_gr00t_server_is_recorded_applied(tmp_path):
+    with policy_server(TrackingPolicy()) as server:
+        code = _rollout_against(server.port, tmp_path, "--client-chunking", "async", "--rtc-frozen-steps", "1")
+    assert code == 0
+    assert json.loads((tmp_path / "results.json").read_text())["settings_not_applied"] == {}
+    assert "settings_not_applied" not in json.loads((tmp_path / "run.json").read_text())

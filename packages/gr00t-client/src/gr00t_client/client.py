@@ -74,6 +74,8 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
     connection at its header and the call raises ReplyLostError at once. Replies decode within codec.DecodeLimits.
     With `server_public_key` (and `client_secret_key`; paths of zmq.auth certificate files or z85 strings) the
     connection is CURVE-encrypted; a failed handshake raises HandshakeError (a ConnectionError) instead of timing out.
+    `server_is_gr00t_server` says whether the server is a gr00t-server; get_action options that another server's policy
+    ignores (all but batch_size: seed, noise, denoising_steps, rtc, ...) are warned of once per server, by name.
     """
 
     def __init__(
@@ -360,6 +362,8 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
         if self.return_server_timing and self._serves_timing():
             options = {TIMING_OPTION: True, **(options or {})}
         reply = self.call_endpoint("get_action", {"observation": observation, "options": options})
+        if options and self._server_is_ours is False:
+            self._warn_ignored_options(options)
         if isinstance(reply, Mapping) and not self._server_is_ours:
             # What N1/N1.5's RobotInferenceServer (gr00t/eval/service.py) answers: it handed its policy our whole
             # {observation, options} map as the observation, so even this map is no answer to the request.

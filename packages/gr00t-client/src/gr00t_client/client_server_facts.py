@@ -4,7 +4,7 @@ asks, and the check run once a new server may be answering."""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Set
 
 from . import codec
 from .client_errors import PolicyServerError, ServerStoppingError
@@ -14,6 +14,10 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from .client import PolicyClient
 
 logger = logging.getLogger("gr00t_client.client")  # PolicyClient's one logger, whichever of its modules logs
+
+# The get_action options a reference server's policy reads (its ReplayPolicy takes the batch size from them when no
+# observation is sent; its Gr00tPolicy reads none): seed, noise, denoising_steps, rtc and the rest are gr00t-server's.
+REFERENCE_OPTIONS = frozenset({"batch_size"})
 
 
 class ServerFacts:
@@ -34,6 +38,25 @@ class ServerFacts:
         # The server's max_message_bytes from get_server_info; None when unknown (reference, older or unasked server).
         self.server_max_message_bytes: Optional[int] = None
         self._modality_config: Optional[Dict[str, ModalityConfig]] = None
+        self._warned_ignored_options: Set[str] = set()
+
+    @property
+    def server_is_gr00t_server(self) -> Optional[bool]:
+        """Whether the server answered get_server_info as a gr00t-server (and so applies its get_action options);
+        None until the first call asks, and again after a reconnection."""
+        return self._server_is_ours
+
+    def _warn_ignored_options(self, options: Mapping[str, Any]) -> None:
+        """Warn once per server for each get_action option that a server other than a gr00t-server ignores."""
+        ignored = sorted(set(options) - REFERENCE_OPTIONS - self._warned_ignored_options)
+        if not ignored:
+            return
+        self._warned_ignored_options.update(ignored)
+        logger.warning("get_action option%s %s not applied: the server at %s did not answer get_server_info as a "
+                       "gr00t-server does, and a reference server's policy reads no option but %s; serve the model "
+                       "with gr00t-server to apply %s", "s" if len(ignored) > 1 else "", ", ".join(map(repr, ignored)),
+                       self.address, ", ".join(map(repr, sorted(REFERENCE_OPTIONS))),
+                       "them" if len(ignored) > 1 else "it")
 
     def _negotiate(self, deadline: Optional[float] = None) -> Any:
         """Ask once whether the server is ours (multipart capable); a reference server says 'Unknown endpoint'.

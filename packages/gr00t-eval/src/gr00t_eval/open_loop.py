@@ -28,6 +28,7 @@ from .progress import bar_options
 from .dataset import DatasetError, LeRobotDataset
 from .key_matching import match_keys
 from .metrics import ActionErrors, action_errors
+from .applied_settings import settings_not_applied, warn_not_applied
 from .policy_identity import pinned_policy, record_from_info, server_info, serves_replay
 from .reported_position import is_flag, is_position
 from .results import RESULTS_FILENAME, open_loop_results, write_results
@@ -548,6 +549,8 @@ def evaluate_open_loop(
     guessed_nested = config.observation_format == "auto" and resolve_observation_format(info, "auto") == "nested"
     config = dataclasses.replace(config, observation_format=resolve_observation_format(info, config.observation_format))
     served = record_from_info(info)  # what results.json records, and what the run is held to (pinned_policy)
+    not_applied = settings_not_applied(policy, {"denoising_steps": config.denoising_steps})
+    warn_not_applied(policy, not_applied)
     served_tag = (served or {}).get("embodiment_tag")
     if config.embodiment_tag is not None and served_tag is not None and served_tag != config.embodiment_tag:
         raise ValueError(f"the server serves embodiment {served_tag!r} and this run asks for {config.embodiment_tag!r} "
@@ -588,6 +591,7 @@ def evaluate_open_loop(
 
         total = sum(math.ceil(min(config.steps, dataset.episode_lengths[t]) / config.execution_horizon) for t in valid)
         bar = tqdm(total=total, desc="Open-loop inference", **bar_options())
+    sent = dataclasses.replace(config, denoising_steps=None) if not_applied else config  # as upstream in server mode
     stopped: Optional[BaseException] = None
     position = 0
     warned_key_matches: set = set()  # this run's: a second run in the process warns again
@@ -597,7 +601,7 @@ def evaluate_open_loop(
             for position, traj_id in enumerate(valid):
                 counted = bar.n if bar is not None else 0
                 try:
-                    traj = evaluate_trajectory(policy, dataset, traj_id, config, configs, report,
+                    traj = evaluate_trajectory(policy, dataset, traj_id, sent, configs, report,
                                                on_step=(bar.update if bar else None),
                                                on_scored=functools.partial(result.trajectories.__setitem__, traj_id),
                                                warned_key_matches=warned_key_matches,
@@ -649,7 +653,7 @@ def evaluate_open_loop(
     run_config = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in vars(config).items()}
     result.results_path = write_results(Path(config.output_dir) / RESULTS_FILENAME, open_loop_results(
         entries, run_config, result.skipped, errored=result.errored, skip_reasons=result.skip_reasons, stop=stop,
-        policy=served))
+        policy=served, settings_not_applied=not_applied))
     if stopped is not None:
         raise stopped
     report("Done")

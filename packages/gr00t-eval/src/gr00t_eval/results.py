@@ -93,9 +93,11 @@ def open_loop_results(
     skip_reasons: Optional[Mapping[int, str]] = None,
     stop: Optional[Mapping[str, Any]] = None,
     policy: Optional[Mapping[str, Any]] = None,
+    settings_not_applied: Optional[Mapping[str, Any]] = None,
 ) -> Dict[str, Any]:
     """Per-trajectory errors (each holding an ActionErrors under "errors") plus plain averages over trajectories.
     `policy`: what the server served (policy_identity.policy_record; None for a server that does not say).
+    `settings_not_applied`: {setting: value} of the config that the server ignored (applied_settings).
 
     `errored` (id -> why) lists trajectories the policy did not follow and `skipped` those not evaluated
     (`skip_reasons` says why); neither is in the averages. `stop` ({"status", "reason", "not_run"}) marks a
@@ -115,6 +117,7 @@ def open_loop_results(
         "not_run_trajectories": [int(t) for t in stop["not_run"]] if stop else [],
         "config": dict(config),
         "policy": dict(policy) if policy else None,
+        "settings_not_applied": dict(settings_not_applied or {}),
         "trajectories": per_traj,
         "skipped_trajectories": list(skipped),
         "skip_reasons": {str(k): v for k, v in (skip_reasons or {}).items()},

@@ -293,12 +293,21 @@ def write_run_file(directory: Union[str, Path], settings: Mapping[str, Any], sha
 
 def record_run_policy(directory: Union[str, Path], shard: Any, policy: Mapping[str, Any]) -> None:
     """Add the policy the run evaluates (policy_identity.policy_record) to its run file, for a resume to check."""
+    _record_in_run_file(directory, shard, "policy", dict(policy))
+
+
+def record_settings_not_applied(directory: Union[str, Path], shard: Any, not_applied: Mapping[str, Any]) -> None:
+    """Add the settings the run's server ignores (applied_settings.settings_not_applied) to its run file."""
+    _record_in_run_file(directory, shard, "settings_not_applied", dict(not_applied))
+
+
+def _record_in_run_file(directory: Union[str, Path], shard: Any, field: str, value: Any) -> None:
     from .results import write_results
 
     path = Path(directory) / run_file_name(shard)
     saved = json.loads(path.read_text()) if path.is_file() else None
     if isinstance(saved, dict):
-        write_results(path, {**saved, "policy": dict(policy)})
+        write_results(path, {**saved, field: value})
 
 
 def claim_resumed_run(directory: Union[str, Path], shard: Any = None) -> None:

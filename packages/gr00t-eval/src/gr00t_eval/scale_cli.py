@@ -319,6 +319,7 @@ def run_rollout_command(args: argparse.Namespace) -> int:
     done: List[EpisodeOutcome] = []
     earlier = None
     first_policy = None  # the policy the run's first attempt evaluated (its run file), which a resume must match
+    earlier_not_applied: Dict[str, Any] = {}  # settings the first attempt's server ignored (its run file)
     if args.resume:  # a Ray run resumes like any other: its driver logged every episode in episodes.jsonl
         output_dir = Path(args.resume)
         saved = read_run_file(output_dir, shard)
@@ -331,6 +332,7 @@ def run_rollout_command(args: argparse.Namespace) -> int:
         if "env_timeout" in given_settings(args):  # not an outcome setting: a stalled run may resume with more time
             config = dataclasses.replace(config, env_timeout_s=env_timeout_from_args(args))
         _claim_videos(output_dir, shard, env_spec, config)
+        earlier_not_applied = saved.get("settings_not_applied") or {}
         earlier = earlier_results(output_dir, shard)
         # A Ray run whose driver could not ask every server records no policy in run.json; its results name the one
         # its shards ran, which the resumed episodes must share.
@@ -375,6 +377,8 @@ def run_rollout_command(args: argparse.Namespace) -> int:
                 raise UsageError(f"no episode was scored: {reasons or results.get('stop_reason')}")
         if earlier is not None:
             add_earlier_eval_s(results, earlier)
+        if earlier_not_applied:
+            results["settings_not_applied"] = {**earlier_not_applied, **(results.get("settings_not_applied") or {})}
         return _report_rollout(args, results, output_dir, shard)
     except OSError as exc:
         if not is_storage_error(exc):
@@ -594,13 +598,28 @@ def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done:
         policy = policy_record(client)
         _adopt_run_policy(output_dir, shard, first_policy, policy, f"the server at {server}", len(done))
         _check_policy_runs_settings(client, env_spec, config, Path(args.resume) if args.resume else None, policy)
+        not_applied = _record_settings_not_applied(client, config, output_dir, shard)
         with sigterm_as_interrupt(), pinned_policy(client, policy):  # a restart with another checkpoint stops it
             results = run_suite(client, env_spec, config, shard, progress=True,
                                 on_episode=lambda outcome: log.append(outcome.to_json_dict()), done=done)
     results["config"].update(policy_client_host=server.host, policy_client_port=server.port)
     results["policy"] = policy
+    results["settings_not_applied"] = not_applied
     results["episode_log"] = str(log.path)
     return results
+
+
+def _record_settings_not_applied(client: Any, config: Any, output_dir: Path, shard: Any) -> Dict[str, Any]:
+    """The run's settings that its server ignores (--rtc-frozen-steps against a reference server), warned of and
+    added to its run file."""
+    from .applied_settings import settings_not_applied, warn_not_applied
+    from .run_dir import record_settings_not_applied
+
+    not_applied = settings_not_applied(client, {"rtc_frozen_steps": config.rtc_frozen_steps})
+    if not_applied:
+        warn_not_applied(client, not_applied)
+        record_settings_not_applied(output_dir, shard, not_applied)
+    return not_applied
 
 
 def _adopt_run_policy(output_dir: Path, shard: Any, first_policy: Optional[Mapping[str, Any]],

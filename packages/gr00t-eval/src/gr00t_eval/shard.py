@@ -212,6 +212,9 @@ def merge_results(shards: Sequence[Mapping[str, Any]], allow_missing: bool = Fal
         "n_not_run": len(missing) + len(not_run_by_failed_task),  # as a single run counts the episodes it never ran
         "policy": next((p for _, p in policies if p.get("identity")), policies[0][1]) if policies else None,
         "merged_servers": [_server_of(results) for results in shards],
+        # a setting one shard's server ignored was not applied to all the merged episodes either
+        "settings_not_applied": {name: value for results in shards
+                                 for name, value in (results.get("settings_not_applied") or {}).items()},
     }
     statuses = [results.get("status", "complete") for results in shards]
     # A merge with episodes in no file is no complete run, even when every shard given completed.

@@ -1,0 +1,60 @@
+"""get_action options a reference server's policy ignores (seed, noise, denoising_steps, rtc) are warned about once,
+naming them; batch_size, which its ReplayPolicy reads, and a gr00t-server, which applies them all, are not."""
+
+import logging
+import time
+
+import numpy as np
+
+from gr00t_client import ActionChunker, PolicyClient
+from reference_peer import EchoPolicy, ReferenceServer, libero_like_observation, running_server
+
+CLIENT_LOGGER = "gr00t_client.client"
+
+
+def _ignoring_options(observation, options=None):
+    return {"x": np.zeros((1, 8, 1), np.float32)}, {}
+
+
+def _warnings(caplog):
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == CLIENT_LOGGER]
+
+
+def test_options_a_reference_server_ignores_are_warned_once_by_name(caplog):
+    caplog.set_level(logging.WARNING, logger=CLIENT_LOGGER)
+    with ReferenceServer({"get_action": _ignoring_options}) as server:
+        with PolicyClient(port=server.port, timeout_ms=5000) as client:
+            for _ in range(3):
+                client.get_action(libero_like_observation(height=8, width=8), {"denoising_steps": 2, "batch_size": 1})
+            warned = _warnings(caplog)
+            assert len(warned) == 1, warned
+            assert "'denoising_steps'" in warned[0]
+            assert "'batch_size'" not in warned[0].split("not applied")[0]
+            assert client.server_is_gr00t_server is False
+
+
+def test_rtc_of_an_async_chunker_is_warned_against_a_reference_server(caplog):
+    caplog.set_level(logging.WARNING, logger=CLIENT_LOGGER)
+    observation = libero_like_observation(height=8, width=8)
+    with ReferenceServer({"get_action": _ignoring_options}) as server:
+        with PolicyClient(port=server.port, timeout_ms=5000) as client:
+            chunker = ActionChunker(client, asynchronous=True, prefetch_steps=3, rtc_frozen_steps=2)
+            try:
+                for _ in range(16):
+                    chunker.get_action(observation)
+                    time.sleep(0.005)
+            finally:
+                chunker.close()
+    sent_rtc = [r for r in server.requests if "rtc" in ((r.get("data") or {}).get("options") or {})]
+    assert sent_rtc, "the chunker never sent options['rtc']: the test did not exercise the warning"
+    warned = _warnings(caplog)
+    assert len(warned) == 1 and "'rtc'" in warned[0], warned
+
+
+def test_a_gr00t_server_gets_options_without_a_warning(caplog):
+    caplog.set_level(logging.WARNING, logger=CLIENT_LOGGER)
+    with running_server(EchoPolicy()) as server:
+        with PolicyClient(port=server.port, timeout_ms=5000) as client:
+            client.get_action(libero_like_observation(height=8, width=8), {"denoising_steps": 2, "seed": 0})
+            assert _warnings(caplog) == []
+            assert client.server_is_gr00t_server is True
