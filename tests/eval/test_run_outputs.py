@@ -294,9 +294,9 @@ def test_a_non_empty_output_dir_is_refused_unless_overwrite_which_empties_it(tmp
 
 
 def test_the_default_output_dir_is_a_new_dated_directory(tmp_path, monkeypatch, capsys):
-    from gr00t_eval import scale_cli
+    from gr00t_eval import rollout_output
 
-    monkeypatch.setattr(scale_cli, "DEFAULT_ROLLOUT_BASE", str(tmp_path / "base"))
+    monkeypatch.setattr(rollout_output, "DEFAULT_ROLLOUT_BASE", str(tmp_path / "base"))
     args = ["rollout", "--env-name", "walkto/slow", "--n-episodes", "1", *SMALL]
     with policy_server() as server:
         assert main([*args, "--policy-client-port", str(server.port)]) == 0
@@ -307,11 +307,11 @@ def test_the_default_output_dir_is_a_new_dated_directory(tmp_path, monkeypatch, 
 
 
 def test_rollouts_started_in_the_same_second_without_output_dir_get_a_directory_each(tmp_path, monkeypatch):
-    from gr00t_eval import scale_cli
+    from gr00t_eval import rollout_output
 
     n_runs = 3
     dated = names_in_one_second(monkeypatch, n_runs)  # every run picks its first name before any run creates its directory
-    monkeypatch.setattr(scale_cli, "DEFAULT_ROLLOUT_BASE", str(tmp_path / "base"))
+    monkeypatch.setattr(rollout_output, "DEFAULT_ROLLOUT_BASE", str(tmp_path / "base"))
     codes = []
     with policy_server() as server:
         args = ["rollout", "--env-name", "walkto/slow", "--n-episodes", "1", *SMALL, "--policy-client-port", str(server.port)]

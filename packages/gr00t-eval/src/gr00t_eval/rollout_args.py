@@ -1,0 +1,203 @@
+"""The rollout's settings from its flags, or from the run file a --resume reads: the seed, the RolloutConfig, the checks
+no run could pass (before any output directory or connection), and the --env-import/--env-prefix/--env-adapter flags
+a run records for its resume."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+logger = logging.getLogger(__name__)
+
+
+def rollout_seed(args: argparse.Namespace) -> Optional[int]:
+    """--seed, else $GR00T_EVAL_SEED, else None (unseeded)."""
+    from .cli_errors import UsageError
+
+    if args.seed is not None:
+        seed, where = args.seed, "--seed"
+    else:
+        value = os.environ.get("GR00T_EVAL_SEED")
+        if value in (None, ""):
+            return None
+        if not (value.strip().isascii() and value.strip().isdigit()):  # int() also takes '1_0' and '+5'
+            raise UsageError(f"$GR00T_EVAL_SEED must be a whole number >= 0, got {value!r}")
+        seed, where = int(value), "$GR00T_EVAL_SEED"
+    if seed < 0:  # env seeds are non-negative (numpy's SeedSequence): each episode would error at its reset
+        raise UsageError(f"{where} must be >= 0, got {seed}")
+    return seed
+
+
+def rollout_config_from_args(args: argparse.Namespace, seed: Optional[int], output_dir: Optional[Path] = None) -> Any:
+    """The RolloutConfig the rollout flags describe (videos under OUTPUT_DIR/videos unless --video-dir)."""
+    from .rollout import RolloutConfig
+    from .rollout_output import DEFAULT_ROLLOUT_BASE
+
+    output_dir = output_dir if output_dir is not None else Path(args.output_dir or DEFAULT_ROLLOUT_BASE)
+    # the default folder is saved absolute: a resume from another working directory put its videos elsewhere
+    video_dir = None if args.no_video else (args.video_dir or str(Path(os.path.abspath(output_dir)) / "videos"))
+    return RolloutConfig(
+        env_name=args.env_name, n_episodes=args.n_episodes, n_envs=args.n_envs, n_action_steps=args.n_action_steps,
+        max_episode_steps=args.max_episode_steps, seed=seed, video_dir=video_dir, env_kwargs=dict(args.env_kwargs),
+        vectorization=args.vectorization, client_chunking=args.client_chunking, chunk_merge=args.chunk_merge,
+        rtc_frozen_steps=args.rtc_frozen_steps, max_episodes_rendered=args.max_episodes_rendered,
+        env_timeout_s=env_timeout_from_args(args),
+    )
+
+
+def env_timeout_from_args(args: argparse.Namespace) -> Optional[float]:
+    """--env-timeout in seconds, None for 0 (no limit)."""
+    from .cli_errors import UsageError
+    from .rollout.config import check_env_timeout
+
+    try:
+        return check_env_timeout(getattr(args, "env_timeout", None))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _default_video_dir(saved: Mapping[str, Any], output_dir: Path) -> bool:
+    """Whether a run file's video folder is the run's own OUTPUT_DIR/videos (recorded since `default_video_dir`;
+    an older run file's relative path ending in its directory's name and 'videos'), which a resume, from any
+    working directory or of a copied run, takes as the resumed directory's."""
+    if "default_video_dir" in saved:
+        return bool(saved["default_video_dir"])
+    video_dir = (saved.get("config") or {}).get("video_dir")
+    if not isinstance(video_dir, str) or os.path.isabs(video_dir):
+        return False
+    relative = Path(video_dir)
+    return relative.name == "videos" and relative.parent.name == Path(os.path.abspath(output_dir)).name
+
+
+def _check_rollout_args(args: argparse.Namespace) -> None:
+    from .cli_errors import UsageError
+    from .rollout.config import MAX_EPISODES
+
+    if args.n_episodes < 1:
+        raise UsageError(f"--n-episodes must be >= 1, got {args.n_episodes}")
+    if args.n_episodes > MAX_EPISODES:
+        raise UsageError(f"--n-episodes must be at most {MAX_EPISODES:,} per run (split bigger evaluations into "
+                         f"--shard runs or batch jobs), got {args.n_episodes}")
+    if args.client_chunking == "async" and args.n_action_steps < 2:
+        raise UsageError("--client-chunking async needs --n-action-steps >= 2: with one step per chunk every prefetch "
+                         "comes after its step, and is thrown away and asked for again (twice the requests of sync); "
+                         "use --client-chunking sync")
+    if args.client_chunking != "async":  # settings only async client chunking uses: a run that would fail every task
+        if args.rtc_frozen_steps is not None:
+            raise UsageError(f"--rtc-frozen-steps needs --client-chunking async (got --client-chunking {args.client_chunking})")
+        if args.chunk_merge != "newest":
+            raise UsageError(f"--chunk-merge {args.chunk_merge} needs --client-chunking async, which merges a prefetched "
+                             f"chunk with the buffered steps (got --client-chunking {args.client_chunking})")
+    if args.no_video and (args.video_dir or args.max_episodes_rendered is not None):
+        logger.warning("--no-video: %s ignored", " and ".join(
+            flag for flag, given in (("--video-dir", args.video_dir), ("--max-episodes-rendered", args.max_episodes_rendered is not None))
+            if given))
+    if args.n_envs < 0:
+        raise UsageError(f"--n-envs must be >= 0 (0 = auto), got {args.n_envs}")
+    if args.n_action_steps < 1:
+        raise UsageError(f"--n-action-steps must be >= 1, got {args.n_action_steps}")
+    if args.max_episode_steps < 1:  # 0 cut every episode before its first step: a success rate of 0 from nothing
+        raise UsageError(f"--max-episode-steps must be >= 1, got {args.max_episode_steps}")
+    if args.ray_shards < 0:
+        raise UsageError(f"--ray-shards must be >= 0 (0: one per cluster CPU), got {args.ray_shards}")
+    if not 0 < args.ray_cpus_per_shard < float("inf"):  # NaN too
+        raise UsageError(f"--ray-cpus-per-shard must be a finite number > 0, got {args.ray_cpus_per_shard}")
+    if args.max_episodes_rendered is not None and args.max_episodes_rendered < 0:
+        raise UsageError(f"--max-episodes-rendered must be >= 0, got {args.max_episodes_rendered}")
+    env_timeout_from_args(args)  # before the output directory is made, as every setting no run can use
+    _check_env_names(args.env_name)  # a bad env name fails before any connection is made
+
+
+def _check_env_names(env_spec: str, resumed: Optional[Path] = None, saved: Optional[Mapping[str, Any]] = None) -> None:
+    """UsageError naming an env name (or suite) of `env_spec` that no registered prefix makes. For a resume (of
+    `resumed`, whose run file is `saved`), checked before anything runs: without the --env-import/--env-prefix/
+    --env-adapter flags its run was started with, every task failed and an interrupted run was rewritten as
+    incomplete."""
+    from .cli_errors import UsageError
+    from .rollout.envs import check_env_name
+    from .suites import resolve_tasks
+
+    try:
+        for task in resolve_tasks(env_spec)[0]:
+            try:
+                check_env_name(task.env_name)
+            except ValueError as exc:
+                raise ValueError(f"{exc}{_suite_hint(task.env_name)}") from None
+    except (ValueError, KeyError) as exc:
+        message = str(exc).strip("\"'") if isinstance(exc, KeyError) else str(exc)
+        if resumed is None:
+            raise UsageError(message) from None
+        started = _recorded_registration_flags(saved or {})
+        how = (f"this run was started with{started}: resume it with those flags too" if started else
+               "resume it with the --env-import/--env-prefix/--env-adapter flags the run was started with")
+        raise UsageError(f"--resume {resumed}: {message}; {how}") from None
+
+
+def _suite_hint(name: str) -> str:
+    """'; or did you mean the suite ...' for a name without '/' that is close to a registered suite's."""
+    import difflib
+
+    from .suites import suite_names
+
+    if "/" in name:
+        return ""
+    close = difflib.get_close_matches(name, suite_names(), n=3)
+    if close:
+        return f"; or did you mean the suite {' or '.join(close)}? (gr00t-eval suites lists them)"
+    return "; a suite name? gr00t-eval suites lists them"
+
+
+def _saved_rollout_config(saved: Mapping[str, Any], output_dir: Path, shard: Any) -> Any:
+    """The RolloutConfig a run file saved; UsageError naming the file and the settings this version does not know
+    (a run started by a newer gr00t-eval) or cannot take."""
+    from .cli_errors import UsageError
+    from .rollout import RolloutConfig
+    from .run_dir import run_file_name
+
+    where = output_dir / run_file_name(shard)
+    known = {field.name for field in dataclasses.fields(RolloutConfig)}
+    unknown = sorted(set(saved["config"]) - known)
+    if unknown:
+        raise UsageError(f"--resume {output_dir}: {where} holds settings this gr00t-eval does not know: "
+                         f"{', '.join(unknown)} (was the run started by a newer version?); resume it with that version")
+    try:
+        return RolloutConfig(**saved["config"])
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"--resume {output_dir}: the settings in {where} are not valid: {exc}") from None
+
+
+def _registrations(args: argparse.Namespace) -> Dict[str, Any]:
+    """The run's --env-import/--env-prefix/--env-adapter values, as its run file records them."""
+    return {"env_import": list(getattr(args, "env_import", None) or []),
+            "env_prefix": [list(pair) for pair in getattr(args, "env_prefix", None) or []],
+            "env_adapter": [list(pair) for pair in getattr(args, "env_adapter", None) or []]}
+
+
+def _registration_flags(args: argparse.Namespace) -> str:
+    """The run's --env-import/--env-prefix/--env-adapter flags, as a resume needs them again (its printed command
+    without them failed with "unknown prefix")."""
+    return _flags_of(_registrations(args))
+
+
+def _recorded_registration_flags(saved: Mapping[str, Any]) -> str:
+    """The registration flags a run file recorded ('' for none, or a run file from before they were recorded)."""
+    recorded = saved.get("registrations")
+    if not isinstance(recorded, dict):
+        return ""
+    try:
+        return _flags_of(recorded)
+    except (TypeError, ValueError):  # a hand-edited run file: the generic advice instead
+        return ""
+
+
+def _flags_of(registrations: Mapping[str, Any]) -> str:
+    import shlex
+
+    flags = [f" --env-import {shlex.quote(str(module))}" for module in registrations.get("env_import") or []]
+    for flag, name in (("--env-prefix", "env_prefix"), ("--env-adapter", "env_adapter")):
+        flags += [f" {flag} {shlex.quote(f'{key}={value}')}" for key, value in registrations.get(name) or []]
+    return "".join(flags)

@@ -1,0 +1,119 @@
+"""A new rollout's output directory and video folder: checked, emptied (--overwrite) and claimed under a lock before
+anything runs, and released again when the run stops before it scored an episode."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .video_dirs import check_shard_video_dir, check_video_dir, check_writable, delete_episode_videos, within
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ROLLOUT_BASE = "/tmp/gr00t_rollout_eval"
+
+
+def _rollout_output_dir(args: argparse.Namespace, label: str, shard: Any, claim: Callable[[Path], None]) -> Path:
+    """--output-dir (refused when not empty, unless --overwrite), or a new dated directory under the default base;
+    `claim(path)` writes the run's file there.
+
+    Shards of one plan may share a directory: a shard only needs its own file names to be free. Both the
+    output directory and an outside --video-dir are checked before anything is emptied or created. The last
+    check, the emptying and the claim happen under a lock of the directory: of two runs started together into
+    it, --overwrite or not, the second finds the first's run file and is refused (it used to empty it away).
+    """
+    from .cli_errors import UsageError
+    from .run_dir import (ROLLOUT_LOCK_FILENAME, OutputDirError, check_output_dir, directory_lock, episode_log_name,
+                          make_fresh_dated_output_dir, prepare_output_dir, results_file_name, run_file_name)
+
+    own = None if shard is None else [run_file_name(shard), episode_log_name(shard), results_file_name(shard)]
+    keep = (ROLLOUT_LOCK_FILENAME,)
+    path = Path(args.output_dir) if args.output_dir else None
+    try:
+        if path is not None:
+            check_output_dir(path, overwrite=args.overwrite, own_files=own, keep=keep)
+        earlier_videos = []
+        if args.video_dir and not args.no_video:
+            earlier_videos = (check_video_dir(Path(args.video_dir), path, args.overwrite) if shard is None else
+                              check_shard_video_dir(Path(args.video_dir), path, args.overwrite, args, shard))
+        videos = Path(args.video_dir) if args.video_dir and not args.no_video else None
+        inside = videos is not None and path is not None and within(videos, path)
+        if videos is not None and not inside:  # before the claim: a refused folder leaves no run file behind
+            check_writable(videos)
+        if path is not None:
+            path.mkdir(parents=True, exist_ok=True)
+            with directory_lock(path / ROLLOUT_LOCK_FILENAME):
+                prepare_output_dir(path, overwrite=args.overwrite, own_files=own, keep=keep)
+                claim(path)
+        else:
+            path = make_fresh_dated_output_dir(DEFAULT_ROLLOUT_BASE, label)
+            claim(path)
+    except OutputDirError as exc:
+        raise UsageError(str(exc)) from None
+    if earlier_videos:
+        logger.warning("deleting %d episode videos of an earlier run from --video-dir %s (--overwrite); other files "
+                       "there are kept", len(earlier_videos), args.video_dir)
+        delete_episode_videos(Path(args.video_dir), earlier_videos)
+    if videos is not None and inside:  # made after the directory was checked and emptied
+        with _released_unless_started(path, shard):
+            check_writable(videos)
+    return path
+
+
+def _claim_videos(output_dir: Path, shard: Any, env_spec: str, config: Any) -> None:
+    """Claim the run's video folder when it lies outside the output directory, while the run writes there
+    (run_claim.claim_video_dir): of two runs started together into one, both passed the check for earlier videos
+    and then overwrote each other's. The shards of one plan share it. The claim is marked finished with the run's
+    (run_dir.held_run_claims)."""
+    import hashlib
+    import json
+
+    from .cli_errors import UsageError
+    from .run_claim import claim_video_dir
+    from .run_dir import OutputDirError, hold_claim
+    from .shard import shard_plan
+    from .suites import resolve_tasks
+
+    if not config.video_dir or within(Path(config.video_dir), output_dir):
+        return  # none, or the output directory's own (its claim covers it)
+    plan = None
+    if shard is not None:
+        key = {**shard_plan(resolve_tasks(env_spec)[0], config, None), "shards": shard.count}
+        plan = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+    writer = f"{os.path.abspath(output_dir)}{'' if shard is None else f' (shard {shard})'}"
+    try:
+        hold_claim(claim_video_dir(Path(config.video_dir), writer, plan))
+    except OutputDirError as exc:
+        raise UsageError(str(exc)) from None
+
+
+@contextlib.contextmanager
+def _released_unless_started(output_dir: Path, shard: Any, new_run: bool = True) -> Iterator[None]:
+    """Release a new run (_release_unstarted_run) when the block raises: its videos folder refused, the run stopped
+    before scoring, Ctrl-C. A resumed run's files are never released."""
+    try:
+        yield
+    except BaseException:
+        if new_run:
+            _release_unstarted_run(output_dir, shard)
+        raise
+
+
+def _release_unstarted_run(output_dir: Path, shard: Any) -> None:
+    """A new run that stopped before it scored any episode (no server answered, the policy refused its settings)
+    leaves no run file: the corrected command is not refused as 'not empty', nor pointed at a --resume that would
+    repeat the mistake."""
+    from .run_dir import EpisodeLog, episode_log_name, run_file_name
+
+    log = output_dir / episode_log_name(shard)
+    try:
+        if EpisodeLog(log).read():
+            return
+        log.unlink(missing_ok=True)
+        (output_dir / run_file_name(shard)).unlink(missing_ok=True)
+    except (OSError, ValueError) as exc:  # never hide the reason the run stopped
+        logger.debug("could not release %s: %s", output_dir, exc)

@@ -1,0 +1,105 @@
+"""A rollout's end: write results.json and eval_info.json, print the summary and the reference's lines, and pick the
+exit status; the one-line errors for a run stopped by a full disk."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+from .rollout_args import _registration_flags
+from .run_summary import errors_exit, format_summary, print_errored_episodes, print_incomplete
+
+
+def _kept_episodes(output_dir: Path, shard: Any) -> Tuple[Path, int]:
+    """The run's episode log and how many episodes it keeps (0 when it cannot be read)."""
+    from .run_dir import EpisodeLog, episode_log_name
+
+    log = output_dir / episode_log_name(shard)
+    try:
+        return log, len(EpisodeLog(log).read())
+    except (OSError, ValueError):
+        return log, 0
+
+
+def _storage_failure(exc: OSError, output_dir: Path, shard: Any) -> str:
+    """The one line for a run stopped by a full disk: the file, what is kept, and the command that continues."""
+    from .run_dir import resume_command
+
+    log, kept = _kept_episodes(output_dir, shard)
+    where = f" writing {exc.filename}" if exc.filename else ""
+    return (f"error: {exc.strerror or exc}{where}: the run stopped there; the {kept} episodes scored before it are kept "
+            f"in {log}. Free some space, then continue with: {resume_command(output_dir, shard)} and the same server "
+            "flags (and --env-import/--env-adapter/--env-prefix, if the run used them)")
+
+
+def _summary_storage_failure(exc: OSError, files: List[Path], output_dir: Path, shard: Any) -> str:
+    """The one line for a run whose episodes were all saved but whose results files could not be written."""
+    from .run_dir import resume_command
+
+    log, kept = _kept_episodes(output_dir, shard)
+    names = " and ".join(p.name for p in files)
+    where = f" writing {exc.filename}" if exc.filename else ""
+    were, left = ("were", "any from an earlier attempt are left as they were") if len(files) > 1 else \
+        ("was", "one from an earlier attempt is left as it was")
+    return (f"error: {exc.strerror or exc}{where}: {names} {were} not written ({left}); "
+            f"the {kept} episodes scored are kept in {log}, and are not run again. Free some space, then continue "
+            f"with: {resume_command(output_dir, shard)} (it writes {names}) and the same server flags "
+            "(and --env-import/--env-adapter/--env-prefix, if the run used them)")
+
+
+def _report_rollout(args: argparse.Namespace, results: Dict[str, Any], output_dir: Path, shard: Any) -> int:
+    """Write results.json and eval_info.json, print the summary and the reference's lines; return the exit code."""
+    import numpy as np
+
+    from .eval_info import EVAL_INFO_FILENAME, lerobot_eval_info
+    from .results import write_results_together
+    from .run_dir import INTERRUPTED_EXIT_CODE, interrupts_deferred, is_storage_error, results_file_name, resume_command
+
+    files = [(output_dir / results_file_name(shard), results)]
+    if shard is None:
+        files.append((output_dir / EVAL_INFO_FILENAME, lerobot_eval_info(results)))
+    with interrupts_deferred():  # a second Ctrl-C while an interrupted run saves its results must not lose them
+        try:  # both or neither: a full disk never leaves a new results.json beside an earlier attempt's eval_info.json
+            path = write_results_together(files)[0]
+        except OSError as exc:
+            if not is_storage_error(exc):
+                raise
+            raise SystemExit(_summary_storage_failure(exc, [p for p, _r in files], output_dir, shard)) from None
+    overall = results["overall"]
+    episodes = results["per_episode"]
+    print(f"Collecting {len(episodes)} episodes took {overall['eval_s']:.2f} seconds")
+    video_dir = results["config"].get("video_dir")
+    if video_dir:
+        if results.get("video_paths"):
+            print("Video saved to: ", video_dir)
+        elif not episodes:  # it said "Video saved to" over a folder holding only the stopped episodes' partial files
+            print(f"No episode video was written to {video_dir} (no episode was scored)")
+        elif results["config"].get("max_episodes_rendered") == 0:
+            print(f"No episode video was written to {video_dir} (--max-episodes-rendered 0)")
+        else:  # it said "Video saved to" over a folder no video could be written to
+            print(f"No episode video was written to {video_dir} (see the errors above)")
+    print(format_summary(results))
+    print_errored_episodes(results)
+    finished = [e for e in episodes if not e.get("error")]
+    infos = {"episode_lengths": [e["length"] for e in finished], "episode_rewards": [e["sum_reward"] for e in finished]}
+    print("results: ", (results["env_name"], [bool(e["success"]) for e in finished], infos))
+    print("success rate: ", float(np.mean([e["success"] for e in finished])) if finished else "n/a (no episode finished)")
+    n_errors = print_incomplete(results)
+    status = results.get("status", "complete")
+    not_run = results.get("n_not_run", 0)
+    if status != "complete":
+        reason = str(results.get("stop_reason"))
+        count = "" if f"{not_run} episodes did not run" in reason else f"; {not_run} episodes did not run"  # Ray's names them
+        advice = ("(its episodes are two policies', so it cannot be resumed: serve one checkpoint or dataset on every "
+                  "server and start a new run)" if results.get("policy_conflict") else
+                  f"(continue with: {resume_command(output_dir, shard)}"
+                  f"{' --ray-address ' + args.ray_address if args.ray_address else ''}{_registration_flags(args)} and "
+                  "the same server flags)")
+        print(f"{status.upper()}: {reason}{count} {advice}")
+    print(f"Results: {path}")
+    if status == "interrupted":
+        return INTERRUPTED_EXIT_CODE
+    if status != "complete" or results["failed_tasks"] or results.get("failed_shards"):
+        return 1
+    return errors_exit(n_errors, bool(finished), args.allow_errors)
