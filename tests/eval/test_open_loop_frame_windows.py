@@ -74,7 +74,7 @@ def test_frames_held_at_once_do_not_grow_with_the_steps_evaluated(dataset, tmp_p
 def test_each_query_gets_its_own_history_frames_across_decode_windows(dataset, tmp_path, monkeypatch):
     """A window boundary falls between a step and its history rows: each query still gets the frames recorded at
     those rows, the first frame repeated before the episode's start."""
-    monkeypatch.setattr("gr00t_eval.open_loop.FRAME_WINDOW", 5)
+    monkeypatch.setattr("gr00t_eval.open_loop_observation.FRAME_WINDOW", 5)
     policy = CentrePixelEcho(video_deltas=(-3, 0))
     config = OpenLoopConfig(str(dataset), traj_ids=[0], steps=40, execution_horizon=1, plot=False,
                             output_dir=str(tmp_path / "out"))

@@ -307,7 +307,7 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
     modality_keys = args.modality_keys
     if modality_keys is not None:  # the dataset is local: a key it lacks is refused here, not after connecting
         from .dataset import LeRobotDataset
-        from .open_loop import dataset_action_keys
+        from .open_loop_checks import dataset_action_keys
 
         dataset_keys = LeRobotDataset(args.dataset_path).action_keys
         try:

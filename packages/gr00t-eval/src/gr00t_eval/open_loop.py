@@ -17,21 +17,27 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 from gr00t_client import BasePolicy, ModalityConfig, PolicyServerError, ServerStoppingError
 
-from .action_steps import check_consecutive_action_deltas
 from .progress import bar_options
 from .dataset import DatasetError, LeRobotDataset
-from .key_matching import match_keys
 from .metrics import ActionErrors, action_errors
 from .applied_settings import settings_not_applied, warn_not_applied
+from .open_loop_checks import (TrajectoryError, _chunk, check_action_steps, check_policy_episode, check_policy_position,
+                               dataset_action_keys, reset_policy)
+from .open_loop_observation import (_EpisodeSteps, _FrameWindows, _KeyMap, build_observation, history_steps,
+                                    resolve_observation_format)
 from .policy_identity import pinned_policy, record_from_info, server_info, serves_replay
-from .reported_position import is_flag, is_position
+from .reported_position import is_position
 from .results import RESULTS_FILENAME, open_loop_results, write_results
+
+__all__ = ["DEFAULT_OUTPUT_DIR", "FLAT_FORMAT_HINT", "OBSERVATION_FORMATS", "RESULTS_FILENAME", "OpenLoopConfig",
+           "OpenLoopResult", "TrajectoryError", "TrajectoryResult", "check_action_steps", "check_open_loop_output_dir",
+           "evaluate_open_loop", "evaluate_trajectory", "history_steps", "is_position"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +45,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_OUTPUT_DIR = "/tmp/open_loop_eval"
 # A flat observation key quoted in a server's error (a sim-wrapper policy's bare KeyError: 'state.arm').
 _QUOTED_FLAT_KEY = re.compile(r"'(?:video|state|annotation|language)\.[^']+'")
-# Frames per camera decoded and held at once: the frames of as many consecutive inference steps as fit. Decoding every
-# step's frames before the first query held them all: a 20,000-step episode of two 480x640 cameras at
-# --execution-horizon 1 needed 37 GB. Each window seeks once more, decoding up to a keyframe interval again.
-FRAME_WINDOW = 128
 FLAT_FORMAT_HINT = ("; the server's policy seems to want flat keys, and --observation-format auto sent the nested "
                     "form (the server did not say it serves the sim wrapper): run with --observation-format flat")
 
@@ -128,18 +130,6 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-class TrajectoryError(RuntimeError):
-    """A trajectory that cannot be scored soundly (the policy is not at its episode or step); the run goes on without it."""
-
-
-def resolve_observation_format(info: Any, requested: str) -> str:
-    """"auto": "flat" for a server whose get_server_info `info` names the sim wrapper, else "nested" (the reference
-    server's form; its server cannot be asked, info None)."""
-    if requested != "auto":
-        return requested
-    policy_class = info.get("policy_class", "") if isinstance(info, Mapping) else ""
-    return "flat" if "Sim" in str(policy_class) else "nested"
-
 
 @dataclass
 class TrajectoryResult:
@@ -178,258 +168,6 @@ class OpenLoopResult:
         return float(np.mean([t.errors.mae for t in self.trajectories.values()])) if self.trajectories else math.nan
 
 
-def history_steps(step: int, delta_indices: Sequence[int], length: int) -> np.ndarray:
-    """Rows `step + delta`, clamped to the episode: the first frame repeats before its start, the last after its end."""
-    return np.clip(step + np.asarray(delta_indices, dtype=np.int64), 0, length - 1)
-
-
-class _StepFrames:
-    """The decoded frames of some steps, indexed by step."""
-
-    def __init__(self, steps: Sequence[int], frames: np.ndarray) -> None:
-        self._row = {int(step): row for row, step in enumerate(steps)}
-        self._frames = frames
-
-    def __getitem__(self, steps: np.ndarray) -> np.ndarray:
-        return self._frames[[self._row[int(step)] for step in steps]]
-
-
-def frame_windows(inference_steps: Sequence[int], delta_indices: Sequence[int], length: int,
-                  max_frames: Optional[int] = None) -> Iterator[Tuple[List[int], List[int]]]:
-    """Runs of consecutive `inference_steps` whose history rows number at most `max_frames` (FRAME_WINDOW) together,
-    or one step's rows when those are more, each with its rows sorted: the frames decoded and held at once."""
-    max_frames = FRAME_WINDOW if max_frames is None else max_frames
-    window: List[int] = []
-    rows: set = set()
-    for step in inference_steps:
-        step_rows = set(history_steps(step, delta_indices, length).tolist())
-        if window and len(rows | step_rows) > max_frames:
-            yield window, sorted(rows)
-            window, rows = [], set()
-        window.append(step)
-        rows |= step_rows
-    if window:
-        yield window, sorted(rows)
-
-
-class _FrameWindows:
-    """A trajectory's camera frames, decoded a window (frame_windows) at a time as the inference steps reach it, the
-    window before released first."""
-
-    def __init__(self, episode: Any, inference_steps: Sequence[int], configs: Mapping[str, ModalityConfig],
-                 key_maps: Mapping[str, "_KeyMap"]) -> None:
-        self._episode = episode
-        self._sources = list(key_maps["video"].map.values()) if "video" in configs else []
-        self._windows = (frame_windows(inference_steps, configs["video"].delta_indices, episode.length)
-                         if self._sources else iter(()))
-        self._steps: set = set()
-        self._frames: Dict[str, _StepFrames] = {}
-
-    def at(self, step: int) -> Dict[str, _StepFrames]:
-        """The frames of the window holding inference step `step` (steps asked in order)."""
-        if self._sources and step not in self._steps:
-            self._frames = {}  # released before the next window is decoded, not after
-            steps, rows = next(self._windows)
-            self._steps = set(steps)
-            self._frames = {source: _StepFrames(rows, self._episode.frames(source, rows)) for source in self._sources}
-        return self._frames
-
-
-class _EpisodeSteps:
-    """An episode's state groups and language strings, read once per trajectory: reading them at every inference
-    step made an evaluation quadratic in the episode's length."""
-
-    def __init__(self, episode: Any) -> None:
-        self._episode = episode
-        self.length = episode.length
-        self._states: Dict[str, np.ndarray] = {}
-        self._language: Dict[str, List[str]] = {}
-
-    def states(self, key: str) -> np.ndarray:
-        if key not in self._states:
-            self._states[key] = self._episode.states(key)
-        return self._states[key]
-
-    def language(self, key: str) -> List[str]:
-        if key not in self._language:
-            self._language[key] = self._episode.language(key)
-        return self._language[key]
-
-
-class _KeyMap:
-    """Modality-config keys -> dataset keys (by name, then those left over by position when their counts match).
-    `warned` holds the pairings already warned of in this run (its trajectories share it; each run has its own)."""
-
-    def __init__(self, kind: str, wanted: Sequence[str], available: Sequence[str], warned: Optional[set] = None) -> None:
-        matched = match_keys(wanted, available)
-        if matched is None:
-            missing = [k for k in wanted if k not in available]
-            raise ValueError(f"the policy's {kind} keys {missing} are not in the dataset's meta/modality.json; it has {list(available)}")
-        self.map, by_position = matched
-        said = (kind, tuple(wanted), tuple(available))
-        warned = set() if warned is None else warned
-        if by_position and said not in warned:  # once per run, not once per trajectory (nor once per process)
-            warned.add(said)
-            logger.warning("policy %s keys %s are not the dataset's; matching by position: %s", kind,
-                           [w for w, _ in by_position], ", ".join(f"{w} <- {a}" for w, a in by_position))
-
-
-def build_observation(
-    episode: Any, step: int, configs: Mapping[str, ModalityConfig], frames: Mapping[str, np.ndarray],
-    key_maps: Mapping[str, _KeyMap], observation_format: str,
-) -> Dict[str, Any]:
-    """The batched (B=1) observation at `step`: nested {video, state, language} or flat `video.k`/`state.k`/language key."""
-    length = episode.length
-    nested: Dict[str, Dict[str, Any]] = {"video": {}, "state": {}, "language": {}}
-    if "video" in configs:
-        rows = history_steps(step, configs["video"].delta_indices, length)
-        for key, source in key_maps["video"].map.items():
-            nested["video"][key] = frames[source][rows][None]
-    if "state" in configs:
-        rows = history_steps(step, configs["state"].delta_indices, length)
-        for key, source in key_maps["state"].map.items():
-            nested["state"][key] = episode.states(source)[rows][None]
-    if "language" in configs:
-        for key, source in key_maps["language"].map.items():
-            nested["language"][key] = [[episode.language(source)[min(step, length - 1)]]]
-    if observation_format == "nested":
-        return {m: v for m, v in nested.items() if m in configs}
-    if observation_format != "flat":
-        raise ValueError(f"observation_format must be 'nested' or 'flat', got {observation_format!r}")
-    flat: Dict[str, Any] = {}
-    for key, value in nested["video"].items():
-        flat[f"video.{key}"] = value
-    for key, value in nested["state"].items():
-        flat[f"state.{key}"] = value
-    for key, value in nested["language"].items():
-        flat[key] = [value[0][0]]
-    return flat
-
-
-def check_policy_position(info: Any, traj_id: int, step: int, execution_horizon: int) -> None:
-    """TrajectoryError when the policy's info reports an `episode_index` or `current_step` other than traj_id, step."""
-    if not isinstance(info, Mapping):
-        return
-    episode, current = info.get("episode_index"), info.get("current_step")
-    if is_position(episode) and episode != traj_id:
-        raise TrajectoryError(f"the policy reports episode {episode} while the evaluation is at trajectory {traj_id} "
-                              "(does the server replay another copy of the dataset?)")
-    if is_position(current) and current != step:
-        served = info.get("execution_horizon")
-        if is_position(served) and served != execution_horizon:  # the replay says how far it advances per call
-            raise TrajectoryError(f"the policy reports step {current} while the evaluation is at step {step}: the server "
-                                  f"advances {served} steps per call and this run {execution_horizon} (start the server "
-                                  f"with --execution-horizon {execution_horizon}, or run with --execution-horizon {served})")
-        raise TrajectoryError(f"the policy reports step {current} while the evaluation is at step {step} (start the server "
-                              f"with --execution-horizon {execution_horizon}, or pass the server's here)")
-
-
-def check_policy_episode(info: Any, episode_length: int, step: int, last_step: Optional[int]) -> None:
-    """TrajectoryError when the policy's info reports an `episode_length` other than the recording's, or
-    `episode_done` at `step` before `last_step`, the evaluation's last query (None: a reset, which serves no step).
-    A replay of a trimmed or stale copy of the episode pads its chunks past its end with its last action."""
-    if not isinstance(info, Mapping):
-        return
-    served, done = info.get("episode_length"), info.get("episode_done")
-    if is_position(served) and served != episode_length:
-        raise TrajectoryError(f"the policy does not follow this recording: it replays an episode of {served} steps, the "
-                              f"dataset's has {episode_length} (does the server replay another copy of the dataset?)")
-    if last_step is not None and is_flag(done) and done and step < last_step:
-        raise TrajectoryError(f"the policy does not follow this recording: it reports its episode done at step {step}, "
-                              f"and the dataset's episode of {episode_length} steps is queried up to step {last_step}")
-
-
-def reset_policy(policy: BasePolicy, traj_id: int, execution_horizon: int, episode_length: Optional[int] = None) -> None:
-    """Reset the policy to trajectory `traj_id`, step 0; TrajectoryError when it refuses, lands elsewhere or reports
-    an episode of another length than `episode_length` (None: not checked).
-
-    A stateless model ignores the options; a server without a reset endpoint is evaluated without one. A
-    server that is gone (ConnectionError, TimeoutError) ends the run.
-    """
-    try:
-        info = policy.reset(options={"episode_index": int(traj_id), "step_index": 0})
-    except (ConnectionError, TimeoutError):
-        raise
-    except Exception as exc:  # noqa: BLE001 - a refused reset errors this trajectory only
-        if "Unknown endpoint: reset" in str(exc):
-            logger.warning("the policy server has no reset endpoint; evaluating trajectory %d without a reset", traj_id)
-            return
-        raise TrajectoryError(f"policy reset failed: {exc}") from exc
-    check_policy_position(info, traj_id, 0, execution_horizon)
-    if episode_length is not None:
-        check_policy_episode(info, episode_length, 0, None)
-
-
-def _chunk(action: Mapping[str, Any], keys: Sequence[str], key_dims: Mapping[str, int], step: int,
-           execution_horizon: int) -> Dict[str, np.ndarray]:
-    """The policy's action chunk per key, (H, D) or (H,), checked against the dataset's width of each key, for at
-    least `execution_horizon` steps and for finite values: TrajectoryError otherwise (only the widths' total would be
-    checked when the keys are joined, so a policy's 2 + 2 against a dataset's 3 + 1 was scored column against the
-    wrong column; a shorter chunk ended the whole run with an IndexError). One observation row is sent, so a batched
-    chunk must have one row: row 0 of a (2, H, D) reply was scored as if it were the answer."""
-    out = {}
-    for key in keys:
-        value = action.get(key, action.get(f"action.{key}"))
-        if value is None:  # a KeyError ended the whole run
-            raise TrajectoryError(f"the policy's action has no '{key}' (nor 'action.{key}'); got keys {sorted(action)}")
-        value = np.asarray(value)
-        if value.dtype.kind not in "biuf":  # strings ended the whole run with numpy's "could not convert string to float"
-            raise TrajectoryError(f"the policy's action '{key}' at step {step} has dtype {value.dtype}; expected numbers "
-                                  "(a float, int or bool array)")
-        value = value.astype(np.float64)
-        if value.ndim == 3 and value.shape[0] != 1:
-            raise TrajectoryError(f"the policy's action '{key}' at step {step} has shape {value.shape}; expected "
-                                  f"(1, {value.shape[1]}, {value.shape[2]}), one row for the one observation row sent")
-        value = value[0] if value.ndim == 3 else value  # strip the batch dim
-        width = value.shape[-1] if value.ndim == 2 else 1
-        if value.ndim not in (1, 2) or width != key_dims[key]:
-            raise TrajectoryError(f"the policy's action '{key}' has shape {value.shape} (batch row stripped); the dataset's "
-                                  f"'{key}' has {key_dims[key]} values per step, so a chunk must be (horizon, {key_dims[key]})")
-        if value.shape[0] < execution_horizon:
-            raise TrajectoryError(f"the policy's action '{key}' at step {step} has {value.shape[0]} steps, and "
-                                  f"--execution-horizon {execution_horizon} uses {execution_horizon} of each chunk (the "
-                                  "policy's modality config promises more than it returns?)")
-        if not np.isfinite(value).all():
-            rows = sorted({int(r) for r in np.flatnonzero(~np.isfinite(value.reshape(value.shape[0], -1)).all(axis=1))})
-            raise TrajectoryError(f"the policy's action '{key}' at step {step} has non-finite values (NaN or inf) in chunk "
-                                  f"rows {rows[:8]}; nothing can be scored against them")
-        out[key] = value
-    return out
-
-
-def dataset_action_keys(requested: Sequence[str], dataset_keys: Sequence[str]) -> List[str]:
-    """The dataset action keys that `modality_keys` (--modality-keys) name, each by its own name or by its flat spelling
-    `action.<key>` (a sim-wrapper server's name for it); ValueError naming the dataset's keys for any it does not have."""
-    keys, missing = [], []
-    for key in requested:
-        if key in dataset_keys:
-            keys.append(key)
-        elif key.startswith("action.") and key[len("action."):] in dataset_keys:
-            keys.append(key[len("action."):])
-        else:
-            missing.append(key)
-    if missing:
-        raise ValueError(f"action keys {missing} are not in the dataset; it has {list(dataset_keys)} (also taken as "
-                         "action.<key>)")
-    spellings: Dict[str, List[str]] = {}
-    for given, key in zip(requested, keys):
-        spellings.setdefault(key, []).append(given)
-    repeated = {key: given for key, given in spellings.items() if len(given) > 1}
-    if repeated:  # "gripper action.gripper" is one key twice: the per-key dims are a dict, the arrays would double
-        raise ValueError(f"modality_keys names {', '.join(map(repr, repeated))} more than once "
-                         f"({'; '.join(' and '.join(given) for given in repeated.values())}); name each action key once")
-    return keys
-
-
-def check_action_steps(action: ModalityConfig, execution_horizon: int) -> None:
-    """ValueError unless 1 <= execution_horizon <= the policy's action horizon and its action delta_indices are
-    0..H-1 (as the reference checks): the scores compare chunk element j with the step j after the query, so a
-    chunk of other steps ([0, 2, 4, 6], or one starting at 1) would be scored against the wrong ground truth."""
-    horizon = action.horizon
-    if not 1 <= execution_horizon <= horizon:
-        raise ValueError(f"execution_horizon must be in [1, {horizon}] (the policy's action horizon), got {execution_horizon}")
-    check_consecutive_action_deltas(
-        action.delta_indices, "open-loop scores would compare each action with another step's ground truth")
 
 
 def evaluate_trajectory(

@@ -1,0 +1,146 @@
+"""What keeps an open-loop score sound: the policy follows the trajectory (its reset, the episode and
+step it reports), its action chunks fit the dataset's keys, and the run's action keys and steps are sound."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from gr00t_client import BasePolicy, ModalityConfig
+
+from .action_steps import check_consecutive_action_deltas
+from .reported_position import is_flag, is_position
+
+logger = logging.getLogger("gr00t_eval.open_loop")  # the open-loop evaluation's one logger, whichever of its modules logs
+
+
+class TrajectoryError(RuntimeError):
+    """A trajectory that cannot be scored soundly (the policy is not at its episode or step); the run goes on without it."""
+
+
+def check_policy_position(info: Any, traj_id: int, step: int, execution_horizon: int) -> None:
+    """TrajectoryError when the policy's info reports an `episode_index` or `current_step` other than traj_id, step."""
+    if not isinstance(info, Mapping):
+        return
+    episode, current = info.get("episode_index"), info.get("current_step")
+    if is_position(episode) and episode != traj_id:
+        raise TrajectoryError(f"the policy reports episode {episode} while the evaluation is at trajectory {traj_id} "
+                              "(does the server replay another copy of the dataset?)")
+    if is_position(current) and current != step:
+        served = info.get("execution_horizon")
+        if is_position(served) and served != execution_horizon:  # the replay says how far it advances per call
+            raise TrajectoryError(f"the policy reports step {current} while the evaluation is at step {step}: the server "
+                                  f"advances {served} steps per call and this run {execution_horizon} (start the server "
+                                  f"with --execution-horizon {execution_horizon}, or run with --execution-horizon {served})")
+        raise TrajectoryError(f"the policy reports step {current} while the evaluation is at step {step} (start the server "
+                              f"with --execution-horizon {execution_horizon}, or pass the server's here)")
+
+
+def check_policy_episode(info: Any, episode_length: int, step: int, last_step: Optional[int]) -> None:
+    """TrajectoryError when the policy's info reports an `episode_length` other than the recording's, or
+    `episode_done` at `step` before `last_step`, the evaluation's last query (None: a reset, which serves no step).
+    A replay of a trimmed or stale copy of the episode pads its chunks past its end with its last action."""
+    if not isinstance(info, Mapping):
+        return
+    served, done = info.get("episode_length"), info.get("episode_done")
+    if is_position(served) and served != episode_length:
+        raise TrajectoryError(f"the policy does not follow this recording: it replays an episode of {served} steps, the "
+                              f"dataset's has {episode_length} (does the server replay another copy of the dataset?)")
+    if last_step is not None and is_flag(done) and done and step < last_step:
+        raise TrajectoryError(f"the policy does not follow this recording: it reports its episode done at step {step}, "
+                              f"and the dataset's episode of {episode_length} steps is queried up to step {last_step}")
+
+
+def reset_policy(policy: BasePolicy, traj_id: int, execution_horizon: int, episode_length: Optional[int] = None) -> None:
+    """Reset the policy to trajectory `traj_id`, step 0; TrajectoryError when it refuses, lands elsewhere or reports
+    an episode of another length than `episode_length` (None: not checked).
+
+    A stateless model ignores the options; a server without a reset endpoint is evaluated without one. A
+    server that is gone (ConnectionError, TimeoutError) ends the run.
+    """
+    try:
+        info = policy.reset(options={"episode_index": int(traj_id), "step_index": 0})
+    except (ConnectionError, TimeoutError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a refused reset errors this trajectory only
+        if "Unknown endpoint: reset" in str(exc):
+            logger.warning("the policy server has no reset endpoint; evaluating trajectory %d without a reset", traj_id)
+            return
+        raise TrajectoryError(f"policy reset failed: {exc}") from exc
+    check_policy_position(info, traj_id, 0, execution_horizon)
+    if episode_length is not None:
+        check_policy_episode(info, episode_length, 0, None)
+
+
+def _chunk(action: Mapping[str, Any], keys: Sequence[str], key_dims: Mapping[str, int], step: int,
+           execution_horizon: int) -> Dict[str, np.ndarray]:
+    """The policy's action chunk per key, (H, D) or (H,), checked against the dataset's width of each key, for at
+    least `execution_horizon` steps and for finite values: TrajectoryError otherwise (only the widths' total would be
+    checked when the keys are joined, so a policy's 2 + 2 against a dataset's 3 + 1 was scored column against the
+    wrong column; a shorter chunk ended the whole run with an IndexError). One observation row is sent, so a batched
+    chunk must have one row: row 0 of a (2, H, D) reply was scored as if it were the answer."""
+    out = {}
+    for key in keys:
+        value = action.get(key, action.get(f"action.{key}"))
+        if value is None:  # a KeyError ended the whole run
+            raise TrajectoryError(f"the policy's action has no '{key}' (nor 'action.{key}'); got keys {sorted(action)}")
+        value = np.asarray(value)
+        if value.dtype.kind not in "biuf":  # strings ended the whole run with numpy's "could not convert string to float"
+            raise TrajectoryError(f"the policy's action '{key}' at step {step} has dtype {value.dtype}; expected numbers "
+                                  "(a float, int or bool array)")
+        value = value.astype(np.float64)
+        if value.ndim == 3 and value.shape[0] != 1:
+            raise TrajectoryError(f"the policy's action '{key}' at step {step} has shape {value.shape}; expected "
+                                  f"(1, {value.shape[1]}, {value.shape[2]}), one row for the one observation row sent")
+        value = value[0] if value.ndim == 3 else value  # strip the batch dim
+        width = value.shape[-1] if value.ndim == 2 else 1
+        if value.ndim not in (1, 2) or width != key_dims[key]:
+            raise TrajectoryError(f"the policy's action '{key}' has shape {value.shape} (batch row stripped); the dataset's "
+                                  f"'{key}' has {key_dims[key]} values per step, so a chunk must be (horizon, {key_dims[key]})")
+        if value.shape[0] < execution_horizon:
+            raise TrajectoryError(f"the policy's action '{key}' at step {step} has {value.shape[0]} steps, and "
+                                  f"--execution-horizon {execution_horizon} uses {execution_horizon} of each chunk (the "
+                                  "policy's modality config promises more than it returns?)")
+        if not np.isfinite(value).all():
+            rows = sorted({int(r) for r in np.flatnonzero(~np.isfinite(value.reshape(value.shape[0], -1)).all(axis=1))})
+            raise TrajectoryError(f"the policy's action '{key}' at step {step} has non-finite values (NaN or inf) in chunk "
+                                  f"rows {rows[:8]}; nothing can be scored against them")
+        out[key] = value
+    return out
+
+
+def dataset_action_keys(requested: Sequence[str], dataset_keys: Sequence[str]) -> List[str]:
+    """The dataset action keys that `modality_keys` (--modality-keys) name, each by its own name or by its flat spelling
+    `action.<key>` (a sim-wrapper server's name for it); ValueError naming the dataset's keys for any it does not have."""
+    keys, missing = [], []
+    for key in requested:
+        if key in dataset_keys:
+            keys.append(key)
+        elif key.startswith("action.") and key[len("action."):] in dataset_keys:
+            keys.append(key[len("action."):])
+        else:
+            missing.append(key)
+    if missing:
+        raise ValueError(f"action keys {missing} are not in the dataset; it has {list(dataset_keys)} (also taken as "
+                         "action.<key>)")
+    spellings: Dict[str, List[str]] = {}
+    for given, key in zip(requested, keys):
+        spellings.setdefault(key, []).append(given)
+    repeated = {key: given for key, given in spellings.items() if len(given) > 1}
+    if repeated:  # "gripper action.gripper" is one key twice: the per-key dims are a dict, the arrays would double
+        raise ValueError(f"modality_keys names {', '.join(map(repr, repeated))} more than once "
+                         f"({'; '.join(' and '.join(given) for given in repeated.values())}); name each action key once")
+    return keys
+
+
+def check_action_steps(action: ModalityConfig, execution_horizon: int) -> None:
+    """ValueError unless 1 <= execution_horizon <= the policy's action horizon and its action delta_indices are
+    0..H-1 (as the reference checks): the scores compare chunk element j with the step j after the query, so a
+    chunk of other steps ([0, 2, 4, 6], or one starting at 1) would be scored against the wrong ground truth."""
+    horizon = action.horizon
+    if not 1 <= execution_horizon <= horizon:
+        raise ValueError(f"execution_horizon must be in [1, {horizon}] (the policy's action horizon), got {execution_horizon}")
+    check_consecutive_action_deltas(
+        action.delta_indices, "open-loop scores would compare each action with another step's ground truth")
