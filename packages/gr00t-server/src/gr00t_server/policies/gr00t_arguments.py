@@ -1,0 +1,86 @@
+"""Gr00tPolicy's constructor arguments resolved: the embodiment tag (with the reference's error text for one the
+checkpoint lacks), the device, and whether a clip_outliers override changes how the checkpoint acts."""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple, Union
+
+import torch
+
+from gr00t_client.embodiment import FINETUNE_ONLY_TAGS, POSTTRAIN_TAGS, EmbodimentTag
+
+
+def unsupported_tag_message(tag: Union[EmbodimentTag, str], supported: List[str]) -> str:
+    """The reference's error text for a tag the checkpoint has no modality configs for (model.md §4.3)."""
+    if isinstance(tag, EmbodimentTag):
+        name, value = tag.name, tag.value
+    else:
+        name = value = str(tag)
+    lines = [f"Embodiment tag '{name}' (value='{value}') is not supported by this checkpoint.\n\nSupported tags in this checkpoint:"]
+    for supported_value in sorted(supported):
+        enum_name = EmbodimentTag.reverse_lookup(supported_value)
+        if enum_name != supported_value:
+            lines.append(f"  {enum_name:30s} (--embodiment-tag {enum_name})")
+        else:
+            lines.append(f"  {supported_value:30s} (internal, no public enum)")
+    message = "\n".join(lines)
+    if isinstance(tag, EmbodimentTag) and tag in POSTTRAIN_TAGS:
+        message += (
+            f"\n\nHint: '{name}' is a posttrain tag that requires a finetuned checkpoint, not the base model. "
+            "See the example READMEs for how to finetune and download checkpoints."
+        )
+    elif isinstance(tag, EmbodimentTag) and tag in FINETUNE_ONLY_TAGS:
+        message += (
+            f"\n\nHint: '{name}' is for finetuning custom robots. Use it with launch_finetune.py, "
+            "not with the base model directly."
+        )
+    return message
+
+
+def _resolve_tag(tag: Union[EmbodimentTag, str], supported: List[str]) -> Tuple[Union[EmbodimentTag, str], str]:
+    """(tag object for messages, tag value); checkpoint-internal tags without an enum member are accepted."""
+    if isinstance(tag, str) and tag.strip() in supported:
+        try:
+            return EmbodimentTag.resolve(tag), tag.strip()
+        except ValueError:
+            return tag.strip(), tag.strip()
+    try:
+        resolved = EmbodimentTag.resolve(tag)
+    except ValueError as exc:
+        # Built-in tags are matched by any spelling; a checkpoint's own tag too, when the spelling names only one.
+        folded = [value for value in supported if isinstance(tag, str) and value.casefold() == tag.strip().casefold()]
+        if len(folded) == 1:
+            return folded[0], folded[0]
+        raise ValueError(f"{str(exc).splitlines()[0]}; it is neither a built-in tag nor one of this checkpoint's tags "
+                         f"{sorted(supported)}" + (" (give one exactly: they differ only in case)" if folded else "")) from None
+    return resolved, resolved.value
+
+
+def _resolve_device(device: Union[str, torch.device]) -> torch.device:
+    """A CPU or CUDA device that exists here; ValueError naming the device and what to use instead."""
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device {str(device)!r} is not a torch device name; use 'cpu', 'cuda' or 'cuda:N'") from exc
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {str(device)!r} is not supported: GR00T policies run on 'cpu', 'cuda' or 'cuda:N'")
+    if resolved.type == "cpu":  # torch takes 'cpu:N'; safetensors then fails to read the weights onto it
+        if resolved.index not in (None, 0):
+            raise ValueError(f"device {str(device)!r} is not supported: the CPU is one device, 'cpu'")
+        return torch.device("cpu")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r} was asked for but CUDA is not available here; use device='cpu'")
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(f"device {str(device)!r} was asked for but this machine has {count} CUDA device(s) "
+                             f"(cuda:0{'' if count == 1 else f' to cuda:{count - 1}'})")
+    return resolved
+
+
+def _acting_clip_override(clip_outliers: Optional[bool], checkpoint_clips_states: bool) -> Optional[bool]:
+    """The clip_outliers override when it makes the checkpoint act otherwise than its own setting (True always: it
+    clips actions too; False when the checkpoint clips states), else None."""
+    if clip_outliers is None or (not clip_outliers and not checkpoint_clips_states):
+        return None
+    return bool(clip_outliers)

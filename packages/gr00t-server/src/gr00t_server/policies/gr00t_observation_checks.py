@@ -1,0 +1,110 @@
+"""Gr00tPolicy's observation checks beyond the modality configs': a lenient call's layout and batch sizes, the
+reference states of relative action keys, and instructions free of the backbone's special tokens."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Dict, Mapping
+
+import numpy as np
+
+from gr00t_client.flat import language_text
+from gr00t_client.modality import ModalityConfig
+from gr00t_client.policy import ObservationError
+
+if TYPE_CHECKING:
+    from gr00t_server.processing.processor import Gr00tN1d7Processor
+
+
+def _instruction(language: Any) -> str:
+    """One row's instruction: a string, or the first of a list of them (UTF-8 bytes are decoded). ObservationError for
+    anything else, strict or not: a number or None was read as its repr, bytes failed deep in the tokenizer."""
+    text = language[0] if isinstance(language, (list, tuple)) and language else language
+    return language_text(text, "a language instruction", "must be a str (each row a list of one str)")
+
+
+class Gr00tObservationChecks:
+    """Gr00tPolicy's checks of an observation: mixed into Gr00tPolicy, whose modality configs and processor it reads."""
+
+    processor: Gr00tN1d7Processor
+    embodiment_tag_value: str
+    modality_configs: Dict[str, ModalityConfig]
+    language_key: str
+
+    def _batch_size(self, observation: Mapping[str, Any]) -> int:
+        video_keys = self.modality_configs["video"].modality_keys
+        if video_keys and video_keys[0] in observation.get("video", {}):
+            return int(np.asarray(observation["video"][video_keys[0]]).shape[0])
+        state_keys = self.modality_configs["state"].modality_keys
+        return int(np.asarray(observation["state"][state_keys[0]]).shape[0])
+
+    def _check_lenient_layout(self, observation: Any) -> None:
+        """strict=False takes lists and other dtypes, but not a missing group or key, a None, an array without its
+        batch and time axes, or a time axis other than the checkpoint's delta_indices: ObservationError naming the
+        entry and what it needs (these failed as a KeyError, an IndexError, or an internal error with a traceback in
+        the server's log, and a video T as a plausible action)."""
+        if not isinstance(observation, Mapping):
+            raise ObservationError(f"observation must be a dict with keys 'video', 'state', 'language'; got "
+                                   f"{type(observation).__name__}")
+        expected = (("video", self.modality_configs["video"].modality_keys, 5, "(B, T, H, W, 3)"),
+                    ("state", self.modality_configs["state"].modality_keys, 3, "(B, T, D)"),
+                    ("language", [self.language_key], 0, "a list of B rows, each a list of one str"))
+        for group, keys, ndim, layout in expected:
+            if not keys:
+                continue
+            values = observation.get(group)
+            if not isinstance(values, Mapping):
+                got = type(values).__name__ if group in observation else f"no '{group}' (keys {sorted(observation, key=str)})"
+                raise ObservationError(f"observation['{group}'] must be a dict holding {keys}; got {got}")
+            for key in keys:
+                if key not in values:
+                    raise ObservationError(f"{group} key '{key}' is missing from observation['{group}']; got keys "
+                                           f"{sorted(values, key=str)}")
+                value = values[key]
+                if group == "language":
+                    if not isinstance(value, (list, tuple, np.ndarray)) or np.ndim(value) == 0:
+                        raise ObservationError(f"language['{key}'] must be {layout}; got {type(value).__name__}")
+                    continue
+                try:
+                    shape = None if value is None else np.shape(value)
+                except ValueError:  # a ragged list
+                    shape = None
+                if shape is None or len(shape) != ndim:
+                    got = (type(value).__name__ if shape is None else
+                           f"shape {shape}" if shape else f"a single {type(value).__name__} (no axes)")
+                    raise ObservationError(f"{group}['{key}'] must have shape {layout}; got {got}")
+                # Another T than the checkpoint's delta_indices gave the prompt more images per camera (or the state
+                # vector other columns): a layout the model never saw, answered with a plausible action.
+                horizon = len(self.modality_configs[group].delta_indices)
+                if shape[1] != horizon:
+                    raise ObservationError(
+                        f"{group}['{key}'] has T={shape[1]} time steps (axis 1 of shape {shape}); this checkpoint's "
+                        f"{group} delta_indices {list(self.modality_configs[group].delta_indices)} need T={horizon} "
+                        f"(shape {layout})")
+
+    def _check_batch_sizes(self, observation: Mapping[str, Any], batch_size: int) -> None:
+        """ObservationError naming the first video, state or language entry whose rows differ from `batch_size`
+        (torch failed deep in the model, naming no key)."""
+        entries = [(f"video['{key}']", observation.get("video", {}).get(key)) for key in self.modality_configs["video"].modality_keys]
+        entries += [(f"state['{key}']", observation.get("state", {}).get(key)) for key in self.modality_configs["state"].modality_keys]
+        entries.append((f"language['{self.language_key}']", observation.get("language", {}).get(self.language_key)))
+        for name, value in entries:
+            rows = len(value) if isinstance(value, (list, tuple)) else np.shape(value)[0] if np.ndim(value) else None
+            if value is not None and rows != batch_size:
+                raise ObservationError(f"{name} has {rows} rows; the observation's batch size is {batch_size} (every "
+                                       "video, state and language entry needs one row per batch element)")
+
+    def _check_reference_states(self, observation: Mapping[str, Any]) -> None:
+        try:
+            self.processor.check_reference_states(self.embodiment_tag_value, observation["state"])
+        except ValueError as exc:
+            raise ObservationError(str(exc)) from None
+
+    def _check_instructions(self, observation: Mapping[str, Any]) -> None:
+        """ObservationError naming the language key, row and tokens when an instruction holds the backbone's special
+        tokens (vision or chat placeholders): the model would read them as such, or fail inside transformers."""
+        for row, language in enumerate(observation["language"][self.language_key]):
+            found = self.processor.reserved_tokens_in(_instruction(language))
+            if found:
+                raise ObservationError(
+                    f"language['{self.language_key}'] row {row} holds the backbone's reserved token(s) {found}; an "
+                    "instruction must be plain text, without the tokenizer's special tokens")

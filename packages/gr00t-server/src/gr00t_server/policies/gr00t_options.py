@@ -1,0 +1,238 @@
+"""Gr00tPolicy's get_action options, checked and turned into model arguments (initial noise, RTC, denoising steps).
+
+Options of `get_action` (all optional; keys starting with "_", e.g. "_session_id" added by servers, are ignored; any
+other key is refused when strict, a warning otherwise):
+- "seed": int. Row i of the batch starts from `torch.randn((H, D_max), generator=Generator("cpu").
+  manual_seed(s + i))` in float32, then cast to the model dtype/device. A batch with seed s therefore equals
+  B single calls with seeds s, s+1, ..., s+B-1 (and a single call with seed s equals row 0), to the dtype's
+  rounding: about 1e-7 in float32, 4e-4 in bfloat16/float16 (a batch's kernels differ from one row's). s must lie in
+  [-2**63, 2**64 - B]. torch's CPU generator keeps only the low 32 bits of its seed (1 and 2**32 + 1 gave the same
+  noise), so a row seed outside [0, 2**32) is mixed down to 32 bits first (_generator_seed); one inside is used as
+  given. Or a list of B ints, row i's own seed (what ActionChunker sends
+  for a fetch of some envs of a batch, so each env keeps its own seed whichever envs it is fetched with).
+- "noise": float array (B, H, D_max) or (H, D_max), the initial flow noise used as given (not with "seed").
+- neither: noise from torch's global RNG (like the reference).
+- "rtc": real-time chunking (model.md §2.7), inpainting from the previous chunk; composes with the above:
+  {"previous_action": {action_key: float array (B, T, D_key)} in the units and layout get_action returns,
+  "overlap_steps": int, "frozen_steps": int, "ramp_rate": float > 0 (default 6.0)}, every action key, one B
+  (the observation's) and T (1 <= T <= the action horizon), 0 <= frozen_steps <= overlap_steps <= T.
+  Rows previous_action[:, T-overlap:T] become rows [0, overlap) of the new chunk's initial state, encoded with
+  the inverse of decode_action (relative keys against the current observation's state, normalized with those
+  rows' statistics); rows [0, frozen) are returned unchanged (up to clipping to the statistics range), rows
+  [frozen, overlap) are denoised with a ramped velocity, the rest as usual. overlap_steps=0 changes nothing.
+- "denoising_steps": int in [1, num_timestep_buckets], the flow-matching Euler steps of this call (default the
+  checkpoint's num_inference_timesteps, 4 for released ones); what `gr00t-eval open-loop --denoising-steps` sends.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from numbers import Integral, Real
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+import torch
+
+from gr00t_client.modality import ModalityConfig
+from gr00t_client.policy import non_finite_rows
+from gr00t_server.model.action_head import DEFAULT_RTC_RAMP_RATE
+
+from .option_names import OptionNames
+
+if TYPE_CHECKING:
+    from gr00t_server.model.config import Gr00tN1d7Config
+    from gr00t_server.processing.processor import Gr00tN1d7Processor
+
+
+_KNOWN_OPTIONS = {"seed", "noise", "rtc", "denoising_steps"}
+_SEED_MIN, _SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed takes
+_RTC_KEYS = {"previous_action", "overlap_steps", "frozen_steps", "ramp_rate"}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _row_seeds(seed: Any, batch_size: int) -> List[int]:
+    """Each row's seed from options["seed"]: an int s (row i: s + i) or a list of one int per row."""
+    if isinstance(seed, (list, tuple, np.ndarray)):
+        values = list(np.asarray(seed).reshape(-1)) if isinstance(seed, np.ndarray) else list(seed)
+        if len(values) != batch_size or not all(_is_int(v) and _SEED_MIN <= int(v) <= _SEED_MAX for v in values):
+            raise ValueError(f"options['seed'] as a list must hold one int from {_SEED_MIN} to {_SEED_MAX} per row "
+                             f"({batch_size} here); got {seed!r}")
+        return [int(v) for v in values]
+    if not _is_int(seed):
+        raise ValueError(f"options['seed'] must be an int, or a list of one int per row; got {seed!r}")
+    if not _SEED_MIN <= int(seed) <= _SEED_MAX - (batch_size - 1):
+        raise ValueError(
+            f"options['seed'] must be an int from {_SEED_MIN} to {_SEED_MAX - (batch_size - 1)} for a batch of "
+            f"{batch_size} row(s): row i uses seed + i; got {seed}"
+        )
+    return [int(seed) + row for row in range(batch_size)]
+
+
+def _generator_seed(seed: int) -> int:
+    """The seed torch.Generator("cpu") is given for a row seed: as is in [0, 2**32); else its 64 bits (two's
+    complement for a negative one) mixed down to 32 (splitmix64's finaliser), because the CPU generator keeps only
+    the low 32 bits and seeds that differ only above them gave the same noise."""
+    value = int(seed) % 2**64
+    if value < 2**32:
+        return value
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) % 2**64
+    return (value ^ (value >> 31)) & 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class RtcRequest:
+    """A validated options["rtc"]: the previous chunk {key: (B, T, D_key)} and the inpainting settings."""
+
+    previous_action: Dict[str, np.ndarray]
+    overlap_steps: int
+    frozen_steps: int
+    ramp_rate: float
+
+    @property
+    def horizon(self) -> int:
+        """T, the length of the previous chunk."""
+        return next(iter(self.previous_action.values())).shape[1]
+
+    def overlap_rows(self) -> Dict[str, np.ndarray]:
+        """previous_action[:, T-overlap:T] per key: the rows that start the new chunk."""
+        start = self.horizon - self.overlap_steps
+        return {key: value[:, start:] for key, value in self.previous_action.items()}
+
+
+def _rtc_int(name: str, value: Any, high: int, bounds: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral) or not 0 <= int(value) <= high:
+        raise ValueError(f"options['rtc']['{name}'] must be an int in {bounds} = [0, {high}], got {value!r}")
+    return int(value)
+
+
+
+class Gr00tActionOptions:
+    """Gr00tPolicy's get_action options: mixed into Gr00tPolicy, whose checkpoint and processor it reads."""
+
+    strict: bool
+    model_config: Gr00tN1d7Config
+    processor: Gr00tN1d7Processor
+    embodiment_tag_value: str
+    modality_configs: Dict[str, ModalityConfig]
+    _option_names: OptionNames
+
+    def _denoising_steps(self, value: Any) -> Optional[int]:
+        """options["denoising_steps"] checked: None (the checkpoint's num_inference_timesteps) or an int in range."""
+        if value is None:
+            return None
+        buckets = self.model_config.num_timestep_buckets
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= int(value) <= buckets:
+            raise ValueError(f"options['denoising_steps'] must be an int in [1, {buckets}] (this checkpoint runs "
+                             f"{self.model_config.num_inference_timesteps} by default), got {value!r}")
+        return int(value)
+
+    def _initial_noise(
+        self, options: Optional[Mapping[str, Any]], batch_size: int
+    ) -> Tuple[Optional[torch.Tensor], Optional[torch.Generator]]:
+        """Initial flow noise from options (see module docstring); (None, None) means the global RNG."""
+        options = {k: v for k, v in (options or {}).items() if not str(k).startswith("_")}
+        self._option_names.check(options, _KNOWN_OPTIONS, self.strict, "options", "Gr00tPolicy")
+        seed, noise = options.get("seed"), options.get("noise")
+        if seed is not None and noise is not None:
+            raise ValueError("options may contain 'seed' or 'noise', not both")
+        shape = (self.model_config.action_horizon, self.model_config.max_action_dim)
+        if noise is not None:
+            array = sent = np.asarray(noise)
+            if array.ndim == 2:
+                array = array[None]
+            if array.dtype.kind != "f" or array.shape != (batch_size,) + shape:
+                raise ValueError(
+                    f"options['noise'] must be a float array of shape {(batch_size,) + shape} (B, action_horizon, "
+                    f"max_action_dim; {shape} is taken for B=1); got dtype {sent.dtype} shape {sent.shape}"
+                )
+            with np.errstate(over="ignore"):  # a value beyond float32's range becomes inf: refused just below
+                array = np.ascontiguousarray(array, dtype=np.float32)
+            rows = non_finite_rows(array)  # NaN noise is NaN actions; 1e39 is inf in float32
+            if rows:
+                raise ValueError(f"options['noise'] has non-finite values (NaN, inf, or beyond float32's range) in rows "
+                                 f"{rows}; expected finite numbers (standard normal noise)")
+            return torch.from_numpy(array), None
+        if seed is not None:
+            rows = [
+                torch.randn(shape, generator=torch.Generator("cpu").manual_seed(_generator_seed(row_seed)), dtype=torch.float32)
+                for row_seed in _row_seeds(seed, batch_size)
+            ]
+            return torch.stack(rows), None
+        return None, None
+
+    def _parse_rtc(self, value: Any, batch_size: int) -> Optional[RtcRequest]:
+        """Validate options["rtc"] (see module docstring) against the action config and the batch size."""
+        if value is None:
+            return None
+        usage = "{'previous_action': {key: (B, T, D)}, 'overlap_steps': int, 'frozen_steps': int[, 'ramp_rate': float]}"
+        if not isinstance(value, Mapping):
+            raise ValueError(f"options['rtc'] must be a map {usage}; got {type(value).__name__}")
+        unknown, missing = sorted(set(value) - _RTC_KEYS, key=str), sorted(_RTC_KEYS - {"ramp_rate"} - set(value))
+        if unknown or missing:
+            raise ValueError(f"options['rtc'] must be a map {usage}; unknown keys {unknown}, missing keys {missing}")
+        previous = self._parse_previous_action(value["previous_action"], batch_size)
+        horizon = next(iter(previous.values())).shape[1]
+        overlap = _rtc_int("overlap_steps", value["overlap_steps"], horizon, "[0, T of previous_action]")
+        frozen = _rtc_int("frozen_steps", value["frozen_steps"], overlap, "[0, overlap_steps]")
+        ramp_rate = value.get("ramp_rate", DEFAULT_RTC_RAMP_RATE)
+        if isinstance(ramp_rate, bool) or not isinstance(ramp_rate, Real) or not (0 < ramp_rate < math.inf):
+            raise ValueError(f"options['rtc']['ramp_rate'] must be a finite number > 0, got {ramp_rate!r}")
+        return RtcRequest(previous, overlap, frozen, float(ramp_rate))
+
+    def _parse_previous_action(self, previous: Any, batch_size: int) -> Dict[str, np.ndarray]:
+        """{key: float array (B, T, D_key)} for exactly the action keys, one T for all, finite values."""
+        action_config = self.modality_configs["action"]
+        keys = list(action_config.modality_keys)
+        where = "options['rtc']['previous_action']"
+        if not isinstance(previous, Mapping):
+            raise ValueError(f"{where} must be a map with keys {keys}; got {type(previous).__name__}")
+        missing, extra = [k for k in keys if k not in previous], sorted(set(previous) - set(keys), key=str)
+        if missing or extra:
+            raise ValueError(f"{where} must have exactly the action keys {keys}; missing {missing}, extra {extra}")
+        norm_params = self.processor.norm_params(self.embodiment_tag_value).action
+        dims = {key: params.dim for key, params in norm_params.items()}
+        out: Dict[str, np.ndarray] = {}
+        horizon: Optional[int] = None
+        for key in keys:
+            array = np.asarray(previous[key])
+            t_bound = f"T = {horizon}" if horizon is not None else f"1 <= T <= {action_config.horizon}"
+            expected = f"a float array of shape (B={batch_size}, T, {dims[key]}) with {t_bound}"
+            if (
+                array.dtype.kind != "f"
+                or array.ndim != 3
+                or array.shape[0] != batch_size
+                or array.shape[2] != dims[key]
+                or not 1 <= array.shape[1] <= action_config.horizon
+                or (horizon is not None and array.shape[1] != horizon)
+            ):
+                raise ValueError(f"{where}['{key}'] must be {expected}; got dtype {array.dtype} shape {array.shape}")
+            if not np.isfinite(array).all():
+                raise ValueError(f"{where}['{key}'] contains NaN or infinite values")
+            horizon = array.shape[1]
+            out[key] = array.astype(np.float64)
+        return out
+
+    def _rtc_model_arguments(self, rtc: RtcRequest, raw_states: Mapping[str, np.ndarray]) -> Dict[str, Any]:
+        """Model-level RTC arguments: the overlap rows encoded as rows [0, overlap) of a padded normalized chunk.
+
+        They are normalized with the statistics of the rows they land on (and relative to the current state),
+        so the frozen rows decode back to the given values; hence `action_horizon` = overlap at model level.
+        """
+        if rtc.overlap_steps == 0:  # nothing to inpaint: exactly the call without RTC
+            return {}
+        encoded = self.processor.encode_action(rtc.overlap_rows(), self.embodiment_tag_value, raw_states)
+        model_shape = (encoded.shape[0], self.model_config.action_horizon, self.model_config.max_action_dim)
+        previous = np.zeros(model_shape, np.float32)
+        previous[:, : rtc.overlap_steps] = encoded
+        return {
+            "previous": torch.from_numpy(previous),
+            "action_horizon": rtc.overlap_steps,
+            "rtc_overlap_steps": rtc.overlap_steps,
+            "rtc_frozen_steps": rtc.frozen_steps,
+            "rtc_ramp_rate": rtc.ramp_rate,
+        }
