@@ -141,3 +141,29 @@ def test_a_run_recorded_before_processor_files_were_hashed_resumes_against_the_s
     assert not same_policy(other_weights, now)
     other_processor = record_from_info({**info, "policy_identity": {**info["policy_identity"], "processor_sha256": "q"}})
     assert not same_policy(other_processor, now)  # both hashed: other statistics are another policy
+
+
+def test_a_job_resumed_after_an_attempt_that_recorded_no_policy_says_nothing_checks_its_episodes(tmp_path, caplog):
+    """Its first attempt's server gave no policy (a reference server): a resume against a gr00t-server kept those
+    episodes under the new policy without a word, where a rollout's resume warns."""
+    job = parse_job({"name": "j", "env_name": "walkto/fast", "n_episodes": 2, "seed": 0,
+                     "policy_server": {"port": 5555}}, 0)
+    config = job.rollout_config()
+    job_dir = tmp_path / "j"
+    job_dir.mkdir()
+    planned = planned_config(config)
+    (job_dir / "run.json").write_text(json.dumps({"job_config": planned, "config": dataclasses.asdict(config),
+                                                  "policy": None}))
+    (job_dir / "episodes.jsonl").write_text(json.dumps({"task": "walkto/fast", "episode_index": 0, "seed": 0,
+                                                        "success": True, "sum_reward": 1.0, "max_reward": 1.0,
+                                                        "length": 2, "env_index": 0}) + "\n")
+    with policy_server() as server:
+        from gr00t_client import PolicyClient
+
+        with PolicyClient(host="127.0.0.1", port=server.port, timeout_ms=5000) as client:
+            current = policy_record(client)
+    with caplog.at_level(logging.WARNING):
+        _config, done = prepare_job_dir(job_dir, config, current)
+    assert [o.episode_index for o in done] == [0]  # kept, as after an upgrade
+    assert "its earlier attempt recorded no policy" in caplog.text and "will pool both" in caplog.text
+    assert json.loads((job_dir / "run.json").read_text())["policy"]["fingerprint"] == current["fingerprint"]

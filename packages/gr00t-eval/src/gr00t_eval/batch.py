@@ -85,6 +85,10 @@ def prepare_job_dir(job_dir: Path, config: RolloutConfig,
     if same:
         assert saved is not None
         earlier = saved.get("policy")
+        if earlier is None and policy is not None and log.is_file() and log.stat().st_size:
+            logger.warning("job %s: its earlier attempt recorded no policy (its server did not say which it served), so "
+                           "nothing checks that its logged episodes are %s's, which serves it now; its results will pool "
+                           "both. Recording %s from now on", job_dir.name, describe(policy), describe(policy))
         if policy is not None and (earlier is None or (not earlier.get("identity") and policy.get("identity"))):
             write_results(run_file, {**saved, "policy": dict(policy)})  # identity from now on: later attempts held to it
         return RolloutConfig(**saved["config"]), [EpisodeOutcome.from_json_dict(e) for e in EpisodeLog(log).read()]
