@@ -210,9 +210,10 @@ def run_task(policy: BasePolicy, task: Task, config: RolloutConfig, episodes: Op
 
     start = time.perf_counter()
     try:
-        from .rollout.runner import run_rollout  # the simulator, only when tasks run
+        from .rollout.runner import RolloutRunner  # the simulator, only when tasks run
 
-        run_rollout(policy, task_config, progress=progress, on_episode=scored, episodes=todo)
+        # run_suite checked the served policy against every task before any ran (run_rollout's checks, once a run)
+        RolloutRunner(policy, task_config, progress=progress, on_episode=scored, episodes=todo).run()
     except (PolicyServerUnreachableError, KeyboardInterrupt):
         run.eval_s += time.perf_counter() - start
         raise
@@ -237,7 +238,8 @@ def run_tasks(policy: BasePolicy, tasks: Sequence[Task], config: RolloutConfig, 
     """Run each task in turn (only `episode_ranges[task]` when given; tasks missing from it are skipped).
 
     The policy server is pinged before each task; a server that is gone, or Ctrl-C/SIGTERM, ends the run
-    early with status "aborted"/"interrupted" and keeps every episode finished by then.
+    early with status "aborted"/"interrupted" and keeps every episode finished by then. The caller has checked the
+    served policy against the tasks (embodiment, replay plan) before any ran, as run_suite does.
     """
     suite_run = SuiteRun()
     done_by_task: Dict[str, List[EpisodeOutcome]] = {}
