@@ -91,8 +91,7 @@ def check_serves_env_embodiments(record: Optional[Mapping[str, Any]], env_names:
     and statistics. A checkpoint's own tag (no built-in name, so no env prefix can map to it) is warned about once.
     Not checked: servers that report no tag, and replays (their tag names only a modality config)."""
     served = (record or {}).get("embodiment_tag")
-    identity = (record or {}).get("identity")
-    if not isinstance(served, str) or (isinstance(identity, Mapping) and identity.get("kind") == "replay"):
+    if not isinstance(served, str) or serves_replay(record):
         return
     from gr00t_client import EmbodimentTag
 
@@ -126,7 +125,7 @@ _WARNED: set = set()
 
 
 def _warn_once(message: str) -> None:
-    """A warning logged once per process (a suite checks before its run and before each task)."""
+    """A warning logged once per process (the rollout CLI checks before its run, and run_suite again)."""
     if message not in _WARNED:
         _WARNED.add(message)
         logger.warning("%s", message)

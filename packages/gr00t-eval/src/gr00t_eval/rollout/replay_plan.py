@@ -25,11 +25,12 @@ def check_replay_horizon(policy: Optional[Mapping[str, Any]], config: Any) -> No
     follow it: --n-action-steps other than the replay's execution horizon, or --client-chunking async. Checked per
     call too (PolicyIO), where it errored every episode: the run scored nothing and advised a --resume that repeats
     the settings. The CLI, run_suite (batch jobs, shards) and run_rollout check it before any episode."""
-    identity = policy.get("identity") if isinstance(policy, Mapping) else None
-    if not isinstance(identity, Mapping) or identity.get("kind") != "replay":
+    from ..policy_identity import serves_replay
+
+    if not serves_replay(policy):
         return
     if config.client_chunking == "async":
         raise ValueError(ASYNC_REPLAY_ERROR)
-    horizon = identity.get("execution_horizon")
+    horizon = policy["identity"].get("execution_horizon")
     if isinstance(horizon, int) and not isinstance(horizon, bool) and horizon != config.n_action_steps:
         raise ValueError(replay_drift_error(horizon, config.n_action_steps))
