@@ -23,6 +23,15 @@ def subcommand_parsers(parser: argparse.ArgumentParser) -> Dict[str, argparse.Ar
     return {}
 
 
+def blank_value_problem(flag_name: str, variable: str, value: Optional[str], without: str) -> Optional[str]:
+    """Why a flag given blank (`--flag "$VAR"` with VAR unset, or VARIABLE= in a container's environment) is refused,
+    or None when it was left out or has a value: blank must not quietly mean something else (no token, no key, no
+    encryption, the working directory). `without` says what leaving it out does."""
+    if value is None or value.strip():
+        return None
+    return f"{flag_name} (or ${variable}) is empty: an unset variable? Leave it out (and unset {variable}) to {without}"
+
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 

@@ -34,10 +34,12 @@ def client_options(args: argparse.Namespace) -> Dict[str, Any]:
 def _key_given(args: argparse.Namespace, dest: str, variable: str, without: str) -> Optional[str]:
     """The key flag's value; SystemExit when it is blank (`--flag "$KEY"` with KEY unset, or VARIABLE= in the
     environment), which must not quietly mean no key: a blank server key made the run plaintext."""
+    from gr00t_client.cli_flags import blank_value_problem
+
     value = getattr(args, dest, None)
-    if value is not None and not value.strip():
-        raise SystemExit(f"error: --{dest.replace('_', '-')} (or ${variable}) is empty: an unset variable? Leave it "
-                         f"out (and unset {variable}) to {without}")
+    problem = blank_value_problem(f"--{dest.replace('_', '-')}", variable, value, without)
+    if problem is not None:
+        raise SystemExit(f"error: {problem}")
     return value
 
 

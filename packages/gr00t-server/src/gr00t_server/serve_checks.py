@@ -64,11 +64,13 @@ def _check_server_flags(args: argparse.Namespace) -> None:
 
 
 def _refuse_blank(flag: str, variable: str, value: Optional[str], without: str) -> None:
-    """CliError for a flag given blank (`--flag "$VAR"` with VAR unset, or VARIABLE= in a container's environment),
-    which would otherwise mean something else: no token, no CURVE, the working directory."""
-    if value is not None and not value.strip():
-        raise CliError(f"{flag} (or ${variable}) is empty: an unset variable? Leave it out (and unset {variable}) "
-                       f"to {without}")
+    """CliError for a flag given blank, which would otherwise mean something else: no token, no CURVE, the working
+    directory (gr00t_client.cli_flags.blank_value_problem)."""
+    from gr00t_client.cli_flags import blank_value_problem
+
+    problem = blank_value_problem(flag, variable, value, without)
+    if problem is not None:
+        raise CliError(problem)
 
 
 def _check_bind_host(host: str) -> None:
