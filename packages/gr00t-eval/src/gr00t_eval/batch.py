@@ -20,12 +20,15 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from gr00t_client import BasePolicy, PolicyClient
 
 from .batch_jobs import Job, JobError, PolicyServerAddress, job_dir_name, job_video_dirs, load_jobs, parse_job
+from .episode_log import EpisodeLog
 from .metrics import EpisodeOutcome
+from .output_files import EPISODE_LOG_FILENAME, RUN_FILENAME
 from .policy_identity import check_takes_flat_observations, describe, pinned_policy, policy_record, same_policy
 from .results import RESULTS_FILENAME, write_results
 from .rollout.config import RolloutConfig, draw_base_seed
-from .run_dir import (EPISODE_LOG_FILENAME, RUN_FILENAME, EpisodeLog, add_earlier_eval_s, earlier_results,
-                      is_storage_error, read_run_json)
+from .run_file import read_run_json
+from .run_resume import add_earlier_eval_s, earlier_results
+from .run_stop import is_storage_error
 from .shard import run_suite
 
 __all__ = ["BATCH_RESULTS_FILENAME", "JOBS_DIRNAME", "Job", "JobError", "PolicyServerAddress", "connect", "format_table",

@@ -292,7 +292,7 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
 
     from . import connection
     from .open_loop import RESULTS_FILENAME, OpenLoopConfig, evaluate_open_loop
-    from .run_dir import sigterm_as_interrupt
+    from .run_stop import sigterm_as_interrupt
 
     if "--action-horizon" in sys.argv or "--action_horizon" in sys.argv:
         logging.getLogger(__name__).warning("--action-horizon is deprecated; use --execution-horizon")
@@ -396,7 +396,8 @@ def _claim_open_loop_output_dir(args: argparse.Namespace, config: Any) -> Path:
     process is gone (killed), is emptied with the rest by --overwrite.
     """
     from .run_claim import claim_output_dir, dead_partial_files, refuse_live_claims
-    from .run_dir import OutputDirError, make_fresh_dated_output_dir, prepare_output_dir
+    from .output_files import OutputDirError
+    from .run_dir import make_fresh_dated_output_dir, prepare_output_dir
 
     settings = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in vars(config).items()}
 
@@ -451,11 +452,13 @@ def _claim_held_until_the_end(claim: Path) -> Iterator[None]:
 def cmd_rollout(args: argparse.Namespace) -> int:
     """`gr00t-eval rollout`: run.json, episodes.jsonl, results.json, eval_info.json, videos and the reference's lines.
 
-    The run file records this process until the run ends (run_dir.held_run_claims), so neither --overwrite nor a
+    The run file records this process until the run ends (run_file.held_run_claims), so neither --overwrite nor a
     second --resume takes the directory (or shard) of a run that is still running.
     """
     from . import scale_cli
-    from .run_dir import INTERRUPTED_EXIT_CODE, OutputDirError, claim_resumed_run, held_run_claims
+    from .output_files import OutputDirError
+    from .run_file import claim_resumed_run, held_run_claims
+    from .run_stop import INTERRUPTED_EXIT_CODE
     from .shard import ShardSpec
 
     apply_env_registrations(args)
@@ -535,7 +538,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     return 0
 
 
-INTERRUPTED_EXIT_CODE = 130  # run_dir's, not imported from there: a stop may come while it is being imported
+INTERRUPTED_EXIT_CODE = 130  # run_stop's, not imported from there: a stop may come while it is being imported
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -560,7 +563,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         from gr00t_client.stdout_guard import guard_stdout
 
         from .progress import BarAwareHandler
-        from .run_dir import OutputDirError
+        from .output_files import OutputDirError
 
         args = build_parser().parse_args(argv)
         command = args.command

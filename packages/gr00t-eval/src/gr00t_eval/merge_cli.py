@@ -56,7 +56,8 @@ def _results_files(paths: List[str], output: Path) -> List[Path]:
 def _unfinished_shards_hint(paths: List[str]) -> str:
     """'; shard 1/2 ... started and has no results file ...' for every shard of the given directories that started
     (its run file is there) and wrote no results: still running, or killed. Empty when there is none."""
-    from .run_dir import results_file_name, resume_command, started_shards
+    from .output_files import results_file_name, started_shards
+    from .run_resume import resume_command
     from .shard import ShardSpec
 
     unfinished = []
@@ -74,7 +75,7 @@ def _refuse_live_runs_beside(output: Path) -> None:
     open-loop, batch, record or whole rollout there would write its own results.json or eval_info.json over the
     merge's (or the merge over its). Live shards may share the folder: they write results_shard*.json only."""
     from .run_claim import refuse_live_claims
-    from .run_dir import shard_files
+    from .output_files import shard_files
 
     folder = output.parent
     if folder.is_dir():
@@ -85,7 +86,7 @@ def _check_merge_output(output: Path, overwrite: bool) -> None:
     """Refuse an --output whose writing would destroy a run's own results: an existing file that is not an earlier
     merge's output, or a file in a whole run's --output-dir (the merge's eval_info.json would replace the run's)."""
     from .cli_errors import UsageError
-    from .run_dir import RUN_FILENAME
+    from .output_files import RUN_FILENAME
 
     if overwrite:
         return
@@ -110,7 +111,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from .cli_errors import UsageError
     from .eval_info import EVAL_INFO_FILENAME, lerobot_eval_info
     from .results import RESULTS_FILENAME, write_results_together
-    from .run_dir import is_storage_error
+    from .run_stop import is_storage_error
     from .shard import MergeError, format_missing, merge_results
 
     if not args.output.strip():  # '' wrote into the current folder, ' ' a file named by one space

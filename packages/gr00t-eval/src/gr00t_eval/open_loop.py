@@ -262,7 +262,7 @@ def evaluate_trajectory(
 def check_open_loop_output_dir(output_dir: str) -> None:
     """OutputDirError when `output_dir` holds an earlier run's results.json: its plots (of other trajectories,
     perhaps another policy's) would be left beside this run's results."""
-    from .run_dir import OutputDirError
+    from .output_files import OutputDirError
 
     earlier = Path(output_dir) / RESULTS_FILENAME
     if earlier.exists():

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 from gr00t_client.cli_signals import interrupting_signals
 
 from .extras import MissingExtraError
-from .run_dir import interrupts_deferred
+from .run_stop import interrupts_deferred
 
 logger = logging.getLogger(__name__)
 

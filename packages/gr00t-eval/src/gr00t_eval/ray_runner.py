@@ -23,7 +23,7 @@ from .metrics import EpisodeOutcome
 from .policy_identity import check_serves, describe, pinned_policy, record_from_info, same_policy, server_info
 from .ray_connect import import_ray, init_ray, shutdown_ray
 from .rollout.config import RolloutConfig
-from .run_dir import interrupts_deferred, sigterm_as_interrupt
+from .run_stop import interrupts_deferred, sigterm_as_interrupt
 from .shard import ShardSpec, format_missing, merge_results, results_from_outcomes, run_suite, shard_ranges
 from .suites import INCOMPLETE, Task, auto_n_envs, resolve_tasks
 

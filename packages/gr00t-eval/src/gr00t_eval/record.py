@@ -86,7 +86,7 @@ def record_metaworld(
         raise ValueError(f"image_size must be even (the dataset's mp4 videos are yuv420p), got {image_size}")
     camera = camera or DEFAULT_CAMERA
     from .run_claim import claim_lock_name, finish_claim, finished_however_it_ends, refuse_live_claims, take_claim
-    from .run_dir import sigterm_as_interrupt
+    from .run_stop import sigterm_as_interrupt
 
     output_path = Path(output)
     if output_path.exists() and not output_path.is_dir():
@@ -135,7 +135,7 @@ def record_metaworld(
 def _record_episodes(env: Any, expert: Any, writer: DatasetWriter, summary: RecordSummary, env_name: str, camera: str,
                      n_episodes: int, seed: int, max_episode_steps: int, bar: Any) -> None:
     from .rollout.adapters.metaworld import STATE_SLICES, array_to_action
-    from .run_dir import interrupts_deferred
+    from .run_stop import interrupts_deferred
 
     for episode in range(n_episodes):
         episode_seed = seed + episode

@@ -156,7 +156,7 @@ def _saved_rollout_config(saved: Mapping[str, Any], output_dir: Path, shard: Any
     (a run started by a newer gr00t-eval) or cannot take."""
     from .cli_errors import UsageError
     from .rollout import RolloutConfig
-    from .run_dir import run_file_name
+    from .output_files import run_file_name
 
     where = output_dir / run_file_name(shard)
     known = {field.name for field in dataclasses.fields(RolloutConfig)}

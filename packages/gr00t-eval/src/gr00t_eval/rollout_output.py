@@ -27,8 +27,9 @@ def _rollout_output_dir(args: argparse.Namespace, label: str, shard: Any, claim:
     it, --overwrite or not, the second finds the first's run file and is refused (it used to empty it away).
     """
     from .cli_errors import UsageError
-    from .run_dir import (ROLLOUT_LOCK_FILENAME, OutputDirError, check_output_dir, directory_lock, episode_log_name,
-                          make_fresh_dated_output_dir, prepare_output_dir, results_file_name, run_file_name)
+    from .output_files import OutputDirError, episode_log_name, results_file_name, run_file_name
+    from .run_dir import check_output_dir, make_fresh_dated_output_dir, prepare_output_dir
+    from .run_file import ROLLOUT_LOCK_FILENAME, directory_lock
 
     own = None if shard is None else [run_file_name(shard), episode_log_name(shard), results_file_name(shard)]
     keep = (ROLLOUT_LOCK_FILENAME,)
@@ -68,13 +69,14 @@ def _claim_videos(output_dir: Path, shard: Any, env_spec: str, config: Any) -> N
     """Claim the run's video folder when it lies outside the output directory, while the run writes there
     (run_claim.claim_video_dir): of two runs started together into one, both passed the check for earlier videos
     and then overwrote each other's. The shards of one plan share it. The claim is marked finished with the run's
-    (run_dir.held_run_claims)."""
+    (run_file.held_run_claims)."""
     import hashlib
     import json
 
     from .cli_errors import UsageError
+    from .output_files import OutputDirError
     from .run_claim import claim_video_dir
-    from .run_dir import OutputDirError, hold_claim
+    from .run_file import hold_claim
     from .shard import shard_plan
     from .suites import resolve_tasks
 
@@ -107,7 +109,8 @@ def _release_unstarted_run(output_dir: Path, shard: Any) -> None:
     """A new run that stopped before it scored any episode (no server answered, the policy refused its settings)
     leaves no run file: the corrected command is not refused as 'not empty', nor pointed at a --resume that would
     repeat the mistake."""
-    from .run_dir import EpisodeLog, episode_log_name, run_file_name
+    from .episode_log import EpisodeLog
+    from .output_files import episode_log_name, run_file_name
 
     log = output_dir / episode_log_name(shard)
     try:

@@ -13,7 +13,8 @@ from .run_summary import errors_exit, format_summary, print_errored_episodes, pr
 
 def _kept_episodes(output_dir: Path, shard: Any) -> Tuple[Path, int]:
     """The run's episode log and how many episodes it keeps (0 when it cannot be read)."""
-    from .run_dir import EpisodeLog, episode_log_name
+    from .episode_log import EpisodeLog
+    from .output_files import episode_log_name
 
     log = output_dir / episode_log_name(shard)
     try:
@@ -24,7 +25,7 @@ def _kept_episodes(output_dir: Path, shard: Any) -> Tuple[Path, int]:
 
 def _storage_failure(exc: OSError, output_dir: Path, shard: Any) -> str:
     """The one line for a run stopped by a full disk: the file, what is kept, and the command that continues."""
-    from .run_dir import resume_command
+    from .run_resume import resume_command
 
     log, kept = _kept_episodes(output_dir, shard)
     where = f" writing {exc.filename}" if exc.filename else ""
@@ -35,7 +36,7 @@ def _storage_failure(exc: OSError, output_dir: Path, shard: Any) -> str:
 
 def _summary_storage_failure(exc: OSError, files: List[Path], output_dir: Path, shard: Any) -> str:
     """The one line for a run whose episodes were all saved but whose results files could not be written."""
-    from .run_dir import resume_command
+    from .run_resume import resume_command
 
     log, kept = _kept_episodes(output_dir, shard)
     names = " and ".join(p.name for p in files)
@@ -53,8 +54,10 @@ def _report_rollout(args: argparse.Namespace, results: Dict[str, Any], output_di
     import numpy as np
 
     from .eval_info import EVAL_INFO_FILENAME, lerobot_eval_info
+    from .output_files import results_file_name
     from .results import write_results_together
-    from .run_dir import INTERRUPTED_EXIT_CODE, interrupts_deferred, is_storage_error, results_file_name, resume_command
+    from .run_resume import resume_command
+    from .run_stop import INTERRUPTED_EXIT_CODE, interrupts_deferred, is_storage_error
 
     files = [(output_dir / results_file_name(shard), results)]
     if shard is None:

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
-from .run_dir import RUN_FILENAME, OutputDirError, directory_lock, remove_quietly, shard_files
+from .output_files import RUN_FILENAME, OutputDirError, shard_files
+from .run_dir import remove_quietly
+from .run_file import directory_lock
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ def _record_settings_not_applied(client: Any, config: Any, output_dir: Path, sha
     """The run's settings that its server ignores (--rtc-frozen-steps against a reference server), warned of and
     added to its run file."""
     from .applied_settings import settings_not_applied, warn_not_applied
-    from .run_dir import record_settings_not_applied
+    from .run_file import record_settings_not_applied
 
     not_applied = settings_not_applied(client, {"rtc_frozen_steps": config.rtc_frozen_steps})
     if not_applied:
@@ -31,7 +31,7 @@ def _adopt_run_policy(output_dir: Path, shard: Any, first_policy: Optional[Mappi
     learned when the first attempt's was; `who` serves it: "the server at HOST:PORT" or "the servers"."""
     from .cli_errors import UsageError
     from .policy_identity import describe, same_policy
-    from .run_dir import record_run_policy
+    from .run_file import record_run_policy
 
     plural = who == "the servers"
     serving = f"{who} {'serve' if plural else 'serves'}"

@@ -84,12 +84,15 @@ def register_scale_commands(subparsers: Any) -> None:
 def run_rollout_command(args: argparse.Namespace) -> int:
     """Run a rollout (or resume one) into its output directory; exit 0, 1 (errors), 130 (interrupted)."""
     from .cli_errors import UsageError
+    from .episode_log import EpisodeLog
     from .metrics import EpisodeOutcome
+    from .output_files import episode_log_name
     from .rollout.config import draw_base_seed
     from .ray_connect import check_ray_address, import_ray
     from .ray_runner import parse_servers
-    from .run_dir import (EpisodeLog, add_earlier_eval_s, earlier_results, episode_log_name, given_settings,
-                          is_storage_error, read_run_file, refuse_changed_settings, write_run_file)
+    from .run_file import read_run_file, write_run_file
+    from .run_resume import add_earlier_eval_s, earlier_results, given_settings, refuse_changed_settings
+    from .run_stop import is_storage_error
     from .shard import ShardSpec
 
     try:  # a bad host list fails before the output directory is made
@@ -185,9 +188,11 @@ def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done:
          first_policy: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     from . import connection
     from .cli_errors import UsageError
+    from .episode_log import EpisodeLog
+    from .output_files import episode_log_name
     from .policy_identity import pinned_policy, policy_record
     from .ray_runner import parse_servers, run_with_ray
-    from .run_dir import EpisodeLog, episode_log_name, sigterm_as_interrupt
+    from .run_stop import sigterm_as_interrupt
     from .shard import run_suite
 
     servers = parse_servers(args.host, args.port)

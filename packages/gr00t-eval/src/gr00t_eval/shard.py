@@ -299,7 +299,7 @@ def run_suite(policy: BasePolicy, env_spec: str, config: RolloutConfig, shard: O
 
 def _stopped_shard_hint(label: str, results: Mapping[str, Any]) -> str:
     """'<label> is an interrupted run (<reason>): continue it with gr00t-eval rollout --resume DIR --shard I/N'."""
-    from .run_dir import resume_command
+    from .run_resume import resume_command
 
     shard = (results.get("plan") or {}).get("shard")
     spec = ShardSpec(*shard) if shard else None

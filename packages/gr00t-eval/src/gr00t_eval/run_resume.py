@@ -1,0 +1,122 @@
+"""`rollout --resume`: the command that continues a run, the settings it keeps from the run file (a command line
+changing them is refused), and the eval_s of its earlier attempts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Set, Union
+
+from .output_files import results_file_name
+
+logger = logging.getLogger(__name__)
+
+
+def resume_command(directory: Union[str, Path], shard: Any = None) -> str:
+    """'gr00t-eval rollout --resume DIR [--shard I/N]': what the messages about an unfinished run tell the user to
+    type, pasteable into a shell (`shard`: a ShardSpec, or anything whose str() is I/N; None for a whole run)."""
+    return f"gr00t-eval rollout --resume {shlex.quote(str(directory))}{'' if shard is None else f' --shard {shard}'}"
+
+
+# rollout flag (dest) -> the run.json config field it sets; --env-name is run.json's env_name.
+RESUMED_SETTINGS = {
+    "n_episodes": "n_episodes", "n_envs": "n_envs", "n_action_steps": "n_action_steps",
+    "max_episode_steps": "max_episode_steps", "seed": "seed", "env_kwargs": "env_kwargs", "video_dir": "video_dir",
+    "vectorization": "vectorization", "client_chunking": "client_chunking", "chunk_merge": "chunk_merge",
+    "rtc_frozen_steps": "rtc_frozen_steps", "max_episodes_rendered": "max_episodes_rendered",
+}
+FLAG_NAMES = {"env_kwargs": "--env-kwarg", "no_video": "--no-video"}
+
+
+def _flag_name(dest: str) -> str:
+    return FLAG_NAMES.get(dest, "--" + dest.replace("_", "-"))
+
+
+def given_settings(args: argparse.Namespace) -> Set[str]:
+    """The rollout flags this command line set: `args.given_flags` (cli.main records them), else those that
+    differ from the parser's defaults."""
+    given = getattr(args, "given_flags", None)
+    if given is not None:
+        return set(given)
+    from .cli import build_parser, subcommand_parsers
+
+    rollout = subcommand_parsers(build_parser())["rollout"]
+    return {dest for dest in [*RESUMED_SETTINGS, "env_name", "no_video", "output_dir", "overwrite"]
+            if getattr(args, dest, None) != rollout.get_default(dest)}
+
+
+def refuse_changed_settings(args: argparse.Namespace, saved: Mapping[str, Any]) -> None:
+    """UsageError when a `--resume DIR` command line sets a run setting other than the one saved in DIR's run.json.
+
+    A resumed run continues with its saved settings (they decide every episode's outcome and seed); flags that
+    would change them were silently dropped before. Connection, --ray-* and --env-import/prefix/adapter flags
+    come from the resuming command line.
+    """
+    from .cli_errors import UsageError
+
+    given = given_settings(args)
+    config = saved.get("config", {})
+    conflicts = []
+    if "env_name" in given and args.env_name != saved.get("env_name"):
+        conflicts.append(f"--env-name {args.env_name} (saved: {saved.get('env_name')})")
+    for dest, field_name in RESUMED_SETTINGS.items():
+        if dest not in given:
+            continue
+        value = dict(args.env_kwargs) if dest == "env_kwargs" else getattr(args, dest)
+        if value != config.get(field_name):
+            conflicts.append(f"{_flag_name(dest)} {value} (saved: {config.get(field_name)})")
+    if "no_video" in given and args.no_video and config.get("video_dir") is not None:
+        conflicts.append(f"--no-video (saved: videos in {config.get('video_dir')})")
+    if "output_dir" in given and args.output_dir and Path(args.output_dir).resolve() != Path(args.resume).resolve():
+        conflicts.append(f"--output-dir {args.output_dir} (a resumed run writes into {args.resume})")
+    if "overwrite" in given and args.overwrite:
+        conflicts.append("--overwrite (it would empty the run being resumed)")
+    if conflicts:
+        raise UsageError(f"--resume {args.resume} continues the run with the settings saved in its run file, but this "
+                         f"command line also gives {'; '.join(conflicts)}. Drop those flags to resume, or start a new "
+                         "run (a new --output-dir) with the new settings")
+
+
+def earlier_results(output_dir: Path, shard: Any) -> Optional[Dict[str, Any]]:
+    """The results file an earlier attempt of the run wrote (interrupted or aborted), if any."""
+    path = output_dir / results_file_name(shard)
+    if not path.is_file():
+        return None
+    try:
+        earlier = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        logger.warning("%s is not valid JSON; the resumed run's eval_s covers this attempt only", path)
+        return None
+    return earlier if isinstance(earlier, dict) and earlier.get("kind") == "rollout" else None
+
+
+def add_earlier_eval_s(results: Dict[str, Any], earlier: Mapping[str, Any]) -> None:
+    """Add the eval_s of earlier attempts (their results file) to a resumed run's, per task, group and overall.
+
+    The episodes they finished are kept in the resumed results, so their time must be too: eval_s and
+    eval_ep_s then cover every attempt, as for an uninterrupted run. (An attempt killed before it wrote
+    its results file is not counted.)
+    """
+    earlier_tasks = earlier.get("per_task") or {}
+    groups: Dict[str, float] = {}
+    total = 0.0
+    for task, entry in results["per_task"].items():
+        entry["eval_s"] = float(entry.get("eval_s") or 0.0) + float((earlier_tasks.get(task) or {}).get("eval_s") or 0.0)
+        _set_eval_ep_s(entry)
+        groups[entry.get("group")] = groups.get(entry.get("group"), 0.0) + entry["eval_s"]
+        total += entry["eval_s"]
+    for group, entry in results.get("per_group", {}).items():
+        if group in groups:
+            entry["eval_s"] = groups[group]
+            _set_eval_ep_s(entry)
+    results["overall"]["eval_s"] = total
+    _set_eval_ep_s(results["overall"])
+    results["aggregated"] = results["overall"]
+
+
+def _set_eval_ep_s(entry: Dict[str, Any]) -> None:
+    n_run = int(entry.get("n_episodes") or 0) + int(entry.get("n_errors") or 0)
+    entry["eval_ep_s"] = entry["eval_s"] / n_run if n_run else float("nan")

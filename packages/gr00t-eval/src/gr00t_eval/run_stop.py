@@ -1,0 +1,41 @@
+"""How a run stops early: Ctrl-C, SIGTERM or SIGHUP (exit code 130; more of them wait while it saves its results),
+or storage it can no longer write (a full disk), which every later episode would fail on too."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+from typing import Any, Iterator
+
+from gr00t_client.cli_signals import interrupting_signals, signals_handled_by
+from gr00t_client.cli_signals import sigterm_as_interrupt  # noqa: F401 - the gr00t_eval modules import it from here
+
+__all__ = ["INTERRUPTED_EXIT_CODE", "STORAGE_ERRNOS", "interrupts_deferred", "is_storage_error",
+           "sigterm_as_interrupt"]
+
+# A full disk (or quota, or file size limit) and a folder turned read-only: the run cannot write, but what it logged stays.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+INTERRUPTED_EXIT_CODE = 130
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """While a stopping run saves its results: a second Ctrl-C/SIGTERM/SIGHUP is noted, a third one stops waiting."""
+    extra = []
+
+    def handler(signum: int, frame: Any) -> None:
+        extra.append(signum)
+        if len(extra) >= 2:
+            raise KeyboardInterrupt(f"signal {signum}")
+        # os.write, not print: a handler that prints while the main thread prints raises a reentrant-call error
+        os.write(2, b"already stopping: saving the results of the finished episodes (Ctrl-C again to stop waiting)\n")
+
+    with signals_handled_by(handler, (signal.SIGINT, *interrupting_signals())):
+        yield
+
+
+def is_storage_error(exc: BaseException) -> bool:
+    """Whether `exc` says the run's files cannot be written (STORAGE_ERRNOS): every later episode would be lost too."""
+    return isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS
