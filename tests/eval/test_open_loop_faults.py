@@ -19,7 +19,7 @@ import pytest
 
 from eval.dataset_factory import expected_actions, make_dataset
 from eval.scale_fixtures import free_port, names_in_one_second
-from gr00t_eval import cli
+from gr00t_eval import cli, open_loop_cli
 from gr00t_eval.dataset import DatasetWriter
 from gr00t_server.policies.replay import ReplayPolicy
 from serving import running_server, stopped_while_it_hangs
@@ -305,7 +305,7 @@ def test_on_windows_a_claims_process_is_never_signalled_and_the_claim_counts_as_
 def test_runs_without_output_dir_started_in_the_same_second_get_a_directory_each(dataset, server, tmp_path, monkeypatch):
     n_runs = 6
     dated = names_in_one_second(monkeypatch, n_runs)  # every run picks its first name before any run creates its directory
-    monkeypatch.setattr(cli, "DEFAULT_OPEN_LOOP_BASE", str(tmp_path / "base"))
+    monkeypatch.setattr(open_loop_cli, "DEFAULT_OPEN_LOOP_BASE", str(tmp_path / "base"))
     codes = []
     args = ["open-loop", "--dataset-path", str(dataset), "--port", str(server.port), "--no-plots", "--execution-horizon", "4"]
     runs = [threading.Thread(target=lambda: codes.append(cli.main(args))) for _ in range(n_runs)]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from eval.dataset_factory import make_dataset
-from gr00t_eval import cli
+from gr00t_eval import cli, open_loop_cli
 from gr00t_server.policies.replay import ReplayPolicy
 from serving import running_server
 
@@ -34,7 +34,7 @@ def open_loop(dataset, server, *extra):
 
 
 def test_the_default_output_dir_is_a_new_dated_directory_per_run(dataset, server, tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "DEFAULT_OPEN_LOOP_BASE", str(tmp_path / "base"))
+    monkeypatch.setattr(open_loop_cli, "DEFAULT_OPEN_LOOP_BASE", str(tmp_path / "base"))
     assert open_loop(dataset, server) == 0
     assert open_loop(dataset, server) == 0  # within the same second: a second directory, not a refusal
     runs = sorted((tmp_path / "base").glob("*/*_my_robot*"))

@@ -1,19 +1,18 @@
 """`gr00t-eval`: open-loop evaluation, closed-loop rollout and Meta-World expert recording.
 
 Every flag is accepted in kebab (`--n-episodes`) and snake (`--n_episodes`) spelling, like the reference's tyro CLI.
+Here: the parser, main() with its interrupt handling, the dispatch and the rollout command; the open-loop and record
+commands are in open_loop_cli and record_cli, the scaling commands in scale_cli.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
 import json
 import logging
 import os
 import sys
-from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Sequence, Set
+from typing import Any, Dict, Optional, Sequence, Set
 
 # Only light modules here: main() makes SIGTERM and SIGHUP stop a command before the heavy imports (numpy, ZeroMQ: the
 # first half second), which a stop during them otherwise ended with a traceback or silently (143, 129).
@@ -21,13 +20,13 @@ from gr00t_client.cli_flags import CommandParser, add_log_level, subcommand_pars
 from gr00t_client.cli_flags import flag as _flag
 from gr00t_client.cli_signals import ProgramStopSignals
 
-from .cli_errors import USAGE_EXIT_CODE, UsageError
+from .cli_errors import USAGE_EXIT_CODE, UsageError, _unknown_tag
 from .extras import MissingExtraError
+from .open_loop_cli import DEFAULT_OPEN_LOOP_BASE, OPEN_LOOP_RUN_FILENAME, cmd_open_loop
+from .record_cli import cmd_record
 from .rollout.config import DEFAULT_ENV_TIMEOUT_S
 
 DEFAULT_ROLLOUT_DIR = "/tmp/gr00t_rollout_eval"
-DEFAULT_OPEN_LOOP_BASE = "/tmp/open_loop_eval"
-OPEN_LOOP_RUN_FILENAME = "open_loop_run.json"  # an open-loop run's settings; creating it claims the output directory
 
 
 def _parse_kwarg(text: str) -> tuple:
@@ -45,14 +44,6 @@ def _parse_pair(text: str) -> tuple:
     if not sep or not key or not value:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
     return key, value
-
-
-def _unknown_tag(given: str, exc: ValueError) -> UsageError:
-    """One line for a tag EmbodimentTag.resolve refused: its first line (not its table) and the known tags."""
-    from gr00t_client import EmbodimentTag
-
-    known = ", ".join(member.value for member in EmbodimentTag)
-    return UsageError(f"{given}: {str(exc).splitlines()[0]}; known tags: {known}")
 
 
 def apply_env_registrations(args: argparse.Namespace) -> None:
@@ -266,189 +257,6 @@ def _refuse_reference_flags(args: argparse.Namespace) -> None:
                          "run the policy with `gr00t-server serve` and pass --policy-client-host/--policy-client-port")
 
 
-def _connect(args: argparse.Namespace):
-    from . import connection
-
-    return connection.open_client(args.host, args.port, args)
-
-
-def _plots_wanted(args: argparse.Namespace) -> bool:
-    """Plots unless --no-plots; without matplotlib (a plain `pip install gr00t-eval`) open-loop runs without them."""
-    from .extras import is_installed
-
-    if args.no_plots:
-        return False
-    if not is_installed("matplotlib"):
-        print("note: matplotlib is not installed, skipping plots (pip install 'gr00t-eval[plots]')", file=sys.stderr)
-        return False
-    return True
-
-
-def cmd_open_loop(args: argparse.Namespace) -> int:
-    """`gr00t-eval open-loop`: plots, results.json and the reference's console lines; 1 if nothing was evaluated
-    or a trajectory errored (0 then with --allow-errors)."""
-    from gr00t_client import EmbodimentTag
-    from tqdm.auto import tqdm
-
-    from . import connection
-    from .open_loop import RESULTS_FILENAME, OpenLoopConfig, evaluate_open_loop
-    from .run_stop import sigterm_as_interrupt
-
-    if "--action-horizon" in sys.argv or "--action_horizon" in sys.argv:
-        logging.getLogger(__name__).warning("--action-horizon is deprecated; use --execution-horizon")
-    tag = None
-    if args.embodiment_tag is not None:
-        try:
-            tag = EmbodimentTag.resolve(args.embodiment_tag)
-        except ValueError as exc:
-            raise _unknown_tag(f"--embodiment-tag {args.embodiment_tag}", exc) from None
-    if not (Path(args.dataset_path) / "meta").is_dir():
-        raise UsageError(f"--dataset-path {args.dataset_path}: not a LeRobot dataset (no meta/ directory there)")
-    modality_keys = args.modality_keys
-    if modality_keys is not None:  # the dataset is local: a key it lacks is refused here, not after connecting
-        from .dataset import LeRobotDataset
-        from .open_loop_checks import dataset_action_keys
-
-        dataset_keys = LeRobotDataset(args.dataset_path).action_keys
-        try:
-            modality_keys = dataset_action_keys(modality_keys, dataset_keys)
-        except ValueError as exc:
-            raise UsageError(f"--modality-keys: {exc}") from None
-    plot = _plots_wanted(args)
-    if plot and args.save_plot_path is not None:
-        from .plots import check_plot_path
-
-        try:
-            check_plot_path(args.save_plot_path, "--save-plot-path")
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-    try:  # mistakes in the flags fail before any connection is made or directory created
-        config = OpenLoopConfig(
-            dataset_path=args.dataset_path, traj_ids=args.traj_ids, steps=args.steps, execution_horizon=args.execution_horizon,
-            modality_keys=modality_keys, output_dir=args.output_dir or DEFAULT_OPEN_LOOP_BASE,
-            embodiment_tag=tag.value if tag is not None else None,
-            observation_format=args.observation_format, plot=plot,
-            plot_path=args.save_plot_path, denoising_steps=args.denoising_steps,
-        )
-    except ValueError as exc:
-        raise UsageError(f"{exc} (check --steps, --execution-horizon, --traj-ids, --modality-keys, --denoising-steps)") from None
-    connection.portable_keys(args)  # a key mistake (a flag or $GR00T_* variable) fails before the folder is claimed
-    output_dir = _claim_open_loop_output_dir(args, config)
-    config = dataclasses.replace(config, output_dir=str(output_dir))
-    print(f"Output directory: {output_dir}")
-    try:
-        with _claim_held_until_the_end(output_dir / OPEN_LOOP_RUN_FILENAME):
-            try:
-                with sigterm_as_interrupt(), _connect(args) as client:
-                    result = evaluate_open_loop(client, config, report=tqdm.write)
-            except (KeyboardInterrupt, Exception):
-                _name_kept_open_loop_results(output_dir / RESULTS_FILENAME)
-                raise
-    except (KeyboardInterrupt, Exception, SystemExit):
-        _release_unused_claim(output_dir)
-        raise
-    if result.trajectories:
-        print(f"Plots: {', '.join(str(t.plot_path) for t in result.trajectories.values() if t.plot_path) or '(none)'}")
-        unplotted = [str(t) for t, r in result.trajectories.items() if r.plot_error]
-        if unplotted:
-            print(f"Plots not written for trajectories {', '.join(unplotted)} (why: plot_error in results.json)")
-    n_errors = len(result.errored)
-    if n_errors:
-        over = (f"the averages above are over the {len(result.trajectories)} that were evaluated" if result.trajectories
-                else "nothing was scored")
-        print(f"INCOMPLETE: {n_errors} of {n_errors + len(result.trajectories)} trajectories errored; {over}")
-    print(f"Results: {result.results_path}")
-    if not result.trajectories:
-        return 1
-    if n_errors and not args.allow_errors:
-        print("exit status 1 because trajectories errored (pass --allow-errors to exit 0 anyway)")
-        return 1
-    return 0
-
-
-def _release_unused_claim(output_dir: Path) -> None:
-    """A run that ended before writing anything (no server answered, say) leaves no claim behind: the same
-    command, run again once the server is up, is not refused as 'not empty'."""
-    try:
-        if [entry.name for entry in output_dir.iterdir()] == [OPEN_LOOP_RUN_FILENAME]:
-            (output_dir / OPEN_LOOP_RUN_FILENAME).unlink()
-    except OSError:
-        pass
-
-
-def _name_kept_open_loop_results(path: Path) -> None:
-    """After a stopped open-loop run: say what its results.json kept (written on the way out)."""
-    try:
-        kept = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return
-    print(f"{kept['status'].upper()}: {path} holds the {kept['aggregated']['n_trajectories']} trajectories scored "
-          f"before the stop; not run: {kept['not_run_trajectories']}", file=sys.stderr)
-
-
-def _claim_open_loop_output_dir(args: argparse.Namespace, config: Any) -> Path:
-    """Check, make and claim (OPEN_LOOP_RUN_FILENAME, run_claim) the output directory before anything else runs.
-
-    Open-loop writes its results only at the end, so without the claim two runs started into one empty
-    directory would both pass the emptiness check and mix their files. Without --output-dir the run gets a
-    new dated directory, created atomically (never one another run took). A directory whose claim is held by
-    a run still running is refused even with --overwrite; the claim of a finished run, or of one whose
-    process is gone (killed), is emptied with the rest by --overwrite.
-    """
-    from .run_claim import claim_output_dir, dead_partial_files, refuse_live_claims
-    from .output_files import OutputDirError
-    from .run_dir import make_fresh_dated_output_dir, prepare_output_dir
-
-    settings = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in vars(config).items()}
-
-    def claim(output_dir: Path) -> None:
-        claim_output_dir(output_dir, OPEN_LOOP_RUN_FILENAME, {
-            "kind": "open_loop", "config": {**settings, "output_dir": str(output_dir)}, "host": args.host, "port": args.port})
-
-    if not args.output_dir:
-        label = Path(args.dataset_path).resolve().name or "dataset"
-        for _ in range(100):
-            try:
-                output_dir = make_fresh_dated_output_dir(DEFAULT_OPEN_LOOP_BASE, label)
-            except OutputDirError as exc:
-                raise UsageError(str(exc)) from None
-            try:
-                claim(output_dir)
-                return output_dir
-            except OutputDirError:  # a run given this new directory as its --output-dir claimed it first
-                continue
-        raise UsageError(f"no free output directory under {DEFAULT_OPEN_LOOP_BASE}; pass --output-dir")
-    output_dir = Path(args.output_dir)
-    dataset, target = Path(args.dataset_path).resolve(), output_dir.resolve()
-    if dataset == target or target in dataset.parents or dataset in target.parents:  # --overwrite would delete it
-        relation = ("the dataset" if dataset == target else "a folder holding the dataset" if target in dataset.parents
-                    else "a folder inside the dataset")
-        raise UsageError(f"--output-dir {output_dir} is {relation} --dataset-path {args.dataset_path}; name another "
-                         "directory for the results")
-    try:
-        refuse_live_claims(output_dir)  # any command's, before "not empty": --overwrite must not be suggested
-        # A dead process's half-written file (its claim, killed mid-write) is not content: prepare_output_dir deletes it.
-        leftovers = set(dead_partial_files(output_dir))
-        if output_dir.is_dir() and any(entry not in leftovers for entry in output_dir.iterdir()) and not args.overwrite:
-            raise UsageError(f"--output-dir {output_dir} is not empty; pass --overwrite to empty it or name a new directory "
-                             "(open-loop runs do not resume: run them again)")
-        prepare_output_dir(output_dir, overwrite=args.overwrite)
-        claim(output_dir)
-    except OutputDirError as exc:
-        raise UsageError(str(exc)) from None
-    return output_dir
-
-
-@contextlib.contextmanager
-def _claim_held_until_the_end(claim: Path) -> Iterator[None]:
-    """Mark the claim finished however the run ends (its results written, interrupted, failed), so a later
-    --overwrite may reuse the directory; a run killed before this (kill -9) leaves a claim of a gone process."""
-    from .run_claim import finish_claim, finished_however_it_ends
-
-    with finished_however_it_ends(lambda outcome: finish_claim(claim, outcome)):
-        yield
-
-
 def cmd_rollout(args: argparse.Namespace) -> int:
     """`gr00t-eval rollout`: run.json, episodes.jsonl, results.json, eval_info.json, videos and the reference's lines.
 
@@ -476,66 +284,6 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         if code == INTERRUPTED_EXIT_CODE:  # the rollout caught its Ctrl-C to save what ran: the claim says so too
             ending.outcome = "interrupted"
         return code
-
-
-def _left_before_recording(output: str, summary: Any) -> str:
-    """What a recording stopped before its first episode left in `output`: --overwrite may have removed the old dataset."""
-    removed = summary.old_dataset_removed if summary is not None else []
-    if not removed:
-        return f"{output} was left as it was"
-    remaining = [name for name in ("meta", "data", "videos") if (Path(output) / name).exists()]
-    if remaining:
-        return (f"--overwrite had removed {', '.join(f'{name}/' for name in removed)} of the old dataset in {output} "
-                f"({', '.join(f'{name}/' for name in remaining)} remain: not a loadable dataset)")
-    return f"--overwrite had removed the old dataset in {output}, which holds no dataset now"
-
-
-def cmd_record(args: argparse.Namespace) -> int:
-    """`gr00t-eval record`: Meta-World expert episodes into a LeRobot v2.1 dataset."""
-    from .record import record_metaworld
-
-    for flag, value in (("--output", args.output), ("--camera", args.camera)):
-        if value is not None and not str(value).strip():  # '' was the current folder, or silently the default camera
-            raise UsageError(f"{flag} must not be empty")
-
-    try:
-        summary = record_metaworld(
-            args.env_name, args.episodes, args.output, seed=args.seed, max_episode_steps=args.max_episode_steps,
-            image_size=args.image_size, camera=args.camera, overwrite=args.overwrite,
-        )
-    except KeyboardInterrupt as exc:
-        summary = getattr(exc, "record_summary", None)  # what this run finished (the folder may hold an older dataset)
-        if summary is None or not summary.started:
-            print(f"INTERRUPTED before recording began: {_left_before_recording(args.output, summary)}")
-        elif summary.n_episodes:
-            print(f"INTERRUPTED: {args.output} holds the {summary.n_episodes} episodes finished before the interrupt "
-                  "(a loadable dataset)")
-        else:
-            print(f"INTERRUPTED: {args.output} holds no finished episode (not a loadable dataset)")
-        raise
-    except FileExistsError as exc:
-        message = str(exc).replace(" (pass overwrite=True to replace it)", "")  # the writer's hint is for its API
-        raise SystemExit(f"error: {message}" if args.overwrite or "not empty" not in message
-                         else f"error: {message}; add --overwrite to replace it") from None
-    except OSError as exc:  # a full disk mid-recording: say what the folder now holds
-        summary = getattr(exc, "record_summary", None)
-        if summary is None or not summary.started:
-            raise
-        state = (f"{args.output} holds the {summary.n_episodes} episodes finished before it (a loadable dataset)"
-                 if summary.n_episodes else f"{args.output} holds no finished episode (not a loadable dataset)")
-        raise SystemExit(f"error: {exc.strerror or exc}{f' writing {exc.filename}' if exc.filename else ''}: "
-                         f"recording stopped; {state}") from None
-    except ValueError as exc:  # the checks name record_metaworld's parameters; here they are flags
-        message = str(exc)
-        for parameter, flag in (("n_episodes", "--episodes"), ("max_episode_steps", "--max-episode-steps"),
-                                ("image_size", "--image-size"), ("seed", "--seed"), ("camera", "--camera")):
-            if message.startswith(parameter + " "):
-                message = flag + message[len(parameter):]
-        raise SystemExit(f"error: {message}") from None
-    print(f"Recorded {summary.n_episodes} episodes of {args.env_name} to {summary.root} "
-          f"(seeds {summary.seeds[0]}..{summary.seeds[-1]}, expert success {sum(summary.successes)}/{summary.n_episodes}, "
-          f"mean length {sum(summary.lengths) / summary.n_episodes:.1f})")
-    return 0
 
 
 INTERRUPTED_EXIT_CODE = 130  # run_stop's, not imported from there: a stop may come while it is being imported

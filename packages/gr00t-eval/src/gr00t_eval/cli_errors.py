@@ -7,3 +7,11 @@ USAGE_EXIT_CODE = 2
 
 class UsageError(ValueError):
     """A mistake in the command line or its inputs; the message says what was wrong and what was expected."""
+
+
+def _unknown_tag(given: str, exc: ValueError) -> UsageError:
+    """One line for a tag EmbodimentTag.resolve refused: its first line (not its table) and the known tags."""
+    from gr00t_client import EmbodimentTag
+
+    known = ", ".join(member.value for member in EmbodimentTag)
+    return UsageError(f"{given}: {str(exc).splitlines()[0]}; known tags: {known}")

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 CLAIM_KEY = "claim"  # the claim file's holder record; the run's settings sit beside it
 _STALE_CLAIMS_TOLD: Set[Tuple[str, str]] = set()  # (claim file, holder) a stale-claim warning was given for
 # The claim file of each gr00t-eval command: rollout's run file (a shard's run_shardIofN.json too), open-loop's
-# (cli.OPEN_LOOP_RUN_FILENAME), batch's (batch_cli.BATCH_CLAIM_FILENAME) and record's (record.RECORD_CLAIM). Every
+# (open_loop_cli.OPEN_LOOP_RUN_FILENAME), batch's (batch_cli.BATCH_CLAIM_FILENAME) and record's (record.RECORD_CLAIM). Every
 # command refuses a folder holding a live claim of any of them (refuse_live_claims), not only its own kind's: a
 # rollout --overwrite emptied the folder of an open-loop run, or a batch, still writing there.
 CLAIM_FILENAMES = (RUN_FILENAME, "open_loop_run.json", "batch.json", ".gr00t_record.json")
