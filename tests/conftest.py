@@ -19,6 +19,9 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 # themselves; the suite takes SIGHUP as a terminal's suite does (the nohup case has its own test).
 if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
+# Headless rendering, whichever test imports mujoco first (a test that only checks mujoco imports would otherwise fix
+# the GL backend before the Meta-World adapter sets MUJOCO_GL, and a later render test in that run fails).
+os.environ.setdefault("MUJOCO_GL", "egl")
 
 
 def _cuda_available() -> bool:
