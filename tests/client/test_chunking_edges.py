@@ -210,6 +210,20 @@ def test_a_chunk_with_a_non_finite_step_is_refused_naming_key_and_rows_and_the_n
     assert action["action.x"][:, 0].tolist() == [5.0, 15.0]
 
 
+@pytest.mark.parametrize("hide, refusal", [
+    (np.ma.masked_invalid, r"action key 'action.x' is a numpy masked array; return value.filled\(x\)"),
+    (lambda chunk: chunk.astype(object), r"action key 'action.x' has dtype object; expected a numeric"),
+], ids=["masked", "object"])
+def test_a_nan_hidden_in_a_masked_or_object_chunk_is_refused_naming_the_key(hide, refusal):
+    # The finite check saw neither a masked entry nor an object array's items: the robot was handed the NaN.
+    chunk = steps(0)
+    chunk[0, 1, 1] = np.nan
+    chunker = ActionChunker(ScriptedPolicy(hide(chunk), steps(5)))
+    with pytest.raises(ActionError, match=refusal):
+        chunker.get_action(obs())
+    assert chunker.remaining().tolist() == [0]
+
+
 @pytest.mark.parametrize("dtype, old, new, expected", [
     (np.int8, 100, 101, 101),    # 100.7: truncation gave 100
     (np.int8, 100, 120, 114),    # 114.0, no wrap-around

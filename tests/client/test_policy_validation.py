@@ -233,3 +233,75 @@ def test_an_action_dict_returned_without_its_info_is_named_strict_or_not(strict)
     with pytest.raises(ActionError, match=r"returned a dict alone \(keys .*\); expected a pair \(action: dict, info: "
                                           r"dict or None\): return \(action, \{\}\)"):
         ReturnsActionAlone(action, strict=strict).get_action(libero_like_observation())
+
+
+def test_a_strict_policy_refuses_nan_in_an_action_key_its_config_does_not_list():
+    """docs/serving.md: a script calling its strict policy directly never gets a non-finite action, listed or not."""
+    action = {**good_action(), "base": np.full((1, 4, 2), np.nan, np.float32)}
+    with pytest.raises(NonFiniteActionError, match=r"non-finite values \(NaN or inf\) in action key 'base' rows \[0\]"):
+        FixedActionPolicy(action).get_action(libero_like_observation())
+
+
+def test_a_strict_policy_refuses_nan_nested_in_an_unlisted_key_naming_the_dotted_key():
+    action = {**good_action(), "extras": {"base": [0.0, float("inf")]}}
+    with pytest.raises(NonFiniteActionError, match=r"in action key 'extras.base'"):
+        FixedActionPolicy(action).get_action(libero_like_observation())
+
+
+def test_a_lenient_policy_still_returns_an_unlisted_key_as_it_is():
+    action = {**good_action(), "base": np.full((1, 4, 2), np.nan, np.float32)}
+    returned, _ = FixedActionPolicy(action, strict=False).get_action(libero_like_observation())
+    assert np.isnan(returned["base"]).all()
+
+
+class ConfiguredPolicy(FixedActionPolicy):
+    """FixedActionPolicy with the modality configs it is given."""
+
+    def __init__(self, action, configs, strict=True):
+        super().__init__(action, strict=strict)
+        self.configs = configs
+
+    def get_modality_config(self):
+        return self.configs
+
+
+def json_form_configs():
+    """libero_like_configs(4) as get_modality_config() might return them read from a modality.json: plain dicts."""
+    return {name: config.to_json_dict() for name, config in libero_like_configs(action_horizon=4).items()}
+
+
+def test_a_strict_policy_whose_configs_are_the_json_form_validates_against_them():
+    policy = ConfiguredPolicy(good_action(), json_form_configs())
+    action, _ = policy.get_action(libero_like_observation())
+    assert sorted(action) == sorted(good_action())
+    with pytest.raises(ActionError, match=r"must have horizon T=4"):
+        ConfiguredPolicy(good_action(horizon=3), json_form_configs()).get_action(libero_like_observation())
+
+
+def test_json_form_configs_that_are_not_a_modality_config_are_refused_naming_get_modality_config_and_the_modality():
+    configs = {**json_form_configs(), "state": {"modality_keys": ["x"]}}
+    with pytest.raises(ValueError, match=r"get_modality_config\(\) returned an invalid modality config 'state': "
+                                         r"ModalityConfig is missing required fields \['delta_indices'\]"):
+        ConfiguredPolicy(good_action(), configs).get_action(libero_like_observation())
+    with pytest.raises(ValueError, match=r"must return a dict \{modality: ModalityConfig\}; got list"):
+        ConfiguredPolicy(good_action(), [json_form_configs()]).get_action(libero_like_observation())
+
+
+def test_a_wrapper_hands_on_the_json_form_of_its_policy_as_modality_configs():
+    class Wrapper(PolicyWrapper):
+        def _get_action(self, observation, options=None):
+            return self.policy.get_action(observation, options)
+
+    wrapper = Wrapper(ConfiguredPolicy(good_action(), json_form_configs()))
+    configs = wrapper.get_modality_config()
+    assert all(isinstance(config, ModalityConfig) for config in configs.values())
+    assert configs["action"].horizon == 4
+
+
+def test_a_strict_policy_whose_action_config_has_no_delta_indices_refuses_its_empty_chunks():
+    """ModalityConfig([], ...) decodes (peers send it); a 0-step chunk handed on failed later in robot code."""
+    configs = {**libero_like_configs(), "action": ModalityConfig([], ["arm"])}
+    policy = ConfiguredPolicy({"arm": np.zeros((1, 0, 7), np.float32)}, configs)
+    with pytest.raises(ActionError, match=r"the 'action' modality config has no delta_indices \(horizon 0\) for action "
+                                          r"keys \['arm'\]; expected at least one step"):
+        policy.get_action(libero_like_observation())

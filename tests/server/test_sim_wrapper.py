@@ -258,3 +258,41 @@ def test_a_strict_replay_server_refuses_a_state_width_the_dataset_does_not_have(
                 client.get_action(observation)
             action, _ = client.get_action(dict(observation, **{"state.arm": np.zeros((1, 1, 3), np.float32)}))
             assert action["action.arm"].shape == (1, 16, 3)
+
+
+class ExtraKeyPolicy(RecordingPolicy):
+    """RecordingPolicy whose action also holds a key its config does not list, all NaN."""
+
+    def _get_action(self, observation, options=None):
+        action, info = super()._get_action(observation, options)
+        return {**action, "base": np.full((len(observation["language"][LANGUAGE_KEY]), 2, 2), np.nan, np.float32)}, info
+
+
+def test_a_strict_wrapper_refuses_nan_in_a_flat_action_key_the_config_does_not_list():
+    from gr00t_client.policy import NonFiniteActionError
+
+    wrapper = Gr00tSimPolicyWrapper(ExtraKeyPolicy(strict=False))
+    with pytest.raises(NonFiniteActionError,
+                       match=r"non-finite values \(NaN or inf\) in action key 'action.base' rows \[0, 1\]"):
+        wrapper.get_action(flat())
+
+
+def test_a_strict_wrapper_refuses_the_empty_chunks_of_an_action_config_without_delta_indices():
+    configs = {**CONFIGS, "action": ModalityConfig(delta_indices=[], modality_keys=["arm"])}
+
+    class EmptyChunkPolicy(RecordingPolicy):
+        def _get_action(self, observation, options=None):
+            return {"arm": np.zeros((2, 0, 3), np.float32)}, {}
+
+    wrapper = Gr00tSimPolicyWrapper(EmptyChunkPolicy(configs, strict=False))
+    with pytest.raises(ActionError, match=r"the 'action' modality config has no delta_indices \(horizon 0\) for action "
+                                          r"keys \['arm'\]"):
+        wrapper.get_action(flat())
+
+
+def test_a_wrapper_takes_a_policy_whose_configs_are_the_json_form():
+    configs = {name: config.to_json_dict() for name, config in CONFIGS.items()}
+    wrapper = Gr00tSimPolicyWrapper(RecordingPolicy(configs))
+    action, _ = wrapper.get_action(flat())
+    assert action["action.arm"].shape == (2, 2, 3)
+    assert wrapper.flat_keys() == ["video.image", "state.arm", LANGUAGE_KEY]

@@ -12,6 +12,17 @@ from .chunking_merge import merge_overlap
 from .policy import ActionError, non_finite_rows
 
 
+def _refuse_hidden_values(key: str, value: np.ndarray) -> None:
+    """ActionError for a chunk whose numbers the finite check cannot see: a masked array (its masked entries hold
+    the values the robot would get) or a non-numeric dtype (an object array's items)."""
+    if isinstance(value, np.ma.MaskedArray):
+        raise ActionError(f"action key '{key}' is a numpy masked array; return value.filled(x) with the value the "
+                          "robot should get (a masked entry has no value to act on); the chunk was not used")
+    if value.dtype.kind not in "biufc":
+        raise ActionError(f"action key '{key}' has dtype {value.dtype}; expected a numeric (float, int or bool) "
+                          "array; the chunk was not used")
+
+
 class _StepBuffers:
     """ActionChunker's buffers of chunk steps, one per env, with a cursor each (it sets them, the keys, step shapes and
     dtypes the first chunk fixes, and the merge rule)."""
@@ -62,6 +73,7 @@ class _StepBuffers:
                 raise ActionError(f"action key '{key}' has horizon 0 (shape {value.shape}); expected a chunk of at least 1 step")
             if horizon is not None and value.shape[1] != horizon:
                 raise ActionError(f"action key '{key}' has horizon {value.shape[1]}; other keys have {horizon}")
+            _refuse_hidden_values(key, value)
             rows = non_finite_rows(value)
             if rows:  # the last layer before a robot: whatever policy it wraps (a local one checks nothing), no NaN leaves
                 raise ActionError(f"action key '{key}' has non-finite values (NaN or inf) in rows {rows}; the chunk was not used")

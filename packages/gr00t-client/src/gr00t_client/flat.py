@@ -14,7 +14,8 @@ from typing import Any, List, Optional
 import numpy as np
 
 from .modality import ModalityConfig
-from .policy import ActionError, NonFiniteActionError, ObservationError, _check_array, _check_finite, non_finite_rows
+from .policy import (ActionError, NonFiniteActionError, ObservationError, _check_array, _check_finite,
+                     as_modality_configs, check_action_horizon, non_finite_rows)
 
 # Legacy GR00T sim envs send the language under this key while the config says "task".
 LEGACY_LANGUAGE_KEY = "annotation.human.coarse_action"
@@ -76,6 +77,7 @@ def validate_flat_observation(observation: Any, configs: Mapping[str, ModalityCo
     the language as B strings; return the batch size."""
     if not isinstance(observation, Mapping):
         raise ObservationError(f"observation must be a dict of flat keys (video.*, state.*, language); got {type(observation).__name__}")
+    configs = as_modality_configs(configs)
     batch: Optional[int] = None
     first = ""
 
@@ -116,7 +118,9 @@ def validate_flat_action(action: Any, configs: Mapping[str, ModalityConfig]) -> 
     validate_action holds the nested form: a strict sim wrapper called directly handed out NaN)."""
     if not isinstance(action, Mapping):
         raise ActionError(f"action must be a dict; got {type(action).__name__}")
-    config = configs.get("action")
+    config = as_modality_configs(configs).get("action")
+    if config is not None:
+        check_action_horizon(config)
     for key in config.modality_keys if config is not None else []:
         name = f"action.{key}"
         if name not in action:

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .modality import ModalityConfig
+from .modality import ModalityConfig, modality_configs_from_json
 
 
 class PolicyValidationError(ValueError):
@@ -136,8 +136,26 @@ def _check_finite(key: str, value: np.ndarray) -> None:
         raise ObservationError(f"State key '{key}' has non-finite values (NaN or inf) in rows {rows}; expected finite numbers")
 
 
+def as_modality_configs(configs: Any) -> Dict[str, ModalityConfig]:
+    """A policy's get_modality_config() as {modality: ModalityConfig}: the JSON form (plain dicts, as read from a
+    modality.json) converted, None as none; ValueError naming get_modality_config (and the modality) otherwise."""
+    if configs is None:
+        return {}
+    if not isinstance(configs, Mapping):
+        raise ValueError(f"get_modality_config() must return a dict {{modality: ModalityConfig}}; got "
+                        f"{type(configs).__name__}")
+    if all(isinstance(config, ModalityConfig) for config in configs.values()):
+        return configs if isinstance(configs, dict) else dict(configs)
+    try:
+        return modality_configs_from_json(configs)
+    except ValueError as exc:
+        raise ValueError(f"get_modality_config() returned an invalid {exc}; expected ModalityConfig objects or "
+                         "their JSON form") from exc
+
+
 def validate_observation(observation: Any, configs: Mapping[str, ModalityConfig]) -> int:
     """Check a nested observation {video, state, language} against modality configs; return the batch size."""
+    configs = as_modality_configs(configs)
     if not isinstance(observation, Mapping):
         raise ObservationError(f"observation must be a dict with keys 'video', 'state', 'language'; got {type(observation).__name__}")
     batch: Optional[int] = None
@@ -200,9 +218,10 @@ def validate_action(action: Any, configs: Mapping[str, ModalityConfig], batch_si
     """Check an action dict {key: float32 (B, T, D)} against the 'action' modality config."""
     if not isinstance(action, Mapping):
         raise ActionError(f"action must be a dict of arrays; got {type(action).__name__}")
-    config = configs.get("action")
+    config = as_modality_configs(configs).get("action")
     if config is None:
         return
+    check_action_horizon(config)
     for key in config.modality_keys:
         if key not in action:
             raise ActionError(f"Action key '{key}' is missing from the action; got keys {sorted(action, key=str)}")
@@ -214,6 +233,25 @@ def validate_action(action: Any, configs: Mapping[str, ModalityConfig], batch_si
                                        f"{rows}", action)
         if batch_size is not None and value.shape[0] != batch_size:
             raise ActionError(f"Action key '{key}' has batch size {value.shape[0]}; expected {batch_size} (the observation's)")
+
+
+def check_action_horizon(config: ModalityConfig) -> None:
+    """ActionError for an 'action' config without delta_indices: its chunks would have 0 steps, nothing to execute."""
+    if not config.horizon:
+        raise ActionError(f"the 'action' modality config has no delta_indices (horizon 0) for action keys "
+                          f"{config.modality_keys}; expected at least one step, e.g. delta_indices=[0]")
+
+
+def refuse_non_finite_action(action: Any) -> None:
+    """NonFiniteActionError naming the dotted key of the first NaN or inf anywhere in an action, keys the modality
+    config does not list included."""
+    found = first_non_finite(action)
+    if found is not None:
+        key, value = found
+        rows = non_finite_rows(value)
+        where = f" rows {rows}" if rows else ""
+        raise NonFiniteActionError(f"the policy produced non-finite values (NaN or inf) in action key '{key}'{where}",
+                                   action)
 
 
 PAIR_EXPECTED = "expected a pair (action: dict, info: dict or None)"
@@ -321,6 +359,7 @@ class BasePolicy(ABC):
         if self.strict:
             try:
                 self.check_action(action)
+                refuse_non_finite_action(action)
             except NonFiniteActionError as exc:  # a batching server answers the finite rows with their info
                 exc.info, exc.policy = info, self
                 raise
@@ -339,4 +378,4 @@ class PolicyWrapper(BasePolicy):
         return self.policy.reset(options)
 
     def get_modality_config(self) -> Dict[str, ModalityConfig]:
-        return self.policy.get_modality_config()
+        return as_modality_configs(self.policy.get_modality_config())

@@ -12,11 +12,12 @@ from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tupl
 
 from gr00t_client.chunking_envs import observation_batch_size
 from gr00t_client.client import PROTOCOL_VERSION, normalize_host
-from gr00t_client.policy import BasePolicy, NonFiniteActionError
+from gr00t_client.policy import BasePolicy, NonFiniteActionError, as_modality_configs
 
 from . import batching, limits as work_limits
 from .batching import TIMING_OPTION
 from .endpoints import Endpoint, error_text, is_loopback_host, is_loopback_peer
+from .identity import encodable_identity
 # POLICY_STAGE_KEYS, ACTIVE_CLIENT_WINDOW_S, DEFAULT_CLIENT_QUEUED_BYTES, RECEIVE_BURST moved with their code and stay
 # importable from here, as before the split.
 from .execution import POLICY_STAGE_KEYS, JobRunner, policy_stages  # noqa: F401
@@ -187,6 +188,7 @@ class PolicyServer:
         self.register_endpoint("reset", self._reset)
         self.register_endpoint("get_modality_config", self._get_modality_config, requires_input=False)
         self.register_endpoint("get_server_info", self._get_server_info, requires_input=False)
+        self._identity_text_logged = False
         self._built_in = dict(self._endpoints)  # a name registered again (register_endpoint) is the caller's handler
 
     @staticmethod
@@ -325,19 +327,26 @@ class PolicyServer:
 
     def _get_modality_config(self) -> Any:
         getter = getattr(self.policy, "get_modality_config", None)
-        return getter() if getter else {}
+        return as_modality_configs(getter()) if getter else {}
 
     def _policy_identity(self) -> Optional[Dict[str, Any]]:
         """The served policy's `identity()` (the first in its wrapper chain that has one: which checkpoint or dataset
-        it serves), or None; never raises, as info must answer."""
+        it serves), or None; never raises, as info must answer: values the wire cannot carry are sent as text."""
         for policy in policy_chain(self.policy):
             identity = getattr(policy, "identity", None)
             if callable(identity):
                 try:
                     value = identity()
+                    if not isinstance(value, Mapping):
+                        return None
+                    encodable, replaced = encodable_identity(value)
                 except Exception as exc:  # noqa: BLE001
                     return {"error": error_text("identity", exc)[0]}
-                return dict(value) if isinstance(value, Mapping) else None
+                if replaced and not self._identity_text_logged:
+                    self._identity_text_logged = True
+                    logger.warning("%s.identity() returned values the wire cannot carry (%s); sent as their text",
+                                   type(policy).__name__, ", ".join(replaced[:4]))
+                return encodable
         return None
 
     def _get_server_info(self) -> Dict[str, Any]:

@@ -1,0 +1,82 @@
+"""What a served custom policy says about itself: configs in the JSON form (plain dicts, as read from a
+modality.json) and an identity() holding values the wire cannot carry (a Path, a datetime). A real PolicyServer on
+loopback, real PolicyClients, and gr00t-eval's policy record."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gr00t_client import BasePolicy, ModalityConfig, PolicyClient
+from gr00t_eval.policy_identity import policy_record
+from serving import running_server
+
+CONFIGS = {"state": ModalityConfig([0], ["joints"]), "action": ModalityConfig([0, 1, 2, 3], ["arm"])}
+OBSERVATION = {"state": {"joints": np.zeros((1, 1, 3), np.float32)}}
+
+
+class CustomPolicy(BasePolicy):
+    """A strict policy with the configs and identity it is given."""
+
+    def __init__(self, configs=CONFIGS, identity=None):
+        super().__init__()
+        self.configs, self._identity = configs, identity
+
+    def identity(self):
+        return self._identity
+
+    def get_modality_config(self):
+        return self.configs
+
+    def reset(self, options=None):
+        return {}
+
+    def _get_action(self, observation, options=None):
+        return {"arm": np.zeros((1, 4, 3), np.float32)}, {}
+
+
+JSON_FORM = {name: config.to_json_dict() for name, config in CONFIGS.items()}
+
+
+def test_configs_in_the_json_form_are_served_as_modality_configs():
+    with running_server(CustomPolicy(JSON_FORM)) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        configs = client.get_modality_config()
+        assert sorted(configs) == ["action", "state"]
+        assert all(type(config) is ModalityConfig for config in configs.values())
+        assert configs["action"].horizon == 4
+
+
+@pytest.mark.parametrize("strict_client", [False, True])
+def test_a_strict_policy_with_configs_in_the_json_form_answers_get_action(strict_client):
+    with running_server(CustomPolicy(JSON_FORM)) as server, \
+            PolicyClient(port=server.port, timeout_ms=5000, strict=strict_client) as client:
+        action, _ = client.get_action(OBSERVATION)
+        assert action["arm"].shape == (1, 4, 3)
+
+
+def test_an_identity_holding_a_path_and_a_datetime_is_sent_as_their_text(caplog):
+    when = datetime.datetime(2026, 1, 2, 3, 4, 5)
+    identity = {"kind": "my_policy", "checkpoint": Path("/models/my_robot/step_20000"),
+                "trained": {"at": when, "steps": [20000, Path("/logs")]}}
+    with running_server(CustomPolicy(identity=identity)) as server, \
+            PolicyClient(port=server.port, timeout_ms=5000) as client:
+        with caplog.at_level("WARNING"):
+            assert client.get_server_info()["policy_identity"] == {
+                "kind": "my_policy", "checkpoint": "/models/my_robot/step_20000",
+                "trained": {"at": str(when), "steps": [20000, "/logs"]}}
+            client.get_server_info()
+    warnings = [record.getMessage() for record in caplog.records if "the wire cannot carry" in record.getMessage()]
+    assert warnings == ["CustomPolicy.identity() returned values the wire cannot carry (PosixPath under 'checkpoint', "
+                        "datetime under 'trained.at', PosixPath under 'trained.steps'); sent as their text"]
+
+
+def test_gr00t_eval_records_the_identity_of_a_policy_whose_identity_holds_a_path():
+    identity = {"kind": "my_policy", "checkpoint": Path("/models/my_robot/step_20000")}
+    with running_server(CustomPolicy(identity=identity)) as server, \
+            PolicyClient(port=server.port, timeout_ms=5000) as client:
+        record = policy_record(client)
+    assert record is not None and record["policy_class"] == "CustomPolicy"
+    assert record["identity"] == {"kind": "my_policy", "checkpoint": "/models/my_robot/step_20000"}
