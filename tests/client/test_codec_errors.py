@@ -74,3 +74,29 @@ def test_a_policy_client_refuses_pickling_naming_itself_and_what_to_do():
             with pytest.raises(TypeError, match=r"a PolicyClient cannot be pickled \(it holds a ZeroMQ socket to "
                                                 r"tcp://127\.0\.0\.1:5555\): make one in each process"):
                 pickle.dumps(target)
+
+
+@pytest.mark.parametrize("array_map, missing", [
+    ({b"nd": True, b"kind": b"", b"shape": [1, 7], b"data": b"\x00" * 28}, "'type'"),
+    ({b"nd": True, b"type": "<f4", b"kind": b"", b"shape": [1, 7]}, "'data'"),
+    ({b"nd": True, b"type": "<f4", b"kind": b"", b"data": b"\x00" * 28}, "'shape'"),
+    ({"nd": True, "kind": "", "shape": [1, 7], "data": b"\x00" * 28}, "'type'"),  # str keys, as other clients send
+    ({b"nd": False, b"kind": b""}, "'type', 'data'"),  # a scalar
+], ids=["no_type", "no_data", "no_shape", "str_keys_no_type", "scalar_no_type_nor_data"])
+def test_a_msgpack_numpy_array_map_missing_a_field_is_named_not_passed_on_as_a_map(array_map, missing):
+    message = msgpack.packb({"state": {"joints": array_map}}, use_bin_type=True)
+    with pytest.raises(WireDecodeError, match=f"malformed msgpack-numpy array map: missing {missing} \\(its keys: 'nd'"):
+        codec.decode(message)
+
+
+def test_an_openpi_array_map_without_data_is_named_not_passed_on_as_a_map():
+    message = msgpack.packb({"a": {b"__ndarray__": True, b"dtype": "<f4", b"shape": [2]}}, use_bin_type=True)
+    with pytest.raises(WireDecodeError, match="malformed openpi array map: missing 'data' \\(its keys: '__ndarray__', 'dtype', 'shape'\\)"):
+        codec.decode(message)
+
+
+def test_a_state_key_named_like_an_array_marker_is_a_plain_key_not_a_malformed_array():
+    observation = {"state": {"nd": np.ones((1, 2), np.float32), "type": np.zeros((1, 1), np.float32)}}
+    decoded = codec.decode(codec.encode(observation))
+    assert sorted(decoded["state"]) == ["nd", "type"]
+    np.testing.assert_array_equal(decoded["state"]["nd"], observation["state"]["nd"])

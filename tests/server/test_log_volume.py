@@ -1,12 +1,16 @@
 """What a long-running server writes to its log: a policy failing on every call, a flood of refusals of one kind
-with a different mistake inside it, and a lenient Gr00tPolicy given an unknown option on every call."""
+with a different mistake inside it, a lenient Gr00tPolicy given an unknown option on every call, and a peer that
+never reads its replies."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import time
 
+import msgpack
 import pytest
+import zmq
 from reference_peer import EchoPolicy, libero_like_observation
 from serving import running_server
 
@@ -115,3 +119,33 @@ def test_the_first_window_opens_at_the_first_message_on_a_machine_just_booted(mo
         log.warning("refused again", kind="same")
         log.flush()
     assert seen == ["refused 0", "refused 1", "3 similar messages were suppressed in the last 7 s"]
+
+
+def test_a_peer_that_never_reads_its_replies_gets_a_few_log_lines_and_a_count_not_one_per_request(caplog):
+    caplog.set_level(logging.INFO, logger="gr00t_server.serving")
+    requests = 3000
+    with running_server(EchoPolicy()) as server:
+        context = zmq.Context()
+        peer = context.socket(zmq.DEALER)
+        peer.setsockopt(zmq.LINGER, 0)
+        peer.setsockopt(zmq.RCVHWM, 1)
+        peer.setsockopt(zmq.RCVBUF, 4096)
+        peer.connect(f"tcp://127.0.0.1:{server.port}")
+        request = msgpack.packb({"endpoint": "get_server_info"})
+        for _ in range(requests):
+            peer.send_multipart([b"", request])  # its replies are never read
+        deadline = time.monotonic() + 30
+        while server.stats.snapshot()["requests"] < requests and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with PolicyClient(host="127.0.0.1", port=server.port, timeout_ms=5000) as client:
+            assert client.ping()  # another client is still answered
+        dropped = server.stats.snapshot()["undelivered"]
+        peer.close()
+        context.term()
+    lines = [r.getMessage() for r in caplog.records if r.name == "gr00t_server.serving" and "reply to" in r.getMessage()]
+    assert dropped > 100
+    assert len(lines) <= 40, f"{len(lines)} lines for {dropped} dropped replies"  # was one per dropped reply
+    assert "the peer has not read its last 16 replies (the send high-water mark)" in lines[0]
+    assert "127.0.0.1" in lines[0]
+    summary = [r.getMessage() for r in caplog.records if "similar messages were suppressed" in r.getMessage()]
+    assert sum(int(text.split()[0]) for text in summary) == dropped - len(lines)

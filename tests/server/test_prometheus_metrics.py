@@ -1,9 +1,11 @@
 """The Prometheus endpoint of PolicyServer (metrics_port), scraped over real HTTP on loopback."""
 
+import re
 import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
@@ -15,6 +17,7 @@ from serving import running_server
 
 prometheus_parser = pytest.importorskip("prometheus_client.parser")
 
+DOCS_SERVING = Path(__file__).resolve().parents[2] / "docs" / "serving.md"
 Samples = Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]
 
 
@@ -142,6 +145,28 @@ def test_two_servers_in_one_process_keep_separate_metrics():
         assert one.metrics_port != two.metrics_port
         assert requests_count(scrape_settled(one, 1), "get_action", "ok") == 1
         assert requests_count(scrape(two), "get_action", "ok") == 0
+
+
+def documented_outcomes() -> set:
+    """The outcomes docs/serving.md's gr00t_requests_total row lists (its words in parentheses aside)."""
+    row = next(line for line in DOCS_SERVING.read_text(encoding="utf-8").splitlines()
+               if line.startswith("| `gr00t_requests_total"))
+    listed = row.split("; outcome ", 1)[1].split("; endpoints", 1)[0]
+    inner = None
+    while inner != listed:  # innermost parentheses first
+        inner, listed = listed, re.sub(r"\([^()]*\)", "", listed)
+    return set(re.findall(r"`(\w+)`", listed))
+
+
+def test_the_requests_help_lists_the_outcomes_docs_serving_md_lists():
+    with running_server(NapPolicy(), metrics_port=0) as server:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as response:
+            families = list(prometheus_parser.text_string_to_metric_families(response.read().decode()))
+    help_text = next(family.documentation for family in families if family.name == "gr00t_requests")
+    listed = help_text.split("outcome (", 1)[1].rsplit(")", 1)[0]
+    help_outcomes = {item.split(":", 1)[0].strip() for item in listed.split(", ")}
+    assert "undelivered" in documented_outcomes()
+    assert help_outcomes == documented_outcomes()
 
 
 def test_the_metrics_endpoint_closes_with_the_server():

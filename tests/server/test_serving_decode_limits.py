@@ -170,3 +170,13 @@ def test_a_connection_over_its_queued_byte_budget_is_refused_while_the_policy_is
         refusals = [r for r in replies if isinstance(r, dict) and "budget" in str(r.get("error"))]
         assert len(replies) == 4 and len(refusals) == 2
         assert server.stats.refused == 2
+
+
+def test_an_array_map_missing_its_dtype_is_refused_naming_that_field_not_a_bytes_observation_key():
+    """A hand-written client's array map without b"type" was passed on as a map: the reply spoke of a bytes key b'nd'."""
+    joints = {b"nd": True, b"kind": b"", b"shape": [1, 1, 7], b"data": np.zeros((1, 1, 7), np.float32).tobytes()}
+    request = msgpack.packb({"endpoint": "get_action", "data": {"observation": {"state": {"joints": joints}}}})
+    with running_server(EchoPolicy()) as server:
+        error = error_of(raw_round_trip(server.port, request))
+    assert "malformed msgpack-numpy array map: missing 'type'" in error
+    assert "observation keys must be str" not in error

@@ -323,3 +323,19 @@ def test_a_non_finite_model_output_names_the_extreme_state_not_the_weights_nor_a
     assert "statistics' range is [" in message
     assert "Check the weights" not in message
     assert "gripper" not in message
+
+
+@pytest.mark.parametrize("result", [
+    [np.full((1, 16, 7), np.nan, np.float32), {}],
+    [[float("nan"), 1.0], {}],
+    np.full((1, 16, 7), np.inf, np.float32),
+    [1.0, float("nan")],
+], ids=["ndarray_action", "list_action", "bare_array", "bare_list"])
+def test_a_replaced_get_action_that_returns_no_action_map_is_still_refused_a_nan(result):
+    """protocol.md §5: a replaced get_action's action is checked for NaN/inf whatever it is, not only a map."""
+    with running_server(EchoPolicy()) as server:
+        server.register_endpoint("get_action", lambda observation=None, options=None: result)
+        with PolicyClient(host="127.0.0.1", port=server.port, timeout_ms=5000, strict=False) as client:
+            with pytest.raises(PolicyServerError, match="non-finite value"):
+                client.call_endpoint("get_action", {"observation": {}, "options": None})
+            assert client.ping()

@@ -71,3 +71,14 @@ def test_row_limit_still_applies_to_string_arrays():
     value = np.array(["go"] * 200)
     with pytest.raises(RequestError, match=r"has 200 rows; this server accepts at most 128 rows"):
         check_observation({"language": {"task": value}}, ServerLimits())
+
+
+def test_a_long_string_array_under_a_state_key_is_refused_as_text_not_as_language():
+    observation = {"state": {"joints": np.array([["x" * 3000]], dtype="U3000")}}
+    policy = EchoPolicy()
+    with running_server(policy) as server:
+        reply = reply_of(raw_round_trip(server.port, message(observation)))
+    assert reply["error"] == (
+        "text 'state.joints' has 3000 characters; this server accepts at most 2048 (--max-language-chars)"
+    )
+    assert policy.calls == 0

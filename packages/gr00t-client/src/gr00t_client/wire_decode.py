@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import msgpack
 import numpy as np
@@ -142,7 +142,8 @@ def _decode_hook(obj: Dict[Any, Any]) -> Any:
     if len(obj) == 5 and obj.get(b"nd") is True and obj.get(b"kind") == b"" and type(obj.get(b"data")) is bytes:
         # The canonical msgpack-numpy array (what we and the reference send): the hot path.
         return _array_from_buffer(obj[b"data"], _cached_dtype(obj.get(b"type")), obj.get(b"shape"), copy=True)
-    if _has(obj, "nd") and _has(obj, "type") and _has(obj, "data"):  # msgpack-numpy
+    if type(_get(obj, "nd")) in (bool, int):  # msgpack-numpy (a key "nd" holding anything else: a plain map)
+        _require_fields(obj, "msgpack-numpy", ("type", "data", "shape") if _get(obj, "nd") else ("type", "data"))
         dtype = _as_dtype(_get(obj, "type"))
         kind = _get(obj, "kind")
         if kind not in (None, b"", ""):
@@ -153,7 +154,8 @@ def _decode_hook(obj: Dict[Any, Any]) -> Any:
         if _get(obj, "nd"):
             return _array_from_buffer(data, dtype, _get(obj, "shape"), copy=True)
         return _array_from_buffer(data, dtype, [], copy=True)[()]
-    if _has(obj, "__ndarray__") and _has(obj, "data"):  # openpi-style
+    if _has(obj, "__ndarray__"):  # openpi-style
+        _require_fields(obj, "openpi", ("data", "dtype", "shape"))
         dtype = _as_dtype(_get(obj, "dtype"))
         return _array_from_buffer(_get(obj, "data"), dtype, _get(obj, "shape"), copy=True)
     if _has(obj, "__npgeneric__"):  # openpi-style numpy scalar
@@ -169,6 +171,16 @@ def _decode_hook(obj: Dict[Any, Any]) -> Any:
         data = _get(obj, "data")
         return complex(data.decode() if isinstance(data, bytes) else data)
     return obj
+
+
+def _require_fields(obj: Dict[Any, Any], form: str, fields: Tuple[str, ...]) -> None:
+    """WireDecodeError naming the fields a marked array map lacks and the keys it has (it is no plain map)."""
+    missing = [name for name in fields if not _has(obj, name)]
+    if missing:
+        present = [key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key) for key in list(obj)[:12]]
+        raise WireDecodeError(f"malformed {form} array map: missing {', '.join(map(repr, missing))} (its keys: "
+                              f"{', '.join(repr(key[:40]) for key in present)}); expected {', '.join(map(repr, fields))} "
+                              "besides its marker")
 
 
 def _load_npy(blob: Union[bytes, bytearray]) -> np.ndarray:

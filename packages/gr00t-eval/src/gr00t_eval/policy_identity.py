@@ -49,17 +49,28 @@ def server_info(client: Any) -> Any:
         return None
 
 
+# The reference server's answer to an endpoint it does not have: a server that cannot say which policy it serves.
+NO_INFO_ENDPOINT = "Unknown endpoint: get_server_info"
+
+
 def _served_info(client: Any) -> Any:
-    """`client`'s get_server_info reply; None from a server that cannot say (the reference's has no such endpoint).
-    A timeout or lost connection is raised as it is: the caller decides what an unreachable server means."""
+    """`client`'s get_server_info reply; None from a server that cannot say (the reference's has no such endpoint)
+    or whose get_server_info fails (warned). A timeout or lost connection is raised as it is: the caller decides
+    what an unreachable server means."""
     try:
         return client.get_server_info()
     except (TimeoutError, ConnectionError):
         raise
     except Exception as exc:  # noqa: BLE001 - an error reply: nothing to learn from this server
-        if "Unauthorized" in str(getattr(exc, "server_message", "")):
+        server_message = str(getattr(exc, "server_message", ""))
+        if "Unauthorized" in server_message:
             raise  # a wrong or missing token: every request of the run would be refused the same way
-        logger.debug("get_server_info failed: %s", exc)
+        if server_message.startswith(NO_INFO_ENDPOINT):
+            logger.debug("get_server_info failed: %s", exc)
+        else:
+            logger.warning("%s answered get_server_info with an error (%.300s): the policy it serves is not recorded, "
+                           "so merge and a resumed run cannot check that results come from one policy",
+                           getattr(client, "address", "the server"), server_message or exc)
         return None
 
 

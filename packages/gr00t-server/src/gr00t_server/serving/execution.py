@@ -473,12 +473,11 @@ class JobRunner:
 
 
 def _check_replaced_action(result: Any, request: Request) -> None:
-    """A get_action handler registered in place of the built-in one is held to its NaN/inf check: an action map (or
-    the first of [action, info]) with a non-finite value is never sent."""
-    action = result[0] if isinstance(result, (list, tuple)) and len(result) == 2 else result
-    if isinstance(action, dict):
-        observation = request.data.get("observation") if isinstance(request.data, dict) else None
-        work_limits.check_finite_action(action, observation)
+    """A get_action handler registered in place of the built-in one is held to its NaN/inf check: an action (the
+    first of [action, info], or the whole result when it is no such pair) with a non-finite value is never sent."""
+    is_pair = isinstance(result, (list, tuple)) and len(result) == 2 and isinstance(result[1], (dict, type(None)))
+    observation = request.data.get("observation") if isinstance(request.data, dict) else None
+    work_limits.check_finite_action(result[0] if is_pair else result, observation)
 
 
 def _safe_text(exc: BaseException) -> str:

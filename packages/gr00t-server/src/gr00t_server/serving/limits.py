@@ -102,8 +102,9 @@ def _check_text(text: str, where: str, limits: ServerLimits, count_tokens: Optio
     """The character limit for every text; the token limit for language (`count_tokens`, None for other texts: no
     policy tokenizes them)."""
     if len(text) > limits.max_language_chars:
+        kind = "text" if count_tokens is None else "language"
         raise RequestError(
-            f"language '{where}' has {len(text)} characters; this server accepts at most {limits.max_language_chars} "
+            f"{kind} '{where}' has {len(text)} characters; this server accepts at most {limits.max_language_chars} "
             "(--max-language-chars)"
         )
     # A byte-level tokenizer makes at most one token per UTF-8 byte: a text of no more bytes than the limit is within

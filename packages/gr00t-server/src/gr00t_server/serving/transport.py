@@ -13,6 +13,7 @@ from gr00t_client import codec
 from gr00t_client.client import endpoint_host, is_ipv6_literal, send_frames
 
 from ..curve import CurveServerConfig, ServerCurve
+from .endpoints import RateLimitedLog
 
 logger = logging.getLogger("gr00t_server.serving")
 
@@ -97,6 +98,8 @@ class Transport:
         self._poller = zmq.Poller()
         self._poller.register(sock, zmq.POLLIN)
         self._poller.register(self._wake_read, zmq.POLLIN)
+        # A peer that sends without reading meets the full queue once per request: 20 per 10 s, then a count.
+        self._dropped_replies = RateLimitedLog(logger)
 
     def wake(self) -> None:
         """Make the next (or current) poll return; safe from any thread, never blocks."""
@@ -159,11 +162,16 @@ class Transport:
             # Frames are owned, immutable bytes (the server copies policy buffers when it encodes), so ZeroMQ may
             # send large ones without another copy.
             send_frames(self.socket, [*routing, *frames], _NOBLOCK)
+        except zmq.Again:  # SEND_HWM replies wait for a peer that does not read them
+            self._dropped_replies.warning(
+                "reply to %s dropped: the peer has not read its last %d replies (the send high-water mark), so its "
+                "queue is full", peer or "local", SEND_HWM, kind=peer)
+            return False
         except zmq.ZMQError as exc:
             if exc.errno == zmq.EHOSTUNREACH:  # its connection closed: a client that gave up (counted undelivered)
                 logger.debug("reply to %s not delivered: its connection is gone", peer or "local")
-            else:  # zmq.Again: SEND_HWM replies wait for a peer that does not read them
-                logger.warning("could not send reply to %s: %s", peer or "local", exc)
+            else:
+                self._dropped_replies.warning("could not send reply to %s: %s", peer or "local", exc)
             return False
         return True
 
@@ -174,6 +182,7 @@ class Transport:
 
     def close(self) -> None:
         """Close the socket, the context and the pipe (a late wake() from an abandoned worker is ignored)."""
+        self._dropped_replies.flush()
         if self.socket is not None:
             self.socket.close()
             self.socket = None
