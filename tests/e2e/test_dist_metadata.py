@@ -89,9 +89,10 @@ def test_plain_gr00t_eval_has_no_plotting_or_simulator_dependencies():
     assert not names & {"matplotlib", "gymnasium", "metaworld", "mujoco", "gym-pusht", "torch"}, names
 
 
-def test_gymnasium_lower_bound_has_autoreset_mode():
+def test_gymnasium_lower_bound_has_autoreset_mode_and_builds_meta_world():
+    """1.1 brought AutoresetMode; 1.1.0's render-mode check refuses Meta-World 3.1.1's envs, 1.1.1 builds them."""
     for requirement in _by_name("gr00t-eval")["gymnasium"]:
-        assert not requirement.specifier.contains("1.0.0") and requirement.specifier.contains("1.1.0"), requirement
+        assert not requirement.specifier.contains("1.1.0") and requirement.specifier.contains("1.1.1"), requirement
 
 
 def test_server_lower_bounds_satisfy_what_transformers_requires():

@@ -256,6 +256,36 @@ def test_every_dependency_has_a_lower_bound_that_is_pinned_here():
         lower_bound_pins(["numpy"])
 
 
+# The first release of an extra's dependency that works with the rest of what the packages admit. Their venvs (torch,
+# onnxruntime, MuJoCo, OpenCV) are too big to build in the suite, so the bounds themselves are checked.
+FIRST_WORKING_RELEASE = [
+    # IOBinding took an ONNX element type (the only way to bind bfloat16) from 1.20: "Not a valid numpy type" before
+    ("gr00t-server", "onnx", "onnxruntime", "1.20"),
+    ("gr00t-server", "onnx-gpu", "onnxruntime-gpu", "1.20"),
+    # start_http_server returns the (server, thread) it started from 0.20 (None before)
+    ("gr00t-server", "metrics", "prometheus_client", "0.20"),
+    # gymnasium 1.1.0 refused Meta-World 3.1.1's envs: AssertionError: ['human', 'rgb_array', 'depth_array']
+    ("gr00t-eval", "sim", "gymnasium", "1.1.1"),
+    ("gr00t-eval", "pusht", "gymnasium", "1.1.1"),
+    # gym-pusht admits opencv-python 4.9, built for numpy 1: it fails to import beside numpy 2
+    ("gr00t-eval", "pusht", "opencv-python", "4.10.0.84"),
+]
+
+
+def _release(version: str) -> tuple:
+    return tuple(int(part) for part in version.split("."))
+
+
+@pytest.mark.parametrize("package, extra, name, first_working", FIRST_WORKING_RELEASE,
+                         ids=[f"{extra}-{name}" for _, extra, name, _ in FIRST_WORKING_RELEASE])
+def test_an_extra_admits_no_release_older_than_the_first_that_works(package, extra, name, first_working):
+    pins = lower_bound_pins(_project(package)["optional-dependencies"][extra])
+    assert name in pins, f"{package}[{extra}] sets no lower bound for {name}; releases before {first_working} fail"
+    bound = pins[name].split("==")[1]
+    assert _release(bound) >= _release(first_working), \
+        f"{package}[{extra}] admits {name} {bound}, but releases before {first_working} fail"
+
+
 CLIENT_ENDS = pytest.mark.parametrize("venv", ["client_venv", "client_newest_venv"], ids=["lowest", "newest"])
 
 
@@ -304,6 +334,45 @@ def test_the_eval_dataset_and_open_loop_tests_pass_at_the_lowest_admitted_versio
     output = _run_tests(eval_venv, EVAL_ONLY_TESTS)
     # av1 must be written and read here too (av 12's FFmpeg encodes it with libaom-av1, not SVT-AV1)
     assert "cannot be encoded by this PyAV build" not in output, output[-3000:]
+
+
+# A PolicyServer with a metrics port, in a process whose prometheus_client is the one pinned first on its path.
+_METRICS_SERVER = """
+import urllib.request
+from gr00t_client import PolicyClient
+from reference_peer import EchoPolicy
+from serving import running_server
+with running_server(EchoPolicy(), metrics_port=0) as server:
+    with PolicyClient(port=server.port, timeout_ms=10000) as client:
+        assert client.ping()
+    page = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+print(page)
+"""
+
+
+@pytest.mark.slow
+def test_the_metrics_endpoint_serves_at_the_lowest_prometheus_client_admitted(tmp_path):
+    """prometheus_client 0.17-0.19 (once admitted) returned nothing from start_http_server: `serve --metrics-port`
+    died at start-up unpacking it. The wheel is pure Python and small, so the lower bound itself is installed here."""
+    import sys
+
+    pin = lower_bound_pins(_project("gr00t-server")["optional-dependencies"]["metrics"])["prometheus_client"]
+    _pip(Path(sys.executable), "--no-deps", "--target", str(tmp_path / "lib"), pin)
+    path = [str(tmp_path / "lib"), str(REPO / "tests"), *(str(PACKAGES / name / "src") for name in (
+        "gr00t-client", "gr00t-server", "gr00t-eval")), os.environ.get("PYTHONPATH", "")]
+    result = subprocess.run([sys.executable, "-c", _METRICS_SERVER], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))})
+    assert result.returncode == 0, f"the metrics server failed with {pin}:\n{result.stderr[-3000:]}"
+    bound, installed = pin.split("==")[1], _installed_at(tmp_path / "lib", "prometheus_client")
+    assert installed == bound or installed.startswith(bound + "."), (pin, installed)
+    assert "gr00t_requests" in result.stdout and "gr00t_queue_depth" in result.stdout, result.stdout[-2000:]
+
+
+def _installed_at(target: Path, distribution: str) -> str:
+    """The version of `distribution` that pip installed into the --target folder `target`."""
+    import importlib.metadata
+
+    return next(importlib.metadata.distributions(path=[str(target)], name=distribution)).version
 
 
 @pytest.mark.slow

@@ -61,6 +61,50 @@ def test_rollout_without_sim_extra_fails_with_one_line_naming_it():
     assert lines[0].endswith("): pip install 'gr00t-eval[sim]'")
 
 
+def test_a_pusht_rollout_without_gymnasium_names_the_pusht_extra():
+    """It named [sim] (Meta-World and MuJoCo, no gym-pusht): the run after installing it failed again."""
+    result = _eval_cli("rollout", "--env-name", "pusht/PushT-v0", "--n-episodes", "1")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("gr00t-eval rollout: error: closed-loop rollout needs gymnasium (")
+    assert lines[0].endswith("): pip install 'gr00t-eval[pusht]'")
+
+
+def test_a_rollout_of_pusht_and_meta_world_envs_without_gymnasium_names_both_extras():
+    result = _eval_cli("rollout", "--env-name", "metaworld/reach-v3,pusht/PushT-v0", "--n-episodes", "1")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().endswith("): pip install 'gr00t-eval[pusht,sim]'"), result.stderr
+
+
+def test_a_batch_job_of_pusht_envs_without_gymnasium_fails_naming_the_pusht_extra(tmp_path):
+    from eval.scale_fixtures import ConstantPolicy
+
+    jobs = tmp_path / "jobs.json"
+    with running_server(ConstantPolicy()) as server:
+        jobs.write_text(json.dumps([{"name": "pusht", "env_name": "pusht/PushT-v0", "n_episodes": 1,
+                                     "policy_server": {"port": server.port, "timeout_ms": 5000}}]))
+        result = _eval_cli("batch", "--jobs", str(jobs), "--output-dir", str(tmp_path / "out"))
+    [job] = json.loads((tmp_path / "out" / "batch_results.json").read_text())["jobs"]
+    assert job["status"] == "failed", result.stderr
+    assert job["reason"].endswith("): pip install 'gr00t-eval[pusht]'"), job["reason"]
+
+
+def test_the_rollout_modules_without_gymnasium_name_the_extra_of_each_simulator():
+    """Imported where no env name says which simulator is meant (a resumed run, the Python API)."""
+    code = "import sys; sys.modules['gymnasium'] = None; import gr00t_eval.rollout.runner"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("gr00t_eval.extras.MissingExtraError: closed-loop rollout needs gymnasium ("), result.stderr
+    assert last.endswith("): pip install 'gr00t-eval[sim]' for Meta-World, 'gr00t-eval[pusht]' for PushT"), last
+
+
+def test_the_pusht_adapter_without_gymnasium_names_the_pusht_extra():
+    code = "import sys; sys.modules['gymnasium'] = None; import gr00t_eval.rollout.adapters.pusht"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stderr.strip().endswith("): pip install 'gr00t-eval[pusht]'"), result.stderr
+
+
 def test_record_without_sim_extra_fails_with_one_line_naming_it(tmp_path):
     # record reaches the Meta-World adapter without the rollout runner's guard: it said "No module named 'gymnasium'"
     result = _eval_cli("record", "--env-name", "metaworld/reach-v3", "--episodes", "1", "--output", str(tmp_path / "d"))

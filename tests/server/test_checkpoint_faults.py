@@ -552,6 +552,33 @@ def test_a_backend_without_its_metadata_or_install_is_refused_before_the_checkpo
     assert message.format(folder=folder) in capsys.readouterr().err
 
 
+def test_an_installed_onnxruntime_that_fails_to_import_is_reported_with_its_error_not_as_missing(tmp_path):
+    """onnxruntime 1.18 beside numpy 2 fails to import; serve said it was not installed and to install the extra that
+    installed it. Here an `onnxruntime` first on the path raises at import, as a build for numpy 1 does."""
+    import os
+    import subprocess
+
+    from serving import SERVER_CLI, free_port
+
+    broken = tmp_path / "site"
+    (broken / "onnxruntime").mkdir(parents=True)
+    (broken / "onnxruntime" / "__init__.py").write_text("raise ImportError('numpy.core.multiarray failed to import')\n")
+    (broken / "onnxruntime-1.18.0.dist-info").mkdir()
+    (broken / "onnxruntime-1.18.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: onnxruntime\n"
+                                                                       "Version: 1.18.0\n")
+    (tmp_path / "checkpoint").mkdir()  # the backend is checked before the checkpoint is read
+    (tmp_path / "onnx").mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(broken), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([*SERVER_CLI, "serve", "--model-path", str(tmp_path / "checkpoint"), "--device", "cpu",
+                             "--port", str(free_port()), "--inference-mode", "onnxruntime", "--onnx-dir",
+                             str(tmp_path / "onnx")], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert "onnxruntime 1.18.0 is installed but failed to import (ImportError: numpy.core.multiarray failed to " \
+           "import) beside numpy " in error, error
+    assert "needs onnxruntime" not in error and "Traceback" not in result.stderr
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has a CUDA GPU")
 @pytest.mark.parametrize("device", [[], ["--device", "cuda"]], ids=["default-device", "cuda-device"])
 def test_verify_of_engines_without_a_cuda_gpu_says_tensorrt_needs_one_before_the_checkpoint_loads(copy_of, capsys,

@@ -1,4 +1,5 @@
-"""Replay serving is torch-free, and without gr00t-eval it fails with one line naming `gr00t-server[replay]`.
+"""Replay serving is torch-free, and without gr00t-eval it (and a test checkpoint made from a dataset) fails with one
+line naming `gr00t-server[replay]`.
 
 The torch check runs inside the server process: a wrapper runs the real CLI and, when it exits, reports
 whether anything imported torch along the way (start-up, requests, kill, shutdown).
@@ -72,3 +73,17 @@ def test_replay_without_gr00t_eval_fails_with_one_line_naming_the_extra(dataset)
     assert proc.returncode == 2, output
     assert len(errors) == 1 and "pip install 'gr00t-server[replay]'" in errors[0], output
     assert "Traceback" not in output
+
+
+def test_a_test_checkpoint_from_a_dataset_without_gr00t_eval_fails_with_one_line_naming_the_extra(dataset, tmp_path):
+    """It said only "No module named 'gr00t_eval'", a distribution a server user may never have heard of."""
+    proc = _cli_process("make-test-checkpoint", str(tmp_path / "ckpt"), "--size", "tiny", "--dataset-path",
+                        str(dataset), hide_gr00t_eval=True)
+    output, _ = proc.communicate(timeout=120)
+    errors = [line for line in output.splitlines() if "error" in line]
+    assert proc.returncode == 2, output
+    assert len(errors) == 1, output
+    assert errors[0].startswith("gr00t-server make-test-checkpoint: error: a test checkpoint made from a dataset needs "
+                                "gr00t-eval's dataset reader (")
+    assert errors[0].endswith("): pip install 'gr00t-server[replay]'"), output
+    assert "Traceback" not in output and not (tmp_path / "ckpt").exists()

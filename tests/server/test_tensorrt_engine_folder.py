@@ -157,3 +157,24 @@ def test_verify_refuses_a_backend_that_swapped_nothing(tiny_checkpoint):
     policy = Gr00tPolicy(tiny_checkpoint, TAG, device="cpu", dtype="fp32")
     with pytest.raises(BackendError, match="swapped no sub-module"):
         verify_policy(policy, example_observation(tiny_checkpoint, TAG, batch_size=1), lambda _: [], "tensorrt")
+
+
+def test_a_tensorrt_that_is_installed_but_cannot_load_its_libraries_is_not_reported_as_missing(tmp_path, monkeypatch):
+    package = tmp_path / "tensorrt"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "raise ImportError('libnvinfer.so.10: cannot open shared object file: No such file or directory')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(__import__("sys").modules, "tensorrt", raising=False)
+    with pytest.raises(BackendError) as caught:
+        trt_backend.import_tensorrt()
+    assert "installed but failed to import" in str(caught.value)
+    assert "libnvinfer.so.10" in str(caught.value)
+    assert "pip install" not in str(caught.value)
+
+
+def test_a_missing_tensorrt_names_the_extras_to_install(tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if "tensorrt" not in p])
+    monkeypatch.setitem(__import__("sys").modules, "tensorrt", None)  # import raises ModuleNotFoundError for it
+    with pytest.raises(BackendError, match=r"needs TensorRT 10 \(pip install 'gr00t-server\[tensorrt-cu12\]'"):
+        trt_backend.import_tensorrt()

@@ -21,10 +21,10 @@ from gr00t_client.cli_flags import flag as _flag
 from gr00t_client.cli_signals import ProgramStopSignals
 
 from .cli_errors import USAGE_EXIT_CODE, UsageError, _unknown_tag
-from .extras import MissingExtraError
+from .extras import MissingExtraError, require
 from .open_loop_cli import DEFAULT_OPEN_LOOP_BASE, OPEN_LOOP_RUN_FILENAME, cmd_open_loop
 from .record_cli import cmd_record
-from .rollout.config import DEFAULT_ENV_TIMEOUT_S
+from .rollout.config import DEFAULT_ENV_TIMEOUT_S, simulator_extras
 
 DEFAULT_ROLLOUT_DIR = "/tmp/gr00t_rollout_eval"
 
@@ -269,6 +269,8 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     from .run_stop import INTERRUPTED_EXIT_CODE
     from .shard import ShardSpec
 
+    if args.env_name:  # named before the rollout modules, whose own check cannot tell PushT from Meta-World
+        require("gymnasium", simulator_extras(args.env_name), "closed-loop rollout")
     apply_env_registrations(args)
     with held_run_claims() as ending:
         if args.resume:

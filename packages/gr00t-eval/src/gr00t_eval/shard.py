@@ -17,9 +17,10 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from gr00t_client import BasePolicy
 
+from .extras import require
 from .metrics import EpisodeOutcome
 from .policy_identity import check_serves_env_embodiments, describe, policy_record, same_policy
-from .rollout.config import RolloutConfig, draw_base_seed
+from .rollout.config import RolloutConfig, draw_base_seed, simulator_extras
 from .rollout.replay_plan import check_replay_horizon
 from .suites import INCOMPLETE, Task, TaskRun, outcome_from_json, resolve_tasks, run_tasks, suite_results
 
@@ -276,6 +277,7 @@ def run_suite(policy: BasePolicy, env_spec: str, config: RolloutConfig, shard: O
         raise ValueError(f"run_suite runs each task's episodes 0 .. n_episodes - 1 and takes a slice only with shard=; "
                          f"RolloutConfig.first_episode must be 0, got {config.first_episode} (run_rollout runs one env "
                          f"from another episode)")
+    require("gymnasium", simulator_extras(env_spec), "closed-loop rollout")  # the extra of these envs, not both
     tasks, suite = resolve_tasks(env_spec)
     served = policy_record(policy)
     check_serves_env_embodiments(served, [task.env_name for task in tasks])

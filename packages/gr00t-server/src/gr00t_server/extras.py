@@ -9,12 +9,12 @@ class MissingExtraError(ImportError):
     """An optional dependency is not installed; the message names the pip extra that provides it."""
 
 
-def require_lerobot_dataset() -> Any:
-    """The `LeRobotDataset` class of gr00t-eval, which replay serving needs (`gr00t-server[replay]`)."""
+def require_lerobot_dataset(purpose: str = "replay serving") -> Any:
+    """The `LeRobotDataset` class of gr00t-eval, which `purpose` needs (`gr00t-server[replay]`)."""
     try:
         from gr00t_eval.dataset import LeRobotDataset
     except ImportError as exc:
         raise MissingExtraError(
-            f"replay serving needs gr00t-eval's dataset reader ({exc}): pip install 'gr00t-server[replay]'"
+            f"{purpose} needs gr00t-eval's dataset reader ({exc}): pip install 'gr00t-server[replay]'"
         ) from exc
     return LeRobotDataset

@@ -98,9 +98,9 @@ def _spec(tag: str) -> Dict[str, Any]:
 
 def spec_from_dataset(dataset_path: Union[str, Path], horizon: int = 16) -> Dict[str, Any]:
     """A key set with the dataset's cameras, state/action groups and first language key, and its statistics."""
-    from gr00t_eval.dataset import LeRobotDataset
+    from .extras import require_lerobot_dataset
 
-    dataset = LeRobotDataset(dataset_path)
+    dataset = require_lerobot_dataset("a test checkpoint made from a dataset")(dataset_path)
     if not dataset.action_keys or not dataset.state_keys:
         raise ValueError(f"dataset {dataset_path} needs state and action groups in meta/modality.json for a checkpoint")
     stats = {

@@ -86,3 +86,11 @@ def split_env_name(env_name: str) -> Tuple[str, str]:
     """`prefix/task` -> (prefix, task); a name without '/' has no task."""
     prefix, _, task = env_name.partition("/")
     return prefix, task
+
+
+def simulator_extras(env_spec: str) -> str:
+    """The pip extras that install gymnasium and the simulators `env_spec` (env names or suites, comma-separated)
+    needs: "pusht" for PushT names, "sim" for the rest (Meta-World, suites, registered envs), "pusht,sim" for both."""
+    names = [name.strip() for name in env_spec.split(",") if name.strip()]
+    extras = {"pusht" if split_env_name(name)[0] == "pusht" else "sim" for name in names}
+    return ",".join(sorted(extras)) or "sim"

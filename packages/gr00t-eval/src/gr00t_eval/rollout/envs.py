@@ -11,9 +11,9 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
-from ..extras import require
+from ..extras import require_gymnasium
 
-require("gymnasium", "sim", "closed-loop rollout")  # one line naming the extra, not a deep ImportError
+require_gymnasium("closed-loop rollout")  # one line naming the extra, not a deep ImportError
 
 import gymnasium as gym  # noqa: E402
 

@@ -9,9 +9,9 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..extras import require
+from ..extras import require_gymnasium
 
-require("gymnasium", "sim", "closed-loop rollout")  # one line naming the extra, not a deep ImportError
+require_gymnasium("closed-loop rollout")  # one line naming the extra, not a deep ImportError
 
 import gymnasium as gym  # noqa: E402
 import numpy as np

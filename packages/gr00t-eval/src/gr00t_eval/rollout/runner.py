@@ -29,9 +29,9 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
-from ..extras import require
+from ..extras import require_gymnasium
 
-require("gymnasium", "sim", "closed-loop rollout")  # one line naming the extra, not a deep ImportError
+require_gymnasium("closed-loop rollout")  # one line naming the extra, not a deep ImportError
 
 import gymnasium as gym  # noqa: E402
 import numpy as np

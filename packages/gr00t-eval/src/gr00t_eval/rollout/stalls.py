@@ -9,9 +9,9 @@ from __future__ import annotations
 import multiprocessing
 from typing import Any, List, Optional, Sequence
 
-from ..extras import require
+from ..extras import require_gymnasium
 
-require("gymnasium", "sim", "closed-loop rollout")
+require_gymnasium("closed-loop rollout")
 
 import gymnasium as gym  # noqa: E402
 

@@ -38,15 +38,35 @@ _ONNX_TYPES = {
 
 
 def import_onnxruntime() -> Any:
-    """Import onnxruntime or raise BackendError saying which extra to install."""
+    """Import onnxruntime or raise BackendError saying which extra to install, or why an installed one failed."""
     try:
         import onnxruntime
-    except ImportError as exc:
-        raise BackendError(
-            "inference mode 'onnxruntime' needs onnxruntime: pip install 'gr00t-server[onnx]' "
-            "(or [onnx-gpu] for CUDA)"
-        ) from exc
+    except Exception as exc:
+        if isinstance(exc, ModuleNotFoundError) and exc.name == "onnxruntime":
+            raise BackendError(
+                "inference mode 'onnxruntime' needs onnxruntime: pip install 'gr00t-server[onnx]' "
+                "(or [onnx-gpu] for CUDA)"
+            ) from exc
+        raise BackendError(_import_failure(exc)) from exc  # installed, but cannot load (built for numpy 1, say)
     return onnxruntime
+
+
+def _import_failure(exc: Exception) -> str:
+    """Why an installed onnxruntime failed to import: its error, its release and numpy's, and the extra to upgrade."""
+    import importlib.metadata
+
+    import numpy
+
+    installed = "onnxruntime"
+    for distribution in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            installed = f"{distribution} {importlib.metadata.version(distribution)}"
+            break
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__  # onnxruntime 1.18 raises a bare one
+    return (f"inference mode 'onnxruntime': {installed} is installed but failed to import ({error}) beside numpy "
+            f"{numpy.__version__}: pip install --upgrade 'gr00t-server[onnx]' (or [onnx-gpu] for CUDA)")
 
 
 def providers_for(device: torch.device) -> list[Any]:

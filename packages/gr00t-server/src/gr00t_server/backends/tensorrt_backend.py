@@ -42,9 +42,14 @@ def import_tensorrt() -> Any:
     try:
         import tensorrt as trt
     except ImportError as exc:
-        raise BackendError(
-            "inference mode 'tensorrt' needs TensorRT 10 (pip install 'gr00t-server[tensorrt-cu12]' or [tensorrt-cu13], matching torch's CUDA) and a CUDA GPU"
-        ) from exc
+        if isinstance(exc, ModuleNotFoundError) and exc.name == "tensorrt":
+            raise BackendError(
+                "inference mode 'tensorrt' needs TensorRT 10 (pip install 'gr00t-server[tensorrt-cu12]' or [tensorrt-cu13], matching torch's CUDA) and a CUDA GPU"
+            ) from exc
+        # installed, but its libraries do not load (libnvinfer missing, another CUDA major): installing it again is no fix
+        raise BackendError(f"inference mode 'tensorrt': TensorRT is installed but failed to import ({type(exc).__name__}: "
+                           f"{exc}); check that its extra matches torch's CUDA (torch.version.cuda) and that its "
+                           "libraries are found") from exc
     major = int(str(trt.__version__).split(".")[0])
     if major < 10:
         raise BackendError(f"TensorRT {trt.__version__} is installed; the tensorrt backend needs TensorRT >= 10")

@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional
 
 from ...extras import MissingExtraError, require
 
-require("gymnasium", "sim", "PushT envs")  # one line naming the extra (`record` reaches here without the runner)
+require("gymnasium", "pusht", "PushT envs")  # one line naming the extra (`record` reaches here without the runner)
 
 import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
