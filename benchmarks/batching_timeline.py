@@ -165,7 +165,7 @@ def client_side(stamps: List[List[tuple]], sent: List[float]) -> Dict[str, str]:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--duration", type=float, default=8.0, help="seconds of back-to-back requests")
     parser.add_argument("--base-ms", type=float, default=20.0)

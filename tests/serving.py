@@ -84,9 +84,10 @@ def wait_ready(proc: subprocess.Popen, timeout_s: float = 60.0) -> List[str]:
 @contextlib.contextmanager
 def served(*args: str, timeout_s: float = 120.0) -> Iterator[subprocess.Popen]:
     """A `gr00t-server` subprocess that is ready on entry and terminated (then killed) on exit; its further
-    output is drained in a thread so a chatty server never blocks on a full pipe."""
+    output is drained in a thread so a chatty server never blocks on a full pipe. `proc.ready_lines`: its start-up
+    block, up to and including the ready line."""
     proc = start_serve(*args)
-    wait_ready(proc, timeout_s)
+    proc.ready_lines = wait_ready(proc, timeout_s)
     threading.Thread(target=proc.stdout.read, daemon=True).start()
     try:
         yield proc

@@ -33,6 +33,10 @@ def refused(capsys, argv):
         (["--timeout-ms", "0"], "--timeout-ms must be a whole number of milliseconds from 1 to 2147483647, got 0"),
         (["--policy-client-port", "70000"], "--policy-client-port must be a port number from 1 to 65535, got 70000"),
         (["--policy-client-host", "127.0.0.1,other:99999"], "--policy-client-host entry 'other:99999': port 99999 is not from 1 to 65535"),
+        # it ran against 35801, --policy-client-port silently ignored
+        (["--policy-client-host", "127.0.0.1:35801", "--policy-client-port", "35802"],
+         "--policy-client-host entry '127.0.0.1:35801' names port 35801 and --policy-client-port is 35802; give the port "
+         "once, in the entry or with --policy-client-port"),
         (["--ray-cpus-per-shard", "nan", "--ray-address", "auto"], "--ray-cpus-per-shard must be a finite number > 0, got nan"),
         (["--ray-shards", "-1", "--ray-address", "auto"], "--ray-shards must be >= 0 (0: one per cluster CPU), got -1"),
         (["--seed", "-1"], "--seed must be >= 0, got -1"),
@@ -82,6 +86,13 @@ def test_host_lists_name_the_entry_with_a_bad_port():
     assert [str(s) for s in parse_servers("a, b:6000", 5555)] == ["a:5555", "b:6000"]
     with pytest.raises(ValueError, match="entry 'b': port 0 is not from 1 to 65535"):
         parse_servers("a:6000,b", 0)
+
+
+def test_host_port_entries_agree_with_an_explicit_port_or_stand_alone_without_one():
+    assert [str(s) for s in parse_servers("a:6000, b:7000", 5555)] == ["a:6000", "b:7000"]  # several servers for Ray
+    assert [str(s) for s in parse_servers("a:6000, b", 6000, port_given=True)] == ["a:6000", "b:6000"]
+    with pytest.raises(ValueError, match="entry 'b:7000' names port 7000 and --policy-client-port is 6000"):
+        parse_servers("a, b:7000", 6000, port_given=True)
 
 
 def test_batch_jobs_check_the_server_port_and_timeout(tmp_path):

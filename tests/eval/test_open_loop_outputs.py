@@ -115,6 +115,21 @@ def test_a_save_plot_path_matplotlib_cannot_write_is_refused_before_connecting(d
     assert not (tmp_path / "out" / "results.json").exists() and not list(tmp_path.glob(f"{name}*"))
 
 
+def test_the_no_suffix_refusal_recommends_only_suffixes_written_without_another_program(tmp_path):
+    """It listed .pgf, which a machine without xelatex then refused; .pgf is named with what it needs."""
+    pytest.importorskip("matplotlib")
+    from gr00t_eval.plots import check_plot_path
+
+    with pytest.raises(ValueError) as refusal:
+        check_plot_path(str(tmp_path / "myplot"), "--save-plot-path")
+    message = str(refusal.value)
+    listed = message.split("one of ", 1)[1].split(", or a directory")[0].split(", ")
+    assert ".pgf" not in listed and {".jpeg", ".png", ".pdf"} <= set(listed)
+    assert message.endswith("; .pgf needs a TeX installation (xelatex)")
+    for suffix in listed:  # each one recommended is written here
+        check_plot_path(str(tmp_path / f"p{suffix}"), "--save-plot-path")
+
+
 def test_a_save_plot_path_with_a_suffix_names_each_trajectorys_plot(dataset, server, tmp_path):
     pytest.importorskip("matplotlib")
     assert open_loop_plotted(dataset, server, tmp_path / "one", tmp_path / "p.png", "0") == 0

@@ -8,6 +8,8 @@ succeeds iff every action it executed is the recorded one, so replaying anything
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -237,6 +239,13 @@ def test_the_cli_refuses_a_plan_the_replay_server_cannot_follow_before_any_episo
         assert main([*command, "--n-action-steps", str(HORIZON)]) == 0  # the corrected command, same folder
     finally:
         server.stop()
+
+
+def test_evaluation_md_says_async_against_a_replay_server_is_refused_before_any_episode():
+    # It said so under "Per-row resets" and, under client-side chunking, that every episode errors at its first request.
+    text = " ".join((Path(__file__).resolve().parents[2] / "docs" / "evaluation.md").read_text(encoding="utf-8").split())
+    assert "with `async` every episode errors at its first request" not in text
+    assert "`async` against a gr00t-server replay is refused before any episode (exit 2" in text
 
 
 @pytest.mark.parametrize("deltas", [list(range(1, HORIZON + 1)), list(range(0, 2 * HORIZON, 2))], ids=["shifted", "strided"])

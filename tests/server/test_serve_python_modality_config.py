@@ -56,6 +56,15 @@ def test_a_py_config_registering_one_tag_is_served_under_it_without_embodiment_t
         assert served_tag_and_horizon(port) == ("my_robot", 5)
 
 
+def test_the_start_up_block_names_only_the_tag_a_py_config_registers(dataset, tmp_path):
+    """It said `Embodiment tag: NEW_EMBODIMENT (new_embodiment)`, the default not served, and then the served tag."""
+    config = write_config(tmp_path / "cfg.py", {"my_robot": 5})
+    with served("serve", "--dataset-path", str(dataset), "--modality-config-path", str(config), "--port",
+                str(free_port())) as server:
+        tag_lines = [line.strip() for line in server.ready_lines if "Embodiment tag" in line]
+    assert tag_lines == [f"Embodiment tag: my_robot (the one {config} registers)"]
+
+
 def test_embodiment_tag_picks_one_of_the_tags_a_py_config_registers(dataset, tmp_path):
     config = write_config(tmp_path / "cfg.py", {"robot_a": 3, "robot_b": 5})
     port = free_port()

@@ -318,7 +318,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         args = build_parser().parse_args(argv)
         command = args.command
         guard_stdout()  # `rollout | head` must not fail a run after its results were saved
-        if args.command == "rollout" and args.resume:  # which run settings a resume was given (it refuses changes)
+        if args.command == "rollout":  # the flags given: a resume refuses changes, a host:port another explicit port
             args.given_flags = given_flags(words)
         logging.basicConfig(level=getattr(logging, args.log_level), format="%(levelname)s:%(name)s:%(message)s",
                             handlers=[BarAwareHandler(sys.stderr)])

@@ -14,7 +14,6 @@ import dataclasses
 import functools
 import logging
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
@@ -29,8 +28,8 @@ from .metrics import ActionErrors, action_errors
 from .applied_settings import settings_not_applied, warn_not_applied
 from .open_loop_checks import (TrajectoryError, _chunk, check_action_steps, check_policy_episode, check_policy_position,
                                dataset_action_keys, reset_policy)
-from .open_loop_observation import (_EpisodeSteps, _FrameWindows, _KeyMap, build_observation, history_steps,
-                                    resolve_observation_format)
+from .open_loop_observation import (FLAT_FORMAT_HINT, _EpisodeSteps, _FrameWindows, _KeyMap, build_observation,
+                                    format_hint, history_steps, resolve_observation_format)
 from .policy_identity import pinned_policy, record_from_info, server_info, serves_replay
 from .reported_position import is_position
 from .results import RESULTS_FILENAME, open_loop_results, write_results
@@ -43,10 +42,6 @@ logger = logging.getLogger(__name__)
 
 # Where a run given no output_dir gets a new dated folder, as the CLI's runs do (DEFAULT_OUTPUT_DIR/YYYY-MM-DD/...).
 DEFAULT_OUTPUT_DIR = "/tmp/open_loop_eval"
-# A flat observation key quoted in a server's error (a sim-wrapper policy's bare KeyError: 'state.arm').
-_QUOTED_FLAT_KEY = re.compile(r"'(?:video|state|annotation|language)\.[^']+'")
-FLAT_FORMAT_HINT = ("; the server's policy seems to want flat keys, and --observation-format auto sent the nested "
-                    "form (the server did not say it serves the sim wrapper): run with --observation-format flat")
 
 
 @dataclass
@@ -64,8 +59,9 @@ class OpenLoopConfig:
     # The embodiment evaluated: None takes the one the server serves (the reference's default, new_embodiment, for a
     # server that does not say); a tag the server does not serve is refused rather than recorded as this run's.
     embodiment_tag: Optional[str] = None
-    # "nested" (reference server), "flat" (server with the sim wrapper) or "auto" (ask the server, like the CLI)
-    observation_format: str = "nested"
+    # "auto" (the CLI's default): ask the server's get_server_info, "flat" for the sim wrapper, else "nested" (also for
+    # an in-process policy or a server that cannot say); or "nested" (reference server), "flat" (sim wrapper) as given
+    observation_format: str = "auto"
     plot: bool = True
     # The reference's --save-plot-path: the plot file of a single trajectory; with several, PATH_traj{id}.SUFFIX; a
     # directory (existing, or written DIR/) gets DIR/traj_{id}.jpeg, as the reference's README describes the flag.
@@ -185,6 +181,8 @@ def evaluate_trajectory(
     `recording_dtype`: the precision the recorded actions are scored in: float64 keeps a float64 recording whole;
     float32 is what a replay serves of it.
     """
+    if config.observation_format == "auto":  # called alone: evaluate_open_loop resolves it once per run
+        config = dataclasses.replace(config, observation_format=resolve_observation_format(server_info(policy), "auto"))
     episode = dataset.episode(traj_id)
     action_keys = (dataset_action_keys(config.modality_keys, dataset.action_keys) if config.modality_keys
                    else list(configs["action"].modality_keys))
@@ -284,7 +282,7 @@ def evaluate_open_loop(
     if config.output_dir is not None:  # before any query
         check_open_loop_output_dir(config.output_dir)
     info = server_info(policy)  # asked once: the observation format, the policy record and the pin all come from it
-    guessed_nested = config.observation_format == "auto" and resolve_observation_format(info, "auto") == "nested"
+    hint_for = functools.partial(format_hint, info, config.observation_format)  # for the form asked, before resolving
     config = dataclasses.replace(config, observation_format=resolve_observation_format(info, config.observation_format))
     served = record_from_info(info)  # what results.json records, and what the run is held to (pinned_policy)
     not_applied = settings_not_applied(policy, {"denoising_steps": config.denoising_steps})
@@ -354,8 +352,8 @@ def evaluate_open_loop(
                     reason = (str(exc) if isinstance(exc, TrajectoryError) else
                               f"its recording cannot be read: {exc}" if isinstance(exc, DatasetError) else
                               f"the server answered with an error: {exc}")
-                    if guessed_nested and isinstance(exc, PolicyServerError) and _QUOTED_FLAT_KEY.search(str(exc)):
-                        reason += FLAT_FORMAT_HINT
+                    if isinstance(exc, PolicyServerError):
+                        reason += hint_for(str(exc))
                     result.errored[traj_id] = reason
                     report(f"trajectory {traj_id} errored: {reason}")
                     if bar is not None:  # its steps not run are done with too: a finished run's bar ends at 100%

@@ -4,6 +4,7 @@ time, and the batched observation in the nested or flat form."""
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -11,6 +12,7 @@ import numpy as np
 from gr00t_client import ModalityConfig
 
 from .key_matching import match_keys
+from .policy_identity import NESTED_ONLY_POLICIES
 
 logger = logging.getLogger("gr00t_eval.open_loop")  # the open-loop evaluation's one logger, whichever of its modules logs
 
@@ -18,6 +20,10 @@ logger = logging.getLogger("gr00t_eval.open_loop")  # the open-loop evaluation's
 # step's frames before the first query held them all: a 20,000-step episode of two 480x640 cameras at
 # --execution-horizon 1 needed 37 GB. Each window seeks once more, decoding up to a keyframe interval again.
 FRAME_WINDOW = 128
+# A flat observation key quoted in a server's error (a sim-wrapper policy's bare KeyError: 'state.arm').
+_QUOTED_FLAT_KEY = re.compile(r"'(?:video|state|annotation|language)\.[^']+'")
+FLAT_FORMAT_HINT = ("; the server's policy seems to want flat keys, and --observation-format auto sent the nested "
+                    "form (the server did not say it serves the sim wrapper): run with --observation-format flat")
 
 
 def resolve_observation_format(info: Any, requested: str) -> str:
@@ -27,6 +33,20 @@ def resolve_observation_format(info: Any, requested: str) -> str:
         return requested
     policy_class = info.get("policy_class", "") if isinstance(info, Mapping) else ""
     return "flat" if "Sim" in str(policy_class) else "nested"
+
+
+def format_hint(info: Any, requested: str, server_error: str) -> str:
+    """What a trajectory's error adds to the server's error reply `server_error` when the observation form `requested`
+    may not fit the policy that get_server_info `info` names; "" when it fits or nothing tells."""
+    if requested == "auto":
+        guessed = resolve_observation_format(info, "auto") == "nested"
+        return FLAT_FORMAT_HINT if guessed and _QUOTED_FLAT_KEY.search(server_error) else ""
+    policy_class = str(info.get("policy_class", "")) if isinstance(info, Mapping) else ""
+    fits = "flat" if "Sim" in policy_class else "nested" if policy_class in NESTED_ONLY_POLICIES else requested
+    if fits == requested:
+        return ""
+    return (f"; the server serves {policy_class}, which takes the {fits} observation form, and this run sent the "
+            f"{requested} form: pass observation_format='{fits}' or 'auto' (--observation-format {fits} or auto)")
 
 
 def history_steps(step: int, delta_indices: Sequence[int], length: int) -> np.ndarray:

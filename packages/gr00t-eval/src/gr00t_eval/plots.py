@@ -18,6 +18,9 @@ DEFAULT_PLOT_SUFFIX = ".jpeg"
 # Panels per column of a figure; more action dims get more columns. One column of 170 panels was 68,000 pixels
 # tall, past JPEG's 65,500 and Agg's 65,536.
 MAX_PANEL_ROWS = 32
+# File types matplotlib lists that it writes only with a program of another package: named apart in a refusal (it
+# recommended .pgf, which a machine without xelatex then refused); a file of one of them is trial-written as any other.
+NEEDS_EXTERNAL_TOOL = {".pgf": "a TeX installation (xelatex)"}
 
 
 def plot_suffixes() -> List[str]:
@@ -51,8 +54,10 @@ def _file_suffix(path: str, name: str) -> str:
     if suffix.lower() in supported:
         return suffix.lower()
     problem = "has no file suffix" if not suffix else f"has suffix {suffix!r}, which matplotlib cannot write"
-    raise ValueError(f"{name} {path} {problem}; expected a file name ending in one of {', '.join(supported)}, "
-                     f"or a directory (an existing one, or PATH/) for traj_{{id}}{DEFAULT_PLOT_SUFFIX} plots")
+    plain = [each for each in supported if each not in NEEDS_EXTERNAL_TOOL]
+    tools = "".join(f"; {each} needs {tool}" for each, tool in NEEDS_EXTERNAL_TOOL.items() if each in supported)
+    raise ValueError(f"{name} {path} {problem}; expected a file name ending in one of {', '.join(plain)}, "
+                     f"or a directory (an existing one, or PATH/) for traj_{{id}}{DEFAULT_PLOT_SUFFIX} plots{tools}")
 
 
 def _check_folder_writable(folder: Path, path: str, name: str) -> None:

@@ -41,10 +41,11 @@ class ServerAddress:
         return f"{endpoint_host(self.host)}:{self.port}"  # an IPv6 literal bracketed, as its port follows
 
 
-def parse_servers(hosts: str, default_port: int) -> List[ServerAddress]:
+def parse_servers(hosts: str, default_port: int, port_given: bool = False) -> List[ServerAddress]:
     """'h1,h2:5556' -> [h1:default_port, h2:5556] (entries without a port use `default_port`). An IPv6 address
     takes a port only in brackets ('[::1]:5556'); unbracketed ('::1', '2001:db8::1') it is a host (its last group
-    was taken for a port: '::1' connected to host ':' port 1)."""
+    was taken for a port: '::1' connected to host ':' port 1). `port_given`: --policy-client-port was on the command
+    line, and an entry naming another port is refused (it was run against the entry's, the flag silently ignored)."""
     servers = []
     for item in (part.strip() for part in str(hosts).split(",")):
         if not item:
@@ -53,6 +54,9 @@ def parse_servers(hosts: str, default_port: int) -> List[ServerAddress]:
         if item.count(":") > 1 and not item.startswith("["):
             servers.append(ServerAddress(item, int(default_port)))
         elif sep and port.isdigit() and host:
+            if port_given and int(port) != int(default_port):
+                raise ValueError(f"--policy-client-host entry {item!r} names port {int(port)} and --policy-client-port "
+                                 f"is {default_port}; give the port once, in the entry or with --policy-client-port")
             servers.append(ServerAddress(host, int(port)))
         else:
             servers.append(ServerAddress(item, int(default_port)))

@@ -96,7 +96,7 @@ def run_rollout_command(args: argparse.Namespace) -> int:
     from .shard import ShardSpec
 
     try:  # a bad host list fails before the output directory is made
-        parse_servers(args.host, args.port)
+        parse_servers(args.host, args.port, port_given="port" in getattr(args, "given_flags", ()))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     try:

@@ -23,6 +23,16 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hasattr(si
 LOW_OPEN_FILE_LIMIT = 1024  # below this many open files (after raising the soft limit to the hard one), serve warns
 
 
+def _tag_label(value: str) -> str:
+    """'NEW_EMBODIMENT (new_embodiment)' for a built-in tag; another (a checkpoint's or a .py config's) by its value."""
+    from gr00t_client import EmbodimentTag
+
+    try:
+        return f"{EmbodimentTag(value).name} ({value})"
+    except ValueError:
+        return value
+
+
 def _raise_open_file_limit() -> None:
     """Raise this process's soft limit on open files to its hard limit (a server holds one per client connection;
     at the soft limit, often 1024, libzmq stops accepting connections without a word and spins on the listener)."""
@@ -112,7 +122,7 @@ def _start_server(args: argparse.Namespace) -> Any:
         # A checkpoint-internal tag (no public enum): Gr00tPolicy checks it against the checkpoint, as export does;
         # a .py modality config's tag is checked against the tags the file registers.
         tag = str(args.embodiment_tag).strip()
-    tag_name, tag_value = getattr(tag, "name", tag), getattr(tag, "value", tag)
+    tag_value = getattr(tag, "value", tag)
     if not args.model_path and not args.dataset_path:
         raise CliError("either --model-path or --dataset-path must be provided")
     ignored = _ignored_flags(args)
@@ -128,7 +138,6 @@ def _start_server(args: argparse.Namespace) -> Any:
                                flag, value, mode, args.inference_mode)
         args.device = args.device or _default_device()  # only here: replay never touches torch, which this imports
     print("Starting GR00T inference server...")
-    print(f"  Embodiment tag: {tag_name} ({tag_value})")
     print(f"  Model path: {args.model_path}")
     if not args.model_path:
         print(f"  Dataset path: {args.dataset_path}")
@@ -157,14 +166,13 @@ def _start_server(args: argparse.Namespace) -> Any:
         # enum first made an N1.6-era checkpoint tag 'libero_panda' serve libero_sim, as the Python API did not).
         policy = _model_policy(args, str(args.embodiment_tag).strip())
         served = getattr(policy, "embodiment_tag_value", tag_value)
-        if served != tag_value:
-            print(f"  Embodiment tag served: {served} (the checkpoint's own tag)")
-        tag_value = served
+        source = " (the checkpoint's own tag)" if served != tag_value else ""
     else:
         policy, file_tag = _replay_policy(args, tag if tag_given or not python_config else None)
-        if file_tag is not None and file_tag != tag_value:
-            print(f"  Embodiment tag served: {file_tag} (the one {args.modality_config_path} registers)")
-            tag_value = file_tag
+        served = file_tag if file_tag is not None else tag_value
+        source = f" (the one {args.modality_config_path} registers)" if served != tag_value else ""
+    tag_value = served
+    print(f"  Embodiment tag: {_tag_label(tag_value)}{source}")  # once known: a file or checkpoint may name its own
     if args.use_sim_policy_wrapper:
         from .policies.sim_wrapper import Gr00tSimPolicyWrapper
 
