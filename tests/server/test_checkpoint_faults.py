@@ -232,6 +232,62 @@ def test_a_huge_range_that_overflows_is_refused(copy_of):
         _serve_tag(checkpoint)
 
 
+# --- relative action configs that cannot decode are refused at load ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "index, edit, message",
+    [  # new_embodiment's actions: eef_9d (relative EEF xyz+rot6d), gripper, joints (relative, 7 values)
+        (2, {"state_key": "joint_pos"}, r"relative action key 'joints' of 'new_embodiment' is decoded against state "
+                                        r"key 'joint_pos' \(its action_configs state_key\), which is not one of the "
+                                        r"state keys \['eef_9d', 'gripper', 'joints'\]"),
+        (2, {"state_key": "gripper"}, r"relative action key 'joints' of 'new_embodiment' has 7 values but its reference "
+                                      r"state 'gripper' has 1"),
+        (0, {"format": "XYZ_ROTVEC"}, r"relative action key 'eef_9d' of 'new_embodiment' has 9 values but its "
+                                      r"action_configs format XYZ_ROTVEC is an end-effector pose of 6"),
+        (2, {"type": "EEF", "format": "XYZ_ROT6D"}, r"relative action key 'joints' of 'new_embodiment' has 7 values but "
+                                                    r"its action_configs format XYZ_ROT6D is an end-effector pose of 9"),
+    ],
+    ids=["state-key-not-a-state", "state-of-another-width", "rotvec-on-9-values", "rot6d-on-7-values"],
+)
+def test_a_relative_action_config_that_cannot_decode_is_refused_at_load(copy_of, index, edit, message):
+    """Each loaded, then every get_action failed (some only after the model ran) with a message blaming the client."""
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+
+    checkpoint = copy_of()
+    _edit_json(checkpoint / "processor_config.json", lambda config: config["processor_kwargs"]["modality_configs"]
+               ["new_embodiment"]["action"]["action_configs"][index].update(edit))
+    with pytest.raises(ValueError, match="processor_config.json: " + message):
+        Gr00tPolicy(checkpoint, "new_embodiment", device="cpu")
+
+
+# --- image settings no frame can be transformed with are refused at load ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ({"shortest_image_edge": None, "image_target_size": None},
+         "shortest_image_edge and image_target_size are both null"),
+        ({"crop_fraction": None, "image_crop_size": None}, "crop_fraction and image_crop_size are null"),
+        ({"use_albumentations": False, "image_target_size": None},
+         "use_albumentations is false, whose transform resizes to image_target_size and center crops image_crop_size, "
+         "but image_target_size is null"),
+        ({"use_albumentations": False, "image_crop_size": [300, 300], "image_target_size": [256, 256]},
+         r"image_crop_size \[300, 300\] is larger than image_target_size \[256, 256\]"),
+    ],
+    ids=["no-resize-size", "no-crop", "torchvision-without-target-size", "torchvision-crop-above-resize"],
+)
+def test_image_settings_no_frame_can_be_transformed_with_are_refused_at_load(copy_of, edit, message):
+    """Each loaded, then every get_action failed with a ValueError a server reported as the client's bad request."""
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+
+    checkpoint = copy_of()
+    _edit_json(checkpoint / "processor_config.json", lambda config: config["processor_kwargs"].update(edit))
+    with pytest.raises(ValueError, match=r"processor_config.json: " + message):
+        Gr00tPolicy(checkpoint, "new_embodiment", device="cpu")
+
+
 # --- 8. warm-up refuses a model whose sample action is not finite ---------------------------------------
 
 
@@ -251,6 +307,39 @@ def test_warm_up_refuses_to_declare_ready_when_the_sample_action_is_nan(tiny_che
     with pytest.raises(CliError, match=r"warm-up failed: .*output for action key '\w+' .* holds non-finite values \(NaN or inf\)") as info:
         _warm_up(policy, args)
     assert "\n" not in str(info.value)
+
+
+def _drop_min_max(stats):
+    for groups in stats.values():
+        for group in ("state", "action"):
+            for key_stats in groups[group].values():
+                key_stats.pop("min")
+                key_stats.pop("max")
+
+
+def test_warm_up_answers_for_statistics_with_only_the_percentiles_and_mean_std_normalization_reads(copy_of):
+    """q01/q99/mean/std is all use_percentiles=true reads: Gr00tPolicy served it, but serve's warm-up (and export)
+    refused it with KeyError 'min'."""
+    import argparse
+
+    from gr00t_server.cli import _warm_up
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+
+    checkpoint = copy_of()
+    _edit_json(checkpoint / "statistics.json", _drop_min_max)
+    _warm_up(Gr00tPolicy(checkpoint, "new_embodiment", device="cpu"), argparse.Namespace(max_batch_size=1,
+                                                                                       inference_mode="pytorch"))
+
+
+def test_example_states_are_drawn_from_the_range_normalization_uses(copy_of):
+    from gr00t_server.test_checkpoint import example_observation
+
+    checkpoint = copy_of()
+    _edit_json(checkpoint / "statistics.json", _drop_min_max)
+    stats = json.loads((checkpoint / "statistics.json").read_text())["new_embodiment"]["state"]
+    states = example_observation(checkpoint, "new_embodiment", batch_size=4)["state"]
+    for key, values in states.items():
+        assert (values >= np.float32(stats[key]["q01"])).all() and (values <= np.float32(stats[key]["q99"])).all(), key
 
 
 # --- 6. serve accepts the tags the checkpoint declares -----------------------------------------------------
@@ -397,6 +486,21 @@ def test_a_backbone_value_of_the_wrong_kind_is_one_line_naming_file_field_and_va
     _edit_json(checkpoint / "config.json", lambda data: data["backbone_cfg"][section].__setitem__(key, value))
     err = serve_error(checkpoint)
     assert f"config.json: config field 'backbone_cfg.{section}.{key}' {message}" in err
+
+
+def test_an_unsupported_activation_fn_is_one_line_naming_file_and_field(copy_of, serve_error):
+    checkpoint = copy_of()
+    _edit_json(checkpoint / "config.json", lambda config: config["diffusion_model_cfg"].update(activation_fn="gelu_tanh"))
+    err = serve_error(checkpoint)
+    assert "config.json: config field 'diffusion_model_cfg.activation_fn' is \"gelu_tanh\"; expected one of" in err
+
+
+def test_a_select_layer_absent_from_config_json_is_named_as_defaulted(copy_of, serve_error):
+    checkpoint = copy_of()
+    _edit_json(checkpoint / "config.json", lambda config: config.pop("select_layer") and None)
+    err = serve_error(checkpoint)
+    assert "config.json: config field 'select_layer' is 12; expected an int in [1, " in err
+    assert "the config has no select_layer, so the code default 12 applies" in err
 
 
 def test_an_absurd_number_of_denoising_steps_is_refused(copy_of, serve_error):
@@ -607,6 +711,27 @@ def test_a_broken_link_as_the_weights_is_named_with_its_target(copy_of, serve_er
     (checkpoint / "model.safetensors").unlink()
     (checkpoint / "model.safetensors").symlink_to(checkpoint / "blobs" / "gone")
     assert f"model.safetensors is a broken link to {checkpoint / 'blobs' / 'gone'}" in serve_error(checkpoint)
+
+
+@pytest.mark.parametrize("name", ["statistics.json", "processor_config.json", "embodiment_id.json"])
+def test_a_broken_link_as_a_processor_file_is_named_with_its_target(copy_of, serve_error, name):
+    """An interrupted hub-cache download leaves links to missing blobs: statistics.json was reported as absent, and
+    a dangling embodiment_id.json silently gave way to the built-in ids."""
+    checkpoint = copy_of()
+    (checkpoint / name).unlink()
+    (checkpoint / name).symlink_to(checkpoint / "blobs" / "gone")
+    assert f"{name} is a broken link to {checkpoint / 'blobs' / 'gone'}" in serve_error(checkpoint)
+
+
+def test_a_folder_whose_sub_folder_holds_the_checkpoint_names_that_sub_folder(copy_of, serve_error):
+    """`hf download nvidia/GR00T-N1.7-LIBERO --local-dir X` puts each checkpoint in a sub-folder of X."""
+    checkpoint = copy_of()
+    repository = checkpoint.parent / "GR00T-N1.7-LIBERO"
+    repository.mkdir()
+    checkpoint.rename(repository / "libero_10")
+    err = serve_error(repository)
+    assert f"{repository} has no config.json; its sub-folders ['libero_10'] hold one" in err
+    assert str(repository / "libero_10") in err
 
 
 def test_pytorch_bin_weights_are_named_as_unsupported(copy_of, serve_error):

@@ -100,7 +100,7 @@ def test_embedded_backbone_config_wins_and_takes_the_image_token_id():
 
 
 def test_select_layer_beyond_the_backbone_depth_is_rejected():
-    with pytest.raises(ValueError, match="select_layer=40"):
+    with pytest.raises(ValueError, match="config field 'select_layer' is 40"):
         released_config(select_layer=40).qwen3_vl_config_dict()
 
 

@@ -157,9 +157,16 @@ def test_a_model_output_shorter_than_the_action_horizon_is_refused():
 
 def test_a_reference_state_of_another_width_than_its_relative_action_is_refused():
     """A 1-wide reference state for a 2-wide relative key would be added to both joints; it is refused instead."""
-    proc = _processor(state={"arm": _stats(0, 4, 1), "hand": _stats(0, 1, 1)})
+    proc = _processor()
     with pytest.raises(ValueError, match="State dim 1 != action dim 2 for relative key 'arm'"):
         proc.decode_action(np.zeros((1, 2, 8)), "robot", {"arm": np.array([[[1.0]]]), "hand": np.array([[[0.5]]])})
+
+
+def test_statistics_giving_a_relative_key_a_reference_state_of_another_width_are_refused_at_load():
+    proc = _processor(state={"arm": _stats(0, 4, 1), "hand": _stats(0, 1, 1)})
+    with pytest.raises(ValueError, match="relative action key 'arm' of 'robot' has 2 values but its reference state "
+                                         "'arm' has 1"):
+        proc.norm_params("robot")
 
 
 def test_an_inf_last_reference_state_is_refused_for_a_relative_key():

@@ -55,6 +55,35 @@ def test_explicit_recipe_values_are_kept_without_a_warning(caplog):
     assert "lacks" not in caplog.text
 
 
+def edit_processor_kwargs(checkpoint, edit):
+    """Apply edit(processor_kwargs) to the checkpoint's processor_config.json."""
+    path = checkpoint / "processor_config.json"
+    config = json.loads(path.read_text())
+    edit(config["processor_kwargs"])
+    path.write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("setting", ["absent", "null"])
+def test_relative_action_configs_without_use_relative_action_warn_that_they_decode_as_absolute(copy_of, caplog, setting):
+    checkpoint = copy_of()
+    edit_processor_kwargs(checkpoint, lambda kwargs: kwargs.pop("use_relative_action") if setting == "absent"
+                          else kwargs.update(use_relative_action=None))
+    with caplog.at_level("WARNING"):
+        config = load_processor_config(checkpoint)
+    assert config.use_relative_action is False
+    assert "use_relative_action" in caplog.text
+    assert "new_embodiment.eef_9d, new_embodiment.joints" in caplog.text
+    assert "decoded as absolute" in caplog.text
+
+
+def test_an_explicit_use_relative_action_false_is_taken_without_a_warning(copy_of, caplog):
+    checkpoint = copy_of()
+    edit_processor_kwargs(checkpoint, lambda kwargs: kwargs.update(use_relative_action=False))
+    with caplog.at_level("WARNING"):
+        assert load_processor_config(checkpoint).use_relative_action is False
+    assert "use_relative_action" not in caplog.text
+
+
 def test_action_horizon_above_max_is_rejected():
     with pytest.raises(ValueError, match="exceeds max_action_horizon 1"):
         processor_config_from_kwargs({"modality_configs": {"t": _MODALITIES}, "max_action_horizon": 1})

@@ -403,8 +403,10 @@ def example_observation(
     """A random nested observation {video, state, language} matching a checkpoint's configs and statistics."""
     from gr00t_server.processing.config import load_processor_config, load_statistics
 
-    configs: Mapping[str, ModalityConfig] = load_processor_config(checkpoint_dir).modality_configs[embodiment_tag]
+    processor_config = load_processor_config(checkpoint_dir)
+    configs: Mapping[str, ModalityConfig] = processor_config.modality_configs[embodiment_tag]
     stats = load_statistics(checkpoint_dir, errors={})[embodiment_tag]["state"]  # another tag's bad statistics aside
+    ranges = {k: _sample_state_range(stats[k], processor_config.use_percentiles) for k in configs["state"].modality_keys}
     rng = np.random.default_rng(seed)
     h, w = image_size
     video_t, state_t = configs["video"].horizon, configs["state"].horizon
@@ -413,8 +415,16 @@ def example_observation(
             k: rng.integers(0, 256, size=(batch_size, video_t, h, w, 3), dtype=np.uint8) for k in configs["video"].modality_keys
         },
         "state": {
-            k: rng.uniform(stats[k]["min"], stats[k]["max"], size=(batch_size, state_t, len(stats[k]["min"]))).astype(np.float32)
-            for k in configs["state"].modality_keys
+            k: rng.uniform(low, high, size=(batch_size, state_t, len(low))).astype(np.float32)
+            for k, (low, high) in ranges.items()
         },
         "language": {k: [["Pick up the bowl."] for _ in range(batch_size)] for k in configs["language"].modality_keys},
     }
+
+
+def _sample_state_range(key_stats: Mapping[str, np.ndarray], use_percentiles: bool) -> Tuple[np.ndarray, np.ndarray]:
+    """The range example states are drawn from: the one normalization uses (q01/q99 or min/max), else mean +- std."""
+    low_name, high_name = ("q01", "q99") if use_percentiles else ("min", "max")
+    if low_name in key_stats and high_name in key_stats:
+        return key_stats[low_name], key_stats[high_name]
+    return key_stats["mean"] - key_stats["std"], key_stats["mean"] + key_stats["std"]

@@ -98,7 +98,8 @@ def resolve_qwen3_vl_config(
     text = resolved["text_config"]
     available = int(text.get("num_hidden_layers", 0))
     if not 1 <= select_layer <= available:
-        raise ValueError(f"select_layer={select_layer} must be in [1, {available}] (backbone num_hidden_layers)")
+        raise ValueError(f"config field 'select_layer' is {select_layer}; expected an int in [1, {available}] (the "
+                         "backbone's num_hidden_layers)")
     if int(text["hidden_size"]) != backbone_embedding_dim:
         raise ValueError(
             f"backbone_embedding_dim={backbone_embedding_dim} must equal the backbone text hidden_size "

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import threading
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
@@ -115,9 +116,21 @@ def resolve_checkpoint_dir(
         raise CheckpointError(f"checkpoint directory not found: {directory}")
     if (directory / CONFIG_NAME).is_dir():
         raise CheckpointError(f"{directory / CONFIG_NAME} is a directory; expected the model's JSON config file")
+    if (directory / CONFIG_NAME).is_symlink() and not (directory / CONFIG_NAME).exists():
+        raise CheckpointError(f"{directory / CONFIG_NAME} is a broken link to {os.readlink(directory / CONFIG_NAME)}; "
+                              "download or copy the checkpoint again")
     if not (directory / CONFIG_NAME).is_file():
-        raise CheckpointError(f"{directory} has no {CONFIG_NAME}")
+        raise CheckpointError(f"{directory} has no {CONFIG_NAME}{_checkpoint_subfolders_hint(directory)}")
     return directory
+
+
+def _checkpoint_subfolders_hint(directory: Path) -> str:
+    """Names the immediate sub-folders that hold a config.json: a repository of several checkpoints (hf download
+    --local-dir of one) keeps each in its own folder."""
+    found = sorted(path.parent.name for path in directory.glob(f"*/{CONFIG_NAME}") if path.is_file())
+    if not found:
+        return ""
+    return f"; its sub-folders {found} hold one: give the checkpoint folder itself, e.g. {directory / found[0]}"
 
 
 # ----- reading weights -----
@@ -242,21 +255,43 @@ def _first(items: list[str], limit: int = 10) -> str:
     return shown + (f", ... (+{len(items) - limit} more)" if len(items) > limit else "")
 
 
+# nn.Module.register_parameter is process-wide: the patch is installed while any thread loads, and only registrations
+# made by a loading thread go to meta (a module another thread builds meanwhile keeps real parameters).
+_ORIGINAL_REGISTER_PARAMETER = nn.Module.register_parameter
+_meta_patch_lock = threading.Lock()
+_meta_patch_users = 0
+_loading = threading.local()
+
+
+def _register_parameter(module: nn.Module, name: str, param: Optional[nn.Parameter]) -> None:
+    _ORIGINAL_REGISTER_PARAMETER(module, name, param)
+    if getattr(_loading, "depth", 0) and param is not None and param.device.type != "meta":
+        module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+
+def _use_meta_patch(delta: int) -> None:
+    global _meta_patch_users
+    with _meta_patch_lock:
+        _meta_patch_users += delta
+        installed = nn.Module.register_parameter is _register_parameter
+        if _meta_patch_users and not installed:
+            nn.Module.register_parameter = _register_parameter  # type: ignore[method-assign]
+        elif not _meta_patch_users and installed:
+            nn.Module.register_parameter = _ORIGINAL_REGISTER_PARAMETER  # type: ignore[method-assign]
+
+
 @contextlib.contextmanager
 def parameters_on_meta() -> Iterator[None]:
-    """Register new parameters on the meta device (buffers stay real), so building a model costs no memory."""
-    original = nn.Module.register_parameter
-
-    def register_on_meta(module: nn.Module, name: str, param: Optional[nn.Parameter]) -> None:
-        original(module, name, param)
-        if param is not None and param.device.type != "meta":
-            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-
-    nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign]
+    """Register the parameters this thread creates on the meta device (buffers stay real: some, such as rotary
+    inverse frequencies, are computed at construction and not in the checkpoint), so building a model costs no
+    memory. Safe to use from several threads at once."""
+    _use_meta_patch(+1)
+    _loading.depth = getattr(_loading, "depth", 0) + 1
     try:
         yield
     finally:
-        nn.Module.register_parameter = original  # type: ignore[method-assign]
+        _loading.depth -= 1
+        _use_meta_patch(-1)
 
 
 def _fill_ignorable_parameters(model: Gr00tN1d7) -> None:

@@ -63,6 +63,8 @@ VL_SELF_ATTENTION_CONFIG_KEYS = frozenset({
     "activation_fn", "num_embeds_ada_norm", "upcast_attention", "max_num_positional_embeddings", "compute_dtype",
     "final_dropout", "positional_embeddings", "interleave_self_attention",
 })
+# activation_fn values the DiT and VL self-attention feed-forwards build (transformer_layers.FeedForward).
+ACTIVATION_FUNCTIONS = ("gelu", "gelu-approximate")
 _SUB_CONFIG_SIZES = ("num_attention_heads", "attention_head_dim", "output_dim", "num_layers")
 _SUB_CONFIG_FLAGS = ("attention_bias", "final_dropout", "interleave_self_attention", "norm_elementwise_affine",
                      "upcast_attention")
@@ -89,6 +91,9 @@ def _check_sub_config(name: str, cfg: dict[str, Any], valid_keys: frozenset[str]
     for key in _SUB_CONFIG_FLAGS:
         if key in cfg and not isinstance(cfg[key], bool):
             raise ValueError(f"config field '{name}.{key}' is {json.dumps(cfg[key])}; expected true or false")
+    if "activation_fn" in cfg and cfg["activation_fn"] not in ACTIVATION_FUNCTIONS:
+        raise ValueError(f"config field '{name}.activation_fn' is {json.dumps(cfg['activation_fn'])}; expected one of "
+                         f"{list(ACTIVATION_FUNCTIONS)}")
     value = cfg.get("dropout")
     if "dropout" in cfg and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1):
         raise ValueError(f"config field '{name}.dropout' is {json.dumps(value)}; expected a number in [0, 1]")
@@ -288,7 +293,19 @@ class Gr00tN1d7Config:
         _check_top_level_typos(data, extras)
         if extras:
             logger.debug("config.json keys kept as extras: %s", sorted(extras))
-        return cls(**kwargs, extras=extras)
+        config = cls(**kwargs, extras=extras)
+        config._check_backbone(select_layer_given="select_layer" in data)
+        return config
+
+    def _check_backbone(self, select_layer_given: bool) -> None:
+        """Resolve the backbone config now, so that an error is raised where from_json_file names the file."""
+        try:
+            self.qwen3_vl_config_dict()
+        except ValueError as exc:
+            defaulted = not select_layer_given and "select_layer" in str(exc)
+            note = (f" (the config has no select_layer, so the code default {self.select_layer} applies, as in the "
+                    "reference; set select_layer)") if defaulted else ""
+            raise ValueError(f"{exc}{note}") from None
 
     @classmethod
     def from_json_file(cls, path: Union[str, Path]) -> "Gr00tN1d7Config":

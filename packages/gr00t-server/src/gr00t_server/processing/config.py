@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
@@ -11,7 +12,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import numpy as np
 
 from gr00t_client.embodiment import EMBODIMENT_TAG_TO_PROJECTOR_INDEX
-from gr00t_client.modality import ModalityConfig
+from gr00t_client.modality import ActionRepresentation, ModalityConfig
 from gr00t_server.model.backbone_config import BACKBONE_FAMILIES, is_backbone_family
 
 logger = logging.getLogger(__name__)
@@ -129,10 +130,18 @@ _SCALAR_FIELDS = (
 )
 
 
+def _refuse_broken_link(path: Path) -> None:
+    """FileNotFoundError naming the target of a link that points nowhere (an interrupted hub-cache download leaves
+    them), which would otherwise read as a file that is not there."""
+    if path.is_symlink() and not path.exists():
+        raise FileNotFoundError(f"{path} is a broken link to {os.readlink(path)}; download or copy the checkpoint again")
+
+
 def find_processor_dir(checkpoint_dir: PathLike) -> Path:
     """The folder holding processor_config.json: the checkpoint root, else its `processor/` sub-folder."""
     root = Path(checkpoint_dir)
     for folder in (root, root / PROCESSOR_SUBFOLDER):
+        _refuse_broken_link(folder / PROCESSOR_CONFIG_NAME)
         if (folder / PROCESSOR_CONFIG_NAME).is_dir():
             raise IsADirectoryError(f"{folder / PROCESSOR_CONFIG_NAME} is a directory; expected a JSON file")
     if (root / PROCESSOR_CONFIG_NAME).is_file():
@@ -240,6 +249,8 @@ def processor_config_from_kwargs(kwargs: Mapping[str, Any]) -> ProcessorConfig:
                        "normalization and the image transform", ", ".join(absent),
                        ", ".join(f"{key}={ABSENT_KEY_DEFAULTS[key]}" for key in absent))
         values.update({key: ABSENT_KEY_DEFAULTS[key] for key in absent})
+    if kwargs.get("use_relative_action") is None:
+        _warn_relative_keys_decoded_absolute(values["modality_configs"])
     for key in _SCALAR_FIELDS:
         if values.get(key) is None and key not in ("shortest_image_edge", "crop_fraction", "image_crop_size", "image_target_size"):
             values[key] = getattr(defaults, key)
@@ -269,7 +280,47 @@ def processor_config_from_kwargs(kwargs: Mapping[str, Any]) -> ProcessorConfig:
         raise _field_error("crop_fraction", fraction, "a number in (0, 1], or null")
     config = ProcessorConfig(**values, extra=extra)
     _validate_horizons(config)
+    _check_image_transform(config)
     return config
+
+
+def _warn_relative_keys_decoded_absolute(modality_configs: Mapping[str, Mapping[str, ModalityConfig]]) -> None:
+    """use_relative_action absent or null is false, as in the reference; say so when action_configs say RELATIVE."""
+    relative = [
+        f"{tag}.{key}"
+        for tag, modalities in modality_configs.items() if modalities.get("action") is not None
+        for key, action_config in zip(modalities["action"].modality_keys, modalities["action"].action_configs or [])
+        if action_config.rep is ActionRepresentation.RELATIVE
+    ]
+    if relative:
+        logger.warning("processor_config.json sets no use_relative_action (absent or null), so it is false, the "
+                       "reference's default: the action keys whose action_configs say RELATIVE (%s) are decoded as "
+                       "absolute actions, the state never added. Set use_relative_action to true if the checkpoint was "
+                       "trained with relative actions (its statistics.json then has relative_action statistics)",
+                       ", ".join(relative))
+
+
+def _check_image_transform(config: ProcessorConfig) -> None:
+    """ValueError naming the fields when no frame could be transformed with the image settings (else every request
+    failed). A torchvision-style crop larger than the resize is refused: the reference pads it, which is not done here."""
+    target, crop = config.image_target_size, config.image_crop_size
+    if not config.use_albumentations:
+        missing = [name for name, size in (("image_target_size", target), ("image_crop_size", crop)) if size is None]
+        if missing:
+            raise ValueError(f"use_albumentations is false, whose transform resizes to image_target_size and center "
+                             f"crops image_crop_size, but {' and '.join(missing)} is null")
+        if crop[0] > target[0] or crop[1] > target[1]:
+            raise ValueError(f"image_crop_size {list(crop)} is larger than image_target_size {list(target)} "
+                             "(use_albumentations false): the center crop must fit in the resized image")
+        return
+    if config.shortest_image_edge is None and target is None:
+        raise ValueError("shortest_image_edge and image_target_size are both null; the image transform "
+                         "(use_albumentations true) resizes to one of them")
+    if config.crop_fraction is None and (crop is None or target is None):
+        missing = " and ".join(name for name, size in (("image_crop_size", crop), ("image_target_size", target))
+                               if size is None)
+        raise ValueError(f"crop_fraction and {missing} are null; the center crop (use_albumentations true) takes "
+                         "crop_fraction, or image_crop_size / image_target_size")
 
 
 def _validate_horizons(config: ProcessorConfig) -> None:
@@ -399,6 +450,7 @@ def load_statistics(checkpoint_dir: PathLike, errors: Optional[Dict[str, str]] =
     """Read statistics.json next to processor_config.json (`errors`: as for parse_statistics, messages naming the
     file)."""
     path = find_processor_dir(checkpoint_dir) / STATISTICS_NAME
+    _refuse_broken_link(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a directory; expected a JSON file")
     if not path.is_file():
@@ -434,8 +486,10 @@ def merge_embodiment_ids(from_checkpoint: Optional[Mapping[str, int]]) -> Dict[s
 def load_embodiment_ids(checkpoint_dir: PathLike) -> Dict[str, int]:
     """Read embodiment_id.json (optional) next to processor_config.json, merged with the built-in table."""
     path = find_processor_dir(checkpoint_dir) / EMBODIMENT_ID_NAME
+    _refuse_broken_link(path)
     if not path.is_file():
         path = Path(checkpoint_dir) / EMBODIMENT_ID_NAME
+        _refuse_broken_link(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a directory; expected a JSON file")
     data = _read_json(path) if path.is_file() else None

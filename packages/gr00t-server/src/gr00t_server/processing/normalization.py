@@ -211,6 +211,10 @@ def matrix_to_rotvec(matrix: np.ndarray) -> np.ndarray:
     return np.where(near_pi[..., None], at_pi, out)
 
 
+# Values of one end-effector pose per ActionFormat name: a flattened 4x4 matrix, xyz + rot6d, xyz + rotation vector.
+POSE_WIDTHS = {"DEFAULT": 16, "XYZ_ROT6D": 9, "XYZ_ROTVEC": 6}
+
+
 def pose_to_matrix(values: np.ndarray, action_format: str) -> np.ndarray:
     """(..., D) pose in `action_format` ('XYZ_ROT6D', 'XYZ_ROTVEC' or 'DEFAULT' 4x4) -> (..., 4, 4)."""
     if action_format == "DEFAULT":

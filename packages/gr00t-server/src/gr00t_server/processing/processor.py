@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from gr00t_client.modality import ActionRepresentation, ModalityConfig
+from gr00t_client.modality import ActionConfig, ActionRepresentation, ActionType, ModalityConfig
 from gr00t_client.policy import NonFiniteActionError, ObservationError, non_finite_rows
 
 from . import normalization as norm
@@ -46,6 +46,25 @@ class EmbodimentNormParams:
     state: Dict[str, norm.KeyNormParams]
     action: Dict[str, norm.KeyNormParams]
     relative_action: Dict[str, Dict[str, np.ndarray]]  # key -> {"min", "max"} as (H, D)
+
+
+def _check_relative_decodable(tag: str, key: str, spec: ActionConfig, state: Mapping[str, norm.KeyNormParams],
+                              action_dim: int) -> None:
+    """ValueError unless relative action `key` can be decoded: its reference state is a state key of the same width
+    (statistics.json's), and an EEF pose has its format's width."""
+    where = f"processor_config.json: relative action key '{key}' of '{tag}'"
+    state_key = spec.state_key or key
+    if state_key not in state:
+        raise ValueError(f"{where} is decoded against state key '{state_key}' (its action_configs state_key), which is "
+                         f"not one of the state keys {list(state)}")
+    if state[state_key].dim != action_dim:
+        raise ValueError(f"{where} has {action_dim} values but its reference state '{state_key}' has "
+                         f"{state[state_key].dim} (statistics.json); a relative action is decoded against a state of "
+                         "its own width")
+    pose_width = norm.POSE_WIDTHS[spec.format.name]
+    if spec.type is ActionType.EEF and action_dim != pose_width:
+        raise ValueError(f"{where} has {action_dim} values but its action_configs format {spec.format.name} is an "
+                         f"end-effector pose of {pose_width}")
 
 
 class Gr00tN1d7Processor:
@@ -165,6 +184,7 @@ class Gr00tN1d7Processor:
                         f"statistics.json: relative_action key '{key}' of '{tag}' has {width} values per step but "
                         f"action key '{key}' has {params.dim}"
                     )
+                _check_relative_decodable(tag, key, action_config.action_configs[index], state, params.dim)
         state_config = configs.get("state")
         sincos = set()
         if state_config is not None and self.config.apply_sincos_state_encoding:
