@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -205,3 +206,52 @@ def test_an_action_of_170_dims_is_plotted_within_jpegs_size_limit(tmp_path):
     path = plot_trajectory(tmp_path / "traj_0.jpeg", 0, actions, actions + 0.1, [0])
     height, width, _ = imread(path).shape
     assert height <= 65500 and width <= 65500
+
+
+@contextlib.contextmanager
+def jpeg_saves_stopped_part_way():
+    """Saving a JPEG file writes a first part of it, then a Ctrl-C lands (a KeyboardInterrupt from inside savefig):
+    Pillow's JPEG writer, which matplotlib saves through, is swapped for the block. A save to memory (check_plot_path's
+    trial figure) is left whole."""
+    from PIL import Image
+
+    save_whole = Image.SAVE["JPEG"]
+
+    def save_part(image, file, filename):
+        if not filename:
+            return save_whole(image, file, filename)
+        file.write(b"\xff\xd8 the first part of a plot")
+        raise KeyboardInterrupt
+
+    Image.register_save("JPEG", save_part)
+    try:
+        yield
+    finally:
+        Image.register_save("JPEG", save_whole)
+
+
+def test_a_stop_while_a_plot_is_saved_leaves_the_earlier_plot_whole_and_results_say_so(dataset, server, tmp_path):
+    """The plot was written in place: a Ctrl-C while a rerun saved it left PATH truncated (the earlier complete plot
+    gone) and results.json's plot_error null."""
+    pytest.importorskip("matplotlib")
+    plot = tmp_path / "plots" / "p.jpeg"
+    assert open_loop_plotted(dataset, server, tmp_path / "first", plot, "0") == 0
+    earlier = plot.read_bytes()
+    with jpeg_saves_stopped_part_way():
+        assert open_loop_plotted(dataset, server, tmp_path / "second", plot, "0") == 130
+    assert plot.read_bytes() == earlier
+    assert sorted(path.name for path in plot.parent.iterdir()) == ["p.jpeg"]  # no temporary left
+    data = json.loads((tmp_path / "second" / "results.json").read_text())
+    assert data["status"] == "interrupted" and data["trajectories"]["0"]["plot_path"] is None
+    assert data["trajectories"]["0"]["plot_error"] == f"{plot}: not written: the run was stopped (Ctrl-C/SIGTERM) while it was drawn"
+
+
+def test_a_stop_while_a_plot_is_saved_in_the_output_dir_leaves_no_empty_plot_file(dataset, server, tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "out"
+    with jpeg_saves_stopped_part_way():
+        assert cli.main(["open-loop", "--dataset-path", str(dataset), "--port", str(server.port), "--output-dir", str(out),
+                         "--execution-horizon", "4", "--traj-ids", "0"]) == 130
+    assert [path.name for path in out.iterdir() if "traj_0" in path.name] == []  # no empty plot, no temporary
+    plot_error = json.loads((out / "results.json").read_text())["trajectories"]["0"]["plot_error"]
+    assert plot_error.startswith(f"{out / 'traj_0.jpeg'}: not written: the run was stopped")

@@ -3,6 +3,7 @@ output directories, eval_info.json in lerobot's field names, merge, and one-line
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -232,6 +233,30 @@ def test_sigterm_and_sighup_end_a_run_like_ctrl_c(tmp_path, how):
     assert read(out / "results.json")["status"] == "interrupted"
     claim = read(out / "run.json")["claim"]
     assert claim["finished"] is True and claim["outcome"] == "interrupted"
+
+
+class CtrlCWhileTheSummaryPrints(io.StringIO):
+    """Standard output that a Ctrl-C (a real SIGINT to this process) lands on as the summary's success rate line is
+    printed, after results.json was saved."""
+
+    def write(self, text):
+        if text.startswith("success rate") and "success rate" not in self.getvalue():
+            os.kill(os.getpid(), signal.SIGINT)
+        return super().write(text)
+
+
+def test_a_ctrl_c_while_the_saved_results_are_summarized_leaves_the_run_complete(tmp_path, monkeypatch):
+    """A stop after results.json ("complete") was saved, while its summary was printed, exited 130 without the rest
+    of the summary, and run.json's claim said the run was interrupted."""
+    stdout = CtrlCWhileTheSummaryPrints()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    with policy_server(ConstantPolicy()) as server:
+        out = tmp_path / "out"
+        code = main(rollout_args(server.port, out, "--n-episodes", "2", "--env-import", "eval.scale_fixtures"))
+    assert code == 0 and f"Results: {out / 'results.json'}" in stdout.getvalue(), stdout.getvalue()[-800:]
+    assert read(out / "results.json")["status"] == "complete"
+    claim = read(out / "run.json")["claim"]
+    assert claim["finished"] is True and claim["outcome"] == "complete"
 
 
 def test_a_rollout_whose_stdout_reader_has_gone_finishes_and_exits_0(tmp_path):

@@ -251,6 +251,9 @@ def evaluate_trajectory(
     try:
         result.plot_path = str(plot_trajectory(path, traj_id, ground_truth, prediction, inference_steps, state,
                                                state_keys, action_keys, labels))
+    except KeyboardInterrupt:
+        result.plot_error = f"{path}: not written: the run was stopped (Ctrl-C/SIGTERM) while it was drawn"
+        raise
     except Exception as exc:  # noqa: BLE001 - the trajectory is scored: a plot it cannot have must not end the run
         result.plot_error = f"{path}: {type(exc).__name__}: {exc}"
         logger.warning("trajectory %d is scored, and its plot was not written: %s", traj_id, result.plot_error)

@@ -150,6 +150,7 @@ def _claim_open_loop_output_dir(args: argparse.Namespace, config: Any) -> Path:
     from .run_claim import claim_output_dir, dead_partial_files, refuse_live_claims
     from .output_files import OutputDirError
     from .run_dir import make_fresh_dated_output_dir, prepare_output_dir
+    from .trash import OVERWRITE_TRASH
 
     settings = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in vars(config).items()}
 
@@ -181,7 +182,9 @@ def _claim_open_loop_output_dir(args: argparse.Namespace, config: Any) -> Path:
         refuse_live_claims(output_dir)  # any command's, before "not empty": --overwrite must not be suggested
         # A dead process's half-written file (its claim, killed mid-write) is not content: prepare_output_dir deletes it.
         leftovers = set(dead_partial_files(output_dir))
-        if output_dir.is_dir() and any(entry not in leftovers for entry in output_dir.iterdir()) and not args.overwrite:
+        earlier = [entry for entry in output_dir.iterdir() if entry not in leftovers and entry.name != OVERWRITE_TRASH] \
+            if output_dir.is_dir() else []
+        if earlier and not args.overwrite:
             raise UsageError(f"--output-dir {output_dir} is not empty; pass --overwrite to empty it or name a new directory "
                              "(open-loop runs do not resume: run them again)")
         prepare_output_dir(output_dir, overwrite=args.overwrite)

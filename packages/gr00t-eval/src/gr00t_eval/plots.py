@@ -13,6 +13,7 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .extras import require
+from .run_dir import remove_quietly
 
 DEFAULT_PLOT_SUFFIX = ".jpeg"
 # Panels per column of a figure; more action dims get more columns. One column of 170 panels was 68,000 pixels
@@ -133,10 +134,24 @@ def plot_trajectory(
         fig.tight_layout()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
+        _save_aside(fig, path)
     finally:
         plt.close(fig)
     return path
+
+
+def _save_aside(fig: Any, path: Path) -> None:
+    """Save `fig` as `path`, written aside and renamed (as episode videos are): a stop or a failure mid-save leaves no
+    truncated plot under the name, an earlier plot there whole, and no temporary."""
+    from matplotlib import rcParams
+
+    partial = path.with_name(f".{path.name}.partial")
+    file_format = path.suffix.lstrip(".").lower() or rcParams["savefig.format"]  # .partial names no format
+    try:
+        fig.savefig(partial, format=file_format)
+        os.replace(partial, path)
+    finally:
+        remove_quietly(partial)
 
 
 def _panel_grid(plt: Any, n_dims: int) -> Tuple[Any, List[Any]]:

@@ -51,13 +51,10 @@ def _summary_storage_failure(exc: OSError, files: List[Path], output_dir: Path, 
 
 def _report_rollout(args: argparse.Namespace, results: Dict[str, Any], output_dir: Path, shard: Any) -> int:
     """Write results.json and eval_info.json, print the summary and the reference's lines; return the exit code."""
-    import numpy as np
-
     from .eval_info import EVAL_INFO_FILENAME, lerobot_eval_info
     from .output_files import results_file_name
     from .results import write_results_together
-    from .run_resume import resume_command
-    from .run_stop import INTERRUPTED_EXIT_CODE, interrupts_deferred, is_storage_error
+    from .run_stop import SAVED_NOTE, interrupts_deferred, is_storage_error
 
     files = [(output_dir / results_file_name(shard), results)]
     if shard is None:
@@ -69,6 +66,17 @@ def _report_rollout(args: argparse.Namespace, results: Dict[str, Any], output_di
             if not is_storage_error(exc):
                 raise
             raise SystemExit(_summary_storage_failure(exc, [p for p, _r in files], output_dir, shard)) from None
+    with interrupts_deferred(SAVED_NOTE):  # saved: a stop now turned a complete run's exit 130, its claim 'interrupted'
+        return _print_report(args, results, output_dir, shard, path)
+
+
+def _print_report(args: argparse.Namespace, results: Dict[str, Any], output_dir: Path, shard: Any, path: Path) -> int:
+    """Print the summary of the results saved at `path` and the reference's lines; return the exit code."""
+    import numpy as np
+
+    from .run_resume import resume_command
+    from .run_stop import INTERRUPTED_EXIT_CODE
+
     overall = results["overall"]
     episodes = results["per_episode"]
     print(f"Collecting {len(episodes)} episodes took {overall['eval_s']:.2f} seconds")

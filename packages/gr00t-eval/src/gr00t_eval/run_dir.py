@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 from typing import List, Optional, Sequence, Set, Union
@@ -29,6 +28,7 @@ from .output_files import (EPISODE_LOG_FILENAME, RUN_FILENAME, SHARD_FILE_NAME, 
                            results_file_name, run_file_name, shard_files)
 from .run_file import ROLLOUT_LOCK_FILENAME, directory_lock, held_run_claims, write_run_file
 from .run_resume import add_earlier_eval_s, resume_command
+from .trash import OVERWRITE_TRASH, delete_trash, move_to_trash
 
 __all__ = ["RESUMABLE_FILENAMES", "ROLLOUT_LOCK_FILENAME", "RUN_FILENAME", "EpisodeLog", "OutputDirError",
            "add_earlier_eval_s", "check_output_dir", "dated_output_dir", "directory_lock", "episode_log_name",
@@ -103,7 +103,7 @@ def check_output_dir(path: Union[str, Path], overwrite: bool = False, own_files:
         # A half-written file of a process killed mid-write (its run file, say) is not content: prepare_output_dir
         # deletes it. It made the folder "not empty", and the --resume suggested then found no run.json.
         leftovers = {file.name for file in dead_partial_files(path)}
-        if any(entry.name not in keep and entry.name not in leftovers for entry in path.iterdir()):
+        if any(entry.name not in {*keep, *leftovers, OVERWRITE_TRASH} for entry in path.iterdir()):
             if any((path / name).is_file() for name in RESUMABLE_FILENAMES):
                 advice = f"pass --overwrite to empty it or --resume {path} to continue that run"
             else:
@@ -132,10 +132,10 @@ def check_output_dir(path: Union[str, Path], overwrite: bool = False, own_files:
 
 def prepare_output_dir(path: Union[str, Path], overwrite: bool = False, own_files: Optional[List[str]] = None,
                        keep: Sequence[str] = ()) -> Path:
-    """Create `path`; an existing non-empty directory is refused unless `overwrite` (which empties it). The names in
-    `keep` (a claim taken before emptying, and its lock) neither count nor are deleted; the half-written files of a
-    process that is gone (run_claim.dead_partial_files: killed while it created its run file, say) do not count and
-    are deleted.
+    """Create `path`; an existing non-empty directory is refused unless `overwrite` (which empties it, as a whole:
+    _remove_earlier_run). The names in `keep` (a claim taken before emptying, and its lock) neither count nor are
+    deleted; the half-written files of a process that is gone (run_claim.dead_partial_files: killed while it created
+    its run file, say) do not count and are deleted, as is what an overwrite stopped part-way left in OVERWRITE_TRASH.
 
     With `own_files` (a shard's file names, its run file first) the directory may hold the other shards of its
     split: only those names must not exist yet, and `overwrite` deletes those files and the episode videos their
@@ -150,21 +150,47 @@ def prepare_output_dir(path: Union[str, Path], overwrite: bool = False, own_file
     for leftover in dead_partial_files(path):  # a killed process's half-written files (run_claim.PARTIAL_FILE_NAME)
         logger.info("deleting %s, left half-written by a process that is gone", leftover)
         leftover.unlink(missing_ok=True)
+    delete_trash(path / OVERWRITE_TRASH)  # what an overwrite stopped while it deleted left behind
     if overwrite and own_files is not None and path.is_dir():
         replaced = [path / name for name in own_files if (path / name).exists()]
         if replaced:
             videos = _listed_videos(replaced)
             logger.warning("replacing %s and %d episode videos of this shard (--overwrite); other shards' files are kept",
                            ", ".join(p.name for p in replaced), len(videos))
-            for file in videos + replaced:
-                file.unlink(missing_ok=True)
-    elif overwrite and path.is_dir() and any(entry.name not in keep for entry in path.iterdir()):
-        logger.warning("emptying %s (--overwrite)", path)
-        for child in path.iterdir():
-            if child.name not in keep:
-                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+            device = path.stat().st_dev  # a rename cannot take a video on another file system into the trash
+            here = [video for video in videos if video.lstat().st_dev == device]
+            elsewhere = [video for video in videos if video.lstat().st_dev != device]
+            _remove_earlier_run(path, replaced + here, elsewhere)
+    elif overwrite and path.is_dir():
+        earlier = [entry for entry in path.iterdir() if entry.name not in keep and entry.name != OVERWRITE_TRASH]
+        if earlier:
+            logger.warning("emptying %s (--overwrite)", path)
+            _remove_earlier_run(path, sorted(earlier, key=lambda entry: entry.name not in RESUMABLE_FILENAMES))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _remove_earlier_run(path: Path, entries: Sequence[Path], elsewhere: Sequence[Path] = ()) -> None:
+    """Delete an earlier run's `entries` (--overwrite) as a whole: each is first moved into path/OVERWRITE_TRASH (its
+    run file first), then the trash and the files `elsewhere` (videos on another file system) are deleted. A stop
+    leaves the earlier run whole or entirely gone, and the log says which; an OSError while moving deletes nothing."""
+    trash = path / OVERWRITE_TRASH
+    try:
+        move_to_trash(entries, trash)
+    except KeyboardInterrupt:
+        logger.warning("stopped before --overwrite deleted anything: the earlier run in %s is kept as it was", path)
+        raise
+    except OSError as exc:
+        raise OutputDirError(f"--overwrite could not move {exc.filename} into {trash} to delete it ({exc.strerror}); "
+                             f"nothing was deleted: the earlier run in {path} is as it was") from exc
+    try:
+        for file in elsewhere:
+            file.unlink(missing_ok=True)
+        delete_trash(trash)
+    except KeyboardInterrupt:
+        logger.warning("stopped while --overwrite deleted the earlier run in %s: it is removed (what is left of it in %s "
+                       "is deleted by the next run there)", path, trash)
+        raise
 
 
 def _split_of(names: Sequence[str]) -> Optional[int]:

@@ -20,9 +20,14 @@ STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS
 INTERRUPTED_EXIT_CODE = 130
 
 
+SAVING_NOTE = "already stopping: saving the results of the finished episodes (Ctrl-C again to stop waiting)"
+SAVED_NOTE = "the results are saved: printing their summary (Ctrl-C again to stop it)"
+
+
 @contextlib.contextmanager
-def interrupts_deferred() -> Iterator[None]:
-    """While a stopping run saves its results: a second Ctrl-C/SIGTERM/SIGHUP is noted, a third one stops waiting."""
+def interrupts_deferred(note: str = SAVING_NOTE) -> Iterator[None]:
+    """While a stopping run saves its results (or a run whose results are saved prints them): a Ctrl-C/SIGTERM/SIGHUP
+    is noted (`note` is printed), a second one stops waiting."""
     extra = []
 
     def handler(signum: int, frame: Any) -> None:
@@ -30,7 +35,7 @@ def interrupts_deferred() -> Iterator[None]:
         if len(extra) >= 2:
             raise KeyboardInterrupt(f"signal {signum}")
         # os.write, not print: a handler that prints while the main thread prints raises a reentrant-call error
-        os.write(2, b"already stopping: saving the results of the finished episodes (Ctrl-C again to stop waiting)\n")
+        os.write(2, f"{note}\n".encode())
 
     with signals_handled_by(handler, (signal.SIGINT, *interrupting_signals())):
         yield

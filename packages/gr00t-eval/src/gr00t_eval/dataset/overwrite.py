@@ -3,20 +3,16 @@ part-way leaves the old dataset whole or entirely gone, never half deleted."""
 
 from __future__ import annotations
 
-import logging
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
-logger = logging.getLogger(__name__)
+from ..trash import OVERWRITE_TRASH, delete_trash, move_to_trash
+
+__all__ = ["DATASET_ENTRIES", "OVERWRITE_TRASH", "delete_trash", "empty_dataset_dir"]
 
 # What a dataset directory holds: LeRobot's three folders, and hidden files (a recording's claim, atomic-write
 # leftovers). Anything else means the directory is not (only) a dataset.
 DATASET_ENTRIES = frozenset({"meta", "data", "videos"})
-# In a dataset directory: the entries of the dataset an overwrite replaces, moved aside to be deleted. Readers never
-# look there; a writer deletes one that a killed overwrite left.
-OVERWRITE_TRASH = ".gr00t_overwritten"
 
 
 def empty_dataset_dir(root: Path, keep: Sequence[str] = ()) -> None:
@@ -38,30 +34,9 @@ def empty_dataset_dir(root: Path, keep: Sequence[str] = ()) -> None:
 
 
 def _move_aside(entries: Sequence[Path], trash: Path) -> None:
-    """Rename each entry into a new folder in `trash`; if one cannot be moved, or a Ctrl-C/SIGTERM comes, those moved
-    are put back."""
-    trash.mkdir(exist_ok=True)  # it may hold what an earlier overwrite could not delete
-    aside = Path(tempfile.mkdtemp(dir=trash))
+    """move_to_trash, its OSError naming the entry that could not be moved and saying nothing was deleted."""
     try:
-        for entry in entries:
-            entry.rename(aside / entry.name)
-    except BaseException as exc:
-        for moved in aside.iterdir():  # what is in it: an entry renamed just before a stop goes back too
-            moved.rename(trash.parent / moved.name)
-        aside.rmdir()
-        delete_trash(trash)
-        if isinstance(exc, OSError):
-            raise OSError(exc.errno, f"overwrite could not move {entry} into {aside} to delete it ({exc.strerror}); "
-                                     f"nothing was deleted: the old dataset in {trash.parent} is as it was") from exc
-        raise
-
-
-def delete_trash(trash: Path) -> None:
-    """Delete an overwritten dataset moved aside; what cannot be deleted is left for the next writer, with a warning."""
-    try:
-        shutil.rmtree(trash)
-    except FileNotFoundError:
-        pass
+        move_to_trash(entries, trash)
     except OSError as exc:
-        logger.warning("could not delete %s (%s): the rest of an overwritten dataset is left in %s, which the next "
-                       "writer into %s deletes (or delete it yourself)", exc.filename, exc.strerror, trash, trash.parent)
+        raise OSError(exc.errno, f"overwrite could not move {exc.filename} into {trash} to delete it ({exc.strerror}); "
+                                 f"nothing was deleted: the old dataset in {trash.parent} is as it was") from exc
