@@ -92,6 +92,16 @@ def test_a_policy_reporting_another_step_errors_the_trajectory_instead_of_scorin
     assert "--execution-horizon 2" in errored["error"]
 
 
+def test_a_replay_done_early_because_it_advances_more_steps_per_call_names_the_horizon_mismatch(dataset, server,
+                                                                                              tmp_path):
+    # Episode 2 has 4 steps: the server (4 steps per call) is done after its first reply, this run queries step 2 too.
+    assert open_loop(dataset, server.port, tmp_path / "out", "--traj-ids", "2", "--execution-horizon", "2") == 1
+    [errored] = results(tmp_path / "out")["errored_trajectories"]
+    assert "the server advances 4 steps per call and this run 2" in errored["error"]
+    assert "or run with --execution-horizon 4" in errored["error"]
+    assert "does not follow this recording" not in errored["error"]
+
+
 @pytest.fixture(scope="module")
 def trimmed_copy(tmp_path_factory):
     """Another copy of the dataset whose episode 0 was trimmed to 4 of its 6 steps (the same values up to there)."""

@@ -215,7 +215,7 @@ def evaluate_trajectory(
         options = None if config.denoising_steps is None else {"denoising_steps": int(config.denoising_steps)}
         action, info = policy.get_action(observation, options=options)
         check_policy_position(info, traj_id, step, config.execution_horizon)
-        check_policy_episode(info, episode.length, step, inference_steps[-1])
+        check_policy_episode(info, episode.length, step, inference_steps[-1], config.execution_horizon)
         chunk = _chunk(action, action_keys, key_dims, step, config.execution_horizon)
         for j in range(config.execution_horizon):
             predicted.append(np.concatenate([np.atleast_1d(np.atleast_1d(chunk[key])[j]) for key in action_keys]))

@@ -29,19 +29,29 @@ def check_policy_position(info: Any, traj_id: int, step: int, execution_horizon:
         raise TrajectoryError(f"the policy reports episode {episode} while the evaluation is at trajectory {traj_id} "
                               "(does the server replay another copy of the dataset?)")
     if is_position(current) and current != step:
-        served = info.get("execution_horizon")
-        if is_position(served) and served != execution_horizon:  # the replay says how far it advances per call
-            raise TrajectoryError(f"the policy reports step {current} while the evaluation is at step {step}: the server "
-                                  f"advances {served} steps per call and this run {execution_horizon} (start the server "
-                                  f"with --execution-horizon {execution_horizon}, or run with --execution-horizon {served})")
+        mismatch = horizon_mismatch(info, execution_horizon)
+        if mismatch is not None:
+            raise TrajectoryError(f"the policy reports step {current} while the evaluation is at step {step}: {mismatch}")
         raise TrajectoryError(f"the policy reports step {current} while the evaluation is at step {step} (start the server "
                               f"with --execution-horizon {execution_horizon}, or pass the server's here)")
 
 
-def check_policy_episode(info: Any, episode_length: int, step: int, last_step: Optional[int]) -> None:
+def horizon_mismatch(info: Mapping[str, Any], execution_horizon: int) -> Optional[str]:
+    """What to change when the policy's info reports an `execution_horizon` (a replay's steps per call) other than
+    this run's; None when it reports none or the same."""
+    served = info.get("execution_horizon")
+    if not is_position(served) or served == execution_horizon:
+        return None
+    return (f"the server advances {served} steps per call and this run {execution_horizon} (start the server with "
+            f"--execution-horizon {execution_horizon}, or run with --execution-horizon {served})")
+
+
+def check_policy_episode(info: Any, episode_length: int, step: int, last_step: Optional[int],
+                         execution_horizon: Optional[int] = None) -> None:
     """TrajectoryError when the policy's info reports an `episode_length` other than the recording's, or
     `episode_done` at `step` before `last_step`, the evaluation's last query (None: a reset, which serves no step).
-    A replay of a trimmed or stale copy of the episode pads its chunks past its end with its last action."""
+    A replay of a trimmed or stale copy of the episode pads its chunks past its end with its last action; one that
+    advances more steps per call than `execution_horizon` is done early too, and the error says so."""
     if not isinstance(info, Mapping):
         return
     served, done = info.get("episode_length"), info.get("episode_done")
@@ -49,6 +59,10 @@ def check_policy_episode(info: Any, episode_length: int, step: int, last_step: O
         raise TrajectoryError(f"the policy does not follow this recording: it replays an episode of {served} steps, the "
                               f"dataset's has {episode_length} (does the server replay another copy of the dataset?)")
     if last_step is not None and is_flag(done) and done and step < last_step:
+        mismatch = None if execution_horizon is None else horizon_mismatch(info, execution_horizon)
+        if mismatch is not None:
+            raise TrajectoryError(f"the policy reports its episode done at step {step}, before the evaluation's last "
+                                  f"query at step {last_step}: {mismatch}")
         raise TrajectoryError(f"the policy does not follow this recording: it reports its episode done at step {step}, "
                               f"and the dataset's episode of {episode_length} steps is queried up to step {last_step}")
 

@@ -65,7 +65,9 @@ def read_jsonl(path: Path, what: str, committed: Optional[int] = None) -> List[D
         text = path.read_text(encoding="utf-8")  # LeRobot writes raw UTF-8, whatever the locale
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{path}: not UTF-8 text ({exc})") from exc
-    for number, line in enumerate(text.splitlines(), start=1):
+    # JSON Lines records end at "\n" only (str.splitlines() would also cut at a U+2028 or U+0085 inside a string)
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         try:
@@ -105,11 +107,9 @@ def read_tasks(meta_dir: Path, major: int) -> Dict[int, str]:
     """task_index -> task string, from tasks.jsonl (v2) or tasks.parquet (v3)."""
     if major < 3:
         path = meta_dir / "tasks.jsonl"
-        tasks = {}
-        for row in read_jsonl(path, "tasks file"):
-            index = require_field(row, "task_index", int, str(path))
-            tasks[index] = require_field(row, "task", str, str(path))
-        return tasks
+        rows = read_jsonl(path, "tasks file")
+        pairs = [(require_field(r, "task_index", int, str(path)), require_field(r, "task", str, str(path))) for r in rows]
+        return _task_map(pairs, path)
     path = meta_dir / "tasks.parquet"
     require_file(path, "tasks file")
     table = pq.read_table(path)
@@ -120,7 +120,18 @@ def read_tasks(meta_dir: Path, major: int) -> Dict[int, str]:
         raise DatasetError(f"{path}: expected columns 'task_index' and 'task', got {names}")
     indices = table.column("task_index").to_pylist()
     texts = table.column(text_column).to_pylist()
-    return {int(i): str(t) for i, t in zip(indices, texts)}
+    return _task_map([(int(i), str(t)) for i, t in zip(indices, texts)], path)
+
+
+def _task_map(pairs: List[Tuple[int, str]], path: Path) -> Dict[int, str]:
+    """task_index -> task; DatasetError naming the file when one task_index is listed with two different strings
+    (two datasets' task lists concatenated): the last would otherwise silently become another episode's instruction."""
+    tasks: Dict[int, str] = {}
+    for index, task in pairs:
+        if tasks.setdefault(index, task) != task:
+            raise DatasetError(f"{path}: task_index {index} is listed twice, as {tasks[index]!r} and as {task!r}; each "
+                               "task_index must name one task (merged datasets need their task indices renumbered)")
+    return tasks
 
 
 def read_episodes(root: Path, info: Mapping[str, Any], major: int, video_keys: List[str]) -> List[EpisodeRecord]:
@@ -206,13 +217,24 @@ def _read_episodes_v3(root: Path, info: Mapping[str, Any], video_keys: List[str]
                 float(_number_field(row, prefix + "to_timestamp", where)) if row.get(prefix + "to_timestamp") is not None else None,
             )
         row_range = (_int_field(row, "dataset_from_index", where), _int_field(row, "dataset_to_index", where))
-        tasks = row.get("tasks") or []
+        tasks = _v3_tasks(row.get("tasks"), where)
         extras = {
             k: v for k, v in row.items()
             if k not in V3_BOOKKEEPING_COLUMNS and not k.startswith(V3_BOOKKEEPING_PREFIXES)
         }
-        records.append(EpisodeRecord(position, index, length, tuple(map(str, tasks)), data_path, videos, row_range, extras))
+        records.append(EpisodeRecord(position, index, length, tasks, data_path, videos, row_range, extras))
     return records
+
+
+def _v3_tasks(value: Any, where: str) -> Tuple[str, ...]:
+    """An episode row's `tasks` cell: a list of str, or one str (some converters write that) as a list of one."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, (list, tuple)):
+        raise DatasetError(f"{where}: field 'tasks' must be a list of str, got {value!r}")
+    return tuple(map(str, value))
 
 
 def _int_field(row: Mapping[str, Any], name: str, where: str) -> int:
