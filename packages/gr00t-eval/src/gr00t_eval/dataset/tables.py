@@ -1,0 +1,96 @@
+"""Reading one episode's rows from a LeRobot parquet data file into pyarrow, and its columns into numpy arrays."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .errors import DatasetError, require_file
+from .meta import EpisodeRecord
+
+logger = logging.getLogger(__name__)
+
+# LeRobot's per-row bookkeeping columns: one number per row (info.json declares them with shape [1])
+SCALAR_COLUMNS = ("timestamp", "frame_index", "episode_index", "index", "task_index")
+
+
+def _read_episode_table(record: EpisodeRecord) -> pa.Table:
+    path = record.data_path
+    require_file(path, f"data file of episode {record.episode_index}")
+    try:
+        table = _scalar_columns(pq.read_table(path), path) if record.row_range is None else _shared_file_rows(record)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DatasetError(f"{path}: cannot read parquet ({exc})") from exc
+    if "episode_index" in table.column_names and table.num_rows:
+        found = pc.unique(table.column("episode_index")).to_pylist()
+        if found != [record.episode_index]:
+            raise DatasetError(f"{path}: rows for episode {record.episode_index} carry episode_index values {found}")
+    if table.num_rows < record.length:
+        raise DatasetError(
+            f"{path}: {table.num_rows} rows but the episode list says episode {record.episode_index} has length {record.length}"
+        )
+    if table.num_rows > record.length:
+        logger.warning("%s: %d rows, episode length %d; using the first %d", path, table.num_rows, record.length, record.length)
+        table = table.slice(0, record.length)
+    return table
+
+
+def _shared_file_rows(record: EpisodeRecord) -> pa.Table:
+    """A v3.0 episode's rows of a data file it shares: its `index` range, else its `episode_index`."""
+    path = record.data_path
+    schema = pq.read_schema(path)
+    if "index" in schema.names:
+        start, stop = record.row_range
+        column, keep = "index", (pc.field("index") >= start) & (pc.field("index") < stop)
+    elif "episode_index" in schema.names:
+        column, keep = "episode_index", pc.field("episode_index") == record.episode_index
+    else:
+        raise DatasetError(f"{path}: a multi-episode data file needs an 'index' or 'episode_index' column")
+    if _is_list(schema.field(column).type):  # parquet filters cannot compare lists: read all, then pick
+        return _scalar_columns(pq.read_table(path), path).filter(keep)
+    return _scalar_columns(pq.read_table(path, filters=keep), path)
+
+
+def _scalar_columns(table: pa.Table, path: Path) -> pa.Table:
+    """`table` with LeRobot's scalar columns stored as 1-element lists (info.json's shape [1], as some converters
+    write them) read as the scalars they are; DatasetError naming the file and column for lists of other lengths."""
+    for name in SCALAR_COLUMNS:
+        if name not in table.column_names or not _is_list(table.schema.field(name).type):
+            continue
+        column = table.column(name).combine_chunks()
+        if pc.any(pc.not_equal(pc.fill_null(pc.list_value_length(column), 0), 1)).as_py():
+            raise DatasetError(f"{path}: column '{name}' holds lists ({column.type}) not all one value long; it "
+                               "must hold one number per row (a scalar, or a list of one)")
+        table = table.set_column(table.column_names.index(name), name, pc.list_flatten(column))
+    return table
+
+
+def _is_list(kind: pa.DataType) -> bool:
+    return pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
+
+
+def _column_to_numpy(column: pa.ChunkedArray, name: str, path: Path) -> np.ndarray:
+    array = column.combine_chunks()
+    if array.null_count:
+        raise DatasetError(f"{path}: column '{name}' has {array.null_count} null cells")
+    kind = array.type
+    if _is_list(kind):
+        lengths = pc.list_value_length(array).to_numpy(zero_copy_only=False)
+        if lengths.size and (lengths != lengths[0]).any():
+            raise DatasetError(f"{path}: column '{name}' has rows of different lengths {sorted(set(lengths.tolist()))[:5]}")
+        flat = pc.list_flatten(array)
+        if flat.null_count:  # numpy would make them NaN: a state or action with a hole, scored or replayed silently
+            first = int(np.flatnonzero(flat.is_null().to_numpy(zero_copy_only=False))[0]) // max(int(lengths[0]), 1)
+            raise DatasetError(f"{path}: column '{name}' has {flat.null_count} null values inside its rows "
+                               f"(the first in row {first})")
+        values = flat.to_numpy(zero_copy_only=False)
+        width = int(lengths[0]) if lengths.size else 0
+        return values.reshape(len(array), width)
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return np.asarray(array.to_pylist(), dtype=object)
+    return array.to_numpy(zero_copy_only=False)
