@@ -10,12 +10,14 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from gr00t_client.modality import ActionConfig, ActionRepresentation, ActionType, ModalityConfig
-from gr00t_client.policy import NonFiniteActionError, ObservationError, non_finite_rows
+from gr00t_client.modality import ModalityConfig
+from gr00t_client.policy import ObservationError, non_finite_rows
 
+from . import actions
 from . import normalization as norm
 from .config import ProcessorConfig, Statistics, load_embodiment_ids, load_processor_config, load_statistics
 from .image import check_frame_size, eval_image_transform_batch, eval_image_transform_torchvision_style_batch
+from .norm_params import EmbodimentNormParams, compute_norm_params
 from .text import (IMAGE_PAD_TOKEN, build_conversation, expand_image_tokens, formalize_language, render_prompt,
                    reserved_tokens)
 from .tokenizer import load_backbone_text_assets
@@ -24,9 +26,6 @@ from .vision_patches import VisionPatchConfig, num_image_tokens, patchify_batch,
 logger = logging.getLogger(__name__)
 
 _PROMPT_CACHE_SIZE = 256  # rendered chat prompts kept per processor (instructions repeat across a rollout)
-# A normalized state this far beyond its statistics' range (about [-1, 1]) is in other units than the training data's,
-# and the likelier cause of a non-finite model output than the weights.
-STATE_OUTLIER_LIMIT = 1e3
 
 
 @dataclass
@@ -37,34 +36,6 @@ class ProcessedStep:
     images: List[np.ndarray]  # uint8 (H', W', 3), time-major then view order
     prompt: str  # chat-rendered text with one <|image_pad|> per image (expanded at collation)
     embodiment_id: int
-
-
-@dataclass(frozen=True)
-class EmbodimentNormParams:
-    """Per-key normalization parameters of one embodiment (state, action, relative action)."""
-
-    state: Dict[str, norm.KeyNormParams]
-    action: Dict[str, norm.KeyNormParams]
-    relative_action: Dict[str, Dict[str, np.ndarray]]  # key -> {"min", "max"} as (H, D)
-
-
-def _check_relative_decodable(tag: str, key: str, spec: ActionConfig, state: Mapping[str, norm.KeyNormParams],
-                              action_dim: int) -> None:
-    """ValueError unless relative action `key` can be decoded: its reference state is a state key of the same width
-    (statistics.json's), and an EEF pose has its format's width."""
-    where = f"processor_config.json: relative action key '{key}' of '{tag}'"
-    state_key = spec.state_key or key
-    if state_key not in state:
-        raise ValueError(f"{where} is decoded against state key '{state_key}' (its action_configs state_key), which is "
-                         f"not one of the state keys {list(state)}")
-    if state[state_key].dim != action_dim:
-        raise ValueError(f"{where} has {action_dim} values but its reference state '{state_key}' has "
-                         f"{state[state_key].dim} (statistics.json); a relative action is decoded against a state of "
-                         "its own width")
-    pose_width = norm.POSE_WIDTHS[spec.format.name]
-    if spec.type is ActionType.EEF and action_dim != pose_width:
-        raise ValueError(f"{where} has {action_dim} values but its action_configs format {spec.format.name} is an "
-                         f"end-effector pose of {pose_width}")
 
 
 class Gr00tN1d7Processor:
@@ -142,71 +113,7 @@ class Gr00tN1d7Processor:
             raise ValueError(self.statistics_errors[tag])
         if tag not in self.statistics:
             raise KeyError(f"statistics.json has no statistics for embodiment {tag!r}; has {sorted(self.statistics)}")
-        stats = self.statistics[tag]
-        configs = self.modality_configs(tag)
-        pct = self.config.use_percentiles
-        state: Dict[str, norm.KeyNormParams] = {}
-        for key in configs["state"].modality_keys if "state" in configs else []:
-            if key not in stats.get("state", {}):
-                raise KeyError(f"Joint group '{key}' not found in state statistics for embodiment '{tag}'")
-            state[key] = norm.key_norm_params(stats["state"][key], pct, f"state key '{key}' of '{tag}'",
-                                              mean_std=key in (configs["state"].mean_std_embedding_keys or []))
-        action: Dict[str, norm.KeyNormParams] = {}
-        relative: Dict[str, Dict[str, np.ndarray]] = {}
-        action_config = configs.get("action")
-        for index, key in enumerate(action_config.modality_keys if action_config else []):
-            if key not in stats.get("action", {}):
-                raise KeyError(f"Action key '{key}' not found in action statistics for embodiment '{tag}'")
-            z_scored = key in (action_config.mean_std_embedding_keys or []) and not self._is_relative(action_config, index)
-            params = norm.key_norm_params(stats["action"][key], pct, f"action key '{key}' of '{tag}'", mean_std=z_scored)
-            if "min" in stats["action"][key]:  # the output width comes from the absolute min (model.md §1.5)
-                params = norm.KeyNormParams(params.low, params.high, params.mean, params.std, int(stats["action"][key]["min"].shape[-1]))
-            action[key] = params
-            if self._is_relative(action_config, index):
-                if "relative_action" not in stats:
-                    raise ValueError(
-                        f"Relative action statistics required for embodiment '{tag}' but 'relative_action' not found in statistics"
-                    )
-                if key not in stats["relative_action"]:
-                    raise ValueError(
-                        f"Relative action statistics required for key '{key}' in embodiment '{tag}' but not found"
-                    )
-                relative[key] = norm.relative_stats_for_horizon(
-                    stats["relative_action"][key], action_config.horizon, f"key '{key}' of '{tag}'"
-                )
-                lacking = [name for name in ("mean", "std") if name not in relative[key]]
-                if key in (action_config.mean_std_embedding_keys or []) and lacking:  # at load, not after every call
-                    raise ValueError(f"Relative action statistics for key '{key}' of '{tag}' lack '{lacking[0]}' (the key "
-                                     "is in mean_std_embedding_keys)")
-                width = relative[key]["min"].shape[-1]
-                if width != params.dim:
-                    raise ValueError(
-                        f"statistics.json: relative_action key '{key}' of '{tag}' has {width} values per step but "
-                        f"action key '{key}' has {params.dim}"
-                    )
-                _check_relative_decodable(tag, key, action_config.action_configs[index], state, params.dim)
-        state_config = configs.get("state")
-        sincos = set()
-        if state_config is not None and self.config.apply_sincos_state_encoding:
-            sincos = set(state_config.sin_cos_embedding_keys or [])
-        total = sum(params.dim * (2 if key in sincos else 1) for key, params in state.items())  # sin and cos: 2 values
-        if total > self.config.max_state_dim:  # else every request fails
-            raise ValueError(
-                f"statistics.json: the state keys of {tag!r} have {total} dimensions together, more than "
-                f"processor_config.json's max_state_dim {self.config.max_state_dim}"
-            )
-        total = sum(params.dim for params in action.values())
-        if total > self.config.max_action_dim:
-            raise ValueError(
-                f"statistics.json: the action keys of '{tag}' have {total} dimensions together, more than the "
-                f"processor's max_action_dim {self.config.max_action_dim}"
-            )
-        return EmbodimentNormParams(state=state, action=action, relative_action=relative)
-
-    def _is_relative(self, action_config: ModalityConfig, index: int) -> bool:
-        if not self.config.use_relative_action or action_config.action_configs is None:
-            return False
-        return action_config.action_configs[index].rep == ActionRepresentation.RELATIVE
+        return compute_norm_params(tag, self.statistics[tag], self.modality_configs(tag), self.config)
 
     # --- observation steps ------------------------------------------------------------------------
 
@@ -438,89 +345,20 @@ class Gr00tN1d7Processor:
         Min/max keys always land inside their statistics range (the reference clips to [-1, 1] first);
         `clip_to_statistics` also clips mean/std keys to [low, high] (q01/q99 or min/max, as normalization uses).
         """
-        action = np.asarray(action, np.float64)
-        if action.ndim == 2:
-            action = action[None]
-        action_config = self.modality_configs(tag)["action"]
-        params = self.norm_params(tag)
-        dims = {key: p.dim for key, p in params.action.items()}
-        parts = norm.split_action(action, action_config.modality_keys, dims, action_config.horizon)
-        for key, part in parts.items():  # before unnormalizing: its clip to [-1, 1] made an inf a plausible q99 action
-            rows = non_finite_rows(part)
-            if rows:
-                outliers = self.state_outliers(tag, raw_states or {}, rows)
-                cause = (f" Likely cause: {'; '.join(outliers)}, far outside the range the model was trained on; send "
-                         "states in the units of the checkpoint's statistics." if outliers else
-                         " Check the weights (gr00t-server verify) and, for a float16 model, values beyond its range "
-                         "(65504): serve in bf16 or fp32.")
-                raise NonFiniteActionError(
-                    f"the model's output for action key '{key}' of '{tag}' holds non-finite values (NaN or inf) in rows "
-                    f"{rows}, before unnormalization; the action was not sent.{cause}", key=key, rows=rows)
-        mean_std_keys = set(action_config.mean_std_embedding_keys or [])
-        out: Dict[str, np.ndarray] = {}
-        for index, key in enumerate(action_config.modality_keys):
-            if key in params.relative_action:
-                rel = params.relative_action[key]
-                if key in mean_std_keys:  # upstream checks mean/std keys first, with the relative statistics
-                    rows = parts[key].shape[1]
-                    where = f"key '{key}' of '{tag}'"
-                    value = norm.mean_std_unnormalize(parts[key], norm.relative_stat(rel, "mean", rows, where),
-                                                      norm.relative_stat(rel, "std", rows, where))
-                else:
-                    value = norm.minmax_unnormalize(parts[key], rel["min"], rel["max"])
-                spec = action_config.action_configs[index]
-                state_key = spec.state_key or key
-                if raw_states is None:
-                    raise ValueError(
-                        f"State dict required for relative->absolute conversion of key '{key}' in embodiment '{tag}'"
-                    )
-                if state_key not in raw_states:
-                    raise KeyError(f"Reference state key '{state_key}' not found in state dict for embodiment '{tag}'")
-                value = norm.decode_relative(key, value, raw_states[state_key], spec.type.name, spec.format.name)
-            else:
-                value = norm.unnormalize_action_key(parts[key], params.action[key], key in mean_std_keys)
-                if clip_to_statistics and key in mean_std_keys:
-                    value = np.clip(value, params.action[key].low, params.action[key].high)
-            out[key] = value.astype(np.float32)
-        return out
+        return actions.decode_action(action, tag, self.modality_configs(tag), self.norm_params(tag), self.config,
+                                     raw_states, clip_to_statistics)
 
     def state_outliers(self, tag: str, raw_states: Mapping[str, np.ndarray], rows: Sequence[int]) -> List[str]:
         """For each state key whose values in `rows` normalize beyond +-STATE_OUTLIER_LIMIT: its name, largest
         normalized and raw |value| in those rows, and its statistics' range."""
-        state_config = self.modality_configs(tag).get("state")
-        params = self.norm_params(tag).state
-        found = []
-        for key in state_config.modality_keys if state_config else []:
-            value = np.asarray(raw_states.get(key, np.zeros((0,))), np.float64)
-            picked = value[[row for row in rows if row < len(value)]] if value.ndim == 3 else value
-            if picked.size == 0 or picked.shape[-1] != params[key].dim:
-                continue
-            with np.errstate(all="ignore"):
-                normalized = norm.normalize_state_key(key, picked, params[key], state_config,
-                                                      self.config.apply_sincos_state_encoding,
-                                                      self.config.clip_outliers)
-            largest = float(np.max(np.abs(normalized)))
-            if largest > STATE_OUTLIER_LIMIT:
-                low, high = float(np.min(params[key].low)), float(np.max(params[key].high))
-                found.append(f"state key '{key}' normalizes to |values| up to {largest:.3g} in those rows (raw "
-                             f"{float(np.max(np.abs(picked))):.3g}; its statistics' range is [{low:.3g}, {high:.3g}])")
-        return found
+        return actions.state_outliers(raw_states, rows, self.modality_configs(tag).get("state"),
+                                      self.norm_params(tag).state, self.config)
 
     def check_reference_states(self, tag: str, raw_states: Mapping[str, np.ndarray]) -> None:
         """ValueError unless every relative action key's reference state can anchor it (finite, for xyz+rot6d a
         real rotation, for a 4x4 pose an invertible matrix): the checks decode_action makes, here before the model
         runs rather than after it."""
-        action_config = self.modality_configs(tag)["action"]
-        params = self.norm_params(tag)
-        for index, key in enumerate(action_config.modality_keys):
-            if key not in params.relative_action:
-                continue
-            spec = action_config.action_configs[index]
-            state = raw_states.get(spec.state_key or key)
-            if state is None:  # decode_action names the missing key; the observation checks do first
-                continue
-            reference = norm._last_reference_step(key, state, params.action[key].dim, "relative->absolute")
-            norm._check_reference_pose(key, reference, spec.type.name, spec.format.name, spec.state_key or key)
+        actions.check_reference_states(tag, self.modality_configs(tag)["action"], self.norm_params(tag), raw_states)
 
     def encode_action(
         self, action: Mapping[str, np.ndarray], tag: str, raw_states: Optional[Mapping[str, np.ndarray]] = None
@@ -531,49 +369,5 @@ class Gr00tN1d7Processor:
         step of their raw reference state. Min/max values outside the statistics range are clipped to [-1, 1],
         so they decode to the range's edge.
         """
-        action_config = self.modality_configs(tag)["action"]
-        params = self.norm_params(tag)
-        missing = [key for key in action_config.modality_keys if key not in action]
-        if missing:
-            raise KeyError(f"Action keys {missing} not found in actions to encode for embodiment '{tag}'")
-        mean_std_keys = set(action_config.mean_std_embedding_keys or [])
-        parts: List[np.ndarray] = []
-        batch_rows: Optional[tuple] = None
-        for index, key in enumerate(action_config.modality_keys):
-            value = np.asarray(action[key], np.float64)
-            dim = params.action[key].dim
-            if value.ndim != 3 or value.shape[-1] != dim or value.shape[1] > action_config.horizon:
-                raise ValueError(
-                    f"Action key '{key}' must have shape (B, T, {dim}) with T <= action horizon "
-                    f"{action_config.horizon}; got {value.shape}"
-                )
-            if batch_rows is not None and value.shape[:2] != batch_rows:
-                raise ValueError(f"Action key '{key}' has (B, T) = {value.shape[:2]}; earlier keys have {batch_rows}")
-            batch_rows = value.shape[:2]
-            if key in params.relative_action:
-                parts.append(self._encode_relative_key(tag, index, key, value, raw_states))
-            else:
-                parts.append(norm.normalize_action_key(value, params.action[key], key in mean_std_keys))
-        encoded = np.concatenate(parts, axis=-1)
-        return norm.pad_last_dim(encoded, self.config.max_action_dim, "action").astype(np.float32)
-
-    def _encode_relative_key(
-        self, tag: str, index: int, key: str, value: np.ndarray, raw_states: Optional[Mapping[str, np.ndarray]]
-    ) -> np.ndarray:
-        """Absolute (B, T, D) -> relative to the reference state, normalized with the first T relative-stat rows."""
-        spec = self.modality_configs(tag)["action"].action_configs[index]
-        state_key = spec.state_key or key
-        if raw_states is None:
-            raise ValueError(
-                f"State dict required for absolute->relative conversion of key '{key}' in embodiment '{tag}'"
-            )
-        if state_key not in raw_states:
-            raise KeyError(f"Reference state key '{state_key}' not found in state dict for embodiment '{tag}'")
-        relative = norm.encode_relative(key, value, raw_states[state_key], spec.type.name, spec.format.name)
-        stats = self.norm_params(tag).relative_action[key]
-        rows, where = value.shape[1], f"key '{key}' of '{tag}'"
-        if key in set(self.modality_configs(tag)["action"].mean_std_embedding_keys or []):
-            return norm.mean_std_normalize(relative, norm.relative_stat(stats, "mean", rows, where),
-                                           norm.relative_stat(stats, "std", rows, where))
-        return norm.minmax_normalize(relative, norm.relative_stat(stats, "min", rows, where),
-                                     norm.relative_stat(stats, "max", rows, where))
+        return actions.encode_action(action, tag, self.modality_configs(tag)["action"], self.norm_params(tag),
+                                     self.config.max_action_dim, raw_states)

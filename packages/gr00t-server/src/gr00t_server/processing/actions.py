@@ -1,0 +1,175 @@
+"""Action decoding and encoding for Gr00tN1d7Processor: the model's normalized, padded action output -> absolute
+actions per key, and back (for real-time chunking), with the checks on reference states that relative keys need."""
+
+from __future__ import annotations
+
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from gr00t_client.modality import ModalityConfig
+from gr00t_client.policy import NonFiniteActionError, non_finite_rows
+
+from . import normalization as norm
+from .config import ProcessorConfig
+from .norm_params import EmbodimentNormParams
+
+# A normalized state this far beyond its statistics' range (about [-1, 1]) is in other units than the training data's,
+# and the likelier cause of a non-finite model output than the weights.
+STATE_OUTLIER_LIMIT = 1e3
+
+
+def decode_action(
+    action: np.ndarray,
+    tag: str,
+    configs: Mapping[str, ModalityConfig],
+    params: EmbodimentNormParams,
+    config: ProcessorConfig,
+    raw_states: Optional[Mapping[str, np.ndarray]] = None,
+    clip_to_statistics: bool = False,
+) -> Dict[str, np.ndarray]:
+    """Gr00tN1d7Processor.decode_action, given embodiment `tag`'s modality configs and normalization parameters."""
+    action = np.asarray(action, np.float64)
+    if action.ndim == 2:
+        action = action[None]
+    action_config = configs["action"]
+    dims = {key: p.dim for key, p in params.action.items()}
+    parts = norm.split_action(action, action_config.modality_keys, dims, action_config.horizon)
+    for key, part in parts.items():  # before unnormalizing: its clip to [-1, 1] made an inf a plausible q99 action
+        rows = non_finite_rows(part)
+        if rows:
+            outliers = state_outliers(raw_states or {}, rows, configs.get("state"), params.state, config)
+            cause = (f" Likely cause: {'; '.join(outliers)}, far outside the range the model was trained on; send "
+                     "states in the units of the checkpoint's statistics." if outliers else
+                     " Check the weights (gr00t-server verify) and, for a float16 model, values beyond its range "
+                     "(65504): serve in bf16 or fp32.")
+            raise NonFiniteActionError(
+                f"the model's output for action key '{key}' of '{tag}' holds non-finite values (NaN or inf) in rows "
+                f"{rows}, before unnormalization; the action was not sent.{cause}", key=key, rows=rows)
+    mean_std_keys = set(action_config.mean_std_embedding_keys or [])
+    out: Dict[str, np.ndarray] = {}
+    for index, key in enumerate(action_config.modality_keys):
+        if key in params.relative_action:
+            rel = params.relative_action[key]
+            if key in mean_std_keys:  # upstream checks mean/std keys first, with the relative statistics
+                rows = parts[key].shape[1]
+                where = f"key '{key}' of '{tag}'"
+                value = norm.mean_std_unnormalize(parts[key], norm.relative_stat(rel, "mean", rows, where),
+                                                  norm.relative_stat(rel, "std", rows, where))
+            else:
+                value = norm.minmax_unnormalize(parts[key], rel["min"], rel["max"])
+            spec = action_config.action_configs[index]
+            state_key = spec.state_key or key
+            if raw_states is None:
+                raise ValueError(
+                    f"State dict required for relative->absolute conversion of key '{key}' in embodiment '{tag}'"
+                )
+            if state_key not in raw_states:
+                raise KeyError(f"Reference state key '{state_key}' not found in state dict for embodiment '{tag}'")
+            value = norm.decode_relative(key, value, raw_states[state_key], spec.type.name, spec.format.name)
+        else:
+            value = norm.unnormalize_action_key(parts[key], params.action[key], key in mean_std_keys)
+            if clip_to_statistics and key in mean_std_keys:
+                value = np.clip(value, params.action[key].low, params.action[key].high)
+        out[key] = value.astype(np.float32)
+    return out
+
+
+def state_outliers(raw_states: Mapping[str, np.ndarray], rows: Sequence[int], state_config: Optional[ModalityConfig],
+                   params: Mapping[str, norm.KeyNormParams], config: ProcessorConfig) -> List[str]:
+    """For each state key whose values in `rows` normalize beyond +-STATE_OUTLIER_LIMIT: its name, largest
+    normalized and raw |value| in those rows, and its statistics' range."""
+    found = []
+    for key in state_config.modality_keys if state_config else []:
+        value = np.asarray(raw_states.get(key, np.zeros((0,))), np.float64)
+        picked = value[[row for row in rows if row < len(value)]] if value.ndim == 3 else value
+        if picked.size == 0 or picked.shape[-1] != params[key].dim:
+            continue
+        with np.errstate(all="ignore"):
+            normalized = norm.normalize_state_key(key, picked, params[key], state_config,
+                                                  config.apply_sincos_state_encoding,
+                                                  config.clip_outliers)
+        largest = float(np.max(np.abs(normalized)))
+        if largest > STATE_OUTLIER_LIMIT:
+            low, high = float(np.min(params[key].low)), float(np.max(params[key].high))
+            found.append(f"state key '{key}' normalizes to |values| up to {largest:.3g} in those rows (raw "
+                         f"{float(np.max(np.abs(picked))):.3g}; its statistics' range is [{low:.3g}, {high:.3g}])")
+    return found
+
+
+def check_reference_states(tag: str, action_config: ModalityConfig, params: EmbodimentNormParams,
+                           raw_states: Mapping[str, np.ndarray]) -> None:
+    """ValueError unless every relative action key's reference state can anchor it (finite, for xyz+rot6d a
+    real rotation, for a 4x4 pose an invertible matrix): the checks decode_action makes, here before the model
+    runs rather than after it."""
+    for index, key in enumerate(action_config.modality_keys):
+        if key not in params.relative_action:
+            continue
+        spec = action_config.action_configs[index]
+        state = raw_states.get(spec.state_key or key)
+        if state is None:  # decode_action names the missing key; the observation checks do first
+            continue
+        reference = norm._last_reference_step(key, state, params.action[key].dim, "relative->absolute")
+        norm._check_reference_pose(key, reference, spec.type.name, spec.format.name, spec.state_key or key)
+
+
+def encode_action(
+    action: Mapping[str, np.ndarray],
+    tag: str,
+    action_config: ModalityConfig,
+    params: EmbodimentNormParams,
+    max_action_dim: int,
+    raw_states: Optional[Mapping[str, np.ndarray]] = None,
+) -> np.ndarray:
+    """Inverse of `decode_action`: {key: (B, T, D_key)} absolute actions -> (B, T, max_action_dim) float32.
+
+    Row t is normalized with step t's statistics; relative keys are first expressed relative to the last
+    step of their raw reference state. Min/max values outside the statistics range are clipped to [-1, 1],
+    so they decode to the range's edge.
+    """
+    missing = [key for key in action_config.modality_keys if key not in action]
+    if missing:
+        raise KeyError(f"Action keys {missing} not found in actions to encode for embodiment '{tag}'")
+    mean_std_keys = set(action_config.mean_std_embedding_keys or [])
+    parts: List[np.ndarray] = []
+    batch_rows: Optional[tuple] = None
+    for index, key in enumerate(action_config.modality_keys):
+        value = np.asarray(action[key], np.float64)
+        dim = params.action[key].dim
+        if value.ndim != 3 or value.shape[-1] != dim or value.shape[1] > action_config.horizon:
+            raise ValueError(
+                f"Action key '{key}' must have shape (B, T, {dim}) with T <= action horizon "
+                f"{action_config.horizon}; got {value.shape}"
+            )
+        if batch_rows is not None and value.shape[:2] != batch_rows:
+            raise ValueError(f"Action key '{key}' has (B, T) = {value.shape[:2]}; earlier keys have {batch_rows}")
+        batch_rows = value.shape[:2]
+        if key in params.relative_action:
+            parts.append(_encode_relative_key(tag, index, key, value, raw_states, action_config, params))
+        else:
+            parts.append(norm.normalize_action_key(value, params.action[key], key in mean_std_keys))
+    encoded = np.concatenate(parts, axis=-1)
+    return norm.pad_last_dim(encoded, max_action_dim, "action").astype(np.float32)
+
+
+def _encode_relative_key(
+    tag: str, index: int, key: str, value: np.ndarray, raw_states: Optional[Mapping[str, np.ndarray]],
+    action_config: ModalityConfig, params: EmbodimentNormParams,
+) -> np.ndarray:
+    """Absolute (B, T, D) -> relative to the reference state, normalized with the first T relative-stat rows."""
+    spec = action_config.action_configs[index]
+    state_key = spec.state_key or key
+    if raw_states is None:
+        raise ValueError(
+            f"State dict required for absolute->relative conversion of key '{key}' in embodiment '{tag}'"
+        )
+    if state_key not in raw_states:
+        raise KeyError(f"Reference state key '{state_key}' not found in state dict for embodiment '{tag}'")
+    relative = norm.encode_relative(key, value, raw_states[state_key], spec.type.name, spec.format.name)
+    stats = params.relative_action[key]
+    rows, where = value.shape[1], f"key '{key}' of '{tag}'"
+    if key in set(action_config.mean_std_embedding_keys or []):
+        return norm.mean_std_normalize(relative, norm.relative_stat(stats, "mean", rows, where),
+                                       norm.relative_stat(stats, "std", rows, where))
+    return norm.minmax_normalize(relative, norm.relative_stat(stats, "min", rows, where),
+                                 norm.relative_stat(stats, "max", rows, where))

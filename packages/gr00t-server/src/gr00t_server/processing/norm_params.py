@@ -1,0 +1,112 @@
+"""Per-embodiment normalization parameters: statistics.json and processor_config.json -> the state, action and
+relative-action parameters the processor normalizes with, checked once at load."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Mapping
+
+import numpy as np
+
+from gr00t_client.modality import ActionConfig, ActionRepresentation, ActionType, ModalityConfig
+
+from . import normalization as norm
+from .config import ProcessorConfig
+
+
+@dataclass(frozen=True)
+class EmbodimentNormParams:
+    """Per-key normalization parameters of one embodiment (state, action, relative action)."""
+
+    state: Dict[str, norm.KeyNormParams]
+    action: Dict[str, norm.KeyNormParams]
+    relative_action: Dict[str, Dict[str, np.ndarray]]  # key -> {"min", "max"} as (H, D)
+
+
+def _check_relative_decodable(tag: str, key: str, spec: ActionConfig, state: Mapping[str, norm.KeyNormParams],
+                              action_dim: int) -> None:
+    """ValueError unless relative action `key` can be decoded: its reference state is a state key of the same width
+    (statistics.json's), and an EEF pose has its format's width."""
+    where = f"processor_config.json: relative action key '{key}' of '{tag}'"
+    state_key = spec.state_key or key
+    if state_key not in state:
+        raise ValueError(f"{where} is decoded against state key '{state_key}' (its action_configs state_key), which is "
+                         f"not one of the state keys {list(state)}")
+    if state[state_key].dim != action_dim:
+        raise ValueError(f"{where} has {action_dim} values but its reference state '{state_key}' has "
+                         f"{state[state_key].dim} (statistics.json); a relative action is decoded against a state of "
+                         "its own width")
+    pose_width = norm.POSE_WIDTHS[spec.format.name]
+    if spec.type is ActionType.EEF and action_dim != pose_width:
+        raise ValueError(f"{where} has {action_dim} values but its action_configs format {spec.format.name} is an "
+                         f"end-effector pose of {pose_width}")
+
+
+def compute_norm_params(tag: str, stats: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]],
+                        configs: Mapping[str, ModalityConfig], config: ProcessorConfig) -> EmbodimentNormParams:
+    """Normalization parameters of embodiment `tag` from its statistics and modality configs; ValueError/KeyError
+    naming the key when they cannot serve it."""
+    pct = config.use_percentiles
+    state: Dict[str, norm.KeyNormParams] = {}
+    for key in configs["state"].modality_keys if "state" in configs else []:
+        if key not in stats.get("state", {}):
+            raise KeyError(f"Joint group '{key}' not found in state statistics for embodiment '{tag}'")
+        state[key] = norm.key_norm_params(stats["state"][key], pct, f"state key '{key}' of '{tag}'",
+                                          mean_std=key in (configs["state"].mean_std_embedding_keys or []))
+    action: Dict[str, norm.KeyNormParams] = {}
+    relative: Dict[str, Dict[str, np.ndarray]] = {}
+    action_config = configs.get("action")
+    for index, key in enumerate(action_config.modality_keys if action_config else []):
+        if key not in stats.get("action", {}):
+            raise KeyError(f"Action key '{key}' not found in action statistics for embodiment '{tag}'")
+        z_scored = key in (action_config.mean_std_embedding_keys or []) and not _is_relative(config, action_config, index)
+        params = norm.key_norm_params(stats["action"][key], pct, f"action key '{key}' of '{tag}'", mean_std=z_scored)
+        if "min" in stats["action"][key]:  # the output width comes from the absolute min (model.md §1.5)
+            params = norm.KeyNormParams(params.low, params.high, params.mean, params.std, int(stats["action"][key]["min"].shape[-1]))
+        action[key] = params
+        if _is_relative(config, action_config, index):
+            if "relative_action" not in stats:
+                raise ValueError(
+                    f"Relative action statistics required for embodiment '{tag}' but 'relative_action' not found in statistics"
+                )
+            if key not in stats["relative_action"]:
+                raise ValueError(
+                    f"Relative action statistics required for key '{key}' in embodiment '{tag}' but not found"
+                )
+            relative[key] = norm.relative_stats_for_horizon(
+                stats["relative_action"][key], action_config.horizon, f"key '{key}' of '{tag}'"
+            )
+            lacking = [name for name in ("mean", "std") if name not in relative[key]]
+            if key in (action_config.mean_std_embedding_keys or []) and lacking:  # at load, not after every call
+                raise ValueError(f"Relative action statistics for key '{key}' of '{tag}' lack '{lacking[0]}' (the key "
+                                 "is in mean_std_embedding_keys)")
+            width = relative[key]["min"].shape[-1]
+            if width != params.dim:
+                raise ValueError(
+                    f"statistics.json: relative_action key '{key}' of '{tag}' has {width} values per step but "
+                    f"action key '{key}' has {params.dim}"
+                )
+            _check_relative_decodable(tag, key, action_config.action_configs[index], state, params.dim)
+    state_config = configs.get("state")
+    sincos = set()
+    if state_config is not None and config.apply_sincos_state_encoding:
+        sincos = set(state_config.sin_cos_embedding_keys or [])
+    total = sum(params.dim * (2 if key in sincos else 1) for key, params in state.items())  # sin and cos: 2 values
+    if total > config.max_state_dim:  # else every request fails
+        raise ValueError(
+            f"statistics.json: the state keys of {tag!r} have {total} dimensions together, more than "
+            f"processor_config.json's max_state_dim {config.max_state_dim}"
+        )
+    total = sum(params.dim for params in action.values())
+    if total > config.max_action_dim:
+        raise ValueError(
+            f"statistics.json: the action keys of '{tag}' have {total} dimensions together, more than the "
+            f"processor's max_action_dim {config.max_action_dim}"
+        )
+    return EmbodimentNormParams(state=state, action=action, relative_action=relative)
+
+
+def _is_relative(config: ProcessorConfig, action_config: ModalityConfig, index: int) -> bool:
+    if not config.use_relative_action or action_config.action_configs is None:
+        return False
+    return action_config.action_configs[index].rep == ActionRepresentation.RELATIVE
