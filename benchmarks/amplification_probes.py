@@ -95,7 +95,7 @@ def envelope(observation: Any, options: Any = None, **extra: Any) -> bytes:
 
 
 def probe_queue_flood(port: int) -> Tuple[float, str]:
-    """12 x 32 MB on one DEALER connection while a call is held: the byte budget (16 MiB beyond the first request)
+    """12 x 32 MiB on one DEALER connection while a call is held: the byte budget (16 MiB beyond the first request)
     refuses all but the first, which runs once the held call is let go (after the 11 refusals, however long the
     flood took to arrive: a call of fixed length could end mid-flood on a slow machine and make room for more)."""
     with tempfile.NamedTemporaryFile(prefix="probe-hold-") as hold:
@@ -131,12 +131,12 @@ def probes() -> List[Tuple[str, Callable[[int], Tuple[float, str]], int]]:
         ("300 k items in small arrays", msgpack.packb([[[]] * 1000] * 300)),
         ("100 KB language string", envelope({"language": {"task": [["a " * 50_000]]}})),
         ("160 rows of 2x2 images", envelope({"video": {"front": np.zeros((160, 1, 2, 2, 3), np.uint8)}})),
-        ("512 KB session_id", envelope({}, session_id="s" * 512 * 1024)),
+        ("512 KiB session_id", envelope({}, session_id="s" * 512 * 1024)),
         ("NaN state", envelope({"state": {"eef_9d": np.full((1, 1, 9), np.nan, np.float32)}})),
         ("1000-deep language row", envelope({"language": {"task": [deep]}})),
     ]
     listed = [(name, (lambda port, m=message: raw_request(port, [m])), len(message)) for name, message in table]
-    return listed + [("12 x 32 MB queued on one connection", probe_queue_flood, 12 * 32 * 1024 * 1024)]
+    return listed + [("12 x 32 MiB queued on one connection", probe_queue_flood, 12 * 32 * 1024 * 1024)]
 
 
 def ping_during_long_call(port: int, call_s: float = 3.0) -> List[float]:
@@ -198,7 +198,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         pinger.ping()  # connected and negotiated before anything is timed
         baseline_ms = ping_ms(pinger)
         print(f"ping with an idle server: {baseline_ms:.1f} ms\n")
-        print(f"{'probe':38} {'bytes':>11} {'reply s':>8} {'ping ms':>8} {'RSS +MB':>8} {'RSS/msg':>8}  reply")
+        print(f"{'probe':38} {'bytes':>11} {'reply s':>8} {'ping ms':>8} {'RSS +MiB':>8} {'RSS/msg':>8}  reply")
         for name, run, size in probes():
             rss_before = rss_bytes(server.pid)
             seconds, outcome = run(port)

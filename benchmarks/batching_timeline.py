@@ -10,7 +10,8 @@ overhead against throughput.py's ideal (full batches back to back). The server p
 wrapping its methods. Each client is a process that resends pre-encoded frames (throughput.py's raw clients)
 and stamps when its reply arrived and when it sent again, so the clients' turnaround splits into delivery
 (the server begins sending -> the client has its reply: ZeroMQ and the OS waking the process) and the client's
-own work.
+own work. Rounds are counted from the start of the timed period to the first client's stop: the clients' warm-up
+calls before it and the last rounds after it, which fewer clients are left to fill, are left out.
 
     python benchmarks/batching_timeline.py                       # 16 client processes, 8 s
     python benchmarks/batching_timeline.py --clients 8 --duration 4
@@ -26,9 +27,10 @@ import statistics
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import throughput as T
+from _args import positive_float, positive_int
 
 
 def _serve_instrumented(spec: Dict[str, Any], max_batch: int, timeout_ms: float, ready: Any, requests: Any,
@@ -124,7 +126,8 @@ def summarize(rounds: List[Dict[str, float]], clients: int) -> Dict[str, Optiona
 
 
 def _stamping_client(port: int, observation: Dict[str, Any], duration_s: float, warm: Any, start: Any, results: Any) -> None:
-    """A client process of throughput.RawGetAction calls that reports (reply arrived, next request sent) stamps."""
+    """A client process of throughput.RawGetAction calls that reports its (reply arrived, next request sent) stamps and
+    when it stopped sending (time.monotonic(), the clock of the server's stamps)."""
     client = T.RawGetAction(port, observation)
     client()
     warm.wait()
@@ -139,7 +142,16 @@ def _stamping_client(port: int, observation: Dict[str, Any], duration_s: float, 
         client.send()
         stamps.append((arrived, time.monotonic()))
     client.close()
-    results.put(stamps)
+    results.put((stamps, arrived))
+
+
+def split_rounds(rounds: List[Dict[str, float]], started: float, first_stop: float) -> Tuple[List[Dict[str, float]], ...]:
+    """(warm-up, timed, draining) rounds: dispatched before the start barrier (the clients' untimed first calls), from
+    it until the first client stopped sending, and after (the other clients' last requests, fewer than K)."""
+    warm_up = [r for r in rounds if r["dispatch"] < started]
+    timed = [r for r in rounds if started <= r["dispatch"] < first_stop]
+    draining = [r for r in rounds if r["dispatch"] >= first_stop]
+    return warm_up, timed, draining
 
 
 def _quantiles(values: List[float]) -> str:
@@ -166,8 +178,8 @@ def client_side(stamps: List[List[tuple]], sent: List[float]) -> Dict[str, str]:
 
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--duration", type=float, default=8.0, help="seconds of back-to-back requests")
+    parser.add_argument("--clients", type=positive_int, default=16)
+    parser.add_argument("--duration", type=positive_float, default=8.0, help="seconds of back-to-back requests")
     parser.add_argument("--base-ms", type=float, default=20.0)
     parser.add_argument("--per-row-ms", type=float, default=1.0)
     parser.add_argument("--batch-timeout-ms", type=float, default=T.DEFAULT_BATCH_TIMEOUT_MS)
@@ -188,7 +200,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         warm.wait(timeout=300)
         start.wait(timeout=60)
         started = time.perf_counter()
-        stamps = [stamped.get(timeout=args.duration + 120) for _ in clients]
+        timed_from = time.monotonic()  # the server process stamps rounds with this system-wide clock
+        reports = [stamped.get(timeout=args.duration + 120) for _ in clients]
         seconds = time.perf_counter() - started
         for client in clients:
             client.join(10)
@@ -197,13 +210,16 @@ def main(argv: Optional[List[str]] = None) -> None:
     finally:
         server.terminate()
         server.join(10)
+    stamps = [client_stamps for client_stamps, _stopped in reports]
+    warm_up, timed, draining = split_rounds(rounds, timed_from, min(stopped for _stamps, stopped in reports))
     completed = sum(len(client) for client in stamps)
     ideal = args.clients / ((args.base_ms + args.per_row_ms * args.clients) / 1000.0)
-    full = sum(1 for r in rounds if r["rows"] == args.clients)
+    full = sum(1 for r in timed if r["rows"] == args.clients)
     print(f"{args.clients} client processes, sleep {args.base_ms:g}+{args.per_row_ms:g}/row: "
-          f"{completed / seconds:.1f} req/s = {completed / seconds / ideal:.1%} of ideal; {full} of {len(rounds)} rounds full")
+          f"{completed / seconds:.1f} req/s = {completed / seconds / ideal:.1%} of ideal; {full} of {len(timed)} rounds full "
+          f"(left out: {len(warm_up)} warm-up rounds before the start, {len(draining)} after the first client stopped)")
     print("median ms per round:")
-    for name, value in summarize(rounds, args.clients).items():
+    for name, value in summarize(timed, args.clients).items():
         print(f"  {name:50s} {'-' if value is None else f'{value:7.2f}'}")
     print("per request, ms:")
     for name, value in client_side(stamps, sent).items():

@@ -29,11 +29,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from gr00t_server.backends import BackendError, apply_inference_mode
-from gr00t_server.backends.common import ENGINE_METADATA, EXPORT_METADATA, PRECISION_OF_DTYPE
-from gr00t_server.model.modeling import resolve_dtype
-from gr00t_server.policies.gr00t_policy import Gr00tPolicy
-from gr00t_server.test_checkpoint import example_observation, make_test_checkpoint
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _args import positive_int  # noqa: E402
+from gr00t_server.backends import BackendError, apply_inference_mode  # noqa: E402
+from gr00t_server.backends.common import ENGINE_METADATA, EXPORT_METADATA, PRECISION_OF_DTYPE  # noqa: E402
+from gr00t_server.model.modeling import resolve_dtype  # noqa: E402
+from gr00t_server.policies.gr00t_policy import Gr00tPolicy  # noqa: E402
+from gr00t_server.test_checkpoint import example_observation, make_test_checkpoint  # noqa: E402
 
 TAG = "new_embodiment"
 BACKENDS = ("pytorch", "torch-compile", "onnxruntime", "tensorrt")
@@ -314,12 +317,12 @@ def run_backend(size: str, backend: str, args: argparse.Namespace, checkpoint: P
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=["tiny", "small"], choices=["tiny", "small"])
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--batch-sizes", nargs="+", type=positive_int, default=[1, 8])
     parser.add_argument("--backends", nargs="+", default=None, choices=BACKENDS,
                         help="default: all four on CUDA, all but tensorrt on CPU")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="default: bf16 on CUDA, fp32 on CPU")
-    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--iterations", type=positive_int, default=10)
     parser.add_argument("--warmup", type=int, default=2,
                         help=f"untimed calls per batch size (at least {MIN_WARMUP['torch-compile']} for torch-compile)")
     parser.add_argument("--image-size", type=int, nargs=2, default=[256, 256])

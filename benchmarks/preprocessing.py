@@ -18,17 +18,22 @@ import argparse
 import functools
 import statistics
 import tempfile
+import sys
 import time
+from pathlib import Path
 from typing import Callable, Dict, List, Sequence, Tuple
 
 import cv2
 import numpy as np
 import torch
 
-from gr00t_server.policies.gr00t_policy import Gr00tPolicy
-from gr00t_server.processing.image import eval_image_transform
-from gr00t_server.processing.vision_patches import patchify_batch
-from gr00t_server.test_checkpoint import example_observation, make_test_checkpoint
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _args import positive_int  # noqa: E402
+from gr00t_server.policies.gr00t_policy import Gr00tPolicy  # noqa: E402
+from gr00t_server.processing.image import eval_image_transform  # noqa: E402
+from gr00t_server.processing.vision_patches import patchify_batch  # noqa: E402
+from gr00t_server.test_checkpoint import example_observation, make_test_checkpoint  # noqa: E402
 
 TAG = "libero_sim"  # two cameras, like LIBERO
 SIZES = ((256, 256), (480, 640))
@@ -91,7 +96,7 @@ def row(cells: Sequence[object]) -> str:
 def main(argv: Sequence[str] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--device", default="cpu", help="model (and patchify) device (default cpu)")
-    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds per measurement (default 15)")
+    parser.add_argument("--rounds", type=positive_int, default=15, help="interleaved rounds per measurement (default 15)")
     args = parser.parse_args(argv)
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
         parser.exit(2, f"--device {args.device} needs a CUDA build of torch and a GPU; this machine has none (use --device cpu)\n")

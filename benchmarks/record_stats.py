@@ -13,19 +13,24 @@ table prints, at each checkpoint, the milliseconds one episode's statistics cost
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-from gr00t_eval.dataset.stats import RunningColumnStats, column_stats
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _args import positive_int  # noqa: E402
+from gr00t_eval.dataset.stats import RunningColumnStats, column_stats  # noqa: E402
 
 COLUMNS = {"observation.state": 39, "action": 4}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--episodes", type=int, default=400)
-    parser.add_argument("--steps", type=int, default=150, help="rows per episode (default 150)")
+    parser.add_argument("--episodes", type=positive_int, default=400)
+    parser.add_argument("--steps", type=positive_int, default=150, help="rows per episode (default 150)")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     rows = {name: [] for name in COLUMNS}

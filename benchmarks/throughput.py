@@ -26,12 +26,16 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from gr00t_client import BasePolicy, PolicyClient, codec
-from gr00t_server.serving.batching import DEFAULT_BATCH_TIMEOUT_MS
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _args import positive_float, positive_int, positive_ints  # noqa: E402
+from gr00t_client import BasePolicy, PolicyClient, codec  # noqa: E402
+from gr00t_server.serving.batching import DEFAULT_BATCH_TIMEOUT_MS  # noqa: E402
 
 
 class SleepPolicy(BasePolicy):
@@ -375,6 +379,15 @@ def _stop_server(process: Any, port: int) -> None:
         process.terminate()
 
 
+def requests_per_slice(requests: Optional[int], slices: int) -> List[Optional[int]]:
+    """Each slice's requests per client: `requests` shared out exactly, a slice that would get none left out; None
+    for every slice of a point measured for a duration."""
+    if requests is None:
+        return [None] * slices
+    share, extra = divmod(requests, slices)
+    return [share + (1 if index < extra else 0) for index in range(min(slices, requests))]
+
+
 def measure(
     name: str, spec: Dict[str, Any], observations: List[Dict[str, Any]], args: argparse.Namespace, clients_list: List[int],
 ) -> List[Point]:
@@ -393,12 +406,10 @@ def measure(
     try:
         for batching in (False, True):
             servers[batching] = _start_server(spec, observations, args, batching)
-        slices = max(1, args.slices)
-        duration = args.duration / slices
-        requests = None if args.requests is None else max(1, args.requests // slices)
+        duration = args.duration / args.slices
         for clients in clients_list:
             totals = {batching: [0, 0.0, [], 0, 0, 0] for batching in servers}  # completed, s, latencies, errors, calls, rows
-            for _ in range(slices):
+            for requests in requests_per_slice(args.requests, args.slices):
                 for batching, (_process, port) in servers.items():
                     completed, seconds, latencies, errors, before = driver(
                         port, clients, observations, duration, requests, on_warm=lambda port=port: server_stats(port)
@@ -454,11 +465,11 @@ def speedups(points: List[Point]) -> Dict[Tuple[str, int], float]:
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--policy", choices=["sleep", "gr00t", "all"], default="all")
-    parser.add_argument("--clients", default="1,2,4,8,16", help="comma-separated K values (sleep policy)")
-    parser.add_argument("--gr00t-clients", default="1,4,8", help="comma-separated K values (tiny Gr00tPolicy on CPU)")
-    parser.add_argument("--duration", type=float, default=3.0, help="seconds per point (ignored with --requests)")
-    parser.add_argument("--requests", type=int, default=None, help="requests per client per point instead of a duration")
-    parser.add_argument("--slices", type=int, default=2,
+    parser.add_argument("--clients", type=positive_ints, default="1,2,4,8,16", help="comma-separated K values (sleep policy)")
+    parser.add_argument("--gr00t-clients", type=positive_ints, default="1,4,8", help="comma-separated K values (tiny Gr00tPolicy on CPU)")
+    parser.add_argument("--duration", type=positive_float, default=3.0, help="seconds per point (ignored with --requests)")
+    parser.add_argument("--requests", type=positive_int, default=None, help="requests per client per point instead of a duration, shared out over the slices")
+    parser.add_argument("--slices", type=positive_int, default=2,
                         help="batching off and on take turns in this many slices of each point (default 2)")
     parser.add_argument("--clients-as", choices=["threads", "processes", "raw-processes", "raw-sockets"], default="threads",
                         help="threads of this process (default); processes, one PolicyClient each, as simulator "
@@ -466,7 +477,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                              "the clients' own CPU hardly counts and the server is what is measured; raw-sockets: "
                              "the same K sockets in one process, so that K client processes do not compete with "
                              "the server for a small machine's cores (as clients on other machines would not)")
-    parser.add_argument("--max-batch-size", type=int, default=16, help="rows per policy call with batching on")
+    parser.add_argument("--max-batch-size", type=positive_int, default=16, help="rows per policy call with batching on")
     parser.add_argument("--batch-timeout-ms", type=float, default=DEFAULT_BATCH_TIMEOUT_MS,
                         help=f"cap of the adaptive gather window (default {DEFAULT_BATCH_TIMEOUT_MS:g}, the server's)")
     parser.add_argument("--base-ms", type=float, default=20.0, help="sleep policy: fixed cost per call")
@@ -486,8 +497,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         spec = {"kind": "sleep", "base_ms": args.base_ms, "per_row_ms": args.per_row_ms}
         name = f"sleep {args.base_ms:g}+{args.per_row_ms:g}/row"
         observations = [sleep_observation(seed) for seed in range(16)]
-        clients = [int(k) for k in args.clients.split(",")]
-        points += measure(name, spec, observations, args, clients)
+        points += measure(name, spec, observations, args, args.clients)
     if args.policy in ("gr00t", "all"):
         missing = gr00t_available()
         if missing is not None:
@@ -500,8 +510,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 checkpoint = make_test_checkpoint(folder, size="tiny")
                 spec = {"kind": "gr00t", "checkpoint": str(checkpoint), "embodiment_tag": tag}
                 observations = [example_observation(checkpoint, tag, batch_size=1, seed=seed) for seed in range(8)]
-                clients = [int(k) for k in args.gr00t_clients.split(",")]
-                points += measure("gr00t tiny cpu", spec, observations, args, clients)
+                points += measure("gr00t tiny cpu", spec, observations, args, args.gr00t_clients)
 
     print("\nbatching speed-up (req/s on / off):")
     ups = speedups(points)

@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _args import positive_float, positive_int  # noqa: E402
 from throughput import _start_server, _stop_server, server_stats, sleep_observation  # noqa: E402
 
 from gr00t_client import PolicyClient  # noqa: E402
@@ -84,9 +85,9 @@ def report(name: str, counts: Dict[str, int], args: argparse.Namespace) -> None:
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--policy", choices=("gr00t", "sleep"), default="gr00t")
-    parser.add_argument("--clients", type=int, default=6)
+    parser.add_argument("--clients", type=positive_int, default=6)
     parser.add_argument("--timeout-ms", type=int, default=150)
-    parser.add_argument("--duration", type=float, default=15.0)
+    parser.add_argument("--duration", type=positive_float, default=15.0)
     parser.add_argument("--call-ms", type=float, default=40.0, help="the sleep policy's call time")
     return parser.parse_args(argv)
 

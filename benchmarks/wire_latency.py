@@ -29,7 +29,9 @@ import zmq
 import zmq.auth
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from _args import positive_int  # noqa: E402
 from reference_peer import ReferenceClient  # noqa: E402  (the reference-style peer lives with the tests)
 
 from gr00t_client import BasePolicy, PolicyClient  # noqa: E402
@@ -233,9 +235,9 @@ def _cells(samples: Optional[List[float]], stat: Callable[[List[float]], float])
 
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=200, help="timed round trips per row and column (default 200)")
+    parser.add_argument("--iterations", type=positive_int, default=200, help="timed round trips per row and column (default 200)")
     parser.add_argument("--warmup", type=int, default=20, help="untimed round trips per path first (default 20)")
-    parser.add_argument("--rounds", type=int, default=10, help="paths take turns in this many slices (default 10)")
+    parser.add_argument("--rounds", type=positive_int, default=10, help="paths take turns in this many slices (default 10)")
     args = parser.parse_args(argv)
     cases = [
         ("LIBERO-like: 2 cams 256x256 + 8 state", make_observation(2, 256, 256)),

@@ -28,3 +28,18 @@ def test_every_stage_of_a_round_is_measured():
     per_request = re.findall(r"^  (delivery: .*|client: .*?)\s+p10\s+[\d.]+\s+p50\s+[\d.]+\s+p90\s+[\d.]+$", result.stdout, re.MULTILINE)
     assert len(per_request) == 2, result.stdout
     assert re.search(r"4 client processes, sleep 10\+2/row: [\d.]+ req/s = [\d.]+% of ideal; \d+ of \d+ rounds full", result.stdout)
+
+
+def test_warm_up_rounds_are_left_out_of_the_rounds_counted():
+    """Each client's untimed first call, sent before the start barrier as it finished spawning, was counted in
+    "N of M rounds full": every lone round of a run was one of them."""
+    clients = 3
+    result = subprocess.run([sys.executable, str(SCRIPT), "--clients", str(clients), "--duration", "1", "--base-ms", "5",
+                             "--per-row-ms", "0"], capture_output=True, text=True, timeout=300, cwd=SCRIPT.parent)
+    assert result.returncode == 0, result.stdout + result.stderr
+    counted = re.search(r"(\d+) of (\d+) rounds full \(left out: (\d+) warm-up rounds before the start, (\d+) after the "
+                        r"first client stopped\)", result.stdout)
+    assert counted, result.stdout
+    full, timed, warm_up, _draining = map(int, counted.groups())
+    assert 1 <= warm_up <= clients, result.stdout  # the warm-up calls made at least one round, at most one each
+    assert 0 < full <= timed, result.stdout

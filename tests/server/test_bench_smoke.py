@@ -61,5 +61,38 @@ def test_policy_profile_runs_the_tiny_model_on_the_cpu():
 def test_amplification_probes_answers_every_probe_and_runs_no_expired_call():
     out = run("amplification_probes.py")
     assert "ping with an idle server" in out
+    assert "RSS +MiB" in out  # growth / 2**20
     assert "11 of 12 refused by the per-connection byte budget" in out
     assert "'policy calls for them': 0" in out
+
+
+def test_counts_of_zero_are_usage_errors_naming_the_option():
+    """--rounds 0 and the like ended in a bare traceback (StatisticsError, ZeroDivisionError, ValueError), the wire
+    benchmark's after starting seven servers."""
+    cases = [("preprocessing.py", "--rounds"), ("record_stats.py", "--episodes"), ("record_stats.py", "--steps"),
+             ("wire_latency.py", "--rounds"), ("throughput.py", "--requests"), ("batching_timeline.py", "--clients")]
+    # started together: some spend seconds importing torch before they parse their arguments
+    runs = [subprocess.Popen([sys.executable, str(BENCHMARKS / script), option, "0"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, cwd=BENCHMARKS) for script, option in cases]
+    for (script, option), run in zip(cases, runs):
+        _stdout, stderr = run.communicate(timeout=120)
+        assert run.returncode == 2 and "Traceback" not in stderr, (script, option, stderr)
+        assert f"argument {option}: must be >= 1, got 0" in stderr, (script, option, stderr)
+
+
+def test_amplification_probes_are_labelled_in_the_unit_their_bytes_were_counted_in():
+    """The flood labelled "12 x 32 MB" sent 12 x 32 MiB (402.7 MB) beside an "8 MB" probe of 8,000,005 bytes."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("amplification_probes", BENCHMARKS / "amplification_probes.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    units = {"KB": 10**3, "KiB": 2**10, "MB": 10**6, "MiB": 2**20}
+    labelled = 0
+    for name, _run, size in module.probes():
+        found = re.search(r"(?:(\d+) x )?(\d+) (KB|KiB|MB|MiB)\b", name)
+        if found:
+            count, amount, unit = int(found.group(1) or 1), int(found.group(2)), found.group(3)
+            assert abs(size - count * amount * units[unit]) <= 0.01 * size, (name, size)
+            labelled += 1
+    assert labelled == 4

@@ -59,3 +59,22 @@ def test_a_point_whose_policy_fails_every_call_ends_and_counts_the_failures():
         assert (completed, errors) == (0, 5)
         with pytest.raises(RuntimeError, match=r"a client's warm-up get_action failed \(K=2\)"):
             throughput.drive(server.port, 2, [observation], 1.0, 5, on_warm=lambda: None)
+
+
+def test_requests_runs_exactly_that_many_requests_per_client_over_the_slices():
+    """--requests 3 over the default 2 slices ran 2 per client (max(1, 3 // 2) per slice), and --requests 1 ran 2:
+    the table's n and req/s were for another count than asked."""
+    result = subprocess.run([sys.executable, str(SCRIPT), "--policy", "sleep", "--requests", "3", "--clients", "1,2",
+                             "--base-ms", "1", "--per-row-ms", "0"],
+                            capture_output=True, text=True, timeout=300, cwd=SCRIPT.parent)
+    rows = re.findall(r"^sleep 1\+0/row\s+(\d+)\s+(off|on)\s+.*\s(\d+)\s+(\d+)$", result.stdout, re.MULTILINE)
+    assert [(int(k), mode) for k, mode, _n, _errors in rows] == [(1, "off"), (1, "on"), (2, "off"), (2, "on")], result.stdout + result.stderr
+    assert [int(n) for k, _mode, n, _errors in rows] == [3 * int(k) for k, _mode, _n, _errors in rows], result.stdout
+
+
+def test_requests_are_shared_out_over_the_slices_exactly():
+    throughput = _throughput_module()
+    assert throughput.requests_per_slice(5, 2) == [3, 2]
+    assert throughput.requests_per_slice(1, 2) == [1]  # the slice that would get none is left out
+    assert throughput.requests_per_slice(7, 3) == [3, 2, 2]
+    assert throughput.requests_per_slice(None, 2) == [None, None]

@@ -1,0 +1,34 @@
+"""Argument types shared by the benchmarks: counts and durations of 0 or less are usage errors, not tracebacks."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import List
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1 (argparse prints "argument --rounds: must be >= 1, got 0" and exits 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0, such as seconds of a run."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def positive_ints(text: str) -> List[int]:
+    """argparse type: comma-separated ints >= 1, such as the client counts of a sweep ("1,2,4")."""
+    return [positive_int(item.strip()) for item in text.split(",")]
