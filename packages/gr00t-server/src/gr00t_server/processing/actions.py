@@ -7,7 +7,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from gr00t_client.modality import ModalityConfig
+from gr00t_client.modality import ActionConfig, ModalityConfig
 from gr00t_client.policy import NonFiniteActionError, non_finite_rows
 
 from . import normalization as norm
@@ -59,14 +59,8 @@ def decode_action(
             else:
                 value = norm.minmax_unnormalize(parts[key], rel["min"], rel["max"])
             spec = action_config.action_configs[index]
-            state_key = spec.state_key or key
-            if raw_states is None:
-                raise ValueError(
-                    f"State dict required for relative->absolute conversion of key '{key}' in embodiment '{tag}'"
-                )
-            if state_key not in raw_states:
-                raise KeyError(f"Reference state key '{state_key}' not found in state dict for embodiment '{tag}'")
-            value = norm.decode_relative(key, value, raw_states[state_key], spec.type.name, spec.format.name)
+            reference = _reference_state(tag, key, spec, raw_states, "relative->absolute")
+            value = norm.decode_relative(key, value, reference, spec.type.name, spec.format.name)
         else:
             value = norm.unnormalize_action_key(parts[key], params.action[key], key in mean_std_keys)
             if clip_to_statistics and key in mean_std_keys:
@@ -152,20 +146,25 @@ def encode_action(
     return norm.pad_last_dim(encoded, max_action_dim, "action").astype(np.float32)
 
 
+def _reference_state(tag: str, key: str, spec: ActionConfig, raw_states: Optional[Mapping[str, np.ndarray]],
+                     conversion: str) -> np.ndarray:
+    """The raw state relative action `key` is converted against (its action config's state_key, else its own name)."""
+    state_key = spec.state_key or key
+    if raw_states is None:
+        raise ValueError(f"State dict required for {conversion} conversion of key '{key}' in embodiment '{tag}'")
+    if state_key not in raw_states:
+        raise KeyError(f"Reference state key '{state_key}' not found in state dict for embodiment '{tag}'")
+    return raw_states[state_key]
+
+
 def _encode_relative_key(
     tag: str, index: int, key: str, value: np.ndarray, raw_states: Optional[Mapping[str, np.ndarray]],
     action_config: ModalityConfig, params: EmbodimentNormParams,
 ) -> np.ndarray:
     """Absolute (B, T, D) -> relative to the reference state, normalized with the first T relative-stat rows."""
     spec = action_config.action_configs[index]
-    state_key = spec.state_key or key
-    if raw_states is None:
-        raise ValueError(
-            f"State dict required for absolute->relative conversion of key '{key}' in embodiment '{tag}'"
-        )
-    if state_key not in raw_states:
-        raise KeyError(f"Reference state key '{state_key}' not found in state dict for embodiment '{tag}'")
-    relative = norm.encode_relative(key, value, raw_states[state_key], spec.type.name, spec.format.name)
+    reference = _reference_state(tag, key, spec, raw_states, "absolute->relative")
+    relative = norm.encode_relative(key, value, reference, spec.type.name, spec.format.name)
     stats = params.relative_action[key]
     rows, where = value.shape[1], f"key '{key}' of '{tag}'"
     if key in set(action_config.mean_std_embedding_keys or []):
