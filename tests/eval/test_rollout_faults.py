@@ -20,14 +20,13 @@ from gr00t_eval.metrics import rollout_aggregates
 from gr00t_eval.rollout import PolicyRowCursor, RolloutConfig, register_env_prefix, run_rollout
 from serving import RestartableServer
 
-LENGTHS = (5, 8, 3, 6)  # recorded episode lengths; recorded seeds are 100 + episode (dataset_factory)
-PAST_END = 2  # the probe runs this many steps past its recording: the replay repeats the last row (and is clamped)
+LENGTHS = (7, 10, 5, 8)  # recorded episode lengths, which the probe's episodes last; recorded seeds are 100 + episode
 CHUNK = 2  # n_action_steps and the server's execution horizon
 HORIZON = 4  # the action horizon
 
 
 class ReplayProbeEnv(gym.Env):
-    """Episode e (seed 100 + e) lasts LENGTHS[e] + PAST_END steps and succeeds iff step t got recorded row min(t, L-1).
+    """Episode e (seed 100 + e) lasts LENGTHS[e] steps and succeeds iff step t got recorded row t.
 
     `on_step` (module level, sync vectorisation only) is called after every step with the steps taken so far.
     """
@@ -56,14 +55,14 @@ class ReplayProbeEnv(gym.Env):
         return self._obs(), {}
 
     def step(self, action):
-        row = min(self.t, LENGTHS[self.episode] - 1)
+        row = self.t
         for key in ("arm", "gripper"):
             self.all_matched &= bool(np.allclose(action[f"action.{key}"], self.recorded[key][row]))
         self.t += 1
         ReplayProbeEnv.steps_taken += 1
         if ReplayProbeEnv.on_step is not None:
             ReplayProbeEnv.on_step(ReplayProbeEnv.steps_taken)
-        done = self.t >= LENGTHS[self.episode] + PAST_END
+        done = self.t >= LENGTHS[self.episode]
         return self._obs(), float(self.all_matched), done, False, {"success": done and self.all_matched}
 
 
@@ -153,7 +152,7 @@ SERVER_REFUSAL = "was dropped by the server (this server no longer knows it"
 @pytest.mark.parametrize("mode", ["off", "sync"])
 def test_a_replay_server_restarted_mid_episode_errors_that_episode_instead_of_failing_it(replay_server, mode, session_mark):
     # Episode 0 takes 7 steps; the server restarts after episode 1's 4th step and would replay episode 0 from step 0.
-    restart_after(replay_server, LENGTHS[0] + PAST_END + 4)
+    restart_after(replay_server, LENGTHS[0] + 4)
     result = replay(replay_server, client_chunking=mode)
     assert replay_server.restarts == 1
     assert [o.success for o in result.outcomes if o.episode_index != 1] == [True] * (len(LENGTHS) - 1)

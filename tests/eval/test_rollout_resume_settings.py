@@ -5,13 +5,18 @@ Real PolicyServer on loopback, the real CLI."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
+import gymnasium as gym
+import numpy as np
 import pytest
 
-from eval.scale_fixtures import ConstantPolicy, policy_server, run_cli
+from eval.scale_fixtures import ConstantPolicy, WalkToEnv, policy_server, run_cli
+from gr00t_client import EmbodimentTag
 from gr00t_eval import cli
+from gr00t_eval.rollout.envs import register_env_prefix
 from serving import running_server
 
 SMALL = ["--n-envs", "1", "--n-action-steps", "2", "--max-episode-steps", "6", "--no-video", "--vectorization", "sync"]
@@ -224,11 +229,76 @@ def test_a_video_dir_inside_the_new_output_dir_or_new_is_used_as_given(server, t
 def test_overwrite_recognises_exactly_the_episode_video_names_the_rollout_writes(tmp_path):
     from gr00t_eval.video import episode_video_name, episode_videos
 
-    written = [episode_video_name(7, True), episode_video_name(12345, False)]
-    assert written == ["episode_0007_success", "episode_12345_failure"]
+    written = [episode_video_name(7, True), episode_video_name(8, False, errored=True), episode_video_name(12345, False)]
+    assert written == ["episode_0007_success", "episode_0008_error", "episode_12345_failure"]
     (tmp_path / "task").mkdir()
     (tmp_path / "task" / "deeper").mkdir()
-    for name in [f"{written[0]}.mp4", f"task/{written[1]}.mp4", "episode_000001.mp4", "episode_0007_success.mp4.bak",
-                 "task/deeper/episode_0001_success.mp4", "my_episode_0001_success.mp4"]:
+    for name in [f"{written[0]}.mp4", f"{written[1]}.mp4", f"task/{written[2]}.mp4", "episode_000001.mp4",
+                 "episode_0007_success.mp4.bak", "task/deeper/episode_0001_success.mp4", "my_episode_0001_success.mp4"]:
         (tmp_path / name).write_bytes(b"")
-    assert [str(p.relative_to(tmp_path)) for p in episode_videos(tmp_path)] == [f"{written[0]}.mp4", f"task/{written[1]}.mp4"]
+    assert [str(p.relative_to(tmp_path)) for p in episode_videos(tmp_path)] == [
+        f"{written[0]}.mp4", f"{written[1]}.mp4", f"task/{written[2]}.mp4"]
+
+
+
+class CameraWalkEnv(WalkToEnv):
+    """walkto with a camera, so its episodes have videos."""
+
+    def __init__(self, speed: float):
+        super().__init__(speed)
+        self.observation_space = gym.spaces.Dict({**self.observation_space.spaces,
+                                                  "video.cam": gym.spaces.Box(0, 255, (16, 16, 3), np.uint8)})
+
+    def _obs(self):
+        return {**super()._obs(), "video.cam": np.full((16, 16, 3), 100, np.uint8)}
+
+
+register_env_prefix("resumecam", EmbodimentTag.NEW_EMBODIMENT,
+                    lambda task, **kwargs: CameraWalkEnv({"fast": 2.0, "slow": 1.0}[task]))
+
+
+@contextlib.contextmanager
+def interrupted_video_run(out, *extra):
+    """A run of 2 tasks x 2 episodes with videos whose first episode 1 errors (its reset refused once): a resume
+    reruns it. Yields the server's port while it runs."""
+    small = [flag for flag in SMALL if flag != "--no-video"]
+    with running_server(SlowPolicyRefusingOneResetOnce()) as slow:
+        assert rollout(slow.port, "--env-name", "resumecam/fast,resumecam/slow", "--n-episodes", "2", "--seed", "0",
+                       *small, "--output-dir", str(out), *extra) == 1
+        yield slow.port
+
+
+def listed_videos(out):
+    results = json.loads((out / "results.json").read_text())
+    listed = [e["video_path"] for e in results["per_episode"]] + results["video_paths"]
+    return set(listed + json.loads((out / "eval_info.json").read_text())["overall"]["video_paths"])
+
+
+def videos_of_every_episode(folder):
+    return {str(folder / task / f"episode_{index:04d}_success.mp4")
+            for task in ("resumecam__fast", "resumecam__slow") for index in range(2)}
+
+
+def test_a_relative_video_dir_resumed_from_another_directory_keeps_every_video_in_its_first_folder(tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    with interrupted_video_run(tmp_path / "run", "--video-dir", "vids") as port:
+        monkeypatch.chdir(tmp_path / "b")
+        assert rollout(port, "--resume", str(tmp_path / "run")) == 0
+    assert listed_videos(tmp_path / "run") == videos_of_every_episode(tmp_path / "a" / "vids")
+    assert not (tmp_path / "b" / "vids").exists()
+
+
+def test_a_moved_run_resumed_lists_its_earlier_videos_where_they_now_are(tmp_path):
+    with interrupted_video_run(tmp_path / "old") as port:
+        (tmp_path / "old").rename(tmp_path / "new")
+        assert rollout(port, "--resume", str(tmp_path / "new")) == 0
+    assert listed_videos(tmp_path / "new") == videos_of_every_episode(tmp_path / "new" / "videos")
+
+
+def test_a_resume_may_repeat_a_relative_video_dir_from_the_directory_the_run_started_in(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with interrupted_video_run(tmp_path / "run", "--video-dir", "vids") as port:
+        assert rollout(port, "--resume", str(tmp_path / "run"), "--video-dir", "vids") == 0
+    assert listed_videos(tmp_path / "run") == videos_of_every_episode(tmp_path / "vids")

@@ -57,10 +57,29 @@ class ClosedPipeTolerantStdout:
         return getattr(self._stream, name)
 
 
+def reopen_closed_standard_streams() -> None:
+    """Point each of file descriptors 0, 1 and 2 that is closed (a command started with `2>&-`) at /dev/null, and give
+    Python a stream for it: the next file opened took the free number (glfw's library probe failed with fd 2 closed,
+    and record and rollout blamed a missing install), and messages for stderr went to stdout."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            devnull = os.open(os.devnull, os.O_RDWR)  # takes the lowest free number: fd itself when it is the first
+            if devnull != fd:
+                os.dup2(devnull, fd)
+                os.close(devnull)
+            os.set_inheritable(fd, True)  # os.open's are not: child processes (glfw's probe) would find it closed
+            if getattr(sys, name) is None:  # Python starts with None for a closed standard stream
+                setattr(sys, name, open(fd, mode, closefd=False))
+
+
 def guard_stdout() -> None:
     """Make sys.stdout and sys.stderr ClosedPipeTolerantStdout (once; called by the command lines' main). stderr too:
     with both on a terminal that has gone, an interrupted run's last line ("... interrupted") raised EIO and the run
-    that had saved its results exited 1 instead of 130."""
+    that had saved its results exited 1 instead of 130. Closed standard file descriptors are reopened on /dev/null
+    first (reopen_closed_standard_streams)."""
+    reopen_closed_standard_streams()
     if not isinstance(sys.stdout, ClosedPipeTolerantStdout) and sys.stdout is not None:
         sys.stdout = ClosedPipeTolerantStdout(sys.stdout)  # type: ignore[assignment]
     if not isinstance(sys.stderr, ClosedPipeTolerantStdout) and sys.stderr is not None:

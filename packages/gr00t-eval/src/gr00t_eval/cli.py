@@ -151,8 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(*_flag(flag), dest=f"open_loop_{flag}", nargs="?", default=argparse.SUPPRESS,
                        action=_OpenLoopConnectionFlag, help=argparse.SUPPRESS)
     p.add_argument(*_flag("video-dir"), default=None,
-                   help="where episode videos go (default OUTPUT_DIR/videos); a folder outside the output directory may "
-                        "hold other files, but no episode videos of an earlier run (--overwrite deletes those only)")
+                   help="where episode videos go (default OUTPUT_DIR/videos; a relative path is taken from the working "
+                        "directory the run starts in, and saved absolute for --resume); a folder outside the output "
+                        "directory may hold other files, but no episode videos of an earlier run (--overwrite deletes "
+                        "those only)")
     p.add_argument(*_flag("no-video"), action="store_true", help="record no videos")
     p.add_argument(*_flag("seed"), type=int, default=None,
                    help="episode i uses seed+i (default $GR00T_EVAL_SEED, else a random base seed, drawn once and saved); "
@@ -163,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default: a new dated directory {DEFAULT_ROLLOUT_DIR}/YYYY-MM-DD/HH-MM-SS_<env>)")
     p.add_argument(*_flag("overwrite"), action="store_true",
                    help="empty a non-empty --output-dir first, and delete an earlier run's episode videos "
-                        "(episode_*_success/failure.mp4, nothing else) from a --video-dir outside it. With --shard I/N "
+                        "(episode_*_success/failure/error.mp4, nothing else) from a --video-dir outside it. With --shard I/N "
                         "it replaces only that shard's files (its run, episodes and results files and the videos its "
                         "episode log lists), never another shard's. Refused, --overwrite or not: a directory whose run "
                         "(or this shard) is still running; a whole run into a directory holding shard files; a shard "

@@ -9,7 +9,7 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +38,8 @@ def rollout_config_from_args(args: argparse.Namespace, seed: Optional[int], outp
     from .rollout_output import DEFAULT_ROLLOUT_BASE
 
     output_dir = output_dir if output_dir is not None else Path(args.output_dir or DEFAULT_ROLLOUT_BASE)
-    # the default folder is saved absolute: a resume from another working directory put its videos elsewhere
-    video_dir = None if args.no_video else (args.video_dir or str(Path(os.path.abspath(output_dir)) / "videos"))
+    # saved absolute: a resume from another working directory put its videos elsewhere
+    video_dir = None if args.no_video else os.path.abspath(args.video_dir or Path(output_dir) / "videos")
     return RolloutConfig(
         env_name=args.env_name, n_episodes=args.n_episodes, n_envs=args.n_envs, n_action_steps=args.n_action_steps,
         max_episode_steps=args.max_episode_steps, seed=seed, video_dir=video_dir, env_kwargs=dict(args.env_kwargs),
@@ -71,6 +71,25 @@ def _default_video_dir(saved: Mapping[str, Any], output_dir: Path) -> bool:
         return False
     relative = Path(video_dir)
     return relative.name == "videos" and relative.parent.name == Path(os.path.abspath(output_dir)).name
+
+
+def _videos_moved_with_run(done: Sequence[Any], old_video_dir: Any, new_video_dir: str) -> List[Any]:
+    """The earlier episodes (EpisodeOutcome) of a run resumed with its default video folder at `new_video_dir`, their
+    video_path under `old_video_dir` (the run file's) moved onto the new folder, the part after it (a task's folder)
+    kept; None where that file is not there."""
+    if not isinstance(old_video_dir, str):
+        return list(done)
+    moved = []
+    for outcome in done:
+        try:
+            relative = Path(outcome.video_path).relative_to(old_video_dir) if outcome.video_path else None
+        except ValueError:  # not one of the run's own videos
+            relative = None
+        if relative is not None:
+            path = Path(new_video_dir) / relative
+            outcome = dataclasses.replace(outcome, video_path=str(path) if path.is_file() else None)
+        moved.append(outcome)
+    return moved
 
 
 def _check_rollout_args(args: argparse.Namespace) -> None:

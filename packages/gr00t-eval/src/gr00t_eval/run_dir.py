@@ -239,7 +239,7 @@ def _refuse_foreign_runs(path: Path, names: Sequence[str], what: str, why: str) 
 
 
 def _listed_videos(files: Sequence[Path]) -> List[Path]:
-    """The episode videos (episode_*_success/failure.mp4 only) that these episode logs and results files list."""
+    """The episode videos (episode_*_success/failure/error.mp4 only) that these episode logs and results files list."""
     from .video import EPISODE_VIDEO_NAME  # here: importing it loads PyAV, which only this (--overwrite) needs
 
     paths: Set[Path] = set()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Set, Union
@@ -66,6 +67,9 @@ def refuse_changed_settings(args: argparse.Namespace, saved: Mapping[str, Any]) 
         if dest not in given:
             continue
         value = dict(args.env_kwargs) if dest == "env_kwargs" else getattr(args, dest)
+        if dest == "video_dir" and value is not None and config.get(field_name) is not None:
+            if os.path.abspath(value) == os.path.abspath(config[field_name]):  # saved absolute; given as typed
+                continue
         if value != config.get(field_name):
             conflicts.append(f"{_flag_name(dest)} {value} (saved: {config.get(field_name)})")
     if "no_video" in given and args.no_video and config.get("video_dir") is not None:

@@ -21,7 +21,8 @@ from gr00t_client.cli_flags import flag as _flag
 from .batch_cli import DEFAULT_BATCH_DIR, cmd_batch
 from .merge_cli import cmd_merge
 from .rollout_args import (_check_env_names, _check_rollout_args, _default_video_dir, _registrations,
-                           _saved_rollout_config, env_timeout_from_args, rollout_config_from_args, rollout_seed)
+                           _saved_rollout_config, _videos_moved_with_run, env_timeout_from_args, rollout_config_from_args,
+                           rollout_seed)
 from .rollout_output import _claim_videos, _released_unless_started, _rollout_output_dir
 from .rollout_report import _report_rollout, _storage_failure
 from .run_policy import (_adopt_run_policy, _check_policy_runs_settings, _ray_probe_client, _ray_run_policy,
@@ -140,6 +141,8 @@ def run_rollout_command(args: argparse.Namespace) -> int:
                              "its episodes are not one policy's, so resuming would pool them: serve one checkpoint or "
                              "dataset on every server and start a new run (a new --output-dir)")
         done = [EpisodeOutcome.from_json_dict(e) for e in EpisodeLog(output_dir / episode_log_name(shard)).read()]
+        if _default_video_dir(saved, output_dir):
+            done = _videos_moved_with_run(done, saved.get("config", {}).get("video_dir"), config.video_dir)
         finished = sum(1 for o in done if o.error is None)
         print(f"Resuming {output_dir}: {finished} episodes finished, the rest of {env_spec} runs now (base seed {config.seed})")
     else:

@@ -18,13 +18,20 @@ from .run_dir import remove_quietly
 logger = logging.getLogger(__name__)
 
 CAPTION_HEIGHT = 48
-# A rollout episode's video: episode_<index, 4+ digits>_<success|failure>.mp4 (episode_video_name).
-EPISODE_VIDEO_NAME = re.compile(r"episode_(?P<index>[0-9]{4,})_(?P<outcome>success|failure)\.mp4")
+# A rollout episode's video: episode_<index, 4+ digits>_<success|failure|error>.mp4 (episode_video_name).
+EPISODE_OUTCOMES = ("success", "failure", "error")
+EPISODE_VIDEO_NAME = re.compile(r"episode_(?P<index>[0-9]{4,})_(?P<outcome>success|failure|error)\.mp4")
 
 
-def episode_video_name(episode_index: int, success: bool) -> str:
-    """The file name (without .mp4) of a rollout episode's video, e.g. episode_0007_success."""
-    return f"episode_{episode_index:04d}_{'success' if success else 'failure'}"
+def episode_outcome(success: bool, errored: bool = False) -> str:
+    """How an episode ended, as its video's name and caption say it: error (unscored), success or failure."""
+    return "error" if errored else "success" if success else "failure"
+
+
+def episode_video_name(episode_index: int, success: bool, errored: bool = False) -> str:
+    """The file name (without .mp4) of a rollout episode's video, e.g. episode_0007_success; an errored episode's,
+    which is neither a success nor a failure, e.g. episode_0007_error."""
+    return f"episode_{episode_index:04d}_{episode_outcome(success, errored)}"
 
 
 def episode_videos(video_dir: Union[str, Path], skip: Optional[Path] = None) -> List[Path]:
@@ -101,15 +108,21 @@ class EpisodeVideoRecorder:
         self.min_width = min_width
         self._frames: List[np.ndarray] = []
         self._steps = 0
+        self._last_skipped: Optional[np.ndarray] = None  # the newest frame offered, when it was not kept
 
     def start(self) -> None:
         """Forget the frames of the previous episode."""
-        self._frames, self._steps = [], 0
+        self._frames, self._steps, self._last_skipped = [], 0, None
 
     def add(self, frame: Optional[np.ndarray]) -> None:
-        """Offer one env step's frame; every `steps_per_frame`-th one is kept."""
-        if frame is not None and self._steps % self.steps_per_frame == 0:
-            self._frames.append(np.asarray(frame, dtype=np.uint8))
+        """Offer one env step's frame; every `steps_per_frame`-th one is kept, and the episode's last one (at finish)."""
+        if frame is not None:
+            frame = np.asarray(frame, dtype=np.uint8)
+            if self._steps % self.steps_per_frame == 0:
+                self._frames.append(frame)
+                self._last_skipped = None
+            else:
+                self._last_skipped = frame
         self._steps += 1
 
     @property
@@ -117,11 +130,13 @@ class EpisodeVideoRecorder:
         """Frames buffered for the current episode."""
         return len(self._frames)
 
-    def finish(self, name: str, task: str, success: bool, note: str = "") -> Optional[str]:
+    def finish(self, name: str, task: str, success: bool, note: str = "", errored: bool = False) -> Optional[str]:
         """Write the buffered episode as `<video_dir>/<name>.mp4`; return its path (None without frames)."""
         if not self._frames:
             return None
-        outcome = "success" if success else "failure"
+        if self._last_skipped is not None:  # the episode's final observation, which its caption's outcome describes
+            self._frames.append(self._last_skipped)
+        outcome = episode_outcome(success, errored)
         text = f"{task} ({outcome}{', ' + note if note else ''})"
         path = self.video_dir / f"{name}.mp4"
         write_mp4(path, self._frames, text, fps=self.fps, min_width=self.min_width)
@@ -129,8 +144,9 @@ class EpisodeVideoRecorder:
         # other way: its video would stand beside this one, telling another outcome.
         episode = EPISODE_VIDEO_NAME.fullmatch(path.name)
         if episode is not None:
-            other = "failure" if episode.group("outcome") == "success" else "success"
-            path.with_name(f"{path.name[:episode.start('outcome')]}{other}.mp4").unlink(missing_ok=True)
+            for other in EPISODE_OUTCOMES:
+                if other != episode.group("outcome"):
+                    path.with_name(f"{path.name[:episode.start('outcome')]}{other}.mp4").unlink(missing_ok=True)
         self.start()
         return str(path)
 

@@ -33,7 +33,7 @@ def check_video_dir(video_dir: Path, output_dir: Optional[Path], overwrite: bool
     if earlier and not overwrite:
         raise UsageError(f"{label} {video_dir} already holds episode videos of an earlier run "
                          f"({_listing(earlier, video_dir)}); pass "
-                         "--overwrite to delete those (only episode_*_success/failure.mp4 files; nothing else there is "
+                         "--overwrite to delete those (only episode_*_success/failure/error.mp4 files; nothing else there is "
                          "touched) or name a new directory, so videos of two runs never mix")
     return earlier
 

@@ -63,6 +63,8 @@ class MultiStepWrapper(gym.Wrapper):
     info["episode"] holds an EpisodeSummary (`truncated_by_env` when the inner env truncated it before
     `max_episode_steps`) and, with a recorder, the captioned video is written.
     An exception from the inner env ends the episode as failed with the reason, instead of killing the worker.
+    `recording_length` (set by the runner when a replay says its recording ends; cleared by reset): the episode stops
+    after that many inner steps and, unless the env ended it there, errors, as no recorded action is left to replay.
     Reset options: {"episodes": [episode index per env row, -1 = idle]} with this wrapper's `env_index`.
     """
 
@@ -107,6 +109,7 @@ class MultiStepWrapper(gym.Wrapper):
         self._truncated_by_env = False
         self._steps = 0
         self._task = ""
+        self.recording_length: Optional[int] = None
 
     # -- spaces -----------------------------------------------------------------------------------
     def _stacked_space(self, space: gym.Space) -> gym.spaces.Dict:
@@ -175,6 +178,7 @@ class MultiStepWrapper(gym.Wrapper):
         episode_index = int(plan[self.env_index]) if plan is not None else self._episode_index + 1
         self._rewards, self._success, self._steps = [], False, 0
         self._success_reported = self._truncated_by_env = False
+        self.recording_length = None
         if episode_index < 0:
             self._idle, self._done = True, True
             return (self._last_obs if self._last_obs is not None else self._placeholder()), {"idle": True}
@@ -202,9 +206,9 @@ class MultiStepWrapper(gym.Wrapper):
             obs = self._last_obs if self._last_obs is not None else self._placeholder()
             return obs, 0.0, False, False, {"idle": True}
         chunk_reward = 0.0
-        terminated = truncated = False
-        failure: Optional[str] = None
-        for i in range(self.n_action_steps):
+        failure = self._replay_ran_out()
+        terminated, truncated = failure is not None, False
+        for i in range(0 if terminated else self.n_action_steps):
             inner_action = {key: np.asarray(value)[i] for key, value in action.items()}
             try:
                 raw, reward, inner_term, inner_trunc, info = self.env.step(inner_action)
@@ -234,6 +238,10 @@ class MultiStepWrapper(gym.Wrapper):
                 self._truncated_by_env = not terminated and self._steps < self.max_episode_steps
             if terminated or truncated:
                 break
+            failure = self._replay_ran_out()
+            if failure is not None:
+                terminated = True
+                break
         if self._history:
             self._last_obs = self._stacked()
         sum_reward, max_reward = self._reward_totals()  # so far: the runner reports them for an episode it errors
@@ -243,6 +251,14 @@ class MultiStepWrapper(gym.Wrapper):
             self._done = True
             out_info["episode"] = self._summary(failure)
         return self._last_obs, chunk_reward, terminated, truncated, out_info
+
+    def _replay_ran_out(self) -> Optional[str]:
+        """The error of an episode that has executed every recorded action of the replay it runs (None: steps remain)."""
+        length = self.recording_length
+        if length is None or self._steps < length:
+            return None
+        return (f"the replay ran out of recorded actions at step {self._steps} (the recording has {length} steps); "
+                "a replay cannot say what the policy would do after it")
 
     def _reward_totals(self) -> Tuple[float, float]:
         """The episode's sum and max reward so far (0.0 before its first step)."""
@@ -256,7 +272,9 @@ class MultiStepWrapper(gym.Wrapper):
         if self._recording and self.recorder.n_frames:
             note = failure.split(":")[0] if failure else ""
             try:
-                video_path = self.recorder.finish(episode_video_name(self._episode_index, success), self._task, success, note)
+                errored = failure is not None
+                name = episode_video_name(self._episode_index, success, errored)
+                video_path = self.recorder.finish(name, self._task, success, note, errored)
             except Exception:  # noqa: BLE001 - a broken video must not lose the episode's score
                 logger.exception("env %d: writing the video of episode %d failed", self.env_index, self._episode_index)
         sum_reward, max_reward = self._reward_totals()

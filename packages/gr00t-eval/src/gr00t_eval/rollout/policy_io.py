@@ -21,7 +21,7 @@ from gr00t_client.policy import ActionError, non_finite_rows
 
 from ..action_steps import check_consecutive_action_deltas
 from ..key_matching import match_keys
-from ..reported_position import is_position
+from ..reported_position import is_flag, is_position
 from .replay_plan import ASYNC_REPLAY_ERROR, replay_drift_error
 
 logger = logging.getLogger(__name__)
@@ -231,6 +231,24 @@ class PositionCheckedPolicy:
 # A policy that reports its step (a replay server) serves the recorded steps by its own count, whatever the observation:
 # asynchronous chunking asks for the next chunk mid-chunk and lines the reply up with that env step, so the envs
 # would run recorded steps out of order (measured: Meta-World expert replays at 75 % instead of 100 %, exit 0).
+
+
+def recording_ends(info: Any, n_rows: int) -> Dict[int, int]:
+    """{row: the recording's length} for the rows whose replay reply says their recording ends within this chunk
+    (`episode_done`, or a `current_step` at or past `episode_length`); {} for a policy that reports neither (a model)."""
+    if not isinstance(info, Mapping):
+        return {}
+    lengths = _per_row(info.get("episode_length"), n_rows)
+    if lengths is None:
+        return {}
+    done = _per_row(info.get("episode_done"), n_rows) or [None] * n_rows
+    steps = _per_row(info.get("current_step"), n_rows) or [None] * n_rows
+    ends = {}
+    for row, (length, row_done, step) in enumerate(zip(lengths, done, steps)):
+        past_end = is_position(step) and is_position(length) and step >= length
+        if is_position(length) and ((is_flag(row_done) and bool(row_done)) or past_end):
+            ends[row] = int(length)
+    return ends
 
 
 def _reports_steps(info: Mapping[str, Any]) -> bool:

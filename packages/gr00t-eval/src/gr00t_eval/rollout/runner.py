@@ -46,7 +46,7 @@ from .config import CLIENT_CHUNKING_MODES, RolloutConfig, check_env_timeout, dra
 from .liveness import PolicyServerUnreachableError, ServerWatch
 from .envs import EnvFactory, embodiment_for_env, env_factory
 from .multistep import EpisodeSummary, MultiStepWrapper
-from .policy_io import HorizonSpec, ObservationMapper, PolicyRowCursor, PositionCheckedPolicy, policy_actions
+from .policy_io import HorizonSpec, ObservationMapper, PolicyRowCursor, PositionCheckedPolicy, policy_actions, recording_ends
 from .replay_plan import check_replay_horizon
 from .stalls import reset_envs, step_envs
 
@@ -183,6 +183,7 @@ class RolloutRunner:
         self._warned_env_truncated = False  # the env ended an episode by its own limit before max_episode_steps
         self.watch = ServerWatch(policy)
         self.chunker: Optional[ActionChunker] = None  # client chunking only; its `stats` remain after run()
+        self._recording_lengths: Dict[int, int] = {}  # row -> length of the recording its replay said ends (set on its env)
 
     def run(self) -> RolloutResult:
         """Create the envs, run until every episode is scored, close the envs.
@@ -234,6 +235,7 @@ class RolloutRunner:
         )
         self.outcomes[summary.episode_index] = outcome
         self._progress.pop(summary.episode_index, None)
+        self._recording_lengths.pop(row, None)
         self.row_episode[row] = IDLE
         if self.on_episode is not None:
             self.on_episode(outcome)
@@ -407,10 +409,20 @@ class RolloutRunner:
             action, info = policy.get_action(observation)
             return policy_actions(action, action_space, self.config.n_action_steps, n_rows), info or {}
         step, chunk_info = self.chunker.get_action(observation)
-        # The cursor counts one step per call; only the episode length (for clamping) comes from the policy.
-        lengths = chunk_info["policy_info"].get("episode_length")
+        # The cursor counts one step per call (no execution_horizon); the replay's place in its recording comes along.
+        policy_info = chunk_info["policy_info"]
+        info = {key: policy_info[key] for key in ("episode_length", "episode_done", "current_step") if key in policy_info}
         single_step = {key: np.asarray(value)[:, None] for key, value in step.items()}  # (B, D) -> (B, 1, D)
-        return policy_actions(single_step, action_space, 1, n_rows), ({} if lengths is None else {"episode_length": lengths})
+        return policy_actions(single_step, action_space, 1, n_rows), info
+
+    def _end_replays_with_their_recordings(self, vec: gym.vector.VectorEnv, info: Mapping[str, Any]) -> None:
+        """Tell the envs of rows whose replay says its recording ends where it ends: they run no step past it."""
+        ends = recording_ends(info, len(self.row_episode))
+        ends = {row: length for row, length in ends.items() if self.row_episode[row] != IDLE}
+        if all(self._recording_lengths.get(row) == length for row, length in ends.items()):
+            return
+        self._recording_lengths.update(ends)
+        vec.set_attr("recording_length", [self._recording_lengths.get(row) for row in range(len(self.row_episode))])
 
     def _loop(self, vec: gym.vector.VectorEnv, spec: HorizonSpec, n_envs: int) -> None:
         bar = None
@@ -451,6 +463,7 @@ class RolloutRunner:
                     self._policy_failed(active, "get_action", exc, bar)
                     continue
                 cursor.after_get_action(info)
+                self._end_replays_with_their_recordings(vec, info)
                 lost = cursor.take_position_errors(active)
                 for row, reason in sorted(lost.items()):  # the policy replays something else for these rows now
                     self._fail(row, reason, bar)

@@ -57,7 +57,10 @@ def _import_metaworld():
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE
         from metaworld.policies import ENV_POLICY_MAP
     except ImportError as exc:
-        raise MissingExtraError(f"Meta-World envs need metaworld and mujoco ({exc}); install with: pip install 'gr00t-eval[sim]'") from exc
+        if isinstance(exc, ModuleNotFoundError) and exc.name in ("metaworld", "mujoco"):
+            raise MissingExtraError(f"Meta-World envs need metaworld and mujoco ({exc}); install with: pip install 'gr00t-eval[sim]'") from exc
+        # installed, but failing to load: a GL library, a binary built for another numpy
+        raise MissingExtraError(f"Meta-World envs could not import metaworld/mujoco ({exc})") from exc
     return mujoco, ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE, ENV_POLICY_MAP
 
 
