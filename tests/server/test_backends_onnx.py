@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import re
 import shutil
 import sys
 
@@ -66,6 +67,39 @@ def full_export(tiny_checkpoint, tmp_path_factory):
                   "--precision", "fp32", "--embodiment-tag", TAG, "--device", "cpu"])
     assert commands.run(args) == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def dit_export(tiny_checkpoint, tmp_path_factory):
+    """A dit_only fp32 export made through the `export` command."""
+    out = tmp_path_factory.mktemp("onnx_dit")
+    args = parse(["export", "--model-path", str(tiny_checkpoint), "--output", str(out), "--mode", "dit_only",
+                  "--precision", "fp32", "--embodiment-tag", TAG, "--device", "cpu"])
+    assert commands.run(args) == 0
+    return out
+
+
+def timestep_blind_copy(export, folder):
+    """A copy of a dit_only export whose DiT multiplies its `timestep` input by 0, as an exporter that constant-folded
+    the traced t=0 would make it; its file hashes re-recorded as export records them."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from gr00t_server.backends.common import file_digest
+
+    shutil.copytree(export, folder)
+    path = folder / "dit_fp32.onnx"
+    graph = onnx.load(str(path))
+    for node in graph.graph.node:
+        node.input[:] = ["timestep_frozen" if name == "timestep" else name for name in node.input]
+    graph.graph.initializer.append(numpy_helper.from_array(np.array(0, dtype=np.int64), "zero"))
+    graph.graph.node.insert(0, helper.make_node("Mul", ["timestep", "zero"], ["timestep_frozen"]))
+    onnx.save(graph, str(path))
+    metadata = json.loads((folder / EXPORT_METADATA).read_text())
+    metadata["submodules"]["dit"]["files"] = {name: file_digest(folder / name)
+                                              for name in metadata["submodules"]["dit"]["files"]}
+    (folder / EXPORT_METADATA).write_text(json.dumps(metadata))
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -334,6 +368,57 @@ def test_verify_command_prints_the_table_and_exits_zero_on_pass(tiny_checkpoint,
     assert f"embodiment: {TAG}" in out  # which of the checkpoint's embodiments was verified
 
 
+def row_of(report_text, name):
+    return next(line for line in report_text.splitlines() if line.split()[0] == name)
+
+
+def test_verify_checks_the_dit_at_every_denoising_step_and_passes_a_good_export(tiny_checkpoint, dit_export, capsys):
+    args = parse(["verify", "--model-path", str(tiny_checkpoint), "--onnx-dir", str(dit_export), "--device", "cpu"])
+    assert commands.run(args) == 0
+    dit = row_of(capsys.readouterr().out, "dit")
+    assert re.match(r"dit \(worst at t=(0|250|500|750)\) ", dit) and dit.endswith("PASS"), dit
+
+
+def test_verify_fails_a_dit_export_that_ignores_the_timestep(tiny_checkpoint, dit_export, tmp_path, capsys):
+    """Only each sub-module's first call (t=0) was compared: a DiT blind to its timestep passed with rel_err 7e-07,
+    though wrong at the three later steps serving runs, and verify exited 0."""
+    blind = timestep_blind_copy(dit_export, tmp_path / "onnx_frozen_t")
+    args = parse(["verify", "--model-path", str(tiny_checkpoint), "--onnx-dir", str(blind), "--device", "cpu"])
+    assert commands.run(args) == 1
+    out = capsys.readouterr().out
+    dit = row_of(out, "dit")
+    assert re.match(r"dit \(worst at t=(250|500|750)\) ", dit) and dit.endswith("FAIL"), out
+    assert "overall (onnxruntime): FAIL" in out
+
+
+def test_verify_of_another_checkpoints_export_says_so_instead_of_blaming_its_tag(tiny_checkpoint, tmp_path):
+    """verify took the export's recorded tag and said "Unknown embodiment tag: 'my_robot'", a tag the user never gave,
+    where serve said the export was made from other weights."""
+    from gr00t_server.backends.verify import verify_checkpoint
+    from gr00t_server.test_checkpoint import make_test_checkpoint
+
+    other = make_test_checkpoint(tmp_path / "other", embodiment_tags=("my_robot",), seed=2)
+    out = tmp_path / "onnx_other"
+    assert commands.run(parse(["export", "--model-path", str(other), "--output", str(out), "--mode", "dit_only",
+                               "--precision", "fp32", "--device", "cpu"])) == 0
+    with pytest.raises(BackendError, match=f"^{re.escape(str(out))} was exported from other weights"):
+        verify_checkpoint(tiny_checkpoint, onnx_dir=out, device="cpu")
+
+
+def test_verify_of_an_export_whose_recorded_tag_the_checkpoint_lacks_names_the_tag_and_the_flag(
+        tiny_checkpoint, dit_export, tmp_path):
+    from gr00t_server.backends.verify import verify_checkpoint
+
+    folder = tmp_path / "onnx"
+    shutil.copytree(dit_export, folder)
+    metadata = json.loads((folder / EXPORT_METADATA).read_text())
+    (folder / EXPORT_METADATA).write_text(json.dumps({**metadata, "embodiment_tag": "my_robot"}))
+    with pytest.raises(BackendError, match=f"^{re.escape(str(folder))} was exported for embodiment tag 'my_robot' "
+                                           r"\(its export_metadata\.json\), which .* does not have \(its tags: "
+                                           r"\['libero_sim', 'new_embodiment'\]\); choose one with --embodiment-tag$"):
+        verify_checkpoint(tiny_checkpoint, onnx_dir=folder, device="cpu")
+
+
 def test_export_and_verify_default_to_serves_embodiment_when_the_checkpoint_has_it(tiny_checkpoint, tmp_path):
     """Without --embodiment-tag: new_embodiment (serve's default), not the first tag by name (libero_sim here)."""
     from gr00t_server.backends.export import default_embodiment_tag
@@ -405,7 +490,7 @@ def test_verify_torch_compile_runs_the_compiled_dit_and_passes(tiny_checkpoint, 
     out = capsys.readouterr().out
     assert "overall (torch-compile): PASS" in out
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line and line.split()[0] in ("dit", "actions")}
-    assert float(rows["dit"][1]) > 0.999999 and float(rows["actions"][3]) > 0.999999
+    assert float(rows["dit"][-4]) > 0.999999 and float(rows["actions"][-4]) > 0.999999  # the cosine column
 
 
 def test_verify_takes_exactly_one_backend(tiny_checkpoint, full_export):

@@ -34,8 +34,22 @@ def test_cpu_is_taken_in_every_spelling():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_cuda_without_cuda_says_so():
-    with pytest.raises(ValueError, match=r"^device 'cuda:1' was asked for but CUDA is not available here; use device='cpu'$"):
+    with pytest.raises(ValueError, match=r"^device 'cuda:1' was asked for but CUDA is not available here; use device "
+                                         r"'cpu' \(--device cpu on the command line\)$"):
         _resolve_device("cuda:1")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+@pytest.mark.parametrize("command", [["export", "--output", "onnx", "--mode", "dit_only"], ["verify", "--torch-compile"]],
+                         ids=["export", "verify"])
+def test_cuda_without_cuda_names_the_flag_on_the_command_line(tiny_checkpoint, tmp_path, monkeypatch, capsys, command):
+    """The CLI said "use device='cpu'", a Python keyword, where the user has to change --device."""
+    from gr00t_server import cli
+
+    monkeypatch.chdir(tmp_path)
+    assert cli.main([*command, "--model-path", str(tiny_checkpoint), "--device", "cuda"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.endswith("CUDA is not available here; use device 'cpu' (--device cpu on the command line)"), error
 
 
 @pytest.mark.gpu

@@ -58,7 +58,7 @@ def check_backend_before_load(mode: str, onnx_dir: Optional[Union[str, Path]] = 
             raise BackendError(f"inference mode 'tensorrt' needs a CUDA --device; got {device}")
         import torch
 
-        if not torch.cuda.is_available():  # a --device cuda given here failed in the load, advising device='cpu'
+        if not torch.cuda.is_available():  # a --device cuda given here failed in the load, advising device 'cpu'
             raise BackendError("inference mode 'tensorrt' needs a CUDA GPU; torch sees none on this machine")
         path = Path(engine_dir) / ENGINE_METADATA
         metadata = read_json(path, "TensorRT engine metadata")

@@ -55,9 +55,9 @@ def register(subparsers: Any) -> None:
     verify = subparsers.add_parser(
         "verify", help="compare a backend with PyTorch",
         description="Run identical inputs and noise through PyTorch and the backend (ONNX Runtime, TensorRT or "
-                    "torch.compile); print cosine similarity, max abs error and relative error per output; an output "
-                    "fails when either its cosine or its relative error (held to its dtype's limit) does; exit 1 "
-                    "on FAIL.",
+                    "torch.compile); print cosine similarity, max abs error and relative error per output (the "
+                    "action encoder's and the DiT's at their worst denoising step); an output fails when either its "
+                    "cosine or its relative error (held to its dtype's limit) does; exit 1 on FAIL.",
     )
     verify.add_argument(*_flag("model-path"), required=True, help="checkpoint directory or hub id")
     source = verify.add_mutually_exclusive_group(required=True)

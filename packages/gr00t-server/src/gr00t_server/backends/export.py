@@ -40,20 +40,21 @@ EXTERNAL_DATA_THRESHOLD = 1 << 30
 
 @dataclass
 class CapturedCall:
-    """Arguments and output of the first call of a sub-module during the sample `get_action`."""
+    """Arguments and output of one call of a sub-module during the sample `get_action`."""
 
     args: tuple
     kwargs: dict
     output: Any
 
 
-def _detach(value: Any) -> Any:
+def detached(value: Any) -> Any:
+    """A copy of `value` (a tensor, or tensors in lists, tuples and dicts) that later in-place changes cannot reach."""
     if isinstance(value, torch.Tensor):
         return value.detach().clone()
     if isinstance(value, (list, tuple)):
-        return type(value)(_detach(v) for v in value)
+        return type(value)(detached(v) for v in value)
     if isinstance(value, dict):
-        return {k: _detach(v) for k, v in value.items()}
+        return {k: detached(v) for k, v in value.items()}
     return value
 
 
@@ -79,7 +80,7 @@ def capture_calls(model: nn.Module, run_sample: Callable[[], Any]) -> dict[str, 
     def make_hook(name: str) -> Callable:
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
             if name not in captured:
-                captured[name] = CapturedCall(_detach(args), _detach(kwargs), _detach(output))
+                captured[name] = CapturedCall(detached(args), detached(kwargs), detached(output))
 
         return hook
 

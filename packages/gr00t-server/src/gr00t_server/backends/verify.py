@@ -8,6 +8,7 @@ difference over the RMS of the reference, for actions over the RMS of their moti
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from gr00t_server.backends.common import TORCH_DTYPES, BackendError, model_of
-from gr00t_server.backends.export import CapturedCall, capture_calls
+from gr00t_server.backends.export import CapturedCall, capture_calls, detached
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,10 @@ RELATIVE_ERROR_LIMITS = {
 }
 # An action key that barely moves within the chunk (a closed gripper) is measured against this fraction of its size.
 MIN_ACTION_SPREAD = 0.1
+# Sub-modules that take the denoising timestep, checked at every Euler step: an export that froze the traced t=0
+# into a constant is right at the first step only.
+TIMESTEP_CONDITIONED = ("action_encoder", "dit")
+STATUS_SEVERITY = {"PASS": 0, "WARN": 1, "FAIL": 2}
 
 
 def cosine_similarity(reference: Any, candidate: Any) -> float:
@@ -109,11 +114,22 @@ class Comparison:
     max_abs_error: float
     relative_error: float = 0.0
     dtype: torch.dtype = torch.float32  # the model's, whose limits the relative error is held to
+    at: str = ""  # where the worst of several compared calls was, such as "t=500"
 
     @property
     def status(self) -> str:
         """PASS / WARN / FAIL: the worse of the cosine's and the relative error's."""
         return _worst((status_for(self.cosine), relative_error_status(self.relative_error, self.dtype)))
+
+    @property
+    def label(self) -> str:
+        """The row's name in the report: the output, and where its worst call was when it has one."""
+        return f"{self.name} (worst at {self.at})" if self.at else self.name
+
+    @property
+    def severity(self) -> tuple[int, float, float]:
+        """Sort key: worse status first, then larger relative error, then smaller cosine."""
+        return STATUS_SEVERITY[self.status], self.relative_error, -self.cosine
 
 
 def compare(
@@ -139,12 +155,12 @@ class VerifyReport:
 
     def format(self) -> str:
         """A printable table."""
-        width = max([len(c.name) for c in self.comparisons] + [10])
+        width = max([len(c.label) for c in self.comparisons] + [10])
         lines = [f"embodiment: {self.embodiment_tag}"] if self.embodiment_tag else []
         lines += [f"{'output':<{width}}  {'cosine':>10}  {'max_abs_err':>12}  {'rel_err':>10}  status",
                   "-" * (width + 46)]
         for c in self.comparisons:
-            lines.append(f"{c.name:<{width}}  {c.cosine:>10.6f}  {c.max_abs_error:>12.4e}  {c.relative_error:>10.3e}  "
+            lines.append(f"{c.label:<{width}}  {c.cosine:>10.6f}  {c.max_abs_error:>12.4e}  {c.relative_error:>10.3e}  "
                          f"{c.status}")
         lines.append(f"overall ({self.mode}): {self.status}")
         return "\n".join(lines)
@@ -178,20 +194,40 @@ def submodule_targets(model: torch.nn.Module, swapped: list[str]) -> dict[str, t
     return targets
 
 
-def reference_calls(model: torch.nn.Module, run_sample: Callable[[], Any]) -> dict[str, CapturedCall]:
-    """PyTorch sub-module calls (inputs and outputs) of one sample run, keyed by report name."""
-    backbone_call: dict[str, CapturedCall] = {}
-
+def _recorder(calls: list[CapturedCall]) -> Callable:
     def hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-        backbone_call.setdefault("backbone", CapturedCall(args, kwargs, {k: v.clone() for k, v in output.items()}))
+        calls.append(CapturedCall(detached(args), detached(kwargs), detached(output)))
 
-    handle = model.backbone.register_forward_hook(hook, with_kwargs=True)
+    return hook
+
+
+def reference_calls(model: torch.nn.Module, run_sample: Callable[[], Any]) -> dict[str, list[CapturedCall]]:
+    """PyTorch sub-module calls (inputs and outputs) of one sample run, keyed by report name: the backbone's and the
+    timestep-conditioned sub-modules' every call (one per denoising step), the other sub-modules' first call."""
+    head = model.action_head
+    recorded = {"backbone": model.backbone, "action_encoder": head.action_encoder, "dit": head.model}
+    every_call: dict[str, list[CapturedCall]] = {name: [] for name in recorded}
+    handles = [module.register_forward_hook(_recorder(every_call[name]), with_kwargs=True)
+               for name, module in recorded.items()]
     try:
-        calls = capture_calls(model, run_sample)
+        first_calls = capture_calls(model, run_sample)
     finally:
-        handle.remove()
-    calls.update(backbone_call)
+        for handle in handles:
+            handle.remove()
+    calls = {name: [call] for name, call in first_calls.items()}
+    calls.update({name: recorded_calls for name, recorded_calls in every_call.items() if recorded_calls})
     return calls
+
+
+def compare_calls(name: str, module: torch.nn.Module, calls: list[CapturedCall], dtype: torch.dtype,
+                  timestep_for_step: Callable[[int, int], int]) -> Comparison:
+    """`module` fed each recorded PyTorch call, against its output: the worst comparison, naming the timestep of
+    its denoising step when `name` is timestep-conditioned and ran more than once."""
+    rows = [compare(name, _primary(call.output), _primary(module(*call.args, **call.kwargs)), dtype) for call in calls]
+    step = max(range(len(rows)), key=lambda index: rows[index].severity)
+    if name in TIMESTEP_CONDITIONED and len(rows) > 1:
+        return dataclasses.replace(rows[step], at=f"t={timestep_for_step(step, len(rows))}")
+    return rows[step]
 
 
 @torch.no_grad()
@@ -204,7 +240,8 @@ def verify_policy(
 ) -> VerifyReport:
     """Run PyTorch, swap the backend in with `apply_backend(policy)`, run again with the same noise.
 
-    Each swapped sub-module is also fed the PyTorch inputs in isolation, so its own error is visible.
+    Each swapped sub-module is also fed the PyTorch inputs in isolation, so its own error is visible; the
+    timestep-conditioned ones at every denoising step, reporting their worst.
     """
     model = model_of(policy)
     dtype = next(model.parameters()).dtype
@@ -221,10 +258,8 @@ def verify_policy(
         raise BackendError(f"the {mode} backend swapped no sub-module into the model: nothing to verify")
     comparisons = []
     for name, module in submodule_targets(model_of(policy), swapped).items():
-        call = calls.get(name)
-        if call is None:
-            continue
-        comparisons.append(compare(name, _primary(call.output), _primary(module(*call.args, **call.kwargs)), dtype))
+        if calls.get(name):
+            comparisons.append(compare_calls(name, module, calls[name], dtype, model.action_head.timestep_for_step))
     actions = policy.get_action(observation, dict(options))[0]
     keys = sorted(reference_actions)
     spreads = {key: action_spread(reference_actions[key]) for key in keys}
@@ -238,6 +273,31 @@ def verify_policy(
         np.concatenate([np.ravel(spreads[k]) for k in keys]),
     ))
     return VerifyReport(mode, comparisons)
+
+
+def _tag_recorded_at_export(
+    model_path: Union[str, Path], metadata: dict[str, Any], folder: Union[str, Path], device: str,
+    dtype: Optional[torch.dtype],
+) -> Optional[str]:
+    """The embodiment tag the export in `folder` recorded, when the checkpoint has it. A tag it lacks likely means
+    another checkpoint's export: BackendError naming the model mismatch, or, for this model, the tag and the flag."""
+    from gr00t_server.backends.common import EXPORT_METADATA
+    from gr00t_server.backends.export import default_embodiment_tag
+    from gr00t_server.backends.onnxruntime_backend import check_export_metadata
+    from gr00t_server.model.checkpoint import resolve_checkpoint_dir
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+    from gr00t_server.processing.config import load_processor_config
+
+    recorded = metadata.get("embodiment_tag")
+    if not recorded:
+        return None
+    tags = load_processor_config(resolve_checkpoint_dir(model_path)).embodiment_tags
+    if recorded in tags:
+        return recorded
+    policy = Gr00tPolicy(model_path, default_embodiment_tag(model_path), device=device, strict=True, dtype=dtype)
+    check_export_metadata(metadata, model_of(policy), folder)
+    raise BackendError(f"{folder} was exported for embodiment tag {recorded!r} (its {EXPORT_METADATA}), which "
+                       f"{model_path} does not have (its tags: {sorted(tags)}); choose one with --embodiment-tag")
 
 
 def verify_checkpoint(
@@ -261,7 +321,7 @@ def verify_checkpoint(
         raise ValueError("verify needs exactly one of onnx_dir, engine_dir or torch_compile")
     metadata: dict[str, Any] = {}
     if engine_dir is not None:
-        # As `serve` does, before the checkpoint loads: without CUDA, the load's "use device='cpu'" can never work here.
+        # As `serve` does, before the checkpoint loads: without CUDA, the load's "use device 'cpu'" can never work here.
         check_backend_before_load("tensorrt", engine_dir=engine_dir, device=device or "cuda")
         metadata = read_json(Path(engine_dir) / ENGINE_METADATA, "TensorRT engine metadata")
         mode = "tensorrt"
@@ -272,8 +332,9 @@ def verify_checkpoint(
     else:
         mode = "torch-compile"
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    tag = embodiment_tag or metadata.get("embodiment_tag") or default_embodiment_tag(model_path)
     dtype = TORCH_DTYPES.get(metadata.get("precision", ""), None)
+    tag = (embodiment_tag or _tag_recorded_at_export(model_path, metadata, onnx_dir or engine_dir, device, dtype)
+           or default_embodiment_tag(model_path))
     policy = Gr00tPolicy(model_path, tag, device=device, strict=True, dtype=dtype)
     observation = sample_observation(policy, batch_size=batch_size, seed=seed, image_size=metadata.get("sample_image_size"))
     report = verify_policy(

@@ -70,7 +70,8 @@ def _resolve_device(device: Union[str, torch.device]) -> torch.device:
         return torch.device("cpu")
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {str(device)!r} was asked for but CUDA is not available here; use device='cpu'")
+            raise ValueError(f"device {str(device)!r} was asked for but CUDA is not available here; use device 'cpu' "
+                             "(--device cpu on the command line)")
         count = torch.cuda.device_count()
         if resolved.index is not None and resolved.index >= count:
             raise ValueError(f"device {str(device)!r} was asked for but this machine has {count} CUDA device(s) "
