@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from eval.scale_fixtures import ConstantPolicy, InterruptOnCall, free_port, policy_server, run_cli
-from gr00t_eval.batch import Job, JobError, PolicyServerAddress, load_jobs, run_batch
+from gr00t_eval.batch import Job, JobError, PolicyServerAddress, job_dir_name, load_jobs, run_batch
 from gr00t_eval.rollout.runner import RolloutConfig
 from gr00t_eval.shard import run_suite
 
@@ -306,3 +306,13 @@ def test_job_folders_are_safe_file_names_and_distinct(tmp_path):
     assert job_dir_name("mt3-smoke") == "mt3-smoke"
     assert job_dir_name("a/b") != job_dir_name("a b") and "/" not in job_dir_name("a/b")
     assert job_dir_name("../x").startswith("x-")
+
+
+@pytest.mark.parametrize("first_name, second_name", [("reach", "reach"), ("reach now", job_dir_name("reach now"))])
+def test_run_batch_refuses_jobs_sharing_a_name_or_a_run_folder_before_any_runs(tmp_path, first_name, second_name):
+    connected = []
+    jobs = [Job(first_name, "walkto/fast", PolicyServerAddress("127.0.0.1", 1), {"n_episodes": 1}),
+            Job(second_name, "walkto/fast", PolicyServerAddress("127.0.0.1", 2), {"n_episodes": 1})]
+    with pytest.raises(JobError, match=rf"job '{re.escape(second_name)}': .*job #0"):
+        run_batch(jobs, tmp_path / "batch_results.json", policy_factory=connected.append)
+    assert connected == [] and not (tmp_path / "batch_results.json").exists()

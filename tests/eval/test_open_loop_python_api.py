@@ -46,3 +46,18 @@ def test_an_explicit_nested_form_against_a_sim_wrapper_server_errors_naming_the_
     assert list(result.errored) == [0] and not result.trajectories
     assert ("the server serves Gr00tSimPolicyWrapper, which takes the flat observation form, and this run sent the "
             "nested form: pass observation_format='flat' or 'auto'") in result.errored[0]
+
+
+def test_an_output_dir_that_is_a_file_is_refused_before_the_policy_is_queried(dataset, sim_server, tmp_path):
+    from gr00t_eval.output_files import OutputDirError
+
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me")
+    queries = []
+    with PolicyClient("127.0.0.1", sim_server.port, timeout_ms=5000) as client:
+        ask = client.get_action
+        client.get_action = lambda *args, **kwargs: (queries.append(1), ask(*args, **kwargs))[1]
+        config = OpenLoopConfig(str(dataset), traj_ids=range(1), execution_horizon=4, output_dir=str(target), plot=False)
+        with pytest.raises(OutputDirError, match="notes.txt exists and is not a directory"):
+            evaluate_open_loop(client, config, report=lambda _: None, progress=False)
+    assert queries == [] and target.read_text() == "keep me"

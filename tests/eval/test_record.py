@@ -163,3 +163,12 @@ def test_two_recordings_racing_into_one_folder_with_overwrite_leave_one_runs_dat
     dataset.check_data_files()
     for position in range(dataset.num_episodes):  # each episode's files are its own (lengths agree)
         assert dataset.episode(position).frames(dataset.video_keys[0], [dataset.episode_lengths[position] - 1]).shape[0] == 1
+
+
+@pytest.mark.parametrize("argument, value", [("n_episodes", 2.0), ("seed", 0.5), ("max_episode_steps", 10.5),
+                                             ("n_episodes", True), ("seed", "0")])
+def test_a_count_or_seed_that_is_no_whole_number_is_refused_naming_it_before_the_folder_exists(tmp_path, argument, value):
+    settings = {"n_episodes": 1, "seed": 0, "max_episode_steps": 20, argument: value}
+    with pytest.raises(ValueError, match=f"^{argument} must be a whole number >= [01], got {type(value).__name__} "):
+        record_metaworld("metaworld/reach-v3", output=tmp_path / "ds", progress=False, **settings)
+    assert not (tmp_path / "ds").exists()

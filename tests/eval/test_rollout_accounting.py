@@ -210,3 +210,32 @@ def test_the_row_cursor_follows_a_replay_servers_info_and_clamps_to_the_episode(
     cursor.after_get_action({"current_step": [40, 8], "execution_horizon": 8, "episode_length": [44, 51]})
     # Row 0 is past its 44-step episode: its position is clamped to the last step, which replays the same action.
     assert cursor.reset_options({1: 6}) == {"episode_index": [4, 6], "step_index": [43, 0]}
+
+
+class InterruptedOnCall(RecordingPolicy):
+    """RecordingPolicy whose get_action call `call` is stopped by Ctrl-C (KeyboardInterrupt)."""
+
+    def __init__(self, call):
+        super().__init__()
+        self.interrupt_on = call
+
+    def _get_action(self, observation, options=None):
+        if self.calls + 1 == self.interrupt_on:
+            self.calls += 1
+            raise KeyboardInterrupt
+        return super()._get_action(observation, options)
+
+
+def test_a_runner_interrupted_mid_episode_refuses_to_run_again_rather_than_drop_that_episode():
+    from gr00t_eval.rollout import RolloutRunner
+
+    # One env row, one step per call: episode 0 (seed 0) takes calls 1-2, so call 3 is in episode 1.
+    config = RolloutConfig(env_name=ENV_ID, n_episodes=3, n_envs=1, n_action_steps=1, max_episode_steps=50, seed=0,
+                           vectorization="sync")
+    scored = []
+    runner = RolloutRunner(InterruptedOnCall(3), config, progress=False, on_episode=scored.append)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run()
+    assert [o.episode_index for o in scored] == [0]
+    with pytest.raises(RuntimeError, match="a RolloutRunner runs once; make a new one"):
+        runner.run()

@@ -112,3 +112,24 @@ def test_cli_shards_then_merge_equals_cli_single_run(tmp_path, capsys):
     single = json.loads((tmp_path / "single" / "results.json").read_text())
     assert comparable(merged) == comparable(single)
     assert "Merged 2 files" in capsys.readouterr().out
+
+
+def test_python_shards_record_their_policy_so_merge_refuses_shards_of_two_checkpoints():
+    from eval.scale_fixtures import Checkpoint
+    from gr00t_eval.policy_identity import policy_record
+
+    shards = []
+    for index, checkpoint in enumerate(("a", "b")):
+        with policy_server(Checkpoint(checkpoint)) as server:
+            with PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as connected:
+                shards.append(run_suite(connected, ENV_SPEC, config(), ShardSpec(index, 2)))
+                assert shards[-1]["policy"] == policy_record(connected)
+    assert shards[0]["policy"]["identity"] == {"kind": "test", "checkpoint": "a"}
+    with pytest.raises(MergeError, match="results #1 was run against another policy than results #0"):
+        merge_results(shards)
+
+
+def test_merge_refuses_names_that_do_not_label_every_results(client):
+    shard0 = run_suite(client, ENV_SPEC, config(), ShardSpec(0, 2))
+    with pytest.raises(MergeError, match="^names has 1 entries for 2 results"):
+        merge_results([shard0, shard0], names=["a.json"])

@@ -178,3 +178,24 @@ def test_two_metaworld_tasks_are_aggregated_per_task_group_and_overall():
     rewards = [e["sum_reward"] for e in results["per_episode"]]
     assert results["overall"]["avg_sum_reward"] == pytest.approx(np.mean(rewards))
     assert per_task["metaworld/reach-v3"]["avg_sum_reward"] == pytest.approx(np.mean(rewards[:2]))
+
+
+@pytest.mark.parametrize("tasks, message", [
+    ("walkto/fast", r"suite 'bad': tasks must be a list of env names, got the string 'walkto/fast'"),
+    (["walkto/fast", ""], r"suite 'bad': a task needs a non-empty env name and group, got ''"),
+    ([("walkto/fast", " ")], r"suite 'bad': a task needs a non-empty env name and group, got \('walkto/fast', ' '\)"),
+    ([("walkto/fast",)], r"suite 'bad': a task must be an env name, an \(env_name, group\) pair .*got \('walkto/fast',\)"),
+    ([("walkto/fast", "easy", "x")], r"suite 'bad': a task must be an env name, an \(env_name, group\) pair"),
+])
+def test_register_suite_refuses_a_string_empty_names_or_malformed_pairs_naming_what_was_given(tasks, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        register_suite("bad", tasks, replace=True)
+    assert "bad" not in suite_names()
+
+
+def test_register_suite_takes_env_names_pairs_and_tasks(monkeypatch):
+    from gr00t_eval import suites
+
+    monkeypatch.setattr(suites, "_SUITES", dict(suites._SUITES))  # registered for this test only
+    suite = register_suite("mixed", ["walkto/fast", ("walkto/slow", "hard"), Task("walkto/x", "x")], replace=True)
+    assert suite.tasks == (Task("walkto/fast", "walkto"), Task("walkto/slow", "hard"), Task("walkto/x", "x"))

@@ -19,7 +19,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from gr00t_client import BasePolicy, PolicyClient
 
-from .batch_jobs import Job, JobError, PolicyServerAddress, job_dir_name, job_video_dirs, load_jobs, parse_job
+from .batch_jobs import (Job, JobError, PolicyServerAddress, check_unique_job_names, job_dir_name, job_video_dirs,
+                         load_jobs, parse_job)
 from .episode_log import EpisodeLog
 from .metrics import EpisodeOutcome
 from .output_files import EPISODE_LOG_FILENAME, RUN_FILENAME
@@ -201,7 +202,6 @@ def run_job(job: Job, policy_factory: Callable[[PolicyServerAddress], BasePolicy
             earlier = earlier_results(job_dir, None) if done else None
         with pinned_policy(policy, served):  # a server restarted with another checkpoint mid-job stops the job
             results = run_suite(policy, job.env_name, config, progress=progress, on_episode=on_episode, done=done)
-        results["policy"] = served
         if earlier is not None:  # the episodes kept from earlier attempts took their time too, as in rollout --resume
             add_earlier_eval_s(results, earlier)
         if job_dir is not None:  # what a later attempt adds its time to
@@ -258,8 +258,9 @@ def run_batch(jobs: Sequence[Union[Job, JobError]], output_path: Optional[Union[
     unless their settings changed since (changed_settings; they run again, with `rerun_reason`), and the others
     keep the episodes logged in their run folder (OUTPUT_DIR/jobs/<name>/, with `output_path`).
     On Ctrl-C/SIGTERM the running job goes back to pending, the file says "status": "interrupted", and
-    KeyboardInterrupt propagates.
+    KeyboardInterrupt propagates. Jobs must have distinct names (JobError before any runs), as in a job file.
     """
+    check_unique_job_names(jobs)
     batch: Dict[str, Any] = {"kind": "batch", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                              "status": "running", "jobs": [_pending_record(job, i) for i, job in enumerate(jobs)]}
     jobs_dir = None if output_path is None else Path(output_path).parent / JOBS_DIRNAME

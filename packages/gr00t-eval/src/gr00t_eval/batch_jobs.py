@@ -316,7 +316,7 @@ def load_jobs(path: Union[str, Path]) -> List[Union[Job, JobError]]:
     if not data:  # a generator that wrote no jobs must not pass as a batch that ran
         raise JobError(f"{path}: the job file lists no jobs; a batch needs at least one")
     jobs: List[Union[Job, JobError]] = []
-    seen: Dict[str, int] = {}
+    seen: Dict[str, Tuple[int, str]] = {}
     for index, raw in enumerate(data):
         raw_name = raw.get("name") if isinstance(raw, Mapping) else None
         try:
@@ -326,12 +326,35 @@ def load_jobs(path: Union[str, Path]) -> List[Union[Job, JobError]]:
             job = exc if isinstance(exc, JobError) else JobError(f"job {name or '#' + str(index)!s}: {exc}", name)
             job.job_name = name
         name = job.name if isinstance(job, Job) else job.job_name
-        if name is not None and name in seen:
-            job = JobError(f"job {name!r}: duplicate job name (job #{seen[name]} has it too); names must be unique", f"{name}#{index}")
-        elif name is not None:
-            seen[name] = index
+        repeated = None if name is None else repeated_job_name(name, index, seen)
+        if repeated is not None:
+            job = JobError(repeated, f"{name}#{index}")
         jobs.append(job)
     return separate_shared_video_dirs(jobs)
+
+
+def repeated_job_name(name: str, index: int, seen: Dict[str, Tuple[int, str]]) -> Optional[str]:
+    """Why job #`index` cannot be called `name`: an earlier job in `seen` (run folder -> its index and name) has that
+    name or that run folder (jobs/<job_dir_name>); None when neither is taken, and `name` is added to `seen`."""
+    folder = job_dir_name(name)
+    if folder not in seen:
+        seen[folder] = (index, name)
+        return None
+    first, first_name = seen[folder]
+    if first_name == name:
+        return f"job {name!r}: duplicate job name (job #{first} has it too); names must be unique"
+    return (f"job {name!r}: its run folder jobs/{folder} is that of job #{first} ({first_name!r}); names must be unique "
+            "as folder names too")
+
+
+def check_unique_job_names(jobs: Sequence[Union[Job, JobError]]) -> None:
+    """JobError, before any job runs, when two jobs share a name or a run folder: they would write one folder, and the
+    results of a resumed batch are kept by name, so each would be reported with the other's."""
+    seen: Dict[str, Tuple[int, str]] = {}
+    for index, job in enumerate(jobs):
+        repeated = repeated_job_name(job.name, index, seen) if isinstance(job, Job) else None
+        if repeated is not None:
+            raise JobError(repeated, job.name)
 
 
 def separate_shared_video_dirs(jobs: List[Union[Job, JobError]]) -> List[Union[Job, JobError]]:

@@ -261,10 +261,13 @@ def evaluate_trajectory(
 
 
 def check_open_loop_output_dir(output_dir: str) -> None:
-    """OutputDirError when `output_dir` holds an earlier run's results.json: its plots (of other trajectories,
-    perhaps another policy's) would be left beside this run's results."""
+    """OutputDirError when `output_dir` is a file (its results.json could not be written after every query), or holds
+    an earlier run's results.json: its plots (of other trajectories, perhaps another policy's) would be left beside
+    this run's results."""
     from .output_files import OutputDirError
 
+    if Path(output_dir).exists() and not Path(output_dir).is_dir():
+        raise OutputDirError(f"output_dir {output_dir} exists and is not a directory; expected a new or empty folder")
     earlier = Path(output_dir) / RESULTS_FILENAME
     if earlier.exists():
         raise OutputDirError(f"output_dir {output_dir} holds an earlier run's {RESULTS_FILENAME}; expected a new or empty "

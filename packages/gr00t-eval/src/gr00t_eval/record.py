@@ -20,7 +20,7 @@ import numpy as np
 
 from .dataset import DatasetWriter
 from .dataset.overwrite import DATASET_ENTRIES, OVERWRITE_TRASH
-from .rollout.config import split_env_name
+from .rollout.config import check_whole_number, split_env_name
 
 logger = logging.getLogger(__name__)
 
@@ -75,12 +75,11 @@ def record_metaworld(
     prefix, task = split_env_name(env_name)
     if prefix != "metaworld" or not task:
         raise ValueError(f"record supports env names 'metaworld/<task>' (e.g. metaworld/reach-v3), got {env_name!r}")
-    if n_episodes < 1:
-        raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
-    if max_episode_steps < 1:  # 0 recorded episodes without a frame, and failed only after the dataset was started
-        raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
-    if seed < 0:  # Meta-World's seeding refuses it, but only once the dataset directory exists
-        raise ValueError(f"seed must be >= 0, got {seed}")
+    # Before the dataset directory is made: 0 steps recorded episodes without a frame, and a float count or a negative
+    # or float seed failed only once the directory (and its claim) existed.
+    n_episodes = check_whole_number(n_episodes, "n_episodes", 1)
+    max_episode_steps = check_whole_number(max_episode_steps, "max_episode_steps", 1)
+    seed = check_whole_number(seed, "seed", 0)
     image_size = checked_image_size(image_size)  # the range first, so the even check below sees a valid int
     if image_size % 2:  # checked here, before the dataset directory is made
         raise ValueError(f"image_size must be even (the dataset's mp4 videos are yuv420p), got {image_size}")

@@ -17,10 +17,11 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from gr00t_client import BasePolicy
 
+from .applied_settings import settings_not_applied
 from .extras import require
 from .metrics import EpisodeOutcome
 from .policy_identity import check_serves_env_embodiments, describe, policy_record, same_policy
-from .rollout.config import RolloutConfig, draw_base_seed, simulator_extras
+from .rollout.config import RolloutConfig, check_policy, check_rollout_config, draw_base_seed, simulator_extras
 from .rollout.replay_plan import check_replay_horizon
 from .suites import INCOMPLETE, Task, TaskRun, outcome_from_json, resolve_tasks, run_tasks, suite_results
 
@@ -141,6 +142,8 @@ def merge_results(shards: Sequence[Mapping[str, Any]], allow_missing: bool = Fal
     """
     if not shards:
         raise MergeError("nothing to merge: no results given")
+    if names is not None and len(names) != len(shards):
+        raise MergeError(f"names has {len(names)} entries for {len(shards)} results; give one name per results")
     label = list(names) if names is not None else [f"results #{i}" for i in range(len(shards))]
     try:
         key = _plan_key(shards[0])
@@ -272,7 +275,10 @@ def run_suite(policy: BasePolicy, env_spec: str, config: RolloutConfig, shard: O
     interrupted run (episodes.jsonl): they are kept and not run again. Each new outcome goes to `on_episode`
     as it finishes. `status` is "complete", "interrupted" (Ctrl-C/SIGTERM) or "aborted" (server gone).
     Each task's episodes are numbered from 0 (a shard's slice comes from `shard`), so config.first_episode must be 0.
+    The results record the served `policy` (policy_record), which merge_results holds every shard to.
     """
+    check_policy(policy)
+    check_rollout_config(config, auto_n_envs=True)
     if config.first_episode != 0:  # the plan, shards, merge and resume all count each task's episodes from 0
         raise ValueError(f"run_suite runs each task's episodes 0 .. n_episodes - 1 and takes a slice only with shard=; "
                          f"RolloutConfig.first_episode must be 0, got {config.first_episode} (run_rollout runs one env "
@@ -295,7 +301,9 @@ def run_suite(policy: BasePolicy, env_spec: str, config: RolloutConfig, shard: O
     snapshot = {**dataclasses.asdict(config), "env_name": env_spec, "shard": None if shard is None else str(shard)}
     planned = sum(len(r) for r in ranges.values()) if ranges is not None else len(tasks) * config.n_episodes
     extra = {"plan": shard_plan(tasks, config, shard),
-             "n_not_run": planned - sum(len(r.outcomes) for r in suite_run.runs)}
+             "n_not_run": planned - sum(len(r.outcomes) for r in suite_run.runs),
+             "policy": served,  # merge refuses shards of another checkpoint or dataset by it
+             "settings_not_applied": settings_not_applied(policy, {"rtc_frozen_steps": config.rtc_frozen_steps})}
     return suite_results(tasks, suite_run.runs, snapshot, env_spec, suite, extra, suite_run.status, suite_run.stop_reason)
 
 

@@ -84,20 +84,31 @@ def register_suite(name: str, tasks: Sequence[Union[str, Tuple[str, str], Task]]
         raise ValueError(f"a suite name must be non-empty and have no ',', got {name!r}")
     if name in _SUITES and not replace:
         raise ValueError(f"suite {name!r} is already registered (pass replace=True to redefine it)")
-    resolved = []
-    for task in tasks:
-        if isinstance(task, Task):
-            resolved.append(task)
-        elif isinstance(task, str):
-            resolved.append(Task(task, split_env_name(task)[0]))
-        else:
-            env_name, group = task
-            resolved.append(Task(str(env_name), str(group)))
+    if isinstance(tasks, str):  # iterating it would register one task per character
+        raise TypeError(f"suite {name!r}: tasks must be a list of env names, got the string {tasks!r} (pass [{tasks!r}])")
+    resolved = [_suite_task(name, task) for task in tasks]
     if not resolved:
         raise ValueError(f"suite {name!r} has no tasks")
     suite = Suite(name, tuple(resolved), description)
     _SUITES[name] = suite
     return suite
+
+
+def _suite_task(suite: str, task: Union[str, Tuple[str, str], Task]) -> Task:
+    """One task of a suite being registered; ValueError naming the suite and what was given for an empty env name or
+    a pair that is not (env_name, group)."""
+    if isinstance(task, Task):
+        env_name, group = task.env_name, task.group
+    elif isinstance(task, str):
+        env_name, group = task, split_env_name(task)[0]
+    elif isinstance(task, (tuple, list)) and len(task) == 2 and all(isinstance(part, str) for part in task):
+        env_name, group = task
+    else:
+        raise ValueError(f"suite {suite!r}: a task must be an env name, an (env_name, group) pair of strings or a Task, "
+                         f"got {task!r}")
+    if not env_name.strip() or not group.strip():
+        raise ValueError(f"suite {suite!r}: a task needs a non-empty env name and group, got {task!r}")
+    return Task(env_name, group)
 
 
 def suite_names() -> List[str]:

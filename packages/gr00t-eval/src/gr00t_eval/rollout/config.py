@@ -3,6 +3,7 @@ them without gymnasium (a plain `pip install gr00t-eval`); the runner imports th
 
 from __future__ import annotations
 
+import numbers
 import secrets
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
@@ -15,6 +16,13 @@ MAX_EPISODES = 1_000_000
 # Longest env timeout taken: the wait it bounds is a poll() of milliseconds in a C int (24.8 days); 1e10 s overflowed
 # in every task after the run had started. A week is beyond any reset or step; inf means no limit, as 0 does.
 MAX_ENV_TIMEOUT_S = 7 * 24 * 3600.0
+ASYNC_ONE_STEP = ("client_chunking='async' needs n_action_steps >= 2: with one step per chunk every prefetch comes "
+                  "after its step, and is thrown away and asked for again (twice the requests of 'sync'); use 'sync'")
+# The whole-number settings and their least value: 0 steps would end every episode before its first action (a success
+# rate of 0 measured on nothing), and a float count failed deep inside (every episode errored on a slice index).
+COUNT_MINIMUMS = {"n_episodes": 1, "n_envs": 1, "n_action_steps": 1, "max_episode_steps": 1, "steps_per_frame": 1,
+                  "video_fps": 1, "first_episode": 0, "seed": 0, "max_episodes_rendered": 0, "rtc_frozen_steps": 1}
+NULLABLE_COUNTS = ("seed", "max_episodes_rendered", "rtc_frozen_steps")
 
 
 def check_env_timeout(value: Any, name: str = "--env-timeout", no_limit: str = "0") -> Optional[float]:
@@ -66,6 +74,10 @@ class RolloutConfig:
     def __post_init__(self) -> None:
         if self.env_timeout_s == float("inf"):  # no limit, said the way a JSON job file can (Infinity)
             self.env_timeout_s = None
+        for name in COUNT_MINIMUMS:  # a numpy int counts, and is saved to results.json as a plain int
+            value = getattr(self, name)
+            if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+                setattr(self, name, int(value))
 
     @property
     def env_steps_per_call(self) -> int:
@@ -75,6 +87,55 @@ class RolloutConfig:
     def seed_for(self, episode_index: int) -> Optional[int]:
         """Episode i's env seed: seed + i, i being the run-wide index (None without a seed; the runner then draws one)."""
         return None if self.seed is None else int(self.seed) + episode_index
+
+
+def check_whole_number(value: Any, name: str, least: int, why: str = "") -> int:
+    """`value` as an int >= `least` (numpy ints taken); ValueError naming `name` for a bool, float, string or less."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be a whole number >= {least}, got {type(value).__name__} {value!r}")
+    if value < least:
+        raise ValueError(f"{name} must be >= {least}{why}, got {value}")
+    return int(value)
+
+
+def check_rollout_config(config: RolloutConfig, auto_n_envs: bool = False) -> None:
+    """ValueError naming the setting of `config` that no run can take, before any env or episode. `auto_n_envs`: an
+    n_envs of 0 is taken (run_suite and the CLI pick the count per task)."""
+    for name, least in COUNT_MINIMUMS.items():
+        value = getattr(config, name)
+        if value is None and name in NULLABLE_COUNTS:
+            continue
+        why = " (env seeds are non-negative)" if name == "seed" else ""
+        if name == "n_envs" and auto_n_envs:
+            least, why = 0, " (0 = auto)"
+        check_whole_number(value, name, least, why)
+    if config.n_episodes > MAX_EPISODES:
+        raise ValueError(f"n_episodes must be at most {MAX_EPISODES:,} per run (split bigger evaluations into shards or "
+                         f"jobs), got {config.n_episodes}")
+    _check_chunking(config)
+    if config.env_timeout_s is not None:
+        check_env_timeout(config.env_timeout_s, "env_timeout_s", no_limit="None")
+
+
+def _check_chunking(config: RolloutConfig) -> None:
+    from gr00t_client.chunking import MERGE_RULES
+
+    if config.client_chunking not in CLIENT_CHUNKING_MODES:
+        raise ValueError(f"client_chunking must be one of {CLIENT_CHUNKING_MODES}, got {config.client_chunking!r}")
+    if config.chunk_merge not in MERGE_RULES:
+        raise ValueError(f"chunk_merge must be one of {MERGE_RULES}, got {config.chunk_merge!r}")
+    if config.client_chunking == "async" and config.n_action_steps < 2:
+        raise ValueError(ASYNC_ONE_STEP)
+    if config.rtc_frozen_steps is not None and config.client_chunking != "async":
+        raise ValueError(f"rtc_frozen_steps needs client_chunking='async', got {config.client_chunking!r}")
+
+
+def check_policy(policy: Any) -> None:
+    """TypeError unless `policy` can be rolled out: a BasePolicy (e.g. a PolicyClient), or anything with callable
+    get_action, reset and get_modality_config (an address string failed deep inside, or as every task's error)."""
+    if not all(callable(getattr(policy, name, None)) for name in ("get_action", "reset", "get_modality_config")):
+        hint = " (an address? pass PolicyClient(host, port))" if isinstance(policy, str) else ""
+        raise TypeError(f"policy must be a BasePolicy (e.g. a PolicyClient), got {type(policy).__name__}{hint}")
 
 
 def draw_base_seed() -> int:

@@ -37,21 +37,17 @@ import gymnasium as gym  # noqa: E402
 import numpy as np
 
 from gr00t_client import ActionChunker, BasePolicy, EmbodimentTag, ServerStoppingError
-from gr00t_client.chunking import MERGE_RULES
 
 from ..metrics import EpisodeOutcome
 from ..policy_identity import ServedPolicyChanged, check_serves_env_embodiments, pinned_policy, policy_record
 from ..video import EpisodeVideoRecorder
-from .config import CLIENT_CHUNKING_MODES, RolloutConfig, check_env_timeout, draw_base_seed  # noqa: F401 - draw_base_seed re-exported
+from .config import RolloutConfig, check_policy, check_rollout_config, draw_base_seed  # noqa: F401 - draw_base_seed re-exported
 from .liveness import PolicyServerUnreachableError, ServerWatch
 from .envs import EnvFactory, embodiment_for_env, env_factory
 from .multistep import EpisodeSummary, MultiStepWrapper
 from .policy_io import HorizonSpec, ObservationMapper, PolicyRowCursor, PositionCheckedPolicy, policy_actions, recording_ends
 from .replay_plan import check_replay_horizon
 from .stalls import reset_envs, step_envs
-
-ASYNC_ONE_STEP = ("client_chunking='async' needs n_action_steps >= 2: with one step per chunk every prefetch comes "
-                  "after its step, and is thrown away and asked for again (twice the requests of 'sync'); use 'sync'")
 
 logger = logging.getLogger(__name__)
 
@@ -140,30 +136,8 @@ class RolloutRunner:
 
     def __init__(self, policy: BasePolicy, config: RolloutConfig, progress: bool = True,
                  on_episode: Optional[Callable[[EpisodeOutcome], None]] = None, episodes: Optional[Sequence[int]] = None) -> None:
-        if config.n_episodes < 1:
-            raise ValueError(f"n_episodes must be >= 1, got {config.n_episodes}")
-        if config.n_envs < 1:
-            raise ValueError(f"n_envs must be >= 1, got {config.n_envs}")
-        if config.first_episode < 0:
-            raise ValueError(f"first_episode must be >= 0, got {config.first_episode}")
-        if config.seed is not None and config.seed < 0:
-            raise ValueError(f"seed must be >= 0 (env seeds are non-negative), got {config.seed}")
-        # 0 steps would end every episode before its first action: a success rate of 0 measured on nothing
-        for name in ("n_action_steps", "max_episode_steps", "steps_per_frame", "video_fps"):
-            if getattr(config, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
-        if config.client_chunking not in CLIENT_CHUNKING_MODES:
-            raise ValueError(f"client_chunking must be one of {CLIENT_CHUNKING_MODES}, got {config.client_chunking!r}")
-        if config.chunk_merge not in MERGE_RULES:
-            raise ValueError(f"chunk_merge must be one of {MERGE_RULES}, got {config.chunk_merge!r}")
-        if config.env_timeout_s is not None:
-            check_env_timeout(config.env_timeout_s, "env_timeout_s", no_limit="None")
-        if config.client_chunking == "async" and config.n_action_steps < 2:
-            raise ValueError(ASYNC_ONE_STEP)
-        if config.rtc_frozen_steps is not None and config.client_chunking != "async":
-            raise ValueError(f"rtc_frozen_steps needs client_chunking='async', got {config.client_chunking!r}")
-        if config.max_episodes_rendered is not None and config.max_episodes_rendered < 0:
-            raise ValueError(f"max_episodes_rendered must be >= 0, got {config.max_episodes_rendered}")
+        check_rollout_config(config)
+        check_policy(policy)
         self.policy = policy
         self.config = config if config.seed is not None else dataclasses.replace(config, seed=draw_base_seed())
         self.progress = progress
@@ -184,14 +158,19 @@ class RolloutRunner:
         self.watch = ServerWatch(policy)
         self.chunker: Optional[ActionChunker] = None  # client chunking only; its `stats` remain after run()
         self._recording_lengths: Dict[int, int] = {}  # row -> length of the recording its replay said ends (set on its env)
+        self._ran = False
 
     def run(self) -> RolloutResult:
         """Create the envs, run until every episode is scored, close the envs.
 
         Raises PolicyServerUnreachableError when the server stops answering (the episodes scored so far
         have been passed to `on_episode`), EnvStalledError when an env reset or step outlasts `env_timeout_s`, and
-        lets KeyboardInterrupt through after closing the envs (a stalled env's workers are terminated).
+        lets KeyboardInterrupt through after closing the envs (a stalled env's workers are terminated). A second call
+        raises RuntimeError: the episodes an interrupted run was running are not in its to-do list any more.
         """
+        if self._ran:
+            raise RuntimeError("a RolloutRunner runs once; make a new one to run again (episodes= the ones still to run)")
+        self._ran = True
         config = self.config
         start = time.perf_counter()
         if not self.episodes:
@@ -556,6 +535,8 @@ def run_rollout(policy: BasePolicy, config: RolloutConfig, progress: bool = True
     another embodiment than the env's, or a replay the plan cannot follow (check_replay_horizon), is refused before
     any episode.
     """
+    check_policy(policy)
+    check_rollout_config(config)
     served = policy_record(policy)
     check_serves_env_embodiments(served, [config.env_name])
     check_replay_horizon(served, config)

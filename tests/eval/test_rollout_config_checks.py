@@ -1,0 +1,78 @@
+"""The settings and policy a rollout takes, checked alike by run_rollout, run_suite and RolloutRunner before any episode:
+a count that is no whole number, or out of range, or a policy argument that is no policy, is refused naming it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from eval.scale_fixtures import ConstantPolicy
+from gr00t_eval.rollout import RolloutConfig, RolloutRunner, run_rollout
+from gr00t_eval.shard import run_suite
+
+ENV = "walkto/fast"
+
+
+def config(**overrides):
+    values = dict(env_name=ENV, n_episodes=2, n_envs=1, n_action_steps=2, max_episode_steps=6, seed=0,
+                  vectorization="sync")
+    values.update(overrides)
+    return RolloutConfig(**values)
+
+
+def run_suite_of(policy, settings):
+    return run_suite(policy, ENV, settings)
+
+
+def run_rollout_of(policy, settings):
+    return run_rollout(policy, settings, progress=False)
+
+
+def run_runner_of(policy, settings):
+    return RolloutRunner(policy, settings, progress=False).run()
+
+
+@pytest.mark.parametrize("n_episodes", [0, -3])
+def test_run_suite_refuses_fewer_than_one_episode_instead_of_reporting_a_run_of_nothing(n_episodes):
+    with pytest.raises(ValueError, match=f"^n_episodes must be >= 1, got {n_episodes}$"):
+        run_suite_of(ConstantPolicy(), config(n_episodes=n_episodes))
+
+
+def test_run_suite_refuses_a_negative_n_envs_and_takes_0_as_auto():
+    with pytest.raises(ValueError, match=r"^n_envs must be >= 0 \(0 = auto\), got -1$"):
+        run_suite_of(ConstantPolicy(), config(n_envs=-1))
+    assert run_suite_of(ConstantPolicy(), config(n_envs=0))["overall"]["n_episodes"] == 2
+
+
+@pytest.mark.parametrize("field, value", [
+    ("n_action_steps", 8.0),  # every episode errored on "slice indices must be integers"
+    ("n_episodes", 2.0), ("n_episodes", "2"), ("n_envs", 1.0), ("max_episode_steps", 10.5), ("seed", 0.5),
+    ("first_episode", True), ("steps_per_frame", 1.0), ("video_fps", 20.0), ("max_episodes_rendered", 1.0),
+])
+@pytest.mark.parametrize("run", [run_rollout_of, run_suite_of, run_runner_of])
+def test_a_count_that_is_no_whole_number_is_refused_naming_the_field(run, field, value):
+    settings = config(**{field: value})
+    with pytest.raises(ValueError, match=f"^{field} must be a whole number >= [01], got {type(value).__name__} "):
+        run(ConstantPolicy(), settings)
+
+
+def test_rtc_frozen_steps_must_be_a_whole_number_too():
+    with pytest.raises(ValueError, match="^rtc_frozen_steps must be a whole number >= 1, got float 2.0$"):
+        run_rollout_of(ConstantPolicy(), config(client_chunking="async", rtc_frozen_steps=2.0))
+
+
+def test_numpy_int_counts_are_taken_as_plain_ints():
+    settings = config(n_episodes=np.int64(2), n_envs=np.int32(1), n_action_steps=np.int64(2), seed=np.uint8(3))
+    assert json.loads(json.dumps(dataclasses.asdict(settings)))["seed"] == 3  # results.json can save them
+    result = run_rollout_of(ConstantPolicy(), settings)
+    assert [o.seed for o in result.outcomes] == [3, 4]
+
+
+@pytest.mark.parametrize("policy, shown", [("127.0.0.1:5555", "str"), (None, "NoneType")])
+@pytest.mark.parametrize("run", [run_rollout_of, run_suite_of, run_runner_of])
+def test_a_policy_argument_that_is_no_policy_is_refused_naming_the_argument(run, policy, shown):
+    with pytest.raises(TypeError, match=rf"^policy must be a BasePolicy \(e\.g\. a PolicyClient\), got {shown}"):
+        run(policy, config())
