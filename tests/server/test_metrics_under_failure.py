@@ -13,7 +13,7 @@ import numpy as np
 import zmq
 import pytest
 
-from gr00t_client import BasePolicy, PolicyClient, PolicyServerError
+from gr00t_client import BasePolicy, ObservationError, PolicyClient, PolicyServerError
 from gr00t_server.server import PolicyServer, ServerLimits
 from serving import running_server
 
@@ -252,3 +252,73 @@ def test_a_reply_whose_reference_client_gave_up_is_counted_undelivered_not_ok():
     assert stats["undelivered"] == 3 and stats["late"] == 0 and stats["errors"] == 0
     assert requests_count(samples, "get_action", "undelivered") == 3
     assert requests_count(samples, "get_action", "ok") == 1
+
+
+class InputRefusingPolicy(BasePolicy):
+    """Notes each call's rows; a state of 99 is refused with an ObservationError once the call ran (as a model's
+    processing finds a bad input), or, `strict`, by its own check_observation before anything is computed."""
+
+    supports_batching = True
+
+    def __init__(self, strict: bool = False) -> None:
+        super().__init__(strict=strict)
+        self.rows = []
+        self._lock = threading.Lock()
+
+    def check_observation(self, observation):
+        if (np.asarray(observation["state"]["x"]) == 99).any():
+            raise ObservationError("state 'x' holds 99, out of range")
+
+    def _get_action(self, observation, options=None):
+        state = np.asarray(observation["state"]["x"])
+        with self._lock:
+            self.rows.append(state.shape[0])
+        self.check_observation(observation)
+        return {"x": np.zeros((state.shape[0], 4, 1), np.float32)}, {}
+
+    def reset(self, options=None):
+        return {}
+
+
+def test_a_batch_bisected_for_one_clients_bad_input_counts_every_call_that_ran():
+    """The merged call one client's input failed, and the merged and lone calls that isolated it, were not counted."""
+    policy = InputRefusingPolicy()
+    with running_server(policy, max_batch_size=4, batch_timeout_ms=10000.0, metrics_port=0) as server:
+        clients = [PolicyClient(port=server.port, timeout_ms=15000) for _ in range(4)]
+        barrier = threading.Barrier(4)
+        outcomes = {}
+
+        def call(index):
+            clients[index].get_server_info()
+            barrier.wait()
+            try:
+                clients[index].get_action(observation(99 if index == 3 else 0))
+                outcomes[index] = "ok"
+            except PolicyServerError as exc:
+                outcomes[index] = str(exc)
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        for client in clients:
+            client.close()
+        stats = server.stats.snapshot()
+        samples = scrape(server)
+    assert "out of range" in outcomes.pop(3) and set(outcomes.values()) == {"ok"}
+    assert policy.rows[0] == 4 and len(policy.rows) > 2, policy.rows  # the batch failed, then was bisected
+    assert stats["policy_calls"] == len(policy.rows)
+    assert samples[("gr00t_batch_size_count", ())] == len(policy.rows)
+    assert samples[("gr00t_batch_size_sum", ())] == sum(policy.rows)
+
+
+def test_a_lone_call_refused_inside_counts_but_one_its_own_checks_refused_first_does_not():
+    for strict, calls in ((False, 1), (True, 0)):
+        policy = InputRefusingPolicy(strict=strict)
+        with running_server(policy) as server:
+            with PolicyClient(port=server.port, timeout_ms=5000) as client:
+                with pytest.raises(PolicyServerError, match="out of range"):
+                    client.get_action(observation(99))
+            stats = server.stats.snapshot()
+        assert (len(policy.rows), stats["policy_calls"]) == (calls, calls), strict

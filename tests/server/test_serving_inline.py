@@ -517,3 +517,34 @@ def test_a_request_received_in_the_burst_after_a_stop_is_answered_not_run():
     assert isinstance(error, ServerStoppingError) and "'get_action' was not run" in str(error), error
     assert len(policy.threads) == INLINE_STREAK + 2  # the get_action after the stop never ran
     assert not runner.is_alive() and stopped_s < 5.0
+
+
+def test_a_second_clients_wait_behind_a_cheap_call_shows_as_its_queue_wait():
+    """Run on the socket thread, a call left the other client's request unread: a 42 ms round trip of which
+    server_timing accounted 20.5 ms, queue_wait_ms 0.1."""
+    call_s = 0.02  # under LIMIT_MS: the gate opens
+    policy = ThreadNotingPolicy(delays={call: call_s for call in range(1000)})
+    unexplained_ms = []
+    with running_server(policy, inline_below_ms=LIMIT_MS) as server:
+        clients = [PolicyClient(port=server.port, timeout_ms=10000, return_server_timing=True) for _ in range(2)]
+        for _ in range(INLINE_STREAK + 2):  # alone, the first client's calls open the gate and run inline
+            clients[0].get_action(observation(1.0))
+        inline_alone = server.stats.snapshot()["inline_jobs"]
+
+        def back_to_back(client):
+            for _ in range(12):
+                started = time.monotonic()
+                timing = client.get_action(observation(1.0))[1]["server_timing"]
+                round_trip_ms = (time.monotonic() - started) * 1000.0
+                stages_ms = sum(timing[key] for key in ("queue_wait_ms", "decode_ms", "policy_ms", "encode_ms"))
+                unexplained_ms.append(round_trip_ms - stages_ms)
+
+        threads = [threading.Thread(target=back_to_back, args=(client,)) for client in clients]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        for client in clients:
+            client.close()
+    assert inline_alone > 0
+    assert sorted(unexplained_ms)[len(unexplained_ms) // 2] < call_s * 1000.0 / 2, unexplained_ms

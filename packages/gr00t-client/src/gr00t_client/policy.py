@@ -354,7 +354,11 @@ class BasePolicy(ABC):
     def get_action(self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         """Validate (when strict), compute and validate the action; return (action, info)."""
         if self.strict:
-            self.check_observation(observation)
+            try:
+                self.check_observation(observation)
+            except Exception as exc:  # a serving server counts no policy call for it: nothing was computed
+                exc.refused_before_call = True  # type: ignore[attr-defined]
+                raise
         action, info = split_action_result(self._get_action(observation, options))
         if self.strict:
             try:

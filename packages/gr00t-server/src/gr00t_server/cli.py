@@ -90,8 +90,9 @@ def _add_serve_parser(subparsers: Any) -> None:
 
     p.add_argument(*_flag("inline-below-ms"), type=float, default=DEFAULT_INLINE_BELOW_MS, metavar="MS",
                    help=f"once {INLINE_STREAK} get_action calls in a row each took under MS, run the next ones on the "
-                        "socket thread while the policy worker is idle, saving two thread hand-offs (about 0.2 ms) per "
-                        f"request for cheap policies; 0 turns this off (default {DEFAULT_INLINE_BELOW_MS:g})")
+                        "socket thread while the policy worker is idle and no other request waits (a call there holds "
+                        "the socket thread), saving two thread hand-offs (about 0.2 ms) per request for cheap policies;"
+                        f" 0 turns this off (default {DEFAULT_INLINE_BELOW_MS:g})")
     p.add_argument(*_flag("metrics-port"), type=int, default=None, metavar="PORT",
                    help="serve Prometheus metrics at http://HOST:PORT/metrics (needs gr00t-server[metrics]; default off)")
     p.add_argument(*_flag("max-message-mb"), type=int, default=256, help="refuse messages larger than this with an error reply naming the limit (default 256 MiB)")

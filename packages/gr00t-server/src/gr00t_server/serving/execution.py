@@ -4,13 +4,12 @@ endpoints alone or as one batch, encode the replies."""
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 import re
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import numpy as np
 
@@ -46,12 +45,24 @@ def policy_stages(policy: Any) -> Dict[str, float]:
     return {}
 
 
-def call_rows(request: Request) -> int:
-    """The observation rows of a get_action's call: counted on arrival when gathered, else its batch size (at least 1)."""
+def call_rows(request: Request, result: Any = None) -> int:
+    """The rows of a get_action's call: its action's leading axis once it returned one (a replay serves the rows its
+    session or options ask for, whatever the observation), else the observation's: counted on arrival when gathered,
+    else its batch size (at least 1)."""
+    rows = action_rows(result)
+    if rows > 0:
+        return rows
     if request.batch_shape is not None:
         return request.rows
     observation = request.data.get("observation") if isinstance(request.data, dict) else None
     return max(1, observation_batch_size(observation))
+
+
+def action_rows(result: Any) -> int:
+    """The leading axis of the first array of a get_action result's action ([action, info] or (action, info)); -1
+    without one."""
+    action = result[0] if isinstance(result, (list, tuple)) and result else None
+    return observation_batch_size(action) if isinstance(action, dict) else -1
 
 
 class JobRunner:
@@ -229,18 +240,12 @@ class JobRunner:
         finally:
             self.current = None
 
-    @contextlib.contextmanager
-    def counted_call(self, requests: int, endpoint: str, rows: int) -> Iterator[None]:
-        """Count a policy call of `requests` requests and `rows` observation rows (policy_calls, batch sizes, rows) once
-        it ran: returned, or failed inside the policy. A call refused by its own input checks never reached the model
-        and is not counted."""
-        try:
-            yield
-        except Exception as exc:
-            if error_text(endpoint, exc)[1]:
-                self.count_call(requests, rows)
-            raise
-        self.count_call(requests, rows)
+    def count_failed_call(self, exc: BaseException, requests: int, rows: int) -> None:
+        """Count a policy call that raised `exc`: it ran, whatever failed inside (a client's input found bad by the
+        model's processing too), unless the policy's own input checks refused it before anything was computed
+        (BasePolicy marks that error `refused_before_call`)."""
+        if not getattr(exc, "refused_before_call", False):
+            self.count_call(requests, rows)
 
     def count_call(self, requests: int, rows: int) -> None:
         """Count one policy call (policy_calls, batch sizes, rows): the model ran, whatever became of its output."""
@@ -259,7 +264,7 @@ class JobRunner:
         policy_ms = (time.monotonic() - started) * 1000.0
         rows = 1
         if request.endpoint == "get_action":
-            rows = call_rows(request)
+            rows = call_rows(request, result)
             self._window.observe_call(policy_ms / 1000.0, rows)
         return self.result_frames(request, result, policy_ms, 1, rows, policy_started=started)
 
@@ -303,16 +308,13 @@ class JobRunner:
             merged, rows = batching.merge_observations([r.data["observation"] for r in valid], [r.rows for r in valid])
             try:
                 raw = policy.get_action(merged, None)
-            except NonFiniteActionError as exc:  # a strict policy's own check of the merged call's output
-                self.count_call(len(valid), sum(rows))  # the model ran
-                rerun = self._non_finite_rows(valid, rows, exc, started, replies)
+            except Exception as exc:  # a merged call that ran counts, whoever's input or bug failed it
+                self.count_failed_call(exc, len(valid), sum(rows))
+                if not isinstance(exc, NonFiniteActionError):
+                    raise
+                rerun = self._non_finite_rows(valid, rows, exc, started, replies)  # a strict policy's output check
                 if rerun is not None:
                     return [rerun] if rerun else []
-                raise
-            except (ObservationError, RequestError):  # one client's input, refused inside the call: not counted
-                raise
-            except Exception:
-                self.count_call(len(valid), sum(rows))  # it ran and failed: a policy's batching bug
                 raise
             self.count_call(len(valid), sum(rows))
             action, info = work_limits.action_and_info(raw)
@@ -404,7 +406,7 @@ class JobRunner:
         policy_started: Optional[float] = None,
     ) -> Reply:
         """Encode an endpoint's result (get_action: counted, timed, with server_timing when asked for); `batch_size`
-        counts the requests of its policy call, `batch_rows` the observation rows the model ran."""
+        counts the requests of its policy call, `batch_rows` the rows the model ran."""
         stats, metrics = self._server.stats, self._server._metrics
         timing: Optional[Dict[str, Any]] = None  # every get_action's stages (metrics); in the reply when asked for
         wants_timing = False
@@ -436,7 +438,8 @@ class JobRunner:
             error.__cause__ = exc
             return request, self.error_frames(request, error)
         # Multipart frames view the policy's own arrays; the socket thread sends them later, by when a policy that
-        # reuses its output buffer (ONNX/TensorRT bindings) may have overwritten them. Own the bytes now.
+        # reuses its output buffer (ONNX/TensorRT bindings) may have overwritten them. Own the bytes now (a timed
+        # reply owns them already, inside its encode_ms).
         frames = [bytes(frame) if isinstance(frame, memoryview) else frame for frame in frames]
         encode_ms = (time.monotonic() - started) * 1000.0
         stats.add("encode_ms_total", encode_ms)

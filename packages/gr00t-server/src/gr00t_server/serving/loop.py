@@ -91,6 +91,7 @@ class RequestLoop:
         self._served_at = 0.0  # when the worker's last replies were sent: the clients they answer start back then
         self._inline_job = 0  # number of the job now running on this thread (0: none), for abandon_inline_after
         self._inline_jobs = 0
+        self._arrived_during_inline = False  # a request came while the last inline job ran: another client waits
         # Held to leave an inline job and to take the socket from one (release_socket_of_stuck_inline_call): once a
         # job has left, the socket is never taken; once taken, the job's thread never touches it again.
         self._inline_lock = threading.Lock()
@@ -276,15 +277,25 @@ class RequestLoop:
             self.queued_counts.pop(request.identity, None)
 
     def _submit(self, job: Job) -> None:
-        """Hand a job to the worker, or run it here when it is a get_action, recent ones were cheap (InlineGate) and
-        the worker is idle: then the two thread hand-offs would cost as much as the call."""
+        """Hand a job to the worker, or run it here when it is a get_action, recent ones were cheap (InlineGate), the
+        worker is idle and no other request waits: then the two thread hand-offs would cost as much as the call."""
         worker = self._server._worker
         assert worker is not None
         # Never once a stop came: nothing could interrupt a call here where run() is not on the main thread.
-        if self._gate.open and not worker.busy and only_get_action(job) and not self.stopping:
+        if self._gate.open and not worker.busy and only_get_action(job) and not self.stopping and self._socket_idle():
             self._run_inline(job)
         else:
             worker.submit(job)
+
+    def _socket_idle(self) -> bool:
+        """True when no request waits unread, nor came while the last inline job ran (its client, answered next,
+        sends again meanwhile): a call here would leave the other client's request unread, its wait in no stage."""
+        arrived, self._arrived_during_inline = self._arrived_during_inline, False
+        return not arrived and not self._input_waiting()
+
+    def _input_waiting(self) -> bool:
+        transport = self._server._transport
+        return transport is not None and transport.has_input()
 
     def _run_inline(self, job: Job) -> None:
         self.send_replies()  # the worker's finished replies go first, in the order their requests came
@@ -307,6 +318,7 @@ class RequestLoop:
                 taken = self.socket_taken
         if taken:  # close() freed the port while the call ran: the socket is gone, and with it whom to answer
             raise InlineCallAbandoned("close() released the socket while a policy call ran on the serving thread")
+        self._arrived_during_inline = self._input_waiting()
         for request, frames in replies:
             self._send(request, frames)
         self._served_at = time.monotonic()

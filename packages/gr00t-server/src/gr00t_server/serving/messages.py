@@ -4,6 +4,7 @@ format each request came in (multipart, msgpack-numpy, or the np.save era's)."""
 from __future__ import annotations
 
 import hmac
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
@@ -283,17 +284,30 @@ def last_resort_error_frames(request: Request) -> List[Any]:
         return [_LAST_RESORT_ERROR]
 
 
-def encode_timed_reply(request: Request, action: Any, info: Dict[str, Any], timing: Dict[str, Any], started: float) -> List[Any]:
-    """Encode [action, info] with server_timing.encode_ms in info.
+_ENCODE_MS_PLACEHOLDER = codec.encode(0.0)  # msgpack packs every Python float as a float64: 9 bytes, whatever the value
+_PAIR_HEADER = msgpack.Packer().pack_array_header(2)
 
-    The action is packed first and timed; info (a few small values) is packed after, so encode_ms covers the
-    action payload but not the info map that carries it. The parts are joined without re-encoding.
+
+def encode_timed_reply(request: Request, action: Any, info: Dict[str, Any], timing: Dict[str, Any], started: float) -> List[Any]:
+    """Encode [action, info] with server_timing.encode_ms in info, timing the whole encode.
+
+    info is packed with encode_ms last, as a placeholder float64 that ends the frame carrying info; once the reply is
+    packed, joined and owns its bytes (multipart frames are copied from the policy's arrays, which it may reuse), the
+    placeholder's 8 value bytes are written in place.
     """
+    info = {key: value for key, value in info.items() if key != "server_timing"}
+    info["server_timing"] = {**{key: value for key, value in timing.items() if key != "encode_ms"}, "encode_ms": 0.0}
     buffers: List[Any] = []
-    action_part = codec.pack_multipart_header(action, buffers) if request.multipart else codec.encode(action)
-    info = dict(info)
-    info["server_timing"] = dict(timing, encode_ms=(time.monotonic() - started) * 1000.0)
-    if not request.multipart:
-        return [codec.join_packed_array([action_part, codec.encode(info)])]
-    result = codec.join_packed_array([action_part, codec.pack_multipart_header(info, buffers)])
-    return [codec.MULTIPART_MAGIC, codec.join_packed_map({"ok": codec.encode(True), "result": result}), *buffers]
+    if request.multipart:
+        result = codec.join_packed_array([codec.pack_multipart_header(action, buffers),
+                                          codec.pack_multipart_header(info, buffers)])
+        frame = bytearray(codec.join_packed_map({"ok": codec.encode(True), "result": result}))
+        buffers = [bytes(buffer) if isinstance(buffer, memoryview) else buffer for buffer in buffers]
+        frames = [codec.MULTIPART_MAGIC, frame, *buffers]
+    else:
+        frame = bytearray().join([_PAIR_HEADER, codec.encode(action), codec.encode(info)])
+        frames = [frame]
+    if not frame.endswith(_ENCODE_MS_PLACEHOLDER):
+        raise RuntimeError("server_timing.encode_ms was not packed last in the reply's info")
+    frame[-8:] = struct.pack(">d", (time.monotonic() - started) * 1000.0)
+    return frames

@@ -10,7 +10,6 @@ import signal
 import threading
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
-from gr00t_client.chunking_envs import observation_batch_size
 from gr00t_client.client import PROTOCOL_VERSION, normalize_host
 from gr00t_client.policy import BasePolicy, NonFiniteActionError, as_modality_configs
 
@@ -20,7 +19,7 @@ from .endpoints import Endpoint, error_text, is_loopback_host, is_loopback_peer
 from .identity import encodable_identity
 # POLICY_STAGE_KEYS, ACTIVE_CLIENT_WINDOW_S, DEFAULT_CLIENT_QUEUED_BYTES, RECEIVE_BURST moved with their code and stay
 # importable from here, as before the split.
-from .execution import POLICY_STAGE_KEYS, JobRunner, policy_stages  # noqa: F401
+from .execution import POLICY_STAGE_KEYS, JobRunner, call_rows, policy_stages  # noqa: F401
 from .limits import ServerLimits
 from .loop import (  # noqa: F401
     ACTIVE_CLIENT_WINDOW_S,
@@ -97,9 +96,9 @@ class PolicyServer:
     socket thread (run(); each turn is a loop.RequestLoop's) only moves messages and answers ping, kill,
     get_server_info and get_modality_config itself; the policy runs on a worker thread (execution.JobRunner), except
     that a get_action of a policy whose recent calls all took under `inline_below_ms` runs on the socket thread when
-    the worker is idle (worker.InlineGate: the hand-off would cost as much as the call; 0 turns this off). Any
-    bad request gets a bounded error reply and the server goes on serving. `limits` bound the work one request
-    may ask for. close() is safe at any moment and from any thread. With `curve_secret_key` (and
+    the worker is idle and no other request waits (worker.InlineGate: the hand-off would cost as much as the call; 0
+    turns this off). Any bad request gets a bounded error reply and the server goes on serving. `limits` bound the
+    work one request may ask for. close() is safe at any moment and from any thread. With `curve_secret_key` (and
     `authorized_keys`) the socket is a CURVE server (gr00t_server.curve); the token, if set, is checked on top.
     """
 
@@ -304,17 +303,20 @@ class PolicyServer:
     def _get_action(self, observation: Any = None, options: Any = None) -> List[Any]:
         request = self._current
         assert request is not None
-        # rows for the stats: the first array's leading axis, nested or flat; 1 without any (replay's empty observation)
-        with self._runner.counted_call(1, "get_action", max(1, observation_batch_size(observation))):
-            try:
-                raw = self.policy.get_action(observation, self._with_session(options, request))
-            except NonFiniteActionError as exc:  # a strict policy's own check: the server's error names the cause too
-                self._runner.count_call(1, max(1, observation_batch_size(observation)))  # the model ran
-                if exc.action is None:  # found before an action was made (a model's raw output): its own words,
-                    # and the state behind it where one looks degenerate (an all-zero rotation), not the weights
-                    raise RequestError(str(exc) + work_limits.degenerate_states(observation, exc.rows, exc.key)) from None
-                work_limits.check_finite_action(exc.action, observation)
+        options = self._with_session(options, request)
+        try:
+            raw = self.policy.get_action(observation, options)
+        except Exception as exc:
+            self._runner.count_failed_call(exc, 1, call_rows(request))
+            if not isinstance(exc, NonFiniteActionError):
                 raise
+            # a strict policy's own check: the server's error names the cause too
+            if exc.action is None:  # found before an action was made (a model's raw output): its own words,
+                # and the state behind it where one looks degenerate (an all-zero rotation), not the weights
+                raise RequestError(str(exc) + work_limits.degenerate_states(observation, exc.rows, exc.key)) from None
+            work_limits.check_finite_action(exc.action, observation)
+            raise
+        self._runner.count_call(1, call_rows(request, raw))
         action, info = work_limits.action_and_info(raw)
         request.timing = policy_stages(self.policy)
         work_limits.check_finite_action(action, observation)

@@ -25,7 +25,7 @@ class ServerStats:
     inline_jobs: int = 0  # get_action jobs the socket thread ran itself (cheap policies; worker.InlineGate)
     encode_ms_total: float = 0.0
     batch_sizes: Counter = field(default_factory=Counter)  # requests per policy call -> calls
-    batch_rows: int = 0  # observation rows of all policy calls (a request of B rows counts B)
+    batch_rows: int = 0  # rows of all policy calls, as their actions have them (a request of B rows counts B)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, name: str, amount: float = 1) -> None:

@@ -123,6 +123,11 @@ class Transport:
                 pass
         return self.socket in events, woken
 
+    def has_input(self) -> bool:
+        """True when a message waits to be received (a zero-timeout check: about a microsecond)."""
+        sock = self.socket
+        return sock is not None and bool(sock.getsockopt(zmq.EVENTS) & _POLLIN)
+
     def receive(self, waiting: bool = False) -> Optional[List[zmq.Frame]]:
         """One waiting message's frames, or None when none is waiting (`waiting`: the poll just said one is)."""
         sock = self.socket
@@ -159,8 +164,8 @@ class Transport:
         """Send a reply; False when it cannot reach its peer (gone, or its send queue full), which is logged, not raised."""
         assert self.socket is not None
         try:
-            # Frames are owned, immutable bytes (the server copies policy buffers when it encodes), so ZeroMQ may
-            # send large ones without another copy.
+            # Frames are owned bytes, never changed once handed over (the server copies policy buffers when it
+            # encodes), so ZeroMQ may send large ones without another copy.
             send_frames(self.socket, [*routing, *frames], _NOBLOCK)
         except zmq.Again:  # SEND_HWM replies wait for a peer that does not read them
             self._dropped_replies.warning(
