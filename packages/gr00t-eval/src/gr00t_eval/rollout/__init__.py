@@ -23,9 +23,9 @@ _EXPORTS = {
     "ObservationMapper": ".policy_io",
     "PolicyRowCursor": ".policy_io",
     "RolloutConfig": ".config",
-    "RecordedEnvMismatchError": ".runner",
+    "RecordedEnvMismatchError": ".replay_recordings",
     "EnvStalledError": ".stalls",
-    "RolloutResult": ".runner",
+    "RolloutResult": ".result",
     "RolloutRunner": ".runner",
     "run_rollout": ".runner",
 }

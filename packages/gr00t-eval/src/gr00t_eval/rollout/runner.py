@@ -19,15 +19,10 @@ background); a row that starts an episode also drops its buffered steps. The acc
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
-import functools
 import logging
-import threading
 import time
-import warnings
-from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from ..extras import require_gymnasium
 
@@ -36,95 +31,24 @@ require_gymnasium("closed-loop rollout")  # one line naming the extra, not a dee
 import gymnasium as gym  # noqa: E402
 import numpy as np
 
-from gr00t_client import ActionChunker, BasePolicy, EmbodimentTag, ServerStoppingError
+from gr00t_client import ActionChunker, BasePolicy, ServerStoppingError
 
 from ..metrics import EpisodeOutcome
 from ..policy_identity import ServedPolicyChanged, check_serves_env_embodiments, pinned_policy, policy_record
-from ..video import EpisodeVideoRecorder
 from .config import RolloutConfig, check_policy, check_rollout_config, draw_base_seed  # noqa: F401 - draw_base_seed re-exported
 from .liveness import PolicyServerUnreachableError, ServerWatch
-from .envs import EnvFactory, embodiment_for_env, env_factory
-from .multistep import EpisodeSummary, MultiStepWrapper
+from .envs import embodiment_for_env
+from .multistep import EpisodeSummary
 from .policy_io import HorizonSpec, ObservationMapper, PolicyRowCursor, PositionCheckedPolicy, policy_actions, recording_ends
 from .replay_plan import check_replay_horizon
+from .replay_recordings import RecordedEnvMismatchError, _check_recorded_env, _note_recorded_seeds
+from .result import RolloutResult
 from .stalls import reset_envs, step_envs
+from .vector_envs import _close_envs, make_vector_env
 
 logger = logging.getLogger(__name__)
 
 IDLE = -1
-
-
-class RecordedEnvMismatchError(ValueError):
-    """The policy replays episodes recorded in another env than the one rolled out (a replay server of another task's
-    dataset): the run stops, as every episode would score the wrong task's actions."""
-
-
-@dataclass
-class RolloutResult:
-    """The scored episodes (exactly n_episodes, ordered by episode index from first_episode) and the wall time."""
-
-    env_name: str
-    embodiment_tag: EmbodimentTag
-    outcomes: List[EpisodeOutcome]
-    eval_s: float
-
-    @property
-    def finished(self) -> List[EpisodeOutcome]:
-        """The episodes that ran to their end without an error, in episode order: the ones the metrics count."""
-        return [o for o in self.outcomes if o.error is None]
-
-    @property
-    def errored_episodes(self) -> List[int]:
-        """Indices of the episodes that errored: neither successes nor failures, left out of every metric."""
-        return [o.episode_index for o in self.outcomes if o.error is not None]
-
-    @property
-    def n_errors(self) -> int:
-        """How many episodes errored (results.json's `n_errors`)."""
-        return len(self.errored_episodes)
-
-    @property
-    def successes(self) -> List[bool]:
-        """Success of each finished episode, in episode order (errored episodes are left out)."""
-        return [o.success for o in self.finished]
-
-    @property
-    def success_rate(self) -> Optional[float]:
-        """Fraction of the finished episodes that succeeded; None when none finished (results.json's null pc_success)."""
-        successes = self.successes
-        return float(np.mean(successes)) if successes else None
-
-
-def _build_env(factory: EnvFactory, row: int, n_action_steps: int, max_episode_steps: int,
-               video_delta_indices: Sequence[int], state_delta_indices: Sequence[int], terminate_on_success: bool,
-               video_dir: Optional[str], steps_per_frame: int, video_fps: int, render_below: Optional[int] = None) -> gym.Env:
-    # Top-level (not a closure) so spawned workers can unpickle it.
-    recorder = EpisodeVideoRecorder(video_dir, fps=video_fps, steps_per_frame=steps_per_frame) if video_dir else None
-    return MultiStepWrapper(factory(), n_action_steps, max_episode_steps, video_delta_indices, state_delta_indices,
-                            terminate_on_success=terminate_on_success, recorder=recorder, env_index=row,
-                            render_below=render_below)
-
-
-def make_vector_env(config: RolloutConfig, spec: HorizonSpec, n_envs: int) -> gym.vector.VectorEnv:
-    """n_envs MultiStepWrapper'd envs with autoreset disabled (the runner resets rows itself)."""
-    factory = env_factory(config.env_name, **config.env_kwargs)
-    factory = dataclasses.replace(factory, step_budget=config.max_episode_steps)  # a gym id's TimeLimit is the run's
-    # the first N episodes of the task, whatever slice this runner runs: N per task however many shards there are
-    render_below = config.max_episodes_rendered
-    fns = [
-        functools.partial(_build_env, factory, row, config.env_steps_per_call, config.max_episode_steps,
-                          tuple(spec.video_delta_indices), tuple(spec.state_delta_indices), config.terminate_on_success,
-                          config.video_dir, config.steps_per_frame, config.video_fps, render_below)
-        for row in range(n_envs)
-    ]
-    mode = config.vectorization
-    if mode not in ("auto", "sync", "async"):
-        raise ValueError(f"vectorization must be 'auto', 'sync' or 'async', got {mode!r}")
-    disabled = gym.vector.AutoresetMode.DISABLED
-    if mode == "sync" or (mode == "auto" and n_envs == 1):
-        return gym.vector.SyncVectorEnv(fns, autoreset_mode=disabled)
-    # spawn: workers must not inherit the parent's ZeroMQ threads or GL contexts.
-    return gym.vector.AsyncVectorEnv(fns, shared_memory=False, context="spawn", autoreset_mode=disabled)
 
 
 class RolloutRunner:
@@ -290,55 +214,14 @@ class RolloutRunner:
             rows = refused | failed
         return obs
 
-    def _check_recorded_env(self, info: Any, started: Mapping[int, int]) -> None:
-        """RecordedEnvMismatchError when the policy's reset info (key "env_name", one per row or one for all, as a replay
-        server of a `gr00t-eval record` dataset reports it) says a started episode was recorded in another env than
-        this rollout's: its actions played in this env would score a plausible 0%. A policy that reports none passes."""
-        names = info.get("env_name") if isinstance(info, Mapping) else None
-        if names is None:
-            return
-        names = list(names) if isinstance(names, (list, tuple, np.ndarray)) else [names]
-        n_rows = len(self.row_episode)
-        if len(names) == 1 and n_rows > 1:
-            names = names * n_rows
-        if len(names) != n_rows:  # not one per row: not a recording's env names (as for "seed")
-            return
-        for row, episode in started.items():
-            recorded = names[row]
-            if isinstance(recorded, str) and recorded and recorded != self.config.env_name:
-                raise RecordedEnvMismatchError(
-                    f"the policy replays episode {episode} as recorded in {recorded!r}, but this rollout runs "
-                    f"{self.config.env_name!r}: the recorded actions would be scored in another task (a plausible 0%). "
-                    f"Roll out --env-name {recorded}, or serve a dataset recorded in {self.config.env_name}")
-
-    def _note_recorded_seeds(self, info: Any, started: Mapping[int, int]) -> None:
-        """Keep the per-row seeds a replay server reports in its reset info (key "seed")."""
-        if not isinstance(info, Mapping) or info.get("seed") is None:
-            return
-        seeds = info["seed"]
-        seeds = list(seeds) if isinstance(seeds, (list, tuple, np.ndarray)) else [seeds]
-        n_rows = len(self.row_episode)
-        if len(seeds) != n_rows:  # not one per row (a policy's own sampling seed, say): not a recording's seeds.
-            # A scalar was broadcast to every row before, and every episode ran the same scene.
-            logger.warning("the policy's reset info has a 'seed' of %d values for %d env rows; it is not taken as "
-                           "recorded seeds (one per row), and the episodes keep their own", len(seeds), n_rows)
-            return
-        for row, episode in started.items():
-            seed = seeds[row]
-            if seed is not None:
-                if self.config.seed_for(episode) != int(seed) and not self.recorded_seeds:
-                    logger.warning("the policy reports recorded seeds (a replay server): episode %d runs with seed %d, "
-                                   "not %d", episode, int(seed), self.config.seed_for(episode))
-                self.recorded_seeds[episode] = int(seed)
-
     def _reset_policy(self, cursor: PolicyRowCursor, started: Dict[int, int], bar: Any) -> Set[int]:
         """Reset the policy for the rows that start episodes; return the rows whose reset was refused (scored)."""
         try:
             info = self.policy.reset(options=cursor.reset_options(started))
             self.watch.request_succeeded()
             cursor.commit(started)
-            self._check_recorded_env(info, started)
-            self._note_recorded_seeds(info, started)
+            _check_recorded_env(info, started, len(self.row_episode), self.config.env_name)
+            _note_recorded_seeds(info, started, len(self.row_episode), self.config, self.recorded_seeds)
             return set()
         except RecordedEnvMismatchError:
             raise  # stops the run: every episode would replay another task's recording
@@ -351,8 +234,9 @@ class RolloutRunner:
             try:
                 info = self.policy.reset(options=cursor.reset_options({row: episode}))
                 cursor.commit({row: episode})
-                self._check_recorded_env(info, {row: episode})
-                self._note_recorded_seeds(info, {row: episode})
+                _check_recorded_env(info, {row: episode}, len(self.row_episode), self.config.env_name)
+                _note_recorded_seeds(info, {row: episode}, len(self.row_episode), self.config,
+                                     self.recorded_seeds)
             except RecordedEnvMismatchError:
                 raise
             except Exception as exc:  # noqa: BLE001 - score the episode, keep going
@@ -471,49 +355,6 @@ class RolloutRunner:
                 stats = self.chunker.stats
                 logger.info("client chunking: %d calls, %d policy requests (%d prefetched), %d blocking waits",
                             stats.calls, stats.requests, stats.prefetches, stats.blocking_waits)
-
-
-WORKER_STOP_WAIT_S = 3.0  # how long async env workers get to end on SIGTERM before they are killed
-
-
-def _close_envs(vec: gym.vector.VectorEnv, clean: bool) -> None:
-    """Close the envs; after an interrupt or error, terminate async workers instead of waiting on them."""
-    try:
-        if clean or not isinstance(vec, gym.vector.AsyncVectorEnv):
-            vec.close()
-        else:
-            with warnings.catch_warnings(), _lingering_workers_killed(vec):
-                # A run stopped mid-step (Ctrl-C, a dead worker) has a step pending by design: gymnasium's "Calling
-                # `close` while waiting for a pending call to `step`" would follow the run's own account of the stop.
-                warnings.filterwarnings("ignore", message=r".*Calling `close` while waiting for a pending call")
-                vec.close(terminate=True)
-    except Exception as exc:  # noqa: BLE001 - closing must not hide the reason the run ended
-        logger.warning("closing the envs failed: %s: %s", type(exc).__name__, exc)
-
-
-@contextlib.contextmanager
-def _lingering_workers_killed(vec: gym.vector.AsyncVectorEnv) -> Iterator[None]:
-    """SIGKILL the async env workers still running WORKER_STOP_WAIT_S into the block: gymnasium's close(terminate=True)
-    sends SIGTERM and then joins them without a timeout, so a worker that handles SIGTERM and stays in a hung step (a
-    simulator that cleans up on shutdown), or a stopped one (SIGSTOP), held the run for ever after --env-timeout,
-    without its stall message or results. Process.kill signals only a worker not yet reaped."""
-    processes = list(getattr(vec, "processes", []))
-    closed = threading.Event()
-
-    def kill_lingering() -> None:
-        if not closed.wait(WORKER_STOP_WAIT_S):
-            logger.warning("env workers did not end within %.0f s of SIGTERM: killing those still running",
-                           WORKER_STOP_WAIT_S)
-            for process in processes:
-                process.kill()
-
-    watchdog = threading.Thread(target=kill_lingering, name="env-worker-watchdog", daemon=True)
-    watchdog.start()
-    try:
-        yield
-    finally:
-        closed.set()
-        watchdog.join()
 
 
 def _row_info(infos: Mapping[str, Any], key: str, row: int) -> Any:

@@ -1,0 +1,60 @@
+"""What a replay server's reset info says about the recorded episodes it replays: the env they were recorded in
+(it must be the rollout's) and the seeds they were recorded with (the rollout's episodes take them)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, Mapping
+
+import numpy as np
+
+from .config import RolloutConfig
+
+logger = logging.getLogger(__name__)
+
+
+class RecordedEnvMismatchError(ValueError):
+    """The policy replays episodes recorded in another env than the one rolled out (a replay server of another task's
+    dataset): the run stops, as every episode would score the wrong task's actions."""
+
+
+def _check_recorded_env(info: Any, started: Mapping[int, int], n_rows: int, env_name: str) -> None:
+    """RecordedEnvMismatchError when the policy's reset info (key "env_name", one per row or one for all, as a replay
+    server of a `gr00t-eval record` dataset reports it) says a started episode was recorded in another env than
+    this rollout's: its actions played in this env would score a plausible 0%. A policy that reports none passes."""
+    names = info.get("env_name") if isinstance(info, Mapping) else None
+    if names is None:
+        return
+    names = list(names) if isinstance(names, (list, tuple, np.ndarray)) else [names]
+    if len(names) == 1 and n_rows > 1:
+        names = names * n_rows
+    if len(names) != n_rows:  # not one per row: not a recording's env names (as for "seed")
+        return
+    for row, episode in started.items():
+        recorded = names[row]
+        if isinstance(recorded, str) and recorded and recorded != env_name:
+            raise RecordedEnvMismatchError(
+                f"the policy replays episode {episode} as recorded in {recorded!r}, but this rollout runs "
+                f"{env_name!r}: the recorded actions would be scored in another task (a plausible 0%). "
+                f"Roll out --env-name {recorded}, or serve a dataset recorded in {env_name}")
+
+
+def _note_recorded_seeds(info: Any, started: Mapping[int, int], n_rows: int, config: RolloutConfig,
+                         recorded_seeds: Dict[int, int]) -> None:
+    """Keep in `recorded_seeds` the per-row seeds a replay server reports in its reset info (key "seed")."""
+    if not isinstance(info, Mapping) or info.get("seed") is None:
+        return
+    seeds = info["seed"]
+    seeds = list(seeds) if isinstance(seeds, (list, tuple, np.ndarray)) else [seeds]
+    if len(seeds) != n_rows:  # not one per row (a policy's own sampling seed, say): not a recording's seeds.
+        # A scalar was broadcast to every row before, and every episode ran the same scene.
+        logger.warning("the policy's reset info has a 'seed' of %d values for %d env rows; it is not taken as "
+                       "recorded seeds (one per row), and the episodes keep their own", len(seeds), n_rows)
+        return
+    for row, episode in started.items():
+        seed = seeds[row]
+        if seed is not None:
+            if config.seed_for(episode) != int(seed) and not recorded_seeds:
+                logger.warning("the policy reports recorded seeds (a replay server): episode %d runs with seed %d, "
+                               "not %d", episode, int(seed), config.seed_for(episode))
+            recorded_seeds[episode] = int(seed)
