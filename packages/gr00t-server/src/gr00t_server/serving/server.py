@@ -8,18 +8,17 @@ import math
 import numbers
 import signal
 import threading
-from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from gr00t_client.client import PROTOCOL_VERSION, normalize_host
-from gr00t_client.policy import BasePolicy, NonFiniteActionError, as_modality_configs
+from gr00t_client.client import normalize_host
+from gr00t_client.policy import BasePolicy
 
-from . import batching, limits as work_limits
-from .batching import TIMING_OPTION
-from .endpoints import Endpoint, error_text, is_loopback_host, is_loopback_peer
-from .identity import encodable_identity
+from . import batching
+from .builtin_endpoints import BuiltinEndpoints
+from .endpoints import Endpoint, is_loopback_host, is_loopback_peer
 # POLICY_STAGE_KEYS, ACTIVE_CLIENT_WINDOW_S, DEFAULT_CLIENT_QUEUED_BYTES, RECEIVE_BURST moved with their code and stay
 # importable from here, as before the split.
-from .execution import POLICY_STAGE_KEYS, JobRunner, call_rows, policy_stages  # noqa: F401
+from .execution import POLICY_STAGE_KEYS, JobRunner  # noqa: F401
 from .limits import ServerLimits
 from .loop import (  # noqa: F401
     ACTIVE_CLIENT_WINDOW_S,
@@ -30,20 +29,18 @@ from .loop import (  # noqa: F401
 )
 from .messages import Request, RequestError
 from .metrics import NullMetrics, ServerMetrics
-from .sessions import SessionTable, keeps_sessions
+from .sessions import SessionTable
 from .stats import ServerStats
 from ..curve import CurveServerConfig
 from ..threads import handled_stop_signals
 from .transport import Transport
 from .worker import DEFAULT_INLINE_BELOW_MS, InlineGate, PolicyWorker
-from .wrappers import policy_chain
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 CLOSE_WAIT_S = 30.0  # how long close() waits for a run() in another thread to stop and close the socket
 INLINE_RELEASE_GRACE_S = 0.5  # beyond shutdown_timeout_s, before close() takes the socket from a call on run()'s thread
-SESSION_OPTION = "_session_id"
 
 _is_loopback = is_loopback_peer  # kept for callers of the pre-split module
 
@@ -89,7 +86,7 @@ def check_server_settings(spell: Callable[[str], str] = str, **values: Any) -> N
             raise ValueError(f"{spell(name)} must be {expected}, got {value!r}")
 
 
-class PolicyServer:
+class PolicyServer(BuiltinEndpoints):
     """Serves a BasePolicy over ZeroMQ to any number of REQ clients, ours or the reference's.
 
     Endpoints: ping, kill, get_action, reset, get_modality_config, get_server_info, plus registered ones. The
@@ -247,139 +244,6 @@ class PolicyServer:
         # get_action (a clamp, a transform) would be skipped by the merged call, which asks the policy itself.
         supported = bool(getattr(self.policy, "supports_batching", False)) and not self._policy_uses_sessions
         return self.max_batch_size > 1 and supported and self.is_built_in("get_action")
-
-    def _policy_fact(self, learn: Callable[[Any], Any]) -> Any:
-        """learn(policy), asked per request: the wrapper chain is walked once per policy object (again if replaced)."""
-        policy, facts = self._policy_facts
-        if policy is not self.policy:
-            policy, facts = self.policy, {}
-            self._policy_facts = [policy, facts]
-        if learn not in facts:
-            facts[learn] = learn(policy)
-        return facts[learn]
-
-    @property
-    def _policy_uses_sessions(self) -> bool:
-        return self._policy_fact(keeps_sessions)  # asked 2-3 times per request
-
-    @property
-    def flat_language_keys(self) -> FrozenSet[str]:
-        """The flat observation keys the policy reads as language (limits.flat_language_keys)."""
-        return self._policy_fact(work_limits.flat_language_keys)
-
-    @property
-    def token_counter(self) -> Optional[work_limits.TokenCounter]:
-        """The policy's language token counter for --max-language-tokens (limits.token_counter), or None."""
-        return self._policy_fact(work_limits.token_counter)
-
-    def _with_session(self, options: Any, request: Request) -> Any:
-        if options is not None and not isinstance(options, dict):
-            raise RequestError(f"'options' must be a map or nil, got {type(options).__name__}")
-        options = dict(options) if options else {}
-        options.pop(TIMING_OPTION, None)
-        if self._policy_uses_sessions:
-            options[SESSION_OPTION] = request.session
-        return options or None
-
-    # --- built-in endpoints ---------------------------------------------------------------------
-
-    def _ping(self) -> Dict[str, str]:
-        return {"status": "ok", "message": "Server is running"}
-
-    def _kill(self) -> Dict[str, Any]:
-        request = self._current
-        authenticated = self.api_token is not None  # the token was already checked for every request
-        if not (authenticated or self.allow_remote_kill or is_loopback_peer(request.peer if request else None)):
-            raise RequestError(
-                "kill refused: only a loopback peer or a client with the API token may stop this server "
-                "(start it with --allow-remote-kill, allow_remote_kill=True in Python, to allow remote kills)"
-            )
-        logger.info("kill requested by %s; shutting down", request.peer if request else "local")
-        self._running = False
-        # An empty map, not nil: N1/N1.5's client tests `"error" in reply` on every reply (TypeError on nil); the
-        # other generations' clients ignore kill's reply.
-        return {}
-
-    def _get_action(self, observation: Any = None, options: Any = None) -> List[Any]:
-        request = self._current
-        assert request is not None
-        options = self._with_session(options, request)
-        try:
-            raw = self.policy.get_action(observation, options)
-        except Exception as exc:
-            self._runner.count_failed_call(exc, 1, call_rows(request))
-            if not isinstance(exc, NonFiniteActionError):
-                raise
-            # a strict policy's own check: the server's error names the cause too
-            if exc.action is None:  # found before an action was made (a model's raw output): its own words,
-                # and the state behind it where one looks degenerate (an all-zero rotation), not the weights
-                raise RequestError(str(exc) + work_limits.degenerate_states(observation, exc.rows, exc.key)) from None
-            work_limits.check_finite_action(exc.action, observation)
-            raise
-        self._runner.count_call(1, call_rows(request, raw))
-        action, info = work_limits.action_and_info(raw)
-        request.timing = policy_stages(self.policy)
-        work_limits.check_finite_action(action, observation)
-        return [action, info]
-
-    def _reset(self, options: Any = None) -> Any:
-        request = self._current
-        assert request is not None
-        return self.policy.reset(self._with_session(options, request))
-
-    def _get_modality_config(self) -> Any:
-        getter = getattr(self.policy, "get_modality_config", None)
-        return as_modality_configs(getter()) if getter else {}
-
-    def _policy_identity(self) -> Optional[Dict[str, Any]]:
-        """The served policy's `identity()` (the first in its wrapper chain that has one: which checkpoint or dataset
-        it serves), or None; never raises, as info must answer: values the wire cannot carry are sent as text."""
-        for policy in policy_chain(self.policy):
-            identity = getattr(policy, "identity", None)
-            if callable(identity):
-                try:
-                    value = identity()
-                    if not isinstance(value, Mapping):
-                        return None
-                    encodable, replaced = encodable_identity(value)
-                except Exception as exc:  # noqa: BLE001
-                    return {"error": error_text("identity", exc)[0]}
-                if replaced and not self._identity_text_logged:
-                    self._identity_text_logged = True
-                    logger.warning("%s.identity() returned values the wire cannot carry (%s); sent as their text",
-                                   type(policy).__name__, ", ".join(replaced[:4]))
-                return encodable
-        return None
-
-    def _get_server_info(self) -> Dict[str, Any]:
-        from .. import __version__ as server_version
-        from gr00t_client import __version__ as client_version
-
-        try:
-            modality = self._get_modality_config()
-        except Exception as exc:  # info must answer even when the policy cannot
-            modality = {"error": error_text("get_modality_config", exc)[0]}
-        return {
-            "server": "gr00t-server",
-            "protocol_version": PROTOCOL_VERSION,
-            "versions": {"gr00t-server": server_version, "gr00t-client": client_version},
-            "policy_class": type(self.policy).__name__,
-            "policy_identity": self._policy_identity(),
-            "embodiment_tag": self.embodiment_tag,
-            "modality_configs": modality,
-            "capabilities": ["multipart", "sessions", "server_timing", "deadlines"]
-            + (["batching"] if self.batching_enabled else []),
-            "endpoints": self.endpoints,
-            "max_batch_size": self.max_batch_size if self.batching_enabled else 1,
-            "max_message_bytes": self.max_message_bytes,
-            "batch_timeout_ms": self.batch_timeout_ms,
-            "inline_below_ms": self.inline_below_ms,
-            "limits": work_limits.per_row_summary(self.limits),
-            "auth": self.api_token is not None,
-            "encryption": "curve" if self.curve is not None else None,
-            "policy_busy": bool(self._worker is not None and self._worker.busy),
-            "stats": self.stats.snapshot(),
-        }
 
     # --- lifetime -------------------------------------------------------------------------------
 
