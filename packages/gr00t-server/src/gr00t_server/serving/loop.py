@@ -1,5 +1,6 @@
 """The socket thread's request loop for PolicyServer: receive a burst, parse within limits, route, admit against
-queue budgets, gather get_action batches for the worker, and send the replies it finishes."""
+queue budgets, run cheap get_action calls inline or hand work to the worker in the batches gathering.Gathering
+forms, and send the replies it finishes."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import logging
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING, AbstractSet, Any, Dict, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from gr00t_client import codec
 from gr00t_client.client import SHUTTING_DOWN  # ServerStoppingError on the client: keep the words in step
@@ -18,6 +19,7 @@ from . import batching, limits as work_limits
 from .batching import GatherWindow
 from .endpoints import INLINE_ENDPOINTS
 from .execution import JobRunner
+from .gathering import ACTIVE_CLIENT_WINDOW_S, Gathering
 from .messages import (
     UNDECODED_ENDPOINT,
     WIRE_MULTIPART,
@@ -43,28 +45,20 @@ from .worker import InlineCallAbandoned, InlineGate, Job, PolicyWorker, only_get
 if TYPE_CHECKING:
     from .server import PolicyServer
 
+__all__ = ["ACTIVE_CLIENT_WINDOW_S", "DEFAULT_CLIENT_QUEUED_BYTES", "PRECHECK_MIN_BYTES", "RECEIVE_BURST",
+           "InlineCallAbandoned", "RequestLoop"]
+
 logger = logging.getLogger("gr00t_server.serving.server")  # PolicyServer's log: the split renamed no logger
 
 # Bytes one connection may have waiting for the policy beyond its first request (which is always admitted): a REQ
 # client has one request outstanding, so only pipelining (DEALER) peers ever meet this.
 DEFAULT_CLIENT_QUEUED_BYTES = 16 * 1024 * 1024
-ACTIVE_CLIENT_WINDOW_S = 1.0  # a client that sent get_action this recently is expected to send again
 RECEIVE_BURST = 64  # messages taken off the socket per loop turn before replies and dispatch get a turn
 # Messages from this size are held to the byte budgets before they are decoded (smaller ones, pings among them, after)
 PRECHECK_MIN_BYTES = 1024 * 1024
-DEADLINE_SHARE_KEPT = 0.25  # a gathered request goes before its deadline minus a call, minus this share of its budget
 
 
-def _batch_shape_of(request: Request) -> batching.BatchShape:
-    assert request.batch_shape is not None  # set when it was gathered
-    return request.batch_shape
-
-
-def _connection_of(request: Request) -> bytes:
-    return request.identity
-
-
-class RequestLoop:
+class RequestLoop(Gathering):
     """What PolicyServer's socket thread does each turn (the ZeroMQ guide's ROUTER-to-worker pattern): move messages,
     answer built-in endpoints inline, hand policy work to the worker; it never waits for the policy, and runs only
     the get_action calls of a policy measured cheap itself (worker.InlineGate)."""
@@ -73,22 +67,11 @@ class RequestLoop:
         self._server = server  # its settings, endpoints, counters, transport and worker are read live
         self._runner = runner
         self._gate = gate  # says when a get_action job is cheap enough to run here rather than on the worker
-        self._window = window  # gathering waits for expected clients at most batch_timeout_ms, less as arrivals show
-        self.pending: List[Request] = []  # batchable get_action requests gathered, not yet handed to the worker
-        self._turns = batching.Turns(_connection_of)  # connections with requests gathered take turns to join a batch
+        super().__init__(window)
         self.queued_bytes: Dict[bytes, int] = {}  # per connection: bytes of requests not yet answered
         self.queued_counts: Dict[bytes, int] = {}  # per connection: requests not yet answered
         self.queued_requests = 0
         self.queued_bytes_total = 0  # bytes of all requests not yet answered
-        self.active_clients: Dict[str, float] = {}  # session -> when its last get_action was gathered
-        # session -> when its last get_action was admitted, batched or not (the gr00t_active_clients gauge)
-        self.clients_seen: Dict[str, float] = {}
-        self._clients_seen_prune_at = 256
-        self._cut_round: Optional[Tuple[float, Set[str]]] = None  # (round start, clients missing) of a round cut short
-        # Clients a round was cut without and that have not sent since: the next rounds do not wait for them again
-        # (a stalled or departed client would otherwise cost every round the whole gather window until forgotten).
-        self._absent: Set[str] = set()
-        self._served_at = 0.0  # when the worker's last replies were sent: the clients they answer start back then
         self._inline_job = 0  # number of the job now running on this thread (0: none), for abandon_inline_after
         self._inline_jobs = 0
         self._arrived_during_inline = False  # a request came while the last inline job ran: another client waits
@@ -201,18 +184,6 @@ class RequestLoop:
         if ahead:  # keep one connection's (and one session's) requests in arrival order
             self._hand_over(ahead, len(ahead))
         self._submit([request])
-
-    def _gathered_before(self, request: Request) -> List[Request]:
-        """The gathered requests that must run before `request`: those of its connection or session, and the earlier
-        ones of theirs, in arrival order."""
-        connections, sessions = {request.identity}, {request.session}
-        ahead: List[Request] = []
-        for gathered in reversed(self.pending):
-            if gathered.identity in connections or gathered.session in sessions:
-                ahead.append(gathered)
-                connections.add(gathered.identity)
-                sessions.add(gathered.session)
-        return ahead[::-1]
 
     def _check_byte_budgets(self, request: Request) -> None:
         """RequestError (counted as refused) when the request's bytes would pass its connection's budget or the
@@ -378,116 +349,6 @@ class RequestLoop:
             interrupt()
 
         threading.Thread(target=wait_then_interrupt, name="gr00t-stop-timer", daemon=True).start()
-
-    def dispatch_pending(self, force: bool = False) -> None:
-        """Hand gathered get_action requests to the worker once a batch is full, or the worker is free and every
-        recently active client is already waiting or the oldest has waited the gather window.
-
-        Batches are filled one request per connection per turn (batching.Turns), and at most one waits at the
-        worker behind the running call: a busy worker gets a full batch only when nothing else waits for it, and
-        the requests left out stay here for the next one. Batches formed all at once put a request that came later
-        behind all of them (one peer pipelining 64 requests kept 8 batches ahead of every robot). `force` (and a
-        stop) hands everything over now."""
-        if not self.pending:
-            return
-        server = self._server
-        worker = server._worker
-        busy = worker is not None and worker.busy
-        force = force or server._stop_requested.is_set()
-        full = sum(r.rows for r in self.pending) >= server.max_batch_size
-        start = self._round_start()
-        everyone_waiting = False
-        if not force:
-            if busy and (not full or (worker is not None and worker.queued)):
-                return  # the worker is busy: gather more for free (a full batch goes only to be next in line)
-            if not busy and not full:
-                known = self._recent_clients() - self._absent
-                waiting = {r.session for r in self.pending}
-                everyone_waiting = bool(known) and waiting >= known
-                waited = time.monotonic() >= self._dispatch_by()
-                if not (everyone_waiting or waited):
-                    return
-                if not everyone_waiting:  # cut short: whoever of `known` comes late tells how wide rounds really are
-                    missing = known - waiting
-                    self._cut_round = (start, missing)
-                    self._absent |= missing
-        if everyone_waiting:  # a whole round: its arrival spread is what the window must cover
-            self._window.observe_spread(self.pending[-1].received_at - start)
-        now = time.monotonic()
-        self.active_clients.update((r.session, now) for r in self.pending)
-        self._hand_over(self.pending, len(self.pending) if force else 1 if busy else 2)
-
-    def _hand_over(self, requests: List[Request], max_jobs: int) -> None:
-        """Submit up to `max_jobs` batches of the gathered `requests`, filled in turn order (batching.Turns); the rest
-        stay gathered."""
-        ordered = self._turns.order(requests)
-        jobs: List[Job] = []
-        while ordered and len(jobs) < max_jobs:
-            jobs.append(batching.next_batch(ordered, self._server.max_batch_size, _batch_shape_of, _connection_of))
-            taken = {id(r) for r in jobs[-1]}
-            ordered = [r for r in ordered if id(r) not in taken]
-        handed = {id(r) for job in jobs for r in job}
-        self.pending = [r for r in self.pending if id(r) not in handed]
-        self._turns.served(jobs, self.pending)
-        for job in jobs:
-            self._submit(job)
-
-    def _dispatch_by(self) -> float:
-        """When the gathered round goes without its stragglers: the gather window's end, or sooner when a waiting
-        client's deadline would pass before a policy call started then could finish (a client with a short timeout
-        was held past it while the server idled)."""
-        by = self._round_start() + self._window.seconds()
-        call_s = self._window.call_seconds()
-        for request in self.pending:
-            if request.deadline is not None:  # a quarter of its budget is left for the reply's way back
-                by = min(by, request.deadline - call_s - DEADLINE_SHARE_KEPT * (request.deadline - request.received_at))
-        return by
-
-    def _round_start(self) -> float:
-        """When the gathered round began: its first arrival, or, when that came while the worker was busy, the moment
-        the worker's replies went out (the clients those replies answer could not have sent theirs sooner). Counting
-        from the first arrival would close the window the moment the worker frees and split the clients into two
-        cohorts that alternate, each batch half full (measured: batches of 7 and 9 for 16 clients)."""
-        return max(self.pending[0].received_at, self._served_at)
-
-    def _note_straggler(self, request: Request) -> None:
-        """A request from a client missing from a round cut short: that round's spread reached its arrival."""
-        self._absent.discard(request.session)  # back: rounds wait for it again
-        if self._cut_round is None:
-            return
-        round_start, missing = self._cut_round
-        if request.session in missing:
-            missing.discard(request.session)
-            if request.received_at - round_start <= self._window.cap_s:
-                self._window.observe_spread(request.received_at - round_start)
-        if not missing or request.received_at - round_start > self._window.cap_s:
-            self._cut_round = None
-
-    def _active_cutoff(self) -> float:
-        """The time.monotonic() before which a client's last gathered get_action no longer makes it active."""
-        return time.monotonic() - max(ACTIVE_CLIENT_WINDOW_S, 10 * self._server.batch_timeout_ms / 1000.0)
-
-    def _note_client(self, request: Request) -> None:
-        """Remember when this client last sent get_action; the table is pruned of quiet clients as it grows."""
-        self.clients_seen[request.session] = request.received_at
-        if len(self.clients_seen) > self._clients_seen_prune_at:
-            cutoff = time.monotonic() - ACTIVE_CLIENT_WINDOW_S
-            self.clients_seen = {s: t for s, t in self.clients_seen.items() if t >= cutoff}
-            self._clients_seen_prune_at = max(256, 2 * len(self.clients_seen))
-
-    def active_client_count(self) -> int:
-        """Clients that sent get_action within the last ACTIVE_CLIENT_WINDOW_S, batched or not (read from another
-        thread by the metrics gauge)."""
-        cutoff = time.monotonic() - ACTIVE_CLIENT_WINDOW_S
-        return sum(1 for last in list(self.clients_seen.values()) if last >= cutoff)
-
-    def _recent_clients(self) -> AbstractSet[str]:
-        """Sessions whose get_action was batched recently (and forget the ones gone quiet)."""
-        cutoff = self._active_cutoff()
-        if self.active_clients and min(self.active_clients.values()) < cutoff:  # asked every turn: rebuilt only then
-            self.active_clients = {s: t for s, t in self.active_clients.items() if t >= cutoff}
-            self._absent.intersection_update(self.active_clients)  # forgotten clients need no exception
-        return self.active_clients.keys()
 
     def _reply_now(self, request: Request) -> None:
         """Serve a built-in endpoint on the socket thread (never touches the policy's compute)."""
