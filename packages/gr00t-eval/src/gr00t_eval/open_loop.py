@@ -32,6 +32,7 @@ from .open_loop_observation import (FLAT_FORMAT_HINT, _EpisodeSteps, _FrameWindo
                                     format_hint, history_steps, resolve_observation_format)
 from .policy_identity import pinned_policy, record_from_info, server_info, serves_replay
 from .reported_position import is_position
+from .rollout.config import is_whole_number
 from .results import RESULTS_FILENAME, open_loop_results, write_results
 
 __all__ = ["DEFAULT_OUTPUT_DIR", "FLAT_FORMAT_HINT", "OBSERVATION_FORMATS", "RESULTS_FILENAME", "OpenLoopConfig",
@@ -70,9 +71,9 @@ class OpenLoopConfig:
     denoising_steps: Optional[int] = None
 
     def __post_init__(self) -> None:
-        if not _is_int(self.steps) or self.steps < 1:
+        if not is_whole_number(self.steps) or self.steps < 1:
             raise ValueError(f"steps must be an int >= 1 (steps evaluated per trajectory), got {self.steps!r}")
-        if not _is_int(self.execution_horizon) or self.execution_horizon < 1:
+        if not is_whole_number(self.execution_horizon) or self.execution_horizon < 1:
             raise ValueError(f"execution_horizon must be an int >= 1, got {self.execution_horizon!r}")
         self.steps, self.execution_horizon = int(self.steps), int(self.execution_horizon)  # numpy ints, as JSON can write
         # A list of plain ints: a range was scored and then not JSON-writable, a map (an iterator) read here came
@@ -81,7 +82,7 @@ class OpenLoopConfig:
             ids = list(self.traj_ids)
         except TypeError:
             raise ValueError(f"traj_ids must be a sequence of trajectory ids (ints), got {self.traj_ids!r}") from None
-        wrong = [t for t in ids if not _is_int(t)]
+        wrong = [t for t in ids if not is_whole_number(t)]
         if wrong:
             raise ValueError(f"traj_ids must hold ints (trajectory ids), got {', '.join(map(repr, wrong))}")
         if not ids:
@@ -119,11 +120,6 @@ class OpenLoopConfig:
 
 
 OBSERVATION_FORMATS = ("nested", "flat", "auto")
-
-
-def _is_int(value: Any) -> bool:
-    """An int or numpy int, not a bool (True is 1 to Python, and never a count or an id)."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 

@@ -8,13 +8,15 @@ from typing import Any
 
 import numpy as np
 
+from .rollout.config import is_whole_number
+
 
 def is_position(value: Any) -> bool:
     """True for a value a policy reports as a position or horizon: a whole number (a bool is not one).
 
     Other values (None, lists of another length, text) mean the policy reports no position to check.
     """
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    return is_whole_number(value)
 
 
 def is_flag(value: Any) -> bool:

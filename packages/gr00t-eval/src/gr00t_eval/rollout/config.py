@@ -89,9 +89,14 @@ class RolloutConfig:
         return None if self.seed is None else int(self.seed) + episode_index
 
 
+def is_whole_number(value: Any) -> bool:
+    """An int or numpy int, not a bool (True is 1 to Python, and never a count, an id or a position)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def check_whole_number(value: Any, name: str, least: int, why: str = "") -> int:
     """`value` as an int >= `least` (numpy ints taken); ValueError naming `name` for a bool, float, string or less."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if not is_whole_number(value):
         raise ValueError(f"{name} must be a whole number >= {least}, got {type(value).__name__} {value!r}")
     if value < least:
         raise ValueError(f"{name} must be >= {least}{why}, got {value}")
