@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 CAPTION_HEIGHT = 48
 # A rollout episode's video: episode_<index, 4+ digits>_<success|failure|error>.mp4 (episode_video_name).
 EPISODE_OUTCOMES = ("success", "failure", "error")
-EPISODE_VIDEO_NAME = re.compile(r"episode_(?P<index>[0-9]{4,})_(?P<outcome>success|failure|error)\.mp4")
+EPISODE_VIDEO_NAME = re.compile(rf"episode_(?P<index>[0-9]{{4,}})_(?P<outcome>{'|'.join(EPISODE_OUTCOMES)})\.mp4")
 
 
 def episode_outcome(success: bool, errored: bool = False) -> str:
