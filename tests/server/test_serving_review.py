@@ -128,6 +128,45 @@ def position(info):
     return info["episode_index"], info["current_step"]
 
 
+def test_a_replaced_get_action_forwarding_options_serves_each_client_its_own_replay(dataset):
+    """A clamp calling policy.get_action(observation, options) got no session: every client was served from one shared
+    cursor, whatever episode it had reset to (protocol.md §7)."""
+    policy = ReplayPolicy(dataset, execution_horizon=2, strict=False)
+    with running_server(policy) as server:
+        def clamped(observation=None, options=None):
+            action, info = policy.get_action(observation, options)
+            return [{key: np.clip(value, -1e4, 1e4) for key, value in action.items()}, info]
+
+        server.register_endpoint("get_action", clamped)
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=5000, strict=False) as first, \
+                PolicyClient("127.0.0.1", server.port, timeout_ms=5000, strict=False) as second:
+            first.reset({"episode_index": 1})
+            second.reset({"episode_index": 2, "step_index": 2})
+            assert position(first.get_action({})[1]) == (1, 0)
+            assert position(second.get_action({})[1]) == (2, 2)
+            assert position(first.get_action({})[1]) == (1, 2)
+
+
+def test_a_replaced_reset_forwarding_options_moves_only_its_clients_replay(dataset):
+    policy = ReplayPolicy(dataset, execution_horizon=2, strict=False)
+    with running_server(policy) as server:
+        server.register_endpoint("reset", lambda options=None: policy.reset(options))
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=5000, strict=False) as first, \
+                PolicyClient("127.0.0.1", server.port, timeout_ms=5000, strict=False) as second:
+            first.reset({"episode_index": 1})
+            second.reset({"episode_index": 2})
+            assert position(first.get_action({})[1]) == (1, 0)
+            assert position(second.get_action({})[1]) == (2, 0)
+
+
+def test_a_registered_handler_learns_whose_request_it_serves(dataset):
+    with running_server(ReplayPolicy(dataset, execution_horizon=2, strict=False)) as server:
+        server.register_endpoint("whoami", lambda: {"session": server.current_session}, requires_input=False)
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=5000, strict=False, session_id="robot-7") as robot:
+            assert robot.call_endpoint("whoami", requires_input=False) == {"session": "robot-7"}
+        assert server.current_session is None  # outside a handler
+
+
 def test_a_failed_reset_leaves_a_dropped_session_dropped(dataset):
     """The reset took the session back before it failed: the next get_action was served from episode 0, step 0."""
     policy = ReplayPolicy(dataset, execution_horizon=2, strict=False)

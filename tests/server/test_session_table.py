@@ -48,3 +48,33 @@ def test_the_memory_of_dropped_sessions_is_bounded():
         table.touch(f"s{index}")
     assert len(table._dropped) == 8  # 4 x max_sessions, the most recent ones
     assert table.dropped_reason("s97") and table.dropped_reason("s0") is None
+
+
+def test_idle_sessions_are_forgotten_before_room_is_made():
+    """Room came first: the robot used once was evicted, then the idle session anyway, leaving a slot empty."""
+    clock = Clock()
+    table = SessionTable(max_sessions=2, idle_s=1.0, clock=clock)
+    table.touch("idle")
+    table.touch("idle")  # used twice: the protected segment
+    clock.now = 0.5
+    table.touch("robot")
+    clock.now = 1.2  # idle quiet for 1.2 s, robot for 0.7 s
+    assert table.touch("new") == ["idle"]
+    assert "robot" in table and "new" in table
+
+
+def test_an_idle_session_demoted_behind_a_live_one_is_forgotten():
+    """Idle eviction looked only at each segment's least recently used: a protected session moved back to probation
+    sits behind a live session there, and stayed held while the live one was evicted for room."""
+    clock = Clock()
+    table = SessionTable(max_sessions=10, idle_s=1.0, clock=clock)  # 8 of the 10 may be protected
+    table.touch("old")
+    table.touch("old")
+    clock.now = 0.9
+    table.touch("live")
+    for index in range(8):  # the ninth protected session moves "old" back to probation, behind "live"
+        table.touch(f"s{index}")
+        table.touch(f"s{index}")
+    clock.now = 1.5  # old quiet for 1.5 s, the others for 0.6 s
+    assert table.touch("new") == ["old"]
+    assert "live" in table and "idle for more than 1 s" in table.dropped_reason("old")

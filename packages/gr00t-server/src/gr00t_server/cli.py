@@ -119,7 +119,8 @@ def _add_limit_flags(p: argparse.ArgumentParser) -> None:
                         "are evicted first, least recently used first, then sessions used again; "
                         "an evicted session's get_action is an error until its client resets")
     p.add_argument(*_flag("session-idle-s"), type=float, default=d.session_idle_s,
-                   help=f"evict a session unused this many seconds (default {d.session_idle_s:.0f})")
+                   help=f"evict a session unused this many seconds (default {d.session_idle_s:.0f}), before any other is "
+                        "evicted for room")
     p.add_argument(*_flag("max-client-queued-mb"), type=float, default=None,
                    help="request bytes one connection may have waiting for the policy beyond its first request (default 16)")
     p.add_argument(*_flag("max-queued-mb"), type=float, default=d.max_queued_bytes / (1024 * 1024),

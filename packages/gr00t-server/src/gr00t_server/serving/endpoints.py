@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
 import logging
 import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Set, Tuple
 
 from gr00t_client.client import normalize_host
@@ -26,11 +27,27 @@ VALIDATION_ERRORS: Tuple[type, ...] = (RequestError, ValueError, LookupError)
 
 @dataclass
 class Endpoint:
-    """A named handler; `requires_input` handlers are called with the request's `data` as keyword arguments."""
+    """A named handler; `requires_input` handlers are called with the request's `data` as keyword arguments.
+    `takes_options`: whether the handler accepts an `options` keyword argument."""
 
     name: str
     handler: Callable[..., Any]
     requires_input: bool = True
+    takes_options: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.takes_options = accepts_keyword(self.handler, "options")
+
+
+def accepts_keyword(handler: Callable[..., Any], name: str) -> bool:
+    """True when `handler` can be called with the keyword argument `name` (or takes **kwargs)."""
+    try:
+        parameters = inspect.signature(handler).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
+    keyword_kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD or (p.name == name and p.kind in keyword_kinds)
+               for p in parameters)
 
 
 def is_loopback_host(host: str) -> bool:

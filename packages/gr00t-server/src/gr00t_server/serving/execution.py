@@ -20,10 +20,10 @@ from gr00t_client.policy import BasePolicy, NonFiniteActionError, ObservationErr
 
 from . import batching, limits as work_limits
 from .batching import GatherWindow
-from .endpoints import RateLimitedLog, UnencodableResultError, error_text, log_text
+from .endpoints import Endpoint, RateLimitedLog, UnencodableResultError, error_text, log_text
 from .messages import WIRE_NPSAVE, Request, RequestError, encode_reply, encode_timed_reply, unknown_endpoint
 from .metrics import OTHER_ENDPOINT
-from .sessions import session_dropper
+from .sessions import SESSION_ENDPOINTS, session_dropper
 from .worker import InlineCallAbandoned, InlineGate, Job, Reply, only_get_action
 from .wrappers import policy_chain
 
@@ -157,16 +157,16 @@ class JobRunner:
         return request, self.error_frames(request, RequestError(f"'{request.endpoint}' was not run: {reason}"), log=False)
 
     def _admit_sessions(self, live: List[Request], replies: List[Reply]) -> List[Request]:
-        """Touch each held session (evicting idle ones); answer a `get_action` of a session the server dropped with
-        an error telling its client to reset, instead of serving it from a fresh start it did not ask for (a replay
-        would jump back to episode 0 with no error). A new or dropped session is taken in only once its request
-        succeeded (_take_in_sessions): a refused request evicted a live robot's session, and a failed reset took a
-        dropped one back (its next get_action then started at episode 0 without an error). Returns the requests
-        still to run."""
+        """Forget the idle sessions first (so that the policy drops them before it makes room for a new one); answer
+        a `get_action` of a session the server dropped with an error telling its client to reset, instead of serving
+        it from a fresh start it did not ask for (a replay would jump back to episode 0 with no error). A use of a
+        session counts only once its request succeeded (_take_in_sessions), as the policy's own table counts it:
+        counted before the call, a refused request moved its session ahead in the server's table only, and the two
+        tables then evicted different sessions for one newcomer. Returns the requests still to run."""
         sessions = self._server.sessions
+        self._evict_sessions(sessions.forget_idle())
         admitted: List[Request] = []
         for request in live:
-            request.takes_session = False
             if request.endpoint == "get_action" and request.continues_session and not sessions.knows(request.session):
                 # Our client's session, served before, that this server does not know: dropped longer ago than its
                 # memory of dropped sessions reaches, or the server restarted. Not a new session to start afresh (and
@@ -174,12 +174,8 @@ class JobRunner:
                 reason: Optional[str] = ("this server no longer knows it: dropped longer ago than it remembers "
                                          "dropped sessions, or the server restarted")
             else:
-                if request.session in sessions:  # held: used now (one idle too long is forgotten here, and refused;
-                    # a reset takes it back only once it succeeded, below: restarting it here, before the reset ran,
-                    # served the next get_action of a failed reset from episode 0 without an error)
-                    self._evict_sessions(sessions.touch(request.session, restart=False))
                 reason = sessions.dropped_reason(request.session) if request.endpoint == "get_action" else None
-                request.takes_session = request.session not in sessions and reason is None
+            request.takes_session = reason is None and request.endpoint in SESSION_ENDPOINTS
             if reason is None:
                 admitted.append(request)
                 continue
@@ -189,12 +185,12 @@ class JobRunner:
         return admitted
 
     def _take_in_sessions(self, served: List[Request]) -> None:
-        """Take the new or dropped sessions of requests that succeeded into the table (a reset takes a dropped one
+        """Count a use of the session of each get_action or reset that succeeded (a reset takes a dropped session
         back), evicting the least recently used as needed."""
         sessions = self._server.sessions
         for request in served:
             if request.takes_session and request.outcome == "ok":
-                self._evict_sessions(sessions.touch(request.session, restart=request.endpoint == "reset"))
+                self._evict_sessions(sessions.use(request.session, restart=request.endpoint == "reset"))
 
     def _evict_sessions(self, evicted: List[str]) -> None:
         drop = session_dropper(self._server.policy)
@@ -225,6 +221,8 @@ class JobRunner:
                     f"'data' for '{request.endpoint}' must be a map of named arguments (str keys); got the "
                     f"{type(bad_keys[0]).__name__} key {bad_keys[0]!r:.40}"
                 )
+            if self._passes_session(request, endpoint):
+                data = dict(data, options=self._server._with_session(data.get("options"), request))
             try:
                 return endpoint.handler(**data)
             except TypeError as exc:
@@ -239,6 +237,13 @@ class JobRunner:
                 raise
         finally:
             self.current = None
+
+    def _passes_session(self, request: Request, endpoint: Endpoint) -> bool:
+        """True for a get_action or reset registered in place of the built-in one, taking options, while the policy
+        keeps sessions: its options carry the session as the built-in one's do, so that a handler forwarding them to
+        the policy serves each client from its own state, not from one shared by all."""
+        return (request.endpoint in SESSION_ENDPOINTS and endpoint.takes_options
+                and not self._server.is_built_in(request.endpoint) and self._server._policy_uses_sessions)
 
     def count_failed_call(self, exc: BaseException, requests: int, rows: int) -> None:
         """Count a policy call that raised `exc`: it ran, whatever failed inside (a client's input found bad by the

@@ -67,7 +67,7 @@ class Request:
     # Our client's mark (SESSION_CONTINUES_FIELD) on requests of a session the server has already served: such a
     # session unknown to the server was dropped (or the server restarted), never a new one to start afresh.
     continues_session: bool = False
-    takes_session: bool = False  # a new or dropped session the table takes in once this request succeeded
+    takes_session: bool = False  # a get_action or reset whose success counts a use of its session (takes it in)
 
     def expired(self, now: Optional[float] = None, margin_s: float = 0.0) -> bool:
         """True once the client's deadline has passed (it no longer waits for the reply), or is less than `margin_s`

@@ -10,6 +10,9 @@ from typing import Any, Callable, Generic, Iterator, List, Optional, Tuple, Type
 from .wrappers import policy_chain
 
 
+# The endpoints whose options carry the session to a policy that keeps sessions: a use of a session is one of these.
+SESSION_ENDPOINTS = frozenset({"get_action", "reset"})
+
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -81,12 +84,6 @@ class SegmentedLRU(Generic[K, V]):
             return self._protected.pop(key)
         return self._probation.pop(key, None)
 
-    def oldest(self) -> Optional[Tuple[K, V]]:
-        """The least recently used (key, value) of each segment, the one with the smaller value (values are times of
-        use); None when empty."""
-        heads = [next(iter(segment.items())) for segment in (self._probation, self._protected) if segment]
-        return min(heads, key=lambda item: item[1]) if heads else None  # type: ignore[no-any-return]
-
 
 class SessionTable:
     """Remembers when each session was last used; `touch` returns the sessions to forget.
@@ -109,6 +106,7 @@ class SessionTable:
         self.idle_s = float(idle_s)
         self._clock = clock
         self._last_used: SegmentedLRU[str, float] = SegmentedLRU(self.max_sessions)
+        self._by_time: "OrderedDict[str, float]" = OrderedDict()  # the same sessions, least recently used first
         self._dropped: "OrderedDict[str, str]" = OrderedDict()  # session -> why it was forgotten
         self._max_dropped = 4 * self.max_sessions
 
@@ -133,39 +131,43 @@ class SessionTable:
         return self._dropped.get(session)
 
     def touch(self, session: str, restart: bool = True) -> List[str]:
-        """Mark `session` used now; return the sessions evicted to make room or for being idle.
+        """Forget the idle sessions (`forget_idle`, `session` too), then count a use of `session` (`use`); return the
+        sessions forgotten, idle ones first."""
+        return self.forget_idle() + self.use(session, restart)
 
-        A session idle for longer than `idle_s` is forgotten at its own next request too (not only at another
-        client's). A dropped session is taken back only by a request that restarts it (`restart`, a reset); any
-        other request leaves it dropped, for the caller to refuse with `dropped_reason`.
-        """
+    def forget_idle(self) -> List[str]:
+        """Forget every session idle for longer than `idle_s`, whichever segment holds it; return them. Done before
+        room is made, so that an idle session makes room rather than a live one."""
         now = self._clock()
-        evicted: List[str] = []
-        used = self._last_used.get(session)
-        if used is not None and now - used > self.idle_s:
+        idle: List[str] = []
+        while self._by_time and now - next(iter(self._by_time.values())) > self.idle_s:
+            session, _ = self._by_time.popitem(last=False)
             self._last_used.pop(session)
-            self._forget(session, self._idle_reason())
-            evicted.append(session)
+            self._forget(session, f"it was idle for more than {self.idle_s:g} s (--session-idle-s)")
+            idle.append(session)
+        return idle
+
+    def use(self, session: str, restart: bool = True) -> List[str]:
+        """Count a use of `session` now; return the sessions evicted to make room.
+
+        A dropped session is taken back only by a request that restarts it (`restart`, a reset); any other request
+        leaves it dropped, for the caller to refuse with `dropped_reason`.
+        """
         if session in self._dropped:
             if not restart:
-                return evicted
+                return []
             del self._dropped[session]
+        now = self._clock()
+        self._by_time[session] = now
+        self._by_time.move_to_end(session)
+        evicted: List[str] = []
         for oldest, _, used_once in self._last_used.use(session, now):
             reason = (f"the server holds at most {self.max_sessions} sessions (--max-sessions) and it was the least "
                       "recently used" + (" of those used only once" if used_once else ""))
+            del self._by_time[oldest]
             self._forget(oldest, reason)
             evicted.append(oldest)
-        while True:
-            oldest_used = self._last_used.oldest()
-            if oldest_used is None or oldest_used[0] == session or now - oldest_used[1] <= self.idle_s:
-                break
-            self._last_used.pop(oldest_used[0])
-            self._forget(oldest_used[0], self._idle_reason())
-            evicted.append(oldest_used[0])
         return evicted
-
-    def _idle_reason(self) -> str:
-        return f"it was idle for more than {self.idle_s:g} s (--session-idle-s)"
 
     def _forget(self, session: str, reason: str) -> None:
         self._dropped[session] = reason
