@@ -30,7 +30,7 @@ import numpy as np
 from .chunking_buffers import _StepBuffers
 from .chunking_envs import _EnvRows, _is_int, observation_batch_size
 from .chunking_merge import MERGE_RULES, MergeFn, merge_overlap
-from .chunking_position import PolicyPositionError, _PositionChecks, _reported_steps
+from .chunking_position import PolicyPositionError, _PositionChecks, _reported_steps, _Reply
 from .chunking_prefetch import _Prefetch, _Prefetching, _PrefetchWorker
 from .client import PolicyClient
 
@@ -120,6 +120,9 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
         self._advancing_policy = False  # the policy said it advances per call (a replay server's execution_horizon)
         self._partial_reset_warned = False
         self._expected_steps: Optional[List[int]] = None  # per policy row: the step an advancing policy reports next
+        self._last_reply: Optional[_Reply] = None  # an advancing policy's last reply to every env, since its reset
+        self._reply_lost = False  # a request failed since that reply (an advancing policy may have moved on for it)
+        self._inferred_horizon: Optional[int] = None  # the advance per call of a policy whose info does not say it
         self._pid = os.getpid()  # the process whose prefetch thread this is (see _adopt_after_fork)
 
     # --- public API -----------------------------------------------------------------------------
@@ -190,7 +193,8 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
                                  f"this reset of envs {indices} does not reset the policy: pass no options, or reset "
                                  "those rows in the policy yourself")
             if policy_reset_by_caller:
-                self._expected_steps = None  # the caller moves the policy's rows: its next reply sets the positions
+                # the caller moves the policy's rows: its next reply sets the positions
+                self._expected_steps = self._last_reply = None
             if self._n_envs is None:  # before the first get_action nothing is buffered
                 if indices:
                     logger.warning("reset(env_ids=%s) before the first get_action: the number of envs is not known yet, "
@@ -215,7 +219,8 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
             self._pending = None
         for i in range(self._n_envs or 0):
             self._clear(i)
-        self._expected_steps = None
+        self._expected_steps = self._last_reply = None
+        self._reply_lost = False
         info = self.policy.reset(options) or {}
         self._expected_steps = _reported_steps(info)
         return info
@@ -263,7 +268,11 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
 
     def _request(self, observation: Any, options: Optional[Dict[str, Any]], n_rows: int) -> Tuple[Any, Any]:
         self.stats.requests += 1
-        result = self.policy.get_action(observation, options)
+        try:
+            result = self.policy.get_action(observation, options)
+        except BaseException:
+            self._reply_lost = True  # the policy may have run it all the same (a timeout) and advanced
+            raise
         if not self._horizon_checked:
             self._check_policy_advance(result)
         if isinstance(result, (tuple, list)) and len(result) == 2:

@@ -17,14 +17,37 @@ class DecodeLimitError(WireDecodeError):
     """A message that would cost far more to decode than its size: too many items, too deep, a lying header."""
 
 
+_NAMED_BY_STR_KINDS = frozenset("biufcmMSU")  # dtypes whose `.str` rebuilds them in any numpy: np.dtype(dtype.str)
+
+
+def _rebuilds(dtype: np.dtype) -> bool:
+    """Whether np.dtype(dtype.str), what a peer builds from the wire's type string, is this dtype."""
+    try:
+        return np.dtype(dtype.str) == dtype
+    except TypeError:
+        return False
+
+
+def _unnamed_dtype_error(dtype: np.dtype, direction: str) -> str:
+    """Why arrays of a dtype whose `.str` names nothing a peer can rebuild (numpy 2's StringDType) cannot go."""
+    if dtype.kind == "T":
+        return (f"arrays of numpy's variable-width string dtype {dtype.str!r} cannot be {direction}: its items are "
+                "pointers into this process's memory; send np.array(value.tolist()), a fixed-width '<U' string array")
+    return (f"arrays of dtype {dtype.str!r} cannot be {direction}: np.dtype({dtype.str!r}) does not rebuild it; "
+            "expected a bool, number, datetime, bytes ('S') or str ('U') dtype")
+
+
 def _refuse_dtype(dtype: np.dtype, direction: str) -> None:
-    """Refuse object, void and zero-size dtypes (callers cache the dtypes that pass, so this is off the hot path)."""
+    """Refuse object, void, zero-size dtypes and those their `.str` cannot rebuild (callers cache the dtypes that
+    pass, so this is off the hot path)."""
+    error = WireEncodeError if direction == "encoded" else WireDecodeError
     if dtype.kind in ("O", "V"):
         kind = "object" if dtype.kind == "O" else "void/structured"
-        message = f"arrays of {kind} dtype {dtype.str!r} cannot be {direction} (no pickle on the wire)"
-        raise (WireEncodeError if direction == "encoded" else WireDecodeError)(message)
+        raise error(f"arrays of {kind} dtype {dtype.str!r} cannot be {direction} (no pickle on the wire)")
+    if dtype.kind not in _NAMED_BY_STR_KINDS and not _rebuilds(dtype):
+        raise error(_unnamed_dtype_error(dtype, direction))
     if dtype.itemsize == 0:
         # Any shape fits an empty buffer at 0 bytes per item: a 56-byte message made a 2**40-item '|S0' array
         # whose copies asked for 1 TiB and whose conversions read bytes outside the buffer.
-        message = f"arrays of dtype {dtype.str!r} (itemsize 0) cannot be {direction}; expected a dtype with a size, like '|S1'"
-        raise (WireEncodeError if direction == "encoded" else WireDecodeError)(message)
+        raise error(f"arrays of dtype {dtype.str!r} (itemsize 0) cannot be {direction}; expected a dtype with a size, "
+                    "like '|S1'")
