@@ -143,6 +143,24 @@ def test_a_run_recorded_before_processor_files_were_hashed_resumes_against_the_s
     assert not same_policy(other_processor, now)  # both hashed: other statistics are another policy
 
 
+def test_a_run_recorded_before_preprocessor_config_was_hashed_resumes_against_the_same_checkpoint():
+    from gr00t_eval.policy_identity import record_from_info
+
+    hashed = {"kind": "gr00t", "config_sha256": "c", "weights_fingerprint": "w", "processor_sha256": "p"}
+    info = {"policy_class": "Gr00tPolicy", "embodiment_tag": "libero_sim", "modality_configs": {"action": [0, 1]},
+            "policy_identity": {**hashed, "preprocessor_sha256": "i"}}
+    now = record_from_info(info)
+    before = record_from_info({**info, "policy_identity": hashed})
+    assert same_policy(before, now) and same_policy(now, before)
+    before_processor_files = record_from_info({**info, "policy_identity": {"kind": "gr00t", "config_sha256": "c",
+                                                                            "weights_fingerprint": "w"}})
+    assert same_policy(before_processor_files, now)
+    other_statistics = record_from_info({**info, "policy_identity": {**hashed, "processor_sha256": "q"}})
+    assert not same_policy(other_statistics, now)
+    other_image_settings = record_from_info({**info, "policy_identity": {**hashed, "preprocessor_sha256": "j"}})
+    assert not same_policy(other_image_settings, now)  # both hashed: another pixel budget is another policy
+
+
 def test_a_job_resumed_after_an_attempt_that_recorded_no_policy_says_nothing_checks_its_episodes(tmp_path, caplog):
     """Its first attempt's server gave no policy (a reference server): a resume against a gr00t-server kept those
     episodes under the new policy without a word, where a rollout's resume warns."""

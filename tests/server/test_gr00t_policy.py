@@ -341,7 +341,7 @@ def test_identity_names_the_checkpoint_by_its_content_wherever_it_is_copied(libe
 
     identity = libero.identity()
     assert identity["kind"] == "gr00t"
-    assert set(identity) == {"kind", "config_sha256", "weights_fingerprint", "processor_sha256"}
+    assert set(identity) == {"kind", "config_sha256", "weights_fingerprint", "processor_sha256", "preprocessor_sha256"}
     assert Gr00tPolicy(copy_of(), "libero_sim", device="cpu").identity() == identity
     other = make_test_checkpoint(tmp_path / "other", size="tiny", seed=1)  # another finetune, same architecture
     other_identity = Gr00tPolicy(other, "libero_sim", device="cpu").identity()
@@ -369,6 +369,60 @@ def test_identity_tells_apart_the_same_weights_with_other_statistics_or_projecto
     changed = Gr00tPolicy(checkpoint, "libero_sim", device="cpu").identity()
     assert changed["weights_fingerprint"] == libero.identity()["weights_fingerprint"]
     assert changed["processor_sha256"] != libero.identity()["processor_sha256"]
+
+
+def test_identity_tells_apart_the_same_weights_with_other_image_processor_settings(libero, copy_of):
+    """preprocessor_config.json's pixel budget sets the patch grid the model sees: other actions, another policy."""
+    import json
+
+    checkpoint = copy_of()
+    path = checkpoint / "preprocessor_config.json"
+    settings = json.loads(path.read_text())
+    settings["size"] = {"shortest_edge": 64 * 64, "longest_edge": 128 * 128}
+    path.write_text(json.dumps(settings))
+    changed = Gr00tPolicy(checkpoint, "libero_sim", device="cpu").identity()
+    assert changed["processor_sha256"] == libero.identity()["processor_sha256"]
+    assert changed["preprocessor_sha256"] != libero.identity()["preprocessor_sha256"]
+
+
+def test_identity_hashes_the_embodiment_id_json_the_policy_reads(copy_of):
+    """processor files in processor/, embodiment_id.json at the root: the identity and the projector index the policy
+    uses come from the same files, so two checkpoints that act otherwise never report one identity."""
+    import json
+    import shutil
+
+    checkpoint = copy_of()
+    (checkpoint / "processor").mkdir()
+    for name in ("processor_config.json", "statistics.json"):
+        shutil.move(str(checkpoint / name), str(checkpoint / "processor" / name))
+    (checkpoint / "embodiment_id.json").unlink()
+    before = Gr00tPolicy(checkpoint, "libero_sim", device="cpu")
+    (checkpoint / "embodiment_id.json").write_text(json.dumps({"libero_sim": 5}))
+    at_root = Gr00tPolicy(checkpoint, "libero_sim", device="cpu")
+    assert at_root.embodiment_id == before.embodiment_id != 5
+    assert at_root.identity() == before.identity()
+    (checkpoint / "processor" / "embodiment_id.json").write_text(json.dumps({"libero_sim": 5}))
+    beside = Gr00tPolicy(checkpoint, "libero_sim", device="cpu")
+    assert beside.embodiment_id == 5 and beside.identity()["processor_sha256"] != before.identity()["processor_sha256"]
+
+
+def test_a_misspelled_embedding_key_is_warned_at_load_naming_the_entry_and_the_modality_keys(copy_of, caplog):
+    """mean_std_embedding_keys ["joint"] for the state key "joints" normalized "joints" by min/max instead of
+    mean/std, another model input, without a word."""
+    import json
+
+    checkpoint = copy_of()
+    path = checkpoint / "processor_config.json"
+    config = json.loads(path.read_text())
+    state = config["processor_kwargs"]["modality_configs"]["new_embodiment"]["state"]
+    state["mean_std_embedding_keys"], state["sin_cos_embedding_keys"] = ["joint"], ["grippr"]
+    path.write_text(json.dumps(config))
+    with caplog.at_level("WARNING"):
+        Gr00tPolicy(checkpoint, "new_embodiment", device="cpu")
+    keys = str(state["modality_keys"])
+    for field, entry in (("mean_std_embedding_keys", "'joint'"), ("sin_cos_embedding_keys", "'grippr'")):
+        assert any(field in r.getMessage() and entry in r.getMessage() and keys in r.getMessage()
+                   for r in caplog.records if r.levelname == "WARNING"), caplog.text
 
 
 def test_a_clip_outliers_override_is_another_policy_to_an_evaluation_and_the_default_keeps_its_identity(

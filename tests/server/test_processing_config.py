@@ -122,6 +122,19 @@ def test_embodiment_ids_checkpoint_wins_and_builtins_fill_in(tmp_path):
     assert merged["libero_sim"] == 7 and merged["my_robot"] == 30 and merged["new_embodiment"] == 10
 
 
+def test_embodiment_id_json_is_read_only_next_to_processor_config(tiny_checkpoint, tmp_path, caplog):
+    """As the reference's processor: with its files in processor/, a root embodiment_id.json is not read, and a
+    warning names it and where it would be read."""
+    (tmp_path / "processor").mkdir()
+    for name in ("processor_config.json", "statistics.json"):
+        shutil.copy(tiny_checkpoint / name, tmp_path / "processor" / name)
+    (tmp_path / "embodiment_id.json").write_text(json.dumps({"libero_sim": 5}))
+    with caplog.at_level("WARNING"):
+        assert load_embodiment_ids(tmp_path)["libero_sim"] == 2
+    assert str(tmp_path / "embodiment_id.json") in caplog.text
+    assert str(tmp_path / "processor" / "embodiment_id.json") in caplog.text
+
+
 def test_embodiment_id_file_is_optional(tiny_checkpoint, tmp_path):
     for name in ("processor_config.json", "statistics.json"):
         shutil.copy(tiny_checkpoint / name, tmp_path / name)

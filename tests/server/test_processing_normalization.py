@@ -301,6 +301,66 @@ def test_a_4x4_reference_pose_with_float32_round_off_is_accepted():
     reference[0, 0, 12] = 1e-8
     relative = np.tile(np.eye(4).reshape(16), (1, 2, 1))
     decoded = norm.decode_relative("eef", relative, reference, "EEF", "DEFAULT")
-    np.testing.assert_allclose(decoded[0, 0], reference[0, 0], atol=1e-12)
+    np.testing.assert_allclose(decoded[0, 0], reference[0, 0], atol=1e-6)
     encoded = norm.encode_relative("eef", decoded, reference, "EEF", "DEFAULT")
     np.testing.assert_allclose(encoded, relative, atol=1e-6)
+
+
+def _rigid_by_reference_rule(matrix):
+    """[R t; 0 1] as the reference's EndEffectorPose(homogeneous=...) rebuilds it: scipy's Rotation.from_matrix
+    where scipy is installed, else the polar factor (M M^T)^(-1/2) M of a block with positive determinant."""
+    out = np.eye(4)
+    try:
+        from scipy.spatial.transform import Rotation
+        out[:3, :3] = Rotation.from_matrix(matrix[:3, :3]).as_matrix()
+    except ImportError:
+        values, vectors = np.linalg.eigh(matrix[:3, :3] @ matrix[:3, :3].T)
+        out[:3, :3] = vectors @ np.diag(values ** -0.5) @ vectors.T @ matrix[:3, :3]
+    out[:3, 3] = matrix[:3, 3]
+    return out
+
+
+def _not_rigid(rng, angle, translation):
+    """A 4x4 near a pose, as a model's unnormalized output is: rotation block off by ~0.1, last row not [0, 0, 0, 1]."""
+    matrix = np.eye(4)
+    matrix[:3, :3], matrix[:3, 3] = _rot_z(angle), translation
+    return matrix + 0.1 * rng.standard_normal((4, 4))
+
+
+def test_relative_eef_default_poses_compose_as_rigid_transforms_like_the_reference():
+    """Each 16-value pose is parsed as the reference does (nearest rotation + translation), so the absolute action is a
+    rigid transform: the raw 4x4 product had rotation blocks off orthonormal by 0.14 and a last row of noise."""
+    rng = np.random.default_rng(0)
+    reference = _not_rigid(rng, 0.4, [0.4, 0.1, 0.3])
+    relative = np.stack([_not_rigid(rng, 0.1 * step, [0.01 * step, 0.0, 0.02]) for step in range(4)])
+    decoded = norm.decode_relative("eef", relative.reshape(1, 4, 16), reference.reshape(1, 1, 16), "EEF", "DEFAULT")
+    poses = decoded.reshape(4, 4, 4)
+    expected = [_rigid_by_reference_rule(_rigid_by_reference_rule(reference) @ _rigid_by_reference_rule(step))
+                for step in relative]
+    np.testing.assert_allclose(poses, expected, atol=1e-12)
+    np.testing.assert_allclose(poses[:, :3, :3] @ poses[:, :3, :3].transpose(0, 2, 1), np.tile(np.eye(3), (4, 1, 1)),
+                               atol=1e-12)
+    np.testing.assert_array_equal(poses[:, 3], np.tile([0.0, 0.0, 0.0, 1.0], (4, 1)))
+
+
+def test_relative_eef_default_encoding_gives_rigid_relative_poses_that_decode_back():
+    """RTC's encoder is the decoder's inverse on the same rigid poses: inv(T_ref) @ T_abs of the parsed poses."""
+    rng = np.random.default_rng(1)
+    reference = _not_rigid(rng, -0.7, [0.2, -0.3, 0.5]).reshape(1, 1, 16)
+    absolute = np.stack([_not_rigid(rng, 0.2 * step, [0.3, 0.0, 0.1 * step]) for step in range(3)]).reshape(1, 3, 16)
+    encoded = norm.encode_relative("eef", absolute, reference, "EEF", "DEFAULT")
+    steps = encoded.reshape(3, 4, 4)
+    expected = [_rigid_by_reference_rule(np.linalg.inv(_rigid_by_reference_rule(reference.reshape(4, 4)))
+                                         @ _rigid_by_reference_rule(pose)) for pose in absolute.reshape(3, 4, 4)]
+    np.testing.assert_allclose(steps, expected, atol=1e-12)
+    decoded = norm.decode_relative("eef", encoded, reference, "EEF", "DEFAULT")
+    rigid_absolute = [_rigid_by_reference_rule(pose) for pose in absolute.reshape(3, 4, 4)]
+    np.testing.assert_allclose(decoded.reshape(3, 4, 4), rigid_absolute, atol=1e-12)
+
+
+def test_nearest_rotation_turns_a_reflection_into_a_rotation_and_keeps_non_finite_blocks_nan():
+    reflected = np.diag([1.0, 1.0, -1.0]) @ _rot_z(0.3)
+    rotation = norm.nearest_rotation(np.stack([reflected, np.full((3, 3), np.nan)]))
+    assert np.linalg.det(rotation[0]) == pytest.approx(1.0)
+    np.testing.assert_allclose(rotation[0] @ rotation[0].T, np.eye(3), atol=1e-12)
+    assert np.isnan(rotation[1]).all()

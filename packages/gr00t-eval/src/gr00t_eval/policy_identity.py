@@ -154,8 +154,13 @@ def record_from_info(info: Any) -> Optional[Dict[str, Any]]:
     identity = record["identity"]
     if isinstance(identity, Mapping) and "processor_sha256" in identity:
         # The fingerprint a gr00t-server that did not hash the processor files yet gave the same checkpoint.
-        older = {k: v for k, v in identity.items() if k != "processor_sha256"}
+        older = {k: v for k, v in identity.items() if k not in ("processor_sha256", "preprocessor_sha256")}
         record["fingerprint_without_processor"] = _fingerprint({**record, "identity": older}, info.get("modality_configs"))
+    if isinstance(identity, Mapping) and "preprocessor_sha256" in identity:
+        # The fingerprint a gr00t-server that did not hash preprocessor_config.json yet gave the same checkpoint.
+        older = {k: v for k, v in identity.items() if k != "preprocessor_sha256"}
+        record["fingerprint_without_preprocessor"] = _fingerprint({**record, "identity": older},
+                                                                  info.get("modality_configs"))
     return record
 
 
@@ -180,7 +185,7 @@ def describe(record: Optional[Mapping[str, Any]]) -> str:
 def same_policy(first: Optional[Mapping[str, Any]], second: Optional[Mapping[str, Any]]) -> bool:
     """False only when both are known and their fingerprints differ. A record from a server that reported no
     checkpoint identity (an older gr00t-server) matches on what it did report: class, tag and modality configs; one
-    whose identity had no processor hash yet, on the rest of it."""
+    whose identity had no processor (or preprocessor_config.json) hash yet, on the rest of it."""
     if not first or not second:
         return True
     if first.get("fingerprint") == second.get("fingerprint"):
@@ -192,6 +197,10 @@ def same_policy(first: Optional[Mapping[str, Any]], second: Optional[Mapping[str
         if (isinstance(old_identity, Mapping) and "processor_sha256" not in old_identity
                 and new.get("fingerprint_without_processor") == old.get("fingerprint")):
             return True  # recorded before processor files were hashed: matches on the weights and config it had
+        if (isinstance(old_identity, Mapping) and "processor_sha256" in old_identity
+                and "preprocessor_sha256" not in old_identity
+                and new.get("fingerprint_without_preprocessor") == old.get("fingerprint")):
+            return True  # recorded before preprocessor_config.json was hashed
     return False
 
 

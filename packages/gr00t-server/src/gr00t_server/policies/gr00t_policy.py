@@ -25,10 +25,11 @@ from gr00t_client.embodiment import EmbodimentTag
 from gr00t_client.modality import ModalityConfig
 from gr00t_client.policy import BasePolicy, ObservationError
 from gr00t_server.model.checkpoint import load_model, resolve_checkpoint_dir
-from gr00t_server.processing.config import (EMBODIMENT_ID_NAME, PROCESSOR_CONFIG_NAME, STATISTICS_NAME, find_processor_dir,
+from gr00t_server.processing.config import (EMBODIMENT_ID_NAME, PROCESSOR_CONFIG_NAME, STATISTICS_NAME,
                                            load_processor_config)
 from gr00t_server.processing.processor import Gr00tN1d7Processor
 from gr00t_server.processing.text import IMAGE_PAD_TOKEN
+from gr00t_server.processing.vision_patches import PREPROCESSOR_CONFIG_NAME
 
 from .gr00t_arguments import _acting_clip_override, _resolve_device, _resolve_tag, unsupported_tag_message
 from .gr00t_observation_checks import Gr00tObservationChecks, _instruction
@@ -191,13 +192,15 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
         if self._identity is None:
             from gr00t_server.backends.common import model_identity
 
+            files = self.processor.source_files
             digest = hashlib.sha256()
-            folder = find_processor_dir(self.checkpoint_dir)
             for name in (PROCESSOR_CONFIG_NAME, STATISTICS_NAME, EMBODIMENT_ID_NAME):
-                path = folder / name
-                if path.is_file():
-                    digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+                if name in files:
+                    digest.update(name.encode() + b"\0" + files[name].read_bytes() + b"\0")
             self._identity = {"kind": "gr00t", **model_identity(self.model), "processor_sha256": digest.hexdigest()[:16]}
+            if PREPROCESSOR_CONFIG_NAME in files:
+                image_settings = files[PREPROCESSOR_CONFIG_NAME].read_bytes()
+                self._identity["preprocessor_sha256"] = hashlib.sha256(image_settings).hexdigest()[:16]
             if self._clip_override is not None:
                 self._identity["clip_outliers"] = self._clip_override
         return dict(self._identity)

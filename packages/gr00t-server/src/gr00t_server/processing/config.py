@@ -483,13 +483,20 @@ def merge_embodiment_ids(from_checkpoint: Optional[Mapping[str, int]]) -> Dict[s
     return merged
 
 
+def embodiment_id_path(checkpoint_dir: PathLike) -> Path:
+    """The embodiment_id.json the processor reads: the one next to processor_config.json, as in the reference (one
+    elsewhere in the checkpoint is never read)."""
+    return find_processor_dir(checkpoint_dir) / EMBODIMENT_ID_NAME
+
+
 def load_embodiment_ids(checkpoint_dir: PathLike) -> Dict[str, int]:
     """Read embodiment_id.json (optional) next to processor_config.json, merged with the built-in table."""
-    path = find_processor_dir(checkpoint_dir) / EMBODIMENT_ID_NAME
+    path = embodiment_id_path(checkpoint_dir)
     _refuse_broken_link(path)
-    if not path.is_file():
-        path = Path(checkpoint_dir) / EMBODIMENT_ID_NAME
-        _refuse_broken_link(path)
+    unread = Path(checkpoint_dir) / EMBODIMENT_ID_NAME
+    if not path.exists() and unread != path and unread.is_file():
+        logger.warning("%s is not read: embodiment_id.json is read only next to processor_config.json, as %s (the "
+                       "reference's rule); the built-in projector indices are used", unread, path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a directory; expected a JSON file")
     data = _read_json(path) if path.is_file() else None

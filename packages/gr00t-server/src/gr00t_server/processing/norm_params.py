@@ -3,6 +3,7 @@ relative-action parameters the processor normalizes with, checked once at load."
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Dict, Mapping
 
@@ -12,6 +13,8 @@ from gr00t_client.modality import ActionConfig, ActionRepresentation, ActionType
 
 from . import normalization as norm
 from .config import ProcessorConfig
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -42,11 +45,25 @@ def _check_relative_decodable(tag: str, key: str, spec: ActionConfig, state: Map
                          f"end-effector pose of {pose_width}")
 
 
+def _warn_unlisted_embedding_keys(tag: str, modality: str, config: ModalityConfig) -> None:
+    """Warn for each mean_std/sin_cos_embedding_keys entry that is none of the modality's keys: a typo ("joint" for
+    "joints") left the key it meant normalized by min/max, another model input, without a word."""
+    for field in ("mean_std_embedding_keys", "sin_cos_embedding_keys"):
+        for entry in getattr(config, field) or []:
+            if entry not in config.modality_keys:
+                logger.warning("processor_config.json: modality_configs[%r][%r][%r] lists %r, which is none of its "
+                               "modality_keys %s; the entry is ignored", tag, modality, field, entry,
+                               list(config.modality_keys))
+
+
 def compute_norm_params(tag: str, stats: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]],
                         configs: Mapping[str, ModalityConfig], config: ProcessorConfig) -> EmbodimentNormParams:
     """Normalization parameters of embodiment `tag` from its statistics and modality configs; ValueError/KeyError
     naming the key when they cannot serve it."""
     pct = config.use_percentiles
+    for modality in ("state", "action"):
+        if modality in configs:
+            _warn_unlisted_embedding_keys(tag, modality, configs[modality])
     state: Dict[str, norm.KeyNormParams] = {}
     for key in configs["state"].modality_keys if "state" in configs else []:
         if key not in stats.get("state", {}):

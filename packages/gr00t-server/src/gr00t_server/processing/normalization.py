@@ -211,16 +211,36 @@ def matrix_to_rotvec(matrix: np.ndarray) -> np.ndarray:
     return np.where(near_pi[..., None], at_pi, out)
 
 
+def nearest_rotation(matrix: np.ndarray) -> np.ndarray:
+    """(..., 3, 3) -> the nearest rotation matrix (U V^T of the SVD, a reflection turned into a rotation), as scipy's
+    Rotation.from_matrix takes it; a block with NaN or inf stays NaN."""
+    finite = np.isfinite(matrix).all(axis=(-2, -1))[..., None, None]
+    u, _, vt = np.linalg.svd(np.where(finite, matrix, np.eye(3)))
+    reflection = np.linalg.det(u @ vt) < 0
+    u[..., :, 2] *= np.where(reflection, -1.0, 1.0)[..., None]
+    return np.where(finite, u @ vt, np.nan)
+
+
+def rigid_pose(matrix: np.ndarray) -> np.ndarray:
+    """(..., 4, 4) -> [R t; 0 0 0 1]: R the nearest rotation of the 3x3 block, t column 3, as the reference's
+    EndEffectorPose(homogeneous=...) rebuilds a DEFAULT pose."""
+    out = np.zeros(matrix.shape[:-2] + (4, 4))
+    out[..., :3, :3] = nearest_rotation(matrix[..., :3, :3])
+    out[..., :3, 3] = matrix[..., :3, 3]
+    out[..., 3, 3] = 1.0
+    return out
+
+
 # Values of one end-effector pose per ActionFormat name: a flattened 4x4 matrix, xyz + rot6d, xyz + rotation vector.
 POSE_WIDTHS = {"DEFAULT": 16, "XYZ_ROT6D": 9, "XYZ_ROTVEC": 6}
 
 
 def pose_to_matrix(values: np.ndarray, action_format: str) -> np.ndarray:
-    """(..., D) pose in `action_format` ('XYZ_ROT6D', 'XYZ_ROTVEC' or 'DEFAULT' 4x4) -> (..., 4, 4)."""
+    """(..., D) pose in `action_format` ('XYZ_ROT6D', 'XYZ_ROTVEC' or 'DEFAULT' 4x4) -> (..., 4, 4) rigid transform."""
     if action_format == "DEFAULT":
         if values.shape[-1] != 16:
             raise ValueError(f"DEFAULT EEF pose must be a flattened 4x4 matrix (16 values), got {values.shape[-1]}")
-        return values.reshape(values.shape[:-1] + (4, 4))
+        return rigid_pose(values.reshape(values.shape[:-1] + (4, 4)))
     out = np.zeros(values.shape[:-1] + (4, 4))
     out[..., 3, 3] = 1.0
     out[..., :3, 3] = values[..., :3]
@@ -240,7 +260,7 @@ def pose_to_matrix(values: np.ndarray, action_format: str) -> np.ndarray:
 def matrix_to_pose(matrix: np.ndarray, action_format: str) -> np.ndarray:
     """(..., 4, 4) -> (..., D) in `action_format`."""
     if action_format == "DEFAULT":
-        return matrix.reshape(matrix.shape[:-2] + (16,))
+        return rigid_pose(matrix).reshape(matrix.shape[:-2] + (16,))
     xyz = matrix[..., :3, 3]
     if action_format == "XYZ_ROT6D":
         return np.concatenate([xyz, matrix_to_rot6d(matrix[..., :3, :3])], axis=-1)

@@ -15,13 +15,16 @@ from gr00t_client.policy import ObservationError, non_finite_rows
 
 from . import actions
 from . import normalization as norm
-from .config import ProcessorConfig, Statistics, load_embodiment_ids, load_processor_config, load_statistics
+from .config import (EMBODIMENT_ID_NAME, PROCESSOR_CONFIG_NAME, STATISTICS_NAME, ProcessorConfig, Statistics,
+                     embodiment_id_path, find_processor_dir, load_embodiment_ids, load_processor_config,
+                     load_statistics)
 from .image import check_frame_size, eval_image_transform_batch, eval_image_transform_torchvision_style_batch
 from .norm_params import EmbodimentNormParams, compute_norm_params
 from .text import (IMAGE_PAD_TOKEN, build_conversation, expand_image_tokens, formalize_language, render_prompt,
                    reserved_tokens)
-from .tokenizer import load_backbone_text_assets
-from .vision_patches import VisionPatchConfig, num_image_tokens, patchify_batch, patchify_images
+from .tokenizer import load_tokenizer, load_vision_config, resolve_tokenizer_dir
+from .vision_patches import (PREPROCESSOR_CONFIG_NAME, VisionPatchConfig, num_image_tokens, patchify_batch,
+                             patchify_images)
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +59,8 @@ class Gr00tN1d7Processor:
         self.embodiment_ids = dict(embodiment_ids)
         self.tokenizer = tokenizer
         self.vision_config = vision_config
+        # file name -> the file this processor was read from (from_pretrained; none when built in memory)
+        self.source_files: Dict[str, Path] = {}
         self._norm_cache: Dict[str, EmbodimentNormParams] = {}
         self._prompt_cache: Dict[tuple, str] = {}
         # The dtype the model computes in ("float16" from Gr00tPolicy's --dtype fp16): a normalized state beyond its
@@ -79,12 +84,21 @@ class Gr00tN1d7Processor:
 
     @classmethod
     def from_pretrained(cls, checkpoint_dir: Union[str, Path], local_files_only: bool = False) -> "Gr00tN1d7Processor":
-        """Load processor_config.json, statistics.json, embodiment_id.json and the backbone tokenizer."""
+        """Load processor_config.json, statistics.json, embodiment_id.json and the backbone tokenizer and image
+        processor settings (preprocessor_config.json); `source_files` names the files read."""
         config = load_processor_config(checkpoint_dir)
-        tokenizer, vision_config = load_backbone_text_assets(checkpoint_dir, config.model_name, local_files_only)
+        tokenizer_dir = resolve_tokenizer_dir(checkpoint_dir, config.model_name, local_files_only=local_files_only)
+        tokenizer, vision_config = load_tokenizer(tokenizer_dir), load_vision_config(tokenizer_dir)
         errors: Dict[str, str] = {}
         statistics = load_statistics(checkpoint_dir, errors)
-        return cls(config, statistics, load_embodiment_ids(checkpoint_dir), tokenizer, vision_config, errors)
+        processor = cls(config, statistics, load_embodiment_ids(checkpoint_dir), tokenizer, vision_config, errors)
+        processor_dir = find_processor_dir(checkpoint_dir)
+        read = {PROCESSOR_CONFIG_NAME: processor_dir / PROCESSOR_CONFIG_NAME,
+                STATISTICS_NAME: processor_dir / STATISTICS_NAME,
+                EMBODIMENT_ID_NAME: embodiment_id_path(checkpoint_dir),
+                PREPROCESSOR_CONFIG_NAME: tokenizer_dir / PREPROCESSOR_CONFIG_NAME}
+        processor.source_files = {name: path for name, path in read.items() if path.is_file()}
+        return processor
 
     # --- per-embodiment lookups -------------------------------------------------------------------
 
