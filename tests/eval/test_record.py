@@ -172,3 +172,31 @@ def test_a_count_or_seed_that_is_no_whole_number_is_refused_naming_it_before_the
     with pytest.raises(ValueError, match=f"^{argument} must be a whole number >= [01], got {type(value).__name__} "):
         record_metaworld("metaworld/reach-v3", output=tmp_path / "ds", progress=False, **settings)
     assert not (tmp_path / "ds").exists()
+
+
+def test_seeds_past_the_largest_a_replay_can_carry_are_refused_naming_both_flags_before_the_folder_exists(tmp_path,
+                                                                                                         capsys):
+    from gr00t_eval import cli
+
+    code = cli.main(["record", "--env-name", "metaworld/reach-v3", "--output", str(tmp_path / "ds"),
+                     "--seed", str(2**64 - 1), "--episodes", "2"])
+    error = capsys.readouterr().err
+    assert code != 0
+    assert ("error: --seed + --episodes - 1 (the last episode's seed) must be at most "
+            f"{2**63 - 1}") in error, error
+    assert f"got {2**64 - 1} + 2 - 1 = {2**64}" in error
+    assert not (tmp_path / "ds").exists()
+
+
+def test_an_episode_recorded_with_the_largest_seed_is_replayed_with_it(tmp_path):
+    from serving import running_server
+
+    from gr00t_client import PolicyClient
+    from gr00t_server.policies.replay import ReplayPolicy
+
+    record_metaworld("metaworld/reach-v3", 2, tmp_path / "ds", seed=2**63 - 2, max_episode_steps=2, image_size=32,
+                     progress=False)
+    with running_server(ReplayPolicy(tmp_path / "ds")) as server:
+        with PolicyClient(port=server.port, timeout_ms=10000) as client:
+            info = client.reset({"episode_index": 1})
+    assert int(np.ravel(info["seed"])[0]) == 2**63 - 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import re
 import signal
@@ -445,6 +446,26 @@ def test_recorded_seeds_reported_by_the_policy_override_the_base_seed():
                                                         max_episode_steps=6, seed=0, vectorization="sync"), progress=False)
     assert [o.seed for o in result.outcomes] == [1000, 1001, 1002]
     assert np.all([o.error is None for o in result.outcomes])
+
+
+@pytest.mark.parametrize("n_envs", [1, 2])
+def test_an_episode_the_policy_reports_no_recorded_seed_for_among_seeded_ones_is_warned_of(n_envs, caplog):
+    """A replay of a dataset whose episode 1 has no usable seed: that episode ran in the rollout's own scene while the
+    others replayed theirs, without a word."""
+    from gr00t_eval.rollout import RolloutConfig, run_rollout
+
+    class SomeSeedsReporting(ConstantPolicy):
+        def reset(self, options=None):  # as a replay server: no "seed" when no row has one
+            seeds = [None if e == 1 else 1000 + e for e in options["episode_index"]]
+            return {"seed": seeds} if any(seed is not None for seed in seeds) else {}
+
+    config = RolloutConfig(env_name="walkto/slow", n_episodes=3, n_envs=n_envs, n_action_steps=2, max_episode_steps=6,
+                           seed=0, vectorization="sync")
+    with caplog.at_level(logging.WARNING, logger="gr00t_eval.rollout.replay_recordings"):
+        result = run_rollout(SomeSeedsReporting(), config, progress=False)
+    assert [o.seed for o in result.outcomes] == [1000, 1, 1002]
+    assert "reports recorded seeds (a replay server), but none for episodes [1]: they run with this rollout's " \
+           "seeds [1]" in caplog.text
 
 
 def test_the_resume_command_is_quoted_for_a_shell():

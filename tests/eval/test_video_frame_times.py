@@ -102,6 +102,16 @@ def test_a_shared_v3_video_gives_each_step_its_own_episodes_frame(tmp_path, stam
         assert [nearest_step(f, [0, 1], 40) for f in frames] == [(episode, s) for s in (0, 20, 33, 39)]
 
 
+@pytest.mark.parametrize("layout", ["v2.1", "v3.0"])
+@pytest.mark.parametrize("fps", [10000, 20000])
+def test_a_dataset_written_at_ten_thousand_frames_per_second_and_more_reads_its_own_frames_back(tmp_path, fps, layout):
+    """A fixed 1e-4 s "same instant" is a whole frame interval at 10,000 fps: every step was refused as 'no frame
+    within 0.0000s of timestamps', though the mp4 holds each frame on the 1/fps grid."""
+    root = make_dataset(tmp_path / "ds", lengths=(12,), cameras=("image",), fps=fps, size=(16, 16), layout=layout)
+    frames = LeRobotDataset(root).episode(0).frames("image", list(range(12)))
+    assert [nearest_step(f, [0], 12)[1] for f in frames] == list(range(12))
+
+
 def test_a_video_at_29_97_frames_per_second_under_fps_30_gives_frame_k_to_step_k(tmp_path):
     """Its 600 frames passed the count and 1% rate checks; from about step 500 each step got the previous frame."""
     from eval.dataset_factory import episode_frames

@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(*_flag("env-name"), required=True, help="metaworld/<task>, e.g. metaworld/reach-v3")
     p.add_argument(*_flag("episodes"), *_flag("n-episodes"), dest="episodes", type=int, default=10, help="episodes (default 10)")
     p.add_argument(*_flag("output"), required=True, help="dataset directory to create")
-    p.add_argument(*_flag("seed"), type=int, default=0, help="episode i is recorded with seed+i (default 0)")
+    p.add_argument(*_flag("seed"), type=int, default=0, help="episode i is recorded with seed+i (default 0; the last seed at most 2**63 - 1)")
     p.add_argument(*_flag("max-episode-steps"), type=int, default=500, help="expert step budget per episode (default 500)")
     p.add_argument(*_flag("image-size"), type=int, default=64, help="camera resolution, square, even, up to 1024 (default 64)")
     p.add_argument(*_flag("camera"), default=None, help="Meta-World camera name (default corner2)")

@@ -22,6 +22,9 @@ logger = logging.getLogger("gr00t_eval.open_loop")  # the open-loop evaluation's
 FRAME_WINDOW = 128
 # A flat observation key quoted in a server's error (a sim-wrapper policy's bare KeyError: 'state.arm').
 _QUOTED_FLAT_KEY = re.compile(r"'(?:video|state|annotation|language)\.[^']+'")
+# A server refusing a request over one of its size limits (gr00t-server's --max-language-chars, --max-image-pixels,
+# ...): the key it quotes is the one too large, in whichever form was sent, so no observation form would fit better.
+_LIMIT_REFUSAL = "this server accepts at most"
 FLAT_FORMAT_HINT = ("; the server's policy seems to want flat keys, and --observation-format auto sent the nested "
                     "form (the server did not say it serves the sim wrapper): run with --observation-format flat")
 
@@ -37,12 +40,14 @@ def resolve_observation_format(info: Any, requested: str) -> str:
 
 def format_hint(info: Any, requested: str, server_error: str) -> str:
     """What a trajectory's error adds to the server's error reply `server_error` when the observation form `requested`
-    may not fit the policy that get_server_info `info` names; "" when it fits or nothing tells."""
-    if requested == "auto":
-        guessed = resolve_observation_format(info, "auto") == "nested"
-        return FLAT_FORMAT_HINT if guessed and _QUOTED_FLAT_KEY.search(server_error) else ""
+    may not fit the policy that get_server_info `info` names; "" when it fits or nothing tells. Under "auto" only a
+    server that does not name a policy this run knows gets the flat-keys guess, and never for a size-limit refusal."""
     policy_class = str(info.get("policy_class", "")) if isinstance(info, Mapping) else ""
-    fits = "flat" if "Sim" in policy_class else "nested" if policy_class in NESTED_ONLY_POLICIES else requested
+    known = "Sim" in policy_class or policy_class in NESTED_ONLY_POLICIES
+    if requested == "auto":
+        quotes_flat_key = _QUOTED_FLAT_KEY.search(server_error) and _LIMIT_REFUSAL not in server_error
+        return FLAT_FORMAT_HINT if not known and quotes_flat_key else ""  # auto sent the nested form to this server
+    fits = "flat" if "Sim" in policy_class else "nested" if known else requested
     if fits == requested:
         return ""
     return (f"; the server serves {policy_class}, which takes the {fits} observation form, and this run sent the "

@@ -26,6 +26,9 @@ logger = logging.getLogger(__name__)
 
 METAWORLD_FPS = 80  # MuJoCo timestep 0.0025 s x frame_skip 5
 RECORD_CLAIM = ".gr00t_record.json"  # in the dataset root: the recording's process and settings (run_claim)
+# The largest episode seed a recording stores: LeRobot's tooling reads episode fields as int64, and past 2**64 - 1 a
+# replay server cannot even send it (the wire's integers stop there): every rollout of that episode errored.
+MAX_RECORDED_SEED = 2**63 - 1
 
 
 @dataclass
@@ -80,6 +83,10 @@ def record_metaworld(
     n_episodes = check_whole_number(n_episodes, "n_episodes", 1)
     max_episode_steps = check_whole_number(max_episode_steps, "max_episode_steps", 1)
     seed = check_whole_number(seed, "seed", 0)
+    if seed + n_episodes - 1 > MAX_RECORDED_SEED:
+        raise ValueError(f"seed + n_episodes - 1 (the last episode's seed) must be at most {MAX_RECORDED_SEED} "
+                         f"(2**63 - 1, the largest seed a dataset and its replay can carry), got {seed} + {n_episodes} "
+                         f"- 1 = {seed + n_episodes - 1}")
     image_size = checked_image_size(image_size)  # the range first, so the even check below sees a valid int
     if image_size % 2:  # checked here, before the dataset directory is made
         raise ValueError(f"image_size must be even (the dataset's mp4 videos are yuv420p), got {image_size}")

@@ -60,7 +60,8 @@ def cmd_record(args: argparse.Namespace) -> int:
     except ValueError as exc:  # the checks name record_metaworld's parameters; here they are flags
         message = str(exc)
         for parameter, flag in (("n_episodes", "--episodes"), ("max_episode_steps", "--max-episode-steps"),
-                                ("image_size", "--image-size"), ("seed", "--seed"), ("camera", "--camera")):
+                                ("image_size", "--image-size"), ("seed + n_episodes", "--seed + --episodes"),
+                                ("seed", "--seed"), ("camera", "--camera")):
             if message.startswith(parameter + " "):
                 message = flag + message[len(parameter):]
         raise SystemExit(f"error: {message}") from None

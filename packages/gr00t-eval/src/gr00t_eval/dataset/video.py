@@ -66,13 +66,14 @@ def decode_frames_at(path: Path, timestamps: Sequence[float], fps: float) -> Tup
     if len(timestamps) == 0:
         raise ValueError("decode_frames_at needs at least one timestamp")
     tolerance = 0.5 / fps
+    same_instant = min(_SAME_INSTANT_S, tolerance / 2)  # at 10,000 fps and up, 1e-4 s reached the next frame
     wanted = sorted(set(float(t) for t in timestamps))
     decoded = 0
     seek_to = wanted[0] - tolerance
     step_back = _STEP_BACK_FRAMES / fps
     try:
         while True:
-            found, count = _decode_from(path, seek_to, wanted, tolerance)
+            found, count = _decode_from(path, seek_to, wanted, tolerance, same_instant)
             decoded += count
             if found is not None:
                 break
@@ -97,11 +98,11 @@ _STEP_BACK_FRAMES = 16  # the first step back when a seek lands too late; each f
 
 
 def _decode_from(
-    path: Path, seek_to: float, wanted: List[float], tolerance: float
+    path: Path, seek_to: float, wanted: List[float], tolerance: float, same_instant: float
 ) -> Tuple[Optional[Dict[float, np.ndarray]], int]:
     """(frames of `wanted` found, frames decoded) decoding from the keyframe before `seek_to` (from the start when it
     is not after 0 s); found is None when the first frame decoded after a seek is after wanted[0], as then a frame
-    wanted may have been skipped."""
+    wanted may have been skipped. Times within `same_instant` seconds are one instant."""
     found: Dict[float, np.ndarray] = {}
     decoded = 0
     with av.open(str(path)) as container:
@@ -120,11 +121,11 @@ def _decode_from(
             if frame.pts is None:
                 raise DatasetError(f"{path}: decoded a frame without a timestamp (pts)")
             current = _Decoded(float(frame.pts * time_base), frame)
-            if previous is None and seek_to > 0 and current.time > wanted[0] + _SAME_INSTANT_S:
+            if previous is None and seek_to > 0 and current.time > wanted[0] + same_instant:
                 return None, decoded
             # A timestamp is settled by the first frame at (or a rounding error before) it: the nearest frame is
             # that one or the one before.
-            while pending and current.time >= pending[0] - _SAME_INSTANT_S:
+            while pending and current.time >= pending[0] - same_instant:
                 _take_nearest(pending.pop(0), (previous, current), tolerance, found)
             previous = current
             if not pending:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, List, Mapping
 
 import numpy as np
 
@@ -41,8 +41,11 @@ def _check_recorded_env(info: Any, started: Mapping[int, int], n_rows: int, env_
 
 def _note_recorded_seeds(info: Any, started: Mapping[int, int], n_rows: int, config: RolloutConfig,
                          recorded_seeds: Dict[int, int]) -> None:
-    """Keep in `recorded_seeds` the per-row seeds a replay server reports in its reset info (key "seed")."""
+    """Keep in `recorded_seeds` the per-row seeds a replay server reports in its reset info (key "seed"); warn of
+    started episodes it reports none for while it reports seeds for other rows or earlier episodes."""
     if not isinstance(info, Mapping) or info.get("seed") is None:
+        if recorded_seeds:
+            _warn_unseeded(list(started.values()), config)
         return
     seeds = info["seed"]
     seeds = list(seeds) if isinstance(seeds, (list, tuple, np.ndarray)) else [seeds]
@@ -51,10 +54,21 @@ def _note_recorded_seeds(info: Any, started: Mapping[int, int], n_rows: int, con
         logger.warning("the policy's reset info has a 'seed' of %d values for %d env rows; it is not taken as "
                        "recorded seeds (one per row), and the episodes keep their own", len(seeds), n_rows)
         return
+    unseeded = []
     for row, episode in started.items():
         seed = seeds[row]
-        if seed is not None:
-            if config.seed_for(episode) != int(seed) and not recorded_seeds:
-                logger.warning("the policy reports recorded seeds (a replay server): episode %d runs with seed %d, "
-                               "not %d", episode, int(seed), config.seed_for(episode))
-            recorded_seeds[episode] = int(seed)
+        if seed is None:
+            unseeded.append(episode)
+            continue
+        if config.seed_for(episode) != int(seed) and not recorded_seeds:
+            logger.warning("the policy reports recorded seeds (a replay server): episode %d runs with seed %d, "
+                           "not %d", episode, int(seed), config.seed_for(episode))
+        recorded_seeds[episode] = int(seed)
+    if unseeded:
+        _warn_unseeded(unseeded, config)
+
+
+def _warn_unseeded(episodes: List[int], config: RolloutConfig) -> None:
+    logger.warning("the policy reports recorded seeds (a replay server), but none for episodes %s: they run with this "
+                   "rollout's seeds %s, not in the scenes they were recorded in", episodes,
+                   [config.seed_for(episode) for episode in episodes])

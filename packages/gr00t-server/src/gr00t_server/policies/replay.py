@@ -21,6 +21,7 @@ from ..serving.endpoints import RateLimitedLog
 from ..serving.sessions import SegmentedLRU
 from .dataset_changes import DatasetChanges, meta_files
 from .option_names import OptionNames
+from .recorded_seeds import recorded_seeds
 
 if TYPE_CHECKING:  # gr00t-eval comes with the `replay` extra, imported when a ReplayPolicy is made
     from gr00t_eval.dataset import LeRobotDataset
@@ -129,6 +130,7 @@ class ReplayPolicy(BasePolicy):
         self._forgetting_log = RateLimitedLog(logger, level=logging.INFO)
         self._option_names = OptionNames(logger)  # unknown option names: refused when strict, else warned once
         self._state_dims = self.dataset.state_dims()
+        self._seeds = recorded_seeds(self.dataset)  # by episode position; its unusable seeds warned of here, once
         self._warned_widths: set = set()  # (state key, width) pairs warned about (strict=False)
         # Sessions this replay forgot for room (the last 4 * max_sessions): their get_action is refused until a reset,
         # not replayed from episode 0, step 0 (behind a server that holds more sessions than this, the robot was sent
@@ -358,7 +360,7 @@ class ReplayPolicy(BasePolicy):
         }
         # The env seed each episode was recorded with (`gr00t-eval record` stores it), so a rollout replays the
         # recorded scene without --seed; only for datasets that store seeds.
-        seeds = [self._recorded_seed(e) for e in cursor.episodes]
+        seeds = [self._seeds[e] for e in cursor.episodes]
         if any(seed is not None for seed in seeds):
             info["seed"] = pack(seeds)
         # And the env each episode was recorded in (`record` stores it too), so a rollout of another task is refused
@@ -367,10 +369,6 @@ class ReplayPolicy(BasePolicy):
         if any(name is not None for name in env_names):
             info["env_name"] = pack(env_names)
         return info
-
-    def _recorded_seed(self, position: int) -> Optional[int]:
-        seed = self.dataset.episode_extras(position).get("seed")
-        return int(seed) if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) else None
 
     def _recorded_env_name(self, position: int) -> Optional[str]:
         env_name = self.dataset.episode_extras(position).get("env_name")
