@@ -129,8 +129,13 @@ def test_sigterm_stops_the_server_cleanly_and_frees_the_port(dataset):
         (["serve", "--dataset-path", ".", "--batch-timeout-ms", "inf"], "--batch-timeout-ms must be a finite number"),
         (["serve", "--dataset-path", ".", "--inline-below-ms", "inf"], "--inline-below-ms must be a finite number"),
         # 0 made ZeroMQ drop every request unanswered; -1 lifted the cap altogether
-        (["serve", "--dataset-path", ".", "--max-message-mb", "0"], "--max-message-mb must be a whole number of MiB >= 1, got 0"),
-        (["serve", "--dataset-path", ".", "--max-message-mb", "-1"], "--max-message-mb must be a whole number of MiB >= 1, got -1"),
+        (["serve", "--dataset-path", ".", "--max-message-mb", "0"], "--max-message-mb must be a whole number of MiB from 1 to 8796093022207, got 0"),
+        (["serve", "--dataset-path", ".", "--max-message-mb", "-1"], "--max-message-mb must be a whole number of MiB from 1 to 8796093022207, got -1"),
+        # 2**43 MiB is 2**63 bytes, one over the server's cap: refused after the model had loaded, in Python's names
+        (["serve", "--dataset-path", ".", "--max-message-mb", str(2**43)], "--max-message-mb must be a whole number of MiB from 1 to 8796093022207, got 8796093022208"),
+        # finite MiB, but an infinite byte count: an OverflowError traceback
+        (["serve", "--dataset-path", ".", "--max-queued-mb", "1e308"], "--max-queued-mb must be a number of MiB > 0 and below 8796093022208 (2**63 bytes), got 1e+308"),
+        (["serve", "--dataset-path", ".", "--max-client-queued-mb", "1e308"], "--max-client-queued-mb must be a number of MiB > 0 and below 8796093022208 (2**63 bytes), got 1e+308"),
         (["serve", "--dataset-path", ".", "--port", "70000"], "--port must be a port number from 0 (any free port) to 65535, got 70000"),
         (["serve", "--dataset-path", ".", "--metrics-port", "-2"], "--metrics-port must be a port number"),
         (["serve", "--dataset-path", ".", "--max-batch-size", "0"], "--max-batch-size must be a whole number >= 1 (1: batching off), got 0"),

@@ -70,3 +70,18 @@ def test_gr00t_policy_and_serve_refuse_a_misspelt_device(tiny_checkpoint):
     assert result.returncode != 0
     assert "gr00t-server serve: error: device 'gpu' is not a torch device name" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_a_preprocess_device_without_cuda_is_named_itself_not_device(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    """`--device cpu --preprocess-device cuda` was told to pass --device cpu, which it had."""
+    from gr00t_server import cli
+
+    with pytest.raises(ValueError, match=r"^preprocess_device 'cuda' was asked for but CUDA is not available here; use "
+                                         r"preprocess_device 'cpu' \(--preprocess-device cpu on the command line\)$"):
+        Gr00tPolicy(tiny_checkpoint, "new_embodiment", device="cpu", preprocess_device="cuda")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["serve", "--model-path", str(tiny_checkpoint), "--device", "cpu", "--preprocess-device", "cuda",
+                     "--port", "0"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.endswith("use preprocess_device 'cpu' (--preprocess-device cpu on the command line)"), error

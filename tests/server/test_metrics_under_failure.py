@@ -228,7 +228,7 @@ def test_bad_queued_budgets_are_refused_by_serve(tmp_path):
         done = subprocess.run([sys.executable, "-m", "gr00t_server.cli", "serve", "--dataset-path", str(tmp_path),
                                flag, value], capture_output=True, text=True, timeout=60)
         assert done.returncode == 2, done.stderr
-        assert f"{flag} must be a finite number of MiB > 0, got" in done.stderr
+        assert f"{flag} must be a number of MiB > 0 and below 8796093022208 (2**63 bytes), got" in done.stderr
 
 
 def test_a_reply_whose_reference_client_gave_up_is_counted_undelivered_not_ok():

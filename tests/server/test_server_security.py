@@ -139,6 +139,21 @@ def test_a_server_started_from_python_off_loopback_without_a_token_warns(caplog,
     assert ("listening on 0.0.0.0 without an API token" in caplog.text) is warned
 
 
+@pytest.mark.parametrize("host", ["127.1", "localhost"])
+def test_a_server_on_a_name_that_binds_loopback_does_not_warn_of_exposure(caplog, host):
+    """A host name that resolves to a loopback address (127.1, or the machine's own name in /etc/hosts) binds
+    127.0.0.1 only; the server warned that anyone who can reach the port can use the policy."""
+    from gr00t_server.serving import PolicyServer
+
+    server = PolicyServer(EchoPolicy(), host=host, port=0)
+    with caplog.at_level("WARNING", logger="gr00t_server.serving.server"):
+        server.start()
+    bound = server.bound_endpoint
+    server.close()
+    assert bound.startswith("tcp://127.0.0.1:")
+    assert "without an API token" not in caplog.text
+
+
 def test_a_token_that_is_not_utf8_is_refused_when_the_server_is_made():
     # '\udcff': the surrogate a Latin-1 shell's byte becomes in $GR00T_API_TOKEN; every request failed with
     # UnicodeEncodeError before, so no client could ever be served
@@ -152,3 +167,20 @@ def test_serve_refuses_an_empty_api_token_instead_of_serving_without_one(token, 
 
     assert cli.main(["serve", "--dataset-path", "unused", "--api-token", token]) == 2
     assert "--api-token (or $GR00T_API_TOKEN) is empty: an unset variable?" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("given", ["environment", "flag"])
+def test_serve_refuses_a_token_that_is_not_utf8_before_the_model_loads(tiny_checkpoint, capsys, monkeypatch, given):
+    """PolicyServer refused it only after the checkpoint had loaded and warmed up (minutes for a 3B model)."""
+    from gr00t_server import cli
+
+    token = "s\udcffx"  # the surrogate a Latin-1 shell's byte becomes in $GR00T_API_TOKEN or argv
+    monkeypatch.delenv("GR00T_API_TOKEN", raising=False)
+    if given == "environment":
+        monkeypatch.setenv("GR00T_API_TOKEN", token)
+    flags = ["--api-token", token] if given == "flag" else []
+    assert cli.main(["serve", "--model-path", str(tiny_checkpoint), "--device", "cpu", "--port", "0", *flags]) == 2
+    out, err = capsys.readouterr()
+    named = "$GR00T_API_TOKEN" if given == "environment" else "--api-token"
+    assert f"gr00t-server serve: error: {named} must be UTF-8 text" in err
+    assert "Warm-up:" not in out and "Embodiment tag:" not in out

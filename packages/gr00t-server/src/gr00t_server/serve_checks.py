@@ -4,26 +4,32 @@ flags the chosen policy ignores, ports and the bind address, each refused with a
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 from typing import Any, List, Optional, Tuple
 
 from .cli_errors import CliError
 
 
+MIB = 1024 * 1024
+# Byte counts are held in 64 bits (ZeroMQ's, the server's): a MiB flag's bytes must come under 2**63.
+_BYTES_CAP_MIB = 2**63 // MIB
+
+
 def _server_limits(args: argparse.Namespace) -> Any:
     from .serving.limits import ServerLimits
 
     for flag, value in (("--max-client-queued-mb", args.max_client_queued_mb), ("--max-queued-mb", args.max_queued_mb)):
-        if value is not None and not 0 < value < float("inf"):  # NaN too
-            raise CliError(f"{flag} must be a finite number of MiB > 0, got {value}")
-    queued = None if args.max_client_queued_mb is None else max(1, int(args.max_client_queued_mb * 1024 * 1024))
+        if value is not None and not 0 < value < _BYTES_CAP_MIB:  # NaN too
+            raise CliError(f"{flag} must be a number of MiB > 0 and below {_BYTES_CAP_MIB} (2**63 bytes), got {value}")
+    queued = None if args.max_client_queued_mb is None else max(1, int(args.max_client_queued_mb * MIB))
     try:
         return ServerLimits(
             max_rows=args.max_rows, max_language_chars=args.max_language_chars, max_language_tokens=args.max_language_tokens,
             max_cameras=args.max_cameras, max_image_pixels=args.max_image_pixels, max_sessions=args.max_sessions,
             session_idle_s=args.session_idle_s, max_client_queued_bytes=queued,
             max_client_queued_requests=args.max_client_queued_requests,
-            max_queued_bytes=max(1, int(args.max_queued_mb * 1024 * 1024)),
+            max_queued_bytes=max(1, int(args.max_queued_mb * MIB)),
         )
     except ValueError as exc:
         raise CliError(f"--{str(exc).replace('_', '-')}") from exc
@@ -45,7 +51,7 @@ def _ignored_flags(args: argparse.Namespace) -> List[str]:
 
 def _check_server_flags(args: argparse.Namespace) -> None:
     """Refuse a server flag out of range before the model loads (PolicyServer's own check, in flag names)."""
-    from .serving.server import check_server_settings
+    from .serving.server import MAX_MESSAGE_BYTES_CAP, check_server_settings
 
     try:
         check_server_settings(
@@ -59,8 +65,23 @@ def _check_server_flags(args: argparse.Namespace) -> None:
         raise CliError(f"--metrics-port {args.metrics_port} is also --port: the metrics endpoint needs a port of its own")
     _check_bind_host(args.host)
     _refuse_blank("--api-token", "GR00T_API_TOKEN", args.api_token, "serve without a token")
-    if not 1 <= args.max_message_mb <= 2**43:
-        raise CliError(f"--max-message-mb must be a whole number of MiB >= 1, got {args.max_message_mb}")
+    _refuse_non_utf8_token(args.api_token)
+    top_mb = MAX_MESSAGE_BYTES_CAP // MIB
+    if not 1 <= args.max_message_mb <= top_mb:
+        raise CliError(f"--max-message-mb must be a whole number of MiB from 1 to {top_mb}, got {args.max_message_mb}")
+
+
+def _refuse_non_utf8_token(token: Optional[str]) -> None:
+    """CliError for a token that is not UTF-8 text (bytes from a Latin-1 shell or a binary file): no request could
+    carry it, and PolicyServer refuses it only once the model has loaded."""
+    if token is None:
+        return
+    try:
+        token.encode("utf-8")
+    except UnicodeEncodeError:
+        given = "$GR00T_API_TOKEN" if token == os.environ.get("GR00T_API_TOKEN") else "--api-token"
+        raise CliError(f"{given} must be UTF-8 text; it has bytes that are not (a token from a Latin-1 shell or a "
+                       "binary file?)") from None
 
 
 def _refuse_blank(flag: str, variable: str, value: Optional[str], without: str) -> None:

@@ -56,25 +56,27 @@ def _resolve_tag(tag: Union[EmbodimentTag, str], supported: List[str]) -> Tuple[
     return resolved, resolved.value
 
 
-def _resolve_device(device: Union[str, torch.device]) -> torch.device:
-    """A CPU or CUDA device that exists here; ValueError naming the device and what to use instead."""
+def _resolve_device(device: Union[str, torch.device], name: str = "device") -> torch.device:
+    """A CPU or CUDA device that exists here; ValueError naming the argument (`name`: device, preprocess_device), the
+    device and what to use instead."""
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device {str(device)!r} is not a torch device name; use 'cpu', 'cuda' or 'cuda:N'") from exc
+        raise ValueError(f"{name} {str(device)!r} is not a torch device name; use 'cpu', 'cuda' or 'cuda:N'") from exc
     if resolved.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {str(device)!r} is not supported: GR00T policies run on 'cpu', 'cuda' or 'cuda:N'")
+        raise ValueError(f"{name} {str(device)!r} is not supported: GR00T policies run on 'cpu', 'cuda' or 'cuda:N'")
     if resolved.type == "cpu":  # torch takes 'cpu:N'; safetensors then fails to read the weights onto it
         if resolved.index not in (None, 0):
-            raise ValueError(f"device {str(device)!r} is not supported: the CPU is one device, 'cpu'")
+            raise ValueError(f"{name} {str(device)!r} is not supported: the CPU is one device, 'cpu'")
         return torch.device("cpu")
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {str(device)!r} was asked for but CUDA is not available here; use device 'cpu' "
-                             "(--device cpu on the command line)")
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{name} {str(device)!r} was asked for but CUDA is not available here; use {name} 'cpu' "
+                             f"({flag} cpu on the command line)")
         count = torch.cuda.device_count()
         if resolved.index is not None and resolved.index >= count:
-            raise ValueError(f"device {str(device)!r} was asked for but this machine has {count} CUDA device(s) "
+            raise ValueError(f"{name} {str(device)!r} was asked for but this machine has {count} CUDA device(s) "
                              f"(cuda:0{'' if count == 1 else f' to cuda:{count - 1}'})")
     return resolved
 

@@ -84,8 +84,9 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
         self.embodiment_tag_value = tag_value
         self.device = _resolve_device(device)
 
-        self.preprocess_device = _resolve_device(preprocess_device) if preprocess_device is not None else (
-            self.device if self.device.type == "cuda" else torch.device("cpu")
+        self.preprocess_device = (
+            _resolve_device(preprocess_device, "preprocess_device") if preprocess_device is not None
+            else self.device if self.device.type == "cuda" else torch.device("cpu")
         )
         self.processor = Gr00tN1d7Processor.from_pretrained(self.checkpoint_dir, local_files_only=local_files_only)
         # count_language_tokens' own tokenizer, made now: made on the first long prompt, it held the socket thread

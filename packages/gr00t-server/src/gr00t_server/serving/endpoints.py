@@ -63,6 +63,12 @@ def is_loopback_host(host: str) -> bool:
     return (mapped or address).is_loopback
 
 
+def endpoint_address(endpoint: str) -> str:
+    """The address of a bound tcp:// endpoint: 'tcp://[::1]:5555' -> '::1', 'tcp://127.0.0.1:5555' -> '127.0.0.1'."""
+    address = endpoint.split("://", 1)[-1].rsplit(":", 1)[0]
+    return normalize_host(address)
+
+
 def is_loopback_peer(peer: Optional[str]) -> bool:
     """A peer with no TCP address (inproc, ipc) or a loopback one."""
     return peer is None or is_loopback_host(peer)

@@ -15,7 +15,7 @@ from gr00t_client.policy import BasePolicy
 
 from . import batching
 from .builtin_endpoints import BuiltinEndpoints
-from .endpoints import Endpoint, is_loopback_host, is_loopback_peer
+from .endpoints import Endpoint, endpoint_address, is_loopback_host, is_loopback_peer
 # POLICY_STAGE_KEYS, ACTIVE_CLIENT_WINDOW_S, DEFAULT_CLIENT_QUEUED_BYTES, RECEIVE_BURST moved with their code and stay
 # importable from here, as before the split.
 from .execution import POLICY_STAGE_KEYS, JobRunner  # noqa: F401
@@ -39,6 +39,7 @@ from .worker import DEFAULT_INLINE_BELOW_MS, InlineGate, PolicyWorker
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+MAX_MESSAGE_BYTES_CAP = 2**63 - 1  # ZeroMQ's MAXMSGSIZE is a signed 64-bit count
 CLOSE_WAIT_S = 30.0  # how long close() waits for a run() in another thread to stop and close the socket
 INLINE_RELEASE_GRACE_S = 0.5  # beyond shutdown_timeout_s, before close() takes the socket from a call on run()'s thread
 
@@ -61,7 +62,7 @@ __all__ = [
 _SETTINGS: Dict[str, Tuple[bool, float, float, str]] = {
     "port": (True, 0, 65535, "a port number from 0 (any free port) to 65535"),
     "metrics_port": (True, 0, 65535, "a port number from 0 (any free port) to 65535"),
-    "max_message_bytes": (True, 1, 2**63 - 1, "a whole number of bytes >= 1"),
+    "max_message_bytes": (True, 1, MAX_MESSAGE_BYTES_CAP, "a whole number of bytes >= 1"),
     "max_batch_size": (True, 1, 2**31 - 1, "a whole number >= 1 (1: batching off)"),
     "poll_interval_ms": (True, 1, 3_600_000, "a whole number of milliseconds from 1 to 3600000"),
     "batch_timeout_ms": (False, 0, 3_600_000, "a finite number of milliseconds from 0 to 3600000"),
@@ -278,7 +279,9 @@ class PolicyServer(BuiltinEndpoints):
                 raise
             self.metrics_port = self._metrics.port
         logger.info("policy server bound to %s (messages up to %d bytes)", self.bound_endpoint, self.max_message_bytes)
-        if not is_loopback_host(self.host) and not self.api_token and (self.curve is None or self.curve.authorized_keys is None):
+        # By the address bound: a name (127.1, the machine's own name in /etc/hosts) may bind loopback only
+        loopback = is_loopback_host(endpoint_address(self.bound_endpoint))
+        if not loopback and not self.api_token and (self.curve is None or self.curve.authorized_keys is None):
             logger.warning("listening on %s without an API token%s: anyone who can reach this port can use the policy "
                            "(set an API token: --api-token or GR00T_API_TOKEN, api_token= in Python; or CURVE with "
                            "authorized client keys)", self.host, " or authorized client keys" if self.curve is not None else "")
