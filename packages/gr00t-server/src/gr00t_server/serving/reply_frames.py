@@ -1,0 +1,122 @@
+"""Reply encoding for JobRunner: an endpoint's result (get_action counted and timed, with server_timing when asked
+for) or a failure (bounded error reply, internal errors logged with their traceback, refusals rate-limited) as the
+frames sent back to the client."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
+
+from gr00t_client import codec
+from gr00t_client.client import ERROR_MARKER
+from gr00t_client.policy import PolicyValidationError
+
+from .endpoints import RateLimitedLog, UnencodableResultError, error_text, log_text
+from .messages import WIRE_NPSAVE, Request, RequestError, encode_reply, encode_timed_reply
+from .metrics import OTHER_ENDPOINT
+from .worker import Reply
+
+if TYPE_CHECKING:
+    from .server import PolicyServer
+
+logger = logging.getLogger("gr00t_server.serving.server")  # PolicyServer's log: the split renamed no logger
+
+
+class ReplyFrames:
+    """Turns a request's result, or its failure, into reply frames (either thread); JobRunner inherits it. It reads
+    the server's stats, metrics and endpoint table live."""
+
+    def __init__(self, server: "PolicyServer") -> None:
+        self._server = server
+        # Per server (a second server in one process starts with a clean slate). Client mistakes: the first of each
+        # kind, then 20 per 10 s. A policy failing on every call (CUDA out of memory) logged a traceback per request,
+        # gigabytes a day: the first of each kind keeps its traceback, then 5 a minute; the rest are counted.
+        self._refusals = RateLimitedLog(logger)
+        self._internal_errors = RateLimitedLog(logger, per_window=5, window_s=60.0, level=logging.ERROR)
+
+    def flush_logs(self) -> None:
+        """Report the refusals and internal errors counted but not logged (called when the server stops)."""
+        self._refusals.flush()
+        self._internal_errors.flush()
+
+    def result_frames(
+        self, request: Request, result: Any, policy_ms: float, batch_size: int, batch_rows: int,
+        policy_started: Optional[float] = None,
+    ) -> Reply:
+        """Encode an endpoint's result (get_action: counted, timed, with server_timing when asked for); `batch_size`
+        counts the requests of its policy call, `batch_rows` the rows the model ran."""
+        stats, metrics = self._server.stats, self._server._metrics
+        timing: Optional[Dict[str, Any]] = None  # every get_action's stages (metrics); in the reply when asked for
+        wants_timing = False
+        if request.endpoint == "get_action" and isinstance(result, list) and len(result) == 2:
+            if policy_started is None:
+                policy_started = time.monotonic() - policy_ms / 1000.0
+            queue_ms = (policy_started - request.received_at) * 1000.0 - request.decode_ms
+            timing = {
+                "queue_wait_ms": max(0.0, queue_ms),
+                "decode_ms": request.decode_ms,
+                "policy_ms": policy_ms,
+                "batch_size": batch_size,
+                "batch_rows": batch_rows,
+                **request.timing,
+            }
+            wants_timing = request.wants_timing and isinstance(result[1], dict)  # checked when it came (_route)
+        started = time.monotonic()
+        try:
+            if not wants_timing:
+                frames = encode_reply(request, result, ok=True)
+            elif request.wire_format == WIRE_NPSAVE:  # np.save-era peers get the timing in info, packed plainly,
+                # without encode_ms: the timing is inside what is encoded (it read 0.0, which is no measurement)
+                info = dict(result[1], server_timing=dict(timing or {}))
+                frames = encode_reply(request, [result[0], info], ok=True)
+            else:
+                frames = encode_timed_reply(request, result[0], result[1], timing or {}, started)
+        except Exception as exc:  # a policy returned what the wire cannot carry: its bug, counted as internal
+            error = UnencodableResultError(f"could not encode the result of '{request.endpoint}': {exc}")
+            error.__cause__ = exc
+            return request, self.error_frames(request, error)
+        # Multipart frames view the policy's own arrays; the socket thread sends them later, by when a policy that
+        # reuses its output buffer (ONNX/TensorRT bindings) may have overwritten them. Own the bytes now (a timed
+        # reply owns them already, inside its encode_ms).
+        frames = [bytes(frame) if isinstance(frame, memoryview) else frame for frame in frames]
+        encode_ms = (time.monotonic() - started) * 1000.0
+        stats.add("encode_ms_total", encode_ms)
+        if timing is not None:
+            metrics.observe_stages(dict(timing, encode_ms=encode_ms))
+        return request, frames
+
+    def error_frames(self, request: Request, exc: BaseException, log: bool = True) -> List[Any]:
+        """A bounded error reply for `exc`; internal errors are logged with their traceback, refusals rate-limited."""
+        stats = self._server.stats
+        stats.add("errors")
+        message, internal = error_text(request.endpoint, exc)
+        if request.outcome == "ok":
+            request.outcome = "internal_error" if internal else "error"
+        if internal:
+            stats.add("internal_errors")
+            self._internal_errors.warning("internal error in %s from %s", log_text(request.endpoint),
+                                          request.peer or "local", exc_info=exc,
+                                          kind=(request.endpoint, type(exc).__name__, _safe_text(exc)[:200]))
+        elif log:  # client-supplied text is cut and escaped: a name may be megabytes long or forge log lines
+            # A bare ValueError/KeyError may be a bug in the policy told to the client as its mistake: the first of
+            # each kind shows where it was raised (a refusal the server or the policy's checks word has no traceback).
+            worded = isinstance(exc, (RequestError, PolicyValidationError, codec.WireDecodeError))
+            # The kinds always logged once are bounded: an unknown endpoint name (a client's choice, even without the
+            # token) is "other", so a peer cannot spend the kinds, and with them the lines past the rate limit.
+            known = request.endpoint if request.endpoint in self._server._endpoints else OTHER_ENDPOINT
+            self._refusals.warning("request %s from %s refused: %s", log_text(request.endpoint), request.peer or "local",
+                                   log_text(message, 300, quoted=False), kind=(known, type(exc).__name__),
+                                   first_exc_info=None if worded else exc)
+        try:
+            return encode_reply(request, message, ok=False)
+        except Exception:  # the message itself cannot fail to encode, but never let a reply path raise
+            return [codec.encode({"error": "internal error", ERROR_MARKER: True})]
+
+
+def _safe_text(exc: BaseException) -> str:
+    """str(exc), or '' for an exception whose __str__ raises (a failure must never break its own error reply)."""
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001
+        return ""
