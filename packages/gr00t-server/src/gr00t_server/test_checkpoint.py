@@ -107,7 +107,7 @@ def spec_from_dataset(dataset_path: Union[str, Path], horizon: int = 16) -> Dict
         kind: {key: {name: values.tolist() for name, values in dataset.group_stats(kind, key).items()} for key in keys}
         for kind, keys in (("state", dataset.state_keys), ("action", dataset.action_keys))
     }
-    from .processing.config import parse_statistics
+    from .processing.checkpoint_statistics import parse_statistics
 
     try:  # the checks serve makes: a checkpoint it would refuse is not written
         parse_statistics({"dataset": stats})
@@ -401,7 +401,8 @@ def example_observation(
     checkpoint_dir: Union[str, Path], embodiment_tag: str, batch_size: int = 1, seed: int = 0, image_size: Tuple[int, int] = (256, 256)
 ) -> Dict[str, Any]:
     """A random nested observation {video, state, language} matching a checkpoint's configs and statistics."""
-    from gr00t_server.processing.config import load_processor_config, load_statistics
+    from gr00t_server.processing.checkpoint_statistics import load_statistics
+    from gr00t_server.processing.config import load_processor_config
 
     processor_config = load_processor_config(checkpoint_dir)
     configs: Mapping[str, ModalityConfig] = processor_config.modality_configs[embodiment_tag]

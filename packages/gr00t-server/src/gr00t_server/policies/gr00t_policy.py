@@ -25,8 +25,8 @@ from gr00t_client.embodiment import EmbodimentTag
 from gr00t_client.modality import ModalityConfig
 from gr00t_client.policy import BasePolicy, ObservationError
 from gr00t_server.model.checkpoint import load_model, resolve_checkpoint_dir
-from gr00t_server.processing.config import (EMBODIMENT_ID_NAME, PROCESSOR_CONFIG_NAME, STATISTICS_NAME,
-                                           load_processor_config)
+from gr00t_server.processing.checkpoint_files import EMBODIMENT_ID_NAME, PROCESSOR_CONFIG_NAME, STATISTICS_NAME
+from gr00t_server.processing.config import load_processor_config
 from gr00t_server.processing.processor import Gr00tN1d7Processor
 from gr00t_server.processing.text import IMAGE_PAD_TOKEN
 from gr00t_server.processing.vision_patches import PREPROCESSOR_CONFIG_NAME

@@ -1,16 +1,9 @@
 """GR00T N1.7 observation/action processing (model.md §3) as explicit, testable steps."""
 
-from .config import (
-    ProcessorConfig,
-    find_processor_dir,
-    load_embodiment_ids,
-    load_processor_config,
-    load_statistics,
-    merge_embodiment_ids,
-    parse_modality_configs,
-    parse_statistics,
-    processor_config_from_kwargs,
-)
+from .checkpoint_files import find_processor_dir
+from .checkpoint_statistics import load_statistics, parse_statistics
+from .config import ProcessorConfig, load_processor_config, parse_modality_configs, processor_config_from_kwargs
+from .embodiment_ids import load_embodiment_ids, merge_embodiment_ids
 from .image import (
     eval_image_transform,
     eval_image_transform_batch,

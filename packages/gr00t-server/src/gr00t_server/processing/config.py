@@ -1,26 +1,24 @@
-"""Read a checkpoint's processor files: processor_config.json, statistics.json and embodiment_id.json."""
+"""Read a checkpoint's processor_config.json into a checked ProcessorConfig (modality configs, image settings)."""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-import numpy as np
-
-from gr00t_client.embodiment import EMBODIMENT_TAG_TO_PROJECTOR_INDEX
 from gr00t_client.modality import ActionRepresentation, ModalityConfig
 from gr00t_server.model.backbone_config import BACKBONE_FAMILIES, is_backbone_family
 
-logger = logging.getLogger(__name__)
+from .checkpoint_files import PROCESSOR_CONFIG_NAME, PathLike, _is_int, _read_json, find_processor_dir
+from .checkpoint_statistics import load_statistics, parse_statistics
+from .embodiment_ids import load_embodiment_ids, merge_embodiment_ids
 
-PROCESSOR_CONFIG_NAME = "processor_config.json"
-STATISTICS_NAME = "statistics.json"
-EMBODIMENT_ID_NAME = "embodiment_id.json"
-PROCESSOR_SUBFOLDER = "processor"
+__all__ = ["ABSENT_KEY_DEFAULTS", "ProcessorConfig", "find_processor_dir", "load_embodiment_ids", "load_processor_config",
+           "load_statistics", "merge_embodiment_ids", "parse_modality_configs", "parse_statistics",
+           "processor_config_from_kwargs"]
+
+logger = logging.getLogger(__name__)
 
 # Keys older internal checkpoints carry; they mean nothing at inference (model.md §1.4).
 _LEGACY_PROCESSOR_KEYS = frozenset(
@@ -41,8 +39,6 @@ _MODALITY_FIELDS = frozenset(
 )
 _ACTION_CONFIG_FIELDS = frozenset({"rep", "type", "format", "state_key"})
 _CORE_MODALITIES = ("video", "state", "action", "language")
-
-PathLike = Union[str, Path]
 
 
 @dataclass(frozen=True)
@@ -130,38 +126,6 @@ _SCALAR_FIELDS = (
 )
 
 
-def _refuse_broken_link(path: Path) -> None:
-    """FileNotFoundError naming the target of a link that points nowhere (an interrupted hub-cache download leaves
-    them), which would otherwise read as a file that is not there."""
-    if path.is_symlink() and not path.exists():
-        raise FileNotFoundError(f"{path} is a broken link to {os.readlink(path)}; download or copy the checkpoint again")
-
-
-def find_processor_dir(checkpoint_dir: PathLike) -> Path:
-    """The folder holding processor_config.json: the checkpoint root, else its `processor/` sub-folder."""
-    root = Path(checkpoint_dir)
-    for folder in (root, root / PROCESSOR_SUBFOLDER):
-        _refuse_broken_link(folder / PROCESSOR_CONFIG_NAME)
-        if (folder / PROCESSOR_CONFIG_NAME).is_dir():
-            raise IsADirectoryError(f"{folder / PROCESSOR_CONFIG_NAME} is a directory; expected a JSON file")
-    if (root / PROCESSOR_CONFIG_NAME).is_file():
-        return root
-    if (root / PROCESSOR_SUBFOLDER / PROCESSOR_CONFIG_NAME).is_file():
-        return root / PROCESSOR_SUBFOLDER
-    raise FileNotFoundError(
-        f"No {PROCESSOR_CONFIG_NAME} in checkpoint {str(root)!r} (looked in the root and in "
-        f"{PROCESSOR_SUBFOLDER}/); a GR00T N1.7 checkpoint needs processor_config.json and statistics.json"
-    )
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        with open(path, "r", encoding="utf-8") as fh:
-            return json.load(fh)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
-
-
 def _parse_modality(tag: str, modality: str, fields: Mapping[str, Any]) -> ModalityConfig:
     if not isinstance(fields, Mapping):
         raise ValueError(f"modality_configs[{tag!r}][{modality!r}] must be an object, got {type(fields).__name__}")
@@ -204,10 +168,6 @@ _BOOL_FIELDS = (
     "use_mean_std", "clip_outliers", "apply_sincos_state_encoding", "use_relative_action", "exclude_state",
 )
 _POSITIVE_INT_FIELDS = ("max_state_dim", "max_action_dim", "max_action_horizon")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _field_error(name: str, value: Any, expected: str) -> ValueError:
@@ -352,157 +312,5 @@ def load_processor_config(checkpoint_dir: PathLike) -> ProcessorConfig:
         raise ValueError(f"{path}: 'processor_kwargs' must be an object")
     try:
         return processor_config_from_kwargs(kwargs)
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from None
-
-
-# --- statistics.json ------------------------------------------------------------------------------
-
-Statistics = Dict[str, Dict[str, Dict[str, Dict[str, np.ndarray]]]]
-STAT_NAMES = ("min", "max", "mean", "std", "q01", "q99")
-
-
-_STAT_RANGES = (("min", "max"), ("q01", "q99"))
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-def _parse_stat(values: Any, where: str) -> np.ndarray:
-    """One stat as a float64 array of at least one axis; ValueError unless it is finite numbers."""
-    try:
-        array = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{where} is not a list of numbers (or of equal-length rows): {exc}") from None
-    if array.ndim == 0 or array.shape[-1] == 0:
-        raise ValueError(f"{where} must be a non-empty list of numbers, got {json.dumps(values)[:60]}")
-    if not np.isfinite(array).all():
-        bad = np.argwhere(~np.isfinite(array))[0].tolist()
-        raise ValueError(f"{where} has a non-finite value ({array[tuple(bad)]}) at index {bad}; statistics must be finite")
-    if (np.abs(array) > _FLOAT32_MAX).any():  # the action is unnormalized into float32: 1e39 became inf on every call
-        bad = np.argwhere(np.abs(array) > _FLOAT32_MAX)[0].tolist()
-        raise ValueError(f"{where} value {array[tuple(bad)]:g} at index {bad} is beyond float32's range "
-                         f"({_FLOAT32_MAX:.4g}); states and actions are float32, so statistics must fit in it")
-    return array
-
-
-def check_key_statistics(stats: Mapping[str, np.ndarray], where: str, absolute: bool = False) -> int:
-    """Every stat of one key (each parsed by _parse_stat, so within float32's range and every span finite) has the
-    same width (the key's dimension), low <= high, std >= 0, and for an `absolute` key (a state or action key) one
-    row; ValueError naming `where` and the stat. Returns the width."""
-    widths = {name: int(value.shape[-1]) for name, value in stats.items()}
-    if len(set(widths.values())) > 1:
-        listed = ", ".join(f"{name} {width}" for name, width in widths.items())
-        raise ValueError(f"{where}: stats have different lengths ({listed}); each must have one value per dimension")
-    rows = [name for name, value in stats.items() if value.ndim != 1]
-    if absolute and rows:  # normalizing a (T, D) state by (2, D) statistics failed in numpy on every call
-        shape = stats[rows[0]].shape
-        raise ValueError(f"{where}[{rows[0]!r}] has shape {shape}; a state or action key's statistics must be 1-D, one "
-                         f"value per dimension (shape ({shape[-1]},)): per-step rows are the layout of relative_action "
-                         "keys only")
-    for low_name, high_name in _STAT_RANGES:
-        if low_name in stats and high_name in stats:
-            low, high = stats[low_name], stats[high_name]
-            if low.shape != high.shape:
-                raise ValueError(f"{where}: {low_name} has shape {low.shape} but {high_name} has {high.shape}")
-            if (low > high).any():
-                index = np.argwhere(low > high)[0].tolist()
-                raise ValueError(f"{where}: {low_name} {low[tuple(index)]} > {high_name} {high[tuple(index)]} at index "
-                                 f"{index}; the range is inverted")
-    if "std" in stats and (stats["std"] < 0).any():
-        raise ValueError(f"{where}: std has a negative value")
-    return next(iter(widths.values()), 0)
-
-
-def parse_statistics(data: Mapping[str, Any], errors: Optional[Dict[str, str]] = None) -> Statistics:
-    """{tag: {group: {key: {stat: list}}}} -> the same with float64 arrays; ValueError naming tag, group, key and
-    stat for a value that is not finite numbers, stats of one key with different lengths, or an inverted range.
-    With `errors`, a tag whose statistics are invalid is left out and its message put there instead (a checkpoint of
-    many embodiments stays usable for the others, as the reference's, which reads only the served tag's)."""
-    out: Statistics = {}
-    for tag, groups in data.items():
-        try:
-            out[tag] = _parse_tag_statistics(tag, groups)
-        except ValueError as exc:
-            if errors is None:
-                raise
-            errors[str(tag)] = str(exc)
-    return out
-
-
-def _parse_tag_statistics(tag: str, groups: Any) -> Dict[str, Dict[str, Dict[str, np.ndarray]]]:
-    if not isinstance(groups, Mapping):
-        raise ValueError(f"statistics[{tag!r}] must be an object of groups, got {type(groups).__name__}")
-    out: Dict[str, Dict[str, Dict[str, np.ndarray]]] = {}
-    for group, keys in groups.items():
-        if not isinstance(keys, Mapping):
-            raise ValueError(f"statistics[{tag!r}][{group!r}] must be an object of keys")
-        out[group] = {}
-        for key, stats in keys.items():
-            where = f"statistics[{tag!r}][{group!r}][{key!r}]"
-            if not isinstance(stats, Mapping):
-                raise ValueError(f"{where} must be an object of stats")
-            parsed = {name: _parse_stat(values, f"{where}[{name!r}]") for name, values in stats.items() if name in STAT_NAMES}
-            check_key_statistics(parsed, where, absolute=group in ("state", "action"))
-            out[group][key] = parsed
-    return out
-
-
-def load_statistics(checkpoint_dir: PathLike, errors: Optional[Dict[str, str]] = None) -> Statistics:
-    """Read statistics.json next to processor_config.json (`errors`: as for parse_statistics, messages naming the
-    file)."""
-    path = find_processor_dir(checkpoint_dir) / STATISTICS_NAME
-    _refuse_broken_link(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a directory; expected a JSON file")
-    if not path.is_file():
-        raise FileNotFoundError(f"No {STATISTICS_NAME} next to {PROCESSOR_CONFIG_NAME} in {str(path.parent)!r}")
-    data = _read_json(path)
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{path} must hold a JSON object")
-    try:
-        statistics = parse_statistics(data, errors)
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from None
-    for tag, message in (errors or {}).items():
-        errors[tag] = f"{path}: {message}"
-    return statistics
-
-
-# --- embodiment_id.json ---------------------------------------------------------------------------
-
-
-def merge_embodiment_ids(from_checkpoint: Optional[Mapping[str, int]]) -> Dict[str, int]:
-    """Checkpoint ids plus built-in ids for tags the checkpoint does not list (never overriding it); ValueError
-    for an id that is not an int >= 0 (2.7 or true would pick another embodiment's projector)."""
-    merged: Dict[str, int] = {}
-    for tag, index in (from_checkpoint or {}).items():
-        if not (_is_int(index) and index >= 0):
-            raise ValueError(f"embodiment {str(tag)!r} has id {json.dumps(index)} ({type(index).__name__}); expected an int >= 0")
-        merged[str(tag)] = index
-    for tag, index in EMBODIMENT_TAG_TO_PROJECTOR_INDEX.items():
-        merged.setdefault(tag, index)
-    return merged
-
-
-def embodiment_id_path(checkpoint_dir: PathLike) -> Path:
-    """The embodiment_id.json the processor reads: the one next to processor_config.json, as in the reference (one
-    elsewhere in the checkpoint is never read)."""
-    return find_processor_dir(checkpoint_dir) / EMBODIMENT_ID_NAME
-
-
-def load_embodiment_ids(checkpoint_dir: PathLike) -> Dict[str, int]:
-    """Read embodiment_id.json (optional) next to processor_config.json, merged with the built-in table."""
-    path = embodiment_id_path(checkpoint_dir)
-    _refuse_broken_link(path)
-    unread = Path(checkpoint_dir) / EMBODIMENT_ID_NAME
-    if not path.exists() and unread != path and unread.is_file():
-        logger.warning("%s is not read: embodiment_id.json is read only next to processor_config.json, as %s (the "
-                       "reference's rule); the built-in projector indices are used", unread, path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a directory; expected a JSON file")
-    data = _read_json(path) if path.is_file() else None
-    if data is not None and not isinstance(data, Mapping):
-        raise ValueError(f"{path} must hold a JSON object {{tag: id}}")
-    try:
-        return merge_embodiment_ids(data)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None

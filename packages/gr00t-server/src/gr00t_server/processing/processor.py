@@ -15,9 +15,10 @@ from gr00t_client.policy import ObservationError, non_finite_rows
 
 from . import actions
 from . import normalization as norm
-from .config import (EMBODIMENT_ID_NAME, PROCESSOR_CONFIG_NAME, STATISTICS_NAME, ProcessorConfig, Statistics,
-                     embodiment_id_path, find_processor_dir, load_embodiment_ids, load_processor_config,
-                     load_statistics)
+from .checkpoint_files import EMBODIMENT_ID_NAME, PROCESSOR_CONFIG_NAME, STATISTICS_NAME, find_processor_dir
+from .checkpoint_statistics import Statistics, load_statistics
+from .config import ProcessorConfig, load_processor_config
+from .embodiment_ids import embodiment_id_path, load_embodiment_ids
 from .image import check_frame_size, eval_image_transform_batch, eval_image_transform_torchvision_style_batch
 from .norm_params import EmbodimentNormParams, compute_norm_params
 from .text import (IMAGE_PAD_TOKEN, build_conversation, expand_image_tokens, formalize_language, render_prompt,

@@ -1,0 +1,52 @@
+"""Read a checkpoint's embodiment_id.json: embodiment tag -> projector index, merged with the built-in table."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Dict, Mapping, Optional
+
+from gr00t_client.embodiment import EMBODIMENT_TAG_TO_PROJECTOR_INDEX
+
+from .checkpoint_files import EMBODIMENT_ID_NAME, PathLike, _is_int, _read_json, _refuse_broken_link, find_processor_dir
+
+logger = logging.getLogger("gr00t_server.processing.config")  # one logger for the processor files' warnings
+
+
+def merge_embodiment_ids(from_checkpoint: Optional[Mapping[str, int]]) -> Dict[str, int]:
+    """Checkpoint ids plus built-in ids for tags the checkpoint does not list (never overriding it); ValueError
+    for an id that is not an int >= 0 (2.7 or true would pick another embodiment's projector)."""
+    merged: Dict[str, int] = {}
+    for tag, index in (from_checkpoint or {}).items():
+        if not (_is_int(index) and index >= 0):
+            raise ValueError(f"embodiment {str(tag)!r} has id {json.dumps(index)} ({type(index).__name__}); expected an int >= 0")
+        merged[str(tag)] = index
+    for tag, index in EMBODIMENT_TAG_TO_PROJECTOR_INDEX.items():
+        merged.setdefault(tag, index)
+    return merged
+
+
+def embodiment_id_path(checkpoint_dir: PathLike) -> Path:
+    """The embodiment_id.json the processor reads: the one next to processor_config.json, as in the reference (one
+    elsewhere in the checkpoint is never read)."""
+    return find_processor_dir(checkpoint_dir) / EMBODIMENT_ID_NAME
+
+
+def load_embodiment_ids(checkpoint_dir: PathLike) -> Dict[str, int]:
+    """Read embodiment_id.json (optional) next to processor_config.json, merged with the built-in table."""
+    path = embodiment_id_path(checkpoint_dir)
+    _refuse_broken_link(path)
+    unread = Path(checkpoint_dir) / EMBODIMENT_ID_NAME
+    if not path.exists() and unread != path and unread.is_file():
+        logger.warning("%s is not read: embodiment_id.json is read only next to processor_config.json, as %s (the "
+                       "reference's rule); the built-in projector indices are used", unread, path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory; expected a JSON file")
+    data = _read_json(path) if path.is_file() else None
+    if data is not None and not isinstance(data, Mapping):
+        raise ValueError(f"{path} must hold a JSON object {{tag: id}}")
+    try:
+        return merge_embodiment_ids(data)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
