@@ -305,6 +305,26 @@ def test_an_interrupted_ray_run_resumes_to_the_result_of_an_uninterrupted_run(lo
     assert len(logged) == len(set(logged)) == n_planned  # no finished episode ran twice
 
 
+def test_a_resumed_shard_whose_episodes_all_finished_keeps_the_runs_policy_and_server(local_ray, caplog):
+    """It was merged without them: a false 'shard 0/2 record no policy' warning, and merged_servers [None, ...]."""
+    from gr00t_eval.policy_identity import policy_record
+    from gr00t_eval.shard import ShardSpec
+
+    config = RolloutConfig(env_name="walkto/fast", n_episodes=4, n_envs=1, n_action_steps=2, max_episode_steps=6, seed=0,
+                           vectorization="sync")
+    with policy_server() as server:
+        done = []
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client:
+            policy = policy_record(client)
+            run_suite(client, "walkto/fast", config, ShardSpec(0, 2), on_episode=done.append)
+        merged = run_with_ray("walkto/fast", config, [ServerAddress("127.0.0.1", server.port)], n_shards=2,
+                              timeout_ms=5000, done=done, policy=policy)
+    assert "record no policy" not in caplog.text
+    assert merged["status"] == "complete" and merged["overall"]["n_episodes"] == 4
+    assert merged["merged_servers"] == [f"127.0.0.1:{server.port}"] * 2
+    assert merged["policy"] == policy
+
+
 @pytest.mark.slow
 def test_a_ray_run_resume_reruns_the_errored_episodes_and_the_failed_shard_only(local_ray, tmp_path, capsys):
     from eval.scale_fixtures import free_port

@@ -158,3 +158,53 @@ def test_a_shard_of_another_split_into_a_shared_directory_is_refused(server, tmp
     assert rollout(server.port, out, "--shard", "0/4", "--overwrite") == 2
     assert "holds shards of another split (episodes_shard0of2.jsonl" in capsys.readouterr().err
     assert files(out) == before
+
+
+def _notes(folder):
+    (folder / "notes.txt").write_text("not a run\n")
+
+
+def _dataset_copy(folder):
+    (folder / "meta").mkdir()
+    (folder / "meta" / "info.json").write_text("{}")
+    (folder / "videos" / "chunk-000").mkdir(parents=True)
+
+
+def _batch_folder(folder):
+    (folder / "batch_results.json").write_text(json.dumps({"kind": "batch", "jobs": [], "status": "complete"}))
+    (folder / "jobs" / "walk").mkdir(parents=True)
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]], ids=["plain", "overwrite"])
+@pytest.mark.parametrize("fill, held", [(_notes, "notes.txt"), (_dataset_copy, "meta"), (_batch_folder, "batch_results.json")],
+                         ids=["notes", "dataset", "batch"])
+def test_a_shard_into_a_folder_holding_other_things_is_refused_as_not_empty(server, tmp_path, capsys, overwrite, fill,
+                                                                            held):
+    out = tmp_path / "folder"
+    out.mkdir()
+    fill(out)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    assert rollout(server.port, out, "--shard", "0/2", *overwrite) == 2
+    err = capsys.readouterr().err
+    assert f"--output-dir {out} is not empty (it holds " in err and held in err
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+
+def test_a_shard_joins_its_splits_files_videos_and_their_earlier_merge(server, tmp_path):
+    out = tmp_path / "shards"
+    assert rollout(server.port, out, "--shard", "0/2") == 0
+    (out / "videos").mkdir()
+    assert cli.main(["merge", str(out), "--output", str(out), "--allow-missing"]) == 1  # shard 1 not run yet
+    assert {"results.json", "eval_info.json"} <= set(files(out))
+    assert rollout(server.port, out, "--shard", "1/2") == 0
+    assert cli.main(["merge", str(out), "--output", str(out)]) == 0
+
+
+def test_shards_share_a_video_dir_inside_their_directory(server, tmp_path):
+    out = tmp_path / "shards"
+    for index in (0, 1):
+        assert cli.main(["rollout", "--env-name", "walkto/fast", "--n-episodes", "4", "--n-envs", "1", "--vectorization",
+                         "sync", "--n-action-steps", "2", "--max-episode-steps", "6", "--seed", "0", "--policy-client-port",
+                         str(server.port), "--output-dir", str(out), "--video-dir", str(out / "clips"), "--shard",
+                         f"{index}/2"]) == 0
+    assert (out / "clips").is_dir()

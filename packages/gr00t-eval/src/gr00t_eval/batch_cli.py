@@ -7,7 +7,7 @@ import argparse
 import json
 import logging
 import os
-import shutil
+import stat
 from pathlib import Path
 from typing import Any, List, Optional, Tuple
 
@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_DIR = "/tmp/gr00t_batch_eval"
 BATCH_CLAIM_FILENAME = "batch.json"  # who runs the batch in a folder (run_claim), so no second batch empties or joins it
+START_DIR_KEY = "start_dir"  # batch.json: the working directory the batch started in
 
 # (jobs, output_dir, the batch claim, the earlier batch_results.json when resumed)
 _Batch = Tuple[List[Any], Path, Path, Optional[Any]]
@@ -76,7 +77,8 @@ def _resumed_batch(args: argparse.Namespace) -> _Batch:
     if not (output_dir / BATCH_RESULTS_FILENAME).is_file() or not jobs_path.is_file():
         raise UsageError(f"--resume {output_dir}: no {BATCH_RESULTS_FILENAME} and jobs.json there (is it a batch --output-dir?)")
     refuse_live_claim(output_dir, BATCH_CLAIM_FILENAME, flag="--resume")
-    jobs = load_jobs(jobs_path)
+    start_dir = _recorded_start_dir(output_dir)
+    jobs = load_jobs(jobs_path, start_dir)
     results_path = output_dir / BATCH_RESULTS_FILENAME
     try:
         previous = json.loads(results_path.read_text())
@@ -89,8 +91,19 @@ def _resumed_batch(args: argparse.Namespace) -> _Batch:
         raise UsageError(f"--resume {output_dir}: {results_path} holds no batch results (an object whose "
                          "'jobs' is a list of job records)")
     # Under the claim's lock: of two resumes started at once, one runs and the other is refused.
-    claim = take_claim(output_dir, BATCH_CLAIM_FILENAME, {"resumed": True}, flag="--resume")
+    settings = {"resumed": True, START_DIR_KEY: start_dir} if start_dir else {"resumed": True}
+    claim = take_claim(output_dir, BATCH_CLAIM_FILENAME, settings, flag="--resume")
     return jobs, output_dir, claim, previous
+
+
+def _recorded_start_dir(output_dir: Path) -> Optional[str]:
+    """The working directory the batch in `output_dir` started in (its claim's START_DIR_KEY), against which its job
+    file's relative paths are resolved; None for a batch that did not record it (its resumes use their own)."""
+    try:
+        start_dir = json.loads((output_dir / BATCH_CLAIM_FILENAME).read_text()).get(START_DIR_KEY)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return start_dir if isinstance(start_dir, str) else None
 
 
 def _new_batch(args: argparse.Namespace) -> _Batch:
@@ -100,7 +113,11 @@ def _new_batch(args: argparse.Namespace) -> _Batch:
         raise UsageError("batch needs --jobs FILE (or --resume DIR to continue a batch)")
     if not Path(args.jobs).is_file():
         raise UsageError(f"--jobs {args.jobs}: no such file")
-    jobs = load_jobs(args.jobs)
+    # Read before --overwrite empties the folder, which may be the one holding the job file.
+    job_file, job_file_mode = Path(args.jobs).read_bytes(), stat.S_IMODE(os.stat(args.jobs).st_mode)
+    start_dir = os.getcwd()
+    jobs = load_jobs(args.jobs, start_dir)
+    settings = {"jobs_file": str(args.jobs), START_DIR_KEY: start_dir}
     if args.output_dir:
         refuse_live_claims(args.output_dir)  # never empty a folder a batch (or any other run) still runs in
     # As rollout: videos of two runs never sit under the same names (refused, or deleted with --overwrite once the
@@ -114,7 +131,7 @@ def _new_batch(args: argparse.Namespace) -> _Batch:
         output_dir, keep = Path(args.output_dir), (BATCH_CLAIM_FILENAME, claim_lock_name(BATCH_CLAIM_FILENAME))
         run_dir.check_output_dir(output_dir, args.overwrite, keep=keep)  # the usual refusals, before any claim
         output_dir.mkdir(parents=True, exist_ok=True)
-        claim = take_claim(output_dir, BATCH_CLAIM_FILENAME, {"jobs_file": str(args.jobs)})
+        claim = take_claim(output_dir, BATCH_CLAIM_FILENAME, settings)
         try:
             run_dir.prepare_output_dir(output_dir, overwrite=args.overwrite, keep=keep)
         except BaseException:
@@ -122,14 +139,14 @@ def _new_batch(args: argparse.Namespace) -> _Batch:
             raise
     else:
         output_dir = run_dir.make_fresh_dated_output_dir(DEFAULT_BATCH_DIR, "batch")
-        claim = claim_output_dir(output_dir, BATCH_CLAIM_FILENAME, {"jobs_file": str(args.jobs)})
+        claim = claim_output_dir(output_dir, BATCH_CLAIM_FILENAME, settings)
     for video_dir, videos in earlier_videos.items():
         if videos:
             logger.warning("deleting %d episode videos of an earlier run from %s (--overwrite)", len(videos), video_dir)
             delete_episode_videos(video_dir, videos)
     jobs_path = output_dir / "jobs.json"
-    shutil.copyfile(args.jobs, jobs_path)
-    shutil.copymode(args.jobs, jobs_path)  # a job file kept 0600 for its inline token or key stays so
+    jobs_path.write_bytes(job_file)
+    os.chmod(jobs_path, job_file_mode)  # a job file kept 0600 for its inline token or key stays so
     return jobs, output_dir, claim, None
 
 

@@ -289,10 +289,11 @@ def parse_job(raw: Any, index: int, defaults: Optional[Mapping[str, Any]] = None
         raise
 
 
-def load_jobs(path: Union[str, Path]) -> List[Union[Job, JobError]]:
+def load_jobs(path: Union[str, Path], start_dir: Union[str, Path, None] = None) -> List[Union[Job, JobError]]:
     """Read a job file: {"defaults": {...}, "jobs": [...]} or a bare list; invalid jobs come back as JobError.
 
-    Job names must be unique (they name the rows of the table and the jobs a resumed batch skips).
+    Job names must be unique (they name the rows of the table and the jobs a resumed batch skips). A relative
+    `video_dir` is made absolute against `start_dir` (default: the working directory), as rollout saves --video-dir.
     """
     try:
         data = json.loads(Path(path).read_text())
@@ -330,7 +331,16 @@ def load_jobs(path: Union[str, Path]) -> List[Union[Job, JobError]]:
         if repeated is not None:
             job = JobError(repeated, f"{name}#{index}")
         jobs.append(job)
-    return separate_shared_video_dirs(jobs)
+    return separate_shared_video_dirs([absolute_video_dir(job, start_dir or os.getcwd()) for job in jobs])
+
+
+def absolute_video_dir(job: Union[Job, JobError], start_dir: Union[str, Path]) -> Union[Job, JobError]:
+    """The job with its relative `video_dir` joined to `start_dir`: each attempt of a batch, wherever it runs from,
+    writes the job's videos into one folder."""
+    if not isinstance(job, Job) or not job.config.get("video_dir"):
+        return job
+    video_dir = os.path.abspath(os.path.join(start_dir, str(job.config["video_dir"])))
+    return dataclasses.replace(job, config={**job.config, "video_dir": video_dir})
 
 
 def repeated_job_name(name: str, index: int, seen: Dict[str, Tuple[int, str]]) -> Optional[str]:

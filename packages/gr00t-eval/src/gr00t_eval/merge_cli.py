@@ -30,27 +30,41 @@ def _read_results_file(path: Path) -> Dict[str, Any]:
 
 
 def _results_files(paths: List[str], output: Path) -> List[Path]:
-    """The shard results to merge: files given, or results*.json in directories, never the merge's own output."""
+    """The shard results to merge, each file once: files given, or results*.json in directories, skipping earlier
+    merges' outputs there; UsageError when the --output is one of them (the merge would replace a shard's results)."""
     from .cli_errors import UsageError
 
     files: List[Path] = []
-    for item in map(Path, paths):
-        if item.is_dir():
-            for candidate in sorted(item.glob("results*.json")):
-                if candidate.resolve() == output.resolve() or "merged_from" in _read_results_file(candidate):
-                    logger.info("skipping %s: it is the output of a merge", candidate)
-                    continue
-                files.append(candidate)
-        elif item.is_file():
-            if item.resolve() == output.resolve():
-                raise UsageError(f"--output {output} is also one of the files to merge; the merge would replace it. "
-                                 "Name another --output")
-            files.append(item)
-        else:
-            raise UsageError(f"{item}: no such results file or directory")
+    for candidate in _candidate_files(paths):
+        if candidate.resolve() == output.resolve():
+            raise UsageError(f"--output {output} is also one of the files to merge; the merge would replace it. "
+                             "Name another --output")
+        if candidate.resolve() in (f.resolve() for f in files):
+            logger.info("skipping %s: it is already among the files to merge", candidate)
+            continue
+        files.append(candidate)
     if not files:
         raise UsageError(f"no shard results (results*.json) in {', '.join(paths)}{_unfinished_shards_hint(paths)}")
     return files
+
+
+def _candidate_files(paths: List[str]) -> List[Path]:
+    """The files given, and the results*.json of the directories given that are not an earlier merge's output."""
+    from .cli_errors import UsageError
+
+    candidates: List[Path] = []
+    for item in map(Path, paths):
+        if item.is_dir():
+            for candidate in sorted(item.glob("results*.json")):
+                if "merged_from" in _read_results_file(candidate):
+                    logger.info("skipping %s: it is the output of a merge", candidate)
+                    continue
+                candidates.append(candidate)
+        elif item.is_file():
+            candidates.append(item)
+        else:
+            raise UsageError(f"{item}: no such results file or directory")
+    return candidates
 
 
 def _unfinished_shards_hint(paths: List[str]) -> str:

@@ -298,10 +298,14 @@ def _submit_shards(ray: Any, env_spec: str, config: RolloutConfig, servers: Sequ
     remote = ray.remote(num_cpus=cpus_per_shard, max_retries=0)(run_shard_task)
     for spec in specs:
         planned = sum(len(episodes) for episodes in shard_ranges(tasks, config.n_episodes, spec).values())
-        if len(kept[spec.index]) == planned:  # every episode of this shard finished earlier: nothing to start
-            shard_results[spec.index] = results_from_outcomes(env_spec, config, spec, kept[spec.index])
-            continue
         server = servers[spec.index % len(servers)]
+        if len(kept[spec.index]) == planned:  # every episode of this shard finished earlier: nothing to start
+            results = results_from_outcomes(env_spec, config, spec, kept[spec.index])
+            # as a shard that ran says: the resume checked the run's server against the policy its episodes ran
+            results["config"]["policy_server"] = str(server)
+            results["policy"] = dict(policy) if policy is not None else None
+            shard_results[spec.index] = results
+            continue
         with stop_signals_held():  # a Ctrl-C in .remote() (the first exports the function: a second) acts once the
             submitted_at[spec.index] = time.monotonic()  # task is in `running`, for the interrupt to cancel it
             running[remote.remote(env_spec, payload, (spec.index, spec.count), (server.host, server.port), api_token,

@@ -8,7 +8,7 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Tuple
 
 from .video_dirs import check_shard_video_dir, check_video_dir, check_writable, delete_episode_videos, within
 
@@ -32,8 +32,11 @@ def _rollout_output_dir(args: argparse.Namespace, label: str, shard: Any, claim:
     from .run_file import ROLLOUT_LOCK_FILENAME, directory_lock
 
     own = None if shard is None else [run_file_name(shard), episode_log_name(shard), results_file_name(shard)]
-    keep = (ROLLOUT_LOCK_FILENAME,)
     path = Path(args.output_dir) if args.output_dir else None
+    videos = Path(args.video_dir) if args.video_dir and not args.no_video else None
+    inside = videos is not None and path is not None and within(videos, path)
+    # a shard's --video-dir inside its directory holds its split's videos, as videos/ does (run_dir.check_output_dir)
+    keep = (ROLLOUT_LOCK_FILENAME, *(_top_entry(videos, path) if inside and shard is not None else ()))
     try:
         if path is not None:
             check_output_dir(path, overwrite=args.overwrite, own_files=own, keep=keep)
@@ -41,8 +44,6 @@ def _rollout_output_dir(args: argparse.Namespace, label: str, shard: Any, claim:
         if args.video_dir and not args.no_video:
             earlier_videos = (check_video_dir(Path(args.video_dir), path, args.overwrite) if shard is None else
                               check_shard_video_dir(Path(args.video_dir), path, args.overwrite, args, shard))
-        videos = Path(args.video_dir) if args.video_dir and not args.no_video else None
-        inside = videos is not None and path is not None and within(videos, path)
         if videos is not None and not inside:  # before the claim: a refused folder leaves no run file behind
             check_writable(videos)
         if path is not None:
@@ -63,6 +64,12 @@ def _rollout_output_dir(args: argparse.Namespace, label: str, shard: Any, claim:
         with _released_unless_started(path, shard):
             check_writable(videos)
     return path
+
+
+def _top_entry(inner: Path, outer: Path) -> Tuple[str, ...]:
+    """The name of the entry of `outer` that holds `inner` (which lies inside it); none when they are one folder."""
+    parts = inner.resolve().relative_to(outer.resolve()).parts
+    return parts[:1]
 
 
 def _claim_videos(output_dir: Path, shard: Any, env_spec: str, config: Any) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Set, Union
 
 from .episode_log import EpisodeLog
+from .eval_info import EVAL_INFO_FILENAME
 from .output_files import (EPISODE_LOG_FILENAME, RUN_FILENAME, SHARD_FILE_NAME, OutputDirError, episode_log_name,
                            results_file_name, run_file_name, shard_files)
 from .run_file import ROLLOUT_LOCK_FILENAME, directory_lock, held_run_claims, write_run_file
@@ -121,6 +122,12 @@ def check_output_dir(path: Union[str, Path], overwrite: bool = False, own_files:
     # This shard's own earlier run (its run file) must have ended, and any other command's run there; the other
     # shards of its split may run beside it.
     refuse_live_claims(path, skip=[*keep, *(name for name in shard_files(path) if name != own_files[0])])
+    foreign = _not_of_the_split(path, split, keep)
+    if foreign:  # --overwrite too: a shard's replaces its own files only, so the others would stay mixed in
+        shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
+        raise OutputDirError(f"--output-dir {path} is not empty (it holds {shown}); a shard shares a directory only "
+                             f"with the other shards of its --shard I/{split} split and their merge, and its --overwrite "
+                             "replaces only that shard's files: name another directory (or move those away first)")
     if overwrite:
         return
     taken = [name for name in own_files if (path / name).exists()]
@@ -200,6 +207,34 @@ def _split_of(names: Sequence[str]) -> Optional[int]:
         if match:
             return int(match.group("count"))
     return None
+
+
+def _not_of_the_split(path: Path, split: Optional[int], keep: Sequence[str]) -> List[str]:
+    """The entries of a shard's directory that neither a shard of its split (its files, videos/, a lock, a
+    half-written file) nor a merge of those shards (a results file with merged_from, eval_info.json) wrote."""
+    from .run_claim import PARTIAL_FILE_NAME, dead_partial_files
+
+    leftovers = {file.name for file in dead_partial_files(path)}
+    foreign = []
+    for entry in sorted(path.iterdir()):
+        partial = PARTIAL_FILE_NAME.fullmatch(entry.name)
+        name = partial.group("name") if partial else entry.name
+        match = SHARD_FILE_NAME.fullmatch(name)
+        if (entry.name in leftovers or name in {*keep, "videos", OVERWRITE_TRASH, EVAL_INFO_FILENAME}
+                or (match is not None and int(match.group("count")) == split)
+                or (not partial and entry.suffix == ".json" and _is_merge_output(entry))):
+            continue
+        foreign.append(entry.name)
+    return foreign
+
+
+def _is_merge_output(file: Path) -> bool:
+    """Whether `file` is the results file of a `gr00t-eval merge` (it records merged_from)."""
+    try:
+        results = json.loads(file.read_text()) if file.is_file() else None
+    except (OSError, ValueError):
+        return False
+    return isinstance(results, dict) and "merged_from" in results
 
 
 def _input_kind(folder: Path) -> Optional[str]:

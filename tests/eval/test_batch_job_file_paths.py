@@ -1,0 +1,97 @@
+"""`gr00t-eval batch` and its job file: --overwrite of the folder holding the --jobs file keeps that file, and a job's
+relative video_dir names one folder, from the directory the batch started in, whichever directory a --resume runs
+from. Real rollouts and mp4 files against a loopback PolicyServer, the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+
+from eval.scale_fixtures import ConstantPolicy, WalkToEnv, run_cli
+from gr00t_client import EmbodimentTag
+from gr00t_eval.rollout.envs import register_env_prefix
+from serving import running_server
+
+
+class CameraWalkEnv(WalkToEnv):
+    """walkto with a camera, so each episode writes a video."""
+
+    def __init__(self, speed: float):
+        super().__init__(speed)
+        self.observation_space = gym.spaces.Dict({**self.observation_space.spaces,
+                                                  "video.cam": gym.spaces.Box(0, 255, (16, 16, 3), np.uint8)})
+
+    def _obs(self):
+        return {**super()._obs(), "video.cam": np.full((16, 16, 3), 100, np.uint8)}
+
+
+register_env_prefix("jobcam", EmbodimentTag.NEW_EMBODIMENT, lambda task, **kwargs: CameraWalkEnv(1.0))
+
+
+class CtrlCOnCall(ConstantPolicy):
+    """Served in this process: a Ctrl-C reaches the batch while policy call number `call` is answered (once)."""
+
+    def __init__(self, call: int):
+        super().__init__()
+        self.call, self.calls = call, 0
+
+    def _get_action(self, observation, options=None):
+        self.calls += 1
+        if self.calls == self.call:
+            os.kill(os.getpid(), signal.SIGINT)
+        return super()._get_action(observation, options)
+
+
+def job_file(path: Path, port: int, **overrides) -> Path:
+    path.write_text(json.dumps({"jobs": [{
+        "name": "walk", "env_name": "jobcam/slow", "n_episodes": 4, "n_envs": 1, "seed": 0, "max_episode_steps": 6,
+        "policy_server": {"port": port, "timeout_ms": 5000},
+        "overrides": {"n_action_steps": 2, "vectorization": "sync", **overrides}}]}, indent=1))
+    return path
+
+
+def test_overwrite_of_the_folder_holding_the_jobs_file_keeps_it_and_runs_the_batch(tmp_path):
+    out = tmp_path / "batch"
+    out.mkdir()
+    with running_server(ConstantPolicy()) as server:
+        jobs = job_file(out / "jobs.json", server.port, video_dir=None)
+        text = jobs.read_text()
+        (out / "batch_results.json").write_text(json.dumps({"kind": "batch", "jobs": [], "status": "complete"}))
+        assert run_cli(["batch", "--jobs", str(jobs), "--output-dir", str(out), "--overwrite"]) == 0
+    assert jobs.read_text() == text
+    assert json.loads((out / "batch_results.json").read_text())["jobs"][0]["status"] == "done"
+
+
+def test_a_relative_video_dir_is_the_start_directorys_when_the_batch_resumes_elsewhere(tmp_path, monkeypatch):
+    started, elsewhere, out = tmp_path / "A", tmp_path / "B", tmp_path / "batch"
+    started.mkdir()
+    elsewhere.mkdir()
+    with running_server(CtrlCOnCall(call=5)) as server:
+        jobs = job_file(tmp_path / "jobs.json", server.port, video_dir="vids")
+        monkeypatch.chdir(started)
+        assert run_cli(["batch", "--jobs", str(jobs), "--output-dir", str(out)]) == 130
+        monkeypatch.chdir(elsewhere)
+        assert run_cli(["batch", "--resume", str(out)]) == 0
+    record = json.loads((out / "batch_results.json").read_text())["jobs"][0]
+    assert record["status"] == "done" and record["resumed_episodes"] >= 1
+    videos = started / "vids"
+    assert record["job_config"]["video_dir"] == str(videos)
+    listed = [e["video_path"] for e in record["results"]["per_episode"]]
+    assert sorted(listed) == sorted(str(p) for p in videos.glob("episode_*.mp4")) and len(listed) == 4
+    assert not list(elsewhere.rglob("*.mp4"))
+
+
+def test_an_older_batchs_relative_video_dir_matches_that_folder_made_absolute(tmp_path, monkeypatch):
+    from gr00t_eval.batch import planned_config, setting_changes
+    from gr00t_eval.rollout.runner import RolloutConfig
+
+    monkeypatch.chdir(tmp_path)
+    recorded = planned_config(RolloutConfig(env_name="jobcam/slow", video_dir="vids"))
+    planned = planned_config(RolloutConfig(env_name="jobcam/slow", video_dir=str(tmp_path / "vids")))
+    assert setting_changes(recorded, planned, "walk") == []
+    assert setting_changes(recorded, {**planned, "video_dir": str(tmp_path / "other")}, "walk") != []

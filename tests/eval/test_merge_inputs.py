@@ -1,0 +1,43 @@
+"""`gr00t-eval merge` reads each results file once, however it was named, and refuses an --output that is one of the
+shard files it would read. Real shards on a loopback PolicyServer, the real CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from eval.scale_fixtures import ConstantPolicy
+from gr00t_eval import cli
+from serving import running_server
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """A folder holding both shards of a 4-episode run."""
+    out = tmp_path_factory.mktemp("merge_inputs") / "shards"
+    with running_server(ConstantPolicy()) as server:
+        for index in (0, 1):
+            assert cli.main(["rollout", "--env-name", "walkto/fast", "--n-episodes", "4", "--n-envs", "1",
+                             "--vectorization", "sync", "--n-action-steps", "2", "--max-episode-steps", "6", "--seed",
+                             "0", "--no-video", "--policy-client-port", str(server.port), "--shard", f"{index}/2",
+                             "--output-dir", str(out)]) == 0
+    return out
+
+
+def test_a_shard_file_named_beside_its_folder_is_merged_once(shards, tmp_path, capsys):
+    merged = tmp_path / "merged.json"
+    assert cli.main(["merge", str(shards), str(shards / "results_shard0of2.json"), "--output", str(merged)]) == 0
+    assert "Merged 2 files" in capsys.readouterr().out
+    results = json.loads(merged.read_text())
+    assert [e["episode_index"] for e in results["per_episode"]] == [0, 1, 2, 3]
+    assert results["merged_files"] == [str(shards / "results_shard0of2.json"), str(shards / "results_shard1of2.json")]
+
+
+@pytest.mark.parametrize("extra", [[], ["--allow-missing"]])
+def test_an_output_that_is_a_shard_file_of_the_folder_merged_is_refused(shards, capsys, extra):
+    shard0 = shards / "results_shard0of2.json"
+    before = shard0.read_bytes()
+    assert cli.main(["merge", str(shards), "--output", str(shard0), "--overwrite", *extra]) == 2
+    assert f"--output {shard0} is also one of the files to merge" in capsys.readouterr().err
+    assert shard0.read_bytes() == before
