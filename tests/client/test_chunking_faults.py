@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from gr00t_client import BasePolicy, PolicyClient, PolicyTimeoutError
+from gr00t_client import BasePolicy, PolicyClient, PolicyTimeoutError, PolicyWrapper
 from gr00t_client.chunking import ActionChunker
 from serving import running_server
 
@@ -166,6 +166,44 @@ def test_leaving_the_with_block_with_a_prefetch_in_flight_does_not_wait_out_the_
         left_after = time.monotonic() - began
     assert left_after < 1.0  # it waited out timeout_ms (6 s) before the client could be closed
     assert chunker.stats.discarded_envs == 1
+
+
+class Forwarding(PolicyWrapper):
+    """A wrapper a user puts around the client (to log or adapt its requests): it keeps the client as `.policy`."""
+
+    def _get_action(self, observation, options=None):
+        return self.policy.get_action(observation, options)
+
+
+def test_ctrl_c_while_a_wrapped_client_prefetch_is_late_leaves_the_with_block_at_once(stamp):
+    policy, server = stamp
+    with PolicyClient("127.0.0.1", server.port, timeout_ms=6000) as client:
+        with pytest.raises(KeyboardInterrupt):
+            with ActionChunker(Forwarding(client, strict=False), asynchronous=True, prefetch_steps=0) as chunker:
+                for t in range(4):  # the 4-step chunk of t=0; the last call starts the prefetch (t=3)
+                    chunker.get_action(obs(t))
+                policy.hold.set()
+                threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+                try:
+                    chunker.get_action(obs(4))  # the chunk is exhausted: waits for the stalled prefetch
+                finally:
+                    interrupted = time.monotonic()
+        left_after = time.monotonic() - interrupted
+    policy.release.set()  # the stalled call ends, so the server can stop
+    assert left_after < 1.0, f"leaving the with block waited {left_after:.1f} s for the wrapped client's prefetch"
+    assert chunker.stats.discarded_envs == 1
+
+
+def test_close_still_waits_for_a_local_policy_call_even_inside_a_wrapper():
+    local = StampPolicy()
+    with ActionChunker(Forwarding(local, strict=False), asynchronous=True, prefetch_steps=3) as chunker:
+        chunker.get_action(obs(1))
+        local.hold.set()
+        chunker.get_action(obs(2))  # starts the prefetch, which waits until released
+        threading.Timer(0.3, local.release.set).start()
+        began = time.monotonic()
+    assert time.monotonic() - began >= 0.25  # a local policy may not be called by two callers at once
+    assert chunker.stats.discarded_envs == 0
 
 
 def test_a_ctrl_c_while_waiting_for_a_late_prefetch_keeps_it_pending_for_the_next_call(stamp):

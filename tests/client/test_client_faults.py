@@ -202,6 +202,24 @@ def test_time_spent_waiting_for_another_threads_call_is_not_charged_to_the_budge
     assert outcomes == {"A": (1, 16, 1), "B": (1, 16, 1)}
 
 
+def test_removing_the_new_server_check_does_not_wait_for_another_threads_call_in_flight():
+    # gr00t-eval removes its check when a run ends, Ctrl-C included; with a prefetch still in flight on the chunker's
+    # thread against a stalled server, that waited out the prefetch's timeout_ms.
+    with ScriptedServer(_ours_with_delay(2.0)) as server:
+        with PolicyClient(host="127.0.0.1", port=server.port, timeout_ms=5000, wire="multipart") as client:
+            client.on_new_server(lambda _: None)
+            observation = {"state": {"x": np.ones((1, 1, 1), np.float32)}}
+            in_flight = threading.Thread(target=client.get_action, args=(observation,))
+            in_flight.start()
+            time.sleep(0.2)  # the call holds the client's lock, waiting on the server
+            began = time.monotonic()
+            client.on_new_server(None)
+            took = time.monotonic() - began
+            in_flight.join(10)
+    assert took < 0.5, f"on_new_server(None) waited {took:.1f} s for another thread's call"
+    assert client.new_server_check is None
+
+
 def _reference_answering(action):
     handlers = {
         "get_action": lambda observation, options=None: [action, {}],

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import string
+import threading
+import time
 
 import gymnasium as gym
 import numpy as np
@@ -161,6 +165,44 @@ def test_sync_chunking_asks_the_policy_once_per_executed_chunk(served):
     stats = runner.chunker.stats
     assert stats.prefetches == 0 and stats.requests == stats.blocking_waits
     assert stats.requests < stats.calls
+
+
+class StallingTrackingPolicy(TrackingPolicy):
+    """TrackingPolicy whose calls from `stall_from` on hang until `release` is set (a server stalled mid-run)."""
+
+    def __init__(self, stall_from):
+        super().__init__()
+        self.stall_from, self.calls = stall_from, 0
+        self.stalling, self.release = threading.Event(), threading.Event()
+
+    def _get_action(self, observation, options=None):
+        self.calls += 1
+        if self.calls >= self.stall_from:
+            self.stalling.set()
+            self.release.wait(30)
+        return super()._get_action(observation, options)
+
+
+def test_ctrl_c_during_an_async_rollout_waiting_on_a_stalled_prefetch_returns_at_once():
+    policy = StallingTrackingPolicy(stall_from=2)  # call 1 is the first chunk, call 2 its prefetch
+    interrupted = []
+
+    def ctrl_c_once_the_robot_waits():
+        if policy.stalling.wait(10):
+            time.sleep(0.5)  # the robot runs out of its chunk and waits on the prefetch
+            interrupted.append(time.monotonic())
+            os.kill(os.getpid(), signal.SIGINT)
+
+    try:
+        with policy_server(policy) as server, PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client:
+            threading.Thread(target=ctrl_c_once_the_robot_waits, daemon=True).start()
+            with pytest.raises(KeyboardInterrupt):
+                rollout(client, client_chunking="async", n_episodes=2, n_envs=1)
+            returned_after = time.monotonic() - interrupted[0]
+            policy.release.set()
+    finally:
+        policy.release.set()
+    assert returned_after < 1.0, f"the rollout waited {returned_after:.1f} s for the stalled prefetch after Ctrl-C"
 
 
 class FailingOnceTrackingPolicy(TrackingPolicy):

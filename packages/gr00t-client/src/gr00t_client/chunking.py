@@ -52,6 +52,17 @@ class ChunkerStats:
     late_envs: int = 0  # prefetched rows that came after all of their steps had passed (nothing of them was used)
 
 
+def _wraps_client(policy: Any) -> bool:
+    """Whether `policy` is a PolicyClient or wraps one through `.policy` (PolicyWrapper's attribute); a cycle ends it."""
+    seen = set()
+    while policy is not None and id(policy) not in seen:
+        if isinstance(policy, PolicyClient):
+            return True
+        seen.add(id(policy))
+        policy = getattr(policy, "policy", None)
+    return False
+
+
 class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
     """Wraps a policy (local BasePolicy or PolicyClient) and hands out one action step per env per call.
 
@@ -238,21 +249,21 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
         return True
 
     def close(self) -> None:
-        """End the background thread. Wrapping a PolicyClient, return at once: a request still in flight is
-        abandoned (its chunk is not wanted; the client, safe to share between threads, finishes or times it out,
-        and closing the client ends it at once), so leaving a `with` block on Ctrl-C against a stalled server does
-        not wait out timeout_ms. A fetch another thread's get_action makes in the foreground (the first chunk, or
-        with asynchronous=False) is not abandoned: close() from a third thread waits for its reply (up to the
-        client's timeout_ms); closing the PolicyClient itself ends it at once. Wrapping a local policy, wait for its
-        call to end first (it may not be used by two callers at once). A program that exits without closing does
-        not wait: the thread is a daemon."""
+        """End the background thread. Wrapping a PolicyClient (itself, or inside wrappers that keep it as `.policy`,
+        as PolicyWrapper does), return at once: a request still in flight is abandoned (its chunk is not wanted; the
+        client, safe to share between threads, finishes or times it out, and closing the client ends it at once), so
+        leaving a `with` block on Ctrl-C against a stalled server does not wait out timeout_ms. A fetch another
+        thread's get_action makes in the foreground (the first chunk, or with asynchronous=False) is not abandoned:
+        close() from a third thread waits for its reply (up to the client's timeout_ms); closing the PolicyClient
+        itself ends it at once. Wrapping a local policy (no client inside), wait for its call to end first (it may not
+        be used by two callers at once). A program that exits without closing does not wait: the thread is a daemon."""
         self._adopt_after_fork()
         self._closing.set()  # a get_action blocked on a late prefetch holds the lock: it lets go within CLOSE_POLL_S
         with self._lock:
             self._closing.clear()
             pending, self._pending = self._pending, None
             if pending is not None:
-                if isinstance(self.policy, PolicyClient):
+                if _wraps_client(self.policy):
                     self.stats.discarded_envs += len(pending.env_ids)
                 else:
                     pending.future.exception()

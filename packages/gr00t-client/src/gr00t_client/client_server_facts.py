@@ -139,6 +139,11 @@ class ServerFacts:
         check raises replaces the error (the new server may refuse because it serves another model), and it passing
         lets the error through. gr00t-eval stops a run there when the server now serves another checkpoint. None
         removes the check."""
+        if check is None:
+            # Removed without the call lock: a call in flight on another thread (a prefetch abandoned on Ctrl-C) holds
+            # it up to timeout_ms, and that call reads the check once, so it runs the old check or none.
+            self._new_server_check = None
+            return
         with self._locked():
             self._new_server_check = check
             self._checked_server_changes = self.server_changes
