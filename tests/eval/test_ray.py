@@ -325,6 +325,23 @@ def test_a_resumed_shard_whose_episodes_all_finished_keeps_the_runs_policy_and_s
     assert merged["policy"] == policy
 
 
+def test_a_resumed_sync_chunking_ray_run_with_auto_n_envs_merges_its_finished_and_its_new_shards(local_ray):
+    """n_envs 0 became a number in the shards that ran but stayed 0 in the shard an earlier run finished, and with
+    client chunking n_envs is part of the plan merge holds shards to."""
+    from gr00t_eval.shard import ShardSpec
+
+    config = RolloutConfig(env_name="walkto/fast", n_episodes=4, n_envs=0, n_action_steps=2, max_episode_steps=6, seed=0,
+                           vectorization="sync", client_chunking="sync")
+    with policy_server() as server:
+        done = []
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client:
+            run_suite(client, "walkto/fast", config, ShardSpec(0, 2), on_episode=done.append)
+        merged = run_with_ray("walkto/fast", config, [ServerAddress("127.0.0.1", server.port)], n_shards=2,
+                              timeout_ms=5000, done=done)
+    assert merged["status"] == "complete" and merged["overall"]["n_episodes"] == 4
+    assert merged["plan"]["settings"]["n_envs"] == merged["config"]["n_envs"] > 0
+
+
 @pytest.mark.slow
 def test_a_ray_run_resume_reruns_the_errored_episodes_and_the_failed_shard_only(local_ray, tmp_path, capsys):
     from eval.scale_fixtures import free_port

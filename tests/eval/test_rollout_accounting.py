@@ -13,6 +13,7 @@ from gr00t_eval.rollout import PolicyRowCursor, RolloutConfig, register_env_pref
 
 ENV_ID = "gr00t_test/Countdown-v0"
 FAILING_SEED = 13
+FIRST_RESET_FAILS_ID = "gr00t_test/FirstResetFails-v0"
 
 
 class CountdownEnv(gym.Env):
@@ -52,7 +53,22 @@ def make_countdown(task: str, **kwargs):
     return CountdownEnv(**kwargs)
 
 
+class FirstResetFailsEnv(CountdownEnv):
+    """CountdownEnv whose first reset raises, as a simulator that fails once while it starts up."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.resets = 0
+
+    def reset(self, *, seed=None, options=None):
+        self.resets += 1
+        if self.resets == 1:
+            raise RuntimeError("simulator not ready yet")
+        return super().reset(seed=seed, options=options)
+
+
 gym.register(ENV_ID, entry_point=CountdownEnv)
+gym.register(FIRST_RESET_FAILS_ID, entry_point=FirstResetFailsEnv)
 register_env_prefix("gr00t_test", "new_embodiment")  # a gym id already in the flat format: prefix -> embodiment only
 register_env_prefix("countdown", "new_embodiment", adapter=make_countdown)
 
@@ -154,6 +170,12 @@ def test_a_failing_episode_is_scored_as_failed_with_its_reason_and_the_run_goes_
     assert not failed.success and "physics blew up" in failed.failure_reason
     assert all(o.failure_reason is None for i, o in enumerate(result.outcomes) if i != 3)
     assert result.outcomes[4].success  # seed 14 ran after the failure
+
+
+def test_an_env_whose_first_reset_failed_runs_its_later_episodes():
+    result = rollout(RecordingPolicy(), env_name=FIRST_RESET_FAILS_ID, n_episodes=3, n_envs=1, seed=0)
+    assert "simulator not ready yet" in result.outcomes[0].error
+    assert [(o.episode_index, o.error) for o in result.outcomes[1:]] == [(1, None), (2, None)]
 
 
 def test_a_policy_error_fails_the_running_episodes_and_the_run_goes_on():

@@ -8,6 +8,7 @@ import signal
 import string
 import threading
 import time
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -124,6 +125,31 @@ def test_client_chunking_scores_the_same_episodes_as_the_default_mode(served, mo
     chunked, _ = rollout(client, client_chunking=mode, chunk_merge=merge)
     assert [(o.success, o.length, o.sum_reward) for o in default.outcomes] == [expected_outcome(s) for s in range(7)]
     assert scored(chunked) == scored(default)
+
+
+class HoldingPolicy(TrackingPolicy):
+    """Deterministic, from the observation only, but no plan: every step of its chunk repeats the current target."""
+
+    def _get_action(self, observation, options=None):
+        target = np.asarray(observation["state.target"])[:, -1, 0]
+        return {"action.track": np.repeat(target[:, None, None], HORIZON, axis=1).astype(np.float32)}, {}
+
+
+def test_sync_chunking_scores_the_default_modes_episodes_with_one_env_only():
+    # With more envs a row's chunk is re-planned whenever another row starts an episode or uses its chunk up.
+    with policy_server(HoldingPolicy()) as server:
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client:
+            default = scored(rollout(client, n_envs=3)[0])
+            assert scored(rollout(client, n_envs=1)[0]) == default
+            assert scored(rollout(client, n_envs=1, client_chunking="sync")[0]) == default
+            assert scored(rollout(client, n_envs=3, client_chunking="sync")[0]) != default
+
+
+def test_evaluation_md_says_when_the_chunking_modes_score_the_same_episodes():
+    text = " ".join((Path(__file__).resolve().parents[2] / "docs" / "evaluation.md").read_text(encoding="utf-8").split())
+    assert "scores the same episodes in all three modes" not in text
+    assert "the same episodes with the default mode at any `--n-envs` and with `sync` at `--n-envs 1`" in text
+    assert "`merge` refuses their shards when it differs" in text
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])

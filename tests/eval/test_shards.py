@@ -93,6 +93,23 @@ def test_merge_refuses_overlapping_missing_or_foreign_shards(client):
             merge_results([shard0, run_suite(client, ENV_SPEC, other, ShardSpec(1, 2))])
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_merge_refuses_client_chunking_shards_run_with_different_n_envs(client, mode):
+    # Under sync or async chunking a row's chunk is re-planned when any row starts an episode: n_envs changes outcomes.
+    shard0 = run_suite(client, ENV_SPEC, config(client_chunking=mode, n_envs=2), ShardSpec(0, 2))
+    shard1 = run_suite(client, ENV_SPEC, config(client_chunking=mode, n_envs=1), ShardSpec(1, 2))
+    with pytest.raises(MergeError, match=f"setting n_envs 1 \\(2 in the first; with client_chunking '{mode}' the "
+                                         "number of envs changes what an episode does\\)"):
+        merge_results([shard0, shard1])
+    same = run_suite(client, ENV_SPEC, config(client_chunking=mode, n_envs=2), ShardSpec(1, 2))
+    assert merge_results([shard0, same])["missing_episodes"] == []
+
+
+def test_merge_pools_shards_run_with_different_n_envs_without_client_chunking(client):
+    shards = [run_suite(client, ENV_SPEC, config(n_envs=n_envs), ShardSpec(i, 2)) for i, n_envs in enumerate((2, 1))]
+    assert comparable(merge_results(shards)) == comparable(run_suite(client, ENV_SPEC, config()))
+
+
 def test_sharding_needs_a_seed(client):
     with pytest.raises(ValueError, match="--shard needs --seed"):
         run_suite(client, ENV_SPEC, config(seed=None), ShardSpec(0, 2))

@@ -176,6 +176,9 @@ def run_with_ray(env_spec: str, config: RolloutConfig, servers: Sequence[ServerA
     """
     if config.seed is None:
         raise ValueError("--ray-address needs --seed: shards must agree on every episode's seed to merge into one run")
+    if config.n_envs == 0:  # auto inside a shard: 70 % of the CPUs Ray reserved for it, not of the whole node
+        # resolved once, so that the shards that run and those an earlier run finished record the same plan
+        config = dataclasses.replace(config, n_envs=auto_n_envs(config.n_episodes, cores=max(1, int(cpus_per_shard))))
     ray = import_ray()
     tasks, _ = resolve_tasks(env_spec)
     n_items = len(tasks) * config.n_episodes
@@ -293,8 +296,6 @@ def _submit_shards(ray: Any, env_spec: str, config: RolloutConfig, servers: Sequ
                    policy: Optional[Mapping[str, Any]] = None, registrations: Optional[Dict[str, Any]] = None) -> None:
     """Start a Ray task per shard with episodes left (a shard all finished earlier gets its results at once)."""
     payload = dataclasses.asdict(config)
-    if config.n_envs == 0:  # auto inside a shard: 70 % of the CPUs Ray reserved for it, not of the whole node
-        payload["n_envs"] = auto_n_envs(config.n_episodes, cores=max(1, int(cpus_per_shard)))
     remote = ray.remote(num_cpus=cpus_per_shard, max_retries=0)(run_shard_task)
     for spec in specs:
         planned = sum(len(episodes) for episodes in shard_ranges(tasks, config.n_episodes, spec).values())

@@ -73,6 +73,18 @@ def shard_ranges(tasks: Sequence[Task], n_episodes: int, shard: ShardSpec) -> Di
 # The RolloutConfig fields that change what an episode does (the control loop included), beside tasks, counts and seed.
 OUTCOME_SETTINGS = ("n_action_steps", "max_episode_steps", "terminate_on_success", "env_kwargs", "client_chunking",
                     "chunk_merge", "rtc_frozen_steps")
+# Client chunking modes in which one row's chunk is re-planned when any row starts an episode or uses its chunk up:
+# there n_envs changes what an episode does too.
+ROW_COUPLED_CHUNKING = ("sync", "async")
+
+
+def outcome_settings(config: RolloutConfig) -> Dict[str, Any]:
+    """The settings of `config` that change an episode's outcome: OUTCOME_SETTINGS, plus n_envs under sync or async
+    client chunking."""
+    settings = {name: getattr(config, name) for name in OUTCOME_SETTINGS}
+    if config.client_chunking in ROW_COUPLED_CHUNKING:
+        settings["n_envs"] = config.n_envs
+    return settings
 
 
 def shard_plan(tasks: Sequence[Task], config: RolloutConfig, shard: Optional[ShardSpec]) -> Dict[str, Any]:
@@ -81,7 +93,7 @@ def shard_plan(tasks: Sequence[Task], config: RolloutConfig, shard: Optional[Sha
         "tasks": [[t.env_name, t.group] for t in tasks],
         "n_episodes": int(config.n_episodes),
         "seed": config.seed,
-        "settings": {name: getattr(config, name) for name in OUTCOME_SETTINGS},  # what changes an episode's outcome
+        "settings": outcome_settings(config),
         "shard": None if shard is None else [shard.index, shard.count],
     }
 
@@ -120,7 +132,9 @@ def plan_difference(first: Mapping[str, Any], other: Mapping[str, Any]) -> str:
         if value_a != value_b:
             shown_a = "not recorded" if value_a is _MISSING else repr(value_a)
             shown_b = "not recorded" if value_b is _MISSING else repr(value_b)
-            return f"setting {name} {shown_b} ({shown_a} in the first)"
+            why = (f"; with client_chunking {settings_a.get('client_chunking')!r} the number of envs changes what "
+                   "an episode does" if name == "n_envs" else "")
+            return f"setting {name} {shown_b} ({shown_a} in the first{why})"
     return "the plan"
 
 

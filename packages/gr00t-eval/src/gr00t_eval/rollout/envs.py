@@ -95,6 +95,8 @@ class EnvFactory:
     For a gym id the parent's registration (EnvSpec) travels along, so envs registered at run time in the
     parent also build in spawned workers, and `step_budget` (the run's max_episode_steps) is gym.make's
     `max_episode_steps` unless the kwargs give one: the id's registered TimeLimit does not cut the run's budget short.
+    gymnasium's env checker is left out (unless the kwargs ask for it): after a first reset that raised, it errored
+    every later step of that env; MultiStepWrapper and policy_actions check the spaces and actions themselves.
     """
 
     env_name: str
@@ -110,6 +112,7 @@ class EnvFactory:
             return _resolve_adapter(self.adapter)(task, **kwargs)
         if self.step_budget is not None:
             kwargs.setdefault("max_episode_steps", self.step_budget)
+        kwargs.setdefault("disable_env_checker", True)
         return gym.make(self.spec if self.spec is not None else self.env_name, **kwargs)
 
 
