@@ -53,6 +53,27 @@ def test_whole_floats_are_read_as_ints_as_json_writers_may_emit_them(tmp_path):
     assert VisionPatchConfig.from_file(path).patch_size == 16
 
 
+@pytest.mark.parametrize("key, value, message", [
+    ("do_normalize", False, "'do_normalize' is false, but only true is supported"),
+    ("do_rescale", False, "'do_rescale' is false, but only true is supported"),
+    ("do_resize", False, "'do_resize' is false, but only true is supported"),
+    ("resample", 2, "'resample' is 2, but only 3 (bicubic) is supported"),
+])
+def test_image_processor_switches_this_server_does_not_implement_are_refused(tmp_path, key, value, message):
+    # transformers' fast image processor honours each of them; serving them as the default would change pixel values.
+    path = tmp_path / "preprocessor_config.json"
+    path.write_text(json.dumps({**VisionPatchConfig().to_dict(), key: value}))
+    with pytest.raises(ValueError) as caught:
+        VisionPatchConfig.from_file(path)
+    assert str(caught.value).startswith(f"{path}: {message}")
+
+
+def test_image_processor_switches_at_their_defaults_or_null_load(tmp_path):
+    path = tmp_path / "preprocessor_config.json"
+    path.write_text(json.dumps({**VisionPatchConfig().to_dict(), "resample": 3, "do_normalize": None}))
+    assert VisionPatchConfig.from_file(path) == VisionPatchConfig()
+
+
 @pytest.mark.parametrize("key, value, theirs", [
     ("patch_size", 8, "patch_size 16"),
     ("merge_size", 4, "spatial_merge_size 2"),

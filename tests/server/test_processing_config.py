@@ -55,6 +55,48 @@ def test_explicit_recipe_values_are_kept_without_a_warning(caplog):
     assert "lacks" not in caplog.text
 
 
+def test_int_image_sizes_are_kept_for_the_torchvision_transform():
+    config = processor_config_from_kwargs({"modality_configs": {"libero_sim": _MODALITIES}, "use_albumentations": False,
+                                           "image_target_size": 256, "image_crop_size": 230})
+    assert (config.image_target_size, config.image_crop_size) == (256, 230)
+
+
+@pytest.mark.parametrize("recipe, named", [
+    ({"shortest_image_edge": None, "crop_fraction": 0.95, "image_target_size": 256}, "image_target_size is 256"),
+    ({"shortest_image_edge": 256, "crop_fraction": None, "image_crop_size": 230}, "image_crop_size is 230"),
+])
+def test_int_image_sizes_the_albumentations_transform_reads_are_refused(recipe, named):
+    # The reference's albumentations builder takes image_target_size[0] / image_crop_size[0]: an int fails there.
+    with pytest.raises(ValueError, match=rf"{named}, an int; the albumentations transform .* give \[h, w\]"):
+        processor_config_from_kwargs({"modality_configs": {"libero_sim": _MODALITIES}, "use_albumentations": True,
+                                      **recipe})
+
+
+def test_int_image_sizes_the_albumentations_transform_does_not_read_load():
+    recipe = {"use_albumentations": True, "shortest_image_edge": 256, "crop_fraction": 0.95, "image_target_size": 256,
+              "image_crop_size": 230}
+    assert processor_config_from_kwargs({"modality_configs": {"libero_sim": _MODALITIES}, **recipe}).image_target_size == 256
+
+
+def test_a_checkpoint_with_an_int_target_size_transforms_frames_like_torchvision(copy_of):
+    import torch
+
+    from gr00t_server.processing.processor import Gr00tN1d7Processor
+    from gr00t_server.processing.torch_resize import resize_uint8
+
+    checkpoint = copy_of()
+    edit_processor_kwargs(checkpoint, lambda kwargs: kwargs.update(use_albumentations=False, image_target_size=256,
+                                                                   image_crop_size=230))
+    processor = Gr00tN1d7Processor.from_pretrained(checkpoint, local_files_only=True)
+    frame = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    # torchvision Resize(256) -> 256x341 (aspect kept), CenterCrop(230) at (13, 56), Resize(256) -> 256x256
+    resized = resize_uint8(torch.from_numpy(frame).permute(2, 0, 1)[None], (256, 341), "bilinear")
+    expected = resize_uint8(resized[:, :, 13:243, 56:286], (256, 256), "bilinear")[0].permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(processor.transform_image(frame), expected)
+    with pytest.raises(ValueError, match="each would become 256x51200"):  # shortest side 256, aspect kept
+        processor.transform_image(np.zeros((5, 1000, 3), np.uint8))
+
+
 def edit_processor_kwargs(checkpoint, edit):
     """Apply edit(processor_kwargs) to the checkpoint's processor_config.json."""
     path = checkpoint / "processor_config.json"

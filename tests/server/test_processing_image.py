@@ -153,6 +153,23 @@ def test_torchvision_style_batch_is_resize_center_crop_resize():
     np.testing.assert_array_equal(ours[1], eval_image_transform_torchvision_style(frames[1], (256, 256), (230, 230)))
 
 
+@pytest.mark.parametrize("shape, resized, top_left", [((480, 640), (256, 341), (13, 56)), ((640, 480), (341, 256), (56, 13))])
+def test_an_int_target_size_resizes_the_shortest_side_keeping_the_aspect_ratio(shape, resized, top_left):
+    # torchvision's Resize(256): shortest side 256, long side int(256 * long / short); CenterCrop(230) is square.
+    frames = np.random.default_rng(9).integers(0, 256, (2,) + shape + (3,), dtype=np.uint8)
+    ours = eval_image_transform_torchvision_style_batch(frames, 256, 230)
+    images = torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()
+    top, left = top_left
+    crop = reference_torchvision_resize(images, resized, "bilinear")[:, :, top : top + 230, left : left + 230]
+    expected = reference_torchvision_resize(crop.contiguous(), (256, 256), "bilinear")
+    np.testing.assert_array_equal(ours, expected.permute(0, 2, 3, 1).numpy())
+
+
+def test_an_int_target_size_keeps_the_aspect_ratio_of_a_non_square_crop():
+    frames = np.random.default_rng(10).integers(0, 256, (1, 480, 640, 3), dtype=np.uint8)
+    assert eval_image_transform_torchvision_style_batch(frames, 256, (200, 230)).shape == (1, 256, 294, 3)
+
+
 @pytest.mark.parametrize("capability", ["AVX512", "AVX2", "DEFAULT", "SVE256", "NO AVX"])
 def test_the_native_uint8_kernel_is_used_where_torchvision_uses_it(monkeypatch, capability):
     """An AVX512 (or ARM) CPU took the native bilinear kernel where torchvision interpolates in float: 26-29% of the
@@ -171,13 +188,14 @@ def test_the_float_resize_path_rounds_and_clamps_like_torchvision():
     assert torch.equal(resize_uint8(images, (64, 64), "bicubic", native=False), expected)
 
 
-def test_torchvision_style_matches_torchvision_where_installed():
+@pytest.mark.parametrize("target, crop", [((256, 256), (230, 230)), (256, 230)])
+def test_torchvision_style_matches_torchvision_where_installed(target, crop):
     tv = pytest.importorskip("torchvision.transforms.v2.functional")
     frames = np.random.default_rng(9).integers(0, 256, (2, 480, 640, 3), dtype=np.uint8)
-    ours = eval_image_transform_torchvision_style_batch(frames, (256, 256), (230, 230))
+    ours = eval_image_transform_torchvision_style_batch(frames, target, crop)
     for frame, transformed in zip(frames, ours):
         image = torch.from_numpy(frame).permute(2, 0, 1)
-        image = tv.resize(image, [256, 256], antialias=True)
-        image = tv.center_crop(image, [230, 230])
-        image = tv.resize(image, [256, 256], antialias=True)
+        image = tv.resize(image, target, antialias=True)
+        image = tv.center_crop(image, crop)
+        image = tv.resize(image, target, antialias=True)
         np.testing.assert_array_equal(transformed, image.permute(1, 2, 0).numpy())

@@ -1,5 +1,7 @@
 """Prompt construction (model.md §2.3): language formalization, chat template, image-token expansion, left padding."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -122,3 +124,62 @@ def test_collate_matches_transformers_qwen3_vl_processor(tiny_checkpoint):
     for key in ("input_ids", "attention_mask", "image_grid_thw"):
         assert theirs[key].tolist() == ours[key].tolist(), key
     np.testing.assert_allclose(theirs["pixel_values"].numpy(), ours["pixel_values"].numpy(), atol=1e-6)
+
+
+_SYSTEM_TURN = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+_USER_TURN = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>pick up the bowl<|im_end|>\n"
+
+
+def _with_system_turn(template):
+    return "{{- '" + _SYSTEM_TURN.replace("\n", "\\n") + "' -}}" + template
+
+
+def test_chat_template_json_wins_over_tokenizer_config_template(copy_of):
+    # Qwen-VL Hub layout: tokenizer_config.json and chat_template.json both hold a template; the processor's wins.
+    checkpoint = copy_of()
+    template = (checkpoint / "chat_template.jinja").read_text()
+    (checkpoint / "chat_template.jinja").unlink()
+    tokenizer_config = json.loads((checkpoint / "tokenizer_config.json").read_text())
+    tokenizer_config["chat_template"] = template
+    (checkpoint / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    (checkpoint / "chat_template.json").write_text(json.dumps({"chat_template": _with_system_turn(template)}))
+    processor = Gr00tN1d7Processor.from_pretrained(checkpoint, local_files_only=True)
+    assert processor.build_prompt("Pick up the bowl.", 1) == _SYSTEM_TURN + _USER_TURN
+
+
+def test_chat_template_json_wins_over_chat_template_jinja(copy_of):
+    # transformers 4.57 ProcessorMixin reads the legacy chat_template.json before chat_template.jinja.
+    checkpoint = copy_of()
+    template = (checkpoint / "chat_template.jinja").read_text()
+    (checkpoint / "chat_template.json").write_text(json.dumps({"chat_template": _with_system_turn(template)}))
+    processor = Gr00tN1d7Processor.from_pretrained(checkpoint, local_files_only=True)
+    assert processor.build_prompt("Pick up the bowl.", 1) == _SYSTEM_TURN + _USER_TURN
+
+
+def test_named_chat_templates_render_the_default_one(copy_of):
+    checkpoint = copy_of()
+    (checkpoint / "additional_chat_templates").mkdir()
+    (checkpoint / "additional_chat_templates" / "tool_use.jinja").write_text("{{- 'tools' -}}")
+    processor = Gr00tN1d7Processor.from_pretrained(checkpoint, local_files_only=True)
+    frame = np.zeros((1, 256, 256, 3), dtype=np.uint8)
+    step = processor.process_step("new_embodiment", {"front": frame}, _new_embodiment_state(), "Pick up the bowl.")
+    assert step.prompt.startswith("<|im_start|>user\n<|vision_start|>") and step.prompt.endswith("bowl<|im_end|>\n")
+
+
+def test_named_chat_templates_without_a_default_are_refused_at_load(copy_of):
+    checkpoint = copy_of()
+    (checkpoint / "chat_template.jinja").unlink()
+    (checkpoint / "additional_chat_templates").mkdir()
+    (checkpoint / "additional_chat_templates" / "tool_use.jinja").write_text("{{- 'tools' -}}")
+    with pytest.raises(ValueError, match=r"tokenizer folder .*ckpt has named chat templates \['tool_use'\] but none "
+                                         r"named 'default'"):
+        Gr00tN1d7Processor.from_pretrained(checkpoint, local_files_only=True)
+
+
+def test_chat_template_json_beside_named_templates_is_refused_as_transformers_does(copy_of):
+    checkpoint = copy_of()
+    (checkpoint / "chat_template.json").write_text(json.dumps({"chat_template": "{{- 'x' -}}"}))
+    (checkpoint / "additional_chat_templates").mkdir()
+    (checkpoint / "additional_chat_templates" / "tool_use.jinja").write_text("{{- 'tools' -}}")
+    with pytest.raises(ValueError, match="holds both chat_template.json and additional_chat_templates/"):
+        Gr00tN1d7Processor.from_pretrained(checkpoint, local_files_only=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from gr00t_client.modality import ActionRepresentation, ModalityConfig
 from gr00t_server.model.backbone_config import BACKBONE_FAMILIES, is_backbone_family
@@ -46,8 +46,9 @@ class ProcessorConfig:
     """The inference-relevant part of `processor_kwargs` in processor_config.json (model.md §1.4)."""
 
     modality_configs: Dict[str, Dict[str, ModalityConfig]]
-    image_crop_size: Optional[Tuple[int, int]] = (230, 230)
-    image_target_size: Optional[Tuple[int, int]] = (256, 256)
+    # (h, w), or an int as torchvision's Resize/CenterCrop read it: the shortest side / a square crop.
+    image_crop_size: Optional[Union[int, Tuple[int, int]]] = (230, 230)
+    image_target_size: Optional[Union[int, Tuple[int, int]]] = (256, 256)
     use_albumentations: bool = True
     shortest_image_edge: Optional[int] = None
     crop_fraction: Optional[float] = None
@@ -174,14 +175,18 @@ def _field_error(name: str, value: Any, expected: str) -> ValueError:
     return ValueError(f"field {name!r} is {json.dumps(value)} ({type(value).__name__}); expected {expected}")
 
 
-def _as_size(value: Any, name: str) -> Optional[Tuple[int, int]]:
+def _as_size(value: Any, name: str) -> Optional[Union[int, Tuple[int, int]]]:
     if value is None:
         return None
     if _is_int(value) and value >= 1:
-        return (value, value)
+        return int(value)
     if isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_int(v) and v >= 1 for v in value):
         return (int(value[0]), int(value[1]))
-    raise _field_error(name, value, "[h, w] of ints >= 1, or null")
+    raise _field_error(name, value, "[h, w] of ints >= 1, an int >= 1, or null")
+
+
+def _as_pair(size: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
+    return (size, size) if isinstance(size, int) else size
 
 
 def processor_config_from_kwargs(kwargs: Mapping[str, Any]) -> ProcessorConfig:
@@ -269,10 +274,12 @@ def _check_image_transform(config: ProcessorConfig) -> None:
         if missing:
             raise ValueError(f"use_albumentations is false, whose transform resizes to image_target_size and center "
                              f"crops image_crop_size, but {' and '.join(missing)} is null")
-        if crop[0] > target[0] or crop[1] > target[1]:
-            raise ValueError(f"image_crop_size {list(crop)} is larger than image_target_size {list(target)} "
+        # An int target is the shortest side after the resize, so a crop within it always fits.
+        if any(c > t for c, t in zip(_as_pair(crop), _as_pair(target))):
+            raise ValueError(f"image_crop_size {json.dumps(crop)} is larger than image_target_size {json.dumps(target)} "
                              "(use_albumentations false): the center crop must fit in the resized image")
         return
+    _refuse_int_sizes_albumentations_reads(config)
     if config.shortest_image_edge is None and target is None:
         raise ValueError("shortest_image_edge and image_target_size are both null; the image transform "
                          "(use_albumentations true) resizes to one of them")
@@ -281,6 +288,20 @@ def _check_image_transform(config: ProcessorConfig) -> None:
                                if size is None)
         raise ValueError(f"crop_fraction and {missing} are null; the center crop (use_albumentations true) takes "
                          "crop_fraction, or image_crop_size / image_target_size")
+
+
+def _refuse_int_sizes_albumentations_reads(config: ProcessorConfig) -> None:
+    """The albumentations transform takes image_target_size[0] (without shortest_image_edge) and, without
+    crop_fraction, image_crop_size[0] / image_target_size[0]: the reference fails on an int there."""
+    read = []
+    if config.shortest_image_edge is None:
+        read.append("image_target_size")
+    if config.crop_fraction is None:
+        read += ["image_crop_size", "image_target_size"]
+    ints = [name for name in dict.fromkeys(read) if isinstance(getattr(config, name), int)]
+    if ints:
+        raise ValueError(f"{' and '.join(f'{name} is {getattr(config, name)}' for name in ints)}, an int; the "
+                         "albumentations transform (use_albumentations true) reads it as [h, w]: give [h, w]")
 
 
 def _validate_horizons(config: ProcessorConfig) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Tuple, Union
 
 import cv2
 import numpy as np
@@ -23,6 +23,8 @@ from gr00t_client.policy import ObservationError
 from ..threads import block_stop_signals
 from .torch_resize import resize_uint8
 
+# (h, w), or an int: torchvision's shortest side for a resize, a square for a crop.
+ImageSize = Union[int, Tuple[int, int]]
 # transformers' smart_resize (the Qwen image processor) refuses frames with an aspect ratio above 200; a thinner
 # frame would be scaled up along its long side (1 x 100000 -> 256 x 25.6M pixels) before it ever got there.
 MAX_ASPECT_RATIO = 200
@@ -205,31 +207,43 @@ def eval_image_transform_batch(
 
 
 def eval_image_transform_torchvision_style(
-    image: np.ndarray, target_size: Tuple[int, int], crop_size: Tuple[int, int], letter_box: bool = False
+    image: np.ndarray, target_size: ImageSize, crop_size: ImageSize, letter_box: bool = False
 ) -> np.ndarray:
     """The `use_albumentations=false` eval transform: [letter-box] -> resize -> center crop -> resize.
 
-    Resizes are torchvision's antialiased bilinear resize on uint8 tensors (bit-for-bit, see `torch_resize`).
+    Resizes are torchvision's antialiased bilinear resize on uint8 tensors (bit-for-bit, see `torch_resize`). A size
+    is (h, w) or, as torchvision reads an int, the shortest side after a resize (aspect kept) and a square crop.
     """
     _check_frame(image)
     return eval_image_transform_torchvision_style_batch(image[None], target_size, crop_size, letter_box)[0]
 
 
+def torchvision_resize_shape(height: int, width: int, size: ImageSize) -> Tuple[int, int]:
+    """Output (h, w) of torchvision's Resize(size): (h, w) as given; an int is the shortest side, the long side
+    int(size * long / short)."""
+    if not isinstance(size, int):
+        return int(size[0]), int(size[1])
+    if height <= width:
+        return size, int(size * width / height)
+    return int(size * height / width), size
+
+
 def eval_image_transform_torchvision_style_batch(
-    frames: np.ndarray, target_size: Tuple[int, int], crop_size: Tuple[int, int], letter_box: bool = False
+    frames: np.ndarray, target_size: ImageSize, crop_size: ImageSize, letter_box: bool = False
 ) -> np.ndarray:
     """`eval_image_transform_torchvision_style` of a uint8 (N, H, W, 3) batch in two batched torch resizes."""
     _check_frames(frames)
     if letter_box:
         frames = letter_box_pad_batch(frames)
-    th, tw = int(target_size[0]), int(target_size[1])
-    ch, cw = int(crop_size[0]), int(crop_size[1])
+    th, tw = torchvision_resize_shape(frames.shape[1], frames.shape[2], target_size)
+    ch, cw = (crop_size, crop_size) if isinstance(crop_size, int) else (int(crop_size[0]), int(crop_size[1]))
     if ch > th or cw > tw:
         raise ValueError(f"crop size {crop_size} is larger than the resized image {(th, tw)}")
     images = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # NCHW view, channels-last memory
     images = resize_uint8(images, (th, tw), "bilinear")
     top, left = int(round((th - ch) / 2.0)), int(round((tw - cw) / 2.0))
-    images = resize_uint8(images[:, :, top : top + ch, left : left + cw], (th, tw), "bilinear")
+    images = resize_uint8(images[:, :, top : top + ch, left : left + cw], torchvision_resize_shape(ch, cw, target_size),
+                          "bilinear")
     return np.ascontiguousarray(images.permute(0, 2, 3, 1).numpy())
 
 

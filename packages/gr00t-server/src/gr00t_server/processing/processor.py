@@ -214,7 +214,9 @@ class Gr00tN1d7Processor:
     def _scaled_shortest_edge(self) -> Optional[int]:
         """The side a frame's shortest side is scaled to, keeping its aspect ratio (None: resized to a fixed size)."""
         cfg = self.config
-        return cfg.shortest_image_edge if cfg.use_albumentations else None
+        if cfg.use_albumentations:
+            return cfg.shortest_image_edge
+        return cfg.image_target_size if isinstance(cfg.image_target_size, int) else None
 
     def transform_image(self, image: np.ndarray) -> np.ndarray:
         """Eval transform of one uint8 (H, W, 3) frame with this checkpoint's image settings (model.md §3.4)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 IMAGE_PAD_TOKEN = "<|image_pad|>"
 VISION_START_TOKEN = "<|vision_start|>"
@@ -60,9 +60,19 @@ def render_qwen_chat(conversation: Sequence[Dict[str, Any]], add_generation_prom
     return "".join(parts)
 
 
+def default_chat_template(template: Union[str, Dict[str, str], None], owner: str) -> Optional[str]:
+    """One template; of named templates (a dict) the one named "default", which transformers renders by default."""
+    if not isinstance(template, dict):
+        return template
+    if "default" not in template:
+        raise ValueError(f"{owner} has named chat templates {sorted(template)} but none named 'default'; add "
+                         f"chat_template.jinja (the default template) beside them")
+    return template["default"]
+
+
 def render_prompt(conversation: Sequence[Dict[str, Any]], tokenizer: Any, chat_template: Optional[str] = None) -> str:
     """Render with the checkpoint/backbone chat template (no generation prompt), else the built-in layout."""
-    template = chat_template or getattr(tokenizer, "chat_template", None)
+    template = default_chat_template(chat_template or getattr(tokenizer, "chat_template", None), "the tokenizer")
     if template is None:
         return render_qwen_chat(conversation)
     return tokenizer.apply_chat_template(

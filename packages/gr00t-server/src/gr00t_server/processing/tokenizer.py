@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
+from .text import default_chat_template
 from .vision_patches import PREPROCESSOR_CONFIG_NAME, VisionPatchConfig
 
 logger = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ BACKBONE_FILE_PATTERNS = [
     "chat_template.json",
     PREPROCESSOR_CONFIG_NAME,
 ]
+CHAT_TEMPLATE_DIR = "additional_chat_templates"
 
 
 class TokenizerNotFoundError(OSError):
@@ -88,10 +90,7 @@ def load_tokenizer(folder: Union[str, Path]) -> Any:
         raise ValueError(f"the tokenizer files in {folder} (tokenizer.json, tokenizer_config.json) could not be read: "
                          f"{reason}; copy them again from the backbone") from None
     tokenizer.padding_side = "left"
-    if getattr(tokenizer, "chat_template", None) is None:
-        template = read_chat_template(folder)
-        if template is not None:
-            tokenizer.chat_template = template
+    tokenizer.chat_template = processor_chat_template(folder, getattr(tokenizer, "chat_template", None))
     if tokenizer.pad_token is None:
         for candidate in ("<|endoftext|>", tokenizer.eos_token):
             if candidate is not None and tokenizer.convert_tokens_to_ids(candidate) is not None:
@@ -100,17 +99,32 @@ def load_tokenizer(folder: Union[str, Path]) -> Any:
     return tokenizer
 
 
-def read_chat_template(folder: Union[str, Path]) -> Optional[str]:
-    """The chat template from chat_template.jinja or a processor's chat_template.json, if either exists."""
+def processor_chat_template(folder: Union[str, Path], tokenizer_template: Any) -> Optional[str]:
+    """The template Qwen3VLProcessor.from_pretrained (transformers 4.57) renders with: chat_template.json, else
+    chat_template.jinja, else the tokenizer's own; of named templates, the one named "default"."""
+    template = read_chat_template(folder)
+    if template is None:
+        template = tokenizer_template
+    return default_chat_template(template, f"the tokenizer folder {folder}")
+
+
+def read_chat_template(folder: Union[str, Path]) -> Union[str, Dict[str, str], None]:
+    """The processor's chat template(s) in `folder`: chat_template.json's, else chat_template.jinja (as "default")
+    and additional_chat_templates/<name>.jinja as a dict by name; None when there is no such file."""
     folder = Path(folder)
-    jinja = folder / "chat_template.jinja"
-    if jinja.is_file():
-        return jinja.read_text(encoding="utf-8")
+    named_files = sorted((folder / CHAT_TEMPLATE_DIR).glob("*.jinja"))
+    named = {path.stem: path.read_text(encoding="utf-8") for path in named_files}
     as_json = folder / "chat_template.json"
     if as_json.is_file():
+        if named:
+            raise ValueError(f"the tokenizer folder {folder} holds both chat_template.json and {CHAT_TEMPLATE_DIR}/, "
+                             f"which transformers refuses to combine; replace chat_template.json by chat_template.jinja")
         with open(as_json, "r", encoding="utf-8") as fh:
             return json.load(fh).get("chat_template")
-    return None
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        named["default"] = jinja.read_text(encoding="utf-8")
+    return named or None
 
 
 def load_vision_config(folder: Union[str, Path]) -> VisionPatchConfig:

@@ -23,6 +23,15 @@ from .torch_resize import resize_uint8
 
 PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
 
+# Switches transformers' image processor honours that this one implements only at the Qwen3-VL values
+# (value, as written in the error): bicubic resize, then rescale by rescale_factor, then normalize.
+FIXED_SETTINGS: Dict[str, Tuple[Any, str]] = {
+    "do_resize": (True, "true"),
+    "resample": (3, "3 (bicubic)"),
+    "do_rescale": (True, "true"),
+    "do_normalize": (True, "true"),
+}
+
 
 @dataclass(frozen=True)
 class VisionPatchConfig:
@@ -68,6 +77,7 @@ class VisionPatchConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "VisionPatchConfig":
         """Read a preprocessor_config.json dict (Qwen3-VL `size` or Qwen2-VL `min_pixels`/`max_pixels`)."""
+        _refuse_other_settings(data)
         defaults = cls()
         # As transformers' Qwen2-VL image processors read it: a top-level min_pixels/max_pixels overrides `size`
         # (it was the other way round here: another image grid than the reference's), and a `size` must then hold
@@ -123,6 +133,15 @@ class VisionPatchConfig:
             "rescale_factor": self.rescale_factor,
             "size": {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels},
         }
+
+
+def _refuse_other_settings(data: Mapping[str, Any]) -> None:
+    """ValueError for a FIXED_SETTINGS key set to another value (null means the default, as in transformers)."""
+    for key, (supported, shown) in FIXED_SETTINGS.items():
+        value = data.get(key)
+        if value is not None and (value != supported or type(value) is not type(supported)):
+            raise ValueError(f"'{key}' is {json.dumps(value)}, but only {shown} is supported (the Qwen3-VL "
+                             f"image processor's setting, which this server implements)")
 
 
 def _whole(value: Any) -> Any:
