@@ -241,6 +241,27 @@ def test_action_horizon_is_an_alias_of_execution_horizon():
     assert (args.execution_horizon, args.traj_ids, args.steps, args.output_dir) == (16, [0], 200, None)  # None: dated
 
 
+
+@pytest.mark.parametrize("spelling", [["--action-horizon", "8"], ["--action-horizon=8"], ["--action_horizon=8"]])
+def test_every_spelling_of_action_horizon_is_warned_as_deprecated(spelling, tmp_path, caplog):
+    from gr00t_eval import cli
+
+    caplog.set_level("WARNING")
+    code = cli.main(["open-loop", "--dataset-path", str(tmp_path / "none"), *spelling])
+    assert code == 2  # then refused: not a dataset
+    assert "--action-horizon is deprecated; use --execution-horizon" in caplog.text
+
+
+def test_execution_horizon_and_action_horizon_with_different_values_are_refused(tmp_path, capsys):
+    from gr00t_eval import cli
+
+    code = cli.main(["open-loop", "--dataset-path", str(tmp_path / "none"), "--execution-horizon", "8",
+                     "--action-horizon=4"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "given twice with different values (--execution-horizon 8, --action-horizon 4)" in err, err
+
+
 # --- --denoising-steps and the server behind the client ---------------------------------------------------------
 
 

@@ -113,8 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_connection(p, "host", "port", "127.0.0.1")
     p.add_argument(*_flag("traj-ids"), type=int, nargs="+", default=[0], help="episode positions to evaluate (default 0)")
     p.add_argument(*_flag("steps"), type=int, default=200, help="max steps per trajectory (default 200)")
-    p.add_argument(*_flag("execution-horizon"), *_flag("action-horizon"), dest="execution_horizon", type=int, default=16,
+    p.add_argument(*_flag("execution-horizon"), dest="execution_horizon", type=int, default=16, action=_HorizonFlag,
                    help="steps of each chunk used before querying again (default 16; --action-horizon is an alias)")
+    p.add_argument(*_flag("action-horizon"), dest="execution_horizon", type=int, default=argparse.SUPPRESS,
+                   action=_HorizonFlag, help=argparse.SUPPRESS)
     p.add_argument(*_flag("modality-keys"), nargs="+", default=None, help="action keys to compare and plot (default: all)")
     p.add_argument(*_flag("output-dir"), default=None,
                    help=f"plots traj_{{id}}.jpeg, {OPEN_LOOP_RUN_FILENAME} and results.json; must be empty or new "
@@ -235,6 +237,17 @@ def given_flags(argv: Sequence[str]) -> Set[str]:
         for action in each._actions:
             action.default = argparse.SUPPRESS
     return set(vars(parser.parse_args(list(argv))))
+
+
+class _HorizonFlag(argparse.Action):
+    """open-loop's --execution-horizon and its deprecated alias --action-horizon: stored as execution_horizon, each
+    spelling given noted in `horizon_flags` (as (flag, value)) so that the alias is warned of and a disagreement
+    between the two refused, in whichever form argparse took them (--action-horizon=8 too)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option_string: Any = None) -> None:
+        setattr(namespace, self.dest, values)
+        given = getattr(namespace, "horizon_flags", None) or []
+        setattr(namespace, "horizon_flags", [*given, (str(option_string), values)])
 
 
 class _OpenLoopConnectionFlag(argparse.Action):

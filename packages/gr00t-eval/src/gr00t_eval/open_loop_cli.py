@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, List, Tuple
 
 from .cli_errors import UsageError, _unknown_tag
 
@@ -36,6 +36,15 @@ def _plots_wanted(args: argparse.Namespace) -> bool:
     return True
 
 
+def _check_horizon_flags(given: List[Tuple[str, int]]) -> None:
+    """Warn of the deprecated --action-horizon; refuse horizons given twice with different values (the last won)."""
+    if any(flag.lstrip("-").replace("_", "-") == "action-horizon" for flag, _ in given):
+        logging.getLogger(__name__).warning("--action-horizon is deprecated; use --execution-horizon")
+    if len({value for _, value in given}) > 1:
+        shown = ", ".join(f"{flag} {value}" for flag, value in given)
+        raise UsageError(f"the execution horizon is given twice with different values ({shown}); give one")
+
+
 def cmd_open_loop(args: argparse.Namespace) -> int:
     """`gr00t-eval open-loop`: plots, results.json and the reference's console lines; 1 if nothing was evaluated
     or a trajectory errored (0 then with --allow-errors)."""
@@ -46,8 +55,7 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
     from .open_loop import RESULTS_FILENAME, OpenLoopConfig, evaluate_open_loop
     from .run_stop import sigterm_as_interrupt
 
-    if "--action-horizon" in sys.argv or "--action_horizon" in sys.argv:
-        logging.getLogger(__name__).warning("--action-horizon is deprecated; use --execution-horizon")
+    _check_horizon_flags(getattr(args, "horizon_flags", None) or [])
     tag = None
     if args.embodiment_tag is not None:
         try:
