@@ -179,3 +179,52 @@ def test_a_recorder_writes_one_captioned_video_per_episode(tmp_path):
     height = frames[0].shape[0]
     assert frames[0].shape[1] >= 256 and height > 256  # upscaled frame plus the caption band
     assert frames[0][-30:].max() > 128  # white caption text under the frame
+
+
+
+class FloatCameraEnv(StepEnv):
+    """StepEnv whose camera space says uint8 but whose frames are floats in [0, 1] (normalised)."""
+
+    def _obs(self):
+        obs = super()._obs()
+        return {**obs, "video.cam": obs["video.cam"].astype(np.float32) / 255.0}
+
+
+class WideStateEnv(StepEnv):
+    """StepEnv whose state space says 1 value but whose state holds 2."""
+
+    def _obs(self):
+        return {**super()._obs(), "state.pos": np.array([self.t, 0.0], np.float32)}
+
+
+def test_float_images_in_a_uint8_camera_space_are_refused_naming_the_camera():
+    with pytest.raises(TypeError, match=r"returned float32 images for 'video.cam' \(its observation space says uint8 "
+                                        r"0..255\): convert them in the env"):
+        wrap(FloatCameraEnv()).reset(seed=0)
+
+
+def test_a_state_of_another_shape_than_its_space_is_refused_naming_the_key():
+    with pytest.raises(ValueError, match=r"returned 'state.pos' of shape \(2,\); its observation space says \(1,\)"):
+        wrap(WideStateEnv()).reset(seed=0)
+
+
+def test_a_rollout_of_an_env_returning_float_images_in_a_uint8_space_names_the_camera():
+    """The vector env's cast failed first, with only "Cannot cast array data from dtype('float32') to dtype('uint8')"."""
+    from gr00t_client import BasePolicy, ModalityConfig
+    from gr00t_eval.rollout import RolloutConfig, register_env_prefix, run_rollout
+
+    class ZeroPolicy(BasePolicy):
+        def get_modality_config(self):
+            return {"video": ModalityConfig([0], ["cam"]), "state": ModalityConfig([0], ["pos"]),
+                    "action": ModalityConfig([0, 1], ["move"]), "language": ModalityConfig([0], ["annotation.task"])}
+
+        def reset(self, options=None):
+            return {}
+
+        def _get_action(self, observation, options=None):
+            return {"action.move": np.zeros((1, 2, 1), np.float32)}, {}
+
+    register_env_prefix("floatcam", "new_embodiment", lambda task, **kwargs: FloatCameraEnv())
+    config = RolloutConfig("floatcam/look", n_episodes=1, n_envs=1, seed=0, max_episode_steps=2, n_action_steps=2)
+    with pytest.raises(TypeError, match="float32 images for 'video.cam'"):
+        run_rollout(ZeroPolicy(strict=False), config, progress=False)

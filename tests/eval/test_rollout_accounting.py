@@ -160,7 +160,8 @@ def test_each_row_runs_the_seed_of_its_episode():
     policy = RecordingPolicy()
     rollout(policy, n_episodes=3, n_envs=2, seed=40)  # lengths 4, 4, 2
     assert policy.seen_seeds[0] == [40.0, 41.0]
-    assert [40.0, 41.0] in policy.seen_seeds and [42.0, 41.0] in policy.seen_seeds
+    # row 0 runs episode 2 (seed 42) while row 1, with no episode left, carries a copy of row 0's observation
+    assert [40.0, 41.0] in policy.seen_seeds and [42.0, 42.0] in policy.seen_seeds
 
 
 def test_a_failing_episode_is_scored_as_failed_with_its_reason_and_the_run_goes_on():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import threading
 import time
 
 import pytest
@@ -122,3 +123,38 @@ def test_a_hung_env_whose_worker_survives_sigterm_still_stops_the_run(tmp_path, 
     assert "(episode 3) did not finish a step within 2 s (--env-timeout)" in out, out
     assert (tmp_path / "run" / "results.json").is_file()
     assert multiprocessing.active_children() == []  # killed once SIGTERM did not end it
+
+
+class CloseHangsWalkEnv(WalkToEnv):
+    """WalkTo whose close() after an episode hangs (a simulator's or renderer's teardown deadlock) until CLOSE_RELEASED
+    is set, which in a spawned worker it never is. (AsyncVectorEnv closes an env it only built, in this process.)"""
+
+    ran = False
+
+    def reset(self, *, seed=None, options=None):
+        self.ran = True
+        return super().reset(seed=seed, options=options)
+
+    def close(self):
+        if self.ran:
+            CLOSE_RELEASED.wait(3600)
+
+
+CLOSE_RELEASED = threading.Event()
+
+
+@pytest.mark.timeout(120)
+def test_a_finished_run_whose_env_workers_hang_in_close_ends_complete_within_env_timeout(tmp_path, capsys, caplog):
+    """gymnasium's clean close waits for every worker's env.close() without a timeout: every episode was scored, then
+    the run hung for ever and a SIGTERM wrote results.json as interrupted."""
+    register_env_prefix("closehangs", EmbodimentTag.NEW_EMBODIMENT, lambda task, **kwargs: CloseHangsWalkEnv(2.0))
+    with running_server(ConstantPolicy()) as server:
+        started = time.monotonic()
+        code = run_cli(rollout_argv("closehangs/walk", server.port, tmp_path / "run", "--env-timeout", "2"))
+        took = time.monotonic() - started
+    capsys.readouterr()
+    assert code == 0 and took < 30, f"exit {code} after {took:.0f} s"
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["status"] == "complete" and results["overall"]["n_errors"] == 0
+    assert "env workers did not end within 2 s of being asked to close (--env-timeout)" in caplog.text
+    assert multiprocessing.active_children() == []  # killed, not left hanging

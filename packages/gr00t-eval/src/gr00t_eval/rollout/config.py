@@ -68,7 +68,8 @@ class RolloutConfig:
     # at first_episode (a shard) renders those of them it runs, so a split run renders what a single run would.
     max_episodes_rendered: Optional[int] = None
     # Seconds an env in a subprocess may take for one reset or step before the run stops (a hung simulator);
-    # None: wait for ever. Envs run in-process (one env, vectorization "sync") cannot be timed out.
+    # None: wait for ever. Envs run in-process (one env, vectorization "sync") cannot be timed out. Workers whose close()
+    # has not returned that long after the last episode are given up on (async workers killed).
     env_timeout_s: Optional[float] = DEFAULT_ENV_TIMEOUT_S
 
     def __post_init__(self) -> None:

@@ -36,12 +36,27 @@ class EpisodeSummary:
 
 
 def success_from_info(info: Mapping[str, Any]) -> bool:
-    """An inner step's success flag: info["success"], else info["is_success"] (gym-pusht, robomimic style)."""
+    """An inner step's success flag: info["success"], else info["is_success"] (gym-pusht, robomimic style).
+
+    Raises ValueError for a flag that is not one boolean, integer or finite float: bool() read NaN and "False" as a
+    success, and np.any a [True, False] of several values."""
     for key in ("success", "is_success"):
         if key in info:
-            value = info[key]
-            return bool(np.any(value)) if isinstance(value, (list, tuple, np.ndarray)) else bool(value)
+            return _success_flag(key, info[key])
     return False
+
+
+def _success_flag(key: str, value: Any) -> bool:
+    flag = value
+    if isinstance(value, (list, tuple, np.ndarray)):
+        array = np.asarray(value, dtype=object)
+        flag = array.item() if array.size == 1 else None
+    if isinstance(flag, (bool, np.bool_, int, np.integer)):
+        return bool(flag)
+    if isinstance(flag, (float, np.floating)) and np.isfinite(flag):
+        return bool(flag)
+    raise ValueError(f"the env reported {key}={_describe(value)}, which is not a boolean (expected a bool, an integer "
+                     "or a finite float); the episode cannot be scored")
 
 
 def _check_deltas(name: str, deltas: Sequence[int]) -> Tuple[int, ...]:
@@ -110,6 +125,9 @@ class MultiStepWrapper(gym.Wrapper):
         self._steps = 0
         self._task = ""
         self.recording_length: Optional[int] = None
+        # The keys of the env's first observation in its own order: gymnasium's Dict space, and so every vector env
+        # observation, sorts them, and position pairing with the policy's keys must follow the env's order.
+        self.observation_keys: Optional[Tuple[str, ...]] = None
 
     # -- spaces -----------------------------------------------------------------------------------
     def _stacked_space(self, space: gym.Space) -> gym.spaces.Dict:
@@ -158,7 +176,25 @@ class MultiStepWrapper(gym.Wrapper):
             out[key] = np.zeros(sub.shape, sub.dtype) if isinstance(sub, gym.spaces.Box) else ""
         return out
 
+    def _check_against_space(self, raw: Mapping[str, Any]) -> None:
+        """Refuse a camera of another dtype or shape, or a state of another shape, than the env's space declares: the
+        vector env's cast of it failed naming neither the key nor the fix."""
+        spaces = self.env.observation_space.spaces
+        env = type(self.env.unwrapped).__name__
+        for key, value in raw.items():
+            space = spaces.get(key)
+            if not isinstance(space, gym.spaces.Box) or not key.startswith(("video.", "state.")):
+                continue
+            array = np.asarray(value)
+            if key.startswith("video.") and array.dtype != space.dtype:
+                raise TypeError(f"env {env} returned {array.dtype} images for {key!r} (its observation space says "
+                                f"{space.dtype} {space.low.min():g}..{space.high.max():g}): convert them in the env")
+            if array.shape != space.shape:
+                raise ValueError(f"env {env} returned {key!r} of shape {array.shape}; its observation space says "
+                                 f"{space.shape}")
+
     def _observe(self, raw: Mapping[str, Any]) -> None:
+        self._check_against_space(raw)
         # An env may hand out views of buffers it updates in place (MuJoCo's data.qpos, a reused render buffer): an
         # entry kept past this step is a copy, or every entry of the history became the current observation
         # ([s_t, s_t] for delta indices [-1, 0]) without a word.
@@ -196,6 +232,8 @@ class MultiStepWrapper(gym.Wrapper):
             self._last_obs = self._placeholder()
             return self._last_obs, {"episode": self._summary(f"reset failed: {type(exc).__name__}: {exc}")}
         self._task = next((str(v) for k, v in raw.items() if k.startswith("annotation.")), "")
+        if self.observation_keys is None:
+            self.observation_keys = tuple(raw)
         self._observe(raw)
         self._last_obs = self._stacked()
         return self._last_obs, {"idle": False}
@@ -228,7 +266,12 @@ class MultiStepWrapper(gym.Wrapper):
             reward = number
             self._rewards.append(reward)
             chunk_reward += reward
-            self._success = self._success or success_from_info(info)
+            try:
+                step_success = success_from_info(info)
+            except ValueError as exc:
+                failure, terminated = f"step {self._steps - 1}: {exc}", True
+                break
+            self._success = self._success or step_success
             self._success_reported = self._success_reported or "success" in info or "is_success" in info
             self._observe(raw)
             if inner_term or (self.terminate_on_success and self._success):

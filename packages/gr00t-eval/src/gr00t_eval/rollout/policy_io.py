@@ -111,6 +111,25 @@ class ObservationMapper:
         return out
 
 
+def with_idle_rows_mirrored(observation: Mapping[str, Any], active_rows: Sequence[int]) -> Dict[str, Any]:
+    """The batched `observation` with each row outside `active_rows` (no episode running) holding a copy of the first
+    active row's: an idle row still holds its finished episode's last observation, and a NaN that ended that episode
+    made the server refuse every later request, erroring the episodes still running."""
+    n_rows = len(next(iter(observation.values())))
+    idle = [row for row in range(n_rows) if row not in active_rows]
+    if not idle:
+        return dict(observation)
+    donor = active_rows[0]
+    out: Dict[str, Any] = {}
+    for key, value in observation.items():
+        if isinstance(value, list):
+            out[key] = [value[donor] if row in idle else item for row, item in enumerate(value)]
+        else:
+            out[key] = np.array(value)
+            out[key][idle] = out[key][donor]
+    return out
+
+
 class PolicyRowCursor:
     """Where a policy serving a batch of env rows holds each row: per-row reset options, and a check of its replies.
 

@@ -39,7 +39,8 @@ from .config import RolloutConfig, check_policy, check_rollout_config, draw_base
 from .liveness import PolicyServerUnreachableError, ServerWatch
 from .envs import embodiment_for_env
 from .multistep import EpisodeSummary
-from .policy_io import HorizonSpec, ObservationMapper, PolicyRowCursor, PositionCheckedPolicy, policy_actions, recording_ends
+from .policy_io import (HorizonSpec, ObservationMapper, PolicyRowCursor, PositionCheckedPolicy, policy_actions,
+                        recording_ends, with_idle_rows_mirrored)
 from .replay_plan import check_replay_horizon
 from .replay_recordings import RecordedEnvMismatchError, _check_recorded_env, _note_recorded_seeds
 from .result import RolloutResult
@@ -111,7 +112,7 @@ class RolloutRunner:
                 self._loop(vec, spec, n_envs)
             clean = True
         finally:
-            _close_envs(vec, clean)
+            _close_envs(vec, clean, config.env_timeout_s)
         eval_s = time.perf_counter() - start
         outcomes = [self.outcomes[i] for i in sorted(self.outcomes)]
         return RolloutResult(config.env_name, self.embodiment_tag, outcomes, eval_s)
@@ -317,9 +318,10 @@ class RolloutRunner:
                     pending = set(range(n_envs))
                     continue
                 if mapper is None:
-                    mapper = ObservationMapper(spec, list(obs))
+                    mapper = ObservationMapper(spec, _env_key_order(vec, obs))
                 try:
-                    env_action, info = self._act(checked, mapper(obs), vec.single_action_space)
+                    observation = with_idle_rows_mirrored(mapper(obs), active)
+                    env_action, info = self._act(checked, observation, vec.single_action_space)
                     self.watch.request_succeeded()
                 except Exception as exc:  # noqa: BLE001 - one batch failed: score its episodes, keep going
                     pending = set(active)
@@ -355,6 +357,12 @@ class RolloutRunner:
                 stats = self.chunker.stats
                 logger.info("client chunking: %d calls, %d policy requests (%d prefetched), %d blocking waits",
                             stats.calls, stats.requests, stats.prefetches, stats.blocking_waits)
+
+
+def _env_key_order(vec: gym.vector.VectorEnv, obs: Mapping[str, Any]) -> List[str]:
+    """The keys of the vector observation `obs` in the order the env returned them (`obs` has them sorted)."""
+    declared = next((keys for keys in vec.get_attr("observation_keys") if keys), ())
+    return [key for key in declared if key in obs] + [key for key in obs if key not in declared]
 
 
 def _row_info(infos: Mapping[str, Any], key: str, row: int) -> Any:

@@ -61,13 +61,20 @@ def make_vector_env(config: RolloutConfig, spec: HorizonSpec, n_envs: int) -> gy
 WORKER_STOP_WAIT_S = 3.0  # how long async env workers get to end on SIGTERM before they are killed
 
 
-def _close_envs(vec: gym.vector.VectorEnv, clean: bool) -> None:
-    """Close the envs; after an interrupt or error, terminate async workers instead of waiting on them."""
+def _close_envs(vec: gym.vector.VectorEnv, clean: bool, timeout_s: Optional[float] = None) -> None:
+    """Close the envs; after an interrupt or error, terminate async workers instead of waiting on them.
+
+    After a clean run an async worker whose env close() is still running `timeout_s` later (a simulator's teardown
+    deadlock) is killed, with a warning (None: no limit). Envs in this process are closed in this thread, waited for
+    (a simulator's GL context belongs to the thread that made it).
+    """
     try:
-        if clean or not isinstance(vec, gym.vector.AsyncVectorEnv):
+        if not isinstance(vec, gym.vector.AsyncVectorEnv):
             vec.close()
+        elif clean:
+            _close_workers(vec, timeout_s)
         else:
-            with warnings.catch_warnings(), _lingering_workers_killed(vec):
+            with warnings.catch_warnings(), _lingering_workers_killed(vec, WORKER_STOP_WAIT_S, "of SIGTERM"):
                 # A run stopped mid-step (Ctrl-C, a dead worker) has a step pending by design: gymnasium's "Calling
                 # `close` while waiting for a pending call to `step`" would follow the run's own account of the stop.
                 warnings.filterwarnings("ignore", message=r".*Calling `close` while waiting for a pending call")
@@ -76,19 +83,29 @@ def _close_envs(vec: gym.vector.VectorEnv, clean: bool) -> None:
         logger.warning("closing the envs failed: %s: %s", type(exc).__name__, exc)
 
 
+def _close_workers(vec: gym.vector.AsyncVectorEnv, timeout_s: Optional[float]) -> None:
+    """gymnasium's clean close joins every worker, which runs its env.close() last, without a timeout: kill the
+    workers still in it."""
+    if timeout_s is None:
+        vec.close()
+        return
+    with _lingering_workers_killed(vec, timeout_s, "of being asked to close (--env-timeout)"):
+        vec.close()
+
+
 @contextlib.contextmanager
-def _lingering_workers_killed(vec: gym.vector.AsyncVectorEnv) -> Iterator[None]:
-    """SIGKILL the async env workers still running WORKER_STOP_WAIT_S into the block: gymnasium's close(terminate=True)
-    sends SIGTERM and then joins them without a timeout, so a worker that handles SIGTERM and stays in a hung step (a
-    simulator that cleans up on shutdown), or a stopped one (SIGSTOP), held the run for ever after --env-timeout,
-    without its stall message or results. Process.kill signals only a worker not yet reaped."""
+def _lingering_workers_killed(vec: gym.vector.AsyncVectorEnv, wait_s: float, after: str) -> Iterator[None]:
+    """SIGKILL the async env workers still running `wait_s` into the block (`after`: what they were given that long
+    for, in the warning). gymnasium's close(terminate=True) sends SIGTERM and then joins them without a timeout, so a
+    worker that handles SIGTERM and stays in a hung step (a simulator that cleans up on shutdown), or a stopped one
+    (SIGSTOP), held the run for ever after --env-timeout, without its stall message or results; its clean close() waits
+    as long for an env whose close() hangs. Process.kill signals only a worker not yet reaped."""
     processes = list(getattr(vec, "processes", []))
     closed = threading.Event()
 
     def kill_lingering() -> None:
-        if not closed.wait(WORKER_STOP_WAIT_S):
-            logger.warning("env workers did not end within %.0f s of SIGTERM: killing those still running",
-                           WORKER_STOP_WAIT_S)
+        if not closed.wait(wait_s):
+            logger.warning("env workers did not end within %g s %s: killing those still running", wait_s, after)
             for process in processes:
                 process.kill()
 
