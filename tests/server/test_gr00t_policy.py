@@ -149,9 +149,11 @@ def test_a_misspelled_option_is_refused_naming_the_known_ones(libero, tiny_check
         libero.get_action(example_observation(tiny_checkpoint, "libero_sim"), {"Seed": 0})
 
 
-@pytest.mark.parametrize("bad", [0, -1, 1001, 2.0, "4", True])
+@pytest.mark.parametrize("bad", [0, -1, 17, 1001, 2.0, "4", True])
 def test_denoising_steps_out_of_range_is_refused(libero, tiny_checkpoint, bad):
-    with pytest.raises(ValueError, match=r"options\['denoising_steps'\] must be an int in \[1, 1000\]"):
+    """The range ends at max_denoising_steps, 4x the checkpoint's 4 steps by default (not its 1000 timestep buckets:
+    a call of 1000 steps ran 85x a default one)."""
+    with pytest.raises(ValueError, match=r"options\['denoising_steps'\] must be an int in \[1, 16\]"):
         libero.get_action(example_observation(tiny_checkpoint, "libero_sim"), {"denoising_steps": bad})
 
 

@@ -16,7 +16,6 @@ from gr00t_server.processing.image import (
     eval_image_transform_torchvision_style_batch,
     fractional_center_crop,
     letter_box_pad,
-    letter_box_pad_batch,
     resize_area,
 )
 from gr00t_server.processing.torch_resize import resize_uint8
@@ -36,7 +35,6 @@ def test_an_odd_letter_box_pad_puts_the_smaller_half_on_top_and_left_as_copy_mak
     frames = np.random.default_rng(0).integers(1, 256, (2,) + shape + (3,), dtype=np.uint8)
     expected = _reference_letter_box(frames[0])
     np.testing.assert_array_equal(letter_box_pad(frames[0]), expected)
-    np.testing.assert_array_equal(letter_box_pad_batch(frames)[0], expected)
 
 
 def test_the_letter_boxed_transform_of_an_odd_pad_is_the_reference_pipeline():

@@ -113,7 +113,11 @@ def _add_limit_flags(p: argparse.ArgumentParser) -> None:
                         f"policy without one) (default {d.max_language_tokens})")
     p.add_argument(*_flag("max-cameras"), type=int, default=d.max_cameras, help=f"video keys per observation (default {d.max_cameras})")
     p.add_argument(*_flag("max-image-pixels"), type=int, default=d.max_image_pixels,
-                   help=f"height x width of one image (default {d.max_image_pixels})")
+                   help=f"height x width of one image, and of the square a letter-boxing checkpoint pads a frame to "
+                        f"(default {d.max_image_pixels})")
+    p.add_argument(*_flag("max-denoising-steps"), type=int, default=None,
+                   help="model: the most options['denoising_steps'] one get_action may ask for (default 4x the "
+                        "checkpoint's num_inference_timesteps)")
     p.add_argument(*_flag("max-sessions"), type=int, default=d.max_sessions,
                    help=f"client sessions a stateful policy keeps (default {d.max_sessions}); when full, sessions used only once "
                         "are evicted first, least recently used first, then sessions used again; "

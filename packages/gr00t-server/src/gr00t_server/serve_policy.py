@@ -89,6 +89,9 @@ def _model_policy(args: argparse.Namespace, tag: Any) -> Any:
         policy = Gr00tPolicy(
             model_path=model_path, embodiment_tag=tag, device=args.device, strict=args.strict, dtype=args.dtype,
             clip_outliers=args.clip_outliers, preprocess_device=args.preprocess_device,
+            # a call of --max-batch-size merged rows is held to the same vision-token budget as one request
+            max_rows=max(args.max_rows, args.max_batch_size), max_image_pixels=args.max_image_pixels,
+            max_denoising_steps=args.max_denoising_steps,
         )
     except ValueError as exc:
         if "is not supported by this checkpoint" not in str(exc):

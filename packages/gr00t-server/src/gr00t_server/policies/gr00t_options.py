@@ -20,8 +20,9 @@ other key is refused when strict, a warning otherwise):
   the inverse of decode_action (relative keys against the current observation's state, normalized with those
   rows' statistics); rows [0, frozen) are returned unchanged (up to clipping to the statistics range), rows
   [frozen, overlap) are denoised with a ramped velocity, the rest as usual. overlap_steps=0 changes nothing.
-- "denoising_steps": int in [1, num_timestep_buckets], the flow-matching Euler steps of this call (default the
-  checkpoint's num_inference_timesteps, 4 for released ones); what `gr00t-eval open-loop --denoising-steps` sends.
+- "denoising_steps": int in [1, max_denoising_steps], the flow-matching Euler steps of this call (default the
+  checkpoint's num_inference_timesteps, 4 for released ones; the cap, 4x that unless given, bounds one call's work);
+  what `gr00t-eval open-loop --denoising-steps` sends.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 _KNOWN_OPTIONS = {"seed", "noise", "rtc", "denoising_steps"}
 _SEED_MIN, _SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed takes
 _RTC_KEYS = {"previous_action", "overlap_steps", "frozen_steps", "ramp_rate"}
+DENOISING_CAP_FACTOR = 4  # default max_denoising_steps: this many times the checkpoint's num_inference_timesteps
 
 
 def _is_int(value: Any) -> bool:
@@ -120,15 +122,28 @@ class Gr00tActionOptions:
     embodiment_tag_value: str
     modality_configs: Dict[str, ModalityConfig]
     _option_names: OptionNames
+    max_denoising_steps: int
+
+    def _denoising_cap(self, cap: Optional[int]) -> int:
+        """max_denoising_steps checked: an int from the checkpoint's num_inference_timesteps to its
+        num_timestep_buckets; None: DENOISING_CAP_FACTOR x num_inference_timesteps (at most the buckets)."""
+        default, buckets = self.model_config.num_inference_timesteps, self.model_config.num_timestep_buckets
+        if cap is None:
+            return min(DENOISING_CAP_FACTOR * default, buckets)
+        if isinstance(cap, bool) or not isinstance(cap, Integral) or not default <= cap <= buckets:
+            raise ValueError(f"max_denoising_steps (--max-denoising-steps) must be an int in [{default}, {buckets}] "
+                             f"(this checkpoint's num_inference_timesteps to its num_timestep_buckets), got {cap!r}")
+        return int(cap)
 
     def _denoising_steps(self, value: Any) -> Optional[int]:
         """options["denoising_steps"] checked: None (the checkpoint's num_inference_timesteps) or an int in range."""
         if value is None:
             return None
-        buckets = self.model_config.num_timestep_buckets
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= int(value) <= buckets:
-            raise ValueError(f"options['denoising_steps'] must be an int in [1, {buckets}] (this checkpoint runs "
-                             f"{self.model_config.num_inference_timesteps} by default), got {value!r}")
+        cap = self.max_denoising_steps
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= int(value) <= cap:
+            raise ValueError(f"options['denoising_steps'] must be an int in [1, {cap}] (this checkpoint runs "
+                             f"{self.model_config.num_inference_timesteps} by default; the most one call may ask is "
+                             f"--max-denoising-steps, max_denoising_steps in Python), got {value!r}")
         return int(value)
 
     def _initial_noise(

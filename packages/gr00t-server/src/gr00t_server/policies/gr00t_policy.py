@@ -30,6 +30,7 @@ from gr00t_server.processing.config import load_processor_config
 from gr00t_server.processing.processor import Gr00tN1d7Processor
 from gr00t_server.processing.text import IMAGE_PAD_TOKEN
 from gr00t_server.processing.vision_patches import PREPROCESSOR_CONFIG_NAME
+from gr00t_server.serving.limits import ServerLimits
 
 from .gr00t_arguments import _acting_clip_override, _resolve_device, _resolve_tag, unsupported_tag_message
 from .gr00t_observation_checks import Gr00tObservationChecks, _instruction
@@ -49,6 +50,9 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
     does: a mean/std absolute key is not clipped, whatever the checkpoint says); True clips normalized states to
     [-1, 1] and every decoded absolute action key to its statistics range; False leaves states unclipped.
     `preprocess_device`: where frames are patchified (default: the model's device if a GPU).
+    What one call may cost (`gr00t-server serve` passes its flags): `max_rows` rows of square frames' vision tokens in
+    all, a letter-boxed square of at most `max_image_pixels`, and `max_denoising_steps` (default 4x the checkpoint's
+    num_inference_timesteps) in options["denoising_steps"].
     """
 
     supports_batching = True
@@ -66,6 +70,9 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
         local_files_only: bool = False,
         clip_outliers: Optional[bool] = None,
         preprocess_device: Union[str, torch.device, None] = None,
+        max_rows: int = ServerLimits.max_rows,
+        max_image_pixels: int = ServerLimits.max_image_pixels,
+        max_denoising_steps: Optional[int] = None,
     ) -> None:
         super().__init__(strict=strict)
         self._timing = threading.local()
@@ -89,6 +96,8 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
             else self.device if self.device.type == "cuda" else torch.device("cpu")
         )
         self.processor = Gr00tN1d7Processor.from_pretrained(self.checkpoint_dir, local_files_only=local_files_only)
+        limits = ServerLimits(max_rows=max_rows, max_image_pixels=max_image_pixels)  # ValueError naming a bad one
+        self.processor.max_rows, self.processor.max_image_pixels = limits.max_rows, limits.max_image_pixels
         # count_language_tokens' own tokenizer, made now: made on the first long prompt, it held the socket thread
         # (pings, info) for as long as a copy of the real tokenizer takes to build.
         self._counting_tokenizer = _independent_tokenizer(self.processor.tokenizer)
@@ -119,6 +128,7 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
         if next(self.model.parameters()).dtype == torch.float16:
             self.processor.model_float = "float16"
         self._check_model_matches_processor()
+        self.max_denoising_steps = self._denoising_cap(max_denoising_steps)
         self._identity: Optional[Dict[str, Any]] = None
         self.identity()  # now, at load: get_server_info answers it on the socket thread, which must not wait
 
@@ -205,6 +215,11 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
             if self._clip_override is not None:
                 self._identity["clip_outliers"] = self._clip_override
         return dict(self._identity)
+
+    def work_limits(self) -> Dict[str, int]:
+        """What one call may cost, as get_server_info reports it beside the server's limits."""
+        return {"max_denoising_steps": self.max_denoising_steps,
+                "max_vision_tokens": self.processor.max_vision_tokens(self.embodiment_tag_value)}
 
     def reset(self, options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         """Stateless policy: nothing to reset."""

@@ -3,7 +3,8 @@
 The albumentations path runs OpenCV's `cv2.resize(..., INTER_AREA)` itself, as the reference does, so it is
 bit-for-bit the reference's transform. The torchvision-style path (`use_albumentations=false`) runs torch's
 antialiased bilinear resize exactly as torchvision does (see `torch_resize`). Batch variants take all frames
-of one camera, (N, H, W, 3), and transform them together; OpenCV releases the GIL, so large frames are
+of one camera, (N, H, W, 3), and transform them together (a letter-boxed frame is padded on its own, so one
+padded square per frame in flight is held, not one per frame); OpenCV releases the GIL, so large frames are
 resized on a small thread pool.
 """
 
@@ -28,7 +29,8 @@ ImageSize = Union[int, Tuple[int, int]]
 # transformers' smart_resize (the Qwen image processor) refuses frames with an aspect ratio above 200; a thinner
 # frame would be scaled up along its long side (1 x 100000 -> 256 x 25.6M pixels) before it ever got there.
 MAX_ASPECT_RATIO = 200
-# A letter-boxed frame is padded to a square of its long side before any resize.
+# A letter-boxed frame is padded to a square of its long side before any resize: the square's pixels are held to this
+# limit unless a smaller one is given (Gr00tPolicy gives the server's --max-image-pixels).
 MAX_LETTER_BOX_PIXELS = 8192 * 8192
 # A checkpoint that scales the shortest side to `shortest_edge` keeps the aspect ratio, so a thin frame's long side
 # is scaled up with it (1 x 199 -> 256 x 50944: 51,000 vision patches, a minute of CPU and gigabytes per row, from a
@@ -50,11 +52,10 @@ def _frame_pool() -> ThreadPoolExecutor:
 
 
 def check_frame_size(height: int, width: int, letter_box: bool = False, where: str = "image",
-                     shortest_edge: Optional[int] = None) -> None:
+                     shortest_edge: Optional[int] = None, max_pixels: int = MAX_LETTER_BOX_PIXELS) -> None:
     """Refuse, before any resize, a frame the eval transform cannot handle sanely: an empty side, an aspect ratio
-    over MAX_ASPECT_RATIO, (letter-boxed) a padded square over MAX_LETTER_BOX_PIXELS, or (scaled to `shortest_edge`
-    without a letter box) an aspect ratio over MAX_SCALED_ASPECT_RATIO; ObservationError (a ValueError) naming
-    `where`."""
+    over MAX_ASPECT_RATIO, (letter-boxed) a padded square over `max_pixels`, or (scaled to `shortest_edge` without a
+    letter box) an aspect ratio over MAX_SCALED_ASPECT_RATIO; ObservationError (a ValueError) naming `where`."""
     if height < 1 or width < 1:
         raise ObservationError(f"{where} has {height}x{width} images; an image needs at least one pixel on each side")
     ratio = max(height, width) / min(height, width)
@@ -68,14 +69,16 @@ def check_frame_size(height: int, width: int, letter_box: bool = False, where: s
         raise ObservationError(
             f"{where} has {height}x{width} images, aspect ratio {ratio:.1f}; this checkpoint scales a frame's shortest "
             f"side to {shortest_edge} and keeps its aspect ratio, so each would become {scaled_h}x{scaled_w} "
-            f"({ratio:.0f}x the pixels and vision tokens of a square frame). This server accepts an aspect ratio of "
-            f"at most {MAX_SCALED_ASPECT_RATIO} here; crop or pad the frame closer to square"
+            f"({ratio:.1f}x a square frame's vision tokens, and more than that in vision-encoder time: its attention "
+            f"grows faster than the tokens). This server accepts an aspect ratio of at most {MAX_SCALED_ASPECT_RATIO} "
+            "here; crop or pad the frame closer to square"
         )
     side = max(height, width)
-    if letter_box and side * side > MAX_LETTER_BOX_PIXELS:
+    if letter_box and side * side > max_pixels:
         raise ObservationError(
             f"{where} has {height}x{width} images; this checkpoint letter-boxes frames to a square of the long side, "
-            f"{side}x{side}, over the limit of {MAX_LETTER_BOX_PIXELS} pixels; send smaller frames"
+            f"{side}x{side}, over the limit of {max_pixels} pixels per image (--max-image-pixels); send smaller frames "
+            "or frames closer to square"
         )
 
 
@@ -100,18 +103,6 @@ def letter_box_pad(image: np.ndarray) -> np.ndarray:
     top, left = (side - h) // 2, (side - w) // 2
     out = np.zeros((side, side) + image.shape[2:], dtype=image.dtype)
     out[top : top + h, left : left + w] = image
-    return out
-
-
-def letter_box_pad_batch(frames: np.ndarray) -> np.ndarray:
-    """`letter_box_pad` of every frame of (N, H, W, C) at once; the input itself when already square."""
-    n, h, w = frames.shape[:3]
-    if h == w:
-        return frames
-    side = max(h, w)
-    top, left = (side - h) // 2, (side - w) // 2
-    out = np.zeros((n, side, side) + frames.shape[3:], dtype=frames.dtype)
-    out[:, top : top + h, left : left + w] = frames
     return out
 
 
@@ -183,11 +174,12 @@ def eval_image_transform_batch(
     _check_frames(frames)
     if shortest_edge is None and target_size is None:
         raise ValueError("eval_image_transform needs shortest_edge or target_size")
-    if letter_box:
-        frames = letter_box_pad_batch(frames)
     resize = _albumentations_resize(shortest_edge, target_size)
+    letter_box = letter_box and frames.shape[1] != frames.shape[2]
 
     def transform(frame: np.ndarray) -> np.ndarray:
+        if letter_box:  # one padded square per frame in flight, not one per frame of the request
+            frame = letter_box_pad(frame)
         return resize(fractional_center_crop(resize(frame), crop_fraction))
 
     if len(frames) == 0:
@@ -197,7 +189,8 @@ def eval_image_transform_batch(
     out[0] = first
     if len(frames) > 1:
         rest = frames[1:]
-        if frames.shape[1] * frames.shape[2] >= _POOL_MIN_PIXELS:
+        side = max(frames.shape[1], frames.shape[2])
+        if (side * side if letter_box else frames.shape[1] * frames.shape[2]) >= _POOL_MIN_PIXELS:
             results = _frame_pool().map(transform, rest)
         else:
             results = map(transform, rest)
@@ -231,12 +224,20 @@ def torchvision_resize_shape(height: int, width: int, size: ImageSize) -> Tuple[
 def eval_image_transform_torchvision_style_batch(
     frames: np.ndarray, target_size: ImageSize, crop_size: ImageSize, letter_box: bool = False
 ) -> np.ndarray:
-    """`eval_image_transform_torchvision_style` of a uint8 (N, H, W, 3) batch in two batched torch resizes."""
+    """`eval_image_transform_torchvision_style` of a uint8 (N, H, W, 3) batch in two batched torch resizes (letter-boxed
+    frames that are not square: one frame at a time, so that one padded square is held, not one per frame)."""
     _check_frames(frames)
-    if letter_box:
-        frames = letter_box_pad_batch(frames)
+    if not letter_box or frames.shape[1] == frames.shape[2]:
+        return _torchvision_style_batch(frames, target_size, crop_size)
+    out = np.empty((len(frames),) + torchvision_style_transform_shape(target_size, crop_size) + (3,), np.uint8)
+    for index, frame in enumerate(frames):
+        out[index] = _torchvision_style_batch(letter_box_pad(frame)[None], target_size, crop_size)[0]
+    return out
+
+
+def _torchvision_style_batch(frames: np.ndarray, target_size: ImageSize, crop_size: ImageSize) -> np.ndarray:
     th, tw = torchvision_resize_shape(frames.shape[1], frames.shape[2], target_size)
-    ch, cw = (crop_size, crop_size) if isinstance(crop_size, int) else (int(crop_size[0]), int(crop_size[1]))
+    ch, cw = _crop_pair(crop_size)
     if ch > th or cw > tw:
         raise ValueError(f"crop size {crop_size} is larger than the resized image {(th, tw)}")
     images = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # NCHW view, channels-last memory
@@ -245,6 +246,30 @@ def eval_image_transform_torchvision_style_batch(
     images = resize_uint8(images[:, :, top : top + ch, left : left + cw], torchvision_resize_shape(ch, cw, target_size),
                           "bilinear")
     return np.ascontiguousarray(images.permute(0, 2, 3, 1).numpy())
+
+
+def _crop_pair(crop_size: ImageSize) -> Tuple[int, int]:
+    return (crop_size, crop_size) if isinstance(crop_size, int) else (int(crop_size[0]), int(crop_size[1]))
+
+
+def eval_transform_shape(height: int, width: int, shortest_edge: Optional[int], crop_fraction: float,
+                         letter_box: bool = False, target_size: Optional[Tuple[int, int]] = None) -> Tuple[int, int]:
+    """(h, w) `eval_image_transform` makes of a (height, width) frame, from the shape alone."""
+    if letter_box:
+        height = width = max(height, width)
+
+    def resize(h: int, w: int) -> Tuple[int, int]:
+        if shortest_edge is not None:
+            return smallest_max_size_shape(h, w, shortest_edge)
+        return int(target_size[0]), int(target_size[1])
+
+    _, _, crop_h, crop_w = crop_box(*resize(height, width), crop_fraction)
+    return resize(crop_h, crop_w)
+
+
+def torchvision_style_transform_shape(target_size: ImageSize, crop_size: ImageSize) -> Tuple[int, int]:
+    """(h, w) `eval_image_transform_torchvision_style` makes of any frame: its fixed-size crop, resized."""
+    return torchvision_resize_shape(*_crop_pair(crop_size), target_size)
 
 
 def _check_frame(image: np.ndarray) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -19,17 +19,19 @@ from .checkpoint_files import EMBODIMENT_ID_NAME, PROCESSOR_CONFIG_NAME, STATIST
 from .checkpoint_statistics import Statistics, load_statistics
 from .config import ProcessorConfig, load_processor_config
 from .embodiment_ids import embodiment_id_path, load_embodiment_ids
-from .image import check_frame_size, eval_image_transform_batch, eval_image_transform_torchvision_style_batch
+from .image import (MAX_LETTER_BOX_PIXELS, check_frame_size, eval_image_transform_batch,
+                    eval_image_transform_torchvision_style_batch, eval_transform_shape, torchvision_style_transform_shape)
 from .norm_params import EmbodimentNormParams, compute_norm_params
 from .text import (IMAGE_PAD_TOKEN, build_conversation, expand_image_tokens, formalize_language, render_prompt,
                    reserved_tokens)
 from .tokenizer import load_tokenizer, load_vision_config, resolve_tokenizer_dir
-from .vision_patches import (PREPROCESSOR_CONFIG_NAME, VisionPatchConfig, num_image_tokens, patchify_batch,
-                             patchify_images)
+from .vision_patches import (PREPROCESSOR_CONFIG_NAME, VisionPatchConfig, image_tokens, num_image_tokens,
+                             patchify_batch, patchify_images)
 
 logger = logging.getLogger(__name__)
 
 _PROMPT_CACHE_SIZE = 256  # rendered chat prompts kept per processor (instructions repeat across a rollout)
+_SQUARE_SIDE = 256  # any side would do: every transform scales a square frame to the checkpoint's own size
 
 
 @dataclass
@@ -67,6 +69,10 @@ class Gr00tN1d7Processor:
         # The dtype the model computes in ("float16" from Gr00tPolicy's --dtype fp16): a normalized state beyond its
         # range is refused naming the state, not met as NaN actions blamed on an action key.
         self.model_float = "float32"
+        # A serving policy's per-request limits (Gr00tPolicy sets the server's): the pixels of a letter-boxed square,
+        # and the rows whose square frames make the most vision tokens one call may (None: no such budget).
+        self.max_image_pixels = MAX_LETTER_BOX_PIXELS
+        self.max_rows: Optional[int] = None
         if tokenizer is not None:
             tokenizer.padding_side = "left"
         self.reserved_tokens = reserved_tokens(tokenizer)
@@ -190,6 +196,7 @@ class Gr00tN1d7Processor:
         (B, T, H, W, 3), views of different (B, T), a frame size the image processor refuses."""
         video_config = self.modality_configs(tag)["video"]
         horizon = None
+        sizes: List[Tuple[str, int, int, int]] = []  # (key, frames, height, width)
         for key in video_config.modality_keys:
             if key not in video:
                 raise KeyError(f"Video key '{key}' not found in observation for embodiment '{tag}'")
@@ -209,7 +216,45 @@ class Gr00tN1d7Processor:
                 raise ObservationError(f"Video key '{key}' has (B, T) = {frames.shape[:2]}; other views have {horizon}")
             # Before any resize: a thin frame would be scaled up to gigabytes (shape only, cheap).
             check_frame_size(frames.shape[2], frames.shape[3], self.config.letter_box_transform, f"Video key '{key}'",
-                             self._scaled_shortest_edge())
+                             self._scaled_shortest_edge(), self.max_image_pixels)
+            sizes.append((key, frames.shape[0] * frames.shape[1], frames.shape[2], frames.shape[3]))
+        self._check_vision_tokens(tag, sizes)
+
+    def frame_tokens(self, height: int, width: int) -> int:
+        """Vision tokens one (height, width) frame becomes (eval transform, then image patches), from its shape alone."""
+        cfg = self.config
+        if cfg.use_albumentations:
+            size = eval_transform_shape(height, width, cfg.shortest_image_edge, cfg.resolved_crop_fraction,
+                                        cfg.letter_box_transform, cfg.image_target_size)
+        else:
+            size = torchvision_style_transform_shape(cfg.image_target_size, cfg.image_crop_size)
+        return image_tokens(size[0], size[1], self.vision_config)
+
+    def max_vision_tokens(self, tag: str) -> Optional[int]:
+        """The vision tokens one call may make: those of `max_rows` rows of square frames, every camera and time step
+        of `tag`; None without `max_rows`."""
+        if self.max_rows is None:
+            return None
+        video = self.modality_configs(tag)["video"]
+        square = self.frame_tokens(_SQUARE_SIDE, _SQUARE_SIDE)
+        return self.max_rows * len(video.modality_keys) * len(video.delta_indices) * square
+
+    def _check_vision_tokens(self, tag: str, sizes: Sequence[Tuple[str, int, int, int]]) -> None:
+        """Refuse video whose frames together make more vision tokens than max_vision_tokens: thin frames, each
+        within the aspect ratio limit, made 16x a square frame's tokens (128 rows of 1x16: 20 s and 4 GiB)."""
+        budget = self.max_vision_tokens(tag)
+        if budget is None:
+            return
+        counted = [(key, frames, height, width, self.frame_tokens(height, width)) for key, frames, height, width in sizes]
+        total = sum(frames * tokens for _, frames, _, _, tokens in counted)
+        if total > budget:
+            detail = "; ".join(f"'{key}': {frames} frames of {height}x{width}, {tokens} tokens each"
+                               for key, frames, height, width, tokens in counted)
+            raise ObservationError(
+                f"observation's video makes {total} vision tokens ({detail}); this server accepts at most {budget} "
+                f"vision tokens per request, what {self.max_rows} rows (--max-rows) of square frames make; send fewer "
+                "rows, or frames closer to square"
+            )
 
     def _scaled_shortest_edge(self) -> Optional[int]:
         """The side a frame's shortest side is scaled to, keeping its aspect ratio (None: resized to a fixed size)."""
@@ -229,7 +274,7 @@ class Gr00tN1d7Processor:
         cfg = self.config
         if frames.ndim == 4:
             check_frame_size(frames.shape[1], frames.shape[2], cfg.letter_box_transform,
-                             shortest_edge=self._scaled_shortest_edge())
+                             shortest_edge=self._scaled_shortest_edge(), max_pixels=self.max_image_pixels)
         if not cfg.use_albumentations:
             if cfg.image_target_size is None or cfg.image_crop_size is None:
                 raise ValueError("use_albumentations=false needs image_target_size and image_crop_size")

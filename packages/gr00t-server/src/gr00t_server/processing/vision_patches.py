@@ -236,6 +236,12 @@ def num_image_tokens(grid_thw: Sequence[int], merge_size: int = 2) -> int:
     return t * h * w // (merge_size * merge_size)
 
 
+def image_tokens(height: int, width: int, config: VisionPatchConfig = VisionPatchConfig()) -> int:
+    """How many <|image_pad|> tokens a (height, width) frame becomes, from its size alone (smart resize, patches)."""
+    new_h, new_w = smart_resize(height, width, config.factor, config.min_pixels, config.max_pixels)
+    return num_image_tokens((1, new_h // config.patch_size, new_w // config.patch_size), config.merge_size)
+
+
 def patchify_images(
     images: Union[Sequence[np.ndarray], np.ndarray],
     config: VisionPatchConfig = VisionPatchConfig(),

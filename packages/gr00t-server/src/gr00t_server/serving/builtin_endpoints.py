@@ -153,7 +153,7 @@ class BuiltinEndpoints:
             "max_message_bytes": self.max_message_bytes,
             "batch_timeout_ms": self.batch_timeout_ms,
             "inline_below_ms": self.inline_below_ms,
-            "limits": work_limits.per_row_summary(self.limits),
+            "limits": {**work_limits.per_row_summary(self.limits), **self._policy_fact(work_limits.policy_work_limits)},
             "auth": self.api_token is not None,
             "encryption": "curve" if self.curve is not None else None,
             "policy_busy": bool(self._worker is not None and self._worker.busy),

@@ -307,6 +307,16 @@ def token_counter(policy: Any) -> Optional[TokenCounter]:
     return None
 
 
+def policy_work_limits(policy: Any) -> Dict[str, Any]:
+    """The limits the policy, or a policy it wraps, holds one call to (`work_limits()`: Gr00tPolicy's denoising steps
+    and vision tokens), reported beside the server's; {} when none says."""
+    for link in policy_chain(policy):
+        limits = getattr(link, "work_limits", None)
+        if callable(limits):
+            return dict(limits())
+    return {}
+
+
 def flat_language_keys(policy: Any) -> FrozenSet[str]:
     """The flat observation keys the policy, or a policy it wraps, reads as language (the sim wrapper's
     `language_sources()`); empty when none says."""
