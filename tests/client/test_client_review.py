@@ -28,7 +28,7 @@ def test_a_nan_from_a_gr00t_server_whose_get_action_was_replaced_never_reaches_t
     with running_server(NanPolicy()) as server:
         server.register_endpoint("get_action", lambda observation=None, options=None: server.policy.get_action(observation))
         # As an older gr00t-server answers: without the server's own check of a replaced handler.
-        monkeypatch.setattr("gr00t_server.serving.execution._check_replaced_action", lambda result, request: None,
+        monkeypatch.setattr("gr00t_server.serving.execution._checked_replaced_action", lambda result, request: result,
                             raising=False)
         for wire in ("auto", "reference"):
             with PolicyClient("127.0.0.1", server.port, timeout_ms=5000, wire=wire) as client:

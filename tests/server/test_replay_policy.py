@@ -256,11 +256,15 @@ def test_defaults_from_a_path_derive_configs_and_modality_config_is_served(datas
     assert policy.stateful_sessions is True
 
 
-def test_dropping_a_session_restarts_it(policy):
+def test_a_dropped_session_is_refused_until_its_reset(policy):
+    """Whoever calls get_action (a server's custom endpoint too): it was served from episode 0, step 0, no error."""
     policy.reset(session("gone", episode_index=2))
     policy.drop_session("gone")
+    with pytest.raises(ValueError, match="session 'gone' was forgotten by this replay, which was told to drop it"):
+        policy.get_action(None, session("gone"))
+    policy.reset(session("gone", episode_index=1))
     _, info = policy.get_action(None, session("gone"))
-    assert info["episode_index"] == 0
+    assert info["episode_index"] == 1
 
 
 def test_a_broken_data_file_fails_the_start_not_a_later_request(tmp_path):

@@ -93,6 +93,38 @@ def test_the_timing_option_never_reaches_the_policy():
     assert policy.options_seen == [None, {"seed": 3}]
 
 
+def test_a_replaced_get_action_forwarding_its_options_never_passes_the_timing_option_to_the_policy():
+    """protocol.md §7: the option is removed before the policy sees the options. On a policy without sessions, a clamp
+    forwarding its options passed it on, and a strict Gr00tPolicy refused it as an unknown option."""
+    policy = SleepyPolicy()
+    with running_server(policy) as server, PolicyClient(port=server.port, return_server_timing=True) as client:
+        server.register_endpoint("get_action",
+                                 lambda observation=None, options=None: policy.get_action(observation, options))
+        client.get_action(observation())
+        client.get_action(observation(), {"seed": 3})
+    assert policy.options_seen == [None, {"seed": 3}]
+
+
+REPLACED_RESULTS = {
+    "tuple": lambda action, info: (action, info),  # what policy.get_action returns
+    "none info": lambda action, info: [action, None],
+}
+
+
+@pytest.mark.parametrize("shape", list(REPLACED_RESULTS))
+def test_a_replaced_get_action_returning_a_tuple_or_no_info_gets_server_timing(shape):
+    """Only a list with a map for info got server_timing; a tuple or a None info got none, silently."""
+    policy = SleepyPolicy()
+
+    def replaced(observation=None, options=None):
+        return REPLACED_RESULTS[shape](*policy.get_action(observation, options))
+
+    with running_server(policy) as server, PolicyClient(port=server.port, return_server_timing=True) as client:
+        server.register_endpoint("get_action", replaced)
+        _action, info = client.get_action(observation())
+    assert_timing(info["server_timing"])
+
+
 def test_batched_replies_report_the_requests_and_the_rows_of_their_call():
     with running_server(SleepyPolicy(), max_batch_size=6, batch_timeout_ms=10000.0) as server:
         barrier = threading.Barrier(3)

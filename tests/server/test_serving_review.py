@@ -245,6 +245,26 @@ def test_a_replay_that_forgets_a_session_the_server_holds_refuses_it_instead_of_
                 robot.close()
 
 
+def test_a_custom_endpoint_cannot_revive_a_session_the_server_dropped(dataset):
+    """protocol.md §5: a handler serves a client from its own state under server.current_session. The server dropped
+    the session (ReplayPolicy.drop_session) but the replay did not remember it: served from episode 0, step 0."""
+    policy = ReplayPolicy(dataset, execution_horizon=2, strict=False)
+    with running_server(policy, limits=ServerLimits(max_sessions=1), inline_below_ms=0) as server:
+        def act(observation=None):
+            return list(policy.get_action(observation, {"_session_id": server.current_session}))
+
+        server.register_endpoint("act", act)
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=5000, strict=False, session_id="robot-A") as robot, \
+                PolicyClient("127.0.0.1", server.port, timeout_ms=5000, strict=False, session_id="robot-B") as other:
+            robot.reset({"episode_index": 2, "step_index": 4})
+            other.reset({"episode_index": 1})  # the server holds one session: robot-A's is dropped
+            with pytest.raises(PolicyServerError, match="session 'robot-A' was forgotten by this replay, which was "
+                                                        "told to drop it .*call reset"):
+                robot.call_endpoint("act", {"observation": {}})
+            robot.reset({"episode_index": 2, "step_index": 4})
+            assert position(robot.call_endpoint("act", {"observation": {}})[1]) == (2, 4)
+
+
 # --- stops, polling and counting ------------------------------------------------------------------------------
 
 

@@ -155,6 +155,23 @@ def test_a_bad_timeout_field_is_refused_clearly():
     assert "'timeout_ms' must be a positive number of milliseconds" in reply["error"]
 
 
+@pytest.mark.parametrize("timeout_ms", [np.float32(2000), np.int64(2000), np.uint16(2000)],
+                         ids=lambda value: type(value).__name__)
+def test_a_numpy_scalar_timeout_is_a_number_of_milliseconds(timeout_ms):
+    """msgpack-numpy sends a numpy scalar as one: it was refused as "must be a positive number ..., got '2000.0'"."""
+    request = codec.encode({"endpoint": "get_action", "data": {"observation": {}}, "timeout_ms": timeout_ms})
+    with running_server(EchoPolicy()) as server:
+        reply = codec.decode(raw_round_trip(server.port, request)[0])
+    assert isinstance(reply, list), reply
+
+
+def test_a_bool_timeout_is_refused_whichever_kind():
+    request = codec.encode({"endpoint": "ping", "timeout_ms": np.bool_(True)})
+    with running_server(EchoPolicy()) as server:
+        reply = codec.decode(raw_round_trip(server.port, request)[0])
+    assert "'timeout_ms' must be a positive number of milliseconds, got 'True'" in reply["error"]
+
+
 def test_client_close_from_another_thread_ends_an_in_flight_call_promptly():
     policy = SlowPolicy(delay_s=3.0)
     outcome = {}

@@ -1,10 +1,11 @@
 """A session_id on the wire is a non-empty str or absent: any other (msgpack bin, an int, "") is refused with an error
 naming it, never ignored (keyed by the connection instead, a replay served a reconnecting client from episode 0).
-Without one, a request is its connection's session: each client behind a ROUTER-DEALER proxy its own, and new at any
-reconnection, which is why our client always sends one."""
+Without one, a request is its connection's session, which no session_id can name: each client behind a ROUTER-DEALER
+proxy its own, and new at any reconnection, which is why our client always sends one."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
@@ -67,6 +68,37 @@ def test_a_request_without_a_session_id_is_served_as_its_connections_session(rep
                                                           "data": {"observation": {}}})
     assert isinstance(reply, list), reply
     assert int(reply[1]["episode_index"]) == 0 and int(reply[1]["current_step"]) == 0
+
+
+def test_no_client_can_move_a_reference_clients_replay_by_naming_its_connection(replay_server):
+    """A connection's session was keyed by its routing id in hex, which another client could send as its session_id
+    (ids are numbered in turn, and an error showed each client its own): that client's reset moved the reference
+    client's replay back to episode 0."""
+    replay_server.register_endpoint("whoami", lambda: replay_server.current_session, requires_input=False)
+    with zmq.Context.instance().socket(zmq.REQ) as reference_client:
+        reference_client.setsockopt(zmq.LINGER, 0)
+        reference_client.connect(f"tcp://127.0.0.1:{replay_server.port}")
+        call(reference_client, {"endpoint": "reset", "data": {"options": {"episode_index": 2, "step_index": 4}}})
+        key = call(reference_client, {"endpoint": "whoami"})
+        for named in {key, key.lstrip("\x00")}:
+            call_on_a_new_connection(replay_server.port, {"endpoint": "reset", "session_id": named,
+                                                          "data": {"options": {"episode_index": 0}}})
+        _, info = call(reference_client, {"endpoint": "get_action", "data": {"observation": {}}})
+    assert (int(info["episode_index"]), int(info["current_step"])) == (2, 4), info
+
+
+def test_a_session_id_starting_with_nul_is_refused(replay_server):
+    reply = call_on_a_new_connection(replay_server.port, {"endpoint": "reset", "session_id": "\x00006b8b4567",
+                                                          "data": {"options": {"episode_index": 1}}})
+    assert "'session_id' must not start with \\x00" in reply["error"], reply
+
+
+def test_an_error_names_a_connections_session_without_its_key(replay_server):
+    """The key (its routing id) told a client its neighbours' keys, numbered in turn."""
+    reply = call_on_a_new_connection(replay_server.port, {"endpoint": "get_action", "session_continues": True,
+                                                          "data": {"observation": {}}})
+    assert reply["error"].startswith("this connection's session was dropped by the server"), reply
+    assert not re.search(r"[0-9a-f]{8}", reply["error"]), reply
 
 
 def test_reference_clients_behind_a_router_dealer_proxy_keep_their_own_replay(replay_server):

@@ -17,7 +17,7 @@ from gr00t_client.policy import BasePolicy, ObservationError, nested_batch_size,
 
 from ..extras import require_lerobot_dataset
 from ..modality_configs import derive_from_dataset
-from ..serving.endpoints import RateLimitedLog
+from ..serving.endpoints import RateLimitedLog, named_session
 from ..serving.sessions import SegmentedLRU
 from .dataset_changes import DatasetChanges, meta_files
 from .option_names import OptionNames
@@ -132,10 +132,11 @@ class ReplayPolicy(BasePolicy):
         self._state_dims = self.dataset.state_dims()
         self._seeds = recorded_seeds(self.dataset)  # by episode position; its unusable seeds warned of here, once
         self._warned_widths: set = set()  # (state key, width) pairs warned about (strict=False)
-        # Sessions this replay forgot for room (the last 4 * max_sessions): their get_action is refused until a reset,
-        # not replayed from episode 0, step 0 (behind a server that holds more sessions than this, the robot was sent
-        # the start of episode 0 without an error).
-        self._forgotten: "OrderedDict[str, str]" = OrderedDict()  # session -> which of the sessions it was
+        # Sessions this replay forgot, for room or dropped (the last 4 * max_sessions): their get_action is refused
+        # until a reset, not replayed from episode 0, step 0 (behind a server that holds more sessions than this, or
+        # through a handler of the server's that calls get_action itself, the robot was sent the start of episode 0
+        # without an error).
+        self._forgotten: "OrderedDict[str, str]" = OrderedDict()  # session -> why it was forgotten
         self._actions: "OrderedDict[int, Dict[str, np.ndarray]]" = OrderedDict()  # most recently used last
         self._cached_bytes = 0
         self._lock = threading.Lock()
@@ -239,18 +240,17 @@ class ReplayPolicy(BasePolicy):
         with self._lock:
             cursor = self._sessions.get(session)
             if cursor is None and session in self._forgotten:
-                raise ValueError(f"session {str(session)[:40]!r} was forgotten by this replay, which keeps at most "
-                                 f"{self.max_sessions} sessions (max_sessions) and it was the least recently used "
-                                 f"({self._forgotten[session]}); call reset to start it again")
+                raise ValueError(f"{named_session(session)} was forgotten by this replay, {self._forgotten[session]}; "
+                                 "call reset to start it again")
             cursor = cursor or _Cursor([0], [0])
             if batch is not None and batch != len(cursor.episodes):
                 # Rows at one position (never reset row by row) take any batch size, as the reference's replay
                 # does on every call; rows at different positions cannot be re-tiled without dropping one.
                 if len(set(zip(cursor.episodes, cursor.steps))) != 1:
                     raise ValueError(
-                        f"observation has batch size {batch} but session {session!r} replays {len(cursor.episodes)} rows "
-                        f"at different positions (episodes {cursor.episodes}, steps {cursor.steps}); reset with one "
-                        "episode_index per row"
+                        f"observation has batch size {batch} but {named_session(session)} replays "
+                        f"{len(cursor.episodes)} rows at different positions (episodes {cursor.episodes}, steps "
+                        f"{cursor.steps}); reset with one episode_index per row"
                     )
                 cursor.episodes, cursor.steps = cursor.episodes[:1] * batch, cursor.steps[:1] * batch
             chunks = [self._chunk(e, s) for e, s in zip(cursor.episodes, cursor.steps)]
@@ -269,10 +269,9 @@ class ReplayPolicy(BasePolicy):
         """Store a session's cursor as used now; forget, over max_sessions, the least recently used (of the sessions
         used only once, first: SegmentedLRU)."""
         for forgotten, _, used_once in self._sessions.use(session, cursor):
-            self._forgotten[forgotten] = "of those used only once" if used_once else "of those used more than once"
-            self._forgotten.move_to_end(forgotten)
-            while len(self._forgotten) > 4 * self.max_sessions:
-                self._forgotten.popitem(last=False)
+            which = "only once" if used_once else "more than once"
+            self._remember_forgotten(forgotten, f"which keeps at most {self.max_sessions} sessions (max_sessions) "
+                                                f"and it was the least recently used (of those used {which})")
             self._forgetting_log.warning("replay session %r forgotten (more than %d sessions)", str(forgotten)[:40],
                                          self.max_sessions)
 
@@ -284,10 +283,20 @@ class ReplayPolicy(BasePolicy):
             raise ValueError(f"batch_size must be an int in [1, {self.max_rows}], got {batch}")
         return int(batch)
 
+    def _remember_forgotten(self, session: str, reason: str) -> None:
+        """Remember `session` as forgotten, for `reason`, until its reset (the last 4 * max_sessions of them)."""
+        self._forgotten[session] = reason
+        self._forgotten.move_to_end(session)
+        while len(self._forgotten) > 4 * self.max_sessions:
+            self._forgotten.popitem(last=False)
+
     def drop_session(self, session_id: str) -> None:
-        """Forget a session's cursor (e.g. when its client disconnects)."""
+        """Forget a session's cursor (its server dropped the session, or its client disconnected): its get_action is
+        refused, whoever calls it, until it is reset."""
         with self._lock:
             self._sessions.pop(session_id)
+            self._remember_forgotten(session_id, "which was told to drop it (drop_session: its server dropped the "
+                                     "session, or its client disconnected)")
 
     def _episode_actions(self, position: int) -> Dict[str, np.ndarray]:
         """The episode's actions per key, read once and kept while they fit max_cached_bytes (least recently used

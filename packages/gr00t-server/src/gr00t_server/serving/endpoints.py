@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, Set, Tuple
 from gr00t_client.client import normalize_host
 from gr00t_client.policy import ActionError, NonFiniteActionError
 
-from .messages import RequestError, bounded
+from .messages import CONNECTION_SESSION_PREFIX, RequestError, bounded
 
 logger = logging.getLogger("gr00t_server.serving")
 
@@ -84,6 +84,14 @@ def log_text(text: str, limit: int = LOGGED_TEXT_CHARS, quoted: bool = True) -> 
     if not quoted:
         shown = shown[1:-1]
     return f"{shown}... ({len(text) - limit} more characters)" if len(text) > limit else shown
+
+
+def named_session(session: str) -> str:
+    """A session as an error reply names it: its session_id, cut and escaped (log_text), or "this connection's
+    session" for a request without one, whose key would tell a client its neighbours' keys."""
+    if session.startswith(CONNECTION_SESSION_PREFIX):
+        return "this connection's session"
+    return f"session {log_text(session, 40)}"
 
 
 class UnencodableResultError(Exception):

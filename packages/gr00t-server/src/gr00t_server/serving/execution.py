@@ -18,7 +18,7 @@ from gr00t_client.policy import BasePolicy, NonFiniteActionError, ObservationErr
 
 from . import batching, limits as work_limits
 from .batching import GatherWindow
-from .endpoints import Endpoint, log_text
+from .endpoints import Endpoint, log_text, named_session
 from .messages import Request, RequestError, unknown_endpoint
 from .reply_frames import ReplyFrames, _safe_text
 from .sessions import SESSION_ENDPOINTS, session_dropper
@@ -168,7 +168,7 @@ class JobRunner(ReplyFrames):
                 admitted.append(request)
                 continue
             replies.append((request, self.error_frames(request, RequestError(
-                f"session {log_text(request.session, 40)} was dropped by the server ({reason}), and with it this "
+                f"{named_session(request.session)} was dropped by the server ({reason}), and with it this "
                 "client's place in the policy's state (a replay's episode and step); call reset to start it again"))))
         return admitted
 
@@ -209,7 +209,7 @@ class JobRunner(ReplyFrames):
                     f"'data' for '{request.endpoint}' must be a map of named arguments (str keys); got the "
                     f"{type(bad_keys[0]).__name__} key {bad_keys[0]!r:.40}"
                 )
-            if self._passes_session(request, endpoint):
+            if self._passes_options(request, endpoint):
                 data = dict(data, options=self._server._with_session(data.get("options"), request))
             try:
                 return endpoint.handler(**data)
@@ -226,12 +226,13 @@ class JobRunner(ReplyFrames):
         finally:
             self.current = None
 
-    def _passes_session(self, request: Request, endpoint: Endpoint) -> bool:
-        """True for a get_action or reset registered in place of the built-in one, taking options, while the policy
-        keeps sessions: its options carry the session as the built-in one's do, so that a handler forwarding them to
-        the policy serves each client from its own state, not from one shared by all."""
+    def _passes_options(self, request: Request, endpoint: Endpoint) -> bool:
+        """True for a get_action or reset registered in place of the built-in one and taking options: they reach it
+        as the built-in one passes them to the policy (_with_session), so that a handler forwarding them gets no
+        return_server_timing (the server's option, which a strict policy refuses) and, while the policy keeps
+        sessions, the client's session, to serve each client from its own state, not from one shared by all."""
         return (request.endpoint in SESSION_ENDPOINTS and endpoint.takes_options
-                and not self._server.is_built_in(request.endpoint) and self._server._policy_uses_sessions)
+                and not self._server.is_built_in(request.endpoint))
 
     def count_failed_call(self, exc: BaseException, requests: int, rows: int) -> None:
         """Count a policy call that raised `exc`: it ran, whatever failed inside (a client's input found bad by the
@@ -251,7 +252,7 @@ class JobRunner(ReplyFrames):
         try:
             result = self._call(request)
             if request.endpoint == "get_action" and not self._server.is_built_in("get_action"):
-                _check_replaced_action(result, request)
+                result = _checked_replaced_action(result, request)
         except Exception as exc:
             return request, self.error_frames(request, exc)
         policy_ms = (time.monotonic() - started) * 1000.0
@@ -393,10 +394,13 @@ class JobRunner(ReplyFrames):
         return clean
 
 
-def _check_replaced_action(result: Any, request: Request) -> None:
+def _checked_replaced_action(result: Any, request: Request) -> Any:
     """A get_action handler registered in place of the built-in one is held to its NaN/inf check: an action (the
-    first of [action, info], or the whole result when it is no such pair) with a non-finite value is never sent."""
+    first of [action, info], or the whole result when it is no such pair) with a non-finite value is never sent. Its
+    pair, a list or a tuple (what BasePolicy.get_action returns) with a map or None info, comes back as the built-in
+    one's [action, info], info {} for None, so that server_timing can be added to it."""
     is_pair = isinstance(result, (list, tuple)) and len(result) == 2 and isinstance(result[1], (dict, type(None)))
     observation = request.data.get("observation") if isinstance(request.data, dict) else None
     work_limits.check_finite_action(result[0] if is_pair else result, observation)
+    return [result[0], {} if result[1] is None else result[1]] if is_pair else result
 

@@ -4,6 +4,7 @@ format each request came in (multipart, msgpack-numpy, or the np.save era's)."""
 from __future__ import annotations
 
 import hmac
+import numbers
 import struct
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,9 @@ WIRE_N15 = "n15"  # N1/N1.5 service.py: np.save arrays, get_action's data the fl
 # Request.endpoint of a request answered before its endpoint could be read (its metrics label, log name and echo)
 UNDECODED_ENDPOINT = "undecoded"
 ENDPOINT_PEEK_BYTES = 4096  # of an undecoded request map, read for its endpoint name (never the whole body)
+# Starts the session key of a request without session_id (client_of); session_of refuses a session_id starting so,
+# so that no client can name another connection's session (routing ids are sequential, hence guessable).
+CONNECTION_SESSION_PREFIX = "\x00"
 
 
 class RequestError(Exception):
@@ -96,8 +100,9 @@ def split_routing(frames: List[Any]) -> Tuple[List[Any], List[Any]]:
 
 def client_of(routing: List[Any]) -> str:
     """The session key of a request without session_id: every identity frame of its routing prefix, so that the REQ
-    clients behind one ROUTER-DEALER proxy (one connection to this server) are told apart by the frames it adds."""
-    return "/".join(bytes(frame).hex() for frame in routing if len(frame)) or "unknown"
+    clients behind one ROUTER-DEALER proxy (one connection to this server) are told apart by the frames it adds;
+    prefixed with CONNECTION_SESSION_PREFIX, which no session_id may start with."""
+    return CONNECTION_SESSION_PREFIX + ("/".join(bytes(frame).hex() for frame in routing if len(frame)) or "unknown")
 
 
 def peer_address(payload: List[Any]) -> Optional[str]:
@@ -215,8 +220,8 @@ def continues_session(envelope: Dict[str, Any]) -> bool:
 
 def session_of(envelope: Dict[str, Any], max_chars: int) -> Optional[str]:
     """The envelope's session_id (None when absent or nil: the connection's own session); RequestError unless it is a
-    non-empty str within max_chars. Another type is refused, not ignored: keyed by the connection instead, a replay
-    would serve a reconnecting client from episode 0 without an error."""
+    non-empty str within max_chars, not starting with CONNECTION_SESSION_PREFIX. Another type is refused, not ignored:
+    keyed by the connection instead, a replay would serve a reconnecting client from episode 0 without an error."""
     session = envelope.get("session_id")
     if session is None:
         return None
@@ -227,6 +232,9 @@ def session_of(envelope: Dict[str, Any], max_chars: int) -> Optional[str]:
                            f"got {shown}")
     if len(session) > max_chars:
         raise RequestError(f"session_id has {len(session)} characters; this server accepts at most {max_chars}")
+    if session.startswith(CONNECTION_SESSION_PREFIX):
+        raise RequestError("'session_id' must not start with \\x00, which marks the sessions of requests without one "
+                           "(a connection's own session)")
     return session
 
 
@@ -235,7 +243,8 @@ def deadline_of(envelope: Dict[str, Any], received_at: float) -> Optional[float]
     timeout_ms = envelope.get(TIMEOUT_FIELD)
     if timeout_ms is None:
         return None
-    if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, (int, float)) or not timeout_ms > 0:
+    # A numpy scalar (msgpack-numpy's {nd: false}) is a number too; a bool is no duration, whichever kind.
+    if isinstance(timeout_ms, (bool, np.bool_)) or not isinstance(timeout_ms, numbers.Real) or not timeout_ms > 0:
         raise RequestError(f"'{TIMEOUT_FIELD}' must be a positive number of milliseconds, got {str(timeout_ms)[:40]!r}")
     return received_at + min(float(timeout_ms), 1e9) / 1000.0
 

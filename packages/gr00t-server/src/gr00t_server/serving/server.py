@@ -206,9 +206,10 @@ class PolicyServer(BuiltinEndpoints):
         Registered endpoints run on the policy worker beside get_action and reset: in arrival order within one
         connection, connections taking turns (a replacement of a built-in endpoint too: ping, kill, get_server_info
         and get_modality_config are answered on the socket thread only while they are the built-in ones). A replaced get_action is served alone, never in a merged batch (the
-        merged call would skip it), and its action is held to the same NaN/inf check as the built-in one's. For a
-        policy that keeps sessions, a replaced get_action or reset that takes `options` gets the client's session in
-        options["_session_id"], as the built-in ones pass it; any handler can read it as `current_session`.
+        merged call would skip it), and its action is held to the same NaN/inf check as the built-in one's. A replaced
+        get_action or reset that takes `options` gets them as the built-in ones pass them to the policy: without
+        return_server_timing and, for a policy that keeps sessions, with the client's session in
+        options["_session_id"]; any handler can read it as `current_session`.
         """
         if not isinstance(name, str) or not name:
             raise ValueError(f"endpoint name must be a non-empty str, got {name!r}")
@@ -231,7 +232,7 @@ class PolicyServer(BuiltinEndpoints):
     @property
     def current_session(self) -> Optional[str]:
         """The session of the request this thread is serving: a registered handler's way to learn whose request it
-        runs (None outside a handler)."""
+        runs (None outside a handler; for a request without session_id, its connection's key, starting with "\x00")."""
         request = self._runner.current
         return request.session if request is not None else None
 
