@@ -1,0 +1,99 @@
+"""Request-time video checks of Gr00tN1d7Processor: from shapes alone, before any resize, refuse video the image
+transform cannot take, and video whose frames together make more vision tokens than the per-request budget."""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from gr00t_client.modality import ModalityConfig
+from gr00t_client.policy import ObservationError
+
+from .config import ProcessorConfig
+from .image import check_frame_size, eval_transform_shape, torchvision_style_transform_shape
+from .vision_patches import VisionPatchConfig, image_tokens
+
+_SQUARE_SIDE = 256  # any side would do: every transform scales a square frame to the checkpoint's own size
+
+
+class VideoChecks:
+    """Gr00tN1d7Processor's video and vision-token checks: mixed into it, whose config, vision config and limits it reads."""
+
+    config: ProcessorConfig
+    vision_config: VisionPatchConfig
+    max_image_pixels: int
+    max_rows: Optional[int]
+    modality_configs: Callable[[str], Dict[str, ModalityConfig]]
+
+    def check_video(self, tag: str, video: Mapping[str, np.ndarray]) -> None:
+        """Refuse, from shapes alone, video the transform cannot take: a missing view, a layout other than uint8
+        (B, T, H, W, 3), views of different (B, T), a frame size the image processor refuses."""
+        video_config = self.modality_configs(tag)["video"]
+        horizon = None
+        sizes: List[Tuple[str, int, int, int]] = []  # (key, frames, height, width)
+        for key in video_config.modality_keys:
+            if key not in video:
+                raise KeyError(f"Video key '{key}' not found in observation for embodiment '{tag}'")
+            frames = np.asarray(video[key])
+            if frames.ndim != 5:
+                raise ObservationError(f"Video key '{key}' must be (B, T, H, W, 3) here, got shape {frames.shape}")
+            if frames.dtype != np.uint8 or frames.shape[-1] != 3:  # named as sent, before a size check misreads it
+                hint = (" (channels first? send channels last, e.g. frames.transpose(0, 1, 3, 4, 2))"
+                        if frames.shape[2] == 3 and frames.shape[-1] != 3 else
+                        " (floats in [0, 1]? send (frames * 255).round().astype(np.uint8))" if frames.dtype.kind == "f"
+                        else "")
+                raise ObservationError(f"Video key '{key}' must be uint8 (B, T, H, W, 3) with values 0-255; got "
+                                       f"{frames.dtype} {frames.shape}{hint}")
+            if horizon is None:
+                horizon = frames.shape[:2]
+            elif frames.shape[:2] != horizon:
+                raise ObservationError(f"Video key '{key}' has (B, T) = {frames.shape[:2]}; other views have {horizon}")
+            # Before any resize: a thin frame would be scaled up to gigabytes (shape only, cheap).
+            check_frame_size(frames.shape[2], frames.shape[3], self.config.letter_box_transform, f"Video key '{key}'",
+                             self._scaled_shortest_edge(), self.max_image_pixels)
+            sizes.append((key, frames.shape[0] * frames.shape[1], frames.shape[2], frames.shape[3]))
+        self._check_vision_tokens(tag, sizes)
+
+    def frame_tokens(self, height: int, width: int) -> int:
+        """Vision tokens one (height, width) frame becomes (eval transform, then image patches), from its shape alone."""
+        cfg = self.config
+        if cfg.use_albumentations:
+            size = eval_transform_shape(height, width, cfg.shortest_image_edge, cfg.resolved_crop_fraction,
+                                        cfg.letter_box_transform, cfg.image_target_size)
+        else:
+            size = torchvision_style_transform_shape(cfg.image_target_size, cfg.image_crop_size)
+        return image_tokens(size[0], size[1], self.vision_config)
+
+    def max_vision_tokens(self, tag: str) -> Optional[int]:
+        """The vision tokens one call may make: those of `max_rows` rows of square frames, every camera and time step
+        of `tag`; None without `max_rows`."""
+        if self.max_rows is None:
+            return None
+        video = self.modality_configs(tag)["video"]
+        square = self.frame_tokens(_SQUARE_SIDE, _SQUARE_SIDE)
+        return self.max_rows * len(video.modality_keys) * len(video.delta_indices) * square
+
+    def _check_vision_tokens(self, tag: str, sizes: Sequence[Tuple[str, int, int, int]]) -> None:
+        """Refuse video whose frames together make more vision tokens than max_vision_tokens: thin frames, each
+        within the aspect ratio limit, made 16x a square frame's tokens (128 rows of 1x16: 20 s and 4 GiB)."""
+        budget = self.max_vision_tokens(tag)
+        if budget is None:
+            return
+        counted = [(key, frames, height, width, self.frame_tokens(height, width)) for key, frames, height, width in sizes]
+        total = sum(frames * tokens for _, frames, _, _, tokens in counted)
+        if total > budget:
+            detail = "; ".join(f"'{key}': {frames} frames of {height}x{width}, {tokens} tokens each"
+                               for key, frames, height, width, tokens in counted)
+            raise ObservationError(
+                f"observation's video makes {total} vision tokens ({detail}); this server accepts at most {budget} "
+                f"vision tokens per request, what {self.max_rows} rows (--max-rows) of square frames make; send fewer "
+                "rows, or frames closer to square"
+            )
+
+    def _scaled_shortest_edge(self) -> Optional[int]:
+        """The side a frame's shortest side is scaled to, keeping its aspect ratio (None: resized to a fixed size)."""
+        cfg = self.config
+        if cfg.use_albumentations:
+            return cfg.shortest_image_edge
+        return cfg.image_target_size if isinstance(cfg.image_target_size, int) else None
