@@ -37,11 +37,13 @@ def _plots_wanted(args: argparse.Namespace) -> bool:
 
 
 def _check_horizon_flags(given: List[Tuple[str, int]]) -> None:
-    """Warn of the deprecated --action-horizon; refuse horizons given twice with different values (the last won)."""
-    if any(flag.lstrip("-").replace("_", "-") == "action-horizon" for flag, _ in given):
+    """Warn of the deprecated --action-horizon; refuse it beside --execution-horizon with another value (the one
+    given last won). A flag given twice keeps argparse's rule: its last value."""
+    last = {flag.lstrip("-").replace("_", "-"): (flag, value) for flag, value in given}
+    if "action-horizon" in last:
         logging.getLogger(__name__).warning("--action-horizon is deprecated; use --execution-horizon")
-    if len({value for _, value in given}) > 1:
-        shown = ", ".join(f"{flag} {value}" for flag, value in given)
+    if len(last) == 2 and len({value for _, value in last.values()}) == 2:
+        shown = ", ".join(f"{flag} {value}" for flag, value in last.values())
         raise UsageError(f"the execution horizon is given twice with different values ({shown}); give one")
 
 
