@@ -35,7 +35,7 @@ def rollout_with_flag(flag):
 
 
 @pytest.mark.parametrize("flag, shown", [(math.nan, "success=nan"), ("False", "success='False'"),
-                                         ([True, False], "success=[True, False]"), (None, "success=None")])
+                                         ([True, False], "success=[True, False]")])
 def test_a_success_flag_that_is_not_one_boolean_errors_the_episode_naming_it(flag, shown):
     result = rollout_with_flag(flag)
     assert result.success_rate != 1.0 and result.n_errors == 2
@@ -53,3 +53,10 @@ def test_booleans_integers_finite_floats_and_one_value_arrays_are_success_flags(
 def test_a_false_flag_of_any_accepted_kind_is_no_success():
     for flag in (False, np.bool_(False), 0, 0.0, np.array([False])):
         assert success_from_info({"is_success": flag}) is False
+
+
+def test_a_success_flag_of_none_is_no_report_not_a_success():
+    assert success_from_info({"success": None, "is_success": True}) is True
+    assert success_from_info({"success": None}) is False
+    result = rollout_with_flag(None)
+    assert result.n_errors == 0 and result.success_rate == 0.0

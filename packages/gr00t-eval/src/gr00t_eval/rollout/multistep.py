@@ -39,9 +39,9 @@ def success_from_info(info: Mapping[str, Any]) -> bool:
     """An inner step's success flag: info["success"], else info["is_success"] (gym-pusht, robomimic style).
 
     Raises ValueError for a flag that is not one boolean, integer or finite float: bool() read NaN and "False" as a
-    success, and np.any a [True, False] of several values."""
+    success, and np.any a [True, False] of several values. A flag of None is no report (that step says nothing)."""
     for key in ("success", "is_success"):
-        if key in info:
+        if info.get(key) is not None:  # None: not reported at this step
             return _success_flag(key, info[key])
     return False
 
@@ -272,7 +272,8 @@ class MultiStepWrapper(gym.Wrapper):
                 failure, terminated = f"step {self._steps - 1}: {exc}", True
                 break
             self._success = self._success or step_success
-            self._success_reported = self._success_reported or "success" in info or "is_success" in info
+            self._success_reported = (self._success_reported or info.get("success") is not None
+                                      or info.get("is_success") is not None)
             self._observe(raw)
             if inner_term or (self.terminate_on_success and self._success):
                 terminated = True
