@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import cmath
+import inspect
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping  # isinstance with typing.Mapping is twice as slow (hot paths)
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .modality import ModalityConfig, modality_configs_from_json
 
+
+def accepts_keyword(function: Callable[..., Any], name: str) -> bool:
+    """True when `function` can be called with the keyword argument `name` (or takes **kwargs); False for a callable
+    without a signature (a builtin or extension callable)."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    keyword_kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD or (p.name == name and p.kind in keyword_kinds)
+               for p in parameters)
 
 class PolicyValidationError(ValueError):
     """An observation or action does not match the policy's modality config."""

@@ -8,11 +8,11 @@ stops the run with `PolicyServerUnreachableError`.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from typing import Any, Optional
 
 from gr00t_client import ServerStoppingError
+from gr00t_client.policy import accepts_keyword
 
 from ..policy_identity import ServedPolicyChanged
 
@@ -35,21 +35,13 @@ def ping_quickly(policy: Any, timeout_ms: int = QUICK_PING_MS) -> Optional[bool]
     if ping is None:
         return None
     try:
-        if not _takes_timeout_ms(ping):
+        if not accepts_keyword(ping, "timeout_ms"):
             return bool(ping())
         own = getattr(policy, "timeout_ms", None)
         return bool(ping(timeout_ms=min(own, timeout_ms) if isinstance(own, int) and own > 0 else timeout_ms))
     except Exception:  # noqa: BLE001 - a ping that raises is a ping that failed
         return False
 
-
-def _takes_timeout_ms(function: Any) -> bool:
-    try:
-        parameters = inspect.signature(function).parameters.values()
-    except (TypeError, ValueError):  # a builtin or extension callable without a signature
-        return False
-    return any(p.name == "timeout_ms" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) or p.kind == p.VAR_KEYWORD
-               for p in parameters)
 
 
 class ServerWatch:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import ipaddress
 import logging
 import math
@@ -12,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Set, Tuple
 
 from gr00t_client.client import normalize_host
-from gr00t_client.policy import ActionError, NonFiniteActionError
+from gr00t_client.policy import ActionError, NonFiniteActionError, accepts_keyword
 
 from .messages import CONNECTION_SESSION_PREFIX, RequestError, bounded
 
@@ -37,17 +36,6 @@ class Endpoint:
 
     def __post_init__(self) -> None:
         self.takes_options = accepts_keyword(self.handler, "options")
-
-
-def accepts_keyword(handler: Callable[..., Any], name: str) -> bool:
-    """True when `handler` can be called with the keyword argument `name` (or takes **kwargs)."""
-    try:
-        parameters = inspect.signature(handler).parameters.values()
-    except (TypeError, ValueError):  # a builtin without a signature
-        return False
-    keyword_kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return any(p.kind is inspect.Parameter.VAR_KEYWORD or (p.name == name and p.kind in keyword_kinds)
-               for p in parameters)
 
 
 def is_loopback_host(host: str) -> bool:

@@ -11,6 +11,7 @@ import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from gr00t_client.client import normalize_host
+from gr00t_client.client_options import MAX_REPLY_BYTES_LIMIT
 from gr00t_client.policy import BasePolicy
 
 from . import batching
@@ -39,7 +40,7 @@ from .worker import DEFAULT_INLINE_BELOW_MS, InlineGate, PolicyWorker
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
-MAX_MESSAGE_BYTES_CAP = 2**63 - 1  # ZeroMQ's MAXMSGSIZE is a signed 64-bit count
+MAX_MESSAGE_BYTES_CAP = MAX_REPLY_BYTES_LIMIT  # ZeroMQ's MAXMSGSIZE is a signed 64-bit count, as the client's cap
 CLOSE_WAIT_S = 30.0  # how long close() waits for a run() in another thread to stop and close the socket
 INLINE_RELEASE_GRACE_S = 0.5  # beyond shutdown_timeout_s, before close() takes the socket from a call on run()'s thread
 
