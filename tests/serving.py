@@ -53,6 +53,23 @@ READY = "Server is ready and listening on tcp://"
 SERVER_CLI = [sys.executable, "-c", "import sys; from gr00t_server.cli import main; sys.exit(main())"]
 
 
+
+class NoServer:
+    """Stands in for PolicyServer (monkeypatched over `gr00t_server.server.PolicyServer`): records the policy and
+    arguments `serve` built it with in `NoServer.built`, binds nothing."""
+
+    built: Dict[str, Any] = {}
+    left_policy_call_running = False  # read by serve after run()
+
+    def __init__(self, policy: Any, **kwargs: Any) -> None:
+        NoServer.built = {"policy": policy, **kwargs}
+
+    def start(self) -> None:
+        pass
+
+    def run(self) -> None:
+        pass
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:

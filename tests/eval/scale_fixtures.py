@@ -5,6 +5,8 @@ reward is the fraction of the way covered. With max_episode_steps=6, speed 1 suc
 seed % 7 <= 4 and speed 2 for all of them, so pc_success and rewards differ per task and per seed.
 """
 
+import os
+import signal
 import string
 import threading
 import time
@@ -152,6 +154,32 @@ class InterruptOnCall(ConstantPolicy):
         time.sleep(self.nap_s)
         return super()._get_action(observation, options)
 
+
+
+class SigintOnCall(ConstantPolicy):
+    """Served in this process: a real SIGINT (Ctrl-C) reaches it while policy call number `call` is answered (once)."""
+
+    def __init__(self, call: int):
+        super().__init__()
+        self.call, self.calls = call, 0
+
+    def _get_action(self, observation, options=None):
+        self.calls += 1
+        if self.calls == self.call:
+            os.kill(os.getpid(), signal.SIGINT)
+        return super()._get_action(observation, options)
+
+
+class CameraWalkEnv(WalkToEnv):
+    """walkto with a 16x16 camera of a constant picture, so each episode writes a video."""
+
+    def __init__(self, speed: float):
+        super().__init__(speed)
+        self.observation_space = gym.spaces.Dict({**self.observation_space.spaces,
+                                                  "video.cam": gym.spaces.Box(0, 255, (16, 16, 3), np.uint8)})
+
+    def _obs(self):
+        return {**super()._obs(), "video.cam": np.full((16, 16, 3), 100, np.uint8)}
 
 def run_cli(argv):
     """`gr00t-eval ARGV` with the scale commands wired in (cli.py may not call the wiring functions yet)."""

@@ -5,46 +5,15 @@ from. Real rollouts and mp4 files against a loopback PolicyServer, the real CLI.
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
-import gymnasium as gym
-import numpy as np
-
-from eval.scale_fixtures import ConstantPolicy, WalkToEnv, run_cli
+from eval.scale_fixtures import CameraWalkEnv, ConstantPolicy, SigintOnCall, run_cli
 from gr00t_client import EmbodimentTag
 from gr00t_eval.rollout.envs import register_env_prefix
 from serving import running_server
 
 
-class CameraWalkEnv(WalkToEnv):
-    """walkto with a camera, so each episode writes a video."""
-
-    def __init__(self, speed: float):
-        super().__init__(speed)
-        self.observation_space = gym.spaces.Dict({**self.observation_space.spaces,
-                                                  "video.cam": gym.spaces.Box(0, 255, (16, 16, 3), np.uint8)})
-
-    def _obs(self):
-        return {**super()._obs(), "video.cam": np.full((16, 16, 3), 100, np.uint8)}
-
-
 register_env_prefix("jobcam", EmbodimentTag.NEW_EMBODIMENT, lambda task, **kwargs: CameraWalkEnv(1.0))
-
-
-class CtrlCOnCall(ConstantPolicy):
-    """Served in this process: a Ctrl-C reaches the batch while policy call number `call` is answered (once)."""
-
-    def __init__(self, call: int):
-        super().__init__()
-        self.call, self.calls = call, 0
-
-    def _get_action(self, observation, options=None):
-        self.calls += 1
-        if self.calls == self.call:
-            os.kill(os.getpid(), signal.SIGINT)
-        return super()._get_action(observation, options)
 
 
 def job_file(path: Path, port: int, **overrides) -> Path:
@@ -71,7 +40,7 @@ def test_a_relative_video_dir_is_the_start_directorys_when_the_batch_resumes_els
     started, elsewhere, out = tmp_path / "A", tmp_path / "B", tmp_path / "batch"
     started.mkdir()
     elsewhere.mkdir()
-    with running_server(CtrlCOnCall(call=5)) as server:
+    with running_server(SigintOnCall(call=5)) as server:
         jobs = job_file(tmp_path / "jobs.json", server.port, video_dir="vids")
         monkeypatch.chdir(started)
         assert run_cli(["batch", "--jobs", str(jobs), "--output-dir", str(out)]) == 130

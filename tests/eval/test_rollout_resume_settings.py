@@ -9,11 +9,9 @@ import contextlib
 import json
 import time
 
-import gymnasium as gym
-import numpy as np
 import pytest
 
-from eval.scale_fixtures import ConstantPolicy, WalkToEnv, policy_server, run_cli
+from eval.scale_fixtures import CameraWalkEnv, ConstantPolicy, policy_server, run_cli
 from gr00t_client import EmbodimentTag
 from gr00t_eval import cli
 from gr00t_eval.rollout.envs import register_env_prefix
@@ -239,18 +237,6 @@ def test_overwrite_recognises_exactly_the_episode_video_names_the_rollout_writes
     assert [str(p.relative_to(tmp_path)) for p in episode_videos(tmp_path)] == [
         f"{written[0]}.mp4", f"{written[1]}.mp4", f"task/{written[2]}.mp4"]
 
-
-
-class CameraWalkEnv(WalkToEnv):
-    """walkto with a camera, so its episodes have videos."""
-
-    def __init__(self, speed: float):
-        super().__init__(speed)
-        self.observation_space = gym.spaces.Dict({**self.observation_space.spaces,
-                                                  "video.cam": gym.spaces.Box(0, 255, (16, 16, 3), np.uint8)})
-
-    def _obs(self):
-        return {**super()._obs(), "video.cam": np.full((16, 16, 3), 100, np.uint8)}
 
 
 register_env_prefix("resumecam", EmbodimentTag.NEW_EMBODIMENT,

@@ -8,12 +8,11 @@ import errno
 import json
 import os
 import pathlib
-import signal
 import sys
 
 import pytest
 
-from eval.scale_fixtures import ConstantPolicy, policy_server
+from eval.scale_fixtures import SigintOnCall, policy_server
 from eval.test_disk_full import ROLLOUT_UNDER_LIMIT, run_limited
 from gr00t_eval.cli import main
 
@@ -71,20 +70,6 @@ def fail_deletes_under(monkeypatch, folder):
     monkeypatch.setattr(pathlib.Path, "unlink", failing)
 
 
-class InterruptsOnCall(ConstantPolicy):
-    """Ctrl-C reaching the rollout (this process) while the policy answers call number `call`."""
-
-    def __init__(self, call):
-        super().__init__()
-        self.call, self.calls = call, 0
-
-    def _get_action(self, observation, options=None):
-        self.calls += 1
-        if self.calls == self.call:
-            os.kill(os.getpid(), signal.SIGINT)
-        return super()._get_action(observation, options)
-
-
 # --- a full disk while the summary files are written -----------------------------------------------------------------
 
 # test_disk_full's rollout (40 episodes) made a run of 4
@@ -115,7 +100,7 @@ def test_a_disk_full_at_results_json_names_it_and_says_every_episode_is_kept(tmp
 def test_a_resume_whose_eval_info_json_cannot_be_written_leaves_no_pair_that_disagrees(tmp_path, monkeypatch, capsys):
     # results.json was replaced (complete, 8 episodes) while eval_info.json kept the interrupted attempt's numbers
     out = tmp_path / "run"
-    with policy_server(InterruptsOnCall(call=10)) as server:  # one policy: the resume is held to it
+    with policy_server(SigintOnCall(call=10)) as server:  # one policy: the resume is held to it
         assert rollout(server.port, out, "--n-episodes", "8") == 130
         interrupted = summary(out)
         assert interrupted[0] == interrupted[1] and interrupted[0][0] == "interrupted" and interrupted[0][1] < 8

@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from serving import NoServer
 
 from gr00t_server.model import CheckpointError, load_model
 from gr00t_server.processing import processor as processor_module
@@ -353,31 +354,15 @@ def custom_tag_checkpoint(tmp_path_factory):
                                 embodiment="metaworld")
 
 
-class _NoServer:
-    """Stands in for PolicyServer: records what serve built, binds nothing."""
-
-    built = {}
-    left_policy_call_running = False  # read by serve after run()
-
-    def __init__(self, policy, **kwargs):
-        _NoServer.built = {"policy": policy, **kwargs}
-
-    def start(self):
-        pass
-
-    def run(self):
-        pass
-
-
 def test_serve_accepts_a_tag_that_only_the_checkpoint_declares(custom_tag_checkpoint, monkeypatch, capsys):
     from gr00t_server import cli, server
 
-    monkeypatch.setattr(server, "PolicyServer", _NoServer)
+    monkeypatch.setattr(server, "PolicyServer", NoServer)
     rc = cli.main(["serve", "--model-path", str(custom_tag_checkpoint), "--embodiment-tag", "my_robot", "--device", "cpu",
                    "--no-warmup", "--port", "0"])
     assert rc == 0, capsys.readouterr().err
-    assert _NoServer.built["embodiment_tag"] == "my_robot"
-    assert _NoServer.built["policy"].embodiment_tag_value == "my_robot"
+    assert NoServer.built["embodiment_tag"] == "my_robot"
+    assert NoServer.built["policy"].embodiment_tag_value == "my_robot"
 
 
 def test_serve_refuses_a_tag_neither_built_in_nor_in_the_checkpoint_in_one_line(custom_tag_checkpoint, serve_error):

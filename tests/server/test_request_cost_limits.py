@@ -10,7 +10,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from serving import running_server
+from serving import NoServer, running_server
 
 from gr00t_client import PolicyClient, PolicyServerError
 from gr00t_server.policies.gr00t_policy import Gr00tPolicy
@@ -107,31 +107,15 @@ def test_a_denoising_cap_below_the_checkpoints_own_steps_is_refused(tiny_checkpo
 # --- serve flags reach the policy ----------------------------------------------------------------
 
 
-class _NoServer:
-    """Stands in for PolicyServer: records the policy serve built, binds nothing."""
-
-    built = {}
-    left_policy_call_running = False
-
-    def __init__(self, policy, **kwargs):
-        _NoServer.built = {"policy": policy, **kwargs}
-
-    def start(self):
-        pass
-
-    def run(self):
-        pass
-
-
 def test_serve_holds_the_policy_to_its_rows_image_pixels_and_denoising_flags(letter_box_checkpoint, monkeypatch, capsys):
     from gr00t_server import cli, server
 
-    monkeypatch.setattr(server, "PolicyServer", _NoServer)
+    monkeypatch.setattr(server, "PolicyServer", NoServer)
     rc = cli.main(["serve", "--model-path", str(letter_box_checkpoint), "--embodiment-tag", TAG, "--device", "cpu",
                    "--no-warmup", "--port", "0", "--max-rows", "4", "--max-image-pixels", "400000",
                    "--max-denoising-steps", "8"])
     assert rc == 0, capsys.readouterr().err
-    served = _NoServer.built["policy"]
+    served = NoServer.built["policy"]
     assert served.work_limits() == {"max_denoising_steps": 8, "max_vision_tokens": 4 * SQUARE_FRAME_TOKENS}
     with pytest.raises(ValueError, match="letter-boxes frames to a square of the long side, 8192x8192"):
         served.check_observation(observation(letter_box_checkpoint, 1, 8192, 41))
