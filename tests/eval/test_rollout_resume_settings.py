@@ -288,3 +288,28 @@ def test_a_resume_may_repeat_a_relative_video_dir_from_the_directory_the_run_sta
     with interrupted_video_run(tmp_path / "run", "--video-dir", "vids") as port:
         assert rollout(port, "--resume", str(tmp_path / "run"), "--video-dir", "vids") == 0
     assert listed_videos(tmp_path / "run") == videos_of_every_episode(tmp_path / "vids")
+
+
+def test_a_resume_into_a_video_dir_another_run_has_used_since_is_refused_and_that_runs_videos_kept(server, tmp_path,
+                                                                                                   capsys):
+    videos = tmp_path / "vids"
+    small = [flag for flag in SMALL if flag != "--no-video"]
+    with interrupted_video_run(tmp_path / "a", "--video-dir", str(videos)) as port:
+        assert rollout(server.port, "--env-name", "resumecam/fast,resumecam/slow", "--n-episodes", "2", "--seed", "5",
+                       *small, "--output-dir", str(tmp_path / "b"), "--video-dir", str(videos), "--overwrite") == 0
+        videos_of_b = {path: path.read_bytes() for path in videos.rglob("*.mp4")}
+        capsys.readouterr()
+        assert rollout(port, "--resume", str(tmp_path / "a")) == 2
+    err = capsys.readouterr().err
+    assert f"--video-dir {videos} was used by another run after this one wrote its videos there" in err, err
+    assert f"for {tmp_path / 'b'})" in err
+    assert {path: path.read_bytes() for path in videos.rglob("*.mp4")} == videos_of_b
+
+
+def test_a_resumed_run_lists_an_earlier_video_deleted_from_its_video_dir_as_none(tmp_path):
+    videos = tmp_path / "vids"
+    with interrupted_video_run(tmp_path / "run", "--video-dir", str(videos)) as port:
+        gone = videos / "resumecam__fast" / "episode_0000_success.mp4"
+        gone.unlink()
+        assert rollout(port, "--resume", str(tmp_path / "run")) == 0
+    assert listed_videos(tmp_path / "run") == videos_of_every_episode(videos) - {str(gone)} | {None}

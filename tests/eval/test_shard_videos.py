@@ -76,6 +76,18 @@ def test_a_shard_of_another_plan_into_a_shared_video_dir_is_refused_and_the_earl
     assert len(after) == 4 and after != before
 
 
+def test_a_shard_overwrite_keeps_the_videos_its_log_lists_in_a_video_dir_another_run_has_used_since(server, tmp_path):
+    videos = tmp_path / "videos"
+    assert rollout(server, tmp_path / "o1", videos, "--seed", "0", "--shard", "0/2", n_episodes=4) == 0
+    assert rollout(server, tmp_path / "o2", videos, "--seed", "5", "--shard", "0/2", "--overwrite", n_episodes=4) == 0
+    videos_of_o2 = videos_in(videos)
+    assert rollout(server, tmp_path / "o1", tmp_path / "new_videos", "--seed", "0", "--shard", "0/2", "--overwrite",
+                   n_episodes=4) == 0
+    assert videos_in(videos) == videos_of_o2
+    results = json.loads((tmp_path / "o2" / "results_shard0of2.json").read_text())
+    assert all(Path(episode["video_path"]).is_file() for episode in results["per_episode"])
+
+
 def test_the_shards_of_one_plan_share_a_video_dir(server, tmp_path):
     videos, out = tmp_path / "videos", tmp_path / "split"
     for index in range(2):

@@ -33,13 +33,17 @@ def claims_in(videos):
 
 def hand_claim(videos, pid, writer="another run", plan=None):
     """The claim a run of process `pid` on this host keeps in `videos` while it writes there."""
-    path = claim_video_dir(videos, writer, plan)
-    data = json.loads(path.read_text())
-    data["claim"]["pid"] = pid
+    return held_by(claim_video_dir(videos, writer, plan), pid)
+
+
+def held_by(claim, pid):
+    """`claim` as process `pid` on this host holds it while its run still writes there."""
+    data = json.loads(claim.read_text())
+    data["claim"].update(pid=pid, finished=False)
     for key in ("start_ticks", "boot_id"):  # this process's: they would tell `pid` for a reused one
         data["claim"].pop(key, None)
-    path.write_text(json.dumps(data))
-    return path
+    claim.write_text(json.dumps(data))
+    return claim
 
 
 @pytest.mark.slow
@@ -78,6 +82,23 @@ def test_shards_of_one_plan_share_the_video_dir_while_running_and_another_plans_
         output, _ = first.communicate(timeout=120)
     assert first.returncode == 0, output
     assert len(claims_in(videos)) == 2 and all(read_holder(claim).finished for claim in claims_in(videos))
+
+
+@pytest.mark.parametrize(("shard", "code"), [("0/2", 2), ("1/2", 0)], ids=["the same shard", "the other shard"])
+def test_a_shard_of_one_plan_joins_a_running_shards_video_dir_only_when_it_is_another_shard(tmp_path, capsys,
+                                                                                            live_process, shard, code):
+    videos = tmp_path / "videos"
+    with policy_server() as server:
+        assert run_cli(rollout_args(server.port, tmp_path / "ckptA", videos, "--seed", "0", "--shard", "0/2",
+                                    n_episodes=4)) == 0
+        (claim,) = claims_in(videos)
+        held_by(claim, live_process.pid)  # as while shard 0/2 into ckptA still runs
+        capsys.readouterr()
+        assert run_cli(rollout_args(server.port, tmp_path / "ckptB", videos, "--seed", "0", "--shard", shard,
+                                    n_episodes=4)) == code
+    err = capsys.readouterr().err
+    refused = f"--video-dir {videos} {IN_USE.format(pid=live_process.pid)}"
+    assert (refused in err and f"for {tmp_path / 'ckptA'} (shard 0/2)" in err) == (code == 2), err
 
 
 def test_the_claim_of_a_run_that_is_gone_or_finished_is_no_obstacle(tmp_path):

@@ -74,9 +74,9 @@ def _default_video_dir(saved: Mapping[str, Any], output_dir: Path) -> bool:
 
 
 def _videos_moved_with_run(done: Sequence[Any], old_video_dir: Any, new_video_dir: str) -> List[Any]:
-    """The earlier episodes (EpisodeOutcome) of a run resumed with its default video folder at `new_video_dir`, their
-    video_path under `old_video_dir` (the run file's) moved onto the new folder, the part after it (a task's folder)
-    kept; None where that file is not there."""
+    """The earlier episodes (EpisodeOutcome) of a resumed run, their video_path under `old_video_dir` (the run file's)
+    moved onto `new_video_dir` (its default folder where the run now is; else the same folder), the part after it (a
+    task's folder) kept; None where that file is not there (deleted since: by hand, or by another run's --overwrite)."""
     if not isinstance(old_video_dir, str):
         return list(done)
     moved = []

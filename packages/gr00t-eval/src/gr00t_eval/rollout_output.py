@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import os
 from pathlib import Path
 from typing import Any, Callable, Iterator, Tuple
 
@@ -72,17 +71,17 @@ def _top_entry(inner: Path, outer: Path) -> Tuple[str, ...]:
     return parts[:1]
 
 
-def _claim_videos(output_dir: Path, shard: Any, env_spec: str, config: Any) -> None:
+def _claim_videos(output_dir: Path, shard: Any, env_spec: str, config: Any, resume: bool = False) -> None:
     """Claim the run's video folder when it lies outside the output directory, while the run writes there
     (run_claim.claim_video_dir): of two runs started together into one, both passed the check for earlier videos
-    and then overwrote each other's. The shards of one plan share it. The claim is marked finished with the run's
-    (run_file.held_run_claims)."""
+    and then overwrote each other's. The other shards of one plan share it; a `resume` is refused when another run
+    has used it since. The claim is marked finished with the run's (run_file.held_run_claims)."""
     import hashlib
     import json
 
     from .cli_errors import UsageError
     from .output_files import OutputDirError
-    from .run_claim import claim_video_dir
+    from .run_claim import claim_video_dir, video_claim_writer
     from .run_file import hold_claim
     from .shard import shard_plan
     from .suites import resolve_tasks
@@ -93,9 +92,9 @@ def _claim_videos(output_dir: Path, shard: Any, env_spec: str, config: Any) -> N
     if shard is not None:
         key = {**shard_plan(resolve_tasks(env_spec)[0], config, None), "shards": shard.count}
         plan = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
-    writer = f"{os.path.abspath(output_dir)}{'' if shard is None else f' (shard {shard})'}"
     try:
-        hold_claim(claim_video_dir(Path(config.video_dir), writer, plan))
+        hold_claim(claim_video_dir(Path(config.video_dir), video_claim_writer(output_dir, shard), plan,
+                                   shard_index=None if shard is None else shard.index, resume=resume))
     except OutputDirError as exc:
         raise UsageError(str(exc)) from None
 

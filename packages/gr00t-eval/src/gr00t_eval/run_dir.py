@@ -146,9 +146,10 @@ def prepare_output_dir(path: Union[str, Path], overwrite: bool = False, own_file
 
     With `own_files` (a shard's file names, its run file first) the directory may hold the other shards of its
     split: only those names must not exist yet, and `overwrite` deletes those files and the episode videos their
-    episode log lists, never another shard's. A directory holding another run (sharded, for a whole run; a whole
-    run or another split, for a shard), or that a run still running has claimed (any command's claim file,
-    run_claim.CLAIM_FILENAMES, but those in `keep`), is refused even with `overwrite`.
+    episode log lists (not in a --video-dir another run has claimed since: _still_this_shards), never another shard's.
+    A directory holding another run (sharded, for a whole run; a whole run or another split, for a shard), or that a
+    run still running has claimed (any command's claim file, run_claim.CLAIM_FILENAMES, but those in `keep`), is
+    refused even with `overwrite`.
     """
     from .run_claim import dead_partial_files
 
@@ -161,7 +162,7 @@ def prepare_output_dir(path: Union[str, Path], overwrite: bool = False, own_file
     if overwrite and own_files is not None and path.is_dir():
         replaced = [path / name for name in own_files if (path / name).exists()]
         if replaced:
-            videos = _listed_videos(replaced)
+            videos = _still_this_shards(path / own_files[0], _listed_videos(replaced))
             logger.warning("replacing %s and %d episode videos of this shard (--overwrite); other shards' files are kept",
                            ", ".join(p.name for p in replaced), len(videos))
             device = path.stat().st_dev  # a rename cannot take a video on another file system into the trash
@@ -271,6 +272,27 @@ def _refuse_foreign_runs(path: Path, names: Sequence[str], what: str, why: str) 
         shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
         raise OutputDirError(f"--output-dir {path} holds {what} ({shown}); {why}, and --overwrite never deletes "
                              "another run's results: name another --output-dir (or move those files away first)")
+
+
+def _still_this_shards(run_file: Path, videos: List[Path]) -> List[Path]:
+    """Those of `videos` (listed by a shard's earlier log) that are still its own: not in a --video-dir another run
+    has claimed since (run_claim.video_dir_taken_over), whose videos they may now be; those are kept, with a warning."""
+    from .run_claim import video_claim_writer, video_dir_taken_over
+    from .video_dirs import within
+
+    try:
+        saved = json.loads(run_file.read_text())
+        video_dir = Path(saved["config"]["video_dir"])
+        writer = video_claim_writer(run_file.parent, saved["shard"])
+    except (OSError, ValueError, KeyError, TypeError):  # no run file of this version: its videos, as it listed them
+        return videos
+    in_folder = [video for video in videos if within(video, video_dir)]
+    claim = video_dir_taken_over(video_dir, writer) if in_folder and video_dir.is_dir() else None
+    if claim is None:
+        return videos
+    logger.warning("keeping %d episode videos of this shard's earlier run in %s: another run has written there since "
+                   "(its claim %s), so they may be that run's now", len(in_folder), video_dir, claim.name)
+    return [video for video in videos if video not in in_folder]
 
 
 def _listed_videos(files: Sequence[Path]) -> List[Path]:

@@ -130,7 +130,7 @@ def run_rollout_command(args: argparse.Namespace) -> int:
             config = dataclasses.replace(config, video_dir=str(Path(os.path.abspath(output_dir)) / "videos"))
         if "env_timeout" in given_settings(args):  # not an outcome setting: a stalled run may resume with more time
             config = dataclasses.replace(config, env_timeout_s=env_timeout_from_args(args))
-        _claim_videos(output_dir, shard, env_spec, config)
+        _claim_videos(output_dir, shard, env_spec, config, resume=True)
         earlier_not_applied = saved.get("settings_not_applied") or {}
         earlier = earlier_results(output_dir, shard)
         # A Ray run whose driver could not ask every server records no policy in run.json; its results name the one
@@ -141,8 +141,9 @@ def run_rollout_command(args: argparse.Namespace) -> int:
                              "its episodes are not one policy's, so resuming would pool them: serve one checkpoint or "
                              "dataset on every server and start a new run (a new --output-dir)")
         done = [EpisodeOutcome.from_json_dict(e) for e in EpisodeLog(output_dir / episode_log_name(shard)).read()]
-        if _default_video_dir(saved, output_dir):
-            done = _videos_moved_with_run(done, saved.get("config", {}).get("video_dir"), config.video_dir)
+        moved = _default_video_dir(saved, output_dir)  # the folder's videos listed where they now are
+        old_video_dir = saved.get("config", {}).get("video_dir") if moved else config.video_dir
+        done = _videos_moved_with_run(done, old_video_dir, config.video_dir)
         finished = sum(1 for o in done if o.error is None)
         print(f"Resuming {output_dir}: {finished} episodes finished, the rest of {env_spec} runs now (base seed {config.seed})")
     else:
