@@ -110,3 +110,23 @@ def test_a_request_whose_endpoint_cannot_be_read_is_counted_as_undecoded():
     assert [endpoint for _error, endpoint in replies] == ["undecoded", "undecoded"]
     assert requests_count(samples, "undecoded", "error") == 2
     assert requests_count(samples, "other", "error") == 0
+
+
+def test_a_client_naming_the_endpoint_undecoded_is_counted_as_other():
+    """A well-formed request for the unknown endpoint "undecoded", decoded or refused before decoding with its name
+    read, was counted in the series of requests whose name could not be read: any client could write to it."""
+    oversized = {"endpoint": "undecoded", "data": large_get_action(int(1.5 * MIB))["data"]}
+    with running_server(NapPolicy(), metrics_port=0, max_message_bytes=MIB) as server:
+        sock = dealer(server.port)
+        try:
+            errors = []
+            for payload in (codec.encode({"endpoint": "undecoded", "data": {}}), codec.encode(oversized)):
+                sock.send_multipart([b"", payload])
+                errors.append(error_of(sock.recv_multipart()[1:])[0])
+        finally:
+            sock.close()
+        samples = scrape_settled(server, 2)
+    assert "Unknown endpoint: undecoded" in errors[0]
+    assert "exceeds this server's limit" in errors[1]
+    assert requests_count(samples, "other", "error") == 2
+    assert requests_count(samples, "undecoded", "error") == 0

@@ -103,6 +103,19 @@ def test_stage_histograms_and_batch_sizes_are_exported():
     assert samples[("gr00t_batch_size_bucket", (("le", "1.0"),))] == 3
 
 
+def test_a_replaced_get_action_counts_its_policy_calls_in_the_batch_size_histogram():
+    """A clamp calling policy.get_action ran the policy on every request; gr00t_batch_size counted none of them while
+    the policy stage histogram counted each."""
+    policy = NapPolicy()
+    with running_server(policy, metrics_port=0) as server, PolicyClient(port=server.port) as client:
+        server.register_endpoint("get_action", lambda observation=None, options=None: policy.get_action(observation))
+        for _ in range(3):
+            client.get_action(observation())
+        samples = scrape_settled(server, 3)
+    assert stage_count(samples, "policy") == 3
+    assert samples[("gr00t_batch_size_count", ())] == 3
+
+
 def test_queue_depth_is_read_while_the_policy_is_busy():
     with running_server(NapPolicy(nap_s=0.5), metrics_port=0) as server:
         caller = threading.Thread(target=lambda: PolicyClient(port=server.port).get_action(observation()))

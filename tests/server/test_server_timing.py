@@ -335,3 +335,69 @@ def test_encode_ms_in_the_reply_is_the_encoding_time_the_server_counts(wire):
             reported = sum(client.get_action(observation())[1]["server_timing"]["encode_ms"] for _ in range(3))
             counted = server.stats.snapshot()["encode_ms_total"] - counted_before
     assert 0.9 * counted <= reported <= counted + 0.01, (reported, counted)
+
+
+class SlowTokenizerPolicy(SleepyPolicy):
+    """Counts language tokens slowly (TOKENIZE_S a text), as a real tokenizer does long texts, in the server's limit
+    checks."""
+
+    def count_language_tokens(self, text: str) -> int:
+        time.sleep(TOKENIZE_S)
+        return 1
+
+
+TOKENIZE_S = 0.1
+
+
+def test_the_servers_limit_checks_count_as_decoding_not_as_queue_wait():
+    """One client alone on an idle server was told it waited in the queue for the time the server spent counting its
+    language's tokens (11 ms of a 12.6 ms round trip for 128 long instructions)."""
+    long_instruction = "pick up the red bowl " * 30  # past the length below which no tokens are counted
+    obs = dict(observation(), language={"task": [[long_instruction]]})
+    with running_server(SlowTokenizerPolicy(), inline_below_ms=0) as server:
+        with PolicyClient(port=server.port, return_server_timing=True) as client:
+            timing = client.get_action(obs)[1]["server_timing"]
+    assert timing["queue_wait_ms"] < TOKENIZE_S * 1000.0 / 2
+    assert timing["decode_ms"] >= TOKENIZE_S * 1000.0
+
+
+def test_a_replaced_get_action_counts_its_policy_calls_and_reports_the_policys_stages():
+    """A clamp calling policy.get_action ran the policy on every request, yet policy_calls and batch_sizes counted
+    none of its calls, and its server_timing left out the policy's own stages."""
+    policy = StagedPolicy()
+
+    def clamped(observation=None, options=None):
+        action, info = policy.get_action(observation, options)
+        return {key: np.clip(value, -0.5, 0.5) for key, value in action.items()}, info
+
+    with running_server(policy) as server, PolicyClient(port=server.port, return_server_timing=True) as client:
+        server.register_endpoint("get_action", clamped)
+        timings = [client.get_action(observation(rows=2))[1]["server_timing"] for _ in range(2)]
+        stats = client.get_server_info()["stats"]
+    assert stats["policy_calls"] == 2
+    assert stats["batch_sizes"] == {"1": 2}
+    assert stats["mean_batch_rows"] == 2.0
+    assert set(timings[1]) == TIMING_KEYS | POLICY_STAGES
+    assert timings[1]["model_ms"] == 4.0  # the second call's own
+
+
+class BrokenPolicy(SleepyPolicy):
+    """Fails inside every call, as a model out of memory does."""
+
+    def _get_action(self, observation, options=None):
+        raise RuntimeError("model broke")
+
+
+def test_a_replaced_get_action_whose_policy_call_failed_counts_the_call():
+    """As the built-in get_action counts a call the policy failed inside; a request refused before its handler ran
+    (arguments it does not take) counts none."""
+    policy = BrokenPolicy()
+    with running_server(policy) as server, PolicyClient(port=server.port) as client:
+        server.register_endpoint("get_action", lambda observation=None, options=None: policy.get_action(observation))
+        with pytest.raises(PolicyServerError, match="internal error in get_action: RuntimeError"):
+            client.get_action(observation())
+        with pytest.raises(PolicyServerError, match="bad arguments"):
+            client.call_endpoint("get_action", {"observation": observation(), "extra": 1})
+        stats = client.get_server_info()["stats"]
+    assert stats["policy_calls"] == 1
+    assert stats["batch_sizes"] == {"1": 1}

@@ -122,7 +122,7 @@ class RequestLoop(Gathering):
         routing, payload = split_routing(frames)
         identity = frames[0].bytes if frames else b""
         request = Request(routing, False, UNDECODED_ENDPOINT, None, client_of(routing), peer_address(payload),
-                          received_at, 0.0)
+                          received_at, 0.0, name_read=False)
         request.identity = identity
         server.stats.add("requests")
         try:
@@ -137,8 +137,8 @@ class RequestLoop(Gathering):
             request.multipart = request.wire_format == WIRE_MULTIPART
             envelope = check_envelope(envelope)
             request.endpoint = envelope.get("endpoint", "get_action")  # a refusal below names it (logs, metrics)
+            request.name_read = True
             check_token(envelope, server.api_token)
-            request.decode_ms = (time.monotonic() - received_at) * 1000.0
             request.data = envelope.get("data", {}) if "data" in envelope else {}
             adopt_n15_get_action(request)
             request.session = session_of(envelope, server.limits.max_session_id_chars) or request.session
@@ -146,8 +146,9 @@ class RequestLoop(Gathering):
             request.deadline = deadline_of(envelope, received_at)
             return request
         except Exception as exc:
-            if request.endpoint == UNDECODED_ENDPOINT:  # refused undecoded: its logs and metrics name it if they can
-                request.endpoint = peek_endpoint(payload)
+            peeked = None if request.name_read else peek_endpoint(payload)
+            if peeked is not None:  # refused undecoded: its logs and metrics name it if they can
+                request.endpoint, request.name_read = peeked, True
             self.reply_error(request, exc)
             return None
 
@@ -166,6 +167,7 @@ class RequestLoop(Gathering):
                     server.token_counter,
                 )
                 request.wants_timing = timing_requested(request.data)  # refused here unless bool-like
+            request.decode_ms = (time.monotonic() - request.received_at) * 1000.0  # the decode and these checks
             self._admit(request)
         except Exception as exc:
             self.reply_error(request, exc)
@@ -378,7 +380,7 @@ class RequestLoop(Gathering):
         elif request.outcome == "ok" and not delivered:
             request.outcome = "undelivered"  # its client had gone (no deadline said so: a reference client's timeout)
             self._server.stats.add("undelivered")
-        self._server._metrics.request_done(request.endpoint, request.outcome)
+        self._server._metrics.request_done(request.endpoint if request.name_read else None, request.outcome)
 
     def reply_error(self, request: Request, exc: BaseException) -> None:
         """Answer `request` with a bounded error for `exc`."""

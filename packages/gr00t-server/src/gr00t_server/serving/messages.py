@@ -65,6 +65,7 @@ class Request:
     identity: bytes = b""  # the ROUTER identity of the connection
     admitted: bool = False  # counted against the queue budgets until its reply is sent
     outcome: str = "ok"  # how it was answered, for metrics: ok, late, error, refused, expired, internal_error
+    name_read: bool = True  # False for a request answered before any endpoint name could be read from it
     rows: int = 1  # observation rows of a gathered get_action, counted once when gathered (at least 1)
     batch_shape: Optional[Tuple[Any, int]] = None  # a gathered get_action's batching.batch_shape
     wants_timing: bool = False  # a get_action whose options ask for server_timing (timing_requested)
@@ -151,15 +152,15 @@ def decode_payload(payload: List[Any], max_message_bytes: int) -> Tuple[Any, str
     raise RequestError(f"message has {len(payload)} frames but no multipart header; expected 1 frame")
 
 
-def peek_endpoint(payload: List[Any]) -> str:
+def peek_endpoint(payload: List[Any]) -> Optional[str]:
     """The endpoint an undecoded request names within the first ENDPOINT_PEEK_BYTES of its request map (the single
-    frame, or the multipart header frame), or UNDECODED_ENDPOINT when it names none there that can be read."""
+    frame, or the multipart header frame), or None when it names none there that can be read."""
     if codec.is_multipart(payload) and len(payload) >= 2:
         frame = payload[1]
     elif len(payload) == 1:
         frame = payload[0]
     else:
-        return UNDECODED_ENDPOINT
+        return None
     unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
     unpacker.feed(memoryview(frame.buffer if hasattr(frame, "buffer") else frame)[:ENDPOINT_PEEK_BYTES])
     try:
@@ -167,10 +168,10 @@ def peek_endpoint(payload: List[Any]) -> str:
             key = unpacker.unpack()
             if key == "endpoint" or key == b"endpoint":
                 endpoint = unpacker.unpack()
-                return endpoint if isinstance(endpoint, str) else UNDECODED_ENDPOINT
+                return endpoint if isinstance(endpoint, str) else None
             unpacker.skip()
     except Exception:  # cut off by the peek's bound, malformed, or not a map
-        return UNDECODED_ENDPOINT
+        return None
     return "get_action"  # the whole map read, and no endpoint in it: check_envelope's default
 
 

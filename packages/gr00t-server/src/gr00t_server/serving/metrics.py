@@ -37,8 +37,9 @@ class NullMetrics:
 
     port: Optional[int] = None
 
-    def request_done(self, endpoint: str, outcome: str) -> None:
-        """A request was answered with `outcome`: ok, late, undelivered, error, refused, expired or internal_error."""
+    def request_done(self, endpoint: Optional[str], outcome: str) -> None:
+        """A request was answered with `outcome`: ok, late, undelivered, error, refused, expired or internal_error;
+        `endpoint` None when no name could be read from it."""
 
     def observe_stages(self, timing: Dict[str, Any]) -> None:
         """One get_action's stage times, as server_timing names them ({stage}_ms)."""
@@ -86,8 +87,8 @@ class ServerMetrics(NullMetrics):
         )
         self._stages = prometheus.Histogram(
             "gr00t_request_stage_seconds",
-            "Time a get_action request spent in each stage (decode, queue_wait, policy, the policy's own preprocess, "
-            "model and postprocess when it reports them, encode)",
+            "Time a get_action request spent in each stage (decode, with the server's checks of its limits; "
+            "queue_wait, policy, the policy's own preprocess, model and postprocess when it reports them, encode)",
             ["stage"], buckets=_STAGE_BUCKETS_S, registry=self.registry,
         )
         self._batches = prometheus.Histogram(
@@ -119,10 +120,13 @@ class ServerMetrics(NullMetrics):
         logger.info("metrics at http://%s:%d/metrics", endpoint_host(host), self.port)
         return self.port
 
-    def request_done(self, endpoint: str, outcome: str) -> None:
+    def request_done(self, endpoint: Optional[str], outcome: str) -> None:
         """Count an answered request under its endpoint (or "other", for names the server does not know, and
-        "undecoded", for requests answered before a name could be read) and outcome."""
-        label = endpoint if endpoint in self._endpoints() or endpoint == UNDECODED_ENDPOINT else OTHER_ENDPOINT
+        "undecoded", for None: requests answered before a name could be read) and outcome."""
+        if endpoint is None:
+            label = UNDECODED_ENDPOINT
+        else:
+            label = endpoint if endpoint in self._endpoints() else OTHER_ENDPOINT
         self._requests.labels(endpoint=label, outcome=outcome).inc()
 
     def observe_stages(self, timing: Dict[str, Any]) -> None:
