@@ -54,7 +54,7 @@ def test_first_call_without_reset_replays_episode_0_from_step_0(policy):
     np.testing.assert_array_equal(action["arm"][0], rows(0, [0, 1, 2, 3]))
     np.testing.assert_array_equal(action["gripper"][0], rows(0, [0, 1, 2, 3], "gripper"))
     assert info == {
-        "current_step": 0, "episode_length": 6, "episode_index": 0, "episode_done": False,
+        "current_step": 0, "episode_length": 6, "episode_index": 0, "dataset_episode_index": 0, "episode_done": False,
         "num_episodes": 3, "execution_horizon": 2, "seed": 100,  # the seed the dataset stores for episode 0
     }
 
@@ -312,3 +312,48 @@ def test_a_dataset_of_only_empty_episodes_is_refused_at_start(tmp_path):
     _zero_length(root, [0, 1])
     with pytest.raises(ValueError, match="has no steps to replay: every episode has length 0"):
         ReplayPolicy(str(root), execution_horizon=4)
+
+
+def _keep_episodes(root, kept):
+    """Keep only the episodes whose own episode_index is in `kept` (a split of a larger dataset): their episode_index
+    values are then not their positions in meta/episodes.jsonl."""
+    import json
+
+    path = root / "meta" / "episodes.jsonl"
+    entries = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps(entry) + "\n" for entry in entries if entry["episode_index"] in kept))
+    for entry in entries:
+        if entry["episode_index"] not in kept:
+            (root / "data" / "chunk-000" / f"episode_{entry['episode_index']:06d}.parquet").unlink()
+    info = json.loads((root / "meta" / "info.json").read_text())
+    (root / "meta" / "info.json").write_text(json.dumps({**info, "total_episodes": len(kept)}))
+    return root
+
+
+@pytest.fixture
+def split_policy(tmp_path):
+    """A replay of a dataset holding episodes 0 and 2 of three (positions 0 and 1)."""
+    root = _keep_episodes(make_dataset(tmp_path / "ds", lengths=LENGTHS, cameras=()), kept={0, 2})
+    return ReplayPolicy(str(root), execution_horizon=2)
+
+
+def test_episode_index_is_a_position_and_info_names_the_datasets_own_episode_index(split_policy):
+    info = split_policy.reset({"episode_index": 1})
+    assert (info["episode_index"], info["dataset_episode_index"]) == (1, 2)
+    action, info = split_policy.get_action(None)
+    np.testing.assert_array_equal(action["arm"][0][:4], rows(2, [0, 1, 2, 3]))  # position 1: the dataset's episode 2
+    assert (info["episode_index"], info["dataset_episode_index"]) == (1, 2)
+    split_policy.reset({"episode_index": [1, 0]})
+    assert split_policy.get_action(None, {"batch_size": 2})[1]["dataset_episode_index"] == [2, 0]
+
+
+def test_a_position_past_the_episode_list_is_refused_naming_the_datasets_own_indices(split_policy, policy):
+    with pytest.raises(IndexError) as refused:
+        split_policy.reset({"episode_index": 2})
+    assert str(refused.value) == (
+        "episode_index 2 out of range: it is a position in the dataset's episode list (meta/episodes order), and the "
+        "dataset has 2 episodes (0..1); their own episode_index values are 0, 2 (reported in info as "
+        "dataset_episode_index)")
+    with pytest.raises(IndexError) as refused:
+        policy.reset({"episode_index": 3})
+    assert str(refused.value).endswith("the dataset has 3 episodes (0..2)")  # its own indices are its positions

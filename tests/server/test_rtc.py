@@ -266,6 +266,33 @@ def test_values_outside_the_range_are_clipped_like_decode_clips_them(round_trip_
     np.testing.assert_array_equal(encoded[..., 0:2], 1.0)
 
 
+def test_frozen_rows_outside_the_statistics_come_back_clipped_only_for_min_max_keys(round_trip_processor,
+                                                                                   round_trip_case):
+    """What RTC's frozen rows go through (encode, then decode): serving.md's RTC paragraph says the same."""
+    actions, states = round_trip_case
+    last_state = states["joint_state"][:, -1:, :].astype(np.float64)
+    far = dict(actions, pos=np.full((2, HORIZON, 2), 100.0, np.float32), vel=np.full((2, HORIZON, 2), 100.0, np.float32),
+               joints=np.repeat(last_state + 100.0, HORIZON, axis=1).astype(np.float32))
+    encoded = round_trip_processor.encode_action(far, "robot", states)
+    decoded = round_trip_processor.decode_action(encoded, "robot", states)
+    np.testing.assert_allclose(decoded["pos"], 2.7, rtol=1e-6)  # absolute min/max: its range (q01/q99 here)
+    np.testing.assert_allclose(decoded["vel"], 100.0, rtol=1e-6)  # mean/std: as given
+    relative_max = 2.0 * (1 + np.arange(HORIZON))[None, :, None]  # relative min/max of step t, around the state
+    np.testing.assert_allclose(decoded["joints"], last_state + relative_max, rtol=1e-5)
+    clipped = round_trip_processor.decode_action(encoded, "robot", states, clip_to_statistics=True)
+    np.testing.assert_allclose(clipped["vel"], 2.7, rtol=1e-6)  # an absolute mean/std key with --clip-outliers
+
+
+def test_serving_md_says_which_frozen_rows_are_clipped():
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "docs" / "serving.md").read_text()
+    paragraph = " ".join(text[text.index("Relative action keys are re-expressed"):].split("\n\n")[0].split())
+    assert "as every returned action is" not in paragraph  # mean/std and relative keys are not clipped to the range
+    for says in ("absolute min/max key", "relative min/max key", "mean/std key", "--clip-outliers"):
+        assert says in paragraph, paragraph
+
+
 def test_encoding_relative_keys_needs_the_reference_states(round_trip_processor, round_trip_case):
     actions, _states = round_trip_case
     with pytest.raises(ValueError, match="State dict required for absolute->relative conversion of key 'joints'"):

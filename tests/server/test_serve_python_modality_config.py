@@ -108,3 +108,14 @@ def test_a_py_config_that_raises_is_one_line_naming_the_file_and_the_exception_e
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert err.startswith(f"gr00t-server serve: error: {config}: running the modality config file raised TypeError: ")
     assert "no_such_field" in err and err.endswith("expected a .py file that calls register_modality_config(tag, configs)\n")
+
+
+@pytest.mark.parametrize("statement,called", [("sys.exit(0)", "sys.exit(0)"), ("sys.exit()", "sys.exit()"),
+                                              ("raise SystemExit('done')", "sys.exit('done')")])
+def test_a_py_config_that_calls_sys_exit_is_one_line_naming_the_file_exit_2(dataset, tmp_path, capsys, statement, called):
+    config = tmp_path / "exiting_cfg.py"  # copied from a script that ended with sys.exit(main())
+    config.write_text(f"import sys\n{statement}\n")
+    assert main(["serve", "--dataset-path", str(dataset), "--modality-config-path", str(config), "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"gr00t-server serve: error: {config}: running the modality config file called {called}; expected a "
+                   ".py file that calls register_modality_config(tag, configs)\n")

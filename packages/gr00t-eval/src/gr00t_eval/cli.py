@@ -51,6 +51,7 @@ def apply_env_registrations(args: argparse.Namespace) -> None:
     import importlib
 
     from .rollout import ENV_PREFIX_TO_EMBODIMENT_TAG, register_env_prefix
+    from .rollout.config import exit_call
     from .rollout.envs import _resolve_adapter
 
     for module in args.env_import:
@@ -58,6 +59,9 @@ def apply_env_registrations(args: argparse.Namespace) -> None:
             importlib.import_module(module)
         except ImportError as exc:
             raise UsageError(f"--env-import {module}: cannot import it ({exc}); is it installed, or on PYTHONPATH?") from None
+        except SystemExit as exc:
+            raise UsageError(f"--env-import {module}: importing it called {exit_call(exc)}; a module to import must "
+                             "register envs, not exit") from None
     tags = dict(args.env_prefix)
     for prefix, tag in tags.items():
         try:
@@ -343,9 +347,9 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         print(f"gr00t-eval {command}: interrupted" if command else "gr00t-eval: interrupted", file=sys.stderr)
         return INTERRUPTED_EXIT_CODE
     except SystemExit as exc:  # `raise SystemExit("error: ...")` in a command: the same one line and exit 2
-        if not isinstance(exc.code, str) or args is None:
+        if args is None:  # argparse's own: --help, --version, a usage error
             raise
-        message = exc.code[len("error: "):] if exc.code.startswith("error: ") else exc.code
+        message = _exit_message(exc)
         print(f"gr00t-eval {args.command}: error: {message}", file=sys.stderr)
         return USAGE_EXIT_CODE
     except Exception as exc:  # noqa: BLE001 - one line for the user; the traceback only at DEBUG
@@ -357,6 +361,16 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         shown = message if isinstance(exc, known) else f"{type(exc).__name__}: {message} (--log-level DEBUG shows the traceback)"
         print(f"gr00t-eval {args.command}: error: {shown}", file=sys.stderr)
         return USAGE_EXIT_CODE
+
+
+def _exit_message(exc: SystemExit) -> str:
+    """The error line of a SystemExit from a command: its text, or which sys.exit ended the command before its end
+    (code it ran, an env or adapter, called it: an exit status 0 would have read as a finished command)."""
+    from .rollout.config import exit_call
+
+    if not isinstance(exc.code, str):
+        return f"the command was stopped by {exit_call(exc)} in code it ran (an env, adapter or imported module)"
+    return exc.code[len("error: "):] if exc.code.startswith("error: ") else exc.code
 
 
 def _command_named(words: Sequence[str]) -> str:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from gr00t_client import BasePolicy
 
 from .metrics import EpisodeOutcome, rollout_aggregates
-from .rollout.config import RolloutConfig, split_env_name
+from .rollout.config import RolloutConfig, env_error_text, split_env_name
 from .rollout.liveness import PolicyServerUnreachableError, ping_quickly
 
 logger = logging.getLogger(__name__)
@@ -228,11 +228,11 @@ def run_task(policy: BasePolicy, task: Task, config: RolloutConfig, episodes: Op
     except (PolicyServerUnreachableError, KeyboardInterrupt):
         run.eval_s += time.perf_counter() - start
         raise
-    except Exception as exc:  # noqa: BLE001 - a task that cannot start (bad env) must not end the suite
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - a task that cannot start (bad env) must not end the suite
         if unrecorded:  # the run's own record could not be written (a full disk): the run stops, not only this task;
             run.eval_s += time.perf_counter() - start  # every later task's episodes would be lost the same way
             raise
-        reason = f"{type(exc).__name__}: {exc}"
+        reason = env_error_text(exc)
         if isinstance(exc, (EOFError, BrokenPipeError, ConnectionResetError)):  # gymnasium's AsyncVectorEnv pipes
             reason = (f"an env worker process died (its pipe said {type(exc).__name__}: a simulator crash, or the "
                       f"process was killed); the task's episodes still running and not yet started did not run")

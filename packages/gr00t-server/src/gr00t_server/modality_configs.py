@@ -183,12 +183,10 @@ def _load_python(path: Path, tag: Optional[Union[EmbodimentTag, str]]) -> Tuple[
     try:
         sys.modules[module_name] = module
         spec.loader.exec_module(module)
-    except Exception as exc:  # the user's code: its error, named with the file, is a bad config like any other
-        sys.modules.pop(module_name, None)
-        message = (str(exc).strip().splitlines() or [""])[0]
-        raise ValueError(f"{path}: running the modality config file raised {type(exc).__name__}"
-                         f"{': ' + message if message else ''}; expected a .py file that calls "
-                         "register_modality_config(tag, configs)") from exc
+    except (Exception, SystemExit) as exc:  # the user's code: its error, named with the file, is a bad config like any
+        sys.modules.pop(module_name, None)  # other; a sys.exit(0) in it must not end the server's start as a clean stop
+        raise ValueError(f"{path}: running the modality config file {_what_it_did(exc)}; expected a .py file that "
+                         "calls register_modality_config(tag, configs)") from exc
     finally:
         with _lock:
             _recorded = previous
@@ -210,6 +208,14 @@ def _load_python(path: Path, tag: Optional[Union[EmbodimentTag, str]]) -> Tuple[
             "pass the embodiment tag (--embodiment-tag) to choose"
         )
     return tags[0], MODALITY_CONFIGS[tags[0]]
+
+
+def _what_it_did(exc: BaseException) -> str:
+    """`raised TypeError: message`, or `called sys.exit(0)` for a SystemExit."""
+    if isinstance(exc, SystemExit):
+        return f"called sys.exit({'' if exc.code is None else repr(exc.code)})"
+    message = (str(exc).strip().splitlines() or [""])[0]
+    return f"raised {type(exc).__name__}{': ' + message if message else ''}"
 
 
 def derive_from_dataset(dataset: LeRobotDataset, action_horizon: int = 16) -> ModalityConfigs:

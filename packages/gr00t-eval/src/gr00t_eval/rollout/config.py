@@ -155,6 +155,19 @@ def split_env_name(env_name: str) -> Tuple[str, str]:
     return prefix, task
 
 
+def exit_call(exc: SystemExit) -> str:
+    """How a SystemExit reads in an error: `sys.exit(0)`, `sys.exit()` for no code."""
+    return f"sys.exit({'' if exc.code is None else repr(exc.code)})"
+
+
+def env_error_text(exc: BaseException) -> str:
+    """An env's exception as an episode's or task's error: `env called sys.exit(0)` for a SystemExit (a simulator or
+    GUI that exits ends only what it ran, not the whole run), else `Type: message`."""
+    if isinstance(exc, SystemExit):
+        return f"env called {exit_call(exc)}"
+    return f"{type(exc).__name__}: {exc}"
+
+
 def simulator_extras(env_spec: str) -> str:
     """The pip extras that install gymnasium and the simulators `env_spec` (env names or suites, comma-separated)
     needs: "pusht" for PushT names, "sim" for the rest (Meta-World, suites, registered envs), "pusht,sim" for both."""

@@ -15,6 +15,7 @@ import gymnasium as gym  # noqa: E402
 import numpy as np
 
 from ..video import EpisodeVideoRecorder, episode_video_name, frame_from_observation
+from .config import env_error_text
 
 logger = logging.getLogger(__name__)
 
@@ -226,11 +227,11 @@ class MultiStepWrapper(gym.Wrapper):
             self.recorder.start()
         try:
             raw, _ = self.env.reset(seed=seed, options=options or None)
-        except Exception as exc:  # noqa: BLE001 - isolate the episode: report and let the run go on
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - isolate the episode: report and let the run go on
             logger.exception("env %d: reset for episode %d failed", self.env_index, episode_index)
             self._done = True
             self._last_obs = self._placeholder()
-            return self._last_obs, {"episode": self._summary(f"reset failed: {type(exc).__name__}: {exc}")}
+            return self._last_obs, {"episode": self._summary(f"reset failed: {env_error_text(exc)}")}
         self._task = next((str(v) for k, v in raw.items() if k.startswith("annotation.")), "")
         if self.observation_keys is None:
             self.observation_keys = tuple(raw)
@@ -250,9 +251,9 @@ class MultiStepWrapper(gym.Wrapper):
             inner_action = {key: np.asarray(value)[i] for key, value in action.items()}
             try:
                 raw, reward, inner_term, inner_trunc, info = self.env.step(inner_action)
-            except Exception as exc:  # noqa: BLE001 - isolate the episode: report and let the run go on
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - isolate the episode: report and let the run go on
                 logger.exception("env %d: step %d of episode %d failed", self.env_index, self._steps, self._episode_index)
-                failure = f"step {self._steps} failed: {type(exc).__name__}: {exc}"
+                failure = f"step {self._steps} failed: {env_error_text(exc)}"
                 terminated = True
                 break
             self._steps += 1

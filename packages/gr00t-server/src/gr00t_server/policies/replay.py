@@ -131,6 +131,7 @@ class ReplayPolicy(BasePolicy):
         self._option_names = OptionNames(logger)  # unknown option names: refused when strict, else warned once
         self._state_dims = self.dataset.state_dims()
         self._seeds = recorded_seeds(self.dataset)  # by episode position; its unusable seeds warned of here, once
+        self._dataset_episode_indices = self.dataset.episode_indices  # each position's own episode_index field
         self._warned_widths: set = set()  # (state key, width) pairs warned about (strict=False)
         # Sessions this replay forgot, for room or dropped (the last 4 * max_sessions): their get_action is refused
         # until a reset, not replayed from episode 0, step 0 (behind a server that holds more sessions than this, or
@@ -338,8 +339,19 @@ class ReplayPolicy(BasePolicy):
         if isinstance(episode, bool) or not isinstance(episode, (int, np.integer)):
             raise ValueError(f"episode_index must be an int, got {episode!r}")
         if not 0 <= episode < self.num_episodes:
-            raise IndexError(f"episode_index {episode} out of range: the dataset has {self.num_episodes} episodes (0..{self.num_episodes - 1})")
+            raise IndexError(f"episode_index {episode} out of range: it is a position in the dataset's episode list "
+                             f"(meta/episodes order), and the dataset has {self.num_episodes} episodes "
+                             f"(0..{self.num_episodes - 1}){self._own_indices_note()}")
         return int(episode)
+
+    def _own_indices_note(self) -> str:
+        """For a dataset whose own episode_index values are not 0..N-1, a few of them: a reset by such a value (7 of
+        0, 3, 7, 8, 11) is not the position the replay takes."""
+        own = self._dataset_episode_indices
+        if own == list(range(len(own))):
+            return ""
+        shown = ", ".join(str(i) for i in own[:6]) + (", ..." if len(own) > 6 else "")
+        return f"; their own episode_index values are {shown} (reported in info as dataset_episode_index)"
 
     def _check_step(self, episode: int, step: Any) -> None:
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
@@ -363,6 +375,7 @@ class ReplayPolicy(BasePolicy):
             "current_step": pack([int(s) for s in cursor.steps]),
             "episode_length": pack([int(n) for n in lengths]),
             "episode_index": pack([int(e) for e in cursor.episodes]),
+            "dataset_episode_index": pack([int(self._dataset_episode_indices[e]) for e in cursor.episodes]),
             "episode_done": pack([bool(d) for d in done]),
             "num_episodes": int(self.num_episodes),
             "execution_horizon": int(self.execution_horizon),
