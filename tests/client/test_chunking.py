@@ -1,5 +1,6 @@
 """ActionChunker: one step per env per call, refetch points, per-env resets, async prefetch and merge rules."""
 
+import re
 import threading
 import time
 
@@ -232,6 +233,30 @@ def test_async_prefetch_that_arrives_late_is_aligned_by_steps_executed_meanwhile
     action, info = chunker.get_action(obs(4))  # waits for the prefetch: 3 steps elapsed, so new[3] = 103
     assert action["action.x"][0, 0] == 103 and info["merged_env_ids"] == [0]
     assert chunker.stats.blocking_waits == 2
+    chunker.close()
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), 2.0 ** 64])
+def test_wait_for_prefetch_with_an_endless_timeout_waits_for_the_answer(timeout):
+    # threading raised OverflowError for either
+    gate = threading.Event()
+    policy = StampPolicy(horizon=4)
+    chunker = ActionChunker(policy, asynchronous=True, prefetch_steps=2)
+    chunker.get_action(obs(0))
+    policy.gate = gate
+    chunker.get_action(obs(1))  # the prefetch is sent, and held until the gate opens
+    threading.Timer(0.2, gate.set).start()
+    assert chunker.wait_for_prefetch(timeout) and gate.is_set()
+    chunker.close()
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), -1.0, "5"])
+def test_wait_for_prefetch_refuses_a_timeout_that_is_no_number_of_seconds(timeout):
+    # NaN returned False at once, as if the prefetch had not answered in time
+    chunker = ActionChunker(StampPolicy(), asynchronous=True)
+    with pytest.raises(ValueError, match=rf"wait_for_prefetch: timeout must be None or a number of seconds >= 0 "
+                                         rf"\(inf: no limit\), got {re.escape(repr(timeout))}"):
+        chunker.wait_for_prefetch(timeout)
     chunker.close()
 
 

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from gr00t_client import BasePolicy, PolicyClient, PolicyTimeoutError, PolicyWrapper
+from fork_race import first_calls_with_one_held_mid_adoption
 from gr00t_client.chunking import ActionChunker
 from serving import running_server
+from test_client_fork import in_child
 
 
 class StampPolicy(BasePolicy):
@@ -150,6 +152,38 @@ def test_wait_for_prefetch_in_a_forked_child_returns_at_once_instead_of_waiting_
         assert os.waitstatus_to_exitcode(status) == 0, "the child's wait_for_prefetch hung (3) or timed out (4)"
         assert chunker.wait_for_prefetch(5)
         chunker.close()
+
+
+class SlowInTheParent(BasePolicy):
+    """Step j of the chunk for t is 100 * t + j; a call in the process that made it takes 0.6 s."""
+
+    def __init__(self):
+        super().__init__(strict=False)
+        self.parent = os.getpid()
+
+    def _get_action(self, observation, options=None):
+        if os.getpid() == self.parent:
+            time.sleep(0.6)
+        t = np.asarray(observation["state"]["t"], np.float32)[:, 0]
+        return {"x": (100.0 * t[:, None] + np.arange(4, dtype=np.float32)[None, :])[:, :, None]}, {}
+
+    def reset(self, options=None):
+        return {}
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_threads_of_a_forked_child_making_their_first_calls_at_once_each_get_a_step():
+    # The second thread saw the child's pid before the first had replaced the parent's lock (held at the fork by a
+    # parent thread waiting for its chunk, which the child does not have): it waited for ever.
+    chunker = ActionChunker(SlowInTheParent())
+    parent_call = threading.Thread(target=chunker.get_action, args=(obs(0),))
+    parent_call.start()
+    time.sleep(0.2)  # the parent thread holds the chunker's lock, waiting for its chunk
+    code, output = in_child(lambda: first_calls_with_one_held_mid_adoption(
+        chunker, lambda: chunker.get_action(obs(1))[0]["x"].item()))
+    parent_call.join(10)
+    assert code == 0 and set(eval(output)) == {100.0, 101.0}, output  # noqa: S307 - the child's own repr of a list
+    chunker.close()
 
 
 # --- Ctrl-C and leaving a with-block against a stalled server -------------------------------------------------

@@ -1,5 +1,6 @@
 """PolicyClient: the reference API, timeouts that always fire, fresh sockets after a timeout, no hangs."""
 
+import contextlib
 import inspect
 import os
 import signal
@@ -107,6 +108,18 @@ def test_every_call_honours_the_timeout(call):
         assert time.monotonic() - started < 3.0
 
 
+@pytest.mark.parametrize("timeout_ms", [1, 2, 3, 5])
+def test_a_timeout_is_never_raised_before_timeout_ms_has_passed(timeout_ms):
+    # Each wait was cut to whole milliseconds twice: a 2 ms budget gave up after 0.5 ms, 5 ms after 3.9 ms.
+    with SilentServer() as silent, PolicyClient(host="127.0.0.1", port=silent.port, timeout_ms=timeout_ms) as client:
+        for _ in range(5):  # the first on a fresh socket, the rest on one that connected while the test slept
+            started = time.perf_counter()
+            with pytest.raises(PolicyTimeoutError):
+                client.call_endpoint("ping", requires_input=False)
+            assert (time.perf_counter() - started) * 1000 >= timeout_ms
+            time.sleep(0.02)
+
+
 def test_ping_on_a_dead_server_returns_false_within_the_timeout():
     with PolicyClient(port=free_port(), timeout_ms=300) as client:
         started = time.monotonic()
@@ -155,6 +168,43 @@ def test_a_call_interrupted_by_ctrl_c_leaves_the_client_usable_at_once(server):
         started = time.monotonic()
         assert client.call_endpoint("fast", requires_input=False) == {"which": "fast"}
         assert time.monotonic() - started < 2.0  # not a full timeout on a stuck socket
+
+
+@contextlib.contextmanager
+def ctrl_c_between_monitor_event_frames():
+    """A real SIGINT, sent once a socket monitor (a PAIR socket) has read the first of a ZeroMQ event's two frames."""
+    armed = [True]
+
+    def in_recv_multipart(frame, event, arg):
+        if (armed[0] and event == "line" and len(frame.f_locals.get("parts", ())) == 1
+                and frame.f_locals["self"].socket_type == zmq.PAIR):
+            armed[0] = False
+            os.kill(os.getpid(), signal.SIGINT)
+        return in_recv_multipart
+
+    def tracer(frame, event, arg):
+        return in_recv_multipart if frame.f_code.co_name == "recv_multipart" else None
+
+    previous_handler, previous_trace = signal.signal(signal.SIGINT, signal.default_int_handler), sys.gettrace()
+    sys.settrace(tracer)
+    try:
+        yield
+    finally:
+        sys.settrace(previous_trace)
+        signal.signal(signal.SIGINT, previous_handler)
+
+
+def test_ctrl_c_while_a_connection_event_is_half_read_leaves_the_next_call_working(server):
+    # The event's second frame was left unread: every later call raised pyzmq's "Invalid event message format".
+    with PolicyClient(port=server.port, timeout_ms=100) as client:
+        client.ping()
+        with pytest.raises(PolicyTimeoutError):
+            client.call_endpoint("slow", requires_input=False)
+        time.sleep(0.7)  # the fresh socket has connected: its monitor holds the connection's events, unread
+        client.timeout_ms = 5000
+        with pytest.raises(KeyboardInterrupt), ctrl_c_between_monitor_event_frames():
+            client.call_endpoint("fast", requires_input=False)
+        assert client.call_endpoint("fast", requires_input=False) == {"which": "fast"}
 
 
 def test_dead_server_times_out_and_a_restarted_server_on_the_same_port_is_used():

@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+from fork_race import first_calls_with_one_held_mid_adoption
 from reference_peer import EchoPolicy, libero_like_observation
 from serving import running_server
 
@@ -70,6 +71,22 @@ def test_a_child_forked_while_a_parent_thread_is_in_a_call_is_not_locked_out():
         code, output = in_child(lambda: client.ping())
         parent_call.join(10)
         assert code == 0 and output == "True", output
+        client.close()
+
+
+def test_threads_of_a_forked_child_making_their_first_calls_at_once_are_each_answered():
+    # The second thread saw the child's pid before the first had replaced the parent's lock (held at the fork by a
+    # thread the child does not have): it waited for ever, or shared the first thread's REQ socket.
+    observation = libero_like_observation()
+    with running_server(EchoPolicy(delay_s=0.6)) as server:
+        client = PolicyClient("127.0.0.1", server.port, timeout_ms=5000)
+        client.get_action(observation)
+        parent_call = threading.Thread(target=client.get_action, args=(observation,))
+        parent_call.start()
+        time.sleep(0.2)  # the parent thread holds the client's lock, waiting for its reply
+        code, output = in_child(lambda: first_calls_with_one_held_mid_adoption(client, client.ping))
+        parent_call.join(10)
+        assert code == 0 and output == "[True, True]", output
         client.close()
 
 

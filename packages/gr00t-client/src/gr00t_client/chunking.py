@@ -19,6 +19,7 @@ runs) and blends the rest of the overlap in, so the new chunk continues the moti
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import threading
 from concurrent.futures import TimeoutError as FutureTimeoutError
@@ -50,6 +51,17 @@ class ChunkerStats:
     merged_envs: int = 0  # env buffers merged with a prefetched chunk
     discarded_envs: int = 0  # prefetched rows dropped because their env was reset meanwhile
     late_envs: int = 0  # prefetched rows that came after all of their steps had passed (nothing of them was used)
+
+
+def _wait_seconds(timeout: Any) -> Optional[float]:
+    """wait_for_prefetch's `timeout` as threading takes it: None (no limit) for None, inf or more than threading can
+    wait (it raised OverflowError); ValueError naming it for NaN, a negative or a non-number."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not timeout >= 0:
+        raise ValueError("wait_for_prefetch: timeout must be None or a number of seconds >= 0 (inf: no limit), "
+                         f"got {timeout!r}")
+    return None if timeout > threading.TIMEOUT_MAX else float(timeout)
 
 
 def _wraps_client(policy: Any) -> bool:
@@ -237,7 +249,9 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
         return info
 
     def wait_for_prefetch(self, timeout: Optional[float] = None) -> bool:
-        """Block until the background request (if any) has an answer; it is merged at the next get_action."""
+        """Block until the background request (if any) has an answer (True; it is merged at the next get_action), or
+        for at most `timeout` seconds (False): None or inf waits for the answer; NaN or a negative raises ValueError."""
+        timeout = _wait_seconds(timeout)
         self._adopt_after_fork()
         pending = self._pending
         if pending is None:

@@ -16,6 +16,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .client_sockets import FORK_ADOPTION_LOCK
+
 logger = logging.getLogger("gr00t_client.chunking")  # the ActionChunker's records, whichever of its modules logs them
 
 CLOSE_POLL_S = 0.05  # a call waiting on a prefetch notices close() from another thread within this long
@@ -184,10 +186,15 @@ class _Prefetching:
         parent's prefetch is dropped (the child fetches its own)."""
         if self._pid == os.getpid():
             return
-        self._pid = os.getpid()
+        with FORK_ADOPTION_LOCK:  # the child's other threads wait for it; the first to take it adopts
+            if self._pid != os.getpid():
+                self._start_afresh_in_child()
+
+    def _start_afresh_in_child(self) -> None:
         self._lock = threading.RLock()
         self._worker = None
         if self._pending is not None:
             self.stats.discarded_envs += len(self._pending.env_ids)
             self._pending = None
-        logger.debug("ActionChunker in forked process %d: new prefetch thread; the parent's prefetch dropped", self._pid)
+        logger.debug("ActionChunker in forked process %d: new prefetch thread; the parent's prefetch dropped", os.getpid())
+        self._pid = os.getpid()  # last: a thread that sees the child's pid skips the adoption and uses the new lock

@@ -18,7 +18,7 @@ import zmq
 from . import codec, curve
 from .client_errors import PolicyTimeoutError, ReplyLostError
 from .client_options import endpoint_host, is_ipv6_literal
-from .client_sockets import _PROCESS_CONTEXT, _ReplyWatch
+from .client_sockets import _PROCESS_CONTEXT, FORK_ADOPTION_LOCK, _ReplyWatch
 
 logger = logging.getLogger("gr00t_client.client")  # PolicyClient's one logger, whichever of its modules logs
 
@@ -161,7 +161,7 @@ class ClientConnection:
             f"request (one over its max message size){too_large}. The next call connects anew."
         )
 
-    def _wait(self, wait: Callable[[int], bool], deadline: float, endpoint: str, sent: bool = True) -> None:
+    def _wait(self, wait: Callable[[float], bool], deadline: float, endpoint: str, sent: bool = True) -> None:
         """Wait (the monitor's wait_to_send or wait_for_reply) until `deadline`; a failed handshake (keys, or
         encryption on one side only) raises HandshakeError, not a timeout; once the request is `sent`, its
         connection closing raises ReplyLostError."""
@@ -169,12 +169,12 @@ class ClientConnection:
         while True:  # in slices, so that close() from another thread is noticed within CLOSE_POLL_MS
             if self._closing.is_set():
                 raise ConnectionError(f"PolicyClient for {self.address} was closed while waiting for '{endpoint}'")
-            remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
+            remaining_ms = max(0.0, (deadline - time.monotonic()) * 1000)
             if wait(min(remaining_ms, CLOSE_POLL_MS)):
                 return
             if sent and self._handshake.dropped():
                 raise self._reply_lost(endpoint)
-            if remaining_ms <= CLOSE_POLL_MS:
+            if time.monotonic() >= deadline:
                 raise self._handshake.failure() or self._timeout(endpoint, self._handshake.stage())
 
     def _adopt_after_fork(self) -> None:
@@ -185,7 +185,11 @@ class ClientConnection:
         session of its own unless the client was given its session_id."""
         if self._pid == os.getpid():
             return
-        self._pid = os.getpid()
+        with FORK_ADOPTION_LOCK:  # the child's other threads wait for it; the first to take it adopts
+            if self._pid != os.getpid():
+                self._start_afresh_in_child()
+
+    def _start_afresh_in_child(self) -> None:
         closed, closing = self._context is None, self._closing.is_set()
         self._socket, self._handshake = None, None
         self._lock, self._lock_owner, self._awaiting = threading.RLock(), None, None
@@ -197,7 +201,8 @@ class ClientConnection:
             # A session of its own: with the parent's id, a stateful server (a replay) kept one cursor for every forked
             # worker, and each worker's reset moved the others' (a worker replayed another's episode, without a word).
             self.session_id, self._session_served = uuid.uuid4().hex, False
-        logger.debug("PolicyClient for %s in forked process %d: new ZeroMQ context and socket", self.address, self._pid)
+        logger.debug("PolicyClient for %s in forked process %d: new ZeroMQ context and socket", self.address, os.getpid())
+        self._pid = os.getpid()  # last: a thread that sees the child's pid skips the adoption and uses what it made
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

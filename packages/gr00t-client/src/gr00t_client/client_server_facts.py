@@ -122,7 +122,14 @@ class ServerFacts:
         """Forget the server's facts when the socket has reconnected since they were learned (the server restarted
         while this client was idle, maybe with another model, limit or wire): checked before a call uses them, not
         only after a reply, since a request refused here for stale facts would otherwise never learn the new ones."""
-        if self._socket is not None and self._handshake is not None and self._handshake.reconnected():
+        if self._socket is None or self._handshake is None:
+            return
+        try:
+            reconnected = self._handshake.reconnected()
+        except BaseException:  # e.g. Ctrl-C between a monitor event's two frames: the rest would break every later read
+            self._discard_socket()
+            raise
+        if reconnected:
             logger.info("reconnected to %s; asking the server for its facts again", self.address)
             self._forget_server()
             self.server_changes += 1

@@ -1,5 +1,6 @@
 """The ZeroMQ plumbing under PolicyClient: the process's shared context, multipart send and receive without pyzmq's
-per-frame overhead, and the monitor that notes a connection lost while a reply is awaited."""
+per-frame overhead, the monitor that notes a connection lost while a reply is awaited, and the lock a forked child's
+threads adopt inherited clients under."""
 
 from __future__ import annotations
 
@@ -50,6 +51,30 @@ class _ProcessContext:
 
 
 _PROCESS_CONTEXT = _ProcessContext()
+
+
+class _ForkAdoptionLock:
+    """Held while a forked child's thread adopts an inherited PolicyClient or ActionChunker, so that its other threads
+    wait for the adoption instead of seeing it half done (the parent's lock, or one REQ socket for two threads).
+    Made afresh in each child: a parent thread may hold it at the fork. Reentrant, for a close() from a signal handler
+    on the adopting thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._renew)
+
+    def _renew(self) -> None:
+        self._lock = threading.RLock()
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._lock.release()
+
+
+FORK_ADOPTION_LOCK = _ForkAdoptionLock()
 _SNDMORE = int(zmq.SNDMORE)  # plain ints: pyzmq's send_multipart does enum.Flag arithmetic per frame
 _NOBLOCK = int(zmq.NOBLOCK)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import math
 import os
 import struct
 import time
@@ -224,11 +225,11 @@ class HandshakeMonitor:
         self._retries = 0  # connect attempts that failed (refused, unresolved)
         self._closed_in_handshake = 0  # connections closed by the peer before a handshake finished
 
-    def wait_for_reply(self, timeout_ms: int) -> bool:
+    def wait_for_reply(self, timeout_ms: float) -> bool:
         """True once `sock` has a reply; False after `timeout_ms`; HandshakeError as soon as the keys are known wrong."""
         return self._wait(self._poller, zmq.POLLIN, timeout_ms)
 
-    def wait_to_send(self, timeout_ms: int) -> bool:
+    def wait_to_send(self, timeout_ms: float) -> bool:
         """True once `sock` can send; False after `timeout_ms`; HandshakeError as soon as the keys are known wrong.
         A REQ socket cannot send while it has no connection to queue on: libzmq drops the one whose handshake was
         refused, so waiting here for a refused key is waiting for a failure this monitor may have seen already."""
@@ -238,7 +239,7 @@ class HandshakeMonitor:
             self._send_poller.register(self._monitor, zmq.POLLIN)
         return self._wait(self._send_poller, zmq.POLLOUT, timeout_ms)
 
-    def _wait(self, poller: zmq.Poller, ready_event: int, timeout_ms: int) -> bool:
+    def _wait(self, poller: zmq.Poller, ready_event: int, timeout_ms: float) -> bool:
         # A failure seen before this wait (a refusal on the connection made at a timeout, read by expect_reply) is
         # not heard again: libzmq does not retry a refused handshake, so the wait would run out for nothing.
         self._drain()
@@ -246,7 +247,8 @@ class HandshakeMonitor:
             raise self._failure
         deadline = time.monotonic() + max(0, timeout_ms) / 1000.0
         while True:
-            remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
+            # rounded up: a poll of whole milliseconds must not end the wait before its deadline (1 ms polled 0)
+            remaining_ms = max(0, math.ceil((deadline - time.monotonic()) * 1000))
             ready = dict(poller.poll(remaining_ms))
             if self._sock in ready:
                 return True
@@ -254,7 +256,7 @@ class HandshakeMonitor:
                 self._drain()
                 if self._failure is not None and self._is_definitive():
                     raise self._failure
-            if remaining_ms == 0 or time.monotonic() >= deadline:
+            if time.monotonic() >= deadline:
                 return False
 
     def reconnected(self) -> bool:
