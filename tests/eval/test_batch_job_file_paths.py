@@ -7,8 +7,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from eval.scale_fixtures import CameraWalkEnv, ConstantPolicy, SigintOnCall, run_cli
 from gr00t_client import EmbodimentTag
+from gr00t_eval.cli_errors import UsageError
 from gr00t_eval.rollout.envs import register_env_prefix
 from serving import running_server
 
@@ -64,3 +67,22 @@ def test_an_older_batchs_relative_video_dir_matches_that_folder_made_absolute(tm
     planned = planned_config(RolloutConfig(env_name="jobcam/slow", video_dir=str(tmp_path / "vids")))
     assert setting_changes(recorded, planned, "walk") == []
     assert setting_changes(recorded, {**planned, "video_dir": str(tmp_path / "other")}, "walk") != []
+
+
+@pytest.mark.parametrize("z_video_dir, relation", [("videos/a", "is"), ("videos/a/z", "holds"), (".", "lies inside")])
+def test_a_job_whose_video_folder_overlaps_another_jobs_is_refused_before_any_runs(tmp_path, monkeypatch, z_video_dir,
+                                                                                    relation):
+    """Jobs a and b share `videos` and are moved to videos/a and videos/b; job z naming videos/a (or a folder inside or
+    above it) would overwrite a's episode videos and delete those of the other outcome."""
+    monkeypatch.chdir(tmp_path)
+    jobs = tmp_path / "jobs.json"
+    jobs.write_text(json.dumps({
+        "defaults": {"env_name": "jobcam/slow", "n_episodes": 2, "policy_server": {"port": 1},
+                     "overrides": {"video_dir": "videos"}},
+        "jobs": [{"name": "a"}, {"name": "b"}, {"name": "z", "overrides": {"video_dir": z_video_dir}}]}))
+    with pytest.raises(UsageError) as refused:
+        run_cli(["batch", "--jobs", str(jobs), "--output-dir", str(tmp_path / "out")])
+    z_folder = (tmp_path / z_video_dir).resolve()
+    assert str(refused.value).startswith(f"job 'a' writes its videos to {tmp_path / 'videos' / 'a'}, which {relation} "
+                                         f"the video folder of job 'z' ({z_folder})")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "videos").exists()

@@ -9,6 +9,8 @@ import multiprocessing
 import threading
 import time
 
+import gymnasium as gym
+import numpy as np
 import pytest
 
 from eval.scale_fixtures import ConstantPolicy, WalkToEnv, run_cli
@@ -95,6 +97,39 @@ def test_a_negative_env_timeout_flag_is_a_usage_error(tmp_path):
 
     with pytest.raises(UsageError, match="--env-timeout must be seconds > 0, or 0 for no limit; got -1"):
         run_cli(rollout_argv("walkto/fast", 1, tmp_path / "run", "--env-timeout", "-1"))
+
+
+class NoisyCameraEnv(WalkToEnv):
+    """WalkTo that never reaches its goal, with a 256x256 camera of noise: each step takes microseconds, and an
+    episode's video takes seconds to encode."""
+
+    def __init__(self):
+        super().__init__(0.0)
+        self.observation_space = gym.spaces.Dict({**self.observation_space.spaces,
+                                                  "video.cam": gym.spaces.Box(0, 255, (256, 256, 3), np.uint8)})
+        self.noise = np.random.default_rng(0)
+
+    def _obs(self):
+        return {**super()._obs(), "video.cam": self.noise.integers(0, 255, (256, 256, 3), dtype=np.uint8)}
+
+
+@pytest.mark.timeout(120)
+def test_writing_an_episodes_video_does_not_count_as_an_env_step_against_env_timeout(tmp_path, capsys):
+    """The video was encoded inside the env step that ended the episode: a run of millisecond steps stopped as 'a hung
+    simulator?' because the encode outlasted --env-timeout, while --no-video passed."""
+    register_env_prefix("noisycam", EmbodimentTag.NEW_EMBODIMENT, lambda task, **kwargs: NoisyCameraEnv())
+    with running_server(ConstantPolicy()) as server:
+        code = run_cli(["rollout", "--env-name", "noisycam/walk", "--n-episodes", "2", "--n-envs", "2",
+                        "--vectorization", "async", "--n-action-steps", "4", "--max-episode-steps", "100", "--seed",
+                        "0", "--env-timeout", "1", "--policy-client-port", str(server.port), "--output-dir",
+                        str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    rows = json.loads((tmp_path / "run" / "results.json").read_text())["per_episode"]
+    assert [row["error"] for row in rows] == [None, None]
+    videos = tmp_path / "run" / "videos"
+    assert [row["video_path"] for row in rows] == [str(videos / f"episode_000{i}_failure.mp4") for i in (0, 1)]
+    assert sorted(path.name for path in videos.iterdir()) == ["episode_0000_failure.mp4", "episode_0001_failure.mp4"]
 
 
 class StubbornHangingWalkEnv(HangingWalkEnv):

@@ -147,6 +147,27 @@ def test_rollout_cli_with_a_suite_writes_per_task_results(server, tmp_path, caps
     assert "walkto/slow" in out and "overall" in out and "success rate:" in out
 
 
+@pytest.mark.parametrize("env_spec, first, second", [("walkto/x/fast,walkto/x__fast", "walkto/x/fast", "walkto/x__fast"),
+                                                     ("walkto/Fast,walkto/fast", "walkto/Fast", "walkto/fast")])
+def test_rollout_refuses_two_tasks_whose_videos_would_share_a_folder_naming_both(tmp_path, env_spec, first, second):
+    from gr00t_eval.cli_errors import UsageError
+
+    with pytest.raises(UsageError, match=f"tasks '{first}' and '{second}' would write their episode videos into one "
+                                         "folder"):
+        run_cli(["rollout", "--env-name", env_spec, "--n-episodes", "2", "--policy-client-port", "36200",
+                 "--output-dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_suite_refuses_tasks_sharing_a_video_folder_before_any_episode_and_others_keep_their_folders(client, tmp_path):
+    from gr00t_eval.suites import task_video_dir
+
+    with pytest.raises(ValueError, match="tasks 'walkto/x/fast' and 'walkto/x__fast' would write"):
+        run_suite(client, "walkto/x/fast,walkto/x__fast", config(n_episodes=1, video_dir=str(tmp_path)))
+    assert not list(tmp_path.iterdir())
+    assert task_video_dir(str(tmp_path), "metaworld/reach-v3", True) == str(tmp_path / "metaworld__reach-v3")
+
+
 @pytest.mark.sim
 @pytest.mark.slow
 def test_two_metaworld_tasks_are_aggregated_per_task_group_and_overall():

@@ -7,7 +7,10 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+from eval.scale_fixtures import CameraWalkEnv, ConstantPolicy
+from gr00t_client import EmbodimentTag, PolicyClient
 from gr00t_eval.video import EpisodeVideoRecorder, write_mp4
+from serving import running_server
 
 
 def frames(n=4):
@@ -90,3 +93,35 @@ def test_an_errored_episodes_video_is_named_error_not_failure(tmp_path):
     assert terminated and summary.failure_reason.startswith("step 2 failed")
     assert summary.video_path == str(tmp_path / "episode_0000_error.mp4")
     assert [p.name for p in tmp_path.iterdir()] == ["episode_0000_error.mp4"]
+
+
+class NanAfterFirstCall(ConstantPolicy):
+    """Walks on its first get_action, then answers NaN actions (refused by the rollout) on every later one."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def _get_action(self, observation, options=None):
+        self.calls += 1
+        action, info = super()._get_action(observation, options)
+        return ({"action.push": np.full_like(action["action.push"], np.nan)} if self.calls > 1 else action), info
+
+
+@pytest.mark.parametrize("vectorization, n_envs", [("sync", 1), ("sync", 2), ("async", 1), ("async", 2)])
+def test_an_episode_errored_by_the_policy_gets_its_error_video_of_the_frames_so_far(tmp_path, vectorization, n_envs):
+    """docs/evaluation.md promises one mp4 per episode, episode_<i>_error.mp4 for an errored one; an episode errored by
+    a failed policy request got none (video_path null), its recorded frames dropped at the next reset."""
+    from gr00t_eval.rollout import RolloutConfig, register_env_prefix, run_rollout
+
+    register_env_prefix("nancam", EmbodimentTag.NEW_EMBODIMENT, lambda task, **kwargs: CameraWalkEnv(0.0))  # never done
+    config = RolloutConfig(env_name="nancam/walk", n_episodes=3, n_envs=n_envs, n_action_steps=2, max_episode_steps=6,
+                           seed=0, vectorization=vectorization, video_dir=str(tmp_path))
+    with running_server(NanAfterFirstCall()) as server, PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client:
+        outcomes = run_rollout(client, config, progress=False).outcomes
+    assert all(outcome.error and "NaN" in outcome.error for outcome in outcomes)
+    assert [outcome.video_path for outcome in outcomes] == [str(tmp_path / f"episode_000{i}_error.mp4") for i in range(3)]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [f"episode_000{i}_error.mp4" for i in range(3)]
+    for outcome in outcomes:
+        with av.open(outcome.video_path) as container:
+            assert sum(1 for _ in container.decode(video=0)) == outcome.length + 1  # the reset frame and each step's

@@ -331,7 +331,9 @@ def load_jobs(path: Union[str, Path], start_dir: Union[str, Path, None] = None) 
         if repeated is not None:
             job = JobError(repeated, f"{name}#{index}")
         jobs.append(job)
-    return separate_shared_video_dirs([absolute_video_dir(job, start_dir or os.getcwd()) for job in jobs])
+    jobs = separate_shared_video_dirs([absolute_video_dir(job, start_dir or os.getcwd()) for job in jobs])
+    refuse_overlapping_video_dirs(jobs)
+    return jobs
 
 
 def absolute_video_dir(job: Union[Job, JobError], start_dir: Union[str, Path]) -> Union[Job, JobError]:
@@ -383,6 +385,22 @@ def separate_shared_video_dirs(jobs: List[Union[Job, JobError]]) -> List[Union[J
                                                    "video_dir": str(Path(job.config["video_dir"]) / job_dir_name(job.name))})
         separated.append(job)
     return separated
+
+
+def refuse_overlapping_video_dirs(jobs: Sequence[Union[Job, JobError]]) -> None:
+    """JobError when one job's video folder (after separate_shared_video_dirs) is, lies inside or holds another's: the
+    jobs would overwrite each other's episode videos, and a job's --overwrite would delete the other's."""
+    folders = [(job.name, Path(job.config["video_dir"]).resolve()) for job in jobs
+               if isinstance(job, Job) and job.config.get("video_dir")]
+    for index, (name, folder) in enumerate(folders):
+        for other_name, other in folders[index + 1:]:
+            relation = ("is" if folder == other else "lies inside" if other in folder.parents
+                        else "holds" if folder in other.parents else None)
+            if relation is not None:
+                raise JobError(f"job {name!r} writes its videos to {folder}, which {relation} the video folder of job "
+                               f"{other_name!r} ({other}): their episode videos would overwrite each other; give each "
+                               "job a video_dir of its own beside the others (jobs naming the same video_dir are "
+                               "given <video_dir>/<job folder name> each)", name)
 
 
 def job_video_dirs(jobs: Sequence[Union[Job, JobError]]) -> List[Path]:

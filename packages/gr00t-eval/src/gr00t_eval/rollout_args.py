@@ -129,6 +129,8 @@ def _check_rollout_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--max-episodes-rendered must be >= 0, got {args.max_episodes_rendered}")
     env_timeout_from_args(args)  # before the output directory is made, as every setting no run can use
     _check_env_names(args.env_name)  # a bad env name fails before any connection is made
+    if not args.no_video:
+        _check_task_video_dirs(args.env_name)
 
 
 def _check_env_names(env_spec: str, resumed: Optional[Path] = None, saved: Optional[Mapping[str, Any]] = None) -> None:
@@ -154,6 +156,17 @@ def _check_env_names(env_spec: str, resumed: Optional[Path] = None, saved: Optio
         how = (f"this run was started with{started}: resume it with those flags too" if started else
                "resume it with the --env-import/--env-prefix/--env-adapter flags the run was started with")
         raise UsageError(f"--resume {resumed}: {message}; {how}") from None
+
+
+def _check_task_video_dirs(env_spec: str) -> None:
+    """UsageError, before the output directory is made, when two tasks of `env_spec` would share a video folder."""
+    from .cli_errors import UsageError
+    from .suites import check_task_video_dirs, resolve_tasks
+
+    try:
+        check_task_video_dirs(resolve_tasks(env_spec)[0])
+    except ValueError as exc:
+        raise UsageError(f"--env-name {env_spec}: {exc}") from None
 
 
 def _suite_hint(name: str) -> str:

@@ -182,7 +182,27 @@ class SuiteRun:
 def task_video_dir(video_dir: str, env_name: str, several_tasks: bool) -> str:
     """Where a task's episode videos go: `video_dir` itself, or its folder of the task when the run has several
     (the videos are named by the task's episode index: episode_0003_success.mp4)."""
-    return os.path.join(video_dir, env_name.replace("/", "__")) if several_tasks else video_dir
+    return os.path.join(video_dir, task_folder_name(env_name)) if several_tasks else video_dir
+
+
+def task_folder_name(env_name: str) -> str:
+    """The name of a task's folder of videos in a run of several tasks: its env name with '/' as '__'."""
+    return env_name.replace("/", "__")
+
+
+def check_task_video_dirs(tasks: Sequence[Task]) -> None:
+    """ValueError when two tasks would write their videos into one folder ('a/b/c' and 'a/b__c' both go to a__b__c;
+    names that differ only in case share a folder on case-insensitive file systems): each would overwrite the other's
+    episode videos, and delete those of the other outcome."""
+    seen: Dict[str, str] = {}
+    for task in tasks:
+        folder = task_folder_name(task.env_name)
+        first = seen.setdefault(folder.casefold(), task.env_name)
+        if first != task.env_name:
+            raise ValueError(f"tasks {first!r} and {task.env_name!r} would write their episode videos into one "
+                             f"folder, {task_folder_name(first)!r} under the video folder (a task's folder is its env "
+                             "name with '/' as '__'; names that differ only in case are one folder on case-insensitive "
+                             "file systems): run them in separate runs, or pass --no-video")
 
 
 def run_task(policy: BasePolicy, task: Task, config: RolloutConfig, episodes: Optional[range] = None, progress: bool = False,
@@ -252,6 +272,8 @@ def run_tasks(policy: BasePolicy, tasks: Sequence[Task], config: RolloutConfig, 
     early with status "aborted"/"interrupted" and keeps every episode finished by then. The caller has checked the
     served policy against the tasks (embodiment, replay plan) before any ran, as run_suite does.
     """
+    if config.video_dir and len(tasks) > 1:
+        check_task_video_dirs(tasks)
     suite_run = SuiteRun()
     done_by_task: Dict[str, List[EpisodeOutcome]] = {}
     for outcome in done:

@@ -82,6 +82,8 @@ class MultiStepWrapper(gym.Wrapper):
     `recording_length` (set by the runner when a replay says its recording ends; cleared by reset): the episode stops
     after that many inner steps and, unless the env ended it there, errors, as no recorded action is left to replay.
     Reset options: {"episodes": [episode index per env row, -1 = idle]} with this wrapper's `env_index`.
+    `defer_video`: the episode's video is written by `write_video()` (the runner calls it after the env step that ended
+    the episode, outside the step's --env-timeout), not inside that step; the summary's video_path is then None.
     """
 
     def __init__(
@@ -95,6 +97,7 @@ class MultiStepWrapper(gym.Wrapper):
         recorder: Optional[EpisodeVideoRecorder] = None,
         env_index: int = 0,
         render_below: Optional[int] = None,
+        defer_video: bool = False,
     ) -> None:
         super().__init__(env)
         if n_action_steps < 1:
@@ -109,6 +112,8 @@ class MultiStepWrapper(gym.Wrapper):
         self.recorder = recorder
         self.render_below = render_below  # record videos only of episodes with a smaller index (None: all)
         self._recording = False
+        self.defer_video = defer_video
+        self._video_due: Optional[Tuple[bool, Optional[str]]] = None  # (success, failure) of the episode to write
         self.env_index = env_index
         self._history_len = 1 - min(self.video_delta_indices + self.state_delta_indices)
         self._history: Deque[Dict[str, Any]] = collections.deque(maxlen=self._history_len)
@@ -216,6 +221,7 @@ class MultiStepWrapper(gym.Wrapper):
         self._rewards, self._success, self._steps = [], False, 0
         self._success_reported = self._truncated_by_env = False
         self.recording_length = None
+        self._video_due = None
         if episode_index < 0:
             self._idle, self._done = True, True
             return (self._last_obs if self._last_obs is not None else self._placeholder()), {"idle": True}
@@ -311,17 +317,35 @@ class MultiStepWrapper(gym.Wrapper):
             return 0.0, 0.0
         return float(np.sum(self._rewards)), float(np.max(self._rewards))
 
+    def write_video(self, errored_rows: Mapping[int, str]) -> Optional[str]:
+        """With `defer_video`: write the video of this env's episode that ended, or, when `errored_rows` names this
+        env's row (the runner errored its episode: a failed policy request), end that episode and write its frames so
+        far as its error video. Returns the video's path (None: no video is due)."""
+        reason = errored_rows.get(self.env_index)
+        if reason is not None and not self._done:
+            self._done = True
+            self._video_due = (False, reason) if self._recording and self.recorder.n_frames else None
+        due, self._video_due = self._video_due, None
+        return None if due is None else self._write_video(*due)
+
+    def _write_video(self, success: bool, failure: Optional[str]) -> Optional[str]:
+        note = failure.split(":")[0] if failure else ""
+        try:
+            errored = failure is not None
+            name = episode_video_name(self._episode_index, success, errored)
+            return self.recorder.finish(name, self._task, success, note, errored)
+        except Exception:  # noqa: BLE001 - a broken video must not lose the episode's score
+            logger.exception("env %d: writing the video of episode %d failed", self.env_index, self._episode_index)
+            return None
+
     def _summary(self, failure: Optional[str]) -> EpisodeSummary:
         success = self._success and failure is None
         video_path = None
         if self._recording and self.recorder.n_frames:
-            note = failure.split(":")[0] if failure else ""
-            try:
-                errored = failure is not None
-                name = episode_video_name(self._episode_index, success, errored)
-                video_path = self.recorder.finish(name, self._task, success, note, errored)
-            except Exception:  # noqa: BLE001 - a broken video must not lose the episode's score
-                logger.exception("env %d: writing the video of episode %d failed", self.env_index, self._episode_index)
+            if self.defer_video:
+                self._video_due = (success, failure)
+            else:
+                video_path = self._write_video(success, failure)
         sum_reward, max_reward = self._reward_totals()
         return EpisodeSummary(
             episode_index=self._episode_index,

@@ -83,6 +83,7 @@ class RolloutRunner:
         self.watch = ServerWatch(policy)
         self.chunker: Optional[ActionChunker] = None  # client chunking only; its `stats` remain after run()
         self._recording_lengths: Dict[int, int] = {}  # row -> length of the recording its replay said ends (set on its env)
+        self._vec: Optional[gym.vector.VectorEnv] = None
         self._ran = False
 
     def run(self) -> RolloutResult:
@@ -105,7 +106,7 @@ class RolloutRunner:
         n_envs = min(config.n_envs, len(self.episodes))
         logger.info("Running collecting %d episodes for %s with %d vec envs (base seed %d)", len(self.episodes),
                     config.env_name, n_envs, config.seed)
-        vec = make_vector_env(config, spec, n_envs)
+        vec = self._vec = make_vector_env(config, spec, n_envs)
         clean = False
         try:
             with pinned_policy(self.policy):  # the CLI pins the run's policy itself; this covers the Python API
@@ -163,7 +164,17 @@ class RolloutRunner:
         episode = self.row_episode[row]
         logger.error("episode %d (env %d) errored: %s", episode, row, reason)
         steps, sum_reward, max_reward = self._progress.get(episode, (0, 0.0, 0.0))
-        self._score(row, EpisodeSummary(episode, self.seed_for(episode), False, sum_reward, max_reward, steps, None, reason), bar)
+        video_path = self._write_videos({row: reason})[row]
+        self._score(row, EpisodeSummary(episode, self.seed_for(episode), False, sum_reward, max_reward, steps, video_path,
+                                        reason), bar)
+
+    def _write_videos(self, errored_rows: Mapping[int, str]) -> Sequence[Optional[str]]:
+        """Each env row's video now due (MultiStepWrapper.write_video): of the episode its last step ended, or of the
+        frames so far of an episode in `errored_rows`. Written outside the timed env step: an encode is no hung
+        simulator (--env-timeout)."""
+        if not self.config.video_dir or self._vec is None:
+            return [None] * len(self.row_episode)
+        return self._vec.call("write_video", dict(errored_rows))
 
     def _policy_failed(self, rows: Sequence[int], what: str, exc: BaseException, bar: Any) -> None:
         """Score `rows` as errored by a failed policy request; stop the run if the server is gone (a server that said
@@ -337,6 +348,8 @@ class RolloutRunner:
                 if not active:
                     continue
                 obs, _, terminated, truncated, infos = step_envs(vec, env_action, self.config.env_timeout_s, self.row_episode)
+                ended = any(terminated[row] or truncated[row] for row in active)
+                videos = self._write_videos({}) if ended else [None] * n_envs
                 for row in active:
                     steps = _row_info(infos, "env_steps", row)
                     if steps is not None:
@@ -347,6 +360,8 @@ class RolloutRunner:
                         if summary is None:  # an env that ended without the wrapper's summary
                             episode = self.row_episode[row]
                             summary = EpisodeSummary(episode, self.seed_for(episode), False, 0.0, 0.0, 0, None, "episode ended without a summary")
+                        if videos[row] is not None:
+                            summary = dataclasses.replace(summary, video_path=videos[row])
                         self._score(row, summary, bar)
                         pending.add(row)
         finally:

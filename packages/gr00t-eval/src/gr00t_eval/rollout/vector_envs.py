@@ -33,7 +33,7 @@ def _build_env(factory: EnvFactory, row: int, n_action_steps: int, max_episode_s
     recorder = EpisodeVideoRecorder(video_dir, fps=video_fps, steps_per_frame=steps_per_frame) if video_dir else None
     return MultiStepWrapper(factory(), n_action_steps, max_episode_steps, video_delta_indices, state_delta_indices,
                             terminate_on_success=terminate_on_success, recorder=recorder, env_index=row,
-                            render_below=render_below)
+                            render_below=render_below, defer_video=True)
 
 
 def make_vector_env(config: RolloutConfig, spec: HorizonSpec, n_envs: int) -> gym.vector.VectorEnv:
