@@ -550,6 +550,9 @@ def test_an_export_at_the_cameras_frame_size_serves_it_and_warms_up_and_verifies
     frames = example_observation(tiny_checkpoint, TAG, batch_size=1, seed=3, image_size=(48, 64))
     np.testing.assert_allclose(flat(onnx.get_action(frames, {"seed": 5})[0]),
                                flat(reference.get_action(frames, {"seed": 5})[0]), atol=1e-4)
+    larger = example_observation(tiny_checkpoint, TAG, batch_size=1, seed=3, image_size=(96, 128))  # the same grid
+    np.testing.assert_allclose(flat(onnx.get_action(larger, {"seed": 5})[0]),
+                               flat(reference.get_action(larger, {"seed": 5})[0]), atol=1e-4)
     square = example_observation(tiny_checkpoint, TAG, batch_size=1, seed=3, image_size=(64, 64))
     with pytest.raises(ValueError, match=r"Re-export with your cameras' frame size: `gr00t-server export --image-size "
                                          r"HEIGHT WIDTH \.\.\.`"):
