@@ -116,6 +116,15 @@ def test_a_save_plot_path_matplotlib_cannot_write_is_refused_before_connecting(d
     assert not (tmp_path / "out" / "results.json").exists() and not list(tmp_path.glob(f"{name}*"))
 
 
+def test_no_plots_beside_a_save_plot_path_is_refused_as_conflicting_before_connecting(dataset, server, tmp_path, capsys):
+    """--no-plots won silently: the plot asked for by --save-plot-path was never written, and nothing said so."""
+    plot = tmp_path / "p.png"
+    assert open_loop(dataset, server, "--output-dir", str(tmp_path / "out"), "--save-plot-path", str(plot)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [f"gr00t-eval open-loop: error: --no-plots and --save-plot-path {plot} conflict: give one"]
+    assert not (tmp_path / "out").exists() and not plot.exists()
+
+
 def test_the_no_suffix_refusal_recommends_only_suffixes_written_without_another_program(tmp_path):
     """It listed .pgf, which a machine without xelatex then refused; .pgf is named with what it needs."""
     pytest.importorskip("matplotlib")

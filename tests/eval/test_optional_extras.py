@@ -52,6 +52,19 @@ def test_open_loop_runs_without_plot_and_sim_extras_and_skips_plots_with_a_note(
     assert results and not list(tmp_path.glob("*.jpeg"))
 
 
+def test_a_save_plot_path_without_matplotlib_is_refused_before_connecting_naming_the_plots_extra(dataset, tmp_path):
+    """The requested plot was dropped with a note: the run connected, exited 0 and never wrote PATH."""
+    plot, out = tmp_path / "plot.png", tmp_path / "out"
+    with running_server(ReplayPolicy(dataset, execution_horizon=4)) as server:
+        result = _eval_cli("open-loop", "--dataset-path", str(dataset), "--port", str(server.port),
+                           "--traj-ids", "0", "--output-dir", str(out), "--save-plot-path", str(plot))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"gr00t-eval open-loop: error: --save-plot-path {plot} needs matplotlib, which is not installed: "
+        "pip install 'gr00t-eval[plots]' (or drop --save-plot-path to run without plots)"]
+    assert not out.exists() and not plot.exists()
+
+
 def test_rollout_without_sim_extra_fails_with_one_line_naming_it():
     result = _eval_cli("rollout", "--env-name", "metaworld/reach-v3", "--n-episodes", "1")
     assert result.returncode == 2, result.stderr

@@ -130,12 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="empty a non-empty --output-dir first (not while the run that claimed it is still running)")
     p.add_argument(*_flag("observation-format"), default="auto", choices=["auto", "nested", "flat"],
                    help="nested {video,state,language} (reference server) or flat video.* keys (sim wrapper); auto asks the server")
-    p.add_argument(*_flag("no-plots"), action="store_true", help="skip the JPEG plots")
+    p.add_argument(*_flag("no-plots"), action="store_true", help="skip the JPEG plots (not with --save-plot-path)")
     p.add_argument(*_flag("save-plot-path"), default=None, metavar="PATH",
                    help="the reference's flag: write the plot of a single trajectory to PATH (a file suffix matplotlib writes: .jpeg, "
                         ".png, .pdf, ...; with several, PATH_traj{id}.SUFFIX), or the plots to a directory PATH as "
-                        "traj_{id}.jpeg (default OUTPUT_DIR/traj_{id}.jpeg); checked before connecting by writing a "
-                        "trial plot in that format")
+                        "traj_{id}.jpeg (default OUTPUT_DIR/traj_{id}.jpeg); needs matplotlib (gr00t-eval[plots]); checked before "
+                        "connecting by writing a trial plot in that format")
     p.add_argument(*_flag("denoising-steps"), type=int, default=None, metavar="N",
                    help="flow-matching denoising steps, sent to the server as options['denoising_steps'] (server default if unset); "
                         "a server that is not a gr00t-server cannot apply it: warned, not sent, and recorded under "

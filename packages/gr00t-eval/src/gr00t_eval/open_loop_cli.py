@@ -25,12 +25,18 @@ def _connect(args: argparse.Namespace):
 
 
 def _plots_wanted(args: argparse.Namespace) -> bool:
-    """Plots unless --no-plots; without matplotlib (a plain `pip install gr00t-eval`) open-loop runs without them."""
+    """Plots unless --no-plots; without matplotlib (a plain `pip install gr00t-eval`) open-loop runs without the
+    default plots, while a --save-plot-path it cannot honour is refused."""
     from .extras import is_installed
 
     if args.no_plots:
+        if args.save_plot_path is not None:
+            raise UsageError(f"--no-plots and --save-plot-path {args.save_plot_path} conflict: give one")
         return False
     if not is_installed("matplotlib"):
+        if args.save_plot_path is not None:
+            raise UsageError(f"--save-plot-path {args.save_plot_path} needs matplotlib, which is not installed: "
+                             "pip install 'gr00t-eval[plots]' (or drop --save-plot-path to run without plots)")
         print("note: matplotlib is not installed, skipping plots (pip install 'gr00t-eval[plots]')", file=sys.stderr)
         return False
     return True

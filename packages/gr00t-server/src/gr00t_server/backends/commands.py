@@ -138,6 +138,9 @@ def _expected_files(mode: str, precision: str) -> list[str]:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from gr00t_server.backends.onnxruntime_backend import import_onnx
+
+    import_onnx()  # before the output folder is made and the checkpoint loads: torch's exporter fails late without it
     device = args.device or _default_device()
     precision = args.precision or ("bf16" if device.startswith("cuda") else "fp32")
     # Exported into a hidden folder inside the output first (same filesystem, so the swap is renames only): a

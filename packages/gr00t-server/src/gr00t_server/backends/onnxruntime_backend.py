@@ -51,21 +51,34 @@ def import_onnxruntime() -> Any:
     return onnxruntime
 
 
-def _import_failure(exc: Exception) -> str:
-    """Why an installed onnxruntime failed to import: its error, its release and numpy's, and the extra to upgrade."""
+def import_onnx() -> Any:
+    """Import onnx, which `gr00t-server export` writes its files with, or raise BackendError saying which extra to
+    install, or why an installed one failed."""
+    try:
+        import onnx
+    except Exception as exc:
+        if isinstance(exc, ModuleNotFoundError) and exc.name == "onnx":
+            raise BackendError("ONNX export needs onnx: pip install 'gr00t-server[onnx]' (or [onnx-gpu] for CUDA)") from exc
+        raise BackendError(_import_failure(exc, "ONNX export", ("onnx",))) from exc
+    return onnx
+
+
+def _import_failure(exc: Exception, purpose: str = "inference mode 'onnxruntime'",
+                    distributions: tuple[str, ...] = ("onnxruntime", "onnxruntime-gpu")) -> str:
+    """Why an installed module failed to import: its error, its release and numpy's, and the extra to upgrade."""
     import importlib.metadata
 
     import numpy
 
-    installed = "onnxruntime"
-    for distribution in ("onnxruntime", "onnxruntime-gpu"):
+    installed = distributions[0]
+    for distribution in distributions:
         try:
             installed = f"{distribution} {importlib.metadata.version(distribution)}"
             break
         except importlib.metadata.PackageNotFoundError:
             continue
     error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__  # onnxruntime 1.18 raises a bare one
-    return (f"inference mode 'onnxruntime': {installed} is installed but failed to import ({error}) beside numpy "
+    return (f"{purpose}: {installed} is installed but failed to import ({error}) beside numpy "
             f"{numpy.__version__}: pip install --upgrade 'gr00t-server[onnx]' (or [onnx-gpu] for CUDA)")
 
 
