@@ -181,6 +181,34 @@ def test_a_recorder_writes_one_captioned_video_per_episode(tmp_path):
     assert frames[0][-30:].max() > 128  # white caption text under the frame
 
 
+class CaptionRecorder(EpisodeVideoRecorder):
+    """An EpisodeVideoRecorder that also keeps the caption text of each video it writes."""
+
+    captions: list
+
+    def finish(self, name, task, success, note="", errored=False):
+        self.captions.append(task)
+        return super().finish(name, task, success, note, errored)
+
+
+class BytesLanguageEnv(StepEnv):
+    """StepEnv whose language is UTF-8 bytes in a one-element numpy array."""
+
+    def _obs(self):
+        return {**super()._obs(), "annotation.task": np.array([b"count up"])}
+
+
+def test_a_video_caption_is_the_text_of_a_bytes_language(tmp_path):
+    recorder = CaptionRecorder(tmp_path, fps=10)
+    recorder.captions = []
+    wrapper = wrap(BytesLanguageEnv(success_at=2), recorder=recorder)
+    wrapper.reset(seed=0, options={"episodes": [0]})
+    info = {}
+    while "episode" not in info:
+        *_, info = wrapper.step(chunk(3))
+    assert recorder.captions == ["count up"]
+
+
 
 class FloatCameraEnv(StepEnv):
     """StepEnv whose camera space says uint8 but whose frames are floats in [0, 1] (normalised)."""

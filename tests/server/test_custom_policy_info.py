@@ -1,6 +1,6 @@
 """What a served custom policy says about itself: configs in the JSON form (plain dicts, as read from a
-modality.json) and an identity() holding values the wire cannot carry (a Path, a datetime). A real PolicyServer on
-loopback, real PolicyClients, and gr00t-eval's policy record."""
+modality.json), an identity() holding values the wire cannot carry (a Path, a datetime), and the observation form it
+takes. A real PolicyServer on loopback, real PolicyClients, and gr00t-eval's policy record."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from eval.dataset_factory import make_dataset
 from gr00t_client import BasePolicy, ModalityConfig, PolicyClient
 from gr00t_eval.policy_identity import policy_record
+from gr00t_server.policies import Gr00tSimPolicyWrapper, ReplayPolicy
 from serving import running_server
 
 CONFIGS = {"state": ModalityConfig([0], ["joints"]), "action": ModalityConfig([0, 1, 2, 3], ["arm"])}
@@ -80,3 +82,22 @@ def test_gr00t_eval_records_the_identity_of_a_policy_whose_identity_holds_a_path
         record = policy_record(client)
     assert record is not None and record["policy_class"] == "CustomPolicy"
     assert record["identity"] == {"kind": "my_policy", "checkpoint": "/models/my_robot/step_20000"}
+
+
+class FlatLoggingWrapper(Gr00tSimPolicyWrapper):
+    """A user's subclass of the sim wrapper, under a name without "Sim"."""
+
+
+class SimpleArmPolicy(CustomPolicy):
+    """A nested-form policy whose name happens to contain "Sim"."""
+
+
+@pytest.mark.parametrize("make_policy, expected", [
+    (lambda root: FlatLoggingWrapper(ReplayPolicy(root, execution_horizon=2)), "flat"),
+    (lambda root: ReplayPolicy(root, execution_horizon=2), "nested"),
+    (lambda root: SimpleArmPolicy(), None),
+], ids=["sim wrapper subclass", "replay", "custom policy that does not say"])
+def test_get_server_info_reports_the_observation_form_the_policy_takes(tmp_path, make_policy, expected):
+    policy = make_policy(make_dataset(tmp_path / "ds", lengths=(4,)))
+    with running_server(policy) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        assert client.get_server_info()["observation_format"] == expected

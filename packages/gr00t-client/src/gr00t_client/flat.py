@@ -72,12 +72,35 @@ def language_text(item: Any, where: str, expected: str) -> str:
     return item
 
 
+def flat_observation_keys(configs: Mapping[str, ModalityConfig]) -> List[str]:
+    """The flat observation keys nested configs name: `video.<k>`, `state.<k>` and the language keys."""
+    configs = as_modality_configs(configs)
+    keys = [f"{modality}.{key}" for modality in ("video", "state")
+            for key in (configs[modality].modality_keys if modality in configs else [])]
+    return keys + list(configs["language"].modality_keys if "language" in configs else [])
+
+
+def missing_flat_keys_error(observation: Mapping[str, Any],
+                            configs: Mapping[str, ModalityConfig]) -> Optional[ObservationError]:
+    """An ObservationError naming every flat key the configs name that `observation` lacks, and the keys it has (a
+    language key "task" is present when the legacy key is sent instead); None when none is missing."""
+    expected = flat_observation_keys(configs)
+    missing = [key for key in expected if language_source(key, observation) not in observation]
+    if not missing:
+        return None
+    return ObservationError(f"flat keys {missing} are missing from the observation; expected the flat keys {expected}, "
+                            f"got keys {sorted(map(str, observation))[:20]}")
+
+
 def validate_flat_observation(observation: Any, configs: Mapping[str, ModalityConfig]) -> int:
     """Check flat keys against nested configs: video.<k> uint8 (B,T,H,W,3), state.<k> float32 (B,T,D) and finite,
     the language as B strings; return the batch size."""
     if not isinstance(observation, Mapping):
         raise ObservationError(f"observation must be a dict of flat keys (video.*, state.*, language); got {type(observation).__name__}")
     configs = as_modality_configs(configs)
+    missing = missing_flat_keys_error(observation, configs)
+    if missing is not None:
+        raise missing
     batch: Optional[int] = None
     first = ""
 
@@ -95,8 +118,6 @@ def validate_flat_observation(observation: Any, configs: Mapping[str, ModalityCo
         config = configs.get(modality)
         for key in config.modality_keys if config is not None else []:
             name = f"{modality}.{key}"
-            if name not in observation:
-                raise ObservationError(f"{kind} key '{name}' must be in observation; got keys {sorted(map(str, observation))}")
             value = observation[name]
             _check_array(kind, name, value, dtype, ndim, config.horizon, layout, ObservationError)
             if modality == "video" and value.shape[-1] != 3:
@@ -107,8 +128,6 @@ def validate_flat_observation(observation: Any, configs: Mapping[str, ModalityCo
     language = configs.get("language")
     for key in language.modality_keys if language is not None else []:
         source = language_source(key, observation)
-        if source not in observation:
-            raise ObservationError(f"Language key '{source}' must be in observation; got keys {sorted(map(str, observation))}")
         check_batch(source, len(language_batch(observation[source], source)))
     return batch or 0
 

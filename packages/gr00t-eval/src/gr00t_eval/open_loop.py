@@ -178,7 +178,8 @@ def evaluate_trajectory(
     float32 is what a replay serves of it.
     """
     if config.observation_format == "auto":  # called alone: evaluate_open_loop resolves it once per run
-        config = dataclasses.replace(config, observation_format=resolve_observation_format(server_info(policy), "auto"))
+        observation_format = resolve_observation_format(server_info(policy), "auto", policy)
+        config = dataclasses.replace(config, observation_format=observation_format)
     episode = dataset.episode(traj_id)
     action_keys = (dataset_action_keys(config.modality_keys, dataset.action_keys) if config.modality_keys
                    else list(configs["action"].modality_keys))
@@ -285,7 +286,8 @@ def evaluate_open_loop(
         check_open_loop_output_dir(config.output_dir)
     info = server_info(policy)  # asked once: the observation format, the policy record and the pin all come from it
     hint_for = functools.partial(format_hint, info, config.observation_format)  # for the form asked, before resolving
-    config = dataclasses.replace(config, observation_format=resolve_observation_format(info, config.observation_format))
+    observation_format = resolve_observation_format(info, config.observation_format, policy)
+    config = dataclasses.replace(config, observation_format=observation_format)
     served = record_from_info(info)  # what results.json records, and what the run is held to (pinned_policy)
     not_applied = settings_not_applied(policy, {"denoising_steps": config.denoising_steps})
     warn_not_applied(policy, not_applied)

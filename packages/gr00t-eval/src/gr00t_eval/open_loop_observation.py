@@ -29,25 +29,43 @@ FLAT_FORMAT_HINT = ("; the server's policy seems to want flat keys, and --observ
                     "form (the server did not say it serves the sim wrapper): run with --observation-format flat")
 
 
-def resolve_observation_format(info: Any, requested: str) -> str:
-    """"auto": "flat" for a server whose get_server_info `info` names the sim wrapper, else "nested" (the reference
-    server's form; its server cannot be asked, info None)."""
+def resolve_observation_format(info: Any, requested: str, policy: Any = None) -> str:
+    """"auto": the form the server reports in get_server_info `info` ("observation_format"), or that an in-process
+    `policy` declares (its `observation_format`); else, for servers that do not report it, "flat" for a policy class
+    naming the sim wrapper and "nested" otherwise (the reference server's form; it cannot be asked, info None)."""
     if requested != "auto":
         return requested
+    reported = reported_observation_format(info)
+    if reported is None and info is None:
+        reported = _observation_form(getattr(policy, "observation_format", None))
+    if reported is not None:
+        return reported
     policy_class = info.get("policy_class", "") if isinstance(info, Mapping) else ""
     return "flat" if "Sim" in str(policy_class) else "nested"
+
+
+def reported_observation_format(info: Any) -> Optional[str]:
+    """The observation form ("flat" or "nested") get_server_info `info` reports its policy takes; None when it does
+    not say (an older gr00t-server, a policy that does not declare it)."""
+    return _observation_form(info.get("observation_format") if isinstance(info, Mapping) else None)
+
+
+def _observation_form(value: Any) -> Optional[str]:
+    return value if isinstance(value, str) and value in ("flat", "nested") else None
 
 
 def format_hint(info: Any, requested: str, server_error: str) -> str:
     """What a trajectory's error adds to the server's error reply `server_error` when the observation form `requested`
     may not fit the policy that get_server_info `info` names; "" when it fits or nothing tells. Under "auto" only a
-    server that does not name a policy this run knows gets the flat-keys guess, and never for a size-limit refusal."""
+    server that neither reports the form nor names a policy this run knows gets the flat-keys guess, and never for a
+    size-limit refusal."""
     policy_class = str(info.get("policy_class", "")) if isinstance(info, Mapping) else ""
-    known = "Sim" in policy_class or policy_class in NESTED_ONLY_POLICIES
+    reported = reported_observation_format(info)
+    known = reported is not None or "Sim" in policy_class or policy_class in NESTED_ONLY_POLICIES
     if requested == "auto":
         quotes_flat_key = _QUOTED_FLAT_KEY.search(server_error) and _LIMIT_REFUSAL not in server_error
         return FLAT_FORMAT_HINT if not known and quotes_flat_key else ""  # auto sent the nested form to this server
-    fits = "flat" if "Sim" in policy_class else "nested" if known else requested
+    fits = reported or ("flat" if "Sim" in policy_class else "nested" if known else requested)
     if fits == requested:
         return ""
     return (f"; the server serves {policy_class}, which takes the {fits} observation form, and this run sent the "

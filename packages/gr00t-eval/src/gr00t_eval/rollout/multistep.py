@@ -14,8 +14,11 @@ require_gymnasium("closed-loop rollout")  # one line naming the extra, not a dee
 import gymnasium as gym  # noqa: E402
 import numpy as np
 
+from gr00t_client.policy import ObservationError
+
 from ..video import EpisodeVideoRecorder, episode_video_name, frame_from_observation
 from .config import env_error_text
+from .policy_io import language_row
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +37,16 @@ class EpisodeSummary:
     failure_reason: Optional[str] = None
     success_reported: bool = True  # False: no step info of the episode had 'success'/'is_success' (scored a failure)
     truncated_by_env: bool = False  # the inner env truncated it before max_episode_steps (its own time limit)
+
+
+def _caption(raw: Mapping[str, Any]) -> str:
+    """The episode video's caption: the first `annotation.*` text of the env's observation ("" when it holds no text,
+    which the rollout refuses as the policy's language)."""
+    key = next((key for key in raw if key.startswith("annotation.")), None)
+    try:
+        return language_row(raw[key], key) if key is not None else ""
+    except ObservationError:
+        return ""
 
 
 def success_from_info(info: Mapping[str, Any]) -> bool:
@@ -238,7 +251,7 @@ class MultiStepWrapper(gym.Wrapper):
             self._done = True
             self._last_obs = self._placeholder()
             return self._last_obs, {"episode": self._summary(f"reset failed: {env_error_text(exc)}")}
-        self._task = next((str(v) for k, v in raw.items() if k.startswith("annotation.")), "")
+        self._task = _caption(raw)
         if self.observation_keys is None:
             self.observation_keys = tuple(raw)
         self._observe(raw)

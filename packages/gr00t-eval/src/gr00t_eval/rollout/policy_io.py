@@ -17,7 +17,8 @@ import gymnasium as gym  # noqa: E402
 import numpy as np
 
 from gr00t_client import ModalityConfig
-from gr00t_client.policy import ActionError, non_finite_rows
+from gr00t_client.flat import language_batch, language_source, language_text
+from gr00t_client.policy import ActionError, ObservationError, non_finite_rows
 
 from ..action_steps import check_consecutive_action_deltas
 from ..key_matching import match_keys
@@ -71,18 +72,27 @@ class HorizonSpec:
 class ObservationMapper:
     """Batched env observations -> the flat observation the policy's modality config asks for.
 
-    Keys are matched by name (`video.<k>`, `state.<k>`, the language key); those left over are matched by position
-    when the env has as many left over (cameras, state groups, a language key) as the config.
+    Keys are matched by name (`video.<k>`, `state.<k>`, the language key; "task" is read from the legacy language key
+    when the env sends it, as Gr00tSimPolicyWrapper reads it); those left over are matched by position when the env
+    has as many left over (cameras, state groups, `annotation.*` keys) as the config. `undeclared` are keys the env
+    returns that its observation_space does not declare, which the vector env drops.
     """
 
-    def __init__(self, spec: HorizonSpec, env_keys: Sequence[str]) -> None:
+    def __init__(self, spec: HorizonSpec, env_keys: Sequence[str], undeclared: Sequence[str] = ()) -> None:
         self.sources: Dict[str, str] = {}
+        wanted_keys = [f"{prefix}.{k}" for prefix, keys in (("video", spec.video_keys), ("state", spec.state_keys))
+                       for k in keys] + list(spec.language_keys)
+        _refuse_undeclared([key for key in wanted_keys if key in undeclared])
         for prefix, keys in (("video", spec.video_keys), ("state", spec.state_keys)):
             available = [k for k in env_keys if k.startswith(prefix + ".")]
             wanted = [f"{prefix}.{k}" for k in keys]
             self._match(prefix, wanted, available)
-        available = [k for k in env_keys if k.startswith("annotation.")]
-        self._match("language", list(spec.language_keys), available)
+        legacy = {key: language_source(key, env_keys) for key in spec.language_keys}
+        legacy = {key: source for key, source in legacy.items() if source != key}
+        self.sources.update(legacy)
+        available = [k for k in env_keys if (k.startswith("annotation.") or k in spec.language_keys)
+                     and k not in legacy.values()]
+        self._match("language", [key for key in spec.language_keys if key not in legacy], available)
 
     def _match(self, kind: str, wanted: List[str], available: List[str]) -> None:
         matched = match_keys(wanted, available)
@@ -107,8 +117,26 @@ class ObservationMapper:
             elif target.startswith("state."):
                 out[target] = np.ascontiguousarray(value, dtype=np.float32)
             else:
-                out[target] = [str(v) for v in value]
+                out[target] = [language_row(row, source) for row in value]
         return out
+
+
+def _refuse_undeclared(keys: Sequence[str]) -> None:
+    if keys:
+        raise ValueError(f"the env returns {list(keys)}, which the policy needs, but its observation_space does not "
+                         "declare them, so the vector env drops them: declare them in the env's observation_space")
+
+
+def language_row(value: Any, key: str) -> str:
+    """One env row's language as text: a str, UTF-8 bytes or a one-string numpy array; ObservationError naming `key`
+    for anything else (str() of bytes or of an array gave the policy "b'pick ...'" or "['pick ...']")."""
+    if isinstance(value, np.ndarray):
+        texts = language_batch(value, key)
+        if len(texts) != 1:
+            raise ObservationError(f"the env's language key {key!r} holds {len(texts)} strings in one env row; "
+                                   "expected one")
+        return texts[0]
+    return language_text(value, f"the env's language key {key!r}", "must be a str or UTF-8 bytes in each env row")
 
 
 def with_idle_rows_mirrored(observation: Mapping[str, Any], active_rows: Sequence[int]) -> Dict[str, Any]:

@@ -329,7 +329,7 @@ class RolloutRunner:
                     pending = set(range(n_envs))
                     continue
                 if mapper is None:
-                    mapper = ObservationMapper(spec, _env_key_order(vec, obs))
+                    mapper = ObservationMapper(spec, _env_key_order(vec, obs), _keys_dropped_by_vector_env(vec, obs))
                 try:
                     observation = with_idle_rows_mirrored(mapper(obs), active)
                     env_action, info = self._act(checked, observation, vec.single_action_space)
@@ -378,6 +378,13 @@ def _env_key_order(vec: gym.vector.VectorEnv, obs: Mapping[str, Any]) -> List[st
     """The keys of the vector observation `obs` in the order the env returned them (`obs` has them sorted)."""
     declared = next((keys for keys in vec.get_attr("observation_keys") if keys), ())
     return [key for key in declared if key in obs] + [key for key in obs if key not in declared]
+
+
+def _keys_dropped_by_vector_env(vec: gym.vector.VectorEnv, obs: Mapping[str, Any]) -> List[str]:
+    """The keys of the env's first observation that the vector observation `obs` lacks: its observation_space does
+    not declare them."""
+    returned = next((keys for keys in vec.get_attr("observation_keys") if keys), ())
+    return [key for key in returned if key not in obs]
 
 
 def _row_info(infos: Mapping[str, Any], key: str, row: int) -> Any:

@@ -56,6 +56,7 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
     """
 
     supports_batching = True
+    observation_format = "nested"  # reported by get_server_info
     per_row_info_keys: frozenset[str] = frozenset()  # its info is {}: a batched call has nothing to split per row
 
     def __init__(

@@ -69,6 +69,7 @@ class ReplayPolicy(BasePolicy):
     """
 
     stateful_sessions = True
+    observation_format = "nested"  # reported by get_server_info
 
     def __init__(
         self,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
-from gr00t_client.flat import LEGACY_LANGUAGE_KEY, language_batch, language_source, validate_flat_action, validate_flat_observation
+from gr00t_client.flat import (LEGACY_LANGUAGE_KEY, flat_observation_keys, language_batch, language_source,
+                               missing_flat_keys_error, validate_flat_action, validate_flat_observation)
 from gr00t_client.modality import ModalityConfig
 from gr00t_client.policy import BasePolicy, ObservationError, PolicyWrapper
 
@@ -19,6 +20,8 @@ class Gr00tSimPolicyWrapper(PolicyWrapper):
     one the wrapped policy refuses is refused naming the flat keys missing, not the nested form it was handed.
     Options (including the server's `_session_id`) are forwarded untouched.
     """
+
+    observation_format = "flat"  # reported by get_server_info, so a client picks the form by it, not by a class name
 
     def __init__(self, policy: BasePolicy, *, strict: bool = True) -> None:
         super().__init__(policy, strict=strict)
@@ -62,10 +65,7 @@ class Gr00tSimPolicyWrapper(PolicyWrapper):
 
     def flat_keys(self) -> List[str]:
         """The flat observation keys the configs name: `video.<k>`, `state.<k>` and the language keys."""
-        configs = self.get_modality_config()
-        keys = [f"{modality}.{key}" for modality in ("video", "state")
-                for key in (configs[modality].modality_keys if modality in configs else [])]
-        return keys + list(configs["language"].modality_keys if "language" in configs else [])
+        return flat_observation_keys(self.get_modality_config())
 
     def check_action(self, action: Any) -> None:
         """Each action.<k> must be float32 (B, T, D) with T = the action horizon."""
@@ -94,12 +94,9 @@ class Gr00tSimPolicyWrapper(PolicyWrapper):
         send: when flat keys the configs name are missing, refuse naming them in the flat form instead."""
         if not observation:
             raise self._empty_observation_error() from None
-        language = self.get_modality_config().get("language")
-        sources = {key: language_source(key, observation) for key in (language.modality_keys if language else [])}
-        missing = [key for key in self.flat_keys() if sources.get(key, key) not in observation]
-        if missing:
-            raise ObservationError(f"flat keys {missing} are missing from the observation; expected the flat keys "
-                                   f"{self.flat_keys()}, got keys {sorted(map(str, observation))[:20]}") from None
+        missing = missing_flat_keys_error(observation, self.get_modality_config())
+        if missing is not None:
+            raise missing from None
 
     def _to_nested(self, observation: Mapping[str, Any]) -> Dict[str, Any]:
         if not observation:

@@ -143,6 +143,7 @@ class BuiltinEndpoints:
             "protocol_version": PROTOCOL_VERSION,
             "versions": {"gr00t-server": server_version, "gr00t-client": client_version},
             "policy_class": type(self.policy).__name__,
+            "observation_format": _observation_format(self.policy),
             "policy_identity": self._policy_identity(),
             "embodiment_tag": self.embodiment_tag,
             "modality_configs": modality,
@@ -159,3 +160,13 @@ class BuiltinEndpoints:
             "policy_busy": bool(self._worker is not None and self._worker.busy),
             "stats": self.stats.snapshot(),
         }
+
+
+def _observation_format(policy: Any) -> Optional[str]:
+    """"flat" or "nested": the observation form the outermost policy of the chain that says (`observation_format`)
+    takes; None when none says."""
+    for link in policy_chain(policy):
+        declared = getattr(link, "observation_format", None)
+        if declared in ("flat", "nested"):
+            return declared
+    return None
