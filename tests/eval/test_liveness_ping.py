@@ -1,13 +1,16 @@
-"""The liveness ping (ping_quickly) uses a budget of its own, never the shared client's timeout_ms."""
+"""The liveness ping (ping_quickly) uses a budget of its own, never the shared client's timeout_ms; a server that
+refuses this client's key or token is told apart from one that is gone."""
 
 import threading
 import time
 
+import pytest
 from reference_peer import EchoPolicy
 from serving import running_server
 
-from gr00t_client import PolicyClient
-from gr00t_eval.rollout.liveness import ping_quickly
+from gr00t_client import PolicyClient, PolicyServerError
+from gr00t_eval.rollout.liveness import ServerWatch, ping_quickly
+from gr00t_server.curve import generate_certificates
 
 SLOW_S = 0.6
 PING_MS = 300  # shorter than the slow call: a call given the ping's budget would time out
@@ -78,3 +81,38 @@ def test_a_ping_without_a_budget_parameter_is_called_plainly():
             return True
 
     assert ping_quickly(Plain(), PING_MS) is True and Plain.calls == 1
+
+
+LOST_REPLY = ConnectionError("the connection closed while this client waited for its reply to 'get_action'")
+
+
+def test_a_server_restarted_with_another_token_is_reported_as_refusing_this_client_not_as_gone():
+    """The ping's 'Unauthorized: Invalid API token' was swallowed: the run stopped as 'stopped answering ... and did
+    not answer a ping either', sending the operator to look for a dead server."""
+    with running_server(EchoPolicy(), api_token="rotated-token") as server:
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=5000, api_token="old-token") as client:
+            reason = ServerWatch(client).unreachable_reason(LOST_REPLY)
+    assert reason is not None and f"the server at {client.address} now refuses this client" in reason
+    assert "Unauthorized: Invalid API token" in reason
+
+
+def test_a_server_restarted_with_another_curve_key_is_reported_as_refusing_this_client_not_as_gone(tmp_path):
+    """PolicyClient.ping() answers a refused handshake with a bare False: the HandshakeError never reached the reason."""
+    old_public, _ = generate_certificates(tmp_path / "old", "server")
+    _, new_secret = generate_certificates(tmp_path / "new", "server")
+    with running_server(EchoPolicy(), curve_secret_key=str(new_secret)) as server:
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=5000, server_public_key=str(old_public)) as client:
+            reason = ServerWatch(client).unreachable_reason(LOST_REPLY)
+    assert reason is not None and f"the server at {client.address} now refuses this client (HandshakeError:" in reason
+    assert "did not answer a ping" not in reason
+
+
+def test_a_request_refused_as_unauthorized_stops_the_run_with_the_servers_words():
+    """An Unauthorized reply to reset was no timeout: every later episode was refused the same way, one by one."""
+    with running_server(EchoPolicy(), api_token="rotated-token") as server:
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=5000, api_token="old-token") as client:
+            with pytest.raises(PolicyServerError) as refused:
+                client.reset()
+            reason = ServerWatch(client).unreachable_reason(refused.value)
+    assert reason is not None and "now refuses this client (PolicyServerError:" in reason
+    assert "Unauthorized: Invalid API token" in reason

@@ -4,6 +4,9 @@ import contextlib
 import os
 import shutil
 import stat
+import subprocess
+import sys
+import tempfile
 import threading
 
 import pytest
@@ -135,6 +138,67 @@ def test_a_malformed_key_file_added_while_running_is_skipped_and_authorized_clie
         (allowed / "typo.key").write_text(MALFORMED_KEY)
         assert ping(port, **keys) == {"status": "ok"}
         assert ping(port, **keys) == {"status": "ok"}
+
+
+def test_an_authorized_key_file_with_a_malformed_public_key_is_named_in_a_warning(tmp_path, caplog):
+    """A key one character short, or with a comment after it on its line, was taken in silently: its robot was then
+    refused as 'not in' the folder that holds its file."""
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    public_lines = {}
+    for name in ("robot-07", "robot-08"):
+        public, _ = generate_certificates(tmp_path / "robots", name)
+        public_lines[name] = next(line for line in public.read_text().splitlines() if "public-key" in line)
+    (allowed / "robot-07.key").write_text(f"metadata\ncurve\n{public_lines['robot-07'][:-2]}\"\n")
+    (allowed / "robot-08.key").write_text(f"metadata\ncurve\n{public_lines['robot-08']}  # robot 8, lab B\n")
+    with caplog.at_level("WARNING", logger="gr00t_server.curve"):
+        authorized = AuthorizedKeys(allowed)
+        assert authorized.callback("*", zmq.curve_keypair()[0]) is False
+    for name in ("robot-07.key", "robot-08.key"):
+        assert f"skipping {allowed / name}: it holds no valid 40-character z85 public-key" in caplog.text
+    assert authorized.keys == frozenset()
+    assert "not used: robot-07.key, robot-08.key" in caplog.text  # the refusal points at them
+
+
+# Reads the authorized keys as the server does: one handshake's check, then another once a line comes on stdin.
+_TWO_HANDSHAKES = """
+import sys
+from gr00t_server.curve import AuthorizedKeys
+authorized = AuthorizedKeys(sys.argv[1])
+print(authorized.callback("*", sys.argv[2].encode()), flush=True)
+sys.stdin.readline()
+print(authorized.callback("*", sys.argv[2].encode()), flush=True)
+"""
+
+
+def test_a_key_file_made_readable_with_chmod_is_read_at_the_next_handshake():
+    """A robot.key copied in with mode 0600 by another user was skipped (rightly), but after `chmod 644` it was never
+    read again: chmod changes neither the mtime nor the size the folder's change check looked at."""
+    as_another_user = []
+    if os.geteuid() == 0:  # root reads any file: run the server's side as nobody
+        if shutil.which("setpriv") is None:
+            pytest.skip("needs setpriv to run as another user")
+        as_another_user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    with tempfile.TemporaryDirectory() as folder:
+        os.chmod(folder, 0o755)
+        client_public, _ = generate_certificates(os.path.join(folder, "robots"), "robot")
+        allowed = os.path.join(folder, "allowed")
+        os.mkdir(allowed)
+        shutil.copy(client_public, os.path.join(allowed, "robot.key"))
+        os.chmod(os.path.join(allowed, "robot.key"), 0o000 if not as_another_user else 0o600)
+        key = zmq.auth.load_certificate(str(client_public))[0].decode()
+        server_side = subprocess.Popen([*as_another_user, sys.executable, "-c", _TWO_HANDSHAKES, allowed, key],
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                       cwd=folder)
+        try:
+            first = server_side.stdout.readline().strip()
+            os.chmod(os.path.join(allowed, "robot.key"), 0o644)
+            second, log = server_side.communicate("\n", timeout=30)
+        finally:
+            server_side.kill()
+    assert first == "False", log
+    assert second.strip() == "True", log
+    assert "this server cannot read it" in log and "present there but unreadable or malformed" in log
 
 
 def test_a_failing_key_check_refuses_that_client_and_the_next_handshake_is_checked_again(tmp_path, monkeypatch):

@@ -1,5 +1,6 @@
 """PolicyServer security: the API token gates every endpoint, and kill needs loopback, the token or an opt-in."""
 
+import re
 import socket
 import subprocess
 from unittest import mock
@@ -184,3 +185,30 @@ def test_serve_refuses_a_token_that_is_not_utf8_before_the_model_loads(tiny_chec
     named = "$GR00T_API_TOKEN" if given == "environment" else "--api-token"
     assert f"gr00t-server serve: error: {named} must be UTF-8 text" in err
     assert "Warm-up:" not in out and "Embodiment tag:" not in out
+
+
+@pytest.mark.parametrize("token, problem", [("s3cret-token\n", "ends with a newline"), ("s3cret-token\r", "ends with a carriage return"),
+                                            (" s3cret-token", "starts with whitespace"),
+                                            ("s3cret\x07token", "holds a control character (U+0007)")])
+def test_a_token_no_client_would_type_is_refused_when_the_server_is_made(token, problem):
+    """A token read from a file kept its final newline: every client typing the token got only 'Invalid API token'."""
+    with pytest.raises(ValueError, match=rf"^api_token {re.escape(problem)}: clients that type the token") as refused:
+        server_module.PolicyServer(EchoPolicy(), port=0, api_token=token)
+    assert "s3cret" not in str(refused.value)
+
+
+@pytest.mark.parametrize("given", ["environment", "flag"])
+def test_serve_refuses_a_token_ending_in_a_newline_naming_where_it_came_from(capsys, monkeypatch, given):
+    """`kubectl create secret --from-file` keeps the file's final newline in $GR00T_API_TOKEN."""
+    from gr00t_server import cli
+
+    token = "s3cret-token\n"
+    monkeypatch.delenv("GR00T_API_TOKEN", raising=False)
+    if given == "environment":
+        monkeypatch.setenv("GR00T_API_TOKEN", token)
+    flags = ["--api-token", token] if given == "flag" else []
+    assert cli.main(["serve", "--dataset-path", "unused", "--port", "0", *flags]) == 2
+    err = capsys.readouterr().err
+    named = "$GR00T_API_TOKEN" if given == "environment" else "--api-token"
+    assert f"gr00t-server serve: error: {named} ends with a newline: clients that type the token" in err
+    assert "s3cret" not in err and len(err.strip().splitlines()) == 1

@@ -19,12 +19,15 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from gr00t_client.curve import KeySource, key_fingerprint, load_key_pair
+from gr00t_client.curve import KeySource, _is_z85_key, key_fingerprint, load_key_pair
 
 logger = logging.getLogger(__name__)
 
 PUBLIC_SUFFIX = ".key"
 SECRET_SUFFIX = ".key_secret"
+# One directory entry as the authorized keys last saw it: its name, and the stat of a NAME.key file (mtime, size,
+# ctime, inode: chmod and chown change only the ctime) or None for an entry read as a mistake (see _current_signature).
+_Entry = Tuple[str, Optional[Tuple[int, int, int, int]]]
 _BANNER = """#   ****  Generated on {now} by gr00t-server keygen  ****
 #   ZeroMQ CURVE {kind} Certificate
 #   {advice}
@@ -123,10 +126,30 @@ def _listing(directory: Path) -> List[Path]:
         return []
 
 
+def _read_client_key(path: Path) -> Tuple[Optional[bytes], Optional[bytes]]:
+    """(public, secret) z85 keys of one authorized NAME.key file, or (None, None) with a warning naming the file when
+    it cannot be read or holds no valid public key."""
+    try:
+        public, secret = zmq.auth.load_certificate(str(path))
+    except PermissionError as exc:
+        logger.warning("authorized keys: skipping %s: this server cannot read it (%s); it is read again at the next "
+                       "handshake after a chmod or chown", path, exc)
+        return None, None
+    except Exception as exc:  # noqa: BLE001 - any bad file (zmq.auth raises IndexError too) is skipped alone
+        logger.warning("authorized keys: skipping %s, not a zmq.auth certificate (%s: %s)", path, type(exc).__name__, exc)
+        return None, None
+    if not _is_z85_key(public):
+        logger.warning("authorized keys: skipping %s: it holds no valid 40-character z85 public-key (a key cut short, "
+                       "or text after the closing quote on its line?); copy the robot's NAME.key file again", path)
+        return None, None
+    return public, secret
+
+
 class AuthorizedKeys:
     """ZAP credentials provider: allows the client public keys in a directory of NAME.key files.
 
-    The directory is re-read at the next handshake after any file in it is added, removed or changed.
+    The directory is re-read at the next handshake after any file in it is added, removed or changed (its contents,
+    mode or owner).
     """
 
     def __init__(self, directory: Union[str, os.PathLike]) -> None:
@@ -135,8 +158,9 @@ class AuthorizedKeys:
         self.directory = Path(directory)
         self._refusals = RateLimitedLog(logger)  # a peer retrying a refused key must not flood the log
         self._lock = threading.Lock()
-        self._signature: Optional[Tuple[Tuple[str, int, int], ...]] = None
+        self._signature: Optional[Tuple[_Entry, ...]] = None
         self._keys: FrozenSet[bytes] = frozenset()
+        self._skipped: Tuple[str, ...] = ()  # NAME.key files that could not be used at the last read
         self.reload_if_changed()
 
     @property
@@ -144,8 +168,8 @@ class AuthorizedKeys:
         """The z85 public keys allowed now."""
         return self._keys
 
-    def _current_signature(self) -> Tuple[Tuple[str, int, int], ...]:
-        """(name, mtime, size) of each NAME.key file, and (name, -1, -1) of each entry read as a mistake (a secret
+    def _current_signature(self) -> Tuple[_Entry, ...]:
+        """(name, stat) of each NAME.key file, and (name, None) of each entry read as a mistake (a secret
         certificate, a subfolder): adding one is told at the next handshake, as adding a key is. Hidden entries are
         skipped, as zmq.auth skips them: a Kubernetes Secret volume keeps its files in `..data` and `..2026_...`
         and links each NAME.key to them, so a key rotated by swapping `..data` shows as its NAME.key changing."""
@@ -159,7 +183,7 @@ class AuthorizedKeys:
             if path.name.startswith("."):
                 continue
             if path.name.endswith(SECRET_SUFFIX) or (not path.name.endswith(PUBLIC_SUFFIX) and path.is_dir()):
-                signature.append((path.name, -1, -1))
+                signature.append((path.name, None))
                 continue
             if not path.name.endswith(PUBLIC_SUFFIX):
                 continue
@@ -167,17 +191,17 @@ class AuthorizedKeys:
                 stat = path.stat()
             except OSError:  # removed between listing and stat
                 continue
-            signature.append((path.name, stat.st_mtime_ns, stat.st_size))
+            signature.append((path.name, (stat.st_mtime_ns, stat.st_size, stat.st_ctime_ns, stat.st_ino)))
         return tuple(signature)
 
-    def _warn_of_mistakes(self, signature: Tuple[Tuple[str, int, int], ...], secrets: List[str]) -> None:
+    def _warn_of_mistakes(self, signature: Tuple[_Entry, ...], secrets: List[str]) -> None:
         """Files a server should not hold, and keys it does not read, named: a silent folder hid both."""
         for name in secrets:
             logger.warning("authorized keys: %s holds a secret key; only its public key is used. Give servers the "
                            "public NAME.key file and keep the secret on the robot (and replace this key pair: its secret "
                            "has been copied)", self.directory / name)
-        for name, size, _ in signature:
-            if size != -1:
+        for name, stamp in signature:
+            if stamp is not None:
                 continue
             path = self.directory / name
             if name.endswith(SECRET_SUFFIX):
@@ -195,21 +219,19 @@ class AuthorizedKeys:
                 return False
             keys: Dict[bytes, str] = {}
             secrets: List[str] = []
-            for name, size, _ in signature:
-                if size == -1:
+            skipped: List[str] = []
+            for name, stamp in signature:
+                if stamp is None:
                     continue
-                path = self.directory / name
-                try:
-                    public, secret = zmq.auth.load_certificate(str(path))
-                except Exception as exc:  # noqa: BLE001 - any bad file (zmq.auth raises IndexError too) is skipped alone
-                    logger.warning("authorized keys: skipping %s, not a zmq.auth certificate (%s: %s)", path,
-                                   type(exc).__name__, exc)
+                public, secret = _read_client_key(self.directory / name)
+                if public is None:
+                    skipped.append(name)
                     continue
-                if public:
-                    keys[public] = name
+                keys[public] = name
                 if secret:
                     secrets.append(name)
             self._keys = frozenset(keys)
+            self._skipped = tuple(skipped)
             first = self._signature is None
             self._signature = signature
         self._warn_of_mistakes(signature, secrets)
@@ -219,6 +241,13 @@ class AuthorizedKeys:
             logger.info("authorized keys: reloaded %s: %d client key(s)", self.directory, len(keys))
         return True
 
+    def _skipped_note(self) -> str:
+        """What a refusal adds when some NAME.key files were present but could not be used: the client's may be one."""
+        if not self._skipped:
+            return ""
+        return (f" (present there but unreadable or malformed, so not used: {', '.join(self._skipped)}; see the "
+                "warning that names each)")
+
     def callback(self, domain: str, client_key: bytes) -> bool:
         """pyzmq's credentials-provider hook: is this z85 client key allowed? (runs in the authenticator thread,
         which must never die: every later handshake would stall, authorized clients' too)"""
@@ -226,8 +255,8 @@ class AuthorizedKeys:
             self.reload_if_changed()
             allowed = client_key in self._keys
             if not allowed:
-                self._refusals.warning("refused a CURVE client with key %s: not in %s", key_fingerprint(client_key),
-                                       self.directory)
+                self._refusals.warning("refused a CURVE client with key %s: not in %s%s", key_fingerprint(client_key),
+                                       self.directory, self._skipped_note())
             return allowed
         except Exception:  # noqa: BLE001 - refuse this handshake, keep checking the next ones
             logger.exception("authorized keys: checking a client key failed; the client is refused")

@@ -66,9 +66,14 @@ def _check_server_flags(args: argparse.Namespace) -> None:
     _check_bind_host(args.host)
     _refuse_blank("--api-token", "GR00T_API_TOKEN", args.api_token, "serve without a token")
     _refuse_non_utf8_token(args.api_token)
+    _refuse_untypable_token(args.api_token)
     top_mb = MAX_MESSAGE_BYTES_CAP // MIB
     if not 1 <= args.max_message_mb <= top_mb:
         raise CliError(f"--max-message-mb must be a whole number of MiB from 1 to {top_mb}, got {args.max_message_mb}")
+
+
+def _token_source(token: str) -> str:
+    return "$GR00T_API_TOKEN" if token == os.environ.get("GR00T_API_TOKEN") else "--api-token"
 
 
 def _refuse_non_utf8_token(token: Optional[str]) -> None:
@@ -79,9 +84,18 @@ def _refuse_non_utf8_token(token: Optional[str]) -> None:
     try:
         token.encode("utf-8")
     except UnicodeEncodeError:
-        given = "$GR00T_API_TOKEN" if token == os.environ.get("GR00T_API_TOKEN") else "--api-token"
-        raise CliError(f"{given} must be UTF-8 text; it has bytes that are not (a token from a Latin-1 shell or a "
-                       "binary file?)") from None
+        raise CliError(f"{_token_source(token)} must be UTF-8 text; it has bytes that are not (a token from a Latin-1 "
+                       "shell or a binary file?)") from None
+
+
+def _refuse_untypable_token(token: Optional[str]) -> None:
+    """CliError for a token with whitespace at an end or a control character (PolicyServer's check, before the model
+    loads, naming where the token came from)."""
+    from .serving.messages import token_shape_problem
+
+    problem = None if token is None else token_shape_problem(token, _token_source(token))
+    if problem is not None:
+        raise CliError(problem)
 
 
 def _refuse_blank(flag: str, variable: str, value: Optional[str], without: str) -> None:

@@ -3,15 +3,16 @@
 A dead server makes every later request wait its full timeout; without this check a long evaluation would
 spend hours in timeouts and end with a plausible-looking number. After a request times out (or the
 connection fails) the server is pinged with a short timeout; no answer, or too many timeouts in a row,
-stops the run with `PolicyServerUnreachableError`.
+stops the run with `PolicyServerUnreachableError`, and so does a server that now refuses this client's CURVE key or
+API token (restarted with another one).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
-from gr00t_client import ServerStoppingError
+from gr00t_client import HandshakeError, PolicyClient, ServerStoppingError
 from gr00t_client.policy import accepts_keyword
 
 from ..policy_identity import ServedPolicyChanged
@@ -31,17 +32,36 @@ def ping_quickly(policy: Any, timeout_ms: int = QUICK_PING_MS) -> Optional[bool]
 
     A `ping` that takes `timeout_ms` (PolicyClient's does) gets a budget of this ping's own, never longer than the
     policy's own `timeout_ms`: the client, maybe shared by threads, keeps its timeout for their calls."""
+    return ping_with_error(policy, timeout_ms)[0]
+
+
+def ping_with_error(policy: Any, timeout_ms: int = QUICK_PING_MS) -> Tuple[Optional[bool], Optional[Exception]]:
+    """ping_quickly's answer and, for a ping that raised, its exception. A PolicyClient is pinged through
+    call_endpoint: its ping() answers a refused CURVE handshake with a bare False."""
     ping = getattr(policy, "ping", None)
     if ping is None:
-        return None
+        return None, None
+    own = getattr(policy, "timeout_ms", None)
+    budget = min(own, timeout_ms) if isinstance(own, int) and own > 0 else timeout_ms
     try:
+        if isinstance(policy, PolicyClient):
+            policy.call_endpoint("ping", requires_input=False, timeout_ms=budget)
+            return True, None
         if not accepts_keyword(ping, "timeout_ms"):
-            return bool(ping())
-        own = getattr(policy, "timeout_ms", None)
-        return bool(ping(timeout_ms=min(own, timeout_ms) if isinstance(own, int) and own > 0 else timeout_ms))
-    except Exception:  # noqa: BLE001 - a ping that raises is a ping that failed
-        return False
+            return bool(ping()), None
+        return bool(ping(timeout_ms=budget)), None
+    except Exception as exc:  # noqa: BLE001 - a ping that raises is a ping that failed
+        return False, exc
 
+
+def refuses_this_client(exc: Optional[BaseException]) -> bool:
+    """A refused CURVE handshake or an Unauthorized reply: a server answers, but not to this client's key or token."""
+    return isinstance(exc, HandshakeError) or "Unauthorized" in str(getattr(exc, "server_message", ""))
+
+
+def _refusal(address: str, exc: BaseException) -> str:
+    return (f"the server at {address} now refuses this client ({type(exc).__name__}: {exc}), as a server restarted "
+            "with another CURVE key or API token does")
 
 
 class ServerWatch:
@@ -57,16 +77,21 @@ class ServerWatch:
         self.consecutive_timeouts = 0
 
     def unreachable_reason(self, exc: BaseException) -> Optional[str]:
-        """After a failed request: why the server counts as gone (None when it still answers or `exc` is no timeout)."""
+        """After a failed request: why the server counts as gone (None when it still answers or `exc` is no timeout);
+        a server that refuses this client's key or token is gone for this run too."""
+        address = getattr(self.policy, "address", "the policy server")
+        if refuses_this_client(exc):
+            return _refusal(address, exc)
         if not isinstance(exc, (TimeoutError, ConnectionError)):
             return None
         if isinstance(exc, ServedPolicyChanged):  # answering, but another policy: nothing more may be scored
             return str(exc)
         if isinstance(exc, ServerStoppingError):  # it said so itself: no ping, no waiting for more timeouts
-            return f"{getattr(self.policy, 'address', 'the policy server')} is shutting down ({exc})"
+            return f"{address} is shutting down ({exc})"
         self.consecutive_timeouts += 1
-        alive = ping_quickly(self.policy)
-        address = getattr(self.policy, "address", "the policy server")
+        alive, ping_error = ping_with_error(self.policy)
+        if refuses_this_client(ping_error):
+            return _refusal(address, ping_error)
         if alive is False:
             return f"{address} stopped answering ({type(exc).__name__}: {exc}) and did not answer a ping either"
         if self.consecutive_timeouts >= self.max_consecutive_timeouts:

@@ -7,6 +7,7 @@ import hmac
 import numbers
 import struct
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -196,6 +197,24 @@ def check_token(envelope: Dict[str, Any], api_token: Optional[str]) -> None:
         if not isinstance(token, str) or not hmac.compare_digest(token.encode("utf-8", "surrogatepass"),
                                                                   api_token.encode()):
             raise RequestError("Unauthorized: Invalid API token")
+
+
+_EDGE_CHARACTERS = {"\n": "a newline", "\r": "a carriage return"}
+
+
+def token_shape_problem(api_token: str, name: str) -> Optional[str]:
+    """Why a server's API token (given as `name`) is none a client would type, or None: whitespace at an end or a
+    control character. The message never holds the token."""
+    if api_token[-1:].isspace() or api_token[:1].isspace():
+        end, character = ("ends", api_token[-1]) if api_token[-1].isspace() else ("starts", api_token[0])
+        problem = f"{end} with {_EDGE_CHARACTERS.get(character, 'whitespace')}"
+    else:
+        control = next((character for character in api_token if unicodedata.category(character) == "Cc"), None)
+        if control is None:
+            return None
+        problem = f"holds a control character (U+{ord(control):04X})"
+    return (f"{name} {problem}: clients that type the token would all be refused with 'Invalid API token'; remove it "
+            "(a token read from a file, or a Kubernetes Secret made with --from-file, keeps the file's final newline)")
 
 
 def timing_requested(data: Any) -> bool:

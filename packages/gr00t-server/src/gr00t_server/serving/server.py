@@ -28,7 +28,7 @@ from .loop import (  # noqa: F401
     InlineCallAbandoned,
     RequestLoop,
 )
-from .messages import Request, RequestError
+from .messages import Request, RequestError, token_shape_problem
 from .metrics import NullMetrics, ServerMetrics
 from .sessions import SessionTable
 from .stats import ServerStats
@@ -138,6 +138,9 @@ class PolicyServer(BuiltinEndpoints):
             except (UnicodeEncodeError, AttributeError):
                 raise ValueError("api_token must be UTF-8 text (a token from $GR00T_API_TOKEN or a file with bytes "
                                  "that are not UTF-8?)") from None
+            problem = token_shape_problem(self.api_token, "api_token")
+            if problem is not None:
+                raise ValueError(problem)
         if authorized_keys is not None and curve_secret_key is None:
             raise ValueError("authorized_keys needs curve_secret_key: client keys are checked in the CURVE handshake")
         # CURVE (gr00t_server.curve): the server's key pair from a NAME.key_secret file or z85 secret, and optionally
