@@ -185,7 +185,7 @@ def test_policy_wrapper_forwards_reset_and_modality_config():
 
     wrapper = Wrapper(inner)
     assert wrapper.reset({"episode_index": 1}) == {"resets": 1}
-    assert wrapper.get_modality_config() is inner.get_modality_config()
+    assert wrapper.get_modality_config() == inner.get_modality_config()
     with pytest.raises(ObservationError):
         wrapper.get_action({"video": {}, "state": {}, "language": {}})
 

@@ -478,3 +478,56 @@ def test_the_client_refuses_options_that_are_not_a_map_in_words():
     with PolicyClient(port=1, return_server_timing=True, timeout_ms=100) as client:  # nothing is sent
         with pytest.raises(TypeError, match=r"options must be a dict or None; got list \[1, 2\]"):
             client.get_action({}, [1, 2])
+
+
+def test_editing_the_returned_modality_configs_leaves_the_policys_actions_alone(tiny_checkpoint):
+    """A caller that sorted the key lists get_modality_config() returned made the policy decode gripper and joints
+    from other model output columns, and read the state vector in another order."""
+    from gr00t_client.modality import ActionRepresentation
+
+    policy = Gr00tPolicy(tiny_checkpoint, "new_embodiment", device="cpu")
+    observation = example_observation(tiny_checkpoint, "new_embodiment", batch_size=1)
+    before, _ = policy.get_action(observation, {"seed": 1})
+    configs = policy.get_modality_config()
+    configs["action"].modality_keys.sort(key=len)
+    configs["state"].modality_keys.sort(key=len)
+    configs["action"].action_configs[2].rep = ActionRepresentation.ABSOLUTE
+    after, _ = policy.get_action(observation, {"seed": 1})
+    assert policy.get_modality_config()["action"].modality_keys == ["eef_9d", "gripper", "joints"]
+    for key in before:
+        np.testing.assert_array_equal(after[key], before[key], err_msg=key)
+
+
+@pytest.mark.parametrize("argument, value", [("clip_outliers", "false"), ("clip_outliers", 0), ("clip_outliers", "no"),
+                                             ("strict", "no"), ("strict", None), ("strict", 1)])
+def test_a_true_false_argument_that_is_not_a_bool_is_refused_naming_it(tiny_checkpoint, argument, value):
+    """clip_outliers="false" (read from a YAML file or an environment variable) switched clipping on."""
+    with pytest.raises(ValueError, match=rf"^{argument} must be True.* got {value!r} "):
+        Gr00tPolicy(tiny_checkpoint, "libero_sim", device="cpu", **{argument: value})
+
+
+def test_numpy_bools_are_taken_for_clip_outliers_and_strict(tiny_checkpoint):
+    policy = Gr00tPolicy(tiny_checkpoint, "libero_sim", device="cpu", strict=np.bool_(False),
+                         clip_outliers=np.bool_(False))
+    assert policy.strict is False and policy.clip_actions_to_statistics is False
+
+
+@pytest.mark.parametrize("options", [[("seed", 3)], "seed=3", [], ()])
+def test_options_that_are_not_a_map_are_refused_naming_what_was_sent(libero, tiny_checkpoint, options):
+    """A list of pairs failed as an AttributeError ('list' object has no attribute 'get'); an empty one was taken
+    for no options."""
+    observation = example_observation(tiny_checkpoint, "libero_sim", image_size=(32, 32))
+    with pytest.raises(ValueError, match=rf"^options must be a dict or None; got {type(options).__name__} "):
+        libero.get_action(observation, options)
+
+
+def test_the_noise_option_is_the_models_action_horizon_in_the_docs_and_the_error(libero, tiny_checkpoint):
+    """docs/serving.md said (B, horizon, max_action_dim): the returned chunks' horizon (16) is refused."""
+    from pathlib import Path
+
+    docs = (Path(__file__).parents[2] / "docs" / "serving.md").read_text()
+    assert 'options={"noise": array (B, action_horizon, max_action_dim)}' in docs
+    assert "`action_horizon` 40 and `max_action_dim` 132" in " ".join(docs.split())
+    observation = example_observation(tiny_checkpoint, "libero_sim", image_size=(32, 32))
+    with pytest.raises(ValueError, match=r"\(1, 40, 132\) .*config.json, not the returned chunks' horizon 16"):
+        libero.get_action(observation, {"noise": np.zeros((1, 16, 132), np.float32)})

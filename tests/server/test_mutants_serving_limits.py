@@ -107,3 +107,12 @@ def test_a_nan_action_with_more_rows_than_the_observation_is_still_refused_with_
     observation = {"state": {"eef_9d": np.zeros((1, 1, 9), np.float32)}}
     with pytest.raises(RequestError, match=r"non-finite values \(NaN or inf\) in action key 'arm' rows \[3\]; the action was not sent"):
         check_finite_action(action, observation)
+
+
+@pytest.mark.parametrize("name", ["max_rows", "max_image_pixels"])
+def test_numpy_ints_are_taken_as_limits_and_numpy_bools_are_not(name):
+    """max_rows=np.int64(64) was refused as "must be an int >= 1" while max_denoising_steps took numpy ints."""
+    assert type(getattr(ServerLimits(**{name: np.int64(64)}), name)) is int
+    assert getattr(ServerLimits(**{name: np.int32(64)}), name) == 64
+    with pytest.raises(ValueError, match=rf"{name} must be an int >= 1, got np.True_"):
+        ServerLimits(**{name: np.bool_(True)})

@@ -357,3 +357,17 @@ def test_a_position_past_the_episode_list_is_refused_naming_the_datasets_own_ind
     with pytest.raises(IndexError) as refused:
         policy.reset({"episode_index": 3})
     assert str(refused.value).endswith("the dataset has 3 episodes (0..2)")  # its own indices are its positions
+
+
+def test_editing_the_given_or_returned_modality_configs_leaves_the_replay_alone(dataset):
+    """The replay kept the configs it was given and handed them out: sorting their action keys, before or after,
+    changed which keys it replayed in which order."""
+    given = derive_from_dataset(dataset, action_horizon=4)
+    keys = list(given["action"].modality_keys)
+    replay = ReplayPolicy(dataset, given, execution_horizon=2)
+    given["action"].modality_keys.reverse()
+    replay.get_modality_config()["action"].modality_keys.reverse()
+    replay.get_modality_config()["action"].delta_indices.append(9)
+    assert replay.get_modality_config()["action"].modality_keys == keys
+    action, _ = replay.get_action(observation(dataset, 1), session("a"))
+    assert list(action) == keys and all(value.shape[1] == 4 for value in action.values())

@@ -520,3 +520,30 @@ def test_async_chunker_with_rtc_continues_the_old_chunk_through_a_server(libero,
         np.testing.assert_allclose(executed[2][key], chunk[:, 3], atol=1e-5)  # frozen: the old plan holds
     # without RTC the step jumps to the new prediction
     assert any(not np.allclose(executed[None][key], chunk[:, 3], atol=1e-3) for key, chunk in first_chunk.items())
+
+
+@pytest.mark.parametrize("rotation, case", [(0.0, "all zero"), (1000.0, "parallel rows")])
+def test_a_degenerate_rotation_in_the_previous_chunk_is_refused_naming_the_key_and_rows(new_robot, tiny_checkpoint,
+                                                                                         rotation, case):
+    """An all-zero previous chunk failed only inside the model ("previous contains NaN or infinite values"), two
+    parallel rot6d rows were turned into an arbitrary rotation and acted on."""
+    import warnings
+
+    observation = example_observation(tiny_checkpoint, "new_embodiment", batch_size=1, seed=5)
+    earlier, _ = new_robot.get_action(observation, {"seed": 1})
+    previous = {k: v.copy() for k, v in earlier.items()}
+    previous["eef_9d"][0, 14, 3:9] = rotation
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with pytest.raises(ValueError, match=r"^options\['rtc'\]\['previous_action'\]\['eef_9d'\] \(XYZ_ROT6D pose\) "
+                                             r"has a degenerate rotation at \(row, step\) \[\(0, 14\)\]"):
+            new_robot.get_action(observation, {"seed": 2, "rtc": rtc(previous, 4, 2)})
+
+
+def test_a_degenerate_rotation_before_the_overlap_is_not_used_and_not_refused(new_robot, tiny_checkpoint):
+    observation = example_observation(tiny_checkpoint, "new_embodiment", batch_size=1, seed=5)
+    earlier, _ = new_robot.get_action(observation, {"seed": 1})
+    previous = {k: v.copy() for k, v in earlier.items()}
+    previous["eef_9d"][0, :12, 3:9] = 0.0
+    action, _ = new_robot.get_action(observation, {"seed": 2, "rtc": rtc(previous, 4, 2)})
+    np.testing.assert_allclose(action["gripper"][:, :2], previous["gripper"][:, 12:14], atol=1e-5)

@@ -152,8 +152,8 @@ def test_legacy_task_key_reads_the_coarse_action():
 
 def test_modality_config_is_forwarded():
     wrapper = Gr00tSimPolicyWrapper(RecordingPolicy())
-    assert wrapper.get_modality_config() is CONFIGS
-    assert wrapper.modality_configs is CONFIGS
+    assert wrapper.get_modality_config() == CONFIGS
+    assert wrapper.modality_configs == CONFIGS
 
 
 def test_wraps_replay_policy_with_flat_keys_and_sessions(tmp_path):
@@ -307,3 +307,27 @@ def test_a_wrapper_takes_a_policy_whose_configs_are_the_json_form():
     action, _ = wrapper.get_action(flat())
     assert action["action.arm"].shape == (2, 2, 3)
     assert wrapper.flat_keys() == ["video.image", "state.arm", LANGUAGE_KEY]
+
+
+def test_editing_the_wrappers_modality_configs_leaves_the_wrapped_policys_alone():
+    """Gr00tSimPolicyWrapper (any PolicyWrapper) handed out the wrapped policy's own configs: a caller sorting
+    its key lists changed which keys the policy read and wrote."""
+    configs = {name: ModalityConfig(delta_indices=[0], modality_keys=["b", "a"]) for name in ("video", "state")}
+    inner = RecordingPolicy({**CONFIGS, **configs})
+    wrapper = Gr00tSimPolicyWrapper(inner)
+    handed_out = wrapper.get_modality_config()
+    handed_out["state"].modality_keys.sort()
+    handed_out["video"].delta_indices.append(1)
+    assert configs["state"].modality_keys == ["b", "a"] and configs["video"].delta_indices == [0]
+    assert wrapper.get_modality_config()["state"].modality_keys == ["b", "a"]
+
+
+def test_an_rtc_previous_chunk_holding_one_key_under_both_spellings_is_refused_naming_it():
+    """{'action.arm': chunk1, 'arm': chunk2} was folded into one key: whichever came later silently won."""
+    policy = RecordingPolicy()
+    wrapper = Gr00tSimPolicyWrapper(policy)
+    previous = {"action.arm": np.ones((2, 2, 3), np.float32), "arm": np.zeros((2, 2, 3), np.float32)}
+    options = {"rtc": {"previous_action": previous, "overlap_steps": 1, "frozen_steps": 0}}
+    with pytest.raises(ValueError, match=r"action key 'arm' twice, as 'action.arm' and 'arm'"):
+        wrapper.get_action(flat(), options)
+    assert policy.calls == []

@@ -182,6 +182,29 @@ def modality_configs_to_json(configs: Mapping[str, ModalityConfig]) -> Dict[str,
     return {name: cfg.to_json_dict() for name, cfg in configs.items()}
 
 
+def copy_modality_configs(configs: Mapping[str, ModalityConfig]) -> Dict[str, ModalityConfig]:
+    """Copies sharing no list or ActionConfig with `configs`: what a policy hands out, so that a caller editing its
+    configs in place (sorting the keys) cannot change which columns the policy reads and writes."""
+    return {name: _copied_config(config) for name, config in configs.items()}
+
+
+def _copied_config(config: ModalityConfig) -> ModalityConfig:
+    copied = _shallow_copy(config)  # not through __init__: its checks ran when `config` was made
+    for name in ("delta_indices", "modality_keys", "sin_cos_embedding_keys", "mean_std_embedding_keys"):
+        value = getattr(config, name)
+        if value is not None:
+            setattr(copied, name, list(value))
+    if config.action_configs is not None:
+        copied.action_configs = [_shallow_copy(action) for action in config.action_configs]
+    return copied
+
+
+def _shallow_copy(obj: Any) -> Any:
+    copied = object.__new__(type(obj))
+    copied.__dict__.update(obj.__dict__)
+    return copied
+
+
 def modality_configs_from_json(data: Mapping[str, Any]) -> Dict[str, ModalityConfig]:
     """JSON dict {modality: fields} -> {modality: ModalityConfig}, naming the modality on error."""
     out: Dict[str, ModalityConfig] = {}

@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .modality import ModalityConfig, modality_configs_from_json
+from .modality import ModalityConfig, copy_modality_configs, modality_configs_from_json
 
 
 def accepts_keyword(function: Callable[..., Any], name: str) -> bool:
@@ -394,4 +394,4 @@ class PolicyWrapper(BasePolicy):
         return self.policy.reset(options)
 
     def get_modality_config(self) -> Dict[str, ModalityConfig]:
-        return as_modality_configs(self.policy.get_modality_config())
+        return copy_modality_configs(as_modality_configs(self.policy.get_modality_config()))

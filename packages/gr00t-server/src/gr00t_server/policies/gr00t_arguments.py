@@ -1,10 +1,12 @@
 """Gr00tPolicy's constructor arguments resolved: the embodiment tag (with the reference's error text for one the
-checkpoint lacks), the device, and whether a clip_outliers override changes how the checkpoint acts."""
+checkpoint lacks), the device, its True/False arguments, and whether a clip_outliers override changes how the
+checkpoint acts."""
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple, Union
+from typing import Any, List, Optional, Tuple, Union
 
+import numpy as np
 import torch
 
 from gr00t_client.embodiment import FINETUNE_ONLY_TAGS, POSTTRAIN_TAGS, EmbodimentTag
@@ -79,6 +81,17 @@ def _resolve_device(device: Union[str, torch.device], name: str = "device") -> t
             raise ValueError(f"{name} {str(device)!r} was asked for but this machine has {count} CUDA device(s) "
                              f"(cuda:0{'' if count == 1 else f' to cuda:{count - 1}'})")
     return resolved
+
+
+def checked_flag(name: str, value: Any, none_allowed: bool = False) -> Optional[bool]:
+    """A True/False argument (numpy's bools too) as a bool; ValueError naming it otherwise, since bool("false") and
+    bool("no") are True."""
+    if value is None and none_allowed:
+        return None
+    if not isinstance(value, (bool, np.bool_)):
+        expected = "True, False or None" if none_allowed else "True or False"
+        raise ValueError(f"{name} must be {expected}, got {value!r} ({type(value).__name__})")
+    return bool(value)
 
 
 def _acting_clip_override(clip_outliers: Optional[bool], checkpoint_clips_states: bool) -> Optional[bool]:

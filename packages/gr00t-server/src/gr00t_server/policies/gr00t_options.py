@@ -10,7 +10,8 @@ other key is refused when strict, a warning otherwise):
   noise), so a row seed outside [0, 2**32) is mixed down to 32 bits first (_generator_seed); one inside is used as
   given. Or a list of B ints, row i's own seed (what ActionChunker sends
   for a fetch of some envs of a batch, so each env keeps its own seed whichever envs it is fetched with).
-- "noise": float array (B, H, D_max) or (H, D_max), the initial flow noise used as given (not with "seed").
+- "noise": float array (B, H, D_max) or (H, D_max), the initial flow noise used as given (not with "seed"); H and D_max
+  are the model's config.json action_horizon and max_action_dim (40 and 132 released), not the returned chunk's horizon.
 - neither: noise from torch's global RNG (like the reference).
 - "rtc": real-time chunking (model.md §2.7), inpainting from the previous chunk; composes with the above:
   {"previous_action": {action_key: float array (B, T, D_key)} in the units and layout get_action returns,
@@ -38,6 +39,7 @@ import torch
 from gr00t_client.modality import ModalityConfig
 from gr00t_client.policy import non_finite_rows
 from gr00t_server.model.action_head import DEFAULT_RTC_RAMP_RATE
+from gr00t_server.processing import normalization as norm
 
 from .option_names import OptionNames
 
@@ -106,6 +108,16 @@ class RtcRequest:
         return {key: value[:, start:] for key, value in self.previous_action.items()}
 
 
+def checked_options(options: Any) -> Mapping[str, Any]:
+    """get_action's options as a map ({} for None); ValueError naming what was sent otherwise, as PolicyClient
+    refuses it: a list of pairs, even an empty one, is not read as options."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise ValueError(f"options must be a dict or None; got {type(options).__name__} {options!r:.60}")
+    return options
+
+
 def _rtc_int(name: str, value: Any, high: int, bounds: str) -> int:
     if isinstance(value, bool) or not isinstance(value, Integral) or not 0 <= int(value) <= high:
         raise ValueError(f"options['rtc']['{name}'] must be an int in {bounds} = [0, {high}], got {value!r}")
@@ -163,7 +175,9 @@ class Gr00tActionOptions:
             if array.dtype.kind != "f" or array.shape != (batch_size,) + shape:
                 raise ValueError(
                     f"options['noise'] must be a float array of shape {(batch_size,) + shape} (B, action_horizon, "
-                    f"max_action_dim; {shape} is taken for B=1); got dtype {sent.dtype} shape {sent.shape}"
+                    f"max_action_dim of the model's config.json, not the returned chunks' horizon "
+                    f"{self.modality_configs['action'].horizon}; {shape} is taken for B=1); got dtype {sent.dtype} "
+                    f"shape {sent.shape}"
                 )
             with np.errstate(over="ignore"):  # a value beyond float32's range becomes inf: refused just below
                 array = np.ascontiguousarray(array, dtype=np.float32)
@@ -197,7 +211,9 @@ class Gr00tActionOptions:
         ramp_rate = value.get("ramp_rate", DEFAULT_RTC_RAMP_RATE)
         if isinstance(ramp_rate, bool) or not isinstance(ramp_rate, Real) or not (0 < ramp_rate < math.inf):
             raise ValueError(f"options['rtc']['ramp_rate'] must be a finite number > 0, got {ramp_rate!r}")
-        return RtcRequest(previous, overlap, frozen, float(ramp_rate))
+        request = RtcRequest(previous, overlap, frozen, float(ramp_rate))
+        self._check_previous_poses(request)
+        return request
 
     def _parse_previous_action(self, previous: Any, batch_size: int) -> Dict[str, np.ndarray]:
         """{key: float array (B, T, D_key)} for exactly the action keys, one T for all, finite values."""
@@ -231,6 +247,25 @@ class Gr00tActionOptions:
             horizon = array.shape[1]
             out[key] = array.astype(np.float64)
         return out
+
+    def _check_previous_poses(self, rtc: RtcRequest) -> None:
+        """The overlap rows of a relative EEF key are re-expressed as poses relative to the current state: a rotation
+        no rigid transform has (zero or parallel rot6d rows, a singular 4x4 pose) became NaN deep inside the model, or
+        an arbitrary rotation that was acted on. Refused here with the test the reference states get."""
+        action_config = self.modality_configs["action"]
+        relative = self.processor.norm_params(self.embodiment_tag_value).relative_action
+        overlap, first_step = rtc.overlap_rows(), rtc.horizon - rtc.overlap_steps
+        for key, spec in zip(action_config.modality_keys, action_config.action_configs or []):
+            if key not in relative or spec.type.name != "EEF":
+                continue
+            rows = overlap[key]
+            bad = norm.degenerate_pose_rows(rows.reshape(-1, rows.shape[-1]), spec.format.name)
+            if bad:
+                at = [(row, first_step + step) for row, step in (divmod(flat, rows.shape[1]) for flat in bad[:8])]
+                raise ValueError(
+                    f"options['rtc']['previous_action']['{key}'] ({spec.format.name} pose) has a degenerate rotation "
+                    f"at (row, step) {at}: no rotation matrix has it (zero or parallel rot6d rows, or a singular 4x4 "
+                    f"pose), got {rows[at[0][0], at[0][1] - first_step].tolist()}; send the poses get_action returned")
 
     def _rtc_model_arguments(self, rtc: RtcRequest, raw_states: Mapping[str, np.ndarray]) -> Dict[str, Any]:
         """Model-level RTC arguments: the overlap rows encoded as rows [0, overlap) of a padded normalized chunk.

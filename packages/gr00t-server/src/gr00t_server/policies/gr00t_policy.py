@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from gr00t_client.embodiment import EmbodimentTag
-from gr00t_client.modality import ModalityConfig
+from gr00t_client.modality import ModalityConfig, copy_modality_configs
 from gr00t_client.policy import BasePolicy, ObservationError
 from gr00t_server.model.checkpoint import load_model, resolve_checkpoint_dir
 from gr00t_server.processing.checkpoint_files import EMBODIMENT_ID_NAME, PROCESSOR_CONFIG_NAME, STATISTICS_NAME
@@ -32,9 +32,9 @@ from gr00t_server.processing.text import IMAGE_PAD_TOKEN
 from gr00t_server.processing.vision_patches import PREPROCESSOR_CONFIG_NAME
 from gr00t_server.serving.limits import ServerLimits
 
-from .gr00t_arguments import _acting_clip_override, _resolve_device, _resolve_tag, unsupported_tag_message
+from .gr00t_arguments import _acting_clip_override, _resolve_device, _resolve_tag, checked_flag, unsupported_tag_message
 from .gr00t_observation_checks import Gr00tObservationChecks, _instruction
-from .gr00t_options import Gr00tActionOptions
+from .gr00t_options import Gr00tActionOptions, checked_options
 from .option_names import OptionNames
 
 logger = logging.getLogger(__name__)
@@ -75,7 +75,8 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
         max_image_pixels: int = ServerLimits.max_image_pixels,
         max_denoising_steps: Optional[int] = None,
     ) -> None:
-        super().__init__(strict=strict)
+        super().__init__(strict=checked_flag("strict", strict))
+        clip_outliers = checked_flag("clip_outliers", clip_outliers, none_allowed=True)
         self._timing = threading.local()
         self._option_names = OptionNames(logger)  # unknown option names: refused when strict, else warned once
         if isinstance(model_path, EmbodimentTag):  # positional (embodiment_tag, model_path) like the reference
@@ -189,8 +190,9 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
     # --- BasePolicy -------------------------------------------------------------------------------
 
     def get_modality_config(self) -> Dict[str, ModalityConfig]:
-        """{video, state, action, language} modality configs of the selected embodiment (no rl_info)."""
-        return dict(self.modality_configs)
+        """{video, state, action, language} modality configs of the selected embodiment (no rl_info): the caller's own
+        copies, which it may edit without changing the policy."""
+        return copy_modality_configs(self.modality_configs)
 
     def identity(self) -> Dict[str, Any]:
         """Which model this is, the same wherever its checkpoint is copied and whether loaded in fp32 or bf16 (a
@@ -253,6 +255,7 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
         self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None
     ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         started = time.perf_counter()
+        options = checked_options(options)
         if not self.strict:  # a strict policy's check_observation made these checks, and more
             self._check_lenient_layout(observation)
         batch_size = self._batch_size(observation)
@@ -265,7 +268,7 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
             self._check_batch_sizes(observation, batch_size)
             self._check_reference_states(observation)
             self._check_instructions(observation)
-        rtc = self._parse_rtc((options or {}).get("rtc"), batch_size)
+        rtc = self._parse_rtc(options.get("rtc"), batch_size)
         video = {k: np.asarray(observation["video"][k]) for k in self.modality_configs["video"].modality_keys}
         raw_states = {k: np.asarray(observation["state"][k]) for k in self.modality_configs["state"].modality_keys}
         languages = [_instruction(text) for text in observation["language"][self.language_key]]
@@ -274,7 +277,7 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
         )
         noise, generator = self._initial_noise(options, batch_size)
         rtc_arguments = self._rtc_model_arguments(rtc, raw_states) if rtc is not None else {}
-        num_steps = self._denoising_steps((options or {}).get("denoising_steps"))
+        num_steps = self._denoising_steps(options.get("denoising_steps"))
         preprocessed = time.perf_counter()
         with self._model_lock:  # a wait here (another thread's call) is in no stage
             model_started = time.perf_counter()

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, 
 
 import numpy as np
 
-from gr00t_client.modality import ModalityConfig
+from gr00t_client.modality import ModalityConfig, copy_modality_configs
 from gr00t_client.policy import BasePolicy, ObservationError, nested_batch_size, validate_observation
 
 from ..extras import require_lerobot_dataset
@@ -107,7 +107,8 @@ class ReplayPolicy(BasePolicy):
         for position in range(self.dataset.num_episodes):
             self._changes.record_data_file(self.dataset.episode_data_path(position))
         self.dataset.check_data_files()
-        self.modality_configs: Dict[str, ModalityConfig] = dict(modality_configs or derive_from_dataset(self.dataset))
+        configs = modality_configs or derive_from_dataset(self.dataset)
+        self.modality_configs: Dict[str, ModalityConfig] = copy_modality_configs(configs)
         action_config = self.modality_configs.get("action")
         if action_config is None:
             raise ValueError(f"modality configs need an 'action' modality to replay; got {sorted(self.modality_configs)}")
@@ -147,7 +148,7 @@ class ReplayPolicy(BasePolicy):
 
     # -- BasePolicy -------------------------------------------------------------------------------
     def get_modality_config(self) -> Dict[str, ModalityConfig]:
-        return self.modality_configs
+        return copy_modality_configs(self.modality_configs)
 
     def identity(self) -> Dict[str, Any]:
         """What this server replays, the same wherever the dataset is copied: a hash of the dataset's meta/ files

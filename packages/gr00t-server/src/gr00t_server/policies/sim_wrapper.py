@@ -123,8 +123,11 @@ def _inner_options(options: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]
     rtc = (options or {}).get("rtc")
     if not isinstance(rtc, Mapping) or not isinstance(rtc.get("previous_action"), Mapping):
         return options
-    previous = {
-        key[len("action."):] if isinstance(key, str) and key.startswith("action.") else key: value
-        for key, value in rtc["previous_action"].items()
-    }
+    previous: Dict[Any, Any] = {}
+    for key, value in rtc["previous_action"].items():
+        inner = key[len("action."):] if isinstance(key, str) and key.startswith("action.") else key
+        if inner in previous:
+            raise ValueError(f"options['rtc']['previous_action'] holds action key '{inner}' twice, as 'action.{inner}' "
+                             f"and '{inner}'; send each key once (as get_action returns it: 'action.{inner}')")
+        previous[inner] = value
     return {**options, "rtc": {**rtc, "previous_action": previous}}

@@ -349,26 +349,33 @@ def _check_reference_pose(key: str, reference: np.ndarray, action_type: str, act
     if bad.any():
         raise ValueError(f"the state of relative key '{key}' has NaN or infinite values in rows "
                          f"{np.flatnonzero(bad).tolist()[:8]}; relative actions need a finite reference state")
-    if action_type == "EEF" and action_format == "DEFAULT" and reference.shape[-1] == 16:
-        rows = _singular_pose_rows(reference)
-        if rows:
-            raise ValueError(
-                f"the reference state 'state.{state_key or key}' of relative key '{key}' (a flattened 4x4 pose) is "
-                f"singular (not invertible) in rows {rows[:8]}: it must be an invertible homogeneous transform "
-                f"(rotation, translation, last row [0, 0, 0, 1]), got {reference[rows[0]].tolist()}")
+    if action_type != "EEF":
         return
-    if action_type != "EEF" or action_format != "XYZ_ROT6D" or reference.shape[-1] != 9:
-        return
-    row1, row2 = reference[..., 3:6], reference[..., 6:9]
-    norm1 = np.linalg.norm(row1, axis=-1)
-    cross = np.linalg.norm(np.cross(row1, row2), axis=-1)  # |row1| |row2| sin(angle): 0 when either is 0 or parallel
-    bad = ~(norm1 > 1e-9) | ~(cross > 1e-9 * np.maximum(norm1 * np.linalg.norm(row2, axis=-1), 1e-300))
-    if bad.any():
-        rows = np.flatnonzero(bad).tolist()[:8]
+    rows = degenerate_pose_rows(reference, action_format)[:8]
+    if rows and action_format == "DEFAULT":
+        raise ValueError(
+            f"the reference state 'state.{state_key or key}' of relative key '{key}' (a flattened 4x4 pose) is "
+            f"singular (not invertible) in rows {rows}: it must be an invertible homogeneous transform "
+            f"(rotation, translation, last row [0, 0, 0, 1]), got {reference[rows[0]].tolist()}")
+    if rows:
         raise ValueError(
             f"the state of relative key '{key}' (xyz + rot6d) has a degenerate rotation in rows {rows}: values 3:9 "
             f"must be the first two rows of a rotation matrix, got {reference[rows[0], 3:9].tolist()} (zero or "
             "parallel rows)")
+
+
+def degenerate_pose_rows(poses: np.ndarray, action_format: str) -> List[int]:
+    """Rows of finite EEF poses (N, D) that no rigid transform has: an XYZ_ROT6D pose whose rotation rows (values
+    3:9) are zero or parallel, a DEFAULT 4x4 pose that is singular; [] for other formats and widths."""
+    if action_format == "DEFAULT" and poses.shape[-1] == 16:
+        return _singular_pose_rows(poses)
+    if action_format != "XYZ_ROT6D" or poses.shape[-1] != 9:
+        return []
+    row1, row2 = poses[..., 3:6], poses[..., 6:9]
+    norm1 = np.linalg.norm(row1, axis=-1)
+    cross = np.linalg.norm(np.cross(row1, row2), axis=-1)  # |row1| |row2| sin(angle): 0 when either is 0 or parallel
+    bad = ~(norm1 > 1e-9) | ~(cross > 1e-9 * np.maximum(norm1 * np.linalg.norm(row2, axis=-1), 1e-300))
+    return np.flatnonzero(bad).tolist()
 
 
 def decode_relative(

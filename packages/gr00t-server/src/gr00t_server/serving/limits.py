@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from numbers import Integral
 from collections.abc import Mapping  # isinstance with typing.Mapping is twice as slow (hot paths)
 from typing import AbstractSet, Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
@@ -52,8 +53,9 @@ class ServerLimits:
                      "max_session_id_chars", "max_sessions", "max_client_queued_requests", "max_queued_requests",
                      "max_queued_bytes"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, Integral) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+            object.__setattr__(self, name, int(value))  # numpy's ints too, stored as Python ints
         if not self.session_idle_s > 0:
             raise ValueError(f"session_idle_s must be > 0, got {self.session_idle_s!r}")
         if self.max_client_queued_bytes is not None and self.max_client_queued_bytes < 1:
