@@ -149,6 +149,46 @@ def test_without_a_client_key_an_ephemeral_pair_is_made_and_never_printed(keys):
     assert first.client_secret.decode() not in repr(first)
 
 
+@pytest.mark.parametrize("written", ["{}\r\n", "{} ", '"{}"', "'{}'\n"])
+def test_a_key_with_the_line_end_or_quotes_an_env_file_keeps_still_connects(keys, written):
+    """A docker --env-file keeps GR00T_CLIENT_KEY="<z85>"'s quotes; $(cat file) of a CRLF file keeps the '\\r'."""
+    secret, public = server_pair(keys)
+    robot_secret = zmq.auth.load_certificate(keys["robot.key_secret"])[1].decode()
+    allowed = keys["dir"] / "allowed"
+    allowed.mkdir()
+    (allowed / "robot.key").write_bytes(open(keys["robot.key"], "rb").read())
+    with raw_server(secret, public, authorized_dir=allowed) as port:
+        assert call_ping(port, server_public_key=written.format(public.decode()),
+                         client_secret_key=written.format(robot_secret)) == {"status": "ok"}
+
+
+@pytest.mark.parametrize("mistake", [
+    lambda key: key + " # robot-07", lambda key: key[:20] + " " + key[20:], lambda key: key + key,
+    lambda key: key[:30], lambda key: "GR00T_CLIENT_KEY=" + key,
+], ids=["comment", "split", "twice", "truncated", "assignment"])
+def test_a_value_holding_most_of_a_secret_key_is_never_repeated_in_the_error(keys, mistake):
+    secret = zmq.auth.load_certificate(keys["robot.key_secret"])[1].decode()
+    value = mistake(secret)
+    with pytest.raises(ValueError, match=r"^client_secret_key: a \d+-character value \(not shown\)") as info:
+        PolicyClient(server_public_key=keys["server.key"], client_secret_key=value)
+    assert secret[:15] not in str(info.value) and secret[-15:] not in str(info.value)
+
+
+@pytest.mark.parametrize("path", ["/run/secrets/gr00t-client", "{dir}/robot-07/robot-07.key_secret"])
+def test_a_missing_secret_key_file_is_named_by_its_path(keys, path):
+    """An unmounted Docker secret was told as 'a 25-character value (not shown)': no way to see which path was tried."""
+    path = path.format(dir=keys["dir"])
+    with pytest.raises(ValueError, match=f"^client_secret_key: '{path}' is neither an existing certificate file"):
+        PolicyClient(server_public_key=keys["server.key"], client_secret_key=path)
+
+
+def test_the_servers_own_key_pair_as_the_client_key_is_refused_naming_the_mix_up(keys):
+    """It connected to a server without authorized keys, and with them was told to authorize the server's own key."""
+    with pytest.raises(ValueError, match=r"^client_secret_key is the server's own key pair \(its public key is "
+                                         r"server_public_key\).* `gr00t-server keygen --name ROBOT`"):
+        PolicyClient(server_public_key=keys["server.key"], client_secret_key=keys["server.key_secret"])
+
+
 # --- handshakes -----------------------------------------------------------------------------------
 
 

@@ -148,3 +148,41 @@ def test_an_empty_curve_key_flag_is_one_line_with_exit_2_and_claims_nothing(tmp_
     err = capsys.readouterr().err.strip()
     assert expected in err and len(err.splitlines()) == 1
     assert not out.exists() or list(out.iterdir()) == []
+
+
+def _open_loop(tmp_path, *flags):
+    from eval.dataset_factory import make_dataset
+
+    dataset = tmp_path / "dataset"
+    if not dataset.exists():
+        make_dataset(dataset)
+    return main(["open-loop", "--dataset-path", str(dataset), "--output-dir", str(tmp_path / "out"), "--port", "9",
+                 "--timeout-ms", "300", *flags])
+
+
+def test_a_z85_client_key_typed_as_the_flag_is_warned_about_once_and_the_variable_is_not(tmp_path, caplog, monkeypatch):
+    """Every user of the machine reads a command line in ps for as long as the run lasts."""
+    import zmq
+
+    server_public, _ = zmq.curve_keypair()
+    _, client_secret = zmq.curve_keypair()
+    with caplog.at_level("WARNING"):
+        assert _open_loop(tmp_path, "--server-public-key", server_public.decode(), "--client-key", client_secret.decode()) == 2
+    assert caplog.text.count("--client-key holds a z85 secret key, which other users of this machine can read in ps "
+                             "while this runs; pass a .key_secret file instead, or the key in $GR00T_CLIENT_KEY") == 1
+    caplog.clear()
+    monkeypatch.setenv("GR00T_CLIENT_KEY", client_secret.decode())
+    with caplog.at_level("WARNING"):
+        assert _open_loop(tmp_path, "--server-public-key", server_public.decode()) == 2
+    assert "ps while this runs" not in caplog.text
+
+
+def test_the_servers_own_key_pair_as_the_client_key_is_refused_naming_both_flags(tmp_path, capsys):
+    import zmq.auth
+
+    public, secret = zmq.auth.create_certificates(str(tmp_path), "server")
+    assert _open_loop(tmp_path, "--server-public-key", public, "--client-key", secret) == 2
+    err = capsys.readouterr().err.strip()
+    assert ("--client-key is the server's own key pair (its public key is --server-public-key): the server's secret key "
+            "must stay on the server; make this client its own pair with `gr00t-server keygen --name ROBOT`") in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "out").exists()

@@ -287,3 +287,22 @@ def test_a_v3_file_whose_video_write_fails_drops_its_episodes_loudly_and_the_dat
     assert dataset.num_episodes == 11
     for index in range(dataset.num_episodes):
         assert dataset.episode(index).frames(dataset.video_keys[0], [0]) is not None
+
+
+def test_a_batch_copy_of_a_private_job_file_is_never_readable_by_others_even_when_its_write_fails(tmp_path):
+    # The copy was written with the umask's mode (0644) and chmod-ed to the job file's 0600 only afterwards: a write
+    # that failed part-way left the inline token readable by every user of the machine.
+    jobs = tmp_path / "jobs.json"
+    job = {"name": "j", "env_name": "walkto/fast", "policy_server": {"port": 9, "api_token": "inline-secret-token"}}
+    jobs.write_text(json.dumps({"jobs": [job]}) + " " * 200_000)  # larger than the limit below
+    jobs.chmod(0o600)
+    out = tmp_path / "batch"
+    body = """
+    import os
+    os.umask(0o022)
+    from gr00t_eval.cli import main
+    sys.exit(main(["batch", "--jobs", sys.argv[2], "--output-dir", sys.argv[3]]))
+    """
+    result = run_limited(100_000, body, str(jobs), str(out))
+    assert result.returncode != 0 and "File too large" in result.stderr, result.stdout + result.stderr
+    assert (out / "jobs.json").stat().st_mode & 0o777 == 0o600

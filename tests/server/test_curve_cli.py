@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import zmq
 
 from eval.dataset_factory import make_dataset
 from gr00t_client import HandshakeError, PolicyClient
@@ -94,3 +95,30 @@ def test_an_empty_curve_flag_is_refused_before_the_model_loads(keys, monkeypatch
     err = capsys.readouterr().err.strip()
     assert expected + ": an unset variable?" in err and len(err.splitlines()) == 1
     assert "no-checkpoint-here" not in err  # refused before the checkpoint is looked for
+
+
+def test_a_secret_key_variable_with_an_env_files_line_end_is_used_and_never_printed(tmp_path, monkeypatch, capsys):
+    """`$(cat server.key_secret_z85)` of a CRLF file, or a docker --env-file line, keeps a '\\r' after the key: the
+    error repeated the whole secret key on stderr."""
+    public, secret = (key.decode() for key in zmq.curve_keypair())
+    monkeypatch.setenv("GR00T_CURVE_SECRET_KEY", secret + "\r\n")
+    main(["serve", "--dataset-path", str(tmp_path / "no-dataset-here"), "--port", str(_free_port())])
+    printed = capsys.readouterr()
+    assert f"Encryption: CURVE, server public key {public}" in printed.out
+    assert secret not in printed.out + printed.err
+
+
+def test_a_z85_secret_key_typed_as_the_flag_is_warned_about_and_the_variable_is_not(tmp_path, monkeypatch, caplog):
+    """Every user of the machine reads a command line in ps for as long as the server runs."""
+    _, secret = (key.decode() for key in zmq.curve_keypair())
+    command = ["serve", "--dataset-path", str(tmp_path / "no-dataset-here"), "--port", str(_free_port())]
+    with caplog.at_level("WARNING"):
+        main([*command, "--curve-secret-key", secret])
+    assert caplog.text.count("--curve-secret-key holds a z85 secret key, which other users of this machine can read in "
+                             "ps while this runs; pass a .key_secret file instead, or the key in $GR00T_CURVE_SECRET_KEY") == 1
+    assert secret not in caplog.text
+    caplog.clear()
+    monkeypatch.setenv("GR00T_CURVE_SECRET_KEY", secret)
+    with caplog.at_level("WARNING"):
+        main(command)
+    assert "ps while this runs" not in caplog.text

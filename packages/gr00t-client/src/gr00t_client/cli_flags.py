@@ -4,6 +4,7 @@ abbreviated flags and whose refusal of an unknown argument names the sub-command
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any, Dict, List, Optional, Sequence
 
 
@@ -30,6 +31,17 @@ def blank_value_problem(flag_name: str, variable: str, value: Optional[str], wit
     if value is None or value.strip():
         return None
     return f"{flag_name} (or ${variable}) is empty: an unset variable? Leave it out (and unset {variable}) to {without}"
+
+
+def secret_on_command_line_warning(flag_name: str, variable: str, value: Optional[str]) -> Optional[str]:
+    """The warning for a z85 secret key given as `flag_name` on the command line, where every user of the machine can
+    read it (ps, /proc/PID/cmdline) while the program runs; None for a file's path or the value of $`variable`."""
+    from .curve import is_z85_key
+
+    if value is None or value == os.environ.get(variable) or not is_z85_key(value):
+        return None
+    return (f"{flag_name} holds a z85 secret key, which other users of this machine can read in ps while this runs; "
+            f"pass a .key_secret file instead, or the key in ${variable}")
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")

@@ -29,6 +29,8 @@ KeySource = Union[str, bytes, "os.PathLike[str]"]
 
 Z85_KEY_LENGTH = 40
 _Z85_ALPHABET = frozenset(z85.Z85CHARS)
+_Z85_TEXT = z85.Z85CHARS.decode("ascii")
+_SECRET_LIKE_LENGTH = 30  # z85 characters: a key with a few lost, or split by a space, still holds most of its secret
 _NO_DETAIL_FAILURES_TO_GIVE_UP = 2  # a connection dropped mid-handshake once may be chance; twice in a row is not
 
 
@@ -51,31 +53,58 @@ def _is_z85_key(text: bytes) -> bool:
 
 
 def _not_a_key(what: str, text: str, kind: str) -> ValueError:
-    """Why `text` is no key: 40 z85 characters that do not decode (a mistyped character) are told apart. A secret
-    key's text is never repeated (it would land in logs and results files), only its length, unless it holds a
-    character no z85 key has (a path: '_', '~', a space), so it cannot be a mistyped secret."""
+    """Why `text` is no key: 40 z85 characters that do not decode (a mistyped character) are told apart. A value that
+    may hold a secret key is never repeated (it would land in logs and results files), only its length."""
     raw = text.encode("ascii", "replace")
-    maybe_secret = "secret" in kind and all(byte in _Z85_ALPHABET for byte in raw)
-    shown = f"a {len(text)}-character value (not shown)" if maybe_secret else repr(text)
     if os.path.isdir(text):
         return ValueError(f"{what}: {text!r} is a directory; pass the certificate file in it (NAME.key for a public "
                           "key, NAME.key_secret for a key pair)")
+    hidden = "secret" in kind and _may_hold_a_secret(text)
+    shown = f"a {len(text)}-character value (not shown)" if hidden else repr(text)
     if len(raw) == Z85_KEY_LENGTH and all(byte in _Z85_ALPHABET for byte in raw):
         return ValueError(f"{what}: {shown} is not a valid z85 {kind}: a 5-character group decodes past 2**32 "
                           "(a mistyped character?); copy it again from the .key file")
-    return ValueError(f"{what}: {shown} is neither an existing certificate file nor a 40-character z85 {kind}")
+    strays = sorted({char for char in text if char not in _Z85_TEXT}) if hidden else []
+    held = f"; it holds {', '.join(map(repr, strays))}, which no z85 key has" if strays else ""
+    return ValueError(f"{what}: {shown} is neither an existing certificate file nor a 40-character z85 {kind}{held}")
+
+
+def _may_hold_a_secret(text: str) -> bool:
+    """Whether `text` may be a mistyped secret key, and so must never be shown: it holds about as many z85 characters
+    as a key, and is not a path under an existing directory (a key's first '/'-part names none)."""
+    if sum(char in _Z85_TEXT for char in text) < _SECRET_LIKE_LENGTH:
+        return False
+    top, separator, _ = text.lstrip(os.sep).partition(os.sep)
+    if not separator or top in ("", ".", ".."):
+        return True
+    return not os.path.isdir(os.sep + top if text.startswith(os.sep) else top)
+
+
+def _unwrapped(text: str) -> str:
+    """`text` without the whitespace and matching quotes around it (a line end or the quotes an env file keeps),
+    which no z85 key and hardly any path has."""
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        text = text[1:-1].strip()
+    return text
+
+
+def is_z85_key(value: str) -> bool:
+    """Whether `value` is itself a z85 key (surrounding whitespace and quotes aside), not a certificate file's path."""
+    return _is_z85_key(_unwrapped(value).encode("ascii", "replace"))
 
 
 def _as_text(value: KeySource, what: str) -> str:
     if isinstance(value, bytes):
         try:
-            return value.decode("ascii")
+            value = value.decode("ascii")
         except UnicodeDecodeError:
             raise ValueError(f"{what} must be a 40-character z85 key or a certificate path; got {len(value)} non-ASCII bytes") from None
     if isinstance(value, (str, os.PathLike)):
-        if not os.fspath(value).strip():  # an unset variable's value, told as such rather than as a missing file
+        text = _unwrapped(os.fspath(value))
+        if not text:  # an unset variable's value, told as such rather than as a missing file
             raise ValueError(f"{what} is empty; pass a certificate file or a 40-character z85 key")
-        return os.path.expanduser(os.fspath(value))  # '~' is not a z85 character: a z85 key passes unchanged
+        return os.path.expanduser(text)  # '~' is not a z85 character: a z85 key passes unchanged
     raise TypeError(f"{what} must be a z85 key string or a certificate path, got {type(value).__name__}")
 
 
@@ -164,7 +193,17 @@ def client_keys(server_public_key: Optional[KeySource], client_secret_key: Optio
         public, secret = zmq.curve_keypair()
         return ClientCurveKeys(server_public, public, secret, ephemeral=True)
     public, secret = load_key_pair(client_secret_key, "client_secret_key")
+    refuse_the_servers_key_pair(server_public, public, "client_secret_key", "server_public_key")
     return ClientCurveKeys(server_public, public, secret, ephemeral=False)
+
+
+def refuse_the_servers_key_pair(server_public: bytes, client_public: bytes, client_what: str, server_what: str) -> None:
+    """ValueError when the client's key pair is the server's own: its secret has been copied off the server, and no
+    authorized-keys directory should ever admit it."""
+    if client_public == server_public:
+        raise ValueError(f"{client_what} is the server's own key pair (its public key is {server_what}): the server's "
+                         "secret key must stay on the server; make this client its own pair with `gr00t-server keygen "
+                         "--name ROBOT` and add ROBOT.key to the server's authorized-keys directory")
 
 
 def apply_client_keys(sock: zmq.Socket, keys: Optional[ClientCurveKeys]) -> None:

@@ -144,10 +144,17 @@ def _new_batch(args: argparse.Namespace) -> _Batch:
         if videos:
             logger.warning("deleting %d episode videos of an earlier run from %s (--overwrite)", len(videos), video_dir)
             delete_episode_videos(video_dir, videos)
-    jobs_path = output_dir / "jobs.json"
-    jobs_path.write_bytes(job_file)
-    os.chmod(jobs_path, job_file_mode)  # a job file kept 0600 for its inline token or key stays so
+    _write_with_mode(output_dir / "jobs.json", job_file, job_file_mode)
     return jobs, output_dir, claim, None
+
+
+def _write_with_mode(path: Path, data: bytes, mode: int) -> None:
+    """Write `data` to `path`, which has `mode` before a byte is written: a job file kept 0600 for its inline token or
+    key is never readable by others, not even for a moment or after a write that failed part-way."""
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT, mode), "wb") as copy:
+        os.fchmod(copy.fileno(), mode)  # the umask narrows a new file's mode; an existing file keeps its own
+        copy.truncate()
+        copy.write(data)
 
 
 def _claim_job_videos(jobs: List[Any], output_dir: Path, claim: Path) -> List[Path]:

@@ -390,6 +390,9 @@ def _run_command(args: argparse.Namespace) -> int:
     _refuse_reference_flags(args)
     if hasattr(args, "timeout_ms"):
         _check_connection_args(args)
+        from . import connection
+
+        connection.warn_of_secret_on_command_line(args)
     if args.command == "rollout" and not args.resume and not args.env_name:
         raise UsageError("rollout needs --env-name (or --resume DIR to continue a run)")
     scaled = getattr(args, "scale_command", None)

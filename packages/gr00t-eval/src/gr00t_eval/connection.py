@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
+
+logger = logging.getLogger(__name__)
 
 
 def add_security_arguments(parser: argparse.ArgumentParser, flag: Callable[[str], List[str]]) -> None:
@@ -16,7 +19,16 @@ def add_security_arguments(parser: argparse.ArgumentParser, flag: Callable[[str]
     parser.add_argument(*flag("client-key"), default=os.environ.get("GR00T_CLIENT_KEY"), metavar="KEY",
                         help="with --server-public-key: this client's secret key, a .key_secret file or z85 string "
                              "(default $GR00T_CLIENT_KEY; without it a throwaway key is used, which servers with "
-                             "--authorized-keys refuse)")
+                             "--authorized-keys refuse); a z85 string given here is visible to other users in ps")
+
+
+def warn_of_secret_on_command_line(args: argparse.Namespace) -> None:
+    """Warn once when --client-key was given a z85 secret key itself: other local users can read it in ps."""
+    from gr00t_client.cli_flags import secret_on_command_line_warning
+
+    warning = secret_on_command_line_warning("--client-key", "GR00T_CLIENT_KEY", getattr(args, "client_key", None))
+    if warning is not None:
+        logger.warning("%s", warning)
 
 
 def client_options(args: argparse.Namespace) -> Dict[str, Any]:
@@ -68,7 +80,7 @@ def open_client(host: str, port: int, args: argparse.Namespace) -> Any:
 
 def portable_keys(args: argparse.Namespace) -> Optional[Tuple[str, Optional[str]]]:
     """The CURVE keys as z85 strings (server public, client secret or None), read here so remote workers need no files."""
-    from gr00t_client.curve import load_key_pair, load_public_key
+    from gr00t_client.curve import load_key_pair, load_public_key, refuse_the_servers_key_pair
 
     options = client_options(args)
     server_flag = "--server-public-key" + _from_variable(args, "server_public_key", "GR00T_SERVER_PUBLIC_KEY")
@@ -78,12 +90,15 @@ def portable_keys(args: argparse.Namespace) -> Optional[Tuple[str, Optional[str]
             raise SystemExit(f"error: {client_flag} needs --server-public-key (or $GR00T_SERVER_PUBLIC_KEY)")
         return None
     try:
-        server_public = load_public_key(options["server_public_key"], server_flag).decode("ascii")
-        secret = options["client_secret_key"]
-        client_secret = load_key_pair(secret, client_flag)[1].decode("ascii") if secret is not None else None
+        server_public = load_public_key(options["server_public_key"], server_flag)
+        client_secret = None
+        if options["client_secret_key"] is not None:
+            client_public, secret = load_key_pair(options["client_secret_key"], client_flag)
+            refuse_the_servers_key_pair(server_public, client_public, client_flag, server_flag)
+            client_secret = secret.decode("ascii")
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
-    return server_public, client_secret
+    return server_public.decode("ascii"), client_secret
 
 
 def _from_variable(args: argparse.Namespace, dest: str, variable: str) -> str:

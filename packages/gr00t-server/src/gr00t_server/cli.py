@@ -71,7 +71,8 @@ def _add_serve_parser(subparsers: Any) -> None:
     p.add_argument(*_flag("allow-remote-kill"), action="store_true", help="let non-loopback peers without a token stop the server")
     p.add_argument(*_flag("curve-secret-key"), default=os.environ.get("GR00T_CURVE_SECRET_KEY"), metavar="FILE",
                    help="encrypt the connection with CURVE using this secret certificate (NAME.key_secret from "
-                        "`gr00t-server keygen`; default: $GR00T_CURVE_SECRET_KEY); clients need NAME.key")
+                        "`gr00t-server keygen`; default: $GR00T_CURVE_SECRET_KEY); clients need NAME.key. Its z85 "
+                        "secret key is accepted too, but other users see it in ps: use the file or the variable")
     p.add_argument(*_flag("authorized-keys"), default=os.environ.get("GR00T_AUTHORIZED_KEYS"), metavar="DIR",
                    help="with --curve-secret-key: admit only clients whose public .key files are in DIR (re-read when "
                         "it changes, no restart; default: $GR00T_AUTHORIZED_KEYS)")

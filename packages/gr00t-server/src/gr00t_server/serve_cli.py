@@ -10,7 +10,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from .cli_errors import CliError
 from .serve_checks import _check_bind_address, _check_server_flags, _curve_settings, _ignored_flags, _server_limits
@@ -98,6 +98,15 @@ def _leave_now(code: int, run_exit_hooks: bool = False) -> None:
     os._exit(code)
 
 
+def _warn_of_secret_on_command_line(curve_secret_key: Optional[str]) -> None:
+    """Warn when --curve-secret-key was given a z85 secret key itself: other local users can read it in ps."""
+    from gr00t_client.cli_flags import secret_on_command_line_warning
+
+    warning = secret_on_command_line_warning("--curve-secret-key", "GR00T_CURVE_SECRET_KEY", curve_secret_key)
+    if warning is not None:
+        logger.warning("%s", warning)
+
+
 def _start_server(args: argparse.Namespace) -> Any:
     """Load the policy and bind the server (serve's start-up)."""
     from gr00t_client import EmbodimentTag
@@ -146,6 +155,7 @@ def _start_server(args: argparse.Namespace) -> Any:
     print(f"  Host: {args.host}")
     print(f"  Port: {args.port}")
     curve = _curve_settings(args)
+    _warn_of_secret_on_command_line(args.curve_secret_key)
     if curve is not None:
         print(f"  Encryption: CURVE, server public key {curve.public_key.decode()} ({curve.fingerprint})")
         print(f"  Client keys: {'only those in ' + str(curve.authorized_keys) if curve.authorized_keys else 'any'}")
