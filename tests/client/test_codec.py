@@ -1,12 +1,17 @@
 """Wire codec: encodes the reference's current format, decodes every format a peer may send, refuses pickle."""
 
+import contextlib
+import gc
 import io
 import json
+import weakref
+from typing import Iterator
 
 import msgpack
 import msgpack_numpy
 import numpy as np
 import pytest
+import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -303,6 +308,51 @@ def test_shared_decode_of_a_received_zmq_frame_keeps_the_frame_alive(monkeypatch
         sender.close(linger=0)
         receiver.close(linger=0)
         context.term()
+
+
+@contextlib.contextmanager
+def cyclic_gc_off() -> Iterator[None]:
+    """Only reference counting frees objects meanwhile: what a reference cycle holds stays until gc runs."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def received_frame(message: bytes) -> zmq.Frame:
+    """`message` as a ZeroMQ socket hands it over: a writable frame the receiver owns."""
+    context = zmq.Context()
+    sender, receiver = context.socket(zmq.PAIR), context.socket(zmq.PAIR)
+    try:
+        receiver.bind("inproc://received-frame")
+        sender.connect("inproc://received-frame")
+        sender.send(message)
+        return receiver.recv(copy=False)
+    finally:
+        sender.close(linger=0)
+        receiver.close(linger=0)
+        context.term()
+
+
+CAMERA_4MB = np.full((1, 1, 1024, 1024, 3), 7, np.uint8)  # over SHARED_DECODE_MIN_BYTES: the viewing reader reads it
+
+
+@pytest.mark.parametrize("tail", [None, msgpack.ExtType(5, b"abc")], ids=["viewed", "read in part, then by msgpack"])
+def test_a_shared_decode_frees_the_received_frame_with_the_last_array_that_views_it(tail):
+    """The viewing reader's functions called each other through closures that held the buffer, a reference cycle:
+    each received frame lived until the cyclic GC ran (a server's RSS rose from 39 MB to 2.3 GB under 8
+    reference-wire clients sending 4096x4096 frames, and stayed near 1.9 GB)."""
+    frame = received_frame(codec.encode({"video": {"front": CAMERA_4MB}, "tail": tail}))
+    alive = weakref.ref(frame)
+    with cyclic_gc_off():
+        decoded = codec.decode(frame.buffer, share_buffer=True)
+        del frame
+        np.testing.assert_array_equal(decoded["video"]["front"], CAMERA_4MB)
+        del decoded
+        assert alive() is None, "the received frame outlived every array decoded from it"
 
 
 DEEP: list = [1]

@@ -145,7 +145,7 @@ def test_a_peer_that_never_reads_its_replies_gets_a_few_log_lines_and_a_count_no
     lines = [r.getMessage() for r in caplog.records if r.name == "gr00t_server.serving" and "reply to" in r.getMessage()]
     assert dropped > 100
     assert len(lines) <= 40, f"{len(lines)} lines for {dropped} dropped replies"  # was one per dropped reply
-    assert "the peer has not read its last 16 replies (the send high-water mark)" in lines[0]
+    assert "its queue of unread replies is full (32, the send high-water mark)" in lines[0]
     assert "127.0.0.1" in lines[0]
     summary = [r.getMessage() for r in caplog.records if "similar messages were suppressed" in r.getMessage()]
     assert sum(int(text.split()[0]) for text in summary) == dropped - len(lines)

@@ -211,6 +211,11 @@ def unpack_viewing(buffer: memoryview, on_map: MapHook, min_view_bytes: int, max
         raise
     except Exception as exc:  # bad UTF-8, unhashable keys, errors from on_map: msgpack gives the canonical answer
         raise NeedsFullUnpacker(f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        # read and container call each other through their closures, which also hold the buffer: a reference
+        # cycle that kept each received frame alive until the cyclic GC ran (GBs under large frames). Rebinding
+        # read breaks it, so the frame goes with the last array that views it.
+        read = None  # type: ignore[assignment]
     if position != end:
         raise NeedsFullUnpacker("trailing bytes")
     return bytes(value) if type(value) is memoryview else value

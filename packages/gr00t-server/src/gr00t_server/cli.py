@@ -133,7 +133,7 @@ def _add_limit_flags(p: argparse.ArgumentParser) -> None:
                         f"waiting is always taken (default {d.max_queued_bytes // (1024 * 1024)})")
     p.add_argument(*_flag("max-client-queued-requests"), type=int, default=d.max_client_queued_requests,
                    help=f"requests one connection may have waiting for their replies (a REQ client has one; "
-                        f"default {d.max_client_queued_requests})")
+                        f"default {d.max_client_queued_requests}); their replies and 8 more may wait unread")
 
 
 def _add_checkpoint_parser(subparsers: Any) -> None:

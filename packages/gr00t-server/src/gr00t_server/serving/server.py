@@ -274,7 +274,8 @@ class PolicyServer(BuiltinEndpoints):
     def _bind(self) -> None:
         if self._transport is not None:
             return
-        self._transport = Transport(self.host, self.port, self.max_message_bytes, self.curve)
+        self._transport = Transport(self.host, self.port, self.max_message_bytes, self.curve,
+                                    self.limits.max_client_queued_requests)
         self.bound_endpoint = self._transport.endpoint
         self.port = self._transport.port
         if self.metrics_port is not None:

@@ -14,6 +14,7 @@ from gr00t_client.client import endpoint_host, is_ipv6_literal, send_frames
 
 from ..curve import CurveServerConfig, ServerCurve
 from .endpoints import RateLimitedLog
+from .limits import ServerLimits
 
 logger = logging.getLogger("gr00t_server.serving")
 
@@ -26,11 +27,9 @@ def answered_frame_bytes(max_message_bytes: int) -> int:
 # Messages ZeroMQ may hold per connection before it stops reading that peer (back-pressure). A REQ client has
 # one request outstanding; the default of 1000 let one connection park 1000 x max_message_bytes in the server.
 RECEIVE_HWM = 4
-# Replies ZeroMQ may hold per connection that its peer has not read; beyond it the ROUTER drops that peer's replies.
-# A REQ client reads its one reply; the default of 1000 let a connection that never reads hold 1000 replies in the
-# server's memory (250 MiB of 256 KiB replies, per such connection), and the queue budgets count a request only
-# until its reply is handed to ZeroMQ.
-SEND_HWM = 16
+# Replies a connection may leave unread beyond its requests waiting for the policy (--max-client-queued-requests):
+# ping, get_server_info and refusals are answered at once, outside those budgets.
+INLINE_UNREAD_REPLIES = 8
 # ZMTP heartbeats: a connection whose peer answers no ping for HEARTBEAT_TIMEOUT_MS is closed. A robot that lost
 # power or network leaves its connection open for good otherwise, holding a file descriptor, and enough of those
 # stop the server from accepting anyone (libzmq then spins on the listening socket). Live peers, busy or idle, answer
@@ -47,6 +46,17 @@ _NOBLOCK = int(zmq.NOBLOCK)
 _POLLIN = int(zmq.POLLIN)
 
 
+def send_hwm(max_client_queued_requests: int) -> int:
+    """ZMQ_SNDHWM that keeps every reply of a peer with at most its queued requests plus INLINE_UNREAD_REPLIES unread.
+
+    libzmq learns what a connection has taken from its queue only every (SNDHWM + 1) // 2 replies, so a queue looks
+    full with up to that many fewer unread: twice the unread replies allowed leaves room for that. Beyond it the
+    ROUTER drops that peer's replies: the default of 1000 let a connection that never reads hold 1000 replies in the
+    server's memory (250 MiB of 256 KiB replies), and the queue budgets count a request only until its reply is sent.
+    """
+    return 2 * (int(max_client_queued_requests) + INLINE_UNREAD_REPLIES)
+
+
 class OverlongMessage(list):  # type: ignore[type-arg]
     """The first MAX_MESSAGE_FRAMES frames of a message that had `total` (the rest were dropped unread)."""
 
@@ -56,7 +66,8 @@ class OverlongMessage(list):  # type: ignore[type-arg]
 class Transport:
     """A bound ROUTER socket plus a pipe any thread may write to wake the poll (the worker's "reply ready")."""
 
-    def __init__(self, host: str, port: int, max_message_bytes: int, curve: Optional[CurveServerConfig] = None) -> None:
+    def __init__(self, host: str, port: int, max_message_bytes: int, curve: Optional[CurveServerConfig] = None,
+                 max_client_queued_requests: int = ServerLimits.max_client_queued_requests) -> None:
         self.context = zmq.Context()
         sock = self.context.socket(zmq.ROUTER)
         # CURVE keys (and the ZAP authenticator, in this context) must be in place before bind
@@ -68,7 +79,8 @@ class Transport:
         # request is told the limit instead of timing out; our client checks the size before sending.
         sock.setsockopt(zmq.MAXMSGSIZE, answered_frame_bytes(max_message_bytes))
         sock.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
-        sock.setsockopt(zmq.SNDHWM, SEND_HWM)
+        self.send_hwm = send_hwm(max_client_queued_requests)
+        sock.setsockopt(zmq.SNDHWM, self.send_hwm)
         sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
         sock.setsockopt(zmq.IPV6, int(is_ipv6_literal(host)))
@@ -162,15 +174,12 @@ class Transport:
 
     def send(self, routing: List[Any], frames: List[Any], peer: Optional[str]) -> bool:
         """Send a reply; False when it cannot reach its peer (gone, or its send queue full), which is logged, not raised."""
-        assert self.socket is not None
         try:
-            # Frames are owned bytes, never changed once handed over (the server copies policy buffers when it
-            # encodes), so ZeroMQ may send large ones without another copy.
-            send_frames(self.socket, [*routing, *frames], _NOBLOCK)
-        except zmq.Again:  # SEND_HWM replies wait for a peer that does not read them
+            self._send_now([*routing, *frames])
+        except zmq.Again:  # send_hwm replies wait for a peer that does not read them
             self._dropped_replies.warning(
-                "reply to %s dropped: the peer has not read its last %d replies (the send high-water mark), so its "
-                "queue is full", peer or "local", SEND_HWM, kind=peer)
+                "reply to %s dropped: its queue of unread replies is full (%d, the send high-water mark): the peer "
+                "reads too slowly or not at all", peer or "local", self.send_hwm, kind=peer)
             return False
         except zmq.ZMQError as exc:
             if exc.errno == zmq.EHOSTUNREACH:  # its connection closed: a client that gave up (counted undelivered)
@@ -179,6 +188,20 @@ class Transport:
                 self._dropped_replies.warning("could not send reply to %s: %s", peer or "local", exc)
             return False
         return True
+
+    def _send_now(self, frames: List[Any]) -> None:
+        """Queue a message without blocking; zmq.Again when the peer's queue is full by its latest count."""
+        sock = self.socket
+        assert sock is not None
+        try:
+            # Frames are owned bytes, never changed once handed over (the server copies policy buffers when it
+            # encodes), so ZeroMQ may send large ones without another copy.
+            send_frames(sock, frames, _NOBLOCK)
+        except zmq.Again:
+            # A send reads the I/O thread's news of what the peer has taken at most once a millisecond; asking for
+            # EVENTS reads it now, so a queue that only looked full takes the reply.
+            sock.getsockopt(zmq.EVENTS)
+            send_frames(sock, frames, _NOBLOCK)
 
     def _stop_security(self) -> None:
         """Stop the ZAP authenticator: its sockets would keep the context from terminating."""
