@@ -12,7 +12,8 @@ import json
 import pytest
 
 from eval.scale_fixtures import policy_server
-from gr00t_eval.run_claim import VIDEO_CLAIM_PREFIX, claim_video_dir, read_holder
+from gr00t_eval.run_claim import read_holder
+from gr00t_eval.video_claims import VIDEO_CLAIM_PREFIX, claim_video_dir
 from test_batch_merge_outputs import write_jobs
 from test_run_dir_leftovers import ended_pid
 from test_run_outputs import SMALL, SlowPolicy, _eval_process, _wait_for_episodes

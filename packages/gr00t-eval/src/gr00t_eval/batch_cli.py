@@ -14,10 +14,11 @@ from typing import Any, List, Optional, Tuple
 from .batch import BATCH_RESULTS_FILENAME, JobError, format_table, job_video_dirs, load_jobs, run_batch
 from .cli_errors import UsageError
 from .output_files import OutputDirError
-from .run_claim import (claim_lock_name, claim_output_dir, claim_video_dir, finish_claim, refuse_live_claim,
-                        refuse_live_claims, take_claim)
+from .run_claim import (claim_lock_name, claim_output_dir, finish_claim, refuse_live_claim, refuse_live_claims,
+                        take_claim)
 from . import run_dir  # its folder helpers looked up when called (tests stand in for them there)
 from .run_stop import INTERRUPTED_EXIT_CODE, is_storage_error, sigterm_as_interrupt
+from .video_claims import claim_video_dir
 from .video_dirs import check_video_dir, delete_episode_videos, within
 
 logger = logging.getLogger(__name__)

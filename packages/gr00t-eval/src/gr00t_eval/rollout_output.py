@@ -73,7 +73,7 @@ def _top_entry(inner: Path, outer: Path) -> Tuple[str, ...]:
 
 def _claim_videos(output_dir: Path, shard: Any, env_spec: str, config: Any, resume: bool = False) -> None:
     """Claim the run's video folder when it lies outside the output directory, while the run writes there
-    (run_claim.claim_video_dir): of two runs started together into one, both passed the check for earlier videos
+    (video_claims.claim_video_dir): of two runs started together into one, both passed the check for earlier videos
     and then overwrote each other's. The other shards of one plan share it; a `resume` is refused when another run
     has used it since. The claim is marked finished with the run's (run_file.held_run_claims)."""
     import hashlib
@@ -81,10 +81,10 @@ def _claim_videos(output_dir: Path, shard: Any, env_spec: str, config: Any, resu
 
     from .cli_errors import UsageError
     from .output_files import OutputDirError
-    from .run_claim import claim_video_dir, video_claim_writer
     from .run_file import hold_claim
     from .shard import shard_plan
     from .suites import resolve_tasks
+    from .video_claims import claim_video_dir, video_claim_writer
 
     if not config.video_dir or within(Path(config.video_dir), output_dir):
         return  # none, or the output directory's own (its claim covers it)

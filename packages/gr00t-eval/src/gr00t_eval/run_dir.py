@@ -276,8 +276,8 @@ def _refuse_foreign_runs(path: Path, names: Sequence[str], what: str, why: str) 
 
 def _still_this_shards(run_file: Path, videos: List[Path]) -> List[Path]:
     """Those of `videos` (listed by a shard's earlier log) that are still its own: not in a --video-dir another run
-    has claimed since (run_claim.video_dir_taken_over), whose videos they may now be; those are kept, with a warning."""
-    from .run_claim import video_claim_writer, video_dir_taken_over
+    has claimed since (video_claims.video_dir_taken_over), whose videos they may now be; those are kept, with a warning."""
+    from .video_claims import video_claim_writer, video_dir_taken_over
     from .video_dirs import within
 
     try:

@@ -1,0 +1,118 @@
+"""Claims of a --video-dir outside a run's output directory: each run writing its episode videos there keeps a claim
+file in it while it runs, so a second run into the folder is refused (a shard of the same plan aside)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Union
+
+from .output_files import OutputDirError
+from .run_claim import CLAIM_KEY, holder_alive, holder_record, read_holder
+from .run_file import directory_lock
+
+# A --video-dir outside a run's output directory is checked for earlier videos when the run starts; two runs started
+# together into one both passed and then overwrote each other's episode_0000_*.mp4. Each run writing there keeps a
+# claim file in it (VIDEO_CLAIM_PREFIX + a hash of who writes: the output directory and shard, or a batch job's
+# folder) while it runs; the shards of one plan share the folder.
+VIDEO_CLAIM_PREFIX = ".gr00t_videos_"
+VIDEO_LOCK_FILENAME = ".gr00t_videos.lock"
+
+
+def video_claim_writer(output_dir: Union[str, Path], shard: Any = None) -> str:
+    """Who writes into a --video-dir, as its claim names it: the run's output directory (absolute), with its shard."""
+    return f"{os.path.abspath(output_dir)}{'' if shard is None else f' (shard {shard})'}"
+
+
+def claim_video_dir(video_dir: Union[str, Path], writer: str, plan: Optional[str] = None,
+                    flag: str = "--video-dir", shard_index: Optional[int] = None, resume: bool = False) -> Path:
+    """Claim `video_dir` for the run `writer` names (the folder its results go to; with its shard); OutputDirError
+    when another run that may still be running holds a claim there, unless both are shards of one `plan` (a key of
+    their tasks, episodes, seed and settings) with another `shard_index` each. A `resume` is refused, too, when
+    another run has claimed the folder since (video_dir_taken_over). Returns the claim file, which finish_claim
+    marks finished."""
+    from .results import write_results
+
+    video_dir = Path(video_dir)
+    video_dir.mkdir(parents=True, exist_ok=True)
+    mine = _video_claim_file(video_dir, writer)
+    record = {"writer": writer, "plan": plan, "shard_index": shard_index}
+    with directory_lock(video_dir / VIDEO_LOCK_FILENAME):
+        if resume:
+            _refuse_taken_over(video_dir, writer, flag)
+        for claim in sorted(video_dir.glob(f"{VIDEO_CLAIM_PREFIX}*.json")):
+            if claim == mine:
+                continue
+            holder = read_holder(claim)
+            if holder is None or holder.finished:
+                continue
+            elsewhere = holder.hostname not in (None, socket.gethostname())
+            if not elsewhere and not holder_alive(holder):
+                continue  # killed: its claim is stale
+            other = _claim_record(claim)
+            if _sibling_shards(record, other):
+                continue  # another shard of this plan: each writes the videos of its own episodes
+            writing = other.get("writer")
+            raise OutputDirError(
+                f"{flag} {video_dir} is in use: a run that has not finished writes its episode videos there "
+                f"({holder.describe()}{f', for {writing}' if writing else ''}); the videos of two runs would overwrite "
+                f"each other. Wait for it to end or name another folder"
+                + (f" (host {socket.gethostname()} cannot check a run on {holder.hostname}: once it has ended, "
+                   f"delete {claim})" if elsewhere else ""))
+        write_results(mine, {**record, CLAIM_KEY: holder_record()})
+    return mine
+
+
+def video_dir_taken_over(video_dir: Union[str, Path], writer: str) -> Optional[Path]:
+    """The claim of another run that took `video_dir` for its videos after `writer` last claimed it (any other run's
+    when `writer` holds no claim there), a shard of its plan aside: that run may have replaced `writer`'s videos
+    there, which are then no longer `writer`'s to write over or delete. None when no other run has."""
+    video_dir = Path(video_dir)
+    mine = _video_claim_file(video_dir, writer)
+    own, own_holder = _claim_record(mine), read_holder(mine)
+    since = own_holder.started_unix if own_holder is not None else None
+    for claim in sorted(video_dir.glob(f"{VIDEO_CLAIM_PREFIX}*.json")):
+        holder = read_holder(claim)
+        if claim == mine or holder is None or _sibling_shards(own, _claim_record(claim)):
+            continue
+        if since is None or holder.started_unix is None or holder.started_unix > since:
+            return claim
+    return None
+
+
+def _refuse_taken_over(video_dir: Path, writer: str, flag: str) -> None:
+    """OutputDirError naming the run that claimed `video_dir` after `writer` did (video_dir_taken_over), if one has."""
+    claim = video_dir_taken_over(video_dir, writer)
+    if claim is None:
+        return
+    holder, other = read_holder(claim), _claim_record(claim)
+    who = holder.describe() if holder is not None else "no readable holder"
+    raise OutputDirError(
+        f"{flag} {video_dir} was used by another run after this one wrote its videos there ({who}, for "
+        f"{other.get('writer') or 'an unnamed run'}); resuming would overwrite or delete that run's episode videos. "
+        f"Start this run anew with another --video-dir, or, if that run's videos may go, delete {claim} and resume "
+        "again")
+
+
+def _video_claim_file(video_dir: Path, writer: str) -> Path:
+    """The claim file `writer` keeps in `video_dir` (a hash of it, so every writer has its own)."""
+    import hashlib
+
+    return video_dir / f"{VIDEO_CLAIM_PREFIX}{hashlib.sha1(writer.encode()).hexdigest()[:16]}.json"
+
+
+def _claim_record(claim: Path) -> Dict[str, Any]:
+    """A video claim file's content; empty when it cannot be read."""
+    try:
+        record = json.loads(claim.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _sibling_shards(record: Mapping[str, Any], other: Mapping[str, Any]) -> bool:
+    """Whether two video claims are of different shards of one plan, which write the videos of different episodes."""
+    plan = record.get("plan")
+    return plan is not None and other.get("plan") == plan and other.get("shard_index") != record.get("shard_index")
