@@ -3,9 +3,14 @@
 # ReplayPolicy, check open-loop error (~0) and closed-loop success (>= 95%) against that server; then the model leg:
 # a random-weight N1.7 checkpoint with the dataset's keys and statistics, served on CPU through the same open-loop and
 # rollout commands (they must run without errors; a random model succeeds by chance only), with its per-call latency.
-# Settings: DEMO_DIR (default /tmp/gr00t_demo), DEMO_TASK (reach-v3), DEMO_EPISODES (10), DEMO_PORT (a free port),
-# DEMO_MODEL_EPISODES (2: rollout episodes against the model).
+# Settings: DEMO_DIR (default /tmp/gr00t_demo; a relative one is taken from the caller's folder), DEMO_TASK (reach-v3),
+# DEMO_EPISODES (10), DEMO_PORT (a free port), DEMO_MODEL_EPISODES (2: rollout episodes against the model).
+# DEMO_DIR is emptied first, so the demo refuses (exit 2) a folder that holds anything but an earlier demo's output (its
+# marker file .gr00t_demo, or only the files a demo writes), and one that another demo is running in. Ctrl-C, SIGTERM and SIGHUP stop the running step
+# and the server (exit 130, 143, 129).
 set -euo pipefail
+DEMO_DIR="${DEMO_DIR:-/tmp/gr00t_demo}"
+case "$DEMO_DIR" in /*) ;; *) DEMO_DIR="$PWD/${DEMO_DIR#./}" ;; esac  # the caller's folder, before the cd
 cd "$(dirname "$0")/.."
 
 VENV_BIN=.venv/bin
@@ -17,14 +22,15 @@ fi
 export MUJOCO_GL="${MUJOCO_GL:-egl}"          # headless MuJoCo rendering
 export PYOPENGL_PLATFORM="${PYOPENGL_PLATFORM:-$MUJOCO_GL}"
 
-DEMO_DIR="${DEMO_DIR:-/tmp/gr00t_demo}"
 TASK="${DEMO_TASK:-reach-v3}"
 EPISODES="${DEMO_EPISODES:-10}"
 MODEL_EPISODES="${DEMO_MODEL_EPISODES:-2}"
 HORIZON=8
 PORT="${DEMO_PORT:-$($PY -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
 DATASET="$DEMO_DIR/dataset"
+MARKER=.gr00t_demo
 SERVER_PID=""
+STEP_PID=""
 
 stop_server() {
   if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
@@ -34,7 +40,88 @@ stop_server() {
   fi
   SERVER_PID=""
 }
+
+# stop_step: stop the running step's process group (its command and that command's workers), then anything left in it.
+stop_step() {
+  if [ -n "$STEP_PID" ]; then
+    kill -TERM -- "-$STEP_PID" 2>/dev/null || true
+    wait "$STEP_PID" 2>/dev/null || true
+    kill -KILL -- "-$STEP_PID" 2>/dev/null || true
+  fi
+  STEP_PID=""
+}
+
+# stop_on EXIT_CODE: a stop signal ends the running step and the server, then the demo.
+stop_on() {
+  trap - INT TERM HUP
+  stop_step
+  stop_server
+  exit "$1"
+}
 trap stop_server EXIT
+trap 'stop_on 130' INT
+trap 'stop_on 143' TERM
+trap 'stop_on 129' HUP
+
+# run_step CMD...: run one step in its own process group and wait for it: bash runs a trap only once a foreground
+# command has ended, while `wait` gives way to it at once. A Ctrl-C reaches the step through stop_on.
+run_step() {
+  set -m
+  { trap : TERM; "$@"; } &  # the step's own shell outlives its commands on SIGTERM, so stop_step waits for them
+  STEP_PID=$!
+  set +m
+  wait "$STEP_PID"
+  STEP_PID=""
+}
+
+# filtered PATTERN CMD...: run CMD and show only its output lines that match PATTERN (to CMD's last line: stop_step's
+# SIGTERM is for CMD).
+filtered() {
+  local pattern="$1"; shift
+  "$@" | { trap '' TERM; grep -E "$pattern"; }
+}
+
+# saved_to FILE CMD...: run CMD, showing its output and saving it in FILE (to CMD's last line, as filtered).
+saved_to() {
+  local file="$1"; shift
+  "$@" | { trap '' TERM; tee "$file"; }
+}
+
+# only_demo_output DIR: whether DIR holds nothing but what a demo writes (an earlier demo's, from before the marker).
+only_demo_output() {
+  local entry
+  for entry in "$1"/* "$1"/.[!.]*; do
+    [ -e "$entry" ] || continue
+    case "${entry##*/}" in
+      dataset|server.log|open_loop|rollout|checkpoint|model_server.log|model_open_loop|model_rollout|model_latency.txt) ;;
+      *) return 1 ;;
+    esac
+  done
+}
+
+# claim_demo_dir: take DEMO_DIR for this run: refuse a folder with files that are not a demo's output, or one another
+# demo holds (the lock on the marker lasts as long as this script and what it started), then empty it.
+claim_demo_dir() {
+  if [ -e "$DEMO_DIR" ] && [ ! -d "$DEMO_DIR" ]; then
+    echo "error: DEMO_DIR $DEMO_DIR is not a folder; set DEMO_DIR to a new or empty folder" >&2
+    exit 2
+  fi
+  if [ -d "$DEMO_DIR" ] && [ ! -e "$DEMO_DIR/$MARKER" ] && ! only_demo_output "$DEMO_DIR"; then
+    echo "error: DEMO_DIR $DEMO_DIR holds files that are not a demo's output (no $MARKER in it), and the demo" \
+      "empties its folder; set DEMO_DIR to a new or empty folder" >&2
+    exit 2
+  fi
+  command -v flock >/dev/null || { echo "error: the demo locks DEMO_DIR with flock (util-linux)" >&2; exit 1; }
+  mkdir -p "$DEMO_DIR"
+  exec 9>>"$DEMO_DIR/$MARKER"
+  if ! flock -n 9; then
+    echo "error: another demo is running in $DEMO_DIR (pid $(cat "$DEMO_DIR/$MARKER")); wait for it to end" \
+      "or set DEMO_DIR to another folder" >&2
+    exit 2
+  fi
+  echo "$$" >"$DEMO_DIR/$MARKER"
+  find "$DEMO_DIR" -mindepth 1 -maxdepth 1 ! -name "$MARKER" -exec rm -rf {} +
+}
 
 # start_server LOG ARGS...: start gr00t-server serve in the background and wait for its ready line.
 start_server() {
@@ -52,12 +139,11 @@ start_server() {
   grep "Server is ready" "$log"
 }
 
-rm -rf "$DEMO_DIR"
-mkdir -p "$DEMO_DIR"
+claim_demo_dir
 START=$(date +%s)
 
 echo "== 1/7 Recording $EPISODES episodes of Meta-World $TASK (scripted expert) =="
-$VENV_BIN/gr00t-eval --log-level WARNING record --env-name "metaworld/$TASK" --episodes "$EPISODES" \
+run_step $VENV_BIN/gr00t-eval --log-level WARNING record --env-name "metaworld/$TASK" --episodes "$EPISODES" \
   --output "$DATASET" --seed 0 --image-size 64
 
 echo "== 2/7 Starting the replay server on port $PORT =="
@@ -65,32 +151,35 @@ start_server "$DEMO_DIR/server.log" --dataset-path "$DATASET" --embodiment-tag n
   --execution-horizon "$HORIZON" --use-sim-policy-wrapper
 
 echo "== 3/7 Open-loop evaluation (predicted chunks vs recorded actions) =="
-$VENV_BIN/gr00t-eval --log-level WARNING open-loop --dataset-path "$DATASET" --embodiment-tag new_embodiment \
-  --host 127.0.0.1 --port "$PORT" --traj-ids $(seq 0 $((EPISODES - 1))) --execution-horizon "$HORIZON" \
-  --output-dir "$DEMO_DIR/open_loop" | grep -E "^(MSE|Average|Results)"
+run_step filtered "^(MSE|Average|Results)" $VENV_BIN/gr00t-eval --log-level WARNING open-loop \
+  --dataset-path "$DATASET" --embodiment-tag new_embodiment --host 127.0.0.1 --port "$PORT" \
+  --traj-ids $(seq 0 $((EPISODES - 1))) --execution-horizon "$HORIZON" --output-dir "$DEMO_DIR/open_loop"
 
 echo "== 4/7 Closed-loop rollout (2 envs, episode i with the recorded seed i) =="
-$VENV_BIN/gr00t-eval --log-level WARNING rollout --env-name "metaworld/$TASK" --n-episodes "$EPISODES" --n-envs 2 \
+run_step filtered "^(results|success rate|Collecting|Video saved|Results|episode)" \
+  $VENV_BIN/gr00t-eval --log-level WARNING rollout --env-name "metaworld/$TASK" --n-episodes "$EPISODES" --n-envs 2 \
   --n-action-steps "$HORIZON" --max-episode-steps 200 --policy-client-host 127.0.0.1 --policy-client-port "$PORT" \
-  --seed 0 --output-dir "$DEMO_DIR/rollout" | grep -E "^(results|success rate|Collecting|Video saved|Results|episode)"
+  --seed 0 --output-dir "$DEMO_DIR/rollout"
 
 stop_server
 
 echo "== 5/7 The model leg: a random-weight N1.7 checkpoint with the dataset's keys and statistics, served on CPU =="
-$VENV_BIN/gr00t-server make-test-checkpoint "$DEMO_DIR/checkpoint" --dataset-path "$DATASET" --embodiment metaworld
+run_step $VENV_BIN/gr00t-server make-test-checkpoint "$DEMO_DIR/checkpoint" --dataset-path "$DATASET" \
+  --embodiment metaworld
 start_server "$DEMO_DIR/model_server.log" --model-path "$DEMO_DIR/checkpoint" --embodiment-tag new_embodiment \
   --use-sim-policy-wrapper --device cpu
 
 echo "== 6/7 Open-loop and rollout against the model (random weights: the numbers are not a score) =="
-$VENV_BIN/gr00t-eval --log-level WARNING open-loop --dataset-path "$DATASET" --embodiment-tag new_embodiment \
-  --host 127.0.0.1 --port "$PORT" --traj-ids 0 --steps 32 --execution-horizon "$HORIZON" \
-  --output-dir "$DEMO_DIR/model_open_loop" | grep -E "^(Average|Results)"
-$VENV_BIN/gr00t-eval --log-level WARNING rollout --env-name "metaworld/$TASK" --n-episodes "$MODEL_EPISODES" --n-envs 1 \
-  --n-action-steps "$HORIZON" --max-episode-steps 40 --policy-client-host 127.0.0.1 --policy-client-port "$PORT" \
-  --seed 0 --no-video --output-dir "$DEMO_DIR/model_rollout" | grep -E "^(Collecting|success rate|Results)"
+run_step filtered "^(Average|Results)" $VENV_BIN/gr00t-eval --log-level WARNING open-loop \
+  --dataset-path "$DATASET" --embodiment-tag new_embodiment --host 127.0.0.1 --port "$PORT" --traj-ids 0 --steps 32 \
+  --execution-horizon "$HORIZON" --output-dir "$DEMO_DIR/model_open_loop"
+run_step filtered "^(Collecting|success rate|Results)" \
+  $VENV_BIN/gr00t-eval --log-level WARNING rollout --env-name "metaworld/$TASK" --n-episodes "$MODEL_EPISODES" \
+  --n-envs 1 --n-action-steps "$HORIZON" --max-episode-steps 40 --policy-client-host 127.0.0.1 \
+  --policy-client-port "$PORT" --seed 0 --no-video --output-dir "$DEMO_DIR/model_rollout"
 
 echo "== 7/7 Per-call latency of the N1.7 network on CPU =="
-$PY scripts/demo_latency.py --port "$PORT" --task "$TASK" --calls 20 | tee "$DEMO_DIR/model_latency.txt"
+run_step saved_to "$DEMO_DIR/model_latency.txt" $PY scripts/demo_latency.py --port "$PORT" --task "$TASK" --calls 20
 stop_server
 
 $PY - "$DEMO_DIR" "$(( $(date +%s) - START ))" <<'EOF'

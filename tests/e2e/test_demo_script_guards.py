@@ -1,0 +1,145 @@
+"""scripts/demo.sh (make demo) guards its DEMO_DIR before any step: a folder holding someone's files is refused and
+kept, a folder another demo is running in is refused at once, and a relative DEMO_DIR is the caller's; SIGTERM stops
+the running step with the demo. scripts/demo_latency.py (the demo's step 7) ends with one line on Ctrl-C or with no
+server. No test runs a whole demo."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "scripts" / "demo.sh"
+REFUSED_EXIT_CODE = 2
+
+pytestmark = pytest.mark.skipif(not (ROOT / ".venv" / "bin" / "gr00t-eval").exists(),
+                                reason="demo.sh needs the repository's .venv (make install)")
+
+
+def start_demo(demo_dir: str, cwd: Path, **popen: object) -> subprocess.Popen:
+    """demo.sh in its own session (so that all it started can be found and stopped), with SIGINT at its default."""
+    env = dict(os.environ, DEMO_DIR=demo_dir, DEMO_EPISODES="1", DEMO_PORT="37490")
+    return subprocess.Popen(["bash", str(DEMO)], cwd=cwd, env=env, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **popen)
+
+
+def session_processes(session_id: int) -> list:
+    """'PID ARGS' of each process left in the session (the demo's steps run in process groups of their own)."""
+    listing = subprocess.run(["ps", "-eo", "pid=,sid=,args="], capture_output=True, text=True, check=True).stdout
+    return [" ".join(line.split()[:1] + line.split()[2:]) for line in listing.splitlines()
+            if int(line.split()[1]) == session_id]
+
+
+def kill_session(session_id: int) -> None:
+    for process in session_processes(session_id):
+        try:
+            os.kill(int(process.split()[0]), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def run_demo(demo_dir: str, cwd: Path, timeout_s: float = 20.0) -> subprocess.CompletedProcess:
+    """demo.sh to its end; a run that gets past its guards into the demo's steps is stopped, whole."""
+    proc = start_demo(demo_dir, cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        kill_session(proc.pid)
+        out, err = proc.communicate()
+        pytest.fail(f"demo.sh got past its DEMO_DIR guards and ran its steps:\n{out[-800:]}{err[-800:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_a_demo_dir_holding_other_files_is_refused_and_its_files_kept(tmp_path):
+    results = tmp_path / "my_results"
+    results.mkdir()
+    (results / "evaluations.csv").write_text("run,success\n1,0.93\n")
+    done = run_demo(str(results), cwd=tmp_path)
+    assert done.returncode == REFUSED_EXIT_CODE, done.stderr
+    assert (results / "evaluations.csv").read_text() == "run,success\n1,0.93\n"
+    assert str(results) in done.stderr and "not a demo's output" in done.stderr
+    assert "== 1/7" not in done.stdout
+
+
+def test_a_second_demo_into_a_folder_another_demo_holds_is_refused_at_once(tmp_path):
+    demo_dir = tmp_path / "demo"
+    demo_dir.mkdir()
+    (demo_dir / "dataset").mkdir()
+    marker = demo_dir / ".gr00t_demo"
+    marker.write_text(f"{os.getpid()}\n")
+    with open(marker) as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as the running demo holds it
+        started = time.monotonic()
+        done = run_demo(str(demo_dir), cwd=tmp_path)
+    assert done.returncode == REFUSED_EXIT_CODE, done.stderr
+    assert time.monotonic() - started < 10
+    assert f"another demo is running in {demo_dir} (pid {os.getpid()})" in done.stderr
+    assert (demo_dir / "dataset").is_dir()
+
+
+def test_a_relative_demo_dir_is_resolved_against_the_callers_folder(tmp_path):
+    name = f"demo_rel_{os.getpid()}"
+    in_caller = tmp_path / name
+    in_caller.mkdir()
+    (in_caller / "notes.txt").write_text("mine\n")  # refused at once where the folder is the caller's
+    try:
+        done = run_demo(name, cwd=tmp_path)
+    finally:
+        in_repo = ROOT / name
+        if in_repo.is_dir():
+            subprocess.run(["rm", "-rf", str(in_repo)], check=True)
+    assert done.returncode == REFUSED_EXIT_CODE, done.stderr
+    assert str(in_caller) in done.stderr
+    assert (in_caller / "notes.txt").exists()
+
+
+def test_sigterm_stops_the_running_step_and_the_demo(tmp_path):
+    log = tmp_path / "demo.log"
+    with open(log, "w") as out:
+        proc = start_demo(str(tmp_path / "demo"), tmp_path, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while "== 1/7" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)  # into the recording step
+        os.kill(proc.pid, signal.SIGTERM)  # the script alone, as make forwards it
+        assert proc.wait(timeout=20) == 143, log.read_text()
+        time.sleep(1.0)
+        assert session_processes(proc.pid) == []
+    finally:
+        kill_session(proc.pid)
+
+
+def _latency_script(tmp_path: Path, *flags: str) -> subprocess.Popen:
+    env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
+    return subprocess.Popen([sys.executable, str(ROOT / "scripts" / "demo_latency.py"), "--port", "37491",
+                             "--calls", "2", *flags], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def test_demo_latency_ends_with_one_line_and_130_on_ctrl_c(tmp_path):
+    pytest.importorskip("metaworld")
+    proc = _latency_script(tmp_path)
+    time.sleep(4)  # in the env's construction or waiting on a server that is not there
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "Exception ignored" not in err
+    assert err.strip().splitlines()[-1] == "demo_latency: interrupted"
+
+
+def test_demo_latency_with_no_server_ends_with_one_line(tmp_path):
+    pytest.importorskip("metaworld")
+    proc = _latency_script(tmp_path, "--timeout-ms", "300")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err
+    assert "127.0.0.1:37491" in err.strip().splitlines()[-1]
