@@ -418,3 +418,72 @@ def test_v3_a_camera_video_the_encoder_would_not_open_does_not_refuse_the_files_
     writer.finalize()
     frames = LeRobotDataset(root).episode(0).frames("cam", [0, 1, 2]).astype(int)
     np.testing.assert_allclose(frames, episode_frames(0, 0, 3, (16, 16)), atol=4)  # h264 is lossy
+
+
+_KILLED_DURING_THIRD_META_REWRITE = """
+import os, sys
+from pathlib import Path
+import numpy as np
+from gr00t_eval.dataset import DatasetWriter
+
+root, dying_rename = sys.argv[1], sys.argv[2]
+real_replace = Path.replace
+
+
+def replace_then_die(self, target):
+    if self.name == dying_rename:  # kill -9 just as meta/ renames this file into place
+        os._exit(137)
+    return real_replace(self, target)
+
+
+writer = DatasetWriter(root, fps=10)
+for index in range(3):
+    arm = np.full((4, 2), index, np.float32)
+    writer.add_episode({"cam": np.zeros((4, 16, 16, 3), np.uint8)}, {"arm": arm}, {"arm": arm}, "t")
+    if index == 2:
+        Path.replace = replace_then_die
+    writer.write_meta()
+"""
+
+
+def _kill_during_third_meta_rewrite(root, dying_rename):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", _KILLED_DURING_THIRD_META_REWRITE, str(root), dying_rename],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 137, result.stderr[-2000:]
+
+
+def _listed_episodes(root, name):
+    return [row["episode_index"] for row in _read_jsonl(root / "meta" / name)]
+
+
+def test_a_recording_killed_as_meta_is_renamed_keeps_episodes_stats_to_the_listed_episodes(tmp_path):
+    """episodes_stats.jsonl was appended before the renames: a kill -9 then left it a line ahead of episodes.jsonl
+    and info.json, and LeRobot v2.1 aggregates every line of it, an episode the dataset does not list."""
+    from gr00t_eval.dataset import LeRobotDataset
+
+    root = tmp_path / "ds"
+    _kill_during_third_meta_rewrite(root, "modality.json.tmp")
+    assert _listed_episodes(root, "episodes_stats.jsonl") == _listed_episodes(root, "episodes.jsonl") == [0, 1]
+    assert LeRobotDataset(root).num_episodes == 2
+
+
+@pytest.mark.parametrize("dying_rename", ["stats.json.tmp", "episodes.jsonl.tmp", "info.json.tmp"])
+def test_a_recording_killed_at_any_meta_rename_never_has_statistics_of_an_unlisted_episode(tmp_path, dying_rename):
+    root = tmp_path / "ds"
+    _kill_during_third_meta_rewrite(root, dying_rename)
+    with_stats = _listed_episodes(root, "episodes_stats.jsonl")
+    listed = _listed_episodes(root, "episodes.jsonl")
+    assert with_stats == listed[:len(with_stats)], (with_stats, listed)
+
+
+def test_overwriting_a_killed_recording_leaves_no_temporary_meta_file(tmp_path):
+    root = tmp_path / "ds"
+    _kill_during_third_meta_rewrite(root, "episodes.jsonl.tmp")
+    assert list((root / "meta").glob("*.tmp"))  # what the kill left
+    with DatasetWriter(root, fps=10, overwrite=True) as writer:
+        writer.add_episode(**_episode(length=3))
+    assert sorted(path.name for path in (root / "meta").iterdir()) == [
+        "episodes.jsonl", "episodes_stats.jsonl", "info.json", "modality.json", "stats.json", "tasks.jsonl"]

@@ -4,6 +4,9 @@ episode and task lists and per-episode statistics, all renamed into place togeth
 from __future__ import annotations
 
 import json
+import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
@@ -16,6 +19,8 @@ from .stats import LEROBOT_QUANTILES, merge_episode_stats
 from .video import video_feature_info
 from .writer_files import V2_DATA_PATH, V2_VIDEO_PATH, V3_DATA_PATH, V3_VIDEO_PATH
 
+logger = logging.getLogger(__name__)
+
 # LeRobot's v3.0 writer starts a new data / video file past these sizes when it appends to a dataset (its defaults)
 V3_DATA_FILE_SIZE_IN_MB = 100
 V3_VIDEO_FILE_SIZE_IN_MB = 200
@@ -25,8 +30,9 @@ class _MetaFiles:
     """DatasetWriter's meta/ files, written from the values add_episode recorded."""
 
     def _write_meta_files(self) -> None:
-        """Every meta file written under a temporary name, then all renamed into place (info.json last): a full disk
-        part-way leaves meta/ as it was, never files that disagree about the episodes."""
+        """Every meta file written under a temporary name, then all renamed into place (info.json last), and only then
+        v2.1's episodes_stats.jsonl appended: a kill part-way never leaves it holding an episode the others do not list.
+        A full disk part-way leaves meta/ as it was (an append that fails puts the renamed files back)."""
         meta = self.root / "meta"
         meta.mkdir(exist_ok=True)
         staged = _StagedFiles()
@@ -39,14 +45,17 @@ class _MetaFiles:
             else:
                 self._write_v3_meta(meta, staged)
             staged.write_json(meta / "info.json", self._info())  # last: its total_episodes never counts an unlisted episode
+            staged.keep_previous()
+            staged.commit()
             if self.layout == "v2.1":
                 # LeRobot v2.1 loads it with the rest of meta/ (and refuses, or looks for the dataset on the Hub,
-                # without). Appended in place, and cut back if that fails: the last write before the renames.
+                # without), and aggregates every line of it. Appended in place, and cut back if that fails.
                 self._write_episode_stats(meta / "episodes_stats.jsonl")
         except BaseException:
-            staged.discard()
+            staged.roll_back()
             raise
-        staged.commit()
+        finally:
+            staged.discard()
         self._unlisted[0] = 0
         self._listed_values = self._recorded_values()
 
@@ -215,10 +224,12 @@ def _replace_text(path: Path, text: str) -> None:
 
 
 class _StagedFiles:
-    """Files written under temporary names and renamed into place together, in the order they were written."""
+    """Files written under temporary names and renamed into place together, in the order they were written; the files
+    they replace are kept until discard(), so that roll_back() can put them back."""
 
     def __init__(self) -> None:
         self._staged: Dict[Path, Path] = {}
+        self._committed: List[Path] = []
 
     def temporary(self, path: Path) -> Path:
         """The name to write `path` under until commit()."""
@@ -231,10 +242,42 @@ class _StagedFiles:
     def write_jsonl(self, path: Path, rows: List[Mapping[str, Any]]) -> None:
         self.temporary(path).write_text("".join(json.dumps(dict(row)) + "\n" for row in rows), encoding="utf-8")
 
+    def keep_previous(self) -> None:
+        """Keep each file commit() will replace under a second name (a hard link: no data written)."""
+        for path in self._staged:
+            if path.exists():
+                previous = _previous(path)
+                remove_quietly(previous)
+                try:
+                    os.link(path, previous)
+                except OSError:  # a file system without hard links
+                    shutil.copyfile(path, previous)
+
     def commit(self) -> None:
         for path, temporary in self._staged.items():
             temporary.replace(path)
+            self._committed.append(path)
+
+    def roll_back(self) -> None:
+        """Put back the files commit() replaced, last renamed first (info.json before the lists it counts)."""
+        for path in reversed(self._committed):
+            previous = _previous(path)
+            if not previous.exists():
+                remove_quietly(path)  # new in this commit
+                continue
+            try:
+                previous.replace(path)
+            except OSError as exc:  # the error that made it roll back is the one to show
+                logger.warning("could not put back the previous %s: %s", path, exc)
+        self._committed.clear()
 
     def discard(self) -> None:
-        for temporary in self._staged.values():
-            remove_quietly(temporary)  # a full disk: no partial file left in meta/ (a read-only one: the write's error shown)
+        """Remove the temporary files and kept previous files left (a full disk: no partial file left in meta/; a
+        read-only one: the write's error shown)."""
+        for path, temporary in self._staged.items():
+            remove_quietly(temporary)
+            remove_quietly(_previous(path))
+
+
+def _previous(path: Path) -> Path:
+    return path.with_name(path.name + ".prev")
