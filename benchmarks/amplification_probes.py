@@ -18,6 +18,7 @@ import tempfile
 import textwrap
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import msgpack
@@ -25,6 +26,10 @@ import numpy as np
 import zmq
 
 from gr00t_client import PolicyClient, PolicyServerError, PolicyTimeoutError, codec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _children import run_benchmark  # noqa: E402
 
 SERVER_SCRIPT = textwrap.dedent(
     """
@@ -219,4 +224,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_benchmark(main))

@@ -30,7 +30,8 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 import throughput as T
-from _args import positive_float, positive_int
+from _args import non_negative_float, positive_float, positive_int
+from _children import run_benchmark, wait_at, wait_for
 
 
 def _serve_instrumented(spec: Dict[str, Any], max_batch: int, timeout_ms: float, ready: Any, requests: Any,
@@ -180,8 +181,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=positive_int, default=16)
     parser.add_argument("--duration", type=positive_float, default=8.0, help="seconds of back-to-back requests")
-    parser.add_argument("--base-ms", type=float, default=20.0)
-    parser.add_argument("--per-row-ms", type=float, default=1.0)
+    parser.add_argument("--base-ms", type=non_negative_float, default=20.0)
+    parser.add_argument("--per-row-ms", type=non_negative_float, default=1.0)
     parser.add_argument("--batch-timeout-ms", type=float, default=T.DEFAULT_BATCH_TIMEOUT_MS)
     args = parser.parse_args(argv)
     ctx = mp.get_context("spawn")
@@ -191,32 +192,34 @@ def main(argv: Optional[List[str]] = None) -> None:
                          daemon=True)
     server.start()
     try:
-        port = ready.get(timeout=300)
+        port = wait_for("a port from the server process", ready, {"server process": server}, 300)
         warm, start, stamped = ctx.Barrier(args.clients + 1), ctx.Barrier(args.clients + 1), ctx.Queue()
         clients = [ctx.Process(target=_stamping_client, args=(port, T.sleep_observation(i), args.duration, warm, start, stamped),
                                daemon=True) for i in range(args.clients)]
         for client in clients:
             client.start()
-        warm.wait(timeout=300)
-        start.wait(timeout=60)
+        watched = T.watched_processes(server, clients, "client process")
+        wait_at(warm, "the warm-up of the client processes", watched, 300)
+        wait_at(start, "the start of the client processes", watched, 60)
         started = time.perf_counter()
         timed_from = time.monotonic()  # the server process stamps rounds with this system-wide clock
-        reports = [stamped.get(timeout=args.duration + 120) for _ in clients]
+        reports = [wait_for("a report from a client process", stamped, watched, args.duration + 120) for _ in clients]
         seconds = time.perf_counter() - started
         for client in clients:
             client.join(10)
         requests.put("rounds")
-        rounds, sent = results.get(timeout=60)
+        rounds, sent = wait_for("the rounds from the server process", results, {"server process": server}, 60)
     finally:
         server.terminate()
         server.join(10)
     stamps = [client_stamps for client_stamps, _stopped in reports]
     warm_up, timed, draining = split_rounds(rounds, timed_from, min(stopped for _stamps, stopped in reports))
     completed = sum(len(client) for client in stamps)
-    ideal = args.clients / ((args.base_ms + args.per_row_ms * args.clients) / 1000.0)
+    ideal = T.ideal_requests_per_s(args.clients, args.base_ms, args.per_row_ms)
+    of_ideal = "-" if ideal is None else f"{completed / seconds / ideal:.1%}"
     full = sum(1 for r in timed if r["rows"] == args.clients)
     print(f"{args.clients} client processes, sleep {args.base_ms:g}+{args.per_row_ms:g}/row: "
-          f"{completed / seconds:.1f} req/s = {completed / seconds / ideal:.1%} of ideal; {full} of {len(timed)} rounds full "
+          f"{completed / seconds:.1f} req/s = {of_ideal} of ideal; {full} of {len(timed)} rounds full "
           f"(left out: {len(warm_up)} warm-up rounds before the start, {len(draining)} after the first client stopped)")
     print("median ms per round:")
     for name, value in summarize(timed, args.clients).items():
@@ -227,4 +230,4 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_benchmark(main))

@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _args import positive_int  # noqa: E402
+from _args import device_name, non_negative_int, positive_int  # noqa: E402
 from gr00t_server.backends import BackendError, apply_inference_mode  # noqa: E402
 from gr00t_server.backends.common import ENGINE_METADATA, EXPORT_METADATA, PRECISION_OF_DTYPE  # noqa: E402
 from gr00t_server.model.modeling import resolve_dtype  # noqa: E402
@@ -320,10 +320,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--batch-sizes", nargs="+", type=positive_int, default=[1, 8])
     parser.add_argument("--backends", nargs="+", default=None, choices=BACKENDS,
                         help="default: all four on CUDA, all but tensorrt on CPU")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", type=device_name, default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu, cuda or cuda:N (default: cuda when there is a GPU)")
     parser.add_argument("--dtype", default=None, help="default: bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--iterations", type=positive_int, default=10)
-    parser.add_argument("--warmup", type=int, default=2,
+    parser.add_argument("--warmup", type=non_negative_int, default=2,
                         help=f"untimed calls per batch size (at least {MIN_WARMUP['torch-compile']} for torch-compile)")
     parser.add_argument("--image-size", type=int, nargs=2, default=[256, 256])
     parser.add_argument("--full", action="store_true",

@@ -22,7 +22,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _args import positive_int  # noqa: E402
+from _args import device_name, positive_int  # noqa: E402
 from policy_latency import TAG, StageTimer, build_policy  # noqa: E402
 from gr00t_server.model.modeling import resolve_dtype  # noqa: E402
 from gr00t_server.test_checkpoint import example_observation, make_test_checkpoint  # noqa: E402
@@ -33,7 +33,8 @@ def main() -> None:
     gpu = torch.cuda.is_available()
     parser.add_argument("--size", default="full" if gpu else "tiny", choices=["full", "tiny", "small"],
                         help="default: full on a GPU, tiny on a CPU (the full network is about 13 GB in fp32)")
-    parser.add_argument("--device", default="cuda" if gpu else "cpu")
+    parser.add_argument("--device", type=device_name, default="cuda" if gpu else "cpu",
+                        help="cpu, cuda or cuda:N (default: cuda when there is a GPU)")
     parser.add_argument("--batch-size", type=positive_int, default=1)
     parser.add_argument("--rows", type=int, default=25, help="operators listed")
     args = parser.parse_args()

@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _args import positive_int  # noqa: E402
+from _args import device_name, positive_int  # noqa: E402
 from gr00t_server.policies.gr00t_policy import Gr00tPolicy  # noqa: E402
 from gr00t_server.processing.image import eval_image_transform  # noqa: E402
 from gr00t_server.processing.vision_patches import patchify_batch  # noqa: E402
@@ -95,7 +95,7 @@ def row(cells: Sequence[object]) -> str:
 
 def main(argv: Sequence[str] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
-    parser.add_argument("--device", default="cpu", help="model (and patchify) device (default cpu)")
+    parser.add_argument("--device", type=device_name, default="cpu", help="model (and patchify) device: cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--rounds", type=positive_int, default=15, help="interleaved rounds per measurement (default 15)")
     args = parser.parse_args(argv)
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():

@@ -33,7 +33,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _args import positive_float, positive_int, positive_ints  # noqa: E402
+from _args import non_negative_float, positive_float, positive_int, positive_ints  # noqa: E402
+from _children import run_benchmark, wait_at, wait_for  # noqa: E402
 from gr00t_client import BasePolicy, PolicyClient, codec  # noqa: E402
 from gr00t_server.serving.batching import DEFAULT_BATCH_TIMEOUT_MS  # noqa: E402
 
@@ -209,6 +210,9 @@ def _client_process(port: int, observation: Dict[str, Any], duration_s: float, r
         results.put(_back_to_back(lambda: client.get_action(observation), _for(duration_s, requests)))
 
 
+RAW_REPLY_TIMEOUT_MS = 120000  # as the PolicyClients' timeout_ms here: a server that stopped answering ends the point
+
+
 class RawGetAction:
     """A plain REQ socket that resends the same pre-encoded get_action frames and only checks that the reply is ok:
     it costs the shared CPU almost nothing, so the server and its batching are what is measured."""
@@ -219,8 +223,16 @@ class RawGetAction:
         self._frames = [bytes(frame) for frame in codec.encode_multipart({"endpoint": "get_action", "data": {"observation": observation}})]
         self._own_context = context is None
         self._context = zmq.Context() if context is None else context
-        self._sock = self._context.socket(zmq.REQ)
-        self._sock.connect(f"tcp://127.0.0.1:{port}")
+        self._port = port
+        self._sock = self._connect()
+
+    def _connect(self) -> Any:
+        import zmq
+
+        sock = self._context.socket(zmq.REQ)
+        sock.setsockopt(zmq.RCVTIMEO, RAW_REPLY_TIMEOUT_MS)
+        sock.connect(f"tcp://127.0.0.1:{self._port}")
+        return sock
 
     @property
     def socket(self) -> Any:
@@ -231,7 +243,15 @@ class RawGetAction:
 
     def receive(self) -> float:
         """Wait for the reply and check it; returns time.monotonic() of its arrival (before the check)."""
-        reply = self._sock.recv_multipart()
+        import zmq
+
+        try:
+            reply = self._sock.recv_multipart()
+        except zmq.Again:
+            # Lazy Pirate: a REQ socket still waiting for its reply cannot send again, so it is replaced
+            self._sock.close(linger=0)
+            self._sock = self._connect()
+            raise TimeoutError(f"no reply from the server on port {self._port} within {RAW_REPLY_TIMEOUT_MS} ms") from None
         arrived = time.monotonic()
         if not codec.decode_multipart(reply).get("ok"):
             raise RuntimeError("the server answered with an error")
@@ -275,7 +295,11 @@ def _raw_socket_farm(port: int, observations: List[Dict[str, Any]], clients: int
         call.send()
     errors, outstanding = 0, len(calls)
     while outstanding:
-        for sock, _event in poller.poll(60000):
+        ready = poller.poll(RAW_REPLY_TIMEOUT_MS)
+        if not ready:
+            raise TimeoutError(f"no reply from the server on port {port} within {RAW_REPLY_TIMEOUT_MS} ms "
+                               f"({outstanding} requests waiting)")
+        for sock, _event in ready:
             call, i = by_socket[sock], index[sock]
             try:
                 call.receive()
@@ -297,7 +321,7 @@ def _raw_socket_farm(port: int, observations: List[Dict[str, Any]], clients: int
 
 def drive_socket_farm(
     port: int, clients: int, observations: List[Dict[str, Any]], duration_s: float, requests: Optional[int],
-    on_warm: Callable[[], Any],
+    on_warm: Callable[[], Any], server: Any = None,
 ) -> Tuple[int, float, np.ndarray, int, Any]:
     """As `drive_processes`, with all K clients as sockets of one process (_raw_socket_farm)."""
     ctx = mp.get_context("spawn")
@@ -305,11 +329,12 @@ def drive_socket_farm(
     proc = ctx.Process(target=_raw_socket_farm, args=(port, observations, clients, duration_s, requests, warm, start,
                                                       results), daemon=True)
     proc.start()
-    warm.wait(timeout=300)
+    watched = watched_processes(server, [proc], "client farm")
+    wait_at(warm, "the warm-up of the client farm", watched, 300)
     warmed = on_warm()
-    start.wait(timeout=60)
+    wait_at(start, "the start of the client farm", watched, 60)
     started = time.perf_counter()
-    latencies, errors = results.get(timeout=duration_s + 600)
+    latencies, errors = wait_for("a result from the client farm", results, watched, duration_s + 600)
     seconds = time.perf_counter() - started
     proc.join(timeout=10)
     flat = np.array(latencies, dtype=np.float64)
@@ -328,9 +353,16 @@ def _raw_client_process(port: int, observation: Dict[str, Any], duration_s: floa
     results.put(outcome)
 
 
+def watched_processes(server: Any, clients: List[Any], kind: str) -> Dict[str, Any]:
+    """The processes a point's waits depend on, the server first (its death is why its clients fail)."""
+    watched = {} if server is None else {"server process": server}
+    watched.update({f"{kind} {index}" if len(clients) > 1 else kind: proc for index, proc in enumerate(clients)})
+    return watched
+
+
 def drive_processes(
     port: int, clients: int, observations: List[Dict[str, Any]], duration_s: float, requests: Optional[int],
-    on_warm: Callable[[], Any], target: Callable[..., None] = _client_process,
+    on_warm: Callable[[], Any], target: Callable[..., None] = _client_process, server: Any = None,
 ) -> Tuple[int, float, np.ndarray, int, Any]:
     """As `drive`, with each client a process of its own, so the clients share no interpreter lock."""
     ctx = mp.get_context("spawn")
@@ -339,11 +371,12 @@ def drive_processes(
                                                         warm, start, results), daemon=True) for i in range(clients)]
     for proc in procs:
         proc.start()
-    warm.wait(timeout=300)
+    watched = watched_processes(server, procs, "client process")
+    wait_at(warm, "the warm-up of the client processes", watched, 300)
     warmed = on_warm()
-    start.wait(timeout=60)
+    wait_at(start, "the start of the client processes", watched, 60)
     started = time.perf_counter()
-    collected = [results.get(timeout=duration_s + 600) for _ in procs]
+    collected = [wait_for("a result from a client process", results, watched, duration_s + 600) for _ in procs]
     seconds = time.perf_counter() - started
     for proc in procs:
         proc.join(timeout=10)
@@ -359,7 +392,7 @@ def _start_server(spec: Dict[str, Any], observations: List[Dict[str, Any]], args
     process = mp.get_context("spawn").Process(target=serve, args=(spec, max_batch, args.batch_timeout_ms, ready), daemon=True)
     process.start()
     try:
-        port = ready.get(timeout=600)
+        port = wait_for("a port from the server process", ready, {"server process": process}, 600)
         with PolicyClient(port=port, timeout_ms=600000) as probe:
             probe.get_action(observations[0])  # first call pays one-off costs (lazy init, allocator warm-up)
     except BaseException:
@@ -369,6 +402,8 @@ def _start_server(spec: Dict[str, Any], observations: List[Dict[str, Any]], args
 
 
 def _stop_server(process: Any, port: int) -> None:
+    if not process.is_alive():
+        return
     try:
         with PolicyClient(port=port, timeout_ms=5000) as probe:
             probe.kill_server()
@@ -410,9 +445,11 @@ def measure(
         for clients in clients_list:
             totals = {batching: [0, 0.0, [], 0, 0, 0] for batching in servers}  # completed, s, latencies, errors, calls, rows
             for requests in requests_per_slice(args.requests, args.slices):
-                for batching, (_process, port) in servers.items():
+                for batching, (process, port) in servers.items():
+                    watch = {} if driver is drive else {"server": process}  # client processes wait on it
                     completed, seconds, latencies, errors, before = driver(
-                        port, clients, observations, duration, requests, on_warm=lambda port=port: server_stats(port)
+                        port, clients, observations, duration, requests, on_warm=lambda port=port: server_stats(port),
+                        **watch,
                     )
                     after = server_stats(port)
                     total = totals[batching]
@@ -453,6 +490,12 @@ def _row(point: Point) -> str:
     )
 
 
+def ideal_requests_per_s(rows: int, base_ms: float, per_row_ms: float) -> Optional[float]:
+    """req/s of back-to-back calls of `rows` rows each of the sleep policy; None for a policy that costs nothing."""
+    call_s = (base_ms + per_row_ms * rows) / 1000.0
+    return rows / call_s if call_s > 0 else None
+
+
 def speedups(points: List[Point]) -> Dict[Tuple[str, int], float]:
     off = {(p.policy, p.clients): p.requests_per_s for p in points if not p.batching}
     return {
@@ -480,8 +523,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--max-batch-size", type=positive_int, default=16, help="rows per policy call with batching on")
     parser.add_argument("--batch-timeout-ms", type=float, default=DEFAULT_BATCH_TIMEOUT_MS,
                         help=f"cap of the adaptive gather window (default {DEFAULT_BATCH_TIMEOUT_MS:g}, the server's)")
-    parser.add_argument("--base-ms", type=float, default=20.0, help="sleep policy: fixed cost per call")
-    parser.add_argument("--per-row-ms", type=float, default=1.0, help="sleep policy: cost per row")
+    parser.add_argument("--base-ms", type=non_negative_float, default=20.0, help="sleep policy: fixed cost per call")
+    parser.add_argument("--per-row-ms", type=non_negative_float, default=1.0, help="sleep policy: cost per row")
     parser.add_argument("--target-k", type=int, default=8)
     parser.add_argument("--target-speedup", type=float, default=4.0)
     parser.add_argument("--target-ideal-fraction", type=float, default=0.85,
@@ -522,15 +565,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("\nsleep policy vs ideal (every call a full batch of min(K, max batch) rows, back to back):")
         for point in sleep_points:
             rows = min(point.clients, args.max_batch_size) if point.batching else 1
-            ideal = rows / ((args.base_ms + args.per_row_ms * rows) / 1000.0)
+            ideal = ideal_requests_per_s(rows, args.base_ms, args.per_row_ms)
             p99 = float(np.percentile(point.latencies_ms, 99)) if len(point.latencies_ms) else float("nan")
-            fraction = point.requests_per_s / ideal
             verdict = ""
-            if point.batching and point.clients == 16:
-                verdict = " PASS" if fraction >= args.target_ideal_fraction else " FAIL"
+            if ideal is not None and point.batching and point.clients == 16:
+                verdict = " PASS" if point.requests_per_s / ideal >= args.target_ideal_fraction else " FAIL"
                 failed = failed or verdict == " FAIL"
+            ideal_text = "-" if ideal is None else f"{ideal:.1f}"
+            fraction_text = "-" if ideal is None else f"{point.requests_per_s / ideal:.1%}"
             print(f"  K={point.clients:<3} batching {'on ' if point.batching else 'off'} {point.requests_per_s:8.1f} / "
-                  f"{ideal:8.1f} req/s = {fraction:6.1%} of ideal, p99 {p99:7.1f} ms{verdict}")
+                  f"{ideal_text:>8} req/s = {fraction_text:>6} of ideal, p99 {p99:7.1f} ms{verdict}")
     target = next((up for (policy, clients), up in ups.items() if policy.startswith("sleep") and clients == args.target_k), None)
     if target is not None:
         verdict = "PASS" if target >= args.target_speedup else "FAIL"
@@ -540,4 +584,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_benchmark(main))

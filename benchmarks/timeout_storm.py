@@ -23,7 +23,8 @@ from typing import Any, Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _args import positive_float, positive_int  # noqa: E402
+from _args import non_negative_float, positive_float, positive_int  # noqa: E402
+from _children import BenchmarkError, run_benchmark  # noqa: E402
 from throughput import _start_server, _stop_server, server_stats, sleep_observation  # noqa: E402
 
 from gr00t_client import PolicyClient  # noqa: E402
@@ -33,25 +34,38 @@ COUNTS = ("policy_calls", "late", "expired", "undelivered")
 
 
 def storm(port: int, observations: List[Dict[str, Any]], clients: int, timeout_ms: int, duration_s: float) -> Dict[str, int]:
-    """K client threads sending back to back for `duration_s`; how many actions they got and how many timed out."""
+    """K client threads sending back to back for `duration_s`; how many actions they got and how many timed out.
+    A client's error other than a timeout stops the storm: BenchmarkError naming the first."""
     received = [0] * clients
     timed_out = [0] * clients
+    failures: List[BaseException] = []
+    stop = threading.Event()
     end = time.monotonic() + duration_s
 
     def one_client(index: int) -> None:
-        with PolicyClient(port=port, timeout_ms=timeout_ms) as client:
-            while time.monotonic() < end:
-                try:
-                    client.get_action(observations[index % len(observations)])
-                    received[index] += 1
-                except PolicyTimeoutError:
-                    timed_out[index] += 1
+        try:
+            with PolicyClient(port=port, timeout_ms=timeout_ms) as client:
+                while time.monotonic() < end and not stop.is_set():
+                    try:
+                        client.get_action(observations[index % len(observations)])
+                        received[index] += 1
+                    except PolicyTimeoutError:
+                        timed_out[index] += 1
+        except Exception as exc:
+            failures.append(exc)
+            stop.set()
 
     threads = [threading.Thread(target=one_client, args=(index,)) for index in range(clients)]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join()
+    try:
+        for thread in threads:
+            thread.join()
+    finally:
+        stop.set()  # on SIGTERM or Ctrl-C too: the clients end after their current call
+    if failures:
+        first = failures[0]
+        raise BenchmarkError(f"{len(failures)} of {clients} client threads failed; the first: {type(first).__name__}: {first}")
     return {"received": sum(received), "timed_out": sum(timed_out)}
 
 
@@ -86,9 +100,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--policy", choices=("gr00t", "sleep"), default="gr00t")
     parser.add_argument("--clients", type=positive_int, default=6)
-    parser.add_argument("--timeout-ms", type=int, default=150)
+    parser.add_argument("--timeout-ms", type=positive_int, default=150)
     parser.add_argument("--duration", type=positive_float, default=15.0)
-    parser.add_argument("--call-ms", type=float, default=40.0, help="the sleep policy's call time")
+    parser.add_argument("--call-ms", type=non_negative_float, default=40.0, help="the sleep policy's call time")
     return parser.parse_args(argv)
 
 
@@ -110,4 +124,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_benchmark(main))

@@ -31,7 +31,8 @@ import zmq.auth
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _args import positive_int  # noqa: E402
+from _args import non_negative_int, positive_int  # noqa: E402
+from _children import run_benchmark, wait_for  # noqa: E402
 from reference_peer import ReferenceClient  # noqa: E402  (the reference-style peer lives with the tests)
 
 from gr00t_client import BasePolicy, PolicyClient  # noqa: E402
@@ -124,7 +125,7 @@ def start_process(target: Callable[..., None], *args: Any) -> Tuple[Any, int]:
     ready = context.Queue()
     process = context.Process(target=target, args=(*args, ready), daemon=True)
     process.start()
-    return process, ready.get(timeout=120)
+    return process, wait_for(f"a port from the {target.__name__} process", ready, {f"{target.__name__} process": process}, 120)
 
 
 def percentile(samples: List[float], q: float) -> float:
@@ -236,7 +237,7 @@ def _cells(samples: Optional[List[float]], stat: Callable[[List[float]], float])
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=positive_int, default=200, help="timed round trips per row and column (default 200)")
-    parser.add_argument("--warmup", type=int, default=20, help="untimed round trips per path first (default 20)")
+    parser.add_argument("--warmup", type=non_negative_int, default=20, help="untimed round trips per path first (default 20)")
     parser.add_argument("--rounds", type=positive_int, default=10, help="paths take turns in this many slices (default 10)")
     args = parser.parse_args(argv)
     cases = [
@@ -266,4 +267,4 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_benchmark(main))

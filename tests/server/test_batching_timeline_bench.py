@@ -43,3 +43,18 @@ def test_warm_up_rounds_are_left_out_of_the_rounds_counted():
     full, timed, warm_up, _draining = map(int, counted.groups())
     assert 1 <= warm_up <= clients, result.stdout  # the warm-up calls made at least one round, at most one each
     assert 0 < full <= timed, result.stdout
+
+
+def test_a_sleep_policy_that_costs_nothing_has_no_ideal_and_the_run_finishes():
+    """--base-ms 0 --per-row-ms 0 ran the whole timeline, then died dividing by the ideal's zero call time."""
+    result = subprocess.run([sys.executable, str(SCRIPT), "--clients", "2", "--duration", "0.5", "--base-ms", "0",
+                             "--per-row-ms", "0"], capture_output=True, text=True, timeout=300, cwd=SCRIPT.parent)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"2 client processes, sleep 0\+0/row: [\d.]+ req/s = - of ideal;", result.stdout), result.stdout
+
+
+def test_a_negative_sleep_policy_cost_is_a_usage_error():
+    result = subprocess.run([sys.executable, str(SCRIPT), "--per-row-ms", "-1"], capture_output=True, text=True,
+                            timeout=60, cwd=SCRIPT.parent)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "argument --per-row-ms: must be a finite number >= 0, got -1" in result.stderr

@@ -96,3 +96,25 @@ def test_amplification_probes_are_labelled_in_the_unit_their_bytes_were_counted_
             assert abs(size - count * amount * units[unit]) <= 0.01 * size, (name, size)
             labelled += 1
     assert labelled == 4
+
+
+def test_a_device_torch_does_not_name_this_way_is_a_usage_error_naming_the_accepted_ones():
+    """--device gpu ended in a torch RuntimeError traceback (preprocessing.py's after its image-transform rounds)."""
+    pytest.importorskip("torch")
+    scripts = ("preprocessing.py", "policy_latency.py", "policy_profile.py")
+    runs = [subprocess.Popen([sys.executable, str(BENCHMARKS / script), "--device", "gpu"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, cwd=BENCHMARKS) for script in scripts]
+    errors = [run.communicate(timeout=120)[1] for run in runs]  # all waited for: a failed one must not run on
+    for script, run, stderr in zip(scripts, runs, errors):
+        assert run.returncode == 2 and "Traceback" not in stderr, (script, stderr)
+        assert "argument --device: must be cpu, cuda or cuda:N, got 'gpu'" in stderr, (script, stderr)
+
+
+def test_a_negative_warmup_is_a_usage_error():
+    cases = ("wire_latency.py", "policy_latency.py")
+    runs = [subprocess.Popen([sys.executable, str(BENCHMARKS / script), "--warmup", "-1"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, cwd=BENCHMARKS) for script in cases]
+    errors = [run.communicate(timeout=120)[1] for run in runs]
+    for script, run, stderr in zip(cases, runs, errors):
+        assert run.returncode == 2 and "Traceback" not in stderr, (script, stderr)
+        assert "argument --warmup: must be >= 0, got -1" in stderr, (script, stderr)

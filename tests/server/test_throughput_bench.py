@@ -78,3 +78,23 @@ def test_requests_are_shared_out_over_the_slices_exactly():
     assert throughput.requests_per_slice(1, 2) == [1]  # the slice that would get none is left out
     assert throughput.requests_per_slice(7, 3) == [3, 2, 2]
     assert throughput.requests_per_slice(None, 2) == [None, None]
+
+
+def test_a_sleep_policy_that_costs_nothing_has_no_ideal_and_the_run_finishes():
+    """--base-ms 0 --per-row-ms 0 (the server's own overhead alone) measured every point, then died dividing by
+    the ideal's zero call time."""
+    result = subprocess.run([sys.executable, str(SCRIPT), "--policy", "sleep", "--requests", "3", "--clients", "1",
+                             "--base-ms", "0", "--per-row-ms", "0"],
+                            capture_output=True, text=True, timeout=300, cwd=SCRIPT.parent)
+    assert result.returncode == 0, result.stdout + result.stderr
+    ideal_rows = re.findall(r"^  K=1\s+batching (?:on |off)\s+[\d.]+ /\s+- req/s =\s+- of ideal", result.stdout, re.MULTILINE)
+    assert len(ideal_rows) == 2, result.stdout
+    assert _throughput_module().ideal_requests_per_s(16, 0.0, 0.0) is None
+
+
+@pytest.mark.parametrize("option, value", [("--base-ms", "-1"), ("--per-row-ms", "-0.5"), ("--base-ms", "nan")])
+def test_a_sleep_policy_cost_below_zero_or_not_finite_is_a_usage_error(option, value, capsys):
+    with pytest.raises(SystemExit) as exited:
+        _throughput_module().parse_args([option, value])
+    assert exited.value.code == 2
+    assert f"argument {option}: must be a finite number >= 0, got {value}" in capsys.readouterr().err

@@ -1,0 +1,141 @@
+"""The benchmarks' server and client processes: a child that dies ends the run at once with its exit code (the
+benchmarks waited 2 to 10 minutes for a port or a result that could no longer come), and SIGTERM to a benchmark
+leaves none of its children serving on their ports."""
+
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+from _children import BenchmarkError, ChildDied, run_benchmark, wait_for  # noqa: E402
+
+
+def _stat(pid):
+    """(session id, parent pid, start time) of a process, None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+    return int(fields[3]), int(fields[1]), int(fields[19])
+
+
+def _session_members(sid):
+    pids = [int(name) for name in os.listdir("/proc") if name.isdigit() and int(name) != sid]
+    return [pid for pid in pids if (_stat(pid) or (None,))[0] == sid]
+
+
+def _spawned_children(parent):
+    """The multiprocessing children of `parent`, oldest first."""
+    children = []
+    for pid in _session_members(parent):
+        stat = _stat(pid)
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except FileNotFoundError:
+            continue
+        if stat and stat[1] == parent and b"spawn_main" in command:
+            children.append((stat[2], pid))
+    return [pid for _started, pid in sorted(children)]
+
+
+def _wait_until(condition, timeout_s):
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return condition()
+
+
+def _start(script, *args):
+    return subprocess.Popen([sys.executable, str(BENCHMARKS / script), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=BENCHMARKS, start_new_session=True)
+
+
+def _kill_session(proc):
+    for pid in _session_members(proc.pid) + [proc.pid]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_a_wait_on_a_child_that_exited_names_its_exit_code():
+    ctx = mp.get_context("spawn")
+    child = ctx.Process(target=os._exit, args=(3,))
+    child.start()
+    with pytest.raises(ChildDied, match=rf"the server process \(pid {child.pid}\) exited with code 3 while waiting "
+                                        r"for a port"):
+        wait_for("a port", ctx.Queue(), {"server process": child}, timeout_s=120)
+
+
+def test_a_run_that_can_give_no_result_is_one_line_on_stderr_and_exit_status_1(capsys):
+    def main():
+        raise BenchmarkError("2 of 2 client threads failed; the first: ValueError: broken")
+
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        assert run_benchmark(main) == 1
+    finally:
+        signal.signal(signal.SIGTERM, before)  # run_benchmark's handler is for a benchmark's process, not pytest's
+    assert capsys.readouterr().err == "error: 2 of 2 client threads failed; the first: ValueError: broken\n"
+
+
+@pytest.mark.parametrize("script, args", [
+    ("throughput.py", ["--policy", "sleep", "--clients", "1", "--duration", "0.5"]),
+    ("batching_timeline.py", ["--clients", "2", "--duration", "0.5"]),
+])
+def test_a_server_that_dies_at_start_up_ends_the_benchmark_with_its_exit_code(script, args):
+    proc = _start(script, *args, "--batch-timeout-ms=-5")  # refused by PolicyServer in the server process
+    try:
+        _stdout, stderr = proc.communicate(timeout=90)
+    finally:
+        _kill_session(proc)
+    assert proc.returncode == 1, stderr
+    assert "batch_timeout_ms must be" in stderr  # the server's own error, printed by its process
+    assert stderr.strip().splitlines()[-1].startswith("error: the server process (pid "), stderr
+    assert "exited with code 1 while waiting for a port from the server process" in stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script, args, children", [
+    ("throughput.py", ["--policy", "sleep", "--clients", "1", "--duration", "60"], 2),
+    ("wire_latency.py", ["--iterations", "100000"], 7),
+    ("batching_timeline.py", ["--clients", "2", "--duration", "60"], 3),
+    ("timeout_storm.py", ["--policy", "sleep", "--clients", "2", "--duration", "60"], 1),
+    ("amplification_probes.py", [], 1),
+])
+def test_sigterm_leaves_no_child_of_the_benchmark_running(script, args, children):
+    proc = _start(script, *args)
+    try:
+        assert _wait_until(lambda: len(_session_members(proc.pid)) >= children, 120), "its servers never started"
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+        assert proc.returncode == 128 + signal.SIGTERM
+        assert _wait_until(lambda: not _session_members(proc.pid), 15), _session_members(proc.pid)
+    finally:
+        _kill_session(proc)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("clients_as", ["raw-sockets", "raw-processes"])
+def test_raw_clients_end_the_run_when_their_server_is_killed(clients_as):
+    proc = _start("throughput.py", "--policy", "sleep", "--clients", "2", "--duration", "60", "--slices", "1",
+                  "--clients-as", clients_as)
+    try:
+        # both servers and the first point's clients
+        assert _wait_until(lambda: len(_spawned_children(proc.pid)) >= 3, 120), "the point never started"
+        time.sleep(3)  # measuring
+        server = _spawned_children(proc.pid)[0]  # batching off: started, and measured, first
+        os.kill(server, signal.SIGKILL)
+        _stdout, stderr = proc.communicate(timeout=90)
+    finally:
+        _kill_session(proc)
+    assert proc.returncode == 1, stderr
+    assert f"error: the server process (pid {server}) exited with code -9" in stderr
