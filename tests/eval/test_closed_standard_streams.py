@@ -1,6 +1,7 @@
 """The command lines started with stderr closed (`2>&-`, as a cron job or a daemon may run them): their error lines
 went to stdout, and child processes found file descriptor 2 closed (glfw's library probe then failed, and `record`
-blamed a missing install of metaworld and mujoco, both installed). Real processes, started through bash."""
+blamed a missing install of metaworld and mujoco, both installed). With stdout closed (`>&-`) the report was
+discarded without a word on stderr. Real processes, started through bash."""
 
 from __future__ import annotations
 
@@ -54,3 +55,21 @@ def test_a_metaworld_that_fails_to_load_is_not_called_missing(tmp_path):
              "try:\n    _import_metaworld()\nexcept MissingExtraError as exc:\n    print(exc)")
     done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, stdout=subprocess.PIPE, text=True, timeout=60)
     assert done.stdout == "Meta-World envs could not import metaworld/mujoco (Failed to load GLFW3 shared library.)\n"
+
+
+def run_with_stdout_closed(code, *argv):
+    """Run `python -c code argv...` with file descriptor 1 closed (`>&-`); its (stderr, exit status)."""
+    done = subprocess.run(["bash", "-c", 'exec "$@" >&-', "_", sys.executable, "-c", code, *argv],
+                          stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, timeout=120)
+    return done.stderr, done.returncode
+
+
+@pytest.mark.parametrize("module, argv", [
+    ("gr00t_eval.cli", ["suites"]),
+    ("gr00t_server.cli", ["keygen", "--force", "{keys}"]),
+])
+def test_a_report_lost_to_a_stdout_closed_by_the_launcher_is_said_once_on_stderr(module, argv, tmp_path):
+    errors, code = run_with_stdout_closed(cli(module), *[word.format(keys=tmp_path / "keys") for word in argv])
+    assert code == 0, errors
+    assert errors.count("standard output cannot be written (closed by the launcher") == 1, errors
+    assert "Traceback" not in errors

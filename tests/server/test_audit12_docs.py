@@ -7,8 +7,6 @@ import dataclasses
 import re
 from pathlib import Path
 
-import pytest
-
 from gr00t_server import ServerLimits
 from gr00t_server.cli import build_parser, main
 
@@ -26,16 +24,19 @@ def test_serve_log_level_debug_prints_the_traceback_of_a_start_up_error(tmp_path
     argv = ["serve", "--dataset-path", str(tmp_path / "empty"), "--port", "0"]
     assert main(argv) == 2  # one line, no traceback, at the default level
     assert "gr00t-server serve: error: dataset info file (meta/info.json) not found" in capsys.readouterr().err
-    with pytest.raises(Exception, match="meta/info.json"):  # raised on: Python prints the traceback
-        main([*argv, "--log-level", "debug"])
-    assert "gr00t-server serve: error: dataset info file" in capsys.readouterr().err
+    assert main([*argv, "--log-level", "debug"]) == 2  # still a mistake's exit code
+    err = capsys.readouterr().err
+    assert err.startswith("gr00t-server serve: error: dataset info file"), err  # the line first
+    assert "Traceback (most recent call last)" in err and "meta/info.json" in err.split("Traceback", 1)[1]
 
 
-def test_gr00t_debug_still_raises_and_is_documented(tmp_path, monkeypatch):
+def test_gr00t_debug_prints_the_traceback_after_the_line_and_is_documented(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("GR00T_DEBUG", "1")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(Exception, match="meta/info.json"):
-        main(["serve", "--dataset-path", str(tmp_path / "empty"), "--port", "0"])
+    assert main(["serve", "--dataset-path", str(tmp_path / "empty"), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gr00t-server serve: error: dataset info file"), err
+    assert "Traceback (most recent call last)" in err
     text = (ROOT / "docs" / "serving.md").read_text(encoding="utf-8")
     assert "GR00T_DEBUG" in text and "--log-level DEBUG" in text
 

@@ -6,7 +6,8 @@ BrokenPipeError: the server never came up. `gr00t-eval rollout | head` saved its
 started with `& disown` from an ssh session that then ended got EIO on its next line (open-loop lost every trajectory
 it had scored; serve never came up after its model loaded), and one whose output went to a full disk got ENOSPC.
 Their standard output is a report; once it cannot be written, the rest goes to /dev/null and the command carries on
-(its logs go to stderr, where one warning says why the report stopped).
+(its logs go to stderr, where one warning says why the report stopped). A standard output closed by the launcher
+(`>&-`) is /dev/null from the start, and the same warning comes at its first line.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any
+from typing import Any, Set
 
 
 class ClosedPipeTolerantStdout:
@@ -22,11 +23,16 @@ class ClosedPipeTolerantStdout:
     disk: ENOSPC) points file descriptor 1 at /dev/null and carries on, instead of raising in whatever print() came
     next."""
 
-    def __init__(self, stream: Any, warn: bool = True) -> None:
+    def __init__(self, stream: Any, warn: bool = True, closed_at_start: bool = False) -> None:
         self._stream = stream
         self._warn = warn  # not for stderr itself: the warning would go where the failure is
+        # said at the first line lost, not at start-up: the command has set up its logging by then
+        self._closed_at_start_unsaid = closed_at_start
 
     def write(self, text: str) -> int:
+        if self._closed_at_start_unsaid and text:
+            self._closed_at_start_unsaid = False
+            self._say_discarded("closed by the launcher, >&-")
         try:
             return self._stream.write(text)
         except OSError as exc:
@@ -40,10 +46,8 @@ class ClosedPipeTolerantStdout:
             self._discard_from_now_on(exc)
 
     def _discard_from_now_on(self, exc: OSError) -> None:
-        if self._warn and not isinstance(exc, BrokenPipeError):  # a reader that left meant it; a lost terminal is news
-            logging.getLogger(__name__).warning(
-                "standard output cannot be written (%s): the rest of this command's report is discarded; it carries on",
-                os.strerror(exc.errno) if exc.errno else exc)
+        if not isinstance(exc, BrokenPipeError):  # a reader that left meant it; a lost terminal is news
+            self._say_discarded(os.strerror(exc.errno) if exc.errno else str(exc))
         try:
             devnull = os.open(os.devnull, os.O_WRONLY)
             try:
@@ -53,18 +57,26 @@ class ClosedPipeTolerantStdout:
         except (OSError, ValueError, AttributeError):  # no file descriptor (a test's capture): nothing to redirect
             pass
 
+    def _say_discarded(self, why: str) -> None:
+        if self._warn:
+            logging.getLogger(__name__).warning(
+                "standard output cannot be written (%s): the rest of this command's report is discarded; it carries on",
+                why)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
 
 
-def reopen_closed_standard_streams() -> None:
+def reopen_closed_standard_streams() -> Set[int]:
     """Point each of file descriptors 0, 1 and 2 that is closed (a command started with `2>&-`) at /dev/null, and give
     Python a stream for it: the next file opened took the free number (glfw's library probe failed with fd 2 closed,
-    and record and rollout blamed a missing install), and messages for stderr went to stdout."""
+    and record and rollout blamed a missing install), and messages for stderr went to stdout. Returns those reopened."""
+    reopened = set()
     for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
         try:
             os.fstat(fd)
         except OSError:
+            reopened.add(fd)
             devnull = os.open(os.devnull, os.O_RDWR)  # takes the lowest free number: fd itself when it is the first
             if devnull != fd:
                 os.dup2(devnull, fd)
@@ -72,15 +84,16 @@ def reopen_closed_standard_streams() -> None:
             os.set_inheritable(fd, True)  # os.open's are not: child processes (glfw's probe) would find it closed
             if getattr(sys, name) is None:  # Python starts with None for a closed standard stream
                 setattr(sys, name, open(fd, mode, closefd=False))
+    return reopened
 
 
 def guard_stdout() -> None:
     """Make sys.stdout and sys.stderr ClosedPipeTolerantStdout (once; called by the command lines' main). stderr too:
     with both on a terminal that has gone, an interrupted run's last line ("... interrupted") raised EIO and the run
     that had saved its results exited 1 instead of 130. Closed standard file descriptors are reopened on /dev/null
-    first (reopen_closed_standard_streams)."""
-    reopen_closed_standard_streams()
+    first (reopen_closed_standard_streams); a closed stdout is named on stderr at its first line."""
+    reopened = reopen_closed_standard_streams()
     if not isinstance(sys.stdout, ClosedPipeTolerantStdout) and sys.stdout is not None:
-        sys.stdout = ClosedPipeTolerantStdout(sys.stdout)  # type: ignore[assignment]
+        sys.stdout = ClosedPipeTolerantStdout(sys.stdout, closed_at_start=1 in reopened)  # type: ignore[assignment]
     if not isinstance(sys.stderr, ClosedPipeTolerantStdout) and sys.stderr is not None:
         sys.stderr = ClosedPipeTolerantStdout(sys.stderr, warn=False)  # type: ignore[assignment]

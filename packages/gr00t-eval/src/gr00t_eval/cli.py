@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from typing import Any, Dict, Optional, Sequence, Set
 
 # Only light modules here: main() makes SIGTERM and SIGHUP stop a command before the heavy imports (numpy, ZeroMQ: the
@@ -353,14 +354,16 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         message = _exit_message(exc)
         print(f"gr00t-eval {args.command}: error: {message}", file=sys.stderr)
         return USAGE_EXIT_CODE
-    except Exception as exc:  # noqa: BLE001 - one line for the user; the traceback only at DEBUG
-        if args is None or args.log_level == "DEBUG":
+    except Exception as exc:  # noqa: BLE001 - one line for the user; the traceback after it only at DEBUG
+        if args is None:
             raise
         message = (str(exc).strip("\"'") if isinstance(exc, KeyError) else str(exc)) or type(exc).__name__
         known = (UsageError, ConnectionError, TimeoutError, FileNotFoundError, FileExistsError, MissingExtraError,
                  OutputDirError)
         shown = message if isinstance(exc, known) else f"{type(exc).__name__}: {message} (--log-level DEBUG shows the traceback)"
         print(f"gr00t-eval {args.command}: error: {shown}", file=sys.stderr)
+        if args.log_level == "DEBUG":
+            traceback.print_exception(exc, file=sys.stderr)
         return USAGE_EXIT_CODE
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from typing import Any, Optional, Sequence
 
 # Only light modules here (gr00t_client loads its API on first use): main() makes SIGTERM and SIGHUP stop a command
@@ -247,8 +248,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
 
         return int(backend_commands.run(args) or 0)
     except CliError as exc:
-        print(f"gr00t-server {command}: error: {exc}", file=sys.stderr)
-        return 2
+        return _report_mistake(command, str(exc), exc, args)
     except KeyboardInterrupt:  # Ctrl-C before the server was up (a running server stops cleanly and exits 0)
         print(f"gr00t-server {command}: interrupted" if command else "gr00t-server: interrupted", file=sys.stderr)
         return INTERRUPTED_EXIT_CODE
@@ -260,10 +260,15 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         message = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
         if isinstance(exc, MemoryError):
             message = f"out of memory ({message}): {_MEMORY_HINTS.get(command, 'the files it loads may be too large for this machine')}"
-        print(f"gr00t-server {command}: error: {message}", file=sys.stderr)
-        if os.environ.get("GR00T_DEBUG") or getattr(args, "log_level", None) == "DEBUG":
-            raise  # the traceback too, as gr00t-eval --log-level DEBUG gives
-        return 2
+        return _report_mistake(command, message, exc, args)
+
+
+def _report_mistake(command: str, message: str, exc: BaseException, args: Optional[argparse.Namespace]) -> int:
+    """One line on stderr and exit code 2; at --log-level DEBUG or with GR00T_DEBUG set, the traceback after it."""
+    print(f"gr00t-server {command}: error: {message}", file=sys.stderr)
+    if os.environ.get("GR00T_DEBUG") or getattr(args, "log_level", None) == "DEBUG":
+        traceback.print_exception(exc, file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":
