@@ -1,20 +1,17 @@
 """Wire codec: encodes the reference's current format, decodes every format a peer may send, refuses pickle."""
 
-import contextlib
-import gc
 import io
 import json
 import weakref
-from typing import Iterator
 
 import msgpack
 import msgpack_numpy
 import numpy as np
 import pytest
-import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from received_frames import cyclic_gc_off, received_frame
 
 from gr00t_client import ModalityConfig, WireDecodeError, WireEncodeError, codec, wire_decode
 
@@ -304,33 +301,6 @@ def test_shared_decode_of_a_received_zmq_frame_keeps_the_frame_alive(monkeypatch
         del frame
         gc.collect()
         np.testing.assert_array_equal(video["agentview"], FRAME)
-    finally:
-        sender.close(linger=0)
-        receiver.close(linger=0)
-        context.term()
-
-
-@contextlib.contextmanager
-def cyclic_gc_off() -> Iterator[None]:
-    """Only reference counting frees objects meanwhile: what a reference cycle holds stays until gc runs."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
-def received_frame(message: bytes) -> zmq.Frame:
-    """`message` as a ZeroMQ socket hands it over: a writable frame the receiver owns."""
-    context = zmq.Context()
-    sender, receiver = context.socket(zmq.PAIR), context.socket(zmq.PAIR)
-    try:
-        receiver.bind("inproc://received-frame")
-        sender.connect("inproc://received-frame")
-        sender.send(message)
-        return receiver.recv(copy=False)
     finally:
         sender.close(linger=0)
         receiver.close(linger=0)

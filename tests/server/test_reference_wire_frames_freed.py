@@ -3,32 +3,18 @@ that view it, by reference counting alone: the cyclic GC runs too seldom to boun
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import time
 import weakref
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
-import zmq
+from received_frames import cyclic_gc_off, received_frame
 from serving import running_server
 
 from gr00t_client import BasePolicy, PolicyClient, codec
 from gr00t_server.serving.messages import decode_payload
 
 CAMERA = np.full((1, 1, 1024, 1024, 3), 7, np.uint8)  # 3 MiB: large arrays view the received frame
-
-
-@contextlib.contextmanager
-def cyclic_gc_off() -> Iterator[None]:
-    """Only reference counting frees objects meanwhile: what a reference cycle holds stays until gc runs."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def viewed_buffer(array: np.ndarray) -> Any:
@@ -70,21 +56,6 @@ def test_a_reference_wire_requests_frame_is_freed_once_its_call_is_done():
             time.sleep(0.01)
         held = sum(ref() is not None for ref in earlier)
     assert len(earlier) == 3 and held == 0, f"{held} of 3 earlier calls' received frames are still alive"
-
-
-def received_frame(message: bytes) -> zmq.Frame:
-    """`message` as a ZeroMQ socket hands it over: a writable frame the receiver owns."""
-    context = zmq.Context()
-    sender, receiver = context.socket(zmq.PAIR), context.socket(zmq.PAIR)
-    try:
-        receiver.bind("inproc://reference-wire-frame")
-        sender.connect("inproc://reference-wire-frame")
-        sender.send(message)
-        return receiver.recv(copy=False)
-    finally:
-        sender.close(linger=0)
-        receiver.close(linger=0)
-        context.term()
 
 
 def test_the_servers_decode_of_a_single_frame_request_frees_its_frame_with_the_request():
