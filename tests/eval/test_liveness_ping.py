@@ -9,7 +9,7 @@ from reference_peer import EchoPolicy
 from serving import running_server
 
 from gr00t_client import PolicyClient, PolicyServerError
-from gr00t_eval.rollout.liveness import ServerWatch, ping_quickly
+from gr00t_eval.rollout.liveness import ServerWatch, ping_quickly, unanswered_ping_reason
 from gr00t_server.curve import generate_certificates
 
 SLOW_S = 0.6
@@ -116,3 +116,14 @@ def test_a_request_refused_as_unauthorized_stops_the_run_with_the_servers_words(
             reason = ServerWatch(client).unreachable_reason(refused.value)
     assert reason is not None and "now refuses this client (PolicyServerError:" in reason
     assert "Unauthorized: Invalid API token" in reason
+
+
+def test_the_ping_before_a_suites_next_task_names_a_server_that_now_refuses_this_client():
+    """The ping between a suite's tasks said only "did not answer a ping" of a server restarted with another token."""
+    with running_server(EchoPolicy(), api_token="rotated-token") as server:
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=5000, api_token="old-token") as client:
+            reason = unanswered_ping_reason(client, "task metaworld/reach-v3")
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=5000, api_token="rotated-token") as client:
+            assert unanswered_ping_reason(client, "task metaworld/reach-v3") is None
+    assert reason is not None and "now refuses this client" in reason and "Unauthorized: Invalid API token" in reason
+    assert reason.endswith(", before task metaworld/reach-v3")

@@ -20,7 +20,7 @@ from gr00t_client import BasePolicy
 
 from .metrics import EpisodeOutcome, rollout_aggregates
 from .rollout.config import RolloutConfig, env_error_text, split_env_name
-from .rollout.liveness import PolicyServerUnreachableError, ping_quickly
+from .rollout.liveness import PolicyServerUnreachableError, unanswered_ping_reason
 
 logger = logging.getLogger(__name__)
 
@@ -285,9 +285,9 @@ def run_tasks(policy: BasePolicy, tasks: Sequence[Task], config: RolloutConfig, 
         run = TaskRun(task, episodes)
         suite_run.runs.append(run)
         try:
-            if position and ping_quickly(policy) is False:
-                raise PolicyServerUnreachableError(f"{getattr(policy, 'address', 'the policy server')} did not answer a ping "
-                                                   f"before task {task.env_name}; stopping the run (finished episodes are kept)")
+            gone = unanswered_ping_reason(policy, f"task {task.env_name}") if position else None
+            if gone is not None:
+                raise PolicyServerUnreachableError(f"{gone}; stopping the run (finished episodes are kept)")
             logger.info("task %s: episodes %d..%d", task.env_name, episodes.start, episodes.stop - 1)
             run_task(policy, task, config, episodes, progress=progress, on_episode=on_episode,
                      done=done_by_task.get(task.env_name, ()), run=run, video_subdir=len(tasks) > 1)

@@ -59,6 +59,16 @@ def refuses_this_client(exc: Optional[BaseException]) -> bool:
     return isinstance(exc, HandshakeError) or "Unauthorized" in str(getattr(exc, "server_message", ""))
 
 
+def unanswered_ping_reason(policy: Any, before: str) -> Optional[str]:
+    """Why the server counts as gone before `before` (a task): no answer to a quick ping, or a refusal of this
+    client's key or token; None when it answered (or cannot be pinged)."""
+    alive, error = ping_with_error(policy)
+    address = getattr(policy, "address", "the policy server")
+    if refuses_this_client(error):
+        return f"{_refusal(address, error)}, before {before}"
+    return f"{address} did not answer a ping before {before}" if alive is False else None
+
+
 def _refusal(address: str, exc: BaseException) -> str:
     return (f"the server at {address} now refuses this client ({type(exc).__name__}: {exc}), as a server restarted "
             "with another CURVE key or API token does")
