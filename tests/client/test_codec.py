@@ -318,7 +318,7 @@ def test_a_shared_decode_frees_the_received_frame_with_the_last_array_that_views
     frame = received_frame(codec.encode({"video": {"front": CAMERA_4MB}, "tail": tail}))
     alive = weakref.ref(frame)
     with cyclic_gc_off():
-        decoded = codec.decode(frame.buffer, share_buffer=True)
+        decoded = codec.decode(memoryview(frame), share_buffer=True)
         del frame
         np.testing.assert_array_equal(decoded["video"]["front"], CAMERA_4MB)
         del decoded

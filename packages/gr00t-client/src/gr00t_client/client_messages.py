@@ -60,9 +60,9 @@ class ClientMessages:
         if len(reply[0]) == 5 and reply[0].bytes == b"ERROR":
             raise PolicyServerError("Make sure we are running the correct policy server.", endpoint)
         if self._server_is_ours:  # ours answers in the format it is asked in: nothing to learn
-            return self._unwrap_reference(codec.decode(reply[0].buffer, limits), endpoint)
+            return self._unwrap_reference(codec.decode(memoryview(reply[0]), limits), endpoint)
         try:
-            message, written_npsave = codec.decode_noting_npsave(reply[0].buffer, limits)
+            message, written_npsave = codec.decode_noting_npsave(memoryview(reply[0]), limits)
         except codec.WireDecodeError as exc:  # e.g. a ModalityConfig this client cannot read: still learn the wire
             if getattr(exc, "written_npsave", False) and not self.speaks_npsave:
                 self.speaks_npsave = True

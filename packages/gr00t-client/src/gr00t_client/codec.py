@@ -127,7 +127,8 @@ def decode(data: BufferLike, limits: Optional[DecodeLimits] = None, share_buffer
     With `limits` (servers: `DecodeLimits.for_message_bytes(max_message_bytes)`), a message that would cost more
     than its size allows raises DecodeLimitError before the cost is paid. With `share_buffer`, large arrays may
     be writable views of `data` (no copy) when it is a writable buffer the caller hands over for good, such as a
-    received ZeroMQ frame's `.buffer`; they keep it alive, and writing to them writes to it.
+    received ZeroMQ frame's `memoryview(frame)` (not its `.buffer`, which pyzmq 22 caches in a reference cycle that
+    kept the frame until the cyclic GC ran); they keep it alive, and writing to them writes to it.
     """
     try:
         return _unpack(data, _decode_hook, limits, share_buffer=share_buffer)

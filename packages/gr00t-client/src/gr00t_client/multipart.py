@@ -69,7 +69,7 @@ def decode_multipart(frames: Sequence[Any], limits: Optional[DecodeLimits] = Non
         raise WireDecodeError("not a multipart GR00T message (missing magic frame)")
     if len(frames) < 2:
         raise WireDecodeError("multipart message without its header frame (only the magic frame came)")
-    views = [frame.buffer if hasattr(frame, "buffer") else memoryview(frame) for frame in frames]
+    views = [memoryview(frame) for frame in frames]  # not a zmq Frame's `.buffer`: pyzmq 22 caches it, a cycle
     referenced = set()
 
     def ext_hook(code: int, data: bytes) -> Any:

@@ -148,7 +148,9 @@ def decode_payload(payload: List[Any], max_message_bytes: int) -> Tuple[Any, str
         return codec.decode_multipart(payload, limits), WIRE_MULTIPART
     if len(payload) == 1:
         # The received frame is ours alone: large arrays may view it (writable, no copy) instead of being copied.
-        envelope, npsave = codec.decode_noting_npsave(payload[0].buffer, limits, share_buffer=True)
+        # memoryview(frame), not frame.buffer: pyzmq 22 caches that view on the frame, a cycle that kept every
+        # received frame until the cyclic GC ran.
+        envelope, npsave = codec.decode_noting_npsave(memoryview(payload[0]), limits, share_buffer=True)
         return envelope, WIRE_NPSAVE if npsave else WIRE_MSGPACK
     raise RequestError(f"message has {len(payload)} frames but no multipart header; expected 1 frame")
 
@@ -163,7 +165,7 @@ def peek_endpoint(payload: List[Any]) -> Optional[str]:
     else:
         return None
     unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
-    unpacker.feed(memoryview(frame.buffer if hasattr(frame, "buffer") else frame)[:ENDPOINT_PEEK_BYTES])
+    unpacker.feed(memoryview(frame)[:ENDPOINT_PEEK_BYTES])
     try:
         for _ in range(unpacker.read_map_header()):
             key = unpacker.unpack()
