@@ -6,7 +6,7 @@
 # Settings: DEMO_DIR (default /tmp/gr00t_demo; a relative one is taken from the caller's folder), DEMO_TASK (reach-v3),
 # DEMO_EPISODES (10), DEMO_PORT (a free port), DEMO_MODEL_EPISODES (2: rollout episodes against the model).
 # DEMO_DIR is emptied first, so the demo refuses (exit 2) a folder that holds anything but an earlier demo's output (its
-# marker file .gr00t_demo, or only the files a demo writes), and one that another demo is running in. Ctrl-C, SIGTERM and SIGHUP stop the running step
+# marker file .gr00t_demo), and one that another demo is running in. Ctrl-C, SIGTERM and SIGHUP stop the running step
 # and the server (exit 130, 143, 129).
 set -euo pipefail
 DEMO_DIR="${DEMO_DIR:-/tmp/gr00t_demo}"
@@ -87,18 +87,6 @@ saved_to() {
   "$@" | { trap '' TERM; tee "$file"; }
 }
 
-# only_demo_output DIR: whether DIR holds nothing but what a demo writes (an earlier demo's, from before the marker).
-only_demo_output() {
-  local entry
-  for entry in "$1"/* "$1"/.[!.]*; do
-    [ -e "$entry" ] || continue
-    case "${entry##*/}" in
-      dataset|server.log|open_loop|rollout|checkpoint|model_server.log|model_open_loop|model_rollout|model_latency.txt) ;;
-      *) return 1 ;;
-    esac
-  done
-}
-
 # claim_demo_dir: take DEMO_DIR for this run: refuse a folder with files that are not a demo's output, or one another
 # demo holds (the lock on the marker lasts as long as this script and what it started), then empty it.
 claim_demo_dir() {
@@ -106,7 +94,7 @@ claim_demo_dir() {
     echo "error: DEMO_DIR $DEMO_DIR is not a folder; set DEMO_DIR to a new or empty folder" >&2
     exit 2
   fi
-  if [ -d "$DEMO_DIR" ] && [ ! -e "$DEMO_DIR/$MARKER" ] && ! only_demo_output "$DEMO_DIR"; then
+  if [ -d "$DEMO_DIR" ] && [ ! -e "$DEMO_DIR/$MARKER" ] && [ -n "$(ls -A "$DEMO_DIR")" ]; then
     echo "error: DEMO_DIR $DEMO_DIR holds files that are not a demo's output (no $MARKER in it), and the demo" \
       "empties its folder; set DEMO_DIR to a new or empty folder" >&2
     exit 2

@@ -57,13 +57,16 @@ def run_demo(demo_dir: str, cwd: Path, timeout_s: float = 20.0) -> subprocess.Co
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def test_a_demo_dir_holding_other_files_is_refused_and_its_files_kept(tmp_path):
+@pytest.mark.parametrize("kept", ["evaluations.csv", "dataset/meta/info.json", "checkpoint/model.safetensors"],
+                         ids=["a results file", "a dataset", "a checkpoint"])
+def test_a_demo_dir_holding_other_files_is_refused_and_its_files_kept(tmp_path, kept):
+    """Folders named as the demo names its own (dataset/, checkpoint/) are a user's too, until the demo marked them."""
     results = tmp_path / "my_results"
-    results.mkdir()
-    (results / "evaluations.csv").write_text("run,success\n1,0.93\n")
+    (results / kept).parent.mkdir(parents=True)
+    (results / kept).write_text("run,success\n1,0.93\n")
     done = run_demo(str(results), cwd=tmp_path)
     assert done.returncode == REFUSED_EXIT_CODE, done.stderr
-    assert (results / "evaluations.csv").read_text() == "run,success\n1,0.93\n"
+    assert (results / kept).read_text() == "run,success\n1,0.93\n"
     assert str(results) in done.stderr and "not a demo's output" in done.stderr
     assert "== 1/7" not in done.stdout
 

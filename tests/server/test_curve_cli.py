@@ -14,6 +14,7 @@ from eval.dataset_factory import make_dataset
 from gr00t_client import HandshakeError, PolicyClient
 from gr00t_client.curve import key_fingerprint, load_public_key
 from gr00t_server.cli import main
+from gr00t_server.curve import generate_certificates
 
 from serving import READY, free_port as _free_port, wait_ready
 
@@ -122,3 +123,17 @@ def test_a_z85_secret_key_typed_as_the_flag_is_warned_about_and_the_variable_is_
     with caplog.at_level("WARNING"):
         main(command)
     assert "ps while this runs" not in caplog.text
+
+
+def test_a_key_file_whose_name_looks_like_a_z85_key_is_not_warned_about(tmp_path, monkeypatch, caplog):
+    """A mounted secret's file name of 40 z85 characters was taken for a key typed on the command line."""
+    from gr00t_client.cli_flags import secret_on_command_line_warning
+
+    monkeypatch.chdir(tmp_path)
+    _, secret = generate_certificates(tmp_path / "keys", "server")
+    named = "secrets/gr00t/curve-server-secret.key01x"
+    assert len(named) == 40
+    (tmp_path / named).parent.mkdir(parents=True)
+    (tmp_path / named).write_bytes(Path(secret).read_bytes())
+    assert secret_on_command_line_warning("--curve-secret-key", "GR00T_CURVE_SECRET_KEY", named) is None
+    assert secret_on_command_line_warning("--curve-secret-key", "GR00T_CURVE_SECRET_KEY", "x" * 40) is not None

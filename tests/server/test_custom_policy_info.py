@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from eval.dataset_factory import make_dataset
-from gr00t_client import BasePolicy, ModalityConfig, PolicyClient
+from gr00t_client import BasePolicy, ModalityConfig, PolicyClient, PolicyWrapper
 from gr00t_eval.policy_identity import policy_record
 from gr00t_server.policies import Gr00tSimPolicyWrapper, ReplayPolicy
 from serving import running_server
@@ -88,6 +88,13 @@ class FlatLoggingWrapper(Gr00tSimPolicyWrapper):
     """A user's subclass of the sim wrapper, under a name without "Sim"."""
 
 
+class FlatKeysAdapter(PolicyWrapper):
+    """A user's wrapper that may take another form than the policy it wraps (flat keys around a nested replay)."""
+
+    def _get_action(self, observation, options=None):
+        return self.policy.get_action(observation, options)
+
+
 class SimpleArmPolicy(CustomPolicy):
     """A nested-form policy whose name happens to contain "Sim"."""
 
@@ -96,7 +103,8 @@ class SimpleArmPolicy(CustomPolicy):
     (lambda root: FlatLoggingWrapper(ReplayPolicy(root, execution_horizon=2)), "flat"),
     (lambda root: ReplayPolicy(root, execution_horizon=2), "nested"),
     (lambda root: SimpleArmPolicy(), None),
-], ids=["sim wrapper subclass", "replay", "custom policy that does not say"])
+    (lambda root: FlatKeysAdapter(ReplayPolicy(root, execution_horizon=2)), None),
+], ids=["sim wrapper subclass", "replay", "custom policy that does not say", "a wrapper that does not say"])
 def test_get_server_info_reports_the_observation_form_the_policy_takes(tmp_path, make_policy, expected):
     policy = make_policy(make_dataset(tmp_path / "ds", lengths=(4,)))
     with running_server(policy) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:

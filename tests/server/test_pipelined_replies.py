@@ -16,7 +16,7 @@ from test_serving_decode_limits import pipelining_dealer, replies_of
 
 from gr00t_client import codec
 from gr00t_server.serving import ServerLimits
-from gr00t_server.serving.transport import INLINE_UNREAD_REPLIES
+from gr00t_server.serving.transport import INLINE_UNREAD_REPLIES, MAX_SEND_HWM, send_hwm
 
 GET_ACTION = codec.encode({"endpoint": "get_action", "data": {"observation": {"state": {"x": np.zeros((1, 1, 1), np.float32)}}}})
 PING = codec.encode({"endpoint": "ping"})
@@ -101,3 +101,10 @@ def test_a_connection_that_reads_its_replies_late_within_its_limits_loses_none()
             actions = sum(isinstance(reply, list) for reply in replies)
             assert (actions, len(replies) - actions) == (queued, INLINE_UNREAD_REPLIES), f"round {round_number}"
         assert server.stats.snapshot()["undelivered"] == 0
+
+
+def test_a_queue_limit_past_what_zeromq_can_hold_serves_with_the_largest_send_high_water_mark():
+    """2 x (limit + 8) past a C int ended the start in an OverflowError traceback (the fixed 16 before had served)."""
+    assert send_hwm(1_100_000_000) == MAX_SEND_HWM
+    with running_server(EchoPolicy(), limits=ServerLimits(max_client_queued_requests=1_100_000_000)) as server:
+        assert server._transport.send_hwm == MAX_SEND_HWM

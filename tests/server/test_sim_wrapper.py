@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import re
 
 import numpy as np
@@ -320,6 +322,22 @@ def test_editing_the_wrappers_modality_configs_leaves_the_wrapped_policys_alone(
     handed_out["video"].delta_indices.append(1)
     assert configs["state"].modality_keys == ["b", "a"] and configs["video"].delta_indices == [0]
     assert wrapper.get_modality_config()["state"].modality_keys == ["b", "a"]
+
+
+@dataclasses.dataclass(slots=True)
+class TaggedConfig(ModalityConfig):
+    """A user's config subclass keeping a field of its own in slots."""
+
+    source: str = "teleop"
+
+
+def test_a_config_subclass_with_slots_is_handed_out_whole():
+    """The copies took only __dict__: a slotted subclass's own field (and some inherited ones) were lost."""
+    configs = {**CONFIGS, "state": TaggedConfig(delta_indices=[0], modality_keys=["b", "a"], source="sim")}
+    handed_out = Gr00tSimPolicyWrapper(RecordingPolicy(configs)).get_modality_config()["state"]
+    assert isinstance(handed_out, TaggedConfig) and handed_out.source == "sim"
+    assert handed_out.modality_keys == ["b", "a"] and handed_out.modality_keys is not configs["state"].modality_keys
+    assert handed_out.sin_cos_embedding_keys == configs["state"].sin_cos_embedding_keys
 
 
 def test_an_rtc_previous_chunk_holding_one_key_under_both_spellings_is_refused_naming_it():

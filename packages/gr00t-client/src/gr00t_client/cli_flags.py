@@ -40,6 +40,8 @@ def secret_on_command_line_warning(flag_name: str, variable: str, value: Optiona
 
     if value is None or value == os.environ.get(variable) or not is_z85_key(value):
         return None
+    if os.path.isfile(os.path.expanduser(value.strip())):  # a file's name that happens to look like a key: read first
+        return None
     return (f"{flag_name} holds a z85 secret key, which other users of this machine can read in ps while this runs; "
             f"pass a .key_secret file instead, or the key in ${variable}")
 

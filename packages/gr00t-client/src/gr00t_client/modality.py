@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import numbers
 from dataclasses import dataclass, field
@@ -189,19 +190,14 @@ def copy_modality_configs(configs: Mapping[str, ModalityConfig]) -> Dict[str, Mo
 
 
 def _copied_config(config: ModalityConfig) -> ModalityConfig:
-    copied = _shallow_copy(config)  # not through __init__: its checks ran when `config` was made
+    # copy.copy, not __init__ (its checks ran when `config` was made), with a user's subclass's __slots__ fields too
+    copied = copy.copy(config)
     for name in ("delta_indices", "modality_keys", "sin_cos_embedding_keys", "mean_std_embedding_keys"):
         value = getattr(config, name)
         if value is not None:
             setattr(copied, name, list(value))
     if config.action_configs is not None:
-        copied.action_configs = [_shallow_copy(action) for action in config.action_configs]
-    return copied
-
-
-def _shallow_copy(obj: Any) -> Any:
-    copied = object.__new__(type(obj))
-    copied.__dict__.update(obj.__dict__)
+        copied.action_configs = [copy.copy(action) for action in config.action_configs]
     return copied
 
 

@@ -163,10 +163,8 @@ class BuiltinEndpoints:
 
 
 def _observation_format(policy: Any) -> Optional[str]:
-    """"flat" or "nested": the observation form the outermost policy of the chain that says (`observation_format`)
-    takes; None when none says."""
-    for link in policy_chain(policy):
-        declared = getattr(link, "observation_format", None)
-        if declared in ("flat", "nested"):
-            return declared
-    return None
+    """"flat" or "nested": the observation form the served policy declares it takes (`observation_format`); None when
+    it does not say. Only the served policy's own: a wrapper may change the form of what it hands the policy inside
+    (a flat-keys adapter around a Gr00tPolicy), so an inner policy's form says nothing of the wrapper's."""
+    declared = getattr(policy, "observation_format", None)
+    return declared if declared in ("flat", "nested") else None

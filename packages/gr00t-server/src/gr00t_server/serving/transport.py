@@ -30,6 +30,7 @@ RECEIVE_HWM = 4
 # Replies a connection may leave unread beyond its requests waiting for the policy (--max-client-queued-requests):
 # ping, get_server_info and refusals are answered at once, outside those budgets.
 INLINE_UNREAD_REPLIES = 8
+MAX_SEND_HWM = 2**31 - 1  # ZMQ_SNDHWM is a C int
 # ZMTP heartbeats: a connection whose peer answers no ping for HEARTBEAT_TIMEOUT_MS is closed. A robot that lost
 # power or network leaves its connection open for good otherwise, holding a file descriptor, and enough of those
 # stop the server from accepting anyone (libzmq then spins on the listening socket). Live peers, busy or idle, answer
@@ -54,7 +55,7 @@ def send_hwm(max_client_queued_requests: int) -> int:
     ROUTER drops that peer's replies: the default of 1000 let a connection that never reads hold 1000 replies in the
     server's memory (250 MiB of 256 KiB replies), and the queue budgets count a request only until its reply is sent.
     """
-    return 2 * (int(max_client_queued_requests) + INLINE_UNREAD_REPLIES)
+    return min(2 * (int(max_client_queued_requests) + INLINE_UNREAD_REPLIES), MAX_SEND_HWM)
 
 
 class OverlongMessage(list):  # type: ignore[type-arg]
