@@ -313,3 +313,34 @@ def test_a_resumed_run_lists_an_earlier_video_deleted_from_its_video_dir_as_none
         gone.unlink()
         assert rollout(port, "--resume", str(tmp_path / "run")) == 0
     assert listed_videos(tmp_path / "run") == videos_of_every_episode(videos) - {str(gone)} | {None}
+
+
+@pytest.mark.parametrize("reach", ["moved", "through a link"])
+def test_a_run_reached_by_another_path_resumes_into_its_own_video_dir(tmp_path, reach):
+    """Its own earlier claim, under the folder's old (or linked) path, was taken for another run that had used the
+    --video-dir since: the resume of a moved run was refused."""
+    videos = tmp_path / "vids"
+    with interrupted_video_run(tmp_path / "run", "--video-dir", str(videos)) as port:
+        if reach == "moved":
+            resumed = tmp_path / "moved"
+            (tmp_path / "run").rename(resumed)
+        else:
+            resumed = tmp_path / "link"
+            resumed.symlink_to(tmp_path / "run")
+        assert rollout(port, "--resume", str(resumed)) == 0
+    assert listed_videos(resumed) == videos_of_every_episode(videos)
+
+
+def test_a_run_refused_at_its_start_leaves_no_claim_in_the_way_of_an_earlier_runs_resume(tmp_path, capsys):
+    """A run that wrote nothing (no server answered) kept its newer claim on the --video-dir, and the earlier run's
+    resume was refused as if that run had used the folder since."""
+    videos = tmp_path / "vids"
+    with interrupted_video_run(tmp_path / "run", "--video-dir", str(videos)) as port:
+        with running_server(SlowPolicyRefusingOneResetOnce()) as gone:
+            dead_port = gone.port
+        claims = set(videos.glob(".gr00t_videos_*.json"))
+        assert rollout(dead_port, "--env-name", "resumecam/fast", "--n-episodes", "1", "--seed", "3", "--timeout-ms",
+                       "500", "--output-dir", str(tmp_path / "refused"), "--video-dir", str(videos), "--overwrite") == 2
+        assert set(videos.glob(".gr00t_videos_*.json")) == claims
+        capsys.readouterr()
+        assert rollout(port, "--resume", str(tmp_path / "run")) == 0, capsys.readouterr().err

@@ -134,3 +134,25 @@ def test_a_batch_holds_its_jobs_video_dirs_while_it_runs_and_frees_them(tmp_path
         assert run_cli(["batch", "--jobs", str(jobs), "--output-dir", str(tmp_path / "batch")]) == 0
     held = [claim for folder in (videos / "fast", videos / "slow") for claim in claims_in(folder)]
     assert len(held) == 2 and all(read_holder(claim).finished for claim in held)
+
+
+def test_a_batch_resume_is_refused_a_job_video_dir_another_run_has_claimed_since(tmp_path):
+    """batch --resume re-ran a job's episodes into a --video-dir another rollout had taken with --overwrite since,
+    overwriting that run's videos, as rollout --resume no longer does."""
+    import os
+    import time
+
+    from gr00t_eval.batch_cli import _claim_job_videos
+    from gr00t_eval.batch_jobs import Job, PolicyServerAddress
+    from gr00t_eval.cli_errors import UsageError
+    from gr00t_eval.run_claim import claim_output_dir, finish_claim
+
+    videos, batch_dir = tmp_path / "videos", tmp_path / "batch"
+    batch_dir.mkdir()
+    finish_claim(claim_video_dir(videos, f"batch {os.path.abspath(batch_dir)}"), "interrupted")
+    time.sleep(0.01)
+    finish_claim(claim_video_dir(videos, str(tmp_path / "another_run")), "complete")
+    job = Job("j", "metaworld/reach-v3", PolicyServerAddress("127.0.0.1", 5555), {"video_dir": str(videos)})
+    claim = claim_output_dir(batch_dir, "batch.json", {})
+    with pytest.raises(UsageError, match="was used by another run after this one wrote its videos there"):
+        _claim_job_videos([job], batch_dir, claim, resume=True)

@@ -37,7 +37,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         jobs, output_dir, claim, previous = _resumed_batch(args) if args.resume else _new_batch(args)
     except (JobError, OutputDirError) as exc:
         raise UsageError(str(exc)) from None
-    video_claims = _claim_job_videos(jobs, output_dir, claim)
+    video_claims = _claim_job_videos(jobs, output_dir, claim, resume=bool(args.resume))
     path = output_dir / BATCH_RESULTS_FILENAME
     outcome = "error"
     try:
@@ -158,15 +158,15 @@ def _write_with_mode(path: Path, data: bytes, mode: int) -> None:
         copy.write(data)
 
 
-def _claim_job_videos(jobs: List[Any], output_dir: Path, claim: Path) -> List[Path]:
-    """Claim each job's video folder outside the batch's while the batch runs (as rollout's own); on a refusal the
-    claims taken, the batch's included, are let go."""
+def _claim_job_videos(jobs: List[Any], output_dir: Path, claim: Path, resume: bool = False) -> List[Path]:
+    """Claim each job's video folder outside the batch's while the batch runs (as rollout's own; a `resume` is refused
+    when another run has claimed one since); on a refusal the claims taken, the batch's included, are let go."""
     video_claims: List[Path] = []
     try:
         for video_dir in job_video_dirs(jobs):
             if not within(video_dir, output_dir):
                 video_claims.append(claim_video_dir(video_dir, f"batch {os.path.abspath(output_dir)}",
-                                                    flag="a job's video_dir"))
+                                                    flag="a job's video_dir", resume=resume))
     except OutputDirError as exc:
         for held in [*video_claims, claim]:
             finish_claim(held, "error")

@@ -123,6 +123,23 @@ def _release_unstarted_run(output_dir: Path, shard: Any) -> None:
         if EpisodeLog(log).read():
             return
         log.unlink(missing_ok=True)
-        (output_dir / run_file_name(shard)).unlink(missing_ok=True)
+        run_file = output_dir / run_file_name(shard)
+        _release_video_claim(run_file, output_dir, shard)
+        run_file.unlink(missing_ok=True)
     except (OSError, ValueError) as exc:  # never hide the reason the run stopped
         logger.debug("could not release %s: %s", output_dir, exc)
+
+
+def _release_video_claim(run_file: Path, output_dir: Path, shard: Any) -> None:
+    """Delete the claim an unstarted run took on its --video-dir: it wrote nothing there, and a later claim counts
+    against an earlier run's --resume into that folder (video_claims.video_dir_taken_over)."""
+    import json
+
+    from .video_claims import release_video_claim
+
+    try:
+        video_dir = json.loads(run_file.read_text())["config"]["video_dir"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if isinstance(video_dir, str):
+        release_video_claim(Path(video_dir), output_dir, shard)

@@ -3,6 +3,7 @@ file in it while it runs, so a second run into the folder is refused (a shard of
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -74,12 +75,28 @@ def video_dir_taken_over(video_dir: Union[str, Path], writer: str) -> Optional[P
     own, own_holder = _claim_record(mine), read_holder(mine)
     since = own_holder.started_unix if own_holder is not None else None
     for claim in sorted(video_dir.glob(f"{VIDEO_CLAIM_PREFIX}*.json")):
-        holder = read_holder(claim)
-        if claim == mine or holder is None or _sibling_shards(own, _claim_record(claim)):
+        holder, other = read_holder(claim), _claim_record(claim)
+        if claim == mine or holder is None or _sibling_shards(own, other) or _same_or_gone(other, writer):
             continue
         if since is None or holder.started_unix is None or holder.started_unix > since:
             return claim
     return None
+
+
+def _same_or_gone(other: Mapping[str, Any], writer: str) -> bool:
+    """Whether another claim's writer is this run under another name (its output folder reached through a link, or
+    where it was before it was moved: that folder is gone), whose videos this run's log lists as its own."""
+    theirs, _, their_shard = str(other.get("writer") or "").partition(" (shard ")
+    ours, _, our_shard = writer.partition(" (shard ")
+    if not os.path.isabs(theirs) or not os.path.isabs(ours) or their_shard != our_shard:  # a batch's is "batch DIR"
+        return False
+    return not os.path.exists(theirs) or os.path.realpath(theirs) == os.path.realpath(ours)
+
+
+def release_video_claim(video_dir: Path, output_dir: Union[str, Path], shard: Any = None) -> None:
+    """Delete the claim the run writing to `output_dir` (with its shard) holds on `video_dir`, if any."""
+    with directory_lock(video_dir / VIDEO_LOCK_FILENAME) if video_dir.is_dir() else contextlib.nullcontext():
+        _video_claim_file(video_dir, video_claim_writer(output_dir, shard)).unlink(missing_ok=True)
 
 
 def _refuse_taken_over(video_dir: Path, writer: str, flag: str) -> None:
