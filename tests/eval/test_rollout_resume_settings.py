@@ -315,20 +315,31 @@ def test_a_resumed_run_lists_an_earlier_video_deleted_from_its_video_dir_as_none
     assert listed_videos(tmp_path / "run") == videos_of_every_episode(videos) - {str(gone)} | {None}
 
 
-@pytest.mark.parametrize("reach", ["moved", "through a link"])
-def test_a_run_reached_by_another_path_resumes_into_its_own_video_dir(tmp_path, reach):
-    """Its own earlier claim, under the folder's old (or linked) path, was taken for another run that had used the
-    --video-dir since: the resume of a moved run was refused."""
+def test_a_run_reached_through_a_link_resumes_into_its_own_video_dir(tmp_path):
+    """Its own earlier claim, under the folder's real path, was taken for another run's that had used the
+    --video-dir since."""
     videos = tmp_path / "vids"
     with interrupted_video_run(tmp_path / "run", "--video-dir", str(videos)) as port:
-        if reach == "moved":
-            resumed = tmp_path / "moved"
-            (tmp_path / "run").rename(resumed)
-        else:
-            resumed = tmp_path / "link"
-            resumed.symlink_to(tmp_path / "run")
-        assert rollout(port, "--resume", str(resumed)) == 0
-    assert listed_videos(resumed) == videos_of_every_episode(videos)
+        (tmp_path / "link").symlink_to(tmp_path / "run")
+        assert rollout(port, "--resume", str(tmp_path / "link")) == 0
+    assert listed_videos(tmp_path / "link") == videos_of_every_episode(videos)
+
+
+def test_a_moved_run_is_told_its_claim_is_under_its_old_name_and_resumes_once_that_claim_goes(tmp_path, capsys):
+    """A claim names the folder its run wrote to: a moved run's is another run's as far as the folder can tell (a run
+    whose output folder was deleted or moved may still own the videos there), so it is refused, saying why."""
+    videos = tmp_path / "vids"
+    with interrupted_video_run(tmp_path / "run", "--video-dir", str(videos)) as port:
+        (tmp_path / "run").rename(tmp_path / "moved")
+        capsys.readouterr()
+        assert rollout(port, "--resume", str(tmp_path / "moved")) == 2
+        err = capsys.readouterr().err
+        assert f"--video-dir {videos} holds no claim of this run (was its output folder moved or renamed" in err, err
+        (claim,) = videos.glob(".gr00t_videos_*.json")
+        assert f"delete {claim} and resume again" in err
+        claim.unlink()
+        assert rollout(port, "--resume", str(tmp_path / "moved")) == 0
+    assert listed_videos(tmp_path / "moved") == videos_of_every_episode(videos)
 
 
 def test_a_run_refused_at_its_start_leaves_no_claim_in_the_way_of_an_earlier_runs_resume(tmp_path, capsys):

@@ -8,7 +8,7 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from .output_files import OutputDirError
 from .run_claim import CLAIM_KEY, holder_alive, holder_record, read_holder
@@ -76,21 +76,26 @@ def video_dir_taken_over(video_dir: Union[str, Path], writer: str) -> Optional[P
     since = own_holder.started_unix if own_holder is not None else None
     for claim in sorted(video_dir.glob(f"{VIDEO_CLAIM_PREFIX}*.json")):
         holder, other = read_holder(claim), _claim_record(claim)
-        if claim == mine or holder is None or _sibling_shards(own, other) or _same_or_gone(other, writer):
+        if claim == mine or holder is None or _sibling_shards(own, other) or _same_run(other, writer):
             continue
         if since is None or holder.started_unix is None or holder.started_unix > since:
             return claim
     return None
 
 
-def _same_or_gone(other: Mapping[str, Any], writer: str) -> bool:
-    """Whether another claim's writer is this run under another name (its output folder reached through a link, or
-    where it was before it was moved: that folder is gone), whose videos this run's log lists as its own."""
-    theirs, _, their_shard = str(other.get("writer") or "").partition(" (shard ")
-    ours, _, our_shard = writer.partition(" (shard ")
-    if not os.path.isabs(theirs) or not os.path.isabs(ours) or their_shard != our_shard:  # a batch's is "batch DIR"
+def _same_run(other: Mapping[str, Any], writer: str) -> bool:
+    """Whether another claim's writer is this run's output (or batch) folder reached through another path (a link)."""
+    theirs, ours = _writer_parts(str(other.get("writer") or "")), _writer_parts(writer)
+    if theirs[0] != ours[0] or theirs[2] != ours[2] or not os.path.isabs(theirs[1]) or not os.path.exists(theirs[1]):
         return False
-    return not os.path.exists(theirs) or os.path.realpath(theirs) == os.path.realpath(ours)
+    return os.path.realpath(theirs[1]) == os.path.realpath(ours[1])
+
+
+def _writer_parts(writer: str) -> Tuple[str, str, str]:
+    """("batch " or "", its folder, its " (shard I/N)" or "") of a claim's writer (video_claim_writer, or a batch's)."""
+    kind = "batch " if writer.startswith("batch ") else ""
+    folder, _, shard = writer[len(kind):].partition(" (shard ")
+    return kind, folder, shard
 
 
 def release_video_claim(video_dir: Path, output_dir: Union[str, Path], shard: Any = None) -> None:
@@ -106,6 +111,12 @@ def _refuse_taken_over(video_dir: Path, writer: str, flag: str) -> None:
         return
     holder, other = read_holder(claim), _claim_record(claim)
     who = holder.describe() if holder is not None else "no readable holder"
+    if not _video_claim_file(video_dir, writer).is_file():
+        raise OutputDirError(
+            f"{flag} {video_dir} holds no claim of this run (was its output folder moved or renamed since it wrote "
+            f"its videos there?), and another run has claimed it ({who}, for {other.get('writer') or 'an unnamed run'}): "
+            "resuming could overwrite or delete that run's episode videos. If that claim is this run's under its old "
+            f"name, delete {claim} and resume again; else start this run anew with another --video-dir")
     raise OutputDirError(
         f"{flag} {video_dir} was used by another run after this one wrote its videos there ({who}, for "
         f"{other.get('writer') or 'an unnamed run'}); resuming would overwrite or delete that run's episode videos. "
