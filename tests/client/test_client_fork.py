@@ -4,6 +4,7 @@ The child's first call used to spin at full CPU for ever, whatever timeout_ms. R
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -60,34 +61,35 @@ def test_a_forked_child_calls_through_its_own_connection_and_the_parent_goes_on(
         client.close()
 
 
-def test_a_child_forked_while_a_parent_thread_is_in_a_call_is_not_locked_out():
+@contextlib.contextmanager
+def client_with_a_parent_thread_in_a_call():
+    """A client one of this process's threads is in a call on (holding the client's lock, waiting for its reply)."""
     observation = libero_like_observation()
     with running_server(EchoPolicy(delay_s=0.6)) as server:
         client = PolicyClient("127.0.0.1", server.port, timeout_ms=5000)
         client.get_action(observation)
         parent_call = threading.Thread(target=client.get_action, args=(observation,))
         parent_call.start()
-        time.sleep(0.2)  # the parent thread holds the client's lock, waiting for its reply
+        time.sleep(0.2)
+        try:
+            yield client
+        finally:
+            parent_call.join(10)
+            client.close()
+
+
+def test_a_child_forked_while_a_parent_thread_is_in_a_call_is_not_locked_out():
+    with client_with_a_parent_thread_in_a_call() as client:
         code, output = in_child(lambda: client.ping())
-        parent_call.join(10)
-        assert code == 0 and output == "True", output
-        client.close()
+    assert code == 0 and output == "True", output
 
 
 def test_threads_of_a_forked_child_making_their_first_calls_at_once_are_each_answered():
     # The second thread saw the child's pid before the first had replaced the parent's lock (held at the fork by a
     # thread the child does not have): it waited for ever, or shared the first thread's REQ socket.
-    observation = libero_like_observation()
-    with running_server(EchoPolicy(delay_s=0.6)) as server:
-        client = PolicyClient("127.0.0.1", server.port, timeout_ms=5000)
-        client.get_action(observation)
-        parent_call = threading.Thread(target=client.get_action, args=(observation,))
-        parent_call.start()
-        time.sleep(0.2)  # the parent thread holds the client's lock, waiting for its reply
+    with client_with_a_parent_thread_in_a_call() as client:
         code, output = in_child(lambda: first_calls_with_one_held_mid_adoption(client, client.ping))
-        parent_call.join(10)
-        assert code == 0 and output == "[True, True]", output
-        client.close()
+    assert code == 0 and output == "[True, True]", output
 
 
 def test_closing_in_the_child_leaves_the_parents_client_open():

@@ -9,30 +9,24 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import pytest
 
-from eval.scale_fixtures import ConstantPolicy, WalkToEnv, policy_server
+from eval.scale_fixtures import CameraWalkEnv, ConstantPolicy, policy_server
 from gr00t_client import EmbodimentTag
 from gr00t_eval.cli import main
 from gr00t_eval.rollout.envs import register_env_prefix
 
 
-class CameraWalkEnv(WalkToEnv):
-    """walkto with a camera whose picture depends on the episode's goal (so videos of two seeds differ)."""
-
-    def __init__(self, speed: float):
-        super().__init__(speed)
-        self.observation_space = gym.spaces.Dict({**self.observation_space.spaces,
-                                                  "video.cam": gym.spaces.Box(0, 255, (16, 16, 3), np.uint8)})
+class GoalCameraWalkEnv(CameraWalkEnv):
+    """CameraWalkEnv whose picture depends on the episode's goal (so videos of two seeds differ)."""
 
     def _obs(self):
         return {**super()._obs(), "video.cam": np.full((16, 16, 3), int(self.goal * 20) % 255, np.uint8)}
 
 
 register_env_prefix("shardcam", EmbodimentTag.NEW_EMBODIMENT,
-                    lambda task, **kwargs: CameraWalkEnv({"fast": 2.0, "slow": 1.0}[task]))
+                    lambda task, **kwargs: GoalCameraWalkEnv({"fast": 2.0, "slow": 1.0}[task]))
 TASKS = "shardcam/fast,shardcam/slow"
 
 
