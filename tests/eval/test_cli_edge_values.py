@@ -167,13 +167,15 @@ def test_a_z85_client_key_typed_as_the_flag_is_warned_about_once_and_the_variabl
     server_public, _ = zmq.curve_keypair()
     _, client_secret = zmq.curve_keypair()
     with caplog.at_level("WARNING"):
-        assert _open_loop(tmp_path, "--server-public-key", server_public.decode(), "--client-key", client_secret.decode()) == 2
+        # the `=` form: a z85 key may start with '-', which argparse would read as a flag
+        assert _open_loop(tmp_path, f"--server-public-key={server_public.decode()}",
+                          f"--client-key={client_secret.decode()}") == 2
     assert caplog.text.count("--client-key holds a z85 secret key, which other users of this machine can read in ps "
                              "while this runs; pass a .key_secret file instead, or the key in $GR00T_CLIENT_KEY") == 1
     caplog.clear()
     monkeypatch.setenv("GR00T_CLIENT_KEY", client_secret.decode())
     with caplog.at_level("WARNING"):
-        assert _open_loop(tmp_path, "--server-public-key", server_public.decode()) == 2
+        assert _open_loop(tmp_path, f"--server-public-key={server_public.decode()}") == 2
     assert "ps while this runs" not in caplog.text
 
 

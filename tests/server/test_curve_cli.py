@@ -114,7 +114,7 @@ def test_a_z85_secret_key_typed_as_the_flag_is_warned_about_and_the_variable_is_
     _, secret = (key.decode() for key in zmq.curve_keypair())
     command = ["serve", "--dataset-path", str(tmp_path / "no-dataset-here"), "--port", str(_free_port())]
     with caplog.at_level("WARNING"):
-        main([*command, "--curve-secret-key", secret])
+        main([*command, f"--curve-secret-key={secret}"])  # the `=` form: a z85 key may start with a dash
     assert caplog.text.count("--curve-secret-key holds a z85 secret key, which other users of this machine can read in "
                              "ps while this runs; pass a .key_secret file instead, or the key in $GR00T_CURVE_SECRET_KEY") == 1
     assert secret not in caplog.text
