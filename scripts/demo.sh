@@ -94,13 +94,21 @@ claim_demo_dir() {
     echo "error: DEMO_DIR $DEMO_DIR is not a folder; set DEMO_DIR to a new or empty folder" >&2
     exit 2
   fi
+  if [ -L "$DEMO_DIR" ] && [ ! -e "$DEMO_DIR" ]; then
+    echo "error: DEMO_DIR $DEMO_DIR is a link to $(readlink "$DEMO_DIR"), which does not exist; make that folder" \
+      "or set DEMO_DIR to a new or empty folder" >&2
+    exit 2
+  fi
   if [ -d "$DEMO_DIR" ] && [ ! -e "$DEMO_DIR/$MARKER" ] && [ -n "$(ls -A "$DEMO_DIR")" ]; then
     echo "error: DEMO_DIR $DEMO_DIR holds files that are not a demo's output (no $MARKER in it), and the demo" \
       "empties its folder; set DEMO_DIR to a new or empty folder" >&2
     exit 2
   fi
   command -v flock >/dev/null || { echo "error: the demo locks DEMO_DIR with flock (util-linux)" >&2; exit 1; }
-  mkdir -p "$DEMO_DIR"
+  if ! made=$(mkdir -p "$DEMO_DIR" 2>&1); then
+    echo "error: DEMO_DIR $DEMO_DIR cannot be made (${made#mkdir: }); set DEMO_DIR to a folder you can write" >&2
+    exit 2
+  fi
   exec 9>>"$DEMO_DIR/$MARKER"
   if ! flock -n 9; then
     echo "error: another demo is running in $DEMO_DIR (pid $(cat "$DEMO_DIR/$MARKER")); wait for it to end" \

@@ -71,6 +71,22 @@ def test_a_demo_dir_holding_other_files_is_refused_and_its_files_kept(tmp_path, 
     assert "== 1/7" not in done.stdout
 
 
+@pytest.mark.parametrize("case", ["a dangling link", "a path under a file"])
+def test_a_demo_dir_that_cannot_be_made_is_refused_naming_why(tmp_path, case):
+    demo_dir = tmp_path / "demo"
+    if case == "a dangling link":
+        demo_dir.symlink_to(tmp_path / "gone")
+        expected = f"DEMO_DIR {demo_dir} is a link to {tmp_path / 'gone'}, which does not exist"
+    else:
+        (tmp_path / "notes.txt").write_text("mine")
+        demo_dir = tmp_path / "notes.txt" / "demo"
+        expected = f"DEMO_DIR {demo_dir} cannot be made ("
+    done = run_demo(str(demo_dir), cwd=tmp_path)
+    assert done.returncode == REFUSED_EXIT_CODE, done.stderr
+    assert expected in done.stderr and "set DEMO_DIR to" in done.stderr, done.stderr
+    assert "== 1/7" not in done.stdout
+
+
 def test_a_second_demo_into_a_folder_another_demo_holds_is_refused_at_once(tmp_path):
     demo_dir = tmp_path / "demo"
     demo_dir.mkdir()

@@ -102,6 +102,28 @@ def test_a_shard_of_one_plan_joins_a_running_shards_video_dir_only_when_it_is_an
     assert (refused in err and f"for {tmp_path / 'ckptA'} (shard 0/2)" in err) == (code == 2), err
 
 
+@pytest.mark.parametrize("how", ["rollout", "batch"])
+def test_overwrite_into_a_video_dir_a_running_run_writes_to_is_refused_before_any_video_is_deleted(
+        tmp_path, capsys, live_process, how):
+    """--overwrite deleted the earlier videos in an outside --video-dir first, and only then was refused by the claim
+    of a run still writing there: that run's videos were gone."""
+    videos = tmp_path / "videos"
+    folder = videos if how == "rollout" else videos / "slow"  # a job's videos go to <video_dir>/<job>
+    folder.mkdir(parents=True)
+    earlier = folder / "episode_0000_success.mp4"
+    earlier.write_bytes(b"a running run's video")
+    hand_claim(folder, live_process.pid)
+    with policy_server() as server:
+        if how == "rollout":
+            argv = rollout_args(server.port, tmp_path / "out", videos, "--seed", "0", "--overwrite", n_episodes=2)
+        else:
+            jobs = write_jobs(tmp_path, server.port, video_dir=str(videos))
+            argv = ["batch", "--jobs", str(jobs), "--output-dir", str(tmp_path / "batch"), "--overwrite"]
+        assert run_cli(argv) == 2
+    assert IN_USE.format(pid=live_process.pid) in capsys.readouterr().err
+    assert earlier.read_bytes() == b"a running run's video"
+
+
 def test_the_claim_of_a_run_that_is_gone_or_finished_is_no_obstacle(tmp_path):
     videos = tmp_path / "videos"
     hand_claim(videos, ended_pid(), writer="a killed run")

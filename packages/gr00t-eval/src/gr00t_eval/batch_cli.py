@@ -9,7 +9,7 @@ import logging
 import os
 import stat
 from pathlib import Path
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from .batch import BATCH_RESULTS_FILENAME, JobError, format_table, job_video_dirs, load_jobs, run_batch
 from .cli_errors import UsageError
@@ -27,17 +27,22 @@ DEFAULT_BATCH_DIR = "/tmp/gr00t_batch_eval"
 BATCH_CLAIM_FILENAME = "batch.json"  # who runs the batch in a folder (run_claim), so no second batch empties or joins it
 START_DIR_KEY = "start_dir"  # batch.json: the working directory the batch started in
 
-# (jobs, output_dir, the batch claim, the earlier batch_results.json when resumed)
-_Batch = Tuple[List[Any], Path, Path, Optional[Any]]
+# (jobs, output_dir, the batch claim, the earlier batch_results.json when resumed, the earlier run's videos in each
+# job's video_dir that --overwrite deletes once the batch holds that folder)
+_Batch = Tuple[List[Any], Path, Path, Optional[Any], Dict[Path, List[Path]]]
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
     """`gr00t-eval batch`: run the jobs, print the table; exit 1 when a job failed, 130 when interrupted."""
     try:
-        jobs, output_dir, claim, previous = _resumed_batch(args) if args.resume else _new_batch(args)
+        jobs, output_dir, claim, previous, earlier_videos = _resumed_batch(args) if args.resume else _new_batch(args)
     except (JobError, OutputDirError) as exc:
         raise UsageError(str(exc)) from None
     video_claims = _claim_job_videos(jobs, output_dir, claim, resume=bool(args.resume))
+    for video_dir, videos in earlier_videos.items():  # a run still writing there refused the claim: its videos stay
+        if videos:
+            logger.warning("deleting %d episode videos of an earlier run from %s (--overwrite)", len(videos), video_dir)
+            delete_episode_videos(video_dir, videos)
     path = output_dir / BATCH_RESULTS_FILENAME
     outcome = "error"
     try:
@@ -94,7 +99,7 @@ def _resumed_batch(args: argparse.Namespace) -> _Batch:
     # Under the claim's lock: of two resumes started at once, one runs and the other is refused.
     settings = {"resumed": True, START_DIR_KEY: start_dir} if start_dir else {"resumed": True}
     claim = take_claim(output_dir, BATCH_CLAIM_FILENAME, settings, flag="--resume")
-    return jobs, output_dir, claim, previous
+    return jobs, output_dir, claim, previous, {}
 
 
 def _recorded_start_dir(output_dir: Path) -> Optional[str]:
@@ -122,7 +127,7 @@ def _new_batch(args: argparse.Namespace) -> _Batch:
     if args.output_dir:
         refuse_live_claims(args.output_dir)  # never empty a folder a batch (or any other run) still runs in
     # As rollout: videos of two runs never sit under the same names (refused, or deleted with --overwrite once the
-    # folder is claimed).
+    # batch holds the folder: cmd_batch).
     earlier_videos = {video_dir: check_video_dir(video_dir, Path(args.output_dir) if args.output_dir else None,
                                                   args.overwrite, label="a job's video_dir")
                       for video_dir in job_video_dirs(jobs)}
@@ -141,12 +146,8 @@ def _new_batch(args: argparse.Namespace) -> _Batch:
     else:
         output_dir = run_dir.make_fresh_dated_output_dir(DEFAULT_BATCH_DIR, "batch")
         claim = claim_output_dir(output_dir, BATCH_CLAIM_FILENAME, settings)
-    for video_dir, videos in earlier_videos.items():
-        if videos:
-            logger.warning("deleting %d episode videos of an earlier run from %s (--overwrite)", len(videos), video_dir)
-            delete_episode_videos(video_dir, videos)
     _write_with_mode(output_dir / "jobs.json", job_file, job_file_mode)
-    return jobs, output_dir, claim, None
+    return jobs, output_dir, claim, None, earlier_videos
 
 
 def _write_with_mode(path: Path, data: bytes, mode: int) -> None:

@@ -7,7 +7,7 @@ import argparse
 import contextlib
 import logging
 from pathlib import Path
-from typing import Any, Callable, Iterator, Tuple
+from typing import Any, Callable, Iterator, List, Tuple
 
 from .video_dirs import check_shard_video_dir, check_video_dir, check_writable, delete_episode_videos, within
 
@@ -16,9 +16,11 @@ logger = logging.getLogger(__name__)
 DEFAULT_ROLLOUT_BASE = "/tmp/gr00t_rollout_eval"
 
 
-def _rollout_output_dir(args: argparse.Namespace, label: str, shard: Any, claim: Callable[[Path], None]) -> Path:
+def _rollout_output_dir(args: argparse.Namespace, label: str, shard: Any,
+                        claim: Callable[[Path], None]) -> Tuple[Path, List[Path]]:
     """--output-dir (refused when not empty, unless --overwrite), or a new dated directory under the default base;
-    `claim(path)` writes the run's file there.
+    `claim(path)` writes the run's file there. Returns it with the earlier run's videos in an outside --video-dir
+    that --overwrite deletes (delete_earlier_videos), once this run holds that folder too (_claim_videos).
 
     Shards of one plan may share a directory: a shard only needs its own file names to be free. Both the
     output directory and an outside --video-dir are checked before anything is emptied or created. The last
@@ -55,14 +57,19 @@ def _rollout_output_dir(args: argparse.Namespace, label: str, shard: Any, claim:
             claim(path)
     except OutputDirError as exc:
         raise UsageError(str(exc)) from None
-    if earlier_videos:
-        logger.warning("deleting %d episode videos of an earlier run from --video-dir %s (--overwrite); other files "
-                       "there are kept", len(earlier_videos), args.video_dir)
-        delete_episode_videos(Path(args.video_dir), earlier_videos)
     if videos is not None and inside:  # made after the directory was checked and emptied
         with _released_unless_started(path, shard):
             check_writable(videos)
-    return path
+    return path, earlier_videos
+
+
+def delete_earlier_videos(video_dir: str, earlier_videos: List[Path]) -> None:
+    """Delete the earlier run's videos --overwrite replaces in an outside --video-dir: only after this run's claim
+    there was granted, as a run still writing there refuses it ("in use") and keeps its videos."""
+    if earlier_videos:
+        logger.warning("deleting %d episode videos of an earlier run from --video-dir %s (--overwrite); other files "
+                       "there are kept", len(earlier_videos), video_dir)
+        delete_episode_videos(Path(video_dir), earlier_videos)
 
 
 def _top_entry(inner: Path, outer: Path) -> Tuple[str, ...]:

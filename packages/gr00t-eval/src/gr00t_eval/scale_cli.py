@@ -23,7 +23,7 @@ from .merge_cli import cmd_merge
 from .rollout_args import (_check_env_names, _check_rollout_args, _default_video_dir, _registrations,
                            _saved_rollout_config, _videos_moved_with_run, env_timeout_from_args, rollout_config_from_args,
                            rollout_seed)
-from .rollout_output import _claim_videos, _released_unless_started, _rollout_output_dir
+from .rollout_output import _claim_videos, _released_unless_started, _rollout_output_dir, delete_earlier_videos
 from .rollout_report import _report_rollout, _storage_failure
 from .run_policy import (_adopt_run_policy, _check_policy_runs_settings, _ray_probe_client, _ray_run_policy,
                          _record_settings_not_applied)
@@ -162,10 +162,11 @@ def run_rollout_command(args: argparse.Namespace) -> int:
                                   "default_video_dir": not args.no_video and not args.video_dir,
                                   "registrations": _registrations(args)}, shard)
 
-        output_dir = _rollout_output_dir(args, env_spec, shard, claim)
+        output_dir, earlier_videos = _rollout_output_dir(args, env_spec, shard, claim)
         config = made["config"]
         with _released_unless_started(output_dir, shard):
             _claim_videos(output_dir, shard, env_spec, config)
+        delete_earlier_videos(args.video_dir, earlier_videos)
     print(f"Output directory: {output_dir} (base seed {config.seed})")
     try:
         with _released_unless_started(output_dir, shard, new_run=not args.resume):
