@@ -1,11 +1,14 @@
 """BasePolicy: get_action validates input and output when strict; messages name key, expectation and value."""
 
+import threading
+
 import numpy as np
 import pytest
 from reference_peer import LANGUAGE_KEY, EchoPolicy, libero_like_configs, libero_like_observation
 
 from gr00t_client import (ActionError, BasePolicy, ModalityConfig, NonFiniteActionError, ObservationError,
                           PolicyValidationError, PolicyWrapper)
+from gr00t_client.policy import first_non_finite
 
 
 class FixedActionPolicy(BasePolicy):
@@ -246,6 +249,57 @@ def test_a_strict_policy_refuses_nan_nested_in_an_unlisted_key_naming_the_dotted
     action = {**good_action(), "extras": {"base": [0.0, float("inf")]}}
     with pytest.raises(NonFiniteActionError, match=r"in action key 'extras.base'"):
         FixedActionPolicy(action).get_action(libero_like_observation())
+
+
+def test_a_strict_policy_refuses_a_masked_array_in_an_unlisted_key_naming_it():
+    masked = np.ma.masked_invalid(np.array([[[np.nan, 0.0]] * 4], np.float32))
+    with pytest.raises(ActionError, match=r"action key 'debug' is a numpy masked array \(shape \(1, 4, 2\), 4 masked"):
+        FixedActionPolicy({**good_action(), "debug": masked}).get_action(libero_like_observation())
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # np.matrix's own
+def test_the_finite_check_reads_the_numbers_of_a_matrix():
+    assert first_non_finite({"arm": np.matrix(np.zeros((4, 3), np.float32))}) is None
+    found = first_non_finite({"arm": np.matrix([[0.0, np.inf]], np.float32)})
+    assert found is not None and found[0] == "arm"
+
+
+def outcome_within(seconds, call):
+    """("returned", value) or ("raised", exception) of call(), or "still running" after `seconds` (a walk that never
+    ends is left spinning on a daemon thread)."""
+    outcome = ["still running"]
+
+    def run():
+        try:
+            outcome[0] = ("returned", call())
+        except Exception as exc:
+            outcome[0] = ("raised", exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return outcome[0]
+
+
+def test_a_strict_policy_refuses_an_action_holding_a_reference_cycle_naming_the_key():
+    extras = [np.zeros(2, np.float32)]
+    extras.append(extras)
+    policy = FixedActionPolicy({**good_action(), "extras": {"trace": extras}})
+    outcome = outcome_within(5, lambda: policy.get_action(libero_like_observation()))
+    assert outcome != "still running", "the finite check walked the cycle for ever"
+    kind, error = outcome
+    assert kind == "raised" and isinstance(error, ActionError), outcome
+    assert "action contains a reference cycle at key 'extras.trace'" in str(error)
+
+
+def test_a_sub_structure_shared_many_times_is_walked_once():
+    shared = [np.zeros(2, np.float32)]
+    for _ in range(40):  # 2**40 paths to the array: walked per path, the check never ended
+        shared = [shared, shared]
+    policy = FixedActionPolicy({**good_action(), "extras": shared})
+    outcome = outcome_within(5, lambda: policy.get_action(libero_like_observation()))
+    assert outcome != "still running", "the finite check walked each path to the shared lists"
+    assert outcome[0] == "returned", outcome
 
 
 def test_a_lenient_policy_still_returns_an_unlisted_key_as_it_is():

@@ -88,10 +88,12 @@ def test_a_lenient_gr00t_policy_warns_of_an_unknown_option_once_not_per_call(tin
 class FailsTwoWays(EchoPolicy):
     def _get_action(self, observation, options=None):
         self.calls += 1
-        raise RuntimeError("CUDA out of memory (simulated)" if self.calls <= 10 else "shape mismatch (a new bug)")
+        if self.calls <= 10:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        raise TypeError("shape mismatch (a new bug)")
 
 
-def test_each_server_logs_its_own_first_failures_and_a_new_message_is_not_hidden_behind_an_old_one(caplog):
+def test_each_server_logs_its_own_first_failures_and_a_new_error_is_not_hidden_behind_an_old_one(caplog):
     caplog.set_level(logging.INFO, logger=SERVER_LOG)
     observation = libero_like_observation(height=32, width=32)
     for _ in range(2):  # a second server in the same process starts with its own counts
@@ -102,6 +104,45 @@ def test_each_server_logs_its_own_first_failures_and_a_new_message_is_not_hidden
                     client.get_action(observation)
         failures = [str(r.exc_info[1]) for r in caplog.records if r.name == SERVER_LOG and r.exc_info]
         assert failures[0] == "CUDA out of memory (simulated)" and "shape mismatch (a new bug)" in failures
+
+
+class FailsEachStepAnew(EchoPolicy):
+    def __init__(self, padding: str = "") -> None:
+        super().__init__()
+        self.padding = padding
+
+    def _get_action(self, observation, options=None):
+        self.calls += 1
+        raise RuntimeError(f"controller fault at step {self.calls}{self.padding}")
+
+
+def test_failures_whose_message_names_the_step_are_one_kind_and_rate_limited(caplog):
+    """docs/serving.md: internal errors at most 5 a minute, the first of each endpoint and error type always; a kind
+    that held the message made each step's failure a new kind, every one logged with its traceback."""
+    caplog.set_level(logging.INFO, logger=SERVER_LOG)
+    with running_server(FailsEachStepAnew()) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        for _ in range(30):
+            with pytest.raises(PolicyServerError, match="internal error"):
+                client.get_action({})
+    tracebacks = [r for r in caplog.records if r.name == SERVER_LOG and r.exc_info]
+    assert 1 <= len(tracebacks) <= 5, [str(r.exc_info[1]) for r in tracebacks]
+
+
+class RefusesWithAHugeMessage(EchoPolicy):
+    def _get_action(self, observation, options=None):
+        raise ValueError("obs=" + "0.25, " * 200_000)  # a bare ValueError: a refusal whose first shows its traceback
+
+
+@pytest.mark.parametrize("policy", [FailsEachStepAnew(" obs=" + "0.25, " * 200_000), RefusesWithAHugeMessage()],
+                         ids=["internal error", "refusal"])
+def test_a_failure_whose_message_is_megabytes_long_is_logged_cut_with_its_traceback(caplog, policy):
+    caplog.set_level(logging.INFO, logger=SERVER_LOG)
+    with running_server(policy) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        with pytest.raises(PolicyServerError):
+            client.get_action({})
+    assert "Traceback (most recent call last)" in caplog.text and "_get_action" in caplog.text
+    assert "more characters" in caplog.text
+    assert len(caplog.text) < 20_000  # was the whole 1.2 MB message
 
 
 def test_the_first_window_opens_at_the_first_message_on_a_machine_just_booted(monkeypatch):

@@ -69,9 +69,11 @@ class RaisingPolicy(BasePolicy):
     def __init__(self, error: BaseException) -> None:
         super().__init__(strict=False)
         self.error = error
+        self.rows_per_call: List[int] = []
 
     def _get_action(self, observation, options=None):
         state = observation["state"]["x"]
+        self.rows_per_call.append(state.shape[0])
         if (state < 0).any():
             raise self.error
         return {"a": np.zeros((state.shape[0], 4, 2), np.float32)}, {}
@@ -197,13 +199,56 @@ def test_a_policy_raising_a_base_exception_on_the_worker_is_answered_as_an_inter
     assert action["a"].shape == (1, 4, 2)
 
 
-def test_a_base_exception_in_a_batched_call_answers_every_client_of_the_batch():
+@pytest.mark.parametrize("error", [SystemExit(1), KeyboardInterrupt(), asyncio.CancelledError()], ids=lambda e: type(e).__name__)
+def test_a_base_exception_in_a_batched_call_fails_only_the_client_whose_input_raised_it(error):
+    """As for a RuntimeError: the merged call's requests are served one by one, so a clean batch-mate gets its action."""
     messages = {"bad": get_action_message(small_observation(value=-1.0)), "good": get_action_message(small_observation())}
-    with running_server(RaisingPolicy(SystemExit(1)), max_batch_size=8, batch_timeout_ms=300, inline_below_ms=0) as server:
+    policy = RaisingPolicy(error)
+    with running_server(policy, max_batch_size=8, batch_timeout_ms=300, inline_below_ms=0) as server:
         replies = in_threads(server.port, messages)
         assert server._loop.queued_requests == 0
-    assert error_of(replies["bad"]) == "internal error in get_action: SystemExit"
-    assert error_of(replies["good"]) == "internal error in get_action: SystemExit"  # one merged call failed for both
+        policy_calls = server.stats.snapshot()["policy_calls"]
+    assert policy.rows_per_call[0] == 2  # the two were merged into one call
+    assert policy_calls == len(policy.rows_per_call)  # every call that ran counts, the failed ones too
+    assert error_of(replies["bad"]) == f"internal error in get_action: {type(error).__name__}"
+    assert decoded(replies["good"])[0]["a"].shape == (1, 4, 2)
+
+
+class FailingFactsPolicy(RaisingPolicy):
+    """A policy whose get_modality_config() or identity() raises `error` (sys.exit() in a config loader)."""
+
+    def __init__(self, error: BaseException, method: str) -> None:
+        super().__init__(error)
+        self.method = method
+
+    def get_modality_config(self):
+        if self.method == "get_modality_config":
+            raise self.error
+        return {}
+
+    def identity(self):
+        if self.method == "identity":
+            raise self.error
+        return {"name": "mine"}
+
+
+@pytest.mark.parametrize("method", ["get_modality_config", "identity"])
+@pytest.mark.parametrize("error", [SystemExit(2), KeyboardInterrupt()], ids=lambda e: type(e).__name__)
+def test_a_policy_fact_raising_a_base_exception_is_named_in_server_info_and_serving_goes_on(error, method):
+    with running_server(FailingFactsPolicy(error, method)) as server:
+        with PolicyClient(port=server.port, timeout_ms=3000) as client:
+            info = client.get_server_info()
+            assert client.ping()
+        reported = info["modality_configs"] if method == "get_modality_config" else info["policy_identity"]
+    assert reported == {"error": f"internal error in {method}: {type(error).__name__}"}
+
+
+@pytest.mark.parametrize("error", [SystemExit(2), KeyboardInterrupt()], ids=lambda e: type(e).__name__)
+def test_get_modality_config_raising_a_base_exception_is_answered_as_an_internal_error_and_serving_goes_on(error):
+    with running_server(FailingFactsPolicy(error, "get_modality_config")) as server:
+        message = error_of(raw_round_trip(server.port, codec.encode({"endpoint": "get_modality_config"}), 3000))
+        assert decoded(raw_round_trip(server.port, codec.encode({"endpoint": "ping"}), 3000))["status"] == "ok"
+    assert message == f"internal error in get_modality_config: {type(error).__name__}"
 
 
 # --- #3 one multipart frame referenced by many keys ---------------------------------------------------------------
@@ -351,6 +396,30 @@ def test_a_nan_in_a_nested_action_map_names_its_dotted_key_and_rows():
     with running_server(ReturningPolicy(NON_FINITE_ACTIONS["nested map"])) as server:
         message = error_of(raw_round_trip(server.port, get_action_message(small_observation(rows=2))))
     assert message.startswith("the policy produced non-finite values (NaN or inf) in action key 'arm.joints' rows [0, 1]")
+
+
+def test_a_masked_array_in_the_action_is_refused_naming_its_key_not_a_bare_type_error():
+    masked = np.ma.masked_invalid(np.array([[[np.nan, 0.0]] * 4], np.float32))
+    with running_server(ReturningPolicy(lambda rows: ({"arm": masked}, {}))) as server:
+        message = error_of(raw_round_trip(server.port, get_action_message(small_observation()), 3000))
+    assert "action key 'arm' is a numpy masked array (shape (1, 4, 2), 4 masked entries)" in message, message
+
+
+def cyclic_action(rows: int) -> Any:
+    action: Dict[str, Any] = {"a": np.zeros((rows, 4, 2), np.float32)}
+    action["debug"] = action
+    return action, {}
+
+
+def test_an_action_holding_a_reference_cycle_is_refused_and_the_next_request_is_served():
+    """The finite check walked the cycle for ever: the worker spun and no get_action of any client was answered."""
+    results = iter([cyclic_action, lambda rows: ({"a": np.zeros((rows, 4, 2), np.float32)}, {})])
+    policy = ReturningPolicy(lambda rows: next(results)(rows))
+    with running_server(policy, shutdown_timeout_s=1) as server:
+        refused = raw_round_trip(server.port, get_action_message(small_observation()), 3000)
+        served = raw_round_trip(server.port, get_action_message(small_observation()), 3000)
+    assert "action contains a reference cycle at key 'debug'" in error_of(refused)
+    assert decoded(served)[0]["a"].shape == (1, 4, 2)
 
 
 @pytest.mark.parametrize(

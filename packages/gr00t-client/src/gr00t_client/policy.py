@@ -7,7 +7,7 @@ import inspect
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping  # isinstance with typing.Mapping is twice as slow (hot paths)
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -91,15 +91,17 @@ _SUMMED_MAX_ITEMS = 64  # float arrays up to this size are checked finite by a P
 def all_finite(value: np.ndarray) -> bool:
     """True when no element of a float or complex array is NaN or inf.
 
-    A small array of the common float types is summed in Python: one tolist() instead of two numpy calls and a
-    temporary. A sum is finite only when every term is; a sum that overflows falls through to the exact check.
+    A small plain array of the common float types is summed in Python: one tolist() instead of two numpy calls and a
+    temporary. A sum is finite only when every term is; a sum that overflows falls through to the exact check. A
+    subclass (a masked array's tolist() has None for its masked entries, a matrix's nested lists) takes the exact
+    check, of the numbers it holds.
     """
     char = value.dtype.char
-    if value.size <= _SUMMED_MAX_ITEMS and char in "efdFD":
+    if type(value) is np.ndarray and value.size <= _SUMMED_MAX_ITEMS and char in "efdFD":
         total = sum(value.reshape(-1).tolist())
         if math.isfinite(total) if char in "efd" else cmath.isfinite(total):
             return True
-    return bool(np.isfinite(value).all())
+    return bool(np.isfinite(np.asarray(value)).all())
 
 
 def non_finite_scalar(value: Any) -> bool:
@@ -113,14 +115,32 @@ def non_finite_scalar(value: Any) -> bool:
     return False
 
 
+_LEFT = object()  # first_non_finite's stack marker: the walk has left the container whose id comes with it
+
+
 def first_non_finite(action: Any) -> Optional[Tuple[str, Any]]:
     """(dotted key, value) of the first array or scalar holding NaN or inf anywhere in an action (arrays, numpy or
     Python scalars, lists, nested maps; the items of object arrays too); None when every number is finite. Each
     value is visited once, without recursion, and a float array of a map is checked as soon as it is met (the
-    common case: a server checks every reply it sends, a client every reply of a server that does not)."""
-    stack: List[Tuple[Any, str]] = [(action, "")]
+    common case: a server checks every reply it sends, a client every reply of a server that does not).
+    ActionError, naming the key, for what cannot be sent: a numpy masked array or a container that holds itself."""
+    stack: List[Tuple[Any, Any]] = [(action, "")]
+    inside: Set[int] = set()  # the containers around the value being walked: meeting one again is a cycle
+    walked: Set[int] = set()  # a container met twice (shared, not a cycle) is walked once
     while stack:
         value, where = stack.pop()
+        if value is _LEFT:
+            inside.discard(where)
+            continue
+        if isinstance(value, (dict, list, tuple)) or (isinstance(value, np.ndarray) and value.dtype.kind == "O"):
+            if id(value) in inside:
+                raise ActionError(f"action contains a reference cycle at key '{where or 'action'}' (a list, map or "
+                                  "object array that holds itself); it cannot be sent")
+            if id(value) in walked:
+                continue
+            walked.add(id(value))
+            inside.add(id(value))
+            stack.append((_LEFT, id(value)))
         if isinstance(value, dict):
             for key, child in value.items():
                 path = f"{where}.{key}" if where else str(key)
@@ -130,6 +150,10 @@ def first_non_finite(action: Any) -> Optional[Tuple[str, Any]]:
                 else:
                     stack.append((child, path))
         elif isinstance(value, np.ndarray):
+            if isinstance(value, np.ma.MaskedArray):
+                raise ActionError(f"action key '{where or 'action'}' is a numpy masked array (shape {value.shape}, "
+                                  f"{int(np.ma.count_masked(value))} masked entries), which cannot be sent: the wire "
+                                  "carries no mask; return value.filled(x) with the value the robot should get")
             if value.dtype.kind == "O":
                 stack.extend((child, where) for child in value.reshape(-1))
             elif value.dtype.kind in "fc" and value.size and not all_finite(value):

@@ -16,6 +16,7 @@ from .execution import call_rows, policy_stages
 from .identity import encodable_identity
 from .messages import Request, RequestError
 from .sessions import keeps_sessions
+from .worker import InlineCallAbandoned
 from .wrappers import policy_chain
 
 logger = logging.getLogger("gr00t_server.serving.server")  # PolicyServer's log: the split renamed no logger
@@ -85,7 +86,7 @@ class BuiltinEndpoints:
         options = self._with_session(options, request)
         try:
             raw = self.policy.get_action(observation, options)
-        except Exception as exc:
+        except BaseException as exc:  # counted whatever failed it, a SystemExit too
             self._runner.count_failed_call(exc, 1, call_rows(request))
             if not isinstance(exc, NonFiniteActionError):
                 raise
@@ -121,7 +122,9 @@ class BuiltinEndpoints:
                     if not isinstance(value, Mapping):
                         return None
                     encodable, replaced = encodable_identity(value)
-                except Exception as exc:  # noqa: BLE001
+                except InlineCallAbandoned:
+                    raise
+                except BaseException as exc:  # a policy's SystemExit too: info answers, the server goes on
                     return {"error": error_text("identity", exc)[0]}
                 if replaced and not self._identity_text_logged:
                     self._identity_text_logged = True
@@ -136,7 +139,9 @@ class BuiltinEndpoints:
 
         try:
             modality = self._get_modality_config()
-        except Exception as exc:  # info must answer even when the policy cannot
+        except InlineCallAbandoned:
+            raise
+        except BaseException as exc:  # info must answer even when the policy cannot (a SystemExit in its config loader)
             modality = {"error": error_text("get_modality_config", exc)[0]}
         return {
             "server": "gr00t-server",

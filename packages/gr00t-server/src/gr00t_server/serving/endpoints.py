@@ -7,6 +7,7 @@ import logging
 import math
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Set, Tuple
 
@@ -72,6 +73,17 @@ def log_text(text: str, limit: int = LOGGED_TEXT_CHARS, quoted: bool = True) -> 
     if not quoted:
         shown = shown[1:-1]
     return f"{shown}... ({len(text) - limit} more characters)" if len(text) > limit else shown
+
+
+LOGGED_ERROR_CHARS = 1000  # of an exception's message (or one frame of its traceback) in a log line
+
+
+def bounded_traceback(exc: BaseException, limit: int = LOGGED_ERROR_CHARS) -> str:
+    """exc's traceback as logging shows it, each part (a frame, a message, a chained exception's) cut to `limit`
+    characters: a policy's message holding a large repr wrote megabytes of log per failure."""
+    parts = traceback.TracebackException(type(exc), exc, exc.__traceback__).format()
+    return "".join(part if len(part) <= limit else f"{part[:limit]}... ({len(part) - limit} more characters)\n"
+                   for part in parts).rstrip("\n")
 
 
 def named_session(session: str) -> str:
@@ -141,8 +153,22 @@ class RateLimitedLog:
                 self._suppressed += 1
                 return False
             self._logged += 1
-        self._log.log(self.level, message, *args, exc_info=exc_info or (first_exc_info if new_kind else None))
+        self._emit(message, args, exc_info or (first_exc_info if new_kind else None))
         return True
+
+    def _emit(self, message: str, args: Tuple[Any, ...], exc_info: Any) -> None:
+        """Log at this limiter's level; an exception's traceback is bounded (bounded_traceback), while its record
+        still carries the exception itself."""
+        if not isinstance(exc_info, BaseException):
+            self._log.log(self.level, message, *args, exc_info=exc_info)
+            return
+        if not self._log.isEnabledFor(self.level):
+            return
+        path, line, function, _ = self._log.findCaller()
+        record = self._log.makeRecord(self._log.name, self.level, path, line, message, args,
+                                      (type(exc_info), exc_info, exc_info.__traceback__), function)
+        record.exc_text = bounded_traceback(exc_info)
+        self._log.handle(record)
 
     def flush(self) -> None:
         """Report the messages suppressed since the last report (a server that stops after a burst)."""

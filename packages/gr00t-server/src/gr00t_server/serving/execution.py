@@ -254,7 +254,9 @@ class JobRunner(ReplyFrames):
                 result = self._call_replaced_action(request)
             else:
                 result = self._call(request)
-        except Exception as exc:
+        except InlineCallAbandoned:
+            raise
+        except BaseException as exc:  # a policy's SystemExit or KeyboardInterrupt too: answered, the server goes on
             return request, self.error_frames(request, exc)
         policy_ms = (time.monotonic() - started) * 1000.0
         rows = 1
@@ -272,7 +274,7 @@ class JobRunner(ReplyFrames):
             result = self._call(request)
         except RequestError:  # the server refused its arguments: the handler never ran
             raise
-        except Exception as exc:
+        except BaseException as exc:
             self.count_failed_call(exc, 1, call_rows(request))
             raise
         self.count_call(1, call_rows(request, result))
@@ -320,7 +322,7 @@ class JobRunner(ReplyFrames):
             merged, rows = batching.merge_observations([r.data["observation"] for r in valid], [r.rows for r in valid])
             try:
                 raw = policy.get_action(merged, None)
-            except Exception as exc:  # a merged call that ran counts, whoever's input or bug failed it
+            except BaseException as exc:  # a merged call that ran counts, whatever failed it (a sys.exit() too)
                 self.count_failed_call(exc, len(valid), sum(rows))
                 if not isinstance(exc, NonFiniteActionError):
                     raise
@@ -332,12 +334,15 @@ class JobRunner(ReplyFrames):
             action, info = work_limits.action_and_info(raw)
             stages = policy_stages(policy)
             parts = batching.split_result(action, info, rows, batching.declared_per_row_info_keys(policy))
-        except Exception as exc:
-            if not isinstance(exc, (ObservationError, RequestError)):  # a batching bug every merged call would hit
+        except InlineCallAbandoned:
+            raise
+        except BaseException as exc:
+            # a batching bug every merged call would hit, or one client's input steering the policy into sys.exit()
+            if not isinstance(exc, (ObservationError, RequestError)):
                 self._internal_errors.warning(
                     "batched get_action of %d requests failed (%s: %s); serving them one by one", len(valid),
                     type(exc).__name__, _safe_text(exc)[:300],
-                    kind=("batched get_action", type(exc).__name__, _safe_text(exc)[:200]))
+                    kind=("batched get_action", type(exc).__name__))
                 return [[request] for request in valid]
             logger.debug("batched get_action of %d requests (from %s) refused one's input (%s: %s); isolating it by "
                          "bisection", len(valid), ", ".join(sorted({str(r.peer or "local") for r in valid})),

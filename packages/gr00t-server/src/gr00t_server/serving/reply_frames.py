@@ -93,18 +93,18 @@ class ReplyFrames:
         message, internal = error_text(request.endpoint, exc)
         if request.outcome == "ok":
             request.outcome = "internal_error" if internal else "error"
+        # The kinds always logged once are bounded: an unknown endpoint name (a client's choice, even without the
+        # token) is "other", so a peer cannot spend the kinds, and with them the lines past the rate limit. Nor is a
+        # kind the message, which may name a step or a value and so differ on every failure.
+        known = request.endpoint if request.endpoint in self._server._endpoints else OTHER_ENDPOINT
         if internal:
             stats.add("internal_errors")
             self._internal_errors.warning("internal error in %s from %s", log_text(request.endpoint),
-                                          request.peer or "local", exc_info=exc,
-                                          kind=(request.endpoint, type(exc).__name__, _safe_text(exc)[:200]))
+                                          request.peer or "local", exc_info=exc, kind=(known, type(exc).__name__))
         elif log:  # client-supplied text is cut and escaped: a name may be megabytes long or forge log lines
             # A bare ValueError/KeyError may be a bug in the policy told to the client as its mistake: the first of
             # each kind shows where it was raised (a refusal the server or the policy's checks word has no traceback).
             worded = isinstance(exc, (RequestError, PolicyValidationError, codec.WireDecodeError))
-            # The kinds always logged once are bounded: an unknown endpoint name (a client's choice, even without the
-            # token) is "other", so a peer cannot spend the kinds, and with them the lines past the rate limit.
-            known = request.endpoint if request.endpoint in self._server._endpoints else OTHER_ENDPOINT
             self._refusals.warning("request %s from %s refused: %s", log_text(request.endpoint), request.peer or "local",
                                    log_text(message, 300, quoted=False), kind=(known, type(exc).__name__),
                                    first_exc_info=None if worded else exc)
