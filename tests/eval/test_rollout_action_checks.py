@@ -10,13 +10,14 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from eval.scale_fixtures import ACTION_HORIZON, ConstantPolicy, WalkToEnv
+from eval.scale_fixtures import ACTION_HORIZON, LANGUAGE_KEY, ConstantPolicy, WalkToEnv
 from gr00t_client import EmbodimentTag, ModalityConfig
 from gr00t_eval.rollout import RolloutConfig
 from gr00t_eval.rollout.envs import register_env_prefix
 from gr00t_eval.shard import run_suite
 from serving import running_server
 
+FAR_WALK_PORT = 37651
 WALK = dict(n_episodes=4, n_envs=2, n_action_steps=2, max_episode_steps=6, seed=100, vectorization="sync")
 
 
@@ -131,6 +132,52 @@ def test_float_camera_images_are_refused_not_cast_to_black():
     assert results["overall"]["n_errors"] == 2
     assert all("'video.cam' images are float32; the policy takes uint8 images" in error
                for error in errors_of(results)), errors_of(results)
+
+
+class FarWalkEnv(WalkToEnv):
+    """WalkTo with a float64 position that reads 1e39 (finite, beyond float32's range) from step `far_from` on."""
+
+    def __init__(self, far_from: int):
+        super().__init__(1.0)
+        self.far_from, self.steps = far_from, 0
+        self.observation_space = gym.spaces.Dict({**self.observation_space.spaces,
+                                                  "state.position": gym.spaces.Box(-np.inf, np.inf, (1,), np.float64)})
+
+    def _obs(self):
+        position = 1e39 if self.steps >= self.far_from else self.position
+        return {**super()._obs(), "state.position": np.array([position], np.float64)}
+
+    def reset(self, *, seed=None, options=None):
+        self.steps = 0
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        self.steps += 1
+        return super().step(action)
+
+
+@pytest.mark.parametrize("far_from", [0, 1], ids=["at_reset", "after_a_step"])
+def test_a_state_beyond_float32s_range_errors_its_episode_naming_the_key_not_as_nan(far_from):
+    """The rollout's float32 cast made a finite 1e39 inf, which the server refused as a NaN/inf state."""
+    register_env_prefix("farwalk", EmbodimentTag.NEW_EMBODIMENT, lambda task, **kwargs: FarWalkEnv(far_from))
+    config = RolloutConfig(env_name="farwalk/walk", **{**WALK, "n_episodes": 2, "n_action_steps": 1})
+    with running_server(ConstantPolicy(), port=FAR_WALK_PORT) as server:
+        from gr00t_client import PolicyClient
+
+        with PolicyClient(port=server.port, timeout_ms=5000) as client:
+            results = run_suite(client, "farwalk/walk", config)
+    assert results["overall"]["n_errors"] == 2
+    assert all("'state.position' holds 1e+39 in row 0, beyond float32's range" in error
+               for error in errors_of(results)), errors_of(results)
+
+
+def test_the_observation_mapper_refuses_a_state_beyond_float32s_range_naming_key_row_and_value():
+    from gr00t_eval.rollout.policy_io import HorizonSpec, ObservationMapper
+
+    spec = HorizonSpec.from_modality_config(ConstantPolicy().get_modality_config())
+    env_obs = {"state.position": np.array([[[0.5]], [[-1e39]]], np.float64), LANGUAGE_KEY: ["walk", "walk"]}
+    with pytest.raises(ValueError, match=r"'state.position' holds -1e\+39 in row 1, beyond float32's range"):
+        ObservationMapper(spec, list(env_obs))(env_obs)
 
 
 class DyingWalkEnv(WalkToEnv):

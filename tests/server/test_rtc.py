@@ -547,3 +547,51 @@ def test_a_degenerate_rotation_before_the_overlap_is_not_used_and_not_refused(ne
     previous["eef_9d"][0, :12, 3:9] = 0.0
     action, _ = new_robot.get_action(observation, {"seed": 2, "rtc": rtc(previous, 4, 2)})
     np.testing.assert_allclose(action["gripper"][:, :2], previous["gripper"][:, 12:14], atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def mean_std_gripper_robot(tiny_checkpoint, tmp_path_factory):
+    """new_embodiment with its absolute 'gripper' action normalized by mean/std (not clipped on encode), as many real
+    checkpoints' keys are."""
+    import json
+    import shutil
+
+    checkpoint = tmp_path_factory.mktemp("mean_std_gripper") / "ckpt"
+    shutil.copytree(tiny_checkpoint, checkpoint)
+    path = checkpoint / "processor_config.json"
+    config = json.loads(path.read_text())
+    config["processor_kwargs"]["modality_configs"]["new_embodiment"]["action"]["mean_std_embedding_keys"] = ["gripper"]
+    path.write_text(json.dumps(config))
+    return Gr00tPolicy(checkpoint, "new_embodiment", device="cpu")
+
+
+HUGE_PREVIOUS_PORT = 37652
+HUGE_PREVIOUS = r"^options\['rtc'\]\['previous_action'\]\['gripper'\] step 12 normalizes to \S+ against the checkpoint's"
+
+
+@pytest.mark.parametrize("value", [1e30, 3e38])
+def test_a_huge_finite_previous_action_is_refused_naming_the_option_key_and_step(mean_std_gripper_robot,
+                                                                                  tiny_checkpoint, value):
+    """1e30 made the model's output NaN, blamed on the weights and on action key 'eef_9d'; 3e38 overflowed the float32
+    encoding: 'previous contains NaN or infinite values', naming neither the option nor the key."""
+    import warnings
+
+    observation = example_observation(tiny_checkpoint, "new_embodiment", batch_size=1, seed=5)
+    earlier, _ = mean_std_gripper_robot.get_action(observation, {"seed": 1})
+    previous = {k: v.copy() for k, v in earlier.items()}
+    previous["gripper"][:, 12:] = value
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with pytest.raises(ValueError, match=HUGE_PREVIOUS):
+            mean_std_gripper_robot.get_action(observation, {"seed": 2, "rtc": rtc(previous, 4, 2)})
+
+
+def test_a_served_policy_refuses_a_huge_previous_action_naming_the_option_key(mean_std_gripper_robot, tiny_checkpoint):
+    observation = example_observation(tiny_checkpoint, "new_embodiment", batch_size=1, seed=5)
+    earlier, _ = mean_std_gripper_robot.get_action(observation, {"seed": 1})
+    previous = dict(earlier, gripper=np.full_like(earlier["gripper"], 1e30))
+    with running_server(mean_std_gripper_robot, port=HUGE_PREVIOUS_PORT) as server:
+        with PolicyClient(port=server.port, timeout_ms=60000) as client:
+            with pytest.raises(PolicyServerError, match=r"options\['rtc'\]\['previous_action'\]\['gripper'\] step 12 "):
+                client.get_action(observation, {"seed": 2, "rtc": rtc(previous, 4, 2)})
+            assert client.get_action(observation, {"seed": 2, "rtc": rtc(earlier, 4, 2)})[0].keys() == earlier.keys()

@@ -18,7 +18,7 @@ from gr00t_client.policy import ObservationError
 
 from ..video import EpisodeVideoRecorder, episode_video_name, frame_from_observation
 from .config import env_error_text
-from .policy_io import language_row
+from .policy_io import language_row, state_in_float32
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ class MultiStepWrapper(gym.Wrapper):
             if key.startswith("video."):
                 out[key] = np.stack([history[len(history) - 1 + d][key] for d in self.video_delta_indices])
             elif key.startswith("state."):
-                out[key] = np.stack([np.asarray(history[len(history) - 1 + d][key], dtype=np.float32) for d in self.state_delta_indices])
+                out[key] = state_in_float32(key, np.stack([history[len(history) - 1 + d][key] for d in self.state_delta_indices]))
             else:
                 out[key] = value
         return out
@@ -255,7 +255,12 @@ class MultiStepWrapper(gym.Wrapper):
         if self.observation_keys is None:
             self.observation_keys = tuple(raw)
         self._observe(raw)
-        self._last_obs = self._stacked()
+        try:
+            self._last_obs = self._stacked()
+        except ValueError as exc:  # a state the policy cannot take: report the episode, keep the worker
+            self._done = True
+            self._last_obs = self._placeholder()
+            return self._last_obs, {"episode": self._summary(f"reset: {exc}")}
         return self._last_obs, {"idle": False}
 
     def step(self, action: Mapping[str, np.ndarray]):
@@ -307,7 +312,11 @@ class MultiStepWrapper(gym.Wrapper):
                 terminated = True
                 break
         if self._history:
-            self._last_obs = self._stacked()
+            try:
+                self._last_obs = self._stacked()
+            except ValueError as exc:  # an episode that ended sends the policy no more observations
+                if not (terminated or truncated):
+                    failure, terminated = f"step {self._steps - 1}: {exc}", True
         sum_reward, max_reward = self._reward_totals()  # so far: the runner reports them for an episode it errors
         out_info: Dict[str, Any] = {"success": self._success, "env_steps": self._steps, "idle": False,
                                     "sum_reward": sum_reward, "max_reward": max_reward}

@@ -115,10 +115,25 @@ class ObservationMapper:
                                      "images (0..255): convert them in the env")
                 out[target] = np.ascontiguousarray(value)
             elif target.startswith("state."):
-                out[target] = np.ascontiguousarray(value, dtype=np.float32)
+                out[target] = state_in_float32(source, value)
             else:
                 out[target] = [language_row(row, source) for row in value]
         return out
+
+
+def state_in_float32(key: str, value: Any) -> np.ndarray:
+    """The env's state `value` as the float32 array the policy takes, or ValueError naming `key`, the row and the value
+    when a finite value is beyond float32's range (the cast made it inf, which the server refused as a NaN/inf state)."""
+    with np.errstate(over="ignore"):
+        cast = np.ascontiguousarray(value, dtype=np.float32)
+    beyond = np.isinf(cast) & np.isfinite(np.asarray(value, dtype=np.float64))
+    if beyond.any():
+        index = tuple(int(i) for i in np.argwhere(beyond)[0])
+        number = float(np.asarray(value, dtype=np.float64)[index])
+        raise ValueError(f"the env's {key!r} holds {number:g} in row {index[0] if index else 0}, beyond float32's range "
+                         f"(+-{np.finfo(np.float32).max:.4g}), the dtype the policy takes states in: return states "
+                         "within it (in the units the policy was trained on)")
+    return cast
 
 
 def _refuse_undeclared(keys: Sequence[str]) -> None:

@@ -21,6 +21,7 @@ other key is refused when strict, a warning otherwise):
   the inverse of decode_action (relative keys against the current observation's state, normalized with those
   rows' statistics); rows [0, frozen) are returned unchanged (up to clipping to the statistics range), rows
   [frozen, overlap) are denoised with a ramped velocity, the rest as usual. overlap_steps=0 changes nothing.
+  An overlap row that normalizes to a non-finite value or beyond +-STATE_OUTLIER_LIMIT is refused naming its key.
 - "denoising_steps": int in [1, max_denoising_steps], the flow-matching Euler steps of this call (default the
   checkpoint's num_inference_timesteps, 4 for released ones; the cap, 4x that unless given, bounds one call's work);
   what `gr00t-eval open-loop --denoising-steps` sends.
@@ -40,6 +41,7 @@ from gr00t_client.modality import ModalityConfig
 from gr00t_client.policy import non_finite_rows
 from gr00t_server.model.action_head import DEFAULT_RTC_RAMP_RATE
 from gr00t_server.processing import normalization as norm
+from gr00t_server.processing.actions import STATE_OUTLIER_LIMIT
 
 from .option_names import OptionNames
 
@@ -267,6 +269,23 @@ class Gr00tActionOptions:
                     f"at (row, step) {at}: no rotation matrix has it (zero or parallel rot6d rows, or a singular 4x4 "
                     f"pose), got {rows[at[0][0], at[0][1] - first_step].tolist()}; send the poses get_action returned")
 
+    def _check_encoded_previous(self, rtc: RtcRequest, encoded: np.ndarray) -> None:
+        """ValueError naming the key and step of an overlap row that normalizes to a non-finite value or beyond
+        +-STATE_OUTLIER_LIMIT: a huge finite previous_action made the model's output NaN (blamed on the weights) or
+        overflowed float32 (refused without naming the option)."""
+        action_config = self.modality_configs["action"]
+        dims = {key: p.dim for key, p in self.processor.norm_params(self.embodiment_tag_value).action.items()}
+        parts = norm.split_action(encoded, action_config.modality_keys, dims, rtc.overlap_steps)
+        sent, first_step = rtc.overlap_rows(), rtc.horizon - rtc.overlap_steps
+        for key, part in parts.items():
+            bad = ~np.isfinite(part) | (np.abs(part) > STATE_OUTLIER_LIMIT)
+            if bad.any():
+                row, step, column = (int(i) for i in np.argwhere(bad)[0])
+                raise ValueError(
+                    f"options['rtc']['previous_action']['{key}'] step {first_step + step} normalizes to "
+                    f"{float(part[row, step, column]):.3g} against the checkpoint's statistics (sent "
+                    f"{float(sent[key][row, step, column]):.3g}); send actions in the units get_action returned")
+
     def _rtc_model_arguments(self, rtc: RtcRequest, raw_states: Mapping[str, np.ndarray]) -> Dict[str, Any]:
         """Model-level RTC arguments: the overlap rows encoded as rows [0, overlap) of a padded normalized chunk.
 
@@ -275,7 +294,9 @@ class Gr00tActionOptions:
         """
         if rtc.overlap_steps == 0:  # nothing to inpaint: exactly the call without RTC
             return {}
-        encoded = self.processor.encode_action(rtc.overlap_rows(), self.embodiment_tag_value, raw_states)
+        with np.errstate(over="ignore"):  # a value beyond float32's range is refused below, naming its key
+            encoded = self.processor.encode_action(rtc.overlap_rows(), self.embodiment_tag_value, raw_states)
+        self._check_encoded_previous(rtc, encoded)
         model_shape = (encoded.shape[0], self.model_config.action_horizon, self.model_config.max_action_dim)
         previous = np.zeros(model_shape, np.float32)
         previous[:, : rtc.overlap_steps] = encoded

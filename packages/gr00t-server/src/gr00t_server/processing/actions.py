@@ -14,8 +14,8 @@ from . import normalization as norm
 from .config import ProcessorConfig
 from .norm_params import EmbodimentNormParams
 
-# A normalized state this far beyond its statistics' range (about [-1, 1]) is in other units than the training data's,
-# and the likelier cause of a non-finite model output than the weights.
+# A normalized state (or RTC previous action) this far beyond its statistics' range (about [-1, 1]) is in other units
+# than the training data's, and the likelier cause of a non-finite model output than the weights.
 STATE_OUTLIER_LIMIT = 1e3
 
 
