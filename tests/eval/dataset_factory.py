@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from gr00t_eval.dataset import DatasetWriter
 
@@ -86,3 +89,16 @@ def make_dataset(
                 metadata={"seed": 100 + episode},
             )
     return Path(root)
+
+
+def copy_with_actions_negated(root: Path, target: Path) -> Path:
+    """A copy of dataset `root` at `target` whose recorded actions are negated (a broken sign convention): only its
+    data files differ, every file under meta/ is the original's."""
+    shutil.copytree(root, target)
+    for path in sorted((Path(target) / "data").rglob("*.parquet")):
+        table = pq.read_table(path)
+        column = table.schema.get_field_index("action")
+        field = table.schema.field(column)
+        negated = (-np.asarray(table.column("action").to_pylist(), np.float32)).tolist()
+        pq.write_table(table.set_column(column, field, pa.array(negated, type=field.type)), path)
+    return Path(target)

@@ -10,10 +10,12 @@ import shutil
 
 import pytest
 
-from eval.dataset_factory import make_dataset
-from eval.scale_fixtures import Checkpoint
+from eval.dataset_factory import copy_with_actions_negated, make_dataset
+from eval.scale_fixtures import Checkpoint, sim_replay_policy
+from gr00t_client import PolicyClient
 from gr00t_eval import cli
 from gr00t_eval.batch import Job, PolicyServerAddress, connect, run_batch
+from gr00t_eval.policy_identity import record_from_info, same_policy
 from gr00t_server.policies.replay import ReplayPolicy
 from serving import running_server
 
@@ -47,12 +49,41 @@ def test_the_identity_of_a_replay_server_follows_its_data_not_its_path(datasets)
     assert replay(first).identity() == replay(copy).identity()
     assert replay(first).identity() != replay(other).identity()
     with running_server(replay(first)) as server:
-        from gr00t_client import PolicyClient
-
         with PolicyClient(port=server.port) as client:
             info = client.get_server_info()
     assert info["policy_identity"] == replay(first).identity()
     assert info["policy_identity"]["kind"] == "replay"
+
+
+def test_replays_of_two_recordings_that_differ_only_in_their_actions_are_two_policies(tmp_path):
+    # Same episodes, tasks and meta/ files; the actions negated (a broken sign convention): their results must not pool.
+    first = make_dataset(tmp_path / "first", lengths=(6, 6, 6, 6), cameras=())
+    negated = copy_with_actions_negated(first, tmp_path / "negated")
+    assert replay(first).identity() != replay(negated).identity()
+    records = []
+    for dataset in (first, negated):
+        with running_server(replay(dataset)) as server, PolicyClient(port=server.port) as client:
+            records.append(record_from_info(client.get_server_info()))
+    assert records[0]["fingerprint"] != records[1]["fingerprint"]
+    assert not same_policy(records[0], records[1])
+
+
+def test_a_resume_against_a_replay_of_the_same_episodes_with_other_actions_is_refused(tmp_path, capsys):
+    walk = {"lengths": (6, 6, 6, 6), "cameras": (), "state_dims": {"position": 1}, "action_dims": {"push": 1}}
+    recorded = make_dataset(tmp_path / "recorded", **walk)
+    negated = copy_with_actions_negated(recorded, tmp_path / "negated")
+    copy = shutil.copytree(recorded, tmp_path / "copy")
+    out = tmp_path / "run"
+    with running_server(sim_replay_policy(recorded, 2)) as a:
+        assert cli.main(["rollout", *ROLLOUT, "--output-dir", str(out), "--policy-client-port", str(a.port)]) == 0
+    (out / "results.json").unlink()  # as if the run had been killed: a resume must check the server again
+    capsys.readouterr()
+    with running_server(sim_replay_policy(negated, 2)) as b:
+        assert cli.main(["rollout", "--resume", str(out), "--policy-client-port", str(b.port)]) == 2
+    err = capsys.readouterr().err
+    assert f"--resume {out}: the server at" in err and "serve the same checkpoint (or dataset)" in err
+    with running_server(sim_replay_policy(copy, 2)) as c:  # the same recording copied elsewhere: the same policy
+        assert cli.main(["rollout", "--resume", str(out), "--policy-client-port", str(c.port)]) == 0
 
 
 def test_a_replay_identity_reads_through_symlinked_meta_folders(tmp_path):

@@ -13,6 +13,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+from eval.dataset_factory import copy_with_actions_negated, make_dataset
 from eval.scale_fixtures import LANGUAGE_KEY, Checkpoint, run_cli
 from gr00t_client import EmbodimentTag, PolicyClient
 from gr00t_eval.cli_errors import UsageError
@@ -201,14 +202,20 @@ def test_a_run_that_cannot_ask_its_server_which_policy_it_serves_says_it_is_not_
 OBSERVATION = {"state.position": np.zeros((1, 1), np.float32), LANGUAGE_KEY: ("push",)}
 
 
-def test_open_loop_stops_when_its_server_comes_back_serving_another_dataset(tmp_path):
-    from eval.dataset_factory import make_dataset
+def other_episodes(recorded, root):
+    """Another recording: another episode list, so another dataset_meta_sha256."""
+    return make_dataset(root, lengths=(6, 9, 5))
+
+
+@pytest.mark.parametrize("another_recording", [other_episodes, copy_with_actions_negated],
+                         ids=["other episodes", "same meta, other actions"])
+def test_open_loop_stops_when_its_server_comes_back_serving_another_dataset(tmp_path, another_recording):
     from gr00t_eval.open_loop import OpenLoopConfig, evaluate_open_loop
     from gr00t_eval.policy_identity import ServedPolicyChanged
     from gr00t_server.policies.replay import ReplayPolicy
 
     recorded = make_dataset(tmp_path / "a", lengths=(6, 9, 4))
-    other = make_dataset(tmp_path / "b", lengths=(6, 9, 5))  # another recording: another dataset_meta_sha256
+    other = another_recording(recorded, tmp_path / "b")
     server = serving_in_turn(ReplayPolicy(recorded, execution_horizon=3), ReplayPolicy(other, execution_horizon=3))
 
     def report(line):

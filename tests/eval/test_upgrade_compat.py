@@ -161,6 +161,46 @@ def test_a_run_recorded_before_preprocessor_config_was_hashed_resumes_against_th
     assert not same_policy(other_image_settings, now)  # both hashed: another pixel budget is another policy
 
 
+REPLAY_META_ONLY = {"kind": "replay", "dataset_meta_sha256": "m", "episodes": 4, "execution_horizon": 2}
+REPLAY_INFO = {"policy_class": "ReplayPolicy", "embodiment_tag": "new_embodiment", "modality_configs": {"action": [0, 1]},
+               "policy_identity": {**REPLAY_META_ONLY, "dataset_data_sha256": "d"}}
+
+
+def test_a_replay_run_recorded_before_data_files_were_hashed_resumes_on_the_same_meta_saying_actions_went_unchecked(
+        caplog):
+    from gr00t_eval.policy_identity import record_from_info
+
+    now = record_from_info(REPLAY_INFO)
+    before = record_from_info({**REPLAY_INFO, "policy_identity": {**REPLAY_META_ONLY, "episodes": 3}})
+    assert not same_policy(before, now)  # another episode list is another dataset, recorded before or not
+    before = record_from_info({**REPLAY_INFO, "policy_identity": REPLAY_META_ONLY})
+    with caplog.at_level(logging.WARNING, logger="gr00t_eval.policy_identity"):
+        assert same_policy(before, now) and same_policy(now, before)
+    assert f"fingerprint {before['fingerprint']}) was recorded before replays hashed their data files" in caplog.text
+    assert "its recorded actions are not compared" in caplog.text
+    other_actions = record_from_info({**REPLAY_INFO, "policy_identity": {**REPLAY_META_ONLY, "dataset_data_sha256": "e"}})
+    assert not same_policy(other_actions, now)  # both hashed: other recorded actions are another policy
+
+
+def test_a_resume_upgrades_a_replay_record_without_data_hash_so_a_later_resume_is_held_to_the_actions(tmp_path):
+    from gr00t_eval import scale_cli
+    from gr00t_eval.cli_errors import UsageError
+    from gr00t_eval.policy_identity import record_from_info
+
+    older = record_from_info({**REPLAY_INFO, "policy_identity": REPLAY_META_ONLY})
+    now = record_from_info(REPLAY_INFO)
+    other_actions = record_from_info({**REPLAY_INFO, "policy_identity": {**REPLAY_META_ONLY, "dataset_data_sha256": "e"}})
+    (tmp_path / "run.json").write_text(json.dumps({"env_name": "walkto/slow", "config": {}, "policy": older}))
+    scale_cli._adopt_run_policy(tmp_path, None, older, now, "the server at 127.0.0.1:5555", 2)
+    recorded = json.loads((tmp_path / "run.json").read_text())["policy"]
+    assert recorded["fingerprint"] == now["fingerprint"]
+    try:
+        scale_cli._adopt_run_policy(tmp_path, None, recorded, other_actions, "the server at 127.0.0.1:5555", 3)
+        raise AssertionError("a resume against a replay of other recorded actions was accepted")
+    except UsageError as exc:
+        assert "serve the same checkpoint (or dataset)" in str(exc)
+
+
 def test_a_job_resumed_after_an_attempt_that_recorded_no_policy_says_nothing_checks_its_episodes(tmp_path, caplog):
     """Its first attempt's server gave no policy (a reference server): a resume against a gr00t-server kept those
     episodes under the new policy without a word, where a rollout's resume warns."""

@@ -1,9 +1,10 @@
 """Which policy a run evaluated, as the server describes it, so results of different policies are never combined.
 
 `get_server_info` names the policy's class, embodiment, modality configs and (gr00t-server) its `policy_identity`:
-a hash of the checkpoint's config and a fingerprint of its weights, or of a replay dataset's meta files. Results,
-run files and batch jobs record that as `policy` with a `fingerprint` of it all; `merge` refuses shards of different
-fingerprints, and a resumed run or job checks that its server still serves the policy its first attempt did.
+a hash of the checkpoint's config and a fingerprint of its weights, or hashes of a replay dataset's meta and data
+files. Results, run files and batch jobs record that as `policy` with a `fingerprint` of it all; `merge` refuses
+shards of different fingerprints, and a resumed run or job checks that its server still serves the policy its first
+attempt did.
 A server that gives no info (the reference's) is recorded as None, and None is compared with nothing.
 """
 
@@ -161,6 +162,10 @@ def record_from_info(info: Any) -> Optional[Dict[str, Any]]:
         older = {k: v for k, v in identity.items() if k != "preprocessor_sha256"}
         record["fingerprint_without_preprocessor"] = _fingerprint({**record, "identity": older},
                                                                   info.get("modality_configs"))
+    if isinstance(identity, Mapping) and "dataset_data_sha256" in identity:
+        # The fingerprint a gr00t-server that hashed a replay's meta/ files but not its data files gave the same replay.
+        older = {k: v for k, v in identity.items() if k != "dataset_data_sha256"}
+        record["fingerprint_without_data"] = _fingerprint({**record, "identity": older}, info.get("modality_configs"))
     return record
 
 
@@ -185,7 +190,8 @@ def describe(record: Optional[Mapping[str, Any]]) -> str:
 def same_policy(first: Optional[Mapping[str, Any]], second: Optional[Mapping[str, Any]]) -> bool:
     """False only when both are known and their fingerprints differ. A record from a server that reported no
     checkpoint identity (an older gr00t-server) matches on what it did report: class, tag and modality configs; one
-    whose identity had no processor (or preprocessor_config.json) hash yet, on the rest of it."""
+    whose identity had no processor (or preprocessor_config.json) hash yet, or a replay's without a data hash, on the
+    rest of it (a replay's with a warning: its recorded actions go unchecked)."""
     if not first or not second:
         return True
     if first.get("fingerprint") == second.get("fingerprint"):
@@ -201,7 +207,23 @@ def same_policy(first: Optional[Mapping[str, Any]], second: Optional[Mapping[str
                 and "preprocessor_sha256" not in old_identity
                 and new.get("fingerprint_without_preprocessor") == old.get("fingerprint")):
             return True  # recorded before preprocessor_config.json was hashed
+        if _recorded_before_data_hash(old, new):
+            return True
     return False
+
+
+def _recorded_before_data_hash(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """True, warning once that its actions go unchecked, when `old` is a replay recorded before replays hashed their
+    data files and `new` is the same replay (meta/ files, episodes, horizon) with that hash: nothing recorded then
+    tells two recordings with the same meta/ files apart."""
+    old_identity = old.get("identity")
+    if (not isinstance(old_identity, Mapping) or old_identity.get("kind") != "replay"
+            or "dataset_data_sha256" in old_identity or new.get("fingerprint_without_data") != old.get("fingerprint")):
+        return False
+    _warn_once(f"{describe(old)} was recorded before replays hashed their data files: it matches {describe(new)} on "
+               "its meta/ files alone, and its recorded actions are not compared (a dataset with the same meta/ files "
+               "and other actions would pass as the same policy)")
+    return True
 
 
 def check_serves(client: Any, record: Mapping[str, Any]) -> None:

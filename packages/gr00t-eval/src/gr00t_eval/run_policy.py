@@ -47,8 +47,8 @@ def _adopt_run_policy(output_dir: Path, shard: Any, first_policy: Optional[Mappi
                          f"(no get_server_info answer: a reference server, or one too busy to answer), and this run's "
                          f"{resumed_episodes} earlier episodes were scored against {describe(first_policy)}; resume "
                          "against a gr00t-server serving it, or start a new run")
-    if policy is not None and first_policy is not None and not first_policy.get("identity") and policy.get("identity"):
-        record_run_policy(output_dir, shard, policy)  # the checkpoint identity from now on: a later resume is held to it
+    if policy is not None and first_policy is not None and _identifies_more(policy, first_policy):
+        record_run_policy(output_dir, shard, policy)  # the fuller identity from now on: a later resume is held to it
     if policy is not None and first_policy is None:
         if resumed_episodes:  # a run file of an older gr00t-eval (or a server that gave no info then)
             logger.warning("--resume %s: this run recorded no policy for its %d earlier episodes (an older gr00t-eval, or "
@@ -56,6 +56,16 @@ def _adopt_run_policy(output_dir: Path, shard: Any, first_policy: Optional[Mappi
                            "results will pool both. Recording %s from now on", output_dir, resumed_episodes, serving,
                            describe(policy))
         record_run_policy(output_dir, shard, policy)
+
+
+def _identifies_more(policy: Mapping[str, Any], first_policy: Mapping[str, Any]) -> bool:
+    """Whether `policy` (matched by same_policy) names what `first_policy`, an older server's record, did not: a
+    checkpoint identity where it had none, or a replay's data hash where it had the meta hash alone."""
+    if not first_policy.get("identity"):
+        return bool(policy.get("identity"))
+    identity, first_identity = policy.get("identity"), first_policy.get("identity")
+    return (isinstance(identity, Mapping) and isinstance(first_identity, Mapping)
+            and "dataset_data_sha256" in identity and "dataset_data_sha256" not in first_identity)
 
 
 def _check_policy_runs_settings(client: Any, env_spec: str, config: Any, resumed: Optional[Path],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from collections import OrderedDict
@@ -19,9 +18,10 @@ from ..extras import require_lerobot_dataset
 from ..modality_configs import derive_from_dataset
 from ..serving.endpoints import RateLimitedLog, named_session
 from ..serving.sessions import SegmentedLRU
-from .dataset_changes import DatasetChanges, meta_files
+from .dataset_changes import DatasetChanges
 from .option_names import OptionNames
 from .recorded_seeds import recorded_seeds
+from .replay_identity import dataset_hashes
 
 if TYPE_CHECKING:  # gr00t-eval comes with the `replay` extra, imported when a ReplayPolicy is made
     from gr00t_eval.dataset import LeRobotDataset
@@ -151,15 +151,12 @@ class ReplayPolicy(BasePolicy):
         return copy_modality_configs(self.modality_configs)
 
     def identity(self) -> Dict[str, Any]:
-        """What this server replays, the same wherever the dataset is copied: a hash of the dataset's meta/ files
-        (its episode list, tasks and info) and the execution horizon; get_server_info reports it so that an
-        evaluation can tell one policy's results from another's."""
+        """What this server replays, the same wherever the dataset is copied: hashes of the dataset's meta/ files
+        (its episode list, tasks and info) and of its data files (the recorded actions served), and the execution
+        horizon; get_server_info reports it so that an evaluation can tell one policy's results from another's."""
         if self._identity is None:
-            digest = hashlib.sha256()
-            meta = Path(self.dataset.root) / "meta"
-            for path in meta_files(self.dataset.root):
-                digest.update(path.relative_to(meta).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-            self._identity = {"kind": "replay", "dataset_meta_sha256": digest.hexdigest()[:16],
+            data_files = [self.dataset.episode_data_path(p) for p in range(self.dataset.num_episodes)]
+            self._identity = {"kind": "replay", **dataset_hashes(Path(self.dataset.root), data_files),
                               "episodes": self.dataset.num_episodes, "execution_horizon": self.execution_horizon}
         return dict(self._identity)
 
