@@ -28,7 +28,7 @@ def _wire_decode_error_noting_npsave():
 def _cases():
     from gr00t_eval import batch, cli_errors, extras, open_loop, policy_identity, ray_connect, run_dir, shard
     from gr00t_eval.dataset import errors as dataset_errors
-    from gr00t_eval.rollout import liveness, runner, stalls
+    from gr00t_eval.rollout import liveness, runner, stalls, worker_deaths
 
     return [
         client_module.PolicyServerError("ValueError: bad observation", "get_action"),
@@ -62,6 +62,7 @@ def _cases():
         ray_connect.RayConnectError("nothing answers at --ray-address 127.0.0.1:6379"),
         liveness.PolicyServerUnreachableError("tcp://127.0.0.1:5555 stopped answering"),
         stalls.EnvStalledError("env 1 did not answer a step within 30 s"),
+        worker_deaths.EnvWorkerDiedError("an env worker process died: env 0 (episode 2, seed 2) was killed by SIGKILL"),
         runner.RecordedEnvMismatchError("the policy replays episode 0 as recorded in 'metaworld/reach-v3'"),
         run_dir.OutputDirError("--output-dir out is not empty"),
         shard.MergeError("shards of different plans"),

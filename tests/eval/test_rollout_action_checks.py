@@ -214,6 +214,41 @@ def test_a_dead_env_worker_is_named_and_the_episodes_it_cost_are_reported_with_t
     assert not [w for w in recwarn if "Calling `close` while waiting" in str(w.message)]
 
 
+class KilledWalkEnv(WalkToEnv):
+    """WalkTo whose process is SIGKILLed (as by the OOM killer) at the first step of the episode with seed 102."""
+
+    def reset(self, *, seed=None, options=None):
+        self.killed = seed == 102
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        if self.killed:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().step(action)
+
+
+def test_a_killed_env_worker_is_named_with_its_row_episode_seed_and_signal_in_the_results():
+    register_env_prefix("killed", EmbodimentTag.NEW_EMBODIMENT, lambda task, **kwargs: KilledWalkEnv(1.0))
+    config = RolloutConfig(env_name="killed/walk", **{**WALK, "vectorization": "async"})
+    results = run_suite(ConstantPolicy(), "killed/walk", config)
+    # rows 0 and 1 start episodes 0 (4 steps) and 1 (5 steps); row 0, free first, starts episode 2 (seed 102)
+    assert results["failed_tasks"]["killed/walk"] == (
+        "EnvWorkerDiedError: an env worker process died: env 0 (episode 2, seed 102) was killed by SIGKILL (-9: the "
+        "OOM killer?); the task's episodes still running and not yet started did not run")
+
+
+@pytest.mark.parametrize("exitcode, text", [(-11, "was killed by SIGSEGV (-11: a simulator crash?)"),
+                                            (-6, "was killed by SIGABRT (-6: a simulator abort?)"),
+                                            (-15, "was killed by SIGTERM (-15)"), (3, "exited with code 3")])
+def test_a_workers_exit_code_is_told_as_the_signal_that_killed_it(exitcode, text):
+    from gr00t_eval.rollout.worker_deaths import exit_text
+
+    assert exit_text(exitcode) == text
+
+
 def test_an_unwritable_video_dir_is_refused_before_any_episode(tmp_path, capsys):
     from eval.scale_fixtures import run_cli
     from gr00t_eval.cli_errors import UsageError

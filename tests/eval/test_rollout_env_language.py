@@ -122,3 +122,41 @@ def test_a_rollout_of_an_env_that_returns_an_undeclared_language_key_says_to_dec
     key = "annotation.human.task_description"
     with pytest.raises(ValueError, match=rf"the env returns \['{key}'\].*observation_space does not declare"):
         roll_out("undeclaredlang", LanguageRecorder(key), key, TASK, declared=False)
+
+
+class LanguageTurnsToNumberEnv(gym.Env):
+    """Ends its episodes with success at step 6; in the episode with seed 1 its language is an int from step 2 on."""
+
+    observation_space = gym.spaces.Dict({
+        "video.front": gym.spaces.Box(0, 255, (4, 4, 3), np.uint8), "state.arm": gym.spaces.Box(-1, 1, (3,), np.float32),
+        "annotation.human.task_description": gym.spaces.Text(64, charset=string.printable)})
+    action_space = gym.spaces.Dict({"action.arm": gym.spaces.Box(-1, 1, (3,), np.float32)})
+
+    def _obs(self):
+        broken = self.seed == 1 and self.steps >= 2
+        return {"video.front": np.zeros((4, 4, 3), np.uint8), "state.arm": np.zeros(3, np.float32),
+                "annotation.human.task_description": 12345 if broken else TASK}
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.seed, self.steps = seed, 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.steps += 1
+        return self._obs(), 0.0, self.steps >= 6, False, {"success": self.steps >= 6}
+
+
+@pytest.mark.parametrize("n_episodes", [2, 3], ids=["its_row_then_idles", "its_row_starts_the_next_episode"])
+def test_one_rows_bad_language_errors_only_its_episode_and_the_episode_beside_it_is_scored(n_episodes):
+    key = "annotation.human.task_description"
+    register_env_prefix("numberlang", "new_embodiment", lambda task, **_: LanguageTurnsToNumberEnv())
+    config = RolloutConfig("numberlang/task", n_episodes=n_episodes, n_envs=2, seed=0, max_episode_steps=6,
+                           n_action_steps=2, vectorization="sync")
+    policy = LanguageRecorder(key)
+    outcomes = {outcome.episode_index: outcome for outcome in run_rollout(policy, config, progress=False).outcomes}
+    assert outcomes[1].error == (f"the env's language key {key!r} must be a str or UTF-8 bytes in each env row; "
+                                 "got int 12345")
+    assert outcomes[0].error is None and outcomes[0].success
+    assert all(outcomes[i].error is None and outcomes[i].success for i in range(2, n_episodes))
+    assert all(texts == [TASK, TASK] for texts in policy.seen)

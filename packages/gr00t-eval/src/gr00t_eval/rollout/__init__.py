@@ -25,6 +25,7 @@ _EXPORTS = {
     "RolloutConfig": ".config",
     "RecordedEnvMismatchError": ".replay_recordings",
     "EnvStalledError": ".stalls",
+    "EnvWorkerDiedError": ".worker_deaths",
     "RolloutResult": ".result",
     "RolloutRunner": ".runner",
     "run_rollout": ".runner",

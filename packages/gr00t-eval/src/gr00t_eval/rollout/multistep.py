@@ -53,7 +53,10 @@ def success_from_info(info: Mapping[str, Any]) -> bool:
     """An inner step's success flag: info["success"], else info["is_success"] (gym-pusht, robomimic style).
 
     Raises ValueError for a flag that is not one boolean, integer or finite float: bool() read NaN and "False" as a
-    success, and np.any a [True, False] of several values. A flag of None is no report (that step says nothing)."""
+    success, and np.any a [True, False] of several values. A flag of None is no report (that step says nothing).
+    Raises ValueError for an info that is not a dict (None)."""
+    if not isinstance(info, Mapping):
+        raise ValueError(f"the env returned the step info {_describe(info)}, not a dict; the episode cannot be scored")
     for key in ("success", "is_success"):
         if info.get(key) is not None:  # None: not reported at this step
             return _success_flag(key, info[key])
@@ -212,6 +215,17 @@ class MultiStepWrapper(gym.Wrapper):
                 raise ValueError(f"env {env} returned {key!r} of shape {array.shape}; its observation space says "
                                  f"{space.shape}")
 
+    def _missing_from(self, raw: Any) -> Optional[str]:
+        """What an env's observation lacks of the keys its observation space declares (None: it has them all): the
+        vector env's concatenation of it failed with a bare KeyError or AttributeError, naming no env or episode."""
+        where = f"env {self.env_index} (episode {self._episode_index})"
+        if not isinstance(raw, Mapping):
+            return f"{where} returned the observation {_describe(raw)}, not a dict of its observation space's keys"
+        missing = [key for key in self.env.observation_space.spaces if key not in raw]
+        if missing:
+            return f"{where} returned an observation without {missing}, which its observation space declares"
+        return None
+
     def _observe(self, raw: Mapping[str, Any]) -> None:
         self._check_against_space(raw)
         # An env may hand out views of buffers it updates in place (MuJoCo's data.qpos, a reused render buffer): an
@@ -251,6 +265,11 @@ class MultiStepWrapper(gym.Wrapper):
             self._done = True
             self._last_obs = self._placeholder()
             return self._last_obs, {"episode": self._summary(f"reset failed: {env_error_text(exc)}")}
+        missing = self._missing_from(raw)
+        if missing is not None:
+            self._done = True
+            self._last_obs = self._placeholder()
+            return self._last_obs, {"episode": self._summary(f"reset: {missing}")}
         self._task = _caption(raw)
         if self.observation_keys is None:
             self.observation_keys = tuple(raw)
@@ -287,6 +306,10 @@ class MultiStepWrapper(gym.Wrapper):
                        f"the reward {_describe(reward)}, which is not a number")
                 failure = f"step {self._steps - 1}: the env returned {got}; the episode cannot be scored"
                 terminated = True
+                break
+            missing = self._missing_from(raw)
+            if missing is not None:
+                failure, terminated = f"step {self._steps - 1}: {missing}; the episode cannot be scored", True
                 break
             reward = number
             self._rewards.append(reward)

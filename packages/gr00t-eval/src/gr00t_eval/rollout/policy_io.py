@@ -105,7 +105,23 @@ class ObservationMapper:
                            ", ".join(f"{w} <- {a}" for w, a in by_position))
         self.sources.update(sources)
 
-    def __call__(self, obs: Mapping[str, Any]) -> Dict[str, Any]:
+    def language_errors(self, obs: Mapping[str, Any], rows: Sequence[int]) -> Dict[int, str]:
+        """{row: why} for each of `rows` whose language is not one text (ObservationError's message, naming the key):
+        only those rows' episodes are errored, not the ones running beside them."""
+        errors: Dict[int, str] = {}
+        for target, source in self.sources.items():
+            if target.startswith(("video.", "state.")):
+                continue
+            for row in rows:
+                try:
+                    language_row(obs[source][row], source)
+                except ObservationError as exc:
+                    errors.setdefault(row, str(exc))
+        return errors
+
+    def __call__(self, obs: Mapping[str, Any], rows: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+        """The policy's observation of `obs`; the language of rows outside `rows` (default: all rows) is not read,
+        they get the first of `rows`'s (an idle row may hold a finished episode's bad language)."""
         out: Dict[str, Any] = {}
         for target, source in self.sources.items():
             value = obs[source]
@@ -117,7 +133,9 @@ class ObservationMapper:
             elif target.startswith("state."):
                 out[target] = state_in_float32(source, value)
             else:
-                out[target] = [language_row(row, source) for row in value]
+                read = range(len(value)) if rows is None else rows
+                texts = [value[row] if row in read else value[read[0]] for row in range(len(value))]
+                out[target] = [language_row(text, source) for text in texts]
         return out
 
 

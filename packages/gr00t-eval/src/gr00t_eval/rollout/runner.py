@@ -9,7 +9,8 @@ episodes they have in the whole run. An episode whose env or policy call fails i
 reason and the run goes on. So is an episode whose policy reports a position (episode, step) other than the one
 the rollout put it at (`PolicyRowCursor.check_reply`): a replay server that was restarted, or that dropped the
 session, replays another recording from there on. An env in a subprocess that does not finish a reset or step
-within `env_timeout_s` (a hung simulator) stops the run with EnvStalledError, naming the env and its episode.
+within `env_timeout_s` (a hung simulator) stops the run with EnvStalledError, naming the env and its episode; one whose
+worker process dies (a segfault, the OOM killer) stops it with EnvWorkerDiedError, naming them and the signal.
 
 Client chunking (`client_chunking` "sync" or "async", opt-in): the envs step one env step per policy call and a
 gr00t_client ActionChunker hands out the steps of its buffered chunks (async: it prefetches the next chunk in the
@@ -46,6 +47,7 @@ from .replay_recordings import RecordedEnvMismatchError, _check_recorded_env, _n
 from .result import RolloutResult
 from .stalls import reset_envs, step_envs
 from .vector_envs import _close_envs, make_vector_env
+from .worker_deaths import PIPE_ERRORS, dead_worker_error
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +92,8 @@ class RolloutRunner:
         """Create the envs, run until every episode is scored, close the envs.
 
         Raises PolicyServerUnreachableError when the server stops answering (the episodes scored so far
-        have been passed to `on_episode`), EnvStalledError when an env reset or step outlasts `env_timeout_s`, and
+        have been passed to `on_episode`), EnvStalledError when an env reset or step outlasts `env_timeout_s`,
+        EnvWorkerDiedError (naming the env row, its episode and how its worker died) when an env worker dies, and
         lets KeyboardInterrupt through after closing the envs (a stalled env's workers are terminated). A second call
         raises RuntimeError: the episodes an interrupted run was running are not in its to-do list any more.
         """
@@ -112,6 +115,10 @@ class RolloutRunner:
             with pinned_policy(self.policy):  # the CLI pins the run's policy itself; this covers the Python API
                 self._loop(vec, spec, n_envs)
             clean = True
+        except PIPE_ERRORS as exc:
+            if not isinstance(vec, gym.vector.AsyncVectorEnv):
+                raise
+            raise dead_worker_error(vec.processes, self.row_episode, self.seed_for, exc) from exc
         finally:
             _close_envs(vec, clean, config.env_timeout_s)
         eval_s = time.perf_counter() - start
@@ -330,8 +337,14 @@ class RolloutRunner:
                     continue
                 if mapper is None:
                     mapper = ObservationMapper(spec, _env_key_order(vec, obs), _keys_dropped_by_vector_env(vec, obs))
+                bad_language = mapper.language_errors(obs, active)
+                for row, reason in sorted(bad_language.items()):  # that env's episode errors, not its neighbours'
+                    self._fail(row, reason, bar)
+                    pending.add(row)
+                if bad_language:
+                    continue
                 try:
-                    observation = with_idle_rows_mirrored(mapper(obs), active)
+                    observation = with_idle_rows_mirrored(mapper(obs, active), active)
                     env_action, info = self._act(checked, observation, vec.single_action_space)
                     self.watch.request_succeeded()
                 except Exception as exc:  # noqa: BLE001 - one batch failed: score its episodes, keep going
