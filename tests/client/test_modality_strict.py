@@ -85,6 +85,12 @@ def test_a_config_with_fractional_delta_indices_on_the_wire_is_a_wire_decode_err
 # --- repeated keys ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("value", ["RELATIVE", {"rep": "RELATIVE", "type": "NON_EEF"}])
+def test_action_configs_that_are_not_a_list_are_refused_quoting_the_whole_value(value):
+    with pytest.raises(ValueError, match=rf"action_configs must be a list of action configs.*got {re.escape(repr(value))}"):
+        ModalityConfig(delta_indices=[0], modality_keys=["x"], action_configs=value)
+
+
 def test_repeated_modality_keys_are_refused_naming_the_key():
     with pytest.raises(ValueError, match=r"modality_keys must not repeat a key, got \['x'\] more than once in \['x', 'y', 'x'\]"):
         ModalityConfig(delta_indices=[0], modality_keys=["x", "y", "x"])

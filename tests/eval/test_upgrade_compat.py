@@ -9,6 +9,8 @@ import json
 import logging
 import os
 
+import pytest
+
 from eval.scale_fixtures import policy_server
 
 from gr00t_eval.batch import changed_settings, parse_job, planned_config, prepare_job_dir
@@ -201,6 +203,23 @@ def test_a_resume_upgrades_a_replay_record_without_data_hash_so_a_later_resume_i
         assert "serve the same checkpoint (or dataset)" in str(exc)
 
 
+def test_a_run_recorded_before_the_tokenizer_was_hashed_resumes_against_the_same_checkpoint():
+    from gr00t_eval.policy_identity import record_from_info
+
+    hashed = {"kind": "gr00t", "config_sha256": "c", "weights_fingerprint": "w", "processor_sha256": "p",
+              "preprocessor_sha256": "i"}
+    info = {"policy_class": "Gr00tPolicy", "embodiment_tag": "libero_sim", "modality_configs": {"action": [0, 1]},
+            "policy_identity": {**hashed, "tokenizer_sha256": "t"}}
+    now = record_from_info(info)
+    before = record_from_info({**info, "policy_identity": hashed})
+    assert same_policy(before, now) and same_policy(now, before)
+    before_image_settings = record_from_info(
+        {**info, "policy_identity": {k: v for k, v in hashed.items() if k != "preprocessor_sha256"}})
+    assert same_policy(before_image_settings, now)
+    other_tokenizer = record_from_info({**info, "policy_identity": {**hashed, "tokenizer_sha256": "u"}})
+    assert not same_policy(other_tokenizer, now)  # both hashed: another chat template is another policy
+
+
 def test_a_job_resumed_after_an_attempt_that_recorded_no_policy_says_nothing_checks_its_episodes(tmp_path, caplog):
     """Its first attempt's server gave no policy (a reference server): a resume against a gr00t-server kept those
     episodes under the new policy without a word, where a rollout's resume warns."""
@@ -225,3 +244,22 @@ def test_a_job_resumed_after_an_attempt_that_recorded_no_policy_says_nothing_che
     assert [o.episode_index for o in done] == [0]  # kept, as after an upgrade
     assert "its earlier attempt recorded no policy" in caplog.text and "will pool both" in caplog.text
     assert json.loads((job_dir / "run.json").read_text())["policy"]["fingerprint"] == current["fingerprint"]
+
+
+def test_a_resume_upgrades_a_checkpoint_record_without_tokenizer_hash_so_a_later_resume_is_held_to_it(tmp_path):
+    from gr00t_eval import scale_cli
+    from gr00t_eval.cli_errors import UsageError
+    from gr00t_eval.policy_identity import record_from_info
+
+    hashed = {"kind": "gr00t", "config_sha256": "c", "weights_fingerprint": "w", "processor_sha256": "p"}
+    info = {"policy_class": "Gr00tPolicy", "embodiment_tag": "libero_sim", "modality_configs": {"action": [0, 1]},
+            "policy_identity": {**hashed, "tokenizer_sha256": "t"}}
+    older, now = record_from_info({**info, "policy_identity": hashed}), record_from_info(info)
+    other_template = record_from_info({**info, "policy_identity": {**hashed, "tokenizer_sha256": "u"}})
+    assert same_policy(older, other_template)  # the older record alone cannot tell them apart
+    (tmp_path / "run.json").write_text(json.dumps({"env_name": "walkto/slow", "config": {}, "policy": older}))
+    scale_cli._adopt_run_policy(tmp_path, None, older, now, "the server at 127.0.0.1:5555", 2)
+    recorded = json.loads((tmp_path / "run.json").read_text())["policy"]
+    assert recorded["fingerprint"] == now["fingerprint"]
+    with pytest.raises(UsageError, match=r"serve the same checkpoint \(or dataset\)"):
+        scale_cli._adopt_run_policy(tmp_path, None, recorded, other_template, "the server at 127.0.0.1:5555", 3)

@@ -50,6 +50,8 @@ def serve_error(capsys, monkeypatch):
     from gr00t_server import server as server_module
 
     class NoServer:
+        left_policy_call_running = False  # read by serve after run()
+
         def __init__(self, policy, **kwargs):
             pass
 

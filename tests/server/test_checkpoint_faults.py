@@ -223,6 +223,36 @@ def test_per_step_rows_for_a_state_or_action_key_are_refused_at_load_naming_file
     assert re.search(expected, err), err
 
 
+def test_relative_action_statistics_with_an_extra_level_are_refused_at_load_naming_file_tag_and_key(copy_of, serve_error):
+    """Two stacked [T][D] sets ([2][T][D]) loaded: a batch-2 get_action decoded row 1 with the second set, silently."""
+    checkpoint = copy_of()
+    key = _first_key(checkpoint, "relative_action")
+
+    def stack_two_sets(stats):
+        entry = stats["new_embodiment"]["relative_action"][key]
+        entry.update({name: [rows, rows] for name, rows in entry.items()})
+
+    _edit_json(checkpoint / "statistics.json", stack_two_sets)
+    rows = json.loads((checkpoint / "statistics.json").read_text())["new_embodiment"]["relative_action"][key]["max"][0]
+    steps, width = len(rows), len(rows[0])
+    err = serve_error(checkpoint)
+    expected = (rf"statistics.json: statistics\['new_embodiment'\]\['relative_action'\]\['{key}'\]\['\w+'\] has shape "
+                rf"\(2, {steps}, {width}\); a relative_action key's statistics must be one row per action-horizon step, "
+                rf"shape \(T, {width}\), or one row, shape \({width},\)")
+    assert re.search(expected, err), err
+
+
+def test_relative_action_statistics_of_one_key_with_different_shapes_are_refused(copy_of):
+    checkpoint = copy_of()
+    key = _first_key(checkpoint, "relative_action")
+    _edit_json(checkpoint / "statistics.json",
+               lambda stats: stats["new_embodiment"]["relative_action"][key].update(
+                   mean=stats["new_embodiment"]["relative_action"][key]["mean"][0]))
+    with pytest.raises(ValueError, match=rf"statistics.json: .*\['relative_action'\]\['{key}'\]: \w+ has shape "
+                                         r"\(\d+, \d+\) but mean has \(\d+,\); every stat of a relative_action key"):
+        _serve_tag(checkpoint)
+
+
 def test_a_huge_range_that_overflows_is_refused(copy_of):
     checkpoint = copy_of()
     key = _first_key(checkpoint, "action")

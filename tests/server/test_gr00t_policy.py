@@ -343,7 +343,8 @@ def test_identity_names_the_checkpoint_by_its_content_wherever_it_is_copied(libe
 
     identity = libero.identity()
     assert identity["kind"] == "gr00t"
-    assert set(identity) == {"kind", "config_sha256", "weights_fingerprint", "processor_sha256", "preprocessor_sha256"}
+    assert set(identity) == {"kind", "config_sha256", "weights_fingerprint", "processor_sha256", "preprocessor_sha256",
+                             "tokenizer_sha256"}
     assert Gr00tPolicy(copy_of(), "libero_sim", device="cpu").identity() == identity
     other = make_test_checkpoint(tmp_path / "other", size="tiny", seed=1)  # another finetune, same architecture
     other_identity = Gr00tPolicy(other, "libero_sim", device="cpu").identity()
@@ -385,6 +386,31 @@ def test_identity_tells_apart_the_same_weights_with_other_image_processor_settin
     changed = Gr00tPolicy(checkpoint, "libero_sim", device="cpu").identity()
     assert changed["processor_sha256"] == libero.identity()["processor_sha256"]
     assert changed["preprocessor_sha256"] != libero.identity()["preprocessor_sha256"]
+
+
+def _edit_chat_template(checkpoint):
+    path = checkpoint / "chat_template.jinja"
+    path.write_text(path.read_text().replace("{{- item['text'] -}}", "{{- 'Do the opposite: ' + item['text'] -}}"))
+
+
+def _drop_last_tokenizer_merge(checkpoint):
+    import json
+
+    path = checkpoint / "tokenizer.json"
+    tokenizer = json.loads(path.read_text())
+    tokenizer["model"]["merges"].pop()
+    path.write_text(json.dumps(tokenizer))
+
+
+@pytest.mark.parametrize("edit", [_edit_chat_template, _drop_last_tokenizer_merge], ids=["chat_template", "tokenizer"])
+def test_identity_tells_apart_the_same_weights_with_another_chat_template_or_tokenizer(libero, copy_of, edit):
+    """Another prompt or tokenization of the same instruction gives other actions: merge and resume pooled the two
+    checkpoints' results as one policy."""
+    checkpoint = copy_of()
+    edit(checkpoint)
+    changed = Gr00tPolicy(checkpoint, "libero_sim", device="cpu").identity()
+    assert changed["weights_fingerprint"] == libero.identity()["weights_fingerprint"]
+    assert changed != libero.identity()
 
 
 def test_identity_hashes_the_embodiment_id_json_the_policy_reads(copy_of):

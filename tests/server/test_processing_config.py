@@ -126,6 +126,16 @@ def test_an_explicit_use_relative_action_false_is_taken_without_a_warning(copy_o
     assert "use_relative_action" not in caplog.text
 
 
+def test_action_configs_given_as_a_string_are_refused_quoting_the_whole_value(copy_of):
+    """"RELATIVE" was iterated letter by letter: the message quoted 'R' alone."""
+    checkpoint = copy_of()
+    edit_processor_kwargs(checkpoint, lambda kwargs: kwargs["modality_configs"]["new_embodiment"]["action"].update(
+        action_configs="RELATIVE"))
+    with pytest.raises(ValueError, match=r"processor_config.json: modality_configs\['new_embodiment'\]\['action'\]: "
+                                         r"action_configs must be a list of action configs, .*got 'RELATIVE'"):
+        load_processor_config(checkpoint)
+
+
 def test_action_horizon_above_max_is_rejected():
     with pytest.raises(ValueError, match="exceeds max_action_horizon 1"):
         processor_config_from_kwargs({"modality_configs": {"t": _MODALITIES}, "max_action_horizon": 1})

@@ -103,7 +103,11 @@ class ModalityConfig:
                     raise ValueError(f"{name} must be a list of str or None, got {value!r}")
                 setattr(self, name, value)
         if self.action_configs is not None:
-            configs = [c if isinstance(c, ActionConfig) else _action_config_from(c) for c in self.action_configs]
+            if isinstance(self.action_configs, (str, bytes, Mapping)):
+                raise ValueError(f"action_configs must be a list of action configs, one per modality key, or None; got "
+                                 f"{self.action_configs!r}")
+            configs = [c if isinstance(c, ActionConfig) else _action_config_from(c)
+                       for c in _as_list(self.action_configs, "action_configs", "a list of action configs or None")]
             if len(configs) != len(self.modality_keys):
                 raise ValueError(
                     f"action_configs has {len(configs)} entries but modality_keys has {len(self.modality_keys)}; "

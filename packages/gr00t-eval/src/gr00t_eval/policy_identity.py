@@ -155,17 +155,22 @@ def record_from_info(info: Any) -> Optional[Dict[str, Any]]:
     identity = record["identity"]
     if isinstance(identity, Mapping) and "processor_sha256" in identity:
         # The fingerprint a gr00t-server that did not hash the processor files yet gave the same checkpoint.
-        older = {k: v for k, v in identity.items() if k not in ("processor_sha256", "preprocessor_sha256")}
+        later = ("processor_sha256", "preprocessor_sha256", "tokenizer_sha256")
+        older = {k: v for k, v in identity.items() if k not in later}
         record["fingerprint_without_processor"] = _fingerprint({**record, "identity": older}, info.get("modality_configs"))
     if isinstance(identity, Mapping) and "preprocessor_sha256" in identity:
         # The fingerprint a gr00t-server that did not hash preprocessor_config.json yet gave the same checkpoint.
-        older = {k: v for k, v in identity.items() if k != "preprocessor_sha256"}
+        older = {k: v for k, v in identity.items() if k not in ("preprocessor_sha256", "tokenizer_sha256")}
         record["fingerprint_without_preprocessor"] = _fingerprint({**record, "identity": older},
                                                                   info.get("modality_configs"))
     if isinstance(identity, Mapping) and "dataset_data_sha256" in identity:
         # The fingerprint a gr00t-server that hashed a replay's meta/ files but not its data files gave the same replay.
         older = {k: v for k, v in identity.items() if k != "dataset_data_sha256"}
         record["fingerprint_without_data"] = _fingerprint({**record, "identity": older}, info.get("modality_configs"))
+    if isinstance(identity, Mapping) and "tokenizer_sha256" in identity:
+        # The fingerprint a gr00t-server that did not hash the tokenizer and chat template yet gave the same checkpoint.
+        older = {k: v for k, v in identity.items() if k != "tokenizer_sha256"}
+        record["fingerprint_without_tokenizer"] = _fingerprint({**record, "identity": older}, info.get("modality_configs"))
     return record
 
 
@@ -190,8 +195,8 @@ def describe(record: Optional[Mapping[str, Any]]) -> str:
 def same_policy(first: Optional[Mapping[str, Any]], second: Optional[Mapping[str, Any]]) -> bool:
     """False only when both are known and their fingerprints differ. A record from a server that reported no
     checkpoint identity (an older gr00t-server) matches on what it did report: class, tag and modality configs; one
-    whose identity had no processor (or preprocessor_config.json) hash yet, or a replay's without a data hash, on the
-    rest of it (a replay's with a warning: its recorded actions go unchecked)."""
+    whose identity had no processor (or preprocessor_config.json, or tokenizer) hash yet, or a replay's without a
+    data hash, on the rest of it (a replay's with a warning: its recorded actions go unchecked)."""
     if not first or not second:
         return True
     if first.get("fingerprint") == second.get("fingerprint"):
@@ -207,6 +212,10 @@ def same_policy(first: Optional[Mapping[str, Any]], second: Optional[Mapping[str
                 and "preprocessor_sha256" not in old_identity
                 and new.get("fingerprint_without_preprocessor") == old.get("fingerprint")):
             return True  # recorded before preprocessor_config.json was hashed
+        if (isinstance(old_identity, Mapping) and "processor_sha256" in old_identity
+                and "tokenizer_sha256" not in old_identity
+                and new.get("fingerprint_without_tokenizer") == old.get("fingerprint")):
+            return True  # recorded before the tokenizer and chat template were hashed
         if _recorded_before_data_hash(old, new):
             return True
     return False

@@ -59,13 +59,13 @@ def _adopt_run_policy(output_dir: Path, shard: Any, first_policy: Optional[Mappi
 
 
 def _identifies_more(policy: Mapping[str, Any], first_policy: Mapping[str, Any]) -> bool:
-    """Whether `policy` (matched by same_policy) names what `first_policy`, an older server's record, did not: a
-    checkpoint identity where it had none, or a replay's data hash where it had the meta hash alone."""
-    if not first_policy.get("identity"):
-        return bool(policy.get("identity"))
+    """Whether `policy` (matched by same_policy) names more than `first_policy`, an older server's record, did: a
+    checkpoint identity where it had none, or hashes it lacked (processor files, preprocessor_config.json, tokenizer,
+    a replay's data files), which it matched without."""
     identity, first_identity = policy.get("identity"), first_policy.get("identity")
-    return (isinstance(identity, Mapping) and isinstance(first_identity, Mapping)
-            and "dataset_data_sha256" in identity and "dataset_data_sha256" not in first_identity)
+    if not first_identity:
+        return bool(identity)
+    return isinstance(identity, Mapping) and isinstance(first_identity, Mapping) and set(identity) > set(first_identity)
 
 
 def _check_policy_runs_settings(client: Any, env_spec: str, config: Any, resumed: Optional[Path],

@@ -27,7 +27,7 @@ from gr00t_client.policy import BasePolicy, ObservationError
 from gr00t_server.model.checkpoint import load_model, resolve_checkpoint_dir
 from gr00t_server.processing.checkpoint_files import EMBODIMENT_ID_NAME, PROCESSOR_CONFIG_NAME, STATISTICS_NAME
 from gr00t_server.processing.config import load_processor_config
-from gr00t_server.processing.processor import Gr00tN1d7Processor
+from gr00t_server.processing.processor import TOKENIZER_FILE_NAMES, Gr00tN1d7Processor
 from gr00t_server.processing.text import IMAGE_PAD_TOKEN
 from gr00t_server.processing.vision_patches import PREPROCESSOR_CONFIG_NAME
 from gr00t_server.serving.limits import ServerLimits
@@ -199,7 +199,8 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
         float16 model's weights round otherwise, and it reads as another model): the hash of its config and a
         fingerprint of its weights (as ONNX exports record them), and a hash of the processor files that turn its
         outputs into actions (processor_config.json, statistics.json, embodiment_id.json: a checkpoint with the same
-        weights and other statistics or projector indices acts otherwise), and `clip_outliers` when a serve-time
+        weights and other statistics or projector indices acts otherwise), one of its image processor settings, one of
+        its tokenizer and chat template (another prompt, other actions), and `clip_outliers` when a serve-time
         override makes it clip otherwise than its files say (left out by default, as older servers reported it);
         get_server_info reports it so that an evaluation can tell one checkpoint's results from another's. Computed
         once."""
@@ -215,9 +216,22 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
             if PREPROCESSOR_CONFIG_NAME in files:
                 image_settings = files[PREPROCESSOR_CONFIG_NAME].read_bytes()
                 self._identity["preprocessor_sha256"] = hashlib.sha256(image_settings).hexdigest()[:16]
+            self._identity["tokenizer_sha256"] = self._tokenizer_sha256()
             if self._clip_override is not None:
                 self._identity["clip_outliers"] = self._clip_override
         return dict(self._identity)
+
+    def _tokenizer_sha256(self) -> str:
+        """Hash of the tokenizer files read and the chat template the prompts are rendered with: either changes the
+        tokens the model reads for the same instruction."""
+        files = self.processor.source_files
+        digest = hashlib.sha256()
+        for name in TOKENIZER_FILE_NAMES:
+            if name in files:
+                digest.update(name.encode() + b"\0" + files[name].read_bytes() + b"\0")
+        template = getattr(self.processor.tokenizer, "chat_template", None) or ""
+        digest.update(b"chat_template\0" + str(template).encode())
+        return digest.hexdigest()[:16]
 
     def work_limits(self) -> Dict[str, int]:
         """What one call may cost, as get_server_info reports it beside the server's limits."""

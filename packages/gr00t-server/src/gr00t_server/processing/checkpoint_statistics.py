@@ -38,8 +38,8 @@ def _parse_stat(values: Any, where: str) -> np.ndarray:
 
 def check_key_statistics(stats: Mapping[str, np.ndarray], where: str, absolute: bool = False) -> int:
     """Every stat of one key (each parsed by _parse_stat, so within float32's range and every span finite) has the
-    same width (the key's dimension), low <= high, std >= 0, and for an `absolute` key (a state or action key) one
-    row; ValueError naming `where` and the stat. Returns the width."""
+    same width (the key's dimension), low <= high, std >= 0, for an `absolute` key (a state or action key) one row,
+    and for any other key per-step rows of one shape; ValueError naming `where` and the stat. Returns the width."""
     widths = {name: int(value.shape[-1]) for name, value in stats.items()}
     if len(set(widths.values())) > 1:
         listed = ", ".join(f"{name} {width}" for name, width in widths.items())
@@ -50,6 +50,8 @@ def check_key_statistics(stats: Mapping[str, np.ndarray], where: str, absolute: 
         raise ValueError(f"{where}[{rows[0]!r}] has shape {shape}; a state or action key's statistics must be 1-D, one "
                          f"value per dimension (shape ({shape[-1]},)): per-step rows are the layout of relative_action "
                          "keys only")
+    if not absolute:
+        _check_per_step_shapes(stats, where)
     for low_name, high_name in _STAT_RANGES:
         if low_name in stats and high_name in stats:
             low, high = stats[low_name], stats[high_name]
@@ -62,6 +64,21 @@ def check_key_statistics(stats: Mapping[str, np.ndarray], where: str, absolute: 
     if "std" in stats and (stats["std"] < 0).any():
         raise ValueError(f"{where}: std has a negative value")
     return next(iter(widths.values()), 0)
+
+
+def _check_per_step_shapes(stats: Mapping[str, np.ndarray], where: str) -> None:
+    """A relative_action key's stats are one row per action-horizon step, [T][D] (or one row [D] for every step), all
+    of one shape; ValueError naming `where` and the stat otherwise."""
+    deep = [name for name, value in stats.items() if value.ndim > 2]
+    if deep:  # a (2, T, D) stat decoded row 1 of a batch with the second set of statistics
+        shape = stats[deep[0]].shape
+        raise ValueError(f"{where}[{deep[0]!r}] has shape {shape}; a relative_action key's statistics must be one row per "
+                         f"action-horizon step, shape (T, {shape[-1]}), or one row, shape ({shape[-1]},)")
+    shapes = [(name, value.shape) for name, value in stats.items()]
+    for name, shape in shapes[1:]:
+        if shape != shapes[0][1]:
+            raise ValueError(f"{where}: {shapes[0][0]} has shape {shapes[0][1]} but {name} has {shape}; every stat "
+                             "of a relative_action key must have the same steps and dimensions")
 
 
 def parse_statistics(data: Mapping[str, Any], errors: Optional[Dict[str, str]] = None) -> Statistics:

@@ -135,7 +135,7 @@ def _parse_modality(tag: str, modality: str, fields: Mapping[str, Any]) -> Modal
     if unknown:
         logger.warning("modality_configs[%r][%r]: ignoring unknown fields %s", tag, modality, unknown)
         cleaned = {k: v for k, v in cleaned.items() if k in _MODALITY_FIELDS}
-    if cleaned.get("action_configs") is not None:
+    if isinstance(cleaned.get("action_configs"), list):
         cleaned["action_configs"] = [
             {k: v for k, v in ac.items() if k in _ACTION_CONFIG_FIELDS} if isinstance(ac, Mapping) else ac
             for ac in cleaned["action_configs"]

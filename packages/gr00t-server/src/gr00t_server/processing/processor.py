@@ -43,6 +43,11 @@ class ProcessedStep:
     embodiment_id: int
 
 
+# The files AutoTokenizer reads the backbone tokenizer from (the chat template is read separately).
+TOKENIZER_FILE_NAMES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
+                        "added_tokens.json")
+
+
 class Gr00tN1d7Processor(VideoChecks):
     """The GR00T N1.7 processing pipeline of model.md §3, as explicit steps."""
 
@@ -102,7 +107,8 @@ class Gr00tN1d7Processor(VideoChecks):
         read = {PROCESSOR_CONFIG_NAME: processor_dir / PROCESSOR_CONFIG_NAME,
                 STATISTICS_NAME: processor_dir / STATISTICS_NAME,
                 EMBODIMENT_ID_NAME: embodiment_id_path(checkpoint_dir),
-                PREPROCESSOR_CONFIG_NAME: tokenizer_dir / PREPROCESSOR_CONFIG_NAME}
+                PREPROCESSOR_CONFIG_NAME: tokenizer_dir / PREPROCESSOR_CONFIG_NAME,
+                **{name: tokenizer_dir / name for name in TOKENIZER_FILE_NAMES}}
         processor.source_files = {name: path for name, path in read.items() if path.is_file()}
         return processor
 
