@@ -503,6 +503,37 @@ def test_a_backbone_value_of_the_wrong_kind_is_one_line_naming_file_field_and_va
     assert f"config.json: config field 'backbone_cfg.{section}.{key}' {message}" in err
 
 
+def _set_text(key, value):
+    return lambda data: data["backbone_cfg"]["text_config"].__setitem__(key, value)
+
+
+@pytest.mark.parametrize(
+    "edit, field, message",
+    [
+        (_set_text("rope_scaling", "abc"), "text_config.rope_scaling", 'is "abc"; expected an object such as'),
+        (_set_text("rope_scaling", [4, 2, 2]), "text_config.rope_scaling", "is [4, 2, 2]; expected an object"),
+        (lambda data: data["backbone_cfg"]["text_config"]["rope_scaling"].__setitem__("mrope_section", [4, 4, 4]),
+         "text_config.rope_scaling.mrope_section", "is [4, 4, 4]; expected three ints >= 0 that sum to head_dim/2 = 8 "
+                                                   "(text_config.head_dim is 16)"),
+        (lambda data: data["backbone_cfg"]["text_config"]["rope_scaling"].__setitem__("mrope_section", "4,2,2"),
+         "text_config.rope_scaling.mrope_section", 'is "4,2,2"; expected three ints'),
+        (_set_text("num_key_value_heads", 3), "text_config.num_attention_heads",
+         "is 4; expected a multiple of num_key_value_heads (3)"),
+        (lambda data: data["backbone_cfg"]["vision_config"].__setitem__("num_heads", 3), "vision_config.num_heads",
+         "is 3; expected a divisor of vision_config.hidden_size (32)"),
+    ],
+    ids=["rope-scaling-string", "rope-scaling-list", "mrope-sum", "mrope-string", "kv-heads", "vision-heads"],
+)
+def test_backbone_head_and_rope_settings_torch_cannot_run_are_refused_at_load(copy_of, serve_error, edit, field,
+                                                                              message):
+    # A string rope_scaling failed inside transformers with a traceback; vision heads that do not divide hidden_size
+    # loaded (the weights still match) and failed every request in torch's reshape.
+    checkpoint = copy_of()
+    _edit_json(checkpoint / "config.json", edit)
+    err = serve_error(checkpoint)
+    assert f"config.json: config field 'backbone_cfg.{field}' {message}" in err
+
+
 def test_an_unsupported_activation_fn_is_one_line_naming_file_and_field(copy_of, serve_error):
     checkpoint = copy_of()
     _edit_json(checkpoint / "config.json", lambda config: config["diffusion_model_cfg"].update(activation_fn="gelu_tanh"))
@@ -552,12 +583,79 @@ def test_a_malformed_shard_index_is_one_line_naming_the_file(copy_of, index, mes
 
 
 @pytest.mark.parametrize("damage", [lambda text: "{1: 2}", lambda text: text[: len(text) // 2]], ids=["invalid", "truncated"])
-def test_a_broken_tokenizer_json_is_one_line_naming_the_tokenizer_files(copy_of, damage, serve_error):
+def test_a_broken_tokenizer_json_is_one_line_naming_it(copy_of, damage, serve_error):
     checkpoint = copy_of()
     path = checkpoint / "tokenizer.json"
     path.write_text(damage(path.read_text()))
     err = serve_error(checkpoint)
-    assert "the tokenizer files in" in err and "could not be read" in err
+    assert f"error: {path} could not be read" in err
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("preprocessor_config.json", b"{bad"),
+        ("preprocessor_config.json", b'{"image_processor_type": "\xe9"}'),
+        ("chat_template.json", b"{bad"),
+        ("tokenizer_config.json", b"{bad"),
+        ("chat_template.jinja", b"\xe9\xe9 {{ messages }}"),
+    ],
+    ids=["preprocessor-json", "preprocessor-latin1", "chat-template-json", "tokenizer-config-json", "jinja-latin1"],
+)
+def test_an_unreadable_tokenizer_side_file_is_one_line_naming_it(copy_of, serve_error, name, content):
+    # The JSON error named no file, and transformers' reading of chat_template.jinja was blamed on tokenizer.json.
+    checkpoint = copy_of()
+    (checkpoint / name).write_bytes(content)
+    err = serve_error(checkpoint)
+    assert f"error: {checkpoint / name} is not" in err
+
+
+_GIT_LFS_POINTER = ("version https://git-lfs.github.com/spec/v1\n"
+                    "oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 6777464\n")
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "tokenizer.json", "tokenizer_config.json"])
+def test_a_git_lfs_pointer_in_place_of_a_file_is_named_with_git_lfs_pull(copy_of, serve_error, name):
+    # A `git clone` without git-lfs: the weights were called damaged (a re-clone gives the same pointers).
+    checkpoint = copy_of()
+    (checkpoint / name).write_text(_GIT_LFS_POINTER)
+    err = serve_error(checkpoint)
+    assert f"error: {checkpoint / name} is a git-lfs pointer" in err and "`git lfs pull`" in err
+
+
+@pytest.mark.parametrize(
+    "template, message",
+    [
+        ("{% for m in messages %}{{ m['role'] ", "the chat template does not render (TemplateSyntaxError: unexpected end"),
+        ("{{ raise_exception('no images here') }}", "the chat template does not render (TemplateError: no images here)"),
+        ("", "as ''; expected one <|image_pad|> per image and the instruction text"),
+        ("{% for m in messages %}<|im_start|>{{ m['role'] }}<|im_end|>{% endfor %}",
+         "expected one <|image_pad|> per image and the instruction text"),
+    ],
+    ids=["unterminated-tag", "raises", "empty", "drops-the-content"],
+)
+def test_a_chat_template_that_renders_no_usable_prompt_is_refused_at_load_naming_it(copy_of, serve_error, template,
+                                                                                    message):
+    # It loaded, and then every request failed (with --no-warmup the server bound and answered only errors).
+    checkpoint = copy_of()
+    (checkpoint / "chat_template.jinja").write_text(template)
+    err = serve_error(checkpoint)
+    assert f"error: {checkpoint / 'chat_template.jinja'}: the chat template" in err and message in err
+
+
+def test_export_reports_a_chat_template_that_fails_on_its_prompt_in_one_line(copy_of, capsys):
+    # verify read the traceback's exit 1 as out-of-tolerance numbers; a template error is a checkpoint mistake.
+    from gr00t_server import cli
+
+    checkpoint = copy_of()
+    path = checkpoint / "chat_template.jinja"
+    one_image_only = ("{% if messages[0]['content']|length > 2 %}{{ raise_exception('one camera only') }}{% endif %}")
+    path.write_text(one_image_only + path.read_text())
+    rc = cli.main(["export", "--model-path", str(checkpoint), "--embodiment-tag", "libero_sim",
+                   "--output", str(checkpoint.parent / "exported"), "--mode", "dit_only", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1, err
+    assert "gr00t-server export: error: one camera only" in err
 
 
 def test_a_tokenizer_json_without_tokenizer_config_json_is_named_as_missing(copy_of, serve_error):

@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Errors that describe a user's input (paths, tags, checkpoints, backends) rather than a bug in this program.
-_USER_ERROR_NAMES = {"CheckpointError", "CheckpointKeyError", "TokenizerNotFoundError", "DatasetError"}
+_USER_ERROR_NAMES = {"CheckpointError", "CheckpointKeyError", "TokenizerNotFoundError", "DatasetError", "TemplateError"}
 
 
 INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, as shells report a Ctrl-C (and gr00t-eval does)

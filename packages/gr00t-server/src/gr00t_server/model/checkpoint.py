@@ -16,6 +16,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from gr00t_server.git_lfs import git_lfs_pointer_problem
 from gr00t_server.model.config import CONFIG_NAME, Gr00tN1d7Config
 from gr00t_server.model.modeling import Gr00tN1d7, resolve_dtype
 
@@ -214,6 +215,9 @@ def read_state_dict(
                     tensor = handle.get_tensor(key)
                     state[key] = tensor.to(dtype=dtype, copy=True) if tensor.is_floating_point() else tensor.clone()
         except SafetensorError as exc:
+            pointer = git_lfs_pointer_problem(path)
+            if pointer:
+                raise CheckpointError(pointer) from None
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
             raise CheckpointError(f"{path} is not a valid safetensors file ({reason}); the file is truncated or damaged, "
                                   "download or copy it again") from None

@@ -153,6 +153,53 @@ def _check_backbone_cfg(backbone_cfg: Optional[dict[str, Any]]) -> None:
                                  f"expected an activation of transformers' ACT2FN: {names}")
         if section == "vision_config" and "deepstack_visual_indexes" in sub:
             _check_deepstack_indexes(sub)
+    if isinstance((backbone_cfg or {}).get("text_config"), dict):
+        _check_text_heads(backbone_cfg["text_config"])
+    if isinstance((backbone_cfg or {}).get("vision_config"), dict):
+        _check_vision_heads(backbone_cfg["vision_config"])
+
+
+def _check_text_heads(text: dict[str, Any]) -> None:
+    """Attention heads that group evenly onto the KV heads, and a rope_scaling whose M-RoPE sections split the
+    head_dim/2 rotary frequencies (transformers reads rope_scaling as a dict and fails inside on anything else)."""
+    from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLTextConfig
+
+    defaults = Qwen3VLTextConfig()
+    heads = text.get("num_attention_heads", defaults.num_attention_heads)
+    kv_heads = text.get("num_key_value_heads", defaults.num_key_value_heads) or heads  # null: as many as heads
+    if heads % kv_heads:
+        raise ValueError(f"config field 'backbone_cfg.text_config.num_attention_heads' is {heads}; expected a "
+                         f"multiple of num_key_value_heads ({kv_heads})")
+    rope_scaling = text.get("rope_scaling")
+    if rope_scaling is None:
+        return
+    if not isinstance(rope_scaling, dict):
+        raise ValueError(f"config field 'backbone_cfg.text_config.rope_scaling' is {json.dumps(rope_scaling)}; "
+                         "expected an object such as {\"rope_type\": \"default\", \"mrope_section\": [24, 20, 20]} "
+                         "or null")
+    if "mrope_section" in rope_scaling:
+        _check_mrope_section(rope_scaling["mrope_section"], text.get("head_dim", defaults.head_dim))
+
+
+def _check_mrope_section(section: Any, head_dim: int) -> None:
+    """The temporal/height/width frequency counts of M-RoPE: three ints that sum to head_dim/2."""
+    name = "backbone_cfg.text_config.rope_scaling.mrope_section"
+    whole = isinstance(section, list) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in section)
+    if not whole or len(section) != 3 or sum(section) * 2 != head_dim:
+        raise ValueError(f"config field '{name}' is {json.dumps(section)}; expected three ints >= 0 that sum to "
+                         f"head_dim/2 = {head_dim / 2:g} (text_config.head_dim is {head_dim})")
+
+
+def _check_vision_heads(vision: dict[str, Any]) -> None:
+    """ViT heads that split hidden_size evenly (torch's reshape of the fused qkv fails on every request otherwise)."""
+    from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLVisionConfig
+
+    defaults = Qwen3VLVisionConfig()
+    hidden_size = vision.get("hidden_size", defaults.hidden_size)
+    heads = vision.get("num_heads", defaults.num_heads)
+    if hidden_size % heads:
+        raise ValueError(f"config field 'backbone_cfg.vision_config.num_heads' is {heads}; expected a divisor of "
+                         f"vision_config.hidden_size ({hidden_size})")
 
 
 def _check_deepstack_indexes(vision: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ IM_START_TOKEN = "<|im_start|>"
 IM_END_TOKEN = "<|im_end|>"
 
 _NON_WORD = re.compile(r"[^\w\s]")
+_PROBE_INSTRUCTION = "pick up the cube"  # checks the chat template at load (formalized: lower-case, no punctuation)
 
 
 def formalize_language(text: str) -> str:
@@ -78,6 +79,21 @@ def render_prompt(conversation: Sequence[Dict[str, Any]], tokenizer: Any, chat_t
     return tokenizer.apply_chat_template(
         list(conversation), chat_template=template, tokenize=False, add_generation_prompt=False
     )
+
+
+def check_chat_template(tokenizer: Any, source: Any) -> None:
+    """ValueError naming `source` unless the chat template renders a one-image turn with one image placeholder and the
+    instruction: checked at load, as every request renders it."""
+    try:
+        prompt = render_prompt(build_conversation(1, _PROBE_INSTRUCTION), tokenizer)
+    except Exception as exc:  # a template raises whatever its expressions do; jinja2's TemplateError mostly
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{source}: the chat template does not render ({type(exc).__name__}: {reason}); copy the "
+                         f"backbone's chat template again") from None
+    if prompt.count(IMAGE_PAD_TOKEN) != 1 or _PROBE_INSTRUCTION not in prompt:
+        raise ValueError(f"{source}: the chat template renders a user turn of one image and the instruction "
+                         f"{_PROBE_INSTRUCTION!r} as {prompt[:120]!r}; expected one {IMAGE_PAD_TOKEN} per image and "
+                         f"the instruction text")
 
 
 def expand_image_tokens(text: str, tokens_per_image: Sequence[int], image_token: str = IMAGE_PAD_TOKEN) -> str:

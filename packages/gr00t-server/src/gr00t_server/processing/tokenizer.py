@@ -6,12 +6,13 @@ backbone's `model_name` from the local Hugging Face cache, then from the Hub (fa
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
-from .text import default_chat_template
+from ..git_lfs import git_lfs_pointer_problem
+from .checkpoint_files import _read_json
+from .text import check_chat_template, default_chat_template
 from .vision_patches import PREPROCESSOR_CONFIG_NAME, VisionPatchConfig
 
 logger = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ BACKBONE_FILE_PATTERNS = [
     PREPROCESSOR_CONFIG_NAME,
 ]
 CHAT_TEMPLATE_DIR = "additional_chat_templates"
+_SMALL_JSON_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
 
 
 class TokenizerNotFoundError(OSError):
@@ -81,16 +83,20 @@ def load_tokenizer(folder: Union[str, Path]) -> Any:
             f"tokenizer_config.json is missing from the tokenizer folder {folder}; it must hold the backbone's "
             f"tokenizer_config.json beside tokenizer.json (copy both, and the chat template, from the backbone)"
         )
+    _refuse_unreadable_files(folder)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ImportError):
         raise
-    except Exception as exc:  # tokenizers raises a bare Exception for a broken tokenizer.json
+    except Exception as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"the tokenizer files in {folder} (tokenizer.json, tokenizer_config.json) could not be read: "
-                         f"{reason}; copy them again from the backbone") from None
+        # tokenizers raises a bare Exception for a broken tokenizer.json
+        files = (folder / "tokenizer.json" if type(exc) is Exception and (folder / "tokenizer.json").is_file()
+                 else f"the tokenizer files in {folder} (tokenizer.json, tokenizer_config.json)")
+        raise ValueError(f"{files} could not be read: {reason}; copy them again from the backbone") from None
     tokenizer.padding_side = "left"
     tokenizer.chat_template = processor_chat_template(folder, getattr(tokenizer, "chat_template", None))
+    check_chat_template(tokenizer, chat_template_source(folder))
     if tokenizer.pad_token is None:
         for candidate in ("<|endoftext|>", tokenizer.eos_token):
             if candidate is not None and tokenizer.convert_tokens_to_ids(candidate) is not None:
@@ -108,23 +114,54 @@ def processor_chat_template(folder: Union[str, Path], tokenizer_template: Any) -
     return default_chat_template(template, f"the tokenizer folder {folder}")
 
 
+def chat_template_source(folder: Union[str, Path]) -> Path:
+    """The file processor_chat_template reads the template from (tokenizer_config.json: the tokenizer's own)."""
+    folder = Path(folder)
+    for name in ("chat_template.json", "chat_template.jinja"):
+        if (folder / name).is_file():
+            return folder / name
+    return folder / "tokenizer_config.json"
+
+
 def read_chat_template(folder: Union[str, Path]) -> Union[str, Dict[str, str], None]:
     """The processor's chat template(s) in `folder`: chat_template.json's, else chat_template.jinja (as "default")
     and additional_chat_templates/<name>.jinja as a dict by name; None when there is no such file."""
     folder = Path(folder)
     named_files = sorted((folder / CHAT_TEMPLATE_DIR).glob("*.jinja"))
-    named = {path.stem: path.read_text(encoding="utf-8") for path in named_files}
+    named = {path.stem: _read_text(path) for path in named_files}
     as_json = folder / "chat_template.json"
     if as_json.is_file():
         if named:
             raise ValueError(f"the tokenizer folder {folder} holds both chat_template.json and {CHAT_TEMPLATE_DIR}/, "
                              f"which transformers refuses to combine; replace chat_template.json by chat_template.jinja")
-        with open(as_json, "r", encoding="utf-8") as fh:
-            return json.load(fh).get("chat_template")
+        data = _read_json(as_json)
+        if not isinstance(data, dict):
+            raise ValueError(f"{as_json} holds {type(data).__name__}; expected an object with a 'chat_template' string")
+        return data.get("chat_template")
     jinja = folder / "chat_template.jinja"
     if jinja.is_file():
-        named["default"] = jinja.read_text(encoding="utf-8")
+        named["default"] = _read_text(jinja)
     return named or None
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text: {exc}") from None
+
+
+def _refuse_unreadable_files(folder: Path) -> None:
+    """ValueError naming the file for a git-lfs pointer, broken JSON or a non-UTF-8 chat template, before transformers
+    reads them and reports a parse position in no named file."""
+    for name in BACKBONE_FILE_PATTERNS:
+        pointer = git_lfs_pointer_problem(folder / name) if (folder / name).is_file() else None
+        if pointer:
+            raise ValueError(pointer)
+    for name in _SMALL_JSON_FILES:  # tokenizer.json (megabytes) is left to the tokenizers parser
+        if (folder / name).is_file():
+            _read_json(folder / name)
+    read_chat_template(folder)
 
 
 def load_vision_config(folder: Union[str, Path]) -> VisionPatchConfig:

@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from .checkpoint_files import _read_json
 from .torch_resize import resize_uint8
 
 PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
@@ -105,8 +106,7 @@ class VisionPatchConfig:
     @classmethod
     def from_file(cls, path: Path) -> "VisionPatchConfig":
         """Read preprocessor_config.json; ValueError naming the file and the value when one is not usable."""
-        with open(path, "r", encoding="utf-8") as fh:
-            data = json.load(fh)
+        data = _read_json(path)
         try:
             if not isinstance(data, dict):
                 raise ValueError(f"expected a JSON object, got {type(data).__name__}")
