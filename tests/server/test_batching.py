@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from gr00t_client import BasePolicy, ModalityConfig, ObservationError, PolicyClient, PolicyServerError
-from gr00t_client.policy import NonFiniteActionError
+from gr00t_client.policy import NonFiniteActionError, PolicyWrapper
 from gr00t_server import batching
 from gr00t_server.policies import Gr00tSimPolicyWrapper
 from serving import running_server
@@ -230,10 +230,44 @@ def test_without_a_declaration_values_with_one_entry_per_row_are_split_and_other
         assert info["model"] == "row-echo"
 
 
-def test_the_declaration_is_found_through_a_wrapping_policy():
+def test_the_sim_wrapper_forwards_the_declaration_of_the_policy_it_wraps():
     wrapped = Gr00tSimPolicyWrapper(DeclaredGainsPolicy(), strict=False)
     assert batching.declared_per_row_info_keys(wrapped) == {"row_ids", "row_names", "nested"}
+    assert batching.declared_per_row_info_keys(Gr00tSimPolicyWrapper(GainsPolicy(), strict=False)) is None
     assert batching.declared_per_row_info_keys(GainsPolicy()) is None
+
+
+class RowNormsWrapper(PolicyWrapper):
+    """A user's wrapper that adds one float per row to the info of a policy declaring no per-row keys, and declares
+    nothing itself."""
+
+    supports_batching = True
+
+    def _get_action(self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None):
+        action, info = self.policy.get_action(observation, options)
+        return action, dict(info, row_norms=[float(np.abs(row).sum()) for row in action["arm"]])
+
+
+class NothingPerRowPolicy(RowEchoPolicy):
+    """Declares that its own info holds nothing per row (as Gr00tPolicy does)."""
+
+    per_row_info_keys = frozenset()
+
+    def _get_action(self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None):
+        action, _info = super()._get_action(observation, options)
+        return action, {"model": "row-echo"}
+
+
+def test_a_wrapper_without_a_declaration_gets_the_guess_not_the_wrapped_policys_declaration():
+    wrapped = RowNormsWrapper(NothingPerRowPolicy(), strict=False)
+    with running_server(wrapped, max_batch_size=4, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
+        results = call_together(server.port, [observation(1, rows=1), observation(2, rows=3)])
+    assert wrapped.policy.row_counts == [4]
+    for (action, info), rows in zip(results, (1, 3)):
+        assert len(info["row_norms"]) == rows, info["row_norms"]
+        assert info["row_norms"] == [float(np.abs(row).sum()) for row in action["arm"]]
+        assert info["model"] == "row-echo"
+    assert batching.declared_per_row_info_keys(wrapped) is None
 
 
 def test_gr00t_policy_declares_that_its_info_has_no_per_row_values():

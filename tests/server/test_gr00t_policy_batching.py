@@ -84,3 +84,31 @@ def test_a_frame_size_the_image_processor_refuses_is_an_observation_error(tiny_c
     sent["video"]["front"] = np.zeros((1, 1, 1, 300, 3), np.uint8)
     with pytest.raises(ObservationError, match=r"Video key 'front' has 1x300 images"):
         fp16_policy.check_observation(sent)
+
+
+def flat_form(nested: Dict[str, Any]) -> Dict[str, Any]:
+    """The observation as a --use-sim-policy-wrapper client sends it: `video.<k>`, `state.<k>`, language B strings."""
+    flat = {f"{modality}.{key}": value for modality in ("video", "state") for key, value in nested[modality].items()}
+    flat.update({key: [row[0] for row in rows] for key, rows in nested["language"].items()})
+    return flat
+
+
+def test_behind_the_sim_wrapper_a_degenerate_rotation_fails_only_its_sender_and_its_batch_mates_share_one_call(
+        tiny_checkpoint):
+    from gr00t_server.policies import Gr00tSimPolicyWrapper
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+
+    wrapper = Gr00tSimPolicyWrapper(Gr00tPolicy(tiny_checkpoint, TAG, device="cpu"))
+    observations = [observation(tiny_checkpoint) for _ in range(CLIENTS)]
+    observations[BAD_CLIENT]["state"]["eef_9d"][0, 0, 3:] = 0.0  # rot6d all zeros: no rotation
+    with running_server(wrapper, max_batch_size=CLIENTS, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
+        results = call_together(server.port, [flat_form(sent) for sent in observations])
+        with PolicyClient(port=server.port) as client:
+            stats = client.get_server_info()["stats"]
+    assert stats["policy_calls"] == 1 and stats["batch_sizes"] == {str(CLIENTS - 1): 1}
+    for client_id in set(range(CLIENTS)) - {BAD_CLIENT}:
+        action, _info = results[client_id]
+        assert all(np.isfinite(value).all() for value in action.values())
+    refused = results[BAD_CLIENT]
+    assert isinstance(refused, PolicyServerError), refused
+    assert "relative key 'action.eef_9d'" in refused.server_message and "degenerate rotation in rows [0]" in refused.server_message

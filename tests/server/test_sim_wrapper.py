@@ -231,6 +231,34 @@ def test_an_empty_observation_to_a_wrapped_model_is_refused_naming_the_flat_keys
     assert "'video' key (a dict)" not in str(refused.value)
 
 
+def test_the_wrapped_models_own_checks_run_in_check_observation_and_once_per_get_action(tiny_checkpoint):
+    """A batching server pre-checks each request with check_observation: it skipped Gr00tPolicy's checks (a degenerate
+    rotation failed the merged call of every batch mate), and running them there must not run them twice per call."""
+    pytest.importorskip("torch")
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+    from gr00t_server.test_checkpoint import example_observation
+
+    class CheckCountingPolicy(Gr00tPolicy):
+        checks = 0
+
+        def check_observation(self, observation):
+            self.checks += 1
+            super().check_observation(observation)
+
+    policy = CheckCountingPolicy(tiny_checkpoint, "new_embodiment", device="cpu")
+    wrapper = Gr00tSimPolicyWrapper(policy)
+    nested = example_observation(tiny_checkpoint, "new_embodiment", batch_size=2, image_size=(32, 32))
+    sent = {f"{modality}.{key}": value for modality in ("video", "state") for key, value in nested[modality].items()}
+    sent.update({key: [row[0] for row in rows] for key, rows in nested["language"].items()})
+    wrapper.get_action(sent)
+    assert policy.checks == 1
+    sent["state.eef_9d"][1, 0, 3:] = 0.0
+    with pytest.raises(ObservationError, match=r"relative key 'action\.eef_9d' \(xyz \+ rot6d\) has a degenerate rotation "
+                                               r"in rows \[1\]"):
+        wrapper.check_observation(sent)
+    assert policy.checks == 2
+
+
 def test_a_non_strict_replay_server_refuses_an_observation_of_only_unknown_keys_instead_of_answering_old_rows(tmp_path):
     """`serve --dataset-path --use-sim-policy-wrapper --no-strict`: B=3 with the config's keys, then B=5 whose camera
     and state keys are not the config's was answered with 3 rows of actions (the session's), without an error."""
@@ -266,7 +294,7 @@ def test_a_strict_replay_server_refuses_a_state_width_the_dataset_does_not_have(
     observation = replay_flat(arm=7)
     with served("serve", "--dataset-path", str(root), "--port", str(port), "--use-sim-policy-wrapper"):
         with PolicyClient(port=port, strict=False, timeout_ms=30000) as client:
-            with pytest.raises(PolicyServerError, match=r"ObservationError: State key 'arm' has dimension 7; the "
+            with pytest.raises(PolicyServerError, match=r"ObservationError: State key 'state.arm' has dimension 7; the "
                                                         r"dataset expects 3 \(.*meta/modality.json\)"):
                 client.get_action(observation)
             action, _ = client.get_action(dict(observation, **{"state.arm": np.zeros((1, 1, 3), np.float32)}))

@@ -5,7 +5,9 @@ other key is refused when strict, a warning otherwise):
 - "seed": int. Row i of the batch starts from `torch.randn((H, D_max), generator=Generator("cpu").
   manual_seed(s + i))` in float32, then cast to the model dtype/device. A batch with seed s therefore equals
   B single calls with seeds s, s+1, ..., s+B-1 (and a single call with seed s equals row 0), to the dtype's
-  rounding: about 1e-7 in float32, 4e-4 in bfloat16/float16 (a batch's kernels differ from one row's). s must lie in
+  rounding, in units of each action key's statistics range: about 1e-7 in float32, 4e-4 in float16 (a batch's
+  kernels differ from one row's), up to about 2e-3 in bfloat16 (on CPU, where attention over prompts padded to a
+  batch mate's length rounds otherwise). s must lie in
   [-2**63, 2**64 - B]. torch's CPU generator keeps only the low 32 bits of its seed (1 and 2**32 + 1 gave the same
   noise), so a row seed outside [0, 2**32) is mixed down to 32 bits first (_generator_seed); one inside is used as
   given. Or a list of B ints, row i's own seed (what ActionChunker sends

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Tuple
+import threading
+from typing import Any, Collection, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
 from gr00t_client.flat import (LEGACY_LANGUAGE_KEY, flat_observation_keys, language_batch, language_source,
                                missing_flat_keys_error, validate_flat_action, validate_flat_observation)
@@ -25,6 +26,7 @@ class Gr00tSimPolicyWrapper(PolicyWrapper):
 
     def __init__(self, policy: BasePolicy, *, strict: bool = True) -> None:
         super().__init__(policy, strict=strict)
+        self._in_get_action = threading.local()
         language = self.get_modality_config().get("language")
         if language is not None and language.horizon != 1:
             raise ValueError(f"only one language delta index is supported, got {language.delta_indices}")
@@ -40,6 +42,11 @@ class Gr00tSimPolicyWrapper(PolicyWrapper):
         wrapper only renames keys row for row."""
         return bool(getattr(self.policy, "supports_batching", False))
 
+    @property
+    def per_row_info_keys(self) -> Optional[Collection[str]]:
+        """The wrapped policy's per-row info keys (None when it declares none): its info is returned untouched."""
+        return getattr(self.policy, "per_row_info_keys", None)
+
     def language_sources(self) -> FrozenSet[str]:
         """The flat keys whose strings (or UTF-8 bytes) this wrapper reads as language; the server holds them to
         its language limits."""
@@ -50,7 +57,9 @@ class Gr00tSimPolicyWrapper(PolicyWrapper):
         return frozenset(keys)
 
     def check_observation(self, observation: Any) -> None:
-        """Validate flat keys: video.<k> uint8 (B,T,H,W,3), state.<k> float32 (B,T,D), language as B strings."""
+        """Validate flat keys: video.<k> uint8 (B,T,H,W,3), state.<k> float32 (B,T,D), language as B strings; then a
+        strict wrapped policy's own checks (a Gr00tPolicy's frame sizes, state ranges, reference rotations), so that a
+        batching server refuses what would fail the merged call before merging it."""
         if observation is None or (isinstance(observation, Mapping) and not observation):
             if self.policy.strict:  # its refusal named the nested form, which this server does not take
                 try:
@@ -59,6 +68,24 @@ class Gr00tSimPolicyWrapper(PolicyWrapper):
                     raise self._empty_observation_error() from None
             return
         validate_flat_observation(observation, self.get_modality_config())
+        if self.policy.strict and not getattr(self._in_get_action, "active", False):
+            self._check_wrapped(observation)
+
+    def get_action(self, observation: Any, options: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+        """BasePolicy.get_action, leaving the wrapped policy's checks to its own get_action (run once, not twice)."""
+        outer = getattr(self._in_get_action, "active", False)
+        self._in_get_action.active = True
+        try:
+            return super().get_action(observation, options)
+        finally:
+            self._in_get_action.active = outer
+
+    def _check_wrapped(self, observation: Mapping[str, Any]) -> None:
+        try:
+            self.policy.check_observation(self._to_nested(observation))
+        except ObservationError as exc:
+            self._name_flat_keys(exc, observation)
+            raise
 
     def _empty_observation_error(self) -> ObservationError:
         return ObservationError(f"observation is empty; expected the flat keys {self.flat_keys()}")
@@ -84,8 +111,9 @@ class Gr00tSimPolicyWrapper(PolicyWrapper):
                                    f"expected the flat keys {self.flat_keys()}")
         try:
             action, info = self.policy.get_action(nested, _inner_options(options))
-        except ObservationError:
+        except ObservationError as exc:
             self._raise_for_missing_flat_keys(observation or {})
+            self._name_flat_keys(exc, observation or {})
             raise
         return {f"action.{key}": value for key, value in action.items()}, info
 
@@ -97,6 +125,12 @@ class Gr00tSimPolicyWrapper(PolicyWrapper):
         missing = missing_flat_keys_error(observation, self.get_modality_config())
         if missing is not None:
             raise missing from None
+
+    def _name_flat_keys(self, exc: ObservationError, observation: Mapping[str, Any]) -> None:
+        """Reword, in place (keeping what BasePolicy marked on it), a refusal of the wrapped policy that names keys
+        as the nested form does (state['arm'], State key 'arm', language['task']) with their flat names."""
+        if len(exc.args) == 1 and isinstance(exc.args[0], str):
+            exc.args = (_in_flat_words(exc.args[0], self.get_modality_config(), observation),)
 
     def _to_nested(self, observation: Mapping[str, Any]) -> Dict[str, Any]:
         if not observation:
@@ -115,6 +149,27 @@ class Gr00tSimPolicyWrapper(PolicyWrapper):
             if source in observation:
                 nested["language"][key] = [[text] for text in language_batch(observation[source], source)]
         return nested
+
+
+# How the wrapped policy's refusals name a key of each modality, and the flat name this wrapper's clients know it by.
+_NESTED_NAMES = (
+    ("video", "video['{key}']", "'video.{key}'"), ("video", "Video key '{key}'", "Video key 'video.{key}'"),
+    ("state", "state['{key}']", "'state.{key}'"), ("state", "State key '{key}'", "State key 'state.{key}'"),
+    ("action", "relative key '{key}'", "relative key 'action.{key}'"),
+)
+
+
+def _in_flat_words(message: str, configs: Mapping[str, ModalityConfig], observation: Mapping[str, Any]) -> str:
+    """`message` with each key named as in the nested form renamed as in the flat one; language['<key>'] becomes the
+    language key the observation holds it under."""
+    for modality, nested, flat in _NESTED_NAMES:
+        config = configs.get(modality)
+        for key in config.modality_keys if config is not None else []:
+            message = message.replace(nested.format(key=key), flat.format(key=key))
+    language = configs.get("language")
+    for key in language.modality_keys if language is not None else []:
+        message = message.replace(f"language['{key}']", f"Language key '{language_source(key, observation)}'")
+    return message
 
 
 def _inner_options(options: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:

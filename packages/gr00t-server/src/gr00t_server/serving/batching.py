@@ -9,7 +9,6 @@ from typing import Any, Callable, Collection, Deque, Dict, FrozenSet, Hashable, 
 import numpy as np
 
 from .messages import TIMING_OPTION
-from .wrappers import policy_chain
 # The longest a partial batch is held for clients still expected (PolicyServer and `serve` default): the adaptive
 # window stays below it. Chosen with benchmarks/throughput.py (sleep 20+1/row, 16 clients; see docs/serving.md).
 DEFAULT_BATCH_TIMEOUT_MS = 20.0
@@ -169,14 +168,15 @@ def merge_observations(
 
 
 def declared_per_row_info_keys(policy: Any) -> Optional[FrozenSet[str]]:
-    """The info keys a policy (or the first policy it wraps) declares per-row; None when none declares any."""
-    for link in policy_chain(policy):
-        keys = getattr(link, PER_ROW_INFO_ATTRIBUTE, None)
-        if keys is not None:
-            if isinstance(keys, (str, bytes)) or not all(isinstance(key, str) for key in keys):
-                raise TypeError(f"{type(link).__name__}.{PER_ROW_INFO_ATTRIBUTE} must be a collection of info key names; got {keys!r}")
-            return frozenset(keys)
-    return None
+    """The info keys the served policy itself declares per-row; None when it declares none. A wrapper's info is its
+    own, so a policy it wraps declares nothing for it; a wrapper that returns that info untouched declares the same
+    keys (Gr00tSimPolicyWrapper forwards them)."""
+    keys = getattr(policy, PER_ROW_INFO_ATTRIBUTE, None)
+    if keys is None:
+        return None
+    if isinstance(keys, (str, bytes)) or not all(isinstance(key, str) for key in keys):
+        raise TypeError(f"{type(policy).__name__}.{PER_ROW_INFO_ATTRIBUTE} must be a collection of info key names; got {keys!r}")
+    return frozenset(keys)
 
 
 def _describe(value: Any) -> str:
