@@ -77,6 +77,19 @@ def test_jobs_of_zero_or_negative_episodes_fail_as_invalid_and_the_batch_exits_1
     assert records["zero"]["results"] is None
 
 
+def test_a_video_dir_holding_a_nul_fails_its_job_alone_naming_the_field(server, tmp_path):
+    """It stopped the whole batch with "error: ValueError: embedded null byte", naming neither job nor field."""
+    jobs = write_jobs(tmp_path / "jobs.json", server.port, [
+        {"name": "good", "env_name": "walkto/fast"},
+        {"name": "nul", "env_name": "walkto/fast", "overrides": {"video_dir": "videos\u0000x"}},
+    ])
+    assert cli.main(["batch", "--jobs", str(jobs), "--output-dir", str(tmp_path / "out")]) == 1
+    records = batch_results(tmp_path / "out")
+    assert {name: r["status"] for name, r in records.items()} == {"good": "done", "nul": "failed"}
+    assert records["nul"]["reason"] == ("invalid job: job 'nul': override video_dir must be a folder path (without NUL "
+                                        "characters), or null, got 'videos\\x00x'")
+
+
 def test_resume_reruns_a_done_job_whose_settings_changed_and_keeps_the_unchanged_one(server, tmp_path, caplog):
     out = tmp_path / "out"
     jobs = write_jobs(tmp_path / "jobs.json", server.port, [

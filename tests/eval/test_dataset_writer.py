@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import av
 import numpy as np
@@ -10,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from eval.dataset_factory import TASKS, episode_frames, expected_actions, expected_states, make_dataset
-from gr00t_eval.dataset import STAT_NAMES, DatasetWriter, available_codecs
+from gr00t_eval.dataset import STAT_NAMES, DatasetWriter, LeRobotDataset, available_codecs
 from gr00t_eval.dataset.video import ENCODERS
 
 
@@ -145,6 +146,20 @@ def test_frames_must_be_uint8_with_one_frame_per_step(tmp_path):
     short["frames"] = {"cam": short["frames"]["cam"][:2]}
     with pytest.raises(ValueError, match="2 frames; expected 3"):
         writer.add_episode(**short)
+
+
+@pytest.mark.parametrize("layout", ["v2.1", "v3.0"])
+@pytest.mark.parametrize("camera", ["../../escaped", "left/wrist", "left\\wrist", "..", ".", "", "wrist\nleft", "cam\x00"])
+def test_a_camera_name_that_is_not_one_folder_name_is_refused_before_any_file_is_written(tmp_path, camera, layout):
+    """The camera is spliced into videos/.../observation.images.<camera>/: '../..' wrote its mp4 outside the dataset."""
+    root = tmp_path / "parent" / "ds"
+    writer = DatasetWriter(root, fps=5, layout=layout)
+    with pytest.raises(ValueError, match=r"camera name " + re.escape(repr(camera))):
+        writer.add_episode(**_episode(camera=camera))
+    assert [path for path in tmp_path.rglob("*") if path.is_file()] == []
+    writer.add_episode(**_episode(camera="wrist"))
+    writer.finalize()
+    assert LeRobotDataset(root).num_episodes == 1
 
 
 def test_writer_refuses_a_non_empty_directory(tmp_path):

@@ -34,6 +34,14 @@ def test_a_shard_file_named_beside_its_folder_is_merged_once(shards, tmp_path, c
     assert results["merged_files"] == [str(shards / "results_shard0of2.json"), str(shards / "results_shard1of2.json")]
 
 
+def test_an_output_whose_name_is_as_long_as_a_file_name_may_be_is_written(shards, tmp_path):
+    """It was written aside as .NAME.PID.TID.tmp, past NAME_MAX: "File name too long" for a legal --output."""
+    merged = tmp_path / "merged" / ("m" * 250 + ".json")  # 255 bytes: the longest legal name
+    assert cli.main(["merge", str(shards), "--output", str(merged)]) == 0
+    assert [e["episode_index"] for e in json.loads(merged.read_text())["per_episode"]] == [0, 1, 2, 3]
+    assert [p.name for p in merged.parent.iterdir() if p.name.startswith(".")] == []
+
+
 @pytest.mark.parametrize("extra", [[], ["--allow-missing"]])
 def test_an_output_that_is_a_shard_file_of_the_folder_merged_is_refused(shards, capsys, extra):
     shard0 = shards / "results_shard0of2.json"

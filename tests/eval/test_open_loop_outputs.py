@@ -146,6 +146,15 @@ def test_a_save_plot_path_with_a_suffix_names_each_trajectorys_plot(dataset, ser
     assert plot_paths(tmp_path / "one") == {"0": str(tmp_path / "p.png")} and (tmp_path / "p.png").is_file()
 
 
+def test_a_save_plot_path_whose_name_is_as_long_as_a_file_name_may_be_gets_its_plot(dataset, server, tmp_path):
+    """The plot was written aside as .NAME.partial, 9 bytes over NAME_MAX: no plot, plot_error, exit 0."""
+    pytest.importorskip("matplotlib")
+    plot = tmp_path / ("q" * 250 + ".jpeg")  # 255 bytes: the longest legal name
+    assert open_loop_plotted(dataset, server, tmp_path / "out", plot, "0") == 0
+    assert plot_paths(tmp_path / "out") == {"0": str(plot)} and plot.is_file()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
 def test_a_save_plot_path_in_a_format_this_machine_cannot_write_is_refused_before_connecting(dataset, server, tmp_path,
                                                                                              capsys):
     """.pgf is among matplotlib's file types and needs xelatex: without it the first trajectory was scored, its plot
@@ -204,6 +213,17 @@ def test_a_plot_that_cannot_be_written_during_the_run_is_a_warning_and_the_run_g
 
 
 @pytest.mark.slow
+def test_key_names_with_dollar_signs_are_plotted_as_written(tmp_path):
+    """Titles were parsed as mathtext: a key named "arm$x^$" failed every plot of the run."""
+    pytest.importorskip("matplotlib")
+    from gr00t_eval.plots import plot_trajectory
+
+    actions = np.zeros((4, 2))
+    path = plot_trajectory(tmp_path / "traj_0.png", 0, actions, actions, [0], state_keys=["s$x^$"],
+                           action_keys=["arm$x^$"], dim_labels=["arm$x^$[0]", "arm$x^$[1]"])
+    assert path.is_file() and path.stat().st_size > 0
+
+
 def test_an_action_of_170_dims_is_plotted_within_jpegs_size_limit(tmp_path):
     """One column of 170 panels, 4 inches each, was 68,000 pixels tall: past JPEG's 65,500, the plot failed."""
     pytest.importorskip("matplotlib")

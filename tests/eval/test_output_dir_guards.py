@@ -52,6 +52,30 @@ def test_an_output_dir_that_is_a_link_to_nowhere_is_named(tmp_path, capsys):
     assert f"is a symbolic link to {tmp_path / 'missing'}, which does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(os.name == "nt", reason="symbolic links")
+@pytest.mark.parametrize("flag, link, expected", [
+    ("--video-dir", "dangling", "--video-dir {tmp}/dangling is a symbolic link to {tmp}/missing, which does not exist"),
+    ("--video-dir", "loop1", "--video-dir {tmp}/loop1 is a symlink loop"),
+    ("--video-dir", "dangling/cam", "--video-dir {tmp}/dangling/cam lies under {tmp}/dangling, a symbolic link to "
+                                    "{tmp}/missing, which does not exist"),
+    ("--output-dir", "loop1", "--output-dir {tmp}/loop1 is a symlink loop"),
+])
+def test_a_rollout_folder_that_is_a_dangling_link_or_a_symlink_loop_is_named_in_one_line(tmp_path, capsys, flag, link,
+                                                                                         expected):
+    """A dangling --video-dir read "is not writable (File exists)", a looping one a raw RuntimeError, and a looping
+    --output-dir "a symbolic link to loop2, which does not exist" (loop2 exists: it links back)."""
+    (tmp_path / "dangling").symlink_to(tmp_path / "missing")
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    folders = {"--output-dir": str(tmp_path / "out"), flag: str(tmp_path / link)}
+    code = main(["rollout", "--env-name", "walkto/slow", "--env-import", "eval.scale_fixtures", "--policy-client-port",
+                 "38054", "--timeout-ms", "500", *[arg for item in folders.items() for arg in item]])
+    assert code == 2
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert expected.format(tmp=tmp_path) in last_line and "Error" not in last_line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "loop1", "loop2"]
+
+
 def test_an_overwrite_started_while_another_run_takes_the_directory_is_refused_not_emptying_it(tmp_path):
     # Run A holds the directory's lock while it empties it and writes its run file; run B, started meanwhile with
     # --overwrite, used to empty A's fresh run.json away and run too (both exit 0, one run's results lost).

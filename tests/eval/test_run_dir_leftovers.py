@@ -7,6 +7,7 @@ is made here with the pid of a process that has certainly ended; the real CLI ru
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -117,3 +118,14 @@ def test_open_loop_runs_in_a_folder_left_with_only_a_dead_processs_half_written_
     assert main(open_loop_args(dataset, out)) == 2
     assert f"--output-dir {out} is not empty; pass --overwrite" in capsys.readouterr().err
     assert live.exists()
+
+
+@pytest.mark.parametrize("name", ["results.json", "q" * 250 + ".jpeg", "é" * 125 + ".json"])
+def test_a_file_written_aside_has_a_legal_temporary_name_a_dead_writers_cleanup_recognises(tmp_path, name):
+    from gr00t_eval.run_claim import PARTIAL_FILE_NAME, partial_path
+
+    temporary = partial_path(tmp_path / name)
+    assert temporary.parent == tmp_path and len(temporary.name.encode()) <= 255
+    match = PARTIAL_FILE_NAME.fullmatch(temporary.name)
+    assert match and int(match.group("pid")) == os.getpid()
+    assert match.group("name") == (name if name == "results.json" else "gr00t")

@@ -168,6 +168,31 @@ def test_run_suite_refuses_tasks_sharing_a_video_folder_before_any_episode_and_o
     assert task_video_dir(str(tmp_path), "metaworld/reach-v3", True) == str(tmp_path / "metaworld__reach-v3")
 
 
+@pytest.mark.parametrize("env_name", [".", "..", "a\\b"])
+def test_a_task_folder_name_is_one_folder_below_the_video_folder(tmp_path, env_name):
+    from gr00t_eval.suites import task_folder_name, task_video_dir
+
+    folder = task_folder_name(env_name)
+    assert folder not in (".", "..") and "/" not in folder and "\\" not in folder
+    assert os.path.dirname(os.path.normpath(task_video_dir(str(tmp_path), env_name, True))) == str(tmp_path)
+
+
+def test_the_videos_of_tasks_named_dot_and_dot_dot_stay_inside_the_video_folder(tmp_path, monkeypatch):
+    """gymnasium takes '..' as an env id (and register_env_prefix as a prefix): its videos went to the folder's parent."""
+    from eval.scale_fixtures import CameraWalkEnv, ConstantPolicy
+    from gr00t_client import EmbodimentTag
+    from gr00t_eval.rollout import envs
+
+    for name in (".", ".."):
+        monkeypatch.setitem(envs.ENV_PREFIX_TO_EMBODIMENT_TAG, name, EmbodimentTag.NEW_EMBODIMENT)
+        monkeypatch.setitem(envs._ADAPTERS, name, lambda task, **kwargs: CameraWalkEnv(2.0))
+    videos = tmp_path / "runs" / "videos"
+    results = run_suite(ConstantPolicy(), ".,..", config(n_episodes=1, n_envs=1, video_dir=str(videos)))
+    assert results["failed_tasks"] == {}
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.mp4")) == [
+        "runs/videos/_/episode_0000_success.mp4", "runs/videos/__/episode_0000_success.mp4"]
+
+
 @pytest.mark.sim
 @pytest.mark.slow
 def test_two_metaworld_tasks_are_aggregated_per_task_group_and_overall():

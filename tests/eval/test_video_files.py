@@ -9,7 +9,7 @@ import pytest
 
 from eval.scale_fixtures import CameraWalkEnv, ConstantPolicy
 from gr00t_client import EmbodimentTag, PolicyClient
-from gr00t_eval.video import EpisodeVideoRecorder, write_mp4
+from gr00t_eval.video import EpisodeVideoRecorder, caption_band, write_mp4
 from serving import running_server
 
 
@@ -27,6 +27,23 @@ def test_an_encode_that_fails_part_way_leaves_no_file_under_the_videos_name(tmp_
     with av.open(str(path)) as container:
         assert sum(1 for _ in container.decode(video=0)) == 3
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_an_instruction_with_dollar_signs_is_captioned_as_written_and_never_fails_the_video(tmp_path):
+    """The caption was drawn as mathtext: "$x^$" raised in finish() (the episode lost its video), and "$5 then $10"
+    was drawn as math, its spaces dropped."""
+    recorder = EpisodeVideoRecorder(tmp_path, fps=10)
+    for frame in frames(3):
+        recorder.add(frame)
+    path = recorder.finish("episode_0000_success", "move the $x^$ block", True)
+    with av.open(path) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 3
+
+    def lit_columns(text):
+        columns = np.flatnonzero(caption_band(text, 256).max(axis=(0, 2)) > 60)
+        return columns.min(), columns.max()
+
+    assert lit_columns("pay $5 then $10 (success)") == lit_columns("pay X5 then X10 (success)")  # monospace, verbatim
 
 
 def test_a_rerun_episodes_video_replaces_an_earlier_attempts_of_the_other_outcome(tmp_path):

@@ -20,6 +20,20 @@ def test_make_test_checkpoint_refuses_a_seed_out_of_range_before_writing(tmp_pat
     assert "--embodiment-tag must not be empty" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("link, expected", [
+    ("dangling", "output folder {tmp}/dangling is a symbolic link to {tmp}/missing, which does not exist"),
+    ("loop1", "output folder {tmp}/loop1 is a symlink loop"),
+])
+def test_make_test_checkpoint_into_a_dangling_link_or_a_symlink_loop_names_it(tmp_path, capsys, link, expected):
+    """It said "[Errno 17] File exists: 'dangling'" of a folder that does not exist."""
+    (tmp_path / "dangling").symlink_to(tmp_path / "missing")
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    assert main(["make-test-checkpoint", str(tmp_path / link)]) == 2
+    assert expected.format(tmp=tmp_path) in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "loop1", "loop2"]
+
+
 def test_keygen_refuses_an_empty_directory_name(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["keygen", ""]) == 2

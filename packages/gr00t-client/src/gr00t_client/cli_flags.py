@@ -4,8 +4,10 @@ abbreviated flags and whose refusal of an unknown argument names the sub-command
 from __future__ import annotations
 
 import argparse
+import errno
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 
 def flag(name: str) -> List[str]:
@@ -44,6 +46,28 @@ def secret_on_command_line_warning(flag_name: str, variable: str, value: Optiona
         return None
     return (f"{flag_name} holds a z85 secret key, which other users of this machine can read in ps while this runs; "
             f"pass a .key_secret file instead, or the key in ${variable}")
+
+
+def broken_link_problem(label: str, path: Union[str, Path]) -> Optional[str]:
+    """Why `path` (given as `label`) cannot be used because it, or a folder above it, is a symbolic link to nothing
+    or a symlink loop; None otherwise (of a dangling link mkdir says only "File exists"; resolve() raises at a loop)."""
+    path = Path(path)
+    for link in (path, *path.parents):
+        if os.path.islink(link) and not os.path.exists(link):
+            where = f"{label} {path} is" if link == path else f"{label} {path} lies under {link},"
+            if _is_symlink_loop(link):
+                return f"{where} a symlink loop (its links point at each other); name another"
+            target = os.readlink(link)
+            return f"{where} a symbolic link to {target}, which does not exist: create {target} or name another"
+    return None
+
+
+def _is_symlink_loop(link: Path) -> bool:
+    try:
+        os.stat(link)
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")

@@ -230,8 +230,9 @@ def check_setting_types(name: str, config: Mapping[str, Any]) -> None:
             problem = f"one of {', '.join(repr(c) for c in choices[key])}"
         elif key == "env_kwargs" and not isinstance(value, Mapping):
             problem = "an object of keyword arguments"
-        elif key == "video_dir" and value is not None and (not isinstance(value, str) or not value.strip()):
-            problem = "a folder path, or null"
+        elif key == "video_dir" and value is not None and (not isinstance(value, str) or not value.strip()
+                                                            or "\0" in value):
+            problem = "a folder path (without NUL characters), or null"
         elif key == "rtc_frozen_steps" and value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                                                    or value < 0):
             problem = "a whole number >= 0, or null"

@@ -13,6 +13,7 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .extras import require
+from .run_claim import partial_path
 from .run_dir import remove_quietly
 
 DEFAULT_PLOT_SUFFIX = ".jpeg"
@@ -119,7 +120,8 @@ def plot_trajectory(
     fig, panels = _panel_grid(plt, n_dims)
     try:  # closed also when drawing or saving fails: the run goes on to the next trajectory
         title = f"Trajectory {traj_id} - State: {', '.join(state_keys)} | Action: {', '.join(action_keys)}"
-        fig.suptitle(textwrap.fill(title, 60), fontsize=16, color="blue")  # wrapped: long key lists stay on the page
+        fig.suptitle(textwrap.fill(title, 60), fontsize=16, color="blue",  # wrapped: long key lists stay on the page
+                     parse_math=False)  # key names are drawn as written, never as mathtext
         steps = np.arange(gt.shape[0])
         marks = [k for k in inference_steps if 0 <= k < gt.shape[0]]
         for dim, ax in enumerate(panels):
@@ -129,7 +131,7 @@ def plot_trajectory(
             ax.plot(steps, pred[:, dim], label="pred action", linestyle="--")
             for i, k in enumerate(marks):
                 ax.plot(k, gt[k, dim], "ro", label="inference point" if i == 0 else None)
-            ax.set_title(labels[dim])
+            ax.set_title(labels[dim], parse_math=False)
             ax.legend()
         fig.tight_layout()
         path = Path(path)
@@ -145,8 +147,8 @@ def _save_aside(fig: Any, path: Path) -> None:
     truncated plot under the name, an earlier plot there whole, and no temporary."""
     from matplotlib import rcParams
 
-    partial = path.with_name(f".{path.name}.partial")
-    file_format = path.suffix.lstrip(".").lower() or rcParams["savefig.format"]  # .partial names no format
+    partial = partial_path(path)
+    file_format = path.suffix.lstrip(".").lower() or rcParams["savefig.format"]  # the temporary's .tmp names no format
     try:
         fig.savefig(partial, format=file_format)
         os.replace(partial, path)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -13,6 +11,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .metrics import ActionErrors, EpisodeOutcome, rollout_aggregates
+from .run_claim import partial_path
 from .run_dir import remove_quietly
 
 RESULTS_FILENAME = "results.json"
@@ -42,11 +41,6 @@ def _naming(exc: OSError, path: Path) -> OSError:
     return OSError(exc.errno, exc.strerror or str(exc), str(path))
 
 
-def _temporary(path: Path) -> Path:
-    # a name of this writer's own: two processes (or threads) writing one file never share a half-written temporary
-    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-
-
 def write_results(path: Union[str, Path], results: Mapping[str, Any]) -> Path:
     """Write `results` as indented JSON (numpy values converted, NaN as null); return the path. An OSError (a full
     disk) names `path` and leaves the file as it was."""
@@ -65,7 +59,7 @@ def write_results_together(files: Sequence[Tuple[Union[str, Path], Mapping[str, 
             path = Path(target)
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = _temporary(path)
+                tmp = partial_path(path)
                 staged.append((tmp, path))
                 tmp.write_text(json.dumps(_jsonable(results), indent=2) + "\n")
             except OSError as exc:

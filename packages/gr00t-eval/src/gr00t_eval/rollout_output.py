@@ -9,7 +9,8 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Iterator, List, Tuple
 
-from .video_dirs import check_shard_video_dir, check_video_dir, check_writable, delete_episode_videos, within
+from .video_dirs import (check_shard_video_dir, check_video_dir, check_writable, delete_episode_videos, refuse_broken_link,
+                         within)
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ def _rollout_output_dir(args: argparse.Namespace, label: str, shard: Any,
     own = None if shard is None else [run_file_name(shard), episode_log_name(shard), results_file_name(shard)]
     path = Path(args.output_dir) if args.output_dir else None
     videos = Path(args.video_dir) if args.video_dir and not args.no_video else None
+    refuse_broken_link("--output-dir", path)  # before within(), which resolves both
+    refuse_broken_link("--video-dir", videos)
     inside = videos is not None and path is not None and within(videos, path)
     # a shard's --video-dir inside its directory holds its split's videos, as videos/ does (run_dir.check_output_dir)
     keep = (ROLLOUT_LOCK_FILENAME, *(_top_entry(videos, path) if inside and shard is not None else ()))

@@ -9,6 +9,7 @@ machine); never while the claiming process is alive, which would delete its file
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -304,10 +305,21 @@ def _linux_process(pid: int) -> Tuple[Optional[str], Optional[float]]:
         return None, None
 
 
-# A file written aside and then renamed or linked into place: .NAME.PID.N.tmp (_create_exclusively,
-# results.write_results; earlier versions wrote claims as .NAME.PID.tmp). PID is the writer's: a kill -9 between the
-# write and the rename leaves it.
+# A file written aside and then renamed or linked into place: .NAME.PID.N.tmp (partial_path: _create_exclusively,
+# results.write_results, plots, episode videos; earlier versions wrote claims as .NAME.PID.tmp). PID is the writer's:
+# a kill -9 between the write and the rename leaves it.
 PARTIAL_FILE_NAME = re.compile(r"\.(?P<name>.+?)\.(?P<pid>[0-9]+)(?:\.[0-9]+)?\.tmp")
+_PARTIAL_FILE_COUNTER = itertools.count()
+_NAME_MAX = 255  # bytes in a file name (ext4, XFS, APFS, NTFS)
+
+
+def partial_path(path: Path) -> Path:
+    """Where `path` is written aside before it is renamed into place: .NAME.PID.N.tmp (PARTIAL_FILE_NAME), a name of
+    this process's own; .gr00t.PID.N.tmp where that would be longer than a file name may be, so that any legal NAME
+    (up to 255 bytes) can be written."""
+    tail = f".{os.getpid()}.{next(_PARTIAL_FILE_COUNTER)}.tmp"
+    name = path.name if len(os.fsencode(f".{path.name}{tail}")) <= _NAME_MAX else "gr00t"
+    return path.with_name(f".{name}{tail}")
 
 
 def dead_partial_files(directory: Union[str, Path]) -> List[Path]:
@@ -326,7 +338,7 @@ def dead_partial_files(directory: Union[str, Path]) -> List[Path]:
 
 def _create_exclusively(path: Path, text: str) -> None:
     """Create `path` holding `text`, complete, or raise FileExistsError (link(2), like O_EXCL, fails on an existing name)."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    partial = partial_path(path)
     try:
         partial.write_text(text, encoding="utf-8")
     except BaseException:

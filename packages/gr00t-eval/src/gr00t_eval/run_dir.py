@@ -81,12 +81,14 @@ def check_output_dir(path: Union[str, Path], overwrite: bool = False, own_files:
                      keep: Sequence[str] = ()) -> None:
     """OutputDirError when prepare_output_dir would refuse `path` (see there); changes nothing, so every check of a
     run can pass before anything is emptied."""
+    from gr00t_client.cli_flags import broken_link_problem
+
     from .run_claim import dead_partial_files, refuse_live_claims
 
     path = Path(path)
-    if path.is_symlink() and not path.exists():
-        raise OutputDirError(f"--output-dir {path} is a symbolic link to {os.readlink(path)}, which does not exist: "
-                             "create that directory or name another")
+    problem = broken_link_problem("--output-dir", path)
+    if problem is not None:
+        raise OutputDirError(problem)
     if path.exists() and not path.is_dir():
         raise OutputDirError(f"--output-dir {path} exists and is not a directory")
     if not path.is_dir():

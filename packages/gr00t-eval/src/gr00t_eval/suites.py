@@ -186,8 +186,10 @@ def task_video_dir(video_dir: str, env_name: str, several_tasks: bool) -> str:
 
 
 def task_folder_name(env_name: str) -> str:
-    """The name of a task's folder of videos in a run of several tasks: its env name with '/' as '__'."""
-    return env_name.replace("/", "__")
+    """The name of a task's folder of videos in a run of several tasks: its env name with '/' and '\\' as '__', and
+    '.' as '_' in the names '.' and '..' (gymnasium takes both as env ids): never the video folder or its parent."""
+    folder = env_name.replace("/", "__").replace("\\", "__")
+    return folder.replace(".", "_") if folder in (".", "..") else folder
 
 
 def check_task_video_dirs(tasks: Sequence[Task]) -> None:
@@ -201,8 +203,8 @@ def check_task_video_dirs(tasks: Sequence[Task]) -> None:
         if first != task.env_name:
             raise ValueError(f"tasks {first!r} and {task.env_name!r} would write their episode videos into one "
                              f"folder, {task_folder_name(first)!r} under the video folder (a task's folder is its env "
-                             "name with '/' as '__'; names that differ only in case are one folder on case-insensitive "
-                             "file systems): run them in separate runs, or pass --no-video")
+                             "name with '/' as '__', and '.' or '..' as '_' or '__'; names that differ only in case are "
+                             "one folder on case-insensitive file systems): run them in separate runs, or pass --no-video")
 
 
 def run_task(policy: BasePolicy, task: Task, config: RolloutConfig, episodes: Optional[range] = None, progress: bool = False,

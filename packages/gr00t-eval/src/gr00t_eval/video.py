@@ -13,6 +13,7 @@ from typing import List, Mapping, Optional, Sequence, Union
 import av
 import numpy as np
 
+from .run_claim import partial_path
 from .run_dir import remove_quietly
 
 logger = logging.getLogger(__name__)
@@ -85,7 +86,8 @@ def caption_band(text: str, width: int, height: int = CAPTION_HEIGHT) -> np.ndar
     font_px = 11
     chars_per_line = max(8, int(width / (font_px * 0.75)))
     lines = textwrap.wrap(text, chars_per_line)[: max(1, height // (font_px + 3))]
-    fig.text(0.02, 0.5, "\n".join(lines), color="white", fontsize=font_px * 72 / dpi, va="center", ha="left", family="monospace")
+    fig.text(0.02, 0.5, "\n".join(lines), color="white", fontsize=font_px * 72 / dpi, va="center", ha="left", family="monospace",
+             parse_math=False)  # the instruction as written: "$5 then $10" is no formula, and "$x^$" no valid one
     canvas.draw()
     band = np.asarray(canvas.buffer_rgba())[:, :, :3]
     return np.ascontiguousarray(band[:height, :width])
@@ -163,7 +165,7 @@ def write_mp4(path: Union[str, Path], frames: Sequence[np.ndarray], caption: str
     canvas[height:] = band
     codec = "libx264" if has_encoder("libx264") else "mpeg4"
     # Written aside and renamed: a run killed mid-encode leaves no truncated video under the episode's name.
-    partial = path.with_name(f".{path.name}.partial")
+    partial = partial_path(path)
     try:
         _encode(partial, frames, canvas, height, width, scale, codec, fps)
         os.replace(partial, path)

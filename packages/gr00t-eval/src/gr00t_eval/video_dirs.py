@@ -77,11 +77,24 @@ def _needs_own_check(video_dir: Path, output_dir: Optional[Path], label: str) ->
     covers it. UsageError when it exists and is not a directory."""
     from .cli_errors import UsageError
 
+    refuse_broken_link(label, video_dir)
     if output_dir is not None and within(video_dir, output_dir):
         return False
     if video_dir.exists() and not video_dir.is_dir():
         raise UsageError(f"{label} {video_dir} exists and is not a directory")
     return True
+
+
+def refuse_broken_link(label: str, folder: Optional[Path]) -> None:
+    """UsageError when `folder`, or a folder above it, is a symbolic link to nothing or a symlink loop (see
+    gr00t_client.cli_flags.broken_link_problem)."""
+    from gr00t_client.cli_flags import broken_link_problem
+
+    from .cli_errors import UsageError
+
+    problem = None if folder is None else broken_link_problem(label, folder)
+    if problem is not None:
+        raise UsageError(problem)
 
 
 def _listing(paths: Sequence[Path], root: Path) -> str:

@@ -274,6 +274,11 @@ def _remove(path: Path) -> None:
 def _prepare_output(out: Path, overwrite: bool) -> None:
     """Make `out` ready for a test checkpoint: new or empty; an earlier test checkpoint's files removed; any other
     content refused (FileExistsError) unless `overwrite`, which empties the folder."""
+    from gr00t_client.cli_flags import broken_link_problem
+
+    problem = broken_link_problem("output folder", out)
+    if problem is not None:
+        raise FileNotFoundError(problem)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)

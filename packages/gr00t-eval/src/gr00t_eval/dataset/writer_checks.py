@@ -82,6 +82,7 @@ class _EpisodeChecks:
                 if value.shape[0] != length:
                     raise ValueError(f"{kind}['{key}'] has {value.shape[0]} steps; expected {length} like the first state group")
         for camera, value in frames.items():
+            _check_camera_name(camera)
             if not isinstance(value, np.ndarray) or value.dtype != np.uint8 or value.ndim != 4 or value.shape[-1] != 3:
                 raise ValueError(f"frames['{camera}'] must be uint8 (T, H, W, 3), got {getattr(value, 'dtype', type(value))} {getattr(value, 'shape', '')}")
             if value.shape[0] != length:
@@ -114,6 +115,19 @@ class _EpisodeChecks:
         for label, got, want in zip(("cameras", "state dims", "action dims", "step columns"), shape, expected):
             if (sorted(got) if label == "cameras" else got) != (sorted(want) if label == "cameras" else want):
                 raise ValueError(f"episode {len(self._episodes)}: {label} {got} differ from the first episode's {want}")
+
+
+def _check_camera_name(camera: Any) -> None:
+    """ValueError naming a camera that cannot be one folder name under videos/: its name is part of its videos' path
+    (observation.images.<camera>), where '/' or '..' would lead outside the dataset."""
+    name = str(camera)
+    if not name:
+        raise ValueError("camera name '' must not be empty")
+    if name in (".", "..") or "/" in name or "\\" in name:
+        raise ValueError(f"camera name {camera!r} must be one folder name: not '.' or '..', without '/' or '\\'")
+    if any(ord(char) < 32 or ord(char) == 127 for char in name):
+        raise ValueError(f"camera name {camera!r} holds a control character (a newline, a tab, NUL); use printable "
+                         "characters")
 
 
 def _float_groups(groups: Mapping[str, np.ndarray], kind: str) -> Dict[str, np.ndarray]:
