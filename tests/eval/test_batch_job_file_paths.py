@@ -86,3 +86,17 @@ def test_a_job_whose_video_folder_overlaps_another_jobs_is_refused_before_any_ru
     assert str(refused.value).startswith(f"job 'a' writes its videos to {tmp_path / 'videos' / 'a'}, which {relation} "
                                          f"the video folder of job 'z' ({z_folder})")
     assert not (tmp_path / "out").exists() and not (tmp_path / "videos").exists()
+
+
+def test_a_video_dir_through_a_link_and_dotdot_gets_the_videos_in_the_folder_the_os_names(tmp_path, monkeypatch):
+    """link -> real/inner: link/../vids is real/vids; os.path.abspath made it ./vids, another folder."""
+    (tmp_path / "real" / "inner").mkdir(parents=True)
+    (tmp_path / "link").symlink_to("real/inner")
+    (tmp_path / "vids").mkdir()
+    (tmp_path / "vids" / "episode_0000_success.mp4").write_bytes(b"another run's video")
+    monkeypatch.chdir(tmp_path)
+    with running_server(ConstantPolicy()) as server:
+        jobs = job_file(tmp_path / "jobs.json", server.port, video_dir="link/../vids")
+        assert run_cli(["batch", "--jobs", str(jobs), "--output-dir", str(tmp_path / "batch")]) == 0
+    assert (tmp_path / "vids" / "episode_0000_success.mp4").read_bytes() == b"another run's video"
+    assert len(list((tmp_path / "real" / "vids").glob("episode_*.mp4"))) == 4

@@ -339,3 +339,37 @@ def test_check_data_files_reads_every_footer_and_names_the_broken_file(tmp_path,
     last.unlink()
     with pytest.raises(DatasetFileNotFoundError, match=f"data file of episode 2 not found: {last}"):
         LeRobotDataset(root).check_data_files()
+
+
+def constant_dataset(root, value: float):
+    from gr00t_eval.dataset import DatasetWriter
+
+    with DatasetWriter(root, fps=10) as writer:
+        writer.add_episode(frames={"image": np.zeros((5, 16, 16, 3), np.uint8)},
+                           states={"arm": np.full((5, 2), value, np.float32)},
+                           actions={"arm": np.full((5, 2), value, np.float32)}, task="t")
+    return root
+
+
+@pytest.fixture
+def home_dataset(tmp_path, monkeypatch):
+    """$HOME/ds, a dataset of actions 7.0; the working directory is tmp_path."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    constant_dataset(tmp_path / "home" / "ds", 7.0)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "home" / "ds"
+
+
+def test_a_dataset_in_a_folder_literally_named_tilde_is_read_whole_from_it(tmp_path, home_dataset):
+    """pyarrow expands '~' even in a relative path: ./~/ds had its meta/ read from the folder named and its parquet
+    rows from $HOME/ds, another dataset."""
+    (tmp_path / "~").mkdir()
+    constant_dataset(tmp_path / "made", 1.0).rename(tmp_path / "~" / "ds")
+    assert LeRobotDataset("./~/ds").episode(0).actions("arm").tolist() == [[1.0, 1.0]] * 5
+
+
+def test_a_dataset_written_to_a_folder_literally_named_tilde_lands_whole_in_it(tmp_path, home_dataset):
+    before = sorted(home_dataset.rglob("*"))
+    constant_dataset("./~/ds", 1.0)
+    assert sorted(home_dataset.rglob("*")) == before
+    assert LeRobotDataset(tmp_path / "~" / "ds").episode(0).actions("arm").tolist() == [[1.0, 1.0]] * 5

@@ -200,3 +200,16 @@ def test_an_episode_recorded_with_the_largest_seed_is_replayed_with_it(tmp_path)
         with PolicyClient(port=server.port, timeout_ms=10000) as client:
             info = client.reset({"episode_index": 1})
     assert int(np.ravel(info["seed"])[0]) == 2**63 - 1
+
+
+def test_output_with_a_tilde_the_shell_left_is_the_home_folder_for_every_file(tmp_path, monkeypatch):
+    """bash leaves '~' after '=': --output=~/ds made ./~/ds while pyarrow wrote the parquet under $HOME/ds, and the
+    recording failed."""
+    from gr00t_eval import cli
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["record", "--env-name", "metaworld/reach-v3", "--episodes", "1", "--max-episode-steps", "15",
+                     "--image-size", "32", "--output=~/ds"]) == 0
+    assert len(LeRobotDataset(tmp_path / "home" / "ds")) == 1
+    assert not (tmp_path / "~").exists()

@@ -355,3 +355,36 @@ def test_a_run_refused_at_its_start_leaves_no_claim_in_the_way_of_an_earlier_run
         assert set(videos.glob(".gr00t_videos_*.json")) == claims
         capsys.readouterr()
         assert rollout(port, "--resume", str(tmp_path / "run")) == 0, capsys.readouterr().err
+
+
+CAMERA_RUN = ["--env-name", "resumecam/fast", "--n-episodes", "1", "--seed", "0",
+              *[flag for flag in SMALL if flag != "--no-video"]]
+
+
+def linked_dotdot(tmp_path, monkeypatch):
+    """A working directory holding `link` -> real/inner: `link/../X` is real/X to the OS, not ./X."""
+    (tmp_path / "real" / "inner").mkdir(parents=True)
+    (tmp_path / "link").symlink_to("real/inner")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_an_output_dir_through_a_link_and_dotdot_keeps_its_videos_inside_it_and_another_runs_videos_untouched(
+        server, tmp_path, monkeypatch):
+    work = linked_dotdot(tmp_path, monkeypatch)
+    assert rollout(server.port, *CAMERA_RUN, "--output-dir", "run") == 0
+    (video_of_a,) = (work / "run" / "videos").glob("episode_0000_*.mp4")
+    video_of_a.write_bytes(b"run A's video")
+    earlier = {path: path.read_bytes() for path in (work / "run" / "videos").glob("*.mp4")}
+    assert rollout(server.port, *CAMERA_RUN, "--output-dir", "link/../run") == 0
+    assert {path: path.read_bytes() for path in (work / "run" / "videos").glob("*.mp4")} == earlier
+    assert len(list((work / "real" / "run" / "videos").glob("episode_0000_*.mp4"))) == 1
+
+
+def test_a_video_dir_through_a_link_and_dotdot_is_checked_and_written_in_the_same_folder(server, tmp_path, monkeypatch):
+    work = linked_dotdot(tmp_path, monkeypatch)
+    (work / "v").mkdir()
+    (work / "v" / "episode_0000_success.mp4").write_bytes(b"another run's video")
+    assert rollout(server.port, *CAMERA_RUN, "--output-dir", "out", "--video-dir", "link/../v") == 0
+    assert (work / "v" / "episode_0000_success.mp4").read_bytes() == b"another run's video"
+    assert len(list((work / "real" / "v").glob("episode_0000_*.mp4"))) == 1

@@ -18,6 +18,13 @@ def flag(name: str) -> List[str]:
     return [kebab] if kebab == snake else [kebab, snake]
 
 
+def user_path(value: str) -> str:
+    """A path flag's value with a leading '~' (or '~user') made that home folder: the shell leaves it for the program
+    in `--flag=~/x`, a quoted '~/x' or an exec-form Docker CMD. './~/x' stays a folder named '~'. The argparse type
+    of every path flag of gr00t-server and gr00t-eval."""
+    return os.path.expanduser(value)
+
+
 def subcommand_parsers(parser: argparse.ArgumentParser) -> Dict[str, argparse.ArgumentParser]:
     """The sub-command parsers of `parser` by name ({} when it has none)."""
     for action in parser._actions:

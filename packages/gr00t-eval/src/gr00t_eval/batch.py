@@ -121,7 +121,8 @@ def setting_changes(saved: Any, planned: Mapping[str, Any], job_folder: str) -> 
     A video_dir that is the other plus the job's folder name is no change: separate_shared_video_dirs moves a job
     to <video_dir>/<job folder> only while another job shares its folder, so adding or removing another job to
     the job file moved it, and re-ran jobs nobody changed. The job keeps the folder it recorded. Folders are compared
-    absolute: an older batch recorded a relative video_dir, which load_jobs now makes absolute.
+    as the OS resolves them (links followed): an older batch recorded a relative video_dir, which load_jobs now makes
+    absolute.
     """
     if not isinstance(saved, Mapping):
         return [f"job_config {saved!r} -> {dict(planned)!r}"]
@@ -130,7 +131,7 @@ def setting_changes(saved: Any, planned: Mapping[str, Any], job_folder: str) -> 
              if saved.get(key) != planned.get(key)]
     recorded, wanted = saved.get("video_dir"), planned.get("video_dir")
     if isinstance(recorded, str) and isinstance(wanted, str) and (
-            os.path.abspath(recorded) == os.path.abspath(wanted)
+            os.path.realpath(recorded) == os.path.realpath(wanted)
             or job_folder in (os.path.relpath(recorded, wanted), os.path.relpath(wanted, recorded))):
         diffs = [diff for diff in diffs if not diff.startswith("video_dir ")]
     return diffs

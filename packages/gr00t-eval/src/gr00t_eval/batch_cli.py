@@ -166,7 +166,7 @@ def _claim_job_videos(jobs: List[Any], output_dir: Path, claim: Path, resume: bo
     try:
         for video_dir in job_video_dirs(jobs):
             if not within(video_dir, output_dir):
-                video_claims.append(claim_video_dir(video_dir, f"batch {os.path.abspath(output_dir)}",
+                video_claims.append(claim_video_dir(video_dir, f"batch {Path(output_dir).absolute()}",
                                                     flag="a job's video_dir", resume=resume))
     except OutputDirError as exc:
         for held in [*video_claims, claim]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from gr00t_client.cli_flags import user_path
 from gr00t_client.client import MAX_TIMEOUT_MS
 
 from .rollout.config import MAX_EPISODES, RolloutConfig, check_env_timeout
@@ -338,11 +339,11 @@ def load_jobs(path: Union[str, Path], start_dir: Union[str, Path, None] = None) 
 
 
 def absolute_video_dir(job: Union[Job, JobError], start_dir: Union[str, Path]) -> Union[Job, JobError]:
-    """The job with its relative `video_dir` joined to `start_dir`: each attempt of a batch, wherever it runs from,
-    writes the job's videos into one folder."""
+    """The job with its relative `video_dir` joined to `start_dir` (a leading '~' is the home folder, as in a path
+    flag): each attempt of a batch, wherever it runs from, writes the job's videos into one folder."""
     if not isinstance(job, Job) or not job.config.get("video_dir"):
         return job
-    video_dir = os.path.abspath(os.path.join(start_dir, str(job.config["video_dir"])))
+    video_dir = str(Path(start_dir, user_path(str(job.config["video_dir"]))).absolute())
     return dataclasses.replace(job, config={**job.config, "video_dir": video_dir})
 
 
@@ -377,11 +378,12 @@ def separate_shared_video_dirs(jobs: List[Union[Job, JobError]]) -> List[Union[J
     users: Dict[str, int] = {}
     for job in jobs:
         if isinstance(job, Job) and job.config.get("video_dir"):
-            key = os.path.abspath(str(job.config["video_dir"]))
+            key = os.path.realpath(str(job.config["video_dir"]))
             users[key] = users.get(key, 0) + 1
     separated: List[Union[Job, JobError]] = []
     for job in jobs:
-        if isinstance(job, Job) and job.config.get("video_dir") and users[os.path.abspath(str(job.config["video_dir"]))] > 1:
+        if (isinstance(job, Job) and job.config.get("video_dir")
+                and users[os.path.realpath(str(job.config["video_dir"]))] > 1):
             job = dataclasses.replace(job, config={**job.config,
                                                    "video_dir": str(Path(job.config["video_dir"]) / job_dir_name(job.name))})
         separated.append(job)

@@ -17,7 +17,7 @@ from typing import Any, Dict, Optional, Sequence, Set
 
 # Only light modules here: main() makes SIGTERM and SIGHUP stop a command before the heavy imports (numpy, ZeroMQ: the
 # first half second), which a stop during them otherwise ended with a traceback or silently (143, 129).
-from gr00t_client.cli_flags import CommandParser, add_log_level, subcommand_parsers
+from gr00t_client.cli_flags import CommandParser, add_log_level, subcommand_parsers, user_path
 from gr00t_client.cli_flags import flag as _flag
 from gr00t_client.cli_signals import ProgramStopSignals
 
@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("open-loop", help="compare a policy's action chunks with a dataset's recorded actions")
-    p.add_argument(*_flag("dataset-path"), required=True, help="LeRobot dataset (v2.x/v3.0 with meta/modality.json)")
+    p.add_argument(*_flag("dataset-path"), type=user_path, required=True,
+                   help="LeRobot dataset (v2.x/v3.0 with meta/modality.json)")
     p.add_argument(*_flag("embodiment-tag"), default=None,
                    help="embodiment tag (name or value, case-insensitive); default: the one the server serves (a server "
                         "that does not say: new_embodiment); a tag the server does not serve is refused")
@@ -123,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(*_flag("action-horizon"), dest="execution_horizon", type=int, default=argparse.SUPPRESS,
                    action=_HorizonFlag, help=argparse.SUPPRESS)
     p.add_argument(*_flag("modality-keys"), nargs="+", default=None, help="action keys to compare and plot (default: all)")
-    p.add_argument(*_flag("output-dir"), default=None,
+    p.add_argument(*_flag("output-dir"), type=user_path, default=None,
                    help=f"plots traj_{{id}}.jpeg, {OPEN_LOOP_RUN_FILENAME} and results.json; must be empty or new "
                         f"(default: a new dated directory {DEFAULT_OPEN_LOOP_BASE}/YYYY-MM-DD/HH-MM-SS_<dataset>). "
                         "Open-loop runs do not resume: run again")
@@ -132,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(*_flag("observation-format"), default="auto", choices=["auto", "nested", "flat"],
                    help="nested {video,state,language} (reference server) or flat video.* keys (sim wrapper); auto asks the server")
     p.add_argument(*_flag("no-plots"), action="store_true", help="skip the JPEG plots (not with --save-plot-path)")
-    p.add_argument(*_flag("save-plot-path"), default=None, metavar="PATH",
+    p.add_argument(*_flag("save-plot-path"), type=user_path, default=None, metavar="PATH",
                    help="the reference's flag: write the plot of a single trajectory to PATH (a file suffix matplotlib writes: .jpeg, "
                         ".png, .pdf, ...; with several, PATH_traj{id}.SUFFIX), or the plots to a directory PATH as "
                         "traj_{id}.jpeg (default OUTPUT_DIR/traj_{id}.jpeg); needs matplotlib (gr00t-eval[plots]); checked before "
@@ -157,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     for flag in ("host", "port"):  # open-loop's names: argparse's bare "unrecognized arguments" gave no hint
         p.add_argument(*_flag(flag), dest=f"open_loop_{flag}", nargs="?", default=argparse.SUPPRESS,
                        action=_OpenLoopConnectionFlag, help=argparse.SUPPRESS)
-    p.add_argument(*_flag("video-dir"), default=None,
+    p.add_argument(*_flag("video-dir"), type=user_path, default=None,
                    help="where episode videos go (default OUTPUT_DIR/videos; a relative path is taken from the working "
                         "directory the run starts in, and saved absolute for --resume); a folder outside the output "
                         "directory may hold other files, but no episode videos of an earlier run (--overwrite deletes "
@@ -166,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(*_flag("seed"), type=int, default=None,
                    help="episode i uses seed+i (default $GR00T_EVAL_SEED, else a random base seed, drawn once and saved); "
                         "against a replay server each episode uses the seed it was recorded with")
-    p.add_argument(*_flag("output-dir"), default=None,
+    p.add_argument(*_flag("output-dir"), type=user_path, default=None,
                    help=f"run.json, episodes.jsonl, results.json, eval_info.json and videos; must be empty or new, "
                         "except that the shards of one --shard I/N split may share one "
                         f"(default: a new dated directory {DEFAULT_ROLLOUT_DIR}/YYYY-MM-DD/HH-MM-SS_<env>)")
@@ -177,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "episode log lists), never another shard's. Refused, --overwrite or not: a directory whose run "
                         "(or this shard) is still running; a whole run into a directory holding shard files; a shard "
                         "into one holding a whole run's run.json or shards of another N (name a new --output-dir)")
-    p.add_argument(*_flag("resume"), default=None, metavar="DIR",
+    p.add_argument(*_flag("resume"), type=user_path, default=None, metavar="DIR",
                    help="continue the interrupted rollout in DIR with its saved settings: only the episodes missing "
                         "from DIR/episodes.jsonl (or errored) run; connection flags and --ray-address come from this "
                         "command line (a Ray run may resume without Ray and the other way round)")
@@ -221,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("record", help="record Meta-World's scripted expert as a LeRobot v2.1 dataset")
     p.add_argument(*_flag("env-name"), required=True, help="metaworld/<task>, e.g. metaworld/reach-v3")
     p.add_argument(*_flag("episodes"), *_flag("n-episodes"), dest="episodes", type=int, default=10, help="episodes (default 10)")
-    p.add_argument(*_flag("output"), required=True, help="dataset directory to create")
+    p.add_argument(*_flag("output"), type=user_path, required=True, help="dataset directory to create")
     p.add_argument(*_flag("seed"), type=int, default=0, help="episode i is recorded with seed+i (default 0; the last seed at most 2**63 - 1)")
     p.add_argument(*_flag("max-episode-steps"), type=int, default=500, help="expert step budget per episode (default 500)")
     p.add_argument(*_flag("image-size"), type=int, default=64, help="camera resolution, square, even, up to 1024 (default 64)")

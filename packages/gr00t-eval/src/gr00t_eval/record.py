@@ -94,17 +94,17 @@ def record_metaworld(
     from .run_claim import claim_lock_name, finish_claim, finished_however_it_ends, refuse_live_claims, take_claim
     from .run_stop import sigterm_as_interrupt
 
-    output_path = Path(output)
+    output_path = Path(output).absolute()  # as DatasetWriter takes it
     if output_path.exists() and not output_path.is_dir():
         raise FileExistsError(f"{output} exists and is not a directory")
     if output_path.is_dir():
-        refuse_live_claims(output, flag="--output")  # never empty a directory another recording (or any run) fills
+        refuse_live_claims(output_path, flag="--output")  # never empty a directory another recording (or any run) fills
         if not overwrite and any(entry.name not in (RECORD_CLAIM, claim_lock_name(RECORD_CLAIM), OVERWRITE_TRASH)
                                  for entry in output_path.iterdir()):
             raise FileExistsError(f"dataset directory {output} is not empty")  # before the env and the progress bar
     env = MetaWorldEnv(task, image_size=image_size, camera=camera)
     expert = scripted_policy(task)
-    summary = RecordSummary(Path(output))
+    summary = RecordSummary(output_path)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -120,9 +120,9 @@ def record_metaworld(
             # Claimed before anything is emptied, and the claim is kept when the writer empties the directory: two
             # recordings racing into one directory (--overwrite) cannot both pass, whatever their timing.
             output_path.mkdir(parents=True, exist_ok=True)
-            claim = take_claim(output, RECORD_CLAIM, settings, flag="--output")
+            claim = take_claim(output_path, RECORD_CLAIM, settings, flag="--output")
             with finished_however_it_ends(lambda outcome: finish_claim(claim, outcome)):
-                with DatasetWriter(output, fps=METAWORLD_FPS, robot_type="sawyer", overwrite=overwrite,
+                with DatasetWriter(output_path, fps=METAWORLD_FPS, robot_type="sawyer", overwrite=overwrite,
                                    keep=(RECORD_CLAIM, claim_lock_name(RECORD_CLAIM))) as writer:
                     summary.started = True
                     _record_episodes(env, expert, writer, summary, env_name, camera, n_episodes, seed, max_episode_steps, bar)

@@ -38,8 +38,9 @@ def rollout_config_from_args(args: argparse.Namespace, seed: Optional[int], outp
     from .rollout_output import DEFAULT_ROLLOUT_BASE
 
     output_dir = output_dir if output_dir is not None else Path(args.output_dir or DEFAULT_ROLLOUT_BASE)
-    # saved absolute: a resume from another working directory put its videos elsewhere
-    video_dir = None if args.no_video else os.path.abspath(args.video_dir or Path(output_dir) / "videos")
+    # saved absolute (a resume from another working directory put its videos elsewhere), any '..' kept: after a link
+    # the OS takes it from the link's target, where the run's other files go
+    video_dir = None if args.no_video else str(Path(args.video_dir or Path(output_dir) / "videos").absolute())
     return RolloutConfig(
         env_name=args.env_name, n_episodes=args.n_episodes, n_envs=args.n_envs, n_action_steps=args.n_action_steps,
         max_episode_steps=args.max_episode_steps, seed=seed, video_dir=video_dir, env_kwargs=dict(args.env_kwargs),

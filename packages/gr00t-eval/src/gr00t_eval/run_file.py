@@ -167,7 +167,7 @@ def _read_rollout_run_json(path: Path, directory: Union[str, Path]) -> Dict[str,
     saved = read_run_json(path, directory)
     if not isinstance(saved.get("env_name"), str) or not saved["env_name"]:
         if "job_config" in saved:
-            batch_dir = Path(os.path.abspath(directory)).parent.parent
+            batch_dir = Path(directory).absolute().parent.parent
             batch = batch_dir if (batch_dir / "jobs.json").is_file() else "<the batch's output folder>"
             raise OutputDirError(f"--resume {directory}: this is a batch job's folder ({path} holds a job's settings, "
                                  f"not a rollout's); continue it with `gr00t-eval batch --resume {batch}`")

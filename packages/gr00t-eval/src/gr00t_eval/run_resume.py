@@ -68,7 +68,7 @@ def refuse_changed_settings(args: argparse.Namespace, saved: Mapping[str, Any]) 
             continue
         value = dict(args.env_kwargs) if dest == "env_kwargs" else getattr(args, dest)
         if dest == "video_dir" and value is not None and config.get(field_name) is not None:
-            if os.path.abspath(value) == os.path.abspath(config[field_name]):  # saved absolute; given as typed
+            if os.path.realpath(value) == os.path.realpath(config[field_name]):  # saved absolute; given as typed
                 continue
         if value != config.get(field_name):
             conflicts.append(f"{_flag_name(dest)} {value} (saved: {config.get(field_name)})")

@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 from gr00t_client.cli_flags import flag as _flag
+from gr00t_client.cli_flags import user_path
 
 from .batch_cli import DEFAULT_BATCH_DIR, cmd_batch
 from .merge_cli import cmd_merge
@@ -53,18 +53,19 @@ def add_scale_arguments(rollout_parser: argparse.ArgumentParser) -> None:
 def register_scale_commands(subparsers: Any) -> None:
     """Add the `batch`, `merge` and `suites` sub-commands."""
     p = subparsers.add_parser("batch", help="run rollout jobs from a JSON file in sequence (docs/batch-jobs.md)")
-    p.add_argument(*_flag("jobs"), default=None, help="job file (JSON); required unless --resume")
-    p.add_argument(*_flag("output-dir"), default=None,
+    p.add_argument(*_flag("jobs"), type=user_path, default=None, help="job file (JSON); required unless --resume")
+    p.add_argument(*_flag("output-dir"), type=user_path, default=None,
                    help=f"where jobs.json and batch_results.json go; must be empty or new (default: a new dated "
                         f"directory {DEFAULT_BATCH_DIR}/YYYY-MM-DD/HH-MM-SS_batch)")
     p.add_argument(*_flag("overwrite"), action="store_true", help="empty a non-empty --output-dir first")
-    p.add_argument(*_flag("resume"), default=None, metavar="DIR",
+    p.add_argument(*_flag("resume"), type=user_path, default=None, metavar="DIR",
                    help="continue the batch in DIR: jobs marked done are kept, pending and failed ones run again")
     p.set_defaults(scale_command=cmd_batch)
 
     p = subparsers.add_parser("merge", help="merge `rollout --shard` results into the results of one run")
-    p.add_argument("results", nargs="+", help="results files (or directories holding results*.json)")
-    p.add_argument(*_flag("output"), required=True, help="merged results file (a directory gets results.json)")
+    p.add_argument("results", nargs="+", type=user_path, help="results files (or directories holding results*.json)")
+    p.add_argument(*_flag("output"), type=user_path, required=True,
+                   help="merged results file (a directory gets results.json)")
     p.add_argument(*_flag("allow-missing"), action="store_true",
                    help="merge even if some episodes are in no file (the merged status is then 'incomplete', exit status 1)")
     p.add_argument(*_flag("allow-errors"), action="store_true",
@@ -127,7 +128,7 @@ def run_rollout_command(args: argparse.Namespace) -> int:
         _check_env_names(env_spec, output_dir, saved)
         config = _saved_rollout_config(saved, output_dir, shard)
         if _default_video_dir(saved, output_dir):  # OUTPUT_DIR/videos of the directory resumed, wherever it now is
-            config = dataclasses.replace(config, video_dir=str(Path(os.path.abspath(output_dir)) / "videos"))
+            config = dataclasses.replace(config, video_dir=str(output_dir.absolute() / "videos"))
         if "env_timeout" in given_settings(args):  # not an outcome setting: a stalled run may resume with more time
             config = dataclasses.replace(config, env_timeout_s=env_timeout_from_args(args))
         _claim_videos(output_dir, shard, env_spec, config, resume=True)

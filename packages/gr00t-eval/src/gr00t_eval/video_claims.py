@@ -24,7 +24,7 @@ VIDEO_LOCK_FILENAME = ".gr00t_videos.lock"
 
 def video_claim_writer(output_dir: Union[str, Path], shard: Any = None) -> str:
     """Who writes into a --video-dir, as its claim names it: the run's output directory (absolute), with its shard."""
-    return f"{os.path.abspath(output_dir)}{'' if shard is None else f' (shard {shard})'}"
+    return f"{Path(output_dir).absolute()}{'' if shard is None else f' (shard {shard})'}"
 
 
 def claim_video_dir(video_dir: Union[str, Path], writer: str, plan: Optional[str] = None,

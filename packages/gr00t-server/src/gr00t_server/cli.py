@@ -10,7 +10,7 @@ from typing import Any, Optional, Sequence
 
 # Only light modules here (gr00t_client loads its API on first use): main() makes SIGTERM and SIGHUP stop a command
 # before the heavy imports (numpy, ZeroMQ, torch).
-from gr00t_client.cli_flags import CommandParser, add_log_level
+from gr00t_client.cli_flags import CommandParser, add_log_level, user_path
 from gr00t_client.cli_flags import flag as _flag
 from gr00t_client.cli_signals import ProgramStopSignals
 
@@ -54,8 +54,9 @@ def _add_serve_parser(subparsers: Any) -> None:
                    help="do not clip normalized states (actions decode as the reference does)")
     p.add_argument(*_flag("preprocess-device"), default=None,
                    help="device that patchifies frames, e.g. cpu, cuda:0 (default: the model's device when it is a GPU)")
-    p.add_argument(*_flag("dataset-path"), default=None, help="LeRobot dataset to replay (used when --model-path is absent)")
-    p.add_argument(*_flag("modality-config-path"), default=None,
+    p.add_argument(*_flag("dataset-path"), type=user_path, default=None,
+                   help="LeRobot dataset to replay (used when --model-path is absent)")
+    p.add_argument(*_flag("modality-config-path"), type=user_path, default=None,
                    help="replay: a .json file of ModalityConfig fields or a .py file that registers one")
     p.add_argument(*_flag("execution-horizon"), type=int, default=None,
                    help="replay: steps to advance per get_action (default: the action horizon)")
@@ -78,8 +79,10 @@ def _add_serve_parser(subparsers: Any) -> None:
                    help="with --curve-secret-key: admit only clients whose public .key files are in DIR (re-read when "
                         "it changes, no restart; default: $GR00T_AUTHORIZED_KEYS)")
     p.add_argument(*_flag("inference-mode"), default="pytorch", choices=INFERENCE_MODES, help="inference backend")
-    p.add_argument(*_flag("onnx-dir"), default=None, help="exported ONNX sub-models (--inference-mode onnxruntime)")
-    p.add_argument(*_flag("engine-dir"), default=None, help="TensorRT engines (--inference-mode tensorrt)")
+    p.add_argument(*_flag("onnx-dir"), type=user_path, default=None,
+                   help="exported ONNX sub-models (--inference-mode onnxruntime)")
+    p.add_argument(*_flag("engine-dir"), type=user_path, default=None,
+                   help="TensorRT engines (--inference-mode tensorrt)")
     _bool_flag(p, "warmup", True, "run a sample observation through the model before binding (default on; compiles "
                "torch-compile mode and checks the backend at start-up)")
     p.add_argument(*_flag("max-batch-size"), type=int, default=1, help="batch get_action requests across clients (default 1: off)")
@@ -143,13 +146,13 @@ def _add_checkpoint_parser(subparsers: Any) -> None:
         help="write a random-weight checkpoint in the real N1.7 layout (for tests and demos)",
         description="Write a small random-weight GR00T N1.7 checkpoint (config, safetensors, processor, tokenizer).",
     )
-    p.add_argument("output", help="output directory")
+    p.add_argument("output", type=user_path, help="output directory")
     p.add_argument(*_flag("size"), default="tiny", choices=["tiny", "small"], help="model size (default tiny)")
     p.add_argument(*_flag("seed"), type=int, default=0, help="weight seed (default 0)")
     p.add_argument(*_flag("embodiment"), default=None, choices=["libero", "metaworld", "new_embodiment", "pusht"],
                    help="write one tag with the key set of this gr00t-eval env (default: the new_embodiment and "
                    "libero_sim key sets)")
-    p.add_argument(*_flag("dataset-path"), default=None,
+    p.add_argument(*_flag("dataset-path"), type=user_path, default=None,
                    help="write one tag with this recorded LeRobot dataset's keys, modality configs and statistics")
     p.add_argument(*_flag("embodiment-tag"), default=None,
                    help="the tag to write with --embodiment/--dataset-path (default new_embodiment); it needs one of them")
@@ -165,7 +168,8 @@ def _add_keygen_parser(subparsers: Any) -> None:
         description="Write a ZeroMQ CURVE key pair in the zmq.auth certificate format: DIR/NAME.key (public: give it "
                     "to peers) and DIR/NAME.key_secret (secret, mode 0600: keep it on this machine).",
     )
-    p.add_argument("directory", metavar="DIR", help="directory to write the two files into (created if missing)")
+    p.add_argument("directory", metavar="DIR", type=user_path,
+                   help="directory to write the two files into (created if missing)")
     p.add_argument(*_flag("name"), default="server", help="file name stem (default server; e.g. robot-07 for a client)")
     p.add_argument(*_flag("force"), action="store_true", help="replace existing files of that name")
 

@@ -31,7 +31,7 @@ class LeRobotDataset:
     """
 
     def __init__(self, path: Union[str, Path]) -> None:
-        self.root = Path(path)
+        self.root = Path(path).absolute()  # pyarrow expands a relative '~/ds' (Python's open() does not)
         if not self.root.is_dir():
             raise DatasetFileNotFoundError(f"dataset directory not found: {self.root}")
         meta_dir = self.root / "meta"

@@ -78,7 +78,7 @@ class DatasetWriter(_EpisodeChecks, _EpisodeFiles, _MetaFiles):
                 or language_column in ("observation.state", "action") or language_column.startswith("observation.images.")):
             raise ValueError(f"language_column {language_column!r} is a LeRobot column the writer fills itself; name a "
                              "column of its own (or leave the default, 'task_index')")
-        self.root = Path(root)
+        self.root = Path(root).absolute()  # pyarrow expands a relative '~/ds' (Python's open() does not)
         delete_trash(self.root / OVERWRITE_TRASH)  # left by an overwrite that was killed
         keep = (*keep, OVERWRITE_TRASH)
         if self.root.exists() and any(entry.name not in keep for entry in self.root.iterdir()):

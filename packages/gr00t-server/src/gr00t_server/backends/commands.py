@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gr00t_client.cli_flags import flag as _flag
+from gr00t_client.cli_flags import user_path
 
 from gr00t_server.backends.names import EXPORT_MODES, PRECISIONS
 
@@ -28,7 +29,8 @@ def register(subparsers: Any) -> None:
         description="Export the sub-modules of --mode to ONNX (opset 19) with shapes from one sample get_action.",
     )
     export.add_argument(*_flag("model-path"), required=True, help="checkpoint directory or hub id")
-    export.add_argument(*_flag("output"), *_flag("onnx-dir"), dest="output", required=True, help="output directory")
+    export.add_argument(*_flag("output"), *_flag("onnx-dir"), dest="output", type=user_path, required=True,
+                        help="output directory")
     export.add_argument(*_flag("mode"), *_flag("export-mode"), dest="mode", default="full_pipeline", choices=EXPORT_MODES,
                         help="dit_only: the DiT; action_head: + VL self-attention and encoders/decoder; full_pipeline: + ViT and "
                              "LLM (default full_pipeline)")
@@ -45,8 +47,9 @@ def register(subparsers: Any) -> None:
         "build-engine", help="build TensorRT engines from an ONNX export",
         description="Build one TensorRT engine per ONNX sub-model (strongly typed, one optimization profile each).",
     )
-    build.add_argument(*_flag("onnx-dir"), required=True, help="directory written by `gr00t-server export`")
-    build.add_argument(*_flag("engine-dir"), required=True, help="output directory for *.engine files")
+    build.add_argument(*_flag("onnx-dir"), type=user_path, required=True,
+                       help="directory written by `gr00t-server export`")
+    build.add_argument(*_flag("engine-dir"), type=user_path, required=True, help="output directory for *.engine files")
     build.add_argument(*_flag("precision"), default=None, choices=PRECISIONS,
                        help="builder flags on the weakly typed fallback only (default: the export precision)")
     build.add_argument(*_flag("workspace"), type=int, default=8192, help="workspace pool in MiB")
@@ -61,8 +64,8 @@ def register(subparsers: Any) -> None:
     )
     verify.add_argument(*_flag("model-path"), required=True, help="checkpoint directory or hub id")
     source = verify.add_mutually_exclusive_group(required=True)
-    source.add_argument(*_flag("onnx-dir"), default=None, help="verify ONNX Runtime on this export")
-    source.add_argument(*_flag("engine-dir"), default=None, help="verify TensorRT on these engines")
+    source.add_argument(*_flag("onnx-dir"), type=user_path, default=None, help="verify ONNX Runtime on this export")
+    source.add_argument(*_flag("engine-dir"), type=user_path, default=None, help="verify TensorRT on these engines")
     source.add_argument(*_flag("torch-compile"), action="store_true", help="verify torch.compile of the DiT")
     verify.add_argument(*_flag("embodiment-tag"), default=None,
                         help="default: the tag recorded at export; with --torch-compile, new_embodiment when the "
