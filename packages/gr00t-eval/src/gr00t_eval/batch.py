@@ -30,6 +30,7 @@ from .rollout.config import RolloutConfig, draw_base_seed
 from .run_file import read_run_json
 from .run_resume import add_earlier_eval_s, earlier_results
 from .run_stop import is_storage_error
+from .run_summary import percent_text
 from .shard import run_suite
 
 __all__ = ["BATCH_RESULTS_FILENAME", "JOBS_DIRNAME", "Job", "JobError", "PolicyServerAddress", "connect", "format_table",
@@ -328,7 +329,7 @@ def format_table(batch: Mapping[str, Any]) -> str:
             return fmt.format(value) if isinstance(value, (int, float)) and value == value else "-"
 
         rows.append((record["name"], record["status"], str(n_tasks or "-"), number("n_episodes", "{:d}"),
-                     number("n_errors", "{:d}"), number("pc_success", "{:.1f}"), number("avg_sum_reward", "{:.3f}"),
+                     number("n_errors", "{:d}"), percent_text(overall.get("pc_success")), number("avg_sum_reward", "{:.3f}"),
                      number("eval_s", "{:.1f}"), record.get("reason") or ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     lines = ["  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[-1]]).rstrip() for row in rows]

@@ -165,4 +165,4 @@ def cmd_merge(args: argparse.Namespace) -> int:
     print(f"Merged {len(files)} files into {path}")
     if status != "complete" or merged["failed_tasks"]:
         return 1
-    return errors_exit(n_errors, any(not e.get("error") for e in merged["per_episode"]), args.allow_errors)
+    return errors_exit(merged, n_errors, args.allow_errors)

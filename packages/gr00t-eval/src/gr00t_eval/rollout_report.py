@@ -113,4 +113,4 @@ def _print_report(args: argparse.Namespace, results: Dict[str, Any], output_dir:
         return INTERRUPTED_EXIT_CODE
     if status != "complete" or results["failed_tasks"] or results.get("failed_shards"):
         return 1
-    return errors_exit(n_errors, bool(finished), args.allow_errors)
+    return errors_exit(results, n_errors, args.allow_errors)

@@ -13,12 +13,29 @@ def _table(rows: List[List[str]]) -> str:
     return "\n".join(lines)
 
 
+_MOST_DECIMALS = 6  # of a success percentage that rounds to 0 or 100 at fewer
+
+
+def percent_text(value: Any) -> str:
+    """A success percentage for a table: one decimal, more where one would round a run with a failure up to 100.0 or
+    one with a success down to 0.0 (1 failure in 2001 episodes is 99.95, not 100.0); "-" for none."""
+    if not isinstance(value, (int, float)) or value != value:
+        return "-"
+    for decimals in range(1, _MOST_DECIMALS + 1):
+        text = f"{value:.{decimals}f}"
+        if value in (0, 100) or float(text) not in (0.0, 100.0):
+            return text
+    step = 10.0 ** -_MOST_DECIMALS
+    return f">{100 - step:.{_MOST_DECIMALS}f}" if value > 50 else f"<{step:.{_MOST_DECIMALS}f}"
+
+
+
 def _row(name: str, kind: str, agg: Mapping[str, Any]) -> List[str]:
     def fmt(key: str, spec: str) -> str:
         value = agg.get(key)
         return spec.format(value) if isinstance(value, (int, float)) and value == value else "-"
 
-    return [name, kind, fmt("n_episodes", "{:d}"), fmt("pc_success", "{:.1f}"), fmt("avg_sum_reward", "{:.3f}"),
+    return [name, kind, fmt("n_episodes", "{:d}"), percent_text(agg.get("pc_success")), fmt("avg_sum_reward", "{:.3f}"),
             fmt("avg_max_reward", "{:.3f}"), fmt("eval_s", "{:.1f}")]
 
 
@@ -35,17 +52,30 @@ def format_summary(results: Mapping[str, Any]) -> str:
     return text
 
 
-def errors_exit(n_errors: int, scored: bool, allow_errors: bool) -> int:
-    """The exit status of a complete run or merge with `n_errors` errored episodes: 1 when nothing was scored, even
-    with --allow-errors (a CI passing it to tolerate a flaky episode went green on a run that measured nothing)."""
-    if n_errors and not scored:
+def errors_exit(results: Mapping[str, Any], n_errors: int, allow_errors: bool) -> int:
+    """The exit status of a complete run or merge `results` with `n_errors` errored episodes: 1 when nothing was
+    scored, or a task scored nothing, even with --allow-errors (a CI passing it to tolerate a flaky episode went green
+    on a run that measured nothing, or a task whose every episode errored)."""
+    if n_errors and not any(not entry.get("error") for entry in results["per_episode"]):
         print("exit status 1 because every episode errored: nothing was scored (--allow-errors tolerates some errors, "
               "not a run without a result)")
+        return 1
+    unscored = unscored_tasks(results)
+    if n_errors and unscored:
+        print(f"exit status 1 because every episode of {', '.join(unscored)} errored: "
+              f"{'that task has' if len(unscored) == 1 else 'those tasks have'} no result (--allow-errors tolerates "
+              "some errors, not a task without a result)")
         return 1
     if n_errors and not allow_errors:
         print("exit status 1 because episodes errored (pass --allow-errors to exit 0 anyway)")
         return 1
     return 0
+
+
+def unscored_tasks(results: Mapping[str, Any]) -> List[str]:
+    """The tasks of `results` whose every episode that ran errored (a shard's tasks with no episodes in it aside)."""
+    return [task for task, agg in (results.get("per_task") or {}).items()
+            if not agg.get("n_episodes") and agg.get("n_errors")]
 
 
 def print_errored_episodes(results: Mapping[str, Any]) -> None:

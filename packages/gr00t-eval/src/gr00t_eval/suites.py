@@ -321,7 +321,8 @@ def suite_results(tasks: Sequence[Task], runs: Sequence[TaskRun], config: Union[
 
     Aggregates pool the episodes that finished without an error (episode-weighted; errored episodes are
     counted in `n_errors` only); eval_s of a group or overall is the sum of its tasks' eval_s.
-    `overall.avg_task_pc_success` is the plain mean of the tasks' pc_success. `aggregated` repeats `overall`.
+    `overall.avg_task_pc_success` is the plain mean of the pc_success of the `n_tasks_averaged` tasks that scored an
+    episode. `aggregated` repeats `overall`.
     """
     by_task: Dict[str, List[TaskRun]] = {}
     for run in runs:
@@ -348,6 +349,7 @@ def suite_results(tasks: Sequence[Task], runs: Sequence[TaskRun], config: Union[
     overall = rollout_aggregates(all_outcomes, total_s)
     scored = [v["pc_success"] for v in per_task.values() if v["n_episodes"]]
     overall["avg_task_pc_success"] = sum(scored) / len(scored) if scored else float("nan")
+    overall["n_tasks_averaged"] = len(scored)  # a task whose every episode errored has no rate to average
     overall["n_tasks"] = len(tasks)
     overall["n_failed_tasks"] = len(errors)
     n_not_run = int((extra or {}).get("n_not_run") or 0)
