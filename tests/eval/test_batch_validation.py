@@ -59,7 +59,7 @@ def test_an_env_timeout_override_must_be_positive_seconds(tmp_path, value):
 def test_an_env_timeout_override_of_null_or_seconds_is_a_job_setting(tmp_path):
     jobs = load_jobs(write_jobs(tmp_path / "jobs.json", 1, [
         {"name": "off", "env_name": "walkto/fast", "overrides": {"env_timeout_s": None}},
-        {"name": "short", "env_name": "walkto/fast", "overrides": {"env_timeout_s": 2.5}}]))
+        {"name": "short", "env_name": "walkto/fast", "overrides": {"env_timeout_s": 2.5, "vectorization": "async"}}]))
     assert [job.config["env_timeout_s"] for job in jobs] == [None, 2.5]
 
 

@@ -107,7 +107,8 @@ def test_rollout_pairs_leftover_cameras_in_the_order_the_env_returns_them(vector
 
     register_env_prefix("twocams", "new_embodiment", two_camera_env)
     config = RolloutConfig("twocams/look", n_episodes=2, n_envs=2, seed=0, max_episode_steps=2, n_action_steps=2,
-                           vectorization=vectorization, env_timeout_s=30)
+                           vectorization=vectorization,
+                           env_timeout_s=30 if vectorization == "async" else None)
     result = run_rollout(Recorder(strict=False), config, progress=False)
     assert result.n_errors == 0
     assert frames[0] == {"video.ego_view": 10, "video.wrist_view": 20}

@@ -76,3 +76,16 @@ def test_numpy_int_counts_are_taken_as_plain_ints():
 def test_a_policy_argument_that_is_no_policy_is_refused_naming_the_argument(run, policy, shown):
     with pytest.raises(TypeError, match=rf"^policy must be a BasePolicy \(e\.g\. a PolicyClient\), got {shown}"):
         run(policy, config())
+
+
+@pytest.mark.parametrize("run", [run_rollout_of, run_suite_of, run_runner_of])
+def test_an_env_timeout_set_with_sync_vectorization_is_refused_as_it_cannot_apply(run):
+    """Sync envs run in this process, where a hung step cannot be stopped: env_timeout_s=3 was silently waited past."""
+    with pytest.raises(ValueError, match=r"^env_timeout_s 3 cannot apply with vectorization 'sync': its envs run in "
+                                         r"this process, where a hung reset or step cannot be stopped"):
+        run(ConstantPolicy(), config(n_envs=2, env_timeout_s=3.0))
+
+
+def test_sync_vectorization_takes_no_env_timeout_or_the_default_one():
+    assert run_rollout_of(ConstantPolicy(), config(env_timeout_s=None)).n_errors == 0
+    assert run_rollout_of(ConstantPolicy(), config()).n_errors == 0

@@ -15,28 +15,31 @@ import pytest
 
 from eval.scale_fixtures import ConstantPolicy, WalkToEnv, run_cli
 from gr00t_client import EmbodimentTag
+from gr00t_eval.cli import main
 from gr00t_eval.rollout import RolloutConfig
 from gr00t_eval.rollout.envs import register_env_prefix
 from serving import running_server
 
 
 class HangingWalkEnv(WalkToEnv):
-    """WalkTo whose step (or reset) hangs for the episode with seed 103, as a deadlocked renderer does."""
+    """WalkTo whose step (or reset) hangs for `hang_s` in the episode with seed 103, as a deadlocked renderer does."""
 
-    def __init__(self, hang_in: str):
+    def __init__(self, hang_in: str, hang_s: float = 3600):
         super().__init__(1.0)
         self.hang_in = hang_in
+        self.hang_s = hang_s
         self.hangs = False
 
     def reset(self, *, seed=None, options=None):
         self.hangs = seed == 103
         if self.hangs and self.hang_in == "reset":
-            time.sleep(3600)
+            time.sleep(self.hang_s)
         return super().reset(seed=seed, options=options)
 
     def step(self, action):
         if self.hangs and self.hang_in == "step":
-            time.sleep(3600)
+            self.hangs = False  # once: an env waited for goes on after its hang
+            time.sleep(self.hang_s)
         return super().step(action)
 
 
@@ -62,6 +65,49 @@ def test_a_hung_env_stops_the_run_naming_its_episode_and_leaves_no_worker(tmp_pa
     assert multiprocessing.active_children() == []  # the hung worker was stopped, not left sleeping
     scored = [json.loads(line) for line in (tmp_path / "run" / "episodes.jsonl").read_text().splitlines()]
     assert 3 not in [entry["episode_index"] for entry in scored]  # left to the resume, not scored a failure
+
+
+@pytest.mark.timeout(120)
+def test_a_run_of_one_episode_with_two_envs_keeps_its_env_in_a_worker_that_env_timeout_stops(tmp_path, capsys):
+    """The envs were cut to min(--n-envs, episodes left) = 1, which ran the env in this process: a resume with one
+    episode left, a one-episode task or shard waited on a hung env for ever (and an env's crash killed gr00t-eval)."""
+    register_env_prefix("lasthang", EmbodimentTag.NEW_EMBODIMENT,
+                        lambda task, **kwargs: HangingWalkEnv("step", hang_s=30))
+    with running_server(ConstantPolicy()) as server:
+        started = time.monotonic()
+        code = main(["rollout", "--env-name", "lasthang/walk", "--n-episodes", "1", "--n-envs", "2",
+                     "--n-action-steps", "2", "--max-episode-steps", "6", "--seed", "103", "--no-video",
+                     "--env-timeout", "2", "--policy-client-port", str(server.port), "--output-dir", str(tmp_path / "run")])
+        took = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert "env 0 (episode 0) did not finish a step within 2 s (--env-timeout)" in err, err
+    assert code == 2 and took < 20, f"exit {code} after {took:.0f} s"
+    assert multiprocessing.active_children() == []
+
+
+class SlowToBuildWalkEnv(WalkToEnv):
+    """WalkTo whose constructor hangs for 30 s in an env worker (a renderer's EGL set-up deadlock); gymnasium builds
+    one more in this process, for the spaces, which does not."""
+
+    def __init__(self):
+        if multiprocessing.current_process().name != "MainProcess":
+            time.sleep(30)
+        super().__init__(1.0)
+
+
+@pytest.mark.timeout(120)
+def test_an_env_whose_construction_hangs_in_its_worker_stops_the_run_within_env_timeout(tmp_path, capsys):
+    """gymnasium's AsyncVectorEnv waited on each worker's first answer without a timeout: --env-timeout did not
+    cover a constructor that hung."""
+    register_env_prefix("slowbuild", EmbodimentTag.NEW_EMBODIMENT, lambda task, **kwargs: SlowToBuildWalkEnv())
+    with running_server(ConstantPolicy()) as server:
+        started = time.monotonic()
+        code = main(rollout_argv("slowbuild/walk", server.port, tmp_path / "run", "--env-timeout", "2"))
+        took = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert "env 0, env 1 did not finish building within 2 s (--env-timeout)" in err, err
+    assert code == 2 and took < 20, f"exit {code} after {took:.0f} s"
+    assert multiprocessing.active_children() == []  # the workers still building were killed
 
 
 @pytest.mark.timeout(120)

@@ -35,7 +35,8 @@ class DivergingWalk(WalkToEnv):
 def test_a_nan_that_ended_an_episode_does_not_error_the_episode_still_running_on_another_row(vectorization):
     register_env_prefix("diverging", "new_embodiment", lambda task, **kwargs: DivergingWalk(0.25))
     config = RolloutConfig("diverging/walk", n_episodes=2, n_envs=2, seed=0, max_episode_steps=16, n_action_steps=2,
-                           vectorization=vectorization, env_timeout_s=30)
+                           vectorization=vectorization,
+                           env_timeout_s=30 if vectorization == "async" else None)
     with running_server(ConstantPolicy()) as server, PolicyClient("127.0.0.1", server.port) as client:
         result = run_rollout(client, config, progress=False)
     by_episode = {outcome.episode_index: outcome for outcome in result.outcomes}

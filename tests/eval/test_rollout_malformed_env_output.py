@@ -48,7 +48,7 @@ def roll_out(malformed, vectorization="sync"):
     prefix = f"malformed{malformed.replace('_', '')}{vectorization}"
     register_env_prefix(prefix, EmbodimentTag.NEW_EMBODIMENT, lambda task, **kwargs: MalformedWalk(malformed))
     config = RolloutConfig(f"{prefix}/walk", n_episodes=4, n_envs=2, seed=0, max_episode_steps=16, n_action_steps=2,
-                           vectorization=vectorization, env_timeout_s=30)
+                           vectorization=vectorization, env_timeout_s=None if vectorization == "sync" else 30)
     result = run_rollout(ConstantPolicy(), config, progress=False)
     return {outcome.episode_index: outcome for outcome in result.outcomes}
 

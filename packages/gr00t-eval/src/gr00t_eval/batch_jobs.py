@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from gr00t_client.cli_flags import user_path
 from gr00t_client.client import MAX_TIMEOUT_MS
 
-from .rollout.config import MAX_EPISODES, RolloutConfig, check_env_timeout
+from .rollout.config import MAX_EPISODES, RolloutConfig, check_env_timeout, check_env_timeout_applies
 
 JOB_KEYS = {"name", "env_name", "policy_server", "n_episodes", "max_episode_steps", "n_envs", "seed", "overrides", "policy_type"}
 # IsaacLab-Arena job fields -> ours (policy_config_dict and arena_env_args are translated in _layer).
@@ -195,7 +195,7 @@ NULLABLE_COUNTS = ("seed", "max_episodes_rendered")
 
 def check_counts(name: str, config: Mapping[str, Any]) -> None:
     """JobError naming the job and the field when a count setting is not a whole number at least its minimum (or
-    env_timeout_s not a positive number of seconds)."""
+    env_timeout_s not a positive number of seconds, or other than the default with vectorization 'sync')."""
     for key, least in COUNT_MINIMUMS.items():
         if key not in config or (config[key] is None and key in NULLABLE_COUNTS):
             continue
@@ -206,9 +206,9 @@ def check_counts(name: str, config: Mapping[str, Any]) -> None:
                            f"{' (0 = auto)' if key == 'n_envs' else ''}, got {value!r}", name)
     if isinstance(config.get("n_episodes"), int) and config["n_episodes"] > MAX_EPISODES:
         raise JobError(f"job {name!r}: n_episodes must be at most {MAX_EPISODES:,}, got {config['n_episodes']!r}", name)
-    timeout = config.get("env_timeout_s")
     try:
-        check_env_timeout(timeout, "override env_timeout_s", no_limit="null")
+        timeout = check_env_timeout(config.get("env_timeout_s"), "override env_timeout_s", no_limit="null")
+        check_env_timeout_applies(config.get("vectorization"), timeout, "override env_timeout_s", no_limit="null")
     except ValueError as exc:
         raise JobError(f"job {name!r}: {exc}", name) from None
     check_setting_types(name, config)

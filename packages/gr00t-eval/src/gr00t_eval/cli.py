@@ -188,10 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(*_flag("max-episodes-rendered"), type=int, default=None, metavar="N",
                    help="write videos of the first N episodes (of each task) only (default: all)")
     p.add_argument(*_flag("env-timeout"), type=float, default=DEFAULT_ENV_TIMEOUT_S, metavar="S",
-                   help=f"seconds one env reset or step may take before the run stops with the envs named (a hung "
-                        f"simulator; writing an episode's video is not counted; default {DEFAULT_ENV_TIMEOUT_S:g}; "
-                        "0 or inf = no limit; at most a week). Envs in subprocesses only (--n-envs > 1): a single env "
-                        "runs in this process and is waited for. Env workers whose close() has not "
+                   help=f"seconds one env construction, reset or step may take before the run stops with the envs "
+                        f"named (a hung simulator; writing an episode's video is not counted; default "
+                        f"{DEFAULT_ENV_TIMEOUT_S:g}; 0 or inf = no limit; at most a week). Envs in subprocesses only "
+                        "(--n-envs > 1, however few episodes are left): a single env runs in this process and is "
+                        "waited for. Env workers whose close() has not "
                         "returned that long after the last episode are given up on with a warning. A --resume takes it "
                         "from its own command line, else the saved one")
     p.add_argument(*_flag("transition-host"), *_flag("transition-port"), dest="transition_flag", default=None,

@@ -61,6 +61,17 @@ def env_timeout_from_args(args: argparse.Namespace) -> Optional[float]:
         raise UsageError(str(exc)) from None
 
 
+def _check_env_timeout_applies(args: argparse.Namespace) -> None:
+    """UsageError for an --env-timeout given with --vectorization sync, which runs the envs in this process."""
+    from .cli_errors import UsageError
+    from .rollout.config import check_env_timeout_applies
+
+    try:
+        check_env_timeout_applies(args.vectorization, env_timeout_from_args(args), "--env-timeout", no_limit="0")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _default_video_dir(saved: Mapping[str, Any], output_dir: Path) -> bool:
     """Whether a run file's video folder is the run's own OUTPUT_DIR/videos (recorded since `default_video_dir`;
     an older run file's relative path ending in its directory's name and 'videos'), which a resume, from any
@@ -128,7 +139,7 @@ def _check_rollout_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--ray-cpus-per-shard must be a finite number > 0, got {args.ray_cpus_per_shard}")
     if args.max_episodes_rendered is not None and args.max_episodes_rendered < 0:
         raise UsageError(f"--max-episodes-rendered must be >= 0, got {args.max_episodes_rendered}")
-    env_timeout_from_args(args)  # before the output directory is made, as every setting no run can use
+    _check_env_timeout_applies(args)  # before the output directory is made, as every setting no run can use
     _check_env_names(args.env_name)  # a bad env name fails before any connection is made
     if not args.no_video:
         _check_task_video_dirs(args.env_name)

@@ -67,9 +67,10 @@ class RolloutConfig:
     # Videos only of the task's episodes 0 .. max_episodes_rendered - 1 (None: all), like lerobot-eval; a slice starting
     # at first_episode (a shard) renders those of them it runs, so a split run renders what a single run would.
     max_episodes_rendered: Optional[int] = None
-    # Seconds an env in a subprocess may take for one reset or step before the run stops (a hung simulator);
-    # None: wait for ever. Envs run in-process (one env, vectorization "sync") cannot be timed out. Workers whose close()
-    # has not returned that long after the last episode are given up on (async workers killed).
+    # Seconds an env in a subprocess may take for its construction or one reset or step before the run stops (a hung
+    # simulator); None: wait for ever. Envs run in-process (n_envs 1, vectorization "sync") cannot be timed out: with
+    # "sync", a value other than the default is refused. Workers whose close() has not returned that long after the
+    # last episode are given up on (async workers killed).
     env_timeout_s: Optional[float] = DEFAULT_ENV_TIMEOUT_S
 
     def __post_init__(self) -> None:
@@ -121,6 +122,18 @@ def check_rollout_config(config: RolloutConfig, auto_n_envs: bool = False) -> No
     _check_chunking(config)
     if config.env_timeout_s is not None:
         check_env_timeout(config.env_timeout_s, "env_timeout_s", no_limit="None")
+    check_env_timeout_applies(config.vectorization, config.env_timeout_s)
+
+
+def check_env_timeout_applies(vectorization: Any, env_timeout_s: Optional[float], name: str = "env_timeout_s",
+                              no_limit: str = "None") -> None:
+    """ValueError for an env timeout other than the default with vectorization "sync": its envs run in this process,
+    where a hung reset or step cannot be stopped, and the limit was silently not kept. (The default is every run's,
+    asked for by nobody.)"""
+    if vectorization == "sync" and env_timeout_s not in (None, DEFAULT_ENV_TIMEOUT_S):
+        raise ValueError(f"{name} {env_timeout_s:g} cannot apply with vectorization 'sync': its envs run in this "
+                         f"process, where a hung reset or step cannot be stopped; use vectorization 'async' (or "
+                         f"'auto' with n_envs > 1) for a time limit, or {name} {no_limit} for none")
 
 
 def _check_chunking(config: RolloutConfig) -> None:

@@ -1,7 +1,8 @@
 """Env resets and steps with a time limit: a simulator that hangs (a deadlocked renderer, a stuck physics step)
 stops the run with the rows and episodes it held, instead of hanging the evaluation for ever.
 
-Only envs in subprocesses (gymnasium's AsyncVectorEnv) can be timed out; an env stepped in this process is waited for.
+Only envs in subprocesses (gymnasium's AsyncVectorEnv) can be timed out, from their construction on; an env stepped in
+this process is waited for.
 """
 
 from __future__ import annotations
@@ -47,3 +48,10 @@ def _stalled(vec: gym.vector.AsyncVectorEnv, what: str, timeout_s: float, episod
     held = [f"env {row} (episode {episodes[row]})" if 0 <= episodes[row] else f"env {row}" for row in silent]
     return (f"{', '.join(held) or 'an env'} did not finish a {what} within {timeout_s:g} s (--env-timeout): a hung "
             f"simulator? Its worker processes are stopped; the episodes still running and not yet started did not run")
+
+
+def construction_stalled(rows: Sequence[int], timeout_s: float) -> str:
+    """The error of env workers (`rows`) that did not finish building their envs within `timeout_s`."""
+    held = ", ".join(f"env {row}" for row in rows)
+    return (f"{held} did not finish building within {timeout_s:g} s (--env-timeout): a hung simulator? The env worker "
+            f"processes are stopped; the episodes did not run")

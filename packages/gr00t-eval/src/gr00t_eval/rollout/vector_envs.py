@@ -1,5 +1,5 @@
 """The rollout's vector env: building the MultiStepWrapper'd envs (in this process or in spawned workers) and
-closing them, terminating workers that linger after an interrupted run."""
+closing them, killing workers that have not built or closed their envs in time."""
 
 from __future__ import annotations
 
@@ -7,23 +7,29 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import threading
-import warnings
-from typing import Iterator, Optional, Sequence
+import multiprocessing.connection
+import time
+from multiprocessing.connection import Connection
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..extras import require_gymnasium
 
 require_gymnasium("closed-loop rollout")
 
 import gymnasium as gym  # noqa: E402
+from gymnasium.vector.async_vector_env import AsyncState, _async_worker  # noqa: E402
 
 from ..video import EpisodeVideoRecorder
 from .config import RolloutConfig
 from .envs import EnvFactory, env_factory
 from .multistep import MultiStepWrapper
 from .policy_io import HorizonSpec
+from .stalls import EnvStalledError, construction_stalled
 
 logger = logging.getLogger(__name__)
+
+WORKER_START_LIMIT_S = 120.0  # for a worker process to start and import what its env needs, before it builds the env
+WORKER_STOP_WAIT_S = 3.0  # how long async env workers get to close their envs after an interrupt before they are killed
 
 
 def _build_env(factory: EnvFactory, row: int, n_action_steps: int, max_episode_steps: int,
@@ -52,67 +58,125 @@ def make_vector_env(config: RolloutConfig, spec: HorizonSpec, n_envs: int) -> gy
     if mode not in ("auto", "sync", "async"):
         raise ValueError(f"vectorization must be 'auto', 'sync' or 'async', got {mode!r}")
     disabled = gym.vector.AutoresetMode.DISABLED
-    if mode == "sync" or (mode == "auto" and n_envs == 1):
+    if runs_in_process(config):
         return gym.vector.SyncVectorEnv(fns, autoreset_mode=disabled)
     # spawn: workers must not inherit the parent's ZeroMQ threads or GL contexts.
-    return gym.vector.AsyncVectorEnv(fns, shared_memory=False, context="spawn", autoreset_mode=disabled)
+    return BoundedAsyncVectorEnv(fns, build_timeout_s=config.env_timeout_s, shared_memory=False, context="spawn",
+                                 autoreset_mode=disabled)
 
 
-WORKER_STOP_WAIT_S = 3.0  # how long async env workers get to end on SIGTERM before they are killed
+def runs_in_process(config: RolloutConfig) -> bool:
+    """Whether the envs run in this process: vectorization "sync", or "auto" with n_envs 1. Decided by the n_envs asked
+    for, not the rows a run needs: a resume of one episode keeps its --env-timeout and its crash isolation."""
+    return config.vectorization == "sync" or (config.vectorization == "auto" and config.n_envs == 1)
+
+
+class BoundedAsyncVectorEnv(gym.vector.AsyncVectorEnv):
+    """gymnasium's AsyncVectorEnv whose workers get at most `build_timeout_s` (None: no limit) to build their envs:
+    its own check waits on each worker without a timeout, so a constructor that hung held the run for ever."""
+
+    def __init__(self, env_fns: Sequence[Any], build_timeout_s: Optional[float], **kwargs: Any) -> None:
+        self.build_timeout_s = build_timeout_s
+        super().__init__(env_fns, worker=_announcing_worker, **kwargs)
+
+    def _check_spaces(self) -> None:
+        self._wait_until_built(self.build_timeout_s)
+        super()._check_spaces()
+
+    def _wait_until_built(self, timeout_s: Optional[float]) -> None:
+        # The clock starts once a worker is up: starting Python and its imports take seconds on a busy machine.
+        start_limit = None if timeout_s is None else time.monotonic() + WORKER_START_LIMIT_S
+        started, died = _answers(dict(enumerate(self.parent_pipes)), start_limit)
+        built, died_building = _answers(started, None if timeout_s is None else time.monotonic() + timeout_s)
+        silent = [row for row in range(self.num_envs) if row not in built and row not in died + died_building]
+        if not silent and not died + died_building:
+            return
+        _stop_workers(self, WORKER_STOP_WAIT_S, "after their construction timed out", answering=built)
+        if silent:
+            raise EnvStalledError(construction_stalled(silent, timeout_s))
+        raise EOFError(f"env worker {', '.join(map(str, sorted(died + died_building)))} died building its env")
+
+
+def _announcing_worker(index: int, env_fn: Callable[[], gym.Env], pipe: Connection, *rest: Any) -> None:
+    """gymnasium's worker, telling the parent first when it starts building its env and then when it has built it."""
+
+    def build() -> gym.Env:
+        pipe.send("building")
+        env = env_fn()
+        pipe.send("built")
+        return env
+
+    _async_worker(index, build, pipe, *rest)
 
 
 def _close_envs(vec: gym.vector.VectorEnv, clean: bool, timeout_s: Optional[float] = None) -> None:
-    """Close the envs; after an interrupt or error, terminate async workers instead of waiting on them.
-
-    After a clean run an async worker whose env close() is still running `timeout_s` later (a simulator's teardown
-    deadlock) is killed, with a warning (None: no limit). Envs in this process are closed in this thread, waited for
-    (a simulator's GL context belongs to the thread that made it).
-    """
+    """Close the envs: async workers are asked to close theirs (a pending reset or step answered first) and killed if
+    they have not ended in time: `timeout_s` after a clean run (None: no limit; a simulator's teardown deadlock),
+    WORKER_STOP_WAIT_S after an interrupt or error (a worker that does not answer, a hung env, is killed then).
+    Envs in this process are closed in this thread, waited for (a simulator's GL context belongs to the thread that
+    made it)."""
     try:
         if not isinstance(vec, gym.vector.AsyncVectorEnv):
             vec.close()
         elif clean:
-            _close_workers(vec, timeout_s)
+            _stop_workers(vec, timeout_s, "of being asked to close (--env-timeout)")
         else:
-            with warnings.catch_warnings(), _lingering_workers_killed(vec, WORKER_STOP_WAIT_S, "of SIGTERM"):
-                # A run stopped mid-step (Ctrl-C, a dead worker) has a step pending by design: gymnasium's "Calling
-                # `close` while waiting for a pending call to `step`" would follow the run's own account of the stop.
-                warnings.filterwarnings("ignore", message=r".*Calling `close` while waiting for a pending call")
-                vec.close(terminate=True)
+            _stop_workers(vec, WORKER_STOP_WAIT_S, "after the run stopped")
     except Exception as exc:  # noqa: BLE001 - closing must not hide the reason the run ended
         logger.warning("closing the envs failed: %s: %s", type(exc).__name__, exc)
 
 
-def _close_workers(vec: gym.vector.AsyncVectorEnv, timeout_s: Optional[float]) -> None:
-    """gymnasium's clean close joins every worker, which runs its env.close() last, without a timeout: kill the
-    workers still in it."""
-    if timeout_s is None:
-        vec.close()
+def _stop_workers(vec: gym.vector.AsyncVectorEnv, wait_s: Optional[float], after: str,
+                  answering: Optional[Mapping[int, Connection]] = None) -> None:
+    """Send "close" to every async env worker that answers (its env's close() runs in the worker: a simulator process
+    it started is stopped), then SIGKILL those still running `wait_s` later (None: no limit), warning with `after`
+    (what they were given that long for). gymnasium's close(terminate=True) SIGTERMed the workers at once, so no
+    env's close() ran, and then joined them without a timeout: a worker that survives SIGTERM held the run for ever.
+    `answering`: the workers known to wait for a command (default: those that answer a pending reset, step or call by
+    then, or all when none is pending)."""
+    if vec.closed:
         return
-    with _lingering_workers_killed(vec, timeout_s, "of being asked to close (--env-timeout)"):
-        vec.close()
+    deadline = None if wait_s is None else time.monotonic() + wait_s
+    pipes = {row: pipe for row, pipe in enumerate(vec.parent_pipes) if pipe is not None and not pipe.closed}
+    if answering is None:
+        owing = getattr(vec, "_state", AsyncState.DEFAULT) != AsyncState.DEFAULT
+        answering = _answers(pipes, deadline)[0] if owing else pipes
+    for pipe in answering.values():
+        with contextlib.suppress(OSError):  # a worker that died has nothing to close
+            pipe.send(("close", None))
+    lingering = _still_running(vec.processes, deadline)
+    if lingering:
+        logger.warning("env workers did not end within %g s %s: killing those still running (env %s)", wait_s, after,
+                       ", ".join(map(str, lingering)))
+        for row in lingering:
+            vec.processes[row].kill()
+            vec.processes[row].join()
+    for pipe in pipes.values():
+        pipe.close()
+    vec.closed = True
 
 
-@contextlib.contextmanager
-def _lingering_workers_killed(vec: gym.vector.AsyncVectorEnv, wait_s: float, after: str) -> Iterator[None]:
-    """SIGKILL the async env workers still running `wait_s` into the block (`after`: what they were given that long
-    for, in the warning). gymnasium's close(terminate=True) sends SIGTERM and then joins them without a timeout, so a
-    worker that handles SIGTERM and stays in a hung step (a simulator that cleans up on shutdown), or a stopped one
-    (SIGSTOP), held the run for ever after --env-timeout, without its stall message or results; its clean close() waits
-    as long for an env whose close() hangs. Process.kill signals only a worker not yet reaped."""
-    processes = list(getattr(vec, "processes", []))
-    closed = threading.Event()
+def _answers(pipes: Mapping[int, Connection], deadline: Optional[float]) -> Tuple[Dict[int, Connection], List[int]]:
+    """The pipes whose worker answered (its answer read and dropped) by `deadline` (None: no limit), and the rows whose
+    worker died instead."""
+    waiting, answered, died = dict(pipes), {}, []
+    while waiting:
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        ready = multiprocessing.connection.wait(list(waiting.values()), timeout)
+        if not ready:
+            break
+        for row, pipe in [(row, pipe) for row, pipe in waiting.items() if pipe in ready]:
+            del waiting[row]
+            try:
+                pipe.recv()
+                answered[row] = pipe
+            except (EOFError, OSError):
+                died.append(row)
+    return answered, died
 
-    def kill_lingering() -> None:
-        if not closed.wait(wait_s):
-            logger.warning("env workers did not end within %g s %s: killing those still running", wait_s, after)
-            for process in processes:
-                process.kill()
 
-    watchdog = threading.Thread(target=kill_lingering, name="env-worker-watchdog", daemon=True)
-    watchdog.start()
-    try:
-        yield
-    finally:
-        closed.set()
-        watchdog.join()
+def _still_running(processes: Sequence[Any], deadline: Optional[float]) -> List[int]:
+    """The rows of the worker processes that have not ended by `deadline` (None: wait for each)."""
+    for process in processes:
+        process.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+    return [row for row, process in enumerate(processes) if process.is_alive()]

@@ -1,0 +1,94 @@
+"""A rollout that stops early (Ctrl-C or SIGTERM mid-step, a hung env) still runs the close() of its envs in
+subprocess workers, as an env stopping the simulator process it started needs, and ends within seconds. Real
+spawned workers, real files, a real signal."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from eval.scale_fixtures import ConstantPolicy, WalkToEnv
+from gr00t_client import EmbodimentTag
+from gr00t_eval.rollout import EnvStalledError, RolloutConfig, run_rollout
+from gr00t_eval.rollout.envs import register_env_prefix
+
+
+class MarkingWalkEnv(WalkToEnv):
+    """WalkTo whose worker writes `built-PID` and, from its close(), `closed-PID` under `marks`; each step takes 0.3 s,
+    and the episode with seed 103 hangs at its first step."""
+
+    def __init__(self, marks: str):
+        super().__init__(1.0)
+        self.marks = Path(marks)
+        self.hangs = False
+        if multiprocessing.current_process().name != "MainProcess":
+            (self.marks / f"built-{os.getpid()}").touch()
+
+    def reset(self, *, seed=None, options=None):
+        self.hangs = seed == 103
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        time.sleep(3600 if self.hangs else 0.3)
+        return super().step(action)
+
+    def close(self):
+        if multiprocessing.current_process().name != "MainProcess":
+            (self.marks / f"closed-{os.getpid()}").touch()
+
+
+class SigintOnSecondCall(ConstantPolicy):
+    """Sends this process SIGINT 0.1 s after its second action, while the envs run that step (as `kill -INT` does)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def _get_action(self, observation, options=None):
+        self.calls += 1
+        if self.calls == 2:
+            threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT)).start()
+        return super()._get_action(observation, options)
+
+
+def marked(marks: Path, what: str):
+    return sorted(path.name.split("-")[1] for path in marks.glob(f"{what}-*"))
+
+
+def rollout_config(marks: Path, **settings):
+    register_env_prefix("marking", EmbodimentTag.NEW_EMBODIMENT, lambda task, **kwargs: MarkingWalkEnv(**kwargs))
+    values = dict(n_episodes=4, n_envs=2, n_action_steps=2, max_episode_steps=50, seed=0, vectorization="async",
+                  env_kwargs={"marks": str(marks)})
+    values.update(settings)
+    return RolloutConfig("marking/walk", **values)
+
+
+@pytest.mark.timeout(120)
+def test_an_interrupted_rollout_closes_the_envs_in_its_workers_before_it_ends(tmp_path):
+    """close(terminate=True) SIGTERMed the workers at once: no env's close() ran, and a simulator process an env had
+    started was left running, orphaned."""
+    with pytest.raises(KeyboardInterrupt):
+        run_rollout(SigintOnSecondCall(), rollout_config(tmp_path), progress=False)
+    stopped = time.monotonic()
+    assert len(marked(tmp_path, "built")) == 2
+    assert marked(tmp_path, "closed") == marked(tmp_path, "built")
+    assert multiprocessing.active_children() == []
+    assert time.monotonic() - stopped < 5
+
+
+@pytest.mark.timeout(120)
+def test_a_hung_env_is_killed_while_the_envs_of_the_other_workers_are_closed(tmp_path):
+    started = time.monotonic()
+    with pytest.raises(EnvStalledError, match=r"env 1 \(episode 1\) did not finish a step within 1 s"):
+        run_rollout(ConstantPolicy(), rollout_config(tmp_path, n_episodes=2, seed=102, env_timeout_s=1.0),
+                    progress=False)
+    assert time.monotonic() - started < 30
+    built, closed = marked(tmp_path, "built"), marked(tmp_path, "closed")
+    assert len(built) == 2 and len(closed) == 1 and closed[0] in built  # the healthy row's env, not the hung one's
+    assert multiprocessing.active_children() == []
