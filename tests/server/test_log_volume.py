@@ -190,3 +190,40 @@ def test_a_peer_that_never_reads_its_replies_gets_a_few_log_lines_and_a_count_no
     assert "127.0.0.1" in lines[0]
     summary = [r.getMessage() for r in caplog.records if "similar messages were suppressed" in r.getMessage()]
     assert sum(int(text.split()[0]) for text in summary) == dropped - len(lines)
+
+
+class OneLineTracebacks(logging.Formatter):
+    """What log shippers configure: the traceback escaped onto the record's own line."""
+
+    def formatException(self, ei):
+        return "EXC=" + repr(super().formatException(ei))
+
+
+def test_an_operators_formatter_formats_the_bounded_traceback_of_an_internal_error():
+    """The bounded traceback was put in the record's cache, so a handler's own formatException was never called
+    (17 raw lines where the operator's formatter writes one), while a formatter reading exc_info itself got the
+    whole 50,000-character message."""
+    logger = logging.getLogger("test.bounded_traceback")
+    logger.propagate = False
+    lines, handler = [], logging.Handler()
+    handler.setFormatter(OneLineTracebacks("%(message)s"))
+    handler.emit = lambda record: lines.append(handler.format(record))
+    logger.addHandler(handler)
+    try:
+        try:
+            try:
+                raise KeyError("y" * 30_000)
+            except KeyError as inner:
+                raise RuntimeError("x" * 50_000) from inner
+        except RuntimeError as exc:
+            RateLimitedLog(logger).warning("internal error in %s", "get_action", exc_info=exc, kind="k")
+            original = exc
+    finally:
+        logger.removeHandler(handler)
+    (line,) = lines
+    assert line.count("\n") == 1 and "EXC='Traceback (most recent call last)" in line  # the operator's own format
+    assert "RuntimeError: " + "x" * 1000 + "... (49000 more characters)" in line
+    assert "KeyError: " in line and "more characters)" in line.split("KeyError: ")[1]  # the cause cut too
+    assert "test_an_operators_formatter_formats" in line  # the frames kept
+    assert len(line) < 5_000
+    assert str(original) == "x" * 50_000  # the exception itself is not changed

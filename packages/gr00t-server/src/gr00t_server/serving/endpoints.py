@@ -7,7 +7,6 @@ import logging
 import math
 import threading
 import time
-import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Set, Tuple
 
@@ -75,15 +74,39 @@ def log_text(text: str, limit: int = LOGGED_TEXT_CHARS, quoted: bool = True) -> 
     return f"{shown}... ({len(text) - limit} more characters)" if len(text) > limit else shown
 
 
-LOGGED_ERROR_CHARS = 1000  # of an exception's message (or one frame of its traceback) in a log line
+def _safe_text(exc: BaseException) -> str:
+    """str(exc), or '' for an exception whose __str__ raises (a failure must never break its own error reply)."""
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001
+        return ""
 
 
-def bounded_traceback(exc: BaseException, limit: int = LOGGED_ERROR_CHARS) -> str:
-    """exc's traceback as logging shows it, each part (a frame, a message, a chained exception's) cut to `limit`
-    characters: a policy's message holding a large repr wrote megabytes of log per failure."""
-    parts = traceback.TracebackException(type(exc), exc, exc.__traceback__).format()
-    return "".join(part if len(part) <= limit else f"{part[:limit]}... ({len(part) - limit} more characters)\n"
-                   for part in parts).rstrip("\n")
+LOGGED_ERROR_CHARS = 1000  # of an exception's message (or a chained exception's) in a log line
+
+
+def bounded_exception(exc: BaseException, limit: int = LOGGED_ERROR_CHARS) -> BaseException:
+    """`exc` for a log record whose formatter (the operator's own, too) prints it with its traceback: itself when its
+    message is short, else a stand-in of its class (same name, frames and chained exceptions, each message cut to
+    `limit` characters). A policy's message holding a large repr wrote megabytes of log per failure."""
+    text = _safe_text(exc)
+    cause, context = exc.__cause__, exc.__context__
+    short_cause = cause if cause is None else bounded_exception(cause, limit)
+    short_context = context if context is None or context is cause else bounded_exception(context, limit)
+    if len(text) <= limit and short_cause is cause and short_context is context:
+        return exc
+    shown = text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+    try:
+        stand_in_class = type(type(exc).__name__, (type(exc),), {
+            "__str__": lambda self: shown, "__module__": type(exc).__module__,
+            "__qualname__": type(exc).__qualname__})
+        stand_in = stand_in_class.__new__(stand_in_class)
+    except TypeError:  # a class that takes no subclass: its name is kept in the message
+        stand_in = RuntimeError(f"{type(exc).__qualname__}: {shown}")
+    stand_in.__cause__ = short_cause
+    stand_in.__context__ = short_context if short_context is not cause else short_cause
+    stand_in.__suppress_context__ = exc.__suppress_context__
+    return stand_in.with_traceback(exc.__traceback__)
 
 
 def named_session(session: str) -> str:
@@ -157,18 +180,12 @@ class RateLimitedLog:
         return True
 
     def _emit(self, message: str, args: Tuple[Any, ...], exc_info: Any) -> None:
-        """Log at this limiter's level; an exception's traceback is bounded (bounded_traceback), while its record
-        still carries the exception itself."""
-        if not isinstance(exc_info, BaseException):
-            self._log.log(self.level, message, *args, exc_info=exc_info)
-            return
-        if not self._log.isEnabledFor(self.level):
-            return
-        path, line, function, _ = self._log.findCaller()
-        record = self._log.makeRecord(self._log.name, self.level, path, line, message, args,
-                                      (type(exc_info), exc_info, exc_info.__traceback__), function)
-        record.exc_text = bounded_traceback(exc_info)
-        self._log.handle(record)
+        """Log at this limiter's level; an exception goes with its traceback, its message bounded (bounded_exception),
+        for the handlers' own formatters to print."""
+        if isinstance(exc_info, BaseException):
+            bounded = bounded_exception(exc_info)
+            exc_info = (type(bounded), bounded, bounded.__traceback__)
+        self._log.log(self.level, message, *args, exc_info=exc_info, stacklevel=2)
 
     def flush(self) -> None:
         """Report the messages suppressed since the last report (a server that stops after a burst)."""

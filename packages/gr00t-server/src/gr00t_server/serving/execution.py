@@ -18,9 +18,9 @@ from gr00t_client.policy import BasePolicy, NonFiniteActionError, ObservationErr
 
 from . import batching, limits as work_limits
 from .batching import GatherWindow
-from .endpoints import Endpoint, log_text, named_session
+from .endpoints import Endpoint, _safe_text, log_text, named_session
 from .messages import Request, RequestError, unknown_endpoint
-from .reply_frames import ReplyFrames, _safe_text
+from .reply_frames import ReplyFrames
 from .sessions import SESSION_ENDPOINTS, session_dropper
 from .worker import InlineCallAbandoned, InlineGate, Job, Reply, only_get_action
 from .wrappers import policy_chain

@@ -112,11 +112,3 @@ class ReplyFrames:
             return encode_reply(request, message, ok=False)
         except Exception:  # the message itself cannot fail to encode, but never let a reply path raise
             return [codec.encode({"error": "internal error", ERROR_MARKER: True})]
-
-
-def _safe_text(exc: BaseException) -> str:
-    """str(exc), or '' for an exception whose __str__ raises (a failure must never break its own error reply)."""
-    try:
-        return str(exc)
-    except Exception:  # noqa: BLE001
-        return ""
