@@ -29,11 +29,13 @@ class NapPolicy(BasePolicy):
     def __init__(self, nap_s: float = 0.0) -> None:
         super().__init__(strict=False)
         self.nap_s = nap_s
+        self.napping = threading.Event()  # set once a call has started its nap
 
     def _get_action(self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None):
         state = observation["state"]["joints"]
         if np.isnan(state).any():
             raise ValueError("state 'joints' contains NaN")
+        self.napping.set()
         time.sleep(self.nap_s)
         return {"arm": np.zeros((state.shape[0], 16, 3), np.float32)}, {}
 
@@ -117,10 +119,11 @@ def test_a_replaced_get_action_counts_its_policy_calls_in_the_batch_size_histogr
 
 
 def test_queue_depth_is_read_while_the_policy_is_busy():
-    with running_server(NapPolicy(nap_s=0.5), metrics_port=0) as server:
+    policy = NapPolicy(nap_s=1.0)
+    with running_server(policy, metrics_port=0) as server:
         caller = threading.Thread(target=lambda: PolicyClient(port=server.port).get_action(observation()))
         caller.start()
-        time.sleep(0.2)
+        assert policy.napping.wait(10)  # a fixed 0.2 s wait was too short for the call to start on a busy machine
         busy = scrape(server)
         caller.join(10)
         idle = scrape(server)
