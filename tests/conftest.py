@@ -42,3 +42,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not (on_cpu and getattr(item.module, "CPU_CHECKABLE", False)):
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """$HOME is tmp_path/home; the working directory is tmp_path/work (for paths given with '~')."""
+    (tmp_path / "work").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path / "work")
+    return tmp_path / "home"

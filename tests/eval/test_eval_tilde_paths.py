@@ -16,15 +16,6 @@ from gr00t_eval.cli import build_parser, main
 SMALL = ["--n-envs", "1", "--n-action-steps", "2", "--max-episode-steps", "6", "--no-video", "--vectorization", "sync"]
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    """$HOME is tmp_path/home; the working directory is tmp_path/work."""
-    (tmp_path / "work").mkdir()
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.chdir(tmp_path / "work")
-    return tmp_path / "home"
-
-
 @pytest.mark.parametrize("argv, dest", [
     (["open-loop", "--dataset-path=~/x"], "dataset_path"),
     (["open-loop", "--dataset-path", "d", "--output-dir=~/x"], "output_dir"),

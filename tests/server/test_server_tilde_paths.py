@@ -14,15 +14,6 @@ from gr00t_server import cli
 from serving import free_port, served
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    """$HOME is tmp_path/home; the working directory is tmp_path/work."""
-    (tmp_path / "work").mkdir()
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.chdir(tmp_path / "work")
-    return tmp_path / "home"
-
-
 @pytest.mark.parametrize("argv, dest", [
     (["serve", "--dataset-path=~/x"], "dataset_path"),
     (["serve", "--modality-config-path=~/x"], "modality_config_path"),
