@@ -202,6 +202,36 @@ def test_leaving_the_with_block_with_a_prefetch_in_flight_does_not_wait_out_the_
     assert chunker.stats.discarded_envs == 1
 
 
+def test_close_from_another_thread_ends_a_reset_waiting_on_a_stalled_prefetch_at_once(stamp):
+    """reset() waited for the prefetch holding the chunker's lock, so an e-stop's close() from another thread waited
+    behind it for the stalled server (up to the client's timeout_ms) instead of returning at once."""
+    policy, server = stamp
+    with PolicyClient("127.0.0.1", server.port, timeout_ms=6000) as client:
+        chunker = ActionChunker(client, asynchronous=True, prefetch_steps=3)
+        chunker.get_action(obs(1))
+        policy.hold.set()  # the server stalls
+        chunker.get_action(obs(2))  # starts the prefetch, which now waits on the server
+        ended = []
+
+        def episode_end():
+            try:
+                chunker.reset()
+                ended.append("returned")
+            except ConnectionError as exc:
+                ended.append(str(exc))
+
+        resetter = threading.Thread(target=episode_end)
+        resetter.start()
+        time.sleep(0.3)  # reset() is waiting on the prefetch
+        began = time.monotonic()
+        chunker.close()
+        close_s = time.monotonic() - began
+        resetter.join(2)
+    policy.release.set()  # the stalled call ends, so the server can stop
+    assert close_s < 1.0, f"close() waited {close_s:.1f} s behind a reset() waiting on a stalled prefetch"
+    assert not resetter.is_alive() and len(ended) == 1 and "closed" in ended[0], ended
+
+
 class Forwarding(PolicyWrapper):
     """A wrapper a user puts around the client (to log or adapt its requests): it keeps the client as `.policy`."""
 

@@ -1,5 +1,8 @@
 """Eval image transform (model.md §3.4): INTER_AREA resize, fractional center crop, letter-box, shapes."""
 
+import os
+import sys
+
 import cv2
 import numpy as np
 import pytest
@@ -17,6 +20,7 @@ from gr00t_server.processing.image import (
     smallest_max_size_shape,
 )
 from gr00t_server.processing.torch_resize import native_uint8_resize, resize_uint8
+from forked_child import in_forked_child
 from inter_area_reference import reference_resize_area
 
 
@@ -199,3 +203,16 @@ def test_torchvision_style_matches_torchvision_where_installed(target, crop):
         image = tv.center_crop(image, crop)
         image = tv.resize(image, target, antialias=True)
         np.testing.assert_array_equal(transformed, image.permute(1, 2, 0).numpy())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "darwin", reason="needs os.fork (Linux)")
+def test_a_forked_child_transforms_large_frames_after_the_parent_used_the_frame_pool():
+    """A fork worker pool's child inherited the frame pool without its threads, and its first batch of large frames
+    waited for ever on workers that did not exist."""
+    frames = np.random.default_rng(0).integers(0, 256, (3, 480, 640, 3), dtype=np.uint8)  # over the pool's size
+    parent = eval_image_transform_batch(frames, 256, 0.95)  # starts the frame pool's threads
+
+    def child_matches_parent():
+        return np.array_equal(eval_image_transform_batch(frames, 256, 0.95), parent)
+
+    assert in_forked_child(child_matches_parent, timeout_s=15) == (0, "True")

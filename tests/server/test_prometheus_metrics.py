@@ -1,6 +1,7 @@
 """The Prometheus endpoint of PolicyServer (metrics_port), scraped over real HTTP on loopback."""
 
 import re
+import socket
 import sys
 import threading
 import time
@@ -192,6 +193,27 @@ def test_the_metrics_endpoint_closes_with_the_server():
     server.close()
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
+
+
+def test_closing_the_server_ends_its_open_metrics_connections_and_their_threads():
+    """A connection open at close() (a slow or trickling peer) was left served by a live thread of the closed server,
+    past the 30 s deadline, which close() had stopped."""
+    def handler_threads():
+        return [t for t in threading.enumerate() if "serve_one" in t.name]
+
+    before = set(handler_threads())
+    server = PolicyServer(NapPolicy(), host="127.0.0.1", port=0, metrics_port=0).start()
+    peer = socket.create_connection(("127.0.0.1", server.metrics_port), timeout=2)
+    try:
+        peer.sendall(b"GET /metrics HTTP/1.1\r\n")  # a request not finished yet
+        deadline = time.monotonic() + 5
+        while not [t for t in handler_threads() if t not in before] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        server.close()
+        assert [t for t in handler_threads() if t not in before] == [], "close() left a metrics connection's thread"
+        assert peer.recv(1024) == b"", "close() left a metrics connection open"
+    finally:
+        peer.close()
 
 
 def test_closing_the_endpoint_does_not_wait_for_its_poll_interval(monkeypatch):

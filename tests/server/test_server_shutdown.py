@@ -143,6 +143,44 @@ def test_context_exit_without_run_frees_the_port():
     assert_port_is_free(port)
 
 
+_DROPPED_SERVER_SCRIPT = textwrap.dedent(
+    """
+    import gc, sys
+    sys.path.insert(0, sys.argv[1])
+    from reference_peer import EchoPolicy
+    from gr00t_server.server import PolicyServer
+
+    def start_and_fail():
+        server = PolicyServer(EchoPolicy(), host="127.0.0.1", port=0).start()
+        print(server.port, flush=True)
+        raise RuntimeError("setup failed between start() and run()")
+
+    try:
+        start_and_fail()
+    except RuntimeError:
+        pass
+    gc.collect()
+    print("collected", flush=True)
+    """
+)
+
+
+def test_a_started_server_dropped_without_close_is_collected_and_frees_the_port():
+    """An exception between start() and run() drops the server unclosed: the next garbage collection hung for ever
+    in the ZeroMQ context's term(), which waited on a socket the collector had already hidden from it."""
+    process = subprocess.Popen([sys.executable, "-u", "-c", _DROPPED_SERVER_SCRIPT, TESTS_DIR],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    port = int(process.stdout.readline())
+    try:
+        output = process.communicate(timeout=10)[0]
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output = process.communicate()[0]
+    assert "collected" in output, f"gc.collect() of a dropped, started server did not return in 10 s: {output!r}"
+    assert process.returncode == 0, output
+    assert_port_is_free(port)
+
+
 def test_stop_before_run_starts_is_not_lost():
     server = PolicyServer(EchoPolicy(), port=0).start()
     server.stop()

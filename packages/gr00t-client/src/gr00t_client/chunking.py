@@ -236,9 +236,10 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
 
     def _reset_policy(self, options: Optional[Dict[str, Any]]) -> Dict[str, Any]:
         """Drop every buffer and the prefetch in flight, then reset the wrapped policy with `options`."""
-        if self._pending is not None:  # the policy may not be called concurrently; let it finish
-            self._pending.future.exception()
-            self.stats.discarded_envs += len(self._pending.env_ids)
+        pending = self._pending
+        if pending is not None:  # the policy may not be called concurrently; let it finish
+            self._await_prefetch(pending, "the prefetch in flight to end before resetting the policy")
+            self.stats.discarded_envs += len(pending.env_ids)
             self._pending = None
         for i in range(self._n_envs or 0):
             self._clear(i)

@@ -149,12 +149,8 @@ class _Prefetching:
         pending = self._pending
         if pending is None or (not block and not pending.future.done()):
             return []
-        while block and not pending.future.done():
-            # close() from another thread, or from a signal handler on this one (which drops the prefetch), ends the
-            # wait: it held close() up to timeout_ms, and a chunk abandoned by close() was merged after all.
-            if self._closing.is_set() or self._pending is not pending:
-                raise ConnectionError("the ActionChunker was closed while this call waited for its next chunk")
-            futures_wait([pending.future], timeout=CLOSE_POLL_S)
+        if block:
+            self._await_prefetch(pending, "its next chunk")
         try:
             action, info = pending.future.result()  # a policy error surfaces in the robot's call
         except BaseException:
@@ -178,6 +174,15 @@ class _Prefetching:
             merged.append(i)
         self.stats.merged_envs += len(merged)
         return merged
+
+    def _await_prefetch(self, pending: Any, awaited: str) -> None:
+        """Wait for `pending`'s answer; ConnectionError naming `awaited` once close() takes the prefetch away."""
+        while not pending.future.done():
+            # close() from another thread, or from a signal handler on this one (which drops the prefetch), ends the
+            # wait: it held close() up to timeout_ms, and a chunk abandoned by close() was merged after all.
+            if self._closing.is_set() or self._pending is not pending:
+                raise ConnectionError(f"the ActionChunker was closed while this call waited for {awaited}")
+            futures_wait([pending.future], timeout=CLOSE_POLL_S)
 
     def _adopt_after_fork(self) -> None:
         """In a child forked from the process that made this chunker, start afresh: the prefetch thread does not

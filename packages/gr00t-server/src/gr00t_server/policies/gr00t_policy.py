@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -40,6 +41,23 @@ from .option_names import OptionNames
 logger = logging.getLogger(__name__)
 
 _POLICY_MODALITIES = ("video", "state", "action", "language")
+_fork_guard_lock = threading.Lock()
+_fork_guard_registered = False
+
+
+def _one_torch_thread_after_fork() -> None:
+    """In a forked child: GNU OpenMP's threads do not survive fork, and a parallel torch op waits on them for ever."""
+    torch.set_num_threads(1)
+    logger.debug("forked child %d: torch now runs on one CPU thread", os.getpid())
+
+
+def _guard_torch_in_forked_children() -> None:
+    """Register _one_torch_thread_after_fork once per process, however many policies are made."""
+    global _fork_guard_registered
+    with _fork_guard_lock:
+        if not _fork_guard_registered and hasattr(os, "register_at_fork"):  # Windows has no fork
+            os.register_at_fork(after_in_child=_one_torch_thread_after_fork)
+            _fork_guard_registered = True
 
 
 class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
@@ -92,6 +110,7 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
         self.embodiment_tag = tag_obj
         self.embodiment_tag_value = tag_value
         self.device = _resolve_device(device)
+        _guard_torch_in_forked_children()
 
         self.preprocess_device = (
             _resolve_device(preprocess_device, "preprocess_device") if preprocess_device is not None

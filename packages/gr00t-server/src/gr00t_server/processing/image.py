@@ -51,6 +51,17 @@ def _frame_pool() -> ThreadPoolExecutor:
         return _pool
 
 
+def _forget_inherited_frame_pool() -> None:
+    """In a forked child: the pool came without its threads (its map would wait for ever); make a new one on use."""
+    global _pool, _pool_lock
+    _pool = None
+    _pool_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_forget_inherited_frame_pool)
+
+
 def check_frame_size(height: int, width: int, letter_box: bool = False, where: str = "image",
                      shortest_edge: Optional[int] = None, max_pixels: int = MAX_LETTER_BOX_PIXELS) -> None:
     """Refuse, before any resize, a frame the eval transform cannot handle sanely: an empty side, an aspect ratio

@@ -11,6 +11,7 @@ import socket
 import sys
 import threading
 import time
+import weakref
 from typing import Any, Callable, Collection, Dict, Optional
 
 from gr00t_client.client import endpoint_host
@@ -24,6 +25,7 @@ logger = logging.getLogger("gr00t_server.serving")
 METRICS_CONNECTION_TIMEOUT_S = 10.0  # per read of a metrics connection; an idle one is closed after it
 METRICS_CONNECTION_DEADLINE_S = 30.0  # a whole connection, however it trickles bytes in (a scrape takes milliseconds)
 METRICS_MAX_CONNECTIONS = 32  # open at once; more are closed as they come, so peers cannot hold a thread each
+METRICS_CLOSE_WAIT_S = 1.0  # close() waits this long in all for the threads of the connections it shut down
 
 # Stages of a request that server_timing reports (ms); the histograms take them in seconds.
 STAGES = ("decode", "queue_wait", "policy", "preprocess", "model", "postprocess", "encode")
@@ -141,10 +143,7 @@ class ServerMetrics(NullMetrics):
         self._batches.observe(size)
 
     def close(self) -> None:
-        """Stop serving /metrics and free its port."""
-        if self._guard is not None:
-            self._guard.stop()
-            self._guard = None
+        """Stop serving /metrics, free its port and end its open connections (their threads too)."""
         if self._http is not None:
             # shutdown() waits for serve_forever's next look at its flag, up to its 0.5 s poll interval after the
             # last connection: a connection of our own wakes it at once (every stop paid ~0.45 s).
@@ -157,6 +156,10 @@ class ServerMetrics(NullMetrics):
             self._http = None
             if self._thread is not None:
                 self._thread.join(5)
+        if self._guard is not None:  # after the listener: no connection is accepted behind its back
+            self._guard.stop()
+            self._guard.join(METRICS_CLOSE_WAIT_S)
+            self._guard = None
 
 
 def _wake(address: Any) -> None:
@@ -178,6 +181,7 @@ class _ConnectionGuard:
 
     def __init__(self, http: Any) -> None:
         self._open: Dict[Any, float] = {}  # connection -> when it was accepted
+        self._handlers: "weakref.WeakSet[threading.Thread]" = weakref.WeakSet()  # threads serving a connection
         self._lock = threading.Lock()
         self._log = RateLimitedLog(logger, per_window=5, window_s=60.0)
         self._stopped = threading.Event()
@@ -200,6 +204,8 @@ class _ConnectionGuard:
                 raise
 
         def serve_one(request: Any, client_address: Any) -> None:
+            with self._lock:
+                self._handlers.add(threading.current_thread())
             try:
                 process_request_thread(request, client_address)
             finally:
@@ -227,10 +233,27 @@ class _ConnectionGuard:
                 overdue = [request for request, accepted in self._open.items()
                            if now - accepted > METRICS_CONNECTION_DEADLINE_S]
             for request in overdue:
-                try:
-                    request.shutdown(socket.SHUT_RDWR)  # its thread's read ends, and the thread with it
-                except OSError:
-                    pass
+                _shut(request)
 
     def stop(self) -> None:
+        """End the deadline's watch and shut down every open connection: their threads' reads end, and they with it."""
         self._stopped.set()
+        with self._lock:
+            for request in self._open:
+                _shut(request)
+
+    def join(self, timeout_s: float) -> None:
+        """Wait up to timeout_s in all for the threads serving connections to end."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            handlers = list(self._handlers)
+        for handler in handlers:
+            handler.join(max(0.0, deadline - time.monotonic()))
+
+
+def _shut(request: socket.socket) -> None:
+    """Shut a connection down both ways (a peer that closed it first makes this a no-op)."""
+    try:
+        request.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from typing import Any, List, Optional, Tuple
 
 import zmq
@@ -64,6 +65,17 @@ class OverlongMessage(list):  # type: ignore[type-arg]
     total = 0
 
 
+def _close_resources(context: zmq.Context, sock: zmq.Socket, security: Optional[ServerCurve],
+                     wake_fds: Tuple[int, int]) -> None:
+    """Close a Transport's socket before its context, then the pipe (also for a Transport dropped unclosed)."""
+    sock.close(linger=0)
+    if security is not None:
+        security.stop()
+    context.term()
+    for fd in wake_fds:
+        os.close(fd)
+
+
 class Transport:
     """A bound ROUTER socket plus a pipe any thread may write to wake the poll (the worker's "reply ready")."""
 
@@ -111,6 +123,11 @@ class Transport:
         self._poller = zmq.Poller()
         self._poller.register(sock, zmq.POLLIN)
         self._poller.register(self._wake_read, zmq.POLLIN)
+        # Also for a server dropped unclosed: the garbage collector clears the context's weak references to its sockets
+        # before Context.__del__ runs, whose term() would then wait for ever on a socket it can no longer close.
+        self._finalizer = weakref.finalize(self, _close_resources, self.context, sock, self.security,
+                                          (self._wake_read, self._wake_write))
+        self._finalizer.atexit = False  # at exit a daemon thread may still be in run(), polling this socket
         # A peer that sends without reading meets the full queue once per request: 20 per 10 s, then a count.
         self._dropped_replies = RateLimitedLog(logger)
 
@@ -213,12 +230,8 @@ class Transport:
         """Close the socket, the context and the pipe (a late wake() from an abandoned worker is ignored)."""
         self._dropped_replies.flush()
         if self.socket is not None:
-            self.socket.close()
+            self.socket.close()  # with its linger: the last replies flush
             self.socket = None
-        self._stop_security()
-        self.context.term()
         with self._wake_lock:
-            for fd in (self._wake_read, self._wake_write):
-                if fd >= 0:
-                    os.close(fd)
             self._wake_read = self._wake_write = -1
+        self._finalizer()
