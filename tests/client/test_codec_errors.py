@@ -100,3 +100,31 @@ def test_a_state_key_named_like_an_array_marker_is_a_plain_key_not_a_malformed_a
     decoded = codec.decode(codec.encode(observation))
     assert sorted(decoded["state"]) == ["nd", "type"]
     np.testing.assert_array_equal(decoded["state"]["nd"], observation["state"]["nd"])
+
+
+@pytest.mark.parametrize("dim", [[0], "x" * 8, b"\x00" * 8, True, 2.0], ids=["list", "str", "bytes", "bool", "float"])
+@pytest.mark.parametrize("form", ["msgpack-numpy", "openpi"])
+def test_a_shape_dimension_that_is_not_an_int_is_refused_without_allocating_for_it(dim, form):
+    """int * list (or str, bytes) is repetition: a ~100-byte message whose shape was [[0], 2**23] made the server (and a
+    client decoding such a reply) allocate 0.5-3 GiB before the shape was found wrong."""
+    import tracemalloc
+
+    shape = [dim, 2**23]
+    array = (_array_map(b"<f8", shape, b"\x00" * 8) if form == "msgpack-numpy"
+             else {"__ndarray__": True, "data": b"\x00" * 8, "dtype": "S99999999", "shape": shape})
+    message = msgpack.packb({"a": array}, use_bin_type=True)
+    tracemalloc.start()
+    try:
+        with pytest.raises(WireDecodeError, match="array shape must be a list of non-negative ints"):
+            codec.decode(message)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000, f"decoding a {len(message)}-byte message allocated {peak} bytes"
+
+
+@pytest.mark.parametrize("data", ["abcd", [1.0, 2.0], None])
+def test_an_openpi_array_whose_data_is_not_bytes_is_named(data):
+    message = msgpack.packb({"a": {"__ndarray__": True, "data": data, "dtype": "<f4", "shape": [1]}}, use_bin_type=True)
+    with pytest.raises(WireDecodeError, match=f"openpi array 'data' must be bytes, got {type(data).__name__}"):
+        codec.decode(message)

@@ -49,6 +49,8 @@ def _array_from_buffer(data: Any, dtype: np.dtype, shape: Any, copy: bool) -> np
         if copy and type(data) is bytes:  # small arrays, one per state key: one constructor over a writable copy
             size = dtype.itemsize
             for dim in shape:
+                if type(dim) is not int or dim < 0:  # int * list (or str) repeats it: 100 bytes asked for gigabytes
+                    raise TypeError("bad shape")
                 size *= dim
             if size != len(data):  # the constructor would accept a longer buffer
                 raise ValueError("size mismatch")
@@ -157,7 +159,10 @@ def _decode_hook(obj: Dict[Any, Any]) -> Any:
     if _has(obj, "__ndarray__"):  # openpi-style
         _require_fields(obj, "openpi", ("data", "dtype", "shape"))
         dtype = _as_dtype(_get(obj, "dtype"))
-        return _array_from_buffer(_get(obj, "data"), dtype, _get(obj, "shape"), copy=True)
+        data = _get(obj, "data")
+        if not isinstance(data, (bytes, bytearray)):
+            raise WireDecodeError(f"openpi array 'data' must be bytes, got {type(data).__name__}")
+        return _array_from_buffer(data, dtype, _get(obj, "shape"), copy=True)
     if _has(obj, "__npgeneric__"):  # openpi-style numpy scalar
         return _as_dtype(_get(obj, "dtype")).type(_get(obj, "data"))
     if _has(obj, "__ndarray_class__"):  # early N1.6 and N1/N1.5
