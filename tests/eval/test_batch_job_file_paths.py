@@ -58,6 +58,46 @@ def test_a_relative_video_dir_is_the_start_directorys_when_the_batch_resumes_els
     assert not list(elsewhere.rglob("*.mp4"))
 
 
+def test_a_tilde_video_dir_is_the_first_attempts_home_when_the_batch_resumes_under_another(tmp_path, monkeypatch,
+                                                                                          caplog):
+    """'~' was expanded again by each attempt: a resume under another $HOME (sudo, a container) took the video_dir
+    for a changed setting, set the job's logged episodes aside and wrote its videos into another folder."""
+    home_a, home_b, out = tmp_path / "homeA", tmp_path / "homeB", tmp_path / "batch"
+    home_a.mkdir()
+    home_b.mkdir()
+    monkeypatch.chdir(tmp_path)
+    with running_server(SigintOnCall(call=5)) as server:
+        jobs = job_file(tmp_path / "jobs.json", server.port, video_dir="~/vids")
+        monkeypatch.setenv("HOME", str(home_a))
+        assert run_cli(["batch", "--jobs", str(jobs), "--output-dir", str(out)]) == 130
+        monkeypatch.setenv("HOME", str(home_b))
+        assert run_cli(["batch", "--resume", str(out)]) == 0
+    record = json.loads((out / "batch_results.json").read_text())["jobs"][0]
+    assert record["status"] == "done" and record["resumed_episodes"] >= 1
+    assert "running the job from the start" not in caplog.text
+    listed = [e["video_path"] for e in record["results"]["per_episode"]]
+    assert sorted(listed) == sorted(str(p) for p in (home_a / "vids").glob("episode_*.mp4")) and len(listed) == 4
+    assert not list(home_b.rglob("*.mp4"))
+
+
+def test_a_sync_job_an_earlier_version_took_with_an_env_timeout_resumes_without_it_and_warns(tmp_path, caplog):
+    """A job file of vectorization 'sync' and env_timeout_s 60 (taken before, never kept) failed on batch --resume."""
+    out = tmp_path / "batch"
+    with running_server(SigintOnCall(call=5)) as server:
+        assert run_cli(["batch", "--jobs", str(job_file(tmp_path / "jobs.json", server.port, video_dir=None)),
+                        "--output-dir", str(out)]) == 130
+        job_file(out / "jobs.json", server.port, video_dir=None, env_timeout_s=60)
+        run_file = out / "jobs" / "walk" / "run.json"
+        saved = json.loads(run_file.read_text())
+        saved["job_config"]["env_timeout_s"] = saved["config"]["env_timeout_s"] = 60.0
+        run_file.write_text(json.dumps(saved))
+        assert run_cli(["batch", "--resume", str(out)]) == 0
+    record = json.loads((out / "batch_results.json").read_text())["jobs"][0]
+    assert record["status"] == "done" and record["resumed_episodes"] >= 1
+    assert "env_timeout_s 60 cannot apply with vectorization 'sync'" in caplog.text
+    assert "running the job from the start" not in caplog.text
+
+
 def test_an_older_batchs_relative_video_dir_matches_that_folder_made_absolute(tmp_path, monkeypatch):
     from gr00t_eval.batch import planned_config, setting_changes
     from gr00t_eval.rollout.runner import RolloutConfig

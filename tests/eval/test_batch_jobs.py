@@ -300,6 +300,17 @@ def test_a_started_job_keeps_its_episodes_when_a_job_sharing_its_video_dir_is_ad
     assert a["results"]["config"]["video_dir"] == a["job_config"]["video_dir"] == str(videos)  # where it started
 
 
+def test_a_started_job_whose_settings_changed_runs_from_the_start_naming_each_changed_setting(tmp_path, caplog):
+    job = {**SMALL, "n_envs": 1, "name": "a", "env_name": "walkto/fast", "policy_server": {"port": 1}}
+    path = write_jobs(tmp_path, {"jobs": [job]})
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(load_jobs(path), path, policy_factory=lambda s: InterruptOnCall(call=3))
+    write_jobs(tmp_path, {"jobs": [{**job, "max_episode_steps": 5}]})
+    run_batch(load_jobs(path), path, policy_factory=lambda s: ConstantPolicy(), previous=json.loads(path.read_text()))
+    assert "job a: its settings changed (max_episode_steps 6 -> 5) since" in caplog.text
+    assert "running the job from the start" in caplog.text
+
+
 def test_job_folders_are_safe_file_names_and_distinct(tmp_path):
     from gr00t_eval.batch import job_dir_name
 

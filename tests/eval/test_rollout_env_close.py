@@ -15,13 +15,13 @@ import pytest
 
 from eval.scale_fixtures import ConstantPolicy, WalkToEnv
 from gr00t_client import EmbodimentTag
-from gr00t_eval.rollout import EnvStalledError, RolloutConfig, run_rollout
+from gr00t_eval.rollout import EnvStalledError, EnvWorkerDiedError, RolloutConfig, run_rollout
 from gr00t_eval.rollout.envs import register_env_prefix
 
 
 class MarkingWalkEnv(WalkToEnv):
     """WalkTo whose worker writes `built-PID` and, from its close(), `closed-PID` under `marks`; each step takes 0.3 s,
-    and the episode with seed 103 hangs at its first step."""
+    the episode with seed 103 hangs at its first step, and the worker of the episode with seed 105 dies there."""
 
     def __init__(self, marks: str):
         super().__init__(1.0)
@@ -31,10 +31,12 @@ class MarkingWalkEnv(WalkToEnv):
             (self.marks / f"built-{os.getpid()}").touch()
 
     def reset(self, *, seed=None, options=None):
-        self.hangs = seed == 103
+        self.hangs, self.dies = seed == 103, seed == 105
         return super().reset(seed=seed, options=options)
 
     def step(self, action):
+        if self.dies and multiprocessing.current_process().name != "MainProcess":
+            os._exit(3)  # a simulator's segfault
         time.sleep(3600 if self.hangs else 0.3)
         return super().step(action)
 
@@ -91,4 +93,16 @@ def test_a_hung_env_is_killed_while_the_envs_of_the_other_workers_are_closed(tmp
     assert time.monotonic() - started < 30
     built, closed = marked(tmp_path, "built"), marked(tmp_path, "closed")
     assert len(built) == 2 and len(closed) == 1 and closed[0] in built  # the healthy row's env, not the hung one's
+    assert multiprocessing.active_children() == []
+
+
+@pytest.mark.timeout(120)
+def test_after_a_worker_dies_mid_step_the_other_workers_env_is_closed_not_killed(tmp_path, caplog):
+    """gymnasium had read the healthy worker's answer to the step before it met the dead worker's pipe: the healthy
+    worker was waited for an answer it had already given, never asked to close, and killed 3 s later."""
+    with pytest.raises(EnvWorkerDiedError, match=r"env 1 \(episode 1, seed 105\) exited with code 3"):
+        run_rollout(ConstantPolicy(), rollout_config(tmp_path, n_episodes=2, seed=104), progress=False)
+    built, closed = marked(tmp_path, "built"), marked(tmp_path, "closed")
+    assert len(built) == 2 and len(closed) == 1 and closed[0] in built  # the healthy row's env, not the dead one's
+    assert "killing those still running" not in caplog.text
     assert multiprocessing.active_children() == []

@@ -68,14 +68,16 @@ def test_a_hung_env_stops_the_run_naming_its_episode_and_leaves_no_worker(tmp_pa
 
 
 @pytest.mark.timeout(120)
-def test_a_run_of_one_episode_with_two_envs_keeps_its_env_in_a_worker_that_env_timeout_stops(tmp_path, capsys):
-    """The envs were cut to min(--n-envs, episodes left) = 1, which ran the env in this process: a resume with one
-    episode left, a one-episode task or shard waited on a hung env for ever (and an env's crash killed gr00t-eval)."""
+@pytest.mark.parametrize("n_envs", ["2", "0"])
+def test_a_run_of_one_episode_keeps_its_env_in_a_worker_that_env_timeout_stops(tmp_path, capsys, n_envs):
+    """The envs were cut to min(--n-envs, episodes left) = 1 (and --n-envs 0, auto, picked 1), which ran the env in this
+    process: a resume with one episode left, a one-episode task or shard, or any auto run on 2 cores, waited on a hung
+    env for ever (and an env's crash killed gr00t-eval)."""
     register_env_prefix("lasthang", EmbodimentTag.NEW_EMBODIMENT,
                         lambda task, **kwargs: HangingWalkEnv("step", hang_s=30))
     with running_server(ConstantPolicy()) as server:
         started = time.monotonic()
-        code = main(["rollout", "--env-name", "lasthang/walk", "--n-episodes", "1", "--n-envs", "2",
+        code = main(["rollout", "--env-name", "lasthang/walk", "--n-episodes", "1", "--n-envs", n_envs,
                      "--n-action-steps", "2", "--max-episode-steps", "6", "--seed", "103", "--no-video",
                      "--env-timeout", "2", "--policy-client-port", str(server.port), "--output-dir", str(tmp_path / "run")])
         took = time.monotonic() - started
@@ -86,8 +88,7 @@ def test_a_run_of_one_episode_with_two_envs_keeps_its_env_in_a_worker_that_env_t
 
 
 class SlowToBuildWalkEnv(WalkToEnv):
-    """WalkTo whose constructor hangs for 30 s in an env worker (a renderer's EGL set-up deadlock); gymnasium builds
-    one more in this process, for the spaces, which does not."""
+    """WalkTo whose constructor hangs for 30 s in an env worker (a renderer's EGL set-up deadlock)."""
 
     def __init__(self):
         if multiprocessing.current_process().name != "MainProcess":
@@ -108,6 +109,29 @@ def test_an_env_whose_construction_hangs_in_its_worker_stops_the_run_within_env_
     assert "env 0, env 1 did not finish building within 2 s (--env-timeout)" in err, err
     assert code == 2 and took < 20, f"exit {code} after {took:.0f} s"
     assert multiprocessing.active_children() == []  # the workers still building were killed
+
+
+class BuildHangsEverywhereWalkEnv(WalkToEnv):
+    """WalkTo whose constructor hangs for 30 s in whatever process builds it (a renderer's EGL set-up deadlock)."""
+
+    def __init__(self):
+        time.sleep(30)
+        super().__init__(1.0)
+
+
+@pytest.mark.timeout(120)
+def test_an_env_whose_construction_hangs_in_this_process_too_stops_the_run_within_env_timeout(tmp_path, capsys):
+    """gymnasium's AsyncVectorEnv builds env 0 once in this process, for its spaces, before any worker starts: a
+    constructor that hung everywhere held the run there, with no limit."""
+    register_env_prefix("buildhangs", EmbodimentTag.NEW_EMBODIMENT, lambda task, **kwargs: BuildHangsEverywhereWalkEnv())
+    with running_server(ConstantPolicy()) as server:
+        started = time.monotonic()
+        code = main(rollout_argv("buildhangs/walk", server.port, tmp_path / "run", "--env-timeout", "2"))
+        took = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert "env 0, env 1 did not finish building within 2 s (--env-timeout)" in err, err
+    assert code == 2 and took < 20, f"exit {code} after {took:.0f} s"
+    assert multiprocessing.active_children() == []
 
 
 @pytest.mark.timeout(120)

@@ -69,6 +69,33 @@ def test_resume_through_the_parsed_arguments_alone_refuses_non_default_settings(
         run_cli(["rollout", "--policy-client-port", str(server.port), "--resume", str(finished_run), "--client-chunking", "sync"])
 
 
+def as_an_earlier_version_saved_it_with_env_timeout(run, seconds):
+    """`run` as a version that took --env-timeout with --vectorization sync saved it, its last episode not run."""
+    saved = json.loads((run / "run.json").read_text())
+    saved["config"]["env_timeout_s"] = seconds
+    (run / "run.json").write_text(json.dumps(saved))
+    lines = (run / "episodes.jsonl").read_text().splitlines()
+    (run / "episodes.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+
+
+def test_a_sync_run_an_earlier_version_saved_with_an_env_timeout_resumes_without_it_and_warns(server, finished_run,
+                                                                                               caplog):
+    """Its saved env_timeout_s 60 was refused on resume, advising a --vectorization that --resume refuses."""
+    as_an_earlier_version_saved_it_with_env_timeout(finished_run, 60.0)
+    assert rollout(server.port, "--resume", str(finished_run)) == 0
+    assert "saved env timeout of 60 s cannot apply to its envs, which run in this process" in caplog.text
+    results = json.loads((finished_run / "results.json").read_text())
+    assert sorted(entry["episode_index"] for entry in results["per_episode"]) == [0, 1]
+
+
+def test_an_env_timeout_given_to_resume_a_sync_run_is_refused_naming_env_timeout_0(server, finished_run, capsys):
+    as_an_earlier_version_saved_it_with_env_timeout(finished_run, 60.0)
+    assert rollout(server.port, "--resume", str(finished_run), "--env-timeout", "30") == 2
+    err = capsys.readouterr().err
+    assert "--env-timeout 30 cannot apply with vectorization 'sync'" in err
+    assert "resume with --env-timeout 0 (no limit), or without --env-timeout" in err
+
+
 class SlowPolicyRefusingOneResetOnce(ConstantPolicy):
     """ConstantPolicy taking 30 ms per call whose first reset of episode 1 is refused (the episode errors)."""
 

@@ -26,7 +26,7 @@ from .metrics import EpisodeOutcome
 from .output_files import EPISODE_LOG_FILENAME, RUN_FILENAME
 from .policy_identity import check_takes_flat_observations, describe, pinned_policy, policy_record, same_policy
 from .results import RESULTS_FILENAME, write_results
-from .rollout.config import RolloutConfig, draw_base_seed
+from .rollout.config import RolloutConfig, draw_base_seed, env_timeout_applies, without_unkept_env_timeout
 from .run_file import read_run_json
 from .run_resume import add_earlier_eval_s, earlier_results
 from .run_stop import is_storage_error
@@ -77,7 +77,8 @@ def prepare_job_dir(job_dir: Path, config: RolloutConfig,
     planned = planned_config(config)
     run_file, log = job_dir / RUN_FILENAME, job_dir / EPISODE_LOG_FILENAME
     saved = read_job_run_file(job_dir) if run_file.is_file() else None
-    same = saved is not None and not setting_changes(saved.get("job_config"), planned, job_dir.name)
+    changes = [] if saved is None else setting_changes(saved.get("job_config"), planned, job_dir.name)
+    same = saved is not None and not changes
     if same and not same_policy(saved.get("policy"), policy):
         logger.warning("job %s: its server now serves %s, and its earlier attempt ran against %s; running the job from "
                        "the start", job_dir.name, describe(policy), describe(saved.get("policy")))
@@ -96,9 +97,11 @@ def prepare_job_dir(job_dir: Path, config: RolloutConfig,
                            "both. Recording %s from now on", job_dir.name, describe(policy), describe(policy))
         if policy is not None and (earlier is None or (not earlier.get("identity") and policy.get("identity"))):
             write_results(run_file, {**saved, "policy": dict(policy)})  # identity from now on: later attempts held to it
-        return RolloutConfig(**saved["config"]), [EpisodeOutcome.from_json_dict(e) for e in EpisodeLog(log).read()]
+        resumed = without_unkept_env_timeout(RolloutConfig(**saved["config"]))
+        return resumed, [EpisodeOutcome.from_json_dict(e) for e in EpisodeLog(log).read()]
     if saved is not None and log.is_file():
-        logger.warning("job settings or policy changed since %s was written; running the job from the start", log)
+        what = f"settings changed ({'; '.join(changes)})" if changes else "policy changed"
+        logger.warning("job %s: its %s since %s was written; running the job from the start", job_dir.name, what, log)
         log.replace(job_dir / "episodes.replaced.jsonl")
     if (job_dir / RESULTS_FILENAME).is_file():  # an earlier attempt's, of other settings: its time is not this run's
         (job_dir / RESULTS_FILENAME).replace(job_dir / "results.replaced.json")
@@ -127,7 +130,7 @@ def setting_changes(saved: Any, planned: Mapping[str, Any], job_folder: str) -> 
     """
     if not isinstance(saved, Mapping):
         return [f"job_config {saved!r} -> {dict(planned)!r}"]
-    saved = with_setting_defaults(saved)
+    saved = as_resumed(with_setting_defaults(saved))
     diffs = [f"{key} {saved.get(key)!r} -> {planned.get(key)!r}" for key in sorted(set(saved) | set(planned))
              if saved.get(key) != planned.get(key)]
     recorded, wanted = saved.get("video_dir"), planned.get("video_dir")
@@ -147,6 +150,15 @@ def with_setting_defaults(saved: Any) -> Any:
     defaults.update({f.name: f.default_factory() for f in dataclasses.fields(RolloutConfig)  # type: ignore[misc]
                      if f.default_factory is not dataclasses.MISSING})
     return json.loads(json.dumps({**{k: v for k, v in defaults.items() if k not in saved}, **saved}))
+
+
+def as_resumed(saved: Dict[str, Any]) -> Dict[str, Any]:
+    """Saved job settings as a resume runs them: an env_timeout_s an earlier version took with vectorization "sync"
+    (and did not keep) is None, as load_jobs makes it (batch_jobs.resumed_job_env_timeout)."""
+    timeout = saved.get("env_timeout_s")
+    if not isinstance(timeout, (int, float)) or env_timeout_applies(saved.get("vectorization"), timeout):
+        return saved
+    return {**saved, "env_timeout_s": None}
 
 
 def planned_config(config: RolloutConfig) -> Dict[str, Any]:

@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_BATCH_DIR = "/tmp/gr00t_batch_eval"
 BATCH_CLAIM_FILENAME = "batch.json"  # who runs the batch in a folder (run_claim), so no second batch empties or joins it
 START_DIR_KEY = "start_dir"  # batch.json: the working directory the batch started in
+HOME_DIR_KEY = "home_dir"  # batch.json: the home folder a job's video_dir '~' named when the batch started
 
 # (jobs, output_dir, the batch claim, the earlier batch_results.json when resumed, the earlier run's videos in each
 # job's video_dir that --overwrite deletes once the batch holds that folder)
@@ -83,8 +84,8 @@ def _resumed_batch(args: argparse.Namespace) -> _Batch:
     if not (output_dir / BATCH_RESULTS_FILENAME).is_file() or not jobs_path.is_file():
         raise UsageError(f"--resume {output_dir}: no {BATCH_RESULTS_FILENAME} and jobs.json there (is it a batch --output-dir?)")
     refuse_live_claim(output_dir, BATCH_CLAIM_FILENAME, flag="--resume")
-    start_dir = _recorded_start_dir(output_dir)
-    jobs = load_jobs(jobs_path, start_dir)
+    start_dir, home_dir = _recorded(output_dir, START_DIR_KEY), _recorded(output_dir, HOME_DIR_KEY)
+    jobs = load_jobs(jobs_path, start_dir, home_dir, resumed=True)
     results_path = output_dir / BATCH_RESULTS_FILENAME
     try:
         previous = json.loads(results_path.read_text())
@@ -97,19 +98,21 @@ def _resumed_batch(args: argparse.Namespace) -> _Batch:
         raise UsageError(f"--resume {output_dir}: {results_path} holds no batch results (an object whose "
                          "'jobs' is a list of job records)")
     # Under the claim's lock: of two resumes started at once, one runs and the other is refused.
-    settings = {"resumed": True, START_DIR_KEY: start_dir} if start_dir else {"resumed": True}
+    settings = {"resumed": True, **{key: value for key, value in ((START_DIR_KEY, start_dir), (HOME_DIR_KEY, home_dir))
+                                    if value}}
     claim = take_claim(output_dir, BATCH_CLAIM_FILENAME, settings, flag="--resume")
     return jobs, output_dir, claim, previous, {}
 
 
-def _recorded_start_dir(output_dir: Path) -> Optional[str]:
-    """The working directory the batch in `output_dir` started in (its claim's START_DIR_KEY), against which its job
-    file's relative paths are resolved; None for a batch that did not record it (its resumes use their own)."""
+def _recorded(output_dir: Path, key: str) -> Optional[str]:
+    """What the batch in `output_dir` recorded at its start under `key` in its claim: START_DIR_KEY, the working
+    directory its job file's relative paths are resolved against, or HOME_DIR_KEY, the folder a '~' names; None for a
+    batch that did not record it (its resumes use their own)."""
     try:
-        start_dir = json.loads((output_dir / BATCH_CLAIM_FILENAME).read_text()).get(START_DIR_KEY)
+        value = json.loads((output_dir / BATCH_CLAIM_FILENAME).read_text()).get(key)
     except (OSError, ValueError, AttributeError):
         return None
-    return start_dir if isinstance(start_dir, str) else None
+    return value if isinstance(value, str) else None
 
 
 def _new_batch(args: argparse.Namespace) -> _Batch:
@@ -123,7 +126,7 @@ def _new_batch(args: argparse.Namespace) -> _Batch:
     job_file, job_file_mode = Path(args.jobs).read_bytes(), stat.S_IMODE(os.stat(args.jobs).st_mode)
     start_dir = os.getcwd()
     jobs = load_jobs(args.jobs, start_dir)
-    settings = {"jobs_file": str(args.jobs), START_DIR_KEY: start_dir}
+    settings = {"jobs_file": str(args.jobs), START_DIR_KEY: start_dir, HOME_DIR_KEY: os.path.expanduser("~")}
     if args.output_dir:
         refuse_live_claims(args.output_dir)  # never empty a folder a batch (or any other run) still runs in
     # As rollout: videos of two runs never sit under the same names (refused, or deleted with --overwrite once the

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -16,7 +17,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from gr00t_client.cli_flags import user_path
 from gr00t_client.client import MAX_TIMEOUT_MS
 
-from .rollout.config import MAX_EPISODES, RolloutConfig, check_env_timeout, check_env_timeout_applies
+from .rollout.config import MAX_EPISODES, RolloutConfig, check_env_timeout, check_env_timeout_applies, env_timeout_applies
+
+logger = logging.getLogger(__name__)
 
 JOB_KEYS = {"name", "env_name", "policy_server", "n_episodes", "max_episode_steps", "n_envs", "seed", "overrides", "policy_type"}
 # IsaacLab-Arena job fields -> ours (policy_config_dict and arena_env_args are translated in _layer).
@@ -208,7 +211,9 @@ def check_counts(name: str, config: Mapping[str, Any]) -> None:
         raise JobError(f"job {name!r}: n_episodes must be at most {MAX_EPISODES:,}, got {config['n_episodes']!r}", name)
     try:
         timeout = check_env_timeout(config.get("env_timeout_s"), "override env_timeout_s", no_limit="null")
-        check_env_timeout_applies(config.get("vectorization"), timeout, "override env_timeout_s", no_limit="null")
+        check_env_timeout_applies(config.get("vectorization"), timeout, "override env_timeout_s",
+                                  "use vectorization 'async' (or 'auto' with n_envs > 1) for a time limit, or "
+                                  "env_timeout_s null for none")
     except ValueError as exc:
         raise JobError(f"job {name!r}: {exc}", name) from None
     check_setting_types(name, config)
@@ -250,8 +255,9 @@ def check_setting_types(name: str, config: Mapping[str, Any]) -> None:
             raise JobError(f"job {name!r}: override chunk_merge {config['chunk_merge']!r} needs client_chunking 'async'", name)
 
 
-def parse_job(raw: Any, index: int, defaults: Optional[Mapping[str, Any]] = None) -> Job:
-    """One job object over `defaults` -> Job; raises JobError naming the job and the bad field.
+def parse_job(raw: Any, index: int, defaults: Optional[Mapping[str, Any]] = None, resumed: bool = False) -> Job:
+    """One job object over `defaults` -> Job; raises JobError naming the job and the bad field (`resumed`: read by a
+    batch --resume, which takes the env timeout an earlier version took with vectorization "sync" as no limit).
 
     Each layer's aliases are translated within it first (_layer), then the job's settings win over the defaults',
     setting by setting; `overrides` merge key by key, and an object-valued setting (policy_server, env_kwargs) that
@@ -283,6 +289,8 @@ def parse_job(raw: Any, index: int, defaults: Optional[Mapping[str, Any]] = None
         if key not in CONFIG_FIELDS:
             raise JobError(f"job {name!r}: override {key!r} is not a rollout setting; allowed: {sorted(CONFIG_FIELDS)}", name)
         config[key] = value
+    if resumed:
+        config = resumed_job_env_timeout(name, config)
     check_counts(name, config)
     try:
         return Job(name, str(merged["env_name"]), _server(name, merged["policy_server"]), config)
@@ -291,11 +299,13 @@ def parse_job(raw: Any, index: int, defaults: Optional[Mapping[str, Any]] = None
         raise
 
 
-def load_jobs(path: Union[str, Path], start_dir: Union[str, Path, None] = None) -> List[Union[Job, JobError]]:
+def load_jobs(path: Union[str, Path], start_dir: Union[str, Path, None] = None, home_dir: Optional[str] = None,
+              resumed: bool = False) -> List[Union[Job, JobError]]:
     """Read a job file: {"defaults": {...}, "jobs": [...]} or a bare list; invalid jobs come back as JobError.
 
     Job names must be unique (they name the rows of the table and the jobs a resumed batch skips). A relative
-    `video_dir` is made absolute against `start_dir` (default: the working directory), as rollout saves --video-dir.
+    `video_dir` is made absolute against `start_dir` (default: the working directory), as rollout saves --video-dir,
+    and a leading '~' is `home_dir` (default: this user's home folder). `resumed`: read by a batch --resume (parse_job).
     """
     try:
         data = json.loads(Path(path).read_text())
@@ -323,7 +333,7 @@ def load_jobs(path: Union[str, Path], start_dir: Union[str, Path, None] = None) 
     for index, raw in enumerate(data):
         raw_name = raw.get("name") if isinstance(raw, Mapping) else None
         try:
-            job: Union[Job, JobError] = parse_job(raw, index, defaults)
+            job: Union[Job, JobError] = parse_job(raw, index, defaults, resumed)
         except (JobError, TypeError, ValueError) as exc:
             name = getattr(exc, "job_name", None) or (str(raw_name) if raw_name else None)
             job = exc if isinstance(exc, JobError) else JobError(f"job {name or '#' + str(index)!s}: {exc}", name)
@@ -333,18 +343,43 @@ def load_jobs(path: Union[str, Path], start_dir: Union[str, Path, None] = None) 
         if repeated is not None:
             job = JobError(repeated, f"{name}#{index}")
         jobs.append(job)
-    jobs = separate_shared_video_dirs([absolute_video_dir(job, start_dir or os.getcwd()) for job in jobs])
+    jobs = separate_shared_video_dirs([absolute_video_dir(job, start_dir or os.getcwd(), home_dir) for job in jobs])
     refuse_overlapping_video_dirs(jobs)
     return jobs
 
 
-def absolute_video_dir(job: Union[Job, JobError], start_dir: Union[str, Path]) -> Union[Job, JobError]:
-    """The job with its relative `video_dir` joined to `start_dir` (a leading '~' is the home folder, as in a path
-    flag): each attempt of a batch, wherever it runs from, writes the job's videos into one folder."""
+def absolute_video_dir(job: Union[Job, JobError], start_dir: Union[str, Path],
+                       home_dir: Optional[str] = None) -> Union[Job, JobError]:
+    """The job with its relative `video_dir` joined to `start_dir` and a leading '~' made `home_dir` (None: the home
+    folder, as in a path flag): each attempt of a batch, wherever and by whomever it runs, writes the job's videos into
+    one folder."""
     if not isinstance(job, Job) or not job.config.get("video_dir"):
         return job
-    video_dir = str(Path(start_dir, user_path(str(job.config["video_dir"]))).absolute())
+    video_dir = str(Path(start_dir, home_expanded(str(job.config["video_dir"]), home_dir)).absolute())
     return dataclasses.replace(job, config={**job.config, "video_dir": video_dir})
+
+
+def home_expanded(path: str, home_dir: Optional[str]) -> str:
+    """`path` with a leading '~' (alone or before a '/') made `home_dir`, the home folder the batch's first attempt
+    took ('~user' and None: user_path's)."""
+    if home_dir is None or not (path == "~" or path.startswith(("~/", "~" + os.sep))):
+        return user_path(path)
+    return home_dir + path[1:]
+
+
+def resumed_job_env_timeout(name: str, config: Dict[str, Any]) -> Dict[str, Any]:
+    """A resumed job's settings with an env_timeout_s that an earlier version took with vectorization "sync" (and
+    did not keep: its envs run in this process) made None, with a warning: the job resumes as it ran."""
+    try:
+        timeout = check_env_timeout(config.get("env_timeout_s"), "override env_timeout_s", no_limit="null")
+    except ValueError:  # check_counts names it
+        return config
+    if env_timeout_applies(config.get("vectorization"), timeout):
+        return config
+    logger.warning("job %r: its env_timeout_s %g cannot apply with vectorization 'sync' (its envs run in this process, "
+                   "where a hung reset or step cannot be stopped); the resumed job runs with no limit, as it ran "
+                   "before (set env_timeout_s null in its jobs.json to silence this)", name, timeout)
+    return {**config, "env_timeout_s": None}
 
 
 def repeated_job_name(name: str, index: int, seen: Dict[str, Tuple[int, str]]) -> Optional[str]:

@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"seconds one env construction, reset or step may take before the run stops with the envs "
                         f"named (a hung simulator; writing an episode's video is not counted; default "
                         f"{DEFAULT_ENV_TIMEOUT_S:g}; 0 or inf = no limit; at most a week). Envs in subprocesses only "
-                        "(--n-envs > 1, however few episodes are left): a single env runs in this process and is "
+                        "(--n-envs > 1 or 0, however few episodes are left): a single env runs in this process and is "
                         "waited for. Env workers whose close() has not "
                         "returned that long after the last episode are given up on with a warning. A --resume takes it "
                         "from its own command line, else the saved one")

@@ -25,7 +25,7 @@ from .ray_connect import import_ray, init_ray, shutdown_ray
 from .rollout.config import RolloutConfig
 from .run_stop import interrupts_deferred, sigterm_as_interrupt
 from .shard import ShardSpec, format_missing, merge_results, results_from_outcomes, run_suite, shard_ranges
-from .suites import INCOMPLETE, Task, auto_n_envs, resolve_tasks
+from .suites import INCOMPLETE, Task, resolve_auto_n_envs, resolve_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ def run_with_ray(env_spec: str, config: RolloutConfig, servers: Sequence[ServerA
         raise ValueError("--ray-address needs --seed: shards must agree on every episode's seed to merge into one run")
     if config.n_envs == 0:  # auto inside a shard: 70 % of the CPUs Ray reserved for it, not of the whole node
         # resolved once, so that the shards that run and those an earlier run finished record the same plan
-        config = dataclasses.replace(config, n_envs=auto_n_envs(config.n_episodes, cores=max(1, int(cpus_per_shard))))
+        config = resolve_auto_n_envs(config, config.n_episodes, cores=max(1, int(cpus_per_shard)))
     ray = import_ray()
     tasks, _ = resolve_tasks(env_spec)
     n_items = len(tasks) * config.n_episodes

@@ -67,9 +67,37 @@ def _check_env_timeout_applies(args: argparse.Namespace) -> None:
     from .rollout.config import check_env_timeout_applies
 
     try:
-        check_env_timeout_applies(args.vectorization, env_timeout_from_args(args), "--env-timeout", no_limit="0")
+        check_env_timeout_applies(args.vectorization, env_timeout_from_args(args), "--env-timeout",
+                                  "use --vectorization async (or auto with --n-envs other than 1) for a time limit, "
+                                  "or --env-timeout 0 for none")
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+def resumed_env_timeout(args: argparse.Namespace, config: Any, output_dir: Path) -> Any:
+    """The resumed run's `config` with this command line's --env-timeout (not an outcome setting: a stalled run may
+    resume with more time), else the saved one. A run an earlier version started with --vectorization sync and an
+    --env-timeout (taken then, and not kept) resumes with no limit and a warning; UsageError for an --env-timeout a
+    run with vectorization 'sync' cannot keep."""
+    from .cli_errors import UsageError
+    from .rollout.config import check_env_timeout_applies, without_unkept_env_timeout
+    from .run_resume import given_settings
+
+    if "env_timeout" not in given_settings(args):
+        resumed = without_unkept_env_timeout(config)
+        if resumed.env_timeout_s != config.env_timeout_s:
+            logger.warning("--resume %s: its saved env timeout of %g s cannot apply to its envs, which run in this "
+                           "process (vectorization 'sync'), where a hung reset or step cannot be stopped; the run "
+                           "resumes with no limit, as it ran before", output_dir, config.env_timeout_s)
+        return resumed
+    config = dataclasses.replace(config, env_timeout_s=env_timeout_from_args(args))
+    try:
+        check_env_timeout_applies(config.vectorization, config.env_timeout_s, "--env-timeout",
+                                  "a resumed run keeps its vectorization: resume with --env-timeout 0 (no limit), or "
+                                  "without --env-timeout")
+    except ValueError as exc:
+        raise UsageError(f"--resume {output_dir}: {exc}") from None
+    return config
 
 
 def _default_video_dir(saved: Mapping[str, Any], output_dir: Path) -> bool:

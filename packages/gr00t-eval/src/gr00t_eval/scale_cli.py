@@ -21,7 +21,7 @@ from gr00t_client.cli_flags import user_path
 from .batch_cli import DEFAULT_BATCH_DIR, cmd_batch
 from .merge_cli import cmd_merge
 from .rollout_args import (_check_env_names, _check_rollout_args, _default_video_dir, _registrations,
-                           _saved_rollout_config, _videos_moved_with_run, env_timeout_from_args, rollout_config_from_args,
+                           _saved_rollout_config, _videos_moved_with_run, resumed_env_timeout, rollout_config_from_args,
                            rollout_seed)
 from .rollout_output import _claim_videos, _released_unless_started, _rollout_output_dir, delete_earlier_videos
 from .rollout_report import _report_rollout, _storage_failure
@@ -93,7 +93,7 @@ def run_rollout_command(args: argparse.Namespace) -> int:
     from .ray_connect import check_ray_address, import_ray
     from .ray_runner import parse_servers
     from .run_file import read_run_file, write_run_file
-    from .run_resume import add_earlier_eval_s, earlier_results, given_settings, refuse_changed_settings
+    from .run_resume import add_earlier_eval_s, earlier_results, refuse_changed_settings
     from .run_stop import is_storage_error
     from .shard import ShardSpec
 
@@ -129,8 +129,7 @@ def run_rollout_command(args: argparse.Namespace) -> int:
         config = _saved_rollout_config(saved, output_dir, shard)
         if _default_video_dir(saved, output_dir):  # OUTPUT_DIR/videos of the directory resumed, wherever it now is
             config = dataclasses.replace(config, video_dir=str(output_dir.absolute() / "videos"))
-        if "env_timeout" in given_settings(args):  # not an outcome setting: a stalled run may resume with more time
-            config = dataclasses.replace(config, env_timeout_s=env_timeout_from_args(args))
+        config = resumed_env_timeout(args, config, output_dir)
         _claim_videos(output_dir, shard, env_spec, config, resume=True)
         earlier_not_applied = saved.get("settings_not_applied") or {}
         earlier = earlier_results(output_dir, shard)

@@ -154,6 +154,16 @@ def auto_n_envs(episodes_left: int, cores: Optional[int] = None) -> int:
     return max(1, min(int(math.floor(cores * AUTO_ENV_CORE_FRACTION)), int(episodes_left), MAX_AUTO_ENVS))
 
 
+def resolve_auto_n_envs(config: RolloutConfig, episodes_left: int, cores: Optional[int] = None) -> RolloutConfig:
+    """`config` with an n_envs of 0 (auto) made auto_n_envs(episodes_left, cores), its envs kept in worker processes
+    (vectorization "auto" made "async") however few that is: --env-timeout and crash isolation hold for a run of one
+    episode, or on a machine of 2 cores, as with any --n-envs > 1."""
+    if config.n_envs != 0:
+        return config
+    vectorization = "async" if config.vectorization == "auto" else config.vectorization
+    return dataclasses.replace(config, n_envs=auto_n_envs(episodes_left, cores), vectorization=vectorization)
+
+
 @dataclass
 class TaskRun:
     """The episodes of one task (episode indices are the task's, not the shard's), or why it could not run."""
@@ -222,10 +232,9 @@ def run_task(policy: BasePolicy, task: Task, config: RolloutConfig, episodes: Op
     todo = [i for i in episodes if i not in {o.episode_index for o in kept}]
     if not todo:
         return run
-    n_envs = config.n_envs if config.n_envs > 0 else auto_n_envs(len(todo))
     video_dir = task_video_dir(config.video_dir, task.env_name, video_subdir) if config.video_dir else config.video_dir
     task_config = dataclasses.replace(  # episode i of the task keeps seed + i and replay episode i in any slice
-        config, env_name=task.env_name, n_episodes=len(episodes), n_envs=n_envs, video_dir=video_dir,
+        resolve_auto_n_envs(config, len(todo)), env_name=task.env_name, n_episodes=len(episodes), video_dir=video_dir,
         first_episode=episodes.start,
     )
 

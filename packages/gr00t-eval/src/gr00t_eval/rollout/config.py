@@ -3,6 +3,7 @@ them without gymnasium (a plain `pip install gr00t-eval`); the runner imports th
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 import secrets
 from dataclasses import dataclass, field
@@ -126,14 +127,27 @@ def check_rollout_config(config: RolloutConfig, auto_n_envs: bool = False) -> No
 
 
 def check_env_timeout_applies(vectorization: Any, env_timeout_s: Optional[float], name: str = "env_timeout_s",
-                              no_limit: str = "None") -> None:
+                              advice: str = "use vectorization 'async' (or 'auto' with n_envs > 1) for a time limit, "
+                                            "or env_timeout_s None for none") -> None:
     """ValueError for an env timeout other than the default with vectorization "sync": its envs run in this process,
     where a hung reset or step cannot be stopped, and the limit was silently not kept. (The default is every run's,
-    asked for by nobody.)"""
-    if vectorization == "sync" and env_timeout_s not in (None, DEFAULT_ENV_TIMEOUT_S):
+    asked for by nobody.) `advice`: what to do instead, in the caller's terms."""
+    if not env_timeout_applies(vectorization, env_timeout_s):
         raise ValueError(f"{name} {env_timeout_s:g} cannot apply with vectorization 'sync': its envs run in this "
-                         f"process, where a hung reset or step cannot be stopped; use vectorization 'async' (or "
-                         f"'auto' with n_envs > 1) for a time limit, or {name} {no_limit} for none")
+                         f"process, where a hung reset or step cannot be stopped; {advice}")
+
+
+def env_timeout_applies(vectorization: Any, env_timeout_s: Optional[float]) -> bool:
+    """Whether an env timeout can be kept: any with vectorization other than "sync"; with "sync", none or the default."""
+    return vectorization != "sync" or env_timeout_s in (None, DEFAULT_ENV_TIMEOUT_S)
+
+
+def without_unkept_env_timeout(config: RolloutConfig) -> RolloutConfig:
+    """`config` as an earlier version ran it: one started with vectorization "sync" and another env_timeout_s (taken
+    then, and not kept) resumes with env_timeout_s None, which check_env_timeout_applies accepts."""
+    if env_timeout_applies(config.vectorization, config.env_timeout_s):
+        return config
+    return dataclasses.replace(config, env_timeout_s=None)
 
 
 def _check_chunking(config: RolloutConfig) -> None:

@@ -17,7 +17,9 @@ from ..extras import require_gymnasium
 require_gymnasium("closed-loop rollout")
 
 import gymnasium as gym  # noqa: E402
-from gymnasium.vector.async_vector_env import AsyncState, _async_worker  # noqa: E402
+import numpy as np  # noqa: E402
+from gymnasium.vector.async_vector_env import _async_worker  # noqa: E402
+from gymnasium.vector.utils import batch_space, create_empty_array  # noqa: E402
 
 from ..video import EpisodeVideoRecorder
 from .config import RolloutConfig
@@ -61,49 +63,101 @@ def make_vector_env(config: RolloutConfig, spec: HorizonSpec, n_envs: int) -> gy
     if runs_in_process(config):
         return gym.vector.SyncVectorEnv(fns, autoreset_mode=disabled)
     # spawn: workers must not inherit the parent's ZeroMQ threads or GL contexts.
-    return BoundedAsyncVectorEnv(fns, build_timeout_s=config.env_timeout_s, shared_memory=False, context="spawn",
-                                 autoreset_mode=disabled)
+    return BoundedAsyncVectorEnv(fns, build_timeout_s=config.env_timeout_s, context="spawn", autoreset_mode=disabled)
 
 
 def runs_in_process(config: RolloutConfig) -> bool:
     """Whether the envs run in this process: vectorization "sync", or "auto" with n_envs 1. Decided by the n_envs asked
-    for, not the rows a run needs: a resume of one episode keeps its --env-timeout and its crash isolation."""
+    for, not the rows a run needs: a resume of one episode keeps its --env-timeout and its crash isolation (an n_envs
+    0, auto, is given as vectorization "async" once resolved: suites.resolve_auto_n_envs)."""
     return config.vectorization == "sync" or (config.vectorization == "auto" and config.n_envs == 1)
 
 
 class BoundedAsyncVectorEnv(gym.vector.AsyncVectorEnv):
     """gymnasium's AsyncVectorEnv whose workers get at most `build_timeout_s` (None: no limit) to build their envs:
-    its own check waits on each worker without a timeout, so a constructor that hung held the run for ever."""
+    its own check waits on each worker without a timeout, and it builds one env in this process for the spaces, so a
+    constructor that hung held the run for ever. The spaces are read from worker 0's env instead."""
 
     def __init__(self, env_fns: Sequence[Any], build_timeout_s: Optional[float], **kwargs: Any) -> None:
         self.build_timeout_s = build_timeout_s
-        super().__init__(env_fns, worker=_announcing_worker, **kwargs)
+        # shared memory would be laid out for the stand-in's spaces before the workers report theirs
+        super().__init__([_BuiltInWorker(fn) for fn in env_fns], worker=_announcing_worker, shared_memory=False,
+                         **kwargs)
 
     def _check_spaces(self) -> None:
-        self._wait_until_built(self.build_timeout_s)
+        self._adopt_spaces(self._wait_until_built(self.build_timeout_s))
         super()._check_spaces()
 
-    def _wait_until_built(self, timeout_s: Optional[float]) -> None:
+    def _wait_until_built(self, timeout_s: Optional[float]) -> "EnvSpaces":
+        """Worker 0's env's spaces, once every worker has built its env (each within `timeout_s` of starting)."""
         # The clock starts once a worker is up: starting Python and its imports take seconds on a busy machine.
         start_limit = None if timeout_s is None else time.monotonic() + WORKER_START_LIMIT_S
         started, died = _answers(dict(enumerate(self.parent_pipes)), start_limit)
-        built, died_building = _answers(started, None if timeout_s is None else time.monotonic() + timeout_s)
+        started_pipes = {row: self.parent_pipes[row] for row in started}
+        built, died_building = _answers(started_pipes, None if timeout_s is None else time.monotonic() + timeout_s)
         silent = [row for row in range(self.num_envs) if row not in built and row not in died + died_building]
         if not silent and not died + died_building:
-            return
-        _stop_workers(self, WORKER_STOP_WAIT_S, "after their construction timed out", answering=built)
+            return built[0]
+        _stop_workers(self, WORKER_STOP_WAIT_S, "after their construction timed out")
         if silent:
             raise EnvStalledError(construction_stalled(silent, timeout_s))
         raise EOFError(f"env worker {', '.join(map(str, sorted(died + died_building)))} died building its env")
 
+    def _adopt_spaces(self, spaces: "EnvSpaces") -> None:
+        """What gymnasium's __init__ took from its env built in this process, from `spaces` (worker 0's env's)."""
+        self.metadata = {**spaces.metadata, "autoreset_mode": self.autoreset_mode}
+        self.render_mode = spaces.render_mode
+        self.single_action_space = spaces.action_space
+        self.action_space = batch_space(spaces.action_space, self.num_envs)
+        self.single_observation_space = spaces.observation_space
+        self.observation_space = batch_space(spaces.observation_space, self.num_envs)
+        self.observations = create_empty_array(spaces.observation_space, n=self.num_envs, fn=np.zeros)
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvSpaces:
+    """What gymnasium's AsyncVectorEnv reads from an env it builds in this process, sent by a worker instead."""
+
+    metadata: Dict[str, Any]
+    render_mode: Optional[str]
+    action_space: gym.Space
+    observation_space: gym.Space
+
+    @classmethod
+    def of(cls, env: gym.Env) -> "EnvSpaces":
+        return cls(dict(env.metadata), env.render_mode, env.action_space, env.observation_space)
+
+
+class _SpacesPending(gym.Env):
+    """The stand-in gymnasium builds in this process: placeholder spaces, replaced by worker 0's (_adopt_spaces)."""
+
+    def __init__(self) -> None:
+        self.metadata = {}
+        self.action_space = self.observation_space = gym.spaces.Box(0.0, 1.0, (1,))
+
+
+class _BuiltInWorker:
+    """An env fn that builds its env only in a worker process; called here (gymnasium's env_fns[0]() for the spaces,
+    with no time limit) it gives a _SpacesPending. Pickling it for a worker drops that."""
+
+    def __init__(self, env_fn: Callable[[], gym.Env], in_worker: bool = False) -> None:
+        self.env_fn, self.in_worker = env_fn, in_worker
+
+    def __call__(self) -> gym.Env:
+        return self.env_fn() if self.in_worker else _SpacesPending()
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        return _BuiltInWorker, (self.env_fn, True)
+
 
 def _announcing_worker(index: int, env_fn: Callable[[], gym.Env], pipe: Connection, *rest: Any) -> None:
-    """gymnasium's worker, telling the parent first when it starts building its env and then when it has built it."""
+    """gymnasium's worker, telling the parent first when it starts building its env and then when it has built it
+    (with its EnvSpaces)."""
 
     def build() -> gym.Env:
         pipe.send("building")
         env = env_fn()
-        pipe.send("built")
+        pipe.send(EnvSpaces.of(env))
         return env
 
     _async_worker(index, build, pipe, *rest)
@@ -126,39 +180,35 @@ def _close_envs(vec: gym.vector.VectorEnv, clean: bool, timeout_s: Optional[floa
         logger.warning("closing the envs failed: %s: %s", type(exc).__name__, exc)
 
 
-def _stop_workers(vec: gym.vector.AsyncVectorEnv, wait_s: Optional[float], after: str,
-                  answering: Optional[Mapping[int, Connection]] = None) -> None:
-    """Send "close" to every async env worker that answers (its env's close() runs in the worker: a simulator process
-    it started is stopped), then SIGKILL those still running `wait_s` later (None: no limit), warning with `after`
+def _stop_workers(vec: gym.vector.AsyncVectorEnv, wait_s: Optional[float], after: str) -> None:
+    """Send "close" to every live async env worker (its env's close() runs in the worker: a simulator process it
+    started is stopped), then SIGKILL those still running `wait_s` later (None: no limit), warning with `after`
     (what they were given that long for). gymnasium's close(terminate=True) SIGTERMed the workers at once, so no
     env's close() ran, and then joined them without a timeout: a worker that survives SIGTERM held the run for ever.
-    `answering`: the workers known to wait for a command (default: those that answer a pending reset, step or call by
-    then, or all when none is pending)."""
+    A worker still in a reset or step reads "close" once it has sent its answer, which is read and dropped here."""
     if vec.closed:
         return
     deadline = None if wait_s is None else time.monotonic() + wait_s
-    pipes = {row: pipe for row, pipe in enumerate(vec.parent_pipes) if pipe is not None and not pipe.closed}
-    if answering is None:
-        owing = getattr(vec, "_state", AsyncState.DEFAULT) != AsyncState.DEFAULT
-        answering = _answers(pipes, deadline)[0] if owing else pipes
-    for pipe in answering.values():
+    pipes = [pipe for pipe in vec.parent_pipes if pipe is not None and not pipe.closed]
+    for pipe in pipes:
         with contextlib.suppress(OSError):  # a worker that died has nothing to close
             pipe.send(("close", None))
-    lingering = _still_running(vec.processes, deadline)
+    lingering = _drained_until_ended(vec.processes, pipes, deadline)
     if lingering:
         logger.warning("env workers did not end within %g s %s: killing those still running (env %s)", wait_s, after,
                        ", ".join(map(str, lingering)))
         for row in lingering:
             vec.processes[row].kill()
-            vec.processes[row].join()
-    for pipe in pipes.values():
+    for process in vec.processes:
+        process.join()
+    for pipe in pipes:
         pipe.close()
     vec.closed = True
 
 
-def _answers(pipes: Mapping[int, Connection], deadline: Optional[float]) -> Tuple[Dict[int, Connection], List[int]]:
-    """The pipes whose worker answered (its answer read and dropped) by `deadline` (None: no limit), and the rows whose
-    worker died instead."""
+def _answers(pipes: Mapping[int, Connection], deadline: Optional[float]) -> Tuple[Dict[int, Any], List[int]]:
+    """The answers of the workers (by row) that answered by `deadline` (None: no limit), and the rows whose worker died
+    instead."""
     waiting, answered, died = dict(pipes), {}, []
     while waiting:
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -168,15 +218,25 @@ def _answers(pipes: Mapping[int, Connection], deadline: Optional[float]) -> Tupl
         for row, pipe in [(row, pipe) for row, pipe in waiting.items() if pipe in ready]:
             del waiting[row]
             try:
-                pipe.recv()
-                answered[row] = pipe
+                answered[row] = pipe.recv()
             except (EOFError, OSError):
                 died.append(row)
     return answered, died
 
 
-def _still_running(processes: Sequence[Any], deadline: Optional[float]) -> List[int]:
-    """The rows of the worker processes that have not ended by `deadline` (None: wait for each)."""
-    for process in processes:
-        process.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+def _drained_until_ended(processes: Sequence[Any], pipes: Sequence[Connection], deadline: Optional[float]) -> List[int]:
+    """Read and drop what the workers send (an answer a worker may be blocked sending) until every worker process has
+    ended or `deadline` (None: no limit) has passed; the rows of those still running."""
+    readable = list(pipes)
+    while True:
+        running = [process.sentinel for process in processes if process.is_alive()]
+        timeout = None if deadline is None else deadline - time.monotonic()
+        if not running or (timeout is not None and timeout <= 0):
+            break
+        for pipe in multiprocessing.connection.wait(readable + running, timeout):
+            if pipe in readable:
+                try:
+                    pipe.recv()
+                except (EOFError, OSError):
+                    readable.remove(pipe)
     return [row for row, process in enumerate(processes) if process.is_alive()]
