@@ -70,6 +70,16 @@ def test_keygen_expands_a_tilde_no_shell_expanded(tmp_path, monkeypatch, capsys)
     assert (tmp_path / "home" / "keys" / "robot-07.key_secret").is_file() and not (tmp_path / "~").exists()
 
 
+def test_authorized_keys_given_with_a_tilde_are_the_home_folders(tmp_path, monkeypatch):
+    """--authorized-keys=~/auth (the shell leaves '~' after '='), or $GR00T_AUTHORIZED_KEYS=~/auth, was refused as
+    "not a directory" where every other path flag expands it."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "auth").mkdir()
+    server_secret = generate_certificates(tmp_path / "keys", "server")[1]
+    config = CurveServerConfig.load(server_secret, "~/auth")
+    assert config.authorized_keys == tmp_path / "auth"
+
+
 def test_keygen_refuses_to_replace_a_key_pair_unless_forced(tmp_path, capsys):
     assert main(["keygen", str(tmp_path)]) == 0
     first = zmq.auth.load_certificate(str(tmp_path / "server.key"))[0]

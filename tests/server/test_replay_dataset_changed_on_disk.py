@@ -87,6 +87,9 @@ def test_hidden_files_coming_and_going_in_meta_are_no_change_of_the_dataset(tmp_
     swap, finder = root / "meta" / ".info.json.swp", root / "meta" / ".DS_Store"
     swap.write_bytes(b"swap")
     finder.write_bytes(b"finder")
+    notebook = root / "meta" / ".ipynb_checkpoints" / "info-checkpoint.json"  # Jupyter's, on opening info.json
+    notebook.parent.mkdir()
+    notebook.write_text("{}")
     policy.reset({"episode_index": 1})
     swap.unlink()
     policy.reset({"episode_index": 2})

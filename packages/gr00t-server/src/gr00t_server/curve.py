@@ -105,7 +105,7 @@ class CurveServerConfig:
             if not os.fspath(authorized_keys).strip():  # Path("") is ".": any *.key in the working directory
                 raise ValueError(f"{names[1]} is empty; pass the directory of client .key files (or None, to admit "
                                  "any client that has the server's public key)")
-            directory = Path(authorized_keys)
+            directory = Path(os.path.expanduser(os.fspath(authorized_keys)))  # --flag=~/x, $GR00T_AUTHORIZED_KEYS
             if not directory.is_dir():
                 raise NotADirectoryError(f"{names[1]}: {directory} is not a directory of client .key files")
         return cls(public, secret, directory)

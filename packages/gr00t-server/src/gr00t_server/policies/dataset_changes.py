@@ -25,9 +25,12 @@ def files_under(folder: Path) -> List[Path]:
 
 def meta_files(root: Path) -> List[Path]:
     """The files a replay's identity hashes and its change check watches: every file under meta/ but stats.json and
-    hidden files (an editor's swap file such as .info.json.swp, .DS_Store: no reader reads them, and one that came
-    and went made every episode not yet read refused as 'changed on disk'), sorted."""
-    return sorted(p for p in files_under(Path(root) / "meta") if p.name != "stats.json" and not p.name.startswith("."))
+    hidden files and folders (an editor's swap file such as .info.json.swp, .DS_Store, Jupyter's .ipynb_checkpoints/:
+    no reader reads them, and one that came and went made every episode not yet read refused as 'changed on disk'),
+    sorted."""
+    meta = Path(root) / "meta"
+    return sorted(p for p in files_under(meta) if p.name != "stats.json"
+                  and not any(part.startswith(".") for part in p.relative_to(meta).parts))
 
 
 def file_signature(path: Path) -> Optional[Signature]:
