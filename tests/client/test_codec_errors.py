@@ -128,3 +128,22 @@ def test_an_openpi_array_whose_data_is_not_bytes_is_named(data):
     message = msgpack.packb({"a": {"__ndarray__": True, "data": data, "dtype": "<f4", "shape": [1]}}, use_bin_type=True)
     with pytest.raises(WireDecodeError, match=f"openpi array 'data' must be bytes, got {type(data).__name__}"):
         codec.decode(message)
+
+
+@pytest.mark.parametrize("data", [None, [1, 2], "nan"])
+def test_an_openpi_scalar_whose_data_is_not_one_number_is_named(data):
+    """nil decoded to NaN, a list to an array where a numpy scalar is promised, "nan" to NaN."""
+    message = msgpack.packb({"a": {"__npgeneric__": True, "dtype": "<f4", "data": data}}, use_bin_type=True)
+    with pytest.raises(WireDecodeError, match=f"openpi scalar 'data' must be one number, got {type(data).__name__}"):
+        codec.decode(message)
+
+
+def test_an_openpi_scalar_of_a_number_decodes_to_that_numpy_scalar():
+    message = msgpack.packb({"a": {"__npgeneric__": True, "dtype": "<f4", "data": 1.5}}, use_bin_type=True)
+    value = codec.decode(message)["a"]
+    assert type(value) is np.float32 and value == 1.5
+
+
+def test_an_openpi_scalar_of_a_str_dtype_takes_its_text():
+    message = msgpack.packb({"a": {"__npgeneric__": True, "dtype": "<U5", "data": "hello"}}, use_bin_type=True)
+    assert codec.decode(message)["a"] == np.str_("hello")

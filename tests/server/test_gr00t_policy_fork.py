@@ -51,3 +51,37 @@ def test_a_forked_child_runs_torch_on_one_thread_set_once_however_many_policies(
         return torch.get_num_threads(), notices
 
     assert in_forked_child(threads_and_notices, timeout_s=15) == (0, "(1, 1)")
+
+
+CHILD_MAKES_THE_POLICY = """
+import os, sys
+import numpy as np, torch
+from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+from gr00t_server.test_checkpoint import example_observation
+torch.set_num_threads(2)
+torch.nn.functional.gelu(torch.ones(2_000_000))  # the parent's OpenMP team, and no policy made here
+observation = example_observation(sys.argv[1], "new_embodiment", seed=1, image_size=(64, 64))
+pid = os.fork()
+if pid == 0:
+    action = Gr00tPolicy(sys.argv[1], "new_embodiment", device="cpu").get_action(observation, {"seed": 2})[0]
+    os._exit(0 if all(np.isfinite(value).all() for value in action.values()) else 3)
+os._exit(os.waitpid(pid, 0)[1] >> 8)
+"""
+
+
+def test_a_policy_made_in_a_forked_child_answers_after_the_parent_ran_torch_without_a_policy(tiny_checkpoint):
+    """The one-thread hook was registered by the first Gr00tPolicy made: a parent that only ran torch itself (and
+    made no policy) forked children whose own policy hung, as the docs advise a policy per worker. A process of its
+    own: this one has made policies already."""
+    import signal
+    import subprocess
+
+    parent = subprocess.Popen([sys.executable, "-c", CHILD_MAKES_THE_POLICY, str(tiny_checkpoint)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = parent.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.killpg(parent.pid, signal.SIGKILL)  # the forked child too
+        parent.communicate()
+        pytest.fail("the forked child's policy did not answer in 90 s")
+    assert parent.returncode == 0, err[-2000:]

@@ -227,3 +227,63 @@ def test_an_operators_formatter_formats_the_bounded_traceback_of_an_internal_err
     assert "test_an_operators_formatter_formats" in line  # the frames kept
     assert len(line) < 5_000
     assert str(original) == "x" * 50_000  # the exception itself is not changed
+
+
+def _self_caused():
+    exc = RuntimeError("x" * 5000)
+    exc.__cause__ = exc  # `raise exc from exc`
+    return exc
+
+
+def _deep_chain():
+    top = exc = RuntimeError("top")
+    for i in range(1500):
+        cause = ValueError(f"level {i}")
+        exc.__cause__, exc = cause, cause
+    return top
+
+
+class _RefusesSubclasses(Exception):
+    def __init_subclass__(cls, **kwargs):
+        raise ValueError("no subclasses")
+
+
+@pytest.mark.parametrize("make, kept", [
+    (_self_caused, "RuntimeError: " + "x" * 900),
+    (_deep_chain, "ValueError: level 1499"),
+    (lambda: _RefusesSubclasses("y" * 5000), "y" * 900),
+    (lambda: ExceptionGroup("several", [RuntimeError("SUB-C cuda oom " + "z" * 200_000)]), "SUB-C cuda oom"),
+], ids=["a cause that is itself", "a chain of 1500", "a class that takes no subclass", "an exception group"])
+def test_an_odd_exception_is_logged_bounded_by_the_operators_formatter_and_never_breaks_the_log(make, kept):
+    """`raise exc from exc` made the bounded stand-in recurse for ever: the worker's last-resort handler logged 200-line
+    RecursionError tracebacks past the rate limit and counted errors twice; a group's members were logged whole."""
+    logger = logging.getLogger(f"test.odd_exceptions.{make.__name__}")
+    logger.propagate, saved = False, logger.handlers[:]
+    logger.handlers.clear()  # only this formatter: the first handler to format a record caches its traceback text
+    lines, handler = [], logging.Handler()
+    handler.setFormatter(OneLineTracebacks("%(message)s"))
+    handler.emit = lambda record: lines.append(handler.format(record))
+    logger.addHandler(handler)
+    try:
+        exc = make()
+        try:
+            raise exc
+        except BaseException as raised:
+            assert RateLimitedLog(logger).warning("internal error in %s", "get_action", exc_info=raised, kind="k")
+    finally:
+        logger.handlers[:] = saved
+    (line,) = lines
+    assert line.startswith("internal error in get_action\nEXC=") and kept in line
+    assert len(line) < 200_000 and ("more characters" in line or make is _deep_chain)
+
+
+def test_a_long_note_is_cut_and_a_long_messages_note_is_kept():
+    from gr00t_server.serving.endpoints import bounded_exception
+
+    exc = RuntimeError("short")
+    exc.add_note("n" * 5000)
+    bounded = bounded_exception(exc)
+    assert bounded.__notes__ == ["n" * 1000 + "... (4000 more characters)"] and str(bounded) == "short"
+    exc = RuntimeError("m" * 5000)
+    exc.add_note("which GPU: 0")
+    assert bounded_exception(exc).__notes__ == ["which GPU: 0"]

@@ -83,6 +83,18 @@ def _shape_error(data: Any, dtype: np.dtype, shape: Any) -> WireDecodeError:
     return WireDecodeError(f"array of dtype {dtype.str} and shape {list(shape)} needs {expected} bytes, got {size}")
 
 
+def _numpy_scalar(dtype: np.dtype, data: Any) -> Any:
+    """An openpi numpy scalar: `data` one number, or a str (bytes) for a str (bytes) dtype, as numpy's item() gives
+    it (nil was read as NaN, a list as an array, "nan" as NaN)."""
+    text_type = {"U": str, "S": bytes}.get(dtype.kind)
+    if type(data) not in (int, float, bool, complex) and (text_type is None or type(data) is not text_type):
+        raise WireDecodeError(f"openpi scalar 'data' must be one number, got {type(data).__name__}")
+    try:
+        return dtype.type(data)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise WireDecodeError(f"openpi scalar 'data' {data!r} is not a {dtype.str} value: {exc}") from None
+
+
 _DTYPES: Dict[Any, np.dtype] = {}  # validated dtypes by their wire string (the hot path sees a handful)
 
 
@@ -164,7 +176,7 @@ def _decode_hook(obj: Dict[Any, Any]) -> Any:
             raise WireDecodeError(f"openpi array 'data' must be bytes, got {type(data).__name__}")
         return _array_from_buffer(data, dtype, _get(obj, "shape"), copy=True)
     if _has(obj, "__npgeneric__"):  # openpi-style numpy scalar
-        return _as_dtype(_get(obj, "dtype")).type(_get(obj, "data"))
+        return _numpy_scalar(_as_dtype(_get(obj, "dtype")), _get(obj, "data"))
     if _has(obj, "__ndarray_class__"):  # early N1.6 and N1/N1.5
         blob = _get(obj, "as_npy")
         if not isinstance(blob, (bytes, bytearray)):

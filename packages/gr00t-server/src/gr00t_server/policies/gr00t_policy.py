@@ -52,12 +52,16 @@ def _one_torch_thread_after_fork() -> None:
 
 
 def _guard_torch_in_forked_children() -> None:
-    """Register _one_torch_thread_after_fork once per process, however many policies are made."""
+    """Register _one_torch_thread_after_fork once per process (at import: a parent that ran torch before any policy
+    was made forks children that make their own)."""
     global _fork_guard_registered
     with _fork_guard_lock:
         if not _fork_guard_registered and hasattr(os, "register_at_fork"):  # Windows has no fork
             os.register_at_fork(after_in_child=_one_torch_thread_after_fork)
             _fork_guard_registered = True
+
+
+_guard_torch_in_forked_children()
 
 
 class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
@@ -110,7 +114,6 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
         self.embodiment_tag = tag_obj
         self.embodiment_tag_value = tag_value
         self.device = _resolve_device(device)
-        _guard_torch_in_forked_children()
 
         self.preprocess_device = (
             _resolve_device(preprocess_device, "preprocess_device") if preprocess_device is not None

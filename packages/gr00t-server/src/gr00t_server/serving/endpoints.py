@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import builtins
 import ipaddress
 import logging
 import math
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Set, Tuple
 
@@ -82,31 +84,65 @@ def _safe_text(exc: BaseException) -> str:
         return ""
 
 
-LOGGED_ERROR_CHARS = 1000  # of an exception's message (or a chained exception's) in a log line
+LOGGED_ERROR_CHARS = 1000  # of an exception's message (or a chained exception's, or a note) in a log line
+_MOST_CHAINED = 16  # exceptions in a chain given a stand-in each; a longer (or cyclic) one is logged as text
+_EXCEPTION_GROUP = getattr(builtins, "BaseExceptionGroup", None)  # Python 3.11
+
+
+class LoggedException(Exception):
+    """Stands in a log record for an exception too odd to copy (a cyclic or very long chain, a group, a class that
+    cannot be subclassed): its whole rendering, each part cut, is the message."""
 
 
 def bounded_exception(exc: BaseException, limit: int = LOGGED_ERROR_CHARS) -> BaseException:
     """`exc` for a log record whose formatter (the operator's own, too) prints it with its traceback: itself when its
-    message is short, else a stand-in of its class (same name, frames and chained exceptions, each message cut to
-    `limit` characters). A policy's message holding a large repr wrote megabytes of log per failure."""
-    text = _safe_text(exc)
-    cause, context = exc.__cause__, exc.__context__
-    short_cause = cause if cause is None else bounded_exception(cause, limit)
-    short_context = context if context is None or context is cause else bounded_exception(context, limit)
-    if len(text) <= limit and short_cause is cause and short_context is context:
-        return exc
-    shown = text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+    message, notes and chained exceptions are short, else a stand-in of its class (same name and frames, each message
+    and note cut to `limit` characters), or a LoggedException holding its rendering cut part by part. A policy's
+    message holding a large repr wrote megabytes of log per failure. Never raises."""
     try:
-        stand_in_class = type(type(exc).__name__, (type(exc),), {
-            "__str__": lambda self: shown, "__module__": type(exc).__module__,
-            "__qualname__": type(exc).__qualname__})
-        stand_in = stand_in_class.__new__(stand_in_class)
-    except TypeError:  # a class that takes no subclass: its name is kept in the message
-        stand_in = RuntimeError(f"{type(exc).__qualname__}: {shown}")
+        return _bounded(exc, limit, set())
+    except Exception:  # noqa: BLE001 - the log path must not fail: the rendering, as text
+        return LoggedException(_bounded_rendering(exc, limit))
+
+
+class _TooOdd(Exception):
+    pass
+
+
+def _bounded(exc: BaseException, limit: int, seen: Set[int]) -> BaseException:
+    if id(exc) in seen or len(seen) >= _MOST_CHAINED or (_EXCEPTION_GROUP and isinstance(exc, _EXCEPTION_GROUP)):
+        raise _TooOdd
+    seen.add(id(exc))
+    cause, context = exc.__cause__, exc.__context__
+    short_cause = cause if cause is None else _bounded(cause, limit, seen)
+    short_context = context if context is None or context is cause else _bounded(context, limit, seen)
+    text, notes = _safe_text(exc), getattr(exc, "__notes__", None)
+    long_notes = isinstance(notes, list) and any(len(str(note)) > limit for note in notes)
+    if len(text) <= limit and not long_notes and short_cause is cause and short_context is context:
+        return exc
+    shown = _cut(text, limit)
+    stand_in_class = type(type(exc).__name__, (type(exc),), {
+        "__str__": lambda self: shown, "__module__": type(exc).__module__, "__qualname__": type(exc).__qualname__})
+    stand_in = stand_in_class.__new__(stand_in_class)
+    if isinstance(notes, list):
+        stand_in.__notes__ = [_cut(str(note), limit) for note in notes]
     stand_in.__cause__ = short_cause
-    stand_in.__context__ = short_context if short_context is not cause else short_cause
+    stand_in.__context__ = short_context if context is not cause else short_cause
     stand_in.__suppress_context__ = exc.__suppress_context__
     return stand_in.with_traceback(exc.__traceback__)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+def _bounded_rendering(exc: BaseException, limit: int) -> str:
+    """exc's traceback as Python prints it (chains, groups and notes too; cycles stopped), each part cut."""
+    try:
+        parts = traceback.TracebackException(type(exc), exc, exc.__traceback__).format()
+        return "".join(_cut(part, limit) for part in parts).rstrip("\n")
+    except Exception:  # noqa: BLE001
+        return f"{type(exc).__qualname__} (its traceback could not be rendered)"
 
 
 def named_session(session: str) -> str:
