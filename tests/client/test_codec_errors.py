@@ -134,7 +134,7 @@ def test_an_openpi_array_whose_data_is_not_bytes_is_named(data):
 def test_an_openpi_scalar_whose_data_is_not_one_number_is_named(data):
     """nil decoded to NaN, a list to an array where a numpy scalar is promised, "nan" to NaN."""
     message = msgpack.packb({"a": {"__npgeneric__": True, "dtype": "<f4", "data": data}}, use_bin_type=True)
-    with pytest.raises(WireDecodeError, match=f"openpi scalar 'data' must be one number, got {type(data).__name__}"):
+    with pytest.raises(WireDecodeError, match=f"openpi scalar 'data' must be one <f4 value, got {type(data).__name__}"):
         codec.decode(message)
 
 
@@ -147,3 +147,11 @@ def test_an_openpi_scalar_of_a_number_decodes_to_that_numpy_scalar():
 def test_an_openpi_scalar_of_a_str_dtype_takes_its_text():
     message = msgpack.packb({"a": {"__npgeneric__": True, "dtype": "<U5", "data": "hello"}}, use_bin_type=True)
     assert codec.decode(message)["a"] == np.str_("hello")
+
+
+@pytest.mark.parametrize("dtype, data", [("<i8", 3.7), ("<f4", 1e300), ("<f2", 1e10), ("|b1", 1), ("<i8", True)])
+def test_an_openpi_scalar_that_its_dtype_would_change_is_refused(dtype, data):
+    """3.7 as int64 decoded to 3 and 1e300 as float32 to inf (with only numpy's overflow warning)."""
+    message = msgpack.packb({"a": {"__npgeneric__": True, "dtype": dtype, "data": data}}, use_bin_type=True)
+    with pytest.raises(WireDecodeError, match="openpi scalar 'data'"):
+        codec.decode(message)

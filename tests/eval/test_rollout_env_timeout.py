@@ -134,6 +134,27 @@ def test_an_env_whose_construction_hangs_in_this_process_too_stops_the_run_withi
     assert multiprocessing.active_children() == []
 
 
+class RefusesItsSettingsWalkEnv(WalkToEnv):
+    """WalkTo whose constructor refuses a setting it does not take, as an env does an --env-kwarg it has no use for."""
+
+    def __init__(self, **kwargs):
+        raise TypeError(f"WalkToEnv.__init__() got an unexpected keyword argument {next(iter(kwargs))!r}")
+
+
+@pytest.mark.timeout(120)
+def test_an_env_constructor_error_in_a_worker_is_the_tasks_reason_not_a_crashed_worker(tmp_path, capsys):
+    """Once no env was built in this process, an env's own error in its worker killed the worker: the task failed
+    "an env worker process died (a simulator crash, or the process was killed)", the TypeError only in stderr."""
+    register_env_prefix("refuses", EmbodimentTag.NEW_EMBODIMENT, lambda task, **kwargs: RefusesItsSettingsWalkEnv(**kwargs))
+    with running_server(ConstantPolicy()) as server:
+        code = main(rollout_argv("refuses/walk", server.port, tmp_path / "run", "--env-kwarg", "bogus=1"))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "task refuses/walk failed: TypeError: WalkToEnv.__init__() got an unexpected keyword argument 'bogus'" in err
+    assert "env worker process died" not in err
+    assert multiprocessing.active_children() == []
+
+
 @pytest.mark.timeout(120)
 def test_a_run_stopped_by_a_hung_env_resumes_with_another_env_timeout(tmp_path, capsys):
     register_env_prefix("stalls", EmbodimentTag.NEW_EMBODIMENT, lambda task, **kwargs: HangingWalkEnv("step"))

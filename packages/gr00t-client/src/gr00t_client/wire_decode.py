@@ -83,15 +83,19 @@ def _shape_error(data: Any, dtype: np.dtype, shape: Any) -> WireDecodeError:
     return WireDecodeError(f"array of dtype {dtype.str} and shape {list(shape)} needs {expected} bytes, got {size}")
 
 
+_SCALAR_TYPES = {"b": (bool,), "i": (int,), "u": (int,), "f": (int, float), "c": (int, float, complex), "U": (str,),
+                 "S": (bytes,)}  # what numpy's item() gives for a dtype kind, as openpi's encoder sends it
+
+
 def _numpy_scalar(dtype: np.dtype, data: Any) -> Any:
-    """An openpi numpy scalar: `data` one number, or a str (bytes) for a str (bytes) dtype, as numpy's item() gives
-    it (nil was read as NaN, a list as an array, "nan" as NaN)."""
-    text_type = {"U": str, "S": bytes}.get(dtype.kind)
-    if type(data) not in (int, float, bool, complex) and (text_type is None or type(data) is not text_type):
-        raise WireDecodeError(f"openpi scalar 'data' must be one number, got {type(data).__name__}")
+    """An openpi numpy scalar: `data` of the kind numpy's item() gives for its dtype (nil was read as NaN, a list as an
+    array, "nan" as NaN, 3.7 as int64 3, 1e300 as float32 inf)."""
+    if type(data) not in _SCALAR_TYPES.get(dtype.kind, ()):
+        raise WireDecodeError(f"openpi scalar 'data' must be one {dtype.str} value, got {type(data).__name__}")
     try:
-        return dtype.type(data)
-    except (TypeError, ValueError, OverflowError) as exc:
+        with np.errstate(over="raise"):
+            return dtype.type(data)
+    except (TypeError, ValueError, OverflowError, FloatingPointError) as exc:
         raise WireDecodeError(f"openpi scalar 'data' {data!r} is not a {dtype.str} value: {exc}") from None
 
 

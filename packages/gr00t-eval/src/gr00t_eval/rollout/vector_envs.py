@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import logging
 import multiprocessing.connection
+import pickle
 import time
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -96,9 +97,12 @@ class BoundedAsyncVectorEnv(gym.vector.AsyncVectorEnv):
         started_pipes = {row: self.parent_pipes[row] for row in started}
         built, died_building = _answers(started_pipes, None if timeout_s is None else time.monotonic() + timeout_s)
         silent = [row for row in range(self.num_envs) if row not in built and row not in died + died_building]
-        if not silent and not died + died_building:
+        failed = [answer.error for answer in built.values() if isinstance(answer, _BuildFailed)]
+        if not silent and not died + died_building and not failed:
             return built[0]
-        _stop_workers(self, WORKER_STOP_WAIT_S, "after their construction timed out")
+        _stop_workers(self, WORKER_STOP_WAIT_S, "after their construction failed or timed out")
+        if failed:  # the env's own error (an --env-kwarg it does not take), as a run of one env in this process gives
+            raise failed[0]
         if silent:
             raise EnvStalledError(construction_stalled(silent, timeout_s))
         raise EOFError(f"env worker {', '.join(map(str, sorted(died + died_building)))} died building its env")
@@ -150,13 +154,32 @@ class _BuiltInWorker:
         return _BuiltInWorker, (self.env_fn, True)
 
 
+@dataclasses.dataclass(frozen=True)
+class _BuildFailed:
+    """A worker's answer when its env's constructor raised: the error, or its text where it cannot be pickled."""
+
+    error: BaseException
+
+    @classmethod
+    def of(cls, exc: Exception) -> "_BuildFailed":
+        try:
+            pickle.dumps(exc)
+            return cls(exc)
+        except Exception:  # noqa: BLE001 - an exception holding an unpicklable value
+            return cls(RuntimeError(f"{type(exc).__name__}: {exc}"))
+
+
 def _announcing_worker(index: int, env_fn: Callable[[], gym.Env], pipe: Connection, *rest: Any) -> None:
     """gymnasium's worker, telling the parent first when it starts building its env and then when it has built it
     (with its EnvSpaces)."""
 
     def build() -> gym.Env:
         pipe.send("building")
-        env = env_fn()
+        try:
+            env = env_fn()
+        except Exception as exc:  # the parent raises it: the worker's death alone read as a crashed simulator
+            pipe.send(_BuildFailed.of(exc))
+            raise
         pipe.send(EnvSpaces.of(env))
         return env
 
