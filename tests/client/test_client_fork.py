@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sys
 import threading
 import time
 
 import pytest
 from fork_race import first_calls_with_one_held_mid_adoption
+from forked_child import in_forked_child
 from reference_peer import EchoPolicy, libero_like_observation
 from serving import running_server
 
@@ -21,40 +21,12 @@ from gr00t_client import PolicyClient
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "darwin", reason="needs os.fork (Linux)")
 
 
-def in_child(work, timeout_s=20.0):
-    """Run work() in a forked child; (exit code, what it wrote) - exit code None when it had to be killed."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never return into pytest
-        code = 1
-        try:
-            os.write(write_end, str(work()).encode())
-            code = 0
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
-            os.write(write_end, f"{type(exc).__name__}: {exc}".encode())
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            output = os.read(read_end, 4096).decode()
-            os.close(read_end)
-            return os.waitstatus_to_exitcode(status), output
-        time.sleep(0.02)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    os.close(read_end)
-    return None, "killed: the child's call never returned"
-
-
 def test_a_forked_child_calls_through_its_own_connection_and_the_parent_goes_on():
     observation = libero_like_observation()
     with running_server(EchoPolicy()) as server:
         client = PolicyClient("127.0.0.1", server.port, timeout_ms=3000)
         client.get_action(observation)  # used before the fork: its context has its threads and socket
-        code, output = in_child(lambda: sorted(client.get_action(observation)[0]))
+        code, output = in_forked_child(lambda: sorted(client.get_action(observation)[0]))
         assert code == 0, output
         assert output == str(sorted(client.get_action(observation)[0]))  # the parent's connection still works
         assert client.ping()
@@ -80,7 +52,7 @@ def client_with_a_parent_thread_in_a_call():
 
 def test_a_child_forked_while_a_parent_thread_is_in_a_call_is_not_locked_out():
     with client_with_a_parent_thread_in_a_call() as client:
-        code, output = in_child(lambda: client.ping())
+        code, output = in_forked_child(lambda: client.ping())
     assert code == 0 and output == "True", output
 
 
@@ -88,7 +60,7 @@ def test_threads_of_a_forked_child_making_their_first_calls_at_once_are_each_ans
     # The second thread saw the child's pid before the first had replaced the parent's lock (held at the fork by a
     # thread the child does not have): it waited for ever, or shared the first thread's REQ socket.
     with client_with_a_parent_thread_in_a_call() as client:
-        code, output = in_child(lambda: first_calls_with_one_held_mid_adoption(client, client.ping))
+        code, output = in_forked_child(lambda: first_calls_with_one_held_mid_adoption(client, client.ping))
     assert code == 0 and output == "[True, True]", output
 
 
@@ -96,7 +68,7 @@ def test_closing_in_the_child_leaves_the_parents_client_open():
     with running_server(EchoPolicy()) as server:
         client = PolicyClient("127.0.0.1", server.port, timeout_ms=3000)
         assert client.ping()
-        code, output = in_child(lambda: client.close())
+        code, output = in_forked_child(lambda: client.close())
         assert code == 0, output
         assert client.ping()
         client.close()
@@ -116,7 +88,7 @@ def test_a_forked_child_has_a_session_of_its_own_so_a_replay_keeps_each_workers_
         client = PolicyClient("127.0.0.1", server.port, timeout_ms=5000)
         client.reset({"episode_index": 0})
         first, _ = client.get_action({})
-        code, output = in_child(lambda: (client.reset({"episode_index": 1}),
+        code, output = in_forked_child(lambda: (client.reset({"episode_index": 1}),
                                          client.get_action({})[0]["arm"][0, 0].tolist(), client.session_id)[1:])
         assert code == 0, output
         child_arm, child_session = eval(output)  # noqa: S307 - the child's own repr of a list and a str
@@ -127,7 +99,7 @@ def test_a_forked_child_has_a_session_of_its_own_so_a_replay_keeps_each_workers_
         np.testing.assert_allclose(second["arm"][0, :4], expected_actions(0, 12)["arm"][4:8])
 
         named = PolicyClient("127.0.0.1", server.port, timeout_ms=5000, session_id="robot-7")
-        code, output = in_child(lambda: named.session_id)
+        code, output = in_forked_child(lambda: named.session_id)
         assert (code, output) == (0, "robot-7")  # a session id its user gave is kept
         named.close()
         client.close()
