@@ -9,11 +9,11 @@ import time
 import numpy as np
 import pytest
 
-from gr00t_client import BasePolicy, PolicyClient, PolicyTimeoutError, PolicyWrapper
+from gr00t_client import BasePolicy, PolicyClient, PolicyWrapper
 from fork_race import first_calls_with_one_held_mid_adoption
 from gr00t_client.chunking import ActionChunker
 from serving import running_server
-from test_client_fork import in_child
+from forked_child import in_forked_child
 
 
 class StampPolicy(BasePolicy):
@@ -179,7 +179,7 @@ def test_threads_of_a_forked_child_making_their_first_calls_at_once_each_get_a_s
     parent_call = threading.Thread(target=chunker.get_action, args=(obs(0),))
     parent_call.start()
     time.sleep(0.2)  # the parent thread holds the chunker's lock, waiting for its chunk
-    code, output = in_child(lambda: first_calls_with_one_held_mid_adoption(
+    code, output = in_forked_child(lambda: first_calls_with_one_held_mid_adoption(
         chunker, lambda: chunker.get_action(obs(1))[0]["x"].item()))
     parent_call.join(10)
     assert code == 0 and set(eval(output)) == {100.0, 101.0}, output  # noqa: S307 - the child's own repr of a list
