@@ -135,3 +135,25 @@ def test_a_job_folder_saves_the_planned_config_that_later_attempts_are_compared_
     assert json.loads((tmp_path / "job" / "run.json").read_text())["job_config"] == planned and done == []
     again, _ = prepare_job_dir(tmp_path / "job", config)  # unchanged settings: the saved base seed is kept
     assert first.seed is not None and again.seed == first.seed
+
+
+@pytest.mark.parametrize("link", ["a symlink loop", "a dangling link"])
+def test_a_video_dir_that_is_a_broken_link_fails_its_job_alone_naming_it(server, tmp_path, link):
+    """A symlink loop stopped the whole batch with a bare "Symlink loop" RuntimeError when the jobs' video folders
+    were resolved to check they do not overlap."""
+    folder = tmp_path / "broken"
+    if link == "a symlink loop":
+        (tmp_path / "other").symlink_to(folder)
+        folder.symlink_to(tmp_path / "other")
+        expected = f"override video_dir {folder} is a symlink loop"
+    else:
+        folder.symlink_to(tmp_path / "gone")
+        expected = f"override video_dir {folder} is a symbolic link to {tmp_path / 'gone'}, which does not exist"
+    jobs = write_jobs(tmp_path / "jobs.json", server.port, [
+        {"name": "good", "env_name": "walkto/fast"},
+        {"name": "linked", "env_name": "walkto/fast", "overrides": {"video_dir": str(folder)}},
+    ])
+    assert cli.main(["batch", "--jobs", str(jobs), "--output-dir", str(tmp_path / "out")]) == 1
+    records = batch_results(tmp_path / "out")
+    assert {name: r["status"] for name, r in records.items()} == {"good": "done", "linked": "failed"}
+    assert expected in records["linked"]["reason"], records["linked"]["reason"]

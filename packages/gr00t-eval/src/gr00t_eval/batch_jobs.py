@@ -344,6 +344,7 @@ def load_jobs(path: Union[str, Path], start_dir: Union[str, Path, None] = None, 
             job = JobError(repeated, f"{name}#{index}")
         jobs.append(job)
     jobs = separate_shared_video_dirs([absolute_video_dir(job, start_dir or os.getcwd(), home_dir) for job in jobs])
+    jobs = [_with_usable_video_dir(job) for job in jobs]
     refuse_overlapping_video_dirs(jobs)
     return jobs
 
@@ -423,6 +424,17 @@ def separate_shared_video_dirs(jobs: List[Union[Job, JobError]]) -> List[Union[J
                                                    "video_dir": str(Path(job.config["video_dir"]) / job_dir_name(job.name))})
         separated.append(job)
     return separated
+
+
+def _with_usable_video_dir(job: Union[Job, JobError]) -> Union[Job, JobError]:
+    """The job, or a JobError when its video_dir is (or lies under) a symbolic link to nothing or a symlink loop: that
+    job fails alone, naming it, where resolving the folder stopped the whole batch with a bare RuntimeError."""
+    from gr00t_client.cli_flags import broken_link_problem
+
+    if not isinstance(job, Job) or not job.config.get("video_dir"):
+        return job
+    problem = broken_link_problem("override video_dir", job.config["video_dir"])
+    return job if problem is None else JobError(f"job {job.name!r}: {problem}", job.name)
 
 
 def refuse_overlapping_video_dirs(jobs: Sequence[Union[Job, JobError]]) -> None:
