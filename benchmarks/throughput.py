@@ -34,7 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _args import non_negative_float, positive_float, positive_int, positive_ints  # noqa: E402
-from _children import run_benchmark, wait_at, wait_for  # noqa: E402
+from _children import SLICE_S, BenchmarkError, ChildDied, check_children, run_benchmark, wait_at, wait_for  # noqa: E402
 from gr00t_client import BasePolicy, PolicyClient, codec  # noqa: E402
 from gr00t_server.serving.batching import DEFAULT_BATCH_TIMEOUT_MS  # noqa: E402
 
@@ -146,9 +146,12 @@ BARRIER_TIMEOUT_S = 300.0  # a client that never warms up (its policy fails) bre
 
 
 def drive(
-    port: int, clients: int, observations: List[Dict[str, Any]], duration_s: float, requests: Optional[int], on_warm: Callable[[], Any]
+    port: int, clients: int, observations: List[Dict[str, Any]], duration_s: float, requests: Optional[int],
+    on_warm: Callable[[], Any], server: Any = None,
 ) -> Tuple[int, float, np.ndarray, int, Any]:
-    """K threads send get_action back to back; returns (completed, seconds, latencies ms, errors, on_warm())."""
+    """K threads send get_action back to back; returns (completed, seconds, latencies ms, errors, on_warm()). A
+    `server` process that dies ends the point at once (ChildDied), not after the clients' timeout."""
+    watched = watched_processes(server, [], "client threads")
     warm = threading.Barrier(clients + 1)
     barrier = threading.Barrier(clients + 1)
     latencies: List[List[float]] = [[] for _ in range(clients)]
@@ -179,20 +182,25 @@ def drive(
     for thread in threads:
         thread.start()
     try:
-        warm.wait(BARRIER_TIMEOUT_S)
-    except threading.BrokenBarrierError:
+        wait_at(warm, "the warm-up of the client threads", watched, BARRIER_TIMEOUT_S)
+    except BenchmarkError as exc:
         stop.set()
         barrier.abort()
+        if isinstance(exc, ChildDied):
+            raise
         why = f"{type(failures[0]).__name__}: {failures[0]}" if failures else "no client was ready in time"
         raise RuntimeError(f"a client's warm-up get_action failed (K={clients}): {why}") from None
     warmed = on_warm()  # e.g. server counters, taken once the warm-up requests are done
     barrier.wait(BARRIER_TIMEOUT_S)
     started = time.perf_counter()
-    if requests is None:
-        time.sleep(duration_s)
-        stop.set()
-    for thread in threads:
-        thread.join()
+    try:
+        if requests is None:
+            _sleep_watching(duration_s, watched, "the client threads")
+            stop.set()
+        _join_watching(threads, watched, "the client threads")
+    except ChildDied:
+        stop.set()  # a dead server's clients stop once their call times out; their threads are daemons
+        raise
     # Requests still in flight when the clock stops are counted, so divide by the time the last one finished.
     seconds = time.perf_counter() - started
     flat = np.array([value for values in latencies for value in values], dtype=np.float64)
@@ -265,6 +273,22 @@ class RawGetAction:
         self._sock.close(linger=0)
         if self._own_context:
             self._context.term()
+
+
+def _sleep_watching(seconds: float, watched: Dict[str, Any], what: str) -> None:
+    """Sleep `seconds`, ended at once (ChildDied) by a watched process that dies."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        check_children(watched, what)
+        time.sleep(min(SLICE_S, max(0.0, deadline - time.monotonic())))
+
+
+def _join_watching(threads: List[threading.Thread], watched: Dict[str, Any], what: str) -> None:
+    """Join `threads`, ended at once (ChildDied) by a watched process that dies."""
+    for thread in threads:
+        while thread.is_alive():
+            check_children(watched, what)
+            thread.join(SLICE_S)
 
 
 def _raw_socket_farm(port: int, observations: List[Dict[str, Any]], clients: int, duration_s: float,
@@ -446,10 +470,9 @@ def measure(
             totals = {batching: [0, 0.0, [], 0, 0, 0] for batching in servers}  # completed, s, latencies, errors, calls, rows
             for requests in requests_per_slice(args.requests, args.slices):
                 for batching, (process, port) in servers.items():
-                    watch = {} if driver is drive else {"server": process}  # client processes wait on it
                     completed, seconds, latencies, errors, before = driver(
                         port, clients, observations, duration, requests, on_warm=lambda port=port: server_stats(port),
-                        **watch,
+                        server=process,
                     )
                     after = server_stats(port)
                     total = totals[batching]

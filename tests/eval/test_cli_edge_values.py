@@ -36,6 +36,9 @@ def job_errors(tmp_path, jobs, defaults=None):
     # the envs ran in this process, where the limit cannot apply: a hung step was waited for, without a word
     ({"overrides": {"vectorization": "sync", "env_timeout_s": 3}},
      "override env_timeout_s 3 cannot apply with vectorization 'sync': its envs run in this process"),
+    # the default's value, given, was taken as the default and not kept either
+    ({"overrides": {"vectorization": "sync", "env_timeout_s": 600}},
+     "override env_timeout_s 600 cannot apply with vectorization 'sync': its envs run in this process"),
 ])
 def test_a_job_field_of_the_wrong_type_or_size_is_invalid_naming_it(tmp_path, job, expected):
     [parsed] = job_errors(tmp_path, [{"name": "j", "env_name": "walkto/fast", **job}])
@@ -62,6 +65,8 @@ ROLLOUT = ["rollout", "--env-name", "walkto/slow", "--env-import", "eval.scale_f
     (["--env-timeout", "-1"], "--env-timeout must be seconds > 0, or 0 for no limit; got -1"),
     (["--vectorization", "sync", "--n-envs", "2", "--env-timeout", "3"],
      "--env-timeout 3 cannot apply with vectorization 'sync': its envs run in this process"),
+    (["--vectorization", "sync", "--env-timeout", "600"],
+     "--env-timeout 600 cannot apply with vectorization 'sync': its envs run in this process"),
     # without --ray-address they were ignored: a single-process run the user took for one spread over Ray
     (["--ray-shards", "4"], "--ray-shards applies only to a run on Ray: add --ray-address"),
     (["--ray-shards", "4", "--ray-cpus-per-shard", "2"], "--ray-shards and --ray-cpus-per-shard apply only to a run on Ray"),

@@ -155,6 +155,20 @@ def test_a_save_plot_path_whose_name_is_as_long_as_a_file_name_may_be_gets_its_p
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_a_save_plot_path_too_long_for_each_trajectorys_suffix_is_refused_before_connecting(dataset, server, tmp_path,
+                                                                                           capsys):
+    """A 255-byte name passed the checks, then each trajectory's _traj{id} made a name past NAME_MAX: every plot
+    failed after its trajectory was scored."""
+    pytest.importorskip("matplotlib")
+    plot = tmp_path / ("q" * 250 + ".jpeg")
+    assert open_loop_plotted(dataset, server, tmp_path / "out", plot, "0", "12") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"--save-plot-path {plot}: the plot of trajectory 12 would be named {'q' * 250}_traj12.jpeg (262 bytes), " \
+           "longer than a file name may be (255 bytes)" in err
+    assert not (tmp_path / "out").exists() and not list(tmp_path.iterdir())
+
+
 def test_a_save_plot_path_in_a_format_this_machine_cannot_write_is_refused_before_connecting(dataset, server, tmp_path,
                                                                                              capsys):
     """.pgf is among matplotlib's file types and needs xelatex: without it the first trajectory was scored, its plot

@@ -89,3 +89,14 @@ def test_an_env_timeout_set_with_sync_vectorization_is_refused_as_it_cannot_appl
 def test_sync_vectorization_takes_no_env_timeout_or_the_default_one():
     assert run_rollout_of(ConstantPolicy(), config(env_timeout_s=None)).n_errors == 0
     assert run_rollout_of(ConstantPolicy(), config()).n_errors == 0
+
+
+def test_an_env_timeout_of_the_defaults_value_given_with_sync_vectorization_is_refused_too():
+    with pytest.raises(ValueError, match=r"^env_timeout_s 600 cannot apply with vectorization 'sync'"):
+        run_rollout_of(ConstantPolicy(), config(env_timeout_s=600.0))
+
+
+def test_the_default_env_timeout_is_600_s_where_it_applies_and_none_with_sync_vectorization():
+    assert RolloutConfig(env_name=ENV).env_timeout_s == 600.0
+    assert RolloutConfig(env_name=ENV, vectorization="async").env_timeout_s == 600.0
+    assert RolloutConfig(env_name=ENV, vectorization="sync").env_timeout_s is None

@@ -49,6 +49,19 @@ def rollout_argv(env_name, port, output_dir, *extra):
             "--output-dir", str(output_dir), *extra]
 
 
+def stopped_within_env_timeout(argv_for_port, capsys, reason):
+    """Run `gr00t-eval` with `argv_for_port(port)` against a loopback server and check that it stopped with exit 2
+    well within a hung env's 30 s, its error naming `reason`, and left no env worker (those still hanging killed)."""
+    with running_server(ConstantPolicy()) as server:
+        started = time.monotonic()
+        code = main(argv_for_port(server.port))
+        took = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert reason in err, err
+    assert code == 2 and took < 20, f"exit {code} after {took:.0f} s"
+    assert multiprocessing.active_children() == []
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("hang_in", ["step", "reset"])
 def test_a_hung_env_stops_the_run_naming_its_episode_and_leaves_no_worker(tmp_path, capsys, hang_in):
@@ -75,16 +88,11 @@ def test_a_run_of_one_episode_keeps_its_env_in_a_worker_that_env_timeout_stops(t
     env for ever (and an env's crash killed gr00t-eval)."""
     register_env_prefix("lasthang", EmbodimentTag.NEW_EMBODIMENT,
                         lambda task, **kwargs: HangingWalkEnv("step", hang_s=30))
-    with running_server(ConstantPolicy()) as server:
-        started = time.monotonic()
-        code = main(["rollout", "--env-name", "lasthang/walk", "--n-episodes", "1", "--n-envs", n_envs,
-                     "--n-action-steps", "2", "--max-episode-steps", "6", "--seed", "103", "--no-video",
-                     "--env-timeout", "2", "--policy-client-port", str(server.port), "--output-dir", str(tmp_path / "run")])
-        took = time.monotonic() - started
-    err = capsys.readouterr().err
-    assert "env 0 (episode 0) did not finish a step within 2 s (--env-timeout)" in err, err
-    assert code == 2 and took < 20, f"exit {code} after {took:.0f} s"
-    assert multiprocessing.active_children() == []
+    stopped_within_env_timeout(
+        lambda port: ["rollout", "--env-name", "lasthang/walk", "--n-episodes", "1", "--n-envs", n_envs,
+                      "--n-action-steps", "2", "--max-episode-steps", "6", "--seed", "103", "--no-video",
+                      "--env-timeout", "2", "--policy-client-port", str(port), "--output-dir", str(tmp_path / "run")],
+        capsys, "env 0 (episode 0) did not finish a step within 2 s (--env-timeout)")
 
 
 class SlowToBuildWalkEnv(WalkToEnv):
@@ -101,14 +109,8 @@ def test_an_env_whose_construction_hangs_in_its_worker_stops_the_run_within_env_
     """gymnasium's AsyncVectorEnv waited on each worker's first answer without a timeout: --env-timeout did not
     cover a constructor that hung."""
     register_env_prefix("slowbuild", EmbodimentTag.NEW_EMBODIMENT, lambda task, **kwargs: SlowToBuildWalkEnv())
-    with running_server(ConstantPolicy()) as server:
-        started = time.monotonic()
-        code = main(rollout_argv("slowbuild/walk", server.port, tmp_path / "run", "--env-timeout", "2"))
-        took = time.monotonic() - started
-    err = capsys.readouterr().err
-    assert "env 0, env 1 did not finish building within 2 s (--env-timeout)" in err, err
-    assert code == 2 and took < 20, f"exit {code} after {took:.0f} s"
-    assert multiprocessing.active_children() == []  # the workers still building were killed
+    stopped_within_env_timeout(lambda port: rollout_argv("slowbuild/walk", port, tmp_path / "run", "--env-timeout", "2"),
+                               capsys, "env 0, env 1 did not finish building within 2 s (--env-timeout)")
 
 
 class BuildHangsEverywhereWalkEnv(WalkToEnv):
@@ -124,14 +126,8 @@ def test_an_env_whose_construction_hangs_in_this_process_too_stops_the_run_withi
     """gymnasium's AsyncVectorEnv builds env 0 once in this process, for its spaces, before any worker starts: a
     constructor that hung everywhere held the run there, with no limit."""
     register_env_prefix("buildhangs", EmbodimentTag.NEW_EMBODIMENT, lambda task, **kwargs: BuildHangsEverywhereWalkEnv())
-    with running_server(ConstantPolicy()) as server:
-        started = time.monotonic()
-        code = main(rollout_argv("buildhangs/walk", server.port, tmp_path / "run", "--env-timeout", "2"))
-        took = time.monotonic() - started
-    err = capsys.readouterr().err
-    assert "env 0, env 1 did not finish building within 2 s (--env-timeout)" in err, err
-    assert code == 2 and took < 20, f"exit {code} after {took:.0f} s"
-    assert multiprocessing.active_children() == []
+    stopped_within_env_timeout(lambda port: rollout_argv("buildhangs/walk", port, tmp_path / "run", "--env-timeout", "2"),
+                               capsys, "env 0, env 1 did not finish building within 2 s (--env-timeout)")
 
 
 class RefusesItsSettingsWalkEnv(WalkToEnv):

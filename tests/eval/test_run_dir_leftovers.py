@@ -129,3 +129,25 @@ def test_a_file_written_aside_has_a_legal_temporary_name_a_dead_writers_cleanup_
     match = PARTIAL_FILE_NAME.fullmatch(temporary.name)
     assert match and int(match.group("pid")) == os.getpid()
     assert match.group("name") == (name if name == "results.json" else "gr00t")
+
+
+def half_written_by_an_ended_process(folder, hostname=None):
+    """The file a process (on host `hostname`: its socket.gethostname() says so; None: this host) wrote aside and
+    never renamed before it ended."""
+    pretend = "" if hostname is None else f"import socket; socket.gethostname = lambda: {hostname!r}; "
+    code = (f"{pretend}from pathlib import Path; from gr00t_eval.run_claim import partial_path; "
+            f"path = partial_path(Path({str(folder)!r}) / 'results.json'); path.write_text('{{'); print(path.name)")
+    written = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    return folder / written.stdout.strip()
+
+
+def test_a_half_written_file_of_a_writer_on_another_host_is_left_to_it(tmp_path):
+    """A shard on another host writing to a shared folder had its live half-written file deleted: its pid is no
+    process here. Only this host's ended writers' files are dead."""
+    from gr00t_eval.run_claim import dead_partial_files
+
+    elsewhere = half_written_by_an_ended_process(tmp_path, "gpu-node-7.cluster")
+    here = half_written_by_an_ended_process(tmp_path)
+    old_format = tmp_path / f".results.json.{ended_pid()}.3.tmp"
+    old_format.write_text("{")
+    assert elsewhere.is_file() and dead_partial_files(tmp_path) == sorted([here, old_format])

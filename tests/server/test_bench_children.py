@@ -124,18 +124,22 @@ def test_sigterm_leaves_no_child_of_the_benchmark_running(script, args, children
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("clients_as", ["raw-sockets", "raw-processes"])
-def test_raw_clients_end_the_run_when_their_server_is_killed(clients_as):
+@pytest.mark.parametrize("clients_as, children", [("raw-sockets", 3), ("raw-processes", 3), ("threads", 2)])
+def test_clients_end_the_run_within_seconds_when_their_server_is_killed(clients_as, children):
+    """Client threads waited out their 120 s timeout on a server that had died."""
     proc = _start("throughput.py", "--policy", "sleep", "--clients", "2", "--duration", "60", "--slices", "1",
                   "--clients-as", clients_as)
     try:
-        # both servers and the first point's clients
-        assert _wait_until(lambda: len(_spawned_children(proc.pid)) >= 3, 120), "the point never started"
+        # both servers, and the first point's client processes where the clients are processes
+        assert _wait_until(lambda: len(_spawned_children(proc.pid)) >= children, 120), "the point never started"
         time.sleep(3)  # measuring
         server = _spawned_children(proc.pid)[0]  # batching off: started, and measured, first
         os.kill(server, signal.SIGKILL)
+        killed = time.monotonic()
         _stdout, stderr = proc.communicate(timeout=90)
+        ended_after_s = time.monotonic() - killed
     finally:
         _kill_session(proc)
     assert proc.returncode == 1, stderr
     assert f"error: the server process (pid {server}) exited with code -9" in stderr
+    assert ended_after_s < 20, ended_after_s

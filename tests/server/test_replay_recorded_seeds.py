@@ -68,3 +68,15 @@ def test_a_dataset_without_seeds_starts_without_a_word_about_them(dataset, caplo
     with caplog.at_level(logging.WARNING, logger="gr00t_server.policies.recorded_seeds"):
         ReplayPolicy(with_seeds(dataset, [..., ..., ...]))
     assert "seed" not in caplog.text
+
+
+def test_a_replay_takes_every_seed_a_recording_may_store_and_no_larger_one(dataset):
+    """The limit was defined twice, in gr00t-eval's record and gr00t-server's replay: one changed alone would record
+    seeds the replay drops. Both take gr00t_client's."""
+    from gr00t_client.codec import MAX_RECORDED_SEED
+    from gr00t_eval import record
+    from gr00t_server.policies import recorded_seeds
+
+    assert record.MAX_RECORDED_SEED is MAX_RECORDED_SEED and recorded_seeds.MAX_RECORDED_SEED is MAX_RECORDED_SEED
+    policy = ReplayPolicy(with_seeds(dataset, [MAX_RECORDED_SEED, MAX_RECORDED_SEED + 1, 0]))
+    assert [reset_seed(policy, position) for position in range(3)] == [MAX_RECORDED_SEED, None, 0]

@@ -26,6 +26,9 @@ from .wire_limits import BufferLike, DecodeLimits
 
 # pyzmq sends frames below this size by copying: zero-copy tracking costs more than copying ~256 KiB.
 ZERO_COPY_MIN_BYTES = 256 * 1024
+# The largest episode seed `gr00t-eval record` stores and a replay server sends back: LeRobot's tooling reads episode
+# fields as int64, and past 2**64 - 1 the wire's integers stop (every rollout of such an episode errored).
+MAX_RECORDED_SEED = 2**63 - 1
 
 
 def unencodable_path(value: Any, encode_one: Callable[[Any], Any]) -> str:

@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "unless every episode errored: a run that scored nothing exits 1")
     p.add_argument(*_flag("max-episodes-rendered"), type=int, default=None, metavar="N",
                    help="write videos of the first N episodes (of each task) only (default: all)")
-    p.add_argument(*_flag("env-timeout"), type=float, default=DEFAULT_ENV_TIMEOUT_S, metavar="S",
+    p.add_argument(*_flag("env-timeout"), type=float, default=None, metavar="S",
                    help=f"seconds one env construction, reset or step may take before the run stops with the envs "
                         f"named (a hung simulator; writing an episode's video is not counted; default "
                         f"{DEFAULT_ENV_TIMEOUT_S:g}; 0 or inf = no limit; at most a week). Envs in subprocesses only "

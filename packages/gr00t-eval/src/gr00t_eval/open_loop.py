@@ -104,19 +104,18 @@ class OpenLoopConfig:
         if self.plot and self.plot_path is not None:  # before any query, not once the first trajectory is scored
             from .plots import check_plot_path
 
-            check_plot_path(self.plot_path)
+            check_plot_path(self.plot_path, traj_ids=self.traj_ids)
 
     def plot_file(self, traj_id: int, n_trajectories: int) -> Path:
         """Where the plot of `traj_id` goes: plot_path (suffixed per trajectory when several), PLOT_PATH/traj_{id}.jpeg
         when it is a folder, else OUTPUT_DIR/traj_{id}.jpeg (DEFAULT_OUTPUT_DIR when evaluate_trajectory is called
         alone with no output_dir: evaluate_open_loop gives every run its own)."""
-        from .plots import DEFAULT_PLOT_SUFFIX, is_plot_folder
+        from .plots import DEFAULT_PLOT_SUFFIX, is_plot_folder, trajectory_plot_file
 
         if self.plot_path is None or is_plot_folder(self.plot_path):
             folder = (self.output_dir or DEFAULT_OUTPUT_DIR) if self.plot_path is None else self.plot_path
             return Path(folder) / f"traj_{traj_id}{DEFAULT_PLOT_SUFFIX}"
-        path = Path(self.plot_path)
-        return path if n_trajectories == 1 else path.with_name(f"{path.stem}_traj{traj_id}{path.suffix}")
+        return trajectory_plot_file(self.plot_path, traj_id, n_trajectories)
 
 
 OBSERVATION_FORMATS = ("nested", "flat", "auto")

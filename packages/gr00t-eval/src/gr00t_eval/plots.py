@@ -13,7 +13,7 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .extras import require
-from .run_claim import partial_path
+from .run_claim import NAME_MAX, partial_path
 from .run_dir import remove_quietly
 
 DEFAULT_PLOT_SUFFIX = ".jpeg"
@@ -38,14 +38,36 @@ def is_plot_folder(path: str) -> bool:
     return path.endswith(("/", os.sep)) or Path(path).is_dir()
 
 
-def check_plot_path(path: str, name: str = "plot_path") -> None:
+def check_plot_path(path: str, name: str = "plot_path", traj_ids: Sequence[int] = ()) -> None:
     """ValueError naming the setting `name` unless plots can be written at `path`: a plot folder, or a file name whose
-    suffix matplotlib writes, in a folder that exists or can be made, and is writable. Plots are drawn after each
-    trajectory is scored: a path found unwritable then ended the run before the other trajectories."""
+    suffix matplotlib writes, and whose plot file of each of `traj_ids` is a name short enough, in a folder that exists
+    or can be made, and is writable. Plots are drawn after each trajectory is scored: a path found unwritable then ended
+    the run before the other trajectories."""
     folder = Path(path) if is_plot_folder(path) else Path(path).parent
     suffix = DEFAULT_PLOT_SUFFIX if is_plot_folder(path) else _file_suffix(path, name)
+    if not is_plot_folder(path):
+        _check_plot_name_lengths(path, traj_ids, name)
     _check_folder_writable(folder, path, name)
     _check_format_written(suffix, path, name)
+
+
+def trajectory_plot_file(path: str, traj_id: int, n_trajectories: int) -> Path:
+    """The plot of `traj_id` when the plot path names a file: that file for a single trajectory, else
+    PATH_traj{id}.SUFFIX."""
+    plot = Path(path)
+    return plot if n_trajectories == 1 else plot.with_name(f"{plot.stem}_traj{traj_id}{plot.suffix}")
+
+
+def _check_plot_name_lengths(path: str, traj_ids: Sequence[int], name: str) -> None:
+    """ValueError naming the longest plot file name of `traj_ids` when it is longer than NAME_MAX bytes: its save
+    failed once its trajectory was scored."""
+    names = {traj_id: trajectory_plot_file(path, traj_id, len(traj_ids)).name for traj_id in traj_ids}
+    longest = max(names, key=lambda traj_id: len(os.fsencode(names[traj_id])), default=None)
+    if longest is not None and len(os.fsencode(names[longest])) > NAME_MAX:
+        raise ValueError(f"{name} {path}: the plot of trajectory {longest} would be named {names[longest]} "
+                         f"({len(os.fsencode(names[longest]))} bytes), longer than a file name may be ({NAME_MAX} "
+                         "bytes); expected a shorter file name, or a directory (PATH/) for "
+                         f"traj_{{id}}{DEFAULT_PLOT_SUFFIX} plots")
 
 
 def _file_suffix(path: str, name: str) -> str:

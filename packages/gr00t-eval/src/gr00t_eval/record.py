@@ -18,6 +18,8 @@ from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
+from gr00t_client.codec import MAX_RECORDED_SEED
+
 from .dataset import DatasetWriter
 from .dataset.overwrite import DATASET_ENTRIES, OVERWRITE_TRASH
 from .rollout.config import check_whole_number, split_env_name
@@ -26,9 +28,6 @@ logger = logging.getLogger(__name__)
 
 METAWORLD_FPS = 80  # MuJoCo timestep 0.0025 s x frame_skip 5
 RECORD_CLAIM = ".gr00t_record.json"  # in the dataset root: the recording's process and settings (run_claim)
-# The largest episode seed a recording stores: LeRobot's tooling reads episode fields as int64, and past 2**64 - 1 a
-# replay server cannot even send it (the wire's integers stop there): every rollout of that episode errored.
-MAX_RECORDED_SEED = 2**63 - 1
 
 
 @dataclass

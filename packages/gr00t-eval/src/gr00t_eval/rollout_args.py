@@ -51,12 +51,15 @@ def rollout_config_from_args(args: argparse.Namespace, seed: Optional[int], outp
 
 
 def env_timeout_from_args(args: argparse.Namespace) -> Optional[float]:
-    """--env-timeout in seconds, None for 0 (no limit)."""
+    """--env-timeout in seconds, None for 0 (no limit); without it, the default of the run's --vectorization."""
     from .cli_errors import UsageError
-    from .rollout.config import check_env_timeout
+    from .rollout.config import check_env_timeout, default_env_timeout
 
+    given = getattr(args, "env_timeout", None)
+    if given is None:
+        return default_env_timeout(args.vectorization)
     try:
-        return check_env_timeout(getattr(args, "env_timeout", None))
+        return check_env_timeout(given)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
@@ -80,12 +83,12 @@ def resumed_env_timeout(args: argparse.Namespace, config: Any, output_dir: Path)
     --env-timeout (taken then, and not kept) resumes with no limit and a warning; UsageError for an --env-timeout a
     run with vectorization 'sync' cannot keep."""
     from .cli_errors import UsageError
-    from .rollout.config import check_env_timeout_applies, without_unkept_env_timeout
+    from .rollout.config import DEFAULT_ENV_TIMEOUT_S, check_env_timeout_applies, without_unkept_env_timeout
     from .run_resume import given_settings
 
     if "env_timeout" not in given_settings(args):
         resumed = without_unkept_env_timeout(config)
-        if resumed.env_timeout_s != config.env_timeout_s:
+        if config.env_timeout_s not in (resumed.env_timeout_s, DEFAULT_ENV_TIMEOUT_S):  # the default: asked by nobody
             logger.warning("--resume %s: its saved env timeout of %g s cannot apply to its envs, which run in this "
                            "process (vectorization 'sync'), where a hung reset or step cannot be stopped; the run "
                            "resumes with no limit, as it ran before", output_dir, config.env_timeout_s)

@@ -305,33 +305,43 @@ def _linux_process(pid: int) -> Tuple[Optional[str], Optional[float]]:
         return None, None
 
 
-# A file written aside and then renamed or linked into place: .NAME.PID.N.tmp (partial_path: _create_exclusively,
-# results.write_results, plots, episode videos; earlier versions wrote claims as .NAME.PID.tmp). PID is the writer's:
-# a kill -9 between the write and the rename leaves it.
-PARTIAL_FILE_NAME = re.compile(r"\.(?P<name>.+?)\.(?P<pid>[0-9]+)(?:\.[0-9]+)?\.tmp")
+# A file written aside and then renamed or linked into place: .NAME.PID.N@HOST.tmp (partial_path: _create_exclusively,
+# results.write_results, plots, episode videos; earlier versions wrote .NAME.PID.N.tmp, and claims as .NAME.PID.tmp).
+# PID and HOST are the writer's: a kill -9 between the write and the rename leaves it.
+PARTIAL_FILE_NAME = re.compile(r"\.(?P<name>.+?)\.(?P<pid>[0-9]+)(?:\.[0-9]+)?(?:@(?P<host>[A-Za-z0-9_-]+))?\.tmp")
 _PARTIAL_FILE_COUNTER = itertools.count()
-_NAME_MAX = 255  # bytes in a file name (ext4, XFS, APFS, NTFS)
+NAME_MAX = 255  # bytes in a file name (ext4, XFS, APFS, NTFS)
+_HOST_TAG_MAX = 64  # characters of the host name a half-written file's name keeps (Linux's HOST_NAME_MAX)
 
 
 def partial_path(path: Path) -> Path:
-    """Where `path` is written aside before it is renamed into place: .NAME.PID.N.tmp (PARTIAL_FILE_NAME), a name of
-    this process's own; .gr00t.PID.N.tmp where that would be longer than a file name may be, so that any legal NAME
-    (up to 255 bytes) can be written."""
-    tail = f".{os.getpid()}.{next(_PARTIAL_FILE_COUNTER)}.tmp"
-    name = path.name if len(os.fsencode(f".{path.name}{tail}")) <= _NAME_MAX else "gr00t"
+    """Where `path` is written aside before it is renamed into place: .NAME.PID.N@HOST.tmp (PARTIAL_FILE_NAME), a name
+    of this process's own; .gr00t.PID.N@HOST.tmp where that would be longer than a file name may be, so that any legal
+    NAME (up to 255 bytes) can be written."""
+    tail = f".{os.getpid()}.{next(_PARTIAL_FILE_COUNTER)}@{host_tag()}.tmp"
+    name = path.name if len(os.fsencode(f".{path.name}{tail}")) <= NAME_MAX else "gr00t"
     return path.with_name(f".{name}{tail}")
 
 
+def host_tag() -> str:
+    """This host's name as a half-written file's name holds it: letters, digits and '-' kept, anything else '_'."""
+    return re.sub(r"[^A-Za-z0-9-]", "_", socket.gethostname())[:_HOST_TAG_MAX] or "_"
+
+
 def dead_partial_files(directory: Union[str, Path]) -> List[Path]:
-    """The half-written files (PARTIAL_FILE_NAME) in `directory` whose writer is no longer running (killed with -9
-    mid-write, out of memory, a power loss): never a file's only copy, so safe to delete. A live writer's are left."""
+    """The half-written files (PARTIAL_FILE_NAME) in `directory` whose writer on this host is no longer running (killed
+    with -9 mid-write, out of memory, a power loss): never a file's only copy, so safe to delete. A live writer's are
+    left, and so are those of a writer on another host (a shard writing to a shared folder), whose pid is not ours to
+    judge; a name without a host (an earlier version's) is judged as this host's."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
+    here = host_tag()
     found = []
     for entry in directory.iterdir():
         match = PARTIAL_FILE_NAME.fullmatch(entry.name)
-        if match and entry.is_file() and not entry.is_symlink() and not process_exists(int(match.group("pid"))):
+        if (match and match.group("host") in (None, here) and entry.is_file() and not entry.is_symlink()
+                and not process_exists(int(match.group("pid")))):
             found.append(entry)
     return sorted(found)
 

@@ -26,6 +26,19 @@ COUNT_MINIMUMS = {"n_episodes": 1, "n_envs": 1, "n_action_steps": 1, "max_episod
 NULLABLE_COUNTS = ("seed", "max_episodes_rendered", "rtc_frozen_steps")
 
 
+class _UnsetEnvTimeout(float):
+    """RolloutConfig's env_timeout_s when none is given, told apart from a given DEFAULT_ENV_TIMEOUT_S by its type."""
+
+
+UNSET_ENV_TIMEOUT = _UnsetEnvTimeout(DEFAULT_ENV_TIMEOUT_S)
+
+
+def default_env_timeout(vectorization: Any) -> Optional[float]:
+    """The env timeout of a run that sets none: DEFAULT_ENV_TIMEOUT_S, or none with vectorization "sync", whose envs
+    run in this process, where a hung reset or step cannot be stopped."""
+    return None if vectorization == "sync" else DEFAULT_ENV_TIMEOUT_S
+
+
 def check_env_timeout(value: Any, name: str = "--env-timeout", no_limit: str = "0") -> Optional[float]:
     """Seconds an env may take per reset or step: None for no limit (None, inf, or 0 where `no_limit` is "0", the
     CLI's word; a job file says null); ValueError naming `name` for anything else that is not a number > 0 (NaN,
@@ -70,11 +83,13 @@ class RolloutConfig:
     max_episodes_rendered: Optional[int] = None
     # Seconds an env in a subprocess may take for its construction or one reset or step before the run stops (a hung
     # simulator); None: wait for ever. Envs run in-process (n_envs 1, vectorization "sync") cannot be timed out: with
-    # "sync", a value other than the default is refused. Workers whose close() has not returned that long after the
-    # last episode are given up on (async workers killed).
-    env_timeout_s: Optional[float] = DEFAULT_ENV_TIMEOUT_S
+    # "sync", none is the default and any other value is refused. Workers whose close() has not returned that long
+    # after the last episode are given up on (async workers killed).
+    env_timeout_s: Optional[float] = UNSET_ENV_TIMEOUT
 
     def __post_init__(self) -> None:
+        if isinstance(self.env_timeout_s, _UnsetEnvTimeout):
+            self.env_timeout_s = default_env_timeout(self.vectorization)
         if self.env_timeout_s == float("inf"):  # no limit, said the way a JSON job file can (Infinity)
             self.env_timeout_s = None
         for name in COUNT_MINIMUMS:  # a numpy int counts, and is saved to results.json as a plain int
@@ -129,22 +144,22 @@ def check_rollout_config(config: RolloutConfig, auto_n_envs: bool = False) -> No
 def check_env_timeout_applies(vectorization: Any, env_timeout_s: Optional[float], name: str = "env_timeout_s",
                               advice: str = "use vectorization 'async' (or 'auto' with n_envs > 1) for a time limit, "
                                             "or env_timeout_s None for none") -> None:
-    """ValueError for an env timeout other than the default with vectorization "sync": its envs run in this process,
-    where a hung reset or step cannot be stopped, and the limit was silently not kept. (The default is every run's,
-    asked for by nobody.) `advice`: what to do instead, in the caller's terms."""
+    """ValueError for an env timeout given with vectorization "sync": its envs run in this process, where a hung reset
+    or step cannot be stopped, and the limit was silently not kept. `advice`: what to do instead, in the caller's
+    terms."""
     if not env_timeout_applies(vectorization, env_timeout_s):
         raise ValueError(f"{name} {env_timeout_s:g} cannot apply with vectorization 'sync': its envs run in this "
                          f"process, where a hung reset or step cannot be stopped; {advice}")
 
 
 def env_timeout_applies(vectorization: Any, env_timeout_s: Optional[float]) -> bool:
-    """Whether an env timeout can be kept: any with vectorization other than "sync"; with "sync", none or the default."""
-    return vectorization != "sync" or env_timeout_s in (None, DEFAULT_ENV_TIMEOUT_S)
+    """Whether an env timeout can be kept: any with vectorization other than "sync"; with "sync", only none."""
+    return vectorization != "sync" or env_timeout_s is None
 
 
 def without_unkept_env_timeout(config: RolloutConfig) -> RolloutConfig:
-    """`config` as an earlier version ran it: one started with vectorization "sync" and another env_timeout_s (taken
-    then, and not kept) resumes with env_timeout_s None, which check_env_timeout_applies accepts."""
+    """`config` as an earlier version ran it: one started with vectorization "sync" and an env_timeout_s (the default,
+    or another taken then; neither kept) resumes with env_timeout_s None, which check_env_timeout_applies accepts."""
     if env_timeout_applies(config.vectorization, config.env_timeout_s):
         return config
     return dataclasses.replace(config, env_timeout_s=None)

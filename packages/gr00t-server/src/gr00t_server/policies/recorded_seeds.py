@@ -7,9 +7,9 @@ import logging
 import numbers
 from typing import Any, List, Optional
 
-logger = logging.getLogger(__name__)
+from gr00t_client.codec import MAX_RECORDED_SEED
 
-MAX_RECORDED_SEED = 2**63 - 1  # `gr00t-eval record`'s largest: LeRobot's tooling reads episode fields as int64
+logger = logging.getLogger(__name__)
 _NAMED_POSITIONS = 20  # episode positions a warning lists
 
 
