@@ -8,7 +8,7 @@ from reference_peer import LANGUAGE_KEY, EchoPolicy, libero_like_configs, libero
 
 from gr00t_client import (ActionError, BasePolicy, ModalityConfig, NonFiniteActionError, ObservationError,
                           PolicyValidationError, PolicyWrapper)
-from gr00t_client.policy import first_non_finite
+from gr00t_client.policy import first_non_finite, rows_checked
 
 
 class FixedActionPolicy(BasePolicy):
@@ -135,6 +135,39 @@ def test_non_dict_observation_is_rejected():
 def test_not_strict_skips_input_validation():
     policy = FixedActionPolicy({"anything": 1}, strict=False)
     assert policy.get_action({"no": "modalities"}) == ({"anything": 1}, {"seen_options": None})
+
+
+
+@pytest.mark.parametrize("row_wise", [False, True])
+def test_an_observation_marked_rows_checked_is_checked_again_unless_the_policys_checks_are_row_wise(row_wise):
+    """A batching server marks a merged call whose rows it checked; a check of the batch as a whole still runs."""
+    policy = strict_policy()
+    policy.row_wise_checks = row_wise
+    bad = libero_like_observation()
+    bad["state"]["x"] = bad["state"]["x"].astype(np.float64)
+    with rows_checked(bad):
+        if row_wise:
+            policy.get_action(bad)
+        else:
+            with pytest.raises(ObservationError, match="'x' must have dtype float32"):
+                policy.get_action(bad)
+    with pytest.raises(ObservationError, match="'x' must have dtype float32"):  # the marker ends with its block
+        policy.get_action(bad)
+
+
+
+def test_a_strict_policy_checks_each_array_of_its_action_for_nan_once(monkeypatch):
+    """The listed keys were checked by check_action and again by the walk over every key."""
+    from gr00t_client import policy as policy_module
+
+    checked = []
+    for name in ("all_finite", "non_finite_rows"):
+        real = getattr(policy_module, name)
+        monkeypatch.setattr(policy_module, name, lambda value, real=real: checked.append(id(value)) or real(value))
+    action = good_action()
+    FixedActionPolicy(action).get_action(libero_like_observation())
+    arrays = {id(value) for value in action.values()}
+    assert sorted(found for found in checked if found in arrays) == sorted(arrays)  # the states are checked too
 
 
 def test_options_reach_the_policy():

@@ -112,3 +112,69 @@ def test_behind_the_sim_wrapper_a_degenerate_rotation_fails_only_its_sender_and_
     refused = results[BAD_CLIENT]
     assert isinstance(refused, PolicyServerError), refused
     assert "relative key 'action.eef_9d'" in refused.server_message and "degenerate rotation in rows [0]" in refused.server_message
+
+
+@pytest.fixture(scope="module")
+def counting_policy(tiny_checkpoint):
+    """A strict Gr00tPolicy that counts the runs of its check_observation (`checks`)."""
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+
+    class CheckCountingPolicy(Gr00tPolicy):
+        checks = 0
+
+        def check_observation(self, observation):
+            self.checks += 1
+            super().check_observation(observation)
+
+    return CheckCountingPolicy(tiny_checkpoint, TAG, device="cpu")
+
+
+def served_together(policy: Any, observations: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Serve `observations` from as many clients at once on a batching server; its stats after."""
+    with running_server(policy, max_batch_size=len(observations), batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
+        results = call_together(server.port, observations)
+        with PolicyClient(port=server.port) as client:
+            stats = client.get_server_info()["stats"]
+    assert not [result for result in results if isinstance(result, Exception)], results
+    return stats
+
+
+def test_a_batched_request_is_checked_once_not_again_in_the_merged_call(tiny_checkpoint, counting_policy):
+    counting_policy.checks = 0
+    stats = served_together(counting_policy, [observation(tiny_checkpoint) for _ in range(CLIENTS)])
+    assert stats["policy_calls"] == 1 and stats["batch_sizes"] == {str(CLIENTS): 1}
+    assert counting_policy.checks == CLIENTS  # each request's pre-check; the merged call of their rows none
+
+
+def test_behind_the_sim_wrapper_a_batched_request_is_checked_once_at_each_level(tiny_checkpoint, counting_policy):
+    from gr00t_server.policies import Gr00tSimPolicyWrapper
+
+    class CheckCountingWrapper(Gr00tSimPolicyWrapper):
+        checks = 0
+
+        def check_observation(self, observation):
+            self.checks += 1
+            super().check_observation(observation)
+
+    wrapper = CheckCountingWrapper(counting_policy)
+    counting_policy.checks = 0
+    stats = served_together(wrapper, [flat_form(observation(tiny_checkpoint)) for _ in range(CLIENTS)])
+    assert stats["policy_calls"] == 1 and stats["batch_sizes"] == {str(CLIENTS): 1}
+    assert (wrapper.checks, counting_policy.checks) == (CLIENTS, CLIENTS)
+
+
+def test_a_direct_call_still_checks_its_observation_once(tiny_checkpoint, counting_policy):
+    from gr00t_client.policy import rows_checked
+    from gr00t_server.policies import Gr00tSimPolicyWrapper
+
+    counting_policy.checks = 0
+    counting_policy.get_action(observation(tiny_checkpoint))
+    assert counting_policy.checks == 1
+    bad = observation(tiny_checkpoint)
+    bad["state"]["eef_9d"][0, 0, 3:] = 0.0
+    with rows_checked(observation(tiny_checkpoint)):  # another observation's marker does not cover this one
+        with pytest.raises(ObservationError, match=r"degenerate rotation in rows \[0\]"):
+            counting_policy.get_action(bad)
+    with pytest.raises(ObservationError, match=r"relative key 'action\.eef_9d' \(xyz \+ rot6d\) has a degenerate"):
+        Gr00tSimPolicyWrapper(counting_policy).get_action(flat_form(bad))
+    assert counting_policy.checks == 3

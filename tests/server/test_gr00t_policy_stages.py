@@ -108,3 +108,27 @@ def test_clip_to_statistics_bounds_mean_std_action_keys(processor):
         configs["action"] = action_config
     assert (free > params.high + 1.0).all()
     np.testing.assert_allclose(bounded, np.broadcast_to(params.high, bounded.shape).astype(np.float32))
+
+
+def test_a_strict_call_normalizes_its_states_once_and_acts_on_the_states_it_is_given(libero, tiny_checkpoint):
+    """check_observation's normalization (which refuses a state beyond the model's float) serves the call after it; a
+    check made before the states changed in place is not reused."""
+    observation = example_observation(tiny_checkpoint, "libero_sim", seed=5)
+    tags = []
+    normalize = libero.processor.normalize_state
+    libero.processor.normalize_state = lambda tag, states: tags.append(tag) or normalize(tag, states)
+    try:
+        action, _ = libero.get_action(observation, {"seed": 3})
+        assert tags == ["libero_sim"]
+        libero.check_observation(observation)
+        for value in observation["state"].values():
+            value *= 0.5
+        libero.strict = False
+        lenient, _ = libero.get_action(observation, {"seed": 3})
+    finally:
+        del libero.processor.normalize_state
+        libero.strict = True
+    strict, _ = libero.get_action(observation, {"seed": 3})
+    assert any(not np.allclose(action[key], strict[key]) for key in action)
+    for key in action:
+        np.testing.assert_array_equal(strict[key], lenient[key])

@@ -158,7 +158,8 @@ def test_a_model_output_shorter_than_the_action_horizon_is_refused():
 def test_a_reference_state_of_another_width_than_its_relative_action_is_refused():
     """A 1-wide reference state for a 2-wide relative key would be added to both joints; it is refused instead."""
     proc = _processor()
-    with pytest.raises(ValueError, match="State dim 1 != action dim 2 for relative key 'arm'"):
+    with pytest.raises(ValueError, match="reference state 'state.arm' of relative key 'arm' has dimension 1; "
+                                         "expected 2"):
         proc.decode_action(np.zeros((1, 2, 8)), "robot", {"arm": np.array([[[1.0]]]), "hand": np.array([[[0.5]]])})
 
 
@@ -172,7 +173,8 @@ def test_statistics_giving_a_relative_key_a_reference_state_of_another_width_are
 def test_an_inf_last_reference_state_is_refused_for_a_relative_key():
     """inf in the state that anchors relative actions would make inf actions; NaN is not the only non-finite value."""
     proc = _processor()
-    with pytest.raises(ValueError, match=r"state of relative key 'arm' has NaN or infinite values in rows \[0\]"):
+    with pytest.raises(ValueError, match=r"reference state 'state.arm' of relative key 'arm' has NaN or infinite "
+                                         r"values in rows \[0\]"):
         proc.decode_action(np.zeros((1, 2, 8)), "robot", _states(arm=(np.inf, 1.0)))
 
 
@@ -181,7 +183,8 @@ def test_reference_states_are_checked_under_the_action_configs_state_key():
     model runs; the check looked up the action key's own name, found nothing and let a NaN through to the model."""
     proc = _processor(state={"joint_state": _stats(0, 4, 2), "hand": _stats(0, 1, 1)}, state_keys_map={"arm": "joint_state"})
     states = {"joint_state": np.array([[[np.nan, 1.0]]]), "hand": np.array([[[0.5]]])}
-    with pytest.raises(ValueError, match=r"state of relative key 'arm' has NaN or infinite values in rows \[0\]"):
+    with pytest.raises(ValueError, match=r"reference state 'state.joint_state' of relative key 'arm' has NaN or "
+                                         r"infinite values in rows \[0\]"):
         proc.check_reference_states("robot", states)
     states["joint_state"] = np.array([[[1.0, 2.0]]])
     proc.check_reference_states("robot", states)

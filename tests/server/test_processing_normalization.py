@@ -123,7 +123,8 @@ def test_a_degenerate_rot6d_reference_state_is_refused_naming_key_and_row_both_w
 def test_a_non_finite_reference_state_is_refused_instead_of_giving_nan_actions(action_type, action_format, dim):
     reference = np.zeros((3, 2, dim))
     reference[2, -1, 0] = np.nan
-    with pytest.raises(ValueError, match=r"state of relative key 'arm' has NaN or infinite values in rows \[2\]"):
+    with pytest.raises(ValueError, match=r"reference state 'state.arm' of relative key 'arm' has NaN or infinite "
+                                         r"values in rows \[2\]"):
         norm.decode_relative("arm", np.zeros((3, 4, dim)), reference, action_type, action_format)
     reference[2, -1, 0], reference[2, 0, 0] = 0.0, np.inf  # only the last step anchors the actions
     assert np.isfinite(norm.decode_relative("arm", np.zeros((3, 4, dim)), reference, action_type, action_format)).all()

@@ -214,6 +214,77 @@ def test_a_base_exception_in_a_batched_call_fails_only_the_client_whose_input_ra
     assert decoded(replies["good"])[0]["a"].shape == (1, 4, 2)
 
 
+
+class CheckRaisingPolicy(RaisingPolicy):
+    """A strict policy whose own check_observation raises `error` for a negative state, as a user's may (sys.exit())."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)
+        self.strict = True
+
+    def check_observation(self, observation):
+        if (observation["state"]["x"] < 0).any():
+            raise self.error
+
+
+@pytest.mark.parametrize("error", [SystemExit(1), KeyboardInterrupt(), asyncio.CancelledError()], ids=lambda e: type(e).__name__)
+def test_a_base_exception_in_a_strict_policys_check_fails_only_its_sender_while_a_batch_forms(error):
+    """Its batch-mates were all answered "internal error in get_action: SystemExit" with it."""
+    messages = {"bad": get_action_message(small_observation(value=-1.0)),
+                **{name: get_action_message(small_observation()) for name in ("good", "also good")}}
+    policy = CheckRaisingPolicy(error)
+    with running_server(policy, max_batch_size=8, batch_timeout_ms=300, inline_below_ms=0) as server:
+        replies = in_threads(server.port, messages)
+        after, _ = decoded(raw_round_trip(server.port, get_action_message(small_observation()), 3000))
+    assert error_of(replies["bad"]) == f"internal error in get_action: {type(error).__name__}"
+    good = [decoded(replies[name]) for name in ("good", "also good")]
+    assert all(isinstance(reply, list) for reply in good), good  # an [action, info] each, not an error
+    assert [action["a"].shape for action, _ in good] == [(1, 4, 2)] * 2
+    assert policy.rows_per_call[0] == 2  # the two clean requests were still merged into one call
+    assert after["a"].shape == (1, 4, 2)
+
+
+class LanguageFactsPolicy(RaisingPolicy):
+    """A policy whose language_sources() or count_language_tokens() (read on the socket thread) raises `error`."""
+
+    def __init__(self, error: BaseException, method: str) -> None:
+        super().__init__(error)
+        self.method = method
+
+    def language_sources(self):
+        if self.method == "language_sources":
+            raise self.error
+        return frozenset()
+
+    def count_language_tokens(self, text):
+        if self.method == "count_language_tokens":
+            raise self.error
+        return 1
+
+
+def long_instruction_message() -> bytes:
+    """A get_action whose instruction is long enough for the server to count its tokens with the policy's tokenizer."""
+    return get_action_message({**small_observation(), "language": {"task": [["pick " * 200]]}})
+
+
+@pytest.mark.parametrize("error", [SystemExit(2), KeyboardInterrupt()], ids=lambda e: type(e).__name__)
+def test_language_sources_raising_a_base_exception_leaves_the_server_serving(error):
+    """It stopped the server's socket thread: every client then waited for ever."""
+    with running_server(LanguageFactsPolicy(error, "language_sources")) as server:
+        action, _ = decoded(raw_round_trip(server.port, long_instruction_message(), 3000))
+        assert decoded(raw_round_trip(server.port, codec.encode({"endpoint": "ping"}), 3000))["status"] == "ok"
+    assert action["a"].shape == (1, 4, 2)
+
+
+@pytest.mark.parametrize("error", [SystemExit(2), KeyboardInterrupt()], ids=lambda e: type(e).__name__)
+def test_a_token_counter_raising_a_base_exception_fails_only_that_request(error):
+    """It stopped the server's socket thread: every client then waited for ever."""
+    with running_server(LanguageFactsPolicy(error, "count_language_tokens")) as server:
+        message = error_of(raw_round_trip(server.port, long_instruction_message(), 3000))
+        action, _ = decoded(raw_round_trip(server.port, get_action_message(small_observation()), 3000))
+    assert message == f"internal error in get_action: {type(error).__name__}"
+    assert action["a"].shape == (1, 4, 2)
+
 class FailingFactsPolicy(RaisingPolicy):
     """A policy whose get_modality_config() or identity() raises `error` (sys.exit() in a config loader)."""
 

@@ -128,7 +128,8 @@ def test_the_real_checkpoint_with_an_all_zero_eef_9d_row_is_refused_naming_that_
         observation["state"]["eef_9d"][1] = observation["state"]["eef_9d"][0]
         action, _ = client.get_action(observation)
     message = str(refused.value)  # refused by the policy before decoding, not found as NaN afterwards
-    assert "the state of relative key 'eef_9d' (xyz + rot6d) has a degenerate rotation in rows [1]" in message
+    assert ("the reference state 'state.eef_9d' of relative key 'eef_9d' (xyz + rot6d) has a degenerate rotation in "
+            "rows [1]") in message
     assert "gripper" not in message
     assert all(np.isfinite(value).all() for value in action.values())
     with pytest.raises(ValueError, match=r"'eef_9d' .* degenerate rotation in rows \[0, 1\]"):  # in-process alike

@@ -377,3 +377,35 @@ def test_an_rtc_previous_chunk_holding_one_key_under_both_spellings_is_refused_n
     with pytest.raises(ValueError, match=r"action key 'arm' twice, as 'action.arm' and 'arm'"):
         wrapper.get_action(flat(), options)
     assert policy.calls == []
+
+
+def _flat_example(checkpoint, tag="new_embodiment", batch_size=2):
+    from gr00t_server.test_checkpoint import example_observation
+
+    nested = example_observation(checkpoint, tag, batch_size=batch_size, image_size=(32, 32))
+    sent = {f"{modality}.{key}": value for modality in ("video", "state") for key, value in nested[modality].items()}
+    sent.update({key: [row[0] for row in rows] for key, rows in nested["language"].items()})
+    return sent
+
+
+def test_a_bad_reference_state_of_a_relative_key_is_named_by_the_flat_state_key_the_client_sent(tiny_checkpoint):
+    """The state anchoring relative action key eef_9d was named 'action.eef_9d', a key the client never sends."""
+    pytest.importorskip("torch")
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+
+    policy = Gr00tPolicy(tiny_checkpoint, "new_embodiment", device="cpu")
+    degenerate = _flat_example(tiny_checkpoint)
+    degenerate["state.eef_9d"][1, 0, 3:] = 0.0
+    narrow = _flat_example(tiny_checkpoint)
+    narrow["state.eef_9d"] = np.ascontiguousarray(narrow["state.eef_9d"][..., :8])
+    not_finite = _flat_example(tiny_checkpoint)
+    not_finite["state.eef_9d"][0, 0, 2] = np.nan
+    cases = [(True, True, degenerate, r"\(xyz \+ rot6d\) has a degenerate rotation in rows \[1\]"),
+             (True, False, narrow, "has dimension 8; expected 9"),
+             (False, False, not_finite, r"has NaN or infinite values in rows \[0\]")]
+    for wrapper_strict, policy_strict, observation, problem in cases:
+        policy.strict = policy_strict
+        wrapper = Gr00tSimPolicyWrapper(policy, strict=wrapper_strict)
+        with pytest.raises(ObservationError, match=r"reference state 'state\.eef_9d' of relative key 'action\.eef_9d' "
+                                                   + problem):
+            wrapper.get_action(observation)

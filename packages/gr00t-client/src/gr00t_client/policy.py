@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import cmath
+import contextlib
 import inspect
 import math
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping  # isinstance with typing.Mapping is twice as slow (hot paths)
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -250,8 +252,10 @@ def validate_observation(observation: Any, configs: Mapping[str, ModalityConfig]
     return batch or 0
 
 
-def validate_action(action: Any, configs: Mapping[str, ModalityConfig], batch_size: Optional[int] = None) -> None:
-    """Check an action dict {key: float32 (B, T, D)} against the 'action' modality config."""
+def validate_action(action: Any, configs: Mapping[str, ModalityConfig], batch_size: Optional[int] = None, *,
+                    finite: bool = True) -> None:
+    """Check an action dict {key: float32 (B, T, D)} against the 'action' modality config; with `finite`, its values
+    too (a caller that runs refuse_non_finite_action after passes False)."""
     if not isinstance(action, Mapping):
         raise ActionError(f"action must be a dict of arrays; got {type(action).__name__}")
     config = as_modality_configs(configs).get("action")
@@ -263,7 +267,7 @@ def validate_action(action: Any, configs: Mapping[str, ModalityConfig], batch_si
             raise ActionError(f"Action key '{key}' is missing from the action; got keys {sorted(action, key=str)}")
         value = action[key]
         _check_array("Action", key, value, np.float32, 3, config.horizon, "(B, T, D)", ActionError)
-        rows = non_finite_rows(value)
+        rows = non_finite_rows(value) if finite else []
         if rows:  # a strict policy's NaN reached the robot when called directly, with no server or client between
             raise NonFiniteActionError(f"the policy produced non-finite values (NaN or inf) in action key '{key}' rows "
                                        f"{rows}", action)
@@ -357,12 +361,40 @@ def check_action_batch(action: Any, observation: Any) -> None:
                               f"{expected}, one row per observation row")
 
 
+class _CheckedObservations(threading.local):
+    ids: FrozenSet[int] = frozenset()
+
+
+_checked = _CheckedObservations()
+
+
+@contextlib.contextmanager
+def rows_checked(observation: Any) -> Iterator[None]:
+    """Within it (on this thread), `observation` counts as checked row by row by the policy's check_observation, as a
+    batching server checks each request before merging them: a policy with `row_wise_checks` does not check it again."""
+    outer = _checked.ids
+    _checked.ids = outer | {id(observation)}
+    try:
+        yield
+    finally:
+        _checked.ids = outer
+
+
+def are_rows_checked(observation: Any) -> bool:
+    """True inside rows_checked(observation) on this thread."""
+    return id(observation) in _checked.ids
+
+
 class BasePolicy(ABC):
     """A policy: observation -> (action, info). With `strict`, inputs and outputs are validated.
 
     Subclasses implement `_get_action`, `reset` and `get_modality_config`; the default checks validate
     the nested form against `get_modality_config()`, and may be overridden.
     """
+
+    # True when check_observation judges each row alone, so that rows it passed one request at a time pass merged too
+    # (a batching server's merged call then skips it: see rows_checked). False for a check of the batch as a whole.
+    row_wise_checks = False
 
     def __init__(self, *, strict: bool = True) -> None:
         self.strict = strict
@@ -389,7 +421,7 @@ class BasePolicy(ABC):
 
     def get_action(self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         """Validate (when strict), compute and validate the action; return (action, info)."""
-        if self.strict:
+        if self.strict and not (self.row_wise_checks and are_rows_checked(observation)):
             try:
                 self.check_observation(observation)
             except Exception as exc:  # a serving server counts no policy call for it: nothing was computed
@@ -398,13 +430,21 @@ class BasePolicy(ABC):
         action, info = split_action_result(self._get_action(observation, options))
         if self.strict:
             try:
-                self.check_action(action)
-                refuse_non_finite_action(action)
+                self._check_own_action(action)
             except NonFiniteActionError as exc:  # a batching server answers the finite rows with their info
                 exc.info, exc.policy = info, self
                 raise
             check_action_batch(action, observation)
         return action, info
+
+    def _check_own_action(self, action: Dict[str, Any]) -> None:
+        """check_action, then NaN/inf anywhere in the action (keys the config does not list too); the default
+        check_action leaves its values to that one pass."""
+        if type(self).check_action is BasePolicy.check_action:
+            validate_action(action, self.get_modality_config(), finite=False)
+        else:
+            self.check_action(action)
+        refuse_non_finite_action(action)
 
 
 class PolicyWrapper(BasePolicy):

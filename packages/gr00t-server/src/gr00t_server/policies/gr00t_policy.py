@@ -78,6 +78,7 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
     """
 
     supports_batching = True
+    row_wise_checks = True  # the per-call vision token budget is enforced again by processing (transform_video_batch)
     observation_format = "nested"  # reported by get_server_info
     per_row_info_keys: frozenset[str] = frozenset()  # its info is {}: a batched call has nothing to split per row
 
@@ -100,6 +101,7 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
         super().__init__(strict=checked_flag("strict", strict))
         clip_outliers = checked_flag("clip_outliers", clip_outliers, none_allowed=True)
         self._timing = threading.local()
+        self._checked_states = threading.local()  # what check_observation normalized, for this thread's next call
         self._option_names = OptionNames(logger)  # unknown option names: refused when strict, else warned once
         if isinstance(model_path, EmbodimentTag):  # positional (embodiment_tag, model_path) like the reference
             model_path, embodiment_tag = embodiment_tag, model_path
@@ -278,9 +280,24 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
         re-run alone), then the instructions (no special tokens). All in the observation's own row numbering."""
         super().check_observation(observation)
         self.processor.check_video(self.embodiment_tag_value, observation["video"])
-        self.processor.normalize_state(self.embodiment_tag_value, observation["state"])
+        self._normalize_checked_states(observation["state"])
         self._check_reference_states(observation)
         self._check_instructions(observation)
+
+    def _normalize_checked_states(self, states: Dict[str, Any]) -> None:
+        """normalize_state's refusals (a wrong width, a value beyond the model's float), keeping its result for the
+        call that follows on this thread, which then does not normalize the same arrays again."""
+        keys = self.modality_configs["state"].modality_keys
+        normalized = self.processor.normalize_state(self.embodiment_tag_value, states)
+        self._checked_states.last = ([states[key] for key in keys], normalized)
+
+    def _take_checked_states(self, raw_states: Dict[str, np.ndarray]) -> Optional[np.ndarray]:
+        """The states check_observation last normalized on this thread when `raw_states` are those very arrays and
+        this call is strict (so that its check ran on them just before), else None; taken once."""
+        arrays, normalized = getattr(self._checked_states, "last", ((), None))
+        self._checked_states.last = ((), None)
+        same = len(arrays) == len(raw_states) and all(a is b for a, b in zip(arrays, raw_states.values()))
+        return normalized if self.strict and same else None
 
     @property
     def last_timing(self) -> Dict[str, float]:
@@ -309,7 +326,8 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
         raw_states = {k: np.asarray(observation["state"][k]) for k in self.modality_configs["state"].modality_keys}
         languages = [_instruction(text) for text in observation["language"][self.language_key]]
         inputs = self.processor.process_batch(
-            self.embodiment_tag_value, video, raw_states, languages, device=self.preprocess_device
+            self.embodiment_tag_value, video, raw_states, languages, device=self.preprocess_device,
+            normalized_state=self._take_checked_states(raw_states),
         )
         noise, generator = self._initial_noise(options, batch_size)
         rtc_arguments = self._rtc_model_arguments(rtc, raw_states) if rtc is not None else {}

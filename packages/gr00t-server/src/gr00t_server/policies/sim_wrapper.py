@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any, Collection, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
 from gr00t_client.flat import (LEGACY_LANGUAGE_KEY, flat_observation_keys, language_batch, language_source,
                                missing_flat_keys_error, validate_flat_action, validate_flat_observation)
 from gr00t_client.modality import ModalityConfig
-from gr00t_client.policy import BasePolicy, ObservationError, PolicyWrapper
+from gr00t_client.policy import BasePolicy, ObservationError, PolicyWrapper, are_rows_checked, rows_checked
 
 
 class Gr00tSimPolicyWrapper(PolicyWrapper):
@@ -23,6 +24,7 @@ class Gr00tSimPolicyWrapper(PolicyWrapper):
     """
 
     observation_format = "flat"  # reported by get_server_info, so a client picks the form by it, not by a class name
+    row_wise_checks = True  # its flat checks are per row; the wrapped policy's own flag governs the nested ones
 
     def __init__(self, policy: BasePolicy, *, strict: bool = True) -> None:
         super().__init__(policy, strict=strict)
@@ -109,8 +111,10 @@ class Gr00tSimPolicyWrapper(PolicyWrapper):
             more = f" and {len(observation) - 8} more" if len(observation) > 8 else ""
             raise ObservationError(f"none of the observation's keys {unknown}{more} are in the modality config; "
                                    f"expected the flat keys {self.flat_keys()}")
+        checked = rows_checked(nested) if are_rows_checked(observation) else contextlib.nullcontext()
         try:
-            action, info = self.policy.get_action(nested, _inner_options(options))
+            with checked:  # check_observation already ran the wrapped policy's checks on these rows
+                action, info = self.policy.get_action(nested, _inner_options(options))
         except ObservationError as exc:
             self._raise_for_missing_flat_keys(observation or {})
             self._name_flat_keys(exc, observation or {})

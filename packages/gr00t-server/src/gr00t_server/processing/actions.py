@@ -60,7 +60,7 @@ def decode_action(
                 value = norm.minmax_unnormalize(parts[key], rel["min"], rel["max"])
             spec = action_config.action_configs[index]
             reference = _reference_state(tag, key, spec, raw_states, "relative->absolute")
-            value = norm.decode_relative(key, value, reference, spec.type.name, spec.format.name)
+            value = norm.decode_relative(key, value, reference, spec.type.name, spec.format.name, spec.state_key)
         else:
             value = norm.unnormalize_action_key(parts[key], params.action[key], key in mean_std_keys)
             if clip_to_statistics and key in mean_std_keys:
@@ -103,8 +103,8 @@ def check_reference_states(tag: str, action_config: ModalityConfig, params: Embo
         state = raw_states.get(spec.state_key or key)
         if state is None:  # decode_action names the missing key; the observation checks do first
             continue
-        reference = norm._last_reference_step(key, state, params.action[key].dim, "relative->absolute")
-        norm._check_reference_pose(key, reference, spec.type.name, spec.format.name, spec.state_key or key)
+        reference = norm._last_reference_step(key, state, params.action[key].dim, "relative->absolute", spec.state_key)
+        norm._check_reference_pose(key, reference, spec.type.name, spec.format.name, spec.state_key)
 
 
 def encode_action(
@@ -164,7 +164,7 @@ def _encode_relative_key(
     """Absolute (B, T, D) -> relative to the reference state, normalized with the first T relative-stat rows."""
     spec = action_config.action_configs[index]
     reference = _reference_state(tag, key, spec, raw_states, "absolute->relative")
-    relative = norm.encode_relative(key, value, reference, spec.type.name, spec.format.name)
+    relative = norm.encode_relative(key, value, reference, spec.type.name, spec.format.name, spec.state_key)
     stats = params.relative_action[key]
     rows, where = value.shape[1], f"key '{key}' of '{tag}'"
     if key in set(action_config.mean_std_embedding_keys or []):

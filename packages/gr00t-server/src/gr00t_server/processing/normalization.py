@@ -309,7 +309,8 @@ def unnormalize_action_key(x: np.ndarray, params: KeyNormParams, mean_std: bool)
     return minmax_unnormalize(x, params.low, params.high)
 
 
-def _last_reference_step(key: str, reference_state: Optional[np.ndarray], action_dim: int, conversion: str) -> np.ndarray:
+def _last_reference_step(key: str, reference_state: Optional[np.ndarray], action_dim: int, conversion: str,
+                         state_key: Optional[str] = None) -> np.ndarray:
     """The last time step (B, D) of a raw reference state (B, T, D) or (T, D), checked against the action dim."""
     if reference_state is None:
         raise ValueError(f"State dict required for {conversion} conversion of key '{key}'")
@@ -318,8 +319,14 @@ def _last_reference_step(key: str, reference_state: Optional[np.ndarray], action
         reference = reference[None]
     reference = reference[:, -1, :]
     if reference.shape[-1] != action_dim:
-        raise ValueError(f"State dim {reference.shape[-1]} != action dim {action_dim} for relative key '{key}'")
+        raise ValueError(f"{_reference_name(key, state_key)} has dimension {reference.shape[-1]}; expected "
+                         f"{action_dim}, the width of the action")
     return reference
+
+
+def _reference_name(key: str, state_key: Optional[str]) -> str:
+    """How an error names the state that anchors relative action `key`: by the state key a client sends."""
+    return f"the reference state 'state.{state_key or key}' of relative key '{key}'"
 
 
 def _singular_pose_rows(reference: np.ndarray) -> List[int]:
@@ -347,19 +354,19 @@ def _check_reference_pose(key: str, reference: np.ndarray, action_type: str, act
     singular DEFAULT 4x4 pose (T_ref @ T_rel is then no pose: all zeros for an all-zero state, finite and plausible)."""
     bad = ~np.isfinite(reference).all(axis=-1)
     if bad.any():
-        raise ValueError(f"the state of relative key '{key}' has NaN or infinite values in rows "
+        raise ValueError(f"{_reference_name(key, state_key)} has NaN or infinite values in rows "
                          f"{np.flatnonzero(bad).tolist()[:8]}; relative actions need a finite reference state")
     if action_type != "EEF":
         return
     rows = degenerate_pose_rows(reference, action_format)[:8]
     if rows and action_format == "DEFAULT":
         raise ValueError(
-            f"the reference state 'state.{state_key or key}' of relative key '{key}' (a flattened 4x4 pose) is "
-            f"singular (not invertible) in rows {rows}: it must be an invertible homogeneous transform "
+            f"{_reference_name(key, state_key)} (a flattened 4x4 pose) is singular (not invertible) in rows "
+            f"{rows}: it must be an invertible homogeneous transform "
             f"(rotation, translation, last row [0, 0, 0, 1]), got {reference[rows[0]].tolist()}")
     if rows:
         raise ValueError(
-            f"the state of relative key '{key}' (xyz + rot6d) has a degenerate rotation in rows {rows}: values 3:9 "
+            f"{_reference_name(key, state_key)} (xyz + rot6d) has a degenerate rotation in rows {rows}: values 3:9 "
             f"must be the first two rows of a rotation matrix, got {reference[rows[0], 3:9].tolist()} (zero or "
             "parallel rows)")
 
@@ -384,10 +391,12 @@ def decode_relative(
     reference_state: Optional[np.ndarray],
     action_type: str,
     action_format: str,
+    state_key: Optional[str] = None,
 ) -> np.ndarray:
     """Relative action (B, H, D) -> absolute with the last time step of the raw reference state (B, T, D)."""
-    reference = _last_reference_step(key, reference_state, absolute_or_relative.shape[-1], "relative->absolute")
-    _check_reference_pose(key, reference, action_type, action_format)
+    action_dim = absolute_or_relative.shape[-1]
+    reference = _last_reference_step(key, reference_state, action_dim, "relative->absolute", state_key)
+    _check_reference_pose(key, reference, action_type, action_format, state_key)
     if action_type == "EEF":
         return relative_to_absolute_eef(absolute_or_relative, reference, action_format)
     return relative_to_absolute_joint(absolute_or_relative, reference)
@@ -399,11 +408,12 @@ def encode_relative(
     reference_state: Optional[np.ndarray],
     action_type: str,
     action_format: str,
+    state_key: Optional[str] = None,
 ) -> np.ndarray:
     """Inverse of `decode_relative`: absolute action (B, H, D) -> relative to the last reference state step."""
     absolute = np.asarray(absolute, np.float64)
-    reference = _last_reference_step(key, reference_state, absolute.shape[-1], "absolute->relative")
-    _check_reference_pose(key, reference, action_type, action_format)
+    reference = _last_reference_step(key, reference_state, absolute.shape[-1], "absolute->relative", state_key)
+    _check_reference_pose(key, reference, action_type, action_format, state_key)
     if action_type == "EEF":
         return absolute_to_relative_eef(absolute, reference, action_format, key)
     return absolute_to_relative_joint(absolute, reference)

@@ -279,11 +279,13 @@ class Gr00tN1d7Processor(VideoChecks):
         state: Mapping[str, np.ndarray],
         languages: Sequence[str],
         device: Any = None,
+        normalized_state: Optional[np.ndarray] = None,
     ) -> Dict[str, Any]:
         """A batched observation -> model inputs, equal to `collate` of B `process_step`s, without a per-row loop.
 
         `video` {view: uint8 (B, T, H, W, 3)}, `state` {key: (B, T, D)}, one instruction per row. Frames are
         transformed per view in one call and patchified in one call (on `device`: e.g. the model's GPU).
+        `normalized_state`: normalize_state(tag, state), when the caller has it already.
         """
         import torch
 
@@ -300,7 +302,7 @@ class Gr00tN1d7Processor(VideoChecks):
             frames_list = [per_view[v][b, t] for b in range(batch_size) for t in range(horizon) for v in range(len(per_view))]
             pixel_values, grids = patchify_images(frames_list, self.vision_config, device)
         prompts = [self.build_prompt(language, images_per_row) for language in languages]
-        states = self.normalize_state(tag, state)
+        states = self.normalize_state(tag, state) if normalized_state is None else normalized_state
         return {
             **self._tokenize(prompts, [images_per_row] * batch_size, grids),
             "pixel_values": pixel_values,

@@ -4,6 +4,7 @@ endpoints alone or as one batch; ReplyFrames (reply_frames) encodes the replies.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import re
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 import numpy as np
 
 from gr00t_client.chunking_envs import observation_batch_size
-from gr00t_client.policy import BasePolicy, NonFiniteActionError, ObservationError
+from gr00t_client.policy import BasePolicy, NonFiniteActionError, ObservationError, rows_checked
 
 from . import batching, limits as work_limits
 from .batching import GatherWindow
@@ -286,14 +287,17 @@ class JobRunner(ReplyFrames):
         """Serve get_action requests as one merged policy call, appending each request's reply to `replies` as it is
         made (so that a failure part-way leaves execute() knowing who is still unanswered)."""
         policy = self._server.policy
+        checked = bool(getattr(policy, "strict", False))
         valid: List[Request] = []
         for request in group:  # validate each client alone so a bad observation fails only its sender
             try:
                 observation = request.data.get("observation")
-                if getattr(policy, "strict", False):
+                if checked:
                     policy.check_observation(observation)
                 valid.append(request)
-            except Exception as exc:
+            except InlineCallAbandoned:
+                raise
+            except BaseException as exc:  # a policy's SystemExit in its check too: its sender's alone, not the batch's
                 replies.append((request, self.error_frames(request, exc)))
         # A merged call failed by one client is not re-run one request at a time (each batch-mate then waited batch
         # size + 1 calls): a NaN row's requests are refused and the rest re-run once; a client's other input error is
@@ -304,24 +308,27 @@ class JobRunner(ReplyFrames):
             requests = groups.pop(0) if first else self._still_waiting(groups.pop(0), replies)
             first = False
             if len(requests) == 1:
-                replies.append(self.serve_one(requests[0]))
+                with _checked_rows(requests[0].data.get("observation"), checked):
+                    replies.append(self.serve_one(requests[0]))
             elif requests:
-                groups.extend(self._run_merged(requests, replies))
+                groups.extend(self._run_merged(requests, replies, checked))
 
     def _still_waiting(self, requests: List[Request], replies: List[Reply]) -> List[Request]:
         """The requests whose client still waits; the others (gave up during a failed merged call, or are about to)
         are answered as expired, not served again."""
         return self._in_time(requests, time.monotonic(), replies)
 
-    def _run_merged(self, valid: List[Request], replies: List[Reply]) -> List[List[Request]]:
-        """One merged policy call for `valid` (two or more requests), answering them; returns the groups still to
-        run when it failed (the two halves, or a NaN row's batch-mates)."""
+    def _run_merged(self, valid: List[Request], replies: List[Reply], checked: bool) -> List[List[Request]]:
+        """One merged policy call for `valid` (two or more requests; `checked`: each passed the policy's
+        check_observation), answering them; returns the groups still to run when it failed (the two halves, or a NaN
+        row's batch-mates)."""
         policy = self._server.policy
         started = time.monotonic()
         try:
             merged, rows = batching.merge_observations([r.data["observation"] for r in valid], [r.rows for r in valid])
             try:
-                raw = policy.get_action(merged, None)
+                with _checked_rows(merged, checked):
+                    raw = policy.get_action(merged, None)
             except BaseException as exc:  # a merged call that ran counts, whatever failed it (a sys.exit() too)
                 self.count_failed_call(exc, len(valid), sum(rows))
                 if not isinstance(exc, NonFiniteActionError):
@@ -415,6 +422,11 @@ class JobRunner(ReplyFrames):
             replies.append(self.result_frames(request, [part_action, part_info], policy_ms, len(valid), sum(rows),
                                               policy_started=started))
         return clean
+
+
+def _checked_rows(observation: Any, checked: bool) -> Any:
+    """rows_checked(observation) when each of its rows passed the policy's check_observation, else no marker."""
+    return rows_checked(observation) if checked else contextlib.nullcontext()
 
 
 def _checked_replaced_action(result: Any, request: Request) -> Any:

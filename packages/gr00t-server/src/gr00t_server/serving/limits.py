@@ -16,6 +16,7 @@ from gr00t_client.policy import (PAIR_EXPECTED, ActionError, all_finite, first_n
                                   split_action_result)
 
 from .messages import RequestError
+from .worker import InlineCallAbandoned
 from .wrappers import policy_chain
 
 logger = logging.getLogger(__name__)
@@ -327,7 +328,9 @@ def flat_language_keys(policy: Any) -> FrozenSet[str]:
         if callable(sources):
             try:
                 return frozenset(key for key in sources() if isinstance(key, str))
-            except Exception as exc:  # its modality config failed: nested "language" is still checked
+            except InlineCallAbandoned:
+                raise
+            except BaseException as exc:  # its modality config failed, a SystemExit too: nested "language" is checked
                 logger.warning("could not learn the policy's language keys (%s: %s); bytes under flat keys are not "
                                "held to the language limits", type(exc).__name__, exc)
                 return frozenset()

@@ -169,7 +169,9 @@ class RequestLoop(Gathering):
                 request.wants_timing = timing_requested(request.data)  # refused here unless bool-like
             request.decode_ms = (time.monotonic() - request.received_at) * 1000.0  # the decode and these checks
             self._admit(request)
-        except Exception as exc:
+        except InlineCallAbandoned:
+            raise
+        except BaseException as exc:  # a policy's SystemExit in its token counter too: answered, serving goes on
             self.reply_error(request, exc)
             return
         if request.endpoint == "get_action":
