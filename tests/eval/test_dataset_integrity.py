@@ -151,6 +151,47 @@ def test_a_video_at_another_frame_rate_than_fps_is_refused(tmp_path):
         LeRobotDataset(root).episode(0).frames("image", [1])
 
 
+WRIST = "observation.images.wrist_image"
+DECLARATIONS = {  # a camera's size as info.json declares it: LeRobot's layout, channels first, video.* fields only
+    "height-width-channels": lambda h, w: {"shape": [h, w, 3], "names": ["height", "width", "channels"]},
+    "channels-height-width": lambda h, w: {"shape": [3, h, w], "names": ["channels", "height", "width"]},
+    "info-fields-only": lambda h, w: {"shape": [3, h, w], "names": None, "info": {"video.height": h, "video.width": w}},
+}
+
+
+def _declare_sizes(root, declaration, sizes):
+    info = json.loads((root / "meta" / "info.json").read_text())
+    for column, (height, width) in sizes.items():
+        info["features"][column].update(DECLARATIONS[declaration](height, width))
+    (root / "meta" / "info.json").write_text(json.dumps(info))
+
+
+def _swap(first, second):
+    parked = first.with_suffix(".parked")
+    first.rename(parked)
+    second.rename(first)
+    parked.rename(second)
+
+
+@pytest.mark.parametrize("declaration", sorted(DECLARATIONS))
+def test_two_cameras_videos_swapped_are_refused_naming_both_sizes(tmp_path, declaration):
+    """The front camera (32x48) and the wrist camera (16x24) of an episode, files swapped: each camera was served the
+    other's frames, as the frame count and rate agree."""
+    root = make_dataset(tmp_path / "front", lengths=(6,), size=(32, 48))
+    wrist = make_dataset(tmp_path / "wrist", lengths=(6,), size=(16, 24))
+    videos = root / "videos" / "chunk-000"
+    shutil.copy(wrist / "videos" / "chunk-000" / WRIST / "episode_000000.mp4", videos / WRIST / "episode_000000.mp4")
+    _declare_sizes(root, declaration, {IMAGE: (32, 48), WRIST: (16, 24)})
+    dataset = LeRobotDataset(root)
+    assert dataset.episode(0).frames("image", [0]).shape == (1, 32, 48, 3)  # each size read as declared
+    assert dataset.episode(0).frames("wrist_image", [0]).shape == (1, 16, 24, 3)
+    _swap(videos / IMAGE / "episode_000000.mp4", videos / WRIST / "episode_000000.mp4")
+    with pytest.raises(DatasetError, match=r"episode_000000\.mp4 \(camera 'observation\.images\.image', episode 0\): "
+                                           r"its frames are 16x24 \(height x width\) and meta/info\.json declares "
+                                           r"32x48 for this camera"):
+        LeRobotDataset(root).episode(0).frames("image", [0])
+
+
 def test_timestamps_off_the_fps_grid_are_refused(tmp_path):
     root = make_dataset(tmp_path / "v2")
     path = root / "data" / "chunk-000" / "episode_000000.parquet"

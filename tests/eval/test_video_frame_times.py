@@ -205,44 +205,51 @@ def test_a_shared_v3_video_whose_stream_starts_after_time_0_gives_each_episode_i
                                                                    (episode, 39)]
 
 
-def _hide_a_pre_roll_frame(video):
-    """Rewrite an mp4 as `ffmpeg -ss T -c copy` cuts leave it: a black frame first, moved to -1 frame so that the muxer
-    writes an edit list hiding it (its packet flagged discard); a decoder shows exactly the recording's frames from 0 s."""
+def _hide_pre_roll_frames(video, pre_roll, b_frames):
+    """Rewrite an mp4 as `ffmpeg -ss T -c copy` cuts leave it: `pre_roll` black frames first, moved before 0 s so that
+    the muxer writes an edit list hiding them (their packets flagged discard); a decoder shows exactly the recording's
+    frames from 0 s. With B-frames, hidden packets follow shown ones in decode order."""
     with av.open(str(video)) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])]
     rate = 10
     with av.open(str(video), "w") as container:
         stream = container.add_stream("libx264", rate=rate)
         stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
-        stream.pix_fmt, stream.options = "yuv420p", {"crf": "10", "bf": "0", "g": "100"}
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "10", "bf": str(b_frames), "g": "100",
+                          "x264-params": "b-adapt=0:scenecut=0:b-pyramid=none"}  # B-frames where asked, none dropped
         stream.time_base = Fraction(1, rate)
         packets = []
-        for k, image in enumerate([np.zeros_like(frames[0])] + frames):
+        for k, image in enumerate([np.zeros_like(frames[0])] * pre_roll + frames):
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             frame.pts, frame.time_base = k, Fraction(1, rate)
             packets += stream.encode(frame)
         packets += stream.encode()
         for packet in packets:
-            packet.pts, packet.dts = packet.pts - 1, packet.dts - 1
+            packet.pts, packet.dts = packet.pts - pre_roll, packet.dts - pre_roll
             container.mux(packet)
-    with av.open(str(video)) as container:  # the file is what the test means: one hidden packet, the recording shown
-        assert [p.is_discard for p in container.demux(container.streams.video[0]) if p.size][:2] == [True, False]
+    with av.open(str(video)) as container:  # the file is what the test means: hidden packets, the recording shown
+        hidden = [p.is_discard for p in container.demux(container.streams.video[0]) if p.size]
+        assert hidden.count(True) == pre_roll
+        assert (hidden.index(False) < len(hidden) - 1 - hidden[::-1].index(True)) == (b_frames > 0)  # interleaved
     with av.open(str(video)) as container:
         assert len(list(container.decode(container.streams.video[0]))) == len(frames)
 
 
 @pytest.mark.parametrize("layout", ["v2.1", "v3.0"])
-def test_a_pre_roll_frame_hidden_by_an_edit_list_is_no_frame_of_the_video(tmp_path, layout, caplog):
+@pytest.mark.parametrize("pre_roll, b_frames", [(1, 0), (7, 3)], ids=["one-frame", "h264-bframes"])
+def test_a_pre_roll_frame_hidden_by_an_edit_list_is_no_frame_of_the_video(tmp_path, layout, pre_roll, b_frames, caplog):
     """Its packet was listed as frame 0: in a shared v3.0 file episodes 1 and 2 got each step the frame one step early
     (step 0 the previous episode's last), and episode 0 (and a v2.1 episode's own file, after a warning of 10 frames
-    for 9 steps) was refused as 'no frame within 0.0500s of timestamps [-0.1]'."""
+    for 9 steps) was refused as 'no frame within 0.0500s of timestamps [-0.1]'. With B-frames, only the hidden packets
+    before the first shown one were discounted: a v2.1 episode of 4 steps was refused as 'the video holds 6 frames'."""
     lengths = (6, 9, 4)
     root = make_dataset(tmp_path / "ds", lengths=lengths, cameras=("image",), fps=10, size=(16, 16), layout=layout,
                         episodes_per_file=3 if layout == "v3.0" else None)
     videos = sorted(root.glob("videos/**/*.mp4"))
     assert len(videos) == (1 if layout == "v3.0" else 3)
     for video in videos:
-        _hide_a_pre_roll_frame(video)
+        _hide_pre_roll_frames(video, pre_roll, b_frames)
     dataset = LeRobotDataset(root)
     with caplog.at_level(logging.WARNING, logger="gr00t_eval.dataset.reader"):
         for episode, length in reversed(list(enumerate(lengths))):  # the later episodes' shift first: it was silent
@@ -291,3 +298,70 @@ def test_a_seek_that_lands_after_the_first_wanted_frame_decodes_from_earlier(tmp
     for step in (0, 14, 28):  # one step at a time: each its own seek
         (frame,) = dataset.episode(3).frames("image", [step])
         assert nearest_step(frame, range(len(lengths)), 64) == (3, step)
+
+
+# --- which stream, and how it is shown ----------------------------------------------------------------------------
+
+def _rewrite_with_streams(video, other=None, cover=False, rotation=0):
+    """Rewrite an episode's mp4 with its own frames in a stream flagged `default`, after a first stream of `other`
+    frames (another camera, not default) or before a cover picture; its display matrix turned `rotation` degrees."""
+    with av.open(str(video)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])]
+    height, width = frames[0].shape[:2]
+
+    def add(container, codec, pix_fmt="yuv420p"):
+        stream = container.add_stream(codec, rate=10)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        return stream
+
+    with av.open(str(video), "w") as container:
+        first = add(container, "libx264") if other is not None else None
+        own = add(container, "libx264")
+        own.disposition = av.stream.Disposition.default
+        if first is not None:
+            first.disposition = 0
+        if rotation:
+            own.set_display_rotation(rotation)
+        pairs = [(own, frames)] + ([(first, other)] if first is not None else [])
+        if cover:
+            picture = add(container, "mjpeg", "yuvj420p")
+            picture.disposition = av.stream.Disposition.attached_pic
+            pairs.append((picture, [np.zeros_like(frames[0])]))
+        for stream, images in pairs:
+            for image in images:
+                for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+    return frames
+
+
+def test_an_episode_video_holding_two_camera_streams_is_refused_listing_them(tmp_path):
+    """Stream 0 another camera's, stream 1 the episode's and flagged default (the one players and GR00T's decoder
+    show): every step was given stream 0's frame."""
+    root = make_dataset(tmp_path / "ds", lengths=(6,), cameras=("image",), fps=10, size=(16, 24))
+    (video,) = root.glob("videos/**/*.mp4")
+    _rewrite_with_streams(video, other=[np.full((16, 24, 3), 255, np.uint8)] * 6)
+    with pytest.raises(DatasetError, match=r"episode_000000\.mp4: 2 video streams \(stream 0: 16x24 \(height x width\), "
+                                           r"disposition none; stream 1: 16x24 \(height x width\), disposition default\)"):
+        LeRobotDataset(root).episode(0).frames("image", [0])
+
+
+def test_a_cover_picture_beside_the_camera_stream_is_no_second_camera(tmp_path):
+    root = make_dataset(tmp_path / "ds", lengths=(6,), cameras=("image",), fps=10, size=(16, 24))
+    (video,) = root.glob("videos/**/*.mp4")
+    _rewrite_with_streams(video, cover=True)
+    frames = LeRobotDataset(root).episode(0).frames("image", np.arange(6))
+    assert [nearest_step(f, [0], 6)[1] for f in frames] == list(range(6))
+
+
+@pytest.mark.parametrize("rotation", [90, -90])
+def test_a_video_whose_display_matrix_turns_its_frames_is_refused_naming_the_rotation(tmp_path, rotation):
+    """Players and GR00T's decoder show such frames turned (H and W swapped at 90 degrees); they were served unturned."""
+    root = make_dataset(tmp_path / "ds", lengths=(6,), cameras=("image",), fps=10, size=(16, 24))
+    (video,) = root.glob("videos/**/*.mp4")
+    _rewrite_with_streams(video, rotation=rotation)
+    with pytest.raises(DatasetError, match=rf"episode_000000\.mp4 \(camera 'observation\.images\.image', episode 0\): "
+                                           rf"the video's display matrix turns its frames {rotation} degrees .*"
+                                           "re-encode the video without a rotation"):
+        LeRobotDataset(root).episode(0).frames("image", [0])

@@ -308,6 +308,23 @@ def _cut(text: str, limit: int = 120) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
+def declared_frame_size(feature: Any) -> Optional[Tuple[int, int]]:
+    """(height, width) of a camera as its info.json `features` entry declares them: from `shape`, laid out as `names`
+    says (LeRobot writes ["height", "width", "channels"]), else from `info` video.height and video.width; None where
+    the entry says neither."""
+    if not isinstance(feature, dict):
+        return None
+    shape, names, info = feature.get("shape"), feature.get("names"), feature.get("info")
+    if isinstance(shape, list) and isinstance(names, list) and len(names) == len(shape) and "height" in names \
+            and "width" in names:
+        size = (shape[names.index("height")], shape[names.index("width")])
+    elif isinstance(info, dict):
+        size = (info.get("video.height"), info.get("video.width"))
+    else:
+        return None
+    return size if all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size) else None
+
+
 def read_modality(meta_dir: Path) -> DatasetModality:
     """Parse meta/modality.json (required: GR00T's mapping from raw columns to named groups)."""
     path = meta_dir / "modality.json"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
@@ -12,10 +12,11 @@ import pyarrow.parquet as pq
 
 from .episode import Episode
 from .errors import DatasetError, DatasetFileNotFoundError, require_file
-from .meta import EpisodeRecord, codebase_major, read_episodes, read_json, read_modality, read_stats, read_tasks
+from .meta import (EpisodeRecord, codebase_major, declared_frame_size, read_episodes, read_json, read_modality,
+                   read_stats, read_tasks)
 from .modality import ArrayGroup, DatasetModality
 from .stats import group_stats
-from .video import decode_frames_at, video_frame_times, video_stream_facts
+from .video import VideoFacts, decode_frames_at, video_stream_facts
 
 logger = logging.getLogger(__name__)
 
@@ -80,10 +81,13 @@ class LeRobotDataset:
             if isinstance(feature, dict) and isinstance(feature.get("shape"), list) and len(feature["shape"]) == 1
             and isinstance(feature["shape"][0], int) and not isinstance(feature["shape"][0], bool)
         } if isinstance(features, dict) else {}
+        # Each camera's (height, width) as info.json declares it: a video of another size is another camera's.
+        self._declared_sizes: Dict[str, Tuple[int, int]] = {
+            key: size for key, feature in features.items() if (size := declared_frame_size(feature)) is not None
+        } if isinstance(features, dict) else {}
         self._stats: Optional[Dict[str, Any]] = None
         self._relative_stats: Optional[Dict[str, Any]] = None
-        self._video_facts: Dict[Path, Any] = {}  # path -> (frame count, frame rate), read once per file
-        self._frame_times: Dict[Path, Any] = {}  # path -> each frame's presentation time (video_frame_times), read once
+        self._video_facts: Dict[Path, VideoFacts] = {}  # path -> video_stream_facts, read once per file
         self.frames_decoded = 0
         logger.debug("opened %s: %d episodes, %s", self.root, len(self._records), self.codebase_version)
 
@@ -253,24 +257,34 @@ class LeRobotDataset:
 
     def check_video(self, record: EpisodeRecord, column: str) -> None:
         """DatasetError when a camera's video cannot hold this episode's frames as its steps: a frame rate other than
-        `fps` (step k would get the frame of another instant), a file of its own (v2.x) with more or fewer frames
-        than the episode has steps (another episode's video?), or a segment (v3.0) whose span is not the episode's
-        length (decoding would reach into the neighbouring episode's frames)."""
+        `fps` (step k would get the frame of another instant), a display rotation (players show the frames turned),
+        a frame size other than info.json declares (another camera's video?), a file of its own (v2.x) with more or
+        fewer frames than the episode has steps (another episode's video?), or a segment (v3.0) whose span is not the
+        episode's length (decoding would reach into the neighbouring episode's frames)."""
         segment = record.videos[column]
-        if segment.path not in self._video_facts:
-            self._video_facts[segment.path] = video_stream_facts(segment.path)
-        count, rate = self._video_facts[segment.path]
+        facts = self._facts(segment.path)
+        count, rate = facts.frames, facts.rate
         where = f"{segment.path} (camera '{column}', episode {record.episode_index})"
         if rate is not None and abs(rate - self._fps) > 0.01 * self._fps:
             raise DatasetError(f"{where}: the video runs at {rate:g} frames/s and meta/info.json says fps {self._fps:g}; "
                                "step k would show the frame of another instant")
+        if facts.rotation:
+            raise DatasetError(f"{where}: the video's display matrix turns its frames {facts.rotation:g} degrees "
+                               "counter-clockwise, as players and GR00T's decoder show them, and this reader decodes "
+                               "them unturned; re-encode the video without a rotation (with it applied to the pixels, "
+                               "as `ffmpeg -i IN.mp4 OUT.mp4` does)")
+        declared = self._declared_sizes.get(column)
+        if declared is not None and declared != (facts.height, facts.width):
+            raise DatasetError(f"{where}: its frames are {facts.height}x{facts.width} (height x width) and "
+                               f"meta/info.json declares {declared[0]}x{declared[1]} for this camera (the video of "
+                               "another camera?)")
         if segment.to_timestamp is not None:
             span = (segment.to_timestamp - segment.from_timestamp) * self._fps
             if abs(span - record.length) > 0.5:
                 raise DatasetError(f"{where}: its video segment {segment.from_timestamp:g}..{segment.to_timestamp:g} s "
                                    f"holds {span:.1f} frames at {self._fps:g} fps and the episode has {record.length} "
                                    "steps; its frames would come from the neighbouring episode")
-        elif count is not None and count != record.length:
+        elif count != record.length:
             if abs(count - record.length) > 1:
                 raise DatasetError(f"{where}: the video holds {count} frames and the episode has {record.length} steps "
                                    "(the video of another episode?)")
@@ -278,14 +292,12 @@ class LeRobotDataset:
 
     def _decode_segment_frames(self, path: Path, from_timestamp: float, steps: Sequence[int]) -> np.ndarray:
         """Frames `steps` (0 = the segment's first) of the segment of a video that starts at `from_timestamp`: by the
-        frames' own presentation times (video_frame_times), so that a 29.97 frames/s video under fps 30, a shared
+        frames' own presentation times (video_stream_facts), so that a 29.97 frames/s video under fps 30, a shared
         v3.0 file of such a video, a stream that does not start at time 0, or a frame that came late still give frame
         k for step k (times derived from fps drifted onto a neighbouring frame)."""
-        if path not in self._frame_times:
-            self._frame_times[path] = video_frame_times(path)
-        times = self._frame_times[path]
-        _count, rate = self._video_facts.get(path, (None, None))
-        rate = rate or self._fps
+        facts = self._facts(path)
+        times = facts.frame_times
+        rate = facts.rate or self._fps
         if times is None:  # packets without timestamps: the frames' grid on the video's clock
             first = int(round(from_timestamp * rate))
             wanted = [(first + int(k)) / rate for k in steps]
@@ -304,3 +316,8 @@ class LeRobotDataset:
         frames, decoded = decode_frames_at(path, wanted, rate)
         self.frames_decoded += decoded
         return frames
+
+    def _facts(self, path: Path) -> VideoFacts:
+        if path not in self._video_facts:
+            self._video_facts[path] = video_stream_facts(path)
+        return self._video_facts[path]

@@ -7,7 +7,7 @@ import logging
 import os
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import av
 import numpy as np
@@ -106,9 +106,7 @@ def _decode_from(
     found: Dict[float, np.ndarray] = {}
     decoded = 0
     with av.open(str(path)) as container:
-        if not container.streams.video:
-            raise DatasetError(f"{path}: no video stream")
-        stream = container.streams.video[0]
+        stream = video_stream(container, path)
         stream.thread_type = "AUTO"
         time_base = stream.time_base
         if seek_to > 0:
@@ -140,59 +138,81 @@ def _decode_from(
 _SAME_INSTANT_S = 1e-4  # timestamps this close are one instant (float error of t = 0.1 * 3, pts rounding)
 
 
-def video_stream_facts(path: Path) -> Tuple[Optional[int], Optional[float]]:
-    """(frame count, frame rate) of a video's first stream from its container headers, without decoding; either is
-    None where the container does not say. DatasetError naming the file when it cannot be opened."""
+class VideoFacts(NamedTuple):
+    """What the reader checks of an episode video before decoding frames of it, read once per file."""
+
+    frames: int  # frames a decoder shows: packets with data that the demuxer does not flag discard
+    rate: Optional[float]  # the container's average frame rate; None where it does not say
+    height: int
+    width: int
+    rotation: float  # degrees the display matrix turns the frames counter-clockwise when shown; 0 for none
+    frame_times: Optional[List[float]]  # each shown frame's presentation time (s), display order; None without pts
+
+
+def video_stream_facts(path: Path) -> VideoFacts:
+    """Frame count, rate, size, display rotation and frame times of a video's stream (video_stream), read from its
+    headers and packets, decoding only its first frame. DatasetError naming the file when it cannot be read.
+
+    Frame k of the video is shown at the k-th time, whatever the rate: a frame that came late (a variable-frame-rate
+    recording) moves the times, not the count. Packets the demuxer flags discard (a pre-roll frame an mp4 edit list
+    hides, as `ffmpeg -ss T -c copy` cuts leave; with B-frames interleaved with shown ones in decode order) are
+    decoded as references but never shown, so they are no frame of the video."""
     require_file(path, "video file")
     try:
         with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise DatasetError(f"{path}: no video stream")
-            stream = container.streams.video[0]
-            rate = float(stream.average_rate) if stream.average_rate else None
-            count: Optional[int] = int(stream.frames) if stream.frames else None
-            if count is None and stream.duration is not None and rate is not None:
-                count = int(round(float(stream.duration * stream.time_base) * rate))
-            elif count is not None:
-                count -= _leading_hidden_frames(container, stream)
-            return count, rate
-    except av.error.FFmpegError as exc:
-        raise DatasetError(f"{path}: cannot decode video ({exc})") from exc
-
-
-def _leading_hidden_frames(container: Any, stream: Any) -> int:
-    """How many packets at the start of `stream` the demuxer flags discard: pre-roll frames an mp4 edit list hides,
-    which the header's frame count includes and a decoder never shows. Reads only those packets and the next."""
-    hidden = 0
-    for packet in container.demux(stream):
-        if packet.size and not packet.is_discard:
-            break
-        hidden += bool(packet.size)
-    return hidden
-
-
-def video_frame_times(path: Path) -> Optional[List[float]]:
-    """Presentation times (seconds) of every frame a decoder shows of a video's first stream, in display order, read
-    from its packets without decoding; None when a packet carries no timestamp. Frame k of the video is then shown at
-    the k-th time, whatever the rate: a frame that came late (a variable-frame-rate recording) moves the times, not the
-    count. Packets the demuxer flags discard (a pre-roll frame an mp4 edit list hides, as `ffmpeg -ss T -c copy` cuts
-    leave) are decoded as references but never shown, so they are no frame of the video."""
-    require_file(path, "video file")
-    times: List[float] = []
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise DatasetError(f"{path}: no video stream")
-            stream = container.streams.video[0]
+            stream = video_stream(container, path)
+            rotation = _header_rotation(stream)
+            shown: List[Optional[float]] = []
             for packet in container.demux(stream):
-                if packet.size == 0 or packet.is_discard:  # the flush packet; a frame an edit list hides (never shown)
+                if rotation is None:
+                    rotation = next((_frame_rotation(frame) for frame in packet.decode()), None)
+                if packet.size == 0 or packet.is_discard:  # the flush packet; a frame an edit list hides
                     continue
-                if packet.pts is None:
-                    return None
-                times.append(float(packet.pts * stream.time_base))
+                shown.append(None if packet.pts is None else float(packet.pts * stream.time_base))
+            rate = float(stream.average_rate) if stream.average_rate else None
+            times = None if None in shown else sorted(shown)
+            return VideoFacts(len(shown), rate, stream.height, stream.width, rotation or 0.0, times)
     except av.error.FFmpegError as exc:
         raise DatasetError(f"{path}: cannot decode video ({exc})") from exc
-    return sorted(times)
+
+
+def video_stream(container: Any, path: Path) -> Any:
+    """The stream of an episode video: its one video stream that is not a cover picture or still image. DatasetError
+    naming the file and listing its video streams where there is none or several (which is the camera's is unknown)."""
+    streams = list(container.streams.video)
+    moving = [s for s in streams if not {"attached_pic", "still_image"} & set(_disposition_names(s) or ())]
+    if len(moving) == 1:
+        return moving[0]
+    listed = "; ".join(f"stream {s.index}: {s.height}x{s.width} (height x width), disposition {_disposition_text(s)}"
+                       for s in streams)
+    if not moving:
+        raise DatasetError(f"{path}: no video stream other than cover pictures or still images ({listed or 'none'})")
+    raise DatasetError(f"{path}: {len(moving)} video streams ({listed}) and an episode video must hold one, the "
+                       "camera's; keep only that stream (e.g. ffmpeg -i IN -map 0:v:N -c copy OUT)")
+
+
+def _disposition_names(stream: Any) -> Optional[List[str]]:
+    """Names of the disposition flags set on `stream` ("default", "attached_pic", ...); None where PyAV < 13 does not
+    read them."""
+    flags = getattr(stream, "disposition", None)
+    if flags is None:
+        return None
+    return [flag.name for flag in type(flags) if flag.value and flags & flag]
+
+
+def _disposition_text(stream: Any) -> str:
+    names = _disposition_names(stream)
+    return f"unknown (PyAV {av.__version__} does not read it)" if names is None else "|".join(names) or "none"
+
+
+def _header_rotation(stream: Any) -> Optional[float]:
+    """The display rotation PyAV < 14 reads from the stream header (0 for none); None where only frames give it."""
+    side_data = getattr(stream, "side_data", None)
+    return float(side_data.get("DISPLAYMATRIX", 0.0)) if isinstance(side_data, dict) else None
+
+
+def _frame_rotation(frame: Any) -> float:
+    return float(getattr(frame, "rotation", 0) or 0)
 
 
 class _Decoded:
