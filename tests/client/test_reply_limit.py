@@ -1,5 +1,5 @@
-"""PolicyClient's cap on a reply's size (max_reply_bytes): a larger reply is never read into memory and fails the call
-at once, naming the cap and how to raise it; replies decode within DecodeLimits; the client stays usable after."""
+"""PolicyClient's cap on a reply's size (max_reply_bytes): a larger reply frame is never read into memory and fails the
+call at once, naming the cap and how to raise it; replies decode within DecodeLimits; the client stays usable after."""
 
 import threading
 import time
@@ -113,6 +113,15 @@ def test_a_multi_frame_reply_over_the_cap_in_total_is_refused_undecoded():
         with PolicyClient(host="127.0.0.1", port=server.port, timeout_ms=5000, max_reply_bytes=CAP) as client:
             expected = f"not decoded: its {2 * (CAP // 2 + 1)} bytes in 2 frames exceed this client.s max_reply_bytes"
             with pytest.raises(codec.DecodeLimitError, match=expected):
+                client.call_endpoint("ping", requires_input=False)
+
+
+def test_a_frame_over_the_cap_anywhere_in_a_multi_frame_reply_loses_the_reply_at_its_header():
+    # the per-frame cap is what bounds memory: ZeroMQ delivers a multipart reply only once all its frames arrived
+    frames = [b"\x00" * 16, b"\x00" * (2 * CAP)]
+    with RawServer(frames) as server:
+        with PolicyClient(host="127.0.0.1", port=server.port, timeout_ms=10000, max_reply_bytes=CAP) as client:
+            with pytest.raises(ReplyLostError, match=f"max_reply_bytes of {CAP} bytes"):
                 client.call_endpoint("ping", requires_input=False)
 
 

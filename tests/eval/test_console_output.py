@@ -41,3 +41,29 @@ def test_episode_errors_are_lines_of_their_own_and_no_bar_is_drawn_into_a_log_fi
     assert errors and all(line.startswith("ERROR:gr00t_eval.rollout.runner:episode") for line in errors), errors[:3]
     assert not [line for line in lines if "Episodes:" in line]  # was one bar line per episode, errors glued on
     assert "success rate: " in result.stdout and "INCOMPLETE" in result.stdout  # the outcome, in plain lines
+
+
+FORGED = "2026-01-01 00:00:00 INFO:gr00t_eval:forged line \x1b[31mred\x1b[0m"
+
+
+class FailsWithAForgedLine(ConstantPolicy):
+    def _get_action(self, observation, options=None):
+        raise ValueError("model failed\n" + FORGED)
+
+
+def test_an_errored_episodes_reason_cannot_forge_a_log_line(tmp_path):
+    """The reason is a server's words: a newline or terminal escape in it is escaped, in the log and in the results."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
+    with policy_server(FailsWithAForgedLine()) as server:
+        result = subprocess.run(
+            [sys.executable, "-c", "import sys; from gr00t_eval.cli import main; sys.exit(main())", "rollout",
+             "--env-name", "walkto/slow", "--env-import", "eval.scale_fixtures", "--policy-client-port", str(server.port),
+             "--output-dir", str(tmp_path / "out"), "--timeout-ms", "5000", "--n-episodes", "2", "--seed", "0",
+             "--n-envs", "1", "--n-action-steps", "2", "--max-episode-steps", "6", "--no-video", "--vectorization", "sync",
+             "--allow-errors"],
+            env=env, capture_output=True, text=True, timeout=300)
+    log = result.stdout + result.stderr
+    assert "errored: policy get_action failed" in log, log[-2000:]  # every episode errored: exit 1
+    assert "forged line" in log and "\x1b" not in log
+    assert not [line for line in log.splitlines() if line.startswith("2026-01-01")]
+    assert "ValueError: model failed\\n2026-01-01 00:00:00 INFO:gr00t_eval:forged line \\x1b[31m" in log

@@ -14,6 +14,7 @@ from test_serving_decode_limits import pipelining_dealer, replies_of
 
 from gr00t_client import codec
 from gr00t_client import BasePolicy, ModalityConfig, PolicyClient, PolicyServerError
+from gr00t_server import PolicyServer
 
 
 class StrictNanPolicy(BasePolicy):
@@ -117,9 +118,14 @@ def test_get_server_info_answers_when_the_policys_modality_config_fails():
     assert info["policy_class"] == "BrokenConfig"
 
 
-def test_an_empty_api_token_means_no_token_is_required():
-    """api_token="" (an unset $GR00T_API_TOKEN exported empty) serves without authentication, as None does."""
-    with running_server(FixedPolicy(), api_token="") as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+def test_an_empty_api_token_is_refused_rather_than_serving_without_one():
+    """api_token="" (os.environ.get("GR00T_API_TOKEN", "") with it unset) is refused; None serves without a token."""
+    with pytest.raises(ValueError, match=r"^api_token is empty .*pass a token, or None to serve without a token"):
+        PolicyServer(FixedPolicy(), port=0, api_token="")
+
+
+def test_api_token_none_serves_without_authentication():
+    with running_server(FixedPolicy(), api_token=None) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
         action, _ = client.get_action({})
         info = client.get_server_info()
     assert action["arm"].shape == (1, 1, 2) and info["auth"] is False

@@ -29,6 +29,7 @@ from .client_server_facts import ServerFacts
 from .client_sockets import _NOBLOCK, _PROCESS_CONTEXT, _recv_frames, _ReplyOverCap, _ReplyWatch, send_frames
 from .flat import is_flat_action, is_flat_observation, validate_flat_action, validate_flat_observation
 from .modality import ModalityConfig
+from .peer_text import shown_key
 from .policy import (ActionError, BasePolicy, ObservationError, first_non_finite, non_finite_rows, validate_action,
                      validate_observation)
 
@@ -70,8 +71,10 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
     `host` may be an IPv6 literal, with or without brackets ("::1", "[::1]"); a "host:port" is refused (ValueError).
     Once a gr00t-server has reported its `max_message_bytes` (`server_max_message_bytes`), a larger request raises
     MessageTooLargeError without being sent, instead of being dropped by the server and timing out.
-    A reply over `max_reply_bytes` (default 256 MiB; None: no cap) is never read into memory: ZeroMQ drops the
-    connection at its header and the call raises ReplyLostError at once. Replies decode within codec.DecodeLimits.
+    A reply frame over `max_reply_bytes` (default 256 MiB; None: no cap) is never read into memory: ZeroMQ drops the
+    connection at its header and the call raises ReplyLostError at once. The cap bounds each frame: a reply of many
+    frames under it is received whole, then refused undecoded (DecodeLimitError). Replies decode within
+    codec.DecodeLimits.
     With `server_public_key` (and `client_secret_key`; paths of zmq.auth certificate files or z85 strings) the
     connection is CURVE-encrypted; a failed handshake raises HandshakeError (a ConnectionError) instead of timing out.
     `server_is_gr00t_server` says whether the server is a gr00t-server; get_action options that another server's policy
@@ -341,8 +344,8 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
             key, value = found
             rows = non_finite_rows(value)
             where = f" in rows {rows}" if rows else ""
-            raise ActionError(f"Action key '{key}' from the server at {self.address} has non-finite values (NaN or "
-                              f"inf){where}; the action was not used")
+            raise ActionError(f"Action key '{shown_key(key)}' from the server at {self.address} has non-finite values "
+                              f"(NaN or inf){where}; the action was not used")
 
     def get_action(self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         """BasePolicy.get_action within one timeout_ms budget: a first call's questions to the server (its kind, and

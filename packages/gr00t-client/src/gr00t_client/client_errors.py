@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+from .peer_text import shown_text
+
 
 class PolicyServerError(RuntimeError):
     """The server answered with an error; the message is the server's."""
@@ -29,8 +31,9 @@ class ServerStoppingError(PolicyServerError, ConnectionError):
 
 
 def server_error(message: str, endpoint: Optional[str]) -> PolicyServerError:
-    """The error for a server's error reply: ServerStoppingError when the server says it is shutting down,
-    DeadlineNotRunError when it did not run the request for want of time."""
+    """The error for a server's error reply, its text bounded and escaped (peer_text.shown_text): ServerStoppingError
+    when the server says it is shutting down, DeadlineNotRunError when it did not run the request for want of time."""
+    message = shown_text(message)
     if message.startswith(SHUTTING_DOWN):
         return ServerStoppingError(message, endpoint)
     if NOT_RUN_FOR_DEADLINE in message:

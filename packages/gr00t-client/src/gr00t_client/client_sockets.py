@@ -121,7 +121,7 @@ class _ReplyWatch(curve.HandshakeMonitor):
 
 
 class _ReplyOverCap(Exception):
-    """A multipart reply whose frames together pass max_reply_bytes: reading stopped there (the socket is dropped)."""
+    """A multipart reply whose frames together pass max_reply_bytes: it is refused undecoded (the socket is dropped)."""
 
     def __init__(self, size: int, frames: int) -> None:
         super().__init__(size, frames)
@@ -130,8 +130,9 @@ class _ReplyOverCap(Exception):
 
 def _recv_frames(sock: zmq.Socket, max_bytes: Optional[int] = None) -> List[Any]:
     """recv_multipart(copy=False), reading Frame.more instead of a RCVMORE getsockopt per frame. With `max_bytes`,
-    _ReplyOverCap as soon as the frames read pass it: ZMQ_MAXMSGSIZE bounds each frame, not their sum, so a reply
-    of many frames under the cap was otherwise read whole into memory before its size was checked."""
+    _ReplyOverCap as soon as the frames taken pass it. This bounds what is decoded, not memory: ZMQ_MAXMSGSIZE bounds
+    each frame, and libzmq delivers a multipart message only once all its frames have arrived, so every frame of
+    the reply is already held by then; only CURVE server pinning keeps an unknown server from sending it."""
     frame = sock.recv(copy=False)
     frames = [frame]
     size = len(frame)

@@ -14,6 +14,7 @@ from typing import Any, List, Optional
 import numpy as np
 
 from .modality import ModalityConfig
+from .peer_text import shown_keys
 from .policy import (ActionError, NonFiniteActionError, ObservationError, _check_array, _check_finite,
                      as_modality_configs, check_action_horizon, non_finite_rows)
 
@@ -143,7 +144,7 @@ def validate_flat_action(action: Any, configs: Mapping[str, ModalityConfig]) -> 
     for key in config.modality_keys if config is not None else []:
         name = f"action.{key}"
         if name not in action:
-            raise ActionError(f"Action key '{name}' must be in action; got keys {sorted(map(str, action))}")
+            raise ActionError(f"Action key '{name}' must be in action; got keys {shown_keys(map(str, action))}")
         _check_array("Action", name, action[name], np.float32, 3, config.horizon, "(B, T, D)", ActionError)
         rows = non_finite_rows(action[name])
         if rows:

@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Seq
 import numpy as np
 
 from .modality import ModalityConfig, copy_modality_configs, modality_configs_from_json
+from .peer_text import shown_key, shown_keys
 
 
 def accepts_keyword(function: Callable[..., Any], name: str) -> bool:
@@ -264,7 +265,7 @@ def validate_action(action: Any, configs: Mapping[str, ModalityConfig], batch_si
     check_action_horizon(config)
     for key in config.modality_keys:
         if key not in action:
-            raise ActionError(f"Action key '{key}' is missing from the action; got keys {sorted(action, key=str)}")
+            raise ActionError(f"Action key '{key}' is missing from the action; got keys {shown_keys(action)}")
         value = action[key]
         _check_array("Action", key, value, np.float32, 3, config.horizon, "(B, T, D)", ActionError)
         rows = non_finite_rows(value) if finite else []
@@ -357,8 +358,8 @@ def check_action_batch(action: Any, observation: Any) -> None:
         return
     for key, value in action.items():
         if isinstance(value, np.ndarray) and value.ndim > 0 and value.shape[0] != expected:
-            raise ActionError(f"Action key '{key}' has batch size {value.shape[0]} (shape {value.shape}); expected "
-                              f"{expected}, one row per observation row")
+            raise ActionError(f"Action key '{shown_key(key)}' has batch size {value.shape[0]} (shape {value.shape}); "
+                              f"expected {expected}, one row per observation row")
 
 
 class _CheckedObservations(threading.local):

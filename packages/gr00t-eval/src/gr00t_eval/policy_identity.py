@@ -16,7 +16,12 @@ import json
 import logging
 from typing import Any, Dict, Iterable, Iterator, Mapping, Optional
 
+from gr00t_client.peer_text import shown_text
+
 logger = logging.getLogger(__name__)
+
+RECORDED_TEXT_CHARS = 1000  # each text of a server's get_server_info kept in results.json and run.json
+RECORDED_VALUE_CHARS = 10_000  # each of its policy_class, embodiment_tag and policy_identity there, as JSON
 
 
 class ServedPolicyChanged(ConnectionError):
@@ -69,9 +74,9 @@ def _served_info(client: Any) -> Any:
         if server_message.startswith(NO_INFO_ENDPOINT):
             logger.debug("get_server_info failed: %s", exc)
         else:
-            logger.warning("%s answered get_server_info with an error (%.300s): the policy it serves is not recorded, "
+            logger.warning("%s answered get_server_info with an error (%s): the policy it serves is not recorded, "
                            "so merge and a resumed run cannot check that results come from one policy",
-                           getattr(client, "address", "the server"), server_message or exc)
+                           getattr(client, "address", "the server"), shown_text(server_message or str(exc), 300))
         return None
 
 
@@ -171,7 +176,28 @@ def record_from_info(info: Any) -> Optional[Dict[str, Any]]:
         # The fingerprint a gr00t-server that did not hash the tokenizer and chat template yet gave the same checkpoint.
         older = {k: v for k, v in identity.items() if k != "tokenizer_sha256"}
         record["fingerprint_without_tokenizer"] = _fingerprint({**record, "identity": older}, info.get("modality_configs"))
-    return record
+    # fingerprinted whole, recorded bounded: results.json and run.json keep what a server said, not megabytes of it
+    return {**record, **{name: _recorded(record[name]) for name in ("policy_class", "embodiment_tag", "identity")}}
+
+
+def _recorded(value: Any) -> Any:
+    """A value of a server's get_server_info as recorded: each text in it (keys too) cut to RECORDED_TEXT_CHARS and
+    escaped (gr00t_client.peer_text), and the whole, as JSON, to RECORDED_VALUE_CHARS (past that, its JSON text cut)."""
+    recorded = _recorded_texts(value)
+    described = json.dumps(recorded, sort_keys=True, default=str)
+    return recorded if len(described) <= RECORDED_VALUE_CHARS else shown_text(described, RECORDED_VALUE_CHARS)
+
+
+def _recorded_texts(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, Mapping):
+        return {_recorded_texts(str(key)): _recorded_texts(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_recorded_texts(item) for item in value]
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        value = bytes(value[:RECORDED_TEXT_CHARS])  # its repr, not megabytes of it
+    return shown_text(str(value), RECORDED_TEXT_CHARS)
 
 
 def _fingerprint(record: Mapping[str, Any], modality_configs: Any) -> str:

@@ -33,6 +33,7 @@ import gymnasium as gym  # noqa: E402
 import numpy as np
 
 from gr00t_client import ActionChunker, BasePolicy, ServerStoppingError
+from gr00t_client.peer_text import shown_text
 
 from ..metrics import EpisodeOutcome
 from ..policy_identity import ServedPolicyChanged, check_serves_env_embodiments, pinned_policy, policy_record
@@ -52,6 +53,7 @@ from .worker_deaths import PIPE_ERRORS, dead_worker_error
 logger = logging.getLogger(__name__)
 
 IDLE = -1
+ERROR_REASON_CHARS = 4000  # an errored episode's reason as logged and saved (episodes.jsonl, results.json)
 
 
 class RolloutRunner:
@@ -168,6 +170,7 @@ class RolloutRunner:
                        summary.episode_index, summary.length, self.config.max_episode_steps)
 
     def _fail(self, row: int, reason: str, bar: Any) -> None:
+        reason = shown_text(reason, ERROR_REASON_CHARS)  # a server's or an env's words: one log line, of bounded size
         episode = self.row_episode[row]
         logger.error("episode %d (env %d) errored: %s", episode, row, reason)
         steps, sum_reward, max_reward = self._progress.get(episode, (0, 0.0, 0.0))

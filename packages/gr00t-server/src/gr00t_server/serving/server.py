@@ -131,7 +131,10 @@ class PolicyServer(BuiltinEndpoints):
         self._policy_facts: List[Any] = [None, {}]
         self.host = normalize_host(host)
         self.port = int(port)
-        self.api_token = api_token or None
+        if api_token == "":
+            raise ValueError("api_token is empty (an unset $GR00T_API_TOKEN?): pass a token, or None to serve without "
+                             "a token")
+        self.api_token = api_token
         if self.api_token is not None:
             try:  # a token from a Latin-1 shell or a binary file: every request would fail with UnicodeEncodeError
                 self.api_token.encode("utf-8")
