@@ -5,6 +5,7 @@ Real servers on loopback, restarted on the same port; a raw ZeroMQ peer for what
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -156,3 +157,16 @@ def test_a_call_from_a_signal_handler_during_a_call_is_refused_and_the_outer_cal
         assert isinstance(seen.get("handler"), RuntimeError), seen
         assert "awaits the reply to 'get_action' on the same thread" in str(seen["handler"])
         assert client.ping()
+
+
+def test_modality_config_after_a_server_restart_is_the_new_servers_without_another_call_first():
+    """A robot script that reads the action horizon before acting got the old server's config from the cache."""
+    port = free_port()
+    with PolicyClient(port=port, timeout_ms=5000) as client:
+        with running_server(EchoPolicy(libero_like_configs(16)), port=port):
+            assert client.get_modality_config()["action"].horizon == 16
+        with running_server(EchoPolicy(libero_like_configs(8)), port=port):
+            deadline = time.monotonic() + 5.0  # the socket reconnects in the background
+            while client.get_modality_config()["action"].horizon == 16 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert client.get_modality_config()["action"].horizon == 8

@@ -755,6 +755,31 @@ def test_without_a_tag_open_loop_records_the_served_embodiment_and_policy(datase
                      "LIBERO_SIM") == 0  # the same embodiment by name
 
 
+@pytest.mark.parametrize("served, typed", [("my_robot", "my_robot"), ("my_robot", "MY_ROBOT"),
+                                           ("libero_panda", "libero_panda")])
+def test_a_checkpoints_own_tag_that_the_server_serves_is_evaluated(dataset, tmp_path, served, typed):
+    """`--embodiment-tag my_robot` against `serve --embodiment-tag my_robot` exited 2 'Unknown embodiment tag'; an
+    N1.6-era checkpoint's 'libero_panda' was read as libero_sim and refused as another embodiment."""
+    with running_server(ReplayPolicy(dataset, execution_horizon=4), embodiment_tag=served) as server:
+        assert open_loop(dataset, server.port, tmp_path / "out", "--traj-ids", "0", "--embodiment-tag", typed) == 0
+    assert results(tmp_path / "out")["config"]["embodiment_tag"] == served
+
+
+def test_a_server_that_names_no_embodiment_is_recorded_as_unknown_not_new_embodiment(dataset, tmp_path):
+    with running_server(ReplayPolicy(dataset, execution_horizon=4)) as server:
+        assert open_loop(dataset, server.port, tmp_path / "out", "--traj-ids", "0") == 0
+    assert results(tmp_path / "out")["config"]["embodiment_tag"] is None
+
+
+def test_a_mistyped_tag_for_a_server_that_names_no_embodiment_is_refused_in_one_line(dataset, tmp_path, capsys):
+    with running_server(ReplayPolicy(dataset, execution_horizon=4)) as server:
+        assert open_loop(dataset, server.port, tmp_path / "out", "--traj-ids", "0", "--embodiment-tag",
+                         "new_embodimnt") == 2
+    err = capsys.readouterr().err
+    assert "Unknown embodiment tag: 'new_embodimnt' (--embodiment-tag)" in err and "known tags: " in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out" / "results.json").exists()
+
+
 def test_a_stop_while_a_scored_trajectory_is_reported_keeps_it_scored_not_listed_as_not_run(dataset, tmp_path):
     """A Ctrl-C during the report of a trajectory just scored listed it as 'not run' too; after the last one the
     stop message itself failed with an IndexError."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -414,3 +415,40 @@ def test_the_start_up_block_says_when_the_tags_built_in_modality_config_is_used(
     args = build_parser().parse_args(["serve", "--dataset-path", str(root), "--embodiment-tag", "libero_sim"])
     _replay_policy(args, EmbodimentTag.resolve("libero_sim"))
     assert "Modality config: the built-in config of libero_sim (the dataset has its keys)" in capsys.readouterr().out
+
+
+def _libero_like_dataset(tmp_path):
+    keys = ("x", "y", "z", "roll", "pitch", "yaw", "gripper")
+    return make_dataset(tmp_path / "libero_like", lengths=(20,), cameras=("image", "wrist_image"),
+                        state_dims={k: 1 for k in keys}, action_dims={k: 1 for k in keys})
+
+
+def test_an_action_horizon_given_with_a_built_in_config_sets_its_action_steps(tmp_path, capsys):
+    """`serve --dataset-path D --embodiment-tag libero_sim --action-horizon 8` served libero_sim's 16-step chunks."""
+    from gr00t_client import EmbodimentTag
+    from gr00t_server.cli import _replay_policy, build_parser
+
+    root = _libero_like_dataset(tmp_path)
+    args = build_parser().parse_args(["serve", "--dataset-path", str(root), "--embodiment-tag", "libero_sim",
+                                      "--action-horizon", "8"])
+    policy, _ = _replay_policy(args, EmbodimentTag.resolve("libero_sim"))
+    assert policy.get_modality_config()["action"].delta_indices == list(range(8))
+    assert policy.execution_horizon == 8
+    assert "the built-in config of libero_sim (the dataset has its keys), action horizon 8 (--action-horizon)" in (
+        capsys.readouterr().out)
+
+
+def test_an_action_horizon_other_than_a_modality_config_files_is_refused_naming_both(tmp_path):
+    from gr00t_client import EmbodimentTag
+    from gr00t_server.cli import _replay_policy, build_parser
+    from gr00t_server.cli_errors import CliError
+    from gr00t_server.modality_configs import MODALITY_CONFIGS
+
+    root = _libero_like_dataset(tmp_path)
+    path = tmp_path / "libero.json"
+    path.write_text(json.dumps({k: v.to_json_dict() for k, v in MODALITY_CONFIGS["libero_sim"].items()}))
+    args = build_parser().parse_args(["serve", "--dataset-path", str(root), "--modality-config-path", str(path),
+                                      "--action-horizon", "8"])
+    with pytest.raises(CliError, match=f"--action-horizon 8: {re.escape(str(path))} sets the action delta_indices "
+                                       r"\(16 steps: \[0, 1, 2"):
+        _replay_policy(args, EmbodimentTag.resolve("new_embodiment"))

@@ -580,3 +580,29 @@ def test_the_noise_option_is_the_models_action_horizon_in_the_docs_and_the_error
     observation = example_observation(tiny_checkpoint, "libero_sim", image_size=(32, 32))
     with pytest.raises(ValueError, match=r"\(1, 40, 132\) .*config.json, not the returned chunks' horizon 16"):
         libero.get_action(observation, {"noise": np.zeros((1, 16, 132), np.float32)})
+
+
+def test_a_tag_given_as_text_before_a_checkpoint_folder_is_served_as_in_the_reference_order(tiny_checkpoint):
+    """Gr00tPolicy("libero_sim", ckpt) said "'libero_sim' is neither an existing directory nor a hub id"."""
+    assert Gr00tPolicy("libero_sim", str(tiny_checkpoint), device="cpu").embodiment_tag_value == "libero_sim"
+
+
+def test_a_python_server_reports_the_embodiment_its_policy_serves_through_wrappers(libero):
+    """PolicyServer(Gr00tPolicy(ckpt, "libero_sim")) reported embodiment_tag None: open-loop then recorded the run as
+    new_embodiment, and the rollout's env/embodiment check was skipped."""
+    from gr00t_client import PolicyClient
+    from gr00t_server.policies.sim_wrapper import Gr00tSimPolicyWrapper
+    from serving import running_server
+
+    for policy in (libero, Gr00tSimPolicyWrapper(libero)):
+        with running_server(policy) as server, PolicyClient(port=server.port) as client:
+            assert client.get_server_info()["embodiment_tag"] == "libero_sim"
+
+
+def test_a_server_tag_other_than_its_policys_is_refused_naming_both_and_a_spelling_of_it_is_taken(libero):
+    from gr00t_server import PolicyServer
+
+    with pytest.raises(ValueError, match=r"embodiment_tag 'new_embodiment' is not .*\(Gr00tPolicy serves 'libero_sim'\)"):
+        PolicyServer(libero, port=0, embodiment_tag="new_embodiment")
+    with PolicyServer(libero, port=0, embodiment_tag="LIBERO_PANDA") as server:
+        assert server.embodiment_tag == "libero_sim"

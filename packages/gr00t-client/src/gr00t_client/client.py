@@ -304,10 +304,12 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
         self.call_endpoint("kill", requires_input=False)
 
     def get_modality_config(self) -> Dict[str, ModalityConfig]:
-        """The server policy's modality configs (cached after the first call)."""
-        if self._modality_config is None:
-            self._modality_config = self.call_endpoint("get_modality_config", requires_input=False) or {}
-        return self._modality_config
+        """The server policy's modality configs (cached until the connection is made anew: a restarted server's own)."""
+        with self._locked():
+            self._notice_reconnection()
+            if self._modality_config is None:
+                self._modality_config = self.call_endpoint("get_modality_config", requires_input=False) or {}
+            return self._modality_config
 
     def reset(self, options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         """Reset this client's session on the server; returns the server's info dict."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Dict, Union
+from typing import Dict, Sequence, Tuple, Union
 
 
 class EmbodimentTag(Enum):
@@ -56,6 +56,26 @@ class EmbodimentTag(Enum):
             if member.value == value:
                 return member.name
         return value
+
+
+def resolve_tag(tag: Union[EmbodimentTag, str], supported: Sequence[str],
+                owner: str = "this checkpoint") -> Tuple[Union[EmbodimentTag, str], str]:
+    """(tag object for messages, tag value) for a tag as given against the tags `owner` has (`supported`): one of
+    them exactly, else a built-in tag by any spelling, else one of them by case when the spelling names only one."""
+    if isinstance(tag, str) and tag.strip() in supported:
+        try:
+            return EmbodimentTag.resolve(tag), tag.strip()
+        except ValueError:
+            return tag.strip(), tag.strip()
+    try:
+        resolved = EmbodimentTag.resolve(tag)
+    except ValueError as exc:
+        folded = [value for value in supported if isinstance(tag, str) and value.casefold() == tag.strip().casefold()]
+        if len(folded) == 1:
+            return folded[0], folded[0]
+        raise ValueError(f"{str(exc).splitlines()[0]}; it is neither a built-in tag nor one of {owner}'s tags "
+                         f"{sorted(supported)}" + (" (give one exactly: they differ only in case)" if folded else "")) from None
+    return resolved, resolved.value
 
 
 PRETRAIN_TAGS = frozenset(

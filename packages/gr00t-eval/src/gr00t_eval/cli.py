@@ -114,8 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(*_flag("dataset-path"), type=user_path, required=True,
                    help="LeRobot dataset (v2.x/v3.0 with meta/modality.json)")
     p.add_argument(*_flag("embodiment-tag"), default=None,
-                   help="embodiment tag (name or value, case-insensitive); default: the one the server serves (a server "
-                        "that does not say: new_embodiment); a tag the server does not serve is refused")
+                   help="embodiment tag: the server's own (exactly or in any case) or a built-in tag's name or value "
+                        "(any case); default: the one the server serves (none recorded for a server that does not say, "
+                        "which takes built-in tags only); a tag the server does not serve is refused")
     _add_connection(p, "host", "port", "127.0.0.1")
     p.add_argument(*_flag("traj-ids"), type=int, nargs="+", default=[0], help="episode positions to evaluate (default 0)")
     p.add_argument(*_flag("steps"), type=int, default=200, help="max steps per trajectory (default 200)")

@@ -27,7 +27,7 @@ from .dataset import DatasetError, LeRobotDataset
 from .metrics import ActionErrors, action_errors
 from .applied_settings import settings_not_applied, warn_not_applied
 from .open_loop_checks import (TrajectoryError, _chunk, check_action_steps, check_policy_episode, check_policy_position,
-                               dataset_action_keys, reset_policy)
+                               dataset_action_keys, evaluated_embodiment, reset_policy)
 from .open_loop_observation import (FLAT_FORMAT_HINT, _EpisodeSteps, _FrameWindows, _KeyMap, build_observation,
                                     format_hint, history_steps, resolve_observation_format)
 from .policy_identity import pinned_policy, record_from_info, server_info, serves_replay
@@ -57,8 +57,8 @@ class OpenLoopConfig:
     # None: a new dated folder under DEFAULT_OUTPUT_DIR (the CLI's default); a folder holding an earlier run's
     # results.json is refused: that run's plots would sit beside this run's results.
     output_dir: Optional[str] = None
-    # The embodiment evaluated: None takes the one the server serves (the reference's default, new_embodiment, for a
-    # server that does not say); a tag the server does not serve is refused rather than recorded as this run's.
+    # The embodiment evaluated: None takes the one the server serves (None, unknown, for a server that does not say);
+    # a tag the server does not serve is refused rather than recorded as this run's (open_loop_checks.evaluated_embodiment).
     embodiment_tag: Optional[str] = None
     # "auto" (the CLI's default): ask the server's get_server_info, "flat" for the sim wrapper, else "nested" (also for
     # an in-process policy or a server that cannot say); or "nested" (reference server), "flat" (sim wrapper) as given
@@ -291,10 +291,7 @@ def evaluate_open_loop(
     not_applied = settings_not_applied(policy, {"denoising_steps": config.denoising_steps})
     warn_not_applied(policy, not_applied)
     served_tag = (served or {}).get("embodiment_tag")
-    if config.embodiment_tag is not None and served_tag is not None and served_tag != config.embodiment_tag:
-        raise ValueError(f"the server serves embodiment {served_tag!r} and this run asks for {config.embodiment_tag!r} "
-                         "(--embodiment-tag); serve that embodiment, or leave the flag out to evaluate the served one")
-    config = dataclasses.replace(config, embodiment_tag=config.embodiment_tag or served_tag or "new_embodiment")
+    config = dataclasses.replace(config, embodiment_tag=evaluated_embodiment(config.embodiment_tag, served_tag))
     configs = policy.get_modality_config()
     if "action" not in configs:
         raise ValueError(f"the policy's modality config has no 'action' modality; got {sorted(configs)}")

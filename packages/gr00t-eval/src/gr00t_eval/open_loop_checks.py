@@ -8,7 +8,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from gr00t_client import BasePolicy, ModalityConfig
+from gr00t_client import BasePolicy, EmbodimentTag, ModalityConfig
+from gr00t_client.embodiment import resolve_tag
 
 from .action_steps import check_consecutive_action_deltas
 from .reported_position import is_flag, is_position
@@ -158,3 +159,25 @@ def check_action_steps(action: ModalityConfig, execution_horizon: int) -> None:
         raise ValueError(f"execution_horizon must be in [1, {horizon}] (the policy's action horizon), got {execution_horizon}")
     check_consecutive_action_deltas(
         action.delta_indices, "open-loop scores would compare each action with another step's ground truth")
+
+
+def evaluated_embodiment(asked: Optional[str], served: Optional[str]) -> Optional[str]:
+    """The embodiment a run evaluates: the served one, which `asked` (a tag as typed) must name as serve matches a
+    checkpoint's tag; `asked` as a built-in tag for a server that names none; None (unknown) when neither says."""
+    if asked is None:
+        return served
+    if served is None:
+        try:
+            return EmbodimentTag.resolve(asked).value
+        except ValueError as exc:
+            known = ", ".join(member.value for member in EmbodimentTag)
+            raise ValueError(f"{str(exc).splitlines()[0]} (--embodiment-tag): the server does not say which embodiment "
+                             f"it serves, so the tag must be a built-in one; known tags: {known}") from None
+    try:
+        _, value = resolve_tag(asked, [served], owner="the server")
+    except ValueError:
+        value = None
+    if value != served:
+        raise ValueError(f"the server serves embodiment {served!r} and this run asks for {asked!r} (--embodiment-tag); "
+                         "serve that embodiment, or leave the flag out to evaluate the served one")
+    return served

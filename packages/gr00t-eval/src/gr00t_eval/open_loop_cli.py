@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, List, Tuple
 
-from .cli_errors import UsageError, _unknown_tag
+from .cli_errors import UsageError
 
 DEFAULT_OPEN_LOOP_BASE = "/tmp/open_loop_eval"
 OPEN_LOOP_RUN_FILENAME = "open_loop_run.json"  # an open-loop run's settings; creating it claims the output directory
@@ -56,7 +56,6 @@ def _check_horizon_flags(given: List[Tuple[str, int]]) -> None:
 def cmd_open_loop(args: argparse.Namespace) -> int:
     """`gr00t-eval open-loop`: plots, results.json and the reference's console lines; 1 if nothing was evaluated
     or a trajectory errored (0 then with --allow-errors)."""
-    from gr00t_client import EmbodimentTag
     from tqdm.auto import tqdm
 
     from . import connection
@@ -64,12 +63,6 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
     from .run_stop import sigterm_as_interrupt
 
     _check_horizon_flags(getattr(args, "horizon_flags", None) or [])
-    tag = None
-    if args.embodiment_tag is not None:
-        try:
-            tag = EmbodimentTag.resolve(args.embodiment_tag)
-        except ValueError as exc:
-            raise _unknown_tag(f"--embodiment-tag {args.embodiment_tag}", exc) from None
     if not (Path(args.dataset_path) / "meta").is_dir():
         raise UsageError(f"--dataset-path {args.dataset_path}: not a LeRobot dataset (no meta/ directory there)")
     modality_keys = args.modality_keys
@@ -94,7 +87,7 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
         config = OpenLoopConfig(
             dataset_path=args.dataset_path, traj_ids=args.traj_ids, steps=args.steps, execution_horizon=args.execution_horizon,
             modality_keys=modality_keys, output_dir=args.output_dir or DEFAULT_OPEN_LOOP_BASE,
-            embodiment_tag=tag.value if tag is not None else None,
+            embodiment_tag=args.embodiment_tag,  # as typed: matched against the served tag (evaluated_embodiment)
             observation_format=args.observation_format, plot=plot,
             plot_path=args.save_plot_path, denoising_steps=args.denoising_steps,
         )

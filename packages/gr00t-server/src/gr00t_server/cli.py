@@ -60,8 +60,9 @@ def _add_serve_parser(subparsers: Any) -> None:
                    help="replay: a .json file of ModalityConfig fields or a .py file that registers one")
     p.add_argument(*_flag("execution-horizon"), type=int, default=None,
                    help="replay: steps to advance per get_action (default: the action horizon)")
-    p.add_argument(*_flag("action-horizon"), type=int, default=16,
-                   help="replay: action chunk length when the config is derived from the dataset (default 16)")
+    p.add_argument(*_flag("action-horizon"), type=int, default=None,
+                   help="replay: action chunk length, steps 0..N-1, of a derived or built-in config (default: the "
+                   "built-in config's, else 16); with --modality-config-path it must match the file's action steps")
     p.add_argument(*_flag("replay-cache-mb"), type=float, default=None,
                    help="replay: MiB of episodes' actions kept read, least recently used dropped first (default 256)")
     p.add_argument(*_flag("host"), default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 for other machines)")

@@ -36,7 +36,7 @@ def _server_limits(args: argparse.Namespace) -> Any:
 
 
 # Flags that only one kind of policy reads, with their defaults: given with the other kind they do nothing.
-_REPLAY_ONLY = {"dataset_path": None, "modality_config_path": None, "execution_horizon": None, "action_horizon": 16,
+_REPLAY_ONLY = {"dataset_path": None, "modality_config_path": None, "execution_horizon": None, "action_horizon": None,
                 "replay_cache_mb": None}
 _MODEL_ONLY = {"device": None, "dtype": None, "clip_outliers": None, "preprocess_device": None, "inference_mode": "pytorch",
                "onnx_dir": None, "engine_dir": None, "warmup": True, "max_denoising_steps": None}

@@ -4,6 +4,7 @@ a ReplayPolicy of --dataset-path (modality config, execution horizon)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -33,7 +34,8 @@ def _replay_policy(args: argparse.Namespace, tag: Any) -> Tuple[Any, Optional[st
         if not math.isfinite(args.replay_cache_mb) or not 0 < args.replay_cache_mb <= MAX_REPLAY_CACHE_MB:
             raise CliError(f"--replay-cache-mb must be in (0, {MAX_REPLAY_CACHE_MB}] MiB, got {args.replay_cache_mb}")
         cache["max_cached_bytes"] = max(1, int(args.replay_cache_mb * 2**20))
-    if not 1 <= args.action_horizon <= MAX_ACTION_HORIZON:  # 100000000 built a delta list for minutes, unrefused
+    # 100000000 built a delta list for minutes, unrefused
+    if args.action_horizon is not None and not 1 <= args.action_horizon <= MAX_ACTION_HORIZON:
         raise CliError(f"--action-horizon must be a whole number of steps from 1 to {MAX_ACTION_HORIZON}, got "
                        f"{args.action_horizon}")
     dataset_path = Path(args.dataset_path)
@@ -43,13 +45,16 @@ def _replay_policy(args: argparse.Namespace, tag: Any) -> Tuple[Any, Optional[st
     file_tag = None
     if args.modality_config_path:
         file_tag, modality = configs.load_modality_config_and_tag(args.modality_config_path, tag)
+        _check_file_action_horizon(modality, args)
         print(f"Loaded modality config: {args.modality_config_path}")
     elif tag.value in configs.MODALITY_CONFIGS and _fits_dataset(configs.MODALITY_CONFIGS[tag.value], dataset):
-        modality = configs.MODALITY_CONFIGS[tag.value]
-        print(f"  Modality config: the built-in config of {tag.value} (the dataset has its keys)")
+        modality = _with_action_horizon(configs.MODALITY_CONFIGS[tag.value], args.action_horizon)
+        print(f"  Modality config: the built-in config of {tag.value} (the dataset has its keys), action horizon "
+              f"{len(modality['action'].delta_indices)}" + (" (--action-horizon)" if args.action_horizon is not None else ""))
     else:
-        modality = configs.derive_from_dataset(dataset, action_horizon=args.action_horizon)
-        print(f"  Modality config: derived from {dataset_path}/meta/modality.json (action horizon {args.action_horizon})")
+        action_horizon = args.action_horizon or DEFAULT_ACTION_HORIZON
+        modality = configs.derive_from_dataset(dataset, action_horizon=action_horizon)
+        print(f"  Modality config: derived from {dataset_path}/meta/modality.json (action horizon {action_horizon})")
     horizon = args.execution_horizon
     if horizon is None:
         horizon = len(modality["action"].delta_indices)
@@ -62,6 +67,23 @@ def _replay_policy(args: argparse.Namespace, tag: Any) -> Tuple[Any, Optional[st
 MAX_REPLAY_CACHE_MB = 2**20  # a TiB: more is a typo, not a cache
 
 MAX_ACTION_HORIZON = 4096  # replay's derived chunk length: N1.7 checkpoints act 16-40 steps at a time
+DEFAULT_ACTION_HORIZON = 16  # a derived config's, when --action-horizon is not given
+
+
+def _with_action_horizon(modality: Any, action_horizon: Optional[int]) -> Any:
+    """A built-in config with its action steps 0..action_horizon-1 (as a derived config has them); as it is for None."""
+    if action_horizon is None:
+        return modality
+    return {**modality, "action": dataclasses.replace(modality["action"], delta_indices=list(range(action_horizon)))}
+
+
+def _check_file_action_horizon(modality: Any, args: argparse.Namespace) -> None:
+    """CliError when --action-horizon asks for other action steps than the --modality-config-path file sets."""
+    steps = modality["action"].delta_indices
+    if args.action_horizon is not None and steps != list(range(args.action_horizon)):
+        raise CliError(f"--action-horizon {args.action_horizon}: {args.modality_config_path} sets the action "
+                       f"delta_indices ({len(steps)} steps: {steps[:8]}{' ...' if len(steps) > 8 else ''}); leave the "
+                       "flag out to serve the file's, or change them there")
 
 
 def _fits_dataset(modality: Any, dataset: Any) -> bool:

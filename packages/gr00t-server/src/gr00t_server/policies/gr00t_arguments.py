@@ -4,7 +4,9 @@ checkpoint acts."""
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Tuple, Union
+import os
+from pathlib import Path
+from typing import Any, List, Optional, Union
 
 import numpy as np
 import torch
@@ -39,23 +41,14 @@ def unsupported_tag_message(tag: Union[EmbodimentTag, str], supported: List[str]
     return message
 
 
-def _resolve_tag(tag: Union[EmbodimentTag, str], supported: List[str]) -> Tuple[Union[EmbodimentTag, str], str]:
-    """(tag object for messages, tag value); checkpoint-internal tags without an enum member are accepted."""
-    if isinstance(tag, str) and tag.strip() in supported:
-        try:
-            return EmbodimentTag.resolve(tag), tag.strip()
-        except ValueError:
-            return tag.strip(), tag.strip()
-    try:
-        resolved = EmbodimentTag.resolve(tag)
-    except ValueError as exc:
-        # Built-in tags are matched by any spelling; a checkpoint's own tag too, when the spelling names only one.
-        folded = [value for value in supported if isinstance(tag, str) and value.casefold() == tag.strip().casefold()]
-        if len(folded) == 1:
-            return folded[0], folded[0]
-        raise ValueError(f"{str(exc).splitlines()[0]}; it is neither a built-in tag nor one of this checkpoint's tags "
-                         f"{sorted(supported)}" + (" (give one exactly: they differ only in case)" if folded else "")) from None
-    return resolved, resolved.value
+def tag_given_first(model_path: Any, embodiment_tag: Any) -> bool:
+    """Whether the two came in the reference's positional order (embodiment_tag, model_path): an EmbodimentTag first,
+    or a first text that is no existing path while the second names an existing directory."""
+    if isinstance(model_path, EmbodimentTag):
+        return True
+    if not isinstance(model_path, str) or not isinstance(embodiment_tag, (str, os.PathLike)):
+        return False
+    return not Path(model_path).expanduser().exists() and Path(embodiment_tag).expanduser().is_dir()
 
 
 def _resolve_device(device: Union[str, torch.device], name: str = "device") -> torch.device:

@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from gr00t_client.embodiment import EmbodimentTag
+from gr00t_client.embodiment import EmbodimentTag, resolve_tag
 from gr00t_client.modality import ModalityConfig, copy_modality_configs
 from gr00t_client.policy import BasePolicy, ObservationError
 from gr00t_server.model.checkpoint import load_model, resolve_checkpoint_dir
@@ -33,7 +33,8 @@ from gr00t_server.processing.text import IMAGE_PAD_TOKEN
 from gr00t_server.processing.vision_patches import PREPROCESSOR_CONFIG_NAME
 from gr00t_server.serving.limits import ServerLimits
 
-from .gr00t_arguments import _acting_clip_override, _resolve_device, _resolve_tag, checked_flag, unsupported_tag_message
+from .gr00t_arguments import (_acting_clip_override, _resolve_device, checked_flag, tag_given_first,
+                              unsupported_tag_message)
 from .gr00t_observation_checks import Gr00tObservationChecks, _instruction
 from .gr00t_options import Gr00tActionOptions, checked_options
 from .option_names import OptionNames
@@ -67,7 +68,8 @@ _guard_torch_in_forked_children()
 class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
     """A GR00T N1.7 checkpoint (local folder or hub id) serving one embodiment.
 
-    `Gr00tPolicy(model_path, embodiment_tag, device="cuda", strict=True, dtype=None)`; keywords in any order.
+    `Gr00tPolicy(model_path, embodiment_tag, device="cuda", strict=True, dtype=None)`; keywords in any order, and the
+    reference's positional order (embodiment_tag, model_path) when the tag is an EmbodimentTag or the path a folder.
     `clip_outliers`: None keeps the checkpoint's processor setting, for states (actions decode as the reference
     does: a mean/std absolute key is not clipped, whatever the checkpoint says); True clips normalized states to
     [-1, 1] and every decoded absolute action key to its statistics range; False leaves states unclipped.
@@ -103,14 +105,14 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
         self._timing = threading.local()
         self._checked_states = threading.local()  # what check_observation normalized, for this thread's next call
         self._option_names = OptionNames(logger)  # unknown option names: refused when strict, else warned once
-        if isinstance(model_path, EmbodimentTag):  # positional (embodiment_tag, model_path) like the reference
+        if tag_given_first(model_path, embodiment_tag):  # positional (embodiment_tag, model_path) like the reference
             model_path, embodiment_tag = embodiment_tag, model_path
         if model_path is None or embodiment_tag is None:
             raise ValueError("Gr00tPolicy needs both model_path and embodiment_tag")
         self.checkpoint_dir = resolve_checkpoint_dir(model_path, subfolder=subfolder, local_files_only=local_files_only)
         processor_config = load_processor_config(self.checkpoint_dir)
         supported = processor_config.embodiment_tags
-        tag_obj, tag_value = _resolve_tag(embodiment_tag, supported)
+        tag_obj, tag_value = resolve_tag(embodiment_tag, supported)
         if tag_value not in supported:
             raise ValueError(unsupported_tag_message(tag_obj, supported))
         self.embodiment_tag = tag_obj

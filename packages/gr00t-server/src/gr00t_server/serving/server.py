@@ -36,6 +36,7 @@ from ..curve import CurveServerConfig
 from ..threads import handled_stop_signals
 from .transport import Transport
 from .worker import DEFAULT_INLINE_BELOW_MS, InlineGate, PolicyWorker
+from .wrappers import served_embodiment_tag
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +100,8 @@ class PolicyServer(BuiltinEndpoints):
     turns this off). Any bad request gets a bounded error reply and the server goes on serving. `limits` bound the
     work one request may ask for. close() is safe at any moment and from any thread. With `curve_secret_key` (and
     `authorized_keys`) the socket is a CURVE server (gr00t_server.curve); the token, if set, is checked on top.
+    get_server_info reports the policy's embodiment tag (wrappers.served_embodiment_tag); an `embodiment_tag` naming
+    another is refused (ValueError), and one is reported as given only for a policy that names none.
     """
 
     def __init__(
@@ -157,7 +160,7 @@ class PolicyServer(BuiltinEndpoints):
         self.batch_timeout_ms = float(batch_timeout_ms)
         # Gathering waits for expected clients at most batch_timeout_ms, less as arrivals show (batching.GatherWindow)
         self._window = batching.GatherWindow(self.batch_timeout_ms)
-        self.embodiment_tag = embodiment_tag
+        self.embodiment_tag = served_embodiment_tag(policy, embodiment_tag)  # ValueError: not the policy's
         self.poll_interval_ms = int(poll_interval_ms)
         self.limits = limits or ServerLimits()
         self.shutdown_timeout_s = float(shutdown_timeout_s)

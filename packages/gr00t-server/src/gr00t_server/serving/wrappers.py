@@ -1,8 +1,10 @@
-"""Policy wrappers: a wrapper (e.g. Gr00tSimPolicyWrapper) holds the policy it wraps in `.policy`."""
+"""Policy wrappers: a wrapper (e.g. Gr00tSimPolicyWrapper) holds the policy it wraps in `.policy`; what the chain serves."""
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
+
+from gr00t_client.embodiment import resolve_tag
 
 
 def policy_chain(policy: Any) -> Iterator[Any]:
@@ -12,3 +14,20 @@ def policy_chain(policy: Any) -> Iterator[Any]:
         yield policy
         seen.add(id(policy))
         policy = getattr(policy, "policy", None)
+
+
+def served_embodiment_tag(policy: Any, given: Optional[str] = None) -> Optional[str]:
+    """The embodiment tag a server reports for `policy`: the first `embodiment_tag_value` in its wrapper chain, which
+    `given` must name (as serve resolves a tag); `given` alone for a policy that names none; None when neither does."""
+    own = next((link.embodiment_tag_value for link in policy_chain(policy)
+                if isinstance(getattr(link, "embodiment_tag_value", None), str)), None)
+    if own is None or given is None:
+        return given if own is None else own
+    try:
+        _, value = resolve_tag(given, [own], owner="the policy")
+    except ValueError:
+        value = None
+    if value != own:
+        raise ValueError(f"embodiment_tag {given!r} is not the embodiment the policy serves ({type(policy).__name__} "
+                         f"serves {own!r}); pass embodiment_tag={own!r}, or leave it out to report the policy's")
+    return own
