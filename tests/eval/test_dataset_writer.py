@@ -480,12 +480,12 @@ def test_a_recording_killed_as_meta_is_renamed_keeps_episodes_stats_to_the_liste
     from gr00t_eval.dataset import LeRobotDataset
 
     root = tmp_path / "ds"
-    _kill_during_third_meta_rewrite(root, "modality.json.tmp")
+    _kill_during_third_meta_rewrite(root, ".modality.json.tmp")
     assert _listed_episodes(root, "episodes_stats.jsonl") == _listed_episodes(root, "episodes.jsonl") == [0, 1]
     assert LeRobotDataset(root).num_episodes == 2
 
 
-@pytest.mark.parametrize("dying_rename", ["stats.json.tmp", "episodes.jsonl.tmp", "info.json.tmp"])
+@pytest.mark.parametrize("dying_rename", [".stats.json.tmp", ".episodes.jsonl.tmp", ".info.json.tmp"])
 def test_a_recording_killed_at_any_meta_rename_never_has_statistics_of_an_unlisted_episode(tmp_path, dying_rename):
     root = tmp_path / "ds"
     _kill_during_third_meta_rewrite(root, dying_rename)
@@ -496,9 +496,38 @@ def test_a_recording_killed_at_any_meta_rename_never_has_statistics_of_an_unlist
 
 def test_overwriting_a_killed_recording_leaves_no_temporary_meta_file(tmp_path):
     root = tmp_path / "ds"
-    _kill_during_third_meta_rewrite(root, "episodes.jsonl.tmp")
-    assert list((root / "meta").glob("*.tmp"))  # what the kill left
+    _kill_during_third_meta_rewrite(root, ".episodes.jsonl.tmp")
+    assert list((root / "meta").glob(".*.tmp"))  # what the kill left
     with DatasetWriter(root, fps=10, overwrite=True) as writer:
         writer.add_episode(**_episode(length=3))
     assert sorted(path.name for path in (root / "meta").iterdir()) == [
         "episodes.jsonl", "episodes_stats.jsonl", "info.json", "modality.json", "stats.json", "tasks.jsonl"]
+
+
+def test_a_recording_killed_mid_meta_rewrite_leaves_nothing_a_replays_identity_hashes(tmp_path):
+    """The writer staged meta files as visible NAME.tmp: one a kill -9 left was hashed into the replay's identity, so
+    deleting it made the same episodes another dataset (a resume or merge refused 'another dataset')."""
+    from gr00t_server.policies.dataset_changes import meta_files
+    from gr00t_server.policies.replay_identity import dataset_hashes
+
+    root = tmp_path / "ds"
+    _kill_during_third_meta_rewrite(root, ".modality.json.tmp")
+    left = [path for path in (root / "meta").iterdir() if path.name.endswith((".tmp", ".prev"))]
+    assert left  # what the kill left
+    before = dataset_hashes(root, [])
+    assert not set(left) & set(meta_files(root))
+    for path in left:
+        path.unlink()
+    assert dataset_hashes(root, []) == before
+
+
+def test_meta_files_an_earlier_writer_left_are_not_hashed(tmp_path):
+    from gr00t_server.policies.replay_identity import dataset_hashes
+
+    root = tmp_path / "ds"
+    with DatasetWriter(root, fps=10) as writer:
+        writer.add_episode(**_episode(length=3))
+    clean = dataset_hashes(root, [])
+    (root / "meta" / "modality.json.tmp").write_text("{}", encoding="utf-8")
+    (root / "meta" / "info.json.prev").write_text("{}", encoding="utf-8")
+    assert dataset_hashes(root, []) == clean

@@ -214,7 +214,7 @@ def _tasks_table(tasks: Mapping[str, int]) -> pa.Table:
 
 
 def _replace_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = staged_name(path)
     try:
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)  # a reader (or a crash) never sees half a file
@@ -233,7 +233,7 @@ class _StagedFiles:
 
     def temporary(self, path: Path) -> Path:
         """The name to write `path` under until commit()."""
-        self._staged[path] = path.with_name(path.name + ".tmp")
+        self._staged[path] = staged_name(path)
         return self._staged[path]
 
     def write_json(self, path: Path, data: Any) -> None:
@@ -279,5 +279,11 @@ class _StagedFiles:
             remove_quietly(_previous(path))
 
 
+def staged_name(path: Path) -> Path:
+    """Where a meta file is written before it is renamed into place: .NAME.tmp, hidden, so that one a kill -9 left is
+    no file of the dataset (a replay's identity hashes the visible files of meta/)."""
+    return path.with_name(f".{path.name}.tmp")
+
+
 def _previous(path: Path) -> Path:
-    return path.with_name(path.name + ".prev")
+    return path.with_name(f".{path.name}.prev")
