@@ -145,7 +145,7 @@ def test_an_observation_marked_rows_checked_is_checked_again_unless_the_policys_
     policy.row_wise_checks = row_wise
     bad = libero_like_observation()
     bad["state"]["x"] = bad["state"]["x"].astype(np.float64)
-    with rows_checked(bad):
+    with rows_checked(bad, policy):
         if row_wise:
             policy.get_action(bad)
         else:

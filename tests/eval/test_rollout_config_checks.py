@@ -91,12 +91,11 @@ def test_sync_vectorization_takes_no_env_timeout_or_the_default_one():
     assert run_rollout_of(ConstantPolicy(), config()).n_errors == 0
 
 
-def test_an_env_timeout_of_the_defaults_value_given_with_sync_vectorization_is_refused_too():
-    with pytest.raises(ValueError, match=r"^env_timeout_s 600 cannot apply with vectorization 'sync'"):
-        run_rollout_of(ConstantPolicy(), config(env_timeout_s=600.0))
-
-
-def test_the_default_env_timeout_is_600_s_where_it_applies_and_none_with_sync_vectorization():
-    assert RolloutConfig(env_name=ENV).env_timeout_s == 600.0
-    assert RolloutConfig(env_name=ENV, vectorization="async").env_timeout_s == 600.0
-    assert RolloutConfig(env_name=ENV, vectorization="sync").env_timeout_s is None
+def test_the_default_env_timeout_is_600_s_and_stays_600_s_when_a_copy_changes_the_vectorization():
+    """A default resolved per vectorization at construction stayed that vectorization's under dataclasses.replace: a
+    sync config copied to async ran with no limit, and an async one copied to sync was refused."""
+    sync = RolloutConfig(env_name=ENV, vectorization="sync")
+    assert sync.env_timeout_s == RolloutConfig(env_name=ENV, vectorization="async").env_timeout_s == 600.0
+    assert dataclasses.replace(sync, vectorization="async", n_envs=8).env_timeout_s == 600.0
+    small = {k: v for k, v in dataclasses.asdict(config()).items() if k != "env_timeout_s"}
+    assert run_rollout_of(ConstantPolicy(), dataclasses.replace(RolloutConfig(env_name=ENV), **small)).n_errors == 0

@@ -172,9 +172,64 @@ def test_a_direct_call_still_checks_its_observation_once(tiny_checkpoint, counti
     assert counting_policy.checks == 1
     bad = observation(tiny_checkpoint)
     bad["state"]["eef_9d"][0, 0, 3:] = 0.0
-    with rows_checked(observation(tiny_checkpoint)):  # another observation's marker does not cover this one
+    with rows_checked(observation(tiny_checkpoint), counting_policy):  # another observation's marker does not cover this one
         with pytest.raises(ObservationError, match=r"degenerate rotation in rows \[0\]"):
             counting_policy.get_action(bad)
     with pytest.raises(ObservationError, match=r"relative key 'action\.eef_9d' \(xyz \+ rot6d\) has a degenerate"):
         Gr00tSimPolicyWrapper(counting_policy).get_action(flat_form(bad))
     assert counting_policy.checks == 3
+
+
+class _RangeCheckedPolicy:
+    """A row-wise checked policy (as Gr00tPolicy) refusing a state beyond 100, recording the states its model saw."""
+
+    @staticmethod
+    def build():
+        from gr00t_client import BasePolicy, ModalityConfig
+
+        class RangeChecked(BasePolicy):
+            supports_batching = True
+            row_wise_checks = True
+
+            def __init__(self):
+                super().__init__(strict=True)
+                self.model_saw: List[float] = []
+
+            def get_modality_config(self):
+                return {"state": ModalityConfig(delta_indices=[0], modality_keys=["joints"]),
+                        "action": ModalityConfig(delta_indices=list(range(4)), modality_keys=["arm"])}
+
+            def check_observation(self, observation):
+                super().check_observation(observation)
+                if (np.abs(observation["state"]["joints"]) > 100).any():
+                    raise ObservationError("state 'joints' is out of range (|x| > 100)")
+
+            def _get_action(self, observation, options=None):
+                self.model_saw.append(float(np.abs(observation["state"]["joints"]).max()))
+                return {"arm": np.zeros((observation["state"]["joints"].shape[0], 4, 2), np.float32)}, {}
+
+            def reset(self, options=None):
+                return {}
+
+        return RangeChecked()
+
+
+def test_a_plain_wrapper_on_a_batching_server_leaves_its_row_wise_policys_checks_to_run():
+    """The merged call was marked checked without naming whose checks ran: behind a wrapper whose own check is the
+    generic one, the wrapped row-wise policy skipped its checks and a state it refuses reached its model."""
+    from gr00t_client.policy import PolicyWrapper
+
+    class PassThrough(PolicyWrapper):
+        supports_batching = True
+
+        def _get_action(self, observation, options=None):
+            return self.policy.get_action(observation, options)
+
+    inner = _RangeCheckedPolicy.build()
+    states = [1.0, 1e6, 2.0, 3.0]
+    observations = [{"state": {"joints": np.full((1, 1, 3), value, np.float32)}} for value in states]
+    with running_server(PassThrough(inner), max_batch_size=len(states), batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
+        results = call_together(server.port, observations)
+    assert isinstance(results[1], PolicyServerError) and "out of range" in str(results[1]), results[1]
+    assert not [result for index, result in enumerate(results) if index != 1 and isinstance(result, Exception)]
+    assert max(inner.model_saw) <= 100, inner.model_saw

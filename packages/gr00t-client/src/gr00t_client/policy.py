@@ -363,27 +363,28 @@ def check_action_batch(action: Any, observation: Any) -> None:
 
 
 class _CheckedObservations(threading.local):
-    ids: FrozenSet[int] = frozenset()
+    marks: FrozenSet[Tuple[int, int]] = frozenset()
 
 
 _checked = _CheckedObservations()
 
 
 @contextlib.contextmanager
-def rows_checked(observation: Any) -> Iterator[None]:
-    """Within it (on this thread), `observation` counts as checked row by row by the policy's check_observation, as a
-    batching server checks each request before merging them: a policy with `row_wise_checks` does not check it again."""
-    outer = _checked.ids
-    _checked.ids = outer | {id(observation)}
+def rows_checked(observation: Any, policy: Any) -> Iterator[None]:
+    """Within it (on this thread), `observation` counts as checked row by row by `policy`'s own check_observation, as
+    a batching server checks each request before merging them: `policy`, when it has `row_wise_checks`, does not check
+    it again. Only that policy: one it wraps still runs its own checks, unless the wrapper marks them as run too."""
+    outer = _checked.marks
+    _checked.marks = outer | {(id(observation), id(policy))}
     try:
         yield
     finally:
-        _checked.ids = outer
+        _checked.marks = outer
 
 
-def are_rows_checked(observation: Any) -> bool:
-    """True inside rows_checked(observation) on this thread."""
-    return id(observation) in _checked.ids
+def are_rows_checked(observation: Any, policy: Any) -> bool:
+    """True inside rows_checked(observation, policy) on this thread."""
+    return (id(observation), id(policy)) in _checked.marks
 
 
 class BasePolicy(ABC):
@@ -422,7 +423,7 @@ class BasePolicy(ABC):
 
     def get_action(self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         """Validate (when strict), compute and validate the action; return (action, info)."""
-        if self.strict and not (self.row_wise_checks and are_rows_checked(observation)):
+        if self.strict and not (self.row_wise_checks and are_rows_checked(observation, self)):
             try:
                 self.check_observation(observation)
             except Exception as exc:  # a serving server counts no policy call for it: nothing was computed

@@ -193,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"named (a hung simulator; writing an episode's video is not counted; default "
                         f"{DEFAULT_ENV_TIMEOUT_S:g}; 0 or inf = no limit; at most a week). Envs in subprocesses only "
                         "(--n-envs > 1 or 0, however few episodes are left): a single env runs in this process and is "
-                        "waited for. Env workers whose close() has not "
+                        "waited for, as are the envs of --vectorization sync, which has no limit (any value but 0 is "
+                        "refused with it). Env workers whose close() has not "
                         "returned that long after the last episode are given up on with a warning. A --resume takes it "
                         "from its own command line, else the saved one")
     p.add_argument(*_flag("transition-host"), *_flag("transition-port"), dest="transition_flag", default=None,

@@ -26,16 +26,9 @@ COUNT_MINIMUMS = {"n_episodes": 1, "n_envs": 1, "n_action_steps": 1, "max_episod
 NULLABLE_COUNTS = ("seed", "max_episodes_rendered", "rtc_frozen_steps")
 
 
-class _UnsetEnvTimeout(float):
-    """RolloutConfig's env_timeout_s when none is given, told apart from a given DEFAULT_ENV_TIMEOUT_S by its type."""
-
-
-UNSET_ENV_TIMEOUT = _UnsetEnvTimeout(DEFAULT_ENV_TIMEOUT_S)
-
-
 def default_env_timeout(vectorization: Any) -> Optional[float]:
-    """The env timeout of a run that sets none: DEFAULT_ENV_TIMEOUT_S, or none with vectorization "sync", whose envs
-    run in this process, where a hung reset or step cannot be stopped."""
+    """The env timeout of a CLI run or batch job that sets none: DEFAULT_ENV_TIMEOUT_S, or none with vectorization
+    "sync", whose envs run in this process, where a hung reset or step cannot be stopped."""
     return None if vectorization == "sync" else DEFAULT_ENV_TIMEOUT_S
 
 
@@ -82,14 +75,13 @@ class RolloutConfig:
     # at first_episode (a shard) renders those of them it runs, so a split run renders what a single run would.
     max_episodes_rendered: Optional[int] = None
     # Seconds an env in a subprocess may take for its construction or one reset or step before the run stops (a hung
-    # simulator); None: wait for ever. Envs run in-process (n_envs 1, vectorization "sync") cannot be timed out: with
-    # "sync", none is the default and any other value is refused. Workers whose close() has not returned that long
-    # after the last episode are given up on (async workers killed).
-    env_timeout_s: Optional[float] = UNSET_ENV_TIMEOUT
+    # simulator); None: wait for ever. Envs run in-process (vectorization "sync") cannot be timed out: with "sync",
+    # this default is taken as none (it stays the same under dataclasses.replace whatever the vectorization) and any
+    # other value is refused; the CLI and batch jobs refuse any value given with "sync". Workers whose close() has not
+    # returned that long after the last episode are given up on (async workers killed).
+    env_timeout_s: Optional[float] = DEFAULT_ENV_TIMEOUT_S
 
     def __post_init__(self) -> None:
-        if isinstance(self.env_timeout_s, _UnsetEnvTimeout):
-            self.env_timeout_s = default_env_timeout(self.vectorization)
         if self.env_timeout_s == float("inf"):  # no limit, said the way a JSON job file can (Infinity)
             self.env_timeout_s = None
         for name in COUNT_MINIMUMS:  # a numpy int counts, and is saved to results.json as a plain int
@@ -138,7 +130,8 @@ def check_rollout_config(config: RolloutConfig, auto_n_envs: bool = False) -> No
     _check_chunking(config)
     if config.env_timeout_s is not None:
         check_env_timeout(config.env_timeout_s, "env_timeout_s", no_limit="None")
-    check_env_timeout_applies(config.vectorization, config.env_timeout_s)
+    if not (config.vectorization == "sync" and config.env_timeout_s == DEFAULT_ENV_TIMEOUT_S):  # the default: not kept
+        check_env_timeout_applies(config.vectorization, config.env_timeout_s)
 
 
 def check_env_timeout_applies(vectorization: Any, env_timeout_s: Optional[float], name: str = "env_timeout_s",

@@ -111,7 +111,7 @@ class Gr00tSimPolicyWrapper(PolicyWrapper):
             more = f" and {len(observation) - 8} more" if len(observation) > 8 else ""
             raise ObservationError(f"none of the observation's keys {unknown}{more} are in the modality config; "
                                    f"expected the flat keys {self.flat_keys()}")
-        checked = rows_checked(nested) if are_rows_checked(observation) else contextlib.nullcontext()
+        checked = rows_checked(nested, self.policy) if are_rows_checked(observation, self) else contextlib.nullcontext()
         try:
             with checked:  # check_observation already ran the wrapped policy's checks on these rows
                 action, info = self.policy.get_action(nested, _inner_options(options))

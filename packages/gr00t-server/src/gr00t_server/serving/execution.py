@@ -308,7 +308,7 @@ class JobRunner(ReplyFrames):
             requests = groups.pop(0) if first else self._still_waiting(groups.pop(0), replies)
             first = False
             if len(requests) == 1:
-                with _checked_rows(requests[0].data.get("observation"), checked):
+                with _checked_rows(requests[0].data.get("observation"), policy, checked):
                     replies.append(self.serve_one(requests[0]))
             elif requests:
                 groups.extend(self._run_merged(requests, replies, checked))
@@ -327,7 +327,7 @@ class JobRunner(ReplyFrames):
         try:
             merged, rows = batching.merge_observations([r.data["observation"] for r in valid], [r.rows for r in valid])
             try:
-                with _checked_rows(merged, checked):
+                with _checked_rows(merged, policy, checked):
                     raw = policy.get_action(merged, None)
             except BaseException as exc:  # a merged call that ran counts, whatever failed it (a sys.exit() too)
                 self.count_failed_call(exc, len(valid), sum(rows))
@@ -424,9 +424,9 @@ class JobRunner(ReplyFrames):
         return clean
 
 
-def _checked_rows(observation: Any, checked: bool) -> Any:
-    """rows_checked(observation) when each of its rows passed the policy's check_observation, else no marker."""
-    return rows_checked(observation) if checked else contextlib.nullcontext()
+def _checked_rows(observation: Any, policy: Any, checked: bool) -> Any:
+    """rows_checked(observation, policy) when each of its rows passed `policy`'s check_observation, else no marker."""
+    return rows_checked(observation, policy) if checked else contextlib.nullcontext()
 
 
 def _checked_replaced_action(result: Any, request: Request) -> Any:
