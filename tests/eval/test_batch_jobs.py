@@ -50,6 +50,27 @@ def test_api_token_can_come_from_an_environment_variable(tmp_path, monkeypatch):
     assert load_jobs(path)[0].server.api_token == "s3cret"
 
 
+def test_api_token_and_an_api_token_env_of_another_value_are_refused_naming_both(tmp_path, monkeypatch):
+    """The variable's (a stale) token silently beat the file's; the job then failed as unauthorized."""
+    monkeypatch.setenv("TEST_GR00T_TOKEN", "stale")
+    path = write_jobs(tmp_path, [{"name": "j", "env_name": "walkto/fast", "policy_server": {
+        "port": 1, "api_token": "right", "api_token_env": "TEST_GR00T_TOKEN"}}])
+    [job] = load_jobs(path)
+    assert isinstance(job, JobError) and str(job) == (
+        "job 'j': policy_server 'api_token' and 'api_token_env' ($TEST_GR00T_TOKEN) both given with different values; "
+        "give one of them")
+
+
+@pytest.mark.parametrize("server, expected", [
+    ({"api_token": ""}, "job 'j': policy_server 'api_token' is empty"),
+    ({"api_token_env": "TEST_GR00T_TOKEN"}, "job 'j': environment variable 'TEST_GR00T_TOKEN' (api_token_env) is empty"),
+])
+def test_a_blank_api_token_is_refused_not_sent_as_none(tmp_path, monkeypatch, server, expected):
+    monkeypatch.setenv("TEST_GR00T_TOKEN", "")
+    [job] = load_jobs(write_jobs(tmp_path, [{"name": "j", "env_name": "walkto/fast", "policy_server": {"port": 1, **server}}]))
+    assert isinstance(job, JobError) and str(job).startswith(expected)
+
+
 def test_batch_with_a_good_and_broken_jobs_finishes_marks_the_broken_ones_and_reports_all(tmp_path, capsys):
     with policy_server(api_token="tok") as server:
         good_server = {"port": server.port, "api_token": "tok", "timeout_ms": 5000}

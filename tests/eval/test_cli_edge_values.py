@@ -144,8 +144,9 @@ def test_a_batch_job_names_why_its_server_did_not_answer():
 @pytest.mark.parametrize("flags, expected", [
     (["--server-public-key", ""], "--server-public-key (or $GR00T_SERVER_PUBLIC_KEY) is empty: an unset variable?"),
     (["--server-public-key", "server.key", "--client-key", " "], "--client-key (or $GR00T_CLIENT_KEY) is empty"),
+    (["--api-token", ""], "--api-token (or $GR00T_API_TOKEN) is empty: an unset variable?"),
 ])
-def test_an_empty_curve_key_flag_is_one_line_with_exit_2_and_claims_nothing(tmp_path, capsys, flags, expected):
+def test_an_empty_curve_key_or_token_flag_is_one_line_with_exit_2_and_claims_nothing(tmp_path, capsys, flags, expected):
     from eval.dataset_factory import make_dataset
 
     out = tmp_path / "out"
@@ -154,6 +155,15 @@ def test_an_empty_curve_key_flag_is_one_line_with_exit_2_and_claims_nothing(tmp_
     err = capsys.readouterr().err.strip()
     assert expected in err and len(err.splitlines()) == 1
     assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_a_blank_api_token_is_refused_before_connecting_not_sent_over_the_variables(tmp_path, capsys, monkeypatch):
+    """`rollout --api-token "$TOKEN"` with TOKEN unset sent no token although $GR00T_API_TOKEN held the right one."""
+    monkeypatch.setenv("GR00T_API_TOKEN", "right")
+    assert main(["rollout", "--env-name", "metaworld/reach-v3", "--policy-client-port", "9", "--timeout-ms", "300",
+                 "--n-episodes", "1", "--no-video", "--output-dir", str(tmp_path / "run"), "--api-token", ""]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--api-token (or $GR00T_API_TOKEN) is empty: an unset variable?" in err and len(err.splitlines()) == 1
 
 
 def _open_loop(tmp_path, *flags):

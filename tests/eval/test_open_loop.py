@@ -286,6 +286,20 @@ def test_denoising_steps_against_a_reference_server_are_warned_and_recorded_not_
     assert sent and all(options is None for options in sent)  # as upstream's open_loop_eval: not sent in server mode
 
 
+def test_denoising_steps_against_a_replay_server_are_warned_and_recorded_not_applied(dataset, tmp_path, caplog):
+    """A gr00t-server replaying a dataset ignores denoising_steps; results.json recorded it as applied."""
+    pytest.importorskip("gr00t_server")
+    from gr00t_client import PolicyClient
+    from gr00t_server.policies import ReplayPolicy
+    from serving import running_server
+
+    with running_server(ReplayPolicy(str(dataset))) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        result, _ = run(dataset, tmp_path, client, traj_ids=[0], denoising_steps=2, plot=False)
+    assert json.loads(result.results_path.read_text())["settings_not_applied"] == {"denoising_steps": 2}
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "--denoising-steps 2" in r.getMessage()]
+    assert warned and "replays a recorded dataset" in warned[0]
+
+
 def test_denoising_steps_reach_a_gr00t_server_and_are_recorded_applied(dataset, tmp_path):
     pytest.importorskip("gr00t_server")  # a gr00t-server is the point; the eval-only venv has none
     from gr00t_client import PolicyClient

@@ -294,3 +294,18 @@ def test_more_action_steps_than_the_policy_predicts_is_a_usage_error_before_any_
                      "--max-episode-steps", "6", "--seed", "0", "--no-video", "--policy-client-port", str(server.port),
                      "--output-dir", str(tmp_path / "run")])
     assert not (tmp_path / "run" / "episodes.jsonl").exists() or not (tmp_path / "run" / "episodes.jsonl").read_text()
+
+
+def test_more_rtc_frozen_steps_than_the_policy_predicts_is_a_usage_error_before_any_episode(tmp_path):
+    """A prefetch pins at most its overlap, so K past the chunk ran silently as 'keep the old chunk'."""
+    from eval.scale_fixtures import run_cli
+    from gr00t_eval.cli_errors import UsageError
+
+    with running_server(ConstantPolicy()) as server:
+        with pytest.raises(UsageError, match=r"the policy server cannot run this rollout: rtc_frozen_steps must be in "
+                                             r"\[1, 4\] \(the policy's action horizon\), got 1000; pass a smaller "
+                                             r"--rtc-frozen-steps"):
+            run_cli(["rollout", "--env-name", "walkto/fast", "--n-episodes", "2", "--n-envs", "1", "--n-action-steps", "2",
+                     "--client-chunking", "async", "--rtc-frozen-steps", "1000", "--max-episode-steps", "6", "--seed",
+                     "0", "--no-video", "--policy-client-port", str(server.port), "--output-dir", str(tmp_path / "run")])
+    assert not (tmp_path / "run" / "episodes.jsonl").exists() or not (tmp_path / "run" / "episodes.jsonl").read_text()

@@ -404,6 +404,28 @@ def test_a_max_batch_size_the_policy_cannot_use_is_named_as_ignored(dataset):
         proc.wait(timeout=20)
 
 
+def test_a_batch_timeout_without_batching_is_named_as_ignored(dataset):
+    """--batch-timeout-ms with batching off (no --max-batch-size) was accepted without a word."""
+    lines = _start_up_lines("--dataset-path", str(dataset), "--batch-timeout-ms", "250")
+    assert [_message(line) for line in lines if "ignored" in line] == [
+        "WARNING:gr00t_server:--batch-timeout-ms 250: ignored; it bounds how long a batch waits, and this server "
+        "batches no requests"]
+
+
+def test_session_limits_for_a_policy_without_sessions_are_named_as_ignored(tiny_checkpoint):
+    """Gr00tPolicy keeps no sessions: --max-sessions and --session-idle-s were accepted without a word."""
+    lines = _start_up_lines("--model-path", str(tiny_checkpoint), "--embodiment-tag", "new_embodiment", "--device",
+                            "cpu", "--no-warmup", "--max-sessions", "3", "--session-idle-s", "5")
+    assert [_message(line) for line in lines if "ignored" in line] == [
+        "WARNING:gr00t_server:--max-sessions, --session-idle-s: ignored; Gr00tPolicy keeps no client sessions for "
+        "them to limit"]
+
+
+def test_session_limits_for_a_replay_are_not_named_as_ignored(dataset):
+    lines = _start_up_lines("--dataset-path", str(dataset), "--max-sessions", "3", "--session-idle-s", "5")
+    assert not [line for line in lines if "ignored" in line]
+
+
 def test_the_start_up_block_says_when_the_tags_built_in_modality_config_is_used(tmp_path, capsys):
     """docs/serving.md promises the block says which config a replay uses; the built-in one was used silently."""
     from gr00t_client import EmbodimentTag

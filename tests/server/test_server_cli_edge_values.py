@@ -12,12 +12,20 @@ from gr00t_server.cli import main
 
 
 def test_make_test_checkpoint_refuses_a_seed_out_of_range_before_writing(tmp_path, capsys):
-    for seed in ("-1", str(2**64)):
+    for seed in ("-1", str(2**32), str(2**64)):  # torch keeps 32 bits: 2**32 wrote seed 0's weights
         assert main(["make-test-checkpoint", str(tmp_path / "ckpt"), "--seed", seed]) == 2
-        assert f"--seed must be a whole number from 0 to 2**63 - 1, got {seed}" in capsys.readouterr().err
+        assert f"--seed must be a whole number from 0 to 2**32 - 1, got {seed}" in capsys.readouterr().err
     assert not (tmp_path / "ckpt").exists()
     assert main(["make-test-checkpoint", str(tmp_path / "ckpt"), "--embodiment", "libero", "--embodiment-tag", ""]) == 2
     assert "--embodiment-tag must not be empty" in capsys.readouterr().err
+
+
+def test_make_test_checkpoint_function_refuses_a_seed_torch_would_cut_to_32_bits(tmp_path):
+    from gr00t_server.test_checkpoint import make_test_checkpoint
+
+    with pytest.raises(ValueError, match=r"seed must be a whole number from 0 to 2\*\*32 - 1, got 4294967296"):
+        make_test_checkpoint(tmp_path / "ckpt", seed=2**32)
+    assert not (tmp_path / "ckpt").exists()
 
 
 @pytest.mark.parametrize("link, expected", [

@@ -17,7 +17,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from gr00t_client.cli_flags import user_path
 from gr00t_client.client import MAX_TIMEOUT_MS
 
-from .rollout.config import MAX_EPISODES, RolloutConfig, check_env_timeout, check_env_timeout_applies, env_timeout_applies
+from .rollout.config import (MAX_EPISODES, RolloutConfig, check_env_timeout, check_env_timeout_applies,
+                             default_env_timeout, env_timeout_applies)
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +75,10 @@ class Job:
     config: Dict[str, Any] = field(default_factory=dict)
 
     def rollout_config(self) -> RolloutConfig:
-        """The rollout settings of this job (its env_name and config)."""
-        return RolloutConfig(env_name=self.env_name, **self.config)
+        """The rollout settings of this job (its env_name and config; without an env_timeout_s, its vectorization's
+        default, as for `rollout`)."""
+        timeout = {"env_timeout_s": default_env_timeout(self.config.get("vectorization"))}
+        return RolloutConfig(env_name=self.env_name, **{**timeout, **self.config})
 
 
 def _server(name: str, raw: Any) -> PolicyServerAddress:
@@ -86,11 +89,7 @@ def _server(name: str, raw: Any) -> PolicyServerAddress:
         raise JobError(f"job {name!r}: unknown policy_server fields {sorted(unknown)}; allowed: {sorted(SERVER_KEYS)}")
     if "port" not in raw:
         raise JobError(f"job {name!r}: policy_server needs a 'port'")
-    token = raw.get("api_token")
-    if raw.get("api_token_env"):
-        token = os.environ.get(str(raw["api_token_env"]))
-        if token is None:
-            raise JobError(f"job {name!r}: environment variable {raw['api_token_env']!r} (api_token_env) is not set")
+    token = _token(name, raw)
     if raw.get("client_key") and not raw.get("server_public_key"):
         raise JobError(f"job {name!r}: policy_server 'client_key' needs 'server_public_key'")
     port, timeout_ms = raw["port"], raw.get("timeout_ms", DEFAULT_TIMEOUT_MS)
@@ -104,6 +103,24 @@ def _server(name: str, raw: Any) -> PolicyServerAddress:
         raise JobError(f"job {name!r}: policy_server 'host' must be a host name or IP address, got {host!r}")
     return PolicyServerAddress(host, port, token, timeout_ms,
                                raw.get("server_public_key"), raw.get("client_key"))
+
+
+def _token(name: str, raw: Mapping[str, Any]) -> Optional[str]:
+    """The job's API token: policy_server 'api_token', or the variable 'api_token_env' names; JobError for the two
+    given with different values, a variable that is not set, or a blank token (which would send none)."""
+    token, variable = raw.get("api_token"), raw.get("api_token_env")
+    source = "policy_server 'api_token'"
+    if variable:
+        from_env = os.environ.get(str(variable))
+        if from_env is None:
+            raise JobError(f"job {name!r}: environment variable {variable!r} (api_token_env) is not set")
+        if token is not None and token != from_env:  # values not shown: they are secrets
+            raise JobError(f"job {name!r}: policy_server 'api_token' and 'api_token_env' (${variable}) both given with "
+                           "different values; give one of them")
+        token, source = from_env, f"environment variable {variable!r} (api_token_env)"
+    if token is not None and not str(token).strip():
+        raise JobError(f"job {name!r}: {source} is empty: an unset variable? Leave it out to connect without a token")
+    return token
 
 
 def _set_once(who: str, target: Dict[str, Any], key: str, value: Any, given_as: Dict[str, str], field_name: str,

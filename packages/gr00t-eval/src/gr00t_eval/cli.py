@@ -141,8 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "connecting by writing a trial plot in that format")
     p.add_argument(*_flag("denoising-steps"), type=int, default=None, metavar="N",
                    help="flow-matching denoising steps, sent to the server as options['denoising_steps'] (server default if unset); "
-                        "a server that is not a gr00t-server cannot apply it: warned, not sent, and recorded under "
-                        "settings_not_applied in results.json")
+                        "a server that is not a gr00t-server, or a replay (serve --dataset-path), cannot apply it: warned, not "
+                        "sent, and recorded under settings_not_applied in results.json")
     p.add_argument(*_flag("allow-errors"), action="store_true",
                    help="exit 0 even when trajectories errored (the policy did not follow them; they are reported and left "
                         "out of the averages), unless every trajectory errored: a run that scored nothing exits 1")
@@ -216,9 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --client-chunking async: how a prefetched chunk merges with the steps still buffered (default newest)")
     p.add_argument(*_flag("rtc-frozen-steps"), type=int, default=None, metavar="K",
                    help="with --client-chunking async: real-time chunking; each prefetch sends the buffered steps and the "
-                        "server pins the new chunk's first K steps to them (K = 1 + the policy latency in env steps; "
-                        "needs a Gr00tPolicy gr00t-server; another server ignores it: warned, and recorded under "
-                        "settings_not_applied in results.json and run.json)")
+                        "server pins the new chunk's first K steps to them (K = 1 + the policy latency in env steps, at "
+                        "most the policy's action horizon; needs a Gr00tPolicy gr00t-server; another server or a "
+                        "replay ignores it: warned, and recorded under settings_not_applied in results.json and "
+                        "run.json)")
 
     rollout_parser = p
 

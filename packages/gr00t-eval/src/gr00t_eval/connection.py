@@ -33,10 +33,10 @@ def warn_of_secret_on_command_line(args: argparse.Namespace) -> None:
 
 def client_options(args: argparse.Namespace) -> Dict[str, Any]:
     """PolicyClient keyword arguments from the parsed connection flags (timeout, token, CURVE keys); SystemExit for
-    a key flag given empty."""
+    a token or key flag given empty."""
     return {
         "timeout_ms": args.timeout_ms,
-        "api_token": args.api_token,
+        "api_token": _key_given(args, "api_token", "GR00T_API_TOKEN", "connect without a token"),
         "server_public_key": _key_given(args, "server_public_key", "GR00T_SERVER_PUBLIC_KEY",
                                         "connect without CURVE encryption"),
         "client_secret_key": _key_given(args, "client_key", "GR00T_CLIENT_KEY", "use a throwaway client key"),
@@ -44,8 +44,9 @@ def client_options(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _key_given(args: argparse.Namespace, dest: str, variable: str, without: str) -> Optional[str]:
-    """The key flag's value; SystemExit when it is blank (`--flag "$KEY"` with KEY unset, or VARIABLE= in the
-    environment), which must not quietly mean no key: a blank server key made the run plaintext."""
+    """The token or key flag's value; SystemExit when it is blank (`--flag "$KEY"` with KEY unset, or VARIABLE= in
+    the environment), which must not quietly mean none: a blank server key made the run plaintext, a blank token
+    overrode $GR00T_API_TOKEN."""
     from gr00t_client.cli_flags import blank_value_problem
 
     value = getattr(args, dest, None)

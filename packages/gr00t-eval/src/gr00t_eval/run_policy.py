@@ -73,7 +73,8 @@ def _check_policy_runs_settings(client: Any, env_spec: str, config: Any, resumed
     """UsageError, before any episode, when the policy cannot run the plan: a gr00t-server policy served without the
     sim wrapper (`policy` is its record; every episode errored on the flat observations a rollout sends), one served
     for another embodiment than a task's env, a replay whose execution horizon is not --n-action-steps, or
-    --n-action-steps beyond its chunk (a failed task, a NaN success rate and advice to --resume the same settings)."""
+    --n-action-steps or --rtc-frozen-steps beyond its chunk (a failed task, a NaN success rate and advice to --resume
+    the same settings)."""
     from .cli_errors import UsageError
     from .policy_identity import check_serves_env_embodiments, check_takes_flat_observations
     from .rollout.policy_io import HorizonSpec
@@ -94,12 +95,14 @@ def _check_policy_runs_settings(client: Any, env_spec: str, config: Any, resumed
     except Exception as exc:  # noqa: BLE001 - the run itself reports a policy whose config cannot be read
         logger.debug("could not check the plan against the policy's modality config: %s", exc)
         return
-    try:
-        spec.check_n_action_steps(config.n_action_steps)
-    except ValueError as exc:
-        fix = (f"the run in {resumed} was started with it; start a new run (a new --output-dir) with another "
-               "--n-action-steps" if resumed is not None else "pass a smaller --n-action-steps")
-        raise UsageError(f"the policy server cannot run this rollout: {exc}; {fix}") from None
+    for flag, check, value in (("--n-action-steps", spec.check_n_action_steps, config.n_action_steps),
+                               ("--rtc-frozen-steps", spec.check_rtc_frozen_steps, config.rtc_frozen_steps)):
+        try:
+            check(value)
+        except ValueError as exc:
+            fix = (f"the run in {resumed} was started with it; start a new run (a new --output-dir) with another "
+                   f"{flag}" if resumed is not None else f"pass a smaller {flag}")
+            raise UsageError(f"the policy server cannot run this rollout: {exc}; {fix}") from None
 
 
 def _started_with(resumed: Optional[Path]) -> str:

@@ -149,7 +149,7 @@ def _add_checkpoint_parser(subparsers: Any) -> None:
     )
     p.add_argument("output", type=user_path, help="output directory")
     p.add_argument(*_flag("size"), default="tiny", choices=["tiny", "small"], help="model size (default tiny)")
-    p.add_argument(*_flag("seed"), type=int, default=0, help="weight seed (default 0)")
+    p.add_argument(*_flag("seed"), type=int, default=0, help="weight seed, 0 to 2**32 - 1 (default 0)")
     p.add_argument(*_flag("embodiment"), default=None, choices=["libero", "metaworld", "new_embodiment", "pusht"],
                    help="write one tag with the key set of this gr00t-eval env (default: the new_embodiment and "
                    "libero_sim key sets)")

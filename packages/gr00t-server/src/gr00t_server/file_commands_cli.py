@@ -31,8 +31,8 @@ def make_test_checkpoint(args: argparse.Namespace) -> int:
 
     from .test_checkpoint import make_test_checkpoint as write_checkpoint
 
-    if not 0 <= args.seed < 2**63:  # checked before any file is written (numpy refused it after the weights)
-        raise CliError(f"--seed must be a whole number from 0 to 2**63 - 1, got {args.seed}")
+    if not 0 <= args.seed < 2**32:  # checked before any file is written; torch keeps only 32 bits of a weight seed
+        raise CliError(f"--seed must be a whole number from 0 to 2**32 - 1, got {args.seed}")
     if args.embodiment_tag is not None and not args.embodiment_tag.strip():
         raise CliError("--embodiment-tag must not be empty (leave it out for new_embodiment)")
 

@@ -49,6 +49,25 @@ def _ignored_flags(args: argparse.Namespace) -> List[str]:
     return [("--no-" if value is False else "--") + name.replace("_", "-") for name, value in given]
 
 
+def _unread_server_flags(args: argparse.Namespace, policy_name: str, batching: bool, sessions: bool) -> List[str]:
+    """Warnings for server flags given (not left at their default) that this server never reads: a batch's wait with
+    batching off, session limits for a policy that keeps no sessions."""
+    from .serving.batching import DEFAULT_BATCH_TIMEOUT_MS
+    from .serving.limits import ServerLimits
+
+    unread = []
+    if not batching and args.batch_timeout_ms != DEFAULT_BATCH_TIMEOUT_MS:
+        unread.append(f"--batch-timeout-ms {args.batch_timeout_ms:g}: ignored; it bounds how long a batch waits, and "
+                      "this server batches no requests")
+    d = ServerLimits()
+    given = [flag for flag, value, default in (("--max-sessions", args.max_sessions, d.max_sessions),
+                                               ("--session-idle-s", args.session_idle_s, d.session_idle_s))
+             if value != default]
+    if given and not sessions:
+        unread.append(f"{', '.join(given)}: ignored; {policy_name} keeps no client sessions for them to limit")
+    return unread
+
+
 def _check_server_flags(args: argparse.Namespace) -> None:
     """Refuse a server flag out of range before the model loads (PolicyServer's own check, in flag names)."""
     from .serving.server import MAX_MESSAGE_BYTES_CAP, check_server_settings

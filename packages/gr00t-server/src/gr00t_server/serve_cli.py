@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .cli_errors import CliError
-from .serve_checks import _check_bind_address, _check_server_flags, _curve_settings, _ignored_flags, _server_limits
+from .serve_checks import (
+    _check_bind_address, _check_server_flags, _curve_settings, _ignored_flags, _server_limits, _unread_server_flags,
+)
 from .serve_policy import _default_device, _model_policy, _replay_policy
 
 logger = logging.getLogger("gr00t_server")
@@ -104,6 +106,19 @@ def _warn_of_secret_on_command_line(curve_secret_key: Optional[str]) -> None:
 
     warning = secret_on_command_line_warning("--curve-secret-key", "GR00T_CURVE_SECRET_KEY", curve_secret_key)
     if warning is not None:
+        logger.warning("%s", warning)
+
+
+def _warn_of_unread_server_flags(args: argparse.Namespace, policy: Any, batching: bool) -> None:
+    """Warn of the batching and session flags given that this policy and server never read."""
+    from .serving.sessions import keeps_sessions
+
+    sessions = keeps_sessions(policy)
+    if args.max_batch_size > 1 and not batching:
+        why = "keeps a session per client" if sessions else "does not declare supports_batching"
+        logger.warning("--max-batch-size %d: ignored; %s %s, so every request is served alone", args.max_batch_size,
+                       type(policy).__name__, why)
+    for warning in _unread_server_flags(args, type(policy).__name__, batching, sessions):
         logger.warning("%s", warning)
 
 
@@ -203,12 +218,7 @@ def _start_server(args: argparse.Namespace) -> Any:
         limits=limits,
         metrics_port=args.metrics_port,
     )
-    if args.max_batch_size > 1 and not server.batching_enabled:
-        from .serving.sessions import keeps_sessions
-
-        why = "keeps a session per client" if keeps_sessions(policy) else "does not declare supports_batching"
-        logger.warning("--max-batch-size %d: ignored; %s %s, so every request is served alone", args.max_batch_size,
-                       type(policy).__name__, why)
+    _warn_of_unread_server_flags(args, policy, server.batching_enabled)
     try:
         server.start()
     except (OSError, ImportError) as exc:

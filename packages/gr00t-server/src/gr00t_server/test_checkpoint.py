@@ -327,11 +327,13 @@ def make_test_checkpoint(
 
     With `embodiment` (a name in EMBODIMENT_SPECS) and/or `dataset_path` (a recorded LeRobot dataset, whose keys and
     statistics are used), the checkpoint holds one tag, the first of `embodiment_tags`, with that key set.
-    `out_dir` must be new, empty, or hold an earlier test checkpoint (whose files are replaced); anything else is
-    refused with FileExistsError unless `overwrite` empties it.
+    `seed` (0 to 2**32 - 1) seeds the weights. `out_dir` must be new, empty, or hold an earlier test checkpoint
+    (whose files are replaced); anything else is refused with FileExistsError unless `overwrite` empties it.
     """
     if size not in ("tiny", "small"):
         raise ValueError(f"unknown test checkpoint size {size!r}; expected one of ['small', 'tiny']")
+    if not 0 <= seed < 2**32:  # torch.manual_seed keeps 32 bits: seeds 2**32 apart would write the same weights
+        raise ValueError(f"test checkpoint seed must be a whole number from 0 to 2**32 - 1, got {seed}")
     tags = [str(getattr(t, "value", t)) for t in embodiment_tags]
     if not tags:
         raise ValueError("make_test_checkpoint needs at least one embodiment tag")

@@ -68,6 +68,13 @@ class HorizonSpec:
         check_consecutive_action_deltas(
             self.action_delta_indices or range(self.action_horizon), "the rollout would execute each action at another step than it was predicted for")
 
+    def check_rtc_frozen_steps(self, rtc_frozen_steps: Optional[int]) -> None:
+        """Refuse pinning more steps of a new chunk than the policy predicts (a prefetch pins at most its overlap,
+        so a larger K silently kept the whole old chunk)."""
+        if rtc_frozen_steps is not None and not 1 <= rtc_frozen_steps <= self.action_horizon:
+            raise ValueError(f"rtc_frozen_steps must be in [1, {self.action_horizon}] (the policy's action horizon), "
+                             f"got {rtc_frozen_steps}")
+
 
 class ObservationMapper:
     """Batched env observations -> the flat observation the policy's modality config asks for.
