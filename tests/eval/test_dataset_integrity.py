@@ -5,6 +5,7 @@ and mp4 files written by DatasetWriter, then damaged the way recordings and hand
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -78,6 +79,45 @@ def test_v3_segments_overlapping_in_one_video_are_refused_at_open(tmp_path, case
         r"\(0\.\.0\.6 s\) and episode 1 \(0\.5\.\.1\.4 s\)"
     with pytest.raises(DatasetError, match=rf"meta/episodes: the video segments of episode 0 {spans} overlap in "
                                            rf".*file-000\.mp4 \(camera '{IMAGE}'\): one episode would be given"):
+        LeRobotDataset(root)
+
+
+def _set_video_path(root, template):
+    path = root / "meta" / "info.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "video_path": template}))
+
+
+@pytest.mark.parametrize("layout, template", [
+    ("v2.1", "videos/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.mp4"),
+    ("v3.0", "videos/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"),
+])
+def test_a_video_path_without_video_key_is_refused_naming_it_and_the_cameras_it_gives_one_file(tmp_path, layout,
+                                                                                               template):
+    """Every camera's frames would come from one mp4: the second camera was served the first one's frames."""
+    root = make_dataset(tmp_path / "ds", lengths=(3, 2), layout=layout, episodes_per_file=2)
+    _set_video_path(root, template)
+    with pytest.raises(DatasetError, match=rf"info\.json: field 'video_path' '{re.escape(template)}' gives cameras "
+                                           rf"'{IMAGE}' and 'observation\.images\.wrist_image' of episode 0 the same "
+                                           r"video file .*; each camera needs a file of its own"):
+        LeRobotDataset(root)
+
+
+def test_two_cameras_segments_overlapping_in_one_video_are_refused_at_open(tmp_path):
+    """A template without {video_key} and cameras in different files per episode: two cameras' segments of one file,
+    each checked only against its own camera's, overlapped without a word."""
+    root = _v3(tmp_path)
+    _set_video_path(root, "videos/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4")
+    wrist = "videos/observation.images.wrist_image"
+
+    def wrist_in_the_next_file_but_episode_1(rows):
+        for row in rows:
+            row[f"{wrist}/file_index"] = 1
+        rows[1][f"{wrist}/file_index"], rows[1][f"videos/{IMAGE}/file_index"] = 0, 1
+        rows[1][f"{wrist}/from_timestamp"], rows[1][f"{wrist}/to_timestamp"] = 0.0, 0.9
+
+    _edit_episode_rows(root, wrist_in_the_next_file_but_episode_1)
+    with pytest.raises(DatasetError, match=r"episode 0 \(0\.\.0\.6 s\) and episode 1 \(0\.\.0\.9 s\) overlap in "
+                                           rf".*file-000\.mp4 \(cameras '{IMAGE}' and 'observation\.images\.wrist_image'\)"):
         LeRobotDataset(root)
 
 

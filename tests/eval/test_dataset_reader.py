@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -310,6 +311,16 @@ def test_v3_tasks_parquet_is_required(datasets, tmp_path):
     root = _copy(datasets, tmp_path, ("h264", "v3.0"))
     (root / "meta" / "tasks.parquet").unlink()
     with pytest.raises(FileNotFoundError, match="tasks.parquet"):
+        LeRobotDataset(root)
+
+
+@pytest.mark.parametrize("name", ["meta/episodes/chunk-000/file-000.parquet", "meta/tasks.parquet"])
+def test_a_v3_meta_parquet_cut_short_is_a_dataset_error_naming_the_file(datasets, tmp_path, name):
+    """An interrupted copy leaves a meta parquet without its footer: pyarrow's own error named no file."""
+    root = _copy(datasets, tmp_path, ("h264", "v3.0"))
+    path = root / name
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(DatasetError, match=rf"^{re.escape(str(path))}: cannot read parquet \("):
         LeRobotDataset(root)
 
 

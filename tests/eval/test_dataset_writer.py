@@ -209,6 +209,58 @@ def test_episodes_listed_beyond_info_json_total_are_not_read(tmp_path):
     assert dataset.episode_lengths == [3]
 
 
+@pytest.mark.parametrize("setting, value", [
+    ("episodes_per_file", 0), ("episodes_per_file", -3), ("episodes_per_file", True), ("episodes_per_file", 2.5),
+    ("episodes_per_file", "2"), ("gop", None), ("gop", "abc"), ("gop", 0), ("gop", 10**12), ("gop", True),
+    ("fps", True),
+])
+def test_a_setting_the_files_cannot_be_written_with_is_refused_naming_it_before_the_old_dataset_is_deleted(
+        tmp_path, setting, value):
+    """They passed __init__, whose overwrite=True had deleted the old dataset, and the first add_episode failed with
+    a bare TypeError or PyAV's `avcodec_open2 ... returned 22` (or 0 and -3 wrote one episode per file silently)."""
+    root = tmp_path / "ds"
+    with DatasetWriter(root, fps=5, layout="v3.0") as writer:
+        writer.add_episode(**_episode())
+    settings = {"fps": 5, "layout": "v3.0", "overwrite": True, setting: value}
+    with pytest.raises(ValueError, match=rf"^{setting} must be .*, got {re.escape(repr(value))}$"):
+        DatasetWriter(root, **settings)
+    assert LeRobotDataset(root).num_episodes == 1
+
+
+def test_av1_at_a_frame_rate_over_svt_av1s_limit_is_refused_naming_fps_and_the_limit_before_the_folder_is_made(
+        tmp_path):
+    """SVT-AV1 takes at most 240 fps, and said so on stderr only: every add_episode failed with `avcodec_open2 ...
+    returned 22`."""
+    from gr00t_eval.dataset.video import encoder_for
+
+    if "av1" not in available_codecs() or encoder_for("av1") != "libsvtav1":
+        pytest.skip("this PyAV build encodes av1 with another encoder than SVT-AV1")
+    with pytest.raises(ValueError, match=r"^fps 300 is over 240, the most the libsvtav1 encoder of video_codec 'av1' "
+                                         r"takes"):
+        DatasetWriter(tmp_path / "fast", fps=300, video_codec="av1")
+    assert not (tmp_path / "fast").exists()
+    with DatasetWriter(tmp_path / "at_limit", fps=240, video_codec="av1") as writer:
+        writer.add_episode(**_episode())
+    assert LeRobotDataset(tmp_path / "at_limit").fps == 240
+
+
+@pytest.mark.parametrize("layout, counted", [
+    ("v2.1", "episodes per chunk folder"),
+    ("v3.0", "data files, and each camera's video files, per chunk folder"),
+])
+def test_a_chunks_size_refusal_says_what_a_chunk_folder_counts_in_the_layout(tmp_path, layout, counted):
+    with pytest.raises(ValueError, match=rf"chunks_size must be an int >= 1 \({counted} in layout {layout}\), got 0"):
+        DatasetWriter(tmp_path / "ds", fps=5, layout=layout, chunks_size=0)
+
+
+def test_the_writer_docstring_says_what_chunks_size_episodes_per_file_and_gop_are():
+    doc = " ".join(DatasetWriter.__doc__.split())
+    assert "`chunks_size` counts what one chunk folder (chunk-000, chunk-001, ...) holds: episodes in v2.1; in v3.0 " \
+           "data files, and each camera's video files." in doc
+    assert "None puts all episodes in one data file and one mp4 per camera" in doc
+    assert "`gop`: frames from one video keyframe to the next" in doc
+
+
 def test_unknown_codec_is_refused(tmp_path):
     with pytest.raises(ValueError, match="video_codec"):
         DatasetWriter(tmp_path / "ds", fps=5, video_codec="vp9")

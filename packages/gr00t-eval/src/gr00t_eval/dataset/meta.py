@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import DatasetError, require_file
@@ -112,7 +113,7 @@ def read_tasks(meta_dir: Path, major: int) -> Dict[int, str]:
         return _task_map(pairs, path)
     path = meta_dir / "tasks.parquet"
     require_file(path, "tasks file")
-    table = pq.read_table(path)
+    table = _read_parquet(path)
     names = table.column_names
     # pandas writes the task strings as the index; it is named "task" or left as __index_level_0__.
     text_column = next((c for c in ("task", "__index_level_0__") if c in names), None)
@@ -178,6 +179,7 @@ def _read_episodes_v2(root: Path, info: Mapping[str, Any], video_keys: List[str]
             key: VideoSegment(root / _format(video_template, info_path, "video_path", episode_chunk=chunk, episode_index=index, video_key=key))
             for key in video_keys
         }
+        _require_own_video_files(videos, video_template, info_path, index)
         extras = {k: v for k, v in row.items() if k not in ("episode_index", "length", "tasks")}
         records.append(EpisodeRecord(position, index, length, tuple(map(str, tasks)), data_path, videos, None, extras))
     return records
@@ -194,7 +196,7 @@ def _read_episodes_v3(root: Path, info: Mapping[str, Any], video_keys: List[str]
         raise DatasetError(f"{root / 'meta' / 'episodes'}: no chunk-*/file-*.parquet episode files found (LeRobot v3.0)")
     rows: List[Tuple[Path, Dict[str, Any]]] = []
     for file in files:
-        table = pq.read_table(file, columns=[c for c in pq.read_schema(file).names if not c.startswith("stats/")])
+        table = _read_parquet(file, skip_prefix="stats/")
         rows.extend((file, row) for row in table.to_pylist())
     records = []
     for position, (file, row) in enumerate(rows):
@@ -216,6 +218,7 @@ def _read_episodes_v3(root: Path, info: Mapping[str, Any], video_keys: List[str]
                 float(_number_field(row, prefix + "from_timestamp", where)),
                 float(_number_field(row, prefix + "to_timestamp", where)) if row.get(prefix + "to_timestamp") is not None else None,
             )
+        _require_own_video_files(videos, video_template, info_path, index)
         row_range = (_int_field(row, "dataset_from_index", where), _int_field(row, "dataset_to_index", where))
         tasks = _v3_tasks(row.get("tasks"), where)
         extras = {
@@ -224,6 +227,31 @@ def _read_episodes_v3(root: Path, info: Mapping[str, Any], video_keys: List[str]
         }
         records.append(EpisodeRecord(position, index, length, tasks, data_path, videos, row_range, extras))
     return records
+
+
+def _read_parquet(path: Path, skip_prefix: Optional[str] = None) -> pa.Table:
+    """A meta parquet file's table (without the columns starting with `skip_prefix`); DatasetError naming the file when
+    it cannot be read (cut short by an interrupted copy, or not parquet at all)."""
+    try:
+        columns = None if skip_prefix is None else [c for c in pq.read_schema(path).names if not c.startswith(skip_prefix)]
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DatasetError(f"{path}: cannot read parquet ({exc})") from exc
+
+
+def _require_own_video_files(videos: Mapping[str, VideoSegment], template: str, info_path: Path,
+                             episode_index: int) -> None:
+    """DatasetError naming the template and the cameras when two cameras' videos of one episode are one file: a
+    template without {video_key} would serve one camera's frames as every camera's."""
+    cameras_of: Dict[Path, str] = {}
+    for camera, segment in videos.items():
+        other = cameras_of.setdefault(segment.path, camera)
+        if other != camera:
+            raise DatasetError(
+                f"{info_path}: field 'video_path' {_cut(template)!r} gives cameras '{other}' and '{camera}' of episode "
+                f"{episode_index} the same video file {segment.path}; each camera needs a file of its own (LeRobot's "
+                "templates hold '{video_key}')"
+            )
 
 
 def _v3_tasks(value: Any, where: str) -> Tuple[str, ...]:

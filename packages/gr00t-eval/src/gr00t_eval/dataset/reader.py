@@ -95,22 +95,23 @@ class LeRobotDataset:
         """DatasetError when two episodes' video segments (v3.0) in one shared mp4 overlap: one of them would be given
         the other's frames, each span still its own length (LeRobot's aggregate wrote such metadata before
         huggingface/lerobot#2550). Read from the episode list alone, at open."""
-        segments: Dict[Any, List[Any]] = {}
+        segments: Dict[Path, List[Any]] = {}  # by file alone: a template may give two cameras one file
         for record in self._records:
             for column, segment in record.videos.items():
                 if segment.to_timestamp is not None:
-                    segments.setdefault((column, segment.path), []).append((segment.from_timestamp, segment.to_timestamp,
-                                                                           record.episode_index))
+                    segments.setdefault(segment.path, []).append((segment.from_timestamp, segment.to_timestamp,
+                                                                  record.episode_index, column))
         slack = 0.5 / self._fps  # half a frame: timestamps are floats
-        for (column, path), spans in segments.items():
+        for path, spans in segments.items():
             spans.sort()
-            for (start, end, episode), (next_start, next_end, next_episode) in zip(spans, spans[1:]):
+            for (start, end, episode, column), (next_start, next_end, next_episode, next_column) in zip(spans, spans[1:]):
                 if next_start < end - slack:
+                    cameras = f"camera '{column}'" if column == next_column else f"cameras '{column}' and '{next_column}'"
                     raise DatasetError(
                         f"{self.root / 'meta' / 'episodes'}: the video segments of episode {episode} ({start:g}..{end:g} "
-                        f"s) and episode {next_episode} ({next_start:g}..{next_end:g} s) overlap in {path} (camera "
-                        f"'{column}'): one episode would be given the other's frames; each episode's segment of a "
-                        "shared video must be its own"
+                        f"s) and episode {next_episode} ({next_start:g}..{next_end:g} s) overlap in {path} ({cameras}): "
+                        "one episode would be given the other's frames; each episode's segment of a shared video must "
+                        "be its own"
                     )
 
     def check_data_files(self) -> None:

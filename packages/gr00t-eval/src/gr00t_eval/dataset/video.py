@@ -28,6 +28,9 @@ _ENCODER_OPTIONS: Dict[str, Dict[str, str]] = {
 # The smallest height and width each encoder opens with, where above yuv420p's 2: SVT-AV1 refuses a side under 4
 # ("Source Height must be at least 4") only when the first frame is encoded, after a v3.0 file was opened.
 _MIN_FRAME_SIDE: Dict[str, int] = {"libsvtav1": 4}
+# The highest frame rate each encoder opens with, where it has one: SVT-AV1 refuses over 240 fps (saying why on stderr
+# only) when the first frame is encoded, after the folder was made.
+_MAX_FPS: Dict[str, int] = {"libsvtav1": 240}
 
 
 def encoder_for(codec: str) -> str:
@@ -49,6 +52,11 @@ def encoder_for(codec: str) -> str:
 def min_frame_side(codec: str) -> int:
     """The smallest frame height and width, in pixels, that this PyAV build's encoder of `codec` accepts."""
     return _MIN_FRAME_SIDE.get(encoder_for(codec), 2)
+
+
+def max_fps(codec: str) -> Optional[int]:
+    """The highest frame rate this PyAV build's encoder of `codec` accepts; None where it sets no limit."""
+    return _MAX_FPS.get(encoder_for(codec))
 
 
 def decode_frames_at(path: Path, timestamps: Sequence[float], fps: float) -> Tuple[np.ndarray, int]:

@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from .overwrite import OVERWRITE_TRASH, delete_trash, empty_dataset_dir
 from .stats import RunningColumnStats, episode_stats, image_stats
-from .video import ENCODERS, Mp4Encoder, encoder_for
+from .video import ENCODERS, Mp4Encoder, encoder_for, max_fps
 from .writer_checks import _INDEX_COLUMNS, _EpisodeChecks, _float_groups, _json_metadata, _to_table
 from .writer_files import _EpisodeFiles
 from .writer_meta import _MetaFiles
@@ -44,6 +44,11 @@ class DatasetWriter(_EpisodeChecks, _EpisodeFiles, _MetaFiles):
     fixes cameras, group names and dims; later episodes must match. `layout="v3.0"` writes
     LeRobot v3.0 files instead (`episodes_per_file` episodes share one parquet and one mp4 per camera).
     The language key reads `task_index` by default; pass `language_column` to write a separate int column.
+
+    `chunks_size` counts what one chunk folder (chunk-000, chunk-001, ...) holds: episodes in v2.1; in v3.0 data
+    files, and each camera's video files. `episodes_per_file` (v3.0): episodes per data file and per mp4; None puts
+    all episodes in one data file and one mp4 per camera. `gop`: frames from one video keyframe to the next (a
+    smaller one decodes a frame asked for sooner, a larger one makes smaller files).
     """
 
     def __init__(
@@ -63,17 +68,9 @@ class DatasetWriter(_EpisodeChecks, _EpisodeFiles, _MetaFiles):
         keep: Sequence[str] = (),
     ) -> None:
         # `keep`: names in `root` that neither make it "not empty" nor are deleted by overwrite (a recording's claim)
-        if video_codec not in ENCODERS:
-            raise ValueError(f"video_codec must be one of {sorted(ENCODERS)}, got {video_codec!r}")
-        encoder_for(video_codec)  # a codec this PyAV build cannot encode fails here, before the folder is touched
-        if layout not in ("v2.1", "v3.0"):
-            raise ValueError(f"layout must be 'v2.1' or 'v3.0', got {layout!r}")
+        _check_file_settings(fps, video_codec, layout, chunks_size, episodes_per_file, gop)
         if not language_key.startswith("annotation."):
             raise ValueError(f"language_key must start with 'annotation.', got {language_key!r}")
-        if not isinstance(fps, int) or fps <= 0:
-            raise ValueError(f"fps must be a positive int, got {fps!r}")
-        if isinstance(chunks_size, bool) or not isinstance(chunks_size, int) or chunks_size < 1:
-            raise ValueError(f"chunks_size must be an int >= 1 (episodes per chunk folder), got {chunks_size!r}")
         if (language_column in _INDEX_COLUMNS and language_column != "task_index"
                 or language_column in ("observation.state", "action") or language_column.startswith("observation.images.")):
             raise ValueError(f"language_column {language_column!r} is a LeRobot column the writer fills itself; name a "
@@ -293,6 +290,40 @@ class DatasetWriter(_EpisodeChecks, _EpisodeFiles, _MetaFiles):
         del self._episodes[n_episodes:]
         del self._episode_stats[n_episodes:]
         self._unlisted[0], self._total_frames = unlisted, total_frames
+
+
+_MAX_GOP = 2**31 - 1  # FFmpeg's keyframe interval option 'g' is a C int
+
+
+def _check_file_settings(fps: Any, video_codec: Any, layout: Any, chunks_size: Any, episodes_per_file: Any,
+                         gop: Any) -> None:
+    """ValueError naming the first DatasetWriter setting its files cannot be written with, before the folder is
+    touched (overwrite=True deletes the old dataset there)."""
+    if video_codec not in ENCODERS:
+        raise ValueError(f"video_codec must be one of {sorted(ENCODERS)}, got {video_codec!r}")
+    encoder = encoder_for(video_codec)  # a codec this PyAV build cannot encode fails here
+    if layout not in ("v2.1", "v3.0"):
+        raise ValueError(f"layout must be 'v2.1' or 'v3.0', got {layout!r}")
+    if not _is_int(fps) or fps <= 0:
+        raise ValueError(f"fps must be a positive int, got {fps!r}")
+    highest = max_fps(video_codec)
+    if highest is not None and fps > highest:
+        raise ValueError(f"fps {fps} is over {highest}, the most the {encoder} encoder of video_codec "
+                         f"{video_codec!r} takes; record at fps <= {highest} or use another video_codec")
+    if not _is_int(chunks_size) or chunks_size < 1:
+        counted = "episodes" if layout == "v2.1" else "data files, and each camera's video files,"
+        raise ValueError(f"chunks_size must be an int >= 1 ({counted} per chunk folder in layout {layout}), "
+                         f"got {chunks_size!r}")
+    if episodes_per_file is not None and (not _is_int(episodes_per_file) or episodes_per_file < 1):
+        raise ValueError(f"episodes_per_file must be None (all episodes in one file) or an int >= 1, "
+                         f"got {episodes_per_file!r}")
+    if not _is_int(gop) or not 1 <= gop <= _MAX_GOP:
+        raise ValueError(f"gop must be an int from 1 to {_MAX_GOP} (frames from one keyframe to the next), got {gop!r}")
+
+
+def _is_int(value: Any) -> bool:
+    """An int and not a bool (True is an int to Python, never a count a user meant)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _warn_unlisted(root: str, layout: str, unlisted: List[int]) -> None:
