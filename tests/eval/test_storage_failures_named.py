@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from eval.scale_fixtures import SigintOnCall, policy_server
+from eval.scale_fixtures import SigintOnCall, SlowPolicy, policy_server
 from eval.test_disk_full import ROLLOUT_UNDER_LIMIT, run_limited
 from gr00t_eval.cli import main
 
@@ -196,3 +196,30 @@ def test_a_rollout_whose_folder_turns_read_only_ends_with_the_storage_line_namin
     assert f"Read-only file system writing {out / 'episodes.jsonl'}: the run stopped there" in line, line
     assert f"the 2 episodes scored before it are kept in {out / 'episodes.jsonl'}" in line, line
     assert f"continue with: gr00t-eval rollout --resume {out}" in line, line
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX file size limits (RLIMIT_FSIZE)")
+def test_a_disk_full_from_the_start_names_the_run_file_and_advises_the_same_command(tmp_path):
+    out = tmp_path / "run"
+    with policy_server() as server:
+        result = run_limited(0, ROLLOUT_UNDER_LIMIT, TESTS_DIR, str(server.port), str(out))
+    assert result.returncode == 2, result.stdout + result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert f"File too large writing {out / 'run.json'}: the run did not start" in line, line
+    assert "run the same command again" in line and "Raise the file size limit" in line
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX file size limits (RLIMIT_FSIZE)")
+def test_a_resume_after_results_json_could_not_be_written_keeps_the_first_attempts_eval_s(tmp_path):
+    # The first attempt ran every episode (0.05 s a policy call) but wrote no results.json; its resume found no time to
+    # add and reported eval_s 0.0 for episodes that took about a second.
+    out = tmp_path / "run"
+    with policy_server(SlowPolicy(0.05)) as server:
+        result = run_limited(3000, _ROLLOUT_UNDER_LIMIT, TESTS_DIR, str(server.port), str(out))
+        assert result.returncode == 2 and not (out / "results.json").exists(), result.stdout + result.stderr
+        assert resume(server.port, out) == 0
+    results = read(out / "results.json")
+    assert results["overall"]["n_episodes"] == 4
+    assert results["overall"]["eval_s"] >= 0.4, results["overall"]  # at least 8 policy calls of 0.05 s
+    assert results["per_task"]["walkto/slow"]["eval_s"] == results["overall"]["eval_s"]
+    assert results["overall"]["eval_ep_s"] == pytest.approx(results["overall"]["eval_s"] / 4)

@@ -322,6 +322,23 @@ def test_disk_full_names_the_export_folder(earlier, monkeypatch, capsys):
     assert snapshot(earlier) == before
 
 
+@pytest.mark.skipif(sys.platform != "linux" or shutil.which("mount") is None or os.geteuid() != 0,
+                    reason="mounts a tmpfs (root on Linux)")
+def test_disk_full_in_a_new_export_folder_says_nothing_was_written_not_that_an_earlier_export_is_kept(
+        tiny_checkpoint, tmp_path, capsys):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], check=True)
+    try:
+        assert main(export_argv(tiny_checkpoint, disk / "onnx")) == 2
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "No space left on device" in error, error
+        assert f"nothing was written (there was no export in {disk / 'onnx'} before)" in error, error
+        assert "earlier export" not in error
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
 # --- what serving trusts --------------------------------------------------------------------------
 
 

@@ -28,7 +28,7 @@ from .policy_identity import check_takes_flat_observations, describe, pinned_pol
 from .results import RESULTS_FILENAME, write_results
 from .rollout.config import RolloutConfig, draw_base_seed, env_timeout_applies, without_unkept_env_timeout
 from .run_file import read_run_json
-from .run_resume import add_earlier_eval_s, earlier_results
+from .run_resume import add_earlier_task_eval_s, earlier_eval_s, earlier_results
 from .run_stop import is_storage_error
 from .run_summary import percent_text
 from .shard import run_suite
@@ -211,16 +211,17 @@ def run_job(job: Job, policy_factory: Callable[[PolicyServerAddress], BasePolicy
         if job_dir is not None:
             config, done = prepare_job_dir(job_dir, config, served)
             record["job_config"]["video_dir"] = config.video_dir  # the folder it recorded (setting_changes)
-            log = EpisodeLog(job_dir / EPISODE_LOG_FILENAME)
+            log = EpisodeLog(job_dir / EPISODE_LOG_FILENAME, claim=RUN_FILENAME)
             on_episode = lambda outcome: log.append(outcome.to_json_dict())  # noqa: E731
             record["episode_log"] = str(log.path)
             record["resumed_episodes"] = sum(1 for outcome in done if outcome.error is None)
-            earlier = earlier_results(job_dir, None) if done else None
+            earlier = earlier_eval_s(log.entries(), earlier_results(job_dir, None)) if done else None
         with pinned_policy(policy, served):  # a server restarted with another checkpoint mid-job stops the job
             results = run_suite(policy, job.env_name, config, progress=progress, on_episode=on_episode, done=done)
-        if earlier is not None:  # the episodes kept from earlier attempts took their time too, as in rollout --resume
-            add_earlier_eval_s(results, earlier)
+        if earlier:  # the episodes kept from earlier attempts took their time too, as in rollout --resume
+            add_earlier_task_eval_s(results, earlier)
         if job_dir is not None:  # what a later attempt adds its time to
+            log.check_folder()
             write_results(job_dir / RESULTS_FILENAME, results)
         record["results"] = results
         record["n_errors"] = results["overall"].get("n_errors", 0)

@@ -17,7 +17,7 @@ from .output_files import OutputDirError
 from .run_claim import (claim_lock_name, claim_output_dir, finish_claim, refuse_live_claim, refuse_live_claims,
                         take_claim)
 from . import run_dir  # its folder helpers looked up when called (tests stand in for them there)
-from .run_stop import INTERRUPTED_EXIT_CODE, is_storage_error, sigterm_as_interrupt
+from .run_stop import INTERRUPTED_EXIT_CODE, is_storage_error, sigterm_as_interrupt, storage_advice
 from .video_claims import claim_video_dir
 from .video_dirs import check_video_dir, delete_episode_videos, within
 
@@ -55,7 +55,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
             raise
         raise SystemExit(f"{exc}: the batch stopped there; the jobs done before it are kept in "
                          f"{path} and the running job's finished episodes in its folder under {output_dir / 'jobs'}; "
-                         f"free space, then continue with: gr00t-eval batch --resume {output_dir}") from None
+                         f"{storage_advice(exc).lower()}, then continue with: gr00t-eval batch --resume "
+                         f"{output_dir}") from None
     except KeyboardInterrupt:
         outcome = "interrupted"
         batch = json.loads(path.read_text())

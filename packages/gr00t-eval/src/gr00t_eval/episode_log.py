@@ -1,28 +1,48 @@
 """episodes.jsonl, a run's per-episode log: one line appended and flushed the moment an episode is scored, so a
-crash keeps every episode scored before it."""
+crash keeps every episode scored before it. Each line names the attempt that wrote it (ATTEMPT_KEY) and how long that
+attempt had run by then (ATTEMPT_S_KEY): a resume adds up earlier attempts' time even where they wrote no results."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import time
+import uuid
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Union
+
+from .run_stop import check_folder_kept, folder_identity
 
 logger = logging.getLogger(__name__)
 
+ATTEMPT_KEY = "attempt"  # the id of the run attempt (this EpisodeLog) that logged an entry
+ATTEMPT_S_KEY = "attempt_s"  # seconds that attempt had run when it logged the entry
+
 
 class EpisodeLog:
-    """episodes.jsonl: one JSON object per scored episode, appended and flushed at once so a crash keeps it."""
+    """episodes.jsonl: one JSON object per scored episode, appended and flushed at once so a crash keeps it.
+    With `claim` (the run file beside it) every append first checks that the folder is still the run's."""
 
-    def __init__(self, path: Union[str, Path]) -> None:
+    def __init__(self, path: Union[str, Path], claim: Optional[str] = None) -> None:
         self.path = Path(path)
+        self._claim = claim
+        self._folder = folder_identity(self.path.parent) if claim is not None else None
+        self.attempt = uuid.uuid4().hex[:12]
+        self._started = time.monotonic()
+
+    def check_folder(self) -> None:
+        """OutputFolderGone when the folder holding the log is no longer the one claimed (unmounted or deleted)."""
+        if self._claim is not None and self._folder is not None:
+            check_folder_kept(self.path.parent, self._folder, self._claim)
 
     def append(self, entry: Mapping[str, Any]) -> None:
         """Append one episode entry (numpy values converted) and flush it to disk."""
         from .results import _jsonable
 
-        line = json.dumps(_jsonable(entry)) + "\n"
+        stamp = {ATTEMPT_KEY: self.attempt, ATTEMPT_S_KEY: round(time.monotonic() - self._started, 3)}
+        line = json.dumps(_jsonable({**entry, **stamp})) + "\n"
+        self.check_folder()
         try:
             with open(self.path, "a+b") as handle:
                 if handle.tell():  # a line cut short (a full disk) must not swallow this entry: start a line of its own
@@ -39,16 +59,19 @@ class EpisodeLog:
 
     def read(self) -> List[Dict[str, Any]]:
         """Every complete entry, later entries of the same (task, episode) replacing earlier ones (resumed runs)."""
-        if not self.path.is_file():
-            return []
         latest: Dict[Any, Dict[str, Any]] = {}
+        for entry in self.entries():
+            latest[(entry.get("task"), entry.get("episode_index"))] = entry
+        return list(latest.values())
+
+    def entries(self) -> Iterator[Dict[str, Any]]:
+        """Every complete entry in the order logged, those of episodes run again included."""
+        if not self.path.is_file():
+            return
         for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), start=1):
             if not line.strip():
                 continue
             try:
-                entry = json.loads(line)
+                yield json.loads(line)
             except json.JSONDecodeError:  # a line cut short by a crash: everything before it is intact
                 logger.warning("%s:%d is not complete JSON; ignoring it", self.path, number)
-                continue
-            latest[(entry.get("task"), entry.get("episode_index"))] = entry
-        return list(latest.values())

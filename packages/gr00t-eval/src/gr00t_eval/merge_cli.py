@@ -125,7 +125,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from .cli_errors import UsageError
     from .eval_info import EVAL_INFO_FILENAME, lerobot_eval_info
     from .results import RESULTS_FILENAME, write_results_together
-    from .run_stop import is_storage_error
+    from .run_stop import is_storage_error, storage_advice
     from .shard import MergeError, format_missing, merge_results
 
     if not args.output.strip():  # '' wrote into the current folder, ' ' a file named by one space
@@ -150,8 +150,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
             raise
         raise SystemExit(f"error: {exc.strerror or exc}{f' writing {exc.filename}' if exc.filename else ''}: "
                          f"{output.name} and {EVAL_INFO_FILENAME} were not written (any from an earlier merge are left "
-                         f"as they were); the shard results files are unchanged. Free some space, then run the merge "
-                         "again") from None
+                         f"as they were); the shard results files are unchanged. {storage_advice(exc)}, then run the "
+                         "merge again") from None
     print(format_summary(merged))
     print_errored_episodes(merged)
     n_errors = print_incomplete(merged)

@@ -109,7 +109,7 @@ class EpisodeOutcome:
     def from_json_dict(cls, entry: Mapping[str, Any]) -> "EpisodeOutcome":
         """Rebuild an outcome from a `per_episode` entry or an episodes.jsonl line (`failure_reason` read as `error`)."""
         known = {"episode_index", "env_index", "seed", "success", "sum_reward", "max_reward", "length", "video_path",
-                 "error", "failure_reason"}
+                 "error", "failure_reason", "attempt", "attempt_s"}  # the last two: episode_log's stamp of its attempt
         error = entry.get("error", entry.get("failure_reason"))
         return cls(
             episode_index=int(entry["episode_index"]), seed=entry.get("seed"), success=bool(entry.get("success")) and error is None,

@@ -153,3 +153,18 @@ def _release_video_claim(run_file: Path, output_dir: Path, shard: Any) -> None:
         return
     if isinstance(video_dir, str):
         release_video_claim(Path(video_dir), output_dir, shard)
+        if within(Path(video_dir), output_dir):
+            _remove_own_videos(Path(video_dir))
+
+
+def _remove_own_videos(video_dir: Path) -> None:
+    """Delete the episode videos in an unstarted run's own `video_dir` (of episodes it never logged), then the folders
+    left empty: its videos/ made the folder 'not empty' to the same command run again."""
+    from .video import episode_videos
+
+    delete_episode_videos(video_dir, episode_videos(video_dir))
+    for folder in [*(entry for entry in video_dir.glob("*") if entry.is_dir() and not entry.is_symlink()), video_dir]:
+        try:
+            folder.rmdir()
+        except OSError:  # holds something, or is gone: kept as it is
+            pass

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 from .rollout_args import _registration_flags
+from .run_stop import OutputFolderGone, storage_advice
 from .run_summary import errors_exit, format_summary, print_errored_episodes, print_incomplete
 
 
@@ -25,13 +26,28 @@ def _kept_episodes(output_dir: Path, shard: Any) -> Tuple[Path, int]:
 
 def _storage_failure(exc: OSError, output_dir: Path, shard: Any) -> str:
     """The one line for a run stopped by a full disk: the file, what is kept, and the command that continues."""
+    from .output_files import run_file_name
     from .run_resume import resume_command
 
-    log, kept = _kept_episodes(output_dir, shard)
+    if isinstance(exc, OutputFolderGone):
+        return (f"error: the output folder {output_dir} disappeared (unmounted or deleted) while the run wrote to it: "
+                "the run stopped, and wrote nothing more. If the folder comes back (a share mounted again), continue "
+                f"with: {resume_command(output_dir, shard)} and the same server flags; else start a new run")
     where = f" writing {exc.filename}" if exc.filename else ""
+    if not (output_dir / run_file_name(shard)).is_file():  # released (rollout_output._release_unstarted_run)
+        return (f"error: {exc.strerror or exc}{where}: the run stopped before it scored an episode and left no run in "
+                f"{output_dir} to resume. {storage_advice(exc)}, then run the same command again")
+    log, kept = _kept_episodes(output_dir, shard)
     return (f"error: {exc.strerror or exc}{where}: the run stopped there; the {kept} episodes scored before it are kept "
-            f"in {log}. Free some space, then continue with: {resume_command(output_dir, shard)} and the same server "
-            "flags (and --env-import/--env-adapter/--env-prefix, if the run used them)")
+            f"in {log}. {storage_advice(exc)}, then continue with: {resume_command(output_dir, shard)} and the same "
+            "server flags (and --env-import/--env-adapter/--env-prefix, if the run used them)")
+
+
+def _start_storage_failure(exc: OSError) -> str:
+    """The one line for a run whose output folder could not be claimed (a disk full from the start)."""
+    where = f" writing {exc.filename}" if exc.filename else ""
+    return (f"error: {exc.strerror or exc}{where}: the run did not start. {storage_advice(exc)}, then run the same "
+            "command again")
 
 
 def _summary_storage_failure(exc: OSError, files: List[Path], output_dir: Path, shard: Any) -> str:
@@ -44,8 +60,8 @@ def _summary_storage_failure(exc: OSError, files: List[Path], output_dir: Path, 
     were, left = ("were", "any from an earlier attempt are left as they were") if len(files) > 1 else \
         ("was", "one from an earlier attempt is left as it was")
     return (f"error: {exc.strerror or exc}{where}: {names} {were} not written ({left}); "
-            f"the {kept} episodes scored are kept in {log}, and are not run again. Free some space, then continue "
-            f"with: {resume_command(output_dir, shard)} (it writes {names}) and the same server flags "
+            f"the {kept} episodes scored are kept in {log}, and are not run again. {storage_advice(exc)}, then "
+            f"continue with: {resume_command(output_dir, shard)} (it writes {names}) and the same server flags "
             "(and --env-import/--env-adapter/--env-prefix, if the run used them)")
 
 

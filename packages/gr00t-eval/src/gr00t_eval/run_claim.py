@@ -351,8 +351,13 @@ def _create_exclusively(path: Path, text: str) -> None:
     partial = partial_path(path)
     try:
         partial.write_text(text, encoding="utf-8")
-    except BaseException:
+    except OSError as exc:
         remove_quietly(partial)  # never in place of the error that stopped the write (a read-only folder: EROFS)
+        if exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc  # a full disk's write names no file
+    except BaseException:
+        remove_quietly(partial)
         raise
     try:
         os.link(partial, path)

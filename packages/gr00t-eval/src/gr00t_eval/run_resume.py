@@ -9,8 +9,9 @@ import logging
 import os
 import shlex
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Set, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Union
 
+from .episode_log import ATTEMPT_KEY, ATTEMPT_S_KEY
 from .output_files import results_file_name
 
 logger = logging.getLogger(__name__)
@@ -97,18 +98,52 @@ def earlier_results(output_dir: Path, shard: Any) -> Optional[Dict[str, Any]]:
     return earlier if isinstance(earlier, dict) and earlier.get("kind") == "rollout" else None
 
 
+def earlier_eval_s(logged: Iterable[Mapping[str, Any]], earlier: Optional[Mapping[str, Any]]) -> Dict[str, float]:
+    """The seconds earlier attempts of a run spent on each task: from the attempts' stamps in its episode log
+    (attempt_seconds), which an attempt stopped before it wrote its results file leaves too; from the results file
+    `earlier` for a log an older version wrote without them; {} without either."""
+    logged = list(logged)
+    if logged and all(isinstance(entry.get(ATTEMPT_S_KEY), (int, float)) for entry in logged):
+        return attempt_seconds(logged)
+    if earlier is None:
+        return {}
+    per_task = earlier.get("per_task") or {}
+    return {str(task): float((entry or {}).get("eval_s") or 0.0) for task, entry in per_task.items()}
+
+
+def attempt_seconds(logged: Iterable[Mapping[str, Any]]) -> Dict[str, float]:
+    """Per task, the seconds the attempts that logged `logged` ran until their last entry: each entry's attempt time
+    (ATTEMPT_S_KEY) past its attempt's entry before it counts for its task."""
+    by_attempt: Dict[Any, List[Mapping[str, Any]]] = {}
+    for entry in logged:
+        by_attempt.setdefault(entry.get(ATTEMPT_KEY), []).append(entry)
+    seconds: Dict[str, float] = {}
+    for entries in by_attempt.values():
+        before = 0.0
+        for entry in sorted(entries, key=lambda e: float(e[ATTEMPT_S_KEY])):
+            task = str(entry.get("task"))
+            seconds[task] = seconds.get(task, 0.0) + float(entry[ATTEMPT_S_KEY]) - before
+            before = float(entry[ATTEMPT_S_KEY])
+    return seconds
+
+
 def add_earlier_eval_s(results: Dict[str, Any], earlier: Mapping[str, Any]) -> None:
-    """Add the eval_s of earlier attempts (their results file) to a resumed run's, per task, group and overall.
+    """Add the eval_s of earlier attempts (their results file `earlier`) to a resumed run's, per task, group and
+    overall (add_earlier_task_eval_s)."""
+    add_earlier_task_eval_s(results, earlier_eval_s((), earlier))
+
+
+def add_earlier_task_eval_s(results: Dict[str, Any], earlier_tasks: Mapping[str, float]) -> None:
+    """Add the seconds earlier attempts spent on each task (earlier_eval_s) to a resumed run's eval_s, per task,
+    group and overall.
 
     The episodes they finished are kept in the resumed results, so their time must be too: eval_s and
-    eval_ep_s then cover every attempt, as for an uninterrupted run. (An attempt killed before it wrote
-    its results file is not counted.)
+    eval_ep_s then cover every attempt, as for an uninterrupted run.
     """
-    earlier_tasks = earlier.get("per_task") or {}
     groups: Dict[str, float] = {}
     total = 0.0
     for task, entry in results["per_task"].items():
-        entry["eval_s"] = float(entry.get("eval_s") or 0.0) + float((earlier_tasks.get(task) or {}).get("eval_s") or 0.0)
+        entry["eval_s"] = float(entry.get("eval_s") or 0.0) + float(earlier_tasks.get(task) or 0.0)
         _set_eval_ep_s(entry)
         groups[entry.get("group")] = groups.get(entry.get("group"), 0.0) + entry["eval_s"]
         total += entry["eval_s"]

@@ -7,13 +7,14 @@ import contextlib
 import errno
 import os
 import signal
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any, Iterator, Tuple
 
 from gr00t_client.cli_signals import interrupting_signals, signals_handled_by
 from gr00t_client.cli_signals import sigterm_as_interrupt  # noqa: F401 - the gr00t_eval modules import it from here
 
-__all__ = ["INTERRUPTED_EXIT_CODE", "STORAGE_ERRNOS", "interrupts_deferred", "is_storage_error",
-           "sigterm_as_interrupt"]
+__all__ = ["INTERRUPTED_EXIT_CODE", "STORAGE_ERRNOS", "OutputFolderGone", "check_folder_kept", "folder_identity",
+           "interrupts_deferred", "is_storage_error", "sigterm_as_interrupt", "storage_advice"]
 
 # A full disk (or quota, or file size limit) and a folder turned read-only: the run cannot write, but what it logged stays.
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
@@ -41,6 +42,39 @@ def interrupts_deferred(note: str = SAVING_NOTE) -> Iterator[None]:
         yield
 
 
+class OutputFolderGone(OSError):
+    """The folder a run claimed is gone (a share unmounted, a /tmp cleaner): what it wrote now would land elsewhere."""
+
+
+def folder_identity(folder: Path) -> Tuple[int, int]:
+    """(device, inode) of `folder`: another folder at the same path (a share unmounted, a folder re-made) differs."""
+    status = os.stat(folder)
+    return status.st_dev, status.st_ino
+
+
+def check_folder_kept(folder: Path, identity: Tuple[int, int], claim: str) -> None:
+    """OutputFolderGone unless `folder` is still the one the run claimed: the same `identity`, its `claim` in it."""
+    try:
+        kept = folder_identity(folder) == identity and (folder / claim).is_file()
+    except OSError:
+        kept = False
+    if not kept:
+        raise OutputFolderGone(errno.ENOENT, "the output folder disappeared (unmounted or deleted)", str(folder))
+
+
+def storage_advice(exc: OSError) -> str:
+    """What frees the storage `exc` (a storage error) says is wanting, as a sentence's start: 'Free some space' for a
+    full disk, the quota, the file size limit, or a folder made writable again."""
+    if exc.errno == errno.EROFS:
+        return "Make the folder writable again (remount its file system read-write)"
+    if exc.errno == errno.EDQUOT:
+        return "Free some space within your disk quota (or have the quota raised)"
+    if exc.errno == errno.EFBIG:
+        return "Raise the file size limit (ulimit -f)"
+    return "Free some space"
+
+
 def is_storage_error(exc: BaseException) -> bool:
-    """Whether `exc` says the run's files cannot be written (STORAGE_ERRNOS): every later episode would be lost too."""
-    return isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS
+    """Whether `exc` says the run's files cannot be written (STORAGE_ERRNOS, or its folder gone): every later episode
+    would be lost too."""
+    return isinstance(exc, OutputFolderGone) or (isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS)

@@ -24,7 +24,7 @@ from .rollout_args import (_check_env_names, _check_rollout_args, _default_video
                            _saved_rollout_config, _videos_moved_with_run, resumed_env_timeout, rollout_config_from_args,
                            rollout_seed)
 from .rollout_output import _claim_videos, _released_unless_started, _rollout_output_dir, delete_earlier_videos
-from .rollout_report import _report_rollout, _storage_failure
+from .rollout_report import _report_rollout, _start_storage_failure, _storage_failure
 from .run_policy import (_adopt_run_policy, _check_policy_runs_settings, _ray_probe_client, _ray_run_policy,
                          _record_settings_not_applied)
 
@@ -88,12 +88,12 @@ def run_rollout_command(args: argparse.Namespace) -> int:
     from .cli_errors import UsageError
     from .episode_log import EpisodeLog
     from .metrics import EpisodeOutcome
-    from .output_files import episode_log_name
+    from .output_files import episode_log_name, run_file_name
     from .rollout.config import draw_base_seed
     from .ray_connect import check_ray_address, import_ray
     from .ray_runner import parse_servers
     from .run_file import read_run_file, write_run_file
-    from .run_resume import add_earlier_eval_s, earlier_results, refuse_changed_settings
+    from .run_resume import add_earlier_task_eval_s, earlier_eval_s, earlier_results, refuse_changed_settings
     from .run_stop import is_storage_error
     from .shard import ShardSpec
 
@@ -118,6 +118,7 @@ def run_rollout_command(args: argparse.Namespace) -> int:
         check_ray_address(args.ray_address)
     done: List[EpisodeOutcome] = []
     earlier = None
+    earlier_task_s: Dict[str, float] = {}  # the seconds earlier attempts spent on each task
     first_policy = None  # the policy the run's first attempt evaluated (its run file), which a resume must match
     earlier_not_applied: Dict[str, Any] = {}  # settings the first attempt's server ignored (its run file)
     if args.resume:  # a Ray run resumes like any other: its driver logged every episode in episodes.jsonl
@@ -140,7 +141,9 @@ def run_rollout_command(args: argparse.Namespace) -> int:
             raise UsageError(f"--resume {output_dir}: its shards served different policies ({earlier.get('stop_reason')}); "
                              "its episodes are not one policy's, so resuming would pool them: serve one checkpoint or "
                              "dataset on every server and start a new run (a new --output-dir)")
-        done = [EpisodeOutcome.from_json_dict(e) for e in EpisodeLog(output_dir / episode_log_name(shard)).read()]
+        logged = EpisodeLog(output_dir / episode_log_name(shard))
+        done = [EpisodeOutcome.from_json_dict(e) for e in logged.read()]
+        earlier_task_s = earlier_eval_s(logged.entries(), earlier)
         moved = _default_video_dir(saved, output_dir)  # the folder's videos listed where they now are
         old_video_dir = saved.get("config", {}).get("video_dir") if moved else config.video_dir
         done = _videos_moved_with_run(done, old_video_dir, config.video_dir)
@@ -162,15 +165,21 @@ def run_rollout_command(args: argparse.Namespace) -> int:
                                   "default_video_dir": not args.no_video and not args.video_dir,
                                   "registrations": _registrations(args)}, shard)
 
-        output_dir, earlier_videos = _rollout_output_dir(args, env_spec, shard, claim)
+        try:
+            output_dir, earlier_videos = _rollout_output_dir(args, env_spec, shard, claim)
+        except OSError as exc:
+            if not is_storage_error(exc):
+                raise
+            raise SystemExit(_start_storage_failure(exc)) from None
         config = made["config"]
         with _released_unless_started(output_dir, shard):
             _claim_videos(output_dir, shard, env_spec, config)
         delete_earlier_videos(args.video_dir, earlier_videos)
     print(f"Output directory: {output_dir} (base seed {config.seed})")
+    log = EpisodeLog(output_dir / episode_log_name(shard), claim=run_file_name(shard))
     try:
         with _released_unless_started(output_dir, shard, new_run=not args.resume):
-            results = _run(args, env_spec, config, shard, done, output_dir, first_policy)
+            results = _run(args, env_spec, config, shard, done, log, first_policy)
             if not args.resume and not results.get("per_episode") and results.get("status") in ("aborted", "incomplete"):
                 # every task failed to start (an --env-kwarg its env does not take), or every Ray shard stopped before
                 # scoring (no server answered its workers): as a plain run that reaches no server, the folder is
@@ -178,10 +187,11 @@ def run_rollout_command(args: argparse.Namespace) -> int:
                 failed = results.get("failed_tasks") or {}
                 reasons = "; ".join(f"task {task} failed: {why}" for task, why in failed.items())
                 raise UsageError(f"no episode was scored: {reasons or results.get('stop_reason')}")
-        if earlier is not None:
-            add_earlier_eval_s(results, earlier)
+        if earlier_task_s:
+            add_earlier_task_eval_s(results, earlier_task_s)
         if earlier_not_applied:
             results["settings_not_applied"] = {**earlier_not_applied, **(results.get("settings_not_applied") or {})}
+        log.check_folder()  # results written into a folder that replaced the run's would report a run that is not there
         return _report_rollout(args, results, output_dir, shard)
     except OSError as exc:
         if not is_storage_error(exc):
@@ -189,19 +199,17 @@ def run_rollout_command(args: argparse.Namespace) -> int:
         raise SystemExit(_storage_failure(exc, output_dir, shard)) from None
 
 
-def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done: Any, output_dir: Path,
+def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done: Any, log: Any,
          first_policy: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     from . import connection
     from .cli_errors import UsageError
-    from .episode_log import EpisodeLog
-    from .output_files import episode_log_name
     from .policy_identity import pinned_policy, policy_record
     from .ray_runner import parse_servers, run_with_ray
     from .run_stop import sigterm_as_interrupt
     from .shard import run_suite
 
     servers = parse_servers(args.host, args.port)
-    log = EpisodeLog(output_dir / episode_log_name(shard))
+    output_dir = log.path.parent
     if args.ray_address:
         policy = _ray_run_policy(servers, args)
         _adopt_run_policy(output_dir, shard, first_policy, policy, "the servers", len(done))

@@ -21,6 +21,7 @@ from gr00t_client import BasePolicy
 from .metrics import EpisodeOutcome, rollout_aggregates
 from .rollout.config import RolloutConfig, env_error_text, split_env_name
 from .rollout.liveness import PolicyServerUnreachableError, unanswered_ping_reason
+from .run_stop import is_storage_error
 
 logger = logging.getLogger(__name__)
 
@@ -260,8 +261,9 @@ def run_task(policy: BasePolicy, task: Task, config: RolloutConfig, episodes: Op
         run.eval_s += time.perf_counter() - start
         raise
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - a task that cannot start (bad env) must not end the suite
-        if unrecorded:  # the run's own record could not be written (a full disk): the run stops, not only this task;
-            run.eval_s += time.perf_counter() - start  # every later task's episodes would be lost the same way
+        # the run's own files (its log, a video) could not be written (a full disk): the run stops, not only this task;
+        if unrecorded or is_storage_error(exc):  # every later task's episodes would be lost the same way
+            run.eval_s += time.perf_counter() - start
             raise
         reason = env_error_text(exc)
         if isinstance(exc, (EOFError, BrokenPipeError, ConnectionResetError)):  # gymnasium's AsyncVectorEnv pipes

@@ -141,6 +141,7 @@ class EpisodeVideoRecorder:
         outcome = episode_outcome(success, errored)
         text = f"{task} ({outcome}{', ' + note if note else ''})"
         path = self.video_dir / f"{name}.mp4"
+        self.video_dir.mkdir(exist_ok=True)  # its own folder only: never the run's folder, should that vanish mid-run
         write_mp4(path, self._frames, text, fps=self.fps, min_width=self.min_width)
         # An earlier attempt at this episode (a run interrupted after its video, then resumed) may have ended the
         # other way: its video would stand beside this one, telling another outcome.
@@ -156,7 +157,6 @@ class EpisodeVideoRecorder:
 def write_mp4(path: Union[str, Path], frames: Sequence[np.ndarray], caption: str, fps: int = 20, min_width: int = 256) -> Path:
     """Encode RGB frames as an h264 (or mpeg4) mp4 with `caption` in a black band under every frame."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     first = np.asarray(frames[0])
     scale = max(1, -(-min_width // first.shape[1]))
     height, width = _even(first.shape[0] * scale), _even(first.shape[1] * scale)
@@ -169,6 +169,10 @@ def write_mp4(path: Union[str, Path], frames: Sequence[np.ndarray], caption: str
     try:
         _encode(partial, frames, canvas, height, width, scale, codec, fps)
         os.replace(partial, path)
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc  # the video's name, not the temporary's
     finally:
         remove_quietly(partial)  # a read-only folder refuses it too: never in place of the encoder's error
     logger.debug("wrote %d frames to %s", len(frames), path)

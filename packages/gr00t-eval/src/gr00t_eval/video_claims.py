@@ -3,7 +3,6 @@ file in it while it runs, so a second run into the folder is refused (a shard of
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
@@ -99,9 +98,13 @@ def _writer_parts(writer: str) -> Tuple[str, str, str]:
 
 
 def release_video_claim(video_dir: Path, output_dir: Union[str, Path], shard: Any = None) -> None:
-    """Delete the claim the run writing to `output_dir` (with its shard) holds on `video_dir`, if any."""
-    with directory_lock(video_dir / VIDEO_LOCK_FILENAME) if video_dir.is_dir() else contextlib.nullcontext():
-        _video_claim_file(video_dir, video_claim_writer(output_dir, shard)).unlink(missing_ok=True)
+    """Delete the claim the run writing to `output_dir` (with its shard) holds on `video_dir`, if any (a folder without
+    one is left as it was: no lock file is made there)."""
+    claim = _video_claim_file(video_dir, video_claim_writer(output_dir, shard))
+    if not claim.is_file():
+        return
+    with directory_lock(video_dir / VIDEO_LOCK_FILENAME):
+        claim.unlink(missing_ok=True)
 
 
 def _refuse_taken_over(video_dir: Path, writer: str, flag: str) -> None:

@@ -54,8 +54,10 @@ def _write_certificate(path: Path, public_key: bytes, secret_key: Optional[bytes
                 data = data[os.write(fd, data):]
         finally:
             os.close(fd)
-    except BaseException:  # a full disk: no empty key file left, which a retry would refuse as existing
+    except BaseException as exc:  # a full disk: no empty key file left, which a retry would refuse as existing
         path.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc  # a failed write names no file
         raise
 
 

@@ -258,7 +258,12 @@ def processor_kwargs_for(
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    try:
+        path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc  # a full disk's write names no file
 
 
 TEST_CHECKPOINT_MARKER = "gr00t_test_checkpoint.json"

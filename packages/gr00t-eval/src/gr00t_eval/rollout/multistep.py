@@ -16,6 +16,7 @@ import numpy as np
 
 from gr00t_client.policy import ObservationError
 
+from ..run_stop import is_storage_error
 from ..video import EpisodeVideoRecorder, episode_video_name, frame_from_observation
 from .config import env_error_text
 from .policy_io import language_row, state_in_float32
@@ -379,7 +380,9 @@ class MultiStepWrapper(gym.Wrapper):
             errored = failure is not None
             name = episode_video_name(self._episode_index, success, errored)
             return self.recorder.finish(name, self._task, success, note, errored)
-        except Exception:  # noqa: BLE001 - a broken video must not lose the episode's score
+        except Exception as exc:  # noqa: BLE001 - a broken video (codec, frames) must not lose the episode's score
+            if is_storage_error(exc):  # a full disk: the run stops before this episode is logged, for --resume to rerun
+                raise
             logger.exception("env %d: writing the video of episode %d failed", self.env_index, self._episode_index)
             return None
 

@@ -23,6 +23,7 @@ import collections
 import dataclasses
 import logging
 import time
+from pathlib import Path
 from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from ..extras import require_gymnasium
@@ -112,6 +113,8 @@ class RolloutRunner:
         n_envs = min(config.n_envs, len(self.episodes))
         logger.info("Running collecting %d episodes for %s with %d vec envs (base seed %d)", len(self.episodes),
                     config.env_name, n_envs, config.seed)
+        if config.video_dir:  # once, here: an episode's video only makes its own file (never a folder gone mid-run)
+            Path(config.video_dir).mkdir(parents=True, exist_ok=True)
         vec = self._vec = make_vector_env(config, spec, n_envs)
         clean = False
         try:
@@ -185,7 +188,13 @@ class RolloutRunner:
         simulator (--env-timeout)."""
         if not self.config.video_dir or self._vec is None:
             return [None] * len(self.row_episode)
-        return self._vec.call("write_video", dict(errored_rows))
+        try:
+            return self._vec.call("write_video", dict(errored_rows))
+        except OSError as exc:  # an async worker's error comes back as OSError(its error): its errno (a full disk) lost
+            cause = exc.args[0] if len(exc.args) == 1 else None
+            if isinstance(cause, OSError):
+                raise cause from None
+            raise
 
     def _policy_failed(self, rows: Sequence[int], what: str, exc: BaseException, bar: Any) -> None:
         """Score `rows` as errored by a failed policy request; stop the run if the server is gone (a server that said

@@ -167,6 +167,7 @@ def _export_into(args: argparse.Namespace, folder: Path, device: str, precision:
     from gr00t_server.backends.export_dir import (
         check_collisions,
         export_lock,
+        left_as_it_was,
         make_work_dir,
         own_files,
         remove_stale_work_dirs,
@@ -189,7 +190,7 @@ def _export_into(args: argparse.Namespace, folder: Path, device: str, precision:
                     )
                 except OSError as exc:  # disk full, read-only: name the folder even when the OS names no file
                     where = exc.filename or folder
-                    raise ValueError(f"{where}: {exc.strerror or exc}; the earlier export in {folder} is unchanged") from exc
+                    raise ValueError(f"{where}: {exc.strerror or exc}; {left_as_it_was(folder, own)}") from exc
                 swap_in(folder, staging, own)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)

@@ -188,11 +188,18 @@ def signals_deferred() -> Iterator[list[int]]:
         yield received
 
 
-def _disk_error(exc: OSError, folder: Path) -> BackendError:
+def left_as_it_was(folder: Path, own: list[str]) -> str:
+    """What a failed export says it left in `folder`: the earlier export (`own`: its files), or nothing (none was)."""
+    if own:
+        return f"the earlier export in {folder} is unchanged"
+    return f"nothing was written (there was no export in {folder} before)"
+
+
+def _disk_error(exc: OSError, folder: Path, own: list[str]) -> BackendError:
     where = exc.filename or folder
     if exc.errno == errno.EXDEV:
-        return BackendError(f"cannot move files within {folder} ({exc.strerror}); the earlier export is unchanged")
-    return BackendError(f"{where}: {exc.strerror or exc}; the earlier export in {folder} is unchanged")
+        return BackendError(f"cannot move files within {folder} ({exc.strerror}); {left_as_it_was(folder, own)}")
+    return BackendError(f"{where}: {exc.strerror or exc}; {left_as_it_was(folder, own)}")
 
 
 def swap_in(folder: Path, staging: Path, own: list[str]) -> None:
@@ -219,7 +226,7 @@ def swap_in(folder: Path, staging: Path, own: list[str]) -> None:
         except BaseException as exc:
             _roll_back(folder, staging, backup, moved_in, moved_aside)
             if isinstance(exc, OSError):
-                raise _disk_error(exc, folder) from exc
+                raise _disk_error(exc, folder, own) from exc
             raise
         shutil.rmtree(backup, ignore_errors=True)
     if received:  # the swap was done when the signal could act: the new export is in place, the export finishes

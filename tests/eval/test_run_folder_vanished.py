@@ -1,0 +1,72 @@
+"""An output folder that disappears while a run writes into it (a /tmp cleaner, a share unmounted): the run stops
+with an error naming the folder, exits non-zero, and never re-makes the folder to report a run that is not there."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from eval.scale_fixtures import CameraWalkEnv, ConstantPolicy, policy_server
+from gr00t_client import EmbodimentTag
+from gr00t_eval.cli import main
+from gr00t_eval.rollout.envs import register_env_prefix
+
+SMALL = ["--n-envs", "1", "--n-action-steps", "2", "--max-episode-steps", "6", "--vectorization", "sync",
+         "--timeout-ms", "5000", "--env-import", "eval.scale_fixtures", "--seed", "3", "--n-episodes", "6"]
+
+
+register_env_prefix("vanishcam", EmbodimentTag.NEW_EMBODIMENT,
+                    lambda task, **kwargs: CameraWalkEnv({"fast": 2.0, "slow": 1.0}[task]))
+
+
+class RemovesFolderOnCall(ConstantPolicy):
+    """Serves walkto's constant action; its `call`-th get_action runs `remove` first (the folder vanishing mid-run)."""
+
+    def __init__(self, call, remove):
+        super().__init__()
+        self.calls, self.call, self.remove = 0, call, remove
+
+    def _get_action(self, observation, options=None):
+        self.calls += 1
+        if self.calls == self.call:
+            self.remove()
+        return super()._get_action(observation, options)
+
+
+def rollout(port, out, env_name="vanishcam/slow", *extra):
+    return main(["--log-level", "WARNING", "rollout", "--env-name", env_name, "--policy-client-port", str(port),
+                 "--output-dir", str(out), *SMALL, *extra])
+
+
+@pytest.mark.parametrize("videos", [False, True], ids=["no-video", "videos"])
+def test_a_run_whose_folder_is_deleted_mid_run_stops_naming_it_and_does_not_make_it_again(tmp_path, capsys, videos):
+    out = tmp_path / "run"
+    env_name, extra = ("vanishcam/slow", ()) if videos else ("walkto/slow", ("--no-video",))
+    with policy_server(RemovesFolderOnCall(8, lambda: shutil.rmtree(out))) as server:  # episode 2 of 6 running
+        code = rollout(server.port, out, env_name, *extra)
+    assert code != 0
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"the output folder {out} disappeared (unmounted or deleted)" in line, line
+    assert not out.exists()  # no results.json, episodes.jsonl or videos/ in a folder the run did not claim
+
+
+@pytest.mark.skipif(sys.platform != "linux" or shutil.which("mount") is None or os.geteuid() != 0,
+                    reason="mounts a tmpfs (root on Linux)")
+def test_a_run_whose_share_is_unmounted_mid_run_writes_nothing_in_the_folder_beneath(tmp_path, capsys):
+    mount = tmp_path / "share"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4M", "tmpfs", str(mount)], check=True)
+    out = mount / "run"
+    try:
+        unmount = lambda: subprocess.run(["umount", "-l", str(mount)], check=True)  # noqa: E731
+        with policy_server(RemovesFolderOnCall(8, unmount)) as server:
+            code = rollout(server.port, out)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+    assert code != 0
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"the output folder {out} disappeared (unmounted or deleted)" in line, line
+    assert list(Path(mount).iterdir()) == []  # the folder under the mount point is left as it was: empty
