@@ -122,6 +122,16 @@ def test_bad_shard_specs_and_resuming_a_shard_folder_without_shard_are_one_line_
     assert "it holds the shards 0/2, 1/2: resume one with --shard I/N" in capsys.readouterr().err
 
 
+def test_resuming_a_shard_folder_with_a_shard_count_it_does_not_hold_names_the_shards_it_holds(server, tmp_path, capsys):
+    split = tmp_path / "split"
+    shards(server.port, split)
+    capsys.readouterr()
+    assert cli.main(["rollout", "--resume", str(split), "--shard", "1/3", "--policy-client-port", str(server.port)]) == 2
+    err = capsys.readouterr().err
+    assert "no run_shard1of3.json there" in err
+    assert "it holds the shards 0/2, 1/2: resume one with --shard I/N" in err
+
+
 def write_jobs(tmp_path, port, name="jobs.json", **overrides):
     jobs = {"defaults": {"policy_server": {"port": port}, "n_episodes": 2, "seed": 0, "max_episode_steps": 6,
                          "overrides": {"n_action_steps": 2, "vectorization": "sync", "n_envs": 1, **overrides}},

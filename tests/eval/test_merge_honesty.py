@@ -5,6 +5,7 @@ PolicyServer, the real CLI."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -146,6 +147,60 @@ def test_a_shard_written_before_the_chunking_settings_is_refused_beside_a_non_de
     capsys.readouterr()
     assert merge(out) == 2
     assert "setting client_chunking 'sync' ('off' in the first)" in capsys.readouterr().err
+
+
+def test_auto_n_envs_shards_of_two_machines_record_the_envs_they_ran_with_so_sync_chunking_merge_refuses_them(
+        server, tmp_path, monkeypatch, capsys):
+    """Each shard recorded n_envs 0, not the 4 and 1 envs it ran with, and merge pooled them without a word."""
+    out = tmp_path / "shards"
+    for index, cores in ((0, 8), (1, 2)):  # floor(cores * 0.7) capped by the 4 episodes per task: 4 and 1 envs
+        monkeypatch.setattr(os, "cpu_count", lambda cores=cores: cores)
+        assert shard(server.port, out, index, "--n-envs", "0", "--client-chunking", "sync") == 0
+    plans = [json.loads((out / f"results_shard{i}of2.json").read_text())["plan"] for i in (0, 1)]
+    assert [plan["settings"]["n_envs"] for plan in plans] == [4, 1]
+    capsys.readouterr()
+    assert merge(out) == 2
+    assert "setting n_envs 1 (4 in the first; with client_chunking 'sync'" in capsys.readouterr().err
+    assert not (out / "merged.json").exists()
+
+
+def test_a_resumed_auto_n_envs_shard_keeps_the_number_of_envs_its_run_file_recorded(server, tmp_path, monkeypatch):
+    out = tmp_path / "shards"
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert shard(server.port, out, 0, "--n-envs", "0", "--client-chunking", "sync") == 0
+    assert json.loads((out / "run_shard0of2.json").read_text())["config"]["n_envs"] == 4
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)  # resumed on a smaller machine
+    assert cli.main(["rollout", "--resume", str(out), "--shard", "0/2", "--policy-client-port", str(server.port)]) == 0
+    assert json.loads((out / "results_shard0of2.json").read_text())["plan"]["settings"]["n_envs"] == 4
+
+
+def record_auto_n_envs(results_file):
+    """Make a sync-chunking results file look written by a gr00t-eval that recorded --n-envs 0 as 0."""
+    data = json.loads(results_file.read_text())
+    data["plan"]["settings"]["n_envs"] = 0
+    results_file.write_text(json.dumps(data))
+
+
+def test_shards_of_an_earlier_version_that_recorded_auto_n_envs_merge_with_a_warning_that_says_why(
+        server, tmp_path, caplog):
+    out = tmp_path / "shards"
+    for index in (0, 1):
+        assert shard(server.port, out, index, "--client-chunking", "sync") == 0
+        record_auto_n_envs(out / f"results_shard{index}of2.json")
+    assert merge(out) == 0
+    assert "record n_envs 0 (--n-envs auto, by an earlier gr00t-eval), not the number of envs each ran with" in caplog.text
+
+
+def test_a_shard_of_an_earlier_version_that_recorded_auto_n_envs_is_refused_beside_one_that_records_its_envs(
+        server, tmp_path, capsys):
+    out = tmp_path / "shards"
+    for index in (0, 1):
+        assert shard(server.port, out, index, "--client-chunking", "sync") == 0
+    record_auto_n_envs(out / "results_shard0of2.json")
+    capsys.readouterr()
+    assert merge(out) == 2
+    assert ("setting n_envs 1 (0 in the first; with client_chunking 'sync' the number of envs changes what an episode "
+            "does; 0 is --n-envs auto recorded by an earlier gr00t-eval") in capsys.readouterr().err
 
 
 def test_the_missing_episodes_of_a_merge_are_shown_ten_at_most():

@@ -241,34 +241,96 @@ def test_a_missing_ray_is_named_before_the_output_directory_is_made(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_check_ray_address_leaves_auto_local_and_malformed_addresses_to_ray():
+def test_check_ray_address_leaves_auto_without_an_address_local_and_malformed_addresses_to_ray(monkeypatch, tmp_path):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))  # no ray/ray_current_cluster there
     for address in ("auto", "local", "no-port-here"):
         ray_connect.check_ray_address(address, timeout_s=0.1)
+
+
+def test_a_ray_client_address_where_nothing_listens_is_refused_in_seconds():
+    pytest.importorskip("grpc")  # without Ray Client the missing dependency is named first
     with pytest.raises(ConnectionError, match="no Ray cluster answers"):
         ray_connect.check_ray_address(f"ray://127.0.0.1:{free_port()}", timeout_s=1.0)
 
 
-def test_an_open_port_that_is_not_ray_is_refused_in_seconds_not_retried_for_minutes():
-    """A policy server's port, or one that accepts and says nothing (the dashboard's, a client port without
-    ray://): the TCP check passed, and ray.init then retried the 'GCS' there for minutes."""
-    import socket
+def _without_grpc(tmp_path):
+    """The environment of a process in which `import grpc` fails, as where Ray was installed without ray[client]."""
+    fake = tmp_path / "site" / "grpc"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('No module named grpc (this test hides it)')\n")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])}
 
+
+def test_a_ray_client_address_without_ray_client_installed_is_refused_before_the_output_directory_is_made(tmp_path):
+    """ray.init failed with "Ray Client requires pip package `ray[client]`" after run.json was written."""
+    address = f"ray://127.0.0.1:{free_port()}"
+    proc = subprocess.run([sys.executable, "-m", "gr00t_eval.cli", "rollout", "--env-name", "walkto/fast", "--n-episodes",
+                           "1", "--seed", "0", "--ray-address", address, "--output-dir", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=120, env=_without_grpc(tmp_path))
+    assert proc.returncode == 2, proc.stderr
+    assert f"--ray-address {address}: a ray:// address needs Ray Client" in proc.stderr
+    assert 'pip install "ray[client]"' in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_auto_with_ray_address_where_nothing_listens_fails_in_seconds_naming_it_before_the_output_directory(tmp_path):
+    """auto was not checked: ray.init retried RAY_ADDRESS for minutes with Ctrl-C held back."""
+    address = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    env = {**os.environ, "RAY_ADDRESS": address,
+           "PYTHONPATH": os.pathsep.join([TESTS_DIR, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "gr00t_eval.cli", "rollout", "--env-name", "walkto/fast", "--env-import",
+                           "eval.scale_fixtures", "--n-episodes", "1", "--seed", "0", "--ray-address", "auto",
+                           "--output-dir", str(tmp_path / "run")], capture_output=True, text=True, timeout=30, env=env)
+    assert proc.returncode == 2 and time.monotonic() - started < 30, proc.stderr
+    assert f"--ray-address auto ({address}, from RAY_ADDRESS): no Ray cluster answers there" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_auto_with_the_address_file_of_a_gone_ray_head_is_refused_with_ray_stop_as_the_remedy(monkeypatch, tmp_path):
+    address = f"127.0.0.1:{free_port()}"
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "ray_current_cluster").write_text(address + "\n")
+    with pytest.raises(ConnectionError, match="no Ray cluster answers there") as refused:
+        ray_connect.check_ray_address("auto", timeout_s=1.0)
+    assert f"auto ({address}, from {tmp_path / 'ray' / 'ray_current_cluster'})" in str(refused.value)
+    assert "left by a Ray head that is gone: run `ray stop`" in str(refused.value)
+
+
+def test_an_open_port_that_answers_but_not_as_ray_is_refused_in_seconds_not_retried_for_minutes():
+    """A policy server's port: the TCP check passed, and ray.init then retried the 'GCS' there for minutes."""
     import zmq
 
     context = zmq.Context()
     zmq_socket = context.socket(zmq.REP)
     zmq_port = zmq_socket.bind_to_random_port("tcp://127.0.0.1")
-    silent = socket.create_server(("127.0.0.1", 0))
     try:
-        for port in (zmq_port, silent.getsockname()[1]):
-            started = time.monotonic()
-            with pytest.raises(ConnectionError, match="something listens there, but not Ray"):
-                ray_connect.check_ray_address(f"127.0.0.1:{port}", timeout_s=1.0)
-            assert time.monotonic() - started < 10
+        started = time.monotonic()
+        with pytest.raises(ConnectionError, match="something listens there, but not Ray"):
+            ray_connect.check_ray_address(f"127.0.0.1:{zmq_port}", timeout_s=1.0)
+        assert time.monotonic() - started < 10
     finally:
-        silent.close()
         zmq_socket.close(linger=0)
         context.term()
+
+
+def test_a_port_that_accepts_and_never_answers_is_reported_as_a_silent_head_not_as_something_other_than_ray():
+    """A hung or stopped Ray head (its kernel still accepts) was called "not Ray", sending the user to another port."""
+    import socket
+
+    silent = socket.create_server(("127.0.0.1", 0))
+    try:
+        started = time.monotonic()
+        with pytest.raises(ConnectionError) as refused:
+            ray_connect.check_ray_address(f"127.0.0.1:{silent.getsockname()[1]}", timeout_s=1.0)
+        assert time.monotonic() - started < 10
+    finally:
+        silent.close()
+    assert "accepted the connection but did not answer within 1 s (a hung or overloaded Ray head?)" in str(refused.value)
+    assert "not Ray" not in str(refused.value)
 
 
 # --- progress lines and labels -----------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Sharding: deterministic slices with fixed seeds; merged shards report exactly what one run reports."""
 
 import json
+import os
 
 import pytest
 
@@ -103,6 +104,12 @@ def test_merge_refuses_client_chunking_shards_run_with_different_n_envs(client, 
         merge_results([shard0, shard1])
     same = run_suite(client, ENV_SPEC, config(client_chunking=mode, n_envs=2), ShardSpec(1, 2))
     assert merge_results([shard0, same])["missing_episodes"] == []
+
+
+def test_a_python_shard_with_auto_n_envs_records_the_number_of_envs_this_machine_ran_it_with(client, monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)  # floor(4 * 0.7) = 2 envs, below the 5 episodes per task
+    results = run_suite(client, ENV_SPEC, config(client_chunking="sync", n_envs=0), ShardSpec(0, 2))
+    assert results["plan"]["settings"]["n_envs"] == 2 and results["config"]["n_envs"] == 2
 
 
 def test_merge_pools_shards_run_with_different_n_envs_without_client_chunking(client):

@@ -1,16 +1,17 @@
 """Reaching Ray for `rollout --ray-address`: the optional import, a check that a Ray cluster answers at HOST:PORT
-before ray.init retries there for minutes, and ray.init / ray.shutdown with Ctrl-C and SIGTERM kept from leaving Ray
-half made."""
+(or where `auto` leads) before ray.init retries there for minutes, and ray.init / ray.shutdown with Ctrl-C and
+SIGTERM kept from leaving Ray half made."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import signal
 import socket
 import threading
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional, Tuple
 
 from gr00t_client.cli_signals import interrupting_signals
 
@@ -47,28 +48,83 @@ _HTTP2_SETTINGS = 0x04
 
 
 def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
-    """For a HOST:PORT (or ray://HOST:PORT) address, raise RayConnectError unless a gRPC server (Ray speaks gRPC)
-    answers there: ray.init retries anything else, a closed port or an open one that is not Ray's, for minutes."""
-    host, sep, port = address[len("ray://"):].rpartition(":") if address.startswith("ray://") else address.rpartition(":")
-    if address in ("auto", "local") or not sep or not host or not port.isdigit():
-        return  # auto and local fail fast on their own; Ray reports a malformed address
+    """For a HOST:PORT (or ray://HOST:PORT) address, or the one `auto` resolves to, raise RayConnectError unless a
+    gRPC server (Ray speaks gRPC) answers there: ray.init retries anything else, a closed port, an open one that is
+    not Ray's or a hung head, for minutes. A ray:// address without Ray Client installed raises MissingExtraError."""
+    target, label, remedy = address, address, _DIRECT_ADDRESS_REMEDY
+    if address == "auto":
+        resolved = auto_address()
+        if resolved is None:
+            return  # auto without an address to join fails fast on its own
+        target, origin, remedy = resolved
+        label = f"auto ({target}, {origin})"
+    if target.startswith("ray://"):
+        require_ray_client(label)
+    host, sep, port = target[len("ray://"):].rpartition(":") if target.startswith("ray://") else target.rpartition(":")
+    if target == "local" or not sep or not host or not port.isdigit():
+        return  # local fails fast on its own; Ray reports a malformed address
+    tls = os.environ.get("RAY_USE_TLS") in ("1", "true")  # the preface would be garbage to it: TCP is all to check
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as connection:
-            # Under TLS the preface would be garbage to the server: the TCP check is all there is.
-            greeting = None if os.environ.get("RAY_USE_TLS") in ("1", "true") else _greeting(connection, timeout_s)
+            greeting = b"" if tls else _greeting(connection, timeout_s)
     except OSError as exc:
-        raise RayConnectError(f"--ray-address {address}: no Ray cluster answers there ({exc or 'timed out'}); check the "
-                              "host and port (the head node's GCS port, 6379 unless `ray start --head --port` said "
-                              "otherwise), start the cluster, or use --ray-address local") from None
-    if greeting is not None and (len(greeting) < 4 or greeting[3] != _HTTP2_SETTINGS):
-        raise RayConnectError(f"--ray-address {address}: something listens there, but not Ray (it did not answer as a "
+        raise RayConnectError(f"--ray-address {label}: no Ray cluster answers there ({exc or 'timed out'}); "
+                              f"{remedy}") from None
+    if tls:
+        return
+    if greeting is None:
+        raise RayConnectError(f"--ray-address {label}: something accepted the connection but did not answer within "
+                              f"{timeout_s:g} s (a hung or overloaded Ray head?); check that the head node's Ray "
+                              "processes run (`ray status` on it), or restart it") from None
+    if len(greeting) < 4 or greeting[3] != _HTTP2_SETTINGS:
+        raise RayConnectError(f"--ray-address {label}: something listens there, but not Ray (it did not answer as a "
                               "gRPC server: the dashboard's port, 8265, or a client port without ray://?); give the head "
                               "node's GCS port (6379 unless `ray start --head --port` said otherwise) or "
                               "ray://HOST:10001") from None
 
 
-def _greeting(connection: socket.socket, timeout_s: float) -> bytes:
-    """The first (up to 9) bytes the server at `connection` answers an HTTP/2 preface with, within `timeout_s`."""
+_DIRECT_ADDRESS_REMEDY = ("check the host and port (the head node's GCS port, 6379 unless `ray start --head --port` "
+                          "said otherwise), start the cluster, or use --ray-address local")
+
+
+def auto_address() -> Optional[Tuple[str, str, str]]:
+    """The address `ray.init(address="auto")` joins, where it comes from and what to do when nothing answers there:
+    RAY_ADDRESS, else the address file of the last `ray start --head` on this machine; None when there is neither."""
+    from_environment = os.environ.get("RAY_ADDRESS")
+    if from_environment:
+        return from_environment, "from RAY_ADDRESS", ("set RAY_ADDRESS to the head node's address, unset it, or use "
+                                                      "--ray-address local or HOST:PORT")
+    path, from_file = _current_cluster_file()
+    if not from_file:
+        return None
+    return from_file, f"from {path}", (f"it was left by a Ray head that is gone: run `ray stop` (it removes {path}) "
+                                       "or start the cluster again, or use --ray-address local or HOST:PORT")
+
+
+def _current_cluster_file() -> Tuple[str, Optional[str]]:
+    """Ray's file of the current cluster's address (under $RAY_TMPDIR, $TMPDIR or /tmp) and its address, if any."""
+    from ray._private.utils import get_ray_address_file
+
+    path = get_ray_address_file(None)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return path, handle.read().strip() or None
+    except OSError:
+        return path, None
+
+
+def require_ray_client(label: str) -> None:
+    """MissingExtraError unless Ray Client (ray[client], for ray:// addresses) is installed: ray.init needs its grpc."""
+    try:
+        importlib.import_module("grpc")
+    except ImportError as exc:
+        raise MissingExtraError(f"--ray-address {label}: a ray:// address needs Ray Client ({exc}); install it with: "
+                                'pip install "ray[client]", or give the head node\'s GCS address HOST:PORT') from exc
+
+
+def _greeting(connection: socket.socket, timeout_s: float) -> Optional[bytes]:
+    """The first (up to 9) bytes the server at `connection` answers an HTTP/2 preface with, within `timeout_s`; None
+    when it sent nothing in that time and kept the connection open."""
     connection.settimeout(timeout_s)
     connection.sendall(_HTTP2_HELLO)
     received = b""
@@ -79,7 +135,7 @@ def _greeting(connection: socket.socket, timeout_s: float) -> bytes:
                 break
             received += chunk
     except socket.timeout:
-        pass
+        return received or None
     return received
 
 

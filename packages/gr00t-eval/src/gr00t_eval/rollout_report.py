@@ -117,7 +117,8 @@ def _print_report(args: argparse.Namespace, results: Dict[str, Any], output_dir:
     not_run = results.get("n_not_run", 0)
     if status != "complete":
         reason = str(results.get("stop_reason"))
-        count = "" if f"{not_run} episodes did not run" in reason else f"; {not_run} episodes did not run"  # Ray's names them
+        # Ray's reason names them; a stop after the last episode left none
+        count = "" if not not_run or f"{not_run} episodes did not run" in reason else f"; {not_run} episodes did not run"
         advice = ("(its episodes are two policies', so it cannot be resumed: serve one checkpoint or dataset on every "
                   "server and start a new run)" if results.get("policy_conflict") else
                   f"(continue with: {resume_command(output_dir, shard)}"

@@ -140,7 +140,7 @@ def read_run_file(directory: Union[str, Path], shard: Any = None) -> Dict[str, A
     path = Path(directory) / run_file_name(shard)
     if not path.is_file():
         shards = [f"{index}/{count}" for index, count in started_shards(directory)]
-        hint = f"; it holds the shards {', '.join(shards)}: resume one with --shard I/N" if shards and shard is None else ""
+        hint = f"; it holds the shards {', '.join(shards)}: resume one with --shard I/N" if shards else ""
         raise OutputDirError(f"--resume {directory}: no {path.name} there (is it the --output-dir of a gr00t-eval rollout"
                              f"{'' if shard is None else ' with this --shard'}?){hint}")
     return _read_rollout_run_json(path, directory)

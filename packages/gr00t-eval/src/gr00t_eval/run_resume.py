@@ -99,16 +99,14 @@ def earlier_results(output_dir: Path, shard: Any) -> Optional[Dict[str, Any]]:
 
 
 def earlier_eval_s(logged: Iterable[Mapping[str, Any]], earlier: Optional[Mapping[str, Any]]) -> Dict[str, float]:
-    """The seconds earlier attempts of a run spent on each task: from the attempts' stamps in its episode log
-    (attempt_seconds), which an attempt stopped before it wrote its results file leaves too; from the results file
-    `earlier` for a log an older version wrote without them; {} without either."""
-    logged = list(logged)
-    if logged and all(isinstance(entry.get(ATTEMPT_S_KEY), (int, float)) for entry in logged):
-        return attempt_seconds(logged)
-    if earlier is None:
-        return {}
-    per_task = earlier.get("per_task") or {}
-    return {str(task): float((entry or {}).get("eval_s") or 0.0) for task, entry in per_task.items()}
+    """The seconds earlier attempts of a run spent on each task, the larger of two counts: the attempts' stamps in its
+    episode log (attempt_seconds: an attempt stopped before it wrote its results file leaves them too, though not its
+    time after its last episode), and the results file `earlier` (every attempt that wrote it, to its end; the only
+    count for a log an older version wrote without stamps); {} without either."""
+    stamped = attempt_seconds(entry for entry in logged if isinstance(entry.get(ATTEMPT_S_KEY), (int, float)))
+    per_task = (earlier or {}).get("per_task") or {}
+    written = {str(task): float((entry or {}).get("eval_s") or 0.0) for task, entry in per_task.items()}
+    return {task: max(stamped.get(task, 0.0), written.get(task, 0.0)) for task in {*stamped, *written}}
 
 
 def attempt_seconds(logged: Iterable[Mapping[str, Any]]) -> Dict[str, float]:

@@ -45,7 +45,8 @@ def add_scale_arguments(rollout_parser: argparse.ArgumentParser) -> None:
     group.add_argument(*_flag("shard"), default=None, metavar="I/N",
                        help="run only shard I (0-based) of N: a fixed slice of the episodes with their seeds; needs --seed")
     group.add_argument(*_flag("ray-address"), default=None, metavar="auto|HOST:PORT|local",
-                       help="run the shards as Ray tasks on this cluster (local: start one here) and merge them")
+                       help="run the shards as Ray tasks on this cluster (local: start one here) and merge them; "
+                            'a ray://HOST:PORT address also needs pip install "ray[client]"')
     group.add_argument(*_flag("ray-shards"), type=int, default=0, help="shards for --ray-address (default 0: one per cluster CPU)")
     group.add_argument(*_flag("ray-cpus-per-shard"), type=float, default=1.0, help="CPUs Ray reserves per shard (default 1)")
 
@@ -95,7 +96,7 @@ def run_rollout_command(args: argparse.Namespace) -> int:
     from .run_file import read_run_file, write_run_file
     from .run_resume import add_earlier_task_eval_s, earlier_eval_s, earlier_results, refuse_changed_settings
     from .run_stop import is_storage_error
-    from .shard import ShardSpec
+    from .shard import ShardSpec, resolve_shard_n_envs
 
     try:  # a bad host list fails before the output directory is made
         parse_servers(args.host, args.port, port_given="port" in getattr(args, "given_flags", ()))
@@ -159,7 +160,7 @@ def run_rollout_command(args: argparse.Namespace) -> int:
         made: Dict[str, Any] = {}
 
         def claim(path: Path) -> None:
-            made["config"] = rollout_config_from_args(args, seed, path)
+            made["config"] = resolve_shard_n_envs(rollout_config_from_args(args, seed, path), shard)
             write_run_file(path, {"env_name": env_spec, "config": dataclasses.asdict(made["config"]),
                                   "shard": None if shard is None else str(shard),
                                   "default_video_dir": not args.no_video and not args.video_dir,

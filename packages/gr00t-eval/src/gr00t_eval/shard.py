@@ -23,7 +23,8 @@ from .metrics import EpisodeOutcome
 from .policy_identity import check_serves_env_embodiments, describe, policy_record, same_policy
 from .rollout.config import RolloutConfig, check_policy, check_rollout_config, draw_base_seed, simulator_extras
 from .rollout.replay_plan import check_replay_horizon
-from .suites import INCOMPLETE, Task, TaskRun, outcome_from_json, resolve_tasks, run_tasks, suite_results
+from .suites import (INCOMPLETE, Task, TaskRun, outcome_from_json, resolve_auto_n_envs, resolve_tasks, run_tasks,
+                     suite_results)
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,17 @@ def outcome_settings(config: RolloutConfig) -> Dict[str, Any]:
     return settings
 
 
+def resolve_shard_n_envs(config: RolloutConfig, shard: Optional[ShardSpec]) -> RolloutConfig:
+    """A shard's n_envs of 0 (auto) resolved once, from the plan's episodes per task and this machine's cores, so that
+    its plan records the number it runs with: under sync or async client chunking merge holds shards to it."""
+    if shard is None or config.n_envs != 0:
+        return config
+    resolved = resolve_auto_n_envs(config, config.n_episodes)
+    logger.info("--n-envs 0: shard %s runs %d envs per task (recorded in its plan and kept by --resume)", shard,
+                resolved.n_envs)
+    return resolved
+
+
 def shard_plan(tasks: Sequence[Task], config: RolloutConfig, shard: Optional[ShardSpec]) -> Dict[str, Any]:
     """What a results file records so that merge can check its shards belong together."""
     return {
@@ -133,9 +145,23 @@ def plan_difference(first: Mapping[str, Any], other: Mapping[str, Any]) -> str:
             shown_a = "not recorded" if value_a is _MISSING else repr(value_a)
             shown_b = "not recorded" if value_b is _MISSING else repr(value_b)
             why = (f"; with client_chunking {settings_a.get('client_chunking')!r} the number of envs changes what "
-                   "an episode does" if name == "n_envs" else "")
+                   f"an episode does{_AUTO_N_ENVS_UNKNOWN if 0 in (value_a, value_b) else ''}" if name == "n_envs" else "")
             return f"setting {name} {shown_b} ({shown_a} in the first{why})"
     return "the plan"
+
+
+# n_envs 0 in a plan: a shard of an earlier gr00t-eval, which resolved --n-envs 0 per task and recorded 0.
+_AUTO_N_ENVS_UNKNOWN = "; 0 is --n-envs auto recorded by an earlier gr00t-eval, not the number that shard ran with"
+
+
+def _warn_of_unknown_n_envs(settings: Mapping[str, Any], label: Sequence[str]) -> None:
+    """Shards of one plan that record n_envs 0 under sync or async client chunking ran with numbers of envs that
+    nothing recorded: they merge (each may have run with another number), with a warning that says so."""
+    if len(label) > 1 and settings.get("n_envs") == 0:
+        logger.warning("%s record n_envs 0 (--n-envs auto, by an earlier gr00t-eval), not the number of envs each "
+                       "ran with; with client_chunking %r that number changes what an episode does, so nothing checks "
+                       "that these shards ran alike (rerun them with one --n-envs to be sure)", ", ".join(label),
+                       settings.get("client_chunking"))
 
 
 def format_missing(missing: Sequence[str], shown: int = 10) -> str:
@@ -171,6 +197,7 @@ def merge_results(shards: Sequence[Mapping[str, Any]], allow_missing: bool = Fal
         if other != key:
             raise MergeError(f"{label[position]} ran a different plan than {label[0]}: "
                              f"{plan_difference(shards[0], results)}; only shards of one plan merge")
+    _warn_of_unknown_n_envs(recorded_settings(shards[0]["plan"]), label)
     policies = [(label[i], results.get("policy")) for i, results in enumerate(shards) if results.get("policy")]
     unrecorded = [label[i] for i, results in enumerate(shards) if not results.get("policy")]
     if policies and unrecorded:
@@ -293,6 +320,7 @@ def run_suite(policy: BasePolicy, env_spec: str, config: RolloutConfig, shard: O
     """
     check_policy(policy)
     check_rollout_config(config, auto_n_envs=True)
+    config = resolve_shard_n_envs(config, shard)
     if config.first_episode != 0:  # the plan, shards, merge and resume all count each task's episodes from 0
         raise ValueError(f"run_suite runs each task's episodes 0 .. n_episodes - 1 and takes a slice only with shard=; "
                          f"RolloutConfig.first_episode must be 0, got {config.first_episode} (run_rollout runs one env "
