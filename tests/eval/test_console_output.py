@@ -3,12 +3,18 @@ progress bar's, and no bar (it wrote a line per episode there)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from eval.scale_fixtures import ConstantPolicy, policy_server
+from eval.scale_fixtures import ConstantPolicy, WalkToEnv, policy_server
+
+from gr00t_client import EmbodimentTag
+from gr00t_eval.cli import main
+from gr00t_eval.rollout import register_env_prefix
+from gr00t_eval.run_summary import print_errored_episodes
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
 
@@ -67,3 +73,32 @@ def test_an_errored_episodes_reason_cannot_forge_a_log_line(tmp_path):
     assert "forged line" in log and "\x1b" not in log
     assert not [line for line in log.splitlines() if line.startswith("2026-01-01")]
     assert "ValueError: model failed\\n2026-01-01 00:00:00 INFO:gr00t_eval:forged line \\x1b[31m" in log
+
+
+class StepFailsWithAForgedLine(WalkToEnv):
+    def step(self, action):
+        raise RuntimeError("simulator died\n" + FORGED + "x" * 20_000)
+
+
+def test_an_env_s_error_is_escaped_and_cut_to_4000_characters_in_results_log_and_console(tmp_path, capsys):
+    register_env_prefix("forgingenv", EmbodimentTag.NEW_EMBODIMENT, lambda task, **kwargs: StepFailsWithAForgedLine())
+    out = tmp_path / "out"
+    with policy_server() as server:
+        main(["rollout", "--env-name", "forgingenv/any", "--policy-client-port", str(server.port), "--output-dir",
+              str(out), "--timeout-ms", "5000", "--n-episodes", "1", "--seed", "0", "--n-envs", "1", "--n-action-steps",
+              "2", "--max-episode-steps", "6", "--no-video", "--vectorization", "sync", "--allow-errors"])
+    saved = [json.loads((out / "results.json").read_text())["per_episode"][0]["error"],
+             json.loads((out / "episodes.jsonl").read_text().splitlines()[0])["error"]]
+    for error in saved:
+        assert error.startswith("step 0 failed: RuntimeError: simulator died\\n2026-01-01") and len(error) <= 4000
+        assert error.isprintable()
+    printed = capsys.readouterr().out
+    assert "forged line" in printed and not [line for line in printed.splitlines() if line.startswith("2026-01-01")]
+
+
+def test_the_console_summary_escapes_an_older_results_file_s_raw_reason(capsys):
+    older = {"per_episode": [{"episode_index": 0, "task": "walkto/slow", "error": "boom\n" + FORGED + "x" * 20_000}]}
+    print_errored_episodes(older)
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 1 and printed[0].startswith("episode 0 of walkto/slow errored: boom\\n2026-01-01")
+    assert len(printed[0]) <= len("episode 0 of walkto/slow errored: ") + 4000 and "\x1b" not in printed[0]

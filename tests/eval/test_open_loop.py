@@ -238,7 +238,7 @@ def test_action_horizon_is_an_alias_of_execution_horizon():
     for flag in ("--action-horizon", "--action_horizon"):
         assert build_parser().parse_args(["open-loop", "--dataset-path", "/d", flag, "8"]).execution_horizon == 8
     args = build_parser().parse_args(["open-loop", "--dataset-path", "/d"])
-    assert (args.execution_horizon, args.traj_ids, args.steps, args.output_dir) == (16, [0], 200, None)  # None: dated
+    assert (args.execution_horizon, args.traj_ids, args.steps, args.output_dir) == (None, [0], 200, None)  # the policy's horizon, a dated dir
 
 
 

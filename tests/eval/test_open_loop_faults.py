@@ -847,3 +847,26 @@ def test_a_chunk_of_strings_or_missing_a_key_errors_its_trajectory_naming_the_ke
     assert data["status"] == "complete" and data["trajectories"] == {}
     assert [e["traj_id"] for e in data["errored_trajectories"]] == [0, 1]
     assert error in data["errored_trajectories"][0]["error"]
+
+
+@pytest.fixture(scope="module")
+def eight_step_server(dataset):
+    """A replay of 8-step chunks (as `serve --action-horizon 8`, or a simpler_env checkpoint, acts)."""
+    from gr00t_eval.dataset import LeRobotDataset
+    from gr00t_server.modality_configs import derive_from_dataset
+
+    with running_server(ReplayPolicy(dataset, derive_from_dataset(LeRobotDataset(dataset), action_horizon=8))) as running:
+        yield running
+
+
+def test_without_an_execution_horizon_open_loop_uses_the_policys_shorter_chunk(dataset, eight_step_server, tmp_path):
+    """The default 16 against an 8-step policy stopped every run with 'execution_horizon must be in [1, 8] ...'."""
+    assert cli.main(["open-loop", "--dataset-path", str(dataset), "--port", str(eight_step_server.port), "--no-plots",
+                     "--traj-ids", "1", "--output-dir", str(tmp_path / "out")]) == 0
+    assert results(tmp_path / "out")["config"]["execution_horizon"] == 8
+
+
+def test_an_execution_horizon_past_the_policys_chunk_is_refused_naming_the_flag(dataset, eight_step_server, tmp_path,
+                                                                                  capsys):
+    assert open_loop(dataset, eight_step_server.port, tmp_path / "out", "--execution-horizon", "16") != 0
+    assert "pass --execution-horizon 8 or less, or leave it out" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from eval.scale_fixtures import policy_server
+from eval.scale_fixtures import ConstantPolicy, policy_server
 
 from gr00t_eval.batch import changed_settings, parse_job, planned_config, prepare_job_dir
 from gr00t_eval.cli import main
@@ -263,3 +263,49 @@ def test_a_resume_upgrades_a_checkpoint_record_without_tokenizer_hash_so_a_later
     assert recorded["fingerprint"] == now["fingerprint"]
     with pytest.raises(UsageError, match=r"serve the same checkpoint \(or dataset\)"):
         scale_cli._adopt_run_policy(tmp_path, None, recorded, other_template, "the server at 127.0.0.1:5555", 3)
+
+
+class TaggedCheckpoint(ConstantPolicy):
+    """The walkto policy naming its own embodiment, as Gr00tPolicy does."""
+
+    embodiment_tag_value = "new_embodiment"
+
+    def identity(self):
+        return {"kind": "test", "checkpoint": "ckpt-A"}
+
+
+@pytest.mark.parametrize("older_tag", [None, "NEW_EMBODIMENT"])
+def test_a_run_recorded_before_the_server_reported_its_policy_s_own_tag_resumes_and_adopts_it(tmp_path, older_tag):
+    from gr00t_client import PolicyClient
+
+    from gr00t_eval.policy_identity import record_from_info
+
+    out = tmp_path / "run"
+    args = ["rollout", "--env-name", "walkto/slow", "--env-import", "eval.scale_fixtures", "--output-dir", str(out),
+            "--timeout-ms", "5000", "--n-episodes", "3", "--seed", "0", "--n-envs", "1", "--n-action-steps", "2",
+            "--max-episode-steps", "6", "--no-video", "--vectorization", "sync"]
+    with policy_server(TaggedCheckpoint()) as server:
+        assert main([*args, "--policy-client-port", str(server.port)]) == 0
+        with PolicyClient(host="127.0.0.1", port=server.port, timeout_ms=5000) as client:
+            info = client.get_server_info()
+        # What PolicyServer(policy) recorded before it reported the policy's tag: none, or the one it was given as typed
+        run = json.loads((out / "run.json").read_text())
+        run["policy"] = record_from_info({**info, "embodiment_tag": older_tag})
+        (out / "run.json").write_text(json.dumps(run))
+        lines = (out / "episodes.jsonl").read_text().splitlines()
+        (out / "episodes.jsonl").write_text("\n".join(lines[:2]) + "\n")
+        (out / "results.json").unlink()
+        assert main(["rollout", "--resume", str(out), "--policy-client-port", str(server.port)]) == 0
+    assert json.loads((out / "run.json").read_text())["policy"]["embodiment_tag"] == "new_embodiment"
+    assert len(json.loads((out / "results.json").read_text())["per_episode"]) == 3
+
+
+def test_a_record_of_another_tag_is_not_matched_by_the_policy_s_own_tag():
+    from gr00t_eval.policy_identity import record_from_info
+
+    info = {"policy_class": "Gr00tPolicy", "embodiment_tag": "libero_sim", "modality_configs": {"action": [0, 1]},
+            "policy_identity": {"kind": "gr00t", "config_sha256": "c", "weights_fingerprint": "w"}}
+    now = record_from_info(info)
+    assert same_policy(record_from_info({**info, "embodiment_tag": "LIBERO_PANDA"}), now)
+    assert not same_policy(record_from_info({**info, "embodiment_tag": "simpler_env_google"}), now)
+    assert not same_policy(record_from_info({**info, "embodiment_tag": None, "modality_configs": {}}), now)

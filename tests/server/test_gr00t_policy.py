@@ -606,3 +606,38 @@ def test_a_server_tag_other_than_its_policys_is_refused_naming_both_and_a_spelli
         PolicyServer(libero, port=0, embodiment_tag="new_embodiment")
     with PolicyServer(libero, port=0, embodiment_tag="LIBERO_PANDA") as server:
         assert server.embodiment_tag == "libero_sim"
+
+
+def _hub_cache_holding(checkpoint, cache, repo="acme/tiny-gr00t"):
+    """A local hub cache with `checkpoint` as `repo` (what an hf download leaves)."""
+    import shutil
+
+    owner, name = repo.split("/")
+    repo_dir = cache / f"models--{owner}--{name}"
+    shutil.copytree(checkpoint, repo_dir / "snapshots" / ("0" * 40))
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text("0" * 40)
+
+
+def test_a_hub_id_and_tag_by_keyword_load_as_given_though_a_folder_here_is_named_like_the_tag(tiny_checkpoint, tmp_path,
+                                                                                             monkeypatch):
+    """A data folder named after the robot made Gr00tPolicy load it as the checkpoint and the hub id as the tag."""
+    import huggingface_hub.constants
+
+    _hub_cache_holding(tiny_checkpoint, tmp_path / "hub")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    (tmp_path / "here" / "new_embodiment" / "videos").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "here")
+    policy = Gr00tPolicy(model_path="acme/tiny-gr00t", embodiment_tag="new_embodiment", device="cpu",
+                         local_files_only=True)
+    assert policy.embodiment_tag_value == "new_embodiment"
+    assert policy.checkpoint_dir.is_relative_to(tmp_path / "hub")
+
+
+def test_text_before_a_checkpoint_folder_is_taken_as_the_tag_only_when_it_names_one(tiny_checkpoint, tmp_path):
+    from gr00t_server.policies.gr00t_arguments import tag_given_first
+
+    assert tag_given_first("LIBERO_PANDA", str(tiny_checkpoint)) and tag_given_first("new_embodiment", tiny_checkpoint)
+    assert not tag_given_first("acme/tiny-gr00t", str(tiny_checkpoint))  # no tag: not swapped, loading says why
+    (tmp_path / "new_embodiment").mkdir()  # a folder without config.json is no checkpoint
+    assert not tag_given_first("acme/tiny-gr00t", str(tmp_path / "new_embodiment"))

@@ -120,8 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_connection(p, "host", "port", "127.0.0.1")
     p.add_argument(*_flag("traj-ids"), type=int, nargs="+", default=[0], help="episode positions to evaluate (default 0)")
     p.add_argument(*_flag("steps"), type=int, default=200, help="max steps per trajectory (default 200)")
-    p.add_argument(*_flag("execution-horizon"), dest="execution_horizon", type=int, default=16, action=_HorizonFlag,
-                   help="steps of each chunk used before querying again (default 16; --action-horizon is an alias)")
+    p.add_argument(*_flag("execution-horizon"), dest="execution_horizon", type=int, default=None, action=_HorizonFlag,
+                   help="steps of each chunk used before querying again (default: the policy's action horizon, at "
+                        "most 16; --action-horizon is an alias)")
     p.add_argument(*_flag("action-horizon"), dest="execution_horizon", type=int, default=argparse.SUPPRESS,
                    action=_HorizonFlag, help=argparse.SUPPRESS)
     p.add_argument(*_flag("modality-keys"), nargs="+", default=None, help="action keys to compare and plot (default: all)")

@@ -60,6 +60,9 @@ def action_errors(ground_truth: np.ndarray, prediction: np.ndarray, key_dims: Ma
     )
 
 
+ERROR_REASON_CHARS = 4000  # an errored episode's reason as logged, saved (episodes.jsonl, results.json) and printed
+
+
 @dataclass
 class EpisodeOutcome:
     """One rollout episode, in the shape of lerobot-eval's `per_episode` entries.

@@ -27,7 +27,7 @@ from .dataset import DatasetError, LeRobotDataset
 from .metrics import ActionErrors, action_errors
 from .applied_settings import settings_not_applied, warn_not_applied
 from .open_loop_checks import (TrajectoryError, _chunk, check_action_steps, check_policy_episode, check_policy_position,
-                               dataset_action_keys, evaluated_embodiment, reset_policy)
+                               dataset_action_keys, evaluated_embodiment, execution_horizon_for, reset_policy)
 from .open_loop_observation import (FLAT_FORMAT_HINT, _EpisodeSteps, _FrameWindows, _KeyMap, build_observation,
                                     format_hint, history_steps, resolve_observation_format)
 from .policy_identity import pinned_policy, record_from_info, server_info, serves_replay
@@ -52,7 +52,8 @@ class OpenLoopConfig:
     dataset_path: str
     traj_ids: Sequence[int] = (0,)
     steps: int = 200
-    execution_horizon: int = 16
+    # None: the policy's action horizon, up to 16 (the reference's default; open_loop_checks.execution_horizon_for)
+    execution_horizon: Optional[int] = None
     modality_keys: Optional[Sequence[str]] = None
     # None: a new dated folder under DEFAULT_OUTPUT_DIR (the CLI's default); a folder holding an earlier run's
     # results.json is refused: that run's plots would sit beside this run's results.
@@ -73,9 +74,11 @@ class OpenLoopConfig:
     def __post_init__(self) -> None:
         if not is_whole_number(self.steps) or self.steps < 1:
             raise ValueError(f"steps must be an int >= 1 (steps evaluated per trajectory), got {self.steps!r}")
-        if not is_whole_number(self.execution_horizon) or self.execution_horizon < 1:
-            raise ValueError(f"execution_horizon must be an int >= 1, got {self.execution_horizon!r}")
-        self.steps, self.execution_horizon = int(self.steps), int(self.execution_horizon)  # numpy ints, as JSON can write
+        if self.execution_horizon is not None and (not is_whole_number(self.execution_horizon) or self.execution_horizon < 1):
+            raise ValueError(f"execution_horizon must be an int >= 1 or None, got {self.execution_horizon!r}")
+        self.steps = int(self.steps)  # numpy ints, as JSON can write
+        if self.execution_horizon is not None:
+            self.execution_horizon = int(self.execution_horizon)
         # A list of plain ints: a range was scored and then not JSON-writable, a map (an iterator) read here came
         # empty to the run, and True ran trajectory 1.
         try:
@@ -182,6 +185,7 @@ def evaluate_trajectory(
     episode = dataset.episode(traj_id)
     action_keys = (dataset_action_keys(config.modality_keys, dataset.action_keys) if config.modality_keys
                    else list(configs["action"].modality_keys))
+    config = dataclasses.replace(config, execution_horizon=execution_horizon_for(configs["action"], config.execution_horizon))
     check_action_steps(configs["action"], config.execution_horizon)
     key_maps = {
         kind: _KeyMap(kind, configs[kind].modality_keys if kind in configs else [], available, warned_key_matches)
@@ -295,6 +299,7 @@ def evaluate_open_loop(
     configs = policy.get_modality_config()
     if "action" not in configs:
         raise ValueError(f"the policy's modality config has no 'action' modality; got {sorted(configs)}")
+    config = dataclasses.replace(config, execution_horizon=execution_horizon_for(configs["action"], config.execution_horizon))
     check_action_steps(configs["action"], config.execution_horizon)
     report(f"Current modality config: \n{ {k: v.to_json_dict() for k, v in configs.items()} }")
     dataset = LeRobotDataset(config.dataset_path)

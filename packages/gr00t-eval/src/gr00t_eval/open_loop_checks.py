@@ -150,13 +150,23 @@ def dataset_action_keys(requested: Sequence[str], dataset_keys: Sequence[str]) -
     return keys
 
 
+DEFAULT_EXECUTION_HORIZON = 16  # the reference's default: at most this many steps of each chunk when none is given
+
+
+def execution_horizon_for(action: ModalityConfig, execution_horizon: Optional[int]) -> int:
+    """`execution_horizon` as given; for None, the policy's action horizon up to DEFAULT_EXECUTION_HORIZON."""
+    return min(action.horizon, DEFAULT_EXECUTION_HORIZON) if execution_horizon is None else execution_horizon
+
+
 def check_action_steps(action: ModalityConfig, execution_horizon: int) -> None:
     """ValueError unless 1 <= execution_horizon <= the policy's action horizon and its action delta_indices are
     0..H-1 (as the reference checks): the scores compare chunk element j with the step j after the query, so a
     chunk of other steps ([0, 2, 4, 6], or one starting at 1) would be scored against the wrong ground truth."""
     horizon = action.horizon
     if not 1 <= execution_horizon <= horizon:
-        raise ValueError(f"execution_horizon must be in [1, {horizon}] (the policy's action horizon), got {execution_horizon}")
+        raise ValueError(f"execution_horizon must be in [1, {horizon}] (the policy's action horizon), got "
+                         f"{execution_horizon}: pass --execution-horizon {horizon} or less, or leave it out to use "
+                         f"the policy's, up to {DEFAULT_EXECUTION_HORIZON}")
     check_consecutive_action_deltas(
         action.delta_indices, "open-loop scores would compare each action with another step's ground truth")
 

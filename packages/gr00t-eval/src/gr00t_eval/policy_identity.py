@@ -16,6 +16,7 @@ import json
 import logging
 from typing import Any, Dict, Iterable, Iterator, Mapping, Optional
 
+from gr00t_client.embodiment import EmbodimentTag, resolve_tag
 from gr00t_client.peer_text import shown_text
 
 logger = logging.getLogger(__name__)
@@ -110,8 +111,6 @@ def check_serves_env_embodiments(record: Optional[Mapping[str, Any]], env_names:
     served = (record or {}).get("embodiment_tag")
     if not isinstance(served, str) or serves_replay(record):
         return
-    from gr00t_client import EmbodimentTag
-
     from .rollout.config import split_env_name
     from .rollout.envs import embodiment_for_env
 
@@ -176,8 +175,49 @@ def record_from_info(info: Any) -> Optional[Dict[str, Any]]:
         # The fingerprint a gr00t-server that did not hash the tokenizer and chat template yet gave the same checkpoint.
         older = {k: v for k, v in identity.items() if k != "tokenizer_sha256"}
         record["fingerprint_without_tokenizer"] = _fingerprint({**record, "identity": older}, info.get("modality_configs"))
+    record.update(_fingerprints_by_older_tag(record, info.get("modality_configs")))
     # fingerprinted whole, recorded bounded: results.json and run.json keep what a server said, not megabytes of it
     return {**record, **{name: _recorded(record[name]) for name in ("policy_class", "embodiment_tag", "identity")}}
+
+
+def _fingerprints_by_older_tag(record: Mapping[str, Any], modality_configs: Any) -> Dict[str, Any]:
+    """The fingerprints a gr00t-server that reported the tag PolicyServer was given (none, or as typed) rather than
+    its policy's own gave the same policy: `fingerprint_without_tag`, and `fingerprints_by_tag_spelling` for the other
+    spellings of its tag (a built-in tag's name and value in either case)."""
+    tag = record.get("embodiment_tag")
+    if not isinstance(tag, str):
+        return {}
+    spellings = {tag.lower(), tag.upper()}
+    with contextlib.suppress(ValueError):
+        builtin = EmbodimentTag.resolve(tag)
+        spellings |= {builtin.name, builtin.name.lower(), builtin.value, builtin.value.upper()}
+    spellings.discard(tag)
+    return {"fingerprint_without_tag": _fingerprint({**record, "embodiment_tag": None}, modality_configs),
+            "fingerprints_by_tag_spelling": sorted(_fingerprint({**record, "embodiment_tag": spelling}, modality_configs)
+                                                   for spelling in spellings)}
+
+
+def _same_tag(old_tag: Any, new_tag: Any) -> bool:
+    """Whether `old_tag`, as an older server reported it, is none or a spelling of `new_tag`, the policy's own."""
+    if old_tag is None:
+        return True
+    if not isinstance(old_tag, str) or not isinstance(new_tag, str):
+        return False
+    try:
+        return resolve_tag(old_tag, [new_tag], owner="the policy")[1] == new_tag
+    except ValueError:
+        return False
+
+
+def _recorded_before_own_tag(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """True when `old` was recorded by a server that reported the tag it was given (none, or another spelling of the
+    tag) where `new`'s reports the policy's own, and matches `new` on all else."""
+    old_tag, fingerprint = old.get("embodiment_tag"), old.get("fingerprint")
+    if old_tag == new.get("embodiment_tag") or not _same_tag(old_tag, new.get("embodiment_tag")):
+        return False
+    if old_tag is None:
+        return new.get("fingerprint_without_tag") == fingerprint
+    return fingerprint in (new.get("fingerprints_by_tag_spelling") or ())
 
 
 def _recorded(value: Any) -> Any:
@@ -222,7 +262,8 @@ def same_policy(first: Optional[Mapping[str, Any]], second: Optional[Mapping[str
     """False only when both are known and their fingerprints differ. A record from a server that reported no
     checkpoint identity (an older gr00t-server) matches on what it did report: class, tag and modality configs; one
     whose identity had no processor (or preprocessor_config.json, or tokenizer) hash yet, or a replay's without a
-    data hash, on the rest of it (a replay's with a warning: its recorded actions go unchecked)."""
+    data hash, on the rest of it (a replay's with a warning: its recorded actions go unchecked); one from a server
+    that reported no tag, or another spelling of the policy's own, on all but the tag."""
     if not first or not second:
         return True
     if first.get("fingerprint") == second.get("fingerprint"):
@@ -242,7 +283,7 @@ def same_policy(first: Optional[Mapping[str, Any]], second: Optional[Mapping[str
                 and "tokenizer_sha256" not in old_identity
                 and new.get("fingerprint_without_tokenizer") == old.get("fingerprint")):
             return True  # recorded before the tokenizer and chat template were hashed
-        if _recorded_before_data_hash(old, new):
+        if _recorded_before_data_hash(old, new) or _recorded_before_own_tag(old, new):
             return True
     return False
 

@@ -61,7 +61,9 @@ def _adopt_run_policy(output_dir: Path, shard: Any, first_policy: Optional[Mappi
 def _identifies_more(policy: Mapping[str, Any], first_policy: Mapping[str, Any]) -> bool:
     """Whether `policy` (matched by same_policy) names more than `first_policy`, an older server's record, did: a
     checkpoint identity where it had none, or hashes it lacked (processor files, preprocessor_config.json, tokenizer,
-    a replay's data files), which it matched without."""
+    a replay's data files), which it matched without, or the policy's own tag where it had none or another spelling."""
+    if policy.get("embodiment_tag") is not None and policy.get("embodiment_tag") != first_policy.get("embodiment_tag"):
+        return True
     identity, first_identity = policy.get("identity"), first_policy.get("identity")
     if not first_identity:
         return bool(identity)

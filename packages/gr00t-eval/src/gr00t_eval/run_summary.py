@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from typing import Any, List, Mapping
 
+from gr00t_client.peer_text import shown_text
+
+from .metrics import ERROR_REASON_CHARS
+
 
 def _table(rows: List[List[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -79,10 +83,12 @@ def unscored_tasks(results: Mapping[str, Any]) -> List[str]:
 
 
 def print_errored_episodes(results: Mapping[str, Any]) -> None:
-    """One `episode <i> [of <task>] errored: <reason>` line per errored episode."""
+    """One `episode <i> [of <task>] errored: <reason>` line per errored episode (its reason escaped and cut to
+    ERROR_REASON_CHARS: results of an older gr00t-eval saved an env's error as it was)."""
     for entry in results["per_episode"]:
         if entry.get("error"):
-            print(f"episode {entry['episode_index']}{' of ' + entry['task'] if entry.get('task') else ''} errored: {entry['error']}")
+            reason = shown_text(str(entry["error"]), ERROR_REASON_CHARS)
+            print(f"episode {entry['episode_index']}{' of ' + entry['task'] if entry.get('task') else ''} errored: {reason}")
 
 
 def print_incomplete(results: Mapping[str, Any]) -> int:

@@ -36,7 +36,7 @@ import numpy as np
 from gr00t_client import ActionChunker, BasePolicy, ServerStoppingError
 from gr00t_client.peer_text import shown_text
 
-from ..metrics import EpisodeOutcome
+from ..metrics import ERROR_REASON_CHARS, EpisodeOutcome
 from ..policy_identity import ServedPolicyChanged, check_serves_env_embodiments, pinned_policy, policy_record
 from .config import RolloutConfig, check_policy, check_rollout_config, draw_base_seed  # noqa: F401 - draw_base_seed re-exported
 from .liveness import PolicyServerUnreachableError, ServerWatch
@@ -54,7 +54,11 @@ from .worker_deaths import PIPE_ERRORS, dead_worker_error
 logger = logging.getLogger(__name__)
 
 IDLE = -1
-ERROR_REASON_CHARS = 4000  # an errored episode's reason as logged and saved (episodes.jsonl, results.json)
+
+
+def _shown_reason(reason: Optional[str]) -> Optional[str]:
+    """An errored episode's reason, a server's or an env's words, as logged and saved: one line, of bounded size."""
+    return None if reason is None else shown_text(reason, ERROR_REASON_CHARS)
 
 
 class RolloutRunner:
@@ -149,7 +153,7 @@ class RolloutRunner:
             episode_index=summary.episode_index, seed=summary.seed if summary.seed is not None else self.seed_for(summary.episode_index),
             success=summary.success and summary.failure_reason is None, sum_reward=summary.sum_reward,
             max_reward=summary.max_reward, length=summary.length, env_index=row, video_path=summary.video_path,
-            error=summary.failure_reason, extras={"truncated_by_env": True} if summary.truncated_by_env else {},
+            error=_shown_reason(summary.failure_reason), extras={"truncated_by_env": True} if summary.truncated_by_env else {},
         )
         self.outcomes[summary.episode_index] = outcome
         self._progress.pop(summary.episode_index, None)
@@ -174,7 +178,7 @@ class RolloutRunner:
                        summary.episode_index, summary.length, self.config.max_episode_steps)
 
     def _fail(self, row: int, reason: str, bar: Any) -> None:
-        reason = shown_text(reason, ERROR_REASON_CHARS)  # a server's or an env's words: one log line, of bounded size
+        reason = _shown_reason(reason)
         episode = self.row_episode[row]
         logger.error("episode %d (env %d) errored: %s", episode, row, reason)
         steps, sum_reward, max_reward = self._progress.get(episode, (0, 0.0, 0.0))

@@ -11,7 +11,9 @@ from typing import Any, List, Optional, Union
 import numpy as np
 import torch
 
-from gr00t_client.embodiment import FINETUNE_ONLY_TAGS, POSTTRAIN_TAGS, EmbodimentTag
+from gr00t_client.embodiment import FINETUNE_ONLY_TAGS, POSTTRAIN_TAGS, EmbodimentTag, resolve_tag
+from gr00t_server.model.config import CONFIG_NAME
+from gr00t_server.processing.config import load_processor_config
 
 
 def unsupported_tag_message(tag: Union[EmbodimentTag, str], supported: List[str]) -> str:
@@ -43,12 +45,28 @@ def unsupported_tag_message(tag: Union[EmbodimentTag, str], supported: List[str]
 
 def tag_given_first(model_path: Any, embodiment_tag: Any) -> bool:
     """Whether the two came in the reference's positional order (embodiment_tag, model_path): an EmbodimentTag first,
-    or a first text that is no existing path while the second names an existing directory."""
+    or a first text that is a built-in tag or one of the second's tags while the second is a checkpoint folder (holds
+    config.json). A folder merely named like the tag (a hub id with a robot's data folder here) swaps nothing."""
     if isinstance(model_path, EmbodimentTag):
         return True
     if not isinstance(model_path, str) or not isinstance(embodiment_tag, (str, os.PathLike)):
         return False
-    return not Path(model_path).expanduser().exists() and Path(embodiment_tag).expanduser().is_dir()
+    checkpoint = Path(embodiment_tag).expanduser()
+    if not (checkpoint / CONFIG_NAME).is_file():
+        return False
+    try:
+        resolve_tag(model_path, _checkpoint_tags(checkpoint))
+    except ValueError:
+        return False
+    return True
+
+
+def _checkpoint_tags(checkpoint: Path) -> List[str]:
+    """The tags `checkpoint`'s processor config has; none when it cannot be read (loading it then says why)."""
+    try:
+        return load_processor_config(checkpoint).embodiment_tags
+    except (OSError, ValueError):
+        return []
 
 
 def _resolve_device(device: Union[str, torch.device], name: str = "device") -> torch.device:
