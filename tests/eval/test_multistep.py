@@ -95,6 +95,46 @@ def test_history_of_an_env_that_updates_its_arrays_in_place_keeps_each_steps_val
     assert obs["video.cam"][:, 0, 0, 0].tolist() == [3, 4]
 
 
+class InPlaceListEnv(StepEnv):
+    """Keeps its state in a list it updates in place, as toy envs and simulators with Python state do."""
+
+    def _obs(self):
+        if not hasattr(self, "_pos"):
+            self._pos = [0.0]
+        self._pos[0] = float(self.t)
+        return {**super()._obs(), "state.pos": self._pos}
+
+
+def test_history_of_an_env_that_updates_a_list_state_in_place_keeps_each_steps_values():
+    wrapper = wrap(InPlaceListEnv(), n_action_steps=1, state_delta_indices=[-1, 0])
+    wrapper.reset(seed=0)
+    obs, *_ = wrapper.step(chunk(1))
+    assert obs["state.pos"][:, 0].tolist() == [0.0, 1.0]  # was [1, 1]: the kept list was the env's own
+    obs, *_ = wrapper.step(chunk(1))
+    assert obs["state.pos"][:, 0].tolist() == [1.0, 2.0]
+
+
+class InPlaceTensorEnv(StepEnv):
+    """Keeps its state in a torch tensor it updates in place (a GPU-batched simulator's CPU copy)."""
+
+    def _obs(self):
+        import torch
+
+        if not hasattr(self, "_pos"):
+            self._pos = torch.zeros(1)
+        self._pos.fill_(float(self.t))
+        return {**super()._obs(), "state.pos": self._pos}
+
+
+def test_history_of_an_env_that_updates_a_torch_state_in_place_keeps_each_steps_values():
+    pytest.importorskip("torch")
+    wrapper = wrap(InPlaceTensorEnv(), n_action_steps=1, state_delta_indices=[-1, 0])
+    wrapper.reset(seed=0)
+    wrapper.step(chunk(1))
+    obs, *_ = wrapper.step(chunk(1))
+    assert obs["state.pos"][:, 0].tolist() == [1.0, 2.0]  # was [2, 2]
+
+
 def test_history_before_the_episode_start_repeats_the_first_observation():
     wrapper = wrap(StepEnv(), state_delta_indices=[-15, 0])
     obs, _ = wrapper.reset(seed=0)
@@ -223,6 +263,19 @@ class WideStateEnv(StepEnv):
 
     def _obs(self):
         return {**super()._obs(), "state.pos": np.array([self.t, 0.0], np.float32)}
+
+
+class DiscreteGripperEnv(StepEnv):
+    def __init__(self):
+        super().__init__()
+        self.action_space = gym.spaces.Dict({"action.gripper": gym.spaces.Discrete(2)})
+
+
+def test_a_non_box_action_space_is_refused_naming_the_env_the_key_and_its_space():
+    """It failed with a bare AttributeError: 'Discrete' object has no attribute 'low'."""
+    with pytest.raises(TypeError, match=r"env DiscreteGripperEnv declares 'action.gripper' as a Discrete space; each "
+                                        r"'action.\*' subspace must be a gym.spaces.Box"):
+        wrap(DiscreteGripperEnv())
 
 
 def test_float_images_in_a_uint8_camera_space_are_refused_naming_the_camera():

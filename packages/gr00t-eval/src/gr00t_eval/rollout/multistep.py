@@ -89,9 +89,9 @@ def _check_deltas(name: str, deltas: Sequence[int]) -> Tuple[int, ...]:
 class MultiStepWrapper(gym.Wrapper):
     """Run `n_action_steps` rows of each action chunk in the inner env and return a history-stacked observation.
 
-    Observations: `video.*` keys become (T_v, H, W, 3) and `state.*` keys (T_s, D), taken at `video_delta_indices`
-    / `state_delta_indices` (<= 0) of the inner steps; before the episode has that much history the first
-    observation is repeated. Other keys (language) pass through. The episode ends on success (when
+    Observations: `video.*` keys become (T_v, H, W, 3) and `state.*` keys (T_s, D) (D = 1 for a scalar state), taken
+    at `video_delta_indices` / `state_delta_indices` (<= 0) of the inner steps; before the episode has that much
+    history the first observation is repeated. Other keys (language) pass through. The episode ends on success (when
     `terminate_on_success`), when the inner env ends it, or after `max_episode_steps` inner steps; then
     info["episode"] holds an EpisodeSummary (`truncated_by_env` when the inner env truncated it before
     `max_episode_steps`) and, with a recorder, the captioned video is written.
@@ -159,9 +159,12 @@ class MultiStepWrapper(gym.Wrapper):
         out = {}
         for key, sub in space.spaces.items():
             if isinstance(sub, gym.spaces.Box) and (key.startswith("video.") or key.startswith("state.")):
-                horizon = len(self.video_delta_indices if key.startswith("video.") else self.state_delta_indices)
-                low = np.broadcast_to(sub.low, (horizon, *sub.shape))
-                high = np.broadcast_to(sub.high, (horizon, *sub.shape))
+                if key.startswith("video."):
+                    horizon, step_shape = len(self.video_delta_indices), sub.shape
+                else:  # a scalar state is sent as (T, 1): the policy takes states as (T, D)
+                    horizon, step_shape = len(self.state_delta_indices), sub.shape or (1,)
+                low = np.broadcast_to(sub.low, (horizon, *step_shape))
+                high = np.broadcast_to(sub.high, (horizon, *step_shape))
                 out[key] = gym.spaces.Box(low=low, high=high, dtype=sub.dtype)
             else:
                 out[key] = sub
@@ -172,6 +175,10 @@ class MultiStepWrapper(gym.Wrapper):
             raise TypeError(f"MultiStepWrapper needs a Dict action space of 'action.*' keys, got {type(space).__name__}")
         out = {}
         for key, sub in space.spaces.items():
+            if not isinstance(sub, gym.spaces.Box):
+                raise TypeError(f"env {type(self.env.unwrapped).__name__} declares {key!r} as a "
+                                f"{type(sub).__name__} space; each 'action.*' subspace must be a gym.spaces.Box "
+                                "(for a discrete action, a Box of an integer dtype: the policy's values are rounded)")
             low = np.broadcast_to(sub.low, (self.n_action_steps, *sub.shape))
             high = np.broadcast_to(sub.high, (self.n_action_steps, *sub.shape))
             out[key] = gym.spaces.Box(low=low, high=high, dtype=sub.dtype)
@@ -188,7 +195,8 @@ class MultiStepWrapper(gym.Wrapper):
             if key.startswith("video."):
                 out[key] = np.stack([history[len(history) - 1 + d][key] for d in self.video_delta_indices])
             elif key.startswith("state."):
-                out[key] = state_in_float32(key, np.stack([history[len(history) - 1 + d][key] for d in self.state_delta_indices]))
+                states = np.stack([history[len(history) - 1 + d][key] for d in self.state_delta_indices])
+                out[key] = state_in_float32(key, states[:, None] if states.ndim == 1 else states)
             else:
                 out[key] = value
         return out
@@ -229,11 +237,11 @@ class MultiStepWrapper(gym.Wrapper):
 
     def _observe(self, raw: Mapping[str, Any]) -> None:
         self._check_against_space(raw)
-        # An env may hand out views of buffers it updates in place (MuJoCo's data.qpos, a reused render buffer): an
-        # entry kept past this step is a copy, or every entry of the history became the current observation
-        # ([s_t, s_t] for delta indices [-1, 0]) without a word.
+        # An env may hand out views of buffers it updates in place (MuJoCo's data.qpos, a reused render buffer, a list
+        # or a torch tensor): an entry kept past this step is a copy, or every entry of the history became the current
+        # observation ([s_t, s_t] for delta indices [-1, 0]) without a word.
         if self._history_len > 1:
-            self._history.append({key: value.copy() if isinstance(value, np.ndarray) else value
+            self._history.append({key: np.array(value, copy=True) if key.startswith(("video.", "state.")) else value
                                   for key, value in raw.items()})
         else:
             self._history.append(dict(raw))

@@ -364,7 +364,7 @@ def _per_row(value: Any, n: int) -> Optional[List[Any]]:
 def policy_actions(action: Mapping[str, Any], action_space: gym.spaces.Dict, n_action_steps: int,
                    n_rows: int) -> Dict[str, np.ndarray]:
     """The policy's (B, H, D) `action.*` arrays, one row per env (B = n_rows), cut to the first n_action_steps
-    steps, in the env's dtypes."""
+    steps, in the env's dtypes; for a scalar (shape ()) action space, D = 1 and each step is that one value."""
     out = {}
     for key, space in action_space.spaces.items():
         if key not in action:
@@ -375,6 +375,8 @@ def policy_actions(action: Mapping[str, Any], action_space: gym.spaces.Dict, n_a
         if value.shape[0] != n_rows:  # else the vector env fails deep inside gymnasium (a zip() of unequal lengths)
             raise ValueError(f"{key} has shape {value.shape}; expected {(n_rows, *value.shape[1:])}, one row per env")
         step_shape = tuple(space.shape[1:]) if space.shape is not None and len(space.shape) >= 1 else None
+        if step_shape == () and value.shape[2:] == (1,):  # a scalar action space: each D=1 step is its value
+            value = value[:, :, 0]
         if step_shape is not None and tuple(value.shape[2:]) != step_shape:  # numpy would broadcast or slice it
             raise ValueError(f"{key} has steps of shape {tuple(value.shape[2:])} (chunk {value.shape}); the env's action "
                              f"space takes steps of shape {step_shape}")
