@@ -63,6 +63,7 @@ class NoServer:
 
     def __init__(self, policy: Any, **kwargs: Any) -> None:
         NoServer.built = {"policy": policy, **kwargs}
+        self.batching_enabled = kwargs.get("max_batch_size", 1) > 1 and getattr(policy, "supports_batching", False)
 
     def start(self) -> None:
         pass
