@@ -1,52 +1,22 @@
 """What a wrong or hostile server says reaches the caller bounded and escaped: its error text (megabytes, a newline,
 terminal escapes) and the action keys it names, so that it can neither flood a log or results file nor forge a log
-line. A raw ROUTER socket on loopback plays the server; the real PolicyClient talks to it."""
+line. A raw REP socket on loopback plays the server; the real PolicyClient talks to it."""
 
 from __future__ import annotations
 
-import threading
-from typing import Any, Callable, List
+from typing import List
 
 import msgpack
 import numpy as np
 import pytest
-import zmq
 from reference_peer import ref_packb
+from rep_thread import RepThread
 
 from gr00t_client import ActionError, PolicyClient, PolicyServerError
 
 HUGE = 3_000_000
 FORGED = "2026-01-01 00:00:00 INFO:gr00t_eval:forged line \x1b[31mred\x1b[0m"
 MULTIPART_MAGIC = b"\x00GR00T-MP1"
-
-
-class RouterServer:
-    """A ROUTER socket on a loopback port that answers every request with the frames reply() gives."""
-
-    def __init__(self, reply: Callable[[], List[bytes]]) -> None:
-        self.reply = reply
-        self.context = zmq.Context()
-        self.socket = self.context.socket(zmq.ROUTER)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        self.port = self.socket.bind_to_random_port("tcp://127.0.0.1", min_port=42100, max_port=42200)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            if self.socket.poll(20):
-                routing = self.socket.recv_multipart()[:2]  # the peer's identity and the REQ delimiter
-                self.socket.send_multipart(routing + self.reply())
-
-    def __enter__(self) -> "RouterServer":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.socket.close(linger=0)
-        self.context.term()
 
 
 def reference_error(text: str) -> List[bytes]:
@@ -58,7 +28,7 @@ def multipart_error(text: str) -> List[bytes]:
 
 
 def server_error_of(reply: List[bytes], wire: str) -> PolicyServerError:
-    with RouterServer(lambda: reply) as server:
+    with RepThread(lambda frames: reply) as server:
         with PolicyClient("127.0.0.1", server.port, timeout_ms=5000, wire=wire) as client:
             with pytest.raises(PolicyServerError) as raised:
                 client.call_endpoint("reset", {"options": None})
@@ -87,7 +57,7 @@ def test_a_servers_short_printable_error_is_kept_whole():
 def test_an_action_key_of_megabytes_from_the_server_is_cut_in_the_error_naming_it():
     key = "k" * HUGE + "\n" + FORGED
     reply = [ref_packb(({key: np.array([[[np.nan]]], np.float32)}, {}))]
-    with RouterServer(lambda: reply) as server:
+    with RepThread(lambda frames: reply) as server:
         with PolicyClient("127.0.0.1", server.port, timeout_ms=5000, wire="reference") as client:
             with pytest.raises(ActionError, match="has non-finite values") as raised:
                 client.get_action({"state": {"x": np.zeros((1, 1, 3), np.float32)}})

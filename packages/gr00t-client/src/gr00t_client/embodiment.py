@@ -78,6 +78,15 @@ def resolve_tag(tag: Union[EmbodimentTag, str], supported: Sequence[str],
     return resolved, resolved.value
 
 
+
+def names_tag(given: Union[EmbodimentTag, str], tag: str) -> bool:
+    """Whether `given` names embodiment `tag` by resolve_tag's rule (exactly, a built-in tag's spelling, or case)."""
+    try:
+        return resolve_tag(given, [tag])[1] == tag
+    except ValueError:
+        return False
+
+
 PRETRAIN_TAGS = frozenset(
     {
         EmbodimentTag.OXE_DROID_RELATIVE_EEF_RELATIVE_JOINT,

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from gr00t_client import BasePolicy, EmbodimentTag, ModalityConfig
-from gr00t_client.embodiment import resolve_tag
+from gr00t_client.embodiment import names_tag
 
 from .action_steps import check_consecutive_action_deltas
 from .reported_position import is_flag, is_position
@@ -183,11 +183,7 @@ def evaluated_embodiment(asked: Optional[str], served: Optional[str]) -> Optiona
             known = ", ".join(member.value for member in EmbodimentTag)
             raise ValueError(f"{str(exc).splitlines()[0]} (--embodiment-tag): the server does not say which embodiment "
                              f"it serves, so the tag must be a built-in one; known tags: {known}") from None
-    try:
-        _, value = resolve_tag(asked, [served], owner="the server")
-    except ValueError:
-        value = None
-    if value != served:
+    if not names_tag(asked, served):
         raise ValueError(f"the server serves embodiment {served!r} and this run asks for {asked!r} (--embodiment-tag); "
                          "serve that embodiment, or leave the flag out to evaluate the served one")
     return served

@@ -16,7 +16,7 @@ import json
 import logging
 from typing import Any, Dict, Iterable, Iterator, Mapping, Optional
 
-from gr00t_client.embodiment import EmbodimentTag, resolve_tag
+from gr00t_client.embodiment import EmbodimentTag, names_tag
 from gr00t_client.peer_text import shown_text
 
 logger = logging.getLogger(__name__)
@@ -201,12 +201,7 @@ def _same_tag(old_tag: Any, new_tag: Any) -> bool:
     """Whether `old_tag`, as an older server reported it, is none or a spelling of `new_tag`, the policy's own."""
     if old_tag is None:
         return True
-    if not isinstance(old_tag, str) or not isinstance(new_tag, str):
-        return False
-    try:
-        return resolve_tag(old_tag, [new_tag], owner="the policy")[1] == new_tag
-    except ValueError:
-        return False
+    return isinstance(old_tag, str) and isinstance(new_tag, str) and names_tag(old_tag, new_tag)
 
 
 def _recorded_before_own_tag(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Optional
 
-from gr00t_client.embodiment import resolve_tag
+from gr00t_client.embodiment import names_tag
 
 
 def policy_chain(policy: Any) -> Iterator[Any]:
@@ -23,11 +23,7 @@ def served_embodiment_tag(policy: Any, given: Optional[str] = None) -> Optional[
                 if isinstance(getattr(link, "embodiment_tag_value", None), str)), None)
     if own is None or given is None:
         return given if own is None else own
-    try:
-        _, value = resolve_tag(given, [own], owner="the policy")
-    except ValueError:
-        value = None
-    if value != own:
+    if not names_tag(given, own):
         raise ValueError(f"embodiment_tag {given!r} is not the embodiment the policy serves ({type(policy).__name__} "
                          f"serves {own!r}); pass embodiment_tag={own!r}, or leave it out to report the policy's")
     return own
