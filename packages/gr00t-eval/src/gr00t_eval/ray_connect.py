@@ -103,9 +103,12 @@ def auto_address() -> Optional[Tuple[str, str, str]]:
 
 def _current_cluster_file() -> Tuple[str, Optional[str]]:
     """Ray's file of the current cluster's address (under $RAY_TMPDIR, $TMPDIR or /tmp) and its address, if any."""
-    from ray._private.utils import get_ray_address_file
+    try:  # Ray's own rule for where the file is; a private helper that a Ray version may lack or move
+        from ray._private.utils import get_ray_address_file
 
-    path = get_ray_address_file(None)
+        path = get_ray_address_file(None)
+    except (ImportError, AttributeError, TypeError):
+        return "", None
     try:
         with open(path, encoding="utf-8") as handle:
             return path, handle.read().strip() or None
