@@ -80,7 +80,8 @@ class StepFailsWithAForgedLine(WalkToEnv):
         raise RuntimeError("simulator died\n" + FORGED + "x" * 20_000)
 
 
-def test_an_env_s_error_is_escaped_and_cut_to_4000_characters_in_results_log_and_console(tmp_path, capsys):
+def test_an_env_s_error_is_escaped_and_cut_to_4000_characters_in_results_log_and_console(tmp_path, capsys, caplog):
+    caplog.set_level("INFO")
     register_env_prefix("forgingenv", EmbodimentTag.NEW_EMBODIMENT, lambda task, **kwargs: StepFailsWithAForgedLine())
     out = tmp_path / "out"
     with policy_server() as server:
@@ -94,6 +95,10 @@ def test_an_env_s_error_is_escaped_and_cut_to_4000_characters_in_results_log_and
         assert error.isprintable()
     printed = capsys.readouterr().out
     assert "forged line" in printed and not [line for line in printed.splitlines() if line.startswith("2026-01-01")]
+    logged = [record.getMessage() for record in caplog.records if record.levelname in ("ERROR", "WARNING")]
+    step_failed = [message for message in logged if "step 0 of episode 0 failed" in message]
+    assert step_failed and all(m.isprintable() and len(m) <= 4200 for m in logged), logged  # the env's own log line
+    assert not [record for record in caplog.records if record.levelname == "ERROR" and record.exc_info]
 
 
 def test_the_console_summary_escapes_an_older_results_file_s_raw_reason(capsys):

@@ -870,3 +870,14 @@ def test_an_execution_horizon_past_the_policys_chunk_is_refused_naming_the_flag(
                                                                                   capsys):
     assert open_loop(dataset, eight_step_server.port, tmp_path / "out", "--execution-horizon", "16") != 0
     assert "pass --execution-horizon 8 or less, or leave it out" in capsys.readouterr().err
+
+
+def test_a_built_in_tags_value_is_evaluated_against_a_server_that_reports_its_name(tmp_path):
+    """A Python PolicyServer given embodiment_tag="LIBERO_PANDA" for a policy without a tag reports it as given; the
+    flag's `libero_sim` (the same built-in tag) was refused as another embodiment."""
+    from gr00t_eval.open_loop_checks import evaluated_embodiment
+
+    assert evaluated_embodiment("libero_sim", "LIBERO_PANDA") == "LIBERO_PANDA"
+    assert evaluated_embodiment("LIBERO_PANDA", "libero_sim") == "libero_sim"
+    with pytest.raises(ValueError, match="the server serves embodiment 'LIBERO_PANDA' and this run asks for 'unitree_g1'"):
+        evaluated_embodiment("unitree_g1", "LIBERO_PANDA")

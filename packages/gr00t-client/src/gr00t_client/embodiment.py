@@ -80,9 +80,15 @@ def resolve_tag(tag: Union[EmbodimentTag, str], supported: Sequence[str],
 
 
 def names_tag(given: Union[EmbodimentTag, str], tag: str) -> bool:
-    """Whether `given` names embodiment `tag` by resolve_tag's rule (exactly, a built-in tag's spelling, or case)."""
+    """Whether `given` names embodiment `tag` by resolve_tag's rule (exactly, a built-in tag's spelling, or case), or
+    both are spellings of one built-in tag (a server that reports `LIBERO_PANDA` serves `libero_sim`)."""
     try:
-        return resolve_tag(given, [tag])[1] == tag
+        if resolve_tag(given, [tag])[1] == tag:
+            return True
+    except ValueError:
+        pass
+    try:
+        return EmbodimentTag.resolve(given) is EmbodimentTag.resolve(tag)
     except ValueError:
         return False
 

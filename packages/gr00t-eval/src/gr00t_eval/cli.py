@@ -209,7 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="map env names PREFIX/... to an embodiment tag; repeatable")
     p.add_argument(*_flag("env-adapter"), type=_parse_pair, action="append", default=[], metavar="PREFIX=MODULE:FUNC",
                    help="build env names PREFIX/<task> with FUNC(task, **env_kwargs); repeatable")
-    p.add_argument(*_flag("vectorization"), default="auto", choices=["auto", "sync", "async"], help=argparse.SUPPRESS)
+    p.add_argument(*_flag("vectorization"), default="auto", choices=["auto", "sync", "async"],
+                   help="auto (default): a single env in this process, more in subprocesses; sync: every env in this "
+                        "process, one after another (no --env-timeout: a hung env is waited for); async: every env in "
+                        "a subprocess of its own")
     p.add_argument(*_flag("client-chunking"), default="off", choices=["off", "sync", "async"],
                    help="off: each policy call runs --n-action-steps env steps (default); sync/async: step the envs one "
                         "step at a time through gr00t_client.ActionChunker, async prefetching the next chunk meanwhile")

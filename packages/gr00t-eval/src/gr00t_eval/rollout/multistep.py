@@ -14,8 +14,10 @@ require_gymnasium("closed-loop rollout")  # one line naming the extra, not a dee
 import gymnasium as gym  # noqa: E402
 import numpy as np
 
+from gr00t_client.peer_text import shown_text
 from gr00t_client.policy import ObservationError
 
+from ..metrics import ERROR_REASON_CHARS
 from ..run_stop import is_storage_error
 from ..video import EpisodeVideoRecorder, episode_video_name, frame_from_observation
 from .config import env_error_text
@@ -85,6 +87,13 @@ def _check_deltas(name: str, deltas: Sequence[int]) -> Tuple[int, ...]:
         raise ValueError(f"{name} delta indices must be <= 0 (history only), got {list(deltas)}")
     return deltas
 
+
+
+def _log_env_failure(what: str, exc: BaseException) -> None:
+    """`what` and the env's error at ERROR, bounded and escaped as the episode's reason is (an env's words must neither
+    flood the log nor forge a line of it); its traceback at DEBUG."""
+    logger.error("%s: %s", what, shown_text(env_error_text(exc), ERROR_REASON_CHARS))
+    logger.debug("%s", what, exc_info=exc)
 
 class MultiStepWrapper(gym.Wrapper):
     """Run `n_action_steps` rows of each action chunk in the inner env and return a history-stacked observation.
@@ -270,7 +279,7 @@ class MultiStepWrapper(gym.Wrapper):
         try:
             raw, _ = self.env.reset(seed=seed, options=options or None)
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - isolate the episode: report and let the run go on
-            logger.exception("env %d: reset for episode %d failed", self.env_index, episode_index)
+            _log_env_failure(f"env {self.env_index}: reset for episode {episode_index} failed", exc)
             self._done = True
             self._last_obs = self._placeholder()
             return self._last_obs, {"episode": self._summary(f"reset failed: {env_error_text(exc)}")}
@@ -304,7 +313,7 @@ class MultiStepWrapper(gym.Wrapper):
             try:
                 raw, reward, inner_term, inner_trunc, info = self.env.step(inner_action)
             except (Exception, SystemExit) as exc:  # noqa: BLE001 - isolate the episode: report and let the run go on
-                logger.exception("env %d: step %d of episode %d failed", self.env_index, self._steps, self._episode_index)
+                _log_env_failure(f"env {self.env_index}: step {self._steps} of episode {self._episode_index} failed", exc)
                 failure = f"step {self._steps} failed: {env_error_text(exc)}"
                 terminated = True
                 break
@@ -391,7 +400,7 @@ class MultiStepWrapper(gym.Wrapper):
         except Exception as exc:  # noqa: BLE001 - a broken video (codec, frames) must not lose the episode's score
             if is_storage_error(exc):  # a full disk: the run stops before this episode is logged, for --resume to rerun
                 raise
-            logger.exception("env %d: writing the video of episode %d failed", self.env_index, self._episode_index)
+            _log_env_failure(f"env {self.env_index}: writing the video of episode {self._episode_index} failed", exc)
             return None
 
     def _summary(self, failure: Optional[str]) -> EpisodeSummary:
