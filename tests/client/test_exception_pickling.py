@@ -26,7 +26,7 @@ def _wire_decode_error_noting_npsave():
 
 
 def _cases():
-    from gr00t_eval import batch, cli_errors, extras, open_loop, policy_identity, ray_connect, run_dir, shard
+    from gr00t_eval import batch, cli_errors, extras, open_loop, policy_identity, ray_connect, run_dir, run_stop, shard
     from gr00t_eval.dataset import errors as dataset_errors
     from gr00t_eval.rollout import liveness, runner, stalls, worker_deaths
 
@@ -65,6 +65,7 @@ def _cases():
         worker_deaths.EnvWorkerDiedError("an env worker process died: env 0 (episode 2, seed 2) was killed by SIGKILL"),
         runner.RecordedEnvMismatchError("the policy replays episode 0 as recorded in 'metaworld/reach-v3'"),
         run_dir.OutputDirError("--output-dir out is not empty"),
+        run_stop.OutputFolderGone(2, "the output folder disappeared (unmounted or deleted)", "/data/run"),
         shard.MergeError("shards of different plans"),
     ]
 
