@@ -288,7 +288,15 @@ def test_auto_with_ray_address_where_nothing_listens_fails_in_seconds_naming_it_
     assert not (tmp_path / "run").exists()
 
 
+def _gcs_processes_here():
+    from ray._private.services import find_gcs_addresses
+
+    return find_gcs_addresses()
+
+
 def test_auto_with_the_address_file_of_a_gone_ray_head_is_refused_with_ray_stop_as_the_remedy(monkeypatch, tmp_path):
+    if _gcs_processes_here():
+        pytest.skip("a Ray head runs on this machine: ray.init('auto') joins it, whatever the file says")
     address = f"127.0.0.1:{free_port()}"
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
@@ -298,6 +306,55 @@ def test_auto_with_the_address_file_of_a_gone_ray_head_is_refused_with_ray_stop_
         ray_connect.check_ray_address("auto", timeout_s=1.0)
     assert f"auto ({address}, from {tmp_path / 'ray' / 'ray_current_cluster'})" in str(refused.value)
     assert "left by a Ray head that is gone: run `ray stop`" in str(refused.value)
+
+
+@pytest.fixture
+def ray_head():
+    """A `ray start --head` of this machine (its own RAY_TMPDIR, ports 42930-42960), stopped by its process group."""
+    import shutil
+    import tempfile
+
+    if _gcs_processes_here():
+        pytest.skip("another Ray head runs on this machine: ray.init('auto') then follows the address file")
+    ports = ["--port", "42930", "--node-manager-port", "42932", "--object-manager-port", "42933",
+             "--metrics-export-port", "42934", "--dashboard-agent-listen-port", "42935", "--dashboard-agent-grpc-port",
+             "42936", "--runtime-env-agent-port", "42937", "--min-worker-port", "42940", "--max-worker-port", "42960"]
+    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+    live = tempfile.mkdtemp(prefix="rh")  # short: Ray's socket paths under it have a length limit
+    head = subprocess.Popen([ray_cli, "start", "--head", "--block", "--num-cpus", "1", "--include-dashboard", "false",
+                             "--disable-usage-stats", *ports], env={**os.environ, "RAY_TMPDIR": live},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not _gcs_processes_here() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        yield
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(live, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_auto_joins_the_running_ray_head_ray_itself_joins_though_a_gone_heads_address_file_is_left(ray_head, monkeypatch,
+                                                                                                  tmp_path):
+    """`ray.init("auto")` joins the one GCS process running here; the stale file made gr00t-eval refuse the run and
+    advise `ray stop`, which stops that live head too."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "stale"))
+    (tmp_path / "stale" / "ray").mkdir(parents=True)
+    (tmp_path / "stale" / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{free_port()}\n")
+    deadline = time.monotonic() + 30
+    while True:  # the GCS answers a moment after its process starts
+        try:
+            ray_connect.check_ray_address("auto", timeout_s=1.0)
+            break
+        except ConnectionError as refused:
+            assert "ray stop" not in str(refused) and time.monotonic() < deadline, refused
+            time.sleep(0.5)
 
 
 def test_an_open_port_that_answers_but_not_as_ray_is_refused_in_seconds_not_retried_for_minutes():

@@ -98,6 +98,14 @@ def test_actions_for_an_integer_action_space_are_rounded_and_refused_past_its_ra
         _in_env_dtype("action.k", np.array([[[70000.0]]]), np.dtype(np.int8))  # it wrapped to 112
 
 
+def test_actions_for_a_bool_action_space_are_rounded_to_the_nearer_of_false_and_true():
+    from gr00t_eval.rollout.policy_io import _in_env_dtype
+
+    steps = np.array([[[0.2], [-0.7], [0.5], [0.9], [1.0]]], np.float32)
+    executed = _in_env_dtype("action.grip", steps, np.dtype(np.bool_))
+    assert executed.dtype == np.bool_ and executed.ravel().tolist() == [False, False, True, True, True]  # 0.2 was True
+
+
 def test_a_scalar_seed_in_reset_info_does_not_replace_every_episodes_seed(caplog):
     with running_server(SeedInInfoPolicy()) as server:
         from gr00t_client import PolicyClient

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from eval.scale_fixtures import CameraWalkEnv, ConstantPolicy, policy_server, run_cli
+from eval.scale_fixtures import CameraWalkEnv, ConstantPolicy, SigintOnCall, policy_server, run_cli
 from gr00t_client import EmbodimentTag
 from gr00t_eval import cli
 from gr00t_eval.rollout.envs import register_env_prefix
@@ -67,6 +67,16 @@ def test_resume_through_the_parsed_arguments_alone_refuses_non_default_settings(
 
     with pytest.raises(UsageError, match="--client-chunking sync \\(saved: off\\)"):
         run_cli(["rollout", "--policy-client-port", str(server.port), "--resume", str(finished_run), "--client-chunking", "sync"])
+
+
+def test_a_shard_resumes_with_the_auto_n_envs_and_vectorization_it_was_started_with(tmp_path):
+    out = tmp_path / "shard"
+    command = ["--env-name", "walkto/slow", "--n-envs", "0", "--vectorization", "auto", "--n-action-steps", "2",
+               "--max-episode-steps", "6", "--seed", "3", "--n-episodes", "8", "--shard", "0/2", "--no-video",
+               "--output-dir", str(out)]
+    with running_server(SigintOnCall(4)) as interrupting:
+        assert rollout(interrupting.port, *command) == 130
+        assert rollout(interrupting.port, *command, "--resume", str(out)) == 0
 
 
 def as_an_earlier_version_saved_it_with_env_timeout(run, seconds):
@@ -181,6 +191,30 @@ def test_eval_s_after_a_resume_covers_every_attempt(tmp_path):
     assert second["overall"]["eval_ep_s"] == pytest.approx(second["overall"]["eval_s"] / 4)
     assert second["aggregated"] == second["overall"]
     assert json.loads((out / "eval_info.json").read_text())["overall"]["eval_s"] == pytest.approx(second["overall"]["eval_s"])
+
+
+SLOW_START_FAILURE_S = 1.5
+
+
+def make_slow_failing_env(task, **kwargs):
+    time.sleep(SLOW_START_FAILURE_S)  # a simulator start that hangs until a timeout cuts it
+    raise RuntimeError("simulator did not start")
+
+
+register_env_prefix("slowfail", EmbodimentTag.NEW_EMBODIMENT, make_slow_failing_env)
+
+
+def test_eval_s_after_a_resume_counts_a_task_that_failed_to_start_once(tmp_path):
+    out = tmp_path / "run"
+    started = time.monotonic()
+    with running_server(SigintOnCall(7)) as interrupting:  # Ctrl-C during the second task
+        assert rollout(interrupting.port, "--env-name", "slowfail/x,walkto/slow", "--n-episodes", "6", "--seed", "3",
+                       *SMALL, "--output-dir", str(out)) == 130
+        assert rollout(interrupting.port, "--resume", str(out)) == 1  # slowfail/x fails to start again
+    wall_s = time.monotonic() - started
+
+    final = json.loads((out / "results.json").read_text())
+    assert final["overall"]["eval_s"] <= wall_s, (final["overall"]["eval_s"], wall_s, final["per_task"])
 
 
 # --- --video-dir --------------------------------------------------------------------------------------------

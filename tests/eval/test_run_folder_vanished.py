@@ -1,6 +1,7 @@
 """An output folder that disappears while a run writes into it (a /tmp cleaner, a share unmounted): the run stops
 with an error naming the folder, exits non-zero, and never re-makes the folder to report a run that is not there."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -51,6 +52,22 @@ def test_a_run_whose_folder_is_deleted_mid_run_stops_naming_it_and_does_not_make
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"the output folder {out} disappeared (unmounted or deleted)" in line, line
     assert not out.exists()  # no results.json, episodes.jsonl or videos/ in a folder the run did not claim
+
+
+def test_a_batch_whose_job_folder_is_deleted_mid_job_says_so_and_its_resume_runs_that_job_again(tmp_path, capsys):
+    out, jobs = tmp_path / "batch", tmp_path / "jobs.json"
+    with policy_server(RemovesFolderOnCall(3, lambda: shutil.rmtree(out / "jobs" / "slow"))) as server:
+        jobs.write_text(json.dumps({
+            "defaults": {"policy_server": {"port": server.port}, "n_episodes": 4, "seed": 0, "max_episode_steps": 6,
+                         "overrides": {"n_action_steps": 2, "vectorization": "sync", "n_envs": 1}},
+            "jobs": [{"name": "slow", "env_name": "walkto/slow"}, {"name": "fast", "env_name": "walkto/fast"}]}))
+        assert main(["--log-level", "ERROR", "batch", "--jobs", str(jobs), "--output-dir", str(out)]) == 2
+        message = capsys.readouterr().err.strip().splitlines()[-1]
+        assert f"the job folder {out / 'jobs' / 'slow'} disappeared (unmounted or deleted)" in message, message
+        assert "free some space" not in message and f"gr00t-eval batch --resume {out} (it runs that job again)" in message
+
+        assert main(["--log-level", "ERROR", "batch", "--resume", str(out)]) == 0
+    assert json.loads((out / "batch_results.json").read_text())["n_pending"] == 0
 
 
 @pytest.mark.skipif(sys.platform != "linux" or shutil.which("mount") is None or os.geteuid() != 0,

@@ -121,3 +121,20 @@ def test_a_video_dir_that_is_a_file_is_refused_before_any_episode(server, tmp_pa
     assert rollout(server, tmp_path / "out", videos, "--seed", "0", *shard) == 2
     assert f"--video-dir {videos} exists and is not a directory" in capsys.readouterr().err
     assert videos.read_text() == "not a folder" and not (tmp_path / "out" / "results.json").exists()
+
+
+def test_a_shard_that_stops_before_scoring_keeps_a_sibling_shards_videos_in_their_shared_folder(server, tmp_path):
+    from eval.scale_fixtures import free_port
+
+    out = tmp_path / "out"
+    assert rollout(server, out, out / "videos", "--seed", "3", "--shard", "0/2") == 0
+    listed = [episode["video_path"] for episode in json.loads((out / "results_shard0of2.json").read_text())["per_episode"]]
+    assert listed and all(Path(path).is_file() for path in listed)
+
+    # nothing listens on the port: shard 1/2 stops before its first episode
+    assert main(["rollout", "--env-name", TASKS, "--n-episodes", "2", "--n-envs", "1", "--vectorization", "sync",
+                 "--n-action-steps", "2", "--max-episode-steps", "6", "--policy-client-port", str(free_port()),
+                 "--timeout-ms", "300", "--output-dir", str(out), "--video-dir", str(out / "videos"), "--seed", "3",
+                 "--shard", "1/2"]) == 2
+
+    assert [path for path in listed if not Path(path).is_file()] == []

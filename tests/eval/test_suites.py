@@ -135,6 +135,36 @@ def test_a_task_that_cannot_start_is_recorded_and_the_others_still_run(client):
     assert results["overall"]["n_failed_tasks"] == 2 and results["overall"]["n_episodes"] == 2
 
 
+SIMULATOR_DUMP = "\x1b[31mXML error\x1b[0m\n" + "\n".join(f"line {i}: <geom name='g{i}'/>" + "x" * 80 for i in range(1000))
+
+
+def make_dumping_env(task, **kwargs):
+    raise RuntimeError(SIMULATOR_DUMP)  # a simulator that prints its whole model file when it cannot start
+
+
+def test_a_task_start_failure_is_recorded_and_printed_on_one_bounded_escaped_line(client):
+    from gr00t_client import EmbodimentTag
+    from gr00t_eval.metrics import ERROR_REASON_CHARS
+    from gr00t_eval.rollout.envs import register_env_prefix
+
+    register_env_prefix("xmldump", EmbodimentTag.NEW_EMBODIMENT, make_dumping_env)
+    reason = run_suite(client, "walkto/fast,xmldump/task", config(n_episodes=1))["failed_tasks"]["xmldump/task"]
+    assert len(reason) <= ERROR_REASON_CHARS and "\n" not in reason and "\x1b" not in reason
+    assert "XML error" in reason and "more characters)" in reason
+
+
+def test_the_summary_escapes_and_cuts_a_task_failure_an_older_results_file_holds_raw():
+    from gr00t_eval.metrics import ERROR_REASON_CHARS
+    from gr00t_eval.run_summary import format_summary
+
+    overall = {"n_episodes": 0, "n_errors": 0, "pc_success": None, "eval_s": 1.0}
+    summary = format_summary({"per_task": {}, "per_group": {}, "overall": overall,
+                              "failed_tasks": {"xmldump/task": SIMULATOR_DUMP}})
+    failure = summary.splitlines()[-1]
+    assert failure.startswith("task xmldump/task failed: ") and "\x1b" not in summary
+    assert len(failure) <= len("task xmldump/task failed: ") + ERROR_REASON_CHARS
+
+
 def test_rollout_cli_with_a_suite_writes_per_task_results(server, tmp_path, capsys):
     code = run_cli(["rollout", "--env-name", "walkto-2", "--n-episodes", "3", "--n-envs", "0", "--n-action-steps", "2",
                     "--max-episode-steps", "6", "--seed", "0", "--policy-client-port", str(server.port), "--no-video",

@@ -587,6 +587,16 @@ def test_a_tag_given_as_text_before_a_checkpoint_folder_is_served_as_in_the_refe
     assert Gr00tPolicy("libero_sim", str(tiny_checkpoint), device="cpu").embodiment_tag_value == "libero_sim"
 
 
+def test_a_tag_given_before_a_training_run_folder_and_its_subfolder_is_served_as_in_the_reference_order(tiny_checkpoint,
+                                                                                                       tmp_path):
+    import shutil
+
+    shutil.copytree(tiny_checkpoint, tmp_path / "run" / "checkpoint-1000")
+    policy = Gr00tPolicy("new_embodiment", str(tmp_path / "run"), subfolder="checkpoint-1000", device="cpu")
+    assert policy.embodiment_tag_value == "new_embodiment"
+    assert policy.checkpoint_dir.resolve() == (tmp_path / "run" / "checkpoint-1000").resolve()
+
+
 def test_a_python_server_reports_the_embodiment_its_policy_serves_through_wrappers(libero):
     """PolicyServer(Gr00tPolicy(ckpt, "libero_sim")) reported embodiment_tag None: open-loop then recorded the run as
     new_embodiment, and the rollout's env/embodiment check was skipped."""

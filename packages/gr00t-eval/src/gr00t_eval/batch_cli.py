@@ -17,7 +17,8 @@ from .output_files import OutputDirError
 from .run_claim import (claim_lock_name, claim_output_dir, finish_claim, refuse_live_claim, refuse_live_claims,
                         take_claim)
 from . import run_dir  # its folder helpers looked up when called (tests stand in for them there)
-from .run_stop import INTERRUPTED_EXIT_CODE, is_storage_error, sigterm_as_interrupt, storage_advice
+from .run_stop import (INTERRUPTED_EXIT_CODE, OutputFolderGone, is_storage_error, sigterm_as_interrupt,
+                       storage_advice)
 from .video_claims import claim_video_dir
 from .video_dirs import check_video_dir, delete_episode_videos, within
 
@@ -53,10 +54,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     except OSError as exc:
         if not is_storage_error(exc):
             raise
-        raise SystemExit(f"{exc}: the batch stopped there; the jobs done before it are kept in "
-                         f"{path} and the running job's finished episodes in its folder under {output_dir / 'jobs'}; "
-                         f"{storage_advice(exc).lower()}, then continue with: gr00t-eval batch --resume "
-                         f"{output_dir}") from None
+        raise SystemExit(_storage_stop_message(exc, path, output_dir)) from None
     except KeyboardInterrupt:
         outcome = "interrupted"
         batch = json.loads(path.read_text())
@@ -70,6 +68,19 @@ def cmd_batch(args: argparse.Namespace) -> int:
     print(format_table(batch))
     print(f"Results: {path}")
     return 1 if batch["n_failed"] else 0
+
+
+def _storage_stop_message(exc: OSError, path: Path, output_dir: Path) -> str:
+    """The one line for a batch stopped by a storage error (is_storage_error) while a job ran: what is kept, and the
+    command that continues."""
+    resume = f"gr00t-eval batch --resume {output_dir}"
+    if isinstance(exc, OutputFolderGone):
+        return (f"the job folder {exc.filename} disappeared (unmounted or deleted) while its job wrote to it: the batch "
+                f"stopped there, and wrote nothing more; the jobs done before it are kept in {path}. Continue with: "
+                f"{resume} (it runs that job again)")
+    return (f"{exc}: the batch stopped there; the jobs done before it are kept in {path} and the running job's "
+            f"finished episodes in its folder under {output_dir / 'jobs'}; {storage_advice(exc).lower()}, then continue "
+            f"with: {resume}")
 
 
 def _resumed_batch(args: argparse.Namespace) -> _Batch:

@@ -11,7 +11,7 @@ import os
 import signal
 import socket
 import threading
-from typing import Any, Iterator, Optional, Tuple
+from typing import Any, Iterator, List, Optional, Tuple
 
 from gr00t_client.cli_signals import interrupting_signals
 
@@ -89,12 +89,18 @@ _DIRECT_ADDRESS_REMEDY = ("check the host and port (the head node's GCS port, 63
 
 def auto_address() -> Optional[Tuple[str, str, str]]:
     """The address `ray.init(address="auto")` joins, where it comes from and what to do when nothing answers there:
-    RAY_ADDRESS, else the address file of the last `ray start --head` on this machine; None when there is neither."""
+    RAY_ADDRESS, else the one Ray GCS process running on this machine, else the address file of the last `ray start
+    --head` here (Ray's own order); None when there is none of them."""
     from_environment = os.environ.get("RAY_ADDRESS")
     if from_environment:
         return from_environment, "from RAY_ADDRESS", ("set RAY_ADDRESS to the head node's address, unset it, or use "
                                                       "--ray-address local or HOST:PORT")
     path, from_file = _current_cluster_file()
+    running = _running_gcs_addresses()
+    if len(running) == 1:  # ray.init("auto") joins it, whatever the file says
+        return running[0], "the Ray GCS process running on this machine", ("check that the head node's Ray processes "
+                                                                           "run (`ray status`), or use --ray-address "
+                                                                           "local or HOST:PORT")
     if not from_file:
         return None
     return from_file, f"from {path}", (f"it was left by a Ray head that is gone: run `ray stop` (it removes {path}) "
@@ -114,6 +120,17 @@ def _current_cluster_file() -> Tuple[str, Optional[str]]:
             return path, handle.read().strip() or None
     except OSError:
         return path, None
+
+
+def _running_gcs_addresses() -> List[str]:
+    """The addresses of the Ray GCS processes running on this machine (Ray's own search of its processes, a private
+    helper that a Ray version may lack or move: then none, and ray.init finds them itself)."""
+    try:
+        from ray._private.services import find_gcs_addresses
+
+        return sorted(find_gcs_addresses())
+    except (ImportError, AttributeError, TypeError):
+        return []
 
 
 def require_ray_client(label: str) -> None:

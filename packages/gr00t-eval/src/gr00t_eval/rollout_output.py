@@ -153,8 +153,18 @@ def _release_video_claim(run_file: Path, output_dir: Path, shard: Any) -> None:
         return
     if isinstance(video_dir, str):
         release_video_claim(Path(video_dir), output_dir, shard)
-        if within(Path(video_dir), output_dir):
+        if within(Path(video_dir), output_dir) and not _sibling_shard_files(output_dir, shard):
             _remove_own_videos(Path(video_dir))
+
+
+def _sibling_shard_files(output_dir: Path, shard: Any) -> List[str]:
+    """The files other shards of a split left in `output_dir`: the videos folder they share holds their videos too."""
+    from .output_files import episode_log_name, results_file_name, run_file_name, shard_files
+
+    if shard is None:
+        return []
+    own = {run_file_name(shard), episode_log_name(shard), results_file_name(shard)}
+    return [name for name in shard_files(output_dir) if name not in own]
 
 
 def _remove_own_videos(video_dir: Path) -> None:

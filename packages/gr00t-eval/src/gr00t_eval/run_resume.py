@@ -71,7 +71,7 @@ def refuse_changed_settings(args: argparse.Namespace, saved: Mapping[str, Any]) 
         if dest == "video_dir" and value is not None and config.get(field_name) is not None:
             if os.path.realpath(value) == os.path.realpath(config[field_name]):  # saved absolute; given as typed
                 continue
-        if value != config.get(field_name):
+        if value != config.get(field_name) and not _resolved_for_shard(saved, dest, value):
             conflicts.append(f"{_flag_name(dest)} {value} (saved: {config.get(field_name)})")
     if "no_video" in given and args.no_video and config.get("video_dir") is not None:
         conflicts.append(f"--no-video (saved: videos in {config.get('video_dir')})")
@@ -83,6 +83,12 @@ def refuse_changed_settings(args: argparse.Namespace, saved: Mapping[str, Any]) 
         raise UsageError(f"--resume {args.resume} continues the run with the settings saved in its run file, but this "
                          f"command line also gives {'; '.join(conflicts)}. Drop those flags to resume, or start a new "
                          "run (a new --output-dir) with the new settings")
+
+
+def _resolved_for_shard(saved: Mapping[str, Any], dest: str, value: Any) -> bool:
+    """Whether `value` is the auto setting a shard's run file records resolved (shard.resolve_shard_n_envs): --n-envs 0
+    and --vectorization auto, repeated from the command line that started the shard."""
+    return saved.get("shard") is not None and (dest, value) in (("n_envs", 0), ("vectorization", "auto"))
 
 
 def earlier_results(output_dir: Path, shard: Any) -> Optional[Dict[str, Any]]:
@@ -99,14 +105,16 @@ def earlier_results(output_dir: Path, shard: Any) -> Optional[Dict[str, Any]]:
 
 
 def earlier_eval_s(logged: Iterable[Mapping[str, Any]], earlier: Optional[Mapping[str, Any]]) -> Dict[str, float]:
-    """The seconds earlier attempts of a run spent on each task, the larger of two counts: the attempts' stamps in its
-    episode log (attempt_seconds: an attempt stopped before it wrote its results file leaves them too, though not its
-    time after its last episode), and the results file `earlier` (every attempt that wrote it, to its end; the only
-    count for a log an older version wrote without stamps); {} without either."""
+    """The seconds earlier attempts of a run spent on each task, from the count with the larger total: the attempts'
+    stamps in its episode log (attempt_seconds: an attempt stopped before it wrote its results file leaves them too,
+    though not its time after its last episode), or the results file `earlier` (every attempt that wrote it, to its
+    end; the only count for a log an older version wrote without stamps); {} without either. The two split the time
+    between tasks differently (a task that failed to start logs no entry, so the stamps give its time to the next
+    task), so they are never mixed per task."""
     stamped = attempt_seconds(entry for entry in logged if isinstance(entry.get(ATTEMPT_S_KEY), (int, float)))
     per_task = (earlier or {}).get("per_task") or {}
     written = {str(task): float((entry or {}).get("eval_s") or 0.0) for task, entry in per_task.items()}
-    return {task: max(stamped.get(task, 0.0), written.get(task, 0.0)) for task in {*stamped, *written}}
+    return written if sum(written.values()) >= sum(stamped.values()) else stamped
 
 
 def attempt_seconds(logged: Iterable[Mapping[str, Any]]) -> Dict[str, float]:

@@ -52,7 +52,7 @@ def format_summary(results: Mapping[str, Any]) -> str:
     rows.append(_row("overall", "overall", results["overall"]))
     text = _table(rows)
     for task, reason in results.get("failed_tasks", {}).items():
-        text += f"\ntask {task} failed: {reason}"
+        text += f"\ntask {task} failed: {shown_text(str(reason), ERROR_REASON_CHARS)}"  # raw in older results files
     return text
 
 

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from gr00t_client import BasePolicy
+from gr00t_client.peer_text import shown_text
 
-from .metrics import EpisodeOutcome, rollout_aggregates
+from .metrics import ERROR_REASON_CHARS, EpisodeOutcome, rollout_aggregates
 from .rollout.config import RolloutConfig, env_error_text, split_env_name
 from .rollout.liveness import PolicyServerUnreachableError, unanswered_ping_reason
 from .run_stop import is_storage_error
@@ -269,6 +270,7 @@ def run_task(policy: BasePolicy, task: Task, config: RolloutConfig, episodes: Op
         if isinstance(exc, (EOFError, BrokenPipeError, ConnectionResetError)):  # gymnasium's AsyncVectorEnv pipes
             reason = (f"an env worker process died (its pipe said {type(exc).__name__}: a simulator crash, or the "
                       f"process was killed); the task's episodes still running and not yet started did not run")
+        reason = shown_text(reason, ERROR_REASON_CHARS)  # a simulator's XML dump or coloured traceback: one bounded line
         logger.error("task %s failed: %s", task.env_name, reason)
         run.error = reason
     run.eval_s += time.perf_counter() - start

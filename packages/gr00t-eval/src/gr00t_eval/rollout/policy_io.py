@@ -389,12 +389,15 @@ def policy_actions(action: Mapping[str, Any], action_space: gym.spaces.Dict, n_a
 
 
 def _in_env_dtype(key: str, steps: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """`steps` in the env's action dtype (rounded to the nearest integer for an integer dtype), or ActionError naming
-    the key when the cast would change what is executed otherwise: a finite value past a float dtype's range (1e39
-    into float32 became inf, executed, with only numpy's warning), a value past an integer dtype's range (70000.0
-    wrapped to 112 in int8; 0.9 was truncated to 0, now rounded to 1)."""
+    """`steps` in the env's action dtype (rounded to the nearest integer for an integer dtype, to the nearer of
+    False and True for a bool one: 0.2 was cast to True), or ActionError naming the key when the cast would change
+    what is executed otherwise: a finite value past a float dtype's range (1e39 into float32 became inf, executed,
+    with only numpy's warning), a value past an integer dtype's range (70000.0 wrapped to 112 in int8; 0.9 was
+    truncated to 0, now rounded to 1)."""
     if steps.dtype == dtype:
         return steps
+    if dtype.kind == "b" and steps.dtype.kind in "fiu":
+        return steps >= 0.5
     if dtype.kind in "iu" and steps.dtype.kind == "f":
         steps = np.rint(steps)
     with np.errstate(over="ignore", invalid="ignore"):

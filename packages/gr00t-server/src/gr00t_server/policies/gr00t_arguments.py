@@ -43,15 +43,16 @@ def unsupported_tag_message(tag: Union[EmbodimentTag, str], supported: List[str]
     return message
 
 
-def tag_given_first(model_path: Any, embodiment_tag: Any) -> bool:
+def tag_given_first(model_path: Any, embodiment_tag: Any, subfolder: Optional[str] = None) -> bool:
     """Whether the two came in the reference's positional order (embodiment_tag, model_path): an EmbodimentTag first,
-    or a first text that is a built-in tag or one of the second's tags while the second is a checkpoint folder (holds
-    config.json). A folder merely named like the tag (a hub id with a robot's data folder here) swaps nothing."""
+    or a first text that is a built-in tag or one of the second's tags while the second (its `subfolder`, if given) is
+    a checkpoint folder (holds config.json). A folder merely named like the tag (a hub id with a robot's data folder
+    here) swaps nothing."""
     if isinstance(model_path, EmbodimentTag):
         return True
     if not isinstance(model_path, str) or not isinstance(embodiment_tag, (str, os.PathLike)):
         return False
-    checkpoint = Path(embodiment_tag).expanduser()
+    checkpoint = Path(embodiment_tag).expanduser() / (subfolder or "")
     if not (checkpoint / CONFIG_NAME).is_file():
         return False
     try:

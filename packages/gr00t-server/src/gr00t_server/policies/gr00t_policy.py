@@ -105,7 +105,7 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
         self._timing = threading.local()
         self._checked_states = threading.local()  # what check_observation normalized, for this thread's next call
         self._option_names = OptionNames(logger)  # unknown option names: refused when strict, else warned once
-        if tag_given_first(model_path, embodiment_tag):  # positional (embodiment_tag, model_path) like the reference
+        if tag_given_first(model_path, embodiment_tag, subfolder):  # positional (embodiment_tag, model_path) like the reference
             model_path, embodiment_tag = embodiment_tag, model_path
         if model_path is None or embodiment_tag is None:
             raise ValueError("Gr00tPolicy needs both model_path and embodiment_tag")
