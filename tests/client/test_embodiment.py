@@ -85,3 +85,14 @@ def test_every_tag_has_a_projector_index_within_the_32_embodiment_slots():
 )
 def test_projector_index_matches_the_reference_table(value, index):
     assert EMBODIMENT_TAG_TO_PROJECTOR_INDEX[value] == index
+
+
+def test_a_built_in_tags_spellings_name_it_and_a_checkpoints_own_tag_only_itself():
+    from gr00t_client.embodiment import names_tag
+
+    assert names_tag("libero_sim", "LIBERO_PANDA") and names_tag("LIBERO_PANDA", "libero_sim")
+    assert names_tag("my_robot", "my_robot") and names_tag("MY_ROBOT", "my_robot")
+    # a checkpoint's custom tag spelled like a built-in's name in lower case is not that built-in
+    assert not names_tag("libero_sim", "libero_panda")
+    assert not names_tag("unitree_g1_full_body_with_waist_height_nav_cmd", "unitree_g1")
+    assert not names_tag("libero_sim", "unitree_g1")

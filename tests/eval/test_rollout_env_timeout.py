@@ -280,3 +280,23 @@ def test_a_finished_run_whose_env_workers_hang_in_close_ends_complete_within_env
     assert results["status"] == "complete" and results["overall"]["n_errors"] == 0
     assert "env workers did not end within 2 s of being asked to close (--env-timeout)" in caplog.text
     assert multiprocessing.active_children() == []  # killed, not left hanging
+
+
+def test_a_spawned_env_worker_logs_at_its_parents_level(caplog):
+    """Spawned env workers never configured logging: an env's traceback, logged at DEBUG, was lost under
+    --log-level DEBUG with async vectorization (sync showed it)."""
+    import functools
+    import logging
+    import pickle
+    import subprocess
+    import sys
+
+    from gr00t_eval.rollout.vector_envs import _BuiltInWorker
+
+    caplog.set_level("DEBUG")
+    env_fn = functools.partial(logging.getLogger("gr00t_eval.rollout").debug, "built in the worker")
+    code = "import pickle, sys; pickle.loads(sys.stdin.buffer.read())()"
+    result = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(_BuiltInWorker(env_fn)),
+                            capture_output=True, timeout=120)
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    assert "DEBUG:gr00t_eval.rollout:built in the worker" in result.stderr.decode()

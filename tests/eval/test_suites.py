@@ -142,7 +142,8 @@ def make_dumping_env(task, **kwargs):
     raise RuntimeError(SIMULATOR_DUMP)  # a simulator that prints its whole model file when it cannot start
 
 
-def test_a_task_start_failure_is_recorded_and_printed_on_one_bounded_escaped_line(client):
+def test_a_task_start_failure_is_recorded_and_printed_on_one_bounded_escaped_line(client, caplog):
+    caplog.set_level("DEBUG", logger="gr00t_eval")
     from gr00t_client import EmbodimentTag
     from gr00t_eval.metrics import ERROR_REASON_CHARS
     from gr00t_eval.rollout.envs import register_env_prefix
@@ -151,6 +152,8 @@ def test_a_task_start_failure_is_recorded_and_printed_on_one_bounded_escaped_lin
     reason = run_suite(client, "walkto/fast,xmldump/task", config(n_episodes=1))["failed_tasks"]["xmldump/task"]
     assert len(reason) <= ERROR_REASON_CHARS and "\n" not in reason and "\x1b" not in reason
     assert "XML error" in reason and "more characters)" in reason
+    # the whole traceback stays there for --log-level DEBUG
+    assert [r for r in caplog.records if r.levelname == "DEBUG" and r.exc_info and "xmldump/task" in r.getMessage()]
 
 
 def test_the_summary_escapes_and_cuts_a_task_failure_an_older_results_file_holds_raw():

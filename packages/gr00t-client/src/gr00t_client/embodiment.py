@@ -81,14 +81,18 @@ def resolve_tag(tag: Union[EmbodimentTag, str], supported: Sequence[str],
 
 def names_tag(given: Union[EmbodimentTag, str], tag: str) -> bool:
     """Whether `given` names embodiment `tag` by resolve_tag's rule (exactly, a built-in tag's spelling, or case), or
-    both are spellings of one built-in tag (a server that reports `LIBERO_PANDA` serves `libero_sim`)."""
+    `tag` is a built-in tag's exact value or name that `given` spells (a server that reports `LIBERO_PANDA` serves
+    `libero_sim`)."""
     try:
         if resolve_tag(given, [tag])[1] == tag:
             return True
     except ValueError:
         pass
+    builtin = next((member for member in EmbodimentTag if tag in (member.value, member.name)), None)
+    if builtin is None:  # a checkpoint's own tag (even one spelled like a built-in's name) is named by itself only
+        return False
     try:
-        return EmbodimentTag.resolve(given) is EmbodimentTag.resolve(tag)
+        return EmbodimentTag.resolve(given) is builtin
     except ValueError:
         return False
 

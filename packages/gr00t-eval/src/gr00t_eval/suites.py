@@ -272,6 +272,7 @@ def run_task(policy: BasePolicy, task: Task, config: RolloutConfig, episodes: Op
                       f"process was killed); the task's episodes still running and not yet started did not run")
         reason = shown_text(reason, ERROR_REASON_CHARS)  # a simulator's XML dump or coloured traceback: one bounded line
         logger.error("task %s failed: %s", task.env_name, reason)
+        logger.debug("task %s failed", task.env_name, exc_info=exc)  # the whole traceback, for --log-level DEBUG
         run.error = reason
     run.eval_s += time.perf_counter() - start
     run.outcomes.sort(key=lambda o: o.episode_index)

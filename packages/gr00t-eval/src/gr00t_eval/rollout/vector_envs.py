@@ -144,14 +144,20 @@ class _BuiltInWorker:
     """An env fn that builds its env only in a worker process; called here (gymnasium's env_fns[0]() for the spaces,
     with no time limit) it gives a _SpacesPending. Pickling it for a worker drops that."""
 
-    def __init__(self, env_fn: Callable[[], gym.Env], in_worker: bool = False) -> None:
-        self.env_fn, self.in_worker = env_fn, in_worker
+    def __init__(self, env_fn: Callable[[], gym.Env], in_worker: bool = False, log_level: Optional[int] = None) -> None:
+        self.env_fn, self.in_worker, self.log_level = env_fn, in_worker, log_level
 
     def __call__(self) -> gym.Env:
-        return self.env_fn() if self.in_worker else _SpacesPending()
+        if not self.in_worker:
+            return _SpacesPending()
+        if self.log_level is not None and not logging.getLogger().handlers:  # a spawned worker logs as its parent
+            logging.basicConfig(level=self.log_level, format="%(levelname)s:%(name)s:%(message)s")
+        return self.env_fn()
 
     def __reduce__(self) -> Tuple[Any, ...]:
-        return _BuiltInWorker, (self.env_fn, True)
+        # the parent's level travels with it: a spawned worker's logging is unconfigured (its env's tracebacks, logged
+        # at DEBUG, were lost under --log-level DEBUG)
+        return _BuiltInWorker, (self.env_fn, True, logging.getLogger().getEffectiveLevel())
 
 
 @dataclasses.dataclass(frozen=True)
