@@ -79,6 +79,18 @@ def test_a_shard_resumes_with_the_auto_n_envs_and_vectorization_it_was_started_w
         assert rollout(interrupting.port, *command, "--resume", str(out)) == 0
 
 
+def test_a_shard_started_with_explicit_envs_refuses_a_resume_that_asks_for_auto(tmp_path, capsys):
+    """Auto matched any saved value: the shard's saved 2 envs, sync, ran in place of the flags, without a word."""
+    out = tmp_path / "shard"
+    command = ["--env-name", "walkto/slow", "--n-action-steps", "2", "--max-episode-steps", "6", "--seed", "3",
+               "--n-episodes", "8", "--shard", "0/2", "--no-video", "--output-dir", str(out)]
+    with running_server(SigintOnCall(4)) as interrupting:
+        assert rollout(interrupting.port, *command, "--n-envs", "2", "--vectorization", "sync") == 130
+        assert rollout(interrupting.port, *command, "--n-envs", "0", "--vectorization", "auto", "--resume",
+                       str(out)) == 2
+    assert "--n-envs 0 (saved: 2)" in capsys.readouterr().err
+
+
 def as_an_earlier_version_saved_it_with_env_timeout(run, seconds):
     """`run` as a version that took --env-timeout with --vectorization sync saved it, its last episode not run."""
     saved = json.loads((run / "run.json").read_text())

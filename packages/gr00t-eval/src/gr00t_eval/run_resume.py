@@ -87,8 +87,9 @@ def refuse_changed_settings(args: argparse.Namespace, saved: Mapping[str, Any]) 
 
 def _resolved_for_shard(saved: Mapping[str, Any], dest: str, value: Any) -> bool:
     """Whether `value` is the auto setting a shard's run file records resolved (shard.resolve_shard_n_envs): --n-envs 0
-    and --vectorization auto, repeated from the command line that started the shard."""
-    return saved.get("shard") is not None and (dest, value) in (("n_envs", 0), ("vectorization", "auto"))
+    and --vectorization auto, repeated from the command line that started the shard (not one started with explicit
+    values, whose saved ones would run in place of the flags)."""
+    return bool(saved.get("auto_n_envs_resolved")) and (dest, value) in (("n_envs", 0), ("vectorization", "auto"))
 
 
 def earlier_results(output_dir: Path, shard: Any) -> Optional[Dict[str, Any]]:

@@ -160,8 +160,10 @@ def run_rollout_command(args: argparse.Namespace) -> int:
         made: Dict[str, Any] = {}
 
         def claim(path: Path) -> None:
-            made["config"] = resolve_shard_n_envs(rollout_config_from_args(args, seed, path), shard)
+            asked = rollout_config_from_args(args, seed, path)
+            made["config"] = resolve_shard_n_envs(asked, shard)
             write_run_file(path, {"env_name": env_spec, "config": dataclasses.asdict(made["config"]),
+                                  "auto_n_envs_resolved": made["config"].n_envs != asked.n_envs,
                                   "shard": None if shard is None else str(shard),
                                   "default_video_dir": not args.no_video and not args.video_dir,
                                   "registrations": _registrations(args)}, shard)
