@@ -173,3 +173,16 @@ def test_pusht_refuses_an_image_size_it_cannot_render(size):
     with pytest.raises(ValueError) as error:
         PushTEnv(image_size=size)
     assert str(error.value) == f"image_size must be an int from 1 to 1024 pixels, got {size!r}"
+
+
+def test_a_ray_flag_mistake_is_named_before_a_stale_ray_address_is_checked(tmp_path, capsys, monkeypatch):
+    """With the address file of a Ray head that is gone (left in Ray's temp folder), `--ray-address auto
+    --ray-shards -1` was told about the stale address, not the flag mistake."""
+    stale = tmp_path / "raytmp" / "ray"
+    stale.mkdir(parents=True)
+    (stale / "ray_current_cluster").write_text("127.0.0.1:1\n")
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "raytmp"))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    code, err = refused(capsys, ["rollout", "--env-name", "metaworld/reach-v3", "--output-dir", str(tmp_path / "run"),
+                                 "--ray-shards", "-1", "--ray-address", "auto"])
+    assert code == 2 and err.strip() == "gr00t-eval rollout: error: --ray-shards must be >= 0 (0: one per cluster CPU), got -1"

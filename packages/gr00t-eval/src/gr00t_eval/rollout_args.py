@@ -135,6 +135,17 @@ def _videos_moved_with_run(done: Sequence[Any], old_video_dir: Any, new_video_di
     return moved
 
 
+def check_ray_flags(args: argparse.Namespace) -> None:
+    """UsageError for a --ray-shards or --ray-cpus-per-shard no run can use: before the cluster is asked (a flag
+    mistake, not an unreachable or stale Ray address, is what such a command is told)."""
+    from .cli_errors import UsageError
+
+    if args.ray_shards < 0:
+        raise UsageError(f"--ray-shards must be >= 0 (0: one per cluster CPU), got {args.ray_shards}")
+    if not 0 < args.ray_cpus_per_shard < float("inf"):  # NaN too
+        raise UsageError(f"--ray-cpus-per-shard must be a finite number > 0, got {args.ray_cpus_per_shard}")
+
+
 def _check_rollout_args(args: argparse.Namespace) -> None:
     from .cli_errors import UsageError
     from .rollout.config import MAX_EPISODES
@@ -164,10 +175,7 @@ def _check_rollout_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--n-action-steps must be >= 1, got {args.n_action_steps}")
     if args.max_episode_steps < 1:  # 0 cut every episode before its first step: a success rate of 0 from nothing
         raise UsageError(f"--max-episode-steps must be >= 1, got {args.max_episode_steps}")
-    if args.ray_shards < 0:
-        raise UsageError(f"--ray-shards must be >= 0 (0: one per cluster CPU), got {args.ray_shards}")
-    if not 0 < args.ray_cpus_per_shard < float("inf"):  # NaN too
-        raise UsageError(f"--ray-cpus-per-shard must be a finite number > 0, got {args.ray_cpus_per_shard}")
+    check_ray_flags(args)
     if args.max_episodes_rendered is not None and args.max_episodes_rendered < 0:
         raise UsageError(f"--max-episodes-rendered must be >= 0, got {args.max_episodes_rendered}")
     _check_env_timeout_applies(args)  # before the output directory is made, as every setting no run can use

@@ -20,7 +20,7 @@ from gr00t_client.cli_flags import user_path
 
 from .batch_cli import DEFAULT_BATCH_DIR, cmd_batch
 from .merge_cli import cmd_merge
-from .rollout_args import (_check_env_names, _check_rollout_args, _default_video_dir, _registrations,
+from .rollout_args import (_check_env_names, _check_rollout_args, check_ray_flags, _default_video_dir, _registrations,
                            _saved_rollout_config, _videos_moved_with_run, resumed_env_timeout, rollout_config_from_args,
                            rollout_seed)
 from .rollout_output import _claim_videos, _released_unless_started, _rollout_output_dir, delete_earlier_videos
@@ -115,6 +115,7 @@ def run_rollout_command(args: argparse.Namespace) -> int:
             raise UsageError(f"{' and '.join(stray)} {'apply' if len(stray) > 1 else 'applies'} only to a run on Ray: "
                              "add --ray-address (auto, HOST:PORT or local), or leave it out")
     if args.ray_address:  # a missing Ray or an unreachable cluster fails in seconds, before the output directory is made
+        check_ray_flags(args)
         import_ray()
         check_ray_address(args.ray_address)
     done: List[EpisodeOutcome] = []
