@@ -1,6 +1,7 @@
 """Shared test setup: tests/ importable (for the fixture factories), Ctrl-C deliverable, GPU tests skipped without
 a GPU."""
 
+import faulthandler
 import os
 import signal
 import sys
@@ -22,6 +23,47 @@ if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is signal.SIG_I
 # Headless rendering, whichever test imports mujoco first (a test that only checks mujoco imports would otherwise fix
 # the GL backend before the Meta-World adapter sets MUJOCO_GL, and a later render test in that run fails).
 os.environ.setdefault("MUJOCO_GL", "egl")
+
+
+# pytest-timeout's thread method needs the GIL to dump the stacks and end the run: a thread stuck in native code
+# while holding it (the suite once sat 75 minutes in a concurrent-calls test until CI's own limit, with no output)
+# blocks it too. faulthandler's watchdog is a C thread that needs no GIL: it writes every thread's Python stack to
+# the terminal and ends the run a little after pytest-timeout would have, so a hang costs minutes and says where.
+WATCHDOG_GRACE_S = float(os.environ.get("GR00T_TEST_WATCHDOG_GRACE_S", "120"))
+_watchdog_file = None
+
+
+def pytest_configure(config):
+    global _watchdog_file
+    if _watchdog_file is None:  # the terminal's stderr, before pytest's capture redirects descriptor 2 for a test
+        _watchdog_file = os.fdopen(os.dup(sys.stderr.fileno()), "w")
+
+
+def _test_time_limit(item) -> float:
+    """The test's pytest-timeout limit (its marker, --timeout, pytest.ini), or 600 s without pytest-timeout."""
+    marker = item.get_closest_marker("timeout")
+    if marker is not None and marker.args:
+        return float(marker.args[0])
+    given = item.config.getoption("timeout", None)
+    if given is not None:
+        return float(given)
+    try:
+        return float(item.config.getini("timeout") or 0)
+    except ValueError:  # pytest-timeout not loaded (-p no:timeout): its option is unknown
+        return 600.0
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    limit = _test_time_limit(item)
+    armed = limit > 0 and _watchdog_file is not None
+    if armed:
+        faulthandler.dump_traceback_later(limit + WATCHDOG_GRACE_S, exit=True, file=_watchdog_file)
+    try:
+        yield
+    finally:
+        if armed:
+            faulthandler.cancel_dump_traceback_later()
 
 
 def _cuda_available() -> bool:

@@ -253,6 +253,47 @@ def test_concurrent_calls_run_the_model_one_at_a_time(tiny_checkpoint, monkeypat
     assert max(stage["preprocess_ms"] for stage in stages) < 1000.0
 
 
+def test_cpu_calls_run_whole_one_at_a_time(tiny_checkpoint, monkeypatch):
+    """On the CPU the whole call queues, preprocessing included: with the model alone queued, four callers' torch
+    preprocessing (one OpenMP team per calling thread on two cores) still sat in the suite until CI's 90-minute
+    limit. A queued call's wait is in no stage."""
+    import threading
+    import time
+
+    policy = Gr00tPolicy(tiny_checkpoint, "new_embodiment", device="cpu")
+    inside, most, lock = [0], [0], threading.Lock()
+    preprocess = policy.processor.process_batch
+
+    def counting_preprocess(*args, **kwargs):
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.4)  # long enough for the other callers to arrive
+        try:
+            return preprocess(*args, **kwargs)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    monkeypatch.setattr(policy.processor, "process_batch", counting_preprocess)
+    observation = example_observation(tiny_checkpoint, "new_embodiment", seed=0)
+    stages = []
+
+    def call():
+        policy.get_action(observation, {"seed": 7})
+        stages.append(policy.last_timing)
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads) and len(stages) == 3
+    assert most[0] == 1
+    # the last call waited for two others (each >= 0.4 s); its preprocessing stage is its own 0.4 s and change
+    assert max(stage["preprocess_ms"] for stage in stages) < 750.0
+
+
 def test_noise_with_wrong_shape_is_rejected(libero, tiny_checkpoint):
     with pytest.raises(ValueError, match=r"\(1, 40, 132\)"):
         libero.get_action(example_observation(tiny_checkpoint, "libero_sim"), {"noise": np.zeros((1, 16, 7), np.float32)})

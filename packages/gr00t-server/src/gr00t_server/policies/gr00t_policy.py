@@ -10,6 +10,7 @@ there a padded row's action depended on the other rows of its batch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -134,6 +135,11 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
         # here. On the CPU each calling thread brought its own OpenMP team onto the same cores (four callers on two
         # cores once spun for 25 minutes without finishing); on a GPU the calls queued on one stream anyway.
         self._model_lock = threading.Lock()
+        # On the CPU a whole call takes the lock, preprocessing included: its torch resizes and patchify also ran one
+        # OpenMP team per calling thread, and with the model alone queued four callers still sat in the suite until
+        # CI's 90-minute limit. The cores are the CPU's whichever call uses them: queueing costs no throughput. A GPU
+        # policy keeps preprocessing (CPU work) of one call beside another's forward pass.
+        self._whole_call_queued = self.device.type == "cpu" and self.preprocess_device.type == "cpu"
         checkpoint_clips_states = self.processor.config.clip_outliers
         if clip_outliers is not None:
             self.processor.config = dataclasses.replace(self.processor.config, clip_outliers=bool(clip_outliers))
@@ -309,6 +315,14 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
     def _get_action(
         self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None
     ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+        if self._whole_call_queued:  # a wait here (another thread's call) is in no stage
+            with self._model_lock:
+                return self._get_action_now(observation, options, model_lock=contextlib.nullcontext())
+        return self._get_action_now(observation, options, model_lock=self._model_lock)
+
+    def _get_action_now(
+        self, observation: Dict[str, Any], options: Optional[Dict[str, Any]], model_lock: Any
+    ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         started = time.perf_counter()
         options = checked_options(options)
         if not self.strict:  # a strict policy's check_observation made these checks, and more
@@ -335,7 +349,7 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
         rtc_arguments = self._rtc_model_arguments(rtc, raw_states) if rtc is not None else {}
         num_steps = self._denoising_steps(options.get("denoising_steps"))
         preprocessed = time.perf_counter()
-        with self._model_lock:  # a wait here (another thread's call) is in no stage
+        with model_lock:  # a wait here (another thread's call) is in no stage
             model_started = time.perf_counter()
             with torch.inference_mode():
                 output = self.model.get_action(inputs, noise=noise, generator=generator, num_steps=num_steps,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
@@ -65,6 +66,7 @@ class Gr00tN1d7Processor(VideoChecks):
         self.statistics_errors = dict(statistics_errors or {})  # tag -> why its statistics cannot be used
         self.embodiment_ids = dict(embodiment_ids)
         self.tokenizer = tokenizer
+        self._tokenizer_lock = threading.Lock()
         self.vision_config = vision_config
         # file name -> the file this processor was read from (from_pretrained; none when built in memory)
         self.source_files: Dict[str, Path] = {}
@@ -321,8 +323,9 @@ class Gr00tN1d7Processor(VideoChecks):
             tokens = [num_image_tokens(g, self.vision_config.merge_size) for g in grid_rows[cursor : cursor + count]]
             cursor += count
             texts.append(expand_image_tokens(prompt, tokens, IMAGE_PAD_TOKEN))
-        self.tokenizer.padding_side = "left"
-        encoded = self.tokenizer(texts, padding=True, return_tensors="np")
+        with self._tokenizer_lock:  # one tokenizer object: its padding settings are shared by every calling thread
+            self.tokenizer.padding_side = "left"
+            encoded = self.tokenizer(texts, padding=True, return_tensors="np")
         return {
             "input_ids": torch.from_numpy(np.asarray(encoded["input_ids"], dtype=np.int64)),
             "attention_mask": torch.from_numpy(np.asarray(encoded["attention_mask"], dtype=np.int64)),

@@ -1,0 +1,69 @@
+"""The suite's hang watchdog (tests/conftest.py): a test stuck in native code while holding the GIL blocks
+pytest-timeout's thread method (its timer thread needs the GIL), and CI once sat at its 90-minute limit with no
+output. faulthandler's watchdog needs no GIL: it prints the stuck test's stack and ends the run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parents[1]
+
+STUCK_TEST = '''
+import ctypes
+
+import pytest
+
+
+@pytest.mark.timeout(1)
+def test_stuck_holding_the_gil():
+    ctypes.PyDLL(None).sleep(120)  # a PyDLL call keeps the GIL: the thread method's timer cannot run
+
+
+def test_after_the_stuck_one():
+    pass
+'''
+
+QUICK_TEST = '''
+import time
+
+import pytest
+
+
+@pytest.mark.timeout(1)
+def test_quick():
+    pass
+
+
+def test_outlives_an_earlier_test_limit():
+    time.sleep(4)  # the watchdog armed for the 1 s test above was cancelled when it ended
+'''
+
+
+def _run(tmp_path, source):
+    shutil.copy(TESTS / "conftest.py", tmp_path / "conftest.py")
+    (tmp_path / "pytest.ini").write_text("[pytest]\ntimeout = 600\ntimeout_method = thread\n")
+    (tmp_path / "test_case.py").write_text(source)
+    env = dict(os.environ, GR00T_TEST_WATCHDOG_GRACE_S="2")
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_case.py"],
+                            capture_output=True, text=True, timeout=100, cwd=tmp_path, env=env)
+    return result, time.monotonic() - started
+
+
+def test_a_test_stuck_holding_the_gil_ends_the_run_naming_its_stack(tmp_path):
+    result, took = _run(tmp_path, STUCK_TEST)
+    assert result.returncode != 0
+    assert took < 60, f"the run waited {took:.0f} s: the watchdog did not end it"
+    assert "Timeout (" in result.stderr
+    assert "in test_stuck_holding_the_gil" in result.stderr
+
+
+def test_the_watchdog_is_cancelled_when_a_test_ends(tmp_path):
+    result, _ = _run(tmp_path, QUICK_TEST)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout and "Timeout (" not in result.stderr
