@@ -18,7 +18,7 @@ from .run_claim import (claim_lock_name, claim_output_dir, finish_claim, refuse_
                         take_claim)
 from . import run_dir  # its folder helpers looked up when called (tests stand in for them there)
 from .run_stop import (INTERRUPTED_EXIT_CODE, OutputFolderGone, is_storage_error, sigterm_as_interrupt,
-                       storage_advice)
+                       storage_advice, storage_error_text)
 from .video_claims import claim_video_dir
 from .video_dirs import check_video_dir, delete_episode_videos, within
 
@@ -78,9 +78,9 @@ def _storage_stop_message(exc: OSError, path: Path, output_dir: Path) -> str:
         return (f"the job folder {exc.filename} disappeared (unmounted or deleted) while its job wrote to it: the batch "
                 f"stopped there, and wrote nothing more; the jobs done before it are kept in {path}. Continue with: "
                 f"{resume} (it runs that job again)")
-    return (f"{exc}: the batch stopped there; the jobs done before it are kept in {path} and the running job's "
-            f"finished episodes in its folder under {output_dir / 'jobs'}; {storage_advice(exc).lower()}, then continue "
-            f"with: {resume}")
+    return (f"{storage_error_text(exc)}: the batch stopped there; the jobs done before it are kept in {path} and the "
+            f"running job's finished episodes in its folder under {output_dir / 'jobs'}; "
+            f"{storage_advice(exc).lower()}, then continue with: {resume}")
 
 
 def _resumed_batch(args: argparse.Namespace) -> _Batch:

@@ -370,6 +370,10 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         known = (UsageError, ConnectionError, TimeoutError, FileNotFoundError, FileExistsError, MissingExtraError,
                  OutputDirError)
         shown = message if isinstance(exc, known) else f"{type(exc).__name__}: {message} (--log-level DEBUG shows the traceback)"
+        from .run_stop import is_storage_line, storage_stop_line
+
+        if is_storage_line(exc):  # a full disk or a read-only folder a command did not word: the path and the remedy
+            shown = storage_stop_line(exc, args.command)
         print(f"gr00t-eval {args.command}: error: {shown}", file=sys.stderr)
         if args.log_level == "DEBUG":
             traceback.print_exception(exc, file=sys.stderr)

@@ -10,7 +10,7 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Union
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Union
 
 from .run_stop import check_folder_kept, folder_identity
 
@@ -59,10 +59,7 @@ class EpisodeLog:
 
     def read(self) -> List[Dict[str, Any]]:
         """Every complete entry, later entries of the same (task, episode) replacing earlier ones (resumed runs)."""
-        latest: Dict[Any, Dict[str, Any]] = {}
-        for entry in self.entries():
-            latest[(entry.get("task"), entry.get("episode_index"))] = entry
-        return list(latest.values())
+        return latest_entries(self.entries())
 
     def entries(self) -> Iterator[Dict[str, Any]]:
         """Every complete entry in the order logged, those of episodes run again included."""
@@ -75,3 +72,12 @@ class EpisodeLog:
                 yield json.loads(line)
             except json.JSONDecodeError:  # a line cut short by a crash: everything before it is intact
                 logger.warning("%s:%d is not complete JSON; ignoring it", self.path, number)
+
+
+def latest_entries(entries: Iterable[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+    """The entries logged (EpisodeLog.entries), later entries of the same (task, episode) replacing earlier ones: what
+    EpisodeLog.read gives, from entries already read (a resume needs both, and reads the file once)."""
+    latest: Dict[Any, Dict[str, Any]] = {}
+    for entry in entries:
+        latest[(entry.get("task"), entry.get("episode_index"))] = dict(entry)
+    return list(latest.values())

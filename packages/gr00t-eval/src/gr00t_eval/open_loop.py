@@ -33,6 +33,7 @@ from .open_loop_observation import (FLAT_FORMAT_HINT, _EpisodeSteps, _FrameWindo
 from .policy_identity import pinned_policy, record_from_info, server_info, serves_replay
 from .reported_position import is_position
 from .rollout.config import is_whole_number
+from .run_stop import OutputFolderGone, check_folder_kept, folder_identity
 from .results import RESULTS_FILENAME, open_loop_results, write_results
 
 __all__ = ["DEFAULT_OUTPUT_DIR", "FLAT_FORMAT_HINT", "OBSERVATION_FORMATS", "RESULTS_FILENAME", "OpenLoopConfig",
@@ -275,7 +276,8 @@ def check_open_loop_output_dir(output_dir: str) -> None:
 
 
 def evaluate_open_loop(
-    policy: BasePolicy, config: OpenLoopConfig, report: Callable[[str], None] = logger.info, progress: bool = True
+    policy: BasePolicy, config: OpenLoopConfig, report: Callable[[str], None] = logger.info, progress: bool = True,
+    claim: Optional[str] = None,
 ) -> OpenLoopResult:
     """Evaluate every trajectory id; write plots and results.json.
 
@@ -284,6 +286,9 @@ def evaluate_open_loop(
     A run stopped part-way (KeyboardInterrupt; or "aborted": a server gone, ConnectionError or TimeoutError, or
     any other failure) still writes results.json with the trajectories it scored, its status, the ids not run
     and why; then the exception goes on up.
+    An output folder that disappears meanwhile (deleted, unmounted; with `claim`, the name of a file in it that must
+    stay there, such as the CLI's run claim) stops the run with OutputFolderGone before the next plot, and nothing
+    more is written: results.json written there would make the folder again and report a run that is not there.
     """
     if config.output_dir is not None:  # before any query
         check_open_loop_output_dir(config.output_dir)
@@ -312,7 +317,15 @@ def evaluate_open_loop(
         label = Path(config.dataset_path).resolve().name or "dataset"
         config = dataclasses.replace(config, output_dir=str(make_fresh_dated_output_dir(DEFAULT_OUTPUT_DIR, label)))
         report(f"Output directory: {config.output_dir}")
+    output_folder = Path(config.output_dir)
+    output_folder.mkdir(parents=True, exist_ok=True)  # now, so that a folder deleted or unmounted later is told apart
+    check_output_folder = functools.partial(check_folder_kept, output_folder, folder_identity(output_folder), claim)
     result = OpenLoopResult()
+
+    def scored(traj_id: int, traj: TrajectoryResult) -> None:
+        result.trajectories[traj_id] = traj
+        check_output_folder()  # before its plot: a plot saved into a vanished folder would make it again
+
     valid = []
     for traj_id in config.traj_ids:
         if not 0 <= traj_id < dataset.num_episodes:
@@ -344,7 +357,7 @@ def evaluate_open_loop(
                 try:
                     traj = evaluate_trajectory(policy, dataset, traj_id, sent, configs, report,
                                                on_step=(bar.update if bar else None),
-                                               on_scored=functools.partial(result.trajectories.__setitem__, traj_id),
+                                               on_scored=functools.partial(scored, traj_id),
                                                warned_key_matches=warned_key_matches,
                                                recording_dtype=np.float32 if serves_replay(served) else np.float64)
                 except ServerStoppingError:
@@ -392,6 +405,10 @@ def evaluate_open_loop(
         for t, r in result.trajectories.items()
     }
     run_config = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in vars(config).items()}
+    try:
+        check_output_folder()  # results.json written into a vanished folder would make it again
+    except OutputFolderGone as gone:
+        raise gone from stopped
     result.results_path = write_results(Path(config.output_dir) / RESULTS_FILENAME, open_loop_results(
         entries, run_config, result.skipped, errored=result.errored, skip_reasons=result.skip_reasons, stop=stop,
         policy=served, settings_not_applied=not_applied))

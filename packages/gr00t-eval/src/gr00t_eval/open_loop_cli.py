@@ -60,7 +60,7 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
 
     from . import connection
     from .open_loop import RESULTS_FILENAME, OpenLoopConfig, evaluate_open_loop
-    from .run_stop import sigterm_as_interrupt
+    from .run_stop import is_storage_line, sigterm_as_interrupt
 
     _check_horizon_flags(getattr(args, "horizon_flags", None) or [])
     if not (Path(args.dataset_path) / "meta").is_dir():
@@ -101,12 +101,14 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
         with _claim_held_until_the_end(output_dir / OPEN_LOOP_RUN_FILENAME):
             try:
                 with sigterm_as_interrupt(), _connect(args) as client:
-                    result = evaluate_open_loop(client, config, report=tqdm.write)
+                    result = evaluate_open_loop(client, config, report=tqdm.write, claim=OPEN_LOOP_RUN_FILENAME)
             except (KeyboardInterrupt, Exception):
                 _name_kept_open_loop_results(output_dir / RESULTS_FILENAME)
                 raise
-    except (KeyboardInterrupt, Exception, SystemExit):
+    except (KeyboardInterrupt, Exception, SystemExit) as exc:
         _release_unused_claim(output_dir)
+        if isinstance(exc, OSError) and is_storage_line(exc):
+            raise SystemExit(_storage_stop_message(exc, output_dir)) from None
         raise
     if result.trajectories:
         print(f"Plots: {', '.join(str(t.plot_path) for t in result.trajectories.values() if t.plot_path) or '(none)'}")
@@ -125,6 +127,23 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
         print("exit status 1 because trajectories errored (pass --allow-errors to exit 0 anyway)")
         return 1
     return 0
+
+
+def _storage_stop_message(exc: OSError, output_dir: Path) -> str:
+    """The one line for an open-loop run stopped by a storage error (run_stop.is_storage_line): its output folder
+    gone, or a full disk or read-only folder; what is kept, and what to do (open-loop runs do not resume)."""
+    from .open_loop import RESULTS_FILENAME
+    from .run_stop import OutputFolderGone, storage_advice, storage_error_text
+
+    if isinstance(exc, OutputFolderGone):
+        return (f"error: the output folder {output_dir} disappeared (unmounted or deleted) while the run wrote to it: "
+                "the run stopped, and wrote nothing more; run it again into a folder that is there (open-loop runs "
+                "do not resume)")
+    results = output_dir / RESULTS_FILENAME
+    kept = (f"{results} holds what was scored before it" if results.is_file()
+            else f"no {RESULTS_FILENAME} was written")
+    return (f"error: {storage_error_text(exc)}: the run stopped; {kept}. {storage_advice(exc)}, then run the same "
+            "command again with --overwrite (open-loop runs do not resume)")
 
 
 def _release_unused_claim(output_dir: Path) -> None:

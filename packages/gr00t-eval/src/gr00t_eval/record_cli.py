@@ -50,13 +50,20 @@ def cmd_record(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {message}" if args.overwrite or "not empty" not in message
                          else f"error: {message}; add --overwrite to replace it") from None
     except OSError as exc:  # a full disk mid-recording: say what the folder now holds
+        from .run_stop import is_storage_line, storage_advice, storage_error_text
+
         summary = getattr(exc, "record_summary", None)
+        advice = f". {storage_advice(exc)}, then run the same command again" if is_storage_line(exc) else ""
         if summary is None or not summary.started:
-            raise
+            if not advice:
+                raise
+            raise SystemExit(f"error: {storage_error_text(exc)}: recording did not start; "
+                             f"{_left_before_recording(args.output, summary)}{advice}") from None
         state = (f"{args.output} holds the {summary.n_episodes} episodes finished before it (a loadable dataset)"
                  if summary.n_episodes else f"{args.output} holds no finished episode (not a loadable dataset)")
-        raise SystemExit(f"error: {exc.strerror or exc}{f' writing {exc.filename}' if exc.filename else ''}: "
-                         f"recording stopped; {state}") from None
+        if advice and not args.overwrite:  # the same command again is refused: the folder is not empty now
+            advice = f". {storage_advice(exc)}, then run the same command with --overwrite to record anew"
+        raise SystemExit(f"error: {storage_error_text(exc)}: recording stopped; {state}{advice}") from None
     except ValueError as exc:  # the checks name record_metaworld's parameters; here they are flags
         message = str(exc)
         for parameter, flag in (("n_episodes", "--episodes"), ("max_episode_steps", "--max-episode-steps"),

@@ -8,17 +8,21 @@ import errno
 import os
 import signal
 from pathlib import Path
-from typing import Any, Iterator, Tuple
+from typing import Any, Iterator, Optional, Tuple
 
 from gr00t_client.cli_signals import interrupting_signals, signals_handled_by
 from gr00t_client.cli_signals import sigterm_as_interrupt  # noqa: F401 - the gr00t_eval modules import it from here
 
 __all__ = ["INTERRUPTED_EXIT_CODE", "STORAGE_ERRNOS", "OutputFolderGone", "check_folder_kept", "folder_identity",
-           "interrupts_deferred", "is_storage_error", "sigterm_as_interrupt", "storage_advice"]
+           "interrupts_deferred", "is_storage_error", "is_storage_line", "sigterm_as_interrupt", "storage_advice",
+           "storage_error_text", "storage_stop_line"]
 
 # A full disk (or quota, or file size limit) and a folder turned read-only: the run cannot write, but what it logged stays.
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
 INTERRUPTED_EXIT_CODE = 130
+# A file or folder this user may not write: worded as a storage error (storage_stop_line), though not one that stops a
+# rollout's later episodes (is_storage_error): a video folder of its own may be writable.
+WRITE_REFUSED_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
 
 
 SAVING_NOTE = "already stopping: saving the results of the finished episodes (Ctrl-C again to stop waiting)"
@@ -52,10 +56,11 @@ def folder_identity(folder: Path) -> Tuple[int, int]:
     return status.st_dev, status.st_ino
 
 
-def check_folder_kept(folder: Path, identity: Tuple[int, int], claim: str) -> None:
-    """OutputFolderGone unless `folder` is still the one the run claimed: the same `identity`, its `claim` in it."""
+def check_folder_kept(folder: Path, identity: Tuple[int, int], claim: Optional[str]) -> None:
+    """OutputFolderGone unless `folder` is still the one the run claimed: the same `identity`, its `claim` in it (a run
+    that claimed it with no file, claim None: the same `identity` only)."""
     try:
-        kept = folder_identity(folder) == identity and (folder / claim).is_file()
+        kept = folder_identity(folder) == identity and (claim is None or (folder / claim).is_file())
     except OSError:
         kept = False
     if not kept:
@@ -71,6 +76,8 @@ def storage_advice(exc: OSError) -> str:
         return "Free some space within your disk quota (or have the quota raised)"
     if exc.errno == errno.EFBIG:
         return "Raise the file size limit (ulimit -f)"
+    if exc.errno in WRITE_REFUSED_ERRNOS:
+        return "Give this user write access to the folder (or name a folder it may write)"
     return "Free some space"
 
 
@@ -78,3 +85,25 @@ def is_storage_error(exc: BaseException) -> bool:
     """Whether `exc` says the run's files cannot be written (STORAGE_ERRNOS, or its folder gone): every later episode
     would be lost too."""
     return isinstance(exc, OutputFolderGone) or (isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS)
+
+
+def is_storage_line(exc: BaseException) -> bool:
+    """Whether a command that stops on `exc` says so as a storage line (storage_stop_line): a storage error
+    (is_storage_error), or a file or folder this user may not write (WRITE_REFUSED_ERRNOS)."""
+    return is_storage_error(exc) or (isinstance(exc, OSError) and exc.errno in WRITE_REFUSED_ERRNOS)
+
+
+def storage_error_text(exc: OSError) -> str:
+    """A storage error as '<what the system said> writing <file>' (No space left on device writing .../results.json),
+    not Python's '[Errno 28] ...' form."""
+    where = f" writing {exc.filename}" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}"
+
+
+def storage_stop_line(exc: OSError, command: str) -> str:
+    """The one line for a command (`command`: 'batch', 'open-loop', ...) stopped by a storage error (is_storage_line)
+    that no nearer handler worded: the file or folder, and what to do."""
+    if isinstance(exc, OutputFolderGone):
+        return (f"the output folder {exc.filename} disappeared (unmounted or deleted): {command} stopped, and wrote "
+                "nothing more there")
+    return f"{storage_error_text(exc)}: {command} stopped. {storage_advice(exc)}, then run the same command again"

@@ -87,7 +87,7 @@ def register_scale_commands(subparsers: Any) -> None:
 def run_rollout_command(args: argparse.Namespace) -> int:
     """Run a rollout (or resume one) into its output directory; exit 0, 1 (errors), 130 (interrupted)."""
     from .cli_errors import UsageError
-    from .episode_log import EpisodeLog
+    from .episode_log import EpisodeLog, latest_entries
     from .metrics import EpisodeOutcome
     from .output_files import episode_log_name, run_file_name
     from .rollout.config import draw_base_seed
@@ -143,9 +143,10 @@ def run_rollout_command(args: argparse.Namespace) -> int:
             raise UsageError(f"--resume {output_dir}: its shards served different policies ({earlier.get('stop_reason')}); "
                              "its episodes are not one policy's, so resuming would pool them: serve one checkpoint or "
                              "dataset on every server and start a new run (a new --output-dir)")
-        logged = EpisodeLog(output_dir / episode_log_name(shard))
-        done = [EpisodeOutcome.from_json_dict(e) for e in logged.read()]
-        earlier_task_s = earlier_eval_s(logged.entries(), earlier)
+        # read once: the episodes kept (the latest entry of each) and every attempt's time stamps come from one read
+        logged = list(EpisodeLog(output_dir / episode_log_name(shard)).entries())
+        done = [EpisodeOutcome.from_json_dict(e) for e in latest_entries(logged)]
+        earlier_task_s = earlier_eval_s(logged, earlier)
         moved = _default_video_dir(saved, output_dir)  # the folder's videos listed where they now are
         old_video_dir = saved.get("config", {}).get("video_dir") if moved else config.video_dir
         done = _videos_moved_with_run(done, old_video_dir, config.video_dir)

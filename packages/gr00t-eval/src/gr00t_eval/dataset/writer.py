@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import numbers
 import weakref
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -83,15 +84,15 @@ class DatasetWriter(_EpisodeChecks, _EpisodeFiles, _MetaFiles):
                 raise FileExistsError(f"dataset directory {self.root} is not empty (pass overwrite=True to replace it)")
             empty_dataset_dir(self.root, keep)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.fps = fps
+        self.fps = int(fps)  # numpy ints as plain ints: info.json and the encoders take them
         self.video_codec = video_codec
         self.layout = layout
         self.robot_type = robot_type
         self.language_key = language_key
         self.language_column = language_column
-        self.chunks_size = chunks_size
-        self.episodes_per_file = episodes_per_file
-        self.gop = gop
+        self.chunks_size = int(chunks_size)
+        self.episodes_per_file = None if episodes_per_file is None else int(episodes_per_file)
+        self.gop = int(gop)
         self._cameras: Optional[List[str]] = None
         self._state_dims: Optional[Dict[str, int]] = None
         self._action_dims: Optional[Dict[str, int]] = None
@@ -322,8 +323,9 @@ def _check_file_settings(fps: Any, video_codec: Any, layout: Any, chunks_size: A
 
 
 def _is_int(value: Any) -> bool:
-    """An int and not a bool (True is an int to Python, never a count a user meant)."""
-    return isinstance(value, int) and not isinstance(value, bool)
+    """A whole-number type (int, numpy's int64: numbers.Integral) and not a bool (True is an int to Python, never a
+    count a user meant); a float, even 2.0, is refused."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
 def _warn_unlisted(root: str, layout: str, unlisted: List[int]) -> None:

@@ -11,7 +11,7 @@ from gr00t_client.policy import NonFiniteActionError, as_modality_configs
 
 from . import limits as work_limits
 from .batching import TIMING_OPTION
-from .endpoints import error_text, is_loopback_peer
+from .endpoints import LOGGED_ERROR_CHARS, _safe_text, error_text, is_loopback_peer, log_text
 from .execution import call_rows, policy_stages
 from .identity import encodable_identity
 from .messages import Request, RequestError
@@ -111,6 +111,23 @@ class BuiltinEndpoints:
         getter = getattr(self.policy, "get_modality_config", None)
         return as_modality_configs(getter()) if getter else {}
 
+    def _policy_info_field(self, name: str, learn: Callable[[Any], Any]) -> Any:
+        """learn(policy) for a get_server_info field; when the policy's code raises (a property or `work_limits()` that
+        fails, a SystemExit too), {"error": "internal error in <name>: <Type>"} in its place: info must answer, and the
+        server goes on. Logged once per policy object and field, the message bounded and escaped (log_text)."""
+        try:
+            return learn(self.policy)
+        except InlineCallAbandoned:
+            raise
+        except BaseException as exc:
+            logged = self._info_errors_logged
+            if (id(self.policy), name) not in logged:
+                logged.add((id(self.policy), name))
+                logger.warning("get_server_info: %s.%s failed (%s: %s); it is reported unavailable",
+                               type(self.policy).__name__, name, type(exc).__name__,
+                               log_text(_safe_text(exc), LOGGED_ERROR_CHARS, quoted=False))
+            return {"error": error_text(name, exc)[0]}
+
     def _policy_identity(self) -> Optional[Dict[str, Any]]:
         """The served policy's `identity()` (the first in its wrapper chain that has one: which checkpoint or dataset
         it serves), or None; never raises, as info must answer: values the wire cannot carry are sent as text."""
@@ -148,7 +165,7 @@ class BuiltinEndpoints:
             "protocol_version": PROTOCOL_VERSION,
             "versions": {"gr00t-server": server_version, "gr00t-client": client_version},
             "policy_class": type(self.policy).__name__,
-            "observation_format": _observation_format(self.policy),
+            "observation_format": self._policy_info_field("observation_format", _observation_format),
             "policy_identity": self._policy_identity(),
             "embodiment_tag": self.embodiment_tag,
             "modality_configs": modality,
@@ -159,7 +176,9 @@ class BuiltinEndpoints:
             "max_message_bytes": self.max_message_bytes,
             "batch_timeout_ms": self.batch_timeout_ms,
             "inline_below_ms": self.inline_below_ms,
-            "limits": {**work_limits.per_row_summary(self.limits), **self._policy_fact(work_limits.policy_work_limits)},
+            "limits": {**work_limits.per_row_summary(self.limits),
+                       **self._policy_info_field("work_limits", lambda policy: self._policy_fact(
+                           work_limits.policy_work_limits))},
             "auth": self.api_token is not None,
             "encryption": "curve" if self.curve is not None else None,
             "policy_busy": bool(self._worker is not None and self._worker.busy),
@@ -173,3 +192,4 @@ def _observation_format(policy: Any) -> Optional[str]:
     (a flat-keys adapter around a Gr00tPolicy), so an inner policy's form says nothing of the wrapper's."""
     declared = getattr(policy, "observation_format", None)
     return declared if declared in ("flat", "nested") else None
+

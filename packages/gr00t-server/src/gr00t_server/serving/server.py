@@ -196,6 +196,7 @@ class PolicyServer(BuiltinEndpoints):
         self.register_endpoint("get_modality_config", self._get_modality_config, requires_input=False)
         self.register_endpoint("get_server_info", self._get_server_info, requires_input=False)
         self._identity_text_logged = False
+        self._info_errors_logged: set = set()  # (policy id, field) whose get_server_info failure was logged
         self._built_in = dict(self._endpoints)  # a name registered again (register_endpoint) is the caller's handler
 
     @staticmethod
