@@ -6,7 +6,7 @@ import pytest
 from reference_peer import EchoPolicy, libero_like_configs, libero_like_observation
 from serving import running_server
 
-from gr00t_client import ActionChunker, ObservationError, PolicyClient, codec
+from gr00t_client import ActionChunker, ObservationError, PolicyClient, PolicyServerError, codec
 from gr00t_client.policy import validate_observation
 
 
@@ -65,6 +65,23 @@ def test_a_big_endian_state_gets_the_conversion_to_send():
     observation["state"][key] = observation["state"][key].astype(">f4")
     with pytest.raises(ObservationError, match=r"got >f4 \(big-endian: send value.astype\('<f4'\)\)"):
         validate_observation(observation, libero_like_configs())
+
+
+@pytest.mark.parametrize("convert, says", [
+    (lambda frames: (frames / 255.0).astype(">f4"),
+     r"got >f4 with shape \(1, 1, 8, 8, 3\) \(floats in \[0, 1\]\? send \(frames \* 255\)\.round\(\)"),
+    (lambda frames: (frames.astype(np.uint16) << 8).astype(">u2"), r"got >u2 with shape"),
+], ids=["float-frames", "16-bit-frames"])
+def test_big_endian_video_of_another_dtype_is_not_told_to_cast_to_uint8(convert, says):
+    """The refusal said "big-endian: send value.astype('|u1')": a black image for frames in [0, 1], values mod 256
+    for 16-bit frames."""
+    observation = libero_like_observation(height=8, width=8)
+    key = next(iter(observation["video"]))
+    observation["video"][key] = convert(observation["video"][key])
+    with running_server(EchoPolicy(strict=True)) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        with pytest.raises(PolicyServerError, match=rf"Video key '{key}' must have dtype uint8; {says}") as refused:
+            client.get_action(observation)
+    assert "astype('|u1')" not in str(refused.value)
 
 
 @pytest.mark.parametrize("bad_key", [b"image", 0])

@@ -5,6 +5,7 @@ wrong width, a NaN action and float camera images are errors, not a plausible su
 from __future__ import annotations
 
 import json
+import re
 
 import gymnasium as gym
 import numpy as np
@@ -185,6 +186,19 @@ def test_the_observation_mapper_refuses_a_state_beyond_float32s_range_naming_key
     spec = HorizonSpec.from_modality_config(ConstantPolicy().get_modality_config())
     env_obs = {"state.position": np.array([[[0.5]], [[-1e39]]], np.float64), LANGUAGE_KEY: ["walk", "walk"]}
     with pytest.raises(ValueError, match=r"'state.position' holds -1e\+39 in row 1, beyond float32's range"):
+        ObservationMapper(spec, list(env_obs))(env_obs)
+
+
+@pytest.mark.parametrize("position", [np.array([[[0.5 + 0.3j]]]), np.array([[["NaT"]]], "datetime64[s]"),
+                                      np.array([[["1000"]]])], ids=["complex", "datetime", "str"])
+def test_the_observation_mapper_refuses_a_state_that_is_not_real_numbers_naming_key_and_dtype(position):
+    """The float32 cast dropped a complex part, read NaT as -9.2e18 and text as the number it spells."""
+    from gr00t_eval.rollout.policy_io import HorizonSpec, ObservationMapper
+
+    spec = HorizonSpec.from_modality_config(ConstantPolicy().get_modality_config())
+    env_obs = {"state.position": position, LANGUAGE_KEY: ["walk"]}
+    with pytest.raises(ValueError, match=re.escape(f"the env's 'state.position' state has dtype {position.dtype}; the "
+                                                   "policy takes states of real numbers")):
         ObservationMapper(spec, list(env_obs))(env_obs)
 
 

@@ -152,3 +152,29 @@ def test_frames_of_another_dtype_or_layout_are_refused_naming_the_camera_and_the
     observation = _broken(good, _set("video", key, convert(good["video"][key])))
     with pytest.raises(ValueError, match=f"Video key '{key}' must be uint8 \\(B, T, H, W, 3\\) with values 0-255; {says}"):
         lenient.get_action(observation)
+
+
+@pytest.mark.parametrize("convert", [
+    lambda v: v.astype(np.complex64) + 0.3j,
+    lambda v: np.full(v.shape, np.datetime64("NaT"), "datetime64[s]"),
+    lambda v: np.full(v.shape, "1000"),
+], ids=["complex", "datetime", "str"])
+def test_a_state_that_is_not_real_numbers_is_refused_naming_the_key_and_the_dtype(lenient, good, convert):
+    """The float64 cast dropped a complex state's imaginary part, read NaT as -9.2e18 and text as the number it
+    spells, and the server answered a plausible action."""
+    key = next(iter(good["state"]))
+    state = convert(np.asarray(good["state"][key]))
+    with running_server(lenient) as server, PolicyClient(port=server.port, timeout_ms=60000) as client:
+        with pytest.raises(PolicyServerError, match=re.escape(f"state['{key}'] must hold real numbers (a bool, int or "
+                                                              f"float dtype); got dtype {state.dtype}")):
+            client.get_action(_broken(good, _set("state", key, state)))
+
+
+@pytest.mark.parametrize("rows", [np.array([["pick the cube"]]), np.array([[b"pick the cube"]]), [[3]]],
+                         ids=["str-array", "bytes-array", "number"])
+def test_an_unreadable_language_row_is_refused_naming_the_key_and_the_row(lenient, good, rows):
+    """The refusal said only "a language instruction must be a str": not which key, nor which row."""
+    key = next(iter(good["language"]))
+    with running_server(lenient) as server, PolicyClient(port=server.port, timeout_ms=60000) as client:
+        with pytest.raises(PolicyServerError, match=re.escape(f"language['{key}'] row 0 must be a str")):
+            client.get_action(_broken(good, _set("language", key, rows)))

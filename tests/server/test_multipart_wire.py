@@ -256,6 +256,20 @@ def test_tampered_multipart_headers_get_an_error_reply_and_the_server_keeps_runn
     assert stats["errors"] == 1
 
 
+@pytest.mark.parametrize("reference", [
+    pytest.param(array_reference(2, "|u1", [1, 480, 640, 3]), id="shape-bigger-than-frame"),
+    pytest.param(array_reference(2, "|O", [8192]), id="object-dtype"),
+    pytest.param(array_reference(2, "<f9", [16384]), id="bad-dtype"),
+    pytest.param(array_reference(2, "|u1", [-1]), id="negative-shape"),
+])
+def test_a_malformed_array_reference_is_refused_naming_its_key(reference):
+    """The refusal said what was wrong with an array, not which of the observation's arrays it was."""
+    with running_server(ImageEchoPolicy()) as server, raw_req_socket(server.port) as sock:
+        sock.send_multipart(tampered(reference, [BUFFER]))
+        reply = codec.decode_multipart(sock.recv_multipart(copy=False))
+    assert "data.observation.video.front: " in reply["error"]
+
+
 def test_a_multipart_error_reaches_our_client_as_a_server_error():
     class Failing(ImageEchoPolicy):
         def _get_action(self, observation, options=None):

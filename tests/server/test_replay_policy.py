@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
+from serving import running_server
 
 from eval.dataset_factory import expected_actions, make_dataset
+from gr00t_client import PolicyClient, PolicyServerError
 from gr00t_client.modality import ModalityConfig
 from gr00t_client.policy import ObservationError
 from gr00t_eval.dataset import LeRobotDataset
@@ -211,6 +215,30 @@ def test_a_malformed_observation_is_rejected_when_strict(policy, dataset):
     bad["state"]["arm"] = bad["state"]["arm"].astype(np.float64)
     with pytest.raises(ObservationError, match="State key 'arm'"):
         policy.get_action(bad)
+
+
+@pytest.mark.parametrize("strict", [True, False], ids=["strict", "lenient"])
+def test_a_zero_row_observation_is_refused_naming_the_observations_rows_not_an_option(dataset, strict):
+    """The refusal said "batch_size must be an int in [1, 128], got 0": an option the client never sent."""
+    replay = ReplayPolicy(dataset, derive_from_dataset(dataset, action_horizon=4), execution_horizon=2, strict=strict)
+    with running_server(replay) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        with pytest.raises(PolicyServerError, match=re.escape("the observation has 0 rows (its arrays' first axis); "
+                                                              f"expected 1 to {replay.max_rows}")) as refused:
+            client.get_action(observation(dataset, 0))
+        assert "batch_size" not in str(refused.value)
+        assert client.get_action(observation(dataset, 1))[0]["arm"].shape[0] == 1  # and the next call is answered
+
+
+@pytest.mark.parametrize("strict", [True, False], ids=["strict", "lenient"])
+def test_zero_height_video_is_refused_naming_the_camera_as_the_model_server_does(dataset, strict):
+    """A replay answered frames of no pixels that the model server refuses: a replay check passed a broken camera."""
+    replay = ReplayPolicy(dataset, derive_from_dataset(dataset, action_horizon=4), execution_horizon=2, strict=strict)
+    empty_frames = observation(dataset, 1)
+    empty_frames["video"]["image"] = np.zeros((1, 1, 0, 32, 3), np.uint8)
+    with running_server(replay) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        with pytest.raises(PolicyServerError, match=re.escape("Video key 'image' has 0x32 images; an image needs at "
+                                                              "least one pixel on each side")):
+            client.get_action(empty_frames)
 
 
 @pytest.mark.parametrize("arm, gripper", [(7, 1), (1, 3)])

@@ -322,6 +322,36 @@ def test_get_modality_config_raising_a_base_exception_is_answered_as_an_internal
     assert message == f"internal error in get_modality_config: {type(error).__name__}"
 
 
+def msgpack_numpy_map(array: np.ndarray, **changes: Any) -> Dict[bytes, Any]:
+    """The reference format's map of `array` (msgpack-numpy), with fields replaced by `changes`."""
+    fields = {b"nd": True, b"type": array.dtype.str, b"kind": b"", b"shape": list(array.shape),
+              b"data": array.tobytes()}
+    return {**fields, **{name.encode(): value for name, value in changes.items()}}
+
+
+JOINTS = np.zeros((1, 1, 7), np.float32)
+
+
+@pytest.mark.parametrize("joints", [
+    pytest.param(msgpack_numpy_map(JOINTS, data=JOINTS.tobytes()[:-4]), id="data-4-bytes-short"),
+    pytest.param(msgpack_numpy_map(JOINTS, type="<f8"), id="dtype-too-wide-for-the-data"),
+    pytest.param(msgpack_numpy_map(JOINTS, shape=[2 ** 40, 1, 7]), id="huge-shape"),
+    pytest.param(msgpack_numpy_map(JOINTS, shape=[-1, 1, 7]), id="negative-dimension"),
+    pytest.param(msgpack_numpy_map(JOINTS, type="|O"), id="object-dtype"),
+    pytest.param(msgpack_numpy_map(JOINTS, kind=b"V"), id="structured-kind"),
+])
+def test_an_undecodable_array_is_refused_naming_its_key(joints):
+    """A reference-format request with one malformed array was refused without saying which key held it."""
+    policy = EchoPolicy()
+    observation = {"state": {"gripper": msgpack_numpy_map(np.zeros((1, 1, 1), np.float32)), "joints": joints}}
+    message = msgpack.packb({"endpoint": "get_action", "data": {"observation": observation, "options": None}},
+                            use_bin_type=True)
+    with running_server(policy) as server:
+        error = error_of(raw_round_trip(server.port, message))
+    assert "data.observation.state.joints: " in error
+    assert policy.calls == 0
+
+
 # --- #3 one multipart frame referenced by many keys ---------------------------------------------------------------
 
 

@@ -18,8 +18,8 @@ import numpy as np
 
 from .multipart import (MULTIPART_MAGIC, decode_multipart, encode_multipart, is_multipart, join_packed_array,
                         join_packed_map, pack_multipart_header)
-from .wire_decode import (MAX_MODALITY_CONFIG_JSON_CHARS, _MARKER_KEYS, _decode_hook, _has, _undecodable, _unpack,
-                          normalize_keys)
+from .wire_decode import (MAX_MODALITY_CONFIG_JSON_CHARS, _MARKER_KEYS, _decode_hook, _has, _locate, _undecodable,
+                          _unpack, normalize_keys)
 from .wire_encode import _PACKERS, _encode_array, _encode_hook, _pack
 from .wire_errors import DecodeLimitError, WireDecodeError, WireEncodeError
 from .wire_limits import BufferLike, DecodeLimits
@@ -135,7 +135,8 @@ def decode(data: BufferLike, limits: Optional[DecodeLimits] = None, share_buffer
     """
     try:
         return _unpack(data, _decode_hook, limits, share_buffer=share_buffer)
-    except WireDecodeError:
+    except WireDecodeError as exc:
+        _locate(exc, data, lambda value: _unpack(value, _decode_hook, limits))
         raise
     except Exception as exc:  # msgpack raises many unrelated types on garbage
         raise _undecodable(data, exc) from exc
@@ -168,6 +169,7 @@ def decode_noting_npsave(
         value = _unpack(data, hook, limits, share_buffer=share_buffer)
     except WireDecodeError as exc:  # what was seen before the failure still says who wrote it (the client learns
         exc.written_npsave = bool(seen)  # the wire from a reply whose configs it cannot read)
+        _locate(exc, data, lambda value: _unpack(value, _decode_hook, limits))
         raise
     except Exception as exc:  # msgpack raises many unrelated types on garbage
         error = _undecodable(data, exc)

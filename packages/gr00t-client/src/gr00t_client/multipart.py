@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import msgpack
 
-from .wire_decode import _array_from_buffer, _cached_dtype, _decode_hook, _undecodable, _unpack
+from .wire_decode import _array_from_buffer, _cached_dtype, _decode_hook, _locate, _undecodable, _unpack
 from .wire_encode import _EXT_BUFFER, _PACKERS, _pack
 from .wire_errors import WireDecodeError, WireEncodeError
 from .wire_limits import DecodeLimits
@@ -92,7 +92,12 @@ def decode_multipart(frames: Sequence[Any], limits: Optional[DecodeLimits] = Non
 
     try:
         decoded = _unpack(views[1], _decode_hook, limits, ext_hook=ext_hook)
-    except WireDecodeError:
+    except WireDecodeError as exc:
+        def decodes(value: memoryview) -> Any:  # each value alone: frames the failed decode took are free again
+            referenced.clear()
+            return _unpack(value, _decode_hook, limits, ext_hook=ext_hook)
+
+        _locate(exc, views[1], decodes)
         raise
     except Exception as exc:
         raise _undecodable(views[1], exc, "multipart header") from exc

@@ -67,10 +67,14 @@ def _check_array(kind: str, key: str, value: Any, dtype: type, ndim: int, horizo
         raise err(f"{kind} key '{key}' is a numpy masked array; send value.filled(x) with the value the policy should "
                   "see (a masked entry has no value to act on)")
     if value.dtype != dtype:
-        hint = ""
-        if value.dtype.byteorder == ">":
+        hint, scale = "", ""
+        # A cast is the fix only when the byte order alone differs: '>f4' frames in [0, 1] cast to uint8 were black.
+        if value.dtype.newbyteorder("=") == dtype:
             hint = f" (big-endian: send value.astype('{np.dtype(dtype).newbyteorder('<').str}'))"
-        raise err(f"{kind} key '{key}' must have dtype {np.dtype(dtype)}; got {value.dtype}{hint} with shape {value.shape}")
+        elif np.dtype(dtype) == np.uint8 and value.dtype.kind == "f":
+            scale = " (floats in [0, 1]? send (frames * 255).round().astype(np.uint8))"
+        raise err(f"{kind} key '{key}' must have dtype {np.dtype(dtype)}; got {value.dtype}{hint} with shape "
+                  f"{value.shape}{scale}")
     if value.ndim != ndim:
         raise err(f"{kind} key '{key}' must have shape {layout}; got shape {value.shape}")
     if value.shape[1] != horizon:

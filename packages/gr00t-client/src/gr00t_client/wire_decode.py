@@ -13,7 +13,8 @@ import numpy as np
 from .frame_views import NeedsFullUnpacker, unpack_viewing
 from .modality import ModalityConfig
 from .wire_errors import DecodeLimitError, WireDecodeError, _refuse_dtype
-from .wire_limits import BufferLike, DecodeLimits, _check_depth, _length_limit_error
+from .wire_limits import (_MAP_HEADERS, _PATH_DEPTH, _STR_HEADERS, BufferLike, DecodeLimits, _check_depth,
+                          _length_limit_error)
 
 # Decoding with share_buffer: messages from this size are read with frame_views, and arrays from
 # SHARED_ARRAY_MIN_BYTES view the message instead of being copied twice (smaller ones are cheaper to copy). The
@@ -340,6 +341,61 @@ def _unpack(data: BufferLike, object_hook: Callable[[Dict[Any, Any]], Any], limi
     if containers > limits.max_depth and isinstance(value, (dict, list)):
         _check_depth(value, limits.max_depth)
     return value
+
+
+# Messages up to this size have a refused array's key path found (_locate decodes parts of them again, at most once
+# per nesting level); a larger one, which could make a hostile sender's every refusal cost several decodes on the
+# socket thread, is refused without it.
+LOCATE_MAX_BYTES = 16 * 1024 * 1024
+
+
+def _locate(error: WireDecodeError, message: BufferLike, decodes: Callable[[memoryview], Any]) -> None:
+    """Prefix `error`'s message with the str keys that lead to the value refused ('data.observation.state.joints: ...'),
+    found by `decodes` (an unpack of one value with the failed decode's hooks); a decode limit is left as it is (its
+    message says where already, and its values are not decoded again), and so is a message over LOCATE_MAX_BYTES."""
+    if isinstance(error, DecodeLimitError) or memoryview(message).nbytes > LOCATE_MAX_BYTES:
+        return
+    where = ".".join(_path_to_refused_value(message, decodes))
+    if where:
+        error.args = (f"{where}: {error}",)
+
+
+def _path_to_refused_value(message: BufferLike, decodes: Callable[[memoryview], Any]) -> List[str]:
+    """The str keys that lead to the innermost map value `decodes` refuses on its own (['data', 'observation',
+    'state', 'joints']), at most _PATH_DEPTH of them. Only on the error path, as _path_to_long_container: each level
+    decodes its values once more, keeping none, so the decode that succeeds carries no path at all."""
+    path: List[str] = []
+    try:
+        data = memoryview(message).cast("B")
+        while data[0] in _MAP_HEADERS and len(path) < _PATH_DEPTH:
+            unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=len(data))
+            unpacker.feed(data)
+            for _ in range(unpacker.read_map_header()):
+                if data[unpacker.tell()] not in _STR_HEADERS:
+                    return path
+                key = unpacker.unpack()
+                start = unpacker.tell()
+                unpacker.skip()
+                if _refuses(decodes, data[start:unpacker.tell()]):
+                    path.append(str(key))
+                    data = data[start:unpacker.tell()]
+                    break
+            else:
+                return path
+    except (ValueError, TypeError, IndexError, msgpack.UnpackException):
+        pass
+    return path
+
+
+def _refuses(decodes: Callable[[memoryview], Any], value: memoryview) -> bool:
+    """Whether `decodes` refuses `value` as malformed (a decode limit on a part of a message is no such refusal)."""
+    try:
+        decodes(value)
+    except DecodeLimitError:
+        return False
+    except WireDecodeError:
+        return True
+    return False
 
 
 # A map key msgpack packed as an array or a map: a tuple or frozenset key on the sender's side (msgpack packs one

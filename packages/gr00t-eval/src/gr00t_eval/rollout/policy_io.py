@@ -148,7 +148,13 @@ class ObservationMapper:
 
 def state_in_float32(key: str, value: Any) -> np.ndarray:
     """The env's state `value` as the float32 array the policy takes, or ValueError naming `key`, the row and the value
-    when a finite value is beyond float32's range (the cast made it inf, which the server refused as a NaN/inf state)."""
+    when a finite value is beyond float32's range (the cast made it inf, which the server refused as a NaN/inf state),
+    and naming `key` and the dtype when the state is not real numbers (the cast dropped a complex part, read NaT as
+    -9.2e18 and text as the number it spells)."""
+    dtype = np.asarray(value).dtype
+    if dtype.kind not in "biuf":
+        raise ValueError(f"the env's {key!r} state has dtype {dtype}; the policy takes states of real numbers (a bool, "
+                         "int or float dtype): return them as such from the env")
     with np.errstate(over="ignore"):
         cast = np.ascontiguousarray(value, dtype=np.float32)
     beyond = np.isinf(cast) & np.isfinite(np.asarray(value, dtype=np.float64))

@@ -15,11 +15,12 @@ if TYPE_CHECKING:
     from gr00t_server.processing.processor import Gr00tN1d7Processor
 
 
-def _instruction(language: Any) -> str:
-    """One row's instruction: a string, or the first of a list of them (UTF-8 bytes are decoded). ObservationError for
-    anything else, strict or not: a number or None was read as its repr, bytes failed deep in the tokenizer."""
+def _instruction(language: Any, key: str, row: int) -> str:
+    """Row `row` of language `key` as an instruction: a string, or the first of a list of them (UTF-8 bytes are
+    decoded). ObservationError naming the key and row for anything else, strict or not: a number or None was read as
+    its repr, bytes failed deep in the tokenizer."""
     text = language[0] if isinstance(language, (list, tuple)) and language else language
-    return language_text(text, "a language instruction", "must be a str (each row a list of one str)")
+    return language_text(text, f"language['{key}'] row {row}", "must be a str (each row a list of one str)")
 
 
 class Gr00tObservationChecks:
@@ -80,6 +81,11 @@ class Gr00tObservationChecks:
                         f"{group}['{key}'] has T={shape[1]} time steps (axis 1 of shape {shape}); this checkpoint's "
                         f"{group} delta_indices {list(self.modality_configs[group].delta_indices)} need T={horizon} "
                         f"(shape {layout})")
+                # A cast to float64 read complex as its real part, NaT as -9.2e18 and text as the number it spells.
+                dtype = np.asarray(value).dtype
+                if group == "state" and dtype.kind not in "biuf":
+                    raise ObservationError(f"{group}['{key}'] must hold real numbers (a bool, int or float dtype); got "
+                                           f"dtype {dtype}")
 
     def _check_batch_sizes(self, observation: Mapping[str, Any], batch_size: int) -> None:
         """ObservationError naming the first video, state or language entry whose rows differ from `batch_size`
@@ -103,7 +109,7 @@ class Gr00tObservationChecks:
         """ObservationError naming the language key, row and tokens when an instruction holds the backbone's special
         tokens (vision or chat placeholders): the model would read them as such, or fail inside transformers."""
         for row, language in enumerate(observation["language"][self.language_key]):
-            found = self.processor.reserved_tokens_in(_instruction(language))
+            found = self.processor.reserved_tokens_in(_instruction(language, self.language_key, row))
             if found:
                 raise ObservationError(
                     f"language['{self.language_key}'] row {row} holds the backbone's reserved token(s) {found}; an "

@@ -340,7 +340,8 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
         rtc = self._parse_rtc(options.get("rtc"), batch_size)
         video = {k: np.asarray(observation["video"][k]) for k in self.modality_configs["video"].modality_keys}
         raw_states = {k: np.asarray(observation["state"][k]) for k in self.modality_configs["state"].modality_keys}
-        languages = [_instruction(text) for text in observation["language"][self.language_key]]
+        languages = [_instruction(text, self.language_key, row)
+                     for row, text in enumerate(observation["language"][self.language_key])]
         inputs = self.processor.process_batch(
             self.embodiment_tag_value, video, raw_states, languages, device=self.preprocess_device,
             normalized_state=self._take_checked_states(raw_states),

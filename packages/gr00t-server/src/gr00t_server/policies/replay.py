@@ -171,6 +171,7 @@ class ReplayPolicy(BasePolicy):
             return
         validate_observation(observation, self.modality_configs)
         self._check_state_widths(observation, strict=True)
+        _check_frame_sides(observation)
 
     def _check_state_widths(self, observation: Any, strict: bool) -> None:
         """Each state key's last dimension must be the dataset's: a replay that took any width told a user the
@@ -227,10 +228,13 @@ class ReplayPolicy(BasePolicy):
         self._option_names.check(options, _GET_ACTION_OPTIONS, self.strict, "get_action options", "ReplayPolicy's get_action")
         if not self.strict:  # a strict replay refused it in check_observation
             self._check_state_widths(observation, strict=False)
+            _check_frame_sides(observation)
         session = _session_id(options)
         batch = nested_batch_size(observation)
         if batch is not None:  # checked before the session is touched: a bad request never breaks it
-            batch = self._check_batch_size(batch)
+            if not 1 <= batch <= self.max_rows:  # named as the observation's: batch_size is an option it never sent
+                raise ObservationError(f"the observation has {batch} rows (its arrays' first axis); expected 1 to "
+                                       f"{self.max_rows}")
         if options.get("batch_size") is not None:
             asked = self._check_batch_size(options["batch_size"])
             if batch is not None and batch != asked:
@@ -411,3 +415,13 @@ def _as_list(value: Any, name: str) -> List[Any]:
             raise ValueError(f"{name} must not be an empty list")
         return list(value)
     return [value]
+
+
+def _check_frame_sides(observation: Any) -> None:
+    """ObservationError naming the camera whose (B, T, H, W, 3) frames have an empty side, as the model server says:
+    a replay that took them told a user the camera plumbing was right."""
+    video = observation.get("video") if isinstance(observation, Mapping) else None
+    for key, frames in (video.items() if isinstance(video, Mapping) else ()):
+        if isinstance(frames, np.ndarray) and frames.ndim == 5 and min(frames.shape[2:4]) < 1:
+            raise ObservationError(f"Video key '{key}' has {frames.shape[2]}x{frames.shape[3]} images; an image needs "
+                                   "at least one pixel on each side")
