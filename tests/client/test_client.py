@@ -236,8 +236,41 @@ def test_calls_after_close_raise_and_close_is_idempotent(server):
     with client:
         assert client.ping()
     client.close()
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(RuntimeError, match="closed"):  # a ClientClosedError, as a RuntimeError too
         client.call_endpoint("fast", requires_input=False)
+
+
+def test_a_call_waiting_its_turn_when_another_thread_closes_the_client_is_refused_naming_the_server():
+    """It raised a bare RuntimeError('PolicyClient is closed'), naming neither the server nor the call, and ping()
+    raised it too instead of returning False."""
+    from gr00t_client import ClientClosedError
+
+    with running_server(EchoPolicy(delay_s=1.5)) as server:
+        client = PolicyClient("127.0.0.1", server.port, timeout_ms=10000)
+        assert client.ping()
+        errors = {}
+
+        def robot(name):
+            try:
+                client.get_action(libero_like_observation())
+            except Exception as exc:  # noqa: BLE001 - what each robot thread was raised
+                errors[name] = exc
+
+        in_flight = threading.Thread(target=robot, args=("in flight",))
+        in_flight.start()
+        time.sleep(0.3)
+        waiting = threading.Thread(target=robot, args=("waiting its turn",))
+        waiting.start()
+        time.sleep(0.2)
+        client.close()  # a shutdown on the main thread
+        in_flight.join(10)
+        waiting.join(10)
+        assert isinstance(errors["in flight"], ConnectionError), errors
+        refused = errors["waiting its turn"]
+        assert isinstance(refused, ClientClosedError) and isinstance(refused, ConnectionError), errors
+        assert f"PolicyClient for tcp://127.0.0.1:{server.port} is closed, so 'get_action' was not sent" in str(refused)
+        assert client.ping() is False
+        assert server.policy.calls == 1  # the waiting call sent nothing
 
 
 def test_invalid_settings_are_rejected():

@@ -64,6 +64,31 @@ def test_threads_of_a_forked_child_making_their_first_calls_at_once_are_each_ans
     assert code == 0 and output == "[True, True]", output
 
 
+def test_a_forked_childs_first_strict_get_action_keeps_to_one_timeout_ms_budget():
+    """get_action read the parent's budget state before the child's adoption replaced it: each of its questions
+    (get_server_info 0.5 s, get_modality_config, get_action 0.7 s) got a fresh timeout_ms: it answered after 1.2 s."""
+    from gr00t_client import PolicyTimeoutError
+
+    def first_call_outcome_and_seconds(client):
+        started = time.monotonic()
+        try:
+            client.get_action(libero_like_observation())
+            outcome = "answered"
+        except PolicyTimeoutError:  # DeadlineNotRunError too: the server saw the budget could not be met
+            outcome = "timed out"
+        return outcome, round(time.monotonic() - started, 2)
+
+    with running_server(EchoPolicy(delay_s=0.7)) as server:
+        slow_info = {"server": "gr00t-server", "capabilities": []}
+        server.register_endpoint("get_server_info", lambda: time.sleep(0.5) or slow_info, requires_input=False)
+        client = PolicyClient("127.0.0.1", server.port, timeout_ms=1000, strict=True)  # made, not used, before the fork
+        code, output = in_forked_child(lambda: first_call_outcome_and_seconds(client), timeout_s=30)
+        client.close()
+    assert code == 0, output
+    outcome, seconds = eval(output)  # noqa: S307 - the child's own repr of a tuple
+    assert outcome == "timed out" and seconds < 1.3, output
+
+
 def test_closing_in_the_child_leaves_the_parents_client_open():
     with running_server(EchoPolicy()) as server:
         client = PolicyClient("127.0.0.1", server.port, timeout_ms=3000)

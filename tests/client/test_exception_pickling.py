@@ -38,6 +38,7 @@ def _cases():
         client_module.MessageTooLargeError("get_action", 300_000_000, 268_435_456),
         client_module.PolicyTimeoutError("policy server at 127.0.0.1:5555 did not answer 'get_action' within 15000 ms"),
         client_module.ReplyLostError("the connection to the policy server at 127.0.0.1:5555 closed"),
+        client_module.ClientClosedError("PolicyClient for tcp://127.0.0.1:5555 is closed, so 'ping' was not sent"),
         client_module._ReplyOverCap(300_000_000, 3),
         codec.WireDecodeError("reply to 'get_action' has 2 frames; expected 1"),
         _wire_decode_error_noting_npsave(),

@@ -4,6 +4,7 @@ parent has run a call: the child computes the parent's action instead of hanging
 import logging
 import os
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -38,6 +39,42 @@ def test_a_forked_child_computes_the_parents_action_after_the_parent_ran_a_call(
     expected = policy.get_action(observation, {"seed": 2})[0]  # starts the parent's OpenMP team
 
     assert in_forked_child(lambda: same_action(policy, observation, expected), timeout_s=30) == (0, "True")
+
+
+class TokenizerPausedInOneThread:
+    """The processor's tokenizer, pausing in the thread named `paused` (with the policy's locks held) until released."""
+
+    def __init__(self, tokenizer, paused):
+        vars(self).update(tokenizer=tokenizer, paused=paused, inside=threading.Event(), release=threading.Event())
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+    def __setattr__(self, name, value):  # padding_side, set under the processor's tokenizer lock
+        setattr(self.tokenizer, name, value)
+
+    def __call__(self, *args, **kwargs):
+        if threading.current_thread().name == self.paused:
+            self.inside.set()
+            self.release.wait(60)
+        return self.tokenizer(*args, **kwargs)
+
+
+def test_a_forked_child_computes_while_another_parent_thread_was_inside_a_call_at_the_fork(tiny_checkpoint):
+    """The parent's thread held the policy's and the tokenizer's locks at the fork: the child inherited them held,
+    with no thread to release them, and its first call waited for ever."""
+    policy = Gr00tPolicy(tiny_checkpoint, "new_embodiment", device="cpu")
+    observation = example_observation(tiny_checkpoint, "new_embodiment", seed=1, image_size=(64, 64))
+    expected = policy.get_action(observation, {"seed": 2})[0]
+    tokenizer = policy.processor.tokenizer = TokenizerPausedInOneThread(policy.processor.tokenizer, "parent's robot")
+    robot = threading.Thread(target=policy.get_action, args=(observation, {"seed": 2}), name="parent's robot")
+    robot.start()
+    try:
+        assert tokenizer.inside.wait(30)
+        assert in_forked_child(lambda: same_action(policy, observation, expected), timeout_s=30) == (0, "True")
+    finally:
+        tokenizer.release.set()
+        robot.join(30)
 
 
 def test_a_forked_child_runs_torch_on_one_thread_set_once_however_many_policies(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import sys
+import threading
 
 import numpy as np
 import pytest
@@ -399,3 +402,34 @@ def test_editing_the_given_or_returned_modality_configs_leaves_the_replay_alone(
     assert replay.get_modality_config()["action"].modality_keys == keys
     action, _ = replay.get_action(observation(dataset, 1), session("a"))
     assert list(action) == keys and all(value.shape[1] == 4 for value in action.values())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "darwin", reason="needs os.fork (Linux)")
+def test_a_forked_child_replays_while_another_parent_thread_was_inside_a_reset_at_the_fork(policy, dataset):
+    """The parent's thread held the replay's lock at the fork (reading an episode): the child inherited it held, with
+    no thread to release it, and its first reset waited for ever."""
+    from forked_child import in_forked_child
+
+    inside, release, read_episode = threading.Event(), threading.Event(), dataset.episode
+
+    def episode_paused_in_the_robot_thread(position):
+        if threading.current_thread().name == "parent's robot":
+            inside.set()
+            release.wait(60)
+        return read_episode(position)
+
+    dataset.episode = episode_paused_in_the_robot_thread
+    robot = threading.Thread(target=policy.reset, args=(session("robot", episode_index=1),), name="parent's robot")
+    robot.start()
+
+    def replayed_in_the_child():
+        policy.reset(session("child", episode_index=2))
+        action, _ = policy.get_action(None, session("child"))
+        return bool(np.array_equal(action["arm"][0], rows(2, [0, 1, 2, 3])))
+
+    try:
+        assert inside.wait(30)
+        assert in_forked_child(replayed_in_the_child, timeout_s=20) == (0, "True")
+    finally:
+        release.set()
+        robot.join(30)

@@ -164,3 +164,27 @@ def test_the_protocol_says_any_reconnection_starts_a_new_session_for_a_client_wi
     sessions = text[text.index("* **Sessions.**"):text.index("* **Server timing.**")]
     assert "libzmq's own automatic reconnection" in sessions, "§7 still says only a new socket changes the session"
     assert "should send a `session_id`" in sessions and "our `PolicyClient` always does" in sessions
+
+
+def test_threads_sharing_a_client_share_its_session_and_robots_with_clients_of_their_own_do_not(replay_server):
+    """One thread's reset moves the episode of every thread on the same client, without an error (as the protocol
+    says); each robot's own client keeps its own episode."""
+    shared = PolicyClient("127.0.0.1", replay_server.port, timeout_ms=5000)
+    robot_b = threading.Thread(target=shared.reset, args=({"episode_index": 2},))
+    shared.reset({"episode_index": 1})  # robot A, on this thread
+    robot_b.start()
+    robot_b.join(10)
+    assert int(shared.get_action({})[1]["episode_index"]) == 2  # robot A was sent robot B's episode
+    own_a, own_b = (PolicyClient("127.0.0.1", replay_server.port, timeout_ms=5000) for _ in range(2))
+    own_a.reset({"episode_index": 1})
+    own_b.reset({"episode_index": 2})
+    assert int(own_a.get_action({})[1]["episode_index"]) == 1
+    for client in (shared, own_a, own_b):
+        client.close()
+
+
+def test_the_protocol_says_threads_sharing_a_client_share_its_session():
+    """It said only "calls take turns": a robot thread per episode on one client was sent the others' episodes."""
+    text = " ".join((ROOT / "docs" / "protocol.md").read_text(encoding="utf-8").split())
+    threads = text[text.index("* **Threads and fork.**"):text.index("A client used in a process")]
+    assert "share its one session" in threads and "a client of its own" in threads, threads

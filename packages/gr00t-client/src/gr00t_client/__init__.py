@@ -17,6 +17,7 @@ _EXPORTS: Dict[str, str] = {
     "ChunkerStats": ".chunking",
     "merge_overlap": ".chunking",
     "PolicyPositionError": ".chunking",
+    "ClientClosedError": ".client",
     "DeadlineNotRunError": ".client",
     "MessageTooLargeError": ".client",
     "PolicyClient": ".client",
@@ -50,8 +51,8 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .chunking import ActionChunker, ChunkerStats, PolicyPositionError, merge_overlap
-    from .client import (DeadlineNotRunError, MessageTooLargeError, PolicyClient, PolicyServerError, PolicyTimeoutError,
-                         ReplyLostError, ServerStoppingError)
+    from .client import (ClientClosedError, DeadlineNotRunError, MessageTooLargeError, PolicyClient, PolicyServerError,
+                         PolicyTimeoutError, ReplyLostError, ServerStoppingError)
     from .codec import WireDecodeError, WireEncodeError
     from .curve import HandshakeError
     from .embodiment import EMBODIMENT_TAG_TO_PROJECTOR_INDEX, EmbodimentTag

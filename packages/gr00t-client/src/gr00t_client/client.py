@@ -19,8 +19,8 @@ import zmq
 
 from . import codec, curve
 from .client_connection import ClientConnection
-from .client_errors import (SHUTTING_DOWN, DeadlineNotRunError, MessageTooLargeError, PolicyServerError,
-                            PolicyTimeoutError, ReplyLostError, ServerStoppingError)
+from .client_errors import (SHUTTING_DOWN, ClientClosedError, DeadlineNotRunError, MessageTooLargeError,
+                            PolicyServerError, PolicyTimeoutError, ReplyLostError, ServerStoppingError)
 from .client_messages import (ERROR_MARKER, PROTOCOL_VERSION, SESSION_CONTINUES_FIELD, TIMEOUT_FIELD, TIMING_OPTION,
                               ClientMessages)
 from .client_options import (DEFAULT_MAX_REPLY_BYTES, MAX_REPLY_BYTES_LIMIT, MAX_TIMEOUT_MS, check_host,
@@ -42,6 +42,7 @@ __all__ = [
     "SHUTTING_DOWN",
     "TIMEOUT_FIELD",
     "TIMING_OPTION",
+    "ClientClosedError",
     "DeadlineNotRunError",
     "MessageTooLargeError",
     "PolicyClient",
@@ -65,7 +66,8 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
 
     Every call honours `timeout_ms`. On a timeout the socket is closed with linger 0 and the next call
     uses a fresh one (the ZeroMQ guide's Lazy Pirate pattern), so a late reply never answers a later request.
-    One client may be shared by threads: its calls are serialised by a lock (they take turns on the one socket).
+    One client may be shared by threads: its calls are serialised by a lock (they take turns on the one socket), and
+    they share its one server session (a replay's episode cursor): each robot needs a client of its own.
     With `return_server_timing`, each get_action info from a gr00t-server carries `server_timing` (queue wait,
     decode, policy and encode ms, batch size); per call, pass options={"return_server_timing": True} instead.
     `host` may be an IPv6 literal, with or without brackets ("::1", "[::1]"); a "host:port" is refused (ValueError).
@@ -245,6 +247,8 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
         watched = endpoint in ("reset", "get_action")
         try:
             with self._locked():
+                if self._context is None:  # closed, earlier or by another thread while this call waited for its turn
+                    raise self._closed_error(endpoint)
                 self._notice_reconnection()
                 deadline = getattr(self._call, "own_deadline", None) or self._deadline()  # one budget, negotiation included
                 if self._server_is_ours is None and endpoint not in ("ping", "kill"):
@@ -287,7 +291,7 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
 
     def ping(self, timeout_ms: Optional[int] = None) -> bool:
         """True when the server answers within `timeout_ms` (default: self.timeout_ms); False when it is down or
-        unreachable."""
+        unreachable, or this client is closed."""
         try:
             self.call_endpoint("ping", requires_input=False, timeout_ms=timeout_ms)
             return True
@@ -352,6 +356,7 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
     def get_action(self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         """BasePolicy.get_action within one timeout_ms budget: a first call's questions to the server (its kind, and
         for a strict client its modality config) come out of the same budget as the call itself."""
+        self._adopt_after_fork()  # first: a forked child's adoption replaces self._call, and with it this budget
         call = self._call
         if getattr(call, "active", False):  # nested (a subclass calling back in): the outer budget
             return super().get_action(observation, options)

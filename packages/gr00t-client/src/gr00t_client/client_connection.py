@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Iterator, Optional
 import zmq
 
 from . import codec, curve
-from .client_errors import PolicyTimeoutError, ReplyLostError
+from .client_errors import ClientClosedError, PolicyTimeoutError, ReplyLostError
 from .client_options import endpoint_host, is_ipv6_literal
 from .client_sockets import _PROCESS_CONTEXT, FORK_ADOPTION_LOCK, _ReplyWatch
 
@@ -34,10 +34,15 @@ class ClientConnection:
         """The ZeroMQ endpoint, e.g. tcp://127.0.0.1:5555 or tcp://[::1]:5555."""
         return f"tcp://{endpoint_host(self.host)}:{self.port}"
 
+    def _closed_error(self, endpoint: str) -> ClientClosedError:
+        return ClientClosedError(f"PolicyClient for {self.address} is closed, so '{endpoint}' was not sent; make a new "
+                                 "PolicyClient to call the server again")
+
     def _open_socket(self) -> zmq.Socket:
         """A connected REQ socket (and its monitor)."""
         if self._context is None:
-            raise RuntimeError("PolicyClient is closed")
+            raise ClientClosedError(f"PolicyClient for {self.address} is closed; make a new PolicyClient to call the "
+                                    "server again")
         try:
             sock = self._context.socket(zmq.REQ)
         except zmq.ZMQError as exc:  # e.g. EMFILE: too many open files

@@ -62,6 +62,11 @@ class MessageTooLargeError(PolicyServerError):
         return (type(self), (self.endpoint, self.size, self.limit))
 
 
+class ClientClosedError(ConnectionError, RuntimeError):
+    """A call on a PolicyClient that close() had closed (from another thread while the call waited for its turn, or
+    earlier): nothing was sent. A RuntimeError too, as this refusal was before."""
+
+
 class PolicyTimeoutError(TimeoutError):
     """The server did not answer within timeout_ms; the client's socket was replaced (the new one connects at once)."""
 

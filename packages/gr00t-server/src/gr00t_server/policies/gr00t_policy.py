@@ -26,6 +26,7 @@ import torch
 from gr00t_client.embodiment import EmbodimentTag, resolve_tag
 from gr00t_client.modality import ModalityConfig, copy_modality_configs
 from gr00t_client.policy import BasePolicy, ObservationError
+from gr00t_server.fork_locks import renew_locks_after_fork
 from gr00t_server.model.checkpoint import load_model, resolve_checkpoint_dir
 from gr00t_server.processing.checkpoint_files import EMBODIMENT_ID_NAME, PROCESSOR_CONFIG_NAME, STATISTICS_NAME
 from gr00t_server.processing.config import load_processor_config
@@ -140,6 +141,7 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
         # CI's 90-minute limit. The cores are the CPU's whichever call uses them: queueing costs no throughput. A GPU
         # policy keeps preprocessing (CPU work) of one call beside another's forward pass.
         self._whole_call_queued = self.device.type == "cpu" and self.preprocess_device.type == "cpu"
+        renew_locks_after_fork(self)  # a forked child's calls wait on no lock a parent thread held at the fork
         checkpoint_clips_states = self.processor.config.clip_outliers
         if clip_outliers is not None:
             self.processor.config = dataclasses.replace(self.processor.config, clip_outliers=bool(clip_outliers))
@@ -306,6 +308,12 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
         self._checked_states.last = ((), None)
         same = len(arrays) == len(raw_states) and all(a is b for a, b in zip(arrays, raw_states.values()))
         return normalized if self.strict and same else None
+
+    def _renew_locks(self) -> None:
+        """In a forked child (fork_locks): fresh locks. The per-thread _timing and _checked_states need nothing: the
+        forking thread keeps its own, and the parent's other threads do not exist there."""
+        self._counting_lock = threading.Lock()
+        self._model_lock = threading.Lock()
 
     @property
     def last_timing(self) -> Dict[str, float]:

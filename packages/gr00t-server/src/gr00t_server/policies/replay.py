@@ -15,6 +15,7 @@ from gr00t_client.modality import ModalityConfig, copy_modality_configs
 from gr00t_client.policy import BasePolicy, ObservationError, nested_batch_size, validate_observation
 
 from ..extras import require_lerobot_dataset
+from ..fork_locks import renew_locks_after_fork
 from ..modality_configs import derive_from_dataset
 from ..serving.endpoints import RateLimitedLog, named_session
 from ..serving.sessions import SegmentedLRU
@@ -143,6 +144,7 @@ class ReplayPolicy(BasePolicy):
         self._actions: "OrderedDict[int, Dict[str, np.ndarray]]" = OrderedDict()  # most recently used last
         self._cached_bytes = 0
         self._lock = threading.Lock()
+        renew_locks_after_fork(self)  # a forked child's calls wait on no lock a parent thread held at the fork
         self._identity: Optional[Dict[str, Any]] = None
         self.identity()  # now: get_server_info answers it on the socket thread, which must not read files
 
@@ -293,6 +295,10 @@ class ReplayPolicy(BasePolicy):
         self._forgotten.move_to_end(session)
         while len(self._forgotten) > 4 * self.max_sessions:
             self._forgotten.popitem(last=False)
+
+    def _renew_locks(self) -> None:
+        """In a forked child (fork_locks): a fresh lock over the sessions and the cached episodes."""
+        self._lock = threading.Lock()
 
     def drop_session(self, session_id: str) -> None:
         """Forget a session's cursor (its server dropped the session, or its client disconnected): its get_action is

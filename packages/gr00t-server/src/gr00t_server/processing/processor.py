@@ -14,6 +14,7 @@ import numpy as np
 from gr00t_client.modality import ModalityConfig
 from gr00t_client.policy import ObservationError, non_finite_rows
 
+from ..fork_locks import renew_locks_after_fork
 from . import actions
 from . import normalization as norm
 from .checkpoint_files import EMBODIMENT_ID_NAME, PROCESSOR_CONFIG_NAME, STATISTICS_NAME, find_processor_dir
@@ -67,6 +68,7 @@ class Gr00tN1d7Processor(VideoChecks):
         self.embodiment_ids = dict(embodiment_ids)
         self.tokenizer = tokenizer
         self._tokenizer_lock = threading.Lock()
+        renew_locks_after_fork(self)  # a forked child tokenizes under no lock a parent thread held at the fork
         self.vision_config = vision_config
         # file name -> the file this processor was read from (from_pretrained; none when built in memory)
         self.source_files: Dict[str, Path] = {}
@@ -312,6 +314,10 @@ class Gr00tN1d7Processor(VideoChecks):
             "state": torch.from_numpy(np.ascontiguousarray(states, dtype=np.float32)),
             "embodiment_id": torch.full((batch_size,), self.embodiment_id(tag), dtype=torch.int64),
         }
+
+    def _renew_locks(self) -> None:
+        """In a forked child (fork_locks): a fresh tokenizer lock."""
+        self._tokenizer_lock = threading.Lock()
 
     def _tokenize(self, prompts: Sequence[str], image_counts: Sequence[int], grids: Any) -> Dict[str, Any]:
         """Expand each prompt's image tokens from its images' grids, then tokenize with left padding."""
