@@ -36,14 +36,17 @@ _watchdog_file = None
 def pytest_configure(config):
     global _watchdog_file
     if _watchdog_file is None:  # the terminal's stderr, before pytest's capture redirects descriptor 2 for a test
-        _watchdog_file = os.fdopen(os.dup(sys.stderr.fileno()), "w")
+        try:
+            _watchdog_file = os.fdopen(os.dup(sys.stderr.fileno()), "w")
+        except (AttributeError, ValueError, OSError):  # a stderr with no descriptor (pytest.main under an IDE, a
+            _watchdog_file = None                      # notebook): no watchdog, as pytest's own faulthandler does
 
 
 def _test_time_limit(item) -> float:
     """The test's pytest-timeout limit (its marker, --timeout, pytest.ini), or 600 s without pytest-timeout."""
     marker = item.get_closest_marker("timeout")
-    if marker is not None and marker.args:
-        return float(marker.args[0])
+    if marker is not None and (marker.args or "timeout" in marker.kwargs):
+        return float(marker.args[0] if marker.args else marker.kwargs["timeout"])
     given = item.config.getoption("timeout", None)
     if given is not None:
         return float(given)

@@ -67,3 +67,32 @@ def test_the_watchdog_is_cancelled_when_a_test_ends(tmp_path):
     result, _ = _run(tmp_path, QUICK_TEST)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed" in result.stdout and "Timeout (" not in result.stderr
+
+
+KEYWORD_LIMIT_TEST = '''
+import ctypes
+
+import pytest
+
+
+@pytest.mark.timeout(timeout=1)
+def test_stuck_with_a_keyword_limit():
+    ctypes.PyDLL(None).sleep(120)
+'''
+
+
+def test_a_limit_given_by_keyword_arms_the_watchdog_at_that_limit(tmp_path):
+    result, took = _run(tmp_path, KEYWORD_LIMIT_TEST)
+    assert result.returncode != 0 and took < 60, f"exit {result.returncode} after {took:.0f} s"
+    assert "in test_stuck_with_a_keyword_limit" in result.stderr
+
+
+def test_a_stderr_without_a_descriptor_runs_the_tests_without_a_watchdog(tmp_path):
+    """pytest.main() under an IDE or a notebook, whose sys.stderr is no file: the suite ran nothing (INTERNALERROR)."""
+    shutil.copy(TESTS / "conftest.py", tmp_path / "conftest.py")
+    (tmp_path / "test_case.py").write_text("def test_runs():\n    pass\n")
+    script = ("import io, sys, pytest\nsys.stderr = io.StringIO()\n"
+              "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', 'test_case.py']))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=100, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
