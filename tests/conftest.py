@@ -5,6 +5,7 @@ import faulthandler
 import os
 import signal
 import sys
+import time
 
 import pytest
 
@@ -31,6 +32,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 # the terminal and ends the run a little after pytest-timeout would have, so a hang costs minutes and says where.
 WATCHDOG_GRACE_S = float(os.environ.get("GR00T_TEST_WATCHDOG_GRACE_S", "120"))
 _watchdog_file = None
+_watchdog_deadline = None  # time.monotonic() at which the running test's watchdog fires; None between tests
 
 
 def pytest_configure(config):
@@ -43,11 +45,17 @@ def pytest_configure(config):
 
 
 def _test_time_limit(item) -> float:
-    """The test's pytest-timeout limit (its marker, --timeout, pytest.ini), or 600 s without pytest-timeout."""
+    """The test's pytest-timeout limit (its marker, --timeout, $PYTEST_TIMEOUT, pytest.ini; pytest-timeout's order),
+    or 600 s without pytest-timeout. A limit missed here (timeout=N as a keyword, $PYTEST_TIMEOUT) fell back to
+    pytest.ini's, and a test allowed longer was ended by the watchdog while pytest-timeout still let it run."""
     marker = item.get_closest_marker("timeout")
-    if marker is not None and (marker.args or "timeout" in marker.kwargs):
-        return float(marker.args[0] if marker.args else marker.kwargs["timeout"])
+    if marker is not None:
+        given = marker.kwargs.get("timeout", marker.args[0] if marker.args else None)
+        if given is not None:
+            return float(given)
     given = item.config.getoption("timeout", None)
+    if given is None:
+        given = os.environ.get("PYTEST_TIMEOUT") or None
     if given is not None:
         return float(given)
     try:
@@ -58,15 +66,28 @@ def _test_time_limit(item) -> float:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
+    global _watchdog_deadline
     limit = _test_time_limit(item)
     armed = limit > 0 and _watchdog_file is not None
     if armed:
+        _watchdog_deadline = time.monotonic() + limit + WATCHDOG_GRACE_S
         faulthandler.dump_traceback_later(limit + WATCHDOG_GRACE_S, exit=True, file=_watchdog_file)
     try:
         yield
     finally:
         if armed:
             faulthandler.cancel_dump_traceback_later()
+            _watchdog_deadline = None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_exception_interact(node, call, report):
+    """pytest's faulthandler plugin cancels every dump_traceback_later when a test's phase fails (for pdb's sake), the
+    watchdog too: a failed test whose teardown then hung holding the GIL sat there for good. Re-armed for what is left
+    of the test's time, unless a debugger is wanted (--pdb)."""
+    if _watchdog_deadline is not None and not node.config.getoption("usepdb", False):
+        faulthandler.dump_traceback_later(max(_watchdog_deadline - time.monotonic(), 1.0), exit=True,
+                                          file=_watchdog_file)
 
 
 def _cuda_available() -> bool:

@@ -342,13 +342,15 @@ def test_close_and_interpreter_exit_never_hang_after_a_timeout(ending):
 
 
 def test_first_call_including_negotiation_stays_within_one_timeout(server):
-    server.register_endpoint("get_server_info", lambda: time.sleep(0.4) or {"server": "gr00t-server", "capabilities": []}, requires_input=False)
-    server.register_endpoint("slowish", lambda: time.sleep(0.4) or {"ok": 1}, requires_input=False)
-    with PolicyClient(port=server.port, timeout_ms=600) as client:
+    server.register_endpoint("get_server_info", lambda: time.sleep(1.5) or {"server": "gr00t-server", "capabilities": []}, requires_input=False)
+    server.register_endpoint("slowish", lambda: time.sleep(1.5) or {"ok": 1}, requires_input=False)
+    with PolicyClient(port=server.port, timeout_ms=2000) as client:
         started = time.monotonic()
         with pytest.raises(PolicyTimeoutError):
-            client.call_endpoint("slowish", requires_input=False)  # 0.4 s + 0.4 s > 0.6 s
-        assert time.monotonic() - started < 0.9  # one budget; two would take about 1.0 s
+            client.call_endpoint("slowish", requires_input=False)  # 1.5 s + 1.5 s > 2 s
+        # one budget (2 s and the connection's overhead); two take at least 1.5 s + 2 s. Scaled up from 0.4 s naps and
+        # a 0.6 s budget, which left a loaded CI box 0.3 s of overhead.
+        assert time.monotonic() - started < 3.25
 
 
 def test_ping_with_a_timeout_of_its_own_keeps_the_clients_timeout_ms():

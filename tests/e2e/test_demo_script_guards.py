@@ -136,20 +136,44 @@ def test_sigterm_stops_the_running_step_and_the_demo(tmp_path):
         kill_session(proc.pid)
 
 
-def _latency_script(tmp_path: Path, *flags: str) -> subprocess.Popen:
+def _free_port() -> int:
+    """A loopback port nothing listens on now (a fixed one could be another program's server on a shared box)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _latency_script(tmp_path: Path, *flags: str, port: int = 0) -> subprocess.Popen:
     env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
-    return subprocess.Popen([sys.executable, str(ROOT / "scripts" / "demo_latency.py"), "--port", "37491",
-                             "--calls", "2", *flags], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+    return subprocess.Popen([sys.executable, str(ROOT / "scripts" / "demo_latency.py"),
+                             "--port", str(port or _free_port()), "--calls", "2", *flags], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def test_demo_latency_ends_with_one_line_and_130_on_ctrl_c(tmp_path):
+    import socket
+
     pytest.importorskip("metaworld")
-    proc = _latency_script(tmp_path)
-    time.sleep(4)  # in the env's construction or waiting on a server that is not there
-    os.killpg(proc.pid, signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    # A fixed 4 s nap sent the Ctrl-C into whatever the script had reached: on a loaded box still its imports (Python's
+    # own KeyboardInterrupt traceback) or mujoco's (an ImportError, exit 1). A server that never answers: once the
+    # script connects, it has built its observation and waits on the server, where the Ctrl-C is meant to land.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        silent.settimeout(120)
+        proc = _latency_script(tmp_path, port=silent.getsockname()[1])
+        try:
+            connection, _ = silent.accept()
+        except socket.timeout:
+            proc.kill()
+            pytest.fail(f"demo_latency never connected: {proc.communicate()[1]}")
+        with connection:
+            time.sleep(0.5)  # its get_action is waiting for the reply
+            os.killpg(proc.pid, signal.SIGINT)
+            out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "Exception ignored" not in err
     assert err.strip().splitlines()[-1] == "demo_latency: interrupted"
@@ -157,8 +181,9 @@ def test_demo_latency_ends_with_one_line_and_130_on_ctrl_c(tmp_path):
 
 def test_demo_latency_with_no_server_ends_with_one_line(tmp_path):
     pytest.importorskip("metaworld")
-    proc = _latency_script(tmp_path, "--timeout-ms", "300")
+    port = _free_port()
+    proc = _latency_script(tmp_path, "--timeout-ms", "300", port=port)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1, err
     assert "Traceback" not in err
-    assert "127.0.0.1:37491" in err.strip().splitlines()[-1]
+    assert f"127.0.0.1:{port}" in err.strip().splitlines()[-1]

@@ -43,6 +43,23 @@ def test_outlives_an_earlier_test_limit():
     time.sleep(4)  # the watchdog armed for the 1 s test above was cancelled when it ended
 '''
 
+FAILED_THEN_STUCK_TEST = '''
+import ctypes
+
+import pytest
+
+
+@pytest.fixture
+def stuck_teardown():
+    yield
+    ctypes.PyDLL(None).sleep(120)  # holds the GIL, after the test failed
+
+
+@pytest.mark.timeout(1)
+def test_fails_then_its_teardown_sticks(stuck_teardown):
+    assert False
+'''
+
 
 def _run(tmp_path, source):
     shutil.copy(TESTS / "conftest.py", tmp_path / "conftest.py")
@@ -96,3 +113,12 @@ def test_a_stderr_without_a_descriptor_runs_the_tests_without_a_watchdog(tmp_pat
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=100, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 passed" in result.stdout
+
+
+def test_a_failed_test_whose_teardown_sticks_still_ends_the_run(tmp_path):
+    """pytest's faulthandler plugin cancels dump_traceback_later when a test fails (pytest_exception_interact), and
+    with it the watchdog: a teardown then stuck holding the GIL sat there for good."""
+    result, took = _run(tmp_path, FAILED_THEN_STUCK_TEST)
+    assert result.returncode != 0
+    assert took < 60, f"the run waited {took:.0f} s: the watchdog did not end it"
+    assert "Timeout (" in result.stderr and "in stuck_teardown" in result.stderr, result.stderr

@@ -99,7 +99,11 @@ def test_an_overwrite_started_while_another_run_takes_the_directory_is_refused_n
              "--policy-client-port", "9", "--timeout-ms", "500", "--seed", "1"],
             env={**os.environ, "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])},
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(4)  # B passes its first check (the earlier run finished) and waits for the lock
+        # B passes its first check (the earlier run finished) and waits for the lock: seen in /proc/locks (a fixed 4 s
+        # nap let a slow start reach its first check only after A's claim below, and the race went untested)
+        deadline = time.monotonic() + 60
+        while not _waits_for_a_flock(b.pid) and b.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
         (out / "run.json").unlink()  # A empties the directory and takes it
         write_run_file(out, {"env_name": "walkto/fast", "config": {"seed": 2}})
     _, err = b.communicate(timeout=120)
@@ -107,6 +111,19 @@ def test_an_overwrite_started_while_another_run_takes_the_directory_is_refused_n
     assert "is in use: the run that claimed it is still running" in err
     assert json.loads((out / "run.json").read_text())["env_name"] == "walkto/fast"  # A's claim is intact
     finish_claim(out / "run.json", "complete")
+
+
+def _waits_for_a_flock(pid: int) -> bool:
+    """Whether process `pid` is blocked in flock (Linux's /proc/locks); without /proc/locks, after a 4 s nap."""
+    import time
+    from pathlib import Path
+
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        time.sleep(4)
+        return True
+    return any(len(parts) > 5 and parts[1] == "->" and parts[5] == str(pid) for parts in map(str.split, lines))
 
 
 @pytest.mark.parametrize("inside", ["meta", "data/chunk-000"])

@@ -310,15 +310,24 @@ def test_auto_with_the_address_file_of_a_gone_ray_head_is_refused_with_ray_stop_
 
 @pytest.fixture
 def ray_head():
-    """A `ray start --head` of this machine (its own RAY_TMPDIR, ports 42930-42960), stopped by its process group."""
+    """A `ray start --head` of this machine (its own RAY_TMPDIR, ports the OS picked), stopped by its process group."""
     import shutil
+    import socket
     import tempfile
 
     if _gcs_processes_here():
         pytest.skip("another Ray head runs on this machine: ray.init('auto') then follows the address file")
-    ports = ["--port", "42930", "--node-manager-port", "42932", "--object-manager-port", "42933",
-             "--metrics-export-port", "42934", "--dashboard-agent-listen-port", "42935", "--dashboard-agent-grpc-port",
-             "42936", "--runtime-env-agent-port", "42937", "--min-worker-port", "42940", "--max-worker-port", "42960"]
+    # Fixed ports (42930-42960 once) made the head fail to start wherever one of them was taken, and the test then
+    # failed 90 s later as if the code were wrong. Ports free now, all bound at once so no two are the same.
+    holders = [socket.socket() for _ in range(7)]
+    for holder in holders:
+        holder.bind(("127.0.0.1", 0))
+    free = [str(holder.getsockname()[1]) for holder in holders]
+    for holder in holders:
+        holder.close()
+    flags = ["--port", "--node-manager-port", "--object-manager-port", "--metrics-export-port",
+             "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port"]
+    ports = [arg for flag, port in zip(flags, free) for arg in (flag, port)]
     ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
     live = tempfile.mkdtemp(prefix="rh")  # short: Ray's socket paths under it have a length limit
     head = subprocess.Popen([ray_cli, "start", "--head", "--block", "--num-cpus", "1", "--include-dashboard", "false",
@@ -326,13 +335,16 @@ def ray_head():
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
-        while not _gcs_processes_here() and time.monotonic() < deadline:
+        while not _gcs_processes_here() and time.monotonic() < deadline and head.poll() is None:
             time.sleep(0.5)
+        assert _gcs_processes_here(), f"`ray start --head` did not start (exit {head.poll()})"
         yield
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
         try:
+            os.killpg(head.pid, signal.SIGTERM)
             head.wait(20)
+        except ProcessLookupError:  # it never started: the assertion above says so
+            pass
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
         shutil.rmtree(live, ignore_errors=True)

@@ -186,7 +186,7 @@ def test_the_check_after_a_reconnection_gets_a_budget_of_its_own():
             client.get_action(OBSERVATION)
     finally:
         server.stop()
-    assert len(budgets) == 1 and budgets[0] > 3.9  # not the 2.5 s the call left
+    assert len(budgets) == 1 and budgets[0] > 3.5  # not the 2.5 s the call left (3.9 left a stalled thread 0.1 s)
 
 
 def test_a_run_that_cannot_ask_its_server_which_policy_it_serves_says_it_is_not_watched(caplog):
