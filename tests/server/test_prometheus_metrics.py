@@ -307,3 +307,96 @@ def test_gauges_drop_idle_sessions_and_quiet_clients_without_waiting_for_a_reque
     assert busy[("gr00t_sessions", ())] == 1
     assert idle[("gr00t_active_clients", ())] == 0
     assert idle[("gr00t_sessions", ())] == 0
+
+
+def test_a_get_action_that_expired_in_the_queue_counts_its_wait_in_the_queue_wait_histogram():
+    """Only get_actions answered with an action were observed: the one that waited 0.6 s behind a call and then
+    expired added nothing to queue_wait, which so read low exactly under overload."""
+    with running_server(NapPolicy(nap_s=0.6), metrics_port=0, inline_below_ms=0) as server:
+        first = threading.Thread(target=lambda: PolicyClient(port=server.port).get_action(observation()))
+        first.start()
+        time.sleep(0.2)
+        with PolicyClient(port=server.port, timeout_ms=100) as hasty:  # waits behind the first; gives up
+            with pytest.raises(PolicyTimeoutError):
+                hasty.get_action(observation())
+        first.join(10)
+        deadline = time.monotonic() + 5
+        while requests_count(scrape(server), "get_action", "expired") < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        samples = scrape(server)
+    assert requests_count(samples, "get_action", "expired") == 1
+    assert (stage_count(samples, "decode"), stage_count(samples, "queue_wait")) == (2, 2)
+    assert samples[("gr00t_request_stage_seconds_sum", (("stage", "queue_wait"),))] >= 0.3  # the hasty one's wait
+    assert (stage_count(samples, "policy"), stage_count(samples, "encode")) == (1, 1)  # it never ran
+
+
+class FailingPolicy(BasePolicy):
+    """Raises for state 5, returns a NaN action for state 7 (refused by the server after the call ran), zeros
+    otherwise."""
+
+    def __init__(self) -> None:
+        super().__init__(strict=False)
+
+    def _get_action(self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None):
+        value = float(observation["state"]["joints"].reshape(-1)[0])
+        if value == 5:
+            raise ValueError("state 'joints' 5 is out of this policy's range")
+        return {"arm": np.full((1, 16, 3), np.nan if value == 7 else 0.0, np.float32)}, {}
+
+    def reset(self, options=None):
+        return {}
+
+
+@pytest.mark.parametrize("failing", [5.0, 7.0], ids=["policy raised", "NaN action refused"])
+def test_a_policy_call_that_ran_and_failed_counts_in_the_policy_histogram(failing):
+    """gr00t_batch_size counted the failed call, the policy stage histogram did not: it read fewer calls than ran."""
+    with running_server(FailingPolicy(), metrics_port=0, inline_below_ms=0) as server, \
+            PolicyClient(port=server.port) as client:
+        client.get_action(observation())
+        with pytest.raises(PolicyServerError):
+            client.get_action(observation(failing))
+        samples = scrape_settled(server, 2)
+    assert samples[("gr00t_batch_size_count", ())] == 2
+    for stage in ("decode", "queue_wait", "policy"):
+        assert stage_count(samples, stage) == 2, stage
+    assert stage_count(samples, "encode") == 1  # only the action was encoded
+
+
+def test_get_server_info_reports_the_metrics_port_it_serves_on():
+    with running_server(NapPolicy(), metrics_port=0) as server, PolicyClient(port=server.port) as client:
+        assert client.get_server_info()["metrics_port"] == server.metrics_port != 0
+    with running_server(NapPolicy()) as server, PolicyClient(port=server.port) as client:
+        assert client.get_server_info()["metrics_port"] is None
+
+
+def test_serve_prints_the_metrics_port_it_picked_whatever_the_log_level(tmp_path):
+    """--metrics-port 0 picks a free port, shown only in an INFO log line: at --log-level WARNING nowhere."""
+    from eval.dataset_factory import make_dataset
+    from serving import served
+
+    dataset = make_dataset(tmp_path / "ds", lengths=(6,))
+    with served("serve", "--dataset-path", str(dataset), "--port", "0", "--metrics-port", "0",
+                "--log-level", "WARNING") as proc:
+        shown = [re.fullmatch(r"Metrics: http://127\.0\.0\.1:(\d+)/metrics", line) for line in proc.ready_lines]
+        port = next(int(match.group(1)) for match in shown if match)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            assert b"gr00t_requests" in response.read()
+
+
+@pytest.mark.parametrize("host, warned", [("0.0.0.0", True), ("127.0.0.1", False)])
+def test_metrics_served_off_loopback_warn_that_they_have_no_authentication(caplog, host, warned):
+    """The ZeroMQ side had a token; the metrics endpoint beside it on every interface had none, and nothing said."""
+    server = PolicyServer(NapPolicy(), host=host, port=0, api_token="s3cret-token", metrics_port=0)
+    with caplog.at_level("WARNING", logger="gr00t_server.serving.server"):
+        server.start()
+    server.close()
+    assert (f"serving metrics on {host} port {server.metrics_port} without authentication" in caplog.text) is warned
+
+
+def test_serve_help_says_the_metrics_endpoint_has_no_authentication():
+    import subprocess
+
+    help_text = subprocess.run([sys.executable, "-m", "gr00t_server.cli", "serve", "--help"], capture_output=True,
+                               text=True, check=True).stdout
+    flag_help = " ".join(help_text.split("\n  --metrics-port PORT", 1)[1].split("--max-message-mb", 1)[0].split())
+    assert "no authentication" in flag_help

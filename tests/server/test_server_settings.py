@@ -130,3 +130,12 @@ def test_serve_warns_when_its_hard_open_file_limit_is_low():
     assert done.returncode == 0, done.stderr
     assert "the open-file limit is 200 (its hard limit too): the server accepts about 136 clients" in done.stderr
     assert "ulimit -Hn" in done.stderr
+
+
+def test_a_metrics_port_that_is_also_the_port_is_refused_naming_both():
+    """It failed only at start(), as "Address already in use", sending the user looking for another process."""
+    with pytest.raises(ValueError) as refused:
+        PolicyServer(RowEchoPolicy(), port=47123, metrics_port=47123)
+    assert str(refused.value) == ("metrics_port 47123 is also port: the metrics endpoint needs a port of its own (pass "
+                                  "another, or 0 for any free one)")
+    PolicyServer(RowEchoPolicy(), port=0, metrics_port=0).close()  # 0 for both: each gets a free port of its own

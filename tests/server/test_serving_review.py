@@ -228,14 +228,14 @@ def test_a_refused_request_of_a_new_client_evicts_no_live_session(dataset):
 
 def test_a_replay_that_forgets_a_session_the_server_holds_refuses_it_instead_of_restarting_it(dataset):
     """A ReplayPolicy keeping fewer sessions than the server (Python API) restarted each robot at episode 0, step 0
-    without an error."""
+    without an error. (The server now keeps the replay's 2 sessions too, and so drops the session first.)"""
     policy = ReplayPolicy(dataset, execution_horizon=2, strict=False, max_sessions=2)
     with running_server(policy, limits=ServerLimits(max_sessions=8), inline_below_ms=0) as server:
         robots = [PolicyClient("127.0.0.1", server.port, timeout_ms=5000, strict=False) for _ in range(3)]
         try:
             for robot in robots:
                 robot.reset({"episode_index": 2, "step_index": 2})
-            with pytest.raises(PolicyServerError, match="was forgotten by this replay, which keeps at most 2 sessions"):
+            with pytest.raises(PolicyServerError, match=r"was dropped by the server \(the server holds at most 2 "):
                 robots[0].get_action({})
             assert position(robots[2].get_action({})[1]) == (2, 2)
             robots[0].reset({"episode_index": 2, "step_index": 2})

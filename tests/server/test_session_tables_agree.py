@@ -59,6 +59,31 @@ def test_a_refused_reset_counts_no_use_so_one_newcomer_evicts_one_session(datase
                 robot.close()
 
 
+def test_a_server_allowing_more_sessions_than_its_replay_keeps_the_replays_number_and_warns(dataset, caplog):
+    """With ServerLimits(max_sessions=10) around a replay of max_sessions=2, four clients' resets left the server
+    holding four sessions (its gr00t_sessions gauge said 4) while the replay held two and refused the others' get_action
+    as forgotten; nothing warned."""
+    policy = ReplayPolicy(dataset, execution_horizon=4, strict=False, max_sessions=2)
+    with caplog.at_level("WARNING", logger="gr00t_server.serving.server"):
+        context = running_server(policy, limits=ServerLimits(max_sessions=10), inline_below_ms=0)
+        server = context.__enter__()
+    try:
+        robots = clients(server, "ABCD")
+        try:
+            for robot in robots.values():
+                robot.reset({"episode_index": 0})
+            assert held(server, policy, "ABCD") == ({"C", "D"}, {"C", "D"})
+            assert server.sessions.live_count() == 2 and server.limits.max_sessions == 2
+            with pytest.raises(PolicyServerError, match="was dropped by the server"):
+                robots["A"].get_action({})
+        finally:
+            for robot in robots.values():
+                robot.close()
+    finally:
+        context.__exit__(None, None, None)
+    assert ("the policy keeps at most 2 sessions (its max_sessions) and the server's limits allow 10" in caplog.text)
+
+
 def test_both_tables_hold_the_same_sessions_through_failing_and_succeeding_requests(dataset):
     policy = ReplayPolicy(dataset, execution_horizon=2, strict=False, max_sessions=3)
     names = "ABCDE"

@@ -100,7 +100,9 @@ def _add_serve_parser(subparsers: Any) -> None:
                         "the socket thread), saving two thread hand-offs (about 0.2 ms) per request for cheap policies;"
                         f" 0 turns this off (default {DEFAULT_INLINE_BELOW_MS:g})")
     p.add_argument(*_flag("metrics-port"), type=int, default=None, metavar="PORT",
-                   help="serve Prometheus metrics at http://HOST:PORT/metrics (needs gr00t-server[metrics]; default off)")
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (needs gr00t-server[metrics]; 0: a free port, "
+                        "printed at start; default off). The endpoint has no authentication, whatever --api-token or "
+                        "CURVE say: on a --host other than loopback, firewall the port")
     p.add_argument(*_flag("max-message-mb"), type=int, default=256, help="refuse messages larger than this with an error reply naming the limit (default 256 MiB)")
     _add_limit_flags(p)
 

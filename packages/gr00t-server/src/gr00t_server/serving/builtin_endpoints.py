@@ -87,7 +87,7 @@ class BuiltinEndpoints:
         try:
             raw = self.policy.get_action(observation, options)
         except BaseException as exc:  # counted whatever failed it, a SystemExit too
-            self._runner.count_failed_call(exc, 1, call_rows(request))
+            request.call_ran = self._runner.count_failed_call(exc, 1, call_rows(request))
             if not isinstance(exc, NonFiniteActionError):
                 raise
             # a strict policy's own check: the server's error names the cause too
@@ -97,6 +97,7 @@ class BuiltinEndpoints:
             work_limits.check_finite_action(exc.action, observation)
             raise
         self._runner.count_call(1, call_rows(request, raw))
+        request.call_ran = True
         action, info = work_limits.action_and_info(raw)
         request.timing = policy_stages(self.policy)
         work_limits.check_finite_action(action, observation)
@@ -176,6 +177,7 @@ class BuiltinEndpoints:
             "max_message_bytes": self.max_message_bytes,
             "batch_timeout_ms": self.batch_timeout_ms,
             "inline_below_ms": self.inline_below_ms,
+            "metrics_port": self.metrics_port,
             "limits": {**work_limits.per_row_summary(self.limits),
                        **self._policy_info_field("work_limits", lambda policy: self._policy_fact(
                            work_limits.policy_work_limits))},

@@ -235,12 +235,14 @@ class JobRunner(ReplyFrames):
         return (request.endpoint in SESSION_ENDPOINTS and endpoint.takes_options
                 and not self._server.is_built_in(request.endpoint))
 
-    def count_failed_call(self, exc: BaseException, requests: int, rows: int) -> None:
+    def count_failed_call(self, exc: BaseException, requests: int, rows: int) -> bool:
         """Count a policy call that raised `exc`: it ran, whatever failed inside (a client's input found bad by the
         model's processing too), unless the policy's own input checks refused it before anything was computed
-        (BasePolicy marks that error `refused_before_call`)."""
-        if not getattr(exc, "refused_before_call", False):
-            self.count_call(requests, rows)
+        (BasePolicy marks that error `refused_before_call`). True when counted."""
+        if getattr(exc, "refused_before_call", False):
+            return False
+        self.count_call(requests, rows)
+        return True
 
     def count_call(self, requests: int, rows: int) -> None:
         """Count one policy call (policy_calls, batch sizes, rows): the model ran, whatever became of its output."""
@@ -258,7 +260,7 @@ class JobRunner(ReplyFrames):
         except InlineCallAbandoned:
             raise
         except BaseException as exc:  # a policy's SystemExit or KeyboardInterrupt too: answered, the server goes on
-            return request, self.error_frames(request, exc)
+            return request, self.error_frames(request, exc, policy_started=started if request.call_ran else None)
         policy_ms = (time.monotonic() - started) * 1000.0
         rows = 1
         if request.endpoint == "get_action":
@@ -276,9 +278,10 @@ class JobRunner(ReplyFrames):
         except RequestError:  # the server refused its arguments: the handler never ran
             raise
         except BaseException as exc:
-            self.count_failed_call(exc, 1, call_rows(request))
+            request.call_ran = self.count_failed_call(exc, 1, call_rows(request))
             raise
         self.count_call(1, call_rows(request, result))
+        request.call_ran = True
         stages = policy_stages(self._server.policy)
         request.timing = stages if stages != earlier else {}
         return _checked_replaced_action(result, request)
@@ -363,7 +366,7 @@ class JobRunner(ReplyFrames):
             try:
                 work_limits.check_finite_action(part_action, request.data.get("observation"))
             except Exception as exc:  # the check's own failure is this request's, never the batch's
-                replies.append((request, self.error_frames(request, exc)))
+                replies.append((request, self.error_frames(request, exc, policy_started=started, policy_ms=policy_ms)))
                 continue
             replies.append(self.result_frames(request, [part_action, part_info], policy_ms, len(valid), sum(rows),
                                               policy_started=started))
@@ -389,7 +392,7 @@ class JobRunner(ReplyFrames):
                 # the unbatched call's words (server._get_action), its rows counted from the request's first
                 message = re.sub(r"\brows \[[\d, ]*\]", f"rows {own}", str(exc), count=1)
                 error = RequestError(message + work_limits.degenerate_states(observation, own, exc.key))
-                replies.append((request, self.error_frames(request, error)))
+                replies.append((request, self.error_frames(request, error, policy_started=started)))
             return clean
         # The error's action is what the policy returns only when the served object's own BasePolicy.get_action
         # raised it: a wrapper's inner policy, a subclass whose get_action post-processes (clips, scales) or a policy
@@ -408,7 +411,8 @@ class JobRunner(ReplyFrames):
             try:  # as unbatched: the server's words (key, rows, likely cause) for a NaN row
                 work_limits.check_finite_action(part_action, observation)
             except Exception as error:
-                replies.append((request, self.error_frames(request, error)))
+                replies.append((request, self.error_frames(request, error, policy_started=started,
+                                                           policy_ms=policy_ms)))
                 continue
             if not known_info:  # no info to answer with: its action is computed again
                 clean.append(request)
@@ -417,7 +421,8 @@ class JobRunner(ReplyFrames):
             try:  # the policy's checks of the keys after the NaN one, which its merged call never reached
                 getattr(policy, "check_action", lambda action: None)(part_action)
             except Exception as error:
-                replies.append((request, self.error_frames(request, error)))
+                replies.append((request, self.error_frames(request, error, policy_started=started,
+                                                           policy_ms=policy_ms)))
                 continue
             replies.append(self.result_frames(request, [part_action, part_info], policy_ms, len(valid), sum(rows),
                                               policy_started=started))

@@ -74,6 +74,7 @@ class Request:
     # session unknown to the server was dropped (or the server restarted), never a new one to start afresh.
     continues_session: bool = False
     takes_session: bool = False  # a get_action or reset whose success counts a use of its session (takes it in)
+    call_ran: bool = False  # a get_action whose policy call ran, whatever became of it (counted as a policy call)
 
     def expired(self, now: Optional[float] = None, margin_s: float = 0.0) -> bool:
         """True once the client's deadline has passed (it no longer waits for the reply), or is less than `margin_s`

@@ -75,7 +75,8 @@ class ReplyFrames:
         except Exception as exc:  # a policy returned what the wire cannot carry: its bug, counted as internal
             error = UnencodableResultError(f"could not encode the result of '{request.endpoint}': {exc}")
             error.__cause__ = exc
-            return request, self.error_frames(request, error)
+            policy_started = policy_started if timing is not None else None
+            return request, self.error_frames(request, error, policy_started=policy_started, policy_ms=policy_ms)
         # Multipart frames view the policy's own arrays; the socket thread sends them later, by when a policy that
         # reuses its output buffer (ONNX/TensorRT bindings) may have overwritten them. Own the bytes now (a timed
         # reply owns them already, inside its encode_ms).
@@ -86,10 +87,16 @@ class ReplyFrames:
             metrics.observe_stages(dict(timing, encode_ms=encode_ms))
         return request, frames
 
-    def error_frames(self, request: Request, exc: BaseException, log: bool = True) -> List[Any]:
-        """A bounded error reply for `exc`; internal errors are logged with their traceback, refusals rate-limited."""
+    def error_frames(
+        self, request: Request, exc: BaseException, log: bool = True, policy_started: Optional[float] = None,
+        policy_ms: Optional[float] = None,
+    ) -> List[Any]:
+        """A bounded error reply for `exc`; internal errors are logged with their traceback, refusals rate-limited.
+        `policy_started` (and `policy_ms`, else until now): the request's policy call, which ran."""
         stats = self._server.stats
         stats.add("errors")
+        if request.endpoint == "get_action" and request.admitted:
+            self._observe_unanswered_stages(request, policy_started, policy_ms)
         message, internal = error_text(request.endpoint, exc)
         if request.outcome == "ok":
             request.outcome = "internal_error" if internal else "error"
@@ -112,3 +119,16 @@ class ReplyFrames:
             return encode_reply(request, message, ok=False)
         except Exception:  # the message itself cannot fail to encode, but never let a reply path raise
             return [codec.encode({"error": "internal error", ERROR_MARKER: True})]
+
+    def _observe_unanswered_stages(
+        self, request: Request, policy_started: Optional[float], policy_ms: Optional[float]
+    ) -> None:
+        """The stages of a get_action the queue took that gets no action: decode and queue_wait (an expired one
+        waited until it was dropped: in overload the longest waits are these), and policy when its call ran."""
+        now = time.monotonic()
+        waited_until = now if policy_started is None else policy_started
+        timing = {"decode_ms": request.decode_ms,
+                  "queue_wait_ms": max(0.0, (waited_until - request.received_at) * 1000.0 - request.decode_ms)}
+        if policy_started is not None:
+            timing["policy_ms"] = (now - policy_started) * 1000.0 if policy_ms is None else policy_ms
+        self._server._metrics.observe_stages(timing)

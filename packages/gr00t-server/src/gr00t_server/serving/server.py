@@ -3,6 +3,7 @@ batching, per-request limits, deadlines, and a socket loop the policy cannot blo
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import numbers
@@ -10,7 +11,7 @@ import signal
 import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from gr00t_client.client import normalize_host
+from gr00t_client.client import endpoint_host, normalize_host
 from gr00t_client.client_options import MAX_REPLY_BYTES_LIMIT
 from gr00t_client.policy import BasePolicy
 
@@ -30,7 +31,7 @@ from .loop import (  # noqa: F401
 )
 from .messages import Request, RequestError, token_shape_problem
 from .metrics import NullMetrics, ServerMetrics
-from .sessions import SessionTable
+from .sessions import SessionTable, policy_session_limit
 from .stats import ServerStats
 from ..curve import CurveServerConfig
 from ..threads import handled_stop_signals
@@ -129,6 +130,9 @@ class PolicyServer(BuiltinEndpoints):
             poll_interval_ms=poll_interval_ms, batch_timeout_ms=batch_timeout_ms, inline_below_ms=inline_below_ms,
             shutdown_timeout_s=shutdown_timeout_s,
         )
+        if metrics_port is not None and metrics_port != 0 and metrics_port == port:
+            raise ValueError(f"metrics_port {metrics_port} is also port: the metrics endpoint needs a port of its own "
+                             "(pass another, or 0 for any free one)")
         self.policy = policy
         # Facts about the policy's wrapper chain (_policy_fact), learnt once per policy object: [policy, {fact: value}]
         self._policy_facts: List[Any] = [None, {}]
@@ -162,7 +166,7 @@ class PolicyServer(BuiltinEndpoints):
         self._window = batching.GatherWindow(self.batch_timeout_ms)
         self.embodiment_tag = served_embodiment_tag(policy, embodiment_tag)  # ValueError: not the policy's
         self.poll_interval_ms = int(poll_interval_ms)
-        self.limits = limits or ServerLimits()
+        self.limits = _sessions_as_policy_keeps(policy, limits or ServerLimits())
         self.shutdown_timeout_s = float(shutdown_timeout_s)
         self.stats = ServerStats()
         # Prometheus /metrics on metrics_port (0: a free port, see metrics_port after start()), bound to `host`.
@@ -295,6 +299,9 @@ class PolicyServer(BuiltinEndpoints):
         logger.info("policy server bound to %s (messages up to %d bytes)", self.bound_endpoint, self.max_message_bytes)
         # By the address bound: a name (127.1, the machine's own name in /etc/hosts) may bind loopback only
         loopback = is_loopback_host(endpoint_address(self.bound_endpoint))
+        if not loopback and self.metrics_port is not None:  # neither the token nor CURVE covers it
+            logger.warning("serving metrics on %s port %d without authentication: anyone who can reach that port can "
+                           "read them (serve on a private interface or firewall the port)", self.host, self.metrics_port)
         if not loopback and not self.api_token and (self.curve is None or self.curve.authorized_keys is None):
             logger.warning("listening on %s without an API token%s: anyone who can reach this port can use the policy "
                            "(set an API token: --api-token or GR00T_API_TOKEN, api_token= in Python; or CURVE with "
@@ -403,6 +410,8 @@ class PolicyServer(BuiltinEndpoints):
             restore = _install_signal_handlers(self)
             security = transport.security
             suffix = f" ({security.banner()})" if security is not None else ""
+            if self.metrics_port is not None:  # port 0 picked one: said before the ready line others wait for
+                print(f"Metrics: http://{endpoint_host(self.host)}:{self.metrics_port}/metrics", flush=True)
             print(f"Server is ready and listening on {self.bound_endpoint}{suffix}", flush=True)
             while self._running and not self._stop_requested.is_set():
                 self._loop.turn()
@@ -430,6 +439,18 @@ class PolicyServer(BuiltinEndpoints):
                     self._run_done.set()
             finally:
                 restore()
+
+
+def _sessions_as_policy_keeps(policy: BasePolicy, limits: ServerLimits) -> ServerLimits:
+    """`limits` with the server's session table no larger than the policy's own (ReplayPolicy(max_sessions=)), so
+    that the two tables evict the same sessions; a warning names both when the server's was larger."""
+    policy_sessions = policy_session_limit(policy)
+    if policy_sessions is None or policy_sessions >= limits.max_sessions:
+        return limits
+    logger.warning("the policy keeps at most %d sessions (its max_sessions) and the server's limits allow %d "
+                   "(ServerLimits.max_sessions, --max-sessions): the server keeps %d, so that both evict the same "
+                   "sessions", policy_sessions, limits.max_sessions, policy_sessions)
+    return dataclasses.replace(limits, max_sessions=policy_sessions)
 
 
 def _install_signal_handlers(server: PolicyServer) -> Callable[[], None]:

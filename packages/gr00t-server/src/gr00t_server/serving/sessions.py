@@ -188,3 +188,13 @@ def session_dropper(policy: Any) -> Optional[Callable[[str], None]]:
 def keeps_sessions(policy: Any) -> bool:
     """True when the policy or any policy it wraps (through `.policy`) keeps per-session state."""
     return any(getattr(link, "stateful_sessions", False) for link in policy_chain(policy))
+
+
+def policy_session_limit(policy: Any) -> Optional[int]:
+    """The most sessions the policy's own table keeps (the `max_sessions` of the first policy in its wrapper chain
+    that keeps sessions and says), or None when none says."""
+    for link in policy_chain(policy):
+        limit = getattr(link, "max_sessions", None)
+        if getattr(link, "stateful_sessions", False) and isinstance(limit, int) and not isinstance(limit, bool):
+            return limit
+    return None
