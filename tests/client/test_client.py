@@ -265,7 +265,9 @@ def test_a_call_waiting_its_turn_when_another_thread_closes_the_client_is_refuse
         client.close()  # a shutdown on the main thread
         in_flight.join(10)
         waiting.join(10)
-        assert isinstance(errors["in flight"], ConnectionError), errors
+        ended = errors["in flight"]
+        assert isinstance(ended, ClientClosedError) and isinstance(ended, ConnectionError), errors
+        assert f"PolicyClient for tcp://127.0.0.1:{server.port} was closed while waiting for 'get_action'" in str(ended)
         refused = errors["waiting its turn"]
         assert isinstance(refused, ClientClosedError) and isinstance(refused, ConnectionError), errors
         assert f"PolicyClient for tcp://127.0.0.1:{server.port} is closed, so 'get_action' was not sent" in str(refused)

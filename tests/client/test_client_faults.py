@@ -67,7 +67,7 @@ def test_close_from_a_signal_handler_during_a_call_ends_the_call_instead_of_hang
     result = subprocess.run([sys.executable, "-c", _SIGNAL_CLOSE_SCRIPT, how], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
     assert result.returncode == 0, result.stderr
     ended = [line for line in result.stdout.splitlines() if line.startswith("ended:")]
-    assert ended and ended[0].split()[1] == "ConnectionError", result.stdout
+    assert ended and ended[0].split()[1] == "ClientClosedError", result.stdout  # a ConnectionError
     assert float(ended[0].split()[2]) < 10.0  # the call's own timeout is 20 s
     assert "is closed, so 'ping' was not sent" in result.stdout  # a later call is refused, naming itself
 
@@ -330,3 +330,25 @@ def test_a_port_served_by_something_else_is_named_as_a_possible_cause():
         stop.set()
         thread.join(5)
         listener.close()
+
+
+def _short_array_map():
+    """A reference-format (msgpack-numpy) map of a (1, 1, 7) float32 array with 24 bytes of its 28: refused."""
+    return {b"nd": True, b"type": b"<f4", b"kind": b"", b"shape": [1, 1, 7], b"data": b"\0" * 24}
+
+
+def test_a_servers_long_or_control_character_key_is_escaped_and_cut_in_the_decode_error():
+    """The refused value's key path was the server's key verbatim: 100k characters, a newline and a terminal escape in
+    the client's error (every other text a server chose is escaped and cut)."""
+    import msgpack
+
+    key = "arm\n2026-12-05 10:00:00 ERROR forged line\x1b[2J" + "x" * 100000
+    reply = msgpack.packb({"ok": True, "result": {key: _short_array_map()}}, use_bin_type=True)
+    with ScriptedServer(lambda request: reply) as server:
+        with PolicyClient(host="127.0.0.1", port=server.port, timeout_ms=5000) as client:
+            with pytest.raises(codec.WireDecodeError) as refused:
+                client.get_server_info()
+    text = str(refused.value)
+    assert text.isprintable() and len(text) < 500, text[:300]
+    assert "result.arm\\n2026-12-05 10:00:00 ERROR forged line\\x1b[2Jxxx" in text
+    assert text.endswith("array of dtype <f4 and shape [1, 1, 7] needs 28 bytes, got 24"), text

@@ -127,3 +127,27 @@ def test_the_ping_before_a_suites_next_task_names_a_server_that_now_refuses_this
             assert unanswered_ping_reason(client, "task metaworld/reach-v3") is None
     assert reason is not None and "now refuses this client" in reason and "Unauthorized: Invalid API token" in reason
     assert reason.endswith(", before task metaworld/reach-v3")
+
+
+def test_a_client_this_process_closed_is_reported_as_closed_not_as_a_server_that_stopped_answering():
+    """A closed client's ClientClosedError read as a dead server: 'did not answer a ping before task ...' and 'stopped
+    answering ... and did not answer a ping either', while the server was up and answering."""
+    from gr00t_client import ClientClosedError
+
+    with running_server(EchoPolicy()) as server:
+        client = PolicyClient("127.0.0.1", server.port, timeout_ms=5000)
+        assert client.ping()
+        client.close()  # a with-block left, or another thread's cleanup
+        before_task = unanswered_ping_reason(client, "task libero_10/0")
+        with pytest.raises(ClientClosedError) as refused:
+            client.reset()
+        watch = ServerWatch(client)
+        after_request = watch.unreachable_reason(refused.value)
+        after_lost_reply = ServerWatch(client).unreachable_reason(LOST_REPLY)  # closed while the reply was awaited
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as fresh:
+            assert fresh.ping()  # the server was up all along
+    for reason in (before_task, after_request, after_lost_reply):
+        assert reason is not None and f"this process closed its PolicyClient for {client.address}" in reason
+        assert "did not answer" not in reason and "stopped answering" not in reason
+    assert before_task.endswith(", before task libero_10/0")
+    assert watch.consecutive_timeouts == 0

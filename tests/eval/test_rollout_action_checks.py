@@ -202,6 +202,29 @@ def test_the_observation_mapper_refuses_a_state_that_is_not_real_numbers_naming_
         ObservationMapper(spec, list(env_obs))(env_obs)
 
 
+def test_the_observation_mapper_casts_a_state_held_in_an_object_array_of_real_numbers():
+    """Envs that build observations from mixed Python values return object arrays; these were cast and sent before
+    states that are not real numbers were refused, and then were refused too."""
+    from gr00t_eval.rollout.policy_io import HorizonSpec, ObservationMapper
+
+    spec = HorizonSpec.from_modality_config(ConstantPolicy().get_modality_config())
+    env_obs = {"state.position": np.array([[[0.25]], [[2]], [[True]]], dtype=object), LANGUAGE_KEY: ["walk"] * 3}
+    mapped = ObservationMapper(spec, list(env_obs))(env_obs)
+    assert mapped["state.position"].dtype == np.float32
+    assert mapped["state.position"].tolist() == [[[0.25]], [[2.0]], [[1.0]]]
+
+
+@pytest.mark.parametrize("item", ["1000", 0.5 + 0.3j, None], ids=["str", "complex", "None"])
+def test_the_observation_mapper_refuses_an_object_array_state_holding_other_than_real_numbers(item):
+    from gr00t_eval.rollout.policy_io import HorizonSpec, ObservationMapper
+
+    spec = HorizonSpec.from_modality_config(ConstantPolicy().get_modality_config())
+    env_obs = {"state.position": np.array([[[0.5]], [[item]]], dtype=object), LANGUAGE_KEY: ["walk"] * 2}
+    with pytest.raises(ValueError, match=re.escape(f"the env's 'state.position' state has dtype object holding a "
+                                                   f"{type(item).__name__}; the policy takes states of real numbers")):
+        ObservationMapper(spec, list(env_obs))(env_obs)
+
+
 class DyingWalkEnv(WalkToEnv):
     """WalkTo whose process dies at the first step of the episode with seed 103 (a simulator crash)."""
 

@@ -178,3 +178,28 @@ def test_an_unreadable_language_row_is_refused_naming_the_key_and_the_row(lenien
     with running_server(lenient) as server, PolicyClient(port=server.port, timeout_ms=60000) as client:
         with pytest.raises(PolicyServerError, match=re.escape(f"language['{key}'] row 0 must be a str")):
             client.get_action(_broken(good, _set("language", key, rows)))
+
+
+def test_a_state_held_in_an_object_array_of_real_numbers_is_answered_as_the_same_floats(lenient, good):
+    """An in-process lenient policy given states as object arrays of Python floats and ints (as a sim wrapper built
+    from mixed Python values hands it) answered them before real-number states were required, then refused them."""
+    as_objects = {group: dict(values) for group, values in good.items()}
+    as_objects["state"] = {key: np.array(np.asarray(value).tolist(), dtype=object)
+                           for key, value in good["state"].items()}
+    assert all(value.dtype == object for value in as_objects["state"].values())
+    expected, _ = lenient.get_action(good, options={"seed": 7})
+    action, _ = lenient.get_action(as_objects, options={"seed": 7})
+    assert action.keys() == expected.keys()
+    for key in expected:
+        np.testing.assert_array_equal(action[key], expected[key])
+
+
+@pytest.mark.parametrize("item", ["1000", 0.5 + 0.3j], ids=["str", "complex"])
+def test_an_object_array_state_holding_other_than_real_numbers_is_refused_naming_the_key_and_the_item(lenient, good,
+                                                                                                     item):
+    key = next(iter(good["state"]))
+    state = np.array(np.asarray(good["state"][key]).tolist(), dtype=object)
+    state.flat[0] = item
+    with pytest.raises(ValueError, match=re.escape(f"state['{key}'] must hold real numbers (a bool, int or float "
+                                                   f"dtype); got dtype object holding a {type(item).__name__}")):
+        lenient.get_action(_broken(good, _set("state", key, state)))

@@ -244,6 +244,53 @@ def test_zero_height_video_is_refused_naming_the_camera_as_the_model_server_does
             client.get_action(empty_frames)
 
 
+def flat(observation):
+    """`observation` as flat keys ('video.image', 'state.arm', the language key), as a sim wrapper sends it."""
+    return {f"{group}.{key}" if group != "language" else key: value
+            for group, values in observation.items() for key, value in values.items()}
+
+
+def as_lists(observation):
+    """`observation`'s video and state arrays as nested lists, as a lenient client may send them, and no language (a
+    replay needs none, so its rows are the lists')."""
+    return {group: {key: value.tolist() for key, value in values.items()}
+            for group, values in observation.items() if group != "language"}
+
+
+@pytest.mark.parametrize("form", [flat, as_lists], ids=["flat", "lists"])
+def test_a_lenient_replay_refuses_a_zero_row_observation_sent_as_flat_keys_or_lists(dataset, form):
+    """Only nested arrays were counted: a 0-row flat or list observation was answered with a 1-row action."""
+    replay = ReplayPolicy(dataset, derive_from_dataset(dataset, action_horizon=4), execution_horizon=2, strict=False)
+    with running_server(replay) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        with pytest.raises(PolicyServerError, match=re.escape("the observation has 0 rows (its arrays' first axis); "
+                                                              f"expected 1 to {replay.max_rows}")):
+            client.get_action(form(observation(dataset, 0)))
+
+
+@pytest.mark.parametrize("form, says", [
+    (flat, "Video key 'video.image' has 0x32 images"),
+    (as_lists, "Video key 'image' has images of height 0 (nested lists of shape (1, 1, 0))"),
+], ids=["flat", "lists"])
+def test_a_lenient_replay_refuses_zero_height_frames_sent_as_flat_keys_or_lists(dataset, form, says):
+    """Only nested arrays' frames were checked: zero-height frames sent flat or as lists were answered."""
+    replay = ReplayPolicy(dataset, derive_from_dataset(dataset, action_horizon=4), execution_horizon=2, strict=False)
+    empty_frames = observation(dataset, 1)
+    empty_frames["video"]["image"] = np.zeros((1, 1, 0, 32, 3), np.uint8)
+    with running_server(replay) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        with pytest.raises(PolicyServerError, match=re.escape(f"{says}; an image needs at least one pixel on each "
+                                                              "side")):
+            client.get_action(form(empty_frames))
+
+
+@pytest.mark.parametrize("form", [flat, as_lists], ids=["flat", "lists"])
+def test_a_lenient_replay_answers_a_flat_or_list_observation_with_one_row_per_observation_row(dataset, form):
+    """A 3-row flat or list observation was answered with 1 row: the rows were counted from nested arrays only."""
+    replay = ReplayPolicy(dataset, derive_from_dataset(dataset, action_horizon=4), execution_horizon=2, strict=False)
+    with running_server(replay) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        action, _ = client.get_action(form(observation(dataset, 3)))
+    assert {np.shape(value)[0] for value in action.values()} == {3}, {k: np.shape(v) for k, v in action.items()}
+
+
 @pytest.mark.parametrize("arm, gripper", [(7, 1), (1, 3)])
 def test_a_state_of_another_width_than_the_datasets_is_refused_when_strict_and_the_session_is_untouched(
         policy, dataset, arm, gripper):

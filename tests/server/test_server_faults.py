@@ -742,3 +742,17 @@ def test_an_observation_of_zero_rows_is_refused_as_such(libero_policy, tiny_chec
         with pytest.raises(PolicyServerError) as caught:
             client.get_action(empty)
     assert caught.value.server_message.startswith("ObservationError: observation has 0 rows (a batch of size 0)")
+
+
+def test_an_undecodable_array_under_a_long_key_is_refused_with_the_reason_kept_in_the_bounded_reply():
+    """A 1,200-character key filled the server's bounded error reply: the reason was cut off, only the key shown."""
+    policy = EchoPolicy()
+    key = "K" * 1200
+    observation = {"state": {key: msgpack_numpy_map(JOINTS, data=JOINTS.tobytes()[:-4])}}
+    message = msgpack.packb({"endpoint": "get_action", "data": {"observation": observation, "options": None}},
+                            use_bin_type=True)
+    with running_server(policy) as server:
+        error = error_of(raw_round_trip(server.port, message))
+    assert "data.observation.state.KKKK" in error and "more characters)" in error
+    assert error.endswith("array of dtype <f4 and shape [1, 1, 7] needs 28 bytes, got 24"), error
+    assert policy.calls == 0

@@ -17,7 +17,7 @@ from reference_peer import EchoPolicy, raw_round_trip
 from serving import running_server
 from serving_ports import free_port
 
-from gr00t_client import BasePolicy, PolicyClient, PolicyServerError, PolicyTimeoutError, codec
+from gr00t_client import BasePolicy, ClientClosedError, PolicyClient, PolicyServerError, PolicyTimeoutError, codec
 
 CALL_S = 1.5
 
@@ -192,7 +192,8 @@ def test_client_close_from_another_thread_ends_an_in_flight_call_promptly():
         client.close()
         closed_s = time.monotonic() - started
         thread.join(5)
-    assert closed_s < 1.0 and "closed while waiting"  # the call had 1.5 s to go in str(outcome.get("error"))
+    assert closed_s < 1.0  # the call had 1.5 s to go
+    assert isinstance(outcome.get("error"), ClientClosedError) and "closed while waiting" in str(outcome["error"])
 
 
 @pytest.mark.slow

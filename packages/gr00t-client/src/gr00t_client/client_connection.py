@@ -173,7 +173,7 @@ class ClientConnection:
         assert self._handshake is not None
         while True:  # in slices, so that close() from another thread is noticed within CLOSE_POLL_MS
             if self._closing.is_set():
-                raise ConnectionError(f"PolicyClient for {self.address} was closed while waiting for '{endpoint}'")
+                raise ClientClosedError(f"PolicyClient for {self.address} was closed while waiting for '{endpoint}'")
             remaining_ms = max(0.0, (deadline - time.monotonic()) * 1000)
             if wait(min(remaining_ms, CLOSE_POLL_MS)):
                 return

@@ -81,6 +81,15 @@ def _check_array(kind: str, key: str, value: Any, dtype: type, ndim: int, horizo
         raise err(f"{kind} key '{key}' must have horizon T={horizon} (shape {layout}); got T={value.shape[1]} in shape {value.shape}")
 
 
+REAL_NUMBER_TYPES = (bool, int, float, np.bool_, np.integer, np.floating)
+
+
+def first_unreal_type(array: np.ndarray) -> Optional[str]:
+    """The type name of the first item of an object array that is not a real number (a bool, int or float, Python's
+    or numpy's: what a cast to float reads as itself); None when every item is one."""
+    return next((type(item).__name__ for item in array.flat if not isinstance(item, REAL_NUMBER_TYPES)), None)
+
+
 def non_finite_rows(value: Any) -> List[int]:
     """The rows (leading axis) of a float or complex array that hold NaN or inf, at most 8; [] for any other value
     or when every number is finite (the common case costs one isfinite pass)."""

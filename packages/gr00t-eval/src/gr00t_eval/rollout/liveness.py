@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Optional, Tuple
 
-from gr00t_client import HandshakeError, PolicyClient, ServerStoppingError
+from gr00t_client import ClientClosedError, HandshakeError, PolicyClient, ServerStoppingError
 from gr00t_client.policy import accepts_keyword
 
 from ..policy_identity import ServedPolicyChanged
@@ -64,9 +64,16 @@ def unanswered_ping_reason(policy: Any, before: str) -> Optional[str]:
     client's key or token; None when it answered (or cannot be pinged)."""
     alive, error = ping_with_error(policy)
     address = getattr(policy, "address", "the policy server")
+    if isinstance(error, ClientClosedError):
+        return f"{_closed_here(address, error)}, before {before}"
     if refuses_this_client(error):
         return f"{_refusal(address, error)}, before {before}"
     return f"{address} did not answer a ping before {before}" if alive is False else None
+
+
+def _closed_here(address: str, exc: BaseException) -> str:
+    return (f"this process closed its PolicyClient for {address} ({type(exc).__name__}: {exc}), so the run cannot go "
+            "on; the server may well be up: a with-block was left or a cleanup ran before the run ended")
 
 
 def _refusal(address: str, exc: BaseException) -> str:
@@ -90,6 +97,8 @@ class ServerWatch:
         """After a failed request: why the server counts as gone (None when it still answers or `exc` is no timeout);
         a server that refuses this client's key or token is gone for this run too."""
         address = getattr(self.policy, "address", "the policy server")
+        if isinstance(exc, ClientClosedError):  # this process's doing, not the server's: no ping, no count
+            return _closed_here(address, exc)
         if refuses_this_client(exc):
             return _refusal(address, exc)
         if not isinstance(exc, (TimeoutError, ConnectionError)):
@@ -100,6 +109,8 @@ class ServerWatch:
             return f"{address} is shutting down ({exc})"
         self.consecutive_timeouts += 1
         alive, ping_error = ping_with_error(self.policy)
+        if isinstance(ping_error, ClientClosedError):
+            return _closed_here(address, ping_error)
         if refuses_this_client(ping_error):
             return _refusal(address, ping_error)
         if alive is False:

@@ -232,7 +232,7 @@ class ReplayPolicy(BasePolicy):
             self._check_state_widths(observation, strict=False)
             _check_frame_sides(observation)
         session = _session_id(options)
-        batch = nested_batch_size(observation)
+        batch = _observation_rows(observation)
         if batch is not None:  # checked before the session is touched: a bad request never breaks it
             if not 1 <= batch <= self.max_rows:  # named as the observation's: batch_size is an option it never sent
                 raise ObservationError(f"the observation has {batch} rows (its arrays' first axis); expected 1 to "
@@ -423,11 +423,43 @@ def _as_list(value: Any, name: str) -> List[Any]:
     return [value]
 
 
+def _shape(value: Any) -> Tuple[int, ...]:
+    """The shape of an array or of nested lists (a lenient call's); () for a ragged list or anything else."""
+    try:
+        return np.shape(value)
+    except ValueError:  # a ragged list
+        return ()
+
+
+def _entries(observation: Any, modalities: Tuple[str, ...] = ("video", "state")) -> List[Tuple[str, Any]]:
+    """(key, value) of each entry of `modalities`, nested ('image' of observation['video']) or flat ('video.image')."""
+    if not isinstance(observation, Mapping):
+        return []
+    groups = [observation.get(modality) for modality in modalities]
+    entries = [(key, value) for group in groups if isinstance(group, Mapping) for key, value in group.items()]
+    prefixes = tuple(f"{modality}." for modality in modalities)
+    return entries + [(key, value) for key, value in observation.items()
+                      if isinstance(key, str) and key.startswith(prefixes)]
+
+
+def _observation_rows(observation: Any) -> Optional[int]:
+    """The rows of a nested or flat observation, from its first video or state entry with an axis (an array or, from a
+    lenient call, nested lists), else from its language lists; None when it has none (an empty observation)."""
+    for _, value in _entries(observation):
+        shape = _shape(value)
+        if shape:
+            return int(shape[0])
+    return nested_batch_size(observation)
+
+
 def _check_frame_sides(observation: Any) -> None:
-    """ObservationError naming the camera whose (B, T, H, W, 3) frames have an empty side, as the model server says:
-    a replay that took them told a user the camera plumbing was right."""
-    video = observation.get("video") if isinstance(observation, Mapping) else None
-    for key, frames in (video.items() if isinstance(video, Mapping) else ()):
-        if isinstance(frames, np.ndarray) and frames.ndim == 5 and min(frames.shape[2:4]) < 1:
-            raise ObservationError(f"Video key '{key}' has {frames.shape[2]}x{frames.shape[3]} images; an image needs "
-                                   "at least one pixel on each side")
+    """ObservationError naming the camera whose (B, T, H, W, 3) frames (an array or nested lists, nested or flat) have
+    an empty side, as the model server says: a replay that took them told a user the camera plumbing was right."""
+    for key, frames in _entries(observation, ("video",)):
+        shape = _shape(frames)
+        if len(shape) == 5 and min(shape[2:4]) < 1:
+            raise ObservationError(f"Video key '{key}' has {shape[2]}x{shape[3]} images; an image needs at least one "
+                                   "pixel on each side")
+        if not isinstance(frames, np.ndarray) and len(shape) in (3, 4) and shape[-1] == 0:  # lists end at an empty side
+            raise ObservationError(f"Video key '{key}' has images of {'height' if len(shape) == 3 else 'width'} 0 "
+                                   f"(nested lists of shape {shape}); an image needs at least one pixel on each side")
