@@ -36,3 +36,22 @@ def test_floats_and_bools_are_still_refused_naming_the_setting_and_the_value(tmp
     with pytest.raises(ValueError, match=rf"^{setting} must be .*int.*, got {re.escape(repr(value))}$"):
         DatasetWriter(tmp_path / "ds", fps=5, layout="v3.0", **{setting: value})
     assert not (tmp_path / "ds").exists()
+
+
+@pytest.mark.parametrize("fps", [np.int64(2**31), 2**31, 10**20], ids=["numpy", "int", "huge"])
+def test_an_fps_no_video_can_carry_is_refused_naming_fps_and_its_range(tmp_path, fps):
+    # it was taken, and the first episode failed with "'NoneType' object has no attribute 'encode'"
+    with pytest.raises(ValueError, match=rf"^fps must be an int from 1 to {2**31 - 1} .*, got {re.escape(repr(fps))}$"):
+        DatasetWriter(tmp_path / "ds", fps=fps)
+    assert not (tmp_path / "ds").exists()
+
+
+def test_an_encoder_that_refuses_its_settings_says_why_and_closes_without_a_second_error(tmp_path):
+    from gr00t_eval.dataset.video import Mp4Encoder
+
+    encoder = Mp4Encoder(tmp_path / "cam.mp4", fps=2**31)  # a rate the stream cannot take: opening it fails
+    with pytest.raises(Exception) as raised:
+        encoder.write(np.zeros((2, 16, 16, 3), np.uint8))
+    assert not isinstance(raised.value, AttributeError), raised.value  # the encoder's own error
+    encoder.close()  # releases the half-opened file; raised AttributeError ('NoneType' ... 'encode')
+    encoder.close()

@@ -66,3 +66,55 @@ def test_evaluate_open_loop_raises_output_folder_gone_and_writes_no_results_when
                 evaluate_open_loop(client, config, progress=False)
     assert raised.value.filename == str(out)
     assert not out.exists()
+
+
+def test_evaluate_open_loop_tells_a_folder_deleted_and_made_again_from_its_own(dataset, tmp_path):
+    # rm -rf out && mkdir out, as a cleanup script does: ext4 hands the new folder the freed inode, so the folder's
+    # (device, inode) alone does not tell it from the run's; the run's own hidden file in it does
+    out = tmp_path / "run"
+    out.mkdir()
+
+    def replace_folder():
+        shutil.rmtree(out)
+        out.mkdir()
+
+    with running_server(RemovesFolderOnCall(dataset, 3, replace_folder)) as server:
+        with PolicyClient(port=server.port) as client:
+            config = OpenLoopConfig(dataset_path=str(dataset), traj_ids=[0, 1, 2], execution_horizon=4, plot=False,
+                                    output_dir=str(out))
+            with pytest.raises(OutputFolderGone):
+                evaluate_open_loop(client, config, progress=False)
+    assert list(out.iterdir()) == []  # nothing of this run in the folder made in its place
+
+
+def test_evaluate_open_loop_leaves_no_file_of_its_own_beside_its_results(dataset, tmp_path):
+    out = tmp_path / "run"
+    with running_server(ReplayPolicy(dataset, execution_horizon=4)) as server:
+        with PolicyClient(port=server.port) as client:
+            config = OpenLoopConfig(dataset_path=str(dataset), traj_ids=[0], execution_horizon=4, plot=False,
+                                    output_dir=str(out))
+            evaluate_open_loop(client, config, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["results.json"]
+
+
+def test_an_output_folder_deleted_while_a_plot_is_drawn_is_not_made_again_for_it(dataset, tmp_path, capsys,
+                                                                                  monkeypatch):
+    pytest.importorskip("matplotlib")
+    from gr00t_eval import plots
+
+    out = tmp_path / "run"
+    draw = plots.plot_trajectory
+
+    def folder_deleted_while_drawing_trajectory_1(path, traj_id, *args):
+        if traj_id == 1:
+            shutil.rmtree(out)
+        return draw(path, traj_id, *args)
+
+    monkeypatch.setattr(plots, "plot_trajectory", folder_deleted_while_drawing_trajectory_1)
+    with running_server(ReplayPolicy(dataset, execution_horizon=4)) as server:
+        code = cli.main(["open-loop", "--dataset-path", str(dataset), "--port", str(server.port),
+                         "--execution-horizon", "4", "--output-dir", str(out), "--traj-ids", "0", "1"])
+    assert code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"the output folder {out} disappeared (unmounted or deleted)" in line, line
+    assert not out.exists()  # the plot of trajectory 1 did not make the folder again

@@ -5,12 +5,17 @@ A real PolicyServer on loopback and a real PolicyClient."""
 from __future__ import annotations
 
 import logging
+import signal
+import subprocess
+import sys
+import threading
+import time
 
 import numpy as np
 import pytest
 
 from gr00t_client import BasePolicy, ModalityConfig, PolicyClient
-from serving import running_server
+from serving import free_port, running_server
 
 CONFIGS = {"state": ModalityConfig([0], ["joints"]), "action": ModalityConfig([0, 1, 2, 3], ["arm"])}
 OBSERVATION = {"state": {"joints": np.zeros((1, 1, 3), np.float32)}}
@@ -76,3 +81,99 @@ def test_info_marks_failing_work_limits_unavailable_keeps_the_servers_limits_and
         action, _ = client.get_action(OBSERVATION)
         assert action["arm"].shape == (1, 4, 3)
     assert len([r for r in caplog.records if "work_limits failed" in r.getMessage()]) == 1
+
+
+def test_an_attribute_error_inside_observation_format_is_reported_and_logged_not_taken_for_no_format(caplog):
+    # a misspelt attribute inside the property: not "the policy does not say" (null), silently
+    with caplog.at_level(logging.WARNING, logger="gr00t_server"), \
+            running_server(FaultyInfoPolicy("observation_format", AttributeError("no _format_typo"))) as server, \
+            PolicyClient(port=server.port, timeout_ms=5000) as client:
+        info = client.get_server_info()
+    assert info["observation_format"] == {"error": "internal error in observation_format: AttributeError"}
+    assert len([r for r in caplog.records if "observation_format failed" in r.getMessage()]) == 1
+
+
+class SlowInfoPolicy(FaultyInfoPolicy):
+    """A policy whose `observation_format` and `work_limits()` take a while (a lazy load), counting the askings."""
+
+    def __init__(self):
+        super().__init__(None, None)
+        self.asked = {"observation_format": 0, "work_limits": 0}
+
+    @property
+    def observation_format(self):
+        self.asked["observation_format"] += 1
+        time.sleep(1.0)
+        return "nested"
+
+    def work_limits(self):
+        self.asked["work_limits"] += 1
+        time.sleep(1.0)
+        return {"max_denoising_steps": 8}
+
+
+def test_a_slow_observation_format_and_work_limits_are_asked_once_and_other_clients_are_answered_meanwhile():
+    policy = SlowInfoPolicy()
+    with running_server(policy) as server, PolicyClient(port=server.port, timeout_ms=10000) as client, \
+            PolicyClient(port=server.port, timeout_ms=1500) as other:
+        assert client.ping()  # serving: the policy's info facts were asked before
+        infos = []
+        asking = threading.Thread(target=lambda: infos.extend(client.get_server_info() for _ in range(3)))
+        asking.start()
+        time.sleep(0.2)
+        assert other.ping()  # not held up by another client's info request
+        asking.join(30)
+    assert [(i["observation_format"], i["limits"]["max_denoising_steps"]) for i in infos] == [("nested", 8)] * 3
+    assert policy.asked == {"observation_format": 1, "work_limits": 1}
+
+
+SLOW_FORMAT_SERVER = """
+import time
+from gr00t_client import BasePolicy
+from gr00t_server.serving.server import PolicyServer
+
+class HangingFormat(BasePolicy):
+    @property
+    def observation_format(self):
+        print("asking observation_format", flush=True)
+        time.sleep(120)
+        return "nested"
+
+    def get_modality_config(self):
+        return {{}}
+
+    def reset(self, options=None):
+        return {{}}
+
+    def _get_action(self, observation, options=None):
+        return {{}}, {{}}
+
+PolicyServer(HangingFormat(), host="127.0.0.1", port={port}).run()
+"""
+
+
+def test_ctrl_c_stops_a_server_whose_observation_format_hangs():
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_FORMAT_SERVER.format(port=port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in proc.stdout:
+            if "Server is ready" in line:  # asked on the first info request, if not before serving
+                threading.Thread(target=lambda: _ask_info(port), daemon=True).start()
+            if "asking observation_format" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+            pytest.fail("the server outlived a Ctrl-C while its policy's observation_format hung")
+
+
+def _ask_info(port):
+    try:
+        with PolicyClient(port=port, timeout_ms=30000) as client:
+            client.get_server_info()
+    except Exception:  # noqa: BLE001 - the server is stopped under it
+        pass

@@ -21,7 +21,7 @@ from gr00t_client import BasePolicy, PolicyClient
 
 from .batch_jobs import (Job, JobError, PolicyServerAddress, check_unique_job_names, job_dir_name, job_video_dirs,
                          load_jobs, parse_job)
-from .episode_log import EpisodeLog
+from .episode_log import EpisodeLog, latest_entries
 from .metrics import EpisodeOutcome
 from .output_files import EPISODE_LOG_FILENAME, RUN_FILENAME
 from .policy_identity import check_takes_flat_observations, describe, pinned_policy, policy_record, same_policy
@@ -65,13 +65,15 @@ def _episode_errors(results: Mapping[str, Any]) -> Optional[str]:
     return f"{len(errored)} of {len(results['per_episode'])} episodes errored, e.g. {errored[0]['error']}"
 
 
-def prepare_job_dir(job_dir: Path, config: RolloutConfig,
-                    policy: Optional[Mapping[str, Any]] = None) -> Tuple[RolloutConfig, List[EpisodeOutcome]]:
+def prepare_job_dir(job_dir: Path, config: RolloutConfig, policy: Optional[Mapping[str, Any]] = None,
+                    logged: Optional[List[Dict[str, Any]]] = None) -> Tuple[RolloutConfig, List[EpisodeOutcome]]:
     """A job's run.json and episodes.jsonl, like a rollout's: resume what they hold when the job is unchanged.
 
     Returns the config to run (with the base seed saved at the job's first start) and the episodes logged
     by an earlier, unfinished attempt. A job whose settings changed since, or whose server now serves another
     policy (`policy`, policy_identity.policy_record), starts over; its old log is kept as episodes.replaced.jsonl.
+    `logged`, when given, gets every entry of a resumed log (EpisodeLog.entries: earlier_eval_s's input), from the
+    one read that gives the episodes (a cut-short line is warned of once).
     """
     job_dir.mkdir(parents=True, exist_ok=True)
     planned = planned_config(config)
@@ -98,7 +100,10 @@ def prepare_job_dir(job_dir: Path, config: RolloutConfig,
         if policy is not None and (earlier is None or (not earlier.get("identity") and policy.get("identity"))):
             write_results(run_file, {**saved, "policy": dict(policy)})  # identity from now on: later attempts held to it
         resumed = without_unkept_env_timeout(RolloutConfig(**saved["config"]))
-        return resumed, [EpisodeOutcome.from_json_dict(e) for e in EpisodeLog(log).read()]
+        entries = list(EpisodeLog(log).entries())
+        if logged is not None:
+            logged.extend(entries)
+        return resumed, [EpisodeOutcome.from_json_dict(e) for e in latest_entries(entries)]
     if saved is not None and log.is_file():
         what = f"settings changed ({'; '.join(changes)})" if changes else "policy changed"
         logger.warning("job %s: its %s since %s was written; running the job from the start", job_dir.name, what, log)
@@ -209,13 +214,14 @@ def run_job(job: Job, policy_factory: Callable[[PolicyServerAddress], BasePolicy
         served = policy_record(policy)  # which checkpoint or dataset the server serves
         check_takes_flat_observations(served)  # before any episode: each would error on the flat observations
         if job_dir is not None:
-            config, done = prepare_job_dir(job_dir, config, served)
+            logged: List[Dict[str, Any]] = []
+            config, done = prepare_job_dir(job_dir, config, served, logged)
             record["job_config"]["video_dir"] = config.video_dir  # the folder it recorded (setting_changes)
             log = EpisodeLog(job_dir / EPISODE_LOG_FILENAME, claim=RUN_FILENAME)
             on_episode = lambda outcome: log.append(outcome.to_json_dict())  # noqa: E731
             record["episode_log"] = str(log.path)
             record["resumed_episodes"] = sum(1 for outcome in done if outcome.error is None)
-            earlier = earlier_eval_s(log.entries(), earlier_results(job_dir, None)) if done else None
+            earlier = earlier_eval_s(logged, earlier_results(job_dir, None)) if done else None
         with pinned_policy(policy, served):  # a server restarted with another checkpoint mid-job stops the job
             results = run_suite(policy, job.env_name, config, progress=progress, on_episode=on_episode, done=done)
         if earlier:  # the episodes kept from earlier attempts took their time too, as in rollout --resume

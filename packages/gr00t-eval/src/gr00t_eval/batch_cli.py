@@ -17,8 +17,8 @@ from .output_files import OutputDirError
 from .run_claim import (claim_lock_name, claim_output_dir, finish_claim, refuse_live_claim, refuse_live_claims,
                         take_claim)
 from . import run_dir  # its folder helpers looked up when called (tests stand in for them there)
-from .run_stop import (INTERRUPTED_EXIT_CODE, OutputFolderGone, is_storage_error, sigterm_as_interrupt,
-                       storage_advice, storage_error_text)
+from .run_stop import (INTERRUPTED_EXIT_CODE, OutputFolderGone, is_storage_line, sigterm_as_interrupt, storage_advice,
+                       storage_error_text)
 from .video_claims import claim_video_dir
 from .video_dirs import check_video_dir, delete_episode_videos, within
 
@@ -51,8 +51,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
         with sigterm_as_interrupt():
             batch = run_batch(jobs, path, previous=previous)
         outcome = "complete"
-    except OSError as exc:
-        if not is_storage_error(exc):
+    except OSError as exc:  # a folder of the batch's turned read-only for this user too: the line says --resume
+        if not is_storage_line(exc, output_dir, *job_video_dirs(jobs)):
             raise
         raise SystemExit(_storage_stop_message(exc, path, output_dir)) from None
     except KeyboardInterrupt:
@@ -71,7 +71,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 def _storage_stop_message(exc: OSError, path: Path, output_dir: Path) -> str:
-    """The one line for a batch stopped by a storage error (is_storage_error) while a job ran: what is kept, and the
+    """The one line for a batch stopped by a storage error (is_storage_line) while a job ran: what is kept, and the
     command that continues."""
     resume = f"gr00t-eval batch --resume {output_dir}"
     if isinstance(exc, OutputFolderGone):

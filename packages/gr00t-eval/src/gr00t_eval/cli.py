@@ -370,10 +370,13 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         known = (UsageError, ConnectionError, TimeoutError, FileNotFoundError, FileExistsError, MissingExtraError,
                  OutputDirError)
         shown = message if isinstance(exc, known) else f"{type(exc).__name__}: {message} (--log-level DEBUG shows the traceback)"
-        from .run_stop import is_storage_line, storage_stop_line
+        from .run_stop import WRITE_REFUSED_ERRNOS, is_storage_line, permission_line, storage_stop_line
 
-        if is_storage_line(exc):  # a full disk or a read-only folder a command did not word: the path and the remedy
+        outputs = [getattr(args, name, None) for name in ("output_dir", "output", "video_dir", "resume")]
+        if is_storage_line(exc, *outputs):  # a full disk, a read-only folder a command did not word: path, remedy
             shown = storage_stop_line(exc, args.command)
+        elif isinstance(exc, OSError) and exc.errno in WRITE_REFUSED_ERRNOS and exc.filename:  # a file read, as often
+            shown = permission_line(exc)
         print(f"gr00t-eval {args.command}: error: {shown}", file=sys.stderr)
         if args.log_level == "DEBUG":
             traceback.print_exception(exc, file=sys.stderr)

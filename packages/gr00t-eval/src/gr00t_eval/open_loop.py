@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import logging
 import math
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
@@ -123,6 +124,8 @@ class OpenLoopConfig:
 
 
 OBSERVATION_FORMATS = ("nested", "flat", "auto")
+# evaluate_open_loop's own file in its output folder when no claim is given: a folder made again is told apart by it
+WATCH_FILE_PREFIX = ".open_loop_watch_"
 
 
 
@@ -169,7 +172,7 @@ def evaluate_trajectory(
     policy: BasePolicy, dataset: LeRobotDataset, traj_id: int, config: OpenLoopConfig,
     configs: Mapping[str, ModalityConfig], report: Callable[[str], None] = logger.info, on_step: Optional[Callable[[], None]] = None,
     on_scored: Optional[Callable[[TrajectoryResult], None]] = None, warned_key_matches: Optional[set] = None,
-    recording_dtype: Any = np.float64,
+    recording_dtype: Any = np.float64, output_dir_made: bool = False,
 ) -> TrajectoryResult:
     """Query the policy every `execution_horizon` steps of trajectory `traj_id` and score the stitched chunks.
 
@@ -179,6 +182,9 @@ def evaluate_trajectory(
     `warned_key_matches`: the run's key pairings by position already warned of (None: warn of them here).
     `recording_dtype`: the precision the recorded actions are scored in: float64 keeps a float64 recording whole;
     float32 is what a replay serves of it.
+    `output_dir_made`: config.output_dir was made, and is watched, by the caller (evaluate_open_loop): a plot into it
+    never makes it again (a folder deleted meanwhile fails the plot, and the caller's check stops the run); a plot
+    folder of its own (plot_path) and, called alone, the output folder are made here.
     """
     if config.observation_format == "auto":  # called alone: evaluate_open_loop resolves it once per run
         observation_format = resolve_observation_format(server_info(policy), "auto", policy)
@@ -250,6 +256,8 @@ def evaluate_trajectory(
     labels = [f"{key}[{i}]" for key in action_keys for i in range(key_dims[key])]
     path = config.plot_file(traj_id, len(config.traj_ids))
     try:
+        if config.plot_path is not None or not output_dir_made:
+            path.parent.mkdir(parents=True, exist_ok=True)
         result.plot_path = str(plot_trajectory(path, traj_id, ground_truth, prediction, inference_steps, state,
                                                state_keys, action_keys, labels))
     except KeyboardInterrupt:
@@ -286,9 +294,11 @@ def evaluate_open_loop(
     A run stopped part-way (KeyboardInterrupt; or "aborted": a server gone, ConnectionError or TimeoutError, or
     any other failure) still writes results.json with the trajectories it scored, its status, the ids not run
     and why; then the exception goes on up.
-    An output folder that disappears meanwhile (deleted, unmounted; with `claim`, the name of a file in it that must
-    stay there, such as the CLI's run claim) stops the run with OutputFolderGone before the next plot, and nothing
-    more is written: results.json written there would make the folder again and report a run that is not there.
+    An output folder that disappears meanwhile (deleted, unmounted, or deleted and made again) stops the run with
+    OutputFolderGone before the next plot, and nothing more is written: results.json written there would make the
+    folder again and report a run that is not there. `claim` names a file in it that must stay there (the CLI's run
+    claim); with None, the run writes its own hidden `.open_loop_watch_<token>` file there and removes it once the
+    folder is checked before results.json (a run that ends otherwise, a crash, may leave it: it holds nothing).
     """
     if config.output_dir is not None:  # before any query
         check_open_loop_output_dir(config.output_dir)
@@ -319,6 +329,11 @@ def evaluate_open_loop(
         report(f"Output directory: {config.output_dir}")
     output_folder = Path(config.output_dir)
     output_folder.mkdir(parents=True, exist_ok=True)  # now, so that a folder deleted or unmounted later is told apart
+    watch = None
+    if claim is None:  # a folder deleted and made again may get the freed inode (ext4): a file of this run's tells it
+        watch = output_folder / f"{WATCH_FILE_PREFIX}{uuid.uuid4().hex}"
+        watch.touch(exist_ok=False)
+        claim = watch.name
     check_output_folder = functools.partial(check_folder_kept, output_folder, folder_identity(output_folder), claim)
     result = OpenLoopResult()
 
@@ -359,7 +374,8 @@ def evaluate_open_loop(
                                                on_step=(bar.update if bar else None),
                                                on_scored=functools.partial(scored, traj_id),
                                                warned_key_matches=warned_key_matches,
-                                               recording_dtype=np.float32 if serves_replay(served) else np.float64)
+                                               recording_dtype=np.float32 if serves_replay(served) else np.float64,
+                                               output_dir_made=True)
                 except ServerStoppingError:
                     raise  # the server is going: this trajectory and the rest are not run (it was scored errored, and
                     # the next request waited out the whole timeout of a server already gone)
@@ -409,6 +425,11 @@ def evaluate_open_loop(
         check_output_folder()  # results.json written into a vanished folder would make it again
     except OutputFolderGone as gone:
         raise gone from stopped
+    finally:
+        if watch is not None:  # checked for the last time: the folder keeps only the run's plots and results.json
+            from .run_dir import remove_quietly
+
+            remove_quietly(watch)
     result.results_path = write_results(Path(config.output_dir) / RESULTS_FILENAME, open_loop_results(
         entries, run_config, result.skipped, errored=result.errored, skip_reasons=result.skip_reasons, stop=stop,
         policy=served, settings_not_applied=not_applied))

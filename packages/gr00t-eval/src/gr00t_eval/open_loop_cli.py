@@ -60,7 +60,7 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
 
     from . import connection
     from .open_loop import RESULTS_FILENAME, OpenLoopConfig, evaluate_open_loop
-    from .run_stop import is_storage_line, sigterm_as_interrupt
+    from .run_stop import WRITE_REFUSED_ERRNOS, is_storage_line, sigterm_as_interrupt
 
     _check_horizon_flags(getattr(args, "horizon_flags", None) or [])
     if not (Path(args.dataset_path) / "meta").is_dir():
@@ -107,7 +107,8 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
                 raise
     except (KeyboardInterrupt, Exception, SystemExit) as exc:
         _release_unused_claim(output_dir)
-        if isinstance(exc, OSError) and is_storage_line(exc):
+        if isinstance(exc, OSError) and (is_storage_line(exc, output_dir)
+                                          or (exc.errno in WRITE_REFUSED_ERRNOS and exc.filename)):
             raise SystemExit(_storage_stop_message(exc, output_dir)) from None
         raise
     if result.trajectories:
@@ -131,9 +132,10 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
 
 def _storage_stop_message(exc: OSError, output_dir: Path) -> str:
     """The one line for an open-loop run stopped by a storage error (run_stop.is_storage_line): its output folder
-    gone, or a full disk or read-only folder; what is kept, and what to do (open-loop runs do not resume)."""
+    gone, or a full disk or read-only folder; or by a permission error outside its output folder: a file it reads (the
+    dataset's); what is kept, and what to do (open-loop runs do not resume)."""
     from .open_loop import RESULTS_FILENAME
-    from .run_stop import OutputFolderGone, storage_advice, storage_error_text
+    from .run_stop import OutputFolderGone, is_storage_line, storage_advice, storage_error_text
 
     if isinstance(exc, OutputFolderGone):
         return (f"error: the output folder {output_dir} disappeared (unmounted or deleted) while the run wrote to it: "
@@ -142,6 +144,9 @@ def _storage_stop_message(exc: OSError, output_dir: Path) -> str:
     results = output_dir / RESULTS_FILENAME
     kept = (f"{results} holds what was scored before it" if results.is_file()
             else f"no {RESULTS_FILENAME} was written")
+    if not is_storage_line(exc, output_dir):  # not this run's output: a file it reads
+        return (f"error: cannot read {exc.filename}: {exc.strerror or exc}: the run stopped; {kept}. Give this user "
+                "read access to it, then run the same command again with --overwrite (open-loop runs do not resume)")
     return (f"error: {storage_error_text(exc)}: the run stopped; {kept}. {storage_advice(exc)}, then run the same "
             "command again with --overwrite (open-loop runs do not resume)")
 

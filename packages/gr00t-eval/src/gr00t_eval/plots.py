@@ -129,8 +129,8 @@ def plot_trajectory(
     action_keys: Sequence[str] = (),
     dim_labels: Optional[Sequence[str]] = None,
 ) -> Path:
-    """Save one figure (one subplot per action dim) for a trajectory; the reference layout, one file per id (more than
-    MAX_PANEL_ROWS dims fill several columns of subplots)."""
+    """Save one figure (one subplot per action dim) for a trajectory into `path`'s folder, which must be there; the
+    reference layout, one file per id (more than MAX_PANEL_ROWS dims fill several columns of subplots)."""
     matplotlib = require("matplotlib", "plots", "plotting open-loop results")
     matplotlib.use("Agg", force=False)  # headless: never open a window
     import matplotlib.pyplot as plt
@@ -156,8 +156,7 @@ def plot_trajectory(
             ax.set_title(labels[dim], parse_math=False)
             ax.legend()
         fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = Path(path)  # its folder is the caller's to make: a run's output folder gone meanwhile is not made again
         _save_aside(fig, path)
     finally:
         plt.close(fig)

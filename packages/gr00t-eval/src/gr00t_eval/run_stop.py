@@ -13,9 +13,9 @@ from typing import Any, Iterator, Optional, Tuple
 from gr00t_client.cli_signals import interrupting_signals, signals_handled_by
 from gr00t_client.cli_signals import sigterm_as_interrupt  # noqa: F401 - the gr00t_eval modules import it from here
 
-__all__ = ["INTERRUPTED_EXIT_CODE", "STORAGE_ERRNOS", "OutputFolderGone", "check_folder_kept", "folder_identity",
-           "interrupts_deferred", "is_storage_error", "is_storage_line", "sigterm_as_interrupt", "storage_advice",
-           "storage_error_text", "storage_stop_line"]
+__all__ = ["INTERRUPTED_EXIT_CODE", "STORAGE_ERRNOS", "WRITE_REFUSED_ERRNOS", "OutputFolderGone", "check_folder_kept",
+           "folder_identity", "interrupts_deferred", "is_storage_error", "is_storage_line", "permission_line",
+           "sigterm_as_interrupt", "storage_advice", "storage_error_text", "storage_stop_line"]
 
 # A full disk (or quota, or file size limit) and a folder turned read-only: the run cannot write, but what it logged stays.
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
@@ -77,7 +77,7 @@ def storage_advice(exc: OSError) -> str:
     if exc.errno == errno.EFBIG:
         return "Raise the file size limit (ulimit -f)"
     if exc.errno in WRITE_REFUSED_ERRNOS:
-        return "Give this user write access to the folder (or name a folder it may write)"
+        return "Give this user write access to the folder"  # then a --resume, or --overwrite, takes the same folder
     return "Free some space"
 
 
@@ -87,10 +87,27 @@ def is_storage_error(exc: BaseException) -> bool:
     return isinstance(exc, OutputFolderGone) or (isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS)
 
 
-def is_storage_line(exc: BaseException) -> bool:
+def is_storage_line(exc: BaseException, *output_folders: Any) -> bool:
     """Whether a command that stops on `exc` says so as a storage line (storage_stop_line): a storage error
-    (is_storage_error), or a file or folder this user may not write (WRITE_REFUSED_ERRNOS)."""
-    return is_storage_error(exc) or (isinstance(exc, OSError) and exc.errno in WRITE_REFUSED_ERRNOS)
+    (is_storage_error), or a file or folder this user may not write (WRITE_REFUSED_ERRNOS) in one of the command's
+    `output_folders` (its output folder, its video folder; entries that are no path, None, ignored). A permission error
+    anywhere else is not said to be a write: it is a file the command reads (a dataset's, a --jobs file) as often."""
+    if is_storage_error(exc):
+        return True
+    if not (isinstance(exc, OSError) and exc.errno in WRITE_REFUSED_ERRNOS and exc.filename):
+        return False
+    failed = Path(os.fsdecode(exc.filename)).resolve()
+    for folder in output_folders:
+        if isinstance(folder, (str, os.PathLike)):
+            folder = Path(folder).resolve()
+            if failed == folder or folder in failed.parents:
+                return True
+    return False
+
+
+def permission_line(exc: OSError) -> str:
+    """A permission error on a file that is not a command's output (is_storage_line): the file, and what it lacks."""
+    return f"cannot open {exc.filename}: {exc.strerror or exc} (give this user access to it, or run as one who has it)"
 
 
 def storage_error_text(exc: OSError) -> str:

@@ -95,7 +95,7 @@ def run_rollout_command(args: argparse.Namespace) -> int:
     from .ray_runner import parse_servers
     from .run_file import read_run_file, write_run_file
     from .run_resume import add_earlier_task_eval_s, earlier_eval_s, earlier_results, refuse_changed_settings
-    from .run_stop import is_storage_error
+    from .run_stop import is_storage_error, is_storage_line
     from .shard import ShardSpec, resolve_shard_n_envs
 
     try:  # a bad host list fails before the output directory is made
@@ -198,8 +198,8 @@ def run_rollout_command(args: argparse.Namespace) -> int:
             results["settings_not_applied"] = {**earlier_not_applied, **(results.get("settings_not_applied") or {})}
         log.check_folder()  # results written into a folder that replaced the run's would report a run that is not there
         return _report_rollout(args, results, output_dir, shard)
-    except OSError as exc:
-        if not is_storage_error(exc):
+    except OSError as exc:  # a folder of the run's turned read-only for this user too: the line says --resume
+        if not is_storage_line(exc, output_dir, config.video_dir):
             raise
         raise SystemExit(_storage_failure(exc, output_dir, shard)) from None
 

@@ -321,8 +321,8 @@ class Mp4Encoder:
         if self._container is None:
             return
         container, self._container = self._container, None
-        if self._broken:
-            with contextlib.suppress(Exception):
+        if self._broken or self._stream is None:  # no stream: _open failed (the encoder refused a setting); its error
+            with contextlib.suppress(Exception):  # is the one on its way, not one of this close
                 container.close()
             return
         try:

@@ -294,6 +294,7 @@ class DatasetWriter(_EpisodeChecks, _EpisodeFiles, _MetaFiles):
 
 
 _MAX_GOP = 2**31 - 1  # FFmpeg's keyframe interval option 'g' is a C int
+_MAX_FPS = 2**31 - 1  # a video's frame rate and time base (1/fps) are FFmpeg rationals of C ints
 
 
 def _check_file_settings(fps: Any, video_codec: Any, layout: Any, chunks_size: Any, episodes_per_file: Any,
@@ -305,8 +306,8 @@ def _check_file_settings(fps: Any, video_codec: Any, layout: Any, chunks_size: A
     encoder = encoder_for(video_codec)  # a codec this PyAV build cannot encode fails here
     if layout not in ("v2.1", "v3.0"):
         raise ValueError(f"layout must be 'v2.1' or 'v3.0', got {layout!r}")
-    if not _is_int(fps) or fps <= 0:
-        raise ValueError(f"fps must be a positive int, got {fps!r}")
+    if not _is_int(fps) or not 1 <= fps <= _MAX_FPS:
+        raise ValueError(f"fps must be an int from 1 to {_MAX_FPS} (frames per second), got {fps!r}")
     highest = max_fps(video_codec)
     if highest is not None and fps > highest:
         raise ValueError(f"fps {fps} is over {highest}, the most the {encoder} encoder of video_codec "

@@ -3,6 +3,7 @@ and the facts about the served policy they ask per request; PolicyServer inherit
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional
 
@@ -22,21 +23,34 @@ from .wrappers import policy_chain
 logger = logging.getLogger("gr00t_server.serving.server")  # PolicyServer's log: the split renamed no logger
 
 SESSION_OPTION = "_session_id"
+_UNDECLARED = object()  # _observation_format: a policy that has no observation_format at all
 
 
 class BuiltinEndpoints:
     """PolicyServer's own endpoint handlers and the policy facts they use; they read the server's policy, settings,
     stats and runner (see PolicyServer.__init__)."""
 
-    def _policy_fact(self, learn: Callable[[Any], Any]) -> Any:
-        """learn(policy), asked per request: the wrapper chain is walked once per policy object (again if replaced)."""
+    def _policy_fact(self, learn: Callable[[Any], Any], key: Any = None) -> Any:
+        """learn(policy), asked per request: the wrapper chain is walked once per policy object (again if replaced);
+        kept under `key` (default: `learn` itself)."""
         policy, facts = self._policy_facts
         if policy is not self.policy:
             policy, facts = self.policy, {}
             self._policy_facts = [policy, facts]
-        if learn not in facts:
-            facts[learn] = learn(policy)
-        return facts[learn]
+        key = learn if key is None else key
+        if key not in facts:
+            facts[key] = learn(policy)
+        return facts[key]
+
+    def _policy_info_fact(self, name: str, learn: Callable[[Any], Any]) -> Any:
+        """_policy_info_field(name, learn), learnt once per policy object (_policy_fact), its error too: a slow
+        property or `work_limits()` on the socket thread costs once (run() asks before serving), not every info."""
+        return self._policy_fact(lambda policy: self._policy_info_field(name, learn), key=("info", name))
+
+    def _learn_policy_info(self) -> None:
+        """Ask the policy's get_server_info facts now (run(), before serving), so no info request waits on them."""
+        self._policy_info_fact("observation_format", _observation_format)
+        self._policy_info_fact("work_limits", work_limits.policy_work_limits)
 
     @property
     def _policy_uses_sessions(self) -> bool:
@@ -118,7 +132,7 @@ class BuiltinEndpoints:
         server goes on. Logged once per policy object and field, the message bounded and escaped (log_text)."""
         try:
             return learn(self.policy)
-        except InlineCallAbandoned:
+        except (InlineCallAbandoned, KeyboardInterrupt):  # a Ctrl-C while run() asks them (_learn_policy_info) stops it
             raise
         except BaseException as exc:
             logged = self._info_errors_logged
@@ -166,7 +180,7 @@ class BuiltinEndpoints:
             "protocol_version": PROTOCOL_VERSION,
             "versions": {"gr00t-server": server_version, "gr00t-client": client_version},
             "policy_class": type(self.policy).__name__,
-            "observation_format": self._policy_info_field("observation_format", _observation_format),
+            "observation_format": self._policy_info_fact("observation_format", _observation_format),
             "policy_identity": self._policy_identity(),
             "embodiment_tag": self.embodiment_tag,
             "modality_configs": modality,
@@ -179,8 +193,7 @@ class BuiltinEndpoints:
             "inline_below_ms": self.inline_below_ms,
             "metrics_port": self.metrics_port,
             "limits": {**work_limits.per_row_summary(self.limits),
-                       **self._policy_info_field("work_limits", lambda policy: self._policy_fact(
-                           work_limits.policy_work_limits))},
+                       **self._policy_info_fact("work_limits", work_limits.policy_work_limits)},
             "auth": self.api_token is not None,
             "encryption": "curve" if self.curve is not None else None,
             "policy_busy": bool(self._worker is not None and self._worker.busy),
@@ -192,6 +205,8 @@ def _observation_format(policy: Any) -> Optional[str]:
     """"flat" or "nested": the observation form the served policy declares it takes (`observation_format`); None when
     it does not say. Only the served policy's own: a wrapper may change the form of what it hands the policy inside
     (a flat-keys adapter around a Gr00tPolicy), so an inner policy's form says nothing of the wrapper's."""
-    declared = getattr(policy, "observation_format", None)
+    if inspect.getattr_static(policy, "observation_format", _UNDECLARED) is _UNDECLARED:
+        return None
+    # read without a default: an error inside a property (an AttributeError too) reaches _policy_info_field
+    declared = policy.observation_format
     return declared if declared in ("flat", "nested") else None
-

@@ -407,6 +407,8 @@ class PolicyServer(BuiltinEndpoints):
         self._worker = worker
         try:
             worker.start()
+            # before our handlers: a slow policy property is waited for once, here, and Ctrl-C still stops it
+            self._learn_policy_info()
             restore = _install_signal_handlers(self)
             security = transport.security
             suffix = f" ({security.banner()})" if security is not None else ""
