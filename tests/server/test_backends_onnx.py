@@ -391,6 +391,53 @@ def test_verify_fails_a_dit_export_that_ignores_the_timestep(tiny_checkpoint, di
     assert "overall (onnxruntime): FAIL" in out
 
 
+def nan_state_encoder_copy(export, folder):
+    """A copy of an action_head export whose state encoder adds 0 * sum(sqrt(-100 - state)): NaN in every row, as an
+    fp16 overflow inside a graph makes it; its file hashes re-recorded as export records them."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from gr00t_server.backends.common import file_digest
+
+    shutil.copytree(export, folder)
+    metadata = json.loads((folder / EXPORT_METADATA).read_text())
+    path = folder / metadata["submodules"]["state_encoder"]["file"]
+    model = onnx.load(str(path))
+    graph = model.graph
+    output = graph.output[0].name
+    for node in graph.node:
+        node.output[:] = ["finite_output" if name == output else name for name in node.output]
+    graph.initializer.extend([helper.make_tensor("minus_100", TensorProto.FLOAT, [], [-100.0]),
+                              helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+                              helper.make_tensor("last_axis", TensorProto.INT64, [1], [2])])
+    graph.node.extend([helper.make_node("Sub", ["minus_100", "state"], ["negative"]),
+                       helper.make_node("Sqrt", ["negative"], ["nan"]),
+                       helper.make_node("ReduceSum", ["nan", "last_axis"], ["nan_sum"], keepdims=1),
+                       helper.make_node("Mul", ["nan_sum", "zero"], ["nan_times_zero"]),
+                       helper.make_node("Add", ["finite_output", "nan_times_zero"], [output])])
+    onnx.save(model, str(path))
+    metadata["submodules"]["state_encoder"]["files"] = {name: file_digest(folder / name)
+                                                        for name in metadata["submodules"]["state_encoder"]["files"]}
+    (folder / EXPORT_METADATA).write_text(json.dumps(metadata))
+    return folder
+
+
+def test_verify_of_an_export_whose_graph_makes_nan_prints_the_report_failing_that_submodule(
+        tiny_checkpoint, head_export, tmp_path, capsys, caplog):
+    """The NaN actions raised the serving refusal ("the action was not sent ... gr00t-server verify") out of verify:
+    exit 2, and the table that named the sub-module at fault was lost."""
+    from gr00t_server.cli import main
+
+    broken = nan_state_encoder_copy(head_export, tmp_path / "onnx_nan")
+    assert main(["verify", "--model-path", str(tiny_checkpoint), "--onnx-dir", str(broken), "--device", "cpu"]) == 1
+    captured = capsys.readouterr()
+    assert row_of(captured.out, "state_encoder").endswith("FAIL"), captured.out
+    assert row_of(captured.out, "dit").endswith("PASS"), captured.out
+    assert row_of(captured.out, "actions").endswith("FAIL") and "overall (onnxruntime): FAIL" in captured.out
+    said = captured.err + caplog.text
+    assert "was not sent" not in said and "gr00t-server verify" not in said, said
+
+
 def test_verify_of_another_checkpoints_export_says_so_instead_of_blaming_its_tag(tiny_checkpoint, tmp_path):
     """verify took the export's recorded tag and said "Unknown embodiment tag: 'my_robot'", a tag the user never gave,
     where serve said the export was made from other weights."""
@@ -558,6 +605,29 @@ def test_an_export_at_the_cameras_frame_size_serves_it_and_warms_up_and_verifies
                                          r"HEIGHT WIDTH \.\.\.`"):
         onnx.get_action(square)
     assert verify_checkpoint(tiny_checkpoint, onnx_dir=out, device="cpu", embodiment_tag=TAG).status != "FAIL"
+
+
+def test_cameras_of_different_frame_sizes_are_told_one_export_serves_one_size_naming_each_camera(
+        tiny_checkpoint, tmp_path):
+    """A 640x480 scene camera beside a 256x256 wrist camera was told to re-export with `--image-size HEIGHT WIDTH`,
+    which cannot serve both, and no camera was named."""
+    from gr00t_client import PolicyClient, PolicyServerError
+
+    out = tmp_path / "onnx"
+    assert commands.run(parse(["export", "--model-path", str(tiny_checkpoint), "--output", str(out), "--precision", "fp32",
+                               "--embodiment-tag", "libero_sim", "--device", "cpu"])) == 0
+    policy = Gr00tPolicy(tiny_checkpoint, "libero_sim", device="cpu", dtype="fp32")
+    apply_inference_mode(policy, "onnxruntime", onnx_dir=out)
+    observation = example_observation(tiny_checkpoint, "libero_sim", batch_size=1, seed=1)  # both cameras 256x256
+    observation["video"]["image"] = np.zeros((1, 1, 480, 640, 3), np.uint8)
+    with running_server(policy) as server, PolicyClient(port=server.port, timeout_ms=30_000) as client:
+        with pytest.raises(PolicyServerError) as info:
+            client.get_action(observation, {"seed": 1})
+        assert client.ping()  # the server answers on
+    message = str(info.value)
+    assert "'image' [1, 16, 22], 'wrist_image' [1, 16, 16]" in message, message
+    assert "serves one frame size for all cameras" in message and "--mode action_head" in message, message
+    assert "--image-size" not in message, message
 
 
 def test_a_file_replaced_while_the_sessions_load_fails_the_start(tiny_checkpoint, full_export, tmp_path, monkeypatch):

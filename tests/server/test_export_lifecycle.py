@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -194,6 +195,26 @@ def test_sigterm_during_export_removes_the_staged_files(earlier, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx"]
 
 
+@pytest.mark.parametrize("earlier_export", [True, False], ids=["over-an-earlier-export", "into-a-new-folder"])
+def test_ctrl_c_during_export_says_the_earlier_export_is_unchanged_or_that_nothing_was_written(
+        earlier, tmp_path, monkeypatch, capsys, earlier_export):
+    """An interrupted export printed only "interrupted", where docs/serving.md promises its message says which."""
+    def export_checkpoint(model_path, output_dir, **kwargs):
+        (Path(output_dir) / "dit_fp32.onnx").write_bytes(b"partial")
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the export writes its files
+        time.sleep(30)
+
+    monkeypatch.setattr(export_module, "export_checkpoint", export_checkpoint)
+    folder = earlier if earlier_export else tmp_path / "new"
+    before = snapshot(earlier)
+    assert main(export_argv("unused", folder)) == 130
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    left = (f"the earlier export in {folder} is unchanged" if earlier_export else
+            f"nothing was written (there was no export in {folder} before)")
+    assert line == f"gr00t-server export: interrupted; {left}", line
+    assert snapshot(earlier) == before and not (tmp_path / "new").exists()
+
+
 def test_a_staging_folder_left_by_a_killed_export_is_removed_by_the_next(tiny_checkpoint, earlier):
     dead = ended_pid()
     stale = earlier / f".gr00t-export-staging-{dead}-abc123"
@@ -335,6 +356,29 @@ def test_disk_full_in_a_new_export_folder_says_nothing_was_written_not_that_an_e
         assert "No space left on device" in error, error
         assert f"nothing was written (there was no export in {disk / 'onnx'} before)" in error, error
         assert "earlier export" not in error
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+@pytest.mark.skipif(sys.platform != "linux" or shutil.which("mount") is None or os.geteuid() != 0,
+                    reason="mounts a tmpfs and remounts it read-only (root on Linux)")
+def test_re_export_into_a_read_only_folder_names_it_and_says_the_earlier_export_is_unchanged(
+        tiny_checkpoint, base_export, tmp_path, capsys):
+    """A read-only folder failed with the raw "[Errno 30] Read-only file system: '.../.gr00t-export.lock'", where a
+    full disk names the folder and says the earlier export is unchanged."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], check=True)
+    try:
+        for path in base_export.iterdir():
+            shutil.copy2(path, disk / path.name)
+        before = snapshot(disk)
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        assert main(export_argv(tiny_checkpoint, disk)) == 2
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "[Errno" not in error and "Read-only file system" in error, error
+        assert error.endswith(f"; the earlier export in {disk} is unchanged"), error
+        assert snapshot(disk) == before
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 

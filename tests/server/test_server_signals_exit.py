@@ -63,7 +63,8 @@ def test_sigterm_while_an_export_starts_leaves_no_output_folder(tmp_path):
                 str(tmp_path / "ckpt"), "--output", str(output), "--device", "cpu", "--mode", "dit_only"),
         capture_output=True, text=True, timeout=120)
     assert result.returncode == 130, result.stderr
-    assert result.stderr.endswith("gr00t-server export: interrupted\n")
+    assert result.stderr.endswith(f"gr00t-server export: interrupted; nothing was written (there was no export in "
+                                  f"{output} before)\n")
     assert not output.exists()
 
 

@@ -256,8 +256,10 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         return int(backend_commands.run(args) or 0)
     except CliError as exc:
         return _report_mistake(command, str(exc), exc, args)
-    except KeyboardInterrupt:  # Ctrl-C before the server was up (a running server stops cleanly and exits 0)
-        print(f"gr00t-server {command}: interrupted" if command else "gr00t-server: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # Ctrl-C before the server was up (a running server stops cleanly and exits 0)
+        outcome = getattr(exc, "outcome", "")  # an export's: what its folder holds now
+        print((f"gr00t-server {command}: interrupted" if command else "gr00t-server: interrupted")
+              + (f"; {outcome}" if outcome else ""), file=sys.stderr)
         return INTERRUPTED_EXIT_CODE
     except Exception as exc:
         if not _is_user_error(exc):

@@ -6,7 +6,7 @@ import argparse
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from gr00t_client.cli_flags import flag as _flag
 from gr00t_client.cli_flags import user_path
@@ -39,7 +39,8 @@ def register(subparsers: Any) -> None:
     export.add_argument(*_flag("batch-size"), type=int, default=1, help="batch of the sample observation")
     export.add_argument(*_flag("image-size"), type=int, nargs=2, default=[256, 256], metavar=("HEIGHT", "WIDTH"),
                         help="camera frame size of the sample observation (default 256 256): a full_pipeline export's "
-                             "ViT serves the image grid of this size only, so give your cameras' size (e.g. 480 640)")
+                             "ViT serves the image grid of this size only, for every camera, so give your cameras' "
+                             "size (e.g. 480 640)")
     export.add_argument(*_flag("embodiment-tag"), default=None, help="tag of the sample observation (default: new_embodiment when the checkpoint has it, else its first tag by name)")
     export.add_argument(*_flag("device"), default=None, help="torch device for the export (default: cuda if available)")
 
@@ -141,18 +142,25 @@ def _expected_files(mode: str, precision: str) -> list[str]:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from gr00t_server.backends.onnxruntime_backend import import_onnx
+    from gr00t_server.backends.names import left_as_it_was
 
-    import_onnx()  # before the output folder is made and the checkpoint loads: torch's exporter fails late without it
-    device = args.device or _default_device()
-    precision = args.precision or ("bf16" if device.startswith("cuda") else "fp32")
-    # Exported into a hidden folder inside the output first (same filesystem, so the swap is renames only): a
-    # failed or interrupted export (a bad tag, out of memory, Ctrl-C, SIGTERM) leaves an earlier export as it was.
-    folder, created = _export_folder(Path(args.output))
     try:
-        metadata = _export_into(args, folder, device, precision)
-    except BaseException:
-        _remove_if_empty(created)  # a failed export into a new --output leaves no empty folder behind
+        from gr00t_server.backends.onnxruntime_backend import import_onnx
+
+        import_onnx()  # before the folder is made and the checkpoint loads: torch's exporter fails late without it
+        device = args.device or _default_device()
+        precision = args.precision or ("bf16" if device.startswith("cuda") else "fp32")
+        # Exported into a hidden folder inside the output first (same filesystem, so the swap is renames only): a
+        # failed or interrupted export (a bad tag, out of memory, Ctrl-C, SIGTERM) leaves an earlier export as it was.
+        folder, created = _export_folder(Path(args.output))
+        try:
+            metadata = _export_into(args, folder, device, precision)
+        except BaseException:
+            _remove_if_empty(created)  # a failed export into a new --output leaves no empty folder behind
+            raise
+    except KeyboardInterrupt as exc:  # the CLI's "interrupted" line says what the folder holds (docs/serving.md)
+        if not hasattr(exc, "outcome"):  # stopped before the export's lock (torch loading): nothing was touched
+            exc.outcome = left_as_it_was(Path(args.output), None)  # type: ignore[attr-defined]
         raise
     print(f"Exported {args.mode} ({precision}) to {args.output}:")
     for name, info in metadata["submodules"].items():
@@ -165,6 +173,7 @@ def _export_into(args: argparse.Namespace, folder: Path, device: str, precision:
     """Export into a staging folder inside `folder` and swap it in (see _export); returns the export's metadata."""
     from gr00t_server.backends.export import export_checkpoint
     from gr00t_server.backends.export_dir import (
+        _disk_error,
         check_collisions,
         export_lock,
         left_as_it_was,
@@ -175,25 +184,31 @@ def _export_into(args: argparse.Namespace, folder: Path, device: str, precision:
     )
     from gr00t_server.threads import sigterm_as_interrupt
 
-    with export_lock(folder):  # one export into a folder at a time: its file list and work folders are its own
-        remove_stale_work_dirs(folder)
-        own = own_files(folder)
-        check_collisions(folder, _expected_files(args.mode, precision), own)
-        with sigterm_as_interrupt():
-            staging = make_work_dir(folder, "staging")
-            try:
+    own: Optional[list[str]] = None  # the earlier export's files, once read under the lock
+    swapped = False
+    try:
+        with export_lock(folder):  # one export into a folder at a time: its file list and work folders are its own
+            remove_stale_work_dirs(folder)
+            own = own_files(folder)
+            check_collisions(folder, _expected_files(args.mode, precision), own)
+            with sigterm_as_interrupt():
+                staging = make_work_dir(folder, "staging")
                 try:
                     metadata = export_checkpoint(
                         args.model_path, staging, mode=args.mode, precision=precision,
                         batch_size=args.batch_size, embodiment_tag=args.embodiment_tag, device=device,
                         image_size=args.image_size,
                     )
-                except OSError as exc:  # disk full, read-only: name the folder even when the OS names no file
-                    where = exc.filename or folder
-                    raise ValueError(f"{where}: {exc.strerror or exc}; {left_as_it_was(folder, own)}") from exc
-                swap_in(folder, staging, own)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
+                    swap_in(folder, staging, own)
+                    swapped = True
+                finally:
+                    shutil.rmtree(staging, ignore_errors=True)
+    except OSError as exc:  # disk full, read-only (the lock file, a work folder, a staged file): name the folder
+        raise _disk_error(exc, folder, own) from exc
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM: see _export
+        exc.outcome = (  # type: ignore[attr-defined]
+            f"{folder} holds the new export" if swapped else left_as_it_was(folder, own))
+        raise
     return metadata
 
 

@@ -10,12 +10,16 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-EXPORT_METADATA = "export_metadata.json"
 WORK_PREFIX = ".gr00t-export-"  # an export's hidden work folders in its output: <prefix><kind>-<pid>-<token>-<random>
 ENGINE_METADATA = "engine_metadata.json"
 MODEL_VERSION = "n1d7"
 OPSET_VERSION = 19
-from gr00t_server.backends.names import EXPORT_MODES, PRECISIONS, BackendError  # noqa: F401 (re-exported)
+from gr00t_server.backends.names import (  # noqa: F401 (re-exported)
+    EXPORT_METADATA,
+    EXPORT_MODES,
+    PRECISIONS,
+    BackendError,
+)
 
 # Sub-modules in execution order (model.md §7.1); which ones each export mode covers.
 SUBMODULES = ("vit", "llm", "vl_self_attention", "state_encoder", "action_encoder", "dit", "action_decoder")

@@ -20,6 +20,7 @@ from gr00t_server.backends.common import (
     export_files,
     read_export_metadata,
 )
+from gr00t_server.backends.names import left_as_it_was
 from gr00t_server.threads import signals_handled_by
 
 logger = logging.getLogger(__name__)
@@ -188,14 +189,7 @@ def signals_deferred() -> Iterator[list[int]]:
         yield received
 
 
-def left_as_it_was(folder: Path, own: list[str]) -> str:
-    """What a failed export says it left in `folder`: the earlier export (`own`: its files), or nothing (none was)."""
-    if own:
-        return f"the earlier export in {folder} is unchanged"
-    return f"nothing was written (there was no export in {folder} before)"
-
-
-def _disk_error(exc: OSError, folder: Path, own: list[str]) -> BackendError:
+def _disk_error(exc: OSError, folder: Path, own: Optional[list[str]]) -> BackendError:
     where = exc.filename or folder
     if exc.errno == errno.EXDEV:
         return BackendError(f"cannot move files within {folder} ({exc.strerror}); {left_as_it_was(folder, own)}")

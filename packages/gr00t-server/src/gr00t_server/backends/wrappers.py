@@ -9,7 +9,7 @@ from __future__ import annotations
 import gc
 import logging
 from types import SimpleNamespace
-from typing import Any, Optional, Protocol
+from typing import Any, Optional, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -103,15 +103,27 @@ class ExportedDiT(ExportedModule):
 
 
 class ExportedVision(ExportedModule):
-    """Vision tower for one fixed image grid; images run as a batch dimension."""
+    """Vision tower for one fixed image grid; images run as a batch dimension. `camera_keys`: the policy's video keys,
+    in the order the processor lays out each row's images (time-major, then camera), to name them in errors."""
 
-    def __init__(self, runner: Runner, dtype: torch.dtype, grid_thw: list[int]) -> None:
+    def __init__(
+        self, runner: Runner, dtype: torch.dtype, grid_thw: list[int], camera_keys: Sequence[str] = ()
+    ) -> None:
         super().__init__(runner, "vit", dtype)
         self.grid_thw = [int(v) for v in grid_thw]
+        self.camera_keys = list(camera_keys)
 
     def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """`[N_patches, 1536]`, `[n_img, 3]` -> (`image_embeds [N/4, C]`, deepstack list of `[N/4, C]`)."""
-        if grid_thw.shape[0] and any(row != self.grid_thw for row in grid_thw.tolist()):
+        rows = grid_thw.tolist()
+        if len({tuple(row) for row in rows}) > 1:  # no --image-size serves this: one export, one grid for all cameras
+            raise ValueError(
+                f"this request's camera frames make different image grids (t,h,w in patches): {self._grids_of(rows)}; "
+                "a full_pipeline export's ViT serves one frame size for all cameras (traced for grid "
+                f"{self.grid_thw}). Send every camera's frames in one size, or export with `--mode action_head`, "
+                "which keeps the ViT in PyTorch."
+            )
+        if rows and rows[0] != self.grid_thw:
             raise ValueError(
                 f"the exported ViT was traced for image grid {self.grid_thw} (t,h,w in patches); got "
                 f"{grid_thw.tolist()}. Re-export with your cameras' frame size: `gr00t-server export --image-size "
@@ -122,6 +134,18 @@ class ExportedVision(ExportedModule):
         width = out["image_embeds"].shape[-1]
         deepstack = [d.reshape(-1, width) for d in out["deepstack_features"].unbind(0)]
         return out["image_embeds"].reshape(-1, width), deepstack
+
+    def _grids_of(self, rows: list[list[int]]) -> str:
+        """Each camera's grid(s) when the rows lay out `camera_keys` (row i is camera i mod their count), else the
+        grids in the order they came."""
+        if not self.camera_keys or len(rows) % len(self.camera_keys):
+            return ", ".join(str(row) for row in dict.fromkeys(tuple(row) for row in rows))
+        by_camera: dict[str, list[list[int]]] = {key: [] for key in self.camera_keys}
+        for index, row in enumerate(rows):
+            grids = by_camera[self.camera_keys[index % len(self.camera_keys)]]
+            if row not in grids:
+                grids.append(row)
+        return ", ".join(f"'{key}' {' and '.join(str(grid) for grid in grids)}" for key, grids in by_camera.items())
 
 
 class ExportedBackbone(nn.Module):
@@ -191,7 +215,9 @@ def swap_exported_modules(policy: Any, runners: dict[str, Runner], metadata: dic
     if "llm" in runners:
         visual: nn.Module = model.backbone.visual
         if "vit" in runners:
-            visual = ExportedVision(runners["vit"], dtype, metadata.get("image_grid_thw") or [])
+            configs = getattr(policy, "modality_configs", None)  # a Gr00tPolicy's: its cameras, named in errors
+            cameras = configs["video"].modality_keys if isinstance(configs, dict) and "video" in configs else ()
+            visual = ExportedVision(runners["vit"], dtype, metadata.get("image_grid_thw") or [], cameras)
             if metadata.get("sample_image_size"):  # warm-up and verify then sample frames this ViT takes
                 policy.sample_image_size = tuple(metadata["sample_image_size"])
         model.backbone = ExportedBackbone(model.backbone, runners["llm"], visual, dtype)
