@@ -208,6 +208,43 @@ def test_concurrent_calls_each_get_the_action_of_their_own_observation(new_robot
     assert failures == [] and mismatches == []
 
 
+def _count_callers_inside(monkeypatch, owner, name, on_entry):
+    """Wrap owner.<name> to count the threads inside it at once (on_entry runs in each before the real call); returns
+    [the most seen]."""
+    import threading
+
+    inside, most, lock = [0], [0], threading.Lock()
+    real = getattr(owner, name)
+
+    def counting(*args, **kwargs):
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        on_entry()
+        try:
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    monkeypatch.setattr(owner, name, counting)
+    return most
+
+
+def _three_callers(policy, tiny_checkpoint):
+    """Three threads (not started) each calling policy.get_action once, and the list their last_timing goes to."""
+    import threading
+
+    observation = example_observation(tiny_checkpoint, "new_embodiment", seed=0)
+    stages = []
+
+    def call():
+        policy.get_action(observation, {"seed": 7})
+        stages.append(policy.last_timing)
+
+    return [threading.Thread(target=call, daemon=True) for _ in range(3)], stages
+
+
 def test_concurrent_calls_run_the_model_one_at_a_time(tiny_checkpoint, monkeypatch):
     """Each calling thread brought its own OpenMP team onto the same cores: four callers of one policy on a 2-core
     machine once spun at 100% CPU for 25 minutes inside the model. Callers queue for the forward pass, and the stages
@@ -216,31 +253,14 @@ def test_concurrent_calls_run_the_model_one_at_a_time(tiny_checkpoint, monkeypat
     import time
 
     policy = Gr00tPolicy(tiny_checkpoint, "new_embodiment", device="cpu")
-    inside, most, lock = [0], [0], threading.Lock()
     first_in, release = threading.Event(), threading.Event()
-    forward = policy.model.get_action
 
-    def counting_forward(*args, **kwargs):
-        with lock:
-            inside[0] += 1
-            most[0] = max(most[0], inside[0])
+    def hold_the_first_caller():
         first_in.set()
         release.wait(10)  # the first caller stays in the model until the others have queued
-        try:
-            return forward(*args, **kwargs)
-        finally:
-            with lock:
-                inside[0] -= 1
 
-    monkeypatch.setattr(policy.model, "get_action", counting_forward)
-    observation = example_observation(tiny_checkpoint, "new_embodiment", seed=0)
-    stages = []
-
-    def call():
-        policy.get_action(observation, {"seed": 7})
-        stages.append(policy.last_timing)
-
-    threads = [threading.Thread(target=call) for _ in range(3)]
+    most = _count_callers_inside(monkeypatch, policy.model, "get_action", hold_the_first_caller)
+    threads, stages = _three_callers(policy, tiny_checkpoint)
     threads[0].start()
     assert first_in.wait(30)
     for thread in threads[1:]:
@@ -259,33 +279,12 @@ def test_cpu_calls_run_whole_one_at_a_time(tiny_checkpoint, monkeypatch):
     """On the CPU the whole call queues, preprocessing included: with the model alone queued, four callers' torch
     preprocessing (one OpenMP team per calling thread on two cores) still sat in the suite until CI's 90-minute
     limit. A queued call's wait is in no stage."""
-    import threading
     import time
 
     policy = Gr00tPolicy(tiny_checkpoint, "new_embodiment", device="cpu")
-    inside, most, lock = [0], [0], threading.Lock()
-    preprocess = policy.processor.process_batch
-
-    def counting_preprocess(*args, **kwargs):
-        with lock:
-            inside[0] += 1
-            most[0] = max(most[0], inside[0])
-        time.sleep(1.0)  # long enough for the other callers to arrive
-        try:
-            return preprocess(*args, **kwargs)
-        finally:
-            with lock:
-                inside[0] -= 1
-
-    monkeypatch.setattr(policy.processor, "process_batch", counting_preprocess)
-    observation = example_observation(tiny_checkpoint, "new_embodiment", seed=0)
-    stages = []
-
-    def call():
-        policy.get_action(observation, {"seed": 7})
-        stages.append(policy.last_timing)
-
-    threads = [threading.Thread(target=call) for _ in range(3)]
+    # a nap long enough for the other callers to arrive
+    most = _count_callers_inside(monkeypatch, policy.processor, "process_batch", lambda: time.sleep(1.0))
+    threads, stages = _three_callers(policy, tiny_checkpoint)
     for thread in threads:
         thread.start()
     for thread in threads:

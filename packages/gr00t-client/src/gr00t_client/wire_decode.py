@@ -14,8 +14,7 @@ from .frame_views import NeedsFullUnpacker, unpack_viewing
 from .modality import ModalityConfig
 from .peer_text import shown_key, shown_text
 from .wire_errors import DecodeLimitError, WireDecodeError, _refuse_dtype
-from .wire_limits import (_MAP_HEADERS, _PATH_DEPTH, _STR_HEADERS, BufferLike, DecodeLimits, _check_depth,
-                          _length_limit_error)
+from .wire_limits import BufferLike, DecodeLimits, _check_depth, _length_limit_error, path_to_culprit
 
 # Decoding with share_buffer: messages from this size are read with frame_views, and arrays from
 # SHARED_ARRAY_MIN_BYTES view the message instead of being copied twice (smaller ones are cheaper to copy). The
@@ -367,29 +366,9 @@ def _locate(error: WireDecodeError, message: BufferLike, decodes: Callable[[memo
 
 def _path_to_refused_value(message: BufferLike, decodes: Callable[[memoryview], Any]) -> List[str]:
     """The str keys that lead to the innermost map value `decodes` refuses on its own (['data', 'observation',
-    'state', 'joints']), at most _PATH_DEPTH of them. Only on the error path, as _path_to_long_container: each level
-    decodes its values once more, keeping none, so the decode that succeeds carries no path at all."""
-    path: List[str] = []
-    try:
-        data = memoryview(message).cast("B")
-        while data[0] in _MAP_HEADERS and len(path) < _PATH_DEPTH:
-            unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=len(data))
-            unpacker.feed(data)
-            for _ in range(unpacker.read_map_header()):
-                if data[unpacker.tell()] not in _STR_HEADERS:
-                    return path
-                key = unpacker.unpack()
-                start = unpacker.tell()
-                unpacker.skip()
-                if _refuses(decodes, data[start:unpacker.tell()]):
-                    path.append(str(key))
-                    data = data[start:unpacker.tell()]
-                    break
-            else:
-                return path
-    except (ValueError, TypeError, IndexError, msgpack.UnpackException):
-        pass
-    return path
+    'state', 'joints']), at most _PATH_DEPTH of them (wire_limits.path_to_culprit): only on the error path, so the
+    decode that succeeds carries no path at all."""
+    return path_to_culprit(message, lambda value: _refuses(decodes, value))
 
 
 def _refuses(decodes: Callable[[memoryview], Any], value: memoryview) -> bool:

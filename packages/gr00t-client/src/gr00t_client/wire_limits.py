@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, List, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import msgpack
 
@@ -84,6 +84,16 @@ def _path_to_long_container(message: BufferLike, limit: int) -> List[str]:
     """The str keys that lead to the first map or array of more than `limit` items (['data', 'observation', 'extra']),
     at most _PATH_DEPTH of them. Only on the error path: each level checks its values without keeping what it decodes,
     so memory stays small, and a message nested deep costs at most _PATH_DEPTH more decodes of its size."""
+    return path_to_culprit(message, lambda value: _holds_long_container(value, limit), most_entries=limit)
+
+
+def path_to_culprit(
+    message: BufferLike, is_culprit: Callable[[memoryview], bool], most_entries: Optional[int] = None
+) -> List[str]:
+    """The str keys of nested maps that lead to the innermost value `is_culprit` holds true of (it is asked of each
+    map value in turn, as packed msgpack), at most _PATH_DEPTH of them; it stops at a map of more than `most_entries`
+    entries, at a key that is no str, or where no value is the culprit. For error messages only (each level unpacks
+    its values once more)."""
     path: List[str] = []
     try:
         data = memoryview(message).cast("B")
@@ -91,7 +101,7 @@ def _path_to_long_container(message: BufferLike, limit: int) -> List[str]:
             unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=len(data))
             unpacker.feed(data)
             count = unpacker.read_map_header()
-            if count > limit:
+            if most_entries is not None and count > most_entries:
                 return path
             for _ in range(count):
                 if data[unpacker.tell()] not in _STR_HEADERS:
@@ -99,7 +109,7 @@ def _path_to_long_container(message: BufferLike, limit: int) -> List[str]:
                 key = unpacker.unpack()
                 start = unpacker.tell()
                 unpacker.skip()
-                if _holds_long_container(data[start:unpacker.tell()], limit):
+                if is_culprit(data[start:unpacker.tell()]):
                     path.append(str(key))
                     data = data[start:unpacker.tell()]
                     break
