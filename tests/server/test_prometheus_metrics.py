@@ -400,3 +400,18 @@ def test_serve_help_says_the_metrics_endpoint_has_no_authentication():
                                text=True, check=True).stdout
     flag_help = " ".join(help_text.split("\n  --metrics-port PORT", 1)[1].split("--max-message-mb", 1)[0].split())
     assert "no authentication" in flag_help
+
+
+@pytest.mark.parametrize("host, shown", [("*", "127.0.0.1"), ("0.0.0.0", "127.0.0.1")])
+def test_the_printed_metrics_url_of_a_wildcard_host_names_one_a_client_can_open(host, shown, capsys):
+    """`http://*:PORT/metrics` is no URL (curl refused it): the line exists to find a port picked for the user."""
+    with running_server(NapPolicy(), host=host, metrics_port=0) as server:
+        deadline = time.monotonic() + 10
+        port = server.metrics_port
+        printed = ""
+        while time.monotonic() < deadline and "Metrics:" not in printed:
+            printed += capsys.readouterr().out
+            time.sleep(0.05)
+        assert f"Metrics: http://{shown}:{port}/metrics" in printed
+        with urllib.request.urlopen(f"http://{shown}:{port}/metrics", timeout=5) as response:
+            assert response.status == 200

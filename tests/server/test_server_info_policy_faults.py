@@ -177,3 +177,46 @@ def _ask_info(port):
             client.get_server_info()
     except Exception:  # noqa: BLE001 - the server is stopped under it
         pass
+
+
+class ForwardingWrapper(BasePolicy):
+    """A user's thin wrapper that forwards what it lacks (observation_format too) to its inner policy."""
+
+    def __init__(self, policy):
+        super().__init__()
+        self.policy = policy
+
+    def __getattr__(self, name):
+        if name == "policy":
+            raise AttributeError(name)
+        return getattr(self.policy, name)
+
+    def get_modality_config(self):
+        return self.policy.get_modality_config()
+
+    def reset(self, options=None):
+        return {}
+
+    def _get_action(self, observation, options=None):
+        return self.policy.get_action(observation, options)
+
+
+class FlatPolicy(FaultyInfoPolicy):
+    observation_format = "flat"
+
+
+def test_info_reports_the_observation_format_a_wrapper_forwards_with_getattr():
+    wrapper = ForwardingWrapper(FlatPolicy("nothing", None))
+    assert wrapper.observation_format == "flat"
+    with running_server(wrapper) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        assert client.get_server_info()["observation_format"] == "flat"
+
+
+def test_a_policys_own_keyboard_interrupt_in_a_property_is_its_failure_not_a_stop():
+    """Only a Ctrl-C while run() asks the facts on the main thread stops the start; run() in a thread, where no
+    Ctrl-C reaches, was ended by the policy's own KeyboardInterrupt before it served."""
+    with running_server(FaultyInfoPolicy("observation_format", KeyboardInterrupt())) as server, \
+            PolicyClient(port=server.port, timeout_ms=5000) as client:
+        info = client.get_server_info()
+        assert info["observation_format"] == {"error": "internal error in observation_format: KeyboardInterrupt"}
+        assert client.get_action(OBSERVATION)[0]["arm"].shape == (1, 4, 3)

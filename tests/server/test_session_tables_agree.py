@@ -7,12 +7,14 @@ from __future__ import annotations
 import random
 import time
 
+import numpy as np
 import pytest
 
 from eval.dataset_factory import make_dataset
 from gr00t_client import PolicyClient, PolicyServerError
 from gr00t_server.policies.replay import ReplayPolicy
 from gr00t_server.serving import ServerLimits
+from gr00t_server.server import PolicyServer
 from serving import running_server
 
 pytest.importorskip("av")
@@ -138,3 +140,19 @@ def test_an_idle_session_makes_room_for_a_newcomer_before_an_active_robot(datase
         finally:
             for robot in robots.values():
                 robot.close()
+
+
+@pytest.mark.parametrize("own", [np.int64(3), np.int32(3)], ids=["int64", "int32"])
+def test_a_policy_session_limit_given_as_a_numpy_int_is_followed(dataset, own):
+    policy = ReplayPolicy(dataset, max_sessions=3)
+    policy.max_sessions = own
+    with running_server(policy, limits=ServerLimits(max_sessions=10)) as server:
+        assert server.limits.max_sessions == 3 and type(server.limits.max_sessions) is int
+
+
+@pytest.mark.parametrize("own", [0, -1])
+def test_a_policy_session_limit_below_one_is_refused_naming_the_policy(dataset, own):
+    policy = ReplayPolicy(dataset, max_sessions=3)
+    policy.max_sessions = own
+    with pytest.raises(ValueError, match=rf"ReplayPolicy\.max_sessions is {own}; expected an int >= 1"):
+        PolicyServer(policy, host="127.0.0.1", port=0, limits=ServerLimits(max_sessions=10))

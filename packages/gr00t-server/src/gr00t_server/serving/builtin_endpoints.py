@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import threading
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional
 
 from gr00t_client.client import PROTOCOL_VERSION
@@ -48,9 +49,14 @@ class BuiltinEndpoints:
         return self._policy_fact(lambda policy: self._policy_info_field(name, learn), key=("info", name))
 
     def _learn_policy_info(self) -> None:
-        """Ask the policy's get_server_info facts now (run(), before serving), so no info request waits on them."""
-        self._policy_info_fact("observation_format", _observation_format)
-        self._policy_info_fact("work_limits", work_limits.policy_work_limits)
+        """Ask the policy's get_server_info facts now (run(), before serving), so no info request waits on them; a
+        Ctrl-C meanwhile (on the main thread) stops the start."""
+        self._learning_info = threading.current_thread() is threading.main_thread()
+        try:
+            self._policy_info_fact("observation_format", _observation_format)
+            self._policy_info_fact("work_limits", work_limits.policy_work_limits)
+        finally:
+            self._learning_info = False
 
     @property
     def _policy_uses_sessions(self) -> bool:
@@ -132,9 +138,11 @@ class BuiltinEndpoints:
         server goes on. Logged once per policy object and field, the message bounded and escaped (log_text)."""
         try:
             return learn(self.policy)
-        except (InlineCallAbandoned, KeyboardInterrupt):  # a Ctrl-C while run() asks them (_learn_policy_info) stops it
+        except InlineCallAbandoned:
             raise
         except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt) and getattr(self, "_learning_info", False):
+                raise  # a Ctrl-C while run() asks them on the main thread stops the start; a policy's own is its failure
             logged = self._info_errors_logged
             if (id(self.policy), name) not in logged:
                 logged.add((id(self.policy), name))
@@ -205,8 +213,11 @@ def _observation_format(policy: Any) -> Optional[str]:
     """"flat" or "nested": the observation form the served policy declares it takes (`observation_format`); None when
     it does not say. Only the served policy's own: a wrapper may change the form of what it hands the policy inside
     (a flat-keys adapter around a Gr00tPolicy), so an inner policy's form says nothing of the wrapper's."""
-    if inspect.getattr_static(policy, "observation_format", _UNDECLARED) is _UNDECLARED:
+    if inspect.getattr_static(policy, "observation_format", _UNDECLARED) is not _UNDECLARED:
+        # read without a default: an error inside a property (an AttributeError too) reaches _policy_info_field
+        declared = policy.observation_format
+    elif hasattr(type(policy), "__getattr__"):  # a thin wrapper forwarding what it lacks to its inner policy
+        declared = getattr(policy, "observation_format", None)
+    else:
         return None
-    # read without a default: an error inside a property (an AttributeError too) reaches _policy_info_field
-    declared = policy.observation_format
     return declared if declared in ("flat", "nested") else None

@@ -201,6 +201,7 @@ class PolicyServer(BuiltinEndpoints):
         self.register_endpoint("get_server_info", self._get_server_info, requires_input=False)
         self._identity_text_logged = False
         self._info_errors_logged: set = set()  # (policy id, field) whose get_server_info failure was logged
+        self._learning_info = False  # run() asking the policy's info facts on the main thread (_learn_policy_info)
         self._built_in = dict(self._endpoints)  # a name registered again (register_endpoint) is the caller's handler
 
     @staticmethod
@@ -413,7 +414,8 @@ class PolicyServer(BuiltinEndpoints):
             security = transport.security
             suffix = f" ({security.banner()})" if security is not None else ""
             if self.metrics_port is not None:  # port 0 picked one: said before the ready line others wait for
-                print(f"Metrics: http://{endpoint_host(self.host)}:{self.metrics_port}/metrics", flush=True)
+                print(f"Metrics: http://{endpoint_host(_reachable_host(self.host))}:{self.metrics_port}/metrics",
+                      flush=True)
             print(f"Server is ready and listening on {self.bound_endpoint}{suffix}", flush=True)
             while self._running and not self._stop_requested.is_set():
                 self._loop.turn()
@@ -441,6 +443,12 @@ class PolicyServer(BuiltinEndpoints):
                     self._run_done.set()
             finally:
                 restore()
+
+
+def _reachable_host(host: str) -> str:
+    """A host a URL can name for a server bound to `host`: loopback for the wildcards ('*', 0.0.0.0, ::), which no
+    client can open ("http://*:9100" is no URL)."""
+    return {"*": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}.get(host, host)
 
 
 def _sessions_as_policy_keeps(policy: BasePolicy, limits: ServerLimits) -> ServerLimits:

@@ -3,9 +3,12 @@ which ReplayPolicy's cursors use too)."""
 
 from __future__ import annotations
 
+import numbers
 import time
 from collections import OrderedDict
 from typing import Any, Callable, Generic, Iterator, List, Optional, Tuple, TypeVar
+
+import numpy as np
 
 from .wrappers import policy_chain
 
@@ -195,6 +198,10 @@ def policy_session_limit(policy: Any) -> Optional[int]:
     that keeps sessions and says), or None when none says."""
     for link in policy_chain(policy):
         limit = getattr(link, "max_sessions", None)
-        if getattr(link, "stateful_sessions", False) and isinstance(limit, int) and not isinstance(limit, bool):
-            return limit
+        if getattr(link, "stateful_sessions", False) and isinstance(limit, numbers.Integral) \
+                and not isinstance(limit, (bool, np.bool_)):
+            if limit < 1:
+                raise ValueError(f"{type(link).__name__}.max_sessions is {limit}; expected an int >= 1 (the server's "
+                                 "session table follows the policy's own)")
+            return int(limit)
     return None
