@@ -80,6 +80,23 @@ def pytest_runtest_protocol(item, nextitem):
             _watchdog_deadline = None
 
 
+def _watchdog_off_for_a_fork() -> None:
+    """Before os.fork: a child inherits an armed watchdog without its thread, and its exit (faulthandler cancels the
+    watchdog at shutdown, as a test's own cancel does) then waits for that thread for ever."""
+    if _watchdog_deadline is not None:
+        faulthandler.cancel_dump_traceback_later()
+
+
+def _watchdog_back_after_a_fork() -> None:
+    if _watchdog_deadline is not None:
+        faulthandler.dump_traceback_later(max(_watchdog_deadline - time.monotonic(), 1.0), exit=True,
+                                          file=_watchdog_file)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_watchdog_off_for_a_fork, after_in_parent=_watchdog_back_after_a_fork)
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_exception_interact(node, call, report):
     """pytest's faulthandler plugin cancels every dump_traceback_later when a test's phase fails (for pdb's sake), the

@@ -122,3 +122,34 @@ def test_a_failed_test_whose_teardown_sticks_still_ends_the_run(tmp_path):
     assert result.returncode != 0
     assert took < 60, f"the run waited {took:.0f} s: the watchdog did not end it"
     assert "Timeout (" in result.stderr and "in stuck_teardown" in result.stderr, result.stderr
+
+
+FORKING_TEST = '''
+import faulthandler
+import os
+import time
+
+
+def test_a_forked_child_exits():
+    pid = os.fork()
+    if pid == 0:  # what the child's interpreter does at exit: cancel the watchdog (its thread is the parent's)
+        faulthandler.cancel_dump_traceback_later()
+        os._exit(0)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    raise AssertionError("the forked child hung at exit waiting for the parent's watchdog thread")
+'''
+
+
+def test_a_forked_child_does_not_inherit_an_armed_watchdog(tmp_path):
+    """A child forked while the watchdog was armed waited for ever at its exit (faulthandler cancels it then, and
+    its thread exists only in the parent): the watchdog is off across each fork and re-armed in the parent."""
+    result, _ = _run(tmp_path, FORKING_TEST)
+    assert result.returncode == 0, result.stdout + result.stderr
