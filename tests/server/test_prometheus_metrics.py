@@ -1,5 +1,6 @@
 """The Prometheus endpoint of PolicyServer (metrics_port), scraped over real HTTP on loopback."""
 
+import logging
 import re
 import socket
 import sys
@@ -403,9 +404,11 @@ def test_serve_help_says_the_metrics_endpoint_has_no_authentication():
 
 
 @pytest.mark.parametrize("host, shown", [("*", "127.0.0.1"), ("0.0.0.0", "127.0.0.1")])
-def test_the_printed_metrics_url_of_a_wildcard_host_names_one_a_client_can_open(host, shown, capsys):
-    """`http://*:PORT/metrics` is no URL (curl refused it): the line exists to find a port picked for the user."""
-    with running_server(NapPolicy(), host=host, metrics_port=0) as server:
+def test_the_printed_metrics_url_of_a_wildcard_host_names_one_a_client_can_open(host, shown, capsys, caplog):
+    """`http://*:PORT/metrics` is no URL (curl refused it): the line exists to find a port picked for the user (and
+    the INFO log line beside it named another)."""
+    with caplog.at_level(logging.INFO, logger="gr00t_server"), \
+            running_server(NapPolicy(), host=host, metrics_port=0) as server:
         deadline = time.monotonic() + 10
         port = server.metrics_port
         printed = ""
@@ -415,3 +418,4 @@ def test_the_printed_metrics_url_of_a_wildcard_host_names_one_a_client_can_open(
         assert f"Metrics: http://{shown}:{port}/metrics" in printed
         with urllib.request.urlopen(f"http://{shown}:{port}/metrics", timeout=5) as response:
             assert response.status == 200
+    assert f"metrics at http://{shown}:{port}/metrics" in caplog.text

@@ -282,6 +282,30 @@ def test_a_lenient_replay_refuses_zero_height_frames_sent_as_flat_keys_or_lists(
             client.get_action(form(empty_frames))
 
 
+@pytest.mark.parametrize("form", [lambda o: o, flat, as_lists], ids=["nested", "flat", "lists"])
+@pytest.mark.parametrize("state_rows", [0, 3])
+def test_a_lenient_replay_refuses_entries_whose_rows_disagree_as_the_model_server_does(dataset, form, state_rows):
+    """Only the first entry's rows were read: 0 or 3 rows of state beside a 1-row camera got a 1-row action, where
+    the lenient model server refuses the observation."""
+    replay = ReplayPolicy(dataset, derive_from_dataset(dataset, action_horizon=4), execution_horizon=2, strict=False)
+    mixed = observation(dataset, 1)
+    mixed["state"] = {key: np.repeat(value[:1], state_rows, axis=0) for key, value in mixed["state"].items()}
+    with running_server(replay) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        with pytest.raises(PolicyServerError, match=rf"has {state_rows} rows; the observation's batch size is 1"):
+            client.get_action(form(mixed))
+
+
+@pytest.mark.parametrize("limit", ["max_rows", "max_sessions", "max_cached_bytes"])
+def test_replay_limits_take_numpy_ints_and_refuse_bools_and_floats(dataset, limit):
+    """np.int64(2) was refused as 'must be an int >= 1, got np.int64(2)'."""
+    configs = derive_from_dataset(dataset, action_horizon=4)
+    replay = ReplayPolicy(dataset, configs, execution_horizon=2, **{limit: np.int64(2)})
+    assert getattr(replay, limit) == 2 and type(getattr(replay, limit)) is int
+    for bad in (True, np.bool_(True), 2.0):
+        with pytest.raises(ValueError, match=rf"{limit} must be an int >= 1"):
+            ReplayPolicy(dataset, configs, execution_horizon=2, **{limit: bad})
+
+
 @pytest.mark.parametrize("form", [flat, as_lists], ids=["flat", "lists"])
 def test_a_lenient_replay_answers_a_flat_or_list_observation_with_one_row_per_observation_row(dataset, form):
     """A 3-row flat or list observation was answered with 1 row: the rows were counted from nested arrays only."""

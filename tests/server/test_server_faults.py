@@ -352,6 +352,15 @@ def test_an_undecodable_array_is_refused_naming_its_key(joints):
     assert policy.calls == 0
 
 
+def test_an_undecodable_array_under_keys_sent_as_bytes_is_named_by_them():
+    """The decoders take bytes keys, but the key path stopped at the first one: no path at all."""
+    joints = msgpack_numpy_map(JOINTS, data=b"\x00" * 24)
+    message = msgpack.packb({b"endpoint": b"get_action",
+                             b"data": {b"observation": {b"state": {b"joints": joints}}}}, use_bin_type=True)
+    with pytest.raises(codec.WireDecodeError, match=r"^data\.observation\.state\.joints: "):
+        codec.decode(message)
+
+
 # --- #3 one multipart frame referenced by many keys ---------------------------------------------------------------
 
 

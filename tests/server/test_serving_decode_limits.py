@@ -51,6 +51,25 @@ def test_a_long_list_in_an_observation_is_refused_naming_its_key_and_the_numpy_r
     assert "send numbers as a numpy array (np.asarray(...)), not a Python list" in message
 
 
+def test_a_long_list_under_a_peers_long_or_control_character_key_keeps_the_remedy_in_the_reply():
+    """A decode limit's key path was the peer's keys as sent: a 1,200-character key with ESC and a newline pushed the
+    remedy out of the server's bounded reply and reached the client raw."""
+    key = "\x1b[2J\nforged " + "k" * 1200
+    message = msgpack.packb({"endpoint": "get_action", "data": {"observation": {key: [0.0] * 100_000}}},
+                            use_bin_type=True)
+    with running_server(EchoPolicy()) as server:
+        error = error_of(raw_round_trip(server.port, message))
+    assert "send numbers as a numpy array" in error
+    assert "\x1b" not in error and "\n" not in error
+
+
+def test_a_long_list_under_keys_sent_as_bytes_is_named_by_them():
+    message = msgpack.packb({b"endpoint": b"get_action", b"data": {b"observation": {b"extra": [0.0] * 100_000}}},
+                            use_bin_type=True)
+    with pytest.raises(codec.DecodeLimitError, match=r"at data\.observation\.extra, more than"):
+        codec.decode(message, limits=codec.DecodeLimits.for_message_bytes(len(message)))
+
+
 def test_a_long_map_is_named_a_map_and_a_top_level_one_has_no_key():
     probe = b"\xdf" + (2_000_000).to_bytes(4, "big")
     with pytest.raises(codec.DecodeLimitError, match=r"exceeds a decode limit: it holds a map of 2000000 items, more "):

@@ -12,9 +12,8 @@ import numpy as np
 
 from .frame_views import NeedsFullUnpacker, unpack_viewing
 from .modality import ModalityConfig
-from .peer_text import shown_key, shown_text
 from .wire_errors import DecodeLimitError, WireDecodeError, _refuse_dtype
-from .wire_limits import BufferLike, DecodeLimits, _check_depth, _length_limit_error, path_to_culprit
+from .wire_limits import BufferLike, DecodeLimits, _check_depth, _length_limit_error, path_to_culprit, shown_path
 
 # Decoding with share_buffer: messages from this size are read with frame_views, and arrays from
 # SHARED_ARRAY_MIN_BYTES view the message instead of being copied twice (smaller ones are cheaper to copy). The
@@ -347,19 +346,16 @@ def _unpack(data: BufferLike, object_hook: Callable[[Dict[Any, Any]], Any], limi
 # per nesting level); a larger one, which could make a hostile sender's every refusal cost several decodes on the
 # socket thread, is refused without it.
 LOCATE_MAX_BYTES = 16 * 1024 * 1024
-# The key path a refusal starts with, escaped and cut to this many characters: the keys are the peer's, and a long one
-# pushed the reason itself out of a server's bounded error reply.
-SHOWN_PATH_CHARS = 200
 
 
 def _locate(error: WireDecodeError, message: BufferLike, decodes: Callable[[memoryview], Any]) -> None:
-    """Prefix `error`'s message with the str keys that lead to the value refused ('data.observation.state.joints: ...'),
-    found by `decodes` (an unpack of one value with the failed decode's hooks), each escaped and cut (the peer chose
-    them) and the path cut to SHOWN_PATH_CHARS; a decode limit is left as it is (its message says where already, and
-    its values are not decoded again), and so is a message over LOCATE_MAX_BYTES."""
+    """Prefix `error`'s message with the keys that lead to the value refused ('data.observation.state.joints: ...'),
+    found by `decodes` (an unpack of one value with the failed decode's hooks), as wire_limits.shown_path shows them
+    (escaped, cut); a decode limit is left as it is (its message says where already, and its values are not decoded
+    again), and so is a message over LOCATE_MAX_BYTES."""
     if isinstance(error, DecodeLimitError) or memoryview(message).nbytes > LOCATE_MAX_BYTES:
         return
-    where = shown_text(".".join(map(shown_key, _path_to_refused_value(message, decodes))), SHOWN_PATH_CHARS)
+    where = shown_path(_path_to_refused_value(message, decodes))
     if where:
         error.args = (f"{where}: {error}",)
 

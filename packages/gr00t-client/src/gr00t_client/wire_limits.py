@@ -9,6 +9,8 @@ from typing import Any, Callable, Dict, List, Optional, Union
 
 import msgpack
 
+from .peer_text import shown_key, shown_text
+
 from .wire_errors import DecodeLimitError
 
 BufferLike = Union[bytes, bytearray, memoryview, Any]
@@ -61,6 +63,10 @@ def _check_depth(value: Any, max_depth: int) -> None:
 _LENGTH_OVER = re.compile(r"(\d+) exceeds max_(array|map)_len\((\d+)\)")  # msgpack's words for a long header
 _MAP_HEADERS = frozenset([*range(0x80, 0x90), 0xDE, 0xDF])  # fixmap, map 16, map 32
 _STR_HEADERS = frozenset([*range(0xA0, 0xC0), 0xD9, 0xDA, 0xDB])  # fixstr, str 8, 16, 32
+_BIN_HEADERS = frozenset([0xC4, 0xC5, 0xC6])  # bin 8, 16, 32: a key sent as bytes, which the decoders take too
+# A key path an error names, escaped and cut to this many characters: the keys are the peer's, and a long one pushed
+# the reason itself out of a server's bounded error reply.
+SHOWN_PATH_CHARS = 200
 _PATH_DEPTH = 6  # keys followed at most (a request's lists sit 3 deep): each level decodes its value once more
 
 
@@ -71,13 +77,19 @@ def _length_limit_error(data: BufferLike, size: int, exc: ValueError) -> DecodeL
     if found is None:
         return DecodeLimitError(f"message of {size} bytes exceeds a decode limit: {exc}")
     items, kind, limit = int(found.group(1)), found.group(2), int(found.group(3))
-    where = ".".join(_path_to_long_container(data, limit))
+    where = shown_path(_path_to_long_container(data, limit))
     what = "a list" if kind == "array" else "a map"
     return DecodeLimitError(
         f"message of {size} bytes exceeds a decode limit: it holds {what} of {items} items"
         f"{f' at {where}' if where else ''}, more than the {limit} its size allows; send numbers as a numpy array "
         "(np.asarray(...)), not a Python list"
     )
+
+
+def shown_path(keys: List[str]) -> str:
+    """A key path ('data.observation.state.joints') as an error may show it: each key escaped and cut (the peer chose
+    them), the whole cut to SHOWN_PATH_CHARS; '' for no keys."""
+    return shown_text(".".join(map(shown_key, keys)), SHOWN_PATH_CHARS) if keys else ""
 
 
 def _path_to_long_container(message: BufferLike, limit: int) -> List[str]:
@@ -104,9 +116,11 @@ def path_to_culprit(
             if most_entries is not None and count > most_entries:
                 return path
             for _ in range(count):
-                if data[unpacker.tell()] not in _STR_HEADERS:
+                if data[unpacker.tell()] not in _STR_HEADERS | _BIN_HEADERS:
                     return path
                 key = unpacker.unpack()
+                if isinstance(key, bytes):  # named as the decoders read it (normalize_keys)
+                    key = key.decode("utf-8", errors="replace")
                 start = unpacker.tell()
                 unpacker.skip()
                 if is_culprit(data[start:unpacker.tell()]):

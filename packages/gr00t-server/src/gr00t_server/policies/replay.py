@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -85,11 +86,11 @@ class ReplayPolicy(BasePolicy):
     ) -> None:
         super().__init__(strict=strict)
         for name, value in (("max_rows", max_rows), ("max_sessions", max_sessions), ("max_cached_bytes", max_cached_bytes)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        self.max_rows = max_rows
-        self.max_sessions = max_sessions
-        self.max_cached_bytes = max_cached_bytes
+        self.max_rows = int(max_rows)  # numpy ints as plain ints
+        self.max_sessions = int(max_sessions)
+        self.max_cached_bytes = int(max_cached_bytes)
         dataset_class = require_lerobot_dataset()
         # The files' signatures before a path's dataset is read (a change while it is read is then seen), else now
         changes = None if isinstance(dataset, dataset_class) else DatasetChanges(Path(dataset))
@@ -443,13 +444,19 @@ def _entries(observation: Any, modalities: Tuple[str, ...] = ("video", "state"))
 
 
 def _observation_rows(observation: Any) -> Optional[int]:
-    """The rows of a nested or flat observation, from its first video or state entry with an axis (an array or, from a
-    lenient call, nested lists), else from its language lists; None when it has none (an empty observation)."""
-    for _, value in _entries(observation):
-        shape = _shape(value)
-        if shape:
-            return int(shape[0])
-    return nested_batch_size(observation)
+    """The rows of a nested or flat observation, from its video and state entries with an axis (arrays or, from a
+    lenient call, nested lists; ObservationError when they disagree), else from its language lists; None when it has
+    none (an empty observation)."""
+    rows = [(key, int(shape[0])) for key, shape in ((key, _shape(value)) for key, value in _entries(observation))
+            if shape]
+    if not rows:
+        return nested_batch_size(observation)
+    first_key, first = rows[0]
+    for key, count in rows[1:]:  # as the model server refuses: entries of another batch are no observation of one
+        if count != first:
+            raise ObservationError(f"'{key}' has {count} rows; the observation's batch size is {first} (the rows of "
+                                   f"'{first_key}'): every video and state entry needs the same rows on its first axis")
+    return first
 
 
 def _check_frame_sides(observation: Any) -> None:

@@ -34,6 +34,12 @@ _STAGE_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
+def reachable_host(host: str) -> str:
+    """A host a URL can name for a server bound to `host`: loopback for the wildcards ('*', 0.0.0.0, ::), which no
+    client can open ("http://*:9100" is no URL)."""
+    return {"*": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}.get(host, host)
+
+
 class NullMetrics:
     """The metrics of a server started without a metrics port: every call does nothing."""
 
@@ -119,7 +125,7 @@ class ServerMetrics(NullMetrics):
         with stop_signals_blocked():
             self._guard = _ConnectionGuard(self._http)
         self.port = int(self._http.server_address[1])
-        logger.info("metrics at http://%s:%d/metrics", endpoint_host(host), self.port)
+        logger.info("metrics at http://%s:%d/metrics", endpoint_host(reachable_host(host)), self.port)
         return self.port
 
     def request_done(self, endpoint: Optional[str], outcome: str) -> None:

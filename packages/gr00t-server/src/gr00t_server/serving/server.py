@@ -30,7 +30,7 @@ from .loop import (  # noqa: F401
     RequestLoop,
 )
 from .messages import Request, RequestError, token_shape_problem
-from .metrics import NullMetrics, ServerMetrics
+from .metrics import NullMetrics, ServerMetrics, reachable_host
 from .sessions import SessionTable, policy_session_limit
 from .stats import ServerStats
 from ..curve import CurveServerConfig
@@ -414,7 +414,7 @@ class PolicyServer(BuiltinEndpoints):
             security = transport.security
             suffix = f" ({security.banner()})" if security is not None else ""
             if self.metrics_port is not None:  # port 0 picked one: said before the ready line others wait for
-                print(f"Metrics: http://{endpoint_host(_reachable_host(self.host))}:{self.metrics_port}/metrics",
+                print(f"Metrics: http://{endpoint_host(reachable_host(self.host))}:{self.metrics_port}/metrics",
                       flush=True)
             print(f"Server is ready and listening on {self.bound_endpoint}{suffix}", flush=True)
             while self._running and not self._stop_requested.is_set():
@@ -443,12 +443,6 @@ class PolicyServer(BuiltinEndpoints):
                     self._run_done.set()
             finally:
                 restore()
-
-
-def _reachable_host(host: str) -> str:
-    """A host a URL can name for a server bound to `host`: loopback for the wildcards ('*', 0.0.0.0, ::), which no
-    client can open ("http://*:9100" is no URL)."""
-    return {"*": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}.get(host, host)
 
 
 def _sessions_as_policy_keeps(policy: BasePolicy, limits: ServerLimits) -> ServerLimits:
