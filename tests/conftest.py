@@ -33,6 +33,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 WATCHDOG_GRACE_S = float(os.environ.get("GR00T_TEST_WATCHDOG_GRACE_S", "120"))
 _watchdog_file = None
 _watchdog_deadline = None  # time.monotonic() at which the running test's watchdog fires; None between tests
+_watchdog_armed = False  # whether faulthandler's timer is armed by us now (not under --pdb after a failure)
 
 
 def pytest_configure(config):
@@ -71,30 +72,51 @@ def pytest_runtest_protocol(item, nextitem):
     armed = limit > 0 and _watchdog_file is not None
     if armed:
         _watchdog_deadline = time.monotonic() + limit + WATCHDOG_GRACE_S
-        faulthandler.dump_traceback_later(limit + WATCHDOG_GRACE_S, exit=True, file=_watchdog_file)
+        _arm_watchdog(limit + WATCHDOG_GRACE_S)
     try:
         yield
     finally:
         if armed:
-            faulthandler.cancel_dump_traceback_later()
+            _disarm_watchdog()
             _watchdog_deadline = None
+
+
+def _arm_watchdog(seconds: float) -> None:
+    global _watchdog_armed
+    faulthandler.dump_traceback_later(seconds, exit=True, file=_watchdog_file)
+    _watchdog_armed = True
+
+
+def _disarm_watchdog() -> None:
+    global _watchdog_armed
+    _watchdog_armed = False  # first: a fork from another thread meanwhile re-arms nothing (_watchdog_back_after_a_fork)
+    faulthandler.cancel_dump_traceback_later()
 
 
 def _watchdog_off_for_a_fork() -> None:
     """Before os.fork: a child inherits an armed watchdog without its thread, and its exit (faulthandler cancels the
     watchdog at shutdown, as a test's own cancel does) then waits for that thread for ever."""
     if _watchdog_deadline is not None:
-        faulthandler.cancel_dump_traceback_later()
+        faulthandler.cancel_dump_traceback_later()  # armed or not (pytest's own plugin may have cancelled it)
 
 
 def _watchdog_back_after_a_fork() -> None:
-    if _watchdog_deadline is not None:
+    """In the parent after a fork: armed again only when it was armed (not under --pdb after a failure, not past a
+    test's end), for what is left of the test's time."""
+    if _watchdog_armed and _watchdog_deadline is not None:
         faulthandler.dump_traceback_later(max(_watchdog_deadline - time.monotonic(), 1.0), exit=True,
                                           file=_watchdog_file)
 
 
+def _no_watchdog_in_a_forked_child() -> None:
+    """A forked child (a test's helper process) has no watchdog of its own: it never arms one, whatever it forks."""
+    global _watchdog_deadline, _watchdog_armed
+    _watchdog_deadline, _watchdog_armed = None, False
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_watchdog_off_for_a_fork, after_in_parent=_watchdog_back_after_a_fork)
+    os.register_at_fork(before=_watchdog_off_for_a_fork, after_in_parent=_watchdog_back_after_a_fork,
+                        after_in_child=_no_watchdog_in_a_forked_child)
 
 
 @pytest.hookimpl(trylast=True)
@@ -102,9 +124,10 @@ def pytest_exception_interact(node, call, report):
     """pytest's faulthandler plugin cancels every dump_traceback_later when a test's phase fails (for pdb's sake), the
     watchdog too: a failed test whose teardown then hung holding the GIL sat there for good. Re-armed for what is left
     of the test's time, unless a debugger is wanted (--pdb)."""
+    global _watchdog_armed
+    _watchdog_armed = False  # cancelled by pytest's faulthandler plugin
     if _watchdog_deadline is not None and not node.config.getoption("usepdb", False):
-        faulthandler.dump_traceback_later(max(_watchdog_deadline - time.monotonic(), 1.0), exit=True,
-                                          file=_watchdog_file)
+        _arm_watchdog(max(_watchdog_deadline - time.monotonic(), 1.0))
 
 
 def _cuda_available() -> bool:

@@ -153,3 +153,45 @@ def test_a_forked_child_does_not_inherit_an_armed_watchdog(tmp_path):
     its thread exists only in the parent): the watchdog is off across each fork and re-armed in the parent."""
     result, _ = _run(tmp_path, FORKING_TEST)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+HELPER_THAT_FORKS_LATER_TEST = '''
+import os
+import time
+
+import pytest
+
+HELPER = []
+
+
+@pytest.mark.timeout(1)
+def test_starts_a_helper_that_outlives_it():
+    pid = os.fork()
+    if pid == 0:  # a helper process (a server child, say): forks a worker after its parent test's watchdog deadline
+        time.sleep(4)
+        worker = os.fork()
+        if worker == 0:
+            os._exit(0)
+        os.waitpid(worker, 0)
+        time.sleep(2)
+        os._exit(0)
+    HELPER.append(pid)
+
+
+def test_the_helper_finishes():
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(HELPER[0], os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0, "the helper was ended by a watchdog it never armed"
+            return
+        time.sleep(0.05)
+    raise AssertionError("the helper did not finish")
+'''
+
+
+def test_a_forked_helper_that_forks_again_arms_no_watchdog_of_its_own(tmp_path):
+    """The helper inherited the parent test's deadline: its own fork re-armed the watchdog in it, past that deadline,
+    and ended it a second later with a stack dump."""
+    result, _ = _run(tmp_path, HELPER_THAT_FORKS_LATER_TEST)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -295,6 +295,27 @@ def test_a_lenient_replay_refuses_entries_whose_rows_disagree_as_the_model_serve
             client.get_action(form(mixed))
 
 
+@pytest.mark.parametrize("strict", [True, False], ids=["strict", "lenient"])
+def test_an_entry_the_modality_configs_do_not_name_is_ignored_whatever_its_rows(dataset, strict):
+    """A 'timestamp' state the model never reads, of another batch, got 'has 1 rows; the observation's batch size is
+    2': the model server ignores keys its configs do not name, and the replay stands in for it."""
+    replay = ReplayPolicy(dataset, derive_from_dataset(dataset, action_horizon=4), execution_horizon=2, strict=strict)
+    extra = observation(dataset, 2)
+    extra["state"]["timestamp"] = np.zeros((1,), np.float32)
+    with running_server(replay) as server, PolicyClient(port=server.port, timeout_ms=5000, strict=False) as client:
+        assert client.get_action(extra)[0]["arm"].shape[0] == 2
+
+
+def test_a_lenient_replay_refuses_language_rows_that_disagree_with_the_batch(dataset):
+    replay = ReplayPolicy(dataset, derive_from_dataset(dataset, action_horizon=4), execution_horizon=2, strict=False)
+    three_instructions = observation(dataset, 1)
+    language_key = next(iter(three_instructions["language"]))
+    three_instructions["language"][language_key] = [["pick"], ["place"], ["push"]]
+    with running_server(replay) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        with pytest.raises(PolicyServerError, match=rf"Language key '{language_key}' has batch size 3; expected 1"):
+            client.get_action(three_instructions)
+
+
 @pytest.mark.parametrize("limit", ["max_rows", "max_sessions", "max_cached_bytes"])
 def test_replay_limits_take_numpy_ints_and_refuse_bools_and_floats(dataset, limit):
     """np.int64(2) was refused as 'must be an int >= 1, got np.int64(2)'."""

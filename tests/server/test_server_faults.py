@@ -361,6 +361,22 @@ def test_an_undecodable_array_under_keys_sent_as_bytes_is_named_by_them():
         codec.decode(message)
 
 
+def test_a_str_that_is_not_utf8_is_refused_naming_its_key_and_the_encoding_expected():
+    """A C/C++ peer's Latin-1 instruction (a msgpack str of non-UTF-8 bytes) got 'undecodable message
+    (UnicodeDecodeError: ...)', naming neither the key nor what was expected; the server answers the next request."""
+    latin1 = b"\xa5pick up the caf\xe9 cup"[1:]  # a fixstr header for 20 bytes, then Latin-1 text
+    packed = msgpack.packb({"endpoint": "get_action", "data": {"observation": {"language": {"task": "X" * 20}}}},
+                           use_bin_type=True)
+    message = packed.replace(b"\xb4" + b"X" * 20, b"\xb4" + latin1.ljust(20, b"!"))
+    policy = EchoPolicy()
+    with running_server(policy) as server:
+        error = error_of(raw_round_trip(server.port, message))
+        with PolicyClient(port=server.port, timeout_ms=5000) as client:
+            assert client.ping()
+    assert "data.observation.language.task: a str holds bytes that are not UTF-8 text" in error
+    assert "send text as UTF-8" in error and policy.calls == 0
+
+
 # --- #3 one multipart frame referenced by many keys ---------------------------------------------------------------
 
 

@@ -273,6 +273,17 @@ def _shareable_view(data: BufferLike) -> Optional[memoryview]:
 
 def _unpack(data: BufferLike, object_hook: Callable[[Dict[Any, Any]], Any], limits: Optional[DecodeLimits],
             ext_hook: Optional[Callable[[int, bytes], Any]] = None, share_buffer: bool = False) -> Any:
+    """_unpack_as_is, with a str that is not UTF-8 refused as a WireDecodeError (which decode then locates): msgpack's
+    bare UnicodeDecodeError named neither the key nor what was expected."""
+    try:
+        return _unpack_as_is(data, object_hook, limits, ext_hook, share_buffer)
+    except UnicodeDecodeError as exc:  # a peer's Latin-1 text, say
+        raise WireDecodeError(f"a str holds bytes that are not UTF-8 text (byte 0x{exc.object[exc.start]:02x}: "
+                              f"{exc.reason}); send text as UTF-8 (or as bytes)") from exc
+
+
+def _unpack_as_is(data: BufferLike, object_hook: Callable[[Dict[Any, Any]], Any], limits: Optional[DecodeLimits],
+                  ext_hook: Optional[Callable[[int, bytes], Any]] = None, share_buffer: bool = False) -> Any:
     """msgpack.unpackb with our hooks; with `limits`, within the item budget and depth of the message's size.
 
     With `share_buffer` and a writable buffer, msgpack-numpy arrays view the buffer (frame_views) unless the

@@ -174,7 +174,7 @@ class ReplayPolicy(BasePolicy):
             return
         validate_observation(observation, self.modality_configs)
         self._check_state_widths(observation, strict=True)
-        _check_frame_sides(observation)
+        _check_frame_sides(observation, self.modality_configs)
 
     def _check_state_widths(self, observation: Any, strict: bool) -> None:
         """Each state key's last dimension must be the dataset's: a replay that took any width told a user the
@@ -231,9 +231,9 @@ class ReplayPolicy(BasePolicy):
         self._option_names.check(options, _GET_ACTION_OPTIONS, self.strict, "get_action options", "ReplayPolicy's get_action")
         if not self.strict:  # a strict replay refused it in check_observation
             self._check_state_widths(observation, strict=False)
-            _check_frame_sides(observation)
+            _check_frame_sides(observation, self.modality_configs)
         session = _session_id(options)
-        batch = _observation_rows(observation)
+        batch = _observation_rows(observation, self.modality_configs)
         if batch is not None:  # checked before the session is touched: a bad request never breaks it
             if not 1 <= batch <= self.max_rows:  # named as the observation's: batch_size is an option it never sent
                 raise ObservationError(f"the observation has {batch} rows (its arrays' first axis); expected 1 to "
@@ -432,23 +432,45 @@ def _shape(value: Any) -> Tuple[int, ...]:
         return ()
 
 
-def _entries(observation: Any, modalities: Tuple[str, ...] = ("video", "state")) -> List[Tuple[str, Any]]:
-    """(key, value) of each entry of `modalities`, nested ('image' of observation['video']) or flat ('video.image')."""
+def _entries(observation: Any, configs: Mapping[str, ModalityConfig],
+             modalities: Tuple[str, ...] = ("video", "state")) -> List[Tuple[str, Any]]:
+    """(key, value) of each entry of `modalities` the modality `configs` name (others the model never reads, as the
+    model server ignores them), nested ('image' of observation['video']) or flat ('video.image')."""
     if not isinstance(observation, Mapping):
         return []
-    groups = [observation.get(modality) for modality in modalities]
-    entries = [(key, value) for group in groups if isinstance(group, Mapping) for key, value in group.items()]
-    prefixes = tuple(f"{modality}." for modality in modalities)
-    return entries + [(key, value) for key, value in observation.items()
-                      if isinstance(key, str) and key.startswith(prefixes)]
+    entries = []
+    for modality in modalities:
+        config = configs.get(modality)
+        keys = list(config.modality_keys) if config is not None else []
+        group = observation.get(modality)
+        if isinstance(group, Mapping):
+            entries += [(key, group[key]) for key in keys if key in group]
+        entries += [(f"{modality}.{key}", observation[f"{modality}.{key}"]) for key in keys
+                    if f"{modality}.{key}" in observation]
+    return entries
 
 
-def _observation_rows(observation: Any) -> Optional[int]:
-    """The rows of a nested or flat observation, from its video and state entries with an axis (arrays or, from a
-    lenient call, nested lists; ObservationError when they disagree), else from its language lists; None when it has
-    none (an empty observation)."""
-    rows = [(key, int(shape[0])) for key, shape in ((key, _shape(value)) for key, value in _entries(observation))
-            if shape]
+def _language_rows(observation: Any, configs: Mapping[str, ModalityConfig]) -> List[Tuple[str, int]]:
+    """(key, rows) of each configured language entry sent as rows (a list or an array; one bare str has none), nested
+    or flat (the bare key, as the sim wrapper sends it)."""
+    config = configs.get("language")
+    if config is None or not isinstance(observation, Mapping):
+        return []
+    group = observation.get("language")
+    found = []
+    for key in config.modality_keys:
+        value = group.get(key) if isinstance(group, Mapping) and key in group else observation.get(key)
+        if isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray) and value.ndim >= 1):
+            found.append((key, len(value)))
+    return found
+
+
+def _observation_rows(observation: Any, configs: Mapping[str, ModalityConfig]) -> Optional[int]:
+    """The rows of a nested or flat observation, from its configured video and state entries with an axis (arrays
+    or, from a lenient call, nested lists) and its language rows (ObservationError when they disagree, as the model
+    server refuses them), else from its language lists; None when it has none (an empty observation)."""
+    shapes = ((key, _shape(value)) for key, value in _entries(observation, configs))
+    rows = [(key, int(shape[0])) for key, shape in shapes if shape]
     if not rows:
         return nested_batch_size(observation)
     first_key, first = rows[0]
@@ -456,13 +478,17 @@ def _observation_rows(observation: Any) -> Optional[int]:
         if count != first:
             raise ObservationError(f"'{key}' has {count} rows; the observation's batch size is {first} (the rows of "
                                    f"'{first_key}'): every video and state entry needs the same rows on its first axis")
+    for key, count in _language_rows(observation, configs):
+        if count != first:
+            raise ObservationError(f"Language key '{key}' has batch size {count}; expected {first} (the rows of "
+                                   f"'{first_key}'): one instruction per row")
     return first
 
 
-def _check_frame_sides(observation: Any) -> None:
+def _check_frame_sides(observation: Any, configs: Mapping[str, ModalityConfig]) -> None:
     """ObservationError naming the camera whose (B, T, H, W, 3) frames (an array or nested lists, nested or flat) have
     an empty side, as the model server says: a replay that took them told a user the camera plumbing was right."""
-    for key, frames in _entries(observation, ("video",)):
+    for key, frames in _entries(observation, configs, ("video",)):
         shape = _shape(frames)
         if len(shape) == 5 and min(shape[2:4]) < 1:
             raise ObservationError(f"Video key '{key}' has {shape[2]}x{shape[3]} images; an image needs at least one "
