@@ -316,6 +316,17 @@ def test_a_lenient_replay_refuses_language_rows_that_disagree_with_the_batch(dat
             client.get_action(three_instructions)
 
 
+@pytest.mark.parametrize("instructions", [np.array(["a", "b", "c"]), np.array([["a"], ["b"], ["c"]])],
+                         ids=["(B,)", "(B,1)"])
+def test_a_lenient_replay_given_instructions_alone_as_an_array_answers_one_row_each(dataset, instructions):
+    """Only lists of instructions were counted: three as a numpy array got the session's earlier one row."""
+    replay = ReplayPolicy(dataset, derive_from_dataset(dataset, action_horizon=4), execution_horizon=2, strict=False)
+    language_key = next(iter(observation(dataset, 1)["language"]))
+    with running_server(replay) as server, PolicyClient(port=server.port, timeout_ms=5000, strict=False) as client:
+        client.get_action(observation(dataset, 1))
+        assert client.get_action({"language": {language_key: instructions}})[0]["arm"].shape[0] == 3
+
+
 @pytest.mark.parametrize("limit", ["max_rows", "max_sessions", "max_cached_bytes"])
 def test_replay_limits_take_numpy_ints_and_refuse_bools_and_floats(dataset, limit):
     """np.int64(2) was refused as 'must be an int >= 1, got np.int64(2)'."""

@@ -373,7 +373,7 @@ def test_a_str_that_is_not_utf8_is_refused_naming_its_key_and_the_encoding_expec
         error = error_of(raw_round_trip(server.port, message))
         with PolicyClient(port=server.port, timeout_ms=5000) as client:
             assert client.ping()
-    assert "data.observation.language.task: a str holds bytes that are not UTF-8 text" in error
+    assert "data.observation.language.task: text that is not UTF-8 (byte 0xe9" in error
     assert "send text as UTF-8" in error and policy.calls == 0
 
 

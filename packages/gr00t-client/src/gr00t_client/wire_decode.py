@@ -277,9 +277,9 @@ def _unpack(data: BufferLike, object_hook: Callable[[Dict[Any, Any]], Any], limi
     bare UnicodeDecodeError named neither the key nor what was expected."""
     try:
         return _unpack_as_is(data, object_hook, limits, ext_hook, share_buffer)
-    except UnicodeDecodeError as exc:  # a peer's Latin-1 text, say
-        raise WireDecodeError(f"a str holds bytes that are not UTF-8 text (byte 0x{exc.object[exc.start]:02x}: "
-                              f"{exc.reason}); send text as UTF-8 (or as bytes)") from exc
+    except UnicodeDecodeError as exc:  # a peer's Latin-1 text, say (a str, a map key, a ModalityConfig's JSON)
+        raise WireDecodeError(f"text that is not UTF-8 (byte 0x{exc.object[exc.start]:02x}: {exc.reason}); send "
+                              "text as UTF-8") from exc
 
 
 def _unpack_as_is(data: BufferLike, object_hook: Callable[[Dict[Any, Any]], Any], limits: Optional[DecodeLimits],

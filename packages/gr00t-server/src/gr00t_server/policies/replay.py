@@ -471,8 +471,9 @@ def _observation_rows(observation: Any, configs: Mapping[str, ModalityConfig]) -
     server refuses them), else from its language lists; None when it has none (an empty observation)."""
     shapes = ((key, _shape(value)) for key, value in _entries(observation, configs))
     rows = [(key, int(shape[0])) for key, shape in shapes if shape]
-    if not rows:
-        return nested_batch_size(observation)
+    if not rows:  # language alone: its rows, as an array too (nested_batch_size counts lists only)
+        language = _language_rows(observation, configs)
+        return language[0][1] if language else nested_batch_size(observation)
     first_key, first = rows[0]
     for key, count in rows[1:]:  # as the model server refuses: entries of another batch are no observation of one
         if count != first:
