@@ -84,10 +84,17 @@ def _check_array(kind: str, key: str, value: Any, dtype: type, ndim: int, horizo
 REAL_NUMBER_TYPES = (bool, int, float, np.bool_, np.integer, np.floating)
 
 
-def first_unreal_type(array: np.ndarray) -> Optional[str]:
-    """The type name of the first item of an object array that is not a real number (a bool, int or float, Python's
-    or numpy's: what a cast to float reads as itself); None when every item is one."""
-    return next((type(item).__name__ for item in array.flat if not isinstance(item, REAL_NUMBER_TYPES)), None)
+def unreal_dtype(value: Any) -> Optional[str]:
+    """What `value` holds when it is not real numbers, as an error names it ('complex64', 'object holding a str'): a
+    cast to float read complex as its real part, NaT as -9.2e18 and text as the number it spells. None for a bool,
+    int or float dtype, and for an object array of Python or numpy real numbers (cast as such)."""
+    array = np.asarray(value)
+    if array.dtype.kind in "biuf":
+        return None
+    if array.dtype.kind == "O":
+        held = next((type(item).__name__ for item in array.flat if not isinstance(item, REAL_NUMBER_TYPES)), None)
+        return None if held is None else f"{array.dtype} holding a {held}"
+    return str(array.dtype)
 
 
 def non_finite_rows(value: Any) -> List[int]:

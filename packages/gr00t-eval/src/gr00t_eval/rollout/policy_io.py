@@ -18,7 +18,7 @@ import numpy as np
 
 from gr00t_client import ModalityConfig
 from gr00t_client.flat import language_batch, language_source, language_text
-from gr00t_client.policy import ActionError, ObservationError, first_unreal_type, non_finite_rows
+from gr00t_client.policy import ActionError, ObservationError, non_finite_rows, unreal_dtype
 
 from ..action_steps import check_consecutive_action_deltas
 from ..key_matching import match_keys
@@ -151,11 +151,9 @@ def state_in_float32(key: str, value: Any) -> np.ndarray:
     when a finite value is beyond float32's range (the cast made it inf, which the server refused as a NaN/inf state),
     and naming `key` and the dtype when the state is not real numbers (the cast dropped a complex part, read NaT as
     -9.2e18 and text as the number it spells). An object array of Python or numpy real numbers is cast as before."""
-    dtype = np.asarray(value).dtype
-    unreal = first_unreal_type(np.asarray(value)) if dtype.kind == "O" else None
-    if dtype.kind not in "biufO" or unreal is not None:
-        held = f" holding a {unreal}" if unreal else ""
-        raise ValueError(f"the env's {key!r} state has dtype {dtype}{held}; the policy takes states of real numbers (a "
+    unreal = unreal_dtype(value)
+    if unreal is not None:
+        raise ValueError(f"the env's {key!r} state has dtype {unreal}; the policy takes states of real numbers (a "
                          "bool, int or float dtype): return them as such from the env")
     with np.errstate(over="ignore"):
         cast = np.ascontiguousarray(value, dtype=np.float32)

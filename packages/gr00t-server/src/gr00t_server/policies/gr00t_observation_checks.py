@@ -9,7 +9,7 @@ import numpy as np
 
 from gr00t_client.flat import language_text
 from gr00t_client.modality import ModalityConfig
-from gr00t_client.policy import ObservationError, first_unreal_type
+from gr00t_client.policy import ObservationError, unreal_dtype
 
 if TYPE_CHECKING:
     from gr00t_server.processing.processor import Gr00tN1d7Processor
@@ -81,14 +81,10 @@ class Gr00tObservationChecks:
                         f"{group}['{key}'] has T={shape[1]} time steps (axis 1 of shape {shape}); this checkpoint's "
                         f"{group} delta_indices {list(self.modality_configs[group].delta_indices)} need T={horizon} "
                         f"(shape {layout})")
-                # A cast to float64 read complex as its real part, NaT as -9.2e18 and text as the number it spells;
-                # an object array of Python or numpy real numbers is cast as before.
-                dtype = np.asarray(value).dtype
-                unreal = first_unreal_type(np.asarray(value)) if group == "state" and dtype.kind == "O" else None
-                if group == "state" and (dtype.kind not in "biufO" or unreal is not None):
-                    held = f" holding a {unreal}" if unreal else ""
+                unreal = unreal_dtype(value) if group == "state" else None  # a cast would read it as a number
+                if unreal is not None:
                     raise ObservationError(f"{group}['{key}'] must hold real numbers (a bool, int or float dtype); got "
-                                           f"dtype {dtype}{held}")
+                                           f"dtype {unreal}")
 
     def _check_batch_sizes(self, observation: Mapping[str, Any], batch_size: int) -> None:
         """ObservationError naming the first video, state or language entry whose rows differ from `batch_size`
