@@ -8,7 +8,7 @@ import errno
 import os
 import signal
 from pathlib import Path
-from typing import Any, Iterator, Optional, Tuple
+from typing import Any, Iterator, Tuple
 
 from gr00t_client.cli_signals import interrupting_signals, signals_handled_by
 from gr00t_client.cli_signals import sigterm_as_interrupt  # noqa: F401 - the gr00t_eval modules import it from here
@@ -56,11 +56,10 @@ def folder_identity(folder: Path) -> Tuple[int, int]:
     return status.st_dev, status.st_ino
 
 
-def check_folder_kept(folder: Path, identity: Tuple[int, int], claim: Optional[str]) -> None:
-    """OutputFolderGone unless `folder` is still the one the run claimed: the same `identity`, its `claim` in it (a run
-    that claimed it with no file, claim None: the same `identity` only)."""
+def check_folder_kept(folder: Path, identity: Tuple[int, int], claim: str) -> None:
+    """OutputFolderGone unless `folder` is still the one the run claimed: the same `identity`, its `claim` in it."""
     try:
-        kept = folder_identity(folder) == identity and (claim is None or (folder / claim).is_file())
+        kept = folder_identity(folder) == identity and (folder / claim).is_file()
     except OSError:
         kept = False
     if not kept:

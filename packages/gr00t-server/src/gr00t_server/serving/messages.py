@@ -76,6 +76,10 @@ class Request:
     takes_session: bool = False  # a get_action or reset whose success counts a use of its session (takes it in)
     call_ran: bool = False  # a get_action whose policy call ran, whatever became of it (counted as a policy call)
 
+    def queue_wait_ms(self, until: float) -> float:
+        """How long this request waited for the policy until `until` (time.monotonic()), its decode left out."""
+        return max(0.0, (until - self.received_at) * 1000.0 - self.decode_ms)
+
     def expired(self, now: Optional[float] = None, margin_s: float = 0.0) -> bool:
         """True once the client's deadline has passed (it no longer waits for the reply), or is less than `margin_s`
         away; never for a request that carries no deadline."""

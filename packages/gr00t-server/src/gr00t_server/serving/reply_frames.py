@@ -52,9 +52,8 @@ class ReplyFrames:
         if request.endpoint == "get_action" and isinstance(result, list) and len(result) == 2:
             if policy_started is None:
                 policy_started = time.monotonic() - policy_ms / 1000.0
-            queue_ms = (policy_started - request.received_at) * 1000.0 - request.decode_ms
             timing = {
-                "queue_wait_ms": max(0.0, queue_ms),
+                "queue_wait_ms": request.queue_wait_ms(policy_started),
                 "decode_ms": request.decode_ms,
                 "policy_ms": policy_ms,
                 "batch_size": batch_size,
@@ -126,9 +125,8 @@ class ReplyFrames:
         """The stages of a get_action the queue took that gets no action: decode and queue_wait (an expired one
         waited until it was dropped: in overload the longest waits are these), and policy when its call ran."""
         now = time.monotonic()
-        waited_until = now if policy_started is None else policy_started
         timing = {"decode_ms": request.decode_ms,
-                  "queue_wait_ms": max(0.0, (waited_until - request.received_at) * 1000.0 - request.decode_ms)}
+                  "queue_wait_ms": request.queue_wait_ms(now if policy_started is None else policy_started)}
         if policy_started is not None:
             timing["policy_ms"] = (now - policy_started) * 1000.0 if policy_ms is None else policy_ms
         self._server._metrics.observe_stages(timing)
