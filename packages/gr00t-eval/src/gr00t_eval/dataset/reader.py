@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -12,8 +13,8 @@ import pyarrow.parquet as pq
 
 from .episode import Episode
 from .errors import DatasetError, DatasetFileNotFoundError, require_file
-from .meta import (EpisodeRecord, codebase_major, declared_frame_size, read_episodes, read_json, read_modality,
-                   read_stats, read_tasks)
+from .meta import (EpisodeRecord, VideoSegment, codebase_major, declared_frame_size, read_episodes, read_json,
+                   read_modality, read_stats, read_tasks)
 from .modality import ArrayGroup, DatasetModality
 from .stats import group_stats
 from .video import VideoFacts, decode_frames_at, video_stream_facts
@@ -46,8 +47,9 @@ class LeRobotDataset:
         if "fps" not in info:
             logger.warning("%s has no 'fps' field; using %d like GR00T's loader", info_path, DEFAULT_FPS)
         fps = info.get("fps", DEFAULT_FPS)
-        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or fps <= 0:
-            raise DatasetError(f"{info_path}: field 'fps' must be a positive number, got {fps!r}")
+        # NaN (which Python's json reads) passed `fps <= 0`, and then every check against fps passed too
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
+            raise DatasetError(f"{info_path}: field 'fps' must be a positive finite number, got {fps!r}")
         self._fps = fps
         self._modality = read_modality(meta_dir)
         features = info.get("features")
@@ -73,6 +75,7 @@ class LeRobotDataset:
         if len(self._by_index) != len(self._records):
             raise DatasetError(f"{meta_dir}: episode list repeats an episode_index")
         self._check_segments_apart()
+        self._segments = self._index_segments()
         # Each column's width as info.json declares it (features[...].shape [D]): an episode's column of another
         # width is refused when read, as LeRobot's schema refuses it at load (modality.json's slices of it would cut
         # the wrong values).
@@ -113,6 +116,30 @@ class LeRobotDataset:
                         "one episode would be given the other's frames; each episode's segment of a shared video must "
                         "be its own"
                     )
+
+    def _index_segments(self) -> Dict[Tuple[Path, float], Tuple[EpisodeRecord, VideoSegment, Optional[int]]]:
+        """Each v3.0 video segment by (file, from_timestamp): its episode, the segment, and the frames of the file
+        before it, the steps of the episodes before it in the file where their segments fill it from its start
+        without a gap; None after a gap (the frames of an episode the list leaves out may lie there)."""
+        by_file: Dict[Path, List[Tuple[VideoSegment, EpisodeRecord]]] = {}
+        for record in self._records:
+            for segment in record.videos.values():
+                if segment.to_timestamp is not None:
+                    by_file.setdefault(segment.path, []).append((segment, record))
+        slack = 0.5 / self._fps  # half a frame: timestamps are floats
+        index: Dict[Tuple[Path, float], Tuple[EpisodeRecord, VideoSegment, Optional[int]]] = {}
+        for path, segments in by_file.items():
+            segments.sort(key=lambda pair: pair[0].from_timestamp)
+            frames_before: Optional[int] = 0
+            end = 0.0
+            for segment, record in segments:
+                if frames_before is not None and abs(segment.from_timestamp - end) > slack:
+                    frames_before = None
+                index[(path, segment.from_timestamp)] = (record, segment, frames_before)
+                if frames_before is not None:
+                    frames_before += record.length
+                end = segment.to_timestamp  # type: ignore[assignment]
+        return index
 
     def check_data_files(self) -> None:
         """Read every data file's parquet footer: DatasetError naming the first file that is missing, unreadable
@@ -294,8 +321,9 @@ class LeRobotDataset:
     def _decode_segment_frames(self, path: Path, from_timestamp: float, steps: Sequence[int]) -> np.ndarray:
         """Frames `steps` (0 = the segment's first) of the segment of a video that starts at `from_timestamp`: by the
         frames' own presentation times (video_stream_facts), so that a 29.97 frames/s video under fps 30, a shared
-        v3.0 file of such a video, a stream that does not start at time 0, or a frame that came late still give frame
-        k for step k (times derived from fps drifted onto a neighbouring frame)."""
+        v3.0 file of such a video (its segments also counted by the steps of the episodes before them), a stream that
+        does not start at time 0, or a frame that came late still give frame k for step k (times derived from fps
+        drifted onto a neighbouring frame)."""
         facts = self._facts(path)
         times = facts.frame_times
         rate = facts.rate or self._fps
@@ -303,11 +331,7 @@ class LeRobotDataset:
             first = int(round(from_timestamp * rate))
             wanted = [(first + int(k)) / rate for k in steps]
         else:
-            # The segment's first frame, with from_timestamp measured from the file's first frame (as GR00T counts
-            # frames by index): a video whose stream starts at 0.2 s otherwise gave a later episode of a shared v3.0
-            # file two frames of the episode before it.
-            origin = times[0] if len(times) else 0.0
-            first = int(np.searchsorted(times, origin + from_timestamp - 0.5 / rate))
+            first = self._segment_first_frame(path, from_timestamp, times, rate)
             last = first + max(int(k) for k in steps)
             if last >= len(times):
                 raise DatasetError(f"{path}: the segment from {from_timestamp:g} s needs frame {last - first} of it, and "
@@ -317,6 +341,44 @@ class LeRobotDataset:
         frames, decoded = decode_frames_at(path, wanted, rate)
         self.frames_decoded += decoded
         return frames
+
+    def _segment_first_frame(self, path: Path, from_timestamp: float, times: List[float], rate: float) -> int:
+        """Index in `times` of the first frame of the segment that starts at `from_timestamp`. DatasetError naming the
+        file and episode where a v3.0 segment does not show as many frames as its episode has steps, or starts at
+        another frame than the steps of the episodes before it in the file count."""
+        # from_timestamp is measured from the file's first frame (as GR00T counts frames by index) on the frames' grid,
+        # not from times[0]: a stream starting at 0.2 s gave a later episode two frames of the one before it, and a
+        # first frame that came late shifted every later segment by one.
+        head = min(len(times), 9)
+        origin = float(np.median(np.asarray(times[:head]) - np.arange(head) / rate)) if head else 0.0
+        start = origin + from_timestamp
+        found = self._segments.get((path, from_timestamp))
+        if found is None:  # a file of its own (v2.x): the frame nearest its start
+            after = int(np.searchsorted(times, start))
+            if after == len(times) or (after > 0 and start - times[after - 1] < times[after] - start):
+                return max(after - 1, 0)
+            return after
+        record, segment, frames_before = found
+        # The segment's frames are those shown from from_timestamp to to_timestamp, both a tenth of a frame earlier
+        # (pts rounding): a frame up to nine tenths of an interval late (one that came late, or a 29.97 frames/s video
+        # drifting from segments written at fps 30) stays in its own segment. A frame missing inside it moved its later
+        # steps onto the next frame and its last onto the next episode's first, within the 1% rate check.
+        early = 0.1 / self._fps
+        first, end = (int(i) for i in np.searchsorted(times, [start - early, origin + segment.to_timestamp - early]))
+        where = f"{path} (episode {record.episode_index})"
+        span = f"{segment.from_timestamp:g}..{segment.to_timestamp:g} s"
+        if end - first != record.length:
+            raise DatasetError(f"{where}: {end - first} frames are shown in its video segment {span} and the episode "
+                               f"has {record.length} steps (a frame dropped, repeated or shown late): step k would show "
+                               "another step's frame, or another episode's")
+        if frames_before is not None and first != frames_before:
+            # By time alone, a segment whose frames all lie over nine tenths of a frame behind its times (a 29.97
+            # frames/s file whose segments were written at fps 30, some 900 frames in) was read a frame off.
+            raise DatasetError(f"{where}: its video segment {span} starts at frame {first} of the file by the frames' "
+                               f"times, and the episodes before it in the file have {frames_before} steps (a frame "
+                               f"dropped or repeated before it, or a video whose rate drifts from fps {self._fps:g}): "
+                               "which frame is its step 0 cannot be told")
+        return first
 
     def _facts(self, path: Path) -> VideoFacts:
         if path not in self._video_facts:

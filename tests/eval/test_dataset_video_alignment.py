@@ -1,0 +1,126 @@
+"""Which frames of a shared v3.0 video are an episode's: those its segment shows, counted from the episodes before it
+in the file. A frame missing inside a segment, a late frame, a late first frame of the file and a 29.97 frames/s video
+whose segments were written at fps 30 each moved steps onto other steps' (or episodes') frames without a word; a
+NaN fps passed every check against it. Real datasets and mp4s, every frame a solid colour that names its episode
+and step."""
+
+import json
+import math
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from eval.dataset_factory import episode_frames, frame_colour, make_dataset
+from gr00t_eval.dataset import DatasetError, LeRobotDataset
+
+VIDEO = "videos/observation.images.image/chunk-000/file-000.mp4"
+
+
+def shared_v3_dataset(tmp_path, lengths, fps):
+    return make_dataset(tmp_path / "ds", lengths=lengths, cameras=("image",), fps=fps, size=(16, 16), layout="v3.0",
+                        episodes_per_file=len(lengths))
+
+
+def rewrite_video(path, frames, rate, time_base, pts):
+    """Write `frames` to `path`, frame i shown at pts[i] (in `time_base`)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.width = stream.height = frames.shape[1]
+        stream.pix_fmt, stream.options = "yuv420p", {"crf": "10", "bf": "0", "g": "8"}
+        stream.codec_context.time_base = time_base
+        for image, shown_at in zip(frames, pts):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+            frame.pts, frame.time_base = shown_at, time_base
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def all_frames(lengths):
+    return np.concatenate([episode_frames(e, 0, n, (16, 16)) for e, n in enumerate(lengths)])
+
+
+def nearest_step(frame, episodes):
+    """(episode, step % 64) whose solid colour is nearest to a decoded frame (colours repeat every 64 steps)."""
+    colour = frame.reshape(-1, 3).mean(0)
+    return min(((e, t) for e in episodes for t in range(64)),
+               key=lambda et: float(np.abs(colour - frame_colour(et[0], 0, et[1])).sum()))
+
+
+def test_a_frame_missing_inside_a_shared_v3_segment_is_refused_naming_the_episode_and_both_counts(tmp_path):
+    """One frame of 240 missing is within the 1% rate check: steps after it got the next frame, the last step episode
+    1's first frame."""
+    lengths = (120, 120)
+    root = shared_v3_dataset(tmp_path, lengths, fps=10)
+    kept = [i for i in range(240) if i != 20]  # the others keep their own times
+    rewrite_video(root / VIDEO, all_frames(lengths)[kept], 10, Fraction(1, 1000), [100 * i for i in kept])
+    dataset = LeRobotDataset(root)
+    with pytest.raises(DatasetError, match=r"file-000\.mp4 \(episode 0\): 119 frames are shown in its video segment "
+                                           r"0\.\.12 s and the episode has 120 steps"):
+        dataset.episode(0).frames("image", [0, 119])
+
+
+def test_the_episode_after_a_missing_frame_is_refused_rather_than_given_frames_counted_across_the_gap(tmp_path):
+    """Its frames by time and by the steps before it in the file disagree: which frame is its step 0 cannot be told."""
+    lengths = (120, 120)
+    root = shared_v3_dataset(tmp_path, lengths, fps=10)
+    kept = [i for i in range(240) if i != 20]
+    rewrite_video(root / VIDEO, all_frames(lengths)[kept], 10, Fraction(1, 1000), [100 * i for i in kept])
+    with pytest.raises(DatasetError, match=r"\(episode 1\): its video segment 12\.\.24 s starts at frame 119 of the "
+                                           r"file by the frames' times, and the episodes before it in the file have "
+                                           r"120 steps"):
+        LeRobotDataset(root).episode(1).frames("image", [0])
+
+
+@pytest.mark.parametrize("late_frame", [39, 0], ids=["last-frame-of-episode-0", "first-frame-of-the-file"])
+def test_a_frame_that_came_late_does_not_shift_the_episodes_after_it_in_a_shared_v3_video(tmp_path, late_frame):
+    """Shown 0.6 interval late, episode 0's last frame gave episode 1's step 0 that frame and each step the one before
+    its own; a late first frame of the file (taken as its origin) shifted every later episode a frame on."""
+    lengths = (40, 40)
+    root = shared_v3_dataset(tmp_path, lengths, fps=10)
+    pts = [100 * i + (60 if i == late_frame else 0) for i in range(80)]
+    rewrite_video(root / VIDEO, all_frames(lengths), 10, Fraction(1, 1000), pts)
+    dataset = LeRobotDataset(root)
+    for episode in (0, 1):
+        frames = dataset.episode(episode).frames("image", [0, 1, 20, 39])
+        assert [nearest_step(f, [0, 1]) for f in frames] == [(episode, 0), (episode, 1), (episode, 20), (episode, 39)]
+
+
+def test_a_29_97_video_whose_segments_were_written_at_fps_30_gives_each_episode_frame_k(tmp_path):
+    """Segments at k * 200 / 30 s (as a converter counting frames writes them): from episode 3 on, step 0 got the
+    previous episode's last frame and each step the frame before its own."""
+    lengths = (200,) * 4
+    root = shared_v3_dataset(tmp_path, lengths, fps=30)
+    rewrite_video(root / VIDEO, all_frames(lengths), Fraction(30000, 1001), Fraction(1, 30000),
+                  [1001 * i for i in range(800)])
+    dataset = LeRobotDataset(root)
+    for episode in range(4):
+        frames = dataset.episode(episode).frames("image", [0, 100, 199])
+        assert [nearest_step(f, range(4)) for f in frames] == [(episode, 0), (episode, 100 % 64), (episode, 199 % 64)]
+
+
+def test_a_29_97_video_drifting_a_whole_frame_from_segments_written_at_fps_30_is_refused_not_read_a_frame_off(tmp_path):
+    """By frame 1000 the video is a frame behind the segments' times: episode 4 was given frames 799..998."""
+    lengths = (200,) * 5
+    root = shared_v3_dataset(tmp_path, lengths, fps=30)
+    rewrite_video(root / VIDEO, all_frames(lengths), Fraction(30000, 1001), Fraction(1, 30000),
+                  [1001 * i for i in range(1000)])
+    with pytest.raises(DatasetError, match=r"\(episode 4\): 199 frames are shown in its video segment "
+                                           r"26\.6667\.\.33\.3333 s and the episode has 200 steps"):
+        LeRobotDataset(root).episode(4).frames("image", [0])
+
+
+@pytest.mark.parametrize("fps", [math.nan, math.inf], ids=["NaN", "Infinity"])
+def test_an_fps_that_is_no_finite_number_is_refused_naming_info_json_and_the_value(tmp_path, fps):
+    """Python's json reads NaN and Infinity; NaN passed `fps <= 0` and then every frame-rate check against it."""
+    root = make_dataset(tmp_path / "ds", lengths=(6,), cameras=("image",), size=(16, 16))
+    info_path = root / "meta/info.json"
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    info["fps"] = fps
+    info_path.write_text(json.dumps(info), encoding="utf-8")
+    with pytest.raises(DatasetError,
+                       match=rf"meta/info\.json: field 'fps' must be a positive finite number, got {fps!r}"):
+        LeRobotDataset(root)
