@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from gr00t_client import BasePolicy, PolicyClient, PolicyWrapper
+from gr00t_client import BasePolicy, PolicyClient, PolicyTimeoutError, PolicyWrapper
 from fork_race import first_calls_with_one_held_mid_adoption
 from gr00t_client.chunking import ActionChunker
 from serving import running_server
@@ -286,3 +286,93 @@ def test_a_ctrl_c_while_waiting_for_a_late_prefetch_keeps_it_pending_for_the_nex
         action, info = chunker.get_action(obs(5))  # the orphaned request was forgotten and this one sent anew
     assert action["x"].item() == 301.0 and info["merged_env_ids"] == [0] and info["fetched_env_ids"] == []
     assert policy.calls == 2  # the t=0 chunk and the prefetch: no request sent behind the orphan
+
+
+# --- a failed prefetch, and when the default prefetch is sent -----------------------------------------------
+
+
+def test_a_prefetch_that_timed_out_hands_out_the_buffered_step_names_the_failure_and_asks_again(stamp):
+    # It raised at the next call although the running chunk still held its steps: the step due was withheld.
+    policy, server = stamp
+    policy.horizon = 8
+    with PolicyClient("127.0.0.1", server.port, timeout_ms=300) as client, \
+            ActionChunker(client, asynchronous=True, prefetch_steps=6) as chunker:
+        chunker.get_action(obs(0))
+        policy.hold.set()  # the server stalls for the prefetch the next call sends (6 steps left)
+        chunker.get_action(obs(1))
+        assert chunker.wait_for_prefetch(5)  # its PolicyTimeoutError is in
+        policy.hold.clear()
+        policy.release.set()
+        step, info = chunker.get_action(obs(2))
+        assert float(step["x"][0, 0]) == 2.0 and info["remaining"].tolist() == [5]
+        assert info["prefetch_error"].startswith("PolicyTimeoutError: policy server at 127.0.0.1:")
+        assert "did not answer 'get_action' within 300 ms" in info["prefetch_error"]
+        assert chunker.stats.prefetches == 2  # asked again at once, with this step's observation
+        played = [float(chunker.get_action(obs(tick))[0]["x"][0, 0]) for tick in range(3, 10)]
+        assert "prefetch_error" not in chunker.get_action(obs(10))[1]
+    assert played[-2:] == [206.0, 207.0]  # the second prefetch's chunk (asked at tick 2) took over on time
+    assert all(value in (tick, 200.0 + tick - 2) for tick, value in zip(range(3, 10), played))
+
+
+def test_a_prefetch_that_timed_out_raises_once_a_step_is_due_from_an_empty_buffer(stamp):
+    policy, server = stamp  # 4-step chunks
+    with PolicyClient("127.0.0.1", server.port, timeout_ms=300) as client, \
+            ActionChunker(client, asynchronous=True, prefetch_steps=1) as chunker:
+        chunker.get_action(obs(0))
+        chunker.get_action(obs(1))
+        policy.hold.set()  # the server stalls from the prefetch the next call sends (1 step left) on
+        try:
+            chunker.get_action(obs(2))
+            assert chunker.wait_for_prefetch(5)
+            step, info = chunker.get_action(obs(3))  # the last buffered step is still handed out; asked again
+            assert float(step["x"][0, 0]) == 3.0 and info["prefetch_error"].startswith("PolicyTimeoutError: ")
+            assert chunker.wait_for_prefetch(5)
+            with pytest.raises(PolicyTimeoutError, match="did not answer 'get_action' within 300 ms"):
+                chunker.get_action(obs(4))
+        finally:
+            policy.release.set()  # the server's stalled call ends, so that it can stop
+
+
+class TickLatencyPolicy(BasePolicy):
+    """16-step chunks stamped as StampPolicy's; a request made at control tick t is answered once the robot has
+    reached tick t + latency_ticks (a fixed latency, counted in control ticks), or after 0.3 s of the robot waiting."""
+
+    def __init__(self, latency_ticks):
+        super().__init__(strict=False)
+        self.latency_ticks, self.tick, self.calls = latency_ticks, 0, 0
+        self.ticked = threading.Condition()
+
+    def advance(self, tick):
+        with self.ticked:
+            self.tick = tick
+            self.ticked.notify_all()
+
+    def _get_action(self, observation, options=None):
+        self.calls += 1
+        t = int(np.asarray(observation["state"]["t"])[0, 0])
+        if self.calls > 1:  # the first chunk is fetched while the robot waits for it: at once
+            with self.ticked:
+                self.ticked.wait_for(lambda: self.tick >= t + self.latency_ticks, timeout=0.3)
+        return {"x": (100.0 * t + np.arange(16, dtype=np.float32))[None, :, None]}, {}
+
+    def reset(self, options=None):
+        return {}
+
+
+def test_the_default_prefetch_goes_out_at_half_of_every_chunk_so_the_robot_never_waits():
+    # After the first chunk it went out at half the merged buffer (4 or 5 of 16 steps left): with a policy taking 6
+    # control ticks, the robot waited at every chunk boundary.
+    policy = TickLatencyPolicy(latency_ticks=6)
+    with running_server(policy) as server, PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client, \
+            ActionChunker(client, asynchronous=True) as chunker:
+        asked_with = []
+        for tick in range(100):
+            policy.advance(tick)
+            prefetches = chunker.stats.prefetches
+            _, info = chunker.get_action(obs(tick))
+            if chunker.stats.prefetches > prefetches:
+                asked_with.append(int(info["remaining"][0]))
+            time.sleep(0.01)
+        waited = chunker.stats.blocking_waits - 1  # the first chunk is always waited for
+    assert waited == 0, asked_with
+    assert len(asked_with) >= 10 and min(asked_with) >= 7, asked_with  # 8, or 7 once a merge leaves 8

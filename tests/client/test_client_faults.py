@@ -352,3 +352,59 @@ def test_a_servers_long_or_control_character_key_is_escaped_and_cut_in_the_decod
     assert text.isprintable() and len(text) < 500, text[:300]
     assert "result.arm\\n2026-12-05 10:00:00 ERROR forged line\\x1b[2Jxxx" in text
     assert text.endswith("array of dtype <f4 and shape [1, 1, 7] needs 28 bytes, got 24"), text
+
+
+def test_a_stale_reply_resent_by_the_server_is_not_taken_as_the_answer_to_the_next_get_action():
+    # A misbehaving server (or proxy) re-sends its previous get_action reply, in its own envelope, before answering
+    # the third: without request ids the third call got the second's action, and every later one stayed behind.
+    router = zmq.Context.instance().socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    stop = threading.Event()
+
+    def serve():
+        previous, answered = None, 0
+        while not stop.is_set():
+            if not router.poll(20):
+                continue
+            frames = router.recv_multipart()
+            request = codec.decode(frames[-1])
+            if request.get("endpoint") != "get_action":
+                router.send_multipart([*frames[:-1], codec.encode({"error": "Unknown endpoint"})])
+                continue
+            answered += 1
+            t = float(np.asarray(request["data"]["observation"]["state"]["t"])[0, 0])
+            reply = [*frames[:-1], codec.encode([{"x": np.full((1, 4, 1), t, np.float32)}, {}])]
+            if answered == 3:
+                router.send_multipart(previous)
+            previous = reply
+            router.send_multipart(reply)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        with PolicyClient(host="127.0.0.1", port=port, timeout_ms=5000) as client:
+            got = [float(client.get_action({"state": {"t": np.array([[t]], np.float32)}})[0]["x"][0, 0, 0])
+                   for t in (1.0, 2.0, 3.0, 4.0)]
+        assert got == [1.0, 2.0, 3.0, 4.0]
+    finally:
+        stop.set()
+        thread.join(5)
+        router.close(linger=0)
+
+
+@pytest.mark.parametrize("endpoint", ["get_action", "reset"])
+def test_a_first_call_that_times_out_in_the_servers_kind_question_names_the_call_and_the_question(endpoint):
+    # It named 'get_server_info' alone: a question the caller never asked, not the call that timed out.
+    holder = socket.socket()  # a frozen server (SIGSTOPped): the kernel accepts, nothing ever speaks
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(4)
+    try:
+        with PolicyClient(host="127.0.0.1", port=holder.getsockname()[1], timeout_ms=300) as client:
+            call = {"get_action": lambda: client.get_action({"state": {"s": np.zeros((1, 1, 1), np.float32)}}),
+                    "reset": client.reset}[endpoint]
+            with pytest.raises(PolicyTimeoutError, match=rf"did not answer '{endpoint}' \(asking 'get_server_info' "
+                                                         r"first\) within 300 ms \(a TCP connection was made"):
+                call()
+    finally:
+        holder.close()

@@ -46,7 +46,7 @@ def raw_server(secret_key=None, public_key=None, authorized_dir=None, answer=Tru
             if sock.poll(20):
                 frames = sock.recv_multipart()
                 if answer:
-                    sock.send_multipart([frames[0], b"", codec.encode({"status": "ok"})])
+                    sock.send_multipart([*frames[:-1], codec.encode({"status": "ok"})])  # with the request id
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()

@@ -31,7 +31,7 @@ def curve_ping_server(config):
         while not stop.is_set():
             if sock.poll(20):
                 frames = sock.recv_multipart()
-                sock.send_multipart([frames[0], b"", codec.encode({"status": "ok"})])
+                sock.send_multipart([*frames[:-1], codec.encode({"status": "ok"})])  # with the request id
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()

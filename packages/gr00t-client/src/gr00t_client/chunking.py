@@ -79,7 +79,9 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
     """Wraps a policy (local BasePolicy or PolicyClient) and hands out one action step per env per call.
 
     Sync: refetch for all envs when a chunk runs out (or only the exhausted envs with per_env=True).
-    Async: request the next chunk in a background thread once at most `prefetch_steps` steps remain.
+    Async: request the next chunk in a background thread once at most `prefetch_steps` steps remain. A prefetch that
+    timed out or lost its connection while every env still has steps is dropped (warned, and named in that step's
+    info["prefetch_error"]) and asked for again; it raises only once a step is due from an empty buffer.
     """
 
     def __init__(
@@ -137,6 +139,7 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
         self._lock = threading.RLock()
         self._closing = threading.Event()  # set by close() before it takes the lock: a call waiting on a chunk gives up
         self._pending: Optional[_Prefetch] = None
+        self._prefetch_error: Optional[str] = None  # this call's failed prefetch, dropped while steps remained
         self._worker: Optional[_PrefetchWorker] = None  # started by the first prefetch
         self._last_info: Dict[str, Any] = {}
         self._horizon_checked = False  # whether a policy that says how far it advances per call was compared with us
@@ -167,6 +170,7 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
         with self._lock:
             self._ensure_envs(observation_batch_size(observation))
             self.stats.calls += 1
+            self._prefetch_error = None
             merged = self._collect(block=False)
             fetched: List[int] = []
             waited = False
@@ -188,12 +192,15 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
             step = self._pop_step()
             if self.asynchronous and self._pending is None:
                 self._maybe_prefetch(observation, options)
-            return step, {
+            info = {
                 "fetched_env_ids": fetched,  # envs whose chunk was fetched while this call waited
                 "merged_env_ids": sorted(set(merged)),  # envs whose buffer took in a chunk by the merge rule
                 "remaining": self.remaining(),
                 "policy_info": self._last_info,
             }
+            if self._prefetch_error is not None:  # "<type>: <message>" of the prefetch dropped at this step
+                info["prefetch_error"] = self._prefetch_error
+            return step, info
 
     def reset(self, env_ids: Optional[Sequence[int]] = None, options: Optional[Dict[str, Any]] = None, *,
               policy_reset_by_caller: bool = False) -> Dict[str, Any]:

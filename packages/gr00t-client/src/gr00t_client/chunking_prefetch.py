@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .client_errors import ClientClosedError, PolicyServerError, PolicyTimeoutError
 from .client_sockets import FORK_ADOPTION_LOCK
 
 logger = logging.getLogger("gr00t_client.chunking")  # the ActionChunker's records, whichever of its modules logs them
@@ -83,9 +84,9 @@ class _Prefetching:
     def _threshold(self, i: int) -> int:
         if self.prefetch_steps is not None:
             return self.prefetch_steps
-        buffer = self._buffers[i]
-        length = len(next(iter(buffer.values()))) if buffer is not None else 0
-        return length // 2
+        # Half a chunk's usable steps, the same for every chunk: half the buffer after a merge (the new chunk less the
+        # steps that passed while it was computed) asked with 4 or 5 of 16 steps left, and the robot stalled.
+        return (self._usable or 0) // 2  # None before the first chunk, when no buffer holds a step anyway
 
     def _prefetch_worker(self) -> _PrefetchWorker:
         if self._worker is None:
@@ -153,9 +154,11 @@ class _Prefetching:
             self._await_prefetch(pending, "its next chunk")
         try:
             action, info = pending.future.result()  # a policy error surfaces in the robot's call
-        except BaseException:
+        except BaseException as exc:
             if pending.future.done():  # the request failed: it is over. A wait cut short (Ctrl-C) keeps it pending,
                 self._pending = None  # so that the next call (or close/reset) still knows the request in flight
+                if not block and self._outlived(exc):
+                    return []
             raise
         self._pending = None
         chunks = self._split(action, len(pending.env_ids))  # a bad chunk is dropped whole; the buffers run on
@@ -174,6 +177,19 @@ class _Prefetching:
             merged.append(i)
         self.stats.merged_envs += len(merged)
         return merged
+
+    def _outlived(self, failure: BaseException) -> bool:
+        """Whether a prefetch's `failure` is a transient one (a timeout, a lost connection) that every env's buffered
+        steps outlive: it is then dropped, warned about and reported in this step's info (prefetch_error), and the
+        next chunk is asked for again. A refused chunk or an error reply is not: it raises at once."""
+        transient = (isinstance(failure, (PolicyTimeoutError, ConnectionError))
+                     and not isinstance(failure, (PolicyServerError, ClientClosedError)))
+        if not transient or any(self._remaining(i) == 0 for i in range(self._n_envs or 0)):
+            return False
+        self._prefetch_error = f"{type(failure).__name__}: {failure}"
+        logger.warning("the prefetch of the next chunk failed (%s); handing out the buffered steps and asking again",
+                       self._prefetch_error)
+        return True
 
     def _await_prefetch(self, pending: Any, awaited: str) -> None:
         """Wait for `pending`'s answer; ConnectionError naming `awaited` once close() takes the prefetch away."""

@@ -174,7 +174,8 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
             if endpoint == "get_server_info":
                 raise
             self._forget_server()
-            self._negotiate(deadline)
+            with self._asking_first(endpoint):
+                self._negotiate(deadline)
             self._check_size(frames, endpoint)
         if self._awaiting is not None:  # this thread, mid-call, re-entered (a signal handler's call): the REQ socket
             # awaits the outer reply, and a second send would break both calls with low-level ZeroMQ errors
@@ -252,7 +253,8 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
                 self._notice_reconnection()
                 deadline = getattr(self._call, "own_deadline", None) or self._deadline()  # one budget, negotiation included
                 if self._server_is_ours is None and endpoint not in ("ping", "kill"):
-                    asked = self._negotiate(deadline)
+                    with self._asking_first(endpoint):
+                        asked = self._negotiate(deadline)
                     if endpoint == "get_server_info" and not requires_input and asked is not None:
                         # The negotiation was this very question: its answer, not a second one (a reference server
                         # logs a traceback for each get_server_info it does not know).
@@ -362,7 +364,8 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
             return super().get_action(observation, options)
         call.active, call.deadline = True, None
         try:
-            return super().get_action(observation, options)
+            with self._asking_first("get_action"):  # its questions (kind, configs) are named with it when they fail
+                return super().get_action(observation, options)
         finally:
             call.active, call.deadline = False, None
 

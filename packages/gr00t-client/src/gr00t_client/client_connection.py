@@ -49,6 +49,10 @@ class ClientConnection:
             raise ConnectionError(f"cannot open a socket to {self.address}: {exc}") from exc
         try:
             sock.setsockopt(zmq.LINGER, 0)
+            # Each request carries an id its reply must echo: a stale or duplicated reply (a misbehaving server or
+            # proxy re-sending an earlier one) is dropped, not taken as the answer to the next request.
+            sock.setsockopt(zmq.REQ_CORRELATE, 1)
+            sock.setsockopt(zmq.REQ_RELAXED, 1)  # as libzmq pairs them; a timed-out socket is still replaced
             # Only for literals: with IPV6 on, a name like "localhost" could resolve to ::1 while the server is on 127.0.0.1.
             sock.setsockopt(zmq.IPV6, int(is_ipv6_literal(self.host)))
             sock.copy_threshold = codec.ZERO_COPY_MIN_BYTES
@@ -103,9 +107,26 @@ class ClientConnection:
         else:
             why = "connected, but no reply came: a policy call slower than the timeout, a hung server or a slow link?"
         return PolicyTimeoutError(
-            f"policy server at {endpoint_host(self.host)}:{self.port} did not answer '{endpoint}' within "
+            f"policy server at {endpoint_host(self.host)}:{self.port} did not answer {self._named(endpoint)} within "
             f"{getattr(self._call, 'budget_ms', None) or self.timeout_ms} ms ({why})"
         )
+
+    @contextlib.contextmanager
+    def _asking_first(self, endpoint: str) -> Iterator[None]:
+        """Questions asked on `endpoint`'s behalf (the first call's get_server_info) are named with it when they fail,
+        so a get_action that timed out says 'get_action', not only the question the caller never asked."""
+        call = self._call
+        outer = getattr(call, "asking_for", None)
+        call.asking_for = outer or endpoint
+        try:
+            yield
+        finally:
+            call.asking_for = outer
+
+    def _named(self, endpoint: str) -> str:
+        """'endpoint', or 'get_action' (asking 'get_server_info' first) for a question asked on a call's behalf."""
+        caller = getattr(self._call, "asking_for", None)
+        return f"'{caller}' (asking '{endpoint}' first)" if caller and caller != endpoint else f"'{endpoint}'"
 
     def _localhost_hint(self, stage: str) -> str:
         if self.host.lower() == "localhost" and "refused" in stage:
@@ -162,8 +183,8 @@ class ClientConnection:
                      "large, pass a larger max_reply_bytes to PolicyClient, or None for no cap)")
         return ReplyLostError(  # the likely cause first: a server that died (the size cap is the rarer one)
             f"the connection to the policy server at {endpoint_host(self.host)}:{self.port} closed while this client "
-            f"waited for its reply to '{endpoint}', so none can come: the server stopped, restarted or dropped the "
-            f"request (one over its max message size){too_large}. The next call connects anew."
+            f"waited for its reply to {self._named(endpoint)}, so none can come: the server stopped, restarted or "
+            f"dropped the request (one over its max message size){too_large}. The next call connects anew."
         )
 
     def _wait(self, wait: Callable[[float], bool], deadline: float, endpoint: str, sent: bool = True) -> None:
