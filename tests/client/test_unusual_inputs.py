@@ -84,6 +84,20 @@ def test_big_endian_video_of_another_dtype_is_not_told_to_cast_to_uint8(convert,
     assert "astype('|u1')" not in str(refused.value)
 
 
+def test_float_video_already_in_0_255_is_told_to_round_and_clip_not_to_multiply_by_255():
+    """The hint said '(floats in [0, 1]? send (frames * 255).round().astype(np.uint8))' whatever the values: for
+    frames in 0..255 that made values up to 65025, wrapped modulo 256 in the cast, a garbage image."""
+    observation = libero_like_observation(height=8, width=8)
+    key = next(iter(observation["video"]))
+    observation["video"][key] = observation["video"][key].astype(np.float32)
+    with running_server(EchoPolicy(strict=True)) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        with pytest.raises(PolicyServerError, match=rf"Video key '{key}' must have dtype uint8; got float32 with shape "
+                                                    r"\(1, 1, 8, 8, 3\) \(floats in 0\.\.255\? send "
+                                                    r"frames\.round\(\)\.clip\(0, 255\)\.astype\(np\.uint8\)\)") as refused:
+            client.get_action(observation)
+    assert "* 255" not in str(refused.value)
+
+
 @pytest.mark.parametrize("bad_key", [b"image", 0])
 def test_non_str_keys_get_the_validation_message_not_a_sorting_type_error(bad_key):
     """The message listed the keys with sorted(), which raised TypeError on mixed bytes/int/str keys."""

@@ -11,6 +11,7 @@ import pytest
 import torch
 from reference_peer import ReferenceClient, running_server
 
+from gr00t_client import ObservationError
 from gr00t_server.backends import BackendError, apply_inference_mode
 from gr00t_server.backends import commands
 from gr00t_server.backends.bench import time_policy
@@ -197,6 +198,20 @@ def test_batch_with_left_padded_prompts_matches_pytorch(tiny_checkpoint, pytorch
     actions = onnx_policy.get_action(observation, {"seed": 1})[0]
     for key in expected:
         assert max_abs_error(expected[key], actions[key]) < 1e-4
+
+
+def test_a_state_far_beyond_its_statistics_is_refused_alike_by_pytorch_and_onnxruntime(pytorch_policy, onnx_policy,
+                                                                                       observation):
+    """A mean/std state of 1e30: PyTorch made NaN (refused after the model), ONNX Runtime answered finite actions."""
+    far = {**observation, "state": {**observation["state"], "joints": np.full_like(observation["state"]["joints"], 1e30)}}
+    messages = []
+    for policy in (pytorch_policy, onnx_policy):
+        with pytest.raises(ObservationError) as refused:
+            policy.get_action(far, {"seed": 1})
+        messages.append(str(refused.value))
+    assert messages[0] == messages[1]
+    assert messages[0].startswith("State key 'joints' of 'new_embodiment' normalizes to |values| up to 6.49e+30 in rows "
+                                  "[0], beyond +-1000: column ")
 
 
 def test_server_in_onnxruntime_mode_answers_a_reference_client(onnx_policy, observation, reference_actions):

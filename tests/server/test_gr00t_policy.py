@@ -1,5 +1,6 @@
 """Gr00tPolicy on the tiny random-weight checkpoint: loading, outputs, noise control, batching, errors."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,7 @@ def test_action_shapes_dtypes_and_keys(libero, tiny_checkpoint):
 
 def test_absolute_actions_are_clipped_to_q01_q99(libero, tiny_checkpoint):
     stats = load_statistics(tiny_checkpoint)["libero_sim"]["action"]
-    huge_noise = np.full((1, 40, 132), 1e3, np.float32)
+    huge_noise = np.full((1, 40, 132), 100, np.float32)  # the most options['noise'] takes
     action, _ = libero.get_action(example_observation(tiny_checkpoint, "libero_sim"), {"noise": huge_noise})
     for key, value in action.items():
         low, high = stats[key]["q01"], stats[key]["q99"]
@@ -308,6 +309,17 @@ def test_non_finite_noise_is_rejected_naming_the_rows(libero, tiny_checkpoint, b
     noise[1, 3, 5] = bad
     observation = example_observation(tiny_checkpoint, "libero_sim", batch_size=2)
     with pytest.raises(ValueError, match=r"options\['noise'\] has non-finite values .* in rows \[1\]; expected finite"):
+        libero.get_action(observation, {"noise": noise})
+
+
+@pytest.mark.parametrize("huge", [1e3, -1e20, 1e30])
+def test_noise_far_beyond_standard_normal_is_refused_naming_the_row_and_value(libero, tiny_checkpoint, huge):
+    """1e3 to 1e20 pinned every action at its statistics' edge, silently; 1e30 made NaN blamed on the weights."""
+    noise = np.zeros((2, 40, 132), np.float32)
+    noise[1, 3, 5] = huge
+    observation = example_observation(tiny_checkpoint, "libero_sim", batch_size=2)
+    with pytest.raises(ValueError, match=rf"options\['noise'\] row 1 holds {re.escape(f'{huge:.3g}')}, beyond \+-100; expected standard "
+                                         r"normal noise"):
         libero.get_action(observation, {"noise": noise})
 
 

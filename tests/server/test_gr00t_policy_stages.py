@@ -85,7 +85,7 @@ def test_clip_outliers_overrides_the_checkpoint_state_clipping(tiny_checkpoint):
     unclipped = Gr00tPolicy(tiny_checkpoint, "libero_sim", device="cpu", clip_outliers=False)
     observation = example_observation(tiny_checkpoint, "libero_sim")
     key = next(iter(observation["state"]))
-    observation["state"][key] = observation["state"][key] + 1e3  # far above the statistics range
+    observation["state"][key] = observation["state"][key] + 10  # far above the statistics range (1e3 is refused unclipped)
     languages = ["pick"]
     state = unclipped.processor.process_batch("libero_sim", observation["video"], observation["state"], languages)["state"]
     assert unclipped.processor.config.clip_outliers is False and state.abs().max() > 1.0

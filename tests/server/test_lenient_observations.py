@@ -143,9 +143,13 @@ def test_a_lenient_sim_wrapper_names_a_missing_state_by_its_flat_key_and_still_t
 
 
 @pytest.mark.parametrize("convert, says", [
-    (lambda v: v.astype(np.float32) / 255, r"got float32 \(1, 1, 32, 32, 3\) \(floats in \[0, 1\]\?"),
+    (lambda v: v.astype(np.float32) / 255, r"got float32 \(1, 1, 32, 32, 3\) \(floats in \[0, 1\]\? send "
+                                           r"\(frames \* 255\)\.round\(\)\.clip\(0, 255\)\.astype\(np\.uint8\)\)"),
+    # frames * 255 of frames already in 0..255 wrapped modulo 256 in the cast: a garbage image
+    (lambda v: v.astype(np.float32), r"got float32 \(1, 1, 32, 32, 3\) \(floats in 0\.\.255\? send "
+                                     r"frames\.round\(\)\.clip\(0, 255\)\.astype\(np\.uint8\)\)$"),
     (lambda v: np.ascontiguousarray(v.transpose(0, 1, 4, 2, 3)), r"got uint8 \(1, 1, 3, 32, 32\) \(channels first\?"),
-], ids=["float", "channels-first"])
+], ids=["float", "float-0-255", "channels-first"])
 def test_frames_of_another_dtype_or_layout_are_refused_naming_the_camera_and_the_shape_sent(lenient, good, convert, says):
     """The message named no camera and showed a reshaped shape, or spoke of aspect ratios for channels-first frames."""
     key = next(iter(good["video"]))

@@ -72,7 +72,9 @@ def test_a_state_beyond_float16_once_normalized_is_refused_naming_the_state_for_
     states = {key: np.asarray(value[0], np.float64)
               for key, value in example_observation(tiny_checkpoint, tag)["state"].items()}
     states["joints"] = np.full_like(states["joints"], 1e7)  # normalizes to ~6e7: float32 takes it, float16 cannot
-    processor.normalize_state(tag, states)
+    with pytest.raises(ValueError, match=r"State key 'joints' of 'new_embodiment' normalizes to \|values\| up to \S+ "
+                                         r"in rows \[0\], beyond \+-1000"):  # far beyond its statistics, in float32 too
+        processor.normalize_state(tag, states)
     processor.model_float = "float16"
     with pytest.raises(ValueError, match=r"State key 'joints' of 'new_embodiment' normalizes to values beyond float16 "
                                          r"in rows \[0\].*or serve in bf16 or fp32"):

@@ -307,7 +307,10 @@ def test_an_all_zero_4x4_reference_pose_is_refused_not_answered_with_zero_matric
     assert action["eef_9d"].shape[-1] == 16 and not (action["eef_9d"] == 0).all()
 
 
-def test_a_non_finite_model_output_names_the_extreme_state_not_the_weights_nor_a_zero_gripper(tiny_checkpoint):
+def test_a_state_far_beyond_its_statistics_is_refused_before_the_model_naming_it_not_the_weights_nor_a_zero_gripper(
+        tiny_checkpoint):
+    """A mean/std state of 1e30 (~6.5e30 once normalized) made the model's output NaN, refused after the model ran
+    (ONNX Runtime answered finite actions from it instead)."""
     from gr00t_server.policies.gr00t_policy import Gr00tPolicy
     from gr00t_server.test_checkpoint import example_observation
 
@@ -319,11 +322,94 @@ def test_a_non_finite_model_output_names_the_extreme_state_not_the_weights_nor_a
         with pytest.raises(PolicyServerError) as caught:
             client.get_action(observation, {"seed": 0})
     message = caught.value.server_message
-    assert "non-finite values" in message
-    assert "Likely cause: state key 'joints' normalizes to |values| up to" in message and "raw 1e+30" in message
-    assert "statistics' range is [" in message
+    assert "State key 'joints' of 'new_embodiment' normalizes to |values| up to 6.49e+30 in rows [0], beyond +-1000" in message
+    assert "holds 1e+30 against this checkpoint's statistics mean " in message and ", std " in message
     assert "Check the weights" not in message
     assert "gripper" not in message
+
+
+def test_a_mean_std_column_whose_std_is_0_passes_its_raw_value_however_large(copy_of):
+    """A mean/std column with std 0 reaches the model raw, as it did in training (model.md §3.5): 5000 there is the
+    value the model was trained on, not an outlier; the same value in a column with a std is refused."""
+    import json
+
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+    from gr00t_server.test_checkpoint import example_observation
+
+    checkpoint = copy_of()
+    stats_path = checkpoint / "statistics.json"
+    stats = json.loads(stats_path.read_text())
+    joints = stats["new_embodiment"]["state"]["joints"]
+    joints["mean"][0], joints["std"][0] = 5000.0, 0.0
+    stats_path.write_text(json.dumps(stats))
+    policy = Gr00tPolicy(checkpoint, "new_embodiment", device="cpu")
+    assert "joints" in policy.processor.config.modality_configs["new_embodiment"]["state"].mean_std_embedding_keys
+    observation = example_observation(checkpoint, "new_embodiment", image_size=(32, 32))
+    observation["state"]["joints"][..., 0] = 5000.0
+    action, _ = policy.get_action(observation, {"seed": 0})
+    assert all(np.isfinite(value).all() for value in action.values())
+    observation["state"]["joints"][..., 1] = 5000.0
+    with pytest.raises(ObservationError, match=r"State key 'joints' of 'new_embodiment' normalizes to \|values\| up to "
+                                               r"\S+ in rows \[0\], beyond \+-1000: column 1 holds 5e\+03"):
+        policy.get_action(observation, {"seed": 0})
+
+
+def test_a_min_max_state_far_beyond_its_range_is_refused_only_when_not_clipped(tiny_checkpoint):
+    """--no-clip-outliers: a min/max state normalizes without a bound, as a mean/std one does."""
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+    from gr00t_server.test_checkpoint import example_observation
+
+    observation = example_observation(tiny_checkpoint, "new_embodiment", image_size=(32, 32))
+    observation["state"]["gripper"][:] = 1e6
+    clipped = Gr00tPolicy(tiny_checkpoint, "new_embodiment", device="cpu", clip_outliers=True)
+    action, _ = clipped.get_action(observation, {"seed": 0})
+    assert all(np.isfinite(value).all() for value in action.values())
+    unclipped = Gr00tPolicy(tiny_checkpoint, "new_embodiment", device="cpu", clip_outliers=False)
+    with running_server(unclipped) as server, PolicyClient(port=server.port, timeout_ms=60000) as client:
+        with pytest.raises(PolicyServerError, match=r"State key 'gripper' of 'new_embodiment' normalizes to \|values\| "
+                                                    r"up to \S+ in rows \[0\], beyond \+-1000: column 0 holds 1e\+06 "
+                                                    r"against this checkpoint's statistics range \[\S+, \S+\], not clipped"):
+            client.get_action(observation, {"seed": 0})
+
+
+def test_a_float64_state_beyond_float32_is_refused_by_a_lenient_policy_not_answered_with_inf(tiny_checkpoint):
+    """strict=False: a float64 reference state of 1e300 passed the finiteness check, and the relative action decoded
+    against it became inf in the float32 cast; in process nothing checked it, over the wire the refusal named no
+    state."""
+    pytest.importorskip("torch")
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+    from gr00t_server.test_checkpoint import example_observation
+
+    policy = Gr00tPolicy(tiny_checkpoint, "new_embodiment", device="cpu", strict=False)
+    observation = example_observation(tiny_checkpoint, "new_embodiment", batch_size=2, image_size=(32, 32))
+    eef = observation["state"]["eef_9d"].astype(np.float64)
+    eef[1, ..., :3] = 1e300  # the rot6d part stays a real rotation
+    observation["state"]["eef_9d"] = eef
+    expected = (r"State key 'eef_9d' of 'new_embodiment' has values beyond float32's range \(largest \|value\| 1e\+300, "
+                r"float32 holds up to 3.4e\+38\) in rows \[1\]; states must fit float32")
+    with pytest.raises(ObservationError, match=expected):
+        policy.get_action(observation, {"seed": 0})
+    with running_server(policy) as server, PolicyClient(port=server.port, timeout_ms=60000, strict=False) as client:
+        with pytest.raises(PolicyServerError, match=expected):
+            client.get_action(observation, {"seed": 0})
+
+
+def test_a_decoded_action_beyond_float32_is_refused_naming_the_key_and_its_reference_state(tiny_checkpoint):
+    """The backstop after the float32 cast: an inf action of a relative key is refused, naming its reference state."""
+    from gr00t_client import NonFiniteActionError
+    from gr00t_server.processing.processor import Gr00tN1d7Processor
+    from gr00t_server.test_checkpoint import example_observation
+
+    processor = Gr00tN1d7Processor.from_pretrained(tiny_checkpoint, local_files_only=True)
+    states = {key: value.astype(np.float64)
+              for key, value in example_observation(tiny_checkpoint, "new_embodiment")["state"].items()}
+    states["eef_9d"][..., :3] = 1e300
+    output = np.zeros((1, 40, 132), np.float32)
+    with pytest.raises(NonFiniteActionError, match=r"action key 'eef_9d' of 'new_embodiment' holds non-finite values "
+                                                   r"\(NaN or inf\) in rows \[0\] once decoded to float32; the action was "
+                                                   r"not sent. Likely cause: its reference state 'state.eef_9d' \(\|values\| "
+                                                   r"up to 1e\+300\) is beyond float32's range"):
+        processor.decode_action(output, "new_embodiment", states)
 
 
 @pytest.mark.parametrize("result", [

@@ -72,13 +72,22 @@ def _check_array(kind: str, key: str, value: Any, dtype: type, ndim: int, horizo
         if value.dtype.newbyteorder("=") == dtype:
             hint = f" (big-endian: send value.astype('{np.dtype(dtype).newbyteorder('<').str}'))"
         elif np.dtype(dtype) == np.uint8 and value.dtype.kind == "f":
-            scale = " (floats in [0, 1]? send (frames * 255).round().astype(np.uint8))"
+            scale = float_frames_hint(value)
         raise err(f"{kind} key '{key}' must have dtype {np.dtype(dtype)}; got {value.dtype}{hint} with shape "
                   f"{value.shape}{scale}")
     if value.ndim != ndim:
         raise err(f"{kind} key '{key}' must have shape {layout}; got shape {value.shape}")
     if value.shape[1] != horizon:
         raise err(f"{kind} key '{key}' must have horizon T={horizon} (shape {layout}); got T={value.shape[1]} in shape {value.shape}")
+
+
+def float_frames_hint(frames: np.ndarray) -> str:
+    """The conversion to uint8 to suggest for float frames, chosen from their values: '* 255' for frames in [0, 1]
+    only (frames already in 0..255 multiplied by 255 wrapped modulo 256 in the cast: a garbage image)."""
+    finite = frames[np.isfinite(frames)]
+    if finite.size == 0 or float(finite.max()) <= 1:
+        return " (floats in [0, 1]? send (frames * 255).round().clip(0, 255).astype(np.uint8))"
+    return " (floats in 0..255? send frames.round().clip(0, 255).astype(np.uint8))"
 
 
 REAL_NUMBER_TYPES = (bool, int, float, np.bool_, np.integer, np.floating)

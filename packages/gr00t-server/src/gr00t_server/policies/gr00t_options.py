@@ -14,6 +14,7 @@ other key is refused when strict, a warning otherwise):
   for a fetch of some envs of a batch, so each env keeps its own seed whichever envs it is fetched with).
 - "noise": float array (B, H, D_max) or (H, D_max), the initial flow noise used as given (not with "seed"); H and D_max
   are the model's config.json action_horizon and max_action_dim (40 and 132 released), not the returned chunk's horizon.
+  Standard normal values: finite, and within +-NOISE_LIMIT (100).
 - neither: noise from torch's global RNG (like the reference).
 - "rtc": real-time chunking (model.md §2.7), inpainting from the previous chunk; composes with the above:
   {"previous_action": {action_key: float array (B, T, D_key)} in the units and layout get_action returns,
@@ -55,6 +56,10 @@ if TYPE_CHECKING:
 _KNOWN_OPTIONS = {"seed", "noise", "rtc", "denoising_steps"}
 _SEED_MIN, _SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed takes
 _RTC_KEYS = {"previous_action", "overlap_steps", "frozen_steps", "ramp_rate"}
+# Initial flow noise is standard normal: a draw beyond +-10 has odds of about 1e-23, so +-100 leaves room for scaled
+# noise while refusing values in other units. Larger noise pinned every action at its statistics' edge (1e3 to 1e20),
+# or made the model's output NaN, blamed on the weights (1e30).
+NOISE_LIMIT = 100.0
 DENOISING_CAP_FACTOR = 4  # default max_denoising_steps: this many times the checkpoint's num_inference_timesteps
 
 
@@ -189,6 +194,12 @@ class Gr00tActionOptions:
             if rows:
                 raise ValueError(f"options['noise'] has non-finite values (NaN, inf, or beyond float32's range) in rows "
                                  f"{rows}; expected finite numbers (standard normal noise)")
+            beyond = np.abs(array) > NOISE_LIMIT
+            if beyond.any():
+                row = int(np.flatnonzero(beyond.reshape(beyond.shape[0], -1).any(axis=1))[0])
+                value = float(array[row].flat[int(np.argmax(np.abs(array[row])))])
+                raise ValueError(f"options['noise'] row {row} holds {value:.3g}, beyond +-{NOISE_LIMIT:g}; expected "
+                                 "standard normal noise (as torch.randn draws it)")
             return torch.from_numpy(array), None
         if seed is not None:
             rows = [

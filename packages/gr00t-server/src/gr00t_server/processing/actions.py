@@ -8,7 +8,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from gr00t_client.modality import ActionConfig, ModalityConfig
-from gr00t_client.policy import NonFiniteActionError, non_finite_rows
+from gr00t_client.policy import NonFiniteActionError, ObservationError, non_finite_rows
 
 from . import normalization as norm
 from .config import ProcessorConfig
@@ -65,8 +65,68 @@ def decode_action(
             value = norm.unnormalize_action_key(parts[key], params.action[key], key in mean_std_keys)
             if clip_to_statistics and key in mean_std_keys:
                 value = np.clip(value, params.action[key].low, params.action[key].high)
-        out[key] = value.astype(np.float32)
+        with np.errstate(over="ignore"):  # beyond float32's range becomes inf: refused just below
+            out[key] = value.astype(np.float32)
+        _check_decoded_finite(out[key], key, tag, action_config, params, raw_states)
     return out
+
+
+def _check_decoded_finite(value: np.ndarray, key: str, tag: str, action_config: ModalityConfig,
+                          params: EmbodimentNormParams, raw_states: Optional[Mapping[str, np.ndarray]]) -> None:
+    """NonFiniteActionError naming action `key`, its rows and the likely cause when its decoded float32 values are
+    not finite (a strict=False policy checks no action of its own: an inf reached the robot)."""
+    rows = non_finite_rows(value)
+    if not rows:
+        return
+    if key in params.relative_action:
+        state_key = action_config.action_configs[action_config.modality_keys.index(key)].state_key or key
+        reference = np.asarray((raw_states or {}).get(state_key, np.zeros(0)), np.float64)
+        largest = float(np.max(np.abs(reference))) if reference.size else float("nan")
+        cause = (f"its reference state 'state.{state_key}' (|values| up to {largest:.3g}) is beyond float32's range "
+                 "once the relative action is added; send states that fit float32")
+    else:
+        low, high = float(np.min(params.action[key].low)), float(np.max(params.action[key].high))
+        cause = (f"its statistics' range [{low:.3g}, {high:.3g}] unnormalizes the model's output beyond float32's "
+                 "range; check the checkpoint's statistics.json")
+    raise NonFiniteActionError(
+        f"action key '{key}' of '{tag}' holds non-finite values (NaN or inf) in rows {rows} once decoded to float32; "
+        f"the action was not sent. Likely cause: {cause}.", key=key, rows=rows)
+
+
+def flagged_rows(mask: np.ndarray) -> List[int]:
+    """The rows (leading axis) of a boolean array holding a True, at most 8; [0] for an array without rows."""
+    if mask.ndim < 2:
+        return [0]
+    return np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1)).tolist()[:8]
+
+
+def check_state_outliers(tag: str, key: str, value: np.ndarray, normalized: np.ndarray, params: norm.KeyNormParams,
+                         state_config: ModalityConfig) -> None:
+    """ObservationError when state `key` normalizes beyond +-STATE_OUTLIER_LIMIT, naming its rows, the value and the
+    statistics it was normalized by: refused before the model, whose answer to it depended on the backend (PyTorch
+    made NaN, ONNX Runtime finite actions computed from it). Only unclipped keys can get there (mean/std keys, and
+    min/max keys with clip_outliers off). A mean/std column whose std is 0 passes its raw value to the model unchanged,
+    as in training (model.md §3.5): not an outlier, however large."""
+    magnitude = np.abs(normalized)
+    mean_std = key in (state_config.mean_std_embedding_keys or [])
+    if mean_std:
+        magnitude = np.where(np.broadcast_to(np.asarray(params.std) != 0, magnitude.shape), magnitude, 0.0)
+    outlier = magnitude > STATE_OUTLIER_LIMIT
+    if not outlier.any():
+        return
+    worst = np.unravel_index(int(np.argmax(magnitude)), magnitude.shape)
+    if mean_std:
+        statistics = (f"mean {float(np.broadcast_to(params.mean, value.shape)[worst]):.3g}, "
+                      f"std {float(np.broadcast_to(params.std, value.shape)[worst]):.3g}")
+    else:
+        statistics = (f"range [{float(np.broadcast_to(params.low, value.shape)[worst]):.3g}, "
+                      f"{float(np.broadcast_to(params.high, value.shape)[worst]):.3g}], not clipped (clip_outliers off)")
+    raise ObservationError(
+        f"State key '{key}' of '{tag}' normalizes to |values| up to {float(magnitude[worst]):.3g} in rows "
+        f"{flagged_rows(outlier)}, beyond +-{STATE_OUTLIER_LIMIT:g}: column {int(worst[-1])} holds "
+        f"{float(value[worst]):.3g} against this checkpoint's statistics {statistics}; the model was trained on states "
+        "within about +-1 of them, so this one is likely in other units: send states in the units of the checkpoint's "
+        "statistics")
 
 
 def state_outliers(raw_states: Mapping[str, np.ndarray], rows: Sequence[int], state_config: Optional[ModalityConfig],

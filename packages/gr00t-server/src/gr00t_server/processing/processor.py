@@ -32,6 +32,7 @@ from .vision_patches import PREPROCESSOR_CONFIG_NAME, VisionPatchConfig, num_ima
 
 logger = logging.getLogger(__name__)
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 _PROMPT_CACHE_SIZE = 256  # rendered chat prompts kept per processor (instructions repeat across a rollout)
 
 
@@ -160,6 +161,14 @@ class Gr00tN1d7Processor(VideoChecks):
             if rows:
                 raise ObservationError(f"State key '{key}' of '{tag}' has non-finite values (NaN or inf) in rows "
                                        f"{rows}; send finite states")
+            # A float64 1e300 passed as finite, clipped to +-1 on a min/max key, and a relative action decoded
+            # against it became inf in the actions' float32 cast.
+            beyond = np.abs(value) > _FLOAT32_MAX
+            if beyond.any():
+                raise ObservationError(
+                    f"State key '{key}' of '{tag}' has values beyond float32's range (largest |value| "
+                    f"{np.max(np.abs(value)):.3g}, float32 holds up to {_FLOAT32_MAX:.3g}) in rows "
+                    f"{actions.flagged_rows(beyond)}; states must fit float32, the float of the model's inputs and actions")
             normalized = norm.normalize_state_key(
                 key, value, params[key], state_config, self.config.apply_sincos_state_encoding, self.config.clip_outliers
             )
@@ -168,13 +177,13 @@ class Gr00tN1d7Processor(VideoChecks):
             with np.errstate(over="ignore"):
                 overflow = ~np.isfinite(normalized.astype(self.model_float))
             if overflow.any():
-                rows = np.flatnonzero(overflow.reshape(overflow.shape[0], -1).any(axis=1)).tolist()[:8] if overflow.ndim > 1 else [0]
                 raise ObservationError(
-                    f"State key '{key}' of '{tag}' normalizes to values beyond {self.model_float} in rows {rows} (largest "
-                    f"|value| {np.max(np.abs(value)):.3g}, normalized {np.max(np.abs(normalized)):.3g}, against this "
-                    "checkpoint's statistics); send the state in the units the model was trained on"
-                    + (", or serve in bf16 or fp32" if self.model_float == "float16" else "")
+                    f"State key '{key}' of '{tag}' normalizes to values beyond {self.model_float} in rows "
+                    f"{actions.flagged_rows(overflow)} (largest |value| {np.max(np.abs(value)):.3g}, normalized "
+                    f"{np.max(np.abs(normalized)):.3g}, against this checkpoint's statistics); send the state in the "
+                    "units the model was trained on" + (", or serve in bf16 or fp32" if self.model_float == "float16" else "")
                 )
+            actions.check_state_outliers(tag, key, value, normalized, params[key], state_config)
             groups.append(normalized)
         state = np.concatenate(groups, axis=-1)
         if self.config.exclude_state:

@@ -8,7 +8,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from gr00t_client.modality import ModalityConfig
-from gr00t_client.policy import ObservationError
+from gr00t_client.policy import ObservationError, float_frames_hint
 
 from .config import ProcessorConfig
 from .image import check_frame_size, eval_transform_shape, torchvision_style_transform_shape
@@ -41,7 +41,7 @@ class VideoChecks:
             if frames.dtype != np.uint8 or frames.shape[-1] != 3:  # named as sent, before a size check misreads it
                 hint = (" (channels first? send channels last, e.g. frames.transpose(0, 1, 3, 4, 2))"
                         if frames.shape[2] == 3 and frames.shape[-1] != 3 else
-                        " (floats in [0, 1]? send (frames * 255).round().astype(np.uint8))" if frames.dtype.kind == "f"
+                        float_frames_hint(frames) if frames.dtype.kind == "f"
                         else "")
                 raise ObservationError(f"Video key '{key}' must be uint8 (B, T, H, W, 3) with values 0-255; got "
                                        f"{frames.dtype} {frames.shape}{hint}")
