@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Sequence, Union
 import numpy as np
 
 from .errors import DatasetColumnNotFoundError, DatasetError
-from .meta import EpisodeRecord
+from .meta import EpisodeRecord, text_value
 from .tables import _column_to_numpy, _read_episode_table
 
 if TYPE_CHECKING:
@@ -156,6 +156,12 @@ class Episode:
         else:
             raise KeyError(f"no language key {key!r}; expected one of {list(groups)}")
         values = self.column(column)
+        if values.ndim > 1:  # lists of one per row (LeRobot's shape-[1] columns, as converters write them)
+            if values.shape[0] and values.shape[1:] != (1,):
+                raise DatasetError(f"{self.record.data_path}: column '{column}' of episode {self.episode_index} holds "
+                                   f"{values.shape[1]} values per row; a language column holds one task index or "
+                                   "string per row (a scalar, or a list of one)")
+            values = values.reshape(values.shape[0])
         if values.dtype.kind in "iu":
             tasks = self._dataset.tasks
             unknown = sorted(set(int(v) for v in np.unique(values)) - set(tasks))
@@ -165,7 +171,8 @@ class Episode:
                 )
             return [tasks[int(v)] for v in values]
         if values.dtype.kind in "OUS":
-            return [str(v) for v in values]
+            where = f"{self.record.data_path}: column '{column}' of episode {self.episode_index}"
+            return [text_value(v, f"{where}, row {row},") for row, v in enumerate(values)]
         raise DatasetError(f"{self.record.data_path}: column '{column}' must hold task indices or strings, got {values.dtype}")
 
     def timestamps(self) -> np.ndarray:

@@ -121,7 +121,33 @@ def read_tasks(meta_dir: Path, major: int) -> Dict[int, str]:
         raise DatasetError(f"{path}: expected columns 'task_index' and 'task', got {names}")
     indices = table.column("task_index").to_pylist()
     texts = table.column(text_column).to_pylist()
-    return _task_map([(int(i), str(t)) for i, t in zip(indices, texts)], path)
+    pairs = []
+    for row, (index, text) in enumerate(zip(indices, texts)):
+        if isinstance(index, float) and index.is_integer():  # pandas writes an int column holding a null as float
+            index = int(index)
+        if isinstance(index, bool) or not isinstance(index, int):
+            found = "null" if index is None else repr(index)
+            raise DatasetError(f"{path} (row {row}): column 'task_index' holds {found}; expected an integer task index")
+        pairs.append((index, text_value(text, f"{path} (row {row}): column '{text_column}'")))
+    return _task_map(pairs, path)
+
+
+def text_value(value: Any, where: str) -> str:
+    """A text cell as the str it holds: a str, UTF-8 bytes (RLDS/TFDS conversions store text as binary) or a list of
+    one of those (a shape-[1] column). DatasetError naming `where` for anything else: its repr ("b'pick up the can'",
+    "None") would otherwise reach a policy as the instruction."""
+    if isinstance(value, (list, tuple)) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DatasetError(f"{where} holds {_cut(repr(value))}, which is not UTF-8 text ({exc}); "
+                               "expected text") from exc
+    if not isinstance(value, str):
+        raise DatasetError(f"{where} holds {'null' if value is None else _cut(repr(value))}; expected text (a string, "
+                           "UTF-8 bytes, or a list of one string)")
+    return value
 
 
 def _task_map(pairs: List[Tuple[int, str]], path: Path) -> Dict[int, str]:
@@ -169,7 +195,7 @@ def _read_episodes_v2(root: Path, info: Mapping[str, Any], video_keys: List[str]
     for position, row in enumerate(read_jsonl(path, "episodes file", committed)):
         where = f"{path} (line for position {position})"
         index = require_field(row, "episode_index", int, where)
-        length = require_field(row, "length", int, where)
+        length = _checked_length(require_field(row, "length", int, where), where)
         tasks = row.get("tasks", [])
         if not isinstance(tasks, list):
             raise DatasetError(f"{where}: field 'tasks' must be a list of str, got {tasks!r}")
@@ -202,7 +228,7 @@ def _read_episodes_v3(root: Path, info: Mapping[str, Any], video_keys: List[str]
     for position, (file, row) in enumerate(rows):
         where = f"{file} (row for position {position})"
         index = _int_field(row, "episode_index", where)
-        length = _int_field(row, "length", where)
+        length = _checked_length(_int_field(row, "length", where), where)
         data_path = root / _format(
             data_template, info_path, "data_path",
             chunk_index=_int_field(row, "data/chunk_index", where), file_index=_int_field(row, "data/file_index", where),
@@ -258,11 +284,18 @@ def _v3_tasks(value: Any, where: str) -> Tuple[str, ...]:
     """An episode row's `tasks` cell: a list of str, or one str (some converters write that) as a list of one."""
     if value is None:
         return ()
-    if isinstance(value, str):
-        return (value,)
+    if isinstance(value, (str, bytes)):
+        return (text_value(value, f"{where}: field 'tasks'"),)
     if not isinstance(value, (list, tuple)):
         raise DatasetError(f"{where}: field 'tasks' must be a list of str, got {value!r}")
-    return tuple(map(str, value))
+    return tuple(text_value(task, f"{where}: field 'tasks' item {i}") for i, task in enumerate(value))
+
+
+def _checked_length(length: int, where: str) -> int:
+    """An episode's `length`, refused when negative: it surfaced only later, as an episode of no rows."""
+    if length < 0:
+        raise DatasetError(f"{where}: field 'length' must be >= 0 (the episode's number of rows), got {length}")
+    return length
 
 
 def _int_field(row: Mapping[str, Any], name: str, where: str) -> int:
