@@ -376,3 +376,39 @@ def test_the_default_prefetch_goes_out_at_half_of_every_chunk_so_the_robot_never
         waited = chunker.stats.blocking_waits - 1  # the first chunk is always waited for
     assert waited == 0, asked_with
     assert len(asked_with) >= 10 and min(asked_with) >= 7, asked_with  # 8, or 7 once a merge leaves 8
+
+
+class BlipOnSecondCall(BasePolicy):
+    """16-step chunks numbered by call; its second call (the first prefetch) times out, as a network blip would."""
+
+    def __init__(self):
+        super().__init__(strict=False)
+        self.calls = 0
+
+    def _get_action(self, observation, options=None):
+        self.calls += 1
+        if self.calls == 2:
+            raise PolicyTimeoutError("policy server at 127.0.0.1:5555 did not answer 'get_action' within 500 ms")
+        rows = observation["state"]["s"].shape[0]
+        return {"a": np.tile((1000.0 * self.calls + np.arange(16, dtype=np.float32))[None, :, None], (rows, 1, 1))}, {}
+
+    def reset(self, options=None):
+        return {}
+
+
+@pytest.mark.parametrize("per_env", [False, True])
+def test_a_prefetch_that_timed_out_as_an_env_was_reset_is_outlived_and_the_reset_env_fetched_afresh(per_env):
+    # The env cleared by reset() counted as one whose chunk ran out, so the dropped prefetch's timeout was raised
+    # though env 0 had 8 steps buffered and env 1 was fetched in that very call anyway.
+    policy = BlipOnSecondCall()
+    with ActionChunker(policy, asynchronous=True, per_env=per_env) as chunker:
+        observation = {"state": {"s": np.zeros((2, 1, 1), np.float32)}}
+        for t in range(8):
+            chunker.get_action(observation)
+            assert chunker.wait_for_prefetch(5)
+        chunker.reset([1])
+        step, info = chunker.get_action(observation)
+        assert info["prefetch_error"].startswith("PolicyTimeoutError: ")
+        # env 0 runs on in its first chunk (per_env), or merges the one fetched for both envs (newest first)
+        assert float(step["a"][0, 0]) == (1008.0 if per_env else 3000.0)
+        assert float(step["a"][1, 0]) == 3000.0  # env 1 starts the chunk fetched for it in this call

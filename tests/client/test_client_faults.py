@@ -393,6 +393,89 @@ def test_a_stale_reply_resent_by_the_server_is_not_taken_as_the_answer_to_the_ne
         router.close(linger=0)
 
 
+def _router_server(answer):
+    """A ROUTER peer on loopback whose replies `answer(frames, request)` makes (a list of messages to send, maybe
+    empty); (port, stop)."""
+    router = zmq.Context.instance().socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            if router.poll(20):
+                frames = router.recv_multipart()
+                for message in answer(frames, codec.decode(frames[-1])):
+                    router.send_multipart(message)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+
+    def stopped():
+        stop.set()
+        thread.join(5)
+        router.close(linger=0)
+    return port, stopped
+
+
+@pytest.mark.parametrize("server", ["echoes the identity only", "re-sends a stale reply and never answers"])
+def test_a_reply_to_another_request_is_dropped_and_the_call_still_times_out_on_budget(server):
+    # Replies are correlated with their requests: what made the socket readable was then dropped inside a blocking
+    # recv, which waited for ever past timeout_ms (a ROUTER server that sends back [identity, b"", reply] only, and
+    # a stale reply with no answer after it).
+    stale = []
+
+    def answer(frames, request):
+        if server == "echoes the identity only":
+            return [[frames[0], b"", codec.encode({"error": "Unknown endpoint"})]]
+        if not stale:
+            stale.append([*frames[:-1], codec.encode({"error": "Unknown endpoint"})])
+            return stale
+        return stale  # the first reply again, with the first request's id
+
+    port, stopped = _router_server(answer)
+    try:
+        with PolicyClient(host="127.0.0.1", port=port, timeout_ms=600) as client:
+            # the first request (the client's get_server_info question) gets its answer; get_action the stale copy
+            started = time.monotonic()
+            with pytest.raises(PolicyTimeoutError, match=r"within 600 ms .*; 1 message\(s\) that came were replies to "
+                                                         r"other requests and were dropped: a ROUTER server must send "
+                                                         r"back every routing frame it received"):
+                client.get_action({"state": {"s": np.zeros((1, 1, 1), np.float32)}})
+            assert time.monotonic() - started < 5
+    finally:
+        stopped()
+
+
+def test_a_call_a_signal_handler_makes_in_the_middle_of_get_action_is_named_as_itself_when_it_times_out():
+    # reset() from a SIGALRM handler that fired while get_action encoded its observation (before sending) timed out
+    # as "did not answer 'get_action' (asking 'reset' first)": get_action asked no such thing.
+    import signal
+
+    class SlowReset(EchoPolicy):
+        def reset(self, options=None):
+            time.sleep(2)
+            return {}
+
+    seen = []
+    with running_server(SlowReset()) as server, PolicyClient(host="127.0.0.1", port=server.port, timeout_ms=600) as client:
+        client.get_action(libero_like_observation())  # the server known: no get_server_info question below
+
+        def handler(signum, frame):
+            try:
+                client.reset()
+            except PolicyTimeoutError as exc:
+                seen.append(str(exc))
+
+        previous = signal.signal(signal.SIGALRM, handler)
+        try:
+            with client._asking_first("get_action"):  # as get_action holds it for its whole call
+                signal.raise_signal(signal.SIGALRM)
+        finally:
+            signal.signal(signal.SIGALRM, previous)
+    assert len(seen) == 1 and "did not answer 'reset' within 600 ms" in seen[0], seen
+
+
 @pytest.mark.parametrize("endpoint", ["get_action", "reset"])
 def test_a_first_call_that_times_out_in_the_servers_kind_question_names_the_call_and_the_question(endpoint):
     # It named 'get_server_info' alone: a question the caller never asked, not the call that timed out.

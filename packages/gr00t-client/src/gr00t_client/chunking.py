@@ -80,8 +80,8 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
 
     Sync: refetch for all envs when a chunk runs out (or only the exhausted envs with per_env=True).
     Async: request the next chunk in a background thread once at most `prefetch_steps` steps remain. A prefetch that
-    timed out or lost its connection while every env still has steps is dropped (warned, and named in that step's
-    info["prefetch_error"]) and asked for again; it raises only once a step is due from an empty buffer.
+    timed out or lost its connection is dropped (warned, and named in that step's info["prefetch_error"]) and asked
+    for again; an env whose buffer is empty is fetched in that call, and only that request's failure raises.
     """
 
     def __init__(

@@ -179,12 +179,13 @@ class _Prefetching:
         return merged
 
     def _outlived(self, failure: BaseException) -> bool:
-        """Whether a prefetch's `failure` is a transient one (a timeout, a lost connection) that every env's buffered
-        steps outlive: it is then dropped, warned about and reported in this step's info (prefetch_error), and the
-        next chunk is asked for again. A refused chunk or an error reply is not: it raises at once."""
+        """Whether a prefetch's `failure` is a transient one (a timeout, a lost connection): it is then dropped, warned
+        about and reported in this step's info (prefetch_error). Buffered steps are handed out and the next chunk is
+        asked for again; an env whose buffer is empty (used up, or reset) is fetched in this very call, and that
+        request's failure raises. A refused chunk or an error reply is not transient: it raises at once."""
         transient = (isinstance(failure, (PolicyTimeoutError, ConnectionError))
                      and not isinstance(failure, (PolicyServerError, ClientClosedError)))
-        if not transient or any(self._remaining(i) == 0 for i in range(self._n_envs or 0)):
+        if not transient:
             return False
         self._prefetch_error = f"{type(failure).__name__}: {failure}"
         logger.warning("the prefetch of the next chunk failed (%s); handing out the buffered steps and asking again",

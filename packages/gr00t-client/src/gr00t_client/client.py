@@ -195,8 +195,7 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
             except zmq.Again:  # no connection to queue on (yet): one refused by the server's keys is said so
                 self._wait(handshake.wait_to_send, deadline, endpoint, sent=False)
                 send_frames(sock, frames, 0)
-            self._wait(handshake.wait_for_reply, deadline, endpoint)
-            reply = _recv_frames(sock, self.max_reply_bytes)
+            reply = self._receive_reply(sock, handshake, deadline, endpoint)
             if self._handshake is not None and self._handshake.reconnected():
                 # The connection was made anew (the server restarted, or another took its port): this reply is
                 # the new server's, and what was learned from the old one is forgotten.
@@ -228,6 +227,29 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
             raise codec.DecodeLimitError(
                 f"reply to '{endpoint}' from the policy server at {self.address} was not decoded: {exc}"
             ) from exc
+
+    def _receive_reply(self, sock: zmq.Socket, handshake: Any, deadline: float, endpoint: str) -> List[Any]:
+        """The reply to the request just sent, by `deadline`. The socket correlates replies with requests: a reply to
+        an earlier request (re-sent by a server or proxy, or from a server that does not send back the request-id
+        routing frame) makes it readable, and libzmq drops it in recv; a blocking recv then waited for ever, past
+        timeout_ms."""
+        dropped = 0
+        while True:
+            try:
+                if dropped and time.monotonic() >= deadline:  # a socket that kept saying readable: no spin past it
+                    raise self._timeout(endpoint, handshake.stage())
+                self._wait(handshake.wait_for_reply, deadline, endpoint)
+            except PolicyTimeoutError as exc:
+                if not dropped or isinstance(exc, ReplyLostError):
+                    raise
+                raise PolicyTimeoutError(
+                    f"{exc}; {dropped} message(s) that came were replies to other requests and were dropped: a ROUTER "
+                    "server must send back every routing frame it received (this client's request-id frame too)"
+                ) from None
+            try:
+                return _recv_frames(sock, self.max_reply_bytes, _NOBLOCK)
+            except zmq.Again:  # what made the socket readable was dropped as another request's reply
+                dropped += 1
 
     def _deadline(self) -> float:
         """The end of this call's budget, taken once the lock is held (time spent waiting for another thread's call

@@ -25,6 +25,10 @@ logger = logging.getLogger("gr00t_client.client")  # PolicyClient's one logger, 
 CLOSE_POLL_MS = 50  # an in-flight call notices close() from another thread within this long
 
 
+# What a client asks on a call's behalf (the server's kind, its modality configs): named with that call
+_QUESTIONS = frozenset({"get_server_info", "get_modality_config"})
+
+
 class ClientConnection:
     """PolicyClient's connection (a mixin of PolicyClient): one REQ socket at a time (the ZeroMQ guide's Lazy Pirate
     client), its waits, its lock, and closing it."""
@@ -126,7 +130,9 @@ class ClientConnection:
     def _named(self, endpoint: str) -> str:
         """'endpoint', or 'get_action' (asking 'get_server_info' first) for a question asked on a call's behalf."""
         caller = getattr(self._call, "asking_for", None)
-        return f"'{caller}' (asking '{endpoint}' first)" if caller and caller != endpoint else f"'{endpoint}'"
+        if caller and caller != endpoint and endpoint in _QUESTIONS:
+            return f"'{caller}' (asking '{endpoint}' first)"
+        return f"'{endpoint}'"  # a call of its own, also one a signal handler made in the middle of another
 
     def _localhost_hint(self, stage: str) -> str:
         if self.host.lower() == "localhost" and "refused" in stage:

@@ -128,12 +128,13 @@ class _ReplyOverCap(Exception):
         self.size, self.frames = size, frames
 
 
-def _recv_frames(sock: zmq.Socket, max_bytes: Optional[int] = None) -> List[Any]:
+def _recv_frames(sock: zmq.Socket, max_bytes: Optional[int] = None, flags: int = 0) -> List[Any]:
     """recv_multipart(copy=False), reading Frame.more instead of a RCVMORE getsockopt per frame. With `max_bytes`,
     _ReplyOverCap as soon as the frames taken pass it. This bounds what is decoded, not memory: ZMQ_MAXMSGSIZE bounds
     each frame, and libzmq delivers a multipart message only once all its frames have arrived, so every frame of
-    the reply is already held by then; only CURVE server pinning keeps an unknown server from sending it."""
-    frame = sock.recv(copy=False)
+    the reply is already held by then; only CURVE server pinning keeps an unknown server from sending it. `flags`
+    apply to the first frame (the others have arrived with it)."""
+    frame = sock.recv(flags, copy=False)
     frames = [frame]
     size = len(frame)
     while frame.more:
