@@ -1,5 +1,7 @@
 """Codec errors that say what was wrong and what was expected (not msgpack's or numpy's internals)."""
 
+import re
+
 import msgpack
 import numpy as np
 import pytest
@@ -154,4 +156,29 @@ def test_an_openpi_scalar_that_its_dtype_would_change_is_refused(dtype, data):
     """3.7 as int64 decoded to 3 and 1e300 as float32 to inf (with only numpy's overflow warning)."""
     message = msgpack.packb({"a": {"__npgeneric__": True, "dtype": dtype, "data": data}}, use_bin_type=True)
     with pytest.raises(WireDecodeError, match="openpi scalar 'data'"):
+        codec.decode(message)
+
+
+@pytest.mark.parametrize("dtype, data, expected", [("<i2", 70000, "from -32768 to 32767"), ("|u1", -1, "from 0 to 255"),
+                                                   ("|u1", 256, "from 0 to 255"), ("<i1", 200, "from -128 to 127")])
+def test_an_openpi_integer_scalar_outside_its_dtype_is_refused_with_its_range(dtype, data, expected):
+    """numpy 1.x wrapped them without a word (int16 70000 decoded to 4464, uint8 -1 to 255); numpy 2 raises."""
+    message = msgpack.packb({"a": {"b": {"__npgeneric__": True, "dtype": dtype, "data": data}}}, use_bin_type=True)
+    with pytest.raises(WireDecodeError, match=rf"a\.b: openpi scalar 'data' {data} is not a .{dtype[1:]} value: "
+                                              f"expected an integer {expected}"):
+        codec.decode(message)
+
+
+@pytest.mark.parametrize("dtype, data", [("<i2", -32768), ("|u1", 255), ("<u8", 2**64 - 1), ("<i8", -(2**63))])
+def test_an_openpi_integer_scalar_at_the_end_of_its_range_decodes(dtype, data):
+    message = msgpack.packb({"a": {"__npgeneric__": True, "dtype": dtype, "data": data}}, use_bin_type=True)
+    value = codec.decode(message)["a"]
+    assert value.dtype == np.dtype(dtype) and value == data
+
+
+@pytest.mark.parametrize("dtype, data", [("<f4", 1e300), ("<f2", 70000), ("<c8", 1e300)])
+def test_an_openpi_float_scalar_that_would_become_inf_is_refused(dtype, data):
+    """numpy 1.21 cast 1e300 to float32 inf without a word; later numpy raises under errstate."""
+    message = msgpack.packb({"a": {"__npgeneric__": True, "dtype": dtype, "data": data}}, use_bin_type=True)
+    with pytest.raises(WireDecodeError, match=re.escape(f"a: openpi scalar 'data' {data!r} is not a {dtype} value")):
         codec.decode(message)

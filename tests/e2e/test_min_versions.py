@@ -286,6 +286,28 @@ def test_an_extra_admits_no_release_older_than_the_first_that_works(package, ext
         f"{package}[{extra}] admits {name} {bound}, but releases before {first_working} fail"
 
 
+# The first release of a dependency that needs numpy 2 without declaring it: while a package admits numpy 1, pip
+# installs that release beside numpy 1 (pip check is clean) and it fails at import, so the package caps it below.
+NEEDS_NUMPY_2_FROM = [
+    # "ImportError: pyarrow requires NumPy 2.0 or newer": `pip install gr00t-eval "numpy<2"` read no dataset
+    ("gr00t-eval", "pyarrow", "26"),
+]
+
+
+@pytest.mark.parametrize("package, name, needs_numpy_2_from", NEEDS_NUMPY_2_FROM,
+                         ids=[name for _, name, _ in NEEDS_NUMPY_2_FROM])
+def test_a_dependency_needing_numpy_2_is_capped_below_that_release_while_numpy_1_is_admitted(package, name,
+                                                                                             needs_numpy_2_from):
+    dependencies = _project(package)["dependencies"]
+    numpy_floor = lower_bound_pins(dependencies)["numpy"].split("==")[1]
+    assert _release(numpy_floor) < (2,), f"{package} no longer admits numpy 1: drop {name} from NEEDS_NUMPY_2_FROM"
+    requirement = next(r for r in dependencies if re.match(rf"\s*{re.escape(name)}\s*[<>=!~]", r))
+    caps = re.findall(r"<\s*([0-9][0-9.]*)", requirement)
+    assert caps and _release(caps[0]) <= _release(needs_numpy_2_from), (
+        f"{package} admits numpy {numpy_floor} and {requirement!r}; expected {name}<{needs_numpy_2_from}: "
+        f"{name} {needs_numpy_2_from} needs numpy 2 and fails to import beside numpy 1")
+
+
 CLIENT_ENDS = pytest.mark.parametrize("venv", ["client_venv", "client_newest_venv"], ids=["lowest", "newest"])
 
 

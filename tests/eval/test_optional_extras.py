@@ -7,6 +7,7 @@ Each check runs the real `gr00t-eval` CLI in a subprocess where the optional mod
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -167,3 +168,47 @@ def test_merge_and_suites_need_no_sim_extra(tmp_path):
     suites = _eval_cli("suites")
     assert suites.returncode == 0, suites.stderr
     assert "metaworld-mt10" in suites.stdout
+
+
+def _stand_in_module(tmp_path: Path, name: str, body: str) -> dict:
+    """An environment whose `name` is a package installed on the path that raises at import as `body` does."""
+    package = tmp_path / "stand_in" / name
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(body)
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(package.parent), os.environ.get("PYTHONPATH", "")]))
+
+
+def test_rollout_with_gymnasium_installed_but_failing_to_import_names_the_cause_not_the_extra(tmp_path):
+    """It said pip install 'gr00t-eval[sim]', which was installed: the install changed nothing."""
+    env = _stand_in_module(tmp_path, "gymnasium", "raise ImportError('built for numpy 2, found numpy 1.26.4')\n")
+    result = subprocess.run([sys.executable, "-c", _EVAL_WITHOUT, "matplotlib", "rollout", "--env-name",
+                             "metaworld/reach-v3", "--n-episodes", "1"], capture_output=True, text=True, timeout=120,
+                            env=env)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "gr00t-eval rollout: error: closed-loop rollout needs gymnasium: gymnasium is installed but failed to import "
+        "(built for numpy 2, found numpy 1.26.4)"]
+
+
+def test_the_rollout_modules_with_a_dependency_of_gymnasium_missing_name_it_not_the_extras(tmp_path):
+    """A module gymnasium imports is missing (ModuleNotFoundError, but not gymnasium's own): installing the extra is
+    no remedy."""
+    env = _stand_in_module(tmp_path, "gymnasium", "import gymnasium_dependency_not_installed\n")
+    result = subprocess.run([sys.executable, "-c", "import gr00t_eval.rollout.runner"], capture_output=True, text=True,
+                            timeout=60, env=env)
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == ("gr00t_eval.extras.MissingExtraError: closed-loop rollout needs gymnasium: gymnasium is installed "
+                    "but failed to import (No module named 'gymnasium_dependency_not_installed')"), result.stderr
+
+
+@pytest.mark.parametrize("module, call, expected", [
+    ("ray", "from gr00t_eval.ray_connect import import_ray; import_ray()",
+     "--ray-address needs Ray: ray is installed but failed to import (stand-in failure)"),
+    ("gym_pusht", "from gr00t_eval.rollout.adapters.pusht import PushTEnv; PushTEnv()",
+     "PushT envs need gym-pusht: gym_pusht is installed but failed to import (stand-in failure)"),
+], ids=["ray", "gym_pusht"])
+def test_ray_and_gym_pusht_installed_but_failing_to_import_name_the_cause_not_the_extra(tmp_path, module, call,
+                                                                                        expected):
+    env = _stand_in_module(tmp_path, module, "raise ImportError('stand-in failure')\n")
+    result = subprocess.run([sys.executable, "-c", call], capture_output=True, text=True, timeout=60, env=env)
+    assert result.stderr.strip().splitlines()[-1] == f"gr00t_eval.extras.MissingExtraError: {expected}", result.stderr

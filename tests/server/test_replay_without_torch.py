@@ -7,6 +7,7 @@ whether anything imported torch along the way (start-up, requests, kill, shutdow
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -87,3 +88,17 @@ def test_a_test_checkpoint_from_a_dataset_without_gr00t_eval_fails_with_one_line
                                 "gr00t-eval's dataset reader (")
     assert errors[0].endswith("): pip install 'gr00t-server[replay]'"), output
     assert "Traceback" not in output and not (tmp_path / "ckpt").exists()
+
+
+def test_replay_with_gr00t_eval_installed_but_failing_to_import_names_the_cause_not_the_extra(dataset, tmp_path):
+    """A numpy 1 host with pyarrow 26 was told to pip install 'gr00t-server[replay]', which it had: nothing changed."""
+    stand_in = tmp_path / "stand_in" / "pyarrow"
+    stand_in.mkdir(parents=True)
+    (stand_in / "__init__.py").write_text("raise ImportError('pyarrow requires NumPy 2.0 or newer, found 1.26.4')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(stand_in.parent), os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, "-c", _RUN_CLI_AND_REPORT, "--as-installed", "serve", "--dataset-path",
+                             str(dataset), "--port", "0"], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "gr00t-server serve: error: replay serving needs gr00t-eval's dataset reader: gr00t_eval.dataset is installed "
+        "but failed to import (pyarrow requires NumPy 2.0 or newer, found 1.26.4)"]

@@ -49,16 +49,25 @@ _SUBMODULES = ("chunking", "cli_flags", "cli_signals", "client", "codec", "curve
 
 __all__ = sorted(_EXPORTS)
 
+# `Name as Name`: an explicit re-export, which a type checker needs to let users import the name from here (mypy
+# --strict's no_implicit_reexport rejected `from <package> import <name>`); __all__ is not a literal.
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from .chunking import ActionChunker, ChunkerStats, PolicyPositionError, merge_overlap
-    from .client import (ClientClosedError, DeadlineNotRunError, MessageTooLargeError, PolicyClient, PolicyServerError,
-                         PolicyTimeoutError, ReplyLostError, ServerStoppingError)
-    from .codec import WireDecodeError, WireEncodeError
-    from .curve import HandshakeError
-    from .embodiment import EMBODIMENT_TAG_TO_PROJECTOR_INDEX, EmbodimentTag
-    from .modality import ActionConfig, ActionFormat, ActionRepresentation, ActionType, ModalityConfig
-    from .policy import (ActionError, BasePolicy, NonFiniteActionError, ObservationError, PolicyValidationError,
-                         PolicyWrapper)
+    from .chunking import (ActionChunker as ActionChunker, ChunkerStats as ChunkerStats,
+                           PolicyPositionError as PolicyPositionError, merge_overlap as merge_overlap)
+    from .client import (ClientClosedError as ClientClosedError, DeadlineNotRunError as DeadlineNotRunError,
+                         MessageTooLargeError as MessageTooLargeError, PolicyClient as PolicyClient,
+                         PolicyServerError as PolicyServerError, PolicyTimeoutError as PolicyTimeoutError,
+                         ReplyLostError as ReplyLostError, ServerStoppingError as ServerStoppingError)
+    from .codec import WireDecodeError as WireDecodeError, WireEncodeError as WireEncodeError
+    from .curve import HandshakeError as HandshakeError
+    from .embodiment import (EMBODIMENT_TAG_TO_PROJECTOR_INDEX as EMBODIMENT_TAG_TO_PROJECTOR_INDEX,
+                             EmbodimentTag as EmbodimentTag)
+    from .modality import (ActionConfig as ActionConfig, ActionFormat as ActionFormat,
+                           ActionRepresentation as ActionRepresentation, ActionType as ActionType,
+                           ModalityConfig as ModalityConfig)
+    from .policy import (ActionError as ActionError, BasePolicy as BasePolicy,
+                         NonFiniteActionError as NonFiniteActionError, ObservationError as ObservationError,
+                         PolicyValidationError as PolicyValidationError, PolicyWrapper as PolicyWrapper)
 
 
 def __getattr__(name: str) -> Any:

@@ -3,6 +3,7 @@ and the unpack that runs it within DecodeLimits, viewing large arrays in the buf
 
 from __future__ import annotations
 
+import cmath
 import io
 import json
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
@@ -89,14 +90,23 @@ _SCALAR_TYPES = {"b": (bool,), "i": (int,), "u": (int,), "f": (int, float), "c":
 
 def _numpy_scalar(dtype: np.dtype, data: Any) -> Any:
     """An openpi numpy scalar: `data` of the kind numpy's item() gives for its dtype (nil was read as NaN, a list as an
-    array, "nan" as NaN, 3.7 as int64 3, 1e300 as float32 inf)."""
+    array, "nan" as NaN, 3.7 as int64 3, 1e300 as float32 inf, 70000 as int16 4464 on numpy 1.x)."""
     if type(data) not in _SCALAR_TYPES.get(dtype.kind, ()):
         raise WireDecodeError(f"openpi scalar 'data' must be one {dtype.str} value, got {type(data).__name__}")
+    if dtype.kind in "iu":  # numpy 1.x wraps an integer out of range (int16 70000 -> 4464) without a word
+        info = np.iinfo(dtype)
+        if not info.min <= data <= info.max:
+            raise WireDecodeError(f"openpi scalar 'data' {data!r} is not a {dtype.str} value: expected an integer "
+                                  f"from {info.min} to {info.max}")
     try:
         with np.errstate(over="raise"):
-            return dtype.type(data)
+            value = dtype.type(data)
     except (TypeError, ValueError, OverflowError, FloatingPointError) as exc:
         raise WireDecodeError(f"openpi scalar 'data' {data!r} is not a {dtype.str} value: {exc}") from None
+    if dtype.kind in "fc" and np.isinf(value) and not cmath.isinf(data):  # numpy 1.21 casts 1e300 to float32 inf
+        raise WireDecodeError(f"openpi scalar 'data' {data!r} is not a {dtype.str} value: expected a value within "
+                              f"{dtype.str}'s range (+-{np.finfo(dtype).max}), it would become inf")
+    return value
 
 
 _DTYPES: Dict[Any, np.dtype] = {}  # validated dtypes by their wire string (the hot path sees a handful)

@@ -67,18 +67,30 @@ _EXPORTS: Dict[str, str] = {
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
+# `Name as Name`: an explicit re-export, which a type checker needs to let users import the name from here (mypy
+# --strict's no_implicit_reexport rejected `from <package> import <name>`); __all__ is not a literal.
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from .batch import Job, JobError, load_jobs, run_batch
-    from .dataset import DatasetError, DatasetFileNotFoundError, DatasetModality, DatasetWriter, Episode, LeRobotDataset
-    from .metrics import ActionErrors, EpisodeOutcome, action_errors, rollout_aggregates
-    from .open_loop import OpenLoopConfig, OpenLoopResult, TrajectoryResult, evaluate_open_loop
-    from .ray_runner import run_with_ray
-    from .record import RecordSummary, record_metaworld
-    from .results import RESULTS_FILENAME, load_results, write_results
-    from .rollout import (ENV_PREFIX_TO_EMBODIMENT_TAG, EpisodeSummary, MultiStepWrapper, RolloutConfig, RolloutResult,
-                          RolloutRunner, embodiment_for_env, make_env, register_env_prefix, run_rollout)
-    from .shard import MergeError, ShardSpec, merge_results, run_suite
-    from .suites import Suite, Task, get_suite, register_suite, resolve_tasks, suite_names
+    from .batch import Job as Job, JobError as JobError, load_jobs as load_jobs, run_batch as run_batch
+    from .dataset import (DatasetError as DatasetError, DatasetFileNotFoundError as DatasetFileNotFoundError,
+                          DatasetModality as DatasetModality, DatasetWriter as DatasetWriter, Episode as Episode,
+                          LeRobotDataset as LeRobotDataset)
+    from .metrics import (ActionErrors as ActionErrors, EpisodeOutcome as EpisodeOutcome,
+                          action_errors as action_errors, rollout_aggregates as rollout_aggregates)
+    from .open_loop import (OpenLoopConfig as OpenLoopConfig, OpenLoopResult as OpenLoopResult,
+                            TrajectoryResult as TrajectoryResult, evaluate_open_loop as evaluate_open_loop)
+    from .ray_runner import run_with_ray as run_with_ray
+    from .record import RecordSummary as RecordSummary, record_metaworld as record_metaworld
+    from .results import (RESULTS_FILENAME as RESULTS_FILENAME, load_results as load_results,
+                          write_results as write_results)
+    from .rollout import (ENV_PREFIX_TO_EMBODIMENT_TAG as ENV_PREFIX_TO_EMBODIMENT_TAG,
+                          EpisodeSummary as EpisodeSummary, MultiStepWrapper as MultiStepWrapper,
+                          RolloutConfig as RolloutConfig, RolloutResult as RolloutResult,
+                          RolloutRunner as RolloutRunner, embodiment_for_env as embodiment_for_env,
+                          make_env as make_env, register_env_prefix as register_env_prefix, run_rollout as run_rollout)
+    from .shard import (MergeError as MergeError, ShardSpec as ShardSpec, merge_results as merge_results,
+                        run_suite as run_suite)
+    from .suites import (Suite as Suite, Task as Task, get_suite as get_suite, register_suite as register_suite,
+                         resolve_tasks as resolve_tasks, suite_names as suite_names)
 
 
 def __getattr__(name: str) -> Any:

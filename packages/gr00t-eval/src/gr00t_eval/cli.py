@@ -106,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from . import __version__
 
-    parser = CommandParser(prog="gr00t-eval", description=__doc__.splitlines()[0])
+    # Not __doc__: `python -OO` strips it, and every command crashed before parsing
+    parser = CommandParser(prog="gr00t-eval", description="`gr00t-eval`: open-loop evaluation, closed-loop rollout "
+                           "and Meta-World expert recording.")
     parser.add_argument("--version", action="version", version=f"gr00t-eval {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -15,7 +15,7 @@ from typing import Any, Iterator, List, Optional, Tuple
 
 from gr00t_client.cli_signals import interrupting_signals
 
-from .extras import MissingExtraError
+from .extras import MissingExtraError, is_missing
 from .run_stop import interrupts_deferred
 
 logger = logging.getLogger(__name__)
@@ -26,6 +26,8 @@ def import_ray() -> Any:
     try:
         import ray
     except ImportError as exc:
+        if not is_missing(exc, "ray"):
+            raise MissingExtraError(f"--ray-address needs Ray: ray is installed but failed to import ({exc})") from exc
         raise MissingExtraError(f"--ray-address needs Ray ({exc}); install it with: pip install 'gr00t-eval[ray]'") from exc
     return ray
 

@@ -22,11 +22,13 @@ _EXPORTS: Dict[str, str] = {
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
+# `Name as Name`: an explicit re-export, which a type checker needs to let users import the name from here (mypy
+# --strict's no_implicit_reexport rejected `from <package> import <name>`); __all__ is not a literal.
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from .policies.gr00t_policy import Gr00tPolicy
-    from .policies.replay import ReplayPolicy
-    from .policies.sim_wrapper import Gr00tSimPolicyWrapper
-    from .serving import PolicyServer, ServerLimits
+    from .policies.gr00t_policy import Gr00tPolicy as Gr00tPolicy
+    from .policies.replay import ReplayPolicy as ReplayPolicy
+    from .policies.sim_wrapper import Gr00tSimPolicyWrapper as Gr00tSimPolicyWrapper
+    from .serving import PolicyServer as PolicyServer, ServerLimits as ServerLimits
 
 
 def __getattr__(name: str) -> Any:

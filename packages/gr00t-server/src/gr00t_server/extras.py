@@ -6,7 +6,8 @@ from typing import Any
 
 
 class MissingExtraError(ImportError):
-    """An optional dependency is not installed; the message names the pip extra that provides it."""
+    """An optional dependency is not installed (the message names the pip extra that provides it) or is installed but
+    failed to import (the message names the cause)."""
 
 
 def require_lerobot_dataset(purpose: str = "replay serving") -> Any:
@@ -14,6 +15,10 @@ def require_lerobot_dataset(purpose: str = "replay serving") -> Any:
     try:
         from gr00t_eval.dataset import LeRobotDataset
     except ImportError as exc:
+        name = exc.name if isinstance(exc, ModuleNotFoundError) else None
+        if name is None or not (name == "gr00t_eval" or name.startswith("gr00t_eval.")):  # installing it cannot help
+            raise MissingExtraError(f"{purpose} needs gr00t-eval's dataset reader: gr00t_eval.dataset is installed but "
+                                    f"failed to import ({exc})") from exc
         raise MissingExtraError(
             f"{purpose} needs gr00t-eval's dataset reader ({exc}): pip install 'gr00t-server[replay]'"
         ) from exc

@@ -5,7 +5,7 @@ from __future__ import annotations
 import string
 from typing import Any, Dict, Optional
 
-from ...extras import MissingExtraError, require
+from ...extras import MissingExtraError, is_missing, require
 
 require("gymnasium", "pusht", "PushT envs")  # one line naming the extra (`record` reaches here without the runner)
 
@@ -29,6 +29,9 @@ class PushTEnv(gym.Env):
         try:
             import gym_pusht  # noqa: F401 - registers gym_pusht/PushT-v0
         except ImportError as exc:
+            if not is_missing(exc, "gym_pusht"):
+                message = f"PushT envs need gym-pusht: gym_pusht is installed but failed to import ({exc})"
+                raise MissingExtraError(message) from exc
             raise MissingExtraError(f"PushT envs need gym-pusht ({exc}); install with: pip install 'gr00t-eval[pusht]'") from exc
         env_id = f"gym_pusht/{task}" if task else "gym_pusht/PushT-v0"
         # gym-pusht registers a TimeLimit of 300 steps: `rollout --max-episode-steps 720` (the default) was cut at 300
