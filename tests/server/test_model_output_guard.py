@@ -66,20 +66,29 @@ def test_a_float16_overflow_of_the_model_output_is_refused(copy_of):
         Gr00tPolicy(checkpoint, TAG, device="cpu", dtype="float16").get_action(observation, {"seed": 0})
 
 
-def test_a_state_beyond_float16_once_normalized_is_refused_naming_the_state_for_a_float16_model(tiny_checkpoint):
-    processor = Gr00tN1d7Processor.from_pretrained(tiny_checkpoint, local_files_only=True)
+def test_a_state_beyond_float16_once_normalized_is_refused_naming_the_state_for_a_float16_model(copy_of):
+    import json
+
+    checkpoint = copy_of()
+    stats = json.loads((checkpoint / "statistics.json").read_text())
+    joints = stats["new_embodiment"]["state"]["joints"]
+    joints["mean"][5], joints["std"][5] = 1e5, 0.0  # a column constant in training: the model saw 1e5 there, raw
+    (checkpoint / "statistics.json").write_text(json.dumps(stats))
+    processor = Gr00tN1d7Processor.from_pretrained(checkpoint, local_files_only=True)
     tag = "new_embodiment"  # its 'joints' is a mean/std key: not clipped to the statistics' range
     states = {key: np.asarray(value[0], np.float64)
-              for key, value in example_observation(tiny_checkpoint, tag)["state"].items()}
-    states["joints"] = np.full_like(states["joints"], 1e7)  # normalizes to ~6e7: float32 takes it, float16 cannot
-    with pytest.raises(ValueError, match=r"State key 'joints' of 'new_embodiment' normalizes to \|values\| up to \S+ "
-                                         r"in rows \[0\], beyond \+-1000"):  # far beyond its statistics, in float32 too
-        processor.normalize_state(tag, states)
+              for key, value in example_observation(checkpoint, tag)["state"].items()}
+    states["joints"][..., 5] = 1e5  # reaches the model as 1e5: float32 takes it, float16 cannot
+    processor.normalize_state(tag, states)
     processor.model_float = "float16"
     with pytest.raises(ValueError, match=r"State key 'joints' of 'new_embodiment' normalizes to values beyond float16 "
                                          r"in rows \[0\].*or serve in bf16 or fp32"):
         processor.normalize_state(tag, states)
-    assert Gr00tPolicy(tiny_checkpoint, tag, device="cpu", dtype="float16").processor.model_float == "float16"
+    states["joints"][..., 4] = 1e7  # far beyond its statistics: refused as such first, in any float
+    with pytest.raises(ValueError, match=r"State key 'joints' of 'new_embodiment' normalizes to \|values\| up to \S+ "
+                                         r"in rows \[0\], beyond \+-1000: column 4"):
+        processor.normalize_state(tag, states)
+    assert Gr00tPolicy(checkpoint, tag, device="cpu", dtype="float16").processor.model_float == "float16"
 
 
 def test_saved_weights_are_as_readable_as_the_config_beside_them(tiny_checkpoint):

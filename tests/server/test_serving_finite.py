@@ -184,7 +184,7 @@ def test_a_huge_finite_state_is_refused_naming_that_state_not_an_action_key(tiny
         with pytest.raises(PolicyServerError) as refused:
             client.get_action(observation)
     message = str(refused.value)
-    assert "State key 'joints' of 'new_embodiment' normalizes to values beyond float32 in rows [1]" in message
+    assert "State key 'joints' of 'new_embodiment' normalizes to |values| up to 6.49e+38 in rows [1], beyond +-1000" in message
     assert "eef_9d" not in message
 
 
@@ -426,3 +426,88 @@ def test_a_replaced_get_action_that_returns_no_action_map_is_still_refused_a_nan
             with pytest.raises(PolicyServerError, match="non-finite value"):
                 client.call_endpoint("get_action", {"observation": {}, "options": None})
             assert client.ping()
+
+
+def _edited_checkpoint(checkpoint, processor_kwargs=None, joints_stats=None):
+    """`checkpoint` (a copy) with processor_kwargs updated by `processor_kwargs(kwargs)` and the 'joints' state
+    statistics by `joints_stats(stats)`; the processor loaded from it."""
+    import json
+
+    from gr00t_server.processing.processor import Gr00tN1d7Processor
+
+    for name, edit, part in (("processor_config.json", processor_kwargs, lambda d: d["processor_kwargs"]),
+                             ("statistics.json", joints_stats, lambda d: d["new_embodiment"]["state"]["joints"])):
+        if edit is not None:
+            data = json.loads((checkpoint / name).read_text())
+            edit(part(data))
+            (checkpoint / name).write_text(json.dumps(data))
+    return Gr00tN1d7Processor.from_pretrained(checkpoint, local_files_only=True)
+
+
+def _ordinary_states(checkpoint):
+    from gr00t_server.test_checkpoint import example_observation
+
+    return {k: v[0].astype(np.float64) for k, v in example_observation(checkpoint, "new_embodiment")["state"].items()}
+
+
+def test_a_state_key_both_sin_cos_and_mean_std_encoded_is_normalized_not_checked_as_an_outlier(copy_of):
+    # sin/cos takes precedence (model.md §3.5 step 1) and makes the key twice as wide: the outlier check broadcast its
+    # std onto that width and failed every request of such a checkpoint.
+    def sin_cos_joints(kwargs):
+        kwargs["apply_sincos_state_encoding"] = True
+        kwargs["modality_configs"]["new_embodiment"]["state"]["sin_cos_embedding_keys"] = ["joints"]
+
+    checkpoint = copy_of()
+    processor = _edited_checkpoint(checkpoint, processor_kwargs=sin_cos_joints)
+    assert "joints" in processor.modality_configs("new_embodiment")["state"].mean_std_embedding_keys
+    states = _ordinary_states(checkpoint)
+    states["joints"][..., 0] = 1e6  # an angle: sin/cos of it is within +-1 whatever its size
+    state = processor.normalize_state("new_embodiment", states)
+    assert np.abs(state).max() <= 1.0 + 1e-6
+
+
+def test_a_float16_model_refuses_a_far_state_as_an_outlier_not_advising_bf16_or_fp32(copy_of):
+    # The float16 overflow check ran first and advised "serve in bf16 or fp32", where the same state is refused too.
+    checkpoint = copy_of()
+    processor = _edited_checkpoint(checkpoint)
+    processor.model_float = "float16"
+    states = _ordinary_states(checkpoint)
+    states["joints"][..., 1] = 1e5
+    with pytest.raises(ObservationError) as refused:
+        processor.normalize_state("new_embodiment", states)
+    assert "beyond +-1000: column 1 holds 1e+05" in str(refused.value) and "bf16" not in str(refused.value)
+
+
+def test_a_nan_model_output_does_not_blame_a_std_0_column_the_outlier_check_takes(copy_of):
+    checkpoint = copy_of()
+
+    def constant_first_column(stats):
+        stats["mean"][0], stats["std"][0] = 5000.0, 0.0
+
+    processor = _edited_checkpoint(checkpoint, joints_stats=constant_first_column)
+    states = _ordinary_states(checkpoint)
+    states["joints"][..., 0] = 5000.0
+    processor.normalize_state("new_embodiment", states)  # taken: the model saw 5000 there in training
+    output = np.zeros((1, 40, 132), np.float32)
+    output[0, 3, 0] = np.nan
+    from gr00t_client import NonFiniteActionError
+
+    with pytest.raises(NonFiniteActionError) as refused:
+        processor.decode_action(output, "new_embodiment", states)
+    assert "state key 'joints'" not in str(refused.value) and "Check the weights" in str(refused.value)
+
+
+def test_a_state_refused_against_a_near_zero_std_names_the_statistics_not_the_users_units(copy_of):
+    # A column constant in training whose std came out of rounding (1e-9): an ordinary state normalized to 8e8 and
+    # was refused as "likely in other units".
+    checkpoint = copy_of()
+
+    def rounding_std(stats):
+        stats["std"][0] = 1e-9
+
+    processor = _edited_checkpoint(checkpoint, joints_stats=rounding_std)
+    with pytest.raises(ObservationError, match=r"column 0 holds .* std 1e-09; a std that small is that of a column "
+                                               r"constant in training .* correct its std in the checkpoint's "
+                                               r"statistics.json") as refused:
+        processor.normalize_state("new_embodiment", _ordinary_states(checkpoint))
+    assert "other units" not in str(refused.value)

@@ -100,33 +100,49 @@ def flagged_rows(mask: np.ndarray) -> List[int]:
     return np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1)).tolist()[:8]
 
 
-def check_state_outliers(tag: str, key: str, value: np.ndarray, normalized: np.ndarray, params: norm.KeyNormParams,
-                         state_config: ModalityConfig) -> None:
-    """ObservationError when state `key` normalizes beyond +-STATE_OUTLIER_LIMIT, naming its rows, the value and the
-    statistics it was normalized by: refused before the model, whose answer to it depended on the backend (PyTorch
-    made NaN, ONNX Runtime finite actions computed from it). Only unclipped keys can get there (mean/std keys, and
-    min/max keys with clip_outliers off). A mean/std column whose std is 0 passes its raw value to the model unchanged,
-    as in training (model.md §3.5): not an outlier, however large."""
+def outlier_magnitude(key: str, normalized: np.ndarray, params: norm.KeyNormParams, state_config: ModalityConfig,
+                      sincos: bool) -> np.ndarray:
+    """|normalized| where state `key` can be an outlier, 0 elsewhere: a sin/cos-encoded key (`sincos`: within +-1, and
+    twice as wide as its statistics) never is, nor a mean/std column whose std is 0, which passes its raw value to the
+    model unchanged, as in training (model.md §3.5)."""
+    if sincos:
+        return np.zeros(normalized.shape)
     magnitude = np.abs(normalized)
-    mean_std = key in (state_config.mean_std_embedding_keys or [])
-    if mean_std:
+    if key in (state_config.mean_std_embedding_keys or []):
         magnitude = np.where(np.broadcast_to(np.asarray(params.std) != 0, magnitude.shape), magnitude, 0.0)
+    return magnitude
+
+
+def check_state_outliers(tag: str, key: str, value: np.ndarray, normalized: np.ndarray, params: norm.KeyNormParams,
+                         state_config: ModalityConfig, sincos: bool) -> None:
+    """ObservationError when state `key` normalizes beyond +-STATE_OUTLIER_LIMIT (outlier_magnitude), naming its rows,
+    the value and the statistics it was normalized by: refused before the model, whose answer to it depended on the
+    backend (PyTorch made NaN, ONNX Runtime finite actions computed from it). Only unclipped keys can get there
+    (mean/std keys, and min/max keys with clip_outliers off)."""
+    magnitude = outlier_magnitude(key, normalized, params, state_config, sincos)
     outlier = magnitude > STATE_OUTLIER_LIMIT
     if not outlier.any():
         return
     worst = np.unravel_index(int(np.argmax(magnitude)), magnitude.shape)
-    if mean_std:
-        statistics = (f"mean {float(np.broadcast_to(params.mean, value.shape)[worst]):.3g}, "
-                      f"std {float(np.broadcast_to(params.std, value.shape)[worst]):.3g}")
+    column, raw = int(worst[-1]), float(value[worst])
+    advice = ("the model was trained on states within about +-1 of them, so this one is likely in other units: send "
+              "states in the units of the checkpoint's statistics")
+    if key in (state_config.mean_std_embedding_keys or []):
+        mean = float(np.broadcast_to(params.mean, value.shape)[worst])
+        std = float(np.broadcast_to(params.std, value.shape)[worst])
+        statistics = f"mean {mean:.3g}, std {std:.3g}"
+        if abs(std) < 1e-6 * max(1.0, abs(mean)):  # rounding's std of a column that was constant in training
+            advice = (f"a std that small is that of a column constant in training (the model saw about 0 there), so "
+                      f"any state off {mean:.6g} by more than {STATE_OUTLIER_LIMIT * abs(std):.3g} is far outside "
+                      "what it was trained on: send the training value in that column, or, if the statistics are "
+                      "wrong, correct its std in the checkpoint's statistics.json")
     else:
         statistics = (f"range [{float(np.broadcast_to(params.low, value.shape)[worst]):.3g}, "
                       f"{float(np.broadcast_to(params.high, value.shape)[worst]):.3g}], not clipped (clip_outliers off)")
     raise ObservationError(
         f"State key '{key}' of '{tag}' normalizes to |values| up to {float(magnitude[worst]):.3g} in rows "
-        f"{flagged_rows(outlier)}, beyond +-{STATE_OUTLIER_LIMIT:g}: column {int(worst[-1])} holds "
-        f"{float(value[worst]):.3g} against this checkpoint's statistics {statistics}; the model was trained on states "
-        "within about +-1 of them, so this one is likely in other units: send states in the units of the checkpoint's "
-        "statistics")
+        f"{flagged_rows(outlier)}, beyond +-{STATE_OUTLIER_LIMIT:g}: column {column} holds {raw:.3g} against this "
+        f"checkpoint's statistics {statistics}; {advice}")
 
 
 def state_outliers(raw_states: Mapping[str, np.ndarray], rows: Sequence[int], state_config: Optional[ModalityConfig],
@@ -143,7 +159,8 @@ def state_outliers(raw_states: Mapping[str, np.ndarray], rows: Sequence[int], st
             normalized = norm.normalize_state_key(key, picked, params[key], state_config,
                                                   config.apply_sincos_state_encoding,
                                                   config.clip_outliers)
-        largest = float(np.max(np.abs(normalized)))
+        sincos = config.apply_sincos_state_encoding and key in (state_config.sin_cos_embedding_keys or [])
+        largest = float(np.max(outlier_magnitude(key, normalized, params[key], state_config, sincos)))
         if largest > STATE_OUTLIER_LIMIT:
             low, high = float(np.min(params[key].low)), float(np.max(params[key].high))
             found.append(f"state key '{key}' normalizes to |values| up to {largest:.3g} in those rows (raw "

@@ -172,6 +172,9 @@ class Gr00tN1d7Processor(VideoChecks):
             normalized = norm.normalize_state_key(
                 key, value, params[key], state_config, self.config.apply_sincos_state_encoding, self.config.clip_outliers
             )
+            # Before the model-float check: its "serve in bf16 or fp32" would only meet this refusal in another float
+            sincos = self.config.apply_sincos_state_encoding and key in (state_config.sin_cos_embedding_keys or [])
+            actions.check_state_outliers(tag, key, value, normalized, params[key], state_config, sincos)
             # A finite but huge state (1e38; 1e5 for a float16 model) overflows the model's float once normalized:
             # the model then makes NaN actions whose error blamed an action key. Refuse it here, naming the state.
             with np.errstate(over="ignore"):
@@ -183,7 +186,6 @@ class Gr00tN1d7Processor(VideoChecks):
                     f"{np.max(np.abs(normalized)):.3g}, against this checkpoint's statistics); send the state in the "
                     "units the model was trained on" + (", or serve in bf16 or fp32" if self.model_float == "float16" else "")
                 )
-            actions.check_state_outliers(tag, key, value, normalized, params[key], state_config)
             groups.append(normalized)
         state = np.concatenate(groups, axis=-1)
         if self.config.exclude_state:
