@@ -114,14 +114,18 @@ def test_resume_reruns_a_done_job_whose_settings_changed_and_keeps_the_unchanged
     assert (out / "jobs" / "edited" / "episodes.replaced.jsonl").is_file()  # the old attempt's log is kept aside
 
 
-def test_resume_keeps_a_done_job_whose_only_change_is_its_policy_server(server, tmp_path):
+def test_resume_reruns_a_done_job_whose_policy_server_changed(server, tmp_path):
+    """A done record is kept only for the job it describes: another server may serve another checkpoint (an unnamed
+    job inserted above it took its name job-<index> and was reported done with its results)."""
     out = tmp_path / "out"
     jobs = write_jobs(tmp_path / "jobs.json", server.port, [{"name": "moved", "env_name": "walkto/fast"}])
     assert cli.main(["batch", "--jobs", str(jobs), "--output-dir", str(out)]) == 0
-    before = batch_results(out)
     write_jobs(out / "jobs.json", 1, [{"name": "moved", "env_name": "walkto/fast"}])  # nothing listens on port 1
-    assert cli.main(["batch", "--resume", str(out)]) == 0
-    assert batch_results(out) == before
+    assert cli.main(["batch", "--resume", str(out)]) == 1
+    after = batch_results(out)["moved"]
+    assert after["status"] == "failed" and after["policy_server"] == "127.0.0.1:1"
+    assert after["rerun_reason"] == (f"settings changed since it was done: policy_server '127.0.0.1:{server.port}' -> "
+                                     "'127.0.0.1:1'")
 
 
 def test_a_job_folder_saves_the_planned_config_that_later_attempts_are_compared_with(tmp_path):

@@ -84,6 +84,24 @@ def test_a_shard_whose_server_is_gone_is_reported_and_the_rest_is_kept(local_ray
     assert merged["overall"]["n_episodes"] == 2 and len(merged["missing_episodes"]) == 2
 
 
+def test_shards_whose_server_goes_away_mid_run_are_listed_in_failed_shards_with_why(local_ray):
+    config = RolloutConfig(env_name="walkto/fast", n_episodes=8, n_envs=1, n_action_steps=2, max_episode_steps=6,
+                           seed=0, vectorization="sync")
+    shards_heard_from = set()
+    with policy_server(SlowPolicy(0.1)) as server:
+        def stop_the_server_once_both_shards_scored_an_episode(outcome):  # shard 0 runs episodes 0-3, shard 1 4-7
+            shards_heard_from.add(outcome.episode_index // 4)
+            if len(shards_heard_from) == 2:
+                threading.Thread(target=server.stop, daemon=True).start()
+
+        merged = run_with_ray("walkto/fast", config, [ServerAddress("127.0.0.1", server.port)], address="local",
+                              n_shards=2, timeout_ms=500, on_episode=stop_the_server_once_both_shards_scored_an_episode)
+    assert merged["status"] == "aborted" and merged["missing_episodes"]
+    # each shard ran on until its server was gone and ended aborted (it raised nothing): failed all the same
+    assert sorted(merged["failed_shards"]) == ["0/2", "1/2"]
+    assert all(reason.startswith("aborted: ") for reason in merged["failed_shards"].values()), merged["failed_shards"]
+
+
 def test_rollout_cli_runs_on_ray_with_several_hosts_and_writes_one_results_file(local_ray, tmp_path):
     import json
 

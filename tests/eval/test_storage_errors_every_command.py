@@ -46,7 +46,8 @@ def test_a_batch_that_cannot_write_its_results_names_the_file_and_the_remedy(tmp
         fail_writes_of(monkeypatch, ".batch_results.json.", err)
         assert main(["--log-level", "ERROR", "batch", "--jobs", str(jobs), "--output-dir", str(out)]) == 2
     line = last_error_line(capsys)
-    assert f"{STRERROR[err]} writing {out / 'batch_results.json'}: the batch stopped there" in line, line
+    # its first write failed: no job started, and nothing is kept in a file that was never written
+    assert f"{STRERROR[err]} writing {out / 'batch_results.json'}: the batch stopped before any job started" in line, line
     assert ADVICE[err].lower() in line and f"gr00t-eval batch --resume {out}" in line, line
     assert_no_errno_form(line)
 

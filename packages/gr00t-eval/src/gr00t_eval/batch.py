@@ -173,11 +173,15 @@ def planned_config(config: RolloutConfig) -> Dict[str, Any]:
 
 
 def changed_settings(job: Job, record: Mapping[str, Any], job_dir: Optional[Path] = None) -> Optional[str]:
-    """How a done job's settings in the job file differ from those its record ran with ('' or None: unchanged).
+    """How a done job in the job file differs from the one its record describes ('' or None: unchanged): its policy
+    server ('host:port') and its settings.
 
-    The record's `job_config`, else the job folder's run.json; a record with neither (an older batch) is kept.
-    The policy server is not compared: it may change between attempts.
+    The record's `job_config`, else the job folder's run.json; a record with neither (an older batch) is kept unless
+    its server differs. The server is compared too: an unnamed job is `job-<index>`, so a job inserted above it took
+    its name, and was reported done with the other's results without running.
     """
+    recorded = record.get("policy_server")
+    server = [f"policy_server {recorded!r} -> {str(job.server)!r}"] if recorded not in (None, str(job.server)) else []
     saved = record.get("job_config")
     if saved is None and job_dir is not None and (job_dir / RUN_FILENAME).is_file():
         try:
@@ -185,12 +189,12 @@ def changed_settings(job: Job, record: Mapping[str, Any], job_dir: Optional[Path
         except ValueError as exc:  # nothing to compare with: run again, where the job fails naming the file
             return f"the settings (unknown: {exc})"
     if saved is None:
-        return None
+        return ", ".join(server) or None
     try:
         planned = planned_config(job.rollout_config())
     except (TypeError, ValueError) as exc:
         return f"the settings ({exc})"
-    return ", ".join(setting_changes(saved, planned, job_dir_name(job.name)))
+    return ", ".join([*server, *setting_changes(saved, planned, job_dir_name(job.name))])
 
 
 def run_job(job: Job, policy_factory: Callable[[PolicyServerAddress], BasePolicy] = connect, progress: bool = False,
@@ -210,7 +214,7 @@ def run_job(job: Job, policy_factory: Callable[[PolicyServerAddress], BasePolicy
         record["job_config"] = planned_config(config)
         on_episode = None
         earlier = None
-        policy = policy_factory(job.server)
+        policy = policy_factory(job.server_with_token())
         served = policy_record(policy)  # which checkpoint or dataset the server serves
         check_takes_flat_observations(served)  # before any episode: each would error on the flat observations
         if job_dir is not None:

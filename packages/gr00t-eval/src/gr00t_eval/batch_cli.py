@@ -71,9 +71,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 def _storage_stop_message(exc: OSError, path: Path, output_dir: Path) -> str:
-    """The one line for a batch stopped by a storage error (is_storage_line) while a job ran: what is kept, and the
-    command that continues."""
+    """The one line for a batch stopped by a storage error (is_storage_line) before or while a job ran: what is kept,
+    and the command that continues."""
     resume = f"gr00t-eval batch --resume {output_dir}"
+    if not path.is_file():  # its first write failed: no job started, and jobs.json is all a resume needs
+        return (f"{storage_error_text(exc)}: the batch stopped before any job started; {storage_advice(exc).lower()}, "
+                f"then continue with: {resume} (it runs the jobs of {output_dir / 'jobs.json'})")
     if isinstance(exc, OutputFolderGone):
         return (f"the job folder {exc.filename} disappeared (unmounted or deleted) while its job wrote to it: the batch "
                 f"stopped there, and wrote nothing more; the jobs done before it are kept in {path}. Continue with: "
@@ -93,22 +96,33 @@ def _resumed_batch(args: argparse.Namespace) -> _Batch:
                          f"cannot be given with it (to change a job, edit {Path(args.resume) / 'jobs.json'})")
     output_dir = Path(args.resume)
     jobs_path = output_dir / "jobs.json"
-    if not (output_dir / BATCH_RESULTS_FILENAME).is_file() or not jobs_path.is_file():
+    results_path = output_dir / BATCH_RESULTS_FILENAME
+    # No batch_results.json beside jobs.json and the batch's claim: the batch stopped before its first write of it (a
+    # full disk, a kill), before any job started, and resumes from jobs.json alone.
+    started = results_path.is_file() or (output_dir / BATCH_CLAIM_FILENAME).is_file()
+    if not started or not jobs_path.is_file():
         raise UsageError(f"--resume {output_dir}: no {BATCH_RESULTS_FILENAME} and jobs.json there (is it a batch --output-dir?)")
     refuse_live_claim(output_dir, BATCH_CLAIM_FILENAME, flag="--resume")
     start_dir, home_dir = _recorded(output_dir, START_DIR_KEY), _recorded(output_dir, HOME_DIR_KEY)
     jobs = load_jobs(jobs_path, start_dir, home_dir, resumed=True)
-    results_path = output_dir / BATCH_RESULTS_FILENAME
-    try:
-        previous = json.loads(results_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"--resume {output_dir}: {results_path} cannot be read ({type(exc).__name__}: {exc}); "
-                         "each job's own results and episodes are in jobs/<name>/ (start a new batch, or "
-                         f"restore {BATCH_RESULTS_FILENAME})") from None
+    if not results_path.is_file():
+        previous: Any = {"jobs": []}
+    else:
+        try:
+            previous = json.loads(results_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--resume {output_dir}: {results_path} cannot be read ({type(exc).__name__}: {exc}); "
+                             "each job's own results and episodes are in jobs/<name>/ (start a new batch, or "
+                             f"restore {BATCH_RESULTS_FILENAME})") from None
     jobs_done = previous.get("jobs", []) if isinstance(previous, dict) else None
     if not isinstance(jobs_done, list) or not all(isinstance(job, dict) for job in jobs_done):
         raise UsageError(f"--resume {output_dir}: {results_path} holds no batch results (an object whose "
                          "'jobs' is a list of job records)")
+    unnamed = next((index for index, job in enumerate(jobs_done) if not isinstance(job.get("name"), str)), None)
+    if unnamed is not None:
+        raise UsageError(f"--resume {output_dir}: {results_path} job record #{unnamed} has no 'name' (got "
+                         f"{jobs_done[unnamed].get('name')!r}); expected each record to name its job as in jobs.json "
+                         f"(restore {BATCH_RESULTS_FILENAME}, or delete the record to run its job again)")
     # Under the claim's lock: of two resumes started at once, one runs and the other is refused.
     settings = {"resumed": True, **{key: value for key, value in ((START_DIR_KEY, start_dir), (HOME_DIR_KEY, home_dir))
                                     if value}}

@@ -60,6 +60,7 @@ class PolicyServerAddress:
     timeout_ms: int = DEFAULT_TIMEOUT_MS
     server_public_key: Optional[str] = None  # CURVE: the server's .key file or z85 key
     client_key: Optional[str] = None  # CURVE: this client's .key_secret file or z85 secret key
+    api_token_env: Optional[str] = None  # the variable holding the token, read as the job runs (Job.server_with_token)
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"
@@ -80,6 +81,14 @@ class Job:
         timeout = {"env_timeout_s": default_env_timeout(self.config.get("vectorization"))}
         return RolloutConfig(env_name=self.env_name, **{**timeout, **self.config})
 
+    def server_with_token(self) -> PolicyServerAddress:
+        """Its policy server with the API token read from `api_token_env` now, as the job runs (a done job that a
+        resume keeps needs none); JobError naming the job for a variable not set, empty, or unlike 'api_token'."""
+        if self.server.api_token_env is None:
+            return self.server
+        raw = {"api_token": self.server.api_token, "api_token_env": self.server.api_token_env}
+        return dataclasses.replace(self.server, api_token=_token(self.name, raw), api_token_env=None)
+
 
 def _server(name: str, raw: Any) -> PolicyServerAddress:
     if not isinstance(raw, Mapping):
@@ -89,7 +98,8 @@ def _server(name: str, raw: Any) -> PolicyServerAddress:
         raise JobError(f"job {name!r}: unknown policy_server fields {sorted(unknown)}; allowed: {sorted(SERVER_KEYS)}")
     if "port" not in raw:
         raise JobError(f"job {name!r}: policy_server needs a 'port'")
-    token = _token(name, raw)
+    variable = raw.get("api_token_env")  # read when the job runs (Job.server_with_token)
+    token = raw.get("api_token") if variable else _token(name, raw)
     if raw.get("client_key") and not raw.get("server_public_key"):
         raise JobError(f"job {name!r}: policy_server 'client_key' needs 'server_public_key'")
     port, timeout_ms = raw["port"], raw.get("timeout_ms", DEFAULT_TIMEOUT_MS)
@@ -102,12 +112,13 @@ def _server(name: str, raw: Any) -> PolicyServerAddress:
     if not isinstance(host, str) or not host.strip():
         raise JobError(f"job {name!r}: policy_server 'host' must be a host name or IP address, got {host!r}")
     return PolicyServerAddress(host, port, token, timeout_ms,
-                               raw.get("server_public_key"), raw.get("client_key"))
+                               raw.get("server_public_key"), raw.get("client_key"), str(variable) if variable else None)
 
 
 def _token(name: str, raw: Mapping[str, Any]) -> Optional[str]:
-    """The job's API token: policy_server 'api_token', or the variable 'api_token_env' names; JobError for the two
-    given with different values, a variable that is not set, or a blank token (which would send none)."""
+    """The job's API token: policy_server 'api_token', or the variable 'api_token_env' names (read now, as the job
+    runs); JobError for the two given with different values, a variable that is not set, or a blank token (which
+    would send none)."""
     token, variable = raw.get("api_token"), raw.get("api_token_env")
     source = "policy_server 'api_token'"
     if variable:
@@ -284,6 +295,10 @@ def parse_job(raw: Any, index: int, defaults: Optional[Mapping[str, Any]] = None
         raise JobError(f"job #{index} must be an object, got {type(raw).__name__}")
     defaults = defaults or {}
     given_name = raw.get("name", defaults.get("name"))
+    usable = given_name is None or (isinstance(given_name, str) and is_utf8(given_name))
+    label = (given_name or f"job-{index}") if usable else None
+    for part, layer in (("defaults", defaults), ("", raw)):
+        refuse_surrogates(f"job {label!r}" if label else f"job #{index}", layer, part, label)
     if given_name is not None and (not isinstance(given_name, str) or not given_name.strip()):
         raise JobError(f"job #{index}: 'name' must be a non-empty string (or left out), got {given_name!r}")
     name = given_name or f"job-{index}"
@@ -316,6 +331,33 @@ def parse_job(raw: Any, index: int, defaults: Optional[Mapping[str, Any]] = None
         raise
 
 
+def refuse_surrogates(who: str, value: Any, field: str = "", job_name: Optional[str] = None) -> None:
+    """JobError naming the field when a string or field name in `value` holds a lone surrogate ("\\ud800" is valid
+    JSON): it is no UTF-8 text, so the job's folder name, video folder or the results table would crash the batch."""
+    if isinstance(value, str) and not is_utf8(value):
+        raise JobError(f"{who}: {field or 'a field'!r} is {value!r}, which holds a lone surrogate (no UTF-8 text); "
+                       "expected text (write the character itself, or both halves of its \\uXXXX pair)", job_name)
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            inner = f"{field}.{key}" if field else str(key)
+            if isinstance(key, str) and not is_utf8(key):
+                raise JobError(f"{who}: the field name {inner!r} holds a lone surrogate (no UTF-8 text); expected "
+                               "text", job_name)
+            refuse_surrogates(who, item, inner, job_name)
+    elif isinstance(value, list):
+        for number, item in enumerate(value):
+            refuse_surrogates(who, item, f"{field}[{number}]", job_name)
+
+
+def is_utf8(text: str) -> bool:
+    """Whether `text` can be written as UTF-8 (holds no lone surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def load_jobs(path: Union[str, Path], start_dir: Union[str, Path, None] = None, home_dir: Optional[str] = None,
               resumed: bool = False) -> List[Union[Job, JobError]]:
     """Read a job file: {"defaults": {...}, "jobs": [...]} or a bare list; invalid jobs come back as JobError.
@@ -325,9 +367,15 @@ def load_jobs(path: Union[str, Path], start_dir: Union[str, Path, None] = None, 
     and a leading '~' is `home_dir` (default: this user's home folder). `resumed`: read by a batch --resume (parse_job).
     """
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_bytes().decode("utf-8"),
+                          object_pairs_hook=lambda pairs: _unique_keys(path, pairs))
     except json.JSONDecodeError as exc:
         raise JobError(f"{path}: not valid JSON ({exc})") from None
+    except UnicodeDecodeError as exc:  # UTF-16 as PowerShell's `>` writes, Latin-1 from an editor
+        raise JobError(f"{path}: not UTF-8 ({exc}); a job file must be UTF-8 JSON (save it as UTF-8)") from None
+    except RecursionError:
+        raise JobError(f"{path}: nested too deeply to read; a job file must be UTF-8 JSON of a list of jobs or an "
+                       "object with 'jobs'") from None
     defaults: Mapping[str, Any] = {}
     if isinstance(data, Mapping):
         unknown = set(data) - {"defaults", "jobs"}
@@ -349,6 +397,7 @@ def load_jobs(path: Union[str, Path], start_dir: Union[str, Path, None] = None, 
     seen: Dict[str, Tuple[int, str]] = {}
     for index, raw in enumerate(data):
         raw_name = raw.get("name") if isinstance(raw, Mapping) else None
+        raw_name = raw_name if is_utf8(str(raw_name)) else None  # a name no folder or table can hold
         try:
             job: Union[Job, JobError] = parse_job(raw, index, defaults, resumed)
         except (JobError, TypeError, ValueError) as exc:
@@ -364,6 +413,17 @@ def load_jobs(path: Union[str, Path], start_dir: Union[str, Path, None] = None, 
     jobs = [_with_usable_video_dir(job) for job in jobs]
     refuse_overlapping_video_dirs(jobs)
     return jobs
+
+
+def _unique_keys(path: Union[str, Path], pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    """A JSON object of the job file; JobError for a key given twice in it (json.loads would keep the last value
+    without a word: two pasted `jobs` lists ran only the second)."""
+    data: Dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise JobError(f"{path}: key {key!r} is given twice in one object; give each key once")
+        data[key] = value
+    return data
 
 
 def absolute_video_dir(job: Union[Job, JobError], start_dir: Union[str, Path],

@@ -69,9 +69,33 @@ class EpisodeLog:
             if not line.strip():
                 continue
             try:
-                yield json.loads(line)
+                entry = json.loads(line)
             except json.JSONDecodeError:  # a line cut short by a crash: everything before it is intact
-                logger.warning("%s:%d is not complete JSON; ignoring it", self.path, number)
+                logger.warning("%s:%d is not an episode entry: it is not complete JSON; ignoring it", self.path, number)
+                continue
+            problem = entry_problem(entry)
+            if problem is not None:  # edited by hand, or another tool's: its episode runs again
+                logger.warning("%s:%d is not an episode entry: %s; ignoring it", self.path, number, problem)
+                continue
+            yield entry
+
+
+def entry_problem(entry: Any) -> Optional[str]:
+    """Why a JSON value read from episodes.jsonl is no episode entry (None when it is one): an object with a
+    whole-number `episode_index`, a text `task` and whole-number or numeric episode fields."""
+    if not isinstance(entry, dict):
+        return f"expected an object, got {type(entry).__name__}"
+    index = entry.get("episode_index")
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        return f"expected 'episode_index' a whole number >= 0, got {index!r}"
+    if entry.get("task") is not None and not isinstance(entry["task"], str):
+        return f"expected 'task' text, got {entry['task']!r}"
+    for key, kinds in (("length", (int,)), ("env_index", (int,)), ("sum_reward", (int, float)),
+                       ("max_reward", (int, float))):
+        value = entry.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
+            return f"expected {key!r} a {'whole number' if kinds == (int,) else 'number'} or null, got {value!r}"
+    return None
 
 
 def latest_entries(entries: Iterable[Mapping[str, Any]]) -> List[Dict[str, Any]]:

@@ -170,7 +170,8 @@ def run_with_ray(env_spec: str, config: RolloutConfig, servers: Sequence[ServerA
     Each scored episode reaches the driver (and `on_episode`) as it finishes. `done` holds the outcomes of an
     earlier run of the same plan (a resume): shards whose episodes all finished are not started, the others
     run only their missing and errored episodes. Ctrl-C/SIGTERM cancels the running shards and returns what
-    finished with "status": "interrupted"; a shard that fails keeps the episodes it streamed ("aborted").
+    finished with "status": "interrupted"; a shard that fails keeps the episodes it streamed ("aborted"). Shards that
+    raised or ended aborted are listed in `failed_shards` with why.
     `policy`: the run's policy record, which every shard holds its server to (run_shard_task); `registrations`: the
     env registrations every shard applies first (run_shard_task).
     """
@@ -243,6 +244,8 @@ def run_with_ray(env_spec: str, config: RolloutConfig, servers: Sequence[ServerA
                         if "results" in item:
                             shard_results[index] = item["results"]
                             ended = f"shard {index}/{n_shards} {_shard_ending(item['results'])}"
+                            if item["results"].get("status") == "aborted":  # its server gone mid-run: failed too
+                                failed[f"{index}/{n_shards}"] = f"aborted: {item['results'].get('stop_reason')}"
                         else:
                             failed[f"{index}/{n_shards}"] = item["error"]
                             shard_results[index] = partial(index, "aborted", f"failed: {item['error']}")

@@ -60,7 +60,8 @@ def register_scale_commands(subparsers: Any) -> None:
                         f"directory {DEFAULT_BATCH_DIR}/YYYY-MM-DD/HH-MM-SS_batch)")
     p.add_argument(*_flag("overwrite"), action="store_true", help="empty a non-empty --output-dir first")
     p.add_argument(*_flag("resume"), type=user_path, default=None, metavar="DIR",
-                   help="continue the batch in DIR: jobs marked done are kept, pending and failed ones run again")
+                   help="continue the batch in DIR: jobs marked done are kept (unless their settings or policy_server "
+                        "changed since), pending and failed ones run again")
     p.set_defaults(scale_command=cmd_batch)
 
     p = subparsers.add_parser("merge", help="merge `rollout --shard` results into the results of one run")

@@ -121,10 +121,61 @@ def recorded_settings(plan: Mapping[str, Any]) -> Dict[str, Any]:
     return {**defaults, **(plan.get("settings") or {})}
 
 
-def _plan_key(results: Mapping[str, Any]) -> Tuple[Any, ...]:
+def _is_index(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_results_shape(results: Mapping[str, Any]) -> None:
+    """MergeError naming the first field of `results` that merge reads and that is not what a run writes there (a
+    hand-edited or damaged file: an entry without its task, a plan without n_episodes, per_task a list, ...)."""
     plan = results.get("plan")
     if plan is None:
         raise MergeError("results have no 'plan' (only results of `rollout --shard` or gr00t-eval suites can be merged)")
+    if not isinstance(plan, dict):
+        raise MergeError(f"'plan' is a {type(plan).__name__}, expected an object with tasks, n_episodes and seed")
+    for name in ("tasks", "n_episodes", "seed"):
+        if name not in plan:
+            raise MergeError(f"'plan' has no {name!r} (a run writes tasks, n_episodes, seed, settings and shard)")
+    tasks = plan["tasks"]
+    if not isinstance(tasks, list) or not all(
+            isinstance(t, list) and len(t) == 2 and all(isinstance(part, str) for part in t) for t in tasks):
+        raise MergeError(f"'plan.tasks' is {tasks!r}, expected a list of [env_name, group] pairs of strings")
+    if not _is_index(plan["n_episodes"]) or plan["n_episodes"] < 0:
+        raise MergeError(f"'plan.n_episodes' is {plan['n_episodes']!r}, expected a whole number >= 0")
+    if plan["seed"] is not None and not _is_index(plan["seed"]):
+        raise MergeError(f"'plan.seed' is {plan['seed']!r}, expected a whole number or null")
+    if not isinstance(plan.get("settings") or {}, dict):
+        raise MergeError(f"'plan.settings' is {plan['settings']!r}, expected an object of setting names and values")
+    shard = plan.get("shard")
+    if shard is not None:
+        try:
+            valid = isinstance(shard, list) and len(shard) == 2 and all(map(_is_index, shard)) and ShardSpec(*shard)
+        except ValueError:
+            valid = False
+        if not valid:
+            raise MergeError(f"'plan.shard' is {shard!r}, expected null or [index, count] with 0 <= index < count")
+    for name, expected, nullable in (("per_episode", list, False), ("per_task", dict, False), ("policy", dict, True),
+                                     ("config", dict, True), ("settings_not_applied", dict, True)):
+        value = results.get(name)
+        if name in results and not isinstance(value, expected) and not (nullable and value is None):
+            raise MergeError(f"'{name}' is {json.dumps(value)[:80]}, expected "
+                             f"{'a list' if expected is list else 'an object'}{' or null' if nullable else ''}")
+    for position, entry in enumerate(results.get("per_episode") or []):
+        if not isinstance(entry, dict):
+            raise MergeError(f"per_episode[{position}] is {entry!r}, expected an object with task and episode_index")
+        if not isinstance(entry.get("task"), str):
+            raise MergeError(f"per_episode[{position}] has task {entry.get('task')!r}, expected the env name it ran")
+        if not _is_index(entry.get("episode_index")):
+            raise MergeError(f"per_episode[{position}] ({entry['task']}) has episode_index "
+                             f"{entry.get('episode_index')!r}, expected a whole number")
+    for task, entry in (results.get("per_task") or {}).items():
+        if not isinstance(entry, dict):
+            raise MergeError(f"per_task[{task!r}] is {entry!r}, expected an object of that task's aggregates")
+
+
+def _plan_key(results: Mapping[str, Any]) -> Tuple[Any, ...]:
+    _check_results_shape(results)
+    plan = results["plan"]
     settings = json.dumps(recorded_settings(plan), sort_keys=True)
     return (tuple(tuple(t) for t in plan["tasks"]), plan["n_episodes"], plan["seed"], settings)
 
@@ -212,13 +263,21 @@ def merge_results(shards: Sequence[Mapping[str, Any]], allow_missing: bool = Fal
                              "the same checkpoint or dataset)")
     task_pairs, n_episodes, seed, _ = key
     tasks = [Task(env_name, group) for env_name, group in task_pairs]
+    plan_tasks = [task.env_name for task in tasks]
     seen: Dict[Tuple[str, int], int] = {}
     runs: List[TaskRun] = []
     for position, results in enumerate(shards):
-        per_task = results.get("per_task", {})
+        per_task = results.get("per_task") or {}
+        planned = _planned_ranges(tasks, n_episodes, results)
         outcomes_by_task: Dict[str, list] = {}
-        for entry in results.get("per_episode", []):
+        for entry in results.get("per_episode") or []:
             pair = (entry["task"], int(entry["episode_index"]))
+            if pair[0] not in plan_tasks:
+                raise MergeError(f"{label[position]}: per_episode has episode {pair[1]} of {pair[0]}, a task not in "
+                                 f"the plan (tasks {', '.join(plan_tasks)}); a hand-edited or mixed-up results file?")
+            if pair[1] not in planned.get(pair[0], ()):
+                raise MergeError(f"{label[position]}: per_episode has episode {pair[1]} of {pair[0]}, which is not "
+                                 f"in {_planned_part(results, planned)}; a hand-edited or mixed-up results file?")
             if pair in seen:
                 raise MergeError(f"episode {pair[1]} of {pair[0]} is in both {label[seen[pair]]} and {label[position]}")
             seen[pair] = position
@@ -234,10 +293,8 @@ def merge_results(shards: Sequence[Mapping[str, Any]], allow_missing: bool = Fal
     # as in a single run: they are counted in n_not_run (the error is in failed_tasks), not missing from the merge.
     not_run_by_failed_task = set()
     for results in shards:
-        shard = results["plan"].get("shard")
-        ranges = (shard_ranges(tasks, n_episodes, ShardSpec(*shard)) if shard
-                  else {t.env_name: range(n_episodes) for t in tasks})
-        for task_name, entry in results.get("per_task", {}).items():
+        ranges = _planned_ranges(tasks, n_episodes, results)
+        for task_name, entry in (results.get("per_task") or {}).items():
             if entry.get("error") and task_name in ranges:
                 not_run_by_failed_task.update((task_name, i) for i in ranges[task_name] if (task_name, i) not in seen)
     missing = [f"{t.env_name}#{i}" for t in tasks for i in range(n_episodes)
@@ -248,7 +305,7 @@ def merge_results(shards: Sequence[Mapping[str, Any]], allow_missing: bool = Fal
         cause = "; ".join(stopped) if stopped else "is a shard missing or failed?"
         raise MergeError(f"{len(missing)} episodes are in no results file: {format_missing(missing)} ({cause})")
     first = shards[0]
-    config = dict(first.get("config", {}))
+    config = dict(first.get("config") or {})
     config.pop("shard", None)
     extra = {
         "plan": {**shards[0]["plan"], "settings": recorded_settings(shards[0]["plan"]), "shard": None},
@@ -269,6 +326,20 @@ def merge_results(shards: Sequence[Mapping[str, Any]], allow_missing: bool = Fal
         reasons.append(f"{len(missing)} episodes are in no results file (merged with --allow-missing)")
     return suite_results(tasks, runs, config, first.get("env_name", ""), first.get("suite"), extra, status,
                          "; ".join(reasons) or None)
+
+
+def _planned_ranges(tasks: Sequence[Task], n_episodes: int, results: Mapping[str, Any]) -> Dict[str, range]:
+    """The episodes of each task that `results` planned: its shard's slice, or every episode of a whole run."""
+    shard = results["plan"].get("shard")
+    return (shard_ranges(tasks, n_episodes, ShardSpec(*shard)) if shard
+            else {t.env_name: range(n_episodes) for t in tasks})
+
+
+def _planned_part(results: Mapping[str, Any], planned: Mapping[str, range]) -> str:
+    """'shard 1/2's episodes (metaworld/reach-v3 2..3)' or 'the plan's episodes (...)', for MergeError messages."""
+    shard = results["plan"].get("shard")
+    owner = f"shard {ShardSpec(*shard)}'s" if shard else "the plan's"
+    return f"{owner} episodes ({', '.join(f'{name} {r.start}..{r.stop - 1}' for name, r in planned.items()) or 'none'})"
 
 
 def _server_of(results: Mapping[str, Any]) -> Optional[str]:
