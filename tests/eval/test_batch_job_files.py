@@ -250,3 +250,42 @@ def test_a_resume_refuses_a_batch_record_without_a_name_naming_the_file(server, 
     assert cli.main(["batch", "--resume", str(out)]) == 2
     assert (f"{out / 'batch_results.json'} job record #0 has no 'name' (got None); expected each record to name its "
             "job") in capsys.readouterr().err
+
+
+def _reference_server(policy):
+    """A reference-style server of `policy` (a REP socket, no get_server_info: which policy it serves is unknown)."""
+    from reference_peer import RefModalityConfig, ReferenceServer
+
+    configs = {k: RefModalityConfig(v.to_json_dict()) for k, v in policy.get_modality_config().items()}
+    return ReferenceServer({"get_action": policy.get_action, "reset": policy.reset,
+                            "get_modality_config": lambda: configs})
+
+
+def test_a_done_job_whose_server_changed_to_one_of_unknown_policy_runs_every_episode_again(tmp_path, caplog):
+    # Re-run because its server changed, it resumed its folder's episodes (all done) when neither server said what it
+    # serves, and reported the old server's episodes under the new one without a single call to it.
+    out = tmp_path / "out"
+    with _reference_server(ConstantPolicy()) as first:
+        job = {"env_name": "walkto/fast", "policy_server": {"port": first.port, "timeout_ms": 5000}}
+        assert cli.main(["batch", "--jobs", str(write_jobs(tmp_path / "jobs.json", [job])), "--output-dir", str(out)]) == 0
+    counting = CountingPolicy()
+    with _reference_server(counting) as second:
+        write_jobs(out / "jobs.json", [{**job, "policy_server": {"port": second.port, "timeout_ms": 5000}}])
+        assert cli.main(["batch", "--resume", str(out)]) == 0
+    (record,) = records(out)
+    assert counting.calls > 0 and record["resumed_episodes"] == 0 and record["results"]["overall"]["n_episodes"] == 3
+    assert any("which policy one of them serves is unknown" in r.getMessage() for r in caplog.records)
+
+
+def test_a_done_job_whose_server_moved_but_serves_the_same_policy_keeps_its_episodes_and_says_so(server, tmp_path,
+                                                                                                   caplog):
+    out = tmp_path / "out"
+    job = {"env_name": "walkto/fast", "policy_server": {"port": server.port, "timeout_ms": 5000}}
+    assert cli.main(["batch", "--jobs", str(write_jobs(tmp_path / "jobs.json", [job])), "--output-dir", str(out)]) == 0
+    with policy_server() as moved:  # the same ConstantPolicy on another port: the same fingerprint
+        write_jobs(out / "jobs.json", [{**job, "policy_server": {"port": moved.port, "timeout_ms": 5000}}])
+        assert cli.main(["batch", "--resume", str(out)]) == 0
+    (record,) = records(out)
+    assert record["resumed_episodes"] == 3 and record["policy_server"] == f"127.0.0.1:{moved.port}"
+    assert any("serves the same policy" in r.getMessage() and "its earlier episodes are kept" in r.getMessage()
+               for r in caplog.records)

@@ -66,14 +66,17 @@ def _episode_errors(results: Mapping[str, Any]) -> Optional[str]:
 
 
 def prepare_job_dir(job_dir: Path, config: RolloutConfig, policy: Optional[Mapping[str, Any]] = None,
-                    logged: Optional[List[Dict[str, Any]]] = None) -> Tuple[RolloutConfig, List[EpisodeOutcome]]:
+                    logged: Optional[List[Dict[str, Any]]] = None,
+                    moved_from: Optional[str] = None) -> Tuple[RolloutConfig, List[EpisodeOutcome]]:
     """A job's run.json and episodes.jsonl, like a rollout's: resume what they hold when the job is unchanged.
 
     Returns the config to run (with the base seed saved at the job's first start) and the episodes logged
     by an earlier, unfinished attempt. A job whose settings changed since, or whose server now serves another
     policy (`policy`, policy_identity.policy_record), starts over; its old log is kept as episodes.replaced.jsonl.
     `logged`, when given, gets every entry of a resumed log (EpisodeLog.entries: earlier_eval_s's input), from the
-    one read that gives the episodes (a cut-short line is warned of once).
+    one read that gives the episodes (a cut-short line is warned of once). `moved_from`: the server the job ran
+    against before (a done job whose policy_server changed): its episodes are kept only when both servers said which
+    policy they serve and it is the same one.
     """
     job_dir.mkdir(parents=True, exist_ok=True)
     planned = planned_config(config)
@@ -90,6 +93,14 @@ def prepare_job_dir(job_dir: Path, config: RolloutConfig, policy: Optional[Mappi
                        "earlier attempt ran against %s; running the job from the start", job_dir.name,
                        describe(saved.get("policy")))
         same = False
+    elif same and moved_from is not None and (policy is None or saved.get("policy") is None):
+        logger.warning("job %s: its policy server changed (%s), and which policy one of them serves is unknown (no "
+                       "get_server_info answer), so nothing shows its earlier episodes are this server's; running the "
+                       "job from the start", job_dir.name, moved_from)
+        same = False
+    elif same and moved_from is not None:
+        logger.warning("job %s: its policy server changed (%s) and serves the same policy (%s): its earlier episodes "
+                       "are kept", job_dir.name, moved_from, describe(policy))
     if same:
         assert saved is not None
         earlier = saved.get("policy")
@@ -198,11 +209,12 @@ def changed_settings(job: Job, record: Mapping[str, Any], job_dir: Optional[Path
 
 
 def run_job(job: Job, policy_factory: Callable[[PolicyServerAddress], BasePolicy] = connect, progress: bool = False,
-            job_dir: Optional[Path] = None) -> Dict[str, Any]:
+            job_dir: Optional[Path] = None, moved_from: Optional[str] = None) -> Dict[str, Any]:
     """Run one job; returns its record {name, status done|failed, reason, n_errors, wall_s, results}.
 
     With `job_dir` every episode is logged there the moment it ends, and a job run again (batch --resume)
-    keeps the episodes that finished and runs only the missing and errored ones. KeyboardInterrupt
+    keeps the episodes that finished and runs only the missing and errored ones (after a change of server,
+    `moved_from`, only when both servers are known to serve the same policy: prepare_job_dir). KeyboardInterrupt
     propagates (the batch marks the job pending again).
     """
     start = time.perf_counter()
@@ -219,7 +231,7 @@ def run_job(job: Job, policy_factory: Callable[[PolicyServerAddress], BasePolicy
         check_takes_flat_observations(served)  # before any episode: each would error on the flat observations
         if job_dir is not None:
             logged: List[Dict[str, Any]] = []
-            config, done = prepare_job_dir(job_dir, config, served, logged)
+            config, done = prepare_job_dir(job_dir, config, served, logged, moved_from)
             record["job_config"]["video_dir"] = config.video_dir  # the folder it recorded (setting_changes)
             log = EpisodeLog(job_dir / EPISODE_LOG_FILENAME, claim=RUN_FILENAME)
             on_episode = lambda outcome: log.append(outcome.to_json_dict())  # noqa: E731
@@ -313,8 +325,11 @@ def run_batch(jobs: Sequence[Union[Job, JobError]], output_path: Optional[Union[
         logger.info("job %d/%d: %s (%s on %s)", index + 1, len(jobs), job.name, job.env_name, job.server)
         try:
             rerun_reason = batch["jobs"][index].get("rerun_reason")
+            recorded = kept.get(job.name, {}).get("policy_server") if rerun_reason else None
             batch["jobs"][index] = run_job(job, policy_factory, progress,
-                                           None if jobs_dir is None else jobs_dir / job_dir_name(job.name))
+                                           None if jobs_dir is None else jobs_dir / job_dir_name(job.name),
+                                           moved_from=f"{recorded} -> {job.server}"
+                                           if recorded not in (None, str(job.server)) else None)
             if rerun_reason:
                 batch["jobs"][index]["rerun_reason"] = rerun_reason
         except KeyboardInterrupt:
