@@ -106,3 +106,41 @@ def test_after_a_worker_dies_mid_step_the_other_workers_env_is_closed_not_killed
     assert len(built) == 2 and len(closed) == 1 and closed[0] in built  # the healthy row's env, not the dead one's
     assert "killing those still running" not in caplog.text
     assert multiprocessing.active_children() == []
+
+
+class InterruptingCloseWalkEnv(WalkToEnv):
+    """WalkTo whose close() in the first worker to close sends the parent SIGINT (a second Ctrl-C while the run stops)
+    and takes 1 s more: the parent is interrupted while it waits for its workers to close their envs."""
+
+    def __init__(self, marks: str):
+        super().__init__(1.0)
+        self.marks = Path(marks)
+
+    def close(self):
+        if multiprocessing.current_process().name == "MainProcess":
+            return
+        try:
+            os.close(os.open(self.marks / "interrupted", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:  # the other worker's: one SIGINT only
+            return
+        os.kill(os.getppid(), signal.SIGINT)
+        time.sleep(1.0)
+
+
+@pytest.mark.timeout(120)
+def test_a_ctrl_c_while_the_workers_close_leaves_the_vector_env_closed_and_no_worker_running(tmp_path):
+    """The interrupt escaped _close_envs (it caught Exception only) with the env not marked closed: gymnasium's
+    __del__ then closed it again, and a Ctrl-C there printed 'Exception ignored in: AsyncVectorEnv.__del__' with a
+    traceback."""
+    from gr00t_eval.rollout import RolloutRunner
+
+    register_env_prefix("closeint", EmbodimentTag.NEW_EMBODIMENT,
+                        lambda task, **kwargs: InterruptingCloseWalkEnv(**kwargs))
+    config = RolloutConfig("closeint/walk", n_episodes=2, n_envs=2, n_action_steps=2, max_episode_steps=6, seed=0,
+                           vectorization="async", env_kwargs={"marks": str(tmp_path)})
+    runner = RolloutRunner(ConstantPolicy(), config, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run()
+    assert (tmp_path / "interrupted").is_file()
+    assert runner._vec.closed
+    assert multiprocessing.active_children() == []

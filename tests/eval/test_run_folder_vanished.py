@@ -87,3 +87,30 @@ def test_a_run_whose_share_is_unmounted_mid_run_writes_nothing_in_the_folder_ben
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"the output folder {out} disappeared (unmounted or deleted)" in line, line
     assert list(Path(mount).iterdir()) == []  # the folder under the mount point is left as it was: empty
+
+
+def test_a_run_whose_folder_was_taken_by_a_new_run_leaves_that_runs_files_alone(tmp_path, capsys, live_process):
+    """Run A's folder is deleted before A scored an episode, and run B (another process) starts into the same path:
+    A wrote its episode's video among B's, then its clean-up of "a new run that never started" read B's empty
+    episodes.jsonl as its own and deleted B's run.json and videos (B then stopped: "output folder disappeared")."""
+    from test_batch_merge_outputs import claim_by
+
+    out = tmp_path / "run"
+
+    def taken_by_run_b():
+        out.rename(tmp_path / "deleted")  # as rm -rf, but its inode cannot be the new folder's
+        (out / "videos").mkdir(parents=True)
+        run_file = claim_by(out, live_process.pid, "run.json")
+        record = json.loads(run_file.read_text())
+        run_file.write_text(json.dumps({**record, "config": {"video_dir": str(out / "videos")}}))
+        (out / "episodes.jsonl").write_text("")
+        (out / "videos" / "episode_0005_success.mp4").write_bytes(b"run B's video")
+
+    with policy_server(RemovesFolderOnCall(2, taken_by_run_b)) as server:  # mid episode 0: A has logged none
+        code = rollout(server.port, out, "vanishcam/slow")
+    assert code != 0
+    assert f"the output folder {out} disappeared" in capsys.readouterr().err
+    assert not (tmp_path / "deleted" / "episodes.jsonl").exists()  # A was a new run that had scored nothing
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == ["episodes.jsonl", "run.json", "videos",
+                                                                        "videos/episode_0005_success.mp4"]
+    assert json.loads((out / "run.json").read_text())["claim"]["pid"] == live_process.pid

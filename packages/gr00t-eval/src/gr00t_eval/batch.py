@@ -9,6 +9,7 @@ by batch_jobs (IsaacLab-Arena's field names accepted as aliases).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -29,7 +30,7 @@ from .results import RESULTS_FILENAME, write_results
 from .rollout.config import RolloutConfig, draw_base_seed, env_timeout_applies, without_unkept_env_timeout
 from .run_file import read_run_json
 from .run_resume import add_earlier_task_eval_s, earlier_eval_s, earlier_results
-from .run_stop import is_storage_error
+from .run_stop import is_storage_error, output_folder_checked
 from .run_summary import percent_text
 from .shard import run_suite
 
@@ -238,7 +239,9 @@ def run_job(job: Job, policy_factory: Callable[[PolicyServerAddress], BasePolicy
             record["episode_log"] = str(log.path)
             record["resumed_episodes"] = sum(1 for outcome in done if outcome.error is None)
             earlier = earlier_eval_s(logged, earlier_results(job_dir, None)) if done else None
-        with pinned_policy(policy, served):  # a server restarted with another checkpoint mid-job stops the job
+        # a server restarted with another checkpoint mid-job stops the job, and so does its folder gone before a video
+        folder_checked = output_folder_checked(log.check_folder) if job_dir is not None else contextlib.nullcontext()
+        with pinned_policy(policy, served), folder_checked:
             results = run_suite(policy, job.env_name, config, progress=progress, on_episode=on_episode, done=done)
         if earlier:  # the episodes kept from earlier attempts took their time too, as in rollout --resume
             add_earlier_task_eval_s(results, earlier)

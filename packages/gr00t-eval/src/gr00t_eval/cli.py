@@ -133,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default: a new dated directory {DEFAULT_OPEN_LOOP_BASE}/YYYY-MM-DD/HH-MM-SS_<dataset>). "
                         "Open-loop runs do not resume: run again")
     p.add_argument(*_flag("overwrite"), action="store_true",
-                   help="empty a non-empty --output-dir first (not while the run that claimed it is still running)")
+                   help="empty a non-empty --output-dir first (not while a run still running holds it, a folder in it "
+                        "or one above it)")
     p.add_argument(*_flag("observation-format"), default="auto", choices=["auto", "nested", "flat"],
                    help="nested {video,state,language} (reference server) or flat video.* keys (sim wrapper); auto asks the server")
     p.add_argument(*_flag("no-plots"), action="store_true", help="skip the JPEG plots (not with --save-plot-path)")

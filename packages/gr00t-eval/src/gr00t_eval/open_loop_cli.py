@@ -180,7 +180,7 @@ def _claim_open_loop_output_dir(args: argparse.Namespace, config: Any) -> Path:
     a run still running is refused even with --overwrite; the claim of a finished run, or of one whose
     process is gone (killed), is emptied with the rest by --overwrite.
     """
-    from .run_claim import claim_output_dir, dead_partial_files, refuse_live_claims
+    from .run_claim import claim_output_dir, dead_partial_files, refuse_live_claims, refuse_live_runs_around
     from .output_files import OutputDirError
     from .run_dir import make_fresh_dated_output_dir, prepare_output_dir
     from .trash import OVERWRITE_TRASH
@@ -213,6 +213,7 @@ def _claim_open_loop_output_dir(args: argparse.Namespace, config: Any) -> Path:
                          "directory for the results")
     try:
         refuse_live_claims(output_dir)  # any command's, before "not empty": --overwrite must not be suggested
+        refuse_live_runs_around(output_dir)  # nor inside the folder of a run still running
         # A dead process's half-written file (its claim, killed mid-write) is not content: prepare_output_dir deletes it.
         leftovers = set(dead_partial_files(output_dir))
         earlier = [entry for entry in output_dir.iterdir() if entry not in leftovers and entry.name != OVERWRITE_TRASH] \

@@ -90,12 +90,14 @@ def record_metaworld(
     if image_size % 2:  # checked here, before the dataset directory is made
         raise ValueError(f"image_size must be even (the dataset's mp4 videos are yuv420p), got {image_size}")
     camera = camera or DEFAULT_CAMERA
-    from .run_claim import claim_lock_name, finish_claim, finished_however_it_ends, refuse_live_claims, take_claim
+    from .run_claim import (claim_lock_name, finish_claim, finished_however_it_ends, refuse_live_claims,
+                            refuse_live_runs_around, take_claim)
     from .run_stop import sigterm_as_interrupt
 
     output_path = Path(output).absolute()  # as DatasetWriter takes it
     if output_path.exists() and not output_path.is_dir():
         raise FileExistsError(f"{output} exists and is not a directory")
+    refuse_live_runs_around(output_path, flag="--output")  # never a dataset inside the folder of a run still running
     if output_path.is_dir():
         refuse_live_claims(output_path, flag="--output")  # never empty a directory another recording (or any run) fills
         if not overwrite and any(entry.name not in (RECORD_CLAIM, claim_lock_name(RECORD_CLAIM), OVERWRITE_TRASH)

@@ -112,11 +112,14 @@ def _claim_videos(output_dir: Path, shard: Any, env_spec: str, config: Any, resu
 @contextlib.contextmanager
 def _released_unless_started(output_dir: Path, shard: Any, new_run: bool = True) -> Iterator[None]:
     """Release a new run (_release_unstarted_run) when the block raises: its videos folder refused, the run stopped
-    before scoring, Ctrl-C. A resumed run's files are never released."""
+    before scoring, Ctrl-C. A resumed run's files are never released, nor a run's whose folder is gone (another run's
+    may stand at its path now)."""
+    from .run_stop import OutputFolderGone
+
     try:
         yield
-    except BaseException:
-        if new_run:
+    except BaseException as exc:
+        if new_run and not isinstance(exc, OutputFolderGone):
             _release_unstarted_run(output_dir, shard)
         raise
 
@@ -124,16 +127,20 @@ def _released_unless_started(output_dir: Path, shard: Any, new_run: bool = True)
 def _release_unstarted_run(output_dir: Path, shard: Any) -> None:
     """A new run that stopped before it scored any episode (no server answered, the policy refused its settings)
     leaves no run file: the corrected command is not refused as 'not empty', nor pointed at a --resume that would
-    repeat the mistake."""
+    repeat the mistake. Only while the run file there is this process's claim: never another run's files."""
     from .episode_log import EpisodeLog
     from .output_files import episode_log_name, run_file_name
+    from .run_claim import holds_claim
 
-    log = output_dir / episode_log_name(shard)
+    log, run_file = output_dir / episode_log_name(shard), output_dir / run_file_name(shard)
     try:
+        if run_file.exists() and not holds_claim(run_file):
+            logger.warning("not releasing %s: its %s is not this run's claim (another run took the folder since)",
+                           output_dir, run_file.name)
+            return
         if EpisodeLog(log).read():
             return
         log.unlink(missing_ok=True)
-        run_file = output_dir / run_file_name(shard)
         _release_video_claim(run_file, output_dir, shard)
         run_file.unlink(missing_ok=True)
     except (OSError, ValueError) as exc:  # never hide the reason the run stopped

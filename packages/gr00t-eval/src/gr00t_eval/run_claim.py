@@ -166,6 +166,16 @@ def finish_claim(claim: Union[str, Path], outcome: str) -> None:
         logger.warning("could not mark %s finished: %s", claim, exc)  # the run's own error is the one to show
 
 
+def holds_claim(claim: Union[str, Path]) -> bool:
+    """Whether the claim file `claim` is held by this process (its pid, start and host: _is_this_process)."""
+    try:
+        data = json.loads(Path(claim).read_text())
+    except (OSError, ValueError):
+        return False
+    record = data.get(CLAIM_KEY) if isinstance(data, dict) else None
+    return isinstance(record, dict) and _is_this_process(record)
+
+
 def _is_this_process(record: Mapping[str, Any]) -> bool:
     """True when a claim's holder record is this process: its pid, and its start ticks and boot where recorded (else
     its host name; a host renamed mid-run keeps its ticks and boot, and its claim)."""
@@ -240,6 +250,32 @@ def refuse_live_claims(directory: Union[str, Path], flag: str = "--output-dir", 
     for name in claim_files(directory):
         if name not in skip:
             refuse_live_claim(directory, name, flag)
+
+
+def refuse_live_runs_around(path: Union[str, Path], flag: str = "--output-dir", include_self: bool = False) -> None:
+    """OutputDirError when a folder above `path` (links resolved; `path` itself with `include_self`) is claimed by a
+    run still running (refuse_live_claims): `path` lies inside that run's output, whose files a run there would write
+    over or delete. Claims of this process (a batch's, over its jobs' folders) are no obstacle."""
+    resolved = Path(path).resolve()
+    for folder in [*([resolved] if include_self else []), *resolved.parents]:
+        try:
+            names = claim_files(folder)
+        except OSError:  # a folder above that cannot be listed: its fixed claim names may still be read
+            names = list(CLAIM_FILENAMES)
+        for name in names:
+            if _held_here(folder / name):
+                continue
+            try:
+                refuse_live_claim(folder, name, flag="the folder")
+            except OutputDirError as exc:
+                where = "is" if folder == resolved else "lies inside"
+                raise OutputDirError(f"{flag} {path} {where} the output folder of another run: {exc}") from None
+
+
+def _held_here(claim: Path) -> bool:
+    """Whether `claim` is held by this process."""
+    holder = read_holder(claim)
+    return holder is not None and holder.pid == os.getpid()
 
 
 def process_exists(pid: int) -> bool:

@@ -83,7 +83,7 @@ def check_output_dir(path: Union[str, Path], overwrite: bool = False, own_files:
     run can pass before anything is emptied."""
     from gr00t_client.cli_flags import broken_link_problem
 
-    from .run_claim import dead_partial_files, refuse_live_claims
+    from .run_claim import dead_partial_files, refuse_live_claims, refuse_live_runs_around
 
     path = Path(path)
     problem = broken_link_problem("--output-dir", path)
@@ -91,6 +91,7 @@ def check_output_dir(path: Union[str, Path], overwrite: bool = False, own_files:
         raise OutputDirError(problem)
     if path.exists() and not path.is_dir():
         raise OutputDirError(f"--output-dir {path} exists and is not a directory")
+    refuse_live_runs_around(path)  # inside a folder a run still writes to (its videos/): --overwrite or not
     if not path.is_dir():
         return
     if own_files is None:
@@ -251,7 +252,8 @@ def _input_kind(folder: Path) -> Optional[str]:
 
 def _refuse_inputs(path: Path) -> None:
     """OutputDirError for a directory --overwrite must never empty: one that is, holds (at any depth) or lies
-    inside a LeRobot dataset or a checkpoint (a mistyped --output-dir, the dataset's own folder or its meta/)."""
+    inside a LeRobot dataset or a checkpoint (a mistyped --output-dir, the dataset's own folder or its meta/), or
+    that holds, below its top (checked by the caller), the folder of a run still running (_refuse_live_runs_in)."""
     def refuse(what: str, where: str) -> None:
         raise OutputDirError(f"--output-dir {path} {where} {what}; --overwrite never deletes one: name another "
                              "directory for the run's output")
@@ -266,7 +268,26 @@ def _refuse_inputs(path: Path) -> None:
         if what is not None:
             relative = Path(folder).relative_to(path)
             refuse(what, "is" if str(relative) == "." else f"holds, in {relative}/,")
+        if folder != str(path):
+            _refuse_live_runs_in(path, Path(folder), _files)
         subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+
+
+def _refuse_live_runs_in(path: Path, folder: Path, names: Sequence[str]) -> None:
+    """OutputDirError when `folder`, inside the --output-dir `path` that --overwrite would empty, holds (among its
+    file `names`) the claim of a run still running: any command's claim file, or a run's claim on its --video-dir."""
+    from .run_claim import CLAIM_FILENAMES, refuse_live_claim
+    from .video_claims import VIDEO_CLAIM_PREFIX
+
+    for name in sorted(names):
+        shard = SHARD_FILE_NAME.fullmatch(name)
+        if (name in CLAIM_FILENAMES or (shard is not None and name.startswith("run_"))
+                or (name.startswith(VIDEO_CLAIM_PREFIX) and name.endswith(".json"))):
+            try:
+                refuse_live_claim(folder, name, flag="the folder")
+            except OutputDirError as exc:
+                raise OutputDirError(f"--output-dir {path} holds the output of another run, which --overwrite would "
+                                     f"delete: {exc}") from None
 
 
 def _refuse_foreign_runs(path: Path, names: Sequence[str], what: str, why: str) -> None:

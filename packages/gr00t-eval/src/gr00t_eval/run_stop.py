@@ -4,18 +4,20 @@ or storage it can no longer write (a full disk), which every later episode would
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import os
 import signal
 from pathlib import Path
-from typing import Any, Iterator, Tuple
+from typing import Any, Callable, Iterator, Tuple
 
 from gr00t_client.cli_signals import interrupting_signals, signals_handled_by
 from gr00t_client.cli_signals import sigterm_as_interrupt  # noqa: F401 - the gr00t_eval modules import it from here
 
 __all__ = ["INTERRUPTED_EXIT_CODE", "STORAGE_ERRNOS", "WRITE_REFUSED_ERRNOS", "OutputFolderGone", "check_folder_kept",
-           "folder_identity", "interrupts_deferred", "is_storage_error", "is_storage_line", "permission_line",
-           "sigterm_as_interrupt", "storage_advice", "storage_error_text", "storage_stop_line"]
+           "check_output_folders", "folder_identity", "interrupts_deferred", "is_storage_error", "is_storage_line",
+           "output_folder_checked", "permission_line", "sigterm_as_interrupt", "storage_advice", "storage_error_text",
+           "storage_stop_line"]
 
 # A full disk (or quota, or file size limit) and a folder turned read-only: the run cannot write, but what it logged stays.
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
@@ -64,6 +66,29 @@ def check_folder_kept(folder: Path, identity: Tuple[int, int], claim: str) -> No
         kept = False
     if not kept:
         raise OutputFolderGone(errno.ENOENT, "the output folder disappeared (unmounted or deleted)", str(folder))
+
+
+# The checks (check_folder_kept) of the output folders the running code writes into, for a writer that does not know
+# the folder (an episode's video, written by the runner): a run whose folder was deleted and re-made by another run
+# wrote its video among that run's.
+_FOLDER_CHECKS: contextvars.ContextVar[Tuple[Callable[[], None], ...]] = contextvars.ContextVar("folder_checks",
+                                                                                              default=())
+
+
+@contextlib.contextmanager
+def output_folder_checked(check: Callable[[], None]) -> Iterator[None]:
+    """Within the block, check_output_folders calls `check` (OutputFolderGone when the run's folder is gone)."""
+    token = _FOLDER_CHECKS.set((*_FOLDER_CHECKS.get(), check))
+    try:
+        yield
+    finally:
+        _FOLDER_CHECKS.reset(token)
+
+
+def check_output_folders() -> None:
+    """OutputFolderGone when a folder an enclosing output_folder_checked watches is no longer the run's."""
+    for check in _FOLDER_CHECKS.get():
+        check()
 
 
 def storage_advice(exc: OSError) -> str:

@@ -211,7 +211,7 @@ def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done:
     from .cli_errors import UsageError
     from .policy_identity import pinned_policy, policy_record
     from .ray_runner import parse_servers, run_with_ray
-    from .run_stop import sigterm_as_interrupt
+    from .run_stop import output_folder_checked, sigterm_as_interrupt
     from .shard import run_suite
 
     servers = parse_servers(args.host, args.port)
@@ -244,7 +244,8 @@ def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done:
         _adopt_run_policy(output_dir, shard, first_policy, policy, f"the server at {server}", len(done))
         _check_policy_runs_settings(client, env_spec, config, Path(args.resume) if args.resume else None, policy)
         not_applied = _record_settings_not_applied(client, config, output_dir, shard)
-        with sigterm_as_interrupt(), pinned_policy(client, policy):  # a restart with another checkpoint stops it
+        # a restart with another checkpoint stops it (pinned_policy), and so does its folder gone before a video
+        with sigterm_as_interrupt(), pinned_policy(client, policy), output_folder_checked(log.check_folder):
             results = run_suite(client, env_spec, config, shard, progress=True,
                                 on_episode=lambda outcome: log.append(outcome.to_json_dict()), done=done)
     results["config"].update(policy_client_host=server.host, policy_client_port=server.port)

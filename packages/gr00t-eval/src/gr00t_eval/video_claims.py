@@ -30,16 +30,19 @@ def claim_video_dir(video_dir: Union[str, Path], writer: str, plan: Optional[str
                     flag: str = "--video-dir", shard_index: Optional[int] = None, resume: bool = False) -> Path:
     """Claim `video_dir` for the run `writer` names (the folder its results go to; with its shard); OutputDirError
     when another run that may still be running holds a claim there, unless both are shards of one `plan` (a key of
-    their tasks, episodes, seed and settings) with another `shard_index` each. A `resume` is refused, too, when
+    their tasks, episodes, seed and settings) with another `shard_index` each, and when it is (or lies inside) the
+    output folder of a run still running (run_claim.refuse_live_runs_around). A `resume` is refused, too, when
     another run has claimed the folder since (video_dir_taken_over). Returns the claim file, which finish_claim
     marks finished."""
     from .results import write_results
+    from .run_claim import refuse_live_runs_around
 
     video_dir = Path(video_dir)
     video_dir.mkdir(parents=True, exist_ok=True)
     mine = _video_claim_file(video_dir, writer)
     record = {"writer": writer, "plan": plan, "shard_index": shard_index}
     with directory_lock(video_dir / VIDEO_LOCK_FILENAME):
+        refuse_live_runs_around(video_dir, flag, include_self=True)  # a run's own videos/ holds no video claim
         if resume:
             _refuse_taken_over(video_dir, writer, flag)
         for claim in sorted(video_dir.glob(f"{VIDEO_CLAIM_PREFIX}*.json")):

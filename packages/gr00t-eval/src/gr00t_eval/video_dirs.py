@@ -74,15 +74,46 @@ def check_shard_video_dir(video_dir: Path, output_dir: Optional[Path], overwrite
 
 def _needs_own_check(video_dir: Path, output_dir: Optional[Path], label: str) -> bool:
     """Whether a videos folder needs a check of its own: not when it lies inside the output directory, whose own check
-    covers it. UsageError when it exists and is not a directory."""
+    covers it. UsageError when it exists and is not a directory, or is (or lies inside) the output folder of a run
+    still running (its videos/, whose names this run's would take)."""
     from .cli_errors import UsageError
+    from .output_files import OutputDirError
+    from .run_claim import refuse_live_runs_around
 
     refuse_broken_link(label, video_dir)
     if output_dir is not None and within(video_dir, output_dir):
         return False
     if video_dir.exists() and not video_dir.is_dir():
         raise UsageError(f"{label} {video_dir} exists and is not a directory")
+    try:
+        refuse_live_runs_around(video_dir, label, include_self=True)
+        _refuse_live_runs_below(video_dir, output_dir, label)
+    except OutputDirError as exc:
+        raise UsageError(str(exc)) from None
     return True
+
+
+def _refuse_live_runs_below(video_dir: Path, output_dir: Optional[Path], label: str) -> None:
+    """OutputDirError when a folder one level down in `video_dir` (as deep as its episode videos are looked for, and
+    deleted by --overwrite: video.episode_videos) holds the claim of another run still running: any command's claim
+    file, or a run's claim on its own --video-dir."""
+    from .output_files import OutputDirError
+    from .run_claim import claim_files, read_holder, refuse_live_claim
+    from .video_claims import VIDEO_CLAIM_PREFIX
+
+    if not video_dir.is_dir():
+        return
+    for folder in sorted(p for p in video_dir.iterdir() if p.is_dir() and not p.is_symlink()):
+        if output_dir is not None and within(folder, output_dir):
+            continue
+        for name in [*claim_files(folder), *(p.name for p in folder.glob(f"{VIDEO_CLAIM_PREFIX}*.json"))]:
+            holder = read_holder(folder / name)
+            if holder is None or holder.pid == os.getpid():
+                continue
+            try:
+                refuse_live_claim(folder, name, flag="the folder")
+            except OutputDirError as exc:
+                raise OutputDirError(f"{label} {video_dir} holds the videos of another run: {exc}") from None
 
 
 def refuse_broken_link(label: str, folder: Optional[Path]) -> None:

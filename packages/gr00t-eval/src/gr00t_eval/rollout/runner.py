@@ -38,6 +38,7 @@ from gr00t_client.peer_text import shown_text
 
 from ..metrics import ERROR_REASON_CHARS, EpisodeOutcome
 from ..policy_identity import ServedPolicyChanged, check_serves_env_embodiments, pinned_policy, policy_record
+from ..run_stop import check_output_folders
 from .config import RolloutConfig, check_policy, check_rollout_config, draw_base_seed  # noqa: F401 - draw_base_seed re-exported
 from .liveness import PolicyServerUnreachableError, ServerWatch
 from .envs import embodiment_for_env
@@ -192,6 +193,7 @@ class RolloutRunner:
         simulator (--env-timeout)."""
         if not self.config.video_dir or self._vec is None:
             return [None] * len(self.row_episode)
+        check_output_folders()  # a run whose folder was deleted (and re-made by another run) writes no video there
         try:
             return self._vec.call("write_video", dict(errored_rows))
         except OSError as exc:  # an async worker's error comes back as OSError(its error): its errno (a full disk) lost

@@ -207,6 +207,24 @@ def _close_envs(vec: gym.vector.VectorEnv, clean: bool, timeout_s: Optional[floa
             _stop_workers(vec, WORKER_STOP_WAIT_S, "after the run stopped")
     except Exception as exc:  # noqa: BLE001 - closing must not hide the reason the run ended
         logger.warning("closing the envs failed: %s: %s", type(exc).__name__, exc)
+    finally:
+        if isinstance(vec, gym.vector.AsyncVectorEnv) and not vec.closed:
+            _kill_workers(vec)
+
+
+def _kill_workers(vec: gym.vector.AsyncVectorEnv) -> None:
+    """Kill the async env workers still running and mark `vec` closed, when closing stopped part-way (a second Ctrl-C,
+    an error): gymnasium's __del__ closed it again, and one interrupted there printed 'Exception ignored' and a
+    traceback."""
+    for process in vec.processes:
+        if process.is_alive():
+            process.kill()
+        process.join()
+    for pipe in vec.parent_pipes:
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()
+    vec.closed = True
 
 
 def _stop_workers(vec: gym.vector.AsyncVectorEnv, wait_s: Optional[float], after: str) -> None:

@@ -1,0 +1,110 @@
+"""Only the target folder was checked for a live claim: `rollout --output-dir PARENT --overwrite` deleted PARENT/runA
+of a rollout still running (which then died "output folder disappeared"), `--output-dir RUN_A/videos --overwrite`
+emptied the running run's videos and wrote another run's files among them, and `--video-dir RUN_A/videos` made two
+runs write episode videos under the same names. A folder holding (below it) or lying inside the folder of a run still
+running, or a video folder of one, is refused with the usual "is in use" line, --overwrite or not, and left as it was.
+A live holder is a real process (conftest's live_process); a dead one has exited (ended_pid). The real CLI."""
+
+from __future__ import annotations
+
+import pytest
+
+from eval.dataset_factory import make_dataset
+from eval.scale_fixtures import policy_server
+from gr00t_eval.run_dir import RUN_FILENAME
+from test_batch_merge_outputs import claim_by
+from test_live_claims_any_kind import IN_USE, command_args, contents, run_cli
+from test_run_dir_leftovers import ended_pid
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("nested") / "dataset", lengths=(6, 4))
+
+
+def running_rollout(folder, pid):
+    """`folder` as a rollout held by process `pid` leaves it mid-run: its run file, a logged episode and its video."""
+    (folder / "videos").mkdir(parents=True)
+    claim_by(folder, pid, RUN_FILENAME)
+    (folder / "episodes.jsonl").write_text('{"episode_index": 0}\n')
+    (folder / "videos" / "episode_0000_success.mp4").write_bytes(b"the live run's video")
+    return folder
+
+
+@pytest.mark.parametrize("command", ["rollout", "open-loop", "batch"])
+def test_overwrite_of_a_folder_holding_a_live_runs_folder_is_refused_and_deletes_nothing(command, dataset, tmp_path,
+                                                                                        capsys, live_process):
+    parent = tmp_path / "parent"
+    running_rollout(parent / "runA", live_process.pid)
+    before = contents(parent)
+    assert run_cli([*command_args(command, parent, dataset, tmp_path), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert IN_USE.format(pid=live_process.pid) in err and "runA" in err, err
+    assert contents(parent) == before
+
+
+def test_overwrite_of_a_folder_holding_a_live_runs_video_folder_is_refused(tmp_path, capsys, live_process):
+    parent = tmp_path / "parent"
+    (parent / "videos").mkdir(parents=True)
+    claim_by(parent / "videos", live_process.pid, ".gr00t_videos_0123456789abcdef.json")  # a run's --video-dir
+    (parent / "videos" / "episode_0000_success.mp4").write_bytes(b"the live run's video")
+    before = contents(parent)
+    assert run_cli([*command_args("rollout", parent, None, tmp_path), "--overwrite"]) == 2
+    assert IN_USE.format(pid=live_process.pid) in capsys.readouterr().err
+    assert contents(parent) == before
+
+
+@pytest.mark.parametrize("extra", [[], ["--overwrite"]], ids=["plain", "overwrite"])
+@pytest.mark.parametrize("command", ["rollout", "open-loop", "batch", "record"])
+def test_an_output_folder_inside_a_live_runs_folder_is_refused_and_left_as_it_was(command, extra, dataset, tmp_path,
+                                                                                 capsys, live_process):
+    run_a = running_rollout(tmp_path / "runA", live_process.pid)
+    before = contents(run_a)
+    assert run_cli([*command_args(command, run_a / "videos", dataset, tmp_path), *extra]) == 2
+    err = capsys.readouterr().err
+    assert "lies inside the output folder of another run" in err and IN_USE.format(pid=live_process.pid) in err, err
+    assert contents(run_a) == before
+
+
+@pytest.mark.parametrize("extra", [[], ["--overwrite"]], ids=["plain", "overwrite"])
+@pytest.mark.parametrize("videos_written", [True, False], ids=["with-videos", "before-its-first-video"])
+def test_a_video_dir_inside_a_live_runs_folder_is_refused_and_left_as_it_was(videos_written, extra, tmp_path, capsys,
+                                                                            live_process):
+    run_a = running_rollout(tmp_path / "runA", live_process.pid)
+    if not videos_written:
+        (run_a / "videos" / "episode_0000_success.mp4").unlink()
+    before = contents(run_a)
+    args = [arg for arg in command_args("rollout", tmp_path / "runB", None, tmp_path) if arg != "--no-video"]
+    assert run_cli([*args, "--video-dir", str(run_a / "videos"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert "--video-dir" in err and IN_USE.format(pid=live_process.pid) in err, err
+    assert contents(run_a) == before
+
+
+def test_overwrite_of_a_folder_holding_a_dead_runs_folder_goes_ahead(tmp_path):
+    parent = tmp_path / "parent"
+    running_rollout(parent / "runA", ended_pid())
+    with policy_server() as server:
+        assert run_cli([*command_args("rollout", parent, None, tmp_path, server.port), "--overwrite"]) == 0
+    assert not (parent / "runA").exists() and (parent / "results.json").is_file()
+
+
+@pytest.mark.parametrize("extra", [[], ["--overwrite"]], ids=["plain", "overwrite"])
+@pytest.mark.parametrize("held", ["run-folder", "video-folder"])
+def test_a_video_dir_holding_a_live_runs_folder_is_refused_and_left_as_it_was(held, extra, tmp_path, capsys,
+                                                                             live_process):
+    """--overwrite deletes the episode videos of a --video-dir and of its folders one level down (a task's folder)."""
+    videos = tmp_path / "videos"
+    if held == "run-folder":
+        running_rollout(videos / "runA", live_process.pid)
+        (videos / "runA" / "episode_0000_success.mp4").write_bytes(b"the live run's video, beside its run file")
+    else:
+        (videos / "vids").mkdir(parents=True)
+        claim_by(videos / "vids", live_process.pid, ".gr00t_videos_0123456789abcdef.json")
+        (videos / "vids" / "episode_0000_success.mp4").write_bytes(b"the live run's video")
+    before = contents(videos)
+    args = [arg for arg in command_args("rollout", tmp_path / "runB", None, tmp_path) if arg != "--no-video"]
+    assert run_cli([*args, "--video-dir", str(videos), *extra]) == 2
+    err = capsys.readouterr().err
+    assert "holds the videos of another run" in err and IN_USE.format(pid=live_process.pid) in err, err
+    assert contents(videos) == before
