@@ -101,6 +101,18 @@ class ConstantPolicy(BasePolicy):
         return {}
 
 
+class CountingPolicy(ConstantPolicy):
+    """ConstantPolicy that counts the action calls it answers (another policy class: another identity)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def _get_action(self, observation, options=None):
+        self.calls += 1
+        return super()._get_action(observation, options)
+
+
 class Checkpoint(ConstantPolicy):
     """The walkto policy, as served from checkpoint `name` (what a Gr00tPolicy's identity() tells apart)."""
 
@@ -206,6 +218,19 @@ def policy_server(policy=None, api_token=None):
     from serving import running_server
 
     return running_server(policy or ConstantPolicy(), api_token=api_token)
+
+
+def two_shards(out):
+    """Both shards of a 4-episode walkto/fast run (shard 0/2 episodes 0-1, shard 1/2 2-3) written into `out`."""
+    from gr00t_eval import cli
+
+    with policy_server() as server:
+        for index in (0, 1):
+            assert cli.main(["rollout", "--env-name", "walkto/fast", "--n-episodes", "4", "--n-envs", "1",
+                             "--vectorization", "sync", "--n-action-steps", "2", "--max-episode-steps", "6",
+                             "--seed", "0", "--no-video", "--policy-client-port", str(server.port), "--shard",
+                             f"{index}/2", "--output-dir", str(out)]) == 0
+    return out
 
 
 def sim_replay_policy(dataset, execution_horizon: int):

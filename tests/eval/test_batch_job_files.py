@@ -12,24 +12,12 @@ import sys
 
 import pytest
 
-from eval.scale_fixtures import ConstantPolicy, free_port, policy_server
+from eval.scale_fixtures import ConstantPolicy, CountingPolicy, free_port, policy_server
 from eval.test_disk_full import run_limited
 from gr00t_eval import cli
 
 SMALL = {"n_episodes": 3, "n_envs": 1, "seed": 0, "max_episode_steps": 6,
          "overrides": {"n_action_steps": 2, "vectorization": "sync", "video_dir": None}}
-
-
-class CountingPolicy(ConstantPolicy):
-    """ConstantPolicy that counts the action calls it answers (another policy class: another identity)."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls = 0
-
-    def _get_action(self, observation, options=None):
-        self.calls += 1
-        return super()._get_action(observation, options)
 
 
 @pytest.fixture(scope="module")

@@ -9,22 +9,14 @@ import shutil
 
 import pytest
 
-from eval.scale_fixtures import ConstantPolicy
+from eval.scale_fixtures import two_shards
 from gr00t_eval import cli
-from serving import running_server
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     """A folder holding both shards of a 4-episode walkto/fast run: shard 0/2 ran episodes 0-1, shard 1/2 2-3."""
-    out = tmp_path_factory.mktemp("merge_damaged") / "shards"
-    with running_server(ConstantPolicy()) as server:
-        for index in (0, 1):
-            assert cli.main(["rollout", "--env-name", "walkto/fast", "--n-episodes", "4", "--n-envs", "1",
-                             "--vectorization", "sync", "--n-action-steps", "2", "--max-episode-steps", "6", "--seed",
-                             "0", "--no-video", "--policy-client-port", str(server.port), "--shard", f"{index}/2",
-                             "--output-dir", str(out)]) == 0
-    return out
+    return two_shards(tmp_path_factory.mktemp("merge_damaged") / "shards")
 
 
 def merge_with_edited_shard1(shards, tmp_path, edit):

@@ -11,7 +11,7 @@ import logging
 import pytest
 
 from eval.dataset_factory import make_dataset
-from eval.scale_fixtures import ConstantPolicy, sim_replay_policy
+from eval.scale_fixtures import ConstantPolicy, CountingPolicy, sim_replay_policy
 from gr00t_eval import cli
 from gr00t_eval.batch import Job, PolicyServerAddress, connect, run_batch
 from gr00t_eval.rollout import RolloutConfig, run_rollout
@@ -21,18 +21,6 @@ from serving import running_server
 ROLLOUT = ["--env-name", "walkto/fast", "--n-episodes", "2", "--n-envs", "1", "--vectorization", "sync",
            "--n-action-steps", "2", "--max-episode-steps", "6", "--seed", "0", "--no-video"]
 CONFIG = {"n_episodes": 2, "n_envs": 1, "max_episode_steps": 6, "n_action_steps": 2, "vectorization": "sync", "seed": 0}
-
-
-class CountingPolicy(ConstantPolicy):
-    """The walkto policy, counting the actions it was asked for."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls = 0
-
-    def _get_action(self, observation, options=None):
-        self.calls += 1
-        return super()._get_action(observation, options)
 
 
 def rollout(port, out):
