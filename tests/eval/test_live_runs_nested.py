@@ -108,3 +108,56 @@ def test_a_video_dir_holding_a_live_runs_folder_is_refused_and_left_as_it_was(he
     err = capsys.readouterr().err
     assert "holds the videos of another run" in err and IN_USE.format(pid=live_process.pid) in err, err
     assert contents(videos) == before
+
+
+def test_a_live_claim_of_another_host_with_this_processs_pid_is_not_taken_for_its_own(tmp_path, capsys):
+    # Two pods on one shared volume are both pid 1: a claim of this pid on another host and boot is another run's.
+    import json
+    import os
+
+    run_a = tmp_path / "runA"
+    (run_a / "videos").mkdir(parents=True)
+    (run_a / RUN_FILENAME).write_text(json.dumps({"claim": {
+        "pid": os.getpid(), "hostname": "another-pod", "boot_id": "another-boot", "start_ticks": 1,
+        "started": "now", "finished": False}}))
+    (run_a / "videos" / "episode_0000_success.mp4").write_bytes(b"the live run's video")
+    before = contents(run_a)
+    assert run_cli([*command_args("rollout", run_a / "videos", None, tmp_path), "--overwrite"]) == 2
+    assert "lies inside the output folder of another run" in capsys.readouterr().err
+    assert contents(run_a) == before
+
+
+def test_a_run_json_without_a_claim_record_above_the_target_refuses_nothing(tmp_path, live_process):
+    # Another tool's run.json (or one of a gr00t-eval older than claims) naming a live pid at its top made every run
+    # in every folder below it refused as "inside the output folder of another run".
+    import json
+
+    from gr00t_eval.run_dir import check_output_dir
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / RUN_FILENAME).write_text(json.dumps({"pid": live_process.pid, "created": "2025-03-01T00:00:00Z"}))
+    check_output_dir(project / "experiments" / "eval_1", overwrite=False)
+
+
+def test_a_dead_runs_claim_above_the_target_is_passed_over_without_a_warning(tmp_path, caplog):
+    from gr00t_eval.run_dir import check_output_dir
+
+    claim_by(tmp_path, ended_pid(), RUN_FILENAME)
+    check_output_dir(tmp_path / "eval_1", overwrite=False)
+    assert not [r for r in caplog.records if "ended without finishing" in r.getMessage()]
+
+
+def test_the_shards_of_one_plan_share_a_video_dir_inside_a_running_shards_folder(tmp_path, live_process):
+    # docs/evaluation.md: shards of one plan may share one --video-dir; shard 1's inside shard 0's output was refused.
+    from gr00t_eval.run_claim import refuse_live_runs_around
+    from gr00t_eval.run_dir import OutputDirError
+
+    shard0 = tmp_path / "X"
+    (shard0 / "videos").mkdir(parents=True)
+    claim_by(shard0, live_process.pid, "run_shard0of2.json")
+    refuse_live_runs_around(shard0 / "videos", "--video-dir", include_self=True, shard=(1, 2))
+    with pytest.raises(OutputDirError, match="lies inside the output folder of another run"):
+        refuse_live_runs_around(shard0 / "videos", "--video-dir", include_self=True)  # not a shard of it
+    with pytest.raises(OutputDirError, match="lies inside the output folder of another run"):
+        refuse_live_runs_around(shard0 / "videos", "--video-dir", include_self=True, shard=(1, 3))  # another plan's

@@ -104,7 +104,8 @@ def _claim_videos(output_dir: Path, shard: Any, env_spec: str, config: Any, resu
         plan = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
     try:
         hold_claim(claim_video_dir(Path(config.video_dir), video_claim_writer(output_dir, shard), plan,
-                                   shard_index=None if shard is None else shard.index, resume=resume))
+                                   shard_index=None if shard is None else shard.index, resume=resume,
+                                   shard_count=None if shard is None else shard.count))
     except OutputDirError as exc:
         raise UsageError(str(exc)) from None
 

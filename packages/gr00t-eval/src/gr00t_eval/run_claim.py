@@ -209,12 +209,14 @@ def read_holder(claim: Union[str, Path]) -> Optional[ClaimHolder]:
                        boot_id=boot if isinstance(boot, str) and boot else None)
 
 
-def refuse_live_claim(directory: Union[str, Path], filename: str, flag: str = "--output-dir") -> Optional[ClaimHolder]:
+def refuse_live_claim(directory: Union[str, Path], filename: str, flag: str = "--output-dir",
+                      quiet: bool = False) -> Optional[ClaimHolder]:
     """OutputDirError when DIRECTORY/FILENAME is held by a run that has not finished and may still be running.
 
     Checked before --overwrite may empty the directory: a live claimant on this host (its process exists)
     is refused, naming it, and so is one on another host (this host cannot tell whether it still runs).
-    Returns the holder of a claim that may go: finished, or its process gone (a stale claim); None without one.
+    Returns the holder of a claim that may go: finished, or its process gone (a stale claim, warned of unless
+    `quiet`); None without one.
     """
     claim = Path(directory) / filename
     holder = read_holder(claim)
@@ -232,7 +234,7 @@ def refuse_live_claim(directory: Union[str, Path], filename: str, flag: str = "-
                              + (f" (this host cannot check a process safely: once it has ended, delete {claim})"
                                 if os.name == "nt" else ""))
     said = (str(claim), holder.describe())
-    if said not in _STALE_CLAIMS_TOLD:  # a command's checks meet the same stale claim two or three times
+    if not quiet and said not in _STALE_CLAIMS_TOLD:  # a command's checks meet the same stale claim two or three times
         _STALE_CLAIMS_TOLD.add(said)
         logger.warning("%s was claimed by a run that ended without finishing (%s; that process is gone)", directory,
                        holder.describe())
@@ -252,30 +254,39 @@ def refuse_live_claims(directory: Union[str, Path], flag: str = "--output-dir", 
             refuse_live_claim(directory, name, flag)
 
 
-def refuse_live_runs_around(path: Union[str, Path], flag: str = "--output-dir", include_self: bool = False) -> None:
+def refuse_live_runs_around(path: Union[str, Path], flag: str = "--output-dir", include_self: bool = False,
+                            shard: Optional[Tuple[int, int]] = None) -> None:
     """OutputDirError when a folder above `path` (links resolved; `path` itself with `include_self`) is claimed by a
-    run still running (refuse_live_claims): `path` lies inside that run's output, whose files a run there would write
-    over or delete. Claims of this process (a batch's, over its jobs' folders) are no obstacle."""
+    run still running (refuse_live_claim): `path` lies inside that run's output, whose files a run there would write
+    over or delete. Only files holding a claim record count (a run.json of another tool, or of a gr00t-eval older than
+    claims, whose pid may be any process's now, made every folder below it refused), and claims of this process (a
+    batch's, over its jobs' folders) are no obstacle, nor, for shard `(index, count)` of a plan, the run files of its
+    other shards (`run_shard<i>of<count>.json`: the shards of one plan share a --video-dir). A stale claim above is
+    passed over without a word: the run never touches that folder."""
     resolved = Path(path).resolve()
+    siblings = set() if shard is None else {f"run_shard{i}of{shard[1]}.json" for i in range(shard[1]) if i != shard[0]}
     for folder in [*([resolved] if include_self else []), *resolved.parents]:
         try:
             names = claim_files(folder)
         except OSError:  # a folder above that cannot be listed: its fixed claim names may still be read
             names = list(CLAIM_FILENAMES)
         for name in names:
-            if _held_here(folder / name):
+            if name in siblings or not _claim_record_in(folder / name) or holds_claim(folder / name):
                 continue
             try:
-                refuse_live_claim(folder, name, flag="the folder")
+                refuse_live_claim(folder, name, flag="the folder", quiet=True)
             except OutputDirError as exc:
                 where = "is" if folder == resolved else "lies inside"
                 raise OutputDirError(f"{flag} {path} {where} the output folder of another run: {exc}") from None
 
 
-def _held_here(claim: Path) -> bool:
-    """Whether `claim` is held by this process."""
-    holder = read_holder(claim)
-    return holder is not None and holder.pid == os.getpid()
+def _claim_record_in(claim: Path) -> bool:
+    """Whether the file `claim` holds a run's claim record (CLAIM_KEY), not only a pid at its top."""
+    try:
+        data = json.loads(claim.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get(CLAIM_KEY), dict)
 
 
 def process_exists(pid: int) -> bool:

@@ -27,7 +27,8 @@ def video_claim_writer(output_dir: Union[str, Path], shard: Any = None) -> str:
 
 
 def claim_video_dir(video_dir: Union[str, Path], writer: str, plan: Optional[str] = None,
-                    flag: str = "--video-dir", shard_index: Optional[int] = None, resume: bool = False) -> Path:
+                    flag: str = "--video-dir", shard_index: Optional[int] = None, resume: bool = False,
+                    shard_count: Optional[int] = None) -> Path:
     """Claim `video_dir` for the run `writer` names (the folder its results go to; with its shard); OutputDirError
     when another run that may still be running holds a claim there, unless both are shards of one `plan` (a key of
     their tasks, episodes, seed and settings) with another `shard_index` each, and when it is (or lies inside) the
@@ -42,7 +43,8 @@ def claim_video_dir(video_dir: Union[str, Path], writer: str, plan: Optional[str
     mine = _video_claim_file(video_dir, writer)
     record = {"writer": writer, "plan": plan, "shard_index": shard_index}
     with directory_lock(video_dir / VIDEO_LOCK_FILENAME):
-        refuse_live_runs_around(video_dir, flag, include_self=True)  # a run's own videos/ holds no video claim
+        refuse_live_runs_around(video_dir, flag, include_self=True,  # a run's own videos/ holds no video claim
+                                shard=None if shard_index is None or shard_count is None else (shard_index, shard_count))
         if resume:
             _refuse_taken_over(video_dir, writer, flag)
         for claim in sorted(video_dir.glob(f"{VIDEO_CLAIM_PREFIX}*.json")):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
 
 def within(inner: Path, outer: Path) -> bool:
@@ -49,7 +49,7 @@ def check_shard_video_dir(video_dir: Path, output_dir: Optional[Path], overwrite
     from .suites import resolve_tasks, task_video_dir
     from .video import EPISODE_VIDEO_NAME
 
-    if not _needs_own_check(video_dir, output_dir, "--video-dir"):
+    if not _needs_own_check(video_dir, output_dir, "--video-dir", (shard.index, shard.count)):
         return []
     tasks = resolve_tasks(args.env_name)[0]
     ranges = shard_ranges(tasks, args.n_episodes, shard)
@@ -72,10 +72,11 @@ def check_shard_video_dir(video_dir: Path, output_dir: Optional[Path], overwrite
     return clashing
 
 
-def _needs_own_check(video_dir: Path, output_dir: Optional[Path], label: str) -> bool:
+def _needs_own_check(video_dir: Path, output_dir: Optional[Path], label: str,
+                     shard: Optional[Tuple[int, int]] = None) -> bool:
     """Whether a videos folder needs a check of its own: not when it lies inside the output directory, whose own check
     covers it. UsageError when it exists and is not a directory, or is (or lies inside) the output folder of a run
-    still running (its videos/, whose names this run's would take)."""
+    still running (its videos/, whose names this run's would take), the other shards of a `shard`'s plan aside."""
     from .cli_errors import UsageError
     from .output_files import OutputDirError
     from .run_claim import refuse_live_runs_around
@@ -86,7 +87,7 @@ def _needs_own_check(video_dir: Path, output_dir: Optional[Path], label: str) ->
     if video_dir.exists() and not video_dir.is_dir():
         raise UsageError(f"{label} {video_dir} exists and is not a directory")
     try:
-        refuse_live_runs_around(video_dir, label, include_self=True)
+        refuse_live_runs_around(video_dir, label, include_self=True, shard=shard)
         _refuse_live_runs_below(video_dir, output_dir, label)
     except OutputDirError as exc:
         raise UsageError(str(exc)) from None
@@ -98,7 +99,7 @@ def _refuse_live_runs_below(video_dir: Path, output_dir: Optional[Path], label: 
     deleted by --overwrite: video.episode_videos) holds the claim of another run still running: any command's claim
     file, or a run's claim on its own --video-dir."""
     from .output_files import OutputDirError
-    from .run_claim import claim_files, read_holder, refuse_live_claim
+    from .run_claim import claim_files, holds_claim, read_holder, refuse_live_claim
     from .video_claims import VIDEO_CLAIM_PREFIX
 
     if not video_dir.is_dir():
@@ -108,8 +109,8 @@ def _refuse_live_runs_below(video_dir: Path, output_dir: Optional[Path], label: 
             continue
         for name in [*claim_files(folder), *(p.name for p in folder.glob(f"{VIDEO_CLAIM_PREFIX}*.json"))]:
             holder = read_holder(folder / name)
-            if holder is None or holder.pid == os.getpid():
-                continue
+            if holder is None or holds_claim(folder / name):  # this process's own (its pid alone is not enough:
+                continue  # a run in another container on a shared volume may have it too)
             try:
                 refuse_live_claim(folder, name, flag="the folder")
             except OutputDirError as exc:
