@@ -393,3 +393,63 @@ def test_two_quick_stop_signals_to_an_idle_server_leave_no_call_behind():
     output = output_of(process, timeout=20)
     assert process.returncode == 0, output
     assert "run returned; left a policy call running: False" in output and "Traceback" not in output, output
+
+
+def test_requests_arriving_during_the_stop_are_refused_without_being_decoded():
+    """While the stop waited for a running call, each request that arrived was decoded in full only to be told the
+    server is shutting down: four of many small items (seconds of decoding each) held SIGTERM's exit for 16 s. Each
+    request here is cut short after its endpoint, so only an answer that decoded nothing says 'shutting down'."""
+    import msgpack
+    import zmq
+    from reference_peer import libero_like_observation
+
+    process = subprocess.Popen([sys.executable, "-u", "-c", _SLOW_SERVER_SCRIPT, TESTS_DIR],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, dealers = [], []
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if "listening on" in line:
+                break
+        port = int(re.search(r"127\.0\.0\.1:(\d+)", lines[-1]).group(1))
+
+        def call():
+            with PolicyClient(host="127.0.0.1", port=port, timeout_ms=60000) as client:
+                with pytest.raises(PolicyServerError):
+                    client.get_action(libero_like_observation(height=8, width=8))
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        for line in process.stdout:
+            lines.append(line)
+            if "policy call started" in line:
+                break
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)  # the stop now waits for the running call
+        whole = msgpack.packb({"endpoint": "get_action", "pad": b"x" * (40 * 2**20), "data": {"observation": {
+            "state": {f"s{i}": [0.0] for i in range(200_000)}}}}, use_bin_type=True)
+        request = whole[: len(whole) // 2]  # a decode would refuse it as cut short
+        context = zmq.Context.instance()
+        for _ in range(4):
+            dealer = context.socket(zmq.DEALER)
+            dealer.setsockopt(zmq.LINGER, 0)
+            dealer.connect(f"tcp://127.0.0.1:{port}")
+            dealers.append(dealer)
+        time.sleep(0.2)
+        for dealer in dealers:
+            dealer.send_multipart([b"", request])
+        replies = []
+        for dealer in dealers:
+            assert dealer.poll(30000), "no reply to a request that arrived during the stop"
+            replies.append(msgpack.unpackb(dealer.recv_multipart()[-1]))
+        process.send_signal(signal.SIGINT)  # the second signal: the running call is not waited for
+        output, _ = process.communicate(timeout=20)
+        caller.join(10)
+    finally:
+        for dealer in dealers:
+            dealer.close()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert all("server is shutting down; 'get_action' was not run" in reply["error"] for reply in replies), replies
+    assert process.returncode == 0, "".join(lines) + output

@@ -200,3 +200,20 @@ def test_an_array_map_missing_its_dtype_is_refused_naming_that_field_not_a_bytes
         error = error_of(raw_round_trip(server.port, request))
     assert "malformed msgpack-numpy array map: missing 'type'" in error
     assert "observation keys must be str" not in error
+
+
+def test_an_opaque_byte_pad_buys_no_items_and_the_request_is_refused_at_its_map_header():
+    """100 MB of bytes no policy reads raised the item budget (16384 + one per 64 bytes) past 1.5 million, so 500,000
+    one-element state keys were decoded and checked on the socket thread: every other client's ping waited seconds.
+    The cap refuses the map at its header (nothing in it decoded); a real large observation is still served."""
+    from reference_peer import libero_like_observation
+
+    hostile = msgpack.packb({"endpoint": "get_action", "pad": b"x" * (100 * 2**20), "data": {"observation": {
+        "state": {f"s{i}": [0.0] for i in range(500_000)}}}}, use_bin_type=True)
+    with running_server(EchoPolicy()) as server:
+        reply = raw_round_trip(server.port, hostile, timeout_ms=30000)
+        # A real observation (two 480x640 cameras, 8 rows, one msgpack frame as the reference client sends) is served.
+        served = raw_round_trip(server.port, codec.encode({"endpoint": "get_action", "data": {
+            "observation": libero_like_observation(batch=8, height=480, width=640)}}), timeout_ms=30000)
+    assert "a map of 500000 items at data.observation.state, more than the 131072" in error_of(reply)
+    assert "error" not in codec.decode(served[0]), codec.decode(served[0])

@@ -511,3 +511,23 @@ def test_a_state_refused_against_a_near_zero_std_names_the_statistics_not_the_us
                                                r"statistics.json") as refused:
         processor.normalize_state("new_embodiment", _ordinary_states(checkpoint))
     assert "other units" not in str(refused.value)
+
+
+def test_naming_the_likely_cause_under_a_long_key_costs_memory_near_the_message_size():
+    """The likely-cause search made every child's dotted path up front: a 1 MB key over 300 float arrays held 300 MB
+    of paths while a NaN action was refused. Only the arrays found are named, their paths cut."""
+    import tracemalloc
+
+    observation = rotation_observation(rows_of_zeros=(1,))
+    observation["k" * 1_000_000] = {f"e{i}": np.zeros((3, 1, 1), np.float32) for i in range(300)}
+    with running_server(RotationPolicy()) as server, PolicyClient(port=server.port, timeout_ms=30000) as client:
+        tracemalloc.start()
+        try:
+            with pytest.raises(PolicyServerError) as caught:
+                client.get_action(observation)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    message = caught.value.server_message
+    assert "in action key 'eef_9d' rows [1]" in message and "'state.eef_9d' is all zeros" in message
+    assert peak < 60_000_000, f"{peak} bytes traced for a request of about 1 MB"

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import time
+import tracemalloc
 
+import msgpack
 import numpy as np
 import pytest
 from eval.dataset_factory import make_dataset
-from reference_peer import EchoPolicy, libero_like_observation
+from reference_peer import EchoPolicy, libero_like_observation, raw_round_trip
 from serving import free_port, running_server
 
-from gr00t_client import PolicyClient, PolicyServerError
+from gr00t_client import PolicyClient, PolicyServerError, codec
 from gr00t_eval.dataset import LeRobotDataset
 from gr00t_server.modality_configs import derive_from_dataset
 from gr00t_server.policies import ReplayPolicy
@@ -285,3 +287,30 @@ def test_one_nan_or_inf_in_a_small_state_is_refused_naming_key_and_row(dtype):
         state[2, 0, 5] = bad
         with pytest.raises(RequestError, match=r"'state.arm' has non-finite values \(NaN or inf\) in rows \[2\]"):
             check_observation({"state": {"arm": state}}, ServerLimits())
+
+
+def test_a_long_key_over_many_entries_costs_the_server_memory_near_the_message_size():
+    """A 1 MB key holding 300 small entries (a 1.3 MB request) made the checks build 300 dotted paths of 1 MB each
+    (every child's path up front): 300 MB; 1,000 entries took a server to 1 GB, and a 4 GB cap to MemoryError."""
+    request = msgpack.packb({"endpoint": "get_action", "data": {"observation": {
+        "k" * 1_000_000: {f"e{i}": 0 for i in range(300)}}}})
+    with running_server(EchoPolicy()) as server:
+        tracemalloc.start()
+        try:
+            reply = raw_round_trip(server.port, request, timeout_ms=30000)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        with PolicyClient(port=server.port, timeout_ms=5000) as client:
+            assert client.ping()
+    assert reply is not None and "MemoryError" not in str(codec.decode(reply[0]))
+    assert peak < 40 * len(request), f"{peak} bytes traced for a request of {len(request)}"
+
+
+def test_a_non_finite_number_under_a_long_key_is_named_by_its_cut_path():
+    key = "\x1b[2J" + "k" * 5000
+    observation = {key: {"inner": [1.0, float("nan")]}, **state_observation()}
+    with running_server(EchoPolicy()) as server:
+        message = refusal(server, observation)
+    assert "has a non-finite value (nan) in a list or as a number" in message
+    assert "more characters)" in message and "\x1b" not in message and len(message) < 1000

@@ -21,14 +21,21 @@ class DecodeLimits:
     """Bounds on one decode, so that decoding costs at most a small constant times the message size.
 
     Maps, arrays and their entries count as items; a message may hold `base_items` plus one item per
-    `bytes_per_item` bytes of it (a Python object costs ~60 bytes, a msgpack item as little as 1). Lengths are
-    checked on the msgpack header, before anything is allocated. Nesting deeper than `max_depth` is refused.
+    `bytes_per_item` bytes of it (a Python object costs ~60 bytes, a msgpack item as little as 1), and never more
+    than `max_items`. Lengths are checked on the msgpack header, before anything is allocated. Nesting deeper than
+    `max_depth` is refused.
     """
 
     max_message_bytes: int
     max_depth: int = 32
     base_items: int = 16384
     bytes_per_item: int = 64
+    # Whatever the size: an opaque byte pad bought items too, and 200 MB of it let 1,000,000 one-element keys through,
+    # seconds of decoding and checking on a server's socket thread while every other client waited. Items are what a
+    # decode (and a server's checks after it) costs per message; arrays are a few items each whatever their bytes
+    # (msgpack-numpy: a map of 5 and a shape list; multipart: a reference), so real observations hold hundreds, and
+    # this many cost about 0.2 s on a loaded 2-core machine, the most one message holds the socket thread for.
+    max_items: int = 131072
 
     @classmethod
     def for_message_bytes(cls, max_message_bytes: int) -> "DecodeLimits":
@@ -43,7 +50,7 @@ class DecodeLimits:
 
     def item_budget(self, message_bytes: int) -> int:
         """Items (maps, arrays and their entries) a message of this many bytes may hold."""
-        return self.base_items + int(message_bytes) // self.bytes_per_item
+        return min(self.base_items + int(message_bytes) // self.bytes_per_item, self.max_items)
 
 
 _LIMITS_BY_SIZE: Dict[Any, DecodeLimits] = {}

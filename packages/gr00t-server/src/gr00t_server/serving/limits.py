@@ -14,6 +14,7 @@ import numpy as np
 
 from gr00t_client.policy import (PAIR_EXPECTED, ActionError, all_finite, first_non_finite, non_finite_scalar,
                                   split_action_result)
+from gr00t_client.wire_limits import shown_path
 
 from .messages import RequestError
 from .worker import InlineCallAbandoned
@@ -123,12 +124,6 @@ def _check_text(text: str, where: str, limits: ServerLimits, count_tokens: Optio
         )
 
 
-def _is_language(where: str, flat_language_keys: AbstractSet[str]) -> bool:
-    """Whether a value at dotted key `where` is language a policy reads: the nested observation's "language" group, or
-    a flat key the served policy reads as language (the sim wrapper's, see flat_language_keys)."""
-    return where == "language" or where.startswith("language.") or where in flat_language_keys
-
-
 def _check_text_bytes(value: bytes, where: str, limits: ServerLimits, count_tokens: Optional[_LanguageCounter] = None) -> None:
     """Language sent as bytes (msgpack bin) is held to the same limits as str: policies decode it (the sim wrapper
     does). At most 4 x max_language_chars bytes are decoded; bytes that are not UTF-8 are left to the policy."""
@@ -198,6 +193,41 @@ def _check_array(value: np.ndarray, where: str, limits: ServerLimits, cameras: s
 _VISITED_IN_LISTS = (dict, list, tuple, str, bytes, np.ndarray, float, complex, np.floating, np.complexfloating)
 
 
+class _KeyPath:
+    """Where a value sits in an observation: its parent's place and its key. The dotted text is made only when an
+    error names it, cut as shown_path cuts: made for every child up front, one key of a megabyte over a thousand
+    entries held a gigabyte of paths."""
+
+    __slots__ = ("parent", "key", "chars", "in_group", "language")
+
+    def __init__(self, parent: Optional["_KeyPath"], key: Optional[str], flat_language_keys: AbstractSet[str],
+                 longest_flat_key: int) -> None:
+        self.parent, self.key = parent, key
+        if key is None:  # the observation itself
+            self.chars, self.in_group, self.language = 0, False, False
+            return
+        top = parent is None or parent.key is None
+        self.chars = len(key) if top else parent.chars + 1 + len(key)
+        # Language a policy reads: the nested observation's "language" group and what it holds, or a flat key the
+        # served policy reads as language (the sim wrapper's, see flat_language_keys); only paths no longer than
+        # the longest such key are spelt out to compare
+        self.in_group = (key == "language") if top else parent.in_group
+        self.language = self.in_group or (self.chars <= longest_flat_key and self.keys_text() in flat_language_keys)
+
+    def keys(self) -> List[str]:
+        keys, link = [], self
+        while link is not None and link.key is not None:
+            keys.append(link.key)
+            link = link.parent
+        return keys[::-1]
+
+    def keys_text(self) -> str:
+        return ".".join(self.keys())
+
+    def __str__(self) -> str:
+        return shown_path(self.keys())
+
+
 def check_observation(
     observation: Any, limits: ServerLimits, flat_language_keys: AbstractSet[str] = frozenset(),
     count_tokens: Optional[TokenCounter] = None,
@@ -211,20 +241,21 @@ def check_observation(
     if not isinstance(observation, dict):
         return  # the policy's own validation says what it expects
     language = _LanguageCounter(count_tokens, limits)
-    cameras: set = set()
-    stack: List[Tuple[Any, str]] = [(observation, "")]
+    cameras: set = set()  # their _KeyPaths: a list's entries share their key's
+    longest_flat_key = max(map(len, flat_language_keys), default=-1)
+    stack: List[Tuple[Any, _KeyPath]] = [(observation, _KeyPath(None, None, frozenset(), -1))]
     while stack:  # iterative: nesting is bounded by the decoder, but never recurse on client data
         value, where = stack.pop()
         if isinstance(value, np.ndarray):  # the most common entry first
-            _check_array(value, where, limits, cameras, language if _is_language(where, flat_language_keys) else None)
+            _check_array(value, where, limits, cameras, language if where.language else None)  # type: ignore[arg-type]
         elif isinstance(value, dict):
             for key, child in value.items():
                 if not isinstance(key, str):
                     raise RequestError(
                         f"observation keys must be str; got {type(key).__name__} key {str(key)[:40]!r} in "
-                        f"'{where or 'observation'}'"
+                        f"'{str(where) or 'observation'}'"
                     )
-                stack.append((child, f"{where}.{key}" if where else key))
+                stack.append((child, _KeyPath(where, key, flat_language_keys, longest_flat_key)))
         elif isinstance(value, (list, tuple)):
             if len(value) > limits.max_rows:
                 raise RequestError(
@@ -234,9 +265,9 @@ def check_observation(
             # numbers too: a lenient policy turns a list state into an array, and an inf in it would be clipped
             stack.extend((child, where) for child in value if isinstance(child, _VISITED_IN_LISTS))
         elif isinstance(value, str):
-            _check_text(value, where, limits, language if _is_language(where, flat_language_keys) else None)
-        elif isinstance(value, bytes) and _is_language(where, flat_language_keys):
-            _check_text_bytes(value, where, limits, language)
+            _check_text(value, where, limits, language if where.language else None)  # type: ignore[arg-type]
+        elif isinstance(value, bytes) and where.language:
+            _check_text_bytes(value, where, limits, language)  # type: ignore[arg-type]
         elif non_finite_scalar(value):  # a number in a list, or a bare number where an array belongs
             raise RequestError(
                 f"observation key '{where}' has a non-finite value ({value}) in a list or as a number; send finite "
@@ -252,13 +283,19 @@ def check_observation(
 def _float_arrays(observation: Any) -> List[Tuple[str, np.ndarray]]:
     """(key, array) for every float array in a (nested or flat) observation."""
     found: List[Tuple[str, np.ndarray]] = []
-    stack: List[Tuple[Any, str]] = [(observation, "")]
+    # (value, its keys as nested (parent, key) pairs): a dotted path made for every child up front cost (key
+    # characters x entries); only the arrays found get theirs, cut as shown_path cuts.
+    stack: List[Tuple[Any, Any]] = [(observation, None)]
     while stack:
-        value, where = stack.pop()
+        value, keys = stack.pop()
         if isinstance(value, Mapping):
-            stack.extend((child, f"{where}.{key}" if where else str(key)) for key, child in value.items())
+            stack.extend((child, (keys, str(key))) for key, child in value.items())
         elif isinstance(value, np.ndarray) and value.dtype.kind == "f" and value.ndim > 0:
-            found.append((where, value))
+            path = []
+            while keys is not None:
+                keys, key = keys
+                path.append(key)
+            found.append((shown_path(path[::-1]), value))
     return sorted(found, key=lambda item: item[0])  # by key alone: two arrays under one dotted key are not ordered
 
 

@@ -9,7 +9,7 @@ import logging
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from gr00t_client import codec
 from gr00t_client.client import SHUTTING_DOWN  # ServerStoppingError on the client: keep the words in step
@@ -116,15 +116,19 @@ class RequestLoop(Gathering):
             if request is not None:
                 self._route(request)
 
+    def _arrival(self, frames: List[Any]) -> Tuple[Request, List[Any]]:
+        """A Request for received `frames`, not yet decoded, and the frames of its payload."""
+        routing, payload = split_routing(frames)
+        request = Request(routing, False, UNDECODED_ENDPOINT, None, client_of(routing), peer_address(payload),
+                          time.monotonic(), 0.0, name_read=False)
+        request.identity = frames[0].bytes if frames else b""
+        self._server.stats.add("requests")
+        return request, payload
+
     def _parse(self, frames: List[Any]) -> Optional[Request]:
         server = self._server
-        received_at = time.monotonic()
-        routing, payload = split_routing(frames)
-        identity = frames[0].bytes if frames else b""
-        request = Request(routing, False, UNDECODED_ENDPOINT, None, client_of(routing), peer_address(payload),
-                          received_at, 0.0, name_read=False)
-        request.identity = identity
-        server.stats.add("requests")
+        request, payload = self._arrival(frames)
+        received_at = request.received_at
         try:
             if type(frames) is OverlongMessage:
                 raise RequestError(f"message has {frames.total} frames; this server reads at most {MAX_MESSAGE_FRAMES} "
@@ -432,6 +436,12 @@ class RequestLoop(Gathering):
             frames = transport.receive()
             if frames is None:
                 return
-            request = self._parse(frames)
-            if request is not None:
-                self.reply_error(request, RequestError(f"{SHUTTING_DOWN}; '{request.endpoint}' was not run"))
+            # Refused undecoded, as a byte budget refuses (answered in kind, its endpoint peeked): decoding a request
+            # of many small items took seconds, and a few of them queued held the stop up for as long, each decoded
+            # only to be told this.
+            request, payload = self._arrival(frames)
+            request.multipart = codec.is_multipart(payload)
+            peeked = peek_endpoint(payload)
+            if peeked is not None:
+                request.endpoint, request.name_read = peeked, True
+            self.reply_error(request, RequestError(f"{SHUTTING_DOWN}; '{request.endpoint}' was not run"))
