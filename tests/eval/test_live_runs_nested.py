@@ -150,14 +150,18 @@ def test_a_dead_runs_claim_above_the_target_is_passed_over_without_a_warning(tmp
 
 def test_the_shards_of_one_plan_share_a_video_dir_inside_a_running_shards_folder(tmp_path, live_process):
     # docs/evaluation.md: shards of one plan may share one --video-dir; shard 1's inside shard 0's output was refused.
+    # A shard of another plan (other episodes: the same video names) is not let in.
+    import json
+
     from gr00t_eval.run_claim import refuse_live_runs_around
     from gr00t_eval.run_dir import OutputDirError
 
     shard0 = tmp_path / "X"
     (shard0 / "videos").mkdir(parents=True)
-    claim_by(shard0, live_process.pid, "run_shard0of2.json")
-    refuse_live_runs_around(shard0 / "videos", "--video-dir", include_self=True, shard=(1, 2))
-    with pytest.raises(OutputDirError, match="lies inside the output folder of another run"):
-        refuse_live_runs_around(shard0 / "videos", "--video-dir", include_self=True)  # not a shard of it
-    with pytest.raises(OutputDirError, match="lies inside the output folder of another run"):
-        refuse_live_runs_around(shard0 / "videos", "--video-dir", include_self=True, shard=(1, 3))  # another plan's
+    claim = claim_by(shard0, live_process.pid, "run_shard0of2.json")
+    claim.write_text(json.dumps({**json.loads(claim.read_text()), "env_name": "walkto/fast",
+                                 "config": {"n_episodes": 4}}))
+    refuse_live_runs_around(shard0 / "videos", "--video-dir", include_self=True, shard=(1, 2, "walkto/fast", 4))
+    for other in [None, (1, 3, "walkto/fast", 4), (1, 2, "walkto/fast", 2), (1, 2, "walkto/slow", 4)]:
+        with pytest.raises(OutputDirError, match="lies inside the output folder of another run"):
+            refuse_live_runs_around(shard0 / "videos", "--video-dir", include_self=True, shard=other)

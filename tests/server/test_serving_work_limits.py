@@ -314,3 +314,16 @@ def test_a_non_finite_number_under_a_long_key_is_named_by_its_cut_path():
         message = refusal(server, observation)
     assert "has a non-finite value (nan) in a list or as a number" in message
     assert "more characters)" in message and "\x1b" not in message and len(message) < 1000
+
+
+def test_a_camera_in_the_dicts_of_a_list_counts_once_whatever_the_entries():
+    # Each dict of a list made key links of its own, counted as cameras by identity: four entries of one camera key
+    # were refused as "4 video keys" under --max-cameras 2.
+    from gr00t_server.serving.limits import ServerLimits, check_observation
+    from gr00t_server.serving.messages import RequestError
+
+    image = np.zeros((1, 1, 8, 8, 3), np.uint8)
+    limits = ServerLimits(max_cameras=2)
+    check_observation({"video": {"extra": [{"front": image}] * 4}}, limits)
+    with pytest.raises(RequestError, match="3 video keys; this server accepts at most 2 cameras"):
+        check_observation({"video": {"a": image, "b": image, "extra": [{"front": image}] * 4}}, limits)

@@ -105,7 +105,7 @@ def _claim_videos(output_dir: Path, shard: Any, env_spec: str, config: Any, resu
     try:
         hold_claim(claim_video_dir(Path(config.video_dir), video_claim_writer(output_dir, shard), plan,
                                    shard_index=None if shard is None else shard.index, resume=resume,
-                                   shard_count=None if shard is None else shard.count))
+                                   shard_of=None if shard is None else (shard.count, env_spec, config.n_episodes)))
     except OutputDirError as exc:
         raise UsageError(str(exc)) from None
 

@@ -255,14 +255,15 @@ def refuse_live_claims(directory: Union[str, Path], flag: str = "--output-dir", 
 
 
 def refuse_live_runs_around(path: Union[str, Path], flag: str = "--output-dir", include_self: bool = False,
-                            shard: Optional[Tuple[int, int]] = None) -> None:
+                            shard: Optional[Tuple[int, int, str, int]] = None) -> None:
     """OutputDirError when a folder above `path` (links resolved; `path` itself with `include_self`) is claimed by a
     run still running (refuse_live_claim): `path` lies inside that run's output, whose files a run there would write
     over or delete. Only files holding a claim record count (a run.json of another tool, or of a gr00t-eval older than
     claims, whose pid may be any process's now, made every folder below it refused), and claims of this process (a
-    batch's, over its jobs' folders) are no obstacle, nor, for shard `(index, count)` of a plan, the run files of its
-    other shards (`run_shard<i>of<count>.json`: the shards of one plan share a --video-dir). A stale claim above is
-    passed over without a word: the run never touches that folder."""
+    batch's, over its jobs' folders) are no obstacle, nor, for shard `(index, count, env_name, n_episodes)` of a plan,
+    the run files of its other shards of that plan (`run_shard<i>of<count>.json` of the same env and episodes, whose
+    episodes, and so video names, are other than its own: the shards of one plan share a --video-dir). A stale claim
+    above is passed over without a word: the run never touches that folder."""
     resolved = Path(path).resolve()
     siblings = set() if shard is None else {f"run_shard{i}of{shard[1]}.json" for i in range(shard[1]) if i != shard[0]}
     for folder in [*([resolved] if include_self else []), *resolved.parents]:
@@ -271,13 +272,27 @@ def refuse_live_runs_around(path: Union[str, Path], flag: str = "--output-dir", 
         except OSError:  # a folder above that cannot be listed: its fixed claim names may still be read
             names = list(CLAIM_FILENAMES)
         for name in names:
-            if name in siblings or not _claim_record_in(folder / name) or holds_claim(folder / name):
+            if not _claim_record_in(folder / name) or holds_claim(folder / name):
+                continue
+            if name in siblings and _same_plan(folder / name, shard):  # type: ignore[arg-type]
                 continue
             try:
                 refuse_live_claim(folder, name, flag="the folder", quiet=True)
             except OutputDirError as exc:
                 where = "is" if folder == resolved else "lies inside"
                 raise OutputDirError(f"{flag} {path} {where} the output folder of another run: {exc}") from None
+
+
+def _same_plan(run_file: Path, shard: Tuple[int, int, str, int]) -> bool:
+    """Whether the shard run file `run_file` is of the plan `shard` names: the same env spec and episodes (with the
+    shard count of its name, its episodes are other than this shard's)."""
+    try:
+        data = json.loads(run_file.read_text())
+    except (OSError, ValueError):
+        return False
+    config = data.get("config") if isinstance(data, dict) else None
+    return (isinstance(config, dict) and data.get("env_name") == shard[2]
+            and config.get("n_episodes") == shard[3])
 
 
 def _claim_record_in(claim: Path) -> bool:

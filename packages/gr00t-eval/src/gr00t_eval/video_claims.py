@@ -28,7 +28,7 @@ def video_claim_writer(output_dir: Union[str, Path], shard: Any = None) -> str:
 
 def claim_video_dir(video_dir: Union[str, Path], writer: str, plan: Optional[str] = None,
                     flag: str = "--video-dir", shard_index: Optional[int] = None, resume: bool = False,
-                    shard_count: Optional[int] = None) -> Path:
+                    shard_of: Optional[Tuple[int, str, int]] = None) -> Path:
     """Claim `video_dir` for the run `writer` names (the folder its results go to; with its shard); OutputDirError
     when another run that may still be running holds a claim there, unless both are shards of one `plan` (a key of
     their tasks, episodes, seed and settings) with another `shard_index` each, and when it is (or lies inside) the
@@ -44,7 +44,7 @@ def claim_video_dir(video_dir: Union[str, Path], writer: str, plan: Optional[str
     record = {"writer": writer, "plan": plan, "shard_index": shard_index}
     with directory_lock(video_dir / VIDEO_LOCK_FILENAME):
         refuse_live_runs_around(video_dir, flag, include_self=True,  # a run's own videos/ holds no video claim
-                                shard=None if shard_index is None or shard_count is None else (shard_index, shard_count))
+                                shard=None if shard_index is None or shard_of is None else (shard_index, *shard_of))
         if resume:
             _refuse_taken_over(video_dir, writer, flag)
         for claim in sorted(video_dir.glob(f"{VIDEO_CLAIM_PREFIX}*.json")):

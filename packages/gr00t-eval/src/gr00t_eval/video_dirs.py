@@ -49,7 +49,8 @@ def check_shard_video_dir(video_dir: Path, output_dir: Optional[Path], overwrite
     from .suites import resolve_tasks, task_video_dir
     from .video import EPISODE_VIDEO_NAME
 
-    if not _needs_own_check(video_dir, output_dir, "--video-dir", (shard.index, shard.count)):
+    if not _needs_own_check(video_dir, output_dir, "--video-dir",
+                            (shard.index, shard.count, args.env_name, args.n_episodes)):
         return []
     tasks = resolve_tasks(args.env_name)[0]
     ranges = shard_ranges(tasks, args.n_episodes, shard)
@@ -73,7 +74,7 @@ def check_shard_video_dir(video_dir: Path, output_dir: Optional[Path], overwrite
 
 
 def _needs_own_check(video_dir: Path, output_dir: Optional[Path], label: str,
-                     shard: Optional[Tuple[int, int]] = None) -> bool:
+                     shard: Optional[Tuple[int, int, str, int]] = None) -> bool:
     """Whether a videos folder needs a check of its own: not when it lies inside the output directory, whose own check
     covers it. UsageError when it exists and is not a directory, or is (or lies inside) the output folder of a run
     still running (its videos/, whose names this run's would take), the other shards of a `shard`'s plan aside."""

@@ -198,11 +198,13 @@ class _KeyPath:
     error names it, cut as shown_path cuts: made for every child up front, one key of a megabyte over a thousand
     entries held a gigabyte of paths."""
 
-    __slots__ = ("parent", "key", "chars", "in_group", "language")
+    __slots__ = ("parent", "key", "chars", "in_group", "language", "_hash")
 
     def __init__(self, parent: Optional["_KeyPath"], key: Optional[str], flat_language_keys: AbstractSet[str],
                  longest_flat_key: int) -> None:
         self.parent, self.key = parent, key
+        # Equal by their keys (the cameras counted): the dicts of a list's entries make links of their own for one key
+        self._hash = hash((None if parent is None else parent._hash, key))
         if key is None:  # the observation itself
             self.chars, self.in_group, self.language = 0, False, False
             return
@@ -213,6 +215,16 @@ class _KeyPath:
         # the longest such key are spelt out to compare
         self.in_group = (key == "language") if top else parent.in_group
         self.language = self.in_group or (self.chars <= longest_flat_key and self.keys_text() in flat_language_keys)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, _KeyPath) or self._hash != other._hash or self.key != other.key:
+            return False
+        return self.parent == other.parent
 
     def keys(self) -> List[str]:
         keys, link = [], self
@@ -241,7 +253,7 @@ def check_observation(
     if not isinstance(observation, dict):
         return  # the policy's own validation says what it expects
     language = _LanguageCounter(count_tokens, limits)
-    cameras: set = set()  # their _KeyPaths: a list's entries share their key's
+    cameras: set = set()  # their _KeyPaths, equal by their keys: a list's entries count once
     longest_flat_key = max(map(len, flat_language_keys), default=-1)
     stack: List[Tuple[Any, _KeyPath]] = [(observation, _KeyPath(None, None, frozenset(), -1))]
     while stack:  # iterative: nesting is bounded by the decoder, but never recurse on client data
