@@ -162,6 +162,8 @@ def test_the_shards_of_one_plan_share_a_video_dir_inside_a_running_shards_folder
     claim.write_text(json.dumps({**json.loads(claim.read_text()), "env_name": "walkto/fast",
                                  "config": {"n_episodes": 4}}))
     refuse_live_runs_around(shard0 / "videos", "--video-dir", include_self=True, shard=(1, 2, "walkto/fast", 4))
+    refuse_live_runs_around(shard0 / "videos", "--video-dir", include_self=True,
+                            shard=(1, 2, " walkto/fast, walkto/fast", 4))  # the same tasks, spelt otherwise
     for other in [None, (1, 3, "walkto/fast", 4), (1, 2, "walkto/fast", 2), (1, 2, "walkto/slow", 4)]:
         with pytest.raises(OutputDirError, match="lies inside the output folder of another run"):
             refuse_live_runs_around(shard0 / "videos", "--video-dir", include_self=True, shard=other)

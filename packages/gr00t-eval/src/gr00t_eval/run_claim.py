@@ -284,15 +284,27 @@ def refuse_live_runs_around(path: Union[str, Path], flag: str = "--output-dir", 
 
 
 def _same_plan(run_file: Path, shard: Tuple[int, int, str, int]) -> bool:
-    """Whether the shard run file `run_file` is of the plan `shard` names: the same env spec and episodes (with the
-    shard count of its name, its episodes are other than this shard's)."""
+    """Whether the shard run file `run_file` is of the plan `shard` names: the same tasks (resolved: "a, b" is
+    "a,b") and episodes (with the shard count of its name, its episodes are other than this shard's)."""
     try:
         data = json.loads(run_file.read_text())
     except (OSError, ValueError):
         return False
     config = data.get("config") if isinstance(data, dict) else None
-    return (isinstance(config, dict) and data.get("env_name") == shard[2]
-            and config.get("n_episodes") == shard[3])
+    if not isinstance(config, dict) or config.get("n_episodes") != shard[3]:
+        return False
+    tasks = _task_names(shard[2])
+    return tasks is not None and _task_names(data.get("env_name")) == tasks
+
+
+def _task_names(env_spec: Any) -> Optional[List[str]]:
+    """The tasks an --env-name spec runs, in order (suites.resolve_tasks); None for one that names none."""
+    from .suites import resolve_tasks
+
+    try:
+        return [task.env_name for task in resolve_tasks(env_spec)[0]] if isinstance(env_spec, str) else None
+    except (ValueError, KeyError):
+        return None
 
 
 def _claim_record_in(claim: Path) -> bool:
