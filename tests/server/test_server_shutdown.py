@@ -331,6 +331,15 @@ _SLOW_SERVER_SCRIPT = textwrap.dedent(
 )
 
 
+def _read_until(process, lines, text):
+    """The first line of `process`'s output that holds `text`, appending every line read to `lines`."""
+    for line in process.stdout:
+        lines.append(line)
+        if text in line:
+            return line
+    return ""
+
+
 @pytest.mark.parametrize("signals", [("SIGINT", "SIGINT"), ("SIGTERM", "SIGINT")])
 def test_a_second_stop_signal_ends_the_wait_for_a_running_call_and_run_returns(signals):
     """A second Ctrl-C while the stop waited for a running call raised KeyboardInterrupt out of run() (Python's own
@@ -341,11 +350,7 @@ def test_a_second_stop_signal_ends_the_wait_for_a_running_call_and_run_returns(s
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     try:
-        for line in process.stdout:
-            lines.append(line)
-            if "listening on" in line:
-                break
-        port = int(re.search(r"127\.0\.0\.1:(\d+)", lines[-1]).group(1))
+        port = int(re.search(r"127\.0\.0\.1:(\d+)", _read_until(process, lines, "listening on")).group(1))
         replies = []
 
         def call():
@@ -357,10 +362,7 @@ def test_a_second_stop_signal_ends_the_wait_for_a_running_call_and_run_returns(s
 
         caller = threading.Thread(target=call)
         caller.start()
-        for line in process.stdout:
-            lines.append(line)
-            if "policy call started" in line:
-                break
+        _read_until(process, lines, "policy call started")
         started = time.monotonic()
         process.send_signal(getattr(signal, signals[0]))
         time.sleep(0.5)
@@ -407,11 +409,7 @@ def test_requests_arriving_during_the_stop_are_refused_without_being_decoded():
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines, dealers = [], []
     try:
-        for line in process.stdout:
-            lines.append(line)
-            if "listening on" in line:
-                break
-        port = int(re.search(r"127\.0\.0\.1:(\d+)", lines[-1]).group(1))
+        port = int(re.search(r"127\.0\.0\.1:(\d+)", _read_until(process, lines, "listening on")).group(1))
 
         def call():
             with PolicyClient(host="127.0.0.1", port=port, timeout_ms=60000) as client:
@@ -420,10 +418,7 @@ def test_requests_arriving_during_the_stop_are_refused_without_being_decoded():
 
         caller = threading.Thread(target=call)
         caller.start()
-        for line in process.stdout:
-            lines.append(line)
-            if "policy call started" in line:
-                break
+        _read_until(process, lines, "policy call started")
         process.send_signal(signal.SIGTERM)
         time.sleep(0.5)  # the stop now waits for the running call
         whole = msgpack.packb({"endpoint": "get_action", "pad": b"x" * (40 * 2**20), "data": {"observation": {

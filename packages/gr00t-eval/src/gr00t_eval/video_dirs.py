@@ -100,7 +100,7 @@ def _refuse_live_runs_below(video_dir: Path, output_dir: Optional[Path], label: 
     deleted by --overwrite: video.episode_videos) holds the claim of another run still running: any command's claim
     file, or a run's claim on its own --video-dir."""
     from .output_files import OutputDirError
-    from .run_claim import claim_files, holds_claim, read_holder, refuse_live_claim
+    from .run_claim import claim_files, holds_claim, refuse_live_claim
     from .video_claims import VIDEO_CLAIM_PREFIX
 
     if not video_dir.is_dir():
@@ -109,9 +109,8 @@ def _refuse_live_runs_below(video_dir: Path, output_dir: Optional[Path], label: 
         if output_dir is not None and within(folder, output_dir):
             continue
         for name in [*claim_files(folder), *(p.name for p in folder.glob(f"{VIDEO_CLAIM_PREFIX}*.json"))]:
-            holder = read_holder(folder / name)
-            if holder is None or holds_claim(folder / name):  # this process's own (its pid alone is not enough:
-                continue  # a run in another container on a shared volume may have it too)
+            if holds_claim(folder / name):  # this process's own (its pid alone is not enough: a run in another
+                continue  # container on a shared volume may have it too); no claim at all passes refuse_live_claim
             try:
                 refuse_live_claim(folder, name, flag="the folder")
             except OutputDirError as exc:
