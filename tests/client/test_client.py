@@ -366,8 +366,23 @@ def test_ping_with_a_timeout_of_its_own_keeps_the_clients_timeout_ms():
 @pytest.mark.parametrize("value", [0, -5, "500", None, float("nan"), float("inf"), True])
 def test_a_timeout_ms_set_after_construction_is_checked_as_the_constructor_checks_it(server, value):
     with PolicyClient(port=server.port, timeout_ms=2000) as client:
-        with pytest.raises(ValueError, match=r"timeout_ms must be a number of milliseconds from 1 to \d+, got "):
+        with pytest.raises(ValueError, match=r"timeout_ms must be a whole number of milliseconds from 1 to \d+, got "):
             client.timeout_ms = value
         assert client.timeout_ms == 2000 and client.ping() is True
-        client.timeout_ms = 1500.7
+        client.timeout_ms = 1500.0
         assert client.timeout_ms == 1500
+
+
+@pytest.mark.parametrize("value", [1.9, 2500.7, np.float32(2500.5)])
+def test_a_fractional_timeout_ms_is_refused_not_truncated(server, value):
+    """1.9 was taken as 1 ms and 2500.7 as 2500: the docs say a whole number of milliseconds, else ValueError."""
+    expected = r"timeout_ms must be a whole number of milliseconds from 1 to 2147483647, got "
+    with pytest.raises(ValueError, match=expected):
+        PolicyClient(port=server.port, timeout_ms=value)
+    with PolicyClient(port=server.port, timeout_ms=np.float64(2500.0)) as client:
+        assert client.timeout_ms == 2500
+        with pytest.raises(ValueError, match=expected):
+            client.timeout_ms = value
+        with pytest.raises(ValueError, match=expected):
+            client.ping(timeout_ms=value)
+        assert client.timeout_ms == 2500 and client.ping() is True

@@ -64,6 +64,14 @@ def test_an_int_outside_msgpacks_range_is_refused_naming_the_range_not_its_type(
     assert codec.decode(codec.encode({"seed": 2**64 - 1})) == {"seed": 2**64 - 1}  # the edge itself goes
 
 
+@pytest.mark.parametrize("value", [2**64, -(2**63) - 1, 2**70])
+def test_an_int_outside_msgpacks_range_is_refused_naming_the_range_in_the_np_save_format_too(value):
+    """The np.save-era (early-N1.6) format said "cannot encode value of type int", as if no int could be sent."""
+    with pytest.raises(codec.WireEncodeError, match=r"is outside the wire's integer range, -2\*\*63 to 2\*\*64 - 1"):
+        codec.encode_early_n16({"options": {"seed": value}})
+    assert codec.decode(codec.encode_early_n16({"seed": 2**64 - 1})) == {"seed": 2**64 - 1}
+
+
 def test_a_policy_client_refuses_pickling_naming_itself_and_what_to_do():
     """A spawn-started worker (macOS and Windows' default) or a Ray task handed a client got pickle's words about a
     ZeroMQ handle."""

@@ -311,6 +311,35 @@ def test_an_n15_client_error_comes_back_as_an_error_map():
         assert client.call_endpoint("ping", requires_input=False)["status"] == "ok"
 
 
+def test_an_n15_client_gets_a_replaced_get_actions_action_dict_returned_alone():
+    """A handler in N1/N1.5's convention (the action dict alone) gave "could not encode the result of 'get_action': 0":
+    the server sent the result's item 0 to N1/N1.5 clients whatever it was."""
+    with running_server(FlatKeysPolicy()) as server, ReferenceClient(server.port, generation="n15") as client:
+        server.register_endpoint("get_action", lambda observation, options=None: {
+            "action.x": (observation["state.x"] * np.float32(3.0)).astype(np.float32)})
+        sent = n15_observation()
+        action = client.get_action(sent)
+    assert list(action) == ["action.x"] and np.array_equal(action["action.x"], sent["state.x"] * 3)
+
+
+def test_an_n15_client_gets_a_replaced_get_actions_bare_array_whole():
+    """A handler returning a bare (3, 4, 2) array gave N1/N1.5 clients its row 0 alone, with no error."""
+    returned = np.arange(24, dtype=np.float32).reshape(3, 4, 2)
+    with running_server(FlatKeysPolicy()) as server, ReferenceClient(server.port, generation="n15") as client:
+        server.register_endpoint("get_action", lambda observation, options=None: returned)
+        action = client.call_endpoint("get_action", n15_observation())
+    assert isinstance(action, np.ndarray) and np.array_equal(action, returned)
+
+
+def test_an_n15_client_gets_the_action_of_a_replaced_get_actions_pair():
+    with running_server(FlatKeysPolicy()) as server, ReferenceClient(server.port, generation="n15") as client:
+        server.register_endpoint("get_action", lambda observation, options=None: (
+            {"action.x": observation["state.x"]}, None))
+        sent = n15_observation()
+        action = client.get_action(sent)
+    assert list(action) == ["action.x"] and np.array_equal(action["action.x"], sent["state.x"])
+
+
 def test_an_npsave_request_with_an_observation_map_is_not_taken_for_n15(our_server):
     with ReferenceClient(our_server.port, generation="npsave") as client:
         action, info = client.get_action(observation(seed=2), None)

@@ -109,10 +109,10 @@ def test_batch_jobs_check_the_server_port_and_timeout(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"timeout_ms": float("inf")}, "timeout_ms must be a number of milliseconds from 1 to 2147483647, got inf"),
-        ({"timeout_ms": float("nan")}, "timeout_ms must be a number of milliseconds from 1 to 2147483647, got nan"),
-        ({"timeout_ms": True}, "timeout_ms must be a number of milliseconds from 1 to 2147483647, got True"),
-        ({"timeout_ms": 0}, "timeout_ms must be a number of milliseconds from 1 to 2147483647, got 0"),
+        ({"timeout_ms": float("inf")}, "timeout_ms must be a whole number of milliseconds from 1 to 2147483647, got inf"),
+        ({"timeout_ms": float("nan")}, "timeout_ms must be a whole number of milliseconds from 1 to 2147483647, got nan"),
+        ({"timeout_ms": True}, "timeout_ms must be a whole number of milliseconds from 1 to 2147483647, got True"),
+        ({"timeout_ms": 0}, "timeout_ms must be a whole number of milliseconds from 1 to 2147483647, got 0"),
         ({"port": 70000}, "port must be an int from 1 to 65535, got 70000"),
         ({"port": 0}, "port must be an int from 1 to 65535, got 0"),
         ({"port": "5555"}, "port must be an int from 1 to 65535, got '5555'"),

@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import zmq
 
@@ -99,6 +100,34 @@ def test_an_error_names_a_connections_session_without_its_key(replay_server):
                                                           "data": {"observation": {}}})
     assert reply["error"].startswith("this connection's session was dropped by the server"), reply
     assert not re.search(r"[0-9a-f]{8}", reply["error"]), reply
+
+
+@pytest.mark.parametrize("mark", [True, 1, np.int64(1), np.bool_(True)], ids=["true", "int", "numpy-int", "numpy-bool"])
+def test_a_session_continues_mark_sent_as_any_true_flag_refuses_a_session_the_server_does_not_know(replay_server, mark):
+    """A mark of 1 (as msgpack peers in C++, JS or Go send flags) or a numpy bool was ignored: the session the server
+    never knew was served from episode 0, step 0."""
+    session = f"unknown-{type(mark).__module__}.{type(mark).__name__}-{mark}"  # numpy's bool_ is named "bool"
+    reply = call_on_a_new_connection(replay_server.port, {"endpoint": "get_action", "session_continues": mark,
+                                                          "session_id": session, "data": {"observation": {}}})
+    assert isinstance(reply, dict) and "no longer knows it" in reply["error"] and "call reset" in reply["error"], reply
+
+
+@pytest.mark.parametrize("mark", [False, 0, np.bool_(False)], ids=["false", "int", "numpy-bool"])
+def test_a_session_continues_mark_sent_as_a_false_flag_starts_a_new_session(replay_server, mark):
+    session = f"new-{type(mark).__module__}.{type(mark).__name__}-{mark}"  # numpy's bool_ is named "bool"
+    reply = call_on_a_new_connection(replay_server.port, {"endpoint": "get_action", "session_continues": mark,
+                                                          "session_id": session, "data": {"observation": {}}})
+    assert isinstance(reply, list), reply
+    assert int(reply[1]["episode_index"]) == 0 and int(reply[1]["current_step"]) == 0
+
+
+@pytest.mark.parametrize("mark, shown", [(2, "int 2"), ("true", "str 'true'"), (1.0, "float 1.0"), ([True], "list")],
+                         ids=["int", "str", "float", "array"])
+def test_a_session_continues_mark_that_is_no_flag_is_refused_naming_it(replay_server, mark, shown):
+    reply = call_on_a_new_connection(replay_server.port, {"endpoint": "get_action", "session_continues": mark,
+                                                          "session_id": "robot-flag", "data": {"observation": {}}})
+    assert isinstance(reply, dict) and "error" in reply, f"session_continues={mark!r} was served: {reply}"
+    assert f"'session_continues' must be true or false (a bool, or 0 or 1), got {shown}" in reply["error"], reply
 
 
 def test_reference_clients_behind_a_router_dealer_proxy_keep_their_own_replay(replay_server):

@@ -16,10 +16,13 @@ MAX_REPLY_BYTES_LIMIT = 2**63 - 1  # ZMQ_MAXMSGSIZE is an int64
 
 
 def check_timeout_ms(value: Any) -> int:
-    """`value` as a PolicyClient timeout in whole milliseconds; ValueError naming it unless it is a number from 1 to
-    MAX_TIMEOUT_MS (bool is an int, NaN fails every comparison, inf has no int(): each is refused, naming itself)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 1 <= value <= MAX_TIMEOUT_MS:
-        raise ValueError(f"timeout_ms must be a number of milliseconds from 1 to {MAX_TIMEOUT_MS}, got {value!r}")
+    """`value` as a PolicyClient timeout in whole milliseconds; ValueError naming it unless it is a whole number from 1
+    to MAX_TIMEOUT_MS (bool is an int, NaN fails every comparison, inf is out of range: each is refused, naming
+    itself). A fractional value is refused, not truncated: 1.9 would wait 1 ms."""
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)  # numpy numbers too
+    whole = number and (isinstance(value, numbers.Integral) or (math.isfinite(value) and value == int(value)))
+    if not (whole and 1 <= value <= MAX_TIMEOUT_MS):
+        raise ValueError(f"timeout_ms must be a whole number of milliseconds from 1 to {MAX_TIMEOUT_MS}, got {value!r}")
     return int(value)
 
 

@@ -73,9 +73,14 @@ def _encode_hook(obj: Any) -> Any:
     if isinstance(obj, (set, frozenset)):
         return sorted(obj)
     if isinstance(obj, int):  # msgpack hands over the ints it cannot hold
-        raise WireEncodeError(f"int {obj if abs(obj) < 10**30 else str(obj)[:30] + '...'} is outside the wire's "
-                              "integer range, -2**63 to 2**64 - 1 (msgpack's 64 bits)")
+        raise _int_out_of_range(obj)
     raise WireEncodeError(f"cannot encode value of type {type(obj).__name__} for the wire{_array_like_hint(obj)}")
+
+
+def _int_out_of_range(value: int) -> WireEncodeError:
+    """The error for an int msgpack cannot hold (it hands those to the hook), in every format's words."""
+    return WireEncodeError(f"int {value if abs(value) < 10**30 else str(value)[:30] + '...'} is outside the wire's "
+                           "integer range, -2**63 to 2**64 - 1 (msgpack's 64 bits)")
 
 
 def _array_like_hint(obj: Any) -> str:
@@ -145,6 +150,8 @@ def _npsave_hook(value: Any) -> Any:
         return value.value
     if isinstance(value, (set, frozenset)):
         return sorted(value)
+    if isinstance(value, int):  # msgpack hands over the ints it cannot hold
+        raise _int_out_of_range(value)
     raise WireEncodeError(f"cannot encode value of type {type(value).__name__} in the early-N1.6 format{_array_like_hint(value)}")
 
 

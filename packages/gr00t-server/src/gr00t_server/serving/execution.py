@@ -438,9 +438,11 @@ def _checked_replaced_action(result: Any, request: Request) -> Any:
     """A get_action handler registered in place of the built-in one is held to its NaN/inf check: an action (the
     first of [action, info], or the whole result when it is no such pair) with a non-finite value is never sent. Its
     pair, a list or a tuple (what BasePolicy.get_action returns) with a map or None info, comes back as the built-in
-    one's [action, info], info {} for None, so that server_timing can be added to it."""
+    one's [action, info], info {} for None, so that server_timing can be added to it; any other result is marked as
+    the action itself (request.result_is_action), which an N1/N1.5 client is sent whole."""
     is_pair = isinstance(result, (list, tuple)) and len(result) == 2 and isinstance(result[1], (dict, type(None)))
     observation = request.data.get("observation") if isinstance(request.data, dict) else None
     work_limits.check_finite_action(result[0] if is_pair else result, observation)
+    request.result_is_action = not is_pair
     return [result[0], {} if result[1] is None else result[1]] if is_pair else result
 

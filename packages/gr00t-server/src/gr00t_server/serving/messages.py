@@ -75,6 +75,8 @@ class Request:
     continues_session: bool = False
     takes_session: bool = False  # a get_action or reset whose success counts a use of its session (takes it in)
     call_ran: bool = False  # a get_action whose policy call ran, whatever became of it (counted as a policy call)
+    # A replaced get_action's result that is no [action, info] pair: the action itself, sent whole to N1/N1.5 clients.
+    result_is_action: bool = False
 
     def queue_wait_ms(self, until: float) -> float:
         """How long this request waited for the policy until `until` (time.monotonic()), its decode left out."""
@@ -230,19 +232,25 @@ def timing_requested(data: Any) -> bool:
     options = data.get("options") if isinstance(data, dict) else None
     if not isinstance(options, dict):
         return False  # no options, or options the handler refuses itself
-    value = options.get(TIMING_OPTION)
+    return _flag(options.get(TIMING_OPTION), f"options['{TIMING_OPTION}']")
+
+
+def _flag(value: Any, name: str) -> bool:
+    """A flag's value as a bool; RequestError naming it unless it is a bool (numpy's too), nil, or the int 0 or 1."""
     if value is None or isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, (int, np.integer)) and value in (0, 1):
         return bool(value)
     scalar = isinstance(value, (int, float, str, bytes, np.generic))
     shown = f"{type(value).__name__} {value!r:.40}" if scalar else type(value).__name__
-    raise RequestError(f"options['{TIMING_OPTION}'] must be true or false (a bool, or 0 or 1), got {shown}")
+    raise RequestError(f"{name} must be true or false (a bool, or 0 or 1), got {shown}")
 
 
 def continues_session(envelope: Dict[str, Any]) -> bool:
-    """True when the envelope says its session was served before (our client's mark; other clients send none)."""
-    return envelope.get(SESSION_CONTINUES_FIELD) is True
+    """True when the envelope says its session was served before (our client's mark; other clients send none);
+    RequestError naming the field unless it is a bool-like flag, as return_server_timing is. Ignoring a 1 or a numpy
+    bool served a dropped session from episode 0 without an error."""
+    return _flag(envelope.get(SESSION_CONTINUES_FIELD), f"'{SESSION_CONTINUES_FIELD}'")
 
 
 def session_of(envelope: Dict[str, Any], max_chars: int) -> Optional[str]:
@@ -296,7 +304,11 @@ def encode_reply(request: Request, body: Any, ok: bool) -> List[Any]:
     """A result or error in the format the request came in (our errors carry ERROR_MARKER in the reference format)."""
     endpoint = bounded(request.endpoint, ECHOED_ENDPOINT_CHARS) if isinstance(request.endpoint, str) else request.endpoint
     if request.wire_format == WIRE_N15:  # service.py's client reads the action dict alone
-        return [codec.encode_early_n16(body[0] if ok else {"error": body, ERROR_MARKER: True, "endpoint": endpoint})]
+        if not ok:
+            body = {"error": body, ERROR_MARKER: True, "endpoint": endpoint}
+        elif not request.result_is_action:
+            body = body[0]  # the action of the [action, info] pair
+        return [codec.encode_early_n16(body)]
     # A get_modality_config request carries no array to tell an np.save-era client by, and its reply no array to
     # encode: the np.save-era encoder writes ModalityConfig with both markers, which every upstream decoder reads.
     if request.wire_format == WIRE_NPSAVE or (not request.multipart and request.endpoint == "get_modality_config"):
@@ -329,7 +341,8 @@ def encode_timed_reply(request: Request, action: Any, info: Dict[str, Any], timi
 
     info is packed with encode_ms last, as a placeholder float64 that ends the frame carrying info; once the reply is
     packed, joined and owns its bytes (multipart frames are copied from the policy's arrays, which it may reuse), the
-    placeholder's 8 value bytes are written in place.
+    placeholder's 8 value bytes are written in place. An np.save-era request gets its reply in the np.save format,
+    which packs Python floats as float64 too.
     """
     info = {key: value for key, value in info.items() if key != "server_timing"}
     info["server_timing"] = {**{key: value for key, value in timing.items() if key != "encode_ms"}, "encode_ms": 0.0}
@@ -341,7 +354,8 @@ def encode_timed_reply(request: Request, action: Any, info: Dict[str, Any], timi
         buffers = [bytes(buffer) if isinstance(buffer, memoryview) else buffer for buffer in buffers]
         frames = [codec.MULTIPART_MAGIC, frame, *buffers]
     else:
-        frame = bytearray().join([_PAIR_HEADER, codec.encode(action), codec.encode(info)])
+        encode = codec.encode_early_n16 if request.wire_format == WIRE_NPSAVE else codec.encode
+        frame = bytearray().join([_PAIR_HEADER, encode(action), encode(info)])
         frames = [frame]
     if not frame.endswith(_ENCODE_MS_PLACEHOLDER):
         raise RuntimeError("server_timing.encode_ms was not packed last in the reply's info")

@@ -13,7 +13,7 @@ from gr00t_client.client import ERROR_MARKER
 from gr00t_client.policy import PolicyValidationError
 
 from .endpoints import RateLimitedLog, UnencodableResultError, error_text, log_text
-from .messages import WIRE_NPSAVE, Request, RequestError, encode_reply, encode_timed_reply
+from .messages import Request, RequestError, encode_reply, encode_timed_reply
 from .metrics import OTHER_ENDPOINT
 from .worker import Reply
 
@@ -65,10 +65,6 @@ class ReplyFrames:
         try:
             if not wants_timing:
                 frames = encode_reply(request, result, ok=True)
-            elif request.wire_format == WIRE_NPSAVE:  # np.save-era peers get the timing in info, packed plainly,
-                # without encode_ms: the timing is inside what is encoded (it read 0.0, which is no measurement)
-                info = dict(result[1], server_timing=dict(timing or {}))
-                frames = encode_reply(request, [result[0], info], ok=True)
             else:
                 frames = encode_timed_reply(request, result[0], result[1], timing or {}, started)
         except Exception as exc:  # a policy returned what the wire cannot carry: its bug, counted as internal
