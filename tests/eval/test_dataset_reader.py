@@ -352,6 +352,21 @@ def test_check_data_files_reads_every_footer_and_names_the_broken_file(tmp_path,
         LeRobotDataset(root).check_data_files()
 
 
+def test_check_data_files_refuses_a_modality_slice_past_its_columns_declared_width_naming_both_files(tmp_path):
+    # info.json's action is 4 wide and modality.json read 'gripper' from [3:5]: a replay started ("Server is ready")
+    # and then refused every episode's reset in the middle of an evaluation.
+    root = make_dataset(tmp_path / "ds", lengths=(6, 9, 4))
+    modality_path = root / "meta" / "modality.json"
+    modality = json.loads(modality_path.read_text())
+    modality["action"]["gripper"] = {"start": 3, "end": 5}
+    modality_path.write_text(json.dumps(modality))
+    with pytest.raises(DatasetError) as refused:
+        LeRobotDataset(root).check_data_files()
+    assert str(refused.value) == (
+        f"{modality_path}: action key 'gripper' reads [3:5] of column 'action', which {root / 'meta' / 'info.json'} "
+        "declares 4 values wide (features.action.shape [4]); expected a slice within [0:4]")
+
+
 def constant_dataset(root, value: float):
     from gr00t_eval.dataset import DatasetWriter
 

@@ -12,7 +12,7 @@ import pytest
 import zmq
 
 from eval.dataset_factory import episode_frames, expected_actions, expected_states, make_dataset
-from gr00t_client import codec
+from gr00t_client import PolicyClient, codec
 from gr00t_eval.dataset import DatasetError, DatasetWriter, LeRobotDataset
 from gr00t_server.modality_configs import derive_from_dataset
 from gr00t_server.policies import ReplayPolicy
@@ -93,6 +93,25 @@ def test_hidden_files_coming_and_going_in_meta_are_no_change_of_the_dataset(tmp_
     policy.reset({"episode_index": 1})
     swap.unlink()
     policy.reset({"episode_index": 2})
+    assert replay(root).identity()["dataset_meta_sha256"] == identity
+
+
+@pytest.mark.parametrize("name", ["relative_stats.json", "episodes_stats.jsonl", "stats.json"])
+def test_statistics_files_written_under_a_served_replay_are_no_change_of_the_dataset(tmp_path, name):
+    """GR00T's stats tooling writes meta/relative_stats.json next to stats.json: every episode not yet read was then
+    refused as 'changed on disk (meta/relative_stats.json added)', though a replay reads no statistics."""
+    root = make_dataset(tmp_path / "ds", lengths=LENGTHS, cameras=("image",))
+    policy = replay(root)
+    identity = policy.identity()["dataset_meta_sha256"]
+    with running_server(policy) as server, PolicyClient(port=server.port, timeout_ms=10000) as client:
+        client.reset({"episode_index": 0})
+        client.get_action({})
+        path = root / "meta" / name
+        path.write_text(path.read_text() + "\n" if path.exists() else '{"action": {}}')
+        for episode in (1, 2):
+            assert client.reset({"episode_index": episode})["episode_index"] == episode
+            action, _ = client.get_action({})
+            np.testing.assert_array_equal(action["arm"][0], expected_actions(episode, LENGTHS[episode])["arm"][[0, 1, 2, 3]])
     assert replay(root).identity()["dataset_meta_sha256"] == identity
 
 

@@ -6,6 +6,7 @@ import os
 import re
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from gr00t_client.policy import ObservationError
 from gr00t_eval.dataset import LeRobotDataset
 from gr00t_server.modality_configs import derive_from_dataset
 from gr00t_server.policies import ReplayPolicy
+from gr00t_server.serving import ServerLimits
 
 LENGTHS = (6, 9, 4)
 
@@ -536,3 +538,74 @@ def test_a_forked_child_replays_while_another_parent_thread_was_inside_a_reset_a
     finally:
         release.set()
         robot.join(30)
+
+
+def test_a_reset_keeping_the_episodes_of_a_session_the_server_dropped_is_refused_asking_for_episode_index(policy):
+    """reset() keeps the episode; for a session dropped (idle) its episodes were forgotten, and the rows silently
+    restarted episode 0 instead of episodes [1, 2, 1]."""
+    with running_server(policy, limits=ServerLimits(session_idle_s=0.3)) as server:
+        with PolicyClient(port=server.port, timeout_ms=5000, session_id="robot") as client:
+            client.reset({"episode_index": [1, 2, 1]})
+            time.sleep(0.5)
+            with pytest.raises(PolicyServerError, match=r"session 'robot' was forgotten by this replay, .*and its "
+                               r"episodes with it; reset it with options\['episode_index'\]"):
+                client.reset()
+            with pytest.raises(PolicyServerError, match=r"reset it with options\['episode_index'\]"):
+                client.reset({"step_index": [0, 1, 2]})  # said 'episode_index has 1 entries', none sent
+            client.reset({"episode_index": [1, 2, 1]})
+            _, info = client.get_action({})
+    assert info["episode_index"] == [1, 2, 1]
+
+
+def test_step_index_for_rows_of_a_session_never_reset_names_the_sessions_rows_not_an_episode_index_list(policy):
+    with pytest.raises(ValueError, match=r"step_index has 3 entries but session 'new' replays 1 rows \(episodes "
+                       r"\[0\]\); expected one per row, or send episode_index"):
+        policy.reset(session("new", step_index=[0, 1, 2]))
+
+
+@pytest.mark.parametrize("step", [np.uint8(250), np.int8(120)])
+def test_a_numpy_int8_or_uint8_step_index_advances_without_wrapping(tmp_path, step):
+    """uint8 250 + 8 was 2 (and int8 120 + 8 was -128): the replay jumped back in the episode, a warning in the log."""
+    root = make_dataset(tmp_path / "ds", lengths=(260,), cameras=("image",))
+    replay = ReplayPolicy(root, derive_from_dataset(LeRobotDataset(root), action_horizon=8), execution_horizon=8)
+    with running_server(replay) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        client.reset({"episode_index": 0, "step_index": step})
+        client.get_action({})
+        action, info = client.get_action({})
+    assert info["current_step"] == int(step) + 8
+    np.testing.assert_array_equal(action["arm"][0], expected_actions(0, 260)["arm"][np.minimum(int(step) + 8 + np.arange(8), 259)])
+
+
+def test_the_default_execution_horizon_is_the_chunks_length_whatever_the_delta_indices(dataset):
+    """Action delta [1, 2, 3, 4] advanced max + 1 = 5 steps per 4-action chunk (row 5 never served), where
+    `gr00t-server serve` advanced 4."""
+    configs = {"action": ModalityConfig(delta_indices=[1, 2, 3, 4], modality_keys=["arm"])}
+    with running_server(ReplayPolicy(dataset, configs)) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        client.reset({"episode_index": 1})
+        first, info = client.get_action({})
+        second, _ = client.get_action({})
+    assert info["execution_horizon"] == 4
+    np.testing.assert_array_equal(np.concatenate([first["arm"][0], second["arm"][0]]), rows(1, [1, 2, 3, 4, 5, 6, 7, 8]))
+
+
+def test_an_execution_horizon_past_the_chunks_length_is_refused_naming_both(dataset):
+    configs = {"action": ModalityConfig(delta_indices=[1, 2, 3, 4], modality_keys=["arm"])}
+    with pytest.raises(ValueError, match=r"execution_horizon must be an int in \[1, 4\] \(each action chunk holds 4 "
+                       r"actions, action delta_indices \[1, 2, 3, 4\]\), got 5"):
+        ReplayPolicy(dataset, configs, execution_horizon=5)
+
+
+def test_a_modality_slice_past_its_columns_declared_width_fails_the_start(tmp_path):
+    """Every reset of every episode was refused after 'Server is ready'."""
+    import json
+
+    from gr00t_eval.dataset import DatasetError
+
+    root = make_dataset(tmp_path / "ds", lengths=(6, 9, 4))
+    path = root / "meta" / "modality.json"
+    modality = json.loads(path.read_text())
+    modality["action"]["gripper"] = {"start": 3, "end": 5}
+    path.write_text(json.dumps(modality))
+    with pytest.raises(DatasetError, match=r"modality.json: action key 'gripper' reads \[3:5\] of column 'action', "
+                       r"which .*info.json declares 4 values wide"):
+        ReplayPolicy(root)

@@ -409,3 +409,34 @@ def test_a_bad_reference_state_of_a_relative_key_is_named_by_the_flat_state_key_
         with pytest.raises(ObservationError, match=r"reference state 'state\.eef_9d' of relative key 'action\.eef_9d' "
                                                    + problem):
             wrapper.get_action(observation)
+
+
+@pytest.mark.parametrize("flat", [True, False], ids=["flat", "nested"])
+@pytest.mark.parametrize("empty", [{}, None], ids=["empty dict", "None"])
+def test_a_strict_client_sends_a_replay_server_the_empty_observation_it_takes(tmp_path, flat, empty):
+    """The server takes {} (a replay needs no observation); a strict client refused it before sending, and told a
+    flat server's user "observation must contain a 'video' key (a dict)", the nested form."""
+    from gr00t_client import PolicyClient
+    from serving import running_server
+
+    root = make_dataset(tmp_path / "ds", lengths=(5,), cameras=("image",))
+    replay = ReplayPolicy(root, execution_horizon=2)
+    with running_server(Gr00tSimPolicyWrapper(replay) if flat else replay) as server:
+        with PolicyClient(port=server.port, strict=True, timeout_ms=10000) as client:
+            action, info = client.get_action(empty)
+    assert set(action) == ({"action.arm", "action.gripper"} if flat else {"arm", "gripper"})
+    assert info["current_step"] == 0
+
+
+def test_a_strict_client_refuses_an_empty_observation_to_a_flat_model_server_naming_the_flat_keys():
+    from gr00t_client import PolicyClient
+    from serving import running_server
+
+    policy = RecordingPolicy()
+    with running_server(Gr00tSimPolicyWrapper(policy)) as server:
+        with PolicyClient(port=server.port, strict=True, timeout_ms=10000) as client:
+            with pytest.raises(ObservationError) as refused:
+                client.get_action({})
+    assert f"expected the flat keys ['video.image', 'state.arm', '{LANGUAGE_KEY}']" in str(refused.value)
+    assert "'video' key (a dict)" not in str(refused.value)
+    assert policy.calls == []  # refused on the robot

@@ -347,11 +347,17 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
         with self._locked():
             self._notice_reconnection()  # a restarted server's configs, not the old one's
             cached = self._modality_config is not None
+        configs = self.get_modality_config()  # first: the server's facts read below are learnt with the first call
+        empty = observation is None or (isinstance(observation, Mapping) and not observation)
+        if empty and self.server_policy_kind == "replay":
+            return  # a replay needs no observation, and its server takes an empty one
         # The flat form (`video.<k>`, `state.<k>`) is what a sim-wrapper server takes; it reports its wrapped
-        # policy's nested configs, which hold either form.
-        validate = validate_flat_observation if is_flat_observation(observation) else validate_observation
+        # policy's nested configs, which hold either form. An observation in neither form is named in the server's.
+        nested = isinstance(observation, Mapping) and any(group in observation for group in ("video", "state", "language"))
+        flat = is_flat_observation(observation) or (not nested and self.server_observation_format == "flat")
+        validate = validate_flat_observation if flat else validate_observation
         try:
-            validate(observation, self.get_modality_config())
+            validate(observation, configs)
         except ObservationError:
             if not cached:
                 raise

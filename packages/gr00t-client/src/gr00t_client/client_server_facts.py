@@ -38,6 +38,10 @@ class ServerFacts:
         # The server's max_message_bytes from get_server_info; None when unknown (reference, older or unasked server).
         self.server_max_message_bytes: Optional[int] = None
         self._modality_config: Optional[Dict[str, ModalityConfig]] = None
+        # The observation form ("flat", "nested") and the policy kind ("replay", ...) the server's info reports; None
+        # when unknown. A strict client holds an empty observation, and names the expected keys, by them.
+        self.server_observation_format: Optional[str] = None
+        self.server_policy_kind: Optional[str] = None
         self._warned_ignored_options: Set[str] = set()
 
     @property
@@ -91,6 +95,12 @@ class ServerFacts:
         # Older gr00t-servers do not report it; then, as with a reference server, nothing is checked here.
         if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
             self.server_max_message_bytes = limit
+        if self._server_is_ours:
+            form = info.get("observation_format")
+            self.server_observation_format = form if form in ("flat", "nested") else None
+            identity = info.get("policy_identity")
+            kind = identity.get("kind") if isinstance(identity, dict) else None
+            self.server_policy_kind = kind if isinstance(kind, str) else None
         return info
 
     def _probe_wire_generation(self, deadline: Optional[float]) -> None:

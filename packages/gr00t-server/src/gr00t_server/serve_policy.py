@@ -27,7 +27,7 @@ def _replay_policy(args: argparse.Namespace, tag: Any) -> Tuple[Any, Optional[st
     the one tag that file registers."""
     from . import modality_configs as configs
     from .extras import require_lerobot_dataset
-    from .policies.replay import ReplayPolicy
+    from .policies.replay import ReplayPolicy, default_execution_horizon
 
     cache = {}
     if args.replay_cache_mb is not None:  # before the dataset is read
@@ -57,7 +57,7 @@ def _replay_policy(args: argparse.Namespace, tag: Any) -> Tuple[Any, Optional[st
         print(f"  Modality config: derived from {dataset_path}/meta/modality.json (action horizon {action_horizon})")
     horizon = args.execution_horizon
     if horizon is None:
-        horizon = len(modality["action"].delta_indices)
+        horizon = default_execution_horizon(modality["action"])
     if horizon <= 0:
         raise CliError(f"--execution-horizon must be > 0, got {horizon}")
     return ReplayPolicy(dataset, modality, execution_horizon=horizon, strict=args.strict, max_rows=args.max_rows,

@@ -143,8 +143,20 @@ class LeRobotDataset:
 
     def check_data_files(self) -> None:
         """Read every data file's parquet footer: DatasetError naming the first file that is missing, unreadable
-        (truncated, not parquet) or has fewer rows than the episode list gives its episodes. Reads no rows, so a
-        server can run it at start-up instead of meeting a broken file at the request that needs it."""
+        (truncated, not parquet) or has fewer rows than the episode list gives its episodes, and first a
+        meta/modality.json slice past its column's meta/info.json width. Reads no rows, so a server can run it at
+        start-up instead of meeting a broken file at the request that needs it."""
+        for kind in ("state", "action"):
+            for group in self._groups(kind).values():
+                width = self._declared_widths.get(group.original_key)
+                if width is not None and group.end > width:  # every episode's read of the key would be refused
+                    columns = (f"indices {list(group.indices)}" if group.indices is not None
+                               else f"[{group.start}:{group.end}]")
+                    raise DatasetError(
+                        f"{self.root / 'meta' / 'modality.json'}: {kind} key '{group.name}' reads {columns} of column "
+                        f"'{group.original_key}', which {self.root / 'meta' / 'info.json'} declares {width} values wide "
+                        f"(features.{group.original_key}.shape [{width}]); expected a slice within [0:{width}]"
+                    )
         rows_needed: Dict[Path, List[EpisodeRecord]] = {}
         for record in self._records:
             rows_needed.setdefault(record.data_path, []).append(record)

@@ -24,14 +24,19 @@ def files_under(folder: Path) -> List[Path]:
 
 
 def meta_files(root: Path) -> List[Path]:
-    """The files a replay's identity hashes and its change check watches: every file under meta/ but stats.json and
-    hidden files and folders (an editor's swap file such as .info.json.swp, .DS_Store, Jupyter's .ipynb_checkpoints/:
-    no reader reads them, and one that came and went made every episode not yet read refused as 'changed on disk') and
-    a writer's leftovers (WRITER_LEFTOVERS), sorted."""
+    """The files a replay's identity hashes and its change check watches: every file under meta/ but the statistics
+    files (STATS_FILES: a replay serves recorded actions, never normalized ones), hidden files and folders (an editor's
+    swap file such as .info.json.swp, .DS_Store, Jupyter's .ipynb_checkpoints/: no reader reads them, and one that
+    came and went made every episode not yet read refused as 'changed on disk') and a writer's leftovers
+    (WRITER_LEFTOVERS), sorted."""
     meta = Path(root) / "meta"
-    return sorted(p for p in files_under(meta) if p.name != "stats.json" and p.suffix not in WRITER_LEFTOVERS
+    return sorted(p for p in files_under(meta) if p.name not in STATS_FILES and p.suffix not in WRITER_LEFTOVERS
                   and not any(part.startswith(".") for part in p.relative_to(meta).parts))
 
+
+# Statistics files, which GR00T's stats tooling writes next to a dataset's others (relative_stats.json, after the
+# recording): one written under a running replay made every episode not yet read refused as 'changed on disk'.
+STATS_FILES = ("stats.json", "relative_stats.json", "episodes_stats.jsonl")
 
 # Suffixes of the names earlier `gr00t-eval record` versions staged meta files under (NAME.tmp, NAME.prev): one a kill -9
 # left mid-rewrite is read by no reader, and hashed it made the same episodes another dataset.

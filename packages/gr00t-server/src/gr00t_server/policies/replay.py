@@ -120,12 +120,14 @@ class ReplayPolicy(BasePolicy):
                 f"action keys {missing} are not in {self.dataset.root}/meta/modality.json; dataset action keys: {self.dataset.action_keys}"
             )
         self.delta_indices = np.asarray(action_config.delta_indices, dtype=np.int64)
-        span = int(self.delta_indices.max()) + 1
+        chunk = default_execution_horizon(action_config)
         if execution_horizon is None:
-            execution_horizon = span
-        if isinstance(execution_horizon, bool) or not isinstance(execution_horizon, int) or not 1 <= execution_horizon <= span:
+            execution_horizon = chunk
+        if isinstance(execution_horizon, bool) or not isinstance(execution_horizon, int) or not 1 <= execution_horizon <= chunk:
+            # Past the chunk, rows between two chunks were never served (delta [1, 2, 3, 4] advanced 5: row 5 skipped)
             raise ValueError(
-                f"execution_horizon must be an int in [1, {span}] (the action chunk spans steps 0..{span - 1}), got {execution_horizon!r}"
+                f"execution_horizon must be an int in [1, {chunk}] (each action chunk holds {chunk} actions, action "
+                f"delta_indices {_shown(action_config.delta_indices)}), got {execution_horizon!r}"
             )
         self.execution_horizon = execution_horizon
         self._sessions: SegmentedLRU[str, _Cursor] = SegmentedLRU(max_sessions)
@@ -198,12 +200,18 @@ class ReplayPolicy(BasePolicy):
             logger.warning("%s (ignored: strict=False; said once per key and dimension)", message)
 
     def reset(self, options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-        """Move the session to options["episode_index"] (int or one per row) and options["step_index"] (default 0)."""
+        """Move the session to options["episode_index"] (int or one per row; default: the session's episodes, which a
+        session this replay forgot must be given) and options["step_index"] (default 0)."""
         options = options or {}
         self._option_names.check(options, _RESET_OPTIONS, self.strict, "reset options", "ReplayPolicy's reset")
         session = _session_id(options)
         with self._lock:
-            cursor = self._sessions.get(session) or _Cursor([0], [0])
+            cursor = self._sessions.get(session)
+            if cursor is None and session in self._forgotten and options.get("episode_index") is None:
+                # Its episodes went with it: a reset that keeps the episode moved every row to episode 0, unsaid
+                raise ValueError(f"{named_session(session)} was forgotten by this replay, {self._forgotten[session]}, "
+                                 "and its episodes with it; reset it with options['episode_index'] (one per row)")
+            cursor = cursor or _Cursor([0], [0])
             episodes = cursor.episodes
             if options.get("episode_index") is not None:
                 listed = _as_list(options["episode_index"], "episode_index")
@@ -215,15 +223,20 @@ class ReplayPolicy(BasePolicy):
             if len(steps) == 1 and len(episodes) > 1:
                 steps = steps * len(episodes)
             if len(steps) != len(episodes):
+                if options.get("episode_index") is None:  # the session's rows, not a list the caller sent
+                    raise ValueError(f"step_index has {len(steps)} entries but {named_session(session)} replays "
+                                     f"{len(episodes)} rows (episodes {episodes}); expected one per row, or send "
+                                     "episode_index with one episode per row")
                 raise ValueError(f"step_index has {len(steps)} entries but episode_index has {len(episodes)}; expected one per row")
+            checked = []  # Python ints: a numpy uint8 step wrapped on the cursor's advance (250 + 8 = 2)
             for episode, step in zip(episodes, steps):
-                self._check_step(episode, step)
+                checked.append(self._check_step(episode, step))
                 self._episode_actions(episode)  # a broken episode is refused at its reset, not at its first call
             self._forgotten.pop(session, None)
-            cursor = _Cursor(list(episodes), list(steps))
+            cursor = _Cursor(list(episodes), checked)
             self._keep(session, cursor)
             info = self._info(cursor, done=None)
-        logger.debug("session %r reset to episodes %s steps %s", str(session)[:40], episodes, steps)
+        logger.debug("session %r reset to episodes %s steps %s", str(session)[:40], episodes, checked)
         return info
 
     def _get_action(self, observation: Any, options: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
@@ -363,7 +376,8 @@ class ReplayPolicy(BasePolicy):
         shown = ", ".join(str(i) for i in own[:6]) + (", ..." if len(own) > 6 else "")
         return f"; their own episode_index values are {shown} (reported in info as dataset_episode_index)"
 
-    def _check_step(self, episode: int, step: Any) -> None:
+    def _check_step(self, episode: int, step: Any) -> int:
+        """The step as a Python int, once it is an int in the episode's range."""
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
             raise ValueError(f"step_index must be an int, got {step!r}")
         length = self._length(episode)
@@ -371,6 +385,7 @@ class ReplayPolicy(BasePolicy):
             raise self._empty_episode(episode)
         if not 0 <= step < length:
             raise IndexError(f"step_index {step} out of range for episode {episode} of length {length} (0..{length - 1})")
+        return int(step)
 
     def _info(self, cursor: _Cursor, done: Optional[List[bool]]) -> Dict[str, Any]:
         lengths = [self._length(e) for e in cursor.episodes]
@@ -405,6 +420,17 @@ class ReplayPolicy(BasePolicy):
     def _recorded_env_name(self, position: int) -> Optional[str]:
         env_name = self.dataset.episode_extras(position).get("env_name")
         return env_name if isinstance(env_name, str) and env_name else None
+
+
+def default_execution_horizon(action_config: ModalityConfig) -> int:
+    """Steps a replay advances per call unless told: the actions one chunk holds (len(delta_indices)), so that every
+    recorded row is served once, whatever the delta indices."""
+    return len(action_config.delta_indices)
+
+
+def _shown(values: Sequence[Any]) -> str:
+    """A list as an error names it: its first 8 values."""
+    return f"[{', '.join(str(v) for v in values[:8])}{', ...' if len(values) > 8 else ''}]"
 
 
 def _session_id(options: Mapping[str, Any]) -> str:
