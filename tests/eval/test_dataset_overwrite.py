@@ -76,6 +76,22 @@ def test_what_a_killed_overwrite_left_aside_is_never_read_and_the_next_writer_de
     assert _readable(only_leftover, 1) and not (only_leftover / OVERWRITE_TRASH).exists()
 
 
+def test_an_overwrite_replaces_the_dataset_and_leaves_the_folders_other_hidden_entries(tmp_path):
+    # every hidden entry was moved aside and deleted with the dataset: a dataset kept under git lost its history
+    root = make_dataset(tmp_path / "ds", lengths=(3,))
+    (root / ".git").mkdir()
+    (root / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (root / ".gitattributes").write_text("*.mp4 filter=lfs diff=lfs merge=lfs -text\n")
+    (root / ".partial-episode_000000.parquet").write_text("")  # a writer's own leftover goes with the dataset
+    with DatasetWriter(root, fps=10, overwrite=True) as writer:
+        writer.add_episode(**_small_episode())
+        writer.add_episode(**_small_episode())
+    assert _readable(root, 2)
+    assert (root / ".git" / "HEAD").read_text() == "ref: refs/heads/main\n"
+    assert (root / ".gitattributes").is_file()
+    assert not (root / ".partial-episode_000000.parquet").exists()
+
+
 def _small_episode():
     import numpy as np
 

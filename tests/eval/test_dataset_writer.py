@@ -183,13 +183,13 @@ def test_overwrite_replaces_a_dataset_but_deletes_nothing_from_a_folder_that_is_
     with DatasetWriter(dataset, fps=5) as writer:
         writer.add_episode(**_episode())
         writer.add_episode(**_episode())
-    (dataset / ".claim.json").write_text("{}")  # hidden files (a recording's claim) belong to the dataset
+    (dataset / ".gr00t_record.json").write_text("{}")  # an earlier recording's claim belongs to the dataset
     link = tmp_path / "ds-link"
     link.symlink_to(dataset)
     with DatasetWriter(link, fps=5, overwrite=True) as writer:
         writer.add_episode(**_episode(length=4))
     assert link.is_symlink() and json.loads((dataset / "meta" / "info.json").read_text())["total_episodes"] == 1
-    assert not (dataset / ".claim.json").exists()
+    assert not (dataset / ".gr00t_record.json").exists()
 
 
 def test_episodes_listed_beyond_info_json_total_are_not_read(tmp_path):
@@ -544,6 +544,20 @@ def test_a_recording_killed_at_any_meta_rename_never_has_statistics_of_an_unlist
     with_stats = _listed_episodes(root, "episodes_stats.jsonl")
     listed = _listed_episodes(root, "episodes.jsonl")
     assert with_stats == listed[:len(with_stats)], (with_stats, listed)
+
+
+def test_the_reader_refuses_a_meta_a_kill_left_half_renamed_naming_the_leftover_files(tmp_path):
+    # stats.json was renamed into place with episode 2 counted, episodes.jsonl and info.json not: the reader opened it
+    # without a word and served statistics of an episode nothing lists
+    from gr00t_eval.dataset import DatasetError
+
+    root = tmp_path / "ds"
+    _kill_during_third_meta_rewrite(root, ".episodes.jsonl.tmp")
+    with pytest.raises(DatasetError) as refused:
+        LeRobotDataset(root)
+    message = str(refused.value)
+    assert ".episodes.jsonl.tmp" in message and ".stats.json.prev" in message, message
+    assert "record --overwrite" in message, message
 
 
 def test_overwriting_a_killed_recording_leaves_no_temporary_meta_file(tmp_path):

@@ -209,6 +209,33 @@ for index in range(200):
 """
 
 
+def test_a_meta_rewrite_that_fills_the_disk_names_the_file_it_was_writing(tmp_path):
+    # a write that fails as the file is closed names no file: 'No space left on device: recording stopped'
+    root = tmp_path / "ds"
+    body = _META_REWRITE_UNDER_LIMIT.replace('print("raised", exc.errno,',
+                                             'print("raised", exc.errno, "file", exc.filename,')
+    result = run_limited(30 * 1024, body, str(root))
+    assert f"raised 27 file {root / 'meta'}{os.sep}" in result.stdout, result.stdout + result.stderr[-2000:]
+
+
+def test_an_episode_data_file_that_fills_the_disk_names_the_file_it_was_writing(tmp_path):
+    # pyarrow's error names no file (and some pyarrow versions give its errno only in the text)
+    body = """
+    import numpy as np
+    from gr00t_eval.dataset import DatasetWriter
+    writer = DatasetWriter(sys.argv[2], fps=10)
+    arm = np.random.default_rng(0).normal(size=(500, 8)).astype(np.float32)  # ~16 kB of parquet
+    try:
+        writer.add_episode({"cam": np.zeros((500, 16, 16, 3), np.uint8)}, {"arm": arm}, {"arm": arm}, "t")
+    except OSError as exc:
+        print("raised", exc.errno, "file", exc.filename, "|", exc.strerror)
+    """
+    root = tmp_path / "ds"
+    result = run_limited(4000, body, str(root))
+    partial = root / "data" / "chunk-000" / ".partial-episode_000000.parquet"
+    assert f"raised 27 file {partial} | File too large" in result.stdout, result.stdout + result.stderr[-2000:]
+
+
 def test_a_meta_rewrite_that_fills_the_disk_leaves_every_meta_file_as_it_was(tmp_path):
     # meta/ was rewritten file by file: stats.json and episodes.jsonl counted the episode, info.json did not
     result = run_limited(30 * 1024, _META_REWRITE_UNDER_LIMIT, str(tmp_path / "ds"))

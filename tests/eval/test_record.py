@@ -213,3 +213,69 @@ def test_output_with_a_tilde_the_shell_left_is_the_home_folder_for_every_file(tm
                      "--image-size", "32", "--output=~/ds"]) == 0
     assert len(LeRobotDataset(tmp_path / "home" / "ds")) == 1
     assert not (tmp_path / "~").exists()
+
+
+def test_a_recording_whose_output_folder_is_deleted_stops_instead_of_making_it_again(tmp_path, monkeypatch):
+    """The writer made the deleted folder again, wrote the remaining episodes there and returned: meta/ listed
+    episode 0, whose files were gone with the folder."""
+    import shutil
+
+    from gr00t_eval.dataset import DatasetWriter
+    from gr00t_eval.run_stop import OutputFolderGone
+
+    root = tmp_path / "reach"
+    write_meta = DatasetWriter.write_meta
+
+    def write_meta_then_delete_the_folder(writer):
+        write_meta(writer)
+        shutil.rmtree(writer.root)  # a /tmp cleaner, a mistaken rm -r, once episode 0 is listed
+
+    monkeypatch.setattr(DatasetWriter, "write_meta", write_meta_then_delete_the_folder)
+    with pytest.raises(OutputFolderGone, match="the output folder disappeared") as stopped:
+        record_metaworld("metaworld/reach-v3", 2, root, max_episode_steps=10, image_size=32, progress=False)
+    assert stopped.value.filename == str(root)
+    assert not root.exists()  # nothing written after the folder went
+
+
+def test_a_second_ctrl_c_while_the_stop_saves_removes_the_episode_meta_does_not_list(tmp_path, monkeypatch):
+    """The save after the first Ctrl-C, cut short by a second one, rolled meta/ back but left the episode's parquet
+    and mp4 in data/ and videos/, listed nowhere, while the CLI said the folder holds 1 episode."""
+    from gr00t_eval.dataset import writer_meta
+
+    root = tmp_path / "reach"
+    commit = writer_meta._StagedFiles.commit
+    commits = []
+
+    def commit_interrupted_from_the_second(staged):
+        commits.append(staged)
+        if len(commits) >= 2:  # episode 1's meta/, then the save after the first Ctrl-C: both cut short by Ctrl-C
+            raise KeyboardInterrupt
+        commit(staged)
+
+    monkeypatch.setattr(writer_meta._StagedFiles, "commit", commit_interrupted_from_the_second)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        record_metaworld("metaworld/reach-v3", 3, root, max_episode_steps=10, image_size=32, progress=False)
+    assert len(commits) == 3 and stopped.value.record_summary.n_episodes == 1
+    files = sorted(str(path.relative_to(root)) for sub in ("data", "videos") for path in (root / sub).rglob("*")
+                   if path.is_file())
+    assert files == ["data/chunk-000/episode_000000.parquet",
+                     "videos/chunk-000/observation.images.corner2/episode_000000.mp4"], files
+    assert LeRobotDataset(root).num_episodes == 1
+
+
+def test_a_dangling_symlink_as_output_is_named_with_its_missing_target(tmp_path):
+    import subprocess
+    import sys
+
+    link = tmp_path / "dataset"
+    target = tmp_path / "unmounted_disk" / "reach"
+    link.symlink_to(target)
+    result = subprocess.run(
+        [sys.executable, "-m", "gr00t_eval.cli", "record", "--env-name", "metaworld/reach-v3", "--episodes", "1",
+         "--output", str(link), "--max-episode-steps", "5"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    line = result.stderr.strip().splitlines()[-1]
+    assert f"--output {link} is a symbolic link to {target}, which does not exist" in line, line
+    assert "Traceback" not in result.stderr and not target.exists()

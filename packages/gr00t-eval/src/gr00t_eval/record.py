@@ -10,24 +10,25 @@ A recording claims its directory (RECORD_CLAIM, a hidden file beside meta/ recor
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import numpy as np
 
 from gr00t_client.codec import MAX_RECORDED_SEED
 
 from .dataset import DatasetWriter
-from .dataset.overwrite import DATASET_ENTRIES, OVERWRITE_TRASH
+from .dataset.overwrite import DATASET_ENTRIES, OVERWRITE_TRASH, RECORD_CLAIM
 from .rollout.config import check_whole_number, split_env_name
 
 logger = logging.getLogger(__name__)
 
 METAWORLD_FPS = 80  # MuJoCo timestep 0.0025 s x frame_skip 5
-RECORD_CLAIM = ".gr00t_record.json"  # in the dataset root: the recording's process and settings (run_claim)
 
 
 @dataclass
@@ -92,9 +93,12 @@ def record_metaworld(
     camera = camera or DEFAULT_CAMERA
     from .run_claim import (claim_lock_name, finish_claim, finished_however_it_ends, refuse_live_claims,
                             refuse_live_runs_around, take_claim)
-    from .run_stop import sigterm_as_interrupt
+    from .run_stop import check_folder_kept, folder_identity, sigterm_as_interrupt
 
     output_path = Path(output).absolute()  # as DatasetWriter takes it
+    if output_path.is_symlink() and not output_path.exists():  # mkdir said only '[Errno 17] File exists'
+        raise FileNotFoundError(f"--output {output} is a symbolic link to {os.readlink(output_path)}, which does not "
+                                "exist; make that folder (or mount it), or name another --output")
     if output_path.exists() and not output_path.is_dir():
         raise FileExistsError(f"{output} exists and is not a directory")
     refuse_live_runs_around(output_path, flag="--output")  # never a dataset inside the folder of a run still running
@@ -122,11 +126,16 @@ def record_metaworld(
             # recordings racing into one directory (--overwrite) cannot both pass, whatever their timing.
             output_path.mkdir(parents=True, exist_ok=True)
             claim = take_claim(output_path, RECORD_CLAIM, settings, flag="--output")
+            # A folder deleted mid-recording was made again by the writer, which wrote the rest there and exited 0
+            check_output_folder = functools.partial(check_folder_kept, output_path, folder_identity(output_path),
+                                                    RECORD_CLAIM)
             with finished_however_it_ends(lambda outcome: finish_claim(claim, outcome)):
                 with DatasetWriter(output_path, fps=METAWORLD_FPS, robot_type="sawyer", overwrite=overwrite,
                                    keep=(RECORD_CLAIM, claim_lock_name(RECORD_CLAIM))) as writer:
                     summary.started = True
-                    _record_episodes(env, expert, writer, summary, env_name, camera, n_episodes, seed, max_episode_steps, bar)
+                    _record_episodes(env, expert, writer, summary, env_name, camera, n_episodes, seed,
+                                     max_episode_steps, bar, check_output_folder)
+                    check_output_folder()  # before finalize() rewrites meta/
     except (KeyboardInterrupt, OSError) as exc:  # Ctrl-C, a full disk
         if not summary.started:  # a stop while overwrite deleted the old dataset: the CLI must not say it is as it was
             summary.old_dataset_removed = [name for name in old_dataset if not (output_path / name).exists()]
@@ -140,7 +149,10 @@ def record_metaworld(
 
 
 def _record_episodes(env: Any, expert: Any, writer: DatasetWriter, summary: RecordSummary, env_name: str, camera: str,
-                     n_episodes: int, seed: int, max_episode_steps: int, bar: Any) -> None:
+                     n_episodes: int, seed: int, max_episode_steps: int, bar: Any,
+                     check_output_folder: Callable[[], None]) -> None:
+    """Record and add each episode, listing it in meta/; OutputFolderGone (check_output_folder) before anything is
+    written into an output folder that is no longer the one claimed."""
     from .rollout.adapters.metaworld import STATE_SLICES, array_to_action
     from .run_stop import interrupts_deferred
 
@@ -148,6 +160,7 @@ def _record_episodes(env: Any, expert: Any, writer: DatasetWriter, summary: Reco
         episode_seed = seed + episode
         record = _record_episode(env, expert, episode_seed, max_episode_steps, array_to_action, list(STATE_SLICES))
         try:
+            check_output_folder()
             writer.add_episode(
                 frames={camera: np.stack(record["frames"])},
                 states={k: np.stack(v) for k, v in record["states"].items()},
@@ -157,14 +170,21 @@ def _record_episodes(env: Any, expert: Any, writer: DatasetWriter, summary: Reco
                               "next.success": np.asarray(record["success_flags"], bool)},
                 metadata={"seed": episode_seed, "success": record["success"], "env_name": env_name},
             )
+            check_output_folder()
             _list_episode(writer)
             summary.add(episode_seed, len(record["rewards"]), record["success"])
         except KeyboardInterrupt:
             # An episode add_episode finished has its files in data/ and videos/: meta/ lists it before the stop (a
             # Ctrl-C just before this write_meta left them there, unlisted). One it did not finish left nothing.
             if writer.n_episodes > summary.n_episodes:
-                with interrupts_deferred():
-                    writer.write_meta()
+                try:
+                    check_output_folder()
+                    with interrupts_deferred():
+                        writer.write_meta()
+                except BaseException:  # a second Ctrl-C while it saved: meta/ rolled back, so the files go too
+                    with interrupts_deferred():
+                        writer.discard_unlisted()
+                    raise
                 summary.add(episode_seed, len(record["rewards"]), record["success"])
             raise
         if not record["success"]:

@@ -50,9 +50,15 @@ def cmd_record(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {message}" if args.overwrite or "not empty" not in message
                          else f"error: {message}; add --overwrite to replace it") from None
     except OSError as exc:  # a full disk mid-recording: say what the folder now holds
-        from .run_stop import is_storage_line, storage_advice, storage_error_text
+        from .run_stop import OutputFolderGone, is_storage_line, storage_advice, storage_error_text
 
         summary = getattr(exc, "record_summary", None)
+        if isinstance(exc, OutputFolderGone):
+            raise SystemExit(f"error: the output folder {args.output} disappeared (unmounted or deleted) while the "
+                             "recording wrote to it: the recording stopped, and wrote nothing more; record again into "
+                             "a folder that is there") from None
+        if summary is None and isinstance(exc, FileNotFoundError) and not exc.filename:
+            raise SystemExit(f"error: {exc}") from None  # record's own words (a dangling --output link)
         advice = f". {storage_advice(exc)}, then run the same command again" if is_storage_line(exc) else ""
         if summary is None or not summary.started:
             if not advice:

@@ -8,16 +8,25 @@ from typing import Sequence
 
 from ..trash import OVERWRITE_TRASH, delete_trash, move_to_trash
 
-__all__ = ["DATASET_ENTRIES", "OVERWRITE_TRASH", "delete_trash", "empty_dataset_dir"]
+__all__ = ["DATASET_ENTRIES", "OVERWRITE_TRASH", "RECORD_CLAIM", "delete_trash", "empty_dataset_dir"]
 
 # What a dataset directory holds: LeRobot's three folders, and hidden files (a recording's claim, atomic-write
-# leftovers). Anything else means the directory is not (only) a dataset.
+# leftovers). Anything else visible means the directory is not (only) a dataset.
 DATASET_ENTRIES = frozenset({"meta", "data", "videos"})
+RECORD_CLAIM = ".gr00t_record.json"  # in the dataset root: the recording's process and settings (run_claim)
+
+
+def _is_writers_leftover(name: str) -> bool:
+    """A hidden file the writer itself leaves (a partial episode file, a staged or kept meta file): overwrite deletes
+    these with the dataset, and leaves any other hidden entry (.git/, .gitattributes, a user's notes) in place."""
+    return (name in (RECORD_CLAIM, f"{RECORD_CLAIM}.lock") or name.startswith(".partial-")
+            or (name.startswith(".") and name.endswith((".tmp", ".prev"))))
 
 
 def empty_dataset_dir(root: Path, keep: Sequence[str] = ()) -> None:
-    """Delete a dataset's entries from `root` (overwrite), keeping `root` itself (it may be a mount point or a
-    symlink's target) and the entries named in `keep` (the claim of the recording about to fill it).
+    """Delete a dataset's entries from `root` (overwrite): meta/, data/, videos/ and the writer's hidden leftovers,
+    keeping `root` itself (it may be a mount point or a symlink's target), the entries named in `keep` (the claim of
+    the recording about to fill it) and every other hidden entry (.git/, .gitattributes).
     FileExistsError, deleting nothing, when `root` holds anything a dataset does not: overwrite deleted any folder,
     a thesis beside a dataset or a folder that was never one. The entries are first moved into OVERWRITE_TRASH (a
     rename each, fast), so a stop or an error part-way leaves the old dataset whole, never half deleted."""
@@ -29,7 +38,8 @@ def empty_dataset_dir(root: Path, keep: Sequence[str] = ()) -> None:
                               f"and videos/); overwrite replaces a dataset only, so nothing was deleted: name an empty or "
                               f"new directory")
     trash = root / OVERWRITE_TRASH
-    _move_aside(entries, trash)
+    _move_aside([entry for entry in entries if entry.name in DATASET_ENTRIES or _is_writers_leftover(entry.name)],
+                trash)
     delete_trash(trash)
 
 

@@ -24,6 +24,23 @@ logger = logging.getLogger(__name__)
 DEFAULT_FPS = 30
 
 
+def _check_meta_commit_whole(meta_dir: Path) -> None:
+    """DatasetError when meta/ holds the leftovers of a rewrite stopped part-way through its renames (kill -9): a kept
+    `.NAME.prev` whose staged `.NAME.tmp` was renamed into place beside another `.NAME.tmp` still waiting, so some
+    meta files are the new ones and some the old (stats.json counting an episode episodes.jsonl does not list)."""
+    if not meta_dir.is_dir():
+        return
+    staged = [path for path in meta_dir.rglob(".*.tmp") if path.is_file()]
+    renamed = [path for path in meta_dir.rglob(".*.prev")
+               if path.is_file() and not path.with_name(path.name[:-len(".prev")] + ".tmp").exists()]
+    if staged and renamed:
+        left = ", ".join(sorted(str(path.relative_to(meta_dir)) for path in [*staged, *renamed]))
+        raise DatasetError(f"{meta_dir} holds {left}: the leftovers of a rewrite of meta/ stopped part-way (the writer "
+                           "killed), so some of its files are the new ones and some the old, and its statistics may "
+                           "count an episode its episode list does not; record the dataset again (gr00t-eval record "
+                           "--overwrite into this folder deletes these files)")
+
+
 class LeRobotDataset:
     """A LeRobot dataset with GR00T's meta/modality.json. Reads metadata only; episodes load on demand.
 
@@ -37,6 +54,7 @@ class LeRobotDataset:
         if not self.root.is_dir():
             raise DatasetFileNotFoundError(f"dataset directory not found: {self.root}")
         meta_dir = self.root / "meta"
+        _check_meta_commit_whole(meta_dir)
         info_path = meta_dir / "info.json"
         info = read_json(info_path, "dataset info file (meta/info.json)")
         if not isinstance(info, dict):

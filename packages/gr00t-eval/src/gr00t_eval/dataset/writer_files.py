@@ -3,9 +3,12 @@ v3.0's shared files that episodes fill in turn, and what a failed write takes ba
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import re
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -22,6 +25,22 @@ V3_DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 V3_VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
 
 
+@contextlib.contextmanager
+def naming_file(path: Path) -> Iterator[None]:
+    """An OSError that names no file re-raised as OSError(errno, strerror, `path`): a write that fails when the file
+    is closed names none, and pyarrow's may give its errno only in its text ('... [errno 28] No space left ...')."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename:
+            raise
+        code = exc.errno
+        if code is None:
+            found = re.search(r"\[errno (\d+)\]", str(exc), re.IGNORECASE)
+            code = int(found.group(1)) if found else None
+        raise OSError(code, os.strerror(code) if code else str(exc), str(path)) from exc
+
+
 class _EpisodeFiles:
     """DatasetWriter's data and video files (its `_file_*` state for v3.0, `_episode_files` for v2.1)."""
 
@@ -35,7 +54,8 @@ class _EpisodeFiles:
         partial = {path: path.with_name(f".partial-{path.name}") for path in [data_path, *videos]}
         try:
             data_path.parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(table, partial[data_path])
+            with naming_file(partial[data_path]):
+                pq.write_table(table, partial[data_path])
             for camera, images in frames.items():
                 encoder = Mp4Encoder(partial[video_paths[camera]], self.fps, self.video_codec, self.gop)
                 try:
@@ -117,7 +137,8 @@ class _EpisodeFiles:
         chunk, file_index = divmod(self._file_index, self.chunks_size)
         path = self.root / V3_DATA_PATH.format(chunk_index=chunk, file_index=file_index)
         path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.concat_tables(self._file_tables), path)
+        with naming_file(path):
+            pq.write_table(pa.concat_tables(self._file_tables), path)
         for encoder in self._file_encoders.values():
             try:
                 encoder.close()

@@ -17,7 +17,7 @@ from ..run_dir import remove_quietly
 from .modality import ArrayGroup, DatasetModality, LanguageGroup, VideoGroup, layout_from_dims
 from .stats import LEROBOT_QUANTILES, merge_episode_stats
 from .video import video_feature_info
-from .writer_files import V2_DATA_PATH, V2_VIDEO_PATH, V3_DATA_PATH, V3_VIDEO_PATH
+from .writer_files import V2_DATA_PATH, V2_VIDEO_PATH, V3_DATA_PATH, V3_VIDEO_PATH, naming_file
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +72,10 @@ class _MetaFiles:
         # Column by column over every row's keys: from_pylist takes its schema from the first row, and dropped a
         # field (a seed) that episode 0 lacked from every episode.
         names = list(dict.fromkeys(name for row in rows for name in row))
-        pq.write_table(pa.table({name: [row.get(name) for row in rows] for name in names}), staged.temporary(path))
-        pq.write_table(_tasks_table(self._tasks), staged.temporary(meta / "tasks.parquet"))
+        with naming_file(staged.temporary(path)):
+            pq.write_table(pa.table({name: [row.get(name) for row in rows] for name in names}), staged.temporary(path))
+        with naming_file(staged.temporary(meta / "tasks.parquet")):
+            pq.write_table(_tasks_table(self._tasks), staged.temporary(meta / "tasks.parquet"))
 
     def _write_episode_stats(self, path: Path) -> None:
         """episodes_stats.jsonl: the lines of episodes added since the last write appended to the file as this writer
@@ -86,7 +88,7 @@ class _MetaFiles:
             if 0 < lines <= total and path.stat().st_size == size:
                 new = self._episode_stats_text(lines).encode("utf-8")
                 # unbuffered: a buffered file's truncate() flushes first, and that flush fails again on a full disk
-                with open(path, "r+b", buffering=0) as handle:
+                with naming_file(path), open(path, "r+b", buffering=0) as handle:
                     handle.seek(size)
                     try:
                         written = 0
@@ -216,7 +218,8 @@ def _tasks_table(tasks: Mapping[str, int]) -> pa.Table:
 def _replace_text(path: Path, text: str) -> None:
     tmp = staged_name(path)
     try:
-        tmp.write_text(text, encoding="utf-8")
+        with naming_file(tmp):
+            tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)  # a reader (or a crash) never sees half a file
     except BaseException:
         remove_quietly(tmp)  # a full disk: no partial file left in meta/ (a read-only one: the write's error shown)
@@ -237,10 +240,12 @@ class _StagedFiles:
         return self._staged[path]
 
     def write_json(self, path: Path, data: Any) -> None:
-        self.temporary(path).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        with naming_file(self.temporary(path)):
+            self.temporary(path).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
     def write_jsonl(self, path: Path, rows: List[Mapping[str, Any]]) -> None:
-        self.temporary(path).write_text("".join(json.dumps(dict(row)) + "\n" for row in rows), encoding="utf-8")
+        with naming_file(self.temporary(path)):
+            self.temporary(path).write_text("".join(json.dumps(dict(row)) + "\n" for row in rows), encoding="utf-8")
 
     def keep_previous(self) -> None:
         """Keep each file commit() will replace under a second name (a hard link: no data written)."""
