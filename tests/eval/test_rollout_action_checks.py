@@ -117,6 +117,17 @@ def test_a_scalar_seed_in_reset_info_does_not_replace_every_episodes_seed(caplog
     assert "is not taken as recorded seeds" in caplog.text
 
 
+def test_a_scalar_seed_in_reset_info_with_one_env_row_does_not_replace_every_episodes_seed(caplog):
+    """With one env row a scalar passed as one seed per row: every episode ran the policy's seed 7, the same scene."""
+    with running_server(SeedInInfoPolicy()) as server:
+        from gr00t_client import PolicyClient
+
+        with PolicyClient(port=server.port, timeout_ms=5000) as client, caplog.at_level("WARNING"):
+            results = run_suite(client, "walkto/fast", RolloutConfig(env_name="walkto/fast", **{**WALK, "n_envs": 1}))
+    assert [entry["seed"] for entry in results["per_episode"]] == [100, 101, 102, 103]
+    assert caplog.text.count("is not taken as recorded seeds") == 1  # once per run, not at each of the 4 resets
+
+
 class CameraWalkEnv(WalkToEnv):
     """WalkTo with a float32 camera in [0, 1], as an env author's renderer may return it."""
 

@@ -191,6 +191,54 @@ def test_a_server_shutting_down_mid_rollout_stops_it_at_once_leaving_the_episode
     assert results["overall"]["n_episodes"] + results["n_not_run"] == 6
 
 
+class SlowCalls(ConstantPolicy):
+    """ConstantPolicy whose first `slow_calls` get_action calls (all, when None) take `call_s` seconds."""
+
+    def __init__(self, call_s: float, slow_calls=None):
+        super().__init__()
+        self.call_s, self.slow_calls, self.calls = call_s, slow_calls, 0
+
+    def _get_action(self, observation, options=None):
+        self.calls += 1
+        if self.slow_calls is None or self.calls <= self.slow_calls:
+            time.sleep(self.call_s)
+        return super()._get_action(observation, options)
+
+
+def test_one_slow_first_get_action_errors_only_its_own_episode(tmp_path, monkeypatch):
+    """A cold first call (1.5 s against a 1000 ms timeout): the server refused every later request on its word, the
+    rollout errored each episode at once, and the run ended with nothing scored. Now the request it did not run is
+    asked once more, and the server runs it as a probe. (The margins leave the reset queued behind the cold call
+    half its timeout, on a loaded machine too.)"""
+    from gr00t_server.serving import batching
+
+    monkeypatch.setattr(batching, "PROBE_AFTER_IDLE_S", 60.0)  # the rollout never leaves the server idle for a probe
+    out = tmp_path / "out"
+    with policy_server(SlowCalls(1.5, slow_calls=1)) as server:
+        main(["rollout", "--env-name", "walkto/fast", "--policy-client-port", str(server.port), "--output-dir", str(out),
+              "--timeout-ms", "1000", "--n-episodes", "4", "--seed", "0", *SMALL])
+    results = read(out / "results.json")
+    assert results["status"] == "complete"
+    assert [e["episode_index"] for e in results["per_episode"] if e["error"]] == [0]
+    assert results["overall"]["n_episodes"] == 3
+
+
+def test_a_policy_too_slow_for_every_request_ends_the_run_aborted_with_its_resume_command(tmp_path, capsys):
+    """Every call takes 0.6 s against a 400 ms timeout: each episode's get_action timed out or was refused unrun, but
+    the successful reset before each episode zeroed the count of failures in a row, so every episode errored and the
+    run ended `complete`, with no --resume. A reset's success says nothing of get_action's."""
+    out = tmp_path / "out"
+    with policy_server(SlowCalls(0.6)) as server:
+        code = main(["rollout", "--env-name", "walkto/fast", "--policy-client-port", str(server.port), "--output-dir",
+                     str(out), "--timeout-ms", "400", "--n-episodes", "8", "--seed", "0", *SMALL])
+    captured = capsys.readouterr()
+    results = read(out / "results.json")
+    assert code == 1
+    assert results["status"] == "aborted" and "requests in a row failed" in results["stop_reason"], results["stop_reason"]
+    assert results["n_not_run"] >= 1
+    assert f"gr00t-eval rollout --resume {out}" in captured.out + captured.err
+
+
 # --- interrupt and resume -----------------------------------------------------------------------------
 
 

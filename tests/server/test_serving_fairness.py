@@ -19,7 +19,7 @@ from reference_peer import raw_round_trip
 from serving import running_server
 from test_batching import call_together
 
-from gr00t_client import BasePolicy, PolicyClient, PolicyServerError, PolicyTimeoutError, codec
+from gr00t_client import BasePolicy, DeadlineNotRunError, PolicyClient, PolicyServerError, PolicyTimeoutError, codec
 from gr00t_server.policies import ReplayPolicy
 from gr00t_server.serving import ServerLimits
 
@@ -280,6 +280,30 @@ def test_a_client_that_timed_out_on_a_cold_first_call_is_served_once_calls_are_f
                     outcomes.append("refused")
                 time.sleep(0.05)
     assert outcomes[-3:] == ["served"] * 3, outcomes
+
+
+def test_a_client_refused_after_a_cold_first_call_is_served_from_its_next_request_without_pausing(monkeypatch):
+    """A rollout sends its next request right after each refusal, so the server was never idle long enough for a
+    probe: one cold first call (0.8 s against a 400 ms timeout) refused every later request of the run. Now the
+    request after a refusal on that call's word runs as a probe, and once measured fast the rest are served."""
+    from gr00t_server.serving import batching
+
+    monkeypatch.setattr(batching, "PROBE_AFTER_IDLE_S", 60.0)  # no idle probe: only the refusals in a row count
+    policy = SlowFirstCall(first_s=0.8)
+    with running_server(policy, inline_below_ms=0) as server:
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=400, strict=False) as robot:
+            with pytest.raises(PolicyTimeoutError):
+                robot.get_action(state(1.0))
+            wait_until(lambda: server.stats.late >= 1)  # the cold call ended and was measured
+            outcomes = []
+            for value in (2.0, 3.0, 4.0):
+                try:
+                    robot.get_action(state(value))
+                    outcomes.append("served")
+                except DeadlineNotRunError:
+                    outcomes.append("refused")
+    assert outcomes == ["refused", "served", "served"], outcomes
+    assert policy.calls == [[1.0], [3.0], [4.0]]
 
 
 def test_a_lone_one_row_request_is_not_refused_on_the_word_of_larger_batches():

@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Mapping
 import numpy as np
 
 from .config import RolloutConfig
+from .policy_io import _reports_steps
 
 logger = logging.getLogger(__name__)
 
@@ -40,20 +41,26 @@ def _check_recorded_env(info: Any, started: Mapping[int, int], n_rows: int, env_
 
 
 def _note_recorded_seeds(info: Any, started: Mapping[int, int], n_rows: int, config: RolloutConfig,
-                         recorded_seeds: Dict[int, int]) -> None:
+                         recorded_seeds: Dict[int, int], warn_ignored: bool = True) -> bool:
     """Keep in `recorded_seeds` the per-row seeds a replay server reports in its reset info (key "seed"); warn of
-    started episodes it reports none for while it reports seeds for other rows or earlier episodes."""
+    started episodes it reports none for while it reports seeds for other rows or earlier episodes. Return True when
+    the info has a "seed" that is not a recording's (warned of unless `warn_ignored` is False: once per run)."""
     if not isinstance(info, Mapping) or info.get("seed") is None:
         if recorded_seeds:
             _warn_unseeded(list(started.values()), config)
-        return
+        return False
     seeds = info["seed"]
-    seeds = list(seeds) if isinstance(seeds, (list, tuple, np.ndarray)) else [seeds]
-    if len(seeds) != n_rows:  # not one per row (a policy's own sampling seed, say): not a recording's seeds.
-        # A scalar was broadcast to every row before, and every episode ran the same scene.
-        logger.warning("the policy's reset info has a 'seed' of %d values for %d env rows; it is not taken as "
-                       "recorded seeds (one per row), and the episodes keep their own", len(seeds), n_rows)
-        return
+    listed = isinstance(seeds, (list, tuple, np.ndarray))
+    # One seed per row; a single row's as a bare value only from a policy that reports its step, as a replay server
+    # does: any other scalar is a policy's own sampling seed, and taking it gave every episode the same scene.
+    if (len(seeds) if listed else 1) != n_rows or not (listed or _reports_steps(info)):
+        if warn_ignored:
+            logger.warning("the policy's reset info has a 'seed' (%s) that is not one recorded seed per env row "
+                           "(%d rows) from a replay server, so it is not taken as recorded seeds: it is the "
+                           "policy's own, and the episodes keep their own seeds (said once per run)",
+                           _shown_seed(seeds), n_rows)
+        return True
+    seeds = list(seeds) if listed else [seeds]
     unseeded = []
     for row, episode in started.items():
         seed = seeds[row]
@@ -66,6 +73,13 @@ def _note_recorded_seeds(info: Any, started: Mapping[int, int], n_rows: int, con
         recorded_seeds[episode] = int(seed)
     if unseeded:
         _warn_unseeded(unseeded, config)
+    return False
+
+
+def _shown_seed(seeds: Any) -> str:
+    if isinstance(seeds, (list, tuple, np.ndarray)):
+        return f"{len(seeds)} values"
+    return repr(seeds)[:40]
 
 
 def _warn_unseeded(episodes: List[int], config: RolloutConfig) -> None:

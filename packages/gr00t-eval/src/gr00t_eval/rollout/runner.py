@@ -33,7 +33,7 @@ require_gymnasium("closed-loop rollout")  # one line naming the extra, not a dee
 import gymnasium as gym  # noqa: E402
 import numpy as np
 
-from gr00t_client import ActionChunker, BasePolicy, ServerStoppingError
+from gr00t_client import ActionChunker, BasePolicy, DeadlineNotRunError, ServerStoppingError
 from gr00t_client.peer_text import shown_text
 
 from ..metrics import ERROR_REASON_CHARS, EpisodeOutcome
@@ -90,6 +90,7 @@ class RolloutRunner:
         self._progress: Dict[int, Tuple[int, float, float]] = {}
         self._warned_no_success = False  # an episode ended without its env ever reporting success (warned once)
         self._warned_env_truncated = False  # the env ended an episode by its own limit before max_episode_steps
+        self._warned_ignored_seed = False  # a reset info's "seed" is the policy's own, not recorded ones (warned once)
         self.watch = ServerWatch(policy)
         self.chunker: Optional[ActionChunker] = None  # client chunking only; its `stats` remain after run()
         self._recording_lengths: Dict[int, int] = {}  # row -> length of the recording its replay said ends (set on its env)
@@ -256,10 +257,11 @@ class RolloutRunner:
         """Reset the policy for the rows that start episodes; return the rows whose reset was refused (scored)."""
         try:
             info = self.policy.reset(options=cursor.reset_options(started))
-            self.watch.request_succeeded()
+            # No request_succeeded(): a reset answered between failed get_actions (each refused, or timed out, after a
+            # reset) zeroed their count, so a policy too slow for every call errored each episode and ended `complete`
             cursor.commit(started)
             _check_recorded_env(info, started, len(self.row_episode), self.config.env_name)
-            _note_recorded_seeds(info, started, len(self.row_episode), self.config, self.recorded_seeds)
+            self._note_recorded_seeds(info, started)
             return set()
         except RecordedEnvMismatchError:
             raise  # stops the run: every episode would replay another task's recording
@@ -273,14 +275,18 @@ class RolloutRunner:
                 info = self.policy.reset(options=cursor.reset_options({row: episode}))
                 cursor.commit({row: episode})
                 _check_recorded_env(info, {row: episode}, len(self.row_episode), self.config.env_name)
-                _note_recorded_seeds(info, {row: episode}, len(self.row_episode), self.config,
-                                     self.recorded_seeds)
+                self._note_recorded_seeds(info, {row: episode})
             except RecordedEnvMismatchError:
                 raise
             except Exception as exc:  # noqa: BLE001 - score the episode, keep going
                 self._policy_failed([row], "reset", exc, bar)
                 failed.add(row)
         return failed
+
+    def _note_recorded_seeds(self, info: Any, started: Mapping[int, int]) -> None:
+        if _note_recorded_seeds(info, started, len(self.row_episode), self.config, self.recorded_seeds,
+                                warn_ignored=not self._warned_ignored_seed):
+            self._warned_ignored_seed = True  # once per run: such a policy reports its seed at every reset
 
     # -- policy calls -----------------------------------------------------------------------------
     def _make_chunker(self, policy: PositionCheckedPolicy) -> Optional[ActionChunker]:
@@ -315,6 +321,18 @@ class RolloutRunner:
         info = {key: policy_info[key] for key in ("episode_length", "episode_done", "current_step") if key in policy_info}
         single_step = {key: np.asarray(value)[:, None] for key, value in step.items()}  # (B, D) -> (B, 1, D)
         return policy_actions(single_step, action_space, 1, n_rows), info
+
+    def _act_once_more_if_not_run(self, policy: PositionCheckedPolicy, observation: Dict[str, Any],
+                                  action_space: gym.spaces.Dict) -> Tuple[Dict[str, np.ndarray], Mapping[str, Any]]:
+        """`_act`, asked once more when the server did not run the request (DeadlineNotRunError): the envs have not
+        moved, and a server refuses on the word of a slow call (a cold start's) only until its next request, a probe."""
+        try:
+            return self._act(policy, observation, action_space)
+        except DeadlineNotRunError as exc:
+            if self.chunker is not None:  # its buffers and prefetch are its own: the episodes error as before
+                raise
+            logger.warning("the policy server did not run a get_action (%s); asking once more", exc)
+            return self._act(policy, observation, action_space)
 
     def _end_replays_with_their_recordings(self, vec: gym.vector.VectorEnv, info: Mapping[str, Any]) -> None:
         """Tell the envs of rows whose replay says its recording ends where it ends: they run no step past it."""
@@ -364,7 +382,7 @@ class RolloutRunner:
                     continue
                 try:
                     observation = with_idle_rows_mirrored(mapper(obs, active), active)
-                    env_action, info = self._act(checked, observation, vec.single_action_space)
+                    env_action, info = self._act_once_more_if_not_run(checked, observation, vec.single_action_space)
                     self.watch.request_succeeded()
                 except Exception as exc:  # noqa: BLE001 - one batch failed: score its episodes, keep going
                     pending = set(active)

@@ -16,7 +16,9 @@ SPREAD_MARGIN = 1.5  # the window is this many times the widest recent arrival s
 SPREAD_SLACK_S = 0.0005  # ... plus this (scheduling jitter)
 SPREAD_HISTORY = 32  # rounds of arrival spread remembered
 CALL_MEMORY_S = 30.0  # a policy call older than this no longer speaks for the policy (it warmed up, its load changed)
-PROBE_AFTER_IDLE_S = 0.5  # no call for this long: the next request runs whatever the calls before said (a probe)
+PROBE_AFTER_IDLE_S = 0.5  # no call run for this long: the next request runs whatever the calls before said (a probe)
+PROBE_AFTER_REFUSALS = 1  # this many refused on those calls' word with their whole timeout since one ran: the next
+# request runs (a probe). Not one refused for time it spent waiting: those probes ran late in a timeout storm.
 PER_ROW_INFO_ATTRIBUTE = "per_row_info_keys"  # policy attribute: info keys holding one entry per row
 MAX_BATCH_NESTING = 16  # real observations nest 1-2 maps deep; the recursive helpers below must never hit the limit
 
@@ -262,6 +264,7 @@ class GatherWindow:
         self._spreads: Deque[float] = collections.deque(maxlen=SPREAD_HISTORY)
         self._call_s: Optional[float] = None
         self._recent_calls: Deque[Tuple[float, int, float]] = collections.deque(maxlen=SPREAD_HISTORY)  # ended, rows, s
+        self._refused_since_call = 0  # requests refused by least_call_seconds since the last call ran
 
     def observe_spread(self, seconds: float) -> None:
         """One round's time from its first to its last arrival."""
@@ -272,6 +275,7 @@ class GatherWindow:
         seconds = max(0.0, float(seconds))
         self._call_s = seconds if self._call_s is None else 0.8 * self._call_s + 0.2 * seconds
         self._recent_calls.append((time.monotonic(), max(1, int(rows)), seconds))
+        self._refused_since_call = 0
 
     def call_seconds(self) -> float:
         """The policy's recent call time (0 before the first call)."""
@@ -279,13 +283,20 @@ class GatherWindow:
 
     def least_call_seconds(self, rows: int, now: float) -> float:
         """The least a call of `rows` rows can take, by the policy's last SPREAD_HISTORY calls of the last CALL_MEMORY_S:
-        as long as a smaller call and its share (rows / their rows) of a larger one. 0 when nothing is known, and
-        after PROBE_AFTER_IDLE_S without a call, so that a request refused on old calls' word cannot be refused for
-        ever (refused requests never run, so they never correct that word)."""
+        as long as a smaller call and its share (rows / their rows) of a larger one. 0 when nothing is known, after
+        PROBE_AFTER_IDLE_S since the last call ran, and after PROBE_AFTER_REFUSALS requests refused on its word with
+        their client's whole timeout (note_refused) since then, so that a request refused on old calls' word cannot be
+        refused for ever (refused requests never run, so they never correct that word: one slow cold-start call
+        refused a rollout's every later request, each sent right after the last refusal)."""
         recent = [(rows_then, s) for ended, rows_then, s in self._recent_calls if now - ended <= CALL_MEMORY_S]
-        if not recent or now - self._recent_calls[-1][0] >= PROBE_AFTER_IDLE_S:
+        if (not recent or now - self._recent_calls[-1][0] >= PROBE_AFTER_IDLE_S
+                or self._refused_since_call >= PROBE_AFTER_REFUSALS):
             return 0.0
         return min(s * min(1.0, rows / rows_then) for rows_then, s in recent)
+
+    def note_refused(self) -> None:
+        """A request was refused on least_call_seconds' word although it had its client's whole timeout left."""
+        self._refused_since_call += 1
 
     def seconds(self) -> float:
         """The current window: how long after it starts (its first arrival, or the previous call's replies when that

@@ -122,8 +122,13 @@ class JobRunner(ReplyFrames):
         rows = sum(call_rows(request) for request in requests if not request.expired(now))
         live: List[Request] = []
         for request in requests:
-            if request.expired(now, self._least_call_seconds(request, rows, now)):
-                replies.append(self._expired_reply(request, rows, now))
+            least = self._least_call_seconds(request, rows, now)
+            if request.expired(now, least):
+                replies.append(self._expired_reply(request, rows, now, least))
+                if request.deadline is not None and request.deadline - request.received_at < least:
+                    # its client's whole timeout is shorter than recent calls: only a call can tell whether calls still
+                    # take that long (a cold start's did once), so the next get_action runs as a probe
+                    self._window.note_refused()
             else:
                 live.append(request)
         return live
@@ -131,7 +136,7 @@ class JobRunner(ReplyFrames):
     def _least_call_seconds(self, request: Request, rows: int, now: float) -> float:
         return self._window.least_call_seconds(rows, now) if request.endpoint == "get_action" else 0.0
 
-    def _expired_reply(self, request: Request, rows: int, now: float) -> Reply:
+    def _expired_reply(self, request: Request, rows: int, now: float, least_call_s: float) -> Reply:
         """The answer to a request whose client's deadline passed, or was too near, when its turn came (counted as
         expired)."""
         self._server.stats.add("expired")
@@ -141,7 +146,7 @@ class JobRunner(ReplyFrames):
             assert request.deadline is not None
             reason = (f"the client's deadline was {(request.deadline - now) * 1000.0:.0f} ms away when its turn came, "
                       f"too close for a policy call (by recent calls, one of {rows} row(s) takes at least "
-                      f"{self._least_call_seconds(request, rows, now) * 1000.0:.0f} ms)")
+                      f"{least_call_s * 1000.0:.0f} ms)")
         logger.debug("dropped %s from %s: %s", log_text(request.endpoint), request.peer, reason)
         return request, self.error_frames(request, RequestError(f"'{request.endpoint}' was not run: {reason}"), log=False)
 
