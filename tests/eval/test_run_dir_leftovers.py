@@ -112,7 +112,7 @@ def test_open_loop_runs_in_a_folder_left_with_only_a_dead_processs_half_written_
     assert main(open_loop_args(dataset, out)) != 0  # nothing serves port 9: it fails there, past the folder check
     err = capsys.readouterr().err
     assert "not empty" not in err and "127.0.0.1:9" in err, err
-    assert not partial.exists()
+    assert partial.exists()  # the folder is emptied of it only once the server has answered (the run was refused)
     live = out / f".open_loop_run.json.{live_process.pid}.1.tmp"
     live.write_text("{")
     assert main(open_loop_args(dataset, out)) == 2

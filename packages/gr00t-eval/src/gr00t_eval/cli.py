@@ -133,8 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default: a new dated directory {DEFAULT_OPEN_LOOP_BASE}/YYYY-MM-DD/HH-MM-SS_<dataset>). "
                         "Open-loop runs do not resume: run again")
     p.add_argument(*_flag("overwrite"), action="store_true",
-                   help="empty a non-empty --output-dir first (not while a run still running holds it, a folder in it "
-                        "or one above it)")
+                   help="empty a non-empty --output-dir first, once the policy's settings are checked (not while a run "
+                        "still running holds it, a folder in it or one above it)")
     p.add_argument(*_flag("observation-format"), default="auto", choices=["auto", "nested", "flat"],
                    help="nested {video,state,language} (reference server) or flat video.* keys (sim wrapper); auto asks the server")
     p.add_argument(*_flag("no-plots"), action="store_true", help="skip the JPEG plots (not with --save-plot-path)")
@@ -142,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the reference's flag: write the plot of a single trajectory to PATH (a file suffix matplotlib writes: .jpeg, "
                         ".png, .pdf, ...; with several, PATH_traj{id}.SUFFIX), or the plots to a directory PATH as "
                         "traj_{id}.jpeg (default OUTPUT_DIR/traj_{id}.jpeg); needs matplotlib (gr00t-eval[plots]); checked before "
-                        "connecting by writing a trial plot in that format")
+                        "connecting by writing a trial plot in that format; a folder holding another run's results.json "
+                        "or live claim is refused")
     p.add_argument(*_flag("denoising-steps"), type=int, default=None, metavar="N",
                    help="flow-matching denoising steps, sent to the server as options['denoising_steps'] (server default if unset); "
                         "a server that is not a gr00t-server, or a replay (serve --dataset-path), cannot apply it: warned, not "

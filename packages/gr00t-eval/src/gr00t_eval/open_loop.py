@@ -37,9 +37,10 @@ from .rollout.config import is_whole_number
 from .run_stop import OutputFolderGone, check_folder_kept, folder_identity
 from .results import RESULTS_FILENAME, open_loop_results, write_results
 
-__all__ = ["DEFAULT_OUTPUT_DIR", "FLAT_FORMAT_HINT", "OBSERVATION_FORMATS", "RESULTS_FILENAME", "OpenLoopConfig",
-           "OpenLoopResult", "TrajectoryError", "TrajectoryResult", "check_action_steps", "check_open_loop_output_dir",
-           "evaluate_open_loop", "evaluate_trajectory", "history_steps", "is_position"]
+__all__ = ["DEFAULT_OUTPUT_DIR", "FLAT_FORMAT_HINT", "OBSERVATION_FORMATS", "RESULTS_FILENAME", "CheckedPolicy",
+           "OpenLoopConfig", "OpenLoopResult", "TrajectoryError", "TrajectoryResult", "check_action_steps",
+           "check_open_loop_output_dir", "check_open_loop_policy", "evaluate_open_loop", "evaluate_trajectory",
+           "history_steps", "is_position"]
 
 logger = logging.getLogger(__name__)
 
@@ -203,11 +204,11 @@ def evaluate_trajectory(
     if missing:
         raise ValueError(f"action keys {missing} are not in the dataset; it has {dataset.action_keys}")
     key_dims = {key: episode.actions(key).shape[1] for key in action_keys}
-    try:  # before any query: a NaN in the recording would make this trajectory's scores, and the averages, NaN
-        episode.check_finite("action", action_keys)
+    actual_steps = min(config.steps, episode.length)
+    try:  # before any query: a NaN in the scored rows would make this trajectory's scores, and the averages, NaN
+        episode.check_finite("action", action_keys, rows=actual_steps)  # rows past --steps are never scored
     except DatasetError as exc:
         raise TrajectoryError(f"its recorded actions cannot be scored against: {exc}") from None
-    actual_steps = min(config.steps, episode.length)
     report(f"Running trajectory: {traj_id}")
     report(f"Using {actual_steps} steps (requested: {config.steps}, trajectory length: {episode.length})")
     inference_steps = list(range(0, actual_steps, config.execution_horizon))
@@ -245,12 +246,18 @@ def evaluate_trajectory(
         return result
     from .plots import plot_trajectory
 
-    state_keys = list(configs["state"].modality_keys) if "state" in configs else []
-    if set(action_keys) <= set(state_keys):  # each action panel gets its own key's state (in --modality-keys order)
-        state_keys = list(action_keys)
-    state = None
-    if state_keys:  # read before the trajectory counts as scored: a damaged state column errors it
-        state = np.concatenate([episode.states(key_maps["state"].map[k]) for k in state_keys], axis=1)[:actual_steps]
+    # Each action panel gets its own key's same state dimension, or none: a key without a state of its action's width
+    # gets NaN columns (no line), never another key's state that the concatenation lined up under it.
+    policy_state_keys = set(configs["state"].modality_keys) if "state" in configs else set()
+    state_keys, state_columns = [], []
+    for key in action_keys:  # read before the trajectory counts as scored: a damaged state column errors it
+        own = episode.states(key_maps["state"].map[key])[:actual_steps] if key in policy_state_keys else None
+        if own is not None and own.shape[1] == key_dims[key]:
+            state_keys.append(key)
+            state_columns.append(np.asarray(own, dtype=np.float64))
+        else:
+            state_columns.append(np.full((actual_steps, key_dims[key]), np.nan))
+    state = np.concatenate(state_columns, axis=1) if state_keys else None
     if on_scored is not None:  # its MSE is printed: a stop while its plot is drawn must not drop it as "not run"
         on_scored(result)
     labels = [f"{key}[{i}]" for key in action_keys for i in range(key_dims[key])]
@@ -259,7 +266,7 @@ def evaluate_trajectory(
         if config.plot_path is not None or not output_dir_made:
             path.parent.mkdir(parents=True, exist_ok=True)
         result.plot_path = str(plot_trajectory(path, traj_id, ground_truth, prediction, inference_steps, state,
-                                               state_keys, action_keys, labels))
+                                               state_keys, action_keys, labels).resolve())  # not the cwd's
     except KeyboardInterrupt:
         result.plot_error = f"{path}: not written: the run was stopped (Ctrl-C/SIGTERM) while it was drawn"
         raise
@@ -283,27 +290,25 @@ def check_open_loop_output_dir(output_dir: str) -> None:
                              "folder (name another, or leave output_dir out for a new dated one)")
 
 
-def evaluate_open_loop(
-    policy: BasePolicy, config: OpenLoopConfig, report: Callable[[str], None] = logger.info, progress: bool = True,
-    claim: Optional[str] = None,
-) -> OpenLoopResult:
-    """Evaluate every trajectory id; write plots and results.json.
+@dataclass(frozen=True)
+class CheckedPolicy:
+    """What a run learns of the policy before any trajectory (check_open_loop_policy): the settings resolved against
+    it (observation format, embodiment, execution horizon, modality keys), what it serves, and the dataset."""
 
-    Out-of-range ids and empty episodes are skipped with a warning; a trajectory the policy does not follow
-    (TrajectoryError) is errored with its reason. Neither counts in the averages; both are in results.json.
-    A run stopped part-way (KeyboardInterrupt; or "aborted": a server gone, ConnectionError or TimeoutError, or
-    any other failure) still writes results.json with the trajectories it scored, its status, the ids not run
-    and why; then the exception goes on up.
-    An output folder that disappears meanwhile (deleted, unmounted, or deleted and made again) stops the run with
-    OutputFolderGone before the next plot, and nothing more is written: results.json written there would make the
-    folder again and report a run that is not there. `claim` names a file in it that must stay there (the CLI's run
-    claim); with None, the run writes its own hidden `.open_loop_watch_<token>` file there and removes it once the
-    folder is checked before results.json (a run that ends otherwise, a crash, may leave it: it holds nothing).
-    """
-    if config.output_dir is not None:  # before any query
-        check_open_loop_output_dir(config.output_dir)
+    config: OpenLoopConfig
+    info: Any
+    served: Optional[Dict[str, Any]]
+    not_applied: Dict[str, Any]
+    configs: Mapping[str, ModalityConfig]
+    dataset: LeRobotDataset
+
+
+def check_open_loop_policy(policy: BasePolicy, config: OpenLoopConfig,
+                           report: Callable[[str], None] = logger.info) -> CheckedPolicy:
+    """Ask the policy what it serves and check the run's settings against it and the dataset, before any trajectory:
+    ValueError for an execution horizon it cannot serve, another embodiment, or action keys the dataset lacks (the
+    CLI checks this before it empties an --overwrite folder, so a refused run leaves the earlier results there)."""
     info = server_info(policy)  # asked once: the observation format, the policy record and the pin all come from it
-    hint_for = functools.partial(format_hint, info, config.observation_format)  # for the form asked, before resolving
     observation_format = resolve_observation_format(info, config.observation_format, policy)
     config = dataclasses.replace(config, observation_format=observation_format)
     served = record_from_info(info)  # what results.json records, and what the run is held to (pinned_policy)
@@ -320,6 +325,53 @@ def evaluate_open_loop(
     dataset = LeRobotDataset(config.dataset_path)
     if config.modality_keys:  # a key the dataset lacks fails here, before results.json, not in every trajectory
         config = dataclasses.replace(config, modality_keys=dataset_action_keys(config.modality_keys, dataset.action_keys))
+    else:  # the policy's keys: once here, not as an aborted run in the first trajectory
+        _check_policy_action_keys(list(configs["action"].modality_keys), list(dataset.action_keys))
+    return CheckedPolicy(config, info, served, not_applied, configs, dataset)
+
+
+def _check_policy_action_keys(policy_keys: List[str], dataset_keys: List[str]) -> None:
+    """ValueError naming both key sets when the dataset lacks some of the policy's action keys, suggesting
+    --modality-keys with the keys they share (when they share any)."""
+    missing = [key for key in policy_keys if key not in dataset_keys]
+    if not missing:
+        return
+    shared = [key for key in policy_keys if key in dataset_keys]
+    advice = (f"pass --modality-keys {' '.join(shared)} (modality_keys) to compare the keys both have" if shared
+              else "they share none: evaluate this policy against a dataset of its own embodiment")
+    raise ValueError(f"the policy's action keys {policy_keys} are not all in the dataset (it lacks {missing}); the "
+                     f"dataset's action keys are {dataset_keys}; expected a dataset with the policy's action keys, or "
+                     f"{advice}")
+
+
+def evaluate_open_loop(
+    policy: BasePolicy, config: OpenLoopConfig, report: Callable[[str], None] = logger.info, progress: bool = True,
+    claim: Optional[str] = None, checked: Optional[CheckedPolicy] = None,
+) -> OpenLoopResult:
+    """Evaluate every trajectory id; write plots and results.json.
+
+    Out-of-range ids and empty episodes are skipped with a warning; a trajectory the policy does not follow
+    (TrajectoryError) is errored with its reason. Neither counts in the averages; both are in results.json.
+    A run stopped part-way (KeyboardInterrupt; or "aborted": a server gone, ConnectionError or TimeoutError, or
+    any other failure) still writes results.json with the trajectories it scored, its status, the ids not run
+    and why; then the exception goes on up.
+    An output folder that disappears meanwhile (deleted, unmounted, or deleted and made again) stops the run with
+    OutputFolderGone before the next plot, and nothing more is written: results.json written there would make the
+    folder again and report a run that is not there. `claim` names a file in it that must stay there (the CLI's run
+    claim); with None, the run writes its own hidden `.open_loop_watch_<token>` file there and removes it once the
+    folder is checked before results.json (a run that ends otherwise, a crash, may leave it: it holds nothing).
+    `checked`: check_open_loop_policy's answer for this policy and config, when the caller asked it already.
+    """
+    if config.output_dir is not None:  # before any query
+        check_open_loop_output_dir(config.output_dir)
+    if config.plot and config.plot_path is not None:  # another run's folder: its plots would be replaced
+        from .plots import check_plot_folder_free
+
+        check_plot_folder_free(config.plot_path, config.output_dir)
+    checked = checked or check_open_loop_policy(policy, config, report)
+    hint_for = functools.partial(format_hint, checked.info, config.observation_format)  # the form asked, not resolved
+    config = dataclasses.replace(checked.config, output_dir=config.output_dir)
+    served, not_applied, configs, dataset = checked.served, checked.not_applied, checked.configs, checked.dataset
     report(f"Dataset length: {dataset.num_episodes}")
     if config.output_dir is None:  # like the CLI: a new dated folder, never one an earlier run wrote
         from .run_dir import make_fresh_dated_output_dir
@@ -421,6 +473,9 @@ def evaluate_open_loop(
         for t, r in result.trajectories.items()
     }
     run_config = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in vars(config).items()}
+    # absolute: results.json does not record the working directory relative paths were given in
+    run_config.update(dataset_path=str(Path(config.dataset_path).resolve()),
+                      output_dir=str(Path(config.output_dir).resolve()))
     try:
         check_output_folder()  # results.json written into a vanished folder would make it again
     except OutputFolderGone as gone:

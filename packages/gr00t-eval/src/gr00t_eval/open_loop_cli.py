@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Iterator, List, Tuple
+from typing import Any, Iterator, List, Optional, Tuple
 
 from .cli_errors import UsageError
 
@@ -59,7 +59,7 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from . import connection
-    from .open_loop import RESULTS_FILENAME, OpenLoopConfig, evaluate_open_loop
+    from .open_loop import RESULTS_FILENAME, OpenLoopConfig, check_open_loop_policy, evaluate_open_loop
     from .run_stop import WRITE_REFUSED_ERRNOS, is_storage_line, sigterm_as_interrupt
 
     _check_horizon_flags(getattr(args, "horizon_flags", None) or [])
@@ -77,10 +77,11 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
             raise UsageError(f"--modality-keys: {exc}") from None
     plot = _plots_wanted(args)
     if plot and args.save_plot_path is not None:
-        from .plots import check_plot_path
+        from .plots import check_plot_folder_free, check_plot_path
 
         try:
             check_plot_path(args.save_plot_path, "--save-plot-path", args.traj_ids)
+            check_plot_folder_free(args.save_plot_path, args.output_dir, "--save-plot-path")
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     try:  # mistakes in the flags fail before any connection is made or directory created
@@ -94,20 +95,32 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(f"{exc} (check --steps, --execution-horizon, --traj-ids, --modality-keys, --denoising-steps)") from None
     connection.portable_keys(args)  # a key mistake (a flag or $GR00T_* variable) fails before the folder is claimed
-    output_dir = _claim_open_loop_output_dir(args, config)
-    config = dataclasses.replace(config, output_dir=str(output_dir))
-    print(f"Output directory: {output_dir}")
+    if args.output_dir:  # a live run's folder, or a non-empty one without --overwrite: refused before connecting
+        _refuse_open_loop_output_dir(args)
+    output_dir, claiming = None, False
     try:
-        with _claim_held_until_the_end(output_dir / OPEN_LOOP_RUN_FILENAME):
-            try:
-                with sigterm_as_interrupt(), _connect(args) as client:
-                    result = evaluate_open_loop(client, config, report=tqdm.write, claim=OPEN_LOOP_RUN_FILENAME)
-            except (KeyboardInterrupt, Exception):
-                _name_kept_open_loop_results(output_dir / RESULTS_FILENAME)
-                raise
+        with sigterm_as_interrupt(), _connect(args) as client:
+            # The policy's settings (horizon, embodiment, action keys) before --overwrite empties the folder: a run
+            # refused here leaves the earlier run's results.json and plots where they are.
+            checked = check_open_loop_policy(client, config, report=tqdm.write)
+            claiming = True  # its own errors are said as a claim's (cli.main), not as a stopped run's
+            output_dir = _claim_open_loop_output_dir(args, config)
+            claiming = False
+            config = dataclasses.replace(config, output_dir=str(output_dir))
+            print(f"Output directory: {output_dir}")
+            with _claim_held_until_the_end(output_dir / OPEN_LOOP_RUN_FILENAME):
+                try:
+                    result = evaluate_open_loop(client, config, report=tqdm.write, claim=OPEN_LOOP_RUN_FILENAME,
+                                                checked=checked)
+                except (KeyboardInterrupt, Exception):
+                    _name_kept_open_loop_results(output_dir / RESULTS_FILENAME)
+                    raise
     except (KeyboardInterrupt, Exception, SystemExit) as exc:
-        _release_unused_claim(output_dir)
-        if isinstance(exc, OSError) and (is_storage_line(exc, output_dir)
+        if output_dir is not None:
+            _release_unused_claim(output_dir)
+        if claiming:
+            raise
+        if isinstance(exc, OSError) and ((output_dir is not None and is_storage_line(exc, output_dir))
                                           or (exc.errno in WRITE_REFUSED_ERRNOS and exc.filename)):
             raise SystemExit(_storage_stop_message(exc, output_dir)) from None
         raise
@@ -130,10 +143,11 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
     return 0
 
 
-def _storage_stop_message(exc: OSError, output_dir: Path) -> str:
+def _storage_stop_message(exc: OSError, output_dir: Optional[Path]) -> str:
     """The one line for an open-loop run stopped by a storage error (run_stop.is_storage_line): its output folder
     gone, or a full disk or read-only folder; or by a permission error outside its output folder: a file it reads (the
-    dataset's); what is kept, and what to do (open-loop runs do not resume)."""
+    dataset's); what is kept, and what to do (open-loop runs do not resume). `output_dir` None: stopped before it
+    was claimed (while the policy's settings were checked)."""
     from .open_loop import RESULTS_FILENAME
     from .run_stop import OutputFolderGone, is_storage_line, storage_advice, storage_error_text
 
@@ -141,10 +155,10 @@ def _storage_stop_message(exc: OSError, output_dir: Path) -> str:
         return (f"error: the output folder {output_dir} disappeared (unmounted or deleted) while the run wrote to it: "
                 "the run stopped, and wrote nothing more; run it again into a folder that is there (open-loop runs "
                 "do not resume)")
-    results = output_dir / RESULTS_FILENAME
-    kept = (f"{results} holds what was scored before it" if results.is_file()
+    results = None if output_dir is None else output_dir / RESULTS_FILENAME
+    kept = (f"{results} holds what was scored before it" if results is not None and results.is_file()
             else f"no {RESULTS_FILENAME} was written")
-    if not is_storage_line(exc, output_dir):  # not this run's output: a file it reads
+    if output_dir is None or not is_storage_line(exc, output_dir):  # not this run's output: a file it reads
         return (f"error: cannot read {exc.filename}: {exc.strerror or exc}: the run stopped; {kept}. Give this user "
                 "read access to it, then run the same command again with --overwrite (open-loop runs do not resume)")
     return (f"error: {storage_error_text(exc)}: the run stopped; {kept}. {storage_advice(exc)}, then run the same "
@@ -180,10 +194,9 @@ def _claim_open_loop_output_dir(args: argparse.Namespace, config: Any) -> Path:
     a run still running is refused even with --overwrite; the claim of a finished run, or of one whose
     process is gone (killed), is emptied with the rest by --overwrite.
     """
-    from .run_claim import claim_output_dir, dead_partial_files, refuse_live_claims, refuse_live_runs_around
+    from .run_claim import claim_output_dir
     from .output_files import OutputDirError
     from .run_dir import make_fresh_dated_output_dir, prepare_output_dir
-    from .trash import OVERWRITE_TRASH
 
     settings = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in vars(config).items()}
 
@@ -205,6 +218,24 @@ def _claim_open_loop_output_dir(args: argparse.Namespace, config: Any) -> Path:
                 continue
         raise UsageError(f"no free output directory under {DEFAULT_OPEN_LOOP_BASE}; pass --output-dir")
     output_dir = Path(args.output_dir)
+    _refuse_open_loop_output_dir(args)  # again: another run may have claimed or filled it since the first check
+    try:
+        prepare_output_dir(output_dir, overwrite=args.overwrite)
+        claim(output_dir)
+    except OutputDirError as exc:
+        raise UsageError(str(exc)) from None
+    return output_dir
+
+
+def _refuse_open_loop_output_dir(args: argparse.Namespace) -> None:
+    """UsageError for an --output-dir that is (or holds, or is inside) the dataset, that a run still running has
+    claimed or is inside, or that is not empty without --overwrite; creates and deletes nothing."""
+    from .run_claim import dead_partial_files, refuse_live_claims, refuse_live_runs_around
+    from .output_files import OutputDirError
+    from .run_dir import check_output_dir
+    from .trash import OVERWRITE_TRASH
+
+    output_dir = Path(args.output_dir)
     dataset, target = Path(args.dataset_path).resolve(), output_dir.resolve()
     if dataset == target or target in dataset.parents or dataset in target.parents:  # --overwrite would delete it
         relation = ("the dataset" if dataset == target else "a folder holding the dataset" if target in dataset.parents
@@ -221,11 +252,9 @@ def _claim_open_loop_output_dir(args: argparse.Namespace, config: Any) -> Path:
         if earlier and not args.overwrite:
             raise UsageError(f"--output-dir {output_dir} is not empty; pass --overwrite to empty it or name a new directory "
                              "(open-loop runs do not resume: run them again)")
-        prepare_output_dir(output_dir, overwrite=args.overwrite)
-        claim(output_dir)
+        check_output_dir(output_dir, overwrite=args.overwrite)  # what --overwrite must not empty (a live run inside)
     except OutputDirError as exc:
         raise UsageError(str(exc)) from None
-    return output_dir
 
 
 @contextlib.contextmanager

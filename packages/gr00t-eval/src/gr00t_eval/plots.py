@@ -51,6 +51,27 @@ def check_plot_path(path: str, name: str = "plot_path", traj_ids: Sequence[int] 
     _check_format_written(suffix, path, name)
 
 
+def check_plot_folder_free(path: str, output_dir: Optional[str], name: str = "plot_path") -> None:
+    """ValueError when the folder the plots of `path` go in holds another run's results.json, or is claimed by a run
+    still running, unless it is `output_dir` (this run's own): this run's plots would replace that run's, which its
+    results.json names."""
+    from .output_files import OutputDirError
+    from .results import RESULTS_FILENAME
+    from .run_claim import refuse_live_claims
+
+    folder = Path(path) if is_plot_folder(path) else Path(path).parent
+    if output_dir is not None and folder.resolve() == Path(output_dir).resolve():
+        return
+    try:
+        refuse_live_claims(folder, name)
+    except OutputDirError as exc:
+        raise ValueError(f"{exc} (its plots there would be replaced by this run's)") from None
+    if (folder / RESULTS_FILENAME).is_file():
+        raise ValueError(f"{name} {path}: the plot folder {folder} holds another run's {RESULTS_FILENAME}, whose plots "
+                         "this run's would replace; expected a folder no other run wrote (a new one, or this run's "
+                         "--output-dir)")
+
+
 def trajectory_plot_file(path: str, traj_id: int, n_trajectories: int) -> Path:
     """The plot of `traj_id` when the plot path names a file: that file for a single trajectory, else
     PATH_traj{id}.SUFFIX."""
@@ -147,12 +168,13 @@ def plot_trajectory(
         steps = np.arange(gt.shape[0])
         marks = [k for k in inference_steps if 0 <= k < gt.shape[0]]
         for dim, ax in enumerate(panels):
-            if state is not None and np.shape(state) == gt.shape:
+            # a NaN column is an action dim with no state of its own key (open_loop.evaluate_trajectory): no line
+            if state is not None and np.shape(state) == gt.shape and not np.isnan(state[:, dim]).all():
                 ax.plot(steps, state[:, dim], label="state joints")
             ax.plot(steps, gt[:, dim], label="gt action")
             ax.plot(steps, pred[:, dim], label="pred action", linestyle="--")
-            for i, k in enumerate(marks):
-                ax.plot(k, gt[k, dim], "ro", label="inference point" if i == 0 else None)
+            if marks:  # one artist for all the points: one per point took minutes at --execution-horizon 1
+                ax.plot(marks, gt[marks, dim], "ro", label="inference point")
             ax.set_title(labels[dim], parse_math=False)
             ax.legend()
         fig.tight_layout()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, List, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -43,12 +43,13 @@ class Episode:
                                    "episode must be its steps in order, each frame_index one more than the last")
         self.timestamps()
 
-    def check_finite(self, kind: str, keys: Sequence[str], dtype: Any = np.float64) -> None:
+    def check_finite(self, kind: str, keys: Sequence[str], dtype: Any = np.float64, rows: Optional[int] = None) -> None:
         """DatasetError naming the file, column, row and key when a state or action group holds NaN or inf as `dtype`
         holds it: a recorded action with a hole would be replayed to a robot or scored against as if it were a number
-        (np.float32, what a replay serves, also refuses a float64 recording's values beyond float32's range)."""
+        (np.float32, what a replay serves, also refuses a float64 recording's values beyond float32's range).
+        `rows`: only the first rows are checked (those open-loop scores); None checks the whole episode."""
         for key in keys:
-            values = self._group_array(kind, key, np.float64)
+            values = self._group_array(kind, key, np.float64)[:rows]
             with np.errstate(over="ignore"):
                 bad = ~np.isfinite(values.astype(dtype))
             if bad.any():

@@ -1,0 +1,164 @@
+"""open-loop: settings the policy refuses leave an earlier run's results in place, only the scored rows of a
+recording must be finite, results.json names absolute paths, and plots draw each key's own state and one artist of
+inference points. Real replay servers on loopback, real datasets, the real CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from eval.dataset_factory import make_dataset
+from gr00t_eval import cli, plots
+from gr00t_server.policies.replay import ReplayPolicy
+from serving import running_server
+
+
+def open_loop(dataset, server, out, *extra):
+    return cli.main(["open-loop", "--dataset-path", str(dataset), "--port", str(server.port), "--output-dir", str(out),
+                     *extra])
+
+
+def results(out) -> dict:
+    return json.loads((Path(out) / "results.json").read_text())
+
+
+def put_nan_in_recorded_action(dataset: Path, episode: int, frame: int) -> None:
+    for path in sorted((dataset / "data").rglob("*.parquet")):
+        table = pq.read_table(path)
+        rows = table.to_pydict()
+        actions = [list(map(float, action)) for action in rows["action"]]
+        for i, (e, f) in enumerate(zip(rows["episode_index"], rows["frame_index"])):
+            if (e, f) == (episode, frame):
+                actions[i][0] = float("nan")
+        column = table.schema.get_field_index("action")
+        field = table.schema.field(column)
+        pq.write_table(table.set_column(column, field, pa.array(actions, type=field.type)), path)
+
+
+@pytest.fixture
+def drawn(monkeypatch) -> list:
+    """Per saved figure: [(panel title, {line label: (xdata, ydata)})] of its visible panels."""
+    pytest.importorskip("matplotlib")
+    figures = []
+    save = plots._save_aside
+
+    def recording(fig, path):
+        figures.append([(ax.get_title(), {line.get_label(): (np.asarray(line.get_xdata(), float),
+                                                             np.asarray(line.get_ydata(), float))
+                                          for line in ax.get_lines()})
+                        for ax in fig.axes if ax.get_visible()])
+        save(fig, path)
+
+    monkeypatch.setattr(plots, "_save_aside", recording)
+    return figures
+
+
+def test_a_nan_recorded_after_the_scored_steps_leaves_the_trajectory_scored(tmp_path):
+    """A NaN at row 15 of 20 errored the whole trajectory at --steps 8, though no scored row holds it."""
+    clean = make_dataset(tmp_path / "clean", lengths=(20,))
+    poisoned = tmp_path / "poisoned"
+    shutil.copytree(clean, poisoned)
+    put_nan_in_recorded_action(poisoned, episode=0, frame=15)
+    with running_server(ReplayPolicy(clean, execution_horizon=4)) as server:
+        assert open_loop(poisoned, server, tmp_path / "short", "--steps", "8", "--no-plots") == 0
+        assert open_loop(poisoned, server, tmp_path / "long", "--steps", "16", "--no-plots") == 1
+    scored = results(tmp_path / "short")
+    assert scored["errored_trajectories"] == [] and scored["trajectories"]["0"]["steps"] == 8
+    assert np.isfinite(scored["trajectories"]["0"]["mse"])
+    [errored] = results(tmp_path / "long")["errored_trajectories"]
+    assert "holds nan at row 15" in errored["error"] and "cannot be scored against" in errored["error"]
+
+
+def test_an_overwrite_refused_after_connecting_leaves_the_earlier_results_in_place(tmp_path, capsys):
+    """--overwrite emptied the folder, then the horizon the policy cannot serve was refused: run 1's results and plots
+    were gone with nothing in their place."""
+    dataset = make_dataset(tmp_path / "ds", lengths=(7,))
+    out = tmp_path / "out"
+    with running_server(ReplayPolicy(dataset, execution_horizon=4)) as server:
+        assert open_loop(dataset, server, out, "--no-plots") == 0
+        (out / "traj_0.jpeg").write_text("run 1's plot")
+        before = (out / "results.json").read_text()
+        capsys.readouterr()
+        assert open_loop(dataset, server, out, "--no-plots", "--overwrite", "--execution-horizon", "17") == 2
+        assert "execution_horizon must be in [1, 16]" in capsys.readouterr().err
+        assert (out / "results.json").read_text() == before and (out / "traj_0.jpeg").read_text() == "run 1's plot"
+        assert open_loop(dataset, server, out, "--no-plots", "--overwrite") == 0  # a run that is not refused empties it
+    assert not (out / "traj_0.jpeg").exists() and results(out)["status"] == "complete"
+
+
+def test_action_keys_the_dataset_lacks_are_refused_before_any_trajectory(tmp_path, capsys):
+    """Found inside trajectory 0 and written as an "aborted" run with results.json, as if the server had gone."""
+    served = make_dataset(tmp_path / "served", lengths=(6,), state_dims={"arm": 2, "gripper": 1},
+                          action_dims={"qpos": 2, "gripper": 1})
+    evaluated = make_dataset(tmp_path / "evaluated", lengths=(6,), state_dims={"arm": 2, "gripper": 1},
+                             action_dims={"pose": 2, "gripper": 1})
+    with running_server(ReplayPolicy(served, execution_horizon=4)) as server:
+        assert open_loop(evaluated, server, tmp_path / "out", "--no-plots") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "the policy's action keys ['qpos', 'gripper']" in err and "['pose', 'gripper']" in err
+    assert "--modality-keys gripper" in err
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_results_json_names_absolute_paths_for_a_run_given_relative_ones(tmp_path, monkeypatch):
+    """plot_path, config.output_dir and config.dataset_path were relative to a working directory it does not record."""
+    pytest.importorskip("matplotlib")
+    dataset = make_dataset(tmp_path / "ds", lengths=(5,))
+    monkeypatch.chdir(tmp_path)
+    with running_server(ReplayPolicy(dataset, execution_horizon=4)) as server:
+        assert open_loop("ds", server, "out") == 0
+    written = results(tmp_path / "out")
+    assert written["config"]["dataset_path"] == str(dataset.resolve())
+    assert written["config"]["output_dir"] == str((tmp_path / "out").resolve())
+    assert written["trajectories"]["0"]["plot_path"] == str((tmp_path / "out" / "traj_0.jpeg").resolve())
+
+
+def test_a_plot_folder_holding_another_runs_results_is_refused(tmp_path, capsys):
+    """--save-plot-path into another run's output folder replaced its plots, which its results.json names."""
+    pytest.importorskip("matplotlib")
+    dataset = make_dataset(tmp_path / "ds", lengths=(6,))
+    with running_server(ReplayPolicy(dataset, execution_horizon=4)) as server:
+        assert open_loop(dataset, server, tmp_path / "out_a") == 0
+        plot_a = (tmp_path / "out_a" / "traj_0.jpeg").read_bytes()
+        capsys.readouterr()
+        assert open_loop(dataset, server, tmp_path / "out_b", "--save-plot-path", f"{tmp_path / 'out_a'}/") == 2
+        err = capsys.readouterr().err
+        assert f"the plot folder {tmp_path / 'out_a'} holds another run's results.json" in err
+        assert (tmp_path / "out_a" / "traj_0.jpeg").read_bytes() == plot_a and not (tmp_path / "out_b").exists()
+        # its own output folder is no other run's, --overwrite or not
+        assert open_loop(dataset, server, tmp_path / "out_a", "--overwrite", "--save-plot-path",
+                         f"{tmp_path / 'out_a'}/") == 0
+
+
+def test_each_plot_panel_shows_its_own_keys_state_or_none(tmp_path, drawn):
+    """Total widths matched (2 + 2 + 2 state, 3 + 1 + 2 action), so panel arm[2] drew the gripper's state."""
+    dims = dict(state_dims={"arm": 2, "gripper": 2, "wrist": 2}, action_dims={"arm": 3, "gripper": 1, "wrist": 2})
+    dataset = make_dataset(tmp_path / "ds", lengths=(6,), **dims)
+    with running_server(ReplayPolicy(dataset, execution_horizon=4)) as server:
+        assert open_loop(dataset, server, tmp_path / "out") == 0
+    with_state = {title: lines["state joints"][1] for title, lines in drawn[-1] if "state joints" in lines}
+    assert sorted(with_state) == ["wrist[0]", "wrist[1]"]
+    state = pq.read_table(next((dataset / "data").rglob("*.parquet"))).to_pydict()["observation.state"]
+    modality = json.loads((dataset / "meta" / "modality.json").read_text())["state"]["wrist"]
+    recorded = np.asarray(state, float)[:, modality["start"]:modality["end"]]
+    for dim in range(2):
+        assert np.allclose(with_state[f"wrist[{dim}]"], recorded[:, dim])
+
+
+def test_the_inference_points_of_a_panel_are_one_plotted_line(tmp_path, drawn):
+    """One ax.plot per query per panel: minutes of drawing for long episodes at --execution-horizon 1."""
+    dataset = make_dataset(tmp_path / "ds", lengths=(6,))
+    with running_server(ReplayPolicy(dataset, execution_horizon=1)) as server:
+        assert open_loop(dataset, server, tmp_path / "out", "--execution-horizon", "1") == 0
+    for title, lines in drawn[-1]:
+        points = [label for label in lines if "inference point" in label]
+        assert points == ["inference point"], (title, list(lines))
+        assert list(lines["inference point"][0]) == [0, 1, 2, 3, 4, 5]
+        assert len(lines) <= 4  # state, recorded, predicted, inference points
