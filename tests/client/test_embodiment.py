@@ -96,3 +96,11 @@ def test_a_built_in_tags_spellings_name_it_and_a_checkpoints_own_tag_only_itself
     assert not names_tag("libero_sim", "libero_panda")
     assert not names_tag("unitree_g1_full_body_with_waist_height_nav_cmd", "unitree_g1")
     assert not names_tag("libero_sim", "unitree_g1")
+
+
+@pytest.mark.parametrize("given", ["new_embodiment", "NEW_EMBODIMENT", "New_Embodiment", EmbodimentTag.NEW_EMBODIMENT])
+def test_a_built_in_tag_a_checkpoint_spells_in_another_case_resolves_to_the_checkpoints_spelling(given):
+    from gr00t_client.embodiment import resolve_tag
+
+    assert resolve_tag(given, ["New_Embodiment", "libero_sim"])[1] == "New_Embodiment"
+    assert resolve_tag(given, ["new_embodiment"])[1] == "new_embodiment"

@@ -1,6 +1,7 @@
 """A model whose raw output holds inf (an inf weight, a float16 overflow) is refused, not unnormalized into a plausible
 action: min/max unnormalization clips to [-1, 1] first, so an inf became exactly the statistics' q99 and passed every
-later finiteness check (warm-up too, with one denoising step). Real tiny checkpoints with damaged weights, loaded
+later finiteness check (warm-up too, with one denoising step). Real tiny checkpoints with damaged weights (an inf set
+in memory after loading: the loader refuses one in a file), loaded
 through the same code as a user's, and a real PolicyServer on loopback."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file, save_file
 
 from gr00t_client import PolicyClient, PolicyServerError
@@ -35,21 +37,31 @@ def damaged(copy_of, value: float, steps: int):
     return checkpoint
 
 
+def with_inf_weight(policy):
+    """`policy` with an inf in its action decoder's bias for TAG's action column 0, set in memory: the loader refuses
+    a checkpoint file holding one."""
+    from gr00t_server.backends.common import model_of
+
+    with torch.no_grad():
+        dict(model_of(policy).named_parameters())[DECODER_BIAS][policy.embodiment_id, 0] = float("inf")
+    return policy
+
+
 REFUSAL = (r"the model's output for action key 'x' of 'libero_sim' holds non-finite values \(NaN or inf\) in rows "
            r"\[0\], before unnormalization; the action was not sent")
 
 
 def test_an_inf_from_the_model_is_refused_not_clipped_to_the_statistics_edge(copy_of):
-    checkpoint = damaged(copy_of, float("inf"), steps=1)
-    policy = Gr00tPolicy(checkpoint, TAG, device="cpu")
+    checkpoint = damaged(copy_of, 0.0, steps=1)
+    policy = with_inf_weight(Gr00tPolicy(checkpoint, TAG, device="cpu"))
     with pytest.raises(NonFiniteActionError, match=REFUSAL):
         policy.get_action(example_observation(checkpoint, TAG), {"seed": 0})
 
 
 def test_one_denoising_step_asked_of_a_four_step_model_with_an_inf_weight_is_refused_over_the_wire(copy_of):
     # Four steps turn the inf into NaN (refused before); one step, as open-loop --denoising-steps 1 asks, did not.
-    checkpoint = damaged(copy_of, float("inf"), steps=4)
-    with running_server(Gr00tPolicy(checkpoint, TAG, device="cpu")) as server:
+    checkpoint = damaged(copy_of, 0.0, steps=4)
+    with running_server(with_inf_weight(Gr00tPolicy(checkpoint, TAG, device="cpu"))) as server:
         with PolicyClient(port=server.port, timeout_ms=30_000) as client:
             observation = example_observation(checkpoint, TAG)
             with pytest.raises(PolicyServerError, match=REFUSAL + r".*gr00t-server verify"):

@@ -324,7 +324,7 @@ def test_a_state_far_beyond_its_statistics_is_refused_before_the_model_naming_it
     message = caught.value.server_message
     assert "State key 'joints' of 'new_embodiment' normalizes to |values| up to 6.49e+30 in rows [0], beyond +-1000" in message
     assert "holds 1e+30 against this checkpoint's statistics mean " in message and ", std " in message
-    assert "Check the weights" not in message
+    assert "weights were finite when loaded" not in message
     assert "gripper" not in message
 
 
@@ -494,7 +494,7 @@ def test_a_nan_model_output_does_not_blame_a_std_0_column_the_outlier_check_take
 
     with pytest.raises(NonFiniteActionError) as refused:
         processor.decode_action(output, "new_embodiment", states)
-    assert "state key 'joints'" not in str(refused.value) and "Check the weights" in str(refused.value)
+    assert "state key 'joints'" not in str(refused.value) and "weights were finite when loaded" in str(refused.value)
 
 
 def test_a_state_refused_against_a_near_zero_std_names_the_statistics_not_the_users_units(copy_of):

@@ -61,7 +61,8 @@ class EmbodimentTag(Enum):
 def resolve_tag(tag: Union[EmbodimentTag, str], supported: Sequence[str],
                 owner: str = "this checkpoint") -> Tuple[Union[EmbodimentTag, str], str]:
     """(tag object for messages, tag value) for a tag as given against the tags `owner` has (`supported`): one of
-    them exactly, else a built-in tag by any spelling, else one of them by case when the spelling names only one."""
+    them exactly, else a built-in tag by any spelling (one of them when it spells that tag's value in another case),
+    else one of them by case when the spelling names only one."""
     if isinstance(tag, str) and tag.strip() in supported:
         try:
             return EmbodimentTag.resolve(tag), tag.strip()
@@ -75,6 +76,10 @@ def resolve_tag(tag: Union[EmbodimentTag, str], supported: Sequence[str],
             return folded[0], folded[0]
         raise ValueError(f"{str(exc).splitlines()[0]}; it is neither a built-in tag nor one of {owner}'s tags "
                          f"{sorted(supported)}" + (" (give one exactly: they differ only in case)" if folded else "")) from None
+    if resolved.value not in supported:  # a checkpoint may spell a built-in tag in another case ("New_Embodiment")
+        folded = [value for value in supported if value.casefold() == resolved.value.casefold()]
+        if len(folded) == 1:
+            return folded[0], folded[0]
     return resolved, resolved.value
 
 

@@ -32,6 +32,15 @@ CHECKPOINT_FILES = (
     # laid out so downloaded its weights and then failed for want of them).
     "processor/processor_config.json", "processor/statistics.json", "processor/embodiment_id.json",
 )
+# The tokenizer, chat template and image-processor files a checkpoint may carry, in its folder or processor/
+# (processing.tokenizer.BACKBONE_FILE_PATTERNS, which resolve_tokenizer_dir prefers to the backbone's): by hub id
+# without them the backbone's tokenizer was used, another prompt than the same folder's.
+_TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
+    "added_tokens.json", "chat_template.jinja", "chat_template.json", "preprocessor_config.json",
+    "additional_chat_templates/*.jinja",
+)
+CHECKPOINT_FILES += _TOKENIZER_FILES + tuple(f"processor/{name}" for name in _TOKENIZER_FILES)
 # Keys that may be absent from, or extra in, a checkpoint without failing a strict load (model.md §2.9, §9).
 IGNORABLE_KEYS = frozenset({
     "backbone.model.lm_head.weight",
@@ -189,7 +198,7 @@ def read_state_dict(
 ) -> dict[str, torch.Tensor]:
     """Read every tensor of `files` onto `device`, casting floating tensors to `dtype`. A tensor in two files, or
     (with the index's `weight_map`) in another shard than the index names, is a CheckpointError: one copy would
-    silently win."""
+    silently win; so is a floating tensor holding NaN or inf."""
     device = torch.device(device)
     state: dict[str, torch.Tensor] = {}
     source: dict[str, str] = {}
@@ -213,6 +222,13 @@ def read_state_dict(
                                               f"{listed}")
                     source[key] = path.name
                     tensor = handle.get_tensor(key)
+                    # Before the cast (a float16 overflow of a finite weight is the output guard's to name): a NaN or
+                    # inf weight (a diverged fine-tune) else surfaced at warm-up naming no tensor.
+                    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                        bad = int((~torch.isfinite(tensor)).sum())
+                        raise CheckpointError(f"{path}: tensor {key!r} holds {bad} non-finite value(s) (NaN or inf) of "
+                                              f"{tensor.numel()}; expected finite weights (a diverged training run? "
+                                              "take an earlier checkpoint)")
                     state[key] = tensor.to(dtype=dtype, copy=True) if tensor.is_floating_point() else tensor.clone()
         except SafetensorError as exc:
             pointer = git_lfs_pointer_problem(path)
@@ -224,9 +240,11 @@ def read_state_dict(
     return state
 
 
-def check_state_dict(model: nn.Module, state: dict[str, Any]) -> None:
+def check_state_dict(model: nn.Module, state: dict[str, Any], directory: Optional[Path] = None,
+                     weight_map: Optional[dict[str, str]] = None) -> None:
     """Raise `CheckpointKeyError` naming missing/unexpected keys, shape mismatches and integer or bool tensors where
-    the model has floating ones (ignorable keys aside)."""
+    the model has floating ones (ignorable keys aside); for missing keys, the checkpoint `directory`'s weights file or
+    shard index, and shards in it that the index (`weight_map`) does not list."""
     expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
     missing = sorted(set(expected) - set(state) - IGNORABLE_KEYS)
     unexpected = sorted(set(state) - set(expected) - IGNORABLE_KEYS)
@@ -243,7 +261,7 @@ def check_state_dict(model: nn.Module, state: dict[str, Any]) -> None:
     ]
     problems = []
     if missing:
-        problems.append(f"{len(missing)} missing key(s): {_first(missing)}")
+        problems.append(f"{len(missing)} missing key(s): {_first(missing)}{_weights_read(directory, weight_map)}")
     if unexpected:
         problems.append(f"{len(unexpected)} unexpected key(s): {_first(unexpected)}")
     if mismatched:
@@ -252,6 +270,23 @@ def check_state_dict(model: nn.Module, state: dict[str, Any]) -> None:
         problems.append(f"{len(wrong_kind)} tensor(s) not floating point: {_first(wrong_kind)}")
     if problems:
         raise CheckpointKeyError("checkpoint does not match the model config: " + "; ".join(problems))
+
+
+def _weights_read(directory: Optional[Path], weight_map: Optional[dict[str, str]]) -> str:
+    """Where missing keys were looked for; a shard beside the index that it does not list (a stale index) holds them,
+    most likely, and is never read."""
+    if directory is None:
+        return ""
+    if weight_map is None:
+        return f" (read from {directory / SINGLE_WEIGHTS_NAME})"
+    listed = set(weight_map.values())
+    unlisted = sorted(path.name for path in directory.glob("*.safetensors")
+                      if path.name not in listed and path.name != SINGLE_WEIGHTS_NAME)
+    where = f" (read from the {len(listed)} shard(s) {directory / WEIGHTS_INDEX_NAME} lists)"
+    if unlisted:
+        where += (f"; {', '.join(unlisted)} in {directory} {'is' if len(unlisted) == 1 else 'are'} not listed in "
+                  f"{WEIGHTS_INDEX_NAME} and so not read: the index is stale, write it again with every shard")
+    return where
 
 
 def _first(items: list[str], limit: int = 10) -> str:
@@ -326,7 +361,7 @@ def load_model(
         model = Gr00tN1d7(config)
     weight_map = shard_index(directory)
     state = read_state_dict(weight_files(directory, weight_map), device, torch_dtype, weight_map)
-    check_state_dict(model, state)
+    check_state_dict(model, state, directory, weight_map)
     expected = set(model.state_dict())
     model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False, assign=True)
     _fill_ignorable_parameters(model)

@@ -342,7 +342,43 @@ class Gr00tN1d7Config:
             logger.debug("config.json keys kept as extras: %s", sorted(extras))
         config = cls(**kwargs, extras=extras)
         config._check_backbone(select_layer_given="select_layer" in data)
+        config._check_action_head(given=frozenset(data))
         return config
+
+    def _check_action_head(self, given: frozenset) -> None:
+        """The sizes the action head must agree on, checked here so that the error names config.json and the fields
+        (and which values the file left to a default), not a bare product raised while building the network."""
+        def field(name: str) -> str:
+            value = getattr(self, name)
+            return f"{name} {value}" + ("" if name in given else " (absent, the code default)")
+
+        def heads(section: str, cfg: Optional[dict[str, Any]], defaults: dict[str, Any], other: str) -> str:
+            names = ("num_attention_heads", "attention_head_dim")
+            values = [int((cfg or {}).get(name, defaults.get(name))) for name in names]
+            absent = [name for name in names if name not in (cfg or {})]
+            one = len(absent) == 1
+            note = (f" ({' and '.join(absent)} {'is' if one else 'are'} absent from {section}, so the upstream code "
+                    f"default{'' if one else 's'} {' and '.join(str(defaults[name]) for name in absent)} "
+                    f"appl{'ies' if one else 'y'}; set {'it' if one else 'them'})") if absent else ""
+            return (f"config field '{section}': num_attention_heads * attention_head_dim = {values[0]} * {values[1]} = "
+                    f"{values[0] * values[1]} must equal {field(other)}{note}")
+
+        dit = self.dit_config
+        if int(dit["num_attention_heads"]) * int(dit["attention_head_dim"]) != self.input_embedding_dim:
+            raise ValueError(heads("diffusion_model_cfg", self.diffusion_model_cfg, DIT_CODE_DEFAULTS,
+                                   "input_embedding_dim"))
+        if int(dit["output_dim"]) != self.hidden_size:
+            default = "" if "output_dim" in (self.diffusion_model_cfg or {}) else " (absent, the upstream code default)"
+            raise ValueError(f"config field 'diffusion_model_cfg.output_dim' is {dit['output_dim']}{default}; expected "
+                             f"{field('hidden_size')}")
+        if self.add_pos_embed and self.action_horizon > self.max_seq_len:
+            raise ValueError(f"config field 'action_horizon': {field('action_horizon')} exceeds "
+                             f"{field('max_seq_len')}, the position embeddings of the action steps (add_pos_embed "
+                             "is true)")
+        vl = self.vl_self_attention_config
+        if vl and int(vl["num_attention_heads"]) * int(vl["attention_head_dim"]) != self.backbone_embedding_dim:
+            raise ValueError(heads("vl_self_attention_cfg", self.vl_self_attention_cfg, VL_SELF_ATTENTION_CODE_DEFAULTS,
+                                   "backbone_embedding_dim"))
 
     def _check_backbone(self, select_layer_given: bool) -> None:
         """Resolve the backbone config now, so that an error is raised where from_json_file names the file."""

@@ -41,8 +41,9 @@ def decode_action(
             outliers = state_outliers(raw_states or {}, rows, configs.get("state"), params.state, config)
             cause = (f" Likely cause: {'; '.join(outliers)}, far outside the range the model was trained on; send "
                      "states in the units of the checkpoint's statistics." if outliers else
-                     " Check the weights (gr00t-server verify) and, for a float16 model, values beyond its range "
-                     "(65504): serve in bf16 or fp32.")
+                     " The checkpoint's weights were finite when loaded: for a float16 model, check values beyond "
+                     "its range (65504) and serve in bf16 or fp32; for an ONNX, TensorRT or torch.compile backend, "
+                     "compare it with eager PyTorch (gr00t-server verify --onnx-dir, --engine-dir or --torch-compile).")
             raise NonFiniteActionError(
                 f"the model's output for action key '{key}' of '{tag}' holds non-finite values (NaN or inf) in rows "
                 f"{rows}, before unnormalization; the action was not sent.{cause}", key=key, rows=rows)

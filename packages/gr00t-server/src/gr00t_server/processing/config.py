@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -32,6 +33,11 @@ _LEGACY_PROCESSOR_KEYS = frozenset(
         "eagle_path",
         "state_gaussian_noise_std",
     }
+)
+# Training-only keys the reference processor takes (augmentation); they mean nothing at inference (model.md §1.4).
+_TRAINING_PROCESSOR_KEYS = frozenset(
+    {"random_rotation_angle", "color_jitter_params", "use_albumentations_transforms", "extra_augmentation_config",
+     "state_dropout_prob"}
 )
 _LEGACY_MODALITY_KEYS = frozenset({"normalization_mode", "exclude_state", "normalize_rotation"})
 _MODALITY_FIELDS = frozenset(
@@ -207,6 +213,7 @@ def processor_config_from_kwargs(kwargs: Mapping[str, Any]) -> ProcessorConfig:
             values[key] = value
         elif key not in ("statistics", "embodiment_id_mapping"):
             extra[key] = value
+    _refuse_near_miss_keys(extra)
     absent = [key for key in ABSENT_KEY_DEFAULTS if key not in kwargs]
     if absent:  # save_pretrained writes every one: these files came from elsewhere (a converter, a hand edit)
         logger.warning("processor_kwargs lacks %s; taking the reference processor's defaults for them (%s), as its "
@@ -247,6 +254,26 @@ def processor_config_from_kwargs(kwargs: Mapping[str, Any]) -> ProcessorConfig:
     _validate_horizons(config)
     _check_image_transform(config)
     return config
+
+
+_warned_unknown_keys: set = set()  # once per process, not at each load of the same checkpoint
+
+
+def _refuse_near_miss_keys(extra: Mapping[str, Any]) -> None:
+    """A key that is a near miss of a known processor_kwargs key is a typo (the field it meant would silently keep
+    its value: the reference processor fails on it); other unknown keys are kept and warned about once."""
+    known = sorted({*_SCALAR_FIELDS, *_TRAINING_PROCESSOR_KEYS, "modality_configs"})
+    unknown = sorted(key for key in extra if key not in _TRAINING_PROCESSOR_KEYS and not str(key).startswith("_"))
+    for key in unknown:
+        close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.85)
+        if close:
+            raise ValueError(f"processor_kwargs has unknown key {key!r} (did you mean {close[0]!r}?); the reference "
+                             f"processor refuses it, and {close[0]!r} would not take its value")
+    new = [key for key in unknown if key not in _warned_unknown_keys]
+    if new:
+        _warned_unknown_keys.update(new)
+        logger.warning("processor_kwargs has keys this server does not know: %s; they are ignored (the reference "
+                       "processor may refuse them)", ", ".join(map(str, new)))
 
 
 def _warn_relative_keys_decoded_absolute(modality_configs: Mapping[str, Mapping[str, ModalityConfig]]) -> None:

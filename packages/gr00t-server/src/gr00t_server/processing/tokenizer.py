@@ -83,6 +83,7 @@ def load_tokenizer(folder: Union[str, Path]) -> Any:
             f"tokenizer_config.json is missing from the tokenizer folder {folder}; it must hold the backbone's "
             f"tokenizer_config.json beside tokenizer.json (copy both, and the chat template, from the backbone)"
         )
+    _refuse_missing_vocabulary(folder)
     _refuse_unreadable_files(folder)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
@@ -149,6 +150,19 @@ def _read_text(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path} is not UTF-8 text: {exc}") from None
+
+
+def _refuse_missing_vocabulary(folder: Path) -> None:
+    """TokenizerNotFoundError naming the missing files when `folder` has neither tokenizer.json nor vocab.json and
+    merges.txt to build it from: transformers failed with "expected str, bytes or os.PathLike object, not NoneType"."""
+    if (folder / "tokenizer.json").is_file():
+        return
+    missing = [name for name in ("vocab.json", "merges.txt") if not (folder / name).is_file()]
+    if missing:
+        raise TokenizerNotFoundError(
+            f"tokenizer.json is missing from the tokenizer folder {folder}, and so is {' and '.join(missing)}, from "
+            f"which it could be rebuilt; copy the backbone's tokenizer.json (or its vocab.json and merges.txt) into it"
+        )
 
 
 def _refuse_unreadable_files(folder: Path) -> None:
