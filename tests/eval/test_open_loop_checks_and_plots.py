@@ -4,6 +4,7 @@ inference points. Real replay servers on loopback, real datasets, the real CLI."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -162,3 +163,83 @@ def test_the_inference_points_of_a_panel_are_one_plotted_line(tmp_path, drawn):
         assert points == ["inference point"], (title, list(lines))
         assert list(lines["inference point"][0]) == [0, 1, 2, 3, 4, 5]
         assert len(lines) <= 4  # state, recorded, predicted, inference points
+
+
+def test_modality_keys_the_policy_does_not_output_are_refused_before_overwrite_empties_the_folder(tmp_path, capsys):
+    """Checked against the dataset only: --overwrite emptied the folder and every trajectory errored on 'gripper'."""
+    dataset = make_dataset(tmp_path / "ds", lengths=(12,))
+    out = tmp_path / "out"
+    full = ReplayPolicy(dataset, execution_horizon=4)
+    with running_server(full) as server:
+        assert open_loop(dataset, server, out, "--steps", "8", "--no-plots") == 0
+    before = (out / "results.json").read_text()
+    configs = dict(full.get_modality_config())
+    configs["action"] = dataclasses.replace(configs["action"], modality_keys=["arm"])
+    capsys.readouterr()
+    with running_server(ReplayPolicy(dataset, modality_configs=configs, execution_horizon=4)) as server:
+        assert open_loop(dataset, server, out, "--steps", "8", "--no-plots", "--overwrite",
+                         "--modality-keys", "arm", "action.gripper") == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        assert "['gripper'] are not among the policy's action keys ['arm']" in err, err
+        assert (out / "results.json").read_text() == before
+        assert open_loop(dataset, server, tmp_path / "arm", "--steps", "8", "--no-plots",
+                         "--modality-keys", "action.arm") == 0
+
+
+def test_a_check_made_for_other_settings_is_refused_naming_them(tmp_path):
+    """evaluate_open_loop ran the checked config's trajectories and steps, labelled as the ones asked for."""
+    from gr00t_client import PolicyClient
+    from gr00t_eval.open_loop import OpenLoopConfig, check_open_loop_policy, evaluate_open_loop
+
+    dataset = make_dataset(tmp_path / "ds", lengths=(12, 10))
+    with running_server(ReplayPolicy(dataset, execution_horizon=4)) as server:
+        client = PolicyClient(host="127.0.0.1", port=server.port)
+        checked = check_open_loop_policy(client, OpenLoopConfig(dataset_path=str(dataset), steps=8, plot=False))
+        asked = OpenLoopConfig(dataset_path=str(dataset), traj_ids=(0, 1), steps=4, plot=False,
+                               output_dir=str(tmp_path / "out"))
+        with pytest.raises(ValueError, match=r"traj_ids: checked \[0\], given \[0, 1\]; steps: checked 8, given 4"):
+            evaluate_open_loop(client, asked, checked=checked)
+        assert not (tmp_path / "out").exists()
+        same = dataclasses.replace(asked, traj_ids=[0], steps=8)  # another output_dir is this check's run
+        assert sorted(evaluate_open_loop(client, same, checked=checked, progress=False).trajectories) == [0]
+
+
+def test_a_plot_path_holding_another_runs_plot_is_refused_naming_the_file(tmp_path, capsys):
+    """Run B (another --output-dir, the same --save-plot-path) replaced run A's plot, which A's results.json names."""
+    pytest.importorskip("matplotlib")
+    dataset = make_dataset(tmp_path / "ds", lengths=(12,))
+    plot_dir = tmp_path / "plots"
+    with running_server(ReplayPolicy(dataset, execution_horizon=4)) as server:
+        assert open_loop(dataset, server, tmp_path / "a", "--steps", "8", "--save-plot-path", f"{plot_dir}/") == 0
+        named = Path(results(tmp_path / "a")["trajectories"]["0"]["plot_path"])
+        drawn_by_a = named.read_bytes()
+        capsys.readouterr()
+        assert open_loop(dataset, server, tmp_path / "b", "--steps", "4", "--save-plot-path", f"{plot_dir}/") == 2
+        assert f"would replace {plot_dir / 'traj_0.jpeg'}, which is there already" in capsys.readouterr().err
+        assert named.read_bytes() == drawn_by_a and not (tmp_path / "b").exists()
+        single = tmp_path / "single.png"
+        assert open_loop(dataset, server, tmp_path / "c", "--steps", "4", "--save-plot-path", str(single)) == 0
+        assert open_loop(dataset, server, tmp_path / "d", "--steps", "4", "--save-plot-path", str(single)) == 2
+        assert f"would replace {single}" in capsys.readouterr().err
+        # the run's own --output-dir is its own to write in (an --overwrite run empties it first)
+        own = tmp_path / "own"
+        assert open_loop(dataset, server, own, "--steps", "4", "--save-plot-path", f"{own}/") == 0
+        assert open_loop(dataset, server, own, "--steps", "4", "--save-plot-path", f"{own}/", "--overwrite") == 0
+        # run A again with --overwrite: the plot its own earlier results.json names is its own to replace
+        capsys.readouterr()
+        assert open_loop(dataset, server, tmp_path / "a", "--steps", "4", "--save-plot-path", f"{plot_dir}/",
+                         "--overwrite") == 0, capsys.readouterr().err
+        assert results(tmp_path / "a")["trajectories"]["0"]["steps"] == 4
+
+
+def test_results_json_names_the_plot_path_absolute(tmp_path, monkeypatch):
+    """dataset_path and output_dir were made absolute; plot_path stayed relative to an unrecorded directory."""
+    pytest.importorskip("matplotlib")
+    make_dataset(tmp_path / "ds", lengths=(8,))
+    monkeypatch.chdir(tmp_path)
+    with running_server(ReplayPolicy(tmp_path / "ds", execution_horizon=4)) as server:
+        assert open_loop("ds", server, "out", "--steps", "4", "--save-plot-path", "figs/plot.png") == 0
+        assert open_loop("ds", server, "out2", "--steps", "4", "--save-plot-path", "folder/") == 0
+    assert results(tmp_path / "out")["config"]["plot_path"] == str(tmp_path.resolve() / "figs" / "plot.png")
+    assert results(tmp_path / "out2")["config"]["plot_path"] == f"{tmp_path.resolve() / 'folder'}/"

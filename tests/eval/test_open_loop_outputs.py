@@ -77,9 +77,9 @@ def test_a_dated_directory_taken_in_the_same_second_gets_a_numbered_sibling(tmp_
 # --- --save-plot-path -----------------------------------------------------------------------------------------
 
 
-def open_loop_plotted(dataset, server, out, plot_path, *traj_ids):
+def open_loop_plotted(dataset, server, out, plot_path, *traj_ids_and_flags):
     return cli.main(["open-loop", "--dataset-path", str(dataset), "--port", str(server.port), "--output-dir", str(out),
-                     "--execution-horizon", "4", "--save-plot-path", str(plot_path), "--traj-ids", *traj_ids])
+                     "--execution-horizon", "4", "--save-plot-path", str(plot_path), "--traj-ids", *traj_ids_and_flags])
 
 
 def plot_paths(out) -> dict:
@@ -280,11 +280,12 @@ def test_a_stop_while_a_plot_is_saved_leaves_the_earlier_plot_whole_and_results_
     plot = tmp_path / "plots" / "p.jpeg"
     assert open_loop_plotted(dataset, server, tmp_path / "first", plot, "0") == 0
     earlier = plot.read_bytes()
+    # the same run again (--overwrite of its own --output-dir): the plot its results.json names is its own to replace
     with jpeg_saves_stopped_part_way():
-        assert open_loop_plotted(dataset, server, tmp_path / "second", plot, "0") == 130
+        assert open_loop_plotted(dataset, server, tmp_path / "first", plot, "0", "--overwrite") == 130
     assert plot.read_bytes() == earlier
     assert sorted(path.name for path in plot.parent.iterdir()) == ["p.jpeg"]  # no temporary left
-    data = json.loads((tmp_path / "second" / "results.json").read_text())
+    data = json.loads((tmp_path / "first" / "results.json").read_text())
     assert data["status"] == "interrupted" and data["trajectories"]["0"]["plot_path"] is None
     assert data["trajectories"]["0"]["plot_error"] == f"{plot}: not written: the run was stopped (Ctrl-C/SIGTERM) while it was drawn"
 

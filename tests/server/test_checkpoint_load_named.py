@@ -50,6 +50,29 @@ def test_training_only_processor_keys_load_and_another_unknown_key_is_warned_abo
     assert not any("random_rotation_angle" in record.getMessage() for record in caplog.records)
 
 
+def test_an_unknown_key_more_than_two_edits_from_a_known_one_is_warned_about_not_refused(copy_of, caplog):
+    # action_horizon (a key of other configs) was refused as a near miss of max_action_horizon.
+    from gr00t_server.processing import load_processor_config
+
+    checkpoint = copy_of()
+    _edit_json(checkpoint / "processor_config.json",
+               lambda data: data["processor_kwargs"].update(action_horizon=16, transformers_loading_kwargs={}))
+    with caplog.at_level(logging.WARNING):
+        config = load_processor_config(checkpoint)
+    assert config.extra["action_horizon"] == 16
+    assert any("action_horizon" in record.getMessage() for record in caplog.records)
+    assert not any("transformers_loading_kwargs" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize("typo, meant", [("max_action_horizno", "max_action_horizon"),
+                                         ("max_acton_horizn", "max_action_horizon")])
+def test_a_key_one_swap_or_two_edits_from_a_known_one_is_refused_as_its_typo(copy_of, serve_error, typo, meant):
+    checkpoint = copy_of()
+    _edit_json(checkpoint / "processor_config.json", lambda data: data["processor_kwargs"].update({typo: 16}))
+    err = serve_error(checkpoint)
+    assert f"processor_kwargs has unknown key {typo!r} (did you mean {meant!r}?)" in err, err
+
+
 # --- hub ids -------------------------------------------------------------------------------------------------
 
 
@@ -179,3 +202,19 @@ def test_an_action_horizon_beyond_max_seq_len_is_named_in_config_json(copy_of, s
     err = serve_error(checkpoint)
     assert f"{checkpoint / 'config.json'}: config field 'action_horizon': action_horizon " in err, err
     assert "exceeds max_seq_len 8" in err, err
+
+
+def test_a_built_in_tag_the_checkpoint_spells_in_two_cases_is_refused_naming_both_spellings(copy_of, serve_error):
+    # It said 'NEW_EMBODIMENT' was not supported while listing it among the supported tags.
+    checkpoint = copy_of()
+
+    def respell(data, other=lambda value: value):
+        value = data.pop("new_embodiment")
+        data.update(New_Embodiment=value, NEW_EMBODIMENT=other(value))
+
+    _edit_json(checkpoint / "processor_config.json", lambda data: respell(data["processor_kwargs"]["modality_configs"]))
+    _edit_json(checkpoint / "statistics.json", respell)
+    _edit_json(checkpoint / "embodiment_id.json", lambda data: respell(data, lambda value: value - 1))
+    err = serve_error(checkpoint)
+    assert "'NEW_EMBODIMENT' and 'New_Embodiment'; give one exactly: they differ only in case" in err, err
+    assert "is not supported" not in err, err

@@ -61,8 +61,8 @@ class EmbodimentTag(Enum):
 def resolve_tag(tag: Union[EmbodimentTag, str], supported: Sequence[str],
                 owner: str = "this checkpoint") -> Tuple[Union[EmbodimentTag, str], str]:
     """(tag object for messages, tag value) for a tag as given against the tags `owner` has (`supported`): one of
-    them exactly, else a built-in tag by any spelling (one of them when it spells that tag's value in another case),
-    else one of them by case when the spelling names only one."""
+    them exactly, else a built-in tag by any spelling (one of them when it spells that tag's value in another case;
+    ValueError when several do), else one of them by case when the spelling names only one."""
     if isinstance(tag, str) and tag.strip() in supported:
         try:
             return EmbodimentTag.resolve(tag), tag.strip()
@@ -80,6 +80,10 @@ def resolve_tag(tag: Union[EmbodimentTag, str], supported: Sequence[str],
         folded = [value for value in supported if value.casefold() == resolved.value.casefold()]
         if len(folded) == 1:
             return folded[0], folded[0]
+        if folded:  # which of them is this server's tag cannot be told: each may map to another embodiment id
+            raise ValueError(f"tag {tag.strip() if isinstance(tag, str) else resolved.value!r} is the built-in tag "
+                             f"{resolved.value!r}, which {owner} spells {' and '.join(map(repr, sorted(folded)))}; "
+                             "give one exactly: they differ only in case")
     return resolved, resolved.value
 
 

@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "most 16; --action-horizon is an alias)")
     p.add_argument(*_flag("action-horizon"), dest="execution_horizon", type=int, default=argparse.SUPPRESS,
                    action=_HorizonFlag, help=argparse.SUPPRESS)
-    p.add_argument(*_flag("modality-keys"), nargs="+", default=None, help="action keys to compare and plot (default: all)")
+    p.add_argument(*_flag("modality-keys"), nargs="+", default=None, help="action keys to compare and plot, ones both the dataset and the policy have (default: all)")
     p.add_argument(*_flag("output-dir"), type=user_path, default=None,
                    help=f"plots traj_{{id}}.jpeg, {OPEN_LOOP_RUN_FILENAME} and results.json; must be empty or new "
                         f"(default: a new dated directory {DEFAULT_OPEN_LOOP_BASE}/YYYY-MM-DD/HH-MM-SS_<dataset>). "
@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                         ".png, .pdf, ...; with several, PATH_traj{id}.SUFFIX), or the plots to a directory PATH as "
                         "traj_{id}.jpeg (default OUTPUT_DIR/traj_{id}.jpeg); needs matplotlib (gr00t-eval[plots]); checked before "
                         "connecting by writing a trial plot in that format; a folder holding another run's results.json "
-                        "or live claim is refused")
+                        "or live claim, or a plot file this run would write, is refused unless it is --output-dir "
+                        "(--overwrite empties only --output-dir)")
     p.add_argument(*_flag("denoising-steps"), type=int, default=None, metavar="N",
                    help="flow-matching denoising steps, sent to the server as options['denoising_steps'] (server default if unset); "
                         "a server that is not a gr00t-server, or a replay (serve --dataset-path), cannot apply it: warned, not "

@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import logging
 import math
+import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -293,7 +294,8 @@ def check_open_loop_output_dir(output_dir: str) -> None:
 @dataclass(frozen=True)
 class CheckedPolicy:
     """What a run learns of the policy before any trajectory (check_open_loop_policy): the settings resolved against
-    it (observation format, embodiment, execution horizon, modality keys), what it serves, and the dataset."""
+    it (observation format, embodiment, execution horizon, modality keys), what it serves, and the dataset;
+    `asked`: the config the check was made for (evaluate_open_loop refuses it for another)."""
 
     config: OpenLoopConfig
     info: Any
@@ -301,13 +303,20 @@ class CheckedPolicy:
     not_applied: Dict[str, Any]
     configs: Mapping[str, ModalityConfig]
     dataset: LeRobotDataset
+    asked: OpenLoopConfig
 
 
 def check_open_loop_policy(policy: BasePolicy, config: OpenLoopConfig,
                            report: Callable[[str], None] = logger.info) -> CheckedPolicy:
     """Ask the policy what it serves and check the run's settings against it and the dataset, before any trajectory:
-    ValueError for an execution horizon it cannot serve, another embodiment, or action keys the dataset lacks (the
-    CLI checks this before it empties an --overwrite folder, so a refused run leaves the earlier results there)."""
+    ValueError for an execution horizon it cannot serve, another embodiment, or action keys the dataset or the policy
+    lacks (the CLI checks this before it empties an --overwrite folder, so a refused run leaves the earlier results
+    there)."""
+    asked = config
+    if config.plot and config.plot_path is not None:  # another run's plots would be replaced (before the CLI's claim
+        from .plots import check_plot_folder_free  # empties its --output-dir, whose results.json names its own plots)
+
+        check_plot_folder_free(config.plot_path, config.output_dir, traj_ids=config.traj_ids)
     info = server_info(policy)  # asked once: the observation format, the policy record and the pin all come from it
     observation_format = resolve_observation_format(info, config.observation_format, policy)
     config = dataclasses.replace(config, observation_format=observation_format)
@@ -325,9 +334,32 @@ def check_open_loop_policy(policy: BasePolicy, config: OpenLoopConfig,
     dataset = LeRobotDataset(config.dataset_path)
     if config.modality_keys:  # a key the dataset lacks fails here, before results.json, not in every trajectory
         config = dataclasses.replace(config, modality_keys=dataset_action_keys(config.modality_keys, dataset.action_keys))
+        _check_modality_keys_served(list(config.modality_keys), list(configs["action"].modality_keys))
     else:  # the policy's keys: once here, not as an aborted run in the first trajectory
         _check_policy_action_keys(list(configs["action"].modality_keys), list(dataset.action_keys))
-    return CheckedPolicy(config, info, served, not_applied, configs, dataset)
+    return CheckedPolicy(config, info, served, not_applied, configs, dataset, asked)
+
+
+def _check_modality_keys_served(keys: List[str], policy_keys: List[str]) -> None:
+    """ValueError naming the policy's action keys when it lacks some of the modality_keys (--modality-keys) asked for,
+    each by its own name or its flat spelling `action.<key>`: every trajectory errored on it."""
+    served = {key[len("action."):] if key.startswith("action.") else key for key in policy_keys}
+    missing = [key for key in keys if key not in served]
+    if missing:
+        raise ValueError(f"modality_keys (--modality-keys) {missing} are not among the policy's action keys "
+                         f"{policy_keys}; expected keys the policy outputs (and the dataset has)")
+
+
+def _refuse_other_check(checked: CheckedPolicy, config: OpenLoopConfig) -> None:
+    """ValueError naming the settings in which `config` differs from the one `checked` was made for (output_dir
+    aside): the run would evaluate the settings checked, not the ones asked for."""
+    differing = [f.name for f in dataclasses.fields(OpenLoopConfig) if f.name != "output_dir"
+                 and getattr(checked.asked, f.name) != getattr(config, f.name)]
+    if differing:
+        shown = "; ".join(f"{name}: checked {getattr(checked.asked, name)!r}, given {getattr(config, name)!r}"
+                          for name in differing)
+        raise ValueError(f"checked was made for another config ({shown}); expected check_open_loop_policy's answer "
+                         "for this config (output_dir aside): check it again with this config")
 
 
 def _check_policy_action_keys(policy_keys: List[str], dataset_keys: List[str]) -> None:
@@ -360,14 +392,13 @@ def evaluate_open_loop(
     folder again and report a run that is not there. `claim` names a file in it that must stay there (the CLI's run
     claim); with None, the run writes its own hidden `.open_loop_watch_<token>` file there and removes it once the
     folder is checked before results.json (a run that ends otherwise, a crash, may leave it: it holds nothing).
-    `checked`: check_open_loop_policy's answer for this policy and config, when the caller asked it already.
+    `checked`: check_open_loop_policy's answer for this policy and config, when the caller asked it already; one made
+    for another config (output_dir aside) is refused with ValueError naming the settings that differ.
     """
     if config.output_dir is not None:  # before any query
         check_open_loop_output_dir(config.output_dir)
-    if config.plot and config.plot_path is not None:  # another run's folder: its plots would be replaced
-        from .plots import check_plot_folder_free
-
-        check_plot_folder_free(config.plot_path, config.output_dir)
+    if checked is not None:
+        _refuse_other_check(checked, config)
     checked = checked or check_open_loop_policy(policy, config, report)
     hint_for = functools.partial(format_hint, checked.info, config.observation_format)  # the form asked, not resolved
     config = dataclasses.replace(checked.config, output_dir=config.output_dir)
@@ -476,6 +507,9 @@ def evaluate_open_loop(
     # absolute: results.json does not record the working directory relative paths were given in
     run_config.update(dataset_path=str(Path(config.dataset_path).resolve()),
                       output_dir=str(Path(config.output_dir).resolve()))
+    if config.plot_path is not None:  # a folder keeps its trailing '/', which says it is one (plots.is_plot_folder)
+        run_config["plot_path"] = str(Path(config.plot_path).resolve()) + (
+            os.sep if config.plot_path.endswith(("/", os.sep)) else "")
     try:
         check_output_folder()  # results.json written into a vanished folder would make it again
     except OutputFolderGone as gone:

@@ -81,7 +81,7 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
 
         try:
             check_plot_path(args.save_plot_path, "--save-plot-path", args.traj_ids)
-            check_plot_folder_free(args.save_plot_path, args.output_dir, "--save-plot-path")
+            check_plot_folder_free(args.save_plot_path, args.output_dir, "--save-plot-path", args.traj_ids)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     try:  # mistakes in the flags fail before any connection is made or directory created

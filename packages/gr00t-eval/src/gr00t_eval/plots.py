@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import tempfile
 import textwrap
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
@@ -51,10 +52,13 @@ def check_plot_path(path: str, name: str = "plot_path", traj_ids: Sequence[int] 
     _check_format_written(suffix, path, name)
 
 
-def check_plot_folder_free(path: str, output_dir: Optional[str], name: str = "plot_path") -> None:
-    """ValueError when the folder the plots of `path` go in holds another run's results.json, or is claimed by a run
-    still running, unless it is `output_dir` (this run's own): this run's plots would replace that run's, which its
-    results.json names."""
+def check_plot_folder_free(path: str, output_dir: Optional[str], name: str = "plot_path",
+                           traj_ids: Sequence[int] = ()) -> None:
+    """ValueError when the folder the plots of `path` go in holds another run's results.json, is claimed by a run
+    still running, or holds a plot file of `traj_ids` already, unless it is `output_dir` (this run's own) or the plot
+    file is one the results.json in `output_dir` names (the earlier run there, which --overwrite replaces): this run's
+    plots would replace another run's, which its results.json (in its own output folder) names. An earlier plot of
+    another run is removed by hand, or another plot path given."""
     from .output_files import OutputDirError
     from .results import RESULTS_FILENAME
     from .run_claim import refuse_live_claims
@@ -70,6 +74,31 @@ def check_plot_folder_free(path: str, output_dir: Optional[str], name: str = "pl
         raise ValueError(f"{name} {path}: the plot folder {folder} holds another run's {RESULTS_FILENAME}, whose plots "
                          "this run's would replace; expected a folder no other run wrote (a new one, or this run's "
                          "--output-dir)")
+    own = _plots_named_in(output_dir)  # the same command run again with --overwrite replaces its own plots
+    for traj_id in traj_ids:
+        plot = (folder / f"traj_{traj_id}{DEFAULT_PLOT_SUFFIX}" if is_plot_folder(path)
+                else trajectory_plot_file(path, traj_id, len(traj_ids)))
+        if plot.is_file() and plot.resolve() not in own:  # something else there fails only its plot, when drawn
+            raise ValueError(f"{name} {path}: the plot of trajectory {traj_id} would replace {plot}, which is there "
+                             "already (an earlier run's, which its results.json names); expected a plot path with no "
+                             "plot of these trajectories (a new one, or this run's --output-dir): remove that file or "
+                             "give another (--overwrite empties only --output-dir)")
+
+
+def _plots_named_in(output_dir: Optional[str]) -> Set[Path]:
+    """The plot files the open-loop results.json in `output_dir` names (resolved; relative ones, as runs before
+    absolute paths wrote them, against the working directory); empty when there is none or it cannot be read."""
+    from .results import RESULTS_FILENAME
+
+    if output_dir is None:
+        return set()
+    try:
+        results = json.loads((Path(output_dir) / RESULTS_FILENAME).read_text(encoding="utf-8"))
+        entries = results.get("trajectories") or {}
+        return {Path(entry["plot_path"]).resolve() for entry in entries.values()
+                if isinstance(entry, dict) and isinstance(entry.get("plot_path"), str)}
+    except (OSError, ValueError, AttributeError):
+        return set()
 
 
 def trajectory_plot_file(path: str, traj_id: int, n_trajectories: int) -> Path:

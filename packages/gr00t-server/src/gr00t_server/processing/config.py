@@ -39,6 +39,10 @@ _TRAINING_PROCESSOR_KEYS = frozenset(
     {"random_rotation_angle", "color_jitter_params", "use_albumentations_transforms", "extra_augmentation_config",
      "state_dropout_prob"}
 )
+# Keys the reference's from_pretrained adds to processor_kwargs itself: accepted silently.
+_INJECTED_KEYS = frozenset({"transformers_loading_kwargs"})
+# A key at most this many edits (a swap counts one) from a known one, and close to it by difflib, is a typo of it.
+MAX_TYPO_EDITS = 2
 _LEGACY_MODALITY_KEYS = frozenset({"normalization_mode", "exclude_state", "normalize_rotation"})
 _MODALITY_FIELDS = frozenset(
     {"delta_indices", "modality_keys", "sin_cos_embedding_keys", "mean_std_embedding_keys", "action_configs"}
@@ -260,12 +264,16 @@ _warned_unknown_keys: set = set()  # once per process, not at each load of the s
 
 
 def _refuse_near_miss_keys(extra: Mapping[str, Any]) -> None:
-    """A key that is a near miss of a known processor_kwargs key is a typo (the field it meant would silently keep
-    its value: the reference processor fails on it); other unknown keys are kept and warned about once."""
+    """A key that is a near miss of a known processor_kwargs key (close by difflib and at most
+    MAX_TYPO_EDITS edits from it) is a typo (the field it meant would silently keep its value: the reference processor
+    fails on it); other unknown keys are kept and warned about once (`action_horizon` is no typo of
+    `max_action_horizon`)."""
     known = sorted({*_SCALAR_FIELDS, *_TRAINING_PROCESSOR_KEYS, "modality_configs"})
-    unknown = sorted(key for key in extra if key not in _TRAINING_PROCESSOR_KEYS and not str(key).startswith("_"))
+    unknown = sorted(key for key in extra if key not in _TRAINING_PROCESSOR_KEYS and key not in _INJECTED_KEYS
+                     and not str(key).startswith("_"))
     for key in unknown:
-        close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.85)
+        close = [match for match in difflib.get_close_matches(str(key), known, n=3, cutoff=0.85)
+                 if _edit_distance(str(key), match) <= MAX_TYPO_EDITS][:1]
         if close:
             raise ValueError(f"processor_kwargs has unknown key {key!r} (did you mean {close[0]!r}?); the reference "
                              f"processor refuses it, and {close[0]!r} would not take its value")
@@ -274,6 +282,20 @@ def _refuse_near_miss_keys(extra: Mapping[str, Any]) -> None:
         _warned_unknown_keys.update(new)
         logger.warning("processor_kwargs has keys this server does not know: %s; they are ignored (the reference "
                        "processor may refuse them)", ", ".join(map(str, new)))
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """Damerau-Levenshtein distance (optimal string alignment): insertions, deletions, substitutions and swaps of
+    two neighbouring characters count 1 each."""
+    previous, row = None, list(range(len(b) + 1))
+    for i, char_a in enumerate(a, 1):
+        current = [i] + [0] * len(b)
+        for j, char_b in enumerate(b, 1):
+            current[j] = min(row[j] + 1, current[j - 1] + 1, row[j - 1] + (char_a != char_b))
+            if previous is not None and i > 1 and j > 1 and char_a == b[j - 2] and a[i - 2] == char_b:
+                current[j] = min(current[j], previous[j - 2] + 1)
+        previous, row = row, current
+    return row[-1]
 
 
 def _warn_relative_keys_decoded_absolute(modality_configs: Mapping[str, Mapping[str, ModalityConfig]]) -> None:
