@@ -560,6 +560,21 @@ def test_the_reader_refuses_a_meta_a_kill_left_half_renamed_naming_the_leftover_
     assert "record --overwrite" in message, message
 
 
+def test_the_reader_refuses_a_meta_an_earlier_writer_left_half_renamed_under_visible_names(tmp_path):
+    # record versions before the hidden names staged NAME.tmp / NAME.prev: the same half-renamed meta/ opened silently
+    from gr00t_eval.dataset import DatasetError
+
+    root = tmp_path / "ds"
+    _kill_during_third_meta_rewrite(root, ".episodes.jsonl.tmp")
+    for path in [*(root / "meta").glob(".*.tmp"), *(root / "meta").glob(".*.prev")]:
+        path.rename(path.with_name(path.name[1:]))
+    with pytest.raises(DatasetError) as refused:
+        LeRobotDataset(root)
+    message = str(refused.value)
+    assert "episodes.jsonl.tmp" in message and "stats.json.prev" in message, message
+    assert ".episodes.jsonl.tmp" not in message, message
+
+
 def test_overwriting_a_killed_recording_leaves_no_temporary_meta_file(tmp_path):
     root = tmp_path / "ds"
     _kill_during_third_meta_rewrite(root, ".episodes.jsonl.tmp")

@@ -279,3 +279,23 @@ def test_a_dangling_symlink_as_output_is_named_with_its_missing_target(tmp_path)
     line = result.stderr.strip().splitlines()[-1]
     assert f"--output {link} is a symbolic link to {target}, which does not exist" in line, line
     assert "Traceback" not in result.stderr and not target.exists()
+
+
+def test_a_dangling_symlink_as_a_parent_of_output_is_named_with_its_missing_target(tmp_path):
+    import subprocess
+    import sys
+
+    link = tmp_path / "datasets"
+    target = tmp_path / "unmounted_disk"
+    link.symlink_to(target)
+    output = link / "reach"
+    result = subprocess.run(
+        [sys.executable, "-m", "gr00t_eval.cli", "record", "--env-name", "metaworld/reach-v3", "--episodes", "1",
+         "--output", str(output), "--max-episode-steps", "5"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    line = result.stderr.strip().splitlines()[-1]
+    assert "File exists" not in line, line
+    assert f"--output {output} is inside {link}, a symbolic link to {target}, which does not exist" in line, line
+    assert "Traceback" not in result.stderr and not target.exists()

@@ -223,6 +223,22 @@ def test_one_slow_first_get_action_errors_only_its_own_episode(tmp_path, monkeyp
     assert results["overall"]["n_episodes"] == 3
 
 
+def test_one_slow_first_get_action_with_sync_client_chunking_errors_only_its_own_episode(tmp_path, monkeypatch):
+    """The request the server did not run after a cold first call was asked once more only without client chunking:
+    with `--client-chunking sync` (no prefetch, its buffers untouched by a failed request) a second episode errored."""
+    from gr00t_server.serving import batching
+
+    monkeypatch.setattr(batching, "PROBE_AFTER_IDLE_S", 60.0)  # the rollout never leaves the server idle for a probe
+    out = tmp_path / "out"
+    with policy_server(SlowCalls(1.5, slow_calls=1)) as server:
+        main(["rollout", "--env-name", "walkto/fast", "--policy-client-port", str(server.port), "--output-dir", str(out),
+              "--timeout-ms", "1000", "--n-episodes", "4", "--seed", "0", "--client-chunking", "sync", *SMALL])
+    results = read(out / "results.json")
+    assert results["status"] == "complete"
+    assert [e["episode_index"] for e in results["per_episode"] if e["error"]] == [0]
+    assert results["overall"]["n_episodes"] == 3
+
+
 def test_a_policy_too_slow_for_every_request_ends_the_run_aborted_with_its_resume_command(tmp_path, capsys):
     """Every call takes 0.6 s against a 400 ms timeout: each episode's get_action timed out or was refused unrun, but
     the successful reset before each episode zeroed the count of failures in a row, so every episode errored and the

@@ -306,6 +306,27 @@ def test_a_client_refused_after_a_cold_first_call_is_served_from_its_next_reques
     assert policy.calls == [[1.0], [3.0], [4.0]]
 
 
+def test_a_client_whose_timeout_is_shorter_than_every_call_has_few_of_its_requests_run_after_it_gave_up(monkeypatch):
+    """A probe after each refusal ran every other request of a client whose 20 ms timeout is shorter than every call
+    (100 ms): each call was wasted (it had given up) and delayed the others. A probe whose call is as slow again now
+    doubles the refusals needed before the next, so of 20 such requests at most a few run."""
+    from gr00t_server.serving import batching
+
+    monkeypatch.setattr(batching, "PROBE_AFTER_IDLE_S", 60.0)  # no idle probe: only the refusals count
+    policy = TurnRecorder(call_s=0.1, hold_first=False)
+    with running_server(policy, inline_below_ms=0) as server:
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=2000, strict=False) as patient:
+            patient.get_action(state(1000.0))  # measured: calls take 100 ms
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=20, strict=False) as hasty:
+            for value in range(1, 21):
+                with pytest.raises(PolicyTimeoutError):
+                    hasty.get_action(state(float(value)))
+                time.sleep(0.15)  # a call it gave up on has ended before its next request: none is refused unseen
+    run_after_giving_up = [values for values in policy.calls if values != [1000.0]]
+    # probes after 1, 2, 4 and 8 refusals: requests 2, 5, 10 and 19 (it was 10 of the 20)
+    assert len(run_after_giving_up) <= 5, run_after_giving_up
+
+
 def test_a_lone_one_row_request_is_not_refused_on_the_word_of_larger_batches():
     """An evaluation's batch-8 calls took 240 ms; a robot's 1-row calls take 30 ms and its timeout is 200 ms. Every
     robot request was refused: 'the fastest recent call' was a batch of 8. A call of 1 row takes at least its share."""

@@ -96,8 +96,12 @@ def record_metaworld(
     from .run_stop import check_folder_kept, folder_identity, sigterm_as_interrupt
 
     output_path = Path(output).absolute()  # as DatasetWriter takes it
-    if output_path.is_symlink() and not output_path.exists():  # mkdir said only '[Errno 17] File exists'
-        raise FileNotFoundError(f"--output {output} is a symbolic link to {os.readlink(output_path)}, which does not "
+    # mkdir said only '[Errno 17] File exists', for a dangling link as --output and as one of its parents alike
+    dangling = next((path for path in (output_path, *output_path.parents) if path.is_symlink() and not path.exists()),
+                    None)
+    if dangling is not None:
+        where = "is a" if dangling == output_path else f"is inside {dangling}, a"
+        raise FileNotFoundError(f"--output {output} {where} symbolic link to {os.readlink(dangling)}, which does not "
                                 "exist; make that folder (or mount it), or name another --output")
     if output_path.exists() and not output_path.is_dir():
         raise FileExistsError(f"{output} exists and is not a directory")

@@ -27,11 +27,12 @@ DEFAULT_FPS = 30
 def _check_meta_commit_whole(meta_dir: Path) -> None:
     """DatasetError when meta/ holds the leftovers of a rewrite stopped part-way through its renames (kill -9): a kept
     `.NAME.prev` whose staged `.NAME.tmp` was renamed into place beside another `.NAME.tmp` still waiting, so some
-    meta files are the new ones and some the old (stats.json counting an episode episodes.jsonl does not list)."""
+    meta files are the new ones and some the old (stats.json counting an episode episodes.jsonl does not list). Earlier
+    `gr00t-eval record` versions staged them as visible `NAME.tmp` / `NAME.prev`: both spellings count."""
     if not meta_dir.is_dir():
         return
-    staged = [path for path in meta_dir.rglob(".*.tmp") if path.is_file()]
-    renamed = [path for path in meta_dir.rglob(".*.prev")
+    staged = [path for path in meta_dir.rglob("*.tmp") if path.is_file()]
+    renamed = [path for path in meta_dir.rglob("*.prev")
                if path.is_file() and not path.with_name(path.name[:-len(".prev")] + ".tmp").exists()]
     if staged and renamed:
         left = ", ".join(sorted(str(path.relative_to(meta_dir)) for path in [*staged, *renamed]))

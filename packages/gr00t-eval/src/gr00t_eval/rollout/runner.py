@@ -325,11 +325,12 @@ class RolloutRunner:
     def _act_once_more_if_not_run(self, policy: PositionCheckedPolicy, observation: Dict[str, Any],
                                   action_space: gym.spaces.Dict) -> Tuple[Dict[str, np.ndarray], Mapping[str, Any]]:
         """`_act`, asked once more when the server did not run the request (DeadlineNotRunError): the envs have not
-        moved, and a server refuses on the word of a slow call (a cold start's) only until its next request, a probe."""
+        moved, and a server refuses on the word of a slow call (a cold start's) only until its next request, a probe.
+        A sync chunker asks only for rows with no step left and keeps its buffers as they were when a request fails."""
         try:
             return self._act(policy, observation, action_space)
         except DeadlineNotRunError as exc:
-            if self.chunker is not None:  # its buffers and prefetch are its own: the episodes error as before
+            if self.chunker is not None and self.chunker.asynchronous:  # its prefetch is its own: the episodes error
                 raise
             logger.warning("the policy server did not run a get_action (%s); asking once more", exc)
             return self._act(policy, observation, action_space)

@@ -125,10 +125,11 @@ class JobRunner(ReplyFrames):
             least = self._least_call_seconds(request, rows, now)
             if request.expired(now, least):
                 replies.append(self._expired_reply(request, rows, now, least))
-                if request.deadline is not None and request.deadline - request.received_at < least:
+                whole_timeout_s = None if request.deadline is None else request.deadline - request.received_at
+                if whole_timeout_s is not None and whole_timeout_s < least:
                     # its client's whole timeout is shorter than recent calls: only a call can tell whether calls still
-                    # take that long (a cold start's did once), so the next get_action runs as a probe
-                    self._window.note_refused()
+                    # take that long (a cold start's did once), so a later get_action runs as a probe
+                    self._window.note_refused(rows, whole_timeout_s)
             else:
                 live.append(request)
         return live
