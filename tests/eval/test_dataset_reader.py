@@ -367,6 +367,57 @@ def test_check_data_files_refuses_a_modality_slice_past_its_columns_declared_wid
         "declares 4 values wide (features.action.shape [4]); expected a slice within [0:4]")
 
 
+def slice_past_the_data(root, shape):
+    """modality.json reads 'gripper' from [3:5] of the 4-wide 'action' column; info.json declares `shape` (None:
+    none)."""
+    modality_path, info_path = root / "meta" / "modality.json", root / "meta" / "info.json"
+    modality = json.loads(modality_path.read_text())
+    modality["action"]["gripper"] = {"start": 3, "end": 5}
+    modality_path.write_text(json.dumps(modality))
+    info = json.loads(info_path.read_text())
+    info["features"]["action"].pop("names", None)
+    if shape is None:
+        del info["features"]["action"]["shape"]
+    else:
+        info["features"]["action"]["shape"] = shape
+    info_path.write_text(json.dumps(info))
+
+
+@pytest.mark.parametrize("shape", [None, [5]], ids=["no declared shape", "declared wider than the data"])
+def test_check_data_files_refuses_a_slice_past_the_width_of_the_first_files_first_row(tmp_path, shape):
+    # The replay started and then refused every episode's reset: info.json said nothing (or 5) of the 4-wide column.
+    root = make_dataset(tmp_path / "ds", lengths=(6, 9, 4))
+    slice_past_the_data(root, shape)
+    first = root / "data" / "chunk-000" / "episode_000000.parquet"
+    with pytest.raises(DatasetError) as refused:
+        LeRobotDataset(root).check_data_files()
+    assert str(refused.value) == (
+        f"{first}: action key 'gripper' (meta/modality.json) reads [3:5] of column 'action', which holds 4 values per "
+        f"step (its first row in {first}; episode 0); expected a slice within [0:4]")
+
+
+def test_check_data_files_refuses_a_slice_past_a_fixed_size_list_columns_width_naming_the_file(tmp_path):
+    root = make_dataset(tmp_path / "ds", lengths=(6, 9, 4))
+    slice_past_the_data(root, None)
+    for path in sorted((root / "data").rglob("*.parquet")):  # the width in the schema, as LeRobot v3.0 writes it
+        table = pq.read_table(path)
+        fixed = table.column("action").cast(pa.list_(pa.float32(), 4))
+        pq.write_table(table.set_column(table.schema.get_field_index("action"), "action", fixed), path)
+    with pytest.raises(DatasetError, match=r"episode_000000.parquet: action key 'gripper' \(meta/modality.json\) reads "
+                       r"\[3:5\] of column 'action', which holds 4 values per step \(its parquet schema: "
+                       r"fixed_size_list of 4; episode 0\); expected a slice within \[0:4\]"):
+        LeRobotDataset(root).check_data_files()
+
+
+def test_check_data_files_passes_slices_within_the_datas_width_without_a_declared_shape(tmp_path):
+    root = make_dataset(tmp_path / "ds", lengths=(6, 9, 4))
+    info_path = root / "meta" / "info.json"
+    info = json.loads(info_path.read_text())
+    del info["features"]["action"]["shape"]
+    info_path.write_text(json.dumps(info))
+    LeRobotDataset(root).check_data_files()
+
+
 def constant_dataset(root, value: float):
     from gr00t_eval.dataset import DatasetWriter
 

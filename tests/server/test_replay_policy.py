@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from serving import running_server
+from serving import free_port, running_server
 
 from eval.dataset_factory import expected_actions, make_dataset
 from gr00t_client import PolicyClient, PolicyServerError
@@ -540,21 +540,57 @@ def test_a_forked_child_replays_while_another_parent_thread_was_inside_a_reset_a
         robot.join(30)
 
 
-def test_a_reset_keeping_the_episodes_of_a_session_the_server_dropped_is_refused_asking_for_episode_index(policy):
-    """reset() keeps the episode; for a session dropped (idle) its episodes were forgotten, and the rows silently
-    restarted episode 0 instead of episodes [1, 2, 1]."""
+def test_a_reset_keeping_the_episodes_of_a_session_the_server_dropped_restarts_those_episodes(policy):
+    """The server's drop message says 'call reset to start it again': reset() restarts the session's episodes [1, 2, 1]
+    at step 0 (it moved every row to episode 0, and then was refused asking for episode_index)."""
+    with running_server(policy, limits=ServerLimits(session_idle_s=0.3)) as server:
+        with PolicyClient(port=server.port, timeout_ms=5000, session_id="robot") as client:
+            client.reset({"episode_index": [1, 2, 1]})
+            client.get_action({})
+            time.sleep(0.5)
+            with pytest.raises(PolicyServerError, match="call reset to start it again"):
+                client.get_action({})
+            client.reset()
+            _, info = client.get_action({})
+    assert info["episode_index"] == [1, 2, 1] and info["current_step"] == [0, 0, 0]
+
+
+def test_a_reset_of_a_dropped_session_keeps_its_episodes_at_the_step_index_given(policy):
     with running_server(policy, limits=ServerLimits(session_idle_s=0.3)) as server:
         with PolicyClient(port=server.port, timeout_ms=5000, session_id="robot") as client:
             client.reset({"episode_index": [1, 2, 1]})
             time.sleep(0.5)
-            with pytest.raises(PolicyServerError, match=r"session 'robot' was forgotten by this replay, .*and its "
-                               r"episodes with it; reset it with options\['episode_index'\]"):
+            client.reset({"step_index": [0, 1, 2]})  # said 'episode_index has 1 entries', none sent
+            _, info = client.get_action({})
+    assert info["episode_index"] == [1, 2, 1] and info["current_step"] == [0, 1, 2]
+
+
+def test_a_session_continuing_after_a_server_restart_is_refused_a_reset_without_episode_index(dataset):
+    """The new server's replay knows nothing of the session: reset() moved rows [1, 2, 1] to episode 0, one row."""
+    configs = derive_from_dataset(dataset, action_horizon=4)
+    client = PolicyClient(port=free_port(), timeout_ms=5000, session_id="robot")
+    try:
+        with running_server(ReplayPolicy(dataset, configs, execution_horizon=2), port=client.port):
+            client.reset({"episode_index": [1, 2, 1]})
+            client.get_action({})
+        with running_server(ReplayPolicy(dataset, configs, execution_horizon=2), port=client.port):
+            with pytest.raises(PolicyServerError, match=r"session 'robot' is not known to this server \(it restarted, "
+                               r".*its episodes went with it; reset it with options\['episode_index'\]"):
                 client.reset()
-            with pytest.raises(PolicyServerError, match=r"reset it with options\['episode_index'\]"):
-                client.reset({"step_index": [0, 1, 2]})  # said 'episode_index has 1 entries', none sent
             client.reset({"episode_index": [1, 2, 1]})
             _, info = client.get_action({})
+    finally:
+        client.close()
     assert info["episode_index"] == [1, 2, 1]
+
+
+def test_a_new_clients_reset_without_episode_index_after_a_server_restart_starts_episode_0(dataset):
+    configs = derive_from_dataset(dataset, action_horizon=4)
+    with running_server(ReplayPolicy(dataset, configs, execution_horizon=2)) as server:
+        with PolicyClient(port=server.port, timeout_ms=5000, session_id="robot") as client:
+            client.reset()
+            _, info = client.get_action({})
+    assert info["episode_index"] == 0 and info["current_step"] == 0
 
 
 def test_step_index_for_rows_of_a_session_never_reset_names_the_sessions_rows_not_an_episode_index_list(policy):
@@ -608,4 +644,23 @@ def test_a_modality_slice_past_its_columns_declared_width_fails_the_start(tmp_pa
     path.write_text(json.dumps(modality))
     with pytest.raises(DatasetError, match=r"modality.json: action key 'gripper' reads \[3:5\] of column 'action', "
                        r"which .*info.json declares 4 values wide"):
+        ReplayPolicy(root)
+
+
+def test_a_modality_slice_past_its_columns_width_in_the_data_fails_the_start_without_a_declared_shape(tmp_path):
+    """info.json without the column's shape: the start passed and every reset was refused."""
+    import json
+
+    from gr00t_eval.dataset import DatasetError
+
+    root = make_dataset(tmp_path / "ds", lengths=(6, 9, 4))
+    modality_path, info_path = root / "meta" / "modality.json", root / "meta" / "info.json"
+    modality = json.loads(modality_path.read_text())
+    modality["action"]["gripper"] = {"start": 3, "end": 5}
+    modality_path.write_text(json.dumps(modality))
+    info = json.loads(info_path.read_text())
+    del info["features"]["action"]["shape"]
+    info_path.write_text(json.dumps(info))
+    with pytest.raises(DatasetError, match=r"episode_000000.parquet: action key 'gripper' \(meta/modality.json\) reads "
+                       r"\[3:5\] of column 'action', which holds 4 values per step"):
         ReplayPolicy(root)

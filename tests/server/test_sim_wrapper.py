@@ -440,3 +440,56 @@ def test_a_strict_client_refuses_an_empty_observation_to_a_flat_model_server_nam
     assert f"expected the flat keys ['video.image', 'state.arm', '{LANGUAGE_KEY}']" in str(refused.value)
     assert "'video' key (a dict)" not in str(refused.value)
     assert policy.calls == []  # refused on the robot
+
+
+@pytest.mark.parametrize("flat", [True, False], ids=["flat", "nested"])
+def test_a_strict_multipart_wire_client_sends_a_replay_server_the_empty_observation_it_takes(tmp_path, flat):
+    """wire="multipart" never asked get_server_info, so the server's kind stayed unknown and {} was refused."""
+    from gr00t_client import PolicyClient
+    from serving import running_server
+
+    root = make_dataset(tmp_path / "ds", lengths=(5,), cameras=("image",))
+    replay = ReplayPolicy(root, execution_horizon=2)
+    with running_server(Gr00tSimPolicyWrapper(replay) if flat else replay) as server:
+        with PolicyClient(port=server.port, strict=True, timeout_ms=10000, wire="multipart") as client:
+            action, info = client.get_action({})
+            assert client.server_policy_kind == "replay"
+    assert set(action) == ({"action.arm", "action.gripper"} if flat else {"arm", "gripper"})
+    assert info["current_step"] == 0
+
+
+def test_a_strict_multipart_wire_client_serves_a_server_that_refuses_get_server_info():
+    from gr00t_client import PolicyClient
+    from serving import running_server
+
+    def refused():
+        raise RuntimeError("get_server_info is not served here")
+
+    policy = RecordingPolicy()
+    with running_server(Gr00tSimPolicyWrapper(policy)) as server:
+        server.register_endpoint("get_server_info", refused, requires_input=False)
+        with PolicyClient(port=server.port, strict=True, timeout_ms=10000, wire="multipart") as client:
+            action, _ = client.get_action(flat(batch=1))
+            assert client.server_policy_kind is None and client.server_observation_format is None
+    assert set(action) == {"action.arm"} and len(policy.calls) == 1
+
+
+@pytest.mark.parametrize("flat_server", [True, False], ids=["flat", "nested"])
+def test_a_strict_client_sends_the_empty_observation_at_once_to_a_replay_restarted_in_a_model_servers_place(
+        tmp_path, flat_server):
+    """The first two get_action({}) were refused on the robot: the retry asked the new configs but judged by the old
+    server's form and kind."""
+    from gr00t_client import PolicyClient
+    from serving import free_port, running_server
+
+    root = make_dataset(tmp_path / "ds", lengths=(6, 9), cameras=("image",))
+    wrap = Gr00tSimPolicyWrapper if flat_server else (lambda inner: inner)
+    port = free_port()
+    with PolicyClient(port=port, strict=True, timeout_ms=10000) as client:
+        with running_server(wrap(RecordingPolicy()), port=port):
+            with pytest.raises(ObservationError):
+                client.get_action({})
+        with running_server(wrap(ReplayPolicy(root, execution_horizon=2)), port=port):
+            action, info = client.get_action({})
+    assert set(action) == ({"action.arm", "action.gripper"} if flat_server else {"arm", "gripper"})
+    assert info["current_step"] == 0

@@ -347,7 +347,23 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
         with self._locked():
             self._notice_reconnection()  # a restarted server's configs, not the old one's
             cached = self._modality_config is not None
-        configs = self.get_modality_config()  # first: the server's facts read below are learnt with the first call
+        try:
+            self._check_observation_with_server_facts(observation)
+        except ObservationError:
+            if not cached:
+                raise
+            # Refused by configs learned earlier: the server may serve another model now (its restart not yet seen
+            # by the socket). Ask once more before refusing, so a fixed server is not refused for ever; the whole
+            # decision again, by the new server's facts (a replay now takes the empty observation).
+            with self._locked():
+                self._modality_config = None
+            self._check_observation_with_server_facts(observation)
+
+    def _check_observation_with_server_facts(self, observation: Any) -> None:
+        """check_observation by the server's configs, observation form and policy kind, learnt first when unknown."""
+        self.get_modality_config()
+        self._learn_server_facts()  # after the configs: a reconnection their call saw forgot the facts
+        configs = self.get_modality_config()  # kept (no request), unless the facts' call saw a reconnection
         empty = observation is None or (isinstance(observation, Mapping) and not observation)
         if empty and self.server_policy_kind == "replay":
             return  # a replay needs no observation, and its server takes an empty one
@@ -356,16 +372,7 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
         nested = isinstance(observation, Mapping) and any(group in observation for group in ("video", "state", "language"))
         flat = is_flat_observation(observation) or (not nested and self.server_observation_format == "flat")
         validate = validate_flat_observation if flat else validate_observation
-        try:
-            validate(observation, configs)
-        except ObservationError:
-            if not cached:
-                raise
-            # Refused by configs learned earlier: the server may serve another model now (its restart not yet seen
-            # by the socket). Ask once more before refusing, so a fixed server is not refused for ever.
-            with self._locked():
-                self._modality_config = None
-            validate(observation, self.get_modality_config())
+        validate(observation, configs)
 
     def check_action(self, action: Dict[str, Any]) -> None:
         validate = validate_flat_action if is_flat_action(action) else validate_action

@@ -42,6 +42,7 @@ class ServerFacts:
         # when unknown. A strict client holds an empty observation, and names the expected keys, by them.
         self.server_observation_format: Optional[str] = None
         self.server_policy_kind: Optional[str] = None
+        self._server_info_asked = False  # get_server_info asked (a forced wire="multipart" never negotiates)
         self._warned_ignored_options: Set[str] = set()
 
     @property
@@ -71,6 +72,7 @@ class ServerFacts:
         except PolicyServerError as exc:
             if "Unauthorized" in exc.server_message or isinstance(exc, ServerStoppingError):
                 raise  # a server going away said nothing about what it is: learnt from the next one
+            self._server_info_asked = True
             self._server_is_ours = False
             logger.debug("server at %s is not a gr00t-server (%s); using the reference wire", self.address, exc)
             self._probe_wire_generation(deadline)
@@ -78,6 +80,7 @@ class ServerFacts:
         except codec.WireDecodeError as exc:
             # A gr00t-server newer than this client (its info carries a modality config field this version does not
             # know) failed every call here, ping aside: the reference wire, which every server answers, still works.
+            self._server_info_asked = True
             self._server_is_ours = False
             if self._wire == "auto":
                 self._wire = "reference"
@@ -96,12 +99,37 @@ class ServerFacts:
         if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
             self.server_max_message_bytes = limit
         if self._server_is_ours:
-            form = info.get("observation_format")
-            self.server_observation_format = form if form in ("flat", "nested") else None
-            identity = info.get("policy_identity")
-            kind = identity.get("kind") if isinstance(identity, dict) else None
-            self.server_policy_kind = kind if isinstance(kind, str) else None
+            self._learn_policy_facts(info)
+        self._server_info_asked = True
         return info
+
+    def _learn_policy_facts(self, info: Mapping[str, Any]) -> None:
+        """The observation form and policy kind our server's get_server_info reports (None for what it does not)."""
+        form = info.get("observation_format")
+        self.server_observation_format = form if form in ("flat", "nested") else None
+        identity = info.get("policy_identity")
+        kind = identity.get("kind") if isinstance(identity, dict) else None
+        self.server_policy_kind = kind if isinstance(kind, str) else None
+
+    def _learn_server_facts(self) -> None:
+        """Ask get_server_info once while the server's observation form and policy kind are unknown: a call with
+        wire="multipart" never negotiates, and a reconnection forgets them. A server that refuses it (an older or
+        registered-endpoint server) leaves them unknown."""
+        with self._locked():
+            self._notice_reconnection()
+            if self._server_info_asked or self._server_is_ours is False:
+                return
+            try:
+                info = self.call_endpoint("get_server_info", requires_input=False)
+            except ServerStoppingError:
+                raise
+            except (PolicyServerError, codec.WireDecodeError) as exc:
+                logger.debug("server at %s did not tell its observation form and policy kind (%s)", self.address, exc)
+                self._server_info_asked = True
+                return
+            if self._server_is_ours and isinstance(info, Mapping):
+                self._learn_policy_facts(info)
+            self._server_info_asked = True
 
     def _probe_wire_generation(self, deadline: Optional[float]) -> None:
         """Learn a reference server's wire generation before any array is sent to it.

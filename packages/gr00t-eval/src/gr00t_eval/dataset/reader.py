@@ -162,21 +162,22 @@ class LeRobotDataset:
 
     def check_data_files(self) -> None:
         """Read every data file's parquet footer: DatasetError naming the first file that is missing, unreadable
-        (truncated, not parquet) or has fewer rows than the episode list gives its episodes, and first a
-        meta/modality.json slice past its column's meta/info.json width. Reads no rows, so a server can run it at
-        start-up instead of meeting a broken file at the request that needs it."""
+        (truncated, not parquet), has fewer rows than the episode list gives its episodes or a column narrower than a
+        meta/modality.json slice of it (its width from the schema's fixed_size_list, else from the first row of the
+        first file), and first a slice past its column's meta/info.json width. Reads no other rows, so a server can
+        run it at start-up instead of meeting a broken file at the request that needs it."""
         for kind in ("state", "action"):
             for group in self._groups(kind).values():
                 width = self._declared_widths.get(group.original_key)
                 if width is not None and group.end > width:  # every episode's read of the key would be refused
-                    columns = (f"indices {list(group.indices)}" if group.indices is not None
-                               else f"[{group.start}:{group.end}]")
+                    columns = _slice_text(group)
                     raise DatasetError(
                         f"{self.root / 'meta' / 'modality.json'}: {kind} key '{group.name}' reads {columns} of column "
                         f"'{group.original_key}', which {self.root / 'meta' / 'info.json'} declares {width} values wide "
                         f"(features.{group.original_key}.shape [{width}]); expected a slice within [0:{width}]"
                     )
         rows_needed: Dict[Path, List[EpisodeRecord]] = {}
+        first_row_widths: Dict[str, Tuple[int, Path]] = {}  # list columns' widths, from the first file with a row
         for record in self._records:
             rows_needed.setdefault(record.data_path, []).append(record)
         for path, records in rows_needed.items():
@@ -190,12 +191,21 @@ class LeRobotDataset:
             needed = sum(r.length for r in records)
             if rows < needed:
                 raise DatasetError(f"{path}: {rows} rows, fewer than the {needed} the episode list gives episode {episodes}")
-            names = set(metadata.schema.to_arrow_schema().names)
+            schema = metadata.schema.to_arrow_schema()
             for kind in ("state", "action"):
                 for group in self._groups(kind).values():
-                    if group.original_key not in names:
+                    if group.original_key not in schema.names:
                         raise DatasetError(f"{path}: no column '{group.original_key}' (episode {episodes}), which "
                                            f"meta/modality.json reads {kind} key '{group.name}' from")
+                    # Without info.json's shape (or with a wider one), every reset of every episode was refused
+                    width, source = _column_width(path, schema.field(group.original_key).type, group.original_key,
+                                                  first_row_widths)
+                    if width is not None and group.end > width:
+                        raise DatasetError(
+                            f"{path}: {kind} key '{group.name}' (meta/modality.json) reads {_slice_text(group)} of "
+                            f"column '{group.original_key}', which holds {width} values per step ({source}; episode "
+                            f"{episodes}); expected a slice within [0:{width}]"
+                        )
 
     # -- metadata ---------------------------------------------------------------------------------
     @property
@@ -415,3 +425,32 @@ class LeRobotDataset:
         if path not in self._video_facts:
             self._video_facts[path] = video_stream_facts(path)
         return self._video_facts[path]
+
+
+def _slice_text(group: ArrayGroup) -> str:
+    """The values a modality group reads of its column, as an error names them."""
+    return f"indices {list(group.indices)}" if group.indices is not None else f"[{group.start}:{group.end}]"
+
+
+def _column_width(path: Path, column_type: pa.DataType, column: str,
+                  first_row_widths: Dict[str, Tuple[int, Path]]) -> Tuple[Optional[int], str]:
+    """A data file column's values per step and where that was read: a fixed_size_list's size, 1 for a number per
+    step, else (a variable list) the length of the first row of the first file with one, kept in `first_row_widths`;
+    (None, "") when neither tells (no rows yet, or no list of numbers)."""
+    if pa.types.is_fixed_size_list(column_type):
+        return column_type.list_size, f"its parquet schema: fixed_size_list of {column_type.list_size}"
+    if pa.types.is_integer(column_type) or pa.types.is_floating(column_type):
+        return 1, "its parquet schema: one number per step"
+    if not (pa.types.is_list(column_type) or pa.types.is_large_list(column_type)):
+        return None, ""
+    if column not in first_row_widths:
+        try:
+            batch = next(pq.ParquetFile(path).iter_batches(batch_size=1, columns=[column]), None)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DatasetError(f"{path}: cannot read the first row of column '{column}': {exc}") from exc
+        first = batch.column(0)[0].as_py() if batch is not None and batch.num_rows else None
+        if not isinstance(first, list):
+            return None, ""
+        first_row_widths[column] = len(first), path
+    width, read_from = first_row_widths[column]
+    return width, f"its first row in {read_from}"

@@ -31,6 +31,9 @@ if TYPE_CHECKING:  # gr00t-eval comes with the `replay` extra, imported when a R
 logger = logging.getLogger(__name__)
 
 SESSION_OPTION = "_session_id"
+# Set True by the server on a reset of our client's session (served before) that the server does not know: it
+# restarted, or dropped the session longer ago than it remembers, so its episodes are gone with the old server.
+SESSION_LOST_OPTION = "_session_lost"
 DEFAULT_SESSION = "default"
 DEFAULT_MAX_ROWS = 128  # rows one session may replay at once (options["batch_size"], episode_index lists)
 DEFAULT_MAX_SESSIONS = 1024  # cursors kept; the least recently used (of those used only once, first) is forgotten
@@ -49,6 +52,14 @@ class _Cursor:
 
     episodes: List[int]
     steps: List[int]
+
+
+@dataclass(frozen=True)
+class _Forgotten:
+    """Why the replay forgot a session, and the episodes its rows replayed (a reset that keeps them restarts them)."""
+
+    reason: str
+    episodes: List[int]
 
 
 class ReplayPolicy(BasePolicy):
@@ -143,7 +154,7 @@ class ReplayPolicy(BasePolicy):
         # until a reset, not replayed from episode 0, step 0 (behind a server that holds more sessions than this, or
         # through a handler of the server's that calls get_action itself, the robot was sent the start of episode 0
         # without an error).
-        self._forgotten: "OrderedDict[str, str]" = OrderedDict()  # session -> why it was forgotten
+        self._forgotten: "OrderedDict[str, _Forgotten]" = OrderedDict()  # session -> why, and its episodes
         self._actions: "OrderedDict[int, Dict[str, np.ndarray]]" = OrderedDict()  # most recently used last
         self._cached_bytes = 0
         self._lock = threading.Lock()
@@ -200,17 +211,22 @@ class ReplayPolicy(BasePolicy):
             logger.warning("%s (ignored: strict=False; said once per key and dimension)", message)
 
     def reset(self, options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-        """Move the session to options["episode_index"] (int or one per row; default: the session's episodes, which a
-        session this replay forgot must be given) and options["step_index"] (default 0)."""
+        """Move the session to options["episode_index"] (int or one per row; default: the session's episodes, a
+        forgotten session's too, which a session lost with a restarted server must be given) and
+        options["step_index"] (default 0)."""
         options = options or {}
         self._option_names.check(options, _RESET_OPTIONS, self.strict, "reset options", "ReplayPolicy's reset")
         session = _session_id(options)
         with self._lock:
             cursor = self._sessions.get(session)
-            if cursor is None and session in self._forgotten and options.get("episode_index") is None:
-                # Its episodes went with it: a reset that keeps the episode moved every row to episode 0, unsaid
-                raise ValueError(f"{named_session(session)} was forgotten by this replay, {self._forgotten[session]}, "
-                                 "and its episodes with it; reset it with options['episode_index'] (one per row)")
+            forgotten = self._forgotten.get(session)
+            if cursor is None and forgotten is not None:  # the server's "call reset to start it again": its episodes
+                cursor = _Cursor(list(forgotten.episodes), [0] * len(forgotten.episodes))
+            elif cursor is None and options.get(SESSION_LOST_OPTION) and options.get("episode_index") is None:
+                # Its episodes went with the old server: a reset that keeps the episode moved every row to episode 0
+                raise ValueError(f"{named_session(session)} is not known to this server (it restarted, or dropped the "
+                                 "session longer ago than it remembers), and its episodes went with it; reset it with "
+                                 "options['episode_index'] (one per row)")
             cursor = cursor or _Cursor([0], [0])
             episodes = cursor.episodes
             if options.get("episode_index") is not None:
@@ -260,8 +276,8 @@ class ReplayPolicy(BasePolicy):
         with self._lock:
             cursor = self._sessions.get(session)
             if cursor is None and session in self._forgotten:
-                raise ValueError(f"{named_session(session)} was forgotten by this replay, {self._forgotten[session]}; "
-                                 "call reset to start it again")
+                raise ValueError(f"{named_session(session)} was forgotten by this replay, "
+                                 f"{self._forgotten[session].reason}; call reset to start it again")
             cursor = cursor or _Cursor([0], [0])
             if batch is not None and batch != len(cursor.episodes):
                 # Rows at one position (never reset row by row) take any batch size, as the reference's replay
@@ -288,10 +304,11 @@ class ReplayPolicy(BasePolicy):
     def _keep(self, session: str, cursor: _Cursor) -> None:
         """Store a session's cursor as used now; forget, over max_sessions, the least recently used (of the sessions
         used only once, first: SegmentedLRU)."""
-        for forgotten, _, used_once in self._sessions.use(session, cursor):
+        for forgotten, forgotten_cursor, used_once in self._sessions.use(session, cursor):
             which = "only once" if used_once else "more than once"
             self._remember_forgotten(forgotten, f"which keeps at most {self.max_sessions} sessions (max_sessions) "
-                                                f"and it was the least recently used (of those used {which})")
+                                                f"and it was the least recently used (of those used {which})",
+                                     forgotten_cursor.episodes)
             self._forgetting_log.warning("replay session %r forgotten (more than %d sessions)", str(forgotten)[:40],
                                          self.max_sessions)
 
@@ -303,9 +320,10 @@ class ReplayPolicy(BasePolicy):
             raise ValueError(f"batch_size must be an int in [1, {self.max_rows}], got {batch}")
         return int(batch)
 
-    def _remember_forgotten(self, session: str, reason: str) -> None:
-        """Remember `session` as forgotten, for `reason`, until its reset (the last 4 * max_sessions of them)."""
-        self._forgotten[session] = reason
+    def _remember_forgotten(self, session: str, reason: str, episodes: List[int]) -> None:
+        """Remember `session` as forgotten, for `reason`, with the `episodes` its rows replayed, until its reset (the
+        last 4 * max_sessions of them)."""
+        self._forgotten[session] = _Forgotten(reason, list(episodes))
         self._forgotten.move_to_end(session)
         while len(self._forgotten) > 4 * self.max_sessions:
             self._forgotten.popitem(last=False)
@@ -318,9 +336,11 @@ class ReplayPolicy(BasePolicy):
         """Forget a session's cursor (its server dropped the session, or its client disconnected): its get_action is
         refused, whoever calls it, until it is reset."""
         with self._lock:
-            self._sessions.pop(session_id)
+            cursor = self._sessions.pop(session_id)
+            earlier = self._forgotten.get(session_id)  # not held: forgotten before (for room), or never reset
+            episodes = cursor.episodes if cursor is not None else earlier.episodes if earlier is not None else [0]
             self._remember_forgotten(session_id, "which was told to drop it (drop_session: its server dropped the "
-                                     "session, or its client disconnected)")
+                                     "session, or its client disconnected)", episodes)
 
     def _episode_actions(self, position: int) -> Dict[str, np.ndarray]:
         """The episode's actions per key, read once and kept while they fit max_cached_bytes (least recently used

@@ -24,6 +24,9 @@ from .wrappers import policy_chain
 logger = logging.getLogger("gr00t_server.serving.server")  # PolicyServer's log: the split renamed no logger
 
 SESSION_OPTION = "_session_id"
+# A reset's option, True for our client's session (served before) that this server does not know: it restarted, or
+# dropped the session longer ago than it remembers. A replay then cannot keep the session's episodes: it asks for them.
+SESSION_LOST_OPTION = "_session_lost"
 _UNDECLARED = object()  # _observation_format: a policy that has no observation_format at all
 
 
@@ -126,7 +129,10 @@ class BuiltinEndpoints:
     def _reset(self, options: Any = None) -> Any:
         request = self._current
         assert request is not None
-        return self.policy.reset(self._with_session(options, request))
+        options = self._with_session(options, request)
+        if self._policy_uses_sessions and request.continues_session and not self.sessions.knows(request.session):
+            options[SESSION_LOST_OPTION] = True
+        return self.policy.reset(options)
 
     def _get_modality_config(self) -> Any:
         getter = getattr(self.policy, "get_modality_config", None)
