@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -102,3 +103,21 @@ def copy_with_actions_negated(root: Path, target: Path) -> Path:
         negated = (-np.asarray(table.column("action").to_pylist(), np.float32)).tolist()
         pq.write_table(table.set_column(column, field, pa.array(negated, type=field.type)), path)
     return Path(target)
+
+
+def slice_past_the_data(root: Path, shape: Any = "as written") -> None:
+    """modality.json reads 'gripper' from [3:5] of the 4-wide 'action' column; info.json declares `shape` for it
+    ("as written": [4], untouched; None: no shape at all)."""
+    modality_path, info_path = root / "meta" / "modality.json", root / "meta" / "info.json"
+    modality = json.loads(modality_path.read_text())
+    modality["action"]["gripper"] = {"start": 3, "end": 5}
+    modality_path.write_text(json.dumps(modality))
+    if shape == "as written":
+        return
+    info = json.loads(info_path.read_text())
+    info["features"]["action"].pop("names", None)
+    if shape is None:
+        del info["features"]["action"]["shape"]
+    else:
+        info["features"]["action"]["shape"] = shape
+    info_path.write_text(json.dumps(info))

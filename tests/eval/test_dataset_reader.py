@@ -19,6 +19,7 @@ from eval.dataset_factory import (
     expected_states,
     frame_colour,
     make_dataset,
+    slice_past_the_data,
 )
 from gr00t_eval.dataset import DatasetError, DatasetFileNotFoundError, LeRobotDataset, available_codecs
 
@@ -356,31 +357,13 @@ def test_check_data_files_refuses_a_modality_slice_past_its_columns_declared_wid
     # info.json's action is 4 wide and modality.json read 'gripper' from [3:5]: a replay started ("Server is ready")
     # and then refused every episode's reset in the middle of an evaluation.
     root = make_dataset(tmp_path / "ds", lengths=(6, 9, 4))
+    slice_past_the_data(root)
     modality_path = root / "meta" / "modality.json"
-    modality = json.loads(modality_path.read_text())
-    modality["action"]["gripper"] = {"start": 3, "end": 5}
-    modality_path.write_text(json.dumps(modality))
     with pytest.raises(DatasetError) as refused:
         LeRobotDataset(root).check_data_files()
     assert str(refused.value) == (
         f"{modality_path}: action key 'gripper' reads [3:5] of column 'action', which {root / 'meta' / 'info.json'} "
         "declares 4 values wide (features.action.shape [4]); expected a slice within [0:4]")
-
-
-def slice_past_the_data(root, shape):
-    """modality.json reads 'gripper' from [3:5] of the 4-wide 'action' column; info.json declares `shape` (None:
-    none)."""
-    modality_path, info_path = root / "meta" / "modality.json", root / "meta" / "info.json"
-    modality = json.loads(modality_path.read_text())
-    modality["action"]["gripper"] = {"start": 3, "end": 5}
-    modality_path.write_text(json.dumps(modality))
-    info = json.loads(info_path.read_text())
-    info["features"]["action"].pop("names", None)
-    if shape is None:
-        del info["features"]["action"]["shape"]
-    else:
-        info["features"]["action"]["shape"] = shape
-    info_path.write_text(json.dumps(info))
 
 
 @pytest.mark.parametrize("shape", [None, [5]], ids=["no declared shape", "declared wider than the data"])

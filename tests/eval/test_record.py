@@ -263,32 +263,16 @@ def test_a_second_ctrl_c_while_the_stop_saves_removes_the_episode_meta_does_not_
     assert LeRobotDataset(root).num_episodes == 1
 
 
-def test_a_dangling_symlink_as_output_is_named_with_its_missing_target(tmp_path):
-    import subprocess
-    import sys
-
-    link = tmp_path / "dataset"
-    target = tmp_path / "unmounted_disk" / "reach"
-    link.symlink_to(target)
-    result = subprocess.run(
-        [sys.executable, "-m", "gr00t_eval.cli", "record", "--env-name", "metaworld/reach-v3", "--episodes", "1",
-         "--output", str(link), "--max-episode-steps", "5"],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert result.returncode == 2, result.stderr[-2000:]
-    line = result.stderr.strip().splitlines()[-1]
-    assert f"--output {link} is a symbolic link to {target}, which does not exist" in line, line
-    assert "Traceback" not in result.stderr and not target.exists()
-
-
-def test_a_dangling_symlink_as_a_parent_of_output_is_named_with_its_missing_target(tmp_path):
+@pytest.mark.parametrize("below", [False, True], ids=["the link itself", "a folder below the link"])
+def test_a_dangling_symlink_as_output_or_its_parent_is_named_with_its_missing_target(tmp_path, below):
+    """mkdir said only '[Errno 17] File exists', for --output a dangling link and for a folder below one alike."""
     import subprocess
     import sys
 
     link = tmp_path / "datasets"
-    target = tmp_path / "unmounted_disk"
+    target = tmp_path / "unmounted_disk" / "datasets"
     link.symlink_to(target)
-    output = link / "reach"
+    output = link / "reach" if below else link
     result = subprocess.run(
         [sys.executable, "-m", "gr00t_eval.cli", "record", "--env-name", "metaworld/reach-v3", "--episodes", "1",
          "--output", str(output), "--max-episode-steps", "5"],
@@ -296,6 +280,7 @@ def test_a_dangling_symlink_as_a_parent_of_output_is_named_with_its_missing_targ
     )
     assert result.returncode == 2, result.stderr[-2000:]
     line = result.stderr.strip().splitlines()[-1]
-    assert "File exists" not in line, line
-    assert f"--output {output} is inside {link}, a symbolic link to {target}, which does not exist" in line, line
+    where = f"is inside {link}, a" if below else "is a"
+    assert f"--output {output} {where} symbolic link to {target}, which does not exist" in line, line
+    assert "Traceback" not in result.stderr and "File exists" not in line and not target.exists()
     assert "Traceback" not in result.stderr and not target.exists()

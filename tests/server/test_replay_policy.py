@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from serving import free_port, running_server
 
-from eval.dataset_factory import expected_actions, make_dataset
+from eval.dataset_factory import expected_actions, make_dataset, slice_past_the_data
 from gr00t_client import PolicyClient, PolicyServerError
 from gr00t_client.modality import ModalityConfig
 from gr00t_client.policy import ObservationError
@@ -633,15 +633,10 @@ def test_an_execution_horizon_past_the_chunks_length_is_refused_naming_both(data
 
 def test_a_modality_slice_past_its_columns_declared_width_fails_the_start(tmp_path):
     """Every reset of every episode was refused after 'Server is ready'."""
-    import json
-
     from gr00t_eval.dataset import DatasetError
 
     root = make_dataset(tmp_path / "ds", lengths=(6, 9, 4))
-    path = root / "meta" / "modality.json"
-    modality = json.loads(path.read_text())
-    modality["action"]["gripper"] = {"start": 3, "end": 5}
-    path.write_text(json.dumps(modality))
+    slice_past_the_data(root)
     with pytest.raises(DatasetError, match=r"modality.json: action key 'gripper' reads \[3:5\] of column 'action', "
                        r"which .*info.json declares 4 values wide"):
         ReplayPolicy(root)
@@ -649,18 +644,10 @@ def test_a_modality_slice_past_its_columns_declared_width_fails_the_start(tmp_pa
 
 def test_a_modality_slice_past_its_columns_width_in_the_data_fails_the_start_without_a_declared_shape(tmp_path):
     """info.json without the column's shape: the start passed and every reset was refused."""
-    import json
-
     from gr00t_eval.dataset import DatasetError
 
     root = make_dataset(tmp_path / "ds", lengths=(6, 9, 4))
-    modality_path, info_path = root / "meta" / "modality.json", root / "meta" / "info.json"
-    modality = json.loads(modality_path.read_text())
-    modality["action"]["gripper"] = {"start": 3, "end": 5}
-    modality_path.write_text(json.dumps(modality))
-    info = json.loads(info_path.read_text())
-    del info["features"]["action"]["shape"]
-    info_path.write_text(json.dumps(info))
+    slice_past_the_data(root, shape=None)
     with pytest.raises(DatasetError, match=r"episode_000000.parquet: action key 'gripper' \(meta/modality.json\) reads "
                        r"\[3:5\] of column 'action', which holds 4 values per step"):
         ReplayPolicy(root)
