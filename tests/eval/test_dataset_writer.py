@@ -575,6 +575,15 @@ def test_the_reader_refuses_a_meta_an_earlier_writer_left_half_renamed_under_vis
     assert ".episodes.jsonl.tmp" not in message, message
 
 
+def test_a_users_files_ending_in_tmp_or_prev_in_meta_are_no_leftovers_of_the_writer(tmp_path):
+    # A `sed -i.prev` backup and a draft in a sub-folder refused a whole finished dataset as half-renamed
+    root = make_dataset(tmp_path / "ds", lengths=(4, 5))
+    (root / "meta" / "modality.json.prev").write_text((root / "meta" / "modality.json").read_text())
+    (root / "meta" / "notes").mkdir()
+    (root / "meta" / "notes" / "draft.tmp").write_text("to do")
+    assert LeRobotDataset(root).num_episodes == 2
+
+
 def test_overwriting_a_killed_recording_leaves_no_temporary_meta_file(tmp_path):
     root = tmp_path / "ds"
     _kill_during_third_meta_rewrite(root, ".episodes.jsonl.tmp")

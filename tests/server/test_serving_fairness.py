@@ -246,6 +246,21 @@ class SlowFirstCall(TurnRecorder):
             self.call_s = 0.0
 
 
+class SlowFirstCalls(TurnRecorder):
+    """The first `slow_calls` calls take `first_s` each (a warm-up); later ones ~0 ms."""
+
+    def __init__(self, first_s: float, slow_calls: int) -> None:
+        super().__init__(call_s=first_s, hold_first=False)
+        self.slow_calls = slow_calls
+
+    def _get_action(self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None):
+        try:
+            return super()._get_action(observation, options)
+        finally:
+            if len(self.calls) >= self.slow_calls:
+                self.call_s = 0.0
+
+
 class RowCost(TurnRecorder):
     """Each call takes `row_s` per observation row, as a model's does."""
 
@@ -309,7 +324,7 @@ def test_a_client_refused_after_a_cold_first_call_is_served_from_its_next_reques
 def test_a_client_whose_timeout_is_shorter_than_every_call_has_few_of_its_requests_run_after_it_gave_up(monkeypatch):
     """A probe after each refusal ran every other request of a client whose 20 ms timeout is shorter than every call
     (100 ms): each call was wasted (it had given up) and delayed the others. A probe whose call is as slow again now
-    doubles the refusals needed before the next, so of 20 such requests at most a few run."""
+    doubles the refusals needed before the next (past the first three), so of 20 such requests at most a few run."""
     from gr00t_server.serving import batching
 
     monkeypatch.setattr(batching, "PROBE_AFTER_IDLE_S", 60.0)  # no idle probe: only the refusals count
@@ -323,8 +338,53 @@ def test_a_client_whose_timeout_is_shorter_than_every_call_has_few_of_its_reques
                     hasty.get_action(state(float(value)))
                 time.sleep(0.15)  # a call it gave up on has ended before its next request: none is refused unseen
     run_after_giving_up = [values for values in policy.calls if values != [1000.0]]
-    # probes after 1, 2, 4 and 8 refusals: requests 2, 5, 10 and 19 (it was 10 of the 20)
-    assert len(run_after_giving_up) <= 5, run_after_giving_up
+    # probes after 1 refusal (four times), then 2, 4 and 8: requests 2, 4, 6, 8, 11 and 16 (it was 10 of the 20)
+    assert len(run_after_giving_up) <= 7, run_after_giving_up
+
+
+def test_a_client_refused_through_a_warm_up_of_three_slow_calls_is_served_at_the_first_fast_one(monkeypatch):
+    """Each probe whose call was slow again doubled the refusals needed before the next: after a warm-up of a few slow
+    calls, requests were refused for a while after calls had become fast (a rollout errored one more episode each
+    time, and aborted at three in a row). The first probes after refusals come at once, whatever their calls took."""
+    from gr00t_server.serving import batching
+
+    monkeypatch.setattr(batching, "PROBE_AFTER_IDLE_S", 60.0)  # no idle probe: only the refusals count
+    policy = SlowFirstCalls(first_s=0.6, slow_calls=3)
+    outcomes = []
+    with running_server(policy, inline_below_ms=0) as server:
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=300, strict=False) as robot:
+            for value in range(1, 8):
+                try:
+                    robot.get_action(state(float(value)))
+                    outcomes.append("served")
+                except DeadlineNotRunError:
+                    outcomes.append("refused")
+                except PolicyTimeoutError:  # its call ran: wait until it ended and was measured
+                    outcomes.append("timed out")
+                    late = outcomes.count("timed out")
+                    wait_until(lambda: server.stats.late >= late)
+    # calls 1-3 slow (requests 1, 3, 5: the first, then the probe after each refusal), call 4 fast
+    assert outcomes == ["timed out", "refused", "timed out", "refused", "timed out", "refused", "served"], outcomes
+
+
+def test_a_fast_call_brings_the_probes_back_after_a_hopeless_client_backed_them_off(monkeypatch):
+    """The back-off was shared by all clients and only a refusal probe's own fast call reset it: after a client with a
+    hopeless 20 ms timeout had pushed it up, a robot refused after a later slow call waited through many refusals."""
+    from gr00t_server.serving import batching
+
+    monkeypatch.setattr(batching, "PROBE_AFTER_IDLE_S", 60.0)
+    window = batching.GatherWindow(cap_ms=20.0)
+    window.observe_call(0.1)  # calls take 100 ms
+    for _ in range(40):  # a 20 ms client: refused, then its probes confirm slow calls
+        if window.least_call_seconds(1, time.monotonic()) > 0.02:
+            window.note_refused(1, 0.02)
+        else:
+            window.observe_call(0.1)
+    assert window._refusals_for_probe() > 1  # backed off
+    window.observe_call(0.005)  # any call short enough to have answered it
+    window.observe_call(0.6)  # a later slow call refuses a robot with 200 ms
+    window.note_refused(1, 0.2)
+    assert window.least_call_seconds(1, time.monotonic()) == 0.0  # its next request is a probe at once
 
 
 def test_a_lone_one_row_request_is_not_refused_on_the_word_of_larger_batches():

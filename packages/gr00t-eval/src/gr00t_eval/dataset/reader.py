@@ -31,15 +31,29 @@ def _check_meta_commit_whole(meta_dir: Path) -> None:
     `gr00t-eval record` versions staged them as visible `NAME.tmp` / `NAME.prev`: both spellings count."""
     if not meta_dir.is_dir():
         return
-    staged = [path for path in meta_dir.rglob("*.tmp") if path.is_file()]
-    renamed = [path for path in meta_dir.rglob("*.prev")
-               if path.is_file() and not path.with_name(path.name[:-len(".prev")] + ".tmp").exists()]
+    staged = [path for path in meta_dir.rglob("*.tmp") if _writers_meta_file(path, meta_dir)]
+    renamed = [path for path in meta_dir.rglob("*.prev") if _writers_meta_file(path, meta_dir)
+               and not path.with_name(path.name[:-len(".prev")] + ".tmp").exists()]
     if staged and renamed:
         left = ", ".join(sorted(str(path.relative_to(meta_dir)) for path in [*staged, *renamed]))
         raise DatasetError(f"{meta_dir} holds {left}: the leftovers of a rewrite of meta/ stopped part-way (the writer "
                            "killed), so some of its files are the new ones and some the old, and its statistics may "
                            "count an episode its episode list does not; record the dataset again (gr00t-eval record "
                            "--overwrite into this folder deletes these files)")
+
+
+# The meta files a dataset writer rewrites (v2.1 and v3.0); v3.0's episode lists are parquet files under meta/episodes/.
+_WRITTEN_META_FILES = frozenset({"info.json", "episodes.jsonl", "stats.json", "tasks.jsonl", "episodes_stats.jsonl",
+                                 "modality.json", "tasks.parquet"})
+
+
+def _writers_meta_file(path: Path, meta_dir: Path) -> bool:
+    """`path` is a staged or kept copy of a meta file the writer rewrites (`.NAME.tmp`, `NAME.prev`, ...): a user's
+    `notes/draft.tmp` or a `sed -i.prev` backup of a file the writer never stages is none."""
+    base = path.name[:-len(path.suffix)]
+    base = base[1:] if base.startswith(".") else base
+    episodes_list = path.parent.relative_to(meta_dir).parts[:1] == ("episodes",) and base.endswith(".parquet")
+    return path.is_file() and ((path.parent == meta_dir and base in _WRITTEN_META_FILES) or episodes_list)
 
 
 class LeRobotDataset:

@@ -19,7 +19,9 @@ CALL_MEMORY_S = 30.0  # a policy call older than this no longer speaks for the p
 PROBE_AFTER_IDLE_S = 0.5  # no call run for this long: the next request runs whatever the calls before said (a probe)
 PROBE_AFTER_REFUSALS = 1  # this many refused on those calls' word with their whole timeout since one ran: the next
 # request runs (a probe). Not one refused for time it spent waiting: those probes ran late in a timeout storm.
-MAX_PROBE_AFTER_REFUSALS = 256  # each such probe whose call was as slow again doubles the refusals needed, up to this
+PROBE_BACKOFF_AFTER = 3  # refusal probes in a row whose calls were as slow again before the refusals needed double
+# (a warm-up of a few slow calls costs only their own requests) ...
+MAX_PROBE_AFTER_REFUSALS = 256  # ... up to this
 PER_ROW_INFO_ATTRIBUTE = "per_row_info_keys"  # policy attribute: info keys holding one entry per row
 MAX_BATCH_NESTING = 16  # real observations nest 1-2 maps deep; the recursive helpers below must never hit the limit
 
@@ -266,9 +268,9 @@ class GatherWindow:
         self._call_s: Optional[float] = None
         self._recent_calls: Deque[Tuple[float, int, float]] = collections.deque(maxlen=SPREAD_HISTORY)  # ended, rows, s
         self._refused_since_call = 0  # requests refused by least_call_seconds since the last call ran
-        self._refusals_for_probe = PROBE_AFTER_REFUSALS  # doubled by each refusal probe that confirmed slow calls
+        self._slow_probes = 0  # refusal probes in a row whose calls confirmed the refusal (_refusals_for_probe)
         self._last_refused: Tuple[int, float] = (1, 0.0)  # rows of its round, its client's whole timeout (s)
-        self._probing: Optional[Tuple[int, float]] = None  # that refusal while its probe is granted and not yet run
+        self._probing = False  # a refusal probe is granted and its call not yet observed
 
     def observe_spread(self, seconds: float) -> None:
         """One round's time from its first to its last arrival."""
@@ -280,15 +282,22 @@ class GatherWindow:
         self._call_s = seconds if self._call_s is None else 0.8 * self._call_s + 0.2 * seconds
         self._recent_calls.append((time.monotonic(), max(1, int(rows)), seconds))
         self._refused_since_call = 0
-        if self._probing is not None:
-            # a client whose timeout is always shorter than the calls would otherwise have every other request run
-            # after it gave up: back off while probes say the refused request could not have been answered in time
-            # (its share of the call took its whole timeout), start over once one says it could
-            refused_rows, refused_timeout_s = self._probing
-            confirmed = seconds * min(1.0, refused_rows / max(1, int(rows))) >= refused_timeout_s
-            self._refusals_for_probe = (min(2 * self._refusals_for_probe, MAX_PROBE_AFTER_REFUSALS) if confirmed
-                                        else PROBE_AFTER_REFUSALS)
-            self._probing = None
+        # A client whose timeout is always shorter than the calls would otherwise have every other request run after
+        # it gave up: back off while refusal probes say the refused request could not have been answered in time (its
+        # share of the call took its whole timeout); any call, probe or not, that says it could starts over.
+        refused_rows, refused_timeout_s = self._last_refused
+        answerable = seconds * min(1.0, refused_rows / max(1, int(rows))) < refused_timeout_s
+        if answerable:
+            self._slow_probes = 0
+        elif self._probing:
+            self._slow_probes += 1
+        self._probing = False
+
+    def _refusals_for_probe(self) -> int:
+        """Requests refused on recent calls' word before the next runs as a probe: PROBE_AFTER_REFUSALS, doubling for
+        each slow probe in a row past PROBE_BACKOFF_AFTER, up to MAX_PROBE_AFTER_REFUSALS."""
+        doublings = max(0, self._slow_probes - PROBE_BACKOFF_AFTER)
+        return min(PROBE_AFTER_REFUSALS << min(doublings, 16), MAX_PROBE_AFTER_REFUSALS)
 
     def call_seconds(self) -> float:
         """The policy's recent call time (0 before the first call)."""
@@ -300,14 +309,17 @@ class GatherWindow:
         PROBE_AFTER_IDLE_S since the last call ran, and after PROBE_AFTER_REFUSALS requests refused on its word with
         their client's whole timeout (note_refused) since then, so that a request refused on old calls' word cannot be
         refused for ever (refused requests never run, so they never correct that word: one slow cold-start call
-        refused a rollout's every later request, each sent right after the last refusal). A probe so granted whose
-        call still took the refused client's whole timeout doubles the refusals needed for the next (up to
-        MAX_PROBE_AFTER_REFUSALS); one that did not brings them back to PROBE_AFTER_REFUSALS."""
+        refused a rollout's every later request, each sent right after the last refusal). Past PROBE_BACKOFF_AFTER
+        such probes in a row whose calls still took the refused client's whole timeout, the refusals needed double for
+        each (up to MAX_PROBE_AFTER_REFUSALS); a call that did not, or calls forgotten, bring them back."""
         recent = [(rows_then, s) for ended, rows_then, s in self._recent_calls if now - ended <= CALL_MEMORY_S]
-        if not recent or now - self._recent_calls[-1][0] >= PROBE_AFTER_IDLE_S:
+        if not recent:
+            self._slow_probes = 0  # nothing speaks for the policy: a slow call after this is a new start
             return 0.0
-        if self._refused_since_call >= self._refusals_for_probe:
-            self._probing = self._last_refused
+        if now - self._recent_calls[-1][0] >= PROBE_AFTER_IDLE_S:
+            return 0.0
+        if self._refused_since_call >= self._refusals_for_probe():
+            self._probing = True
             return 0.0
         return min(s * min(1.0, rows / rows_then) for rows_then, s in recent)
 
