@@ -155,3 +155,13 @@ class RestartableServer:
             if not self._accepted.poll(10_000):
                 raise AssertionError(f"no client connected to the restarted server within 10 s (awaited {reconnecting})")
             self._accepted.recv_multipart()
+
+
+def forward_until_closed(frontend, backend):
+    """zmq.proxy (a ROUTER-DEALER broker in front of the server) until its context is terminated."""
+    try:
+        zmq.proxy(frontend, backend)
+    except zmq.ContextTerminated:
+        pass
+    frontend.close(0)
+    backend.close(0)

@@ -205,6 +205,68 @@ def test_a_check_made_for_other_settings_is_refused_naming_them(tmp_path):
         assert sorted(evaluate_open_loop(client, same, checked=checked, progress=False).trajectories) == [0]
 
 
+def test_a_config_changed_after_its_check_or_spelt_otherwise_is_judged_by_its_values(tmp_path):
+    """The check kept the caller's own config object: one changed afterwards compared equal to itself and ran the old
+    settings. And equal settings of another type (a tuple of keys, a Path) were refused as another config."""
+    from gr00t_client import PolicyClient
+    from gr00t_eval.open_loop import OpenLoopConfig, check_open_loop_policy, evaluate_open_loop
+
+    dataset = make_dataset(tmp_path / "ds", lengths=(12, 10))
+    with running_server(ReplayPolicy(dataset, execution_horizon=4)) as server:
+        client = PolicyClient(host="127.0.0.1", port=server.port)
+        config = OpenLoopConfig(dataset_path=str(dataset), traj_ids=[0], steps=4, plot=False,
+                                output_dir=str(tmp_path / "a"))
+        checked = check_open_loop_policy(client, config)
+        config.traj_ids, config.steps = [1], 8
+        with pytest.raises(ValueError, match=r"traj_ids: checked \[0\], given \[1\]; steps: checked 4, given 8"):
+            evaluate_open_loop(client, config, checked=checked, progress=False)
+        spelt = OpenLoopConfig(dataset_path=dataset, steps=4, plot=False, modality_keys=("arm", "gripper"))
+        checked = check_open_loop_policy(client, spelt)
+        run = OpenLoopConfig(dataset_path=str(dataset), steps=4, plot=False, modality_keys=["arm", "gripper"],
+                             output_dir=str(tmp_path / "b"))
+        assert sorted(evaluate_open_loop(client, run, checked=checked, progress=False).trajectories) == [0]
+
+
+def test_a_check_reused_for_another_output_folder_still_keeps_another_runs_plots(tmp_path):
+    """The plot files were checked with the check only: a check reused for a second output folder replaced the plot the
+    first run's results.json names."""
+    pytest.importorskip("matplotlib")
+    from gr00t_client import PolicyClient
+    from gr00t_eval.open_loop import OpenLoopConfig, check_open_loop_policy, evaluate_open_loop
+
+    dataset = make_dataset(tmp_path / "ds", lengths=(12,))
+    config = OpenLoopConfig(dataset_path=str(dataset), steps=4, plot_path=f"{tmp_path / 'plots'}/")
+    with running_server(ReplayPolicy(dataset, execution_horizon=4)) as server:
+        client = PolicyClient(host="127.0.0.1", port=server.port)
+        checked = check_open_loop_policy(client, config)
+        first = dataclasses.replace(config, output_dir=str(tmp_path / "run1"))
+        evaluate_open_loop(client, first, checked=checked, progress=False)
+        drawn = (tmp_path / "plots" / "traj_0.jpeg").read_bytes()
+        with pytest.raises(ValueError, match=r"would replace .*traj_0.jpeg, which is there already"):
+            evaluate_open_loop(client, dataclasses.replace(config, output_dir=str(tmp_path / "run2")),
+                               checked=checked, progress=False)
+    assert (tmp_path / "plots" / "traj_0.jpeg").read_bytes() == drawn
+
+
+def test_a_policy_reporting_its_action_keys_in_the_flat_spelling_is_evaluated_by_the_datasets_keys(tmp_path):
+    """A policy reporting `action.arm` against a dataset's `arm` was refused as sharing no key with it ('evaluate this
+    policy against a dataset of its own embodiment')."""
+    from gr00t_eval.open_loop import OpenLoopConfig, check_open_loop_policy
+
+    dataset = make_dataset(tmp_path / "ds", lengths=(8,))
+
+    class FlatKeys(ReplayPolicy):
+        def get_modality_config(self):
+            configs = dict(super().get_modality_config())
+            action = configs["action"]
+            configs["action"] = dataclasses.replace(action, modality_keys=[f"action.{k}" for k in action.modality_keys])
+            return configs
+
+    checked = check_open_loop_policy(FlatKeys(dataset, execution_horizon=4),
+                                     OpenLoopConfig(dataset_path=str(dataset), steps=4, plot=False))
+    assert checked.dataset.num_episodes == 1
+
+
 def test_a_plot_path_holding_another_runs_plot_is_refused_naming_the_file(tmp_path, capsys):
     """Run B (another --output-dir, the same --save-plot-path) replaced run A's plot, which A's results.json names."""
     pytest.importorskip("matplotlib")

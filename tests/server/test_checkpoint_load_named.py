@@ -218,3 +218,8 @@ def test_a_built_in_tag_the_checkpoint_spells_in_two_cases_is_refused_naming_bot
     err = serve_error(checkpoint)
     assert "'NEW_EMBODIMENT' and 'New_Embodiment'; give one exactly: they differ only in case" in err, err
     assert "is not supported" not in err, err
+    # given in the reference's positional order (tag, path), it is still taken for the tag it is
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+
+    with pytest.raises(ValueError, match=r"'NEW_EMBODIMENT' and 'New_Embodiment'; give one exactly"):
+        Gr00tPolicy("new_embodiment", str(checkpoint), device="cpu")

@@ -574,8 +574,8 @@ def test_a_session_continuing_after_a_server_restart_is_refused_a_reset_without_
             client.reset({"episode_index": [1, 2, 1]})
             client.get_action({})
         with running_server(ReplayPolicy(dataset, configs, execution_horizon=2), port=client.port):
-            with pytest.raises(PolicyServerError, match=r"session 'robot' is not known to this server \(it restarted, "
-                               r".*its episodes went with it; reset it with options\['episode_index'\]"):
+            with pytest.raises(PolicyServerError, match=r"session 'robot' was served before by a server at this address "
+                               r".*not known to this one \(it restarted.*reset it with options\['episode_index'\]"):
                 client.reset()
             client.reset({"episode_index": [1, 2, 1]})
             _, info = client.get_action({})
@@ -651,3 +651,32 @@ def test_a_modality_slice_past_its_columns_width_in_the_data_fails_the_start_wit
     with pytest.raises(DatasetError, match=r"episode_000000.parquet: action key 'gripper' \(meta/modality.json\) reads "
                        r"\[3:5\] of column 'action', which holds 4 values per step"):
         ReplayPolicy(root)
+
+
+class _StrictResetOptions(ReplayPolicy):
+    """A session-keeping policy of a user's own whose reset refuses option names it does not know, and says nothing of
+    taking the server's session-lost mark."""
+
+    takes_session_lost = False
+
+    def reset(self, options=None):
+        unknown = sorted(set(options or {}) - {"_session_id", "episode_index", "step_index"})
+        if unknown:
+            raise ValueError(f"unknown reset options {unknown}")
+        return super().reset(options)
+
+
+def test_a_policy_that_does_not_take_the_session_lost_mark_is_not_sent_it_after_a_server_restart(dataset):
+    """The mark reached every session-keeping policy: one checking its reset options' names refused every reset of a
+    client after the server restarted ("unknown reset options ['_session_lost']")."""
+    configs = derive_from_dataset(dataset, action_horizon=4)
+    client = PolicyClient(port=free_port(), timeout_ms=5000, session_id="robot")
+    try:
+        with running_server(_StrictResetOptions(dataset, configs, execution_horizon=2), port=client.port):
+            client.reset({"episode_index": 1})
+            client.get_action({})
+        with running_server(_StrictResetOptions(dataset, configs, execution_horizon=2), port=client.port):
+            info = client.reset()
+    finally:
+        client.close()
+    assert info["episode_index"] == 0

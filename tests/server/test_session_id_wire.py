@@ -19,7 +19,7 @@ from gr00t_client import PolicyClient, codec
 from gr00t_eval.dataset import LeRobotDataset
 from gr00t_server.modality_configs import derive_from_dataset
 from gr00t_server.policies import ReplayPolicy
-from serving import running_server
+from serving import forward_until_closed, running_server
 from tcp_proxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -149,16 +149,6 @@ def test_reference_clients_behind_a_router_dealer_proxy_keep_their_own_replay(re
         robot_a.close(0)
         robot_b.close(0)
         context.term()  # ends the proxy, which then closes its sockets
-
-
-def forward_until_closed(frontend, backend):
-    """zmq.proxy (a ROUTER-DEALER broker in front of the server) until its context is terminated."""
-    try:
-        zmq.proxy(frontend, backend)
-    except zmq.ContextTerminated:
-        pass
-    frontend.close(0)
-    backend.close(0)
 
 
 def call(sock, envelope):

@@ -357,6 +357,7 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
             # decision again, by the new server's facts (a replay now takes the empty observation).
             with self._locked():
                 self._modality_config = None
+                self._server_info_asked = False  # behind a proxy, a server that took another's place goes unseen
             self._check_observation_with_server_facts(observation)
 
     def _check_observation_with_server_facts(self, observation: Any) -> None:

@@ -10,6 +10,7 @@ errored, not scored: comparing a replay of the wrong episode or step with the re
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import functools
 import logging
@@ -193,7 +194,7 @@ def evaluate_trajectory(
         config = dataclasses.replace(config, observation_format=observation_format)
     episode = dataset.episode(traj_id)
     action_keys = (dataset_action_keys(config.modality_keys, dataset.action_keys) if config.modality_keys
-                   else list(configs["action"].modality_keys))
+                   else _unprefixed(configs["action"].modality_keys))
     config = dataclasses.replace(config, execution_horizon=execution_horizon_for(configs["action"], config.execution_horizon))
     check_action_steps(configs["action"], config.execution_horizon)
     key_maps = {
@@ -312,7 +313,7 @@ def check_open_loop_policy(policy: BasePolicy, config: OpenLoopConfig,
     ValueError for an execution horizon it cannot serve, another embodiment, or action keys the dataset or the policy
     lacks (the CLI checks this before it empties an --overwrite folder, so a refused run leaves the earlier results
     there)."""
-    asked = config
+    asked = copy.deepcopy(config)  # the caller's config may be changed afterwards: what it was when checked
     if config.plot and config.plot_path is not None:  # another run's plots would be replaced (before the CLI's claim
         from .plots import check_plot_folder_free  # empties its --output-dir, whose results.json names its own plots)
 
@@ -336,7 +337,7 @@ def check_open_loop_policy(policy: BasePolicy, config: OpenLoopConfig,
         config = dataclasses.replace(config, modality_keys=dataset_action_keys(config.modality_keys, dataset.action_keys))
         _check_modality_keys_served(list(config.modality_keys), list(configs["action"].modality_keys))
     else:  # the policy's keys: once here, not as an aborted run in the first trajectory
-        _check_policy_action_keys(list(configs["action"].modality_keys), list(dataset.action_keys))
+        _check_policy_action_keys(_unprefixed(configs["action"].modality_keys), list(dataset.action_keys))
     return CheckedPolicy(config, info, served, not_applied, configs, dataset, asked)
 
 
@@ -354,12 +355,30 @@ def _refuse_other_check(checked: CheckedPolicy, config: OpenLoopConfig) -> None:
     """ValueError naming the settings in which `config` differs from the one `checked` was made for (output_dir
     aside): the run would evaluate the settings checked, not the ones asked for."""
     differing = [f.name for f in dataclasses.fields(OpenLoopConfig) if f.name != "output_dir"
-                 and getattr(checked.asked, f.name) != getattr(config, f.name)]
+                 and _comparable(getattr(checked.asked, f.name)) != _comparable(getattr(config, f.name))]
     if differing:
         shown = "; ".join(f"{name}: checked {getattr(checked.asked, name)!r}, given {getattr(config, name)!r}"
                           for name in differing)
         raise ValueError(f"checked was made for another config ({shown}); expected check_open_loop_policy's answer "
                          "for this config (output_dir aside): check it again with this config")
+
+
+def _comparable(value: Any) -> Any:
+    """A config value as _refuse_other_check compares it: a path as its text, a tuple as a list (equal settings)."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, tuple):
+        return [_comparable(item) for item in value]
+    return value
+
+
+def _same_folder(a: Optional[str], b: Optional[str]) -> bool:
+    return a is not None and b is not None and Path(a).resolve() == Path(b).resolve()
+
+
+def _unprefixed(keys: Sequence[str]) -> List[str]:
+    """Action keys as the dataset names them: a policy may report its flat spelling, `action.<key>`."""
+    return [key[len("action."):] if key.startswith("action.") else key for key in keys]
 
 
 def _check_policy_action_keys(policy_keys: List[str], dataset_keys: List[str]) -> None:
@@ -399,6 +418,11 @@ def evaluate_open_loop(
         check_open_loop_output_dir(config.output_dir)
     if checked is not None:
         _refuse_other_check(checked, config)
+        if config.plot and config.plot_path is not None and not _same_folder(checked.asked.output_dir, config.output_dir):
+            # checked for another output folder: whether the plots there are this run's own was not asked
+            from .plots import check_plot_folder_free
+
+            check_plot_folder_free(config.plot_path, config.output_dir, traj_ids=config.traj_ids)
     checked = checked or check_open_loop_policy(policy, config, report)
     hint_for = functools.partial(format_hint, checked.info, config.observation_format)  # the form asked, not resolved
     config = dataclasses.replace(checked.config, output_dir=config.output_dir)

@@ -55,10 +55,13 @@ def tag_given_first(model_path: Any, embodiment_tag: Any, subfolder: Optional[st
     checkpoint = Path(embodiment_tag).expanduser() / (subfolder or "")
     if not (checkpoint / CONFIG_NAME).is_file():
         return False
+    tags = _checkpoint_tags(checkpoint)
     try:
-        resolve_tag(model_path, _checkpoint_tags(checkpoint))
+        resolve_tag(model_path, tags)
     except ValueError:
-        return False
+        # A tag the checkpoint spells in several cases is refused by resolve_tag, but it is a tag all the same: the
+        # swap must happen for its refusal to be the one shown, not "neither an existing directory nor a hub id"
+        return any(tag.casefold() == model_path.strip().casefold() for tag in tags)
     return True
 
 

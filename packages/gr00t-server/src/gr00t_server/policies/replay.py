@@ -82,6 +82,7 @@ class ReplayPolicy(BasePolicy):
     """
 
     stateful_sessions = True
+    takes_session_lost = True  # reset options[SESSION_LOST_OPTION] (the server's mark of a session it does not know)
     observation_format = "nested"  # reported by get_server_info
 
     def __init__(
@@ -224,9 +225,10 @@ class ReplayPolicy(BasePolicy):
                 cursor = _Cursor(list(forgotten.episodes), [0] * len(forgotten.episodes))
             elif cursor is None and options.get(SESSION_LOST_OPTION) and options.get("episode_index") is None:
                 # Its episodes went with the old server: a reset that keeps the episode moved every row to episode 0
-                raise ValueError(f"{named_session(session)} is not known to this server (it restarted, or dropped the "
-                                 "session longer ago than it remembers), and its episodes went with it; reset it with "
-                                 "options['episode_index'] (one per row)")
+                raise ValueError(f"{named_session(session)} was served before by a server at this address (the "
+                                 "client's mark) but is not known to this one (it restarted or took another's place, "
+                                 "or dropped the session longer ago than it remembers): the episodes it replayed, if "
+                                 "any, are not known here; reset it with options['episode_index'] (one per row)")
             cursor = cursor or _Cursor([0], [0])
             episodes = cursor.episodes
             if options.get("episode_index") is not None:

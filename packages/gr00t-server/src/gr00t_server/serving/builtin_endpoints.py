@@ -26,7 +26,10 @@ logger = logging.getLogger("gr00t_server.serving.server")  # PolicyServer's log:
 SESSION_OPTION = "_session_id"
 # A reset's option, True for our client's session (served before) that this server does not know: it restarted, or
 # dropped the session longer ago than it remembers. A replay then cannot keep the session's episodes: it asks for them.
+# Sent only to a policy chain with a link that says it takes it (SESSION_LOST_ATTRIBUTE true): a policy that checks
+# its reset options' names refused every reset after a restart.
 SESSION_LOST_OPTION = "_session_lost"
+SESSION_LOST_ATTRIBUTE = "takes_session_lost"
 _UNDECLARED = object()  # _observation_format: a policy that has no observation_format at all
 
 
@@ -130,7 +133,8 @@ class BuiltinEndpoints:
         request = self._current
         assert request is not None
         options = self._with_session(options, request)
-        if self._policy_uses_sessions and request.continues_session and not self.sessions.knows(request.session):
+        if (self._policy_uses_sessions and request.continues_session and not self.sessions.knows(request.session)
+                and any(getattr(link, SESSION_LOST_ATTRIBUTE, False) for link in policy_chain(self.policy))):
             options[SESSION_LOST_OPTION] = True
         return self.policy.reset(options)
 
