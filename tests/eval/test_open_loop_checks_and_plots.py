@@ -248,23 +248,24 @@ def test_a_check_reused_for_another_output_folder_still_keeps_another_runs_plots
     assert (tmp_path / "plots" / "traj_0.jpeg").read_bytes() == drawn
 
 
-def test_a_policy_reporting_its_action_keys_in_the_flat_spelling_is_evaluated_by_the_datasets_keys(tmp_path):
+@pytest.mark.parametrize("modality_keys", [None, ["arm", "gripper"]], ids=["policy's keys", "--modality-keys"])
+def test_a_policy_reporting_its_keys_in_the_flat_spelling_is_refused_naming_the_spelling(tmp_path, modality_keys):
     """A policy reporting `action.arm` against a dataset's `arm` was refused as sharing no key with it ('evaluate this
-    policy against a dataset of its own embodiment')."""
+    policy against a dataset of its own embodiment'); taken by its plain names, its state and video keys were sent
+    back doubled (`state.state.arm`). Such configs are refused naming their spelling."""
     from gr00t_eval.open_loop import OpenLoopConfig, check_open_loop_policy
 
     dataset = make_dataset(tmp_path / "ds", lengths=(8,))
 
     class FlatKeys(ReplayPolicy):
         def get_modality_config(self):
-            configs = dict(super().get_modality_config())
-            action = configs["action"]
-            configs["action"] = dataclasses.replace(action, modality_keys=[f"action.{k}" for k in action.modality_keys])
-            return configs
+            return {kind: dataclasses.replace(config, modality_keys=[f"{kind}.{k}" for k in config.modality_keys])
+                    for kind, config in super().get_modality_config().items()}
 
-    checked = check_open_loop_policy(FlatKeys(dataset, execution_horizon=4),
-                                     OpenLoopConfig(dataset_path=str(dataset), steps=4, plot=False))
-    assert checked.dataset.num_episodes == 1
+    config = OpenLoopConfig(dataset_path=str(dataset), steps=4, plot=False, modality_keys=modality_keys)
+    with pytest.raises(ValueError, match=r"names its keys in the flat spelling \(.*action: \['action.arm', "
+                       r"'action.gripper'\]\); expected the plain names"):
+        check_open_loop_policy(FlatKeys(dataset, execution_horizon=4), config)
 
 
 def test_a_plot_path_holding_another_runs_plot_is_refused_naming_the_file(tmp_path, capsys):

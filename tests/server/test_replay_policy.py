@@ -680,3 +680,42 @@ def test_a_policy_that_does_not_take_the_session_lost_mark_is_not_sent_it_after_
     finally:
         client.close()
     assert info["episode_index"] == 0
+
+
+def test_a_wrapper_that_says_it_does_not_take_the_session_lost_mark_is_not_sent_it(dataset):
+    """The chain was asked with any(): a replay inside a wrapper saying takes_session_lost = False overrode it, and the
+    wrapper refused every reset of a returning client after a restart. The outermost link that says decides."""
+    from gr00t_client import BasePolicy
+
+    class Wrapper(BasePolicy):
+        stateful_sessions = True
+        takes_session_lost = False
+
+        def __init__(self, inner):
+            super().__init__(strict=False)
+            self.policy = inner
+
+        def reset(self, options=None):
+            unknown = sorted(set(options or {}) - {"_session_id", "episode_index", "step_index"})
+            if unknown:
+                raise ValueError(f"unknown reset options {unknown}")
+            return self.policy.reset(options)
+
+        def _get_action(self, observation, options=None):
+            return self.policy.get_action(observation, options)
+
+        def get_modality_config(self):
+            return self.policy.get_modality_config()
+
+    configs = derive_from_dataset(dataset, action_horizon=4)
+    client = PolicyClient(port=free_port(), timeout_ms=5000, session_id="robot")
+    try:
+        with running_server(Wrapper(ReplayPolicy(dataset, configs, execution_horizon=2)), port=client.port):
+            client.reset({"episode_index": 2})
+            client.get_action({})
+        with running_server(Wrapper(ReplayPolicy(dataset, configs, execution_horizon=2)), port=client.port):
+            info = client.reset()
+    finally:
+        client.close()
+    assert info["episode_index"] == 0
+

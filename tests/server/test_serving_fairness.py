@@ -367,24 +367,30 @@ def test_a_client_refused_through_a_warm_up_of_three_slow_calls_is_served_at_the
     assert outcomes == ["timed out", "refused", "timed out", "refused", "timed out", "refused", "served"], outcomes
 
 
-def test_a_fast_call_brings_the_probes_back_after_a_hopeless_client_backed_them_off(monkeypatch):
-    """The back-off was shared by all clients and only a refusal probe's own fast call reset it: after a client with a
-    hopeless 20 ms timeout had pushed it up, a robot refused after a later slow call waited through many refusals."""
+def test_a_hopeless_clients_back_off_holds_back_no_other_clients_probes(monkeypatch):
+    """The back-off was one for all clients, judged against the client refused last: after a client with a hopeless
+    20 ms timeout had pushed it up, a robot with 300 ms, refused after a slow spell, waited through many refusals
+    although calls took 50 ms again. Each client's probes are now backed off by the calls too slow for its own
+    timeout."""
     from gr00t_server.serving import batching
 
     monkeypatch.setattr(batching, "PROBE_AFTER_IDLE_S", 60.0)
     window = batching.GatherWindow(cap_ms=20.0)
-    window.observe_call(0.1)  # calls take 100 ms
-    for _ in range(40):  # a 20 ms client: refused, then its probes confirm slow calls
-        if window.least_call_seconds(1, time.monotonic()) > 0.02:
-            window.note_refused(1, 0.02)
+    window.observe_call(0.05)  # calls take 50 ms
+    probes = 0
+    for _ in range(200):  # the hopeless client's requests: refused, or run as probes that confirm slow calls
+        if window.least_call_seconds(1, time.monotonic(), timeout_s=0.02) > 0.02:
+            window.note_refused()
         else:
-            window.observe_call(0.1)
-    assert window._refusals_for_probe() > 1  # backed off
-    window.observe_call(0.005)  # any call short enough to have answered it
-    window.observe_call(0.6)  # a later slow call refuses a robot with 200 ms
-    window.note_refused(1, 0.2)
-    assert window.least_call_seconds(1, time.monotonic()) == 0.0  # its next request is a probe at once
+            probes += 1
+            window.observe_call(0.05)
+    assert probes <= 12, probes  # backed off (every other request ran before: 100)
+    for _ in range(3):  # a slow spell, too slow for the robot (ordinary calls)
+        window.observe_call(0.35)
+    window.note_refused()
+    assert window.least_call_seconds(1, time.monotonic(), timeout_s=0.3) == 0.0  # the robot's next request: a probe
+    window.observe_call(0.05)  # which shows calls are fast: the robot is served from now on
+    assert window.least_call_seconds(1, time.monotonic(), timeout_s=0.3) == pytest.approx(0.05)
 
 
 def test_a_lone_one_row_request_is_not_refused_on_the_word_of_larger_batches():

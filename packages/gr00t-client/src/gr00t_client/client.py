@@ -61,6 +61,13 @@ logger = logging.getLogger(__name__)
 _UNCAPPED_DECODE = codec.DecodeLimits(max_message_bytes=MAX_REPLY_BYTES_LIMIT)  # item budget and depth still hold
 
 
+def _in_neither_form(observation: Any) -> bool:
+    """An observation in neither the nested form (`video`, `state`, `language` maps) nor the flat one (`video.<k>`
+    keys): an empty one (a replay's) or a mistake, judged by what the server says its policy takes."""
+    nested = isinstance(observation, Mapping) and any(group in observation for group in ("video", "state", "language"))
+    return not nested and not is_flat_observation(observation)
+
+
 class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
     """Talks to a GR00T policy server (ours or the reference) over ZeroMQ REQ.
 
@@ -356,8 +363,12 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
             # by the socket). Ask once more before refusing, so a fixed server is not refused for ever; the whole
             # decision again, by the new server's facts (a replay now takes the empty observation).
             with self._locked():
-                self._modality_config = None
-                self._server_info_asked = False  # behind a proxy, a server that took another's place goes unseen
+                if _in_neither_form(observation):
+                    # Judged by the server's kind and form (a replay takes {}): behind a proxy, a server that took
+                    # another's place (an upstream one's too) goes unseen, so what it is is asked again as well
+                    self._forget_server()
+                else:  # the configs alone decide: one request, as before
+                    self._modality_config = None
             self._check_observation_with_server_facts(observation)
 
     def _check_observation_with_server_facts(self, observation: Any) -> None:
@@ -370,8 +381,8 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
             return  # a replay needs no observation, and its server takes an empty one
         # The flat form (`video.<k>`, `state.<k>`) is what a sim-wrapper server takes; it reports its wrapped
         # policy's nested configs, which hold either form. An observation in neither form is named in the server's.
-        nested = isinstance(observation, Mapping) and any(group in observation for group in ("video", "state", "language"))
-        flat = is_flat_observation(observation) or (not nested and self.server_observation_format == "flat")
+        flat = is_flat_observation(observation) or (_in_neither_form(observation)
+                                                    and self.server_observation_format == "flat")
         validate = validate_flat_observation if flat else validate_observation
         validate(observation, configs)
 

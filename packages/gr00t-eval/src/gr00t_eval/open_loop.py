@@ -194,7 +194,7 @@ def evaluate_trajectory(
         config = dataclasses.replace(config, observation_format=observation_format)
     episode = dataset.episode(traj_id)
     action_keys = (dataset_action_keys(config.modality_keys, dataset.action_keys) if config.modality_keys
-                   else _unprefixed(configs["action"].modality_keys))
+                   else list(configs["action"].modality_keys))
     config = dataclasses.replace(config, execution_horizon=execution_horizon_for(configs["action"], config.execution_horizon))
     check_action_steps(configs["action"], config.execution_horizon)
     key_maps = {
@@ -332,20 +332,20 @@ def check_open_loop_policy(policy: BasePolicy, config: OpenLoopConfig,
     config = dataclasses.replace(config, execution_horizon=execution_horizon_for(configs["action"], config.execution_horizon))
     check_action_steps(configs["action"], config.execution_horizon)
     report(f"Current modality config: \n{ {k: v.to_json_dict() for k, v in configs.items()} }")
+    _refuse_flat_spelt_configs(configs)
     dataset = LeRobotDataset(config.dataset_path)
     if config.modality_keys:  # a key the dataset lacks fails here, before results.json, not in every trajectory
         config = dataclasses.replace(config, modality_keys=dataset_action_keys(config.modality_keys, dataset.action_keys))
         _check_modality_keys_served(list(config.modality_keys), list(configs["action"].modality_keys))
     else:  # the policy's keys: once here, not as an aborted run in the first trajectory
-        _check_policy_action_keys(_unprefixed(configs["action"].modality_keys), list(dataset.action_keys))
+        _check_policy_action_keys(list(configs["action"].modality_keys), list(dataset.action_keys))
     return CheckedPolicy(config, info, served, not_applied, configs, dataset, asked)
 
 
 def _check_modality_keys_served(keys: List[str], policy_keys: List[str]) -> None:
-    """ValueError naming the policy's action keys when it lacks some of the modality_keys (--modality-keys) asked for,
-    each by its own name or its flat spelling `action.<key>`: every trajectory errored on it."""
-    served = {key[len("action."):] if key.startswith("action.") else key for key in policy_keys}
-    missing = [key for key in keys if key not in served]
+    """ValueError naming the policy's action keys when it lacks some of the modality_keys (--modality-keys) asked for:
+    every trajectory errored on it."""
+    missing = [key for key in keys if key not in policy_keys]
     if missing:
         raise ValueError(f"modality_keys (--modality-keys) {missing} are not among the policy's action keys "
                          f"{policy_keys}; expected keys the policy outputs (and the dataset has)")
@@ -376,9 +376,18 @@ def _same_folder(a: Optional[str], b: Optional[str]) -> bool:
     return a is not None and b is not None and Path(a).resolve() == Path(b).resolve()
 
 
-def _unprefixed(keys: Sequence[str]) -> List[str]:
-    """Action keys as the dataset names them: a policy may report its flat spelling, `action.<key>`."""
-    return [key[len("action."):] if key.startswith("action.") else key for key in keys]
+def _refuse_flat_spelt_configs(configs: Mapping[str, ModalityConfig]) -> None:
+    """ValueError when the policy reports its keys in the flat spelling (`state.arm`, `action.arm`), as no gr00t-server
+    or upstream N1.6+ server does: matched by name against the dataset's plain keys they were sent back doubled
+    (`state.state.arm`), or scored against no recorded action."""
+    flat = {kind: [key for key in config.modality_keys if key.startswith(f"{kind}.")]
+            for kind, config in configs.items() if kind in ("video", "state", "action")}
+    flat = {kind: keys for kind, keys in flat.items() if keys}
+    if flat:
+        shown = "; ".join(f"{kind}: {keys}" for kind, keys in flat.items())
+        raise ValueError(f"the policy's modality config names its keys in the flat spelling ({shown}); expected the "
+                         "plain names (`arm`, not `action.arm`) that gr00t-server and upstream Isaac-GR00T N1.6+ "
+                         "servers report and the dataset's meta/modality.json uses, which open-loop matches")
 
 
 def _check_policy_action_keys(policy_keys: List[str], dataset_keys: List[str]) -> None:

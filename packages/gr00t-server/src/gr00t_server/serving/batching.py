@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 import time
-from typing import Any, Callable, Collection, Deque, Dict, FrozenSet, Hashable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Collection, Deque, Dict, FrozenSet, Hashable, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -19,9 +19,11 @@ CALL_MEMORY_S = 30.0  # a policy call older than this no longer speaks for the p
 PROBE_AFTER_IDLE_S = 0.5  # no call run for this long: the next request runs whatever the calls before said (a probe)
 PROBE_AFTER_REFUSALS = 1  # this many refused on those calls' word with their whole timeout since one ran: the next
 # request runs (a probe). Not one refused for time it spent waiting: those probes ran late in a timeout storm.
-PROBE_BACKOFF_AFTER = 3  # refusal probes in a row whose calls were as slow again before the refusals needed double
-# (a warm-up of a few slow calls costs only their own requests) ...
+PROBE_BACKOFF_AFTER = 3  # refusal probes in a row too slow for their client's timeout: past this many, the refusals
+# a client with that timeout needs before its next probe double (a warm-up of a few slow calls costs only their own
+# requests) ...
 MAX_PROBE_AFTER_REFUSALS = 256  # ... up to this
+MAX_PROBE_TIMEOUTS = 64  # client timeouts whose slow probes are counted (the table is cleared beyond)
 PER_ROW_INFO_ATTRIBUTE = "per_row_info_keys"  # policy attribute: info keys holding one entry per row
 MAX_BATCH_NESTING = 16  # real observations nest 1-2 maps deep; the recursive helpers below must never hit the limit
 
@@ -268,9 +270,10 @@ class GatherWindow:
         self._call_s: Optional[float] = None
         self._recent_calls: Deque[Tuple[float, int, float]] = collections.deque(maxlen=SPREAD_HISTORY)  # ended, rows, s
         self._refused_since_call = 0  # requests refused by least_call_seconds since the last call ran
-        self._slow_probes = 0  # refusal probes in a row whose calls confirmed the refusal (_refusals_for_probe)
-        self._last_refused: Tuple[int, float] = (1, 0.0)  # rows of its round, its client's whole timeout (s)
-        self._probing = False  # a refusal probe is granted and its call not yet observed
+        # Refusal probes in a row too slow for their client, by its whole timeout (ms); the timeouts of the probes
+        # granted since the last call ran
+        self._slow_probes: Dict[int, int] = {}
+        self._probing: Set[int] = set()
 
     def observe_spread(self, seconds: float) -> None:
         """One round's time from its first to its last arrival."""
@@ -283,51 +286,51 @@ class GatherWindow:
         self._recent_calls.append((time.monotonic(), max(1, int(rows)), seconds))
         self._refused_since_call = 0
         # A client whose timeout is always shorter than the calls would otherwise have every other request run after
-        # it gave up: back off while refusal probes say the refused request could not have been answered in time (its
-        # share of the call took its whole timeout); any call, probe or not, that says it could starts over.
-        refused_rows, refused_timeout_s = self._last_refused
-        answerable = seconds * min(1.0, refused_rows / max(1, int(rows))) < refused_timeout_s
-        if answerable:
-            self._slow_probes = 0
-        elif self._probing:
-            self._slow_probes += 1
-        self._probing = False
+        # it gave up: a refusal probe whose call (a row's share of it) took its client's timeout counts against that
+        # timeout; any call shorter than a timeout starts that timeout over. Judged per timeout: one client's
+        # hopeless timeout backs off no other client's probes, and ordinary slow calls back off none.
+        share_ms = 1000.0 * seconds / max(1, int(rows))
+        for timeout_ms in self._probing:
+            if share_ms >= timeout_ms:
+                self._slow_probes[timeout_ms] = self._slow_probes.get(timeout_ms, 0) + 1
+        self._probing.clear()
+        for timeout_ms in [t for t in self._slow_probes if share_ms < t]:
+            del self._slow_probes[timeout_ms]
+        if len(self._slow_probes) > MAX_PROBE_TIMEOUTS:
+            self._slow_probes.clear()
 
-    def _refusals_for_probe(self) -> int:
-        """Requests refused on recent calls' word before the next runs as a probe: PROBE_AFTER_REFUSALS, doubling for
-        each slow probe in a row past PROBE_BACKOFF_AFTER, up to MAX_PROBE_AFTER_REFUSALS."""
-        doublings = max(0, self._slow_probes - PROBE_BACKOFF_AFTER)
+    def _refusals_for_probe(self, timeout_ms: int) -> int:
+        """Requests refused on recent calls' word before one whose client allows `timeout_ms` runs as a probe:
+        PROBE_AFTER_REFUSALS, doubling for each slow probe in a row for that timeout past PROBE_BACKOFF_AFTER, up to
+        MAX_PROBE_AFTER_REFUSALS."""
+        doublings = max(0, self._slow_probes.get(timeout_ms, 0) - PROBE_BACKOFF_AFTER)
         return min(PROBE_AFTER_REFUSALS << min(doublings, 16), MAX_PROBE_AFTER_REFUSALS)
 
     def call_seconds(self) -> float:
         """The policy's recent call time (0 before the first call)."""
         return self._call_s or 0.0
 
-    def least_call_seconds(self, rows: int, now: float) -> float:
+    def least_call_seconds(self, rows: int, now: float, timeout_s: Optional[float] = None) -> float:
         """The least a call of `rows` rows can take, by the policy's last SPREAD_HISTORY calls of the last CALL_MEMORY_S:
         as long as a smaller call and its share (rows / their rows) of a larger one. 0 when nothing is known, after
-        PROBE_AFTER_IDLE_S since the last call ran, and after PROBE_AFTER_REFUSALS requests refused on its word with
-        their client's whole timeout (note_refused) since then, so that a request refused on old calls' word cannot be
-        refused for ever (refused requests never run, so they never correct that word: one slow cold-start call
-        refused a rollout's every later request, each sent right after the last refusal). Past PROBE_BACKOFF_AFTER
-        such probes in a row whose calls still took the refused client's whole timeout, the refusals needed double for
-        each (up to MAX_PROBE_AFTER_REFUSALS); a call that did not, or calls forgotten, bring them back."""
+        PROBE_AFTER_IDLE_S since the last call ran, and, for a request whose client allows `timeout_s` in all, after
+        _refusals_for_probe requests refused on its word with their client's whole timeout (note_refused) since then,
+        so that a request refused on old calls' word cannot be refused for ever (refused requests never run, so they
+        never correct that word: one slow cold-start call refused a rollout's every later request, each sent right
+        after the last refusal)."""
         recent = [(rows_then, s) for ended, rows_then, s in self._recent_calls if now - ended <= CALL_MEMORY_S]
-        if not recent:
-            self._slow_probes = 0  # nothing speaks for the policy: a slow call after this is a new start
+        if not recent or now - self._recent_calls[-1][0] >= PROBE_AFTER_IDLE_S:
             return 0.0
-        if now - self._recent_calls[-1][0] >= PROBE_AFTER_IDLE_S:
-            return 0.0
-        if self._refused_since_call >= self._refusals_for_probe():
-            self._probing = True
-            return 0.0
+        if timeout_s is not None:
+            timeout_ms = int(round(1000.0 * timeout_s))
+            if self._refused_since_call >= self._refusals_for_probe(timeout_ms):
+                self._probing.add(timeout_ms)
+                return 0.0
         return min(s * min(1.0, rows / rows_then) for rows_then, s in recent)
 
-    def note_refused(self, rows: int, timeout_s: float) -> None:
-        """A request (in a round of `rows` rows) was refused on least_call_seconds' word although it had its client's
-        whole timeout, `timeout_s`, left."""
+    def note_refused(self) -> None:
+        """A request was refused on least_call_seconds' word although it had its client's whole timeout left."""
         self._refused_since_call += 1
-        self._last_refused = (max(1, int(rows)), max(0.0, float(timeout_s)))
 
     def seconds(self) -> float:
         """The current window: how long after it starts (its first arrival, or the previous call's replies when that

@@ -30,6 +30,16 @@ SESSION_OPTION = "_session_id"
 # its reset options' names refused every reset after a restart.
 SESSION_LOST_OPTION = "_session_lost"
 SESSION_LOST_ATTRIBUTE = "takes_session_lost"
+
+
+def _takes_session_lost(policy: Any) -> bool:
+    """Whether the policy's chain takes SESSION_LOST_OPTION: the outermost link that says (a wrapper saying False
+    keeps it from the replay inside, whose reset then keeps no episodes for a session it does not know)."""
+    for link in policy_chain(policy):
+        said = getattr(link, SESSION_LOST_ATTRIBUTE, None)
+        if said is not None:
+            return bool(said)
+    return False
 _UNDECLARED = object()  # _observation_format: a policy that has no observation_format at all
 
 
@@ -134,7 +144,7 @@ class BuiltinEndpoints:
         assert request is not None
         options = self._with_session(options, request)
         if (self._policy_uses_sessions and request.continues_session and not self.sessions.knows(request.session)
-                and any(getattr(link, SESSION_LOST_ATTRIBUTE, False) for link in policy_chain(self.policy))):
+                and _takes_session_lost(self.policy)):
             options[SESSION_LOST_OPTION] = True
         return self.policy.reset(options)
 

@@ -129,13 +129,16 @@ class JobRunner(ReplyFrames):
                 if whole_timeout_s is not None and whole_timeout_s < least:
                     # its client's whole timeout is shorter than recent calls: only a call can tell whether calls still
                     # take that long (a cold start's did once), so a later get_action runs as a probe
-                    self._window.note_refused(rows, whole_timeout_s)
+                    self._window.note_refused()
             else:
                 live.append(request)
         return live
 
     def _least_call_seconds(self, request: Request, rows: int, now: float) -> float:
-        return self._window.least_call_seconds(rows, now) if request.endpoint == "get_action" else 0.0
+        if request.endpoint != "get_action":
+            return 0.0
+        whole_timeout_s = None if request.deadline is None else request.deadline - request.received_at
+        return self._window.least_call_seconds(rows, now, whole_timeout_s)
 
     def _expired_reply(self, request: Request, rows: int, now: float, least_call_s: float) -> Reply:
         """The answer to a request whose client's deadline passed, or was too near, when its turn came (counted as
