@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import zmq
 
@@ -165,3 +165,22 @@ def forward_until_closed(frontend, backend):
         pass
     frontend.close(0)
     backend.close(0)
+
+
+@contextlib.contextmanager
+def router_dealer_broker() -> Iterator[Tuple[int, int]]:
+    """A ROUTER-DEALER broker on loopback (zmq.proxy in a thread): (the port clients connect to, the port a server
+    behind it binds). The server behind it can be restarted or replaced unseen by the clients' sockets."""
+    front, back = free_port(), free_port()
+    context = zmq.Context()
+    frontend, backend = context.socket(zmq.ROUTER), context.socket(zmq.DEALER)
+    for sock in (frontend, backend):
+        sock.setsockopt(zmq.LINGER, 0)
+    frontend.bind(f"tcp://127.0.0.1:{front}")
+    backend.connect(f"tcp://127.0.0.1:{back}")
+    threading.Thread(target=forward_until_closed, args=(frontend, backend), daemon=True).start()
+    try:
+        yield front, back
+    finally:
+        context.term()  # ends the proxy, which then closes its sockets
+

@@ -498,67 +498,39 @@ def test_a_strict_client_sends_the_empty_observation_at_once_to_a_replay_restart
 def test_a_strict_client_behind_a_proxy_sends_the_empty_observation_to_a_replay_that_took_a_models_place(tmp_path):
     """Behind a ROUTER-DEALER proxy the client's socket never sees the server behind it restart: the retry fetched the
     new configs but not the new server's kind, and every get_action({}) to the replay was refused."""
-    import threading
-
-    import zmq
     from gr00t_client import PolicyClient
-    from serving import forward_until_closed, free_port, running_server
+    from serving import router_dealer_broker, running_server
 
     root = make_dataset(tmp_path / "ds", lengths=(6, 9), cameras=("image",))
-    front, back = free_port(), free_port()
-    context = zmq.Context()
-    frontend, backend = context.socket(zmq.ROUTER), context.socket(zmq.DEALER)
-    for sock in (frontend, backend):
-        sock.setsockopt(zmq.LINGER, 0)
-    frontend.bind(f"tcp://127.0.0.1:{front}")
-    backend.connect(f"tcp://127.0.0.1:{back}")
-    threading.Thread(target=forward_until_closed, args=(frontend, backend), daemon=True).start()
-    try:
-        with PolicyClient(port=front, strict=True, timeout_ms=10000) as client:
-            with running_server(RecordingPolicy(), port=back):
-                with pytest.raises(ObservationError):
-                    client.get_action({})
-            with running_server(ReplayPolicy(root, execution_horizon=2), port=back):
-                client.reset({"episode_index": 1})
-                _, info = client.get_action({})
-            assert client.server_policy_kind == "replay"
-    finally:
-        context.term()  # ends the proxy, which then closes its sockets
+    with router_dealer_broker() as (front, back), PolicyClient(port=front, strict=True, timeout_ms=10000) as client:
+        with running_server(RecordingPolicy(), port=back):
+            with pytest.raises(ObservationError):
+                client.get_action({})
+        with running_server(ReplayPolicy(root, execution_horizon=2), port=back):
+            client.reset({"episode_index": 1})
+            _, info = client.get_action({})
+        assert client.server_policy_kind == "replay"
     assert info["episode_index"] == 1 and info["current_step"] == 0
 
 
 def test_a_strict_client_behind_a_proxy_learns_a_replay_took_an_upstream_servers_place(tmp_path):
     """After an upstream server the client had learnt it was no gr00t-server and never asked again: the replay that
     took its place behind the proxy was refused every empty observation."""
-    import threading
-
-    import zmq
     from gr00t_client import PolicyClient
     from reference_peer import RefModalityConfig, ReferenceServer
-    from serving import forward_until_closed, free_port, running_server
+    from serving import router_dealer_broker, running_server
 
     root = make_dataset(tmp_path / "ds", lengths=(6, 9), cameras=("image",))
     configs = ReplayPolicy(root, execution_horizon=2).get_modality_config()
-    front, back = free_port(), free_port()
-    context = zmq.Context()
-    frontend, backend = context.socket(zmq.ROUTER), context.socket(zmq.DEALER)
-    for sock in (frontend, backend):
-        sock.setsockopt(zmq.LINGER, 0)
-    frontend.bind(f"tcp://127.0.0.1:{front}")
-    backend.connect(f"tcp://127.0.0.1:{back}")
-    threading.Thread(target=forward_until_closed, args=(frontend, backend), daemon=True).start()
     handlers = {"get_action": lambda observation=None, options=None: ({}, {}),
                 "get_modality_config": lambda: {k: RefModalityConfig(v.to_json_dict()) for k, v in configs.items()}}
-    try:
-        with PolicyClient(port=front, strict=True, timeout_ms=10000) as client:
-            with ReferenceServer(handlers, port=back):
-                with pytest.raises(ObservationError):
-                    client.get_action({})
-            with running_server(ReplayPolicy(root, execution_horizon=2), port=back):
-                client.reset({"episode_index": 1})
-                _, info = client.get_action({})
-    finally:
-        context.term()
+    with router_dealer_broker() as (front, back), PolicyClient(port=front, strict=True, timeout_ms=10000) as client:
+        with ReferenceServer(handlers, port=back):
+            with pytest.raises(ObservationError):
+                client.get_action({})
+        with running_server(ReplayPolicy(root, execution_horizon=2), port=back):
+            client.reset({"episode_index": 1})
+            _, info = client.get_action({})
     assert info["episode_index"] == 1
 
 
