@@ -393,6 +393,28 @@ def test_a_hopeless_clients_back_off_holds_back_no_other_clients_probes(monkeypa
     assert window.least_call_seconds(1, time.monotonic(), timeout_s=0.3) == pytest.approx(0.05)
 
 
+@pytest.mark.parametrize("rows, timeouts_s", [(4, [0.1] * 60), (1, [0.1 + 0.001 * (i % 100) for i in range(60)])],
+                         ids=["4-row requests", "a timeout jittering by the millisecond"])
+def test_a_hopeless_client_is_backed_off_whatever_its_rows_or_timeout_jitter(monkeypatch, rows, timeouts_s):
+    """Probes were judged by a call's per-row share (a 4-row call of 200 ms 'answered' a 100 ms timeout, so the
+    back-off never started), and counted per exact millisecond of timeout (a client sending its remaining budget had
+    every other request run)."""
+    from gr00t_server.serving import batching
+
+    monkeypatch.setattr(batching, "PROBE_AFTER_IDLE_S", 60.0)
+    window = batching.GatherWindow(cap_ms=20.0)
+    call_s = 0.05 * rows if rows > 1 else 0.3  # 4 rows of 50 ms; or 300 ms, longer than every timeout
+    window.observe_call(call_s, rows)
+    probes = 0
+    for timeout_s in timeouts_s:
+        if window.least_call_seconds(rows, time.monotonic(), timeout_s=timeout_s) > timeout_s:
+            window.note_refused()
+        else:
+            probes += 1
+            window.observe_call(call_s, rows)
+    assert probes <= 10, probes  # every other request ran: 30
+
+
 def test_a_lone_one_row_request_is_not_refused_on_the_word_of_larger_batches():
     """An evaluation's batch-8 calls took 240 ms; a robot's 1-row calls take 30 ms and its timeout is 200 ms. Every
     robot request was refused: 'the fastest recent call' was a batch of 8. A call of 1 row takes at least its share."""

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import collections
+import math
 import time
-from typing import Any, Callable, Collection, Deque, Dict, FrozenSet, Hashable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Collection, Deque, Dict, FrozenSet, Hashable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -23,7 +24,8 @@ PROBE_BACKOFF_AFTER = 3  # refusal probes in a row too slow for their client's t
 # a client with that timeout needs before its next probe double (a warm-up of a few slow calls costs only their own
 # requests) ...
 MAX_PROBE_AFTER_REFUSALS = 256  # ... up to this
-MAX_PROBE_TIMEOUTS = 64  # client timeouts whose slow probes are counted (the table is cleared beyond)
+PROBE_TIMEOUT_BUCKET = 1.25  # client timeouts are counted in buckets this wide (a ratio): one whose timeout jitters
+# between requests (the remaining budget it sends) stays in one or two
 PER_ROW_INFO_ATTRIBUTE = "per_row_info_keys"  # policy attribute: info keys holding one entry per row
 MAX_BATCH_NESTING = 16  # real observations nest 1-2 maps deep; the recursive helpers below must never hit the limit
 
@@ -253,6 +255,11 @@ def split_result(
     return list(zip(actions, infos))
 
 
+def _timeout_bucket(ms: float) -> int:
+    """The bucket of a timeout (or a call time) in ms: buckets PROBE_TIMEOUT_BUCKET times wide."""
+    return int(math.floor(math.log(max(1.0, ms)) / math.log(PROBE_TIMEOUT_BUCKET)))
+
+
 class GatherWindow:
     """How long gathered get_action requests wait for the active clients that have not sent theirs yet.
 
@@ -270,10 +277,11 @@ class GatherWindow:
         self._call_s: Optional[float] = None
         self._recent_calls: Deque[Tuple[float, int, float]] = collections.deque(maxlen=SPREAD_HISTORY)  # ended, rows, s
         self._refused_since_call = 0  # requests refused by least_call_seconds since the last call ran
-        # Refusal probes in a row too slow for their client, by its whole timeout (ms); the timeouts of the probes
-        # granted since the last call ran
-        self._slow_probes: Dict[int, int] = {}
-        self._probing: Set[int] = set()
+        # Refusal probes in a row too slow for their clients, by the bucket of what their call took (too slow for
+        # every timeout up to it): (count, rows of the refused round, ms taken); and the probes granted since the last
+        # call ran, by timeout bucket: (rows of the round, the longest timeout in ms)
+        self._slow_probes: Dict[int, Tuple[int, int, float]] = {}
+        self._probing: Dict[int, Tuple[int, float]] = {}
 
     def observe_spread(self, seconds: float) -> None:
         """One round's time from its first to its last arrival."""
@@ -289,21 +297,30 @@ class GatherWindow:
         # it gave up: a refusal probe whose call (a row's share of it) took its client's timeout counts against that
         # timeout; any call shorter than a timeout starts that timeout over. Judged per timeout: one client's
         # hopeless timeout backs off no other client's probes, and ordinary slow calls back off none.
-        share_ms = 1000.0 * seconds / max(1, int(rows))
-        for timeout_ms in self._probing:
-            if share_ms >= timeout_ms:
-                self._slow_probes[timeout_ms] = self._slow_probes.get(timeout_ms, 0) + 1
-        self._probing.clear()
-        for timeout_ms in [t for t in self._slow_probes if share_ms < t]:
-            del self._slow_probes[timeout_ms]
-        if len(self._slow_probes) > MAX_PROBE_TIMEOUTS:
-            self._slow_probes.clear()
+        rows = max(1, int(rows))
 
-    def _refusals_for_probe(self, timeout_ms: int) -> int:
-        """Requests refused on recent calls' word before one whose client allows `timeout_ms` runs as a probe:
-        PROBE_AFTER_REFUSALS, doubling for each slow probe in a row for that timeout past PROBE_BACKOFF_AFTER, up to
+        def share_ms(rows_then: int) -> float:  # the call's share for a round of rows_then rows
+            return 1000.0 * seconds * min(1.0, rows_then / rows)
+
+        for rows_then, timeout_ms in self._probing.values():
+            took_ms = share_ms(rows_then)
+            if took_ms >= timeout_ms:  # too slow for every timeout up to what it took: counted there
+                bucket = _timeout_bucket(took_ms)
+                self._slow_probes[bucket] = (self._slow_count(bucket) + 1, rows_then, took_ms)
+        self._probing.clear()
+        for bucket in [b for b, (_, rows_then, took_ms) in self._slow_probes.items() if share_ms(rows_then) < took_ms]:
+            del self._slow_probes[bucket]  # calls got faster: what they took no longer speaks for them
+
+    def _slow_count(self, bucket: int) -> int:
+        """Slow refusal probes in a row for a timeout of `bucket`: a probe too slow for a longer timeout was too slow
+        for it too."""
+        return max((count for b, (count, _, _) in self._slow_probes.items() if b >= bucket), default=0)
+
+    def _refusals_for_probe(self, bucket: int) -> int:
+        """Requests refused on recent calls' word before one whose client's timeout is in `bucket` runs as a probe:
+        PROBE_AFTER_REFUSALS, doubling for each slow probe in a row for it past PROBE_BACKOFF_AFTER, up to
         MAX_PROBE_AFTER_REFUSALS."""
-        doublings = max(0, self._slow_probes.get(timeout_ms, 0) - PROBE_BACKOFF_AFTER)
+        doublings = max(0, self._slow_count(bucket) - PROBE_BACKOFF_AFTER)
         return min(PROBE_AFTER_REFUSALS << min(doublings, 16), MAX_PROBE_AFTER_REFUSALS)
 
     def call_seconds(self) -> float:
@@ -322,9 +339,11 @@ class GatherWindow:
         if not recent or now - self._recent_calls[-1][0] >= PROBE_AFTER_IDLE_S:
             return 0.0
         if timeout_s is not None:
-            timeout_ms = int(round(1000.0 * timeout_s))
-            if self._refused_since_call >= self._refusals_for_probe(timeout_ms):
-                self._probing.add(timeout_ms)
+            timeout_ms = max(1.0, 1000.0 * timeout_s)
+            bucket = _timeout_bucket(timeout_ms)
+            if self._refused_since_call >= self._refusals_for_probe(bucket):
+                rows_then, longest = self._probing.get(bucket, (rows, timeout_ms))
+                self._probing[bucket] = (max(rows_then, rows), max(longest, timeout_ms))
                 return 0.0
         return min(s * min(1.0, rows / rows_then) for rows_then, s in recent)
 
