@@ -294,9 +294,9 @@ class GatherWindow:
         self._recent_calls.append((time.monotonic(), max(1, int(rows)), seconds))
         self._refused_since_call = 0
         # A client whose timeout is always shorter than the calls would otherwise have every other request run after
-        # it gave up: a refusal probe whose call (a row's share of it) took its client's timeout counts against that
-        # timeout; any call shorter than a timeout starts that timeout over. Judged per timeout: one client's
-        # hopeless timeout backs off no other client's probes, and ordinary slow calls back off none.
+        # it gave up: a refusal probe whose call (its round's share of it) took its client's timeout counts against
+        # every timeout up to what it took (a jittering timeout is one client); a call faster than that starts them
+        # over. A hopeless client backs off no longer timeout's probes, and ordinary slow calls back off none.
         rows = max(1, int(rows))
 
         def share_ms(rows_then: int) -> float:  # the call's share for a round of rows_then rows
