@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval.scale_fixtures import ConstantPolicy, HangsOnCall, free_port, names_in_one_second, policy_server
+from eval.scale_fixtures import ConstantPolicy, CountingPolicy, HangsOnCall, free_port, names_in_one_second, policy_server
 from gr00t_eval.cli import main
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
@@ -191,16 +191,15 @@ def test_a_server_shutting_down_mid_rollout_stops_it_at_once_leaving_the_episode
     assert results["overall"]["n_episodes"] + results["n_not_run"] == 6
 
 
-class SlowCalls(ConstantPolicy):
-    """ConstantPolicy whose first `slow_calls` get_action calls (all, when None) take `call_s` seconds."""
+class SlowCalls(CountingPolicy):
+    """CountingPolicy whose first `slow_calls` get_action calls (all, when None) take `call_s` seconds."""
 
     def __init__(self, call_s: float, slow_calls=None):
         super().__init__()
-        self.call_s, self.slow_calls, self.calls = call_s, slow_calls, 0
+        self.call_s, self.slow_calls = call_s, slow_calls
 
     def _get_action(self, observation, options=None):
-        self.calls += 1
-        if self.slow_calls is None or self.calls <= self.slow_calls:
+        if self.slow_calls is None or self.calls < self.slow_calls:  # counted by CountingPolicy once answered
             time.sleep(self.call_s)
         return super()._get_action(observation, options)
 

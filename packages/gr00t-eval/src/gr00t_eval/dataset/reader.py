@@ -31,8 +31,10 @@ def _check_meta_commit_whole(meta_dir: Path) -> None:
     `gr00t-eval record` versions staged them as visible `NAME.tmp` / `NAME.prev`: both spellings count."""
     if not meta_dir.is_dir():
         return
-    staged = [path for path in meta_dir.rglob("*.tmp") if _writers_meta_file(path, meta_dir)]
-    renamed = [path for path in meta_dir.rglob("*.prev") if _writers_meta_file(path, meta_dir)
+    leftovers = [path for path in meta_dir.rglob("*") if path.suffix in (".tmp", ".prev")
+                 and _writers_meta_file(path, meta_dir)]  # one walk: a v3.0 meta/episodes/ may hold many files
+    staged = [path for path in leftovers if path.suffix == ".tmp"]
+    renamed = [path for path in leftovers if path.suffix == ".prev"
                and not path.with_name(path.name[:-len(".prev")] + ".tmp").exists()]
     if staged and renamed:
         left = ", ".join(sorted(str(path.relative_to(meta_dir)) for path in [*staged, *renamed]))

@@ -338,7 +338,7 @@ class GatherWindow:
         recent = [(rows_then, s) for ended, rows_then, s in self._recent_calls if now - ended <= CALL_MEMORY_S]
         if not recent or now - self._recent_calls[-1][0] >= PROBE_AFTER_IDLE_S:
             return 0.0
-        if timeout_s is not None:
+        if timeout_s is not None and self._refused_since_call:  # none refused: no probe is due (the common case)
             timeout_ms = max(1.0, 1000.0 * timeout_s)
             bucket = _timeout_bucket(timeout_ms)
             if self._refused_since_call >= self._refusals_for_probe(bucket):

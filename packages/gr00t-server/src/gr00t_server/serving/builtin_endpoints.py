@@ -17,7 +17,7 @@ from .endpoints import LOGGED_ERROR_CHARS, _safe_text, error_text, is_loopback_p
 from .execution import call_rows, policy_stages
 from .identity import encodable_identity
 from .messages import Request, RequestError
-from .sessions import keeps_sessions
+from .sessions import keeps_sessions, takes_session_lost
 from .worker import InlineCallAbandoned
 from .wrappers import policy_chain
 
@@ -26,20 +26,9 @@ logger = logging.getLogger("gr00t_server.serving.server")  # PolicyServer's log:
 SESSION_OPTION = "_session_id"
 # A reset's option, True for our client's session (served before) that this server does not know: it restarted, or
 # dropped the session longer ago than it remembers. A replay then cannot keep the session's episodes: it asks for them.
-# Sent only to a policy chain with a link that says it takes it (SESSION_LOST_ATTRIBUTE true): a policy that checks
-# its reset options' names refused every reset after a restart.
+# Sent only to a policy chain that says it takes it (sessions.takes_session_lost): a policy that checks its reset
+# options' names refused every reset after a restart.
 SESSION_LOST_OPTION = "_session_lost"
-SESSION_LOST_ATTRIBUTE = "takes_session_lost"
-
-
-def _takes_session_lost(policy: Any) -> bool:
-    """Whether the policy's chain takes SESSION_LOST_OPTION: the outermost link that says (a wrapper saying False
-    keeps it from the replay inside, whose reset then keeps no episodes for a session it does not know)."""
-    for link in policy_chain(policy):
-        said = getattr(link, SESSION_LOST_ATTRIBUTE, None)
-        if said is not None:
-            return bool(said)
-    return False
 _UNDECLARED = object()  # _observation_format: a policy that has no observation_format at all
 
 
@@ -144,7 +133,7 @@ class BuiltinEndpoints:
         assert request is not None
         options = self._with_session(options, request)
         if (self._policy_uses_sessions and request.continues_session and not self.sessions.knows(request.session)
-                and _takes_session_lost(self.policy)):
+                and self._policy_fact(takes_session_lost)):
             options[SESSION_LOST_OPTION] = True
         return self.policy.reset(options)
 

@@ -125,8 +125,7 @@ class JobRunner(ReplyFrames):
             least = self._least_call_seconds(request, rows, now)
             if request.expired(now, least):
                 replies.append(self._expired_reply(request, rows, now, least))
-                whole_timeout_s = None if request.deadline is None else request.deadline - request.received_at
-                if whole_timeout_s is not None and whole_timeout_s < least:
+                if request.whole_timeout_s is not None and request.whole_timeout_s < least:
                     # its client's whole timeout is shorter than recent calls: only a call can tell whether calls still
                     # take that long (a cold start's did once), so a later get_action runs as a probe
                     self._window.note_refused()
@@ -137,8 +136,7 @@ class JobRunner(ReplyFrames):
     def _least_call_seconds(self, request: Request, rows: int, now: float) -> float:
         if request.endpoint != "get_action":
             return 0.0
-        whole_timeout_s = None if request.deadline is None else request.deadline - request.received_at
-        return self._window.least_call_seconds(rows, now, whole_timeout_s)
+        return self._window.least_call_seconds(rows, now, request.whole_timeout_s)
 
     def _expired_reply(self, request: Request, rows: int, now: float, least_call_s: float) -> Reply:
         """The answer to a request whose client's deadline passed, or was too near, when its turn came (counted as

@@ -82,6 +82,11 @@ class Request:
         """How long this request waited for the policy until `until` (time.monotonic()), its decode left out."""
         return max(0.0, (until - self.received_at) * 1000.0 - self.decode_ms)
 
+    @property
+    def whole_timeout_s(self) -> Optional[float]:
+        """The client's whole timeout for this request (its deadline from its arrival); None without a deadline."""
+        return None if self.deadline is None else self.deadline - self.received_at
+
     def expired(self, now: Optional[float] = None, margin_s: float = 0.0) -> bool:
         """True once the client's deadline has passed (it no longer waits for the reply), or is less than `margin_s`
         away; never for a request that carries no deadline."""

@@ -193,6 +193,17 @@ def keeps_sessions(policy: Any) -> bool:
     return any(getattr(link, "stateful_sessions", False) for link in policy_chain(policy))
 
 
+def takes_session_lost(policy: Any) -> bool:
+    """Whether the policy's chain takes the server's session-lost reset mark (`takes_session_lost`): the outermost
+    link that says (a wrapper saying False keeps it from the replay inside, whose reset then keeps no episodes for a
+    session it does not know)."""
+    for link in policy_chain(policy):
+        said = getattr(link, "takes_session_lost", None)
+        if said is not None:
+            return bool(said)
+    return False
+
+
 def policy_session_limit(policy: Any) -> Optional[int]:
     """The most sessions the policy's own table keeps (the `max_sessions` of the first policy in its wrapper chain
     that keeps sessions and says), or None when none says."""
