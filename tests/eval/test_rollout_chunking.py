@@ -288,6 +288,13 @@ def test_unknown_chunking_mode_or_merge_rule_is_refused():
         RolloutRunner(TrackingPolicy(), RolloutConfig(env_name=ENV_NAME, chunk_merge="median"))
 
 
+@pytest.mark.parametrize("mode", ["off", "sync"])
+def test_a_merge_rule_without_async_client_chunking_is_refused_before_any_episode(mode):
+    # ActionChunker refuses a merge rule it would never apply: with sync the run failed at its chunker instead
+    with pytest.raises(ValueError, match=f"chunk_merge 'weighted' needs client_chunking='async' .*, got '{mode}'"):
+        RolloutRunner(TrackingPolicy(), RolloutConfig(env_name=ENV_NAME, client_chunking=mode, chunk_merge="weighted"))
+
+
 @pytest.mark.parametrize("flags", [["--client-chunking", "async", "--chunk-merge", "weighted"],
                                    ["--client_chunking", "async", "--chunk_merge", "weighted"]])
 def test_chunking_flags_in_both_spellings_reach_the_rollout_config(flags):

@@ -64,6 +64,11 @@ def _wait_seconds(timeout: Any) -> Optional[float]:
     return None if timeout > threading.TIMEOUT_MAX else float(timeout)
 
 
+def _is_real(value: Any) -> bool:
+    """A real number, numpy's included, and not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
 def _wraps_client(policy: Any) -> bool:
     """Whether `policy` is a PolicyClient or wraps one through `.policy` (PolicyWrapper's attribute); a cycle ends it."""
     seen = set()
@@ -104,8 +109,17 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
             raise ValueError(f"prefetch_steps must be an int >= 0 or None (half the chunk), got {prefetch_steps!r}")
         if not callable(merge) and merge not in MERGE_RULES:
             raise ValueError(f"merge must be one of {MERGE_RULES} or a callable, got {merge!r}")
+        if not _is_real(new_weight):  # a str or None raised a bare TypeError from the comparison, naming nothing
+            raise ValueError(f"new_weight must be a real number in [0, 1] (not a bool), got {new_weight!r} "
+                             f"({type(new_weight).__name__})")
         if not 0.0 <= new_weight <= 1.0:
             raise ValueError(f"new_weight must be in [0, 1], got {new_weight}")
+        merging = ([f"merge={merge!r}"] if callable(merge) or merge != "newest" else []) + (
+            [f"new_weight={new_weight!r}"] if new_weight != 0.7 else [])
+        if merging and not asynchronous:  # as rtc_frozen_steps and gr00t-eval's --chunk-merge: it was never applied
+            raise ValueError(f"{' and '.join(merging)} needs asynchronous=True: only a prefetched chunk is merged with "
+                             "the steps still running (a synchronous chunker replaces the chunks it fetches); leave "
+                             "merge='newest' and new_weight=0.7, or pass asynchronous=True")
         if rtc_frozen_steps is not None:
             if not asynchronous:
                 raise ValueError("rtc_frozen_steps needs asynchronous=True: only a prefetch overlaps a chunk still running")
@@ -114,8 +128,9 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
                     f"rtc_frozen_steps must be an int >= 1 (this step + the steps executed while the policy runs), "
                     f"got {rtc_frozen_steps!r}"
                 )
-        if not 0.0 < rtc_ramp_rate < float("inf"):
-            raise ValueError(f"rtc_ramp_rate must be a finite number > 0, got {rtc_ramp_rate}")
+        if not (_is_real(rtc_ramp_rate) and 0.0 < rtc_ramp_rate < float("inf")):  # True passed, and the server refused it
+            raise ValueError(f"rtc_ramp_rate must be a finite number > 0, got {rtc_ramp_rate!r} "
+                             f"({type(rtc_ramp_rate).__name__}); expected a real number, not a bool")
         self.policy = policy
         self.n_action_steps = None if n_action_steps is None else int(n_action_steps)
         self.per_env = per_env

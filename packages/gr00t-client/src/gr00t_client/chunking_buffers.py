@@ -4,7 +4,7 @@ call, and a newer chunk merged into the steps not yet executed by the chunker's 
 from __future__ import annotations
 
 from collections.abc import Mapping  # isinstance with typing.Mapping is twice as slow (hot paths)
-from typing import Any, Collection, Dict, List, Sequence
+from typing import Any, Collection, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -107,19 +107,30 @@ class _StepBuffers:
         """Put a fetched chunk in the buffers of `env_ids`; the envs in `running` (asynchronous: envs fetched in
         lockstep with another env's exhausted one, their own chunk still running) merge it by the merge rule instead,
         as a prefetch computed from this step's observation (their steps replaced it outright, and with merge
-        "oldest" or RTC a robot jumped at every other env's episode end). Returns the envs merged."""
-        merged = []
+        "oldest" or RTC a robot jumped at every other env's episode end). With RTC they keep their own chunk: this
+        fetch carried no options["rtc"] (the exhausted envs have no steps to continue), so its rows would not join
+        the running ones; their next prefetch does. Returns the envs merged."""
+        installed = {}
         for i, chunk in zip(env_ids, self._split(action, len(env_ids))):
             if i in running and self._buffers[i] is not None:
-                self._merge_into(i, chunk, elapsed=0)
-                merged.append(i)
+                if self.rtc_frozen_steps is None:
+                    installed[i] = self._merged(i, chunk, elapsed=0)
             else:
-                self._buffers[i] = chunk
-                self._cursors[i] = 0
+                installed[i] = chunk
+        merged = [i for i in installed if i in running and self._buffers[i] is not None]
+        self._commit(installed)  # every merge above succeeded: a refused one left every buffer as it was
         self.stats.merged_envs += len(merged)
         return merged
 
-    def _merge_into(self, i: int, new: Dict[str, np.ndarray], elapsed: int) -> None:
+    def _commit(self, buffers: Dict[int, Optional[Dict[str, np.ndarray]]]) -> None:
+        """Put each env's new buffer in place, from its first step."""
+        for i, buffer in buffers.items():
+            self._buffers[i] = buffer
+            self._cursors[i] = 0
+
+    def _merged(self, i: int, new: Dict[str, np.ndarray], elapsed: int) -> Optional[Dict[str, np.ndarray]]:
+        """Env i's buffer with `new` (whose step `elapsed` lines up with its cursor) merged in; the buffers unchanged.
+        The merged steps are checked as a policy's chunk is: ActionError naming the key for another dtype or NaN."""
         old = self._buffers[i]
         cursor = self._cursors[i]
         result = {}
@@ -128,10 +139,17 @@ class _StepBuffers:
             old_tail = old[key][cursor:] if old is not None else new_steps[:0]
             n = min(len(old_tail), len(new_tail))
             longer = new_tail if len(new_tail) >= len(old_tail) else old_tail
+            if not n:  # nothing overlaps: a merge function is not asked to merge no steps (its float64 () cast ints)
+                result[key] = longer.copy()
+                continue
             merged = merge_overlap(old_tail[:n], new_tail[:n], self.merge, self.new_weight)
+            dtype = self._step_dtypes[key]
+            if merged.dtype != dtype:  # a merge function's object array hid NaN; its (old + new) / 2 made ints float
+                raise ActionError(f"merging the overlap of action key '{key}' ({self.merge!r}) gave dtype "
+                                  f"{merged.dtype}; expected {dtype}, the key's dtype in the policy's chunks; the chunk "
+                                  "was not used")
             if merged.dtype.kind in "fc" and not np.isfinite(merged).all():  # a merge function's, or a rule's overflow
                 raise ActionError(f"merging the overlap of action key '{key}' ({self.merge!r}) gave non-finite values "
                                   "(NaN or inf) from finite chunks; the chunk was not used")
             result[key] = np.concatenate([merged, longer[n:]])
-        self._buffers[i] = result if len(next(iter(result.values()))) else None
-        self._cursors[i] = 0
+        return result if len(next(iter(result.values()))) else None

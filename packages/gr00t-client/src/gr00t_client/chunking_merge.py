@@ -22,7 +22,11 @@ def merge_overlap(old: np.ndarray, new: np.ndarray, rule: Union[str, MergeFn] = 
     if old.shape != new.shape:
         raise ValueError(f"overlapping steps must have equal shapes; got old {old.shape} and new {new.shape}")
     if callable(rule):
-        merged = np.asarray(rule(old, new))
+        merged = rule(old, new)
+        if isinstance(merged, np.ma.MaskedArray):  # np.asarray drops the mask: the robot got the masked entries' values
+            raise ValueError("merge function returned a numpy masked array; return merged.filled(x) with the value "
+                             "the robot should get")
+        merged = np.asarray(merged)
         if merged.shape != old.shape:
             raise ValueError(f"merge function returned shape {merged.shape}; expected {old.shape}")
         return merged

@@ -110,7 +110,7 @@ class _Prefetching:
             return
         ids = low if self.per_env else list(range(self._n_envs or 0))
         request_obs = _copy_leaves(self._rows(observation, ids))
-        request_options = dict(self._row_options(options, ids)) if options else None
+        request_options = _copy_leaves(self._row_options(options, ids)) if options else None  # a refilled noise too
         rtc = self._rtc_options(ids)
         if rtc is not None:
             request_options = {**(request_options or {}), "rtc": rtc}
@@ -157,24 +157,28 @@ class _Prefetching:
         except BaseException as exc:
             if pending.future.done():  # the request failed: it is over. A wait cut short (Ctrl-C) keeps it pending,
                 self._pending = None  # so that the next call (or close/reset) still knows the request in flight
-                if not block and self._outlived(exc):
+                if self._outlived(exc):  # also while this call waited: the envs that ran out are fetched now
                     return []
             raise
         self._pending = None
         chunks = self._split(action, len(pending.env_ids))  # a bad chunk is dropped whole; the buffers run on
         self._last_info = info if isinstance(info, dict) else {}
-        merged = []
+        buffers, merged, late = {}, [], 0
         rows = zip(pending.env_ids, pending.generations, pending.steps_at_observation, chunks)
         for i, generation, at_obs, new in rows:
             if generation != self._generations[i]:
                 self.stats.discarded_envs += 1
                 continue
             elapsed = self._steps_taken[i] - at_obs
-            self._merge_into(i, new, elapsed=elapsed)
+            buffers[i] = self._merged(i, new, elapsed=elapsed)
             if elapsed >= len(next(iter(new.values()))):  # every step it predicted has passed: nothing was merged
-                self.stats.late_envs += 1
+                late += 1
                 continue
             merged.append(i)
+        # Every env merged before any buffer changes: a merge refused for one env ("the chunk was not used") had
+        # already been taken by the envs before it.
+        self._commit(buffers)
+        self.stats.late_envs += late
         self.stats.merged_envs += len(merged)
         return merged
 

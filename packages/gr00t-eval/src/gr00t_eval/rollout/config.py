@@ -169,6 +169,9 @@ def _check_chunking(config: RolloutConfig) -> None:
         raise ValueError(ASYNC_ONE_STEP)
     if config.rtc_frozen_steps is not None and config.client_chunking != "async":
         raise ValueError(f"rtc_frozen_steps needs client_chunking='async', got {config.client_chunking!r}")
+    if config.chunk_merge != "newest" and config.client_chunking != "async":  # ActionChunker refuses it too
+        raise ValueError(f"chunk_merge {config.chunk_merge!r} needs client_chunking='async' (only a prefetched chunk is "
+                         f"merged), got {config.client_chunking!r}")
 
 
 def check_policy(policy: Any) -> None:

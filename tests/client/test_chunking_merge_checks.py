@@ -1,0 +1,206 @@
+"""ActionChunker against a real PolicyServer on loopback: a prefetch keeps the options passed with its observation, a
+merge's steps are checked as a chunk is and taken by every env or none, a running env keeps its chunk under RTC when
+another env's reset fetches in the foreground, a prefetch timing out while the call waits is outlived, and settings
+that would fail later or never apply are refused when the chunker is made."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from gr00t_client import ActionChunker, ActionError, BasePolicy, PolicyClient, PolicyWrapper
+from serving import running_server
+
+
+class StampPolicy(BasePolicy):
+    """Step j of the chunk for an env whose observation holds t is 100 * t + j; an int64 'gripper' key holds 3 * t. It
+    records each request's options, and its call number `stall_call` takes `stall_s` (a stalled server)."""
+
+    def __init__(self, horizon=8, stall_call=None, stall_s=0.0):
+        super().__init__(strict=False)
+        self.horizon, self.stall_call, self.stall_s = horizon, stall_call, stall_s
+        self.options, self.calls = [], 0
+
+    def _get_action(self, observation, options=None):
+        self.calls += 1
+        self.options.append(options)
+        if self.calls == self.stall_call:
+            time.sleep(self.stall_s)
+        t = np.asarray(observation["state"]["t"], np.float32)[:, 0]
+        chunk = 100.0 * t[:, None] + np.arange(self.horizon, dtype=np.float32)[None, :]
+        gripper = np.repeat(3 * t.astype(np.int64)[:, None, None], self.horizon, axis=1)
+        return {"x": chunk[:, :, None], "gripper": gripper}, {}
+
+    def reset(self, options=None):
+        return {}
+
+
+def obs(*t):
+    return {"state": {"t": np.array(t, np.float32)[:, None]}}
+
+
+@pytest.fixture
+def served():
+    """(policy, client) for a StampPolicy served on loopback."""
+    policy = StampPolicy()
+    with running_server(policy) as server, PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client:
+        yield policy, client
+
+
+class HeldBack(PolicyWrapper):
+    """Forwards to the client; a request waits for `go` first (a busy prefetch thread), so the caller acts meanwhile."""
+
+    def __init__(self, policy):
+        super().__init__(policy, strict=False)
+        self.go = threading.Event()
+        self.go.set()
+
+    def _get_action(self, observation, options=None):
+        self.go.wait(10)
+        return self.policy.get_action(observation, options)
+
+
+# --- what a prefetch sends ------------------------------------------------------------------------------------
+
+
+def test_a_prefetch_sends_the_array_options_passed_with_its_observation_though_the_caller_refills_them(served):
+    # The options dict was copied, its arrays were not: every prefetch ran with the noise the robot wrote after
+    # get_action returned.
+    policy, client = served
+    wrapper = HeldBack(client)
+    noise = np.zeros((1, 8, 1), np.float32)  # the robot's preallocated noise buffer, refilled every step
+    with ActionChunker(wrapper, asynchronous=True, prefetch_steps=4) as chunker:
+        for t in range(4):
+            noise[...] = t
+            if t == 3:  # the prefetch this call sends waits until the buffer is refilled
+                wrapper.go.clear()
+            chunker.get_action(obs(t), {"noise": noise})
+        noise[...] = -1
+        wrapper.go.set()
+        assert chunker.wait_for_prefetch(10)
+    assert chunker.stats.prefetches == 1
+    assert [float(options["noise"][0, 0, 0]) for options in policy.options] == [0.0, 3.0]
+
+
+# --- a merge's steps ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("merge, key, got, expected", [
+    (lambda old, new: np.where(np.ones(new.shape, bool), np.nan, new).astype(object), "x", "object", "float32"),
+    (lambda old, new: (old + new) / 2 if old.dtype == np.int64 else new, "gripper", "float64", "int64"),
+])
+def test_a_merge_function_that_changes_a_keys_dtype_is_refused_naming_the_key_and_both_dtypes(served, merge, key, got,
+                                                                                              expected):
+    # An object array hid NaN from the finite check, and (old + new) / 2 sent fractional float64 gripper commands.
+    _policy, client = served
+    with ActionChunker(client, asynchronous=True, prefetch_steps=4, merge=merge) as chunker:
+        for t in range(4):  # the last call sends the prefetch
+            chunker.get_action(obs(t))
+        assert chunker.wait_for_prefetch(10)
+        with pytest.raises(ActionError, match=rf"merging the overlap of action key '{key}' \(<function .*\) gave "
+                                              rf"dtype {got}; expected {expected}, the key's dtype in the policy's chunks"):
+            chunker.get_action(obs(4))
+        step, _ = chunker.get_action(obs(5))
+    assert step["gripper"].dtype == np.int64 and step["gripper"].tolist() == [[0]]  # the first chunk runs on
+
+
+def test_a_merge_function_returning_a_masked_array_is_refused(served):
+    # np.asarray dropped the mask: the robot got the values under it.
+    _policy, client = served
+    with ActionChunker(client, asynchronous=True, prefetch_steps=4,
+                       merge=lambda old, new: np.ma.masked_array(new, mask=True)) as chunker:
+        for t in range(4):
+            chunker.get_action(obs(t))
+        assert chunker.wait_for_prefetch(10)
+        with pytest.raises(ValueError, match=r"merge function returned a numpy masked array; return merged.filled\(x\)"):
+            chunker.get_action(obs(4))
+
+
+def test_a_merge_refused_for_one_env_leaves_every_env_on_its_running_chunk(served):
+    # Env 0 had already merged the chunk the error said "was not used": env 0 ran the new chunk, env 1 the old one.
+    _policy, client = served
+
+    def merge(old, new):  # inf for env 1's rows (its t is 50 more than env 0's) only
+        return np.full(new.shape, np.inf, new.dtype) if new.dtype.kind == "f" and new[0, 0] >= 5000 else new
+
+    with ActionChunker(client, asynchronous=True, prefetch_steps=4, merge=merge) as chunker:
+        for t in range(4):
+            chunker.get_action(obs(t, 50 + t))
+        assert chunker.wait_for_prefetch(10)
+        with pytest.raises(ActionError, match="action key 'x' .* gave non-finite values .* the chunk was not used"):
+            chunker.get_action(obs(4, 54))
+        step, _ = chunker.get_action(obs(5, 55))
+    assert step["x"][:, 0].tolist() == [4.0, 5004.0]  # both envs on their first chunk, step 4
+
+
+# --- RTC and a foreground fetch --------------------------------------------------------------------------------
+
+
+def test_with_rtc_a_running_env_keeps_its_chunk_when_another_envs_reset_fetches_both(served):
+    # The foreground fetch (no options["rtc"]: the reset env has no steps to continue) replaced env 0's running
+    # chunk by merge "newest": its executed step jumped from 2 to 200.
+    policy, client = served
+    with ActionChunker(client, asynchronous=True, prefetch_steps=4, rtc_frozen_steps=2) as chunker:
+        for t in range(2):
+            chunker.get_action(obs(t, t))
+        chunker.reset(env_ids=[1])
+        step, info = chunker.get_action(obs(2, 2))
+        assert info["fetched_env_ids"] == [0, 1] and info["merged_env_ids"] == []
+        assert step["x"][:, 0].tolist() == [2.0, 200.0]  # env 0 runs on in its chunk; env 1 starts the new one
+        steps = [chunker.get_action(obs(t, t))[0]["x"][0, 0] for t in range(3, 6)]
+        assert chunker.wait_for_prefetch(10)
+    assert steps == [3.0, 4.0, 5.0]
+    assert "rtc" not in (policy.options[1] or {})  # the foreground fetch
+    assert "rtc" in policy.options[2]  # the next prefetch, which env 0's chunk joins with RTC
+
+
+# --- a prefetch failing while the call waits --------------------------------------------------------------------
+
+
+def test_a_prefetch_timing_out_while_the_call_waits_is_outlived_and_the_reset_env_fetched_afresh():
+    # Its PolicyTimeoutError was raised when it landed during the call, while one landed before the call was outlived.
+    policy = StampPolicy(horizon=16, stall_call=2, stall_s=1.4)  # the first prefetch stalls past the client's timeout
+    with running_server(policy) as server, PolicyClient("127.0.0.1", server.port, timeout_ms=1000) as client, \
+            ActionChunker(client, asynchronous=True) as chunker:
+        for t in range(8):  # the last call sends the prefetch (8 of 16 steps left)
+            chunker.get_action(obs(t, t))
+        chunker.reset(env_ids=[1])
+        step, info = chunker.get_action(obs(8, 8))  # env 1 ran out: waits for the prefetch, which times out
+    assert info["prefetch_error"].startswith("PolicyTimeoutError: ")
+    assert info["fetched_env_ids"] == [0, 1] and step["x"][:, 0].tolist() == [800.0, 800.0]
+
+
+# --- settings refused when the chunker is made -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"rtc_ramp_rate": True}, "rtc_ramp_rate must be a finite number > 0, got True (bool); expected a real number, "
+                              "not a bool"),
+    ({"rtc_ramp_rate": "6"}, "rtc_ramp_rate must be a finite number > 0, got '6' (str)"),
+    ({"rtc_ramp_rate": None}, "rtc_ramp_rate must be a finite number > 0, got None (NoneType)"),
+    ({"new_weight": "0.5"}, "new_weight must be a real number in [0, 1] (not a bool), got '0.5' (str)"),
+    ({"new_weight": None}, "new_weight must be a real number in [0, 1] (not a bool), got None (NoneType)"),
+    ({"new_weight": True}, "new_weight must be a real number in [0, 1] (not a bool), got True (bool)"),
+])
+def test_rtc_ramp_rate_and_new_weight_of_another_type_are_refused_naming_the_parameter(served, kwargs, message):
+    # True was taken (True > 0) and the server refused the first prefetch mid-run; a str or None raised a bare
+    # TypeError from the comparison, naming neither parameter.
+    _policy, client = served
+    with pytest.raises(ValueError) as error:
+        ActionChunker(client, asynchronous=True, rtc_frozen_steps=2, **kwargs)
+    assert str(error.value).startswith(message)
+
+
+@pytest.mark.parametrize("kwargs, named", [
+    ({"merge": "oldest"}, "merge='oldest'"),
+    ({"merge": max}, "merge=<built-in function max>"),
+    ({"merge": "weighted", "new_weight": 0.5}, "merge='weighted' and new_weight=0.5"),
+])
+def test_a_merge_setting_without_asynchronous_is_refused_as_never_applied(served, kwargs, named):
+    # It was taken and silently ignored: a synchronous chunker replaces the chunks it fetches.
+    _policy, client = served
+    with pytest.raises(ValueError, match=r"needs asynchronous=True: only a prefetched chunk is merged") as error:
+        ActionChunker(client, **kwargs)
+    assert str(error.value).startswith(named)
+    ActionChunker(client, asynchronous=True, **kwargs).close()  # taken where it applies
