@@ -8,11 +8,12 @@ import time
 
 import numpy as np
 import pytest
+import zmq
 from reference_peer import EchoPolicy, libero_like_observation
 from serving import free_port, running_server
 from tcp_proxy import TcpProxy
 
-from gr00t_client import PolicyClient, PolicyTimeoutError, ReplyLostError
+from gr00t_client import HandshakeError, PolicyClient, PolicyTimeoutError, ReplyLostError
 
 
 def test_one_latency_spike_does_not_lock_out_a_client_whose_timeout_fits_the_link():
@@ -72,6 +73,19 @@ def test_a_forwarder_whose_server_stays_down_times_out_naming_the_forwarder():
                                                          r"finished: a forwarder \(docker -p"):
                 client.get_action(libero_like_observation(height=32, width=32))
             assert 1.4 < time.monotonic() - started < 5
+
+
+def test_a_curve_client_whose_forwarders_server_is_down_is_told_the_forwarder_and_that_a_retry_can_succeed():
+    """It was told only that its server_public_key was wrong, which HandshakeError says no retry can mend."""
+    server_public = zmq.curve_keypair()[0].decode()
+    with TcpProxy(free_port()) as proxy:
+        with PolicyClient(host="127.0.0.1", port=proxy.port, timeout_ms=3000,
+                          server_public_key=server_public) as client:
+            with pytest.raises(HandshakeError, match=r"a forwarder \(docker -p, ssh -L, kubectl port-forward\) whose "
+                                                     r"policy server is down or still starting closed it, and retrying "
+                                                     r"once that server is up succeeds"):
+                client.call_endpoint("ping", requires_input=False)
+    assert "a retry succeeds once its server is up" in " ".join(HandshakeError.__doc__.split())
 
 
 def test_a_port_nothing_listens_on_is_named_refused_and_localhost_gets_its_ipv6_hint():

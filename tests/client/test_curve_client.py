@@ -164,8 +164,9 @@ def test_a_key_with_the_line_end_or_quotes_an_env_file_keeps_still_connects(keys
 
 @pytest.mark.parametrize("mistake", [
     lambda key: key + " # robot-07", lambda key: key[:20] + " " + key[20:], lambda key: key + key,
-    lambda key: key[:30], lambda key: "GR00T_CLIENT_KEY=" + key,
-], ids=["comment", "split", "twice", "truncated", "assignment"])
+    lambda key: key[:30], lambda key: "GR00T_CLIENT_KEY=" + key, lambda key: key + ".key_secret",
+    lambda key: key + "  # robot-07.key",
+], ids=["comment", "split", "twice", "truncated", "assignment", "with a key suffix", "comment naming a key file"])
 def test_a_value_holding_most_of_a_secret_key_is_never_repeated_in_the_error(keys, mistake):
     secret = zmq.auth.load_certificate(keys["robot.key_secret"])[1].decode()
     value = mistake(secret)
@@ -174,7 +175,8 @@ def test_a_value_holding_most_of_a_secret_key_is_never_repeated_in_the_error(key
     assert secret[:15] not in str(info.value) and secret[-15:] not in str(info.value)
 
 
-@pytest.mark.parametrize("path", ["/run/secrets/gr00t-client", "{dir}/robot-07/robot-07.key_secret"])
+@pytest.mark.parametrize("path", ["/run/secrets/gr00t-client", "{dir}/robot-07/robot-07.key_secret",
+                                  "robotkeys/robot-07-lab-b.key_secret", "secrets/gr00t-server-production.key"])
 def test_a_missing_secret_key_file_is_named_by_its_path(keys, path):
     """An unmounted Docker secret was told as 'a 25-character value (not shown)': no way to see which path was tried."""
     path = path.format(dir=keys["dir"])

@@ -63,6 +63,20 @@ def test_api_token_and_an_api_token_env_of_another_value_are_refused_naming_both
         "give one of them")
 
 
+def test_two_different_api_tokens_for_one_job_are_refused_naming_the_fields_never_the_tokens(tmp_path, capsys):
+    """policy_server.api_token and policy_config_dict.api_token were both quoted, on the console and in
+    batch_results.json, although the jobs file is kept 0600 for its token."""
+    path = write_jobs(tmp_path, [{"name": "a", "env_name": "walkto/fast", "n_episodes": 1,
+                                  "policy_server": {"port": free_port(), "api_token": "s3cret-token-one"},
+                                  "policy_config_dict": {"api_token": "s3cret-token-two"}}])
+    assert run_cli(["batch", "--jobs", str(path), "--output-dir", str(tmp_path / "out")]) != 0
+    shown = capsys.readouterr()
+    results = (tmp_path / "out" / "batch_results.json").read_text()
+    assert ("'policy_server.api_token' and 'policy_config_dict.api_token' both given with different values (not "
+            "shown: api_token is a secret)") in results
+    assert "s3cret-token" not in shown.out + shown.err + results
+
+
 @pytest.mark.parametrize("server, expected", [
     ({"api_token": ""}, "job 'j': policy_server 'api_token' is empty"),
     ({"api_token_env": "TEST_GR00T_TOKEN"}, "job 'j': environment variable 'TEST_GR00T_TOKEN' (api_token_env) is empty"),

@@ -40,3 +40,12 @@ def test_the_docs_say_a_token_server_needs_the_token_for_kill_from_loopback_too(
     assert sentences, f"{doc} no longer says where kill is honoured"
     assert not any("from loopback or with the token" in s or "loopback peer or with the token" in s for s in sentences)
     assert any("token" in s and "too" in s for s in sentences), sentences
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/serving.md", "docs/protocol.md"])
+def test_the_docs_say_any_peer_with_the_token_may_kill_a_token_server(doc):
+    """README.md said kill worked 'from loopback; with --api-token, only with the token, from loopback too', but a
+    remote peer that sends the token stops the server (test_server_security.py)."""
+    text = " ".join((ROOT / doc).read_text(encoding="utf-8").split())
+    sentences = [s for s in re.split(r"(?<=\.)\s", text) if "kill" in s and "token" in s and "loopback" in s]
+    assert any("any peer" in s for s in sentences), sentences

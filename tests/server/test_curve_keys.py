@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import pathlib
 import shutil
 import stat
 import subprocess
@@ -326,3 +327,87 @@ def test_keys_in_a_kubernetes_secret_volume_are_read_without_warnings_and_rotate
         assert authorized.reload_if_changed() is True
         assert authorized.keys == {zmq.auth.load_certificate(str(new_robot))[0]}
     assert caplog.text == ""
+
+
+def test_an_empty_path_authorized_keys_is_refused_unless_the_str_dot_is_written(tmp_path, monkeypatch):
+    """Path(os.environ.get("GR00T_AUTHORIZED_KEYS", "")) is Path('.'): it admitted the working directory's keys."""
+    _, secret = generate_certificates(tmp_path / "server", "server")
+    generate_certificates(tmp_path / "robot", "robot")
+    monkeypatch.chdir(tmp_path / "robot")
+    with pytest.raises(ValueError, match=r"^authorized_keys is Path\('\.'\), which is what Path\(''\) becomes; "
+                                         r".*str '\.'"):
+        CurveServerConfig.load(secret, pathlib.Path(""))
+    assert CurveServerConfig.load(secret, ".").authorized_keys == pathlib.Path(".")  # meant, as written
+
+
+def test_a_fifo_key_file_is_skipped_unopened_and_authorized_clients_still_connect(tmp_path, caplog):
+    """A FIFO (or a device) named NAME.key blocked the one ZAP thread in open(): every later handshake stalled."""
+    _, server_secret = generate_certificates(tmp_path, "server")
+    client_public, client_secret = generate_certificates(tmp_path / "clients", "robot")
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    shutil.copy(client_public, allowed / "robot.key")
+    keys = dict(server_public_key=str(tmp_path / "server.key"), client_secret_key=str(client_secret))
+    fifo = allowed / "stray.key"
+    with caplog.at_level("WARNING", logger="gr00t_server.curve"):
+        with curve_ping_server(CurveServerConfig.load(server_secret, allowed)) as (port, security):
+            os.mkfifo(fifo)
+            try:
+                assert ping(port, **keys) == {"status": "ok"}
+                assert ping(port, **keys) == {"status": "ok"}
+            finally:
+                with contextlib.suppress(OSError):  # a ZAP thread stuck in open() is let go, so the test can end
+                    os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert caplog.text.count(f"skipping {fifo}: it is not a regular file") == 1  # once, not per handshake
+
+
+def test_an_oversized_key_file_is_skipped_unread(tmp_path, caplog):
+    client_public, _ = generate_certificates(tmp_path / "allowed", "robot")
+    (tmp_path / "allowed" / "huge.key").write_bytes(b"#" * (1 << 20))
+    with caplog.at_level("WARNING", logger="gr00t_server.curve"):
+        authorized = AuthorizedKeys(tmp_path / "allowed")
+    assert authorized.keys == {zmq.auth.load_certificate(str(client_public))[0]}
+    assert f"skipping {tmp_path / 'allowed' / 'huge.key'}: it holds 1048576 bytes" in caplog.text
+
+
+def test_a_dangling_key_link_is_named_in_a_warning_and_in_a_refusal(tmp_path, caplog):
+    """It was skipped without a word, and the log said the folder 'holds no client .key files'."""
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    (allowed / "robot-07.key").symlink_to(tmp_path / "elsewhere" / "robot-07.key")
+    with caplog.at_level("WARNING", logger="gr00t_server.curve"):
+        authorized = AuthorizedKeys(allowed)
+        assert authorized.callback("*", zmq.curve_keypair()[0]) is False
+    assert (f"skipping {allowed / 'robot-07.key'}: a symbolic link to {tmp_path / 'elsewhere' / 'robot-07.key'}, "
+            "which does not exist") in caplog.text
+    assert "present there but unreadable or malformed, so not used: robot-07.key" in caplog.text
+    assert "holds no usable client .key files" in caplog.text
+
+
+def test_keygen_force_replaces_a_dangling_key_link_and_without_it_names_the_link(tmp_path, capsys):
+    """--force failed with a raw '[Errno 17] File exists', as keygen without it did."""
+    (tmp_path / "server.key").symlink_to(tmp_path / "gone" / "server.key")
+    assert main(["keygen", str(tmp_path)]) == 2
+    assert (f"{tmp_path / 'server.key'} already exists ({tmp_path / 'server.key'}: a symbolic link to nothing); "
+            "choose another --name or pass --force") in capsys.readouterr().err
+    assert main(["keygen", str(tmp_path), "--force"]) == 0
+    assert not (tmp_path / "server.key").is_symlink() and zmq.auth.load_certificate(str(tmp_path / "server.key"))[0]
+
+
+def test_keygen_into_a_dangling_folder_link_names_the_link(tmp_path, capsys):
+    (tmp_path / "keys").symlink_to(tmp_path / "gone")
+    assert main(["keygen", str(tmp_path / "keys")]) == 2
+    assert (f"DIRECTORY {tmp_path / 'keys'} is a symbolic link to {tmp_path / 'gone'}, which does not exist"
+            in capsys.readouterr().err)
+
+
+def test_an_unreadable_authorized_keys_folder_is_warned_of_once_not_at_each_handshake(tmp_path, caplog):
+    """Each handshake logged its own 'cannot read' warning: any peer reaching the port could flood the log."""
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    authorized = AuthorizedKeys(allowed)
+    allowed.rmdir()
+    with caplog.at_level("WARNING", logger="gr00t_server.curve"):
+        for _ in range(50):
+            assert authorized.callback("*", zmq.curve_keypair()[0]) is False
+    assert caplog.text.count(f"cannot read {allowed}") == 1

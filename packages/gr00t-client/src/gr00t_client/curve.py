@@ -37,7 +37,9 @@ _NO_DETAIL_FAILURES_TO_GIVE_UP = 2  # a connection dropped mid-handshake once ma
 class HandshakeError(ConnectionError):
     """The ZeroMQ security handshake with the server failed (wrong keys, or encryption on one side only).
 
-    Retrying with the same keys cannot succeed; the message says which side to fix.
+    Retrying with the same keys cannot succeed, except where the server closed the connection mid-handshake: a
+    forwarder (docker -p, ssh -L, kubectl port-forward) whose server is down or still starting does that too, and a
+    retry succeeds once its server is up. The message says which side to fix.
     """
 
 
@@ -71,9 +73,14 @@ def _not_a_key(what: str, text: str, kind: str) -> ValueError:
 
 def _may_hold_a_secret(text: str) -> bool:
     """Whether `text` may be a mistyped secret key, and so must never be shown: it holds about as many z85 characters
-    as a key, and is not a path under an existing directory (a key's first '/'-part names none)."""
+    as a key, and is not a path: not a certificate file's name (a PATH.key or PATH.key_secret whose PATH is not a
+    key's 40 characters) nor under an existing directory (a key's first '/'-part names none)."""
     if sum(char in _Z85_TEXT for char in text) < _SECRET_LIKE_LENGTH:
         return False
+    stem, dot, suffix = text.rpartition(".")
+    if dot and suffix in ("key", "key_secret") and not any(char.isspace() for char in text) \
+            and not (Z85_KEY_LENGTH - 5 <= len(stem) <= Z85_KEY_LENGTH + 5 and all(c in _Z85_TEXT for c in stem)):
+        return False  # a missing key file, whose path is worth naming (not a whole key with a suffix typed after it)
     top, separator, _ = text.lstrip(os.sep).partition(os.sep)
     if not separator or top in ("", ".", ".."):
         return True
@@ -412,7 +419,9 @@ class HandshakeMonitor:
             return f"protocol error {_protocol_error_name(value)}"
         if curve:  # a wrong key and a plaintext server both look like this (which one closes first is a race)
             return ("the server closed the connection during the CURVE handshake: server_public_key "
-                    "(--server-public-key) is not this server's key, or the server does not use CURVE encryption")
+                    "(--server-public-key) is not this server's key, or the server does not use CURVE encryption; or "
+                    "a forwarder (docker -p, ssh -L, kubectl port-forward) whose policy server is down or still "
+                    "starting closed it, and retrying once that server is up succeeds")
         return ("the server closed the connection during the handshake: is a ZeroMQ policy server listening at this "
                 "address (not another service on that port)? If it requires CURVE, pass server_public_key (gr00t-eval: "
                 "--server-public-key)")

@@ -37,6 +37,8 @@ TOP_LEVEL_SETTINGS = ("n_episodes", "max_episode_steps", "n_envs", "seed")
 ARENA_GR00T_POLICY_NAMES = ("gr00t_remote_closedloop", "gr00t_closedloop")
 ARENA_GR00T_POLICY_CLASSES = ("Gr00tRemoteClosedloopPolicy", "Gr00tClosedloopPolicy", "ActionChunkingClientSidePolicy")
 SERVER_KEYS = {"host", "port", "api_token", "api_token_env", "timeout_ms", "server_public_key", "client_key"}
+# Settings whose values an error names by field only: a token or an inline z85 key would land in logs and results files.
+SECRET_SETTINGS = frozenset({"api_token", "client_key"})
 # first_episode is a shard's own (rollout --shard sets it); a job's episodes are numbered from 0.
 CONFIG_FIELDS = {f.name for f in dataclasses.fields(RolloutConfig)} - {"env_name", "first_episode"}
 DEFAULT_TIMEOUT_MS = 15000
@@ -138,6 +140,9 @@ def _set_once(who: str, target: Dict[str, Any], key: str, value: Any, given_as: 
               job_name: Optional[str]) -> None:
     """target[key] = value, refusing a second, different value for the same setting within one layer."""
     if key in target and target[key] != value:
+        if key in SECRET_SETTINGS:  # values not shown: they are secrets
+            raise JobError(f"{who}: {given_as[key]!r} and {field_name!r} both given with different values (not shown: "
+                           f"{key} is a secret); give one of them", job_name)
         raise JobError(f"{who}: {given_as[key]!r} ({target[key]!r}) and {field_name!r} ({value!r}) both given with "
                        "different values; give one of them", job_name)
     target[key] = value

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import stat as stat_mode
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +27,11 @@ logger = logging.getLogger(__name__)
 PUBLIC_SUFFIX = ".key"
 SECRET_SUFFIX = ".key_secret"
 # One directory entry as the authorized keys last saw it: its name, and the stat of a NAME.key file (mtime, size,
-# ctime, inode: chmod and chown change only the ctime) or None for an entry read as a mistake (see _current_signature).
-_Entry = Tuple[str, Optional[Tuple[int, int, int, int]]]
+# ctime, inode: chmod and chown change only the ctime), why a NAME.key entry is not read (a dangling link, a FIFO), or
+# None for an entry read as a mistake (see _current_signature).
+_Entry = Tuple[str, Union[None, str, Tuple[int, int, int, int]]]
+# A zmq.auth key file is about 300 bytes; a bigger NAME.key is not one, and is not read whole into the ZAP thread.
+MAX_KEY_FILE_BYTES = 64 * 1024
 _BANNER = """#   ****  Generated on {now} by gr00t-server keygen  ****
 #   ZeroMQ CURVE {kind} Certificate
 #   {advice}
@@ -71,9 +75,12 @@ def generate_certificates(directory: Union[str, os.PathLike], name: str = "serve
     directory = Path(directory).expanduser()  # a quoted '~/keys' (or an exec-form CMD's) is not expanded by a shell
     directory.mkdir(parents=True, exist_ok=True)
     public_path, secret_path = directory / f"{name}{PUBLIC_SUFFIX}", directory / f"{name}{SECRET_SUFFIX}"
-    existing = [str(p) for p in (public_path, secret_path) if p.exists()]
+    existing = [str(p) for p in (public_path, secret_path) if os.path.lexists(p)]  # a dangling link too
     if existing and not overwrite:
-        raise FileExistsError(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; choose another --name or pass --force to replace it")
+        dangling = [p for p in existing if not os.path.exists(p)]
+        what = f" ({', '.join(dangling)}: a symbolic link to nothing)" if dangling else ""
+        raise FileExistsError(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}{what}; choose "
+                              "another --name or pass --force to replace it")
     for path in existing:
         os.remove(path)
     public, secret = zmq.curve_keypair()
@@ -107,6 +114,11 @@ class CurveServerConfig:
             if not os.fspath(authorized_keys).strip():  # Path("") is ".": any *.key in the working directory
                 raise ValueError(f"{names[1]} is empty; pass the directory of client .key files (or None, to admit "
                                  "any client that has the server's public key)")
+            if not isinstance(authorized_keys, str) and os.fspath(authorized_keys) == ".":
+                # Path(os.environ.get(VAR, "")) with VAR unset is Path('.'): the empty value, no longer told apart
+                raise ValueError(f"{names[1]} is Path('.'), which is what Path('') becomes; pass the directory of "
+                                 "client .key files (write the str '.' or an absolute folder if the working directory "
+                                 "is meant, or None to admit any client that has the server's public key)")
             directory = Path(os.path.expanduser(os.fspath(authorized_keys)))  # --flag=~/x, $GR00T_AUTHORIZED_KEYS
             if not directory.is_dir():
                 raise NotADirectoryError(f"{names[1]}: {directory} is not a directory of client .key files")
@@ -163,6 +175,7 @@ class AuthorizedKeys:
         self._signature: Optional[Tuple[_Entry, ...]] = None
         self._keys: FrozenSet[bytes] = frozenset()
         self._skipped: Tuple[str, ...] = ()  # NAME.key files that could not be used at the last read
+        self._unreadable: Optional[str] = None  # why the directory could not be listed at the last read
         self.reload_if_changed()
 
     @property
@@ -171,16 +184,24 @@ class AuthorizedKeys:
         return self._keys
 
     def _current_signature(self) -> Tuple[_Entry, ...]:
-        """(name, stat) of each NAME.key file, and (name, None) of each entry read as a mistake (a secret
-        certificate, a subfolder): adding one is told at the next handshake, as adding a key is. Hidden entries are
+        """(name, stat) of each NAME.key file, (name, why) of a NAME.key entry not to be opened (a dangling link, a
+        FIFO or device, which would block this thread in open(), an oversized file), and (name, None) of each entry
+        read as a mistake (a secret certificate, a subfolder): adding one is told at the next handshake, as adding a
+        key is. Hidden entries are
         skipped, as zmq.auth skips them: a Kubernetes Secret volume keeps its files in `..data` and `..2026_...`
         and links each NAME.key to them, so a key rotated by swapping `..data` shows as its NAME.key changing."""
         try:
             entries = sorted(self.directory.iterdir())
         except OSError as exc:
-            logger.warning("authorized keys: cannot read %s (%s); no client is allowed until it is readable", self.directory, exc)
+            if str(exc) != self._unreadable:  # told when it changes, not at each handshake: any peer can make those
+                logger.warning("authorized keys: cannot read %s (%s); no client is allowed until it is readable",
+                               self.directory, exc)
+            self._unreadable = str(exc)
             return ()
-        signature = []
+        if self._unreadable is not None:
+            logger.info("authorized keys: %s is readable again", self.directory)
+            self._unreadable = None
+        signature: List[_Entry] = []
         for path in entries:
             if path.name.startswith("."):
                 continue
@@ -190,10 +211,19 @@ class AuthorizedKeys:
             if not path.name.endswith(PUBLIC_SUFFIX):
                 continue
             try:
-                stat = path.stat()
-            except OSError:  # removed between listing and stat
+                stat = path.stat()  # a link to a regular file is read as that file
+            except OSError as exc:
+                if not os.path.lexists(path):  # removed between listing and stat
+                    continue
+                signature.append((path.name, f"a symbolic link to {os.readlink(path)}, which does not exist"
+                                  if path.is_symlink() else f"it cannot be examined ({exc})"))
                 continue
-            signature.append((path.name, (stat.st_mtime_ns, stat.st_size, stat.st_ctime_ns, stat.st_ino)))
+            if not stat_mode.S_ISREG(stat.st_mode):  # a FIFO or a device would block the ZAP thread in open()
+                signature.append((path.name, "it is not a regular file (a folder, FIFO, socket or device)"))
+            elif stat.st_size > MAX_KEY_FILE_BYTES:
+                signature.append((path.name, f"it holds {stat.st_size} bytes; a key file holds well under 1 KB"))
+            else:
+                signature.append((path.name, (stat.st_mtime_ns, stat.st_size, stat.st_ctime_ns, stat.st_ino)))
         return tuple(signature)
 
     def _warn_of_mistakes(self, signature: Tuple[_Entry, ...], secrets: List[str]) -> None:
@@ -203,9 +233,11 @@ class AuthorizedKeys:
                            "public NAME.key file and keep the secret on the robot (and replace this key pair: its secret "
                            "has been copied)", self.directory / name)
         for name, stamp in signature:
+            path = self.directory / name
+            if isinstance(stamp, str):
+                logger.warning("authorized keys: skipping %s: %s; it is read again when it changes", path, stamp)
             if stamp is not None:
                 continue
-            path = self.directory / name
             if name.endswith(SECRET_SUFFIX):
                 logger.warning("authorized keys: %s is ignored: servers read client public keys (NAME.key); a "
                                "NAME.key_secret file belongs on its robot", path)
@@ -223,7 +255,9 @@ class AuthorizedKeys:
             secrets: List[str] = []
             skipped: List[str] = []
             for name, stamp in signature:
-                if stamp is None:
+                if isinstance(stamp, str):
+                    skipped.append(name)
+                if not isinstance(stamp, tuple):
                     continue
                 public, secret = _read_client_key(self.directory / name)
                 if public is None:
@@ -238,7 +272,9 @@ class AuthorizedKeys:
             self._signature = signature
         self._warn_of_mistakes(signature, secrets)
         if not keys:
-            logger.warning("authorized keys: %s holds no client .key files; every CURVE client is refused", self.directory)
+            usable = " usable" if skipped else ""
+            logger.warning("authorized keys: %s holds no%s client .key files; every CURVE client is refused",
+                           self.directory, usable)
         elif not first:
             logger.info("authorized keys: reloaded %s: %d client key(s)", self.directory, len(keys))
         return True

@@ -9,6 +9,7 @@ from .cli_errors import CliError
 
 
 def keygen(args: argparse.Namespace) -> int:
+    from gr00t_client.cli_flags import broken_link_problem
     from gr00t_client.curve import key_fingerprint, load_public_key
 
     from .curve import generate_certificates
@@ -16,6 +17,9 @@ def keygen(args: argparse.Namespace) -> int:
     if not str(args.directory).strip():  # '' is not the current folder by accident
         raise CliError(f"DIRECTORY must name a folder (use . for the current one), got {args.directory!r}")
     folder = os.path.expanduser(str(args.directory))
+    problem = broken_link_problem("DIRECTORY", folder)  # mkdir said only "[Errno 17] File exists"
+    if problem is not None:
+        raise CliError(problem)
     if os.path.exists(folder) and not os.path.isdir(folder):  # it said "[Errno 17] File exists"
         raise CliError(f"DIRECTORY {args.directory} is a file, not a folder: name a folder for the key pair")
     public_path, secret_path = generate_certificates(args.directory, args.name, overwrite=args.force)
