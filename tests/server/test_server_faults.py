@@ -4,6 +4,7 @@ clear error, its queue slot is freed, and the server answers the next one. Real 
 from __future__ import annotations
 
 import asyncio
+import os
 import logging
 import threading
 import time
@@ -781,3 +782,78 @@ def test_an_undecodable_array_under_a_long_key_is_refused_with_the_reason_kept_i
     assert "data.observation.state.KKKK" in error and "more characters)" in error
     assert error.endswith("array of dtype <f4 and shape [1, 1, 7] needs 28 bytes, got 24"), error
     assert policy.calls == 0
+
+
+class ConfiguredPolicy(BasePolicy):
+    """A strict policy with a camera and a state in its config, answering one action row per row of its state; the
+    result's `info` (and its reset's) is `info`, its error, when set, `error`."""
+
+    def __init__(self, info: Any = None, error: Optional[BaseException] = None) -> None:
+        super().__init__()
+        self.info, self.error = info or {}, error
+
+    def get_modality_config(self):
+        return {"video": ModalityConfig([0], ["cam"]), "state": ModalityConfig([0], ["arm"]),
+                "action": ModalityConfig([0, 1, 2, 3], ["arm"])}
+
+    def _get_action(self, observation, options=None):
+        if self.error is not None:
+            raise self.error
+        return {"arm": np.zeros((observation["state"]["arm"].shape[0], 4, 3), np.float32)}, self.info
+
+    def reset(self, options=None):
+        return self.info
+
+
+def configured_observation(rows: int = 1) -> Dict[str, Any]:
+    return {"video": {"cam": np.zeros((rows, 1, 8, 8, 3), np.uint8)},
+            "state": {"arm": np.zeros((rows, 1, 3), np.float32)}}
+
+
+def test_an_unlisted_observation_key_with_other_rows_does_not_get_a_correct_action_refused():
+    """The action check took the batch size from the first array, listed or not: 'Action key arm has batch size 1;
+    expected 2', blaming the policy for a key its config does not list (and its observation check ignored)."""
+    observation = configured_observation()
+    observation["video"] = {"depth_extra": np.zeros((2, 1, 8, 8, 3), np.uint8), **observation["video"]}
+    with running_server(ConfiguredPolicy()) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        action, _ = client.get_action(observation)
+    assert action["arm"].shape == (1, 4, 3)
+
+
+def test_an_unlisted_flat_key_with_other_rows_does_not_get_a_correct_action_refused():
+    observation = {"video.depth_extra": np.zeros((2, 1, 8, 8, 3), np.uint8),  # not in the config
+                   "video.cam": np.zeros((1, 1, 8, 8, 3), np.uint8), "state.arm": np.zeros((1, 1, 3), np.float32)}
+    with running_server(Gr00tSimPolicyWrapper(ConfiguredPolicy())) as server, \
+            PolicyClient(port=server.port, timeout_ms=5000) as client:
+        action, _ = client.get_action(observation)
+    assert action["action.arm"].shape == (1, 4, 3)
+
+
+@pytest.mark.parametrize("key", [("cell", 0), frozenset({"cell"})], ids=["tuple", "frozenset"])
+def test_a_tuple_or_frozenset_map_key_in_a_result_is_refused_naming_it_and_serving_goes_on(key):
+    """msgpack packs such a key as an array: the server counted a success and the client could not decode the reply
+    ('unhashable type: list'), the action lost."""
+    with running_server(ConfiguredPolicy({"env": {key: 1.0}})) as server, \
+            PolicyClient(port=server.port, timeout_ms=5000) as client:
+        with pytest.raises(PolicyServerError) as action_refused:
+            client.get_action(configured_observation())
+        with pytest.raises(PolicyServerError) as reset_refused:
+            client.reset()
+        assert client.ping()
+    named = f"has a {type(key).__name__} key {key!r}, which msgpack sends as an array"
+    assert action_refused.value.server_message.startswith(
+        f"could not encode the result of 'get_action': info.env {named}"), action_refused.value.server_message
+    assert reset_refused.value.server_message.startswith(
+        f"could not encode the result of 'reset': the reset result.env {named}"), reset_refused.value.server_message
+
+
+def test_a_policy_error_with_undecodable_path_characters_reaches_the_client_escaped():
+    """A path os.fsdecode made of non-UTF-8 bytes holds lone surrogates: the reply failed to encode and the client got
+    a bare 'internal error', without the error's type or text."""
+    path = os.fsdecode(b"/data/caf\xe9/calibration.json")
+    policy = ConfiguredPolicy(error=ValueError(f"arm state out of the range recorded in {path}"))
+    with running_server(policy) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        with pytest.raises(PolicyServerError) as caught:
+            client.get_action(configured_observation())
+    assert caught.value.server_message == ("ValueError: arm state out of the range recorded in "
+                                           "/data/caf\\udce9/calibration.json")

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from gr00t_client import BasePolicy, ModalityConfig, PolicyClient
+from gr00t_server import PolicyServer
 from serving import free_port, running_server
 
 CONFIGS = {"state": ModalityConfig([0], ["joints"]), "action": ModalityConfig([0, 1, 2, 3], ["arm"])}
@@ -220,3 +221,37 @@ def test_a_policys_own_keyboard_interrupt_in_a_property_is_its_failure_not_a_sto
         info = client.get_server_info()
         assert info["observation_format"] == {"error": "internal error in observation_format: KeyboardInterrupt"}
         assert client.get_action(OBSERVATION)[0]["arm"].shape == (1, 4, 3)
+
+
+class RaisingBatchingPolicy(FaultyInfoPolicy):
+    """A policy whose `supports_batching` property raises: it reads a setting it lacks."""
+
+    settings: dict = {}
+
+    def __init__(self):
+        super().__init__(None, None)
+
+    @property
+    def supports_batching(self):
+        return self.settings["batching"]
+
+
+def test_a_supports_batching_that_raises_does_not_stop_a_server_that_does_not_batch():
+    """It was read on the socket thread per request, outside any try: the first get_action ended run()."""
+    with running_server(RaisingBatchingPolicy()) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        assert client.get_action(OBSERVATION)[0]["arm"].shape == (1, 4, 3)
+        assert client.get_server_info()["max_batch_size"] == 1
+        assert client.ping()
+
+
+def test_a_supports_batching_that_raises_fails_a_batching_servers_start_naming_it():
+    server = PolicyServer(RaisingBatchingPolicy(), host="127.0.0.1", port=0, max_batch_size=4)
+    stop = threading.Timer(5, server.stop)  # a start that does not fail serves until then
+    stop.start()
+    try:
+        with pytest.raises(ValueError, match=r"^RaisingBatchingPolicy\.supports_batching raised KeyError: 'batching'; "
+                                             r"expected a bool"):
+            server.run()
+    finally:
+        stop.cancel()
+        server.close()

@@ -347,42 +347,59 @@ def split_action_result(result: Any) -> Tuple[Dict[str, Any], Dict[str, Any]]:
                       f"{PAIR_EXPECTED}{hint}")
 
 
-def nested_batch_size(observation: Any) -> Optional[int]:
+def _listed_keys(configs: Optional[Mapping[str, ModalityConfig]]) -> Optional[Dict[str, Sequence[str]]]:
+    """{modality: the keys its config lists} of the observation modalities; None (every key counts) without configs
+    or when they list none of video, state and language."""
+    listed = {modality: configs[modality].modality_keys for modality in ("video", "state", "language")
+              if configs and modality in configs}
+    return listed or None
+
+
+def nested_batch_size(observation: Any, configs: Optional[Mapping[str, ModalityConfig]] = None) -> Optional[int]:
     """The batch size of a nested observation ({video, state, language} dicts), from its first array or language
-    list; None when it has neither (a flat or empty observation)."""
+    list of a key `configs` lists (as validate_observation counts it: an unlisted key is not read), of any key without
+    configs; None when it has neither (a flat or empty observation)."""
     if not isinstance(observation, Mapping):
         return None
+    listed = _listed_keys(configs)
     for modality in ("video", "state"):
         group = observation.get(modality)
         if isinstance(group, Mapping):
-            for value in group.values():
+            keys = group if listed is None else [key for key in listed.get(modality, ()) if key in group]
+            for key in keys:
+                value = group[key]
                 if isinstance(value, np.ndarray) and value.ndim > 0:
                     return int(value.shape[0])
     group = observation.get("language")
     if isinstance(group, Mapping):
-        for value in group.values():
-            if isinstance(value, (list, tuple)):
-                return len(value)
+        keys = group if listed is None else [key for key in listed.get("language", ()) if key in group]
+        for key in keys:
+            if isinstance(group[key], (list, tuple)):
+                return len(group[key])
     return None
 
 
-def flat_batch_size(observation: Any) -> Optional[int]:
-    """The batch size of a flat observation ('video.<k>' / 'state.<k>' arrays), from its first such array; None when
-    it has none."""
+def flat_batch_size(observation: Any, configs: Optional[Mapping[str, ModalityConfig]] = None) -> Optional[int]:
+    """The batch size of a flat observation ('video.<k>' / 'state.<k>' arrays), from its first such array of a key
+    `configs` lists (any without configs); None when it has none."""
     if not isinstance(observation, Mapping):
         return None
+    listed = _listed_keys(configs)
     for key, value in observation.items():
         if isinstance(key, str) and key.startswith(("video.", "state.")) and isinstance(value, np.ndarray) and value.ndim > 0:
-            return int(value.shape[0])
+            modality, _, name = key.partition(".")
+            if listed is None or name in listed.get(modality, ()):
+                return int(value.shape[0])
     return None
 
 
-def check_action_batch(action: Any, observation: Any) -> None:
+def check_action_batch(action: Any, observation: Any, configs: Optional[Mapping[str, ModalityConfig]] = None) -> None:
     """Every array of the action has one row per observation row, nested or flat (a policy or server that answers
-    B=2 for B=1, or drops a row, would otherwise hand a robot another row's action)."""
-    expected = nested_batch_size(observation)
+    B=2 for B=1, or drops a row, would otherwise hand a robot another row's action); the rows are counted on the keys
+    `configs` lists, when given, as the observation was checked (an unlisted extra key may have other rows)."""
+    expected = nested_batch_size(observation, configs)
     if expected is None:
-        expected = flat_batch_size(observation)
+        expected = flat_batch_size(observation, configs)
     if expected is None or not isinstance(action, Mapping):
         return
     for key, value in action.items():
@@ -465,7 +482,7 @@ class BasePolicy(ABC):
             except NonFiniteActionError as exc:  # a batching server answers the finite rows with their info
                 exc.info, exc.policy = info, self
                 raise
-            check_action_batch(action, observation)
+            check_action_batch(action, observation, as_modality_configs(self.get_modality_config()))
         return action, info
 
     def _check_own_action(self, action: Dict[str, Any]) -> None:

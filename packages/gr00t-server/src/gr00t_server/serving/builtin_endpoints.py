@@ -60,8 +60,18 @@ class BuiltinEndpoints:
         try:
             self._policy_info_fact("observation_format", _observation_format)
             self._policy_info_fact("work_limits", work_limits.policy_work_limits)
+            if self.max_batch_size > 1:  # a supports_batching that raises fails the start, not the first get_action
+                supported = self._policy_fact(_supports_batching)
+                if isinstance(supported, Exception):
+                    raise supported
         finally:
             self._learning_info = False
+
+    @property
+    def _policy_batches(self) -> bool:
+        """The policy's `supports_batching`, read once per policy object (run() reads it before serving); one whose
+        property raised is served unbatched (a policy swapped in while serving: a request must not stop the server)."""
+        return self._policy_fact(_supports_batching) is True
 
     @property
     def _policy_uses_sessions(self) -> bool:
@@ -216,6 +226,20 @@ class BuiltinEndpoints:
             "policy_busy": bool(self._worker is not None and self._worker.busy),
             "stats": self.stats.snapshot(),
         }
+
+
+def _supports_batching(policy: Any) -> Any:
+    """The policy's `supports_batching` as a bool, or, when reading it raised, a ValueError naming the attribute and
+    the error (logged): run() raises it, which fails the start; a request reads it as False."""
+    try:
+        return bool(getattr(policy, "supports_batching", False))
+    except (InlineCallAbandoned, KeyboardInterrupt):
+        raise
+    except BaseException as exc:  # a policy's SystemExit too: read on the socket thread, it must not stop serving
+        error = ValueError(f"{type(policy).__name__}.supports_batching raised {type(exc).__name__}: {_safe_text(exc)}; "
+                           "expected a bool saying whether get_action takes the rows of several requests in one call")
+        logger.error("%s", log_text(str(error), LOGGED_ERROR_CHARS, quoted=False))
+        return error
 
 
 def _observation_format(policy: Any) -> Optional[str]:

@@ -128,7 +128,10 @@ def peer_address(payload: List[Any]) -> Optional[str]:
 
 
 def bounded(message: str, limit: int = MAX_ERROR_CHARS) -> str:
-    """The message cut to at most `limit` characters in all, saying how much was cut."""
+    """The message cut to at most `limit` characters in all, saying how much was cut; characters UTF-8 cannot carry
+    (lone surrogates, from a path os.fsdecode made of non-UTF-8 bytes; the reply cannot encode them) escaped."""
+    if not message.isascii():
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     if len(message) <= limit:
         return message
     kept = limit - len(f"... ({len(message)} more characters)")  # the suffix counts towards the limit too
@@ -324,6 +327,29 @@ def encode_reply(request: Request, body: Any, ok: bool) -> List[Any]:
     if ok:
         return [codec.encode(body)]
     return [codec.encode({"error": body, ERROR_MARKER: True, "endpoint": endpoint})]
+
+
+def refuse_unsendable_keys(value: Any, where: str) -> None:
+    """WireEncodeError naming the path of a tuple or frozenset map key in a result: msgpack packs one as an array,
+    which no peer can key a map by, so the client could decode none of the reply. Walks maps and lists only."""
+    stack: List[Tuple[Any, str]] = [(value, where)]
+    walked: set = set()  # a container met twice (shared, or a cycle another check refuses) is walked once
+    while stack:
+        value, where = stack.pop()
+        if id(value) in walked:
+            continue
+        walked.add(id(value))
+        if isinstance(value, dict):
+            for key, child in value.items():
+                if isinstance(key, (tuple, frozenset)):
+                    raise codec.WireEncodeError(
+                        f"{where} has a {type(key).__name__} key {key!r:.80}, which msgpack sends as an array that no "
+                        "client can key a map by; expected str, bytes or number keys (e.g. a joined str)")
+                if isinstance(child, (dict, list, tuple)):
+                    stack.append((child, f"{where}.{key}"))
+        elif isinstance(value, (list, tuple)):
+            stack.extend((child, f"{where}[{index}]") for index, child in enumerate(value)
+                         if isinstance(child, (dict, list, tuple)))
 
 
 _LAST_RESORT_ERROR = codec.encode({"error": "internal error", ERROR_MARKER: True})

@@ -13,7 +13,7 @@ from gr00t_client.client import ERROR_MARKER
 from gr00t_client.policy import PolicyValidationError
 
 from .endpoints import RateLimitedLog, UnencodableResultError, error_text, log_text
-from .messages import Request, RequestError, encode_reply, encode_timed_reply
+from .messages import Request, RequestError, encode_reply, encode_timed_reply, refuse_unsendable_keys
 from .metrics import OTHER_ENDPOINT
 from .worker import Reply
 
@@ -63,6 +63,12 @@ class ReplyFrames:
             wants_timing = request.wants_timing and isinstance(result[1], dict)  # checked when it came (_route)
         started = time.monotonic()
         try:
+            # msgpack packs a tuple map key as an array without complaint: the client could decode none of the reply
+            if request.endpoint == "get_action" and isinstance(result, list) and len(result) == 2:
+                refuse_unsendable_keys(result[0], "action")
+                refuse_unsendable_keys(result[1], "info")
+            elif isinstance(result, (dict, list, tuple)):
+                refuse_unsendable_keys(result, f"the {request.endpoint} result")
             if not wants_timing:
                 frames = encode_reply(request, result, ok=True)
             else:

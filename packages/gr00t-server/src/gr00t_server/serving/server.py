@@ -270,8 +270,8 @@ class PolicyServer(BuiltinEndpoints):
         """True when get_action requests of several clients may be merged into one policy call."""
         # A merged call has no single session to pass, so per-session policies are never batched; a replaced
         # get_action (a clamp, a transform) would be skipped by the merged call, which asks the policy itself.
-        supported = bool(getattr(self.policy, "supports_batching", False)) and not self._policy_uses_sessions
-        return self.max_batch_size > 1 and supported and self.is_built_in("get_action")
+        return (self.max_batch_size > 1 and self._policy_batches and not self._policy_uses_sessions
+                and self.is_built_in("get_action"))
 
     # --- lifetime -------------------------------------------------------------------------------
 
