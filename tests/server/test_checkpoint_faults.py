@@ -143,10 +143,10 @@ def _first_key(checkpoint, group, tag="new_embodiment"):
         ("state", "q01", "[NaN]", r"\['q01'\] has a non-finite value \(nan\)"),
         ("action", "q99", "[Infinity]", r"\['q99'\] has a non-finite value \(inf\)"),
         ("action", "q99", '["a"]', r"\['q99'\] is not a list of numbers"),
-        ("action", "max", "[-1e9]", r": min .* > max -1000000000.0 at index \[0\]; the range is inverted"),
+        ("action", "q01", "[1e9]", r": q01 1000000000.0 > q99 .* at index \[0\]; the range is inverted"),
         # finite in float64, inf once the action is unnormalized into float32: warm-up or every call failed late
         ("action", "q99", "[1e39]", r"\['q99'\] value 1e\+39 at index \[0\] is beyond float32's range"),
-        ("state", "mean", "[-1e300]", r"\['mean'\] value -1e\+300 at index \[0\] is beyond float32's range"),
+        ("state", "q01", "[-1e300]", r"\['q01'\] value -1e\+300 at index \[0\] is beyond float32's range"),
     ],
 )
 def test_bad_statistics_values_are_refused_at_load_naming_file_key_and_stat(copy_of, group, stat, value, message):
@@ -184,13 +184,13 @@ def test_invalid_statistics_of_another_embodiment_do_not_block_the_served_one(co
     only the served tag's statistics (a base checkpoint of many embodiments became unusable)."""
     checkpoint = copy_of()
     key = _first_key(checkpoint, "state")
-    width = len(json.loads((checkpoint / "statistics.json").read_text())["new_embodiment"]["state"][key]["mean"])
-    _set_stat(checkpoint, "state", key, "mean", "[" + ", ".join(["NaN"] * width) + "]")
+    width = len(json.loads((checkpoint / "statistics.json").read_text())["new_embodiment"]["state"][key]["q01"])
+    _set_stat(checkpoint, "state", key, "q01", "[" + ", ".join(["NaN"] * width) + "]")
     with caplog.at_level("WARNING"):
         processor = _load_processor(checkpoint)
     assert processor.norm_params("libero_sim").state  # the other embodiment serves
     assert "embodiments ['new_embodiment'] cannot be served: their statistics are invalid" in caplog.text
-    with pytest.raises(ValueError, match=rf"statistics\['new_embodiment'\]\['state'\]\['{key}'\]\['mean'\] has a non-finite"):
+    with pytest.raises(ValueError, match=rf"statistics\['new_embodiment'\]\['state'\]\['{key}'\]\['q01'\] has a non-finite"):
         processor.norm_params("new_embodiment")
 
 
@@ -247,9 +247,9 @@ def test_relative_action_statistics_of_one_key_with_different_shapes_are_refused
     key = _first_key(checkpoint, "relative_action")
     _edit_json(checkpoint / "statistics.json",
                lambda stats: stats["new_embodiment"]["relative_action"][key].update(
-                   mean=stats["new_embodiment"]["relative_action"][key]["mean"][0]))
+                   max=stats["new_embodiment"]["relative_action"][key]["max"][0]))
     with pytest.raises(ValueError, match=rf"statistics.json: .*\['relative_action'\]\['{key}'\]: \w+ has shape "
-                                         r"\(\d+, \d+\) but mean has \(\d+,\); every stat of a relative_action key"):
+                                         r"\(\d+, \d+\) but max has \(\d+,\); every stat of a relative_action key"):
         _serve_tag(checkpoint)
 
 

@@ -415,10 +415,12 @@ def example_observation(
     """A random nested observation {video, state, language} matching a checkpoint's configs and statistics."""
     from gr00t_server.processing.checkpoint_statistics import load_statistics
     from gr00t_server.processing.config import load_processor_config
+    from gr00t_server.processing.norm_params import used_statistics
 
     processor_config = load_processor_config(checkpoint_dir)
     configs: Mapping[str, ModalityConfig] = processor_config.modality_configs[embodiment_tag]
-    stats = load_statistics(checkpoint_dir, errors={})[embodiment_tag]["state"]  # another tag's bad statistics aside
+    # another tag's bad statistics aside, and those of keys serving this one does not use
+    stats = load_statistics(checkpoint_dir, {}, used_statistics(processor_config))[embodiment_tag]["state"]
     ranges = {k: _sample_state_range(stats[k], processor_config.use_percentiles) for k in configs["state"].modality_keys}
     rng = np.random.default_rng(seed)
     h, w = image_size

@@ -17,6 +17,7 @@ from .norm_params import EmbodimentNormParams
 # A normalized state (or RTC previous action) this far beyond its statistics' range (about [-1, 1]) is in other units
 # than the training data's, and the likelier cause of a non-finite model output than the weights.
 STATE_OUTLIER_LIMIT = 1e3
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def decode_action(
@@ -55,13 +56,14 @@ def decode_action(
             if key in mean_std_keys:  # upstream checks mean/std keys first, with the relative statistics
                 rows = parts[key].shape[1]
                 where = f"key '{key}' of '{tag}'"
-                value = norm.mean_std_unnormalize(parts[key], norm.relative_stat(rel, "mean", rows, where),
-                                                  norm.relative_stat(rel, "std", rows, where))
+                used = {name: norm.relative_stat(rel, name, rows, where) for name in ("mean", "std")}
+                value = norm.mean_std_unnormalize(parts[key], used["mean"], used["std"])
             else:
+                used = {"min": rel["min"], "max": rel["max"]}
                 value = norm.minmax_unnormalize(parts[key], rel["min"], rel["max"])
             spec = action_config.action_configs[index]
             reference = _reference_state(tag, key, spec, raw_states, "relative->absolute")
-            value = norm.decode_relative(key, value, reference, spec.type.name, spec.format.name, spec.state_key)
+            value = norm.decode_relative(key, value, reference, spec.type.name, spec.format.name, spec.state_key, used)
         else:
             value = norm.unnormalize_action_key(parts[key], params.action[key], key in mean_std_keys)
             if clip_to_statistics and key in mean_std_keys:
@@ -79,19 +81,36 @@ def _check_decoded_finite(value: np.ndarray, key: str, tag: str, action_config: 
     rows = non_finite_rows(value)
     if not rows:
         return
+    mean_std = key in (action_config.mean_std_embedding_keys or [])
     if key in params.relative_action:
         state_key = action_config.action_configs[action_config.modality_keys.index(key)].state_key or key
         reference = np.asarray((raw_states or {}).get(state_key, np.zeros(0)), np.float64)
         largest = float(np.max(np.abs(reference))) if reference.size else float("nan")
-        cause = (f"its reference state 'state.{state_key}' (|values| up to {largest:.3g}) is beyond float32's range "
-                 "once the relative action is added; send states that fit float32")
+        if not largest < _FLOAT32_MAX / 2:  # else the relative action, not the state, made most of the overflow
+            cause = (f"its reference state 'state.{state_key}' (|values| up to {largest:.3g}) is beyond float32's "
+                     "range once the relative action is added; send states that fit float32")
+        else:
+            rel = params.relative_action[key]
+            cause = (f"its relative_action statistics ({_statistics_magnitudes(rel, mean_std)}) unnormalize the "
+                     f"model's output beyond float32's range (its reference state 'state.{state_key}' is within it, "
+                     f"|values| up to {largest:.3g}); check the checkpoint's statistics.json")
     else:
-        low, high = float(np.min(params.action[key].low)), float(np.max(params.action[key].high))
-        cause = (f"its statistics' range [{low:.3g}, {high:.3g}] unnormalizes the model's output beyond float32's "
-                 "range; check the checkpoint's statistics.json")
+        action = params.action[key]
+        stats = {"mean": action.mean, "std": action.std, "min": action.low, "max": action.high}
+        cause = (f"its statistics ({_statistics_magnitudes(stats, mean_std)}) unnormalize the model's output beyond "
+                 "float32's range; check the checkpoint's statistics.json")
     raise NonFiniteActionError(
         f"action key '{key}' of '{tag}' holds non-finite values (NaN or inf) in rows {rows} once decoded to float32; "
         f"the action was not sent. Likely cause: {cause}.", key=key, rows=rows)
+
+
+def _statistics_magnitudes(stats: Mapping[str, np.ndarray], mean_std: bool) -> str:
+    """The statistics an action key is unnormalized with, for an error: a mean/std key's largest |std| and |mean|,
+    another's range [low, high]."""
+    if mean_std:
+        return (f"mean/std: |std| up to {float(np.max(np.abs(stats['std']))):.3g}, |mean| up to "
+                f"{float(np.max(np.abs(stats['mean']))):.3g}")
+    return f"range [{float(np.min(stats['min'])):.3g}, {float(np.max(stats['max'])):.3g}]"
 
 
 def flagged_rows(mask: np.ndarray) -> List[int]:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Mapping, Optional
+import logging
+from typing import Any, Collection, Dict, List, Mapping, Optional
 
 import numpy as np
 
@@ -11,7 +12,11 @@ from .checkpoint_files import (PROCESSOR_CONFIG_NAME, STATISTICS_NAME, PathLike,
                                find_processor_dir)
 
 Statistics = Dict[str, Dict[str, Dict[str, Dict[str, np.ndarray]]]]
+# {tag: {group: {key: the stat names normalization reads}}}
+UsedStatistics = Mapping[str, Mapping[str, Mapping[str, Collection[str]]]]
 STAT_NAMES = ("min", "max", "mean", "std", "q01", "q99")
+
+logger = logging.getLogger(__name__)
 
 
 _STAT_RANGES = (("min", "max"), ("q01", "q99"))
@@ -81,15 +86,19 @@ def _check_per_step_shapes(stats: Mapping[str, np.ndarray], where: str) -> None:
                              "of a relative_action key must have the same steps and dimensions")
 
 
-def parse_statistics(data: Mapping[str, Any], errors: Optional[Dict[str, str]] = None) -> Statistics:
+def parse_statistics(data: Mapping[str, Any], errors: Optional[Dict[str, str]] = None,
+                     used: Optional[UsedStatistics] = None) -> Statistics:
     """{tag: {group: {key: {stat: list}}}} -> the same with float64 arrays; ValueError naming tag, group, key and
     stat for a value that is not finite numbers, stats of one key with different lengths, or an inverted range.
     With `errors`, a tag whose statistics are invalid is left out and its message put there instead (a checkpoint of
-    many embodiments stays usable for the others, as the reference's, which reads only the served tag's)."""
+    many embodiments stays usable for the others, as the reference's, which reads only the served tag's). With `used`
+    ({tag: {group: {key: stat names}}}, what serving a tag normalizes with), only those stats of a listed tag are held
+    to the checks: the others' faults are logged once and the stats left out (the reference reads only the modality
+    keys' statistics)."""
     out: Statistics = {}
     for tag, groups in data.items():
         try:
-            out[tag] = _parse_tag_statistics(tag, groups)
+            out[tag] = _parse_tag_statistics(tag, groups, None if used is None else used.get(tag))
         except ValueError as exc:
             if errors is None:
                 raise
@@ -97,27 +106,67 @@ def parse_statistics(data: Mapping[str, Any], errors: Optional[Dict[str, str]] =
     return out
 
 
-def _parse_tag_statistics(tag: str, groups: Any) -> Dict[str, Dict[str, Dict[str, np.ndarray]]]:
+def _parse_tag_statistics(tag: str, groups: Any, used: Optional[Mapping[str, Mapping[str, Collection[str]]]] = None
+                          ) -> Dict[str, Dict[str, Dict[str, np.ndarray]]]:
     if not isinstance(groups, Mapping):
         raise ValueError(f"statistics[{tag!r}] must be an object of groups, got {type(groups).__name__}")
     out: Dict[str, Dict[str, Dict[str, np.ndarray]]] = {}
+    ignored: List[str] = []  # faults of stats serving `tag` does not use
     for group, keys in groups.items():
+        used_keys = None if used is None else used.get(group, {})
         if not isinstance(keys, Mapping):
-            raise ValueError(f"statistics[{tag!r}][{group!r}] must be an object of keys")
+            if used_keys is None or used_keys:
+                raise ValueError(f"statistics[{tag!r}][{group!r}] must be an object of keys")
+            ignored.append(f"statistics[{tag!r}][{group!r}] is not an object of keys")
+            continue
         out[group] = {}
         for key, stats in keys.items():
             where = f"statistics[{tag!r}][{group!r}][{key!r}]"
-            if not isinstance(stats, Mapping):
-                raise ValueError(f"{where} must be an object of stats")
-            parsed = {name: _parse_stat(values, f"{where}[{name!r}]") for name, values in stats.items() if name in STAT_NAMES}
-            check_key_statistics(parsed, where, absolute=group in ("state", "action"))
-            out[group][key] = parsed
+            absolute = group in ("state", "action")
+            if used_keys is None:
+                out[group][key] = _parse_key_statistics(stats, where, absolute)
+                continue
+            parsed = _parse_used_key_statistics(stats, where, absolute, used_keys.get(key, ()), ignored)
+            if parsed is not None:
+                out[group][key] = parsed
+    if ignored:
+        logger.warning("statistics.json: ignoring statistics of %r that serving it does not use and that are invalid: "
+                       "%s", tag, "; ".join(ignored))
     return out
 
 
-def load_statistics(checkpoint_dir: PathLike, errors: Optional[Dict[str, str]] = None) -> Statistics:
-    """Read statistics.json next to processor_config.json (`errors`: as for parse_statistics, messages naming the
-    file)."""
+def _parse_key_statistics(stats: Any, where: str, absolute: bool) -> Dict[str, np.ndarray]:
+    """One key's stats as float64 arrays, checked (check_key_statistics); ValueError naming `where` and the stat."""
+    if not isinstance(stats, Mapping):
+        raise ValueError(f"{where} must be an object of stats")
+    parsed = {name: _parse_stat(values, f"{where}[{name!r}]") for name, values in stats.items() if name in STAT_NAMES}
+    check_key_statistics(parsed, where, absolute=absolute)
+    return parsed
+
+
+def _parse_used_key_statistics(stats: Any, where: str, absolute: bool, used: Collection[str],
+                               ignored: List[str]) -> Optional[Dict[str, np.ndarray]]:
+    """As _parse_key_statistics, but only the `used` stats must pass: a fault of the others is appended to `ignored`
+    and they are left out (None: the key's stats left out whole, none being used)."""
+    try:
+        return _parse_key_statistics(stats, where, absolute)
+    except ValueError as exc:
+        fault = str(exc)
+    if not used:
+        ignored.append(fault)
+        return None
+    if not isinstance(stats, Mapping):
+        raise ValueError(fault)
+    used_stats = {name: values for name, values in stats.items() if name in used}
+    parsed = _parse_key_statistics(used_stats, where, absolute)  # a used stat's fault is refused, naming that stat
+    ignored.append(fault)
+    return parsed
+
+
+def load_statistics(checkpoint_dir: PathLike, errors: Optional[Dict[str, str]] = None,
+                    used: Optional[UsedStatistics] = None) -> Statistics:
+    """Read statistics.json next to processor_config.json (`errors`, `used`: as for parse_statistics, messages naming
+    the file)."""
     path = find_processor_dir(checkpoint_dir) / STATISTICS_NAME
     _refuse_broken_link(path)
     if path.is_dir():
@@ -128,7 +177,7 @@ def load_statistics(checkpoint_dir: PathLike, errors: Optional[Dict[str, str]] =
     if not isinstance(data, Mapping):
         raise ValueError(f"{path} must hold a JSON object")
     try:
-        statistics = parse_statistics(data, errors)
+        statistics = parse_statistics(data, errors, used)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
     for tag, message in (errors or {}).items():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Dict, Mapping
+from typing import Dict, Mapping, Set
 
 import numpy as np
 
@@ -45,6 +45,23 @@ def _check_relative_decodable(tag: str, key: str, spec: ActionConfig, state: Map
                          f"end-effector pose of {pose_width}")
 
 
+def _check_rotation_rows_can_vary(tag: str, key: str, spec: ActionConfig, relative: Mapping[str, np.ndarray],
+                                  mean_std: bool) -> None:
+    """ValueError when the relative_action min and max of an xyz + rot6d key are 0 in all of a rotation row (values
+    3:6 or 6:9) at some step: every action decodes to a zero row there, which no rotation has (Gram-Schmidt: NaN)."""
+    if mean_std or spec.type is not ActionType.EEF or spec.format.name != "XYZ_ROT6D":
+        return  # a mean/std key passes the model's value through where std is 0
+    low, high = np.atleast_2d(relative["min"]), np.atleast_2d(relative["max"])
+    for start in (3, 6):
+        zero = ((low[:, start:start + 3] == 0) & (high[:, start:start + 3] == 0)).all(axis=-1)
+        if zero.any():
+            raise ValueError(
+                f"statistics.json: relative_action key '{key}' of '{tag}' (xyz + rot6d) has min and max 0 in all of "
+                f"values {start}:{start + 3} (a rotation row) at steps {np.flatnonzero(zero).tolist()[:8]}: every "
+                "action decodes to a zero rotation row there, which no rotation matrix has; a rot6d row must be able "
+                "to take nonzero values")
+
+
 def _warn_unlisted_embedding_keys(tag: str, modality: str, config: ModalityConfig) -> None:
     """Warn for each mean_std/sin_cos_embedding_keys entry that is none of the modality's keys: a typo ("joint" for
     "joints") left the key it meant normalized by min/max, another model input, without a word."""
@@ -54,6 +71,29 @@ def _warn_unlisted_embedding_keys(tag: str, modality: str, config: ModalityConfi
                 logger.warning("processor_config.json: modality_configs[%r][%r][%r] lists %r, which is none of its "
                                "modality_keys %s; the entry is ignored", tag, modality, field, entry,
                                list(config.modality_keys))
+
+
+def used_statistics(config: ProcessorConfig) -> Dict[str, Dict[str, Dict[str, Set[str]]]]:
+    """{tag: {group: {key: stat names}}}: the statistics compute_norm_params and decoding read for each embodiment
+    with modality configs, which must be valid to serve it (the others may hold NaN, as the reference ignores them)."""
+    low_high = {"q01", "q99"} if config.use_percentiles else {"min", "max"}
+    used: Dict[str, Dict[str, Dict[str, Set[str]]]] = {}
+    for tag, configs in config.modality_configs.items():
+        groups: Dict[str, Dict[str, Set[str]]] = {"state": {}, "action": {}, "relative_action": {}}
+        state_config = configs.get("state")
+        for key in state_config.modality_keys if state_config else []:
+            mean_std = key in (state_config.mean_std_embedding_keys or [])
+            groups["state"][key] = low_high | ({"mean", "std"} if mean_std else set())
+        action_config = configs.get("action")
+        for index, key in enumerate(action_config.modality_keys if action_config else []):
+            mean_std = key in (action_config.mean_std_embedding_keys or [])
+            relative = _is_relative(config, action_config, index)
+            # "min": the output width comes from the absolute min (model.md §1.5)
+            groups["action"][key] = low_high | {"min"} | ({"mean", "std"} if mean_std and not relative else set())
+            if relative:
+                groups["relative_action"][key] = {"min", "max"} | ({"mean", "std"} if mean_std else set())
+        used[tag] = groups
+    return used
 
 
 def compute_norm_params(tag: str, stats: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]],
@@ -104,6 +144,8 @@ def compute_norm_params(tag: str, stats: Mapping[str, Mapping[str, Mapping[str, 
                     f"action key '{key}' has {params.dim}"
                 )
             _check_relative_decodable(tag, key, action_config.action_configs[index], state, params.dim)
+            _check_rotation_rows_can_vary(tag, key, action_config.action_configs[index], relative[key],
+                                          key in (action_config.mean_std_embedding_keys or []))
     state_config = configs.get("state")
     sincos = set()
     if state_config is not None and config.apply_sincos_state_encoding:

@@ -8,7 +8,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from gr00t_client.modality import ModalityConfig
-from gr00t_client.policy import ObservationError
+from gr00t_client.policy import NonFiniteActionError, ObservationError
 
 
 @dataclass(frozen=True)
@@ -392,14 +392,41 @@ def decode_relative(
     action_type: str,
     action_format: str,
     state_key: Optional[str] = None,
+    statistics: Optional[Mapping[str, np.ndarray]] = None,
 ) -> np.ndarray:
-    """Relative action (B, H, D) -> absolute with the last time step of the raw reference state (B, T, D)."""
+    """Relative action (B, H, D) -> absolute with the last time step of the raw reference state (B, T, D);
+    `statistics`: the relative_action statistics it was unnormalized with, which an error names."""
     action_dim = absolute_or_relative.shape[-1]
     reference = _last_reference_step(key, reference_state, action_dim, "relative->absolute", state_key)
     _check_reference_pose(key, reference, action_type, action_format, state_key)
     if action_type == "EEF":
+        if action_format == "XYZ_ROT6D":
+            _check_relative_rotation(key, absolute_or_relative, statistics)
         return relative_to_absolute_eef(absolute_or_relative, reference, action_format)
     return relative_to_absolute_joint(absolute_or_relative, reference)
+
+
+def _check_relative_rotation(key: str, relative: np.ndarray, statistics: Optional[Mapping[str, np.ndarray]]) -> None:
+    """NonFiniteActionError naming `key`, the steps and the relative_action statistics when unnormalized xyz + rot6d
+    relative actions (B, H, 9) have a zero or parallel rotation row: Gram-Schmidt made NaN of them, blamed on the
+    reference state, and the model's output only has the range the statistics give it."""
+    flat = relative.reshape(-1, relative.shape[-1])
+    finite = np.isfinite(flat).all(axis=-1)  # beyond float64 is refused after decoding, naming the statistics
+    with np.errstate(all="ignore"):
+        bad = [index for index in degenerate_pose_rows(flat, "XYZ_ROT6D") if finite[index]]
+    if not bad:
+        return
+    rows = sorted({index // relative.shape[1] for index in bad})[:8]
+    steps = sorted({index % relative.shape[1] for index in bad})
+    step = steps[0]
+    at_step = {name: value[min(step, len(value) - 1)] if value.ndim == 2 else value
+               for name, value in (statistics or {}).items()}
+    named = "; ".join(f"{name} [{', '.join(f'{v:.3g}' for v in value[3:9])}]" for name, value in at_step.items())
+    raise NonFiniteActionError(
+        f"relative action key '{key}' (xyz + rot6d) decodes to a degenerate rotation (values 3:9 with a zero or "
+        f"parallel row, which no rotation matrix has) in rows {rows}, steps {steps[:8]}, before it is composed with "
+        f"the reference state; the action was not sent. Its relative_action statistics in values 3:9 at step {step}: "
+        f"{named or 'not given'}; check them in the checkpoint's statistics.json", key=key, rows=rows)
 
 
 def encode_relative(

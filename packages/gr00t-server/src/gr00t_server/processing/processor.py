@@ -23,7 +23,7 @@ from .config import ProcessorConfig, load_processor_config
 from .embodiment_ids import embodiment_id_path, load_embodiment_ids
 from .image import (MAX_LETTER_BOX_PIXELS, check_frame_size, eval_image_transform_batch,
                     eval_image_transform_torchvision_style_batch)
-from .norm_params import EmbodimentNormParams, compute_norm_params
+from .norm_params import EmbodimentNormParams, compute_norm_params, used_statistics
 from .text import (IMAGE_PAD_TOKEN, build_conversation, expand_image_tokens, formalize_language, render_prompt,
                    reserved_tokens)
 from .tokenizer import load_tokenizer, load_vision_config, resolve_tokenizer_dir
@@ -106,7 +106,7 @@ class Gr00tN1d7Processor(VideoChecks):
         tokenizer_dir = resolve_tokenizer_dir(checkpoint_dir, config.model_name, local_files_only=local_files_only)
         tokenizer, vision_config = load_tokenizer(tokenizer_dir), load_vision_config(tokenizer_dir)
         errors: Dict[str, str] = {}
-        statistics = load_statistics(checkpoint_dir, errors)
+        statistics = load_statistics(checkpoint_dir, errors, used_statistics(config))
         processor = cls(config, statistics, load_embodiment_ids(checkpoint_dir), tokenizer, vision_config, errors)
         processor_dir = find_processor_dir(checkpoint_dir)
         read = {PROCESSOR_CONFIG_NAME: processor_dir / PROCESSOR_CONFIG_NAME,
