@@ -555,3 +555,65 @@ def test_a_strict_client_asks_only_the_configs_again_for_an_observation_in_the_n
                     client.get_action({"state": {"nothing": np.zeros((1, 1, 1), np.float32)}})
     assert asked == ["get_modality_config"] * 3, asked
 
+
+
+def test_a_refused_rtc_previous_chunk_names_its_keys_as_the_flat_client_sent_them(tiny_checkpoint):
+    """previous_action sent with the `action.<key>` keys the wrapper returns was refused naming the nested keys the
+    wrapped policy got ('yaw', 'bogus', ['x', 'y', ...]), which the client never sent."""
+    pytest.importorskip("torch")
+    from gr00t_client import PolicyClient, PolicyServerError
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+    from serving import running_server
+
+    observations = {tag: _flat_example(tiny_checkpoint, tag) for tag in ("libero_sim", "new_embodiment")}
+    refusals = []
+    for tag, observation in observations.items():
+        wrapper = Gr00tSimPolicyWrapper(Gr00tPolicy(tiny_checkpoint, tag, device="cpu"))
+        with running_server(wrapper) as server, PolicyClient(port=server.port, timeout_ms=60000) as client:
+            action, _ = client.get_action(observation, {"seed": 0})
+            degenerate = {key: value.copy() for key, value in action.items()}
+            if "action.eef_9d" in action:  # a relative EEF key: its rot6d rows zeroed
+                degenerate["action.eef_9d"][..., 3:] = 0.0
+            cases = [{key: value for key, value in action.items() if key != "action.yaw"},
+                     {**action, "action.bogus": next(iter(action.values()))},
+                     {**action, "action.yaw": action["action.yaw"][:1]}] if tag == "libero_sim" else [degenerate]
+            for previous in cases:
+                rtc = {"previous_action": previous, "overlap_steps": 8, "frozen_steps": 4}
+                with pytest.raises(PolicyServerError) as refused:
+                    client.get_action(observation, {"seed": 0, "rtc": rtc})
+                refusals.append(str(refused.value))
+    flat_keys = "['action.x', 'action.y', 'action.z', 'action.roll', 'action.pitch', 'action.yaw', 'action.gripper']"
+    assert refusals[0].endswith(f"must have exactly the action keys {flat_keys}; missing ['action.yaw'], extra []")
+    assert refusals[1].endswith(f"must have exactly the action keys {flat_keys}; missing [], extra ['action.bogus']")
+    assert "options['rtc']['previous_action']['action.yaw'] must be a float array of shape (B=2, T, 1)" in refusals[2]
+    assert "options['rtc']['previous_action']['action.eef_9d'] (XYZ_ROT6D pose) has a degenerate rotation" in refusals[3]
+
+
+def test_a_wrapped_client_rewords_its_servers_refusals_in_the_flat_form_keeping_their_class(tiny_checkpoint):
+    """Gr00tSimPolicyWrapper(PolicyClient(...)) of a nested server passed its refusals on as the server worded them:
+    "State key 'gripper'" for the 'state.gripper' sent, "must contain a 'video' key (a dict)" for {}."""
+    pytest.importorskip("torch")
+    from gr00t_client import PolicyClient, PolicyServerError
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+    from serving import running_server
+
+    observation = _flat_example(tiny_checkpoint, "libero_sim")
+    narrow = {**observation, "state.gripper": np.ascontiguousarray(observation["state.gripper"][..., :1])}
+    with running_server(Gr00tPolicy(tiny_checkpoint, "libero_sim", device="cpu")) as server:
+        with PolicyClient(port=server.port, strict=False, timeout_ms=60000) as client:
+            wrapper = Gr00tSimPolicyWrapper(client)
+            flat_keys = wrapper.flat_keys()
+            action, _ = wrapper.get_action(observation, {"seed": 0})
+            previous = {key: value for key, value in action.items() if key != "action.yaw"}
+            refusals = []
+            for sent, options in [(narrow, None), ({}, None),
+                                  (observation, {"rtc": {"previous_action": previous, "overlap_steps": 8,
+                                                         "frozen_steps": 4}})]:
+                with pytest.raises(PolicyServerError) as refused:
+                    wrapper.get_action(sent, options)
+                refusals.append(refused.value)
+    assert str(refusals[0]) == ("Server error: ObservationError: State key 'state.gripper' has dimension 1; the "
+                                "checkpoint statistics expect 2")
+    assert str(refusals[1]) == f"Server error: ObservationError: observation is empty; expected the flat keys {flat_keys}"
+    assert "missing ['action.yaw'], extra []" in str(refusals[2])
+    assert refusals[2].server_message.startswith("ValueError: options['rtc']['previous_action'] must have exactly")

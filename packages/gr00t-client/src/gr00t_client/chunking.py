@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .chunking_buffers import _StepBuffers
-from .chunking_envs import _EnvRows, _is_int, observation_batch_size
+from .chunking_envs import _EnvRows, _is_int, env_batch_size
 from .chunking_merge import MERGE_RULES, MergeFn, merge_overlap
 from .chunking_position import PolicyPositionError, _PositionChecks, _reported_steps, _Reply
 from .chunking_prefetch import _Prefetch, _Prefetching, _PrefetchWorker
@@ -183,7 +183,7 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
         """Return ({key: (B, ...)} for this step, info); fetches or merges chunks as needed."""
         self._adopt_after_fork()
         with self._lock:
-            self._ensure_envs(observation_batch_size(observation))
+            self._ensure_envs(env_batch_size(observation))
             self.stats.calls += 1
             self._prefetch_error = None
             merged = self._collect(block=False)

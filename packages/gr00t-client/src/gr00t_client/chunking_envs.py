@@ -6,7 +6,7 @@ from __future__ import annotations
 import numbers
 from collections.abc import Mapping  # isinstance with typing.Mapping is twice as slow (hot paths)
 from collections.abc import Sequence as SequenceABC
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -24,6 +24,27 @@ def observation_batch_size(observation: Any) -> int:
     if isinstance(observation, (list, tuple)):
         return len(observation)
     return -1
+
+
+def env_batch_size(observation: Any) -> int:
+    """The batch size B of an ActionChunker's observation: the leading axis of its video and state arrays (flat
+    `video.<k>`/`state.<k>` keys or the `video`/`state` groups) when it has any, so that an extra key ahead of them
+    (a timestamp, episode ids) is not read as B; else observation_batch_size's. ValueError when they disagree."""
+    if not isinstance(observation, Mapping):
+        return observation_batch_size(observation)
+    leading: List[Tuple[Any, Any, int]] = []  # (key, member of a video/state group or None, leading axis)
+    for key, value in observation.items():
+        if key in ("video", "state") and isinstance(value, Mapping):
+            leading += [(key, inner, observation_batch_size(leaf)) for inner, leaf in value.items()]
+        elif isinstance(key, str) and key.startswith(("video.", "state.")):
+            leading.append((key, None, observation_batch_size(value)))
+    sizes = {size for _, _, size in leading if size >= 0}
+    if len(sizes) > 1:  # named only here, off the hot path
+        shown = ", ".join(f"{key}['{inner}']: {size}" if inner is not None else f"'{key}': {size}"
+                          for key, inner, size in leading if size >= 0)
+        raise ValueError(f"the observation's video and state keys disagree on the batch size (leading axes {shown}); "
+                         "expected one row per env in each")
+    return sizes.pop() if sizes else observation_batch_size(observation)
 
 
 def select_envs(observation: Any, env_ids: Sequence[int], batch_size: int) -> Any:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from typing import Any, Collection, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
+from gr00t_client.client_errors import PolicyServerError
 from gr00t_client.flat import (LEGACY_LANGUAGE_KEY, flat_observation_keys, language_batch, language_source,
                                missing_flat_keys_error, validate_flat_action, validate_flat_observation)
 from gr00t_client.modality import ModalityConfig
@@ -20,7 +22,9 @@ class Gr00tSimPolicyWrapper(PolicyWrapper):
     the configs name is refused; the inner policy keeps its own `strict`. An empty observation is passed through
     when the wrapped policy takes one (a ReplayPolicy can be driven without one); strict or not, an empty or partial
     one the wrapped policy refuses is refused naming the flat keys missing, not the nested form it was handed.
-    Options (including the server's `_session_id`) are forwarded untouched.
+    Options (including the server's `_session_id`) are forwarded untouched, except that RTC `previous_action` keys
+    spelled `action.<key>` lose the prefix, and the wrapped policy's refusals of them name them `action.<key>`
+    again. A wrapped PolicyClient's refusals from its server are reworded alike, keeping their class.
     """
 
     observation_format = "flat"  # reported by get_server_info, so a client picks the form by it, not by a class name
@@ -112,23 +116,49 @@ class Gr00tSimPolicyWrapper(PolicyWrapper):
             raise ObservationError(f"none of the observation's keys {unknown}{more} are in the modality config; "
                                    f"expected the flat keys {self.flat_keys()}")
         checked = rows_checked(nested, self.policy) if are_rows_checked(observation, self) else contextlib.nullcontext()
+        inner_options = _inner_options(options)
         try:
             with checked:  # check_observation already ran the wrapped policy's checks on these rows
-                action, info = self.policy.get_action(nested, _inner_options(options))
+                action, info = self.policy.get_action(nested, inner_options)
         except ObservationError as exc:
-            self._raise_for_missing_flat_keys(observation or {})
+            missing = self._missing_flat_keys_error(observation or {})
+            if missing is not None:
+                raise missing from None
             self._name_flat_keys(exc, observation or {})
+            raise
+        except PolicyServerError as exc:  # a PolicyClient wrapped: its server's refusal, reworded keeping its class
+            self._name_flat_keys_remote(exc, observation or {}, options)
+            raise
+        except ValueError as exc:  # an option refused: previous_action's keys were handed on without the prefix
+            if len(exc.args) == 1 and isinstance(exc.args[0], str):
+                exc.args = (_previous_action_as_sent(exc.args[0], self.get_modality_config(), options),)
             raise
         return {f"action.{key}": value for key, value in action.items()}, info
 
-    def _raise_for_missing_flat_keys(self, observation: Mapping[str, Any]) -> None:
+    def _missing_flat_keys_error(self, observation: Mapping[str, Any]) -> Optional[ObservationError]:
         """The wrapped policy refused an observation it got in the nested form, which this wrapper's clients never
-        send: when flat keys the configs name are missing, refuse naming them in the flat form instead."""
+        send: when flat keys the configs name are missing, the refusal naming them in the flat form instead."""
         if not observation:
-            raise self._empty_observation_error() from None
-        missing = missing_flat_keys_error(observation, self.get_modality_config())
-        if missing is not None:
-            raise missing from None
+            return self._empty_observation_error()
+        return missing_flat_keys_error(observation, self.get_modality_config())
+
+    def _name_flat_keys_remote(self, exc: PolicyServerError, observation: Mapping[str, Any],
+                               options: Optional[Dict[str, Any]]) -> None:
+        """Reword, in place, a server's ObservationError or previous_action refusal (sent as "<type>: <message>")
+        as _get_action rewords the same refusal from a local policy."""
+        if exc.args != (f"Server error: {exc.server_message}",):  # not a server's own words (MessageTooLargeError)
+            return
+        remote_type, _, message = exc.server_message.partition(": ")
+        if remote_type == "ObservationError":
+            missing = self._missing_flat_keys_error(observation)
+            message = str(missing) if missing is not None else _in_flat_words(message, self.get_modality_config(),
+                                                                              observation)
+        elif remote_type == "ValueError":
+            message = _previous_action_as_sent(message, self.get_modality_config(), options)
+        else:
+            return
+        exc.server_message = f"{remote_type}: {message}"
+        exc.args = (f"Server error: {exc.server_message}",)
 
     def _name_flat_keys(self, exc: ObservationError, observation: Mapping[str, Any]) -> None:
         """Reword, in place (keeping what BasePolicy marked on it), a refusal of the wrapped policy that names keys
@@ -174,6 +204,27 @@ def _in_flat_words(message: str, configs: Mapping[str, ModalityConfig], observat
     for key in language.modality_keys if language is not None else []:
         message = message.replace(f"language['{key}']", f"Language key '{language_source(key, observation)}'")
     return message
+
+
+_PREVIOUS_ACTION = "options['rtc']['previous_action']"
+
+
+def _previous_action_as_sent(message: str, configs: Mapping[str, ModalityConfig],
+                             options: Optional[Dict[str, Any]]) -> str:
+    """`message`, when it refuses options['rtc']['previous_action'] (whose keys the wrapped policy got without the
+    `action.` prefix), with each action key named `action.<key>` and each other key as the caller sent it."""
+    if not message.startswith(_PREVIOUS_ACTION):
+        return message
+    action = configs.get("action")
+    names = {key: f"action.{key}" for key in (action.modality_keys if action is not None else [])}
+    rtc = (options or {}).get("rtc")
+    previous = rtc.get("previous_action") if isinstance(rtc, Mapping) else None
+    for key in previous if isinstance(previous, Mapping) else []:
+        if isinstance(key, str) and key.startswith("action.") and key[len("action."):] not in names:
+            names[key[len("action."):]] = key
+    rest = re.sub(r"'([^']*)'", lambda quoted: f"'{names.get(quoted.group(1), quoted.group(1))}'",
+                  message[len(_PREVIOUS_ACTION):])
+    return _PREVIOUS_ACTION + rest
 
 
 def _inner_options(options: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
