@@ -5,6 +5,7 @@ that would fail later or never apply are refused when the chunker is made."""
 
 import threading
 import time
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -14,12 +15,14 @@ from serving import running_server
 
 
 class StampPolicy(BasePolicy):
-    """Step j of the chunk for an env whose observation holds t is 100 * t + j; an int64 'gripper' key holds 3 * t. It
-    records each request's options, and its call number `stall_call` takes `stall_s` (a stalled server)."""
+    """Step j of the chunk for an env whose observation holds t is 100 * t + j (float32, or `x_dtype`); an int64 (or
+    `gripper_dtype`) 'gripper' key holds 3 * t. It records each request's options, and its call number `stall_call`
+    takes `stall_s` (a stalled server)."""
 
-    def __init__(self, horizon=8, stall_call=None, stall_s=0.0):
+    def __init__(self, horizon=8, stall_call=None, stall_s=0.0, x_dtype=np.float32, gripper_dtype=np.int64):
         super().__init__(strict=False)
         self.horizon, self.stall_call, self.stall_s = horizon, stall_call, stall_s
+        self.x_dtype, self.gripper_dtype = x_dtype, gripper_dtype
         self.options, self.calls = [], 0
 
     def _get_action(self, observation, options=None):
@@ -30,7 +33,7 @@ class StampPolicy(BasePolicy):
         t = np.asarray(observation["state"]["t"], np.float32)[:, 0]
         chunk = 100.0 * t[:, None] + np.arange(self.horizon, dtype=np.float32)[None, :]
         gripper = np.repeat(3 * t.astype(np.int64)[:, None, None], self.horizon, axis=1)
-        return {"x": chunk[:, :, None], "gripper": gripper}, {}
+        return {"x": chunk[:, :, None].astype(self.x_dtype), "gripper": gripper.astype(self.gripper_dtype)}, {}
 
     def reset(self, options=None):
         return {}
@@ -105,16 +108,65 @@ def test_a_merge_function_that_changes_a_keys_dtype_is_refused_naming_the_key_an
     assert step["gripper"].dtype == np.int64 and step["gripper"].tolist() == [[0]]  # the first chunk runs on
 
 
-def test_a_merge_function_returning_a_masked_array_is_refused(served):
-    # np.asarray dropped the mask: the robot got the values under it.
+def test_a_merge_function_returning_a_masked_array_is_refused_naming_the_key_and_the_merge(served):
+    # np.asarray dropped the mask: the robot got the values under it. Then a bare ValueError named neither the key
+    # whose merge returned it nor the merge, nor that the chunk was not used.
     _policy, client = served
-    with ActionChunker(client, asynchronous=True, prefetch_steps=4,
-                       merge=lambda old, new: np.ma.masked_array(new, mask=True)) as chunker:
+
+    def masked_gripper(old, new):
+        return np.ma.masked_array(new, mask=True) if new.dtype.kind == "i" else new
+
+    with ActionChunker(client, asynchronous=True, prefetch_steps=4, merge=masked_gripper) as chunker:
         for t in range(4):
             chunker.get_action(obs(t))
         assert chunker.wait_for_prefetch(10)
-        with pytest.raises(ValueError, match=r"merge function returned a numpy masked array; return merged.filled\(x\)"):
+        with pytest.raises(ActionError, match=r"merging the overlap of action key 'gripper' \(<function .*masked_gripper"
+                                              r".*\): merge function returned a numpy masked array; return "
+                                              r"merged.filled\(x\) .*; the chunk was not used"):
             chunker.get_action(obs(4))
+        step, _ = chunker.get_action(obs(5))
+    assert step["x"].tolist() == [[4.0]] and step["gripper"].tolist() == [[0]]  # the first chunk runs on
+
+
+def _weighted_average(old, new):  # LeRobot's weighted average by np.average: float64 for float32 steps
+    return np.average(np.stack([old, new]), axis=0, weights=[0.3, 0.7]) if new.dtype.kind == "f" else new
+
+
+@pytest.mark.parametrize("x_dtype, gripper_dtype, merge, x, gripper", [
+    (np.float32, np.int64, _weighted_average, 0.3 * 4 + 0.7 * 301, 9),  # float64 for a float32 key
+    (">f4", np.int64, lambda old, new: (old + new) / 2 if new.dtype.kind == "f" else new, (4 + 301) / 2, 9),
+    (np.float32, np.int32, lambda old, new: ((old + new) / 2).astype(int) if new.dtype.kind == "i" else new, 301, 4),
+])
+def test_a_merge_function_giving_another_dtype_of_the_keys_kind_is_cast_back_to_the_keys_dtype(
+        x_dtype, gripper_dtype, merge, x, gripper):
+    # A float64 result for a float32 key, native floats for big-endian ones ('>f4', kept by the wire) and .astype(int)
+    # for an int32 key were refused mid-run ("gave dtype float32; expected >f4").
+    policy = StampPolicy(x_dtype=x_dtype, gripper_dtype=gripper_dtype)
+    with running_server(policy) as server, PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client, \
+            ActionChunker(client, asynchronous=True, prefetch_steps=4, merge=merge) as chunker:
+        for t in range(4):
+            chunker.get_action(obs(t))
+        assert chunker.wait_for_prefetch(10)
+        step, info = chunker.get_action(obs(4))  # old step 4 (4, gripper 0) with new step 1 (301, gripper 9)
+    assert info["merged_env_ids"] == [0]
+    assert step["x"].dtype == np.dtype(x_dtype).newbyteorder("=") and step["gripper"].dtype == gripper_dtype
+    assert step["x"][0, 0] == pytest.approx(x, abs=1e-3) and step["gripper"].tolist() == [[gripper]]
+
+
+def test_a_merge_function_giving_ints_outside_the_keys_int_range_is_refused_not_wrapped():
+    policy = StampPolicy(gripper_dtype=np.int32)
+    with running_server(policy) as server, PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client, \
+            ActionChunker(client, asynchronous=True, prefetch_steps=4,
+                          merge=lambda old, new: new.astype(np.int64) + 2**31 if new.dtype.kind == "i" else new) as chunker:
+        for t in range(4):
+            chunker.get_action(obs(t))
+        assert chunker.wait_for_prefetch(10)
+        with pytest.raises(ActionError, match=r"merging the overlap of action key 'gripper' \(<function .*\) gave values "
+                                              r"from 2147483657 to 2147483657; expected values in \[-2147483648, "
+                                              r"2147483647\], the range of the key's dtype int32; the chunk was not used"):
+            chunker.get_action(obs(4))
+        step, _ = chunker.get_action(obs(5))
+    assert step["gripper"].tolist() == [[0]]
 
 
 def test_a_merge_refused_for_one_env_leaves_every_env_on_its_running_chunk(served):
@@ -132,6 +184,30 @@ def test_a_merge_refused_for_one_env_leaves_every_env_on_its_running_chunk(serve
             chunker.get_action(obs(4, 54))
         step, _ = chunker.get_action(obs(5, 55))
     assert step["x"][:, 0].tolist() == [4.0, 5004.0]  # both envs on their first chunk, step 4
+
+
+def test_a_merge_function_merging_in_place_leaves_every_env_on_its_running_chunk_when_another_env_is_refused(served):
+    # It was handed views of the buffers: env 0's steps were merged in place, and env 1's set to inf, before env 1's
+    # merge was refused ("the chunk was not used"); the next step executed them.
+    _policy, client = served
+
+    def merge_in_place(old, new):
+        if new.dtype.kind != "f":
+            return new
+        old *= 0.3  # no temporary
+        old += 0.7 * new
+        if new[0, 0] >= 5000:  # env 1 (its t is 50 more than env 0's): refused
+            old[:] = np.inf
+        return old
+
+    with ActionChunker(client, asynchronous=True, prefetch_steps=4, merge=merge_in_place) as chunker:
+        for t in range(4):
+            chunker.get_action(obs(t, 50 + t))
+        assert chunker.wait_for_prefetch(10)
+        with pytest.raises(ActionError, match="action key 'x' .* gave non-finite values .* the chunk was not used"):
+            chunker.get_action(obs(4, 54))
+        steps = [chunker.get_action(obs(t, 50 + t))[0]["x"][:, 0].tolist() for t in (5, 6)]
+    assert steps == [[4.0, 5004.0], [5.0, 5005.0]]  # both envs on their first chunk, steps 4 and 5
 
 
 # --- RTC and a foreground fetch --------------------------------------------------------------------------------
@@ -190,6 +266,37 @@ def test_rtc_ramp_rate_and_new_weight_of_another_type_are_refused_naming_the_par
     with pytest.raises(ValueError) as error:
         ActionChunker(client, asynchronous=True, rtc_frozen_steps=2, **kwargs)
     assert str(error.value).startswith(message)
+
+
+def test_a_fraction_new_weight_and_rtc_ramp_rate_are_used_as_floats(served):
+    # numbers.Real let them in; then the first weighted merge of an int key raised a bare numpy TypeError (a Fraction
+    # has no rint), and a prefetch with rtc_ramp_rate=Fraction(6) could not be encoded for the wire.
+    policy, client = served
+    with ActionChunker(client, asynchronous=True, prefetch_steps=4, merge="weighted", new_weight=Fraction(1, 2)) as chunker:
+        for t in range(4):
+            chunker.get_action(obs(t))
+        assert chunker.wait_for_prefetch(10)
+        step, info = chunker.get_action(obs(4))
+    assert info["merged_env_ids"] == [0]
+    assert step["x"].tolist() == [[152.5]] and step["gripper"].tolist() == [[4]]  # (4 + 301) / 2; rint((0 + 9) / 2)
+    with ActionChunker(client, asynchronous=True, prefetch_steps=4, rtc_frozen_steps=2,
+                       rtc_ramp_rate=Fraction(6)) as chunker:
+        for t in range(4):
+            _step, info = chunker.get_action(obs(t))
+        assert chunker.wait_for_prefetch(10)
+        assert "prefetch_error" not in info
+        _step, info = chunker.get_action(obs(4))
+    assert info["merged_env_ids"] == [0] and policy.options[-1]["rtc"]["ramp_rate"] == 6.0
+
+
+@pytest.mark.parametrize("new_weight", [np.float32(0.7), np.float32(0.7).item(), Fraction(7, 10)])
+def test_the_default_new_weight_in_another_float_type_is_taken_without_asynchronous(served, new_weight):
+    # 0.699999988 (a float32 config value's .item()) and Fraction(7, 10) are not 0.7: the default weight was refused
+    # as a merge setting a synchronous chunker never applies.
+    _policy, client = served
+    with ActionChunker(client, new_weight=new_weight) as chunker:
+        step, _ = chunker.get_action(obs(1))
+    assert step["x"].tolist() == [[100.0]]
 
 
 @pytest.mark.parametrize("kwargs, named", [

@@ -19,6 +19,7 @@ runs) and blends the rest of the overlap in, so the new chunk continues the moti
 from __future__ import annotations
 
 import logging
+import math
 import numbers
 import os
 import threading
@@ -114,8 +115,9 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
                              f"({type(new_weight).__name__})")
         if not 0.0 <= new_weight <= 1.0:
             raise ValueError(f"new_weight must be in [0, 1], got {new_weight}")
+        default_weight = math.isclose(float(new_weight), 0.7, abs_tol=1e-6)  # float32's 0.7 (0.699999988) was refused
         merging = ([f"merge={merge!r}"] if callable(merge) or merge != "newest" else []) + (
-            [f"new_weight={new_weight!r}"] if new_weight != 0.7 else [])
+            [f"new_weight={new_weight!r}"] if not default_weight else [])
         if merging and not asynchronous:  # as rtc_frozen_steps and gr00t-eval's --chunk-merge: it was never applied
             raise ValueError(f"{' and '.join(merging)} needs asynchronous=True: only a prefetched chunk is merged with "
                              "the steps still running (a synchronous chunker replaces the chunks it fetches); leave "
@@ -137,9 +139,9 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
         self.asynchronous = asynchronous
         self.prefetch_steps = None if prefetch_steps is None else int(prefetch_steps)
         self.merge = merge
-        self.new_weight = new_weight
+        self.new_weight = float(new_weight)  # a Fraction failed the first merge of an int key (no rint for it)
         self.rtc_frozen_steps = None if rtc_frozen_steps is None else int(rtc_frozen_steps)
-        self.rtc_ramp_rate = rtc_ramp_rate
+        self.rtc_ramp_rate = float(rtc_ramp_rate)  # a Fraction failed the first prefetch (the wire has no Fraction)
         self.stats = ChunkerStats()
         self._warned_one_step = False
         self._usable: Optional[int] = None  # steps of each chunk executed (the last chunk's horizon, n_action_steps)

@@ -8,7 +8,7 @@ from typing import Any, Collection, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .chunking_merge import merge_overlap
+from .chunking_merge import MergeResultError, merge_overlap
 from .policy import ActionError, non_finite_rows
 
 
@@ -21,6 +21,25 @@ def _refuse_hidden_values(key: str, value: np.ndarray) -> None:
     if value.dtype.kind not in "biufc":
         raise ActionError(f"action key '{key}' has dtype {value.dtype}; expected a numeric (float, int or bool) "
                           "array; the chunk was not used")
+
+
+def _as_key_dtype(key: str, merged: np.ndarray, dtype: np.dtype, merge: Any) -> np.ndarray:
+    """A merge's steps cast back to the key's dtype when of the same kind (float64 from np.average for a float32 key,
+    native floats for big-endian ones, int64 from .astype(int) for an int32 key); ActionError naming the key and the
+    merge for another kind (an object array hid NaN, floats for an int key) or ints outside the key dtype's range."""
+    kinds = ("f", "iu", "b", "c")
+    if not any(merged.dtype.kind in kind and dtype.kind in kind for kind in kinds):
+        raise ActionError(f"merging the overlap of action key '{key}' ({merge!r}) gave dtype {merged.dtype}; expected "
+                          f"{dtype}, the key's dtype in the policy's chunks, or another of its kind (cast back to it); "
+                          "the chunk was not used")
+    if dtype.kind in "iu" and merged.size:  # refused rather than wrapped (300 into an int8 gripper made 44)
+        low, high, info = int(merged.min()), int(merged.max()), np.iinfo(dtype)
+        if low < info.min or high > info.max:
+            raise ActionError(f"merging the overlap of action key '{key}' ({merge!r}) gave values from {low} to "
+                              f"{high}; expected values in [{info.min}, {info.max}], the range of the key's dtype "
+                              f"{dtype}; the chunk was not used")
+    with np.errstate(over="ignore"):  # a float beyond the key's float range becomes inf, refused below as non-finite
+        return merged.astype(dtype, copy=False)
 
 
 class _StepBuffers:
@@ -130,7 +149,8 @@ class _StepBuffers:
 
     def _merged(self, i: int, new: Dict[str, np.ndarray], elapsed: int) -> Optional[Dict[str, np.ndarray]]:
         """Env i's buffer with `new` (whose step `elapsed` lines up with its cursor) merged in; the buffers unchanged.
-        The merged steps are checked as a policy's chunk is: ActionError naming the key for another dtype or NaN."""
+        The merged steps are checked as a policy's chunk is: ActionError naming the key for another kind of dtype (one
+        of the key's kind is cast back to it), a masked array or NaN."""
         old = self._buffers[i]
         cursor = self._cursors[i]
         result = {}
@@ -142,12 +162,15 @@ class _StepBuffers:
             if not n:  # nothing overlaps: a merge function is not asked to merge no steps (its float64 () cast ints)
                 result[key] = longer.copy()
                 continue
-            merged = merge_overlap(old_tail[:n], new_tail[:n], self.merge, self.new_weight)
-            dtype = self._step_dtypes[key]
-            if merged.dtype != dtype:  # a merge function's object array hid NaN; its (old + new) / 2 made ints float
-                raise ActionError(f"merging the overlap of action key '{key}' ({self.merge!r}) gave dtype "
-                                  f"{merged.dtype}; expected {dtype}, the key's dtype in the policy's chunks; the chunk "
-                                  "was not used")
+            old_overlap = old_tail[:n]
+            if callable(self.merge):  # a copy: a function merging in place (old *= 0.3) wrote into the running buffer
+                old_overlap = old_overlap.copy()  # before another env's merge was refused ("the chunk was not used")
+            try:
+                merged = merge_overlap(old_overlap, new_tail[:n], self.merge, self.new_weight)
+            except MergeResultError as exc:  # a masked array or another shape: name the key, as the checks below do
+                raise ActionError(f"merging the overlap of action key '{key}' ({self.merge!r}): {exc}; the chunk was "
+                                  "not used") from exc
+            merged = _as_key_dtype(key, merged, self._step_dtypes[key], self.merge)
             if merged.dtype.kind in "fc" and not np.isfinite(merged).all():  # a merge function's, or a rule's overflow
                 raise ActionError(f"merging the overlap of action key '{key}' ({self.merge!r}) gave non-finite values "
                                   "(NaN or inf) from finite chunks; the chunk was not used")

@@ -11,6 +11,10 @@ MergeFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 MERGE_RULES = ("newest", "oldest", "average", "weighted")
 
 
+class MergeResultError(ValueError):
+    """A merge function's result that cannot be used as steps (a masked array, another shape)."""
+
+
 def merge_overlap(old: np.ndarray, new: np.ndarray, rule: Union[str, MergeFn] = "newest", new_weight: float = 0.7) -> np.ndarray:
     """Merge the overlapping steps of the old and new chunk, both (n, ...) and aligned step by step.
 
@@ -24,11 +28,11 @@ def merge_overlap(old: np.ndarray, new: np.ndarray, rule: Union[str, MergeFn] = 
     if callable(rule):
         merged = rule(old, new)
         if isinstance(merged, np.ma.MaskedArray):  # np.asarray drops the mask: the robot got the masked entries' values
-            raise ValueError("merge function returned a numpy masked array; return merged.filled(x) with the value "
-                             "the robot should get")
+            raise MergeResultError("merge function returned a numpy masked array; return merged.filled(x) with the "
+                                   "value the robot should get")
         merged = np.asarray(merged)
         if merged.shape != old.shape:
-            raise ValueError(f"merge function returned shape {merged.shape}; expected {old.shape}")
+            raise MergeResultError(f"merge function returned shape {merged.shape}; expected {old.shape}")
         return merged
     if rule == "newest":
         return new.copy()
