@@ -165,8 +165,10 @@ def test_a_key_with_the_line_end_or_quotes_an_env_file_keeps_still_connects(keys
 @pytest.mark.parametrize("mistake", [
     lambda key: key + " # robot-07", lambda key: key[:20] + " " + key[20:], lambda key: key + key,
     lambda key: key[:30], lambda key: "GR00T_CLIENT_KEY=" + key, lambda key: key + ".key_secret",
-    lambda key: key + "  # robot-07.key",
-], ids=["comment", "split", "twice", "truncated", "assignment", "with a key suffix", "comment naming a key file"])
+    lambda key: key + "  # robot-07.key", lambda key: "secret-key=" + key + ".key", lambda key: f'"{key}".key_secret',
+    lambda key: "$HOME/" + key + ".key_secret",
+], ids=["comment", "split", "twice", "truncated", "assignment", "with a key suffix", "comment naming a key file",
+        "prefixed then a key suffix", "quoted then a key suffix", "under an unexpanded variable"])
 def test_a_value_holding_most_of_a_secret_key_is_never_repeated_in_the_error(keys, mistake):
     secret = zmq.auth.load_certificate(keys["robot.key_secret"])[1].decode()
     value = mistake(secret)

@@ -6,7 +6,8 @@ import time
 
 import pytest
 from reference_peer import EchoPolicy
-from serving import running_server
+from serving import free_port, running_server
+from tcp_proxy import TcpProxy
 
 from gr00t_client import PolicyClient, PolicyServerError
 from gr00t_eval.rollout.liveness import ServerWatch, ping_quickly, unanswered_ping_reason
@@ -105,6 +106,39 @@ def test_a_server_restarted_with_another_curve_key_is_reported_as_refusing_this_
             reason = ServerWatch(client).unreachable_reason(LOST_REPLY)
     assert reason is not None and f"the server at {client.address} now refuses this client (HandshakeError:" in reason
     assert "did not answer a ping" not in reason
+
+
+def test_a_forwarders_server_restarting_is_waited_for_as_a_gone_server_not_reported_as_refusing_this_client(tmp_path):
+    """A forwarder (kubectl port-forward) whose CURVE server restarts closes each handshake: ServerWatch read that as
+    'now refuses this client ..., as a server restarted with another CURVE key does', and the same keys worked again
+    once the server was back."""
+    public, secret = generate_certificates(tmp_path, "server")
+    upstream = free_port()
+    with TcpProxy(upstream) as proxy, \
+            PolicyClient("127.0.0.1", proxy.port, timeout_ms=3000, server_public_key=str(public)) as client:
+        with running_server(EchoPolicy(), port=upstream, curve_secret_key=str(secret)):
+            assert client.ping()
+        with pytest.raises(ConnectionError) as failed:
+            client.reset()
+        reason = ServerWatch(client).unreachable_reason(failed.value)
+        with running_server(EchoPolicy(), port=upstream, curve_secret_key=str(secret)):
+            assert client.ping()
+    assert reason is not None and "did not answer a ping either" in reason, reason
+    assert "refuses this client" not in reason
+
+
+def test_a_server_that_restarts_with_another_curve_key_after_this_clients_keys_worked_still_stops_the_run(tmp_path):
+    old_public, old_secret = generate_certificates(tmp_path / "old", "server")
+    _, new_secret = generate_certificates(tmp_path / "new", "server")
+    port = free_port()
+    with PolicyClient("127.0.0.1", port, timeout_ms=3000, server_public_key=str(old_public)) as client:
+        with running_server(EchoPolicy(), port=port, curve_secret_key=str(old_secret)):
+            assert client.ping()
+        with running_server(EchoPolicy(), port=port, curve_secret_key=str(new_secret)):
+            with pytest.raises(ConnectionError) as failed:
+                client.reset()
+            reason = ServerWatch(client).unreachable_reason(failed.value)
+    assert reason is not None and "HandshakeError" in reason and "is not this server's key" in reason, reason
 
 
 def test_a_request_refused_as_unauthorized_stops_the_run_with_the_servers_words():

@@ -1,6 +1,7 @@
 """CURVE keys on the server: `gr00t-server keygen`, loading the server key, and the reloadable authorized-keys ZAP check."""
 
 import contextlib
+import errno
 import os
 import pathlib
 import shutil
@@ -382,6 +383,20 @@ def test_a_dangling_key_link_is_named_in_a_warning_and_in_a_refusal(tmp_path, ca
             "which does not exist") in caplog.text
     assert "present there but unreadable or malformed, so not used: robot-07.key" in caplog.text
     assert "holds no usable client .key files" in caplog.text
+
+
+def test_a_key_link_loop_is_named_with_why_it_cannot_be_followed_not_as_a_missing_target(tmp_path, caplog):
+    """a.key -> b.key -> a.key was warned of as 'a symbolic link to b.key, which does not exist'; b.key exists."""
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    (allowed / "a.key").symlink_to("b.key")
+    (allowed / "b.key").symlink_to("a.key")
+    with caplog.at_level("WARNING", logger="gr00t_server.curve"):
+        authorized = AuthorizedKeys(allowed)
+        assert authorized.callback("*", zmq.curve_keypair()[0]) is False
+    assert (f"skipping {allowed / 'a.key'}: a symbolic link to b.key that cannot be followed "
+            f"({os.strerror(errno.ELOOP)})") in caplog.text
+    assert "which does not exist" not in caplog.text
 
 
 def test_keygen_force_replaces_a_dangling_key_link_and_without_it_names_the_link(tmp_path, capsys):

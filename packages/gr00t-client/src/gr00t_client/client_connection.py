@@ -33,6 +33,8 @@ class ClientConnection:
     """PolicyClient's connection (a mixin of PolicyClient): one REQ socket at a time (the ZeroMQ guide's Lazy Pirate
     client), its waits, its lock, and closing it."""
 
+    _keys_worked = False  # a handshake with this client's keys succeeded on one of its sockets (HandshakeMonitor)
+
     @property
     def address(self) -> str:
         """The ZeroMQ endpoint, e.g. tcp://127.0.0.1:5555 or tcp://[::1]:5555."""
@@ -63,7 +65,7 @@ class ClientConnection:
             # libzmq drops a peer at the header of a larger frame, before allocating it (-1: no cap)
             sock.setsockopt(zmq.MAXMSGSIZE, -1 if self.max_reply_bytes is None else self.max_reply_bytes)
             curve.apply_client_keys(sock, self._curve)
-            self._handshake = _ReplyWatch(sock, self.address, self._curve)
+            self._handshake = _ReplyWatch(sock, self.address, self._curve, keys_worked=self._keys_worked)
             sock.connect(self.address)
         except zmq.ZMQError as exc:  # e.g. a malformed host: close the socket and keep to our error types
             if self._handshake is not None:
@@ -81,6 +83,7 @@ class ClientConnection:
     def _close_socket(self) -> None:
         handshake, self._handshake = self._handshake, None
         if handshake is not None:
+            self._keys_worked = self._keys_worked or handshake.keys_worked
             handshake.close()
         sock, self._socket = self._socket, None
         if sock is not None:

@@ -42,6 +42,10 @@ class HandshakeError(ConnectionError):
     retry succeeds once its server is up. The message says which side to fix.
     """
 
+    # The server closed the connection mid-CURVE-handshake after a handshake with the same keys had succeeded on this
+    # client: a forwarder whose server is restarting does that too, so this alone does not show the keys are refused.
+    closed_after_keys_worked = False
+
 
 def _is_z85_key(text: bytes) -> bool:
     """40 z85 characters that decode to 32 bytes (each 5-character group must stay below 2**32)."""
@@ -73,18 +77,28 @@ def _not_a_key(what: str, text: str, kind: str) -> ValueError:
 
 def _may_hold_a_secret(text: str) -> bool:
     """Whether `text` may be a mistyped secret key, and so must never be shown: it holds about as many z85 characters
-    as a key, and is not a path: not a certificate file's name (a PATH.key or PATH.key_secret whose PATH is not a
-    key's 40 characters) nor under an existing directory (a key's first '/'-part names none)."""
+    as a key, and is not a path: not a certificate file's name (a PATH.key or PATH.key_secret whose PATH does not end
+    in a key's 35 or more z85 characters) nor under an existing directory (a key's first '/'-part names none)."""
     if sum(char in _Z85_TEXT for char in text) < _SECRET_LIKE_LENGTH:
         return False
     stem, dot, suffix = text.rpartition(".")
     if dot and suffix in ("key", "key_secret") and not any(char.isspace() for char in text) \
-            and not (Z85_KEY_LENGTH - 5 <= len(stem) <= Z85_KEY_LENGTH + 5 and all(c in _Z85_TEXT for c in stem)):
+            and len(_trailing_z85_run(stem)) < Z85_KEY_LENGTH - 5:
         return False  # a missing key file, whose path is worth naming (not a whole key with a suffix typed after it)
     top, separator, _ = text.lstrip(os.sep).partition(os.sep)
     if not separator or top in ("", ".", ".."):
         return True
     return not os.path.isdir(os.sep + top if text.startswith(os.sep) else top)
+
+
+def _trailing_z85_run(text: str) -> str:
+    """The z85 characters that end `text`, closing quotes aside: a key typed after 'secret-key=', '$HOME/' or inside
+    quotes ends its text so ('/', '=', '-', '$' are z85 characters: a key's own '/' splits no path from it)."""
+    text = text.rstrip("\"'")
+    start = len(text)
+    while start and text[start - 1] in _Z85_TEXT:
+        start -= 1
+    return text[start:]
 
 
 def _unwrapped(text: str) -> str:
@@ -249,9 +263,10 @@ class HandshakeMonitor:
     (`stage()`).
     """
 
-    def __init__(self, sock: zmq.Socket, address: str, keys: Optional[ClientCurveKeys]) -> None:
+    def __init__(self, sock: zmq.Socket, address: str, keys: Optional[ClientCurveKeys], keys_worked: bool = False) -> None:
         self.address = address
         self._keys = keys
+        self.keys_worked = keys_worked  # a handshake with these keys succeeded (on this socket, or on an earlier one)
         # A unique address: pyzmq's default names it after the socket's fd, which a later socket can reuse while the
         # old monitor endpoint still exists, and then the new monitor hears nothing.
         self._monitor = sock.get_monitor_socket(_HANDSHAKE_EVENTS, addr=f"inproc://gr00t-handshake-{uuid.uuid4().hex}")
@@ -394,10 +409,13 @@ class HandshakeMonitor:
         if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self._failure, self._dropped_in_a_row = None, 0
             self._connections += 1
+            self.keys_worked = True
             self._connected = True
             return
         self._dropped_in_a_row = self._dropped_in_a_row + 1 if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL else 0
         self._failure = HandshakeError(f"handshake with the policy server at {self.address} failed: {self._reason(event, value)}")
+        self._failure.closed_after_keys_worked = (event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and self.keys_worked
+                                                  and self._keys is not None)
         logger.debug("%s", self._failure)
 
     def _reason(self, event: int, value: int) -> str:

@@ -475,6 +475,7 @@ class BasePolicy(ABC):
             except Exception as exc:  # a serving server counts no policy call for it: nothing was computed
                 exc.refused_before_call = True  # type: ignore[attr-defined]
                 raise
+        configs = self._configs_counting_rows() if self.strict else None
         action, info = split_action_result(self._get_action(observation, options))
         if self.strict:
             try:
@@ -482,8 +483,16 @@ class BasePolicy(ABC):
             except NonFiniteActionError as exc:  # a batching server answers the finite rows with their info
                 exc.info, exc.policy = info, self
                 raise
-            check_action_batch(action, observation, as_modality_configs(self.get_modality_config()))
+            check_action_batch(action, observation, configs)
         return action, info
+
+    def _configs_counting_rows(self) -> Optional[Dict[str, ModalityConfig]]:
+        """The modality configs whose listed keys an action's rows are counted on; None (every key counts) where
+        get_modality_config raises or returns another form: a policy with its own checks may need none of ours."""
+        try:
+            return as_modality_configs(self.get_modality_config())
+        except Exception:  # noqa: BLE001 - never worth failing a computed action for
+            return None
 
     def _check_own_action(self, action: Dict[str, Any]) -> None:
         """check_action, then NaN/inf anywhere in the action (keys the config does not list too); the default

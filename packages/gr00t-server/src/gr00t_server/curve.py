@@ -8,6 +8,7 @@ NAME.key files; it is re-read when its contents change, so adding or removing a 
 from __future__ import annotations
 
 import datetime
+import errno
 import logging
 import os
 import stat as stat_mode
@@ -215,8 +216,13 @@ class AuthorizedKeys:
             except OSError as exc:
                 if not os.path.lexists(path):  # removed between listing and stat
                     continue
-                signature.append((path.name, f"a symbolic link to {os.readlink(path)}, which does not exist"
-                                  if path.is_symlink() else f"it cannot be examined ({exc})"))
+                if not path.is_symlink():
+                    why = f"it cannot be examined ({exc})"
+                elif exc.errno == errno.ENOENT:
+                    why = f"a symbolic link to {os.readlink(path)}, which does not exist"
+                else:  # a link loop (ELOOP), a target in a folder this server may not enter (EACCES)
+                    why = f"a symbolic link to {os.readlink(path)} that cannot be followed ({exc.strerror})"
+                signature.append((path.name, why))
                 continue
             if not stat_mode.S_ISREG(stat.st_mode):  # a FIFO or a device would block the ZAP thread in open()
                 signature.append((path.name, "it is not a regular file (a folder, FIFO, socket or device)"))

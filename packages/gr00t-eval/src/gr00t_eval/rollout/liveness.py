@@ -55,8 +55,12 @@ def ping_with_error(policy: Any, timeout_ms: int = QUICK_PING_MS) -> Tuple[Optio
 
 
 def refuses_this_client(exc: Optional[BaseException]) -> bool:
-    """A refused CURVE handshake or an Unauthorized reply: a server answers, but not to this client's key or token."""
-    return isinstance(exc, HandshakeError) or "Unauthorized" in str(getattr(exc, "server_message", ""))
+    """A refused CURVE handshake or an Unauthorized reply: a server answers, but not to this client's key or token.
+    Not a connection closed mid-handshake after the same keys worked: a forwarder (kubectl port-forward, ssh -L) whose
+    server is restarting closes it too, so it counts as a failed connection (pinged, counted), as a timeout does."""
+    if isinstance(exc, HandshakeError):
+        return not exc.closed_after_keys_worked
+    return "Unauthorized" in str(getattr(exc, "server_message", ""))
 
 
 def unanswered_ping_reason(policy: Any, before: str) -> Optional[str]:

@@ -329,9 +329,36 @@ def encode_reply(request: Request, body: Any, ok: bool) -> List[Any]:
     return [codec.encode({"error": body, ERROR_MARKER: True, "endpoint": endpoint})]
 
 
+class _TupleOrSet(Exception):
+    """A tuple or set met by the key check: a map key no peer can decode, or a value (a list on the wire) that is fine."""
+
+
+def _key_check_default(value: Any) -> Any:
+    if isinstance(value, (tuple, set, frozenset)):
+        raise _TupleOrSet
+    if isinstance(value, (dict, list)):  # a subclass (strict_types passes it here): its items are checked too
+        return dict(value) if isinstance(value, dict) else list(value)
+    return None  # arrays, numpy scalars and other leaves: the encode itself judges them
+
+
 def refuse_unsendable_keys(value: Any, where: str) -> None:
     """WireEncodeError naming the path of a tuple or frozenset map key in a result: msgpack packs one as an array,
-    which no peer can key a map by, so the client could decode none of the reply. Walks maps and lists only."""
+    which no peer can key a map by, so the client could decode none of the reply. Walks maps and lists only, and
+    only a result holding a tuple or set somewhere: packing it with strict_types (a tuple handed to `default`, key or
+    value alike, not packed as an array) tells that in C, arrays and other leaves packed as nil."""
+    try:
+        msgpack.packb(value, default=_key_check_default, strict_types=True)
+        return
+    except _TupleOrSet:
+        pass
+    except (TypeError, ValueError, OverflowError):  # too deep, a cycle, an int out of range: the encode names it
+        return
+    _name_unsendable_key(value, where)
+
+
+def _name_unsendable_key(value: Any, where: str) -> None:
+    """The Python walk of refuse_unsendable_keys, for a result holding a tuple or set: WireEncodeError naming the path
+    of a tuple or frozenset map key (a tuple value is fine: a list on the wire)."""
     stack: List[Tuple[Any, str]] = [(value, where)]
     walked: set = set()  # a container met twice (shared, or a cycle another check refuses) is walked once
     while stack:
