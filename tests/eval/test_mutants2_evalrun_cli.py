@@ -18,7 +18,7 @@ def test_a_resume_given_env_timeout_runs_with_it_and_the_run_file_keeps_the_firs
     with running_server(ConstantPolicy()) as server:
         port = ["--policy-client-port", str(server.port)]
         assert main(["rollout", "--env-name", "walkto/fast", "--n-episodes", "4", "--n-envs", "1",
-                     "--n-action-steps", "2", "--max-episode-steps", "6", "--seed", "0", "--no-video",
+                     "--vectorization", "async", "--n-action-steps", "2", "--max-episode-steps", "6", "--seed", "0", "--no-video",
                      "--env-timeout", "5", "--output-dir", str(out), *port]) == 0
         log = out / "episodes.jsonl"
         log.write_text("".join(line + "\n" for line in log.read_text().splitlines()[:2]))  # two left to run

@@ -42,6 +42,21 @@ def blank_value_problem(flag_name: str, variable: str, value: Optional[str], wit
     return f"{flag_name} (or ${variable}) is empty: an unset variable? Leave it out (and unset {variable}) to {without}"
 
 
+_EDGE_CHARACTERS = {"\n": "a newline", "\r": "a carriage return"}
+
+
+def token_shape(api_token: str) -> Optional[str]:
+    """What makes an API token none a client would type ('ends with a newline', 'holds a control character (U+0007)'),
+    or None: gr00t-server refuses such a token at start-up, so no server accepts it. Never holds the token."""
+    import unicodedata
+
+    if api_token[-1:].isspace() or api_token[:1].isspace():
+        end, character = ("ends", api_token[-1]) if api_token[-1].isspace() else ("starts", api_token[0])
+        return f"{end} with {_EDGE_CHARACTERS.get(character, 'whitespace')}"
+    control = next((character for character in api_token if unicodedata.category(character) == "Cc"), None)
+    return None if control is None else f"holds a control character (U+{ord(control):04X})"
+
+
 def secret_on_command_line_warning(flag_name: str, variable: str, value: Optional[str]) -> Optional[str]:
     """The warning for a z85 secret key given as `flag_name` on the command line, where every user of the machine can
     read it (ps, /proc/PID/cmdline) while the program runs; None for a file's path or the value of $`variable`."""

@@ -147,7 +147,8 @@ def _new_batch(args: argparse.Namespace) -> _Batch:
     if not args.jobs:
         raise UsageError("batch needs --jobs FILE (or --resume DIR to continue a batch)")
     if not Path(args.jobs).is_file():
-        raise UsageError(f"--jobs {args.jobs}: no such file")
+        what = "a folder, not a file" if Path(args.jobs).is_dir() else "no such file"
+        raise UsageError(f"--jobs {args.jobs}: {what} (expected the JSON job file)")
     # Read before --overwrite empties the folder, which may be the one holding the job file.
     job_file, job_file_mode = Path(args.jobs).read_bytes(), stat.S_IMODE(os.stat(args.jobs).st_mode)
     start_dir = os.getcwd()

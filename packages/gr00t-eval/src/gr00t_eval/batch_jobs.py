@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from gr00t_client.cli_flags import user_path
+from gr00t_client.cli_flags import token_shape, user_path
 from gr00t_client.client import MAX_TIMEOUT_MS
 
-from .rollout.config import (MAX_EPISODES, RolloutConfig, check_env_timeout, check_env_timeout_applies,
+from .rollout.config import (MAX_ENVS, MAX_EPISODES, RolloutConfig, check_env_timeout, check_env_timeout_applies,
                              default_env_timeout, env_timeout_applies)
 
 logger = logging.getLogger(__name__)
@@ -133,6 +133,10 @@ def _token(name: str, raw: Mapping[str, Any]) -> Optional[str]:
         token, source = from_env, f"environment variable {variable!r} (api_token_env)"
     if token is not None and not str(token).strip():
         raise JobError(f"job {name!r}: {source} is empty: an unset variable? Leave it out to connect without a token")
+    shape = None if token is None else token_shape(str(token))
+    if shape is not None:  # the token itself never shown
+        raise JobError(f"job {name!r}: {source} {shape}: gr00t-server refuses such a token at start-up, so no server "
+                       "accepts it ('Invalid API token'); remove it")
     return token
 
 
@@ -242,6 +246,9 @@ def check_counts(name: str, config: Mapping[str, Any]) -> None:
                            f"{' (0 = auto)' if key == 'n_envs' else ''}, got {value!r}", name)
     if isinstance(config.get("n_episodes"), int) and config["n_episodes"] > MAX_EPISODES:
         raise JobError(f"job {name!r}: n_episodes must be at most {MAX_EPISODES:,}, got {config['n_episodes']!r}", name)
+    if isinstance(config.get("n_envs"), int) and config["n_envs"] > MAX_ENVS:  # one subprocess per env
+        raise JobError(f"job {name!r}: n_envs must be at most {MAX_ENVS} (the most a run starts: one subprocess per "
+                       f"env), got {config['n_envs']!r}", name)
     try:
         timeout = check_env_timeout(config.get("env_timeout_s"), "override env_timeout_s", no_limit="null")
         check_env_timeout_applies(config.get("vectorization"), timeout, "override env_timeout_s",

@@ -17,11 +17,11 @@ from typing import Any, Dict, Optional, Sequence, Set
 
 # Only light modules here: main() makes SIGTERM and SIGHUP stop a command before the heavy imports (numpy, ZeroMQ: the
 # first half second), which a stop during them otherwise ended with a traceback or silently (143, 129).
-from gr00t_client.cli_flags import CommandParser, add_log_level, subcommand_parsers, user_path
+from gr00t_client.cli_flags import CommandParser, add_log_level, subcommand_parsers
 from gr00t_client.cli_flags import flag as _flag
 from gr00t_client.cli_signals import ProgramStopSignals
 
-from .cli_errors import USAGE_EXIT_CODE, UsageError, _unknown_tag
+from .cli_errors import USAGE_EXIT_CODE, UsageError, _unknown_tag, path_flag
 from .extras import MissingExtraError, require
 from .open_loop_cli import DEFAULT_OPEN_LOOP_BASE, OPEN_LOOP_RUN_FILENAME, cmd_open_loop
 from .record_cli import cmd_record
@@ -91,13 +91,20 @@ def _add_connection(p: argparse.ArgumentParser, host_flag: str, port_flag: str, 
 
 
 def _check_connection_args(args: argparse.Namespace) -> None:
-    """Refuse a port or timeout the client cannot use, before any output directory is made or server asked."""
+    """Refuse a port, timeout or API token the client cannot use, before any output directory is made or server asked."""
+    from gr00t_client.cli_flags import token_shape
     from gr00t_client.client import MAX_TIMEOUT_MS
 
     if not 1 <= args.timeout_ms <= MAX_TIMEOUT_MS:
         raise UsageError(f"--timeout-ms must be a whole number of milliseconds from 1 to {MAX_TIMEOUT_MS}, got {args.timeout_ms}")
     if not 1 <= args.port <= 65535:
         raise UsageError(f"{args.port_flag} must be a port number from 1 to 65535, got {args.port}")
+    token = args.api_token  # a blank one is refused as empty, when the client options are read
+    shape = token_shape(token) if token and token.strip() else None
+    if shape is not None:  # the token itself never shown
+        raise UsageError(f"--api-token (or $GR00T_API_TOKEN) {shape}: gr00t-server refuses such a token at start-up, "
+                         "so no server accepts it ('Invalid API token'); remove it (a token read from a file keeps the "
+                         "file's final newline)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("open-loop", help="compare a policy's action chunks with a dataset's recorded actions")
-    p.add_argument(*_flag("dataset-path"), type=user_path, required=True,
+    p.add_argument(*_flag("dataset-path"), type=path_flag, required=True,
                    help="LeRobot dataset (v2.x/v3.0 with meta/modality.json)")
     p.add_argument(*_flag("embodiment-tag"), default=None,
                    help="embodiment tag: the server's own (exactly or in any case) or a built-in tag's name or value "
@@ -128,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(*_flag("action-horizon"), dest="execution_horizon", type=int, default=argparse.SUPPRESS,
                    action=_HorizonFlag, help=argparse.SUPPRESS)
     p.add_argument(*_flag("modality-keys"), nargs="+", default=None, help="action keys to compare and plot, ones both the dataset and the policy have (default: all)")
-    p.add_argument(*_flag("output-dir"), type=user_path, default=None,
+    p.add_argument(*_flag("output-dir"), type=path_flag, default=None,
                    help=f"plots traj_{{id}}.jpeg, {OPEN_LOOP_RUN_FILENAME} and results.json; must be empty or new "
                         f"(default: a new dated directory {DEFAULT_OPEN_LOOP_BASE}/YYYY-MM-DD/HH-MM-SS_<dataset>). "
                         "Open-loop runs do not resume: run again")
@@ -138,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(*_flag("observation-format"), default="auto", choices=["auto", "nested", "flat"],
                    help="nested {video,state,language} (reference server) or flat video.* keys (sim wrapper); auto asks the server")
     p.add_argument(*_flag("no-plots"), action="store_true", help="skip the JPEG plots (not with --save-plot-path)")
-    p.add_argument(*_flag("save-plot-path"), type=user_path, default=None, metavar="PATH",
+    p.add_argument(*_flag("save-plot-path"), type=path_flag, default=None, metavar="PATH",
                    help="the reference's flag: write the plot of a single trajectory to PATH (a file suffix matplotlib writes: .jpeg, "
                         ".png, .pdf, ...; with several, PATH_traj{id}.SUFFIX), or the plots to a directory PATH as "
                         "traj_{id}.jpeg (default OUTPUT_DIR/traj_{id}.jpeg); needs matplotlib (gr00t-eval[plots]); checked before "
@@ -157,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rollout", help="run a policy server in simulation and report the success rate")
     p.add_argument(*_flag("env-name"), default=None, help="e.g. metaworld/reach-v3, pusht/PushT-v0, or a flat-format gym id (required unless --resume)")
     p.add_argument(*_flag("n-episodes"), type=int, default=50, help="episodes to run, exactly (default 50; at most 1,000,000)")
-    p.add_argument(*_flag("n-envs"), type=int, default=8, help="parallel envs (default 8; >1 runs subprocesses; 0 = auto)")
+    p.add_argument(*_flag("n-envs"), type=int, default=8, help="parallel envs (default 8, at most 64; >1 runs subprocesses; 0 = auto)")
     p.add_argument(*_flag("n-action-steps"), type=int, default=8, help="steps of each chunk executed (default 8)")
     p.add_argument(*_flag("max-episode-steps"), type=int, default=720,
                    help="env steps before an episode is cut (default 720); it replaces a gym id's registered step limit")
@@ -165,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     for flag in ("host", "port"):  # open-loop's names: argparse's bare "unrecognized arguments" gave no hint
         p.add_argument(*_flag(flag), dest=f"open_loop_{flag}", nargs="?", default=argparse.SUPPRESS,
                        action=_OpenLoopConnectionFlag, help=argparse.SUPPRESS)
-    p.add_argument(*_flag("video-dir"), type=user_path, default=None,
+    p.add_argument(*_flag("video-dir"), type=path_flag, default=None,
                    help="where episode videos go (default OUTPUT_DIR/videos; a relative path is taken from the working "
                         "directory the run starts in, and saved absolute for --resume); a folder outside the output "
                         "directory may hold other files, but no episode videos of an earlier run (--overwrite deletes "
@@ -174,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(*_flag("seed"), type=int, default=None,
                    help="episode i uses seed+i (default $GR00T_EVAL_SEED, else a random base seed, drawn once and saved); "
                         "against a replay server each episode uses the seed it was recorded with")
-    p.add_argument(*_flag("output-dir"), type=user_path, default=None,
+    p.add_argument(*_flag("output-dir"), type=path_flag, default=None,
                    help=f"run.json, episodes.jsonl, results.json, eval_info.json and videos; must be empty or new, "
                         "except that the shards of one --shard I/N split may share one "
                         f"(default: a new dated directory {DEFAULT_ROLLOUT_DIR}/YYYY-MM-DD/HH-MM-SS_<env>)")
@@ -185,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "episode log lists), never another shard's. Refused, --overwrite or not: a directory whose run "
                         "(or this shard) is still running; a whole run into a directory holding shard files; a shard "
                         "into one holding a whole run's run.json or shards of another N (name a new --output-dir)")
-    p.add_argument(*_flag("resume"), type=user_path, default=None, metavar="DIR",
+    p.add_argument(*_flag("resume"), type=path_flag, default=None, metavar="DIR",
                    help="continue the interrupted rollout in DIR with its saved settings: only the episodes missing "
                         "from DIR/episodes.jsonl (or errored) run; connection flags and --ray-address come from this "
                         "command line (a Ray run may resume without Ray and the other way round)")
@@ -198,9 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"seconds one env construction, reset or step may take before the run stops with the envs "
                         f"named (a hung simulator; writing an episode's video is not counted; default "
                         f"{DEFAULT_ENV_TIMEOUT_S:g}; 0 or inf = no limit; at most a week). Envs in subprocesses only "
-                        "(--n-envs > 1 or 0, however few episodes are left): a single env runs in this process and is "
-                        "waited for, as are the envs of --vectorization sync, which has no limit (any value but 0 is "
-                        "refused with it). Env workers whose close() has not "
+                        "(--n-envs > 1 or 0, however few episodes are left, or --vectorization async): a single env runs in "
+                        "this process and is waited for, as are the envs of --vectorization sync, which have no limit "
+                        "(any value but 0 is refused with --n-envs 1 under auto vectorization, and with sync). Env workers whose close() has not "
                         "returned that long after the last episode are given up on with a warning. A --resume takes it "
                         "from its own command line, else the saved one")
     p.add_argument(*_flag("transition-host"), *_flag("transition-port"), dest="transition_flag", default=None,
@@ -235,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("record", help="record Meta-World's scripted expert as a LeRobot v2.1 dataset")
     p.add_argument(*_flag("env-name"), required=True, help="metaworld/<task>, e.g. metaworld/reach-v3")
     p.add_argument(*_flag("episodes"), *_flag("n-episodes"), dest="episodes", type=int, default=10, help="episodes (default 10)")
-    p.add_argument(*_flag("output"), type=user_path, required=True, help="dataset directory to create")
+    p.add_argument(*_flag("output"), type=path_flag, required=True, help="dataset directory to create")
     p.add_argument(*_flag("seed"), type=int, default=0, help="episode i is recorded with seed+i (default 0; the last seed at most 2**63 - 1)")
     p.add_argument(*_flag("max-episode-steps"), type=int, default=500, help="expert step budget per episode (default 500)")
     p.add_argument(*_flag("image-size"), type=int, default=64, help="camera resolution, square, even, up to 1024 (default 64)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 USAGE_EXIT_CODE = 2
 
 
@@ -15,3 +17,13 @@ def _unknown_tag(given: str, exc: ValueError) -> UsageError:
 
     known = ", ".join(member.value for member in EmbodimentTag)
     return UsageError(f"{given}: {str(exc).splitlines()[0]}; known tags: {known}")
+
+
+def path_flag(value: str) -> str:
+    """The argparse type of gr00t-eval's path flags: user_path's, and a blank value refused (exit 2, argparse naming the
+    flag): `--flag "$VAR"` with VAR unset meant something else (a new run for --resume, the working directory)."""
+    from gr00t_client.cli_flags import user_path
+
+    if not value.strip():
+        raise argparse.ArgumentTypeError(f"is empty ({value!r}): an unset variable? Name a path, or leave the flag out")
+    return user_path(value)

@@ -117,6 +117,30 @@ def _check_merge_output(output: Path, overwrite: bool) -> None:
     if (output.parent / RUN_FILENAME).exists():
         raise UsageError(f"--output {output} is in the --output-dir of a whole run ({output.parent / RUN_FILENAME}), "
                          "whose eval_info.json the merge would replace; name a file elsewhere, or pass --overwrite")
+    _check_eval_info_beside(output)
+
+
+def _check_eval_info_beside(output: Path) -> None:
+    """Refuse an --output beside an eval_info.json that is not this output's pair (its 'merged_results' names another
+    file, or none): a second merge into another file of the folder replaced the first's LeRobot-format results."""
+    import json
+
+    from .cli_errors import UsageError
+    from .eval_info import EVAL_INFO_FILENAME
+
+    eval_info = output.parent / EVAL_INFO_FILENAME
+    if not eval_info.exists():
+        return
+    try:
+        paired = json.loads(eval_info.read_text(encoding="utf-8")).get("merged_results")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):  # unreadable, or not a JSON object
+        paired = None
+    if paired == output.name:
+        return
+    owner = f"the merge into {paired}" if isinstance(paired, str) else "no merge into this --output"
+    raise UsageError(f"--output {output}: {eval_info} beside it belongs to {owner}, whose LeRobot-format results the "
+                     f"merge would replace; expected a folder without an eval_info.json, or one of an earlier merge "
+                     "into this same file: name --output in another folder, or pass --overwrite")
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -142,7 +166,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
     except MergeError as exc:
         raise UsageError(f"{exc}{_unfinished_shards_hint(args.results) if 'in no results file' in str(exc) else ''}") from None
     merged["merged_files"] = [str(f) for f in files]
-    written = [(output, merged), (output.parent / EVAL_INFO_FILENAME, lerobot_eval_info(merged))]
+    eval_info = {**lerobot_eval_info(merged), "merged_results": output.name}  # the results file it pairs with
+    written = [(output, merged), (output.parent / EVAL_INFO_FILENAME, eval_info)]
     try:  # both or neither: a full disk never leaves a new merge beside an earlier merge's eval_info.json
         path = write_results_together(written)[0]
     except OSError as exc:

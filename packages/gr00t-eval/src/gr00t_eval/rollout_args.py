@@ -65,10 +65,16 @@ def env_timeout_from_args(args: argparse.Namespace) -> Optional[float]:
 
 
 def _check_env_timeout_applies(args: argparse.Namespace) -> None:
-    """UsageError for an --env-timeout given with --vectorization sync, which runs the envs in this process."""
+    """UsageError for an --env-timeout given with --vectorization sync, or with --n-envs 1 and auto vectorization: both
+    run the envs in this process."""
     from .cli_errors import UsageError
     from .rollout.config import check_env_timeout_applies
 
+    timeout = env_timeout_from_args(args)
+    if args.env_timeout is not None and timeout is not None and args.vectorization == "auto" and args.n_envs == 1:
+        raise UsageError(f"--env-timeout {timeout:g} cannot apply with --n-envs 1: vectorization 'auto' runs a single "
+                         "env in this process, where a hung reset or step cannot be stopped; use --vectorization async "
+                         "(its env in a subprocess) for a time limit, or --env-timeout 0 for none")
     try:
         check_env_timeout_applies(args.vectorization, env_timeout_from_args(args), "--env-timeout",
                                   "use --vectorization async (or auto with --n-envs other than 1) for a time limit, "
@@ -94,6 +100,11 @@ def resumed_env_timeout(args: argparse.Namespace, config: Any, output_dir: Path)
                            "resumes with no limit, as it ran before", output_dir, config.env_timeout_s)
         return resumed
     config = dataclasses.replace(config, env_timeout_s=env_timeout_from_args(args))
+    if config.env_timeout_s is not None and config.vectorization == "auto" and config.n_envs == 1:
+        raise UsageError(f"--resume {output_dir}: --env-timeout {config.env_timeout_s:g} cannot apply to its single env, "
+                         "which vectorization 'auto' runs in this process, where a hung reset or step cannot be stopped; "
+                         "a resumed run keeps its vectorization: resume with --env-timeout 0 (no limit), or without "
+                         "--env-timeout")
     try:
         check_env_timeout_applies(config.vectorization, config.env_timeout_s, "--env-timeout",
                                   "a resumed run keeps its vectorization: resume with --env-timeout 0 (no limit), or "
@@ -148,7 +159,7 @@ def check_ray_flags(args: argparse.Namespace) -> None:
 
 def _check_rollout_args(args: argparse.Namespace) -> None:
     from .cli_errors import UsageError
-    from .rollout.config import MAX_EPISODES
+    from .rollout.config import MAX_ENVS, MAX_EPISODES
 
     if args.n_episodes < 1:
         raise UsageError(f"--n-episodes must be >= 1, got {args.n_episodes}")
@@ -171,8 +182,13 @@ def _check_rollout_args(args: argparse.Namespace) -> None:
             if given))
     if args.n_envs < 0:
         raise UsageError(f"--n-envs must be >= 0 (0 = auto), got {args.n_envs}")
+    if args.n_envs > MAX_ENVS:  # one subprocess per env: a typo such as 1000000 started that many
+        raise UsageError(f"--n-envs must be at most {MAX_ENVS} (the most a run starts: one subprocess per env), got "
+                         f"{args.n_envs}")
     if args.n_action_steps < 1:
         raise UsageError(f"--n-action-steps must be >= 1, got {args.n_action_steps}")
+    if args.rtc_frozen_steps is not None and args.rtc_frozen_steps < 1:  # the upper bound is the policy's horizon
+        raise UsageError(f"--rtc-frozen-steps must be >= 1, got {args.rtc_frozen_steps}")
     if args.max_episode_steps < 1:  # 0 cut every episode before its first step: a success rate of 0 from nothing
         raise UsageError(f"--max-episode-steps must be >= 1, got {args.max_episode_steps}")
     check_ray_flags(args)

@@ -138,6 +138,9 @@ def hold_claim(path: Path) -> None:
 def read_run_file(directory: Union[str, Path], shard: Any = None) -> Dict[str, Any]:
     """run.json (or a shard's run file) of a directory to resume (OutputDirError when there is none)."""
     path = Path(directory) / run_file_name(shard)
+    if Path(directory).exists() and not Path(directory).is_dir():
+        raise OutputDirError(f"--resume {directory}: a file, not a folder (expected the --output-dir of a gr00t-eval "
+                             "rollout)")
     if not path.is_file():
         shards = [f"{index}/{count}" for index, count in started_shards(directory)]
         hint = f"; it holds the shards {', '.join(shards)}: resume one with --shard I/N" if shards else ""

@@ -103,7 +103,7 @@ def _check_policy_runs_settings(client: Any, env_spec: str, config: Any, resumed
             check(value)
         except ValueError as exc:
             fix = (f"the run in {resumed} was started with it; start a new run (a new --output-dir) with another "
-                   f"{flag}" if resumed is not None else f"pass a smaller {flag}")
+                   f"{flag}" if resumed is not None else f"pass a smaller {flag}" if value >= 1 else f"pass {flag} >= 1")
             raise UsageError(f"the policy server cannot run this rollout: {exc}; {fix}") from None
 
 

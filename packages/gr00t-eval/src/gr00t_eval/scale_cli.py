@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 from gr00t_client.cli_flags import flag as _flag
-from gr00t_client.cli_flags import user_path
 
 from .batch_cli import DEFAULT_BATCH_DIR, cmd_batch
+from .cli_errors import path_flag
 from .merge_cli import cmd_merge
 from .rollout_args import (_check_env_names, _check_rollout_args, check_ray_flags, _default_video_dir, _registrations,
                            _saved_rollout_config, _videos_moved_with_run, resumed_env_timeout, rollout_config_from_args,
@@ -54,19 +54,19 @@ def add_scale_arguments(rollout_parser: argparse.ArgumentParser) -> None:
 def register_scale_commands(subparsers: Any) -> None:
     """Add the `batch`, `merge` and `suites` sub-commands."""
     p = subparsers.add_parser("batch", help="run rollout jobs from a JSON file in sequence (docs/batch-jobs.md)")
-    p.add_argument(*_flag("jobs"), type=user_path, default=None, help="job file (JSON); required unless --resume")
-    p.add_argument(*_flag("output-dir"), type=user_path, default=None,
+    p.add_argument(*_flag("jobs"), type=path_flag, default=None, help="job file (JSON); required unless --resume")
+    p.add_argument(*_flag("output-dir"), type=path_flag, default=None,
                    help=f"where jobs.json and batch_results.json go; must be empty or new (default: a new dated "
                         f"directory {DEFAULT_BATCH_DIR}/YYYY-MM-DD/HH-MM-SS_batch)")
     p.add_argument(*_flag("overwrite"), action="store_true", help="empty a non-empty --output-dir first")
-    p.add_argument(*_flag("resume"), type=user_path, default=None, metavar="DIR",
+    p.add_argument(*_flag("resume"), type=path_flag, default=None, metavar="DIR",
                    help="continue the batch in DIR: jobs marked done are kept (unless their settings or policy_server "
                         "changed since), pending and failed ones run again")
     p.set_defaults(scale_command=cmd_batch)
 
     p = subparsers.add_parser("merge", help="merge `rollout --shard` results into the results of one run")
-    p.add_argument("results", nargs="+", type=user_path, help="results files (or directories holding results*.json)")
-    p.add_argument(*_flag("output"), type=user_path, required=True,
+    p.add_argument("results", nargs="+", type=path_flag, help="results files (or directories holding results*.json)")
+    p.add_argument(*_flag("output"), type=path_flag, required=True,
                    help="merged results file (a directory gets results.json)")
     p.add_argument(*_flag("allow-missing"), action="store_true",
                    help="merge even if some episodes are in no file (the merged status is then 'incomplete', exit status 1)")

@@ -20,13 +20,13 @@ from gr00t_client import BasePolicy
 from gr00t_client.peer_text import shown_text
 
 from .metrics import ERROR_REASON_CHARS, EpisodeOutcome, rollout_aggregates
-from .rollout.config import RolloutConfig, env_error_text, split_env_name
+from .rollout.config import MAX_ENVS, RolloutConfig, env_error_text, split_env_name
 from .rollout.liveness import PolicyServerUnreachableError, unanswered_ping_reason
 from .run_stop import is_storage_error
 
 logger = logging.getLogger(__name__)
 
-MAX_AUTO_ENVS = 64
+MAX_AUTO_ENVS = MAX_ENVS
 AUTO_ENV_CORE_FRACTION = 0.7
 
 

@@ -14,6 +14,8 @@ DEFAULT_ENV_TIMEOUT_S = 600.0
 # Episodes one run may plan: a run keeps per-episode plans and results in memory (1e12 spun for minutes and GBs
 # before its first episode); a million is beyond any evaluation, and shards or batch jobs split bigger ones.
 MAX_EPISODES = 1_000_000
+# Most envs one run starts (one subprocess each): --n-envs 1000000, a typo, passed every check; as many as auto picks.
+MAX_ENVS = 64
 # Longest env timeout taken: the wait it bounds is a poll() of milliseconds in a C int (24.8 days); 1e10 s overflowed
 # in every task after the run had started. A week is beyond any reset or step; inf means no limit, as 0 does.
 MAX_ENV_TIMEOUT_S = 7 * 24 * 3600.0

@@ -7,7 +7,6 @@ import hmac
 import numbers
 import struct
 import time
-import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -16,6 +15,7 @@ import numpy as np
 import zmq
 
 from gr00t_client import codec
+from gr00t_client.cli_flags import token_shape
 # TIMING_OPTION: add server_timing to the reply's info; SESSION_CONTINUES_FIELD: our client's mark of a served session
 # TIMEOUT_FIELD: the envelope field of the client's remaining budget (reference servers ignore it)
 from gr00t_client.client import ERROR_MARKER, SESSION_CONTINUES_FIELD, TIMEOUT_FIELD, TIMING_OPTION
@@ -216,20 +216,12 @@ def check_token(envelope: Dict[str, Any], api_token: Optional[str]) -> None:
             raise RequestError("Unauthorized: Invalid API token")
 
 
-_EDGE_CHARACTERS = {"\n": "a newline", "\r": "a carriage return"}
-
-
 def token_shape_problem(api_token: str, name: str) -> Optional[str]:
     """Why a server's API token (given as `name`) is none a client would type, or None: whitespace at an end or a
     control character. The message never holds the token."""
-    if api_token[-1:].isspace() or api_token[:1].isspace():
-        end, character = ("ends", api_token[-1]) if api_token[-1].isspace() else ("starts", api_token[0])
-        problem = f"{end} with {_EDGE_CHARACTERS.get(character, 'whitespace')}"
-    else:
-        control = next((character for character in api_token if unicodedata.category(character) == "Cc"), None)
-        if control is None:
-            return None
-        problem = f"holds a control character (U+{ord(control):04X})"
+    problem = token_shape(api_token)
+    if problem is None:
+        return None
     return (f"{name} {problem}: clients that type the token would all be refused with 'Invalid API token'; remove it "
             "(a token read from a file, or a Kubernetes Secret made with --from-file, keeps the file's final newline)")
 
