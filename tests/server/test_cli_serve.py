@@ -139,7 +139,9 @@ def test_sigterm_stops_the_server_cleanly_and_frees_the_port(dataset):
         (["serve", "--dataset-path", ".", "--max-client-queued-mb", "1e308"], "--max-client-queued-mb must be a number of MiB > 0 and below 8796093022208 (2**63 bytes), got 1e+308"),
         (["serve", "--dataset-path", ".", "--port", "70000"], "--port must be a port number from 0 (any free port) to 65535, got 70000"),
         (["serve", "--dataset-path", ".", "--metrics-port", "-2"], "--metrics-port must be a port number"),
-        (["serve", "--dataset-path", ".", "--max-batch-size", "0"], "--max-batch-size must be a whole number >= 1 (1: batching off), got 0"),
+        (["serve", "--dataset-path", ".", "--max-batch-size", "0"], "--max-batch-size must be a whole number of rows from 1 (batching off) to 1024, got 0"),
+        # "must be a whole number >= 1" of a value that is one: the upper limit (then 2**31 - 1) was never named
+        (["serve", "--dataset-path", ".", "--max-batch-size", str(2**31)], "--max-batch-size must be a whole number of rows from 1 (batching off) to 1024, got 2147483648"),
         # the Python name ("action_horizon must be >= 1"), and 100000000 built a delta list for minutes, unrefused
         (["serve", "--dataset-path", ".", "--action-horizon", "0"], "--action-horizon must be a whole number of steps from 1 to 4096, got 0"),
         (["serve", "--dataset-path", ".", "--action-horizon", "100000000"], "--action-horizon must be a whole number"),
@@ -152,13 +154,45 @@ def test_bad_flags_exit_nonzero_with_one_line_and_no_traceback(args, message):
     assert "Traceback" not in result.stderr + result.stdout
 
 
-def test_execution_horizon_must_be_positive(dataset):
+@pytest.mark.parametrize("horizon", ["0", "17", "1000"])
+def test_an_execution_horizon_outside_the_action_chunk_is_refused_naming_the_flag_and_its_bounds(dataset, horizon):
+    """Past the chunk it was ReplayPolicy's "execution_horizon must be an int in [1, 16]": the Python name, not the flag."""
     result = subprocess.run(
-        _cli("serve", "--dataset-path", str(dataset), "--execution-horizon", "0", "--port", str(_free_port())),
+        _cli("serve", "--dataset-path", str(dataset), "--execution-horizon", horizon, "--port", str(_free_port())),
         capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 2
-    assert "--execution-horizon must be > 0" in result.stderr
+    assert (f"--execution-horizon must be a whole number of steps from 1 to 16 (each action chunk holds 16 actions), "
+            f"got {horizon}") in result.stderr
+
+
+@pytest.mark.parametrize("blank, others", [
+    ("--model-path", ["--dataset-path", "DATASET"]),
+    ("--model-path", []),
+    ("--dataset-path", []),
+    ("--modality-config-path", ["--dataset-path", "DATASET"]),
+    ("--onnx-dir", ["--dataset-path", "DATASET"]),
+    ("--engine-dir", ["--dataset-path", "DATASET"]),
+])
+def test_a_blank_path_flag_is_refused_naming_it_not_taken_as_left_out(dataset, blank, others):
+    """`--model-path "$CKPT"` with CKPT unset served a replay of --dataset-path, which open-loop then scored as "the
+    model" at MSE 0.0; a blank --modality-config-path served the derived config; a blank --model-path alone was told
+    "either --model-path or --dataset-path must be provided"."""
+    argv = ["serve", blank, "", *[str(dataset) if a == "DATASET" else a for a in others], "--port", str(_free_port())]
+    result = subprocess.run(_cli(*argv), capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert f"gr00t-server serve: error: {blank} is empty: an unset variable? Expected " in result.stderr
+    assert READY not in result.stdout
+
+
+def test_a_max_batch_size_over_the_cap_is_refused_before_the_model_loads(tiny_checkpoint):
+    """--max-batch-size 100000 (a typo for 10) was accepted up to 2**31 - 1, and the warm-up then ran a batch of that
+    many rows: not ready after 60 s, at 15 GiB. 1025, just over the cap, warms up quickly: refused all the same."""
+    result = subprocess.run(_cli("serve", "--model-path", str(tiny_checkpoint), "--device", "cpu", "--max-batch-size",
+                                 "1025", "--port", str(_free_port())), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "--max-batch-size must be a whole number of rows from 1 (batching off) to 1024, got 1025" in result.stderr
+    assert "loaded GR00T N1.7 checkpoint" not in result.stderr and READY not in result.stdout
 
 
 def _start_up_lines(*args):

@@ -137,3 +137,22 @@ def test_a_key_file_whose_name_looks_like_a_z85_key_is_not_warned_about(tmp_path
     (tmp_path / named).write_bytes(Path(secret).read_bytes())
     assert secret_on_command_line_warning("--curve-secret-key", "GR00T_CURVE_SECRET_KEY", named) is None
     assert secret_on_command_line_warning("--curve-secret-key", "GR00T_CURVE_SECRET_KEY", "x" * 40) is not None
+
+
+def test_a_secret_key_file_readable_by_others_is_warned_about_once(dataset, keys):
+    """The file was read twice at start-up (the flag's check, then the server), and each read warned."""
+    secret = keys / "server" / "server.key_secret"
+    secret.chmod(0o644)
+    port = _free_port()
+    proc = _serve(dataset, port, "--curve-secret-key", str(secret))
+    try:
+        lines = wait_ready(proc)
+        warnings = [line for line in lines if "holds a secret key and is readable by other users (mode 644)" in line]
+        assert len(warnings) == 1 and str(secret) in warnings[0]
+        with PolicyClient(port=port, timeout_ms=5000, server_public_key=str(keys / "server" / "server.key")) as client:
+            assert client.ping()
+            client.kill_server()
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -91,3 +91,34 @@ def test_export_refuses_frames_larger_than_any_camera(tmp_path, capsys):
                  "--image-size", "100000", "100000"]) == 2
     assert "--image-size takes HEIGHT WIDTH of the cameras' frames, each from 16 to 4096; got 100000 100000" in \
         capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, blank", [
+    (["export", "--model-path", "", "--output", "onnx"], "--model-path"),
+    (["export", "--model-path", "/nonexistent/ckpt", "--output", ""], "--output"),
+    (["build-engine", "--onnx-dir", "", "--engine-dir", "engines"], "--onnx-dir"),
+    (["build-engine", "--onnx-dir", "onnx", "--engine-dir", ""], "--engine-dir"),
+    (["verify", "--model-path", "", "--torch-compile"], "--model-path"),
+    (["verify", "--model-path", "/nonexistent/ckpt", "--onnx-dir", ""], "--onnx-dir"),
+    (["verify", "--model-path", "/nonexistent/ckpt", "--engine-dir", ""], "--engine-dir"),
+])
+def test_backend_commands_refuse_a_blank_path_naming_it_and_leave_the_current_folder_alone(tmp_path, capsys,
+                                                                                          monkeypatch, argv, blank):
+    """A blank folder ("$DIR", DIR unset) is the current folder to Path(): an export or engines written there."""
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert f"gr00t-server {argv[0]}: error: {blank} is empty: an unset variable? Expected " in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_modality_config_file_that_is_not_a_dict_is_named_once(tmp_path, capsys):
+    """`--modality-config-path configs.json` holding a list was told "configs.json: configs.json: modality configs
+    must be a non-empty dict ..."."""
+    from eval.dataset_factory import make_dataset
+
+    config = tmp_path / "configs.json"
+    config.write_text("[1]")
+    assert main(["serve", "--dataset-path", str(make_dataset(tmp_path / "dataset", cameras=())),
+                 "--modality-config-path", str(config)]) == 2
+    assert (f"gr00t-server serve: error: {config}: modality configs must be a non-empty dict {{modality: "
+            "ModalityConfig}, got [1]") in capsys.readouterr().err

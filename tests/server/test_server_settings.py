@@ -36,9 +36,12 @@ INF, NAN = float("inf"), float("nan")
         ("poll_interval_ms", 2.5, "a whole number of milliseconds from 1 to 3600000"),
         ("max_message_bytes", 0, "a whole number of bytes >= 1"),
         ("max_message_bytes", -1, "a whole number of bytes >= 1"),
-        ("max_batch_size", 0, "a whole number >= 1 (1: batching off)"),
-        ("max_batch_size", True, "a whole number >= 1 (1: batching off)"),
-        ("max_batch_size", INF, "a whole number >= 1 (1: batching off)"),
+        ("max_batch_size", 0, "a whole number of rows from 1 (batching off) to 1024"),
+        ("max_batch_size", True, "a whole number of rows from 1 (batching off) to 1024"),
+        ("max_batch_size", INF, "a whole number of rows from 1 (batching off) to 1024"),
+        # accepted up to 2**31 - 1: serve's warm-up then ran a batch of 100000 rows (minutes, 15 GiB)
+        ("max_batch_size", 1025, "a whole number of rows from 1 (batching off) to 1024"),
+        ("max_batch_size", 2**31 - 1, "a whole number of rows from 1 (batching off) to 1024"),
         ("port", 70000, "a port number from 0 (any free port) to 65535"),
         ("port", -1, "a port number from 0 (any free port) to 65535"),
         ("metrics_port", 65536, "a port number from 0 (any free port) to 65535, or None"),
@@ -57,6 +60,11 @@ def test_edge_values_are_accepted_and_kept_as_numbers():
         assert (server.batch_timeout_ms, server.inline_below_ms, server.poll_interval_ms) == (0.0, 0.0, 1)
         assert (server.max_batch_size, server.max_message_bytes, server.shutdown_timeout_s) == (4, 1, 0.0)
         assert type(server.max_batch_size) is int and type(server.poll_interval_ms) is int
+    finally:
+        server.close()
+    server = PolicyServer(RowEchoPolicy(), port=0, max_batch_size=1024)
+    try:
+        assert server.max_batch_size == 1024
     finally:
         server.close()
 

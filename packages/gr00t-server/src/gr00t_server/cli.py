@@ -59,7 +59,7 @@ def _add_serve_parser(subparsers: Any) -> None:
     p.add_argument(*_flag("modality-config-path"), type=user_path, default=None,
                    help="replay: a .json file of ModalityConfig fields or a .py file that registers one")
     p.add_argument(*_flag("execution-horizon"), type=int, default=None,
-                   help="replay: steps to advance per get_action (default: the action horizon)")
+                   help="replay: steps to advance per get_action, 1 to the action horizon (default: the action horizon)")
     p.add_argument(*_flag("action-horizon"), type=int, default=None,
                    help="replay: action chunk length, steps 0..N-1, of a derived or built-in config (default: the "
                    "built-in config's, else 16); with --modality-config-path it must match the file's action steps")
@@ -86,8 +86,11 @@ def _add_serve_parser(subparsers: Any) -> None:
                    help="TensorRT engines (--inference-mode tensorrt)")
     _bool_flag(p, "warmup", True, "run a sample observation through the model before binding (default on; compiles "
                "torch-compile mode and checks the backend at start-up)")
-    p.add_argument(*_flag("max-batch-size"), type=int, default=1, help="batch get_action requests across clients (default 1: off)")
-    from .serving.batching import DEFAULT_BATCH_TIMEOUT_MS
+    from .serving.batching import DEFAULT_BATCH_TIMEOUT_MS, MAX_BATCH_SIZE
+
+    p.add_argument(*_flag("max-batch-size"), type=int, default=1,
+                   help=f"batch get_action requests across clients into calls of at most this many rows, 1 to "
+                        f"{MAX_BATCH_SIZE} (default 1: off)")
 
     p.add_argument(*_flag("batch-timeout-ms"), type=float, default=DEFAULT_BATCH_TIMEOUT_MS,
                    help="longest a partial batch waits for the clients still expected; the wait adapts below it to "

@@ -92,7 +92,10 @@ def _validated(configs: Mapping[str, Any], source: str) -> ModalityConfigs:
     unknown = sorted(set(configs) - set(MODALITIES) - {"rl_info"})
     if unknown:
         raise ValueError(f"{source}: unknown modalities {unknown}; expected a subset of {list(MODALITIES)}")
-    return modality_configs_from_json(configs)
+    try:
+        return modality_configs_from_json(configs)
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from exc
 
 
 def register_modality_config(tag: Union[EmbodimentTag, str], configs: Mapping[str, Any], *, overwrite: bool = False) -> None:
@@ -162,10 +165,7 @@ def _load_json(path: Path) -> ModalityConfigs:
             f"{path}: this looks like a dataset meta/modality.json (start/end/original_key entries); "
             "expected {modality: {delta_indices, modality_keys, ...}}"
         )
-    try:
-        return _validated(data, str(path))
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+    return _validated(data, str(path))  # its errors name the file (they named it twice when wrapped here too)
 
 
 def _load_python(path: Path, tag: Optional[Union[EmbodimentTag, str]]) -> Tuple[str, ModalityConfigs]:

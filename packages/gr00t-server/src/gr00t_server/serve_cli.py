@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from .cli_errors import CliError
+from .cli_errors import CliError, refuse_blank_paths
 from .serve_checks import (
     _check_bind_address, _check_server_flags, _curve_settings, _ignored_flags, _server_limits, _unread_server_flags,
 )
@@ -23,6 +23,16 @@ logger = logging.getLogger("gr00t_server")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())
 
 LOW_OPEN_FILE_LIMIT = 1024  # below this many open files (after raising the soft limit to the hard one), serve warns
+
+
+# serve's path flags and what each takes, for the refusal of a blank one
+_SERVE_PATHS = {
+    "model_path": "a checkpoint directory or Hugging Face id (leave the flag out to replay --dataset-path)",
+    "dataset_path": "a LeRobot dataset directory",
+    "modality_config_path": "a .json or .py modality config file (leave the flag out for the built-in or derived one)",
+    "onnx_dir": "the folder `gr00t-server export` wrote",
+    "engine_dir": "the folder `gr00t-server build-engine` wrote",
+}
 
 
 def _tag_label(value: str) -> str:
@@ -133,6 +143,8 @@ def _start_server(args: argparse.Namespace) -> Any:
     if args.log_level != "DEBUG":  # torch's own INFO lines (e.g. FakeTensor cache stats at exit) are not ours to show
         logging.getLogger("torch").setLevel(logging.WARNING)
     _raise_open_file_limit()
+    # Each is read for its truth below: a blank --model-path ("$CKPT", CKPT unset) served a replay of the dataset
+    refuse_blank_paths(args, _SERVE_PATHS)
     tag_given = args.embodiment_tag is not None
     args.embodiment_tag = args.embodiment_tag if tag_given else "new_embodiment"
     # A replayed .py modality config registers its own tag (any name): served under it, checked when it is loaded.
@@ -207,7 +219,8 @@ def _start_server(args: argparse.Namespace) -> Any:
         host=args.host,
         port=args.port,
         api_token=args.api_token,
-        curve_secret_key=args.curve_secret_key,
+        # the key pair read above: its file read again warned again (a secret readable by others, twice)
+        curve_secret_key=curve.secret_key if curve is not None else None,
         authorized_keys=args.authorized_keys,
         allow_remote_kill=args.allow_remote_kill,
         max_message_bytes=args.max_message_mb * 1024 * 1024,

@@ -55,11 +55,11 @@ def _replay_policy(args: argparse.Namespace, tag: Any) -> Tuple[Any, Optional[st
         action_horizon = args.action_horizon or DEFAULT_ACTION_HORIZON
         modality = configs.derive_from_dataset(dataset, action_horizon=action_horizon)
         print(f"  Modality config: derived from {dataset_path}/meta/modality.json (action horizon {action_horizon})")
-    horizon = args.execution_horizon
-    if horizon is None:
-        horizon = default_execution_horizon(modality["action"])
-    if horizon <= 0:
-        raise CliError(f"--execution-horizon must be > 0, got {horizon}")
+    chunk = default_execution_horizon(modality["action"])
+    horizon = chunk if args.execution_horizon is None else args.execution_horizon
+    if not 1 <= horizon <= chunk:  # ReplayPolicy's own refusal named `execution_horizon`, not the flag
+        raise CliError(f"--execution-horizon must be a whole number of steps from 1 to {chunk} (each action chunk "
+                       f"holds {chunk} actions), got {horizon}")
     return ReplayPolicy(dataset, modality, execution_horizon=horizon, strict=args.strict, max_rows=args.max_rows,
                         max_sessions=args.max_sessions, **cache), file_tag
 

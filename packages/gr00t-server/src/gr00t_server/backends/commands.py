@@ -12,6 +12,7 @@ from gr00t_client.cli_flags import flag as _flag
 from gr00t_client.cli_flags import user_path
 
 from gr00t_server.backends.names import EXPORT_MODES, PRECISIONS
+from gr00t_server.cli_errors import refuse_blank_paths
 
 COMMANDS = ("export", "build-engine", "verify")
 
@@ -76,6 +77,15 @@ def register(subparsers: Any) -> None:
     verify.add_argument(*_flag("seed"), type=int, default=0)
 
 
+# export's, build-engine's and verify's path flags and what each takes, for the refusal of a blank one
+_PATHS = {
+    "model_path": "a checkpoint directory or Hugging Face id",
+    "output": "the folder to write the export into",
+    "onnx_dir": "the folder `gr00t-server export` wrote",
+    "engine_dir": "the folder of the TensorRT engines",
+}
+
+
 def _check_counts(args: argparse.Namespace) -> None:
     """Refuse a batch size or workspace below 1 before a checkpoint loads (batch 0 failed deep inside the export)."""
     for name in ("batch_size", "max_batch_size", "workspace"):
@@ -96,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "log_level", "INFO") != "DEBUG":
         logging.getLogger("torch").setLevel(logging.WARNING)  # torch's INFO lines (export traces) drown ours
     _check_counts(args)
+    # a blank one ("$DIR", DIR unset) is the current folder to Path(): an export or engines written there, read from it
+    refuse_blank_paths(args, {name: what for name, what in _PATHS.items() if name in vars(args)})
     if args.command == "export":
         return _export(args)
     if args.command == "build-engine":

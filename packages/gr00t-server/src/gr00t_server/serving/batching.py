@@ -13,6 +13,9 @@ from .messages import TIMING_OPTION
 # The longest a partial batch is held for clients still expected (PolicyServer and `serve` default): the adaptive
 # window stays below it. Chosen with benchmarks/throughput.py (sleep 20+1/row, 16 clients; see docs/serving.md).
 DEFAULT_BATCH_TIMEOUT_MS = 20.0
+# The most rows a batch may hold (max_batch_size): a batch never holds more rows than there are clients, and serve's
+# warm-up runs one of this size before the port opens (100000, a typo for 10, took minutes and 15 GiB there).
+MAX_BATCH_SIZE = 1024
 SPREAD_MARGIN = 1.5  # the window is this many times the widest recent arrival spread ...
 SPREAD_SLACK_S = 0.0005  # ... plus this (scheduling jitter)
 SPREAD_HISTORY = 32  # rounds of arrival spread remembered

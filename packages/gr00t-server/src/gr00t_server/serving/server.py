@@ -16,6 +16,7 @@ from gr00t_client.client_options import MAX_REPLY_BYTES_LIMIT
 from gr00t_client.policy import BasePolicy
 
 from . import batching
+from .batching import MAX_BATCH_SIZE
 from .builtin_endpoints import BuiltinEndpoints
 from .endpoints import Endpoint, endpoint_address, is_loopback_host, is_loopback_peer
 # POLICY_STAGE_KEYS, ACTIVE_CLIENT_WINDOW_S, DEFAULT_CLIENT_QUEUED_BYTES, RECEIVE_BURST moved with their code and stay
@@ -51,6 +52,7 @@ _is_loopback = is_loopback_peer  # kept for callers of the pre-split module
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "Endpoint",
+    "MAX_BATCH_SIZE",
     "PolicyServer",
     "RequestError",
     "ServerLimits",
@@ -66,7 +68,7 @@ _SETTINGS: Dict[str, Tuple[bool, float, float, str]] = {
     "port": (True, 0, 65535, "a port number from 0 (any free port) to 65535"),
     "metrics_port": (True, 0, 65535, "a port number from 0 (any free port) to 65535"),
     "max_message_bytes": (True, 1, MAX_MESSAGE_BYTES_CAP, "a whole number of bytes >= 1"),
-    "max_batch_size": (True, 1, 2**31 - 1, "a whole number >= 1 (1: batching off)"),
+    "max_batch_size": (True, 1, MAX_BATCH_SIZE, f"a whole number of rows from 1 (batching off) to {MAX_BATCH_SIZE}"),
     "poll_interval_ms": (True, 1, 3_600_000, "a whole number of milliseconds from 1 to 3600000"),
     "batch_timeout_ms": (False, 0, 3_600_000, "a finite number of milliseconds from 0 to 3600000"),
     "inline_below_ms": (False, 0, 3_600_000, "a finite number of milliseconds from 0 (off) to 3600000"),
