@@ -617,3 +617,96 @@ def test_a_wrapped_client_rewords_its_servers_refusals_in_the_flat_form_keeping_
     assert str(refusals[1]) == f"Server error: ObservationError: observation is empty; expected the flat keys {flat_keys}"
     assert "missing ['action.yaw'], extra []" in str(refusals[2])
     assert refusals[2].server_message.startswith("ValueError: options['rtc']['previous_action'] must have exactly")
+
+
+def _previous_action_refusal(client, observation, previous):
+    """The text of the refusal of `previous` as options['rtc']['previous_action'] (client: a PolicyClient or wrapper)."""
+    from gr00t_client import PolicyServerError
+
+    rtc = {"previous_action": previous, "overlap_steps": 8, "frozen_steps": 4}
+    with pytest.raises(PolicyServerError) as refused:
+        client.get_action(observation, {"seed": 0, "rtc": rtc})
+    return str(refused.value)
+
+
+@pytest.mark.parametrize("wrapped", ["local policy", "client of a nested server"])
+def test_a_refused_rtc_previous_chunk_names_quoted_keys_and_dtypes_as_sent(tiny_checkpoint, wrapped):
+    """The refusal's quoted words were renamed in pairs: an extra key holding an apostrophe (shown in double quotes)
+    became "bo'gus" and 'action.zz' came back as 'zz'; a structured dtype's field 'x' came back as 'action.x'."""
+    pytest.importorskip("torch")
+    from gr00t_client import PolicyClient
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+    from serving import running_server
+
+    observation = _flat_example(tiny_checkpoint, "libero_sim")
+    policy = Gr00tPolicy(tiny_checkpoint, "libero_sim", device="cpu")
+    served = Gr00tSimPolicyWrapper(policy) if wrapped == "local policy" else policy
+    with running_server(served) as server, PolicyClient(port=server.port, strict=False, timeout_ms=60000) as client:
+        sender = client if wrapped == "local policy" else Gr00tSimPolicyWrapper(client)
+        action, _ = sender.get_action(observation, {"seed": 0})
+        extra = _previous_action_refusal(sender, observation, {**action, "action.bo'gus": action["action.x"],
+                                                               "action.zz": action["action.x"]})
+        if wrapped == "local policy":  # the wire carries no structured dtype: handed to the wrapper itself
+            with pytest.raises(ValueError) as refused:
+                served.get_action(observation, {"seed": 0, "rtc": {
+                    "previous_action": {**action, "action.x": np.zeros((2, 16, 1), [("x", "<f4")])},
+                    "overlap_steps": 8, "frozen_steps": 4}})
+            assert str(refused.value) == ("options['rtc']['previous_action']['action.x'] must be a float array of "
+                                          "shape (B=2, T, 1) with 1 <= T <= 16; got dtype [('x', '<f4')] shape "
+                                          "(2, 16, 1)")
+    assert extra.endswith("""missing [], extra ["action.bo'gus", 'action.zz']"""), extra
+
+
+@pytest.mark.parametrize("wrapped", ["local policy", "client of a nested server"])
+def test_a_refused_rtc_previous_chunk_sent_with_short_keys_names_them_as_sent(tiny_checkpoint, wrapped):
+    """previous_action keyed 'yaw', ... (taken, as the wrapped policy's own keys) was refused naming 'action.yaw' and
+    'action.bogus', which the client never sent; missing keys are named as the wrapper returns them."""
+    pytest.importorskip("torch")
+    from gr00t_client import PolicyClient
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+    from serving import running_server
+
+    observation = _flat_example(tiny_checkpoint, "libero_sim")
+    policy = Gr00tPolicy(tiny_checkpoint, "libero_sim", device="cpu")
+    served = Gr00tSimPolicyWrapper(policy) if wrapped == "local policy" else policy
+    with running_server(served) as server, PolicyClient(port=server.port, strict=False, timeout_ms=60000) as client:
+        sender = client if wrapped == "local policy" else Gr00tSimPolicyWrapper(client)
+        action, _ = sender.get_action(observation, {"seed": 0})
+        short = {key[len("action."):]: value for key, value in action.items()}
+        refusals = [_previous_action_refusal(sender, observation, previous) for previous in (
+            {**short, "yaw": short["yaw"][:1]},
+            {**{key: value for key, value in short.items() if key != "yaw"}, "bogus": short["x"]},
+        )]
+    assert "options['rtc']['previous_action']['yaw'] must be a float array of shape (B=2, T, 1)" in refusals[0]
+    assert refusals[1].endswith("missing ['action.yaw'], extra ['bogus']"), refusals[1]
+
+
+class RefusingPolicy(RecordingPolicy):
+    """Refuses every call with the given text, as a server's policy refusing options['rtc'] words it."""
+
+    def __init__(self, refusal):
+        super().__init__({**CONFIGS, "action": ModalityConfig(delta_indices=[0, 1], modality_keys=["min"])})
+        self.refusal = refusal
+
+    def _get_action(self, observation, options=None):
+        raise ValueError(self.refusal)
+
+
+def test_a_wrapped_client_renames_only_the_keys_of_its_servers_previous_action_refusal():
+    """Every quoted word of a server's previous_action refusal was renamed: the statistic 'min' of action key 'min'
+    became 'action.min'. A refusal whose keys do not read back surely ('bo'gus') is passed on as the server sent it."""
+    from gr00t_client import PolicyClient, PolicyServerError
+    from serving import running_server
+
+    rtc = {"previous_action": {"action.min": np.ones((2, 2, 3), np.float32)}, "overlap_steps": 1, "frozen_steps": 0}
+    refusals = []
+    for refusal in ["options['rtc']['previous_action']['min'] step 1 is below the statistic 'min'",
+                    "options['rtc']['previous_action']['bo'gus'] must be a float array; got 'min'"]:
+        with running_server(RefusingPolicy(refusal)) as server:
+            with PolicyClient(port=server.port, strict=False, timeout_ms=60000) as client:
+                with pytest.raises(PolicyServerError) as refused:
+                    Gr00tSimPolicyWrapper(client).get_action(flat(), {"rtc": rtc})
+        refusals.append(str(refused.value))
+    assert refusals == [
+        "Server error: ValueError: options['rtc']['previous_action']['action.min'] step 1 is below the statistic 'min'",
+        "Server error: ValueError: options['rtc']['previous_action']['bo'gus'] must be a float array; got 'min'"]

@@ -47,6 +47,7 @@ from gr00t_server.processing import normalization as norm
 from gr00t_server.processing.actions import STATE_OUTLIER_LIMIT
 
 from .option_names import OptionNames
+from .previous_action import PreviousActionError
 
 if TYPE_CHECKING:
     from gr00t_server.model.config import Gr00tN1d7Config
@@ -234,12 +235,11 @@ class Gr00tActionOptions:
         """{key: float array (B, T, D_key)} for exactly the action keys, one T for all, finite values."""
         action_config = self.modality_configs["action"]
         keys = list(action_config.modality_keys)
-        where = "options['rtc']['previous_action']"
         if not isinstance(previous, Mapping):
-            raise ValueError(f"{where} must be a map with keys {keys}; got {type(previous).__name__}")
+            raise PreviousActionError(f"; got {type(previous).__name__}", keys=keys)
         missing, extra = [k for k in keys if k not in previous], sorted(set(previous) - set(keys), key=str)
         if missing or extra:
-            raise ValueError(f"{where} must have exactly the action keys {keys}; missing {missing}, extra {extra}")
+            raise PreviousActionError(keys=keys, missing=missing, extra=extra)
         norm_params = self.processor.norm_params(self.embodiment_tag_value).action
         dims = {key: params.dim for key, params in norm_params.items()}
         out: Dict[str, np.ndarray] = {}
@@ -256,9 +256,9 @@ class Gr00tActionOptions:
                 or not 1 <= array.shape[1] <= action_config.horizon
                 or (horizon is not None and array.shape[1] != horizon)
             ):
-                raise ValueError(f"{where}['{key}'] must be {expected}; got dtype {array.dtype} shape {array.shape}")
+                raise PreviousActionError(f" must be {expected}; got dtype {array.dtype} shape {array.shape}", key=key)
             if not np.isfinite(array).all():
-                raise ValueError(f"{where}['{key}'] contains NaN or infinite values")
+                raise PreviousActionError(" contains NaN or infinite values", key=key)
             horizon = array.shape[1]
             out[key] = array.astype(np.float64)
         return out
@@ -277,10 +277,10 @@ class Gr00tActionOptions:
             bad = norm.degenerate_pose_rows(rows.reshape(-1, rows.shape[-1]), spec.format.name)
             if bad:
                 at = [(row, first_step + step) for row, step in (divmod(flat, rows.shape[1]) for flat in bad[:8])]
-                raise ValueError(
-                    f"options['rtc']['previous_action']['{key}'] ({spec.format.name} pose) has a degenerate rotation "
-                    f"at (row, step) {at}: no rotation matrix has it (zero or parallel rot6d rows, or a singular 4x4 "
-                    f"pose), got {rows[at[0][0], at[0][1] - first_step].tolist()}; send the poses get_action returned")
+                raise PreviousActionError(
+                    f" ({spec.format.name} pose) has a degenerate rotation at (row, step) {at}: no rotation matrix has "
+                    f"it (zero or parallel rot6d rows, or a singular 4x4 pose), got "
+                    f"{rows[at[0][0], at[0][1] - first_step].tolist()}; send the poses get_action returned", key=key)
 
     def _check_encoded_previous(self, rtc: RtcRequest, encoded: np.ndarray) -> None:
         """ValueError naming the key and step of an overlap row that normalizes to a non-finite value or beyond
@@ -294,10 +294,10 @@ class Gr00tActionOptions:
             bad = ~np.isfinite(part) | (np.abs(part) > STATE_OUTLIER_LIMIT)
             if bad.any():
                 row, step, column = (int(i) for i in np.argwhere(bad)[0])
-                raise ValueError(
-                    f"options['rtc']['previous_action']['{key}'] step {first_step + step} normalizes to "
-                    f"{float(part[row, step, column]):.3g} against the checkpoint's statistics (sent "
-                    f"{float(sent[key][row, step, column]):.3g}); send actions in the units get_action returned")
+                raise PreviousActionError(
+                    f" step {first_step + step} normalizes to {float(part[row, step, column]):.3g} against the "
+                    f"checkpoint's statistics (sent {float(sent[key][row, step, column]):.3g}); send actions in the "
+                    "units get_action returned", key=key)
 
     def _rtc_model_arguments(self, rtc: RtcRequest, raw_states: Mapping[str, np.ndarray]) -> Dict[str, Any]:
         """Model-level RTC arguments: the overlap rows encoded as rows [0, overlap) of a padded normalized chunk.

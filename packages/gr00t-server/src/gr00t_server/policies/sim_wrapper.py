@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import re
 import threading
-from typing import Any, Collection, Dict, FrozenSet, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Collection, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
 from gr00t_client.client_errors import PolicyServerError
 from gr00t_client.flat import (LEGACY_LANGUAGE_KEY, flat_observation_keys, language_batch, language_source,
                                missing_flat_keys_error, validate_flat_action, validate_flat_observation)
 from gr00t_client.modality import ModalityConfig
 from gr00t_client.policy import BasePolicy, ObservationError, PolicyWrapper, are_rows_checked, rows_checked
+
+from .previous_action import PreviousActionError, parsed_previous_action_error
 
 
 class Gr00tSimPolicyWrapper(PolicyWrapper):
@@ -23,8 +24,9 @@ class Gr00tSimPolicyWrapper(PolicyWrapper):
     when the wrapped policy takes one (a ReplayPolicy can be driven without one); strict or not, an empty or partial
     one the wrapped policy refuses is refused naming the flat keys missing, not the nested form it was handed.
     Options (including the server's `_session_id`) are forwarded untouched, except that RTC `previous_action` keys
-    spelled `action.<key>` lose the prefix, and the wrapped policy's refusals of them name them `action.<key>`
-    again. A wrapped PolicyClient's refusals from its server are reworded alike, keeping their class.
+    spelled `action.<key>` lose the prefix, and the wrapped policy's refusals of them name each key as it was sent
+    (the keys expected or missing `action.<key>`). A wrapped PolicyClient's refusals from its server are reworded
+    alike, keeping their class, where their keys read back from the text without doubt.
     """
 
     observation_format = "flat"  # reported by get_server_info, so a client picks the form by it, not by a class name
@@ -129,9 +131,8 @@ class Gr00tSimPolicyWrapper(PolicyWrapper):
         except PolicyServerError as exc:  # a PolicyClient wrapped: its server's refusal, reworded keeping its class
             self._name_flat_keys_remote(exc, observation or {}, options)
             raise
-        except ValueError as exc:  # an option refused: previous_action's keys were handed on without the prefix
-            if len(exc.args) == 1 and isinstance(exc.args[0], str):
-                exc.args = (_previous_action_as_sent(exc.args[0], self.get_modality_config(), options),)
+        except PreviousActionError as exc:  # its keys were handed on without the prefix
+            exc.rename_keys(*_previous_action_names(options))
             raise
         return {f"action.{key}": value for key, value in action.items()}, info
 
@@ -153,8 +154,9 @@ class Gr00tSimPolicyWrapper(PolicyWrapper):
             missing = self._missing_flat_keys_error(observation)
             message = str(missing) if missing is not None else _in_flat_words(message, self.get_modality_config(),
                                                                               observation)
-        elif remote_type == "ValueError":
-            message = _previous_action_as_sent(message, self.get_modality_config(), options)
+        elif remote_type == "ValueError" and (refusal := parsed_previous_action_error(message)) is not None:
+            refusal.rename_keys(*_previous_action_names(options))  # left as sent unless its keys read back surely
+            message = str(refusal)
         else:
             return
         exc.server_message = f"{remote_type}: {message}"
@@ -206,25 +208,22 @@ def _in_flat_words(message: str, configs: Mapping[str, ModalityConfig], observat
     return message
 
 
-_PREVIOUS_ACTION = "options['rtc']['previous_action']"
-
-
-def _previous_action_as_sent(message: str, configs: Mapping[str, ModalityConfig],
-                             options: Optional[Dict[str, Any]]) -> str:
-    """`message`, when it refuses options['rtc']['previous_action'] (whose keys the wrapped policy got without the
-    `action.` prefix), with each action key named `action.<key>` and each other key as the caller sent it."""
-    if not message.startswith(_PREVIOUS_ACTION):
-        return message
-    action = configs.get("action")
-    names = {key: f"action.{key}" for key in (action.modality_keys if action is not None else [])}
+def _previous_action_names(options: Optional[Dict[str, Any]]) -> Tuple[Callable[[Any], Any], Callable[[Any], Any]]:
+    """How a refusal of options['rtc']['previous_action'] names the keys the wrapped policy got: (expected, sent).
+    Expected (and missing) keys are named `action.<key>`, as this wrapper returns them; each key the caller sent, as
+    it was sent (`action.<key>` or `<key>`, both taken)."""
     rtc = (options or {}).get("rtc")
     previous = rtc.get("previous_action") if isinstance(rtc, Mapping) else None
-    for key in previous if isinstance(previous, Mapping) else []:
-        if isinstance(key, str) and key.startswith("action.") and key[len("action."):] not in names:
-            names[key[len("action."):]] = key
-    rest = re.sub(r"'([^']*)'", lambda quoted: f"'{names.get(quoted.group(1), quoted.group(1))}'",
-                  message[len(_PREVIOUS_ACTION):])
-    return _PREVIOUS_ACTION + rest
+    as_sent = {_inner_key(key): key for key in (previous if isinstance(previous, Mapping) else [])}
+
+    def expected(key: Any) -> Any:
+        return f"action.{key}" if isinstance(key, str) else key
+
+    return expected, lambda key: as_sent.get(key, expected(key))
+
+
+def _inner_key(key: Any) -> Any:
+    return key[len("action."):] if isinstance(key, str) and key.startswith("action.") else key
 
 
 def _inner_options(options: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
@@ -235,7 +234,7 @@ def _inner_options(options: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]
         return options
     previous: Dict[Any, Any] = {}
     for key, value in rtc["previous_action"].items():
-        inner = key[len("action."):] if isinstance(key, str) and key.startswith("action.") else key
+        inner = _inner_key(key)
         if inner in previous:
             raise ValueError(f"options['rtc']['previous_action'] holds action key '{inner}' twice, as 'action.{inner}' "
                              f"and '{inner}'; send each key once (as get_action returns it: 'action.{inner}')")

@@ -169,7 +169,8 @@ def error_text(endpoint: str, exc: BaseException) -> Tuple[str, bool]:
     if isinstance(exc, VALIDATION_ERRORS):  # ActionError among them (a ValueError): worded alike, internal
         policys_fault = isinstance(exc, ActionError) and not isinstance(exc, NonFiniteActionError)
         try:
-            text = str(exc) if isinstance(exc, RequestError) else f"{type(exc).__name__}: {exc}"
+            name = getattr(type(exc), "wire_name", type(exc).__name__)  # a subclass may keep its base's name
+            text = str(exc) if isinstance(exc, RequestError) else f"{name}: {exc}"
             return bounded(text), policys_fault
         except Exception:  # an exception whose __str__ raises must not stop the loop
             return f"{type(exc).__name__}: <its message could not be formatted>", policys_fault
