@@ -284,10 +284,10 @@ def test_an_integer_original_key_in_modality_json_is_refused_naming_the_entry(da
         LeRobotDataset(dataset)
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda s: s["action"]["std"].__setitem__(0, float("nan")), r"non-finite value \(nan\)"),
-    (lambda s: s["action"].update(min=[v + 1.0 for v in s["action"]["max"]]), r"the range is inverted"),
-], ids=["nan-std", "min-over-max"])
+@pytest.mark.parametrize("damage, message", [  # q01/q99: what the written config normalizes with
+    (lambda s: s["action"]["q01"].__setitem__(0, float("nan")), r"non-finite value \(nan\)"),
+    (lambda s: s["action"].update(q01=[v + 1.0 for v in s["action"]["q99"]]), r"the range is inverted"),
+], ids=["nan-q01", "q01-over-q99"])
 def test_make_test_checkpoint_refuses_statistics_serve_would_refuse(dataset, tmp_path, damage, message):
     from gr00t_server.test_checkpoint import spec_from_dataset
 

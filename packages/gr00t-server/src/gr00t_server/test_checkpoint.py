@@ -108,13 +108,10 @@ def spec_from_dataset(dataset_path: Union[str, Path], horizon: int = 16) -> Dict
         for kind, keys in (("state", dataset.state_keys), ("action", dataset.action_keys))
     }
     from .processing.checkpoint_statistics import parse_statistics
+    from .processing.config import ProcessorConfig
+    from .processing.norm_params import used_statistics
 
-    try:  # the checks serve makes: a checkpoint it would refuse is not written
-        parse_statistics({"dataset": stats})
-    except ValueError as exc:
-        raise ValueError(f"{Path(dataset_path) / 'meta' / 'stats.json'}: {exc}; serve would refuse a checkpoint "
-                         "made from these statistics") from None
-    return {
+    spec = {
         "video": list(dataset.video_keys),
         "state": list(dataset.state_dims().items()),
         "action": list(dataset.action_dims().items()),
@@ -123,6 +120,19 @@ def spec_from_dataset(dataset_path: Union[str, Path], horizon: int = 16) -> Dict
         "language": dataset.language_keys[0] if dataset.language_keys else _EVAL_LANGUAGE,
         "stats": stats,
     }
+    # the checks serve makes, on the statistics the written config normalizes with (it warns of faults in the
+    # others, as serve does): a checkpoint serve would refuse is not written
+    kwargs = processor_kwargs_for(["dataset"], "", 0, 0, horizon, {"dataset": spec})
+    config = ProcessorConfig(modality_configs={"dataset": modality_configs_for("dataset", spec)},
+                             use_percentiles=kwargs["use_percentiles"],
+                             use_relative_action=kwargs["use_relative_action"])
+    stats_path = Path(dataset_path) / "meta" / "stats.json"
+    try:
+        parse_statistics({"dataset": stats}, used=used_statistics(config), source=str(stats_path))
+    except ValueError as exc:
+        raise ValueError(f"{stats_path}: {exc}; serve would refuse a checkpoint "
+                         "made from these statistics") from None
+    return spec
 
 
 def _check_dataset_matches(embodiment: str, spec: Dict[str, Any], dataset_path: Union[str, Path]) -> None:

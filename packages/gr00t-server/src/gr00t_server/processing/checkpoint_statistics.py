@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Collection, Dict, List, Mapping, Optional
+from pathlib import Path
+from typing import Any, Collection, Dict, List, Mapping, Optional, Set, Tuple
 
 import numpy as np
 
@@ -17,6 +18,9 @@ UsedStatistics = Mapping[str, Mapping[str, Mapping[str, Collection[str]]]]
 STAT_NAMES = ("min", "max", "mean", "std", "q01", "q99")
 
 logger = logging.getLogger(__name__)
+# (file, warning) pairs already logged: a file read twice in a process (a policy's load, then example_observation on
+# the export/verify path) warns once about the statistics it ignores
+_WARNED_IGNORED: Set[Tuple[str, str]] = set()
 
 
 _STAT_RANGES = (("min", "max"), ("q01", "q99"))
@@ -87,18 +91,18 @@ def _check_per_step_shapes(stats: Mapping[str, np.ndarray], where: str) -> None:
 
 
 def parse_statistics(data: Mapping[str, Any], errors: Optional[Dict[str, str]] = None,
-                     used: Optional[UsedStatistics] = None) -> Statistics:
+                     used: Optional[UsedStatistics] = None, source: Optional[str] = None) -> Statistics:
     """{tag: {group: {key: {stat: list}}}} -> the same with float64 arrays; ValueError naming tag, group, key and
     stat for a value that is not finite numbers, stats of one key with different lengths, or an inverted range.
     With `errors`, a tag whose statistics are invalid is left out and its message put there instead (a checkpoint of
     many embodiments stays usable for the others, as the reference's, which reads only the served tag's). With `used`
     ({tag: {group: {key: stat names}}}, what serving a tag normalizes with), only those stats of a listed tag are held
-    to the checks: the others' faults are logged once and the stats left out (the reference reads only the modality
-    keys' statistics)."""
+    to the checks: the others' faults are logged and the stats left out (the reference reads only the modality keys'
+    statistics), once per process for the file `source` (a path) names."""
     out: Statistics = {}
     for tag, groups in data.items():
         try:
-            out[tag] = _parse_tag_statistics(tag, groups, None if used is None else used.get(tag))
+            out[tag] = _parse_tag_statistics(tag, groups, None if used is None else used.get(tag), source)
         except ValueError as exc:
             if errors is None:
                 raise
@@ -106,8 +110,8 @@ def parse_statistics(data: Mapping[str, Any], errors: Optional[Dict[str, str]] =
     return out
 
 
-def _parse_tag_statistics(tag: str, groups: Any, used: Optional[Mapping[str, Mapping[str, Collection[str]]]] = None
-                          ) -> Dict[str, Dict[str, Dict[str, np.ndarray]]]:
+def _parse_tag_statistics(tag: str, groups: Any, used: Optional[Mapping[str, Mapping[str, Collection[str]]]] = None,
+                          source: Optional[str] = None) -> Dict[str, Dict[str, Dict[str, np.ndarray]]]:
     if not isinstance(groups, Mapping):
         raise ValueError(f"statistics[{tag!r}] must be an object of groups, got {type(groups).__name__}")
     out: Dict[str, Dict[str, Dict[str, np.ndarray]]] = {}
@@ -129,9 +133,12 @@ def _parse_tag_statistics(tag: str, groups: Any, used: Optional[Mapping[str, Map
             parsed = _parse_used_key_statistics(stats, where, absolute, used_keys.get(key, ()), ignored)
             if parsed is not None:
                 out[group][key] = parsed
-    if ignored:
-        logger.warning("statistics.json: ignoring statistics of %r that serving it does not use and that are invalid: "
-                       "%s", tag, "; ".join(ignored))
+    warning = (f"{Path(source).name if source else STATISTICS_NAME}: ignoring statistics "
+               f"of {tag!r} that serving it does not use and that are invalid: {'; '.join(ignored)}")
+    if ignored and (source is None or (source, warning) not in _WARNED_IGNORED):
+        logger.warning("%s", warning)
+        if source is not None:
+            _WARNED_IGNORED.add((source, warning))
     return out
 
 
@@ -177,7 +184,7 @@ def load_statistics(checkpoint_dir: PathLike, errors: Optional[Dict[str, str]] =
     if not isinstance(data, Mapping):
         raise ValueError(f"{path} must hold a JSON object")
     try:
-        statistics = parse_statistics(data, errors, used)
+        statistics = parse_statistics(data, errors, used, source=str(path.resolve()))
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
     for tag, message in (errors or {}).items():

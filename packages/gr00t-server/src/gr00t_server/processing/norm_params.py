@@ -45,21 +45,73 @@ def _check_relative_decodable(tag: str, key: str, spec: ActionConfig, state: Map
                          f"end-effector pose of {pose_width}")
 
 
+# Values of a relative EEF pose that hold its rotation, per ActionFormat name: rot6d's two rows, a 4x4 pose's 3x3 block.
+# A rotation vector has none to check: every finite one is a rotation (zero is the identity).
+_ROTATION_VALUES = {"XYZ_ROT6D": slice(3, 9), "DEFAULT": [0, 1, 2, 4, 5, 6, 8, 9, 10]}
+# A mean/std value with a nonzero std at most this (the tolerance degenerate_pose_rows judges rows by) decodes to its
+# mean for the model's outputs; a std of 0 passes the model's output through (mean_std_unnormalize).
+_FIXED_STD = 1e-9
+
+
 def _check_rotation_rows_can_vary(tag: str, key: str, spec: ActionConfig, relative: Mapping[str, np.ndarray],
                                   mean_std: bool) -> None:
-    """ValueError when the relative_action min and max of an xyz + rot6d key are 0 in all of a rotation row (values
-    3:6 or 6:9) at some step: every action decodes to a zero row there, which no rotation has (Gram-Schmidt: NaN)."""
-    if mean_std or spec.type is not ActionType.EEF or spec.format.name != "XYZ_ROT6D":
-        return  # a mean/std key passes the model's value through where std is 0
-    low, high = np.atleast_2d(relative["min"]), np.atleast_2d(relative["max"])
-    for start in (3, 6):
-        zero = ((low[:, start:start + 3] == 0) & (high[:, start:start + 3] == 0)).all(axis=-1)
-        if zero.any():
-            raise ValueError(
-                f"statistics.json: relative_action key '{key}' of '{tag}' (xyz + rot6d) has min and max 0 in all of "
-                f"values {start}:{start + 3} (a rotation row) at steps {np.flatnonzero(zero).tolist()[:8]}: every "
-                "action decodes to a zero rotation row there, which no rotation matrix has; a rot6d row must be able "
-                "to take nonzero values")
+    """ValueError when the relative_action statistics of an EEF key fix its rotation at some step (min == max, or a
+    mean/std key's tiny std) to values no rotation has as decoding judges them (degenerate_pose_rows): a zero or two
+    parallel rot6d rows (every action refused), a singular 4x4 block (every action silently the reference's rotation:
+    the nearest rotation of a zero block is the identity)."""
+    if spec.type is not ActionType.EEF or spec.format.name not in _ROTATION_VALUES:
+        return
+    if mean_std:
+        values, std = np.broadcast_arrays(np.atleast_2d(relative["mean"]), np.atleast_2d(relative["std"]))
+        fixed, how = (std != 0) & (np.abs(std) <= _FIXED_STD), f"the mean, its std nonzero and at most {_FIXED_STD:g}"
+    else:
+        values, high = np.broadcast_arrays(np.atleast_2d(relative["min"]), np.atleast_2d(relative["max"]))
+        fixed, how = values == high, "min == max"
+    fmt = spec.format.name
+    steps = [step for step in range(len(values)) if _fixed_rotation_is_degenerate(values[step], fixed[step], fmt)]
+    if not steps:
+        return
+    rotation = values[steps[0]][_ROTATION_VALUES[fmt]]
+    shown = ", ".join(f"{v:.3g}" if f else "varies" for v, f in zip(rotation, fixed[steps[0]][_ROTATION_VALUES[fmt]]))
+    if fmt == "DEFAULT":
+        what, values_are = "(a flattened 4x4 pose) fixes its 3x3 rotation block", "block (values 0:3, 4:7, 8:11) is"
+        why = ("singular. Every action would silently keep the reference state's rotation there (the nearest rotation "
+               "of a zero block is the identity); the block must be able to take a rotation matrix's values")
+    else:
+        what, values_are = "(xyz + rot6d) fixes a rotation row", "values 3:9 are"
+        why = ("a zero row or two parallel rows. Every action would be refused there; a rot6d row must be able to take "
+               "the values of a rotation matrix's rows")
+    raise ValueError(f"statistics.json: relative_action key '{key}' of '{tag}' {what} at steps {steps[:8]} ({how}) to "
+                     f"values no rotation matrix has: step {steps[0]}'s {values_are} [{shown}], {why}")
+
+
+def _fixed_rotation_is_degenerate(values: np.ndarray, fixed: np.ndarray, action_format: str) -> bool:
+    """Whether every pose decoding can give at a step is degenerate (degenerate_pose_rows), its fixed rotation values
+    being `values`: a DEFAULT block fixed whole, or a fixed rot6d row, the other row taken at its most favourable
+    (a unit row orthogonal to it) unless fixed too."""
+    if action_format == "DEFAULT":
+        if not fixed[_ROTATION_VALUES["DEFAULT"]].all():
+            return False
+        pose = np.eye(4).reshape(-1)
+        pose[_ROTATION_VALUES["DEFAULT"]] = values[_ROTATION_VALUES["DEFAULT"]]
+        return bool(norm.degenerate_pose_rows(pose[None], "DEFAULT"))
+    rows = [values[3:6], values[6:9]]
+    rows_fixed = [bool(fixed[3:6].all()), bool(fixed[6:9].all())]
+    if not any(rows_fixed):
+        return False
+    for index in (0, 1):
+        if not rows_fixed[index]:
+            rows[index] = _orthogonal_unit_row(rows[1 - index])
+    with np.errstate(all="ignore"):
+        return bool(norm.degenerate_pose_rows(np.concatenate([np.zeros(3), *rows])[None], "XYZ_ROT6D"))
+
+
+def _orthogonal_unit_row(row: np.ndarray) -> np.ndarray:
+    """A unit 3-vector orthogonal to `row` (an axis for a zero row)."""
+    axis = np.eye(3)[int(np.argmin(np.abs(row)))]
+    cross = np.cross(row, axis)
+    length = float(np.linalg.norm(cross))
+    return cross / length if length > 0 else axis
 
 
 def _warn_unlisted_embedding_keys(tag: str, modality: str, config: ModalityConfig) -> None:
