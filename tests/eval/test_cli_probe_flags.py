@@ -59,8 +59,34 @@ def test_a_merge_beside_an_eval_info_json_of_no_merge_is_refused(tmp_path, capsy
     merged.mkdir()
     (merged / "eval_info.json").write_text('{"overall": {}}')  # copied from somewhere, or an older merge's
     assert main(["merge", str(run_a), "--output", str(merged / "a.json")]) == 2
-    assert "belongs to no merge into this --output" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert ("eval_info.json beside it is an eval_info.json of unknown origin (a run's, or an older gr00t-eval merge's)"
+            in err and "--overwrite" in err)
     assert (merged / "eval_info.json").read_text() == '{"overall": {}}'
+
+
+def test_a_merge_again_into_an_older_versions_merge_output_replaces_the_pair(tmp_path):
+    """The documented merge run twice was refused after an upgrade: the older version's eval_info.json named no
+    merged_results, and the error said it belonged to no merge into this --output."""
+    run = two_shards(tmp_path / "run")
+    assert main(["merge", str(run), "--output", str(run / "merged.json")]) == 0
+    older = json.loads((run / "eval_info.json").read_text())
+    del older["merged_results"]  # as the version before c27ee21 wrote it
+    (run / "eval_info.json").write_text(json.dumps(older))
+    assert main(["merge", str(run), "--output", str(run / "merged.json")]) == 0
+    assert json.loads((run / "eval_info.json").read_text())["merged_results"] == "merged.json"
+
+
+def test_an_older_eval_info_json_beside_an_output_that_is_no_merge_yet_is_refused(tmp_path, capsys):
+    run_a = two_shards(tmp_path / "runA")
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    assert main(["merge", str(run_a), "--output", str(merged / "a.json")]) == 0
+    older = json.loads((merged / "eval_info.json").read_text())
+    del older["merged_results"]
+    (merged / "eval_info.json").write_text(json.dumps(older))
+    assert main(["merge", str(run_a), "--output", str(merged / "b.json")]) == 2  # b.json is no earlier merge's
+    assert "of unknown origin" in capsys.readouterr().err and not (merged / "b.json").exists()
 
 
 # --- rollout limits checked before connecting ------------------------------------------------------------------
@@ -80,7 +106,44 @@ def test_env_timeout_given_to_resume_a_single_env_run_is_refused(tmp_path, capsy
         capsys.readouterr()
         assert main(["rollout", "--resume", str(tmp_path / "out"), "--env-timeout", "30", "--policy-client-port",
                      str(server.port)]) == 2
-    assert "--env-timeout 30 cannot apply to its single env" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--env-timeout 30 cannot apply with n_envs 1 under vectorization 'auto'" in err
+    assert "resume with --env-timeout 0 (no limit), or without --env-timeout" in err
+
+
+def test_a_single_env_run_an_earlier_version_saved_with_an_env_timeout_resumes_without_it_and_warns(tmp_path, caplog):
+    """Its saved env_timeout_s 30 was kept silently on resume, and not kept: the single env runs in this process."""
+    out = tmp_path / "out"
+    with policy_server() as server:
+        assert main(rollout(server.port, out, "--n-envs", "1", "--n-episodes", "2")) == 0
+        saved = json.loads((out / "run.json").read_text())
+        saved["config"]["env_timeout_s"] = 30.0  # as the version before refusing it took --env-timeout 30
+        (out / "run.json").write_text(json.dumps(saved))
+        lines = (out / "episodes.jsonl").read_text().splitlines()
+        (out / "episodes.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+        assert main(["rollout", "--resume", str(out), "--policy-client-port", str(server.port)]) == 0
+    assert "saved env timeout of 30 s cannot apply to its envs, which run in this process" in caplog.text
+    assert json.loads((out / "results.json").read_text())["config"]["env_timeout_s"] is None
+
+
+def test_a_batch_job_with_one_env_under_auto_vectorization_and_an_env_timeout_is_invalid(tmp_path):
+    """The CLI refused `--n-envs 1 --env-timeout 1`; the same job ran untimed, was marked done and recorded 1 s."""
+    with policy_server() as server:
+        jobs = job_file(tmp_path, n_envs=1, max_episode_steps=6, seed=0, policy_server={"port": server.port},
+                        overrides={"env_timeout_s": 1, "n_action_steps": 2, "video_dir": None})
+        assert main(["batch", "--jobs", str(jobs), "--output-dir", str(tmp_path / "batch")]) == 1
+    [job] = json.loads((tmp_path / "batch" / "batch_results.json").read_text())["jobs"]
+    assert job["status"] == "failed"
+    assert "override env_timeout_s 1 cannot apply with n_envs 1 under vectorization 'auto'" in job["reason"]
+
+
+def test_a_batch_job_with_one_env_under_auto_vectorization_records_no_env_timeout(tmp_path):
+    with policy_server() as server:
+        jobs = job_file(tmp_path, n_envs=1, max_episode_steps=6, seed=0, policy_server={"port": server.port},
+                        overrides={"n_action_steps": 2, "video_dir": None})
+        assert main(["batch", "--jobs", str(jobs), "--output-dir", str(tmp_path / "batch")]) == 0
+    saved = json.loads((tmp_path / "batch" / "jobs" / "j" / "run.json").read_text())
+    assert saved["config"]["env_timeout_s"] is None  # 600 was recorded, and not kept
 
 
 def test_env_timeout_zero_with_a_single_env_runs(tmp_path):

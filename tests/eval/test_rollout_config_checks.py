@@ -86,6 +86,19 @@ def test_an_env_timeout_set_with_sync_vectorization_is_refused_as_it_cannot_appl
         run(ConstantPolicy(), config(n_envs=2, env_timeout_s=3.0))
 
 
+@pytest.mark.parametrize("run", [run_rollout_of, run_suite_of, run_runner_of])
+def test_an_env_timeout_set_with_one_env_under_auto_vectorization_is_refused_as_it_cannot_apply(run):
+    """Auto runs a single env in this process, as sync does: env_timeout_s=5 passed and was silently waited past."""
+    with pytest.raises(ValueError, match=r"^env_timeout_s 5 cannot apply with n_envs 1 under vectorization 'auto': its "
+                                         r"single env runs in this process"):
+        run(ConstantPolicy(), config(vectorization="auto", n_envs=1, env_timeout_s=5.0))
+
+
+def test_one_env_under_auto_vectorization_takes_no_env_timeout_or_the_default_one():
+    assert run_rollout_of(ConstantPolicy(), config(vectorization="auto", env_timeout_s=None)).n_errors == 0
+    assert run_rollout_of(ConstantPolicy(), config(vectorization="auto")).n_errors == 0
+
+
 def test_sync_vectorization_takes_no_env_timeout_or_the_default_one():
     assert run_rollout_of(ConstantPolicy(), config(env_timeout_s=None)).n_errors == 0
     assert run_rollout_of(ConstantPolicy(), config()).n_errors == 0

@@ -42,6 +42,25 @@ def test_make_test_checkpoint_into_a_dangling_link_or_a_symlink_loop_names_it(tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "loop1", "loop2"]
 
 
+def test_make_test_checkpoint_refuses_a_blank_output_and_leaves_the_current_folder_alone(tmp_path, capsys,
+                                                                                         monkeypatch):
+    """`make-test-checkpoint "$CKPT" --overwrite`, CKPT unset, emptied the current folder and wrote a checkpoint
+    there."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("precious\n")
+    assert main(["make-test-checkpoint", "", "--overwrite"]) == 2
+    assert ("gr00t-server make-test-checkpoint: error: OUTPUT is empty: an unset variable? Expected the folder to "
+            "write the checkpoint into (use . for the current one)") in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_make_test_checkpoint_refuses_a_blank_dataset_path_naming_it(tmp_path, capsys):
+    assert main(["make-test-checkpoint", str(tmp_path / "ckpt"), "--dataset-path", ""]) == 2
+    assert ("gr00t-server make-test-checkpoint: error: --dataset-path is empty: an unset variable? Expected a recorded "
+            "LeRobot dataset directory") in capsys.readouterr().err
+    assert not (tmp_path / "ckpt").exists()
+
+
 def test_keygen_refuses_an_empty_directory_name(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["keygen", ""]) == 2

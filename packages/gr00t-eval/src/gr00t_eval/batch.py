@@ -170,10 +170,12 @@ def with_setting_defaults(saved: Any) -> Any:
 
 
 def as_resumed(saved: Dict[str, Any]) -> Dict[str, Any]:
-    """Saved job settings as a resume runs them: an env_timeout_s an earlier version took with vectorization "sync"
-    (and did not keep) is None, as load_jobs makes it (batch_jobs.resumed_job_env_timeout)."""
+    """Saved job settings as a resume runs them: an env_timeout_s an earlier version took with its envs in this process
+    (vectorization "sync", or "auto" with n_envs 1; not kept) is None, as load_jobs makes it
+    (batch_jobs.resumed_job_env_timeout)."""
     timeout = saved.get("env_timeout_s")
-    if not isinstance(timeout, (int, float)) or env_timeout_applies(saved.get("vectorization"), timeout):
+    if not isinstance(timeout, (int, float)) or env_timeout_applies(saved.get("vectorization"), timeout,
+                                                                    n_envs=saved.get("n_envs")):
         return saved
     return {**saved, "env_timeout_s": None}
 

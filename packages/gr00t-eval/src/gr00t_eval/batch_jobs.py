@@ -80,7 +80,7 @@ class Job:
     def rollout_config(self) -> RolloutConfig:
         """The rollout settings of this job (its env_name and config; without an env_timeout_s, its vectorization's
         default, as for `rollout`)."""
-        timeout = {"env_timeout_s": default_env_timeout(self.config.get("vectorization"))}
+        timeout = {"env_timeout_s": default_env_timeout(*_vectorization_and_n_envs(self.config))}
         return RolloutConfig(env_name=self.env_name, **{**timeout, **self.config})
 
     def server_with_token(self) -> PolicyServerAddress:
@@ -235,7 +235,8 @@ NULLABLE_COUNTS = ("seed", "max_episodes_rendered")
 
 def check_counts(name: str, config: Mapping[str, Any]) -> None:
     """JobError naming the job and the field when a count setting is not a whole number at least its minimum (or
-    env_timeout_s not a positive number of seconds, or other than the default with vectorization 'sync')."""
+    env_timeout_s not a positive number of seconds, or other than the default where its envs run in this process:
+    vectorization 'sync', or 'auto' with n_envs 1)."""
     for key, least in COUNT_MINIMUMS.items():
         if key not in config or (config[key] is None and key in NULLABLE_COUNTS):
             continue
@@ -251,9 +252,10 @@ def check_counts(name: str, config: Mapping[str, Any]) -> None:
                        f"env), got {config['n_envs']!r}", name)
     try:
         timeout = check_env_timeout(config.get("env_timeout_s"), "override env_timeout_s", no_limit="null")
-        check_env_timeout_applies(config.get("vectorization"), timeout, "override env_timeout_s",
+        vectorization, n_envs = _vectorization_and_n_envs(config)
+        check_env_timeout_applies(vectorization, timeout, "override env_timeout_s",
                                   "use vectorization 'async' (or 'auto' with n_envs > 1) for a time limit, or "
-                                  "env_timeout_s null for none")
+                                  "env_timeout_s null for none", n_envs=n_envs)
     except ValueError as exc:
         raise JobError(f"job {name!r}: {exc}", name) from None
     check_setting_types(name, config)
@@ -464,12 +466,20 @@ def resumed_job_env_timeout(name: str, config: Dict[str, Any]) -> Dict[str, Any]
         timeout = check_env_timeout(config.get("env_timeout_s"), "override env_timeout_s", no_limit="null")
     except ValueError:  # check_counts names it
         return config
-    if env_timeout_applies(config.get("vectorization"), timeout):
+    vectorization, n_envs = _vectorization_and_n_envs(config)
+    if env_timeout_applies(vectorization, timeout, n_envs=n_envs):
         return config
-    logger.warning("job %r: its env_timeout_s %g cannot apply with vectorization 'sync' (its envs run in this process, "
-                   "where a hung reset or step cannot be stopped); the resumed job runs with no limit, as it ran "
-                   "before (set env_timeout_s null in its jobs.json to silence this)", name, timeout)
+    logger.warning("job %r: its env_timeout_s %g cannot apply with vectorization %r and n_envs %s (its envs run in "
+                   "this process, where a hung reset or step cannot be stopped); the resumed job runs with no limit, "
+                   "as it ran before (set env_timeout_s null in its jobs.json to silence this)", name, timeout,
+                   vectorization, n_envs)
     return {**config, "env_timeout_s": None}
+
+
+def _vectorization_and_n_envs(config: Mapping[str, Any]) -> Tuple[Any, Any]:
+    """A job's vectorization and n_envs, RolloutConfig's defaults where its settings give none: together they say
+    whether its envs run in this process, where no env timeout applies (rollout.config.envs_in_process)."""
+    return config.get("vectorization", RolloutConfig.vectorization), config.get("n_envs", RolloutConfig.n_envs)
 
 
 def repeated_job_name(name: str, index: int, seen: Dict[str, Tuple[int, str]]) -> Optional[str]:

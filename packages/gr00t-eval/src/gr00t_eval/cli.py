@@ -204,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(*_flag("env-timeout"), type=float, default=None, metavar="S",
                    help=f"seconds one env construction, reset or step may take before the run stops with the envs "
                         f"named (a hung simulator; writing an episode's video is not counted; default "
-                        f"{DEFAULT_ENV_TIMEOUT_S:g}; 0 or inf = no limit; at most a week). Envs in subprocesses only "
+                        f"{DEFAULT_ENV_TIMEOUT_S:g}, none for envs in this process; 0 or inf = no limit; at most a "
+                        "week). Envs in subprocesses only "
                         "(--n-envs > 1 or 0, however few episodes are left, or --vectorization async): a single env runs in "
                         "this process and is waited for, as are the envs of --vectorization sync, which have no limit "
                         "(any value but 0 is refused with --n-envs 1 under auto vectorization, and with sync). Env workers whose close() has not "

@@ -122,7 +122,9 @@ def _check_merge_output(output: Path, overwrite: bool) -> None:
 
 def _check_eval_info_beside(output: Path) -> None:
     """Refuse an --output beside an eval_info.json that is not this output's pair (its 'merged_results' names another
-    file, or none): a second merge into another file of the folder replaced the first's LeRobot-format results."""
+    file, or none): a second merge into another file of the folder replaced the first's LeRobot-format results. One
+    without 'merged_results' (an older gr00t-eval's merge wrote none) is the pair of an --output that is an earlier
+    merge's output: the documented merge run again after an upgrade."""
     import json
 
     from .cli_errors import UsageError
@@ -132,15 +134,25 @@ def _check_eval_info_beside(output: Path) -> None:
     if not eval_info.exists():
         return
     try:
-        paired = json.loads(eval_info.read_text(encoding="utf-8")).get("merged_results")
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError):  # unreadable, or not a JSON object
-        paired = None
+        info = json.loads(eval_info.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):  # unreadable
+        info = None
+    paired = info.get("merged_results") if isinstance(info, dict) else None
     if paired == output.name:
         return
-    owner = f"the merge into {paired}" if isinstance(paired, str) else "no merge into this --output"
-    raise UsageError(f"--output {output}: {eval_info} beside it belongs to {owner}, whose LeRobot-format results the "
-                     f"merge would replace; expected a folder without an eval_info.json, or one of an earlier merge "
-                     "into this same file: name --output in another folder, or pass --overwrite")
+    if isinstance(info, dict) and "merged_results" not in info and output.is_file():
+        try:
+            if "merged_from" in _read_results_file(output):  # an older version's merge into this same file
+                return
+        except UsageError:
+            pass
+    if isinstance(paired, str):
+        owner = f"belongs to the merge into {paired}"
+    else:
+        owner = "is an eval_info.json of unknown origin (a run's, or an older gr00t-eval merge's)"
+    raise UsageError(f"--output {output}: {eval_info} beside it {owner}, whose LeRobot-format results the merge would "
+                     f"replace; expected a folder without an eval_info.json, or one of an earlier merge into this same "
+                     "file: name --output in another folder, or pass --overwrite")
 
 
 def cmd_merge(args: argparse.Namespace) -> int:

@@ -57,7 +57,7 @@ def env_timeout_from_args(args: argparse.Namespace) -> Optional[float]:
 
     given = getattr(args, "env_timeout", None)
     if given is None:
-        return default_env_timeout(args.vectorization)
+        return default_env_timeout(args.vectorization, args.n_envs)
     try:
         return check_env_timeout(given)
     except ValueError as exc:
@@ -70,24 +70,19 @@ def _check_env_timeout_applies(args: argparse.Namespace) -> None:
     from .cli_errors import UsageError
     from .rollout.config import check_env_timeout_applies
 
-    timeout = env_timeout_from_args(args)
-    if args.env_timeout is not None and timeout is not None and args.vectorization == "auto" and args.n_envs == 1:
-        raise UsageError(f"--env-timeout {timeout:g} cannot apply with --n-envs 1: vectorization 'auto' runs a single "
-                         "env in this process, where a hung reset or step cannot be stopped; use --vectorization async "
-                         "(its env in a subprocess) for a time limit, or --env-timeout 0 for none")
     try:
         check_env_timeout_applies(args.vectorization, env_timeout_from_args(args), "--env-timeout",
                                   "use --vectorization async (or auto with --n-envs other than 1) for a time limit, "
-                                  "or --env-timeout 0 for none")
+                                  "or --env-timeout 0 for none", n_envs=args.n_envs, n_envs_name="--n-envs")
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
 
 def resumed_env_timeout(args: argparse.Namespace, config: Any, output_dir: Path) -> Any:
     """The resumed run's `config` with this command line's --env-timeout (not an outcome setting: a stalled run may
-    resume with more time), else the saved one. A run an earlier version started with --vectorization sync and an
-    --env-timeout (taken then, and not kept) resumes with no limit and a warning; UsageError for an --env-timeout a
-    run with vectorization 'sync' cannot keep."""
+    resume with more time), else the saved one. A run an earlier version started with its envs in this process
+    (--vectorization sync, or auto with --n-envs 1) and an --env-timeout (taken then, and not kept) resumes with no
+    limit and a warning; UsageError for an --env-timeout such a run cannot keep."""
     from .cli_errors import UsageError
     from .rollout.config import DEFAULT_ENV_TIMEOUT_S, check_env_timeout_applies, without_unkept_env_timeout
     from .run_resume import given_settings
@@ -96,19 +91,15 @@ def resumed_env_timeout(args: argparse.Namespace, config: Any, output_dir: Path)
         resumed = without_unkept_env_timeout(config)
         if config.env_timeout_s not in (resumed.env_timeout_s, DEFAULT_ENV_TIMEOUT_S):  # the default: asked by nobody
             logger.warning("--resume %s: its saved env timeout of %g s cannot apply to its envs, which run in this "
-                           "process (vectorization 'sync'), where a hung reset or step cannot be stopped; the run "
-                           "resumes with no limit, as it ran before", output_dir, config.env_timeout_s)
+                           "process (vectorization %r with n_envs %s), where a hung reset or step cannot be stopped; "
+                           "the run resumes with no limit, as it ran before", output_dir, config.env_timeout_s,
+                           config.vectorization, config.n_envs)
         return resumed
     config = dataclasses.replace(config, env_timeout_s=env_timeout_from_args(args))
-    if config.env_timeout_s is not None and config.vectorization == "auto" and config.n_envs == 1:
-        raise UsageError(f"--resume {output_dir}: --env-timeout {config.env_timeout_s:g} cannot apply to its single env, "
-                         "which vectorization 'auto' runs in this process, where a hung reset or step cannot be stopped; "
-                         "a resumed run keeps its vectorization: resume with --env-timeout 0 (no limit), or without "
-                         "--env-timeout")
     try:
         check_env_timeout_applies(config.vectorization, config.env_timeout_s, "--env-timeout",
-                                  "a resumed run keeps its vectorization: resume with --env-timeout 0 (no limit), or "
-                                  "without --env-timeout")
+                                  "a resumed run keeps its vectorization and n_envs: resume with --env-timeout 0 (no "
+                                  "limit), or without --env-timeout", n_envs=config.n_envs)
     except ValueError as exc:
         raise UsageError(f"--resume {output_dir}: {exc}") from None
     return config

@@ -152,7 +152,7 @@ def _add_checkpoint_parser(subparsers: Any) -> None:
         help="write a random-weight checkpoint in the real N1.7 layout (for tests and demos)",
         description="Write a small random-weight GR00T N1.7 checkpoint (config, safetensors, processor, tokenizer).",
     )
-    p.add_argument("output", type=user_path, help="output directory")
+    p.add_argument("output", metavar="OUTPUT", type=user_path, help="output directory (use . for the current one)")
     p.add_argument(*_flag("size"), default="tiny", choices=["tiny", "small"], help="model size (default tiny)")
     p.add_argument(*_flag("seed"), type=int, default=0, help="weight seed, 0 to 2**32 - 1 (default 0)")
     p.add_argument(*_flag("embodiment"), default=None, choices=["libero", "metaworld", "new_embodiment", "pusht"],

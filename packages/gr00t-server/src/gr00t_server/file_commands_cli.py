@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from .cli_errors import CliError
+from .cli_errors import CliError, refuse_blank_paths
 
 
 def keygen(args: argparse.Namespace) -> int:
@@ -35,6 +35,12 @@ def make_test_checkpoint(args: argparse.Namespace) -> int:
 
     from .test_checkpoint import make_test_checkpoint as write_checkpoint
 
+    # a blank one ("$CKPT", CKPT unset) is the current folder to Path(): --overwrite emptied it for the checkpoint
+    if not str(args.output).strip():
+        raise CliError(f"OUTPUT is empty: an unset variable? Expected the folder to write the checkpoint into (use . "
+                       f"for the current one), got {args.output!r}")
+    refuse_blank_paths(args, {"dataset_path": "a recorded LeRobot dataset directory (leave the flag out for "
+                                              "--embodiment's keys or the default key sets)"})
     if not 0 <= args.seed < 2**32:  # checked before any file is written; torch keeps only 32 bits of a weight seed
         raise CliError(f"--seed must be a whole number from 0 to 2**32 - 1, got {args.seed}")
     if args.embodiment_tag is not None and not args.embodiment_tag.strip():

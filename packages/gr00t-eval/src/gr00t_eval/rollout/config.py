@@ -28,10 +28,16 @@ COUNT_MINIMUMS = {"n_episodes": 1, "n_envs": 1, "n_action_steps": 1, "max_episod
 NULLABLE_COUNTS = ("seed", "max_episodes_rendered", "rtc_frozen_steps")
 
 
-def default_env_timeout(vectorization: Any) -> Optional[float]:
-    """The env timeout of a CLI run or batch job that sets none: DEFAULT_ENV_TIMEOUT_S, or none with vectorization
-    "sync", whose envs run in this process, where a hung reset or step cannot be stopped."""
-    return None if vectorization == "sync" else DEFAULT_ENV_TIMEOUT_S
+def default_env_timeout(vectorization: Any, n_envs: Any) -> Optional[float]:
+    """The env timeout of a CLI run or batch job that sets none: DEFAULT_ENV_TIMEOUT_S, or none where its envs run in
+    this process (envs_in_process), where a hung reset or step cannot be stopped."""
+    return None if envs_in_process(vectorization, n_envs) else DEFAULT_ENV_TIMEOUT_S
+
+
+def envs_in_process(vectorization: Any, n_envs: Any) -> bool:
+    """Whether a run's envs run in this process: vectorization "sync", or "auto" with n_envs 1 (an n_envs of 0, auto,
+    puts even a single env in a worker process: suites.resolve_auto_n_envs)."""
+    return vectorization == "sync" or (vectorization == "auto" and n_envs == 1)
 
 
 def check_env_timeout(value: Any, name: str = "--env-timeout", no_limit: str = "0") -> Optional[float]:
@@ -77,9 +83,9 @@ class RolloutConfig:
     # at first_episode (a shard) renders those of them it runs, so a split run renders what a single run would.
     max_episodes_rendered: Optional[int] = None
     # Seconds an env in a subprocess may take for its construction or one reset or step before the run stops (a hung
-    # simulator); None: wait for ever. Envs run in-process (vectorization "sync") cannot be timed out: with "sync",
-    # this default is taken as none (it stays the same under dataclasses.replace whatever the vectorization) and any
-    # other value is refused; the CLI and batch jobs refuse any value given with "sync". Workers whose close() has not
+    # simulator); None: wait for ever. Envs run in-process (vectorization "sync", or "auto" with n_envs 1) cannot be
+    # timed out: there, this default is taken as none (it stays the same under dataclasses.replace whatever the
+    # vectorization) and any other value is refused, as the CLI and batch jobs refuse it. Workers whose close() has not
     # returned that long after the last episode are given up on (async workers killed).
     env_timeout_s: Optional[float] = DEFAULT_ENV_TIMEOUT_S
 
@@ -132,30 +138,38 @@ def check_rollout_config(config: RolloutConfig, auto_n_envs: bool = False) -> No
     _check_chunking(config)
     if config.env_timeout_s is not None:
         check_env_timeout(config.env_timeout_s, "env_timeout_s", no_limit="None")
-    if not (config.vectorization == "sync" and config.env_timeout_s == DEFAULT_ENV_TIMEOUT_S):  # the default: not kept
-        check_env_timeout_applies(config.vectorization, config.env_timeout_s)
+    in_process = envs_in_process(config.vectorization, config.n_envs)
+    if not (in_process and config.env_timeout_s == DEFAULT_ENV_TIMEOUT_S):  # the default: not kept
+        check_env_timeout_applies(config.vectorization, config.env_timeout_s, n_envs=config.n_envs)
 
 
 def check_env_timeout_applies(vectorization: Any, env_timeout_s: Optional[float], name: str = "env_timeout_s",
                               advice: str = "use vectorization 'async' (or 'auto' with n_envs > 1) for a time limit, "
-                                            "or env_timeout_s None for none") -> None:
-    """ValueError for an env timeout given with vectorization "sync": its envs run in this process, where a hung reset
-    or step cannot be stopped, and the limit was silently not kept. `advice`: what to do instead, in the caller's
-    terms."""
-    if not env_timeout_applies(vectorization, env_timeout_s):
+                                            "or env_timeout_s None for none", *, n_envs: Any,
+                              n_envs_name: str = "n_envs") -> None:
+    """ValueError for an env timeout given where the envs run in this process (vectorization "sync", or "auto" with
+    n_envs 1), where a hung reset or step cannot be stopped, and the limit was silently not kept. `advice`: what to do
+    instead, in the caller's terms; `n_envs_name`: the caller's name for n_envs."""
+    if env_timeout_applies(vectorization, env_timeout_s, n_envs=n_envs):
+        return
+    if vectorization == "sync":
         raise ValueError(f"{name} {env_timeout_s:g} cannot apply with vectorization 'sync': its envs run in this "
                          f"process, where a hung reset or step cannot be stopped; {advice}")
+    raise ValueError(f"{name} {env_timeout_s:g} cannot apply with {n_envs_name} 1 under vectorization 'auto': its "
+                     f"single env runs in this process, where a hung reset or step cannot be stopped; {advice}")
 
 
-def env_timeout_applies(vectorization: Any, env_timeout_s: Optional[float]) -> bool:
-    """Whether an env timeout can be kept: any with vectorization other than "sync"; with "sync", only none."""
-    return vectorization != "sync" or env_timeout_s is None
+def env_timeout_applies(vectorization: Any, env_timeout_s: Optional[float], *, n_envs: Any) -> bool:
+    """Whether an env timeout can be kept: any where the envs run in worker processes; where they run in this process
+    (envs_in_process), only none."""
+    return env_timeout_s is None or not envs_in_process(vectorization, n_envs)
 
 
 def without_unkept_env_timeout(config: RolloutConfig) -> RolloutConfig:
-    """`config` as an earlier version ran it: one started with vectorization "sync" and an env_timeout_s (the default,
-    or another taken then; neither kept) resumes with env_timeout_s None, which check_env_timeout_applies accepts."""
-    if env_timeout_applies(config.vectorization, config.env_timeout_s):
+    """`config` as an earlier version ran it: one started with its envs in this process (vectorization "sync", or
+    "auto" with n_envs 1) and an env_timeout_s (the default, or another taken then; neither kept) resumes with
+    env_timeout_s None, which check_env_timeout_applies accepts."""
+    if env_timeout_applies(config.vectorization, config.env_timeout_s, n_envs=config.n_envs):
         return config
     return dataclasses.replace(config, env_timeout_s=None)
 

@@ -23,7 +23,7 @@ from gymnasium.vector.async_vector_env import _async_worker  # noqa: E402
 from gymnasium.vector.utils import batch_space, create_empty_array  # noqa: E402
 
 from ..video import EpisodeVideoRecorder
-from .config import RolloutConfig
+from .config import RolloutConfig, envs_in_process
 from .envs import EnvFactory, env_factory
 from .multistep import MultiStepWrapper
 from .policy_io import HorizonSpec
@@ -71,7 +71,7 @@ def runs_in_process(config: RolloutConfig) -> bool:
     """Whether the envs run in this process: vectorization "sync", or "auto" with n_envs 1. Decided by the n_envs asked
     for, not the rows a run needs: a resume of one episode keeps its --env-timeout and its crash isolation (an n_envs
     0, auto, is given as vectorization "async" once resolved: suites.resolve_auto_n_envs)."""
-    return config.vectorization == "sync" or (config.vectorization == "auto" and config.n_envs == 1)
+    return envs_in_process(config.vectorization, config.n_envs)
 
 
 class BoundedAsyncVectorEnv(gym.vector.AsyncVectorEnv):
