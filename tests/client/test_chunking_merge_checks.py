@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from gr00t_client import ActionChunker, ActionError, BasePolicy, PolicyClient, PolicyWrapper
+from gr00t_client.chunking_merge import merge_overlap
 from serving import running_server
 
 
@@ -311,3 +312,86 @@ def test_a_merge_setting_without_asynchronous_is_refused_as_never_applied(served
         ActionChunker(client, **kwargs)
     assert str(error.value).startswith(named)
     ActionChunker(client, asynchronous=True, **kwargs).close()  # taken where it applies
+
+
+class ConstantPolicy(BasePolicy):
+    """Every step of every chunk is `value` in a 'g' key of `dtype`."""
+
+    def __init__(self, value, dtype):
+        super().__init__(strict=False)
+        self.value, self.dtype = value, dtype
+
+    def _get_action(self, observation, options=None):
+        return {"g": np.full((1, 8, 1), self.value, dtype=self.dtype)}, {}
+
+    def reset(self, options=None):
+        return {}
+
+
+def _merged_steps(policy, **chunker_kwargs):
+    """The 6 steps a served `policy` gives through an asynchronous chunker whose prefetch (sent at step 3) merges at
+    step 4."""
+    with running_server(policy) as server, PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client, \
+            ActionChunker(client, asynchronous=True, prefetch_steps=4, **chunker_kwargs) as chunker:
+        steps = []
+        for t in range(6):
+            if t == 4:
+                assert chunker.wait_for_prefetch(10)
+            step, info = chunker.get_action(obs(t))
+            steps.append(step["g"])
+            if t == 4:
+                assert info["merged_env_ids"] == [0]
+    return steps
+
+
+@pytest.mark.parametrize("merge", ["average", "weighted"])
+@pytest.mark.parametrize("value, dtype", [(2**63 - 1, np.int64), (-2**63, np.int64), (2**64 - 1, np.uint64),
+                                          (1733420000123456789, np.int64)])  # an int64 ns timestamp
+def test_average_and_weighted_merges_of_64_bit_int_steps_are_exact_not_wrapped(merge, value, dtype):
+    # They were computed in float64 and cast back: 2**63 - 1 wrapped to -2**63, 2**64 - 1 to 0, and the timestamp
+    # moved by 21 ns, with no error.
+    steps = _merged_steps(ConstantPolicy(value, dtype), merge=merge)
+    assert all(step.dtype == dtype and step.tolist() == [[value]] for step in steps)
+
+
+@pytest.mark.parametrize("merge, new_weight, expected", [
+    ("average", 0.7, [2**62 + 1, 2**62 - 1]),  # halves go to the newer value: up where it is larger, down where smaller
+    ("weighted", 0.7, [2**62 + 1, 2**62 - 1]),  # 0.7 * (2**62 + 1) + 0.3 * 2**62: 0.7 above 2**62, rounded up
+    ("weighted", 0.5, [2**62, 2**62]),  # a tie rounds to the even value, as np.rint
+])
+def test_average_and_weighted_merges_of_large_int_steps_round_as_documented(merge, new_weight, expected):
+    old = np.array([[2**62], [2**62]], np.int64)
+    new = np.array([[2**62 + 1], [2**62 - 1]], np.int64)
+    assert merge_overlap(old, new, merge, new_weight).tolist() == [[value] for value in expected]
+
+
+@pytest.mark.parametrize("dtype, factor, limit", [(np.float16, 70000.0, "65504"), (np.float32, 1e39, "3.40282e+38")])
+def test_a_merge_function_giving_floats_beyond_the_keys_float_range_is_refused_naming_the_values_and_range(
+        dtype, factor, limit):
+    # The finite float64 values were cast to inf and refused as "non-finite values (NaN or inf) from finite chunks".
+    def scaled(old, new):
+        return new.astype(np.float64) * factor
+
+    with pytest.raises(ActionError) as error:
+        _merged_steps(ConstantPolicy(1.0, dtype), merge=scaled)
+    message = str(error.value)
+    assert f"gave finite values up to {factor:g} in magnitude; expected values in [-{limit}, {limit}], the range of " \
+           f"the key's dtype {np.dtype(dtype).name}; the chunk was not used" in message
+    assert "non-finite" not in message
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"rtc_ramp_rate": Fraction(1, 10**400)}, "rtc_ramp_rate must be a finite number > 0 as a float (what the server "
+                                              "gets), got Fraction(1, 1000"),
+    ({"rtc_ramp_rate": 10**400}, "rtc_ramp_rate must be a real number within the float range (about 1.8e308), got one "
+                                 "too large for a float (int: "),
+    ({"new_weight": 10**400}, "new_weight must be a real number within the float range (about 1.8e308), got one too "
+                              "large for a float (int: "),
+])
+def test_rtc_ramp_rate_and_new_weight_are_validated_as_the_floats_stored(served, kwargs, message):
+    # Fraction(1, 10**400) passed "> 0" and was stored as 0.0 (the server refused ramp 0 at the first prefetch,
+    # mid-run); 10**400 passed "< inf" and float() then raised a bare OverflowError naming no parameter.
+    _policy, client = served
+    with pytest.raises(ValueError) as error:
+        ActionChunker(client, asynchronous=True, rtc_frozen_steps=2, merge="weighted", **kwargs)
+    assert str(error.value).startswith(message)

@@ -186,6 +186,38 @@ def test_a_missing_secret_key_file_is_named_by_its_path(keys, path):
         PolicyClient(server_public_key=keys["server.key"], client_secret_key=path)
 
 
+@pytest.mark.parametrize("wrap", [
+    lambda key: key + "_old.key", lambda key: key + "_copy.key_secret", lambda key: key + ",.key",
+    lambda key: key + "\\.key", lambda key: key[:20] + "_" + key[21:] + ".key",
+], ids=["KEY_old.key", "KEY_copy.key_secret", "KEY,.key", "KEY\\.key", "a mistyped character then .key"])
+def test_a_secret_key_with_a_stray_character_before_a_key_suffix_is_never_repeated_in_the_error(keys, wrap):
+    """The whole key was printed: only a key's z85 characters running up to '.key' were taken for a key."""
+    for _ in range(200):
+        secret = zmq.curve_keypair()[1].decode()
+        with pytest.raises(ValueError, match=r"^client_secret_key: a \d+-character value \(not shown\)") as info:
+            PolicyClient(server_public_key=keys["server.key"], client_secret_key=wrap(secret))
+        assert not any(secret[i:i + 15] in str(info.value) for i in range(26)), str(info.value)
+
+
+@pytest.mark.parametrize("path", ["secrets/gr00t-policy-client/robot-arm-left-gripper-01.key_secret",
+                                  "/run-secrets/gr00t/policy-client-robot-arm-left-gripper.key_secret",
+                                  "deploy/gr00t-policy-client-robot-arm-left-gripper-2024.key"])
+def test_a_missing_secret_key_file_whose_path_is_a_long_run_of_path_words_is_named_by_its_path(keys, path):
+    """Paths of 35 or more z85 characters (letters, digits, '-' and '/') before the suffix were hidden as 'a 64-character
+    value (not shown) ... it holds '_', which no z85 key has', the '_' being the one in '.key_secret'."""
+    with pytest.raises(ValueError) as info:
+        PolicyClient(server_public_key=keys["server.key"], client_secret_key=path)
+    assert str(info.value) == (f"client_secret_key: '{path}' is neither an existing certificate file nor a "
+                               "40-character z85 secret key")
+
+
+def test_a_hidden_secret_key_before_a_key_suffix_is_not_said_to_hold_the_suffixs_underscore(keys):
+    secret = zmq.curve_keypair()[1].decode()
+    with pytest.raises(ValueError) as info:
+        PolicyClient(server_public_key=keys["server.key"], client_secret_key=secret + ",.key_secret")
+    assert str(info.value).endswith("nor a 40-character z85 secret key; it holds ',', which no z85 key has")
+
+
 def test_the_servers_own_key_pair_as_the_client_key_is_refused_naming_the_mix_up(keys):
     """It connected to a server without authorized keys, and with them was told to authorize the server's own key."""
     with pytest.raises(ValueError, match=r"^client_secret_key is the server's own key pair \(its public key is "

@@ -16,7 +16,7 @@ import pytest
 import gr00t_client
 import gr00t_eval
 from gr00t_client import client as client_module
-from gr00t_client import chunking, codec, curve, frame_views, policy
+from gr00t_client import chunking, chunking_merge, codec, curve, frame_views, policy
 
 
 def _wire_decode_error_noting_npsave():
@@ -50,6 +50,7 @@ def _cases():
         policy.ObservationError("Observation key 'state.x' must have dtype float32; got float64"),
         policy.ActionError("Action key 'action.x' is missing"),
         chunking.PolicyPositionError("the policy reports current_step 16 for env row 0; expected 8"),
+        chunking_merge.MergeResultError("merge function returned shape (2, 3); expected (2, 4)"),
         policy.NonFiniteActionError("Action key 'action.x' has non-finite values", {"action.x": np.array([[np.nan]])},
                                     "action.x", [0]),
         batch.JobError("job 'reach': n_episodes must be at least 1", "reach"),

@@ -141,6 +141,28 @@ def test_a_server_that_restarts_with_another_curve_key_after_this_clients_keys_w
     assert reason is not None and "HandshakeError" in reason and "is not this server's key" in reason, reason
 
 
+def test_a_server_restarted_with_another_curve_key_after_the_keys_worked_is_not_reported_as_a_silent_dead_server(
+        tmp_path):
+    """Before the next task the run stopped with just 'did not answer a ping before task B', and ServerWatch said
+    'stopped answering ... and did not answer a ping either': the HandshakeError was dropped for a server that is up."""
+    old_public, old_secret = generate_certificates(tmp_path / "old", "server")
+    _, new_secret = generate_certificates(tmp_path / "new", "server")
+    port = free_port()
+    with PolicyClient("127.0.0.1", port, timeout_ms=3000, server_public_key=str(old_public)) as client:
+        with running_server(EchoPolicy(), port=port, curve_secret_key=str(old_secret)):
+            assert client.ping()
+        with running_server(EchoPolicy(), port=port, curve_secret_key=str(new_secret)):
+            before_task = unanswered_ping_reason(client, "task B")
+            with pytest.raises(ConnectionError) as failed:
+                client.reset()
+            after_request = ServerWatch(client).unreachable_reason(failed.value)
+    for reason in (before_task, after_request):
+        assert reason is not None and "(HandshakeError: handshake with the policy server" in reason, reason
+        assert "is not this server's key" in reason, reason
+        assert reason.endswith("): the server's key changed, or a forwarder's server is restarting"), reason
+    assert "did not answer a ping before task B (HandshakeError: " in before_task
+
+
 def test_a_request_refused_as_unauthorized_stops_the_run_with_the_servers_words():
     """An Unauthorized reply to reset was no timeout: every later episode was refused the same way, one by one."""
     with running_server(EchoPolicy(), api_token="rotated-token") as server:

@@ -888,14 +888,27 @@ def test_a_tuple_or_frozenset_map_key_in_a_result_is_refused_naming_it_and_servi
 def test_a_result_without_tuples_is_key_checked_without_the_python_walk(monkeypatch):
     """The key check walked every result in Python, naming each nested container's path: an info of 1,500 small
     records cost ~10x its whole encode, and such a get_action 7-16 ms instead of ~4 ms. A result holding no tuple or
-    set is now told clean by msgpack alone; one holding a tuple value is walked and passes."""
+    set is now told clean by msgpack alone; one holding a tuple key is walked to name it."""
     walked = []
     monkeypatch.setattr(messages, "_name_unsendable_key", lambda value, where: walked.append(where))
     info = {"steps": [{"t": index, "ok": True, "xy": [index, index], "a": np.zeros(3)} for index in range(1500)]}
     refuse_unsendable_keys(info, "info")
     assert walked == []
-    refuse_unsendable_keys({"shape": (1, 4, 3)}, "info")
+    refuse_unsendable_keys({"env": [{("cell", 0): 1.0}]}, "info")
     assert walked == ["info"]
+
+
+@pytest.mark.parametrize("info", [
+    {"steps": [{"t": index, "xy": (index, index), "tags": {"a"}} for index in range(1500)]},
+    {"shape": (1, 4, 3), "env": [{"tags": frozenset({"a"}), "pair": (np.zeros(2), b"frame")}]},
+], ids=["1,500 records with tuple and set values", "nested tuple values"])
+def test_a_result_with_tuple_values_only_is_key_checked_without_the_python_walk(monkeypatch, info):
+    """Any tuple value (an info's arr.shape) sent the whole result through the Python walk: an info of 1,500 records
+    with a tuple each cost 2.5 ms to check against 0.22 ms to encode, and get_action went from 3.5 to 7.1 ms."""
+    walked = []
+    monkeypatch.setattr(messages, "_name_unsendable_key", lambda value, where: walked.append(where))
+    refuse_unsendable_keys(info, "info")
+    assert walked == []
 
 
 def test_tuple_values_pass_the_key_check_and_a_tuple_key_in_a_dict_subclass_is_still_named():

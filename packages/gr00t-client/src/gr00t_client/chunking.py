@@ -70,6 +70,15 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
+def _as_float(name: str, value: Any) -> float:
+    """float(value) for a real parameter; ValueError naming it where the value is too large for a float (10**400)."""
+    try:
+        return float(value)
+    except OverflowError as exc:
+        raise ValueError(f"{name} must be a real number within the float range (about 1.8e308), got one too large for "
+                         f"a float ({type(value).__name__}: {exc})") from None
+
+
 def _wraps_client(policy: Any) -> bool:
     """Whether `policy` is a PolicyClient or wraps one through `.policy` (PolicyWrapper's attribute); a cycle ends it."""
     seen = set()
@@ -113,9 +122,10 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
         if not _is_real(new_weight):  # a str or None raised a bare TypeError from the comparison, naming nothing
             raise ValueError(f"new_weight must be a real number in [0, 1] (not a bool), got {new_weight!r} "
                              f"({type(new_weight).__name__})")
+        new_weight = _as_float("new_weight", new_weight)  # validated as stored: a Fraction's float may differ from it
         if not 0.0 <= new_weight <= 1.0:
             raise ValueError(f"new_weight must be in [0, 1], got {new_weight}")
-        default_weight = math.isclose(float(new_weight), 0.7, abs_tol=1e-6)  # float32's 0.7 (0.699999988) was refused
+        default_weight = math.isclose(new_weight, 0.7, abs_tol=1e-6)  # float32's 0.7 (0.699999988) was refused
         merging = ([f"merge={merge!r}"] if callable(merge) or merge != "newest" else []) + (
             [f"new_weight={new_weight!r}"] if not default_weight else [])
         if merging and not asynchronous:  # as rtc_frozen_steps and gr00t-eval's --chunk-merge: it was never applied
@@ -130,18 +140,22 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
                     f"rtc_frozen_steps must be an int >= 1 (this step + the steps executed while the policy runs), "
                     f"got {rtc_frozen_steps!r}"
                 )
-        if not (_is_real(rtc_ramp_rate) and 0.0 < rtc_ramp_rate < float("inf")):  # True passed, and the server refused it
+        if not _is_real(rtc_ramp_rate):  # True passed, and the server refused it
             raise ValueError(f"rtc_ramp_rate must be a finite number > 0, got {rtc_ramp_rate!r} "
                              f"({type(rtc_ramp_rate).__name__}); expected a real number, not a bool")
+        ramp_rate = _as_float("rtc_ramp_rate", rtc_ramp_rate)  # Fraction(1, 10**400) is > 0 but its float is 0.0
+        if not 0.0 < ramp_rate < float("inf"):
+            raise ValueError(f"rtc_ramp_rate must be a finite number > 0 as a float (what the server gets), got "
+                             f"{rtc_ramp_rate!r} ({type(rtc_ramp_rate).__name__}), {ramp_rate} as a float")
         self.policy = policy
         self.n_action_steps = None if n_action_steps is None else int(n_action_steps)
         self.per_env = per_env
         self.asynchronous = asynchronous
         self.prefetch_steps = None if prefetch_steps is None else int(prefetch_steps)
         self.merge = merge
-        self.new_weight = float(new_weight)  # a Fraction failed the first merge of an int key (no rint for it)
+        self.new_weight = new_weight  # a float: a Fraction failed the first merge of an int key (no rint for it)
         self.rtc_frozen_steps = None if rtc_frozen_steps is None else int(rtc_frozen_steps)
-        self.rtc_ramp_rate = float(rtc_ramp_rate)  # a Fraction failed the first prefetch (the wire has no Fraction)
+        self.rtc_ramp_rate = ramp_rate  # a float: a Fraction failed the first prefetch (the wire has no Fraction)
         self.stats = ChunkerStats()
         self._warned_one_step = False
         self._usable: Optional[int] = None  # steps of each chunk executed (the last chunk's horizon, n_action_steps)

@@ -38,7 +38,13 @@ def _as_key_dtype(key: str, merged: np.ndarray, dtype: np.dtype, merge: Any) -> 
             raise ActionError(f"merging the overlap of action key '{key}' ({merge!r}) gave values from {low} to "
                               f"{high}; expected values in [{info.min}, {info.max}], the range of the key's dtype "
                               f"{dtype}; the chunk was not used")
-    with np.errstate(over="ignore"):  # a float beyond the key's float range becomes inf, refused below as non-finite
+    if dtype.kind == "f" and merged.size and np.isfinite(merged).all():  # refused rather than cast to inf
+        largest, limit = float(np.abs(merged).max()), float(np.finfo(dtype).max)
+        if largest > limit:
+            raise ActionError(f"merging the overlap of action key '{key}' ({merge!r}) gave finite values up to "
+                              f"{largest:g} in magnitude; expected values in [-{limit:g}, {limit:g}], the range of the "
+                              f"key's dtype {dtype}; the chunk was not used")
+    with np.errstate(over="ignore"):
         return merged.astype(dtype, copy=False)
 
 

@@ -30,6 +30,8 @@ KeySource = Union[str, bytes, "os.PathLike[str]"]
 Z85_KEY_LENGTH = 40
 _Z85_ALPHABET = frozenset(z85.Z85CHARS)
 _Z85_TEXT = z85.Z85CHARS.decode("ascii")
+_Z85_SYMBOLS = frozenset(char for char in _Z85_TEXT if not char.isalnum() and char not in "-/.")  # rare in paths
+_KEY_LIKE_CHARACTERS = 8  # capitals and _Z85_SYMBOLS in 41 characters: a random key holds about 21, under 8 once in 250,000
 _SECRET_LIKE_LENGTH = 30  # z85 characters: a key with a few lost, or split by a space, still holds most of its secret
 _NO_DETAIL_FAILURES_TO_GIVE_UP = 2  # a connection dropped mid-handshake once may be chance; twice in a row is not
 
@@ -70,20 +72,22 @@ def _not_a_key(what: str, text: str, kind: str) -> ValueError:
     if len(raw) == Z85_KEY_LENGTH and all(byte in _Z85_ALPHABET for byte in raw):
         return ValueError(f"{what}: {shown} is not a valid z85 {kind}: a 5-character group decodes past 2**32 "
                           "(a mistyped character?); copy it again from the .key file")
-    strays = sorted({char for char in text if char not in _Z85_TEXT}) if hidden else []
+    stem, dot, suffix = text.rpartition(".")
+    typed = stem if dot and suffix in ("key", "key_secret") else text  # the '_' of '.key_secret' is no stray
+    strays = sorted({char for char in typed if char not in _Z85_TEXT}) if hidden else []
     held = f"; it holds {', '.join(map(repr, strays))}, which no z85 key has" if strays else ""
     return ValueError(f"{what}: {shown} is neither an existing certificate file nor a 40-character z85 {kind}{held}")
 
 
 def _may_hold_a_secret(text: str) -> bool:
     """Whether `text` may be a mistyped secret key, and so must never be shown: it holds about as many z85 characters
-    as a key, and is not a path: not a certificate file's name (a PATH.key or PATH.key_secret whose PATH does not end
-    in a key's 35 or more z85 characters) nor under an existing directory (a key's first '/'-part names none)."""
+    as a key, and is not a path: not a certificate file's name (a PATH.key or PATH.key_secret whose PATH holds no
+    key-like run, _holds_a_key_like_run) nor under an existing directory (a key's first '/'-part names none)."""
     if sum(char in _Z85_TEXT for char in text) < _SECRET_LIKE_LENGTH:
         return False
     stem, dot, suffix = text.rpartition(".")
     if dot and suffix in ("key", "key_secret") and not any(char.isspace() for char in text) \
-            and len(_trailing_z85_run(stem)) < Z85_KEY_LENGTH - 5:
+            and not _holds_a_key_like_run(stem):
         return False  # a missing key file, whose path is worth naming (not a whole key with a suffix typed after it)
     top, separator, _ = text.lstrip(os.sep).partition(os.sep)
     if not separator or top in ("", ".", ".."):
@@ -91,14 +95,16 @@ def _may_hold_a_secret(text: str) -> bool:
     return not os.path.isdir(os.sep + top if text.startswith(os.sep) else top)
 
 
-def _trailing_z85_run(text: str) -> str:
-    """The z85 characters that end `text`, closing quotes aside: a key typed after 'secret-key=', '$HOME/' or inside
-    quotes ends its text so ('/', '=', '-', '$' are z85 characters: a key's own '/' splits no path from it)."""
-    text = text.rstrip("\"'")
-    start = len(text)
-    while start and text[start - 1] in _Z85_TEXT:
-        start -= 1
-    return text[start:]
+def _holds_a_key_like_run(text: str) -> bool:
+    """Whether `text` holds a key's 40 characters, give or take one (a mistyped one, or a '_old' typed after them): 35
+    or more z85 characters in 41 in a row, 8 or more of them capitals or symbols other than '-', '/' and '.'. A key's
+    40 random characters hold about 21 of those, path words (lowercase, digits, '-', '/') hardly any."""
+    for start in range(max(1, len(text) - Z85_KEY_LENGTH)):
+        window = text[start:start + Z85_KEY_LENGTH + 1]
+        if sum(char in _Z85_TEXT for char in window) >= Z85_KEY_LENGTH - 5 \
+                and sum(char.isupper() or char in _Z85_SYMBOLS for char in window) >= _KEY_LIKE_CHARACTERS:
+            return True
+    return False
 
 
 def _unwrapped(text: str) -> str:

@@ -72,7 +72,16 @@ def unanswered_ping_reason(policy: Any, before: str) -> Optional[str]:
         return f"{_closed_here(address, error)}, before {before}"
     if refuses_this_client(error):
         return f"{_refusal(address, error)}, before {before}"
-    return f"{address} did not answer a ping before {before}" if alive is False else None
+    return f"{address} did not answer a ping before {before}{_closed_mid_handshake(error)}" if alive is False else None
+
+
+def _closed_mid_handshake(exc: Optional[BaseException]) -> str:
+    """For a CURVE handshake the server closed after this client's keys had worked: its text and the two likely causes
+    (a server restarted with another key looks so, as does a restarting forwarder's), which a bare 'did not answer'
+    hid; '' for any other failure."""
+    if not (isinstance(exc, HandshakeError) and exc.closed_after_keys_worked):
+        return ""
+    return f" ({type(exc).__name__}: {exc}): the server's key changed, or a forwarder's server is restarting"
 
 
 def _closed_here(address: str, exc: BaseException) -> str:
@@ -118,7 +127,8 @@ class ServerWatch:
         if refuses_this_client(ping_error):
             return _refusal(address, ping_error)
         if alive is False:
-            return f"{address} stopped answering ({type(exc).__name__}: {exc}) and did not answer a ping either"
+            return (f"{address} stopped answering ({type(exc).__name__}: {exc}) and did not answer a ping either"
+                    f"{_closed_mid_handshake(ping_error)}")
         if self.consecutive_timeouts >= self.max_consecutive_timeouts:
             return f"{address} answers pings but {self.consecutive_timeouts} requests in a row failed (last: {type(exc).__name__}: {exc})"
         logger.warning("policy request failed (%s) but the server answers pings; going on", exc)
