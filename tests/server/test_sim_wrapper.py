@@ -701,7 +701,10 @@ def test_a_wrapped_client_renames_only_the_keys_of_its_servers_previous_action_r
     rtc = {"previous_action": {"action.min": np.ones((2, 2, 3), np.float32)}, "overlap_steps": 1, "frozen_steps": 0}
     refusals = []
     for refusal in ["options['rtc']['previous_action']['min'] step 1 is below the statistic 'min'",
-                    "options['rtc']['previous_action']['bo'gus'] must be a float array; got 'min'"]:
+                    "options['rtc']['previous_action']['bo'gus'] must be a float array; got 'min'",
+                    # a list item no key can be (unhashable): renaming it raised TypeError in place of the refusal
+                    "options['rtc']['previous_action'] must have exactly the action keys ['min']; missing [], "
+                    "extra [{'min': 1}]"]:
         with running_server(RefusingPolicy(refusal)) as server:
             with PolicyClient(port=server.port, strict=False, timeout_ms=60000) as client:
                 with pytest.raises(PolicyServerError) as refused:
@@ -709,4 +712,93 @@ def test_a_wrapped_client_renames_only_the_keys_of_its_servers_previous_action_r
         refusals.append(str(refused.value))
     assert refusals == [
         "Server error: ValueError: options['rtc']['previous_action']['action.min'] step 1 is below the statistic 'min'",
-        "Server error: ValueError: options['rtc']['previous_action']['bo'gus'] must be a float array; got 'min'"]
+        "Server error: ValueError: options['rtc']['previous_action']['bo'gus'] must be a float array; got 'min'",
+        "Server error: ValueError: options['rtc']['previous_action'] must have exactly the action keys ['min']; "
+        "missing [], extra [{'min': 1}]"]
+
+
+def test_a_refused_rtc_previous_chunk_pickles_and_copies_with_its_keys(tiny_checkpoint):
+    """A PreviousActionError pickled (as Ray sends a task's error) or copied came back as "... must be a map with keys
+    None<its text>", its key, keys, missing and extra lost: the default rebuild passed its text as the detail."""
+    pytest.importorskip("torch")
+    import copy
+    import pickle
+
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+    from gr00t_server.policies.previous_action import PreviousActionError
+
+    observation = _flat_example(tiny_checkpoint, "libero_sim")
+    wrapper = Gr00tSimPolicyWrapper(Gr00tPolicy(tiny_checkpoint, "libero_sim", device="cpu"))
+    action, _ = wrapper.get_action(observation, {"seed": 0})
+    refusals = []
+    for previous in ({**action, "action.bogus": action["action.x"]},
+                     {**action, "action.yaw": action["action.yaw"][:1]}):
+        with pytest.raises(PreviousActionError) as refused:
+            wrapper.get_action(observation, {"seed": 0, "rtc": {"previous_action": previous, "overlap_steps": 8,
+                                                                 "frozen_steps": 4}})
+        refusals.append(refused.value)
+    for refusal in refusals:
+        for copied in (pickle.loads(pickle.dumps(refusal)), copy.copy(refusal), copy.deepcopy(refusal)):
+            assert type(copied) is PreviousActionError
+            assert str(copied) == str(refusal)
+            assert (copied.detail, copied.key, copied.keys, copied.missing, copied.extra) == (
+                refusal.detail, refusal.key, refusal.keys, refusal.missing, refusal.extra)
+    assert refusals[0].extra == ["action.bogus"] and refusals[1].key == "action.yaw"
+
+
+@pytest.mark.parametrize("wrapped", ["local policy", "client of a wrapper's server"])
+def test_a_ragged_rtc_previous_chunk_key_is_refused_naming_the_key_and_the_shape(tiny_checkpoint, wrapped):
+    """A ragged nested list as one previous_action key was refused with numpy's bare "setting an array element with a
+    sequence", naming neither options['rtc']['previous_action'], nor the key, nor the shape expected."""
+    pytest.importorskip("torch")
+    from gr00t_client import PolicyClient, PolicyServerError
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+    from serving import running_server
+
+    observation = _flat_example(tiny_checkpoint, "libero_sim")
+    wrapper = Gr00tSimPolicyWrapper(Gr00tPolicy(tiny_checkpoint, "libero_sim", device="cpu"))
+    action, _ = wrapper.get_action(observation, {"seed": 0})
+    ragged = [[[0.0]] * 16, [[0.0]] * 15]  # row 0 has 16 steps, row 1 has 15
+    options = {"seed": 0, "rtc": {"previous_action": {**action, "action.x": ragged}, "overlap_steps": 8,
+                                  "frozen_steps": 4}}
+    if wrapped == "local policy":
+        with pytest.raises(ValueError) as refused:
+            wrapper.get_action(observation, options)
+        text = str(refused.value)
+    else:
+        with running_server(wrapper) as server, PolicyClient(port=server.port, strict=False,
+                                                             timeout_ms=60000) as client:
+            with pytest.raises(PolicyServerError) as refused:
+                client.get_action(observation, options)
+        text = refused.value.server_message
+    assert text.endswith("options['rtc']['previous_action']['action.x'] must be a float array of shape (B=2, T, 1) "
+                         "with 1 <= T <= 16; got a ragged or non-numeric value"), text
+
+
+def test_a_wrapped_client_renames_the_keys_before_the_cut_of_a_previous_action_refusal_its_server_cut():
+    """A refusal longer than the server's 1,000-character error bound arrived cut ("... (N more characters)"), could
+    not be read back whole, and was passed on naming the expected key 'min' (the wrapper returns 'action.min') and the
+    extra keys without the 'action.' prefix the caller sent."""
+    from gr00t_client import PolicyClient, PolicyServerError
+    from serving import running_server
+
+    extra = [f"extra_key_number_{n:02d}" for n in range(60)]
+    previous = {f"action.{key}": np.ones((2, 2, 3), np.float32) for key in ["min", *extra]}
+    rtc = {"previous_action": previous, "overlap_steps": 1, "frozen_steps": 0}
+    texts = []
+    for refusal in [f"options['rtc']['previous_action'] must have exactly the action keys ['min']; missing [], "
+                    f"extra {extra}",
+                    "options['rtc']['previous_action']['min'] step 1 normalizes to " + "9" * 2000]:
+        with running_server(RefusingPolicy(refusal)) as server:
+            with PolicyClient(port=server.port, strict=False, timeout_ms=60000) as client:
+                with pytest.raises(PolicyServerError) as refused:
+                    Gr00tSimPolicyWrapper(client).get_action(flat(), {"rtc": rtc})
+        texts.append(refused.value.server_message)
+    listed, one_key = texts
+    assert listed.startswith("ValueError: options['rtc']['previous_action'] must have exactly the action keys "
+                             "['action.min']; missing [], extra ['action.extra_key_number_00', "), listed
+    whole = re.findall(r"'([^']*)', ", listed)  # the extra keys named whole before the cut
+    assert whole == [f"action.{key}" for key in extra[:len(whole)]] and len(whole) > 20, listed
+    assert re.search(r"\.\.\. \(\d+ more characters\)\Z", listed), listed
+    assert one_key.startswith("ValueError: options['rtc']['previous_action']['action.min'] step 1 normalizes to 999")
+    assert one_key.endswith("more characters)"), one_key

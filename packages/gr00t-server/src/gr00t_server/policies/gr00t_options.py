@@ -245,9 +245,12 @@ class Gr00tActionOptions:
         out: Dict[str, np.ndarray] = {}
         horizon: Optional[int] = None
         for key in keys:
-            array = np.asarray(previous[key])
             t_bound = f"T = {horizon}" if horizon is not None else f"1 <= T <= {action_config.horizon}"
             expected = f"a float array of shape (B={batch_size}, T, {dims[key]}) with {t_bound}"
+            try:
+                array = np.asarray(previous[key])
+            except (ValueError, TypeError):  # a ragged nested list: numpy's words name neither the key nor the shape
+                raise PreviousActionError(f" must be {expected}; got a ragged or non-numeric value", key=key) from None
             if (
                 array.dtype.kind != "f"
                 or array.ndim != 3

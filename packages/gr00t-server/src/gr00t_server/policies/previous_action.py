@@ -21,6 +21,9 @@ class PreviousActionError(ValueError):
         self.detail, self.key, self.keys, self.missing, self.extra = detail, key, keys, missing, extra
         super().__init__(self._text())
 
+    def __reduce__(self):  # pickled (a Ray task's error) or copied from its fields: ValueError's calls cls(*self.args)
+        return (_rebuilt, (type(self), self.detail, self.key, self.keys, self.missing, self.extra), self.__dict__)
+
     def rename_keys(self, expected: Callable[[Any], Any], sent: Callable[[Any], Any]) -> None:
         """Rename, in place, the expected and missing keys by `expected`, and the refused and extra ones (the keys the
         caller sent) by `sent`."""
@@ -38,6 +41,10 @@ class PreviousActionError(ValueError):
                     f"extra {self.extra}")
         return f"{PREVIOUS_ACTION} must be a map with keys {self.keys}{self.detail}"
 
+
+def _rebuilt(cls: type, detail: str, key: Optional[str], keys: Optional[List[Any]], missing: Optional[List[Any]],
+             extra: Optional[List[Any]]) -> PreviousActionError:
+    return cls(detail, key=key, keys=keys, missing=missing, extra=extra)
 
 
 def parsed_previous_action_error(message: str) -> Optional[PreviousActionError]:
@@ -62,6 +69,63 @@ def parsed_previous_action_error(message: str) -> Optional[PreviousActionError]:
             error = PreviousActionError(as_map.group(2), keys=keys)
     # a list holding "], extra [" could be split elsewhere: only a reading that words the message back is trusted
     return error if error is not None and str(error) == message else None
+
+
+# how a server's error bound (gr00t_server.serving.messages.bounded) ends a text it cut
+_CUT = re.compile(r"\.\.\. \(\d+ more characters\)\Z")
+# the words before each list of a refusal's keys, and how the wrapper renames that list: "expected" or "sent"
+_LISTS = {
+    " must have exactly the action keys [": [("expected", "]; missing ["), ("expected", "], extra ["), ("sent", "]")],
+    " must be a map with keys [": [("expected", "]")],
+}
+
+
+def renamed_cut_previous_action_error(message: str, expected: Callable[[Any], Any],
+                                      sent: Callable[[Any], Any]) -> Optional[str]:
+    """`message`, a previous_action refusal that a server's error bound cut ("... (N more characters)"), with the keys
+    it names whole before the cut renamed as rename_keys would (the rest, and the suffix, kept); None when it is not
+    one. The cut text cannot be read back whole (parsed_previous_action_error), yet its keys read as sent."""
+    cut = _CUT.search(message)
+    if cut is None or not message.startswith(PREVIOUS_ACTION):
+        return None
+    text, suffix = message[len(PREVIOUS_ACTION):cut.start()], message[cut.start():]
+    one_key = re.match(r"\['([^']*)'\]", text)
+    if one_key is not None:
+        return f"{PREVIOUS_ACTION}['{sent(one_key.group(1))}']{text[one_key.end():]}{suffix}"
+    opening = next((words for words in _LISTS if text.startswith(words)), None)
+    if opening is None:
+        return None
+    renamers = {"expected": expected, "sent": sent}
+    out, at = [PREVIOUS_ACTION, opening], len(opening)
+    for renamer, closing in _LISTS[opening]:
+        while not text.startswith(closing, at):
+            item_end = _item_end(text, at)
+            if item_end is None:  # the cut fell in this item (or in the words after it): kept as it is
+                return "".join(out) + text[at:] + suffix
+            out.append(repr(renamers[renamer](ast.literal_eval(text[at:item_end]))))
+            at = item_end
+            if text.startswith(", ", at):
+                out.append(", ")
+                at += 2
+            elif not text.startswith(closing, at):
+                return "".join(out) + text[at:] + suffix
+        out.append(closing)
+        at += len(closing)
+    return "".join(out) + text[at:] + suffix
+
+
+def _item_end(text: str, start: int) -> Optional[int]:
+    """Where the list item at `start` of `text` ends: the first ", " or "]" after which the text before reads as a
+    key that words itself back exactly (a quoted key may hold either), or None when the item is not whole."""
+    for end in (at for at in range(start + 1, len(text)) if text.startswith((", ", "]"), at)):
+        try:
+            value = ast.literal_eval(text[start:end])
+            hash(value)  # a key: a list or dict read here is none
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            continue
+        if repr(value) == text[start:end]:
+            return end
+    return None
 
 
 def _listed(text: str) -> Optional[List[Any]]:

@@ -12,7 +12,7 @@ from gr00t_client.flat import (LEGACY_LANGUAGE_KEY, flat_observation_keys, langu
 from gr00t_client.modality import ModalityConfig
 from gr00t_client.policy import BasePolicy, ObservationError, PolicyWrapper, are_rows_checked, rows_checked
 
-from .previous_action import PreviousActionError, parsed_previous_action_error
+from .previous_action import PreviousActionError, parsed_previous_action_error, renamed_cut_previous_action_error
 
 
 class Gr00tSimPolicyWrapper(PolicyWrapper):
@@ -26,7 +26,8 @@ class Gr00tSimPolicyWrapper(PolicyWrapper):
     Options (including the server's `_session_id`) are forwarded untouched, except that RTC `previous_action` keys
     spelled `action.<key>` lose the prefix, and the wrapped policy's refusals of them name each key as it was sent
     (the keys expected or missing `action.<key>`). A wrapped PolicyClient's refusals from its server are reworded
-    alike, keeping their class, where their keys read back from the text without doubt.
+    alike, keeping their class, where their keys read back from the text without doubt (before the cut, where the
+    server cut a long one).
     """
 
     observation_format = "flat"  # reported by get_server_info, so a client picks the form by it, not by a class name
@@ -129,7 +130,10 @@ class Gr00tSimPolicyWrapper(PolicyWrapper):
             self._name_flat_keys(exc, observation or {})
             raise
         except PolicyServerError as exc:  # a PolicyClient wrapped: its server's refusal, reworded keeping its class
-            self._name_flat_keys_remote(exc, observation or {}, options)
+            try:
+                self._name_flat_keys_remote(exc, observation or {}, options)
+            except Exception:  # noqa: BLE001 - a server's text it could not read: passed on as it came
+                pass
             raise
         except PreviousActionError as exc:  # its keys were handed on without the prefix
             exc.rename_keys(*_previous_action_names(options))
@@ -157,6 +161,9 @@ class Gr00tSimPolicyWrapper(PolicyWrapper):
         elif remote_type == "ValueError" and (refusal := parsed_previous_action_error(message)) is not None:
             refusal.rename_keys(*_previous_action_names(options))  # left as sent unless its keys read back surely
             message = str(refusal)
+        elif remote_type == "ValueError" and (cut := renamed_cut_previous_action_error(
+                message, *_previous_action_names(options))) is not None:  # the server's bound cut it: read to the cut
+            message = cut
         else:
             return
         exc.server_message = f"{remote_type}: {message}"
