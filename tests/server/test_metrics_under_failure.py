@@ -64,6 +64,21 @@ def test_active_clients_counts_clients_of_a_server_that_does_not_batch():
                 client.close()
 
 
+def test_active_clients_counts_clients_whose_get_action_was_refused_on_arrival():
+    """Three robots sending NaN states read as 0 active clients: a client was noted only once its get_action passed
+    the limit checks and the queue budgets."""
+    with running_server(FaultyPolicy(), metrics_port=0) as server:
+        clients = [PolicyClient(port=server.port, timeout_ms=5000) for _ in range(3)]
+        try:
+            for client in clients:
+                with pytest.raises(PolicyServerError, match="non-finite"):
+                    client.get_action({"state": {"x": np.full((1, 1, 1), np.nan, np.float32)}})
+            assert scrape(server)[("gr00t_active_clients", ())] == 3
+        finally:
+            for client in clients:
+                client.close()
+
+
 def test_every_policy_call_that_ran_is_counted_whatever_it_returned():
     policy = FaultyPolicy()
     with running_server(policy, metrics_port=0, inline_below_ms=0) as server:

@@ -120,6 +120,31 @@ def test_a_replaced_get_action_counts_its_policy_calls_in_the_batch_size_histogr
     assert samples[("gr00t_batch_size_count", ())] == 3
 
 
+def test_a_replaced_get_action_returning_a_bare_action_counts_every_stage():
+    """A handler returning the action alone (no [action, info] pair) was answered and counted a policy call, but none
+    of its stages reached gr00t_request_stage_seconds: the histograms read no traffic while the server served."""
+    policy = NapPolicy()
+    with running_server(policy, metrics_port=0) as server, PolicyClient(port=server.port) as client:
+        server.register_endpoint("get_action",
+                                 lambda observation=None, options=None: policy.get_action(observation)[0])
+        for _ in range(3):
+            client.call_endpoint("get_action", {"observation": observation()})
+        samples = scrape_settled(server, 3)
+    assert requests_count(samples, "get_action", "ok") == 3
+    for stage in ("decode", "queue_wait", "policy", "encode"):
+        assert stage_count(samples, stage) == 3, stage
+
+
+@pytest.mark.parametrize("name", ["other", "undecoded"])
+def test_an_endpoint_cannot_take_a_name_the_metrics_reserve(name):
+    """A registered 'other' was counted under one label with the unknown endpoint names clients sent (and
+    'undecoded' with the requests whose name could not be read): neither count could be told apart."""
+    server = PolicyServer(NapPolicy(), host="127.0.0.1", port=0)
+    with pytest.raises(ValueError, match=f"endpoint name '{name}' is reserved: .*'other' and 'undecoded'"):
+        server.register_endpoint(name, lambda: {"fine": True}, requires_input=False)
+    assert name not in server.endpoints
+
+
 def test_queue_depth_is_read_while_the_policy_is_busy():
     policy = NapPolicy(nap_s=1.0)
     with running_server(policy, metrics_port=0) as server:

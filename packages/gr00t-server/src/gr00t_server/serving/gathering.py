@@ -39,7 +39,8 @@ class Gathering:
         self.pending: List[Request] = []  # batchable get_action requests gathered, not yet handed to the worker
         self._turns = batching.Turns(_connection_of)  # connections with requests gathered take turns to join a batch
         self.active_clients: Dict[str, float] = {}  # session -> when its last get_action was gathered
-        # session -> when its last get_action was admitted, batched or not (the gr00t_active_clients gauge)
+        # session -> when its last get_action was decoded, refused, batched or not (the gr00t_active_clients gauge; no
+        # round waits on it: gathering waits for active_clients, so a refused client holds up no batch)
         self.clients_seen: Dict[str, float] = {}
         self._clients_seen_prune_at = 256
         self._cut_round: Optional[Tuple[float, Set[str]]] = None  # (round start, clients missing) of a round cut short
@@ -157,8 +158,8 @@ class Gathering:
             self._clients_seen_prune_at = max(256, 2 * len(self.clients_seen))
 
     def active_client_count(self) -> int:
-        """Clients that sent get_action within the last ACTIVE_CLIENT_WINDOW_S, batched or not (read from another
-        thread by the metrics gauge)."""
+        """Clients that sent get_action within the last ACTIVE_CLIENT_WINDOW_S, refused, batched or not (read from
+        another thread by the metrics gauge)."""
         cutoff = time.monotonic() - ACTIVE_CLIENT_WINDOW_S
         return sum(1 for last in list(self.clients_seen.values()) if last >= cutoff)
 

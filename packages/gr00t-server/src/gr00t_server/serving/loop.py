@@ -56,6 +56,10 @@ DEFAULT_CLIENT_QUEUED_BYTES = 16 * 1024 * 1024
 RECEIVE_BURST = 64  # messages taken off the socket per loop turn before replies and dispatch get a turn
 # Messages from this size are held to the byte budgets before they are decoded (smaller ones, pings among them, after)
 PRECHECK_MIN_BYTES = 1024 * 1024
+# A reply sent this soon after its request's deadline still reaches a waiting client: ours sends its timeout cut to
+# whole ms and polls in whole ms rounded up (up to 1 ms each), so it takes a reply a little past the deadline the
+# server worked out. Only a reply that went out later than this is counted `late`.
+LATE_GRACE_S = 0.005
 
 
 class RequestLoop(Gathering):
@@ -162,6 +166,8 @@ class RequestLoop(Gathering):
         if request.endpoint in INLINE_ENDPOINTS and server.is_built_in(request.endpoint):
             self._reply_now(request)
             return
+        if request.endpoint == "get_action":
+            self._note_client(request)  # refused below or not: the gauge counts clients asking, not ones served
         try:
             if request.endpoint not in server._endpoints:
                 raise unknown_endpoint(request.endpoint, server.endpoints)
@@ -178,8 +184,6 @@ class RequestLoop(Gathering):
         except BaseException as exc:  # a policy's SystemExit in its token counter too: answered, serving goes on
             self.reply_error(request, exc)
             return
-        if request.endpoint == "get_action":
-            self._note_client(request)
         shape = batching.batch_shape(request.data) if request.endpoint == "get_action" and server.batching_enabled else None
         if shape is not None:
             self._note_straggler(request)
@@ -379,8 +383,9 @@ class RequestLoop(Gathering):
     def _send(self, request: Request, frames: List[Any]) -> None:
         self._release_admission(request)
         transport = self._server._transport
+        sent_at = time.monotonic()  # judged as it goes out: a slow send is no reason to call it late
         delivered = transport.send(request.routing, frames, request.peer) if transport is not None else True
-        if request.outcome == "ok" and request.expired():
+        if request.outcome == "ok" and request.expired(sent_at - LATE_GRACE_S):
             request.outcome = "late"  # its client had given up: the work was for nobody, not a success
             self._server.stats.add("late")
         elif request.outcome == "ok" and not delivered:

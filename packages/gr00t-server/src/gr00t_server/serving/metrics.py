@@ -30,6 +30,8 @@ METRICS_CLOSE_WAIT_S = 1.0  # close() waits this long in all for the threads of 
 # Stages of a request that server_timing reports (ms); the histograms take them in seconds.
 STAGES = ("decode", "queue_wait", "policy", "preprocess", "model", "postprocess", "encode")
 OTHER_ENDPOINT = "other"  # label of endpoints the server does not know (their names come from clients)
+# Labels no registered endpoint may take: its counts would merge with unknown names' or unreadable requests'
+RESERVED_ENDPOINT_LABELS = (OTHER_ENDPOINT, UNDECODED_ENDPOINT)
 _STAGE_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 

@@ -49,7 +49,7 @@ class ReplyFrames:
         stats, metrics = self._server.stats, self._server._metrics
         timing: Optional[Dict[str, Any]] = None  # every get_action's stages (metrics); in the reply when asked for
         wants_timing = False
-        if request.endpoint == "get_action" and isinstance(result, list) and len(result) == 2:
+        if request.endpoint == "get_action":  # a replaced one's bare action too: only the reply's timing needs info
             if policy_started is None:
                 policy_started = time.monotonic() - policy_ms / 1000.0
             timing = {
@@ -60,7 +60,8 @@ class ReplyFrames:
                 "batch_rows": batch_rows,
                 **request.timing,
             }
-            wants_timing = request.wants_timing and isinstance(result[1], dict)  # checked when it came (_route)
+            wants_timing = (request.wants_timing and isinstance(result, list) and len(result) == 2  # asked: _route
+                            and isinstance(result[1], dict))
         started = time.monotonic()
         try:
             # msgpack packs a tuple map key as an array without complaint: the client could decode none of the reply

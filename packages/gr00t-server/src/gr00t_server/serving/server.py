@@ -31,7 +31,7 @@ from .loop import (  # noqa: F401
     RequestLoop,
 )
 from .messages import Request, RequestError, token_shape_problem
-from .metrics import NullMetrics, ServerMetrics, reachable_host
+from .metrics import RESERVED_ENDPOINT_LABELS, NullMetrics, ServerMetrics, reachable_host
 from .sessions import SessionTable, policy_session_limit
 from .stats import ServerStats
 from ..curve import CurveServerConfig
@@ -232,6 +232,9 @@ class PolicyServer(BuiltinEndpoints):
         """
         if not isinstance(name, str) or not name:
             raise ValueError(f"endpoint name must be a non-empty str, got {name!r}")
+        if name in RESERVED_ENDPOINT_LABELS:
+            raise ValueError(f"endpoint name {name!r} is reserved: the metrics count unknown endpoints and unreadable "
+                             f"requests under {' and '.join(map(repr, RESERVED_ENDPOINT_LABELS))}; choose another name")
         self._endpoints[name] = Endpoint(name, handler, requires_input)
 
     @property
