@@ -58,7 +58,8 @@ RECEIVE_BURST = 64  # messages taken off the socket per loop turn before replies
 PRECHECK_MIN_BYTES = 1024 * 1024
 # A reply sent this soon after its request's deadline still reaches a waiting client: ours sends its timeout cut to
 # whole ms and polls in whole ms rounded up (up to 1 ms each), so it takes a reply a little past the deadline the
-# server worked out. Only a reply that went out later than this is counted `late`.
+# server worked out. Only a reply delivered later than this, or than half the client's whole timeout if less (a 1 ms
+# client takes nothing 5 ms late), is counted `late`; one that found its client gone is late from the deadline on.
 LATE_GRACE_S = 0.005
 
 
@@ -385,7 +386,9 @@ class RequestLoop(Gathering):
         transport = self._server._transport
         sent_at = time.monotonic()  # judged as it goes out: a slow send is no reason to call it late
         delivered = transport.send(request.routing, frames, request.peer) if transport is not None else True
-        if request.outcome == "ok" and request.expired(sent_at - LATE_GRACE_S):
+        whole = request.whole_timeout_s
+        grace = 0.0 if not delivered or whole is None else min(LATE_GRACE_S, whole / 2)
+        if request.outcome == "ok" and request.expired(sent_at - grace):
             request.outcome = "late"  # its client had given up: the work was for nobody, not a success
             self._server.stats.add("late")
         elif request.outcome == "ok" and not delivered:

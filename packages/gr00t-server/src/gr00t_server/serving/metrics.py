@@ -91,8 +91,8 @@ class ServerMetrics(NullMetrics):
         self.registry = prometheus.CollectorRegistry()
         self._endpoints = endpoints
         self._requests = prometheus.Counter(
-            "gr00t_requests", "Requests answered, by endpoint and outcome (ok, late: served after the client's deadline, "
-            "undelivered: its client's connection was gone or not reading, error, refused, expired, internal_error)",
+            "gr00t_requests", "Requests answered, by endpoint and outcome (ok, late: served after the client's deadline "
+            "(a few ms of grace), undelivered: its client's connection was gone or not reading, error, refused, expired, internal_error)",
             ["endpoint", "outcome"], registry=self.registry,
         )
         self._stages = prometheus.Histogram(
