@@ -218,6 +218,52 @@ def test_a_hidden_secret_key_before_a_key_suffix_is_not_said_to_hold_the_suffixs
     assert str(info.value).endswith("nor a 40-character z85 secret key; it holds ',', which no z85 key has")
 
 
+@pytest.mark.parametrize("wrap", [
+    lambda key: "keys/" + key + "_old.key_secret", lambda key: "~/" + key + "_x.key_secret",
+    lambda key: "keys/" + key + ".key", lambda key: "{dir}/keys/" + key,
+], ids=["keys/KEY_old.key_secret", "~/KEY_x.key_secret", "keys/KEY.key", "an absolute folder then KEY"])
+def test_a_secret_key_under_an_existing_folder_is_never_repeated_in_the_error(keys, wrap, monkeypatch):
+    """The whole key was printed: a value whose first folder exists was taken for a path even when it held a key."""
+    (keys["dir"] / "keys").mkdir()
+    monkeypatch.chdir(keys["dir"])
+    monkeypatch.setenv("HOME", str(keys["dir"] / "keys"))
+    for _ in range(200):
+        secret = zmq.curve_keypair()[1].decode()
+        with pytest.raises(ValueError, match=r"^client_secret_key: a \d+-character value \(not shown\)") as info:
+            value = wrap(secret).replace("{dir}", str(keys["dir"]))
+            PolicyClient(server_public_key=keys["server.key"], client_secret_key=value)
+        assert not any(secret[i:i + 15] in str(info.value) for i in range(26)), str(info.value)
+        assert "(not shown) whose deepest existing folder is '" in str(info.value)
+
+
+@pytest.mark.parametrize("folder, name", [("Volumes/USB/Keys", "RobotArmLeft_2024-05.key_secret"),
+                                          ("Users/JohnSmith/Keys", "RobotArmLeftGripper.key_secret")])
+def test_a_missing_key_file_hidden_as_key_like_is_described_by_its_deepest_existing_folder(keys, folder, name):
+    """A CamelCase path was told only as 'a 49-character value (not shown) ...; it holds '_'': no way to see where
+    the file was looked for. Its existing folders are no secret; the name below them may be one."""
+    existing = keys["dir"] / folder
+    existing.mkdir(parents=True)
+    path = f"{existing}/Missing/{name}"
+    with pytest.raises(ValueError) as info:
+        PolicyClient(server_public_key=keys["server.key"], client_secret_key=path)
+    assert str(info.value) == (
+        f"client_secret_key: a {len(path)}-character value (not shown) whose deepest existing folder is '{existing}' "
+        "(what follows it may hold a key, so it is not shown) is neither an existing certificate file nor a "
+        "40-character z85 secret key" + ("; it holds '_', which no z85 key has" if "_" in name[:-11] else ""))
+
+
+def test_the_stray_character_hint_of_a_hidden_path_counts_only_the_part_below_its_deepest_existing_folder(keys):
+    """'it holds '_'' was said of '_'s in the path's existing folders, which no key typed there holds."""
+    existing = keys["dir"] / "robot_keys" / "Lab_B"
+    existing.mkdir(parents=True)
+    secret = zmq.curve_keypair()[1].decode().replace("/", "x")  # one file name below the existing folder
+    with pytest.raises(ValueError) as info:
+        PolicyClient(server_public_key=keys["server.key"], client_secret_key=f"{existing}/{secret}.key_secret")
+    assert str(info.value).endswith(f"whose deepest existing folder is '{existing}' (what follows it may hold a key, "
+                                    "so it is not shown) is neither an existing certificate file nor a 40-character "
+                                    "z85 secret key")
+
+
 def test_the_servers_own_key_pair_as_the_client_key_is_refused_naming_the_mix_up(keys):
     """It connected to a server without authorized keys, and with them was told to authorize the server's own key."""
     with pytest.raises(ValueError, match=r"^client_secret_key is the server's own key pair \(its public key is "

@@ -99,6 +99,22 @@ def test_one_env_under_auto_vectorization_takes_no_env_timeout_or_the_default_on
     assert run_rollout_of(ConstantPolicy(), config(vectorization="auto")).n_errors == 0
 
 
+@pytest.mark.parametrize("vectorization", ["auto", "sync"])
+def test_a_python_api_run_with_its_env_in_this_process_records_no_env_timeout(tmp_path, vectorization):
+    """run_suite with RolloutConfig(n_envs=1) recorded env_timeout_s 600 (the default, not kept: its env runs in this
+    process), where the CLI's results record None."""
+    from gr00t_client import PolicyClient
+    from gr00t_eval import write_results
+
+    from eval.scale_fixtures import policy_server
+
+    with policy_server() as server, PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client:
+        results = run_suite(client, ENV, config(n_episodes=1, vectorization=vectorization))
+    assert results["status"] == "complete" and results["config"]["env_timeout_s"] is None
+    written = json.loads(write_results(tmp_path / "results.json", results).read_text())
+    assert written["config"]["env_timeout_s"] is None and written["config"]["vectorization"] == vectorization
+
+
 def test_sync_vectorization_takes_no_env_timeout_or_the_default_one():
     assert run_rollout_of(ConstantPolicy(), config(env_timeout_s=None)).n_errors == 0
     assert run_rollout_of(ConstantPolicy(), config()).n_errors == 0

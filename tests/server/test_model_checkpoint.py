@@ -229,6 +229,29 @@ def test_make_test_checkpoint_never_writes_over_a_folder_it_did_not_make(tmp_pat
     assert json.loads((real / TEST_CHECKPOINT_MARKER).read_text())["complete"]
 
 
+@pytest.mark.parametrize("blank", ["", "  "], ids=["empty", "spaces"])
+def test_make_test_checkpoint_refuses_a_blank_out_dir_and_leaves_the_current_folder_alone(tmp_path, monkeypatch, blank):
+    """make_test_checkpoint(os.environ.get("CKPT", ""), overwrite=True) emptied the current folder: Path("") is '.'."""
+    from gr00t_server.test_checkpoint import make_test_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("precious\n")
+    with pytest.raises(ValueError, match=r"^make_test_checkpoint: out_dir is empty .*an unset variable\? Expected the "
+                                         r"folder to write the checkpoint into \(use '\.' for the current one\)"):
+        make_test_checkpoint(blank, overwrite=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_make_test_checkpoint_refuses_a_blank_dataset_path_naming_it(tmp_path, monkeypatch):
+    from gr00t_server.test_checkpoint import make_test_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"^make_test_checkpoint: dataset_path is empty .*Expected a recorded LeRobot "
+                                         r"dataset directory"):
+        make_test_checkpoint(tmp_path / "ckpt", dataset_path=" ")
+    assert not (tmp_path / "ckpt").exists()
+
+
 def test_a_test_checkpoint_loads_beside_its_marker(tmp_path):
     from gr00t_server.policies.gr00t_policy import Gr00tPolicy
     from gr00t_server.test_checkpoint import example_observation, make_test_checkpoint

@@ -72,8 +72,12 @@ def _not_a_key(what: str, text: str, kind: str) -> ValueError:
     if len(raw) == Z85_KEY_LENGTH and all(byte in _Z85_ALPHABET for byte in raw):
         return ValueError(f"{what}: {shown} is not a valid z85 {kind}: a 5-character group decodes past 2**32 "
                           "(a mistyped character?); copy it again from the .key file")
-    stem, dot, suffix = text.rpartition(".")
-    typed = stem if dot and suffix in ("key", "key_secret") else text  # the '_' of '.key_secret' is no stray
+    typed = text
+    if hidden and (os.sep in text or (os.altsep and os.altsep in text)):  # named by its folder, never by its name
+        folder, typed = _deepest_existing_folder(text)
+        shown += f" whose deepest existing folder is {folder!r} (what follows it may hold a key, so it is not shown)"
+    stem, dot, suffix = typed.rpartition(".")
+    typed = stem if dot and suffix in ("key", "key_secret") else typed  # the '_' of '.key_secret' is no stray
     strays = sorted({char for char in typed if char not in _Z85_TEXT}) if hidden else []
     held = f"; it holds {', '.join(map(repr, strays))}, which no z85 key has" if strays else ""
     return ValueError(f"{what}: {shown} is neither an existing certificate file nor a 40-character z85 {kind}{held}")
@@ -81,18 +85,31 @@ def _not_a_key(what: str, text: str, kind: str) -> ValueError:
 
 def _may_hold_a_secret(text: str) -> bool:
     """Whether `text` may be a mistyped secret key, and so must never be shown: it holds about as many z85 characters
-    as a key, and is not a path: not a certificate file's name (a PATH.key or PATH.key_secret whose PATH holds no
-    key-like run, _holds_a_key_like_run) nor under an existing directory (a key's first '/'-part names none)."""
+    as a key, and either holds a key-like run (_holds_a_key_like_run), whatever folder it starts with, or is not a
+    path: not a certificate file's name (PATH.key or PATH.key_secret) nor under an existing directory (a key's first
+    '/'-part names none)."""
     if sum(char in _Z85_TEXT for char in text) < _SECRET_LIKE_LENGTH:
         return False
+    if _holds_a_key_like_run(text):
+        return True  # 'keys/<KEY>_old.key_secret' starts with an existing folder and still holds the key
     stem, dot, suffix = text.rpartition(".")
-    if dot and suffix in ("key", "key_secret") and not any(char.isspace() for char in text) \
-            and not _holds_a_key_like_run(stem):
+    if dot and suffix in ("key", "key_secret") and not any(char.isspace() for char in text):
         return False  # a missing key file, whose path is worth naming (not a whole key with a suffix typed after it)
     top, separator, _ = text.lstrip(os.sep).partition(os.sep)
     if not separator or top in ("", ".", ".."):
         return True
     return not os.path.isdir(os.sep + top if text.startswith(os.sep) else top)
+
+
+def _deepest_existing_folder(path: str) -> Tuple[str, str]:
+    """The deepest existing directory among `path`'s parents ('.' where none of a relative path's is), and the rest of
+    `path` below it. A directory on disk is no secret; the components below it may be a key."""
+    folder = os.path.dirname(path)
+    while folder and not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    if not folder or not os.path.isdir(folder):
+        return ".", path
+    return folder, path[len(folder):].lstrip(os.sep + (os.altsep or ""))
 
 
 def _holds_a_key_like_run(text: str) -> bool:

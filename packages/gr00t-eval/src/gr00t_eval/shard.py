@@ -21,7 +21,8 @@ from .applied_settings import settings_not_applied
 from .extras import require
 from .metrics import EpisodeOutcome
 from .policy_identity import check_serves_env_embodiments, describe, policy_record, same_policy
-from .rollout.config import RolloutConfig, check_policy, check_rollout_config, draw_base_seed, simulator_extras
+from .rollout.config import (RolloutConfig, check_policy, check_rollout_config, draw_base_seed, simulator_extras,
+                             without_unkept_env_timeout)
 from .rollout.replay_plan import check_replay_horizon
 from .suites import (INCOMPLETE, Task, TaskRun, outcome_from_json, resolve_auto_n_envs, resolve_tasks, run_tasks,
                      suite_results)
@@ -391,6 +392,7 @@ def run_suite(policy: BasePolicy, env_spec: str, config: RolloutConfig, shard: O
     """
     check_policy(policy)
     check_rollout_config(config, auto_n_envs=True)
+    config = without_unkept_env_timeout(config)  # envs in this process keep no default timeout: recorded as None
     config = resolve_shard_n_envs(config, shard)
     if config.first_episode != 0:  # the plan, shards, merge and resume all count each task's episodes from 0
         raise ValueError(f"run_suite runs each task's episodes 0 .. n_episodes - 1 and takes a slice only with shard=; "

@@ -345,6 +345,14 @@ def make_test_checkpoint(
     `seed` (0 to 2**32 - 1) seeds the weights. `out_dir` must be new, empty, or hold an earlier test checkpoint
     (whose files are replaced); anything else is refused with FileExistsError unless `overwrite` empties it.
     """
+    # a blank one (os.environ.get("CKPT", "")) is the current folder to Path(): overwrite=True emptied it
+    if not str(out_dir).strip():
+        raise ValueError(f"make_test_checkpoint: out_dir is empty ({str(out_dir)!r}): an unset variable? Expected the "
+                         "folder to write the checkpoint into (use '.' for the current one)")
+    if dataset_path is not None and not str(dataset_path).strip():
+        raise ValueError(f"make_test_checkpoint: dataset_path is empty ({str(dataset_path)!r}): an unset variable? "
+                         "Expected a recorded LeRobot dataset directory (use '.' for the current one, or None for "
+                         "`embodiment`'s keys or the default key sets)")
     if size not in ("tiny", "small"):
         raise ValueError(f"unknown test checkpoint size {size!r}; expected one of ['small', 'tiny']")
     if not 0 <= seed < 2**32:  # torch.manual_seed keeps 32 bits: seeds 2**32 apart would write the same weights

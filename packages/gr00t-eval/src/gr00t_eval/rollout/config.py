@@ -85,8 +85,9 @@ class RolloutConfig:
     # Seconds an env in a subprocess may take for its construction or one reset or step before the run stops (a hung
     # simulator); None: wait for ever. Envs run in-process (vectorization "sync", or "auto" with n_envs 1) cannot be
     # timed out: there, this default is taken as none (it stays the same under dataclasses.replace whatever the
-    # vectorization) and any other value is refused, as the CLI and batch jobs refuse it. Workers whose close() has not
-    # returned that long after the last episode are given up on (async workers killed).
+    # vectorization; run_suite and run_rollout run and record it as None) and any other value is refused, as the CLI
+    # and batch jobs refuse it. Workers whose close() has not returned that long after the last episode are given up
+    # on (async workers killed).
     env_timeout_s: Optional[float] = DEFAULT_ENV_TIMEOUT_S
 
     def __post_init__(self) -> None:

@@ -40,6 +40,7 @@ from ..metrics import ERROR_REASON_CHARS, EpisodeOutcome
 from ..policy_identity import ServedPolicyChanged, check_serves_env_embodiments, pinned_policy, policy_record
 from ..run_stop import check_output_folders
 from .config import RolloutConfig, check_policy, check_rollout_config, draw_base_seed  # noqa: F401 - draw_base_seed re-exported
+from .config import without_unkept_env_timeout
 from .liveness import PolicyServerUnreachableError, ServerWatch
 from .envs import embodiment_for_env
 from .multistep import EpisodeSummary
@@ -459,6 +460,7 @@ def run_rollout(policy: BasePolicy, config: RolloutConfig, progress: bool = True
     """
     check_policy(policy)
     check_rollout_config(config)
+    config = without_unkept_env_timeout(config)  # envs in this process keep no default timeout
     served = policy_record(policy)
     check_serves_env_embodiments(served, [config.env_name])
     check_replay_horizon(served, config)
