@@ -106,10 +106,11 @@ def test_ctrl_c_while_a_scored_trajectorys_plot_is_drawn_keeps_it_scored(dataset
 
 
 def test_an_execution_horizon_mismatch_names_the_servers_horizon(dataset, server, tmp_path, capsys):
-    # the server advances 4 steps per call; this run queries every 2
+    # the server advances 4 steps per call (its identity says so); this run would query every 2: refused before any
+    # trajectory, where it errored each one after querying the server
     assert open_loop(dataset, server.port, tmp_path / "out", "--no-plots", "--traj-ids", "1",
-                     "--execution-horizon", "2") == 1
-    [errored] = results(tmp_path / "out")["errored_trajectories"]
-    assert "the server advances 4 steps per call and this run 2" in errored["error"]
-    assert "or run with --execution-horizon 4" in errored["error"]
-    assert "pass the server's here" not in errored["error"]
+                     "--execution-horizon", "2") == 2
+    err = capsys.readouterr().err
+    assert "execution_horizon (--execution-horizon) is 2" in err and "advances 4 per call" in err
+    assert "pass --execution-horizon 4" in err
+    assert not (tmp_path / "out" / "results.json").exists()

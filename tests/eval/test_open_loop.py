@@ -293,7 +293,7 @@ def test_denoising_steps_against_a_replay_server_are_warned_and_recorded_not_app
     from gr00t_server.policies import ReplayPolicy
     from serving import running_server
 
-    with running_server(ReplayPolicy(str(dataset))) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+    with running_server(ReplayPolicy(str(dataset), execution_horizon=3)) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
         result, _ = run(dataset, tmp_path, client, traj_ids=[0], denoising_steps=2, plot=False)
     assert json.loads(result.results_path.read_text())["settings_not_applied"] == {"denoising_steps": 2}
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "--denoising-steps 2" in r.getMessage()]

@@ -93,6 +93,27 @@ def test_an_overwrite_refused_after_connecting_leaves_the_earlier_results_in_pla
     assert not (out / "traj_0.jpeg").exists() and results(out)["status"] == "complete"
 
 
+def test_a_replay_served_with_its_own_horizon_sets_the_default_and_refuses_another(tmp_path, capsys):
+    """The default 16 against a replay advancing 8 steps per call (the documented debug server) queried it and errored
+    every trajectory ("the policy reports step 8 while the evaluation is at step 16"): INCOMPLETE, exit 1."""
+    dataset = make_dataset(tmp_path / "ds", lengths=(20, 12))
+    with running_server(ReplayPolicy(dataset, execution_horizon=8)) as server:
+        assert open_loop(dataset, server, tmp_path / "default", "--traj-ids", "0", "1", "--no-plots") == 0
+        assert "Execution horizon: 8, the replay server's" in capsys.readouterr().out
+        scored = results(tmp_path / "default")
+        assert scored["status"] == "complete" and scored["errored_trajectories"] == []
+        assert scored["config"]["execution_horizon"] == 8
+        assert [scored["trajectories"][t]["mse"] for t in ("0", "1")] == [0.0, 0.0]
+        calls = server.stats.snapshot()["policy_calls"]
+        assert open_loop(dataset, server, tmp_path / "other", "--execution-horizon", "4", "--no-plots") == 2
+        assert server.stats.snapshot()["policy_calls"] == calls  # refused before any trajectory
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "execution_horizon (--execution-horizon) is 4" in err and "advances 8 per call" in err
+    assert "pass --execution-horizon 8" in err
+    assert not (tmp_path / "other" / "results.json").exists()
+
+
 def test_action_keys_the_dataset_lacks_are_refused_before_any_trajectory(tmp_path, capsys):
     """Found inside trajectory 0 and written as an "aborted" run with results.json, as if the server had gone."""
     served = make_dataset(tmp_path / "served", lengths=(6,), state_dims={"arm": 2, "gripper": 1},

@@ -38,6 +38,19 @@ def server(dataset):
         yield running
 
 
+class ReplayNamingNoHorizon(ReplayPolicy):
+    """A replay whose identity names no execution_horizon (an older server's): only its replies tell its horizon."""
+
+    def identity(self):
+        return {k: v for k, v in super().identity().items() if k != "execution_horizon"}
+
+
+@pytest.fixture(scope="module")
+def older_server(dataset):
+    with running_server(ReplayNamingNoHorizon(dataset, execution_horizon=4)) as running:
+        yield running
+
+
 def open_loop(dataset, port, out, *extra):
     return cli.main(["open-loop", "--dataset-path", str(dataset), "--port", str(port), "--no-plots",
                      "--execution-horizon", "4", "--output-dir", str(out), *extra])
@@ -79,9 +92,11 @@ def test_allow_errors_exits_zero_but_still_lists_the_errored_trajectory(dataset,
     assert list(data["trajectories"]) == ["0"] and [e["traj_id"] for e in data["errored_trajectories"]] == [2]
 
 
-def test_a_policy_reporting_another_step_errors_the_trajectory_instead_of_scoring_it(dataset, server, tmp_path, capsys):
-    # The server advances 4 steps per call; evaluating every 2 steps compares misaligned chunks.
-    code = open_loop(dataset, server.port, tmp_path / "out", "--traj-ids", "1", "--execution-horizon", "2")
+def test_a_policy_reporting_another_step_errors_the_trajectory_instead_of_scoring_it(dataset, older_server, tmp_path,
+                                                                                     capsys):
+    # The server advances 4 steps per call; evaluating every 2 steps compares misaligned chunks. (A replay whose
+    # identity names its horizon is refused before any trajectory: test_audit11_open_loop.)
+    code = open_loop(dataset, older_server.port, tmp_path / "out", "--traj-ids", "1", "--execution-horizon", "2")
     assert code == 1
     assert "INCOMPLETE: 1 of 1 trajectories errored; nothing was scored" in capsys.readouterr().out  # no "averages above"
     data = results(tmp_path / "out")
@@ -92,10 +107,10 @@ def test_a_policy_reporting_another_step_errors_the_trajectory_instead_of_scorin
     assert "--execution-horizon 2" in errored["error"]
 
 
-def test_a_replay_done_early_because_it_advances_more_steps_per_call_names_the_horizon_mismatch(dataset, server,
+def test_a_replay_done_early_because_it_advances_more_steps_per_call_names_the_horizon_mismatch(dataset, older_server,
                                                                                               tmp_path):
     # Episode 2 has 4 steps: the server (4 steps per call) is done after its first reply, this run queries step 2 too.
-    assert open_loop(dataset, server.port, tmp_path / "out", "--traj-ids", "2", "--execution-horizon", "2") == 1
+    assert open_loop(dataset, older_server.port, tmp_path / "out", "--traj-ids", "2", "--execution-horizon", "2") == 1
     [errored] = results(tmp_path / "out")["errored_trajectories"]
     assert "the server advances 4 steps per call and this run 2" in errored["error"]
     assert "or run with --execution-horizon 4" in errored["error"]

@@ -164,3 +164,43 @@ def test_sync_client_chunking_replays_each_episode_without_warning_of_a_partial_
             result = run_rollout(client, config(n_episodes=3, client_chunking="sync"), progress=False)
     assert [(o.episode_index, round(o.sum_reward / CHUNK) - 1) for o in result.outcomes] == [(0, 0), (1, 1), (2, 2)]
     assert [r.getMessage() for r in caplog.records if r.name == "gr00t_client.chunking"] == []
+
+
+def test_a_rollout_past_the_recording_is_refused_before_any_episode(server):
+    """Episodes past the replay's recording ran the recorded ones, then each extra errored at its reset (the server's
+    IndexError): an INCOMPLETE run. A slice (first_episode) is judged by its own last episode."""
+    before = server.stats.snapshot()["policy_calls"]
+    with PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client:
+        with pytest.raises(ValueError, match=rf"recording of {N_RECORDED} episodes .* runs episodes 3 \.\. 4 "
+                                             r"\(n_episodes=2\).*pass --n-episodes 1 \(or fewer\)"):
+            run_rollout(client, config(n_episodes=2, first_episode=3), progress=False)
+        result = run_rollout(client, config(n_episodes=1, first_episode=3), progress=False)  # the last one is there
+    assert [(o.episode_index, round(o.sum_reward / CHUNK) - 1) for o in result.outcomes] == [(3, 3)]
+    assert server.stats.snapshot()["policy_calls"] - before == 1
+
+
+def test_a_suite_or_shard_past_the_recording_is_refused_before_any_episode(server):
+    """Each task replays episodes 0 .. n_episodes - 1: a suite of two tasks, and every shard of a plan past the
+    recording (the later shards' episodes error at reset, so the shards do not merge), are refused up front."""
+    before = server.stats.snapshot()["policy_calls"]
+    for env_spec, shard in (("replayprobe/a,replayprobe/b", None), ("replayprobe/any", ShardSpec(0, 2))):
+        with pytest.raises(ValueError, match=rf"recording of {N_RECORDED} episodes .*n_episodes={N_RECORDED + 1}\).*"
+                                             rf"pass --n-episodes {N_RECORDED}"):
+            run_shard(server, env_spec, shard, n_episodes=N_RECORDED + 1)
+    assert server.stats.snapshot()["policy_calls"] == before
+
+
+def test_cli_refuses_more_episodes_than_the_replay_holds_before_any_episode(server, tmp_path, capsys):
+    """The default --n-episodes 50 against a 4-episode replay: refused in one line, exit 2, naming the fix."""
+    from gr00t_eval.cli import main
+
+    before = server.stats.snapshot()["policy_calls"]
+    argv = ["rollout", "--env-name", "replayprobe/any", "--n-action-steps", str(CHUNK), "--max-episode-steps", "10",
+            "--seed", str(SEED), "--no-video", "--vectorization", "sync", "--policy-client-port", str(server.port),
+            "--output-dir", str(tmp_path / "run")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"recording of {N_RECORDED} episodes" in err and "n_episodes=50" in err
+    assert f"pass --n-episodes {N_RECORDED} (or fewer)" in err
+    assert server.stats.snapshot()["policy_calls"] == before
+    assert not (tmp_path / "run" / "results.json").exists()

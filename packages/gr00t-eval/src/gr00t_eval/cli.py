@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(*_flag("steps"), type=int, default=200, help="max steps per trajectory (default 200)")
     p.add_argument(*_flag("execution-horizon"), dest="execution_horizon", type=int, default=None, action=_HorizonFlag,
                    help="steps of each chunk used before querying again (default: the policy's action horizon, at "
-                        "most 16; --action-horizon is an alias)")
+                        "most 16, or a replay server's own (another is refused); --action-horizon is an alias)")
     p.add_argument(*_flag("action-horizon"), dest="execution_horizon", type=int, default=argparse.SUPPRESS,
                    action=_HorizonFlag, help=argparse.SUPPRESS)
     p.add_argument(*_flag("modality-keys"), nargs="+", default=None, help="action keys to compare and plot, ones both the dataset and the policy have (default: all)")

@@ -30,7 +30,8 @@ from .dataset import DatasetError, LeRobotDataset
 from .metrics import ActionErrors, action_errors
 from .applied_settings import settings_not_applied, warn_not_applied
 from .open_loop_checks import (TrajectoryError, _chunk, check_action_steps, check_policy_episode, check_policy_position,
-                               dataset_action_keys, evaluated_embodiment, execution_horizon_for, reset_policy)
+                               check_replay_execution_horizon, dataset_action_keys, evaluated_embodiment,
+                               execution_horizon_for, replay_execution_horizon, reset_policy)
 from .open_loop_observation import (FLAT_FORMAT_HINT, _EpisodeSteps, _FrameWindows, _KeyMap, build_observation,
                                     format_hint, history_steps, resolve_observation_format)
 from .policy_identity import pinned_policy, record_from_info, server_info, serves_replay
@@ -329,8 +330,10 @@ def check_open_loop_policy(policy: BasePolicy, config: OpenLoopConfig,
     configs = policy.get_modality_config()
     if "action" not in configs:
         raise ValueError(f"the policy's modality config has no 'action' modality; got {sorted(configs)}")
-    config = dataclasses.replace(config, execution_horizon=execution_horizon_for(configs["action"], config.execution_horizon))
+    horizon = replay_execution_horizon(served, config.execution_horizon, report)  # a replay's own when left out
+    config = dataclasses.replace(config, execution_horizon=execution_horizon_for(configs["action"], horizon))
     check_action_steps(configs["action"], config.execution_horizon)
+    check_replay_execution_horizon(served, config.execution_horizon)
     report(f"Current modality config: \n{ {k: v.to_json_dict() for k, v in configs.items()} }")
     _refuse_flat_spelt_configs(configs)
     dataset = LeRobotDataset(config.dataset_path)

@@ -4,7 +4,7 @@ step it reports), its action chunks fit the dataset's keys, and the run's action
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -156,6 +156,41 @@ DEFAULT_EXECUTION_HORIZON = 16  # the reference's default: at most this many ste
 def execution_horizon_for(action: ModalityConfig, execution_horizon: Optional[int]) -> int:
     """`execution_horizon` as given; for None, the policy's action horizon up to DEFAULT_EXECUTION_HORIZON."""
     return min(action.horizon, DEFAULT_EXECUTION_HORIZON) if execution_horizon is None else execution_horizon
+
+
+def replay_execution_horizon(served: Optional[Mapping[str, Any]], execution_horizon: Optional[int],
+                             report: Callable[[str], None] = logger.info) -> Optional[int]:
+    """`execution_horizon` as given; for None against a replay (`served`, a policy record, replays recorded steps by
+    its own count), the replay's own (its identity's execution_horizon), said with `report`: the default 16 errored
+    every trajectory of a replay served with another."""
+    served_horizon = _replay_horizon(served)
+    if execution_horizon is None and served_horizon is not None:
+        report(f"Execution horizon: {served_horizon}, the replay server's (it advances {served_horizon} recorded steps "
+               "per call; --execution-horizon was left out)")
+        return served_horizon
+    return execution_horizon
+
+
+def check_replay_execution_horizon(served: Optional[Mapping[str, Any]], execution_horizon: int) -> None:
+    """ValueError naming both when the replay `served` advances another number of recorded steps per call than
+    `execution_horizon`: every trajectory errored on it, after querying the server."""
+    served_horizon = _replay_horizon(served)
+    if served_horizon is not None and served_horizon != execution_horizon:
+        raise ValueError(f"execution_horizon (--execution-horizon) is {execution_horizon}, but the server replays "
+                         f"recorded steps by its own count and advances {served_horizon} per call, so every trajectory "
+                         f"would error; pass --execution-horizon {served_horizon} (or leave it out to use the "
+                         f"server's), or serve the replay with --execution-horizon {execution_horizon}")
+
+
+def _replay_horizon(served: Optional[Mapping[str, Any]]) -> Optional[int]:
+    """The execution_horizon a replay server reports in its identity; None for other policies, or a replay that
+    reports none."""
+    from .policy_identity import serves_replay
+
+    if not serves_replay(served):
+        return None
+    horizon = served["identity"].get("execution_horizon")
+    return horizon if isinstance(horizon, int) and not isinstance(horizon, bool) else None
 
 
 def check_action_steps(action: ModalityConfig, execution_horizon: int) -> None:

@@ -22,9 +22,11 @@ ASYNC_REPLAY_ERROR = (
 
 def check_replay_horizon(policy: Optional[Mapping[str, Any]], config: Any) -> None:
     """ValueError when `policy` (a served policy's record) replays recorded steps by its own count and the plan cannot
-    follow it: --n-action-steps other than the replay's execution horizon, or --client-chunking async. Checked per
-    call too (PolicyIO), where it errored every episode: the run scored nothing and advised a --resume that repeats
-    the settings. The CLI, run_suite (batch jobs, shards) and run_rollout check it before any episode."""
+    follow it: --n-action-steps other than the replay's execution horizon, --client-chunking async, or episodes
+    beyond its recording (episode i replays recorded episode i: each extra one errored at its reset, after the others
+    ran). Checked per call too (PolicyIO), where it errored every episode: the run scored nothing and advised a
+    --resume that repeats the settings. The CLI, run_suite (batch jobs, shards) and run_rollout check it before any
+    episode."""
     from ..policy_identity import serves_replay
 
     if not serves_replay(policy):
@@ -34,3 +36,18 @@ def check_replay_horizon(policy: Optional[Mapping[str, Any]], config: Any) -> No
     horizon = policy["identity"].get("execution_horizon")
     if isinstance(horizon, int) and not isinstance(horizon, bool) and horizon != config.n_action_steps:
         raise ValueError(replay_drift_error(horizon, config.n_action_steps))
+    recorded = policy["identity"].get("episodes")
+    last = config.first_episode + config.n_episodes
+    if isinstance(recorded, int) and not isinstance(recorded, bool) and last > recorded:
+        raise ValueError(replay_episodes_error(recorded, config.first_episode, config.n_episodes))
+
+
+def replay_episodes_error(recorded: int, first_episode: int, n_episodes: int) -> str:
+    """Why a plan of episodes first_episode .. first_episode + n_episodes - 1 cannot run against a replay of
+    `recorded` episodes (episode i replays recorded episode i)."""
+    fix = (f"pass --n-episodes {recorded - first_episode} (or fewer)" if first_episode < recorded
+           else f"start at an episode below {recorded}")
+    return (f"the policy replays a recording of {recorded} episodes (0 .. {recorded - 1}), and episode i of a task "
+            f"replays recorded episode i, but the plan runs episodes {first_episode} .. "
+            f"{first_episode + n_episodes - 1} (n_episodes={n_episodes}), so each one past the recording would error "
+            f"at its reset; {fix}, or record more episodes")
