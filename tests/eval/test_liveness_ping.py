@@ -127,24 +127,12 @@ def test_a_forwarders_server_restarting_is_waited_for_as_a_gone_server_not_repor
     assert "refuses this client" not in reason
 
 
-def test_a_server_that_restarts_with_another_curve_key_after_this_clients_keys_worked_still_stops_the_run(tmp_path):
-    old_public, old_secret = generate_certificates(tmp_path / "old", "server")
-    _, new_secret = generate_certificates(tmp_path / "new", "server")
-    port = free_port()
-    with PolicyClient("127.0.0.1", port, timeout_ms=3000, server_public_key=str(old_public)) as client:
-        with running_server(EchoPolicy(), port=port, curve_secret_key=str(old_secret)):
-            assert client.ping()
-        with running_server(EchoPolicy(), port=port, curve_secret_key=str(new_secret)):
-            with pytest.raises(ConnectionError) as failed:
-                client.reset()
-            reason = ServerWatch(client).unreachable_reason(failed.value)
-    assert reason is not None and "HandshakeError" in reason and "is not this server's key" in reason, reason
-
-
 def test_a_server_restarted_with_another_curve_key_after_the_keys_worked_is_not_reported_as_a_silent_dead_server(
         tmp_path):
-    """Before the next task the run stopped with just 'did not answer a ping before task B', and ServerWatch said
-    'stopped answering ... and did not answer a ping either': the HandshakeError was dropped for a server that is up."""
+    """A server restarted with another key still stops the run (a connection closed mid-handshake after the keys
+    worked is otherwise waited for, as a forwarder's restarting server). Before the next task the run stopped with
+    just 'did not answer a ping before task B', and ServerWatch said 'stopped answering ... and did not answer a ping
+    either': the HandshakeError was dropped for a server that is up."""
     old_public, old_secret = generate_certificates(tmp_path / "old", "server")
     _, new_secret = generate_certificates(tmp_path / "new", "server")
     port = free_port()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import re
@@ -629,10 +630,11 @@ def _previous_action_refusal(client, observation, previous):
     return str(refused.value)
 
 
-@pytest.mark.parametrize("wrapped", ["local policy", "client of a nested server"])
-def test_a_refused_rtc_previous_chunk_names_quoted_keys_and_dtypes_as_sent(tiny_checkpoint, wrapped):
-    """The refusal's quoted words were renamed in pairs: an extra key holding an apostrophe (shown in double quotes)
-    became "bo'gus" and 'action.zz' came back as 'zz'; a structured dtype's field 'x' came back as 'action.x'."""
+@contextlib.contextmanager
+def _wrapped_two_ways(tiny_checkpoint, wrapped):
+    """(served, sender, observation, action): a tiny libero Gr00tPolicy served wrapped ("local policy": the client
+    talks to the wrapper) or bare ("client of a nested server": the wrapper wraps the client); `action` is one answer
+    of `sender` (seed 0)."""
     pytest.importorskip("torch")
     from gr00t_client import PolicyClient
     from gr00t_server.policies.gr00t_policy import Gr00tPolicy
@@ -644,6 +646,14 @@ def test_a_refused_rtc_previous_chunk_names_quoted_keys_and_dtypes_as_sent(tiny_
     with running_server(served) as server, PolicyClient(port=server.port, strict=False, timeout_ms=60000) as client:
         sender = client if wrapped == "local policy" else Gr00tSimPolicyWrapper(client)
         action, _ = sender.get_action(observation, {"seed": 0})
+        yield served, sender, observation, action
+
+
+@pytest.mark.parametrize("wrapped", ["local policy", "client of a nested server"])
+def test_a_refused_rtc_previous_chunk_names_quoted_keys_and_dtypes_as_sent(tiny_checkpoint, wrapped):
+    """The refusal's quoted words were renamed in pairs: an extra key holding an apostrophe (shown in double quotes)
+    became "bo'gus" and 'action.zz' came back as 'zz'; a structured dtype's field 'x' came back as 'action.x'."""
+    with _wrapped_two_ways(tiny_checkpoint, wrapped) as (served, sender, observation, action):
         extra = _previous_action_refusal(sender, observation, {**action, "action.bo'gus": action["action.x"],
                                                                "action.zz": action["action.x"]})
         if wrapped == "local policy":  # the wire carries no structured dtype: handed to the wrapper itself
@@ -661,17 +671,7 @@ def test_a_refused_rtc_previous_chunk_names_quoted_keys_and_dtypes_as_sent(tiny_
 def test_a_refused_rtc_previous_chunk_sent_with_short_keys_names_them_as_sent(tiny_checkpoint, wrapped):
     """previous_action keyed 'yaw', ... (taken, as the wrapped policy's own keys) was refused naming 'action.yaw' and
     'action.bogus', which the client never sent; missing keys are named as the wrapper returns them."""
-    pytest.importorskip("torch")
-    from gr00t_client import PolicyClient
-    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
-    from serving import running_server
-
-    observation = _flat_example(tiny_checkpoint, "libero_sim")
-    policy = Gr00tPolicy(tiny_checkpoint, "libero_sim", device="cpu")
-    served = Gr00tSimPolicyWrapper(policy) if wrapped == "local policy" else policy
-    with running_server(served) as server, PolicyClient(port=server.port, strict=False, timeout_ms=60000) as client:
-        sender = client if wrapped == "local policy" else Gr00tSimPolicyWrapper(client)
-        action, _ = sender.get_action(observation, {"seed": 0})
+    with _wrapped_two_ways(tiny_checkpoint, wrapped) as (served, sender, observation, action):
         short = {key[len("action."):]: value for key, value in action.items()}
         refusals = [_previous_action_refusal(sender, observation, previous) for previous in (
             {**short, "yaw": short["yaw"][:1]},
