@@ -236,6 +236,19 @@ def test_a_secret_key_under_an_existing_folder_is_never_repeated_in_the_error(ke
         assert "(not shown) whose deepest existing folder is '" in str(info.value)
 
 
+def test_a_mistyped_secret_key_whose_first_slash_part_names_a_folder_is_told_by_its_length_alone(keys, monkeypatch):
+    """z85 has '/': a key typed with one stray character after it, whose part before its first '/' happened to name a
+    folder, had that part of the secret printed as its 'deepest existing folder'."""
+    monkeypatch.chdir(keys["dir"])
+    secret = next(key for key in (zmq.curve_keypair()[1].decode() for _ in range(2000))
+                  if 2 <= key.find("/") <= 8 and "." not in key[:key.find("/")])
+    (keys["dir"] / secret[:secret.find("/")]).mkdir()
+    with pytest.raises(ValueError) as info:
+        PolicyClient(server_public_key=keys["server.key"], client_secret_key=secret + "x")
+    assert str(info.value) == ("client_secret_key: a 41-character value (not shown) is neither an existing certificate "
+                               "file nor a 40-character z85 secret key")
+
+
 @pytest.mark.parametrize("folder, name", [("Volumes/USB/Keys", "RobotArmLeft_2024-05.key_secret"),
                                           ("Users/JohnSmith/Keys", "RobotArmLeftGripper.key_secret")])
 def test_a_missing_key_file_hidden_as_key_like_is_described_by_its_deepest_existing_folder(keys, folder, name):

@@ -87,7 +87,7 @@ def test_an_overwrite_refused_after_connecting_leaves_the_earlier_results_in_pla
         before = (out / "results.json").read_text()
         capsys.readouterr()
         assert open_loop(dataset, server, out, "--no-plots", "--overwrite", "--execution-horizon", "17") == 2
-        assert "execution_horizon must be in [1, 16]" in capsys.readouterr().err
+        assert "execution_horizon (--execution-horizon) is 17" in capsys.readouterr().err  # the replay's, first
         assert (out / "results.json").read_text() == before and (out / "traj_0.jpeg").read_text() == "run 1's plot"
         assert open_loop(dataset, server, out, "--no-plots", "--overwrite") == 0  # a run that is not refused empties it
     assert not (out / "traj_0.jpeg").exists() and results(out)["status"] == "complete"
@@ -112,6 +112,19 @@ def test_a_replay_served_with_its_own_horizon_sets_the_default_and_refuses_anoth
     assert "execution_horizon (--execution-horizon) is 4" in err and "advances 8 per call" in err
     assert "pass --execution-horizon 8" in err
     assert not (tmp_path / "other" / "results.json").exists()
+
+
+def test_an_execution_horizon_past_the_action_horizon_against_a_replay_is_refused_naming_the_replays_own(tmp_path,
+                                                                                                         capsys):
+    """--execution-horizon 20 against a replay advancing 8 (action horizon 16) advised 'pass --execution-horizon 16 or
+    less', which the replay check then refused: one refusal, naming the replay's 8."""
+    dataset = make_dataset(tmp_path / "ds", lengths=(20, 12))
+    with running_server(ReplayPolicy(dataset, execution_horizon=8)) as server:
+        assert open_loop(dataset, server, tmp_path / "out", "--execution-horizon", "20", "--no-plots") == 2
+    err = capsys.readouterr().err.strip()
+    assert "execution_horizon (--execution-horizon) is 20" in err and "advances 8 per call" in err
+    assert "pass --execution-horizon 8" in err and "16 or less" not in err
+    assert not (tmp_path / "out" / "results.json").exists()
 
 
 def test_action_keys_the_dataset_lacks_are_refused_before_any_trajectory(tmp_path, capsys):

@@ -105,12 +105,13 @@ def restart_after(server, steps):
     ReplayProbeEnv.on_step = on_step
 
 
-def replay(server, n_episodes=len(LENGTHS), **overrides):
+def replay(server, n_episodes=len(LENGTHS), episodes=None, **overrides):
     settings = dict(n_episodes=n_episodes, n_envs=1, n_action_steps=CHUNK, max_episode_steps=50, vectorization="sync",
                     seed=100)  # the seeds dataset_factory records, for policies that report none
     settings.update(overrides)
     with PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client:
-        return run_rollout(client, RolloutConfig(env_name="replaycheck/any", **settings), progress=False)
+        return run_rollout(client, RolloutConfig(env_name="replaycheck/any", **settings), progress=False,
+                           episodes=episodes)
 
 
 class ConstantPushPolicy(BasePolicy):
@@ -320,6 +321,20 @@ def test_the_api_success_rate_leaves_errored_episodes_out_like_results_json(olde
 def test_the_api_success_rate_is_none_when_every_episode_errored(older_replay_server):
     result = replay(older_replay_server, n_episodes=2, first_episode=len(LENGTHS))
     assert result.success_rate is None and result.successes == [] and result.n_errors == 2
+
+
+def test_listed_episodes_past_a_replays_recording_are_refused_before_any_episode(replay_server):
+    # run_rollout(episodes=[1, 7]) of 4 recorded: 7 errored at its reset, after 1 ran (only n_episodes was checked)
+    with pytest.raises(ValueError, match=r"replays a recording of 4 episodes \(0 \.\. 3\).*episodes= lists \[7\], past "
+                                         r"the recording.*list episodes below 4"):
+        replay(replay_server, n_episodes=2, episodes=[1, 7])
+    assert ReplayProbeEnv.steps_taken == 0
+
+
+def test_listed_episodes_within_a_replays_recording_run_whatever_n_episodes_says(replay_server):
+    # n_episodes=10 with episodes=[0, 1] was refused as past the recording of 4, though both are recorded
+    result = replay(replay_server, n_episodes=10, episodes=[0, 1])
+    assert [o.episode_index for o in result.finished] == [0, 1] and result.n_errors == 0
 
 
 # -- a server answering with the wrong batch size -----------------------------------------------------------

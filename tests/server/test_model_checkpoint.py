@@ -2,6 +2,7 @@
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -239,6 +240,20 @@ def test_make_test_checkpoint_refuses_a_blank_out_dir_and_leaves_the_current_fol
     with pytest.raises(ValueError, match=r"^make_test_checkpoint: out_dir is empty .*an unset variable\? Expected the "
                                          r"folder to write the checkpoint into \(use '\.' for the current one\)"):
         make_test_checkpoint(blank, overwrite=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_make_test_checkpoint_refuses_to_empty_the_current_folder_unless_given_the_str_dot(tmp_path, monkeypatch):
+    """make_test_checkpoint(Path(os.environ.get("CKPT", "")), overwrite=True) emptied the current folder: a Path('')
+    is Path('.'), past the blank check."""
+    from gr00t_server.test_checkpoint import make_test_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("precious\n")
+    for spelt in (Path(""), str(tmp_path)):
+        with pytest.raises(ValueError, match=r"^make_test_checkpoint: out_dir .* is the current folder and "
+                                             r"overwrite=True would empty it.*a Path\(''\) is '\.'.*pass the str '\.'"):
+            make_test_checkpoint(spelt, overwrite=True)
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 

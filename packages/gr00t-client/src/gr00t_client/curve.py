@@ -73,9 +73,15 @@ def _not_a_key(what: str, text: str, kind: str) -> ValueError:
         return ValueError(f"{what}: {shown} is not a valid z85 {kind}: a 5-character group decodes past 2**32 "
                           "(a mistyped character?); copy it again from the .key file")
     typed = text
-    if hidden and (os.sep in text or (os.altsep and os.altsep in text)):  # named by its folder, never by its name
-        folder, typed = _deepest_existing_folder(text)
-        shown += f" whose deepest existing folder is {folder!r} (what follows it may hold a key, so it is not shown)"
+    # z85 has '/': only a path's shape (a certificate file's name, or longer than a key and a '/') is named by its
+    # folder, and never by one that may itself be part of a key; otherwise by its length alone
+    path_shaped = os.path.basename(text).endswith((".key", ".key_secret")) or len(text) > Z85_KEY_LENGTH + 1
+    if hidden and path_shaped and (os.sep in text or (os.altsep and os.altsep in text)):
+        folder, below = _deepest_existing_folder(text)
+        if not _holds_a_key_like_run(folder):
+            typed = below
+            shown += (f" whose deepest existing folder is {folder!r} (what follows it may hold a key, so it is not "
+                      "shown)")
     stem, dot, suffix = typed.rpartition(".")
     typed = stem if dot and suffix in ("key", "key_secret") else typed  # the '_' of '.key_secret' is no stray
     strays = sorted({char for char in typed if char not in _Z85_TEXT}) if hidden else []

@@ -349,6 +349,11 @@ def make_test_checkpoint(
     if not str(out_dir).strip():
         raise ValueError(f"make_test_checkpoint: out_dir is empty ({str(out_dir)!r}): an unset variable? Expected the "
                          "folder to write the checkpoint into (use '.' for the current one)")
+    # Path(os.environ.get("CKPT", "")) is Path('.'), past the blank check: only the str '.' means to empty this folder
+    if overwrite and out_dir != "." and Path(out_dir).resolve() == Path.cwd().resolve():
+        raise ValueError(f"make_test_checkpoint: out_dir {str(out_dir)!r} is the current folder and overwrite=True "
+                         "would empty it: an unset variable? (a Path('') is '.'). Expected another folder; pass the "
+                         "str '.' to mean the current one")
     if dataset_path is not None and not str(dataset_path).strip():
         raise ValueError(f"make_test_checkpoint: dataset_path is empty ({str(dataset_path)!r}): an unset variable? "
                          "Expected a recorded LeRobot dataset directory (use '.' for the current one, or None for "

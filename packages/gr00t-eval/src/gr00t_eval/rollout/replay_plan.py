@@ -3,7 +3,7 @@ without a simulator: `gr00t-eval merge`, shard plans and batch jobs import it wh
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 
 def replay_drift_error(horizon: int, n_action_steps: int) -> str:
@@ -20,12 +20,14 @@ ASYNC_REPLAY_ERROR = (
 )
 
 
-def check_replay_horizon(policy: Optional[Mapping[str, Any]], config: Any) -> None:
+def check_replay_horizon(policy: Optional[Mapping[str, Any]], config: Any,
+                         episodes: Optional[Sequence[int]] = None) -> None:
     """ValueError when `policy` (a served policy's record) replays recorded steps by its own count and the plan cannot
     follow it: --n-action-steps other than the replay's execution horizon, --client-chunking async, or episodes
     beyond its recording (episode i replays recorded episode i: each extra one errored at its reset, after the others
-    ran). Checked per call too (PolicyIO), where it errored every episode: the run scored nothing and advised a
-    --resume that repeats the settings. The CLI, run_suite (batch jobs, shards) and run_rollout check it before any
+    ran): `episodes` where run_rollout lists them, else first_episode .. first_episode + n_episodes - 1. Checked per
+    call too (PolicyIO), where it errored every episode: the run scored nothing and advised a --resume that repeats the
+    settings. The CLI, run_suite (batch jobs, shards) and run_rollout check it before any
     episode."""
     from ..policy_identity import serves_replay
 
@@ -37,8 +39,16 @@ def check_replay_horizon(policy: Optional[Mapping[str, Any]], config: Any) -> No
     if isinstance(horizon, int) and not isinstance(horizon, bool) and horizon != config.n_action_steps:
         raise ValueError(replay_drift_error(horizon, config.n_action_steps))
     recorded = policy["identity"].get("episodes")
-    last = config.first_episode + config.n_episodes
-    if isinstance(recorded, int) and not isinstance(recorded, bool) and last > recorded:
+    if not isinstance(recorded, int) or isinstance(recorded, bool):
+        return
+    if episodes is not None:  # the listed ones run, whatever n_episodes says
+        past = sorted(episode for episode in episodes if episode >= recorded)
+        if past:
+            raise ValueError(f"the policy replays a recording of {recorded} episodes (0 .. {recorded - 1}), and "
+                             f"episode i of a task replays recorded episode i, but episodes= lists {past}, past the "
+                             f"recording, so each would error at its reset; list episodes below {recorded}, or record "
+                             "more episodes")
+    elif config.first_episode + config.n_episodes > recorded:
         raise ValueError(replay_episodes_error(recorded, config.first_episode, config.n_episodes))
 
 

@@ -463,5 +463,5 @@ def run_rollout(policy: BasePolicy, config: RolloutConfig, progress: bool = True
     config = without_unkept_env_timeout(config)  # envs in this process keep no default timeout
     served = policy_record(policy)
     check_serves_env_embodiments(served, [config.env_name])
-    check_replay_horizon(served, config)
+    check_replay_horizon(served, config, episodes)
     return RolloutRunner(policy, config, progress=progress, on_episode=on_episode, episodes=episodes).run()
