@@ -124,6 +124,7 @@ def test_an_execution_horizon_past_the_action_horizon_against_a_replay_is_refuse
     err = capsys.readouterr().err.strip()
     assert "execution_horizon (--execution-horizon) is 20" in err and "advances 8 per call" in err
     assert "pass --execution-horizon 8" in err and "16 or less" not in err
+    assert "serve the replay with" not in err  # a replay cannot be served with 20 (its chunk holds 16)
     assert not (tmp_path / "out" / "results.json").exists()
 
 

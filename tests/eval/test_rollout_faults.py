@@ -335,6 +335,9 @@ def test_listed_episodes_within_a_replays_recording_run_whatever_n_episodes_says
     # n_episodes=10 with episodes=[0, 1] was refused as past the recording of 4, though both are recorded
     result = replay(replay_server, n_episodes=10, episodes=[0, 1])
     assert [o.episode_index for o in result.finished] == [0, 1] and result.n_errors == 0
+    # episodes as a generator: the replay check used it up, and the run ran no episode, reporting nothing wrong
+    result = replay(replay_server, n_episodes=2, episodes=(episode for episode in [0, 1]))
+    assert [o.episode_index for o in result.finished] == [0, 1] and result.n_errors == 0
 
 
 # -- a server answering with the wrong batch size -----------------------------------------------------------

@@ -257,6 +257,20 @@ def test_make_test_checkpoint_refuses_to_empty_the_current_folder_unless_given_t
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
+def test_make_test_checkpoint_cli_takes_the_current_folder_typed_another_way_as_dot(tmp_path, monkeypatch):
+    """`make-test-checkpoint ./ --overwrite` (or "$PWD") was refused in the Python API's words (a Path('') ...): on
+    the command line a blank OUTPUT is refused first, so a typed spelling of the current folder means it."""
+    from gr00t_server.cli import main
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    (work / "notes.txt").write_text("old\n")
+    assert main(["make-test-checkpoint", "./", "--overwrite"]) == 0
+    assert (work / "config.json").is_file() and not (work / "notes.txt").exists()
+    assert main(["make-test-checkpoint", str(work), "--overwrite"]) == 0
+
+
 def test_make_test_checkpoint_refuses_a_blank_dataset_path_naming_it(tmp_path, monkeypatch):
     from gr00t_server.test_checkpoint import make_test_checkpoint
 

@@ -332,7 +332,8 @@ def check_open_loop_policy(policy: BasePolicy, config: OpenLoopConfig,
         raise ValueError(f"the policy's modality config has no 'action' modality; got {sorted(configs)}")
     horizon = replay_execution_horizon(served, config.execution_horizon, report)  # a replay's own when left out
     config = dataclasses.replace(config, execution_horizon=execution_horizon_for(configs["action"], horizon))
-    check_replay_execution_horizon(served, config.execution_horizon)  # first: it names the replay's own, to pass
+    check_replay_execution_horizon(served, config.execution_horizon,  # first: it names the replay's own, to pass
+                                   configs["action"].horizon)
     check_action_steps(configs["action"], config.execution_horizon)
     report(f"Current modality config: \n{ {k: v.to_json_dict() for k, v in configs.items()} }")
     _refuse_flat_spelt_configs(configs)

@@ -171,15 +171,19 @@ def replay_execution_horizon(served: Optional[Mapping[str, Any]], execution_hori
     return execution_horizon
 
 
-def check_replay_execution_horizon(served: Optional[Mapping[str, Any]], execution_horizon: int) -> None:
+def check_replay_execution_horizon(served: Optional[Mapping[str, Any]], execution_horizon: int,
+                                   action_horizon: Optional[int] = None) -> None:
     """ValueError naming both when the replay `served` advances another number of recorded steps per call than
-    `execution_horizon`: every trajectory errored on it, after querying the server."""
+    `execution_horizon`: every trajectory errored on it, after querying the server. A replay served with
+    `execution_horizon` is advised only where one can be (1 .. `action_horizon`, the chunk's length)."""
     served_horizon = _replay_horizon(served)
     if served_horizon is not None and served_horizon != execution_horizon:
+        servable = execution_horizon >= 1 and (action_horizon is None or execution_horizon <= action_horizon)
+        other = f", or serve the replay with --execution-horizon {execution_horizon}" if servable else ""
         raise ValueError(f"execution_horizon (--execution-horizon) is {execution_horizon}, but the server replays "
                          f"recorded steps by its own count and advances {served_horizon} per call, so every trajectory "
                          f"would error; pass --execution-horizon {served_horizon} (or leave it out to use the "
-                         f"server's), or serve the replay with --execution-horizon {execution_horizon}")
+                         f"server's){other}")
 
 
 def _replay_horizon(served: Optional[Mapping[str, Any]]) -> Optional[int]:

@@ -461,6 +461,7 @@ def run_rollout(policy: BasePolicy, config: RolloutConfig, progress: bool = True
     check_policy(policy)
     check_rollout_config(config)
     config = without_unkept_env_timeout(config)  # envs in this process keep no default timeout
+    episodes = None if episodes is None else list(episodes)  # read once: a generator was used up by the replay check
     served = policy_record(policy)
     check_serves_env_embodiments(served, [config.env_name])
     check_replay_horizon(served, config, episodes)
