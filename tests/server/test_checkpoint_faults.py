@@ -405,6 +405,24 @@ def test_serve_names_the_checkpoint_tags_when_a_built_in_tag_is_missing_from_it(
     assert "is not supported by this checkpoint" in err and "my_robot" in err
 
 
+def test_serve_without_a_tag_says_the_default_was_used_and_gives_each_tag_flag(custom_tag_checkpoint, capsys):
+    """The reference's hint pointed at launch_finetune.py, a script this product lacks, and never said the tag was the
+    default; the checkpoint's own tag was listed with no flag to copy."""
+    from gr00t_server import cli
+
+    rc = cli.main(["serve", "--model-path", str(custom_tag_checkpoint), "--device", "cpu", "--no-warmup", "--port", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "--embodiment-tag was not given, so the default 'new_embodiment' was used" in err
+    assert "(--embodiment-tag my_robot)" in err
+    assert "launch_finetune" not in err and "README" not in err
+
+
+def test_serve_with_a_tag_does_not_call_it_the_default(custom_tag_checkpoint, serve_error):
+    err = serve_error(custom_tag_checkpoint, tag="libero_sim")
+    assert "default" not in err and "README" not in err and "(--embodiment-tag my_robot)" in err
+
+
 # --- 7. damaged files stop start-up with one line naming the file -------------------------------------------
 
 

@@ -174,6 +174,35 @@ def test_embodiment_ids_checkpoint_wins_and_builtins_fill_in(tmp_path):
     assert merged["libero_sim"] == 7 and merged["my_robot"] == 30 and merged["new_embodiment"] == 10
 
 
+def _checkpoint_with_embodiment_ids(tiny_checkpoint, tmp_path, ids):
+    for name in ("processor_config.json", "statistics.json"):
+        shutil.copy(tiny_checkpoint / name, tmp_path / name)
+    (tmp_path / "embodiment_id.json").write_text(json.dumps(ids))
+    return tmp_path
+
+
+@pytest.mark.parametrize("key", ["LIBERO_PANDA", "Libero_Sim"])
+def test_embodiment_id_key_spelling_a_built_in_tag_otherwise_is_refused_naming_it(tiny_checkpoint, tmp_path, key):
+    """Such a key was never read: libero_sim silently ran on the built-in projector 2, not the 7 written."""
+    checkpoint = _checkpoint_with_embodiment_ids(tiny_checkpoint, tmp_path, {key: 7})
+    with pytest.raises(ValueError, match=rf"key '{key}' \(id 7\) names the embodiment tag 'libero_sim'.*expected the key "
+                                         r"'libero_sim'"):
+        load_embodiment_ids(checkpoint)
+
+
+def test_embodiment_id_keys_of_one_tag_with_different_ids_are_refused(tiny_checkpoint, tmp_path):
+    checkpoint = _checkpoint_with_embodiment_ids(tiny_checkpoint, tmp_path, {"libero_sim": 2, "LIBERO_PANDA": 7})
+    with pytest.raises(ValueError, match=r"keys 'LIBERO_PANDA' and 'libero_sim' both name embodiment 'libero_sim', with "
+                                         r"ids 7 and 2"):
+        load_embodiment_ids(checkpoint)
+
+
+def test_embodiment_id_key_spelt_as_a_checkpoint_tag_or_custom_is_read_as_written(tiny_checkpoint, tmp_path):
+    checkpoint = _checkpoint_with_embodiment_ids(tiny_checkpoint, tmp_path, {"Libero_Sim": 7, "my_robot": 30})
+    ids = load_embodiment_ids(checkpoint, ["Libero_Sim"])
+    assert ids["Libero_Sim"] == 7 and ids["my_robot"] == 30 and ids["libero_sim"] == 2
+
+
 def test_embodiment_id_json_is_read_only_next_to_processor_config(tiny_checkpoint, tmp_path, caplog):
     """As the reference's processor: with its files in processor/, a root embodiment_id.json is not read, and a
     warning names it and where it would be read."""

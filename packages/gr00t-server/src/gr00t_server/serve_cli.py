@@ -201,7 +201,7 @@ def _start_server(args: argparse.Namespace) -> Any:
             _check_bind_address(args.host, args.metrics_port, "--metrics-port", socket.AF_UNSPEC)
         # The tag as typed: Gr00tPolicy serves an exact checkpoint tag first, then a built-in tag by any spelling (the
         # enum first made an N1.6-era checkpoint tag 'libero_panda' serve libero_sim, as the Python API did not).
-        policy = _model_policy(args, str(args.embodiment_tag).strip())
+        policy = _model_policy(args, str(args.embodiment_tag).strip(), tag_given)
         served = getattr(policy, "embodiment_tag_value", tag_value)
         source = " (the checkpoint's own tag)" if served != tag_value else ""
     else:

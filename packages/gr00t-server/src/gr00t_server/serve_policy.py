@@ -96,7 +96,7 @@ def _fits_dataset(modality: Any, dataset: Any) -> bool:
     return all(set(modality[m].modality_keys) <= keys for m, keys in wanted.items() if m in modality)
 
 
-def _model_policy(args: argparse.Namespace, tag: Any) -> Any:
+def _model_policy(args: argparse.Namespace, tag: Any, tag_given: bool = True) -> Any:
     model_path = args.model_path
     if os.path.isabs(model_path) and not os.path.exists(model_path):
         raise CliError(f"--model-path {model_path} does not exist")
@@ -119,7 +119,8 @@ def _model_policy(args: argparse.Namespace, tag: Any) -> Any:
         if "is not supported by this checkpoint" not in str(exc):
             raise
         # The reference's several-line text, on one line so that the checkpoint's tags are not lost.
-        raise CliError(" ".join(" ".join(line.split()) for line in str(exc).splitlines() if line.strip())) from exc
+        default = "" if tag_given else (f"--embodiment-tag was not given, so the default {str(tag)!r} was used: ")
+        raise CliError(default + " ".join(" ".join(line.split()) for line in str(exc).splitlines() if line.strip())) from exc
     if args.inference_mode != "pytorch":
         from .backends import apply_inference_mode
 

@@ -17,7 +17,8 @@ from gr00t_server.processing.config import load_processor_config
 
 
 def unsupported_tag_message(tag: Union[EmbodimentTag, str], supported: List[str]) -> str:
-    """The reference's error text for a tag the checkpoint has no modality configs for (model.md §4.3)."""
+    """The reference's error text for a tag the checkpoint has no modality configs for (model.md §4.3), each supported
+    tag with the --embodiment-tag to copy."""
     if isinstance(tag, EmbodimentTag):
         name, value = tag.name, tag.value
     else:
@@ -25,20 +26,18 @@ def unsupported_tag_message(tag: Union[EmbodimentTag, str], supported: List[str]
     lines = [f"Embodiment tag '{name}' (value='{value}') is not supported by this checkpoint.\n\nSupported tags in this checkpoint:"]
     for supported_value in sorted(supported):
         enum_name = EmbodimentTag.reverse_lookup(supported_value)
-        if enum_name != supported_value:
-            lines.append(f"  {enum_name:30s} (--embodiment-tag {enum_name})")
-        else:
-            lines.append(f"  {supported_value:30s} (internal, no public enum)")
+        label = enum_name if enum_name != supported_value else f"{supported_value} (the checkpoint's own tag)"
+        lines.append(f"  {label:30s} (--embodiment-tag {enum_name})")
     message = "\n".join(lines)
     if isinstance(tag, EmbodimentTag) and tag in POSTTRAIN_TAGS:
         message += (
-            f"\n\nHint: '{name}' is a posttrain tag that requires a finetuned checkpoint, not the base model. "
-            "See the example READMEs for how to finetune and download checkpoints."
+            f"\n\nHint: '{name}' is a posttrain tag that requires a checkpoint finetuned for it, not the base model; "
+            "serve such a checkpoint, or one of the tags above."
         )
     elif isinstance(tag, EmbodimentTag) and tag in FINETUNE_ONLY_TAGS:
         message += (
-            f"\n\nHint: '{name}' is for finetuning custom robots. Use it with launch_finetune.py, "
-            "not with the base model directly."
+            f"\n\nHint: '{name}' is the tag of custom robots finetuned from the base model; this checkpoint was not "
+            "finetuned under it, so serve it with one of the tags above."
         )
     return message
 

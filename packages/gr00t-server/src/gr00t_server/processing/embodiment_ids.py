@@ -5,23 +5,37 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping, Optional, Sequence
 
-from gr00t_client.embodiment import EMBODIMENT_TAG_TO_PROJECTOR_INDEX
+from gr00t_client.embodiment import EMBODIMENT_TAG_TO_PROJECTOR_INDEX, EmbodimentTag
 
 from .checkpoint_files import EMBODIMENT_ID_NAME, PathLike, _is_int, _read_json, _refuse_broken_link, find_processor_dir
 
 logger = logging.getLogger("gr00t_server.processing.config")  # one logger for the processor files' warnings
 
 
-def merge_embodiment_ids(from_checkpoint: Optional[Mapping[str, int]]) -> Dict[str, int]:
+def merge_embodiment_ids(from_checkpoint: Optional[Mapping[str, int]], checkpoint_tags: Sequence[str] = ()) -> Dict[str, int]:
     """Checkpoint ids plus built-in ids for tags the checkpoint does not list (never overriding it); ValueError
-    for an id that is not an int >= 0 (2.7 or true would pick another embodiment's projector)."""
+    for an id that is not an int >= 0 (2.7 or true would pick another embodiment's projector), for a key that names a
+    built-in tag otherwise than by its value (its name, another case: never read, so the built-in id was used) unless
+    it is one of `checkpoint_tags`, and for two keys of one tag with different ids."""
     merged: Dict[str, int] = {}
     for tag, index in (from_checkpoint or {}).items():
         if not (_is_int(index) and index >= 0):
             raise ValueError(f"embodiment {str(tag)!r} has id {json.dumps(index)} ({type(index).__name__}); expected an int >= 0")
         merged[str(tag)] = index
+    for tag, index in merged.items():
+        try:
+            builtin = EmbodimentTag.resolve(tag).value
+        except ValueError:
+            continue  # a custom tag: kept as written
+        if tag == builtin or tag in checkpoint_tags:
+            continue
+        if builtin in merged and merged[builtin] != index:
+            raise ValueError(f"keys {tag!r} and {builtin!r} both name embodiment {builtin!r}, with ids {index} and "
+                             f"{merged[builtin]}; expected one key {builtin!r}")
+        raise ValueError(f"key {tag!r} (id {index}) names the embodiment tag {builtin!r} but is never read: the "
+                         f"projector index is looked up by the tag's value; expected the key {builtin!r}")
     for tag, index in EMBODIMENT_TAG_TO_PROJECTOR_INDEX.items():
         merged.setdefault(tag, index)
     return merged
@@ -33,8 +47,9 @@ def embodiment_id_path(checkpoint_dir: PathLike) -> Path:
     return find_processor_dir(checkpoint_dir) / EMBODIMENT_ID_NAME
 
 
-def load_embodiment_ids(checkpoint_dir: PathLike) -> Dict[str, int]:
-    """Read embodiment_id.json (optional) next to processor_config.json, merged with the built-in table."""
+def load_embodiment_ids(checkpoint_dir: PathLike, checkpoint_tags: Sequence[str] = ()) -> Dict[str, int]:
+    """Read embodiment_id.json (optional) next to processor_config.json, merged with the built-in table (keys among
+    `checkpoint_tags`, the processor config's tags, are read as written)."""
     path = embodiment_id_path(checkpoint_dir)
     _refuse_broken_link(path)
     unread = Path(checkpoint_dir) / EMBODIMENT_ID_NAME
@@ -47,6 +62,6 @@ def load_embodiment_ids(checkpoint_dir: PathLike) -> Dict[str, int]:
     if data is not None and not isinstance(data, Mapping):
         raise ValueError(f"{path} must hold a JSON object {{tag: id}}")
     try:
-        return merge_embodiment_ids(data)
+        return merge_embodiment_ids(data, checkpoint_tags)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None

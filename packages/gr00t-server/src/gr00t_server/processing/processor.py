@@ -107,7 +107,8 @@ class Gr00tN1d7Processor(VideoChecks):
         tokenizer, vision_config = load_tokenizer(tokenizer_dir), load_vision_config(tokenizer_dir)
         errors: Dict[str, str] = {}
         statistics = load_statistics(checkpoint_dir, errors, used_statistics(config))
-        processor = cls(config, statistics, load_embodiment_ids(checkpoint_dir), tokenizer, vision_config, errors)
+        embodiment_ids = load_embodiment_ids(checkpoint_dir, config.embodiment_tags)
+        processor = cls(config, statistics, embodiment_ids, tokenizer, vision_config, errors)
         processor_dir = find_processor_dir(checkpoint_dir)
         read = {PROCESSOR_CONFIG_NAME: processor_dir / PROCESSOR_CONFIG_NAME,
                 STATISTICS_NAME: processor_dir / STATISTICS_NAME,
