@@ -207,7 +207,8 @@ def test_a_replay_server_advancing_other_than_n_action_steps_is_refused_before_a
 
     server = RestartableServer(lambda: replay_policy(dataset, execution_horizon=HORIZON))
     refusal = (rf"advances {HORIZON} steps per call, but the envs execute n_action_steps=2 of each chunk.*"
-               rf"serve it with --execution-horizon 2, or run with --n-action-steps {HORIZON}$")
+               rf"serve it with --execution-horizon 2 \(if its action chunks hold that many\), or run with "
+               rf"--n-action-steps {HORIZON}$")
     config = dict(n_episodes=2, n_envs=1, n_action_steps=CHUNK, max_episode_steps=50, vectorization="sync", seed=100)
     ReplayProbeEnv.steps_taken = 0
     try:
@@ -351,3 +352,11 @@ def test_a_chunk_with_the_wrong_batch_size_errors_the_episodes_naming_key_and_sh
     assert result.n_errors == 2
     for outcome in result.outcomes:
         assert "action.arm has shape (1, 4, 3); expected (2, 4, 3), one row per env" in outcome.error
+
+
+def test_replay_drift_advice_names_an_execution_horizon_only_where_the_chunk_holds_it():
+    # A replay of 4-action chunks was advised "serve it with --execution-horizon 8", which the server refuses.
+    from gr00t_eval.rollout.replay_plan import replay_drift_error
+
+    assert "serve it with" not in replay_drift_error(4, 8, chunk=4)
+    assert replay_drift_error(4, 2, chunk=4).endswith("serve it with --execution-horizon 2, or run with --n-action-steps 4")

@@ -328,8 +328,17 @@ def test_unsupported_tag_lists_the_checkpoint_tags(tiny_checkpoint):
         Gr00tPolicy(tiny_checkpoint, "simpler_env_widowx", device="cpu")
     message = str(excinfo.value)
     assert "Embodiment tag 'SIMPLER_ENV_WIDOWX' (value='simpler_env_widowx') is not supported by this checkpoint." in message
-    assert "LIBERO_PANDA" in message and "(--embodiment-tag NEW_EMBODIMENT)" in message
+    assert "LIBERO_PANDA" in message and "(--embodiment-tag new_embodiment)" in message
     assert "posttrain tag" in message
+
+
+def test_unsupported_tag_advises_each_tags_own_spelling_of_the_checkpoint():
+    """Beside a checkpoint tag spelt 'LIBERO_PANDA' (its own, matched first), 'libero_sim' was advised as
+    --embodiment-tag LIBERO_PANDA too, which serves the other one (another projector)."""
+    from gr00t_server.policies.gr00t_arguments import unsupported_tag_message
+
+    message = unsupported_tag_message("my_robot", ["LIBERO_PANDA", "libero_sim"])
+    assert "(--embodiment-tag LIBERO_PANDA)" in message and "(--embodiment-tag libero_sim)" in message
 
 
 def test_unknown_tag_is_a_value_error(tiny_checkpoint):

@@ -269,6 +269,10 @@ def test_make_test_checkpoint_cli_takes_the_current_folder_typed_another_way_as_
     assert main(["make-test-checkpoint", "./", "--overwrite"]) == 0
     assert (work / "config.json").is_file() and not (work / "notes.txt").exists()
     assert main(["make-test-checkpoint", str(work), "--overwrite"]) == 0
+    link = tmp_path / "link"
+    link.symlink_to(work)
+    monkeypatch.chdir(link)  # "$PWD" through a symlink: the link's path, the real one's folder
+    assert main(["make-test-checkpoint", str(link), "--overwrite"]) == 0
 
 
 def test_make_test_checkpoint_refuses_a_blank_dataset_path_naming_it(tmp_path, monkeypatch):

@@ -182,19 +182,32 @@ def _checkpoint_with_embodiment_ids(tiny_checkpoint, tmp_path, ids):
 
 
 @pytest.mark.parametrize("key", ["LIBERO_PANDA", "Libero_Sim"])
-def test_embodiment_id_key_spelling_a_built_in_tag_otherwise_is_refused_naming_it(tiny_checkpoint, tmp_path, key):
+def test_embodiment_id_key_spelling_a_served_tag_otherwise_is_refused_naming_it(tiny_checkpoint, tmp_path, key):
     """Such a key was never read: libero_sim silently ran on the built-in projector 2, not the 7 written."""
     checkpoint = _checkpoint_with_embodiment_ids(tiny_checkpoint, tmp_path, {key: 7})
-    with pytest.raises(ValueError, match=rf"key '{key}' \(id 7\) names the embodiment tag 'libero_sim'.*expected the key "
-                                         r"'libero_sim'"):
-        load_embodiment_ids(checkpoint)
+    with pytest.raises(ValueError, match=rf"key '{key}' \(id 7\) names the served embodiment tag 'libero_sim' but is "
+                                         r"never read: .* and no key 'libero_sim'; expected the key 'libero_sim'"):
+        load_embodiment_ids(checkpoint, ["libero_sim", "new_embodiment"])
 
 
-def test_embodiment_id_keys_of_one_tag_with_different_ids_are_refused(tiny_checkpoint, tmp_path):
+def test_embodiment_id_keys_of_one_served_tag_with_different_ids_are_refused(tiny_checkpoint, tmp_path):
     checkpoint = _checkpoint_with_embodiment_ids(tiny_checkpoint, tmp_path, {"libero_sim": 2, "LIBERO_PANDA": 7})
-    with pytest.raises(ValueError, match=r"keys 'LIBERO_PANDA' and 'libero_sim' both name embodiment 'libero_sim', with "
-                                         r"ids 7 and 2"):
-        load_embodiment_ids(checkpoint)
+    with pytest.raises(ValueError, match=r"key 'LIBERO_PANDA' \(id 7\) names the served embodiment tag 'libero_sim'.*"
+                                         r"the key 'libero_sim' holds 2"):
+        load_embodiment_ids(checkpoint, ["libero_sim"])
+
+
+def test_an_older_training_runs_whole_id_table_loads_its_other_tags_named_in_a_warning(tiny_checkpoint, tmp_path,
+                                                                                         caplog):
+    """An N1.6-era checkpoint keeps its run's whole table ({"libero_panda": 2, "unitree_g1": 21, ...}): the keys of
+    tags it does not serve, spelt by older names, were refused and the checkpoint with them (the reference reads them
+    as written, never looking them up)."""
+    checkpoint = _checkpoint_with_embodiment_ids(
+        tiny_checkpoint, tmp_path, {"libero_panda": 2, "unitree_g1": 21, "gr1": 20, "new_embodiment": 10})
+    with caplog.at_level("WARNING"):
+        ids = load_embodiment_ids(checkpoint, ["libero_panda"])
+    assert ids["libero_panda"] == 2 and ids["unitree_g1"] == 21 and ids["new_embodiment"] == 10
+    assert "'unitree_g1' (" in caplog.text and "are not read" in caplog.text and "'libero_panda' (" not in caplog.text
 
 
 def test_embodiment_id_key_spelt_as_a_checkpoint_tag_or_custom_is_read_as_written(tiny_checkpoint, tmp_path):

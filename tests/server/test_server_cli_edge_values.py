@@ -141,3 +141,15 @@ def test_a_modality_config_file_that_is_not_a_dict_is_named_once(tmp_path, capsy
                  "--modality-config-path", str(config)]) == 2
     assert (f"gr00t-server serve: error: {config}: modality configs must be a non-empty dict {{modality: "
             "ModalityConfig}, got [1]") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["export", "verify"])
+def test_export_and_verify_name_the_checkpoints_tags_for_an_unsupported_one(tiny_checkpoint, tmp_path, capsys, command):
+    """export and verify kept only the first line of the unsupported-tag error, losing the tags to serve."""
+    pytest.importorskip("torch")
+    argv = [command, "--model-path", str(tiny_checkpoint), "--embodiment-tag", "unitree_g1"]
+    argv += ["--output", str(tmp_path / "onnx")] if command == "export" else ["--torch-compile"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "is not supported by this checkpoint." in err and "(--embodiment-tag libero_sim)" in err, err
+    assert len(err.strip().splitlines()) == 1, err

@@ -270,6 +270,8 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         # str(KeyError) quotes its message; the message itself is what the user should read
         text = exc.args[0] if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str) else str(exc)
         message = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        if "is not supported by this checkpoint" in text:  # export/verify: the tags to serve are on its later lines
+            message = " ".join(" ".join(line.split()) for line in text.splitlines() if line.strip())
         if isinstance(exc, MemoryError):
             message = f"out of memory ({message}): {_MEMORY_HINTS.get(command, 'the files it loads may be too large for this machine')}"
         return _report_mistake(command, message, exc, args)

@@ -41,7 +41,8 @@ def make_test_checkpoint(args: argparse.Namespace) -> int:
                        f"for the current one), got {args.output!r}")
     refuse_blank_paths(args, {"dataset_path": "a recorded LeRobot dataset directory (leave the flag out for "
                                               "--embodiment's keys or the default key sets)"})
-    if os.path.abspath(os.path.expanduser(args.output)) == os.getcwd():  # './' or "$PWD": typed, so meant as '.'
+    # './' or "$PWD" (through a symlink too): typed, so meant as '.'
+    if os.path.realpath(os.path.expanduser(args.output)) == os.path.realpath(os.getcwd()):
         args.output = "."  # (make_test_checkpoint refuses any other spelling of it, for a Path('') from Python)
     if not 0 <= args.seed < 2**32:  # checked before any file is written; torch keeps only 32 bits of a weight seed
         raise CliError(f"--seed must be a whole number from 0 to 2**32 - 1, got {args.seed}")

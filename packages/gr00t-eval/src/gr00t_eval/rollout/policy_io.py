@@ -312,7 +312,7 @@ class PositionCheckedPolicy:
                 raise ValueError(ASYNC_REPLAY_ERROR)
             horizon = info.get("execution_horizon")
             if self.n_action_steps is not None and is_position(horizon) and horizon != self.n_action_steps:
-                raise ValueError(replay_drift_error(horizon, self.n_action_steps))
+                raise ValueError(replay_drift_error(horizon, self.n_action_steps, _chunk_length(action)))
         self.cursor.check_reply(info)
         return action, info
 
@@ -419,3 +419,12 @@ def _in_env_dtype(key: str, steps: np.ndarray, dtype: np.dtype) -> np.ndarray:
         raise ActionError(f"action key '{key}' has values beyond {dtype.name}'s range, the env's action dtype (row {row}: "
                           f"{steps[row].ravel()[:4].tolist()}); it was not executed")
     return cast
+
+
+def _chunk_length(action: Any) -> Optional[int]:
+    """The steps of a reply's action chunk ((B, T, D) arrays); None where the reply shows none."""
+    for value in action.values() if isinstance(action, Mapping) else ():
+        shape = getattr(value, "shape", None)
+        if shape is not None and len(shape) >= 2:
+            return int(shape[1])
+    return None

@@ -6,11 +6,18 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional, Sequence
 
 
-def replay_drift_error(horizon: int, n_action_steps: int) -> str:
-    """Why a replay that advances `horizon` recorded steps per call cannot be rolled out with `n_action_steps`."""
+def replay_drift_error(horizon: int, n_action_steps: int, chunk: Optional[int] = None) -> str:
+    """Why a replay that advances `horizon` recorded steps per call cannot be rolled out with `n_action_steps`; a
+    replay served with --execution-horizon n_action_steps is advised only where it can be (its `chunk` holds as many
+    actions; unknown before the first reply)."""
+    serve = ""
+    if chunk is None:
+        serve = f"serve it with --execution-horizon {n_action_steps} (if its action chunks hold that many), or "
+    elif n_action_steps <= chunk:
+        serve = f"serve it with --execution-horizon {n_action_steps}, or "
     return (f"the policy serves recorded steps by its own count and advances {horizon} steps per call, but the envs "
             f"execute n_action_steps={n_action_steps} of each chunk, so the replay would drift (a wrong success rate); "
-            f"serve it with --execution-horizon {n_action_steps}, or run with --n-action-steps {horizon}")
+            f"{serve}run with --n-action-steps {horizon}")
 
 
 ASYNC_REPLAY_ERROR = (

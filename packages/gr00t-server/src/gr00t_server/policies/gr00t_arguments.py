@@ -27,7 +27,7 @@ def unsupported_tag_message(tag: Union[EmbodimentTag, str], supported: List[str]
     for supported_value in sorted(supported):
         enum_name = EmbodimentTag.reverse_lookup(supported_value)
         label = enum_name if enum_name != supported_value else f"{supported_value} (the checkpoint's own tag)"
-        lines.append(f"  {label:30s} (--embodiment-tag {enum_name})")
+        lines.append(f"  {label:30s} (--embodiment-tag {supported_value})")  # the checkpoint's spelling: matched first
     message = "\n".join(lines)
     if isinstance(tag, EmbodimentTag) and tag in POSTTRAIN_TAGS:
         message += (

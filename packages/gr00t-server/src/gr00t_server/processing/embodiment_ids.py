@@ -16,26 +16,35 @@ logger = logging.getLogger("gr00t_server.processing.config")  # one logger for t
 
 def merge_embodiment_ids(from_checkpoint: Optional[Mapping[str, int]], checkpoint_tags: Sequence[str] = ()) -> Dict[str, int]:
     """Checkpoint ids plus built-in ids for tags the checkpoint does not list (never overriding it); ValueError
-    for an id that is not an int >= 0 (2.7 or true would pick another embodiment's projector), for a key that names a
-    built-in tag otherwise than by its value (its name, another case: never read, so the built-in id was used) unless
-    it is one of `checkpoint_tags`, and for two keys of one tag with different ids."""
+    for an id that is not an int >= 0 (2.7 or true would pick another embodiment's projector), and for a key that
+    names one of `checkpoint_tags` (the tags served) otherwise than by its value (its enum name, another case) when
+    the key spelt as the value is absent or holds another id: the lookup is by the value, so the built-in id (or the
+    other key's) was used silently. Such a key for a tag not served (a training run's whole table, older tag names)
+    is never read, and said so in a warning."""
     merged: Dict[str, int] = {}
     for tag, index in (from_checkpoint or {}).items():
         if not (_is_int(index) and index >= 0):
             raise ValueError(f"embodiment {str(tag)!r} has id {json.dumps(index)} ({type(index).__name__}); expected an int >= 0")
         merged[str(tag)] = index
+    served = set(checkpoint_tags)
+    unread = []
     for tag, index in merged.items():
         try:
             builtin = EmbodimentTag.resolve(tag).value
         except ValueError:
             continue  # a custom tag: kept as written
-        if tag == builtin or tag in checkpoint_tags:
+        if tag == builtin or tag in served:
             continue
-        if builtin in merged and merged[builtin] != index:
-            raise ValueError(f"keys {tag!r} and {builtin!r} both name embodiment {builtin!r}, with ids {index} and "
-                             f"{merged[builtin]}; expected one key {builtin!r}")
-        raise ValueError(f"key {tag!r} (id {index}) names the embodiment tag {builtin!r} but is never read: the "
-                         f"projector index is looked up by the tag's value; expected the key {builtin!r}")
+        if builtin in served and merged.get(builtin) != index:
+            found = f"the key {builtin!r} holds {merged[builtin]}" if builtin in merged else f"no key {builtin!r}"
+            raise ValueError(f"key {tag!r} (id {index}) names the served embodiment tag {builtin!r} but is never read: "
+                             f"the projector index is looked up by the tag's value, and {found}; expected the key "
+                             f"{builtin!r}")
+        unread.append(f"{tag!r} ({builtin!r})")
+    if unread:
+        logger.warning("embodiment_id.json keys %s name built-in tags otherwise than by their values and are not read "
+                       "(the lookup is by a tag's value); the checkpoint serves %s", ", ".join(unread),
+                       sorted(served) or "no tag of them")
     for tag, index in EMBODIMENT_TAG_TO_PROJECTOR_INDEX.items():
         merged.setdefault(tag, index)
     return merged
