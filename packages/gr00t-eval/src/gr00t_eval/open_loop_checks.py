@@ -12,6 +12,7 @@ from gr00t_client import BasePolicy, EmbodimentTag, ModalityConfig
 from gr00t_client.embodiment import names_tag
 
 from .action_steps import check_consecutive_action_deltas
+from .policy_identity import replay_count
 from .reported_position import is_flag, is_position
 
 logger = logging.getLogger("gr00t_eval.open_loop")  # the open-loop evaluation's one logger, whichever of its modules logs
@@ -163,7 +164,7 @@ def replay_execution_horizon(served: Optional[Mapping[str, Any]], execution_hori
     """`execution_horizon` as given; for None against a replay (`served`, a policy record, replays recorded steps by
     its own count), the replay's own (its identity's execution_horizon), said with `report`: the default 16 errored
     every trajectory of a replay served with another."""
-    served_horizon = _replay_horizon(served)
+    served_horizon = replay_count(served, "execution_horizon")
     if execution_horizon is None and served_horizon is not None:
         report(f"Execution horizon: {served_horizon}, the replay server's (it advances {served_horizon} recorded steps "
                "per call; --execution-horizon was left out)")
@@ -176,7 +177,7 @@ def check_replay_execution_horizon(served: Optional[Mapping[str, Any]], executio
     """ValueError naming both when the replay `served` advances another number of recorded steps per call than
     `execution_horizon`: every trajectory errored on it, after querying the server. A replay served with
     `execution_horizon` is advised only where one can be (1 .. `action_horizon`, the chunk's length)."""
-    served_horizon = _replay_horizon(served)
+    served_horizon = replay_count(served, "execution_horizon")
     if served_horizon is not None and served_horizon != execution_horizon:
         servable = execution_horizon >= 1 and (action_horizon is None or execution_horizon <= action_horizon)
         other = f", or serve the replay with --execution-horizon {execution_horizon}" if servable else ""
@@ -184,17 +185,6 @@ def check_replay_execution_horizon(served: Optional[Mapping[str, Any]], executio
                          f"recorded steps by its own count and advances {served_horizon} per call, so every trajectory "
                          f"would error; pass --execution-horizon {served_horizon} (or leave it out to use the "
                          f"server's){other}")
-
-
-def _replay_horizon(served: Optional[Mapping[str, Any]]) -> Optional[int]:
-    """The execution_horizon a replay server reports in its identity; None for other policies, or a replay that
-    reports none."""
-    from .policy_identity import serves_replay
-
-    if not serves_replay(served):
-        return None
-    horizon = served["identity"].get("execution_horizon")
-    return horizon if isinstance(horizon, int) and not isinstance(horizon, bool) else None
 
 
 def check_action_steps(action: ModalityConfig, execution_horizon: int) -> None:

@@ -103,6 +103,15 @@ def serves_replay(record: Optional[Mapping[str, Any]]) -> bool:
     return isinstance(identity, Mapping) and identity.get("kind") == "replay"
 
 
+def replay_count(record: Optional[Mapping[str, Any]], name: str) -> Optional[int]:
+    """A whole number a replay server reports in its identity (`execution_horizon`: recorded steps it advances per
+    call; `episodes`: episodes recorded); None for other policies, or a replay that reports none."""
+    if not serves_replay(record):
+        return None
+    value = record["identity"].get(name)  # type: ignore[index]
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def check_serves_env_embodiments(record: Optional[Mapping[str, Any]], env_names: Iterable[str]) -> None:
     """ValueError, before any episode, naming both tags and the fix when an env's embodiment (its prefix's tag) is a
     built-in tag other than the one `record`'s server serves: its episodes would run another embodiment's projector

@@ -36,17 +36,17 @@ def check_replay_horizon(policy: Optional[Mapping[str, Any]], config: Any,
     call too (PolicyIO), where it errored every episode: the run scored nothing and advised a --resume that repeats the
     settings. The CLI, run_suite (batch jobs, shards) and run_rollout check it before any
     episode."""
-    from ..policy_identity import serves_replay
+    from ..policy_identity import replay_count, serves_replay
 
     if not serves_replay(policy):
         return
     if config.client_chunking == "async":
         raise ValueError(ASYNC_REPLAY_ERROR)
-    horizon = policy["identity"].get("execution_horizon")
-    if isinstance(horizon, int) and not isinstance(horizon, bool) and horizon != config.n_action_steps:
+    horizon = replay_count(policy, "execution_horizon")
+    if horizon is not None and horizon != config.n_action_steps:
         raise ValueError(replay_drift_error(horizon, config.n_action_steps))
-    recorded = policy["identity"].get("episodes")
-    if not isinstance(recorded, int) or isinstance(recorded, bool):
+    recorded = replay_count(policy, "episodes")
+    if recorded is None:
         return
     if episodes is not None:  # the listed ones run, whatever n_episodes says
         past = sorted(episode for episode in episodes if episode >= recorded)
