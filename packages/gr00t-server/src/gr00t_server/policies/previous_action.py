@@ -8,6 +8,7 @@ import re
 from typing import Any, Callable, List, Optional
 
 PREVIOUS_ACTION = "options['rtc']['previous_action']"
+_ONE_KEY = re.compile(r"\['([^']*)'\]")  # the one key a refusal names right after PREVIOUS_ACTION
 
 
 class PreviousActionError(ValueError):
@@ -54,7 +55,7 @@ def parsed_previous_action_error(message: str) -> Optional[PreviousActionError]:
         return None
     rest = message[len(PREVIOUS_ACTION):]
     error: Optional[PreviousActionError] = None
-    one_key = re.match(r"\['([^']*)'\]", rest)
+    one_key = _ONE_KEY.match(rest)
     exact = re.fullmatch(r" must have exactly the action keys (\[.*\]); missing (\[.*\]), extra (\[.*\])", rest, re.S)
     as_map = re.fullmatch(r" must be a map with keys (\[.*\])(; got \w+)", rest, re.S)
     if one_key is not None:
@@ -89,7 +90,7 @@ def renamed_cut_previous_action_error(message: str, expected: Callable[[Any], An
     if cut is None or not message.startswith(PREVIOUS_ACTION):
         return None
     text, suffix = message[len(PREVIOUS_ACTION):cut.start()], message[cut.start():]
-    one_key = re.match(r"\['([^']*)'\]", text)
+    one_key = _ONE_KEY.match(text)
     if one_key is not None:
         return f"{PREVIOUS_ACTION}['{sent(one_key.group(1))}']{text[one_key.end():]}{suffix}"
     opening = next((words for words in _LISTS if text.startswith(words)), None)
