@@ -136,15 +136,21 @@ def test_unreadable_files_in_the_authorized_keys_directory_are_skipped(tmp_path)
 MALFORMED_KEY = 'metadata\ncurve\n    public-key: "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"\n'  # ':' where zmq.auth wants '='
 
 
-def test_a_malformed_key_file_added_while_running_is_skipped_and_authorized_clients_still_connect(tmp_path):
-    """zmq.auth raised IndexError for it, which killed the authenticator thread: every later handshake stalled,
-    authorized clients' included, until a restart."""
+def _one_authorized_robot(tmp_path):
+    """(server secret file, authorized-keys folder holding robot.key, the robot's ping() key arguments)."""
     _, server_secret = generate_certificates(tmp_path, "server")
     client_public, client_secret = generate_certificates(tmp_path / "clients", "robot")
     allowed = tmp_path / "allowed"
     allowed.mkdir()
     shutil.copy(client_public, allowed / "robot.key")
-    keys = dict(server_public_key=str(tmp_path / "server.key"), client_secret_key=str(client_secret))
+    return server_secret, allowed, dict(server_public_key=str(tmp_path / "server.key"),
+                                        client_secret_key=str(client_secret))
+
+
+def test_a_malformed_key_file_added_while_running_is_skipped_and_authorized_clients_still_connect(tmp_path):
+    """zmq.auth raised IndexError for it, which killed the authenticator thread: every later handshake stalled,
+    authorized clients' included, until a restart."""
+    server_secret, allowed, keys = _one_authorized_robot(tmp_path)
     with curve_ping_server(CurveServerConfig.load(server_secret, allowed)) as (port, _security):
         assert ping(port, **keys) == {"status": "ok"}
         (allowed / "typo.key").write_text(MALFORMED_KEY)
@@ -343,12 +349,7 @@ def test_an_empty_path_authorized_keys_is_refused_unless_the_str_dot_is_written(
 
 def test_a_fifo_key_file_is_skipped_unopened_and_authorized_clients_still_connect(tmp_path, caplog):
     """A FIFO (or a device) named NAME.key blocked the one ZAP thread in open(): every later handshake stalled."""
-    _, server_secret = generate_certificates(tmp_path, "server")
-    client_public, client_secret = generate_certificates(tmp_path / "clients", "robot")
-    allowed = tmp_path / "allowed"
-    allowed.mkdir()
-    shutil.copy(client_public, allowed / "robot.key")
-    keys = dict(server_public_key=str(tmp_path / "server.key"), client_secret_key=str(client_secret))
+    server_secret, allowed, keys = _one_authorized_robot(tmp_path)
     fifo = allowed / "stray.key"
     with caplog.at_level("WARNING", logger="gr00t_server.curve"):
         with curve_ping_server(CurveServerConfig.load(server_secret, allowed)) as (port, security):
