@@ -44,6 +44,15 @@ def obs(*t):
     return {"state": {"t": np.array(t, np.float32)[:, None]}}
 
 
+def prefetched(chunker, *others):
+    """Steps 0..3 of env 0 (and of the envs starting at `others`), the last of which sends the prefetch, then waits
+    for it: the next call merges it. Returns the last step's info."""
+    for t in range(4):
+        _step, info = chunker.get_action(obs(t, *(start + t for start in others)))
+    assert chunker.wait_for_prefetch(10)
+    return info
+
+
 @pytest.fixture
 def served():
     """(policy, client) for a StampPolicy served on loopback."""
@@ -99,9 +108,7 @@ def test_a_merge_function_that_changes_a_keys_dtype_is_refused_naming_the_key_an
     # An object array hid NaN from the finite check, and (old + new) / 2 sent fractional float64 gripper commands.
     _policy, client = served
     with ActionChunker(client, asynchronous=True, prefetch_steps=4, merge=merge) as chunker:
-        for t in range(4):  # the last call sends the prefetch
-            chunker.get_action(obs(t))
-        assert chunker.wait_for_prefetch(10)
+        prefetched(chunker)
         with pytest.raises(ActionError, match=rf"merging the overlap of action key '{key}' \(<function .*\) gave "
                                               rf"dtype {got}; expected {expected}, the key's dtype in the policy's chunks"):
             chunker.get_action(obs(4))
@@ -118,9 +125,7 @@ def test_a_merge_function_returning_a_masked_array_is_refused_naming_the_key_and
         return np.ma.masked_array(new, mask=True) if new.dtype.kind == "i" else new
 
     with ActionChunker(client, asynchronous=True, prefetch_steps=4, merge=masked_gripper) as chunker:
-        for t in range(4):
-            chunker.get_action(obs(t))
-        assert chunker.wait_for_prefetch(10)
+        prefetched(chunker)
         with pytest.raises(ActionError, match=r"merging the overlap of action key 'gripper' \(<function .*masked_gripper"
                                               r".*\): merge function returned a numpy masked array; return "
                                               r"merged.filled\(x\) .*; the chunk was not used"):
@@ -145,9 +150,7 @@ def test_a_merge_function_giving_another_dtype_of_the_keys_kind_is_cast_back_to_
     policy = StampPolicy(x_dtype=x_dtype, gripper_dtype=gripper_dtype)
     with running_server(policy) as server, PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client, \
             ActionChunker(client, asynchronous=True, prefetch_steps=4, merge=merge) as chunker:
-        for t in range(4):
-            chunker.get_action(obs(t))
-        assert chunker.wait_for_prefetch(10)
+        prefetched(chunker)
         step, info = chunker.get_action(obs(4))  # old step 4 (4, gripper 0) with new step 1 (301, gripper 9)
     assert info["merged_env_ids"] == [0]
     assert step["x"].dtype == np.dtype(x_dtype).newbyteorder("=") and step["gripper"].dtype == gripper_dtype
@@ -159,9 +162,7 @@ def test_a_merge_function_giving_ints_outside_the_keys_int_range_is_refused_not_
     with running_server(policy) as server, PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client, \
             ActionChunker(client, asynchronous=True, prefetch_steps=4,
                           merge=lambda old, new: new.astype(np.int64) + 2**31 if new.dtype.kind == "i" else new) as chunker:
-        for t in range(4):
-            chunker.get_action(obs(t))
-        assert chunker.wait_for_prefetch(10)
+        prefetched(chunker)
         with pytest.raises(ActionError, match=r"merging the overlap of action key 'gripper' \(<function .*\) gave values "
                                               r"from 2147483657 to 2147483657; expected values in \[-2147483648, "
                                               r"2147483647\], the range of the key's dtype int32; the chunk was not used"):
@@ -178,9 +179,7 @@ def test_a_merge_refused_for_one_env_leaves_every_env_on_its_running_chunk(serve
         return np.full(new.shape, np.inf, new.dtype) if new.dtype.kind == "f" and new[0, 0] >= 5000 else new
 
     with ActionChunker(client, asynchronous=True, prefetch_steps=4, merge=merge) as chunker:
-        for t in range(4):
-            chunker.get_action(obs(t, 50 + t))
-        assert chunker.wait_for_prefetch(10)
+        prefetched(chunker, 50)
         with pytest.raises(ActionError, match="action key 'x' .* gave non-finite values .* the chunk was not used"):
             chunker.get_action(obs(4, 54))
         step, _ = chunker.get_action(obs(5, 55))
@@ -202,9 +201,7 @@ def test_a_merge_function_merging_in_place_leaves_every_env_on_its_running_chunk
         return old
 
     with ActionChunker(client, asynchronous=True, prefetch_steps=4, merge=merge_in_place) as chunker:
-        for t in range(4):
-            chunker.get_action(obs(t, 50 + t))
-        assert chunker.wait_for_prefetch(10)
+        prefetched(chunker, 50)
         with pytest.raises(ActionError, match="action key 'x' .* gave non-finite values .* the chunk was not used"):
             chunker.get_action(obs(4, 54))
         steps = [chunker.get_action(obs(t, 50 + t))[0]["x"][:, 0].tolist() for t in (5, 6)]
@@ -274,17 +271,13 @@ def test_a_fraction_new_weight_and_rtc_ramp_rate_are_used_as_floats(served):
     # has no rint), and a prefetch with rtc_ramp_rate=Fraction(6) could not be encoded for the wire.
     policy, client = served
     with ActionChunker(client, asynchronous=True, prefetch_steps=4, merge="weighted", new_weight=Fraction(1, 2)) as chunker:
-        for t in range(4):
-            chunker.get_action(obs(t))
-        assert chunker.wait_for_prefetch(10)
+        prefetched(chunker)
         step, info = chunker.get_action(obs(4))
     assert info["merged_env_ids"] == [0]
     assert step["x"].tolist() == [[152.5]] and step["gripper"].tolist() == [[4]]  # (4 + 301) / 2; rint((0 + 9) / 2)
     with ActionChunker(client, asynchronous=True, prefetch_steps=4, rtc_frozen_steps=2,
                        rtc_ramp_rate=Fraction(6)) as chunker:
-        for t in range(4):
-            _step, info = chunker.get_action(obs(t))
-        assert chunker.wait_for_prefetch(10)
+        info = prefetched(chunker)
         assert "prefetch_error" not in info
         _step, info = chunker.get_action(obs(4))
     assert info["merged_env_ids"] == [0] and policy.options[-1]["rtc"]["ramp_rate"] == 6.0
