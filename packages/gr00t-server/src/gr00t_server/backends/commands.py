@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("torch").setLevel(logging.WARNING)  # torch's INFO lines (export traces) drown ours
     _check_counts(args)
     # a blank one ("$DIR", DIR unset) is the current folder to Path(): an export or engines written there, read from it
-    refuse_blank_paths(args, {name: what for name, what in _PATHS.items() if name in vars(args)})
+    refuse_blank_paths(args, _PATHS)  # a flag this command lacks reads None there
     if args.command == "export":
         return _export(args)
     if args.command == "build-engine":
