@@ -7,6 +7,7 @@ the real CLIs."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +123,57 @@ def test_calls_refused_for_an_action_beyond_float32s_range_serve_no_later_steps_
         with pytest.raises(DatasetError, match=r"episode_000000\.parquet: column 'action' " +
                            BEYOND_FLOAT32.format(episode=0)):
             policy.get_action({})  # a session that never reset replays episode 0
+
+
+def test_open_loop_against_a_replay_errors_a_float64_recorded_action_beyond_float32s_range_naming_file_and_row(
+        dataset, tmp_path):
+    """It passed the check as float64 and was scored as the float32 a replay serves: inf, an MSE of inf written as
+    null for a run reported complete, exit 0."""
+    store_actions_as_float64(dataset)
+    edit_rows(data_file(dataset, 0), lambda t: set_action(t, 4, 2, 1e39))
+    with running_server(ReplayPolicy(make_dataset(tmp_path / "clean", lengths=LENGTHS), execution_horizon=3)) as server:
+        out = tmp_path / "out"
+        assert cli.main(["open-loop", "--dataset-path", str(dataset), "--port", str(server.port), "--no-plots",
+                         "--execution-horizon", "3", "--output-dir", str(out), "--traj-ids", "0", "1"]) == 1
+    data = json.loads((out / "results.json").read_text())
+    assert list(data["trajectories"]) == ["1"] and data["aggregated"]["avg_mse"] == 0.0
+    [errored] = data["errored_trajectories"]
+    assert re.search(r"episode_000000\.parquet: column 'action' " + BEYOND_FLOAT32.format(episode=0), errored["error"])
+
+
+def test_a_float64_recording_whose_error_overflows_errors_the_trajectory_naming_the_figure(dataset, tmp_path):
+    """Scored in float64 (a model's run), 1e200 recorded against a prediction of ~1 squared to inf: MSE inf."""
+    from gr00t_eval.open_loop import OpenLoopConfig, TrajectoryError, evaluate_trajectory
+
+    store_actions_as_float64(dataset)
+    edit_rows(data_file(dataset, 1), lambda t: set_action(t, 4, 2, 1e200))
+    policy = ReplayPolicy(make_dataset(tmp_path / "clean", lengths=LENGTHS), execution_horizon=3)
+    config = OpenLoopConfig(str(dataset), traj_ids=[1], execution_horizon=3, plot=False)
+    with pytest.raises(TrajectoryError, match=r"it cannot be scored: its action MSE is inf: the ground truth and "
+                                              r"prediction differ by more than float64 can square"):
+        evaluate_trajectory(policy, LeRobotDataset(dataset), 1, config, policy.get_modality_config(), report=lambda _: None)
+
+
+def set_state(table: pa.Table, row: int, index: int, value: float) -> pa.Table:
+    states = [list(map(float, r)) for r in table.column("observation.state").to_pylist()]
+    states[row][index] = value
+    column = pa.array(states, table.schema.field("observation.state").type)
+    return table.set_column(table.column_names.index("observation.state"), "observation.state", column)
+
+
+def test_open_loop_errors_a_recorded_state_that_is_sent_holding_nan_naming_file_and_step(dataset, tmp_path):
+    """It was reported as "non-finite values in rows [0]" of the one-row request, not the dataset's file and step."""
+    edit_rows(data_file(dataset, 0), lambda t: set_state(t, 3, 0, float("nan")))  # step 3: sent (horizon 3)
+    edit_rows(data_file(dataset, 1), lambda t: set_state(t, 4, 0, float("nan")))  # step 4: never sent
+    with running_server(ReplayPolicy(make_dataset(tmp_path / "clean", lengths=LENGTHS), execution_horizon=3)) as server:
+        out = tmp_path / "out"
+        assert cli.main(["open-loop", "--dataset-path", str(dataset), "--port", str(server.port), "--no-plots",
+                         "--execution-horizon", "3", "--output-dir", str(out), "--traj-ids", "0", "1"]) == 1
+    data = json.loads((out / "results.json").read_text())
+    assert list(data["trajectories"]) == ["1"]
+    [errored] = data["errored_trajectories"]
+    assert ("its recorded states cannot be sent to the policy: " in errored["error"] and
+            "episode_000000.parquet: column 'observation.state' holds nan at row 3 " in errored["error"])
 
 
 # --- rows out of step order ---------------------------------------------------------------------------------

@@ -178,6 +178,14 @@ def test_out_of_range_positions_and_steps_raise(dataset):
         dataset.episode(0).states("nope")
 
 
+@pytest.mark.parametrize("call, position", [("episode", 1.7), ("episode_by_index", 1.7), ("episode_by_index", True),
+                                            ("episode_extras", 1.5), ("episode_data_path", 0.9)])
+def test_a_float_or_bool_episode_position_is_refused_by_every_position_method(datasets, call, position):
+    dataset = LeRobotDataset(datasets[("h264", "v2.1")])  # int() made 1.7 episode 1, 0.9 episode 0 and True episode 1
+    with pytest.raises(TypeError, match=rf"must be an int, got {position!r}"):
+        getattr(dataset, call)(position)
+
+
 # -- malformed datasets -------------------------------------------------------------------------
 
 

@@ -55,3 +55,10 @@ def test_a_batch_jobs_video_dir_starting_with_tilde_is_in_the_home_folder(home, 
     (walk, here) = load_jobs(jobs)
     assert walk.config["video_dir"] == str(home / "vids")
     assert here.config["video_dir"] == str(tmp_path / "work" / "~" / "vids")
+
+
+def test_a_dataset_writer_root_starting_with_tilde_is_in_the_home_folder(home, tmp_path):
+    from gr00t_eval import DatasetWriter
+
+    assert DatasetWriter("~/ds", 10).root == home / "ds"
+    assert (home / "ds").is_dir() and not (tmp_path / "work" / "~").exists()

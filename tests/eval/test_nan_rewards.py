@@ -92,3 +92,33 @@ def test_a_reward_that_is_not_a_number_is_named_with_its_type_not_reported_as_na
     assert "the reward array of shape (2,) (float64), which is not a number" in errors[2]
     assert errors[3] is None and not any("nan" in (e or "") for e in errors.values())
     assert np.isfinite(json.loads((out / "results.json").read_text())["overall"]["avg_sum_reward"])
+
+
+class HugeRewardWalk(WalkToEnv):
+    """walkto (never at its goal in 6 steps) rewarding 1e308: every step for odd seeds (their sum overflows float64),
+    the first step only for even seeds (their sum is finite, and so is its mean over episodes)."""
+
+    def reset(self, *, seed=None, options=None):
+        self._odd, self._t = seed is not None and seed % 2 == 1, 0
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        obs, _, terminated, truncated, info = super().step(action)
+        self._t += 1
+        return obs, (1e308 if self._odd or self._t == 1 else 0.0), terminated, truncated, info
+
+
+def test_finite_rewards_whose_sum_overflows_error_their_episode_and_finite_sums_average_finitely(tmp_path):
+    """sum_reward, avg_sum_reward and avg_max_reward were inf, written as null (unknown) in a run reported complete."""
+    register_env_prefix("hugewalk", EmbodimentTag.NEW_EMBODIMENT, lambda task, **kwargs: HugeRewardWalk(0.01))
+    out = tmp_path / "run"
+    args = [a if a != "nanwalk/fast" else "hugewalk/fast" for a in ROLLOUT]
+    with policy_server(ConstantPolicy()) as server:
+        assert cli.main([*args, "--policy-client-port", str(server.port), "--output-dir", str(out)]) == 0
+    data = json.loads((out / "results.json").read_text())
+    errors = {e["episode_index"]: e["error"] for e in data["per_episode"]}
+    assert errors[0] is None and errors[2] is None
+    assert ("step 1: the env's rewards add up to inf (each is finite, their sum is past float64's range); the episode "
+            "cannot be scored") in errors[1] and errors[3] is not None
+    assert data["overall"]["avg_sum_reward"] == 1e308 and data["overall"]["avg_max_reward"] == 1e308
+    assert data["overall"]["n_episodes"] == 2 and data["overall"]["n_errors"] == 2

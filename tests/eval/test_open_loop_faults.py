@@ -456,6 +456,25 @@ class NanReplay(ReplayPolicy):
         return action, info
 
 
+class HugeReplay(ReplayPolicy):
+    """A replay whose 'arm' chunks are 1e200 in float64: finite, so no finite check refuses them."""
+
+    def _get_action(self, observation, options=None):
+        action, info = super()._get_action(observation, options)
+        return dict(action, arm=np.full(np.shape(action["arm"]), 1e200)), info
+
+
+def test_a_chunk_beyond_float32s_range_is_errored_naming_the_key_not_scored_as_an_mse_of_inf(dataset, tmp_path):
+    """Its squared error overflowed: "Average MSE across all trajs: inf", null in results.json, status complete, exit 0."""
+    with running_server(HugeReplay(dataset, execution_horizon=4, strict=False)) as huge:
+        assert open_loop(dataset, huge.port, tmp_path / "out", "--traj-ids", "0") == 1
+    data = results(tmp_path / "out")
+    assert data["trajectories"] == {}
+    [errored] = data["errored_trajectories"]
+    assert ("the policy's action 'arm' at step 0 has values beyond float32's range (|value| <= 3.403e+38) in chunk "
+            "rows [0, 1, 2, 3") in errored["error"]
+
+
 def test_a_chunk_whose_keys_have_other_widths_than_the_datasets_is_errored_not_scored(dataset, tmp_path):
     """Only the widths' total was checked: a policy's arm of 2 and gripper of 2 against the dataset's 3 + 1 was scored
     column against the wrong column (arm MSE 15.9 instead of 7.3 in the audit's run), exit 0."""

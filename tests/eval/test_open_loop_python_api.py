@@ -61,3 +61,35 @@ def test_an_output_dir_that_is_a_file_is_refused_before_the_policy_is_queried(da
         with pytest.raises(OutputDirError, match="notes.txt exists and is not a directory"):
             evaluate_open_loop(client, config, report=lambda _: None, progress=False)
     assert queries == [] and target.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("denoising_steps", [2.5, True, float("nan"), "4"])
+def test_denoising_steps_that_is_not_a_whole_number_is_refused_naming_it(dataset, tmp_path, denoising_steps):
+    # 2.5 was sent to the policy as 2 while results.json recorded 2.5; True was sent as 1; NaN failed mid-run
+    with pytest.raises(ValueError, match="denoising_steps must be a whole number >= 1"):
+        OpenLoopConfig(str(dataset), output_dir=str(tmp_path / "out"), denoising_steps=denoising_steps)
+
+
+def test_plot_that_is_not_a_bool_is_refused_naming_it(dataset, tmp_path):
+    with pytest.raises(ValueError, match=r"plot must be True or False, got 'no' \(str\)"):  # bool("no") is True
+        OpenLoopConfig(str(dataset), output_dir=str(tmp_path / "out"), plot="no")
+
+
+def test_modality_keys_given_as_a_generator_are_scored_and_recorded_as_a_list(dataset, sim_server, tmp_path):
+    result = evaluate(dataset, sim_server, tmp_path / "out", modality_keys=(key for key in ["arm"]))
+    assert result.errored == {} and list(result.trajectories[0].errors.per_key) == ["arm"]
+    assert json.loads(result.results_path.read_text())["config"]["modality_keys"] == ["arm"]
+
+
+@pytest.mark.parametrize("keys", ["arm", "action.arm"])
+def test_modality_keys_given_as_one_string_is_refused_naming_the_list_expected(dataset, tmp_path, keys):
+    # it was read as its letters: "action keys ['a', 'r', 'm'] are not in the dataset"
+    with pytest.raises(ValueError, match=rf"modality_keys must be a list of action keys, got the str '{keys}'"):
+        OpenLoopConfig(str(dataset), output_dir=str(tmp_path / "out"), modality_keys=keys)
+
+
+def test_an_output_dir_starting_with_tilde_is_written_in_the_home_folder(dataset, sim_server, home, tmp_path):
+    result = evaluate(dataset, sim_server, Path("~/out"))
+    assert result.results_path == home / "out" / "results.json" and result.results_path.exists()
+    assert json.loads(result.results_path.read_text())["config"]["output_dir"] == str(home / "out")
+    assert not (tmp_path / "work" / "~").exists()  # a folder literally named '~' in the working directory

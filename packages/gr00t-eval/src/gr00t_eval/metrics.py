@@ -8,6 +8,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 
+class NonFiniteError(ValueError):
+    """A figure computed from finite numbers is not finite (their squares or sum overflowed float64)."""
+
+
 @dataclass(frozen=True)
 class ActionErrors:
     """MSE and MAE between ground-truth and predicted actions, overall, per action key and per dimension."""
@@ -32,6 +36,7 @@ def action_errors(ground_truth: np.ndarray, prediction: np.ndarray, key_dims: Ma
     """Errors of (T, D) arrays whose columns are the action keys concatenated in `key_dims` order.
 
     Overall MSE/MAE are means over every element, as in the reference (physical units, no normalisation).
+    NonFiniteError when one is not finite (finite values whose squares or differences overflow float64).
     """
     gt = np.asarray(ground_truth, dtype=np.float64)
     pred = np.asarray(prediction, dtype=np.float64)
@@ -42,22 +47,30 @@ def action_errors(ground_truth: np.ndarray, prediction: np.ndarray, key_dims: Ma
         raise ValueError(f"action keys {dict(key_dims)} sum to {total} dims but the arrays have {gt.shape[1]}")
     if gt.shape[0] == 0:
         raise ValueError("cannot compute errors over zero steps")
-    diff = gt - pred
-    per_dim_mse = np.mean(diff**2, axis=0)
-    per_dim_mae = np.mean(np.abs(diff), axis=0)
-    per_key: Dict[str, Dict[str, float]] = {}
-    start = 0
-    for key, dim in key_dims.items():
-        block = diff[:, start : start + int(dim)]
-        per_key[key] = {"mse": float(np.mean(block**2)), "mae": float(np.mean(np.abs(block)))}
-        start += int(dim)
-    return ActionErrors(
-        mse=float(np.mean(diff**2)),
-        mae=float(np.mean(np.abs(diff))),
-        per_key=per_key,
-        per_dim_mse=[float(v) for v in per_dim_mse],
-        per_dim_mae=[float(v) for v in per_dim_mae],
-    )
+    with np.errstate(over="ignore"):  # a figure past float64's range is refused below, naming it
+        diff = gt - pred
+        per_dim_mse = np.mean(diff**2, axis=0)
+        per_dim_mae = np.mean(np.abs(diff), axis=0)
+        per_key: Dict[str, Dict[str, float]] = {}
+        start = 0
+        for key, dim in key_dims.items():
+            block = diff[:, start : start + int(dim)]
+            per_key[key] = {"mse": float(np.mean(block**2)), "mae": float(np.mean(np.abs(block)))}
+            start += int(dim)
+        errors = ActionErrors(
+            mse=float(np.mean(diff**2)),
+            mae=float(np.mean(np.abs(diff))),
+            per_key=per_key,
+            per_dim_mse=[float(v) for v in per_dim_mse],
+            per_dim_mae=[float(v) for v in per_dim_mae],
+        )
+    # inf was written to results.json as null (unknown) for a run reported complete
+    for name, value in (("MSE", errors.mse), ("MAE", errors.mae)):
+        if not np.isfinite(value):
+            raise NonFiniteError(f"its action {name} is {value}: the ground truth and prediction differ by more than "
+                                 f"float64 can square or add up (largest |difference| {float(np.max(np.abs(diff))):.4g});"
+                                 " expected actions in the robot's physical units")
+    return errors
 
 
 ERROR_REASON_CHARS = 4000  # an errored episode's reason as logged, saved (episodes.jsonl, results.json) and printed
@@ -139,11 +152,21 @@ def rollout_aggregates(outcomes: Sequence[EpisodeOutcome], eval_s: float) -> Dic
     nan = float("nan")
     return {
         "pc_success": 100.0 * float(np.mean([o.success for o in finished])) if finished else nan,
-        "avg_sum_reward": float(np.mean([o.sum_reward for o in finished])) if finished else nan,
-        "avg_max_reward": float(np.mean([o.max_reward for o in finished])) if finished else nan,
+        "avg_sum_reward": _mean([o.sum_reward for o in finished]) if finished else nan,
+        "avg_max_reward": _mean([o.max_reward for o in finished]) if finished else nan,
         "avg_length": float(np.mean([o.length for o in finished])) if finished else nan,
         "n_episodes": len(finished),
         "n_errors": n_run - len(finished),
         "eval_s": float(eval_s),
         "eval_ep_s": float(eval_s) / n_run if n_run else nan,
     }
+
+
+def _mean(values: Sequence[float]) -> float:
+    """The mean of `values`; finite ones whose sum overflows float64 (two rewards of 1e308) are averaged without
+    it: their mean is finite, and inf was written to results.json as null (unknown)."""
+    with np.errstate(over="ignore"):
+        mean = float(np.mean(values))
+    if np.isinf(mean) and np.isfinite(values).all():
+        mean = float(np.sum(np.asarray(values, dtype=np.float64) / len(values)))
+    return mean

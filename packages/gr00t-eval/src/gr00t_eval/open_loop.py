@@ -27,7 +27,7 @@ from gr00t_client import BasePolicy, ModalityConfig, PolicyServerError, ServerSt
 
 from .progress import bar_options
 from .dataset import DatasetError, LeRobotDataset
-from .metrics import ActionErrors, action_errors
+from .metrics import ActionErrors, NonFiniteError, action_errors
 from .applied_settings import settings_not_applied, warn_not_applied
 from .open_loop_checks import (TrajectoryError, _chunk, check_action_steps, check_policy_episode, check_policy_position,
                                check_replay_execution_horizon, dataset_action_keys, evaluated_embodiment,
@@ -36,7 +36,7 @@ from .open_loop_observation import (FLAT_FORMAT_HINT, _EpisodeSteps, _FrameWindo
                                     format_hint, history_steps, resolve_observation_format)
 from .policy_identity import pinned_policy, record_from_info, server_info, serves_replay
 from .reported_position import is_position
-from .rollout.config import is_whole_number
+from .rollout.config import check_whole_number, is_whole_number
 from .run_stop import OutputFolderGone, check_folder_kept, folder_identity
 from .results import RESULTS_FILENAME, open_loop_results, write_results
 
@@ -78,6 +78,12 @@ class OpenLoopConfig:
     denoising_steps: Optional[int] = None
 
     def __post_init__(self) -> None:
+        # '~' is the home folder, as in the CLI's path flags and job files (not a folder named '~' here)
+        self.dataset_path = os.path.expanduser(self.dataset_path)
+        if self.output_dir is not None:
+            self.output_dir = os.path.expanduser(self.output_dir)
+        if self.plot_path is not None:
+            self.plot_path = os.path.expanduser(self.plot_path)
         if not is_whole_number(self.steps) or self.steps < 1:
             raise ValueError(f"steps must be an int >= 1 (steps evaluated per trajectory), got {self.steps!r}")
         if self.execution_horizon is not None and (not is_whole_number(self.execution_horizon) or self.execution_horizon < 1):
@@ -102,10 +108,20 @@ class OpenLoopConfig:
             raise ValueError(f"traj_ids names {', '.join(map(str, repeated_ids))} more than once; name each trajectory once")
         if self.observation_format not in OBSERVATION_FORMATS:
             raise ValueError(f"observation_format must be one of {OBSERVATION_FORMATS}, got {self.observation_format!r}")
-        if self.denoising_steps is not None and self.denoising_steps < 1:
-            raise ValueError(f"denoising_steps must be >= 1, got {self.denoising_steps}")
+        if self.denoising_steps is not None:  # int() sent 2.5 as 2 (results.json kept 2.5), and True as 1
+            self.denoising_steps = check_whole_number(self.denoising_steps, "denoising_steps", 1)
+        if not isinstance(self.plot, (bool, np.bool_)):  # bool("no") is True
+            raise ValueError(f"plot must be True or False, got {self.plot!r} ({type(self.plot).__name__})")
+        self.plot = bool(self.plot)
         if self.modality_keys is not None:
-            keys = list(self.modality_keys)
+            # A list, as traj_ids: a generator could not be copied for the check, and a str was read as its letters.
+            if isinstance(self.modality_keys, str):
+                raise ValueError(f"modality_keys must be a list of action keys, got the str {self.modality_keys!r}; "
+                                 f"expected [{self.modality_keys!r}] for that one key")
+            try:
+                keys = self.modality_keys = list(self.modality_keys)
+            except TypeError:
+                raise ValueError(f"modality_keys must be a list of action keys, got {self.modality_keys!r}") from None
             repeated = sorted({key for key in keys if keys.count(key) > 1})
             if repeated:  # the per-key dims are a dict: a repeat would silently double the arrays, not the dims
                 raise ValueError(f"modality_keys names {', '.join(map(repr, repeated))} more than once; "
@@ -209,12 +225,23 @@ def evaluate_trajectory(
     key_dims = {key: episode.actions(key).shape[1] for key in action_keys}
     actual_steps = min(config.steps, episode.length)
     try:  # before any query: a NaN in the scored rows would make this trajectory's scores, and the averages, NaN
-        episode.check_finite("action", action_keys, rows=actual_steps)  # rows past --steps are never scored
+        # in the precision scored: a float64 value past float32's range passed as float64 and was scored as inf
+        episode.check_finite("action", action_keys, recording_dtype, rows=actual_steps)  # rows past --steps: unscored
     except DatasetError as exc:
         raise TrajectoryError(f"its recorded actions cannot be scored against: {exc}") from None
     report(f"Running trajectory: {traj_id}")
     report(f"Using {actual_steps} steps (requested: {config.steps}, trajectory length: {episode.length})")
     inference_steps = list(range(0, actual_steps, config.execution_horizon))
+    if "state" in configs:  # the rows sent, as float32: a NaN was reported as row 0 of the request, not the file's step
+        sent_rows = sorted({int(row) for step in inference_steps
+                            for row in history_steps(step, configs["state"].delta_indices, episode.length)})
+        state_keys = list(key_maps["state"].map.values())
+        for key in state_keys:  # read first: a damaged column is "its recording cannot be read" (the caller), as before
+            episode.states(key)
+        try:
+            episode.check_finite("state", state_keys, np.float32, rows=sent_rows)
+        except DatasetError as exc:
+            raise TrajectoryError(f"its recorded states cannot be sent to the policy: {exc}") from None
     # A stateful policy (ReplayPolicy) moves to this trajectory; a stateless model ignores the options.
     reset_policy(policy, traj_id, config.execution_horizon, episode.length)
     predicted: List[np.ndarray] = []
@@ -239,7 +266,10 @@ def evaluate_trajectory(
     prediction = np.asarray(predicted[:actual_steps])
     if prediction.shape != ground_truth.shape:
         raise ValueError(f"prediction shape {prediction.shape} differs from ground truth {ground_truth.shape} for trajectory {traj_id}")
-    errors = action_errors(ground_truth, prediction, key_dims)
+    try:
+        errors = action_errors(ground_truth, prediction, key_dims)
+    except NonFiniteError as exc:
+        raise TrajectoryError(f"it cannot be scored: {exc}") from None
     report(f"Unnormalized Action MSE across single traj: {errors.mse}")
     report(f"Unnormalized Action MAE across single traj: {errors.mae}")
     result = TrajectoryResult(traj_id, ground_truth, prediction, inference_steps, errors, episode.length)
@@ -285,6 +315,7 @@ def check_open_loop_output_dir(output_dir: str) -> None:
     this run's results."""
     from .output_files import OutputDirError
 
+    output_dir = os.path.expanduser(output_dir)
     if Path(output_dir).exists() and not Path(output_dir).is_dir():
         raise OutputDirError(f"output_dir {output_dir} exists and is not a directory; expected a new or empty folder")
     earlier = Path(output_dir) / RESULTS_FILENAME

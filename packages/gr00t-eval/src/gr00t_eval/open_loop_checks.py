@@ -123,6 +123,12 @@ def _chunk(action: Mapping[str, Any], keys: Sequence[str], key_dims: Mapping[str
             rows = sorted({int(r) for r in np.flatnonzero(~np.isfinite(value.reshape(value.shape[0], -1)).all(axis=1))})
             raise TrajectoryError(f"the policy's action '{key}' at step {step} has non-finite values (NaN or inf) in chunk "
                                   f"rows {rows[:8]}; nothing can be scored against them")
+        beyond = np.abs(value) > np.finfo(np.float32).max  # as rollout refuses them: its squared error overflowed
+        if beyond.any():
+            rows = sorted({int(r) for r in np.flatnonzero(beyond.reshape(value.shape[0], -1).any(axis=1))})
+            raise TrajectoryError(f"the policy's action '{key}' at step {step} has values beyond float32's range "
+                                  f"(|value| <= {np.finfo(np.float32).max:.4g}) in chunk rows {rows[:8]}; expected "
+                                  "actions a float32 policy can send")
         out[key] = value
     return out
 

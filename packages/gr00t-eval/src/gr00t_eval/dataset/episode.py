@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Sequence, Union
 
 import numpy as np
 
@@ -43,15 +43,23 @@ class Episode:
                                    "episode must be its steps in order, each frame_index one more than the last")
         self.timestamps()
 
-    def check_finite(self, kind: str, keys: Sequence[str], dtype: Any = np.float64, rows: Optional[int] = None) -> None:
+    def check_finite(self, kind: str, keys: Sequence[str], dtype: Any = np.float64,
+                     rows: Union[None, int, Sequence[int]] = None) -> None:
         """DatasetError naming the file, column, row and key when a state or action group holds NaN or inf as `dtype`
         holds it: a recorded action with a hole would be replayed to a robot or scored against as if it were a number
         (np.float32, what a replay serves, also refuses a float64 recording's values beyond float32's range).
-        `rows`: only the first rows are checked (those open-loop scores); None checks the whole episode."""
+        `rows`: an int checks only the first rows (those open-loop scores), a sequence only those rows (the steps
+        open-loop sends); None checks the whole episode."""
         for key in keys:
-            values = self._group_array(kind, key, np.float64)[:rows]
+            values = self._group_array(kind, key, np.float64)
             with np.errstate(over="ignore"):
                 bad = ~np.isfinite(values.astype(dtype))
+            if isinstance(rows, (int, np.integer)):
+                bad[rows:] = False
+            elif rows is not None:
+                checked = np.zeros(len(bad), dtype=bool)
+                checked[list(rows)] = True
+                bad &= checked[:, None]
             if bad.any():
                 row, index = (int(i) for i in np.argwhere(bad)[0])
                 group = self._dataset._groups(kind)[key]

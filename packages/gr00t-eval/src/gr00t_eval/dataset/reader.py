@@ -311,26 +311,29 @@ class LeRobotDataset:
     # -- episodes ---------------------------------------------------------------------------------
     def episode(self, position: int) -> "Episode":
         """The episode at `position` in the episode list (reads its parquet rows, no video)."""
+        return Episode(self, self._records[self._position(position)])
+
+    def episode_extras(self, position: int) -> Dict[str, Any]:
+        """Episode-level fields beyond LeRobot's own (e.g. "seed") of the episode at `position`, without reading its rows."""
+        return dict(self._records[self._position(position)].extras)
+
+    def episode_data_path(self, position: int) -> Path:
+        """The parquet file holding the rows of the episode at `position`, without reading it."""
+        return self._records[self._position(position)].data_path
+
+    def _position(self, position: Any) -> int:
+        """`position` as an index into the episode list: TypeError for a bool or float (int() made 1.7 episode 1),
+        IndexError out of range."""
         if isinstance(position, bool) or not isinstance(position, (int, np.integer)):
             raise TypeError(f"episode position must be an int, got {position!r}")
         if not 0 <= position < len(self._records):
             raise IndexError(f"episode position {position} out of range; the dataset has {len(self._records)} episodes")
-        return Episode(self, self._records[int(position)])
-
-    def episode_extras(self, position: int) -> Dict[str, Any]:
-        """Episode-level fields beyond LeRobot's own (e.g. "seed") of the episode at `position`, without reading its rows."""
-        if not 0 <= int(position) < len(self._records):
-            raise IndexError(f"episode position {position} out of range; the dataset has {len(self._records)} episodes")
-        return dict(self._records[int(position)].extras)
-
-    def episode_data_path(self, position: int) -> Path:
-        """The parquet file holding the rows of the episode at `position`, without reading it."""
-        if not 0 <= int(position) < len(self._records):
-            raise IndexError(f"episode position {position} out of range; the dataset has {len(self._records)} episodes")
-        return self._records[int(position)].data_path
+        return int(position)
 
     def episode_by_index(self, episode_index: int) -> "Episode":
         """The episode whose `episode_index` field is `episode_index`."""
+        if isinstance(episode_index, bool) or not isinstance(episode_index, (int, np.integer)):
+            raise TypeError(f"episode_index must be an int, got {episode_index!r}")
         record = self._by_index.get(int(episode_index))
         if record is None:
             raise IndexError(f"no episode with episode_index {episode_index}; known: {self.episode_indices[:20]}")

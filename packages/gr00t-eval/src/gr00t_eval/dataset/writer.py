@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import numbers
+import os
 import weakref
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -76,7 +77,9 @@ class DatasetWriter(_EpisodeChecks, _EpisodeFiles, _MetaFiles):
                 or language_column in ("observation.state", "action") or language_column.startswith("observation.images.")):
             raise ValueError(f"language_column {language_column!r} is a LeRobot column the writer fills itself; name a "
                              "column of its own (or leave the default, 'task_index')")
-        self.root = Path(root).absolute()  # pyarrow expands a relative '~/ds' (Python's open() does not)
+        # '~' is the home folder, as in the CLI's --output (a folder named '~' was made in the working directory); on
+        # the text: Path() drops the './' of './~/ds', a folder named '~'
+        self.root = Path(os.path.expanduser(root)).absolute()
         delete_trash(self.root / OVERWRITE_TRASH)  # left by an overwrite that was killed
         keep = (*keep, OVERWRITE_TRASH)
         if self.root.exists() and any(entry.name not in keep for entry in self.root.iterdir()):

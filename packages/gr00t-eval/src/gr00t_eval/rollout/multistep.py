@@ -359,6 +359,9 @@ class MultiStepWrapper(gym.Wrapper):
                 if not (terminated or truncated):
                     failure, terminated = f"step {self._steps - 1}: {exc}", True
         sum_reward, max_reward = self._reward_totals()  # so far: the runner reports them for an episode it errors
+        if not np.isfinite(sum_reward) and failure is None:  # finite rewards past float64's range: inf written as null
+            failure, terminated = (f"step {self._steps - 1}: the env's rewards add up to {sum_reward} (each is finite, "
+                                   "their sum is past float64's range); the episode cannot be scored"), True
         out_info: Dict[str, Any] = {"success": self._success, "env_steps": self._steps, "idle": False,
                                     "sum_reward": sum_reward, "max_reward": max_reward}
         if terminated or truncated:
@@ -378,7 +381,8 @@ class MultiStepWrapper(gym.Wrapper):
         """The episode's sum and max reward so far (0.0 before its first step)."""
         if not self._rewards:
             return 0.0, 0.0
-        return float(np.sum(self._rewards)), float(np.max(self._rewards))
+        with np.errstate(over="ignore"):  # a sum past float64's range errors the episode (step), without numpy's warning
+            return float(np.sum(self._rewards)), float(np.max(self._rewards))
 
     def write_video(self, errored_rows: Mapping[int, str]) -> Optional[str]:
         """With `defer_video`: write the video of this env's episode that ended, or, when `errored_rows` names this
