@@ -204,6 +204,23 @@ def test_invalid_jobs_keep_their_names_and_duplicate_names_are_refused(tmp_path)
     assert batch["jobs"][0]["reason"].startswith("invalid job: job 'typo'")
 
 
+def test_batch_runs_jobs_given_as_a_generator_not_reporting_a_complete_batch_of_none(tmp_path):
+    """The duplicate-name check used the generator up: the batch ran no job and saved "complete" with 0 jobs."""
+    settings = {"n_episodes": 1, "n_envs": 1, "n_action_steps": 2, "max_episode_steps": 6, "vectorization": "sync"}
+    with policy_server() as server:
+        address = PolicyServerAddress("127.0.0.1", server.port, timeout_ms=5000)
+        jobs = (Job(name, "walkto/slow", address, dict(settings)) for name in ("a", "b"))
+        batch = run_batch(jobs, tmp_path / "batch_results.json")
+    saved = json.loads((tmp_path / "batch_results.json").read_text())
+    assert batch["n_done"] == 2 and [job["status"] for job in saved["jobs"]] == ["done", "done"]
+
+
+def test_batch_refuses_no_jobs_as_load_jobs_refuses_an_empty_job_file(tmp_path):
+    with pytest.raises(ValueError, match="^jobs lists no jobs; a batch needs at least one Job$"):
+        run_batch([], tmp_path / "batch_results.json")
+    assert not (tmp_path / "batch_results.json").exists()
+
+
 def test_batch_resume_keeps_done_jobs_and_runs_the_others_again(tmp_path):
     with policy_server() as server:
         good = {"port": server.port, "timeout_ms": 5000}

@@ -148,6 +148,21 @@ def test_positive_delta_indices_are_refused():
         wrap(StepEnv(), state_delta_indices=[0, 1])
 
 
+@pytest.mark.parametrize("setting, value, shown", [
+    ("n_action_steps", 2.5, "float 2.5"), ("n_action_steps", True, "bool True"),
+    ("max_episode_steps", 7.9, "float 7.9"), ("max_episode_steps", "8", "str '8'"),
+])
+def test_a_step_count_that_is_no_whole_number_is_refused_naming_it_as_rollout_config_does(setting, value, shown):
+    """int() cut 2.5 steps per chunk to 2 and an episode limit of 7.9 to 7, and took True as 1."""
+    with pytest.raises(ValueError, match=f"^{setting} must be a whole number >= 1, got {shown}$"):
+        wrap(StepEnv(), **{setting: value})
+
+
+def test_numpy_int_step_counts_are_taken_as_plain_ints():
+    wrapper = wrap(StepEnv(), n_action_steps=np.int64(2), max_episode_steps=np.int32(4))
+    assert (type(wrapper.n_action_steps), type(wrapper.max_episode_steps)) == (int, int)
+
+
 def test_episode_terminates_on_success_mid_chunk_with_a_summary():
     env = StepEnv(success_at=4)
     wrapper = wrap(env, n_action_steps=3)

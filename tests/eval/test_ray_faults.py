@@ -436,3 +436,28 @@ def test_a_ray_run_whose_shards_reach_no_server_leaves_no_run_behind(ray_started
     with policy_server() as server:
         assert _rollout("walkto/fast", server.port, out, "--seed", "0") == 0  # not refused as "not empty"
     assert json.loads((out / "results.json").read_text())["overall"]["n_episodes"] == 2
+
+
+@pytest.mark.parametrize("kwargs, config_change, refused", [
+    ({"servers": []}, {}, r"^servers must list at least one ServerAddress"),
+    ({"cpus_per_shard": 0}, {}, r"^cpus_per_shard must be a finite number > 0, got 0$"),
+    ({"cpus_per_shard": float("nan")}, {}, r"^cpus_per_shard must be a finite number > 0, got nan$"),
+    ({"n_shards": 1.5}, {}, r"^n_shards must be a whole number >= 0, got float 1.5$"),
+    ({"n_shards": True}, {}, r"^n_shards must be a whole number >= 0, got bool True$"),  # ran, then merge lost it
+    ({}, {"n_episodes": 2.5}, r"^n_episodes must be a whole number >= 1, got float 2.5$"),
+    ({}, {"terminate_on_success": "false"}, r"^terminate_on_success must be a bool"),
+], ids=["no_servers", "zero_cpus", "nan_cpus", "float_shards", "bool_shards", "float_episodes", "text_bool"])
+def test_run_with_ray_refuses_arguments_no_run_can_take_before_ray_starts(kwargs, config_change, refused):
+    """servers=[] and cpus_per_shard=0 divided by zero, a float count was a bare TypeError, and n_shards=True ran its
+    shard and then lost its episodes to a MergeError: each is refused naming it, and Ray is never started."""
+    from gr00t_eval.ray_runner import ServerAddress, run_with_ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    with policy_server() as server:
+        settings = dict(n_episodes=2, n_envs=1, n_action_steps=2, max_episode_steps=6, seed=7, vectorization="sync")
+        config = RolloutConfig(env_name="walkto/slow", **{**settings, **config_change})
+        arguments = {"servers": [ServerAddress("127.0.0.1", server.port)], **kwargs}
+        with pytest.raises(ValueError, match=refused):
+            run_with_ray("walkto/slow", config, address="local", **arguments)
+    assert not ray.is_initialized()

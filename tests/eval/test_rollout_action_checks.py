@@ -191,6 +191,44 @@ def test_a_state_beyond_float32s_range_errors_its_episode_naming_the_key_not_as_
                for error in errors_of(results)), errors_of(results)
 
 
+class BlownUpWalkEnv(WalkToEnv):
+    """WalkTo whose position reads `value` (NaN or inf: a simulation that blew up) from step 1 on, in episodes of odd
+    seed only."""
+
+    def __init__(self, value: float):
+        super().__init__(1.0)
+        self.value, self.steps, self.blows_up = value, 0, False
+
+    def _obs(self):
+        position = self.value if self.blows_up and self.steps >= 1 else self.position
+        return {**super()._obs(), "state.position": np.array([position], np.float32)}
+
+    def reset(self, *, seed=None, options=None):
+        self.steps, self.blows_up = 0, bool((seed or 0) % 2)
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        self.steps += 1
+        return super().step(action)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf], ids=["nan", "inf"])
+def test_one_envs_non_finite_state_errors_only_its_episode_and_the_episode_beside_it_is_scored(value):
+    """The server refused the whole request for one NaN row ("non-finite values ... in rows [1]"), and the episode of
+    the healthy env beside it was errored too."""
+    register_env_prefix("blownwalk", EmbodimentTag.NEW_EMBODIMENT, lambda task, **kwargs: BlownUpWalkEnv(value))
+    config = RolloutConfig(env_name="blownwalk/walk", **{**WALK, "n_action_steps": 1})
+    with running_server(ConstantPolicy()) as server:
+        from gr00t_client import PolicyClient
+
+        with PolicyClient(port=server.port, timeout_ms=5000) as client:
+            results = run_suite(client, "blownwalk/walk", config)
+    errors = {e["seed"]: e["error"] for e in results["per_episode"]}
+    assert [seed for seed, error in errors.items() if error is None] == [100, 102], errors
+    assert all(f"the env's 'state.position' holds {value} in row " in errors[seed] and "not NaN or inf" in errors[seed]
+               for seed in (101, 103)), errors
+
+
 def test_the_observation_mapper_refuses_a_state_beyond_float32s_range_naming_key_row_and_value():
     from gr00t_eval.rollout.policy_io import HorizonSpec, ObservationMapper
 

@@ -64,6 +64,29 @@ def test_rtc_frozen_steps_must_be_a_whole_number_too():
         run_rollout_of(ConstantPolicy(), config(client_chunking="async", rtc_frozen_steps=2.0))
 
 
+@pytest.mark.parametrize("value", ["false", 0, None])
+@pytest.mark.parametrize("run", [run_rollout_of, run_suite_of, run_runner_of])
+def test_terminate_on_success_that_is_no_bool_is_refused_as_job_files_refuse_it(run, value):
+    """"false" (text read from YAML or an env var) is true to Python: it ran with success ending episodes and
+    results.json recorded 'false'."""
+    with pytest.raises(ValueError, match=f"^terminate_on_success must be a bool \\(True or False\\), got "
+                                         f"{type(value).__name__} {value!r}$"):
+        run(ConstantPolicy(), config(terminate_on_success=value))
+
+
+@pytest.mark.parametrize("episodes, shown", [([1.5, 1], "float 1.5"), ([True], "bool True"), ([0, "1"], "str '1'")])
+def test_run_rollout_refuses_episode_indices_that_are_no_whole_numbers_naming_the_entry(episodes, shown):
+    """1.5 ran as episode 1 (two indices asked, one outcome) and True as episode 1."""
+    position = next(i for i, e in enumerate(episodes) if type(e) is not int)
+    with pytest.raises(ValueError, match=rf"^episodes\[{position}\] must be a whole number >= 0, got {shown}$"):
+        run_rollout(ConstantPolicy(), config(), progress=False, episodes=episodes)
+
+
+def test_run_rollout_takes_numpy_int_episode_indices():
+    result = run_rollout(ConstantPolicy(), config(), progress=False, episodes=[np.int64(1)])
+    assert [o.episode_index for o in result.outcomes] == [1] and type(result.outcomes[0].episode_index) is int
+
+
 def test_numpy_int_counts_are_taken_as_plain_ints():
     settings = config(n_episodes=np.int64(2), n_envs=np.int32(1), n_action_steps=np.int64(2), seed=np.uint8(3))
     assert json.loads(json.dumps(dataclasses.asdict(settings)))["seed"] == 3  # results.json can save them

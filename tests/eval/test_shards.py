@@ -3,10 +3,12 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from eval.scale_fixtures import policy_server, run_cli
 from gr00t_client import PolicyClient
+from gr00t_eval.metrics import EpisodeOutcome
 from gr00t_eval.rollout.runner import RolloutConfig
 from gr00t_eval.shard import MergeError, ShardSpec, merge_results, run_suite, shard_ranges
 from gr00t_eval.suites import Task
@@ -157,3 +159,87 @@ def test_merge_refuses_names_that_do_not_label_every_results(client):
     shard0 = run_suite(client, ENV_SPEC, config(), ShardSpec(0, 2))
     with pytest.raises(MergeError, match="^names has 1 entries for 2 results"):
         merge_results([shard0, shard0], names=["a.json"])
+
+
+@pytest.mark.parametrize("index, count, shown", [(True, 2, "shard index must be a whole number, got bool True"),
+                                                 (0.5, 2, "shard index must be a whole number, got float 0.5"),
+                                                 (1, 2.5, "shard count must be a whole number, got float 2.5"),
+                                                 (0, "2", "shard count must be a whole number, got str '2'")])
+def test_shard_spec_refuses_an_index_or_count_that_is_no_whole_number_naming_it(index, count, shown):
+    """ShardSpec(True, 2) ran as shard 1/2 and recorded [True, 2], which merge then refused; 0.5 failed in run_suite."""
+    with pytest.raises(ValueError, match=f"^{shown}$"):
+        ShardSpec(index, count)
+
+
+def test_shard_spec_takes_numpy_ints_as_plain_ints():
+    spec = ShardSpec(np.int64(1), np.int32(2))
+    assert spec == ShardSpec(1, 2) and (type(spec.index), type(spec.count)) == (int, int)
+
+
+def test_merge_refuses_shard_file_paths_naming_shards_and_load_results(client, tmp_path):
+    """A list of paths (what `gr00t-eval merge` takes) failed with "'PosixPath' object has no attribute 'get'"."""
+    from gr00t_eval import write_results
+
+    write_results(tmp_path / "a.json", run_suite(client, ENV_SPEC, config(), ShardSpec(0, 2)))
+    with pytest.raises(TypeError, match=r"^shards\[0\] must be a results dict \(as load_results returns\), got "
+                                        r"PosixPath '.*a\.json' - read it with load_results$"):
+        merge_results([tmp_path / "a.json"])
+
+
+def test_merge_refuses_one_results_dict_naming_shards(client):
+    """One dict failed with KeyError: 0."""
+    shard0 = run_suite(client, ENV_SPEC, config(), ShardSpec(0, 2))
+    with pytest.raises(TypeError, match=r"^shards must be a list of results dicts \(as load_results returns\), got one "
+                                        r"results dict; pass \[results\]$"):
+        merge_results(shard0)
+
+
+def test_merge_reads_shards_given_as_a_generator_once(client):
+    """A generator failed with "object of type 'generator' has no len()"."""
+    shards = [run_suite(client, ENV_SPEC, config(), ShardSpec(i, 2)) for i in range(2)]
+    assert comparable(merge_results(shard for shard in shards)) == comparable(merge_results(shards))
+
+
+@pytest.mark.parametrize("allow_missing", ["no", 0, None])
+def test_merge_refuses_an_allow_missing_that_is_no_bool(client, allow_missing):
+    """"no" is true to Python: an incomplete merge was returned instead of MergeError."""
+    shard0 = run_suite(client, ENV_SPEC, config(), ShardSpec(0, 2))
+    with pytest.raises(TypeError, match=f"^allow_missing must be a bool \\(True or False\\), got "
+                                        f"{type(allow_missing).__name__} {allow_missing!r}$"):
+        merge_results([shard0], allow_missing=allow_missing)
+
+
+def outcomes_of(results):
+    return [EpisodeOutcome.from_json_dict(entry) for entry in results["per_episode"]]
+
+
+def test_run_suite_refuses_an_episode_given_twice_in_done(client):
+    """Kept twice: a 10-episode plan reported 11 episodes, one counted twice in the metrics."""
+    done = outcomes_of(run_suite(client, ENV_SPEC, config()))[:1] * 2
+    with pytest.raises(ValueError, match="^done has episode 0 of walkto/fast twice; give each episode's outcome once"):
+        run_suite(client, ENV_SPEC, config(), done=done)
+
+
+def test_run_suite_refuses_done_outcomes_of_another_seed(client):
+    """A seed-100 run kept seed-11 outcomes and reported episodes 0 and 1 with seeds 11 and 12."""
+    done = outcomes_of(run_suite(client, ENV_SPEC, config()))[:2]
+    with pytest.raises(ValueError, match=r"^done has episode 0 of walkto/fast with seed 11, but this run gives it seed "
+                                         r"100 \(config.seed 100 \+ episode index\)"):
+        run_suite(client, ENV_SPEC, config(seed=100), done=done)
+    with pytest.raises(ValueError, match="^done needs config.seed"):
+        run_suite(client, ENV_SPEC, config(seed=None), done=done)
+
+
+def test_run_suite_refuses_done_outcomes_longer_than_max_episode_steps(client):
+    done = outcomes_of(run_suite(client, ENV_SPEC, config()))[:2]
+    longest = max(outcome.length for outcome in done)
+    assert longest > 2
+    with pytest.raises(ValueError, match="^done has episode [01] of walkto/fast of length [3-6], more than this run's "
+                                         "max_episode_steps 2: it ran under other settings"):
+        run_suite(client, ENV_SPEC, config(max_episode_steps=2), done=done)
+
+
+def test_run_suite_keeps_done_outcomes_of_the_same_plan_and_runs_the_rest(client):
+    single = run_suite(client, ENV_SPEC, config())
+    resumed = run_suite(client, ENV_SPEC, config(), done=iter(outcomes_of(single)[:3]))
+    assert comparable(resumed)["per_episode"] == comparable(single)["per_episode"]

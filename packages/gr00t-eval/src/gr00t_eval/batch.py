@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from gr00t_client import BasePolicy, PolicyClient
 
@@ -293,7 +293,7 @@ def _count(batch: Dict[str, Any]) -> None:
     batch["n_done"] = sum(1 for r in batch["jobs"] if r["status"] == DONE)
 
 
-def run_batch(jobs: Sequence[Union[Job, JobError]], output_path: Optional[Union[str, Path]] = None,
+def run_batch(jobs: Iterable[Union[Job, JobError]], output_path: Optional[Union[str, Path]] = None,
               policy_factory: Callable[[PolicyServerAddress], BasePolicy] = connect, progress: bool = False,
               previous: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """Run jobs in order; the combined file is rewritten after each job so a crash keeps the finished ones.
@@ -304,6 +304,9 @@ def run_batch(jobs: Sequence[Union[Job, JobError]], output_path: Optional[Union[
     On Ctrl-C/SIGTERM the running job goes back to pending, the file says "status": "interrupted", and
     KeyboardInterrupt propagates. Jobs must have distinct names (JobError before any runs), as in a job file.
     """
+    jobs = list(jobs)  # read once: a generator was used up by the name check, and the batch then ran no job
+    if not jobs:  # as load_jobs refuses an empty job file: a batch that ran nothing must not say "complete"
+        raise ValueError("jobs lists no jobs; a batch needs at least one Job")
     check_unique_job_names(jobs)
     batch: Dict[str, Any] = {"kind": "batch", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                              "status": "running", "jobs": [_pending_record(job, i) for i, job in enumerate(jobs)]}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import numbers
 import queue
 import threading
 import time
@@ -22,7 +23,7 @@ from gr00t_client.client import endpoint_host
 from .metrics import EpisodeOutcome
 from .policy_identity import check_serves, describe, pinned_policy, record_from_info, same_policy, server_info
 from .ray_connect import import_ray, init_ray, shutdown_ray
-from .rollout.config import RolloutConfig
+from .rollout.config import RolloutConfig, check_rollout_config, check_whole_number
 from .run_stop import interrupts_deferred, sigterm_as_interrupt
 from .shard import ShardSpec, format_missing, merge_results, results_from_outcomes, run_suite, shard_ranges
 from .suites import INCOMPLETE, Task, resolve_auto_n_envs, resolve_tasks
@@ -158,6 +159,22 @@ def _done_in(tasks: Sequence[Task], n_episodes: int, shard: ShardSpec,
     return mine, sum(len(episodes) for episodes in ranges.values())
 
 
+def _checked_ray_args(config: RolloutConfig, servers: Sequence[ServerAddress], n_shards: Any,
+                      cpus_per_shard: Any) -> List[ServerAddress]:
+    """`servers` as a list; ValueError naming the argument or config field no run can take, before Ray starts (an
+    n_shards of True ran its shard, then merge refused [0, True] and the episodes were lost; [] or 0 divided by 0)."""
+    check_rollout_config(config, auto_n_envs=True)
+    servers = list(servers)
+    if not servers:
+        raise ValueError("servers must list at least one ServerAddress (shard i talks to servers[i % len(servers)]), "
+                         "got none")
+    check_whole_number(n_shards, "n_shards", 0, " (0: one per cluster CPU)")
+    if isinstance(cpus_per_shard, bool) or not isinstance(cpus_per_shard, numbers.Real) \
+            or not 0 < cpus_per_shard < float("inf"):  # NaN too
+        raise ValueError(f"cpus_per_shard must be a finite number > 0, got {cpus_per_shard!r}")
+    return servers
+
+
 def run_with_ray(env_spec: str, config: RolloutConfig, servers: Sequence[ServerAddress], address: str = "local",
                  n_shards: int = 0, api_token: Optional[str] = None, timeout_ms: int = 15000,
                  cpus_per_shard: float = 1.0, curve_keys: Optional[Tuple[str, Optional[str]]] = None,
@@ -175,6 +192,7 @@ def run_with_ray(env_spec: str, config: RolloutConfig, servers: Sequence[ServerA
     `policy`: the run's policy record, which every shard holds its server to (run_shard_task); `registrations`: the
     env registrations every shard applies first (run_shard_task).
     """
+    servers = _checked_ray_args(config, servers, n_shards, cpus_per_shard)
     if config.seed is None:
         raise ValueError("--ray-address needs --seed: shards must agree on every episode's seed to merge into one run")
     if config.n_envs == 0:  # auto inside a shard: 70 % of the CPUs Ray reserved for it, not of the whole node

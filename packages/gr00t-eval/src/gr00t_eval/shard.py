@@ -13,16 +13,16 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 from gr00t_client import BasePolicy
 
 from .applied_settings import settings_not_applied
 from .extras import require
 from .metrics import EpisodeOutcome
-from .policy_identity import check_serves_env_embodiments, describe, policy_record, same_policy
-from .rollout.config import (RolloutConfig, check_policy, check_rollout_config, draw_base_seed, simulator_extras,
-                             without_unkept_env_timeout)
+from .policy_identity import check_serves_env_embodiments, describe, policy_record, same_policy, serves_replay
+from .rollout.config import (RolloutConfig, check_policy, check_rollout_config, draw_base_seed, is_whole_number,
+                             simulator_extras, without_unkept_env_timeout)
 from .rollout.replay_plan import check_replay_horizon
 from .suites import (INCOMPLETE, Task, TaskRun, outcome_from_json, resolve_auto_n_envs, resolve_tasks, run_tasks,
                      suite_results)
@@ -44,6 +44,12 @@ class ShardSpec:
     count: int
 
     def __post_init__(self) -> None:
+        # ShardSpec(True, 2) ran as shard 1/2 and recorded [True, 2], which merge refuses; a float failed in run_suite
+        for name in ("index", "count"):
+            value = getattr(self, name)
+            if not is_whole_number(value):
+                raise ValueError(f"shard {name} must be a whole number, got {type(value).__name__} {value!r}")
+            object.__setattr__(self, name, int(value))
         if self.count < 1 or not 0 <= self.index < self.count:
             raise ValueError(f"--shard must be i/N with N >= 1 and 0 <= i < N (0-based), got {self.index}/{self.count}")
 
@@ -222,16 +228,39 @@ def format_missing(missing: Sequence[str], shown: int = 10) -> str:
     return ", ".join(missing[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
-def merge_results(shards: Sequence[Mapping[str, Any]], allow_missing: bool = False,
+def _results_list(shards: Any) -> List[Mapping[str, Any]]:
+    """`shards` (any iterable, read once) as a list of results dicts; TypeError naming `shards` for a path or another
+    non-dict (paths failed with "'PosixPath' object has no attribute 'get'", one dict with KeyError: 0)."""
+    if isinstance(shards, Mapping):
+        raise TypeError("shards must be a list of results dicts (as load_results returns), got one results dict; "
+                        "pass [results]")
+    if isinstance(shards, (str, bytes, Path)) or not isinstance(shards, Iterable):
+        raise TypeError(f"shards must be a list of results dicts (as load_results returns), got "
+                        f"{type(shards).__name__} {shards!r}")
+    shards = list(shards)
+    for position, results in enumerate(shards):
+        if not isinstance(results, Mapping):
+            hint = " - read it with load_results" if isinstance(results, (str, Path)) else ""
+            raise TypeError(f"shards[{position}] must be a results dict (as load_results returns), got "
+                            f"{type(results).__name__} {str(results)[:200]!r}{hint}")
+    return shards
+
+
+def merge_results(shards: Iterable[Mapping[str, Any]], allow_missing: bool = False,
                   names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Combine shard results into the results one run of the whole plan reports (timings are summed).
 
+    `shards`: results dicts (any iterable; files are read with load_results), TypeError otherwise.
     Raises MergeError when the shards ran different plans, repeat an episode, or (unless allow_missing)
     leave episodes out; `names` (e.g. the file names) label the shards in those messages. Episodes in no
     file are listed in `missing_episodes` and counted in `n_not_run`, and make the status "incomplete" (or
     a shard's "interrupted"/"aborted"). Per-episode `env_index` is the shard's worker row and may differ from
     a single run.
     """
+    shards = _results_list(shards)
+    if not isinstance(allow_missing, bool):  # "no" is true to Python: an incomplete merge was returned
+        raise TypeError(f"allow_missing must be a bool (True or False), got {type(allow_missing).__name__} "
+                        f"{allow_missing!r}")
     if not shards:
         raise MergeError("nothing to merge: no results given")
     if names is not None and len(names) != len(shards):
@@ -385,7 +414,8 @@ def run_suite(policy: BasePolicy, env_spec: str, config: RolloutConfig, shard: O
     """Run `env_spec` (env names and/or suites) with `policy`, all episodes or one shard; return results.json.
 
     Without a seed a random base seed is drawn once and recorded. `done` holds the outcomes of an earlier,
-    interrupted run (episodes.jsonl): they are kept and not run again. Each new outcome goes to `on_episode`
+    interrupted run (episodes.jsonl): they are kept and not run again (ValueError for one given twice, or of another
+    seed or max_episode_steps: _checked_done). Each new outcome goes to `on_episode`
     as it finishes. `status` is "complete", "interrupted" (Ctrl-C/SIGTERM) or "aborted" (server gone).
     Each task's episodes are numbered from 0 (a shard's slice comes from `shard`), so config.first_episode must be 0.
     The results record the served `policy` (policy_record), which merge_results holds every shard to.
@@ -409,9 +439,11 @@ def run_suite(policy: BasePolicy, env_spec: str, config: RolloutConfig, shard: O
             raise ValueError("--shard needs --seed: every episode's seed must be fixed for shards to merge into one run")
         ranges = shard_ranges(tasks, config.n_episodes, shard)
         logger.info("shard %s runs %s", shard, {k: f"{r.start}..{r.stop - 1}" for k, r in ranges.items()})
+    seed_given = config.seed is not None
     if config.seed is None:
         config = dataclasses.replace(config, seed=draw_base_seed())
         logger.info("no --seed given: drew base seed %d (episode i uses seed %d + i)", config.seed, config.seed)
+    done = _checked_done(done, config, serves_replay(served), seed_given)
     suite_run = run_tasks(policy, tasks, config, ranges, progress=progress, on_episode=on_episode, done=done)
     snapshot = {**dataclasses.asdict(config), "env_name": env_spec, "shard": None if shard is None else str(shard)}
     planned = sum(len(r) for r in ranges.values()) if ranges is not None else len(tasks) * config.n_episodes
@@ -420,6 +452,35 @@ def run_suite(policy: BasePolicy, env_spec: str, config: RolloutConfig, shard: O
              "policy": served,  # merge refuses shards of another checkpoint or dataset by it
              "settings_not_applied": settings_not_applied(policy, {"rtc_frozen_steps": config.rtc_frozen_steps})}
     return suite_results(tasks, suite_run.runs, snapshot, env_spec, suite, extra, suite_run.status, suite_run.stop_reason)
+
+
+def _checked_done(done: Sequence[EpisodeOutcome], config: RolloutConfig, replay: bool,
+                  seed_given: bool) -> List[EpisodeOutcome]:
+    """`done` as a list; ValueError naming `done` for outcomes this run cannot keep as its own: an episode given twice
+    (counted twice in the metrics), or one that ran with another seed or more than max_episode_steps (another plan's;
+    a replay server's recorded seeds differ by design). They were kept, and results.json said the new settings."""
+    done = list(done)
+    seen: Set[Tuple[str, int]] = set()
+    for outcome in done:
+        key = (str(outcome.extras.get("task")), outcome.episode_index)
+        if key in seen:
+            raise ValueError(f"done has episode {key[1]} of {key[0]} twice; give each episode's outcome once (the "
+                             "latest, as episodes.jsonl's latest_entries are)")
+        seen.add(key)
+        if outcome.error is not None:  # run again, not kept
+            continue
+        if not seed_given:
+            raise ValueError("done needs config.seed, the base seed of the run its outcomes came from (without one "
+                             "this run draws another, and its episodes' seeds differ from theirs)")
+        if not replay and outcome.seed != config.seed_for(outcome.episode_index):
+            raise ValueError(f"done has episode {outcome.episode_index} of {key[0]} with seed {outcome.seed}, but this "
+                             f"run gives it seed {config.seed_for(outcome.episode_index)} (config.seed {config.seed} + "
+                             "episode index): it is another run's outcome; resume with that run's seed")
+        if outcome.length > config.max_episode_steps:
+            raise ValueError(f"done has episode {outcome.episode_index} of {key[0]} of length {outcome.length}, more "
+                             f"than this run's max_episode_steps {config.max_episode_steps}: it ran under other "
+                             "settings; resume with that run's settings")
+    return done
 
 
 def _stopped_shard_hint(label: str, results: Mapping[str, Any]) -> str:

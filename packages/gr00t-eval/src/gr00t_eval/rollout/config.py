@@ -26,6 +26,7 @@ ASYNC_ONE_STEP = ("client_chunking='async' needs n_action_steps >= 2: with one s
 COUNT_MINIMUMS = {"n_episodes": 1, "n_envs": 1, "n_action_steps": 1, "max_episode_steps": 1, "steps_per_frame": 1,
                   "video_fps": 1, "first_episode": 0, "seed": 0, "max_episodes_rendered": 0, "rtc_frozen_steps": 1}
 NULLABLE_COUNTS = ("seed", "max_episodes_rendered", "rtc_frozen_steps")
+BOOL_SETTINGS = ("terminate_on_success",)
 
 
 def default_env_timeout(vectorization: Any, n_envs: Any) -> Optional[float]:
@@ -133,6 +134,10 @@ def check_rollout_config(config: RolloutConfig, auto_n_envs: bool = False) -> No
         if name == "n_envs" and auto_n_envs:
             least, why = 0, " (0 = auto)"
         check_whole_number(value, name, least, why)
+    for name in BOOL_SETTINGS:  # a string read from YAML or an env var ("false") is true to Python: ran with it on
+        if not isinstance(getattr(config, name), bool):
+            raise ValueError(f"{name} must be a bool (True or False), got {type(getattr(config, name)).__name__} "
+                             f"{getattr(config, name)!r}")
     if config.n_episodes > MAX_EPISODES:
         raise ValueError(f"n_episodes must be at most {MAX_EPISODES:,} per run (split bigger evaluations into shards or "
                          f"jobs), got {config.n_episodes}")

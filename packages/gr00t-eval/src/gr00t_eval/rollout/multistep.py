@@ -20,7 +20,7 @@ from gr00t_client.policy import ObservationError
 from ..metrics import ERROR_REASON_CHARS
 from ..run_stop import is_storage_error
 from ..video import EpisodeVideoRecorder, episode_video_name, frame_from_observation
-from .config import env_error_text
+from .config import check_whole_number, env_error_text
 from .policy_io import language_row, state_in_float32
 
 logger = logging.getLogger(__name__)
@@ -126,12 +126,9 @@ class MultiStepWrapper(gym.Wrapper):
         defer_video: bool = False,
     ) -> None:
         super().__init__(env)
-        if n_action_steps < 1:
-            raise ValueError(f"n_action_steps must be >= 1, got {n_action_steps}")
-        if max_episode_steps < 1:
-            raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
-        self.n_action_steps = int(n_action_steps)
-        self.max_episode_steps = int(max_episode_steps)
+        # as RolloutConfig: int() cut 2.5 steps to 2 and took True as 1
+        self.n_action_steps = check_whole_number(n_action_steps, "n_action_steps", 1)
+        self.max_episode_steps = check_whole_number(max_episode_steps, "max_episode_steps", 1)
         self.video_delta_indices = _check_deltas("video", video_delta_indices)
         self.state_delta_indices = _check_deltas("state", state_delta_indices)
         self.terminate_on_success = terminate_on_success

@@ -126,6 +126,22 @@ class ObservationMapper:
                     errors.setdefault(row, str(exc))
         return errors
 
+    def state_errors(self, obs: Mapping[str, Any], rows: Sequence[int]) -> Dict[int, str]:
+        """{row: why} for each of `rows` whose state holds NaN or inf (a simulator that blew up): the server refuses the
+        whole request for one such row, so only that row's episode is errored, not the ones running beside it."""
+        errors: Dict[int, str] = {}
+        for target, source in self.sources.items():
+            value = obs[source]
+            if not target.startswith("state.") or not isinstance(value, np.ndarray) or value.dtype.kind not in "fc":
+                continue
+            finite = np.isfinite(value.reshape(len(value), -1))
+            for row in rows:
+                if not finite[row].all():
+                    bad = value[row].reshape(-1)[~finite[row]][0]
+                    errors.setdefault(row, f"the env's {source!r} holds {bad} in row {row}; the policy takes finite "
+                                           "states (not NaN or inf): the env's simulation may have blown up")
+        return errors
+
     def __call__(self, obs: Mapping[str, Any], rows: Optional[Sequence[int]] = None) -> Dict[str, Any]:
         """The policy's observation of `obs`; the language of rows outside `rows` (default: all rows) is not read,
         they get the first of `rows`'s (an idle row may hold a finished episode's bad language)."""

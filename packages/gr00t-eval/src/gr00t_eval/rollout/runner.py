@@ -39,7 +39,7 @@ from gr00t_client.peer_text import shown_text
 from ..metrics import ERROR_REASON_CHARS, EpisodeOutcome
 from ..policy_identity import ServedPolicyChanged, check_serves_env_embodiments, pinned_policy, policy_record
 from ..run_stop import check_output_folders
-from .config import RolloutConfig, check_policy, check_rollout_config, draw_base_seed  # noqa: F401 - draw_base_seed re-exported
+from .config import RolloutConfig, check_policy, check_rollout_config, draw_base_seed, is_whole_number  # noqa: F401 - draw_base_seed re-exported
 from .config import without_unkept_env_timeout
 from .liveness import PolicyServerUnreachableError, ServerWatch
 from .envs import embodiment_for_env
@@ -79,7 +79,15 @@ class RolloutRunner:
         self.progress = progress
         self.on_episode = on_episode
         self.embodiment_tag = embodiment_for_env(config.env_name)
-        self.episodes = list(range(config.first_episode, config.first_episode + config.n_episodes) if episodes is None else episodes)
+        if episodes is None:
+            self.episodes = list(range(config.first_episode, config.first_episode + config.n_episodes))
+        else:
+            self.episodes = list(episodes)
+            for position, episode in enumerate(self.episodes):  # 1.5 ran as episode 1 and True as 1
+                if not is_whole_number(episode):
+                    raise ValueError(f"episodes[{position}] must be a whole number >= 0, got "
+                                     f"{type(episode).__name__} {episode!r}")
+            self.episodes = [int(episode) for episode in self.episodes]
         if len(set(self.episodes)) != len(self.episodes) or any(e < 0 for e in self.episodes):
             raise ValueError(f"episodes must be distinct indices >= 0, got {self.episodes}")
         self.todo: Deque[int] = collections.deque(self.episodes)
@@ -376,11 +384,13 @@ class RolloutRunner:
                     continue
                 if mapper is None:
                     mapper = ObservationMapper(spec, _env_key_order(vec, obs), _keys_dropped_by_vector_env(vec, obs))
-                bad_language = mapper.language_errors(obs, active)
-                for row, reason in sorted(bad_language.items()):  # that env's episode errors, not its neighbours'
+                bad_rows = mapper.language_errors(obs, active)
+                for row, reason in mapper.state_errors(obs, active).items():
+                    bad_rows.setdefault(row, reason)
+                for row, reason in sorted(bad_rows.items()):  # that env's episode errors, not its neighbours'
                     self._fail(row, reason, bar)
                     pending.add(row)
-                if bad_language:
+                if bad_rows:
                     continue
                 try:
                     observation = with_idle_rows_mirrored(mapper(obs, active), active)
