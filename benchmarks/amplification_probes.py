@@ -29,7 +29,7 @@ from gr00t_client import PolicyClient, PolicyServerError, PolicyTimeoutError, co
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _children import run_benchmark  # noqa: E402
+from _children import BenchmarkError, run_benchmark  # noqa: E402
 
 SERVER_SCRIPT = textwrap.dedent(
     """
@@ -87,12 +87,46 @@ def raw_request(port: int, frames: List[bytes], timeout_s: float = 30.0) -> Tupl
     return time.monotonic() - started, str(error)[:70] if error else "ok"
 
 
-def ping_ms(client: PolicyClient) -> float:
+def ping_ms(client: PolicyClient) -> Optional[float]:
     """A ping on a client connected before the probe: the server's block time, without a connection's set-up
-    (a fresh client's first ping took 1.4 ms against 0.34 ms, hiding blocks of a millisecond or two)."""
+    (a fresh client's first ping took 1.4 ms against 0.34 ms, hiding blocks of a millisecond or two); None when
+    the server did not answer."""
     started = time.monotonic()
-    client.ping()
+    if not client.ping():
+        return None
     return (time.monotonic() - started) * 1000.0
+
+
+def block_ms_after(probe: str, server: "subprocess.Popen[str]", pinger: PolicyClient) -> float:
+    """The ping right after `probe`; BenchmarkError naming the probe when the server died or did not answer, so a
+    dead server is not printed as a block time."""
+    block_ms = ping_ms(pinger) if server.poll() is None else None
+    if block_ms is not None:
+        return block_ms
+    if server.poll() is None:
+        raise BenchmarkError(f"the server process (pid {server.pid}) did not answer a ping within "
+                             f"{pinger.timeout_ms} ms after the probe {probe!r}")
+    raise BenchmarkError(f"the server process (pid {server.pid}) exited with code {server.returncode} after the "
+                         f"probe {probe!r}")
+
+
+def start_server(port: int, stderr: Any) -> "subprocess.Popen[str]":
+    """The probe server on `port`, once it printed that it is ready; BenchmarkError with its exit code and the
+    end of its stderr when it exits first (such as when another program took the port after free_port())."""
+    server = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT, str(port)], stdout=subprocess.PIPE,
+                              stderr=stderr, text=True)
+    assert server.stdout is not None
+    if "ready" in server.stdout.readline():
+        return server
+    try:
+        code = server.wait(10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        code = server.wait()
+    stderr.seek(0)
+    tail = stderr.read().decode(errors="replace").strip().splitlines()[-3:]
+    raise BenchmarkError(f"the server process (pid {server.pid}) exited with code {code} before it was ready on port "
+                         f"{port}; its stderr ended: {' | '.join(tail) or '(nothing)'}")
 
 
 def envelope(observation: Any, options: Any = None, **extra: Any) -> bytes:
@@ -194,11 +228,11 @@ def expired_calls(port: int, impatient_clients: int = 20) -> Dict[str, Any]:
 def main(argv: Optional[List[str]] = None) -> int:
     argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT, str(port)], stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True)
+    # a file, not a pipe nobody reads: the server's log must not fill a pipe and block it mid-run
+    server_stderr = tempfile.TemporaryFile()
+    server = start_server(port, server_stderr)
     pinger: Optional[PolicyClient] = None
     try:
-        assert server.stdout is not None and "ready" in server.stdout.readline()
         pinger = PolicyClient(port=port, timeout_ms=30000)
         pinger.ping()  # connected and negotiated before anything is timed
         baseline_ms = ping_ms(pinger)
@@ -207,7 +241,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         for name, run, size in probes():
             rss_before = rss_bytes(server.pid)
             seconds, outcome = run(port)
-            block_ms = ping_ms(pinger)
+            block_ms = block_ms_after(name, server, pinger)
             growth = max(0, rss_bytes(server.pid) - rss_before)
             ratio = f"{growth / size:.2f}" if size >= 2**20 else "-"  # page-size noise says nothing about tiny messages
             print(f"{name:38} {size:>11} {seconds:>8.3f} {block_ms:>8.1f} {growth / 2**20:>8.1f} {ratio:>8}  {outcome}")
@@ -220,6 +254,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             pinger.close()
         server.terminate()
         server.wait(10)
+        server_stderr.close()
     return 0
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.util
+import json
 import sys
 import tempfile
 import time
@@ -32,8 +33,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _args import device_name, non_negative_int, positive_int  # noqa: E402
+from _children import BenchmarkError, run_benchmark  # noqa: E402
 from gr00t_server.backends import BackendError, apply_inference_mode  # noqa: E402
-from gr00t_server.backends.common import ENGINE_METADATA, EXPORT_METADATA, PRECISION_OF_DTYPE  # noqa: E402
+from gr00t_server.backends.common import ENGINE_METADATA, EXPORT_METADATA, PRECISION_OF_DTYPE, TORCH_DTYPES  # noqa: E402
 from gr00t_server.model.modeling import resolve_dtype  # noqa: E402
 from gr00t_server.policies.gr00t_policy import Gr00tPolicy  # noqa: E402
 from gr00t_server.test_checkpoint import example_observation, make_test_checkpoint  # noqa: E402
@@ -172,7 +174,7 @@ def apply_backend(policy: Gr00tPolicy, backend: str, export_dir: Path, engine_di
     if backend == "onnxruntime":
         apply_inference_mode(policy, "onnxruntime", onnx_dir=export_dir)
         return
-    if not (engine_dir / ENGINE_METADATA).is_file():
+    if engine_max_batch(engine_dir) < max_batch_size:  # none built yet, or built for smaller batches by an earlier run
         from gr00t_server.backends.tensorrt_backend import build_engines
 
         progress(f"building TensorRT engines (max batch {max_batch_size}) in {engine_dir}; minutes at full size")
@@ -180,6 +182,14 @@ def apply_backend(policy: Gr00tPolicy, backend: str, export_dir: Path, engine_di
         build_engines(export_dir, engine_dir, max_batch_size=max_batch_size)
         progress(f"engines built in {time.perf_counter() - started:.0f} s")
     apply_inference_mode(policy, "tensorrt", engine_dir=engine_dir)
+
+
+def engine_max_batch(engine_dir: Path) -> int:
+    """The max batch the engines kept in `engine_dir` were built for (engine_metadata.json); 0 when there are none."""
+    try:
+        return int(json.loads((engine_dir / ENGINE_METADATA).read_text()).get("max_batch_size", 0))
+    except (FileNotFoundError, ValueError, TypeError, AttributeError):
+        return 0
 
 
 # ----- timing -----
@@ -263,35 +273,39 @@ def _reason(exc: object) -> str:
 
 
 def prepared_policy(size: str, backend: str, args: argparse.Namespace, checkpoint: Path, workdir: Path,
-                    dtype: torch.dtype) -> Optional[Gr00tPolicy]:
-    """A fresh policy for `size` switched to `backend`, or None after printing a skipped/failed row."""
+                    dtype: torch.dtype) -> Tuple[Optional[Gr00tPolicy], bool]:
+    """(a fresh policy for `size` switched to `backend`, False), or (None, whether it failed) after printing a
+    skipped/failed row."""
     reason = unavailable(backend, args.device)
     if reason:
         print(table_row([size, backend, "-", f"skipped: {_reason(reason)}"]), flush=True)
-        return None
-    # Exports and engines are named by what shapes them, so a kept --workdir never serves a stale one.
+        return None, False
+    # Exports and engines are named by what shapes them (engines rebuilt for a larger max batch), so a kept
+    # --workdir never serves a stale one.
     shape = f"{'x'.join(map(str, args.image_size))}-{PRECISION_OF_DTYPE[dtype]}"
     export_dir, engine_dir = workdir / f"onnx-{size}-{shape}", workdir / f"engines-{size}-{shape}"
     try:
         progress(f"{size}/{backend}: building the policy")
         policy = build_policy(size, checkpoint, args.device, dtype)
         apply_backend(policy, backend, export_dir, engine_dir, tuple(args.image_size), max(args.batch_sizes))
-        return policy
+        return policy, False
     except Exception as exc:  # a backend that cannot run here is reported, not fatal
         if not isinstance(exc, BackendError):
             traceback.print_exc()
         status = "skipped" if isinstance(exc, BackendError) else "failed"
         print(table_row([size, backend, "-", f"{status}: {_reason(exc)}"]), flush=True)
-        return None
+        return None, status == "failed"
 
 
 def run_backend(size: str, backend: str, args: argparse.Namespace, checkpoint: Path, workdir: Path,
-                dtype: torch.dtype) -> None:
-    """Print one row per batch size for `backend`, then free its policy before the next one is built."""
+                dtype: torch.dtype) -> Tuple[int, int]:
+    """Print one row per batch size for `backend`, then free its policy before the next one is built; (rows
+    measured, rows failed)."""
     is_cuda = torch.device(args.device).type == "cuda"
     if is_cuda:
         torch.cuda.reset_peak_memory_stats()
-    policy = prepared_policy(size, backend, args, checkpoint, workdir, dtype)
+    policy, failed = prepared_policy(size, backend, args, checkpoint, workdir, dtype)
+    measured, failed_rows = 0, int(failed)
     warmup = max(args.warmup, MIN_WARMUP.get(backend, 0))
     compiling = "; torch.compile compiles in the first (minutes with max-autotune on CUDA)"
     for batch in args.batch_sizes if policy is not None else []:
@@ -303,15 +317,18 @@ def run_backend(size: str, backend: str, args: argparse.Namespace, checkpoint: P
         except Exception as exc:  # e.g. a batch outside the engine profile; the other rows still count
             traceback.print_exc()
             print(table_row([size, backend, batch, f"failed: {_reason(exc)}"]), flush=True)
+            failed_rows += 1
             continue
         if backend == "torch-compile" and first_ms is not None:
             progress(f"{size}/{backend}: batch {batch}: first call (compile) {first_ms / 1e3:.1f} s")
         print(measured_row(size, backend, batch, first_ms, stages), flush=True)
+        measured += 1
     if is_cuda and policy is not None:
         peak = torch.cuda.max_memory_allocated() / 2**30
         progress(f"{size}/{backend}: peak GPU memory in torch's allocator {peak:.1f} GiB")
     del policy
     release_memory(args.device)
+    return measured, failed_rows
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -322,11 +339,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help="default: all four on CUDA, all but tensorrt on CPU")
     parser.add_argument("--device", type=device_name, default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cpu, cuda or cuda:N (default: cuda when there is a GPU)")
-    parser.add_argument("--dtype", default=None, help="default: bf16 on CUDA, fp32 on CPU")
+    parser.add_argument("--dtype", default=None, choices=sorted(TORCH_DTYPES), help="default: bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--iterations", type=positive_int, default=10)
     parser.add_argument("--warmup", type=non_negative_int, default=2,
                         help=f"untimed calls per batch size (at least {MIN_WARMUP['torch-compile']} for torch-compile)")
-    parser.add_argument("--image-size", type=int, nargs=2, default=[256, 256])
+    parser.add_argument("--image-size", type=positive_int, nargs=2, default=[256, 256])
     parser.add_argument("--full", action="store_true",
                         help="full-size N1.7 network with random weights instead of --sizes (meant for a GPU)")
     parser.add_argument("--workdir", type=Path, default=None,
@@ -337,7 +354,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: Optional[List[str]] = None) -> int:
+    """Print the table; BenchmarkError (exit status 1) when a row failed or none was measured."""
     args = parse_args(argv)
     backends = args.backends or default_backends(args.device)
     dtype = resolve_dtype(args.device, args.dtype)
@@ -349,6 +367,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     print()
     print(table_row(COLUMNS))
     print(table_row(["---"] * len(COLUMNS)), flush=True)
+    measured = failed = 0
     references = dict(REFERENCE_H100_MS)  # each printed once: beside its backend at full size, else at the end
     with tempfile.TemporaryDirectory(prefix="policy-latency-") as tmp:
         workdir = args.workdir or Path(tmp)
@@ -356,7 +375,8 @@ def main(argv: Optional[List[str]] = None) -> None:
             checkpoint = make_test_checkpoint(workdir / f"checkpoint-{'tiny' if size == 'full' else size}",
                                               size="tiny" if size == "full" else size)
             for backend in backends:
-                run_backend(size, backend, args, checkpoint, workdir, dtype)
+                backend_measured, backend_failed = run_backend(size, backend, args, checkpoint, workdir, dtype)
+                measured, failed = measured + backend_measured, failed + backend_failed
                 if size == "full" and references.pop(backend, None):
                     print(reference_row(backend), flush=True)
     for backend in references:
@@ -372,7 +392,14 @@ def main(argv: Optional[List[str]] = None) -> None:
               "checkpoint's processing and test tokenizer (its text tokens differ from a real checkpoint's).")
     else:
         print("The tiny/small test configs are not comparable with the H100 figures; use --full on a GPU.")
+    sys.stdout.flush()
+    if failed:
+        raise BenchmarkError(f"{failed} row(s) failed (tracebacks above on stderr), {measured} measured; every row "
+                             f"should be measured or skipped")
+    if not measured:
+        raise BenchmarkError("no row was measured: every backend was skipped; expected at least one measured row")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_benchmark(main))

@@ -23,6 +23,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _args import device_name, positive_int  # noqa: E402
+from _children import run_benchmark  # noqa: E402
 from policy_latency import TAG, StageTimer, build_policy  # noqa: E402
 from gr00t_server.model.modeling import resolve_dtype  # noqa: E402
 from gr00t_server.test_checkpoint import example_observation, make_test_checkpoint  # noqa: E402
@@ -76,4 +77,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_benchmark(main))  # SIGTERM (as `timeout` sends) unwinds the temp folder too

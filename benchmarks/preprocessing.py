@@ -30,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _args import device_name, positive_int  # noqa: E402
+from _children import run_benchmark  # noqa: E402
 from gr00t_server.policies.gr00t_policy import Gr00tPolicy  # noqa: E402
 from gr00t_server.processing.image import eval_image_transform  # noqa: E402
 from gr00t_server.processing.vision_patches import patchify_batch  # noqa: E402
@@ -165,4 +166,4 @@ def main(argv: Sequence[str] = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(run_benchmark(main))  # SIGTERM (as `timeout` sends) unwinds the temp folder too

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _args import non_negative_float, positive_float, positive_int  # noqa: E402
 from _children import BenchmarkError, run_benchmark  # noqa: E402
-from throughput import _start_server, _stop_server, server_stats, sleep_observation  # noqa: E402
+from throughput import _join_watching, _start_server, _stop_server, server_stats, sleep_observation  # noqa: E402
 
 from gr00t_client import PolicyClient  # noqa: E402
 from gr00t_client.client import PolicyTimeoutError  # noqa: E402
@@ -33,9 +33,11 @@ from gr00t_client.client import PolicyTimeoutError  # noqa: E402
 COUNTS = ("policy_calls", "late", "expired", "undelivered")
 
 
-def storm(port: int, observations: List[Dict[str, Any]], clients: int, timeout_ms: int, duration_s: float) -> Dict[str, int]:
+def storm(port: int, observations: List[Dict[str, Any]], clients: int, timeout_ms: int, duration_s: float,
+          watched: Dict[str, Any]) -> Dict[str, int]:
     """K client threads sending back to back for `duration_s`; how many actions they got and how many timed out.
-    A client's error other than a timeout stops the storm: BenchmarkError naming the first."""
+    A client's error other than a timeout stops the storm: BenchmarkError naming the first; a watched process (the
+    server) that dies stops it at once: ChildDied naming it and its exit code."""
     received = [0] * clients
     timed_out = [0] * clients
     failures: List[BaseException] = []
@@ -55,12 +57,12 @@ def storm(port: int, observations: List[Dict[str, Any]], clients: int, timeout_m
             failures.append(exc)
             stop.set()
 
-    threads = [threading.Thread(target=one_client, args=(index,)) for index in range(clients)]
+    # daemons: a dead server's clients must not hold the process until their call times out
+    threads = [threading.Thread(target=one_client, args=(index,), daemon=True) for index in range(clients)]
     for thread in threads:
         thread.start()
     try:
-        for thread in threads:
-            thread.join()
+        _join_watching(threads, watched, "the client threads")
     finally:
         stop.set()  # on SIGTERM or Ctrl-C too: the clients end after their current call
     if failures:
@@ -78,7 +80,7 @@ def run(spec: Dict[str, Any], observations: List[Dict[str, Any]], args: argparse
     process, port = _start_server(spec, observations, server_args, batching=False)
     try:
         before = server_stats(port)
-        seen = storm(port, observations, args.clients, args.timeout_ms, args.duration)
+        seen = storm(port, observations, args.clients, args.timeout_ms, args.duration, {"server process": process})
         time.sleep(0.5)  # the last replies counted
         after = server_stats(port)
     finally:

@@ -144,11 +144,19 @@ def raw_client(context: zmq.Context, port: int, server_public: Optional[bytes]) 
 
 def run_case(name: str, observation, iterations: int, warmup: int, rounds: int) -> List[tuple]:
     """Time every path on one observation, CURVE off and on; paths take turns in `rounds` slices so load drift hits all alike."""
+    client_dir = tempfile.mkdtemp(prefix="wire-latency-keys-")
+    try:  # the folder holds a client SECRET key: removed on Ctrl-C or SIGTERM during the servers' start too
+        return _run_case_with_keys(name, observation, iterations, warmup, rounds, client_dir)
+    finally:
+        shutil.rmtree(client_dir, ignore_errors=True)
+
+
+def _run_case_with_keys(name: str, observation, iterations: int, warmup: int, rounds: int, client_dir: str) -> List[tuple]:
+    """run_case, with the CURVE client's key pair written to `client_dir`."""
     request_bytes = codec.encode({"endpoint": "get_action", "data": {"observation": observation, "options": None}})
     reply_bytes = codec.encode(list(NullPolicy().get_action(observation)))
     payload_mib = len(request_bytes) / 2**20
     server_public, server_secret = zmq.curve_keypair()
-    client_dir = tempfile.mkdtemp(prefix="wire-latency-keys-")
     client_public_path, client_secret_path = zmq.auth.create_certificates(client_dir, "bench-client")
     os.chmod(client_secret_path, 0o600)  # as `gr00t-server keygen` writes it (the client warns of a readable secret)
     authorized_dir = os.path.join(client_dir, "authorized")  # the server holds the public key only
@@ -225,7 +233,6 @@ def run_case(name: str, observation, iterations: int, warmup: int, rounds: int) 
         for process, _bound in started.values():
             process.terminate()
             process.join(10)
-        shutil.rmtree(client_dir, ignore_errors=True)
     labels = list(dict.fromkeys(label for label, _ in paths))
     return [(name, label, payload_mib, samples.get((label, "off")), samples.get((label, "on"))) for label in labels]
 

@@ -12,12 +12,17 @@ import argparse
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any, Dict, List
 
 import numpy as np
 
 from gr00t_client import PolicyClient, PolicyServerError
 from gr00t_client.cli_signals import raise_interrupt
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from _args import port_number, positive_int  # noqa: E402
 
 
 def batched(observation: Dict[str, Any]) -> Dict[str, Any]:
@@ -65,11 +70,11 @@ def measure(args: argparse.Namespace) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", type=port_number, required=True)
     parser.add_argument("--task", default="reach-v3", help="Meta-World task that makes the observation")
-    parser.add_argument("--calls", type=int, default=20, help="timed get_action calls (after one untimed)")
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--timeout-ms", type=int, default=60000, help="how long to wait for each reply")
+    parser.add_argument("--calls", type=positive_int, default=20, help="timed get_action calls (after one untimed)")
+    parser.add_argument("--image-size", type=positive_int, default=64)
+    parser.add_argument("--timeout-ms", type=positive_int, default=60000, help="how long to wait for each reply")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, raise_interrupt)  # make demo stops its steps with SIGTERM
     try:

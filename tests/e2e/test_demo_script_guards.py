@@ -187,3 +187,18 @@ def test_demo_latency_with_no_server_ends_with_one_line(tmp_path):
     assert proc.returncode == 1, err
     assert "Traceback" not in err
     assert f"127.0.0.1:{port}" in err.strip().splitlines()[-1]
+
+
+def test_demo_latency_refuses_counts_sizes_and_ports_out_of_range_before_any_work(tmp_path):
+    """--calls 0 crashed in np.percentile([]) after the env and the untimed call; --timeout-ms 0, --image-size 0 and
+    --port 70000 ended in tracebacks."""
+    cases = [(["--calls", "0"], "argument --calls: must be >= 1, got 0"),
+             (["--calls", "-3"], "argument --calls: must be >= 1, got -3"),
+             (["--timeout-ms", "0"], "argument --timeout-ms: must be >= 1, got 0"),
+             (["--image-size", "0"], "argument --image-size: must be >= 1, got 0"),
+             (["--port", "70000"], "argument --port: must be a port number from 1 to 65535, got 70000")]
+    runs = [_latency_script(tmp_path, *flags) for flags, _message in cases]  # a later --port wins over the helper's
+    errors = [run.communicate(timeout=60)[1] for run in runs]
+    for (flags, message), run, err in zip(cases, runs, errors):
+        assert run.returncode == 2 and "Traceback" not in err, (flags, err)
+        assert message in err, (flags, err)

@@ -143,3 +143,105 @@ def test_clients_end_the_run_within_seconds_when_their_server_is_killed(clients_
     assert proc.returncode == 1, stderr
     assert f"error: the server process (pid {server}) exited with code -9" in stderr
     assert ended_after_s < 20, ended_after_s
+
+
+def _load_benchmark(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_amplification_probes_stop_naming_the_probe_after_which_the_server_died(monkeypatch):
+    """A killed server was printed as a 30,000 ms "ping ms" block time, and the run went on against it."""
+    probes = _load_benchmark("amplification_probes")
+    servers = []
+    popen = subprocess.Popen
+    monkeypatch.setattr(subprocess, "Popen", lambda *args, **kwargs: servers.append(popen(*args, **kwargs)) or servers[-1])
+
+    def kill_server(_port):
+        servers[0].kill()
+        servers[0].wait(10)
+        return 0.0, "server killed"
+
+    def went_on(_port):
+        raise AssertionError("the run went on against a dead server")
+
+    monkeypatch.setattr(probes, "probes", lambda: [("probe that kills the server", kill_server, 1)])
+    monkeypatch.setattr(probes, "ping_during_long_call", went_on)
+    with pytest.raises(BenchmarkError, match=r"the server process \(pid \d+\) exited with code -9 after the probe "
+                                             r"'probe that kills the server'"):
+        probes.main([])
+
+
+def test_amplification_probes_name_a_server_that_could_not_bind_its_port(monkeypatch):
+    """A port taken between free_port() and the server's bind was a bare AssertionError (its stderr discarded)."""
+    import zmq
+
+    probes = _load_benchmark("amplification_probes")
+    taken = zmq.Context.instance().socket(zmq.REP)
+    try:
+        port = taken.bind_to_random_port("tcp://127.0.0.1")
+        monkeypatch.setattr(probes, "free_port", lambda: port)
+        with pytest.raises(BenchmarkError, match=rf"the server process \(pid \d+\) exited with code 1 before it was "
+                                                 rf"ready on port {port}; its stderr ended: .*Address already in use"):
+            probes.main([])
+    finally:
+        taken.close(linger=0)
+
+
+def test_timeout_storm_stops_at_once_naming_a_server_that_died():
+    """The clients counted timeouts until --duration ended, then a PolicyTimeoutError traceback came."""
+    proc = _start("timeout_storm.py", "--policy", "sleep", "--call-ms", "40", "--clients", "2", "--duration", "60",
+                  "--timeout-ms", "200")
+    try:
+        assert _wait_until(lambda: _spawned_children(proc.pid), 120), "its server never started"
+        server = _spawned_children(proc.pid)[0]
+        time.sleep(2)  # the storm is running
+        os.kill(server, signal.SIGKILL)
+        _stdout, stderr = proc.communicate(timeout=40)  # well before --duration ends
+    finally:
+        _kill_session(proc)
+    assert proc.returncode == 1, stderr
+    assert "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1].startswith(f"error: the server process (pid {server}) exited with code -9"), stderr
+
+
+def test_sigterm_while_wire_latency_starts_its_servers_leaves_no_curve_key_behind(tmp_path):
+    """The folder holding the CURVE client's secret key was made outside the try that removes it."""
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, str(BENCHMARKS / "wire_latency.py"), "--iterations", "10", "--rounds", "1",
+                             "--warmup", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=BENCHMARKS, env=env, start_new_session=True)
+    try:
+        assert _wait_until(lambda: list(tmp_path.glob("wire-latency-keys-*")), 60), "the key folder never appeared"
+        proc.send_signal(signal.SIGTERM)  # the servers are still starting
+        proc.communicate(timeout=60)
+    finally:
+        _kill_session(proc)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert not list(tmp_path.glob("wire-latency-keys-*"))
+
+
+@pytest.mark.parametrize("script, args", [
+    ("policy_latency.py", ["--sizes", "tiny", "--batch-sizes", "1", "--iterations", "1000", "--backends", "pytorch",
+                           "--device", "cpu"]),
+    ("preprocessing.py", ["--rounds", "40", "--device", "cpu"]),
+    ("policy_profile.py", ["--size", "tiny", "--device", "cpu", "--batch-size", "16"]),
+])
+def test_sigterm_removes_the_temporary_folder_holding_the_checkpoint(tmp_path, script, args):
+    """gpu_checks.sh runs these under `timeout` (SIGTERM), which killed them before their TemporaryDirectory went."""
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, str(BENCHMARKS / script), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=BENCHMARKS, env=env, start_new_session=True)
+    try:
+        assert _wait_until(lambda: list(tmp_path.rglob("*.safetensors")) or proc.poll() is not None, 120)
+        assert proc.poll() is None, proc.communicate()[1]
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    finally:
+        _kill_session(proc)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert [path.name for path in tmp_path.iterdir() if not path.name.startswith("torchinductor")] == []

@@ -52,5 +52,5 @@ def test_a_client_error_other_than_a_timeout_fails_the_storm_naming_it():
     observation = {"state": {"x": np.zeros((1, 1, 4), np.float32)}}
     with running_server(Broken()) as server:
         with pytest.raises(BenchmarkError, match=r"client threads failed; the first: PolicyServerError: .*broken policy"):
-            timeout_storm.storm(server.port, [observation], 2, 5000, 30.0)
+            timeout_storm.storm(server.port, [observation], 2, 5000, 30.0, {})
 
