@@ -266,6 +266,19 @@ def test_rtc_ramp_rate_and_new_weight_of_another_type_are_refused_naming_the_par
     assert str(error.value).startswith(message)
 
 
+@pytest.mark.parametrize("name", ["asynchronous", "per_env"])
+@pytest.mark.parametrize("value", ["no", "false", 0, None])
+def test_a_true_false_setting_that_is_no_bool_is_refused_naming_it(served, name, value):
+    """bool("no") is True: ActionChunker(asynchronous="no") prefetched in a background thread."""
+    policy, client = served
+    with pytest.raises(ValueError) as error:
+        ActionChunker(client, **{name: value})
+    assert str(error.value) == f"{name} must be True or False, got {value!r} ({type(value).__name__})"
+    with ActionChunker(client, **{name: np.bool_(False)}) as chunker:
+        chunker.get_action(obs(0))
+        assert chunker.asynchronous is False and chunker.per_env is False
+
+
 def test_a_fraction_new_weight_and_rtc_ramp_rate_are_used_as_floats(served):
     # numbers.Real let them in; then the first weighted merge of an int key raised a bare numpy TypeError (a Fraction
     # has no rint), and a prefetch with rtc_ramp_rate=Fraction(6) could not be encoded for the wire.

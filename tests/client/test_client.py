@@ -3,6 +3,7 @@
 import contextlib
 import inspect
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -371,6 +372,17 @@ def test_a_timeout_ms_set_after_construction_is_checked_as_the_constructor_check
         assert client.timeout_ms == 2000 and client.ping() is True
         client.timeout_ms = 1500.0
         assert client.timeout_ms == 1500
+
+
+@pytest.mark.parametrize("name", ["strict", "return_server_timing"])
+@pytest.mark.parametrize("value", ["false", "no", 0, None])
+def test_a_true_false_argument_that_is_no_bool_is_refused_naming_it(server, name, value):
+    """bool("false") and bool("no") are True: strict="false" validated, return_server_timing="no" asked for timing."""
+    with pytest.raises(ValueError, match=rf"^{name} must be True or False, got {re.escape(repr(value))} "):
+        PolicyClient(port=server.port, timeout_ms=2000, **{name: value})
+    with PolicyClient(port=server.port, timeout_ms=2000, **{name: np.bool_(False)}) as client:
+        _action, info = client.get_action(libero_like_observation(height=8, width=8))
+        assert client.strict is False and "server_timing" not in info
 
 
 @pytest.mark.parametrize("value", [1.9, 2500.7, np.float32(2500.5)])

@@ -58,6 +58,13 @@ def test_velocity_strength_is_zero_when_frozen_then_the_normalized_exponential_r
     assert (strength[:frozen] == 0).all() and (strength[overlap:] == 1).all()
 
 
+@pytest.mark.parametrize("rate", [1e-6, 1e-9, 1e-20, 1e-300])
+def test_a_tiny_ramp_rate_gives_the_linear_ramp_it_tends_to_not_frozen_rows(rate):
+    """1 - exp(-rate * t) in float32 was 0 for every t at a rate <= ~1e-8: every ramp row got strength 0 (frozen)."""
+    strength = rtc_velocity_strength(12, 7, 2, rate)
+    np.testing.assert_allclose(strength[2:7].numpy(), np.arange(1, 6) / 6, rtol=1e-6)
+
+
 def test_frozen_rows_hold_the_tail_of_the_previous_chunk(model, config):
     previous = torch.randn(1, config.action_horizon, config.max_action_dim, generator=torch.Generator().manual_seed(1))
     out = model.get_action(
@@ -380,6 +387,18 @@ def test_ramp_rate_changes_only_the_ramped_and_later_rows(libero, libero_case):
     assert any(not np.array_equal(slow[k][:, 2:8], fast[k][:, 2:8]) for k in slow)
 
 
+def test_a_served_tiny_ramp_rate_denoises_the_ramped_rows_as_a_slow_one_does(libero, libero_case):
+    """At ramp_rate 1e-9 the ramped rows came back exactly as if they were frozen; they follow the (linear) ramp."""
+    observation, previous = libero_case
+    with running_server(libero) as server, PolicyClient(port=server.port, timeout_ms=60000) as client:
+        frozen, _ = client.get_action(observation, {"seed": 2, "rtc": rtc(previous, 8, 8)})
+        slow, _ = client.get_action(observation, {"seed": 2, "rtc": rtc(previous, 8, 2, ramp_rate=1e-6)})
+        tiny, _ = client.get_action(observation, {"seed": 2, "rtc": rtc(previous, 8, 2, ramp_rate=1e-9)})
+    for key in slow:
+        np.testing.assert_allclose(tiny[key], slow[key], atol=1e-4)
+    assert any(not np.allclose(tiny[k][:, 2:8], frozen[k][:, 2:8], atol=1e-4) for k in tiny)
+
+
 def test_relative_keys_are_encoded_against_the_current_state(new_robot, tiny_checkpoint):
     observation = example_observation(tiny_checkpoint, "new_embodiment", batch_size=1, seed=5)
     earlier, _ = new_robot.get_action(observation, {"seed": 1})
@@ -594,3 +613,23 @@ def test_a_served_policy_refuses_a_huge_previous_action_naming_the_option_key(me
             with pytest.raises(PolicyServerError, match=r"options\['rtc'\]\['previous_action'\]\['gripper'\] step 12 "):
                 client.get_action(observation, {"seed": 2, "rtc": rtc(previous, 4, 2)})
             assert client.get_action(observation, {"seed": 2, "rtc": rtc(earlier, 4, 2)})[0].keys() == earlier.keys()
+
+
+@pytest.mark.parametrize("key, value, refusal", [
+    ("gripper", 1e300, r"step 12 is 1e\+300, beyond float32's range"),
+    ("joints", 1e300, r"step 12 is 1e\+300, beyond float32's range"),
+    ("gripper", 1e30, r"step 12 normalizes to \S+ against the checkpoint's statistics \(sent 1e\+30\)"),
+], ids=["absolute_past_float32", "relative_past_float32", "absolute_past_1000"])
+def test_a_huge_previous_action_on_a_min_max_key_is_refused_not_clipped_to_the_statistics_edge(new_robot,
+                                                                                               tiny_checkpoint,
+                                                                                               key, value, refusal):
+    """Min/max keys are clipped on encoding, and the outlier check looked at the clipped values: 1e300 and 1e30 came
+    back as the statistics' edge in a frozen row, where serving.md says they are refused."""
+    observation = example_observation(tiny_checkpoint, "new_embodiment", batch_size=1, seed=5)
+    earlier, _ = new_robot.get_action(observation, {"seed": 1})
+    previous = {k: v.astype(np.float64) for k, v in earlier.items()}
+    previous[key][0, 12, 0] = value
+    with running_server(new_robot) as server, PolicyClient(port=server.port, timeout_ms=60000) as client:
+        with pytest.raises(PolicyServerError, match=rf"options\['rtc'\]\['previous_action'\]\['{key}'\] {refusal}"):
+            client.get_action(observation, {"seed": 2, "rtc": rtc(previous, 8, 6)})
+        assert client.get_action(observation, {"seed": 2, "rtc": rtc(earlier, 8, 6)})[0].keys() == earlier.keys()

@@ -71,6 +71,18 @@ def test_our_client_without_the_token_gets_unauthorized(guarded):
         client.get_action({})
 
 
+@pytest.mark.parametrize("token, hint", [(TOKEN.encode(), "; decode bytes first: api_token.decode()"), (12345, "")],
+                         ids=["bytes", "int"])
+def test_a_token_that_is_no_str_is_refused_naming_api_token_not_sent_as_invalid(guarded, token, hint):
+    """PolicyClient(api_token=b"<the right token>") was sent as given and got only 'Invalid API token'."""
+    with pytest.raises(TypeError) as refused:
+        PolicyClient(port=guarded.port, api_token=token, timeout_ms=5000)
+    assert str(refused.value) == f"api_token must be a str (or None for no token), got {type(token).__name__}{hint}"
+    assert TOKEN not in str(refused.value)
+    with PolicyClient(port=guarded.port, api_token=token.decode() if hint else TOKEN, timeout_ms=5000) as client:
+        assert client.get_action(libero_like_observation(height=8, width=8))[0]["x"].shape == (1, 16, 1)
+
+
 def test_token_is_compared_in_constant_time(guarded):
     with mock.patch.object(messages_module.hmac, "compare_digest", wraps=messages_module.hmac.compare_digest) as compare:
         with ReferenceClient(guarded.port, api_token=TOKEN) as client:

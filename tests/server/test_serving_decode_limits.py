@@ -51,6 +51,32 @@ def test_a_long_list_in_an_observation_is_refused_naming_its_key_and_the_numpy_r
     assert "send numbers as a numpy array (np.asarray(...)), not a Python list" in message
 
 
+def test_a_long_list_is_explained_on_msgpacks_pure_python_fallback_that_raises_its_message_unformatted(monkeypatch):
+    """msgpack 1.0.0-1.0.2 without its C extension raises ValueError('%s exceeds max_array_len(%s)', n, limit): the
+    reply showed that raw tuple instead of the key and the numpy remedy."""
+    import re
+
+    real_unpackb = msgpack.unpackb
+
+    def fallback_unpackb(*args, **kwargs):
+        try:
+            return real_unpackb(*args, **kwargs)
+        except ValueError as exc:
+            found = re.fullmatch(r"(\d+) exceeds (max_\w+_len)\((\d+)\)", str(exc))
+            if found is None:
+                raise
+            raise ValueError(f"%s exceeds {found.group(2)}(%s)", int(found.group(1)), int(found.group(3))) from None
+
+    monkeypatch.setattr(msgpack, "unpackb", fallback_unpackb)
+    observation = {"state": {"x": np.zeros((1, 1, 1), np.float32)}, "extra": [0.0] * 100_000}
+    with running_server(EchoPolicy()) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        with pytest.raises(PolicyServerError) as refused:
+            client.get_action(observation)
+    message = refused.value.server_message
+    assert "holds a list of 100000 items at data.observation.extra" in message
+    assert "send numbers as a numpy array (np.asarray(...)), not a Python list" in message
+
+
 def test_a_long_list_under_a_peers_long_or_control_character_key_keeps_the_remedy_in_the_reply():
     """A decode limit's key path was the peer's keys as sent: a 1,200-character key with ESC and a newline pushed the
     remedy out of the server's bounded reply and reached the client raw."""

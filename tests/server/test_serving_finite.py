@@ -428,6 +428,33 @@ def test_a_replaced_get_action_that_returns_no_action_map_is_still_refused_a_nan
             assert client.ping()
 
 
+class SetActionPolicy(BasePolicy):
+    """Answers with an action held in a Python set or frozenset, which the wire sends as a sorted list."""
+
+    def __init__(self, action):
+        super().__init__(strict=False)
+        self.action = action
+
+    def _get_action(self, observation, options=None):
+        return self.action, {}
+
+    def reset(self, options=None):
+        return {}
+
+
+@pytest.mark.parametrize("action", [{"move": {float("nan")}}, {"gripper": frozenset([float("inf"), 1.0])}],
+                         ids=["set", "frozenset"])
+def test_a_non_finite_number_in_a_set_action_is_never_sent_to_a_reference_client(action):
+    """The non-finite check walked lists and tuples but not sets, which the wire sends as lists: a reference client
+    (one that does not check the reply) received [nan]."""
+    from reference_peer import ReferenceClient
+
+    key = next(iter(action))
+    with running_server(SetActionPolicy(action)) as server, ReferenceClient(server.port) as client:
+        with pytest.raises(RuntimeError, match=rf"non-finite value \((nan|inf)\) in action key '{key}'; the action was"):
+            client.get_action({"state": {"x": np.zeros((1, 1, 1), np.float32)}})
+
+
 def _edited_checkpoint(checkpoint, processor_kwargs=None, joints_stats=None):
     """`checkpoint` (a copy) with processor_kwargs updated by `processor_kwargs(kwargs)` and the 'joints' state
     statistics by `joints_stats(stats)`; the processor loaded from it."""

@@ -35,6 +35,7 @@ from .chunking_merge import MERGE_RULES, MergeFn, merge_overlap
 from .chunking_position import PolicyPositionError, _PositionChecks, _reported_steps, _Reply
 from .chunking_prefetch import _Prefetch, _Prefetching, _PrefetchWorker
 from .client import PolicyClient
+from .client_options import check_flag
 
 __all__ = ["MERGE_RULES", "ActionChunker", "ChunkerStats", "PolicyPositionError", "merge_overlap"]
 
@@ -112,6 +113,8 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
         rtc_frozen_steps: Optional[int] = None,
         rtc_ramp_rate: float = 6.0,
     ) -> None:
+        per_env = check_flag("per_env", per_env)  # asynchronous="no" ran asynchronously: bool("no") is True
+        asynchronous = check_flag("asynchronous", asynchronous)
         # Step counts index the chunk: a float (2.5) failed deep in a later step, a NaN prefetch never prefetched.
         if n_action_steps is not None and not (_is_int(n_action_steps) and n_action_steps >= 1):
             raise ValueError(f"n_action_steps must be an int >= 1 or None (the whole chunk), got {n_action_steps!r}")

@@ -23,8 +23,9 @@ from .client_errors import (SHUTTING_DOWN, ClientClosedError, DeadlineNotRunErro
                             PolicyServerError, PolicyTimeoutError, ReplyLostError, ServerStoppingError)
 from .client_messages import (ERROR_MARKER, PROTOCOL_VERSION, SESSION_CONTINUES_FIELD, TIMEOUT_FIELD, TIMING_OPTION,
                               ClientMessages)
-from .client_options import (DEFAULT_MAX_REPLY_BYTES, MAX_REPLY_BYTES_LIMIT, MAX_TIMEOUT_MS, check_host,
-                             check_max_reply_bytes, check_timeout_ms, endpoint_host, is_ipv6_literal, normalize_host)
+from .client_options import (DEFAULT_MAX_REPLY_BYTES, MAX_REPLY_BYTES_LIMIT, MAX_TIMEOUT_MS, check_api_token,
+                             check_flag, check_host, check_max_reply_bytes, check_timeout_ms, endpoint_host,
+                             is_ipv6_literal, normalize_host)
 from .client_server_facts import ServerFacts
 from .client_sockets import _NOBLOCK, _PROCESS_CONTEXT, _recv_frames, _ReplyOverCap, _ReplyWatch, send_frames
 from .flat import is_flat_action, is_flat_observation, validate_flat_action, validate_flat_observation
@@ -105,7 +106,7 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
         client_secret_key: Optional[curve.KeySource] = None,
         max_reply_bytes: Optional[int] = DEFAULT_MAX_REPLY_BYTES,
     ) -> None:
-        super().__init__(strict=strict)
+        super().__init__(strict=check_flag("strict", strict))
         if wire not in ("auto", "reference", "multipart", "npsave"):
             raise ValueError(f"wire must be 'auto', 'reference', 'multipart' or 'npsave', got {wire!r}")
         timeout_ms = check_timeout_ms(timeout_ms)
@@ -117,7 +118,7 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
         self.max_reply_bytes = check_max_reply_bytes(max_reply_bytes)
         self._reply_limits = (_UNCAPPED_DECODE if self.max_reply_bytes is None
                               else codec.DecodeLimits.for_message_bytes(self.max_reply_bytes))
-        self.api_token = api_token
+        self.api_token = check_api_token(api_token)
         # The server refuses any other session_id (an int, bytes, ""): one it ignored would key us by the connection
         if session_id is not None and (not isinstance(session_id, str) or not session_id):
             raise ValueError(f"session_id must be a non-empty str (or None for a random one), got {session_id!r:.60}")
@@ -134,7 +135,7 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
         self._new_server_check: Optional[Callable[["PolicyClient"], None]] = None
         self._checked_server_changes = 0
         self._host_resolved = False  # the host name has resolved once (_check_host_resolves)
-        self.return_server_timing = bool(return_server_timing)
+        self.return_server_timing = check_flag("return_server_timing", return_server_timing)
         # CURVE encryption (gr00t_client.curve): None for plaintext; an ephemeral key pair when no client key is given.
         self._curve = curve.client_keys(server_public_key, client_secret_key)
         self._pid = os.getpid()  # the process whose ZeroMQ objects these are (see _adopt_after_fork)

@@ -8,6 +8,8 @@ import math
 import numbers
 from typing import Any, Optional
 
+import numpy as np
+
 MAX_TIMEOUT_MS = 2**31 - 1  # ZeroMQ's poll timeout is a C int of milliseconds (about 24.8 days)
 # gr00t-server's default max_message_bytes: a request may be this large, and replies (action chunks of KBs to a few
 # MB, configs, info) never come near it; a robot can afford it, unlike the GBs a wrong or hostile peer could send.
@@ -39,6 +41,23 @@ def check_max_reply_bytes(value: Any) -> Optional[int]:
             f"got {value!r}"
         )
     return int(value)
+
+
+def check_flag(name: str, value: Any) -> bool:
+    """A True/False argument (numpy's bools too) as a bool; ValueError naming it otherwise, since bool("false") and
+    bool("no") are True."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r:.60} ({type(value).__name__})")
+    return bool(value)
+
+
+def check_api_token(value: Any) -> Optional[str]:
+    """`value` as PolicyClient's api_token (None: send none); TypeError naming it unless it is a str: bytes or a
+    number was sent as given and refused by the server as an invalid token, saying nothing of its type."""
+    if value is not None and not isinstance(value, str):
+        hint = "; decode bytes first: api_token.decode()" if isinstance(value, (bytes, bytearray)) else ""
+        raise TypeError(f"api_token must be a str (or None for no token), got {type(value).__name__}{hint}")
+    return value
 
 
 def normalize_host(host: str) -> str:

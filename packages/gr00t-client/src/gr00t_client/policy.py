@@ -152,7 +152,7 @@ _LEFT = object()  # first_non_finite's stack marker: the walk has left the conta
 
 def first_non_finite(action: Any) -> Optional[Tuple[str, Any]]:
     """(dotted key, value) of the first array or scalar holding NaN or inf anywhere in an action (arrays, numpy or
-    Python scalars, lists, nested maps; the items of object arrays too); None when every number is finite. Each
+    Python scalars, lists, sets, nested maps; the items of object arrays too); None when every number is finite. Each
     value is visited once, without recursion, and a float array of a map is checked as soon as it is met (the
     common case: a server checks every reply it sends, a client every reply of a server that does not).
     ActionError, naming the key, for what cannot be sent: a numpy masked array or a container that holds itself."""
@@ -190,7 +190,7 @@ def first_non_finite(action: Any) -> Optional[Tuple[str, Any]]:
                 stack.extend((child, where) for child in value.reshape(-1))
             elif value.dtype.kind in "fc" and value.size and not all_finite(value):
                 return where, value
-        elif isinstance(value, (list, tuple)):
+        elif isinstance(value, (list, tuple, set, frozenset)):  # the wire sends a set as a list
             stack.extend((child, where) for child in value)
         elif non_finite_scalar(value):
             return where, value

@@ -80,9 +80,10 @@ _PATH_DEPTH = 6  # keys followed at most (a request's lists sit 3 deep): each le
 def _length_limit_error(data: BufferLike, size: int, exc: ValueError) -> DecodeLimitError:
     """The DecodeLimitError for msgpack's refusal of a map or array header longer than the item budget: what it is,
     where (its keys), and that numbers belong in a numpy array."""
-    found = _LENGTH_OVER.search(str(exc))
+    text = _exception_text(exc)
+    found = _LENGTH_OVER.search(text)
     if found is None:
-        return DecodeLimitError(f"message of {size} bytes exceeds a decode limit: {exc}")
+        return DecodeLimitError(f"message of {size} bytes exceeds a decode limit: {text}")
     items, kind, limit = int(found.group(1)), found.group(2), int(found.group(3))
     where = shown_path(_path_to_long_container(data, limit))
     what = "a list" if kind == "array" else "a map"
@@ -91,6 +92,17 @@ def _length_limit_error(data: BufferLike, size: int, exc: ValueError) -> DecodeL
         f"{f' at {where}' if where else ''}, more than the {limit} its size allows; send numbers as a numpy array "
         "(np.asarray(...)), not a Python list"
     )
+
+
+def _exception_text(exc: ValueError) -> str:
+    """str(exc), formatted where msgpack 1.0.0-1.0.2's pure-Python fallback raised ValueError(format, items, limit)
+    unformatted (its str is the raw tuple)."""
+    if len(exc.args) > 1 and isinstance(exc.args[0], str):
+        try:
+            return exc.args[0] % exc.args[1:]
+        except (TypeError, ValueError):
+            pass
+    return str(exc)
 
 
 def shown_path(keys: List[str]) -> str:

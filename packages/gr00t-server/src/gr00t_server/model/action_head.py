@@ -47,10 +47,12 @@ def rtc_velocity_strength(
     strength = torch.ones(horizon, dtype=torch.float32, device=device)
     strength[:frozen_steps] = 0.0
     ramp_steps = overlap_steps - frozen_steps
-    t = torch.linspace(0.0, 1.0, ramp_steps + 2, device=device)
-    ramp = 1 - torch.exp(-ramp_rate * t)
-    ramp = ramp / ramp[-1].clamp_min(1e-8)
-    strength[frozen_steps:overlap_steps] = ramp[1:-1]
+    t = torch.linspace(0.0, 1.0, ramp_steps + 2, dtype=torch.float64, device=device)  # on the device: no host copy
+    # -expm1 in float64: 1 - exp(-rate * t) in float32 was 0 for every t at a rate <= ~1e-8, which froze the ramp
+    # rows. The ramp tends to t as the rate goes to 0; below 1e-16 it is t to float64's precision (and expm1 of a
+    # subnormal rate * t would not be).
+    ramp = t if ramp_rate < 1e-16 else torch.expm1(-ramp_rate * t) / math.expm1(-ramp_rate)
+    strength[frozen_steps:overlap_steps] = ramp[1:-1].to(torch.float32)
     return strength
 
 

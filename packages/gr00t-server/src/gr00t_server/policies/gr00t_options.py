@@ -24,7 +24,8 @@ other key is refused when strict, a warning otherwise):
   the inverse of decode_action (relative keys against the current observation's state, normalized with those
   rows' statistics); rows [0, frozen) are returned unchanged (up to clipping to the statistics range), rows
   [frozen, overlap) are denoised with a ramped velocity, the rest as usual. overlap_steps=0 changes nothing.
-  An overlap row that normalizes to a non-finite value or beyond +-STATE_OUTLIER_LIMIT is refused naming its key.
+  An overlap row beyond float32's range, or that normalizes (before clipping) to a non-finite value or beyond
+  +-STATE_OUTLIER_LIMIT, is refused naming its key and step.
 - "denoising_steps": int in [1, max_denoising_steps], the flow-matching Euler steps of this call (default the
   checkpoint's num_inference_timesteps, 4 for released ones; the cap, 4x that unless given, bounds one call's work);
   what `gr00t-eval open-loop --denoising-steps` sends.
@@ -285,10 +286,24 @@ class Gr00tActionOptions:
                     f"it (zero or parallel rot6d rows, or a singular 4x4 pose), got "
                     f"{rows[at[0][0], at[0][1] - first_step].tolist()}; send the poses get_action returned", key=key)
 
+    @staticmethod
+    def _check_previous_range(rtc: RtcRequest) -> None:
+        """ValueError naming the key and step of an overlap row beyond float32's range, as a state is: on a min/max
+        key it was clipped on encoding and came back as the statistics' edge."""
+        first_step, limit = rtc.horizon - rtc.overlap_steps, float(np.finfo(np.float32).max)
+        for key, rows in rtc.overlap_rows().items():
+            beyond = np.abs(rows) > limit
+            if beyond.any():
+                row, step, column = (int(i) for i in np.argwhere(beyond)[0])
+                raise PreviousActionError(
+                    f" step {first_step + step} is {float(rows[row, step, column]):.3g}, beyond float32's range "
+                    f"(+-{limit:.3g}); send actions in the units get_action returned", key=key)
+
     def _check_encoded_previous(self, rtc: RtcRequest, encoded: np.ndarray) -> None:
-        """ValueError naming the key and step of an overlap row that normalizes to a non-finite value or beyond
-        +-STATE_OUTLIER_LIMIT: a huge finite previous_action made the model's output NaN (blamed on the weights) or
-        overflowed float32 (refused without naming the option)."""
+        """ValueError naming the key and step of an overlap row that normalizes (`encoded` unclipped) to a non-finite
+        value or beyond +-STATE_OUTLIER_LIMIT: a huge finite previous_action made the model's output NaN (blamed on
+        the weights), overflowed float32 (refused without naming the option) or, on a min/max key, was clipped to
+        the statistics' edge."""
         action_config = self.modality_configs["action"]
         dims = {key: p.dim for key, p in self.processor.norm_params(self.embodiment_tag_value).action.items()}
         parts = norm.split_action(encoded, action_config.modality_keys, dims, rtc.overlap_steps)
@@ -310,9 +325,12 @@ class Gr00tActionOptions:
         """
         if rtc.overlap_steps == 0:  # nothing to inpaint: exactly the call without RTC
             return {}
-        with np.errstate(over="ignore"):  # a value beyond float32's range is refused below, naming its key
-            encoded = self.processor.encode_action(rtc.overlap_rows(), self.embodiment_tag_value, raw_states)
-        self._check_encoded_previous(rtc, encoded)
+        self._check_previous_range(rtc)
+        with np.errstate(over="ignore"):  # a value normalizing beyond float32's range is refused below, naming its key
+            unclipped = self.processor.encode_action(rtc.overlap_rows(), self.embodiment_tag_value, raw_states,
+                                                     clip=False)
+        self._check_encoded_previous(rtc, unclipped)
+        encoded = self.processor.encode_action(rtc.overlap_rows(), self.embodiment_tag_value, raw_states)
         model_shape = (encoded.shape[0], self.model_config.action_horizon, self.model_config.max_action_dim)
         previous = np.zeros(model_shape, np.float32)
         previous[:, : rtc.overlap_steps] = encoded

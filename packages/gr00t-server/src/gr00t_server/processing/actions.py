@@ -211,12 +211,13 @@ def encode_action(
     params: EmbodimentNormParams,
     max_action_dim: int,
     raw_states: Optional[Mapping[str, np.ndarray]] = None,
+    clip: bool = True,
 ) -> np.ndarray:
     """Inverse of `decode_action`: {key: (B, T, D_key)} absolute actions -> (B, T, max_action_dim) float32.
 
     Row t is normalized with step t's statistics; relative keys are first expressed relative to the last
     step of their raw reference state. Min/max values outside the statistics range are clipped to [-1, 1],
-    so they decode to the range's edge.
+    so they decode to the range's edge (unless not `clip`: what an outlier check looks at).
     """
     missing = [key for key in action_config.modality_keys if key not in action]
     if missing:
@@ -236,9 +237,9 @@ def encode_action(
             raise ValueError(f"Action key '{key}' has (B, T) = {value.shape[:2]}; earlier keys have {batch_rows}")
         batch_rows = value.shape[:2]
         if key in params.relative_action:
-            parts.append(_encode_relative_key(tag, index, key, value, raw_states, action_config, params))
+            parts.append(_encode_relative_key(tag, index, key, value, raw_states, action_config, params, clip))
         else:
-            parts.append(norm.normalize_action_key(value, params.action[key], key in mean_std_keys))
+            parts.append(norm.normalize_action_key(value, params.action[key], key in mean_std_keys, clip))
     encoded = np.concatenate(parts, axis=-1)
     return norm.pad_last_dim(encoded, max_action_dim, "action").astype(np.float32)
 
@@ -256,7 +257,7 @@ def _reference_state(tag: str, key: str, spec: ActionConfig, raw_states: Optiona
 
 def _encode_relative_key(
     tag: str, index: int, key: str, value: np.ndarray, raw_states: Optional[Mapping[str, np.ndarray]],
-    action_config: ModalityConfig, params: EmbodimentNormParams,
+    action_config: ModalityConfig, params: EmbodimentNormParams, clip: bool = True,
 ) -> np.ndarray:
     """Absolute (B, T, D) -> relative to the reference state, normalized with the first T relative-stat rows."""
     spec = action_config.action_configs[index]
@@ -268,4 +269,4 @@ def _encode_relative_key(
         return norm.mean_std_normalize(relative, norm.relative_stat(stats, "mean", rows, where),
                                        norm.relative_stat(stats, "std", rows, where))
     return norm.minmax_normalize(relative, norm.relative_stat(stats, "min", rows, where),
-                                 norm.relative_stat(stats, "max", rows, where))
+                                 norm.relative_stat(stats, "max", rows, where), clip=clip)

@@ -287,11 +287,12 @@ def absolute_to_relative_eef(
     return matrix_to_pose(t_ref_inv @ pose_to_matrix(absolute, action_format), action_format)
 
 
-def normalize_action_key(x: np.ndarray, params: KeyNormParams, mean_std: bool) -> np.ndarray:
-    """Inverse of `unnormalize_action_key`: mean/std, or min/max clipped to [-1, 1] like training targets."""
+def normalize_action_key(x: np.ndarray, params: KeyNormParams, mean_std: bool, clip: bool = True) -> np.ndarray:
+    """Inverse of `unnormalize_action_key`: mean/std, or min/max clipped to [-1, 1] like training targets (unless
+    not `clip`: what an outlier check looks at)."""
     if mean_std:
         return mean_std_normalize(x, params.mean, params.std)
-    return minmax_normalize(x, params.low, params.high, clip=True)
+    return minmax_normalize(x, params.low, params.high, clip=clip)
 
 
 def relative_stat(stats: Mapping[str, np.ndarray], name: str, rows: int, where: str) -> np.ndarray:

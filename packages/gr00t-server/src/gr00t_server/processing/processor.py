@@ -379,13 +379,14 @@ class Gr00tN1d7Processor(VideoChecks):
         actions.check_reference_states(tag, self.modality_configs(tag)["action"], self.norm_params(tag), raw_states)
 
     def encode_action(
-        self, action: Mapping[str, np.ndarray], tag: str, raw_states: Optional[Mapping[str, np.ndarray]] = None
+        self, action: Mapping[str, np.ndarray], tag: str, raw_states: Optional[Mapping[str, np.ndarray]] = None,
+        clip: bool = True,
     ) -> np.ndarray:
         """Inverse of `decode_action`: {key: (B, T, D_key)} absolute actions -> (B, T, max_action_dim) float32.
 
         Row t is normalized with step t's statistics; relative keys are first expressed relative to the last
         step of their raw reference state. Min/max values outside the statistics range are clipped to [-1, 1],
-        so they decode to the range's edge.
+        so they decode to the range's edge (unless not `clip`: what an outlier check looks at).
         """
         return actions.encode_action(action, tag, self.modality_configs(tag)["action"], self.norm_params(tag),
-                                     self.config.max_action_dim, raw_states)
+                                     self.config.max_action_dim, raw_states, clip)
