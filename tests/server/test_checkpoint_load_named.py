@@ -128,6 +128,41 @@ def test_a_nan_weight_is_refused_at_load_naming_the_file_and_tensor(copy_of, ser
     assert f"{checkpoint / 'model.safetensors'}: tensor '{key}' holds 1 non-finite value(s) (NaN or inf)" in err, err
 
 
+def _with_a_float8_tensor(checkpoint, key, nan=False):
+    """An FP8-quantized export: one tensor stored as float8_e4m3fn (safetensors' F8_E4M3), optionally with one NaN."""
+    import torch
+
+    weights = load_file(checkpoint / "model.safetensors")
+    if nan:
+        weights[key].view(-1)[5] = float("nan")
+    weights[key] = weights[key].to(torch.float8_e4m3fn)
+    save_file(weights, checkpoint / "model.safetensors", metadata={"format": "pt"})
+
+
+def test_a_float8_weight_is_checked_and_served(copy_of):
+    # The NaN check itself crashed serve: NotImplementedError, "isfinite" not implemented for 'Float8_e4m3fn'.
+    import numpy as np
+    from serving import running_server
+
+    from gr00t_client import PolicyClient
+    from gr00t_server.test_checkpoint import example_observation
+
+    checkpoint = copy_of()
+    _with_a_float8_tensor(checkpoint, "action_head.action_decoder.layer2.W")
+    with running_server(Gr00tPolicy(checkpoint, "new_embodiment", device="cpu")) as server, \
+            PolicyClient(port=server.port, timeout_ms=60000) as client:
+        action, _ = client.get_action(example_observation(checkpoint, "new_embodiment"))
+    assert action and all(np.isfinite(value).all() for value in action.values())
+
+
+def test_a_nan_in_a_float8_weight_is_refused_at_load_naming_the_file_and_tensor(copy_of, serve_error):
+    checkpoint = copy_of()
+    key = "action_head.action_decoder.layer2.W"
+    _with_a_float8_tensor(checkpoint, key, nan=True)
+    err = serve_error(checkpoint)
+    assert f"{checkpoint / 'model.safetensors'}: tensor '{key}' holds 1 non-finite value(s) (NaN or inf)" in err, err
+
+
 def test_a_shard_the_stale_index_does_not_list_is_named_with_the_index(copy_of, serve_error):
     # "53 missing key(s)", blamed on the config, named neither the folder, the index nor the shard holding them.
     checkpoint = copy_of()

@@ -95,7 +95,7 @@ def test_language_bytes_within_the_character_limit_are_still_held_to_the_token_l
             with pytest.raises(PolicyServerError) as caught:
                 client.get_action({"state": {"x": np.zeros((1, 1, 1), np.float32)}, "language": {"task": [[b"go " * 11]]}})
             client.get_action({"state": {"x": np.zeros((1, 1, 1), np.float32)}, "language": {"task": [[b"go " * 5]]}})
-    assert "language 'language.task' has 11 words and punctuation marks; this server accepts at most 10" in caught.value.server_message
+    assert "language 'language.task' in row 0, item 0 has 11 words and punctuation marks; this server accepts at most 10" in caught.value.server_message
     assert policy.calls == 1
 
 

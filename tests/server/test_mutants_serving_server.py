@@ -75,5 +75,5 @@ def test_language_bytes_under_a_sim_wrappers_flat_language_key_are_held_to_the_l
             with pytest.raises(PolicyServerError) as caught:
                 client.get_action(flat_observation(sent_key, b"pick up the bowl"))
             action, _ = client.get_action(flat_observation(sent_key, b"pick"))
-    assert f"language '{sent_key}' has 16 characters; this server accepts at most 10" in caught.value.server_message
+    assert f"language '{sent_key}' in row 0 has 16 characters; this server accepts at most 10" in caught.value.server_message
     assert inner.calls == 1 and action["action.arm"].shape == (1, 2, 3)

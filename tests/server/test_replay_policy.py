@@ -141,14 +141,36 @@ def test_rows_at_one_position_take_any_batch_size_as_the_reference_replay_does(p
     assert info["current_step"] == [0, 0]
 
 
-def test_non_contiguous_delta_indices_replay_the_right_rows(dataset):
-    configs = {"action": ModalityConfig(delta_indices=[0, 2, 5], modality_keys=["arm"])}
-    policy = ReplayPolicy(dataset, configs, execution_horizon=3)
-    policy.reset({"episode_index": 1, "step_index": 2})
-    action, _ = policy.get_action(None)
-    np.testing.assert_array_equal(action["arm"][0], rows(1, [2, 4, 7]))
-    action, _ = policy.get_action(None)
-    np.testing.assert_array_equal(action["arm"][0], rows(1, [5, 7, 8]))  # 10 clamps to the last row
+@pytest.mark.parametrize("deltas", [[0, 2, 5], [1, 2, 3, 4], [-1, 0, 1], [3, 2, 1, 0]])
+def test_action_delta_indices_other_than_0_to_h_minus_1_are_refused_naming_them(dataset, deltas):
+    """A chunk advanced by its length served [0, 2, 4] as rows 0, 2, 4, 3, 5, 7 (row 1 never), [-1, 0, 1] a step late
+    and [3, 2, 1, 0] backwards: every recorded row once, in order, needs 0..H-1."""
+    configs = {"action": ModalityConfig(delta_indices=deltas, modality_keys=["arm"])}
+    with pytest.raises(ValueError) as refused:
+        ReplayPolicy(dataset, configs)
+    assert str(refused.value) == (
+        f"the policy's action delta_indices are {deltas}; this needs 0..{len(deltas) - 1} (one action per step from "
+        "the query on), or the replay serves recorded rows out of order (modality_configs['action'])")
+
+
+def test_modality_configs_in_their_json_form_are_served(dataset_root):
+    """json.load of a modality config file (or of get_modality_config's wire form) gives dicts: 'dict' object has no
+    attribute 'delta_indices' failed the start."""
+    as_json = {name: config.to_json_dict() for name, config in ReplayPolicy(dataset_root).get_modality_config().items()}
+    as_json["action"]["delta_indices"] = [0, 1, 2]
+    with running_server(ReplayPolicy(dataset_root, as_json)) as server, \
+            PolicyClient(port=server.port, timeout_ms=5000) as client:
+        assert client.get_modality_config()["action"].delta_indices == [0, 1, 2]
+        client.reset({"episode_index": 1})
+        first, _ = client.get_action({})
+        second, _ = client.get_action({})
+    np.testing.assert_array_equal(np.concatenate([first["arm"][0], second["arm"][0]]), rows(1, range(6)))
+
+
+def test_modality_configs_json_that_is_no_config_is_refused_naming_modality_configs(dataset):
+    with pytest.raises(ValueError, match=r"^modality_configs: modality config 'action': .*; expected ModalityConfig "
+                                         r"objects or their JSON form$"):
+        ReplayPolicy(dataset, {"action": {"delta_indices": "0..15", "modality_keys": ["arm"]}})
 
 
 @pytest.mark.parametrize(
@@ -612,22 +634,20 @@ def test_a_numpy_int8_or_uint8_step_index_advances_without_wrapping(tmp_path, st
     np.testing.assert_array_equal(action["arm"][0], expected_actions(0, 260)["arm"][np.minimum(int(step) + 8 + np.arange(8), 259)])
 
 
-def test_the_default_execution_horizon_is_the_chunks_length_whatever_the_delta_indices(dataset):
-    """Action delta [1, 2, 3, 4] advanced max + 1 = 5 steps per 4-action chunk (row 5 never served), where
-    `gr00t-server serve` advanced 4."""
-    configs = {"action": ModalityConfig(delta_indices=[1, 2, 3, 4], modality_keys=["arm"])}
+def test_the_default_execution_horizon_is_the_chunks_length(dataset):
+    configs = {"action": ModalityConfig(delta_indices=[0, 1, 2, 3], modality_keys=["arm"])}
     with running_server(ReplayPolicy(dataset, configs)) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
         client.reset({"episode_index": 1})
         first, info = client.get_action({})
         second, _ = client.get_action({})
     assert info["execution_horizon"] == 4
-    np.testing.assert_array_equal(np.concatenate([first["arm"][0], second["arm"][0]]), rows(1, [1, 2, 3, 4, 5, 6, 7, 8]))
+    np.testing.assert_array_equal(np.concatenate([first["arm"][0], second["arm"][0]]), rows(1, range(8)))
 
 
 def test_an_execution_horizon_past_the_chunks_length_is_refused_naming_both(dataset):
-    configs = {"action": ModalityConfig(delta_indices=[1, 2, 3, 4], modality_keys=["arm"])}
+    configs = {"action": ModalityConfig(delta_indices=[0, 1, 2, 3], modality_keys=["arm"])}
     with pytest.raises(ValueError, match=r"execution_horizon must be an int in \[1, 4\] \(each action chunk holds 4 "
-                       r"actions, action delta_indices \[1, 2, 3, 4\]\), got 5"):
+                       r"actions, action delta_indices \[0, 1, 2, 3\]\), got 5"):
         ReplayPolicy(dataset, configs, execution_horizon=5)
 
 

@@ -440,7 +440,8 @@ def test_language_sent_as_bytes_is_held_to_the_character_limit(language):
     observation = dict(small_observation(), language={"task": language})
     with running_server(policy) as server:
         message = error_of(raw_round_trip(server.port, get_action_message(observation)))
-    assert message == "language 'language.task' has 3600 characters; this server accepts at most 2048 (--max-language-chars)"
+    row = " in row 0" if isinstance(language, list) else ""  # a list's entry is named by its row
+    assert message == f"language 'language.task'{row} has 3600 characters; this server accepts at most 2048 (--max-language-chars)"
     assert policy.calls == 0
 
 
@@ -480,7 +481,7 @@ def test_language_bytes_under_the_flat_keys_the_sim_wrapper_decodes_are_held_to_
         message = error_of(raw_round_trip(server.port, get_action_message(observation)))
         served = decoded(raw_round_trip(server.port, get_action_message({sent_under: [b"pick up the bowl."]})))
     assert message == (
-        f"language '{sent_under}' has 3600 characters; this server accepts at most 2048 (--max-language-chars)"
+        f"language '{sent_under}' in row 0 has 3600 characters; this server accepts at most 2048 (--max-language-chars)"
     )
     assert policy.policy.calls == 1 and "action.x" in served[0]  # only the short instruction reached the policy
 
@@ -499,7 +500,7 @@ def test_language_bytes_past_four_bytes_a_character_are_refused_undecoded():
         with pytest.raises(RequestError) as caught:
             check_observation({"language": {"task": [text]}}, limits)
         assert str(caught.value) == (
-            f"language 'language.task' has {len(text)} bytes, more than 2048 characters however they decode; this "
+            f"language 'language.task' in row 0 has {len(text)} bytes, more than 2048 characters however they decode; this "
             "server accepts at most 2048 (--max-language-chars)"
         )
 

@@ -39,7 +39,8 @@ def test_a_long_entry_after_the_first_few_hundred_is_refused(dtype):
     with running_server(policy) as server:
         reply = reply_of(raw_round_trip(server.port, message(observation)))
     assert reply["error"] == (
-        "language 'language.task' has 2550 characters; this server accepts at most 2048 (--max-language-chars)"
+        "language 'language.task' in row 0, item 1999 has 2550 characters; this server accepts at most 2048 "
+        "(--max-language-chars)"
     )
     assert policy.calls == 0
 
@@ -79,6 +80,6 @@ def test_a_long_string_array_under_a_state_key_is_refused_as_text_not_as_languag
     with running_server(policy) as server:
         reply = reply_of(raw_round_trip(server.port, message(observation)))
     assert reply["error"] == (
-        "text 'state.joints' has 3000 characters; this server accepts at most 2048 (--max-language-chars)"
+        "text 'state.joints' in row 0, item 0 has 3000 characters; this server accepts at most 2048 (--max-language-chars)"
     )
     assert policy.calls == 0

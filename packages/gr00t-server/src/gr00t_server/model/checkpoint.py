@@ -224,8 +224,10 @@ def read_state_dict(
                     tensor = handle.get_tensor(key)
                     # Before the cast (a float16 overflow of a finite weight is the output guard's to name): a NaN or
                     # inf weight (a diverged fine-tune) else surfaced at warm-up naming no tensor.
-                    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                        bad = int((~torch.isfinite(tensor)).sum())
+                    # float8 (an FP8 export) has no isfinite: checked as float32, which holds its NaN exactly
+                    checked = tensor.float() if tensor.is_floating_point() and tensor.element_size() == 1 else tensor
+                    if tensor.is_floating_point() and not bool(torch.isfinite(checked).all()):
+                        bad = int((~torch.isfinite(checked)).sum())
                         raise CheckpointError(f"{path}: tensor {key!r} holds {bad} non-finite value(s) (NaN or inf) of "
                                               f"{tensor.numel()}; expected finite weights (a diverged training run? "
                                               "take an earlier checkpoint)")

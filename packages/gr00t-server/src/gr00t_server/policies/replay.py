@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, 
 
 import numpy as np
 
-from gr00t_client.modality import ModalityConfig, copy_modality_configs
+from gr00t_client.modality import ModalityConfig, copy_modality_configs, modality_configs_from_json
 from gr00t_client.policy import BasePolicy, ObservationError, nested_batch_size, validate_observation
 
 from ..extras import require_lerobot_dataset
@@ -122,6 +122,11 @@ class ReplayPolicy(BasePolicy):
             self._changes.record_data_file(self.dataset.episode_data_path(position))
         self.dataset.check_data_files()
         configs = modality_configs or derive_from_dataset(self.dataset)
+        if isinstance(configs, Mapping) and not all(isinstance(c, ModalityConfig) for c in configs.values()):
+            try:  # the JSON form (json.load of a modality config file, or of get_modality_config's wire form)
+                configs = modality_configs_from_json(configs)
+            except ValueError as exc:
+                raise ValueError(f"modality_configs: {exc}; expected ModalityConfig objects or their JSON form") from exc
         self.modality_configs: Dict[str, ModalityConfig] = copy_modality_configs(configs)
         action_config = self.modality_configs.get("action")
         if action_config is None:
@@ -131,6 +136,13 @@ class ReplayPolicy(BasePolicy):
             raise ValueError(
                 f"action keys {missing} are not in {self.dataset.root}/meta/modality.json; dataset action keys: {self.dataset.action_keys}"
             )
+        from gr00t_eval.action_steps import check_consecutive_action_deltas  # with the dataset reader (replay extra)
+
+        # Steps advance by chunk length: only 0..H-1 serves every recorded row once, in order ([0, 2, 4] served rows
+        # 0, 2, 4, 3, 5, 7; [-1, 0, 1] each chunk a step late)
+        check_consecutive_action_deltas(
+            action_config.delta_indices,
+            "the replay serves recorded rows out of order (modality_configs['action'])")
         self.delta_indices = np.asarray(action_config.delta_indices, dtype=np.int64)
         chunk = default_execution_horizon(action_config)
         if execution_horizon is None:
@@ -446,7 +458,7 @@ class ReplayPolicy(BasePolicy):
 
 def default_execution_horizon(action_config: ModalityConfig) -> int:
     """Steps a replay advances per call unless told: the actions one chunk holds (len(delta_indices)), so that every
-    recorded row is served once, whatever the delta indices."""
+    recorded row is served once (ReplayPolicy takes only delta indices 0..H-1)."""
     return len(action_config.delta_indices)
 
 

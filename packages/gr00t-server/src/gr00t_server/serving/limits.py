@@ -4,9 +4,10 @@ an action reaches a robot."""
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass
-from numbers import Integral
+from numbers import Integral, Real
 from collections.abc import Mapping  # isinstance with typing.Mapping is twice as slow (hot paths)
 from typing import AbstractSet, Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
@@ -58,10 +59,15 @@ class ServerLimits:
             if isinstance(value, (bool, np.bool_)) or not isinstance(value, Integral) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
             object.__setattr__(self, name, int(value))  # numpy's ints too, stored as Python ints
-        if not self.session_idle_s > 0:
-            raise ValueError(f"session_idle_s must be > 0, got {self.session_idle_s!r}")
-        if self.max_client_queued_bytes is not None and self.max_client_queued_bytes < 1:
-            raise ValueError(f"max_client_queued_bytes must be >= 1 or None, got {self.max_client_queued_bytes!r}")
+        idle = self.session_idle_s  # a bool (True: 1 s) or a str is no number of seconds
+        if isinstance(idle, (bool, np.bool_)) or not isinstance(idle, Real) or not 0 < idle < math.inf:
+            raise ValueError(f"session_idle_s must be > 0 (a finite number of seconds), got {idle!r}")
+        object.__setattr__(self, "session_idle_s", float(idle))
+        queued = self.max_client_queued_bytes  # NaN passed `< 1` and turned the byte budget off
+        if queued is not None:
+            if isinstance(queued, (bool, np.bool_)) or not isinstance(queued, Integral) or queued < 1:
+                raise ValueError(f"max_client_queued_bytes must be >= 1 or None (an int: a number of bytes), got {queued!r}")
+            object.__setattr__(self, "max_client_queued_bytes", int(queued))
 
 
 def _rows_text(rows: Sequence[int]) -> str:
@@ -102,14 +108,23 @@ class _LanguageCounter:
         return sum(1 for _ in _TOKEN.finditer(text))
 
 
-def _check_text(text: str, where: str, limits: ServerLimits, count_tokens: Optional[_LanguageCounter] = None) -> None:
+def _position_text(position: Tuple[int, ...]) -> str:
+    """' in row 3' (' in row 3, item 0') for a text at `position` in its key's rows (lists or array axes); '' for none."""
+    if not position:
+        return ""
+    items = position[1:]
+    return f" in row {position[0]}" + (f", item {', '.join(map(str, items))}" if items else "")
+
+
+def _check_text(text: str, where: str, limits: ServerLimits, count_tokens: Optional[_LanguageCounter] = None,
+                position: Tuple[int, ...] = ()) -> None:
     """The character limit for every text; the token limit for language (`count_tokens`, None for other texts: no
-    policy tokenizes them)."""
+    policy tokenizes them). A refusal names the row (and item) at `position`: one env's instruction of many."""
     if len(text) > limits.max_language_chars:
         kind = "text" if count_tokens is None else "language"
         raise RequestError(
-            f"{kind} '{where}' has {len(text)} characters; this server accepts at most {limits.max_language_chars} "
-            "(--max-language-chars)"
+            f"{kind} '{where}'{_position_text(position)} has {len(text)} characters; this server accepts at most "
+            f"{limits.max_language_chars} (--max-language-chars)"
         )
     # A byte-level tokenizer makes at most one token per UTF-8 byte: a text of no more bytes than the limit is within
     # it (an ASCII text has as many bytes as characters). Only longer texts are counted.
@@ -119,29 +134,32 @@ def _check_text(text: str, where: str, limits: ServerLimits, count_tokens: Optio
     tokens = count_tokens(text, where)
     if tokens > limits.max_language_tokens:
         raise RequestError(
-            f"language '{where}' has {tokens} {count_tokens.unit}; this server accepts at most "
+            f"language '{where}'{_position_text(position)} has {tokens} {count_tokens.unit}; this server accepts at most "
             f"{limits.max_language_tokens} (--max-language-tokens)"
         )
 
 
-def _check_text_bytes(value: bytes, where: str, limits: ServerLimits, count_tokens: Optional[_LanguageCounter] = None) -> None:
+def _check_text_bytes(value: bytes, where: str, limits: ServerLimits, count_tokens: Optional[_LanguageCounter] = None,
+                      position: Tuple[int, ...] = ()) -> None:
     """Language sent as bytes (msgpack bin) is held to the same limits as str: policies decode it (the sim wrapper
     does). At most 4 x max_language_chars bytes are decoded; bytes that are not UTF-8 are left to the policy."""
     if len(value) <= min(limits.max_language_chars, limits.max_language_tokens):  # no more characters than bytes
         return
     if len(value) > 4 * limits.max_language_chars:  # UTF-8 spends at most 4 bytes a character: too long, undecoded
         raise RequestError(
-            f"language '{where}' has {len(value)} bytes, more than {limits.max_language_chars} characters however they "
-            f"decode; this server accepts at most {limits.max_language_chars} (--max-language-chars)"
+            f"language '{where}'{_position_text(position)} has {len(value)} bytes, more than "
+            f"{limits.max_language_chars} characters however they decode; this server accepts at most "
+            f"{limits.max_language_chars} (--max-language-chars)"
         )
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError:
         return
-    _check_text(text, where, limits, count_tokens)
+    _check_text(text, where, limits, count_tokens, position)
 
 
-def _check_string_array(value: np.ndarray, where: str, limits: ServerLimits, count_tokens: Optional[_LanguageCounter] = None) -> None:
+def _check_string_array(value: np.ndarray, where: str, limits: ServerLimits, count_tokens: Optional[_LanguageCounter] = None,
+                        position: Tuple[int, ...] = ()) -> None:
     """Hold every entry of a str or bytes array to the language limits. The lengths are measured in C; only entries
     long enough to break a limit (a bytes entry has at least as many bytes as characters) are decoded and counted,
     so the cost stays linear in the array's bytes however many entries it has."""
@@ -156,11 +174,12 @@ def _check_string_array(value: np.ndarray, where: str, limits: ServerLimits, cou
         return  # the dtype's width alone keeps every entry within both limits
     for index in np.flatnonzero(np.char.str_len(flat) > shortest_breach).tolist():
         text = flat[index].item()
-        _check_text(text if isinstance(text, str) else text.decode("utf-8", "replace"), where, limits, count_tokens)
+        _check_text(text if isinstance(text, str) else text.decode("utf-8", "replace"), where, limits, count_tokens,
+                    position + tuple(int(i) for i in np.unravel_index(index, value.shape)))
 
 
 def _check_array(value: np.ndarray, where: str, limits: ServerLimits, cameras: set,
-                 count_tokens: Optional[_LanguageCounter] = None) -> None:
+                 count_tokens: Optional[_LanguageCounter] = None, position: Tuple[int, ...] = ()) -> None:
     if value.ndim > 0 and value.shape[0] > limits.max_rows:
         single_image = value.ndim == 3 and value.dtype.kind == "u" and value.shape[-1] in (1, 3, 4)
         hint = (f"; a {value.shape} uint8 array looks like one image without its batch and time axes: send "
@@ -179,7 +198,7 @@ def _check_array(value: np.ndarray, where: str, limits: ServerLimits, cameras: s
             )
         return
     if kind in "US":
-        _check_string_array(value, where, limits, count_tokens)
+        _check_string_array(value, where, limits, count_tokens, position)
     if kind == "u" and value.ndim >= 4 and value.shape[-1] in (1, 3, 4):  # (..., H, W, C) images
         cameras.add(where)
         height, width = value.shape[-3], value.shape[-2]
@@ -255,11 +274,12 @@ def check_observation(
     language = _LanguageCounter(count_tokens, limits)
     cameras: set = set()  # their _KeyPaths, equal by their keys: a list's entries count once
     longest_flat_key = max(map(len, flat_language_keys), default=-1)
-    stack: List[Tuple[Any, _KeyPath]] = [(observation, _KeyPath(None, None, frozenset(), -1))]
+    # (value, its key's path, its position in that key's lists: a refused text names its row)
+    stack: List[Tuple[Any, _KeyPath, Tuple[int, ...]]] = [(observation, _KeyPath(None, None, frozenset(), -1), ())]
     while stack:  # iterative: nesting is bounded by the decoder, but never recurse on client data
-        value, where = stack.pop()
+        value, where, position = stack.pop()
         if isinstance(value, np.ndarray):  # the most common entry first
-            _check_array(value, where, limits, cameras, language if where.language else None)  # type: ignore[arg-type]
+            _check_array(value, where, limits, cameras, language if where.language else None, position)  # type: ignore[arg-type]
         elif isinstance(value, dict):
             for key, child in value.items():
                 if not isinstance(key, str):
@@ -267,7 +287,7 @@ def check_observation(
                         f"observation keys must be str; got {type(key).__name__} key {str(key)[:40]!r} in "
                         f"'{str(where) or 'observation'}'"
                     )
-                stack.append((child, _KeyPath(where, key, flat_language_keys, longest_flat_key)))
+                stack.append((child, _KeyPath(where, key, flat_language_keys, longest_flat_key), position))
         elif isinstance(value, (list, tuple)):
             if len(value) > limits.max_rows:
                 raise RequestError(
@@ -275,11 +295,12 @@ def check_observation(
                     "rows per request (--max-rows)"
                 )
             # numbers too: a lenient policy turns a list state into an array, and an inf in it would be clipped
-            stack.extend((child, where) for child in value if isinstance(child, _VISITED_IN_LISTS))
+            stack.extend((child, where, position + (index,)) for index, child in enumerate(value)
+                         if isinstance(child, _VISITED_IN_LISTS))
         elif isinstance(value, str):
-            _check_text(value, where, limits, language if where.language else None)  # type: ignore[arg-type]
+            _check_text(value, where, limits, language if where.language else None, position)  # type: ignore[arg-type]
         elif isinstance(value, bytes) and where.language:
-            _check_text_bytes(value, where, limits, language)  # type: ignore[arg-type]
+            _check_text_bytes(value, where, limits, language, position)  # type: ignore[arg-type]
         elif non_finite_scalar(value):  # a number in a list, or a bare number where an array belongs
             raise RequestError(
                 f"observation key '{where}' has a non-finite value ({value}) in a list or as a number; send finite "

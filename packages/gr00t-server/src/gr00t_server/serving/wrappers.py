@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Optional
 
-from gr00t_client.embodiment import names_tag
+from gr00t_client.embodiment import EmbodimentTag, names_tag
 
 
 def policy_chain(policy: Any) -> Iterator[Any]:
@@ -18,11 +18,21 @@ def policy_chain(policy: Any) -> Iterator[Any]:
 
 def served_embodiment_tag(policy: Any, given: Optional[str] = None) -> Optional[str]:
     """The embodiment tag a server reports for `policy`: the first `embodiment_tag_value` in its wrapper chain, which
-    `given` must name (as serve resolves a tag); `given` alone for a policy that names none; None when neither does."""
+    `given` must name (as serve resolves a tag); `given` alone for a policy that names none (a built-in tag by any
+    spelling as its value, as serve reports it); None when neither does."""
+    given = given.value if isinstance(given, EmbodimentTag) else given
+    if given is not None and (not isinstance(given, str) or not given.strip()):
+        raise ValueError(f"embodiment_tag must be a non-empty str (a tag such as 'new_embodiment') or None, got "
+                         f"{given!r}")
     own = next((link.embodiment_tag_value for link in policy_chain(policy)
                 if isinstance(getattr(link, "embodiment_tag_value", None), str)), None)
-    if own is None or given is None:
-        return given if own is None else own
+    if given is None:
+        return own
+    if own is None:
+        try:  # a tag of the policy's own (a .py modality config's) is reported as given
+            return EmbodimentTag.resolve(given).value
+        except ValueError:
+            return given.strip()
     if not names_tag(given, own):
         raise ValueError(f"embodiment_tag {given!r} is not the embodiment the policy serves ({type(policy).__name__} "
                          f"serves {own!r}); pass embodiment_tag={own!r}, or leave it out to report the policy's")
