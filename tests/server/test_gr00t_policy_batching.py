@@ -235,3 +235,70 @@ def test_a_plain_wrapper_on_a_batching_server_leaves_its_row_wise_policys_checks
     assert isinstance(results[1], PolicyServerError) and "out of range" in str(results[1]), results[1]
     assert not [result for index, result in enumerate(results) if index != 1 and isinstance(result, Exception)]
     assert max(inner.model_saw) <= 100, inner.model_saw
+
+
+def served_together(policy, observations: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Serve `observations` from one client each at once on a server batching all of them; its stats."""
+    with running_server(policy, max_batch_size=len(observations), batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
+        results = call_together(server.port, observations)
+        with PolicyClient(port=server.port) as client:
+            stats = client.get_server_info()["stats"]
+    assert not [result for result in results if isinstance(result, Exception)], results
+    return stats
+
+
+def test_lenient_clients_whose_language_rows_differ_in_form_share_one_call(tiny_checkpoint):
+    """[["a"]], ["a"] and [["a", "b"]] are each served alone; merged they failed inside the policy (numpy's
+    "inhomogeneous shape"), and every round ran one by one with an error logged."""
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+
+    lenient = Gr00tPolicy(tiny_checkpoint, TAG, device="cpu", strict=False)
+    forms = [[["pick up the cube"]], ["pick up the cube"], [["pick up the cube", "alternative"]], [["place it"]]]
+    observations = [observation(tiny_checkpoint) for _ in forms]
+    for sent, rows in zip(observations, forms):
+        sent["language"][next(iter(sent["language"]))] = rows
+    stats = served_together(lenient, observations)
+    assert stats["internal_errors"] == 0
+    assert stats["policy_calls"] == 1 and stats["batch_sizes"] == {str(len(forms)): 1}
+
+
+def test_lenient_clients_sending_instructions_as_str_arrays_of_other_lengths_share_one_call(tiny_checkpoint):
+    """A (B,) str array's dtype holds its longest instruction's length ('<U16', '<U8'): clients whose instructions
+    differed in length never shared a call."""
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+
+    lenient = Gr00tPolicy(tiny_checkpoint, TAG, device="cpu", strict=False)
+    texts = ["pick up the cube", "place it", "open the drawer", "stop"]
+    observations = [observation(tiny_checkpoint) for _ in texts]
+    for sent, text in zip(observations, texts):
+        sent["language"][next(iter(sent["language"]))] = np.array([text])
+    stats = served_together(lenient, observations)
+    assert stats["policy_calls"] == 1 and stats["batch_sizes"] == {str(len(texts)): 1}
+
+
+def camera_observations(tiny_checkpoint, height: int, width: int) -> List[Dict[str, Any]]:
+    from gr00t_server.test_checkpoint import example_observation
+
+    return [example_observation(tiny_checkpoint, TAG, seed=i, image_size=(height, width)) for i in range(CLIENTS)]
+
+
+def test_clients_with_4_3_camera_frames_fill_a_call_of_max_rows_rows(tiny_checkpoint):
+    """--max-rows 4 --max-batch-size 4: the vision-token budget was 4 rows of square frames (4 x 64 tokens), so four
+    one-row clients of 480x640 frames (88 tokens each) made a merged call the policy refused, then bisected: 3 calls
+    a round. The budget's rows are of frames up to 16:9."""
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+
+    policy = Gr00tPolicy(tiny_checkpoint, TAG, device="cpu", max_rows=CLIENTS)
+    stats = served_together(policy, camera_observations(tiny_checkpoint, 480, 640))
+    assert stats["policy_calls"] == 1 and stats["batch_sizes"] == {str(CLIENTS): 1}
+
+
+def test_the_batcher_merges_no_more_rows_than_the_vision_token_budget_takes(tiny_checkpoint):
+    """32x96 frames (3:1) make 192 tokens a row: a budget of 4 rows of 16:9 frames (448 tokens) takes 2 of them. The
+    batcher merged all four, the policy refused the call, and bisection ran 7 calls; it now forms calls of 2."""
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+
+    policy = Gr00tPolicy(tiny_checkpoint, TAG, device="cpu", max_rows=CLIENTS)
+    assert policy.max_call_rows(camera_observations(tiny_checkpoint, 32, 96)[0]) == 2
+    stats = served_together(policy, camera_observations(tiny_checkpoint, 32, 96))
+    assert stats["policy_calls"] == 2 and stats["batch_sizes"] == {"2": 2}

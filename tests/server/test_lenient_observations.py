@@ -174,8 +174,8 @@ def test_a_state_that_is_not_real_numbers_is_refused_naming_the_key_and_the_dtyp
             client.get_action(_broken(good, _set("state", key, state)))
 
 
-@pytest.mark.parametrize("rows", [np.array([["pick the cube"]]), np.array([[b"pick the cube"]]), [[3]]],
-                         ids=["str-array", "bytes-array", "number"])
+@pytest.mark.parametrize("rows", [[[3]], [None], [np.array(["pick the cube", "twice"])[:0]]],
+                         ids=["number", "none", "empty-array"])
 def test_an_unreadable_language_row_is_refused_naming_the_key_and_the_row(lenient, good, rows):
     """The refusal said only "a language instruction must be a str": not which key, nor which row."""
     key = next(iter(good["language"]))
@@ -207,3 +207,38 @@ def test_an_object_array_state_holding_other_than_real_numbers_is_refused_naming
     with pytest.raises(ValueError, match=re.escape(f"state['{key}'] must hold real numbers (a bool, int or float "
                                                    f"dtype); got dtype object holding a {type(item).__name__}")):
         lenient.get_action(_broken(good, _set("state", key, state)))
+
+
+@pytest.fixture(scope="module")
+def two_rows(tiny_checkpoint):
+    from gr00t_server.test_checkpoint import example_observation
+
+    return example_observation(tiny_checkpoint, "libero_sim", batch_size=2, image_size=(32, 32))
+
+
+@pytest.mark.parametrize("rows", [[["pick up", "second"], ["place"]], [["pick up"], "place"]],
+                         ids=["lists-of-two-and-one", "list-and-str"])
+def test_language_rows_of_different_accepted_forms_in_one_request_are_served(lenient, two_rows, rows):
+    """Each form alone was served, but mixed in one request they failed with numpy's raw "inhomogeneous shape"
+    ValueError: the first str of each row is its instruction, whatever the other rows' forms."""
+    key = next(iter(two_rows["language"]))
+    expected, _ = lenient.get_action(_broken(two_rows, _set("language", key, [["pick up"], ["place"]])),
+                                     options={"seed": 7})
+    with running_server(lenient) as server, PolicyClient(port=server.port, timeout_ms=60000) as client:
+        action, _ = client.get_action(_broken(two_rows, _set("language", key, rows)), options={"seed": 7})
+    for name in expected:
+        np.testing.assert_allclose(action[name], expected[name], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [np.array([["pick up"], ["place"]]), np.array([[b"pick up"], [b"place"]])],
+                         ids=["str-array", "bytes-array"])
+def test_language_as_a_one_column_array_is_served_as_the_same_nested_list(lenient, two_rows, rows):
+    """A (B, 1) str array is the [[str]] * B layout as an array (the reference reads row i as language[key][i][0]); it
+    was refused: "row 0 must be a str (each row a list of one str); got ndarray"."""
+    key = next(iter(two_rows["language"]))
+    expected, _ = lenient.get_action(_broken(two_rows, _set("language", key, [["pick up"], ["place"]])),
+                                     options={"seed": 7})
+    with running_server(lenient) as server, PolicyClient(port=server.port, timeout_ms=60000) as client:
+        action, _ = client.get_action(_broken(two_rows, _set("language", key, rows)), options={"seed": 7})
+    for name in expected:
+        np.testing.assert_allclose(action[name], expected[name], rtol=1e-5, atol=1e-5)

@@ -22,6 +22,7 @@ from gr00t_server.test_checkpoint import example_observation
 
 TAG = "new_embodiment"  # one camera, one time step
 SQUARE_FRAME_TOKENS = 64  # the tiny checkpoint's 256x256 frame: 16x16 patches, merged 2x2
+WIDE_FRAME_TOKENS = 112  # its 720x1280 (16:9) frame: the vision-token budget's rows are of frames this wide
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +57,11 @@ def refusal(server, observation, options=None) -> str:
 
 def test_thin_frames_over_the_request_vision_token_budget_are_refused_naming_totals_and_limit(policy, tiny_checkpoint):
     """128 rows of 1x16 frames (6 KB) cost 20 s and 4 GiB: each is 16 square frames' vision tokens. A request may
-    make what --max-rows rows of square frames make (128 x 64 tokens here); 9 rows of 1x16 make 9 x 1024."""
+    make what --max-rows rows of 16:9 frames make (128 x 112 tokens here); 15 rows of 1x16 make 15 x 1024."""
     with running_server(policy) as server:
-        message = refusal(server, observation(tiny_checkpoint, 9, 1, 16))
-    assert "makes 9216 vision tokens" in message and "'front': 9 frames of 1x16, 1024 tokens each" in message
-    assert "at most 8192 vision tokens per request" in message and "--max-rows" in message
+        message = refusal(server, observation(tiny_checkpoint, 15, 1, 16))
+    assert "makes 15360 vision tokens" in message and "'front': 15 frames of 1x16, 1024 tokens each" in message
+    assert "at most 14336 vision tokens per request" in message and "--max-rows" in message
 
 
 def test_thin_frames_within_the_vision_token_budget_are_served(policy, tiny_checkpoint):
@@ -96,7 +97,7 @@ def test_denoising_steps_over_the_cap_are_refused_naming_the_flag_and_the_cap_is
             client.get_action(observation(tiny_checkpoint, 1, 32, 32), {"denoising_steps": 16})
             limits = client.get_server_info()["limits"]
     assert "options['denoising_steps'] must be an int in [1, 16]" in message and "--max-denoising-steps" in message
-    assert limits["max_denoising_steps"] == 16 and limits["max_vision_tokens"] == 128 * SQUARE_FRAME_TOKENS
+    assert limits["max_denoising_steps"] == 16 and limits["max_vision_tokens"] == 128 * WIDE_FRAME_TOKENS
 
 
 def test_a_denoising_cap_below_the_checkpoints_own_steps_is_refused(tiny_checkpoint):
@@ -116,6 +117,7 @@ def test_serve_holds_the_policy_to_its_rows_image_pixels_and_denoising_flags(let
                    "--max-denoising-steps", "8"])
     assert rc == 0, capsys.readouterr().err
     served = NoServer.built["policy"]
+    # letter-boxed, a 16:9 frame is padded to a square: the budget is 4 rows of square frames' tokens
     assert served.work_limits() == {"max_denoising_steps": 8, "max_vision_tokens": 4 * SQUARE_FRAME_TOKENS}
     with pytest.raises(ValueError, match="letter-boxes frames to a square of the long side, 8192x8192"):
         served.check_observation(observation(letter_box_checkpoint, 1, 8192, 41))

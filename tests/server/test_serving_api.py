@@ -29,6 +29,32 @@ def test_import_gr00t_server_and_its_public_names_import_no_torch():
     assert result.stdout.strip() == "ok", result.stderr
 
 
+def test_a_first_import_of_the_processing_modules_from_several_threads_at_once_succeeds():
+    """The processing package imported processor and its modules eagerly: a thread importing the package and another
+    importing one of those modules at once failed ("cannot import name 'Gr00tN1d7Processor' from partially initialized
+    module", KeyError 'gr00t_server.processing'), in every fresh interpreter."""
+    script = (
+        "import importlib, threading\n"
+        "names = ['gr00t_server.test_checkpoint', 'gr00t_server.processing.actions',\n"
+        "         'gr00t_server.policies.gr00t_policy', 'gr00t_server.processing.norm_params']\n"
+        "errors, barrier = [], threading.Barrier(len(names))\n"
+        "def load(name):\n"
+        "    barrier.wait()\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except Exception as exc:\n"
+        "        errors.append(f'{name}: {type(exc).__name__}: {exc}')\n"
+        "threads = [threading.Thread(target=load, args=(name,)) for name in names]\n"
+        "[thread.start() for thread in threads]\n"
+        "[thread.join() for thread in threads]\n"
+        "from gr00t_server.processing import Gr00tN1d7Processor, num_image_tokens\n"
+        "print(errors or 'ok')\n"
+    )
+    for _ in range(2):  # the imports race: two fresh interpreters (each failed before)
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+        assert result.stdout.strip() == "ok", result.stdout + result.stderr
+
+
 def test_start_server_serves_until_kill_and_frees_the_port():
     port = free_port()
     thread = threading.Thread(target=PolicyServer.start_server, args=(EchoPolicy(), port), daemon=True)

@@ -3,7 +3,7 @@ reference states of relative action keys, and instructions free of the backbone'
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, Mapping
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional
 
 import numpy as np
 
@@ -16,10 +16,11 @@ if TYPE_CHECKING:
 
 
 def _instruction(language: Any, key: str, row: int) -> str:
-    """Row `row` of language `key` as an instruction: a string, or the first of a list of them (UTF-8 bytes are
-    decoded). ObservationError naming the key and row for anything else, strict or not: a number or None was read as
-    its repr, bytes failed deep in the tokenizer."""
-    text = language[0] if isinstance(language, (list, tuple)) and language else language
+    """Row `row` of language `key` as an instruction: a string, or the first of a list (or 1-D array) of them (UTF-8
+    bytes are decoded). ObservationError naming the key and row for anything else, strict or not: a number or None was
+    read as its repr, bytes failed deep in the tokenizer."""
+    listed = isinstance(language, (list, tuple)) or (isinstance(language, np.ndarray) and language.ndim == 1)
+    text = language[0] if listed and len(language) else language  # a (B, 1) array's row too, as the reference reads it
     return language_text(text, f"language['{key}'] row {row}", "must be a str (each row a list of one str)")
 
 
@@ -62,7 +63,8 @@ class Gr00tObservationChecks:
                                            f"{sorted(values, key=str)}")
                 value = values[key]
                 if group == "language":
-                    if not isinstance(value, (list, tuple, np.ndarray)) or np.ndim(value) == 0:
+                    # not np.ndim: rows of different forms ([["a", "b"], ["c"]], [["a"], "b"]) make a ragged list
+                    if not isinstance(value, (list, tuple, np.ndarray)) or getattr(value, "ndim", 1) == 0:
                         raise ObservationError(f"language['{key}'] must be {layout}; got {type(value).__name__}")
                     continue
                 try:
@@ -97,6 +99,15 @@ class Gr00tObservationChecks:
             if value is not None and rows != batch_size:
                 raise ObservationError(f"{name} has {rows} rows; the observation's batch size is {batch_size} (every "
                                        "video, state and language entry needs one row per batch element)")
+
+    def max_call_rows(self, observation: Any) -> Optional[int]:
+        """The most rows one call of observations shaped like `observation` may hold within the vision-token budget
+        (from its frames' shapes alone): a batching server merges no more (a merged call over it was refused, then
+        bisected); None when the budget or the observation's video layout gives no such limit."""
+        video = observation.get("video") if isinstance(observation, Mapping) else None
+        if not isinstance(video, Mapping):
+            return None
+        return self.processor.max_rows_like(self.embodiment_tag_value, video)
 
     def _check_reference_states(self, observation: Mapping[str, Any]) -> None:
         try:

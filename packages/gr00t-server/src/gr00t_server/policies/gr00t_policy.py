@@ -76,7 +76,7 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
     does: a mean/std absolute key is not clipped, whatever the checkpoint says); True clips normalized states to
     [-1, 1] and every decoded absolute action key to its statistics range; False leaves states unclipped.
     `preprocess_device`: where frames are patchified (default: the model's device if a GPU).
-    What one call may cost (`gr00t-server serve` passes its flags): `max_rows` rows of square frames' vision tokens in
+    What one call may cost (`gr00t-server serve` passes its flags): `max_rows` rows of 16:9 frames' vision tokens in
     all, a letter-boxed square of at most `max_image_pixels`, and `max_denoising_steps` (default 4x the checkpoint's
     num_inference_timesteps) in options["denoising_steps"].
     """

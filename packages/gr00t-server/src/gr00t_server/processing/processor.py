@@ -79,7 +79,7 @@ class Gr00tN1d7Processor(VideoChecks):
         # range is refused naming the state, not met as NaN actions blamed on an action key.
         self.model_float = "float32"
         # A serving policy's per-request limits (Gr00tPolicy sets the server's): the pixels of a letter-boxed square,
-        # and the rows whose square frames make the most vision tokens one call may (None: no such budget).
+        # and the rows whose 16:9 frames make the most vision tokens one call may (None: no such budget).
         self.max_image_pixels = MAX_LETTER_BOX_PIXELS
         self.max_rows: Optional[int] = None
         if tokenizer is not None:

@@ -15,6 +15,10 @@ from .image import check_frame_size, eval_transform_shape, torchvision_style_tra
 from .vision_patches import VisionPatchConfig, image_tokens
 
 _SQUARE_SIDE = 256  # any side would do: every transform scales a square frame to the checkpoint's own size
+# The widest common camera frame (16:9): the budget's rows are of frames up to this wide, so that --max-rows rows of 4:3
+# or 16:9 camera frames fit (a budget of square frames refused them, and a batching server's merged calls of them),
+# while thin frames (a 1x16 frame makes 16 square frames' tokens) still do not.
+_WIDEST_CAMERA_FRAME = (720, 1280)
 
 
 class VideoChecks:
@@ -66,13 +70,27 @@ class VideoChecks:
         return image_tokens(size[0], size[1], self.vision_config)
 
     def max_vision_tokens(self, tag: str) -> Optional[int]:
-        """The vision tokens one call may make: those of `max_rows` rows of square frames, every camera and time step
-        of `tag`; None without `max_rows`."""
+        """The vision tokens one call may make: those of `max_rows` rows of 16:9 frames (or square ones, when those make
+        more), every camera and time step of `tag`; None without `max_rows`."""
         if self.max_rows is None:
             return None
         video = self.modality_configs(tag)["video"]
-        square = self.frame_tokens(_SQUARE_SIDE, _SQUARE_SIDE)
-        return self.max_rows * len(video.modality_keys) * len(video.delta_indices) * square
+        frame = max(self.frame_tokens(_SQUARE_SIDE, _SQUARE_SIDE), self.frame_tokens(*_WIDEST_CAMERA_FRAME))
+        return self.max_rows * len(video.modality_keys) * len(video.delta_indices) * frame
+
+    def max_rows_like(self, tag: str, video: Mapping[str, object]) -> Optional[int]:
+        """The most rows of frames shaped like those of `video` ({key: (B, T, H, W, 3) array}) one call may hold
+        within max_vision_tokens, from shapes alone; None without a budget, or for video not in that layout."""
+        budget = self.max_vision_tokens(tag)
+        if budget is None:
+            return None
+        row_tokens = 0
+        for key in self.modality_configs(tag)["video"].modality_keys:
+            frames = video.get(key)
+            if not isinstance(frames, np.ndarray) or frames.ndim != 5 or min(frames.shape[2:4]) < 1:
+                return None
+            row_tokens += frames.shape[1] * self.frame_tokens(frames.shape[2], frames.shape[3])
+        return budget // row_tokens if row_tokens else None
 
     def _check_vision_tokens(self, tag: str, sizes: Sequence[Tuple[str, int, int, int]]) -> None:
         """Refuse video whose frames together make more vision tokens than max_vision_tokens: thin frames, each
@@ -87,7 +105,7 @@ class VideoChecks:
                                for key, frames, height, width, tokens in counted)
             raise ObservationError(
                 f"observation's video makes {total} vision tokens ({detail}); this server accepts at most {budget} "
-                f"vision tokens per request, what {self.max_rows} rows (--max-rows) of square frames make; send fewer "
+                f"vision tokens per request, what {self.max_rows} rows (--max-rows) of 16:9 frames make; send fewer "
                 "rows, or frames closer to square"
             )
 

@@ -30,6 +30,7 @@ MAX_PROBE_AFTER_REFUSALS = 256  # ... up to this
 PROBE_TIMEOUT_BUCKET = 1.25  # client timeouts are counted in buckets this wide (a ratio): one whose timeout jitters
 # between requests (the remaining budget it sends) stays in one or two
 PER_ROW_INFO_ATTRIBUTE = "per_row_info_keys"  # policy attribute: info keys holding one entry per row
+CALL_ROWS_ATTRIBUTE = "max_call_rows"  # policy method: observation -> the most rows one call like it may hold, or None
 MAX_BATCH_NESTING = 16  # real observations nest 1-2 maps deep; the recursive helpers below must never hit the limit
 
 
@@ -76,7 +77,9 @@ def _signature(value: Any, counts: set, depth: int) -> Optional[Hashable]:
         if value.ndim == 0:
             return ("scalar-array",)  # cannot be split by rows
         counts.add(int(value.shape[0]))
-        return ("array", value.dtype.str, value.shape[1:])
+        # text of any length concatenates (to the longest): clients' instructions of other lengths still share a call
+        dtype = value.dtype.str.rstrip("0123456789") if value.dtype.kind in "US" else value.dtype.str
+        return ("array", dtype, value.shape[1:])
     if isinstance(value, (list, tuple)):
         counts.add(len(value))
         return ("list",)
@@ -122,14 +125,20 @@ class Turns:
 
 
 def next_batch(items: Sequence[Any], max_rows: int, shape: Callable[[Any], BatchShape],
-               connection: Callable[[Any], Hashable]) -> List[Any]:
+               connection: Callable[[Any], Hashable],
+               call_rows: Optional[Callable[[Any], Optional[int]]] = None) -> List[Any]:
     """The items of the next policy call, from `items` in turn order (Turns.order): the first
     item and each later one of its signature that fits in max_rows in all, skipping every item of a connection
     after one of its items was left out (so that a connection's requests run, and are answered, in the order sent).
-    An item whose observation cannot be split by rows is a call of its own."""
+    An item whose observation cannot be split by rows is a call of its own. `call_rows(first item)`, when given and
+    not None, caps max_rows: the policy's own limit on a call of such rows (items of one signature have rows of one
+    shape, so the first item's limit is every item's)."""
     signature, total = shape(items[0])
     if not _mergeable(signature, total):
         return [items[0]]
+    limit = call_rows(items[0]) if call_rows is not None else None
+    if isinstance(limit, int):  # never below the first item's rows: at worst it is a call of its own, as sent
+        max_rows = min(max_rows, max(limit, total))
     batch, blocked = [items[0]], set()
     for item in items[1:]:
         if total >= max_rows:
@@ -189,6 +198,14 @@ def declared_per_row_info_keys(policy: Any) -> Optional[FrozenSet[str]]:
     if isinstance(keys, (str, bytes)) or not all(isinstance(key, str) for key in keys):
         raise TypeError(f"{type(policy).__name__}.{PER_ROW_INFO_ATTRIBUTE} must be a collection of info key names; got {keys!r}")
     return frozenset(keys)
+
+
+def policy_call_rows(policy: Any) -> Optional[Callable[[Any], Optional[int]]]:
+    """The served policy's own limit on the rows of one call, as a function of an observation (Gr00tPolicy's vision-
+    token budget: a merged call over it was refused and bisected); None when the policy declares none. A wrapper's
+    observations are its own, so a policy it wraps declares nothing for it."""
+    limit = getattr(policy, CALL_ROWS_ATTRIBUTE, None)
+    return limit if callable(limit) else None
 
 
 def _describe(value: Any) -> str:

@@ -104,8 +104,11 @@ class Gathering:
         stay gathered."""
         ordered = self._turns.order(requests)
         jobs: List[Job] = []
+        limit = batching.policy_call_rows(self._server.policy)
+        call_rows = (lambda request: limit(request.data["observation"])) if limit is not None else None
         while ordered and len(jobs) < max_jobs:
-            jobs.append(batching.next_batch(ordered, self._server.max_batch_size, _batch_shape_of, _connection_of))
+            jobs.append(batching.next_batch(ordered, self._server.max_batch_size, _batch_shape_of, _connection_of,
+                                            call_rows))
             taken = {id(r) for r in jobs[-1]}
             ordered = [r for r in ordered if id(r) not in taken]
         handed = {id(r) for job in jobs for r in job}
