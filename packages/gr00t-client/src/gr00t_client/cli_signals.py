@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from typing import Any, Callable, Dict, Iterator, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 
 def raise_interrupt(signum: int, frame: Any) -> None:
@@ -40,8 +40,32 @@ def signals_handled_by(handler: Callable[[int, Any], None], signals: Sequence[in
         yield
     finally:
         for signum, before in previous.items():
+            if _ignored_until_exit:  # the command's results are saved: they stay ignored until its main() returns
+                break
             # None: a handler installed from C, which Python cannot reinstall; the default is closest
             signal.signal(signum, signal.SIG_DFL if before is None else before)
+
+
+# The ProgramStopSignals of the command lines whose main() runs now (innermost last), and whether the running one's
+# command has saved its results (stop_signals_ignored_until_exit).
+_programs: List["ProgramStopSignals"] = []
+_ignored_until_exit = False
+
+
+def stop_signals_ignored_until_exit() -> None:
+    """For a command whose results are saved (results.json written): ignore Ctrl-C, SIGTERM and SIGHUP until its
+    command line's main() returns, so that a late one leaves the exit status and the claim the results' (it turned a
+    complete run's into 130 and 'interrupted'). Outside a command line's main() (a program calling a command's code,
+    off the main thread) it does nothing."""
+    global _ignored_until_exit
+    if not _programs:
+        return
+    try:
+        for signum in (signal.SIGINT, *interrupting_signals()):
+            signal.signal(signum, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        return
+    _ignored_until_exit = True
 
 
 class ProgramStopSignals:
@@ -51,23 +75,42 @@ class ProgramStopSignals:
 
     def __init__(self) -> None:
         self.previous: Dict[int, Any] = {}
+        self.sigint = signal.getsignal(signal.SIGINT)  # put back by finish if the command came to ignore it
         try:
             for signum in interrupting_signals():
                 self.previous[signum] = signal.signal(signum, raise_interrupt)
         except ValueError:  # not the main thread: Python runs no handler there
             pass
+        _programs.append(self)
 
     def finish(self, ignore_from_now_on: bool) -> None:
         """Put the handlers back or, for the program itself (whose command has returned: its results are saved and
         reported), ignore Ctrl-C and the signals taken from now on: a late one in the interpreter's exit (seconds,
         with torch or MuJoCo loaded) turned a finished command's status into 130/143/129."""
+        global _ignored_until_exit
+        if self in _programs:
+            _programs.remove(self)
         if ignore_from_now_on:
-            try:
-                for signum in (signal.SIGINT, *self.previous):
-                    signal.signal(signum, signal.SIG_IGN)
-            except ValueError:  # not the main thread
-                pass
-            return
+            stop_signals = (signal.SIGINT, *self.previous)
+            blocking = hasattr(signal, "pthread_sigmask")  # not on Windows
+            while True:
+                try:
+                    # Blocked while the handlers change: one that came as the command returned raised
+                    # KeyboardInterrupt from here (a traceback, death by SIGINT); blocked ones are dropped once ignored.
+                    if blocking:
+                        signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+                    for signum in stop_signals:
+                        signal.signal(signum, signal.SIG_IGN)
+                    if blocking:
+                        signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
+                    return
+                except KeyboardInterrupt:  # tripped before they were blocked: ignored as the later ones are
+                    continue
+                except ValueError:  # not the main thread
+                    return
+        ignored, _ignored_until_exit = _ignored_until_exit, False
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_DFL if self.sigint is None else self.sigint)
         for signum, before in self.previous.items():  # None: a handler installed from C; the default is closest
             signal.signal(signum, signal.SIG_DFL if before is None else before)
 
@@ -81,14 +124,25 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def stop_signals_held() -> Iterator[None]:
+def stop_signals_held(waiting_note: Optional[str] = None) -> Iterator[None]:
     """Ctrl-C, SIGTERM or SIGHUP (see interrupting_signals) during the block wait for its end, then act as they would
-    have (the first one): for a call that an exception raised inside would leave half-made (a MuJoCo renderer)."""
+    have (the first one): for a call that an exception raised inside would leave half-made (a MuJoCo renderer).
+    With `waiting_note`, for a block that may take long (writing videos): the first one prints it and a second one
+    raises KeyboardInterrupt at once (a hung block could not be stopped otherwise)."""
     stop_signals = (signal.SIGINT, *interrupting_signals())
     previous = {signum: signal.getsignal(signum) for signum in stop_signals}
     held: list = []
+
+    def hold(signum: int, frame: Any) -> None:
+        held.append(signum)
+        if waiting_note is None:
+            return
+        if len(held) >= 2:
+            raise KeyboardInterrupt(f"signal {signum}")
+        os.write(2, f"{waiting_note}\n".encode())  # not print: a handler printing while the main thread prints fails
+
     try:
-        with signals_handled_by(lambda signum, frame: held.append(signum), stop_signals):
+        with signals_handled_by(hold, stop_signals):
             yield
     finally:
         if held:

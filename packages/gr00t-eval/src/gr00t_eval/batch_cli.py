@@ -18,7 +18,7 @@ from .run_claim import (claim_lock_name, claim_output_dir, finish_claim, refuse_
                         take_claim)
 from . import run_dir  # its folder helpers looked up when called (tests stand in for them there)
 from .run_stop import (INTERRUPTED_EXIT_CODE, OutputFolderGone, is_storage_line, sigterm_as_interrupt, storage_advice,
-                       storage_error_text)
+                       stop_signals_ignored_until_exit, storage_error_text)
 from .video_claims import claim_video_dir
 from .video_dirs import check_video_dir, delete_episode_videos, within
 
@@ -50,6 +50,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     try:
         with sigterm_as_interrupt():
             batch = run_batch(jobs, path, previous=previous)
+            stop_signals_ignored_until_exit()  # batch_results.json is final: exit status and claims agree with it
         outcome = "complete"
     except OSError as exc:  # a folder of the batch's turned read-only for this user too: the line says --resume
         if not is_storage_line(exc, output_dir, *job_video_dirs(jobs)):
@@ -58,10 +59,13 @@ def cmd_batch(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         outcome = "interrupted"
         batch = json.loads(path.read_text())
-        print(format_table(batch))
-        print(f"INTERRUPTED: {batch['n_pending']} jobs pending (continue with: gr00t-eval batch --resume {output_dir})")
-        print(f"Results: {path}")
-        return INTERRUPTED_EXIT_CODE
+        stop_signals_ignored_until_exit()
+        if batch.get("status") != "complete":  # else it came after the last write, as run_batch returned: all done
+            print(format_table(batch))
+            print(f"INTERRUPTED: {batch['n_pending']} jobs pending (continue with: gr00t-eval batch --resume {output_dir})")
+            print(f"Results: {path}")
+            return INTERRUPTED_EXIT_CODE
+        outcome = "complete"
     finally:  # a later --overwrite or --resume may take the folder (and the video folders) now
         for held in [*video_claims, claim]:
             finish_claim(held, outcome)

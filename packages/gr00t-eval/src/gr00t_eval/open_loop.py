@@ -37,7 +37,8 @@ from .open_loop_observation import (FLAT_FORMAT_HINT, _EpisodeSteps, _FrameWindo
 from .policy_identity import pinned_policy, record_from_info, server_info, serves_replay
 from .reported_position import is_position
 from .rollout.config import check_whole_number, is_whole_number
-from .run_stop import OutputFolderGone, check_folder_kept, folder_identity
+from .run_stop import OutputFolderGone, check_folder_kept, folder_identity, interrupts_deferred
+from .run_stop import stop_signals_ignored_until_exit
 from .results import RESULTS_FILENAME, open_loop_results, write_results
 
 __all__ = ["DEFAULT_OUTPUT_DIR", "FLAT_FORMAT_HINT", "OBSERVATION_FORMATS", "RESULTS_FILENAME", "CheckedPolicy",
@@ -146,6 +147,8 @@ class OpenLoopConfig:
 OBSERVATION_FORMATS = ("nested", "flat", "auto")
 # evaluate_open_loop's own file in its output folder when no claim is given: a folder made again is told apart by it
 WATCH_FILE_PREFIX = ".open_loop_watch_"
+# What a stop prints once every trajectory is done with, while the averages are reported and results.json written
+SAVING_NOTE = "saving the results of the trajectories scored (Ctrl-C again to stop waiting)"
 
 
 
@@ -449,7 +452,8 @@ def evaluate_open_loop(
     (TrajectoryError) is errored with its reason. Neither counts in the averages; both are in results.json.
     A run stopped part-way (KeyboardInterrupt; or "aborted": a server gone, ConnectionError or TimeoutError, or
     any other failure) still writes results.json with the trajectories it scored, its status, the ids not run
-    and why; then the exception goes on up.
+    and why; then the exception goes on up. A stop once the last trajectory is done with, while results.json is
+    written, is noted (on the main thread) and the run ends as it would have; a second one stops the waiting.
     An output folder that disappears meanwhile (deleted, unmounted, or deleted and made again) stops the run with
     OutputFolderGone before the next plot, and nothing more is written: results.json written there would make the
     folder again and report a run that is not there. `claim` names a file in it that must stay there (the CLI's run
@@ -555,41 +559,45 @@ def evaluate_open_loop(
     finally:
         if bar is not None:
             bar.close()
-    stop = None
-    if stopped is not None:
-        why = "interrupted (Ctrl-C/SIGTERM)" if result.status == "interrupted" else f"{type(stopped).__name__}: {stopped}"
-        stop = {"status": result.status, "not_run": result.not_run, "reason": why}
-        where = f"at trajectory {result.not_run[0]}" if result.not_run else "after the last trajectory"
-        report(f"STOPPED {where}: {why}; {len(result.trajectories)} trajectories scored, {len(result.not_run)} not run")
-    if result.trajectories:
-        report(f"Average MSE across all trajs: {result.avg_mse}")
-        report(f"Average MAE across all trajs: {result.avg_mae}")
-    else:
-        report("No valid trajectories were evaluated.")
-    entries = {
-        t: {"errors": r.errors, "steps": len(r.ground_truth), "trajectory_length": r.trajectory_length,
-            "inference_steps": r.inference_steps, "plot_path": r.plot_path, "plot_error": r.plot_error}
-        for t, r in result.trajectories.items()
-    }
-    run_config = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in vars(config).items()}
-    # absolute: results.json does not record the working directory relative paths were given in
-    run_config.update(dataset_path=str(Path(config.dataset_path).resolve()),
-                      output_dir=str(Path(config.output_dir).resolve()))
-    if config.plot_path is not None:  # a folder keeps its trailing '/', which says it is one (plots.is_plot_folder)
-        run_config["plot_path"] = str(Path(config.plot_path).resolve()) + (
-            os.sep if config.plot_path.endswith(("/", os.sep)) else "")
-    try:
-        check_output_folder()  # results.json written into a vanished folder would make it again
-    except OutputFolderGone as gone:
-        raise gone from stopped
-    finally:
-        if watch is not None:  # checked for the last time: the folder keeps only the run's plots and results.json
-            from .run_dir import remove_quietly
+    # Scored: a stop from here to results.json is noted, not acted on (it lost every score, and the CLI emptied the
+    # output folder); a second one stops waiting.
+    with interrupts_deferred(SAVING_NOTE):
+        stop = None
+        if stopped is not None:
+            why = "interrupted (Ctrl-C/SIGTERM)" if result.status == "interrupted" else f"{type(stopped).__name__}: {stopped}"
+            stop = {"status": result.status, "not_run": result.not_run, "reason": why}
+            where = f"at trajectory {result.not_run[0]}" if result.not_run else "after the last trajectory"
+            report(f"STOPPED {where}: {why}; {len(result.trajectories)} trajectories scored, {len(result.not_run)} not run")
+        if result.trajectories:
+            report(f"Average MSE across all trajs: {result.avg_mse}")
+            report(f"Average MAE across all trajs: {result.avg_mae}")
+        else:
+            report("No valid trajectories were evaluated.")
+        entries = {
+            t: {"errors": r.errors, "steps": len(r.ground_truth), "trajectory_length": r.trajectory_length,
+                "inference_steps": r.inference_steps, "plot_path": r.plot_path, "plot_error": r.plot_error}
+            for t, r in result.trajectories.items()
+        }
+        run_config = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in vars(config).items()}
+        # absolute: results.json does not record the working directory relative paths were given in
+        run_config.update(dataset_path=str(Path(config.dataset_path).resolve()),
+                          output_dir=str(Path(config.output_dir).resolve()))
+        if config.plot_path is not None:  # a folder keeps its trailing '/', which says it is one (plots.is_plot_folder)
+            run_config["plot_path"] = str(Path(config.plot_path).resolve()) + (
+                os.sep if config.plot_path.endswith(("/", os.sep)) else "")
+        try:
+            check_output_folder()  # results.json written into a vanished folder would make it again
+        except OutputFolderGone as gone:
+            raise gone from stopped
+        finally:
+            if watch is not None:  # checked for the last time: the folder keeps only the run's plots and results.json
+                from .run_dir import remove_quietly
 
-            remove_quietly(watch)
-    result.results_path = write_results(Path(config.output_dir) / RESULTS_FILENAME, open_loop_results(
-        entries, run_config, result.skipped, errored=result.errored, skip_reasons=result.skip_reasons, stop=stop,
-        policy=served, settings_not_applied=not_applied))
+                remove_quietly(watch)
+        result.results_path = write_results(Path(config.output_dir) / RESULTS_FILENAME, open_loop_results(
+            entries, run_config, result.skipped, errored=result.errored, skip_reasons=result.skip_reasons, stop=stop,
+            policy=served, settings_not_applied=not_applied))
+        stop_signals_ignored_until_exit()  # saved: from now on a stop leaves the CLI's exit status and claim the results'
     if stopped is not None:
         raise stopped
     report("Done")

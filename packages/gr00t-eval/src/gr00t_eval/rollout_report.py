@@ -70,7 +70,7 @@ def _report_rollout(args: argparse.Namespace, results: Dict[str, Any], output_di
     from .eval_info import EVAL_INFO_FILENAME, lerobot_eval_info
     from .output_files import results_file_name
     from .results import write_results_together
-    from .run_stop import SAVED_NOTE, interrupts_deferred, is_storage_error
+    from .run_stop import SAVED_NOTE, interrupts_deferred, is_storage_error, stop_signals_ignored_until_exit
 
     files = [(output_dir / results_file_name(shard), results)]
     if shard is None:
@@ -83,7 +83,9 @@ def _report_rollout(args: argparse.Namespace, results: Dict[str, Any], output_di
                 raise
             raise SystemExit(_summary_storage_failure(exc, [p for p, _r in files], output_dir, shard)) from None
     with interrupts_deferred(SAVED_NOTE):  # saved: a stop now turned a complete run's exit 130, its claim 'interrupted'
-        return _print_report(args, results, output_dir, shard, path)
+        code = _print_report(args, results, output_dir, shard, path)
+        stop_signals_ignored_until_exit()  # reported too: the exit status and claim stay the results' (cli.main)
+        return code
 
 
 def _print_report(args: argparse.Namespace, results: Dict[str, Any], output_dir: Path, shard: Any, path: Path) -> int:
@@ -101,7 +103,12 @@ def _print_report(args: argparse.Namespace, results: Dict[str, Any], output_dir:
         if results.get("video_paths"):
             print("Video saved to: ", video_dir)
         elif not episodes:  # it said "Video saved to" over a folder holding only the stopped episodes' partial files
-            print(f"No episode video was written to {video_dir} (no episode was scored)")
+            from .video import episode_videos
+
+            present = episode_videos(video_dir)  # "none was written" over a folder holding some was false
+            print(f"No episode video was written to {video_dir} (no episode was scored)" if not present else
+                  f"No video of a scored episode is in {video_dir} (no episode was scored; the {len(present)} episode "
+                  "videos there are of no episode in the results)")
         elif results["config"].get("max_episodes_rendered") == 0:
             print(f"No episode video was written to {video_dir} (--max-episodes-rendered 0)")
         else:  # it said "Video saved to" over a folder no video could be written to

@@ -13,11 +13,12 @@ from typing import Any, Callable, Iterator, Tuple
 
 from gr00t_client.cli_signals import interrupting_signals, signals_handled_by
 from gr00t_client.cli_signals import sigterm_as_interrupt  # noqa: F401 - the gr00t_eval modules import it from here
+from gr00t_client.cli_signals import stop_signals_ignored_until_exit  # noqa: F401 - likewise
 
 __all__ = ["INTERRUPTED_EXIT_CODE", "STORAGE_ERRNOS", "WRITE_REFUSED_ERRNOS", "OutputFolderGone", "check_folder_kept",
            "check_output_folders", "folder_identity", "interrupts_deferred", "is_storage_error", "is_storage_line",
            "output_folder_checked", "permission_line", "sigterm_as_interrupt", "storage_advice", "storage_error_text",
-           "storage_stop_line"]
+           "stop_signals_ignored_until_exit", "storage_stop_line"]
 
 # A full disk (or quota, or file size limit) and a folder turned read-only: the run cannot write, but what it logged stays.
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})

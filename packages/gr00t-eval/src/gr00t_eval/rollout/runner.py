@@ -20,6 +20,7 @@ background); a row that starts an episode also drops its buffered steps. The acc
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
 import time
@@ -34,6 +35,7 @@ import gymnasium as gym  # noqa: E402
 import numpy as np
 
 from gr00t_client import ActionChunker, BasePolicy, DeadlineNotRunError, ServerStoppingError
+from gr00t_client.cli_signals import stop_signals_held
 from gr00t_client.peer_text import shown_text
 
 from ..metrics import ERROR_REASON_CHARS, EpisodeOutcome
@@ -54,6 +56,8 @@ from .vector_envs import _close_envs, make_vector_env
 from .worker_deaths import PIPE_ERRORS, dead_worker_error
 
 logger = logging.getLogger(__name__)
+# What a stop prints while the episodes that just ended have their videos written and are scored
+ENDED_EPISODES_NOTE = "stopping once the episodes that just ended are saved (Ctrl-C again to stop waiting)"
 
 IDLE = -1
 
@@ -411,21 +415,23 @@ class RolloutRunner:
                     continue
                 obs, _, terminated, truncated, infos = step_envs(vec, env_action, self.config.env_timeout_s, self.row_episode)
                 ended = any(terminated[row] or truncated[row] for row in active)
-                videos = self._write_videos({}) if ended else [None] * n_envs
-                for row in active:
-                    steps = _row_info(infos, "env_steps", row)
-                    if steps is not None:
-                        self._progress[self.row_episode[row]] = (int(steps), float(_row_info(infos, "sum_reward", row) or 0.0),
-                                                                 float(_row_info(infos, "max_reward", row) or 0.0))
-                    if terminated[row] or truncated[row]:
-                        summary = _row_info(infos, "episode", row)
-                        if summary is None:  # an env that ended without the wrapper's summary
-                            episode = self.row_episode[row]
-                            summary = EpisodeSummary(episode, self.seed_for(episode), False, 0.0, 0.0, 0, None, "episode ended without a summary")
-                        if videos[row] is not None:
-                            summary = dataclasses.replace(summary, video_path=videos[row])
-                        self._score(row, summary, bar)
-                        pending.add(row)
+                # a stop waits for the ended episodes' videos and scores: it dropped episodes whose videos were written
+                with stop_signals_held(ENDED_EPISODES_NOTE) if ended else contextlib.nullcontext():
+                    videos = self._write_videos({}) if ended else [None] * n_envs
+                    for row in active:
+                        steps = _row_info(infos, "env_steps", row)
+                        if steps is not None:
+                            self._progress[self.row_episode[row]] = (int(steps), float(_row_info(infos, "sum_reward", row) or 0.0),
+                                                                     float(_row_info(infos, "max_reward", row) or 0.0))
+                        if terminated[row] or truncated[row]:
+                            summary = _row_info(infos, "episode", row)
+                            if summary is None:  # an env that ended without the wrapper's summary
+                                episode = self.row_episode[row]
+                                summary = EpisodeSummary(episode, self.seed_for(episode), False, 0.0, 0.0, 0, None, "episode ended without a summary")
+                            if videos[row] is not None:
+                                summary = dataclasses.replace(summary, video_path=videos[row])
+                            self._score(row, summary, bar)
+                            pending.add(row)
         finally:
             if bar is not None:
                 bar.close()
