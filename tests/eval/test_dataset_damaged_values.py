@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from eval.dataset_factory import episode_frames, expected_actions, expected_states, make_dataset
+from eval.test_open_loop import EchoPolicy
 from gr00t_client import PolicyClient, PolicyServerError
 from gr00t_eval import cli
 from gr00t_eval.dataset import DatasetWriter, LeRobotDataset
@@ -152,6 +153,26 @@ def test_a_float64_recording_whose_error_overflows_errors_the_trajectory_naming_
     with pytest.raises(TrajectoryError, match=r"it cannot be scored: its action MSE is inf: the ground truth and "
                                               r"prediction differ by more than float64 can square"):
         evaluate_trajectory(policy, LeRobotDataset(dataset), 1, config, policy.get_modality_config(), report=lambda _: None)
+
+
+def test_finite_trajectory_mses_whose_sum_overflows_average_finitely_in_results_json_and_the_report(
+        dataset, tmp_path, capsys):
+    """Each MSE (1.69e308) passed the finite check, but their plain mean overflowed: results.json said avg_mse null
+    (unknown) and the report "inf" for a run reported complete, exit 0."""
+    store_actions_as_float64(dataset)
+    for episode in (0, 1):
+        edit_rows(data_file(dataset, episode), lambda t: set_action(t, 0, 3, 1.3e154))  # gripper at step 0
+    with running_server(EchoPolicy()) as server:  # a model's run: scored in float64 (a replay's is float32)
+        out = tmp_path / "out"
+        assert cli.main(["open-loop", "--dataset-path", str(dataset), "--port", str(server.port), "--no-plots",
+                         "--steps", "1", "--modality-keys", "gripper", "--output-dir", str(out),
+                         "--traj-ids", "0", "1"]) == 0
+    data = json.loads((out / "results.json").read_text())
+    mses = [data["trajectories"][t]["mse"] for t in ("0", "1")]
+    assert data["status"] == "complete" and all(np.isfinite(mses))
+    assert data["aggregated"]["avg_mse"] == pytest.approx(1.3e154 ** 2)
+    assert data["aggregated"]["avg_mae"] == pytest.approx(1.3e154)
+    assert f"Average MSE across all trajs: {data['aggregated']['avg_mse']}" in capsys.readouterr().out
 
 
 def set_state(table: pa.Table, row: int, index: int, value: float) -> pa.Table:

@@ -441,3 +441,13 @@ def test_a_dataset_written_to_a_folder_literally_named_tilde_lands_whole_in_it(t
     constant_dataset("./~/ds", 1.0)
     assert sorted(home_dataset.rglob("*")) == before
     assert LeRobotDataset(tmp_path / "~" / "ds").episode(0).actions("arm").tolist() == [[1.0, 1.0]] * 5
+
+
+def test_a_dataset_path_starting_with_tilde_is_read_from_the_home_folder_not_a_stale_tilde_folder(tmp_path,
+                                                                                                  home_dataset):
+    """DatasetWriter('~/ds') writes $HOME/ds; LeRobotDataset('~/ds') read ./~/ds instead, silently another dataset."""
+    (tmp_path / "~").mkdir()
+    constant_dataset(tmp_path / "made", 1.0).rename(tmp_path / "~" / "ds")
+    dataset = LeRobotDataset("~/ds")
+    assert dataset.root == home_dataset
+    assert dataset.episode(0).actions("arm").tolist() == [[7.0, 7.0]] * 5

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from gr00t_eval.metrics import EpisodeOutcome, action_errors, rollout_aggregates
+from gr00t_eval.metrics import EpisodeOutcome, NonFiniteError, action_errors, rollout_aggregates
 from gr00t_eval.results import load_results, open_loop_results, rollout_results, write_results
 
 
@@ -43,6 +43,24 @@ def test_mismatched_shapes_or_key_dims_are_rejected():
     with pytest.raises(ValueError, match="sum to 3"):
         action_errors(np.zeros((3, 2)), np.zeros((3, 2)), {"a": 3})
 
+
+
+@pytest.mark.parametrize("gt_value, pred_value, named", [
+    (np.nan, 0.0, r"the ground truth holds nan at row 1, column 2 \(action key 'gripper', value 0\)"),
+    (0.0, -np.inf, r"the prediction holds -inf at row 1, column 2 \(action key 'gripper', value 0\)"),
+], ids=["nan-ground-truth", "inf-prediction"])
+def test_a_non_finite_input_is_refused_naming_the_array_row_and_column_not_as_an_overflow(gt_value, pred_value, named):
+    """It was reported as the arrays differing "by more than float64 can square or add up", which never happened."""
+    gt, pred = np.zeros((2, 3)), np.zeros((2, 3))
+    gt[1, 2], pred[1, 2] = gt_value, pred_value
+    with pytest.raises(NonFiniteError, match=named + r"; expected finite actions \(no NaN or inf\)"):
+        action_errors(gt, pred, {"arm": 2, "gripper": 1})
+
+
+def test_finite_inputs_whose_squared_difference_overflows_are_refused_as_an_overflow():
+    with pytest.raises(NonFiniteError, match=r"its action MSE is inf: the ground truth and prediction differ by more "
+                                             r"than float64 can square or add up"):
+        action_errors(np.full((2, 1), 1e200), np.zeros((2, 1)), {"arm": 1})
 
 def _outcome(i, success, rewards=(1.0,), failure=None):
     return EpisodeOutcome(i, seed=10 + i, success=success, sum_reward=float(sum(rewards)), max_reward=float(max(rewards)),

@@ -423,9 +423,13 @@ def test_action_delta_indices_other_than_each_next_step_are_refused_before_scori
     MSE in the thousands instead of 0. The reference refuses such a policy; so does open-loop now."""
     from gr00t_client import ModalityConfig
 
-    configs = dict(ReplayPolicy(dataset).get_modality_config())
-    configs["action"] = ModalityConfig(delta_indices=deltas, modality_keys=configs["action"].modality_keys)
-    with running_server(ReplayPolicy(dataset, configs, execution_horizon=4)) as strided:
+    class StridedReplay(ReplayPolicy):  # a replay itself refuses such deltas: a policy that only reports them
+        def get_modality_config(self):
+            configs = dict(super().get_modality_config())
+            configs["action"] = ModalityConfig(delta_indices=deltas, modality_keys=configs["action"].modality_keys)
+            return configs
+
+    with running_server(StridedReplay(dataset, execution_horizon=4)) as strided:
         code = open_loop(dataset, strided.port, tmp_path / "out", "--traj-ids", "0")
     err = capsys.readouterr().err
     assert code == 2, err

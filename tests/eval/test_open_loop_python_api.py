@@ -88,6 +88,36 @@ def test_modality_keys_given_as_one_string_is_refused_naming_the_list_expected(d
         OpenLoopConfig(str(dataset), output_dir=str(tmp_path / "out"), modality_keys=keys)
 
 
+
+def test_modality_keys_given_as_bytes_is_refused_naming_the_str_key_expected(dataset, tmp_path):
+    # it was read as its byte values: the keys [97, 114, 109]
+    with pytest.raises(ValueError, match=r"modality_keys must be a list of action keys, got the bytes b'arm'; "
+                                         r"expected \['arm'\] for that one key"):
+        OpenLoopConfig(str(dataset), output_dir=str(tmp_path / "out"), modality_keys=b"arm")
+
+
+@pytest.mark.parametrize("keys, named", [
+    ([b"arm"], r"b'arm' \(bytes\)"),
+    ([("arm",)], r"\('arm',\) \(tuple\)"),
+    (["arm", 3], r"3 \(int\)"),
+], ids=["bytes", "tuple", "int"])
+def test_modality_keys_holding_a_key_that_is_not_a_str_is_refused_naming_it(dataset, tmp_path, keys, named):
+    # it was taken, and the run died on "'int' object has no attribute 'startswith'", naming nothing given
+    with pytest.raises(ValueError, match=r"modality_keys must hold action keys as str, got " + named + "$"):
+        OpenLoopConfig(str(dataset), output_dir=str(tmp_path / "out"), modality_keys=keys)
+
+
+@pytest.mark.parametrize("setting, value, named", [
+    ("dataset_path", None, r"dataset_path must be a path \(str or os.PathLike\), got None \(NoneType\)"),
+    ("output_dir", 5, r"output_dir must be a path \(str or os.PathLike\) or None, got 5 \(int\)"),
+    ("plot_path", 3, r"plot_path must be a path \(str or os.PathLike\) or None, got 3 \(int\)"),
+], ids=["dataset_path", "output_dir", "plot_path"])
+def test_a_path_setting_that_is_not_a_path_is_refused_naming_it(dataset, setting, value, named):
+    # os.path.expanduser's bare TypeError ("expected str, bytes or os.PathLike object, not NoneType") named no setting
+    settings = {"dataset_path": str(dataset), setting: value}
+    with pytest.raises(ValueError, match=named):
+        OpenLoopConfig(**settings, plot=False)
+
 def test_an_output_dir_starting_with_tilde_is_written_in_the_home_folder(dataset, sim_server, home, tmp_path):
     result = evaluate(dataset, sim_server, Path("~/out"))
     assert result.results_path == home / "out" / "results.json" and result.results_path.exists()

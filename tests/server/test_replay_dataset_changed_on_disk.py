@@ -115,6 +115,17 @@ def test_statistics_files_written_under_a_served_replay_are_no_change_of_the_dat
     assert replay(root).identity()["dataset_meta_sha256"] == identity
 
 
+
+def test_a_replay_of_a_path_starting_with_tilde_notices_a_rerecording_of_the_home_folders_dataset(tmp_path, home):
+    """It served $HOME/ds but watched ./~/ds (a stale folder, or none): the re-recording was served unnoticed."""
+    root = make_dataset(home / "ds", lengths=LENGTHS, cameras=("image",))
+    policy = replay("~/ds")
+    assert policy.dataset.root == root
+    rerecord(root)
+    with pytest.raises(DatasetError) as refused:
+        policy.reset({"episode_index": 1})
+    assert changed(root) in str(refused.value)
+
 def test_a_served_replay_answers_the_change_as_an_error_reply_naming_the_dataset(tmp_path):
     root = make_dataset(tmp_path / "ds", lengths=LENGTHS, cameras=("image",))
     with running_server(replay(root)) as server:

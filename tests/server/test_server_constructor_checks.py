@@ -55,6 +55,7 @@ def test_an_embodiment_tag_that_is_no_tag_is_refused_naming_embodiment_tag(tag):
     ("LIBERO_PANDA", "libero_sim"),  # a built-in tag's name, resolved as `gr00t-server serve --embodiment-tag` does
     (" libero_sim ", "libero_sim"),
     ("my_robot", "my_robot"),  # a tag of one's own robot is reported as given
+    ("libero_panda", "libero_panda"),  # an N1.6-era checkpoint's own tag, not libero_sim (open-loop pins it)
 ])
 def test_get_server_info_reports_the_embodiment_tag_as_serve_resolves_it(tag, reported):
     with running_server(EchoPolicy(), embodiment_tag=tag) as server:

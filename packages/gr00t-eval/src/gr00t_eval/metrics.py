@@ -9,7 +9,8 @@ import numpy as np
 
 
 class NonFiniteError(ValueError):
-    """A figure computed from finite numbers is not finite (their squares or sum overflowed float64)."""
+    """An array scored holds NaN or inf, or a figure computed from finite numbers is not finite (their squares or sum
+    overflowed float64)."""
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,8 @@ def action_errors(ground_truth: np.ndarray, prediction: np.ndarray, key_dims: Ma
     """Errors of (T, D) arrays whose columns are the action keys concatenated in `key_dims` order.
 
     Overall MSE/MAE are means over every element, as in the reference (physical units, no normalisation).
-    NonFiniteError when one is not finite (finite values whose squares or differences overflow float64).
+    NonFiniteError when an array holds NaN or inf, or when a figure is not finite (finite values whose squares or
+    differences overflow float64).
     """
     gt = np.asarray(ground_truth, dtype=np.float64)
     pred = np.asarray(prediction, dtype=np.float64)
@@ -47,6 +49,13 @@ def action_errors(ground_truth: np.ndarray, prediction: np.ndarray, key_dims: Ma
         raise ValueError(f"action keys {dict(key_dims)} sum to {total} dims but the arrays have {gt.shape[1]}")
     if gt.shape[0] == 0:
         raise ValueError("cannot compute errors over zero steps")
+    # a NaN or inf given was reported as an overflow of the difference, which did not happen
+    for name, values in (("ground truth", gt), ("prediction", pred)):
+        rows, columns = np.nonzero(~np.isfinite(values))
+        if rows.size:
+            row, column = int(rows[0]), int(columns[0])
+            raise NonFiniteError(f"the {name} holds {values[row, column]} at row {row}, column {column} "
+                                 f"({_key_of_column(key_dims, column)}); expected finite actions (no NaN or inf)")
     with np.errstate(over="ignore"):  # a figure past float64's range is refused below, naming it
         diff = gt - pred
         per_dim_mse = np.mean(diff**2, axis=0)
@@ -71,6 +80,15 @@ def action_errors(ground_truth: np.ndarray, prediction: np.ndarray, key_dims: Ma
                                  f"float64 can square or add up (largest |difference| {float(np.max(np.abs(diff))):.4g});"
                                  " expected actions in the robot's physical units")
     return errors
+
+
+def _key_of_column(key_dims: Mapping[str, int], column: int) -> str:
+    """'action key NAME, value I' for a column of the concatenated action keys."""
+    for key, dim in key_dims.items():
+        if column < int(dim):
+            return f"action key {key!r}, value {column}"
+        column -= int(dim)
+    raise AssertionError("column past the action keys' dims")  # the dims were checked to sum to the width
 
 
 ERROR_REASON_CHARS = 4000  # an errored episode's reason as logged, saved (episodes.jsonl, results.json) and printed
@@ -152,8 +170,8 @@ def rollout_aggregates(outcomes: Sequence[EpisodeOutcome], eval_s: float) -> Dic
     nan = float("nan")
     return {
         "pc_success": 100.0 * float(np.mean([o.success for o in finished])) if finished else nan,
-        "avg_sum_reward": _mean([o.sum_reward for o in finished]) if finished else nan,
-        "avg_max_reward": _mean([o.max_reward for o in finished]) if finished else nan,
+        "avg_sum_reward": overflow_safe_mean([o.sum_reward for o in finished]) if finished else nan,
+        "avg_max_reward": overflow_safe_mean([o.max_reward for o in finished]) if finished else nan,
         "avg_length": float(np.mean([o.length for o in finished])) if finished else nan,
         "n_episodes": len(finished),
         "n_errors": n_run - len(finished),
@@ -162,9 +180,9 @@ def rollout_aggregates(outcomes: Sequence[EpisodeOutcome], eval_s: float) -> Dic
     }
 
 
-def _mean(values: Sequence[float]) -> float:
-    """The mean of `values`; finite ones whose sum overflows float64 (two rewards of 1e308) are averaged without
-    it: their mean is finite, and inf was written to results.json as null (unknown)."""
+def overflow_safe_mean(values: Sequence[float]) -> float:
+    """The mean of `values`; finite ones whose sum overflows float64 (two rewards or MSEs of 1e308) are averaged
+    without it: their mean is finite, and inf was written to results.json as null (unknown)."""
     with np.errstate(over="ignore"):
         mean = float(np.mean(values))
     if np.isinf(mean) and np.isfinite(values).all():

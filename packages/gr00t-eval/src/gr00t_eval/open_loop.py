@@ -27,7 +27,7 @@ from gr00t_client import BasePolicy, ModalityConfig, PolicyServerError, ServerSt
 
 from .progress import bar_options
 from .dataset import DatasetError, LeRobotDataset
-from .metrics import ActionErrors, NonFiniteError, action_errors
+from .metrics import ActionErrors, NonFiniteError, action_errors, overflow_safe_mean
 from .applied_settings import settings_not_applied, warn_not_applied
 from .open_loop_checks import (TrajectoryError, _chunk, check_action_steps, check_policy_episode, check_policy_position,
                                check_replay_execution_horizon, dataset_action_keys, evaluated_embodiment,
@@ -79,12 +79,16 @@ class OpenLoopConfig:
     denoising_steps: Optional[int] = None
 
     def __post_init__(self) -> None:
-        # '~' is the home folder, as in the CLI's path flags and job files (not a folder named '~' here)
-        self.dataset_path = os.path.expanduser(self.dataset_path)
-        if self.output_dir is not None:
-            self.output_dir = os.path.expanduser(self.output_dir)
-        if self.plot_path is not None:
-            self.plot_path = os.path.expanduser(self.plot_path)
+        # '~' is the home folder, as in the CLI's path flags and job files (not a folder named '~' here); the type is
+        # checked first: os.path's own TypeError named no argument
+        for name in ("dataset_path", "output_dir", "plot_path"):
+            value = getattr(self, name)
+            if value is None and name != "dataset_path":
+                continue
+            if not isinstance(value, (str, os.PathLike)):
+                expected = "a path (str or os.PathLike)" + ("" if name == "dataset_path" else " or None")
+                raise ValueError(f"{name} must be {expected}, got {value!r} ({type(value).__name__})")
+            setattr(self, name, os.path.expanduser(value))
         if not is_whole_number(self.steps) or self.steps < 1:
             raise ValueError(f"steps must be an int >= 1 (steps evaluated per trajectory), got {self.steps!r}")
         if self.execution_horizon is not None and (not is_whole_number(self.execution_horizon) or self.execution_horizon < 1):
@@ -116,13 +120,20 @@ class OpenLoopConfig:
         self.plot = bool(self.plot)
         if self.modality_keys is not None:
             # A list, as traj_ids: a generator could not be copied for the check, and a str was read as its letters.
-            if isinstance(self.modality_keys, str):
-                raise ValueError(f"modality_keys must be a list of action keys, got the str {self.modality_keys!r}; "
-                                 f"expected [{self.modality_keys!r}] for that one key")
+            # bytes were read as their byte values (b"arm": [97, 114, 109])
+            given = self.modality_keys
+            if isinstance(given, (str, bytes)):
+                key = given if isinstance(given, str) else given.decode(errors="replace")
+                raise ValueError(f"modality_keys must be a list of action keys, got the {type(given).__name__} "
+                                 f"{given!r}; expected [{key!r}] for that one key")
             try:
                 keys = self.modality_keys = list(self.modality_keys)
             except TypeError:
                 raise ValueError(f"modality_keys must be a list of action keys, got {self.modality_keys!r}") from None
+            wrong_keys = [key for key in keys if not isinstance(key, str)]
+            if wrong_keys:  # they were taken, and the run died later on a key's str method, naming nothing given
+                raise ValueError(f"modality_keys must hold action keys as str, got "
+                                 f"{', '.join(f'{key!r} ({type(key).__name__})' for key in wrong_keys)}")
             repeated = sorted({key for key in keys if keys.count(key) > 1})
             if repeated:  # the per-key dims are a dict: a repeat would silently double the arrays, not the dims
                 raise ValueError(f"modality_keys names {', '.join(map(repr, repeated))} more than once; "
@@ -181,12 +192,12 @@ class OpenLoopResult:
     @property
     def avg_mse(self) -> float:
         """Plain mean of the per-trajectory MSEs (not weighted by length, like the reference)."""
-        return float(np.mean([t.errors.mse for t in self.trajectories.values()])) if self.trajectories else math.nan
+        return overflow_safe_mean([t.errors.mse for t in self.trajectories.values()]) if self.trajectories else math.nan
 
     @property
     def avg_mae(self) -> float:
         """Plain mean of the per-trajectory MAEs."""
-        return float(np.mean([t.errors.mae for t in self.trajectories.values()])) if self.trajectories else math.nan
+        return overflow_safe_mean([t.errors.mae for t in self.trajectories.values()]) if self.trajectories else math.nan
 
 
 

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .metrics import ActionErrors, EpisodeOutcome, rollout_aggregates
+from .metrics import ActionErrors, EpisodeOutcome, overflow_safe_mean, rollout_aggregates
 from .run_claim import partial_path
 from .run_dir import remove_quietly
 
@@ -117,8 +117,8 @@ def open_loop_results(
         "skip_reasons": {str(k): v for k, v in (skip_reasons or {}).items()},
         "errored_trajectories": [{"traj_id": int(k), "error": v} for k, v in (errored or {}).items()],
         "aggregated": {
-            "avg_mse": float(np.mean(mses)) if mses else None,
-            "avg_mae": float(np.mean(maes)) if maes else None,
+            "avg_mse": overflow_safe_mean(mses) if mses else None,
+            "avg_mae": overflow_safe_mean(maes) if maes else None,
             "n_trajectories": len(mses),
             "n_errors": len(errored or {}),
         },

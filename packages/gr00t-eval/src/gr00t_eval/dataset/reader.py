@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -67,7 +68,9 @@ class LeRobotDataset:
     """
 
     def __init__(self, path: Union[str, Path]) -> None:
-        self.root = Path(path).absolute()  # pyarrow expands a relative '~/ds' (Python's open() does not)
+        # '~' is the home folder, as DatasetWriter writes it; on the text: Path() drops the './' of './~/ds', a folder
+        # named '~'
+        self.root = Path(os.path.expanduser(path)).absolute()
         if not self.root.is_dir():
             raise DatasetFileNotFoundError(f"dataset directory not found: {self.root}")
         meta_dir = self.root / "meta"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import numbers
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -105,7 +106,8 @@ class ReplayPolicy(BasePolicy):
         self.max_cached_bytes = int(max_cached_bytes)
         dataset_class = require_lerobot_dataset()
         # The files' signatures before a path's dataset is read (a change while it is read is then seen), else now
-        changes = None if isinstance(dataset, dataset_class) else DatasetChanges(Path(dataset))
+        # '~' expanded as LeRobotDataset does: ./~/ds was watched (a stale folder, or none) while $HOME/ds was served
+        changes = None if isinstance(dataset, dataset_class) else DatasetChanges(Path(os.path.expanduser(dataset)))
         self.dataset = dataset if isinstance(dataset, dataset_class) else dataset_class(dataset)
         self._changes = changes or DatasetChanges(Path(self.dataset.root))
         if self.dataset.num_episodes == 0:

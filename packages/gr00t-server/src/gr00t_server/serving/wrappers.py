@@ -18,8 +18,8 @@ def policy_chain(policy: Any) -> Iterator[Any]:
 
 def served_embodiment_tag(policy: Any, given: Optional[str] = None) -> Optional[str]:
     """The embodiment tag a server reports for `policy`: the first `embodiment_tag_value` in its wrapper chain, which
-    `given` must name (as serve resolves a tag); `given` alone for a policy that names none (a built-in tag by any
-    spelling as its value, as serve reports it); None when neither does."""
+    `given` must name (as serve resolves a tag); `given` alone for a policy that names none (an EmbodimentTag
+    member's name as its value); None when neither does."""
     given = given.value if isinstance(given, EmbodimentTag) else given
     if given is not None and (not isinstance(given, str) or not given.strip()):
         raise ValueError(f"embodiment_tag must be a non-empty str (a tag such as 'new_embodiment') or None, got "
@@ -29,10 +29,10 @@ def served_embodiment_tag(policy: Any, given: Optional[str] = None) -> Optional[
     if given is None:
         return own
     if own is None:
-        try:  # a tag of the policy's own (a .py modality config's) is reported as given
-            return EmbodimentTag.resolve(given).value
-        except ValueError:
-            return given.strip()
+        # An enum member's name ("LIBERO_PANDA") is its tag's value, as serve reports it; any other text is reported as
+        # given: a checkpoint's or .py config's own tag (an N1.6-era 'libero_panda' is not libero_sim)
+        member = EmbodimentTag.__members__.get(given.strip())
+        return member.value if member is not None else given.strip()
     if not names_tag(given, own):
         raise ValueError(f"embodiment_tag {given!r} is not the embodiment the policy serves ({type(policy).__name__} "
                          f"serves {own!r}); pass embodiment_tag={own!r}, or leave it out to report the policy's")
