@@ -324,3 +324,29 @@ def test_a_rollout_of_an_env_returning_float_images_in_a_uint8_space_names_the_c
     config = RolloutConfig("floatcam/look", n_episodes=1, n_envs=1, seed=0, max_episode_steps=2, n_action_steps=2)
     with pytest.raises(TypeError, match="float32 images for 'video.cam'"):
         run_rollout(ZeroPolicy(strict=False), config, progress=False)
+
+
+class IntStateEnv(StepEnv):
+    """An env whose state is an int32 Box (a joint encoder's counts)."""
+
+    def __init__(self):
+        super().__init__()
+        self.observation_space = gym.spaces.Dict({**self.observation_space.spaces,
+                                                  "state.pos": gym.spaces.Box(-1000, 1000, (1,), np.int32)})
+
+    def _obs(self):
+        return {**super()._obs(), "state.pos": np.array([self.t], np.int32)}
+
+
+def test_an_int_state_is_declared_and_stacked_as_the_float32_it_is_sent_as_so_vector_envs_reset():
+    """The stacked space kept int32 while the wrapper returns float32: every vector env's reset failed ("Cannot cast
+    array data from dtype('float32') to dtype('int32')"), naming no key, and no episode ran."""
+    assert wrap(IntStateEnv()).observation_space["state.pos"].dtype == np.float32
+    vec = gym.vector.SyncVectorEnv([lambda: wrap(IntStateEnv(), state_delta_indices=[-1, 0])] * 2)
+    try:
+        obs, _ = vec.reset(seed=0)
+        assert obs["state.pos"].dtype == np.float32 and obs["state.pos"].shape == (2, 2, 1)
+        obs, *_ = vec.step({"action.move": np.ones((2, 3, 1), np.float32)})
+        assert obs["state.pos"][:, -1, 0].tolist() == [3.0, 3.0]
+    finally:
+        vec.close()

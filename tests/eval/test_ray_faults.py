@@ -461,3 +461,26 @@ def test_run_with_ray_refuses_arguments_no_run_can_take_before_ray_starts(kwargs
         with pytest.raises(ValueError, match=refused):
             run_with_ray("walkto/slow", config, address="local", **arguments)
     assert not ray.is_initialized()
+
+
+def test_run_with_ray_refuses_done_outcomes_of_another_seed_before_ray_starts():
+    """A shard all of whose episodes were in `done` never ran, so run_suite's check never saw them: a seed-100 run
+    kept seed-11 outcomes and reported them as its own."""
+    from gr00t_eval.policy_identity import policy_record
+    from gr00t_eval.ray_runner import ServerAddress, run_with_ray
+    from gr00t_eval.shard import run_suite
+    from gr00t_client import PolicyClient
+
+    if ray.is_initialized():
+        ray.shutdown()
+    settings = dict(n_episodes=2, n_envs=1, n_action_steps=2, max_episode_steps=6, vectorization="sync")
+    with policy_server() as server:
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client:
+            earlier = run_suite(client, "walkto/slow", RolloutConfig(env_name="walkto/slow", seed=11, **settings))
+            record = policy_record(client)
+        done = [EpisodeOutcome.from_json_dict(entry) for entry in earlier["per_episode"]][:1]
+        with pytest.raises(ValueError, match=r"^done has episode 0 of walkto/slow with seed 11, but this run gives it "
+                                             r"seed 100"):
+            run_with_ray("walkto/slow", RolloutConfig(env_name="walkto/slow", seed=100, **settings),
+                         [ServerAddress("127.0.0.1", server.port)], address="local", done=done, policy=record)
+    assert not ray.is_initialized()

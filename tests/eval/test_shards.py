@@ -1,5 +1,6 @@
 """Sharding: deterministic slices with fixed seeds; merged shards report exactly what one run reports."""
 
+import dataclasses
 import json
 import os
 
@@ -243,3 +244,24 @@ def test_run_suite_keeps_done_outcomes_of_the_same_plan_and_runs_the_rest(client
     single = run_suite(client, ENV_SPEC, config())
     resumed = run_suite(client, ENV_SPEC, config(), done=iter(outcomes_of(single)[:3]))
     assert comparable(resumed)["per_episode"] == comparable(single)["per_episode"]
+
+
+def test_run_suite_keeps_done_outcomes_of_recorded_seeds_from_a_policy_of_unknown_identity(client):
+    """A policy in this process has no get_server_info: it may be a replay (Gr00tSimPolicyWrapper(ReplayPolicy)),
+    whose episodes carry their recorded seeds, not base seed + index. Its resume was refused as another run's."""
+    from eval.scale_fixtures import ConstantPolicy
+
+    done = [dataclasses.replace(outcome, seed=outcome.seed + 1000)
+            for outcome in outcomes_of(run_suite(client, ENV_SPEC, config()))[:2]]
+    resumed = run_suite(ConstantPolicy(), ENV_SPEC, config(), done=done)
+    assert {outcome.seed for outcome in done} <= {entry["seed"] for entry in resumed["per_episode"]}
+    assert resumed["overall"]["n_episodes"] == 10
+
+
+def test_numpy_bools_are_taken_as_bools(client):
+    """np.False_ was refused as "must be a bool ..., got bool np.False_" while numpy ints are taken for counts."""
+    from gr00t_eval.rollout.config import check_rollout_config
+
+    check_rollout_config(config(terminate_on_success=np.False_))
+    shard0 = run_suite(client, ENV_SPEC, config(), ShardSpec(0, 2))
+    assert merge_results([shard0], allow_missing=np.True_)["status"] == "incomplete"

@@ -25,7 +25,8 @@ from .policy_identity import check_serves, describe, pinned_policy, record_from_
 from .ray_connect import import_ray, init_ray, shutdown_ray
 from .rollout.config import RolloutConfig, check_rollout_config, check_whole_number
 from .run_stop import interrupts_deferred, sigterm_as_interrupt
-from .shard import ShardSpec, format_missing, merge_results, results_from_outcomes, run_suite, shard_ranges
+from .shard import (ShardSpec, _checked_done, format_missing, merge_results, results_from_outcomes, run_suite,
+                    seeds_known, shard_ranges)
 from .suites import INCOMPLETE, Task, resolve_auto_n_envs, resolve_tasks
 
 logger = logging.getLogger(__name__)
@@ -201,6 +202,8 @@ def run_with_ray(env_spec: str, config: RolloutConfig, servers: Sequence[ServerA
     ray = import_ray()
     tasks, _ = resolve_tasks(env_spec)
     n_items = len(tasks) * config.n_episodes
+    # held to the checks run_suite makes (a shard all of whose episodes are done never runs one)
+    done = _checked_done(done, config, seeds_known(policy), True)
     finished = {(str(o.extras.get("task")), o.episode_index): o for o in done if o.error is None}
     shard_results: Dict[int, Dict[str, Any]] = {}
     failed: Dict[str, str] = {}

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
+import numpy as np
+
 from gr00t_client import BasePolicy
 
 from .applied_settings import settings_not_applied
@@ -258,7 +260,7 @@ def merge_results(shards: Iterable[Mapping[str, Any]], allow_missing: bool = Fal
     a single run.
     """
     shards = _results_list(shards)
-    if not isinstance(allow_missing, bool):  # "no" is true to Python: an incomplete merge was returned
+    if not isinstance(allow_missing, (bool, np.bool_)):  # "no" is true to Python: an incomplete merge was returned
         raise TypeError(f"allow_missing must be a bool (True or False), got {type(allow_missing).__name__} "
                         f"{allow_missing!r}")
     if not shards:
@@ -443,7 +445,7 @@ def run_suite(policy: BasePolicy, env_spec: str, config: RolloutConfig, shard: O
     if config.seed is None:
         config = dataclasses.replace(config, seed=draw_base_seed())
         logger.info("no --seed given: drew base seed %d (episode i uses seed %d + i)", config.seed, config.seed)
-    done = _checked_done(done, config, serves_replay(served), seed_given)
+    done = _checked_done(done, config, seeds_known(served), seed_given)
     suite_run = run_tasks(policy, tasks, config, ranges, progress=progress, on_episode=on_episode, done=done)
     snapshot = {**dataclasses.asdict(config), "env_name": env_spec, "shard": None if shard is None else str(shard)}
     planned = sum(len(r) for r in ranges.values()) if ranges is not None else len(tasks) * config.n_episodes
@@ -454,11 +456,18 @@ def run_suite(policy: BasePolicy, env_spec: str, config: RolloutConfig, shard: O
     return suite_results(tasks, suite_run.runs, snapshot, env_spec, suite, extra, suite_run.status, suite_run.stop_reason)
 
 
-def _checked_done(done: Sequence[EpisodeOutcome], config: RolloutConfig, replay: bool,
+def seeds_known(served: Optional[Mapping[str, Any]]) -> bool:
+    """True when the episodes' seeds are the run's (base seed + index): a served policy (its record, policy_record)
+    that is no replay. A replay's recorded seeds differ by design, and a policy in this process (no record: it has no
+    get_server_info) may be one (Gr00tSimPolicyWrapper(ReplayPolicy))."""
+    return served is not None and not serves_replay(served)
+
+
+def _checked_done(done: Iterable[EpisodeOutcome], config: RolloutConfig, check_seeds: bool,
                   seed_given: bool) -> List[EpisodeOutcome]:
     """`done` as a list; ValueError naming `done` for outcomes this run cannot keep as its own: an episode given twice
-    (counted twice in the metrics), or one that ran with another seed or more than max_episode_steps (another plan's;
-    a replay server's recorded seeds differ by design). They were kept, and results.json said the new settings."""
+    (counted twice in the metrics), or one longer than max_episode_steps or, when `check_seeds` (seeds_known), of
+    another seed (another plan's). They were kept, and results.json said the new settings."""
     done = list(done)
     seen: Set[Tuple[str, int]] = set()
     for outcome in done:
@@ -469,10 +478,10 @@ def _checked_done(done: Sequence[EpisodeOutcome], config: RolloutConfig, replay:
         seen.add(key)
         if outcome.error is not None:  # run again, not kept
             continue
-        if not seed_given:
+        if check_seeds and not seed_given:
             raise ValueError("done needs config.seed, the base seed of the run its outcomes came from (without one "
                              "this run draws another, and its episodes' seeds differ from theirs)")
-        if not replay and outcome.seed != config.seed_for(outcome.episode_index):
+        if check_seeds and outcome.seed != config.seed_for(outcome.episode_index):
             raise ValueError(f"done has episode {outcome.episode_index} of {key[0]} with seed {outcome.seed}, but this "
                              f"run gives it seed {config.seed_for(outcome.episode_index)} (config.seed {config.seed} + "
                              "episode index): it is another run's outcome; resume with that run's seed")

@@ -9,6 +9,8 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
+import numpy as np
+
 CLIENT_CHUNKING_MODES = ("off", "sync", "async")
 DEFAULT_ENV_TIMEOUT_S = 600.0
 # Episodes one run may plan: a run keeps per-episode plans and results in memory (1e12 spun for minutes and GBs
@@ -135,9 +137,10 @@ def check_rollout_config(config: RolloutConfig, auto_n_envs: bool = False) -> No
             least, why = 0, " (0 = auto)"
         check_whole_number(value, name, least, why)
     for name in BOOL_SETTINGS:  # a string read from YAML or an env var ("false") is true to Python: ran with it on
-        if not isinstance(getattr(config, name), bool):
-            raise ValueError(f"{name} must be a bool (True or False), got {type(getattr(config, name)).__name__} "
-                             f"{getattr(config, name)!r}")
+        value = getattr(config, name)
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"{name} must be a bool (True or False), got {type(value).__module__}."
+                             f"{type(value).__name__} {value!r}".replace("builtins.", ""))
     if config.n_episodes > MAX_EPISODES:
         raise ValueError(f"n_episodes must be at most {MAX_EPISODES:,} per run (split bigger evaluations into shards or "
                          f"jobs), got {config.n_episodes}")

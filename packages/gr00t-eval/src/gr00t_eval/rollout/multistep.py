@@ -171,7 +171,11 @@ class MultiStepWrapper(gym.Wrapper):
                     horizon, step_shape = len(self.state_delta_indices), sub.shape or (1,)
                 low = np.broadcast_to(sub.low, (horizon, *step_shape))
                 high = np.broadcast_to(sub.high, (horizon, *step_shape))
-                out[key] = gym.spaces.Box(low=low, high=high, dtype=sub.dtype)
+                # states are sent as float32 (state_in_float32): an int Box declared as such failed every vector
+                # env's reset ("Cannot cast ... float32 to int32"), naming no key
+                dtype = np.float32 if key.startswith("state.") else sub.dtype
+                with np.errstate(over="ignore"):  # a float64 bound beyond float32 is an unbounded one
+                    out[key] = gym.spaces.Box(low=low.astype(dtype), high=high.astype(dtype), dtype=dtype)
             else:
                 out[key] = sub
         return gym.spaces.Dict(out)
