@@ -237,16 +237,6 @@ def test_a_plain_wrapper_on_a_batching_server_leaves_its_row_wise_policys_checks
     assert max(inner.model_saw) <= 100, inner.model_saw
 
 
-def served_together(policy, observations: List[Dict[str, Any]]) -> Dict[str, Any]:
-    """Serve `observations` from one client each at once on a server batching all of them; its stats."""
-    with running_server(policy, max_batch_size=len(observations), batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
-        results = call_together(server.port, observations)
-        with PolicyClient(port=server.port) as client:
-            stats = client.get_server_info()["stats"]
-    assert not [result for result in results if isinstance(result, Exception)], results
-    return stats
-
-
 def test_lenient_clients_whose_language_rows_differ_in_form_share_one_call(tiny_checkpoint):
     """[["a"]], ["a"] and [["a", "b"]] are each served alone; merged they failed inside the policy (numpy's
     "inhomogeneous shape"), and every round ran one by one with an error logged."""
@@ -301,4 +291,35 @@ def test_the_batcher_merges_no_more_rows_than_the_vision_token_budget_takes(tiny
     policy = Gr00tPolicy(tiny_checkpoint, TAG, device="cpu", max_rows=CLIENTS)
     assert policy.max_call_rows(camera_observations(tiny_checkpoint, 32, 96)[0]) == 2
     stats = served_together(policy, camera_observations(tiny_checkpoint, 32, 96))
+    assert stats["policy_calls"] == 2 and stats["batch_sizes"] == {"2": 2}
+
+
+def test_a_frame_the_model_refuses_fails_only_its_sender_on_a_batching_server(tiny_checkpoint):
+    """The batcher reads a call's row limit from the first request's frame shapes before the policy's checks ran: a
+    1x4000 frame (12 KB) raised there ("aspect ratio must be smaller than 200") and the serving loop died."""
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+    from gr00t_server.test_checkpoint import example_observation
+
+    policy = Gr00tPolicy(tiny_checkpoint, TAG, device="cpu", max_rows=CLIENTS)
+    thin = example_observation(tiny_checkpoint, TAG, seed=0, image_size=(1, 4000))
+    with running_server(policy, max_batch_size=CLIENTS, batch_timeout_ms=LONG_BATCH_WAIT_MS) as server:
+        with PolicyClient(port=server.port, timeout_ms=60000) as client:
+            with pytest.raises(PolicyServerError, match="aspect ratio 4000"):
+                client.get_action(thin)
+            assert client.get_action(observation(tiny_checkpoint))[0]
+
+
+def test_behind_the_sim_wrapper_the_batcher_merges_no_more_rows_than_the_budget_takes(tiny_checkpoint):
+    """The wrapper did not pass on the policy's row limit: four clients' 32x96 frames were merged into a call of 4
+    the budget refused, then re-split (3 calls); as for the bare policy, 2 calls of 2."""
+    from gr00t_server.policies import Gr00tSimPolicyWrapper
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+
+    wrapper = Gr00tSimPolicyWrapper(Gr00tPolicy(tiny_checkpoint, TAG, device="cpu", max_rows=CLIENTS))
+    flat = [{**{f"video.{key}": value for key, value in sent["video"].items()},
+             **{f"state.{key}": value for key, value in sent["state"].items()},
+             **{key: [row[0] if isinstance(row, list) else row for row in rows] for key, rows in sent["language"].items()}}
+            for sent in camera_observations(tiny_checkpoint, 32, 96)]
+    assert wrapper.max_call_rows(flat[0]) == 2
+    stats = served_together(wrapper, flat)
     assert stats["policy_calls"] == 2 and stats["batch_sizes"] == {"2": 2}

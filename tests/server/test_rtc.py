@@ -633,3 +633,31 @@ def test_a_huge_previous_action_on_a_min_max_key_is_refused_not_clipped_to_the_s
         with pytest.raises(PolicyServerError, match=rf"options\['rtc'\]\['previous_action'\]\['{key}'\] {refusal}"):
             client.get_action(observation, {"seed": 2, "rtc": rtc(previous, 8, 6)})
         assert client.get_action(observation, {"seed": 2, "rtc": rtc(earlier, 8, 6)})[0].keys() == earlier.keys()
+
+
+def test_a_returned_previous_action_is_served_after_a_little_drift_on_a_relative_joint_of_a_narrow_range(tiny_checkpoint,
+                                                                                                         tmp_path):
+    """A relative min/max key's range is of the motion around the state: on a joint that barely moved in training
+    (a range of 1e-6), a 2 mrad state drift put the chunk get_action had returned at -2000 of that range, and the
+    first version of the unclipped check refused it ("send actions in the units get_action returned", which they
+    were). Its rows are clipped to that range, as serving.md says."""
+    import json
+    import shutil
+
+    checkpoint = tmp_path / "narrow"
+    shutil.copytree(tiny_checkpoint, checkpoint)
+    stats_file = checkpoint / "statistics.json"
+    stats = json.loads(stats_file.read_text())
+    joints = stats["new_embodiment"]["relative_action"]["joints"]
+    for name, value in (("min", -1e-6), ("q01", -1e-6), ("max", 1e-6), ("q99", 1e-6), ("mean", 0.0), ("std", 5e-7)):
+        for row in joints[name]:
+            row[6] = value
+    stats_file.write_text(json.dumps(stats))
+    policy = Gr00tPolicy(checkpoint, "new_embodiment", device="cpu")
+    observation = example_observation(checkpoint, "new_embodiment", batch_size=1, seed=5)
+    previous, _ = policy.get_action(observation, {"seed": 1})
+    later = {**observation, "state": {k: v.copy() for k, v in observation["state"].items()}}
+    later["state"]["joints"][..., 6] += 0.002
+    action, _ = policy.get_action(later, {"seed": 2, "rtc": rtc(previous, 4, 2)})
+    state = later["state"]["joints"][0, -1, 6]
+    assert np.all(np.abs(action["joints"][0, :2, 6] - state) <= 1e-6 + 1e-6)  # the frozen rows, clipped to the range

@@ -20,8 +20,25 @@ from serving import running_server
 def test_a_policy_that_is_no_policy_object_is_refused_naming_policy(policy, got):
     with pytest.raises(TypeError) as refused:
         PolicyServer(policy, host="127.0.0.1", port=0)
-    assert str(refused.value) == ("policy must be a BasePolicy (an object with get_action, reset and "
-                                  f"get_modality_config), {got}")
+    assert str(refused.value) == f"policy must be a BasePolicy (an object with a get_action method), {got}"
+
+
+class StatelessPolicy:
+    """A duck-typed policy with get_action and get_modality_config, no reset (the reference has no reset endpoint)."""
+
+    def get_modality_config(self):
+        return {}
+
+    def get_action(self, observation, options=None):
+        return {"move": np.zeros((1, 2, 1), np.float32)}, {}
+
+
+def test_a_policy_object_without_reset_is_served():
+    """The first version of the policy check refused it at construction; it served get_action before."""
+    with running_server(StatelessPolicy()) as server:
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=5000, strict=False) as client:
+            action, _ = client.get_action({"state": {"x": np.zeros((1, 1, 1), np.float32)}})
+    assert action["move"].shape == (1, 2, 1)
 
 
 @pytest.mark.parametrize("value", ["false", "no", 0, 1, None])

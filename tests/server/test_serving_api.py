@@ -92,3 +92,18 @@ def test_modality_configs_carry_both_markers_for_every_single_frame_peer():
     current_config = next(iter(msgpack.unpackb(current_reply[0], raw=False).values()))
     for config in (npsave_config, current_config):  # a request without arrays cannot tell its era: both markers
         assert config["__ModalityConfig__"] is True and config["__ModalityConfig_class__"] is True
+
+
+def test_the_processing_submodules_are_attributes_of_the_package_after_importing_it():
+    """The eager re-exports made every submodule an attribute (`processing.image`); the lazy ones did not, and
+    `import gr00t_server.processing as p; p.image` raised AttributeError."""
+    import subprocess
+    import sys
+
+    code = ("import gr00t_server.processing as p\n"
+            "assert callable(p.image.resize_area) and p.processor.Gr00tN1d7Processor is p.Gr00tN1d7Processor\n"
+            "assert 'vision_patches' in dir(p) or p.vision_patches\n"
+            "try:\n    p.no_such_module\nexcept AttributeError as exc:\n    assert 'no_such_module' in str(exc)\n"
+            "else:\n    raise SystemExit('no AttributeError')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

@@ -24,8 +24,8 @@ other key is refused when strict, a warning otherwise):
   the inverse of decode_action (relative keys against the current observation's state, normalized with those
   rows' statistics); rows [0, frozen) are returned unchanged (up to clipping to the statistics range), rows
   [frozen, overlap) are denoised with a ramped velocity, the rest as usual. overlap_steps=0 changes nothing.
-  An overlap row beyond float32's range, or that normalizes (before clipping) to a non-finite value or beyond
-  +-STATE_OUTLIER_LIMIT, is refused naming its key and step.
+  An overlap row beyond float32's range, or that normalizes (before clipping; a relative min/max key after it) to a
+  non-finite value or beyond +-STATE_OUTLIER_LIMIT, is refused naming its key and step.
 - "denoising_steps": int in [1, max_denoising_steps], the flow-matching Euler steps of this call (default the
   checkpoint's num_inference_timesteps, 4 for released ones; the cap, 4x that unless given, bounds one call's work);
   what `gr00t-eval open-loop --denoising-steps` sends.
@@ -299,14 +299,22 @@ class Gr00tActionOptions:
                     f" step {first_step + step} is {float(rows[row, step, column]):.3g}, beyond float32's range "
                     f"(+-{limit:.3g}); send actions in the units get_action returned", key=key)
 
-    def _check_encoded_previous(self, rtc: RtcRequest, encoded: np.ndarray) -> None:
+    def _check_encoded_previous(self, rtc: RtcRequest, encoded: np.ndarray, clipped: np.ndarray) -> None:
         """ValueError naming the key and step of an overlap row that normalizes (`encoded` unclipped) to a non-finite
         value or beyond +-STATE_OUTLIER_LIMIT: a huge finite previous_action made the model's output NaN (blamed on
-        the weights), overflowed float32 (refused without naming the option) or, on a min/max key, was clipped to
-        the statistics' edge."""
+        the weights), overflowed float32 (refused without naming the option) or, on an absolute min/max key, was
+        clipped to the statistics' edge. A relative min/max key is held to its `clipped` rows: its range is of the
+        motion around the state, which a little state drift on a joint that barely moved in training (a range of
+        1e-6) leaves far behind, and clipping to that range is what the docs promise there."""
         action_config = self.modality_configs["action"]
-        dims = {key: p.dim for key, p in self.processor.norm_params(self.embodiment_tag_value).action.items()}
+        params = self.processor.norm_params(self.embodiment_tag_value)
+        dims = {key: p.dim for key, p in params.action.items()}
         parts = norm.split_action(encoded, action_config.modality_keys, dims, rtc.overlap_steps)
+        clipped_parts = norm.split_action(clipped, action_config.modality_keys, dims, rtc.overlap_steps)
+        mean_std_keys = set(action_config.mean_std_embedding_keys or [])
+        for key in parts:
+            if key in params.relative_action and key not in mean_std_keys:
+                parts[key] = clipped_parts[key]
         sent, first_step = rtc.overlap_rows(), rtc.horizon - rtc.overlap_steps
         for key, part in parts.items():
             bad = ~np.isfinite(part) | (np.abs(part) > STATE_OUTLIER_LIMIT)
@@ -329,8 +337,8 @@ class Gr00tActionOptions:
         with np.errstate(over="ignore"):  # a value normalizing beyond float32's range is refused below, naming its key
             unclipped = self.processor.encode_action(rtc.overlap_rows(), self.embodiment_tag_value, raw_states,
                                                      clip=False)
-        self._check_encoded_previous(rtc, unclipped)
-        encoded = self.processor.encode_action(rtc.overlap_rows(), self.embodiment_tag_value, raw_states)
+            encoded = self.processor.encode_action(rtc.overlap_rows(), self.embodiment_tag_value, raw_states)
+        self._check_encoded_previous(rtc, unclipped, encoded)
         model_shape = (encoded.shape[0], self.model_config.action_horizon, self.model_config.max_action_dim)
         previous = np.zeros(model_shape, np.float32)
         previous[:, : rtc.overlap_steps] = encoded

@@ -56,6 +56,16 @@ class Gr00tSimPolicyWrapper(PolicyWrapper):
         """The wrapped policy's per-row info keys (None when it declares none): its info is returned untouched."""
         return getattr(self.policy, "per_row_info_keys", None)
 
+    def max_call_rows(self, observation: Any) -> Optional[int]:
+        """The wrapped policy's limit on the rows of one call of observations like this flat one (its vision-token
+        budget, from the frames' shapes), or None: a batching server merged calls over it, then re-split them."""
+        limit = getattr(self.policy, "max_call_rows", None)
+        if not callable(limit) or not isinstance(observation, Mapping):
+            return None
+        video = {key[len("video."):]: value for key, value in observation.items()
+                 if isinstance(key, str) and key.startswith("video.")}
+        return limit({"video": video})
+
     def language_sources(self) -> FrozenSet[str]:
         """The flat keys whose strings (or UTF-8 bytes) this wrapper reads as language; the server holds them to
         its language limits."""

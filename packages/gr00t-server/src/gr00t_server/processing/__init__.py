@@ -9,6 +9,7 @@ initialized module", KeyError 'gr00t_server.processing').
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any, Dict, List
 
 # Public name -> the module (relative to this package) that defines it.
@@ -62,9 +63,12 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
 
 
 def __getattr__(name: str) -> Any:
-    """Import the module defining a public name on first access (see the module docstring)."""
+    """Import the module defining a public name on first access (see the module docstring); a submodule by its name
+    (`processing.image`), as the eager imports made every one an attribute."""
     module = _EXPORTS.get(name)
     if module is None:
+        if not name.startswith("_") and importlib.util.find_spec(f".{name}", __name__) is not None:
+            return importlib.import_module(f".{name}", __name__)
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value  # later accesses skip __getattr__

@@ -89,7 +89,10 @@ class VideoChecks:
             frames = video.get(key)
             if not isinstance(frames, np.ndarray) or frames.ndim != 5 or min(frames.shape[2:4]) < 1:
                 return None
-            row_tokens += frames.shape[1] * self.frame_tokens(frames.shape[2], frames.shape[3])
+            try:  # a frame the model refuses (an aspect ratio past its limit): its request is refused by the checks
+                row_tokens += frames.shape[1] * self.frame_tokens(frames.shape[2], frames.shape[3])
+            except ValueError:
+                return None
         return budget // row_tokens if row_tokens else None
 
     def _check_vision_tokens(self, tag: str, sizes: Sequence[Tuple[str, int, int, int]]) -> None:

@@ -136,7 +136,10 @@ def next_batch(items: Sequence[Any], max_rows: int, shape: Callable[[Any], Batch
     signature, total = shape(items[0])
     if not _mergeable(signature, total):
         return [items[0]]
-    limit = call_rows(items[0]) if call_rows is not None else None
+    try:  # the first item's own checks have not run: a frame the policy refuses (1x4000) must not stop the server
+        limit = call_rows(items[0]) if call_rows is not None else None
+    except Exception:  # no cap: the item runs, and is refused by the policy's checks, as any other
+        limit = None
     if isinstance(limit, int):  # never below the first item's rows: at worst it is a call of its own, as sent
         max_rows = min(max_rows, max(limit, total))
     batch, blocked = [items[0]], set()

@@ -129,13 +129,12 @@ class PolicyServer(BuiltinEndpoints):
         metrics_port: Optional[int] = None,
         inline_below_ms: float = DEFAULT_INLINE_BELOW_MS,
     ) -> None:
-        # A class, None or an address would start and fail every request (or answer {} for the modality config)
-        if isinstance(policy, type) or not all(
-                callable(getattr(policy, name, None)) for name in ("get_action", "reset", "get_modality_config")):
+        # A class, None or an address would start and fail every request (or answer {} for the modality config). A
+        # stateless policy object without reset (or get_modality_config) is served: those requests get an error reply.
+        if isinstance(policy, type) or not callable(getattr(policy, "get_action", None)):
             got = (f"the class {policy.__name__} (pass an instance: {policy.__name__}(...))" if isinstance(policy, type)
                    else type(policy).__name__)
-            raise TypeError(f"policy must be a BasePolicy (an object with get_action, reset and get_modality_config), "
-                            f"got {got}")
+            raise TypeError(f"policy must be a BasePolicy (an object with a get_action method), got {got}")
         if not isinstance(allow_remote_kill, (bool, np.bool_)):  # bool("false") is True: any peer could stop the server
             raise ValueError(f"allow_remote_kill must be True or False, got {allow_remote_kill!r} "
                              f"({type(allow_remote_kill).__name__})")
