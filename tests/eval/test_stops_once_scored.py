@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -76,10 +77,15 @@ def test_a_ctrl_c_as_open_loop_prints_its_averages_keeps_every_score(dataset, re
     assert outcome(out / "open_loop_run.json") == "complete"
 
 
+@pytest.mark.parametrize("stop", [ctrl_c, lambda: (os.kill(os.getpid(), signal.SIGHUP),
+                                                    os.kill(os.getpid(), signal.SIGHUP))],
+                         ids=["ctrl_c", "two_sighups"])
 def test_a_ctrl_c_as_open_loop_prints_done_leaves_exit_status_and_claim_complete(dataset, replay_server, tmp_path,
-                                                                                   monkeypatch, capsys):
-    """results.json said complete, while the command exited 130 and its claim said 'interrupted'."""
+                                                                                   monkeypatch, capsys, stop):
+    """results.json said complete, while the command exited 130 and its claim said 'interrupted'. SIGHUP (a closed
+    terminal) was left out of the signals ignored once the results were saved."""
     out = tmp_path / "out"
+    monkeypatch.setattr(sys.modules[__name__], "ctrl_c", stop)
     code = open_loop_with_ctrl_c_at("Done", dataset, replay_server.port, out, monkeypatch, "--no-plots")
     captured = capsys.readouterr()
     assert code == 0, captured.err
@@ -202,3 +208,78 @@ def test_stops_held_with_a_waiting_note_act_after_the_block_and_a_second_one_sto
             time.sleep(0.05)
             reached_end = True
     assert not reached_end
+
+
+
+def test_a_deferred_stops_note_on_a_stderr_gone_does_not_break_the_block():
+    """With `2>&1 | tee log`, the Ctrl-C killed tee too: writing the note raised BrokenPipeError in the middle of
+    the block that saves the results (no results.json, an ended episode dropped)."""
+    from gr00t_client.cli_signals import stop_signals_held
+    from gr00t_eval.run_stop import interrupts_deferred
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # a reader gone: a write raises BrokenPipeError (EPIPE; Python ignores SIGPIPE)
+    saved = os.dup(2)
+    os.dup2(write_end, 2)
+    try:
+        with interrupts_deferred("saving"):
+            ctrl_c()
+            time.sleep(0.05)
+            finished_deferred = True
+        with pytest.raises(KeyboardInterrupt):  # held, acted on after the block
+            with stop_signals_held("saving"):
+                ctrl_c()
+                time.sleep(0.05)
+                finished_held = True
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(write_end)
+    assert finished_deferred and finished_held
+
+
+def test_a_stop_signal_this_process_ignores_stays_ignored_in_held_and_deferred_blocks():
+    """A command started with `&` by a script (SIGINT ignored) was interrupted by Ctrl-C while its ended episodes'
+    videos were written: the block put its own handler in place of SIG_IGN."""
+    from gr00t_client.cli_signals import stop_signals_held
+    from gr00t_eval.run_stop import interrupts_deferred
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with stop_signals_held("saving"):
+            ctrl_c()
+            ctrl_c()
+            time.sleep(0.05)
+        with interrupts_deferred("saving"):
+            ctrl_c()
+            ctrl_c()
+            time.sleep(0.05)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def test_a_command_run_on_another_thread_leaves_the_programs_stop_signals_alone():
+    """A program running gr00t-server's main() on a thread and an evaluation on its main thread came to ignore
+    Ctrl-C for good, and the thread's main() then failed in finish ("signal only works in main thread")."""
+    import threading
+
+    from gr00t_client import cli_signals
+
+    outcome_of_thread = []
+
+    def run():
+        stops = cli_signals.ProgramStopSignals()
+        try:
+            stops.finish(ignore_from_now_on=False)
+            outcome_of_thread.append("finished")
+        except Exception as exc:  # noqa: BLE001 - the failure this test looks for
+            outcome_of_thread.append(repr(exc))
+
+    before = signal.getsignal(signal.SIGINT)
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(10)
+    cli_signals.stop_signals_ignored_until_exit()  # no command line's main() runs on this thread
+    assert outcome_of_thread == ["finished"]
+    assert signal.getsignal(signal.SIGINT) is before and not cli_signals._ignored_until_exit

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 
@@ -20,25 +21,49 @@ def raise_interrupt(signum: int, frame: Any) -> None:
 
 
 def interrupting_signals() -> Tuple[int, ...]:
-    """SIGTERM, and SIGHUP while it has its default action or is ours (a block nested in sigterm_as_interrupt)."""
+    """SIGTERM, and SIGHUP while it has its default action or is ours (a block nested in sigterm_as_interrupt, or in
+    any block of this module's: a deferred or held stop)."""
     hangup = getattr(signal, "SIGHUP", None)  # not on Windows
-    keep = hangup is not None and signal.getsignal(hangup) in (signal.SIG_DFL, raise_interrupt)
+    handler = signal.getsignal(hangup) if hangup is not None else None
+    keep = hangup is not None and (handler in (signal.SIG_DFL, raise_interrupt) or _is_ours(handler))
     return (signal.SIGTERM, hangup) if keep else (signal.SIGTERM,)
+
+
+# The handlers signals_handled_by has installed and not yet taken back (a SIGHUP handled by one of them is ours).
+_installed: List[Callable[[int, Any], None]] = []
+
+
+def _is_ours(handler: Any) -> bool:
+    return any(handler is ours for ours in _installed)
+
+
+def write_note(note: str) -> None:
+    """`note` on stderr from a signal handler: os.write, not print (a handler printing while the main thread prints
+    raises a reentrant-call error); a stderr gone (`2>&1 | tee`, tee killed by the same Ctrl-C) must not raise in
+    the middle of the block that saves the results."""
+    try:
+        os.write(2, f"{note}\n".encode())
+    except OSError:
+        pass
 
 
 @contextlib.contextmanager
 def signals_handled_by(handler: Callable[[int, Any], None], signals: Sequence[int]) -> Iterator[None]:
     """Handle `signals` with `handler` while the block runs, then restore the handlers before (off the main thread,
-    where Python cannot handle signals, the block runs with them as they were)."""
+    where Python cannot handle signals, the block runs with them as they were). A signal this process ignores (a
+    command started with `&` by a script, or by a supervisor that shields it) stays ignored."""
     previous = {}
     try:
         for signum in signals:
-            previous[signum] = signal.signal(signum, handler)
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                previous[signum] = signal.signal(signum, handler)
     except ValueError:  # not the main thread
         pass
+    _installed.append(handler)
     try:
         yield
     finally:
+        _installed.remove(handler)
         for signum, before in previous.items():
             if _ignored_until_exit:  # the command's results are saved: they stay ignored until its main() returns
                 break
@@ -58,13 +83,10 @@ def stop_signals_ignored_until_exit() -> None:
     complete run's into 130 and 'interrupted'). Outside a command line's main() (a program calling a command's code,
     off the main thread) it does nothing."""
     global _ignored_until_exit
-    if not _programs:
+    if not _programs or threading.current_thread() is not threading.main_thread():
         return
-    try:
-        for signum in (signal.SIGINT, *interrupting_signals()):
-            signal.signal(signum, signal.SIG_IGN)
-    except ValueError:  # not the main thread
-        return
+    for signum in (signal.SIGINT, *interrupting_signals()):
+        signal.signal(signum, signal.SIG_IGN)
     _ignored_until_exit = True
 
 
@@ -76,11 +98,10 @@ class ProgramStopSignals:
     def __init__(self) -> None:
         self.previous: Dict[int, Any] = {}
         self.sigint = signal.getsignal(signal.SIGINT)  # put back by finish if the command came to ignore it
-        try:
-            for signum in interrupting_signals():
-                self.previous[signum] = signal.signal(signum, raise_interrupt)
-        except ValueError:  # not the main thread: Python runs no handler there
-            pass
+        if threading.current_thread() is not threading.main_thread():
+            return  # Python runs no handler there, and what this thread's command saves is no stop's business
+        for signum in interrupting_signals():
+            self.previous[signum] = signal.signal(signum, raise_interrupt)
         _programs.append(self)
 
     def finish(self, ignore_from_now_on: bool) -> None:
@@ -108,6 +129,8 @@ class ProgramStopSignals:
                     continue
                 except ValueError:  # not the main thread
                     return
+        if threading.current_thread() is not threading.main_thread():
+            return  # it took nothing (__init__)
         ignored, _ignored_until_exit = _ignored_until_exit, False
         if ignored:
             signal.signal(signal.SIGINT, signal.SIG_DFL if self.sigint is None else self.sigint)
@@ -139,7 +162,7 @@ def stop_signals_held(waiting_note: Optional[str] = None) -> Iterator[None]:
             return
         if len(held) >= 2:
             raise KeyboardInterrupt(f"signal {signum}")
-        os.write(2, f"{waiting_note}\n".encode())  # not print: a handler printing while the main thread prints fails
+        write_note(waiting_note)
 
     try:
         with signals_handled_by(hold, stop_signals):

@@ -11,7 +11,7 @@ import signal
 from pathlib import Path
 from typing import Any, Callable, Iterator, Tuple
 
-from gr00t_client.cli_signals import interrupting_signals, signals_handled_by
+from gr00t_client.cli_signals import interrupting_signals, signals_handled_by, write_note
 from gr00t_client.cli_signals import sigterm_as_interrupt  # noqa: F401 - the gr00t_eval modules import it from here
 from gr00t_client.cli_signals import stop_signals_ignored_until_exit  # noqa: F401 - likewise
 
@@ -42,8 +42,7 @@ def interrupts_deferred(note: str = SAVING_NOTE) -> Iterator[None]:
         extra.append(signum)
         if len(extra) >= 2:
             raise KeyboardInterrupt(f"signal {signum}")
-        # os.write, not print: a handler that prints while the main thread prints raises a reentrant-call error
-        os.write(2, f"{note}\n".encode())
+        write_note(note)
 
     with signals_handled_by(handler, (signal.SIGINT, *interrupting_signals())):
         yield

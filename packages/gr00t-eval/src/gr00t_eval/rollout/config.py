@@ -9,8 +9,6 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
-import numpy as np
-
 CLIENT_CHUNKING_MODES = ("off", "sync", "async")
 DEFAULT_ENV_TIMEOUT_S = 600.0
 # Episodes one run may plan: a run keeps per-episode plans and results in memory (1e12 spun for minutes and GBs
@@ -138,7 +136,8 @@ def check_rollout_config(config: RolloutConfig, auto_n_envs: bool = False) -> No
         check_whole_number(value, name, least, why)
     for name in BOOL_SETTINGS:  # a string read from YAML or an env var ("false") is true to Python: ran with it on
         value = getattr(config, name)
-        if not isinstance(value, (bool, np.bool_)):
+        # numpy's bool without importing numpy: the CLI imports this module before its stop handling starts
+        if not (isinstance(value, bool) or (type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_"))):
             raise ValueError(f"{name} must be a bool (True or False), got {type(value).__module__}."
                              f"{type(value).__name__} {value!r}".replace("builtins.", ""))
     if config.n_episodes > MAX_EPISODES:

@@ -9,6 +9,7 @@ import functools
 import logging
 import multiprocessing.connection
 import pickle
+import signal
 import time
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -177,7 +178,10 @@ class _BuildFailed:
 
 def _announcing_worker(index: int, env_fn: Callable[[], gym.Env], pipe: Connection, *rest: Any) -> None:
     """gymnasium's worker, telling the parent first when it starts building its env and then when it has built it
-    (with its EnvSpaces)."""
+    (with its EnvSpaces). It ignores Ctrl-C: a terminal's reaches the whole process group, and a worker that died of
+    it mid write_video lost the episode the parent was saving; the parent closes (and if need be kills) its workers
+    when it stops."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def build() -> gym.Env:
         pipe.send("building")
