@@ -16,12 +16,16 @@ from gr00t_eval.metrics import EpisodeOutcome
 from gr00t_eval.rollout.envs import register_env_prefix
 
 
-class NanWalk(WalkToEnv):
-    """walkto whose odd seeds get a NaN reward on their first step."""
+class OddSeedWalk(WalkToEnv):
+    """walkto that knows whether its seed is odd (`_odd`) and counts its steps (`_t`)."""
 
     def reset(self, *, seed=None, options=None):
         self._odd, self._t = seed is not None and seed % 2 == 1, 0
         return super().reset(seed=seed, options=options)
+
+
+class NanWalk(OddSeedWalk):
+    """walkto whose odd seeds get a NaN reward on their first step."""
 
     def step(self, action):
         obs, reward, terminated, truncated, info = super().step(action)
@@ -94,13 +98,9 @@ def test_a_reward_that_is_not_a_number_is_named_with_its_type_not_reported_as_na
     assert np.isfinite(json.loads((out / "results.json").read_text())["overall"]["avg_sum_reward"])
 
 
-class HugeRewardWalk(WalkToEnv):
+class HugeRewardWalk(OddSeedWalk):
     """walkto (never at its goal in 6 steps) rewarding 1e308: every step for odd seeds (their sum overflows float64),
     the first step only for even seeds (their sum is finite, and so is its mean over episodes)."""
-
-    def reset(self, *, seed=None, options=None):
-        self._odd, self._t = seed is not None and seed % 2 == 1, 0
-        return super().reset(seed=seed, options=options)
 
     def step(self, action):
         obs, _, terminated, truncated, info = super().step(action)
