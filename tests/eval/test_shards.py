@@ -259,9 +259,21 @@ def test_run_suite_keeps_done_outcomes_of_recorded_seeds_from_a_policy_of_unknow
 
 
 def test_numpy_bools_are_taken_as_bools(client):
-    """np.False_ was refused as "must be a bool ..., got bool np.False_" while numpy ints are taken for counts."""
-    from gr00t_eval.rollout.config import check_rollout_config
+    """np.False_ was refused as "must be a bool ..., got bool np.False_" while numpy ints are taken for counts; taken,
+    it was kept as numpy's bool and merge_results failed ("Object of type bool is not JSON serializable")."""
+    shards = [run_suite(client, ENV_SPEC, config(terminate_on_success=np.False_), ShardSpec(i, 2)) for i in range(2)]
+    assert shards[0]["config"]["terminate_on_success"] is False
+    assert merge_results(shards)["status"] == "complete"
+    assert merge_results(shards[:1], allow_missing=np.True_)["status"] == "incomplete"
 
-    check_rollout_config(config(terminate_on_success=np.False_))
-    shard0 = run_suite(client, ENV_SPEC, config(), ShardSpec(0, 2))
-    assert merge_results([shard0], allow_missing=np.True_)["status"] == "incomplete"
+
+def test_seeds_are_checked_for_every_policy_but_a_replay_and_one_in_this_process_without_a_record(client):
+    """A served policy whose server cannot say what it serves (a reference-style server: no record) had its resume's
+    seeds left unchecked, and so had run_with_ray without a policy record: another seed's outcomes were kept."""
+    from eval.scale_fixtures import ConstantPolicy
+    from gr00t_eval.shard import seeds_known
+
+    assert seeds_known(None, client) and seeds_known(None)  # a served policy; Ray's shards always talk to servers
+    assert seeds_known({"identity": None}, ConstantPolicy())
+    assert not seeds_known(None, ConstantPolicy())  # in this process: it may replay recorded seeds
+    assert not seeds_known({"identity": {"kind": "replay"}}, client)

@@ -102,7 +102,8 @@ def test_the_processing_submodules_are_attributes_of_the_package_after_importing
 
     code = ("import gr00t_server.processing as p\n"
             "assert callable(p.image.resize_area) and p.processor.Gr00tN1d7Processor is p.Gr00tN1d7Processor\n"
-            "assert 'vision_patches' in dir(p) or p.vision_patches\n"
+            "assert {'image', 'processor', 'vision_patches', 'video_checks'} <= set(dir(p))\n"
+            "assert not hasattr(p, 'image.resize_area') and not hasattr(p, 'no_such.thing') and not hasattr(p, '')\n"
             "try:\n    p.no_such_module\nexcept AttributeError as exc:\n    assert 'no_such_module' in str(exc)\n"
             "else:\n    raise SystemExit('no AttributeError')\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

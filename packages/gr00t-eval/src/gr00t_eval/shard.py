@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 import numpy as np
 
-from gr00t_client import BasePolicy
+from gr00t_client import BasePolicy, PolicyClient
 
 from .applied_settings import settings_not_applied
 from .extras import require
@@ -445,7 +445,7 @@ def run_suite(policy: BasePolicy, env_spec: str, config: RolloutConfig, shard: O
     if config.seed is None:
         config = dataclasses.replace(config, seed=draw_base_seed())
         logger.info("no --seed given: drew base seed %d (episode i uses seed %d + i)", config.seed, config.seed)
-    done = _checked_done(done, config, seeds_known(served), seed_given)
+    done = _checked_done(done, config, seeds_known(served, policy), seed_given)
     suite_run = run_tasks(policy, tasks, config, ranges, progress=progress, on_episode=on_episode, done=done)
     snapshot = {**dataclasses.asdict(config), "env_name": env_spec, "shard": None if shard is None else str(shard)}
     planned = sum(len(r) for r in ranges.values()) if ranges is not None else len(tasks) * config.n_episodes
@@ -456,11 +456,14 @@ def run_suite(policy: BasePolicy, env_spec: str, config: RolloutConfig, shard: O
     return suite_results(tasks, suite_run.runs, snapshot, env_spec, suite, extra, suite_run.status, suite_run.stop_reason)
 
 
-def seeds_known(served: Optional[Mapping[str, Any]]) -> bool:
-    """True when the episodes' seeds are the run's (base seed + index): a served policy (its record, policy_record)
-    that is no replay. A replay's recorded seeds differ by design, and a policy in this process (no record: it has no
-    get_server_info) may be one (Gr00tSimPolicyWrapper(ReplayPolicy))."""
-    return served is not None and not serves_replay(served)
+def seeds_known(served: Optional[Mapping[str, Any]], policy: Any = None) -> bool:
+    """True when the episodes' seeds are the run's (base seed + index): a policy whose record (policy_record) says
+    it is no replay, or a served one (a PolicyClient; Ray shards' servers) whose server cannot say. A replay's
+    recorded seeds differ by design, and a policy in this process without a record may be one
+    (Gr00tSimPolicyWrapper(ReplayPolicy))."""
+    if serves_replay(served):
+        return False
+    return served is not None or policy is None or isinstance(policy, PolicyClient)
 
 
 def _checked_done(done: Iterable[EpisodeOutcome], config: RolloutConfig, check_seeds: bool,

@@ -140,6 +140,7 @@ def check_rollout_config(config: RolloutConfig, auto_n_envs: bool = False) -> No
         if not (isinstance(value, bool) or (type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_"))):
             raise ValueError(f"{name} must be a bool (True or False), got {type(value).__module__}."
                              f"{type(value).__name__} {value!r}".replace("builtins.", ""))
+        object.__setattr__(config, name, bool(value))  # a numpy bool failed json.dumps of the results (merge_results)
     if config.n_episodes > MAX_EPISODES:
         raise ValueError(f"n_episodes must be at most {MAX_EPISODES:,} per run (split bigger evaluations into shards or "
                          f"jobs), got {config.n_episodes}")

@@ -9,7 +9,7 @@ initialized module", KeyError 'gr00t_server.processing').
 from __future__ import annotations
 
 import importlib
-import importlib.util
+import pkgutil
 from typing import TYPE_CHECKING, Any, Dict, List
 
 # Public name -> the module (relative to this package) that defines it.
@@ -67,7 +67,7 @@ def __getattr__(name: str) -> Any:
     (`processing.image`), as the eager imports made every one an attribute."""
     module = _EXPORTS.get(name)
     if module is None:
-        if not name.startswith("_") and importlib.util.find_spec(f".{name}", __name__) is not None:
+        if name in _submodules():
             return importlib.import_module(f".{name}", __name__)
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{module}", __name__), name)
@@ -75,5 +75,10 @@ def __getattr__(name: str) -> Any:
     return value
 
 
+def _submodules() -> List[str]:
+    """The package's public submodules (`image`, `processor`, ...)."""
+    return [module.name for module in pkgutil.iter_modules(__path__) if not module.name.startswith("_")]
+
+
 def __dir__() -> List[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+    return sorted(set(globals()) | set(_EXPORTS) | set(_submodules()))

@@ -145,7 +145,10 @@ class BuiltinEndpoints:
         if (self._policy_uses_sessions and request.continues_session and not self.sessions.knows(request.session)
                 and self._policy_fact(takes_session_lost)):
             options[SESSION_LOST_OPTION] = True
-        return self.policy.reset(options)
+        reset = getattr(self.policy, "reset", None)
+        if not callable(reset):  # a stateless policy object without reset (the reference has no reset endpoint)
+            return {}
+        return reset(options)
 
     def _get_modality_config(self) -> Any:
         getter = getattr(self.policy, "get_modality_config", None)
