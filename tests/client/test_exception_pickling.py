@@ -27,6 +27,7 @@ def _wire_decode_error_noting_npsave():
 
 def _cases():
     from gr00t_eval import batch, cli_errors, extras, open_loop, policy_identity, ray_connect, run_dir, run_stop, shard
+    from gr00t_eval import metrics
     from gr00t_eval.dataset import errors as dataset_errors
     from gr00t_eval.rollout import liveness, runner, stalls, worker_deaths
 
@@ -60,6 +61,8 @@ def _cases():
         dataset_errors.DatasetColumnNotFoundError("/data/x/episode_000001.parquet: no column 'observation.state'"),
         extras.MissingExtraError("--ray-address needs Ray; install it with: pip install 'gr00t-eval[ray]'"),
         open_loop.TrajectoryError("policy reset failed: Server error: IndexError: episode_index 8 out of range"),
+        metrics.NonFiniteError("its action MSE is inf: the ground truth and prediction differ by more than float64 can "
+                               "square or add up"),
         policy_identity.ServedPolicyChanged("the server at tcp://127.0.0.1:5555 now serves ReplayPolicy (...)"),
         ray_connect.RayConnectError("nothing answers at --ray-address 127.0.0.1:6379"),
         liveness.PolicyServerUnreachableError("tcp://127.0.0.1:5555 stopped answering"),
