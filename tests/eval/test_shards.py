@@ -277,3 +277,16 @@ def test_seeds_are_checked_for_every_policy_but_a_replay_and_one_in_this_process
     assert seeds_known({"identity": None}, ConstantPolicy())
     assert not seeds_known(None, ConstantPolicy())  # in this process: it may replay recorded seeds
     assert not seeds_known({"identity": {"kind": "replay"}}, client)
+
+
+def test_a_checkpoints_own_tag_spelt_like_a_member_name_is_not_that_member(caplog):
+    """An N1.6-era checkpoint's 'libero_panda' (served as given) was read as libero_sim by the env check: libero_sim
+    envs passed without the warning for a tag no prefix maps to, and a new_embodiment env was refused with advice
+    naming libero_sim, a tag the server does not serve."""
+    import logging
+
+    from gr00t_eval.policy_identity import check_serves_env_embodiments
+
+    with caplog.at_level(logging.WARNING):
+        check_serves_env_embodiments({"embodiment_tag": "libero_panda", "identity": None}, ["walkto/fast"])
+    assert "a tag of its checkpoint that no env prefix can map to" in caplog.text

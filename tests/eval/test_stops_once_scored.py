@@ -283,3 +283,22 @@ def test_a_command_run_on_another_thread_leaves_the_programs_stop_signals_alone(
     cli_signals.stop_signals_ignored_until_exit()  # no command line's main() runs on this thread
     assert outcome_of_thread == ["finished"]
     assert signal.getsignal(signal.SIGINT) is before and not cli_signals._ignored_until_exit
+
+
+def test_a_signal_this_process_ignores_stays_ignored_by_the_command_lines_and_the_server():
+    """`gr00t-server serve ... &` in a script starts with SIGINT ignored; the server took it back, and the Ctrl-C
+    meant for the command in the foreground stopped it. `trap '' TERM; exec gr00t-eval ...` likewise."""
+    from gr00t_client.cli_signals import ProgramStopSignals
+    from gr00t_server.threads import handled_stop_signals
+
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        assert signal.SIGINT not in handled_stop_signals() and signal.SIGTERM not in handled_stop_signals()
+        stops = ProgramStopSignals()
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        stops.finish(ignore_from_now_on=False)
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)

@@ -46,3 +46,13 @@ def test_make_test_checkpoint_into_tilde_writes_in_the_home_folder(home, tmp_pat
     assert cli.main(["make-test-checkpoint", "~/ck"]) == 0
     assert (home / "ck" / "config.json").is_file()
     assert not (tmp_path / "work" / "~").exists()
+
+
+def test_make_test_checkpoint_from_python_into_tilde_writes_in_the_home_folder(home, tmp_path):
+    """The CLI expanded '~' and every reader does; from Python it wrote ./~/ck, and a later load of '~/ck' read the
+    home folder's (missing or stale) checkpoint."""
+    from gr00t_server.test_checkpoint import make_test_checkpoint
+
+    written = make_test_checkpoint("~/ck2")
+    assert written == home / "ck2" and (home / "ck2" / "config.json").is_file()
+    assert not (tmp_path / "work" / "~").exists()

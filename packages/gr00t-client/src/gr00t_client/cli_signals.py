@@ -101,7 +101,8 @@ class ProgramStopSignals:
         if threading.current_thread() is not threading.main_thread():
             return  # Python runs no handler there, and what this thread's command saves is no stop's business
         for signum in interrupting_signals():
-            self.previous[signum] = signal.signal(signum, raise_interrupt)
+            if signal.getsignal(signum) is not signal.SIG_IGN:  # one this process ignores (`trap '' TERM`) stays so
+                self.previous[signum] = signal.signal(signum, raise_interrupt)
         _programs.append(self)
 
     def finish(self, ignore_from_now_on: bool) -> None:

@@ -123,10 +123,10 @@ def check_serves_env_embodiments(record: Optional[Mapping[str, Any]], env_names:
     from .rollout.config import split_env_name
     from .rollout.envs import embodiment_for_env
 
-    try:
-        served_tag: Optional[EmbodimentTag] = EmbodimentTag.resolve(served)
-    except ValueError:
-        served_tag = None
+    # By a member's name or value only, as the server reports a tag: an N1.6-era checkpoint's own 'libero_panda' is not
+    # libero_sim (EmbodimentTag.resolve reads names in any case)
+    served_tag: Optional[EmbodimentTag] = EmbodimentTag.__members__.get(served.strip()) or next(
+        (member for member in EmbodimentTag if member.value.casefold() == served.strip().casefold()), None)
     for env_name in env_names:
         try:
             env_tag = embodiment_for_env(env_name)

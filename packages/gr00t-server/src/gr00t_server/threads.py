@@ -22,8 +22,11 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hasattr(si
 
 def handled_stop_signals() -> tuple[int, ...]:
     """The stop signals to handle: SIGINT, SIGTERM, and SIGHUP only while it has its default action (ignored under
-    nohup, or handled by a program that runs the server itself: theirs to keep)."""
-    return (signal.SIGINT, *interrupting_signals())
+    nohup, or handled by a program that runs the server itself: theirs to keep). One this process ignores stays
+    ignored: `gr00t-server serve ... &` in a script starts with SIGINT ignored, and the Ctrl-C meant for the command in
+    the foreground stopped the server."""
+    return tuple(signum for signum in (signal.SIGINT, *interrupting_signals())
+                 if signal.getsignal(signum) is not signal.SIG_IGN)
 
 
 def block_stop_signals() -> None:

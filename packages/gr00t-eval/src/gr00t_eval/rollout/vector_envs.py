@@ -178,10 +178,12 @@ class _BuildFailed:
 
 def _announcing_worker(index: int, env_fn: Callable[[], gym.Env], pipe: Connection, *rest: Any) -> None:
     """gymnasium's worker, telling the parent first when it starts building its env and then when it has built it
-    (with its EnvSpaces). It ignores Ctrl-C: a terminal's reaches the whole process group, and a worker that died of
-    it mid write_video lost the episode the parent was saving; the parent closes (and if need be kills) its workers
-    when it stops."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    (with its EnvSpaces). It ignores Ctrl-C, SIGTERM and SIGHUP: a terminal's (a closed one's, `kill -- -PGID`'s)
+    reach the whole process group, and a worker that died of one mid write_video lost the episode the parent was
+    saving; the parent closes its workers when it stops, and kills those that do not end in time."""
+    for signum in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if signum is not None:
+            signal.signal(signum, signal.SIG_IGN)
 
     def build() -> gym.Env:
         pipe.send("building")
