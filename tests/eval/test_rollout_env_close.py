@@ -4,6 +4,7 @@ spawned workers, real files, a real signal."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -144,3 +145,79 @@ def test_a_ctrl_c_while_the_workers_close_leaves_the_vector_env_closed_and_no_wo
     assert (tmp_path / "interrupted").is_file()
     assert runner._vec.closed
     assert multiprocessing.active_children() == []
+
+
+class HungStepWalkEnv(WalkToEnv):
+    """walkto whose first step never returns (a simulator that hung)."""
+
+    def step(self, action):
+        time.sleep(1000)
+
+
+def test_a_forced_close_kills_hung_workers_that_ignore_sigterm():
+    """Workers ignore SIGTERM (a process group's stop must not kill them mid video write), so gymnasium's forced close
+    (close(terminate=True), its __del__'s) SIGTERMed a hung worker and waited for it for ever; it kills them."""
+    import numpy as np
+
+    from gr00t_eval.rollout.vector_envs import BoundedAsyncVectorEnv
+
+    vec = BoundedAsyncVectorEnv([HungStepWalkEnv, HungStepWalkEnv], build_timeout_s=60, context="spawn")
+    vec.reset(seed=0)
+    vec.step_async({key: np.zeros((2, *space.shape), space.dtype) for key, space in vec.single_action_space.items()})
+    time.sleep(0.5)
+    closing = threading.Thread(target=vec.close, kwargs={"terminate": True}, daemon=True)
+    closing.start()
+    closing.join(30)
+    assert not closing.is_alive(), "close(terminate=True) waited for the hung workers"
+    assert not any(process.is_alive() for process in vec.processes)
+
+
+HUNG_WORKERS_OF_A_KILLED_PARENT = """
+import sys, time
+sys.path[:0] = sys.argv[1:]
+import numpy as np
+from gr00t_eval.rollout.vector_envs import BoundedAsyncVectorEnv
+from eval.test_rollout_env_close import HungStepWalkEnv
+
+if __name__ == "__main__":
+    vec = BoundedAsyncVectorEnv([HungStepWalkEnv, HungStepWalkEnv], build_timeout_s=60, context="spawn")
+    vec.reset(seed=0)
+    vec.step_async({key: np.zeros((2, *space.shape), space.dtype) for key, space in vec.single_action_space.items()})
+    print(" ".join(str(process.pid) for process in vec.processes), flush=True)
+    time.sleep(1000)
+"""
+
+
+def test_workers_whose_env_hung_end_when_the_rollout_is_killed(tmp_path):
+    """They ignore the stop signals: a rollout SIGKILLed (the OOM killer, `timeout -s KILL`) left them running for
+    ever, holding the caller's pipes open."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "killed_parent.py"
+    script.write_text(HUNG_WORKERS_OF_A_KILLED_PARENT)
+    tests = str(Path(__file__).resolve().parents[1])
+    parent = subprocess.Popen([sys.executable, str(script), tests], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    try:
+        workers = [int(pid) for pid in parent.stdout.readline().split()]
+        assert len(workers) == 2
+        parent.kill()
+        parent.wait(10)
+        deadline = time.monotonic() + 20
+        alive = workers
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.1)
+            alive = [pid for pid in workers if _running(pid)]
+        assert not alive, f"workers {alive} outlived their killed parent"
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(parent.pid, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False

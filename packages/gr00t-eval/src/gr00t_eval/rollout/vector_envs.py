@@ -7,9 +7,12 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import multiprocessing
 import multiprocessing.connection
+import os
 import pickle
 import signal
+import threading
 import time
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -85,6 +88,15 @@ class BoundedAsyncVectorEnv(gym.vector.AsyncVectorEnv):
         # shared memory would be laid out for the stand-in's spaces before the workers report theirs
         super().__init__([_BuiltInWorker(fn) for fn in env_fns], worker=_announcing_worker, shared_memory=False,
                          **kwargs)
+
+    def close_extras(self, timeout: Optional[float] = None, terminate: bool = False) -> None:
+        """gymnasium's close; a forced one (close(terminate=True), as its __del__ does) kills the workers: they ignore
+        SIGTERM (_announcing_worker), and one that was hung would have been waited for ever."""
+        if terminate:
+            for process in self.processes:
+                if process.is_alive():
+                    process.kill()
+        super().close_extras(timeout=timeout, terminate=terminate)
 
     def _check_spaces(self) -> None:
         self._adopt_spaces(self._wait_until_built(self.build_timeout_s))
@@ -184,6 +196,7 @@ def _announcing_worker(index: int, env_fn: Callable[[], gym.Env], pipe: Connecti
     for signum in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
         if signum is not None:
             signal.signal(signum, signal.SIG_IGN)
+    _exit_with_the_parent()
 
     def build() -> gym.Env:
         pipe.send("building")
@@ -196,6 +209,20 @@ def _announcing_worker(index: int, env_fn: Callable[[], gym.Env], pipe: Connecti
         return env
 
     _async_worker(index, build, pipe, *rest)
+
+
+def _exit_with_the_parent() -> None:
+    """End this worker when the process that started it is gone (SIGKILLed, say): a worker whose env hung, and that
+    ignores the stop signals, was left running for ever, holding the caller's pipes open."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _close_envs(vec: gym.vector.VectorEnv, clean: bool, timeout_s: Optional[float] = None) -> None:
