@@ -262,8 +262,14 @@ def test_action_delta_indices_other_than_each_next_step_are_refused_before_any_e
     # of 2 executed other recorded steps than it replayed and still reported 100 % (open-loop refused the same server).
     from gr00t_server.policies import Gr00tSimPolicyWrapper, ReplayPolicy
 
-    configs = {"state": ModalityConfig([0], ["arm", "gripper"]), "action": ModalityConfig(deltas, ["arm", "gripper"])}
-    server = RestartableServer(lambda: Gr00tSimPolicyWrapper(ReplayPolicy(dataset, configs, execution_horizon=CHUNK)))
+    class ReportedDeltasReplay(ReplayPolicy):  # a replay itself refuses such deltas: a policy that only reports them
+        def get_modality_config(self):
+            return {**super().get_modality_config(), "action": ModalityConfig(deltas, ["arm", "gripper"])}
+
+    configs = {"state": ModalityConfig([0], ["arm", "gripper"]),
+               "action": ModalityConfig(list(range(HORIZON)), ["arm", "gripper"])}
+    server = RestartableServer(
+        lambda: Gr00tSimPolicyWrapper(ReportedDeltasReplay(dataset, configs, execution_horizon=CHUNK)))
     ReplayProbeEnv.steps_taken = 0
     try:
         with pytest.raises(ValueError) as refused:
