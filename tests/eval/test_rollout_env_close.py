@@ -221,3 +221,49 @@ def _running(pid: int) -> bool:
             return stat.read().split(") ")[1][0] != "Z"
     except FileNotFoundError:
         return False
+
+
+class SlowBuildWalkEnv(WalkToEnv):
+    """walkto that takes 20 s to build."""
+
+    def __init__(self, *args, **kwargs):
+        time.sleep(20)
+        super().__init__(*args, **kwargs)
+
+
+ENVS_LEFT_OPEN = """
+import os, signal, sys, threading
+sys.path[:0] = sys.argv[2:]
+from gr00t_eval.rollout.vector_envs import BoundedAsyncVectorEnv
+from eval.test_rollout_env_close import SlowBuildWalkEnv, WalkToEnv
+
+if __name__ == "__main__":
+    if sys.argv[1] == "open":  # built, used, never closed: the script just ends
+        vec = BoundedAsyncVectorEnv([WalkToEnv, WalkToEnv], build_timeout_s=60, context="spawn")
+        vec.reset(seed=0)
+        print("built", flush=True)
+    else:  # a Ctrl-C while the workers build
+        threading.Timer(3, os.kill, (os.getpid(), signal.SIGINT)).start()
+        BoundedAsyncVectorEnv([SlowBuildWalkEnv, SlowBuildWalkEnv], build_timeout_s=60, context="spawn")
+"""
+
+
+@pytest.mark.parametrize("case", ["open", "ctrl_c_while_building"])
+def test_a_script_that_leaves_its_envs_open_or_is_stopped_while_they_build_exits_with_no_worker_left(tmp_path, case):
+    """The workers ignore SIGTERM: multiprocessing's exit SIGTERMs its children and waits for them, so a script that
+    never closed its envs, or a Ctrl-C while they built (the half-made env held by the traceback), never exited."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "left_open.py"
+    script.write_text(ENVS_LEFT_OPEN)
+    tests = str(Path(__file__).resolve().parents[1])
+    process = subprocess.Popen([sys.executable, str(script), case, tests], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the script did not exit")
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)

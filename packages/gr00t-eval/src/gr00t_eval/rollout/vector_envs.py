@@ -14,6 +14,7 @@ import pickle
 import signal
 import threading
 import time
+import weakref
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -85,9 +86,16 @@ class BoundedAsyncVectorEnv(gym.vector.AsyncVectorEnv):
 
     def __init__(self, env_fns: Sequence[Any], build_timeout_s: Optional[float], **kwargs: Any) -> None:
         self.build_timeout_s = build_timeout_s
-        # shared memory would be laid out for the stand-in's spaces before the workers report theirs
-        super().__init__([_BuiltInWorker(fn) for fn in env_fns], worker=_announcing_worker, shared_memory=False,
-                         **kwargs)
+        try:
+            # shared memory would be laid out for the stand-in's spaces before the workers report theirs
+            super().__init__([_BuiltInWorker(fn) for fn in env_fns], worker=_announcing_worker, shared_memory=False,
+                             **kwargs)
+        except BaseException:  # a Ctrl-C while they build: the workers ignore SIGTERM, and Python's exit waited for ever
+            _kill_processes(getattr(self, "processes", []))
+            raise
+        # An env left open at exit (a script that never closes it): multiprocessing's exit SIGTERMs its children, which
+        # ignore it, and waits for them; this runs first (a finalizer registered after multiprocessing's exit hook).
+        weakref.finalize(self, _kill_processes, self.processes)
 
     def close_extras(self, timeout: Optional[float] = None, terminate: bool = False) -> None:
         """gymnasium's close; a forced one (close(terminate=True), as its __del__ does) kills the workers: they ignore
@@ -209,6 +217,15 @@ def _announcing_worker(index: int, env_fn: Callable[[], gym.Env], pipe: Connecti
         return env
 
     _async_worker(index, build, pipe, *rest)
+
+
+def _kill_processes(processes: Sequence[Any]) -> None:
+    """Kill the worker processes still running and wait for them (they ignore the stop signals)."""
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+    for process in processes:
+        process.join(10)
 
 
 def _exit_with_the_parent() -> None:
