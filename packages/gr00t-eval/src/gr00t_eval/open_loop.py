@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from gr00t_client import BasePolicy, ModalityConfig, PolicyServerError, ServerStoppingError
+from gr00t_client.client_options import check_flag
 
 from .progress import bar_options
 from .dataset import DatasetError, LeRobotDataset
@@ -115,9 +116,7 @@ class OpenLoopConfig:
             raise ValueError(f"observation_format must be one of {OBSERVATION_FORMATS}, got {self.observation_format!r}")
         if self.denoising_steps is not None:  # int() sent 2.5 as 2 (results.json kept 2.5), and True as 1
             self.denoising_steps = check_whole_number(self.denoising_steps, "denoising_steps", 1)
-        if not isinstance(self.plot, (bool, np.bool_)):  # bool("no") is True
-            raise ValueError(f"plot must be True or False, got {self.plot!r} ({type(self.plot).__name__})")
-        self.plot = bool(self.plot)
+        self.plot = check_flag("plot", self.plot)  # bool("no") is True
         if self.modality_keys is not None:
             # A list, as traj_ids: a generator could not be copied for the check, and a str was read as its letters.
             # bytes were read as their byte values (b"arm": [97, 114, 109])

@@ -350,8 +350,9 @@ def make_test_checkpoint(
     if not str(out_dir).strip():
         raise ValueError(f"make_test_checkpoint: out_dir is empty ({str(out_dir)!r}): an unset variable? Expected the "
                          "folder to write the checkpoint into (use '.' for the current one)")
+    out = Path(os.path.expanduser(out_dir))  # '~/ckpt' is in the home folder, where every reader looks for it
     # Path(os.environ.get("CKPT", "")) is Path('.'), past the blank check: only the str '.' means to empty this folder
-    if overwrite and out_dir != "." and Path(os.path.expanduser(out_dir)).resolve() == Path.cwd().resolve():
+    if overwrite and out_dir != "." and out.resolve() == Path.cwd().resolve():
         raise ValueError(f"make_test_checkpoint: out_dir {str(out_dir)!r} is the current folder and overwrite=True "
                          "would empty it: an unset variable? (a Path('') is '.'). Expected another folder; pass the "
                          "str '.' to mean the current one")
@@ -379,7 +380,6 @@ def make_test_checkpoint(
     from gr00t_server.processing.vision_patches import VisionPatchConfig
 
     config = {"tiny": tiny_config, "small": small_config}[size]()
-    out = Path(os.path.expanduser(out_dir))  # '~/ckpt' is in the home folder, where every reader looks for it
     _prepare_output(out, overwrite)
     kept = {p.name for p in out.iterdir()}  # files beside an earlier test checkpoint's: not ours to list
     # Written over once every file is there; until then it names what was here before, for a run after a Ctrl-C.

@@ -101,9 +101,7 @@ class BoundedAsyncVectorEnv(gym.vector.AsyncVectorEnv):
         """gymnasium's close; a forced one (close(terminate=True), as its __del__ does) kills the workers: they ignore
         SIGTERM (_announcing_worker), and one that was hung would have been waited for ever."""
         if terminate:
-            for process in self.processes:
-                if process.is_alive():
-                    process.kill()
+            _kill_processes(self.processes)
         super().close_extras(timeout=timeout, terminate=terminate)
 
     def _check_spaces(self) -> None:
@@ -219,13 +217,14 @@ def _announcing_worker(index: int, env_fn: Callable[[], gym.Env], pipe: Connecti
     _async_worker(index, build, pipe, *rest)
 
 
-def _kill_processes(processes: Sequence[Any]) -> None:
-    """Kill the worker processes still running and wait for them (they ignore the stop signals)."""
+def _kill_processes(processes: Sequence[Any], wait_s: Optional[float] = 10) -> None:
+    """Kill the worker processes still running and wait for them (at most `wait_s` each; None: no limit): they ignore
+    the stop signals."""
     for process in processes:
         if process.is_alive():
             process.kill()
     for process in processes:
-        process.join(10)
+        process.join(wait_s)
 
 
 def _exit_with_the_parent() -> None:
@@ -266,10 +265,7 @@ def _kill_workers(vec: gym.vector.AsyncVectorEnv) -> None:
     """Kill the async env workers still running and mark `vec` closed, when closing stopped part-way (a second Ctrl-C,
     an error): gymnasium's __del__ closed it again, and one interrupted there printed 'Exception ignored' and a
     traceback."""
-    for process in vec.processes:
-        if process.is_alive():
-            process.kill()
-        process.join()
+    _kill_processes(vec.processes, None)
     for pipe in vec.parent_pipes:
         if pipe is not None:
             with contextlib.suppress(OSError):

@@ -11,10 +11,8 @@ import signal
 import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import numpy as np
-
 from gr00t_client.client import endpoint_host, normalize_host
-from gr00t_client.client_options import MAX_REPLY_BYTES_LIMIT
+from gr00t_client.client_options import MAX_REPLY_BYTES_LIMIT, check_flag
 from gr00t_client.policy import BasePolicy
 
 from . import batching
@@ -135,9 +133,8 @@ class PolicyServer(BuiltinEndpoints):
             got = (f"the class {policy.__name__} (pass an instance: {policy.__name__}(...))" if isinstance(policy, type)
                    else type(policy).__name__)
             raise TypeError(f"policy must be a BasePolicy (an object with a get_action method), got {got}")
-        if not isinstance(allow_remote_kill, (bool, np.bool_)):  # bool("false") is True: any peer could stop the server
-            raise ValueError(f"allow_remote_kill must be True or False, got {allow_remote_kill!r} "
-                             f"({type(allow_remote_kill).__name__})")
+        # bool("false") is True: any peer could stop the server
+        allow_remote_kill = check_flag("allow_remote_kill", allow_remote_kill)
         check_server_settings(
             port=port, metrics_port=metrics_port, max_message_bytes=max_message_bytes, max_batch_size=max_batch_size,
             poll_interval_ms=poll_interval_ms, batch_timeout_ms=batch_timeout_ms, inline_below_ms=inline_below_ms,
@@ -171,7 +168,7 @@ class PolicyServer(BuiltinEndpoints):
         self.curve: Optional[CurveServerConfig] = (
             CurveServerConfig.load(curve_secret_key, authorized_keys) if curve_secret_key is not None else None
         )
-        self.allow_remote_kill = bool(allow_remote_kill)
+        self.allow_remote_kill = allow_remote_kill
         self.max_message_bytes = int(max_message_bytes)
         self.max_batch_size = int(max_batch_size)
         self.batch_timeout_ms = float(batch_timeout_ms)
