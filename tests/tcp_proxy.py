@@ -15,15 +15,18 @@ class TcpProxy:
     """Forwards 127.0.0.1:`port` to 127.0.0.1:`upstream_port`.
 
     `delay_s`: every chunk read is written on this long after it was read, in order, both ways. `spike_s`: the next
-    chunk from the server is held this much longer (once). `accepted`: connections accepted so far."""
+    chunk from the server is held this much longer (once). `accepted`: connections accepted so far; `bytes_up`: bytes
+    read from the clients so far."""
 
     def __init__(self, upstream_port: int, delay_s: float = 0.0) -> None:
         self.upstream_port = upstream_port
         self.delay_s = delay_s
         self.spike_s = 0.0
         self.accepted = 0
+        self.bytes_up = 0  # bytes read from clients so far
         self._lock = threading.Lock()
         self._sockets: List[socket.socket] = []
+        self._shut: List[socket.socket] = []  # forwarded sockets a pipe has shut down (its peer closed)
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind(("127.0.0.1", 0))
@@ -53,6 +56,11 @@ class TcpProxy:
                 except OSError:
                     pass
                 sock.close()
+
+    def open_connections(self) -> int:
+        """Forwarded connections neither end has closed yet."""
+        with self._lock:
+            return sum(1 for sock in self._sockets if sock not in self._shut) // 2
 
     def _accept(self) -> None:
         while not self._stopped:
@@ -86,6 +94,8 @@ class TcpProxy:
                 except OSError:
                     chunk = None
                 chunk = chunk or None
+                if not down and chunk is not None:
+                    self.bytes_up += len(chunk)
                 extra = 0.0
                 if down and chunk is not None and self.spike_s:
                     extra, self.spike_s = self.spike_s, 0.0
@@ -116,6 +126,8 @@ class TcpProxy:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+            with self._lock:
+                self._shut += [source, sink]
 
         threading.Thread(target=read, daemon=True).start()
         threading.Thread(target=write, daemon=True).start()

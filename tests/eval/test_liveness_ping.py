@@ -9,12 +9,19 @@ from reference_peer import EchoPolicy
 from serving import free_port, running_server
 from tcp_proxy import TcpProxy
 
-from gr00t_client import PolicyClient, PolicyServerError
+from gr00t_client import PolicyClient, PolicyServerError, ReplyLostError
 from gr00t_eval.rollout.liveness import ServerWatch, ping_quickly, unanswered_ping_reason
 from gr00t_server.curve import generate_certificates
 
 SLOW_S = 0.6
 PING_MS = 300  # shorter than the slow call: a call given the ping's budget would time out
+
+
+def wait_until(condition, what: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {timeout_s} s for {what}"
+        time.sleep(0.01)
 
 
 def test_a_quick_ping_leaves_the_shared_clients_timeout_to_the_other_threads_calls():
@@ -118,12 +125,48 @@ def test_a_forwarders_server_restarting_is_waited_for_as_a_gone_server_not_repor
             PolicyClient("127.0.0.1", proxy.port, timeout_ms=3000, server_public_key=str(public)) as client:
         with running_server(EchoPolicy(), port=upstream, curve_secret_key=str(secret)):
             assert client.ping()
+        # The forwarder closes the client's connection once it sees the server's close: a reset sent before that is
+        # lost in flight instead (the next test).
+        wait_until(lambda: proxy.open_connections() == 0, "the forwarder to close the connection of a stopped server")
         with pytest.raises(ConnectionError) as failed:
             client.reset()
         reason = ServerWatch(client).unreachable_reason(failed.value)
         with running_server(EchoPolicy(), port=upstream, curve_secret_key=str(secret)):
             assert client.ping()
     assert reason is not None and "did not answer a ping either" in reason, reason
+    assert "refuses this client" not in reason
+
+
+def test_a_request_in_flight_when_a_forwarders_server_stops_is_a_lost_reply_waited_for_as_a_gone_server(tmp_path):
+    """The same restart with the reset already sent when the server stopped: its reply is lost (ReplyLostError), and
+    the reason still names a server that is gone, not one refusing this client."""
+    public, secret = generate_certificates(tmp_path, "server")
+    upstream = free_port()
+    errors = []
+
+    def reset() -> None:
+        try:
+            client.reset()
+        except Exception as exc:  # noqa: BLE001 - recorded: the assertions below name it
+            errors.append(exc)
+
+    with TcpProxy(upstream) as proxy, \
+            PolicyClient("127.0.0.1", proxy.port, timeout_ms=3000, server_public_key=str(public)) as client:
+        with running_server(EchoPolicy(), port=upstream, curve_secret_key=str(secret)):
+            assert client.ping()
+            proxy.delay_s = 1.0  # the reset, and the server's close after it, pass the forwarder a second late
+            sent_before = proxy.bytes_up
+            caller = threading.Thread(target=reset)
+            caller.start()
+            wait_until(lambda: proxy.bytes_up > sent_before, "the reset to reach the forwarder")
+        caller.join(10)
+        proxy.delay_s = 0.0
+        assert len(errors) == 1 and isinstance(errors[0], ReplyLostError), errors
+        reason = ServerWatch(client).unreachable_reason(errors[0])
+        with running_server(EchoPolicy(), port=upstream, curve_secret_key=str(secret)):
+            assert client.ping()
+    assert reason is not None and "stopped answering (ReplyLostError: " in reason, reason
+    assert "did not answer a ping either" in reason, reason
     assert "refuses this client" not in reason
 
 
