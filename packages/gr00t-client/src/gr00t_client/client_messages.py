@@ -75,13 +75,23 @@ class ClientMessages:
     def _unwrap_multipart(self, message: Any, endpoint: str) -> Any:
         if not isinstance(message, dict) or "ok" not in message:
             raise codec.WireDecodeError(f"multipart reply to '{endpoint}' lacks the 'ok' field")
-        if not message["ok"]:
+        if not self._is_flag(message["ok"], "ok", endpoint):
             raise server_error(str(message.get("error", "unknown error")), endpoint)
         return message.get("result")
 
     def _unwrap_reference(self, reply: Any, endpoint: str) -> Any:
         if isinstance(reply, dict) and "error" in reply:
             # Our server marks its errors, so a real result with an "error" key passes through intact.
-            if reply.get(ERROR_MARKER) or not self._server_is_ours:
+            marked = ERROR_MARKER in reply and self._is_flag(reply[ERROR_MARKER], ERROR_MARKER, endpoint)
+            if marked or not self._server_is_ours:
                 raise server_error(str(reply["error"]), endpoint)
         return reply
+
+    def _is_flag(self, value: Any, field: str, endpoint: str) -> bool:
+        """A reply's success or error flag, which our server sends as a msgpack bool: anything else (the str "false",
+        a numpy array or bool) is refused rather than read by its truth value."""
+        if type(value) is not bool:
+            raise codec.WireDecodeError(
+                f"reply to '{endpoint}' from the policy server at {self.address} has '{field}' of type "
+                f"{type(value).__name__} ({value!r:.40}); expected a msgpack bool, true or false")
+        return value

@@ -200,7 +200,11 @@ def _decode_hook(obj: Dict[Any, Any]) -> Any:
         return _modality_config_from(obj)
     if _has(obj, "complex") and _has(obj, "data") and len(obj) == 2:
         data = _get(obj, "data")
-        return complex(data.decode() if isinstance(data, bytes) else data)
+        try:
+            return complex(data.decode() if isinstance(data, bytes) else data)
+        except (TypeError, ValueError):  # complex()'s own words named neither the value nor what was expected
+            raise WireDecodeError(f"complex map 'data' must be a complex number or its repr like '(1+2j)', got "
+                                  f"{type(data).__name__} {data!r:.40}") from None
     return obj
 
 
@@ -281,6 +285,13 @@ def _shareable_view(data: BufferLike) -> Optional[memoryview]:
     return view if not view.readonly and view.nbytes >= SHARED_DECODE_MIN_BYTES else None
 
 
+def _refuse_extension(code: int, data: bytes) -> Any:
+    """ext_hook of the single-frame formats, which carry no msgpack extension type: msgpack's default handed a peer's
+    ExtType to the policy (or the caller) as a value. The multipart header's refuses all but its array reference."""
+    raise WireDecodeError(f"unknown msgpack extension type {code}; expected none in a single-frame message (arrays "
+                          "travel as msgpack-numpy maps; ext 42 is an array reference of a multipart header only)")
+
+
 def _unpack(data: BufferLike, object_hook: Callable[[Dict[Any, Any]], Any], limits: Optional[DecodeLimits],
             ext_hook: Optional[Callable[[int, bytes], Any]] = None, share_buffer: bool = False) -> Any:
     """_unpack_as_is, with a str that is not UTF-8 refused as a WireDecodeError (which decode then locates): msgpack's
@@ -306,7 +317,7 @@ def _unpack_as_is(data: BufferLike, object_hook: Callable[[Dict[Any, Any]], Any]
             return unpack_viewing(view, _viewing_map_hook(object_hook), SHARED_ARRAY_MIN_BYTES, VIEWING_MAX_ITEMS, max_depth)
         except NeedsFullUnpacker:
             pass
-    extra: Dict[str, Any] = {} if ext_hook is None else {"ext_hook": ext_hook}
+    extra = {"ext_hook": ext_hook or _refuse_extension}  # a hook costs nothing until an ext type appears
     if limits is None:
         return msgpack.unpackb(data, object_hook=object_hook, raw=False, strict_map_key=False, **extra)
     size = memoryview(data).nbytes

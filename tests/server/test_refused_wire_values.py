@@ -1,0 +1,52 @@
+"""Values a request's msgpack can hold but no accepted format means (an unknown extension type, a complex map whose
+'data' is no complex number) are refused naming the key that holds them, in the single-frame and multipart formats
+alike, and the policy is never called with them. A real PolicyServer on loopback, sent raw frames."""
+
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+import pytest
+from reference_peer import EchoPolicy, raw_round_trip
+from serving import running_server
+
+from gr00t_client import codec
+
+STATE = {"x": np.ones((1, 1, 3), np.float32)}
+
+
+def _refusal(port, request, wire):
+    frames = codec.encode_multipart(request) if wire == "multipart" else [codec.encode(request)]
+    reply = raw_round_trip(port, [bytes(memoryview(frame)) for frame in frames])
+    assert reply is not None, "no reply"
+    message = codec.decode_multipart(reply) if len(reply) > 1 else codec.decode(reply[0])
+    assert isinstance(message, dict) and "error" in message, message
+    return message["error"]
+
+
+@pytest.mark.parametrize("wire", ["reference", "multipart"])
+def test_a_request_holding_an_unknown_msgpack_extension_type_is_refused_naming_its_key(wire):
+    """The single-frame decoder handed the policy msgpack's ExtType, a (code, data) tuple, as the state's value."""
+    policy = EchoPolicy()
+    request = {"endpoint": "get_action",
+               "data": {"observation": {"state": {"joints": msgpack.ExtType(5, b"\x00" * 12)}}}}
+    with running_server(policy) as server:
+        error = _refusal(server.port, request, wire)
+    assert "data.observation.state.joints: unknown msgpack extension type 5" in error
+    assert policy.calls == 0
+
+
+@pytest.mark.parametrize("data", ["not-a-number", [1, 2]], ids=["malformed-str", "list"])
+@pytest.mark.parametrize("wire", ["reference", "multipart"])
+def test_a_malformed_complex_map_is_refused_naming_its_key_and_what_was_expected(wire, data):
+    """complex()'s own ValueError/TypeError was worded 'undecodable message (ValueError: complex() arg is a malformed
+    string)': valid msgpack called undecodable, with no key and no word of what was expected."""
+    policy = EchoPolicy()
+    request = {"endpoint": "get_action",
+               "data": {"observation": {"state": STATE, "extra": {"z": {"complex": True, "data": data}}}}}
+    with running_server(policy) as server:
+        error = _refusal(server.port, request, wire)
+    assert ("data.observation.extra.z: complex map 'data' must be a complex number or its repr like '(1+2j)', got "
+            f"{type(data).__name__} {data!r}") in error
+    assert "undecodable" not in error
+    assert policy.calls == 0
