@@ -224,6 +224,20 @@ def test_a_new_client_out_of_file_descriptors_is_refused_and_the_process_lives(t
     assert "refused: cannot connect to" in done.stdout and "Too many open files" in done.stdout
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs Linux descriptor limits")
+def test_a_client_out_of_file_descriptors_says_which_limit_to_raise_and_how(tmp_path):
+    """'cannot connect to ...: Too many open files' blamed the connection; 500 clients under the usual soft limit of
+    1024 failed without saying that each holds about 4 descriptors, nor which limit to raise."""
+    script = tmp_path / "exhaust.py"
+    script.write_text(FD_EXHAUSTION)
+    with running_server(EchoPolicy()) as server:
+        done = subprocess.run([sys.executable, str(script), str(server.port)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    refusal = next(line for line in done.stdout.splitlines() if line.startswith("refused:"))
+    assert "(soft limit 256, hard limit 256)" in refusal and "each PolicyClient holds about 4" in refusal
+    assert "ulimit -n" in refusal and "resource.setrlimit" in refusal
+
+
 MANY_CLIENTS = r"""
 import resource, sys
 from gr00t_client import PolicyClient

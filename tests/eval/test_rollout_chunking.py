@@ -231,6 +231,25 @@ def test_ctrl_c_during_an_async_rollout_waiting_on_a_stalled_prefetch_returns_at
     assert returned_after < 1.0, f"the rollout waited {returned_after:.1f} s for the stalled prefetch after Ctrl-C"
 
 
+def test_a_server_stopping_during_an_async_prefetch_stops_the_run_leaving_the_running_episodes_not_run():
+    """The chunker drops a prefetch the server did not run as it stops (its buffered steps flow): the rollout still
+    stops there, its running episodes left for --resume, not errored after a timeout of the next request."""
+    from gr00t_eval.rollout.liveness import PolicyServerUnreachableError
+    from serving import stopped_while_it_hangs
+
+    policy = StallingTrackingPolicy(stall_from=2)  # call 1 is the first chunk, call 2 its prefetch (of 3 steps)
+    policy.hanging = policy.stalling  # the server stops while the prefetch runs
+    scored = []
+    with stopped_while_it_hangs(policy) as server, PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client:
+        started = time.monotonic()
+        with pytest.raises(PolicyServerUnreachableError, match="shutting down"):
+            RolloutRunner(client, RolloutConfig(env_name=ENV_NAME, n_episodes=7, n_envs=1, n_action_steps=3,
+                                                max_episode_steps=MAX_EPISODE_STEPS, seed=2, vectorization="sync",
+                                                client_chunking="async"),
+                          progress=False, on_episode=scored.append).run()  # seed 2: an episode of 5 steps
+    assert time.monotonic() - started < 4.0 and scored == []
+
+
 class FailingOnceTrackingPolicy(TrackingPolicy):
     """Raises on its second get_action call (with async chunking: the first prefetch)."""
 

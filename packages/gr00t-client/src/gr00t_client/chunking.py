@@ -35,6 +35,7 @@ from .chunking_merge import MERGE_RULES, MergeFn, merge_overlap
 from .chunking_position import PolicyPositionError, _PositionChecks, _reported_steps, _Reply
 from .chunking_prefetch import _Prefetch, _Prefetching, _PrefetchWorker
 from .client import PolicyClient
+from .client_errors import ServerStoppingError
 from .client_options import check_flag
 
 __all__ = ["MERGE_RULES", "ActionChunker", "ChunkerStats", "PolicyPositionError", "merge_overlap"]
@@ -94,10 +95,12 @@ def _wraps_client(policy: Any) -> bool:
 class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
     """Wraps a policy (local BasePolicy or PolicyClient) and hands out one action step per env per call.
 
-    Sync: refetch for all envs when a chunk runs out (or only the exhausted envs with per_env=True).
+    Sync: refetch for all envs when a chunk runs out (or only the exhausted envs with per_env=True). A request for
+    some envs sends their rows of options["noise"] (B, ...) and their seeds (options["seed"]); other options go whole.
     Async: request the next chunk in a background thread once at most `prefetch_steps` steps remain. A prefetch that
-    timed out or lost its connection is dropped (warned, and named in that step's info["prefetch_error"]) and asked
-    for again; an env whose buffer is empty is fetched in that call, and only that request's failure raises.
+    timed out, lost its connection or was not run (DeadlineNotRunError, ServerStoppingError) is dropped (warned, and
+    named in that step's info["prefetch_error"]) and asked for again; an env whose buffer is empty is fetched in that
+    call, and only that request's failure raises (or the ServerStoppingError: no server is left to ask).
     """
 
     def __init__(
@@ -174,6 +177,7 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
         self._closing = threading.Event()  # set by close() before it takes the lock: a call waiting on a chunk gives up
         self._pending: Optional[_Prefetch] = None
         self._prefetch_error: Optional[str] = None  # this call's failed prefetch, dropped while steps remained
+        self._prefetch_failure: Optional[BaseException] = None  # its error
         self._worker: Optional[_PrefetchWorker] = None  # started by the first prefetch
         self._last_info: Dict[str, Any] = {}
         self._horizon_checked = False  # whether a policy that says how far it advances per call was compared with us
@@ -204,7 +208,7 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
         with self._lock:
             self._ensure_envs(env_batch_size(observation))
             self.stats.calls += 1
-            self._prefetch_error = None
+            self._prefetch_error = self._prefetch_failure = None
             merged = self._collect(block=False)
             fetched: List[int] = []
             waited = False
@@ -215,6 +219,8 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
                 merged += self._collect(block=True)
                 exhausted = [i for i in range(self._n_envs) if self._remaining(i) == 0]
             if exhausted:
+                if isinstance(self._prefetch_failure, ServerStoppingError):  # no server left to fetch them from
+                    raise self._prefetch_failure
                 waited = True
                 ids = exhausted if self.per_env else list(range(self._n_envs))
                 action, info = self._request(self._rows(observation, ids), self._row_options(options, ids), len(ids))
@@ -223,18 +229,30 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
                 fetched = ids
             if waited:
                 self.stats.blocking_waits += 1
-            step = self._pop_step()
-            if self.asynchronous and self._pending is None:
-                self._maybe_prefetch(observation, options)
-            info = {
-                "fetched_env_ids": fetched,  # envs whose chunk was fetched while this call waited
-                "merged_env_ids": sorted(set(merged)),  # envs whose buffer took in a chunk by the merge rule
-                "remaining": self.remaining(),
-                "policy_info": self._last_info,
-            }
-            if self._prefetch_error is not None:  # "<type>: <message>" of the prefetch dropped at this step
-                info["prefetch_error"] = self._prefetch_error
-            return step, info
+            # A call that raises hands out no step: a Ctrl-C after the pop lost it (the retry got the next one).
+            cursors, steps_taken = list(self._cursors), list(self._steps_taken)
+            try:
+                step = self._pop_step()
+                if self.asynchronous and self._pending is None:
+                    self._maybe_prefetch(observation, options)
+                info = {
+                    "fetched_env_ids": fetched,  # envs whose chunk was fetched while this call waited
+                    "merged_env_ids": sorted(set(merged)),  # envs whose buffer took in a chunk by the merge rule
+                    "remaining": self.remaining(),
+                    "policy_info": self._last_info,
+                }
+                if self._prefetch_error is not None:  # "<type>: <message>" of the prefetch dropped at this step
+                    info["prefetch_error"] = self._prefetch_error
+                return step, info
+            except BaseException:
+                # A prefetch this call sent stays aligned: it was asked for this step, which the retry hands out.
+                self._cursors[:], self._steps_taken[:] = cursors, steps_taken
+                raise
+
+    @property
+    def dropped_prefetch_failure(self) -> Optional[BaseException]:
+        """The error of the prefetch the last get_action dropped (the one its info["prefetch_error"] names), or None."""
+        return self._prefetch_failure
 
     def reset(self, env_ids: Optional[Sequence[int]] = None, options: Optional[Dict[str, Any]] = None, *,
               policy_reset_by_caller: bool = False) -> Dict[str, Any]:
@@ -284,6 +302,9 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
             self._pending = None
         for i in range(self._n_envs or 0):
             self._clear(i)
+        # Nothing is buffered: the next chunk may have other keys or step shapes (a server now serving another
+        # embodiment), which were refused for ever
+        self._keys, self._step_shapes, self._step_dtypes = None, {}, {}
         self._expected_steps = self._last_reply = None
         self._reply_lost = False
         info = self.policy.reset(options) or {}

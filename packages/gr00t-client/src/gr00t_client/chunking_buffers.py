@@ -11,6 +11,9 @@ import numpy as np
 from .chunking_merge import MergeResultError, merge_overlap
 from .policy import ActionError, non_finite_rows
 
+# Said when a chunk's keys, step shapes or dtypes differ from the earlier ones: buffered steps of both cannot mix.
+_NEW_ACTIONS = "; a policy now serving other actions needs reset() (every env: nothing buffered) or a new chunker"
+
 
 def _refuse_hidden_values(key: str, value: np.ndarray) -> None:
     """ActionError for a chunk whose numbers the finite check cannot see: a masked array (its masked entries hold
@@ -50,7 +53,7 @@ def _as_key_dtype(key: str, merged: np.ndarray, dtype: np.dtype, merge: Any) -> 
 
 class _StepBuffers:
     """ActionChunker's buffers of chunk steps, one per env, with a cursor each (it sets them, the keys, step shapes and
-    dtypes the first chunk fixes, and the merge rule)."""
+    dtypes the first chunk since a reset of every env fixes, and the merge rule)."""
 
     def _remaining(self, i: int) -> int:
         buffer = self._buffers[i]
@@ -83,7 +86,8 @@ class _StepBuffers:
         keys = list(action)
         if self._keys is not None:
             if set(keys) != set(self._keys):
-                raise ActionError(f"action keys changed from {sorted(self._keys)} to {sorted(keys)}")
+                raise ActionError(f"action keys changed from {sorted(self._keys)} to {sorted(keys)}; expected the keys of "
+                                  f"the earlier chunks{_NEW_ACTIONS}")
             keys = self._keys
         # Every check runs before a key, shape or buffer changes: a refused chunk leaves the chunker as it was.
         horizon = None
@@ -106,12 +110,12 @@ class _StepBuffers:
             if step_shape is not None and value.shape[2:] != step_shape:
                 raise ActionError(
                     f"action key '{key}' has shape {value.shape}, steps of shape {value.shape[2:]}; "
-                    f"expected steps of shape {step_shape}, as in the earlier chunks"
+                    f"expected steps of shape {step_shape}, as in the earlier chunks{_NEW_ACTIONS}"
                 )
             step_dtype = self._step_dtypes.get(key)
             if step_dtype is not None and value.dtype != step_dtype:  # merged into float steps, int64 rounded them
                 raise ActionError(f"action key '{key}' has dtype {value.dtype}; expected {step_dtype}, as in the "
-                                  "earlier chunks")
+                                  f"earlier chunks{_NEW_ACTIONS}")
             horizon = value.shape[1]
         if self.n_action_steps is not None and horizon is not None and horizon < self.n_action_steps:
             # min(horizon, n_action_steps) asked the policy every `horizon` steps, not every n_action_steps, while a

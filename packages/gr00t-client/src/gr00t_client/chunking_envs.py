@@ -58,6 +58,11 @@ def select_envs(observation: Any, env_ids: Sequence[int], batch_size: int) -> An
     return observation
 
 
+# The get_action options that hold one row per env (Gr00tPolicy's; a seed is one int, or a list of one per env): a
+# request for some envs sends those envs' rows of them. Any other option is the whole batch's and goes as given.
+ROW_OPTIONS = frozenset({"noise", "seed"})
+
+
 def _is_int(value: Any) -> bool:
     """An int, numpy's included, and not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
@@ -89,13 +94,14 @@ class _EnvRows:
         return observation if len(env_ids) == self._n_envs else select_envs(observation, env_ids, self._n_envs or 0)
 
     def _row_options(self, options: Optional[Dict[str, Any]], env_ids: Sequence[int]) -> Optional[Dict[str, Any]]:
-        """The options of a request for `env_ids`: an array option of one row per env (a `noise` of (B, ...)) keeps
-        the rows of those envs (it went whole, and a server refused the request for the rows it did not ask for)."""
+        """The options of a request for `env_ids`: the per-env options (ROW_OPTIONS: a `noise` of (B, ...), a `seed`)
+        keep the rows of those envs (a whole noise was refused for the rows not asked for); every other option goes
+        whole, whatever its length (a goal of 3 numbers was cut to one for 3 envs)."""
         if not options or len(env_ids) == self._n_envs:
             return options
         rows = list(env_ids)
-        picked = {key: value[rows] if isinstance(value, np.ndarray) and value.ndim > 0 and value.shape[0] == self._n_envs
-                  else value for key, value in options.items()}
+        picked = {key: value[rows] if key in ROW_OPTIONS and isinstance(value, np.ndarray) and value.ndim > 0
+                  and value.shape[0] == self._n_envs else value for key, value in options.items()}
         seed = picked.get("seed")
         if isinstance(seed, (list, tuple)) and len(seed) == self._n_envs:  # one seed per env: those envs' seeds
             picked["seed"] = [seed[k] for k in rows]

@@ -4,6 +4,7 @@ after a timeout, closed from any thread, and made afresh in a forked child."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import logging
 import os
@@ -14,6 +15,11 @@ import uuid
 from typing import Any, Callable, Dict, Iterator, Optional
 
 import zmq
+
+try:
+    import resource  # the descriptor limits, for EMFILE's message; not on Windows
+except ImportError:  # pragma: no cover - Windows
+    resource = None  # type: ignore[assignment]
 
 from . import codec, curve
 from .client_errors import ClientClosedError, PolicyTimeoutError, ReplyLostError
@@ -27,6 +33,21 @@ CLOSE_POLL_MS = 50  # an in-flight call notices close() from another thread with
 
 # What a client asks on a call's behalf (the server's kind, its modality configs): named with that call
 _QUESTIONS = frozenset({"get_server_info", "get_modality_config"})
+
+
+def _descriptor_advice(exc: zmq.ZMQError) -> str:
+    """For EMFILE ("Too many open files"): what ran out, the process's limits and how to raise them; else ''."""
+    if exc.errno != errno.EMFILE:
+        return ""
+    limits = ""
+    if resource is not None:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        shown = ["unlimited" if limit == resource.RLIM_INFINITY else str(limit) for limit in (soft, hard)]
+        limits = f" (soft limit {shown[0]}, hard limit {shown[1]})"
+    return (f"; this process has used up its file descriptors{limits}, and each PolicyClient holds about 4 (its "
+            "connection, the socket's mailbox and its handshake monitor's pair): raise the soft limit, e.g. `ulimit -n "
+            "65536` in the shell that starts it, or resource.setrlimit(resource.RLIMIT_NOFILE, (n, hard)) in it, or "
+            "close clients no longer used")
 
 
 class ClientConnection:
@@ -52,7 +73,7 @@ class ClientConnection:
         try:
             sock = self._context.socket(zmq.REQ)
         except zmq.ZMQError as exc:  # e.g. EMFILE: too many open files
-            raise ConnectionError(f"cannot open a socket to {self.address}: {exc}") from exc
+            raise ConnectionError(f"cannot open a socket to {self.address}: {exc}{_descriptor_advice(exc)}") from exc
         try:
             sock.setsockopt(zmq.LINGER, 0)
             # Each request carries an id its reply must echo: a stale or duplicated reply (a misbehaving server or
@@ -72,7 +93,7 @@ class ClientConnection:
                 self._handshake.close()
                 self._handshake = None
             sock.close(linger=0)
-            raise ConnectionError(f"cannot connect to {self.address}: {exc}") from exc
+            raise ConnectionError(f"cannot connect to {self.address}: {exc}{_descriptor_advice(exc)}") from exc
         return sock
 
     def _discard_socket(self) -> None:

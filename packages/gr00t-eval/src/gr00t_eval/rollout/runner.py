@@ -329,6 +329,10 @@ class RolloutRunner:
             action, info = policy.get_action(observation)
             return policy_actions(action, action_space, self.config.n_action_steps, n_rows), info or {}
         step, chunk_info = self.chunker.get_action(observation)
+        # The chunker drops a prefetch the server did not run as it stops, and runs on: the run stops here, as at
+        # any request it answers so (its rows' episodes left not run, for --resume).
+        if isinstance(self.chunker.dropped_prefetch_failure, ServerStoppingError):
+            raise self.chunker.dropped_prefetch_failure
         # The cursor counts one step per call (no execution_horizon); the replay's place in its recording comes along.
         policy_info = chunk_info["policy_info"]
         info = {key: policy_info[key] for key in ("episode_length", "episode_done", "current_step") if key in policy_info}
@@ -343,7 +347,7 @@ class RolloutRunner:
         try:
             return self._act(policy, observation, action_space)
         except DeadlineNotRunError as exc:
-            if self.chunker is not None and self.chunker.asynchronous:  # its prefetch is its own: the episodes error
+            if self.chunker is not None and self.chunker.asynchronous:  # it asks its prefetch again itself: the episodes error
                 raise
             logger.warning("the policy server did not run a get_action (%s); asking once more", exc)
             return self._act(policy, observation, action_space)

@@ -1,0 +1,173 @@
+"""ActionChunker after a call that went wrong: a Ctrl-C inside get_action, a server now serving other actions, a
+prefetch the server did not run (stopping, or out of time), and options of a request for some envs. A real
+PolicyServer on loopback."""
+
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from gr00t_client import ActionError, BasePolicy, PolicyClient, ServerStoppingError
+from gr00t_client.chunking import ActionChunker
+from serving import running_server, stopped_while_it_hangs
+
+
+class StepPolicy(BasePolicy):
+    """Step j of the chunk for an env whose observation holds t is t + j: the action for control step t + j. Its
+    steps have `dim` values; with `hang_from` set, that call and later ones wait for `release` (`hanging` set)."""
+
+    def __init__(self, horizon=8, dim=1, delay_s=0.0, hang_from=None):
+        super().__init__(strict=False)
+        self.horizon, self.dim, self.delay_s, self.hang_from, self.calls = horizon, dim, delay_s, hang_from, 0
+        self.hanging, self.release = threading.Event(), threading.Event()
+        self.options = []  # the options of each get_action
+
+    def _get_action(self, observation, options=None):
+        self.calls += 1
+        self.options.append(options)
+        if self.hang_from is not None and self.calls >= self.hang_from:
+            self.hanging.set()
+            self.release.wait(10)
+        time.sleep(self.delay_s)
+        t = np.asarray(observation["state"]["t"], np.float64)[:, 0]
+        chunk = t[:, None] + np.arange(self.horizon)[None, :]
+        return {"x": np.repeat(chunk[:, :, None], self.dim, axis=2)}, {}
+
+    def reset(self, options=None):
+        return {}
+
+
+def obs(*t):
+    return {"state": {"t": np.array(t, np.float32)[:, None]}}
+
+
+def interrupt_after_the_pop():
+    """A KeyboardInterrupt at the first thing get_action does once this step left the buffer (a Ctrl-C landing
+    there): its call to remaining(). Returns the function that arms it for the next such call."""
+    armed = {"on": False}
+
+    def tracer(frame, event, arg):
+        if armed["on"] and event == "call" and frame.f_code.co_name == "remaining" \
+                and frame.f_code.co_filename.endswith("chunking.py"):
+            armed["on"] = False
+            raise KeyboardInterrupt
+        return None
+
+    sys.settrace(tracer)
+    return lambda: armed.update(on=True)
+
+
+@pytest.mark.parametrize("settings", [{}, {"per_env": True}, {"asynchronous": True, "prefetch_steps": 6}])
+def test_a_ctrl_c_inside_get_action_hands_out_no_step_so_the_retry_gets_that_step(settings):
+    """The interrupted call's step was lost: the retry handed out the next one, and the robot ran 0, 1, 3, 4, ..."""
+    with running_server(StepPolicy()) as server, PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client, \
+            ActionChunker(client, **settings) as chunker:
+        executed, t = [], 0
+        arm = interrupt_after_the_pop()
+        try:
+            while t < 6:
+                if t == 2 and len(executed) == 2:
+                    arm()
+                try:
+                    step, _ = chunker.get_action(obs(t, t))
+                except KeyboardInterrupt:
+                    assert t == 2
+                    continue
+                executed.append(step["x"][:, 0].tolist())
+                t += 1
+        finally:
+            sys.settrace(None)
+    assert executed == [[k, k] for k in range(6)]
+
+
+def test_after_reset_the_chunker_takes_the_steps_of_a_policy_now_serving_other_actions():
+    """The first chunk's keys, shapes and dtypes were kept for ever: every chunk of the new shape was refused, even
+    after reset(), with nothing buffered."""
+    policy = StepPolicy(dim=4)
+    with running_server(policy) as server, PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client, \
+            ActionChunker(client) as chunker:
+        assert chunker.get_action(obs(0))[0]["x"].shape == (1, 4)
+        policy.dim = 6  # the server now serves another embodiment
+        chunker.reset()
+        assert chunker.get_action(obs(0))[0]["x"].shape == (1, 6)
+
+
+def test_a_chunk_of_other_step_shapes_mid_episode_is_refused_saying_a_reset_takes_it():
+    policy = StepPolicy(horizon=2, dim=4)
+    with running_server(policy) as server, PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client, \
+            ActionChunker(client) as chunker:
+        chunker.get_action(obs(0))
+        chunker.get_action(obs(1))
+        policy.dim = 6
+        with pytest.raises(ActionError, match=r"expected steps of shape \(4,\), as in the earlier chunks; a policy now "
+                                              r"serving other actions needs reset\(\)"):
+            chunker.get_action(obs(2))
+
+
+def test_a_prefetch_the_stopping_server_did_not_run_is_reported_while_buffered_steps_flow():
+    """ServerStoppingError raised from get_action with 11 steps buffered, while a kill -9 of the same server was only
+    reported (info["prefetch_error"]): the orderly stop interrupted the robot mid-chunk."""
+    policy = StepPolicy(horizon=16, hang_from=2)
+    with stopped_while_it_hangs(policy) as server, PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client, \
+            ActionChunker(client, asynchronous=True, prefetch_steps=12) as chunker:
+        for t in range(5):  # the prefetch is asked for at step 3
+            chunker.get_action(obs(t))
+        chunker.wait_for_prefetch(10)
+        step, info = chunker.get_action(obs(5))
+    assert step["x"][0, 0] == 5.0 and info["remaining"].tolist() == [10]
+    assert info["prefetch_error"].startswith("ServerStoppingError: Server error: server is shutting down")
+
+
+def test_once_the_buffer_runs_out_a_prefetch_the_stopping_server_did_not_run_raises_its_error_at_once():
+    """No server is left to fetch the next chunk from: the fetch waited out the connection instead, and raised
+    ReplyLostError, not the server's word that it stopped."""
+    with stopped_while_it_hangs(StepPolicy(horizon=4, hang_from=2)) as server, \
+            PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client, \
+            ActionChunker(client, asynchronous=True) as chunker:
+        for t in range(4):  # the prefetch is asked for at step 1
+            chunker.get_action(obs(t))
+        chunker.wait_for_prefetch(10)
+        time.sleep(0.5)  # the server has stopped: it no longer answers a fetch that it is shutting down
+        with pytest.raises(ServerStoppingError, match="server is shutting down"):
+            chunker.get_action(obs(4))
+
+
+def test_a_prefetch_the_server_did_not_run_in_time_is_reported_while_buffered_steps_flow():
+    """DeadlineNotRunError (a PolicyTimeoutError) raised from get_action with 14 steps buffered, while a plain timeout
+    was dropped and asked again."""
+    with running_server(StepPolicy(horizon=16, delay_s=0.4)) as server, \
+            PolicyClient("127.0.0.1", server.port, timeout_ms=3000) as client, \
+            ActionChunker(client, asynchronous=True, prefetch_steps=14) as chunker:
+        chunker.get_action(obs(0))  # the server has seen a 400 ms call
+        client.timeout_ms = 200  # the prefetch's budget is shorter than the calls take: not run
+        chunker.get_action(obs(1))
+        chunker.wait_for_prefetch(10)
+        step, info = chunker.get_action(obs(2))
+    assert step["x"][0, 0] == 2.0 and info["remaining"].tolist() == [13]
+    assert info["prefetch_error"].startswith("DeadlineNotRunError: ")
+
+
+def test_per_env_fetches_send_a_whole_batch_option_whole_whatever_its_length():
+    """A goal of 3 numbers, with 3 envs, reached the policy as the one number of the env fetched ([0.1])."""
+    policy = StepPolicy(horizon=2)
+    goal = np.array([0.4, 0.1, 0.3])
+    with running_server(policy) as server, PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client, \
+            ActionChunker(client, per_env=True) as chunker:
+        chunker.get_action(obs(0, 0, 0), options={"goal_xyz": goal})
+        chunker.reset(env_ids=[1])
+        _, info = chunker.get_action(obs(1, 0, 1), options={"goal_xyz": goal})
+    assert info["fetched_env_ids"] == [1]
+    assert [options["goal_xyz"].tolist() for options in policy.options] == [goal.tolist()] * 2
+
+
+def test_per_env_fetches_send_the_rows_of_the_fetched_envs_of_noise_and_seed():
+    policy = StepPolicy(horizon=2)
+    noise = np.arange(3.0)[:, None, None] * np.ones((3, 2, 1))
+    with running_server(policy) as server, PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client, \
+            ActionChunker(client, per_env=True) as chunker:
+        chunker.get_action(obs(0, 0, 0), options={"noise": noise, "seed": np.array([7, 8, 9])})
+        chunker.reset(env_ids=[1])
+        chunker.get_action(obs(1, 0, 1), options={"noise": noise, "seed": np.array([7, 8, 9])})
+    assert policy.options[1]["noise"].tolist() == noise[[1]].tolist() and policy.options[1]["seed"].tolist() == [8]
