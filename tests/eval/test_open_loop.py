@@ -137,6 +137,27 @@ def test_modality_keys_select_which_action_keys_are_compared(dataset, tmp_path):
     assert list(trajectory.errors.per_key) == ["gripper"]
 
 
+class GripperOffsetPolicy(EchoPolicy):
+    """EchoPolicy whose gripper actions alone are off by 1."""
+
+    def _get_action(self, observation, options=None):
+        action, info = super()._get_action(observation, options)
+        action["gripper"] = action["gripper"] + np.float32(1.0)
+        return action, info
+
+
+@pytest.mark.parametrize("keys", [["arm", "gripper"], ["gripper", "arm"]])
+def test_per_dim_figures_are_labelled_with_their_key_and_value_in_the_order_scored(dataset, tmp_path, keys):
+    """per_dim followed the scored keys' order (--modality-keys, or the policy's) unlabelled: with the keys given the
+    other way round the same run's per_dim[0] was the gripper's error instead of the arm's first value's."""
+    run(dataset, tmp_path, GripperOffsetPolicy(), traj_ids=[1], modality_keys=keys, plot=False)
+    per_dim = json.loads((tmp_path / "out" / "results.json").read_text())["trajectories"]["1"]["per_dim"]
+    dims = {key: expected_actions(1, LENGTHS[1])[key].shape[1] for key in keys}
+    assert per_dim["labels"] == [f"{key}[{i}]" for key in keys for i in range(dims[key])]
+    for label, mse in zip(per_dim["labels"], per_dim["mse"]):
+        assert mse == pytest.approx(1.0 if label.startswith("gripper[") else 0.0), (label, per_dim)
+
+
 def test_out_of_range_trajectories_are_skipped(dataset, tmp_path):
     result, lines = run(dataset, tmp_path, EchoPolicy(), traj_ids=[7, 0], plot=False)
     assert list(result.trajectories) == [0] and result.skipped == [7]

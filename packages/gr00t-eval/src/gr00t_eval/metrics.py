@@ -22,14 +22,17 @@ class ActionErrors:
     per_key: Dict[str, Dict[str, float]]
     per_dim_mse: List[float]
     per_dim_mae: List[float]
+    # "key[i]" of each per_dim entry: their order is the action keys' (the policy's or --modality-keys'), which need
+    # not be the dataset's columns, so an unlabelled per_dim[i] could not be read
+    per_dim_labels: List[str] = field(default_factory=list)
 
     def to_json_dict(self) -> Dict[str, Any]:
-        """The results.json form: mse, mae, per_key and per_dim."""
+        """The results.json form: mse, mae, per_key and per_dim (mse, mae and labels)."""
         return {
             "mse": self.mse,
             "mae": self.mae,
             "per_key": {k: dict(v) for k, v in self.per_key.items()},
-            "per_dim": {"mse": list(self.per_dim_mse), "mae": list(self.per_dim_mae)},
+            "per_dim": {"mse": list(self.per_dim_mse), "mae": list(self.per_dim_mae), "labels": list(self.per_dim_labels)},
         }
 
 
@@ -72,6 +75,7 @@ def action_errors(ground_truth: np.ndarray, prediction: np.ndarray, key_dims: Ma
             per_key=per_key,
             per_dim_mse=[float(v) for v in per_dim_mse],
             per_dim_mae=[float(v) for v in per_dim_mae],
+            per_dim_labels=dim_labels(key_dims),
         )
     # inf was written to results.json as null (unknown) for a run reported complete
     for name, value in (("MSE", errors.mse), ("MAE", errors.mae)):
@@ -80,6 +84,12 @@ def action_errors(ground_truth: np.ndarray, prediction: np.ndarray, key_dims: Ma
                                  f"float64 can square or add up (largest |difference| {float(np.max(np.abs(diff))):.4g});"
                                  " expected actions in the robot's physical units")
     return errors
+
+
+def dim_labels(key_dims: Mapping[str, int]) -> List[str]:
+    """"key[i]" of each column of the action keys concatenated in `key_dims` order (results.json's per_dim.labels, the
+    plot's panels)."""
+    return [f"{key}[{i}]" for key, dim in key_dims.items() for i in range(int(dim))]
 
 
 def _key_of_column(key_dims: Mapping[str, int], column: int) -> str:

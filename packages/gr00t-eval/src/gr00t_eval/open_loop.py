@@ -28,7 +28,7 @@ from gr00t_client.client_options import check_flag
 
 from .progress import bar_options
 from .dataset import DatasetError, LeRobotDataset
-from .metrics import ActionErrors, NonFiniteError, action_errors, overflow_safe_mean
+from .metrics import ActionErrors, NonFiniteError, action_errors, dim_labels, overflow_safe_mean
 from .applied_settings import settings_not_applied, warn_not_applied
 from .open_loop_checks import (TrajectoryError, _chunk, check_action_steps, check_policy_episode, check_policy_position,
                                check_replay_execution_horizon, dataset_action_keys, evaluated_embodiment,
@@ -306,7 +306,7 @@ def evaluate_trajectory(
     state = np.concatenate(state_columns, axis=1) if state_keys else None
     if on_scored is not None:  # its MSE is printed: a stop while its plot is drawn must not drop it as "not run"
         on_scored(result)
-    labels = [f"{key}[{i}]" for key in action_keys for i in range(key_dims[key])]
+    labels = dim_labels(key_dims)
     path = config.plot_file(traj_id, len(config.traj_ids))
     try:
         if config.plot_path is not None or not output_dir_made:
