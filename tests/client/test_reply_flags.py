@@ -47,6 +47,8 @@ def test_a_multipart_reply_whose_ok_is_not_a_bool_is_refused_naming_the_field(fl
     message = str(refused.value)
     assert f"reply to 'get_action' from the policy server at {client.address} has 'ok' of type" in message
     assert "expected a msgpack bool, true or false" in message
+    if isinstance(flag, np.bool_):  # numpy 2 calls it 'bool': "of type bool ... expected a msgpack bool"
+        assert "of type numpy.bool" in message, message
 
 
 @pytest.mark.parametrize("server_info", [None, {"server": "gr00t-server", "capabilities": []}],
@@ -54,7 +56,7 @@ def test_a_multipart_reply_whose_ok_is_not_a_bool_is_refused_naming_the_field(fl
 def test_a_single_frame_error_marker_that_is_not_a_bool_is_refused_naming_the_field(server_info):
     """An array as '__gr00t_error__' escaped as numpy's bare ValueError, naming neither the field nor the server."""
     reply = [codec.encode({"error": "boom", "__gr00t_error__": np.array([1, 1])})]
-    expected = r"has '__gr00t_error__' of type ndarray \(array\(\[1, 1\]\)\); expected a msgpack bool, true or false"
+    expected = r"has '__gr00t_error__' of type numpy.ndarray \(array\(\[1, 1\]\)\); expected a msgpack bool, true or false"
     with _answering_get_action(reply, server_info) as server:
         with PolicyClient(host="127.0.0.1", port=server.port, timeout_ms=3000) as client:
             with pytest.raises(codec.WireDecodeError, match=expected):
@@ -71,5 +73,23 @@ def test_a_reply_holding_an_unknown_msgpack_extension_type_is_refused_not_return
         reply = [msgpack.packb(body, use_bin_type=True)]
     with _answering_get_action(reply) as server:
         with PolicyClient(host="127.0.0.1", port=server.port, timeout_ms=3000, wire=wire) as client:
-            with pytest.raises(codec.WireDecodeError, match="unknown msgpack extension type 5"):
+            with pytest.raises(codec.WireDecodeError) as refused:
                 client.get_action(OBSERVATION)
+    # the key path walks the reply's [action, info] list (it stopped at the list: no key), and the reply is named
+    where = "result[0].arm" if wire == "multipart" else "[0].arm"
+    assert str(refused.value).startswith(f"reply to 'get_action' from the policy server at {client.address}: {where}: "
+                                         "unknown msgpack extension type 5; expected "), str(refused.value)
+
+
+@pytest.mark.parametrize("wire", ["reference", "multipart"])
+def test_a_plain_map_with_complex_and_data_keys_arrives_unchanged(wire):
+    """A map {"complex": False, "data": 7} in a policy's info came back as the complex number 7+0j; msgpack-numpy's
+    complex map has "complex": True."""
+    info = {"complex": False, "data": 7}
+    body = [ACTION, info]
+    reply = codec.encode_multipart({"ok": True, "result": body}) if wire == "multipart" else [codec.encode(body)]
+    with _answering_get_action(reply) as server:
+        with PolicyClient(host="127.0.0.1", port=server.port, timeout_ms=3000, wire=wire) as client:
+            _, got = client.get_action(OBSERVATION)
+    assert got == info
+    assert codec.decode(codec.encode({"z": 1 + 2j, "plain": info})) == {"z": 1 + 2j, "plain": info}

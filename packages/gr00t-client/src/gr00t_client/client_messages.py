@@ -53,6 +53,14 @@ class ClientMessages:
                     f"{self.max_reply_bytes} bytes; if this server's replies really are that large, pass a larger "
                     "max_reply_bytes to PolicyClient, or None for no cap"
                 )
+        try:
+            return self._decoded_reply(reply, endpoint, limits)
+        except codec.WireDecodeError as exc:  # the refused value's key path alone named neither reply nor server
+            if not isinstance(exc, codec.DecodeLimitError) and not str(exc).startswith("reply to "):
+                exc.args = (f"reply to '{endpoint}' from the policy server at {self.address}: {exc}",)
+            raise
+
+    def _decoded_reply(self, reply: List[Any], endpoint: str, limits: Any) -> Any:
         if codec.is_multipart(reply):
             return self._unwrap_multipart(codec.decode_multipart(reply, limits), endpoint)
         if len(reply) != 1:
@@ -93,5 +101,11 @@ class ClientMessages:
         if type(value) is not bool:
             raise codec.WireDecodeError(
                 f"reply to '{endpoint}' from the policy server at {self.address} has '{field}' of type "
-                f"{type(value).__name__} ({value!r:.40}); expected a msgpack bool, true or false")
+                f"{_type_name(value)} ({value!r:.40}); expected a msgpack bool, true or false")
         return value
+
+
+def _type_name(value: Any) -> str:
+    """A value's type as a message names it: numpy's bool is 'numpy.bool' (its __name__ under numpy 2 is 'bool')."""
+    kind = type(value)
+    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"

@@ -75,7 +75,8 @@ def decode_multipart(frames: Sequence[Any], limits: Optional[DecodeLimits] = Non
 
     def ext_hook(code: int, data: bytes) -> Any:
         if code != _EXT_BUFFER:
-            raise WireDecodeError(f"unknown msgpack extension type {code}")
+            raise WireDecodeError(f"unknown msgpack extension type {code}; expected only type {_EXT_BUFFER} in a "
+                                  "multipart header (an array reference to a later frame)")
         try:
             index, type_str, shape = msgpack.unpackb(data, raw=False)
         except Exception as exc:

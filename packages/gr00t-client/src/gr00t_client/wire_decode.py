@@ -198,7 +198,9 @@ def _decode_hook(obj: Dict[Any, Any]) -> Any:
         return _load_npy(blob)
     if _has(obj, "__ModalityConfig__") or _has(obj, "__ModalityConfig_class__"):
         return _modality_config_from(obj)
-    if _has(obj, "complex") and _has(obj, "data") and len(obj) == 2:
+    # msgpack-numpy's complex number ({b"complex": True, b"data": repr}); a "complex" key holding anything else is a
+    # plain map's (its {"complex": False, "data": 7} came back as 7+0j)
+    if _get(obj, "complex") is True and _has(obj, "data") and len(obj) == 2:
         data = _get(obj, "data")
         try:
             return complex(data.decode() if isinstance(data, bytes) else data)
@@ -392,7 +394,7 @@ def _locate(error: WireDecodeError, message: BufferLike, decodes: Callable[[memo
         error.args = (f"{where}: {error}",)
 
 
-def _path_to_refused_value(message: BufferLike, decodes: Callable[[memoryview], Any]) -> List[str]:
+def _path_to_refused_value(message: BufferLike, decodes: Callable[[memoryview], Any]) -> List[Union[str, int]]:
     """The str keys that lead to the innermost map value `decodes` refuses on its own (['data', 'observation',
     'state', 'joints']), at most _PATH_DEPTH of them (wire_limits.path_to_culprit): only on the error path, so the
     decode that succeeds carries no path at all."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import msgpack
 
@@ -71,6 +71,7 @@ _LENGTH_OVER = re.compile(r"(\d+) exceeds max_(array|map)_len\((\d+)\)")  # msgp
 _MAP_HEADERS = frozenset([*range(0x80, 0x90), 0xDE, 0xDF])  # fixmap, map 16, map 32
 _STR_HEADERS = frozenset([*range(0xA0, 0xC0), 0xD9, 0xDA, 0xDB])  # fixstr, str 8, 16, 32
 _BIN_HEADERS = frozenset([0xC4, 0xC5, 0xC6])  # bin 8, 16, 32: a key sent as bytes, which the decoders take too
+_ARRAY_HEADERS = frozenset([*range(0x90, 0xA0), 0xDC, 0xDD])  # fixarray, array 16, array 32
 # A key path an error names, escaped and cut to this many characters: the keys are the peer's, and a long one pushed
 # the reason itself out of a server's bounded error reply.
 SHOWN_PATH_CHARS = 200
@@ -105,10 +106,11 @@ def _exception_text(exc: ValueError) -> str:
     return str(exc)
 
 
-def shown_path(keys: List[str]) -> str:
-    """A key path ('data.observation.state.joints') as an error may show it: each key escaped and cut (the peer chose
-    them), the whole cut to SHOWN_PATH_CHARS; '' for no keys."""
-    return shown_text(".".join(map(shown_key, keys)), SHOWN_PATH_CHARS) if keys else ""
+def shown_path(keys: Sequence[Union[str, int]]) -> str:
+    """A key path ('data.observation.state.joints', or 'result[0].arm' with an array's index) as an error may show it:
+    each key escaped and cut (the peer chose them), the whole cut to SHOWN_PATH_CHARS; '' for no keys."""
+    text = "".join(f"[{key}]" if isinstance(key, int) else f".{shown_key(key)}" for key in keys)
+    return shown_text(text[1:] if text.startswith(".") else text, SHOWN_PATH_CHARS)
 
 
 def _path_to_long_container(message: BufferLike, limit: int) -> List[str]:
@@ -120,30 +122,33 @@ def _path_to_long_container(message: BufferLike, limit: int) -> List[str]:
 
 def path_to_culprit(
     message: BufferLike, is_culprit: Callable[[memoryview], bool], most_entries: Optional[int] = None
-) -> List[str]:
-    """The str keys of nested maps that lead to the innermost value `is_culprit` holds true of (it is asked of each
-    map value in turn, as packed msgpack), at most _PATH_DEPTH of them; it stops at a map of more than `most_entries`
-    entries, at a key that is no str, or where no value is the culprit. For error messages only (each level unpacks
-    its values once more)."""
-    path: List[str] = []
+) -> List[Union[str, int]]:
+    """The str keys of nested maps and the indices of nested arrays (ints) that lead to the innermost value
+    `is_culprit` holds true of (it is asked of each map value or array item in turn, as packed msgpack), at most
+    _PATH_DEPTH of them; it stops at a map or array of more than `most_entries` entries, at a key that is no str, or
+    where no value is the culprit. For error messages only (each level unpacks its values once more)."""
+    path: List[Union[str, int]] = []
     try:
         data = memoryview(message).cast("B")
-        while data[0] in _MAP_HEADERS and len(path) < _PATH_DEPTH:
+        while (data[0] in _MAP_HEADERS or data[0] in _ARRAY_HEADERS) and len(path) < _PATH_DEPTH:
             unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=len(data))
             unpacker.feed(data)
-            count = unpacker.read_map_header()
+            is_map = data[0] in _MAP_HEADERS
+            count = unpacker.read_map_header() if is_map else unpacker.read_array_header()
             if most_entries is not None and count > most_entries:
                 return path
-            for _ in range(count):
-                if data[unpacker.tell()] not in _STR_HEADERS | _BIN_HEADERS:
-                    return path
-                key = unpacker.unpack()
-                if isinstance(key, bytes):  # named as the decoders read it (normalize_keys)
-                    key = key.decode("utf-8", errors="replace")
+            for index in range(count):
+                key: Union[str, int] = index
+                if is_map:
+                    if data[unpacker.tell()] not in _STR_HEADERS | _BIN_HEADERS:
+                        return path
+                    name = unpacker.unpack()
+                    # named as the decoders read it (normalize_keys)
+                    key = name.decode("utf-8", errors="replace") if isinstance(name, bytes) else str(name)
                 start = unpacker.tell()
                 unpacker.skip()
                 if is_culprit(data[start:unpacker.tell()]):
-                    path.append(str(key))
+                    path.append(key)
                     data = data[start:unpacker.tell()]
                     break
             else:
