@@ -164,6 +164,44 @@ def test_bf16_export_traces_on_cpu_and_cpu_serving_explains_the_precision(pytorc
         apply_inference_mode(pytorch_policy, "onnxruntime", onnx_dir=tmp_path)
 
 
+@pytest.fixture(scope="module")
+def bf16_export(tiny_checkpoint, tmp_path_factory):
+    """A dit_only bf16 export made on CPU through the `export` command."""
+    out = tmp_path_factory.mktemp("onnx_bf16")
+    args = parse(["export", "--model-path", str(tiny_checkpoint), "--output", str(out), "--mode", "dit_only",
+                  "--precision", "bf16", "--embodiment-tag", TAG, "--device", "cpu"])
+    assert commands.run(args) == 0
+    return out
+
+
+def test_a_bf16_export_on_cpu_warns_that_cpu_serving_needs_fp32_or_fp16(tiny_checkpoint, tmp_path, caplog):
+    args = parse(["export", "--model-path", str(tiny_checkpoint), "--output", str(tmp_path / "onnx"), "--mode",
+                  "dit_only", "--precision", "bf16", "--embodiment-tag", TAG, "--device", "cpu"])
+    with caplog.at_level("WARNING"):
+        assert commands.run(args) == 0
+    assert "a bf16 export serves on a CUDA GPU only (ONNX Runtime's CPU provider lacks bf16 kernels: for CPU " \
+           "serving export with --precision fp32, or --precision fp16 and serve with --dtype fp16)" in caplog.text
+
+
+@pytest.mark.parametrize("command", ["serve", "verify"])
+def test_a_bf16_export_on_cpu_is_refused_naming_bf16_before_the_checkpoint_loads(tiny_checkpoint, bf16_export,
+                                                                                  tmp_path, capsys, command):
+    """It failed only once the whole checkpoint had loaded, blaming "bf16/fp16 kernels" though fp16 exports run on
+    CPU."""
+    from gr00t_server import cli
+
+    checkpoint = shutil.copytree(tiny_checkpoint, tmp_path / "checkpoint")
+    (checkpoint / "model.safetensors").write_bytes(b"not safetensors")  # a load would report this instead
+    mode = ["--inference-mode", "onnxruntime"] if command == "serve" else []
+    assert cli.main([command, "--model-path", str(checkpoint), "--device", "cpu", *mode,
+                     "--onnx-dir", str(bf16_export)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bf16_export} holds a bf16 export, which --device cpu cannot run (ONNX Runtime's CPU provider lacks " \
+           "bf16 kernels: for CPU serving export with --precision fp32, or --precision fp16 and serve with --dtype " \
+           "fp16); or give a CUDA --device" in err, err
+    assert "fp16 kernels" not in err and "safetensors" not in err
+
+
 # --- serving with ONNX Runtime --------------------------------------------------------------------
 
 
@@ -406,6 +444,44 @@ def test_verify_fails_a_dit_export_that_ignores_the_timestep(tiny_checkpoint, di
     assert "overall (onnxruntime): FAIL" in out
 
 
+def padding_blind_copy(export, folder):
+    """A copy of a dit_only export whose DiT ORs its `backbone_attention_mask` with True (attending to padded tokens),
+    as an exporter that lost the mask would make it; its file hashes re-recorded as export records them."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from gr00t_server.backends.common import file_digest
+
+    shutil.copytree(export, folder)
+    path = folder / "dit_fp32.onnx"
+    graph = onnx.load(str(path))
+    for node in graph.graph.node:
+        node.input[:] = ["mask_blind" if name == "backbone_attention_mask" else name for name in node.input]
+    graph.graph.initializer.append(numpy_helper.from_array(np.array(True), "true"))
+    graph.graph.node.insert(0, helper.make_node("Or", ["backbone_attention_mask", "true"], ["mask_blind"]))
+    onnx.save(graph, str(path))
+    metadata = json.loads((folder / EXPORT_METADATA).read_text())
+    metadata["submodules"]["dit"]["files"] = {name: file_digest(folder / name)
+                                              for name in metadata["submodules"]["dit"]["files"]}
+    (folder / EXPORT_METADATA).write_text(json.dumps(metadata))
+    return folder
+
+
+def test_verify_fails_a_dit_export_that_ignores_padding_even_at_batch_size_1(tiny_checkpoint, dit_export, tmp_path,
+                                                                              capsys):
+    """The sample observation gave every row the same prompt, so no row was ever padded: a DiT that attends to padded
+    tokens passed whatever --batch-size. A second pass of rows with prompts of different lengths fails it."""
+    blind = padding_blind_copy(dit_export, tmp_path / "onnx_padding_blind")
+    args = parse(["verify", "--model-path", str(tiny_checkpoint), "--onnx-dir", str(blind), "--device", "cpu",
+                  "--batch-size", "1"])
+    assert commands.run(args) == 1
+    out = capsys.readouterr().out
+    assert row_of(out, "dit").endswith("PASS"), out  # the unpadded sample cannot see it
+    padded = next(line for line in out.splitlines() if line.startswith("dit (padded batch)"))
+    assert padded.endswith("FAIL"), out
+    assert "overall (onnxruntime): FAIL" in out
+
+
 def nan_state_encoder_copy(export, folder):
     """A copy of an action_head export whose state encoder adds 0 * sum(sqrt(-100 - state)): NaN in every row, as an
     fp16 overflow inside a graph makes it; its file hashes re-recorded as export records them."""
@@ -616,10 +692,39 @@ def test_an_export_at_the_cameras_frame_size_serves_it_and_warms_up_and_verifies
     np.testing.assert_allclose(flat(onnx.get_action(larger, {"seed": 5})[0]),
                                flat(reference.get_action(larger, {"seed": 5})[0]), atol=1e-4)
     square = example_observation(tiny_checkpoint, TAG, batch_size=1, seed=3, image_size=(64, 64))
-    with pytest.raises(ValueError, match=r"Re-export with your cameras' frame size: `gr00t-server export --image-size "
-                                         r"HEIGHT WIDTH \.\.\.`"):
+    with pytest.raises(ObservationError, match=r"has 64x64 frames, .* traced its ViT for 48x64 frames .* re-export "
+                                               r"with your cameras' frame size: `gr00t-server export --image-size 64 64 "
+                                               r"\.\.\.`"):
         onnx.get_action(square)
     assert verify_checkpoint(tiny_checkpoint, onnx_dir=out, device="cpu", embodiment_tag=TAG).status != "FAIL"
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_frames_of_another_size_than_the_export_traced_are_refused_naming_the_camera_before_the_model_runs(
+        tiny_checkpoint, full_export, monkeypatch, strict):
+    """480x640 frames given to an export traced for 256x256 ones failed inside the model run ("the exported ViT was
+    traced for image grid [1, 16, 16] ...; got [[1, 16, 22]]"), naming neither the camera nor the frame sizes, as an
+    internal error with a traceback in the server's log."""
+    from gr00t_client import PolicyClient, PolicyServerError
+
+    policy = Gr00tPolicy(tiny_checkpoint, TAG, device="cpu", dtype="fp32", strict=strict)
+    apply_inference_mode(policy, "onnxruntime", onnx_dir=full_export)
+    ran, run_model = [], policy.model.get_action
+    monkeypatch.setattr(policy.model, "get_action", lambda *args, **kwargs: ran.append(args) or run_model(*args, **kwargs))
+    observation = example_observation(tiny_checkpoint, TAG, batch_size=1, seed=1, image_size=(480, 640))
+    camera = next(iter(observation["video"]))
+    expected = (f"Video key '{camera}' has 480x640 frames, which make image grid [1, 16, 22] (t,h,w in patches); "
+                "this server's full_pipeline export traced its ViT for 256x256 frames (image grid [1, 16, 16])")
+    with pytest.raises(ObservationError) as refused:
+        policy.get_action(observation)
+    assert str(refused.value).startswith(expected), refused.value
+    assert "`gr00t-server export --image-size 480 640 ...`" in str(refused.value)
+    with running_server(policy) as server, PolicyClient(port=server.port, timeout_ms=30_000, strict=False) as client:
+        with pytest.raises(PolicyServerError) as info:
+            client.get_action(observation)
+        assert client.ping()
+    assert str(info.value).startswith(f"Server error: ObservationError: {expected}"), info.value
+    assert not ran
 
 
 def test_cameras_of_different_frame_sizes_are_told_one_export_serves_one_size_naming_each_camera(
@@ -640,8 +745,10 @@ def test_cameras_of_different_frame_sizes_are_told_one_export_serves_one_size_na
             client.get_action(observation, {"seed": 1})
         assert client.ping()  # the server answers on
     message = str(info.value)
-    assert "'image' [1, 16, 22], 'wrist_image' [1, 16, 16]" in message, message
-    assert "serves one frame size for all cameras" in message and "--mode action_head" in message, message
+    assert message.startswith("Server error: ObservationError: "), message  # refused before the model runs
+    assert "'image' 480x640 [1, 16, 22], 'wrist_image' 256x256 [1, 16, 16]" in message, message
+    assert "serves one frame size for all cameras (traced for 256x256 frames" in message, message
+    assert "--mode action_head" in message, message
     assert "--image-size" not in message, message
 
 

@@ -40,15 +40,19 @@ def check_inference_mode_files(mode: str, onnx_dir: Optional[Union[str, Path]] =
 def check_backend_before_load(mode: str, onnx_dir: Optional[Union[str, Path]] = None,
                               engine_dir: Optional[Union[str, Path]] = None, device: Optional[str] = None) -> str:
     """check_inference_mode_files, and what else needs no model: the backend is installed, its metadata is there and
-    well formed, and TensorRT gets a CUDA device. The CLI calls it before the checkpoint loads (minutes for the 3B
-    model, which `serve` spent before saying the export had no metadata or TensorRT was not installed)."""
+    well formed, TensorRT gets a CUDA device and a bf16 ONNX export a CUDA one. The CLI calls it before the checkpoint
+    loads (minutes for the 3B model, which `serve` spent before saying the export had no metadata or TensorRT was not
+    installed)."""
     normalized = check_inference_mode_files(mode, onnx_dir, engine_dir)
     if normalized == "onnxruntime":
         from gr00t_server.backends.common import read_export_metadata
-        from gr00t_server.backends.onnxruntime_backend import import_onnxruntime
+        from gr00t_server.backends.onnxruntime_backend import CPU_LACKS_BF16, import_onnxruntime
 
         import_onnxruntime()
-        read_export_metadata(onnx_dir)
+        precision = read_export_metadata(onnx_dir).get("precision")
+        if precision == "bf16" and device is not None and not str(device).startswith("cuda"):
+            raise BackendError(f"{onnx_dir} holds a bf16 export, which --device {device} cannot run "
+                               f"({CPU_LACKS_BF16}); or give a CUDA --device")
     elif normalized == "tensorrt":
         from gr00t_server.backends.common import ENGINE_METADATA, check_export_structure, read_json
         from gr00t_server.backends.tensorrt_backend import import_tensorrt

@@ -14,6 +14,8 @@ from gr00t_client.cli_flags import user_path
 from gr00t_server.backends.names import EXPORT_MODES, PRECISIONS
 from gr00t_server.cli_errors import refuse_blank_paths
 
+logger = logging.getLogger(__name__)
+
 COMMANDS = ("export", "build-engine", "verify")
 
 
@@ -62,7 +64,8 @@ def register(subparsers: Any) -> None:
         description="Run identical inputs and noise through PyTorch and the backend (ONNX Runtime, TensorRT or "
                     "torch.compile); print cosine similarity, max abs error and relative error per output (the "
                     "action encoder's and the DiT's at their worst denoising step); an output fails when either its "
-                    "cosine or its relative error (held to its dtype's limit) does; exit 1 on FAIL.",
+                    "cosine or its relative error (held to its dtype's limit) does; a second pass on a batch whose "
+                    "prompts differ in length, so rows are padded, reports its rows as '(padded batch)'; exit 1 on FAIL.",
     )
     verify.add_argument(*_flag("model-path"), required=True, help="checkpoint directory or hub id")
     source = verify.add_mutually_exclusive_group(required=True)
@@ -73,7 +76,8 @@ def register(subparsers: Any) -> None:
                         help="default: the tag recorded at export; with --torch-compile, new_embodiment when the "
                              "checkpoint has it, else its first tag by name (the report names the tag it verified)")
     verify.add_argument(*_flag("device"), default=None, help="default: cuda for engines, else cuda if available")
-    verify.add_argument(*_flag("batch-size"), type=int, default=1)
+    verify.add_argument(*_flag("batch-size"), type=int, default=1,
+                        help="rows of the sample observation (default 1); the padded-batch pass has at least 2")
     verify.add_argument(*_flag("seed"), type=int, default=0)
 
 
@@ -162,6 +166,10 @@ def _export(args: argparse.Namespace) -> int:
         import_onnx()  # before the folder is made and the checkpoint loads: torch's exporter fails late without it
         device = args.device or _default_device()
         precision = args.precision or ("bf16" if device.startswith("cuda") else "fp32")
+        if precision == "bf16" and not device.startswith("cuda"):
+            from gr00t_server.backends.onnxruntime_backend import CPU_LACKS_BF16
+
+            logger.warning("a bf16 export serves on a CUDA GPU only (%s)", CPU_LACKS_BF16)
         # Exported into a hidden folder inside the output first (same filesystem, so the swap is renames only): a
         # failed or interrupted export (a bad tag, out of memory, Ctrl-C, SIGTERM) leaves an earlier export as it was.
         folder, created = _export_folder(Path(args.output))

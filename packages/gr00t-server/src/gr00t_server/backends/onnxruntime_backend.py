@@ -37,6 +37,11 @@ _ONNX_TYPES = {
 }
 
 
+# fp16 exports run on ONNX Runtime's CPU provider (served with --dtype fp16); bf16 ones do not
+CPU_LACKS_BF16 = ("ONNX Runtime's CPU provider lacks bf16 kernels: for CPU serving export with --precision fp32, or "
+                  "--precision fp16 and serve with --dtype fp16")
+
+
 def import_onnxruntime() -> Any:
     """Import onnxruntime or raise BackendError saying which extra to install, or why an installed one failed."""
     try:
@@ -111,7 +116,7 @@ class OrtRunner:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             hint = ""
             if device.type == "cpu" and "NOT_IMPLEMENTED" in reason:
-                hint = " (the CPU provider lacks bf16/fp16 kernels: export with --precision fp32 for CPU serving)"
+                hint = f" ({CPU_LACKS_BF16})"
             raise BackendError(f"onnxruntime could not load {self.path.name}: {reason}{hint}") from exc
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.outputs = {o.name: o for o in self.session.get_outputs()}

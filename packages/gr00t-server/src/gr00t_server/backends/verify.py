@@ -39,6 +39,10 @@ MIN_ACTION_SPREAD = 0.1
 # into a constant is right at the first step only.
 TIMESTEP_CONDITIONED = ("action_encoder", "dit")
 STATUS_SEVERITY = {"PASS": 0, "WARN": 1, "FAIL": 2}
+# The padded-batch pass gives its rows these prompts in turn: of different token lengths, so every row of the short
+# one is padded and an export that ignores the attention mask fails (the sample's rows share one prompt: none is).
+PADDED_BATCH_PROMPTS = ("Pick up the bowl.", "Pick up the red bowl and place it on the big plate, then open the top drawer.")
+PADDED_BATCH = "padded batch"
 
 
 def cosine_similarity(reference: Any, candidate: Any) -> float:
@@ -231,6 +235,14 @@ def compare_calls(name: str, module: torch.nn.Module, calls: list[CapturedCall],
     return rows[step]
 
 
+def padded_batch(observation: dict[str, Any]) -> dict[str, Any]:
+    """`observation` with its rows' prompts of different token lengths (PADDED_BATCH_PROMPTS in turn); it needs at
+    least 2 rows."""
+    language = {key: [[PADDED_BATCH_PROMPTS[row % len(PADDED_BATCH_PROMPTS)]] for row in range(len(prompts))]
+                for key, prompts in observation["language"].items()}
+    return {**observation, "language": language}
+
+
 @torch.no_grad()
 def verify_policy(
     policy: Any,
@@ -238,29 +250,51 @@ def verify_policy(
     apply_backend: Callable[[Any], list[str]],
     mode: str,
     seed: int = 0,
+    padded_observation: Optional[dict[str, Any]] = None,
 ) -> VerifyReport:
     """Run PyTorch, swap the backend in with `apply_backend(policy)`, run again with the same noise.
 
     Each swapped sub-module is also fed the PyTorch inputs in isolation, so its own error is visible; the
-    timestep-conditioned ones at every denoising step, reporting their worst.
+    timestep-conditioned ones at every denoising step, reporting their worst. A `padded_observation` (see
+    padded_batch) is compared too, in rows named `(padded batch)`.
     """
     model = model_of(policy)
     dtype = next(model.parameters()).dtype
     options = {"seed": seed}
+    passes = {"": observation, **({PADDED_BATCH: padded_observation} if padded_observation is not None else {})}
+    references: dict[str, tuple[dict[str, list[CapturedCall]], dict[str, Any]]] = {}
+    for name, sample in passes.items():
+        references[name] = _reference_run(policy, sample, options)
+    swapped = apply_backend(policy)
+    if not swapped:  # the actions would compare PyTorch with itself and pass
+        raise BackendError(f"the {mode} backend swapped no sub-module into the model: nothing to verify")
+    comparisons = []
+    for name, sample in passes.items():
+        calls, reference_actions = references[name]
+        rows = []
+        for target, module in submodule_targets(model_of(policy), swapped).items():
+            if calls.get(target):
+                rows.append(compare_calls(target, module, calls[target], dtype, model.action_head.timestep_for_step))
+        rows += _action_comparisons(policy, sample, options, reference_actions, dtype, mode)
+        comparisons += [dataclasses.replace(row, name=f"{row.name} ({name})") if name else row for row in rows]
+    return VerifyReport(mode, comparisons)
+
+
+def _reference_run(policy: Any, observation: dict[str, Any],
+                   options: dict[str, Any]) -> tuple[dict[str, list[CapturedCall]], dict[str, Any]]:
+    """PyTorch's sub-module calls (reference_calls) and actions for `observation`."""
     reference_actions: dict[str, Any] = {}
 
     def run_reference() -> None:
         reference_actions.clear()
         reference_actions.update(policy.get_action(observation, dict(options))[0])
 
-    calls = reference_calls(model, run_reference)
-    swapped = apply_backend(policy)
-    if not swapped:  # the actions would compare PyTorch with itself and pass
-        raise BackendError(f"the {mode} backend swapped no sub-module into the model: nothing to verify")
-    comparisons = []
-    for name, module in submodule_targets(model_of(policy), swapped).items():
-        if calls.get(name):
-            comparisons.append(compare_calls(name, module, calls[name], dtype, model.action_head.timestep_for_step))
+    return reference_calls(model_of(policy), run_reference), reference_actions
+
+
+def _action_comparisons(policy: Any, observation: dict[str, Any], options: dict[str, Any],
+                        reference_actions: dict[str, Any], dtype: torch.dtype, mode: str) -> list[Comparison]:
+    """The backend's actions for `observation` against PyTorch's: per action key, and all keys together."""
     keys = sorted(reference_actions)
     try:
         actions = policy.get_action(observation, dict(options))[0]
@@ -270,8 +304,7 @@ def verify_policy(
         actions = exc.action if exc.action is not None else {
             key: np.full(np.shape(reference_actions[key]), np.nan) for key in keys}
     spreads = {key: action_spread(reference_actions[key]) for key in keys}
-    for key in keys:
-        comparisons.append(compare(f"action.{key}", reference_actions[key], actions[key], dtype, spreads[key]))
+    comparisons = [compare(f"action.{key}", reference_actions[key], actions[key], dtype, spreads[key]) for key in keys]
     comparisons.append(compare(
         "actions (all keys)",
         np.concatenate([np.ravel(reference_actions[k]) for k in keys]),
@@ -279,7 +312,7 @@ def verify_policy(
         dtype,
         np.concatenate([np.ravel(spreads[k]) for k in keys]),
     ))
-    return VerifyReport(mode, comparisons)
+    return comparisons
 
 
 def _tag_recorded_at_export(
@@ -334,6 +367,9 @@ def verify_checkpoint(
         mode = "tensorrt"
         device = device or "cuda"
     elif onnx_dir is not None:
+        # as `serve` does, before the checkpoint loads: a bf16 export on CPU failed only once it had loaded
+        check_backend_before_load("onnxruntime", onnx_dir=onnx_dir,
+                                  device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
         metadata = read_export_metadata(onnx_dir)
         mode = "onnxruntime"
     else:
@@ -344,10 +380,13 @@ def verify_checkpoint(
            or default_embodiment_tag(model_path))
     policy = Gr00tPolicy(model_path, tag, device=device, strict=True, dtype=dtype)
     observation = sample_observation(policy, batch_size=batch_size, seed=seed, image_size=metadata.get("sample_image_size"))
+    # the sample's rows share one prompt, so none is padded: a second pass pads them (2 rows even at batch size 1)
+    padded = padded_batch(sample_observation(policy, batch_size=max(batch_size, 2), seed=seed,
+                                             image_size=metadata.get("sample_image_size")))
     report = verify_policy(
         policy, observation,
         lambda p: apply_inference_mode(p, mode, onnx_dir=onnx_dir, engine_dir=engine_dir),
-        mode, seed=seed,
+        mode, seed=seed, padded_observation=padded,
     )
     report.embodiment_tag = policy.embodiment_tag_value
     return report

@@ -220,6 +220,8 @@ def swap_exported_modules(policy: Any, runners: dict[str, Runner], metadata: dic
             visual = ExportedVision(runners["vit"], dtype, metadata.get("image_grid_thw") or [], cameras)
             if metadata.get("sample_image_size"):  # warm-up and verify then sample frames this ViT takes
                 policy.sample_image_size = tuple(metadata["sample_image_size"])
+            if visual.grid_thw:  # a Gr00tPolicy refuses frames of another grid before the model runs, naming the camera
+                policy.exported_image_grid = visual.grid_thw
         model.backbone = ExportedBackbone(model.backbone, runners["llm"], visual, dtype)
         swapped += ["vit", "llm"] if "vit" in runners else ["llm"]
     elif "vit" in runners:

@@ -1,9 +1,10 @@
-"""Gr00tPolicy's observation checks beyond the modality configs': a lenient call's layout and batch sizes, the
-reference states of relative action keys, and instructions free of the backbone's special tokens."""
+"""Gr00tPolicy's observation checks beyond the modality configs': a lenient call's layout and batch sizes, frames an
+exported ViT can take, the reference states of relative action keys, and instructions free of the backbone's special
+tokens."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -31,6 +32,10 @@ class Gr00tObservationChecks:
     embodiment_tag_value: str
     modality_configs: Dict[str, ModalityConfig]
     language_key: str
+    # The image grid (t, h, w in patches) and camera frame size (height, width) a full_pipeline export's ViT was traced
+    # for, set when it is swapped in (swap_exported_modules); None while the ViT runs in PyTorch.
+    exported_image_grid: Optional[List[int]] = None
+    sample_image_size: Optional[Tuple[int, int]] = None
 
     def _batch_size(self, observation: Mapping[str, Any]) -> int:
         video_keys = self.modality_configs["video"].modality_keys
@@ -99,6 +104,34 @@ class Gr00tObservationChecks:
             if value is not None and rows != batch_size:
                 raise ObservationError(f"{name} has {rows} rows; the observation's batch size is {batch_size} (every "
                                        "video, state and language entry needs one row per batch element)")
+
+    def _check_exported_image_grid(self, video: Mapping[str, Any]) -> None:
+        """ObservationError naming the camera, its frame size and the export's when a full_pipeline export's ViT
+        cannot take the image grid the camera's frames make (it failed inside the model run, as an internal error)."""
+        traced = self.exported_image_grid
+        if traced is None:
+            return
+        grids = {}  # camera -> ((height, width), image grid)
+        for key in self.modality_configs["video"].modality_keys:
+            height, width = (int(side) for side in np.shape(video[key])[2:4])
+            grids[key] = ((height, width), self.processor.frame_grid(height, width))
+        wrong = [key for key, (_, grid) in grids.items() if grid != traced]
+        if not wrong:
+            return
+        size = self.sample_image_size
+        traced_for = f"{size[0]}x{size[1]} frames (image grid {traced})" if size else f"image grid {traced}"
+        if len({tuple(grid) for _, grid in grids.values()}) > 1:  # no --image-size serves this request
+            each = ", ".join(f"'{key}' {h}x{w} {grid}" for key, ((h, w), grid) in grids.items())
+            raise ObservationError(
+                f"this request's camera frames make different image grids (t,h,w in patches): {each}; a full_pipeline "
+                f"export's ViT serves one frame size for all cameras (traced for {traced_for}). Send every camera's "
+                "frames in one size, or export with `--mode action_head`, which keeps the ViT in PyTorch.")
+        (height, width), grid = grids[wrong[0]]
+        raise ObservationError(
+            f"Video key '{wrong[0]}' has {height}x{width} frames, which make image grid {grid} (t,h,w in patches); this "
+            f"server's full_pipeline export traced its ViT for {traced_for} and serves that grid only. Send frames of "
+            "that size (or of one the processor resizes onto its grid), or re-export with your cameras' frame size: "
+            f"`gr00t-server export --image-size {height} {width} ...`.")
 
     def max_call_rows(self, observation: Any) -> Optional[int]:
         """The most rows one call of observations shaped like `observation` may hold within the vision-token budget

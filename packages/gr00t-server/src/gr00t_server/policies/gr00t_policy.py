@@ -284,12 +284,14 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
             return self._counting_tokenizer(text)
 
     def check_observation(self, observation: Dict[str, Any]) -> None:
-        """The modality configs' checks, then what processing would refuse inside the call (frame sizes, states that
-        normalize beyond the model's float or have the wrong width), the reference states of relative action keys (a
-        degenerate rotation failed only after the whole model ran, and with batching on made every client's batch
-        re-run alone), then the instructions (no special tokens). All in the observation's own row numbering."""
+        """The modality configs' checks, then what processing or an exported ViT would refuse inside the call (frame
+        sizes, states that normalize beyond the model's float or have the wrong width), the reference states of
+        relative action keys (a degenerate rotation failed only after the whole model ran, and with batching on made
+        every client's batch re-run alone), then the instructions (no special tokens). All in the observation's own
+        row numbering."""
         super().check_observation(observation)
         self.processor.check_video(self.embodiment_tag_value, observation["video"])
+        self._check_exported_image_grid(observation["video"])
         self._normalize_checked_states(observation["state"])
         self._check_reference_states(observation)
         self._check_instructions(observation)
@@ -343,6 +345,7 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
             )
         if not self.strict:  # a strict policy's check_observation made these checks
             self._check_batch_sizes(observation, batch_size)
+            self._check_exported_image_grid(observation["video"])
             self._check_reference_states(observation)
             self._check_instructions(observation)
         rtc = self._parse_rtc(options.get("rtc"), batch_size)

@@ -12,7 +12,7 @@ from gr00t_client.policy import ObservationError, float_frames_hint
 
 from .config import ProcessorConfig
 from .image import check_frame_size, eval_transform_shape, torchvision_style_transform_shape
-from .vision_patches import VisionPatchConfig, image_tokens
+from .vision_patches import VisionPatchConfig, num_image_tokens, smart_resize
 
 _SQUARE_SIDE = 256  # any side would do: every transform scales a square frame to the checkpoint's own size
 # The widest common camera frame (16:9): the budget's rows are of frames up to this wide, so that --max-rows rows of 4:3
@@ -61,13 +61,19 @@ class VideoChecks:
 
     def frame_tokens(self, height: int, width: int) -> int:
         """Vision tokens one (height, width) frame becomes (eval transform, then image patches), from its shape alone."""
-        cfg = self.config
+        return num_image_tokens(self.frame_grid(height, width), self.vision_config.merge_size)
+
+    def frame_grid(self, height: int, width: int) -> List[int]:
+        """The image grid (t, h, w in patches) one (height, width) frame becomes (eval transform, then image patches),
+        from its shape alone."""
+        cfg, vision = self.config, self.vision_config
         if cfg.use_albumentations:
             size = eval_transform_shape(height, width, cfg.shortest_image_edge, cfg.resolved_crop_fraction,
                                         cfg.letter_box_transform, cfg.image_target_size)
         else:
             size = torchvision_style_transform_shape(cfg.image_target_size, cfg.image_crop_size)
-        return image_tokens(size[0], size[1], self.vision_config)
+        new_h, new_w = smart_resize(size[0], size[1], vision.factor, vision.min_pixels, vision.max_pixels)
+        return [1, new_h // vision.patch_size, new_w // vision.patch_size]
 
     def max_vision_tokens(self, tag: str) -> Optional[int]:
         """The vision tokens one call may make: those of `max_rows` rows of 16:9 frames (or square ones, when those make
