@@ -79,7 +79,7 @@ def test_a_rollout_that_fills_the_disk_says_what_it_kept_and_its_resume_loses_no
         assert 0 < kept < 40 and f"the {kept} episodes scored before it are kept" in error
         assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]  # no leftover temporaries
         assert main(["--log-level", "WARNING", "rollout", "--resume", str(out), "--policy-client-port",
-                     str(server.port), "--timeout-ms", "5000"]) == 0
+                     str(server.port), "--timeout-ms", "5000", "--env-import", "eval.scale_fixtures"]) == 0
     entries = EpisodeLog(out / "episodes.jsonl").read()
     assert sorted(e["episode_index"] for e in entries) == list(range(40))  # the first resumed one too
     assert json.loads((out / "results.json").read_text())["overall"]["n_episodes"] == 40

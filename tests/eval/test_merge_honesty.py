@@ -209,3 +209,49 @@ def test_the_missing_episodes_of_a_merge_are_shown_ten_at_most():
     missing = [f"t#{i}" for i in range(13)]
     assert format_missing(missing) == ", ".join(missing[:10]) + " and 3 more"
     assert format_missing(missing[:2]) == "t#0, t#1" and format_missing([]) == ""
+
+
+ADAPTER = ["--env-adapter", "walkto=eval.scale_fixtures:make_walkto_env"]
+
+
+def test_shards_run_with_different_env_registrations_are_refused_naming_both(server, tmp_path, capsys):
+    """One env name may be two envs (a built-in one, and a user's --env-adapter for its prefix): merge pooled them."""
+    out = tmp_path / "shards"
+    assert shard(server.port, out, 0) == 0
+    assert shard(server.port, out, 1, *ADAPTER) == 0
+    assert json.loads((out / "results_shard1of2.json").read_text())["plan"]["registrations"] == {
+        "env_import": [], "env_prefix": [], "env_adapter": [["walkto", "eval.scale_fixtures:make_walkto_env"]]}
+    capsys.readouterr()
+    assert merge(out) == 2
+    err = capsys.readouterr().err
+    assert ("env registrations --env-adapter walkto=eval.scale_fixtures:make_walkto_env (none in the first: the same "
+            "env names may be other envs)") in err
+    assert not (out / "merged.json").exists()
+
+
+def test_a_shard_written_before_env_registrations_were_recorded_merges_with_one_that_records_none(server, tmp_path):
+    out = tmp_path / "shards"
+    assert shard(server.port, out, 0) == 0 and shard(server.port, out, 1) == 0
+    path = out / "results_shard0of2.json"
+    results = json.loads(path.read_text())
+    assert results["plan"].pop("registrations") == {"env_import": [], "env_prefix": [], "env_adapter": []}
+    path.write_text(json.dumps(results))
+    assert merge(out) == 0
+    assert json.loads((out / "merged.json").read_text())["status"] == "complete"
+
+
+def test_a_shard_whose_task_failed_is_named_with_its_resume_command_and_the_count_said_once(server, tmp_path, capsys):
+    """It said "1 of 2 tasks failed (walkto/nope); 2 episodes did not run; 2 episodes did not run", naming no shard."""
+    out = tmp_path / "shards"
+    assert cli.main(["rollout", "--env-name", "walkto/fast,walkto/nope", "--n-episodes", "2", "--n-envs", "1",
+                     "--vectorization", "sync", "--n-action-steps", "2", "--max-episode-steps", "6", "--seed", "0",
+                     "--no-video", "--policy-client-port", str(server.port), "--shard", "0/1",
+                     "--output-dir", str(out)]) == 1
+    capsys.readouterr()
+    assert merge(out) == 1
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("INCOMPLETE"))
+    assert line.startswith("INCOMPLETE: 1 of 2 tasks failed (walkto/nope); 2 episodes did not run; ")
+    assert (f"{out / 'results_shard0of1.json'} is an incomplete run: continue it with gr00t-eval rollout --resume {out} "
+            "--shard 0/1") in line
+    assert line.count("2 episodes did not run") == 1, line
+    assert json.loads((out / "merged.json").read_text())["status"] == "incomplete"

@@ -84,6 +84,20 @@ def test_a_shard_whose_server_is_gone_is_reported_and_the_rest_is_kept(local_ray
     assert merged["overall"]["n_episodes"] == 2 and len(merged["missing_episodes"]) == 2
 
 
+def test_a_shard_that_failed_before_scoring_is_not_blamed_for_recording_no_policy(local_ray, caplog):
+    """It was warned of as a shard that "record[s] no policy (an older gr00t-eval, or a server that did not say)"."""
+    from eval.scale_fixtures import free_port
+
+    config = RolloutConfig(env_name=ENV_SPEC, n_episodes=2, n_envs=1, n_action_steps=2, max_episode_steps=6, seed=0,
+                           vectorization="sync")
+    with policy_server() as alive:
+        servers = [ServerAddress("127.0.0.1", alive.port), ServerAddress("127.0.0.1", free_port())]
+        merged = run_with_ray(ENV_SPEC, config, servers, address="local", n_shards=2, timeout_ms=500)
+    assert list(merged["failed_shards"]) == ["1/2"]
+    assert "record no policy" not in caplog.text
+    assert merged["policy"] is not None
+
+
 def test_shards_whose_server_goes_away_mid_run_are_listed_in_failed_shards_with_why(local_ray):
     config = RolloutConfig(env_name="walkto/fast", n_episodes=8, n_envs=1, n_action_steps=2, max_episode_steps=6,
                            seed=0, vectorization="sync")

@@ -31,7 +31,7 @@ def test_a_resume_reads_the_episode_log_once_and_keeps_the_earlier_attempts_epis
         monkeypatch.setattr(EpisodeLog, "entries", lambda self: (reads.append(self.path), entries(self))[1])
         with caplog.at_level(logging.WARNING, logger="gr00t_eval.episode_log"):
             assert main(["--log-level", "WARNING", "rollout", "--resume", str(out), "--policy-client-port",
-                         str(server.port), "--timeout-ms", "5000"]) == 0
+                         str(server.port), "--timeout-ms", "5000", "--env-import", "eval.scale_fixtures"]) == 0
     assert reads.count(log) == 1, reads
     assert len([r for r in caplog.records if "is not complete JSON" in r.getMessage()]) == 1
     results = json.loads((out / "results.json").read_text())

@@ -61,3 +61,41 @@ def test_a_run_file_from_before_registrations_were_recorded_gets_the_generic_adv
     err = capsys.readouterr().err
     assert "unknown prefix 'fleeting2'" in err
     assert "resume it with the --env-import/--env-prefix/--env-adapter flags the run was started with" in err
+
+
+ADAPTER = ["--env-adapter", "walkto=eval.scale_fixtures:make_walkto_env"]  # another adapter for a registered prefix
+RUN = ["--env-name", "walkto/fast", "--n-episodes", "2", "--seed", "0", *SMALL]
+
+
+@pytest.mark.parametrize("shard", [[], ["--shard", "1/2"]], ids=["run", "shard"])
+def test_a_resume_given_other_env_registrations_than_its_run_is_refused_naming_the_runs(tmp_path, capsys, shard):
+    """It ran: one env name built another env, and the run pooled both envs' episodes into one result."""
+    from gr00t_eval import cli
+
+    out = tmp_path / "run"
+    with policy_server() as server:
+        port = ["--policy-client-port", str(server.port)]
+        assert cli.main(["rollout", *RUN, *port, "--output-dir", str(out), *shard]) == 0
+        # the results and episode log (the run file's claim is the resume's to take)
+        saved = {path.name: path.read_bytes() for path in out.iterdir() if path.name.startswith(("results", "episodes"))}
+        capsys.readouterr()
+        assert cli.main(["rollout", "--resume", str(out), *port, *shard, *ADAPTER]) == 2
+    err = capsys.readouterr().err
+    assert (f"--resume {out}: this run was started with no --env-import/--env-prefix/--env-adapter flags, but this "
+            f"command line gives {' '.join(ADAPTER)}") in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert {name: (out / name).read_bytes() for name in saved} == saved and len(saved) >= 2
+
+
+def test_a_resume_without_the_adapter_its_run_gave_a_registered_prefix_is_refused_naming_it(tmp_path, capsys):
+    """The prefix is known without the flag, so no "unknown prefix" stopped it: the built-in env would have run."""
+    from gr00t_eval import cli
+
+    out = tmp_path / "run"
+    with policy_server() as server:
+        port = ["--policy-client-port", str(server.port)]
+        assert cli.main(["rollout", *RUN, *port, "--output-dir", str(out), *ADAPTER]) == 0
+        capsys.readouterr()
+        assert cli.main(["rollout", "--resume", str(out), *port]) == 2
+        assert f"this run was started with {' '.join(ADAPTER)}, but this command line gives none" in capsys.readouterr().err
+        assert cli.main(["rollout", "--resume", str(out), *port, *ADAPTER]) == 0

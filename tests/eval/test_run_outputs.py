@@ -272,7 +272,8 @@ def test_sigint_writes_interrupted_results_and_resume_completes_to_the_uninterru
         assert interrupted["status"] == "interrupted" and 3 <= len(interrupted["per_episode"]) < 12
         assert "--resume" in output
 
-        assert main(["rollout", "--resume", str(out), "--policy-client-port", str(server.port), "--timeout-ms", "3000"]) == 0
+        assert main(["rollout", "--resume", str(out), "--policy-client-port", str(server.port), "--timeout-ms", "3000",
+                     "--env-import", "eval.scale_fixtures"]) == 0  # the flags the run was started with
         assert main(rollout_args(server.port, tmp_path / "whole", "--n-episodes", n_episodes, "--seed", "5")) == 0
     resumed, whole = read(out / "results.json"), read(tmp_path / "whole" / "results.json")
     assert resumed["status"] == "complete"

@@ -28,7 +28,7 @@ def rollout(port, out, *extra):
 
 def resume(port, out):
     return main(["--log-level", "WARNING", "rollout", "--resume", str(out), "--policy-client-port", str(port),
-                 "--timeout-ms", "5000"])
+                 "--timeout-ms", "5000", "--env-import", "eval.scale_fixtures"])  # the flags the run was started with
 
 
 def read(path):

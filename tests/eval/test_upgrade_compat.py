@@ -74,7 +74,8 @@ def test_resuming_a_run_that_recorded_no_policy_says_its_server_cannot_be_checke
         elsewhere.mkdir()
         monkeypatch.chdir(elsewhere)
         with caplog.at_level(logging.WARNING):
-            assert main(["rollout", "--resume", str(out), "--policy-client-port", str(server.port)]) == 0
+            assert main(["rollout", "--resume", str(out), "--policy-client-port", str(server.port), "--env-import",
+                         "eval.scale_fixtures"]) == 0  # the run's registrations, which a resume is held to
     assert "recorded no policy for its 2 earlier episodes" in caplog.text
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["video_dir"] == str(out / "videos")  # the resumed run's own, not ./run/videos here
@@ -295,7 +296,8 @@ def test_a_run_recorded_before_the_server_reported_its_policy_s_own_tag_resumes_
         lines = (out / "episodes.jsonl").read_text().splitlines()
         (out / "episodes.jsonl").write_text("\n".join(lines[:2]) + "\n")
         (out / "results.json").unlink()
-        assert main(["rollout", "--resume", str(out), "--policy-client-port", str(server.port)]) == 0
+        assert main(["rollout", "--resume", str(out), "--policy-client-port", str(server.port), "--env-import",
+                     "eval.scale_fixtures"]) == 0  # the run's registrations, which a resume is held to
     assert json.loads((out / "run.json").read_text())["policy"]["embodiment_tag"] == "new_embodiment"
     assert len(json.loads((out / "results.json").read_text())["per_episode"]) == 3
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -196,7 +197,10 @@ def cmd_merge(args: argparse.Namespace) -> int:
     if status != "complete":
         missing = merged.get("missing_episodes", [])
         shown = format_missing(missing)
-        print(f"{status.upper()}: {merged.get('stop_reason')}; {merged.get('n_not_run', len(missing))} episodes did not run"
+        reason, not_run = merged.get("stop_reason") or "", merged.get("n_not_run", len(missing))
+        # a merge whose task failed counts them in its reason already ("...; 5 episodes did not run"): not said twice
+        said = not shown and re.search(rf"(^|\D){not_run} episodes did not run", reason)
+        print(f"{status.upper()}: {reason}{'' if said else f'; {not_run} episodes did not run'}"
               f"{': ' + shown if shown else ''} (run the missing shards, or resume them, and merge again)"
               f"{_unfinished_shards_hint(args.results)}")
     print(f"Merged {len(files)} files into {path}")

@@ -54,11 +54,13 @@ def refuse_changed_settings(args: argparse.Namespace, saved: Mapping[str, Any]) 
     """UsageError when a `--resume DIR` command line sets a run setting other than the one saved in DIR's run.json.
 
     A resumed run continues with its saved settings (they decide every episode's outcome and seed); flags that
-    would change them were silently dropped before. Connection, --ray-* and --env-import/prefix/adapter flags
-    come from the resuming command line.
+    would change them were silently dropped before. Connection and --ray-* flags come from the resuming command
+    line; its --env-import/prefix/adapter flags must be those the run file records (they decide which env an env
+    name is).
     """
     from .cli_errors import UsageError
 
+    _refuse_changed_registrations(args, saved)
     given = given_settings(args)
     config = saved.get("config", {})
     conflicts = []
@@ -83,6 +85,26 @@ def refuse_changed_settings(args: argparse.Namespace, saved: Mapping[str, Any]) 
         raise UsageError(f"--resume {args.resume} continues the run with the settings saved in its run file, but this "
                          f"command line also gives {'; '.join(conflicts)}. Drop those flags to resume, or start a new "
                          "run (a new --output-dir) with the new settings")
+
+
+def _refuse_changed_registrations(args: argparse.Namespace, saved: Mapping[str, Any]) -> None:
+    """UsageError when the resuming command line's --env-import/--env-prefix/--env-adapter flags are not those its run
+    file records (another adapter under one env name pooled two envs' episodes); a run file from before they were
+    recorded is not checked."""
+    from .cli_errors import UsageError
+    from .rollout_args import _recorded_registration_flags, _registration_flags, _registrations
+
+    recorded = saved.get("registrations")
+    if not isinstance(recorded, dict):
+        return
+    given = _registrations(args)
+    if {name: recorded.get(name) or [] for name in given} == given:  # as JSON holds them: lists, pairs as lists
+        return
+    started = _recorded_registration_flags(saved).strip() or "no --env-import/--env-prefix/--env-adapter flags"
+    raise UsageError(f"--resume {args.resume}: this run was started with {started}, but this command line gives "
+                     f"{_registration_flags(args).strip() or 'none'} (an env name may then build another env, whose "
+                     "episodes would be pooled with the run's): resume it with the flags it was started with, or start "
+                     "a new run (a new --output-dir) with the new ones")
 
 
 def _resolved_for_shard(saved: Mapping[str, Any], dest: str, value: Any) -> bool:

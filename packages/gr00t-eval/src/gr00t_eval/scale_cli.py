@@ -127,9 +127,9 @@ def run_rollout_command(args: argparse.Namespace) -> int:
     if args.resume:  # a Ray run resumes like any other: its driver logged every episode in episodes.jsonl
         output_dir = Path(args.resume)
         saved = read_run_file(output_dir, shard)
-        refuse_changed_settings(args, saved)
         env_spec = saved["env_name"]
-        _check_env_names(env_spec, output_dir, saved)
+        _check_env_names(env_spec, output_dir, saved)  # first: flags left out that the env names need say "unknown prefix"
+        refuse_changed_settings(args, saved)
         config = _saved_rollout_config(saved, output_dir, shard)
         if _default_video_dir(saved, output_dir):  # OUTPUT_DIR/videos of the directory resumed, wherever it now is
             config = dataclasses.replace(config, video_dir=str(output_dir.absolute() / "videos"))
@@ -186,6 +186,8 @@ def run_rollout_command(args: argparse.Namespace) -> int:
     try:
         with _released_unless_started(output_dir, shard, new_run=not args.resume):
             results = _run(args, env_spec, config, shard, done, log, first_policy)
+            # the envs the names were built with (a resume is held to its run's): merge refuses shards of others
+            results["plan"]["registrations"] = _registrations(args)
             if not args.resume and not results.get("per_episode") and results.get("status") in ("aborted", "incomplete"):
                 # every task failed to start (an --env-kwarg its env does not take), or every Ray shard stopped before
                 # scoring (no server answered its workers): as a plain run that reaches no server, the folder is

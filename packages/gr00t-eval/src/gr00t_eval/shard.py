@@ -130,6 +130,17 @@ def recorded_settings(plan: Mapping[str, Any]) -> Dict[str, Any]:
     return {**defaults, **(plan.get("settings") or {})}
 
 
+# The run's --env-import, --env-prefix and --env-adapter values (rollout_args._registrations), as its plan records them.
+REGISTRATIONS = ("env_import", "env_prefix", "env_adapter")
+
+
+def recorded_registrations(plan: Mapping[str, Any]) -> Dict[str, list]:
+    """The env registrations a plan records, none for each it does not (a results file written before they were
+    recorded ran without any, as far as anything shows)."""
+    recorded = plan.get("registrations") or {}
+    return {name: list(recorded.get(name) or []) for name in REGISTRATIONS}
+
+
 def _is_index(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -163,6 +174,11 @@ def _check_results_shape(results: Mapping[str, Any]) -> None:
             valid = False
         if not valid:
             raise MergeError(f"'plan.shard' is {shard!r}, expected null or [index, count] with 0 <= index < count")
+    registrations = plan.get("registrations")
+    if registrations is not None and not (isinstance(registrations, dict) and all(
+            isinstance(registrations.get(name) or [], list) for name in REGISTRATIONS)):
+        raise MergeError(f"'plan.registrations' is {json.dumps(registrations)[:80]}, expected null or an object of "
+                         "env_import, env_prefix and env_adapter lists")
     for name, expected, nullable in (("per_episode", list, False), ("per_task", dict, False), ("policy", dict, True),
                                      ("config", dict, True), ("settings_not_applied", dict, True)):
         value = results.get(name)
@@ -186,7 +202,8 @@ def _plan_key(results: Mapping[str, Any]) -> Tuple[Any, ...]:
     _check_results_shape(results)
     plan = results["plan"]
     settings = json.dumps(recorded_settings(plan), sort_keys=True)
-    return (tuple(tuple(t) for t in plan["tasks"]), plan["n_episodes"], plan["seed"], settings)
+    registrations = json.dumps(recorded_registrations(plan), sort_keys=True)
+    return (tuple(tuple(t) for t in plan["tasks"]), plan["n_episodes"], plan["seed"], settings, registrations)
 
 
 _MISSING = object()
@@ -207,6 +224,11 @@ def plan_difference(first: Mapping[str, Any], other: Mapping[str, Any]) -> str:
             why = (f"; with client_chunking {settings_a.get('client_chunking')!r} the number of envs changes what "
                    f"an episode does{_AUTO_N_ENVS_UNKNOWN if 0 in (value_a, value_b) else ''}" if name == "n_envs" else "")
             return f"setting {name} {shown_b} ({shown_a} in the first{why})"
+    if recorded_registrations(a) != recorded_registrations(b):  # one env name, two envs: a built-in and an adapter
+        from .rollout_args import _recorded_registration_flags
+
+        flags_a, flags_b = (_recorded_registration_flags(plan).strip() or "none" for plan in (a, b))
+        return f"env registrations {flags_b} ({flags_a} in the first: the same env names may be other envs)"
     return "the plan"
 
 
@@ -282,7 +304,9 @@ def merge_results(shards: Iterable[Mapping[str, Any]], allow_missing: bool = Fal
                              f"{plan_difference(shards[0], results)}; only shards of one plan merge")
     _warn_of_unknown_n_envs(recorded_settings(shards[0]["plan"]), label)
     policies = [(label[i], results.get("policy")) for i, results in enumerate(shards) if results.get("policy")]
-    unrecorded = [label[i] for i, results in enumerate(shards) if not results.get("policy")]
+    # a shard that scored no episode (a Ray shard that never reached its server) adds nothing to check
+    unrecorded = [label[i] for i, results in enumerate(shards)
+                  if not results.get("policy") and results.get("per_episode")]
     if policies and unrecorded:
         logger.warning("%s record no policy (an older gr00t-eval, or a server that did not say): nothing checks that "
                        "they ran the policy of %s", ", ".join(unrecorded), policies[0][0])
@@ -293,7 +317,7 @@ def merge_results(shards: Iterable[Mapping[str, Any]], allow_missing: bool = Fal
             raise MergeError(f"{name} was run against another policy than {first_name}: {describe(policy)}, not "
                              f"{describe(first)}; only shards of one policy merge (rerun that shard against "
                              "the same checkpoint or dataset)")
-    task_pairs, n_episodes, seed, _ = key
+    task_pairs, n_episodes, seed, _, _ = key
     tasks = [Task(env_name, group) for env_name, group in task_pairs]
     plan_tasks = [task.env_name for task in tasks]
     seen: Dict[Tuple[str, int], int] = {}
@@ -353,11 +377,19 @@ def merge_results(shards: Iterable[Mapping[str, Any]], allow_missing: bool = Fal
     statuses = [results.get("status", "complete") for results in shards]
     # A merge with episodes in no file is no complete run, even when every shard given completed.
     status = next((s for s in ("interrupted", "aborted") if s in statuses), INCOMPLETE if missing else "complete")
-    reasons = [f"{label[i]}: {r.get('stop_reason')}" for i, r in enumerate(shards) if r.get("status", "complete") != "complete"]
+    # an incomplete shard (a task failed: an env worker killed, ...) is named with the command that reruns what it lacks
+    reasons = [_stopped_shard_hint(label[i], r) if r.get("status") == INCOMPLETE
+               else f"{label[i]}: {r.get('stop_reason')}" for i, r in enumerate(shards)
+               if r.get("status", "complete") != "complete"]
     if missing:
         reasons.append(f"{len(missing)} episodes are in no results file (merged with --allow-missing)")
-    return suite_results(tasks, runs, config, first.get("env_name", ""), first.get("suite"), extra, status,
-                         "; ".join(reasons) or None)
+    merged = suite_results(tasks, runs, config, first.get("env_name", ""), first.get("suite"), extra, status,
+                           "; ".join(reasons) or None)
+    if status == "complete" and merged["status"] == INCOMPLETE:  # its reason counts the merge's failed tasks and
+        resumes = [_stopped_shard_hint(label[i], r, with_reason=False)  # episodes not run: the shards' would repeat it
+                   for i, r in enumerate(shards) if r.get("status") == INCOMPLETE]
+        merged["stop_reason"] = "; ".join([merged["stop_reason"], *resumes])
+    return merged
 
 
 def _planned_ranges(tasks: Sequence[Task], n_episodes: int, results: Mapping[str, Any]) -> Dict[str, range]:
@@ -495,11 +527,15 @@ def _checked_done(done: Iterable[EpisodeOutcome], config: RolloutConfig, check_s
     return done
 
 
-def _stopped_shard_hint(label: str, results: Mapping[str, Any]) -> str:
-    """'<label> is an interrupted run (<reason>): continue it with gr00t-eval rollout --resume DIR --shard I/N'."""
+def _stopped_shard_hint(label: str, results: Mapping[str, Any], with_reason: bool = True) -> str:
+    """'<label> is an interrupted run (<reason>): continue it with gr00t-eval rollout --resume DIR --shard I/N' (or an
+    aborted or incomplete run; without '(<reason>)' unless `with_reason`)."""
+    from .rollout_args import _recorded_registration_flags
     from .run_resume import resume_command
 
     shard = (results.get("plan") or {}).get("shard")
     spec = ShardSpec(*shard) if shard else None
-    resume = f": continue it with {resume_command(Path(label).parent, spec)}" if label.endswith(".json") else ""
-    return f"{label} is an {results.get('status')} run ({results.get('stop_reason') or 'no reason recorded'}){resume}"
+    flags = _recorded_registration_flags(results.get("plan") or {})  # a resume is held to the shard's own
+    resume = f": continue it with {resume_command(Path(label).parent, spec)}{flags}" if label.endswith(".json") else ""
+    reason = f" ({results.get('stop_reason') or 'no reason recorded'})" if with_reason else ""
+    return f"{label} is an {results.get('status')} run{reason}{resume}"
