@@ -82,6 +82,73 @@ def test_a_ctrl_c_inside_get_action_hands_out_no_step_so_the_retry_gets_that_ste
     assert executed == [[k, k] for k in range(6)]
 
 
+def interrupt_at_line(n):
+    """A KeyboardInterrupt at the n-th line the chunker's own code (get_action and its callees in chunking*.py) runs
+    on this thread while armed. Returns the state: set "armed" to count; "where" names the line once it fired."""
+    state = {"armed": False, "count": 0, "where": None}
+    this_thread = threading.current_thread()
+
+    def tracer(frame, event, arg):
+        code = frame.f_code
+        if "gr00t_client" not in code.co_filename or "chunking" not in code.co_filename \
+                or threading.current_thread() is not this_thread:
+            return None
+        if event == "line" and state["armed"]:
+            state["count"] += 1
+            if state["count"] == n:
+                state["armed"] = False
+                state["where"] = f"{code.co_filename.rsplit('/', 1)[-1]}:{frame.f_lineno} ({code.co_name})"
+                raise KeyboardInterrupt
+        return tracer
+
+    sys.settrace(tracer)
+    return state
+
+
+def run_interrupted_at_line(client, settings, n):
+    """Steps 0..9 of 2 envs (env 1 reset at step 5), each call retried after a Ctrl-C; the calls of steps 4 and 5
+    (a prefetch merged, a fetch after the reset) are interrupted at their n-th line. Returns (steps, where)."""
+    executed, t, state = [], [0, 0], interrupt_at_line(n)
+    try:
+        with ActionChunker(client, **settings) as chunker:
+            while len(executed) < 10:
+                if len(executed) == 5 and t[1] == 5:
+                    chunker.reset(env_ids=[1])
+                    t[1] = 0
+                chunker.wait_for_prefetch(10)  # the prefetch is in: the same lines run each time
+                state["armed"] = state["where"] is None and len(executed) in (4, 5)
+                try:
+                    step, _ = chunker.get_action(obs(*t))
+                except KeyboardInterrupt:
+                    continue
+                finally:
+                    state["armed"] = False
+                executed.append(step["x"][:, 0].tolist())
+                t = [k + 1 for k in t]
+    finally:
+        sys.settrace(None)
+    return executed, state["where"]
+
+
+@pytest.mark.parametrize("settings", [{"asynchronous": True, "prefetch_steps": 4},
+                                      {"asynchronous": True, "merge": "average", "n_action_steps": 6},
+                                      {"asynchronous": True, "per_env": True, "prefetch_steps": 5},
+                                      {"asynchronous": True, "rtc_frozen_steps": 2}])
+def test_a_ctrl_c_at_any_line_of_get_action_leaves_the_retry_the_step_it_was_for(settings):
+    """A Ctrl-C in _commit between an env's new buffer and its cursor left the merged buffer with the old cursor: the
+    retry handed out a step several ahead (or mixed merge values), or every later call raised IndexError."""
+    expected = [[k, k] for k in range(5)] + [[k, k - 5] for k in range(5, 10)]
+    with running_server(StepPolicy()) as server, PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client:
+        n = 0
+        while True:
+            n += 1
+            executed, where = run_interrupted_at_line(client, settings, n)
+            assert executed == expected, f"a Ctrl-C at {where}"
+            if where is None:  # line n is past the calls' last line: every line was interrupted once
+                break
+    assert n > 100
+
+
 def test_after_reset_the_chunker_takes_the_steps_of_a_policy_now_serving_other_actions():
     """The first chunk's keys, shapes and dtypes were kept for ever: every chunk of the new shape was refused, even
     after reset(), with nothing buffered."""
@@ -94,6 +161,23 @@ def test_after_reset_the_chunker_takes_the_steps_of_a_policy_now_serving_other_a
         assert chunker.get_action(obs(0))[0]["x"].shape == (1, 6)
 
 
+@pytest.mark.parametrize("settings", [{}, {"asynchronous": True, "prefetch_steps": 7}], ids=["sync", "a prefetch pending"])
+@pytest.mark.parametrize("reset", [lambda chunker: chunker.reset(env_ids=[0, 1], policy_reset_by_caller=True),
+                                   lambda chunker: (chunker.reset(env_ids=[0]), chunker.reset(env_ids=[1]))],
+                         ids=["every env, policy reset by the caller", "each env in turn"])
+def test_a_reset_leaving_nothing_buffered_takes_the_steps_of_a_policy_now_serving_other_actions(reset, settings):
+    """gr00t-eval rollout's reset (every env, policy_reset_by_caller=True) and resets of each env in turn left nothing
+    buffered, yet every new chunk was refused with advice to make the reset just made."""
+    policy = StepPolicy(dim=4)
+    with running_server(policy) as server, PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client, \
+            ActionChunker(client, **settings) as chunker:
+        assert chunker.get_action(obs(0, 0))[0]["x"].shape == (2, 4)
+        chunker.wait_for_prefetch(10)
+        policy.dim = 6  # the server now serves another embodiment
+        reset(chunker)
+        assert chunker.get_action(obs(0, 0))[0]["x"].shape == (2, 6)
+
+
 def test_a_chunk_of_other_step_shapes_mid_episode_is_refused_saying_a_reset_takes_it():
     policy = StepPolicy(horizon=2, dim=4)
     with running_server(policy) as server, PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client, \
@@ -102,7 +186,8 @@ def test_a_chunk_of_other_step_shapes_mid_episode_is_refused_saying_a_reset_take
         chunker.get_action(obs(1))
         policy.dim = 6
         with pytest.raises(ActionError, match=r"expected steps of shape \(4,\), as in the earlier chunks; a policy now "
-                                              r"serving other actions needs reset\(\)"):
+                                              r"serving other actions needs every env reset first \(reset\(\), or "
+                                              r"reset\(env_ids\) of each env: nothing buffered\)"):
             chunker.get_action(obs(2))
 
 
@@ -171,3 +256,31 @@ def test_per_env_fetches_send_the_rows_of_the_fetched_envs_of_noise_and_seed():
         chunker.reset(env_ids=[1])
         chunker.get_action(obs(1, 0, 1), options={"noise": noise, "seed": np.array([7, 8, 9])})
     assert policy.options[1]["noise"].tolist() == noise[[1]].tolist() and policy.options[1]["seed"].tolist() == [8]
+
+
+@pytest.mark.parametrize("as_given", [lambda noise: noise.tolist(), lambda noise: tuple(noise.tolist())],
+                         ids=["nested lists", "a tuple"])
+def test_per_env_fetches_send_the_rows_of_the_fetched_envs_of_a_noise_given_as_lists(as_given):
+    """Gr00tPolicy takes a noise of nested lists: only a numpy noise was cut to the fetched envs' rows, so a fetch of
+    env 1 sent all 3 envs' noise and the server refused it."""
+    policy = StepPolicy(horizon=2)
+    noise = np.arange(3.0)[:, None, None] * np.ones((3, 2, 1))
+    with running_server(policy) as server, PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client, \
+            ActionChunker(client, per_env=True) as chunker:
+        chunker.get_action(obs(0, 0, 0), options={"noise": as_given(noise)})
+        chunker.reset(env_ids=[1])
+        _, info = chunker.get_action(obs(1, 0, 1), options={"noise": as_given(noise)})
+    assert info["fetched_env_ids"] == [1]
+    assert np.asarray(policy.options[1]["noise"]).tolist() == noise[[1]].tolist()
+
+
+def test_a_per_env_fetch_refuses_a_ragged_noise_naming_it():
+    policy = StepPolicy(horizon=2)
+    ragged = [[0.0], [1.0, 2.0], [3.0]]
+    with running_server(policy) as server, PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client, \
+            ActionChunker(client, per_env=True) as chunker:
+        chunker.get_action(obs(0, 0, 0), options={"noise": ragged})
+        chunker.reset(env_ids=[1])
+        with pytest.raises(ValueError, match=r"options\['noise'\] must be an array of shape \(B, \.\.\.\) \(one row per "
+                                             r"env, B=3\) or nested lists of that shape; got list"):
+            chunker.get_action(obs(1, 0, 1), options={"noise": ragged})

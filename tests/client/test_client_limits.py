@@ -200,12 +200,13 @@ while True:  # the rest of the descriptor table used up (other code, a leak, man
         held.append(os.open(os.devnull, os.O_RDONLY))
     except OSError:
         break
-os.close(held.pop()); os.close(held.pop())
+for _ in range(int(sys.argv[2]) if len(sys.argv) > 2 else 2):  # descriptors left free
+    os.close(held.pop())
 second = PolicyClient("127.0.0.1", port, timeout_ms=300)
 try:
     second.get_modality_config()
     print("served")
-except ConnectionError as exc:
+except (ConnectionError, TimeoutError) as exc:
     print("refused:", exc)
 print("alive")
 """
@@ -236,6 +237,21 @@ def test_a_client_out_of_file_descriptors_says_which_limit_to_raise_and_how(tmp_
     refusal = next(line for line in done.stdout.splitlines() if line.startswith("refused:"))
     assert "(soft limit 256, hard limit 256)" in refusal and "each PolicyClient holds about 4" in refusal
     assert "ulimit -n" in refusal and "resource.setrlimit" in refusal
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs Linux descriptor limits")
+def test_connects_that_found_no_descriptor_say_so_not_that_nothing_listens(tmp_path):
+    """With 3 descriptors free the socket was made but not its TCP connection: the timeout blamed a server that was up
+    ('connection refused (nothing listening on that port?)') and said nothing of the descriptor limit."""
+    script = tmp_path / "exhaust.py"
+    script.write_text(FD_EXHAUSTION)
+    with running_server(EchoPolicy()) as server:
+        done = subprocess.run([sys.executable, str(script), str(server.port), "3"], capture_output=True, text=True,
+                              timeout=60)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    refusal = next(line for line in done.stdout.splitlines() if line.startswith("refused:"))
+    assert "did not answer 'get_modality_config'" in refusal and "no descriptor was left to connect with" in refusal
+    assert "(soft limit 256, hard limit 256)" in refusal and "ulimit -n" in refusal
 
 
 MANY_CLIENTS = r"""

@@ -96,7 +96,8 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
     """Wraps a policy (local BasePolicy or PolicyClient) and hands out one action step per env per call.
 
     Sync: refetch for all envs when a chunk runs out (or only the exhausted envs with per_env=True). A request for
-    some envs sends their rows of options["noise"] (B, ...) and their seeds (options["seed"]); other options go whole.
+    some envs sends their rows of options["noise"] (B, ...; nested lists too) and their seeds (options["seed"]); other
+    options go whole.
     Async: request the next chunk in a background thread once at most `prefetch_steps` steps remain. A prefetch that
     timed out, lost its connection or was not run (DeadlineNotRunError, ServerStoppingError) is dropped (warned, and
     named in that step's info["prefetch_error"]) and asked for again; an env whose buffer is empty is fetched in that
@@ -205,33 +206,35 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
     ) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
         """Return ({key: (B, ...)} for this step, info); fetches or merges chunks as needed."""
         self._adopt_after_fork()
-        with self._lock:
-            self._ensure_envs(env_batch_size(observation))
-            self.stats.calls += 1
-            self._prefetch_error = self._prefetch_failure = None
-            merged = self._collect(block=False)
-            fetched: List[int] = []
-            waited = False
-            exhausted = [i for i in range(self._n_envs) if self._remaining(i) == 0]
-            if exhausted and self._pending is not None:
-                waited = True  # the prefetch is late: the robot waits here (only at a chunk boundary)
-                logger.debug("chunk exhausted for envs %s before the prefetch arrived; waiting", exhausted)
-                merged += self._collect(block=True)
+        # A call that raises hands out no step: a Ctrl-C after the pop lost it (the retry got the next one), also one
+        # landing as the lock's block returns it.
+        handed_out: Optional[Tuple[List[int], List[int]]] = None  # the cursors and steps taken before this call's pop
+        try:
+            with self._lock:
+                self._ensure_envs(env_batch_size(observation))
+                self.stats.calls += 1
+                self._prefetch_error = self._prefetch_failure = None
+                merged = self._collect(block=False)
+                fetched: List[int] = []
+                waited = False
                 exhausted = [i for i in range(self._n_envs) if self._remaining(i) == 0]
-            if exhausted:
-                if isinstance(self._prefetch_failure, ServerStoppingError):  # no server left to fetch them from
-                    raise self._prefetch_failure
-                waited = True
-                ids = exhausted if self.per_env else list(range(self._n_envs))
-                action, info = self._request(self._rows(observation, ids), self._row_options(options, ids), len(ids))
-                self._last_info = info if isinstance(info, dict) else {}
-                merged += self._install(ids, action, running=set(ids) - set(exhausted) if self.asynchronous else ())
-                fetched = ids
-            if waited:
-                self.stats.blocking_waits += 1
-            # A call that raises hands out no step: a Ctrl-C after the pop lost it (the retry got the next one).
-            cursors, steps_taken = list(self._cursors), list(self._steps_taken)
-            try:
+                if exhausted and self._pending is not None:
+                    waited = True  # the prefetch is late: the robot waits here (only at a chunk boundary)
+                    logger.debug("chunk exhausted for envs %s before the prefetch arrived; waiting", exhausted)
+                    merged += self._collect(block=True)
+                    exhausted = [i for i in range(self._n_envs) if self._remaining(i) == 0]
+                if exhausted:
+                    if isinstance(self._prefetch_failure, ServerStoppingError):  # no server left to fetch them from
+                        raise self._prefetch_failure
+                    waited = True
+                    ids = exhausted if self.per_env else list(range(self._n_envs))
+                    action, info = self._request(self._rows(observation, ids), self._row_options(options, ids), len(ids))
+                    self._last_info = info if isinstance(info, dict) else {}
+                    merged += self._install(ids, action, running=set(ids) - set(exhausted) if self.asynchronous else ())
+                    fetched = ids
+                if waited:
+                    self.stats.blocking_waits += 1
+                handed_out = list(self._cursors), list(self._steps_taken)
                 step = self._pop_step()
                 if self.asynchronous and self._pending is None:
                     self._maybe_prefetch(observation, options)
@@ -244,10 +247,12 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
                 if self._prefetch_error is not None:  # "<type>: <message>" of the prefetch dropped at this step
                     info["prefetch_error"] = self._prefetch_error
                 return step, info
-            except BaseException:
+        except BaseException:
+            if handed_out is not None:
                 # A prefetch this call sent stays aligned: it was asked for this step, which the retry hands out.
-                self._cursors[:], self._steps_taken[:] = cursors, steps_taken
-                raise
+                with self._lock:
+                    self._cursors[:], self._steps_taken[:] = handed_out
+            raise
 
     @property
     def dropped_prefetch_failure(self) -> Optional[BaseException]:
@@ -291,6 +296,7 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
                                "resets a replay server's rows by episode", indices)
             for i in indices:
                 self._clear(i)
+            self._forget_actions_when_empty()  # every env reset, together or in turn: their actions may be new
             return {}
 
     def _reset_policy(self, options: Optional[Dict[str, Any]]) -> Dict[str, Any]:

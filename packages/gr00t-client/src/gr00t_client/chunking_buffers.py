@@ -12,7 +12,8 @@ from .chunking_merge import MergeResultError, merge_overlap
 from .policy import ActionError, non_finite_rows
 
 # Said when a chunk's keys, step shapes or dtypes differ from the earlier ones: buffered steps of both cannot mix.
-_NEW_ACTIONS = "; a policy now serving other actions needs reset() (every env: nothing buffered) or a new chunker"
+_NEW_ACTIONS = ("; a policy now serving other actions needs every env reset first (reset(), or reset(env_ids) of each "
+                "env: nothing buffered) or a new chunker")
 
 
 def _refuse_hidden_values(key: str, value: np.ndarray) -> None:
@@ -53,13 +54,19 @@ def _as_key_dtype(key: str, merged: np.ndarray, dtype: np.dtype, merge: Any) -> 
 
 class _StepBuffers:
     """ActionChunker's buffers of chunk steps, one per env, with a cursor each (it sets them, the keys, step shapes and
-    dtypes the first chunk since a reset of every env fixes, and the merge rule)."""
+    dtypes the first chunk since every env was reset fixes, and the merge rule)."""
 
     def _remaining(self, i: int) -> int:
         buffer = self._buffers[i]
         if buffer is None:
             return 0
         return len(next(iter(buffer.values()))) - self._cursors[i]
+
+    def _forget_actions_when_empty(self) -> None:
+        """After a reset: with no env's buffer left (each reset, together or in turn) and no prefetch pending, forget
+        the keys, step shapes and dtypes: the next chunk may have others (a server now serving another embodiment)."""
+        if self._pending is None and all(buffer is None for buffer in self._buffers):
+            self._keys, self._step_shapes, self._step_dtypes = None, {}, {}
 
     def _clear(self, i: int) -> None:
         self._buffers[i] = None
@@ -123,10 +130,9 @@ class _StepBuffers:
             raise ActionError(f"action chunk has {horizon} steps, fewer than n_action_steps={self.n_action_steps}: the "
                               f"policy would be asked every {horizon} steps instead of every {self.n_action_steps}; pass "
                               f"n_action_steps={horizon} or fewer (or serve a longer action horizon)")
-        if self._keys is None:
-            self._keys = keys
-            self._step_shapes = {key: action[key].shape[2:] for key in keys}
-            self._step_dtypes = {key: action[key].dtype for key in keys}
+        if self._keys is None:  # one statement: a Ctrl-C between them left keys without the dtypes a merge looks up
+            self._keys, self._step_shapes, self._step_dtypes = (
+                keys, {key: action[key].shape[2:] for key in keys}, {key: action[key].dtype for key in keys})
         usable = horizon if self.n_action_steps is None else min(horizon, self.n_action_steps)
         self._usable = usable
         # Copies: a policy may reuse its output array for the next (prefetched) chunk while these steps still run.
@@ -152,10 +158,12 @@ class _StepBuffers:
         return merged
 
     def _commit(self, buffers: Dict[int, Optional[Dict[str, np.ndarray]]]) -> None:
-        """Put each env's new buffer in place, from its first step."""
+        """Put each env's new buffer in place, from its first step. The lists are swapped in one statement: a Ctrl-C
+        between an env's buffer and its cursor left the new buffer with the old cursor (a step ahead, or IndexError)."""
+        new_buffers, cursors = list(self._buffers), list(self._cursors)
         for i, buffer in buffers.items():
-            self._buffers[i] = buffer
-            self._cursors[i] = 0
+            new_buffers[i], cursors[i] = buffer, 0
+        self._buffers, self._cursors = new_buffers, cursors
 
     def _merged(self, i: int, new: Dict[str, np.ndarray], elapsed: int) -> Optional[Dict[str, np.ndarray]]:
         """Env i's buffer with `new` (whose step `elapsed` lines up with its cursor) merged in; the buffers unchanged.

@@ -102,6 +102,16 @@ class _EnvRows:
         rows = list(env_ids)
         picked = {key: value[rows] if key in ROW_OPTIONS and isinstance(value, np.ndarray) and value.ndim > 0
                   and value.shape[0] == self._n_envs else value for key, value in options.items()}
+        noise = picked.get("noise")
+        if noise is not None and not isinstance(noise, np.ndarray):  # nested lists (Gr00tPolicy takes them), a tensor
+            try:
+                noise = np.asarray(noise)
+            except ValueError as exc:  # ragged lists
+                raise ValueError(f"options['noise'] must be an array of shape (B, ...) (one row per env, B="
+                                 f"{self._n_envs}) or nested lists of that shape; got {type(noise).__name__} that "
+                                 f"numpy cannot make an array of: {exc}") from None
+            if noise.ndim > 0 and noise.shape[0] == self._n_envs:
+                picked["noise"] = noise[rows]
         seed = picked.get("seed")
         if isinstance(seed, (list, tuple)) and len(seed) == self._n_envs:  # one seed per env: those envs' seeds
             picked["seed"] = [seed[k] for k in rows]

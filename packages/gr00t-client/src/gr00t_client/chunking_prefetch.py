@@ -162,6 +162,11 @@ class _Prefetching:
                     return []
             raise
         self._pending = None
+        if all(generation != self._generations[i] for i, generation in zip(pending.env_ids, pending.generations)):
+            # every env was reset since: its chunk is not used, nor checked against the actions a reset forgets
+            self.stats.discarded_envs += len(pending.env_ids)
+            self._forget_actions_when_empty()
+            return []
         chunks = self._split(action, len(pending.env_ids))  # a bad chunk is dropped whole; the buffers run on
         self._last_info = info if isinstance(info, dict) else {}
         buffers, merged, late = {}, [], 0

@@ -35,16 +35,43 @@ CLOSE_POLL_MS = 50  # an in-flight call notices close() from another thread with
 _QUESTIONS = frozenset({"get_server_info", "get_modality_config"})
 
 
+# Open descriptors this close to the soft limit: a connect may have found none left (its I/O thread's TCP socket).
+_NEAR_DESCRIPTOR_LIMIT = 16
+
+
 def _descriptor_advice(exc: zmq.ZMQError) -> str:
     """For EMFILE ("Too many open files"): what ran out, the process's limits and how to raise them; else ''."""
     if exc.errno != errno.EMFILE:
         return ""
+    return "; " + _descriptor_words("has used up its file descriptors")
+
+
+def _refused_connects_advice() -> str:
+    """For connects that all failed: EMFILE's advice where this process is within _NEAR_DESCRIPTOR_LIMIT of its soft
+    limit (libzmq's I/O thread then retries a socket() that fails, and the monitor sees it as a refused connect); ''
+    otherwise, or where /proc/self/fd cannot be counted (not Linux)."""
+    if resource is None:
+        return ""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        open_fds = len(os.listdir("/proc/self/fd"))
+    except OSError as exc:
+        if exc.errno != errno.EMFILE:  # no /proc: not known
+            return ""
+        open_fds = soft  # listing them took the last one
+    if soft == resource.RLIM_INFINITY or open_fds < soft - _NEAR_DESCRIPTOR_LIMIT:
+        return ""
+    return f"; or no descriptor was left to connect with: {_descriptor_words(f'has {open_fds} file descriptors open')}"
+
+
+def _descriptor_words(state: str) -> str:
+    """'this process <state> (its limits), ...': what each client holds and how to raise the limit."""
     limits = ""
     if resource is not None:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         shown = ["unlimited" if limit == resource.RLIM_INFINITY else str(limit) for limit in (soft, hard)]
         limits = f" (soft limit {shown[0]}, hard limit {shown[1]})"
-    return (f"; this process has used up its file descriptors{limits}, and each PolicyClient holds about 4 (its "
+    return (f"this process {state}{limits}, and each PolicyClient holds about 4 (its "
             "connection, the socket's mailbox and its handshake monitor's pair): raise the soft limit, e.g. `ulimit -n "
             "65536` in the shell that starts it, or resource.setrlimit(resource.RLIMIT_NOFILE, (n, hard)) in it, or "
             "close clients no longer used")
@@ -131,7 +158,8 @@ class ClientConnection:
         if stage is None:
             why = "is it running and reachable?"
         elif stage:
-            why = stage + self._localhost_hint(stage)
+            why = stage + self._localhost_hint(stage) + (
+                _refused_connects_advice() if curve.CONNECTS_REFUSED in stage else "")
         else:
             why = "connected, but no reply came: a policy call slower than the timeout, a hung server or a slow link?"
         return PolicyTimeoutError(

@@ -33,6 +33,8 @@ _Z85_TEXT = z85.Z85CHARS.decode("ascii")
 _Z85_SYMBOLS = frozenset(char for char in _Z85_TEXT if not char.isalnum() and char not in "-/.")  # rare in paths
 _KEY_LIKE_CHARACTERS = 8  # capitals and _Z85_SYMBOLS in 41 characters: a random key holds about 21, under 8 once in 250,000
 _SECRET_LIKE_LENGTH = 30  # z85 characters: a key with a few lost, or split by a space, still holds most of its secret
+# stage()'s words for connects that all failed (the client adds EMFILE's advice near the descriptor limit)
+CONNECTS_REFUSED = "every connect attempt failed: connection refused (nothing listening on that port?)"
 _NO_DETAIL_FAILURES_TO_GIVE_UP = 2  # a connection dropped mid-handshake once may be chance; twice in a row is not
 
 
@@ -399,7 +401,7 @@ class HandshakeMonitor:
                     "not another service (HTTP, SSH)? Or is the server's process stopped or frozen (SIGSTOP, a "
                     "suspended VM or container), which the kernel still accepts connections for?")
         if self._retries:
-            return "every connect attempt failed: connection refused (nothing listening on that port?)"
+            return CONNECTS_REFUSED
         return "no TCP connection was made: the host did not answer (down, unreachable or filtered?)"
 
     def _is_definitive(self) -> bool:
