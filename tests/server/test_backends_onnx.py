@@ -727,6 +727,26 @@ def test_frames_of_another_size_than_the_export_traced_are_refused_naming_the_ca
     assert not ran
 
 
+@pytest.mark.parametrize("frames, expected", [
+    (np.zeros((1, 1, 0, 0, 3), np.uint8), "an image needs at least one pixel on each side"),
+    (np.zeros((1, 1, 512, 1, 3), np.uint8), "aspect ratio 512"),
+    (np.zeros((1, 1, 3, 256, 256), np.uint8), "channels first?"),
+], ids=["0x0", "512x1", "channels-first"])
+def test_a_lenient_export_names_what_is_wrong_with_frames_before_their_grid(tiny_checkpoint, full_export, frames,
+                                                                            expected):
+    """strict=False checked the export's grid on frames the processor had not checked: a 0x0 frame was a
+    ZeroDivisionError, a 512x1 one transformers' own "absolute aspect ratio" ValueError, and channels-first frames
+    were "3x256 frames" told to re-export with `--image-size 3 256`."""
+    policy = Gr00tPolicy(tiny_checkpoint, TAG, device="cpu", dtype="fp32", strict=False)
+    apply_inference_mode(policy, "onnxruntime", onnx_dir=full_export)
+    observation = example_observation(tiny_checkpoint, TAG, batch_size=1, seed=1)
+    observation["video"][next(iter(observation["video"]))] = frames
+    with pytest.raises(ObservationError) as refused:
+        policy.get_action(observation)
+    assert expected in str(refused.value), refused.value
+    assert "--image-size" not in str(refused.value), refused.value
+
+
 def test_cameras_of_different_frame_sizes_are_told_one_export_serves_one_size_naming_each_camera(
         tiny_checkpoint, tmp_path):
     """A 640x480 scene camera beside a 256x256 wrist camera was told to re-export with `--image-size HEIGHT WIDTH`,
@@ -746,7 +766,8 @@ def test_cameras_of_different_frame_sizes_are_told_one_export_serves_one_size_na
         assert client.ping()  # the server answers on
     message = str(info.value)
     assert message.startswith("Server error: ObservationError: "), message  # refused before the model runs
-    assert "'image' 480x640 [1, 16, 22], 'wrist_image' 256x256 [1, 16, 16]" in message, message
+    # named as other refusals name cameras (the sim wrapper renames "Video key '...'" to a flat client's key)
+    assert "Video key 'image' 480x640 [1, 16, 22], Video key 'wrist_image' 256x256 [1, 16, 16]" in message, message
     assert "serves one frame size for all cameras (traced for 256x256 frames" in message, message
     assert "--mode action_head" in message, message
     assert "--image-size" not in message, message

@@ -43,7 +43,7 @@ def test_a_malformed_complex_map_is_refused_naming_its_key_and_what_was_expected
     string)': valid msgpack called undecodable, with no key and no word of what was expected."""
     policy = EchoPolicy()
     request = {"endpoint": "get_action",
-               "data": {"observation": {"state": STATE, "extra": {"z": {"complex": True, "data": data}}}}}
+               "data": {"observation": {"state": STATE, "extra": {"z": {b"complex": True, b"data": data}}}}}
     with running_server(policy) as server:
         error = _refusal(server.port, request, wire)
     assert ("data.observation.extra.z: complex map 'data' must be a complex number or its repr like '(1+2j)', got "

@@ -198,10 +198,10 @@ def _decode_hook(obj: Dict[Any, Any]) -> Any:
         return _load_npy(blob)
     if _has(obj, "__ModalityConfig__") or _has(obj, "__ModalityConfig_class__"):
         return _modality_config_from(obj)
-    # msgpack-numpy's complex number ({b"complex": True, b"data": repr}); a "complex" key holding anything else is a
-    # plain map's (its {"complex": False, "data": 7} came back as 7+0j)
-    if _get(obj, "complex") is True and _has(obj, "data") and len(obj) == 2:
-        data = _get(obj, "data")
+    # msgpack-numpy's complex number: {b"complex": True, b"data": repr}, bin keys, as its decoder reads it alone; a
+    # user's map of str keys {"complex": False, "data": 7} (or True, "2") came back as a complex number, or was refused
+    if obj.get(b"complex") is True and b"data" in obj and len(obj) == 2:
+        data = obj[b"data"]
         try:
             return complex(data.decode() if isinstance(data, bytes) else data)
         except (TypeError, ValueError):  # complex()'s own words named neither the value nor what was expected

@@ -77,7 +77,8 @@ def register(subparsers: Any) -> None:
                              "checkpoint has it, else its first tag by name (the report names the tag it verified)")
     verify.add_argument(*_flag("device"), default=None, help="default: cuda for engines, else cuda if available")
     verify.add_argument(*_flag("batch-size"), type=int, default=1,
-                        help="rows of the sample observation (default 1); the padded-batch pass has at least 2")
+                        help="rows of the sample observation (default 1); the padded-batch pass has at least 2 (at most "
+                             "a TensorRT engine's --max-batch-size; none for engines of 1)")
     verify.add_argument(*_flag("seed"), type=int, default=0)
 
 

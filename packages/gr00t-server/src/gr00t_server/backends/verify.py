@@ -380,9 +380,11 @@ def verify_checkpoint(
            or default_embodiment_tag(model_path))
     policy = Gr00tPolicy(model_path, tag, device=device, strict=True, dtype=dtype)
     observation = sample_observation(policy, batch_size=batch_size, seed=seed, image_size=metadata.get("sample_image_size"))
-    # the sample's rows share one prompt, so none is padded: a second pass pads them (2 rows even at batch size 1)
-    padded = padded_batch(sample_observation(policy, batch_size=max(batch_size, 2), seed=seed,
-                                             image_size=metadata.get("sample_image_size")))
+    # the sample's rows share one prompt, so none is padded: a second pass pads them (2 rows even at batch size 1),
+    # within the batch TensorRT engines were built for (an engine of one row runs no padded batch: none is made)
+    padded_rows = min(max(batch_size, 2), int(metadata.get("max_batch_size") or max(batch_size, 2)))
+    padded = padded_batch(sample_observation(policy, batch_size=padded_rows, seed=seed,
+                                             image_size=metadata.get("sample_image_size"))) if padded_rows >= 2 else None
     report = verify_policy(
         policy, observation,
         lambda p: apply_inference_mode(p, mode, onnx_dir=onnx_dir, engine_dir=engine_dir),

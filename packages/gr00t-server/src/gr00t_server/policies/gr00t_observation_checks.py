@@ -105,12 +105,21 @@ class Gr00tObservationChecks:
                 raise ObservationError(f"{name} has {rows} rows; the observation's batch size is {batch_size} (every "
                                        "video, state and language entry needs one row per batch element)")
 
-    def _check_exported_image_grid(self, video: Mapping[str, Any]) -> None:
+    def _check_exported_image_grid(self, video: Mapping[str, Any], frames_checked: bool = True) -> None:
         """ObservationError naming the camera, its frame size and the export's when a full_pipeline export's ViT
-        cannot take the image grid the camera's frames make (it failed inside the model run, as an internal error)."""
+        cannot take the image grid the camera's frames make (it failed inside the model run, as an internal error).
+        Without `frames_checked` (a lenient call) the processor's frame checks run first, on uint8 (B, T, H, W, 3)
+        frames; other frames are left to the processing that converts them (channels-first frames were named "3x256"
+        and a 0x0 one was a ZeroDivisionError here)."""
         traced = self.exported_image_grid
         if traced is None:
             return
+        if not frames_checked:
+            keys = self.modality_configs["video"].modality_keys
+            if not all(isinstance(video.get(key), np.ndarray) and video[key].ndim == 5 and video[key].shape[-1] == 3
+                       and video[key].dtype == np.uint8 for key in keys):
+                return
+            self.processor.check_video(self.embodiment_tag_value, video)
         grids = {}  # camera -> ((height, width), image grid)
         for key in self.modality_configs["video"].modality_keys:
             height, width = (int(side) for side in np.shape(video[key])[2:4])
@@ -121,7 +130,7 @@ class Gr00tObservationChecks:
         size = self.sample_image_size
         traced_for = f"{size[0]}x{size[1]} frames (image grid {traced})" if size else f"image grid {traced}"
         if len({tuple(grid) for _, grid in grids.values()}) > 1:  # no --image-size serves this request
-            each = ", ".join(f"'{key}' {h}x{w} {grid}" for key, ((h, w), grid) in grids.items())
+            each = ", ".join(f"Video key '{key}' {h}x{w} {grid}" for key, ((h, w), grid) in grids.items())
             raise ObservationError(
                 f"this request's camera frames make different image grids (t,h,w in patches): {each}; a full_pipeline "
                 f"export's ViT serves one frame size for all cameras (traced for {traced_for}). Send every camera's "

@@ -345,7 +345,7 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
             )
         if not self.strict:  # a strict policy's check_observation made these checks
             self._check_batch_sizes(observation, batch_size)
-            self._check_exported_image_grid(observation["video"])
+            self._check_exported_image_grid(observation["video"], frames_checked=False)
             self._check_reference_states(observation)
             self._check_instructions(observation)
         rtc = self._parse_rtc(options.get("rtc"), batch_size)
