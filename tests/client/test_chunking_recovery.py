@@ -284,3 +284,79 @@ def test_a_per_env_fetch_refuses_a_ragged_noise_naming_it():
         with pytest.raises(ValueError, match=r"options\['noise'\] must be an array of shape \(B, \.\.\.\) \(one row per "
                                              r"env, B=3\) or nested lists of that shape; got list"):
             chunker.get_action(obs(1, 0, 1), options={"noise": ragged})
+
+
+class LetGoOnceLock:
+    """The chunker's lock, which the first release after `arm()` follows with a wait for `other_done` (set by another
+    thread's call that took the lock then): the gap between an error's release and a rollback that takes it again."""
+
+    def __init__(self, lock):
+        self.lock, self.armed, self.other_done = lock, False, threading.Event()
+
+    def acquire(self, *args, **kwargs):
+        return self.lock.acquire(*args, **kwargs)
+
+    def release(self):
+        self.lock.release()
+        if self.armed:
+            self.armed = False
+            self.other_done.wait(5)
+
+    __enter__ = acquire
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def test_a_call_that_raises_after_its_pop_gives_its_step_to_the_next_call_not_another_threads_step_twice():
+    """The rollback ran after the lock was let go and taken again: another thread's call popped step 2 in between,
+    the rollback put the cursor back to 1, and step 2 was handed out twice ([0, 2, 1, 2, 3])."""
+    chunker = ActionChunker(StepPolicy(), n_action_steps=8)
+    handed = [float(chunker.get_action(obs(0))[0]["x"][0, 0])]
+    chunker._lock = gate = LetGoOnceLock(chunker._lock)
+    other = []
+
+    def other_thread():
+        other.append(float(chunker.get_action(obs(0))[0]["x"][0, 0]))
+        gate.other_done.set()
+
+    def failing_remaining():
+        del chunker.remaining  # once: an error after the pop (a bad row, a failed submit, ...)
+        gate.armed = True
+        thread.start()  # waits for the lock this call holds
+        raise RuntimeError("after the pop")
+
+    thread = threading.Thread(target=other_thread)
+    chunker.remaining = failing_remaining
+    with pytest.raises(RuntimeError, match="after the pop"):
+        chunker.get_action(obs(0))
+    thread.join(10)
+    handed += other + [float(chunker.get_action(obs(0))[0]["x"][0, 0]) for _ in range(3)]
+    assert handed == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+class RefusingPrefetchPolicy(StepPolicy):
+    """StepPolicy whose second call (the first prefetch) is refused."""
+
+    def _get_action(self, observation, options=None):
+        if self.calls == 1:
+            self.calls += 1
+            raise ValueError("observation refused for this request")
+        return super()._get_action(observation, options)
+
+
+@pytest.mark.parametrize("reset", ["together", "in turn"])
+def test_a_failed_prefetch_for_envs_all_reset_since_is_dropped_not_raised(reset):
+    """After every env was reset in turn (reset(env_ids)), a prefetch for them that the server refused was raised by
+    the next get_action, while reset() of every env together dropped it."""
+    with running_server(RefusingPrefetchPolicy(horizon=4)) as server, \
+            PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client:
+        with ActionChunker(client, n_action_steps=4, asynchronous=True, prefetch_steps=2) as chunker:
+            chunker.get_action(obs(0, 0))
+            chunker.get_action(obs(1, 1))  # sends the prefetch, which the server refuses
+            chunker.wait_for_prefetch(5)
+            for env_ids in ([[0, 1]] if reset == "together" else [[0], [1]]):
+                chunker.reset(env_ids=env_ids, policy_reset_by_caller=True)
+            step, _ = chunker.get_action(obs(0, 0))
+    assert step["x"][:, 0].tolist() == [0.0, 0.0]
+    assert chunker.stats.discarded_envs == 2

@@ -206,53 +206,67 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
     ) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
         """Return ({key: (B, ...)} for this step, info); fetches or merges chunks as needed."""
         self._adopt_after_fork()
-        # A call that raises hands out no step: a Ctrl-C after the pop lost it (the retry got the next one), also one
-        # landing as the lock's block returns it.
-        handed_out: Optional[Tuple[List[int], List[int]]] = None  # the cursors and steps taken before this call's pop
+        # A call that raises hands out no step (a Ctrl-C after the pop lost it: the retry got the next one). Rolled
+        # back under this call's own hold of the lock: after it, another thread's call may have popped a step.
+        handed_out: List[List[int]] = []  # the cursors and steps taken just before this call's pop, once it came
+        after: List[List[int]] = []  # and just after it, once the call is done
         try:
             with self._lock:
-                self._ensure_envs(env_batch_size(observation))
-                self.stats.calls += 1
-                self._prefetch_error = self._prefetch_failure = None
-                merged = self._collect(block=False)
-                fetched: List[int] = []
-                waited = False
-                exhausted = [i for i in range(self._n_envs) if self._remaining(i) == 0]
-                if exhausted and self._pending is not None:
-                    waited = True  # the prefetch is late: the robot waits here (only at a chunk boundary)
-                    logger.debug("chunk exhausted for envs %s before the prefetch arrived; waiting", exhausted)
-                    merged += self._collect(block=True)
-                    exhausted = [i for i in range(self._n_envs) if self._remaining(i) == 0]
-                if exhausted:
-                    if isinstance(self._prefetch_failure, ServerStoppingError):  # no server left to fetch them from
-                        raise self._prefetch_failure
-                    waited = True
-                    ids = exhausted if self.per_env else list(range(self._n_envs))
-                    action, info = self._request(self._rows(observation, ids), self._row_options(options, ids), len(ids))
-                    self._last_info = info if isinstance(info, dict) else {}
-                    merged += self._install(ids, action, running=set(ids) - set(exhausted) if self.asynchronous else ())
-                    fetched = ids
-                if waited:
-                    self.stats.blocking_waits += 1
-                handed_out = list(self._cursors), list(self._steps_taken)
-                step = self._pop_step()
-                if self.asynchronous and self._pending is None:
-                    self._maybe_prefetch(observation, options)
-                info = {
-                    "fetched_env_ids": fetched,  # envs whose chunk was fetched while this call waited
-                    "merged_env_ids": sorted(set(merged)),  # envs whose buffer took in a chunk by the merge rule
-                    "remaining": self.remaining(),
-                    "policy_info": self._last_info,
-                }
-                if self._prefetch_error is not None:  # "<type>: <message>" of the prefetch dropped at this step
-                    info["prefetch_error"] = self._prefetch_error
-                return step, info
+                try:
+                    result = self._get_action_locked(observation, options, handed_out)
+                    after[:] = [list(self._cursors), list(self._steps_taken)]
+                    return result
+                except BaseException:
+                    if handed_out:  # before the pop, a merge that raised left the buffers whole (_commit)
+                        self._cursors[:], self._steps_taken[:] = handed_out
+                    after.clear()
+                    raise
         except BaseException:
-            if handed_out is not None:
-                # A prefetch this call sent stays aligned: it was asked for this step, which the retry hands out.
+            if after:  # raised as the lock was let go, its step handed out: undone unless another call popped since
                 with self._lock:
-                    self._cursors[:], self._steps_taken[:] = handed_out
+                    if [self._cursors, self._steps_taken] == after:
+                        self._cursors[:], self._steps_taken[:] = handed_out
             raise
+
+    def _get_action_locked(self, observation: Dict[str, Any], options: Optional[Dict[str, Any]],
+                           handed_out: List[List[int]]) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+        """get_action's body, under the lock; `handed_out` gets the cursors and steps taken just before the pop."""
+        self._ensure_envs(env_batch_size(observation))
+        self.stats.calls += 1
+        self._prefetch_error = self._prefetch_failure = None
+        merged = self._collect(block=False)
+        fetched: List[int] = []
+        waited = False
+        exhausted = [i for i in range(self._n_envs) if self._remaining(i) == 0]
+        if exhausted and self._pending is not None:
+            waited = True  # the prefetch is late: the robot waits here (only at a chunk boundary)
+            logger.debug("chunk exhausted for envs %s before the prefetch arrived; waiting", exhausted)
+            merged += self._collect(block=True)
+            exhausted = [i for i in range(self._n_envs) if self._remaining(i) == 0]
+        if exhausted:
+            if isinstance(self._prefetch_failure, ServerStoppingError):  # no server left to fetch them from
+                raise self._prefetch_failure
+            waited = True
+            ids = exhausted if self.per_env else list(range(self._n_envs))
+            action, info = self._request(self._rows(observation, ids), self._row_options(options, ids), len(ids))
+            self._last_info = info if isinstance(info, dict) else {}
+            merged += self._install(ids, action, running=set(ids) - set(exhausted) if self.asynchronous else ())
+            fetched = ids
+        if waited:
+            self.stats.blocking_waits += 1
+        handed_out[:] = [list(self._cursors), list(self._steps_taken)]  # what a raise from here on restores
+        step = self._pop_step()
+        if self.asynchronous and self._pending is None:
+            self._maybe_prefetch(observation, options)
+        info = {
+            "fetched_env_ids": fetched,  # envs whose chunk was fetched while this call waited
+            "merged_env_ids": sorted(set(merged)),  # envs whose buffer took in a chunk by the merge rule
+            "remaining": self.remaining(),
+            "policy_info": self._last_info,
+        }
+        if self._prefetch_error is not None:  # "<type>: <message>" of the prefetch dropped at this step
+            info["prefetch_error"] = self._prefetch_error
+        return step, info
 
     @property
     def dropped_prefetch_failure(self) -> Optional[BaseException]:

@@ -153,17 +153,21 @@ class _Prefetching:
             return []
         if block:
             self._await_prefetch(pending, "its next chunk")
+        stale = all(generation != self._generations[i] for i, generation in zip(pending.env_ids, pending.generations))
         try:
             action, info = pending.future.result()  # a policy error surfaces in the robot's call
         except BaseException as exc:
             if pending.future.done():  # the request failed: it is over. A wait cut short (Ctrl-C) keeps it pending,
                 self._pending = None  # so that the next call (or close/reset) still knows the request in flight
+                if stale and isinstance(exc, Exception):  # for envs all reset since: nobody's to raise
+                    self.stats.discarded_envs += len(pending.env_ids)
+                    self._forget_actions_when_empty()
+                    return []
                 if self._outlived(exc):  # also while this call waited: the envs that ran out are fetched now
                     return []
             raise
         self._pending = None
-        if all(generation != self._generations[i] for i, generation in zip(pending.env_ids, pending.generations)):
-            # every env was reset since: its chunk is not used, nor checked against the actions a reset forgets
+        if stale:  # every env was reset since: its chunk is not used, nor checked against the actions a reset forgets
             self.stats.discarded_envs += len(pending.env_ids)
             self._forget_actions_when_empty()
             return []
