@@ -240,6 +240,34 @@ def test_a_shard_written_before_env_registrations_were_recorded_merges_with_one_
     assert json.loads((out / "merged.json").read_text())["status"] == "complete"
 
 
+def test_shards_run_with_the_same_env_registrations_in_another_order_merge(server, tmp_path):
+    """Their flags were compared as text: one env registration given in another order refused the merge."""
+    out = tmp_path / "shards"
+    first, second = ["--env-prefix", "alpha=new_embodiment"], ["--env-prefix", "walkto=NEW_EMBODIMENT"]
+    assert shard(server.port, out, 0, *first, *second, *ADAPTER) == 0
+    assert shard(server.port, out, 1, *ADAPTER, *second, *first, "--env-prefix", "walkto=new_embodiment") == 0
+    assert merge(out) == 0
+    assert json.loads((out / "merged.json").read_text())["status"] == "complete"
+
+
+def test_a_shard_written_before_env_registrations_were_recorded_is_said_to_record_none_not_to_have_run_none(
+        server, tmp_path, capsys):
+    """It was said to have run with "none": it may have run with the other shard's flags, which nothing recorded."""
+    out = tmp_path / "shards"
+    assert shard(server.port, out, 0, *ADAPTER) == 0 and shard(server.port, out, 1, *ADAPTER) == 0
+    path = out / "results_shard0of2.json"
+    results = json.loads(path.read_text())
+    del results["plan"]["registrations"]  # as a gr00t-eval before they were recorded wrote it
+    path.write_text(json.dumps(results))
+    capsys.readouterr()
+    assert merge(out) == 2
+    err = capsys.readouterr().err
+    assert ("env registrations --env-adapter walkto=eval.scale_fixtures:make_walkto_env (not recorded (written by an "
+            "older gr00t-eval) in the first: the same env names may be other envs); rerun the first with this "
+            "gr00t-eval and the --env-import/--env-prefix/--env-adapter flags it was run with") in err
+    assert "none in the first" not in err
+
+
 def test_a_shard_whose_task_failed_is_named_with_its_resume_command_and_the_count_said_once(server, tmp_path, capsys):
     """It said "1 of 2 tasks failed (walkto/nope); 2 episodes did not run; 2 episodes did not run", naming no shard."""
     out = tmp_path / "shards"

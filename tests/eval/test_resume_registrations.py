@@ -99,3 +99,55 @@ def test_a_resume_without_the_adapter_its_run_gave_a_registered_prefix_is_refuse
         assert cli.main(["rollout", "--resume", str(out), *port]) == 2
         assert f"this run was started with {' '.join(ADAPTER)}, but this command line gives none" in capsys.readouterr().err
         assert cli.main(["rollout", "--resume", str(out), *port, *ADAPTER]) == 0
+
+
+PREFIXES = ["--env-prefix", "alpha=new_embodiment", "--env-prefix", "walkto=new_embodiment"]
+FLEETING = ["--env-adapter", "fleeting=eval.scale_fixtures:make_walkto_env"]
+
+
+@pytest.mark.parametrize("started, resumed, env_name", [
+    (PREFIXES, PREFIXES[2:] + PREFIXES[:2], "walkto/fast"),
+    (["--env-import", "eval.scale_fixtures"], ["--env-import", "eval.scale_fixtures"] * 2, "walkto/fast"),
+    (["--env-prefix", "walkto=new_embodiment"], ["--env-prefix", "walkto=NEW_EMBODIMENT"], "walkto/fast"),
+    (FLEETING, [*FLEETING, "--env-prefix", "fleeting=new_embodiment"], "fleeting/fast"),
+], ids=["other-order", "repeated-import", "tag-in-another-case", "flag-that-changes-nothing"])
+def test_a_resume_given_flags_that_register_the_same_envs_as_its_run_resumes(tmp_path, capsys, started, resumed,
+                                                                             env_name):
+    """Its flags were compared as text: the same two --env-prefix flags in another order were refused, named twice."""
+    from gr00t_eval import cli
+
+    out = tmp_path / "run"
+    with policy_server() as server:
+        port = ["--policy-client-port", str(server.port)]
+        run = ["--env-name", env_name, "--n-episodes", "2", "--seed", "0", *SMALL]
+        assert cli.main(["rollout", *run, *port, "--output-dir", str(out), "--shard", "0/2", *started]) == 0
+        capsys.readouterr()
+        code = cli.main(["rollout", "--resume", str(out), *port, "--shard", "0/2", *resumed])
+    assert code == 0, capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_merge_names_a_killed_shard_with_a_resume_command_that_gives_its_registration_flags_and_runs(tmp_path, capsys):
+    """The command lacked the shard's --env-prefix/--env-adapter flags, so running it as printed was refused."""
+    import re
+    import shlex
+
+    from gr00t_eval import cli
+
+    out = tmp_path / "shards"
+    run = ["--env-name", "fleeting/slow", "--n-episodes", "8", "--seed", "3", *SMALL]
+    with policy_server(SlowPolicy()) as server:
+        server_flags = ["--policy-client-port", str(server.port), "--timeout-ms", "5000"]
+        assert cli.main(["rollout", *run, *server_flags, "--output-dir", str(out), "--shard", "0/2", *FLAGS]) == 0
+        killed = _eval_process(["rollout", *run, *server_flags, "--output-dir", str(out), "--shard", "1/2", *FLAGS])
+        _wait_for_episodes(out / "episodes_shard1of2.jsonl", 1, killed)
+        killed.kill()
+        killed.communicate()
+        capsys.readouterr()
+        merge = ["merge", str(out), "--output", str(out / "merged.json"), "--allow-missing"]
+        assert cli.main(merge) == 1
+        printed = re.search(r"killed: continue it with (gr00t-eval rollout --resume \S+ --shard 1/2[^)]*)\)",
+                            capsys.readouterr().out)
+        assert printed and printed.group(1).endswith(f"--shard 1/2 {' '.join(FLAGS)}"), printed
+        assert cli.main([*shlex.split(printed.group(1))[1:], *server_flags]) == 0
+    assert json.loads((out / "results_shard1of2.json").read_text())["overall"]["n_episodes"] == 4

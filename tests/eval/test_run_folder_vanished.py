@@ -54,6 +54,16 @@ def test_a_run_whose_folder_is_deleted_mid_run_stops_naming_it_and_does_not_make
     assert not out.exists()  # no results.json, episodes.jsonl or videos/ in a folder the run did not claim
 
 
+def test_a_run_whose_folder_is_deleted_mid_run_names_a_resume_command_with_its_registration_flags(tmp_path, capsys):
+    """The command lacked them: run as printed, a resume of the folder come back was refused for want of them."""
+    out = tmp_path / "run"
+    with policy_server(RemovesFolderOnCall(8, lambda: shutil.rmtree(out))) as server:
+        assert rollout(server.port, out, "walkto/slow", "--no-video") != 0
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert (f"continue with: gr00t-eval rollout --resume {out} --env-import eval.scale_fixtures and the same server "
+            "flags") in line, line
+
+
 def test_a_batch_whose_job_folder_is_deleted_mid_job_says_so_and_its_resume_runs_that_job_again(tmp_path, capsys):
     out, jobs = tmp_path / "batch", tmp_path / "jobs.json"
     with policy_server(RemovesFolderOnCall(3, lambda: shutil.rmtree(out / "jobs" / "slow"))) as server:

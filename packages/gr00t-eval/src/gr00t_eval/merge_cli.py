@@ -72,6 +72,8 @@ def _unfinished_shards_hint(paths: List[str]) -> str:
     """'; shard 1/2 ... started and has no results file ...' for every shard of the given directories that started
     (its run file is there) and wrote no results: still running, or killed. Empty when there is none."""
     from .output_files import results_file_name, started_shards
+    from .rollout_args import _recorded_registration_flags
+    from .run_file import read_run_file
     from .run_resume import resume_command
     from .shard import ShardSpec
 
@@ -80,8 +82,12 @@ def _unfinished_shards_hint(paths: List[str]) -> str:
         for index, count in started_shards(directory):
             shard = ShardSpec(index, count)
             if not (directory / results_file_name(shard)).exists():
+                try:  # a resume is held to the shard's own registration flags: without them it is refused
+                    flags = _recorded_registration_flags(read_run_file(directory, shard))
+                except (OSError, ValueError):  # an unreadable run file (OutputDirError): the resume says why
+                    flags = ""
                 unfinished.append(f"shard {shard} in {directory} started and has no results file (still running, or "
-                                  f"killed: continue it with {resume_command(directory, shard)})")
+                                  f"killed: continue it with {resume_command(directory, shard)}{flags})")
     return "; " + "; ".join(unfinished) if unfinished else ""
 
 

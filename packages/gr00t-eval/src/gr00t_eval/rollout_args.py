@@ -267,6 +267,49 @@ def _registrations(args: argparse.Namespace) -> Dict[str, Any]:
             "env_adapter": [list(pair) for pair in getattr(args, "env_adapter", None) or []]}
 
 
+def registered_envs(registrations: Mapping[str, Any]) -> Dict[str, Any]:
+    """What --env-import/--env-prefix/--env-adapter values (as _registrations or a run file records them) register:
+    the modules imported, sorted, and each prefix's [embodiment tag value, adapter] where the flags change the
+    built-in ones. As apply_env_registrations applies them: the last flag for a prefix wins, a tag is read in any
+    spelling, an adapter's prefix without --env-prefix gets its built-in tag (else new_embodiment). So flags that
+    differ only in order, repetition, a tag's spelling or a flag that changes nothing register the same envs.
+    ValueError when a value is not a list of NAME or [PREFIX, VALUE] (a hand-edited file)."""
+    from gr00t_client import EmbodimentTag
+
+    try:
+        from .rollout.envs import BUILT_IN_ADAPTERS, BUILT_IN_TAGS
+    except ImportError:  # a merge where gymnasium is not installed: every prefix flag counts
+        BUILT_IN_ADAPTERS, BUILT_IN_TAGS = {}, {}
+
+    def pairs(name: str) -> Dict[str, str]:
+        values = registrations.get(name) or []
+        if not (isinstance(values, list) and all(isinstance(pair, (list, tuple)) and len(pair) == 2
+                                                 and all(isinstance(v, str) for v in pair) for pair in values)):
+            raise ValueError(f"{name} is {values!r}, expected a list of [PREFIX, VALUE] pairs")
+        return dict(values)  # the last for a prefix wins
+
+    def tag_value(tag: str) -> str:
+        try:
+            return EmbodimentTag.resolve(tag).value
+        except ValueError:  # refused when registered: compared as written
+            return tag
+
+    modules = registrations.get("env_import") or []
+    if not (isinstance(modules, list) and all(isinstance(module, str) for module in modules)):
+        raise ValueError(f"env_import is {modules!r}, expected a list of module names")
+    tags = {prefix: tag_value(tag) for prefix, tag in pairs("env_prefix").items()}
+    adapters = pairs("env_adapter")
+    envs = {}
+    for prefix in sorted({*tags, *adapters}):
+        built_in_tag = BUILT_IN_TAGS[prefix].value if prefix in BUILT_IN_TAGS else None
+        built_in = [built_in_tag, BUILT_IN_ADAPTERS.get(prefix)]
+        default_tag = built_in_tag or (EmbodimentTag.NEW_EMBODIMENT.value if prefix in adapters else None)
+        registered = [tags.get(prefix, default_tag), adapters.get(prefix, built_in[1])]
+        if registered != built_in:
+            envs[prefix] = registered
+    return {"env_import": sorted(set(modules)), "envs": envs}
+
+
 def _registration_flags(args: argparse.Namespace) -> str:
     """The run's --env-import/--env-prefix/--env-adapter flags, as a resume needs them again (its printed command
     without them failed with "unknown prefix")."""

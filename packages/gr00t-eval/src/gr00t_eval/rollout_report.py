@@ -24,15 +24,16 @@ def _kept_episodes(output_dir: Path, shard: Any) -> Tuple[Path, int]:
         return log, 0
 
 
-def _storage_failure(exc: OSError, output_dir: Path, shard: Any) -> str:
-    """The one line for a run stopped by a full disk: the file, what is kept, and the command that continues."""
+def _storage_failure(exc: OSError, output_dir: Path, shard: Any, flags: str = "") -> str:
+    """The one line for a run stopped by a full disk: the file, what is kept, and the command that continues (`flags`:
+    the run's registration flags, which a resume must give again)."""
     from .output_files import run_file_name
     from .run_resume import resume_command
 
     if isinstance(exc, OutputFolderGone):
         return (f"error: the output folder {output_dir} disappeared (unmounted or deleted) while the run wrote to it: "
                 "the run stopped, and wrote nothing more. If the folder comes back (a share mounted again), continue "
-                f"with: {resume_command(output_dir, shard)} and the same server flags; else start a new run")
+                f"with: {resume_command(output_dir, shard)}{flags} and the same server flags; else start a new run")
     where = f" writing {exc.filename}" if exc.filename else ""
     if not (output_dir / run_file_name(shard)).is_file():  # released (rollout_output._release_unstarted_run)
         return (f"error: {exc.strerror or exc}{where}: the run stopped before it scored an episode and left no run in "

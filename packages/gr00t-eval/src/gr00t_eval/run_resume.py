@@ -88,18 +88,20 @@ def refuse_changed_settings(args: argparse.Namespace, saved: Mapping[str, Any]) 
 
 
 def _refuse_changed_registrations(args: argparse.Namespace, saved: Mapping[str, Any]) -> None:
-    """UsageError when the resuming command line's --env-import/--env-prefix/--env-adapter flags are not those its run
-    file records (another adapter under one env name pooled two envs' episodes); a run file from before they were
-    recorded is not checked."""
+    """UsageError when the resuming command line's --env-import/--env-prefix/--env-adapter flags do not register what
+    those its run file records do (another adapter under one env name pooled two envs' episodes; their order, a
+    repeated flag or a tag's spelling is no difference); a run file from before they were recorded is not checked."""
     from .cli_errors import UsageError
-    from .rollout_args import _recorded_registration_flags, _registration_flags, _registrations
+    from .rollout_args import _recorded_registration_flags, _registration_flags, _registrations, registered_envs
 
     recorded = saved.get("registrations")
     if not isinstance(recorded, dict):
         return
-    given = _registrations(args)
-    if {name: recorded.get(name) or [] for name in given} == given:  # as JSON holds them: lists, pairs as lists
-        return
+    try:  # what the flags register, not their text: the same flags in another order are the run's
+        if registered_envs(recorded) == registered_envs(_registrations(args)):
+            return
+    except ValueError:  # a hand-edited run file: refused below, naming the flags it records as far as they read
+        pass
     started = _recorded_registration_flags(saved).strip() or "no --env-import/--env-prefix/--env-adapter flags"
     raise UsageError(f"--resume {args.resume}: this run was started with {started}, but this command line gives "
                      f"{_registration_flags(args).strip() or 'none'} (an env name may then build another env, whose "

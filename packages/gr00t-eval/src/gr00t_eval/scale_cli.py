@@ -21,8 +21,8 @@ from .batch_cli import DEFAULT_BATCH_DIR, cmd_batch
 from .cli_errors import path_flag
 from .merge_cli import cmd_merge
 from .rollout_args import (_check_env_names, _check_rollout_args, check_ray_flags, _default_video_dir, _registrations,
-                           _saved_rollout_config, _videos_moved_with_run, resumed_env_timeout, rollout_config_from_args,
-                           rollout_seed)
+                           _registration_flags, _saved_rollout_config, _videos_moved_with_run, resumed_env_timeout,
+                           rollout_config_from_args, rollout_seed)
 from .rollout_output import _claim_videos, _released_unless_started, _rollout_output_dir, delete_earlier_videos
 from .rollout_report import _report_rollout, _start_storage_failure, _storage_failure
 from .run_policy import (_adopt_run_policy, _check_policy_runs_settings, _ray_probe_client, _ray_run_policy,
@@ -204,7 +204,7 @@ def run_rollout_command(args: argparse.Namespace) -> int:
     except OSError as exc:  # a folder of the run's turned read-only for this user too: the line says --resume
         if not is_storage_line(exc, output_dir, config.video_dir):
             raise
-        raise SystemExit(_storage_failure(exc, output_dir, shard)) from None
+        raise SystemExit(_storage_failure(exc, output_dir, shard, _registration_flags(args))) from None
 
 
 def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done: Any, log: Any,

@@ -179,6 +179,10 @@ def _check_results_shape(results: Mapping[str, Any]) -> None:
             isinstance(registrations.get(name) or [], list) for name in REGISTRATIONS)):
         raise MergeError(f"'plan.registrations' is {json.dumps(registrations)[:80]}, expected null or an object of "
                          "env_import, env_prefix and env_adapter lists")
+    try:
+        _registered_envs(plan)
+    except ValueError as exc:
+        raise MergeError(f"'plan.registrations': {exc}") from None
     for name, expected, nullable in (("per_episode", list, False), ("per_task", dict, False), ("policy", dict, True),
                                      ("config", dict, True), ("settings_not_applied", dict, True)):
         value = results.get(name)
@@ -202,7 +206,7 @@ def _plan_key(results: Mapping[str, Any]) -> Tuple[Any, ...]:
     _check_results_shape(results)
     plan = results["plan"]
     settings = json.dumps(recorded_settings(plan), sort_keys=True)
-    registrations = json.dumps(recorded_registrations(plan), sort_keys=True)
+    registrations = json.dumps(_registered_envs(plan), sort_keys=True)
     return (tuple(tuple(t) for t in plan["tasks"]), plan["n_episodes"], plan["seed"], settings, registrations)
 
 
@@ -224,12 +228,28 @@ def plan_difference(first: Mapping[str, Any], other: Mapping[str, Any]) -> str:
             why = (f"; with client_chunking {settings_a.get('client_chunking')!r} the number of envs changes what "
                    f"an episode does{_AUTO_N_ENVS_UNKNOWN if 0 in (value_a, value_b) else ''}" if name == "n_envs" else "")
             return f"setting {name} {shown_b} ({shown_a} in the first{why})"
-    if recorded_registrations(a) != recorded_registrations(b):  # one env name, two envs: a built-in and an adapter
+    if _registered_envs(a) != _registered_envs(b):  # one env name, two envs: a built-in and an adapter
         from .rollout_args import _recorded_registration_flags
 
-        flags_a, flags_b = (_recorded_registration_flags(plan).strip() or "none" for plan in (a, b))
-        return f"env registrations {flags_b} ({flags_a} in the first: the same env names may be other envs)"
+        flags_a, flags_b = (_REGISTRATIONS_NOT_RECORDED if plan.get("registrations") is None
+                            else _recorded_registration_flags(plan).strip() or "none" for plan in (a, b))
+        # an older shard may have run with the same flags: what it ran is unknown, not "none"
+        older = (f"; rerun {'the first' if flags_a == _REGISTRATIONS_NOT_RECORDED else 'this shard'} with this "
+                 "gr00t-eval and the --env-import/--env-prefix/--env-adapter flags it was run with"
+                 if _REGISTRATIONS_NOT_RECORDED in (flags_a, flags_b) else "")
+        return f"env registrations {flags_b} ({flags_a} in the first: the same env names may be other envs){older}"
     return "the plan"
+
+
+_REGISTRATIONS_NOT_RECORDED = "not recorded (written by an older gr00t-eval)"
+
+
+def _registered_envs(plan: Mapping[str, Any]) -> Dict[str, Any]:
+    """What a plan's recorded registrations register (rollout_args.registered_envs): flags given in another order, or
+    repeated, register the same envs; a plan recording none, or written before they were recorded, registers none."""
+    from .rollout_args import registered_envs
+
+    return registered_envs(recorded_registrations(plan))
 
 
 # n_envs 0 in a plan: a shard of an earlier gr00t-eval, which resolved --n-envs 0 per task and recorded 0.

@@ -42,6 +42,9 @@ _ADAPTERS: Dict[str, EnvAdapter] = {
     "metaworld": "gr00t_eval.rollout.adapters.metaworld:make_metaworld_env",
     "pusht": "gr00t_eval.rollout.adapters.pusht:make_pusht_env",
 }
+# The tables before any registration: what a run's registration flags change (rollout_args.registered_envs)
+BUILT_IN_TAGS: Dict[str, EmbodimentTag] = dict(ENV_PREFIX_TO_EMBODIMENT_TAG)
+BUILT_IN_ADAPTERS: Dict[str, str] = dict(_ADAPTERS)
 
 
 def register_env_prefix(prefix: str, embodiment_tag: Union[EmbodimentTag, str], adapter: Optional[EnvAdapter] = None) -> None:
