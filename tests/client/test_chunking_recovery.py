@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from gr00t_client import ActionError, BasePolicy, PolicyClient, ServerStoppingError
+from gr00t_client import ActionError, BasePolicy, PolicyClient, PolicyTimeoutError, ServerStoppingError
 from gr00t_client.chunking import ActionChunker
 from serving import running_server, stopped_while_it_hangs
 
@@ -360,3 +360,31 @@ def test_a_failed_prefetch_for_envs_all_reset_since_is_dropped_not_raised(reset)
             step, _ = chunker.get_action(obs(0, 0))
     assert step["x"][:, 0].tolist() == [0.0, 0.0]
     assert chunker.stats.discarded_envs == 2
+
+
+class StoppingPrefetchPolicy(StepPolicy):
+    """StepPolicy whose second call (the first prefetch) is answered that the server is shutting down, and whose
+    later calls time out (the server has exited)."""
+
+    def _get_action(self, observation, options=None):
+        self.calls += 1
+        if self.calls == 2:
+            raise ServerStoppingError("server is shutting down")
+        if self.calls > 2:
+            raise PolicyTimeoutError("no reply (the server is gone)")
+        self.calls -= 1
+        return super()._get_action(observation, options)
+
+
+def test_a_stopping_servers_refusal_of_a_prefetch_for_envs_all_reset_since_is_raised_not_asked_again():
+    """Dropping failed prefetches of envs all reset since swallowed a stopping server's refusal too: the next call
+    asked the stopping server again and timed out, and a rollout scored its rows errored instead of not run."""
+    policy = StoppingPrefetchPolicy(horizon=4)
+    with ActionChunker(policy, n_action_steps=4, asynchronous=True, prefetch_steps=2) as chunker:
+        chunker.get_action(obs(0, 0))
+        chunker.get_action(obs(1, 1))  # sends the prefetch, refused as the server stops
+        chunker.wait_for_prefetch(5)
+        chunker.reset(env_ids=[0, 1], policy_reset_by_caller=True)  # both episodes ended together, as a rollout's
+        with pytest.raises(ServerStoppingError, match="shutting down"):
+            chunker.get_action(obs(0, 0))
+    assert policy.calls == 2  # not asked again

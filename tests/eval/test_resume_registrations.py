@@ -151,3 +151,54 @@ def test_merge_names_a_killed_shard_with_a_resume_command_that_gives_its_registr
         assert printed and printed.group(1).endswith(f"--shard 1/2 {' '.join(FLAGS)}"), printed
         assert cli.main([*shlex.split(printed.group(1))[1:], *server_flags]) == 0
     assert json.loads((out / "results_shard1of2.json").read_text())["overall"]["n_episodes"] == 4
+
+
+def test_flags_beside_an_imported_module_count_as_given_since_it_may_register_prefixes_itself():
+    """An --env-import module may register a prefix itself: flags that set a built-in's own tag and adapter for it
+    (or leave an adapter's tag to a default) then change what it registered, and were dropped as changing nothing."""
+    from gr00t_eval.rollout_args import registered_envs
+
+    adapter = "gr00t_eval.rollout.adapters.pusht:make_pusht_env"
+    alone = {"env_import": ["myenvs"]}
+    built_in_again = {"env_import": ["myenvs"], "env_prefix": [["pusht", "new_embodiment"]],
+                      "env_adapter": [["pusht", adapter]]}
+    assert registered_envs(alone) != registered_envs(built_in_again)
+    tag_left = {"env_import": ["myenvs"], "env_adapter": [["foo", "myenvs:make_env"]]}
+    tag_given = {**tag_left, "env_prefix": [["foo", "new_embodiment"]]}
+    assert registered_envs(tag_left) != registered_envs(tag_given)
+    # without an import the built-in tables say what changes: the same flags again change nothing
+    assert registered_envs({"env_prefix": [["pusht", "NEW_EMBODIMENT"]], "env_adapter": [["pusht", adapter]]}) == \
+        registered_envs({})
+
+
+def test_what_registration_flags_register_does_not_depend_on_gymnasium_being_installed():
+    """Without gymnasium the built-in tables read as empty: a merge pooled shards of other tags there, and refused
+    flags that change nothing, where a machine with gymnasium did the opposite."""
+    import subprocess
+    import sys
+
+    code = ("import sys, json; BLOCK from gr00t_eval.rollout_args import registered_envs; "
+            "print(json.dumps([registered_envs({'env_adapter': [['libero_sim', 'mymod:make_env']]}), "
+            "registered_envs({'env_prefix': [['libero_sim', 'libero_panda']]})]))")
+    seen = [subprocess.run([sys.executable, "-c", code.replace("BLOCK", block)], capture_output=True, text=True, check=True,
+                           timeout=120).stdout for block in ("", "sys.modules['gymnasium'] = None;")]
+    assert seen[0] == seen[1], seen
+    from gr00t_client import EmbodimentTag
+
+    assert json.loads(seen[0])[0]["envs"] == {"libero_sim": [EmbodimentTag.LIBERO_PANDA.value, "mymod:make_env"]}
+
+
+def test_a_run_file_whose_registrations_cannot_be_read_is_named_not_read_as_no_flags(tmp_path, capsys):
+    """A damaged run file's registrations were read as "no flags" (a pair of three) or letter by letter (a str):
+    the refusal told the user to resume with flags the run never had."""
+    from gr00t_eval import cli
+
+    out = tmp_path / "damaged"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({
+        "env_name": "metaworld/reach-v3", "registrations": {"env_import": "abc", "env_prefix": [], "env_adapter": []},
+        "config": {"env_name": "metaworld/reach-v3", "n_episodes": 2, "seed": 1}}))
+    assert cli.main(["rollout", "--resume", str(out), "--policy-client-port", "9"]) == 2
+    error = capsys.readouterr().err
+    assert "the run file's 'registrations' cannot be read (env_import is 'abc', expected a list of module names)" \
+        in error, error

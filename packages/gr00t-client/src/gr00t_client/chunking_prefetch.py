@@ -159,7 +159,8 @@ class _Prefetching:
         except BaseException as exc:
             if pending.future.done():  # the request failed: it is over. A wait cut short (Ctrl-C) keeps it pending,
                 self._pending = None  # so that the next call (or close/reset) still knows the request in flight
-                if stale and isinstance(exc, Exception):  # for envs all reset since: nobody's to raise
+                # for envs all reset since: nobody's to raise (a stopping server's is kept: the next fetch needs it)
+                if stale and isinstance(exc, Exception) and not isinstance(exc, ServerStoppingError):
                     self.stats.discarded_envs += len(pending.env_ids)
                     self._forget_actions_when_empty()
                     return []

@@ -272,14 +272,12 @@ def registered_envs(registrations: Mapping[str, Any]) -> Dict[str, Any]:
     the modules imported, sorted, and each prefix's [embodiment tag value, adapter] where the flags change the
     built-in ones. As apply_env_registrations applies them: the last flag for a prefix wins, a tag is read in any
     spelling, an adapter's prefix without --env-prefix gets its built-in tag (else new_embodiment). So flags that
-    differ only in order, repetition, a tag's spelling or a flag that changes nothing register the same envs.
+    differ only in order, repetition, a tag's spelling or a flag that changes nothing register the same envs. With an
+    --env-import (its module may register prefixes itself) each prefix's flags count as given, last one winning.
     ValueError when a value is not a list of NAME or [PREFIX, VALUE] (a hand-edited file)."""
     from gr00t_client import EmbodimentTag
 
-    try:
-        from .rollout.envs import BUILT_IN_ADAPTERS, BUILT_IN_TAGS
-    except ImportError:  # a merge where gymnasium is not installed: every prefix flag counts
-        BUILT_IN_ADAPTERS, BUILT_IN_TAGS = {}, {}
+    from .rollout.env_tables import BUILT_IN_ADAPTERS, BUILT_IN_TAGS
 
     def pairs(name: str) -> Dict[str, str]:
         values = registrations.get(name) or []
@@ -300,6 +298,10 @@ def registered_envs(registrations: Mapping[str, Any]) -> Dict[str, Any]:
     tags = {prefix: tag_value(tag) for prefix, tag in pairs("env_prefix").items()}
     adapters = pairs("env_adapter")
     envs = {}
+    if modules:  # an imported module may register prefixes itself: what the flags change from is unknown, so each
+        # prefix's flags count as given (last wins), none dropped as the built-in's and no tag assumed
+        return {"env_import": sorted(set(modules)),
+                "envs": {prefix: [tags.get(prefix), adapters.get(prefix)] for prefix in sorted({*tags, *adapters})}}
     for prefix in sorted({*tags, *adapters}):
         built_in_tag = BUILT_IN_TAGS[prefix].value if prefix in BUILT_IN_TAGS else None
         built_in = [built_in_tag, BUILT_IN_ADAPTERS.get(prefix)]

@@ -100,8 +100,9 @@ def _refuse_changed_registrations(args: argparse.Namespace, saved: Mapping[str, 
     try:  # what the flags register, not their text: the same flags in another order are the run's
         if registered_envs(recorded) == registered_envs(_registrations(args)):
             return
-    except ValueError:  # a hand-edited run file: refused below, naming the flags it records as far as they read
-        pass
+    except ValueError as exc:  # a damaged or hand-edited run file: its flags cannot be read back to name them
+        raise UsageError(f"--resume {args.resume}: the run file's 'registrations' cannot be read ({exc}); expected the "
+                         "--env-import/--env-prefix/--env-adapter values the run was started with") from None
     started = _recorded_registration_flags(saved).strip() or "no --env-import/--env-prefix/--env-adapter flags"
     raise UsageError(f"--resume {args.resume}: this run was started with {started}, but this command line gives "
                      f"{_registration_flags(args).strip() or 'none'} (an env name may then build another env, whose "

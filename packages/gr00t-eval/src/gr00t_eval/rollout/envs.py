@@ -20,31 +20,14 @@ import gymnasium as gym  # noqa: E402
 from gr00t_client import EmbodimentTag  # noqa: E402
 
 from .config import split_env_name  # noqa: E402,F401 - part of this module's API
+from .env_tables import BUILT_IN_ADAPTERS, BUILT_IN_TAGS  # noqa: E402
 
-# The reference's table (gr00t/eval/sim/env_utils.py), plus the built-in adapters.
-ENV_PREFIX_TO_EMBODIMENT_TAG: Dict[str, EmbodimentTag] = {
-    "libero_sim": EmbodimentTag.LIBERO_PANDA,
-    "simpler_env_google": EmbodimentTag.SIMPLER_ENV_GOOGLE,
-    "simpler_env_widowx": EmbodimentTag.SIMPLER_ENV_WIDOWX,
-    "robocasa_panda_omron": EmbodimentTag.ROBOCASA_PANDA_OMRON,
-    "robocasa365_panda_omron": EmbodimentTag.ROBOCASA_PANDA_OMRON,
-    "gr1_unified": EmbodimentTag.ROBOCASA_GR1_TABLETOP,
-    "gr00tlocomanip_g1": EmbodimentTag.UNITREE_G1,
-    "gr00tlocomanip_g1_sim": EmbodimentTag.UNITREE_G1,
-    "gr00tlocomanip_g1_new": EmbodimentTag.UNITREE_G1,
-    "metaworld": EmbodimentTag.NEW_EMBODIMENT,
-    "pusht": EmbodimentTag.NEW_EMBODIMENT,
-}
+# The reference's table and the built-in adapters (rollout/env_tables.py, which needs no gymnasium), as registered now.
+ENV_PREFIX_TO_EMBODIMENT_TAG: Dict[str, EmbodimentTag] = dict(BUILT_IN_TAGS)
 
 # prefix -> "module:function" (imported lazily, so simulators stay optional) or a callable(task, **kwargs).
 EnvAdapter = Union[str, Callable[..., gym.Env]]
-_ADAPTERS: Dict[str, EnvAdapter] = {
-    "metaworld": "gr00t_eval.rollout.adapters.metaworld:make_metaworld_env",
-    "pusht": "gr00t_eval.rollout.adapters.pusht:make_pusht_env",
-}
-# The tables before any registration: what a run's registration flags change (rollout_args.registered_envs)
-BUILT_IN_TAGS: Dict[str, EmbodimentTag] = dict(ENV_PREFIX_TO_EMBODIMENT_TAG)
-BUILT_IN_ADAPTERS: Dict[str, str] = dict(_ADAPTERS)
+_ADAPTERS: Dict[str, EnvAdapter] = dict(BUILT_IN_ADAPTERS)
 
 
 def register_env_prefix(prefix: str, embodiment_tag: Union[EmbodimentTag, str], adapter: Optional[EnvAdapter] = None) -> None:
