@@ -126,6 +126,10 @@ def test_a_jsonl_task_holding_a_unicode_line_break_is_read_whole(tmp_path, line_
     rows = [{"task_index": 0, "task": task}, {"task_index": 1, "task": TASKS[1]}]
     (root / "meta" / "tasks.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in rows),
                                                encoding="utf-8")
+    episodes = [json.loads(line) for line in (root / "meta" / "episodes.jsonl").read_text().splitlines()]
+    for episode in episodes:  # the episode list names the same task
+        episode["tasks"] = [task if t == TASKS[0] else t for t in episode["tasks"]]
+    (root / "meta" / "episodes.jsonl").write_text("".join(json.dumps(e) + "\n" for e in episodes))
     dataset = LeRobotDataset(root)
     assert dataset.tasks == {0: task, 1: TASKS[1]}
     assert dataset.episode(0).language(LANGUAGE)[0] == task

@@ -228,6 +228,33 @@ def test_rows_shuffled_in_a_file_without_frame_index_are_caught_by_their_timesta
         LeRobotDataset(dataset).episode(0)
 
 
+def lose_first_row(root: Path, episode: int, drop=()) -> None:
+    """Drop an episode's first row (and the columns `drop`), its length in meta/episodes.jsonl corrected to match."""
+    edit_rows(data_file(root, episode), lambda t: t.slice(1).drop(list(drop)))
+    episodes = root / "meta" / "episodes.jsonl"
+    rows = [json.loads(line) for line in episodes.read_text().splitlines()]
+    rows[episode]["length"] -= 1
+    episodes.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def test_a_replay_server_refuses_an_episode_whose_frame_index_does_not_start_at_0(dataset):
+    """Its first row lost and the length corrected, row k was paired with video frame k (the frame of step k - 1)."""
+    lose_first_row(dataset, 0)
+    policy = ReplayPolicy(dataset, execution_horizon=3)
+    with pytest.raises(DatasetError, match=r"episode_000000\.parquet: column 'frame_index' of episode 0 starts at 1, "
+                                           r"expected 0"):
+        policy.get_action({})
+    policy.reset({"episode_index": 1})
+    np.testing.assert_array_equal(policy.get_action({})[0]["arm"][0][:3], expected_actions(1, 9)["arm"][:3])
+
+
+def test_an_episode_without_frame_index_whose_timestamps_do_not_start_at_0_is_refused(dataset):
+    lose_first_row(dataset, 0, drop=["frame_index"])
+    with pytest.raises(DatasetError, match=r"episode_000000\.parquet: column 'timestamp' of episode 0 starts at 0\.1 s, "
+                                           r"expected 0"):
+        LeRobotDataset(dataset).episode(0)
+
+
 # --- a column the file lacks ---------------------------------------------------------------------------------
 
 

@@ -95,10 +95,10 @@ def test_a_language_column_of_lists_of_one_string_is_that_string(tmp_path):
 
 def test_a_binary_task_in_a_v3_tasks_parquet_is_its_utf8_text(tmp_path):
     root = _dataset(tmp_path, "v3.0")
-    _write_v3_tasks(root, [0, 1], [INSTRUCTION.encode(), TASKS[1].encode()], text_kind=pa.binary())
+    _write_v3_tasks(root, [0, 1], [TASKS[0].encode(), TASKS[1].encode()], text_kind=pa.binary())
     dataset = LeRobotDataset(root)
-    assert dataset.tasks == {0: INSTRUCTION, 1: TASKS[1]}
-    assert dataset.episode(0).language(LANGUAGE) == [INSTRUCTION] * LENGTHS[0]
+    assert dataset.tasks == {0: TASKS[0], 1: TASKS[1]}
+    assert dataset.episode(0).language(LANGUAGE) == [TASKS[0]] * LENGTHS[0]
 
 
 def test_language_bytes_that_are_not_utf8_are_refused_naming_the_file_column_and_row(tmp_path):
@@ -233,3 +233,21 @@ def test_a_v3_episode_rows_tasks_cell_of_bytes_is_its_text_and_one_of_null_is_re
     assert _v3_tasks(b"pick the can", "episodes.parquet (row 0)") == ("pick the can",)
     with pytest.raises(DatasetError, match=r"episodes.parquet \(row 0\): field 'tasks' item 1 holds null; expected text"):
         _v3_tasks(["pick the can", None], "episodes.parquet (row 0)")
+
+
+@pytest.mark.parametrize("layout, task_file, episode_list", [("v2.1", "tasks.jsonl", "episodes.jsonl"),
+                                                             ("v3.0", "tasks.parquet", "episodes/")])
+def test_a_task_index_naming_a_task_the_episode_list_does_not_give_the_episode_is_refused_naming_both(tmp_path, layout,
+                                                                                                     task_file,
+                                                                                                     episode_list):
+    """The task list's two tasks swapped: each episode was served the other's instruction without a word."""
+    root = _dataset(tmp_path, layout)
+    if layout == "v3.0":
+        _write_v3_tasks(root, [0, 1], [TASKS[1], TASKS[0]])
+    else:
+        (root / "meta" / "tasks.jsonl").write_text("".join(
+            json.dumps({"task_index": i, "task": t}) + "\n" for i, t in enumerate([TASKS[1], TASKS[0]])))
+    with pytest.raises(DatasetError, match=rf"column 'task_index' of episode 1 holds task index 1, which "
+                                           rf"meta/{task_file} names '{TASKS[0]}', and meta/{episode_list} gives the "
+                                           rf"episode the tasks \['{TASKS[1]}'\]; expected a task of the episode's own"):
+        LeRobotDataset(root).episode(1).language(LANGUAGE)

@@ -409,6 +409,27 @@ def test_check_data_files_passes_slices_within_the_datas_width_without_a_declare
     LeRobotDataset(root).check_data_files()
 
 
+
+def test_an_episode_whose_column_is_wider_than_the_first_files_is_refused_without_a_declared_shape(tmp_path):
+    """An extra joint before the gripper in episode 1 (a dataset merged from two robot setups): modality.json's slices
+    of its column read the extra joint as the gripper without a word, info.json declaring no width to check."""
+    root = make_dataset(tmp_path / "ds", lengths=(6, 9, 4))
+    info_path = root / "meta" / "info.json"
+    info = json.loads(info_path.read_text())
+    del info["features"]["action"]["shape"]
+    info_path.write_text(json.dumps(info))
+    path = root / "data" / "chunk-000" / "episode_000001.parquet"
+    table = pq.read_table(path)
+    wider = pa.array([row[:3] + [-7.0] + row[3:] for row in table.column("action").to_pylist()], pa.list_(pa.float32()))
+    pq.write_table(table.set_column(table.column_names.index("action"), "action", wider), path)
+    dataset = LeRobotDataset(root)
+    dataset.check_data_files()
+    first = root / "data" / "chunk-000" / "episode_000000.parquet"
+    with pytest.raises(DatasetError, match=rf"episode_000001\.parquet: column 'action' of episode 1 has 5 values per "
+                                           rf"step and the first data file, {re.escape(str(first))}, has 4"):
+        dataset.episode(1).action_array()
+    assert dataset.episode(2).action_array().shape == (4, 4)
+
 def constant_dataset(root, value: float):
     from gr00t_eval.dataset import DatasetWriter
 

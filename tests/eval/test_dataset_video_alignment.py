@@ -124,3 +124,58 @@ def test_an_fps_that_is_no_finite_number_is_refused_naming_info_json_and_the_val
     with pytest.raises(DatasetError,
                        match=rf"meta/info\.json: field 'fps' must be a positive finite number, got {fps!r}"):
         LeRobotDataset(root)
+
+
+V2_VIDEO = "videos/chunk-000/observation.images.image/episode_000000.mp4"
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["199-frames", "padded-to-200"])
+def test_a_frame_missing_inside_a_v2_episode_video_is_refused_naming_the_frame_and_the_gap(tmp_path, padded):
+    """199 frames for 200 steps (within the 1% rate check) only warned of the count, and every step after the gap got
+    the next step's frame; with a frame appended at the end the count matched and nothing was said."""
+    root = make_dataset(tmp_path / "ds", lengths=(200,), cameras=("image",), fps=10, size=(16, 16))
+    shown = [i for i in range(200) if i != 100] + ([200] if padded else [])
+    frames = episode_frames(0, 0, 200, (16, 16))[[min(i, 199) for i in shown]]
+    rewrite_video(root / V2_VIDEO, frames, 10, Fraction(1, 1000), [100 * i for i in shown])
+    with pytest.raises(DatasetError, match=r"episode_000000\.mp4 \(camera 'observation\.images\.image', episode 0\): "
+                                           r"its frame 100 is shown at 10\.1 s, 2\.00 frame intervals after frame 99 "
+                                           r"\(9\.9 s\) at fps 10"):
+        LeRobotDataset(root).episode(0).frames("image", [101])
+
+
+def test_a_v2_episode_video_one_frame_short_is_refused_naming_both_counts(tmp_path):
+    root = make_dataset(tmp_path / "ds", lengths=(20,), cameras=("image",), fps=10, size=(16, 16))
+    rewrite_video(root / V2_VIDEO, episode_frames(0, 0, 19, (16, 16)), 10, Fraction(1, 1000), [100 * i for i in range(19)])
+    with pytest.raises(DatasetError, match=r"the video holds 19 frames and the episode has 20 steps \(a frame dropped\?\)"
+                                           r"; expected 20 frames, or 21 with one trailing the last step"):
+        LeRobotDataset(root).episode(0).frames("image", [0])
+
+
+def test_one_trailing_frame_after_a_v2_episode_s_last_step_leaves_each_step_its_own_frame(tmp_path):
+    root = make_dataset(tmp_path / "ds", lengths=(20,), cameras=("image",), fps=10, size=(16, 16))
+    frames = episode_frames(0, 0, 21, (16, 16))
+    rewrite_video(root / V2_VIDEO, frames, 10, Fraction(1, 1000), [100 * i for i in range(21)])
+    decoded = LeRobotDataset(root).episode(0).frames("image", list(range(20)))
+    assert [nearest_step(f, [0]) for f in decoded] == [(0, s) for s in range(20)]
+
+
+def test_segment_times_of_a_shared_v3_video_all_one_frame_late_are_refused_for_every_episode_naming_the_offset(tmp_path):
+    """As a converter counting the first frame at 1/fps writes them: the gap before the first segment skipped the
+    check of the frames before each, and every episode but the file's last got each step the next step's frame."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    lengths = (6, 9, 4)
+    root = shared_v3_dataset(tmp_path, lengths, fps=10)
+    [episodes] = sorted((root / "meta" / "episodes").rglob("*.parquet"))
+    table = pq.read_table(episodes)
+    for column in table.column_names:
+        if column.endswith(("/from_timestamp", "/to_timestamp")):
+            table = table.set_column(table.column_names.index(column), column, pc.add(table.column(column), 0.1))
+    pq.write_table(table, episodes)
+    dataset = LeRobotDataset(root)
+    for episode in range(3):
+        with pytest.raises(DatasetError, match=rf"file-000\.mp4 \(episode {episode}\): the video segments of the "
+                                               r"episodes in this file start at 0\.1 s, 1\.0 frames after its first "
+                                               r"frame, and end at 2 s, 1\.0 frames past its last \(19 frames at fps 10\)"):
+            dataset.episode(episode).frames("image", [0])

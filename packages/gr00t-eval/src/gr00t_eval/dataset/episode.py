@@ -31,17 +31,28 @@ class Episode:
 
     def _check_row_order(self) -> None:
         """DatasetError unless the rows are the episode's steps in order: `frame_index` (where present) counting up
-        by one, and `timestamp` stepping by 1/fps (timestamps()). Rows shuffled, repeated or missing in the file would
-        otherwise be replayed and scored in file order without a word; LeRobot refuses such a dataset at load."""
-        if "frame_index" in self.table.column_names and self.length > 1:
-            steps = self.column("frame_index").reshape(-1)
+        by one from 0, and `timestamp` stepping by 1/fps (timestamps()) from 0 where no frame_index says which step
+        a row is. Rows shuffled, repeated or missing in the file (its first row lost: row k is paired with video frame
+        k) would otherwise be replayed and scored in file order without a word; LeRobot refuses such a dataset at
+        load."""
+        steps = self.column("frame_index").reshape(-1) if "frame_index" in self.table.column_names else None
+        if steps is not None and self.length > 1:
             off = np.flatnonzero(np.diff(steps) != 1) if steps.dtype.kind in "iuf" else np.zeros(1, np.int64)
             if off.size:
                 first = int(off[0])
                 raise DatasetError(f"{self.record.data_path}: column 'frame_index' of episode {self.episode_index} goes "
                                    f"from {steps[first]} to {steps[first + 1]} at row {first + 1}; the rows of an "
                                    "episode must be its steps in order, each frame_index one more than the last")
-        self.timestamps()
+        if steps is not None and steps.size and steps.dtype.kind in "iuf" and steps[0] != 0:
+            raise DatasetError(f"{self.record.data_path}: column 'frame_index' of episode {self.episode_index} starts "
+                               f"at {steps[0]}, expected 0: its first rows are missing, and row k would be paired with "
+                               "the video frame of another step")
+        times = self.timestamps()
+        fps = self._dataset.fps
+        if steps is None and times.size and abs(times[0]) > TIMESTAMP_TOLERANCE / fps:
+            raise DatasetError(f"{self.record.data_path}: column 'timestamp' of episode {self.episode_index} starts at "
+                               f"{times[0]:.6g} s, expected 0 (within {TIMESTAMP_TOLERANCE / fps:.6g} s): its first rows "
+                               "are missing, and row k would be paired with the video frame of another step")
 
     def check_finite(self, kind: str, keys: Sequence[str], dtype: Any = np.float64,
                      rows: Union[None, int, Sequence[int]] = None) -> None:
@@ -131,6 +142,14 @@ class Episode:
                 f"{raw.shape[1]} values per step and meta/info.json declares {declared} (features."
                 f"{group.original_key}.shape); meta/modality.json's slices of it would pick the wrong values"
             )
+        first = self._dataset._first_file_width(group.original_key) if declared is None else None
+        if first is not None and raw.shape[1] != first[0]:
+            raise DatasetError(
+                f"{self.record.data_path}: column '{group.original_key}' of episode {self.episode_index} has "
+                f"{raw.shape[1]} values per step and the first data file, {first[1]}, has {first[0]}; without a "
+                f"features.{group.original_key}.shape in meta/info.json every episode's column must be as wide, or "
+                "meta/modality.json's slices of it would pick the wrong values"
+            )
         if raw.shape[1] < group.end:
             raise DatasetError(
                 f"{self.record.data_path}: column '{group.original_key}' has {raw.shape[1]} values per step; "
@@ -178,7 +197,19 @@ class Episode:
                 raise DatasetError(
                     f"{self.record.data_path}: column '{column}' holds task indices {unknown} that the task list lacks"
                 )
-            return [tasks[int(v)] for v in values]
+            served = [tasks[int(v)] for v in values]
+            if column == "task_index" and self.record.tasks:
+                stray = next((int(v) for v, task in zip(values, served) if task not in self.record.tasks), None)
+                if stray is not None:  # the task list reordered, or another dataset's: another episode's instruction
+                    v3 = self._dataset._major >= 3
+                    task_file, episode_list = ("tasks.parquet", "episodes/") if v3 else ("tasks.jsonl",
+                                                                                         "episodes.jsonl")
+                    raise DatasetError(
+                        f"{self.record.data_path}: column 'task_index' of episode {self.episode_index} holds task "
+                        f"index {stray}, which meta/{task_file} names {tasks[stray]!r}, and meta/{episode_list} gives "
+                        f"the episode the tasks {list(self.record.tasks)}; expected a task of the episode's own"
+                    )
+            return served
         if values.dtype.kind in "OUS":
             where = f"{self.record.data_path}: column '{column}' of episode {self.episode_index}"
             return [text_value(v, f"{where}, row {row},") for row, v in enumerate(values)]

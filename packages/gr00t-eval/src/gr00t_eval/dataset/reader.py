@@ -6,7 +6,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
@@ -113,7 +113,7 @@ class LeRobotDataset:
         if len(self._by_index) != len(self._records):
             raise DatasetError(f"{meta_dir}: episode list repeats an episode_index")
         self._check_segments_apart()
-        self._segments = self._index_segments()
+        self._segments, self._file_spans = self._index_segments()
         # Each column's width as info.json declares it (features[...].shape [D]): an episode's column of another
         # width is refused when read, as LeRobot's schema refuses it at load (modality.json's slices of it would cut
         # the wrong values).
@@ -129,6 +129,8 @@ class LeRobotDataset:
         self._stats: Optional[Dict[str, Any]] = None
         self._relative_stats: Optional[Dict[str, Any]] = None
         self._video_facts: Dict[Path, VideoFacts] = {}  # path -> video_stream_facts, read once per file
+        self._first_file_widths: Dict[str, Optional[Tuple[int, str]]] = {}  # column -> _first_file_width, read once
+        self._frames_checked: Set[Tuple[str, int]] = set()  # (video of an episode, steps) whose frame times passed
         self.frames_decoded = 0
         logger.debug("opened %s: %d episodes, %s", self.root, len(self._records), self.codebase_version)
 
@@ -155,10 +157,12 @@ class LeRobotDataset:
                         "be its own"
                     )
 
-    def _index_segments(self) -> Dict[Tuple[Path, float], Tuple[EpisodeRecord, VideoSegment, Optional[int]]]:
+    def _index_segments(self) -> Tuple[Dict[Tuple[Path, float], Tuple[EpisodeRecord, VideoSegment, Optional[int]]],
+                                       Dict[Path, Tuple[float, float]]]:
         """Each v3.0 video segment by (file, from_timestamp): its episode, the segment, and the frames of the file
         before it, the steps of the episodes before it in the file where their segments fill it from its start
-        without a gap; None after a gap (the frames of an episode the list leaves out may lie there)."""
+        without a gap; None after a gap (the frames of an episode the list leaves out may lie there). And each shared
+        file's (first from_timestamp, last to_timestamp) of its segments."""
         by_file: Dict[Path, List[Tuple[VideoSegment, EpisodeRecord]]] = {}
         for record in self._records:
             for segment in record.videos.values():
@@ -166,8 +170,10 @@ class LeRobotDataset:
                     by_file.setdefault(segment.path, []).append((segment, record))
         slack = 0.5 / self._fps  # half a frame: timestamps are floats
         index: Dict[Tuple[Path, float], Tuple[EpisodeRecord, VideoSegment, Optional[int]]] = {}
+        spans: Dict[Path, Tuple[float, float]] = {}
         for path, segments in by_file.items():
             segments.sort(key=lambda pair: pair[0].from_timestamp)
+            spans[path] = (segments[0][0].from_timestamp, max(s.to_timestamp for s, _ in segments))  # type: ignore
             frames_before: Optional[int] = 0
             end = 0.0
             for segment, record in segments:
@@ -177,7 +183,7 @@ class LeRobotDataset:
                 if frames_before is not None:
                     frames_before += record.length
                 end = segment.to_timestamp  # type: ignore[assignment]
-        return index
+        return index, spans
 
     def check_data_files(self) -> None:
         """Read every data file's parquet footer: DatasetError naming the first file that is missing, unreadable
@@ -354,7 +360,7 @@ class LeRobotDataset:
         episode's length (decoding would reach into the neighbouring episode's frames)."""
         segment = record.videos[column]
         facts = self._facts(segment.path)
-        count, rate = facts.frames, facts.rate
+        rate = facts.rate
         where = f"{segment.path} (camera '{column}', episode {record.episode_index})"
         if rate is not None and abs(rate - self._fps) > 0.01 * self._fps:
             raise DatasetError(f"{where}: the video runs at {rate:g} frames/s and meta/info.json says fps {self._fps:g}; "
@@ -375,11 +381,30 @@ class LeRobotDataset:
                 raise DatasetError(f"{where}: its video segment {segment.from_timestamp:g}..{segment.to_timestamp:g} s "
                                    f"holds {span:.1f} frames at {self._fps:g} fps and the episode has {record.length} "
                                    "steps; its frames would come from the neighbouring episode")
-        elif count != record.length:
-            if abs(count - record.length) > 1:
-                raise DatasetError(f"{where}: the video holds {count} frames and the episode has {record.length} steps "
-                                   "(the video of another episode?)")
-            logger.warning("%s: the video holds %d frames and the episode %d steps", where, count, record.length)
+        else:
+            self._check_own_video_frames(where, facts, record.length)
+
+    def _check_own_video_frames(self, where: str, facts: VideoFacts, length: int) -> None:
+        """DatasetError where an episode's video of its own (v2.x) does not show one frame per step, as v3.0 segments
+        are checked by their frames' times: a gap of about two frame intervals (a frame dropped; within the 1% rate
+        check it gave every later step the next step's frame) or a count other than the steps, but for one trailing
+        frame after the last step."""
+        times = facts.frame_times
+        if times is not None and (where, length) not in self._frames_checked:
+            gaps = np.diff(np.asarray(times, dtype=np.float64)) * self._fps
+            # 1.9: a frame up to nine tenths of an interval late (as v3.0 segments allow) is no gap
+            late = np.flatnonzero(gaps > 1.9)
+            if late.size:
+                frame = int(late[0]) + 1
+                raise DatasetError(f"{where}: its frame {frame} is shown at {times[frame]:.6g} s, {gaps[frame - 1]:.2f} "
+                                   f"frame intervals after frame {frame - 1} ({times[frame - 1]:.6g} s) at fps "
+                                   f"{self._fps:g} (meta/info.json); expected one frame every interval (a frame "
+                                   f"dropped there gives step {frame} and every later step another step's frame)")
+            self._frames_checked.add((where, length))
+        if facts.frames not in (length, length + 1):
+            hint = "(the video of another episode?)" if abs(facts.frames - length) > 1 else "(a frame dropped?)"
+            raise DatasetError(f"{where}: the video holds {facts.frames} frames and the episode has {length} steps "
+                               f"{hint}; expected {length} frames, or {length + 1} with one trailing the last step")
 
     def _decode_segment_frames(self, path: Path, from_timestamp: float, steps: Sequence[int]) -> np.ndarray:
         """Frames `steps` (0 = the segment's first) of the segment of a video that starts at `from_timestamp`: by the
@@ -422,6 +447,7 @@ class LeRobotDataset:
                 return max(after - 1, 0)
             return after
         record, segment, frames_before = found
+        self._check_segments_within_file(path, record, times, rate)
         # The segment's frames are those shown from from_timestamp to to_timestamp, both a tenth of a frame earlier
         # (pts rounding): a frame up to nine tenths of an interval late (one that came late, or a 29.97 frames/s video
         # drifting from segments written at fps 30) stays in its own segment. A frame missing inside it moved its later
@@ -442,6 +468,34 @@ class LeRobotDataset:
                                f"dropped or repeated before it, or a video whose rate drifts from fps {self._fps:g}): "
                                "which frame is its step 0 cannot be told")
         return first
+
+    def _check_segments_within_file(self, path: Path, record: EpisodeRecord, times: List[float], rate: float) -> None:
+        """DatasetError for every episode of a shared v3.0 file whose segments start after its first frame and end
+        past its last: segment times all some frames late (as a converter counting the first frame at 1/fps writes
+        them) gave each episode but the last the next step's frames, the gap before the first read as an episode the
+        list leaves out."""
+        first_start, last_end = self._file_spans[path]
+        overrun = last_end * self._fps - len(times) * self._fps / rate  # frames the segments need past the file's end
+        if first_start * self._fps > 0.5 and overrun > 0.5:
+            raise DatasetError(f"{path} (episode {record.episode_index}): the video segments of the episodes in this "
+                               f"file start at {first_start:g} s, {first_start * self._fps:.1f} frames after its first "
+                               f"frame, and end at {last_end:g} s, {overrun:.1f} frames past its last ({len(times)} "
+                               f"frames at fps {self._fps:g}); expected segments within the file's frames: their times "
+                               "look late by that offset, and step k would show a later step's frame")
+
+    def _first_file_width(self, column: str) -> Optional[Tuple[int, str]]:
+        """A state or action column's values per step in the first episode's data file, and that file (its width read
+        as check_data_files reads it), the width every episode's column must have where meta/info.json declares none;
+        None where it cannot be told (no rows, no list of numbers, a file that cannot be read)."""
+        if column not in self._first_file_widths:
+            path = self._records[0].data_path if self._records else None
+            try:
+                field = pq.read_schema(path).field(column) if path is not None else None
+                width = _column_width(path, field.type, column, {}) if field is not None else (None, "")
+            except (pa.ArrowInvalid, OSError, KeyError, DatasetError):
+                width = (None, "")  # the episode's own read names what is wrong with the file
+            self._first_file_widths[column] = (width[0], str(path)) if width[0] is not None else None
+        return self._first_file_widths[column]
 
     def _facts(self, path: Path) -> VideoFacts:
         if path not in self._video_facts:
