@@ -20,7 +20,7 @@ from ..extras import require_lerobot_dataset
 from ..fork_locks import renew_locks_after_fork
 from ..modality_configs import derive_from_dataset
 from ..serving.endpoints import RateLimitedLog, named_session
-from ..serving.sessions import SegmentedLRU
+from ..serving.sessions import SegmentedLRU, used_how_often
 from .dataset_changes import DatasetChanges
 from .option_names import OptionNames
 from .recorded_seeds import recorded_seeds
@@ -320,10 +320,9 @@ class ReplayPolicy(BasePolicy):
     def _keep(self, session: str, cursor: _Cursor) -> None:
         """Store a session's cursor as used now; forget, over max_sessions, the least recently used (of the sessions
         used only once, first: SegmentedLRU)."""
-        for forgotten, forgotten_cursor, used_once in self._sessions.use(session, cursor):
-            which = "only once" if used_once else "more than once"
+        for forgotten, forgotten_cursor, uses in self._sessions.use(session, cursor):
             self._remember_forgotten(forgotten, f"which keeps at most {self.max_sessions} sessions (max_sessions) "
-                                                f"and it was the least recently used (of those used {which})",
+                                                f"and it was the least recently used (of those {used_how_often(uses)})",
                                      forgotten_cursor.episodes)
             self._forgetting_log.warning("replay session %r forgotten (more than %d sessions)", str(forgotten)[:40],
                                          self.max_sessions)

@@ -22,7 +22,7 @@ from .batching import GatherWindow
 from .endpoints import Endpoint, _safe_text, log_text, named_session
 from .messages import Request, RequestError, unknown_endpoint
 from .reply_frames import ReplyFrames
-from .sessions import SESSION_ENDPOINTS, session_dropper
+from .sessions import SESSION_ENDPOINTS, SessionTable, session_dropper
 from .worker import InlineCallAbandoned, InlineGate, Job, Reply, only_get_action
 from .wrappers import policy_chain
 
@@ -96,6 +96,11 @@ class JobRunner(ReplyFrames):
         except BaseException as exc:
             answered = {id(request) for request, _ in replies}
             replies.extend((request, self.error_frames(request, exc)) for request in job if id(request) not in answered)
+        finally:
+            for request in job:
+                if request.session_in_flight:
+                    request.session_in_flight = False
+                    self._server.sessions.answered(request.session)
         if only_get_action(job):
             self._gate.observe(time.monotonic() - started, served=any(request.outcome == "ok" for request in job))
         return replies
@@ -159,16 +164,22 @@ class JobRunner(ReplyFrames):
         session counts only once its request succeeded (_take_in_sessions), as the policy's own table counts it:
         counted before the call, a refused request moved its session ahead in the server's table only, and the two
         tables then evicted different sessions for one newcomer. Returns the requests still to run."""
-        sessions = self._server.sessions
+        server = self._server
+        if server._sessions_policy is not server.policy:
+            # A policy swapped in while serving holds none of the old one's sessions: as after a restart, a table
+            # that knows none of them, so that a continuing client is told to reset, not replayed from episode 0.
+            server.sessions = SessionTable(server.limits.max_sessions, server.limits.session_idle_s)
+            server._sessions_policy = server.policy
+        sessions = server.sessions
         self._evict_sessions(sessions.forget_idle())
         admitted: List[Request] = []
         for request in live:
             if request.endpoint == "get_action" and request.continues_session and not sessions.knows(request.session):
                 # Our client's session, served before, that this server does not know: dropped longer ago than its
-                # memory of dropped sessions reaches, or the server restarted. Not a new session to start afresh (and
-                # not taken into the table, where it would evict another).
+                # memory of dropped sessions reaches, its policy was replaced, or the server restarted. Not a new
+                # session to start afresh (and not taken into the table, where it would evict another).
                 reason: Optional[str] = ("this server no longer knows it: dropped longer ago than it remembers "
-                                         "dropped sessions, or the server restarted")
+                                         "dropped sessions, its policy was replaced, or the server restarted")
             else:
                 reason = sessions.dropped_reason(request.session) if request.endpoint == "get_action" else None
             request.takes_session = reason is None and request.endpoint in SESSION_ENDPOINTS

@@ -39,6 +39,7 @@ from .messages import (
     timing_requested,
     unknown_endpoint,
 )
+from .sessions import SESSION_ENDPOINTS
 from .transport import MAX_MESSAGE_FRAMES, OverlongMessage
 from .worker import InlineCallAbandoned, InlineGate, Job, PolicyWorker, only_get_action
 
@@ -185,6 +186,9 @@ class RequestLoop(Gathering):
         except BaseException as exc:  # a policy's SystemExit in its token counter too: answered, serving goes on
             self.reply_error(request, exc)
             return
+        if request.endpoint in SESSION_ENDPOINTS and server._policy_uses_sessions:
+            # its wait in the queue is no idleness of its client (answered in JobRunner.execute)
+            request.session_in_flight = server.sessions.arrived(request.session, request.received_at)
         shape = batching.batch_shape(request.data) if request.endpoint == "get_action" and server.batching_enabled else None
         if shape is not None:
             self._note_straggler(request)

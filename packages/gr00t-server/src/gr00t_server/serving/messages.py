@@ -74,6 +74,7 @@ class Request:
     # session unknown to the server was dropped (or the server restarted), never a new one to start afresh.
     continues_session: bool = False
     takes_session: bool = False  # a get_action or reset whose success counts a use of its session (takes it in)
+    session_in_flight: bool = False  # counted in its session's requests waiting or running (SessionTable.arrived)
     call_ran: bool = False  # a get_action whose policy call ran, whatever became of it (counted as a policy call)
     # A replaced get_action's result that is no [action, info] pair: the action itself, sent whole to N1/N1.5 clients.
     result_is_action: bool = False

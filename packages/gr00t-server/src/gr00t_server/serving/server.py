@@ -183,6 +183,7 @@ class PolicyServer(BuiltinEndpoints):
         self.metrics_port = None if metrics_port is None else int(metrics_port)
         self._metrics: NullMetrics = NullMetrics()
         self.sessions = SessionTable(self.limits.max_sessions, self.limits.session_idle_s)
+        self._sessions_policy: Any = policy  # the policy that holds the sessions in self.sessions (a swap empties it)
         self._endpoints: Dict[str, Endpoint] = {}
         self._transport: Optional[Transport] = None
         self._worker: Optional[PolicyWorker] = None

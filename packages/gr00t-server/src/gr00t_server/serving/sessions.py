@@ -4,9 +4,10 @@ which ReplayPolicy's cursors use too)."""
 from __future__ import annotations
 
 import numbers
+import threading
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Generic, Iterator, List, Optional, Tuple, TypeVar
+from typing import Any, Callable, Dict, Generic, Iterator, List, Optional, Tuple, TypeVar
 
 import numpy as np
 
@@ -25,10 +26,11 @@ class SegmentedLRU(Generic[K, V]):
     used again (a segmented LRU).
 
     A new key waits in probation; its second use promotes it to the protected segment, which holds all but a fifth
-    of the room (its least recently used falls back to probation when it overflows). Room is made in probation
-    first, never by dropping the key just used, so a flood of keys each used once (new session ids) pushes out
-    only other keys used once, while a key in use keeps its place through a pause. With a single LRU, one peer
-    sending get_actions under fresh session ids evicted every robot that paused for a second.
+    of the room (its least recently used is demoted when it overflows, and promoted again at its next use). Room is
+    made from the keys used once first, then from the demoted ones, then from the protected ones, never by dropping
+    the key just used, so a flood of keys each used once (new session ids) pushes out only other keys used once
+    while the table has room for the keys used again, and a key in use keeps its place through a pause. With a
+    single LRU, one peer sending get_actions under fresh session ids evicted every robot that paused for a second.
     """
 
     def __init__(self, capacity: int) -> None:
@@ -36,64 +38,73 @@ class SegmentedLRU(Generic[K, V]):
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity = int(capacity)
         self.protected_capacity = self.capacity - max(1, self.capacity // 5)  # 0 for a capacity of 1: a plain LRU
-        self._probation: "OrderedDict[K, V]" = OrderedDict()  # least recently used first
+        self._probation: "OrderedDict[K, V]" = OrderedDict()  # least recently used first; keys used once
+        self._demoted: "OrderedDict[K, V]" = OrderedDict()  # keys used again that fell out of the protected segment
         self._protected: "OrderedDict[K, V]" = OrderedDict()
+        self._uses: Dict[K, int] = {}  # how many times each key held was used, for the reason it is forgotten
 
     def __len__(self) -> int:
-        return len(self._probation) + len(self._protected)
+        return len(self._probation) + len(self._demoted) + len(self._protected)
 
     def __contains__(self, key: object) -> bool:
-        return key in self._protected or key in self._probation
+        return key in self._protected or key in self._demoted or key in self._probation
 
     def __iter__(self) -> Iterator[K]:
-        """The keys used once, then the others, each least recently used first (a copy: safe while the table changes)."""
-        return iter(list(self._probation) + list(self._protected))
+        """The keys used once, then the demoted, then the others, each least recently used first (a copy: safe while
+        the table changes)."""
+        return iter(list(self._probation) + list(self._demoted) + list(self._protected))
 
     def get(self, key: K) -> Optional[V]:
         """The key's value (None when not held), without counting a use."""
-        return self._protected.get(key, self._probation.get(key))
+        for segment in (self._protected, self._demoted, self._probation):
+            if key in segment:
+                return segment[key]
+        return None
 
     def values(self) -> List[V]:
         """Every value (a copy: safe while another thread uses the table)."""
-        return list(self._probation.values()) + list(self._protected.values())
+        return list(self._probation.values()) + list(self._demoted.values()) + list(self._protected.values())
 
-    def use(self, key: K, value: V) -> List[Tuple[K, V, bool]]:
+    def use(self, key: K, value: V) -> List[Tuple[K, V, int]]:
         """Store `value` under `key`, counting a use; return what was forgotten for room, least recently used first,
-        as (key, value, used_once)."""
+        as (key, value, uses: how many times it was used)."""
+        self._uses[key] = self._uses.get(key, 0) + 1
         if key in self._protected:
             self._protected[key] = value
             self._protected.move_to_end(key)
-        elif key in self._probation:
-            del self._probation[key]
+        elif key in self._probation or key in self._demoted:
+            self._probation.pop(key, None)
+            self._demoted.pop(key, None)
             self._protected[key] = value
             while len(self._protected) > self.protected_capacity:
                 demoted, demoted_value = self._protected.popitem(last=False)
-                self._probation[demoted] = demoted_value  # the most recently used of probation: one more chance
+                self._demoted[demoted] = demoted_value
         else:
             self._probation[key] = value
-        forgotten: List[Tuple[K, V, bool]] = []
+        forgotten: List[Tuple[K, V, int]] = []
         while len(self) > self.capacity:
-            oldest = next(iter(self._probation), key)
-            if oldest != key:
-                forgotten.append((oldest, self._probation.pop(oldest), True))
-            else:  # probation holds only `key`: room comes from the keys used more than once
-                gone, gone_value = self._protected.popitem(last=False)
-                forgotten.append((gone, gone_value, False))
+            # a new key made the overflow: room from the others used once, else the demoted, else the protected
+            segment = next(s for s in (self._probation, self._demoted, self._protected) if s and next(iter(s)) != key)
+            oldest = next(iter(segment))
+            forgotten.append((oldest, segment.pop(oldest), self._uses.pop(oldest)))
         return forgotten
 
     def pop(self, key: K) -> Optional[V]:
         """Forget `key`; its value, or None when it was not held."""
-        if key in self._protected:
-            return self._protected.pop(key)
-        return self._probation.pop(key, None)
+        self._uses.pop(key, None)
+        for segment in (self._protected, self._demoted, self._probation):
+            if key in segment:
+                return segment.pop(key)
+        return None
 
 
 class SessionTable:
     """Remembers when each session was last used; `touch` returns the sessions to forget.
 
     At most `max_sessions` are kept, in a SegmentedLRU: the least recently used session used only once goes first
-    (then the least recently used of the rest), and a session idle for longer than `idle_s` is forgotten. Reference
-    clients get a new session at every reconnect, so without this a stateful policy's table would only grow. A
+    (then the least recently used of the rest), and a session idle for longer than `idle_s` (until its next request
+    arrived, never while one waits or runs: `arrived`) is forgotten. Reference clients get a new session at every
+    reconnect, so without this a stateful policy's table would only grow. A
     forgotten session is remembered as dropped (the last `4 * max_sessions` of them), so that its client is told
     (`dropped_reason`) instead of being served from a fresh start it did not ask for, until it resets. (Our client
     also marks the requests of a session it was served before, so its session is refused however long ago it was
@@ -110,6 +121,8 @@ class SessionTable:
         self._clock = clock
         self._last_used: SegmentedLRU[str, float] = SegmentedLRU(self.max_sessions)
         self._by_time: "OrderedDict[str, float]" = OrderedDict()  # the same sessions, least recently used first
+        self._by_time_lock = threading.Lock()  # `arrived` changes _by_time on the socket thread
+        self._in_flight: Dict[str, int] = {}  # held sessions' requests queued or running: not in _by_time meanwhile
         self._dropped: "OrderedDict[str, str]" = OrderedDict()  # session -> why it was forgotten
         self._max_dropped = 4 * self.max_sessions
 
@@ -138,16 +151,42 @@ class SessionTable:
         sessions forgotten, idle ones first."""
         return self.forget_idle() + self.use(session, restart)
 
+    def arrived(self, session: str, at: float) -> bool:
+        """A request of `session` arrived at `at` (safe from another thread): a held session not idle by then is not
+        idle until its requests are answered (`answered`), however long they wait in the queue behind others'.
+        True when counted so (then call `answered` once for it)."""
+        with self._by_time_lock:
+            if session in self._in_flight:
+                self._in_flight[session] += 1
+                return True
+            used = self._by_time.get(session)
+            if used is None or at - used > self.idle_s:
+                return False
+            del self._by_time[session]  # out of forget_idle's reach while its request waits or runs
+            self._in_flight[session] = 1
+            return True
+
+    def answered(self, session: str) -> None:
+        """A request counted by `arrived` was answered: once none of the session's is left, its idle time counts
+        from now."""
+        with self._by_time_lock:
+            left = self._in_flight.get(session, 0) - 1
+            if left > 0:
+                self._in_flight[session] = left
+            elif self._in_flight.pop(session, None) is not None and session in self._last_used:
+                self._by_time[session] = self._clock()
+
     def forget_idle(self) -> List[str]:
         """Forget every session idle for longer than `idle_s`, whichever segment holds it; return them. Done before
         room is made, so that an idle session makes room rather than a live one."""
         now = self._clock()
         idle: List[str] = []
-        while self._by_time and now - next(iter(self._by_time.values())) > self.idle_s:
-            session, _ = self._by_time.popitem(last=False)
-            self._last_used.pop(session)
-            self._forget(session, f"it was idle for more than {self.idle_s:g} s (--session-idle-s)")
-            idle.append(session)
+        with self._by_time_lock:
+            while self._by_time and now - next(iter(self._by_time.values())) > self.idle_s:
+                session, _ = self._by_time.popitem(last=False)
+                self._last_used.pop(session)
+                self._forget(session, f"it was idle for more than {self.idle_s:g} s (--session-idle-s)")
+                idle.append(session)
         return idle
 
     def use(self, session: str, restart: bool = True) -> List[str]:
@@ -161,15 +200,17 @@ class SessionTable:
                 return []
             del self._dropped[session]
         now = self._clock()
-        self._by_time[session] = now
-        self._by_time.move_to_end(session)
         evicted: List[str] = []
-        for oldest, _, used_once in self._last_used.use(session, now):
-            reason = (f"the server holds at most {self.max_sessions} sessions (--max-sessions) and it was the least "
-                      "recently used" + (" of those used only once" if used_once else ""))
-            del self._by_time[oldest]
-            self._forget(oldest, reason)
-            evicted.append(oldest)
+        with self._by_time_lock:
+            if session not in self._in_flight:  # else back in _by_time when its last request is answered
+                self._by_time[session] = now
+                self._by_time.move_to_end(session)
+            for oldest, _, uses in self._last_used.use(session, now):
+                reason = (f"the server holds at most {self.max_sessions} sessions (--max-sessions) and it was the "
+                          f"least recently used of those {used_how_often(uses)}")
+                self._by_time.pop(oldest, None)
+                self._forget(oldest, reason)
+                evicted.append(oldest)
         return evicted
 
     def _forget(self, session: str, reason: str) -> None:
@@ -177,6 +218,11 @@ class SessionTable:
         self._dropped.move_to_end(session)
         while len(self._dropped) > self._max_dropped:
             self._dropped.popitem(last=False)
+
+
+def used_how_often(uses: int) -> str:
+    """How often a session forgotten for room was used, in the words of its reason."""
+    return "used only once" if uses == 1 else f"used more than once (it was used {uses} times)"
 
 
 def session_dropper(policy: Any) -> Optional[Callable[[str], None]]:
