@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from serving import free_port, running_server
+from serving import RestartableServer, running_server
 
 from eval.dataset_factory import expected_actions, make_dataset, slice_past_the_data
 from gr00t_client import PolicyClient, PolicyServerError
@@ -590,18 +590,19 @@ def test_a_reset_of_a_dropped_session_keeps_its_episodes_at_the_step_index_given
 def test_a_session_continuing_after_a_server_restart_is_refused_a_reset_without_episode_index(dataset):
     """The new server's replay knows nothing of the session: reset() moved rows [1, 2, 1] to episode 0, one row."""
     configs = derive_from_dataset(dataset, action_horizon=4)
-    client = PolicyClient(port=free_port(), timeout_ms=5000, session_id="robot")
+    server = RestartableServer(lambda: ReplayPolicy(dataset, configs, execution_horizon=2))
+    client = PolicyClient(port=server.port, timeout_ms=5000, session_id="robot")
     try:
-        with running_server(ReplayPolicy(dataset, configs, execution_horizon=2), port=client.port):
-            client.reset({"episode_index": [1, 2, 1]})
-            client.get_action({})
-        with running_server(ReplayPolicy(dataset, configs, execution_horizon=2), port=client.port):
-            with pytest.raises(PolicyServerError, match=r"session 'robot' was served before by a server at this address "
-                               r".*not known to this one \(it restarted.*reset it with options\['episode_index'\]"):
-                client.reset()
-            client.reset({"episode_index": [1, 2, 1]})
-            _, info = client.get_action({})
+        client.reset({"episode_index": [1, 2, 1]})
+        client.get_action({})
+        server.restart(reconnecting=1)  # a reset sent into the old connection is lost (ReplyLostError): not this test's
+        with pytest.raises(PolicyServerError, match=r"session 'robot' was served before by a server at this address "
+                           r".*not known to this one \(it restarted.*reset it with options\['episode_index'\]"):
+            client.reset()
+        client.reset({"episode_index": [1, 2, 1]})
+        _, info = client.get_action({})
     finally:
+        server.stop()
         client.close()
     assert info["episode_index"] == [1, 2, 1]
 
@@ -690,15 +691,16 @@ def test_a_policy_that_does_not_take_the_session_lost_mark_is_not_sent_it_after_
     """The mark reached every session-keeping policy: one checking its reset options' names refused every reset of a
     client after the server restarted ("unknown reset options ['_session_lost']")."""
     configs = derive_from_dataset(dataset, action_horizon=4)
-    client = PolicyClient(port=free_port(), timeout_ms=5000, session_id="robot")
+    server = RestartableServer(lambda: _StrictResetOptions(dataset, configs, execution_horizon=2))
+    client = PolicyClient(port=server.port, timeout_ms=5000, session_id="robot")
     try:
-        with running_server(_StrictResetOptions(dataset, configs, execution_horizon=2), port=client.port):
-            client.reset({"episode_index": 1})
-            client.get_action({})
-        with running_server(_StrictResetOptions(dataset, configs, execution_horizon=2), port=client.port):
-            info = client.reset()
+        client.reset({"episode_index": 1})
+        client.get_action({})
+        server.restart(reconnecting=1)  # a reset sent into the old connection is lost (ReplyLostError): not this test's
+        info = client.reset()
     finally:
         client.close()
+        server.stop()
     assert info["episode_index"] == 0
 
 
@@ -726,8 +728,6 @@ def test_a_wrapper_that_says_it_does_not_take_the_session_lost_mark_is_not_sent_
 
         def get_modality_config(self):
             return self.policy.get_modality_config()
-
-    from serving import RestartableServer
 
     configs = derive_from_dataset(dataset, action_horizon=4)
     server = RestartableServer(lambda: Wrapper(ReplayPolicy(dataset, configs, execution_horizon=2)))
