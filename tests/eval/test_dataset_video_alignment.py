@@ -143,6 +143,17 @@ def test_a_frame_missing_inside_a_v2_episode_video_is_refused_naming_the_frame_a
         LeRobotDataset(root).episode(0).frames("image", [101])
 
 
+@pytest.mark.parametrize("late_frame", [6, 7])
+def test_a_v2_frame_nine_tenths_of_an_interval_late_is_read_wherever_it_falls(tmp_path, late_frame):
+    """The documented "a frame up to nine tenths of an interval late is no gap" was refused by float rounding at some
+    positions (frame 7 at fps 10 on a 1 ms clock: "1.90 frame intervals")."""
+    root = make_dataset(tmp_path / "ds", lengths=(12,), cameras=("image",), fps=10, size=(16, 16))
+    pts = [100 * i + (90 if i == late_frame else 0) for i in range(12)]
+    rewrite_video(root / V2_VIDEO, episode_frames(0, 0, 12, (16, 16)), 10, Fraction(1, 1000), pts)
+    decoded = LeRobotDataset(root).episode(0).frames("image", list(range(12)))
+    assert [nearest_step(f, [0]) for f in decoded] == [(0, s) for s in range(12)]
+
+
 def test_a_v2_episode_video_one_frame_short_is_refused_naming_both_counts(tmp_path):
     root = make_dataset(tmp_path / "ds", lengths=(20,), cameras=("image",), fps=10, size=(16, 16))
     rewrite_video(root / V2_VIDEO, episode_frames(0, 0, 19, (16, 16)), 10, Fraction(1, 1000), [100 * i for i in range(19)])

@@ -137,3 +137,65 @@ def test_a_replays_own_table_tells_a_demoted_session_how_often_it_was_used(datas
     with pytest.raises(ValueError, match=r"robot-0.*least recently used \(of those used more than once \(it was "
                                          r"used 2 times\)\).*call reset"):
         policy.get_action({}, {"_session_id": "robot-0"})
+
+
+def test_a_request_answered_by_a_stop_leaves_its_session_to_idle_out_when_the_server_serves_again(dataset):
+    """A request queued when the server stopped was answered "shutting down" outside the job runner, so its session
+    stayed counted as waiting: after run() again it never idled out."""
+    from gr00t_server.serving import PolicyServer
+
+    server = PolicyServer(SlowForOneSession(dataset, execution_horizon=4, strict=False), host="127.0.0.1", port=0,
+                          limits=ServerLimits(session_idle_s=0.5), inline_below_ms=0, shutdown_timeout_s=5)
+    server.start()
+
+    def serve():
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        return thread
+
+    thread = serve()
+    robot, slow = client(server, "A"), client(server, "slow")
+    try:
+        robot.reset({"episode_index": 1})
+        robot.get_action({})
+        slow.reset({"episode_index": 2})
+        threading.Thread(target=lambda: slow.get_action({}), daemon=True).start()
+        time.sleep(0.3)  # the slow call runs on the worker
+        queued = threading.Thread(target=lambda: pytest.raises(PolicyServerError, robot.get_action, {}), daemon=True)
+        queued.start()
+        time.sleep(0.3)  # A's request waits in the queue
+        server.stop()
+        thread.join(10)
+        queued.join(10)
+        thread = serve()
+        time.sleep(1.0)  # past --session-idle-s for every session
+        with client(server, "C") as other:
+            other.reset({"episode_index": 0})
+            other.get_action({})  # its turn forgets the idle sessions
+        assert "A" not in server.sessions and "slow" not in server.sessions
+    finally:
+        robot.close()
+        slow.close()
+        server.stop()
+        thread.join(10)
+        server.close()
+
+
+def test_a_swapped_in_policys_own_session_limit_sizes_the_fresh_table_and_the_gauge_counts_it(dataset):
+    """After a swap the fresh table kept the old policy's max_sessions (refusing robots the new one holds, blaming
+    --max-sessions), and the sessions gauge counted the old policy's sessions until a request ran."""
+    with running_server(ReplayPolicy(dataset, execution_horizon=4, strict=False, max_sessions=2)) as server:
+        robots = [client(server, f"R{k}") for k in range(3)]
+        try:
+            robots[0].reset({"episode_index": 0})
+            robots[0].get_action({})
+            server.policy = ReplayPolicy(dataset, execution_horizon=4, strict=False, max_sessions=100)
+            assert server.session_table().live_count() == 0
+            for k, robot in enumerate(robots):
+                robot.reset({"episode_index": k})
+            for robot in robots:
+                robot.get_action({})  # none evicted: the new policy holds 100
+            assert server.limits.max_sessions == 100 and server.session_table().live_count() == 3
+        finally:
+            for robot in robots:
+                robot.close()

@@ -393,7 +393,7 @@ class LeRobotDataset:
         if times is not None and (where, length) not in self._frames_checked:
             gaps = np.diff(np.asarray(times, dtype=np.float64)) * self._fps
             # 1.9: a frame up to nine tenths of an interval late (as v3.0 segments allow) is no gap
-            late = np.flatnonzero(gaps > 1.9)
+            late = np.flatnonzero(gaps > 1.9 + 1e-6)  # 1e-6: a pts rounded to its time base at exactly 1.9
             if late.size:
                 frame = int(late[0]) + 1
                 raise DatasetError(f"{where}: its frame {frame} is shown at {times[frame]:.6g} s, {gaps[frame - 1]:.2f} "

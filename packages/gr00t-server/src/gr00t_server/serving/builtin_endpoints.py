@@ -205,6 +205,7 @@ class BuiltinEndpoints:
             raise
         except BaseException as exc:  # info must answer even when the policy cannot (a SystemExit in its config loader)
             modality = {"error": error_text("get_modality_config", exc)[0]}
+        self.session_table()  # a policy swapped in: the session limits said below are its own
         return {
             "server": "gr00t-server",
             "protocol_version": PROTOCOL_VERSION,

@@ -22,7 +22,7 @@ from .batching import GatherWindow
 from .endpoints import Endpoint, _safe_text, log_text, named_session
 from .messages import Request, RequestError, unknown_endpoint
 from .reply_frames import ReplyFrames
-from .sessions import SESSION_ENDPOINTS, SessionTable, session_dropper
+from .sessions import SESSION_ENDPOINTS, session_dropper
 from .worker import InlineCallAbandoned, InlineGate, Job, Reply, only_get_action
 from .wrappers import policy_chain
 
@@ -98,12 +98,17 @@ class JobRunner(ReplyFrames):
             replies.extend((request, self.error_frames(request, exc)) for request in job if id(request) not in answered)
         finally:
             for request in job:
-                if request.session_in_flight:
-                    request.session_in_flight = False
-                    self._server.sessions.answered(request.session)
+                self.release_session(request)
         if only_get_action(job):
             self._gate.observe(time.monotonic() - started, served=any(request.outcome == "ok" for request in job))
         return replies
+
+    def release_session(self, request: Request) -> None:
+        """Count `request` answered in its session's requests waiting or running (SessionTable.arrived): its session
+        idles from now once none is left. Every path that answers a counted request calls it (execute, shut_down)."""
+        if request.session_in_flight:
+            request.session_in_flight = False
+            self._server.sessions.answered(request.session)
 
     def _execute(self, job: Job, now: float, replies: List[Reply]) -> None:
         live = self._in_time(job, now, replies)
@@ -164,13 +169,7 @@ class JobRunner(ReplyFrames):
         session counts only once its request succeeded (_take_in_sessions), as the policy's own table counts it:
         counted before the call, a refused request moved its session ahead in the server's table only, and the two
         tables then evicted different sessions for one newcomer. Returns the requests still to run."""
-        server = self._server
-        if server._sessions_policy is not server.policy:
-            # A policy swapped in while serving holds none of the old one's sessions: as after a restart, a table
-            # that knows none of them, so that a continuing client is told to reset, not replayed from episode 0.
-            server.sessions = SessionTable(server.limits.max_sessions, server.limits.session_idle_s)
-            server._sessions_policy = server.policy
-        sessions = server.sessions
+        sessions = self._server.session_table()
         self._evict_sessions(sessions.forget_idle())
         admitted: List[Request] = []
         for request in live:

@@ -411,6 +411,7 @@ class RequestLoop(Gathering):
         self.pending = []
         for request in waiting:
             self.reply_error(request, RequestError(f"{SHUTTING_DOWN}; '{request.endpoint}' was not run"))
+            self._runner.release_session(request)  # never reached execute: its session idles again (a later run())
         worker.finish()
         timeout_s = self._server.shutdown_timeout_s
         deadline = time.monotonic() + timeout_s

@@ -176,7 +176,8 @@ class PolicyServer(BuiltinEndpoints):
         self._window = batching.GatherWindow(self.batch_timeout_ms)
         self.embodiment_tag = served_embodiment_tag(policy, embodiment_tag)  # ValueError: not the policy's
         self.poll_interval_ms = int(poll_interval_ms)
-        self.limits = _sessions_as_policy_keeps(policy, limits or ServerLimits())
+        self._given_limits = limits or ServerLimits()  # the user's: a policy swapped in cuts them to its own
+        self.limits = _sessions_as_policy_keeps(policy, self._given_limits)
         self.shutdown_timeout_s = float(shutdown_timeout_s)
         self.stats = ServerStats()
         # Prometheus /metrics on metrics_port (0: a free port, see metrics_port after start()), bound to `host`.
@@ -184,6 +185,7 @@ class PolicyServer(BuiltinEndpoints):
         self._metrics: NullMetrics = NullMetrics()
         self.sessions = SessionTable(self.limits.max_sessions, self.limits.session_idle_s)
         self._sessions_policy: Any = policy  # the policy that holds the sessions in self.sessions (a swap empties it)
+        self._session_table_lock = threading.Lock()
         self._endpoints: Dict[str, Endpoint] = {}
         self._transport: Optional[Transport] = None
         self._worker: Optional[PolicyWorker] = None
@@ -289,6 +291,17 @@ class PolicyServer(BuiltinEndpoints):
 
     # --- lifetime -------------------------------------------------------------------------------
 
+    def session_table(self) -> SessionTable:
+        """The sessions of the policy served now. A policy swapped in while serving (`server.policy = ...`) holds none
+        of the old one's: as after a restart, a fresh table, sized by the limits given cut to its own max_sessions,
+        so that a continuing client is told to reset rather than replayed from episode 0."""
+        with self._session_table_lock:
+            if self._sessions_policy is not self.policy:
+                self.limits = _sessions_as_policy_keeps(self.policy, self._given_limits)
+                self.sessions = SessionTable(self.limits.max_sessions, self.limits.session_idle_s)
+                self._sessions_policy = self.policy
+            return self.sessions
+
     def start(self) -> "PolicyServer":
         """Bind the socket (port 0 picks a free port); `run()` serves. RuntimeError once the server is closed."""
         with self._lifecycle:
@@ -327,7 +340,7 @@ class PolicyServer(BuiltinEndpoints):
         metrics = ServerMetrics(
             endpoints=lambda: self._endpoints,
             queue_depth=lambda: self._loop.queued_requests,
-            sessions=lambda: self.sessions.live_count(),
+            sessions=lambda: self.session_table().live_count(),
             active_clients=lambda: self._loop.active_client_count(),
         )
         try:

@@ -133,10 +133,13 @@ class SessionTable:
         return session in self._last_used
 
     def live_count(self) -> int:
-        """Sessions used within `idle_s` (safe from another thread): the idle ones still held are forgotten at the
-        next request, and a gauge should not count them in the meantime."""
+        """Sessions used within `idle_s` or with a request waiting or running (safe from another thread): the idle ones
+        still held are forgotten at the next request, and a gauge should not count them in the meantime."""
         now = self._clock()
-        return sum(1 for used in self._last_used.values() if now - used <= self.idle_s)
+        with self._by_time_lock:
+            in_flight = [self._last_used.get(session) for session in self._in_flight]
+        busy = sum(1 for used in in_flight if used is not None and now - used > self.idle_s)  # not counted below
+        return busy + sum(1 for used in self._last_used.values() if now - used <= self.idle_s)
 
     def knows(self, session: str) -> bool:
         """True for a session held or remembered as dropped."""
