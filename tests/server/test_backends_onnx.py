@@ -60,24 +60,24 @@ def pytorch_policy(tiny_checkpoint):
     return make_policy(tiny_checkpoint)
 
 
+def exported_by_the_cli(checkpoint, out, mode, precision):
+    """`out`, holding an export of `checkpoint` made on CPU through the `export` command."""
+    args = parse(["export", "--model-path", str(checkpoint), "--output", str(out), "--mode", mode,
+                  "--precision", precision, "--embodiment-tag", TAG, "--device", "cpu"])
+    assert commands.run(args) == 0
+    return out
+
+
 @pytest.fixture(scope="module")
 def full_export(tiny_checkpoint, tmp_path_factory):
     """A full_pipeline fp32 export made through the `export` command."""
-    out = tmp_path_factory.mktemp("onnx_full")
-    args = parse(["export", "--model-path", str(tiny_checkpoint), "--output", str(out), "--mode", "full_pipeline",
-                  "--precision", "fp32", "--embodiment-tag", TAG, "--device", "cpu"])
-    assert commands.run(args) == 0
-    return out
+    return exported_by_the_cli(tiny_checkpoint, tmp_path_factory.mktemp("onnx_full"), "full_pipeline", "fp32")
 
 
 @pytest.fixture(scope="module")
 def dit_export(tiny_checkpoint, tmp_path_factory):
     """A dit_only fp32 export made through the `export` command."""
-    out = tmp_path_factory.mktemp("onnx_dit")
-    args = parse(["export", "--model-path", str(tiny_checkpoint), "--output", str(out), "--mode", "dit_only",
-                  "--precision", "fp32", "--embodiment-tag", TAG, "--device", "cpu"])
-    assert commands.run(args) == 0
-    return out
+    return exported_by_the_cli(tiny_checkpoint, tmp_path_factory.mktemp("onnx_dit"), "dit_only", "fp32")
 
 
 def timestep_blind_copy(export, folder):
@@ -167,11 +167,7 @@ def test_bf16_export_traces_on_cpu_and_cpu_serving_explains_the_precision(pytorc
 @pytest.fixture(scope="module")
 def bf16_export(tiny_checkpoint, tmp_path_factory):
     """A dit_only bf16 export made on CPU through the `export` command."""
-    out = tmp_path_factory.mktemp("onnx_bf16")
-    args = parse(["export", "--model-path", str(tiny_checkpoint), "--output", str(out), "--mode", "dit_only",
-                  "--precision", "bf16", "--embodiment-tag", TAG, "--device", "cpu"])
-    assert commands.run(args) == 0
-    return out
+    return exported_by_the_cli(tiny_checkpoint, tmp_path_factory.mktemp("onnx_bf16"), "dit_only", "bf16")
 
 
 def test_a_bf16_export_on_cpu_warns_that_cpu_serving_needs_fp32_or_fp16(tiny_checkpoint, tmp_path, caplog):
