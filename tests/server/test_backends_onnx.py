@@ -83,24 +83,7 @@ def dit_export(tiny_checkpoint, tmp_path_factory):
 def timestep_blind_copy(export, folder):
     """A copy of a dit_only export whose DiT multiplies its `timestep` input by 0, as an exporter that constant-folded
     the traced t=0 would make it; its file hashes re-recorded as export records them."""
-    import onnx
-    from onnx import helper, numpy_helper
-
-    from gr00t_server.backends.common import file_digest
-
-    shutil.copytree(export, folder)
-    path = folder / "dit_fp32.onnx"
-    graph = onnx.load(str(path))
-    for node in graph.graph.node:
-        node.input[:] = ["timestep_frozen" if name == "timestep" else name for name in node.input]
-    graph.graph.initializer.append(numpy_helper.from_array(np.array(0, dtype=np.int64), "zero"))
-    graph.graph.node.insert(0, helper.make_node("Mul", ["timestep", "zero"], ["timestep_frozen"]))
-    onnx.save(graph, str(path))
-    metadata = json.loads((folder / EXPORT_METADATA).read_text())
-    metadata["submodules"]["dit"]["files"] = {name: file_digest(folder / name)
-                                              for name in metadata["submodules"]["dit"]["files"]}
-    (folder / EXPORT_METADATA).write_text(json.dumps(metadata))
-    return folder
+    return dit_input_rewired_copy(export, folder, "timestep", "Mul", np.array(0, dtype=np.int64))
 
 
 @pytest.fixture(scope="module")
@@ -443,6 +426,12 @@ def test_verify_fails_a_dit_export_that_ignores_the_timestep(tiny_checkpoint, di
 def padding_blind_copy(export, folder):
     """A copy of a dit_only export whose DiT ORs its `backbone_attention_mask` with True (attending to padded tokens),
     as an exporter that lost the mask would make it; its file hashes re-recorded as export records them."""
+    return dit_input_rewired_copy(export, folder, "backbone_attention_mask", "Or", np.array(True))
+
+
+def dit_input_rewired_copy(export, folder, name, op, constant):
+    """A copy of a dit_only export in `folder` whose DiT reads its input `name` through `op`(name, constant), its
+    file hashes re-recorded as export records them."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -452,13 +441,13 @@ def padding_blind_copy(export, folder):
     path = folder / "dit_fp32.onnx"
     graph = onnx.load(str(path))
     for node in graph.graph.node:
-        node.input[:] = ["mask_blind" if name == "backbone_attention_mask" else name for name in node.input]
-    graph.graph.initializer.append(numpy_helper.from_array(np.array(True), "true"))
-    graph.graph.node.insert(0, helper.make_node("Or", ["backbone_attention_mask", "true"], ["mask_blind"]))
+        node.input[:] = [f"{name}_rewired" if given == name else given for given in node.input]
+    graph.graph.initializer.append(numpy_helper.from_array(constant, f"{name}_constant"))
+    graph.graph.node.insert(0, helper.make_node(op, [name, f"{name}_constant"], [f"{name}_rewired"]))
     onnx.save(graph, str(path))
     metadata = json.loads((folder / EXPORT_METADATA).read_text())
-    metadata["submodules"]["dit"]["files"] = {name: file_digest(folder / name)
-                                              for name in metadata["submodules"]["dit"]["files"]}
+    metadata["submodules"]["dit"]["files"] = {file: file_digest(folder / file)
+                                              for file in metadata["submodules"]["dit"]["files"]}
     (folder / EXPORT_METADATA).write_text(json.dumps(metadata))
     return folder
 
