@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 
 import numpy as np
 
+from gr00t_client.cli_signals import stop_signals_held
 from gr00t_client.codec import MAX_RECORDED_SEED
 
 from .dataset import DatasetWriter
@@ -140,15 +141,20 @@ def record_metaworld(
                     _record_episodes(env, expert, writer, summary, env_name, camera, n_episodes, seed,
                                      max_episode_steps, bar, check_output_folder)
                     check_output_folder()  # before finalize() rewrites meta/
-    except (KeyboardInterrupt, OSError) as exc:  # Ctrl-C, a full disk
+    except BaseException as exc:  # Ctrl-C, a full disk, an env failure (a NaN state, a reset that raises)
         if not summary.started:  # a stop while overwrite deleted the old dataset: the CLI must not say it is as it was
             summary.old_dataset_removed = [name for name in old_dataset if not (output_path / name).exists()]
         exc.record_summary = summary  # type: ignore[attr-defined]  # what this run finished, for the CLI's message
         raise
     finally:
-        if bar is not None:
-            bar.close()
-        env.close()
+        try:
+            with stop_signals_held():  # a renderer closed halfway printed 'Exception ignored in ... EGLError' at exit
+                if bar is not None:
+                    bar.close()
+                env.close()
+        except KeyboardInterrupt as exc:  # a Ctrl-C held there replaces the stop in flight: it carries the summary too
+            exc.record_summary = summary  # type: ignore[attr-defined]
+            raise
     return summary
 
 
@@ -162,39 +168,44 @@ def _record_episodes(env: Any, expert: Any, writer: DatasetWriter, summary: Reco
 
     for episode in range(n_episodes):
         episode_seed = seed + episode
-        record = _record_episode(env, expert, episode_seed, max_episode_steps, array_to_action, list(STATE_SLICES))
         try:
-            check_output_folder()
-            writer.add_episode(
-                frames={camera: np.stack(record["frames"])},
-                states={k: np.stack(v) for k, v in record["states"].items()},
-                actions={k: np.stack(v) for k, v in record["actions"].items()},
-                task=env.instruction,
-                step_columns={"next.reward": np.asarray(record["rewards"], np.float32),
-                              "next.success": np.asarray(record["success_flags"], bool)},
-                metadata={"seed": episode_seed, "success": record["success"], "env_name": env_name},
-            )
-            check_output_folder()
-            _list_episode(writer)
-            summary.add(episode_seed, len(record["rewards"]), record["success"])
-        except KeyboardInterrupt:
-            # An episode add_episode finished has its files in data/ and videos/: meta/ lists it before the stop (a
-            # Ctrl-C just before this write_meta left them there, unlisted). One it did not finish left nothing.
-            if writer.n_episodes > summary.n_episodes:
-                try:
-                    check_output_folder()
-                    with interrupts_deferred():
-                        writer.write_meta()
-                except BaseException:  # a second Ctrl-C while it saved: meta/ rolled back, so the files go too
-                    with interrupts_deferred():
-                        writer.discard_unlisted()
-                    raise
+            record = _record_episode(env, expert, episode_seed, max_episode_steps, array_to_action, list(STATE_SLICES))
+            try:
+                check_output_folder()
+                writer.add_episode(
+                    frames={camera: np.stack(record["frames"])},
+                    states={k: np.stack(v) for k, v in record["states"].items()},
+                    actions={k: np.stack(v) for k, v in record["actions"].items()},
+                    task=env.instruction,
+                    step_columns={"next.reward": np.asarray(record["rewards"], np.float32),
+                                  "next.success": np.asarray(record["success_flags"], bool)},
+                    metadata={"seed": episode_seed, "success": record["success"], "env_name": env_name},
+                )
+                check_output_folder()
+                _list_episode(writer)
                 summary.add(episode_seed, len(record["rewards"]), record["success"])
+            except KeyboardInterrupt:
+                # An episode add_episode finished has its files in data/ and videos/: meta/ lists it before the stop (a
+                # Ctrl-C just before this write_meta left them there, unlisted). One it did not finish left nothing.
+                if writer.n_episodes > summary.n_episodes:
+                    try:
+                        check_output_folder()
+                        with interrupts_deferred():
+                            writer.write_meta()
+                    except BaseException:  # a second Ctrl-C while it saved: meta/ rolled back, so the files go too
+                        with interrupts_deferred():
+                            writer.discard_unlisted()
+                        raise
+                    summary.add(episode_seed, len(record["rewards"]), record["success"])
+                raise
+            if not record["success"]:
+                logger.warning("expert failed episode %d (seed %d) within %d steps", episode, episode_seed,
+                               max_episode_steps)
+            if bar is not None:
+                bar.update(1)
+        except Exception as exc:  # an env failure (a NaN state, a reset that raises): which episode, for the CLI
+            exc.record_stopped_at = (episode, episode_seed)  # type: ignore[attr-defined]
             raise
-        if not record["success"]:
-            logger.warning("expert failed episode %d (seed %d) within %d steps", episode, episode_seed, max_episode_steps)
-        if bar is not None:
-            bar.update(1)
 
 
 def _list_episode(writer: DatasetWriter) -> None:

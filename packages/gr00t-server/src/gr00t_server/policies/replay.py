@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import numbers
 import os
+import socket
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -63,6 +64,23 @@ class _Forgotten:
     episodes: List[int]
 
 
+def _warn_if_still_recorded(root: Path, n_episodes: int) -> None:
+    """A warning when `gr00t-eval record` is still writing the dataset (its claim is live): served silently, the
+    replay held only the episodes finished so far."""
+    from gr00t_eval.dataset.overwrite import RECORD_CLAIM
+    from gr00t_eval.run_claim import holder_alive, read_holder
+
+    holder = read_holder(root / RECORD_CLAIM)
+    if holder is None or holder.finished:
+        return
+    elsewhere = holder.hostname is not None and holder.hostname != socket.gethostname()  # cannot check: may run
+    if elsewhere or holder_alive(holder):
+        logger.warning("dataset %s is still being recorded by `gr00t-eval record` (%s, in %s): serving the %d episodes "
+                       "finished so far, and once it lists another, refusing those not yet read (the dataset changed "
+                       "on disk); start the server again once the recording ends", root, holder.describe(),
+                       RECORD_CLAIM, n_episodes)
+
+
 class ReplayPolicy(BasePolicy):
     """Replays dataset actions in chunks laid out by the action config's delta indices.
 
@@ -112,6 +130,7 @@ class ReplayPolicy(BasePolicy):
         self._changes = changes or DatasetChanges(Path(self.dataset.root))
         if self.dataset.num_episodes == 0:
             raise ValueError(f"dataset {self.dataset.root} has no episodes to replay")
+        _warn_if_still_recorded(Path(self.dataset.root), self.dataset.num_episodes)
         empty = [i for i, length in enumerate(self.dataset.episode_lengths) if length == 0]
         if len(empty) == self.dataset.num_episodes:
             raise ValueError(f"dataset {self.dataset.root} has no steps to replay: every episode has length 0")

@@ -1,0 +1,29 @@
+"""`gr00t-server serve --dataset-path D` on a dataset `gr00t-eval record` is still writing (its claim in D is live):
+the server says so at start, naming the recording's process."""
+
+from __future__ import annotations
+
+import os
+
+from eval.dataset_factory import make_dataset
+from gr00t_eval.dataset.overwrite import RECORD_CLAIM
+from gr00t_eval.run_claim import finish_claim, take_claim
+from serving import served
+
+
+def test_serve_warns_at_start_naming_the_pid_of_a_recording_still_writing_the_dataset(tmp_path):
+    """It served the episodes finished so far without a word, though record's claim said the recording ran."""
+    dataset = make_dataset(tmp_path / "ds", lengths=(6, 9))
+    take_claim(dataset, RECORD_CLAIM, {"env_name": "metaworld/reach-v3"}, flag="--output")  # this test: a live run
+    with served("serve", "--dataset-path", str(dataset), "--port", "0") as proc:
+        warned = [line for line in proc.ready_lines if "still being recorded" in line]
+    assert len(warned) == 1, proc.ready_lines
+    assert f"dataset {dataset} is still being recorded by `gr00t-eval record` (pid {os.getpid()}" in warned[0]
+    assert "serving the 2 episodes finished so far" in warned[0]
+
+
+def test_serve_says_nothing_of_a_recording_that_finished(tmp_path):
+    dataset = make_dataset(tmp_path / "ds", lengths=(6,))
+    finish_claim(take_claim(dataset, RECORD_CLAIM, {}, flag="--output"), "complete")
+    with served("serve", "--dataset-path", str(dataset), "--port", "0") as proc:
+        assert not [line for line in proc.ready_lines if "recorded" in line], proc.ready_lines
