@@ -64,3 +64,19 @@ def test_the_exports_are_the_objects_of_the_defining_modules():
 def test_an_unknown_name_raises_attribute_error_naming_it():
     with pytest.raises(AttributeError, match="no_such_thing"):
         gr00t_eval.no_such_thing  # noqa: B018
+
+
+def test_the_errors_the_docs_tell_callers_to_catch_are_exported_and_raised_as_such(tmp_path):
+    from gr00t_eval.extras import MissingExtraError
+    from gr00t_eval.output_files import OutputDirError
+    from gr00t_eval.rollout.replay_recordings import RecordedEnvMismatchError
+    from gr00t_eval.run_stop import OutputFolderGone
+
+    assert gr00t_eval.MissingExtraError is MissingExtraError
+    assert gr00t_eval.OutputDirError is OutputDirError
+    assert gr00t_eval.OutputFolderGone is OutputFolderGone
+    assert gr00t_eval.RecordedEnvMismatchError is RecordedEnvMismatchError
+    # a fresh interpreter can import them the way docs/evaluation.md's examples catch them, loading nothing heavy
+    loaded = modules_loaded_after("from gr00t_eval import MissingExtraError, OutputDirError, OutputFolderGone, "
+                                  "RecordedEnvMismatchError")
+    assert not loaded & set(HEAVY), loaded

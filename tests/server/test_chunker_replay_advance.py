@@ -137,3 +137,17 @@ def test_a_reply_lost_to_a_timeout_is_refused_instead_of_skipping_the_steps_it_h
             chunker.reset()
             restarted = [recorded_step(recorded, chunker.get_action(ONE_ENV)[0]) for _ in range(9)]
     assert played == list(range(8)) and restarted == list(range(9))
+
+
+def test_the_advance_warning_offers_a_server_horizon_only_where_the_chunk_holds_that_many_steps(replay_dataset, caplog):
+    _, warnings = played_arm_steps(replay_dataset, caplog)
+    assert warnings[0].endswith("pass n_action_steps=8 (or serve with --execution-horizon 16)")
+    caplog.clear()
+    with running_server(ReplayPolicy(replay_dataset, execution_horizon=8, strict=False)) as server:
+        with PolicyClient(port=server.port, timeout_ms=10000, strict=False) as client:
+            client.reset({"episode_index": 0})
+            with caplog.at_level(logging.WARNING, logger="gr00t_client.chunking"):
+                with ActionChunker(client, n_action_steps=17) as chunker, pytest.raises(ValueError):
+                    chunker.get_action({"state": {"x": np.zeros((1, 1, 1), np.float32)}})  # 17 of a 16-step chunk
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "gr00t_client.chunking"]
+    assert warning.endswith("steps will repeat; pass n_action_steps=8"), warning  # a 17-step horizon is refused

@@ -42,5 +42,5 @@ def test_an_installed_onnx_that_fails_to_import_is_reported_with_its_error_not_a
     [error] = result.stderr.strip().splitlines()
     assert error.startswith("gr00t-server export: error: ONNX export: onnx 1.16.0 is installed but failed to import "
                             "(ImportError: numpy.core.multiarray failed to import) beside numpy "), error
-    assert error.endswith(": pip install --upgrade 'gr00t-server[onnx]' (or [onnx-gpu] for CUDA)"), error
+    assert error.endswith(": pip install --upgrade onnx"), error  # the module that failed, never gr00t-server itself
     assert not (tmp_path / "onnx").exists()

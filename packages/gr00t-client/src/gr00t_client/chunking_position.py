@@ -153,7 +153,8 @@ class _PositionChecks:
                            "this ActionChunker fetches some envs at a time (per_env=True): the envs take turns at the "
                            "one cursor and skip steps; use per_env=False", served, source)
         elif steps is not None and steps != served:
+            # A server horizon of `steps` is only a way out where the chunk holds that many steps
+            serve_with = f" (or serve with --execution-horizon {steps})" if chunk is None or steps <= chunk else ""
             logger.warning("the policy advances %d steps per call (%s: a replay server), but this ActionChunker "
-                           "executes %d steps of each chunk: steps will %s; pass n_action_steps=%d (or serve with "
-                           "--execution-horizon %d)", served, source, steps, "repeat" if steps > served else
-                           "be skipped", served, steps)
+                           "executes %d steps of each chunk: steps will %s; pass n_action_steps=%d%s", served, source,
+                           steps, "repeat" if steps > served else "be skipped", served, serve_with)

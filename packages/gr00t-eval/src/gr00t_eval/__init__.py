@@ -63,6 +63,11 @@ _EXPORTS: Dict[str, str] = {
     "load_jobs": ".batch",
     "run_batch": ".batch",
     "run_with_ray": ".ray_runner",
+    # errors the API raises that callers catch (docs/evaluation.md names them)
+    "MissingExtraError": ".extras",
+    "OutputDirError": ".output_files",
+    "OutputFolderGone": ".run_stop",
+    "RecordedEnvMismatchError": ".rollout.replay_recordings",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -78,10 +83,14 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
                           action_errors as action_errors, rollout_aggregates as rollout_aggregates)
     from .open_loop import (OpenLoopConfig as OpenLoopConfig, OpenLoopResult as OpenLoopResult,
                             TrajectoryResult as TrajectoryResult, evaluate_open_loop as evaluate_open_loop)
+    from .extras import MissingExtraError as MissingExtraError
+    from .output_files import OutputDirError as OutputDirError
     from .ray_runner import run_with_ray as run_with_ray
     from .record import RecordSummary as RecordSummary, record_metaworld as record_metaworld
     from .results import (RESULTS_FILENAME as RESULTS_FILENAME, load_results as load_results,
                           write_results as write_results)
+    from .rollout.replay_recordings import RecordedEnvMismatchError as RecordedEnvMismatchError
+    from .run_stop import OutputFolderGone as OutputFolderGone
     from .rollout import (ENV_PREFIX_TO_EMBODIMENT_TAG as ENV_PREFIX_TO_EMBODIMENT_TAG,
                           EpisodeSummary as EpisodeSummary, MultiStepWrapper as MultiStepWrapper,
                           RolloutConfig as RolloutConfig, RolloutResult as RolloutResult,

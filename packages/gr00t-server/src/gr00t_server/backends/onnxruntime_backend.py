@@ -75,16 +75,19 @@ def _import_failure(exc: Exception, purpose: str = "inference mode 'onnxruntime'
 
     import numpy
 
-    installed = distributions[0]
+    name = installed = distributions[0]
     for distribution in distributions:
         try:
             installed = f"{distribution} {importlib.metadata.version(distribution)}"
+            name = distribution
             break
         except importlib.metadata.PackageNotFoundError:
             continue
     error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__  # onnxruntime 1.18 raises a bare one
+    # The module that failed is upgraded by name: `--upgrade 'gr00t-server[onnx]'` would let pip take gr00t-server
+    # itself from the index (README "Install": the gr00t names are unclaimed there).
     return (f"{purpose}: {installed} is installed but failed to import ({error}) beside numpy "
-            f"{numpy.__version__}: pip install --upgrade 'gr00t-server[onnx]' (or [onnx-gpu] for CUDA)")
+            f"{numpy.__version__}: pip install --upgrade {name}")
 
 
 def providers_for(device: torch.device) -> list[Any]:
