@@ -1,14 +1,19 @@
 """PolicyServer security: the API token gates every endpoint, and kill needs loopback, the token or an opt-in."""
 
+import contextlib
 import re
 import socket
 import subprocess
+import threading
+import time
 from unittest import mock
 
+import numpy as np
 import pytest
+import zmq
 from reference_peer import EchoPolicy, ReferenceClient, libero_like_observation, raw_round_trip, ref_packb, ref_unpackb, running_server
 
-from gr00t_client import PolicyClient, PolicyServerError
+from gr00t_client import PolicyClient, PolicyServerError, codec
 from gr00t_server import server as server_module
 from gr00t_server import messages as messages_module
 
@@ -69,6 +74,44 @@ def test_valid_token_is_served_for_our_client_and_the_reference_client(guarded):
 def test_our_client_without_the_token_gets_unauthorized(guarded):
     with PolicyClient(port=guarded.port, timeout_ms=5000) as client, pytest.raises(PolicyServerError, match="Unauthorized"):
         client.get_action({})
+
+
+def test_unauthenticated_peers_costly_requests_do_not_hold_back_an_authenticated_clients_replies():
+    """Two connections without the token, each keeping one costly request in flight (a map of 60,000 keys, about
+    0.1 s to decode before the token is read), kept the socket thread's receive burst of 64 messages going: the
+    robot's finished replies waited behind it for seconds and its calls timed out."""
+    costly = codec.encode({"endpoint": "get_action", "data": {"observation": {
+        "state": {"x": np.zeros((1, 1, 1), np.float32)}, "pad": {f"k{i:061d}": 1 for i in range(60_000)}}}})
+    observation = {"state": {"x": np.zeros((1, 1, 1), np.float32)}}
+    refusals: list = []
+    stop = threading.Event()
+    with running_server(EchoPolicy(delay_s=0.01), api_token=TOKEN) as server:
+        def attack() -> None:
+            with contextlib.closing(zmq.Context.instance().socket(zmq.DEALER)) as dealer:
+                dealer.setsockopt(zmq.LINGER, 0)
+                dealer.connect(f"tcp://127.0.0.1:{server.port}")
+                dealer.send_multipart([b"", costly])
+                while not stop.is_set():
+                    if dealer.poll(100):
+                        refusals.append(codec.decode(dealer.recv_multipart()[1])["error"])
+                        dealer.send_multipart([b"", costly])
+
+        attackers = [threading.Thread(target=attack, daemon=True) for _ in range(2)]
+        try:
+            with PolicyClient(port=server.port, api_token=TOKEN, timeout_ms=5000) as client:
+                client.get_action(observation)
+                for attacker in attackers:
+                    attacker.start()
+                deadline = time.monotonic() + 30
+                while len(refusals) < 4 and time.monotonic() < deadline:  # the attack is under way
+                    time.sleep(0.05)
+                for _ in range(5):
+                    client.get_action(observation)  # PolicyTimeoutError when its reply waits behind the attack
+        finally:
+            stop.set()
+            for attacker in attackers:
+                attacker.join(10)
+    assert refusals and all(error.startswith("Unauthorized") for error in refusals)
 
 
 @pytest.mark.parametrize("token, hint", [(TOKEN.encode(), "; decode bytes first: api_token.decode()"), (12345, "")],

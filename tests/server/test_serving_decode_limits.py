@@ -216,6 +216,87 @@ def test_a_connection_over_its_queued_byte_budget_is_refused_while_the_policy_is
         refusals = [r for r in replies if isinstance(r, dict) and "budget" in str(r.get("error"))]
         assert len(replies) == 4 and len(refusals) == 2
         assert server.stats.refused == 2
+    assert refusals[0]["error"].endswith(f"would exceed its budget of {len(payload) * 2} bytes "
+                                         "(--max-client-queued-mb; wait for the replies)")
+
+
+def get_action_payload(floats: int, value: float = 0.0) -> bytes:
+    observation = {"state": {"x": np.full((1, 1, floats), value, np.float32)}}
+    return codec.encode({"endpoint": "get_action", "data": {"observation": observation}})
+
+
+def wait_for_queued(server: Any, requests: int) -> None:
+    """Wait up to 10 s for the server's queue to hold `requests` requests (those running included)."""
+    deadline = time.monotonic() + 10
+    while server._loop.queued_requests != requests and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server._loop.queued_requests == requests
+
+
+def test_a_connection_with_nothing_waiting_is_served_when_others_fill_the_queues_request_count():
+    """Pipelined requests filling max_queued_requests made every request of a robot with nothing waiting "server busy"
+    (3 calls in 17 answered): connections take turns, so the newest waiting request of the connection holding the
+    most is refused instead, to make room."""
+    limits = ServerLimits(max_queued_requests=3)
+    with running_server(EchoPolicy(delay_s=0.5), limits=limits, inline_below_ms=0) as server, \
+            pipelining_dealer(server.port) as dealer:
+        for i in range(3):  # one running, two waiting: the queue is full
+            dealer.send_multipart([b"", get_action_payload(4, float(i))])
+        wait_for_queued(server, 3)
+        with PolicyClient(port=server.port, timeout_ms=10000) as client:
+            _action, info = client.get_action({"state": {"x": np.full((1, 1, 4), 7.0, np.float32)}})
+        replies = replies_of(dealer, 3)
+        wait_for_queued(server, 0)
+        assert server._loop.queued_bytes_total == 0 and not server._loop.queued_counts
+    assert info["first_state"] == 7.0
+    assert [r[1]["first_state"] for r in replies if isinstance(r, list)] == [0.0, 1.0]
+    evicted = [r["error"] for r in replies if isinstance(r, dict)]
+    assert len(evicted) == 1 and evicted[0].startswith("server busy: 3 requests are waiting for the policy, at most 3 "
+                                                       "in all (ServerLimits.max_queued_requests);")
+    assert evicted[0].endswith("try again")
+    assert server.stats.refused == 1
+
+
+def test_a_full_queue_of_one_request_per_connection_refuses_a_newcomer_naming_the_limit_and_its_setting():
+    """No connection holds more than the newcomer would (one request), so none is refused for it; the refusal said
+    only "server busy: 2 requests are waiting for the policy; try again", naming neither the limit nor its setting."""
+    limits = ServerLimits(max_queued_requests=2)
+    with running_server(EchoPolicy(delay_s=0.5), limits=limits, inline_below_ms=0) as server, \
+            pipelining_dealer(server.port) as first, pipelining_dealer(server.port) as second:
+        for dealer in (first, second):
+            dealer.send_multipart([b"", get_action_payload(4)])
+        wait_for_queued(server, 2)
+        with PolicyClient(port=server.port, timeout_ms=10000) as client, pytest.raises(PolicyServerError) as refused:
+            client.get_action({"state": {"x": np.zeros((1, 1, 4), np.float32)}})
+        replies = replies_of(first, 1) + replies_of(second, 1)
+    assert refused.value.server_message == ("server busy: 2 requests are waiting for the policy; this server queues at "
+                                            "most 2 in all (ServerLimits.max_queued_requests); try again")
+    assert all(isinstance(reply, list) for reply in replies) and server.stats.refused == 1
+
+
+@pytest.mark.parametrize("newcomer_floats", [4, 300_000], ids=["small", "from 1 MiB, checked before its decode"])
+def test_a_connection_with_nothing_waiting_is_served_when_others_fill_the_queues_bytes(newcomer_floats):
+    """Connections keeping --max-queued-mb full made every request of a robot with nothing waiting "server busy":
+    the newest waiting request of the connection holding the most bytes, more than the newcomer's, makes room."""
+    flood = get_action_payload(400_000)  # 1.6 MB
+    limits = ServerLimits(max_queued_bytes=2 * len(flood))
+    with running_server(EchoPolicy(delay_s=0.5), limits=limits, inline_below_ms=0) as server, \
+            pipelining_dealer(server.port) as dealer:
+        for _ in range(2):  # one running, one waiting: the queue's bytes are full
+            dealer.send_multipart([b"", flood])
+        wait_for_queued(server, 2)
+        with PolicyClient(port=server.port, timeout_ms=10000) as client:
+            _action, info = client.get_action({"state": {"x": np.full((1, 1, newcomer_floats), 7.0, np.float32)}})
+        replies = replies_of(dealer, 2)
+        wait_for_queued(server, 0)
+        assert server._loop.queued_bytes_total == 0 and not server._loop.queued_bytes
+    assert info["first_state"] == 7.0
+    evicted = [r["error"] for r in replies if isinstance(r, dict)]
+    assert len(replies) == 2 and len(evicted) == 1
+    assert evicted[0].startswith(f"server busy: {2 * len(flood)} bytes of requests are waiting for the policy, at most "
+                                 f"{2 * len(flood)} in all (--max-queued-mb);")
+    assert evicted[0].endswith("try again")
+    assert server.stats.refused == 1
 
 
 def test_an_array_map_missing_its_dtype_is_refused_naming_that_field_not_a_bytes_observation_key():

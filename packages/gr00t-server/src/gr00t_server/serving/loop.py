@@ -9,7 +9,7 @@ import logging
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set, Tuple
 
 from gr00t_client import codec
 from gr00t_client.client import SHUTTING_DOWN  # ServerStoppingError on the client: keep the words in step
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from .server import PolicyServer
 
 __all__ = ["ACTIVE_CLIENT_WINDOW_S", "DEFAULT_CLIENT_QUEUED_BYTES", "PRECHECK_MIN_BYTES", "RECEIVE_BURST",
-           "InlineCallAbandoned", "RequestLoop"]
+           "RECEIVE_BURST_S", "InlineCallAbandoned", "RequestLoop"]
 
 logger = logging.getLogger("gr00t_server.serving.server")  # PolicyServer's log: the split renamed no logger
 
@@ -55,6 +55,9 @@ logger = logging.getLogger("gr00t_server.serving.server")  # PolicyServer's log:
 # client has one request outstanding, so only pipelining (DEALER) peers ever meet this.
 DEFAULT_CLIENT_QUEUED_BYTES = 16 * 1024 * 1024
 RECEIVE_BURST = 64  # messages taken off the socket per loop turn before replies and dispatch get a turn
+# ... or fewer: a burst takes no further message once it has run this long, since a message's decode may take 0.1 s
+# (a map of many keys) and dispatch waits for the burst's end. Cheap messages still go 64 at a time.
+RECEIVE_BURST_S = 0.005
 # Messages from this size are held to the byte budgets before they are decoded (smaller ones, pings among them, after)
 PRECHECK_MIN_BYTES = 1024 * 1024
 # A reply sent this soon after its request's deadline still reaches a waiting client: ours sends its timeout cut to
@@ -111,10 +114,16 @@ class RequestLoop(Gathering):
 
     def _receive_burst(self) -> None:
         transport = self._server._transport
+        worker = self._server._worker
         assert transport is not None
+        ends_at = time.monotonic() + RECEIVE_BURST_S
         for turn in range(RECEIVE_BURST):
             if self.stopping:  # a kill or stop() in this burst: the rest are answered "shutting down" (shut_down)
                 return
+            if turn and time.monotonic() >= ends_at:
+                return
+            if worker is not None and worker.outbox:  # a reply finished meanwhile goes now, not after the burst's
+                self.send_replies()  # decodes (two unauthenticated peers' refusals kept a burst going for seconds)
             frames = transport.receive(waiting=turn == 0)  # the first: the poll that called this saw it waiting
             if frames is None:
                 return
@@ -202,9 +211,11 @@ class RequestLoop(Gathering):
             self._hand_over(ahead, len(ahead))
         self._submit([request])
 
-    def _check_byte_budgets(self, request: Request) -> None:
+    def _check_byte_budgets(self, request: Request, make_room: bool = False) -> None:
         """RequestError (counted as refused) when the request's bytes would pass its connection's budget or the
-        queue's; the first request of an idle connection and queue always fits."""
+        queue's; the first request of an idle connection and queue always fits. A connection with nothing waiting
+        that meets the queue's budget is let through, `make_room` (after its decode) by refusing others' requests
+        (_room_made)."""
         server = self._server
         budget = server.limits.max_client_queued_bytes or min(server.max_message_bytes, DEFAULT_CLIENT_QUEUED_BYTES)
         queued = self.queued_bytes.get(request.identity, 0)
@@ -213,9 +224,17 @@ class RequestLoop(Gathering):
             request.outcome = "refused"
             raise RequestError(
                 f"this connection already has {queued} bytes of requests waiting; a further {request.nbytes} bytes "
-                f"would exceed its budget of {budget} bytes (wait for the replies)"
+                f"would exceed its budget of {budget} bytes (--max-client-queued-mb; wait for the replies)"
             )
-        if self.queued_bytes_total and self.queued_bytes_total + request.nbytes > server.limits.max_queued_bytes:
+        max_bytes = server.limits.max_queued_bytes
+        if self.queued_bytes_total and self.queued_bytes_total + request.nbytes > max_bytes:
+            if not queued and self._room_made(
+                self.queued_bytes, request.nbytes,
+                lambda: self.queued_bytes_total + request.nbytes <= max_bytes,
+                lambda: f"server busy: {self.queued_bytes_total} bytes of requests are waiting for the policy, at most "
+                        f"{max_bytes} in all (--max-queued-mb)", make_room,
+            ):
+                return
             server.stats.add("refused")
             request.outcome = "refused"
             raise RequestError(f"server busy: {self.queued_bytes_total} bytes of requests are waiting for the policy; a "
@@ -226,7 +245,7 @@ class RequestLoop(Gathering):
         """Count the request against its connection's budgets (bytes and requests) and the queue; refuse it when
         over any."""
         server = self._server
-        self._check_byte_budgets(request)
+        self._check_byte_budgets(request, make_room=True)
         queued = self.queued_bytes.get(request.identity, 0)
         waiting = self.queued_counts.get(request.identity, 0)
         if waiting >= server.limits.max_client_queued_requests:
@@ -237,15 +256,58 @@ class RequestLoop(Gathering):
                 f"{server.limits.max_client_queued_requests} per connection (--max-client-queued-requests; wait for "
                 "the replies)"
             )
-        if self.queued_requests >= server.limits.max_queued_requests:
+        max_requests = server.limits.max_queued_requests
+        if self.queued_requests >= max_requests and not (waiting == 0 and self._room_made(
+            self.queued_counts, 1, lambda: self.queued_requests < max_requests,
+            lambda: f"server busy: {self.queued_requests} requests are waiting for the policy, at most {max_requests} "
+                    "in all (ServerLimits.max_queued_requests)", True,
+        )):
             server.stats.add("refused")
             request.outcome = "refused"
-            raise RequestError(f"server busy: {self.queued_requests} requests are waiting for the policy; try again")
+            raise RequestError(f"server busy: {self.queued_requests} requests are waiting for the policy; this server "
+                               f"queues at most {max_requests} in all (ServerLimits.max_queued_requests); try again")
         self.queued_bytes_total += request.nbytes
         self.queued_bytes[request.identity] = queued + request.nbytes
         self.queued_counts[request.identity] = waiting + 1
         self.queued_requests += 1
         request.admitted = True
+
+    def _room_made(self, held: Dict[bytes, int], newcomer: int, fits: Callable[[], bool], busy: Callable[[], str],
+                   evict: bool) -> bool:
+        """True when a request from a connection with nothing waiting may be admitted past a queue-wide cap:
+        connections take turns, so a full queue is made room in by refusing the newest request not yet started of the
+        connection holding the most (`held`: requests or bytes), while that holds more than the newcomer would
+        (`newcomer`), until it `fits`. Each is answered `busy` (the cap's words) and "try again". `evict` False:
+        whether some connection could make room, evicting nothing (a large message, before its decode)."""
+        if not evict:
+            return any(amount > newcomer for amount in held.values())
+        started: Set[bytes] = set()  # connections whose requests waiting are all running or batched with others
+        while not fits():
+            candidates = [identity for identity, amount in held.items()
+                          if amount > newcomer and identity not in started]
+            if not candidates:
+                return False
+            holder = max(candidates, key=held.__getitem__)
+            evicted = self._take_newest_waiting(holder)
+            if evicted is None:
+                started.add(holder)
+                continue
+            self._server.stats.add("refused")
+            evicted.outcome = "refused"
+            message = (f"{busy()}; this connection had the most waiting, and its newest request made room for one "
+                       "from a connection with none; try again")
+            self.reply_error(evicted, RequestError(message))
+            self._runner.release_session(evicted)  # never reached execute: its session idles again
+        return True
+
+    def _take_newest_waiting(self, identity: bytes) -> Optional[Request]:
+        """The newest request of connection `identity` that has not started, taken from the gathered ones or the
+        worker's queue; None when it has none."""
+        for index in range(len(self.pending) - 1, -1, -1):  # a connection's gathered requests came after its queued
+            if self.pending[index].identity == identity:
+                return self.pending.pop(index)
+        worker = self._server._worker
+        return worker.take_newest_of(identity) if worker is not None else None
 
     def _release_admission(self, request: Request) -> None:
         if not request.admitted:

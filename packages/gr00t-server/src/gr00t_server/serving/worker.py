@@ -122,6 +122,23 @@ class FairQueue:
         self._count -= 1
         return chosen.job
 
+    def take_newest(self, lane: bytes) -> Optional[Job]:
+        """The newest job of connection `lane` when it is a lone request of that connection alone, removed; else None
+        (a batch of several connections is never split)."""
+        queued = self._lanes.get(lane)
+        if not queued or len(queued[-1].job) != 1:
+            return None
+        waiting = queued.pop()
+        if not queued:
+            del self._lanes[lane]
+        for session in waiting.sessions:
+            jobs = self._sessions[session]
+            jobs.remove(waiting)
+            if not jobs:
+                del self._sessions[session]
+        self._count -= 1
+        return waiting.job
+
     def take_all(self) -> List[Job]:
         """Every job, in the order they would have been taken."""
         jobs: List[Job] = []
@@ -203,6 +220,16 @@ class PolicyWorker:
             taken = self._jobs.take_all()
             self._pending -= len(taken)
         return taken
+
+    def take_newest_of(self, identity: bytes) -> Optional[Request]:
+        """Remove and return the newest request of connection `identity` not yet started, when it is a job of its own
+        (FairQueue.take_newest), to refuse it instead; None when there is none."""
+        with self._lock:
+            job = self._jobs.take_newest(identity)
+            if job is None:
+                return None
+            self._pending -= 1
+        return job[0]
 
     def finish(self) -> None:
         """Let the running job finish and then end the thread (jobs queued behind it still run: take_queued first)."""
