@@ -10,6 +10,7 @@ import textwrap
 import pytest
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file size limits (RLIMIT_FSIZE)")
+resource = pytest.importorskip("resource")  # POSIX only
 
 _SERVER_CLI_WITHOUT_ROOM = textwrap.dedent(
     """
@@ -53,3 +54,40 @@ def test_make_test_checkpoint_on_a_full_disk_names_the_file_it_could_not_write(t
     assert result.returncode != 0
     line = result.stderr.strip().splitlines()[-1]
     assert f"No space left on device: '{disk / 'ckpt'}/" in line, line
+
+
+def _cli_without_room():
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))  # a full disk: writes fail with EFBIG (Python ignores SIGXFSZ)
+
+
+def server_cli(*argv, cwd=None, full_disk=False):
+    return subprocess.run([sys.executable, "-m", "gr00t_server.cli", *argv], cwd=cwd, capture_output=True, text=True,
+                          preexec_fn=_cli_without_room if full_disk else None, timeout=120)
+
+
+def test_keygen_force_on_a_full_disk_keeps_the_old_key_pair_and_leaves_no_temporary(tmp_path):
+    """The old pair was deleted before the new one was written: a full disk left no key pair at all."""
+    keys = tmp_path / "keys"
+    assert server_cli("keygen", str(keys)).returncode == 0
+    old = {path.name: path.read_bytes() for path in keys.iterdir()}
+    result = server_cli("keygen", str(keys), "--force", full_disk=True)
+    assert result.returncode == 2
+    assert {path.name: path.read_bytes() for path in keys.iterdir()} == old
+    line = result.stderr.strip().splitlines()[-1]
+    assert f"cannot write {keys / 'server.key'}: File too large; raise the file size limit (ulimit -f)" in line, line
+
+
+@pytest.mark.parametrize("argv, named, advice", [
+    (["keygen", "keys", "--name", "n" * 250], "keys/" + "n" * 250, "choose a shorter --name"),
+    (["keygen", "folder", "--force"], "folder/server.key", "it is a folder, not a key file; move that folder away"),
+    (["keygen", "keys"], "keys/server.key", "File too large; raise the file size limit (ulimit -f)"),
+], ids=["name too long", "NAME.key a folder", "full disk"])
+def test_keygen_storage_errors_are_one_line_naming_the_file_and_what_to_do(tmp_path, argv, named, advice):
+    """They were raw: '[Errno 36] File name too long', '[Errno 21] Is a directory', '[Errno 27] File too large'."""
+    (tmp_path / "folder" / "server.key").mkdir(parents=True)
+    result = server_cli(*argv, cwd=tmp_path, full_disk=argv == ["keygen", "keys"])
+    assert result.returncode == 2
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"gr00t-server keygen: error: cannot write {named}") and advice in line, line
+    assert "[Errno" not in result.stderr and "Traceback" not in result.stderr
+    assert (tmp_path / "folder" / "server.key").is_dir() and not list((tmp_path / "folder").glob("*.key_secret"))

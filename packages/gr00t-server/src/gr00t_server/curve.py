@@ -7,10 +7,12 @@ NAME.key files; it is re-read when its contents change, so adding or removing a 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import errno
 import logging
 import os
+import secrets
 import stat as stat_mode
 import threading
 from dataclasses import dataclass
@@ -40,8 +42,9 @@ _BANNER = """#   ****  Generated on {now} by gr00t-server keygen  ****
 """
 
 
-def _write_certificate(path: Path, public_key: bytes, secret_key: Optional[bytes]) -> None:
-    """Write one zmq.auth certificate file; a secret one is created with mode 0600 from the start (no readable window)."""
+def _write_certificate(path: Path, public_key: bytes, secret_key: Optional[bytes], named: Path) -> None:
+    """Write one zmq.auth certificate file; a secret one is created with mode 0600 from the start (no readable window).
+    `named`: the file an error names (the certificate a temporary `path` is written for)."""
     kind, advice = ("**Secret**", "DO NOT PROVIDE THIS FILE TO OTHER USERS nor change its permissions.") if secret_key \
         else ("Public", "Exchange securely, or use a secure mechanism to verify the contents of this file after exchange.")
     text = _BANNER.format(now=datetime.datetime.now().isoformat(timespec="seconds"), kind=kind, advice=advice)
@@ -57,19 +60,29 @@ def _write_certificate(path: Path, public_key: bytes, secret_key: Optional[bytes
             data = text.encode("ascii")
             while data:
                 data = data[os.write(fd, data):]
+            os.fsync(fd)  # on disk before it is renamed over a working key file
         finally:
             os.close(fd)
     except BaseException as exc:  # a full disk: no empty key file left, which a retry would refuse as existing
         path.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
-            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc  # a failed write names no file
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(named)) from exc  # the key file, not its temporary
         raise
+
+
+def _rename_into_place(temporary: Path, path: Path, note: str = "") -> None:
+    """os.replace, whose error names `path` (not the hidden temporary) and adds `note` (what the folder holds now)."""
+    try:
+        os.replace(temporary, path)
+    except OSError as exc:
+        raise OSError(exc.errno, f"{exc.strerror or exc}{note}", str(path)) from exc
 
 
 def generate_certificates(directory: Union[str, os.PathLike], name: str = "server", overwrite: bool = False) -> Tuple[Path, Path]:
     """Write a new CURVE key pair as DIR/NAME.key and DIR/NAME.key_secret (0600); returns (public, secret) paths.
 
-    Refuses to replace existing files unless `overwrite`: a replaced server key locks every client out.
+    Refuses to replace existing files unless `overwrite`: a replaced server key locks every client out. A failed write
+    (a full disk) leaves existing files as they were.
     """
     if not name or os.sep in name or name.startswith("."):
         raise ValueError(f"key name must be a plain file name without '{os.sep}' or a leading dot, got {name!r}")
@@ -83,13 +96,26 @@ def generate_certificates(directory: Union[str, os.PathLike], name: str = "serve
         raise FileExistsError(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}{what}; choose "
                               "another --name or pass --force to replace it")
     for path in existing:
-        os.remove(path)
+        if os.path.isdir(path) and not os.path.islink(path):  # checked first: os.replace would fail between the two
+            raise IsADirectoryError(errno.EISDIR, "it is a folder, not a key file", path)
     public, secret = zmq.curve_keypair()
-    _write_certificate(public_path, public, None)
+    # Both files are written to hidden temporaries in the same folder, then renamed over their names; nothing is
+    # deleted before: a failed write (a full disk) leaves an existing pair as it was, and no temporary. The secret is
+    # renamed first: should the public rename fail after it, NAME.key_secret is the new certificate, which holds the new
+    # public key too, beside a stale NAME.key; the other order would leave a new NAME.key to be handed out to clients
+    # with the only secret that matches it deleted.
+    stem = f".keygen-{secrets.token_hex(6)}"  # short: a NAME that fits its file names fits these
+    public_temp, secret_temp = directory / f"{stem}{PUBLIC_SUFFIX}.tmp", directory / f"{stem}{SECRET_SUFFIX}.tmp"
     try:
-        _write_certificate(secret_path, public, secret)
+        _write_certificate(public_temp, public, None, named=public_path)
+        _write_certificate(secret_temp, public, secret, named=secret_path)
+        _rename_into_place(secret_temp, secret_path)
+        _rename_into_place(public_temp, public_path, note=f" (the new {secret_path} is in place and holds the "
+                                                          "new public key too; run keygen --force again for a pair)")
     except BaseException:  # a pair or nothing: a public key whose secret was never written would be handed out
-        public_path.unlink(missing_ok=True)
+        for temporary in (public_temp, secret_temp):
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
         raise
     return public_path, secret_path
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 
 from .cli_errors import CliError, refuse_blank_paths
@@ -22,12 +23,37 @@ def keygen(args: argparse.Namespace) -> int:
         raise CliError(problem)
     if os.path.exists(folder) and not os.path.isdir(folder):  # it said "[Errno 17] File exists"
         raise CliError(f"DIRECTORY {args.directory} is a file, not a folder: name a folder for the key pair")
-    public_path, secret_path = generate_certificates(args.directory, args.name, overwrite=args.force)
+    try:
+        public_path, secret_path = generate_certificates(args.directory, args.name, overwrite=args.force)
+    except OSError as exc:
+        if exc.errno is None:  # its own refusal (files exist), already worded
+            raise
+        raise CliError(_key_storage_problem(exc)) from exc
     print(f"Public key:  {public_path}  (copy to peers: clients pass it as --server-public-key, servers keep "
           f"client keys in their --authorized-keys directory)")
     print(f"Secret key:  {secret_path}  (mode 0600; keep it on this machine)")
     print(f"Fingerprint: {key_fingerprint(load_public_key(str(public_path)))}")
     return 0
+
+
+def _key_storage_problem(exc: OSError) -> str:
+    """One line for a key pair that could not be written: the file, what the system said, and what to do (an existing
+    pair is replaced only once both new files are written, so a failed write leaves it as it was)."""
+    if exc.errno == errno.ENAMETOOLONG:
+        advice = "choose a shorter --name (or DIR)"
+    elif exc.errno == errno.EISDIR:
+        advice = "move that folder away, or choose another --name"
+    elif exc.errno == errno.EFBIG:
+        advice = "raise the file size limit (ulimit -f), then run the same command again"
+    elif exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        advice = "free some space (or have the disk quota raised), then run the same command again"
+    elif exc.errno == errno.EROFS:
+        advice = "remount its file system read-write, or choose another DIR"
+    elif exc.errno in (errno.EACCES, errno.EPERM):
+        advice = "give this user write access to the folder, or choose another DIR"
+    else:
+        advice = "check that folder, then run the same command again"
+    return f"cannot write {exc.filename}: {exc.strerror or exc}; {advice}"
 
 
 def make_test_checkpoint(args: argparse.Namespace) -> int:
