@@ -374,6 +374,25 @@ def test_bfloat16_model_returns_float32_actions(tiny_checkpoint):
     assert all(v.dtype == np.float32 and np.isfinite(v).all() for v in action.values())
 
 
+@pytest.mark.parametrize("dtype", [torch.int8, torch.bool, torch.complex64, torch.float8_e4m3fn, torch.float64],
+                         ids=str)
+def test_a_torch_dtype_the_model_does_not_run_in_is_refused_as_the_dtype_argument(tiny_checkpoint, dtype):
+    """int8 was blamed on the checkpoint, float8 loaded and failed at the first call, and torch.float64 was taken
+    where "float64" is refused: a torch dtype is held to the same float32/bfloat16/float16 as a name."""
+    with pytest.raises(ValueError) as by_type:
+        Gr00tPolicy(tiny_checkpoint, "libero_sim", device="cpu", dtype=dtype)
+    with pytest.raises(ValueError) as by_name:
+        Gr00tPolicy(tiny_checkpoint, "libero_sim", device="cpu", dtype="float64")
+    assert str(by_type.value) == str(by_name.value).replace("'float64'", str(dtype))
+    assert re.search(rf"^unknown dtype {re.escape(str(dtype))}; expected one of \[.*'bfloat16'.*'float32'.*\], 'auto' "
+                     r"or one of \['torch.bfloat16', 'torch.float16', 'torch.float32'\]$", str(by_type.value))
+
+
+def test_a_torch_float16_dtype_is_taken_as_the_name_is(tiny_checkpoint):
+    policy = Gr00tPolicy(tiny_checkpoint, "libero_sim", device="cpu", dtype=torch.float16)
+    assert policy.model.dtype == torch.float16
+
+
 def test_processor_files_in_processor_subfolder_load(tiny_checkpoint, tmp_path):
     import shutil
 
@@ -609,6 +628,21 @@ def test_editing_the_returned_modality_configs_leaves_the_policys_actions_alone(
     assert policy.get_modality_config()["action"].modality_keys == ["eef_9d", "gripper", "joints"]
     for key in before:
         np.testing.assert_array_equal(after[key], before[key], err_msg=key)
+
+
+def test_editing_the_modality_configs_attribute_in_place_leaves_the_policys_actions_alone(tiny_checkpoint):
+    """`policy.modality_configs` (the reference's attribute) held the processor's own configs: sorting its action keys
+    in place made every later call return other keys' columns under each name."""
+    policy = Gr00tPolicy(tiny_checkpoint, "libero_sim", device="cpu")
+    observation = example_observation(tiny_checkpoint, "libero_sim")
+    before, _ = policy.get_action(observation, {"seed": 1})
+    policy.modality_configs["action"].modality_keys.sort()
+    policy.modality_configs["state"].modality_keys.reverse()
+    after, _ = policy.get_action(observation, {"seed": 1})
+    assert list(after) == list(before)
+    for key in before:
+        np.testing.assert_array_equal(after[key], before[key], err_msg=key)
+    assert policy.modality_configs["action"].modality_keys == ["x", "y", "z", "roll", "pitch", "yaw", "gripper"]
 
 
 @pytest.mark.parametrize("argument, value", [("clip_outliers", "false"), ("clip_outliers", 0), ("clip_outliers", "no"),

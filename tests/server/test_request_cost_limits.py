@@ -13,6 +13,7 @@ import pytest
 from serving import NoServer, running_server
 
 from gr00t_client import PolicyClient, PolicyServerError
+from gr00t_client.policy import ObservationError
 from gr00t_server.policies.gr00t_policy import Gr00tPolicy
 from gr00t_server.processing.image import (eval_image_transform_batch, eval_image_transform_torchvision_style_batch,
                                            letter_box_pad)
@@ -61,7 +62,17 @@ def test_thin_frames_over_the_request_vision_token_budget_are_refused_naming_tot
     with running_server(policy) as server:
         message = refusal(server, observation(tiny_checkpoint, 15, 1, 16))
     assert "makes 15360 vision tokens" in message and "'front': 15 frames of 1x16, 1024 tokens each" in message
-    assert "at most 14336 vision tokens per request" in message and "--max-rows" in message
+    assert "this policy accepts at most 14336 vision tokens per request" in message
+    assert "what 128 rows (--max-rows, max_rows in Python) of 16:9 frames make" in message
+
+
+def test_an_in_process_vision_token_refusal_names_the_max_rows_argument_as_well_as_the_flag(tiny_checkpoint):
+    """A Gr00tPolicy(max_rows=1) caller was told only of --max-rows and "this server"."""
+    policy = Gr00tPolicy(tiny_checkpoint, TAG, device="cpu", max_rows=1)
+    with pytest.raises(ObservationError) as caught:
+        policy.get_action(observation(tiny_checkpoint, 2, 720, 1280))
+    assert ("makes 224 vision tokens ('front': 2 frames of 720x1280, 112 tokens each); this policy accepts at most 112 "
+            "vision tokens per request, what 1 rows (--max-rows, max_rows in Python) of 16:9 frames make") in str(caught.value)
 
 
 def test_thin_frames_within_the_vision_token_budget_are_served(policy, tiny_checkpoint):

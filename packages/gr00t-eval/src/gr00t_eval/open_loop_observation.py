@@ -24,7 +24,7 @@ FRAME_WINDOW = 128
 _QUOTED_FLAT_KEY = re.compile(r"'(?:video|state|annotation|language)\.[^']+'")
 # A server refusing a request over one of its size limits (gr00t-server's --max-language-chars, --max-image-pixels,
 # ...): the key it quotes is the one too large, in whichever form was sent, so no observation form would fit better.
-_LIMIT_REFUSAL = "this server accepts at most"
+_LIMIT_REFUSAL = re.compile(r"this (?:server|policy) accepts at most")  # Gr00tPolicy's vision tokens: "policy"
 FLAT_FORMAT_HINT = ("; the server's policy seems to want flat keys, and --observation-format auto sent the nested "
                     "form (the server did not say it serves the sim wrapper): run with --observation-format flat")
 
@@ -63,7 +63,7 @@ def format_hint(info: Any, requested: str, server_error: str) -> str:
     reported = reported_observation_format(info)
     known = reported is not None or "Sim" in policy_class or policy_class in NESTED_ONLY_POLICIES
     if requested == "auto":
-        quotes_flat_key = _QUOTED_FLAT_KEY.search(server_error) and _LIMIT_REFUSAL not in server_error
+        quotes_flat_key = _QUOTED_FLAT_KEY.search(server_error) and not _LIMIT_REFUSAL.search(server_error)
         return FLAT_FORMAT_HINT if not known and quotes_flat_key else ""  # auto sent the nested form to this server
     fits = reported or ("flat" if "Sim" in policy_class else "nested" if known else requested)
     if fits == requested:

@@ -22,15 +22,17 @@ _DTYPE_NAMES = {
 
 
 def resolve_dtype(device: Union[str, torch.device], dtype: Union[str, torch.dtype, None] = None) -> torch.dtype:
-    """Model dtype: an explicit name wins; None/"auto" means bfloat16 on CUDA and float32 elsewhere."""
+    """Model dtype: an explicit name or torch float32/bfloat16/float16 wins; None/"auto" means bfloat16 on CUDA and
+    float32 elsewhere."""
     if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype is None or dtype == "auto":
+        if dtype in _DTYPE_NAMES.values():  # int8 was blamed on the checkpoint, float8 failed at the first call
+            return dtype
+    elif dtype is None or dtype == "auto":
         return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-    try:
+    elif isinstance(dtype, str) and dtype.lower() in _DTYPE_NAMES:
         return _DTYPE_NAMES[dtype.lower()]
-    except (KeyError, AttributeError):
-        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPE_NAMES)} or 'auto'") from None
+    accepted = sorted({str(value) for value in _DTYPE_NAMES.values()})
+    raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPE_NAMES)}, 'auto' or one of {accepted}")
 
 
 class Gr00tN1d7(nn.Module):

@@ -30,7 +30,7 @@ class Gr00tObservationChecks:
 
     processor: Gr00tN1d7Processor
     embodiment_tag_value: str
-    modality_configs: Dict[str, ModalityConfig]
+    _modality_configs: Dict[str, ModalityConfig]
     language_key: str
     # The image grid (t, h, w in patches) and camera frame size (height, width) a full_pipeline export's ViT was traced
     # for, set when it is swapped in (swap_exported_modules); None while the ViT runs in PyTorch.
@@ -38,10 +38,10 @@ class Gr00tObservationChecks:
     sample_image_size: Optional[Tuple[int, int]] = None
 
     def _batch_size(self, observation: Mapping[str, Any]) -> int:
-        video_keys = self.modality_configs["video"].modality_keys
+        video_keys = self._modality_configs["video"].modality_keys
         if video_keys and video_keys[0] in observation.get("video", {}):
             return int(np.asarray(observation["video"][video_keys[0]]).shape[0])
-        state_keys = self.modality_configs["state"].modality_keys
+        state_keys = self._modality_configs["state"].modality_keys
         return int(np.asarray(observation["state"][state_keys[0]]).shape[0])
 
     def _check_lenient_layout(self, observation: Any) -> None:
@@ -52,8 +52,8 @@ class Gr00tObservationChecks:
         if not isinstance(observation, Mapping):
             raise ObservationError(f"observation must be a dict with keys 'video', 'state', 'language'; got "
                                    f"{type(observation).__name__}")
-        expected = (("video", self.modality_configs["video"].modality_keys, 5, "(B, T, H, W, 3)"),
-                    ("state", self.modality_configs["state"].modality_keys, 3, "(B, T, D)"),
+        expected = (("video", self._modality_configs["video"].modality_keys, 5, "(B, T, H, W, 3)"),
+                    ("state", self._modality_configs["state"].modality_keys, 3, "(B, T, D)"),
                     ("language", [self.language_key], 0, "a list of B rows, each a list of one str"))
         for group, keys, ndim, layout in expected:
             if not keys:
@@ -82,11 +82,11 @@ class Gr00tObservationChecks:
                     raise ObservationError(f"{group}['{key}'] must have shape {layout}; got {got}")
                 # Another T than the checkpoint's delta_indices gave the prompt more images per camera (or the state
                 # vector other columns): a layout the model never saw, answered with a plausible action.
-                horizon = len(self.modality_configs[group].delta_indices)
+                horizon = len(self._modality_configs[group].delta_indices)
                 if shape[1] != horizon:
                     raise ObservationError(
                         f"{group}['{key}'] has T={shape[1]} time steps (axis 1 of shape {shape}); this checkpoint's "
-                        f"{group} delta_indices {list(self.modality_configs[group].delta_indices)} need T={horizon} "
+                        f"{group} delta_indices {list(self._modality_configs[group].delta_indices)} need T={horizon} "
                         f"(shape {layout})")
                 unreal = unreal_dtype(value) if group == "state" else None  # a cast would read it as a number
                 if unreal is not None:
@@ -96,8 +96,8 @@ class Gr00tObservationChecks:
     def _check_batch_sizes(self, observation: Mapping[str, Any], batch_size: int) -> None:
         """ObservationError naming the first video, state or language entry whose rows differ from `batch_size`
         (torch failed deep in the model, naming no key)."""
-        entries = [(f"video['{key}']", observation.get("video", {}).get(key)) for key in self.modality_configs["video"].modality_keys]
-        entries += [(f"state['{key}']", observation.get("state", {}).get(key)) for key in self.modality_configs["state"].modality_keys]
+        entries = [(f"video['{key}']", observation.get("video", {}).get(key)) for key in self._modality_configs["video"].modality_keys]
+        entries += [(f"state['{key}']", observation.get("state", {}).get(key)) for key in self._modality_configs["state"].modality_keys]
         entries.append((f"language['{self.language_key}']", observation.get("language", {}).get(self.language_key)))
         for name, value in entries:
             rows = len(value) if isinstance(value, (list, tuple)) else np.shape(value)[0] if np.ndim(value) else None
@@ -115,13 +115,13 @@ class Gr00tObservationChecks:
         if traced is None:
             return
         if not frames_checked:
-            keys = self.modality_configs["video"].modality_keys
+            keys = self._modality_configs["video"].modality_keys
             if not all(isinstance(video.get(key), np.ndarray) and video[key].ndim == 5 and video[key].shape[-1] == 3
                        and video[key].dtype == np.uint8 for key in keys):
                 return
             self.processor.check_video(self.embodiment_tag_value, video)
         grids = {}  # camera -> ((height, width), image grid)
-        for key in self.modality_configs["video"].modality_keys:
+        for key in self._modality_configs["video"].modality_keys:
             height, width = (int(side) for side in np.shape(video[key])[2:4])
             grids[key] = ((height, width), self.processor.frame_grid(height, width))
         wrong = [key for key, (_, grid) in grids.items() if grid != traced]

@@ -143,7 +143,7 @@ class Gr00tActionOptions:
     model_config: Gr00tN1d7Config
     processor: Gr00tN1d7Processor
     embodiment_tag_value: str
-    modality_configs: Dict[str, ModalityConfig]
+    _modality_configs: Dict[str, ModalityConfig]
     _option_names: OptionNames
     max_denoising_steps: int
 
@@ -187,7 +187,7 @@ class Gr00tActionOptions:
                 raise ValueError(
                     f"options['noise'] must be a float array of shape {(batch_size,) + shape} (B, action_horizon, "
                     f"max_action_dim of the model's config.json, not the returned chunks' horizon "
-                    f"{self.modality_configs['action'].horizon}; {shape} is taken for B=1); got dtype {sent.dtype} "
+                    f"{self._modality_configs['action'].horizon}; {shape} is taken for B=1); got dtype {sent.dtype} "
                     f"shape {sent.shape}"
                 )
             with np.errstate(over="ignore"):  # a value beyond float32's range becomes inf: refused just below
@@ -234,7 +234,7 @@ class Gr00tActionOptions:
 
     def _parse_previous_action(self, previous: Any, batch_size: int) -> Dict[str, np.ndarray]:
         """{key: float array (B, T, D_key)} for exactly the action keys, one T for all, finite values."""
-        action_config = self.modality_configs["action"]
+        action_config = self._modality_configs["action"]
         keys = list(action_config.modality_keys)
         if not isinstance(previous, Mapping):
             raise PreviousActionError(f"; got {type(previous).__name__}", keys=keys)
@@ -271,7 +271,7 @@ class Gr00tActionOptions:
         """The overlap rows of a relative EEF key are re-expressed as poses relative to the current state: a rotation
         no rigid transform has (zero or parallel rot6d rows, a singular 4x4 pose) became NaN deep inside the model, or
         an arbitrary rotation that was acted on. Refused here with the test the reference states get."""
-        action_config = self.modality_configs["action"]
+        action_config = self._modality_configs["action"]
         relative = self.processor.norm_params(self.embodiment_tag_value).relative_action
         overlap, first_step = rtc.overlap_rows(), rtc.horizon - rtc.overlap_steps
         for key, spec in zip(action_config.modality_keys, action_config.action_configs or []):
@@ -306,7 +306,7 @@ class Gr00tActionOptions:
         clipped to the statistics' edge. A relative min/max key is held to its `clipped` rows: its range is of the
         motion around the state, which a little state drift on a joint that barely moved in training (a range of
         1e-6) leaves far behind, and clipping to that range is what the docs promise there."""
-        action_config = self.modality_configs["action"]
+        action_config = self._modality_configs["action"]
         params = self.processor.norm_params(self.embodiment_tag_value)
         dims = {key: p.dim for key, p in params.action.items()}
         parts = norm.split_action(encoded, action_config.modality_keys, dims, rtc.overlap_steps)

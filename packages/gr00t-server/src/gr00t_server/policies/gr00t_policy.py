@@ -148,11 +148,12 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
         self.clip_actions_to_statistics = bool(clip_outliers)
         self._clip_override = _acting_clip_override(clip_outliers, checkpoint_clips_states)
         all_configs = self.processor.modality_configs(tag_value)
-        self.modality_configs: Dict[str, ModalityConfig] = {k: v for k, v in all_configs.items() if k != "rl_info"}
-        missing = [m for m in _POLICY_MODALITIES if m not in self.modality_configs]
+        # The processor's own objects, read on the request path; the public modality_configs hands out copies.
+        self._modality_configs: Dict[str, ModalityConfig] = {k: v for k, v in all_configs.items() if k != "rl_info"}
+        missing = [m for m in _POLICY_MODALITIES if m not in self._modality_configs]
         if missing:
             raise ValueError(f"checkpoint modality configs for {tag_value!r} lack {missing}")
-        language = self.modality_configs["language"]
+        language = self._modality_configs["language"]
         if len(language.delta_indices) != 1:
             raise ValueError(f"Only one language delta index is supported; {tag_value!r} has {language.delta_indices}")
         self.language_key = language.modality_keys[0]
@@ -186,13 +187,13 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
                 f"embodiment {self.embodiment_tag_value!r} has projector index {self.embodiment_id}, outside "
                 f"[0, {mc.max_num_embodiments}) of the model's max_num_embodiments"
             )
-        frames = len(self.modality_configs["state"].delta_indices)
+        frames = len(self._modality_configs["state"].delta_indices)
         if frames != mc.state_history_length:  # the state encoder takes exactly state_history_length frames
             raise ValueError(
                 f"processor_config.json: modality_configs[{self.embodiment_tag_value!r}]['state']['delta_indices'] has "
                 f"{frames} frames; expected config.json's state_history_length {mc.state_history_length}"
             )
-        horizon = self.modality_configs["action"].horizon
+        horizon = self._modality_configs["action"].horizon
         if horizon > mc.action_horizon:
             raise ValueError(
                 f"embodiment {self.embodiment_tag_value!r} has action horizon {horizon}, more than the model's "
@@ -226,7 +227,13 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
     def get_modality_config(self) -> Dict[str, ModalityConfig]:
         """{video, state, action, language} modality configs of the selected embodiment (no rl_info): the caller's own
         copies, which it may edit without changing the policy."""
-        return copy_modality_configs(self.modality_configs)
+        return copy_modality_configs(self._modality_configs)
+
+    @property
+    def modality_configs(self) -> Dict[str, ModalityConfig]:
+        """The selected embodiment's modality configs (get_modality_config): copies, so that a caller's edit (sorting
+        the action keys in place) cannot change which columns each key's actions come from."""
+        return copy_modality_configs(self._modality_configs)
 
     def identity(self) -> Dict[str, Any]:
         """Which model this is, the same wherever its checkpoint is copied and whether loaded in fp32 or bf16 (a
@@ -299,7 +306,7 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
     def _normalize_checked_states(self, states: Dict[str, Any]) -> None:
         """normalize_state's refusals (a wrong width, a value beyond the model's float), keeping its result for the
         call that follows on this thread, which then does not normalize the same arrays again."""
-        keys = self.modality_configs["state"].modality_keys
+        keys = self._modality_configs["state"].modality_keys
         normalized = self.processor.normalize_state(self.embodiment_tag_value, states)
         self._checked_states.last = ([states[key] for key in keys], normalized)
 
@@ -349,8 +356,8 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
             self._check_reference_states(observation)
             self._check_instructions(observation)
         rtc = self._parse_rtc(options.get("rtc"), batch_size)
-        video = {k: np.asarray(observation["video"][k]) for k in self.modality_configs["video"].modality_keys}
-        raw_states = {k: np.asarray(observation["state"][k]) for k in self.modality_configs["state"].modality_keys}
+        video = {k: np.asarray(observation["video"][k]) for k in self._modality_configs["video"].modality_keys}
+        raw_states = {k: np.asarray(observation["state"][k]) for k in self._modality_configs["state"].modality_keys}
         languages = [_instruction(text, self.language_key, row)
                      for row, text in enumerate(observation["language"][self.language_key])]
         inputs = self.processor.process_batch(

@@ -113,9 +113,9 @@ class VideoChecks:
             detail = "; ".join(f"'{key}': {frames} frames of {height}x{width}, {tokens} tokens each"
                                for key, frames, height, width, tokens in counted)
             raise ObservationError(
-                f"observation's video makes {total} vision tokens ({detail}); this server accepts at most {budget} "
-                f"vision tokens per request, what {self.max_rows} rows (--max-rows) of 16:9 frames make; send fewer "
-                "rows, or frames closer to square"
+                f"observation's video makes {total} vision tokens ({detail}); this policy accepts at most {budget} "
+                f"vision tokens per request, what {self.max_rows} rows (--max-rows, max_rows in Python) of 16:9 frames "
+                "make; send fewer rows, or frames closer to square"
             )
 
     def _scaled_shortest_edge(self) -> Optional[int]:
