@@ -1,9 +1,11 @@
 """`gr00t-eval merge` reads each results file once, however it was named, and refuses an --output that is one of the
-shard files it would read. Real shards on a loopback PolicyServer, the real CLI."""
+shard files it would read, a link to nowhere or a path under a file; it writes through a live link. Real shards on a
+loopback PolicyServer, the real CLI."""
 
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -41,3 +43,35 @@ def test_an_output_that_is_a_shard_file_of_the_folder_merged_is_refused(shards, 
     assert cli.main(["merge", str(shards), "--output", str(shard0), "--overwrite", *extra]) == 2
     assert f"--output {shard0} is also one of the files to merge" in capsys.readouterr().err
     assert shard0.read_bytes() == before
+
+
+@pytest.mark.skipif(os.name == "nt", reason="symbolic links")
+def test_an_output_that_is_a_link_to_nowhere_is_refused_naming_its_target(shards, tmp_path, capsys):
+    link = tmp_path / "latest.json"
+    link.symlink_to(tmp_path / "unmounted_share" / "merged.json")
+    assert cli.main(["merge", str(shards), "--output", str(link)]) == 2
+    assert (f"--output {link} is a symbolic link to {tmp_path / 'unmounted_share' / 'merged.json'}, which does not exist"
+            in capsys.readouterr().err)
+    assert link.is_symlink() and not (tmp_path / "unmounted_share").exists()
+
+
+@pytest.mark.skipif(os.name == "nt", reason="symbolic links")
+def test_an_output_that_is_a_link_is_written_where_it_points_and_stays_a_link(shards, tmp_path, capsys):
+    target = tmp_path / "share" / "merged.json"
+    target.parent.mkdir()
+    target.write_text(json.dumps({"merged_from": [], "per_episode": []}))  # an earlier merge's output
+    link = tmp_path / "latest.json"
+    link.symlink_to(target)
+    assert cli.main(["merge", str(shards), "--output", str(link)]) == 0
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert [e["episode_index"] for e in json.loads(target.read_text())["per_episode"]] == [0, 1, 2, 3]
+    assert json.loads((target.parent / "eval_info.json").read_text())["merged_results"] == "merged.json"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["eval_info.json", "merged.json"]  # no temporary left
+
+
+def test_an_output_under_a_file_names_that_file(shards, tmp_path, capsys):
+    (tmp_path / "afile").write_text("a plain file\n")
+    assert cli.main(["merge", str(shards), "--output", str(tmp_path / "afile" / "m.json")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'afile'} exists and is not a directory" in err and "[Errno" not in err
+    assert (tmp_path / "afile").read_text() == "a plain file\n"

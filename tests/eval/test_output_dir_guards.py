@@ -1,5 +1,5 @@
 """Output directories: two runs started together into one directory, an --output-dir that is (or holds) the dataset
-or a checkpoint, and a symbolic link to nowhere."""
+or a checkpoint, a symbolic link to nowhere, a project folder --overwrite must not empty, and a path under a file."""
 
 import json
 import os
@@ -156,3 +156,48 @@ def test_a_rollout_that_stopped_before_its_first_episode_leaves_no_run_file_in_t
     with policy_server() as server:  # the same command, once the server is up: not refused as "not empty"
         assert main([*args, "--policy-client-port", str(server.port)]) == 0
     assert json.loads((out / "results.json").read_text())["overall"]["n_episodes"] == 2
+
+
+def _project_folder(folder):
+    """A folder of the user's own that holds no run: --overwrite must not empty it."""
+    (folder / "src").mkdir(parents=True)
+    (folder / "src" / "main.py").write_text("print('hi')\n")
+    (folder / "thesis.txt").write_text("three years of work\n")
+    return sorted(p.relative_to(folder) for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("command", ["rollout", "open-loop", "batch"])
+def test_overwrite_refuses_a_folder_holding_no_earlier_run_and_deletes_nothing(tmp_path, capsys, command):
+    out = tmp_path / "project"
+    before = _project_folder(out)
+    jobs = tmp_path / "jobs.json"
+    jobs.write_text(json.dumps({"jobs": [{"name": "j1", "env_name": "metaworld/reach-v3", "n_episodes": 1, "n_envs": 1,
+                                          "policy_server": {"host": "127.0.0.1", "port": 9, "timeout_ms": 500}}]}))
+    args = {"rollout": ["rollout", "--env-name", "walkto/slow", "--env-import", "eval.scale_fixtures",
+                        "--policy-client-port", "9", "--timeout-ms", "500"],
+            "open-loop": ["open-loop", "--dataset-path", str(make_dataset(tmp_path / "dataset")), "--port", "9",
+                          "--timeout-ms", "500"],
+            "batch": ["batch", "--jobs", str(jobs)]}[command]
+    assert main([*args, "--output-dir", str(out), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert f"--output-dir {out} holds src, thesis.txt, which no earlier run wrote" in err
+    assert "nothing was deleted" in err
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+
+@pytest.mark.parametrize("command", ["rollout", "batch", "record"])
+def test_an_output_dir_under_a_file_names_that_file(tmp_path, capsys, command):
+    (tmp_path / "afile").write_text("a plain file\n")
+    out = tmp_path / "afile" / "sub" / "run"
+    jobs = tmp_path / "jobs.json"
+    jobs.write_text(json.dumps({"jobs": [{"name": "j1", "env_name": "metaworld/reach-v3", "n_episodes": 1, "n_envs": 1,
+                                          "policy_server": {"host": "127.0.0.1", "port": 9, "timeout_ms": 500}}]}))
+    args = {"rollout": ["rollout", "--env-name", "walkto/slow", "--env-import", "eval.scale_fixtures",
+                        "--policy-client-port", "9", "--timeout-ms", "500", "--output-dir", str(out)],
+            "batch": ["batch", "--jobs", str(jobs), "--output-dir", str(out)],
+            "record": ["record", "--env-name", "metaworld/reach-v3", "--episodes", "1", "--output", str(out)]}[command]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'afile'} exists and is not a directory" in err
+    assert "[Errno" not in err
+    assert (tmp_path / "afile").read_text() == "a plain file\n"

@@ -208,3 +208,34 @@ def test_shards_share_a_video_dir_inside_their_directory(server, tmp_path):
                          str(server.port), "--output-dir", str(out), "--video-dir", str(out / "clips"), "--shard",
                          f"{index}/2"]) == 0
     assert (out / "clips").is_dir()
+
+
+@pytest.mark.parametrize("again", [["--overwrite"], ["--resume"]])
+def test_a_shard_run_again_removes_the_merge_in_its_folder_that_holds_its_earlier_results(server, tmp_path, caplog,
+                                                                                        again):
+    """`merge DIR --output DIR` went on saying "complete" with the replaced shard's episodes, and nothing said so."""
+    out = tmp_path / "shards"
+    assert rollout(server.port, out, "--shard", "0/2") == 0
+    assert rollout(server.port, out, "--shard", "1/2") == 0
+    assert cli.main(["merge", str(out), "--output", str(out)]) == 0
+    if again == ["--resume"]:
+        assert cli.main(["rollout", "--resume", str(out), "--shard", "0/2", "--policy-client-port",
+                         str(server.port)]) == 0
+    else:
+        assert rollout(server.port, out, "--shard", "0/2", "--overwrite") == 0
+    assert not (out / "results.json").exists() and not (out / "eval_info.json").exists()
+    assert (f"removed results.json and eval_info.json, the merge of this split's shards in {out}: it holds the earlier "
+            f"results of results_shard0of2.json, which this run replaces; merge again once the shards are done: "
+            f"gr00t-eval merge {out} --output {out / 'results.json'}" in caplog.text)
+    assert {"results_shard0of2.json", "results_shard1of2.json"} <= set(files(out))
+    assert cli.main(["merge", str(out), "--output", str(out)]) == 0
+    assert json.loads((out / "results.json").read_text())["overall"]["n_episodes"] == 4
+
+
+def test_a_shard_run_again_keeps_a_merge_in_its_folder_that_does_not_hold_it(server, tmp_path):
+    out = tmp_path / "shards"
+    assert rollout(server.port, out, "--shard", "0/2") == 0
+    assert cli.main(["merge", str(out), "--output", str(out), "--allow-missing"]) == 1
+    assert rollout(server.port, out, "--shard", "1/2") == 0
+    assert rollout(server.port, out, "--shard", "1/2", "--overwrite") == 0
+    assert json.loads((out / "results.json").read_text())["merged_files"] == [str(out / "results_shard0of2.json")]

@@ -103,6 +103,27 @@ def _refuse_live_runs_beside(output: Path) -> None:
         refuse_live_claims(folder, flag="--output", skip=[name for name in shard_files(folder) if name.startswith("run_")])
 
 
+def _merge_target(output: Path) -> Path:
+    """Where the merge is written: `output`, or the file a symbolic link `output` points to (written through, never
+    replacing the link); UsageError for a dangling link (an unmounted share), as rollout and record refuse one, or a
+    path under a file."""
+    import os
+
+    from gr00t_client.cli_flags import broken_link_problem
+
+    from .cli_errors import UsageError
+    from .output_files import not_a_directory_above
+
+    problem = broken_link_problem("--output", output)
+    if problem is not None:
+        raise UsageError(problem)
+    blocker = not_a_directory_above(output)
+    if blocker is not None:  # mkdir said "[Errno 17] File exists" of the --output itself
+        raise UsageError(f"--output {output}: {blocker} exists and is not a directory; expected a folder there, or "
+                         "name another --output")
+    return Path(os.path.realpath(output)) if output.is_symlink() else output
+
+
 def _check_merge_output(output: Path, overwrite: bool) -> None:
     """Refuse an --output whose writing would destroy a run's own results: an existing file that is not an earlier
     merge's output, or a file in a whole run's --output-dir (the merge's eval_info.json would replace the run's)."""
@@ -176,6 +197,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.is_dir() or args.output.endswith("/"):
         output = output / RESULTS_FILENAME
+    output = _merge_target(output)
     files = _results_files(args.results, output)
     _refuse_live_runs_beside(output)
     _check_merge_output(output, args.overwrite)

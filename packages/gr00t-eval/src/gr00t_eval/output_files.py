@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, List, Tuple, Union
+from typing import Any, List, Optional, Tuple, Union
 
 RUN_FILENAME = "run.json"
 EPISODE_LOG_FILENAME = "episodes.jsonl"
@@ -47,3 +47,12 @@ def started_shards(directory: Union[str, Path]) -> List[Tuple[int, int]]:
     """(index, count) of each `rollout --shard I/N` that started in `directory` (its run file is there), in order."""
     found = (SHARD_FILE_NAME.fullmatch(name) for name in shard_files(directory))
     return sorted({(int(m.group("index")), int(m.group("count"))) for m in found if m is not None and m.group(1) == "run"})
+
+
+def not_a_directory_above(path: Union[str, Path]) -> Optional[Path]:
+    """The first folder above `path` (from the top) that exists and is not a directory (a file in the way): `path`
+    cannot be made then; None when there is none."""
+    for parent in reversed(Path(path).parents):
+        if parent.exists() and not parent.is_dir():
+            return parent
+    return None

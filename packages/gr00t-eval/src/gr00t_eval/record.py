@@ -94,6 +94,7 @@ def record_metaworld(
     camera = camera or DEFAULT_CAMERA
     from .run_claim import (claim_lock_name, finish_claim, finished_however_it_ends, refuse_live_claims,
                             refuse_live_runs_around, take_claim)
+    from .output_files import not_a_directory_above
     from .run_stop import check_folder_kept, folder_identity, sigterm_as_interrupt
 
     output_path = Path(output).absolute()  # as DatasetWriter takes it
@@ -106,6 +107,10 @@ def record_metaworld(
                                 "exist; make that folder (or mount it), or name another --output")
     if output_path.exists() and not output_path.is_dir():
         raise FileExistsError(f"{output} exists and is not a directory")
+    blocker = not_a_directory_above(output)
+    if blocker is not None:  # mkdir said only "[Errno 20] Not a directory"
+        raise FileExistsError(f"--output {output}: {blocker} exists and is not a directory; expected a folder there, "
+                              "or name another --output")
     refuse_live_runs_around(output_path, flag="--output")  # never a dataset inside the folder of a run still running
     if output_path.is_dir():
         refuse_live_claims(output_path, flag="--output")  # never empty a directory another recording (or any run) fills

@@ -10,7 +10,9 @@ Layout of a rollout directory (its file names: output_files; run.json: run_file;
 `--resume DIR` reads run.json and episodes.jsonl and runs only the episodes still missing (or errored), with
 run.json's settings (a command line giving others is refused); its eval_s adds up every attempt's.
 A shard (`--shard I/N`) has its own run_, episodes_ and results_shard{i}of{N} files, so the shards of one split may
-share a directory; --overwrite then replaces one shard's files only.
+share a directory; --overwrite then replaces one shard's files only, and removes a merge of the split written there
+(`merge DIR --output DIR`) that holds the shard's earlier results, as a --resume of the shard does (remove_merges_of).
+--overwrite empties only a folder that holds nothing but an earlier run's files (_not_a_runs): never a project folder.
 """
 
 from __future__ import annotations
@@ -26,14 +28,14 @@ from typing import List, Optional, Sequence, Set, Union
 from .episode_log import EpisodeLog
 from .eval_info import EVAL_INFO_FILENAME
 from .output_files import (EPISODE_LOG_FILENAME, RUN_FILENAME, SHARD_FILE_NAME, OutputDirError, episode_log_name,
-                           results_file_name, run_file_name, shard_files)
+                           not_a_directory_above, results_file_name, run_file_name, shard_files)
 from .run_file import ROLLOUT_LOCK_FILENAME, directory_lock, held_run_claims, write_run_file
 from .run_resume import add_earlier_eval_s, resume_command
 from .trash import OVERWRITE_TRASH, delete_trash, move_to_trash
 
 __all__ = ["RESUMABLE_FILENAMES", "ROLLOUT_LOCK_FILENAME", "RUN_FILENAME", "EpisodeLog", "OutputDirError",
            "add_earlier_eval_s", "check_output_dir", "dated_output_dir", "directory_lock", "episode_log_name",
-           "held_run_claims", "make_fresh_dated_output_dir", "prepare_output_dir", "remove_quietly",
+           "held_run_claims", "make_fresh_dated_output_dir", "prepare_output_dir", "remove_merges_of", "remove_quietly",
            "results_file_name", "resume_command", "run_file_name", "write_run_file"]
 
 logger = logging.getLogger(__name__)
@@ -41,6 +43,14 @@ logger = logging.getLogger(__name__)
 # What `rollout --resume` and `batch --resume` (its batch_results.json) continue from: without one, a folder that is
 # not empty is not advised to be resumed.
 RESUMABLE_FILENAMES = (RUN_FILENAME, "batch_results.json")
+# What a rollout, open-loop or batch run leaves at the top of its --output-dir, besides its shard files, hidden .gr00t
+# files (claims, locks, trash), half-written files, a merge's results file, plots and episode videos (_not_a_runs):
+# --overwrite empties a folder holding only these. (open_loop_cli.OPEN_LOOP_RUN_FILENAME, batch_cli.BATCH_CLAIM_FILENAME,
+# batch.BATCH_RESULTS_FILENAME and JOBS_DIRNAME, the copy of its jobs.json.)
+RUN_OUTPUT_NAMES = frozenset({RUN_FILENAME, EPISODE_LOG_FILENAME, "results.json", EVAL_INFO_FILENAME, "videos",
+                              "open_loop_run.json", "batch.json", "batch_results.json", "jobs.json", "jobs",
+                              "episodes.replaced.jsonl"})  # a batch job's log of a run under other settings
+_PLOT_NAME = re.compile(r"traj_[0-9]+\.jpeg")  # open-loop's default plot names (plots.DEFAULT_PLOT_SUFFIX)
 
 
 def remove_quietly(path: Union[str, Path]) -> None:
@@ -91,6 +101,10 @@ def check_output_dir(path: Union[str, Path], overwrite: bool = False, own_files:
         raise OutputDirError(problem)
     if path.exists() and not path.is_dir():
         raise OutputDirError(f"--output-dir {path} exists and is not a directory")
+    blocker = not_a_directory_above(path)
+    if blocker is not None:  # mkdir said only "[Errno 20] Not a directory"
+        raise OutputDirError(f"--output-dir {path}: {blocker} exists and is not a directory; expected a folder there, "
+                             "or name another --output-dir")
     refuse_live_runs_around(path)  # inside a folder a run still writes to (its videos/): --overwrite or not
     if not path.is_dir():
         return
@@ -103,6 +117,13 @@ def check_output_dir(path: Union[str, Path], overwrite: bool = False, own_files:
         refuse_live_claims(path, skip=keep)
         if overwrite:
             _refuse_inputs(path)
+            foreign = _not_a_runs(path, keep)
+            if foreign:
+                shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
+                raise OutputDirError(f"--output-dir {path} holds {shown}, which no earlier run wrote; --overwrite empties "
+                                     "only an earlier run's folder (its run, results and claim files, episode logs, "
+                                     "videos/, jobs/), so nothing was deleted: name another directory, or move those "
+                                     "away first")
             return
         # A half-written file of a process killed mid-write (its run file, say) is not content: prepare_output_dir
         # deletes it. It made the folder "not empty", and the --resume suggested then found no run.json.
@@ -177,6 +198,9 @@ def prepare_output_dir(path: Union[str, Path], overwrite: bool = False, own_file
         if earlier:
             logger.warning("emptying %s (--overwrite)", path)
             _remove_earlier_run(path, sorted(earlier, key=lambda entry: entry.name not in RESUMABLE_FILENAMES))
+    shard_results = next((name for name in own_files or () if name.startswith("results")), None)
+    if shard_results is not None and path.is_dir():
+        remove_merges_of(path, shard_results)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -202,6 +226,61 @@ def _remove_earlier_run(path: Path, entries: Sequence[Path], elsewhere: Sequence
         logger.warning("stopped while --overwrite deleted the earlier run in %s: it is removed (what is left of it in %s "
                        "is deleted by the next run there)", path, trash)
         raise
+
+
+def remove_merges_of(path: Union[str, Path], results_name: str) -> None:
+    """Delete a merge in the shards' directory `path` (`merge DIR --output DIR`: a results file with merged_from, and its
+    eval_info.json) whose merged_files names `results_name`, the shard's results file a new run or a --resume replaces:
+    left, it would go on saying "complete" with numbers no file on disk backs. Says so in one line."""
+    path = Path(path)
+    for merge in sorted(path.glob("*.json")):
+        try:
+            results = json.loads(merge.read_text())
+        except (OSError, ValueError):
+            continue
+        merged = results.get("merged_files") if isinstance(results, dict) and "merged_from" in results else None
+        if not isinstance(merged, list) or not any(isinstance(f, str) and Path(f).name == results_name for f in merged):
+            continue
+        removed = [merge]
+        eval_info = path / EVAL_INFO_FILENAME
+        try:
+            paired = json.loads(eval_info.read_text()).get("merged_results", merge.name)
+        except (OSError, ValueError, AttributeError):
+            paired = None
+        if paired == merge.name:
+            removed.append(eval_info)
+        for file in removed:
+            file.unlink(missing_ok=True)
+        logger.warning("removed %s, the merge of this split's shards in %s: it holds the earlier results of %s, "
+                       "which this run replaces; merge again once the shards are done: gr00t-eval merge %s --output %s",
+                       " and ".join(file.name for file in removed), path, results_name, path, path / merge.name)
+
+
+def _not_a_runs(path: Path, keep: Sequence[str]) -> List[str]:
+    """The entries at the top of `path` that no earlier run wrote (RUN_OUTPUT_NAMES and the rest listed there; a folder
+    counts as a run's when everything in it is, as an earlier run's own folder): a project's files, which --overwrite
+    must not delete."""
+    from .run_claim import CLAIM_FILENAMES, PARTIAL_FILE_NAME, claim_lock_name
+
+    locks = {claim_lock_name(name) for name in CLAIM_FILENAMES}
+    foreign = []
+    for entry in sorted(path.iterdir()):
+        name = entry.name
+        if (name in keep or name in RUN_OUTPUT_NAMES or name in locks or name.startswith(".gr00t")
+                or SHARD_FILE_NAME.fullmatch(name) or PARTIAL_FILE_NAME.fullmatch(name) or _PLOT_NAME.fullmatch(name)
+                or (entry.suffix == ".mp4" and _is_episode_video(name))
+                or (entry.suffix == ".json" and _is_merge_output(entry))
+                or (entry.is_dir() and not entry.is_symlink() and not _not_a_runs(entry, ()))):
+            continue
+        foreign.append(name)
+    return foreign
+
+
+def _is_episode_video(name: str) -> bool:
+    """Whether `name` is an episode video's (a --video-dir that is the output folder itself)."""
+    from .video import EPISODE_VIDEO_NAME  # here: importing it loads PyAV, which only a folder of videos needs
+
+    return EPISODE_VIDEO_NAME.fullmatch(name) is not None
 
 
 def _split_of(names: Sequence[str]) -> Optional[int]:

@@ -58,7 +58,9 @@ def register_scale_commands(subparsers: Any) -> None:
     p.add_argument(*_flag("output-dir"), type=path_flag, default=None,
                    help=f"where jobs.json and batch_results.json go; must be empty or new (default: a new dated "
                         f"directory {DEFAULT_BATCH_DIR}/YYYY-MM-DD/HH-MM-SS_batch)")
-    p.add_argument(*_flag("overwrite"), action="store_true", help="empty a non-empty --output-dir first")
+    p.add_argument(*_flag("overwrite"), action="store_true",
+                   help="empty a non-empty --output-dir first: one holding only an earlier run's files (a folder with "
+                        "others is refused, deleting nothing)")
     p.add_argument(*_flag("resume"), type=path_flag, default=None, metavar="DIR",
                    help="continue the batch in DIR: jobs marked done are kept (unless their settings or policy_server "
                         "changed since), pending and failed ones run again")
@@ -67,7 +69,8 @@ def register_scale_commands(subparsers: Any) -> None:
     p = subparsers.add_parser("merge", help="merge `rollout --shard` results into the results of one run")
     p.add_argument("results", nargs="+", type=path_flag, help="results files (or directories holding results*.json)")
     p.add_argument(*_flag("output"), type=path_flag, required=True,
-                   help="merged results file (a directory gets results.json)")
+                   help="merged results file (a directory gets results.json; a symbolic link is written through, "
+                        "to where it points)")
     p.add_argument(*_flag("allow-missing"), action="store_true",
                    help="merge even if some episodes are in no file (the merged status is then 'incomplete', exit status 1)")
     p.add_argument(*_flag("allow-errors"), action="store_true",
@@ -90,10 +93,11 @@ def run_rollout_command(args: argparse.Namespace) -> int:
     from .cli_errors import UsageError
     from .episode_log import EpisodeLog, latest_entries
     from .metrics import EpisodeOutcome
-    from .output_files import episode_log_name, run_file_name
+    from .output_files import episode_log_name, results_file_name, run_file_name
     from .rollout.config import draw_base_seed
     from .ray_connect import check_ray_address, import_ray
     from .ray_runner import parse_servers
+    from .run_dir import remove_merges_of
     from .run_file import read_run_file, write_run_file
     from .run_resume import add_earlier_task_eval_s, earlier_eval_s, earlier_results, refuse_changed_settings
     from .run_stop import is_storage_error, is_storage_line
@@ -135,6 +139,8 @@ def run_rollout_command(args: argparse.Namespace) -> int:
             config = dataclasses.replace(config, video_dir=str(output_dir.absolute() / "videos"))
         config = resumed_env_timeout(args, config, output_dir)
         _claim_videos(output_dir, shard, env_spec, config, resume=True)
+        if shard is not None:  # a merge of the split in its folder holds this shard's results, which now change
+            remove_merges_of(output_dir, results_file_name(shard))
         earlier_not_applied = saved.get("settings_not_applied") or {}
         earlier = earlier_results(output_dir, shard)
         # A Ray run whose driver could not ask every server records no policy in run.json; its results name the one
