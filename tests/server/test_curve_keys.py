@@ -92,6 +92,33 @@ def test_keygen_refuses_to_replace_a_key_pair_unless_forced(tmp_path, capsys):
     assert zmq.auth.load_certificate(str(tmp_path / "server.key"))[0] != first
 
 
+def test_two_forced_keygens_at_once_leave_one_matching_pair_and_nothing_else(tmp_path):
+    # Each renamed its own pair in: NAME.key of one beside the other's NAME.key_secret (both exit 0), and every
+    # client handed NAME.key was refused by the server holding the secret. The second now waits for the first.
+    generate_certificates(tmp_path, "server")
+    for _ in range(200):
+        barrier = threading.Barrier(2)
+        errors = []
+
+        def forced():
+            barrier.wait()
+            try:
+                generate_certificates(tmp_path, "server", overwrite=True)
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=forced) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        public, _ = zmq.auth.load_certificate(str(tmp_path / "server.key"))
+        secret_public, _ = zmq.auth.load_certificate(str(tmp_path / "server.key_secret"))
+        assert public == secret_public
+    assert sorted(os.listdir(tmp_path)) == ["server.key", "server.key_secret"]
+
+
 def test_server_key_must_be_the_secret_certificate(tmp_path):
     public_path, secret_path = generate_certificates(tmp_path, "server")
     with pytest.raises(ValueError, match=r"only a public key; pass the secret certificate"):

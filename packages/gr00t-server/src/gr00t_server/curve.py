@@ -17,7 +17,7 @@ import stat as stat_mode
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, FrozenSet, List, Optional, Tuple, Union
+from typing import Dict, FrozenSet, Iterator, List, Optional, Tuple, Union
 
 import zmq
 import zmq.auth
@@ -89,6 +89,32 @@ def generate_certificates(directory: Union[str, os.PathLike], name: str = "serve
     directory = Path(directory).expanduser()  # a quoted '~/keys' (or an exec-form CMD's) is not expanded by a shell
     directory.mkdir(parents=True, exist_ok=True)
     public_path, secret_path = directory / f"{name}{PUBLIC_SUFFIX}", directory / f"{name}{SECRET_SUFFIX}"
+    # Two keygens of one NAME at once each renamed its own pair in, interleaved: NAME.key of one beside the other's
+    # NAME.key_secret, both exit 0, and every client handed NAME.key was refused. The second now waits for the first,
+    # then finds its pair (refused without --force, replaced whole with it). The folder itself is locked: no lock
+    # file is left among the keys.
+    with _folder_lock(directory):
+        return _generate_locked(directory, public_path, secret_path, overwrite)
+
+
+@contextlib.contextmanager
+def _folder_lock(directory: Path) -> Iterator[None]:
+    """An exclusive flock on `directory` while held; none where fcntl is missing."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _generate_locked(directory: Path, public_path: Path, secret_path: Path, overwrite: bool) -> Tuple[Path, Path]:
+    """generate_certificates, under its lock."""
     existing = [str(p) for p in (public_path, secret_path) if os.path.lexists(p)]  # a dangling link too
     if existing and not overwrite:
         dangling = [p for p in existing if not os.path.exists(p)]
