@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from eval.scale_fixtures import ConstantPolicy, InterruptOnCall, free_port, policy_server, run_cli
-from gr00t_eval.batch import Job, JobError, PolicyServerAddress, job_dir_name, load_jobs, run_batch
+from gr00t_eval.batch import Job, JobError, PolicyServerAddress, connect, job_dir_name, load_jobs, run_batch
 from gr00t_eval.rollout.runner import RolloutConfig
 from gr00t_eval.shard import run_suite
+from serving import running_server
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "batch-jobs.md"
 SMALL = {"n_episodes": 3, "n_envs": 2, "seed": 0, "max_episode_steps": 6,
@@ -367,6 +368,26 @@ def test_a_started_job_whose_settings_changed_runs_from_the_start_naming_each_ch
     run_batch(load_jobs(path), path, policy_factory=lambda s: ConstantPolicy(), previous=json.loads(path.read_text()))
     assert "job a: its settings changed (max_episode_steps 6 -> 5) since" in caplog.text
     assert "running the job from the start" in caplog.text
+
+
+def test_a_new_batch_into_an_earlier_batchs_output_path_is_refused_naming_the_path_and_how_to_resume(tmp_path):
+    """A second run_batch without `previous` ran no episode and reported the first batch's episodes (kept in their job
+    folder) as its own, replacing batch_results.json: the CLI refuses such a folder unless --overwrite or --resume."""
+    path = tmp_path / "batch_results.json"
+    with running_server(ConstantPolicy()) as server:
+        settings = {"n_episodes": 2, "n_envs": 1, "max_episode_steps": 6, "n_action_steps": 2, "vectorization": "sync",
+                    "seed": 0}
+        job = Job("a", "walkto/fast", PolicyServerAddress("127.0.0.1", server.port), settings)
+        first = run_batch([job], path, policy_factory=connect)
+        earlier, episodes = path.read_text(), (tmp_path / "jobs" / "a" / "episodes.jsonl").read_text()
+        with pytest.raises(ValueError) as refused:
+            run_batch([job], path, policy_factory=connect)
+        message = str(refused.value)
+        assert f"output_path {path}: an earlier batch is there" in message
+        assert "to resume it pass previous=" in message and "to run a new batch delete" in message
+        assert path.read_text() == earlier and (tmp_path / "jobs" / "a" / "episodes.jsonl").read_text() == episodes
+        resumed = run_batch([job], path, policy_factory=connect, previous=json.loads(earlier))  # resuming is taken
+    assert resumed["jobs"][0] == first["jobs"][0]
 
 
 def test_job_folders_are_safe_file_names_and_distinct(tmp_path):

@@ -3,6 +3,7 @@ gives ENOSPC): an error naming the file and what was kept, never a crash, a half
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -20,9 +21,9 @@ _LIMITED = textwrap.dedent(
 )
 
 
-def run_limited(limit: int, body: str, *args: str) -> subprocess.CompletedProcess:
+def run_limited(limit: int, body: str, *args: str, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", _LIMITED + textwrap.dedent(body), str(limit), *args],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, cwd=cwd)
 
 
 def test_an_mp4_whose_write_fails_raises_instead_of_crashing_the_process(tmp_path):
@@ -129,6 +130,44 @@ def test_a_full_disk_in_one_batch_job_stops_the_batch_instead_of_starting_the_ne
     assert "File too large" in last and "the batch stopped there" in last, last
     assert f"gr00t-eval batch --resume {out}" in last
     assert "job first failed" not in result.stderr and "job 2/2" not in result.stderr  # the second job never started
+
+
+_COMMAND_UNDER_LIMIT = """
+sys.path.insert(0, sys.argv[2])
+import eval.scale_fixtures  # registers the walkto envs
+from gr00t_eval.cli import main
+sys.exit(main(["--log-level", "WARNING", *sys.argv[3:]]))
+"""
+
+
+@pytest.mark.parametrize("command, folder", [("batch", "-b sp"), ("rollout", "-run")])
+def test_the_printed_resume_command_names_the_folder_when_pasted_into_a_shell(tmp_path, command, folder):
+    """batch printed --resume DIR unquoted (a folder with a space was two words), and neither batch nor rollout
+    guarded a relative folder starting with '-' (argparse read it as an option: 'expected one argument')."""
+    from eval.scale_fixtures import policy_server
+
+    from gr00t_eval.cli import build_parser
+
+    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    settings = {"n_episodes": 40, "n_envs": 1, "max_episode_steps": 6, "seed": 3}
+    with policy_server() as server:
+        if command == "batch":
+            (tmp_path / "jobs.json").write_text(json.dumps({"jobs": [
+                {"name": "first", "env_name": "walkto/slow", "policy_server": {"port": server.port}, **settings,
+                 "overrides": {"n_action_steps": 2, "vectorization": "sync"}}]}))
+            argv = ["batch", "--jobs", "jobs.json", f"--output-dir={folder}"]
+        else:
+            argv = ["rollout", "--env-name", "walkto/slow", "--env-import", "eval.scale_fixtures",
+                    "--policy-client-port", str(server.port), f"--output-dir={folder}", "--timeout-ms", "5000",
+                    "--no-video", "--n-action-steps", "2", "--vectorization", "sync",
+                    *(f"--{key.replace('_', '-')}={value}" for key, value in settings.items())]
+        result = run_limited(4000, _COMMAND_UNDER_LIMIT, tests, *argv, cwd=tmp_path)
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2 and f"continue with: gr00t-eval {command} --resume " in last, result.stderr
+    pasted = shlex.split(last.split("continue with: ", 1)[1])[1:4]  # as a shell splits the printed command
+    assert pasted[:2] == [command, "--resume"], last
+    args = build_parser().parse_args(pasted)
+    assert (tmp_path / args.resume).resolve() == (tmp_path / folder).resolve()
 
 
 def test_an_episode_log_line_cut_short_does_not_swallow_the_next_entry(tmp_path):

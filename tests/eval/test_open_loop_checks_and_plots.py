@@ -303,6 +303,21 @@ def test_a_policy_reporting_its_keys_in_the_flat_spelling_is_refused_naming_the_
         check_open_loop_policy(FlatKeys(dataset, execution_horizon=4), config)
 
 
+def test_a_plot_path_naming_a_users_own_file_is_refused_as_a_file_there_not_as_an_earlier_runs(tmp_path, capsys):
+    """A file no run wrote (no results.json anywhere) was refused as "an earlier run's, which its results.json names",
+    sending the user looking for a run that never was."""
+    pytest.importorskip("matplotlib")
+    dataset = make_dataset(tmp_path / "ds", lengths=(12,))
+    mine = tmp_path / "figure.png"
+    mine.write_bytes(b"\x89PNG\r\n\x1a\nmy own figure")
+    with running_server(ReplayPolicy(dataset, execution_horizon=4)) as server:
+        assert open_loop(dataset, server, tmp_path / "out", "--steps", "4", "--save-plot-path", str(mine)) == 2
+    err = capsys.readouterr().err
+    assert f"would replace {mine}, which is there already (a file this run would replace)" in err
+    assert "results.json names" not in err
+    assert mine.read_bytes() == b"\x89PNG\r\n\x1a\nmy own figure" and not (tmp_path / "out").exists()
+
+
 def test_a_plot_path_holding_another_runs_plot_is_refused_naming_the_file(tmp_path, capsys):
     """Run B (another --output-dir, the same --save-plot-path) replaced run A's plot, which A's results.json names."""
     pytest.importorskip("matplotlib")

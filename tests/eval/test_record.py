@@ -284,3 +284,23 @@ def test_a_dangling_symlink_as_output_or_its_parent_is_named_with_its_missing_ta
     assert f"--output {output} {where} symbolic link to {target}, which does not exist" in line, line
     assert "Traceback" not in result.stderr and "File exists" not in line and not target.exists()
     assert "Traceback" not in result.stderr and not target.exists()
+
+
+def test_an_output_whose_name_is_not_utf8_is_refused_naming_it_before_recording(tmp_path):
+    """pyarrow takes UTF-8 paths only: a Latin-1 folder name ('café') failed after the episode was simulated, with a
+    raw codec error ('surrogates not allowed') that named neither --output nor what to do."""
+    import subprocess
+    import sys
+
+    output = os.fsencode(tmp_path) + b"/dataset_caf\xe9"
+    result = subprocess.run(
+        [sys.executable, "-m", "gr00t_eval.cli", "record", "--env-name", "metaworld/reach-v3", "--episodes", "1",
+         "--output", output, "--max-episode-steps", "5"],
+        capture_output=True, timeout=120,
+    )
+    err = result.stderr.decode("utf-8", "replace")
+    line = err.strip().splitlines()[-1]
+    assert result.returncode == 2, err[-2000:]
+    assert f"--output {tmp_path}/dataset_caf\\xe9: its name is not UTF-8" in line, line
+    assert "rename it, or name another --output" in line and "Traceback" not in err and "codec" not in err
+    assert not os.path.exists(output)

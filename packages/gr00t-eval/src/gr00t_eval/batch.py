@@ -303,11 +303,15 @@ def run_batch(jobs: Iterable[Union[Job, JobError]], output_path: Optional[Union[
     keep the episodes logged in their run folder (OUTPUT_DIR/jobs/<name>/, with `output_path`).
     On Ctrl-C/SIGTERM the running job goes back to pending, the file says "status": "interrupted", and
     KeyboardInterrupt propagates. Jobs must have distinct names (JobError before any runs), as in a job file.
+    Without `previous`, an `output_path` holding an earlier batch's results, or job folders holding its episodes, is
+    refused (ValueError) before any job runs.
     """
     jobs = list(jobs)  # read once: a generator was used up by the name check, and the batch then ran no job
     if not jobs:  # as load_jobs refuses an empty job file: a batch that ran nothing must not say "complete"
         raise ValueError("jobs lists no jobs; a batch needs at least one Job")
     check_unique_job_names(jobs)
+    if previous is None and output_path is not None:
+        _refuse_earlier_batch(Path(output_path), jobs)
     batch: Dict[str, Any] = {"kind": "batch", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                              "status": "running", "jobs": [_pending_record(job, i) for i, job in enumerate(jobs)]}
     jobs_dir = None if output_path is None else Path(output_path).parent / JOBS_DIRNAME
@@ -360,6 +364,29 @@ def run_batch(jobs: Iterable[Union[Job, JobError]], output_path: Optional[Union[
     batch["status"] = "complete"
     save()
     return batch
+
+
+def _refuse_earlier_batch(output_path: Path, jobs: List[Union[Job, JobError]]) -> None:
+    """ValueError when a new batch (no `previous`) would take the place of an earlier one: its jobs would keep the
+    episodes logged in their folders and report them as new, and its batch_results.json would be replaced (the CLI
+    refuses such a folder too, unless --overwrite or --resume)."""
+    jobs_dir, earlier = output_path.parent / JOBS_DIRNAME, []
+    if output_path.is_file():
+        try:
+            held = json.loads(output_path.read_text())
+        except (OSError, ValueError):  # no batch's results (a job file, say): written over, as before
+            held = None
+        if isinstance(held, dict) and held.get("kind") == "batch":
+            earlier.append(f"{output_path} (its results)")
+    for job in jobs:
+        job_dir = jobs_dir / job_dir_name(job.name) if isinstance(job, Job) else None
+        if job_dir is not None and job_dir.is_dir() and any(job_dir.iterdir()):
+            earlier.append(f"{job_dir} (the episodes of job {job.name!r})")
+    if earlier:
+        raise ValueError(f"output_path {output_path}: an earlier batch is there ({'; '.join(earlier)}); to resume it "
+                         f"pass previous= its results (json.loads of {output_path}, or {{'jobs': []}} when there are "
+                         f"none), or to run a new batch delete {output_path} and {jobs_dir} (or name another "
+                         "output_path)")
 
 
 def format_table(batch: Mapping[str, Any]) -> str:

@@ -16,6 +16,7 @@ from .cli_errors import UsageError
 from .output_files import OutputDirError
 from .run_claim import (claim_lock_name, claim_output_dir, finish_claim, refuse_live_claim, refuse_live_claims,
                         take_claim)
+from .run_resume import command_path
 from . import run_dir  # its folder helpers looked up when called (tests stand in for them there)
 from .run_stop import (INTERRUPTED_EXIT_CODE, OutputFolderGone, is_storage_line, sigterm_as_interrupt, storage_advice,
                        stop_signals_ignored_until_exit, storage_error_text)
@@ -62,7 +63,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
         stop_signals_ignored_until_exit()
         if batch.get("status") != "complete":  # else it came after the last write, as run_batch returned: all done
             print(format_table(batch))
-            print(f"INTERRUPTED: {batch['n_pending']} jobs pending (continue with: gr00t-eval batch --resume {output_dir})")
+            print(f"INTERRUPTED: {batch['n_pending']} jobs pending (continue with: "
+                  f"gr00t-eval batch --resume {command_path(output_dir)})")
             print(f"Results: {path}")
             return INTERRUPTED_EXIT_CODE
         outcome = "complete"
@@ -77,7 +79,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 def _storage_stop_message(exc: OSError, path: Path, output_dir: Path) -> str:
     """The one line for a batch stopped by a storage error (is_storage_line) before or while a job ran: what is kept,
     and the command that continues."""
-    resume = f"gr00t-eval batch --resume {output_dir}"
+    resume = f"gr00t-eval batch --resume {command_path(output_dir)}"
     if not path.is_file():  # its first write failed: no job started, and jobs.json is all a resume needs
         return (f"{storage_error_text(exc)}: the batch stopped before any job started; {storage_advice(exc).lower()}, "
                 f"then continue with: {resume} (it runs the jobs of {output_dir / 'jobs.json'})")

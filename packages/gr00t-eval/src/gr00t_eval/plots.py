@@ -57,8 +57,8 @@ def check_plot_folder_free(path: str, output_dir: Optional[str], name: str = "pl
     """ValueError when the folder the plots of `path` go in holds another run's results.json, is claimed by a run
     still running, or holds a plot file of `traj_ids` already, unless it is `output_dir` (this run's own) or the plot
     file is one the results.json in `output_dir` names (the earlier run there, which --overwrite replaces): this run's
-    plots would replace another run's, which its results.json (in its own output folder) names. An earlier plot of
-    another run is removed by hand, or another plot path given."""
+    plots would replace another run's (or any other file already there). An earlier plot of another run is removed by
+    hand, or another plot path given."""
     from .output_files import OutputDirError
     from .results import RESULTS_FILENAME
     from .run_claim import refuse_live_claims
@@ -79,10 +79,12 @@ def check_plot_folder_free(path: str, output_dir: Optional[str], name: str = "pl
         plot = (folder / f"traj_{traj_id}{DEFAULT_PLOT_SUFFIX}" if is_plot_folder(path)
                 else trajectory_plot_file(path, traj_id, len(traj_ids)))
         if plot.is_file() and plot.resolve() not in own:  # something else there fails only its plot, when drawn
+            # Not said to be an earlier run's: the results.json that would name it is in that run's own output
+            # folder, which this run cannot see (a file of the user's own is refused the same way).
             raise ValueError(f"{name} {path}: the plot of trajectory {traj_id} would replace {plot}, which is there "
-                             "already (an earlier run's, which its results.json names); expected a plot path with no "
-                             "plot of these trajectories (a new one, or this run's --output-dir): remove that file or "
-                             "give another (--overwrite empties only --output-dir)")
+                             "already (a file this run would replace); expected a plot path with no plot of these "
+                             "trajectories (a new one, or this run's --output-dir): remove that file or give another "
+                             "(--overwrite empties only --output-dir)")
 
 
 def _plots_named_in(output_dir: Optional[str]) -> Set[Path]:

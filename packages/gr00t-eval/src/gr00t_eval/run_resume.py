@@ -17,10 +17,17 @@ from .output_files import results_file_name
 logger = logging.getLogger(__name__)
 
 
+def command_path(directory: Union[str, Path]) -> str:
+    """`directory` as one shell word that argparse reads as a value: quoted, and a relative name starting with '-'
+    (which argparse takes for an option) given as ./-name."""
+    text = str(directory)
+    return shlex.quote(f"./{text}" if text.startswith("-") else text)
+
+
 def resume_command(directory: Union[str, Path], shard: Any = None) -> str:
     """'gr00t-eval rollout --resume DIR [--shard I/N]': what the messages about an unfinished run tell the user to
     type, pasteable into a shell (`shard`: a ShardSpec, or anything whose str() is I/N; None for a whole run)."""
-    return f"gr00t-eval rollout --resume {shlex.quote(str(directory))}{'' if shard is None else f' --shard {shard}'}"
+    return f"gr00t-eval rollout --resume {command_path(directory)}{'' if shard is None else f' --shard {shard}'}"
 
 
 # rollout flag (dest) -> the run.json config field it sets; --env-name is run.json's env_name.
