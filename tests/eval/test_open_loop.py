@@ -329,6 +329,9 @@ def test_denoising_steps_reach_a_gr00t_server_and_are_recorded_applied(dataset, 
     seen = []
 
     class OptionsSeen(EchoPolicy):
+        def work_limits(self):  # as Gr00tPolicy's: get_server_info reports the cap, the server's sign it applies it
+            return {"max_denoising_steps": 16}
+
         def _get_action(self, observation, options=None):
             seen.append(options)
             return super()._get_action(observation, options)
@@ -337,3 +340,20 @@ def test_denoising_steps_reach_a_gr00t_server_and_are_recorded_applied(dataset, 
         result, _ = run(dataset, tmp_path, client, traj_ids=[0], denoising_steps=2, plot=False)
     assert json.loads(result.results_path.read_text())["settings_not_applied"] == {}
     assert seen and all(options == {"denoising_steps": 2} for options in seen)
+
+
+def test_denoising_steps_against_a_gr00t_server_reporting_no_max_denoising_steps_are_warned_and_recorded_not_applied(
+        dataset, tmp_path, caplog):
+    """An older gr00t-server ignores options it does not know and its get_server_info reports no max_denoising_steps:
+    results.json recorded settings_not_applied {} with config.denoising_steps 2, scores reported as 2-step ones."""
+    pytest.importorskip("gr00t_server")
+    from gr00t_client import PolicyClient
+    from serving import running_server
+
+    with running_server(EchoPolicy()) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        assert "max_denoising_steps" not in client.get_server_info()["limits"]
+        result, _ = run(dataset, tmp_path, client, traj_ids=[0], denoising_steps=2, plot=False)
+    saved = json.loads(result.results_path.read_text())
+    assert saved["settings_not_applied"] == {"denoising_steps": 2} and saved["config"]["denoising_steps"] == 2
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "--denoising-steps 2" in r.getMessage()]
+    assert warned and "does not report max_denoising_steps" in warned[0]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import time
 
 import pytest
@@ -396,6 +397,69 @@ def test_a_run_reached_through_a_link_resumes_into_its_own_video_dir(tmp_path):
         (tmp_path / "link").symlink_to(tmp_path / "run")
         assert rollout(port, "--resume", str(tmp_path / "link")) == 0
     assert listed_videos(tmp_path / "link") == videos_of_every_episode(videos)
+
+
+def as_older_run_file(out, video_dir):
+    """Make `out`'s run file one an older gr00t-eval wrote: no default_video_dir, and `video_dir` (as that run was
+    given it, relative or absolute) saved for its videos, which its episode log names under it."""
+    run = json.loads((out / "run.json").read_text())
+    saved = run["config"]["video_dir"]
+    del run["default_video_dir"]
+    run["config"]["video_dir"] = video_dir
+    (out / "run.json").write_text(json.dumps(run))
+    lines = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines() if line.strip()]
+    for entry in lines:
+        if entry.get("video_path"):
+            entry["video_path"] = entry["video_path"].replace(saved, video_dir, 1)
+    (out / "episodes.jsonl").write_text("".join(json.dumps(entry) + "\n" for entry in lines))
+
+
+def video_bytes(folder):
+    return {path: path.read_bytes() for path in folder.rglob("*.mp4")}
+
+
+def test_a_copy_of_an_older_run_resumed_writes_its_videos_into_the_copy_not_the_original(tmp_path, monkeypatch):
+    """An older run file saved `--output-dir run`'s video folder as "run/videos": the copy's resume wrote its videos
+    into the original run's folder and listed them there."""
+    monkeypatch.chdir(tmp_path)
+    with interrupted_video_run(tmp_path / "run") as port:
+        as_older_run_file(tmp_path / "run", "run/videos")
+        shutil.copytree(tmp_path / "run", tmp_path / "copy")
+        original = video_bytes(tmp_path / "run" / "videos")
+        assert rollout(port, "--resume", "copy") == 0
+    assert video_bytes(tmp_path / "run" / "videos") == original
+    assert listed_videos(tmp_path / "copy") == videos_of_every_episode(tmp_path / "copy" / "videos")
+
+
+def test_a_moved_older_run_with_an_absolute_video_folder_resumes_into_its_own_videos(tmp_path):
+    """An older run file saved an absolute --output-dir's video folder as it was: the moved run's resume re-created
+    the old location and wrote its videos there."""
+    with interrupted_video_run(tmp_path / "old") as port:
+        as_older_run_file(tmp_path / "old", str(tmp_path / "old" / "videos"))
+        (tmp_path / "old").rename(tmp_path / "new")
+        assert rollout(port, "--resume", str(tmp_path / "new")) == 0
+    assert not (tmp_path / "old").exists()
+    assert listed_videos(tmp_path / "new") == videos_of_every_episode(tmp_path / "new" / "videos")
+
+
+def test_an_older_run_whose_video_folder_outside_it_cannot_be_told_default_is_refused_until_video_dir_says(
+        tmp_path, monkeypatch, capsys):
+    """A copy without the earlier videos cannot tell whether "run/videos" was the run's default folder: its resume
+    wrote into the original run's."""
+    monkeypatch.chdir(tmp_path)
+    with interrupted_video_run(tmp_path / "run") as port:
+        as_older_run_file(tmp_path / "run", "run/videos")
+        shutil.copytree(tmp_path / "run", tmp_path / "copy", ignore=shutil.ignore_patterns("videos"))
+        original = video_bytes(tmp_path / "run" / "videos")
+        capsys.readouterr()
+        assert rollout(port, "--resume", "copy") == 2
+        err = capsys.readouterr().err
+        assert f"saved the video folder 'run/videos', which is {tmp_path / 'run' / 'videos'}, outside the directory " \
+               f"resumed ({tmp_path / 'copy'})" in err, err
+        assert f"--video-dir {tmp_path / 'copy' / 'videos'} to write them into the directory resumed" in err
+        assert rollout(port, "--resume", "copy", "--video-dir", "copy/videos") == 0
+    assert video_bytes(tmp_path / "run" / "videos") == original
+    assert {path.parent.parent for path in (tmp_path / "copy" / "videos").rglob("*.mp4")} == {tmp_path / "copy" / "videos"}
 
 
 def test_a_moved_run_is_told_its_claim_is_under_its_old_name_and_resumes_once_that_claim_goes(tmp_path, capsys):

@@ -83,6 +83,41 @@ def test_resuming_a_run_that_recorded_no_policy_says_its_server_cannot_be_checke
     assert json.loads((out / "run.json").read_text())["policy"]["fingerprint"]  # recorded from now on
 
 
+def test_an_older_gr00t_eval_s_run_that_logged_an_episode_lately_is_neither_resumed_nor_overwritten(tmp_path, capsys):
+    """A run file of a gr00t-eval older than claims names no process to check: a run still running was resumed (its
+    episodes ran twice) or overwritten as if it had ended. One whose log changed in the last 120 s is refused."""
+    out = tmp_path / "run"
+    args = ["rollout", "--env-name", "walkto/slow", "--env-import", "eval.scale_fixtures", "--output-dir", str(out),
+            "--timeout-ms", "5000", "--n-episodes", "3", "--seed", "0", "--n-envs", "1", "--n-action-steps", "2",
+            "--max-episode-steps", "6", "--vectorization", "sync", "--no-video"]
+    with policy_server() as server:
+        assert main([*args, "--policy-client-port", str(server.port)]) == 0
+        run = json.loads((out / "run.json").read_text())
+        for key in ("claim", "policy", "default_video_dir"):  # what an older gr00t-eval's run file did not hold
+            del run[key]
+        (out / "run.json").write_text(json.dumps(run))
+        lines = (out / "episodes.jsonl").read_text().splitlines()
+        (out / "episodes.jsonl").write_text("\n".join(lines[:2]) + "\n")  # its third episode still runs
+        (out / "results.json").unlink()
+        capsys.readouterr()
+        resume = ["rollout", "--resume", str(out), "--policy-client-port", str(server.port), "--env-import",
+                  "eval.scale_fixtures"]
+        assert main(resume) == 2
+        err = capsys.readouterr().err
+        assert f"--resume {out} holds the run of an older gr00t-eval (run.json records no claim, so whether that run " \
+               "still runs cannot be checked), and its episodes.jsonl changed" in err, err
+        assert "Wait for it to end, or stop it first" in err
+        assert main([*args, "--policy-client-port", str(server.port), "--overwrite"]) == 2
+        assert f"--output-dir {out} holds the run of an older gr00t-eval" in capsys.readouterr().err
+        assert len((out / "episodes.jsonl").read_text().splitlines()) == 2  # neither ran an episode
+        # Stopped by Ctrl-C after its second episode, it wrote its results: it ended, and is resumed at once
+        (out / "results.json").write_text(json.dumps({"kind": "rollout", "status": "interrupted"}))
+        logged = (out / "episodes.jsonl").stat().st_mtime
+        os.utime(out / "results.json", (logged + 1, logged + 1))
+        assert main(resume) == 0
+    assert json.loads((out / "results.json").read_text())["status"] == "complete"
+
+
 def test_two_checkpoints_are_still_told_apart_when_a_record_without_identity_matches_both(tmp_path):
     from gr00t_eval.shard import MergeError, merge_results
 
@@ -245,6 +280,32 @@ def test_a_job_resumed_after_an_attempt_that_recorded_no_policy_says_nothing_che
     assert [o.episode_index for o in done] == [0]  # kept, as after an upgrade
     assert "its earlier attempt recorded no policy" in caplog.text and "will pool both" in caplog.text
     assert json.loads((job_dir / "run.json").read_text())["policy"]["fingerprint"] == current["fingerprint"]
+
+
+def test_a_job_an_older_gr00t_eval_wrote_without_a_policy_is_resumed_naming_it_not_blaming_the_server(tmp_path,
+                                                                                                     caplog):
+    """An older gr00t-eval's job run file has no policy key, whatever its server said: the resume's warning said "its
+    server did not say which it served", where a rollout's resume says an older gr00t-eval may be why."""
+    job = parse_job({"name": "j", "env_name": "walkto/fast", "n_episodes": 2, "seed": 0,
+                     "policy_server": {"port": 5555}}, 0)
+    config = job.rollout_config()
+    job_dir = tmp_path / "j"
+    job_dir.mkdir()
+    (job_dir / "run.json").write_text(json.dumps({"job_config": planned_config(config),
+                                                  "config": dataclasses.asdict(config)}))
+    (job_dir / "episodes.jsonl").write_text(json.dumps({"task": "walkto/fast", "episode_index": 0, "seed": 0,
+                                                        "success": True, "sum_reward": 1.0, "max_reward": 1.0,
+                                                        "length": 2, "env_index": 0}) + "\n")
+    with policy_server() as server:
+        from gr00t_client import PolicyClient
+
+        with PolicyClient(host="127.0.0.1", port=server.port, timeout_ms=5000) as client:
+            current = policy_record(client)
+    with caplog.at_level(logging.WARNING):
+        _config, done = prepare_job_dir(job_dir, config, current)
+    assert [o.episode_index for o in done] == [0]
+    assert "recorded no policy (an older gr00t-eval, or a server that did not say)" in caplog.text, caplog.text
+    assert "its server did not say which it served" not in caplog.text
 
 
 def test_a_resume_upgrades_a_checkpoint_record_without_tokenizer_hash_so_a_later_resume_is_held_to_it(tmp_path):

@@ -166,6 +166,27 @@ def test_denoising_steps_option_sets_the_euler_steps_of_that_call(libero, tiny_c
         np.testing.assert_array_equal(again[key], default[key])
 
 
+def test_a_served_gr00t_policy_counts_as_applying_denoising_steps_and_one_reporting_no_cap_does_not(
+        libero, tiny_checkpoint):
+    """gr00t-eval takes a gr00t-server whose get_server_info reports max_denoising_steps to apply denoising_steps; one
+    that reports none (an older server ignored unknown options) is listed under settings_not_applied."""
+    from gr00t_client import PolicyClient
+    from gr00t_eval.applied_settings import settings_not_applied
+    from serving import running_server
+
+    class NoCapReported(Gr00tPolicy):
+        def work_limits(self):
+            return {key: value for key, value in super().work_limits().items() if key != "max_denoising_steps"}
+
+    older = NoCapReported(tiny_checkpoint, "libero_sim", device="cpu")  # its info as an older server's
+    with running_server(libero, embodiment_tag="libero_sim") as server, PolicyClient(port=server.port) as client:
+        assert client.get_server_info()["limits"]["max_denoising_steps"] == 16
+        assert settings_not_applied(client, {"denoising_steps": 2}) == {}
+    with running_server(older, embodiment_tag="libero_sim") as server, PolicyClient(port=server.port) as client:
+        assert "max_denoising_steps" not in client.get_server_info()["limits"]  # asked first, as open-loop does
+        assert settings_not_applied(client, {"denoising_steps": 2}) == {"denoising_steps": 2}
+
+
 def test_a_misspelled_option_is_refused_naming_the_known_ones(libero, tiny_checkpoint):
     """{"Seed": 0} or {"denoise_steps": 1} ran random noise and the default steps, with a debug line."""
     with pytest.raises(ValueError, match=r"unknown options \['Seed'\]; Gr00tPolicy takes \['denoising_steps', 'noise', "

@@ -1,7 +1,9 @@
 """Run settings that reach the policy as get_action options (--denoising-steps, --rtc-frozen-steps), and whether its
 server applies them: a reference server's policy ignores them, and so does a gr00t-server replaying a dataset (its
-get_server_info names the policy_identity kind "replay"), so a run against either warns and records them under
-`settings_not_applied` (results.json, run.json) rather than as settings its scores were measured with."""
+get_server_info names the policy_identity kind "replay"), and a gr00t-server whose get_server_info reports no
+`max_denoising_steps` (an older one ignores options it does not know) cannot be taken to apply denoising_steps, so a
+run against any of them warns and records them under `settings_not_applied` (results.json, run.json) rather than as
+settings its scores were measured with."""
 
 from __future__ import annotations
 
@@ -16,12 +18,21 @@ REPLAY_KINDS = frozenset({"replay"})
 
 def settings_not_applied(policy: Any, settings: Mapping[str, Any]) -> Dict[str, Any]:
     """{name: value} of the `settings` given (not None) that `policy` cannot apply: all of them for a PolicyClient whose
-    server is not a gr00t-server (as far as its get_server_info said) or replays a dataset; none for another
-    gr00t-server or an in-process policy."""
+    server is not a gr00t-server (as far as its get_server_info said) or replays a dataset; denoising_steps for a
+    gr00t-server that does not report max_denoising_steps; none for another gr00t-server or an in-process policy."""
     given = {name: value for name, value in settings.items() if value is not None}
-    if not given or not (_served_by_reference(policy) or _served_policy_kind(policy) in REPLAY_KINDS):
+    if not given:
         return {}
-    return given
+    if _served_by_reference(policy):
+        return given
+    info = _gr00t_server_info(policy)
+    if info is None:
+        return {}
+    if _policy_kind(info) in REPLAY_KINDS:
+        return given
+    if "denoising_steps" in given and not _reports_denoising_cap(info):
+        return {"denoising_steps": given["denoising_steps"]}
+    return {}
 
 
 def warn_not_applied(policy: Any, not_applied: Mapping[str, Any]) -> None:
@@ -30,28 +41,47 @@ def warn_not_applied(policy: Any, not_applied: Mapping[str, Any]) -> None:
         return
     flags = ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in not_applied.items())
     address = getattr(policy, "address", "the policy server")
-    if not _served_by_reference(policy):
+    if _served_by_reference(policy):
+        logger.warning("not applied: %s; the server at %s did not answer get_server_info as a gr00t-server does, and "
+                       "a reference server's policy ignores get_action options. The run's results list this under "
+                       "settings_not_applied; serve the model with gr00t-server to apply it", flags, address)
+        return
+    if _policy_kind(_gr00t_server_info(policy) or {}) in REPLAY_KINDS:
         logger.warning("not applied: %s; the server at %s replays a recorded dataset (policy_identity kind 'replay'), "
                        "whose actions no get_action option changes. The run's results list this under "
                        "settings_not_applied; serve a model (--model-path) to apply it", flags, address)
         return
-    logger.warning("not applied: %s; the server at %s did not answer get_server_info as a gr00t-server does, and "
-                   "a reference server's policy ignores get_action options. The run's results list this under "
-                   "settings_not_applied; serve the model with gr00t-server to apply it", flags, address)
+    logger.warning("not applied: %s; the server at %s does not report max_denoising_steps in get_server_info's "
+                   "limits, as a current gr00t-server serving a model does (an older gr00t-server ignores the "
+                   "option, and so may a policy that reports no limits). The run's results list this under "
+                   "settings_not_applied; serve the model with a current gr00t-server to apply it", flags, address)
 
 
 def _served_by_reference(policy: Any) -> bool:
     return getattr(policy, "server_is_gr00t_server", None) is False
 
 
-def _served_policy_kind(policy: Any) -> Optional[str]:
-    """The policy_identity kind ("gr00t", "replay") `policy`'s gr00t-server reports; None for an in-process policy or
-    a server that does not say."""
+def _gr00t_server_info(policy: Any) -> Optional[Mapping[str, Any]]:
+    """The get_server_info answer of `policy`'s gr00t-server; None for an in-process policy or a server that does not
+    say."""
     if getattr(policy, "server_is_gr00t_server", None) is not True:
         return None
     try:
-        identity = policy.get_server_info().get("policy_identity")
+        info = policy.get_server_info()
     except Exception as exc:  # noqa: BLE001 - a server that cannot say is taken to apply them
-        logger.debug("get_server_info to learn the served policy's kind failed: %s", exc)
+        logger.debug("get_server_info to learn what the served policy applies failed: %s", exc)
         return None
+    return info if isinstance(info, Mapping) else None
+
+
+def _policy_kind(info: Mapping[str, Any]) -> Optional[str]:
+    """The policy_identity kind ("gr00t", "replay") a gr00t-server's info reports, or None."""
+    identity = info.get("policy_identity")
     return identity.get("kind") if isinstance(identity, Mapping) else None
+
+
+def _reports_denoising_cap(info: Mapping[str, Any]) -> bool:
+    """Whether the info's limits hold max_denoising_steps: a gr00t-server that reports it applies denoising_steps
+    (Gr00tPolicy's work_limits); one older than the option ignores it, as unknown options were then."""
+    limits = info.get("limits")
+    return isinstance(limits, Mapping) and "max_denoising_steps" in limits

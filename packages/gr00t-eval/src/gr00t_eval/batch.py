@@ -106,9 +106,9 @@ def prepare_job_dir(job_dir: Path, config: RolloutConfig, policy: Optional[Mappi
         assert saved is not None
         earlier = saved.get("policy")
         if earlier is None and policy is not None and log.is_file() and log.stat().st_size:
-            logger.warning("job %s: its earlier attempt recorded no policy (its server did not say which it served), so "
-                           "nothing checks that its logged episodes are %s's, which serves it now; its results will pool "
-                           "both. Recording %s from now on", job_dir.name, describe(policy), describe(policy))
+            logger.warning("job %s: its earlier attempt recorded no policy (an older gr00t-eval, or a server that did not "
+                           "say), so nothing checks that its logged episodes are %s's, which serves it now; its results "
+                           "will pool both. Recording %s from now on", job_dir.name, describe(policy), describe(policy))
         if policy is not None and (earlier is None or (not earlier.get("identity") and policy.get("identity"))):
             write_results(run_file, {**saved, "policy": dict(policy)})  # identity from now on: later attempts held to it
         resumed = without_unkept_env_timeout(RolloutConfig(**saved["config"]))

@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(--overwrite empties only --output-dir)")
     p.add_argument(*_flag("denoising-steps"), type=int, default=None, metavar="N",
                    help="flow-matching denoising steps, sent to the server as options['denoising_steps'] (server default if unset); "
-                        "a server that is not a gr00t-server, or a replay (serve --dataset-path), cannot apply it: warned, not "
+                        "a server that is not a gr00t-server, a replay (serve --dataset-path), or a gr00t-server whose "
+                        "get_server_info reports no max_denoising_steps (an older one) cannot apply it: warned, not "
                         "sent, and recorded under settings_not_applied in results.json")
     p.add_argument(*_flag("allow-errors"), action="store_true",
                    help="exit 0 even when trajectories errored (the policy did not follow them; they are reported and left "

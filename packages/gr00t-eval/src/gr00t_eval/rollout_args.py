@@ -105,17 +105,65 @@ def resumed_env_timeout(args: argparse.Namespace, config: Any, output_dir: Path)
     return config
 
 
-def _default_video_dir(saved: Mapping[str, Any], output_dir: Path) -> bool:
+def _default_video_dir(saved: Mapping[str, Any], output_dir: Path, shard: Any = None) -> bool:
     """Whether a run file's video folder is the run's own OUTPUT_DIR/videos (recorded since `default_video_dir`;
-    an older run file's relative path ending in its directory's name and 'videos'), which a resume, from any
-    working directory or of a copied run, takes as the resumed directory's."""
+    for an older run file, a path ending in 'videos' that is either relative and ends in its directory's name and
+    'videos', or the folder the earlier episodes' videos came from and are found under the directory's videos/, as
+    in a copied or moved run), which a resume, from any working directory or of a copied run, takes as the resumed
+    directory's."""
     if "default_video_dir" in saved:
         return bool(saved["default_video_dir"])
     video_dir = (saved.get("config") or {}).get("video_dir")
-    if not isinstance(video_dir, str) or os.path.isabs(video_dir):
+    if not isinstance(video_dir, str) or Path(video_dir).name != "videos":
         return False
-    relative = Path(video_dir)
-    return relative.name == "videos" and relative.parent.name == Path(os.path.abspath(output_dir)).name
+    if not os.path.isabs(video_dir) and Path(video_dir).parent.name == Path(os.path.abspath(output_dir)).name:
+        return True
+    return _videos_came_with_folder(video_dir, output_dir, shard)
+
+
+def _videos_came_with_folder(video_dir: str, output_dir: Path, shard: Any) -> bool:
+    """Whether the episode log lists videos under `video_dir` (an older run file's) and each is also under
+    OUTPUT_DIR/videos: the folder is that run's own output directory, copied or moved with its videos."""
+    from .run_dir import EpisodeLog, episode_log_name
+
+    listed = []
+    for entry in EpisodeLog(output_dir / episode_log_name(shard)).read():
+        path = entry.get("video_path")
+        if not isinstance(path, str):
+            continue
+        try:
+            listed.append(Path(path).relative_to(video_dir))
+        except ValueError:  # not one of the run's own videos
+            return False
+    own = output_dir / "videos"
+    return bool(listed) and all((own / relative).is_file() for relative in listed)
+
+
+def resumed_video_dir(args: argparse.Namespace, saved: Mapping[str, Any], config: Any, output_dir: Path,
+                      shard: Any) -> Any:
+    """The resumed run's `config` with its video folder: the resumed directory's videos/ when it is the run's default
+    one (_default_video_dir); for an older run file that cannot tell, the --video-dir given (the saved folder or the
+    resumed directory's videos/), and UsageError when none is given and the saved folder lies outside the directory
+    resumed (a copy's resume wrote its videos into the original run's folder)."""
+    from .cli_errors import UsageError
+    from .run_resume import given_settings
+
+    if _default_video_dir(saved, output_dir, shard):  # OUTPUT_DIR/videos of the directory resumed, wherever it now is
+        return dataclasses.replace(config, video_dir=str(output_dir.absolute() / "videos"))
+    if "default_video_dir" in saved or config.video_dir is None:
+        return config
+    if "video_dir" in given_settings(args) and args.video_dir is not None:  # refuse_changed_settings checked it
+        return dataclasses.replace(config, video_dir=str(Path(args.video_dir).absolute()))
+    saved_dir = Path(os.path.abspath(config.video_dir))
+    folder = Path(os.path.abspath(output_dir))
+    if saved_dir != folder and folder not in saved_dir.parents:
+        raise UsageError(f"--resume {output_dir}: its run file (written by an older gr00t-eval) saved the video folder "
+                         f"{config.video_dir!r}, which is {saved_dir}, outside the directory resumed ({folder}), and "
+                         "does not say whether that was the run's default OUTPUT_DIR/videos (a copied or moved run "
+                         f"would write its videos into another run's folder). Expected --video-dir: pass --video-dir "
+                         f"{saved_dir} to write them there, or --video-dir {folder / 'videos'} to write them into the "
+                         "directory resumed")
+    return config
 
 
 def _videos_moved_with_run(done: Sequence[Any], old_video_dir: Any, new_video_dir: str) -> List[Any]:

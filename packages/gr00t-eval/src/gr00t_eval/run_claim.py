@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
-from .output_files import RUN_FILENAME, OutputDirError, shard_files
+from .output_files import RUN_FILENAME, SHARD_FILE_NAME, OutputDirError, shard_files
 from .run_dir import remove_quietly
 
 logger = logging.getLogger(__name__)
@@ -35,6 +35,9 @@ CLAIM_FILENAMES = (RUN_FILENAME, "open_loop_run.json", "batch.json", ".gr00t_rec
 # A process that started this long after the claim cannot be its holder: the pid was reused. (Linux gives start
 # times to 1/100 s from a boot time in whole seconds, so a margin is needed.)
 PID_REUSE_MARGIN_S = 2.0
+# A run file without a claim (a gr00t-eval older than claims) whose episode log or results changed this recently may be
+# of a run still running (its log grows by an episode at a time; one longer than this goes unseen): it is not taken over.
+UNCLAIMED_RUN_ACTIVE_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -220,6 +223,8 @@ def refuse_live_claim(directory: Union[str, Path], filename: str, flag: str = "-
     """
     claim = Path(directory) / filename
     holder = read_holder(claim)
+    if holder is None:
+        _refuse_recent_unclaimed_run(Path(directory), filename, flag)
     if holder is None or holder.finished:
         return holder
     here = socket.gethostname()
@@ -239,6 +244,40 @@ def refuse_live_claim(directory: Union[str, Path], filename: str, flag: str = "-
         logger.warning("%s was claimed by a run that ended without finishing (%s; that process is gone)", directory,
                        holder.describe())
     return holder
+
+
+def _refuse_recent_unclaimed_run(directory: Path, filename: str, flag: str) -> None:
+    """OutputDirError when DIRECTORY/FILENAME is the run file of a rollout by a gr00t-eval older than claims (no holder
+    to check) whose episode log changed within UNCLAIMED_RUN_ACTIVE_S with no results written since (a run writes them
+    at its end and on Ctrl-C): that run may still be running, and a resume or --overwrite beside it ran its episodes
+    twice. A batch job's run file (job_config) is not one: its batch's claim covers it."""
+    shard = SHARD_FILE_NAME.fullmatch(filename)
+    if filename != RUN_FILENAME and (shard is None or shard.group(1) != "run"):
+        return
+    suffix = filename[len("run"):-len(".json")]
+    try:
+        saved = json.loads((directory / filename).read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(saved, dict) or CLAIM_KEY in saved or "job_config" in saved:
+        return
+    log, results = directory / f"episodes{suffix}.jsonl", directory / f"results{suffix}.json"
+    try:
+        logged_at = log.stat().st_mtime
+    except OSError:
+        return  # no episode yet: nothing of it would run twice
+    try:
+        if results.stat().st_mtime >= logged_at:
+            return  # its results (written at its end, or on Ctrl-C) came after its last episode: it ended
+    except OSError:
+        pass
+    age = time.time() - logged_at
+    if age < UNCLAIMED_RUN_ACTIVE_S:
+        raise OutputDirError(f"{flag} {directory} holds the run of an older gr00t-eval ({filename} records no claim, so "
+                             f"whether that run still runs cannot be checked), and its {log.name} changed "
+                             f"{max(age, 0):.0f} s ago with no results written since (expected none within "
+                             f"{UNCLAIMED_RUN_ACTIVE_S:.0f} s of a run that has ended): it may still be running. Wait "
+                             "for it to end, or stop it first, then run this again")
 
 
 def claim_files(directory: Union[str, Path]) -> List[str]:

@@ -20,9 +20,9 @@ from gr00t_client.cli_flags import flag as _flag
 from .batch_cli import DEFAULT_BATCH_DIR, cmd_batch
 from .cli_errors import path_flag
 from .merge_cli import cmd_merge
-from .rollout_args import (_check_env_names, _check_rollout_args, check_ray_flags, _default_video_dir, _registrations,
+from .rollout_args import (_check_env_names, _check_rollout_args, check_ray_flags, _registrations,
                            _registration_flags, _saved_rollout_config, _videos_moved_with_run, resumed_env_timeout,
-                           rollout_config_from_args, rollout_seed)
+                           resumed_video_dir, rollout_config_from_args, rollout_seed)
 from .rollout_output import _claim_videos, _released_unless_started, _rollout_output_dir, delete_earlier_videos
 from .rollout_report import _report_rollout, _start_storage_failure, _storage_failure
 from .run_policy import (_adopt_run_policy, _check_policy_runs_settings, _ray_probe_client, _ray_run_policy,
@@ -135,8 +135,7 @@ def run_rollout_command(args: argparse.Namespace) -> int:
         _check_env_names(env_spec, output_dir, saved)  # first: flags left out that the env names need say "unknown prefix"
         refuse_changed_settings(args, saved)
         config = _saved_rollout_config(saved, output_dir, shard)
-        if _default_video_dir(saved, output_dir):  # OUTPUT_DIR/videos of the directory resumed, wherever it now is
-            config = dataclasses.replace(config, video_dir=str(output_dir.absolute() / "videos"))
+        config = resumed_video_dir(args, saved, config, output_dir, shard)
         config = resumed_env_timeout(args, config, output_dir)
         _claim_videos(output_dir, shard, env_spec, config, resume=True)
         if shard is not None:  # a merge of the split in its folder holds this shard's results, which now change
@@ -154,9 +153,8 @@ def run_rollout_command(args: argparse.Namespace) -> int:
         logged = list(EpisodeLog(output_dir / episode_log_name(shard)).entries())
         done = [EpisodeOutcome.from_json_dict(e) for e in latest_entries(logged)]
         earlier_task_s = earlier_eval_s(logged, earlier)
-        moved = _default_video_dir(saved, output_dir)  # the folder's videos listed where they now are
-        old_video_dir = saved.get("config", {}).get("video_dir") if moved else config.video_dir
-        done = _videos_moved_with_run(done, old_video_dir, config.video_dir)
+        # the folder's videos listed where they now are (the same folder unless the resume took the directory's own)
+        done = _videos_moved_with_run(done, saved.get("config", {}).get("video_dir"), config.video_dir)
         finished = sum(1 for o in done if o.error is None)
         print(f"Resuming {output_dir}: {finished} episodes finished, the rest of {env_spec} runs now (base seed {config.seed})")
     else:
