@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import time
-from typing import Any, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import msgpack
 import numpy as np
@@ -296,6 +296,82 @@ def test_a_connection_with_nothing_waiting_is_served_when_others_fill_the_queues
     assert evicted[0].startswith(f"server busy: {2 * len(flood)} bytes of requests are waiting for the policy, at most "
                                  f"{2 * len(flood)} in all (--max-queued-mb);")
     assert evicted[0].endswith("try again")
+    assert server.stats.refused == 1
+
+
+def assert_queues_empty(server: Any) -> None:
+    """Every count of waiting requests is back to zero (the worker's jobs too) once all are answered."""
+    wait_for_queued(server, 0)
+    deadline = time.monotonic() + 5
+    while server._worker.busy and time.monotonic() < deadline:
+        time.sleep(0.02)
+    loop = server._loop
+    assert loop.queued_bytes_total == 0 and not loop.queued_bytes and not loop.queued_counts and not loop.pending
+    assert server._worker.queued == 0 and not server._worker.busy
+
+
+@pytest.mark.parametrize("newcomer_floats", [50_000, 300_000], ids=["small", "from 1 MiB, checked before its decode"])
+def test_no_waiting_request_is_refused_for_a_newcomer_that_would_not_fit_all_the_same(newcomer_floats):
+    """A connection's small waiting request was refused "made room for one from a connection with none", and then the
+    newcomer was refused too (its request and the running one are over --max-queued-mb): room is made only when it
+    is enough for the newcomer; otherwise the newcomer alone is refused, as before connections made room."""
+    running, waiting = get_action_payload(400_000, 1.0), get_action_payload(1_000, 2.0)  # 1.6 MB, 4 KB
+    limits = ServerLimits(max_queued_bytes=len(running) + len(waiting) + 100)
+    with running_server(EchoPolicy(delay_s=0.5), limits=limits, inline_below_ms=0) as server, \
+            pipelining_dealer(server.port) as dealer:
+        dealer.send_multipart([b"", running])
+        wait_for_queued(server, 1)
+        dealer.send_multipart([b"", waiting])
+        wait_for_queued(server, 2)
+        with PolicyClient(port=server.port, timeout_ms=10000) as client, pytest.raises(PolicyServerError) as refused:
+            client.get_action({"state": {"x": np.full((1, 1, newcomer_floats), 7.0, np.float32)}})
+        replies = replies_of(dealer, 3)
+        assert_queues_empty(server)
+    assert refused.value.server_message.startswith(f"server busy: {len(running) + len(waiting)} bytes of requests are "
+                                                   "waiting for the policy; a further ")
+    assert refused.value.server_message.endswith("(--max-queued-mb); try again")
+    assert [reply[1]["first_state"] for reply in replies] == [1.0, 2.0]  # both served, once each
+    assert server.stats.refused == 1
+
+
+class BatchingEchoPolicy(EchoPolicy):
+    """EchoPolicy that serves batches: each row's action is its state's first value."""
+
+    supports_batching = True
+
+    def _get_action(self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None):
+        time.sleep(self.delay_s)
+        state = next(iter(observation["state"].values()))
+        horizon = self.configs["action"].horizon
+        return {key: np.repeat(state[:, :1, :1], horizon, axis=1).astype(np.float32)
+                for key in self.configs["action"].modality_keys}, {}
+
+
+def test_a_connection_whose_waiting_requests_are_one_batch_of_its_own_makes_room_with_the_newest_of_them():
+    """A pipelining connection's waiting requests handed to the worker as one batch of its own could not be made to
+    give room (only a lone request was taken from the worker's queue): a robot with nothing waiting was refused
+    "server busy". The batch's last request is refused instead and the rest of the batch runs."""
+    policy, limits = BatchingEchoPolicy(delay_s=0.5), ServerLimits(max_queued_requests=5)
+    with running_server(policy, limits=limits, max_batch_size=4, inline_below_ms=0) as server, \
+            pipelining_dealer(server.port) as dealer:
+        for i in range(5):  # one runs; the other four are gathered and handed to the worker as one batch
+            dealer.send_multipart([b"", get_action_payload(4, float(i))])
+            time.sleep(0.05)
+        wait_for_queued(server, 5)
+        deadline = time.monotonic() + 5
+        while (server._loop.pending or server._worker.queued != 1) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not server._loop.pending and server._worker.queued == 1  # one job of four requests waits
+        with PolicyClient(port=server.port, timeout_ms=10000) as client:
+            action, _info = client.get_action({"state": {"x": np.full((1, 1, 4), 7.0, np.float32)}})
+        replies = replies_of(dealer, 6)
+        assert_queues_empty(server)
+    assert float(next(iter(action.values())).reshape(-1)[0]) == 7.0
+    served = sorted(float(next(iter(reply[0].values())).reshape(-1)[0]) for reply in replies if isinstance(reply, list))
+    evicted = [reply["error"] for reply in replies if isinstance(reply, dict)]
+    assert served == [0.0, 1.0, 2.0, 3.0] and len(replies) == 5  # one reply each
+    assert len(evicted) == 1 and evicted[0].startswith("server busy: 5 requests are waiting for the policy, at most 5 "
+                                                       "in all (ServerLimits.max_queued_requests);")
     assert server.stats.refused == 1
 
 

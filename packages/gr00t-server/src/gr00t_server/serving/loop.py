@@ -5,11 +5,12 @@ forms, and send the replies it finishes."""
 from __future__ import annotations
 
 import _thread
+import contextlib
 import logging
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from gr00t_client import codec
 from gr00t_client.client import SHUTTING_DOWN  # ServerStoppingError on the client: keep the words in step
@@ -229,8 +230,8 @@ class RequestLoop(Gathering):
         max_bytes = server.limits.max_queued_bytes
         if self.queued_bytes_total and self.queued_bytes_total + request.nbytes > max_bytes:
             if not queued and self._room_made(
-                self.queued_bytes, request.nbytes,
-                lambda: self.queued_bytes_total + request.nbytes <= max_bytes,
+                self.queued_bytes, request.nbytes, self.queued_bytes_total + request.nbytes - max_bytes,
+                lambda evicted: evicted.nbytes,
                 lambda: f"server busy: {self.queued_bytes_total} bytes of requests are waiting for the policy, at most "
                         f"{max_bytes} in all (--max-queued-mb)", make_room,
             ):
@@ -258,7 +259,7 @@ class RequestLoop(Gathering):
             )
         max_requests = server.limits.max_queued_requests
         if self.queued_requests >= max_requests and not (waiting == 0 and self._room_made(
-            self.queued_counts, 1, lambda: self.queued_requests < max_requests,
+            self.queued_counts, 1, self.queued_requests + 1 - max_requests, lambda evicted: 1,
             lambda: f"server busy: {self.queued_requests} requests are waiting for the policy, at most {max_requests} "
                     "in all (ServerLimits.max_queued_requests)", True,
         )):
@@ -272,42 +273,63 @@ class RequestLoop(Gathering):
         self.queued_requests += 1
         request.admitted = True
 
-    def _room_made(self, held: Dict[bytes, int], newcomer: int, fits: Callable[[], bool], busy: Callable[[], str],
-                   evict: bool) -> bool:
+    def _room_made(self, held: Dict[bytes, int], newcomer: int, needed: int, size: Callable[[Request], int],
+                   busy: Callable[[], str], evict: bool) -> bool:
         """True when a request from a connection with nothing waiting may be admitted past a queue-wide cap:
-        connections take turns, so a full queue is made room in by refusing the newest request not yet started of the
-        connection holding the most (`held`: requests or bytes), while that holds more than the newcomer would
-        (`newcomer`), until it `fits`. Each is answered `busy` (the cap's words) and "try again". `evict` False:
-        whether some connection could make room, evicting nothing (a large message, before its decode)."""
-        if not evict:
-            return any(amount > newcomer for amount in held.values())
-        started: Set[bytes] = set()  # connections whose requests waiting are all running or batched with others
-        while not fits():
-            candidates = [identity for identity, amount in held.items()
-                          if amount > newcomer and identity not in started]
-            if not candidates:
-                return False
-            holder = max(candidates, key=held.__getitem__)
-            evicted = self._take_newest_waiting(holder)
-            if evicted is None:
-                started.add(holder)
-                continue
+        connections take turns, so a full queue is made room in by refusing the newest requests not yet started of the
+        connection holding the most (`held`: requests or bytes, `size` of each), while that holds more than the
+        newcomer would (`newcomer`), until `needed` is freed. Each is answered `busy` (the cap's words) and "try again".
+        When that cannot free `needed`, none is refused (they were lost for a newcomer refused all the same). `evict`
+        False: whether room could be made, evicting nothing (a large message, before its decode)."""
+        worker = self._server._worker
+        with worker.paused() if worker is not None else contextlib.nullcontext():  # no job starts between plan and take
+            evicted = self._room_plan(held, newcomer, needed, size)
+            if evicted is None or not evict:
+                return evicted is not None
+            gathered = {id(request) for request in self.pending}
+            refused = {id(request) for request in evicted}
+            self.pending = [request for request in self.pending if id(request) not in refused]
+            for request in evicted:
+                if id(request) not in gathered:
+                    assert worker is not None
+                    taken = worker.take_newest_of(request.identity)
+                    assert taken is request  # the plan took each holder's newest first, and no job started meanwhile
+        for request in evicted:
             self._server.stats.add("refused")
-            evicted.outcome = "refused"
+            request.outcome = "refused"
             message = (f"{busy()}; this connection had the most waiting, and its newest request made room for one "
                        "from a connection with none; try again")
-            self.reply_error(evicted, RequestError(message))
-            self._runner.release_session(evicted)  # never reached execute: its session idles again
+            self.reply_error(request, RequestError(message))
+            self._runner.release_session(request)  # never reached execute: its session idles again
         return True
 
-    def _take_newest_waiting(self, identity: bytes) -> Optional[Request]:
-        """The newest request of connection `identity` that has not started, taken from the gathered ones or the
-        worker's queue; None when it has none."""
-        for index in range(len(self.pending) - 1, -1, -1):  # a connection's gathered requests came after its queued
-            if self.pending[index].identity == identity:
-                return self.pending.pop(index)
+    def _room_plan(self, held: Dict[bytes, int], newcomer: int, needed: int,
+                   size: Callable[[Request], int]) -> Optional[List[Request]]:
+        """The requests _room_made would refuse to free `needed`, in that order; None when they cannot free it."""
+        left = dict(held)
+        waiting: Dict[bytes, List[Request]] = {}  # each holder's requests that may be refused, newest first
+        plan: List[Request] = []
+        while needed > 0:
+            candidates = [identity for identity, amount in left.items()
+                          if amount > newcomer and waiting.get(identity) != []]
+            if not candidates:
+                return None
+            holder = max(candidates, key=left.__getitem__)
+            if holder not in waiting:
+                waiting[holder] = self._waiting_newest_first(holder)
+                continue
+            request = waiting[holder].pop(0)
+            plan.append(request)
+            left[holder] -= size(request)
+            needed -= size(request)
+        return plan
+
+    def _waiting_newest_first(self, identity: bytes) -> List[Request]:
+        """The requests of connection `identity` that have not started and may be refused, newest first: the gathered
+        ones, then those in the worker's queue (a batch with other connections' requests is never split)."""
         worker = self._server._worker
-        return worker.take_newest_of(identity) if worker is not None else None
+        gathered = [request for request in reversed(self.pending) if request.identity == identity]
+        return gathered + (worker.newest_waiting_of(identity) if worker is not None else [])
 
     def _release_admission(self, request: Request) -> None:
         if not request.admitted:

@@ -69,6 +69,10 @@ class _Waiting:
     sessions: Tuple[str, ...]
 
 
+def _sessions_of(job: Job) -> Tuple[str, ...]:
+    return tuple(dict.fromkeys(s for s in (getattr(request, "session", None) for request in job) if s is not None))
+
+
 class FairQueue:
     """Jobs waiting for the policy in one FIFO lane per connection (its ROUTER identity), taken round-robin.
 
@@ -92,13 +96,12 @@ class FairQueue:
     def put(self, job: Job) -> None:
         """Queue a job behind the earlier ones of its connections and sessions."""
         lanes = tuple(dict.fromkeys(getattr(request, "identity", b"") for request in job)) or (b"",)
-        sessions = tuple(dict.fromkeys(s for s in (getattr(request, "session", None) for request in job) if s is not None))
-        waiting = _Waiting(job, lanes, sessions)
+        waiting = _Waiting(job, lanes, _sessions_of(job))
         for lane in lanes:
             if lane not in self._lanes:
                 self._lanes[lane] = collections.deque()  # a connection with nothing waiting joins at the back
             self._lanes[lane].append(waiting)
-        for session in sessions:
+        for session in waiting.sessions:
             self._sessions.setdefault(session, collections.deque()).append(waiting)
         self._count += 1
 
@@ -122,22 +125,39 @@ class FairQueue:
         self._count -= 1
         return chosen.job
 
-    def take_newest(self, lane: bytes) -> Optional[Job]:
-        """The newest job of connection `lane` when it is a lone request of that connection alone, removed; else None
-        (a batch of several connections is never split)."""
+    def newest_of(self, lane: bytes) -> List[Request]:
+        """The requests of connection `lane` that take_newest would hand out one by one, newest first: those of its
+        newest jobs up to the first that holds another connection's requests too (a batch of several is never split)."""
+        requests: List[Request] = []
+        for waiting in reversed(self._lanes.get(lane, ())):
+            if waiting.lanes != (lane,):
+                break
+            requests.extend(reversed(waiting.job))
+        return requests
+
+    def take_newest(self, lane: bytes) -> Optional[Request]:
+        """The newest request of connection `lane`, taken out of its newest job when that job is of `lane` alone (a
+        batch of its own requests keeps the rest queued); else None (a batch of several connections is never split)."""
         queued = self._lanes.get(lane)
-        if not queued or len(queued[-1].job) != 1:
+        if not queued or queued[-1].lanes != (lane,):
             return None
-        waiting = queued.pop()
-        if not queued:
-            del self._lanes[lane]
+        waiting = queued[-1]
+        request = waiting.job.pop()
+        sessions = _sessions_of(waiting.job)
+        if not waiting.job:
+            queued.pop()
+            if not queued:
+                del self._lanes[lane]
+            self._count -= 1
         for session in waiting.sessions:
-            jobs = self._sessions[session]
+            if session in sessions:
+                continue
+            jobs = self._sessions[session]  # the job no longer serves it: a later one of the session need not wait
             jobs.remove(waiting)
             if not jobs:
                 del self._sessions[session]
-        self._count -= 1
-        return waiting.job
+        waiting.sessions = sessions
+        return request
 
     def take_all(self) -> List[Job]:
         """Every job, in the order they would have been taken."""
@@ -221,15 +241,24 @@ class PolicyWorker:
             self._pending -= len(taken)
         return taken
 
-    def take_newest_of(self, identity: bytes) -> Optional[Request]:
-        """Remove and return the newest request of connection `identity` not yet started, when it is a job of its own
-        (FairQueue.take_newest), to refuse it instead; None when there is none."""
+    def paused(self) -> threading.Condition:
+        """Held (`with worker.paused():`), the worker starts no queued job, so what newest_waiting_of saw is there
+        for take_newest_of (the lock is reentrant)."""
+        return self._lock
+
+    def newest_waiting_of(self, identity: bytes) -> List[Request]:
+        """The requests of connection `identity` that take_newest_of would hand out one by one, newest first."""
         with self._lock:
-            job = self._jobs.take_newest(identity)
-            if job is None:
-                return None
-            self._pending -= 1
-        return job[0]
+            return self._jobs.newest_of(identity)
+
+    def take_newest_of(self, identity: bytes) -> Optional[Request]:
+        """Remove and return the newest request of connection `identity` not yet started, when its job holds no other
+        connection's (FairQueue.take_newest), to refuse it instead; None when there is none."""
+        with self._lock:
+            jobs = len(self._jobs)
+            request = self._jobs.take_newest(identity)
+            self._pending -= jobs - len(self._jobs)  # a job left with requests still counts until it finishes
+        return request
 
     def finish(self) -> None:
         """Let the running job finish and then end the thread (jobs queued behind it still run: take_queued first)."""
