@@ -442,26 +442,6 @@ def test_a_moved_older_run_with_an_absolute_video_folder_resumes_into_its_own_vi
     assert listed_videos(tmp_path / "new") == videos_of_every_episode(tmp_path / "new" / "videos")
 
 
-def test_an_older_run_whose_video_folder_outside_it_cannot_be_told_default_is_refused_until_video_dir_says(
-        tmp_path, monkeypatch, capsys):
-    """A copy without the earlier videos cannot tell whether "run/videos" was the run's default folder: its resume
-    wrote into the original run's."""
-    monkeypatch.chdir(tmp_path)
-    with interrupted_video_run(tmp_path / "run") as port:
-        as_older_run_file(tmp_path / "run", "run/videos")
-        shutil.copytree(tmp_path / "run", tmp_path / "copy", ignore=shutil.ignore_patterns("videos"))
-        original = video_bytes(tmp_path / "run" / "videos")
-        capsys.readouterr()
-        assert rollout(port, "--resume", "copy") == 2
-        err = capsys.readouterr().err
-        assert f"saved the video folder 'run/videos', which is {tmp_path / 'run' / 'videos'}, outside the directory " \
-               f"resumed ({tmp_path / 'copy'})" in err, err
-        assert f"--video-dir {tmp_path / 'copy' / 'videos'} to write them into the directory resumed" in err
-        assert rollout(port, "--resume", "copy", "--video-dir", "copy/videos") == 0
-    assert video_bytes(tmp_path / "run" / "videos") == original
-    assert {path.parent.parent for path in (tmp_path / "copy" / "videos").rglob("*.mp4")} == {tmp_path / "copy" / "videos"}
-
-
 def test_a_moved_run_is_told_its_claim_is_under_its_old_name_and_resumes_once_that_claim_goes(tmp_path, capsys):
     """A claim names the folder its run wrote to: a moved run's is another run's as far as the folder can tell (a run
     whose output folder was deleted or moved may still own the videos there), so it is refused, saying why."""

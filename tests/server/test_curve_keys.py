@@ -454,3 +454,21 @@ def test_an_unreadable_authorized_keys_folder_is_warned_of_once_not_at_each_hand
         for _ in range(50):
             assert authorized.callback("*", zmq.curve_keypair()[0]) is False
     assert caplog.text.count(f"cannot read {allowed}") == 1
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None and hasattr(os, "geteuid") and os.geteuid() == 0,
+                    reason="as root, without setpriv, folder permissions are not checked")
+def test_keygen_writes_into_a_folder_it_may_write_but_not_list(tmp_path):
+    # A drop folder (mode 0333): the lock keygen takes opens the folder for reading, which failed, and keygen said
+    # the user could not write there. It writes as before, unlocked.
+    folder = tmp_path / "dropbox"
+    folder.mkdir()
+    folder.chmod(0o333)
+    prefix = ["setpriv", "--bounding-set=-all", "--inh-caps=-all"] if os.geteuid() == 0 else []
+    try:
+        done = subprocess.run([*prefix, sys.executable, "-c", "import sys; from gr00t_server.cli import main; "
+                               "sys.exit(main())", "keygen", str(folder)], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+    finally:
+        folder.chmod(0o700)
+    assert sorted(os.listdir(folder)) == ["server.key", "server.key_secret"]

@@ -666,6 +666,21 @@ def test_editing_the_modality_configs_attribute_in_place_leaves_the_policys_acti
     assert policy.modality_configs["action"].modality_keys == ["x", "y", "z", "roll", "pitch", "yaw", "gripper"]
 
 
+def test_a_subclass_assigning_modality_configs_as_the_references_attribute_took_keeps_copies(tiny_checkpoint):
+    class Reassigning(Gr00tPolicy):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.mine = self.modality_configs
+            self.modality_configs = self.mine  # the reference's plain attribute took this
+
+    policy = Reassigning(tiny_checkpoint, "libero_sim", device="cpu")
+    observation = example_observation(tiny_checkpoint, "libero_sim")
+    before, _ = policy.get_action(observation, {"seed": 1})
+    policy.mine["action"].modality_keys.sort()  # the subclass's own object, kept by it: a copy was stored
+    after, _ = policy.get_action(observation, {"seed": 1})
+    assert list(after) == list(before)
+
+
 @pytest.mark.parametrize("argument, value", [("clip_outliers", "false"), ("clip_outliers", 0), ("clip_outliers", "no"),
                                              ("strict", "no"), ("strict", None), ("strict", 1)])
 def test_a_true_false_argument_that_is_not_a_bool_is_refused_naming_it(tiny_checkpoint, argument, value):

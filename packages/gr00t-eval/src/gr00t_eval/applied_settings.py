@@ -53,8 +53,9 @@ def warn_not_applied(policy: Any, not_applied: Mapping[str, Any]) -> None:
         return
     logger.warning("not applied: %s; the server at %s does not report max_denoising_steps in get_server_info's "
                    "limits, as a current gr00t-server serving a model does (an older gr00t-server ignores the "
-                   "option, and so may a policy that reports no limits). The run's results list this under "
-                   "settings_not_applied; serve the model with a current gr00t-server to apply it", flags, address)
+                   "option). The run's results list this under settings_not_applied; serve the model with a current "
+                   "gr00t-server, or have a policy of your own that applies the option report it with "
+                   "work_limits() returning {'max_denoising_steps': N} (docs/serving.md)", flags, address)
 
 
 def _served_by_reference(policy: Any) -> bool:

@@ -9,7 +9,7 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 logger = logging.getLogger(__name__)
 
@@ -139,31 +139,13 @@ def _videos_came_with_folder(video_dir: str, output_dir: Path, shard: Any) -> bo
     return bool(listed) and all((own / relative).is_file() for relative in listed)
 
 
-def resumed_video_dir(args: argparse.Namespace, saved: Mapping[str, Any], config: Any, output_dir: Path,
-                      shard: Any) -> Any:
-    """The resumed run's `config` with its video folder: the resumed directory's videos/ when it is the run's default
-    one (_default_video_dir); for an older run file that cannot tell, the --video-dir given (the saved folder or the
-    resumed directory's videos/), and UsageError when none is given and the saved folder lies outside the directory
-    resumed (a copy's resume wrote its videos into the original run's folder)."""
-    from .cli_errors import UsageError
-    from .run_resume import given_settings
-
+def resumed_video_dir(saved: Mapping[str, Any], config: Any, output_dir: Path, shard: Any) -> Tuple[Any, bool]:
+    """The resumed run's `config` with its video folder, and whether that folder moved: the resumed directory's
+    videos/ when it is the run's default one (_default_video_dir), wherever the directory now is; else the saved
+    folder, unchanged."""
     if _default_video_dir(saved, output_dir, shard):  # OUTPUT_DIR/videos of the directory resumed, wherever it now is
-        return dataclasses.replace(config, video_dir=str(output_dir.absolute() / "videos"))
-    if "default_video_dir" in saved or config.video_dir is None:
-        return config
-    if "video_dir" in given_settings(args) and args.video_dir is not None:  # refuse_changed_settings checked it
-        return dataclasses.replace(config, video_dir=str(Path(args.video_dir).absolute()))
-    saved_dir = Path(os.path.abspath(config.video_dir))
-    folder = Path(os.path.abspath(output_dir))
-    if saved_dir != folder and folder not in saved_dir.parents:
-        raise UsageError(f"--resume {output_dir}: its run file (written by an older gr00t-eval) saved the video folder "
-                         f"{config.video_dir!r}, which is {saved_dir}, outside the directory resumed ({folder}), and "
-                         "does not say whether that was the run's default OUTPUT_DIR/videos (a copied or moved run "
-                         f"would write its videos into another run's folder). Expected --video-dir: pass --video-dir "
-                         f"{saved_dir} to write them there, or --video-dir {folder / 'videos'} to write them into the "
-                         "directory resumed")
-    return config
+        return dataclasses.replace(config, video_dir=str(output_dir.absolute() / "videos")), True
+    return config, False
 
 
 def _videos_moved_with_run(done: Sequence[Any], old_video_dir: Any, new_video_dir: str) -> List[Any]:

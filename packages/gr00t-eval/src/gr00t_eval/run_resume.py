@@ -80,10 +80,6 @@ def refuse_changed_settings(args: argparse.Namespace, saved: Mapping[str, Any]) 
         if dest == "video_dir" and value is not None and config.get(field_name) is not None:
             if os.path.realpath(value) == os.path.realpath(config[field_name]):  # saved absolute; given as typed
                 continue
-            # an older run file does not say whether it was OUTPUT_DIR/videos: the resumed directory's may be chosen
-            own = Path(args.resume) / "videos"
-            if "default_video_dir" not in saved and os.path.realpath(value) == os.path.realpath(own):
-                continue
         if value != config.get(field_name) and not _resolved_for_shard(saved, dest, value):
             conflicts.append(f"{_flag_name(dest)} {value} (saved: {config.get(field_name)})")
     if "no_video" in given and args.no_video and config.get("video_dir") is not None:

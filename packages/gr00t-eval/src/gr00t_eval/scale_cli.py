@@ -135,7 +135,7 @@ def run_rollout_command(args: argparse.Namespace) -> int:
         _check_env_names(env_spec, output_dir, saved)  # first: flags left out that the env names need say "unknown prefix"
         refuse_changed_settings(args, saved)
         config = _saved_rollout_config(saved, output_dir, shard)
-        config = resumed_video_dir(args, saved, config, output_dir, shard)
+        config, moved = resumed_video_dir(saved, config, output_dir, shard)
         config = resumed_env_timeout(args, config, output_dir)
         _claim_videos(output_dir, shard, env_spec, config, resume=True)
         if shard is not None:  # a merge of the split in its folder holds this shard's results, which now change
@@ -153,8 +153,8 @@ def run_rollout_command(args: argparse.Namespace) -> int:
         logged = list(EpisodeLog(output_dir / episode_log_name(shard)).entries())
         done = [EpisodeOutcome.from_json_dict(e) for e in latest_entries(logged)]
         earlier_task_s = earlier_eval_s(logged, earlier)
-        # the folder's videos listed where they now are (the same folder unless the resume took the directory's own)
-        done = _videos_moved_with_run(done, saved.get("config", {}).get("video_dir"), config.video_dir)
+        old_video_dir = saved.get("config", {}).get("video_dir") if moved else config.video_dir
+        done = _videos_moved_with_run(done, old_video_dir, config.video_dir)  # the folder's videos, where they now are
         finished = sum(1 for o in done if o.error is None)
         print(f"Resuming {output_dir}: {finished} episodes finished, the rest of {env_spec} runs now (base seed {config.seed})")
     else:

@@ -105,9 +105,18 @@ def _folder_lock(directory: Path) -> Iterator[None]:
     except ImportError:  # pragma: no cover - not POSIX
         yield
         return
-    fd = os.open(directory, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError as exc:  # a folder this user may write but not list (mode 0333): written as before, unlocked
+        logger.debug("keygen: %s cannot be opened to lock it (%s); writing without the lock", directory, exc)
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:  # a file system without locks (NFS without lockd, some FUSE/SMB mounts)
+            logger.warning("keygen: %s cannot be locked (%s); two keygens into it at once could mix their pairs",
+                           directory, exc.strerror or exc)
         yield
     finally:
         os.close(fd)  # releases the lock

@@ -235,6 +235,11 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
         the action keys in place) cannot change which columns each key's actions come from."""
         return copy_modality_configs(self._modality_configs)
 
+    @modality_configs.setter
+    def modality_configs(self, configs: Dict[str, ModalityConfig]) -> None:
+        """Replace them (a subclass's own, as the reference's plain attribute took): kept as copies."""
+        self._modality_configs = copy_modality_configs(configs)
+
     def identity(self) -> Dict[str, Any]:
         """Which model this is, the same wherever its checkpoint is copied and whether loaded in fp32 or bf16 (a
         float16 model's weights round otherwise, and it reads as another model): the hash of its config and a
