@@ -205,6 +205,22 @@ def test_invalid_jobs_keep_their_names_and_duplicate_names_are_refused(tmp_path)
     assert batch["jobs"][0]["reason"].startswith("invalid job: job 'typo'")
 
 
+def test_job_names_that_differ_only_in_case_are_refused_as_one_folder_on_case_insensitive_file_systems(tmp_path):
+    """'Reach' and 'reach' had run folders jobs/Reach and jobs/reach, one folder on macOS and Windows: the second job
+    took the first's run.json as its own earlier attempt and started over in it."""
+    path = write_jobs(tmp_path, [{"name": "Reach", "env_name": "walkto/fast", "policy_server": {"port": 1}},
+                                 {"name": "reach", "env_name": "walkto/slow", "policy_server": {"port": 1}}])
+    first, second = load_jobs(path)
+    assert isinstance(first, Job)
+    assert isinstance(second, JobError) and "job 'reach': its run folder jobs/reach differs only in case from " \
+        "jobs/Reach of job #0 ('Reach')" in str(second) and "case-insensitive file systems" in str(second), second
+    address = PolicyServerAddress("127.0.0.1", 1)
+    jobs = [Job("Reach", "walkto/fast", address, {}), Job("reach", "walkto/slow", address, {})]
+    with pytest.raises(JobError, match="differs only in case"):
+        run_batch(jobs, tmp_path / "batch_results.json")
+    assert not (tmp_path / "batch_results.json").exists()
+
+
 def test_batch_runs_jobs_given_as_a_generator_not_reporting_a_complete_batch_of_none(tmp_path):
     """The duplicate-name check used the generator up: the batch ran no job and saved "complete" with 0 jobs."""
     settings = {"n_episodes": 1, "n_envs": 1, "n_action_steps": 2, "max_episode_steps": 6, "vectorization": "sync"}

@@ -27,12 +27,18 @@ def job_errors(tmp_path, jobs, defaults=None):
     ({"overrides": {"client_chunking": "asynch"}}, "override client_chunking must be one of 'off', 'sync', 'async', got 'asynch'"),
     ({"overrides": {"env_kwargs": ["a"]}}, "override env_kwargs must be an object of keyword arguments"),
     ({"overrides": {"rtc_frozen_steps": 2}}, "override rtc_frozen_steps needs client_chunking 'async'"),
+    # json reads NaN and Infinity as numbers; results.json saved null, and a resumed job passed the env None
+    ({"overrides": {"env_kwargs": {"noise": float("nan")}}},
+     "override env_kwargs.noise is not a finite number (got nan); a JSON number must be finite"),
+    ({"arena_env_args": {"bounds": [0, float("-inf")]}}, "override env_kwargs.bounds[1] is not a finite number"),
     ({"overrides": {"client_chunking": "async", "n_action_steps": 1}},
      "override client_chunking 'async' needs n_action_steps >= 2"),
     ({"overrides": "fast"}, "'overrides' must be an object of rollout settings, got 'fast'"),
     ({"env_name": ["walkto/fast"]}, "'env_name' must be a string (env names or suites, comma-separated)"),
     ({"policy_server": {"host": None, "port": 5555}}, "policy_server 'host' must be a host name or IP address, got None"),
     ({"n_episodes": 10**12}, "n_episodes must be at most 1,000,000"),
+    # a task's video folder failed with 'embedded null byte' when its turn came, after the job's other tasks ran
+    ({"env_name": "walkto/fast,walkto/a\u0000b"}, "'env_name' is 'walkto/fast,walkto/a\\x00b', which holds a NUL character"),
     # the envs ran in this process, where the limit cannot apply: a hung step was waited for, without a word
     ({"overrides": {"vectorization": "sync", "env_timeout_s": 3}},
      "override env_timeout_s 3 cannot apply with vectorization 'sync': its envs run in this process"),
@@ -76,6 +82,8 @@ ROLLOUT = ["rollout", "--env-name", "walkto/slow", "--env-import", "eval.scale_f
                                                        "'no_such_module_x:make': cannot import module 'no_such_module_x'"),
     (["--env-adapter", "walk2=json:no_such_function"], "module 'json' has no function 'no_such_function'"),
     (["--env-import", "no_such_module_y"], "--env-import no_such_module_y: cannot import it"),
+    # its task failed with 'File name too long' for its video folder only after the other task had run
+    (["--env-name", "walkto/slow,walkto/" + "\u00e9" * 130], "is too long for the name of its video folder (268 bytes"),
     (["--env-prefix", "walkto=new_embodimnt"], "--env-prefix walkto=new_embodimnt: Unknown embodiment tag"),
 ])
 def test_rollout_flag_mistakes_are_one_line_before_anything_is_made(tmp_path, capsys, extra, expected):
@@ -84,6 +92,29 @@ def test_rollout_flag_mistakes_are_one_line_before_anything_is_made(tmp_path, ca
     err = capsys.readouterr().err
     assert expected in err and "DEBUG shows the traceback" not in err and "pip install" not in err, err
     assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+@pytest.mark.parametrize("kwarg, expected", [
+    ("noise=NaN", "noise=NaN: noise is not a finite number; a JSON number must be finite"),
+    ("noise=-Infinity", "to pass the text, quote it: noise='\"-Infinity\"'"),
+    ("bounds=[0, Infinity]", "bounds=[0, Infinity]: bounds[1] is not a finite number"),
+    ('camera={"fov": NaN}', "camera.fov is not a finite number"),
+])
+def test_an_env_kwarg_that_is_no_finite_json_number_is_refused_naming_it(tmp_path, capsys, kwarg, expected):
+    """json read NaN as a number: run.json and results.json saved null, and a --resume rebuilt the env with None."""
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exited:
+        main([*ROLLOUT, "--output-dir", str(out), "--env-kwarg", kwarg])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --env-kwarg" in err and expected in err, err
+    assert not out.exists()
+
+
+def test_an_env_kwarg_quoted_as_json_text_is_taken(tmp_path):
+    from gr00t_eval.cli import _parse_kwarg
+
+    assert _parse_kwarg('noise="NaN"') == ("noise", "NaN")
 
 
 def test_resume_of_a_missing_folder_is_one_plain_line(tmp_path, capsys):

@@ -64,6 +64,17 @@ def test_rtc_frozen_steps_must_be_a_whole_number_too():
         run_rollout_of(ConstantPolicy(), config(client_chunking="async", rtc_frozen_steps=2.0))
 
 
+@pytest.mark.parametrize("env_kwargs, where", [({"noise": float("nan")}, "env_kwargs.noise"),
+                                               ({"bounds": [0.0, np.float32("-inf")]}, "env_kwargs.bounds[1]"),
+                                               ({"camera": {"fov": float("inf")}}, "env_kwargs.camera.fov")])
+@pytest.mark.parametrize("run", [run_rollout_of, run_suite_of, run_runner_of])
+def test_an_env_kwarg_holding_a_non_finite_number_is_refused_naming_it(run, env_kwargs, where):
+    """results.json saved NaN as null, and a resumed run rebuilt the env with None."""
+    with pytest.raises(ValueError, match=f"^{where.replace('[', '.').replace(']', '.')} is not a finite number .*"
+                                         "a JSON number must be finite"):
+        run(ConstantPolicy(), config(env_kwargs=env_kwargs))
+
+
 @pytest.mark.parametrize("value", ["false", 0, None])
 @pytest.mark.parametrize("run", [run_rollout_of, run_suite_of, run_runner_of])
 def test_terminate_on_success_that_is_no_bool_is_refused_as_job_files_refuse_it(run, value):

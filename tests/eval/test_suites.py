@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # before anything imports mujoco: headless rendering
 
@@ -208,6 +209,44 @@ def test_a_task_folder_name_is_one_folder_below_the_video_folder(tmp_path, env_n
     folder = task_folder_name(env_name)
     assert folder not in (".", "..") and "/" not in folder and "\\" not in folder
     assert os.path.dirname(os.path.normpath(task_video_dir(str(tmp_path), env_name, True))) == str(tmp_path)
+
+
+def camera_prefix(monkeypatch, prefix="cam"):
+    from eval.scale_fixtures import CameraWalkEnv
+    from gr00t_client import EmbodimentTag
+    from gr00t_eval.rollout import envs
+
+    monkeypatch.setitem(envs.ENV_PREFIX_TO_EMBODIMENT_TAG, prefix, EmbodimentTag.NEW_EMBODIMENT)
+    monkeypatch.setitem(envs._ADAPTERS, prefix, lambda task, **kwargs: CameraWalkEnv(2.0))
+
+
+LONG_TASK = "cam/" + "\u00e9" * 130  # its folder cam__ee..e: 265 bytes in UTF-8, over the 255 a file name may have
+
+
+@pytest.mark.parametrize("bad_task, why", [
+    (LONG_TASK, "is too long for the name of its video folder (265 bytes in UTF-8; a folder name may have at most 255)"),
+    ("cam/a\x00b", "holds a NUL character, which no folder name may"),
+])
+def test_run_suite_refuses_a_task_whose_video_folder_cannot_be_named_before_any_episode(tmp_path, monkeypatch, bad_task,
+                                                                                      why):
+    """The task failed with 'File name too long' (or 'embedded null byte') only when its turn came, after the others
+    had run."""
+    from eval.scale_fixtures import ConstantPolicy
+
+    camera_prefix(monkeypatch)
+    videos = tmp_path / "videos"
+    with pytest.raises(ValueError, match=re.escape(why)) as refused:
+        run_suite(ConstantPolicy(), f"cam/short,{bad_task}", config(n_episodes=1, n_envs=1, video_dir=str(videos)))
+    assert str(refused.value).startswith("task 'cam/")
+    assert not videos.exists() or not list(videos.rglob("*.mp4"))
+
+
+def test_a_long_task_run_alone_writes_its_videos_into_the_video_folder_itself(tmp_path, monkeypatch):
+    from eval.scale_fixtures import ConstantPolicy
+
+    camera_prefix(monkeypatch)
+    results = run_suite(ConstantPolicy(), LONG_TASK, config(n_episodes=1, n_envs=1, video_dir=str(tmp_path)))
+    assert results["failed_tasks"] == {} and len(list(tmp_path.glob("*.mp4"))) == 1
 
 
 def test_the_videos_of_tasks_named_dot_and_dot_dot_stay_inside_the_video_folder(tmp_path, monkeypatch):

@@ -17,8 +17,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from gr00t_client.cli_flags import token_shape, user_path
 from gr00t_client.client import MAX_TIMEOUT_MS
 
-from .rollout.config import (MAX_ENVS, MAX_EPISODES, RolloutConfig, check_env_timeout, check_env_timeout_applies,
-                             default_env_timeout, env_timeout_applies)
+from .rollout.config import (MAX_ENVS, MAX_EPISODES, RolloutConfig, check_env_kwargs_finite, check_env_timeout,
+                             check_env_timeout_applies, default_env_timeout, env_timeout_applies)
 
 logger = logging.getLogger(__name__)
 
@@ -286,6 +286,10 @@ def check_setting_types(name: str, config: Mapping[str, Any]) -> None:
             problem = "a whole number >= 0, or null"
         if problem is not None:
             raise JobError(f"job {name!r}: override {key} must be {problem}, got {value!r}", name)
+    try:
+        check_env_kwargs_finite(config.get("env_kwargs"), "override env_kwargs")
+    except ValueError as exc:
+        raise JobError(f"job {name!r}: {exc}", name) from None
     if config.get("client_chunking", "off") == "async" and isinstance(config.get("n_action_steps"), int) \
             and config["n_action_steps"] < 2:
         raise JobError(f"job {name!r}: override client_chunking 'async' needs n_action_steps >= 2 (a prefetch of a "
@@ -328,6 +332,9 @@ def parse_job(raw: Any, index: int, defaults: Optional[Mapping[str, Any]] = None
     if not isinstance(merged["env_name"], str):
         raise JobError(f"job {name!r}: 'env_name' must be a string (env names or suites, comma-separated), got "
                        f"{merged['env_name']!r}", name)
+    if "\0" in merged["env_name"]:  # "\u0000" is valid JSON; its task's video folder failed when its turn came
+        raise JobError(f"job {name!r}: 'env_name' is {merged['env_name']!r}, which holds a NUL character (\\u0000); "
+                       "expected env names without NUL (no task's video folder may hold one)", name)
     if "policy_server" not in merged:
         raise JobError(f"job {name!r}: 'policy_server' ({{'host': ..., 'port': ...}}) is required", name)
     config = {k: merged[k] for k in TOP_LEVEL_SETTINGS if k in merged}
@@ -484,14 +491,19 @@ def _vectorization_and_n_envs(config: Mapping[str, Any]) -> Tuple[Any, Any]:
 
 def repeated_job_name(name: str, index: int, seen: Dict[str, Tuple[int, str]]) -> Optional[str]:
     """Why job #`index` cannot be called `name`: an earlier job in `seen` (run folder -> its index and name) has that
-    name or that run folder (jobs/<job_dir_name>); None when neither is taken, and `name` is added to `seen`."""
+    name or that run folder (jobs/<job_dir_name>, keyed by casefold(): folders that differ only in case are one on
+    case-insensitive file systems); None when neither is taken, and `name` is added to `seen`."""
     folder = job_dir_name(name)
-    if folder not in seen:
-        seen[folder] = (index, name)
+    if folder.casefold() not in seen:
+        seen[folder.casefold()] = (index, name)
         return None
-    first, first_name = seen[folder]
+    first, first_name = seen[folder.casefold()]
     if first_name == name:
         return f"job {name!r}: duplicate job name (job #{first} has it too); names must be unique"
+    if job_dir_name(first_name) != folder:
+        return (f"job {name!r}: its run folder jobs/{folder} differs only in case from jobs/{job_dir_name(first_name)} "
+                f"of job #{first} ({first_name!r}), and names that differ only in case are one folder on "
+                "case-insensitive file systems (macOS, Windows); names must be unique as folder names there too")
     return (f"job {name!r}: its run folder jobs/{folder} is that of job #{first} ({first_name!r}); names must be unique "
             "as folder names too")
 

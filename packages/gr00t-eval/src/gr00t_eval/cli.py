@@ -25,7 +25,7 @@ from .cli_errors import USAGE_EXIT_CODE, UsageError, _unknown_tag, path_flag
 from .extras import MissingExtraError, require
 from .open_loop_cli import DEFAULT_OPEN_LOOP_BASE, OPEN_LOOP_RUN_FILENAME, cmd_open_loop
 from .record_cli import cmd_record
-from .rollout.config import DEFAULT_ENV_TIMEOUT_S, simulator_extras
+from .rollout.config import DEFAULT_ENV_TIMEOUT_S, NON_FINITE_KWARG, non_finite_part, simulator_extras
 
 DEFAULT_ROLLOUT_DIR = "/tmp/gr00t_rollout_eval"
 
@@ -35,9 +35,14 @@ def _parse_kwarg(text: str) -> tuple:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     try:
-        return key, json.loads(value)
+        parsed = json.loads(value)
     except json.JSONDecodeError:
         return key, value
+    found = non_finite_part(parsed, key)
+    if found is not None:  # json reads NaN, Infinity and -Infinity as numbers
+        hint = f"; to pass the text, quote it: {key}='\"{value}\"'" if found == key else ""
+        raise argparse.ArgumentTypeError(f"{text}: {found} is not a finite number; {NON_FINITE_KWARG}{hint}")
+    return key, parsed
 
 
 def _parse_pair(text: str) -> tuple:

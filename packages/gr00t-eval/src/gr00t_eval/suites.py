@@ -204,19 +204,40 @@ def task_folder_name(env_name: str) -> str:
     return folder.replace(".", "_") if folder in (".", "..") else folder
 
 
+# Longest file name most file systems take (ext4, APFS, NTFS: 255 bytes or UTF-16 units; bytes are the stricter)
+MAX_FOLDER_NAME_BYTES = 255
+
+
 def check_task_video_dirs(tasks: Sequence[Task]) -> None:
     """ValueError when two tasks would write their videos into one folder ('a/b/c' and 'a/b__c' both go to a__b__c;
     names that differ only in case share a folder on case-insensitive file systems): each would overwrite the other's
-    episode videos, and delete those of the other outcome."""
+    episode videos, and delete those of the other outcome. Also when a task's folder name cannot be one (too long, or
+    holding NUL), which failed that task only when its turn came, after the others had run. A run of one task writes
+    its videos into the video folder itself: no folder name to check."""
     seen: Dict[str, str] = {}
     for task in tasks:
         folder = task_folder_name(task.env_name)
+        if len(tasks) > 1:
+            _check_task_folder_name(task.env_name, folder)
         first = seen.setdefault(folder.casefold(), task.env_name)
         if first != task.env_name:
             raise ValueError(f"tasks {first!r} and {task.env_name!r} would write their episode videos into one "
                              f"folder, {task_folder_name(first)!r} under the video folder (a task's folder is its env "
                              "name with '/' as '__', and '.' or '..' as '_' or '__'; names that differ only in case are "
                              "one folder on case-insensitive file systems): run them in separate runs, or pass --no-video")
+
+
+def _check_task_folder_name(env_name: str, folder: str) -> None:
+    if "\0" in folder:
+        raise ValueError(f"task {env_name!r} holds a NUL character, which no folder name may: its episode videos "
+                         "would go to a folder of its env name; rename the task, or pass --no-video")
+    size = len(folder.encode("utf-8", "surrogatepass"))
+    if size > MAX_FOLDER_NAME_BYTES:
+        shown = env_name if len(env_name) <= 60 else f"{env_name[:60]}..."
+        raise ValueError(f"task {shown!r} is too long for the name of its video folder ({size} bytes in "
+                         f"UTF-8; a folder name may have at most {MAX_FOLDER_NAME_BYTES}): its episode videos would go "
+                         "to a folder of its env name; run it alone (its videos then go to the video folder itself), "
+                         "or pass --no-video")
 
 
 def run_task(policy: BasePolicy, task: Task, config: RolloutConfig, episodes: Optional[range] = None, progress: bool = False,

@@ -4,10 +4,11 @@ them without gymnasium (a plain `pip install gr00t-eval`); the runner imports th
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 CLIENT_CHUNKING_MODES = ("off", "sync", "async")
 DEFAULT_ENV_TIMEOUT_S = 600.0
@@ -109,6 +110,35 @@ class RolloutConfig:
         return None if self.seed is None else int(self.seed) + episode_index
 
 
+def non_finite_part(value: Any, path: str) -> Optional[str]:
+    """`path` extended to the first NaN or infinite number in `value` (nested in lists, tuples and dicts), or None:
+    results.json and run.json save such a number as null, and a resumed run rebuilt its env with None."""
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and not math.isfinite(value):
+        return path
+    items = value.items() if isinstance(value, Mapping) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    for key, item in items:
+        found = non_finite_part(item, f"{path}.{key}" if isinstance(value, Mapping) else f"{path}[{key}]")
+        if found is not None:
+            return found
+    return None
+
+
+# Why an env kwarg may not be NaN or infinite (JSON reads NaN, Infinity and -Infinity as numbers)
+NON_FINITE_KWARG = ("a JSON number must be finite: run.json and results.json save NaN and Infinity as null, and a "
+                    "resumed run would pass None")
+
+
+def check_env_kwargs_finite(env_kwargs: Any, name: str = "env_kwargs") -> None:
+    """ValueError naming the env kwarg (as `name`.KEY) that holds NaN or an infinite number, which no run file keeps."""
+    if not isinstance(env_kwargs, Mapping):
+        return  # not a dict of kwargs at all: refused (or failed) where its type is checked
+    for key, value in env_kwargs.items():
+        found = non_finite_part(value, f"{name}.{key}")
+        if found is not None:
+            raise ValueError(f"{found} is not a finite number (got {value!r}); {NON_FINITE_KWARG}; pass it as a string "
+                             "if the env reads text")
+
+
 def is_whole_number(value: Any) -> bool:
     """An int or numpy int, not a bool (True is 1 to Python, and never a count, an id or a position)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
@@ -145,6 +175,7 @@ def check_rollout_config(config: RolloutConfig, auto_n_envs: bool = False) -> No
         raise ValueError(f"n_episodes must be at most {MAX_EPISODES:,} per run (split bigger evaluations into shards or "
                          f"jobs), got {config.n_episodes}")
     _check_chunking(config)
+    check_env_kwargs_finite(config.env_kwargs)
     if config.env_timeout_s is not None:
         check_env_timeout(config.env_timeout_s, "env_timeout_s", no_limit="None")
     in_process = envs_in_process(config.vectorization, config.n_envs)
