@@ -422,3 +422,29 @@ def test_run_batch_refuses_jobs_sharing_a_name_or_a_run_folder_before_any_runs(t
     with pytest.raises(JobError, match=rf"job '{re.escape(second_name)}': .*job #0"):
         run_batch(jobs, tmp_path / "batch_results.json", policy_factory=connected.append)
     assert connected == [] and not (tmp_path / "batch_results.json").exists()
+
+
+def test_a_job_env_and_task_name_holding_a_newline_or_terminal_escape_is_printed_escaped(tmp_path, capsys, caplog):
+    """They were printed raw: a newline in a job name forged a second log line, ESC[2J cleared the terminal and
+    U+202E reversed the table row."""
+    from gr00t_client import EmbodimentTag
+    from gr00t_eval.rollout.envs import register_env_prefix
+    from eval.scale_fixtures import WalkToEnv
+
+    caplog.set_level("INFO", logger="gr00t_eval")
+    register_env_prefix("anyname", EmbodimentTag.NEW_EMBODIMENT, lambda task, **kwargs: WalkToEnv(2.0))
+    name = "nightly\nINFO:gr00t_eval.batch:FORGED all jobs passed\x1b[2J"
+    with policy_server() as server:
+        path = write_jobs(tmp_path, {"defaults": SMALL, "jobs": [
+            {"name": name, "env_name": "anyname/pick\u202eevom,nosuchprefix/\x1b[31mred",
+             "policy_server": {"port": server.port, "timeout_ms": 5000}}]})
+        assert run_cli(["batch", "--jobs", str(path), "--output-dir", str(tmp_path / "out")]) == 1
+    captured = capsys.readouterr()
+    shown = captured.out + captured.err + "\n".join(record.getMessage() for record in caplog.records)
+    assert "\x1b" not in shown and "\u202e" not in shown
+    assert not [line for line in shown.splitlines() if "FORGED" in line and "nightly" not in line]
+    assert "job 1/1: nightly\\nINFO:gr00t_eval.batch:FORGED all jobs passed\\x1b[2J (anyname/pick\\u202eevom," in shown
+    assert re.search(r"^nightly\\nINFO:gr00t_eval\.batch:FORGED all jobs passed\\x1b\[2J\s+failed\s", captured.out,
+                     re.MULTILINE), captured.out
+    reason = json.loads((tmp_path / "out" / "batch_results.json").read_text())["jobs"][0]["reason"]
+    assert reason.startswith("nosuchprefix/\\x1b[31mred: ValueError: env name "), reason

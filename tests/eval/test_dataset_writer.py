@@ -621,3 +621,19 @@ def test_meta_files_an_earlier_writer_left_are_not_hashed(tmp_path):
     (root / "meta" / "modality.json.tmp").write_text("{}", encoding="utf-8")
     (root / "meta" / "info.json.prev").write_text("{}", encoding="utf-8")
     assert dataset_hashes(root, []) == clean
+
+
+@pytest.mark.parametrize("layout", ["v2.1", "v3.0"])
+def test_a_task_holding_a_lone_surrogate_is_refused_at_add_episode_naming_it_and_the_others_survive(tmp_path, layout):
+    """What os.fsdecode makes of a non-UTF-8 byte: v3.0's finalize() failed with a bare UnicodeEncodeError and no
+    meta/info.json (every episode lost); v2.1 stored it and open-loop later failed on it."""
+    root = tmp_path / "ds"
+    with DatasetWriter(root, fps=10, layout=layout) as writer:
+        _small_episode(writer)
+        with pytest.raises(ValueError, match=r"episode 1: task 'pick \\udcff' holds a lone surrogate .*expected text"):
+            writer.add_episode(frames={"cam": np.zeros((5, 16, 16, 3), np.uint8)}, states={"arm": np.zeros((5, 2))},
+                               actions={"arm": np.zeros((5, 2))}, task="pick \udcff")
+        _small_episode(writer)
+    dataset = LeRobotDataset(root)
+    assert dataset.num_episodes == 2
+    assert [dataset.episode(p).language(dataset.language_keys[0])[0] for p in range(2)] == ["t", "t"]

@@ -181,6 +181,28 @@ def test_rollout_cli_with_a_suite_writes_per_task_results(server, tmp_path, caps
     assert "walkto/slow" in out and "overall" in out and "success rate:" in out
 
 
+def test_rollout_prints_task_names_holding_a_terminal_escape_or_bidi_override_escaped(server, tmp_path, capsys, caplog):
+    """The INFO lines, the summary table and the `task X failed` line printed them raw (while the `results:` line
+    escaped them): ESC[2J cleared the terminal and U+202E reversed the rest of the table row."""
+    from gr00t_client import EmbodimentTag
+    from gr00t_eval.rollout.envs import register_env_prefix
+
+    caplog.set_level("INFO", logger="gr00t_eval")
+    register_env_prefix("anyname", EmbodimentTag.NEW_EMBODIMENT, lambda task, **kwargs: scale_fixtures.WalkToEnv(2.0))
+    register_env_prefix("xmldump", EmbodimentTag.NEW_EMBODIMENT, make_dumping_env)
+    code = run_cli(["rollout", "--env-name", "anyname/pick\x1b[2J\u202eevom,xmldump/\x1b[31mred", "--n-episodes",
+                    "1", "--n-envs", "1", "--n-action-steps", "2", "--max-episode-steps", "6",
+                    "--policy-client-port", str(server.port), "--no-video", "--output-dir", str(tmp_path)])
+    assert code == 1  # a task failed
+    captured = capsys.readouterr()
+    shown = captured.out + captured.err + "\n".join(record.getMessage() for record in caplog.records)
+    assert "\x1b" not in shown and "\u202e" not in shown
+    assert "Running collecting 1 episodes for anyname/pick\\x1b[2J\\u202eevom with" in shown
+    assert "task xmldump/\\x1b[31mred failed: RuntimeError: \\x1b[31mXML error" in shown
+    assert re.search(r"^anyname/pick\\x1b\[2J\\u202eevom\s+task\s+1\s", captured.out, re.MULTILINE), captured.out
+    assert "\ntask xmldump/\\x1b[31mred failed: RuntimeError: \\x1b[31mXML error" in captured.out
+
+
 @pytest.mark.parametrize("env_spec, first, second", [("walkto/x/fast,walkto/x__fast", "walkto/x/fast", "walkto/x__fast"),
                                                      ("walkto/Fast,walkto/fast", "walkto/Fast", "walkto/fast")])
 def test_rollout_refuses_two_tasks_whose_videos_would_share_a_folder_naming_both(tmp_path, env_spec, first, second):

@@ -89,6 +89,28 @@ def test_gr00t_policy_language_is_held_to_the_limit_in_its_own_tokens(tiny_check
         client.get_action(state_observation(text=digits))
 
 
+def test_gr00t_policy_language_is_counted_as_the_model_reads_it_formalized(tiny_checkpoint):
+    """The raw instruction was counted: 'Pick, place. ' x 26 is 130 tokens as sent but 53 as the model reads it
+    (lower-cased, punctuation stripped), and was refused over a limit of 64 it is within."""
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+    from gr00t_server.processing.text import formalize_language
+    from gr00t_server.processing.tokenizer import load_tokenizer
+    from gr00t_server.test_checkpoint import example_observation
+
+    policy = Gr00tPolicy(tiny_checkpoint, "new_embodiment", device="cpu")
+    observation = example_observation(tiny_checkpoint, "new_embodiment", batch_size=1, image_size=(32, 32))
+    language_key = next(iter(observation["language"]))
+    tokenizer = load_tokenizer(str(tiny_checkpoint))
+    within, over = "Pick, place. " * 26, "Pick, place. " * 40
+    read = len(tokenizer(formalize_language(over), add_special_tokens=False)["input_ids"])
+    assert len(tokenizer(within)["input_ids"]) > 64 and read > 64
+    with running_server(policy, limits=ServerLimits(max_language_tokens=64)) as server:
+        with PolicyClient(port=server.port, timeout_ms=60000) as client:
+            client.get_action({**observation, "language": {language_key: [[within]]}})
+        message = refusal(server, {**observation, "language": {language_key: [[over]]}}, strict=False)
+    assert f"has {read} tokens; this server accepts at most 64 (--max-language-tokens)" in message
+
+
 def test_only_language_is_tokenized_and_at_most_rows_x_chars_of_it_per_request():
     """Every str of an observation was tokenized on the socket thread: 6,400 texts of 2,000 characters under keys no
     policy reads held every other client's ping for 3.7 s, to be refused by the policy after. Texts elsewhere meet the

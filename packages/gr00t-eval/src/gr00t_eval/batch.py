@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from gr00t_client import BasePolicy, PolicyClient
+from gr00t_client.peer_text import shown_text
 
 from .batch_jobs import (Job, JobError, PolicyServerAddress, check_unique_job_names, job_dir_name, job_video_dirs,
                          load_jobs, parse_job)
@@ -254,7 +255,7 @@ def run_job(job: Job, policy_factory: Callable[[PolicyServerAddress], BasePolicy
         record["n_errors"] = results["overall"].get("n_errors", 0)
         if results.get("status") == "interrupted":
             raise KeyboardInterrupt
-        reasons = [f"{task}: {error}" for task, error in results["failed_tasks"].items()]
+        reasons = [f"{shown_text(task)}: {error}" for task, error in results["failed_tasks"].items()]
         if results.get("status") == "aborted":
             reasons.append(str(results.get("stop_reason")))
         episode_errors = _episode_errors(results)
@@ -265,7 +266,7 @@ def run_job(job: Job, policy_factory: Callable[[PolicyServerAddress], BasePolicy
     except Exception as exc:  # noqa: BLE001 - one broken job must not stop the batch
         if is_storage_error(exc):  # a full disk: every later job's episodes would be lost too; the batch stops
             raise
-        logger.error("job %s failed: %s: %s", job.name, type(exc).__name__, exc)
+        logger.error("job %s failed: %s: %s", shown_text(job.name), type(exc).__name__, exc)
         record["status"], record["reason"] = FAILED, f"{type(exc).__name__}: {exc}"
     finally:
         close = getattr(policy, "close", None)
@@ -320,7 +321,7 @@ def run_batch(jobs: Iterable[Union[Job, JobError]], output_path: Optional[Union[
         if isinstance(job, Job) and job.name in kept:
             changed = changed_settings(job, kept[job.name], None if jobs_dir is None else jobs_dir / job_dir_name(job.name))
             if changed:  # its result no longer describes the job in the job file: run it again
-                logger.warning("job %s: %s changed since it was done; running it again", job.name, changed)
+                logger.warning("job %s: %s changed since it was done; running it again", shown_text(job.name), changed)
                 batch["jobs"][index]["rerun_reason"] = f"settings changed since it was done: {changed}"
             else:
                 batch["jobs"][index] = kept[job.name]
@@ -334,7 +335,8 @@ def run_batch(jobs: Iterable[Union[Job, JobError]], output_path: Optional[Union[
     for index, job in enumerate(jobs):
         if isinstance(job, JobError) or batch["jobs"][index]["status"] == DONE:
             continue
-        logger.info("job %d/%d: %s (%s on %s)", index + 1, len(jobs), job.name, job.env_name, job.server)
+        logger.info("job %d/%d: %s (%s on %s)", index + 1, len(jobs), shown_text(job.name), shown_text(job.env_name),
+                    job.server)
         try:
             rerun_reason = batch["jobs"][index].get("rerun_reason")
             recorded = kept.get(job.name, {}).get("policy_server") if rerun_reason else None
@@ -352,7 +354,8 @@ def run_batch(jobs: Iterable[Union[Job, JobError]], output_path: Optional[Union[
         except OSError as exc:
             if not is_storage_error(exc):
                 raise
-            batch["status"], batch["stop_reason"] = "aborted", f"job {job.name} could not write its files: {exc}"
+            stop_reason = f"job {shown_text(job.name)} could not write its files: {exc}"
+            batch["status"], batch["stop_reason"] = "aborted", stop_reason
             _count(batch)
             try:  # the disk may have room for this small file yet (or again)
                 save()
@@ -401,9 +404,9 @@ def format_table(batch: Mapping[str, Any]) -> str:
             value = overall.get(key)
             return fmt.format(value) if isinstance(value, (int, float)) and value == value else "-"
 
-        rows.append((record["name"], record["status"], str(n_tasks or "-"), number("n_episodes", "{:d}"),
-                     number("n_errors", "{:d}"), percent_text(overall.get("pc_success")), number("avg_sum_reward", "{:.3f}"),
-                     number("eval_s", "{:.1f}"), record.get("reason") or ""))
+        rows.append((shown_text(str(record["name"])), record["status"], str(n_tasks or "-"),
+                     number("n_episodes", "{:d}"), number("n_errors", "{:d}"), percent_text(overall.get("pc_success")),
+                     number("avg_sum_reward", "{:.3f}"), number("eval_s", "{:.1f}"), record.get("reason") or ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     lines = ["  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[-1]]).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths) + "  ------")

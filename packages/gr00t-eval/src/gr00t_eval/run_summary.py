@@ -39,8 +39,8 @@ def _row(name: str, kind: str, agg: Mapping[str, Any]) -> List[str]:
         value = agg.get(key)
         return spec.format(value) if isinstance(value, (int, float)) and value == value else "-"
 
-    return [name, kind, fmt("n_episodes", "{:d}"), percent_text(agg.get("pc_success")), fmt("avg_sum_reward", "{:.3f}"),
-            fmt("avg_max_reward", "{:.3f}"), fmt("eval_s", "{:.1f}")]
+    return [shown_text(str(name)), kind, fmt("n_episodes", "{:d}"), percent_text(agg.get("pc_success")),
+            fmt("avg_sum_reward", "{:.3f}"), fmt("avg_max_reward", "{:.3f}"), fmt("eval_s", "{:.1f}")]
 
 
 def format_summary(results: Mapping[str, Any]) -> str:
@@ -52,7 +52,8 @@ def format_summary(results: Mapping[str, Any]) -> str:
     rows.append(_row("overall", "overall", results["overall"]))
     text = _table(rows)
     for task, reason in results.get("failed_tasks", {}).items():
-        text += f"\ntask {task} failed: {shown_text(str(reason), ERROR_REASON_CHARS)}"  # raw in older results files
+        # the reason is raw in older results files
+        text += f"\ntask {shown_text(str(task))} failed: {shown_text(str(reason), ERROR_REASON_CHARS)}"
     return text
 
 
@@ -66,7 +67,7 @@ def errors_exit(results: Mapping[str, Any], n_errors: int, allow_errors: bool) -
         return 1
     unscored = unscored_tasks(results)
     if n_errors and unscored:
-        print(f"exit status 1 because every episode of {', '.join(unscored)} errored: "
+        print(f"exit status 1 because every episode of {', '.join(map(shown_text, unscored))} errored: "
               f"{'that task has' if len(unscored) == 1 else 'those tasks have'} no result (--allow-errors tolerates "
               "some errors, not a task without a result)")
         return 1
@@ -88,7 +89,8 @@ def print_errored_episodes(results: Mapping[str, Any]) -> None:
     for entry in results["per_episode"]:
         if entry.get("error"):
             reason = shown_text(str(entry["error"]), ERROR_REASON_CHARS)
-            print(f"episode {entry['episode_index']}{' of ' + entry['task'] if entry.get('task') else ''} errored: {reason}")
+            task = f" of {shown_text(str(entry['task']))}" if entry.get("task") else ""
+            print(f"episode {entry['episode_index']}{task} errored: {reason}")
 
 
 def print_incomplete(results: Mapping[str, Any]) -> int:

@@ -292,8 +292,9 @@ def run_task(policy: BasePolicy, task: Task, config: RolloutConfig, episodes: Op
             reason = (f"an env worker process died (its pipe said {type(exc).__name__}: a simulator crash, or the "
                       f"process was killed); the task's episodes still running and not yet started did not run")
         reason = shown_text(reason, ERROR_REASON_CHARS)  # a simulator's XML dump or coloured traceback: one bounded line
-        logger.error("task %s failed: %s", task.env_name, reason)
-        logger.debug("task %s failed", task.env_name, exc_info=exc)  # the whole traceback, for --log-level DEBUG
+        logger.error("task %s failed: %s", shown_text(task.env_name), reason)
+        # the whole traceback, for --log-level DEBUG
+        logger.debug("task %s failed", shown_text(task.env_name), exc_info=exc)
         run.error = reason
     run.eval_s += time.perf_counter() - start
     run.outcomes.sort(key=lambda o: o.episode_index)
@@ -322,10 +323,10 @@ def run_tasks(policy: BasePolicy, tasks: Sequence[Task], config: RolloutConfig, 
         run = TaskRun(task, episodes)
         suite_run.runs.append(run)
         try:
-            gone = unanswered_ping_reason(policy, f"task {task.env_name}") if position else None
+            gone = unanswered_ping_reason(policy, f"task {shown_text(task.env_name)}") if position else None
             if gone is not None:
                 raise PolicyServerUnreachableError(f"{gone}; stopping the run (finished episodes are kept)")
-            logger.info("task %s: episodes %d..%d", task.env_name, episodes.start, episodes.stop - 1)
+            logger.info("task %s: episodes %d..%d", shown_text(task.env_name), episodes.start, episodes.stop - 1)
             run_task(policy, task, config, episodes, progress=progress, on_episode=on_episode,
                      done=done_by_task.get(task.env_name, ()), run=run, video_subdir=len(tasks) > 1)
         except PolicyServerUnreachableError as exc:
@@ -333,7 +334,7 @@ def run_tasks(policy: BasePolicy, tasks: Sequence[Task], config: RolloutConfig, 
             suite_run.status, suite_run.stop_reason = ABORTED, str(exc)
             break
         except KeyboardInterrupt:
-            logger.warning("interrupted during task %s; keeping the %d finished episodes", task.env_name,
+            logger.warning("interrupted during task %s; keeping the %d finished episodes", shown_text(task.env_name),
                            sum(len(r.outcomes) for r in suite_run.runs))
             suite_run.status, suite_run.stop_reason = INTERRUPTED, "interrupted (SIGINT, SIGTERM or SIGHUP)"
             break
@@ -390,7 +391,7 @@ def suite_results(tasks: Sequence[Task], runs: Sequence[TaskRun], config: Union[
     n_not_run = int((extra or {}).get("n_not_run") or 0)
     if status == COMPLETE and (errors or n_not_run):  # the files, not only the console, say the plan did not all run
         status = INCOMPLETE
-        failed = f"{len(errors)} of {len(tasks)} tasks failed ({', '.join(errors)})" if errors else ""
+        failed = f"{len(errors)} of {len(tasks)} tasks failed ({', '.join(map(shown_text, errors))})" if errors else ""
         stop_reason = "; ".join(part for part in (failed, f"{n_not_run} episodes did not run" if n_not_run else "") if part)
     snapshot = config if isinstance(config, Mapping) else _config_snapshot(config)
     results: Dict[str, Any] = {

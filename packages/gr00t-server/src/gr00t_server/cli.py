@@ -120,8 +120,8 @@ def _add_limit_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(*_flag("max-language-chars"), type=int, default=d.max_language_chars,
                    help=f"characters per language string (default {d.max_language_chars})")
     p.add_argument(*_flag("max-language-tokens"), type=int, default=d.max_language_tokens,
-                   help=f"tokens per language string, by the policy's tokenizer (words and punctuation marks for a "
-                        f"policy without one) (default {d.max_language_tokens})")
+                   help=f"tokens per language string, by the policy's tokenizer, of the text as its model reads it "
+                        f"(words and punctuation marks for a policy without one) (default {d.max_language_tokens})")
     p.add_argument(*_flag("max-cameras"), type=int, default=d.max_cameras, help=f"video keys per observation (default {d.max_cameras})")
     p.add_argument(*_flag("max-image-pixels"), type=int, default=d.max_image_pixels,
                    help=f"height x width of one image, and of the square a letter-boxing checkpoint pads a frame to "

@@ -16,7 +16,7 @@ import pyarrow as pa
 from .overwrite import OVERWRITE_TRASH, delete_trash, empty_dataset_dir
 from .stats import RunningColumnStats, episode_stats, image_stats
 from .video import ENCODERS, Mp4Encoder, encoder_for, max_fps
-from .writer_checks import _INDEX_COLUMNS, _EpisodeChecks, _float_groups, _json_metadata, _to_table
+from .writer_checks import _INDEX_COLUMNS, _EpisodeChecks, _check_task_text, _float_groups, _json_metadata, _to_table
 from .writer_files import _EpisodeFiles
 from .writer_meta import _MetaFiles
 
@@ -145,6 +145,7 @@ class DatasetWriter(_EpisodeChecks, _EpisodeFiles, _MetaFiles):
             raise RuntimeError(f"{self.root}: writer already finalized")
         if not isinstance(task, str):
             raise TypeError(f"task must be a str, got {type(task).__name__}")
+        _check_task_text(task, len(self._episodes))  # v3.0's finalize() failed on it, losing every episode
         step_columns = dict(step_columns or {})
         metadata = dict(metadata or {})
         state_arrays = _float_groups(states, "states")

@@ -130,6 +130,17 @@ def _check_camera_name(camera: Any) -> None:
                          "characters")
 
 
+def _check_task_text(task: str, episode_index: int) -> None:
+    """ValueError naming the task when it holds a lone surrogate (what os.fsdecode makes of a non-UTF-8 byte): no
+    UTF-8 file can hold it, so v3.0's finalize() failed (every episode lost) and a v2.1 dataset could not be read."""
+    try:
+        task.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"episode {episode_index}: task {task!r:.200} holds a lone surrogate at position {exc.start} "
+                         "(no UTF-8 text); expected text that UTF-8 can hold (decode the bytes it came from as "
+                         "UTF-8)") from None
+
+
 def _float_groups(groups: Mapping[str, np.ndarray], kind: str) -> Dict[str, np.ndarray]:
     if not groups:
         raise ValueError(f"{kind} must name at least one group")

@@ -131,7 +131,7 @@ class RolloutRunner:
         spec.check_rtc_frozen_steps(config.rtc_frozen_steps)
         n_envs = min(config.n_envs, len(self.episodes))
         logger.info("Running collecting %d episodes for %s with %d vec envs (base seed %d)", len(self.episodes),
-                    config.env_name, n_envs, config.seed)
+                    shown_text(config.env_name), n_envs, config.seed)
         if config.video_dir:  # once, here: an episode's video only makes its own file (never a folder gone mid-run)
             Path(config.video_dir).mkdir(parents=True, exist_ok=True)
         vec = self._vec = make_vector_env(config, spec, n_envs)
@@ -161,7 +161,7 @@ class RolloutRunner:
             self._warned_no_success = True  # once per run: every such episode is scored a failure, which may be wrong
             logger.warning("the env of %s reported no 'success' or 'is_success' in any step info of episode %d, which "
                            "is scored a failure; an env that ends episodes on success must report it, or its success "
-                           "rate reads 0%%", self.config.env_name, summary.episode_index)
+                           "rate reads 0%%", shown_text(self.config.env_name), summary.episode_index)
         if summary.truncated_by_env:
             self._warn_env_truncated(summary)
         outcome = EpisodeOutcome(
@@ -189,7 +189,7 @@ class RolloutRunner:
         logger.warning("the env of %s truncated episode %d at step %d, its own step limit, before the run's "
                        "max_episode_steps of %d: such episodes are scored as they stand (a failure unless they "
                        "succeeded) and marked truncated_by_env; raise the env's limit (for a gym id, "
-                       "--env-kwarg max_episode_steps=N) or lower --max-episode-steps", self.config.env_name,
+                       "--env-kwarg max_episode_steps=N) or lower --max-episode-steps", shown_text(self.config.env_name),
                        summary.episode_index, summary.length, self.config.max_episode_steps)
 
     def _fail(self, row: int, reason: str, bar: Any) -> None:

@@ -31,7 +31,7 @@ from gr00t_server.model.checkpoint import load_model, resolve_checkpoint_dir
 from gr00t_server.processing.checkpoint_files import EMBODIMENT_ID_NAME, PROCESSOR_CONFIG_NAME, STATISTICS_NAME
 from gr00t_server.processing.config import load_processor_config
 from gr00t_server.processing.processor import TOKENIZER_FILE_NAMES, Gr00tN1d7Processor
-from gr00t_server.processing.text import IMAGE_PAD_TOKEN
+from gr00t_server.processing.text import IMAGE_PAD_TOKEN, formalize_language
 from gr00t_server.processing.vision_patches import PREPROCESSOR_CONFIG_NAME
 from gr00t_server.serving.limits import ServerLimits
 
@@ -290,8 +290,11 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
 
     def count_language_tokens(self, text: str) -> int:
         """Tokens of `text` by this checkpoint's tokenizer, for the server's --max-language-tokens (a count of words
-        let 2,048 digits or CJK characters through as one word: thousands of tokens). Safe from the socket thread
-        while the worker tokenizes: it uses its own copy of the tokenizer."""
+        let 2,048 digits or CJK characters through as one word: thousands of tokens). Counted as the model reads it,
+        formalized when the processor formalizes language (the raw text's punctuation and case counted 600 tokens for
+        241 read). Safe from the socket thread while the worker tokenizes: it uses its own copy of the tokenizer."""
+        if self.processor.config.formalize_language:
+            text = formalize_language(text)
         with self._counting_lock:
             return self._counting_tokenizer(text)
 
