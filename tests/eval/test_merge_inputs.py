@@ -75,3 +75,17 @@ def test_an_output_under_a_file_names_that_file(shards, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{tmp_path / 'afile'} exists and is not a directory" in err and "[Errno" not in err
     assert (tmp_path / "afile").read_text() == "a plain file\n"
+
+
+@pytest.mark.skipif(os.name == "nt", reason="symbolic links")
+def test_an_output_through_a_chain_of_links_to_nowhere_names_the_missing_file(shards, tmp_path, capsys, monkeypatch):
+    """out.json -> current.json -> results/v2.json was refused as "a symbolic link to current.json, which does not
+    exist": current.json does (a link); results/v2.json is what is missing."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "current.json").symlink_to("results/v2.json")
+    (tmp_path / "out.json").symlink_to("current.json")
+    assert cli.main(["merge", str(shards), "--output", "out.json"]) == 2
+    assert ("--output out.json is a symbolic link (through current.json) to results/v2.json, which does not exist: "
+            "create results/v2.json or name another" in capsys.readouterr().err)
+    assert not (tmp_path / "results" / "v2.json").exists()

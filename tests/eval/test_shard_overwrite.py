@@ -239,3 +239,67 @@ def test_a_shard_run_again_keeps_a_merge_in_its_folder_that_does_not_hold_it(ser
     assert rollout(server.port, out, "--shard", "1/2") == 0
     assert rollout(server.port, out, "--shard", "1/2", "--overwrite") == 0
     assert json.loads((out / "results.json").read_text())["merged_files"] == [str(out / "results_shard0of2.json")]
+
+
+def _split(port, out):
+    for index in (0, 1):
+        assert rollout(port, out, "--shard", f"{index}/2") == 0
+    return out
+
+
+@pytest.mark.parametrize("recorded", ["merged_paths", "merged_files only"])
+def test_a_shard_run_again_keeps_another_splits_merge_kept_in_its_folder(server, tmp_path, recorded):
+    """A merge of experiment B's shards kept in experiment A's folder was deleted when A's shard 0 ran again: its
+    merged_files name a results_shard0of2.json too, of B's folder."""
+    a, b = _split(server.port, tmp_path / "expA"), _split(server.port, tmp_path / "expB")
+    assert cli.main(["merge", str(b), "--output", str(a / "merge_of_B.json")]) == 0
+    if recorded == "merged_files only":  # a merge of an earlier version
+        merge = json.loads((a / "merge_of_B.json").read_text())
+        merge.pop("merged_paths", None)
+        (a / "merge_of_B.json").write_text(json.dumps(merge))
+    before = {name: (a / name).read_bytes() for name in ("merge_of_B.json", "eval_info.json")}
+    assert rollout(server.port, a, "--shard", "0/2", "--overwrite") == 0
+    assert {name: (a / name).read_bytes() for name in before} == before
+
+
+def test_the_merge_command_a_shard_run_again_suggests_is_quoted(server, tmp_path, caplog):
+    out = _split(server.port, tmp_path / "my shards")
+    assert cli.main(["merge", str(out), "--output", str(out)]) == 0
+    assert rollout(server.port, out, "--shard", "0/2", "--overwrite") == 0
+    assert f"gr00t-eval merge '{out}' --output '{out / 'results.json'}'" in caplog.text
+
+
+@pytest.mark.parametrize("again", ["--overwrite", "--resume"])
+def test_a_shard_run_again_that_reaches_no_server_keeps_the_merge_in_its_folder(server, tmp_path, again):
+    """A resume (or re-run) of a shard with the server down deleted the merge before it stopped, its shard results
+    unchanged by the resume."""
+    out = _split(server.port, tmp_path / "shards")
+    assert cli.main(["merge", str(out), "--output", str(out)]) == 0
+    merge = {name: (out / name).read_bytes() for name in ("results.json", "eval_info.json")}
+    args = (["rollout", "--resume", str(out), "--shard", "0/2", "--policy-client-port", "9", "--timeout-ms", "300"]
+            if again == "--resume" else
+            ["rollout", "--env-name", "walkto/fast", "--n-episodes", "4", "--n-envs", "1", "--vectorization", "sync",
+             "--n-action-steps", "2", "--max-episode-steps", "6", "--seed", "0", "--no-video", "--policy-client-port",
+             "9", "--timeout-ms", "300", "--output-dir", str(out), "--shard", "0/2", "--overwrite"])
+    try:
+        code = cli.main(args)
+    except SystemExit as exc:
+        code = exc.code
+    assert code != 0
+    assert {name: (out / name).read_bytes() for name in merge} == merge
+
+
+def test_a_merge_written_through_a_link_in_the_shards_folder_is_kept_and_named_with_its_target(server, tmp_path,
+                                                                                               caplog):
+    """The link was deleted, its target (the merge, still "complete") kept, and the log said "removed final.json"."""
+    out, share = _split(server.port, tmp_path / "shards"), tmp_path / "share"
+    share.mkdir()
+    assert cli.main(["merge", str(out), "--output", str(share / "final.json")]) == 0
+    (out / "final.json").symlink_to(share / "final.json")
+    assert cli.main(["merge", str(out), "--output", str(out / "final.json")]) == 0
+    assert rollout(server.port, out, "--shard", "0/2", "--overwrite") == 0
+    assert (out / "final.json").is_symlink() and (share / "final.json").is_file()
+    assert (f"{out / 'final.json'}, a symbolic link to {share / 'final.json'}, is the merge of this split's shards: it "
+            "holds the earlier results of results_shard0of2.json, which this run replaces; both are kept: merge again "
+            "once the shards are done" in caplog.text)
+    assert "removed final.json" not in caplog.text

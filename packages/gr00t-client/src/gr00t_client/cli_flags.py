@@ -79,9 +79,24 @@ def broken_link_problem(label: str, path: Union[str, Path]) -> Optional[str]:
             where = f"{label} {path} is" if link == path else f"{label} {path} lies under {link},"
             if _is_symlink_loop(link):
                 return f"{where} a symlink loop (its links point at each other); name another"
-            target = os.readlink(link)
-            return f"{where} a symbolic link to {target}, which does not exist: create {target} or name another"
+            first, target = os.readlink(link), _missing_target(link)
+            # a link to a link: the one it names exists, so it is said to be passed through, not missing
+            through = f" (through {first})" if os.path.islink(os.path.join(os.path.dirname(link), first)) else ""
+            return (f"{where} a symbolic link{through} to {target}, which does not exist: create {target} or name "
+                    "another")
     return None
+
+
+def _missing_target(link: Path) -> str:
+    """Where the chain of links from the dangling `link` ends (a link to a link: the last one's target, the file
+    missing), as a path usable from the working folder: relative there when `link` was given relative and it lies
+    below, else absolute."""
+    target = os.path.realpath(link)
+    if not link.is_absolute():
+        below = os.path.relpath(target, os.path.realpath(os.getcwd()))
+        if not below.startswith(os.pardir):
+            return below
+    return target
 
 
 def _is_symlink_loop(link: Path) -> bool:

@@ -198,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(episode_*_success/failure/error.mp4, nothing else) from a --video-dir outside it. With --shard I/N "
                         "it replaces only that shard's files (its run, episodes and results files and the videos its "
                         "episode log lists), never another shard's, and removes a merge of the split in that folder that "
-                        "holds this shard's earlier results. Refused, --overwrite or not: a directory whose run "
+                        "holds this shard's earlier results once the server answered (one that is a symbolic link is "
+                        "kept, with a warning). Refused, --overwrite or not: a directory whose run "
                         "(or this shard) is still running; a whole run into a directory holding shard files; a shard "
                         "into one holding a whole run's run.json or shards of another N (name a new --output-dir)")
     p.add_argument(*_flag("resume"), type=path_flag, default=None, metavar="DIR",

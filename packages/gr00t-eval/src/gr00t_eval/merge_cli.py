@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any, Dict, List
@@ -207,6 +208,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
     except MergeError as exc:
         raise UsageError(f"{exc}{_unfinished_shards_hint(args.results) if 'in no results file' in str(exc) else ''}") from None
     merged["merged_files"] = [str(f) for f in files]
+    # where each is, whatever the folder the merge ran in: a shard run again finds the merges of its own file by it
+    merged["merged_paths"] = [os.path.abspath(f) for f in files]
     eval_info = {**lerobot_eval_info(merged), "merged_results": output.name}  # the results file it pairs with
     written = [(output, merged), (output.parent / EVAL_INFO_FILENAME, eval_info)]
     try:  # both or neither: a full disk never leaves a new merge beside an earlier merge's eval_info.json

@@ -10,8 +10,9 @@ Layout of a rollout directory (its file names: output_files; run.json: run_file;
 `--resume DIR` reads run.json and episodes.jsonl and runs only the episodes still missing (or errored), with
 run.json's settings (a command line giving others is refused); its eval_s adds up every attempt's.
 A shard (`--shard I/N`) has its own run_, episodes_ and results_shard{i}of{N} files, so the shards of one split may
-share a directory; --overwrite then replaces one shard's files only, and removes a merge of the split written there
-(`merge DIR --output DIR`) that holds the shard's earlier results, as a --resume of the shard does (remove_merges_of).
+share a directory; --overwrite then replaces one shard's files only. A shard run again there (--overwrite or --resume)
+removes a merge of the split written there (`merge DIR --output DIR`) that holds its earlier results once the server
+answered (remove_merges_of, called by scale_cli._run).
 --overwrite empties only a folder that holds nothing but an earlier run's files (_not_a_runs): never a project folder.
 """
 
@@ -198,9 +199,6 @@ def prepare_output_dir(path: Union[str, Path], overwrite: bool = False, own_file
         if earlier:
             logger.warning("emptying %s (--overwrite)", path)
             _remove_earlier_run(path, sorted(earlier, key=lambda entry: entry.name not in RESUMABLE_FILENAMES))
-    shard_results = next((name for name in own_files or () if name.startswith("results")), None)
-    if shard_results is not None and path.is_dir():
-        remove_merges_of(path, shard_results)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -230,16 +228,26 @@ def _remove_earlier_run(path: Path, entries: Sequence[Path], elsewhere: Sequence
 
 def remove_merges_of(path: Union[str, Path], results_name: str) -> None:
     """Delete a merge in the shards' directory `path` (`merge DIR --output DIR`: a results file with merged_from, and its
-    eval_info.json) whose merged_files names `results_name`, the shard's results file a new run or a --resume replaces:
-    left, it would go on saying "complete" with numbers no file on disk backs. Says so in one line."""
+    eval_info.json) that merged this folder's `results_name` (_merges_this_file), the shard's results file a new run or
+    a --resume replaces: left, it would go on saying "complete" with numbers no file on disk backs. Says so in one
+    line. A merge that is a symbolic link (merge writes through one) is left, with its target: a warning names both."""
+    from .run_resume import command_path
+
     path = Path(path)
     for merge in sorted(path.glob("*.json")):
         try:
             results = json.loads(merge.read_text())
         except (OSError, ValueError):
             continue
-        merged = results.get("merged_files") if isinstance(results, dict) and "merged_from" in results else None
-        if not isinstance(merged, list) or not any(isinstance(f, str) and Path(f).name == results_name for f in merged):
+        if not isinstance(results, dict) or "merged_from" not in results or not _merges_this_file(results, path,
+                                                                                                   results_name):
+            continue
+        again = f"gr00t-eval merge {command_path(path)} --output {command_path(path / merge.name)}"
+        if merge.is_symlink():  # deleting the link would leave its target, the merge, saying "complete"
+            logger.warning("%s, a symbolic link to %s, is the merge of this split's shards: it holds the earlier "
+                           "results of %s, which this run replaces; both are kept: merge again once the shards are "
+                           "done: %s",
+                           merge, os.path.realpath(merge), results_name, again)
             continue
         removed = [merge]
         eval_info = path / EVAL_INFO_FILENAME
@@ -247,13 +255,31 @@ def remove_merges_of(path: Union[str, Path], results_name: str) -> None:
             paired = json.loads(eval_info.read_text()).get("merged_results", merge.name)
         except (OSError, ValueError, AttributeError):
             paired = None
-        if paired == merge.name:
+        if paired == merge.name and not eval_info.is_symlink():
             removed.append(eval_info)
         for file in removed:
             file.unlink(missing_ok=True)
         logger.warning("removed %s, the merge of this split's shards in %s: it holds the earlier results of %s, "
-                       "which this run replaces; merge again once the shards are done: gr00t-eval merge %s --output %s",
-                       " and ".join(file.name for file in removed), path, results_name, path, path / merge.name)
+                       "which this run replaces; merge again once the shards are done: %s",
+                       " and ".join(file.name for file in removed), path, results_name, again)
+
+
+def _merges_this_file(results: dict, path: Path, results_name: str) -> bool:
+    """Whether a merge's `results` merged path/`results_name`, not a file of that name in another folder: by the
+    absolute paths it records (merged_paths), or for a merge of an earlier version by merged_files: an absolute entry
+    that is that file, a relative one of that name in no folder or in a folder of `path`'s name (`merge DIR`)."""
+    own = (path / results_name).resolve()
+    recorded = results.get("merged_paths")
+    if isinstance(recorded, list):
+        return any(isinstance(entry, str) and Path(entry).resolve() == own for entry in recorded)
+    merged = results.get("merged_files")
+    for entry in (Path(entry) for entry in merged if isinstance(entry, str)) if isinstance(merged, list) else ():
+        if entry.is_absolute():
+            if entry.resolve() == own:
+                return True
+        elif entry.name == results_name and entry.parent.name in ("", path.resolve().name):
+            return True
+    return False
 
 
 def _not_a_runs(path: Path, keep: Sequence[str]) -> List[str]:

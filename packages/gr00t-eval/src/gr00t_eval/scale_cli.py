@@ -93,11 +93,10 @@ def run_rollout_command(args: argparse.Namespace) -> int:
     from .cli_errors import UsageError
     from .episode_log import EpisodeLog, latest_entries
     from .metrics import EpisodeOutcome
-    from .output_files import episode_log_name, results_file_name, run_file_name
+    from .output_files import episode_log_name, run_file_name
     from .rollout.config import draw_base_seed
     from .ray_connect import check_ray_address, import_ray
     from .ray_runner import parse_servers
-    from .run_dir import remove_merges_of
     from .run_file import read_run_file, write_run_file
     from .run_resume import add_earlier_task_eval_s, earlier_eval_s, earlier_results, refuse_changed_settings
     from .run_stop import is_storage_error, is_storage_line
@@ -138,8 +137,6 @@ def run_rollout_command(args: argparse.Namespace) -> int:
         config, moved = resumed_video_dir(saved, config, output_dir, shard)
         config = resumed_env_timeout(args, config, output_dir)
         _claim_videos(output_dir, shard, env_spec, config, resume=True)
-        if shard is not None:  # a merge of the split in its folder holds this shard's results, which now change
-            remove_merges_of(output_dir, results_file_name(shard))
         earlier_not_applied = saved.get("settings_not_applied") or {}
         earlier = earlier_results(output_dir, shard)
         # A Ray run whose driver could not ask every server records no policy in run.json; its results name the one
@@ -215,8 +212,10 @@ def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done:
          first_policy: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     from . import connection
     from .cli_errors import UsageError
+    from .output_files import results_file_name
     from .policy_identity import pinned_policy, policy_record
     from .ray_runner import parse_servers, run_with_ray
+    from .run_dir import remove_merges_of
     from .run_stop import output_folder_checked, sigterm_as_interrupt
     from .shard import run_suite
 
@@ -250,6 +249,8 @@ def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done:
         _adopt_run_policy(output_dir, shard, first_policy, policy, f"the server at {server}", len(done))
         _check_policy_runs_settings(client, env_spec, config, Path(args.resume) if args.resume else None, policy)
         not_applied = _record_settings_not_applied(client, config, output_dir, shard)
+        if shard is not None:  # its results change now (not when it stops before): a merge of them in its folder goes
+            remove_merges_of(output_dir, results_file_name(shard))
         # a restart with another checkpoint stops it (pinned_policy), and so does its folder gone before a video
         with sigterm_as_interrupt(), pinned_policy(client, policy), output_folder_checked(log.check_folder):
             results = run_suite(client, env_spec, config, shard, progress=True,
