@@ -84,6 +84,7 @@ def test_a_video_dir_inside_a_live_runs_folder_is_refused_and_left_as_it_was(vid
 def test_overwrite_of_a_folder_holding_a_dead_runs_folder_goes_ahead(tmp_path):
     parent = tmp_path / "parent"
     running_rollout(parent / "runA", ended_pid())
+    (parent / "results.json").write_text("{}")  # an earlier run's folder: --overwrite empties no other
     with policy_server() as server:
         assert run_cli([*command_args("rollout", parent, None, tmp_path, server.port), "--overwrite"]) == 0
     assert not (parent / "runA").exists() and (parent / "results.json").is_file()

@@ -47,13 +47,14 @@ def test_a_non_empty_output_dir_is_refused_in_one_line_unless_overwrite_which_em
     out = tmp_path / "out"
     out.mkdir()
     (out / "traj_7.jpeg").write_text("an old plot")
+    (out / "results.json").write_text("an earlier run's results")  # what makes it an earlier run's folder
     assert open_loop(dataset, server, "--output-dir", str(out)) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--overwrite" in err and "do not resume" in err, err
-    assert (out / "traj_7.jpeg").is_file() and not (out / "results.json").exists()
+    assert (out / "traj_7.jpeg").is_file() and (out / "results.json").read_text() == "an earlier run's results"
 
     assert open_loop(dataset, server, "--output-dir", str(out), "--overwrite") == 0
-    assert not (out / "traj_7.jpeg").exists() and (out / "results.json").is_file()
+    assert not (out / "traj_7.jpeg").exists() and "aggregated" in json.loads((out / "results.json").read_text())
 
 
 def test_a_new_or_empty_output_dir_is_used_as_given(dataset, server, tmp_path):

@@ -1,5 +1,6 @@
 """Output directories: two runs started together into one directory, an --output-dir that is (or holds) the dataset
-or a checkpoint, a symbolic link to nowhere, a project folder --overwrite must not empty, and a path under a file."""
+or a checkpoint, a symbolic link to nowhere, a folder --overwrite must not empty (a project's, one of other runs'
+folders) and the earlier run's own folder it empties, and a path under a file."""
 
 import json
 import os
@@ -180,9 +181,63 @@ def test_overwrite_refuses_a_folder_holding_no_earlier_run_and_deletes_nothing(t
             "batch": ["batch", "--jobs", str(jobs)]}[command]
     assert main([*args, "--output-dir", str(out), "--overwrite"]) == 2
     err = capsys.readouterr().err
-    assert f"--output-dir {out} holds src, thesis.txt, which no earlier run wrote" in err
+    assert f"--output-dir {out} holds src, thesis.txt but no earlier run's own file at its top" in err
     assert "nothing was deleted" in err
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+
+def test_batch_overwrite_refuses_a_project_folder_whose_own_folders_are_named_jobs_and_videos(tmp_path, capsys):
+    from eval.scale_fixtures import policy_server
+
+    project = tmp_path / "project"
+    (project / "jobs").mkdir(parents=True)
+    (project / "videos").mkdir()
+    (project / "jobs" / "train.sbatch").write_text("#!/bin/bash\n# the user's cluster script\n")
+    (project / "videos" / "demo_take3.mp4").write_bytes(b"\0" * 100)
+    with policy_server() as server:
+        (project / "jobs.json").write_text(json.dumps({"jobs": [{
+            "name": "a", "env_name": "walkto/fast", "n_episodes": 1, "n_envs": 1,
+            "policy_server": {"host": "127.0.0.1", "port": server.port}, "overrides": {"n_action_steps": 2}}]}))
+        before = sorted(p.relative_to(project) for p in project.rglob("*"))
+        assert main(["batch", "--jobs", str(project / "jobs.json"), "--output-dir", str(project), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert f"--output-dir {project} holds jobs, jobs.json, videos but no earlier run's own file at its top" in err
+    assert "nothing was deleted" in err
+    assert sorted(p.relative_to(project) for p in project.rglob("*")) == before
+
+
+def test_rollout_overwrite_refuses_a_folder_holding_other_runs_dated_folders(tmp_path, capsys):
+    from eval.scale_fixtures import policy_server
+
+    base = tmp_path / "rollouts"
+    args = ["rollout", "--env-name", "walkto/fast", "--env-import", "eval.scale_fixtures", "--timeout-ms", "5000",
+            "--n-episodes", "2", "--seed", "0", "--n-envs", "1", "--n-action-steps", "2", "--max-episode-steps", "6",
+            "--no-video", "--vectorization", "sync"]
+    with policy_server() as server:
+        for run in ("2026-12-05/09-00-00_walkto", "2026-12-06/10-00-00_walkto"):
+            assert main([*args, "--policy-client-port", str(server.port), "--output-dir", str(base / run)]) == 0
+        before = sorted(p.relative_to(base) for p in base.rglob("*"))
+        capsys.readouterr()
+        assert main([*args, "--policy-client-port", str(server.port), "--output-dir", str(base), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert f"--output-dir {base} holds 2026-12-05, 2026-12-06 but no earlier run's own file at its top" in err
+    assert "nothing was deleted" in err
+    assert sorted(p.relative_to(base) for p in base.rglob("*")) == before
+
+
+def test_open_loop_overwrite_empties_its_own_earlier_folder_holding_plots_of_its_own_names(tmp_path):
+    from gr00t_server.policies.replay import ReplayPolicy
+    from serving import running_server
+
+    dataset = make_dataset(tmp_path / "dataset", lengths=(6, 6))
+    out = tmp_path / "out"
+    with running_server(ReplayPolicy(dataset, execution_horizon=4)) as server:
+        args = ["open-loop", "--dataset-path", str(dataset), "--port", str(server.port), "--output-dir", str(out),
+                "--traj-ids", "0", "1", "--save-plot-path", str(out / "plot.png")]
+        assert main(args) == 0
+        assert main([*args, "--overwrite"]) == 0  # the same command, replacing its own earlier output
+    assert sorted(p.name for p in out.iterdir()) == ["open_loop_run.json", "plot_traj0.png", "plot_traj1.png",
+                                                     "results.json"]
 
 
 @pytest.mark.parametrize("command", ["rollout", "batch", "record"])

@@ -376,11 +376,12 @@ def test_a_non_empty_output_dir_is_refused_unless_overwrite_which_empties_it(tmp
     out = tmp_path / "out"
     out.mkdir()
     (out / "episode_0000_failure.mp4").write_text("old")
+    (out / "results.json").write_text("an earlier run's results")  # what makes it an earlier run's folder
     with policy_server() as server:
         assert main(rollout_args(server.port, out, "--n-episodes", "1")) == 2
         assert "--overwrite" in capsys.readouterr().err
         assert main(rollout_args(server.port, out, "--n-episodes", "1", "--overwrite")) == 0
-    assert not (out / "episode_0000_failure.mp4").exists() and (out / "results.json").is_file()
+    assert not (out / "episode_0000_failure.mp4").exists() and "overall" in json.loads((out / "results.json").read_text())
 
 
 def test_the_default_output_dir_is_a_new_dated_directory(tmp_path, monkeypatch, capsys):

@@ -145,9 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default: a new dated directory {DEFAULT_OPEN_LOOP_BASE}/YYYY-MM-DD/HH-MM-SS_<dataset>). "
                         "Open-loop runs do not resume: run again")
     p.add_argument(*_flag("overwrite"), action="store_true",
-                   help="empty a non-empty --output-dir first, once the policy's settings are checked: one holding only "
-                        "an earlier run's files (a folder with others is refused, deleting nothing), and not while a run "
-                        "still running holds it, a folder in it or one above it")
+                   help="empty a non-empty --output-dir first, once the policy's settings are checked: an earlier run's "
+                        "folder, holding its run, claim or results file at its top (a folder without one is refused, "
+                        "deleting nothing), and not while a run still running holds it, a folder in it or one above it")
     p.add_argument(*_flag("observation-format"), default="auto", choices=["auto", "nested", "flat"],
                    help="nested {video,state,language} (reference server) or flat video.* keys (sim wrapper); auto asks the server")
     p.add_argument(*_flag("no-plots"), action="store_true", help="skip the JPEG plots (not with --save-plot-path)")
@@ -193,8 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "except that the shards of one --shard I/N split may share one "
                         f"(default: a new dated directory {DEFAULT_ROLLOUT_DIR}/YYYY-MM-DD/HH-MM-SS_<env>)")
     p.add_argument(*_flag("overwrite"), action="store_true",
-                   help="empty a non-empty --output-dir first (one holding only an earlier run's files: a folder with "
-                        "others is refused, deleting nothing), and delete an earlier run's episode videos "
+                   help="empty a non-empty --output-dir first (an earlier run's folder, holding its run, claim or "
+                        "results file at its top: a folder without one is refused, deleting nothing), and delete an earlier run's episode videos "
                         "(episode_*_success/failure/error.mp4, nothing else) from a --video-dir outside it. With --shard I/N "
                         "it replaces only that shard's files (its run, episodes and results files and the videos its "
                         "episode log lists), never another shard's, and removes a merge of the split in that folder that "

@@ -13,7 +13,8 @@ A shard (`--shard I/N`) has its own run_, episodes_ and results_shard{i}of{N} fi
 share a directory; --overwrite then replaces one shard's files only. A shard run again there (--overwrite or --resume)
 removes a merge of the split written there (`merge DIR --output DIR`) that holds its earlier results once the server
 answered (remove_merges_of, called by scale_cli._run).
---overwrite empties only a folder that holds nothing but an earlier run's files (_not_a_runs): never a project folder.
+--overwrite empties only a folder whose top holds an earlier run's own file (_earlier_run_file): never a project folder,
+nor a folder holding other runs' folders.
 """
 
 from __future__ import annotations
@@ -44,14 +45,9 @@ logger = logging.getLogger(__name__)
 # What `rollout --resume` and `batch --resume` (its batch_results.json) continue from: without one, a folder that is
 # not empty is not advised to be resumed.
 RESUMABLE_FILENAMES = (RUN_FILENAME, "batch_results.json")
-# What a rollout, open-loop or batch run leaves at the top of its --output-dir, besides its shard files, hidden .gr00t
-# files (claims, locks, trash), half-written files, a merge's results file, plots and episode videos (_not_a_runs):
-# --overwrite empties a folder holding only these. (open_loop_cli.OPEN_LOOP_RUN_FILENAME, batch_cli.BATCH_CLAIM_FILENAME,
-# batch.BATCH_RESULTS_FILENAME and JOBS_DIRNAME, the copy of its jobs.json.)
-RUN_OUTPUT_NAMES = frozenset({RUN_FILENAME, EPISODE_LOG_FILENAME, "results.json", EVAL_INFO_FILENAME, "videos",
-                              "open_loop_run.json", "batch.json", "batch_results.json", "jobs.json", "jobs",
-                              "episodes.replaced.jsonl"})  # a batch job's log of a run under other settings
-_PLOT_NAME = re.compile(r"traj_[0-9]+\.jpeg")  # open-loop's default plot names (plots.DEFAULT_PLOT_SUFFIX)
+# Files only a run writes at the top of its --output-dir, besides any command's claim file and a shard's files
+# (_earlier_run_file): --overwrite empties a folder holding one of them, an earlier run's, whatever else it holds.
+EARLIER_RUN_FILENAMES = (EPISODE_LOG_FILENAME, "results.json", EVAL_INFO_FILENAME, "batch_results.json")
 
 
 def remove_quietly(path: Union[str, Path]) -> None:
@@ -118,13 +114,14 @@ def check_output_dir(path: Union[str, Path], overwrite: bool = False, own_files:
         refuse_live_claims(path, skip=keep)
         if overwrite:
             _refuse_inputs(path)
-            foreign = _not_a_runs(path, keep)
-            if foreign:
-                shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
-                raise OutputDirError(f"--output-dir {path} holds {shown}, which no earlier run wrote; --overwrite empties "
-                                     "only an earlier run's folder (its run, results and claim files, episode logs, "
-                                     "videos/, jobs/), so nothing was deleted: name another directory, or move those "
-                                     "away first")
+            leftovers = {file.name for file in dead_partial_files(path)}
+            entries = sorted(entry.name for entry in path.iterdir() if entry.name not in {*keep, *leftovers})
+            if entries and _earlier_run_file(path) is None:
+                shown = ", ".join(entries[:4]) + (f" and {len(entries) - 4} more" if len(entries) > 4 else "")
+                raise OutputDirError(f"--output-dir {path} holds {shown} but no earlier run's own file at its top (a run "
+                                     f"or claim file, {', '.join(EARLIER_RUN_FILENAMES)}); --overwrite empties only an "
+                                     "earlier run's folder, so nothing was deleted: name that run's own folder or "
+                                     "another directory, or move those away first")
             return
         # A half-written file of a process killed mid-write (its run file, say) is not content: prepare_output_dir
         # deletes it. It made the folder "not empty", and the --resume suggested then found no run.json.
@@ -174,7 +171,7 @@ def prepare_output_dir(path: Union[str, Path], overwrite: bool = False, own_file
     episode log lists (not in a --video-dir another run has claimed since: _still_this_shards), never another shard's.
     A directory holding another run (sharded, for a whole run; a whole run or another split, for a shard), or that a
     run still running has claimed (any command's claim file, run_claim.CLAIM_FILENAMES, but those in `keep`), is
-    refused even with `overwrite`.
+    refused even with `overwrite`, as is a non-empty one whose top holds no file an earlier run wrote (_earlier_run_file).
     """
     from .run_claim import dead_partial_files
 
@@ -282,31 +279,19 @@ def _merges_this_file(results: dict, path: Path, results_name: str) -> bool:
     return False
 
 
-def _not_a_runs(path: Path, keep: Sequence[str]) -> List[str]:
-    """The entries at the top of `path` that no earlier run wrote (RUN_OUTPUT_NAMES and the rest listed there; a folder
-    counts as a run's when everything in it is, as an earlier run's own folder): a project's files, which --overwrite
-    must not delete."""
-    from .run_claim import CLAIM_FILENAMES, PARTIAL_FILE_NAME, claim_lock_name
+def _earlier_run_file(path: Path) -> Optional[str]:
+    """The first entry at the top of `path` that only a run writes there (any command's claim file, a shard's files,
+    EARLIER_RUN_FILENAMES, a half-written one of these, the overwrite trash), or None: a folder without one is no
+    earlier run's (a project folder, or a folder of other runs' dated folders), which --overwrite must not empty."""
+    from .run_claim import PARTIAL_FILE_NAME, claim_files
 
-    locks = {claim_lock_name(name) for name in CLAIM_FILENAMES}
-    foreign = []
+    names = {*claim_files(path), *EARLIER_RUN_FILENAMES, OVERWRITE_TRASH}
     for entry in sorted(path.iterdir()):
-        name = entry.name
-        if (name in keep or name in RUN_OUTPUT_NAMES or name in locks or name.startswith(".gr00t")
-                or SHARD_FILE_NAME.fullmatch(name) or PARTIAL_FILE_NAME.fullmatch(name) or _PLOT_NAME.fullmatch(name)
-                or (entry.suffix == ".mp4" and _is_episode_video(name))
-                or (entry.suffix == ".json" and _is_merge_output(entry))
-                or (entry.is_dir() and not entry.is_symlink() and not _not_a_runs(entry, ()))):
-            continue
-        foreign.append(name)
-    return foreign
-
-
-def _is_episode_video(name: str) -> bool:
-    """Whether `name` is an episode video's (a --video-dir that is the output folder itself)."""
-    from .video import EPISODE_VIDEO_NAME  # here: importing it loads PyAV, which only a folder of videos needs
-
-    return EPISODE_VIDEO_NAME.fullmatch(name) is not None
+        partial = PARTIAL_FILE_NAME.fullmatch(entry.name)
+        name = partial.group("name") if partial else entry.name
+        if name in names or SHARD_FILE_NAME.fullmatch(name):
+            return entry.name
+    return None
 
 
 def _split_of(names: Sequence[str]) -> Optional[int]:

@@ -59,8 +59,8 @@ def register_scale_commands(subparsers: Any) -> None:
                    help=f"where jobs.json and batch_results.json go; must be empty or new (default: a new dated "
                         f"directory {DEFAULT_BATCH_DIR}/YYYY-MM-DD/HH-MM-SS_batch)")
     p.add_argument(*_flag("overwrite"), action="store_true",
-                   help="empty a non-empty --output-dir first: one holding only an earlier run's files (a folder with "
-                        "others is refused, deleting nothing)")
+                   help="empty a non-empty --output-dir first: an earlier run's folder, holding its run, claim or "
+                        "results file at its top (a folder without one is refused, deleting nothing)")
     p.add_argument(*_flag("resume"), type=path_flag, default=None, metavar="DIR",
                    help="continue the batch in DIR: jobs marked done are kept (unless their settings or policy_server "
                         "changed since), pending and failed ones run again")
