@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+from pathlib import Path
 
 from .cli_errors import CliError, refuse_blank_paths
 
@@ -28,7 +29,7 @@ def keygen(args: argparse.Namespace) -> int:
     except OSError as exc:
         if exc.errno is None:  # its own refusal (files exist), already worded
             raise
-        raise CliError(_key_storage_problem(exc)) from exc
+        raise CliError(_key_storage_problem(exc)) from None  # one traceback at --log-level DEBUG: this line's
     print(f"Public key:  {public_path}  (copy to peers: clients pass it as --server-public-key, servers keep "
           f"client keys in their --authorized-keys directory)")
     print(f"Secret key:  {secret_path}  (mode 0600; keep it on this machine)")
@@ -41,6 +42,11 @@ def _key_storage_problem(exc: OSError) -> str:
     pair is replaced only once both new files are written, so a failed write leaves it as it was)."""
     if exc.errno == errno.ENAMETOOLONG:
         advice = "choose a shorter --name (or DIR)"
+    elif exc.errno == errno.ENOTDIR:
+        blocker = next((parent for parent in reversed(Path(exc.filename or "").parents)
+                        if parent.exists() and not parent.is_dir()), None)
+        advice = (f"{blocker} is a file, not a folder: move it away, or choose another DIR" if blocker is not None
+                  else "a file is in the way of that folder: choose another DIR")
     elif exc.errno == errno.EISDIR:
         advice = "move that folder away, or choose another --name"
     elif exc.errno == errno.EFBIG:
