@@ -448,3 +448,22 @@ def test_a_job_env_and_task_name_holding_a_newline_or_terminal_escape_is_printed
                      re.MULTILINE), captured.out
     reason = json.loads((tmp_path / "out" / "batch_results.json").read_text())["jobs"][0]["reason"]
     assert reason.startswith("nosuchprefix/\\x1b[31mred: ValueError: env name "), reason
+
+
+def test_a_done_job_whose_entry_a_newer_check_refuses_keeps_its_results_on_resume(tmp_path):
+    """Jobs 'Job-A' and 'job-a' (two folders on Linux) done by an earlier gr00t-eval: on resume the newer case check
+    made 'job-a' a JobError, and its done record was replaced by 'failed: invalid job', its results gone."""
+    done = {"name": "job-a", "env_name": "walkto/fast", "policy_server": "127.0.0.1:1", "status": "done",
+            "reason": None, "n_errors": 0, "results": {"overall": {"pc_success": 100.0}}, "wall_s": 1.0}
+    [error] = [job for job in load_jobs_from(tmp_path, [{"name": "Job-A", "env_name": "walkto/fast"},
+                                                        {"name": "job-a", "env_name": "walkto/fast"}])
+               if isinstance(job, JobError)]
+    batch = run_batch([error], tmp_path / "batch_results.json", previous={"jobs": [done]})
+    assert batch["jobs"] == [done] and batch["n_done"] == 1 and batch["n_failed"] == 0
+    assert json.loads((tmp_path / "batch_results.json").read_text())["jobs"] == [done]
+
+
+def load_jobs_from(folder, jobs):
+    path = folder / "jobs.json"
+    path.write_text(json.dumps({"jobs": [{**job, "policy_server": {"host": "127.0.0.1", "port": 1}} for job in jobs]}))
+    return load_jobs(path)

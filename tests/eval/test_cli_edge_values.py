@@ -30,7 +30,7 @@ def job_errors(tmp_path, jobs, defaults=None):
     # json reads NaN and Infinity as numbers; results.json saved null, and a resumed job passed the env None
     ({"overrides": {"env_kwargs": {"noise": float("nan")}}},
      "override env_kwargs.noise is not a finite number (got nan); a JSON number must be finite"),
-    ({"arena_env_args": {"bounds": [0, float("-inf")]}}, "override env_kwargs.bounds[1] is not a finite number"),
+    ({"arena_env_args": {"bounds": [0, float("-inf")]}}, "arena_env_args.bounds[1] is not a finite number"),
     ({"overrides": {"client_chunking": "async", "n_action_steps": 1}},
      "override client_chunking 'async' needs n_action_steps >= 2"),
     ({"overrides": "fast"}, "'overrides' must be an object of rollout settings, got 'fast'"),

@@ -66,7 +66,9 @@ def test_rtc_frozen_steps_must_be_a_whole_number_too():
 
 @pytest.mark.parametrize("env_kwargs, where", [({"noise": float("nan")}, "env_kwargs.noise"),
                                                ({"bounds": [0.0, np.float32("-inf")]}, "env_kwargs.bounds[1]"),
-                                               ({"camera": {"fov": float("inf")}}, "env_kwargs.camera.fov")])
+                                               ({"camera": {"fov": float("inf")}}, "env_kwargs.camera.fov"),
+                                               ({"init_qpos": np.array([0.1, np.nan])}, "env_kwargs.init_qpos[1]"),
+                                               ({"scale": np.array(np.inf)}, "env_kwargs.scale")])
 @pytest.mark.parametrize("run", [run_rollout_of, run_suite_of, run_runner_of])
 def test_an_env_kwarg_holding_a_non_finite_number_is_refused_naming_it(run, env_kwargs, where):
     """results.json saved NaN as null, and a resumed run rebuilt the env with None."""

@@ -679,6 +679,11 @@ def test_a_subclass_assigning_modality_configs_as_the_references_attribute_took_
     policy.mine["action"].modality_keys.sort()  # the subclass's own object, kept by it: a copy was stored
     after, _ = policy.get_action(observation, {"seed": 1})
     assert list(after) == list(before)
+    other = policy.modality_configs
+    other["language"].modality_keys = ["task"]  # what __init__ worked out (the language key) would no longer hold
+    with pytest.raises(ValueError, match=r"^modality_configs \['language'\] differ from the checkpoint's: "):
+        policy.modality_configs = other
+    assert policy.get_modality_config()["language"].modality_keys == [policy.language_key]
 
 
 @pytest.mark.parametrize("argument, value", [("clip_outliers", "false"), ("clip_outliers", 0), ("clip_outliers", "no"),

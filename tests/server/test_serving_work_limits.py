@@ -111,6 +111,27 @@ def test_gr00t_policy_language_is_counted_as_the_model_reads_it_formalized(tiny_
     assert f"has {read} tokens; this server accepts at most 64 (--max-language-tokens)" in message
 
 
+def test_language_that_lower_casing_lengthens_past_the_token_limit_is_counted_and_refused(tiny_checkpoint):
+    """A text of no more UTF-8 bytes than the limit was never counted (at most a token a byte), but lower-casing it
+    (Gr00tPolicy formalizes) grows 'Ⱥ' from 2 bytes to 3: 32 of them, 64 bytes, read as 96 tokens, were served under a
+    limit of 64 - as str, as bytes and as a numpy str array."""
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+    from gr00t_server.processing.text import formalize_language
+    from gr00t_server.processing.tokenizer import load_tokenizer
+    from gr00t_server.test_checkpoint import example_observation
+
+    policy = Gr00tPolicy(tiny_checkpoint, "new_embodiment", device="cpu")
+    observation = example_observation(tiny_checkpoint, "new_embodiment", batch_size=1, image_size=(32, 32))
+    language_key = next(iter(observation["language"]))
+    text = "\u023a" * 32
+    read = len(load_tokenizer(str(tiny_checkpoint))(formalize_language(text), add_special_tokens=False)["input_ids"])
+    assert len(text.encode()) == 64 and read > 64
+    with running_server(policy, limits=ServerLimits(max_language_tokens=64)) as server:
+        for sent in ([[text]], [[text.encode()]], np.array([[text]])):
+            message = refusal(server, {**observation, "language": {language_key: sent}}, strict=False)
+            assert f"has {read} tokens; this server accepts at most 64 (--max-language-tokens)" in message, message
+
+
 def test_only_language_is_tokenized_and_at_most_rows_x_chars_of_it_per_request():
     """Every str of an observation was tokenized on the socket thread: 6,400 texts of 2,000 characters under keys no
     policy reads held every other client's ping for 3.7 s, to be refused by the policy after. Texts elsewhere meet the

@@ -12,11 +12,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import re
 import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple, Union
 
 from gr00t_client import BasePolicy, PolicyClient
 from gr00t_client.peer_text import shown_text
@@ -288,6 +289,18 @@ def _pending_record(job: Union[Job, JobError], index: int) -> Dict[str, Any]:
             "reason": None, "n_errors": 0, "results": None, "wall_s": 0.0}
 
 
+def _done_name_of(job: JobError, kept: Mapping[str, Any], valid: Set[str]) -> Optional[str]:
+    """The name of the done record (in `kept`) of the job an invalid entry describes: its own name, or for a name
+    load_jobs refused as repeated (NAME#INDEX: a folder name taken by another job, 'job-a' beside 'Job-A') that name,
+    unless a valid job of the batch has it (a true duplicate, whose record that job keeps); None when none was done."""
+    name = job.job_name
+    repeated = re.fullmatch(r"(.+)#[0-9]+", name or "")
+    for candidate in (name, repeated.group(1) if repeated else None):
+        if candidate is not None and candidate in kept and candidate not in valid:
+            return candidate
+    return None
+
+
 def _count(batch: Dict[str, Any]) -> None:
     batch["n_failed"] = sum(1 for r in batch["jobs"] if r["status"] == FAILED)
     batch["n_pending"] = sum(1 for r in batch["jobs"] if r["status"] == PENDING)
@@ -317,7 +330,14 @@ def run_batch(jobs: Iterable[Union[Job, JobError]], output_path: Optional[Union[
                              "status": "running", "jobs": [_pending_record(job, i) for i, job in enumerate(jobs)]}
     jobs_dir = None if output_path is None else Path(output_path).parent / JOBS_DIRNAME
     kept = {r["name"]: r for r in (previous or {}).get("jobs", []) if r.get("status") == DONE}
+    valid = {job.name for job in jobs if isinstance(job, Job)}
     for index, job in enumerate(jobs):
+        done_as = _done_name_of(job, kept, valid) if isinstance(job, JobError) else None
+        if done_as is not None:  # done before a newer check refused its entry: its results are kept
+            logger.warning("job %s: done earlier, and its entry in the job file is now refused (%s); its results are "
+                           "kept, and it runs again only once its entry is fixed", shown_text(done_as), job)
+            batch["jobs"][index] = kept[done_as]
+            continue
         if isinstance(job, Job) and job.name in kept:
             changed = changed_settings(job, kept[job.name], None if jobs_dir is None else jobs_dir / job_dir_name(job.name))
             if changed:  # its result no longer describes the job in the job file: run it again

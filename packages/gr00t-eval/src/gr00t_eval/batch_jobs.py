@@ -205,6 +205,10 @@ def _layer(who: str, raw: Mapping[str, Any], prefix: str = "", job_name: Optiona
         for key in [key for key in ARENA_ENV_NAME_KEYS if key in env_args]:
             _set_once(who, layer, "env_name", env_args.pop(key), given_as, f"{prefix}arena_env_args.{key}", job_name)
         if env_args:
+            try:  # named as given: the check of the folded env_kwargs would name a field the file does not have
+                check_env_kwargs_finite(env_args, f"{prefix}arena_env_args")
+            except ValueError as exc:
+                raise JobError(f"{who}: {exc}", job_name) from None
             overrides["env_kwargs"] = _fold_into(who, overrides.get("env_kwargs", {}), f"{prefix}overrides.env_kwargs",
                                                  "an object of keyword arguments",
                                                  [(key, value, key) for key, value in env_args.items()],

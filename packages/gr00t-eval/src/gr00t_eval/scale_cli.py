@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 from gr00t_client.cli_flags import flag as _flag
+from gr00t_client.peer_text import shown_text
 
 from .batch_cli import DEFAULT_BATCH_DIR, cmd_batch
 from .cli_errors import path_flag
@@ -153,7 +154,8 @@ def run_rollout_command(args: argparse.Namespace) -> int:
         old_video_dir = saved.get("config", {}).get("video_dir") if moved else config.video_dir
         done = _videos_moved_with_run(done, old_video_dir, config.video_dir)  # the folder's videos, where they now are
         finished = sum(1 for o in done if o.error is None)
-        print(f"Resuming {output_dir}: {finished} episodes finished, the rest of {env_spec} runs now (base seed {config.seed})")
+        print(f"Resuming {output_dir}: {finished} episodes finished, the rest of {shown_text(env_spec)} runs now (base "
+              f"seed {config.seed})")
     else:
         _check_rollout_args(args)
         seed = rollout_seed(args)

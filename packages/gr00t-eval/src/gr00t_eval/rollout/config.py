@@ -115,6 +115,8 @@ def non_finite_part(value: Any, path: str) -> Optional[str]:
     results.json and run.json save such a number as null, and a resumed run rebuilt its env with None."""
     if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and not math.isfinite(value):
         return path
+    if type(value).__module__ == "numpy" and hasattr(value, "tolist"):  # an array (results.json saves it as a list)
+        return non_finite_part(value.tolist(), path)
     items = value.items() if isinstance(value, Mapping) else enumerate(value) if isinstance(value, (list, tuple)) else ()
     for key, item in items:
         found = non_finite_part(item, f"{path}.{key}" if isinstance(value, Mapping) else f"{path}[{key}]")

@@ -237,8 +237,17 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
 
     @modality_configs.setter
     def modality_configs(self, configs: Dict[str, ModalityConfig]) -> None:
-        """Replace them (a subclass's own, as the reference's plain attribute took): kept as copies."""
-        self._modality_configs = copy_modality_configs(configs)
+        """Assigned as the reference's plain attribute was (a subclass's own, say): taken when it equals the checkpoint's
+        (kept as copies); other configs are refused, since the language key, horizons and the processor's decoding
+        were worked out from the checkpoint's when the policy loaded (a new language key failed every call)."""
+        given = {name: config for name, config in dict(configs).items() if name != "rl_info"}
+        if given != self._modality_configs:
+            changed = sorted(name for name in {*given, *self._modality_configs}
+                             if given.get(name) != self._modality_configs.get(name))
+            raise ValueError(f"modality_configs {changed} differ from the checkpoint's: Gr00tPolicy reads them from its "
+                             f"{PROCESSOR_CONFIG_NAME} when it loads; edit that file (or serve another checkpoint) to "
+                             "change them")
+        self._modality_configs = copy_modality_configs(given)
 
     def identity(self) -> Dict[str, Any]:
         """Which model this is, the same wherever its checkpoint is copied and whether loaded in fp32 or bf16 (a

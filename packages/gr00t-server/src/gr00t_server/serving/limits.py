@@ -116,6 +116,9 @@ def _position_text(position: Tuple[int, ...]) -> str:
     return f" in row {position[0]}" + (f", item {', '.join(map(str, items))}" if items else "")
 
 
+_LOWERED_GROWTH = 1.5  # the most str.lower() grows a text's UTF-8 bytes (U+0130 'İ': 2 bytes to 'i̇', 3)
+
+
 def _check_text(text: str, where: str, limits: ServerLimits, count_tokens: Optional[_LanguageCounter] = None,
                 position: Tuple[int, ...] = ()) -> None:
     """The character limit for every text; the token limit for language (`count_tokens`, None for other texts: no
@@ -126,10 +129,11 @@ def _check_text(text: str, where: str, limits: ServerLimits, count_tokens: Optio
             f"{kind} '{where}'{_position_text(position)} has {len(text)} characters; this server accepts at most "
             f"{limits.max_language_chars} (--max-language-chars)"
         )
-    # A byte-level tokenizer makes at most one token per UTF-8 byte: a text of no more bytes than the limit is within
-    # it (an ASCII text has as many bytes as characters). Only longer texts are counted.
+    # A byte-level tokenizer makes at most one token per UTF-8 byte of the text the model reads, which a policy may
+    # lower-case first (Gr00tPolicy formalizes it): that keeps an ASCII text's bytes, and makes at most 3/2 of a
+    # non-ASCII one's ('Ⱥ', 2 bytes, lower-cases to 'ⱥ', 3). A text within the limit so is not counted.
     if count_tokens is None or len(text) <= limits.max_language_tokens and (
-            text.isascii() or len(text.encode("utf-8", "surrogatepass")) <= limits.max_language_tokens):
+            text.isascii() or _LOWERED_GROWTH * len(text.encode("utf-8", "surrogatepass")) <= limits.max_language_tokens):
         return
     tokens = count_tokens(text, where)
     if tokens > limits.max_language_tokens:
@@ -143,7 +147,8 @@ def _check_text_bytes(value: bytes, where: str, limits: ServerLimits, count_toke
                       position: Tuple[int, ...] = ()) -> None:
     """Language sent as bytes (msgpack bin) is held to the same limits as str: policies decode it (the sim wrapper
     does). At most 4 x max_language_chars bytes are decoded; bytes that are not UTF-8 are left to the policy."""
-    if len(value) <= min(limits.max_language_chars, limits.max_language_tokens):  # no more characters than bytes
+    if len(value) <= limits.max_language_chars and len(value) * (1 if value.isascii() else _LOWERED_GROWTH) \
+            <= limits.max_language_tokens:  # no more characters than bytes, nor tokens than its lower-cased bytes
         return
     if len(value) > 4 * limits.max_language_chars:  # UTF-8 spends at most 4 bytes a character: too long, undecoded
         raise RequestError(
@@ -169,7 +174,7 @@ def _check_string_array(value: np.ndarray, where: str, limits: ServerLimits, cou
     # A bytes entry has at least as many bytes as characters or tokens; a str character is up to 4 UTF-8 bytes, and
     # so up to 4 tokens of a byte-level tokenizer.
     per_char = 4 if value.dtype.kind == "U" else 1
-    shortest_breach = min(limits.max_language_chars, limits.max_language_tokens // per_char)
+    shortest_breach = min(limits.max_language_chars, int(limits.max_language_tokens // (per_char * _LOWERED_GROWTH)))
     if value.dtype.itemsize // per_char <= shortest_breach:
         return  # the dtype's width alone keeps every entry within both limits
     for index in np.flatnonzero(np.char.str_len(flat) > shortest_breach).tolist():

@@ -232,8 +232,9 @@ class RequestLoop(Gathering):
             if not queued and self._room_made(
                 self.queued_bytes, request.nbytes, self.queued_bytes_total + request.nbytes - max_bytes,
                 lambda evicted: evicted.nbytes,
-                lambda: f"server busy: {self.queued_bytes_total} bytes of requests are waiting for the policy, at most "
-                        f"{max_bytes} in all (--max-queued-mb)", make_room,
+                lambda: f"server busy: {self.queued_bytes_total} bytes of requests are waiting for the policy and a "
+                        f"further {request.nbytes} came from a connection with none, over the {max_bytes} in all "
+                        "(--max-queued-mb)", make_room,
             ):
                 return
             server.stats.add("refused")
@@ -294,11 +295,12 @@ class RequestLoop(Gathering):
                     assert worker is not None
                     taken = worker.take_newest_of(request.identity)
                     assert taken is request  # the plan took each holder's newest first, and no job started meanwhile
+        # worded once, before a reply releases its bytes: every request refused for this newcomer is told the same
+        message = (f"{busy()}; this connection had the most waiting, and its newest request made room for one from a "
+                   "connection with none; try again")
         for request in evicted:
             self._server.stats.add("refused")
             request.outcome = "refused"
-            message = (f"{busy()}; this connection had the most waiting, and its newest request made room for one "
-                       "from a connection with none; try again")
             self.reply_error(request, RequestError(message))
             self._runner.release_session(request)  # never reached execute: its session idles again
         return True
