@@ -878,4 +878,39 @@ def test_statistics_missing_the_served_tag_are_reported_without_stray_quotes(cop
     checkpoint = copy_of()
     _edit_json(checkpoint / "statistics.json", lambda data: data.pop("new_embodiment") and None)
     err = serve_error(checkpoint)
-    assert "error: statistics.json has no statistics for embodiment 'new_embodiment'" in err
+    assert f"error: {checkpoint / 'statistics.json'} has no statistics for embodiment 'new_embodiment'" in err
+
+
+def _pop(*path):
+    def edit(data):
+        for name in path[:-1]:
+            data = data[name]
+        data.pop(path[-1])
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_pop("new_embodiment", "action", "gripper"), "Action key 'gripper' not found in action statistics"),
+    (_pop("new_embodiment", "state", "eef_9d"), "Joint group 'eef_9d' not found in state statistics"),
+    (_pop("new_embodiment", "relative_action", "joints"), "Relative action statistics required for key 'joints'"),
+    (_pop("new_embodiment", "relative_action"), "'relative_action' not found in statistics"),
+], ids=["action-key", "state-key", "relative-key", "relative-group"])
+def test_statistics_lacking_a_served_key_are_named_with_the_file_and_a_remedy(copy_of, serve_error, edit, message):
+    # The message named neither the file nor what to do.
+    checkpoint = copy_of()
+    _edit_json(checkpoint / "statistics.json", edit)
+    err = serve_error(checkpoint)
+    assert f"error: {checkpoint / 'statistics.json'}: " in err and message in err, err
+    assert "copy or download the checkpoint's statistics.json again, or recompute it" in err
+
+
+def test_statistics_of_one_embodiment_at_the_top_level_name_the_keys_found_and_the_layout_expected(copy_of,
+                                                                                                   serve_error):
+    # One embodiment's groups written at the top level was reported as "has []".
+    checkpoint = copy_of()
+    _edit_json(checkpoint / "statistics.json", lambda data: data["new_embodiment"])
+    err = serve_error(checkpoint)
+    assert (f"error: {checkpoint / 'statistics.json'} has no statistics for embodiment 'new_embodiment'; its "
+            "top-level keys are ['action', 'relative_action', 'state'], expected the layout "
+            "{embodiment_tag: {state: ..., action: ...}}") in err, err
+    assert "has []" not in err

@@ -200,6 +200,50 @@ def test_a_tokenizer_folder_without_tokenizer_json_or_its_vocabulary_names_the_m
     assert "NoneType" not in err
 
 
+def test_a_broken_link_as_tokenizer_json_is_named_with_its_target(copy_of, serve_error):
+    # An interrupted hub download: the tokenizer was silently rebuilt from vocab.json and merges.txt instead.
+    checkpoint = copy_of()
+    (checkpoint / "tokenizer.json").unlink()
+    (checkpoint / "tokenizer.json").symlink_to(checkpoint / "blobs" / "gone")
+    err = serve_error(checkpoint)
+    assert f"{checkpoint / 'tokenizer.json'} is a broken link to {checkpoint / 'blobs' / 'gone'}" in err, err
+
+
+@pytest.mark.parametrize("keep, merges", [(lambda lines: [], 0), (lambda lines: lines[:1], 0),
+                                          (lambda lines: lines[: len(lines) // 2], 371)],
+                         ids=["empty", "header-only", "half"])
+def test_a_merges_txt_cut_short_without_tokenizer_json_is_refused_naming_it(copy_of, serve_error, keep, merges):
+    # The tokenizer was rebuilt from the merges left and served other actions without a word.
+    checkpoint = copy_of()
+    (checkpoint / "tokenizer.json").unlink()
+    path = checkpoint / "merges.txt"
+    path.write_text("".join(keep(path.read_text().splitlines(True))))
+    err = serve_error(checkpoint)
+    assert f"error: {path} holds {merges} merges, but vocab.json's 1000 tokens (added tokens aside) need 744" in err, err
+    assert "download it (or the backbone's tokenizer.json) again" in err
+
+
+def test_an_intact_vocab_json_and_merges_txt_without_tokenizer_json_tokenize_as_tokenizer_json_does(copy_of):
+    from gr00t_server.processing.tokenizer import load_tokenizer
+
+    checkpoint = copy_of()
+    text = "pick up the red block and place it in the top drawer <|image_pad|>"
+    expected = load_tokenizer(checkpoint)(text)["input_ids"]
+    (checkpoint / "tokenizer.json").unlink()
+    assert load_tokenizer(checkpoint)(text)["input_ids"] == expected
+
+
+def test_a_truncated_vocab_json_without_tokenizer_json_is_named(copy_of, serve_error):
+    # It was reported as "the tokenizer files in X (tokenizer.json, tokenizer_config.json) could not be read".
+    checkpoint = copy_of()
+    (checkpoint / "tokenizer.json").unlink()
+    path = checkpoint / "vocab.json"
+    path.write_text(path.read_text()[: len(path.read_text()) // 2])
+    err = serve_error(checkpoint)
+    assert f"error: {path} is not valid JSON" in err, err
+    assert "(tokenizer.json, tokenizer_config.json)" not in err
+
+
 # --- embodiment tags -----------------------------------------------------------------------------------------
 
 

@@ -16,6 +16,9 @@ from .config import ProcessorConfig
 
 logger = logging.getLogger(__name__)
 
+_MISSING_STATISTICS_REMEDY = ("copy or download the checkpoint's statistics.json again, or recompute it from the "
+                              "training data")
+
 
 @dataclass(frozen=True)
 class EmbodimentNormParams:
@@ -149,9 +152,10 @@ def used_statistics(config: ProcessorConfig) -> Dict[str, Dict[str, Dict[str, Se
 
 
 def compute_norm_params(tag: str, stats: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]],
-                        configs: Mapping[str, ModalityConfig], config: ProcessorConfig) -> EmbodimentNormParams:
+                        configs: Mapping[str, ModalityConfig], config: ProcessorConfig,
+                        source: str = "statistics.json") -> EmbodimentNormParams:
     """Normalization parameters of embodiment `tag` from its statistics and modality configs; ValueError/KeyError
-    naming the key when they cannot serve it."""
+    naming the key (and `source`, the statistics file, for one it lacks) when they cannot serve it."""
     pct = config.use_percentiles
     for modality in ("state", "action"):
         if modality in configs:
@@ -159,7 +163,9 @@ def compute_norm_params(tag: str, stats: Mapping[str, Mapping[str, Mapping[str, 
     state: Dict[str, norm.KeyNormParams] = {}
     for key in configs["state"].modality_keys if "state" in configs else []:
         if key not in stats.get("state", {}):
-            raise KeyError(f"Joint group '{key}' not found in state statistics for embodiment '{tag}'")
+            raise KeyError(f"{source}: Joint group '{key}' not found in state statistics for embodiment '{tag}'; "
+                           f"it must hold each state and action key the modality configs list: "
+                           f"{_MISSING_STATISTICS_REMEDY}")
         state[key] = norm.key_norm_params(stats["state"][key], pct, f"state key '{key}' of '{tag}'",
                                           mean_std=key in (configs["state"].mean_std_embedding_keys or []))
     action: Dict[str, norm.KeyNormParams] = {}
@@ -167,7 +173,9 @@ def compute_norm_params(tag: str, stats: Mapping[str, Mapping[str, Mapping[str, 
     action_config = configs.get("action")
     for index, key in enumerate(action_config.modality_keys if action_config else []):
         if key not in stats.get("action", {}):
-            raise KeyError(f"Action key '{key}' not found in action statistics for embodiment '{tag}'")
+            raise KeyError(f"{source}: Action key '{key}' not found in action statistics for embodiment '{tag}'; "
+                           f"it must hold each state and action key the modality configs list: "
+                           f"{_MISSING_STATISTICS_REMEDY}")
         z_scored = key in (action_config.mean_std_embedding_keys or []) and not _is_relative(config, action_config, index)
         params = norm.key_norm_params(stats["action"][key], pct, f"action key '{key}' of '{tag}'", mean_std=z_scored)
         if "min" in stats["action"][key]:  # the output width comes from the absolute min (model.md §1.5)
@@ -176,11 +184,13 @@ def compute_norm_params(tag: str, stats: Mapping[str, Mapping[str, Mapping[str, 
         if _is_relative(config, action_config, index):
             if "relative_action" not in stats:
                 raise ValueError(
-                    f"Relative action statistics required for embodiment '{tag}' but 'relative_action' not found in statistics"
+                    f"{source}: Relative action statistics required for embodiment '{tag}' but 'relative_action' not "
+                    f"found in statistics; it must hold them for each relative action key: {_MISSING_STATISTICS_REMEDY}"
                 )
             if key not in stats["relative_action"]:
                 raise ValueError(
-                    f"Relative action statistics required for key '{key}' in embodiment '{tag}' but not found"
+                    f"{source}: Relative action statistics required for key '{key}' in embodiment '{tag}' but not "
+                    f"found; it must hold them for each relative action key: {_MISSING_STATISTICS_REMEDY}"
                 )
             relative[key] = norm.relative_stats_for_horizon(
                 stats["relative_action"][key], action_config.horizon, f"key '{key}' of '{tag}'"

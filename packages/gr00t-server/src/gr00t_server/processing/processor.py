@@ -143,9 +143,14 @@ class Gr00tN1d7Processor(VideoChecks):
     def _compute_norm_params(self, tag: str) -> EmbodimentNormParams:
         if tag in self.statistics_errors:
             raise ValueError(self.statistics_errors[tag])
+        source = str(self.source_files.get(STATISTICS_NAME, STATISTICS_NAME))
         if tag not in self.statistics:
-            raise KeyError(f"statistics.json has no statistics for embodiment {tag!r}; has {sorted(self.statistics)}")
-        return compute_norm_params(tag, self.statistics[tag], self.modality_configs(tag), self.config)
+            # Invalid tags are top-level keys too: one embodiment's groups written at the top level said "has []".
+            raise KeyError(f"{source} has no statistics for embodiment {tag!r}; its top-level keys are "
+                           f"{sorted(set(self.statistics) | set(self.statistics_errors))}, expected the layout "
+                           "{embodiment_tag: {state: ..., action: ...}}; copy or download the checkpoint's "
+                           "statistics.json again")
+        return compute_norm_params(tag, self.statistics[tag], self.modality_configs(tag), self.config, source)
 
     # --- observation steps ------------------------------------------------------------------------
 

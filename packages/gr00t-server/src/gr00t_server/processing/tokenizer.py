@@ -7,11 +7,12 @@ backbone's `model_name` from the local Hugging Face cache, then from the Hub (fa
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
 from ..git_lfs import git_lfs_pointer_problem
-from .checkpoint_files import _read_json
+from .checkpoint_files import _read_json, _refuse_broken_link
 from .text import check_chat_template, default_chat_template
 from .vision_patches import PREPROCESSOR_CONFIG_NAME, VisionPatchConfig
 
@@ -37,8 +38,11 @@ class TokenizerNotFoundError(OSError):
 
 
 def has_tokenizer_files(folder: Union[str, Path]) -> bool:
-    """True when `folder` holds a tokenizer.json or tokenizer_config.json."""
+    """True when `folder` holds a tokenizer.json or tokenizer_config.json; FileNotFoundError naming the target of
+    either that is a broken link (else a dangling tokenizer.json was rebuilt from vocab.json and merges.txt)."""
     folder = Path(folder)
+    _refuse_broken_link(folder / "tokenizer.json")
+    _refuse_broken_link(folder / "tokenizer_config.json")
     return (folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file()
 
 
@@ -85,6 +89,7 @@ def load_tokenizer(folder: Union[str, Path]) -> Any:
         )
     _refuse_missing_vocabulary(folder)
     _refuse_unreadable_files(folder)
+    _refuse_merges_not_fitting_vocabulary(folder)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ImportError):
@@ -92,8 +97,9 @@ def load_tokenizer(folder: Union[str, Path]) -> Any:
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         # tokenizers raises a bare Exception for a broken tokenizer.json
+        read = "tokenizer.json" if (folder / "tokenizer.json").is_file() else "vocab.json, merges.txt"
         files = (folder / "tokenizer.json" if type(exc) is Exception and (folder / "tokenizer.json").is_file()
-                 else f"the tokenizer files in {folder} (tokenizer.json, tokenizer_config.json)")
+                 else f"the tokenizer files in {folder} ({read}, tokenizer_config.json)")
         raise ValueError(f"{files} could not be read: {reason}; copy them again from the backbone") from None
     tokenizer.padding_side = "left"
     tokenizer.chat_template = processor_chat_template(folder, getattr(tokenizer, "chat_template", None))
@@ -157,6 +163,8 @@ def _refuse_missing_vocabulary(folder: Path) -> None:
     merges.txt to build it from: transformers failed with "expected str, bytes or os.PathLike object, not NoneType"."""
     if (folder / "tokenizer.json").is_file():
         return
+    for name in ("vocab.json", "merges.txt"):
+        _refuse_broken_link(folder / name)
     missing = [name for name in ("vocab.json", "merges.txt") if not (folder / name).is_file()]
     if missing:
         raise TokenizerNotFoundError(
@@ -172,10 +180,57 @@ def _refuse_unreadable_files(folder: Path) -> None:
         pointer = git_lfs_pointer_problem(folder / name) if (folder / name).is_file() else None
         if pointer:
             raise ValueError(pointer)
-    for name in _SMALL_JSON_FILES:  # tokenizer.json (megabytes) is left to the tokenizers parser
+    rebuilt_from = () if (folder / "tokenizer.json").is_file() else ("vocab.json",)
+    for name in (*_SMALL_JSON_FILES, *rebuilt_from):  # tokenizer.json (megabytes) is left to the tokenizers parser
         if (folder / name).is_file():
             _read_json(folder / name)
     read_chat_template(folder)
+
+
+def _refuse_merges_not_fitting_vocabulary(folder: Path) -> None:
+    """ValueError naming merges.txt when tokenizer.json is absent and merges.txt is empty or does not fit vocab.json:
+    transformers rebuilt the tokenizer from what was left, which split the instruction into other tokens."""
+    if (folder / "tokenizer.json").is_file():
+        return
+    vocabulary = _read_json(folder / "vocab.json")
+    if not isinstance(vocabulary, dict):
+        raise ValueError(f"{folder / 'vocab.json'} holds {type(vocabulary).__name__}; expected an object of token: id")
+    path = folder / "merges.txt"
+    lines = _read_text(path).splitlines()
+    # As transformers reads it: an optional "#version" header, then one merge per non-blank line.
+    merges = [line for index, line in enumerate(lines)
+              if line.strip() and not (index == 0 and line.strip().startswith("#version"))]
+    added = _added_token_names(folder)
+    # Byte-level BPE (Qwen's, the test checkpoint's) starts from the 256 byte symbols and each merge adds one token;
+    # added tokens are listed apart (added_tokens.json, tokenizer_config.json), and some tokenizers repeat them in
+    # vocab.json. So vocab.json less the added tokens holds 256 + merges (Qwen3-VL: 151643 = 256 + 151387 merges).
+    # Special-looking tokens ("<|endoftext|>") some vocabularies hold unlisted are let through: only a merges.txt
+    # short of what the rest of the vocabulary needs (cut short) is refused, never one with more merges.
+    learned = sum(1 for token in vocabulary if token not in added)
+    unlisted_specials = sum(1 for token in vocabulary if token not in added and _SPECIAL_LOOKING.fullmatch(token))
+    if not merges or len(merges) < learned - 256 - unlisted_specials:
+        raise ValueError(
+            f"{path} holds {len(merges)} merges, but vocab.json's {learned} tokens (added tokens aside) need "
+            f"{learned - 256} (256 byte symbols + one token per merge): merges.txt is empty, cut short or from another "
+            f"tokenizer; download it (or the backbone's tokenizer.json) again"
+        )
+
+
+_SPECIAL_LOOKING = re.compile(r"<\|?[^<>\s]+\|?>")
+
+
+def _added_token_names(folder: Path) -> set:
+    """Tokens added beside the BPE vocabulary: added_tokens.json's, and tokenizer_config.json's added_tokens_decoder."""
+    names = set()
+    if (folder / "added_tokens.json").is_file():
+        added = _read_json(folder / "added_tokens.json")
+        names.update(added if isinstance(added, dict) else ())
+    config = _read_json(folder / "tokenizer_config.json")
+    decoder = config.get("added_tokens_decoder") if isinstance(config, dict) else None
+    for token in (decoder.values() if isinstance(decoder, dict) else ()):
+        if isinstance(token, dict) and isinstance(token.get("content"), str):
+            names.add(token["content"])
+    return names
 
 
 def load_vision_config(folder: Union[str, Path]) -> VisionPatchConfig:
