@@ -16,6 +16,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from gr00t_server.checkpoint_json import read_checkpoint_json
 from gr00t_server.git_lfs import git_lfs_pointer_problem
 from gr00t_server.model.config import CONFIG_NAME, Gr00tN1d7Config
 from gr00t_server.model.modeling import Gr00tN1d7, resolve_dtype
@@ -139,8 +140,23 @@ def _checkpoint_subfolders_hint(directory: Path) -> str:
     --local-dir of one) keeps each in its own folder."""
     found = sorted(path.parent.name for path in directory.glob(f"*/{CONFIG_NAME}") if path.is_file())
     if not found:
-        return ""
+        return _hub_cache_hint(directory)
     return f"; its sub-folders {found} hold one: give the checkpoint folder itself, e.g. {directory / found[0]}"
+
+
+def _hub_cache_hint(directory: Path) -> str:
+    """Points a hub-cache repository folder (models--owner--name) at its snapshots/<revision>/, which holds the files
+    (the revision refs/main names first), and at its hub id."""
+    snapshots = sorted(path.parent for path in directory.glob(f"snapshots/*/{CONFIG_NAME}") if path.is_file())
+    if not snapshots:
+        return ""
+    main = directory / "refs" / "main"
+    revision = main.read_text(encoding="utf-8").strip() if main.is_file() else ""
+    snapshot = next((path for path in snapshots if path.name == revision), snapshots[0])
+    parts = directory.name.split("--")
+    hub_id = f" or the hub id {parts[1]}/{parts[2]}" if len(parts) == 3 and parts[0] == "models" else ""
+    return (f"; it is a hub cache repository folder, whose checkpoint is in snapshots/<revision>/: give "
+            f"{snapshot}{hub_id}")
 
 
 # ----- reading weights -----
@@ -156,9 +172,9 @@ def shard_index(directory: Path) -> Optional[dict[str, str]]:
                        SINGLE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, SINGLE_WEIGHTS_NAME)
         return None
     try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{index_path} is not valid JSON: {exc}") from None
+        index = read_checkpoint_json(index_path)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(f"{index_path} has no 'weight_map' object {{tensor name: shard file}}")
@@ -178,19 +194,55 @@ def weight_files(directory: Path, weight_map: Optional[dict[str, str]]) -> list[
     elif (directory / SINGLE_WEIGHTS_NAME).exists():
         files = [directory / SINGLE_WEIGHTS_NAME]
     elif (directory / SINGLE_WEIGHTS_NAME).is_symlink():  # an interrupted copy of a hub cache, say
-        raise CheckpointError(f"{directory / SINGLE_WEIGHTS_NAME} is a broken link to "
-                              f"{os.readlink(directory / SINGLE_WEIGHTS_NAME)}; copy the weights again")
+        raise CheckpointError(_broken_link(directory / SINGLE_WEIGHTS_NAME) + "; copy the weights again")
     else:
-        others = sorted(path.name for path in directory.glob("*.bin")) + sorted(path.name for path in directory.glob("*.pt"))
-        hint = f" ({', '.join(others[:3])} there: only safetensors weights are read; convert them)" if others else ""
-        raise CheckpointError(f"{directory} has neither {WEIGHTS_INDEX_NAME} nor {SINGLE_WEIGHTS_NAME}{hint}")
+        raise CheckpointError(f"{directory} has neither {WEIGHTS_INDEX_NAME} nor {SINGLE_WEIGHTS_NAME}"
+                              f"{_no_weights_hint(directory)}")
     folders = [path for path in files if path.is_dir()]
     if folders:  # a half-finished copy or download can leave a folder where the weights belong
         raise CheckpointError(f"{folders[0]} is a directory; expected a safetensors file")
+    broken = [path for path in files if path.is_symlink() and not path.exists()]
+    if broken:  # a hub-cache snapshot links each shard to its blob once that is downloaded
+        raise CheckpointError(_broken_link(broken[0]) + "; download or copy it again")
     missing = [str(path) for path in files if not path.is_file()]
     if missing:
-        raise CheckpointError(f"weight shards listed in {WEIGHTS_INDEX_NAME} are missing: {missing}")
+        raise CheckpointError(f"weight shards listed in {WEIGHTS_INDEX_NAME} are missing: {missing}; download or copy "
+                              "them again")
     return files
+
+
+def _broken_link(path: Path) -> str:
+    """`path` is a broken link to its target, and the target's unfinished download where the hub cache has one."""
+    target = os.readlink(path)
+    unfinished = Path(os.path.normpath(path.parent / target)).with_name(Path(target).name + ".incomplete")
+    running = (f" (its download {unfinished} is unfinished: still running, or interrupted)" if unfinished.is_file()
+               else "")
+    return f"{path} is a broken link to {target}{running}"
+
+
+def _no_weights_hint(directory: Path) -> str:
+    """Why a folder has no weights file: a hub download still running or interrupted, shards copied without their
+    index (a copy cut short), or weights in a format not read."""
+    unfinished = _unfinished_hub_downloads(directory)
+    if unfinished:
+        more = f" (and {len(unfinished) - 1} more)" if len(unfinished) > 1 else ""
+        return (f"; {unfinished[0]}{more} in its hub cache is a download still running, or interrupted (a file is "
+                "linked into the snapshot once its download is complete): wait for it to finish, or download it again")
+    shards = sorted(path.name for path in directory.glob("model-*.safetensors"))
+    if shards:
+        return (f"; its {len(shards)} shard file(s) ({', '.join(shards[:3])}) have no {WEIGHTS_INDEX_NAME} to say "
+                "which tensor is in which (a copy cut short?): download or copy the checkpoint again")
+    others = sorted(path.name for path in directory.glob("*.bin")) + sorted(path.name for path in directory.glob("*.pt"))
+    return f" ({', '.join(others[:3])} there: only safetensors weights are read; convert them)" if others else ""
+
+
+def _unfinished_hub_downloads(directory: Path) -> list[Path]:
+    """The blobs/<hash>.incomplete files of the hub-cache repository whose snapshots/<revision>/ holds `directory`:
+    huggingface_hub links a file into the snapshot only once its blob is complete."""
+    for folder in (directory, *directory.parents):
+        if folder.parent.name == "snapshots":
+            return sorted((folder.parent.parent / "blobs").glob("*.incomplete"))
+    return []
 
 
 def read_state_dict(

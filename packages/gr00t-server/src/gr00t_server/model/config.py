@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from gr00t_server.checkpoint_json import read_checkpoint_json
 from gr00t_server.model.backbone_config import BACKBONE_FAMILIES, is_backbone_family, resolve_qwen3_vl_config
 
 logger = logging.getLogger(__name__)
@@ -398,10 +399,7 @@ class Gr00tN1d7Config:
             path = path / CONFIG_NAME
         if not path.is_file():
             raise FileNotFoundError(f"GR00T config file not found: {path}")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+        data = read_checkpoint_json(path)
         try:
             return cls.from_dict(data)
         except (ValueError, TypeError) as exc:  # TypeError: an unexpected field type reaching the dataclass

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Union
+
+from gr00t_server.checkpoint_json import read_checkpoint_json
 
 PROCESSOR_CONFIG_NAME = "processor_config.json"
 STATISTICS_NAME = "statistics.json"
@@ -40,11 +41,7 @@ def find_processor_dir(checkpoint_dir: PathLike) -> Path:
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        with open(path, "r", encoding="utf-8") as fh:
-            return json.load(fh)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+    return read_checkpoint_json(path)
 
 
 def _is_int(value: Any) -> bool:

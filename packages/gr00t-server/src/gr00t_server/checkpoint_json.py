@@ -1,0 +1,43 @@
+"""Read a checkpoint's JSON file, naming an empty or cut-short copy (a download or copy interrupted, a full disk)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Union
+
+_REMEDY = "download or copy it again"
+# Where a cut leaves a number, true, false or null unfinished, the parser stops at the unfinished rest.
+_UNFINISHED_TOKEN = re.compile(r"\.|[eE][+-]?|-|t(r(u)?)?|f(a(l(s)?)?)?|n(u(l)?)?")
+
+
+def read_checkpoint_json(path: Union[str, Path]) -> Any:
+    """The parsed JSON of `path`; ValueError naming the file, and saying so when it is empty or ends mid-document."""
+    path = Path(path)
+    raw = path.read_bytes()
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        if exc.reason == "unexpected end of data":  # cut inside a character
+            raise ValueError(f"{path} ends mid-document (cut short?) after {len(raw)} bytes ({exc}); "
+                             f"{_REMEDY}") from exc
+        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        if not raw:
+            raise ValueError(f"{path} is empty (0 bytes); expected a JSON document: {_REMEDY}") from exc
+        if _ends_mid_document(exc):
+            raise ValueError(f"{path} ends mid-document (cut short?) after {len(raw)} bytes ({exc}); "
+                             f"{_REMEDY}") from exc
+        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def _ends_mid_document(exc: json.JSONDecodeError) -> bool:
+    """True when the parser stopped at the end of the text wanting more: inside a string, or after a part of a
+    number, literal or escape that only the missing rest would finish (a whole document that is malformed is not)."""
+    tail = exc.doc[exc.pos:].rstrip()
+    if not tail or exc.msg.startswith("Unterminated string"):
+        return True
+    if exc.msg.startswith("Invalid \\uXXXX escape"):
+        return bool(re.fullmatch(r"u[0-9a-fA-F]{0,3}", tail))
+    return bool(_UNFINISHED_TOKEN.fullmatch(tail))
