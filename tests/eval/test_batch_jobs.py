@@ -461,6 +461,13 @@ def test_a_done_job_whose_entry_a_newer_check_refuses_keeps_its_results_on_resum
     batch = run_batch([error], tmp_path / "batch_results.json", previous={"jobs": [done]})
     assert batch["jobs"] == [done] and batch["n_done"] == 1 and batch["n_failed"] == 0
     assert json.loads((tmp_path / "batch_results.json").read_text())["jobs"] == [done]
+    # 'job-a' pasted once more: its record is kept once, and the copy stays refused as a duplicate
+    errors = [job for job in load_jobs_from(tmp_path, [{"name": "Job-A", "env_name": "walkto/fast"},
+                                                       {"name": "job-a", "env_name": "walkto/fast"},
+                                                       {"name": "job-a", "env_name": "walkto/fast"}])
+              if isinstance(job, JobError)]
+    batch = run_batch(errors, tmp_path / "batch_results.json", previous={"jobs": [done]})
+    assert [r["status"] for r in batch["jobs"]] == ["done", "failed"] and batch["n_done"] == 1
 
 
 def load_jobs_from(folder, jobs):

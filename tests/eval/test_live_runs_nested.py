@@ -7,6 +7,8 @@ A live holder is a real process (conftest's live_process); a dead one has exited
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from eval.dataset_factory import make_dataset
@@ -84,7 +86,7 @@ def test_a_video_dir_inside_a_live_runs_folder_is_refused_and_left_as_it_was(vid
 def test_overwrite_of_a_folder_holding_a_dead_runs_folder_goes_ahead(tmp_path):
     parent = tmp_path / "parent"
     running_rollout(parent / "runA", ended_pid())
-    (parent / "results.json").write_text("{}")  # an earlier run's folder: --overwrite empties no other
+    (parent / "results.json").write_text(json.dumps({"kind": "rollout"}))  # an earlier run's: emptied
     with policy_server() as server:
         assert run_cli([*command_args("rollout", parent, None, tmp_path, server.port), "--overwrite"]) == 0
     assert not (parent / "runA").exists() and (parent / "results.json").is_file()

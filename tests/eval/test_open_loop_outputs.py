@@ -18,6 +18,9 @@ from gr00t_server.policies.replay import ReplayPolicy
 from serving import running_server
 
 
+EARLIER_RESULTS = json.dumps({"kind": "open_loop", "status": "complete"})  # an earlier run's own results
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("open_loop_outputs") / "my_robot", lengths=(6,))
@@ -47,11 +50,11 @@ def test_a_non_empty_output_dir_is_refused_in_one_line_unless_overwrite_which_em
     out = tmp_path / "out"
     out.mkdir()
     (out / "traj_7.jpeg").write_text("an old plot")
-    (out / "results.json").write_text("an earlier run's results")  # what makes it an earlier run's folder
+    (out / "results.json").write_text(EARLIER_RESULTS)  # what makes it an earlier run's folder
     assert open_loop(dataset, server, "--output-dir", str(out)) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--overwrite" in err and "do not resume" in err, err
-    assert (out / "traj_7.jpeg").is_file() and (out / "results.json").read_text() == "an earlier run's results"
+    assert (out / "traj_7.jpeg").is_file() and (out / "results.json").read_text() == EARLIER_RESULTS
 
     assert open_loop(dataset, server, "--output-dir", str(out), "--overwrite") == 0
     assert not (out / "traj_7.jpeg").exists() and "aggregated" in json.loads((out / "results.json").read_text())

@@ -201,7 +201,7 @@ def test_batch_overwrite_refuses_a_project_folder_whose_own_folders_are_named_jo
         before = sorted(p.relative_to(project) for p in project.rglob("*"))
         assert main(["batch", "--jobs", str(project / "jobs.json"), "--output-dir", str(project), "--overwrite"]) == 2
     err = capsys.readouterr().err
-    assert f"--output-dir {project} holds jobs, jobs.json, videos but no earlier run's own file at its top" in err
+    assert f"--output-dir {project} holds jobs, videos but no earlier run's own file at its top" in err
     assert "nothing was deleted" in err
     assert sorted(p.relative_to(project) for p in project.rglob("*")) == before
 
@@ -216,11 +216,15 @@ def test_rollout_overwrite_refuses_a_folder_holding_other_runs_dated_folders(tmp
     with policy_server() as server:
         for run in ("2026-12-05/09-00-00_walkto", "2026-12-06/10-00-00_walkto"):
             assert main([*args, "--policy-client-port", str(server.port), "--output-dir", str(base / run)]) == 0
+        # a merge of them kept beside them (`merge ... --output rollouts/merged.json`) makes it no run's folder
+        assert main(["merge", str(base / "2026-12-05/09-00-00_walkto/results.json"), "--output",
+                     str(base / "merged.json")]) == 0
         before = sorted(p.relative_to(base) for p in base.rglob("*"))
         capsys.readouterr()
         assert main([*args, "--policy-client-port", str(server.port), "--output-dir", str(base), "--overwrite"]) == 2
     err = capsys.readouterr().err
-    assert f"--output-dir {base} holds 2026-12-05, 2026-12-06 but no earlier run's own file at its top" in err
+    assert f"--output-dir {base} holds 2026-12-05, 2026-12-06, eval_info.json, merged.json but no earlier run's own " \
+           "file at its top" in err, err
     assert "nothing was deleted" in err
     assert sorted(p.relative_to(base) for p in base.rglob("*")) == before
 
@@ -256,3 +260,32 @@ def test_an_output_dir_under_a_file_names_that_file(tmp_path, capsys, command):
     assert f"{tmp_path / 'afile'} exists and is not a directory" in err
     assert "[Errno" not in err
     assert (tmp_path / "afile").read_text() == "a plain file\n"
+
+
+def test_overwrite_of_a_run_stopped_before_its_first_file_goes_ahead_for_another_command(tmp_path):
+    # A rollout that reached no server left only its claim's lock: batch --overwrite called that lock a user's file.
+    out = tmp_path / "out"
+    assert main(["rollout", "--env-name", "walkto/fast", "--env-import", "eval.scale_fixtures", "--policy-client-port",
+                 "9", "--timeout-ms", "300", "--output-dir", str(out), "--n-envs", "1", "--no-video"]) != 0
+    assert [p.name for p in out.iterdir()] == [".gr00t_rollout.lock"]
+    jobs = tmp_path / "jobs.json"
+    jobs.write_text(json.dumps({"jobs": [{"name": "a", "env_name": "walkto/fast", "n_episodes": 1,
+                                          "policy_server": {"host": "127.0.0.1", "port": 9, "timeout_ms": 300}}]}))
+    main(["batch", "--jobs", str(jobs), "--output-dir", str(out), "--overwrite"])
+    assert (out / "batch_results.json").is_file()  # the batch took the folder (its job fails: no server)
+
+
+def test_batch_overwrite_writes_a_jobs_file_kept_in_the_folder_back_under_its_own_name(tmp_path):
+    from eval.scale_fixtures import policy_server
+
+    out = tmp_path / "sweep"
+    with policy_server() as server:
+        jobs = {"jobs": [{"name": "a", "env_name": "walkto/fast", "n_episodes": 1, "n_envs": 1,
+                          "policy_server": {"host": "127.0.0.1", "port": server.port},
+                          "overrides": {"n_action_steps": 2, "max_episode_steps": 4}}]}
+        out.mkdir()
+        (out / "sweep_v2.json").write_text(json.dumps(jobs))
+        args = ["batch", "--jobs", str(out / "sweep_v2.json"), "--output-dir", str(out)]
+        assert main([*args, "--overwrite"]) == 0
+        assert main([*args, "--overwrite"]) == 0  # the same command again: its job file is still there
+    assert json.loads((out / "sweep_v2.json").read_text()) == jobs

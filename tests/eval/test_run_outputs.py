@@ -53,6 +53,9 @@ class FlakyPolicy(ConstantPolicy):
         return super()._get_action(observation, options)
 
 
+EARLIER_RESULTS = json.dumps({"kind": "rollout", "status": "complete"})  # an earlier run's own results
+
+
 def rollout_args(port, out, *extra):
     return ["rollout", "--env-name", "walkto/slow", "--policy-client-port", str(port), "--output-dir", str(out),
             "--timeout-ms", "3000", *SMALL, *extra]
@@ -376,7 +379,7 @@ def test_a_non_empty_output_dir_is_refused_unless_overwrite_which_empties_it(tmp
     out = tmp_path / "out"
     out.mkdir()
     (out / "episode_0000_failure.mp4").write_text("old")
-    (out / "results.json").write_text("an earlier run's results")  # what makes it an earlier run's folder
+    (out / "results.json").write_text(EARLIER_RESULTS)  # what makes it an earlier run's folder
     with policy_server() as server:
         assert main(rollout_args(server.port, out, "--n-episodes", "1")) == 2
         assert "--overwrite" in capsys.readouterr().err

@@ -4,6 +4,7 @@ run's, or those of a run still running. Real shards on a loopback PolicyServer, 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -303,3 +304,14 @@ def test_a_merge_written_through_a_link_in_the_shards_folder_is_kept_and_named_w
             "holds the earlier results of results_shard0of2.json, which this run replaces; both are kept: merge again "
             "once the shards are done" in caplog.text)
     assert "removed final.json" not in caplog.text
+
+
+def test_a_shard_run_again_in_a_copied_split_removes_the_merge_copied_with_it(server, tmp_path):
+    # Its merged_paths name the original folder's files (still there): the copy's merge, written beside its shards
+    # (merged_into), was kept saying "complete" with the replaced shard's numbers.
+    out = _split(server.port, tmp_path / "shards")
+    assert cli.main(["merge", str(out), "--output", str(out)]) == 0
+    copy = tmp_path / "copied"
+    shutil.copytree(out, copy)
+    assert rollout(server.port, copy, "--shard", "0/2", "--overwrite") == 0
+    assert not (copy / "results.json").exists() and (out / "results.json").is_file()

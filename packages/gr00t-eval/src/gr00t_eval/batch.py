@@ -333,7 +333,8 @@ def run_batch(jobs: Iterable[Union[Job, JobError]], output_path: Optional[Union[
     valid = {job.name for job in jobs if isinstance(job, Job)}
     for index, job in enumerate(jobs):
         done_as = _done_name_of(job, kept, valid) if isinstance(job, JobError) else None
-        if done_as is not None:  # done before a newer check refused its entry: its results are kept
+        if done_as is not None:  # done before a newer check refused its entry: its results are kept (once)
+            valid.add(done_as)
             logger.warning("job %s: done earlier, and its entry in the job file is now refused (%s); its results are "
                            "kept, and it runs again only once its entry is fixed", shown_text(done_as), job)
             batch["jobs"][index] = kept[done_as]

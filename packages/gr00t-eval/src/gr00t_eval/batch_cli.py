@@ -171,6 +171,8 @@ def _new_batch(args: argparse.Namespace) -> _Batch:
         # Claimed before anything is emptied, and the claim is kept while the folder is emptied: of two batches
         # racing into one folder (--overwrite), one runs and the other is refused, whatever the timing.
         output_dir, keep = Path(args.output_dir), (BATCH_CLAIM_FILENAME, claim_lock_name(BATCH_CLAIM_FILENAME))
+        if Path(os.path.abspath(args.jobs)).parent == Path(os.path.abspath(output_dir)):  # its job file, kept there
+            keep = (*keep, Path(args.jobs).name)
         run_dir.check_output_dir(output_dir, args.overwrite, keep=keep)  # the usual refusals, before any claim
         output_dir.mkdir(parents=True, exist_ok=True)
         claim = take_claim(output_dir, BATCH_CLAIM_FILENAME, settings)

@@ -210,6 +210,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     merged["merged_files"] = [str(f) for f in files]
     # where each is, whatever the folder the merge ran in: a shard run again finds the merges of its own file by it
     merged["merged_paths"] = [os.path.abspath(f) for f in files]
+    merged["merged_into"] = os.path.abspath(output.parent)  # beside its shards, it moves (or is copied) with them
     eval_info = {**lerobot_eval_info(merged), "merged_results": output.name}  # the results file it pairs with
     written = [(output, merged), (output.parent / EVAL_INFO_FILENAME, eval_info)]
     try:  # both or neither: a full disk never leaves a new merge beside an earlier merge's eval_info.json

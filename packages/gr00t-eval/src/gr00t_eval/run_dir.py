@@ -45,9 +45,10 @@ logger = logging.getLogger(__name__)
 # What `rollout --resume` and `batch --resume` (its batch_results.json) continue from: without one, a folder that is
 # not empty is not advised to be resumed.
 RESUMABLE_FILENAMES = (RUN_FILENAME, "batch_results.json")
-# Files only a run writes at the top of its --output-dir, besides any command's claim file and a shard's files
-# (_earlier_run_file): --overwrite empties a folder holding one of them, an earlier run's, whatever else it holds.
-EARLIER_RUN_FILENAMES = (EPISODE_LOG_FILENAME, "results.json", EVAL_INFO_FILENAME, "batch_results.json")
+# Files only a run writes at the top of its --output-dir, besides any command's claim file, a shard's files and a run's
+# own results.json (_earlier_run_file): --overwrite empties a folder holding one, an earlier run's, whatever else it
+# holds. Not eval_info.json nor a merge's results.json: `merge ... --output DIR` writes them beside other runs' folders.
+EARLIER_RUN_FILENAMES = (EPISODE_LOG_FILENAME, "batch_results.json")
 
 
 def remove_quietly(path: Union[str, Path]) -> None:
@@ -115,11 +116,13 @@ def check_output_dir(path: Union[str, Path], overwrite: bool = False, own_files:
         if overwrite:
             _refuse_inputs(path)
             leftovers = {file.name for file in dead_partial_files(path)}
-            entries = sorted(entry.name for entry in path.iterdir() if entry.name not in {*keep, *leftovers})
+            # a claim's lock (any command's) and the trash are this tool's own, never a user's content
+            entries = sorted(entry.name for entry in path.iterdir()
+                             if entry.name not in {*keep, *leftovers} and not entry.name.startswith(".gr00t"))
             if entries and _earlier_run_file(path) is None:
                 shown = ", ".join(entries[:4]) + (f" and {len(entries) - 4} more" if len(entries) > 4 else "")
                 raise OutputDirError(f"--output-dir {path} holds {shown} but no earlier run's own file at its top (a run "
-                                     f"or claim file, {', '.join(EARLIER_RUN_FILENAMES)}); --overwrite empties only an "
+                                     f"or claim file, a run's results.json, {', '.join(EARLIER_RUN_FILENAMES)}); --overwrite empties only an "
                                      "earlier run's folder, so nothing was deleted: name that run's own folder or "
                                      "another directory, or move those away first")
             return
@@ -266,9 +269,15 @@ def _merges_this_file(results: dict, path: Path, results_name: str) -> bool:
     absolute paths it records (merged_paths), or for a merge of an earlier version by merged_files: an absolute entry
     that is that file, a relative one of that name in no folder or in a folder of `path`'s name (`merge DIR`)."""
     own = (path / results_name).resolve()
-    recorded = results.get("merged_paths")
-    if isinstance(recorded, list):
-        return any(isinstance(entry, str) and Path(entry).resolve() == own for entry in recorded)
+    recorded = [Path(entry) for entry in results.get("merged_paths") or () if isinstance(entry, str)]
+    if any(entry.resolve() == own for entry in recorded):
+        return True
+    into = results.get("merged_into")
+    if isinstance(into, str) and any(entry.name == results_name and entry.parent == Path(into) for entry in recorded):
+        return True  # written beside the shard file of this name: the folder moved or was copied, shards and merge
+    if any(entry.exists() for entry in recorded):  # the files it merged are elsewhere, still there: another split's
+        return False
+    # none recorded, or none where recorded (the split's folder moved or copied since): by merged_files, as before
     merged = results.get("merged_files")
     for entry in (Path(entry) for entry in merged if isinstance(entry, str)) if isinstance(merged, list) else ():
         if entry.is_absolute():
@@ -289,9 +298,19 @@ def _earlier_run_file(path: Path) -> Optional[str]:
     for entry in sorted(path.iterdir()):
         partial = PARTIAL_FILE_NAME.fullmatch(entry.name)
         name = partial.group("name") if partial else entry.name
-        if name in names or SHARD_FILE_NAME.fullmatch(name):
+        if name in names or SHARD_FILE_NAME.fullmatch(name) or (name == "results.json" and _run_results(entry)):
             return entry.name
     return None
+
+
+def _run_results(path: Path) -> bool:
+    """Whether `path` is a run's own results.json (a `kind` it wrote, and no merge's `merged_from`): a merge's, written
+    beside other runs' folders (`merge ... --output .`), or a user's, does not make the folder an earlier run's."""
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(results, dict) and isinstance(results.get("kind"), str) and "merged_from" not in results
 
 
 def _split_of(names: Sequence[str]) -> Optional[int]:
