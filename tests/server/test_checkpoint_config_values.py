@@ -132,6 +132,30 @@ def test_a_transformer_size_or_rate_of_the_wrong_kind_is_refused(copy_of, sectio
 
 
 @pytest.mark.parametrize(
+    "section, field, typo, default",
+    [("text_config", "rope_theta", "rope_thta", "5000000.0"), ("text_config", "rms_norm_eps", "rms_norm_ep", "1e-06"),
+     ("vision_config", "num_position_embeddings", "num_position_embedding", "2304")],
+)
+def test_a_backbone_typo_that_would_leave_a_qwen3_vl_field_at_its_default_is_refused(copy_of, serve_error, section,
+                                                                                    field, typo, default):
+    # transformers kept the typo as an unread attribute: the field took the Qwen3-VL default and actions changed.
+    checkpoint = copy_of()
+    _edit_config(checkpoint, lambda data: _rename(data["backbone_cfg"][section], field, typo))
+    err = serve_error(checkpoint)
+    assert f"config.json: config field 'backbone_cfg.{section}' has unknown key '{typo}' (did you mean '{field}'?); " \
+           f"'{field}' would silently take the Qwen3-VL default {default}" in err, err
+
+
+def test_hugging_face_keys_of_a_backbone_config_still_load(copy_of):
+    checkpoint = copy_of()
+    _edit_config(checkpoint, lambda data: (
+        data["backbone_cfg"]["text_config"].update(torch_dtype="bfloat16", pad_token_id=None, use_cache=True,
+                                                   _name_or_path="x"),
+        data["backbone_cfg"]["vision_config"].update(dtype="bfloat16", transformers_version="4.57.3")))
+    load_model(checkpoint, device="cpu")
+
+
+@pytest.mark.parametrize(
     "field, typo, default",
     [("num_inference_timesteps", "num_inference_timestep", 4), ("select_layer", "select_layers", 12)],
 )

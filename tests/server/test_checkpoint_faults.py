@@ -530,6 +530,9 @@ def _set_text(key, value):
     [
         (_set_text("rope_scaling", "abc"), "text_config.rope_scaling", 'is "abc"; expected an object such as'),
         (_set_text("rope_scaling", [4, 2, 2]), "text_config.rope_scaling", "is [4, 2, 2]; expected an object"),
+        (_set_text("rope_scaling", None), "text_config.rope_scaling", "is null; expected an object such as"),
+        (lambda data: data["backbone_cfg"]["text_config"].pop("rope_scaling") and None, "text_config.rope_scaling",
+         "is absent; expected an object such as"),
         (lambda data: data["backbone_cfg"]["text_config"]["rope_scaling"].__setitem__("mrope_section", [4, 4, 4]),
          "text_config.rope_scaling.mrope_section", "is [4, 4, 4]; expected three ints >= 0 that sum to head_dim/2 = 8 "
                                                    "(text_config.head_dim is 16)"),
@@ -540,12 +543,13 @@ def _set_text(key, value):
         (lambda data: data["backbone_cfg"]["vision_config"].__setitem__("num_heads", 3), "vision_config.num_heads",
          "is 3; expected a divisor of vision_config.hidden_size (32)"),
     ],
-    ids=["rope-scaling-string", "rope-scaling-list", "mrope-sum", "mrope-string", "kv-heads", "vision-heads"],
+    ids=["rope-scaling-string", "rope-scaling-list", "rope-scaling-null", "rope-scaling-absent", "mrope-sum",
+         "mrope-string", "kv-heads", "vision-heads"],
 )
 def test_backbone_head_and_rope_settings_torch_cannot_run_are_refused_at_load(copy_of, serve_error, edit, field,
                                                                               message):
-    # A string rope_scaling failed inside transformers with a traceback; vision heads that do not divide hidden_size
-    # loaded (the weights still match) and failed every request in torch's reshape.
+    # A string, null or absent rope_scaling failed inside transformers with a traceback; vision heads that do not
+    # divide hidden_size loaded (the weights still match) and failed every request in torch's reshape.
     checkpoint = copy_of()
     _edit_json(checkpoint / "config.json", edit)
     err = serve_error(checkpoint)

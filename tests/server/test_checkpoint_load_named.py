@@ -73,6 +73,41 @@ def test_a_key_one_swap_or_two_edits_from_a_known_one_is_refused_as_its_typo(cop
     assert f"processor_kwargs has unknown key {typo!r} (did you mean {meant!r}?)" in err, err
 
 
+def _rename_in_modality(modality, old, new, index=None):
+    def change(data):
+        config = data["processor_kwargs"]["modality_configs"]["new_embodiment"][modality]
+        config = config if index is None else config["action_configs"][index]
+        config[new] = config.pop(old)
+    return change
+
+
+@pytest.mark.parametrize("modality, field, typo, where", [
+    ("action", "action_configs", "action_config", "['action']"),
+    ("state", "mean_std_embedding_keys", "mean_std_embedding_key", "['state']"),
+    ("action", "state_key", "stat_key", "['action'].action_configs[0]"),
+], ids=["action-configs", "mean-std-keys", "action-config-state-key"])
+def test_a_near_miss_of_a_modality_config_field_is_refused_naming_it_and_the_field_it_meant(copy_of, serve_error,
+                                                                                         modality, field, typo, where):
+    # It was dropped with a warning: relative actions were decoded as absolute, z-scored keys min/max-scaled.
+    checkpoint = copy_of()
+    _edit_json(checkpoint / "processor_config.json", _rename_in_modality(modality, field, typo, index=(
+        0 if field == "state_key" else None)))
+    err = serve_error(checkpoint)
+    assert f"{checkpoint / 'processor_config.json'}: modality_configs['new_embodiment']{where} has unknown field " \
+           f"{typo!r} (did you mean {field!r}?)" in err, err
+
+
+def test_an_unknown_modality_config_field_that_is_no_near_miss_is_warned_about_and_loads(copy_of, caplog):
+    from gr00t_server.processing import load_processor_config
+
+    checkpoint = copy_of()
+    _edit_json(checkpoint / "processor_config.json", lambda data: data["processor_kwargs"]["modality_configs"][
+        "new_embodiment"]["action"].update(comment_for_humans="v2"))
+    with caplog.at_level(logging.WARNING):
+        load_processor_config(checkpoint)
+    assert any("comment_for_humans" in record.getMessage() for record in caplog.records)
+
+
 # --- hub ids -------------------------------------------------------------------------------------------------
 
 

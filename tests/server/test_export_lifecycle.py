@@ -469,6 +469,52 @@ def test_external_data_files_get_the_mode_of_their_graph(policy, observation, tm
     assert sorted(metadata_of(tmp_path)["submodules"]["dit"]["files"]) == ["dit_fp32.onnx", "dit_fp32.onnx.data"]
 
 
+def test_serving_refuses_an_export_whose_metadata_does_not_list_the_external_data_beside_its_graph(
+        policy, observation, tmp_path, monkeypatch):
+    # An edited metadata left dit_fp32.onnx.data unchecked: with its tail zeroed it served other actions.
+    monkeypatch.setattr(export_module, "EXTERNAL_DATA_THRESHOLD", 0)
+    export_policy(policy, observation, tmp_path, mode="dit_only", precision="fp32")
+    data = tmp_path / "dit_fp32.onnx.data"
+    with open(data, "r+b") as stream:
+        stream.seek(data.stat().st_size // 2)
+        stream.write(b"\0" * (data.stat().st_size - data.stat().st_size // 2))
+    metadata = metadata_of(tmp_path)
+    del metadata["submodules"]["dit"]["files"]["dit_fp32.onnx.data"]
+    (tmp_path / EXPORT_METADATA).write_text(json.dumps(metadata))
+    with pytest.raises(BackendError) as info:
+        apply_inference_mode(Gr00tPolicy(policy.checkpoint_dir, TAG, device="cpu", dtype="fp32"), "onnxruntime",
+                             onnx_dir=tmp_path)
+    assert str(info.value) == (
+        f"{tmp_path / EXPORT_METADATA}: submodules.dit.files does not list 'dit_fp32.onnx.data', the external data of "
+        "dit_fp32.onnx, so its sha256 cannot be checked; expected every file of the graph listed: re-export it with "
+        "`gr00t-server export`")
+
+
+def test_serving_refuses_an_export_whose_graph_reads_external_data_its_metadata_does_not_list(
+        policy, observation, tmp_path, monkeypatch):
+    import onnx
+
+    from gr00t_server.backends.common import file_digest
+
+    monkeypatch.setattr(export_module, "EXTERNAL_DATA_THRESHOLD", 0)
+    export_policy(policy, observation, tmp_path, mode="dit_only", precision="fp32")
+    graph = tmp_path / "dit_fp32.onnx"
+    model = onnx.load(str(graph), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "weights.bin"
+    onnx.save_model(model, str(graph))
+    (tmp_path / "dit_fp32.onnx.data").rename(tmp_path / "weights.bin")
+    metadata = metadata_of(tmp_path)
+    metadata["submodules"]["dit"]["files"] = {graph.name: file_digest(graph)}  # a hand-written, self-consistent record
+    (tmp_path / EXPORT_METADATA).write_text(json.dumps(metadata))
+    with pytest.raises(BackendError, match="submodules.dit.files does not list 'weights.bin', the external data of "
+                                           "dit_fp32.onnx.*re-export it"):
+        apply_inference_mode(Gr00tPolicy(policy.checkpoint_dir, TAG, device="cpu", dtype="fp32"), "onnxruntime",
+                             onnx_dir=tmp_path)
+
+
 def test_an_output_that_is_a_symlink_loop_is_one_line_not_a_traceback(tmp_path, capsys):
     loop = tmp_path / "loopA"
     loop.symlink_to(tmp_path / "loopB")

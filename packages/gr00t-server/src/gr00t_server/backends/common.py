@@ -232,7 +232,7 @@ def check_export_files(onnx_dir: Union[str, Path], metadata: dict[str, Any]) -> 
     """
     folder = Path(onnx_dir)
     identities: dict[Path, tuple[int, int, int, int]] = {folder / EXPORT_METADATA: file_identity(folder / EXPORT_METADATA)}
-    for info in metadata["submodules"].values():
+    for submodule, info in metadata["submodules"].items():
         if "files" not in info:
             raise BackendError(
                 f"{folder / EXPORT_METADATA} records no file hashes (written by an older gr00t-server), so its files "
@@ -248,7 +248,42 @@ def check_export_files(onnx_dir: Union[str, Path], metadata: dict[str, Any]) -> 
                     f"{path} is not the file this export wrote (size or sha256 differs from {EXPORT_METADATA}); "
                     f"it may come from another export: re-export into {folder}"
                 )
+        # ONNX Runtime reads a graph's external data whether the metadata lists it or not: unlisted, it went unchecked
+        referenced = _external_data_files(folder / info["file"]) | {
+            data for data in (info["file"] + ".data",) if (folder / data).is_file()}
+        unlisted = sorted(referenced - set(info["files"]))
+        if unlisted:
+            raise BackendError(
+                f"{folder / EXPORT_METADATA}: submodules.{submodule}.files does not list {unlisted[0]!r}, the external "
+                f"data of {info['file']}, so its sha256 cannot be checked; expected every file of the graph listed: "
+                "re-export it with `gr00t-server export`"
+            )
     return identities
+
+
+def _external_data_files(graph: Path) -> set[str]:
+    """The `location` of every tensor a graph keeps in external data, read without loading that data (empty without
+    the `onnx` package, which the onnxruntime and tensorrt extras install)."""
+    try:
+        import onnx
+    except ImportError:
+        return set()
+    model = onnx.load(str(graph), load_external_data=False)
+    locations: set[str] = set()
+
+    def visit(g: Any) -> None:
+        tensors = [*g.initializer, *(sparse.values for sparse in g.sparse_initializer)]
+        for node in g.node:
+            for attribute in node.attribute:
+                tensors.extend([attribute.t, *attribute.tensors])
+                for sub in [attribute.g, *attribute.graphs]:
+                    visit(sub)
+        for tensor in tensors:
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                locations.update(entry.value for entry in tensor.external_data if entry.key == "location")
+
+    visit(model.graph)
+    return locations
 
 
 def model_of(policy: Any) -> nn.Module:

@@ -154,10 +154,37 @@ def _check_backbone_cfg(backbone_cfg: Optional[dict[str, Any]]) -> None:
                                  f"expected an activation of transformers' ACT2FN: {names}")
         if section == "vision_config" and "deepstack_visual_indexes" in sub:
             _check_deepstack_indexes(sub)
+        if sub:
+            _check_backbone_typos(section, sub)
     if isinstance((backbone_cfg or {}).get("text_config"), dict):
         _check_text_heads(backbone_cfg["text_config"])
     if isinstance((backbone_cfg or {}).get("vision_config"), dict):
         _check_vision_heads(backbone_cfg["vision_config"])
+
+
+def _check_backbone_typos(section: str, sub: dict[str, Any]) -> None:
+    """A key of text_config/vision_config that is a near miss of a Qwen3-VL config field the section lacks is a typo
+    (as at the top level): transformers keeps it as an attribute nobody reads, and the field takes its code default."""
+    import inspect
+
+    from transformers import PretrainedConfig
+    from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLTextConfig, Qwen3VLVisionConfig
+
+    def parameters(cls: type) -> dict[str, Any]:  # the config's fields and defaults, off its __init__, unbuilt
+        return {name: parameter.default for name, parameter in inspect.signature(cls.__init__).parameters.items()
+                if name != "self" and parameter.kind is not parameter.VAR_KEYWORD}
+
+    fields = parameters(Qwen3VLTextConfig if section == "text_config" else Qwen3VLVisionConfig)
+    tolerated = {*fields, *parameters(PretrainedConfig), *_TOLERATED_EXTRA_KEYS, "model_type"}
+    absent = sorted(set(fields) - set(sub))
+    for key in sorted(str(k) for k in sub):
+        if key in tolerated or key.startswith("_"):
+            continue
+        close = difflib.get_close_matches(key, absent, n=1, cutoff=0.85)
+        if close:
+            raise ValueError(f"config field 'backbone_cfg.{section}' has unknown key {key!r} (did you mean "
+                             f"{close[0]!r}?); {close[0]!r} would silently take the Qwen3-VL default "
+                             f"{json.dumps(fields[close[0]])}")
 
 
 def _check_text_heads(text: dict[str, Any]) -> None:
@@ -172,12 +199,11 @@ def _check_text_heads(text: dict[str, Any]) -> None:
         raise ValueError(f"config field 'backbone_cfg.text_config.num_attention_heads' is {heads}; expected a "
                          f"multiple of num_key_value_heads ({kv_heads})")
     rope_scaling = text.get("rope_scaling")
-    if rope_scaling is None:
-        return
-    if not isinstance(rope_scaling, dict):
-        raise ValueError(f"config field 'backbone_cfg.text_config.rope_scaling' is {json.dumps(rope_scaling)}; "
-                         "expected an object such as {\"rope_type\": \"default\", \"mrope_section\": [24, 20, 20]} "
-                         "or null")
+    if not isinstance(rope_scaling, dict):  # null or absent too: transformers' M-RoPE reads it as a dict
+        given = json.dumps(rope_scaling) if "rope_scaling" in text else "absent"
+        raise ValueError(f"config field 'backbone_cfg.text_config.rope_scaling' is {given}; expected an object "
+                         "such as {\"rope_type\": \"default\", \"mrope_interleaved\": true, \"mrope_section\": "
+                         "[24, 20, 20]} (Qwen3-VL's M-RoPE needs one)")
     if "mrope_section" in rope_scaling:
         _check_mrope_section(rope_scaling["mrope_section"], text.get("head_dim", defaults.head_dim))
 

@@ -140,12 +140,19 @@ _SCALAR_FIELDS = (
 def _parse_modality(tag: str, modality: str, fields: Mapping[str, Any]) -> ModalityConfig:
     if not isinstance(fields, Mapping):
         raise ValueError(f"modality_configs[{tag!r}][{modality!r}] must be an object, got {type(fields).__name__}")
+    where = f"modality_configs[{tag!r}][{modality!r}]"
     cleaned = {k: v for k, v in fields.items() if k not in _LEGACY_MODALITY_KEYS}
     unknown = sorted(set(cleaned) - _MODALITY_FIELDS)
     if unknown:
-        logger.warning("modality_configs[%r][%r]: ignoring unknown fields %s", tag, modality, unknown)
+        _refuse_near_miss_fields(where, unknown, _MODALITY_FIELDS)
+        logger.warning("%s: ignoring unknown fields %s", where, unknown)
         cleaned = {k: v for k, v in cleaned.items() if k in _MODALITY_FIELDS}
     if isinstance(cleaned.get("action_configs"), list):
+        for index, ac in enumerate(cleaned["action_configs"]):
+            unknown = sorted(set(ac) - _ACTION_CONFIG_FIELDS) if isinstance(ac, Mapping) else []
+            if unknown:
+                _refuse_near_miss_fields(f"{where}.action_configs[{index}]", unknown, _ACTION_CONFIG_FIELDS)
+                logger.warning("%s.action_configs[%d]: ignoring unknown fields %s", where, index, unknown)
         cleaned["action_configs"] = [
             {k: v for k, v in ac.items() if k in _ACTION_CONFIG_FIELDS} if isinstance(ac, Mapping) else ac
             for ac in cleaned["action_configs"]
@@ -272,16 +279,32 @@ def _refuse_near_miss_keys(extra: Mapping[str, Any]) -> None:
     unknown = sorted(key for key in extra if key not in _TRAINING_PROCESSOR_KEYS and key not in _INJECTED_KEYS
                      and not str(key).startswith("_"))
     for key in unknown:
-        close = [match for match in difflib.get_close_matches(str(key), known, n=3, cutoff=0.85)
-                 if _edit_distance(str(key), match) <= MAX_TYPO_EDITS][:1]
+        close = _near_miss(key, known)
         if close:
-            raise ValueError(f"processor_kwargs has unknown key {key!r} (did you mean {close[0]!r}?); the reference "
-                             f"processor refuses it, and {close[0]!r} would not take its value")
+            raise ValueError(f"processor_kwargs has unknown key {key!r} (did you mean {close!r}?); the reference "
+                             f"processor refuses it, and {close!r} would not take its value")
     new = [key for key in unknown if key not in _warned_unknown_keys]
     if new:
         _warned_unknown_keys.update(new)
         logger.warning("processor_kwargs has keys this server does not know: %s; they are ignored (the reference "
                        "processor may refuse them)", ", ".join(map(str, new)))
+
+
+def _near_miss(key: Any, known: Any) -> Optional[str]:
+    """The known key `key` is a typo of (close by difflib and at most MAX_TYPO_EDITS edits from it), or None."""
+    close = [match for match in difflib.get_close_matches(str(key), sorted(known), n=3, cutoff=0.85)
+             if _edit_distance(str(key), match) <= MAX_TYPO_EDITS]
+    return close[0] if close else None
+
+
+def _refuse_near_miss_fields(where: str, unknown: List[Any], known: frozenset) -> None:
+    """ValueError for the first unknown field of a modality config (or action config) that is a near miss of a
+    known one: dropped, it left the field it meant at its default (relative actions decoded as absolute)."""
+    for key in unknown:
+        close = _near_miss(key, known)
+        if close:
+            raise ValueError(f"{where} has unknown field {key!r} (did you mean {close!r}?); {close!r} would not "
+                             f"take its value (expected fields of {sorted(known)})")
 
 
 def _edit_distance(a: str, b: str) -> int:
