@@ -289,3 +289,15 @@ def test_batch_overwrite_writes_a_jobs_file_kept_in_the_folder_back_under_its_ow
         assert main([*args, "--overwrite"]) == 0
         assert main([*args, "--overwrite"]) == 0  # the same command again: its job file is still there
     assert json.loads((out / "sweep_v2.json").read_text()) == jobs
+
+
+def test_overwrite_refusing_a_merges_folder_says_its_results_json_is_no_runs(tmp_path, capsys):
+    out = tmp_path / "merged"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps({"kind": "rollout", "merged_from": 2}))
+    assert main(["rollout", "--env-name", "walkto/slow", "--env-import", "eval.scale_fixtures", "--policy-client-port",
+                 "9", "--timeout-ms", "500", "--output-dir", str(out), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert f"--output-dir {out} holds results.json but no earlier run's own file at its top" in err, err
+    assert "(its results.json is no run's own: a merge's, or not a gr00t-eval run's)" in err
+    assert (out / "results.json").is_file()

@@ -128,3 +128,18 @@ def test_a_hub_cache_repository_folder_names_its_snapshot_and_hub_id(copy_of, se
     repository, snapshot = _hub_cache(copy_of(), tmp_path / "hub")
     err = serve_error(repository)
     assert f"{repository} has no config.json" in err and f"give {snapshot} or the hub id owner/name" in err, err
+
+
+@pytest.mark.parametrize("raw, expected", [
+    (b'{"a": 1}\nnu', "is not valid JSON: Extra data"),  # a whole document with leftover bytes: not cut short
+    (b'{"a": [1, 2' + b"\0" * 64, "ends in NUL bytes after 11 bytes of text (cut short?); download or copy it again"),
+    (b"\n", "is empty (1 bytes of white space); expected a JSON document: download or copy it again"),
+], ids=["extra-data", "nul-padded", "white-space"])
+def test_the_json_reader_names_leftovers_nul_padding_and_white_space_for_what_they_are(tmp_path, raw, expected):
+    from gr00t_server.checkpoint_json import read_checkpoint_json
+
+    path = tmp_path / "config.json"
+    path.write_bytes(raw)
+    with pytest.raises(ValueError) as info:
+        read_checkpoint_json(path)
+    assert str(info.value).startswith(f"{path} {expected}"), str(info.value)

@@ -490,6 +490,16 @@ def test_serving_refuses_an_export_whose_metadata_does_not_list_the_external_dat
         "`gr00t-server export`")
 
 
+def test_a_stray_data_file_beside_an_inline_export_is_no_concern_of_its_graph(policy, observation, tmp_path):
+    # An older export's dit_fp32.onnx.data left beside a fresh inline one (cp -r over it) was taken for the graph's
+    # unlisted external data, and the export refused; the graph names no such file, and ONNX Runtime never reads it.
+    export_policy(policy, observation, tmp_path, mode="dit_only", precision="fp32")
+    assert "dit_fp32.onnx.data" not in metadata_of(tmp_path)["submodules"]["dit"]["files"]
+    (tmp_path / "dit_fp32.onnx.data").write_bytes(b"\0" * 4096)
+    apply_inference_mode(Gr00tPolicy(policy.checkpoint_dir, TAG, device="cpu", dtype="fp32"), "onnxruntime",
+                         onnx_dir=tmp_path)
+
+
 def test_serving_refuses_an_export_whose_graph_reads_external_data_its_metadata_does_not_list(
         policy, observation, tmp_path, monkeypatch):
     import onnx

@@ -121,10 +121,13 @@ def check_output_dir(path: Union[str, Path], overwrite: bool = False, own_files:
                              if entry.name not in {*keep, *leftovers} and not entry.name.startswith(".gr00t"))
             if entries and _earlier_run_file(path) is None:
                 shown = ", ".join(entries[:4]) + (f" and {len(entries) - 4} more" if len(entries) > 4 else "")
+                merge = " (its results.json is no run's own: a merge's, or not a gr00t-eval run's)" \
+                    if (path / "results.json").is_file() else ""
                 raise OutputDirError(f"--output-dir {path} holds {shown} but no earlier run's own file at its top (a run "
-                                     f"or claim file, a run's results.json, {', '.join(EARLIER_RUN_FILENAMES)}); --overwrite empties only an "
-                                     "earlier run's folder, so nothing was deleted: name that run's own folder or "
-                                     "another directory, or move those away first")
+                                     f"or claim file, a run's results.json, {', '.join(EARLIER_RUN_FILENAMES)})"
+                                     f"{merge}; --overwrite empties only an earlier run's folder, so nothing was "
+                                     "deleted: name that run's own folder or another directory, or move those away "
+                                     "first")
             return
         # A half-written file of a process killed mid-write (its run file, say) is not content: prepare_output_dir
         # deletes it. It made the folder "not empty", and the --resume suggested then found no run.json.

@@ -24,8 +24,13 @@ def read_checkpoint_json(path: Union[str, Path]) -> Any:
                              f"{_REMEDY}") from exc
         raise ValueError(f"{path} is not valid JSON: {exc}") from exc
     except json.JSONDecodeError as exc:
-        if not raw:
-            raise ValueError(f"{path} is empty (0 bytes); expected a JSON document: {_REMEDY}") from exc
+        if not raw.strip():
+            size = f"{len(raw)} bytes" + (" of white space" if raw else "")
+            raise ValueError(f"{path} is empty ({size}); expected a JSON document: {_REMEDY}") from exc
+        if raw.endswith(b"\0") and not exc.msg.startswith("Extra data"):
+            # a copy cut short and padded with NUL bytes (a preallocated file after a crash)
+            raise ValueError(f"{path} ends in NUL bytes after {len(raw.rstrip(bytes(1)))} bytes of text (cut "
+                             f"short?); {_REMEDY}") from exc
         if _ends_mid_document(exc):
             raise ValueError(f"{path} ends mid-document (cut short?) after {len(raw)} bytes ({exc}); "
                              f"{_REMEDY}") from exc
@@ -35,6 +40,8 @@ def read_checkpoint_json(path: Union[str, Path]) -> Any:
 def _ends_mid_document(exc: json.JSONDecodeError) -> bool:
     """True when the parser stopped at the end of the text wanting more: inside a string, or after a part of a
     number, literal or escape that only the missing rest would finish (a whole document that is malformed is not)."""
+    if exc.msg.startswith("Extra data"):  # a whole document with bytes after it: not cut short
+        return False
     tail = exc.doc[exc.pos:].rstrip()
     if not tail or exc.msg.startswith("Unterminated string"):
         return True
