@@ -126,9 +126,10 @@ def test_a_forwarders_server_restarting_is_waited_for_as_a_gone_server_not_repor
         with running_server(EchoPolicy(), port=upstream, curve_secret_key=str(secret)):
             assert client.ping()
         # The forwarder closes the client's connection once it sees the server's close: a reset sent before that is
-        # lost in flight instead (the next test).
+        # lost in flight instead (the next test). One sent after it may still meet the forwarder's next connection,
+        # accepted and then closed for want of a server: lost too, on a loaded machine (either is a server gone).
         wait_until(lambda: proxy.open_connections() == 0, "the forwarder to close the connection of a stopped server")
-        with pytest.raises(ConnectionError) as failed:
+        with pytest.raises((ConnectionError, ReplyLostError)) as failed:
             client.reset()
         reason = ServerWatch(client).unreachable_reason(failed.value)
         with running_server(EchoPolicy(), port=upstream, curve_secret_key=str(secret)):
