@@ -256,25 +256,29 @@ def test_a_run_recorded_before_the_tokenizer_was_hashed_resumes_against_the_same
     assert not same_policy(other_tokenizer, now)  # both hashed: another chat template is another policy
 
 
-def test_a_job_resumed_after_an_attempt_that_recorded_no_policy_says_nothing_checks_its_episodes(tmp_path, caplog):
-    """Its first attempt's server gave no policy (a reference server): a resume against a gr00t-server kept those
-    episodes under the new policy without a word, where a rollout's resume warns."""
+def _job_with_one_episode_logged(folder, run_file_extra):
+    """A batch job's folder holding one logged episode and a run file (job_config, config and `run_file_extra`), its
+    config, and the policy record a current server gives."""
+    from gr00t_client import PolicyClient
+
     job = parse_job({"name": "j", "env_name": "walkto/fast", "n_episodes": 2, "seed": 0,
                      "policy_server": {"port": 5555}}, 0)
     config = job.rollout_config()
-    job_dir = tmp_path / "j"
+    job_dir = folder / "j"
     job_dir.mkdir()
-    planned = planned_config(config)
-    (job_dir / "run.json").write_text(json.dumps({"job_config": planned, "config": dataclasses.asdict(config),
-                                                  "policy": None}))
+    (job_dir / "run.json").write_text(json.dumps({"job_config": planned_config(config),
+                                                  "config": dataclasses.asdict(config), **run_file_extra}))
     (job_dir / "episodes.jsonl").write_text(json.dumps({"task": "walkto/fast", "episode_index": 0, "seed": 0,
                                                         "success": True, "sum_reward": 1.0, "max_reward": 1.0,
                                                         "length": 2, "env_index": 0}) + "\n")
-    with policy_server() as server:
-        from gr00t_client import PolicyClient
+    with policy_server() as server, PolicyClient(host="127.0.0.1", port=server.port, timeout_ms=5000) as client:
+        return job_dir, config, policy_record(client)
 
-        with PolicyClient(host="127.0.0.1", port=server.port, timeout_ms=5000) as client:
-            current = policy_record(client)
+
+def test_a_job_resumed_after_an_attempt_that_recorded_no_policy_says_nothing_checks_its_episodes(tmp_path, caplog):
+    """Its first attempt's server gave no policy (a reference server): a resume against a gr00t-server kept those
+    episodes under the new policy without a word, where a rollout's resume warns."""
+    job_dir, config, current = _job_with_one_episode_logged(tmp_path, {"policy": None})
     with caplog.at_level(logging.WARNING):
         _config, done = prepare_job_dir(job_dir, config, current)
     assert [o.episode_index for o in done] == [0]  # kept, as after an upgrade
@@ -286,21 +290,7 @@ def test_a_job_an_older_gr00t_eval_wrote_without_a_policy_is_resumed_naming_it_n
                                                                                                      caplog):
     """An older gr00t-eval's job run file has no policy key, whatever its server said: the resume's warning said "its
     server did not say which it served", where a rollout's resume says an older gr00t-eval may be why."""
-    job = parse_job({"name": "j", "env_name": "walkto/fast", "n_episodes": 2, "seed": 0,
-                     "policy_server": {"port": 5555}}, 0)
-    config = job.rollout_config()
-    job_dir = tmp_path / "j"
-    job_dir.mkdir()
-    (job_dir / "run.json").write_text(json.dumps({"job_config": planned_config(config),
-                                                  "config": dataclasses.asdict(config)}))
-    (job_dir / "episodes.jsonl").write_text(json.dumps({"task": "walkto/fast", "episode_index": 0, "seed": 0,
-                                                        "success": True, "sum_reward": 1.0, "max_reward": 1.0,
-                                                        "length": 2, "env_index": 0}) + "\n")
-    with policy_server() as server:
-        from gr00t_client import PolicyClient
-
-        with PolicyClient(host="127.0.0.1", port=server.port, timeout_ms=5000) as client:
-            current = policy_record(client)
+    job_dir, config, current = _job_with_one_episode_logged(tmp_path, {})
     with caplog.at_level(logging.WARNING):
         _config, done = prepare_job_dir(job_dir, config, current)
     assert [o.episode_index for o in done] == [0]
