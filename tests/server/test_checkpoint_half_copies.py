@@ -134,7 +134,9 @@ def test_a_hub_cache_repository_folder_names_its_snapshot_and_hub_id(copy_of, se
     (b'{"a": 1}\nnu', "is not valid JSON: Extra data"),  # a whole document with leftover bytes: not cut short
     (b'{"a": [1, 2' + b"\0" * 64, "ends in NUL bytes after 11 bytes of text (cut short?); download or copy it again"),
     (b"\n", "is empty (1 bytes of white space); expected a JSON document: download or copy it again"),
-], ids=["extra-data", "nul-padded", "white-space"])
+    ('{"a": 1}'.encode("utf-16-le"), "is UTF-16-LE text; expected UTF-8 JSON"),  # a whole file: not cut short
+    ('{"a": "\u00fc'.encode()[:-1] + b"\0" * 8, "ends in NUL bytes after 8 bytes of text (cut short?)"),  # in a char
+], ids=["extra-data", "nul-padded", "white-space", "utf-16", "nul-padded-inside-a-character"])
 def test_the_json_reader_names_leftovers_nul_padding_and_white_space_for_what_they_are(tmp_path, raw, expected):
     from gr00t_server.checkpoint_json import read_checkpoint_json
 

@@ -496,12 +496,15 @@ def test_a_stray_data_file_beside_an_inline_export_is_no_concern_of_its_graph(po
     export_policy(policy, observation, tmp_path, mode="dit_only", precision="fp32")
     assert "dit_fp32.onnx.data" not in metadata_of(tmp_path)["submodules"]["dit"]["files"]
     (tmp_path / "dit_fp32.onnx.data").write_bytes(b"\0" * 4096)
+    for name in ("output", "x", "model", "onnx.data"):  # a user's files, named as words the graph's bytes hold
+        (tmp_path / name).write_text("a log of verify, say")
     apply_inference_mode(Gr00tPolicy(policy.checkpoint_dir, TAG, device="cpu", dtype="fp32"), "onnxruntime",
                          onnx_dir=tmp_path)
 
 
+@pytest.mark.parametrize("location", ["weights.bin", "sub/weights.bin"])
 def test_serving_refuses_an_export_whose_graph_reads_external_data_its_metadata_does_not_list(
-        policy, observation, tmp_path, monkeypatch):
+        policy, observation, tmp_path, monkeypatch, location):
     import onnx
 
     from gr00t_server.backends.common import file_digest
@@ -513,13 +516,14 @@ def test_serving_refuses_an_export_whose_graph_reads_external_data_its_metadata_
     for tensor in model.graph.initializer:
         for entry in tensor.external_data:
             if entry.key == "location":
-                entry.value = "weights.bin"
+                entry.value = location
     onnx.save_model(model, str(graph))
-    (tmp_path / "dit_fp32.onnx.data").rename(tmp_path / "weights.bin")
+    (tmp_path / location).parent.mkdir(exist_ok=True)
+    (tmp_path / "dit_fp32.onnx.data").rename(tmp_path / location)
     metadata = metadata_of(tmp_path)
     metadata["submodules"]["dit"]["files"] = {graph.name: file_digest(graph)}  # a hand-written, self-consistent record
     (tmp_path / EXPORT_METADATA).write_text(json.dumps(metadata))
-    with pytest.raises(BackendError, match="submodules.dit.files does not list 'weights.bin', the external data of "
+    with pytest.raises(BackendError, match=f"submodules.dit.files does not list '{location}', the external data of "
                                            "dit_fp32.onnx.*re-export it"):
         apply_inference_mode(Gr00tPolicy(policy.checkpoint_dir, TAG, device="cpu", dtype="fp32"), "onnxruntime",
                              onnx_dir=tmp_path)

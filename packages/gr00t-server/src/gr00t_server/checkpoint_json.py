@@ -13,28 +13,39 @@ _UNFINISHED_TOKEN = re.compile(r"\.|[eE][+-]?|-|t(r(u)?)?|f(a(l(s)?)?)?|n(u(l)?)
 
 
 def read_checkpoint_json(path: Union[str, Path]) -> Any:
-    """The parsed JSON of `path`; ValueError naming the file, and saying so when it is empty or ends mid-document."""
+    """The parsed JSON of `path`; ValueError naming the file, and saying so when it is empty, ends mid-document, ends
+    in NUL bytes (a copy cut short into a preallocated file) or is UTF-16/32 text."""
     path = Path(path)
     raw = path.read_bytes()
+    text_part = raw.rstrip(b"\0")  # a copy cut short and padded with NUL bytes (a preallocated file after a crash)
+    padded = len(text_part) != len(raw)
+    if not text_part.strip():
+        if padded:
+            raise ValueError(f"{path} holds only NUL bytes and white space (cut short?); {_REMEDY}")
+        size = f"{len(raw)} bytes" + (" of white space" if raw else "")
+        raise ValueError(f"{path} is empty ({size}); expected a JSON document: {_REMEDY}")
+    encoding = json.detect_encoding(raw)
+    if encoding not in ("utf-8", "utf-8-sig"):
+        raise ValueError(f"{path} is {encoding.upper()} text; expected UTF-8 JSON: save it as UTF-8, or {_REMEDY}")
+    nul = f"ends in NUL bytes after {len(text_part)} bytes of text (cut short?)"
     try:
-        return json.loads(raw.decode("utf-8"))
+        document = json.loads(text_part.decode("utf-8"))
     except UnicodeDecodeError as exc:
         if exc.reason == "unexpected end of data":  # cut inside a character
-            raise ValueError(f"{path} ends mid-document (cut short?) after {len(raw)} bytes ({exc}); "
-                             f"{_REMEDY}") from exc
+            what = nul if padded else f"ends mid-document (cut short?) after {len(raw)} bytes ({exc})"
+            raise ValueError(f"{path} {what}; {_REMEDY}") from exc
         raise ValueError(f"{path} is not valid JSON: {exc}") from exc
     except json.JSONDecodeError as exc:
-        if not raw.strip():
-            size = f"{len(raw)} bytes" + (" of white space" if raw else "")
-            raise ValueError(f"{path} is empty ({size}); expected a JSON document: {_REMEDY}") from exc
-        if raw.endswith(b"\0") and not exc.msg.startswith("Extra data"):
-            # a copy cut short and padded with NUL bytes (a preallocated file after a crash)
-            raise ValueError(f"{path} ends in NUL bytes after {len(raw.rstrip(bytes(1)))} bytes of text (cut "
-                             f"short?); {_REMEDY}") from exc
+        if padded and not exc.msg.startswith("Extra data"):
+            raise ValueError(f"{path} {nul}; {_REMEDY}") from exc
         if _ends_mid_document(exc):
             raise ValueError(f"{path} ends mid-document (cut short?) after {len(raw)} bytes ({exc}); "
                              f"{_REMEDY}") from exc
         raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+    if padded:
+        raise ValueError(f"{path} holds a whole document followed by {len(raw) - len(text_part)} NUL bytes (a damaged "
+                         f"copy); {_REMEDY}")
+    return document
 
 
 def _ends_mid_document(exc: json.JSONDecodeError) -> bool:
