@@ -32,6 +32,7 @@ _Z85_ALPHABET = frozenset(z85.Z85CHARS)
 _Z85_TEXT = z85.Z85CHARS.decode("ascii")
 _Z85_SYMBOLS = frozenset(char for char in _Z85_TEXT if not char.isalnum() and char not in "-/.")  # rare in paths
 _KEY_LIKE_CHARACTERS = 8  # capitals and _Z85_SYMBOLS in 41 characters: a random key holds about 21, under 8 once in 250,000
+_KEY_LIKE_SYMBOLS = 3  # _Z85_SYMBOLS alone in 41 characters: a random key holds about 9; a key short of the first has them
 _SECRET_LIKE_LENGTH = 30  # z85 characters: a key with a few lost, or split by a space, still holds most of its secret
 # stage()'s words for connects that all failed (the client adds EMFILE's advice near the descriptor limit)
 CONNECTS_REFUSED = "every connect attempt failed: connection refused (nothing listening on that port?)"
@@ -122,12 +123,16 @@ def _deepest_existing_folder(path: str) -> Tuple[str, str]:
 
 def _holds_a_key_like_run(text: str) -> bool:
     """Whether `text` holds a key's 40 characters, give or take one (a mistyped one, or a '_old' typed after them): 35
-    or more z85 characters in 41 in a row, 8 or more of them capitals or symbols other than '-', '/' and '.'. A key's
-    40 random characters hold about 21 of those, path words (lowercase, digits, '-', '/') hardly any."""
+    or more z85 characters in 41 in a row, 8 or more of them capitals or symbols other than '-', '/' and '.', or 3 or
+    more of them such symbols. A key's 40 random characters hold about 21 of the first and 9 of the second; path words
+    (lowercase, digits, '-', '/') hardly any. A key with only 7 of the first (4 capitals, ']', ':', '%': once in
+    250,000) was shown whole before its ',.key'."""
     for start in range(max(1, len(text) - Z85_KEY_LENGTH)):
         window = text[start:start + Z85_KEY_LENGTH + 1]
-        if sum(char in _Z85_TEXT for char in window) >= Z85_KEY_LENGTH - 5 \
-                and sum(char.isupper() or char in _Z85_SYMBOLS for char in window) >= _KEY_LIKE_CHARACTERS:
+        if sum(char in _Z85_TEXT for char in window) < Z85_KEY_LENGTH - 5:
+            continue
+        symbols = sum(char in _Z85_SYMBOLS for char in window)
+        if symbols >= _KEY_LIKE_SYMBOLS or symbols + sum(char.isupper() for char in window) >= _KEY_LIKE_CHARACTERS:
             return True
     return False
 
