@@ -741,6 +741,22 @@ def test_call_times_stop_counting_when_no_call_ran_for_a_while_or_once_old(monke
     assert window.least_call_seconds(1, clock[0]) == pytest.approx(0.2)  # the cold call is forgotten
 
 
+def test_a_call_stops_counting_once_old_between_calls_too(monkeypatch):
+    """The least is asked for every request and kept between calls: a kept answer still forgets a call grown old."""
+    clock = [1000.0]
+    monkeypatch.setattr(batching, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    window = batching.GatherWindow(cap_ms=50.0)
+    window.observe_call(0.1)  # fast, at 1000
+    clock[0] = 1000.0 + batching.CALL_MEMORY_S - 0.1
+    window.observe_call(0.3)  # slower, 29.9 s later
+    assert window.least_call_seconds(1, clock[0] + 0.05) == pytest.approx(0.1)  # both count
+    assert window.least_call_seconds(2, clock[0] + 0.05) == pytest.approx(0.1)
+    assert window.least_call_seconds(1, clock[0] + 0.3) == pytest.approx(0.3)  # the fast one is 30.2 s old
+    assert window.least_call_seconds(1, clock[0] + 0.05) == pytest.approx(0.1)  # an earlier `now` is answered for it
+    window.observe_call(0.05, rows=2)
+    assert window.least_call_seconds(1, clock[0] + 0.1) == pytest.approx(0.025)  # a new call counts at once
+
+
 def test_the_default_gather_cap_is_the_same_in_the_server_and_the_cli():
     from gr00t_server.cli import build_parser
     from gr00t_server.server import PolicyServer

@@ -299,6 +299,9 @@ class GatherWindow:
         self._spreads: Deque[float] = collections.deque(maxlen=SPREAD_HISTORY)
         self._call_s: Optional[float] = None
         self._recent_calls: Deque[Tuple[float, int, float]] = collections.deque(maxlen=SPREAD_HISTORY)  # ended, rows, s
+        # least_call_seconds' answer by rows, with the span of `now` it holds for (until the oldest call it counted
+        # is forgotten): asked for every request, it changes only when a call ends or one grows old
+        self._least_by_rows: Dict[int, Tuple[float, float, float]] = {}  # rows: (least s, from now, until now)
         self._refused_since_call = 0  # requests refused by least_call_seconds since the last call ran
         # Refusal probes in a row too slow for their clients, by the bucket of what their call took (too slow for
         # every timeout up to it): (count, rows of the refused round, ms taken); and the probes granted since the last
@@ -315,6 +318,7 @@ class GatherWindow:
         seconds = max(0.0, float(seconds))
         self._call_s = seconds if self._call_s is None else 0.8 * self._call_s + 0.2 * seconds
         self._recent_calls.append((time.monotonic(), max(1, int(rows)), seconds))
+        self._least_by_rows.clear()
         self._refused_since_call = 0
         # A client whose timeout is always shorter than the calls would otherwise have every other request run after
         # it gave up: a refusal probe whose call (its round's share of it) took its client's timeout counts against
@@ -358,8 +362,7 @@ class GatherWindow:
         so that a request refused on old calls' word cannot be refused for ever (refused requests never run, so they
         never correct that word: one slow cold-start call refused a rollout's every later request, each sent right
         after the last refusal)."""
-        recent = [(rows_then, s) for ended, rows_then, s in self._recent_calls if now - ended <= CALL_MEMORY_S]
-        if not recent or now - self._recent_calls[-1][0] >= PROBE_AFTER_IDLE_S:
+        if not self._recent_calls or now - self._recent_calls[-1][0] >= PROBE_AFTER_IDLE_S:
             return 0.0
         if timeout_s is not None and self._refused_since_call:  # none refused: no probe is due (the common case)
             timeout_ms = max(1.0, 1000.0 * timeout_s)
@@ -368,7 +371,20 @@ class GatherWindow:
                 rows_then, longest = self._probing.get(bucket, (rows, timeout_ms))
                 self._probing[bucket] = (max(rows_then, rows), max(longest, timeout_ms))
                 return 0.0
-        return min(s * min(1.0, rows / rows_then) for rows_then, s in recent)
+        return self._least_of_recent(rows, now)
+
+    def _least_of_recent(self, rows: int, now: float) -> float:
+        """The least a call of `rows` rows can take by the calls of the last CALL_MEMORY_S (0 when none)."""
+        known = self._least_by_rows.get(rows)
+        if known is not None and known[1] <= now < known[2]:
+            return known[0]
+        recent = [(ended, rows_then, s) for ended, rows_then, s in self._recent_calls if now - ended <= CALL_MEMORY_S]
+        if not recent:
+            return 0.0
+        least = min(s * min(1.0, rows / rows_then) for _ended, rows_then, s in recent)
+        # the same calls count from now until the oldest of them is forgotten (a later call clears the answers)
+        self._least_by_rows[rows] = (least, now, min(ended for ended, _rows, _s in recent) + CALL_MEMORY_S)
+        return least
 
     def note_refused(self) -> None:
         """A request was refused on least_call_seconds' word although it had its client's whole timeout left."""
