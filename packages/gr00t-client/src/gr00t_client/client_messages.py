@@ -42,6 +42,17 @@ class ClientMessages:
             if size > limit:
                 raise MessageTooLargeError(endpoint, size, limit)
 
+    def _refuse_number_keys(self, data: Any, endpoint: str) -> None:
+        """Refuse, before sending to a reference server, a request whose maps hold a key other than str or bytes: it
+        decodes with msgpack's strict_map_key, and would answer only msgpack's own words, naming no key."""
+        found = codec.refused_map_key(data, "", lambda key: not isinstance(key, codec.STRICT_MAP_KEY_TYPES))
+        if found is not None:
+            where, key = found
+            raise codec.WireEncodeError(
+                f"{endpoint}: {where or 'data'} has the {type(key).__name__} key {key!r:.80}, which a reference server "
+                "cannot decode (msgpack's strict_map_key allows only str and bytes map keys); expected str or bytes "
+                "keys (e.g. str(key))")
+
     def _decode_reply(self, reply: List[Any], endpoint: str) -> Any:
         """The reply's result, decoded within this client's limits; PolicyServerError for the server's errors."""
         limits = self._reply_limits

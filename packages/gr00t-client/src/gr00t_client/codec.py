@@ -49,6 +49,31 @@ def unencodable_path(value: Any, encode_one: Callable[[Any], Any]) -> str:
     return ""
 
 
+STRICT_MAP_KEY_TYPES = (str, bytes)  # all msgpack >= 1.0 decodes by default (strict_map_key): every reference peer
+
+
+def refused_map_key(value: Any, where: str, refused: Callable[[Any], bool]) -> Optional[Tuple[str, Any]]:
+    """(the path of the map, the key) of the first map key in `value` that `refused(key)` is true of, maps, lists and
+    tuples walked (each container once, so shared or cyclic ones end); None when there is none."""
+    stack: List[Tuple[Any, str]] = [(value, where)]
+    walked: set = set()
+    while stack:
+        item, where = stack.pop()
+        if id(item) in walked:
+            continue
+        walked.add(id(item))
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if refused(key):
+                    return where, key
+                if isinstance(child, (dict, list, tuple)):
+                    stack.append((child, f"{where}.{key}" if where else str(key)))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((child, f"{where}[{index}]") for index, child in enumerate(item)
+                         if isinstance(child, (dict, list, tuple)))
+    return None
+
+
 def encode(obj: Any) -> bytes:
     """Encode a value in the reference (single-frame msgpack-numpy) format."""
     try:

@@ -30,6 +30,7 @@ from .messages import (
     check_envelope,
     check_token,
     client_of,
+    client_reads_number_keys,
     continues_session,
     deadline_of,
     decode_payload,
@@ -164,6 +165,7 @@ class RequestLoop(Gathering):
             request.session = session_of(envelope, server.limits.max_session_id_chars) or request.session
             request.continues_session = continues_session(envelope)
             request.deadline = deadline_of(envelope, received_at)
+            request.reads_number_keys = client_reads_number_keys(envelope, request.multipart)
             return request
         except Exception as exc:
             peeked = None if request.name_read else peek_endpoint(payload)

@@ -78,6 +78,8 @@ class Request:
     call_ran: bool = False  # a get_action whose policy call ran, whatever became of it (counted as a policy call)
     # A replaced get_action's result that is no [action, info] pair: the action itself, sent whole to N1/N1.5 clients.
     result_is_action: bool = False
+    # Its client decodes map keys other than str and bytes (client_reads_number_keys): multipart, or our client's.
+    reads_number_keys: bool = False
 
     def queue_wait_ms(self, until: float) -> float:
         """How long this request waited for the policy until `until` (time.monotonic()), its decode left out."""
@@ -285,6 +287,13 @@ def deadline_of(envelope: Dict[str, Any], received_at: float) -> Optional[float]
     return received_at + min(float(timeout_ms), 1e9) / 1000.0
 
 
+def client_reads_number_keys(envelope: Dict[str, Any], multipart: bool) -> bool:
+    """Whether the request's client decodes map keys other than str and bytes: a multipart one (ours alone speak it), or
+    a single-frame one carrying both fields our client puts in every envelope (session_id and timeout_ms). Reference
+    clients send neither, and decode with msgpack's strict_map_key (str and bytes keys only)."""
+    return multipart or ("session_id" in envelope and TIMEOUT_FIELD in envelope)
+
+
 def adopt_n15_get_action(request: Request) -> None:
     """An N1/N1.5 get_action (np.save arrays, `data` the flat observation itself, no observation/options map) is
     served as {"observation": data} and answered with the action dict alone (WIRE_N15)."""
@@ -342,12 +351,13 @@ class _KeyCheckDefault:
         return None
 
 
-def refuse_unsendable_keys(value: Any, where: str) -> None:
+def refuse_unsendable_keys(value: Any, where: str, str_keys_only: bool = False) -> None:
     """WireEncodeError naming the path of a tuple or frozenset map key in a result: msgpack packs one as an array,
-    which no peer can key a map by, so the client could decode none of the reply. Told in C: the result is packed
-    with tuples and sets as lists (leaves as nil) and, where it held any, unpacked, where a list key fails to hash;
-    only then is it walked in Python to name the key's path (a tuple value alone walked an info of 1,500 records,
-    10x its encode)."""
+    which no peer can key a map by, so the client could decode none of the reply. With `str_keys_only` (a client
+    that decodes with msgpack's strict_map_key: reference ones), of any key but str and bytes too. Told in C: the
+    result is packed with tuples and sets as lists (leaves as nil) and, where it held any (or for str_keys_only),
+    unpacked, where a list key fails to hash or a strict key check fails; only then is it walked in Python to name
+    the key's path (a tuple value alone walked an info of 1,500 records, 10x its encode)."""
     if type(value) is dict and all(type(key) is str and not isinstance(item, _NESTED) for key, item in value.items()):
         return  # the common result (an action of arrays, a flat info): nothing to walk
     default = _KeyCheckDefault()
@@ -355,35 +365,34 @@ def refuse_unsendable_keys(value: Any, where: str) -> None:
         packed = msgpack.packb(value, default=default, strict_types=True)
     except (TypeError, ValueError, OverflowError):  # too deep, a cycle, an int out of range: the encode names it
         return
-    if not default.held_tuples:
+    if not default.held_tuples and not str_keys_only:
         return
     try:
-        msgpack.unpackb(packed, strict_map_key=False)
-    except TypeError:  # unhashable type: 'list', a tuple or frozenset key
+        msgpack.unpackb(packed, strict_map_key=str_keys_only)
+        return
+    except (TypeError, ValueError):  # unhashable type: 'list' (a tuple or frozenset key), or a key strict_map_key
+        pass  # refuses (a leaf key the check packs as nil, a str enum, is one the walk then finds fine)
+    if str_keys_only:  # walked outside the except: the error named is the walk's, not msgpack's with it
+        _name_unsendable_key(value, where, str_keys_only=True)
+    else:
         _name_unsendable_key(value, where)
 
 
-def _name_unsendable_key(value: Any, where: str) -> None:
-    """The Python walk of refuse_unsendable_keys, for a result holding a tuple or set: WireEncodeError naming the path
-    of a tuple or frozenset map key (a tuple value is fine: a list on the wire)."""
-    stack: List[Tuple[Any, str]] = [(value, where)]
-    walked: set = set()  # a container met twice (shared, or a cycle another check refuses) is walked once
-    while stack:
-        value, where = stack.pop()
-        if id(value) in walked:
-            continue
-        walked.add(id(value))
-        if isinstance(value, dict):
-            for key, child in value.items():
-                if isinstance(key, (tuple, frozenset)):
-                    raise codec.WireEncodeError(
-                        f"{where} has a {type(key).__name__} key {key!r:.80}, which msgpack sends as an array that no "
-                        "client can key a map by; expected str, bytes or number keys (e.g. a joined str)")
-                if isinstance(child, (dict, list, tuple)):
-                    stack.append((child, f"{where}.{key}"))
-        elif isinstance(value, (list, tuple)):
-            stack.extend((child, f"{where}[{index}]") for index, child in enumerate(value)
-                         if isinstance(child, (dict, list, tuple)))
+def _name_unsendable_key(value: Any, where: str, str_keys_only: bool = False) -> None:
+    """The Python walk of refuse_unsendable_keys: WireEncodeError naming the path of a tuple or frozenset map key (a
+    tuple value is fine: a list on the wire), or with `str_keys_only` of any key but str and bytes."""
+    found = codec.refused_map_key(value, where, lambda key: isinstance(key, (tuple, frozenset)) or (
+        str_keys_only and not isinstance(key, codec.STRICT_MAP_KEY_TYPES)))
+    if found is None:
+        return
+    where, key = found
+    if isinstance(key, (tuple, frozenset)):
+        raise codec.WireEncodeError(
+            f"{where} has a {type(key).__name__} key {key!r:.80}, which msgpack sends as an array that no client can "
+            "key a map by; expected str or bytes keys (e.g. a joined str)")
+    raise codec.WireEncodeError(
+        f"{where} has the {type(key).__name__} key {key!r:.80}, which reference clients cannot decode (msgpack's "
+        "strict_map_key allows only str and bytes map keys); expected str or bytes keys (e.g. str(key))")
 
 
 _LAST_RESORT_ERROR = codec.encode({"error": "internal error", ERROR_MARKER: True})

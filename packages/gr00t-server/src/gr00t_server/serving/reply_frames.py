@@ -13,7 +13,7 @@ from gr00t_client.client import ERROR_MARKER
 from gr00t_client.policy import PolicyValidationError
 
 from .endpoints import RateLimitedLog, UnencodableResultError, error_text, log_text
-from .messages import Request, RequestError, encode_reply, encode_timed_reply, refuse_unsendable_keys
+from .messages import WIRE_N15, Request, RequestError, encode_reply, encode_timed_reply, refuse_unsendable_keys
 from .metrics import OTHER_ENDPOINT
 from .worker import Reply
 
@@ -64,12 +64,15 @@ class ReplyFrames:
                             and isinstance(result[1], dict))
         started = time.monotonic()
         try:
-            # msgpack packs a tuple map key as an array without complaint: the client could decode none of the reply
+            # msgpack packs a tuple map key as an array without complaint: the client could decode none of the reply;
+            # nor can a reference client (strict_map_key) one whose maps hold a number key
+            str_keys_only = not request.reads_number_keys
             if request.endpoint == "get_action" and isinstance(result, list) and len(result) == 2:
-                refuse_unsendable_keys(result[0], "action")
-                refuse_unsendable_keys(result[1], "info")
+                refuse_unsendable_keys(result[0], "action", str_keys_only)
+                if request.wire_format != WIRE_N15:  # an N1/N1.5 client gets the action alone
+                    refuse_unsendable_keys(result[1], "info", str_keys_only)
             elif isinstance(result, (dict, list, tuple)):
-                refuse_unsendable_keys(result, f"the {request.endpoint} result")
+                refuse_unsendable_keys(result, f"the {request.endpoint} result", str_keys_only)
             if not wants_timing:
                 frames = encode_reply(request, result, ok=True)
             else:
