@@ -120,6 +120,17 @@ def test_batch_with_a_good_and_broken_jobs_finishes_marks_the_broken_ones_and_re
     assert reasons["bad-env"] in table  # reasons are printed whole, never cut
 
 
+def test_a_batch_job_of_an_unregistered_env_prefix_says_batch_cannot_register_it_not_flags_batch_lacks(tmp_path):
+    with policy_server() as server:
+        path = write_jobs(tmp_path, {"defaults": SMALL, "jobs": [
+            {"name": "custom", "env_name": "nosuchprefix/task", "policy_server": {"port": server.port}}]})
+        assert run_cli(["batch", "--jobs", str(path), "--output-dir", str(tmp_path / "out")]) == 1
+    [job] = json.loads((tmp_path / "out" / "batch_results.json").read_text())["jobs"]
+    assert "unknown prefix 'nosuchprefix'" in job["reason"]
+    assert "gr00t-eval batch cannot register env prefixes" in job["reason"]
+    assert "--env-adapter" not in job["reason"] and "--env-prefix" not in job["reason"]
+
+
 def test_batch_rewrites_the_combined_file_after_each_job(tmp_path):
     seen = []
 

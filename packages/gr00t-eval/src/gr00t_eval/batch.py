@@ -61,6 +61,22 @@ def connect(server: PolicyServerAddress) -> PolicyClient:
     return client
 
 
+def _unregistered_prefix(task: str) -> Optional[str]:
+    """A failed task's reason when its env prefix is not registered, in words for a batch: the rollout flags that
+    register one are no batch's; None for a task whose prefix is known (it failed for another reason)."""
+    from .rollout.envs import unknown_prefix_problem
+
+    try:
+        problem = unknown_prefix_problem(task)
+    except ValueError:  # no env name (a malformed one fails the task, saying so)
+        return None
+    if problem is None:
+        return None
+    return (f"ValueError: {problem}; gr00t-eval batch cannot register env prefixes (nor import an env's module): run "
+            "this task with gr00t-eval rollout, registering its env there, or call gr00t_eval.batch.run_batch from "
+            "Python after gr00t_eval.rollout.register_env_prefix")
+
+
 def _episode_errors(results: Mapping[str, Any]) -> Optional[str]:
     errored = [e for e in results["per_episode"] if e.get("error")]
     if not errored:
@@ -256,7 +272,8 @@ def run_job(job: Job, policy_factory: Callable[[PolicyServerAddress], BasePolicy
         record["n_errors"] = results["overall"].get("n_errors", 0)
         if results.get("status") == "interrupted":
             raise KeyboardInterrupt
-        reasons = [f"{shown_text(task)}: {error}" for task, error in results["failed_tasks"].items()]
+        reasons = [f"{shown_text(task)}: {_unregistered_prefix(task) or error}"
+                   for task, error in results["failed_tasks"].items()]
         if results.get("status") == "aborted":
             reasons.append(str(results.get("stop_reason")))
         episode_errors = _episode_errors(results)

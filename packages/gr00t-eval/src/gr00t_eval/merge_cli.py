@@ -92,6 +92,45 @@ def _unfinished_shards_hint(paths: List[str]) -> str:
     return "; " + "; ".join(unfinished) if unfinished else ""
 
 
+def _running_shards_left_out(files: List[Path], allow_missing: bool) -> List[Path]:
+    """`files` less those of a shard whose run file holds a live claim (its run, or a --resume of it, has not ended): it
+    writes its results again, so the file now there is no final result. UsageError naming that shard; with
+    `allow_missing` its file is left out (its episodes are missing, the merge incomplete) and a line says so."""
+    import socket
+
+    from .cli_errors import UsageError
+    from .output_files import SHARD_FILE_NAME, OutputDirError, run_file_name
+    from .run_claim import read_holder, refuse_live_claim
+    from .shard import ShardSpec
+
+    kept = []
+    for file in files:
+        match = SHARD_FILE_NAME.fullmatch(file.name)
+        if match is None or match.group(1) != "results":
+            kept.append(file)
+            continue
+        shard = ShardSpec(int(match.group("index")), int(match.group("count")))
+        try:
+            refuse_live_claim(file.parent, run_file_name(shard), flag="the folder", quiet=True)
+        except OutputDirError as exc:
+            holder = read_holder(file.parent / run_file_name(shard))
+            state = ("is still running" if holder is None or holder.hostname in (None, socket.gethostname()) else
+                     "may still be running (on another host, which this host cannot check)")
+            running = (f"shard {shard} in {file.parent} {state} "
+                       f"({f'{holder.describe()}, in {run_file_name(shard)}' if holder else exc}), so "
+                       f"{file.name} is not its final result")
+            if not allow_missing:
+                raise UsageError(f"{running}; expected every shard merged to have ended: merge once it has, or pass "
+                                 "--allow-missing to merge without it") from None
+            print(f"Leaving out {file}: {running} (--allow-missing: its episodes are missing from the merge)")
+            continue
+        kept.append(file)
+    if not kept:
+        raise UsageError(f"every shard given is still running ({', '.join(map(str, files))}); expected at least one "
+                         "that has ended: merge once they have")
+    return kept
+
+
 def _refuse_live_runs_beside(output: Path) -> None:
     """Refuse, --overwrite or not, a merge --output in a folder where a run other than a shard is still running: an
     open-loop, batch, record or whole rollout there would write its own results.json or eval_info.json over the
@@ -127,7 +166,8 @@ def _merge_target(output: Path) -> Path:
 
 def _check_merge_output(output: Path, overwrite: bool) -> None:
     """Refuse an --output whose writing would destroy a run's own results: an existing file that is not an earlier
-    merge's output, or a file in a whole run's --output-dir (the merge's eval_info.json would replace the run's)."""
+    merge's output, or a file in a whole run's --output-dir (the merge's eval_info.json would replace the run's). An
+    earlier merge of another evaluation is refused once the merge is made (_check_same_evaluation)."""
     from .cli_errors import UsageError
     from .output_files import RUN_FILENAME
 
@@ -147,6 +187,25 @@ def _check_merge_output(output: Path, overwrite: bool) -> None:
         raise UsageError(f"--output {output} is in the --output-dir of a whole run ({output.parent / RUN_FILENAME}), "
                          "whose eval_info.json the merge would replace; name a file elsewhere, or pass --overwrite")
     _check_eval_info_beside(output)
+
+
+def _check_same_evaluation(output: Path, merged: Dict[str, Any], overwrite: bool) -> None:
+    """Refuse, unless `overwrite`, an --output holding an earlier merge of another evaluation (another plan or policy
+    than `merged`): only the same merge run again replaces it, as a rollout never mixes a new run with old results."""
+    from .cli_errors import UsageError
+    from .shard import evaluation_difference
+
+    if overwrite or not output.is_file():
+        return
+    try:
+        earlier = _read_results_file(output)
+    except UsageError:  # not a merge: _check_merge_output refused it already
+        return
+    difference = evaluation_difference(earlier, merged, "the earlier merge")
+    if difference is not None:
+        raise UsageError(f"--output {output} holds the merge of another evaluation than this one: {difference}; "
+                         "expected an earlier merge of the same plan and policy: name another --output, or pass "
+                         "--overwrite to replace it")
 
 
 def _check_eval_info_beside(output: Path) -> None:
@@ -199,7 +258,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     if output.is_dir() or args.output.endswith("/"):
         output = output / RESULTS_FILENAME
     output = _merge_target(output)
-    files = _results_files(args.results, output)
+    files = _running_shards_left_out(_results_files(args.results, output), args.allow_missing)
     _refuse_live_runs_beside(output)
     _check_merge_output(output, args.overwrite)
     try:
@@ -207,6 +266,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
                                names=[str(f) for f in files])
     except MergeError as exc:
         raise UsageError(f"{exc}{_unfinished_shards_hint(args.results) if 'in no results file' in str(exc) else ''}") from None
+    _check_same_evaluation(output, merged, args.overwrite)
     merged["merged_files"] = [str(f) for f in files]
     # where each is, whatever the folder the merge ran in: a shard run again finds the merges of its own file by it
     merged["merged_paths"] = [os.path.abspath(f) for f in files]

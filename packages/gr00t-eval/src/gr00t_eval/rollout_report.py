@@ -71,6 +71,7 @@ def _report_rollout(args: argparse.Namespace, results: Dict[str, Any], output_di
     from .eval_info import EVAL_INFO_FILENAME, lerobot_eval_info
     from .output_files import results_file_name
     from .results import write_results_together
+    from .run_dir import remove_merges_of
     from .run_stop import SAVED_NOTE, interrupts_deferred, is_storage_error, stop_signals_ignored_until_exit
 
     files = [(output_dir / results_file_name(shard), results)]
@@ -83,6 +84,8 @@ def _report_rollout(args: argparse.Namespace, results: Dict[str, Any], output_di
             if not is_storage_error(exc):
                 raise
             raise SystemExit(_summary_storage_failure(exc, [p for p, _r in files], output_dir, shard)) from None
+        if shard is not None:  # a merge of its earlier results written while it ran (it checked the claim before
+            remove_merges_of(output_dir, results_file_name(shard))  # the shard took it) reports what no file holds now
     with interrupts_deferred(SAVED_NOTE):  # saved: a stop now turned a complete run's exit 130, its claim 'interrupted'
         code = _print_report(args, results, output_dir, shard, path)
         stop_signals_ignored_until_exit()  # reported too: the exit status and claim stay the results' (cli.main)

@@ -12,7 +12,8 @@ run.json's settings (a command line giving others is refused); its eval_s adds u
 A shard (`--shard I/N`) has its own run_, episodes_ and results_shard{i}of{N} files, so the shards of one split may
 share a directory; --overwrite then replaces one shard's files only. A shard run again there (--overwrite or --resume)
 removes a merge of the split written there (`merge DIR --output DIR`) that holds its earlier results once the server
-answered (remove_merges_of, called by scale_cli._run).
+answered (remove_merges_of, called by scale_cli._run), and again when it writes its results (rollout_report): a merge
+written while it ran holds its earlier ones.
 --overwrite empties only a folder whose top holds an earlier run's own file (_earlier_run_file): never a project folder,
 nor a folder holding other runs' folders.
 """

@@ -73,13 +73,15 @@ def register_scale_commands(subparsers: Any) -> None:
                    help="merged results file (a directory gets results.json; a symbolic link is written through, "
                         "to where it points)")
     p.add_argument(*_flag("allow-missing"), action="store_true",
-                   help="merge even if some episodes are in no file (the merged status is then 'incomplete', exit status 1)")
+                   help="merge even if some episodes are in no file, or a shard given is still running (its results "
+                        "are left out; the merged status is then 'incomplete', exit status 1)")
     p.add_argument(*_flag("allow-errors"), action="store_true",
                    help="exit 0 even when episodes errored (they are still reported and left out of the metrics), "
                         "unless every episode errored: a merge that scored nothing exits 1")
     p.add_argument(*_flag("overwrite"), action="store_true",
-                   help="replace an --output that is not an earlier merge's (a run's own results file), or write "
-                        "into a whole run's --output-dir (its eval_info.json is replaced)")
+                   help="replace an --output that is not an earlier merge of the same plan and policy (a run's own "
+                        "results file, or another evaluation's merge), or write into a whole run's --output-dir (its "
+                        "eval_info.json is replaced)")
     p.set_defaults(scale_command=cmd_merge)
 
     p = subparsers.add_parser("suites", help="list the registered task suites")

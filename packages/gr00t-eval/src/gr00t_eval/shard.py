@@ -213,12 +213,13 @@ def _plan_key(results: Mapping[str, Any]) -> Tuple[Any, ...]:
 _MISSING = object()
 
 
-def plan_difference(first: Mapping[str, Any], other: Mapping[str, Any]) -> str:
-    """What differs between two results' plans, e.g. "client_chunking 'async' (theirs 'off')", for MergeError messages."""
+def plan_difference(first: Mapping[str, Any], other: Mapping[str, Any], first_name: str = "the first") -> str:
+    """What differs between two results' plans, e.g. "setting client_chunking 'async' ('off' in the first)", for
+    MergeError messages (`first_name`: how they name `first`)."""
     a, b = first["plan"], other["plan"]
     for name in ("tasks", "n_episodes", "seed"):
         if a.get(name) != b.get(name):
-            return f"{name} {b.get(name)!r} ({a.get(name)!r} in the first)"
+            return f"{name} {b.get(name)!r} ({a.get(name)!r} in {first_name})"
     settings_a, settings_b = recorded_settings(a), recorded_settings(b)
     for name in sorted(set(settings_a) | set(settings_b)):
         value_a, value_b = settings_a.get(name, _MISSING), settings_b.get(name, _MISSING)
@@ -227,18 +228,32 @@ def plan_difference(first: Mapping[str, Any], other: Mapping[str, Any]) -> str:
             shown_b = "not recorded" if value_b is _MISSING else repr(value_b)
             why = (f"; with client_chunking {settings_a.get('client_chunking')!r} the number of envs changes what "
                    f"an episode does{_AUTO_N_ENVS_UNKNOWN if 0 in (value_a, value_b) else ''}" if name == "n_envs" else "")
-            return f"setting {name} {shown_b} ({shown_a} in the first{why})"
+            return f"setting {name} {shown_b} ({shown_a} in {first_name}{why})"
     if _registered_envs(a) != _registered_envs(b):  # one env name, two envs: a built-in and an adapter
         from .rollout_args import _recorded_registration_flags
 
         flags_a, flags_b = (_REGISTRATIONS_NOT_RECORDED if plan.get("registrations") is None
                             else _recorded_registration_flags(plan).strip() or "none" for plan in (a, b))
         # an older shard may have run with the same flags: what it ran is unknown, not "none"
-        older = (f"; rerun {'the first' if flags_a == _REGISTRATIONS_NOT_RECORDED else 'this shard'} with this "
+        older = (f"; rerun {first_name if flags_a == _REGISTRATIONS_NOT_RECORDED else 'this shard'} with this "
                  "gr00t-eval and the --env-import/--env-prefix/--env-adapter flags it was run with"
                  if _REGISTRATIONS_NOT_RECORDED in (flags_a, flags_b) else "")
-        return f"env registrations {flags_b} ({flags_a} in the first: the same env names may be other envs){older}"
+        return f"env registrations {flags_b} ({flags_a} in {first_name}: the same env names may be other envs){older}"
     return "the plan"
+
+
+def evaluation_difference(earlier: Mapping[str, Any], later: Mapping[str, Any], earlier_name: str) -> Optional[str]:
+    """What makes `later` (results) another evaluation than `earlier`: its plan (plan_difference) or its policy (both
+    recorded, other fingerprints); None for the same one. `earlier_name` names `earlier` in the answer."""
+    try:
+        earlier_key = _plan_key(earlier)
+    except MergeError as exc:
+        return f"{earlier_name} records no plan to compare ({exc})"
+    if earlier_key != _plan_key(later):
+        return plan_difference(earlier, later, earlier_name)
+    if not same_policy(earlier.get("policy"), later.get("policy")):
+        return f"policy {describe(later.get('policy'))} ({describe(earlier.get('policy'))} in {earlier_name})"
+    return None
 
 
 _REGISTRATIONS_NOT_RECORDED = "not recorded (written by an older gr00t-eval)"
@@ -403,8 +418,9 @@ def merge_results(shards: Iterable[Mapping[str, Any]], allow_missing: bool = Fal
                if r.get("status", "complete") != "complete"]
     if missing:
         reasons.append(f"{len(missing)} episodes are in no results file (merged with --allow-missing)")
+    # a merge with every episode is complete: its inputs' reasons (a partial merge merged again) no longer hold
     merged = suite_results(tasks, runs, config, first.get("env_name", ""), first.get("suite"), extra, status,
-                           "; ".join(reasons) or None)
+                           "; ".join(reasons) if status != "complete" else None)
     if status == "complete" and merged["status"] == INCOMPLETE:  # its reason counts the merge's failed tasks and
         resumes = [_stopped_shard_hint(label[i], r, with_reason=False)  # episodes not run: the shards' would repeat it
                    for i, r in enumerate(shards) if r.get("status") == INCOMPLETE]
@@ -549,13 +565,16 @@ def _checked_done(done: Iterable[EpisodeOutcome], config: RolloutConfig, check_s
 
 def _stopped_shard_hint(label: str, results: Mapping[str, Any], with_reason: bool = True) -> str:
     """'<label> is an interrupted run (<reason>): continue it with gr00t-eval rollout --resume DIR --shard I/N' (or an
-    aborted or incomplete run; without '(<reason>)' unless `with_reason`)."""
+    aborted or incomplete run; for a merge's output, to merge it again with the missing shards; without '(<reason>)'
+    unless `with_reason`)."""
     from .rollout_args import _recorded_registration_flags
     from .run_resume import resume_command
 
+    reason = f" ({results.get('stop_reason') or 'no reason recorded'})" if with_reason else ""
+    if "merged_from" in results:  # a merge's folder holds no run to resume: its missing shards complete it
+        return f"{label} is an {results.get('status')} merge{reason}: merge it again with the missing shards' results"
     shard = (results.get("plan") or {}).get("shard")
     spec = ShardSpec(*shard) if shard else None
     flags = _recorded_registration_flags(results.get("plan") or {})  # a resume is held to the shard's own
     resume = f": continue it with {resume_command(Path(label).parent, spec)}{flags}" if label.endswith(".json") else ""
-    reason = f" ({results.get('stop_reason') or 'no reason recorded'})" if with_reason else ""
     return f"{label} is an {results.get('status')} run{reason}{resume}"

@@ -41,18 +41,27 @@ def register_env_prefix(prefix: str, embodiment_tag: Union[EmbodimentTag, str], 
 
 def embodiment_for_env(env_name: str) -> EmbodimentTag:
     """The embodiment of an env name: the prefix table first, else the prefix read as an embodiment tag."""
+    problem = unknown_prefix_problem(env_name)
+    if problem is not None:
+        raise ValueError(f"{problem} (register new prefixes with --env-adapter PREFIX=MODULE:FUNCTION and --env-prefix "
+                         "PREFIX=TAG, or gr00t_eval.rollout.register_env_prefix in Python)")
+    prefix, _ = split_env_name(env_name)
+    return ENV_PREFIX_TO_EMBODIMENT_TAG[prefix] if prefix in ENV_PREFIX_TO_EMBODIMENT_TAG else EmbodimentTag.resolve(prefix)
+
+
+def unknown_prefix_problem(env_name: str) -> Optional[str]:
+    """"env name 'x/y': unknown prefix 'x'; expected ..." when the prefix is neither registered nor an embodiment tag,
+    without advice on registering one (a caller that cannot, `gr00t-eval batch`, gives its own); None when it is known."""
     prefix, _ = split_env_name(env_name)
     if prefix in ENV_PREFIX_TO_EMBODIMENT_TAG:
-        return ENV_PREFIX_TO_EMBODIMENT_TAG[prefix]
+        return None
     try:
-        return EmbodimentTag.resolve(prefix)
+        EmbodimentTag.resolve(prefix)
     except ValueError:
         known = ", ".join(sorted(ENV_PREFIX_TO_EMBODIMENT_TAG))
-        raise ValueError(
-            f"env name {env_name!r}: unknown prefix {prefix!r}; expected one of the env prefixes [{known}] or an "
-            f"embodiment tag value (register new prefixes with --env-adapter PREFIX=MODULE:FUNCTION and --env-prefix "
-            f"PREFIX=TAG, or gr00t_eval.rollout.register_env_prefix in Python)"
-        ) from None
+        return (f"env name {env_name!r}: unknown prefix {prefix!r}; expected one of the env prefixes [{known}] or an "
+                "embodiment tag value")
+    return None
 
 
 def _resolve_adapter(adapter: EnvAdapter) -> Callable[..., gym.Env]:
