@@ -15,7 +15,8 @@ The server venv gets torch from --torch-spec/--torch-index-url first (default: t
 --reuse-deps-from VENV (the in-suite test) the server venv instead sees VENV's third-party packages through a
 .pth file and our wheels are installed with --no-deps, which skips ~1.3 GB of downloads; the client and eval
 venvs are then made without pip of their own (this interpreter's pip installs into them, without .pyc).
-Stdlib only; runs on any Python >= 3.9.
+Stdlib only; needs Python >= 3.10 (every venv uses the Python that runs it, and gr00t-eval and gr00t-server need 3.10;
+gr00t-client alone runs on 3.9).
 """
 
 from __future__ import annotations
@@ -239,7 +240,7 @@ def check_server_without_replay(venv: Venv, version: str, dataset: Path) -> None
     run([str(venv.bin / "gr00t-server"), "serve", "--help"])
     result = run([str(venv.bin / "gr00t-server"), "serve", "--dataset-path", str(dataset)], expect_rc=2, timeout=120)
     lines = result.stderr.strip().splitlines()
-    if len(lines) != 1 or "pip install 'gr00t-server[replay]'" not in lines[0]:
+    if len(lines) != 1 or f"pip install gr00t_eval-{version}-py3-none-any.whl" not in lines[0]:
         raise CheckFailed(f"serve --dataset-path without [replay] should fail with one line naming the extra:\n"
                           f"{result.stderr}")
     log(f"server: without [replay] -> {lines[0]}")
@@ -288,6 +289,9 @@ def check_open_loop(venv: Venv, dataset: Path, port: int, out: Path) -> None:
     log(f"eval: open-loop against the replay server: {aggregated['n_trajectories']} trajectories, MSE 0, no torch")
 
 
+MIN_PYTHON = (3, 10)  # gr00t-eval's and gr00t-server's requires-python
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--dist", default="dist", help="folder with the wheels and sdists (default dist)")
@@ -299,6 +303,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--reuse-deps-from", type=Path, default=None,
                         help="server venv: reuse this venv's third-party packages, install our wheels --no-deps")
     args = parser.parse_args(argv)
+    if sys.version_info < MIN_PYTHON:  # at once, not after minutes of installs and pip's own words
+        print(f"dist_check: Python {sys.version.split()[0]} runs this, and every venv is made with it; gr00t-eval and "
+              f"gr00t-server need Python >= {'.'.join(map(str, MIN_PYTHON))}: run it with a newer python3",
+              file=sys.stderr)
+        return 2
     dist = Path(args.dist).resolve()
     work = Path(args.work or tempfile.mkdtemp(prefix="gr00t-dist-check-")).resolve()
     work.mkdir(parents=True, exist_ok=True)

@@ -62,7 +62,7 @@ def test_wheels_install_alone_and_work_together_from_fresh_venvs(dist, tmp_path)
     for line in (
         "LICENSE and py.typed in each, siblings pinned",
         "server: import without torch ok",
-        "pip install 'gr00t-server[replay]'",
+        "-py3-none-any.whl, or from git",  # the [replay] advice names the wheel, never a name an index answers
         "client: numpy 2.",
         "client: numpy 1.",
         "eval: open-loop against the replay server: 2 trajectories, MSE 0, no torch",

@@ -164,3 +164,30 @@ def test_each_command_line_tool_says_its_version(module, capsys):
         cli.build_parser().parse_args(["--version"])
     assert exited.value.code == 0
     assert capsys.readouterr().out.strip() == f"{module.replace('_', '-')} {package.__version__}"
+
+
+def test_dist_check_refuses_a_python_older_than_the_packages_need_at_once():
+    """`make dist-check` makes every venv with the Python that runs it: on 3.9 it installed the client for a minute,
+    then failed in pip's words ("requires a different Python"). It names the Python it needs, the newest any package
+    requires, before installing anything."""
+    import subprocess
+
+    from packaging.specifiers import SpecifierSet
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import dist_check
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    floors = [min(spec.version for spec in SpecifierSet(_pyproject(name)["project"]["requires-python"]))
+              for name in PACKAGES]
+    assert ".".join(map(str, dist_check.MIN_PYTHON)) == max(floors, key=lambda v: tuple(map(int, v.split("."))))
+    # this interpreter stands for an older one: the floor is raised one minor version above it
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import dist_check; "
+            f"dist_check.MIN_PYTHON = {tuple(sys.version_info[:2])!r}[:1] + ({sys.version_info[1] + 1},); "
+            "sys.exit(dist_check.main(['--dist', sys.argv[2]]))")
+    result = subprocess.run([sys.executable, "-c", code, str(REPO / "scripts"), "/nonexistent-dist"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result
+    assert f"need Python >= {sys.version_info[0]}.{sys.version_info[1] + 1}" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
