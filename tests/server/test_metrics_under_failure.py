@@ -13,8 +13,9 @@ import numpy as np
 import zmq
 import pytest
 
-from gr00t_client import BasePolicy, ObservationError, PolicyClient, PolicyServerError
+from gr00t_client import BasePolicy, ObservationError, PolicyClient, PolicyServerError, codec
 from gr00t_server.server import PolicyServer, ServerLimits
+from reference_peer import raw_round_trip
 from serving import running_server
 
 prometheus_parser = pytest.importorskip("prometheus_client.parser")
@@ -77,6 +78,18 @@ def test_active_clients_counts_clients_whose_get_action_was_refused_on_arrival()
         finally:
             for client in clients:
                 client.close()
+
+
+@pytest.mark.parametrize("field, value", [("timeout_ms", 0), ("session_id", 5), ("session_continues", "yes")])
+def test_active_clients_counts_clients_whose_get_action_had_a_bad_envelope_field(field, value):
+    """Three robots whose client sends timeout_ms 0 ("no deadline" to some C++ and Go clients) read as 0 active
+    clients: a get_action refused for its envelope's fields was never noted, though decoded and with the token."""
+    request = codec.encode({"endpoint": "get_action", "data": {"observation": observation(0)}, field: value})
+    with running_server(FaultyPolicy(), metrics_port=0) as server:
+        for _ in range(3):  # three robots: a fresh connection each
+            reply = codec.decode(raw_round_trip(server.port, request)[0])
+            assert f"'{field}' must be" in reply["error"], reply
+        assert scrape(server)[("gr00t_active_clients", ())] == 3
 
 
 def test_every_policy_call_that_ran_is_counted_whatever_it_returned():
@@ -337,3 +350,61 @@ def test_a_lone_call_refused_inside_counts_but_one_its_own_checks_refused_first_
                     client.get_action(observation(99))
             stats = server.stats.snapshot()
         assert (len(policy.rows), stats["policy_calls"]) == (calls, calls), strict
+
+
+class SlowlyFailingPolicy(BasePolicy):
+    """A merged call takes 1 s (a lone one none), and fails whole when any row's state is 13 (one client's input)."""
+
+    supports_batching = True
+
+    def __init__(self) -> None:
+        super().__init__(strict=False)
+
+    def _get_action(self, observation, options=None):
+        state = np.asarray(observation["state"]["x"])
+        if state.shape[0] > 1:
+            time.sleep(1.0)
+        if (state == 13).any():
+            raise RuntimeError("the model broke on one row")
+        return {"x": np.zeros((state.shape[0], 4, 1), np.float32)}, {}
+
+    def reset(self, options=None):
+        return {}
+
+
+def test_a_batch_mate_whose_deadline_passed_in_a_failed_merged_call_is_told_its_call_ran():
+    """Robot B's merged call ran 1 s and failed on robot A's row, by when B's 500 ms had passed: B was answered
+    "'get_action' was not run" and counted `expired`, and its policy time was dropped (1 policy stage for the 2
+    requests of the call)."""
+    from gr00t_client.client_errors import DeadlineNotRunError, server_error
+
+    # the gather window waits for both: the two requests run as one merged call
+    with running_server(SlowlyFailingPolicy(), max_batch_size=2, batch_timeout_ms=10000.0, metrics_port=0,
+                        inline_below_ms=0) as server:
+        context = zmq.Context()
+        replies = []
+        try:
+            robots = []
+            for value, deadline in ((13, {}), (0, {"timeout_ms": 500})):
+                robot = context.socket(zmq.DEALER)
+                robot.setsockopt(zmq.LINGER, 0)
+                robot.connect(f"tcp://127.0.0.1:{server.port}")
+                robot.send_multipart([b"", codec.encode({"endpoint": "get_action",
+                                                         "data": {"observation": observation(value)}, **deadline})])
+                robots.append(robot)
+            for robot in robots:
+                assert robot.poll(10000), "no reply"
+                replies.append(codec.decode(robot.recv_multipart()[-1]))
+                robot.close()
+        finally:
+            context.term()
+        stats = server.stats.snapshot()
+        samples = scrape(server)
+    assert stats["batch_sizes"] == {"2": 1, "1": 1}, stats  # the merged call, then robot A's alone
+    assert "internal error in get_action: RuntimeError" in replies[0]["error"], replies[0]
+    told = replies[1]["error"]
+    assert "was not run" not in told and "ran in a batched policy call that failed" in told, told
+    assert isinstance(server_error(told, "get_action"), DeadlineNotRunError)  # our client asks again, as for expired
+    assert requests_count(samples, "get_action", "expired") == 0 and stats["expired"] == 0
+    assert requests_count(samples, "get_action", "error") == 1
+    assert samples[("gr00t_request_stage_seconds_count", (("stage", "policy"),))] == 2  # each request's call that ran

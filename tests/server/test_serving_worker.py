@@ -169,7 +169,20 @@ def test_a_bool_timeout_is_refused_whichever_kind():
     request = codec.encode({"endpoint": "ping", "timeout_ms": np.bool_(True)})
     with running_server(EchoPolicy()) as server:
         reply = codec.decode(raw_round_trip(server.port, request)[0])
-    assert "'timeout_ms' must be a positive number of milliseconds, got 'True'" in reply["error"]
+    assert "'timeout_ms' must be a positive number of milliseconds" in reply["error"]
+    assert "got bool" in reply["error"] and "True" in reply["error"]  # numpy's bool: "bool_ True" or "bool np.True_"
+
+
+@pytest.mark.parametrize("timeout_ms, shown", [("250", "str '250'"), (0, "int 0"), ([250], "list")],
+                         ids=["str", "zero", "list"])
+def test_a_refused_timeout_names_its_type_and_how_to_ask_for_no_deadline(timeout_ms, shown):
+    """A JS peer's "250" was answered "got '250'", as if 250 were no positive number, and 0 as "got '0'", as if a str:
+    the type, what was wrong, went unnamed, and so did the way to ask for no deadline."""
+    request = codec.encode({"endpoint": "ping", "timeout_ms": timeout_ms})
+    with running_server(EchoPolicy()) as server:
+        reply = codec.decode(raw_round_trip(server.port, request)[0])
+    assert reply["error"].endswith(f"'timeout_ms' must be a positive number of milliseconds (omit it, or send nil, for "
+                                   f"no deadline), got {shown}"), reply["error"]
 
 
 def test_client_close_from_another_thread_ends_an_in_flight_call_promptly():

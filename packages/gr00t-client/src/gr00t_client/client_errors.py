@@ -22,6 +22,8 @@ class PolicyServerError(RuntimeError):
 
 SHUTTING_DOWN = "server is shutting down"  # how our server's answers begin once it is stopping (ServerStoppingError)
 NOT_RUN_FOR_DEADLINE = "was not run: the client's deadline"  # our server's refusal of a request out of time
+# ... and of a batched request whose merged call ran and failed (on another's input, say), out of time for another run
+NOT_RERUN_FOR_DEADLINE = "could not run again in time"
 
 
 class ServerStoppingError(PolicyServerError, ConnectionError):
@@ -36,7 +38,7 @@ def server_error(message: str, endpoint: Optional[str]) -> PolicyServerError:
     message = shown_text(message)
     if message.startswith(SHUTTING_DOWN):
         return ServerStoppingError(message, endpoint)
-    if NOT_RUN_FOR_DEADLINE in message:
+    if NOT_RUN_FOR_DEADLINE in message or NOT_RERUN_FOR_DEADLINE in message:
         return DeadlineNotRunError(message, endpoint)
     return PolicyServerError(message, endpoint)
 
@@ -74,7 +76,8 @@ class PolicyTimeoutError(TimeoutError):
 
 class DeadlineNotRunError(PolicyServerError, PolicyTimeoutError):
     """The server did not run the request: the client's deadline had passed, or was nearer than a policy call takes,
-    when its turn came. A PolicyTimeoutError too, so that a loop that holds position on a timeout does so here."""
+    when its turn came (or came again, after a batched call that failed). A PolicyTimeoutError too, so that a loop
+    that holds position on a timeout does so here."""
 
 
 class ReplyLostError(PolicyTimeoutError):

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 import numpy as np
 
 from gr00t_client.chunking_envs import observation_batch_size
+from gr00t_client.client_errors import NOT_RERUN_FOR_DEADLINE  # DeadlineNotRunError on the client: same words
 from gr00t_client.policy import BasePolicy, NonFiniteActionError, ObservationError, rows_checked
 
 from . import batching, limits as work_limits
@@ -150,9 +151,8 @@ class JobRunner(ReplyFrames):
 
     def _expired_reply(self, request: Request, rows: int, now: float, least_call_s: float) -> Reply:
         """The answer to a request whose client's deadline passed, or was too near, when its turn came (counted as
-        expired)."""
-        self._server.stats.add("expired")
-        request.outcome = "expired"
+        expired); or came again after a merged call that ran and failed: then an error of that call, which ran (its
+        policy stage that call's), not `expired`, which says "not run"."""
         reason = "the client's deadline passed while it waited"
         if not request.expired(now):
             assert request.deadline is not None
@@ -160,6 +160,13 @@ class JobRunner(ReplyFrames):
                       f"too close for a policy call (by recent calls, one of {rows} row(s) takes at least "
                       f"{least_call_s * 1000.0:.0f} ms)")
         logger.debug("dropped %s from %s: %s", log_text(request.endpoint), request.peer, reason)
+        if request.failed_call is not None:
+            started, policy_ms = request.failed_call
+            error = RequestError(f"'{request.endpoint}' ran in a batched policy call that failed (on its own input or "
+                                 f"another request's) and {NOT_RERUN_FOR_DEADLINE}: {reason}")
+            return request, self.error_frames(request, error, log=False, policy_started=started, policy_ms=policy_ms)
+        self._server.stats.add("expired")
+        request.outcome = "expired"
         return request, self.error_frames(request, RequestError(f"'{request.endpoint}' was not run: {reason}"), log=False)
 
     def _admit_sessions(self, live: List[Request], replies: List[Reply]) -> List[Request]:
@@ -335,7 +342,7 @@ class JobRunner(ReplyFrames):
 
     def _still_waiting(self, requests: List[Request], replies: List[Reply]) -> List[Request]:
         """The requests whose client still waits; the others (gave up during a failed merged call, or are about to)
-        are answered as expired, not served again."""
+        are answered that their call failed and could not run again in time (_expired_reply), not served again."""
         return self._in_time(requests, time.monotonic(), replies)
 
     def _run_merged(self, valid: List[Request], replies: List[Reply], checked: bool) -> List[List[Request]]:
@@ -344,26 +351,31 @@ class JobRunner(ReplyFrames):
         row's batch-mates)."""
         policy = self._server.policy
         started = time.monotonic()
+        ran = False
         try:
             merged, rows = batching.merge_observations([r.data["observation"] for r in valid], [r.rows for r in valid])
             try:
                 with _checked_rows(merged, policy, checked):
                     raw = policy.get_action(merged, None)
             except BaseException as exc:  # a merged call that ran counts, whatever failed it (a sys.exit() too)
-                self.count_failed_call(exc, len(valid), sum(rows))
+                ran = self.count_failed_call(exc, len(valid), sum(rows))
                 if not isinstance(exc, NonFiniteActionError):
                     raise
                 rerun = self._non_finite_rows(valid, rows, exc, started, replies)  # a strict policy's output check
                 if rerun is not None:
+                    _note_failed_call(rerun, started)
                     return [rerun] if rerun else []
                 raise
             self.count_call(len(valid), sum(rows))
+            ran = True
             action, info = work_limits.action_and_info(raw)
             stages = policy_stages(policy)
             parts = batching.split_result(action, info, rows, batching.declared_per_row_info_keys(policy))
         except InlineCallAbandoned:
             raise
         except BaseException as exc:
+            if ran:  # its requests run again, unless their deadline comes first: then this call answers them
+                _note_failed_call(valid, started)
             # a batching bug every merged call would hit, or one client's input steering the policy into sys.exit()
             if not isinstance(exc, (ObservationError, RequestError)):
                 self._internal_errors.warning(
@@ -444,6 +456,13 @@ class JobRunner(ReplyFrames):
             replies.append(self.result_frames(request, [part_action, part_info], policy_ms, len(valid), sum(rows),
                                               policy_started=started))
         return clean
+
+
+def _note_failed_call(requests: List[Request], started: float) -> None:
+    """Mark `requests` as having run in the merged call that started at `started` and failed just now."""
+    failed_call = (started, (time.monotonic() - started) * 1000.0)
+    for request in requests:
+        request.failed_call = failed_call
 
 
 def _checked_rows(observation: Any, policy: Any, checked: bool) -> Any:

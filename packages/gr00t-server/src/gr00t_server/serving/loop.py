@@ -162,7 +162,11 @@ class RequestLoop(Gathering):
             check_token(envelope, server.api_token)
             request.data = envelope.get("data", {}) if "data" in envelope else {}
             adopt_n15_get_action(request)
-            request.session = session_of(envelope, server.limits.max_session_id_chars) or request.session
+            try:
+                request.session = session_of(envelope, server.limits.max_session_id_chars) or request.session
+            finally:  # refused by a field below or not, its client asks: by its connection when session_id is bad
+                if request.endpoint == "get_action":
+                    self._note_client(request)
             request.continues_session = continues_session(envelope)
             request.deadline = deadline_of(envelope, received_at)
             request.reads_number_keys = client_reads_number_keys(envelope, request.multipart)
@@ -180,8 +184,6 @@ class RequestLoop(Gathering):
         if request.endpoint in INLINE_ENDPOINTS and server.is_built_in(request.endpoint):
             self._reply_now(request)
             return
-        if request.endpoint == "get_action":
-            self._note_client(request)  # refused below or not: the gauge counts clients asking, not ones served
         try:
             if request.endpoint not in server._endpoints:
                 raise unknown_endpoint(request.endpoint, server.endpoints)

@@ -76,6 +76,8 @@ class Request:
     takes_session: bool = False  # a get_action or reset whose success counts a use of its session (takes it in)
     session_in_flight: bool = False  # counted in its session's requests waiting or running (SessionTable.arrived)
     call_ran: bool = False  # a get_action whose policy call ran, whatever became of it (counted as a policy call)
+    # (its start, its ms) of the last merged call this get_action ran in that failed: it may then run again
+    failed_call: Optional[Tuple[float, float]] = None
     # A replaced get_action's result that is no [action, info] pair: the action itself, sent whole to N1/N1.5 clients.
     result_is_action: bool = False
     # Its client decodes map keys other than str and bytes (client_reads_number_keys): multipart, or our client's.
@@ -283,7 +285,11 @@ def deadline_of(envelope: Dict[str, Any], received_at: float) -> Optional[float]
         return None
     # A numpy scalar (msgpack-numpy's {nd: false}) is a number too; a bool is no duration, whichever kind.
     if isinstance(timeout_ms, (bool, np.bool_)) or not isinstance(timeout_ms, numbers.Real) or not timeout_ms > 0:
-        raise RequestError(f"'{TIMEOUT_FIELD}' must be a positive number of milliseconds, got {str(timeout_ms)[:40]!r}")
+        # named with its type, as session_of does: a str "250" is no refused number, and 0 no str
+        scalar = isinstance(timeout_ms, (int, float, str, bytes, np.generic))
+        shown = f"{type(timeout_ms).__name__} {timeout_ms!r:.40}" if scalar else type(timeout_ms).__name__
+        raise RequestError(f"'{TIMEOUT_FIELD}' must be a positive number of milliseconds (omit it, or send nil, for no "
+                           f"deadline), got {shown}")
     return received_at + min(float(timeout_ms), 1e9) / 1000.0
 
 
