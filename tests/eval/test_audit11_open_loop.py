@@ -86,10 +86,10 @@ def test_ctrl_c_while_a_scored_trajectorys_plot_is_drawn_keeps_it_scored(dataset
 
     draw = plots.plot_trajectory
 
-    def ctrl_c_while_drawing_trajectory_1(path, traj_id, *args):
+    def ctrl_c_while_drawing_trajectory_1(path, traj_id, *args, **kwargs):
         if traj_id == 1:
             os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, taken in the middle of the real drawing
-        return draw(path, traj_id, *args)
+        return draw(path, traj_id, *args, **kwargs)
 
     monkeypatch.setattr(plots, "plot_trajectory", ctrl_c_while_drawing_trajectory_1)
     code = open_loop(dataset, server.port, tmp_path / "out", "--traj-ids", "0", "1", "2")

@@ -49,12 +49,12 @@ def drawn(monkeypatch) -> list:
     figures = []
     save = plots._save_aside
 
-    def recording(fig, path):
+    def recording(fig, path, **options):
         figures.append([(ax.get_title(), {line.get_label(): (np.asarray(line.get_xdata(), float),
                                                              np.asarray(line.get_ydata(), float))
                                           for line in ax.get_lines()})
                         for ax in fig.axes if ax.get_visible()])
-        save(fig, path)
+        save(fig, path, **options)
 
     monkeypatch.setattr(plots, "_save_aside", recording)
     return figures
@@ -356,3 +356,53 @@ def test_results_json_names_the_plot_path_absolute(tmp_path, monkeypatch):
         assert open_loop("ds", server, "out2", "--steps", "4", "--save-plot-path", "folder/") == 0
     assert results(tmp_path / "out")["config"]["plot_path"] == str(tmp_path.resolve() / "figs" / "plot.png")
     assert results(tmp_path / "out2")["config"]["plot_path"] == f"{tmp_path.resolve() / 'folder'}/"
+
+
+@pytest.mark.parametrize("kind, extra", [("state", "torso"), ("video", "depth_camera")])
+def test_policy_keys_the_dataset_lacks_are_refused_before_overwrite_empties_the_folder(tmp_path, capsys, kind, extra):
+    """Only action keys were checked before the claim: a state or camera key the dataset lacks was found in the first
+    trajectory, after --overwrite had emptied the folder, and the earlier complete results were replaced by an
+    aborted run of 0 trajectories."""
+    dataset = make_dataset(tmp_path / "ds", lengths=(12,))
+    out = tmp_path / "out"
+    full = ReplayPolicy(dataset, execution_horizon=4)
+    with running_server(full) as server:
+        assert open_loop(dataset, server, out, "--steps", "8") == 0
+    kept = {path.name: path.read_bytes() for path in out.iterdir()}
+    configs = dict(full.get_modality_config())
+    configs[kind] = dataclasses.replace(configs[kind], modality_keys=[*configs[kind].modality_keys, extra])
+    capsys.readouterr()
+    with running_server(ReplayPolicy(dataset, modality_configs=configs, execution_horizon=4)) as server:
+        assert open_loop(dataset, server, out, "--steps", "8", "--overwrite") == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        assert f"the policy's {kind} keys ['{extra}'] are not in the dataset's meta/modality.json" in err, err
+        assert server.stats.snapshot()["policy_calls"] == 0  # refused before any trajectory
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == kept
+
+
+def test_a_plot_another_run_writes_into_the_shared_plot_folder_during_the_run_is_kept_and_this_plot_fails(tmp_path,
+                                                                                                       capsys):
+    """The plot folder was checked only at the start: run B, sharing it, wrote traj_0.jpeg meanwhile, and this run's
+    plot replaced it while both results.json named that file as their own plot."""
+    pytest.importorskip("matplotlib")
+    dataset = make_dataset(tmp_path / "ds", lengths=(12,))
+    plot_dir = tmp_path / "plots"
+    others = plot_dir / "traj_0.jpeg"
+
+    class OtherRunPlotsFirst(ReplayPolicy):
+        def _get_action(self, observation, options=None):
+            if not others.exists():  # run B, into the same plot folder, finishes its plot now
+                plot_dir.mkdir(exist_ok=True)
+                others.write_bytes(b"run B's plot")
+            return super()._get_action(observation, options)
+
+    with running_server(OtherRunPlotsFirst(dataset, execution_horizon=4)) as server:
+        assert open_loop(dataset, server, tmp_path / "a", "--steps", "8", "--save-plot-path", f"{plot_dir}/") == 0
+    assert others.read_bytes() == b"run B's plot"
+    entry = results(tmp_path / "a")["trajectories"]["0"]
+    assert entry["plot_path"] is None and entry["mse"] == 0.0
+    assert entry["plot_error"].startswith(f"{others}: FileExistsError: a file of that name appeared there during this "
+                                          "run"), entry["plot_error"]
+    assert "Plots not written for trajectories 0" in capsys.readouterr().out
+    assert sorted(path.name for path in plot_dir.iterdir()) == ["traj_0.jpeg"]  # no temporary left beside it

@@ -549,7 +549,7 @@ def test_each_action_panel_gets_its_own_keys_state_whatever_the_modality_keys_or
     from gr00t_eval.open_loop import OpenLoopConfig, evaluate_trajectory
 
     drawn = {}
-    monkeypatch.setattr(plots, "plot_trajectory", lambda path, traj_id, gt, pred, steps, state, state_keys, action_keys, labels:
+    monkeypatch.setattr(plots, "plot_trajectory", lambda path, traj_id, gt, pred, steps, state, state_keys, action_keys, labels, **_:
                         drawn.update(state=state, state_keys=state_keys, labels=labels) or path)
     policy = ReplayPolicy(dataset, execution_horizon=4)
     policy.reset({"episode_index": 0})

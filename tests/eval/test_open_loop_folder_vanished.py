@@ -105,10 +105,10 @@ def test_an_output_folder_deleted_while_a_plot_is_drawn_is_not_made_again_for_it
     out = tmp_path / "run"
     draw = plots.plot_trajectory
 
-    def folder_deleted_while_drawing_trajectory_1(path, traj_id, *args):
+    def folder_deleted_while_drawing_trajectory_1(path, traj_id, *args, **kwargs):
         if traj_id == 1:
             shutil.rmtree(out)
-        return draw(path, traj_id, *args)
+        return draw(path, traj_id, *args, **kwargs)
 
     monkeypatch.setattr(plots, "plot_trajectory", folder_deleted_while_drawing_trajectory_1)
     with running_server(ReplayPolicy(dataset, execution_horizon=4)) as server:

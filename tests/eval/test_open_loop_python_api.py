@@ -123,3 +123,92 @@ def test_an_output_dir_starting_with_tilde_is_written_in_the_home_folder(dataset
     assert result.results_path == home / "out" / "results.json" and result.results_path.exists()
     assert json.loads(result.results_path.read_text())["config"]["output_dir"] == str(home / "out")
     assert not (tmp_path / "work" / "~").exists()  # a folder literally named '~' in the working directory
+
+
+class ReplayThatActsFirst:
+    """An in-process replay that runs `first` once, at its first query: something another run does meanwhile."""
+
+    def __new__(cls, dataset, first):
+        from gr00t_server.policies.replay import ReplayPolicy
+
+        class Acting(ReplayPolicy):
+            def _get_action(self, observation, options=None):
+                action = first.pop() if first else None
+                if action is not None:
+                    action()
+                return super()._get_action(observation, options)
+
+        return Acting(dataset, execution_horizon=4)
+
+
+def run_in_process(dataset, policy, output_dir: Path):
+    config = OpenLoopConfig(str(dataset), traj_ids=[0], execution_horizon=4, output_dir=str(output_dir), plot=False)
+    return evaluate_open_loop(policy, config, report=lambda _: None, progress=False)
+
+
+def test_a_second_run_into_an_output_dir_a_run_is_writing_to_is_refused_and_the_first_keeps_its_results(dataset,
+                                                                                                      tmp_path):
+    """Both runs passed the results.json check at their start; the one that ended last replaced the other's
+    results.json, whose results_path then held another run's scores."""
+    from gr00t_eval.output_files import OutputDirError
+    from gr00t_server.policies.replay import ReplayPolicy
+
+    out = tmp_path / "out"
+    refused = []
+
+    def second_run():
+        with pytest.raises(OutputDirError, match=r"output_dir .*out is in use: the run that claimed it is still running"):
+            run_in_process(dataset, ReplayPolicy(dataset, execution_horizon=4), out)
+        refused.append(True)
+
+    first = run_in_process(dataset, ReplayThatActsFirst(dataset, [second_run]), out)
+    assert refused == [True]
+    assert first.results_path == out / "results.json" and first.status == "complete"
+    assert sorted(path.name for path in out.iterdir()) == ["results.json"]  # the claim is gone with the run
+
+
+def test_an_output_dir_claimed_by_a_live_cli_run_is_refused_before_the_policy_is_queried(dataset, tmp_path):
+    """The API ignored open_loop_run.json: it wrote into the folder of a gr00t-eval open-loop still running."""
+    from gr00t_eval.output_files import OutputDirError
+    from gr00t_eval.run_claim import claim_output_dir
+
+    out = tmp_path / "out"
+    out.mkdir()
+    claim = claim_output_dir(out, "open_loop_run.json", {"kind": "open_loop"})  # held by this live process
+    queries = []
+    policy = ReplayThatActsFirst(dataset, [lambda: queries.append(1)])
+    with pytest.raises(OutputDirError, match=r"output_dir .*out is in use: .* in open_loop_run.json"):
+        run_in_process(dataset, policy, out)
+    assert queries == [] and sorted(path.name for path in out.iterdir()) == [claim.name]
+
+
+def test_a_results_json_that_appears_during_the_run_is_not_replaced(dataset, tmp_path):
+    """write_results replaced whatever results.json another writer (a gr00t-eval older than this claim) put there."""
+    from gr00t_eval.output_files import OutputDirError
+
+    out = tmp_path / "out"
+    other = out / "results.json"
+    policy = ReplayThatActsFirst(dataset, [lambda: other.write_text("another run's results")])
+    with pytest.raises(OutputDirError, match=r"output_dir .*out: results.json appeared there during this run"):
+        run_in_process(dataset, policy, out)
+    assert other.read_text() == "another run's results"
+    assert sorted(path.name for path in out.iterdir()) == ["results.json"]
+
+
+def test_the_claim_of_a_killed_run_is_taken_over_by_the_next_run_into_its_folder(dataset, tmp_path):
+    """The API has no --overwrite to empty a killed run's claim: a claim whose process is gone must not refuse the
+    folder for ever (a folder without results.json was always runnable into again)."""
+    import subprocess
+    import sys
+
+    from gr00t_server.policies.replay import ReplayPolicy
+
+    out = tmp_path / "out"
+    out.mkdir()
+    subprocess.run([sys.executable, "-c", "import sys; from gr00t_eval.run_claim import claim_output_dir; "
+                    "claim_output_dir(sys.argv[1], 'open_loop_run.json', {'kind': 'open_loop'})", str(out)],
+                   check=True, timeout=60)  # its process has ended: a run killed mid-way leaves this
+    assert (out / "open_loop_run.json").is_file()
+    result = run_in_process(dataset, ReplayPolicy(dataset, execution_horizon=4), out)
+    assert result.status == "complete" and result.results_path == out / "results.json"
+    assert "open_loop_run.json" not in {path.name for path in out.iterdir()}  # taken over, then removed with the run

@@ -16,10 +16,9 @@ import functools
 import logging
 import math
 import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -33,8 +32,8 @@ from .applied_settings import settings_not_applied, warn_not_applied
 from .open_loop_checks import (TrajectoryError, _chunk, check_action_steps, check_policy_episode, check_policy_position,
                                check_replay_execution_horizon, dataset_action_keys, evaluated_embodiment,
                                execution_horizon_for, replay_execution_horizon, reset_policy)
-from .open_loop_observation import (FLAT_FORMAT_HINT, _EpisodeSteps, _FrameWindows, _KeyMap, build_observation,
-                                    format_hint, history_steps, resolve_observation_format)
+from .open_loop_observation import (FLAT_FORMAT_HINT, _EpisodeSteps, _FrameWindows, build_observation, format_hint,
+                                    history_steps, observation_key_maps, resolve_observation_format)
 from .policy_identity import pinned_policy, record_from_info, server_info, serves_replay
 from .reported_position import is_position
 from .rollout.config import check_whole_number, is_whole_number
@@ -155,8 +154,6 @@ class OpenLoopConfig:
 
 
 OBSERVATION_FORMATS = ("nested", "flat", "auto")
-# evaluate_open_loop's own file in its output folder when no claim is given: a folder made again is told apart by it
-WATCH_FILE_PREFIX = ".open_loop_watch_"
 # What a stop prints once every trajectory is done with, while the averages are reported and results.json written
 SAVING_NOTE = "saving the results of the trajectories scored (Ctrl-C again to stop waiting)"
 
@@ -206,6 +203,7 @@ def evaluate_trajectory(
     configs: Mapping[str, ModalityConfig], report: Callable[[str], None] = logger.info, on_step: Optional[Callable[[], None]] = None,
     on_scored: Optional[Callable[[TrajectoryResult], None]] = None, warned_key_matches: Optional[set] = None,
     recording_dtype: Any = np.float64, output_dir_made: bool = False,
+    replaceable_plots: Optional[Collection[Tuple[int, int, int]]] = None,
 ) -> TrajectoryResult:
     """Query the policy every `execution_horizon` steps of trajectory `traj_id` and score the stitched chunks.
 
@@ -218,6 +216,8 @@ def evaluate_trajectory(
     `output_dir_made`: config.output_dir was made, and is watched, by the caller (evaluate_open_loop): a plot into it
     never makes it again (a folder deleted meanwhile fails the plot, and the caller's check stops the run); a plot
     folder of its own (plot_path) and, called alone, the output folder are made here.
+    `replaceable_plots`: the files (plots.plot_identity) outside config.output_dir its plot may replace, those the
+    run's check_plot_folder_free accepted (None: any, called alone); another one there is kept and fails the plot.
     """
     if config.observation_format == "auto":  # called alone: evaluate_open_loop resolves it once per run
         observation_format = resolve_observation_format(server_info(policy), "auto", policy)
@@ -227,11 +227,7 @@ def evaluate_trajectory(
                    else list(configs["action"].modality_keys))
     config = dataclasses.replace(config, execution_horizon=execution_horizon_for(configs["action"], config.execution_horizon))
     check_action_steps(configs["action"], config.execution_horizon)
-    key_maps = {
-        kind: _KeyMap(kind, configs[kind].modality_keys if kind in configs else [], available, warned_key_matches)
-        for kind, available in (("video", dataset.video_keys), ("state", dataset.state_keys),
-                                ("language", dataset.language_keys))
-    }
+    key_maps = observation_key_maps(configs, dataset, warned_key_matches)
     missing = [k for k in action_keys if k not in dataset.action_keys]
     if missing:
         raise ValueError(f"action keys {missing} are not in the dataset; it has {dataset.action_keys}")
@@ -311,8 +307,11 @@ def evaluate_trajectory(
     try:
         if config.plot_path is not None or not output_dir_made:
             path.parent.mkdir(parents=True, exist_ok=True)
+        # a run sharing a plot folder outside the run's own may have written this plot's file since the check
+        replaceable = None if _same_folder(str(path.parent), config.output_dir) else replaceable_plots
         result.plot_path = str(plot_trajectory(path, traj_id, ground_truth, prediction, inference_steps, state,
-                                               state_keys, action_keys, labels).resolve())  # not the cwd's
+                                               state_keys, action_keys, labels,
+                                               replaceable=replaceable).resolve())  # not the cwd's
     except KeyboardInterrupt:
         result.plot_error = f"{path}: not written: the run was stopped (Ctrl-C/SIGTERM) while it was drawn"
         raise
@@ -337,6 +336,26 @@ def check_open_loop_output_dir(output_dir: str) -> None:
                              "folder (name another, or leave output_dir out for a new dated one)")
 
 
+def claim_open_loop_output_dir(output_dir: Path, config: OpenLoopConfig, flag: str = "--output-dir",
+                               take_over_ended: bool = False, **where: Any) -> Path:
+    """Claim `output_dir` for an open-loop run: create its open_loop_run.json holding `config`, `where` (the CLI's
+    server host and port) and this process as holder, atomically (run_claim.claim_output_dir); OutputDirError naming
+    `flag` when another run claimed it first. With `take_over_ended` (the Python API, which has no --overwrite to
+    empty a killed run's claim), a claim whose run ended or whose process is gone is taken over (run_claim.take_claim)."""
+    from .open_loop_cli import OPEN_LOOP_RUN_FILENAME
+    from .output_files import OutputDirError
+    from .run_claim import claim_output_dir, take_claim
+
+    settings = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in vars(config).items()}
+    record = {"kind": "open_loop", "config": {**settings, "output_dir": str(output_dir)}, **where}
+    try:
+        return claim_output_dir(output_dir, OPEN_LOOP_RUN_FILENAME, record, flag)
+    except OutputDirError:
+        if not take_over_ended:
+            raise
+    return take_claim(output_dir, OPEN_LOOP_RUN_FILENAME, record, flag)  # refuses a holder still running
+
+
 @dataclass(frozen=True)
 class CheckedPolicy:
     """What a run learns of the policy before any trajectory (check_open_loop_policy): the settings resolved against
@@ -350,19 +369,24 @@ class CheckedPolicy:
     configs: Mapping[str, ModalityConfig]
     dataset: LeRobotDataset
     asked: OpenLoopConfig
+    # the key pairings by position the check warned of (open_loop_observation._KeyMap): a run warns of each once
+    warned_key_matches: frozenset = frozenset()
+    # the files in plot_path the check accepted (plots.check_plot_folder_free): the only ones there its plots replace
+    replaceable_plots: frozenset = frozenset()
 
 
 def check_open_loop_policy(policy: BasePolicy, config: OpenLoopConfig,
                            report: Callable[[str], None] = logger.info) -> CheckedPolicy:
     """Ask the policy what it serves and check the run's settings against it and the dataset, before any trajectory:
-    ValueError for an execution horizon it cannot serve, another embodiment, or action keys the dataset or the policy
-    lacks (the CLI checks this before it empties an --overwrite folder, so a refused run leaves the earlier results
-    there)."""
+    ValueError for an execution horizon it cannot serve, another embodiment, action keys the dataset or the policy
+    lacks, or camera, state or language keys of the policy that the dataset lacks (the CLI checks this before it
+    empties an --overwrite folder, so a refused run leaves the earlier results there)."""
     asked = copy.deepcopy(config)  # the caller's config may be changed afterwards: what it was when checked
+    replaceable_plots: frozenset = frozenset()
     if config.plot and config.plot_path is not None:  # another run's plots would be replaced (before the CLI's claim
         from .plots import check_plot_folder_free  # empties its --output-dir, whose results.json names its own plots)
 
-        check_plot_folder_free(config.plot_path, config.output_dir, traj_ids=config.traj_ids)
+        replaceable_plots = check_plot_folder_free(config.plot_path, config.output_dir, traj_ids=config.traj_ids)
     info = server_info(policy)  # asked once: the observation format, the policy record and the pin all come from it
     observation_format = resolve_observation_format(info, config.observation_format, policy)
     config = dataclasses.replace(config, observation_format=observation_format)
@@ -387,7 +411,10 @@ def check_open_loop_policy(policy: BasePolicy, config: OpenLoopConfig,
         _check_modality_keys_served(list(config.modality_keys), list(configs["action"].modality_keys))
     else:  # the policy's keys: once here, not as an aborted run in the first trajectory
         _check_policy_action_keys(list(configs["action"].modality_keys), list(dataset.action_keys))
-    return CheckedPolicy(config, info, served, not_applied, configs, dataset, asked)
+    warned: set = set()  # its camera, state and language keys too: each trajectory pairs them the same way
+    observation_key_maps(configs, dataset, warned)
+    return CheckedPolicy(config, info, served, not_applied, configs, dataset, asked, frozenset(warned),
+                         replaceable_plots)
 
 
 def _check_modality_keys_served(keys: List[str], policy_keys: List[str]) -> None:
@@ -467,21 +494,30 @@ def evaluate_open_loop(
     An output folder that disappears meanwhile (deleted, unmounted, or deleted and made again) stops the run with
     OutputFolderGone before the next plot, and nothing more is written: results.json written there would make the
     folder again and report a run that is not there. `claim` names a file in it that must stay there (the CLI's run
-    claim); with None, the run writes its own hidden `.open_loop_watch_<token>` file there and removes it once the
-    folder is checked before results.json (a run that ends otherwise, a crash, may leave it: it holds nothing).
+    claim, taken by the caller); with None, the run claims the folder as the CLI does (claim_open_loop_output_dir), so
+    a folder a run still running holds is refused with OutputDirError, and removes its claim once results.json is
+    written (a run killed mid-way may leave it, as a CLI run leaves its claim). A results.json that another writer put
+    there during the run is never replaced: OutputDirError naming it.
     `checked`: check_open_loop_policy's answer for this policy and config, when the caller asked it already; one made
     for another config (output_dir aside) is refused with ValueError naming the settings that differ.
     """
     if config.output_dir is not None:  # before any query
         check_open_loop_output_dir(config.output_dir)
+        if claim is None:  # a folder a run still running holds (the CLI's, another call's); the CLI's is its caller's
+            from .run_claim import refuse_live_claims
+
+            refuse_live_claims(config.output_dir, "output_dir")
+    replaceable_plots = None
     if checked is not None:
         _refuse_other_check(checked, config)
         if config.plot and config.plot_path is not None and not _same_folder(checked.asked.output_dir, config.output_dir):
             # checked for another output folder: whether the plots there are this run's own was not asked
             from .plots import check_plot_folder_free
 
-            check_plot_folder_free(config.plot_path, config.output_dir, traj_ids=config.traj_ids)
+            replaceable_plots = check_plot_folder_free(config.plot_path, config.output_dir, traj_ids=config.traj_ids)
     checked = checked or check_open_loop_policy(policy, config, report)
+    if replaceable_plots is None:
+        replaceable_plots = checked.replaceable_plots
     hint_for = functools.partial(format_hint, checked.info, config.observation_format)  # the form asked, not resolved
     config = dataclasses.replace(checked.config, output_dir=config.output_dir)
     served, not_applied, configs, dataset = checked.served, checked.not_applied, checked.configs, checked.dataset
@@ -495,9 +531,9 @@ def evaluate_open_loop(
     output_folder = Path(config.output_dir)
     output_folder.mkdir(parents=True, exist_ok=True)  # now, so that a folder deleted or unmounted later is told apart
     watch = None
-    if claim is None:  # a folder deleted and made again may get the freed inode (ext4): a file of this run's tells it
-        watch = output_folder / f"{WATCH_FILE_PREFIX}{uuid.uuid4().hex}"
-        watch.touch(exist_ok=False)
+    if claim is None:  # atomically, as the CLI claims it: of two runs into one folder the second is refused; and a
+        # folder deleted and made again, which may get the freed inode (ext4), is told apart by the claim's absence
+        watch = claim_open_loop_output_dir(output_folder, config, flag="output_dir", take_over_ended=True)
         claim = watch.name
     check_output_folder = functools.partial(check_folder_kept, output_folder, folder_identity(output_folder), claim)
     result = OpenLoopResult()
@@ -528,7 +564,7 @@ def evaluate_open_loop(
     sent = dataclasses.replace(config, denoising_steps=None) if not_applied else config  # as upstream in server mode
     stopped: Optional[BaseException] = None
     position = 0
-    warned_key_matches: set = set()  # this run's: a second run in the process warns again
+    warned_key_matches = set(checked.warned_key_matches)  # this run's: a second run in the process warns again
     try:
         # A server restarted with another checkpoint stops the run (aborted); one that gave no info has nothing to pin.
         with pinned_policy(policy, served) if served is not None else contextlib.nullcontext():
@@ -540,7 +576,7 @@ def evaluate_open_loop(
                                                on_scored=functools.partial(scored, traj_id),
                                                warned_key_matches=warned_key_matches,
                                                recording_dtype=np.float32 if serves_replay(served) else np.float64,
-                                               output_dir_made=True)
+                                               output_dir_made=True, replaceable_plots=replaceable_plots)
                 except ServerStoppingError:
                     raise  # the server is going: this trajectory and the rest are not run (it was scored errored, and
                     # the next request waited out the whole timeout of a server already gone)
@@ -595,18 +631,27 @@ def evaluate_open_loop(
         if config.plot_path is not None:  # a folder keeps its trailing '/', which says it is one (plots.is_plot_folder)
             run_config["plot_path"] = str(Path(config.plot_path).resolve()) + (
                 os.sep if config.plot_path.endswith(("/", os.sep)) else "")
+        results_path = Path(config.output_dir) / RESULTS_FILENAME
         try:
             check_output_folder()  # results.json written into a vanished folder would make it again
+            # created, never replacing one: another writer's (a gr00t-eval older than this claim, say) is kept
+            result.results_path = write_results(results_path, open_loop_results(
+                entries, run_config, result.skipped, errored=result.errored, skip_reasons=result.skip_reasons,
+                stop=stop, policy=served, settings_not_applied=not_applied), exclusive=True)
         except OutputFolderGone as gone:
             raise gone from stopped
+        except FileExistsError:
+            from .output_files import OutputDirError
+
+            raise OutputDirError(f"output_dir {config.output_dir}: {RESULTS_FILENAME} appeared there during this run "
+                                 "(another run wrote it); it is kept, and this run's results were not written: "
+                                 "expected a folder no other run writes to (a new one, or output_dir left out)"
+                                 ) from stopped
         finally:
-            if watch is not None:  # checked for the last time: the folder keeps only the run's plots and results.json
+            if watch is not None:  # its own claim: the folder keeps only the run's plots and results.json
                 from .run_dir import remove_quietly
 
                 remove_quietly(watch)
-        result.results_path = write_results(Path(config.output_dir) / RESULTS_FILENAME, open_loop_results(
-            entries, run_config, result.skipped, errored=result.errored, skip_reasons=result.skip_reasons, stop=stop,
-            policy=served, settings_not_applied=not_applied))
         stop_signals_ignored_until_exit()  # saved: from now on a stop leaves the CLI's exit status and claim the results'
     if stopped is not None:
         raise stopped

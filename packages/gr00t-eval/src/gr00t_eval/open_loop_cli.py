@@ -100,8 +100,8 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
     output_dir, claiming = None, False
     try:
         with sigterm_as_interrupt(), _connect(args) as client:
-            # The policy's settings (horizon, embodiment, action keys) before --overwrite empties the folder: a run
-            # refused here leaves the earlier run's results.json and plots where they are.
+            # The policy's settings (horizon, embodiment, its keys in the dataset) before --overwrite empties the
+            # folder: a run refused here leaves the earlier run's results.json and plots where they are.
             checked = check_open_loop_policy(client, config, report=tqdm.write)
             claiming = True  # its own errors are said as a claim's (cli.main), not as a stopped run's
             output_dir = _claim_open_loop_output_dir(args, config)
@@ -194,15 +194,12 @@ def _claim_open_loop_output_dir(args: argparse.Namespace, config: Any) -> Path:
     a run still running is refused even with --overwrite; the claim of a finished run, or of one whose
     process is gone (killed), is emptied with the rest by --overwrite.
     """
-    from .run_claim import claim_output_dir
+    from .open_loop import claim_open_loop_output_dir
     from .output_files import OutputDirError
     from .run_dir import make_fresh_dated_output_dir, prepare_output_dir
 
-    settings = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in vars(config).items()}
-
     def claim(output_dir: Path) -> None:
-        claim_output_dir(output_dir, OPEN_LOOP_RUN_FILENAME, {
-            "kind": "open_loop", "config": {**settings, "output_dir": str(output_dir)}, "host": args.host, "port": args.port})
+        claim_open_loop_output_dir(output_dir, config, host=args.host, port=args.port)
 
     if not args.output_dir:
         label = Path(args.dataset_path).resolve().name or "dataset"

@@ -168,6 +168,16 @@ class _KeyMap:
                            [w for w, _ in by_position], ", ".join(f"{w} <- {a}" for w, a in by_position))
 
 
+def observation_key_maps(configs: Mapping[str, ModalityConfig], dataset: Any,
+                         warned: Optional[set] = None) -> Dict[str, _KeyMap]:
+    """The policy's video, state and language keys paired with `dataset`'s (_KeyMap); ValueError naming the keys of
+    the policy the dataset lacks. Checked once before a run (open_loop.check_open_loop_policy) and built again per
+    trajectory from the same pairing, so a run that cannot pair them is refused before its output folder is touched."""
+    return {kind: _KeyMap(kind, configs[kind].modality_keys if kind in configs else [], available, warned)
+            for kind, available in (("video", dataset.video_keys), ("state", dataset.state_keys),
+                                    ("language", dataset.language_keys))}
+
+
 def build_observation(
     episode: Any, step: int, configs: Mapping[str, ModalityConfig], frames: Mapping[str, np.ndarray],
     key_maps: Mapping[str, _KeyMap], observation_format: str,

@@ -9,7 +9,7 @@ import os
 import tempfile
 import textwrap
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Collection, FrozenSet, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
@@ -24,6 +24,9 @@ MAX_PANEL_ROWS = 32
 # File types matplotlib lists that it writes only with a program of another package: named apart in a refusal (it
 # recommended .pgf, which a machine without xelatex then refused); a file of one of them is trial-written as any other.
 NEEDS_EXTERNAL_TOOL = {".pgf": "a TeX installation (xelatex)"}
+# Why a plot was not written over a file that is neither this run's nor accepted by check_plot_folder_free
+_APPEARED = ("a file of that name appeared there during this run (a run sharing the plot folder wrote it, say); it is "
+             "kept, and this run's plot was not written: expected a plot folder no other run writes to")
 
 
 def plot_suffixes() -> List[str]:
@@ -53,19 +56,20 @@ def check_plot_path(path: str, name: str = "plot_path", traj_ids: Sequence[int] 
 
 
 def check_plot_folder_free(path: str, output_dir: Optional[str], name: str = "plot_path",
-                           traj_ids: Sequence[int] = ()) -> None:
+                           traj_ids: Sequence[int] = ()) -> FrozenSet[Tuple[int, int, int]]:
     """ValueError when the folder the plots of `path` go in holds another run's results.json, is claimed by a run
     still running, or holds a plot file of `traj_ids` already, unless it is `output_dir` (this run's own) or the plot
     file is one the results.json in `output_dir` names (the earlier run there, which --overwrite replaces): this run's
     plots would replace another run's (or any other file already there). An earlier plot of another run is removed by
-    hand, or another plot path given."""
+    hand, or another plot path given. Returns the plot files accepted there (plot_identity): the only files outside
+    `output_dir` the run's plots may replace (plot_trajectory's `replaceable`)."""
     from .output_files import OutputDirError
     from .results import RESULTS_FILENAME
     from .run_claim import refuse_live_claims
 
     folder = Path(path) if is_plot_folder(path) else Path(path).parent
     if output_dir is not None and folder.resolve() == Path(output_dir).resolve():
-        return
+        return frozenset()
     try:
         refuse_live_claims(folder, name)
     except OutputDirError as exc:
@@ -75,6 +79,7 @@ def check_plot_folder_free(path: str, output_dir: Optional[str], name: str = "pl
                          "this run's would replace; expected a folder no other run wrote (a new one, or this run's "
                          "--output-dir)")
     own = _plots_named_in(output_dir)  # the same command run again with --overwrite replaces its own plots
+    accepted: Set[Tuple[int, int, int]] = set()
     for traj_id in traj_ids:
         plot = (folder / f"traj_{traj_id}{DEFAULT_PLOT_SUFFIX}" if is_plot_folder(path)
                 else trajectory_plot_file(path, traj_id, len(traj_ids)))
@@ -85,6 +90,20 @@ def check_plot_folder_free(path: str, output_dir: Optional[str], name: str = "pl
                              "already (a file this run would replace); expected a plot path with no plot of these "
                              "trajectories (a new one, or this run's --output-dir): remove that file or give another "
                              "(--overwrite empties only --output-dir)")
+        identity = plot_identity(plot) if plot.is_file() else None
+        if identity is not None:
+            accepted.add(identity)
+    return frozenset(accepted)
+
+
+def plot_identity(path: Path) -> Optional[Tuple[int, int, int]]:
+    """The file at `path` as (device, inode, modification ns): another file put there since is another; None when
+    there is none."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino, stat.st_mtime_ns
 
 
 def _plots_named_in(output_dir: Optional[str]) -> Set[Path]:
@@ -180,9 +199,12 @@ def plot_trajectory(
     state_keys: Sequence[str] = (),
     action_keys: Sequence[str] = (),
     dim_labels: Optional[Sequence[str]] = None,
+    replaceable: Optional[Collection[Tuple[int, int, int]]] = None,
 ) -> Path:
     """Save one figure (one subplot per action dim) for a trajectory into `path`'s folder, which must be there; the
-    reference layout, one file per id (more than MAX_PANEL_ROWS dims fill several columns of subplots)."""
+    reference layout, one file per id (more than MAX_PANEL_ROWS dims fill several columns of subplots).
+    `replaceable`: the files (plot_identity) it may replace, None for any; another file there is kept:
+    FileExistsError."""
     matplotlib = require("matplotlib", "plots", "plotting open-loop results")
     matplotlib.use("Agg", force=False)  # headless: never open a window
     import matplotlib.pyplot as plt
@@ -210,22 +232,34 @@ def plot_trajectory(
             ax.legend()
         fig.tight_layout()
         path = Path(path)  # its folder is the caller's to make: a run's output folder gone meanwhile is not made again
-        _save_aside(fig, path)
+        _save_aside(fig, path, replaceable=replaceable)
     finally:
         plt.close(fig)
     return path
 
 
-def _save_aside(fig: Any, path: Path) -> None:
+def _save_aside(fig: Any, path: Path, replaceable: Optional[Collection[Tuple[int, int, int]]] = None) -> None:
     """Save `fig` as `path`, written aside and renamed (as episode videos are): a stop or a failure mid-save leaves no
-    truncated plot under the name, an earlier plot there whole, and no temporary."""
+    truncated plot under the name, an earlier plot there whole, and no temporary. A file there that is not
+    `replaceable` (None: any is) is kept: FileExistsError (a run sharing the plot folder wrote it meanwhile)."""
     from matplotlib import rcParams
 
     partial = partial_path(path)
     file_format = path.suffix.lstrip(".").lower() or rcParams["savefig.format"]  # the temporary's .tmp names no format
     try:
         fig.savefig(partial, format=file_format)
-        os.replace(partial, path)
+        identity = plot_identity(path)
+        if replaceable is None or (identity is not None and identity in replaceable) or path.is_dir():
+            os.replace(partial, path)  # a folder in the way fails as it always did (IsADirectoryError)
+            return
+        try:
+            os.link(partial, path)  # like O_EXCL: fails on a name that exists
+        except FileExistsError:
+            raise FileExistsError(_APPEARED) from None
+        except OSError:  # a file system without hard links
+            if os.path.lexists(path):
+                raise FileExistsError(_APPEARED) from None
+            os.replace(partial, path)
     finally:
         remove_quietly(partial)
 

@@ -41,10 +41,17 @@ def _naming(exc: OSError, path: Path) -> OSError:
     return OSError(exc.errno, exc.strerror or str(exc), str(path))
 
 
-def write_results(path: Union[str, Path], results: Mapping[str, Any]) -> Path:
+def write_results(path: Union[str, Path], results: Mapping[str, Any], exclusive: bool = False) -> Path:
     """Write `results` as indented JSON (numpy values converted, NaN as null); return the path. An OSError (a full
-    disk) names `path` and leaves the file as it was."""
-    return write_results_together([(path, results)])[0]
+    disk) names `path` and leaves the file as it was. `exclusive`: create the file, complete, never replacing one
+    there (FileExistsError: another writer made it)."""
+    if not exclusive:
+        return write_results_together([(path, results)])[0]
+    from .run_claim import _create_exclusively
+
+    path = Path(path)
+    _create_exclusively(path, json.dumps(_jsonable(results), indent=2) + "\n")
+    return path
 
 
 def write_results_together(files: Sequence[Tuple[Union[str, Path], Mapping[str, Any]]]) -> List[Path]:
