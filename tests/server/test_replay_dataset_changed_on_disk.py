@@ -157,3 +157,30 @@ def test_an_unchanged_dataset_replays_every_episode_and_cached_requests_touch_no
         for _ in range(20):
             policy.get_action(None, session("robot"))
     assert stats == []
+
+
+def test_a_rerecording_while_serve_loads_its_modality_config_is_refused(tmp_path):
+    """`serve --dataset-path D --modality-config-path cfg.py` read D's episode list, then ran cfg.py (user code, can
+    take seconds), and only then took the files' signatures: a re-recording in between became the baseline, and
+    episode 0 served the new recording's actions under the old seed, unrefused."""
+    from gr00t_server.cli import _replay_policy, build_parser
+
+    root = make_dataset(tmp_path / "ds", lengths=LENGTHS, cameras=("image",))
+    config = tmp_path / "cfg.py"  # re-records the dataset as it is loaded: the gap made deterministic
+    config.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
+        "from test_replay_dataset_changed_on_disk import rerecord\n"
+        "from gr00t_client.modality import ModalityConfig\n"
+        "from gr00t_server.modality_configs import register_modality_config\n"
+        f"rerecord({str(root)!r})\n"
+        "register_modality_config('rerecorded_tag', {\n"
+        "    'video': ModalityConfig(delta_indices=[0], modality_keys=['image']),\n"
+        "    'state': ModalityConfig(delta_indices=[0], modality_keys=['arm', 'gripper']),\n"
+        "    'action': ModalityConfig(delta_indices=[0, 1, 2, 3], modality_keys=['arm', 'gripper']),\n"
+        "})\n")
+    args = build_parser().parse_args(["serve", "--dataset-path", str(root), "--modality-config-path", str(config)])
+    policy, _ = _replay_policy(args, None)
+    with pytest.raises(DatasetError) as refused:
+        policy.reset(session("robot", episode_index=0))
+    assert changed(root) in str(refused.value)

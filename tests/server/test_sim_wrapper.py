@@ -802,3 +802,59 @@ def test_a_wrapped_client_renames_the_keys_before_the_cut_of_a_previous_action_r
     assert re.search(r"\.\.\. \(\d+ more characters\)\Z", listed), listed
     assert one_key.startswith("ValueError: options['rtc']['previous_action']['action.min'] step 1 normalizes to 999")
     assert one_key.endswith("more characters)"), one_key
+
+
+def test_serving_a_client_of_a_replay_server_is_refused_naming_the_chain(tmp_path):
+    """PolicyServer(Gr00tSimPolicyWrapper(PolicyClient(replay server))) sent every robot's requests under the one
+    session of its PolicyClient: robot B's reset to episode 2 moved robot A, reset to episode 1, onto episode 2."""
+    from gr00t_client import PolicyClient
+    from gr00t_server import PolicyServer
+    from serving import running_server
+
+    root = make_dataset(tmp_path / "ds", lengths=(6, 9), cameras=("image",))
+    with running_server(ReplayPolicy(root, execution_horizon=2)) as inner:
+        with PolicyClient(port=inner.port, timeout_ms=10000) as client:
+            gateway = Gr00tSimPolicyWrapper(client, strict=False)
+            for served in (gateway, client):
+                with pytest.raises(ValueError) as refused:
+                    PolicyServer(served, port=0)
+                chain = "Gr00tSimPolicyWrapper -> PolicyClient" if served is gateway else "PolicyClient"
+                assert f"the served policy ({chain}) ends in a PolicyClient of the replay server at " \
+                       f"tcp://localhost:{inner.port}" in str(refused.value)
+                assert "every client of this server would share its one session" in str(refused.value)
+
+
+def test_serving_a_client_of_a_stateless_server_is_allowed(tmp_path):
+    """A gateway to a policy without sessions (a model's server) loses nothing by its one session: served as before."""
+    from gr00t_client import PolicyClient
+    from serving import running_server
+
+    with running_server(RecordingPolicy()) as inner, PolicyClient(port=inner.port, timeout_ms=10000) as client:
+        with running_server(Gr00tSimPolicyWrapper(client)) as gateway:
+            with PolicyClient(port=gateway.port, timeout_ms=10000) as robot:
+                action, _ = robot.get_action(flat())
+    assert action["action.arm"].shape == (2, 2, 3)
+
+
+def test_a_lenient_replay_behind_the_wrapper_refuses_a_partial_observations_real_problem_in_flat_words(tmp_path):
+    """`serve --dataset-path --use-sim-policy-wrapper --no-strict` answers a partial observation, yet one with empty
+    frames was refused as 'flat keys [...] are missing', and rows that disagree named the nested keys 'arm', 'image'."""
+    root = make_dataset(tmp_path / "ds", lengths=(6,), cameras=("image",))
+    wrapper = Gr00tSimPolicyWrapper(ReplayPolicy(root, execution_horizon=2, strict=False), strict=False)
+    action, _ = wrapper.get_action({"video.image": np.zeros((2, 1, 32, 32, 3), np.uint8)}, {"_session_id": "s"})
+    assert action["action.arm"].shape[0] == 2  # partial observations are served
+    with pytest.raises(ObservationError) as empty_frames:
+        wrapper.get_action({"video.image": np.zeros((2, 1, 0, 32, 3), np.uint8)}, {"_session_id": "s"})
+    assert "missing" not in str(empty_frames.value) and "Video key 'video.image'" in str(empty_frames.value)
+    disagreeing = {**replay_flat(rows=2), "state.arm": np.zeros((3, 1, 3), np.float32)}
+    with pytest.raises(ObservationError) as rows:
+        wrapper.get_action(disagreeing, {"_session_id": "s"})
+    assert "'state.arm' has 3 rows" in str(rows.value) and "(the rows of 'video.image')" in str(rows.value)
+
+
+def test_a_strict_replay_behind_the_wrapper_still_names_the_missing_flat_keys(tmp_path):
+    root = make_dataset(tmp_path / "ds", lengths=(6,), cameras=("image",))
+    wrapper = Gr00tSimPolicyWrapper(ReplayPolicy(root, execution_horizon=2), strict=False)
+    with pytest.raises(ObservationError, match=re.escape("flat keys ['state.arm', 'state.gripper', "
+                                                         f"'{LANGUAGE_KEY}'] are missing")):
+        wrapper.get_action({"video.image": np.zeros((2, 1, 32, 32, 3), np.uint8)}, {"_session_id": "s"})

@@ -111,16 +111,16 @@ class ServerFacts:
         kind = identity.get("kind") if isinstance(identity, dict) else None
         self.server_policy_kind = kind if isinstance(kind, str) else None
 
-    def _learn_server_facts(self) -> None:
+    def _learn_server_facts(self, timeout_ms: Optional[int] = None) -> None:
         """Ask get_server_info once while the server's observation form and policy kind are unknown: a call with
         wire="multipart" never negotiates, and a reconnection forgets them. A server that refuses it (an older or
-        registered-endpoint server) leaves them unknown."""
+        registered-endpoint server) leaves them unknown. `timeout_ms`: this question's own budget (else timeout_ms)."""
         with self._locked():
             self._notice_reconnection()
             if self._server_info_asked or self._server_is_ours is False:
                 return
             try:
-                info = self.call_endpoint("get_server_info", requires_input=False)
+                info = self.call_endpoint("get_server_info", requires_input=False, timeout_ms=timeout_ms)
             except ServerStoppingError:
                 raise
             except (PolicyServerError, codec.WireDecodeError) as exc:

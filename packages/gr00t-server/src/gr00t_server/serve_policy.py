@@ -41,6 +41,11 @@ def _replay_policy(args: argparse.Namespace, tag: Any) -> Tuple[Any, Optional[st
     dataset_path = Path(args.dataset_path)
     if not dataset_path.is_dir():
         raise CliError(f"--dataset-path {dataset_path} is not a directory")
+    from .policies.dataset_changes import DatasetChanges
+
+    # Its files' signatures before it is read: a re-recording while the modality config loads (a .py file runs user
+    # code) is refused by the replay, not served under the lengths and seeds read here
+    changes = DatasetChanges(Path(os.path.expanduser(dataset_path)))
     dataset = require_lerobot_dataset()(dataset_path)
     file_tag = None
     if args.modality_config_path:
@@ -61,7 +66,7 @@ def _replay_policy(args: argparse.Namespace, tag: Any) -> Tuple[Any, Optional[st
         raise CliError(f"--execution-horizon must be a whole number of steps from 1 to {chunk} (each action chunk "
                        f"holds {chunk} actions), got {horizon}")
     return ReplayPolicy(dataset, modality, execution_horizon=horizon, strict=args.strict, max_rows=args.max_rows,
-                        max_sessions=args.max_sessions, **cache), file_tag
+                        max_sessions=args.max_sessions, dataset_changes=changes, **cache), file_tag
 
 
 MAX_REPLAY_CACHE_MB = 2**20  # a TiB: more is a typo, not a cache

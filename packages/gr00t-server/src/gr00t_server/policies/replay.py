@@ -114,6 +114,7 @@ class ReplayPolicy(BasePolicy):
         max_rows: int = DEFAULT_MAX_ROWS,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         max_cached_bytes: int = DEFAULT_MAX_CACHED_BYTES,
+        dataset_changes: Optional[DatasetChanges] = None,
     ) -> None:
         super().__init__(strict=strict)
         for name, value in (("max_rows", max_rows), ("max_sessions", max_sessions), ("max_cached_bytes", max_cached_bytes)):
@@ -123,9 +124,13 @@ class ReplayPolicy(BasePolicy):
         self.max_sessions = int(max_sessions)
         self.max_cached_bytes = int(max_cached_bytes)
         dataset_class = require_lerobot_dataset()
-        # The files' signatures before a path's dataset is read (a change while it is read is then seen), else now
+        # The files' signatures before the dataset is read (a change while it is read is then seen): a path's taken
+        # here, a dataset object's by whoever read it (`dataset_changes`; serve reads it before its modality config,
+        # user code that can take seconds), else now.
         # '~' expanded as LeRobotDataset does: ./~/ds was watched (a stale folder, or none) while $HOME/ds was served
-        changes = None if isinstance(dataset, dataset_class) else DatasetChanges(Path(os.path.expanduser(dataset)))
+        changes = dataset_changes
+        if changes is None and not isinstance(dataset, dataset_class):
+            changes = DatasetChanges(Path(os.path.expanduser(dataset)))
         self.dataset = dataset if isinstance(dataset, dataset_class) else dataset_class(dataset)
         self._changes = changes or DatasetChanges(Path(self.dataset.root))
         if self.dataset.num_episodes == 0:
@@ -513,9 +518,10 @@ def _shape(value: Any) -> Tuple[int, ...]:
 
 
 def _entries(observation: Any, configs: Mapping[str, ModalityConfig],
-             modalities: Tuple[str, ...] = ("video", "state")) -> List[Tuple[str, Any]]:
-    """(key, value) of each entry of `modalities` the modality `configs` name (others the model never reads, as the
-    model server ignores them), nested ('image' of observation['video']) or flat ('video.image')."""
+             modalities: Tuple[str, ...] = ("video", "state")) -> List[Tuple[str, Any, str]]:
+    """(key, value, name) of each entry of `modalities` the modality `configs` name (others the model never reads, as
+    the model server ignores them), nested ('image' of observation['video'], named "video['image']" as the model
+    server names it, and the sim wrapper renames) or flat ('video.image', named "'video.image'")."""
     if not isinstance(observation, Mapping):
         return []
     entries = []
@@ -524,8 +530,8 @@ def _entries(observation: Any, configs: Mapping[str, ModalityConfig],
         keys = list(config.modality_keys) if config is not None else []
         group = observation.get(modality)
         if isinstance(group, Mapping):
-            entries += [(key, group[key]) for key in keys if key in group]
-        entries += [(f"{modality}.{key}", observation[f"{modality}.{key}"]) for key in keys
+            entries += [(key, group[key], f"{modality}['{key}']") for key in keys if key in group]
+        entries += [(f"{modality}.{key}", observation[f"{modality}.{key}"], f"'{modality}.{key}'") for key in keys
                     if f"{modality}.{key}" in observation]
     return entries
 
@@ -549,27 +555,27 @@ def _observation_rows(observation: Any, configs: Mapping[str, ModalityConfig]) -
     """The rows of a nested or flat observation, from its configured video and state entries with an axis (arrays
     or, from a lenient call, nested lists) and its language rows (ObservationError when they disagree, as the model
     server refuses them), else from its language lists; None when it has none (an empty observation)."""
-    shapes = ((key, _shape(value)) for key, value in _entries(observation, configs))
-    rows = [(key, int(shape[0])) for key, shape in shapes if shape]
+    shapes = ((name, _shape(value)) for _, value, name in _entries(observation, configs))
+    rows = [(name, int(shape[0])) for name, shape in shapes if shape]
     if not rows:  # language alone: its rows, as an array too (nested_batch_size counts lists only)
         language = _language_rows(observation, configs)
         return language[0][1] if language else nested_batch_size(observation)
-    first_key, first = rows[0]
-    for key, count in rows[1:]:  # as the model server refuses: entries of another batch are no observation of one
+    first_name, first = rows[0]
+    for name, count in rows[1:]:  # as the model server refuses: entries of another batch are no observation of one
         if count != first:
-            raise ObservationError(f"'{key}' has {count} rows; the observation's batch size is {first} (the rows of "
-                                   f"'{first_key}'): every video and state entry needs the same rows on its first axis")
+            raise ObservationError(f"{name} has {count} rows; the observation's batch size is {first} (the rows of "
+                                   f"{first_name}): every video and state entry needs the same rows on its first axis")
     for key, count in _language_rows(observation, configs):
         if count != first:
             raise ObservationError(f"Language key '{key}' has batch size {count}; expected {first} (the rows of "
-                                   f"'{first_key}'): one instruction per row")
+                                   f"{first_name}): one instruction per row")
     return first
 
 
 def _check_frame_sides(observation: Any, configs: Mapping[str, ModalityConfig]) -> None:
     """ObservationError naming the camera whose (B, T, H, W, 3) frames (an array or nested lists, nested or flat) have
     an empty side, as the model server says: a replay that took them told a user the camera plumbing was right."""
-    for key, frames in _entries(observation, configs, ("video",)):
+    for key, frames, _ in _entries(observation, configs, ("video",)):
         shape = _shape(frames)
         if len(shape) == 5 and min(shape[2:4]) < 1:
             raise ObservationError(f"Video key '{key}' has {shape[2]}x{shape[3]} images; an image needs at least one "

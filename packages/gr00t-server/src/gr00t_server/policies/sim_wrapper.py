@@ -22,12 +22,15 @@ class Gr00tSimPolicyWrapper(PolicyWrapper):
     With strict=False (server --no-strict) nothing is validated here, except that an observation none of whose keys
     the configs name is refused; the inner policy keeps its own `strict`. An empty observation is passed through
     when the wrapped policy takes one (a ReplayPolicy can be driven without one); strict or not, an empty or partial
-    one the wrapped policy refuses is refused naming the flat keys missing, not the nested form it was handed.
+    one the wrapped policy refuses for its missing keys (a strict one: for any reason, as it checks them all) is
+    refused naming the flat keys missing, not the nested form it was handed; a lenient one's other refusals of a
+    partial observation (a replay's empty frames) name the real cause, in flat keys.
     Options (including the server's `_session_id`) are forwarded untouched, except that RTC `previous_action` keys
     spelled `action.<key>` lose the prefix, and the wrapped policy's refusals of them name each key as it was sent
     (the keys expected or missing `action.<key>`). A wrapped PolicyClient's refusals from its server are reworded
     alike, keeping their class, where their keys read back from the text without doubt (before the cut, where the
-    server cut a long one).
+    server cut a long one). A PolicyServer refuses to serve one wrapping a PolicyClient of a replay server: that
+    client's one session would be every robot's (serving.sessions.check_no_shared_replay_session).
     """
 
     observation_format = "flat"  # reported by get_server_info, so a client picks the form by it, not by a class name
@@ -134,7 +137,9 @@ class Gr00tSimPolicyWrapper(PolicyWrapper):
             with checked:  # check_observation already ran the wrapped policy's checks on these rows
                 action, info = self.policy.get_action(nested, inner_options)
         except ObservationError as exc:
-            missing = self._missing_flat_keys_error(observation or {})
+            # A lenient policy (a replay) takes partial observations: its refusal of one may be about something else
+            needed = not observation or self.policy.strict or _about_missing_keys(str(exc))
+            missing = self._missing_flat_keys_error(observation or {}) if needed else None
             if missing is not None:
                 raise missing from None
             self._name_flat_keys(exc, observation or {})
@@ -165,7 +170,8 @@ class Gr00tSimPolicyWrapper(PolicyWrapper):
             return
         remote_type, _, message = exc.server_message.partition(": ")
         if remote_type == "ObservationError":
-            missing = self._missing_flat_keys_error(observation)
+            needed = not observation or _about_missing_keys(message)
+            missing = self._missing_flat_keys_error(observation) if needed else None
             message = str(missing) if missing is not None else _in_flat_words(message, self.get_modality_config(),
                                                                               observation)
         elif remote_type == "ValueError" and (refusal := parsed_previous_action_error(message)) is not None:
@@ -223,6 +229,13 @@ def _in_flat_words(message: str, configs: Mapping[str, ModalityConfig], observat
     for key in language.modality_keys if language is not None else []:
         message = message.replace(f"language['{key}']", f"Language key '{language_source(key, observation)}'")
     return message
+
+
+def _about_missing_keys(message: str) -> bool:
+    """Whether a wrapped policy's refusal is of an entry the nested observation lacks (a modality map or a key of one),
+    in the words of validate_observation and of Gr00tPolicy's lenient checks."""
+    return any(words in message for words in ("observation must contain a '", " is missing from observation['",
+                                              "'] must be a dict holding "))
 
 
 def _previous_action_names(options: Optional[Dict[str, Any]]) -> Tuple[Callable[[Any], Any], Callable[[Any], Any]]:

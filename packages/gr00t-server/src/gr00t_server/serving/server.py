@@ -32,7 +32,7 @@ from .loop import (  # noqa: F401
 )
 from .messages import Request, RequestError, token_shape_problem
 from .metrics import RESERVED_ENDPOINT_LABELS, NullMetrics, ServerMetrics, reachable_host
-from .sessions import SessionTable, policy_session_limit
+from .sessions import SessionTable, check_no_shared_replay_session, policy_session_limit
 from .stats import ServerStats
 from ..curve import CurveServerConfig
 from ..threads import handled_stop_signals
@@ -143,6 +143,7 @@ class PolicyServer(BuiltinEndpoints):
         if metrics_port is not None and metrics_port != 0 and metrics_port == port:
             raise ValueError(f"metrics_port {metrics_port} is also port: the metrics endpoint needs a port of its own "
                              "(pass another, or 0 for any free one)")
+        check_no_shared_replay_session(policy)
         self.policy = policy
         # Facts about the policy's wrapper chain (_policy_fact), learnt once per policy object: [policy, {fact: value}]
         self._policy_facts: List[Any] = [None, {}]

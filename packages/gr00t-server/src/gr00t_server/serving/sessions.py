@@ -3,6 +3,7 @@ which ReplayPolicy's cursors use too)."""
 
 from __future__ import annotations
 
+import logging
 import numbers
 import threading
 import time
@@ -13,6 +14,7 @@ import numpy as np
 
 from .wrappers import policy_chain
 
+logger = logging.getLogger(__name__)
 
 # The endpoints whose options carry the session to a policy that keeps sessions: a use of a session is one of these.
 SESSION_ENDPOINTS = frozenset({"get_action", "reset"})
@@ -240,6 +242,38 @@ def session_dropper(policy: Any) -> Optional[Callable[[str], None]]:
 def keeps_sessions(policy: Any) -> bool:
     """True when the policy or any policy it wraps (through `.policy`) keeps per-session state."""
     return any(getattr(link, "stateful_sessions", False) for link in policy_chain(policy))
+
+
+FACTS_AT_START_TIMEOUT_MS = 3000  # check_no_shared_replay_session's question to a served PolicyClient's server
+
+
+def check_no_shared_replay_session(policy: Any) -> None:
+    """ValueError when the policy's wrapper chain ends in a PolicyClient of a replay server (a flat-key gateway,
+    Gr00tSimPolicyWrapper(PolicyClient(...))): that client sends every request under its one session, so every client
+    of this server would move the one replay cursor (robot B's reset sent robot A its episode, without an error)."""
+    from gr00t_client import PolicyClient, PolicyTimeoutError
+
+    if keeps_sessions(policy):  # the server hands the chain each client's session, which it keeps apart itself
+        return
+    chain = list(policy_chain(policy))
+    for link in chain:
+        if not isinstance(link, PolicyClient):
+            continue
+        try:
+            # what its server serves (the policy_identity kind of its get_server_info): asked within a few seconds, so
+            # that a gateway whose server is not up yet starts (warned) without waiting out the client's whole timeout
+            link._learn_server_facts(timeout_ms=min(link.timeout_ms, FACTS_AT_START_TIMEOUT_MS))
+        except (PolicyTimeoutError, ConnectionError) as exc:
+            logger.warning("could not ask the server at %s what it serves (%s: %s): were it a replay, every client of "
+                           "this server would share its one session", link.address, type(exc).__name__, exc)
+            continue
+        if link.server_policy_kind == "replay":
+            names = " -> ".join(type(served).__name__ for served in chain)
+            raise ValueError(
+                f"the served policy ({names}) ends in a PolicyClient of the replay server at {link.address}, which "
+                "keeps an episode cursor per client session: every client of this server would share its one "
+                f"session ({link.session_id!r}), so one robot's reset would move every robot's episode. Have each "
+                "robot connect to the replay server itself (serve it with --use-sim-policy-wrapper for flat keys)")
 
 
 def takes_session_lost(policy: Any) -> bool:
