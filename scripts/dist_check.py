@@ -302,12 +302,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="index for torch (default $TORCH_INDEX_URL; empty: pip's configured indexes)")
     parser.add_argument("--reuse-deps-from", type=Path, default=None,
                         help="server venv: reuse this venv's third-party packages, install our wheels --no-deps")
+    parser.add_argument("--check-python", action="store_true",
+                        help="only check that this Python can make the venvs (make dist-check runs it before dist)")
     args = parser.parse_args(argv)
     if sys.version_info < MIN_PYTHON:  # at once, not after minutes of installs and pip's own words
         print(f"dist_check: Python {sys.version.split()[0]} runs this, and every venv is made with it; gr00t-eval and "
               f"gr00t-server need Python >= {'.'.join(map(str, MIN_PYTHON))}: run it with a newer python3",
               file=sys.stderr)
         return 2
+    if args.check_python:
+        return 0
     dist = Path(args.dist).resolve()
     work = Path(args.work or tempfile.mkdtemp(prefix="gr00t-dist-check-")).resolve()
     work.mkdir(parents=True, exist_ok=True)

@@ -191,3 +191,6 @@ def test_dist_check_refuses_a_python_older_than_the_packages_need_at_once():
     assert result.returncode == 2, result
     assert f"need Python >= {sys.version_info[0]}.{sys.version_info[1] + 1}" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+    assert dist_check.main(["--check-python"]) == 0  # this Python can (what make dist-check asks before building)
+    target = re.search(r"^dist-check:(.*)$", (REPO / "Makefile").read_text(), re.MULTILINE)
+    assert target and target.group(1).split()[:2] == ["dist-check-python", "dist"], "the check must come before dist"

@@ -645,7 +645,7 @@ def evaluate_open_loop(
 
             raise OutputDirError(f"output_dir {config.output_dir}: {RESULTS_FILENAME} appeared there during this run "
                                  "(another run wrote it); it is kept, and this run's results were not written: "
-                                 "expected a folder no other run writes to (a new one, or output_dir left out)"
+                                 "expected a folder no other run writes to (a new one, or none for a new dated one)"
                                  ) from stopped
         finally:
             if watch is not None:  # its own claim: the folder keeps only the run's plots and results.json

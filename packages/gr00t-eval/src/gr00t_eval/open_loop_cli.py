@@ -60,6 +60,7 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
 
     from . import connection
     from .open_loop import RESULTS_FILENAME, OpenLoopConfig, check_open_loop_policy, evaluate_open_loop
+    from .output_files import OutputDirError
     from .run_stop import WRITE_REFUSED_ERRNOS, is_storage_line, sigterm_as_interrupt
 
     _check_horizon_flags(getattr(args, "horizon_flags", None) or [])
@@ -112,8 +113,9 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
                 try:
                     result = evaluate_open_loop(client, config, report=tqdm.write, claim=OPEN_LOOP_RUN_FILENAME,
                                                 checked=checked)
-                except (KeyboardInterrupt, Exception):
-                    _name_kept_open_loop_results(output_dir / RESULTS_FILENAME)
+                except (KeyboardInterrupt, Exception) as exc:
+                    if not isinstance(exc, OutputDirError):  # that one says results.json is another writer's
+                        _name_kept_open_loop_results(output_dir / RESULTS_FILENAME)
                     raise
     except (KeyboardInterrupt, Exception, SystemExit) as exc:
         if output_dir is not None:
@@ -179,10 +181,11 @@ def _name_kept_open_loop_results(path: Path) -> None:
     """After a stopped open-loop run: say what its results.json kept (written on the way out)."""
     try:
         kept = json.loads(path.read_text())
-    except (OSError, ValueError):
+        status, scored, not_run = kept["status"], kept["aggregated"]["n_trajectories"], kept["not_run_trajectories"]
+    except (OSError, ValueError, TypeError, KeyError):  # none, or not an open-loop results file: nothing to say
         return
-    print(f"{kept['status'].upper()}: {path} holds the {kept['aggregated']['n_trajectories']} trajectories scored "
-          f"before the stop; not run: {kept['not_run_trajectories']}", file=sys.stderr)
+    print(f"{str(status).upper()}: {path} holds the {scored} trajectories scored before the stop; not run: {not_run}",
+          file=sys.stderr)
 
 
 def _claim_open_loop_output_dir(args: argparse.Namespace, config: Any) -> Path:

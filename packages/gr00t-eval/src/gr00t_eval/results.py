@@ -50,7 +50,7 @@ def write_results(path: Union[str, Path], results: Mapping[str, Any], exclusive:
     from .run_claim import _create_exclusively
 
     path = Path(path)
-    _create_exclusively(path, json.dumps(_jsonable(results), indent=2) + "\n")
+    _create_exclusively(path, json.dumps(_jsonable(results), indent=2) + "\n", rename_without_links=True)
     return path
 
 

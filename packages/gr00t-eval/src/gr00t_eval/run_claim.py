@@ -9,6 +9,7 @@ machine); never while the claiming process is alive, which would delete its file
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import json
 import logging
@@ -459,8 +460,11 @@ def dead_partial_files(directory: Union[str, Path]) -> List[Path]:
     return sorted(found)
 
 
-def _create_exclusively(path: Path, text: str) -> None:
-    """Create `path` holding `text`, complete, or raise FileExistsError (link(2), like O_EXCL, fails on an existing name)."""
+def _create_exclusively(path: Path, text: str, rename_without_links: bool = False) -> None:
+    """Create `path` holding `text`, complete, or raise FileExistsError (link(2), like O_EXCL, fails on an existing name).
+    Where the file system has no hard links (exFAT, SMB, some FUSE mounts) the text is written again into a file made
+    with O_EXCL (a claim: exclusive, not atomic); with `rename_without_links` (results: atomic, and room for one copy
+    only) the copy written aside is renamed into place unless a file is there (exclusive but for that instant)."""
     partial = partial_path(path)
     try:
         partial.write_text(text, encoding="utf-8")
@@ -476,8 +480,13 @@ def _create_exclusively(path: Path, text: str) -> None:
         os.link(partial, path)
     except FileExistsError:
         raise
-    except OSError:  # a file system without hard links: O_EXCL, with the content written just after
-        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except OSError:  # a file system without hard links
+        if rename_without_links:
+            if os.path.lexists(path):
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
+            os.replace(partial, path)
+            return
+        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)  # O_EXCL, the content written just after
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
     finally:
