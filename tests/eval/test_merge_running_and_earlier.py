@@ -127,3 +127,78 @@ def test_an_incomplete_merge_merged_again_is_told_to_be_merged_with_its_missing_
     out = capsys.readouterr().out
     assert f"{partial} is an incomplete merge" in out and "merge it again with the missing shards" in out
     assert "rollout --resume" not in out
+
+
+def test_a_running_shard_given_through_a_link_is_refused_as_where_its_file_lives(shards, tmp_path, capsys,
+                                                                                 live_process):
+    """A folder of links to each node's shard files: the claim was looked for beside the link, so the running shard's
+    earlier results were merged as final and the merge said complete."""
+    split, collected = tmp_path / "split", tmp_path / "collected"
+    shutil.copytree(shards, split)
+    held_by(split / "run_shard1of2.json", live_process.pid)
+    collected.mkdir()
+    for name in ("results_shard0of2.json", "results_shard1of2.json"):
+        (collected / name).symlink_to(split / name)
+    assert cli.main(["merge", str(collected), "--output", str(tmp_path / "m" / "merged.json")]) == 2
+    assert f"shard 1/2 in {split} is still running" in capsys.readouterr().err
+    assert not (tmp_path / "m" / "merged.json").exists()
+
+
+def test_a_running_shard_is_known_by_its_results_content_not_its_file_name(shards, tmp_path, capsys, live_process):
+    split = tmp_path / "split"
+    shutil.copytree(shards, split)
+    held_by(split / "run_shard1of2.json", live_process.pid)
+    (split / "results_shard1of2.json").rename(split / "results_node_b.json")
+    assert cli.main(["merge", str(split / "results_shard0of2.json"), str(split / "results_node_b.json"),
+                     "--output", str(tmp_path / "m" / "merged.json")]) == 2
+    assert f"shard 1/2 in {split} is still running" in capsys.readouterr().err
+
+
+def test_a_results_file_named_like_a_shard_out_of_range_merges_by_its_content(shards, tmp_path):
+    """A hand-renamed copy numbered from 1 (results_shard2of2.json holding shard 1/2) failed the merge with a --shard
+    error that named no file."""
+    collected = tmp_path / "collected"
+    collected.mkdir()
+    shutil.copy(shards / "results_shard0of2.json", collected / "results_shard0of2.json")
+    shutil.copy(shards / "results_shard1of2.json", collected / "results_shard2of2.json")
+    assert cli.main(["merge", str(collected / "results_shard0of2.json"), str(collected / "results_shard2of2.json"),
+                     "--output", str(tmp_path / "m" / "merged.json")]) == 0
+    assert json.loads((tmp_path / "m" / "merged.json").read_text())["status"] == "complete"
+
+
+def test_a_shard_held_on_another_host_is_refused_naming_its_claim_file_and_how_to_end_it(shards, tmp_path, capsys):
+    """A --resume killed on another node (preempted) left an unfinished claim: the refusal named neither the claim
+    file nor a way to merge the shard once it has ended."""
+    split = tmp_path / "split"
+    shutil.copytree(shards, split)
+    run_file = split / "run_shard1of2.json"
+    saved = json.loads(run_file.read_text())
+    saved["claim"] = {"pid": 4242, "hostname": "node7-no-such-host", "boot_id": "another-machine",
+                      "started": "2026-12-06T07:00:00Z", "started_unix": 1796540400.0, "finished": False}
+    run_file.write_text(json.dumps(saved))
+    assert cli.main(["merge", str(split), "--output", str(tmp_path / "m" / "merged.json")]) == 2
+    err = capsys.readouterr().err
+    assert f"shard 1/2 in {split} may still be running (on another host" in err, err
+    resume = f"gr00t-eval rollout --resume {split} --shard 1/2"
+    assert f"if it has ended, resume it on node7-no-such-host ({resume}" in err, err
+    assert f"or delete {run_file}" in err, err
+
+
+def test_a_partial_merge_merged_with_its_missing_shard_passes_on_its_own_shards_resume_commands(tmp_path, capsys):
+    """Shard 0/2's task failed; its partial merge, merged with shard 1/2, was told to be merged again with the missing
+    shards (none is missing: that was the merge just run), and the resume of shard 0/2 was not said."""
+    shards = tmp_path / "shards"
+    with policy_server() as server:
+        for index in (0, 1):  # 3 tasks x 2 episodes: walkto/nope cannot build, in both shards
+            cli.main(["rollout", *SHARD_FLAGS, "--env-name", "walkto/fast,walkto/nope,walkto/slow", "--n-episodes", "2",
+                      "--seed", "0", "--policy-client-port", str(server.port), "--shard", f"{index}/2",
+                      "--output-dir", str(shards)])
+    partial = tmp_path / "p" / "partial.json"
+    assert cli.main(["merge", str(shards / "results_shard0of2.json"), "--allow-missing", "--output", str(partial)]) == 1
+    capsys.readouterr()
+    assert cli.main(["merge", str(partial), str(shards / "results_shard1of2.json"),
+                     "--output", str(tmp_path / "full" / "merged.json")]) == 1
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("INCOMPLETE"))
+    assert (f"{partial} is an incomplete merge: continue its shard {shards / 'results_shard0of2.json'} with "
+            f"gr00t-eval rollout --resume {shards} --shard 0/2") in line, line
+    assert "merge it again with the missing shards" not in line, line

@@ -1,6 +1,8 @@
 """Map keys in a reply: reference clients decode with msgpack's strict_map_key (str and bytes keys only), so a
 result keyed by numbers is refused for them with its key path; our own client, which decodes such keys, gets it."""
 
+import enum
+
 import numpy as np
 import pytest
 
@@ -67,6 +69,33 @@ def test_our_client_still_gets_number_map_keys_on_every_wire(wire):
         _, got = client.get_action(OBSERVATION)
         assert client.reset() == info
     assert got == info
+
+
+class Camera(enum.Enum):
+    WRIST = "wrist"
+
+
+class CameraIndex(enum.Enum):
+    WRIST = 0
+
+
+def test_an_enum_key_with_a_str_value_reaches_a_reference_client_as_that_str():
+    """The wire sends an Enum as its value (the encoder's hook): {Camera.WRIST: 1.5} arrives as {"wrist": 1.5}."""
+    policy = PerCameraInfoPolicy({"latency_ms_per_camera": {Camera.WRIST: 1.5}})
+    with running_server(policy) as server, ReferenceClient(server.port) as client:
+        _, got = client.get_action(OBSERVATION)
+        stats = server.stats.snapshot()
+    assert got == {"latency_ms_per_camera": {"wrist": 1.5}}
+    assert stats["errors"] == 0, stats
+
+
+def test_an_enum_key_with_a_number_value_is_refused_for_a_reference_client():
+    policy = PerCameraInfoPolicy({"latency_ms_per_camera": {CameraIndex.WRIST: 1.5}})
+    with running_server(policy) as server, ReferenceClient(server.port) as client:
+        with pytest.raises(RuntimeError) as refused:
+            client.get_action(OBSERVATION)
+    assert "info.latency_ms_per_camera has the CameraIndex key <CameraIndex.WRIST: 0>" in str(refused.value), \
+        str(refused.value)
 
 
 def test_an_n15_client_gets_its_action_whatever_keys_the_info_it_is_not_sent_holds():

@@ -168,7 +168,7 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
             raise self._timeout(endpoint)
         # Our server drops a request whose client has given up instead of running it; other servers ignore the field.
         envelope = {**envelope, TIMEOUT_FIELD: max(1, int((deadline - time.monotonic()) * 1000))}
-        if self._server_is_ours is False:
+        if self._server_is_reference:
             self._refuse_number_keys(envelope.get("data"), endpoint)
         encode_one = codec.encode_early_n16 if not multipart and self.speaks_npsave else codec.encode
         try:

@@ -31,6 +31,9 @@ class ServerFacts:
         # Even with wire="reference" we ask once whether the server is ours, so that a result map with an
         # "error" key from our server (which marks its errors) is not taken for an error.
         self._server_is_ours: Optional[bool] = True if self._requested_wire == "multipart" else None
+        # True only for a server known to be a reference one (it refused get_server_info, or answered it not as a
+        # gr00t-server): not for one whose info this client could not read, which may be a newer gr00t-server.
+        self._server_is_reference = False
         self._wire = self._requested_wire  # "auto" becomes "reference" once a server without multipart is seen
         # True once the server is known to be np.save-era (its replies carry __ndarray_class__ arrays or only the
         # legacy __ModalityConfig_class__ marker): from then on requests use that format, which it can read.
@@ -74,6 +77,7 @@ class ServerFacts:
                 raise  # a server going away said nothing about what it is: learnt from the next one
             self._server_info_asked = True
             self._server_is_ours = False
+            self._server_is_reference = True
             logger.debug("server at %s is not a gr00t-server (%s); using the reference wire", self.address, exc)
             self._probe_wire_generation(deadline)
             return exc
@@ -90,6 +94,7 @@ class ServerFacts:
             return None
         capabilities = info.get("capabilities", []) if isinstance(info, dict) else []
         self._server_is_ours = isinstance(info, dict) and info.get("server") == "gr00t-server"
+        self._server_is_reference = not self._server_is_ours
         if not self._server_is_ours:
             self._probe_wire_generation(deadline)
         if self._wire == "auto" and "multipart" not in capabilities:

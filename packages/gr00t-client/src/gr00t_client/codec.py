@@ -12,6 +12,7 @@ DecodeLimits (wire_limits.py).
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -52,9 +53,15 @@ def unencodable_path(value: Any, encode_one: Callable[[Any], Any]) -> str:
 STRICT_MAP_KEY_TYPES = (str, bytes)  # all msgpack >= 1.0 decodes by default (strict_map_key): every reference peer
 
 
+def sent_map_key(key: Any) -> Any:
+    """A map key as the wire sends it: an Enum by its value (the encoder's hook; msgpack packs that value as is)."""
+    return key.value if isinstance(key, Enum) else key
+
+
 def refused_map_key(value: Any, where: str, refused: Callable[[Any], bool]) -> Optional[Tuple[str, Any]]:
-    """(the path of the map, the key) of the first map key in `value` that `refused(key)` is true of, maps, lists and
-    tuples walked (each container once, so shared or cyclic ones end); None when there is none."""
+    """(the path of the map, the key) of the first map key in `value` that `refused` is true of as the wire sends it
+    (sent_map_key), maps, lists and tuples walked (each container once, so shared or cyclic ones end); None when
+    there is none."""
     stack: List[Tuple[Any, str]] = [(value, where)]
     walked: set = set()
     while stack:
@@ -64,7 +71,7 @@ def refused_map_key(value: Any, where: str, refused: Callable[[Any], bool]) -> O
         walked.add(id(item))
         if isinstance(item, dict):
             for key, child in item.items():
-                if refused(key):
+                if refused(sent_map_key(key)):
                     return where, key
                 if isinstance(child, (dict, list, tuple)):
                     stack.append((child, f"{where}.{key}" if where else str(key)))

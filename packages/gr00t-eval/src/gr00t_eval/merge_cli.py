@@ -7,7 +7,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 from .run_summary import errors_exit, format_summary, print_errored_episodes, print_incomplete
 
@@ -92,39 +92,67 @@ def _unfinished_shards_hint(paths: List[str]) -> str:
     return "; " + "; ".join(unfinished) if unfinished else ""
 
 
-def _running_shards_left_out(files: List[Path], allow_missing: bool) -> List[Path]:
-    """`files` less those of a shard whose run file holds a live claim (its run, or a --resume of it, has not ended): it
-    writes its results again, so the file now there is no final result. UsageError naming that shard; with
-    `allow_missing` its file is left out (its episodes are missing, the merge incomplete) and a line says so."""
+def _shard_of(results: Dict[str, Any]) -> Any:
+    """The ShardSpec a shard's results record in plan.shard; None for a whole run, a merge or a malformed plan (which
+    merge_results names)."""
+    from .shard import ShardSpec
+
+    plan = results.get("plan")
+    shard = plan.get("shard") if isinstance(plan, dict) and "merged_from" not in results else None
+    try:
+        return ShardSpec(*shard) if isinstance(shard, list) and len(shard) == 2 else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _running_shards_left_out(files: List[Path], allow_missing: bool) -> List[Tuple[Path, Dict[str, Any]]]:
+    """Each of `files` with its results, less those of a shard whose run file holds a live claim (its run, or a
+    --resume of it, has not ended): it writes its results again, so the file now there is no final result. The shard
+    is the one its results name (plan.shard), its run file the one beside the file itself (links resolved), whatever
+    the name it is given by. UsageError naming that shard; with `allow_missing` its file is left out (its episodes
+    are missing, the merge incomplete) and a line says so."""
     import socket
 
     from .cli_errors import UsageError
-    from .output_files import SHARD_FILE_NAME, OutputDirError, run_file_name
+    from .output_files import OutputDirError, run_file_name
+    from .rollout_args import _recorded_registration_flags
     from .run_claim import read_holder, refuse_live_claim
-    from .shard import ShardSpec
+    from .run_file import read_run_file
+    from .run_resume import resume_command
 
     kept = []
     for file in files:
-        match = SHARD_FILE_NAME.fullmatch(file.name)
-        if match is None or match.group(1) != "results":
-            kept.append(file)
+        results = _read_results_file(file)
+        shard = _shard_of(results)
+        if shard is None:
+            kept.append((file, results))
             continue
-        shard = ShardSpec(int(match.group("index")), int(match.group("count")))
+        folder = file.resolve().parent
+        run_file = folder / run_file_name(shard)
         try:
-            refuse_live_claim(file.parent, run_file_name(shard), flag="the folder", quiet=True)
+            refuse_live_claim(folder, run_file.name, flag="the folder", quiet=True)
         except OutputDirError as exc:
-            holder = read_holder(file.parent / run_file_name(shard))
-            state = ("is still running" if holder is None or holder.hostname in (None, socket.gethostname()) else
+            holder = read_holder(run_file)
+            here = holder is None or holder.hostname in (None, socket.gethostname())
+            state = ("is still running" if here else
                      "may still be running (on another host, which this host cannot check)")
-            running = (f"shard {shard} in {file.parent} {state} "
-                       f"({f'{holder.describe()}, in {run_file_name(shard)}' if holder else exc}), so "
-                       f"{file.name} is not its final result")
+            held = f"{holder.describe()}, in {run_file}" if holder else exc
+            running = f"shard {shard} in {folder} {state} ({held}), so {file.name} is not its final result"
             if not allow_missing:
-                raise UsageError(f"{running}; expected every shard merged to have ended: merge once it has, or pass "
-                                 "--allow-missing to merge without it") from None
+                ended = ""
+                if not here:  # killed there (preempted), its claim never finished: only its host can tell
+                    try:  # a resume is held to the shard's own registration flags
+                        flags = _recorded_registration_flags(read_run_file(folder, shard))
+                    except (OSError, ValueError):
+                        flags = ""
+                    ended = (f"; if it has ended, resume it on {holder.hostname} ({resume_command(folder, shard)}"
+                             f"{flags}), which finishes its claim, or delete {run_file} (after which the shard cannot be "
+                             "resumed)")
+                raise UsageError(f"{running}; expected every shard merged to have ended: merge once it has{ended}, "
+                                 "or pass --allow-missing to merge without it") from None
             print(f"Leaving out {file}: {running} (--allow-missing: its episodes are missing from the merge)")
             continue
-        kept.append(file)
+        kept.append((file, results))
     if not kept:
         raise UsageError(f"every shard given is still running ({', '.join(map(str, files))}); expected at least one "
                          "that has ended: merge once they have")
@@ -258,11 +286,12 @@ def cmd_merge(args: argparse.Namespace) -> int:
     if output.is_dir() or args.output.endswith("/"):
         output = output / RESULTS_FILENAME
     output = _merge_target(output)
-    files = _running_shards_left_out(_results_files(args.results, output), args.allow_missing)
+    inputs = _running_shards_left_out(_results_files(args.results, output), args.allow_missing)
+    files = [file for file, _ in inputs]
     _refuse_live_runs_beside(output)
     _check_merge_output(output, args.overwrite)
     try:
-        merged = merge_results([_read_results_file(f) for f in files], allow_missing=args.allow_missing,
+        merged = merge_results([results for _, results in inputs], allow_missing=args.allow_missing,
                                names=[str(f) for f in files])
     except MergeError as exc:
         raise UsageError(f"{exc}{_unfinished_shards_hint(args.results) if 'in no results file' in str(exc) else ''}") from None

@@ -391,7 +391,7 @@ def merge_results(shards: Iterable[Mapping[str, Any]], allow_missing: bool = Fal
     missing = [f"{t.env_name}#{i}" for t in tasks for i in range(n_episodes)
                if (t.env_name, i) not in seen and (t.env_name, i) not in not_run_by_failed_task]
     if missing and not allow_missing:
-        stopped = [_stopped_shard_hint(label[i], results) for i, results in enumerate(shards)
+        stopped = [_stopped_shard_hint(label[i], results, missing=missing) for i, results in enumerate(shards)
                    if results.get("status", "complete") in ("interrupted", "aborted")]
         cause = "; ".join(stopped) if stopped else "is a shard missing or failed?"
         raise MergeError(f"{len(missing)} episodes are in no results file: {format_missing(missing)} ({cause})")
@@ -413,7 +413,7 @@ def merge_results(shards: Iterable[Mapping[str, Any]], allow_missing: bool = Fal
     # A merge with episodes in no file is no complete run, even when every shard given completed.
     status = next((s for s in ("interrupted", "aborted") if s in statuses), INCOMPLETE if missing else "complete")
     # an incomplete shard (a task failed: an env worker killed, ...) is named with the command that reruns what it lacks
-    reasons = [_stopped_shard_hint(label[i], r) if r.get("status") == INCOMPLETE
+    reasons = [_stopped_shard_hint(label[i], r, missing=missing) if r.get("status") == INCOMPLETE
                else f"{label[i]}: {r.get('stop_reason')}" for i, r in enumerate(shards)
                if r.get("status", "complete") != "complete"]
     if missing:
@@ -422,7 +422,8 @@ def merge_results(shards: Iterable[Mapping[str, Any]], allow_missing: bool = Fal
     merged = suite_results(tasks, runs, config, first.get("env_name", ""), first.get("suite"), extra, status,
                            "; ".join(reasons) if status != "complete" else None)
     if status == "complete" and merged["status"] == INCOMPLETE:  # its reason counts the merge's failed tasks and
-        resumes = [_stopped_shard_hint(label[i], r, with_reason=False)  # episodes not run: the shards' would repeat it
+        # episodes not run: the shards' would repeat it
+        resumes = [_stopped_shard_hint(label[i], r, with_reason=False, missing=missing)
                    for i, r in enumerate(shards) if r.get("status") == INCOMPLETE]
         merged["stop_reason"] = "; ".join([merged["stop_reason"], *resumes])
     return merged
@@ -563,18 +564,48 @@ def _checked_done(done: Iterable[EpisodeOutcome], config: RolloutConfig, check_s
     return done
 
 
-def _stopped_shard_hint(label: str, results: Mapping[str, Any], with_reason: bool = True) -> str:
+def _stopped_shard_hint(label: str, results: Mapping[str, Any], with_reason: bool = True,
+                        missing: Optional[Sequence[str]] = None) -> str:
     """'<label> is an interrupted run (<reason>): continue it with gr00t-eval rollout --resume DIR --shard I/N' (or an
-    aborted or incomplete run; for a merge's output, to merge it again with the missing shards; without '(<reason>)'
-    unless `with_reason`)."""
+    aborted or incomplete run; for a merge's output, to continue its own shards whose task failed and, while episodes
+    it lacks are still among `missing` (the new merge's; None: unknown), to merge it again with the missing shards;
+    without '(<reason>)' unless `with_reason`)."""
     from .rollout_args import _recorded_registration_flags
     from .run_resume import resume_command
 
     reason = f" ({results.get('stop_reason') or 'no reason recorded'})" if with_reason else ""
-    if "merged_from" in results:  # a merge's folder holds no run to resume: its missing shards complete it
-        return f"{label} is an {results.get('status')} merge{reason}: merge it again with the missing shards' results"
+    if "merged_from" in results:  # a merge's folder holds no run to resume: its shards' folders do
+        remedies = _merged_shard_resumes(results)
+        if missing is None or set(results.get("missing_episodes") or ()) & set(missing) or not remedies:
+            remedies.append("merge it again with the missing shards' results")
+        return f"{label} is an {results.get('status')} merge{reason}: {', and '.join(remedies)}"
     shard = (results.get("plan") or {}).get("shard")
     spec = ShardSpec(*shard) if shard else None
     flags = _recorded_registration_flags(results.get("plan") or {})  # a resume is held to the shard's own
     resume = f": continue it with {resume_command(Path(label).parent, spec)}{flags}" if label.endswith(".json") else ""
     return f"{label} is an {results.get('status')} run{reason}{resume}"
+
+
+def _merged_shard_resumes(merge: Mapping[str, Any]) -> List[str]:
+    """'continue its shard FILE with gr00t-eval rollout --resume DIR --shard I/N' for each shard of `merge` (a merge's
+    results) that planned episodes of a task that failed, found by the path the merge recorded for it."""
+    from .rollout_args import _recorded_registration_flags
+    from .run_resume import resume_command
+
+    plan = merge.get("plan") or {}
+    failed = {name for name, entry in (merge.get("per_task") or {}).items()
+              if isinstance(entry, dict) and entry.get("error")}
+    if not failed:
+        return []
+    tasks = [Task(env_name, group) for env_name, group in plan.get("tasks") or []]
+    flags = _recorded_registration_flags(plan)  # a resume is held to the shard's own
+    resumes = []
+    paths = merge.get("merged_paths") or merge.get("merged_files") or []  # absolute; an older merge's as given
+    for shard, path in zip(merge.get("merged_from") or [], paths):
+        try:
+            spec = ShardSpec(*shard)
+        except (TypeError, ValueError):  # a whole run (None), or a hand-edited record: nothing to resume by
+            continue
+        if failed & set(shard_ranges(tasks, plan.get("n_episodes") or 0, spec)):
+            resumes.append(f"continue its shard {path} with {resume_command(Path(path).parent, spec)}{flags}")
+    return resumes

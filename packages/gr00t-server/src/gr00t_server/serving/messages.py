@@ -342,13 +342,17 @@ _NESTED = (dict, list, tuple, set, frozenset)
 
 class _KeyCheckDefault:
     """msgpack's default hook for the key check (strict_types hands it tuples, sets and container subclasses): tuples
-    and sets become lists, fine as values, and a map key no unpacker can hash; arrays and other leaves are packed as
-    nil (the encode itself judges them). `held_tuples` says whether it met a tuple or set."""
+    and sets become lists, fine as values, and a map key no unpacker can hash; an Enum becomes its value, as the
+    encoder sends it; arrays and other leaves are packed as nil (the encode itself judges them). `held_tuples` says
+    whether it met a tuple or set."""
 
     def __init__(self) -> None:
         self.held_tuples = False
 
     def __call__(self, value: Any) -> Any:
+        value = codec.sent_map_key(value)  # an Enum is judged by the value the encoder sends for it
+        if type(value) in (str, bytes, int, float, bool):
+            return value
         if isinstance(value, (tuple, set, frozenset)):
             self.held_tuples = True
             return list(value)
@@ -377,7 +381,7 @@ def refuse_unsendable_keys(value: Any, where: str, str_keys_only: bool = False) 
         msgpack.unpackb(packed, strict_map_key=str_keys_only)
         return
     except (TypeError, ValueError):  # unhashable type: 'list' (a tuple or frozenset key), or a key strict_map_key
-        pass  # refuses (a leaf key the check packs as nil, a str enum, is one the walk then finds fine)
+        pass  # refuses (a leaf key the check packs as nil is one the walk may then find fine)
     if str_keys_only:  # walked outside the except: the error named is the walk's, not msgpack's with it
         _name_unsendable_key(value, where, str_keys_only=True)
     else:
