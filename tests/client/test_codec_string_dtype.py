@@ -53,7 +53,7 @@ def test_the_same_strings_as_a_fixed_width_array_still_round_trip():
 
 
 def test_a_client_refuses_a_string_dtype_observation_naming_its_key():
-    with running_server(LanguagePolicy(), port=29580) as server, \
+    with running_server(LanguagePolicy()) as server, \
             PolicyClient(port=server.port, timeout_ms=5000, strict=False) as client:
         observation = {"state.x": np.zeros((2, 1, 1), np.float32), LANGUAGE_KEY: string_dtype_array(2)}
         with pytest.raises(WireEncodeError, match=rf"get_action: observation\.{LANGUAGE_KEY}: .*{REFUSAL}"):
@@ -61,7 +61,7 @@ def test_a_client_refuses_a_string_dtype_observation_naming_its_key():
 
 
 def test_a_policy_replying_with_a_string_dtype_array_gets_an_error_reply_not_unreadable_bytes():
-    with running_server(LanguagePolicy(), port=29581) as server, \
+    with running_server(LanguagePolicy()) as server, \
             PolicyClient(port=server.port, timeout_ms=5000, strict=False) as client:
         with pytest.raises(PolicyServerError, match=rf"could not encode the result of 'get_action': .*{REFUSAL}"):
             client.get_action({"state.x": np.zeros((1, 1, 1), np.float32)})

@@ -16,9 +16,6 @@ from serving import running_server
 from gr00t_client import PolicyWrapper
 from gr00t_server.processing.normalization import rot6d_to_matrix
 
-README_PORT = 37650
-
-
 class RecordingPolicy(PolicyWrapper):
     """Serves the wrapped policy and keeps every observation it was asked to act on."""
 
@@ -51,8 +48,8 @@ def test_readme_client_example_sends_the_rows_of_its_rotation_as_rot6d(tmp_path)
     policy = RecordingPolicy(Gr00tPolicy(checkpoint, "new_embodiment", device="cpu"))
     script = tmp_path / "readme_client.py"
     code = _readme_client_block().replace("gpu-box", "127.0.0.1")
-    script.write_text(re.sub(r"\b5555\b", str(README_PORT), code), encoding="utf-8")
-    with running_server(policy, port=README_PORT, api_token="secret"):
+    with running_server(policy, port=0, api_token="secret") as server:  # a free port: README's 5555 may be taken
+        script.write_text(re.sub(r"\b5555\b", str(server.port), code), encoding="utf-8")
         namespace = runpy.run_path(str(script), run_name="__main__")
     rotation = np.asarray(namespace["rotation"], np.float64)
     assert not np.allclose(rotation, rotation.T), "README's example rotation must show a transposed layout"

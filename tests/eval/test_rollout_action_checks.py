@@ -18,7 +18,6 @@ from gr00t_eval.rollout.envs import register_env_prefix
 from gr00t_eval.shard import run_suite
 from serving import running_server
 
-FAR_WALK_PORT = 37651
 WALK = dict(n_episodes=4, n_envs=2, n_action_steps=2, max_episode_steps=6, seed=100, vectorization="sync")
 
 
@@ -181,7 +180,7 @@ def test_a_state_beyond_float32s_range_errors_its_episode_naming_the_key_not_as_
     """The rollout's float32 cast made a finite 1e39 inf, which the server refused as a NaN/inf state."""
     register_env_prefix("farwalk", EmbodimentTag.NEW_EMBODIMENT, lambda task, **kwargs: FarWalkEnv(far_from))
     config = RolloutConfig(env_name="farwalk/walk", **{**WALK, "n_episodes": 2, "n_action_steps": 1})
-    with running_server(ConstantPolicy(), port=FAR_WALK_PORT) as server:
+    with running_server(ConstantPolicy()) as server:
         from gr00t_client import PolicyClient
 
         with PolicyClient(port=server.port, timeout_ms=5000) as client:
