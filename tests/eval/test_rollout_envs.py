@@ -126,6 +126,29 @@ def test_metaworld_is_deterministic_under_a_seed_whatever_ran_before():
 
 
 @pytest.mark.sim
+@pytest.mark.parametrize("task", ["drawer-open-v3", "reach-v3"])
+def test_metaworld_reset_shows_the_reset_scene_in_its_state_and_image(task):
+    """Meta-World's reset moves bodies without recomputing positions: the reset observation of drawer-open held the
+    drawer ~10 cm from where it was (6 tasks), and the first frame of 29 tasks showed the scene before the reset (the
+    goal marker of reach-v3 elsewhere) until the first step; a recording kept both as step 0, unnoticed by a replay."""
+    pytest.importorskip("metaworld")
+    env = make_env(f"metaworld/{task}", image_size=64)
+    try:
+        obs, _ = env.reset(seed=3)
+        inner = env.unwrapped._env
+        import mujoco
+
+        mujoco.mj_forward(inner.model, inner.data)  # positions of the scene as it is
+        now = inner._get_curr_obs_combined_no_goal()
+        np.testing.assert_allclose(obs["state.objects"], now[4:18], atol=1e-6)
+        np.testing.assert_allclose(obs["state.eef_pos"], now[0:3], atol=1e-6)
+        image = env.unwrapped._observation(inner._get_obs())["video.corner2"]  # rendered from the recomputed scene
+        assert np.array_equal(obs["video.corner2"], image)
+    finally:
+        env.close()
+
+
+@pytest.mark.sim
 def test_pusht_adapter_speaks_the_flat_gr00t_format():
     pytest.importorskip("gym_pusht")
     env = make_env("pusht/PushT-v0", image_size=32)

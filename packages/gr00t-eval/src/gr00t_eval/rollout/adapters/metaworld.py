@@ -152,8 +152,14 @@ class MetaWorldEnv(gym.Env):
         if seed is not None:
             self._env.seed(int(seed))
         self._env._freeze_rand_vec = False  # a new placement on each reset, from the (re)seeded generator
-        raw, _ = self._env.reset()
+        self._env.reset()
         self._env._freeze_rand_vec = True
+        # Meta-World's reset moves bodies (a drawer, a goal marker) without recomputing positions: its observation
+        # (6 tasks) and a render (29 of 50) showed the scene before the reset until the first step. Recomputed here,
+        # and the reset observation made again as Meta-World makes it (the previous frame the same as the current).
+        self._mujoco.mj_forward(self._env.model, self._env.data)
+        self._env._prev_obs = self._env._get_curr_obs_combined_no_goal()
+        raw = np.asarray(self._env._get_obs(), dtype=np.float64)
         return self._observation(raw), {"task": self.task}
 
     def step(self, action: Dict[str, np.ndarray]):
