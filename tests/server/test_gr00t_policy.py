@@ -135,7 +135,8 @@ BFLOAT16_BATCH_MATE_TOLERANCE = "2e-3"  # of an action key's statistics range, a
 def test_in_bfloat16_a_row_batched_with_a_longer_prompt_stays_within_the_documented_rounding(tiny_checkpoint):
     """A row's bfloat16 action depends on its batch mates' prompt lengths by up to ~2e-3 of the action range (1.9e-3
     the widest measured on CPU over seeds 0-7; this case 9.3e-4, beyond the 4e-4 the docs promised, float16's figure,
-    and one bfloat16 step under the bound, so another CPU's rounding does not fail it)."""
+    and one bfloat16 step under the bound, so another CPU's rounding does not fail it). A CPU with native bfloat16
+    kernels (AVX512-BF16/AMX) rounds each row alike, batched or alone: a difference of 0 is within it too."""
     policy = Gr00tPolicy(tiny_checkpoint, "libero_sim", device="cpu", dtype="bf16")
     stats = load_statistics(tiny_checkpoint)["libero_sim"]["action"]
     obs = example_observation(tiny_checkpoint, "libero_sim", batch_size=2, seed=2)
@@ -145,7 +146,7 @@ def test_in_bfloat16_a_row_batched_with_a_longer_prompt_stays_within_the_documen
     alone, _ = policy.get_action({modality: {k: v[:1] for k, v in obs[modality].items()} for modality in obs}, {"seed": 20})
     differences = [np.abs(batched[name][0] - alone[name][0]).max()
                    / np.max(np.asarray(stats[name]["max"]) - np.asarray(stats[name]["min"])) for name in batched]
-    assert 0 < max(differences) <= float(BFLOAT16_BATCH_MATE_TOLERANCE), differences
+    assert max(differences) <= float(BFLOAT16_BATCH_MATE_TOLERANCE), differences
     docs = " ".join((Path(__file__).resolve().parents[2] / "docs" / "serving.md").read_text(encoding="utf-8").split())
     assert f"up to about {BFLOAT16_BATCH_MATE_TOLERANCE} in bfloat16" in docs
 
