@@ -192,12 +192,12 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
             raise RuntimeError(f"PolicyClient.{endpoint} called while this client awaits the reply to "
                                f"'{self._awaiting}' on the same thread (from a signal handler?); only close() may be "
                                "called there")
-        if self._socket is None:
+        if self._socket is None or self._handshake is None:  # none yet, or half of one (a close interrupted mid-way)
             self._check_host_resolves(deadline)
-            self._socket = self._open_socket()
-        sock, handshake = self._socket, self._handshake
-        assert handshake is not None  # opened with the socket
         try:
+            if self._socket is None or self._handshake is None:
+                self._open_socket()  # made anew: a half one is closed first
+            sock, handshake = self._socket, self._handshake
             handshake.expect_reply()
             self._awaiting = endpoint
             try:  # a connected REQ socket queues at once; only a full queue makes us wait

@@ -92,15 +92,18 @@ class ClientConnection:
         return ClientClosedError(f"PolicyClient for {self.address} is closed, so '{endpoint}' was not sent; make a new "
                                  "PolicyClient to call the server again")
 
-    def _open_socket(self) -> zmq.Socket:
-        """A connected REQ socket (and its monitor)."""
+    def _open_socket(self) -> None:
+        """Connect a REQ socket and its monitor, as this client's socket and handshake (set together, once both are
+        made); an exception anywhere in here (a Ctrl-C too) closes what was made, and sets neither."""
         if self._context is None:
             raise ClientClosedError(f"PolicyClient for {self.address} is closed; make a new PolicyClient to call the "
                                     "server again")
+        self._close_socket()  # half of one left by an interrupted close (a socket without its monitor): not reused
         try:
             sock = self._context.socket(zmq.REQ)
         except zmq.ZMQError as exc:  # e.g. EMFILE: too many open files
             raise ConnectionError(f"cannot open a socket to {self.address}: {exc}{_descriptor_advice(exc)}") from exc
+        handshake: Optional[_ReplyWatch] = None
         try:
             sock.setsockopt(zmq.LINGER, 0)
             # Each request carries an id its reply must echo: a stale or duplicated reply (a misbehaving server or
@@ -113,15 +116,19 @@ class ClientConnection:
             # libzmq drops a peer at the header of a larger frame, before allocating it (-1: no cap)
             sock.setsockopt(zmq.MAXMSGSIZE, -1 if self.max_reply_bytes is None else self.max_reply_bytes)
             curve.apply_client_keys(sock, self._curve)
-            self._handshake = _ReplyWatch(sock, self.address, self._curve, keys_worked=self._keys_worked)
+            handshake = _ReplyWatch(sock, self.address, self._curve, keys_worked=self._keys_worked)
             sock.connect(self.address)
-        except zmq.ZMQError as exc:  # e.g. a malformed host: close the socket and keep to our error types
-            if self._handshake is not None:
-                self._handshake.close()
-                self._handshake = None
-            sock.close(linger=0)
-            raise ConnectionError(f"cannot connect to {self.address}: {exc}{_descriptor_advice(exc)}") from exc
-        return sock
+        except BaseException as exc:  # e.g. a malformed host, or a Ctrl-C: a socket left open, monitored by a monitor
+            # no one reads, froze every socket of the process's shared context (HandshakeMonitor.close)
+            try:
+                if handshake is not None:
+                    handshake.close()
+            finally:
+                sock.close(linger=0)
+            if isinstance(exc, zmq.ZMQError):  # keep to our error types
+                raise ConnectionError(f"cannot connect to {self.address}: {exc}{_descriptor_advice(exc)}") from exc
+            raise
+        self._socket, self._handshake = sock, handshake
 
     def _discard_socket(self) -> None:
         self._forget_server()  # a broken connection: whoever answers next may be another server
@@ -129,13 +136,16 @@ class ClientConnection:
         self._close_socket()
 
     def _close_socket(self) -> None:
-        handshake, self._handshake = self._handshake, None
-        if handshake is not None:
-            self._keys_worked = self._keys_worked or handshake.keys_worked
-            handshake.close()
-        sock, self._socket = self._socket, None
-        if sock is not None:
-            sock.close(linger=0)
+        # Both let go of in one statement, then each closed even if the other's close is interrupted (a second Ctrl-C
+        # in an interrupted call's cleanup): a socket kept without its monitor failed every later call.
+        handshake, sock, self._handshake, self._socket = self._handshake, self._socket, None, None
+        try:
+            if handshake is not None:
+                self._keys_worked = self._keys_worked or handshake.keys_worked
+                handshake.close()
+        finally:
+            if sock is not None:
+                sock.close(linger=0)
 
     def _replace_socket(self) -> None:
         """After a timeout (Lazy Pirate): forget the server's facts (whoever answers next may be another server),
@@ -149,7 +159,7 @@ class ClientConnection:
         if self._context is None or self._closing.is_set():
             return
         try:
-            self._socket = self._open_socket()
+            self._open_socket()
         except ConnectionError as exc:  # e.g. out of file descriptors: the next call tries again, and says why
             logger.debug("could not reconnect to %s at once: %s", self.address, exc)
 

@@ -303,13 +303,21 @@ class HandshakeMonitor:
         self.address = address
         self._keys = keys
         self.keys_worked = keys_worked  # a handshake with these keys succeeded (on this socket, or on an earlier one)
-        # A unique address: pyzmq's default names it after the socket's fd, which a later socket can reuse while the
-        # old monitor endpoint still exists, and then the new monitor hears nothing.
-        self._monitor = sock.get_monitor_socket(_HANDSHAKE_EVENTS, addr=f"inproc://gr00t-handshake-{uuid.uuid4().hex}")
         self._sock = sock
-        self._poller = zmq.Poller()
-        self._poller.register(sock, zmq.POLLIN)
-        self._poller.register(self._monitor, zmq.POLLIN)
+        self._monitor: Optional[zmq.Socket] = None
+        try:  # pyzmq's get_monitor_socket, in steps that a Ctrl-C between them leaves closable (close())
+            # A unique address: pyzmq's default names it after the socket's fd, which a later socket can reuse while
+            # the old monitor endpoint still exists, and then the new monitor hears nothing.
+            address = f"inproc://gr00t-handshake-{uuid.uuid4().hex}"
+            sock.monitor(address, _HANDSHAKE_EVENTS)
+            self._monitor = sock.context.socket(zmq.PAIR)
+            self._monitor.connect(address)
+            self._poller = zmq.Poller()
+            self._poller.register(sock, zmq.POLLIN)
+            self._poller.register(self._monitor, zmq.POLLIN)
+        except BaseException:
+            self.close()
+            raise
         self._send_poller: Optional[zmq.Poller] = None  # made when a send first has to wait (wait_to_send)
         self._failure: Optional[HandshakeError] = None  # since the last successful handshake
         self._dropped_in_a_row = 0
@@ -374,12 +382,17 @@ class HandshakeMonitor:
         return self._failure
 
     def close(self) -> None:
-        """Stop monitoring; call before the socket is closed."""
+        """Stop monitoring, then close the monitor's socket, even when the first is interrupted (a second Ctrl-C); call
+        before the socket is closed. In that order: libzmq's I/O thread sends each event to the monitor blocking, so
+        a socket still monitored once its monitor's socket is gone froze every socket of the context at its next
+        event."""
         try:
             self._sock.disable_monitor()
         except zmq.ZMQError:  # the socket or context is already gone
             pass
-        self._monitor.close(linger=0)
+        finally:
+            if self._monitor is not None:
+                self._monitor.close(linger=0)
 
     def stage(self) -> str:
         """How far the connection got, for a timeout's words: '' once a handshake succeeded (the server itself is
