@@ -90,6 +90,38 @@ def test_a_video_dir_holding_a_nul_fails_its_job_alone_naming_the_field(server, 
                                         "characters), or null, got 'videos\\x00x'")
 
 
+@pytest.mark.parametrize("setting, value", [("video_fps", 5), ("steps_per_frame", 2), ("max_episodes_rendered", 1)])
+def test_a_video_setting_without_a_video_dir_fails_its_job_alone_naming_both(server, tmp_path, setting, value):
+    """It ran done and recorded the setting in job_config, although a job without video_dir writes no video."""
+    jobs = write_jobs(tmp_path / "jobs.json", server.port, [
+        {"name": "good", "env_name": "walkto/fast"},
+        {"name": "novideo", "env_name": "walkto/fast", "overrides": {setting: value}},
+        {"name": "video", "env_name": "walkto/fast", "overrides": {setting: value, "video_dir": str(tmp_path / "v")}},
+    ])
+    assert cli.main(["batch", "--jobs", str(jobs), "--output-dir", str(tmp_path / "out")]) == 1
+    records = batch_results(tmp_path / "out")
+    assert {name: r["status"] for name, r in records.items()} == {"good": "done", "novideo": "failed", "video": "done"}
+    assert records["novideo"]["reason"] == (
+        f"invalid job: job 'novideo': override {setting} {value!r} only applies to videos, and the job names no "
+        "video_dir (a batch job writes no videos without one); add a video_dir override, or leave "
+        f"{setting} out")
+    assert records["video"]["job_config"][setting] == value
+
+
+def test_a_resumed_job_with_a_video_setting_and_no_video_dir_runs_as_before_warned(tmp_path, caplog):
+    """A batch an earlier version started with such a job keeps its settings (and its finished episodes)."""
+    [job] = load_jobs(write_jobs(tmp_path / "jobs.json", 1, [
+        {"name": "old", "env_name": "walkto/fast", "overrides": {"video_fps": 5}}]), resumed=True)
+    assert not isinstance(job, JobError) and job.config["video_fps"] == 5
+    assert any("override video_fps 5 only applies to videos" in r.getMessage() for r in caplog.records)
+
+
+def test_a_job_rendering_no_episodes_needs_no_video_dir(tmp_path):
+    [job] = load_jobs(write_jobs(tmp_path / "jobs.json", 1, [
+        {"name": "quiet", "env_name": "walkto/fast", "overrides": {"max_episodes_rendered": 0}}]))
+    assert not isinstance(job, JobError) and job.config["max_episodes_rendered"] == 0
+
+
 def test_resume_reruns_a_done_job_whose_settings_changed_and_keeps_the_unchanged_one(server, tmp_path, caplog):
     out = tmp_path / "out"
     jobs = write_jobs(tmp_path / "jobs.json", server.port, [

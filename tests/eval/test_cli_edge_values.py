@@ -65,7 +65,7 @@ ROLLOUT = ["rollout", "--env-name", "walkto/slow", "--env-import", "eval.scale_f
     (["--client-chunking", "sync", "--chunk-merge", "average"], "--chunk-merge average needs --client-chunking async"),
     # every prefetch of a one-step chunk came after its step: twice the requests of sync, accepted without a word
     (["--client-chunking", "async", "--n-action-steps", "1"], "--client-chunking async needs --n-action-steps >= 2"),
-    (["--n-episodes", "1000000000000"], "--n-episodes must be at most 1,000,000 per run"),
+    (["--n-episodes", "1000000000000"], "--n-episodes must be at most 1,000,000 per task"),
     (["--n-envs", "-1"], "--n-envs must be >= 0 (0 = auto), got -1"),
     (["--ray-cpus-per-shard", "inf", "--ray-address", "auto"], "--ray-cpus-per-shard must be a finite number > 0, got inf"),
     (["--env-timeout", "-1"], "--env-timeout must be seconds > 0, or 0 for no limit; got -1"),
@@ -109,6 +109,16 @@ def test_an_env_kwarg_that_is_no_finite_json_number_is_refused_naming_it(tmp_pat
     err = capsys.readouterr().err
     assert "argument --env-kwarg" in err and expected in err, err
     assert not out.exists()
+
+
+def test_rollout_help_says_n_episodes_is_per_task(capsys):
+    """It said "episodes to run, exactly", while each task of a list or suite runs that many."""
+    with pytest.raises(SystemExit):
+        main(["rollout", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert ("episodes per task (each task of a comma-separated --env-name or a suite runs this many; default 50; at "
+            "most 1,000,000 per task)") in help_text
+    assert "episodes to run, exactly" not in help_text
 
 
 def test_an_env_kwarg_quoted_as_json_text_is_taken(tmp_path):

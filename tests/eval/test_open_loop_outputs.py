@@ -303,3 +303,24 @@ def test_a_stop_while_a_plot_is_saved_in_the_output_dir_leaves_no_empty_plot_fil
     assert [path.name for path in out.iterdir() if "traj_0" in path.name] == []  # no empty plot, no temporary
     plot_error = json.loads((out / "results.json").read_text())["trajectories"]["0"]["plot_error"]
     assert plot_error.startswith(f"{out / 'traj_0.jpeg'}: not written: the run was stopped")
+
+
+# --- --host HOST:PORT ----------------------------------------------------------------------------------------
+
+
+def test_a_host_with_a_port_is_taken_as_host_and_port_as_rollout_takes_it(dataset, server, tmp_path):
+    """It was refused in the Python API's words ("pass ... the port as port="), naming no flag."""
+    out = tmp_path / "out"
+    assert cli.main(["open-loop", "--dataset-path", str(dataset), "--host", f"127.0.0.1:{server.port}",
+                     "--traj-ids", "0", "--no-plots", "--output-dir", str(out)]) == 0
+    assert json.loads((out / "results.json").read_text())["status"] == "complete"
+
+
+def test_a_host_whose_port_differs_from_the_port_flag_is_refused_naming_both_flags(dataset, server, tmp_path, capsys):
+    code = cli.main(["open-loop", "--dataset-path", str(dataset), "--host", f"127.0.0.1:{server.port}", "--port",
+                     str(server.port + 1), "--traj-ids", "0", "--no-plots", "--output-dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert (f"--host '127.0.0.1:{server.port}' names port {server.port} and --port is {server.port + 1}; give the "
+            "port once, in --host or with --port") in err
+    assert "port=" not in err and not (tmp_path / "out").exists()

@@ -405,8 +405,26 @@ def test_rtc_against_a_reference_server_is_warned_and_recorded_not_applied(tmp_p
     assert any("--rtc-frozen-steps 1" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
 
 
-def test_rtc_against_a_gr00t_server_is_recorded_applied(tmp_path):
+def test_rtc_against_a_gr00t_server_whose_policy_does_not_read_it_is_warned_and_recorded_not_applied(tmp_path, caplog):
+    # TrackingPolicy ignores options["rtc"] and its server says nothing of RTC (no "gr00t" kind, no "rtc" limit)
     with policy_server(TrackingPolicy()) as server:
+        code = _rollout_against(server.port, tmp_path, "--client-chunking", "async", "--rtc-frozen-steps", "1")
+    assert code == 0
+    for name in ("results.json", "run.json"):
+        assert json.loads((tmp_path / name).read_text())["settings_not_applied"] == {"rtc_frozen_steps": 1}, name
+    assert any("--rtc-frozen-steps 1" in r.getMessage() and "'rtc': True" in r.getMessage()
+               for r in caplog.records if r.levelname == "WARNING")
+
+
+class RtcReadingPolicy(TrackingPolicy):
+    """A TrackingPolicy that says, as a policy of one's own may, that it reads options["rtc"]."""
+
+    def work_limits(self):
+        return {"rtc": True}
+
+
+def test_rtc_against_a_gr00t_server_whose_policy_reports_it_is_recorded_applied(tmp_path):
+    with policy_server(RtcReadingPolicy()) as server:
         code = _rollout_against(server.port, tmp_path, "--client-chunking", "async", "--rtc-frozen-steps", "1")
     assert code == 0
     assert json.loads((tmp_path / "results.json").read_text())["settings_not_applied"] == {}

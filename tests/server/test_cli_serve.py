@@ -215,6 +215,48 @@ def test_remote_bind_without_token_warns(dataset):
     assert any("without an API token" in line for line in lines)
 
 
+def _start_up_lines_with_token(token, *args):
+    """`gr00t-server serve ARGS --api-token TOKEN` on a free port: its lines up to ready, once killed with the token."""
+    port = _free_port()
+    proc = _start(["serve", *args, "--api-token", token, "--port", str(port)])
+    try:
+        lines = _wait_ready(proc)
+        with PolicyClient(port=port, timeout_ms=10000, api_token=token) as client:
+            client.kill_server()
+        assert proc.wait(timeout=30) == 0
+        return lines
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_allow_remote_kill_with_an_api_token_is_named_as_ignored(dataset):
+    """With a token every tokenless request is refused, kill too, so the flag did nothing and nothing said so."""
+    lines = _start_up_lines_with_token("s3cret", "--dataset-path", str(dataset), "--host", "0.0.0.0",
+                                       "--allow-remote-kill")
+    assert [_message(line) for line in lines if "--allow-remote-kill" in line] == [
+        "WARNING:gr00t_server:--allow-remote-kill: ignored; with --api-token any peer holding the token may stop the "
+        "server, and no peer without it may"]
+
+
+def test_allow_remote_kill_on_a_loopback_host_is_named_as_ignored(dataset):
+    lines = _start_up_lines("--dataset-path", str(dataset), "--host", "127.0.0.1", "--allow-remote-kill")
+    assert [_message(line) for line in lines if "--allow-remote-kill" in line] == [
+        "WARNING:gr00t_server:--allow-remote-kill: ignored; --host 127.0.0.1 is a loopback address, so no "
+        "non-loopback peer can connect (loopback peers may always stop the server)"]
+
+
+def test_allow_remote_kill_on_a_remote_host_without_a_token_is_not_named_as_ignored(dataset):
+    lines = _start_up_lines("--dataset-path", str(dataset), "--host", "0.0.0.0", "--allow-remote-kill")
+    assert not [line for line in lines if "--allow-remote-kill" in line and "ignored" in line]
+
+
+def test_allow_remote_kill_help_says_it_does_nothing_with_a_token():
+    help_text = " ".join(subprocess.run([sys.executable, "-m", "gr00t_server.cli", "serve", "--help"],
+                                        capture_output=True, text=True, check=True).stdout.split())
+    assert "stop the server (no effect with --api-token, whose holders may always stop it" in help_text
+
+
 def test_api_token_from_environment_is_required(dataset):
     port = _free_port()
     env = dict(os.environ, GR00T_API_TOKEN="s3cret")

@@ -116,6 +116,42 @@ def test_a_denoising_cap_below_the_checkpoints_own_steps_is_refused(tiny_checkpo
         Gr00tPolicy(tiny_checkpoint, TAG, device="cpu", max_denoising_steps=3)
 
 
+@pytest.fixture
+def checkpoint_without_weights(tiny_checkpoint, tmp_path):
+    """The tiny checkpoint's folder with its weight files taken out: loading its model fails, reading config.json not."""
+    copy = shutil.copytree(tiny_checkpoint, tmp_path / "no_weights")
+    weights = list(copy.glob("*.safetensors")) + list(copy.glob("*.safetensors.index.json"))
+    assert weights
+    for path in weights:
+        path.unlink()
+    return copy
+
+
+def test_a_denoising_cap_out_of_range_is_refused_before_the_weights_load(checkpoint_without_weights):
+    with pytest.raises(ValueError, match=r"max_denoising_steps \(--max-denoising-steps\) must be an int in \[4, 1000\]"):
+        Gr00tPolicy(checkpoint_without_weights, TAG, device="cpu", max_denoising_steps=1001)
+
+
+@pytest.mark.parametrize("cap", ["-5", "0", "2"])
+def test_serve_refuses_a_denoising_cap_out_of_range_before_the_model_loads(checkpoint_without_weights, cap, capsys):
+    from gr00t_server import cli
+
+    rc = cli.main(["serve", "--model-path", str(checkpoint_without_weights), "--embodiment-tag", TAG, "--device",
+                   "cpu", "--no-warmup", "--port", "0", "--max-denoising-steps", cap])
+    err = capsys.readouterr().err
+    assert rc != 0 and "--max-denoising-steps" in err and cap in err, err
+    assert "safetensors" not in err and "weight" not in err, err
+
+
+def test_serve_help_states_the_denoising_cap_range(capsys):
+    from gr00t_server import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "from the checkpoint's num_inference_timesteps to its num_timestep_buckets" in help_text
+
+
 # --- serve flags reach the policy ----------------------------------------------------------------
 
 

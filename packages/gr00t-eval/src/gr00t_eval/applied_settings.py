@@ -1,7 +1,9 @@
 """Run settings that reach the policy as get_action options (--denoising-steps, --rtc-frozen-steps), and whether its
 server applies them: a reference server's policy ignores them, and so does a gr00t-server replaying a dataset (its
-get_server_info names the policy_identity kind "replay"), and a gr00t-server whose get_server_info reports no
-`max_denoising_steps` (an older one ignores options it does not know) cannot be taken to apply denoising_steps, so a
+get_server_info names the policy_identity kind "replay"), a gr00t-server whose get_server_info reports no
+`max_denoising_steps` (an older one ignores options it does not know) cannot be taken to apply denoising_steps, and
+one whose policy is not a Gr00tPolicy (policy_identity kind "gr00t") and reports no `rtc` capability in its limits
+cannot be taken to apply rtc_frozen_steps (a policy of one's own ignores options["rtc"] unless it says so), so a
 run against any of them warns and records them under `settings_not_applied` (results.json, run.json) rather than as
 settings its scores were measured with."""
 
@@ -19,7 +21,8 @@ REPLAY_KINDS = frozenset({"replay"})
 def settings_not_applied(policy: Any, settings: Mapping[str, Any]) -> Dict[str, Any]:
     """{name: value} of the `settings` given (not None) that `policy` cannot apply: all of them for a PolicyClient whose
     server is not a gr00t-server (as far as its get_server_info said) or replays a dataset; denoising_steps for a
-    gr00t-server that does not report max_denoising_steps; none for another gr00t-server or an in-process policy."""
+    gr00t-server that does not report max_denoising_steps; rtc_frozen_steps for one whose policy is neither a
+    Gr00tPolicy nor reports `rtc`; none for another gr00t-server or an in-process policy."""
     given = {name: value for name, value in settings.items() if value is not None}
     if not given:
         return {}
@@ -30,9 +33,12 @@ def settings_not_applied(policy: Any, settings: Mapping[str, Any]) -> Dict[str, 
         return {}
     if _policy_kind(info) in REPLAY_KINDS:
         return given
+    not_applied = {}
     if "denoising_steps" in given and not _reports_denoising_cap(info):
-        return {"denoising_steps": given["denoising_steps"]}
-    return {}
+        not_applied["denoising_steps"] = given["denoising_steps"]
+    if "rtc_frozen_steps" in given and not _reads_rtc(info):
+        not_applied["rtc_frozen_steps"] = given["rtc_frozen_steps"]
+    return not_applied
 
 
 def warn_not_applied(policy: Any, not_applied: Mapping[str, Any]) -> None:
@@ -50,6 +56,13 @@ def warn_not_applied(policy: Any, not_applied: Mapping[str, Any]) -> None:
         logger.warning("not applied: %s; the server at %s replays a recorded dataset (policy_identity kind 'replay'), "
                        "whose actions no get_action option changes. The run's results list this under "
                        "settings_not_applied; serve a model (--model-path) to apply it", flags, address)
+        return
+    if "rtc_frozen_steps" in not_applied:
+        logger.warning("not applied: %s; the server at %s serves a %s, not a Gr00tPolicy (policy_identity kind "
+                       "'gr00t'), and its get_server_info limits report no 'rtc': true, so its policy is not known to "
+                       "read options['rtc']. The run's results list this under settings_not_applied; serve a model, "
+                       "or have a policy of your own that applies the option report it with work_limits() returning "
+                       "{'rtc': True} (docs/serving.md)", flags, address, _policy_class(policy))
         return
     logger.warning("not applied: %s; the server at %s does not report max_denoising_steps in get_server_info's "
                    "limits, as a current gr00t-server serving a model does (an older gr00t-server ignores the "
@@ -79,6 +92,18 @@ def _policy_kind(info: Mapping[str, Any]) -> Optional[str]:
     """The policy_identity kind ("gr00t", "replay") a gr00t-server's info reports, or None."""
     identity = info.get("policy_identity")
     return identity.get("kind") if isinstance(identity, Mapping) else None
+
+
+def _reads_rtc(info: Mapping[str, Any]) -> bool:
+    """Whether the info says its policy applies options["rtc"]: a Gr00tPolicy (policy_identity kind "gr00t", whose
+    model runs RTC), or a policy whose work_limits() report "rtc": True (the opt-in of a policy of one's own)."""
+    limits = info.get("limits")
+    return _policy_kind(info) == "gr00t" or (isinstance(limits, Mapping) and limits.get("rtc") is True)
+
+
+def _policy_class(policy: Any) -> str:
+    info = _gr00t_server_info(policy) or {}
+    return str(info.get("policy_class") or "policy")
 
 
 def _reports_denoising_cap(info: Mapping[str, Any]) -> bool:

@@ -305,6 +305,31 @@ def check_setting_types(name: str, config: Mapping[str, Any]) -> None:
             raise JobError(f"job {name!r}: override chunk_merge {config['chunk_merge']!r} needs client_chunking 'async'", name)
 
 
+# Settings that only shape a job's videos; max_episodes_rendered 0 (or null: all) renders none with or without a folder
+VIDEO_ONLY_SETTINGS = ("max_episodes_rendered", "steps_per_frame", "video_fps")
+
+
+def check_video_settings_apply(name: str, config: Mapping[str, Any], resumed: bool = False) -> None:
+    """JobError when a video-only setting is given to a job without a video_dir: a batch job writes no videos without
+    one (rollout's OUTPUT_DIR/videos default has no batch counterpart), so the setting would be recorded in its
+    job_config as if it applied. A batch an earlier version started with such a job resumes it as it ran, warned."""
+    if config.get("video_dir"):
+        return
+    unused = [key for key in VIDEO_ONLY_SETTINGS
+              if config.get(key) is not None and not (key == "max_episodes_rendered" and config[key] == 0)]
+    if not unused:
+        return
+    given = ", ".join(f"{key} {config[key]!r}" for key in unused)
+    if resumed:
+        logger.warning("job %r: override %s only applies to videos, and the job names no video_dir, so it writes none; "
+                       "the resumed job runs as it ran before (add a video_dir, or leave them out, in its jobs.json)",
+                       name, given)
+        return
+    raise JobError(f"job {name!r}: override {given} only applies to videos, and the job names no video_dir (a batch "
+                   f"job writes no videos without one); add a video_dir override, or leave "
+                   f"{' and '.join(unused)} out", name)
+
+
 def parse_job(raw: Any, index: int, defaults: Optional[Mapping[str, Any]] = None, resumed: bool = False) -> Job:
     """One job object over `defaults` -> Job; raises JobError naming the job and the bad field (`resumed`: read by a
     batch --resume, which takes the env timeout an earlier version took with vectorization "sync" as no limit).
@@ -349,6 +374,7 @@ def parse_job(raw: Any, index: int, defaults: Optional[Mapping[str, Any]] = None
     if resumed:
         config = resumed_job_env_timeout(name, config)
     check_counts(name, config)
+    check_video_settings_apply(name, config, resumed)
     try:
         return Job(name, str(merged["env_name"]), _server(name, merged["policy_server"]), config)
     except JobError as exc:

@@ -85,7 +85,8 @@ def apply_env_registrations(args: argparse.Namespace) -> None:
 
 
 def _add_connection(p: argparse.ArgumentParser, host_flag: str, port_flag: str, host_default: Optional[str]) -> None:
-    p.add_argument(*_flag(host_flag), dest="host", default=host_default, help=f"policy server host (default {host_default})")
+    p.add_argument(*_flag(host_flag), dest="host", default=host_default,
+                   help=f"policy server host, or HOST:PORT (default {host_default})")
     p.add_argument(*_flag(port_flag), dest="port", type=int, default=5555, help="policy server port (default 5555)")
     from . import connection
 
@@ -170,7 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("rollout", help="run a policy server in simulation and report the success rate")
     p.add_argument(*_flag("env-name"), default=None, help="e.g. metaworld/reach-v3, pusht/PushT-v0, or a flat-format gym id (required unless --resume)")
-    p.add_argument(*_flag("n-episodes"), type=int, default=50, help="episodes to run, exactly (default 50; at most 1,000,000)")
+    p.add_argument(*_flag("n-episodes"), type=int, default=50,
+                   help="episodes per task (each task of a comma-separated --env-name or a suite runs this many; "
+                        "default 50; at most 1,000,000 per task)")
     p.add_argument(*_flag("n-envs"), type=int, default=8, help="parallel envs (default 8, at most 64; >1 runs subprocesses; 0 = auto)")
     p.add_argument(*_flag("n-action-steps"), type=int, default=8, help="steps of each chunk executed (default 8)")
     p.add_argument(*_flag("max-episode-steps"), type=int, default=720,
@@ -244,9 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(*_flag("rtc-frozen-steps"), type=int, default=None, metavar="K",
                    help="with --client-chunking async: real-time chunking; each prefetch sends the buffered steps and the "
                         "server pins the new chunk's first K steps to them (K = 1 + the policy latency in env steps, at "
-                        "most the policy's action horizon; needs a Gr00tPolicy gr00t-server; another server or a "
-                        "replay ignores it: warned, and recorded under settings_not_applied in results.json and "
-                        "run.json)")
+                        "most the policy's action horizon; needs a Gr00tPolicy gr00t-server, or one whose policy's "
+                        "work_limits() report 'rtc': True; another server or policy, or a replay, ignores it: warned, "
+                        "and recorded under settings_not_applied in results.json and run.json)")
 
     rollout_parser = p
 
@@ -372,8 +375,8 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         args = build_parser().parse_args(argv)
         command = args.command
         guard_stdout()  # `rollout | head` must not fail a run after its results were saved
-        if args.command == "rollout":  # the flags given: a resume refuses changes, a host:port another explicit port
-            args.given_flags = given_flags(words)
+        if args.command in ("rollout", "open-loop"):  # the flags given: a resume refuses changes, a host:port
+            args.given_flags = given_flags(words)  # another explicit port
         logging.basicConfig(level=getattr(logging, args.log_level), format="%(levelname)s:%(name)s:%(message)s",
                             handlers=[BarAwareHandler(sys.stderr)])
         return _run_command(args)

@@ -24,6 +24,24 @@ def _connect(args: argparse.Namespace):
     return connection.open_client(args.host, args.port, args)
 
 
+def _split_host_port(args: argparse.Namespace) -> None:
+    """--host HOST:PORT taken as rollout's --policy-client-host takes it (ray_runner.parse_servers): args.host and
+    args.port become the one server's; a port named both there and, differently, with --port is refused."""
+    from .ray_runner import parse_servers
+
+    try:
+        servers = parse_servers(args.host, args.port, host_flag="--host", port_flag="--port")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if len(servers) != 1:
+        raise UsageError(f"--host names one policy server (HOST or HOST:PORT), got {args.host!r}")
+    [server] = servers
+    if server.port != args.port and "port" in getattr(args, "given_flags", ()):
+        raise UsageError(f"--host {args.host!r} names port {server.port} and --port is {args.port}; give the port "
+                         "once, in --host or with --port")
+    args.host, args.port = server.host, server.port
+
+
 def _plots_wanted(args: argparse.Namespace) -> bool:
     """Plots unless --no-plots; without matplotlib (a plain `pip install gr00t-eval`) open-loop runs without the
     default plots, while a --save-plot-path it cannot honour is refused."""
@@ -64,6 +82,7 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
     from .run_stop import WRITE_REFUSED_ERRNOS, is_storage_line, sigterm_as_interrupt
 
     _check_horizon_flags(getattr(args, "horizon_flags", None) or [])
+    _split_host_port(args)
     if not (Path(args.dataset_path) / "meta").is_dir():
         raise UsageError(f"--dataset-path {args.dataset_path}: not a LeRobot dataset (no meta/ directory there)")
     modality_keys = args.modality_keys

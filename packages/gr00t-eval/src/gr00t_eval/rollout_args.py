@@ -185,7 +185,7 @@ def _check_rollout_args(args: argparse.Namespace) -> None:
     if args.n_episodes < 1:
         raise UsageError(f"--n-episodes must be >= 1, got {args.n_episodes}")
     if args.n_episodes > MAX_EPISODES:
-        raise UsageError(f"--n-episodes must be at most {MAX_EPISODES:,} per run (split bigger evaluations into "
+        raise UsageError(f"--n-episodes must be at most {MAX_EPISODES:,} per task (split bigger evaluations into "
                          f"--shard runs or batch jobs), got {args.n_episodes}")
     if args.client_chunking == "async" and args.n_action_steps < 2:
         raise UsageError("--client-chunking async needs --n-action-steps >= 2: with one step per chunk every prefetch "

@@ -71,7 +71,9 @@ def _add_serve_parser(subparsers: Any) -> None:
     _bool_flag(p, "use-sim-policy-wrapper", False, "accept flat video.*/state.* keys and return action.* keys")
     p.add_argument(*_flag("api-token"), default=os.environ.get("GR00T_API_TOKEN"),
                    help="require this token on every request (default: $GR00T_API_TOKEN)")
-    p.add_argument(*_flag("allow-remote-kill"), action="store_true", help="let non-loopback peers without a token stop the server")
+    p.add_argument(*_flag("allow-remote-kill"), action="store_true",
+                   help="let non-loopback peers stop the server (no effect with --api-token, whose holders may always "
+                        "stop it and no one else may, nor with a loopback --host; serve warns of both)")
     p.add_argument(*_flag("curve-secret-key"), default=os.environ.get("GR00T_CURVE_SECRET_KEY"), metavar="FILE",
                    help="encrypt the connection with CURVE using this secret certificate (NAME.key_secret from "
                         "`gr00t-server keygen`; default: $GR00T_CURVE_SECRET_KEY); clients need NAME.key. Its z85 "
@@ -127,8 +129,10 @@ def _add_limit_flags(p: argparse.ArgumentParser) -> None:
                    help=f"height x width of one image, and of the square a letter-boxing checkpoint pads a frame to "
                         f"(default {d.max_image_pixels})")
     p.add_argument(*_flag("max-denoising-steps"), type=int, default=None,
-                   help="model: the most options['denoising_steps'] one get_action may ask for (default 4x the "
-                        "checkpoint's num_inference_timesteps)")
+                   help="model: the most options['denoising_steps'] one get_action may ask for, from the "
+                        "checkpoint's num_inference_timesteps to its num_timestep_buckets (4 to 1000 for released "
+                        "checkpoints; checked against config.json before the model loads; default 4x the "
+                        "num_inference_timesteps)")
     p.add_argument(*_flag("max-sessions"), type=int, default=d.max_sessions,
                    help=f"client sessions a stateful policy keeps (default {d.max_sessions}); when full, sessions used only once "
                         "are evicted first, least recently used first, then sessions used again; "

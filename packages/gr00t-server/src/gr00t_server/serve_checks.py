@@ -65,7 +65,23 @@ def _unread_server_flags(args: argparse.Namespace, policy_name: str, batching: b
              if value != default]
     if given and not sessions:
         unread.append(f"{', '.join(given)}: ignored; {policy_name} keeps no client sessions for them to limit")
+    if args.allow_remote_kill:
+        unread.extend(_unread_remote_kill(args.host, args.api_token))
     return unread
+
+
+def _unread_remote_kill(host: str, api_token: Optional[str]) -> List[str]:
+    """Why --allow-remote-kill changes nothing, if it does not: it only lets tokenless non-loopback peers kill, and a
+    token refuses every tokenless request (kill too) while a loopback --host admits no non-loopback peer."""
+    from .serving.endpoints import is_loopback_host
+
+    if api_token is not None:
+        return ["--allow-remote-kill: ignored; with --api-token any peer holding the token may stop the server, and no "
+                "peer without it may"]
+    if is_loopback_host(host):
+        return [f"--allow-remote-kill: ignored; --host {host} is a loopback address, so no non-loopback peer can "
+                "connect (loopback peers may always stop the server)"]
+    return []
 
 
 def _check_server_flags(args: argparse.Namespace) -> None:
@@ -86,6 +102,10 @@ def _check_server_flags(args: argparse.Namespace) -> None:
     _refuse_blank("--api-token", "GR00T_API_TOKEN", args.api_token, "serve without a token")
     _refuse_non_utf8_token(args.api_token)
     _refuse_untypable_token(args.api_token)
+    # a model's own range is read from its config.json (Gr00tPolicy, before the weights load); < 1 is never in it
+    if args.model_path and args.max_denoising_steps is not None and args.max_denoising_steps < 1:
+        raise CliError("--max-denoising-steps must be a whole number >= 1 (from the checkpoint's "
+                       f"num_inference_timesteps to its num_timestep_buckets), got {args.max_denoising_steps}")
     top_mb = MAX_MESSAGE_BYTES_CAP // MIB
     if not 1 <= args.max_message_mb <= top_mb:
         raise CliError(f"--max-message-mb must be a whole number of MiB from 1 to {top_mb}, got {args.max_message_mb}")

@@ -136,6 +136,19 @@ def _rtc_int(name: str, value: Any, high: int, bounds: str) -> int:
 
 
 
+def denoising_cap(model_config: Gr00tN1d7Config, cap: Optional[int]) -> int:
+    """max_denoising_steps checked against a checkpoint's config.json (read before its weights load): an int from its
+    num_inference_timesteps to its num_timestep_buckets; None: DENOISING_CAP_FACTOR x num_inference_timesteps (at most
+    the buckets)."""
+    default, buckets = model_config.num_inference_timesteps, model_config.num_timestep_buckets
+    if cap is None:
+        return min(DENOISING_CAP_FACTOR * default, buckets)
+    if isinstance(cap, bool) or not isinstance(cap, Integral) or not default <= cap <= buckets:
+        raise ValueError(f"max_denoising_steps (--max-denoising-steps) must be an int in [{default}, {buckets}] "
+                         f"(this checkpoint's num_inference_timesteps to its num_timestep_buckets), got {cap!r}")
+    return int(cap)
+
+
 class Gr00tActionOptions:
     """Gr00tPolicy's get_action options: mixed into Gr00tPolicy, whose checkpoint and processor it reads."""
 
@@ -146,17 +159,6 @@ class Gr00tActionOptions:
     _modality_configs: Dict[str, ModalityConfig]
     _option_names: OptionNames
     max_denoising_steps: int
-
-    def _denoising_cap(self, cap: Optional[int]) -> int:
-        """max_denoising_steps checked: an int from the checkpoint's num_inference_timesteps to its
-        num_timestep_buckets; None: DENOISING_CAP_FACTOR x num_inference_timesteps (at most the buckets)."""
-        default, buckets = self.model_config.num_inference_timesteps, self.model_config.num_timestep_buckets
-        if cap is None:
-            return min(DENOISING_CAP_FACTOR * default, buckets)
-        if isinstance(cap, bool) or not isinstance(cap, Integral) or not default <= cap <= buckets:
-            raise ValueError(f"max_denoising_steps (--max-denoising-steps) must be an int in [{default}, {buckets}] "
-                             f"(this checkpoint's num_inference_timesteps to its num_timestep_buckets), got {cap!r}")
-        return int(cap)
 
     def _denoising_steps(self, value: Any) -> Optional[int]:
         """options["denoising_steps"] checked: None (the checkpoint's num_inference_timesteps) or an int in range."""

@@ -28,6 +28,7 @@ from gr00t_client.modality import ModalityConfig, copy_modality_configs
 from gr00t_client.policy import BasePolicy, ObservationError
 from gr00t_server.fork_locks import renew_locks_after_fork
 from gr00t_server.model.checkpoint import load_model, resolve_checkpoint_dir
+from gr00t_server.model.config import CONFIG_NAME, Gr00tN1d7Config
 from gr00t_server.processing.checkpoint_files import EMBODIMENT_ID_NAME, PROCESSOR_CONFIG_NAME, STATISTICS_NAME
 from gr00t_server.processing.config import load_processor_config
 from gr00t_server.processing.processor import TOKENIZER_FILE_NAMES, Gr00tN1d7Processor
@@ -38,7 +39,7 @@ from gr00t_server.serving.limits import ServerLimits
 from .gr00t_arguments import (_acting_clip_override, _resolve_device, checked_flag, tag_given_first,
                               unsupported_tag_message)
 from .gr00t_observation_checks import Gr00tObservationChecks, _instruction
-from .gr00t_options import Gr00tActionOptions, checked_options
+from .gr00t_options import Gr00tActionOptions, checked_options, denoising_cap
 from .option_names import OptionNames
 
 logger = logging.getLogger(__name__)
@@ -112,6 +113,9 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
         if model_path is None or embodiment_tag is None:
             raise ValueError("Gr00tPolicy needs both model_path and embodiment_tag")
         self.checkpoint_dir = resolve_checkpoint_dir(model_path, subfolder=subfolder, local_files_only=local_files_only)
+        # from config.json alone: a bad cap is refused before the weights load (minutes for the 3B model), not after
+        self.max_denoising_steps = denoising_cap(Gr00tN1d7Config.from_json_file(self.checkpoint_dir / CONFIG_NAME),
+                                                 max_denoising_steps)
         processor_config = load_processor_config(self.checkpoint_dir)
         supported = processor_config.embodiment_tags
         tag_obj, tag_value = resolve_tag(embodiment_tag, supported)
@@ -165,7 +169,6 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
         if next(self.model.parameters()).dtype == torch.float16:
             self.processor.model_float = "float16"
         self._check_model_matches_processor()
-        self.max_denoising_steps = self._denoising_cap(max_denoising_steps)
         self._identity: Optional[Dict[str, Any]] = None
         self.identity()  # now, at load: get_server_info answers it on the socket thread, which must not wait
 
